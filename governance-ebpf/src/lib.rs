@@ -1,0 +1,3 @@
+//! Present so that governance-userspace can name this crate as a build dependency (which makes
+//! cargo rebuild the eBPF object whenever governance-common changes). The programs are in main.rs.
+#![no_std]

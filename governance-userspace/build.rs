@@ -1,0 +1,93 @@
+//! Build the eBPF object (governance-ebpf, for bpfel-unknown-none) and hand it to the crate as
+//! `$OUT_DIR/governance`.
+//!
+//! A nested cargo (nightly, `-Z build-std=core`, linked by bpf-linker) does the build, so cargo's
+//! own freshness checks decide what to rebuild: the object embedded is always the one built
+//! from the sources of this build, never a stale copy. This is aya-build's approach, without
+//! relaying every line of the inner build as a cargo warning.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const PACKAGE: &str = "governance-ebpf";
+const TARGET: &str = "bpfel-unknown-none";
+
+fn main() {
+    if let Err(e) = build() {
+        eprintln!("{e}");
+        println!(
+            "cargo::error=building the eBPF object failed; it needs the nightly toolchain with \
+             rust-src and bpf-linker 0.13: run `cargo xtask setup`. Details above."
+        );
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let workspace = manifest_dir.parent().ok_or("no workspace directory")?;
+    for dir in ["governance-ebpf", "governance-common"] {
+        println!("cargo::rerun-if-changed={}", workspace.join(dir).display());
+    }
+    if let Ok(linker) = which("bpf-linker") {
+        println!("cargo::rerun-if-changed={}", linker.display());
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let target_dir = out_dir.join("ebpf-target");
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").map_err(|e| e.to_string())?;
+
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        PACKAGE,
+        "--bins",
+        "--release",
+    ])
+    .args(["--target", TARGET, "-Z", "build-std=core", "--target-dir"])
+    .arg(&target_dir)
+    .current_dir(workspace)
+    // debuginfo makes the linker emit BTF, which the kernel needs for the maps.
+    .env(
+        "CARGO_ENCODED_RUSTFLAGS",
+        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+    );
+    // The outer build's compiler settings must not leak into the nightly build.
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(key);
+    }
+    let output = cmd
+        .output()
+        .map_err(|e| format!("running `rustup run nightly cargo build`: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let built = target_dir.join(TARGET).join("release").join("governance");
+    let dest = out_dir.join("governance");
+    std::fs::copy(&built, &dest)
+        .map_err(|e| format!("copying {} to {}: {e}", built.display(), dest.display()))?;
+    Ok(())
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    let path = env::var_os("PATH").ok_or(())?;
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| Path::new(p).is_file())
+        .ok_or(())
+}

@@ -1,0 +1,278 @@
+//! The `governance` command line: the daemon (`run`) and its tools.
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use governance_common::Counter;
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    agents,
+    events::{self, Clock, Decision},
+    kernel::{Enforcer, HookState, Probe},
+    policy::{self, Policy},
+};
+
+/// Exit status when the kernel cannot enforce what was asked (and no degraded mode was accepted).
+pub const EXIT_CANNOT_ENFORCE: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "governance",
+    version,
+    about = "Kernel-level policy enforcement for AI agents (eBPF LSM + cgroup hooks)",
+    long_about = "Kernel-level policy enforcement for AI agents.\n\n\
+        An agent is a cgroup v2 and all of its descendants. `governance run` loads eBPF programs \
+        that decide, in the kernel, whether processes of an agent may execute a binary or \
+        connect somewhere, according to the YAML policies in a directory, and prints every \
+        decision as it happens.\n\n\
+        Needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON) and a kernel with BPF \
+        LSM active for exec enforcement; run `governance probe` to see what this node offers."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter for diagnostics on stderr (tracing's EnvFilter syntax, e.g. `debug`).
+    #[arg(long, global = true, env = "GOVERNANCE_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enforce the policy: load and attach the programs, fill the maps, print each decision.
+    ///
+    /// Exits with status 3 if a hook cannot be attached on this kernel, unless
+    /// --allow-degraded is given. Stops on SIGINT or SIGTERM; the programs are detached when
+    /// it exits.
+    Run(RunArgs),
+    /// Report what this kernel can enforce: loads and attaches every program, then detaches.
+    ///
+    /// Exits 0 if everything is available, 3 if not.
+    Probe,
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of policy files (*.yaml, *.yml).
+    #[arg(
+        long,
+        short,
+        env = "GOVERNANCE_POLICY_DIR",
+        default_value = "/etc/governance/policies"
+    )]
+    pub policy: PathBuf,
+    /// Keep running when some hooks cannot be attached (for example exec enforcement on a
+    /// kernel without BPF LSM), enforcing only what the kernel allows.
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// Fail instead of creating agent cgroups that do not exist yet.
+    #[arg(long)]
+    pub no_create_cgroups: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory; lists every problem with file, line and column.
+    Check {
+        /// Directory of policy files.
+        dir: PathBuf,
+    },
+}
+
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(run(args)),
+        Command::Probe => probe(),
+        Command::Policy(PolicyCommand::Check { dir }) => {
+            let policy = policy::load_dir(&dir)?;
+            println!(
+                "{}: ok ({} agents, {} rules)",
+                dir.display(),
+                policy.agents.len(),
+                policy.rules.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "must run as root: loading eBPF programs and attaching them to cgroups needs \
+             CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN and CAP_PERFMON"
+        );
+    }
+    Ok(())
+}
+
+/// Load everything and attach every hook we know, recording how each fared.
+fn load_and_attach(
+    cgroup_root: &Path,
+    policy: Option<(&Policy, &[agents::AgentCgroup])>,
+) -> anyhow::Result<Enforcer> {
+    let mut enforcer = Enforcer::load().context("loading the eBPF object")?;
+    // The maps are filled before anything is attached, so no agent ever runs ungoverned
+    // behind an attached program with empty maps.
+    if let Some((policy, agents)) = policy {
+        for skipped in enforcer
+            .install(policy, agents)
+            .context("writing the policy into the kernel maps")?
+        {
+            tracing::warn!("{skipped}; not enforced until the policy is loaded again");
+        }
+    }
+    let _ = enforcer.attach_exec();
+    let _ = enforcer.attach_connect4(cgroup_root);
+    Ok(enforcer)
+}
+
+fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
+    let yes_no = |b: bool| if b { "yes" } else { "NO" };
+    let mut out = std::io::stderr().lock();
+    let _ = writeln!(out, "governance: what this kernel can enforce");
+    let _ = writeln!(out, "  kernel                    {}", probe.kernel);
+    let _ = writeln!(out, "  BTF (/sys/kernel/btf)     {}", yes_no(probe.btf));
+    let _ = writeln!(
+        out,
+        "  BPF LSM active            {} ({})",
+        yes_no(probe.bpf_lsm_active()),
+        probe.lsm_list.as_deref().unwrap_or("securityfs unreadable")
+    );
+    let _ = writeln!(
+        out,
+        "  cgroup v2                 {}",
+        probe
+            .cgroup2
+            .as_deref()
+            .map_or("NOT MOUNTED".into(), |p| p.display().to_string())
+    );
+    let _ = writeln!(
+        out,
+        "  exec    (lsm/bprm_check_security)  {}",
+        enforcer.exec
+    );
+    let _ = writeln!(
+        out,
+        "  connect (cgroup/connect4)          {}",
+        enforcer.connect4
+    );
+    [&enforcer.exec, &enforcer.connect4]
+        .iter()
+        .all(|h| matches!(h, HookState::Attached))
+}
+
+fn probe() -> anyhow::Result<ExitCode> {
+    require_root()?;
+    let probe = Probe::run();
+    let root = probe
+        .cgroup2
+        .clone()
+        .context("no cgroup2 filesystem is mounted")?;
+    let enforcer = load_and_attach(&root, None)?;
+    Ok(if report(&probe, &enforcer) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CANNOT_ENFORCE)
+    })
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    // Before anything is attached, so a stop request is never lost.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let policy = policy::load_dir(&args.policy)?;
+    let probe = Probe::run();
+    let root = probe.cgroup2.clone().context(
+        "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
+    )?;
+    let agents = agents::resolve(&root, &policy, !args.no_create_cgroups)?;
+    let mut enforcer = load_and_attach(&root, Some((&policy, &agents)))?;
+    let complete = report(&probe, &enforcer);
+    if !complete && !args.allow_degraded {
+        eprintln!(
+            "governance: refusing to run: some of the policy cannot be enforced on this kernel \
+             (see NOT AVAILABLE above). Exec enforcement needs BPF LSM: Linux >= 6.1 with `bpf` in \
+             /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to enforce \
+             only what is available."
+        );
+        return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+    }
+    if !complete {
+        eprintln!("governance: WARNING: running DEGRADED: only the hooks marked attached enforce.");
+    }
+    let ring = enforcer.take_events()?;
+    eprintln!(
+        "governance: enforcing {} ({} agents, {} rules){}",
+        args.policy.display(),
+        agents.len(),
+        policy.rules.len(),
+        if complete { "" } else { " DEGRADED" }
+    );
+    for a in &agents {
+        eprintln!(
+            "governance: agent {} = cgroup {} (id {})",
+            a.name,
+            a.path.display(),
+            a.cgroup_id
+        );
+    }
+
+    let clock = Clock::now();
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting for events")?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    match events::parse(&item) {
+                        Some(ev) => {
+                            writeln!(stdout, "{}", Decision::new(&ev, &policy, &clock))?;
+                        }
+                        None => tracing::warn!(len = item.len(), "ignoring a ring-buffer record of unexpected size"),
+                    }
+                }
+                stdout.flush()?;
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let dropped = enforcer.counter(Counter::EventsDropped).unwrap_or_default();
+    let decisions = enforcer.counter(Counter::Decisions).unwrap_or_default();
+    eprintln!(
+        "governance: stopping; {decisions} decisions, {dropped} events dropped; programs detach now"
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,11 @@
+//! governance: kernel-level enforcement for AI agents.
+//!
+//! The data flows one way through these modules:
+//! policy YAML → [`policy`] → [`agents`] (which cgroups are agents) → [`kernel`] (eBPF programs
+//! and maps) → decision events from the ring buffer → [`events`] → the CLI's output ([`cli`]).
+
+pub mod agents;
+pub mod cli;
+pub mod events;
+pub mod kernel;
+pub mod policy;

@@ -1,0 +1,295 @@
+//! Helpers for the kernel integration tests: real cgroups, real forked processes, real eBPF.
+//!
+//! Each test makes its own cgroups (removed on drop), loads its own copy of the programs with its
+//! own maps, and runs each attempt in a freshly forked child, so tests do not share state and a
+//! denial is always paired with a control run of the same attempt outside the agent.
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use governance::{
+    agents::{self, AgentCgroup},
+    events,
+    kernel::Enforcer,
+    policy::{self, Policy},
+};
+use governance_common::Event;
+
+/// Exit status a child uses to report that its syscall failed: `ERRNO_BASE + errno`.
+pub const ERRNO_BASE: i32 = 100;
+
+/// A cgroup made for one test, removed (with its children) when dropped.
+pub struct TestCgroup {
+    /// Path relative to the cgroup2 mount.
+    pub rel: PathBuf,
+    pub path: PathBuf,
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl TestCgroup {
+    /// A new cgroup directly below the cgroup2 root, unique to this process and call.
+    pub fn new(label: &str) -> Self {
+        let root = agents::cgroup2_mount().expect("cgroup2 must be mounted for kernel tests");
+        let rel = PathBuf::from(format!(
+            "governance-test-{}-{}-{label}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let path = root.join(&rel);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { rel, path }
+    }
+
+    /// A child cgroup of this one (removed with it).
+    pub fn child(&self, name: &str) -> PathBuf {
+        let p = self.path.join(name);
+        std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
+        p
+    }
+
+    pub fn id(&self) -> u64 {
+        agents::cgroup_id(&self.path).unwrap()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Children first; the processes we forked have all been reaped by now.
+        let mut dirs = vec![self.path.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        dirs.push(e.path());
+                    }
+                }
+            }
+            i += 1;
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// What a forked child does once it is in its cgroup. Everything it needs is prepared before
+/// the fork: after fork, in a multithreaded test process, the child may only make raw syscalls.
+pub enum Attempt {
+    /// execve(path, argv, {}).
+    Exec { path: CString, argv: Vec<CString> },
+    /// execveat(fd of path opened O_PATH, "", argv, {}, AT_EMPTY_PATH).
+    ExecFd { path: CString, argv: Vec<CString> },
+    /// A TCP connect to an IPv4 address.
+    Connect4 { addr: std::net::SocketAddrV4 },
+}
+
+impl Attempt {
+    pub fn exec(path: &Path, argv0: &str) -> Self {
+        Attempt::Exec {
+            path: cstr(path),
+            argv: vec![CString::new(argv0).unwrap()],
+        }
+    }
+
+    pub fn exec_fd(path: &Path, argv0: &str) -> Self {
+        Attempt::ExecFd {
+            path: cstr(path),
+            argv: vec![CString::new(argv0).unwrap()],
+        }
+    }
+}
+
+pub fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// How a child ended.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Outcome {
+    /// The syscall failed with this errno.
+    Errno(i32),
+    /// The child (or the program it executed) exited with this status.
+    Exited(i32),
+}
+
+/// Fork a child with comm `comm`, move it into `cgroup` (if any), make the attempt, and wait.
+/// Returns the child's pid and how it ended.
+pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Outcome) {
+    let procs = cgroup.map(|c| cstr(&c.join("cgroup.procs")));
+    let comm = CString::new(comm).unwrap();
+    let argv_ptrs = |argv: &[CString]| {
+        let mut v: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        v.push(std::ptr::null());
+        v
+    };
+    let argv = match attempt {
+        Attempt::Exec { argv, .. } | Attempt::ExecFd { argv, .. } => argv_ptrs(argv),
+        Attempt::Connect4 { .. } => Vec::new(),
+    };
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    let empty = c"";
+
+    // SAFETY: the child only makes async-signal-safe raw syscalls on data prepared above, then
+    // execs or _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        unsafe {
+            let fail = |_: ()| -> ! { libc::_exit(ERRNO_BASE + *libc::__errno_location()) };
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    // Could not join the cgroup: a harness failure, distinct from any errno.
+                    libc::_exit(99);
+                }
+                libc::close(fd);
+            }
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+            match attempt {
+                Attempt::Exec { path, .. } => {
+                    libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                    fail(())
+                }
+                Attempt::ExecFd { path, .. } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    libc::syscall(
+                        libc::SYS_execveat,
+                        fd,
+                        empty.as_ptr(),
+                        argv.as_ptr(),
+                        envp.as_ptr(),
+                        libc::AT_EMPTY_PATH,
+                    );
+                    fail(())
+                }
+                Attempt::Connect4 { addr } => {
+                    let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    let sa = libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: addr.port().to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from_ne_bytes(addr.ip().octets()),
+                        },
+                        sin_zero: [0; 8],
+                    };
+                    let r = libc::connect(
+                        s,
+                        (&sa as *const libc::sockaddr_in).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    if r != 0 {
+                        fail(())
+                    }
+                    libc::_exit(0)
+                }
+            }
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
+    assert!(
+        libc::WIFEXITED(status),
+        "child {pid} did not exit normally: {status:#x}"
+    );
+    let code = libc::WEXITSTATUS(status);
+    assert!(
+        !(97..=99).contains(&code),
+        "child {pid}: harness step failed (exit {code})"
+    );
+    let outcome = if code >= ERRNO_BASE {
+        Outcome::Errno(code - ERRNO_BASE)
+    } else {
+        Outcome::Exited(code)
+    };
+    (pid as u32, outcome)
+}
+
+/// The programs, loaded with a policy, and their event stream.
+pub struct Loaded {
+    pub enforcer: Enforcer,
+    pub policy: Policy,
+    pub agents: Vec<AgentCgroup>,
+    pub events: RingBuf<MapData>,
+}
+
+/// Parse `yaml`, resolve its agents (cgroups must exist), load the programs, fill the maps.
+/// Attaching is left to the test, which knows which hooks this kernel must support.
+pub fn load(yaml: &str) -> Loaded {
+    let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let root = agents::cgroup2_mount().unwrap();
+    let agents = agents::resolve(&root, &policy, false).unwrap_or_else(|e| panic!("{e}"));
+    let mut enforcer = Enforcer::load().unwrap_or_else(|e| panic!("loading eBPF: {e}"));
+    let skipped = enforcer
+        .install(&policy, &agents)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
+    let events = enforcer.take_events().unwrap();
+    Loaded {
+        enforcer,
+        policy,
+        agents,
+        events,
+    }
+}
+
+impl Loaded {
+    /// Wait (up to 5 s) for the event emitted for process `pid`, skipping others.
+    pub fn event_for(&mut self, pid: u32) -> Event {
+        self.try_event_for(pid, Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no decision event for pid {pid} within 5 s"))
+    }
+
+    /// Like [`Self::event_for`] but None on timeout (for asserting absence).
+    pub fn try_event_for(&mut self, pid: u32, wait: Duration) -> Option<Event> {
+        let deadline = Instant::now() + wait;
+        loop {
+            while let Some(item) = self.events.next() {
+                let ev = events::parse(&item).expect("event record of the wrong size");
+                if ev.tgid == pid {
+                    return Some(ev);
+                }
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The NUL-terminated text in a fixed buffer.
+pub fn text(buf: &[u8]) -> String {
+    String::from_utf8_lossy(&buf[..governance_common::c_str_len(buf)]).into_owned()
+}
+
+/// Path of the `governance` binary under test (set by `cargo xtask test`).
+pub fn governance_bin() -> PathBuf {
+    std::env::var_os("GOVERNANCE_BIN")
+        .map(PathBuf::from)
+        .expect("GOVERNANCE_BIN is not set; run the kernel tests through `cargo xtask test`")
+}
+
+/// Fail loudly unless we are root: kernel tests never skip.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "kernel tests need root (to load eBPF and create cgroups); run them with `cargo xtask test` as root"
+    );
+}

@@ -1,0 +1,184 @@
+//! Kernel tests that run on the host kernel: cgroup socket programs load and enforce here even
+//! where LSM programs cannot. Real programs, real cgroups, real sockets on loopback.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    process::Command,
+};
+
+use governance_common::{Cause, Kind, Verdict};
+use governance_tests::{Attempt, Outcome, TestCgroup, load, require_root, run_in};
+
+/// A loopback listener on an address of the 127/8 range.
+fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddrV4) {
+    let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::from(ip), 0)).unwrap();
+    let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
+        unreachable!()
+    };
+    (l, addr)
+}
+
+#[test]
+fn connect4_block_denies_agent_and_its_descendants_but_not_others() {
+    require_root();
+    let agent = TestCgroup::new("agent");
+    let child = agent.child("worker");
+    let outsider = TestCgroup::new("outsider");
+    let (_blocked, blocked_addr) = listener([127, 0, 0, 1]);
+    let (_open, open_addr) = listener([127, 0, 0, 2]);
+    let mut k = load(&format!(
+        "agents:\n  - name: netbot\n    cgroup: {}\n    network:\n      block: [127.0.0.1/32]\n",
+        agent.rel.display()
+    ));
+    let root = governance::agents::cgroup2_mount().unwrap();
+    k.enforcer
+        .attach_connect4(&root)
+        .expect("cgroup/connect4 must attach on this kernel");
+
+    // Denied in the agent, with the event naming the cgroup, process, rule and destination.
+    let blocked = Attempt::Connect4 { addr: blocked_addr };
+    let (pid, outcome) = run_in(Some(&agent.path), "net-agent", &blocked);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let ev = k.event_for(pid);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect4));
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
+    assert_eq!(ev.rule_id, 1);
+    assert_eq!(ev.agent_id, k.agents[0].agent_id());
+    assert_eq!(ev.cgroup_id, agent.id());
+    assert_eq!(governance_tests::text(&ev.comm), "net-agent");
+    assert_eq!(&ev.addr[..4], &[127, 0, 0, 1]);
+    assert_eq!(ev.port, blocked_addr.port());
+
+    // A descendant cgroup of the agent is the agent too.
+    let (pid, outcome) = run_in(Some(&child), "net-worker", &blocked);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let ev = k.event_for(pid);
+    assert_eq!(ev.cgroup_id, governance::agents::cgroup_id(&child).unwrap());
+    assert_eq!(ev.agent_id, k.agents[0].agent_id());
+
+    // An unlisted destination is allowed for the agent, and reported as allowed by default.
+    let (pid, outcome) = run_in(
+        Some(&agent.path),
+        "net-agent",
+        &Attempt::Connect4 { addr: open_addr },
+    );
+    assert_eq!(outcome, Outcome::Exited(0));
+    let ev = k.event_for(pid);
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+
+    // Controls: the same blocked connect from outside the agent succeeds and is not reported.
+    let (pid, outcome) = run_in(Some(&outsider.path), "net-outsider", &blocked);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control connect outside the agent must succeed"
+    );
+    assert!(
+        k.try_event_for(pid, std::time::Duration::from_millis(300))
+            .is_none()
+    );
+    let (_, outcome) = run_in(None, "net-here", &blocked);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
+#[test]
+fn detaching_on_drop_stops_enforcement() {
+    require_root();
+    let agent = TestCgroup::new("agent");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let attempt = Attempt::Connect4 { addr };
+    {
+        let mut k = load(&format!(
+            "agents:\n  - name: a\n    cgroup: {}\n    network:\n      block: [127.0.0.0/8]\n",
+            agent.rel.display()
+        ));
+        k.enforcer
+            .attach_connect4(&governance::agents::cgroup2_mount().unwrap())
+            .unwrap();
+        assert_eq!(
+            run_in(Some(&agent.path), "a", &attempt).1,
+            Outcome::Errno(libc::EPERM)
+        );
+    }
+    // Until the lifecycle work pins links, enforcement lives as long as the loader.
+    assert_eq!(
+        run_in(Some(&agent.path), "a", &attempt).1,
+        Outcome::Exited(0)
+    );
+}
+
+/// `governance run` must never pretend to enforce: where the exec hook cannot attach it
+/// explains why and exits 3; `--allow-degraded` runs with what is available.
+#[test]
+fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
+    require_root();
+    let bin = governance_tests::governance_bin();
+    let mut probe = governance::kernel::Enforcer::load().unwrap();
+    let exec_available = probe.attach_exec().is_ok();
+    drop(probe);
+    let agent = TestCgroup::new("cli");
+    let dir = std::env::temp_dir().join(format!("governance-test-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "agents:\n  - name: cli\n    cgroup: {}\n",
+            agent.rel.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["run", "--no-create-cgroups", "--policy"])
+        .arg(&dir)
+        .env("GOVERNANCE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if exec_available {
+        panic!(
+            "this kernel loads BPF LSM programs; host_kernel expects the CI host, which does not:\n{stderr}"
+        );
+    }
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("exec    (lsm/bprm_check_security)  NOT AVAILABLE"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("connect (cgroup/connect4)          attached"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("refusing to run"), "{stderr}");
+    assert!(stderr.contains("--allow-degraded"), "{stderr}");
+
+    // With --allow-degraded it starts, says DEGRADED, and stops cleanly on SIGTERM.
+    let mut child = Command::new(&bin)
+        .args(["run", "--allow-degraded", "--no-create-cgroups", "--policy"])
+        .arg(&dir)
+        .env("GOVERNANCE_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    use std::io::BufRead as _;
+    while !seen.contains("governance: enforcing") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "daemon exited early:\n{seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("running DEGRADED"), "{seen}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
