@@ -1,1 +1,464 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | build | vm | test | demo`.
+
+mod setup;
+mod vm;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and demo governance. Every command installs what it needs first (see `setup`)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the toolchain and VM pieces: nightly rust-src, LLVM 22, bpf-linker 0.13, qemu,
+    /// busybox, cpio, bpftool and Debian's 6.1 kernel. Idempotent; fast when all is there.
+    Setup,
+    /// Build the daemon (with its eBPF object) and the kernel test executables.
+    Build,
+    /// Boot the VM (kernel with BPF LSM) and run CMD in it as root; exits with CMD's status.
+    ///
+    /// The image holds busybox, /governance/bin/governance, the kernel test executables in
+    /// /governance/tests, the policies in /governance/policies and the eBPF object. cgroup2,
+    /// bpffs, securityfs and tracefs are mounted and loopback is up.
+    Vm {
+        /// Kernel image to boot instead of the Debian 6.1 one.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Give up (and stop the VM) after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Command to run in the guest.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Run every test: formatting, clippy, unit tests, host kernel tests (cgroup socket hooks,
+    /// needs root) and the BPF LSM tests inside the VM. Prints how many ran in each place.
+    Test {
+        /// Kernel image for the VM tests instead of the Debian 6.1 one.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
+    /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
+    /// agent try allowed and blocked actions; the decisions appear as they happen.
+    Demo {
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    std::env::set_current_dir(workspace_root()).context("entering the workspace")?;
+    match cli.command {
+        Cmd::Setup => setup::setup().map(|()| ExitCode::SUCCESS),
+        Cmd::Build => {
+            setup::ensure()?;
+            let b = build()?;
+            progress(&format!("built {}", b.governance.display()));
+            for t in &b.vm_tests {
+                progress(&format!("built {}", t.display()));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Vm {
+            kernel,
+            timeout,
+            cmd,
+        } => {
+            setup::ensure()?;
+            let b = build()?;
+            let script = format!(
+                "{}\n",
+                cmd.iter()
+                    .map(|w| vm::shell_quote(w))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            let out = boot(kernel, &b, script, Duration::from_secs(timeout))?;
+            Ok(ExitCode::from(out.status.clamp(0, 255) as u8))
+        }
+        Cmd::Test { kernel } => test(kernel),
+        Cmd::Demo { kernel } => demo(kernel),
+    }
+}
+
+/// cargo's target directory (absolute), honouring CARGO_TARGET_DIR.
+fn target_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| PathBuf::from("target"), PathBuf::from);
+    workspace_root().join(dir)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_owned()
+}
+
+/// A progress line, so long steps never look hung.
+pub fn progress(msg: &str) {
+    eprintln!("\x1b[1m[xtask]\x1b[0m {msg}");
+}
+
+/// Run a command, inheriting stdio; fail with the command line on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Run a command and return its stdout; fail on a non-zero exit.
+pub fn capture(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Built {
+    governance: PathBuf,
+    vm_tests: Vec<PathBuf>,
+}
+
+/// Build with cargo and return the executables it reports.
+fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+    let mut child = Command::new("cargo")
+        .args(args)
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    let mut exes = Vec::new();
+    for line in BufReader::new(child.stdout.take().context("cargo stdout")?).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] == "compiler-artifact"
+            && let Some(exe) = msg["executable"].as_str()
+        {
+            exes.push(PathBuf::from(exe));
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", args.join(" "));
+    }
+    Ok(exes)
+}
+
+fn build() -> Result<Built> {
+    progress("building governance (and its eBPF object)");
+    let governance =
+        cargo_executables(&["build", "-p", "governance-userspace", "--bin", "governance"])?
+            .into_iter()
+            .next()
+            .context("cargo built no governance binary")?;
+    progress("building the kernel test executables");
+    let vm_tests = cargo_executables(&[
+        "test",
+        "-p",
+        "governance-tests",
+        "--test",
+        "vm_lsm",
+        "--no-run",
+    ])?;
+    if vm_tests.is_empty() {
+        bail!("cargo built no VM test executable");
+    }
+    Ok(Built {
+        governance,
+        vm_tests,
+    })
+}
+
+/// The eBPF object the build embedded (newest build-script output).
+fn ebpf_object() -> Option<PathBuf> {
+    let build_dir = target_dir().join("debug/build");
+    std::fs::read_dir(build_dir)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("governance-userspace-")
+        })
+        .map(|e| e.path().join("out/governance"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+}
+
+/// Everything the VM image holds.
+fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = vec![(
+        b.governance.clone(),
+        "/governance/bin/governance".to_owned(),
+    )];
+    for t in &b.vm_tests {
+        let name = t.file_name().unwrap_or_default().to_string_lossy();
+        // cargo names test executables `<target>-<hash>`; drop the hash.
+        let name = name.rsplit_once('-').map_or(name.as_ref(), |(n, _)| n);
+        files.push((t.clone(), format!("/governance/tests/{name}")));
+    }
+    for dir in ["policies", "xtask/demo"] {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {dir}"))? {
+            let path = entry?.path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let guest = if dir == "policies" {
+                "policies"
+            } else {
+                "demo"
+            };
+            files.push((path, format!("/governance/{guest}/{name}")));
+        }
+    }
+    if let Some(obj) = ebpf_object() {
+        files.push((obj, "/governance/governance.bpf.o".into()));
+    }
+    for bpftool in ["/usr/sbin/bpftool", "/usr/bin/bpftool"] {
+        if Path::new(bpftool).exists() {
+            files.push((bpftool.into(), "/usr/sbin/bpftool".into()));
+            break;
+        }
+    }
+    // Network tools an agent might reach for, as separate copies of busybox (busybox picks the
+    // applet from argv[0]): each is its own file, so a policy can block it without blocking
+    // every other busybox applet.
+    let busybox = PathBuf::from("/bin/busybox");
+    // (`busybox --install` would otherwise make them symlinks to busybox itself, and a rule that
+    // blocks one would block every applet.)
+    for tool in ["nc", "wget"] {
+        files.push((busybox.clone(), format!("/usr/bin/{tool}")));
+    }
+    Ok(files)
+}
+
+fn boot(
+    kernel: Option<PathBuf>,
+    b: &Built,
+    script: String,
+    timeout: Duration,
+) -> Result<vm::Outcome> {
+    let kernel = match kernel {
+        Some(k) => k,
+        None => setup::vm_kernel()?.0,
+    };
+    let spec = vm::Spec {
+        kernel,
+        files: image_files(b)?,
+        script,
+        timeout,
+        memory_mib: 1536,
+    };
+    let work = target_dir().join("governance-vm");
+    std::fs::create_dir_all(&work)?;
+    vm::boot(&spec, &work)
+}
+
+/// libtest's summary numbers, added up.
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    passed: u32,
+    failed: u32,
+    ignored: u32,
+}
+
+impl Counts {
+    fn add_line(&mut self, line: &str) {
+        // "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ..."
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u32>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Run a cargo test command, echoing its output and counting its results.
+fn counted(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, Counts)> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(args).stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    let mut counts = Counts::default();
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        counts.add_line(&line);
+    }
+    Ok((child.wait()?.success(), counts))
+}
+
+fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
+    setup::ensure()?;
+    if !setup::is_root() {
+        bail!(
+            "the kernel tests load eBPF programs and create cgroups, so `cargo xtask test` must run as root"
+        );
+    }
+    progress("checking formatting (cargo fmt --check)");
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    progress("linting (cargo clippy --workspace --all-targets -D warnings)");
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let b = build()?;
+    let mut places: Vec<(&str, bool, Counts)> = Vec::new();
+
+    progress("unit tests (host)");
+    let (ok, c) = counted(&["test", "--quiet"], &[])?;
+    places.push(("unit tests, host", ok, c));
+
+    progress("kernel tests on the host kernel (cgroup socket programs)");
+    let (ok, c) = counted(
+        &[
+            "test",
+            "--quiet",
+            "-p",
+            "governance-tests",
+            "--test",
+            "host_kernel",
+        ],
+        &[("GOVERNANCE_BIN", &b.governance)],
+    )?;
+    places.push(("kernel tests, host kernel", ok, c));
+
+    progress("kernel tests in the VM (BPF LSM)");
+    let script = "export RUST_BACKTRACE=1 GOVERNANCE_BIN=/governance/bin/governance\n\
+                  rc=0\n\
+                  for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 || rc=1; done\n\
+                  exit $rc\n";
+    let vm = boot(kernel, &b, script.into(), Duration::from_secs(900));
+    let (ok, c) = match &vm {
+        Ok(out) => {
+            let mut c = Counts::default();
+            out.output.iter().for_each(|l| c.add_line(l));
+            (out.status == 0, c)
+        }
+        Err(e) => {
+            eprintln!("xtask: VM tests could not run: {e:#}");
+            (false, Counts::default())
+        }
+    };
+    places.push(("kernel tests, VM (BPF LSM)", ok, c));
+
+    println!();
+    println!("test summary");
+    let mut total = Counts::default();
+    let mut all_ok = true;
+    for (place, ok, c) in &places {
+        println!(
+            "  {place:<28} {:>3} passed, {} failed, {} ignored{}",
+            c.passed,
+            c.failed,
+            c.ignored,
+            if *ok { "" } else { "   <- FAILED" }
+        );
+        // A place that ran nothing has not shown anything: that is a failure, never a skip.
+        all_ok &= *ok && c.passed > 0;
+        total.passed += c.passed;
+        total.failed += c.failed;
+        total.ignored += c.ignored;
+    }
+    // A place that failed without a failing test (build, boot, harness) counts as one failure.
+    let broken = places
+        .iter()
+        .filter(|(_, ok, c)| (!ok || c.passed == 0) && c.failed == 0)
+        .count() as u32;
+    println!("{} passed, {} failed", total.passed, total.failed + broken);
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn demo(kernel: Option<PathBuf>) -> Result<ExitCode> {
+    setup::ensure()?;
+    let b = build()?;
+    let out = boot(
+        kernel,
+        &b,
+        "sh /governance/demo/run.sh\n".into(),
+        Duration::from_secs(300),
+    )?;
+    Ok(ExitCode::from(out.status.clamp(0, 255) as u8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_libtest_summaries() {
+        let mut c = Counts::default();
+        c.add_line("test result: ok. 18 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.04s");
+        c.add_line(
+            "test result: FAILED. 1 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out",
+        );
+        c.add_line("unrelated 5 passed");
+        assert_eq!((c.passed, c.failed, c.ignored), (19, 3, 2));
+    }
+}

@@ -1,0 +1,328 @@
+//! The VM harness: an initramfs with our binaries and busybox, booted under qemu on a kernel
+//! with BPF LSM, running one command as root and handing back its exit status.
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{capture, progress, run};
+
+/// Printed by /init after the command; carries its exit status out through the serial console.
+const EXIT_SENTINEL: &str = "GOVERNANCE-VM-EXIT:";
+
+/// /init: mount what the daemon and tests need, bring up loopback, run /governance/cmd.sh.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s
+export PATH=/governance/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin
+export HOME=/root TMPDIR=/tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t securityfs securityfs /sys/kernel/security
+mount -t tracefs tracefs /sys/kernel/tracing
+ip link set lo up
+echo "governance-vm: Linux $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
+cd /governance
+sh /governance/cmd.sh
+echo "GOVERNANCE-VM-EXIT: $?"
+sync
+poweroff -f
+"#;
+
+/// What goes into the VM and what runs there.
+pub struct Spec {
+    pub kernel: PathBuf,
+    /// (host file, absolute guest path). Executables get their shared libraries added.
+    pub files: Vec<(PathBuf, String)>,
+    /// Shell script run as root by /init; its exit status is the VM's.
+    pub script: String,
+    pub timeout: Duration,
+    pub memory_mib: u32,
+}
+
+/// The result of a VM run.
+pub struct Outcome {
+    pub status: i32,
+    pub output: Vec<String>,
+}
+
+/// Build the initramfs for `spec` under `work` and boot it.
+pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
+    let initrd = build_initramfs(spec, work)?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.arg("-kernel")
+        .arg(&spec.kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
+        .args([
+            "-m",
+            &spec.memory_mib.to_string(),
+            "-smp",
+            "2",
+            "-cpu",
+            "max",
+        ])
+        .args([
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Software emulation by default: nested KVM on these machines exposes /dev/kvm but aborts
+    // at the first vCPU setup. GOVERNANCE_VM_ACCEL=kvm opts in where KVM works.
+    let accel = std::env::var("GOVERNANCE_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    cmd.args(["-accel", &accel]);
+    progress(&format!(
+        "booting {} in qemu (timeout {:?})",
+        spec.kernel.display(),
+        spec.timeout
+    ));
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line)
+                .trim_end_matches('\r')
+                .to_owned();
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let stderr_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut s);
+        s
+    });
+
+    let deadline = started + spec.timeout;
+    let mut output = Vec::new();
+    let mut status = None;
+    let mut panic_line = None;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+                if let Some(code) = line.strip_prefix(EXIT_SENTINEL) {
+                    status = code.trim().parse::<i32>().ok();
+                }
+                if line.contains("Kernel panic") {
+                    panic_line = Some(line.clone());
+                }
+                output.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // We started qemu; we end it, by its pid.
+                let _ = child.kill();
+                let _ = child.wait();
+                let last: Vec<_> = output.iter().rev().take(5).rev().cloned().collect();
+                bail!(
+                    "the VM did not finish within {:?} (hung guest or a test stuck); last output:\n  {}",
+                    spec.timeout,
+                    last.join("\n  ")
+                );
+            }
+        }
+    }
+    drop(out);
+    let _ = reader.join();
+    let qemu_status = child.wait().context("waiting for qemu")?;
+    let qemu_stderr = stderr_reader.join().unwrap_or_default();
+    if let Some(line) = panic_line {
+        bail!("the guest kernel panicked: {line}");
+    }
+    let Some(status) = status else {
+        bail!(
+            "the VM stopped without reporting the command's exit status (qemu {qemu_status}){}",
+            if qemu_stderr.trim().is_empty() {
+                String::new()
+            } else {
+                format!("; qemu said:\n{}", qemu_stderr.trim())
+            }
+        );
+    };
+    progress(&format!(
+        "VM finished in {:.1?} with status {status}",
+        started.elapsed()
+    ));
+    Ok(Outcome { status, output })
+}
+
+fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
+    let root = work.join("initramfs");
+    if root.exists() {
+        std::fs::remove_dir_all(&root)?;
+    }
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "root",
+        "governance",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("busybox not found; `cargo xtask setup` installs busybox-static")?;
+    place(&busybox, &root.join("bin/busybox"), false)?;
+    write_exec(&root.join("init"), INIT)?;
+    write_exec(&root.join("governance/cmd.sh"), &spec.script)?;
+
+    let mut libs = std::collections::BTreeSet::new();
+    for (host, guest) in &spec.files {
+        let dest = root.join(guest.trim_start_matches('/'));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let executable = is_dynamic_elf(host);
+        place(host, &dest, executable)?;
+        if executable {
+            libs.extend(shared_libraries(host)?);
+        }
+    }
+    for lib in libs {
+        let dest = root.join(lib.strip_prefix("/").unwrap_or(&lib));
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
+    }
+
+    let initrd = work.join("initramfs.cpio.gz");
+    run(Command::new("bash")
+        .args([
+            "-o",
+            "pipefail",
+            "-c",
+            "find . -print0 | cpio --null --create --format=newc --quiet | gzip -1 > \"$0\"",
+        ])
+        .arg(&initrd)
+        .current_dir(&root))?;
+    let size = std::fs::metadata(&initrd)?.len();
+    progress(&format!(
+        "initramfs ready: {} ({:.1} MiB)",
+        initrd.display(),
+        size as f64 / 1048576.0
+    ));
+    Ok(initrd)
+}
+
+fn write_exec(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Copy a file into the image; strip debug info from our (large, debug-built) executables.
+fn place(host: &Path, dest: &Path, strip: bool) -> Result<()> {
+    if strip
+        && Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(dest)
+            .arg(host)
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        return Ok(());
+    }
+    std::fs::copy(host, dest)
+        .with_context(|| format!("copying {} into the initramfs", host.display()))?;
+    Ok(())
+}
+
+fn is_dynamic_elf(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok()
+        && head == *b"\x7fELF"
+        && capture(Command::new("ldd").arg(path)).is_ok_and(|o| o.contains("=>"))
+}
+
+/// The shared libraries (and the dynamic loader) an executable needs, from ldd.
+fn shared_libraries(exe: &Path) -> Result<Vec<PathBuf>> {
+    let out = capture(Command::new("ldd").arg(exe))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// Quote a word for the guest's shell.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_for_the_shell() {
+        assert_eq!(shell_quote("ls"), "ls");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn finds_shared_libraries_of_a_dynamic_executable() {
+        let libs = shared_libraries(Path::new("/bin/sh")).unwrap();
+        assert!(
+            libs.iter().any(|l| l.to_string_lossy().contains("libc.so")),
+            "{libs:?}"
+        );
+        assert!(
+            libs.iter()
+                .any(|l| l.to_string_lossy().contains("ld-linux")),
+            "{libs:?}"
+        );
+    }
+}
