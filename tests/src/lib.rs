@@ -293,3 +293,40 @@ pub fn require_root() {
         "kernel tests need root (to load eBPF and create cgroups); run them with `cargo xtask test` as root"
     );
 }
+
+/// Start `governance run <args>` (stdout and stderr piped) and wait until it says it is
+/// enforcing. Returns the child and everything it printed on stderr up to then.
+pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (std::process::Child, String) {
+    use std::io::BufRead as _;
+    let mut child = std::process::Command::new(governance_bin())
+        .arg("run")
+        .args(args)
+        .arg("--policy")
+        .arg(policy_dir)
+        .env("GOVERNANCE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting governance");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("governance: enforcing") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            let _ = child.kill();
+            panic!("governance exited before enforcing:\n{seen}");
+        }
+        seen.push_str(&line);
+    }
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, seen)
+}
+
+/// Stop a daemon we started, by its pid, and check it exits cleanly.
+pub fn stop_daemon(mut child: std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "governance exited with {status:?}");
+}

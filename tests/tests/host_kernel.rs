@@ -7,7 +7,9 @@ use std::{
 };
 
 use governance_common::{Cause, Kind, Verdict};
-use governance_tests::{Attempt, Outcome, TestCgroup, load, require_root, run_in};
+use governance_tests::{
+    Attempt, Outcome, TestCgroup, load, require_root, run_in, start_daemon, stop_daemon,
+};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddrV4) {
@@ -154,31 +156,8 @@ fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
     assert!(stderr.contains("--allow-degraded"), "{stderr}");
 
     // With --allow-degraded it starts, says DEGRADED, and stops cleanly on SIGTERM.
-    let mut child = Command::new(&bin)
-        .args(["run", "--allow-degraded", "--no-create-cgroups", "--policy"])
-        .arg(&dir)
-        .env("GOVERNANCE_LOG", "warn")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    use std::io::BufRead as _;
-    while !seen.contains("governance: enforcing") {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "daemon exited early:\n{seen}"
-        );
-        seen.push_str(&line);
-    }
+    let (daemon, seen) = start_daemon(&["--allow-degraded", "--no-create-cgroups"], &dir);
     assert!(seen.contains("running DEGRADED"), "{seen}");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

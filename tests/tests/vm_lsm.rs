@@ -10,7 +10,10 @@ use std::{
 };
 
 use governance_common::{Cause, Event, Kind, Verdict};
-use governance_tests::{Attempt, Loaded, Outcome, TestCgroup, load, require_root, run_in, text};
+use governance_tests::{
+    Attempt, Loaded, Outcome, TestCgroup, load, require_root, run_in, start_daemon, stop_daemon,
+    text,
+};
 
 /// A private copy of busybox under a name of our choosing: its own inode, so a rule for it
 /// blocks exactly this file. busybox picks the applet from argv[0], so we run it as `true`.
@@ -246,24 +249,7 @@ fn governance_run_prints_decisions_as_they_happen() {
         ),
     )
     .unwrap();
-    let mut daemon = std::process::Command::new(governance_tests::governance_bin())
-        .args(["run", "--no-create-cgroups", "--policy"])
-        .arg(&dir)
-        .env("GOVERNANCE_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(daemon.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("governance: enforcing") {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "daemon exited early:\n{seen}"
-        );
-        seen.push_str(&line);
-    }
+    let (mut daemon, seen) = start_daemon(&["--no-create-cgroups"], &dir);
     assert!(
         seen.contains("exec    (lsm/bprm_check_security)  attached"),
         "{seen}"
@@ -289,12 +275,7 @@ fn governance_run_prints_decisions_as_they_happen() {
     ] {
         assert!(line.contains(part), "missing {part:?} in {line:?}");
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(daemon.wait().unwrap().success());
+    stop_daemon(daemon);
 
     // Programs go away with the daemon (pinning comes with the lifecycle work).
     let (_, outcome) = run_in(

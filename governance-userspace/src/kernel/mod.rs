@@ -120,6 +120,15 @@ pub enum HookState {
     Unavailable(String),
 }
 
+impl HookState {
+    fn of(result: &Result<(), KernelError>) -> Self {
+        match result {
+            Ok(()) => HookState::Attached,
+            Err(e) => HookState::Unavailable(explain(e)),
+        }
+    }
+}
+
 impl fmt::Display for HookState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -172,32 +181,17 @@ impl Enforcer {
     /// Load and attach the exec program on the LSM hook `bprm_check_security`.
     pub fn attach_exec(&mut self) -> Result<(), KernelError> {
         let result = self.try_attach_exec();
-        self.exec = match &result {
-            Ok(()) => HookState::Attached,
-            Err(e) => HookState::Unavailable(explain(e)),
-        };
+        self.exec = HookState::of(&result);
         result
     }
 
     fn try_attach_exec(&mut self) -> Result<(), KernelError> {
         let name = programs::EXEC;
-        let kbtf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Program {
-            name,
-            source: ProgramError::Btf(e),
-        })?;
-        let prog: &mut Lsm = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(KernelError::Missing {
-                what: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| KernelError::Program { name, source })?;
-        prog.load(name, &kbtf)
-            .map_err(|source| KernelError::Program { name, source })?;
-        prog.attach()
-            .map_err(|source| KernelError::Program { name, source })?;
+        let err = |source| KernelError::Program { name, source };
+        let kbtf = aya::Btf::from_sys_fs().map_err(|e| err(ProgramError::Btf(e)))?;
+        let prog: &mut Lsm = self.program(name)?;
+        prog.load(name, &kbtf).map_err(err)?;
+        prog.attach().map_err(err)?;
         Ok(())
     }
 
@@ -205,36 +199,39 @@ impl Enforcer {
     /// the program itself decides who is an agent), alongside any other programs there.
     pub fn attach_connect4(&mut self, cgroup_root: &Path) -> Result<(), KernelError> {
         let result = self.try_attach_connect4(cgroup_root);
-        self.connect4 = match &result {
-            Ok(()) => HookState::Attached,
-            Err(e) => HookState::Unavailable(explain(e)),
-        };
+        self.connect4 = HookState::of(&result);
         result
     }
 
     fn try_attach_connect4(&mut self, cgroup_root: &Path) -> Result<(), KernelError> {
         let name = programs::CONNECT4;
+        let err = |source| KernelError::Program { name, source };
         let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        let prog: &mut CgroupSockAddr = self
-            .ebpf
+        let prog: &mut CgroupSockAddr = self.program(name)?;
+        prog.load().map_err(err)?;
+        // On kernels with bpf_link (5.7+) aya creates a link, and cgroup links always coexist
+        // with other programs; the kernel rejects BPF_F_ALLOW_MULTI there (EINVAL), so ask for
+        // the "single" mode, which sends no flags.
+        prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+        Ok(())
+    }
+
+    /// A program of the object, as its concrete type.
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, KernelError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    {
+        self.ebpf
             .program_mut(name)
             .ok_or(KernelError::Missing {
                 what: "program",
                 name,
             })?
             .try_into()
-            .map_err(|source| KernelError::Program { name, source })?;
-        prog.load()
-            .map_err(|source| KernelError::Program { name, source })?;
-        // On kernels with bpf_link (5.7+) aya creates a link, and cgroup links always coexist
-        // with other programs; the kernel rejects BPF_F_ALLOW_MULTI there (EINVAL), so ask for
-        // the "single" mode, which sends no flags.
-        prog.attach(cgroup, CgroupAttachMode::Single)
-            .map_err(|source| KernelError::Program { name, source })?;
-        Ok(())
+            .map_err(|source| KernelError::Program { name, source })
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
