@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::Policy;
+use crate::policy::PolicySet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
@@ -75,12 +75,19 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
-/// A live agent: its policy entry and its cgroup on this node.
+/// The extended attribute that labels a cgroup as an agent.
+pub const LABEL_XATTR: &str = "user.governance.agent";
+
+/// A live agent: an agent root cgroup that a policy selector matches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentCgroup {
-    /// Index into the policy's agents, which is also the agent id minus one.
+    /// Position in discovery order; the agent id is this plus one.
     pub index: usize,
+    /// The label, or else the cgroup path.
     pub name: String,
+    /// Path relative to the cgroup2 mount.
+    pub rel: String,
+    pub label: Option<String>,
     pub path: PathBuf,
     pub cgroup_id: u64,
 }
@@ -90,46 +97,108 @@ impl AgentCgroup {
     pub fn agent_id(&self) -> u32 {
         self.index as u32 + 1
     }
+
+    pub fn agent_ref(&self) -> crate::engine::AgentRef {
+        crate::engine::AgentRef {
+            name: self.name.clone(),
+            cgroup: self.rel.clone(),
+            label: self.label.clone(),
+        }
+    }
 }
 
-/// Find (and, with `create`, make) the cgroup of every agent in the policy.
+/// The `user.governance.agent` label of a cgroup directory, if any.
+pub fn label(dir: &Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let name = std::ffi::CString::new(LABEL_XATTR).ok()?;
+    let mut buf = [0u8; 256];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n > 0).then(|| {
+        String::from_utf8_lossy(&buf[..n as usize])
+            .trim()
+            .to_owned()
+    })
+}
+
+/// Find the agent roots below `root` that the policy set's selectors match.
 ///
-/// Creating missing agent cgroups before enforcement starts means an agent placed there later is
-/// governed from its first instruction; the daemon never removes them (they may hold processes).
-pub fn resolve(
+/// With `create`, the cgroups named literally by selectors without a label are created first,
+/// so an agent placed there later is governed from its first instruction (the daemon never
+/// removes them: they may hold processes). The walk stops descending at an agent root: its
+/// descendants are part of it (the outermost agent wins, as in the kernel).
+pub fn discover(
     root: &Path,
-    policy: &Policy,
+    set: &PolicySet,
     create: bool,
 ) -> Result<Vec<AgentCgroup>, AgentsError> {
-    policy
-        .agents
-        .iter()
-        .enumerate()
-        .map(|(index, agent)| {
-            let path = root.join(&agent.cgroup);
-            let err = |source| AgentsError::Cgroup {
-                agent: agent.name.clone(),
-                path: path.clone(),
-                source,
-            };
-            if create && !path.exists() {
-                std::fs::create_dir_all(&path).map_err(err)?;
-                tracing::info!(agent = %agent.name, path = %path.display(), "created agent cgroup");
+    for p in &set.policies {
+        if let (Some(rel), None, true) = (p.selector.literal_cgroup(), &p.selector.label, create) {
+            let path = root.join(rel);
+            if !path.exists() {
+                std::fs::create_dir_all(&path).map_err(|source| AgentsError::Cgroup {
+                    agent: p.name.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::info!(policy = %p.name, path = %path.display(), "created agent cgroup");
             }
-            if !path.join("cgroup.procs").exists() {
-                return Err(err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "not a cgroup directory (no cgroup.procs); is it below the cgroup2 mount?",
-                )));
+        }
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![(root.to_owned(), 0u32)];
+    while let Some((dir, depth)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut children: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        children.sort();
+        for child in children.into_iter().rev() {
+            let rel = child
+                .strip_prefix(root)
+                .unwrap_or(&child)
+                .to_string_lossy()
+                .into_owned();
+            let label = label(&child);
+            if set
+                .policies
+                .iter()
+                .any(|p| p.selector.matches(&rel, label.as_deref()))
+            {
+                found.push(AgentCgroup {
+                    index: 0,
+                    name: label.clone().unwrap_or_else(|| rel.clone()),
+                    rel,
+                    label,
+                    cgroup_id: cgroup_id(&child).map_err(|source| AgentsError::Cgroup {
+                        agent: String::new(),
+                        path: child.clone(),
+                        source,
+                    })?,
+                    path: child,
+                });
+            } else if depth + 1 < governance_common::MAX_CGROUP_DEPTH {
+                stack.push((child, depth + 1));
             }
-            Ok(AgentCgroup {
-                index,
-                name: agent.name.clone(),
-                cgroup_id: cgroup_id(&path).map_err(err)?,
-                path,
-            })
-        })
-        .collect()
+        }
+    }
+    found.sort_by(|a, b| a.rel.cmp(&b.rel));
+    for (i, a) in found.iter_mut().enumerate() {
+        a.index = i;
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

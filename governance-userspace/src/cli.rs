@@ -16,9 +16,9 @@ use tokio::{
 
 use crate::{
     agents,
-    events::{self, Clock, Decision},
-    kernel::{Enforcer, HookState, Probe},
-    policy::{self, Policy},
+    events::{self, Clock, Decision, Names},
+    kernel::{self, Enforcer, HookState, KernelPolicy, Probe},
+    policy,
 };
 
 /// Exit status when the kernel cannot enforce what was asked (and no degraded mode was accepted).
@@ -83,11 +83,19 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate a policy directory; lists every problem with file, line and column.
+    /// Validate a policy directory (recursively); lists every problem with file, line and
+    /// column, and exits non-zero if there is any.
     Check {
         /// Directory of policy files.
         dir: PathBuf,
     },
+    /// Run the policy tests (`*.tests.yaml`) found below DIR against the policies there.
+    Test {
+        /// Directory of policy files and their tests.
+        dir: PathBuf,
+    },
+    /// Print the JSON Schema of the policy file format (for editors).
+    Schema,
 }
 
 pub fn init_logging(filter: &str) {
@@ -110,13 +118,32 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             .block_on(run(args)),
         Command::Probe => probe(),
         Command::Policy(PolicyCommand::Check { dir }) => {
-            let policy = policy::load_dir(&dir)?;
+            let set = policy::load_dir(&dir)?;
             println!(
-                "{}: ok ({} agents, {} rules)",
+                "{}: ok ({} policies, {} rules)",
                 dir.display(),
-                policy.agents.len(),
-                policy.rules.len()
+                set.policies.len(),
+                set.rule_count()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Test { dir }) => {
+            let set = policy::load_dir(&dir)?;
+            let (_, tests) = policy::policy_files(&dir)?;
+            if tests.is_empty() {
+                anyhow::bail!("no policy tests (*.tests.yaml) below {}", dir.display());
+            }
+            let report = policy::testing::run(&set, &tests);
+            print!("{}", report.text);
+            Ok(if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Policy(PolicyCommand::Schema) => {
+            let schema = schemars::schema_for!(policy::model::PolicyDoc);
+            println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -133,16 +160,13 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 /// Load everything and attach every hook we know, recording how each fared.
-fn load_and_attach(
-    cgroup_root: &Path,
-    policy: Option<(&Policy, &[agents::AgentCgroup])>,
-) -> anyhow::Result<Enforcer> {
+fn load_and_attach(cgroup_root: &Path, policy: Option<&KernelPolicy>) -> anyhow::Result<Enforcer> {
     let mut enforcer = Enforcer::load().context("loading the eBPF object")?;
     // The maps are filled before anything is attached, so no agent ever runs ungoverned
     // behind an attached program with empty maps.
-    if let Some((policy, agents)) = policy {
+    if let Some(policy) = policy {
         for skipped in enforcer
-            .install(policy, agents)
+            .install(policy)
             .context("writing the policy into the kernel maps")?
         {
             tracing::warn!("{skipped}; not enforced until the policy is loaded again");
@@ -208,20 +232,25 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Before anything is attached, so a stop request is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let policy = policy::load_dir(&args.policy)?;
+    let set = policy::load_dir(&args.policy)?;
     let probe = Probe::run();
     let root = probe.cgroup2.clone().context(
         "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
     )?;
-    let agents = agents::resolve(&root, &policy, !args.no_create_cgroups)?;
-    let mut enforcer = load_and_attach(&root, Some((&policy, &agents)))?;
-    let complete = report(&probe, &enforcer);
+    let agents = agents::discover(&root, &set, !args.no_create_cgroups)?;
+    let compiled = kernel::compile(&set, &agents);
+    let mut enforcer = load_and_attach(&root, Some(&compiled))?;
+    let hooks = report(&probe, &enforcer);
+    for line in &compiled.unenforceable {
+        eprintln!("governance: NOT ENFORCED: {line}");
+    }
+    let complete = hooks && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         eprintln!(
-            "governance: refusing to run: some of the policy cannot be enforced on this kernel \
-             (see NOT AVAILABLE above). Exec enforcement needs BPF LSM: Linux >= 6.1 with `bpf` in \
-             /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to enforce \
-             only what is available."
+            "governance: refusing to run: some of the policy cannot be enforced here (see NOT \
+             AVAILABLE / NOT ENFORCED above). Exec enforcement needs BPF LSM: Linux >= 6.1 with \
+             `bpf` in /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to \
+             enforce only what is available."
         );
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
     }
@@ -230,10 +259,11 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let ring = enforcer.take_events()?;
     eprintln!(
-        "governance: enforcing {} ({} agents, {} rules){}",
+        "governance: enforcing {} ({} policies, {} rules, {} agents){}",
         args.policy.display(),
+        set.policies.len(),
+        set.rule_count(),
         agents.len(),
-        policy.rules.len(),
         if complete { "" } else { " DEGRADED" }
     );
     for a in &agents {
@@ -244,6 +274,13 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             a.cgroup_id
         );
     }
+    let names = Names {
+        agents: agents.iter().map(|a| a.name.clone()).collect(),
+        rules: set
+            .rules()
+            .map(|r| (r.id.clone(), r.reason.clone()))
+            .collect(),
+    };
 
     let clock = Clock::now();
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
@@ -258,7 +295,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 while let Some(item) = ring.next() {
                     match events::parse(&item) {
                         Some(ev) => {
-                            writeln!(stdout, "{}", Decision::new(&ev, &policy, &clock))?;
+                            writeln!(stdout, "{}", Decision::new(&ev, &names, &clock))?;
                         }
                         None => tracing::warn!(len = item.len(), "ignoring a ring-buffer record of unexpected size"),
                     }

@@ -8,8 +8,6 @@ use std::{
 
 use governance_common::{Cause, Event, Kind, NO_RULE, Verdict, c_str_len};
 
-use crate::policy::Policy;
-
 /// A kernel decision, decoded and tied to the policy that produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -19,8 +17,10 @@ pub struct Decision {
     pub cause: Option<Cause>,
     pub agent: String,
     pub rule_id: u32,
-    /// Where the rule was written, or why no rule applied.
+    /// `<policy>/<rule>`, or why no rule applied.
     pub rule: String,
+    /// The rule's reason, when a rule decided.
+    pub reason: String,
     pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
@@ -65,17 +65,31 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
+/// What kernel ids stand for: agent names and rules (id, reason) of the loaded generation.
+#[derive(Clone, Debug, Default)]
+pub struct Names {
+    /// Agent id n is `agents[n - 1]`.
+    pub agents: Vec<String>,
+    /// Kernel rule id n is `rules[n - 1]`: (`<policy>/<rule>`, reason).
+    pub rules: Vec<(String, String)>,
+}
+
 impl Decision {
-    pub fn new(ev: &Event, policy: &Policy, clock: &Clock) -> Self {
+    pub fn new(ev: &Event, names: &Names, clock: &Clock) -> Self {
         let kind = Kind::from_u8(ev.kind);
         let cause = Cause::from_u8(ev.cause);
         let agent = ev
             .agent_id
             .checked_sub(1)
-            .and_then(|i| policy.agents.get(i as usize))
-            .map_or_else(|| format!("#{}", ev.agent_id), |a| a.name.clone());
-        let rule = match (cause, policy.rule(ev.rule_id)) {
-            (Some(Cause::Rule), Some(rule)) => rule.origin.clone(),
+            .and_then(|i| names.agents.get(i as usize))
+            .map_or_else(|| format!("#{}", ev.agent_id), Clone::clone);
+        let named = ev
+            .rule_id
+            .checked_sub(1)
+            .and_then(|i| names.rules.get(i as usize));
+        let reason = named.map(|r| r.1.clone()).unwrap_or_default();
+        let rule = match (cause, named) {
+            (Some(Cause::Rule), Some(rule)) => rule.0.clone(),
             (Some(Cause::Rule), None) => {
                 format!("rule #{} (not in the current policy)", ev.rule_id)
             }
@@ -98,6 +112,7 @@ impl Decision {
             agent,
             rule_id: if ev.rule_id == NO_RULE { 0 } else { ev.rule_id },
             rule,
+            reason,
             cgroup_id: ev.cgroup_id,
             pid: ev.pid,
             tgid: ev.tgid,
@@ -160,22 +175,23 @@ impl fmt::Display for Decision {
             self.uid,
             self.cgroup_id,
             self.rule,
-        )
+        )?;
+        if !self.reason.is_empty() {
+            write!(f, " reason={:?}", self.reason)?;
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy;
 
-    fn policy() -> Policy {
-        policy::parse(&[(
-            "p.yaml".into(),
-            "agents:\n  - name: bot\n    cgroup: g/bot\n    exec:\n      block: [/usr/bin/wget]\n"
-                .into(),
-        )])
-        .unwrap()
+    fn policy() -> Names {
+        Names {
+            agents: vec!["bot".into()],
+            rules: vec![("bot/no-wget".into(), "no downloads".into())],
+        }
     }
 
     fn event() -> Event {
@@ -203,9 +219,13 @@ mod tests {
         assert_eq!(d.agent, "bot");
         assert_eq!(d.object, "/usr/bin/wget");
         assert_eq!(d.comm, "sh");
-        assert!(d.rule.contains("agents[0].exec.block[0]"), "{}", d.rule);
+        assert_eq!(d.rule, "bot/no-wget");
         let line = d.to_string();
         assert!(line.starts_with("1970-01-01T00:00:01.500Z BLOCK exec    agent=bot path=\"/usr/bin/wget\" pid=10 comm=\"sh\""), "{line}");
+        assert!(
+            line.ends_with(" rule=bot/no-wget reason=\"no downloads\""),
+            "{line}"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use aya::maps::{MapData, RingBuf};
 use governance::{
     agents::{self, AgentCgroup},
     events,
-    kernel::Enforcer,
-    policy::{self, Policy},
+    kernel::{self, Enforcer, KernelPolicy},
+    policy::{self, PolicySet},
 };
 use governance_common::Event;
 
@@ -223,7 +223,8 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
 /// The programs, loaded with a policy, and their event stream.
 pub struct Loaded {
     pub enforcer: Enforcer,
-    pub policy: Policy,
+    pub policy: PolicySet,
+    pub compiled: KernelPolicy,
     pub agents: Vec<AgentCgroup>,
     pub events: RingBuf<MapData>,
 }
@@ -234,16 +235,27 @@ pub fn load(yaml: &str) -> Loaded {
     let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
         .unwrap_or_else(|e| panic!("{e}"));
     let root = agents::cgroup2_mount().unwrap();
-    let agents = agents::resolve(&root, &policy, false).unwrap_or_else(|e| panic!("{e}"));
+    let agents = agents::discover(&root, &policy, false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !agents.is_empty(),
+        "the test policy's agent cgroup was not found"
+    );
+    let compiled = kernel::compile(&policy, &agents);
+    assert!(
+        compiled.unenforceable.is_empty(),
+        "{:?}",
+        compiled.unenforceable
+    );
     let mut enforcer = Enforcer::load().unwrap_or_else(|e| panic!("loading eBPF: {e}"));
     let skipped = enforcer
-        .install(&policy, &agents)
+        .install(&compiled)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
     let events = enforcer.take_events().unwrap();
     Loaded {
         enforcer,
         policy,
+        compiled,
         agents,
         events,
     }

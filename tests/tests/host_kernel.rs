@@ -29,7 +29,7 @@ fn connect4_block_denies_agent_and_its_descendants_but_not_others() {
     let (_blocked, blocked_addr) = listener([127, 0, 0, 1]);
     let (_open, open_addr) = listener([127, 0, 0, 2]);
     let mut k = load(&format!(
-        "agents:\n  - name: netbot\n    cgroup: {}\n    network:\n      block: [127.0.0.1/32]\n",
+        "name: netbot\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback-1, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
         agent.rel.display()
     ));
     let root = governance::agents::cgroup2_mount().unwrap();
@@ -93,7 +93,7 @@ fn detaching_on_drop_stops_enforcement() {
     let attempt = Attempt::Connect4 { addr };
     {
         let mut k = load(&format!(
-            "agents:\n  - name: a\n    cgroup: {}\n    network:\n      block: [127.0.0.0/8]\n",
+            "name: a\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.0/8 }}, verdict: block, reason: test }}\n",
             agent.rel.display()
         ));
         k.enforcer
@@ -125,10 +125,7 @@ fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("p.yaml"),
-        format!(
-            "agents:\n  - name: cli\n    cgroup: {}\n",
-            agent.rel.display()
-        ),
+        format!("name: cli\nagents: {{ cgroup: {} }}\n", agent.rel.display()),
     )
     .unwrap();
     let out = Command::new(&bin)

@@ -64,7 +64,7 @@ fn rand() -> u64 {
 /// Load a policy whose agent `agent` may not run `blocked`, and attach the exec hook.
 fn enforce_exec(agent: &TestCgroup, blocked: &Path) -> Loaded {
     let mut k = load(&format!(
-        "agents:\n  - name: exec-agent\n    cgroup: {}\n    exec:\n      block: [{}]\n",
+        "name: exec-agent\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-exfil, exec: {{ path: {} }}, verdict: block, reason: test }}\n",
         agent.rel.display(),
         blocked.display()
     ));
@@ -243,7 +243,7 @@ fn governance_run_prints_decisions_as_they_happen() {
     std::fs::write(
         dir.join("agent.yaml"),
         format!(
-            "agents:\n  - name: cli-agent\n    cgroup: {}\n    exec:\n      block: [{}]\n",
+            "name: cli-agent\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-exfil, exec: {{ path: {} }}, verdict: block, reason: exfiltration tool }}\n",
             agent.rel.display(),
             tool.blocked.display()
         ),
@@ -266,12 +266,12 @@ fn governance_run_prints_decisions_as_they_happen() {
     stdout.read_line(&mut line).unwrap();
     for part in [
         " BLOCK exec ",
-        "agent=cli-agent",
+        &format!("agent={}", agent.rel.display()),
         &format!("path={:?}", tool.blocked.display().to_string()),
         &format!("pid={pid} "),
         "comm=\"cli-proc\"",
         &format!("cgroup={} ", agent.id()),
-        "exec.block[0]",
+        "rule=cli-agent/no-exfil reason=\"exfiltration tool\"",
     ] {
         assert!(line.contains(part), "missing {part:?} in {line:?}");
     }

@@ -237,7 +237,9 @@ fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
         let name = name.rsplit_once('-').map_or(name.as_ref(), |(n, _)| n);
         files.push((t.clone(), format!("/governance/tests/{name}")));
     }
-    for dir in ["policies", "xtask/demo"] {
+    // The demo policy is what `governance run` enforces in the VM; the example policies
+    // have HTTP rules for the proxy and are exercised by `governance policy test`.
+    for (dir, guest) in [("policies/demo", "policies"), ("xtask/demo", "demo")] {
         for entry in std::fs::read_dir(dir).with_context(|| format!("reading {dir}"))? {
             let path = entry?.path();
             let name = path
@@ -245,11 +247,6 @@ fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            let guest = if dir == "policies" {
-                "policies"
-            } else {
-                "demo"
-            };
             files.push((path, format!("/governance/{guest}/{name}")));
         }
     }
@@ -370,6 +367,18 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     progress("unit tests (host)");
     let (ok, c) = counted(&["test", "--quiet"], &[])?;
     places.push(("unit tests, host", ok, c));
+
+    progress("policy check and policy tests (policies/)");
+    run(Command::new(&b.governance).args(["policy", "check", "policies"]))?;
+    let out = Command::new(&b.governance)
+        .args(["policy", "test", "policies"])
+        .output()
+        .context("running governance policy test")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    print!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    let mut c = Counts::default();
+    text.lines().for_each(|l| c.add_line(l));
+    places.push(("policy tests (policies/)", out.status.success(), c));
 
     progress("kernel tests on the host kernel (cgroup socket programs)");
     let (ok, c) = counted(

@@ -2,6 +2,7 @@
 //! struct offsets of the running kernel, attach the programs, and write the policy into the maps.
 
 pub mod btf;
+mod compile;
 
 use std::{
     fmt,
@@ -11,17 +12,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError},
 };
 use governance_common::{
-    AgentValue, Counter, ExecKey, Net4Key, RuleValue, Verdict, maps, offsets, programs,
+    AgentValue, Counter, ExecKey, Net4Key, RuleValue, maps, offsets, programs,
 };
 
-use crate::{
-    agents::AgentCgroup,
-    policy::{Policy, Target},
-};
+pub use compile::{KernelPolicy, compile};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governance"));
@@ -56,7 +54,7 @@ pub enum KernelError {
     },
     #[error("exec rule {rule} ({path}): {source}")]
     ExecTarget {
-        rule: u32,
+        rule: String,
         path: PathBuf,
         source: std::io::Error,
     },
@@ -240,44 +238,49 @@ impl Enforcer {
             .ok_or(KernelError::Missing { what: "map", name })
     }
 
-    /// Write the policy into the maps: agent roots, then their rules.
+    /// Write compiled policy into the maps: rules first, then the agent roots that use them,
+    /// so an agent never runs with half its rules.
     ///
-    /// Rules go in before the agents that use them, so an agent never runs with half its rules.
     /// An executable that does not exist is reported and skipped (nothing to run, nothing to
-    /// block; it is picked up at the next load). Any map error aborts.
-    pub fn install(
-        &mut self,
-        policy: &Policy,
-        agents: &[AgentCgroup],
-    ) -> Result<Vec<KernelError>, KernelError> {
+    /// decide; it is picked up at the next load). Any map error aborts.
+    pub fn install(&mut self, policy: &KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
         let mut skipped = Vec::new();
-        let agent_id = |index: usize| index as u32 + 1;
         {
             let name = maps::EXEC_RULES;
             let mut exec: HashMap<_, ExecKey, RuleValue> =
                 HashMap::try_from(self.map_mut(name)?)
                     .map_err(|source| KernelError::Map { name, source })?;
-            for rule in &policy.rules {
-                let Target::Exec(path) = &rule.target else {
-                    continue;
-                };
+            for ((path, agent_id), value) in &policy.exec {
                 let (dev, ino) = match exec_identity(path) {
                     Ok(id) => id,
                     Err(source) => {
                         skipped.push(KernelError::ExecTarget {
-                            rule: rule.id,
+                            rule: policy
+                                .rule_names
+                                .get(value.rule_id as usize - 1)
+                                .cloned()
+                                .unwrap_or_default(),
                             path: path.clone(),
                             source,
                         });
                         continue;
                     }
                 };
+                if let Ok(target) = std::fs::canonicalize(path)
+                    && target != *path
+                {
+                    tracing::info!(
+                        "exec rule names {}, which resolves to {}: that file is what is decided on",
+                        path.display(),
+                        target.display()
+                    );
+                }
                 let key = ExecKey {
-                    agent_id: agent_id(rule.agent),
+                    agent_id: *agent_id,
                     dev,
                     ino,
                 };
-                exec.insert(key, block(rule.id), 0)
+                exec.insert(key, value, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
@@ -285,32 +288,16 @@ impl Enforcer {
             let name = maps::NET4_RULES;
             let mut net: LpmTrie<_, Net4Key, RuleValue> = LpmTrie::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
-            for rule in &policy.rules {
-                let Target::Net4(cidr) = &rule.target else {
-                    continue;
-                };
-                let key = Key::new(
-                    32 + u32::from(cidr.prefix),
-                    Net4Key {
-                        agent_be: agent_id(rule.agent).to_be_bytes(),
-                        addr: cidr.addr.octets(),
-                    },
-                );
-                net.insert(&key, block(rule.id), 0)
+            for ((prefix, data), value) in &policy.net4 {
+                net.insert(&KernelPolicy::net4_key(*prefix, *data), value, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
         let name = maps::AGENTS;
         let mut map: HashMap<_, u64, AgentValue> = HashMap::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
-        for agent in agents {
-            let value = AgentValue {
-                agent_id: agent.agent_id(),
-                exec_default: Verdict::Allow as u8,
-                net_default: Verdict::Allow as u8,
-                _pad: [0; 2],
-            };
-            map.insert(agent.cgroup_id, value, 0)
+        for (cgroup_id, value) in &policy.agents {
+            map.insert(cgroup_id, value, 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         Ok(skipped)
@@ -339,14 +326,6 @@ impl Enforcer {
             .get(&(counter as u32), 0)
             .map_err(|source| KernelError::Map { name, source })?;
         Ok(values.iter().sum())
-    }
-}
-
-fn block(rule_id: u32) -> RuleValue {
-    RuleValue {
-        rule_id,
-        verdict: Verdict::Block as u8,
-        _pad: [0; 3],
     }
 }
 

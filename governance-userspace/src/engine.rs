@@ -1,0 +1,446 @@
+//! The decision engine: (agent, action, time) → decision. Pure apart from the token buckets
+//! that throttle rules keep, which live beside it behind a lock.
+//!
+//! This is the reference semantics: the HTTP proxy calls it in process, `governance policy
+//! test` runs it, and the kernel maps encode the subset the kernel programs enforce.
+//!
+//! Precedence, for one action: among the rules of every policy that governs the agent, the most
+//! specific matching rule wins ([`crate::policy::Matcher`]'s specificity); at equal specificity
+//! the most severe verdict wins (block > escalate > sandbox > throttle > allow). With no
+//! matching rule, the default posture applies: block if any enforcing policy of the agent
+//! defaults to block for that kind, else allow. Shadow rules and shadow policies never change
+//! the outcome; when they would have, the decision carries what they would have done.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::policy::{
+    Access, HostMatch, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule, SandboxTarget,
+    ThrottleKey, Verdict, glob,
+};
+
+/// Something an agent is about to do.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Exec {
+        path: PathBuf,
+    },
+    File {
+        path: PathBuf,
+        access: Access,
+    },
+    Network {
+        addr: IpAddr,
+        port: u16,
+        protocol: Protocol,
+    },
+    Http(HttpRequest),
+}
+
+impl Action {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Action::Exec { .. } => Kind::Exec,
+            Action::File { .. } => Kind::File,
+            Action::Network { .. } => Kind::Network,
+            Action::Http(_) => Kind::Http,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HttpRequest {
+    pub method: String,
+    /// Host without port, any case.
+    pub host: String,
+    pub path: String,
+    /// (name, value); names any case.
+    pub headers: Vec<(String, String)>,
+    /// The parsed JSON body, if it is JSON.
+    pub body: Option<Value>,
+}
+
+/// The agent an action comes from: its root cgroup (relative to the cgroup2 mount) and label.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AgentRef {
+    pub name: String,
+    pub cgroup: String,
+    pub label: Option<String>,
+}
+
+/// What happens to the action.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Allow,
+    Block,
+    /// Over a throttle rule's rate; try again after this long.
+    Throttle {
+        retry_after: Duration,
+    },
+    Sandbox(SandboxTarget),
+    /// Hold for a human; on timeout, `on_timeout`.
+    Escalate {
+        timeout: Duration,
+        on_timeout: Posture,
+    },
+}
+
+impl Outcome {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Outcome::Allow => Verdict::Allow,
+            Outcome::Block => Verdict::Block,
+            Outcome::Throttle { .. } => Verdict::Throttle,
+            Outcome::Sandbox(_) => Verdict::Sandbox,
+            Outcome::Escalate { .. } => Verdict::Escalate,
+        }
+    }
+}
+
+/// A decision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// `<policy>/<rule>` of the deciding rule; None when the default posture decided.
+    pub rule: Option<String>,
+    pub reason: String,
+    pub generation: u64,
+    /// What shadow rules would have done instead, when it differs.
+    pub shadow: Option<Box<Decision>>,
+}
+
+impl Decision {
+    pub fn verdict(&self) -> Verdict {
+        self.outcome.verdict()
+    }
+}
+
+/// A token bucket: `rate` tokens per `per`, holding at most `rate`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// The rules that apply to one agent, ordered for first-match-wins.
+#[derive(Debug, Default)]
+pub struct AgentRules {
+    agent: AgentRef,
+    /// Indices into `Engine::rules`, per kind, most specific (then most severe) first.
+    by_kind: HashMap<Kind, Vec<usize>>,
+    /// HTTP rules by exact host, then suffix rules, then any-host rules (each ordered).
+    http_exact: HashMap<String, Vec<usize>>,
+    http_suffix: Vec<usize>,
+    http_any: Vec<usize>,
+    /// Default posture per kind from enforcing policies, and from shadow policies.
+    defaults: HashMap<Kind, Posture>,
+    shadow_defaults: HashMap<Kind, Posture>,
+}
+
+/// One generation of policy, ready to decide.
+pub struct Engine {
+    pub generation: u64,
+    set: Arc<PolicySet>,
+    rules: Vec<Rule>,
+    buckets: Mutex<HashMap<(usize, String, bool), Bucket>>,
+}
+
+impl Engine {
+    pub fn new(set: PolicySet, generation: u64) -> Self {
+        let rules = set.rules().cloned().collect();
+        Self {
+            generation,
+            set: Arc::new(set),
+            rules,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn policies(&self) -> &PolicySet {
+        &self.set
+    }
+
+    /// The rules that govern `agent`: every policy whose selector matches it.
+    pub fn agent(&self, agent: &AgentRef) -> AgentRules {
+        let mut view = AgentRules {
+            agent: agent.clone(),
+            ..Default::default()
+        };
+        let mut index = 0;
+        for p in &self.set.policies {
+            let applies = p.selector.matches(&agent.cgroup, agent.label.as_deref());
+            for r in &p.rules {
+                if applies {
+                    view.by_kind
+                        .entry(r.matcher.kind())
+                        .or_default()
+                        .push(index);
+                }
+                index += 1;
+            }
+            if applies {
+                let target = match p.mode {
+                    Mode::Enforce => &mut view.defaults,
+                    Mode::Shadow => &mut view.shadow_defaults,
+                };
+                for (kind, posture) in &p.defaults {
+                    let slot = target.entry(*kind).or_insert(Posture::Allow);
+                    if *posture == Posture::Block {
+                        *slot = Posture::Block;
+                    }
+                }
+            }
+        }
+        for list in view.by_kind.values_mut() {
+            list.sort_by(|&a, &b| {
+                let (ra, rb) = (&self.rules[a], &self.rules[b]);
+                rb.specificity
+                    .cmp(&ra.specificity)
+                    .then(rb.verdict.cmp(&ra.verdict))
+                    .then(a.cmp(&b))
+            });
+        }
+        for &i in view
+            .by_kind
+            .get(&Kind::Http)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let Matcher::Http(h) = &self.rules[i].matcher else {
+                continue;
+            };
+            match &h.host {
+                HostMatch::Exact(host) => view.http_exact.entry(host.clone()).or_default().push(i),
+                HostMatch::Suffix(_) => view.http_suffix.push(i),
+                HostMatch::Any => view.http_any.push(i),
+            }
+        }
+        view
+    }
+
+    /// Decide `action` for the agent of `view` at `now`.
+    pub fn decide(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
+        let kind = action.kind();
+        let host = match action {
+            Action::Http(r) => Some(r.host.to_ascii_lowercase()),
+            _ => None,
+        };
+        let empty = Vec::new();
+        let candidates: Box<dyn Iterator<Item = usize> + '_> = match &host {
+            Some(host) => Box::new(
+                view.http_exact
+                    .get(host.as_str())
+                    .unwrap_or(&empty)
+                    .iter()
+                    .chain(&view.http_suffix)
+                    .chain(&view.http_any)
+                    .copied(),
+            ),
+            None => Box::new(view.by_kind.get(&kind).unwrap_or(&empty).iter().copied()),
+        };
+        let mut enforced = None;
+        let mut any = None;
+        for i in candidates {
+            let rule = &self.rules[i];
+            if !matches(rule, action) {
+                continue;
+            }
+            if any.is_none() {
+                any = Some(i);
+            }
+            if rule.mode == Mode::Enforce {
+                enforced = Some(i);
+                break;
+            }
+        }
+        let decision = match enforced {
+            Some(i) => self.apply(i, &view.agent, now, false),
+            None => self.default(view.defaults.get(&kind), kind),
+        };
+        let shadow = match any {
+            Some(i) if Some(i) != enforced => Some(self.apply(i, &view.agent, now, true)),
+            None if view.shadow_defaults.get(&kind) == Some(&Posture::Block)
+                && decision.outcome == Outcome::Allow =>
+            {
+                Some(self.default(Some(&Posture::Block), kind))
+            }
+            _ => None,
+        }
+        .filter(|s| s.outcome != decision.outcome || s.rule != decision.rule);
+        Decision {
+            shadow: shadow.map(Box::new),
+            ..decision
+        }
+    }
+
+    fn default(&self, posture: Option<&Posture>, kind: Kind) -> Decision {
+        let block = posture == Some(&Posture::Block);
+        Decision {
+            outcome: if block {
+                Outcome::Block
+            } else {
+                Outcome::Allow
+            },
+            rule: None,
+            reason: format!(
+                "no rule matched; the default for {} is {}",
+                kind.as_str(),
+                if block { "block" } else { "allow" }
+            ),
+            generation: self.generation,
+            shadow: None,
+        }
+    }
+
+    fn apply(&self, i: usize, agent: &AgentRef, now: Instant, shadow: bool) -> Decision {
+        let rule = &self.rules[i];
+        let outcome = match rule.verdict {
+            Verdict::Allow => Outcome::Allow,
+            Verdict::Block => Outcome::Block,
+            Verdict::Throttle => match &rule.throttle {
+                Some(t) => self.take(i, agent, now, shadow, t.rate, t.per, t.key),
+                None => Outcome::Block, // validation guarantees a throttle block; fail closed
+            },
+            Verdict::Sandbox => match &rule.sandbox {
+                Some(s) => Outcome::Sandbox(s.clone()),
+                None => Outcome::Block,
+            },
+            Verdict::Escalate => match &rule.escalate {
+                Some(e) => Outcome::Escalate {
+                    timeout: e.timeout,
+                    on_timeout: e.on_timeout,
+                },
+                None => Outcome::Block,
+            },
+        };
+        Decision {
+            outcome,
+            rule: Some(rule.id.clone()),
+            reason: rule.reason.clone(),
+            generation: self.generation,
+            shadow: None,
+        }
+    }
+
+    /// Take a token from the rule's bucket: Allow if there was one, Throttle otherwise.
+    #[allow(clippy::too_many_arguments)]
+    fn take(
+        &self,
+        rule: usize,
+        agent: &AgentRef,
+        now: Instant,
+        shadow: bool,
+        rate: u32,
+        per: Duration,
+        key: ThrottleKey,
+    ) -> Outcome {
+        let who = match key {
+            ThrottleKey::Rule => String::new(),
+            ThrottleKey::Agent | ThrottleKey::AgentRule => agent.name.clone(),
+        };
+        // Agent-keyed buckets are shared by all the agent's throttle rules.
+        let slot = if key == ThrottleKey::Agent {
+            usize::MAX
+        } else {
+            rule
+        };
+        let per_token = per.as_secs_f64() / f64::from(rate);
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry((slot, who, shadow)).or_insert(Bucket {
+            tokens: f64::from(rate),
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed / per_token).min(f64::from(rate));
+        b.at = now.max(b.at);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Outcome::Allow
+        } else {
+            Outcome::Throttle {
+                retry_after: Duration::from_secs_f64((1.0 - b.tokens) * per_token),
+            }
+        }
+    }
+}
+
+fn matches(rule: &Rule, action: &Action) -> bool {
+    match (&rule.matcher, action) {
+        (Matcher::Exec(p), Action::Exec { path }) => p.matches(path),
+        (Matcher::File { path: p, access }, Action::File { path, access: a }) => {
+            p.matches(path) && (access.is_empty() || access.contains(a))
+        }
+        (
+            Matcher::Network {
+                nets,
+                ports,
+                protocol,
+                ..
+            },
+            Action::Network {
+                addr,
+                port,
+                protocol: p,
+            },
+        ) => {
+            (nets.is_empty() || nets.iter().any(|n| n.contains(*addr)))
+                && (ports.is_empty() || ports.iter().any(|(lo, hi)| (lo..=hi).contains(&port)))
+                && (*protocol == Protocol::Any || protocol == p)
+        }
+        (Matcher::Http(h), Action::Http(req)) => {
+            let host_ok = match &h.host {
+                HostMatch::Any => true,
+                HostMatch::Exact(e) => req.host.eq_ignore_ascii_case(e),
+                HostMatch::Suffix(s) => {
+                    req.host.len() > s.len()
+                        && req.host[req.host.len() - s.len()..].eq_ignore_ascii_case(s)
+                }
+            };
+            host_ok
+                && (h.methods.is_empty()
+                    || h.methods
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(&req.method)))
+                && h.path.as_deref().is_none_or(|p| {
+                    if glob::is_glob(p) {
+                        glob::path(p, &req.path)
+                    } else {
+                        p == req.path
+                    }
+                })
+                && h.headers.iter().all(|(name, value)| {
+                    req.headers
+                        .iter()
+                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && glob::simple(value, v))
+                })
+                && (h.body.is_empty()
+                    || req
+                        .body
+                        .as_ref()
+                        .is_some_and(|b| h.body.iter().all(|c| c.eval(b))))
+                && h.mcp.as_ref().is_none_or(|(tool, args)| {
+                    let Some(body) = &req.body else { return false };
+                    body.get("method").and_then(Value::as_str) == Some("tools/call")
+                        && body
+                            .pointer("/params/name")
+                            .and_then(Value::as_str)
+                            .is_some_and(|name| glob::simple(tool, name))
+                        && args.iter().all(|c| {
+                            c.eval(body.pointer("/params/arguments").unwrap_or(&Value::Null))
+                        })
+                })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

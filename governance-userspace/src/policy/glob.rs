@@ -1,0 +1,89 @@
+//! Glob matching for names and paths, without regex and without backtracking blow-ups.
+
+/// `*` matches any run of characters, `?` any one character. The classic two-pointer
+/// algorithm: at most O(len(pattern) × len(text)).
+pub fn simple(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// Path glob over `/`-separated segments: within a segment `*` and `?` as in [`simple`]; a
+/// segment that is exactly `**` matches zero or more whole segments.
+pub fn path(pattern: &str, text: &str) -> bool {
+    let p: Vec<&str> = pattern.trim_matches('/').split('/').collect();
+    let t: Vec<&str> = text.trim_matches('/').split('/').collect();
+    // reachable[j]: pattern prefix matched against text prefix of length j.
+    let mut reachable = vec![false; t.len() + 1];
+    reachable[0] = true;
+    for seg in &p {
+        let mut next = vec![false; t.len() + 1];
+        if *seg == "**" {
+            let mut any = false;
+            for j in 0..=t.len() {
+                any |= reachable[j];
+                next[j] = any;
+            }
+        } else {
+            for j in 0..t.len() {
+                if reachable[j] && simple(seg, t[j]) {
+                    next[j + 1] = true;
+                }
+            }
+        }
+        reachable = next;
+    }
+    reachable[t.len()]
+}
+
+/// Does the pattern contain glob characters?
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simple_globs() {
+        assert!(simple("*", ""));
+        assert!(simple("search*", "search_web"));
+        assert!(simple("s?arch", "search"));
+        assert!(simple("*.sql", "dump.backup.sql"));
+        assert!(!simple("*.sql", "dump.sqlx"));
+        assert!(!simple("a*b*c", "aXbY"));
+        assert!(simple(&"*a".repeat(20), &"a".repeat(40)));
+        // A `*` in the text is just a character; a `*` in the pattern is always a wildcard.
+        assert!(simple("SELECT *", "SELECT * FROM t"));
+    }
+
+    #[test]
+    fn path_globs() {
+        assert!(path("agents/refund-*", "agents/refund-7"));
+        assert!(!path("agents/refund-*", "agents/refund-7/worker"));
+        assert!(path("agents/**", "agents/a/b/c"));
+        assert!(path("agents/**", "agents"));
+        assert!(path("/v1/refunds/**", "/v1/refunds"));
+        assert!(path("/v1/*/refunds", "/v1/ch_1/refunds"));
+        assert!(!path("/v1/*/refunds", "/v1/a/b/refunds"));
+        assert!(path("**/secret", "a/b/secret"));
+        assert!(is_glob("a/*") && !is_glob("a/b"));
+    }
+}

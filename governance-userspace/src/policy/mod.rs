@@ -1,0 +1,1065 @@
+//! The policy: YAML documents in a directory → validated, compiled rules.
+//!
+//! Every problem is reported with its file, line and column, and any problem rejects the whole
+//! set: a typo never silently weakens a policy. The file format is in [`model`] (and the
+//! README); [`crate::engine`] decides with what this module produces.
+
+pub mod cond;
+pub mod glob;
+pub mod model;
+pub mod testing;
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use marked_yaml::{Marker, Span, Spanned};
+pub use model::{Access, Mode, Posture, Protocol, SandboxNetwork, ThrottleKey, Verdict};
+
+use self::cond::Condition;
+
+/// Longest exec/file path a rule may name (what the kernel side can match and report).
+pub const MAX_PATH_LEN: usize = governance_common::EVENT_PATH_LEN - 1;
+/// Most rules a policy set may hold.
+pub const MAX_RULES: usize = governance_common::MAX_EXEC_RULES as usize;
+
+/// What kind of action a rule is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Exec,
+    File,
+    Network,
+    Http,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Exec, Kind::File, Kind::Network, Kind::Http];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::File => "file",
+            Kind::Network => "network",
+            Kind::Http => "http",
+        }
+    }
+}
+
+/// Where something was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// One problem found in the policy set, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based line and column, when known.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("reading policy directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no policy files (*.yaml, *.yml) in {0}")]
+    Empty(PathBuf),
+    #[error("{} problem(s) in the policy; nothing was applied:\n{}", .0.len(), list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Which agents a policy governs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Glob over cgroup paths relative to the cgroup2 mount.
+    pub cgroup: Option<String>,
+    /// Value of the `user.governance.agent` xattr.
+    pub label: Option<String>,
+}
+
+impl Selector {
+    /// Does an agent root with this cgroup path (relative) and label match? All given
+    /// selectors must match.
+    pub fn matches(&self, cgroup: &str, label: Option<&str>) -> bool {
+        self.cgroup.as_deref().is_none_or(|g| glob::path(g, cgroup))
+            && self.label.as_deref().is_none_or(|l| label == Some(l))
+    }
+
+    /// A cgroup selector that names one cgroup (no glob characters).
+    pub fn literal_cgroup(&self) -> Option<&str> {
+        self.cgroup.as_deref().filter(|c| !glob::is_glob(c))
+    }
+}
+
+/// A path rule: an exact path or everything below a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(PathBuf),
+    Prefix(PathBuf),
+}
+
+impl PathMatch {
+    pub fn matches(&self, p: &Path) -> bool {
+        match self {
+            PathMatch::Exact(e) => p == e,
+            PathMatch::Prefix(d) => p.starts_with(d),
+        }
+    }
+}
+
+/// An IP network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// IPv4 networks and addresses are compared as IPv4-mapped IPv6, so a rule for
+    /// `10.0.0.0/8` also covers `::ffff:10.1.2.3`.
+    fn bits(addr: IpAddr) -> u128 {
+        match addr {
+            IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    fn prefix128(&self) -> u32 {
+        u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 }
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let len = self.prefix128();
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Self::bits(self.addr) & mask == Self::bits(addr) & mask
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR (a.b.c.d/n or x::y/n)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("bad prefix length in `{s}` (0 to {max})"))?,
+            None => max,
+        };
+        let net = IpNet { addr, prefix };
+        let host_bits = if u32::from(prefix) == u32::from(max) {
+            0
+        } else {
+            Self::bits(addr) & (u128::MAX >> net.prefix128())
+        };
+        if host_bits != 0 {
+            return Err(format!("`{s}` has host bits set after /{prefix}"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Host part of an HTTP rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lowercase host.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; any subdomain, not the apex.
+    Suffix(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpMatcher {
+    pub host: HostMatch,
+    /// Uppercase methods; empty means any.
+    pub methods: Vec<String>,
+    pub path: Option<String>,
+    /// (lowercase name, value glob)
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<Condition>,
+    /// (tool name glob, conditions on the arguments)
+    pub mcp: Option<(String, Vec<Condition>)>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    Exec(PathMatch),
+    File {
+        path: PathMatch,
+        /// Accesses covered; empty means all.
+        access: Vec<Access>,
+    },
+    Network {
+        /// Empty means any destination.
+        nets: Vec<IpNet>,
+        /// Inclusive ranges; empty means any port.
+        ports: Vec<(u16, u16)>,
+        protocol: Protocol,
+        via_proxy: bool,
+    },
+    Http(HttpMatcher),
+}
+
+impl Matcher {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Matcher::Exec(_) => Kind::Exec,
+            Matcher::File { .. } => Kind::File,
+            Matcher::Network { .. } => Kind::Network,
+            Matcher::Http(_) => Kind::Http,
+        }
+    }
+
+    /// Specificity, compared lexicographically; higher wins. See the README's precedence.
+    fn specificity(&self) -> [u32; 4] {
+        let path = |p: &PathMatch| match p {
+            PathMatch::Exact(e) => [2, e.as_os_str().len() as u32],
+            PathMatch::Prefix(d) => [1, d.as_os_str().len() as u32],
+        };
+        match self {
+            Matcher::Exec(p) => {
+                let [a, b] = path(p);
+                [a, b, 0, 0]
+            }
+            Matcher::File { path: p, access } => {
+                let [a, b] = path(p);
+                [a, b, u32::from(!access.is_empty()), 0]
+            }
+            Matcher::Network { nets, ports, .. } => {
+                let prefix = nets.iter().map(|n| n.prefix128()).min().unwrap_or(0);
+                let narrow = ports
+                    .iter()
+                    .map(|(a, b)| 65536 - (u32::from(*b) - u32::from(*a) + 1))
+                    .min()
+                    .unwrap_or(0);
+                [prefix, narrow, 0, 0]
+            }
+            Matcher::Http(h) => {
+                let host = match &h.host {
+                    HostMatch::Exact(_) => 2,
+                    HostMatch::Suffix(_) => 1,
+                    HostMatch::Any => 0,
+                };
+                let literal_path = h.path.as_deref().map_or(0, |p| {
+                    if glob::is_glob(p) {
+                        p.split(['*', '?']).next().unwrap_or("").len() as u32
+                    } else {
+                        u32::MAX / 2
+                    }
+                });
+                let conditions = u32::from(!h.methods.is_empty())
+                    + h.headers.len() as u32
+                    + h.body.len() as u32
+                    + h.mcp.as_ref().map_or(0, |(_, a)| 1 + a.len() as u32);
+                let suffix_len = match &h.host {
+                    HostMatch::Suffix(s) => s.len() as u32,
+                    _ => 0,
+                };
+                [host, suffix_len, literal_path, conditions]
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Throttle {
+    pub rate: u32,
+    pub per: Duration,
+    pub key: ThrottleKey,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Escalate {
+    pub timeout: Duration,
+    pub on_timeout: Posture,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SandboxTarget {
+    Profile(String),
+    Upstream(String),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SandboxProfile {
+    pub network: Option<SandboxNetwork>,
+    pub writable: Vec<PathBuf>,
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// `<policy>/<rule id>`: what events quote.
+    pub id: String,
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Effective mode (the rule's, else its policy's).
+    pub mode: Mode,
+    pub matcher: Matcher,
+    pub throttle: Option<Throttle>,
+    pub escalate: Option<Escalate>,
+    pub sandbox: Option<SandboxTarget>,
+    pub at: Location,
+    pub specificity: [u32; 4],
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    /// Where its `name` is written.
+    pub at: Location,
+    pub mode: Mode,
+    pub selector: Selector,
+    /// Default posture per kind, where the policy sets one.
+    pub defaults: BTreeMap<Kind, Posture>,
+    pub sandbox_profiles: BTreeMap<String, SandboxProfile>,
+    pub rules: Vec<Rule>,
+}
+
+/// Every policy of a directory.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.rules.len()).sum()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.policies.iter().flat_map(|p| p.rules.iter())
+    }
+}
+
+/// Policy files of a directory, recursively, sorted; `*.tests.yaml` files are policy tests.
+pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyError> {
+    let mut policies = Vec::new();
+    let mut tests = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| PolicyError::Dir {
+            dir: d.clone(),
+            source,
+        })?;
+        for entry in rd {
+            let path = entry
+                .map_err(|source| PolicyError::Dir {
+                    dir: d.clone(),
+                    source,
+                })?
+                .path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".tests.yaml") || name.ends_with(".tests.yml") {
+                tests.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                policies.push(path);
+            }
+        }
+    }
+    policies.sort();
+    tests.sort();
+    Ok((policies, tests))
+}
+
+/// Load and validate every policy file below `dir`.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
+    let (files, _) = policy_files(dir)?;
+    if files.is_empty() {
+        return Err(PolicyError::Empty(dir.to_owned()));
+    }
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => problems.push(Problem {
+                file,
+                at: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+    match parse(&sources) {
+        Ok(set) if problems.is_empty() => Ok(set),
+        Ok(_) => Err(PolicyError::Invalid(problems)),
+        Err(PolicyError::Invalid(more)) => {
+            problems.extend(more);
+            Err(PolicyError::Invalid(problems))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Split a file into YAML documents at `---` lines; returns (first line number, text).
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" {
+            docs.push((i + 1, String::new()));
+        } else if let Some((_, doc)) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Parse and validate policy texts, given as (file name, contents).
+pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
+    let mut set = PolicySet::default();
+    let mut problems = Vec::new();
+    let mut names: BTreeMap<String, Location> = BTreeMap::new();
+    for (file, text) in sources {
+        for (offset, doc) in documents(text) {
+            let mut cx = Cx {
+                file,
+                offset,
+                problems: &mut problems,
+            };
+            let parsed = match marked_yaml::from_yaml_with_options::<model::PolicyDoc>(
+                0,
+                &doc,
+                marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    let (at, msg) = yaml_error(&e);
+                    cx.problem_at(at, msg);
+                    continue;
+                }
+            };
+            let Some(policy) = cx.policy(parsed) else {
+                continue;
+            };
+            if let Some(first) = names.get(&policy.name) {
+                problems.push(Problem {
+                    file: file.clone(),
+                    at: Some((policy.at.line, policy.at.column)),
+                    message: format!("policy `{}` is already defined at {first}", policy.name),
+                });
+                continue;
+            }
+            names.insert(policy.name.clone(), policy.at.clone());
+            set.policies.push(policy);
+        }
+    }
+    if set.rule_count() > MAX_RULES {
+        problems.push(Problem {
+            file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
+            at: None,
+            message: format!(
+                "{} rules in the policy set; the limit is {MAX_RULES}",
+                set.rule_count()
+            ),
+        });
+    }
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(PolicyError::Invalid(problems))
+    }
+}
+
+fn yaml_error(e: &marked_yaml::FromYamlError) -> (Option<Marker>, String) {
+    use marked_yaml::{FromYamlError, LoadError};
+    match e {
+        FromYamlError::ParseYaml(le) => {
+            let at = match le {
+                LoadError::TopLevelMustBeMapping(m)
+                | LoadError::TopLevelMustBeSequence(m)
+                | LoadError::UnexpectedAnchor(m)
+                | LoadError::MappingKeyMustBeScalar(m)
+                | LoadError::UnexpectedTag(m)
+                | LoadError::ScanError(m, _) => Some(*m),
+                LoadError::DuplicateKey(inner) => inner.key.span().start().copied(),
+            };
+            (at, format!("YAML: {le}"))
+        }
+        // The message names the path in the document (`rules[0].verdict: ...`).
+        FromYamlError::FromNode(ne) => (ne.start_mark(), ne.to_string()),
+    }
+}
+
+/// Validation context for one document.
+struct Cx<'a> {
+    file: &'a Path,
+    /// Line offset of the document in its file.
+    offset: usize,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Cx<'_> {
+    fn loc(&self, span: &Span) -> Location {
+        let (line, column) = span.start().map_or((self.offset + 1, 1), |m| {
+            (m.line() + self.offset, m.column())
+        });
+        Location {
+            file: self.file.to_owned(),
+            line,
+            column,
+        }
+    }
+
+    fn problem_at(&mut self, at: Option<Marker>, message: String) {
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            at: at.map(|m| (m.line() + self.offset, m.column())),
+            message,
+        });
+    }
+
+    fn problem(&mut self, span: &Span, message: impl Into<String>) {
+        self.problem_at(span.start().copied(), message.into());
+    }
+
+    /// Validate one policy document; None if it had problems (already recorded).
+    fn policy(&mut self, doc: model::PolicyDoc) -> Option<Policy> {
+        let before = self.problems.len();
+        let name = doc.name.trim().to_owned();
+        if !valid_name(&name) {
+            self.problem(
+                doc.name.span(),
+                format!("policy name `{name}`: use letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        let mode = doc.mode.as_ref().map_or(Mode::Enforce, |m| **m);
+        let selector = self.selector(&doc.agents);
+        let mut defaults = BTreeMap::new();
+        for (kind, posture) in [
+            (Kind::Exec, &doc.defaults.exec),
+            (Kind::File, &doc.defaults.file),
+            (Kind::Network, &doc.defaults.network),
+            (Kind::Http, &doc.defaults.http),
+        ] {
+            if let Some(p) = posture {
+                defaults.insert(kind, **p);
+            }
+        }
+        let mut profiles = BTreeMap::new();
+        for (pname, profile) in &doc.sandbox_profiles {
+            let mut writable = Vec::new();
+            for w in &profile.writable {
+                match self.abs_path(w) {
+                    Ok(p) => writable.push(p),
+                    Err(msg) => {
+                        self.problem(profile.span(), format!("sandbox profile `{pname}`: {msg}"))
+                    }
+                }
+            }
+            profiles.insert(
+                pname.clone(),
+                SandboxProfile {
+                    network: profile.network,
+                    writable,
+                },
+            );
+        }
+        let mut ids: BTreeMap<String, Location> = BTreeMap::new();
+        let mut rules = Vec::new();
+        for r in doc.rules {
+            let at = self.loc(r.id.span());
+            if let Some(first) = ids.get(r.id.as_str()) {
+                self.problem(
+                    r.id.span(),
+                    format!("duplicate rule id `{}` (first at {first})", *r.id),
+                );
+                continue;
+            }
+            ids.insert(r.id.to_string(), at);
+            if let Some(rule) = self.rule(&name, mode, &profiles, r) {
+                rules.push(rule);
+            }
+        }
+        let at = self.loc(doc.name.span());
+        (self.problems.len() == before).then(|| Policy {
+            name,
+            at,
+            description: doc
+                .description
+                .map(|d| d.trim().to_owned())
+                .unwrap_or_default(),
+            file: self.file.to_owned(),
+            mode,
+            selector: selector.unwrap_or_default(),
+            defaults,
+            sandbox_profiles: profiles,
+            rules,
+        })
+    }
+
+    fn selector(&mut self, agents: &Spanned<model::AgentSelector>) -> Option<Selector> {
+        let span = agents.span();
+        if let Some(p) = &agents.pod_labels {
+            self.problem(
+                p.span(),
+                "`pod_labels` selectors are not supported yet; use `cgroup` or `label`",
+            );
+            return None;
+        }
+        if agents.cgroup.is_none() && agents.label.is_none() {
+            self.problem(
+                span,
+                "empty selector: give `cgroup` (a path glob) and/or `label`",
+            );
+            return None;
+        }
+        let mut sel = Selector::default();
+        if let Some(c) = &agents.cgroup {
+            let g = c.trim().trim_start_matches('/');
+            let bad = if g.is_empty() {
+                Some("the cgroup2 root itself is never an agent")
+            } else if g.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+                Some("empty, `.` and `..` segments never name a cgroup")
+            } else if g.split('/').any(|s| s.starts_with("cgroup.")) {
+                Some("`cgroup.*` names are the kernel's interface files, never cgroups")
+            } else if g.contains('\0') {
+                Some("NUL never appears in a cgroup name")
+            } else if g.split('/').count() >= governance_common::MAX_CGROUP_DEPTH as usize {
+                Some("deeper than the kernel programs look for agent roots")
+            } else {
+                None
+            };
+            match bad {
+                Some(why) => self.problem(
+                    c.span(),
+                    format!("selector matches nothing: cgroup `{}`: {why}", **c),
+                ),
+                None => sel.cgroup = Some(g.to_owned()),
+            }
+        }
+        if let Some(l) = &agents.label {
+            if l.is_empty() || l.len() > 255 || l.chars().any(char::is_control) {
+                self.problem(
+                    l.span(),
+                    "selector matches nothing: a label is 1 to 255 printable characters",
+                );
+            } else {
+                sel.label = Some(l.to_string());
+            }
+        }
+        Some(sel)
+    }
+
+    fn abs_path(&self, p: &str) -> Result<PathBuf, String> {
+        if !p.starts_with('/') {
+            return Err(format!("`{p}` is not an absolute path"));
+        }
+        if p.len() > MAX_PATH_LEN {
+            return Err(format!(
+                "path is {} bytes long; the limit is {MAX_PATH_LEN}",
+                p.len()
+            ));
+        }
+        if p.split('/').any(|s| s == "." || s == "..") {
+            return Err(format!(
+                "`{p}` has `.` or `..` segments; write the resolved path"
+            ));
+        }
+        Ok(PathBuf::from(p))
+    }
+
+    fn path_match(
+        &mut self,
+        what: &str,
+        span: &Span,
+        path: &Option<model::Str>,
+        prefix: &Option<model::Str>,
+    ) -> Option<PathMatch> {
+        let (s, exact) = match (path, prefix) {
+            (Some(p), None) => (p, true),
+            (None, Some(p)) => (p, false),
+            _ => {
+                self.problem(
+                    span,
+                    format!("{what}: give exactly one of `path` or `prefix`"),
+                );
+                return None;
+            }
+        };
+        match self.abs_path(s) {
+            Ok(p) if exact => Some(PathMatch::Exact(p)),
+            Ok(p) => Some(PathMatch::Prefix(p)),
+            Err(msg) => {
+                self.problem(s.span(), format!("{what}: {msg}"));
+                None
+            }
+        }
+    }
+
+    fn conditions(&mut self, list: &[model::Str]) -> Vec<Condition> {
+        list.iter()
+            .filter_map(|c| match c.parse::<Condition>() {
+                Ok(c) => Some(c),
+                Err(msg) => {
+                    self.problem(c.span(), format!("bad JSON condition `{}`: {msg}", **c));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn matcher(&mut self, r: &model::RuleDoc) -> Option<Matcher> {
+        let span = r.id.span();
+        let given = [
+            r.exec.is_some(),
+            r.file.is_some(),
+            r.network.is_some(),
+            r.http.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            self.problem(
+                span,
+                format!(
+                    "rule `{}`: give exactly one of `exec`, `file`, `network` or `http`",
+                    *r.id
+                ),
+            );
+            return None;
+        }
+        if let Some(e) = &r.exec {
+            return self
+                .path_match("exec", span, &e.path, &e.prefix)
+                .map(Matcher::Exec);
+        }
+        if let Some(f) = &r.file {
+            let path = self.path_match("file", span, &f.path, &f.prefix)?;
+            return Some(Matcher::File {
+                path,
+                access: f.access.clone(),
+            });
+        }
+        if let Some(n) = &r.network {
+            let mut nets = Vec::new();
+            if let Some(list) = &n.cidr {
+                for c in &list.0 {
+                    match c.trim().parse::<IpNet>() {
+                        Ok(net) => nets.push(net),
+                        Err(msg) => self.problem(list.span(), format!("bad CIDR: {msg}")),
+                    }
+                }
+            }
+            let mut ports = Vec::new();
+            if let Some(list) = &n.ports {
+                for p in &list.0 {
+                    match parse_ports(p) {
+                        Ok(range) => ports.push(range),
+                        Err(msg) => self.problem(list.span(), msg),
+                    }
+                }
+            }
+            return Some(Matcher::Network {
+                nets,
+                ports,
+                protocol: n.protocol.unwrap_or(Protocol::Any),
+                via_proxy: n.via_proxy,
+            });
+        }
+        let h = r.http.as_ref()?;
+        let host = match h.host.as_ref().map(|h| (h, h.trim().to_ascii_lowercase())) {
+            None => HostMatch::Any,
+            Some((_, h)) if h == "*" => HostMatch::Any,
+            Some((span_h, h)) => {
+                let (bare, suffix) = match h.strip_prefix("*.") {
+                    Some(rest) => (rest.to_owned(), true),
+                    None => (h.clone(), false),
+                };
+                if bare.is_empty()
+                    || !bare
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
+                {
+                    self.problem(
+                        span_h.span(),
+                        format!("host `{h}`: use `name.example` or `*.example`"),
+                    );
+                    return None;
+                }
+                if suffix {
+                    HostMatch::Suffix(format!(".{bare}"))
+                } else {
+                    HostMatch::Exact(bare)
+                }
+            }
+        };
+        let mut methods = Vec::new();
+        if let Some(list) = &h.method {
+            for m in &list.0 {
+                let up = m.trim().to_ascii_uppercase();
+                if up.is_empty() || !up.chars().all(|c| c.is_ascii_alphabetic()) {
+                    self.problem(list.span(), format!("`{m}` is not an HTTP method"));
+                }
+                methods.push(up);
+            }
+        }
+        let path = h.path.as_ref().and_then(|p| {
+            if p.starts_with('/') {
+                Some(p.to_string())
+            } else {
+                self.problem(p.span(), format!("HTTP path `{}` must start with `/`", **p));
+                None
+            }
+        });
+        let headers = h
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
+        let body = self.conditions(&h.body);
+        let mcp = h
+            .mcp
+            .as_ref()
+            .map(|m| (m.tool.to_string(), self.conditions(&m.arguments)));
+        Some(Matcher::Http(HttpMatcher {
+            host,
+            methods,
+            path,
+            headers,
+            body,
+            mcp,
+        }))
+    }
+
+    fn rule(
+        &mut self,
+        policy: &str,
+        policy_mode: Mode,
+        profiles: &BTreeMap<String, SandboxProfile>,
+        r: model::RuleDoc,
+    ) -> Option<Rule> {
+        let before = self.problems.len();
+        let id_span = r.id.span();
+        if !valid_name(&r.id) {
+            self.problem(
+                id_span,
+                format!("rule id `{}`: use letters, digits, `-`, `_` or `.`", *r.id),
+            );
+        }
+        if r.reason.trim().is_empty() {
+            self.problem(
+                r.reason.span(),
+                "a rule needs a reason: events and denials quote it",
+            );
+        }
+        let matcher = self.matcher(&r);
+        let verdict = *r.verdict;
+        let vspan = r.verdict.span();
+        let extra = |name: &str, has: bool, wanted: Verdict| (name.to_owned(), has, wanted);
+        for (name, has, wanted) in [
+            extra("throttle", r.throttle.is_some(), Verdict::Throttle),
+            extra("escalate", r.escalate.is_some(), Verdict::Escalate),
+            extra("sandbox", r.sandbox.is_some(), Verdict::Sandbox),
+        ] {
+            if has && verdict != wanted {
+                self.problem(
+                    vspan,
+                    format!("`{name}` settings only go with `verdict: {name}`"),
+                );
+            }
+            if !has && verdict == wanted {
+                self.problem(vspan, format!("`verdict: {name}` needs a `{name}:` block"));
+            }
+        }
+        let throttle = r.throttle.as_ref().and_then(|t| {
+            let rate = match &t.rate {
+                Some(rate) if **rate > 0 => **rate,
+                Some(rate) => {
+                    self.problem(rate.span(), "throttle rate must be at least 1");
+                    return None;
+                }
+                None => {
+                    self.problem(
+                        t.per.span(),
+                        "a throttle needs a `rate` (requests per `per`)",
+                    );
+                    return None;
+                }
+            };
+            match parse_duration(&t.per) {
+                Ok(per) => Some(Throttle {
+                    rate,
+                    per,
+                    key: t.key.unwrap_or(ThrottleKey::AgentRule),
+                }),
+                Err(msg) => {
+                    self.problem(t.per.span(), msg);
+                    None
+                }
+            }
+        });
+        let escalate = r.escalate.as_ref().and_then(|e| match &e.timeout {
+            None => {
+                self.problem(
+                    vspan,
+                    "an escalation needs a `timeout` (what if nobody answers?)",
+                );
+                None
+            }
+            Some(t) => match parse_duration(t) {
+                Ok(timeout) => Some(Escalate {
+                    timeout,
+                    on_timeout: e.on_timeout.unwrap_or(Posture::Block),
+                }),
+                Err(msg) => {
+                    self.problem(t.span(), msg);
+                    None
+                }
+            },
+        });
+        let sandbox = r.sandbox.as_ref().and_then(|s| {
+            let is_http = matcher.as_ref().is_some_and(|m| m.kind() == Kind::Http);
+            match (&s.profile, &s.upstream) {
+                (Some(p), None) if !is_http => {
+                    if profiles.contains_key(p.as_str()) {
+                        Some(SandboxTarget::Profile(p.to_string()))
+                    } else {
+                        self.problem(p.span(), format!("no sandbox profile `{}` in this policy's `sandbox_profiles`", **p));
+                        None
+                    }
+                }
+                (None, Some(u)) if is_http => {
+                    if u.starts_with("http://") || u.starts_with("https://") {
+                        Some(SandboxTarget::Upstream(u.to_string()))
+                    } else {
+                        self.problem(u.span(), format!("sandbox upstream `{}` must be an http:// or https:// URL", **u));
+                        None
+                    }
+                }
+                _ => {
+                    self.problem(
+                        vspan,
+                        "sandbox: HTTP rules take `upstream`, other rules take `profile` (exactly one)",
+                    );
+                    None
+                }
+            }
+        });
+        let matcher = matcher?;
+        (self.problems.len() == before).then(|| Rule {
+            id: format!("{policy}/{}", *r.id),
+            verdict,
+            reason: r.reason.trim().to_owned(),
+            mode: r.mode.as_ref().map_or(policy_mode, |m| **m),
+            specificity: matcher.specificity(),
+            matcher,
+            throttle,
+            escalate,
+            sandbox,
+            at: self.loc(id_span),
+        })
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `443`, `8000-8999`.
+fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("bad port or range `{s}` (1-65535, `lo-hi`)");
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, `1d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| {
+        format!("bad duration `{s}`: use a number and a unit (500ms, 30s, 10m, 1h, 1d)")
+    })?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad duration unit in `{s}`: use ms, s, m, h or d")),
+    };
+    if n == 0 {
+        return Err(format!("duration `{s}` must be more than zero"));
+    }
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,359 @@
+//! The policy file format, as written: serde types with source spans, and the JSON Schema that
+//! `governance policy schema` prints for editors. Validation and compilation live in `compile`.
+
+use std::collections::BTreeMap;
+
+use marked_yaml::Spanned;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A string with the place it was written.
+pub type Str = Spanned<String>;
+
+/// A value written either alone or as a list: `method: POST` or `method: [PUT, PATCH]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for OneOrMany {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "OneOrMany".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "anyOf": [generator.subschema_for::<String>(), generator.subschema_for::<Vec<String>>()]
+        })
+    }
+}
+
+/// A [`OneOrMany`] with where it was written.
+pub type List = Spanned<OneOrMany>;
+
+/// One policy document.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    /// Unique name of the policy; rule ids are quoted as `<name>/<rule id>`.
+    #[schemars(with = "String")]
+    pub name: Str,
+    /// What the policy is for, for people.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub description: Option<Str>,
+    /// `enforce` (default) or `shadow`: a shadow policy decides and reports "would have",
+    /// but never changes the outcome.
+    #[serde(default)]
+    #[schemars(with = "Option<Mode>")]
+    pub mode: Option<Spanned<Mode>>,
+    /// Which agents the policy governs. At least one selector is required; several must all
+    /// match.
+    #[schemars(with = "AgentSelector")]
+    pub agents: Spanned<AgentSelector>,
+    /// Verdict when no rule matches, per kind of action. Omitted kinds allow.
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Named sandbox profiles that `sandbox` rules move processes into.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, SandboxProfile>")]
+    pub sandbox_profiles: BTreeMap<String, Spanned<SandboxProfile>>,
+    #[serde(default)]
+    pub rules: Vec<RuleDoc>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSelector {
+    /// Glob over cgroup paths relative to the cgroup2 mount: `*` within one path segment,
+    /// `**` across segments. The agent is the matching cgroup and all its descendants.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub cgroup: Option<Str>,
+    /// Value of the `user.governance.agent` extended attribute on the agent's cgroup
+    /// directory (`setfattr -n user.governance.agent -v NAME /sys/fs/cgroup/...`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub label: Option<Str>,
+    /// Reserved for Kubernetes pod labels; not supported yet (rejected if set).
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub pod_labels: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[schemars(with = "Option<Posture>")]
+    pub exec: Option<Spanned<Posture>>,
+    #[schemars(with = "Option<Posture>")]
+    pub file: Option<Spanned<Posture>>,
+    #[schemars(with = "Option<Posture>")]
+    pub network: Option<Spanned<Posture>>,
+    #[schemars(with = "Option<Posture>")]
+    pub http: Option<Spanned<Posture>>,
+}
+
+/// A default posture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Posture {
+    Allow,
+    Block,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxProfile {
+    /// What the profile is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Network access inside the sandbox: `none`, or `proxy` (only through the policy proxy).
+    #[serde(default)]
+    pub network: Option<SandboxNetwork>,
+    /// Directory prefixes that stay writable; everything else becomes read-only.
+    #[serde(default)]
+    pub writable: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxNetwork {
+    None,
+    Proxy,
+}
+
+/// One rule: exactly one of `exec`, `file`, `network`, `http` says what it matches.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleDoc {
+    /// Stable id, unique within the policy; events quote it.
+    #[schemars(with = "String")]
+    pub id: Str,
+    #[schemars(with = "Verdict")]
+    pub verdict: Spanned<Verdict>,
+    /// Why the rule exists; events and denials quote it.
+    #[schemars(with = "String")]
+    pub reason: Str,
+    /// Per-rule mode; overrides the policy's.
+    #[serde(default)]
+    #[schemars(with = "Option<Mode>")]
+    pub mode: Option<Spanned<Mode>>,
+    #[serde(default)]
+    pub exec: Option<ExecMatch>,
+    #[serde(default)]
+    pub file: Option<FileMatch>,
+    #[serde(default)]
+    pub network: Option<NetworkMatch>,
+    #[serde(default)]
+    pub http: Option<HttpMatch>,
+    /// Required with `verdict: throttle`.
+    #[serde(default)]
+    pub throttle: Option<ThrottleDoc>,
+    /// Required with `verdict: escalate`.
+    #[serde(default)]
+    pub escalate: Option<EscalateDoc>,
+    /// Required with `verdict: sandbox`.
+    #[serde(default)]
+    pub sandbox: Option<SandboxDoc>,
+}
+
+/// The five verdicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Allow,
+    Throttle,
+    Sandbox,
+    Escalate,
+    Block,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecMatch {
+    /// An executable, by absolute path.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Str>,
+    /// Every executable below this directory.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub prefix: Option<Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Str>,
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub prefix: Option<Str>,
+    /// Accesses the rule covers; all when omitted.
+    #[serde(default)]
+    pub access: Vec<Access>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    Read,
+    Write,
+    Create,
+    Truncate,
+    Exec,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkMatch {
+    /// Destination networks (IPv4 or IPv6 CIDR, or single addresses); one or a list.
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrMany>")]
+    pub cidr: Option<List>,
+    /// Destination ports: `443`, `8000-8999`; one or a list. All when omitted.
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrMany>")]
+    pub ports: Option<List>,
+    /// `tcp`, `udp` or `any` (default).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// The connection is sent through the HTTP policy proxy instead of directly.
+    #[serde(default)]
+    pub via_proxy: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Any,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpMatch {
+    /// Exact host (`api.stripe.com`) or wildcard (`*.stripe.com`: any subdomain).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub host: Option<Str>,
+    /// Method or methods (`POST`, or `[PUT, PATCH]`).
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrMany>")]
+    pub method: Option<List>,
+    /// Path glob: `*` within a segment, `**` across segments (`/v1/refunds/**`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Str>,
+    /// Header name → value glob; all must match.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub headers: BTreeMap<String, Str>,
+    /// Conditions on the JSON body, all of which must hold: `$.amount > 100`.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub body: Vec<Str>,
+    /// An MCP JSON-RPC `tools/call`: the tool and conditions on its arguments.
+    #[serde(default)]
+    pub mcp: Option<McpMatch>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpMatch {
+    /// Tool name (glob).
+    #[schemars(with = "String")]
+    pub tool: Str,
+    /// Conditions on `params.arguments` (`$` is the arguments object).
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub arguments: Vec<Str>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleDoc {
+    /// Requests allowed per `per`.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>")]
+    pub rate: Option<Spanned<u32>>,
+    /// Window: `1s`, `10m`, `1h`, `1d`.
+    #[schemars(with = "String")]
+    pub per: Str,
+    /// Whose bucket: `agent` (one per agent), `rule` (one shared), `agent_rule` (default).
+    #[serde(default)]
+    pub key: Option<ThrottleKey>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ThrottleKey {
+    Agent,
+    Rule,
+    AgentRule,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscalateDoc {
+    /// How long to wait for a human: `30s`, `15m`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub timeout: Option<Str>,
+    /// What happens when nobody decides in time: `block` (default) or `allow`.
+    #[serde(default)]
+    pub on_timeout: Option<Posture>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxDoc {
+    /// A profile from `sandbox_profiles` (exec, file, network rules).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub profile: Option<Str>,
+    /// For HTTP rules: the upstream the request goes to instead (`http://staging:8080`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub upstream: Option<Str>,
+}

@@ -1,0 +1,277 @@
+//! Policy tests as code: `*.tests.yaml` files beside the policies, each a list of actions and
+//! the decision the policy set must make for them. `governance policy test DIR` runs them.
+//!
+//! ```yaml
+//! agent: { cgroup: agents/refund-1, label: refund-agent }
+//! cases:
+//!   - name: a $50 refund goes through
+//!     http: { method: POST, host: api.payments.example, path: /v1/refunds, body: { amount: 50 } }
+//!     expect: { verdict: allow, rule: refund-agent/refund-small }
+//!   - name: the 601st search in an hour is throttled
+//!     repeat: 601
+//!     http: { method: POST, host: mcp.search.example, path: /mcp, mcp: { tool: web_search } }
+//!     expect: { verdict: throttle }
+//! ```
+
+use std::{
+    fmt::Write as _,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{Access, PolicySet, Protocol, Verdict};
+use crate::engine::{Action, AgentRef, Engine, HttpRequest};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TestFile {
+    /// The agent the cases act as, unless a case names its own.
+    #[serde(default)]
+    agent: Option<AgentDoc>,
+    cases: Vec<Case>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentDoc {
+    cgroup: String,
+    #[serde(default)]
+    label: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    #[serde(default)]
+    agent: Option<AgentDoc>,
+    /// Run the action this many times at the same instant; `expect` is about the last.
+    #[serde(default)]
+    repeat: Option<u32>,
+    #[serde(default)]
+    exec: Option<PathBuf>,
+    #[serde(default)]
+    file: Option<FileDoc>,
+    #[serde(default)]
+    network: Option<NetworkDoc>,
+    #[serde(default)]
+    http: Option<HttpDoc>,
+    expect: Expect,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDoc {
+    path: PathBuf,
+    access: Access,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkDoc {
+    addr: IpAddr,
+    port: u16,
+    #[serde(default)]
+    protocol: Option<Protocol>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpDoc {
+    method: String,
+    host: String,
+    path: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    body: Option<Value>,
+    /// Shorthand for an MCP JSON-RPC `tools/call` body.
+    #[serde(default)]
+    mcp: Option<McpDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpDoc {
+    tool: String,
+    #[serde(default)]
+    arguments: Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    verdict: Verdict,
+    /// `<policy>/<rule>`, or `default` for the default posture. Not checked when omitted.
+    #[serde(default)]
+    rule: Option<String>,
+    /// What shadow rules would have done, when they differ.
+    #[serde(default)]
+    shadow: Option<Verdict>,
+}
+
+/// The result of running the tests of a directory.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: usize,
+    pub failed: usize,
+    /// Human-readable, one line per case plus a libtest-style summary.
+    pub text: String,
+}
+
+impl Case {
+    fn action(&self) -> Result<Action, String> {
+        let given = [
+            self.exec.is_some(),
+            self.file.is_some(),
+            self.network.is_some(),
+            self.http.is_some(),
+        ];
+        if given.iter().filter(|g| **g).count() != 1 {
+            return Err("give exactly one of exec, file, network, http".into());
+        }
+        if let Some(path) = &self.exec {
+            return Ok(Action::Exec { path: path.clone() });
+        }
+        if let Some(f) = &self.file {
+            return Ok(Action::File {
+                path: f.path.clone(),
+                access: f.access,
+            });
+        }
+        if let Some(n) = &self.network {
+            return Ok(Action::Network {
+                addr: n.addr,
+                port: n.port,
+                protocol: n.protocol.unwrap_or(Protocol::Tcp),
+            });
+        }
+        let h = self.http.as_ref().ok_or("no action")?;
+        let body = match &h.mcp {
+            Some(m) => Some(serde_json::json!({
+                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": { "name": m.tool, "arguments": m.arguments },
+            })),
+            None => h.body.clone(),
+        };
+        Ok(Action::Http(HttpRequest {
+            method: h.method.clone(),
+            host: h.host.clone(),
+            path: h.path.clone(),
+            headers: h
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            body,
+        }))
+    }
+}
+
+fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Block => "block",
+        Verdict::Throttle => "throttle",
+        Verdict::Sandbox => "sandbox",
+        Verdict::Escalate => "escalate",
+    }
+}
+
+/// Run every test file against `set`.
+pub fn run(set: &PolicySet, files: &[PathBuf]) -> Report {
+    let mut report = Report::default();
+    for file in files {
+        let _ = writeln!(report.text, "{}", file.display());
+        if let Err(e) = run_file(set, file, &mut report) {
+            report.failed += 1;
+            let _ = writeln!(report.text, "  FAIL  {e}");
+        }
+    }
+    let _ = writeln!(
+        report.text,
+        "test result: {}. {} passed; {} failed; 0 ignored",
+        if report.failed == 0 { "ok" } else { "FAILED" },
+        report.passed,
+        report.failed
+    );
+    report
+}
+
+fn run_file(set: &PolicySet, file: &Path, report: &mut Report) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let tests: TestFile = serde_yaml::from_str(&text).map_err(|e| match e.location() {
+        Some(l) => format!("{}:{}:{}: {e}", file.display(), l.line(), l.column()),
+        None => format!("{}: {e}", file.display()),
+    })?;
+    for case in &tests.cases {
+        let result = run_case(set, tests.agent.as_ref(), case);
+        match result {
+            Ok(()) => {
+                report.passed += 1;
+                let _ = writeln!(report.text, "  ok    {}", case.name);
+            }
+            Err(why) => {
+                report.failed += 1;
+                let _ = writeln!(report.text, "  FAIL  {}: {why}", case.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> Result<(), String> {
+    let agent = case
+        .agent
+        .as_ref()
+        .or(default_agent)
+        .ok_or("no agent: set `agent` in the file or the case")?;
+    let agent = AgentRef {
+        name: agent.label.clone().unwrap_or_else(|| agent.cgroup.clone()),
+        cgroup: agent.cgroup.clone(),
+        label: agent.label.clone(),
+    };
+    let action = case.action()?;
+    // A fresh engine per case: throttle buckets start full.
+    let engine = Engine::new(set.clone(), 0);
+    let view = engine.agent(&agent);
+    let now = Instant::now();
+    let mut decision = engine.decide(&view, &action, now);
+    for _ in 1..case.repeat.unwrap_or(1) {
+        decision = engine.decide(&view, &action, now);
+    }
+    let got_rule = decision.rule.clone().unwrap_or_else(|| "default".into());
+    let describe = |v: Verdict, rule: &str| format!("{} ({rule})", verdict_name(v));
+    let mut problems = Vec::new();
+    if decision.verdict() != case.expect.verdict
+        || case.expect.rule.as_ref().is_some_and(|r| *r != got_rule)
+    {
+        problems.push(format!(
+            "expected {}, got {}",
+            describe(
+                case.expect.verdict,
+                case.expect.rule.as_deref().unwrap_or("any rule")
+            ),
+            describe(decision.verdict(), &got_rule)
+        ));
+    }
+    let got_shadow = decision.shadow.as_ref().map(|s| s.verdict());
+    if let Some(want) = case.expect.shadow
+        && got_shadow != Some(want)
+    {
+        problems.push(format!(
+            "expected shadow {}, got {}",
+            verdict_name(want),
+            got_shadow.map_or("none", verdict_name)
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}

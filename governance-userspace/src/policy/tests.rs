@@ -1,0 +1,236 @@
+use super::*;
+
+fn one(text: &str) -> Result<PolicySet, PolicyError> {
+    parse(&[(PathBuf::from("p.yaml"), text.to_owned())])
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match one(text) {
+        Err(PolicyError::Invalid(p)) => p.iter().map(|p| p.to_string()).collect(),
+        other => panic!("expected problems, got {other:?}"),
+    }
+}
+
+const HEAD: &str = "name: p\nagents: { cgroup: agents/a }\nrules:\n";
+
+#[test]
+fn parses_every_kind_with_its_details() {
+    let set = one(&format!(
+        "{HEAD}  - id: e\n    exec: {{ prefix: /usr/local/bin }}\n    verdict: block\n    reason: r\n\
+         \x20 - id: f\n    file: {{ path: /etc/shadow, access: [read] }}\n    verdict: block\n    reason: r\n\
+         \x20 - id: n\n    network: {{ cidr: 10.0.0.0/8, ports: [443, 8000-8999], protocol: tcp }}\n    verdict: allow\n    reason: r\n\
+         \x20 - id: h\n    http: {{ host: '*.Stripe.com', method: post, path: /v1/**, headers: {{ X-Env: prod* }} }}\n    verdict: throttle\n    throttle: {{ rate: 5, per: 1m, key: agent }}\n    reason: r\n"
+    ))
+    .unwrap();
+    let p = &set.policies[0];
+    assert_eq!(p.rules.len(), 4);
+    assert_eq!(p.rules[0].id, "p/e");
+    assert_eq!(p.rules[0].at.line, 4);
+    assert!(
+        matches!(&p.rules[0].matcher, Matcher::Exec(PathMatch::Prefix(d)) if d == Path::new("/usr/local/bin"))
+    );
+    let Matcher::Network {
+        nets,
+        ports,
+        protocol,
+        ..
+    } = &p.rules[2].matcher
+    else {
+        panic!()
+    };
+    assert_eq!(
+        (nets.len(), ports.as_slice(), *protocol),
+        (1, &[(443, 443), (8000, 8999)][..], Protocol::Tcp)
+    );
+    let Matcher::Http(h) = &p.rules[3].matcher else {
+        panic!()
+    };
+    assert_eq!(h.host, HostMatch::Suffix(".stripe.com".into()));
+    assert_eq!(h.methods, ["POST"]);
+    assert_eq!(h.headers, [("x-env".to_owned(), "prod*".to_owned())]);
+    assert_eq!(
+        p.rules[3].throttle,
+        Some(Throttle {
+            rate: 5,
+            per: Duration::from_secs(60),
+            key: ThrottleKey::Agent
+        })
+    );
+}
+
+#[test]
+fn several_documents_per_file_keep_their_line_numbers() {
+    let text = format!(
+        "{HEAD}  []\n---\nname: q\nagents: {{ label: bot }}\nrules:\n  - id: x\n    exec: {{ path: rel }}\n    verdict: block\n    reason: r\n"
+    );
+    let errs = problems(&text.replace("rules:\n  []", "rules: []"));
+    assert_eq!(errs, ["p.yaml:9:19: exec: `rel` is not an absolute path"]);
+}
+
+#[test]
+fn every_problem_is_reported_and_nothing_applies() {
+    let errs = problems(&format!(
+        "{HEAD}  - id: a\n    exec: {{ path: /bin/a, prefix: /bin }}\n    verdict: sandbox\n    reason: ''\n\
+         \x20 - id: b\n    network: {{ cidr: 10.0.0.1/8, ports: 0 }}\n    verdict: block\n    reason: r\n\
+         \x20 - id: c\n    http: {{ host: 'bad host', method: 'P0ST' }}\n    verdict: escalate\n    escalate: {{ timeout: soon }}\n    reason: r\n\
+         \x20 - id: d\n    verdict: allow\n    reason: r\n    throttle: {{ rate: 1, per: 1s }}\n\
+         \x20 - {{ id: e, http: {{ method: [GET, 'P0ST'] }}, verdict: allow, reason: r }}\n"
+    ));
+    let all = errs.join("\n");
+    for needle in [
+        "a rule needs a reason",
+        "give exactly one of `path` or `prefix`",
+        "`verdict: sandbox` needs a `sandbox:` block",
+        "host bits set",
+        "bad port or range `0`",
+        "host `bad host`",
+        "`P0ST` is not an HTTP method",
+        "bad duration `soon`",
+        "give exactly one of `exec`, `file`, `network` or `http`",
+        "`throttle` settings only go with `verdict: throttle`",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+}
+
+#[test]
+fn selectors_must_be_able_to_match() {
+    for (sel, why) in [
+        ("{}", "empty selector"),
+        ("{ cgroup: '' }", "root itself"),
+        ("{ cgroup: a//b }", "segments never name"),
+        ("{ cgroup: a/cgroup.procs }", "interface files"),
+        ("{ label: '' }", "1 to 255 printable"),
+        ("{ pod_labels: { app: x } }", "not supported yet"),
+    ] {
+        let errs = problems(&format!("name: p\nagents: {sel}\n"));
+        assert!(errs[0].contains(why), "{sel}: {errs:?}");
+        assert!(errs[0].starts_with("p.yaml:2:"), "{sel}: {errs:?}");
+    }
+}
+
+#[test]
+fn duplicate_policy_names_are_rejected_across_files() {
+    let err = parse(&[
+        ("a.yaml".into(), "name: p\nagents: { label: x }\n".into()),
+        ("b.yaml".into(), "name: p\nagents: { label: y }\n".into()),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("b.yaml:1:7: policy `p` is already defined at a.yaml:1:7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn too_many_rules_is_an_error() {
+    let rule = "  - { id: rNUM, exec: { path: /bin/xNUM }, verdict: block, reason: r }\n";
+    let mut text = String::from(HEAD);
+    for i in 0..=MAX_RULES {
+        text.push_str(&rule.replace("NUM", &i.to_string()));
+    }
+    let errs = problems(&text);
+    assert!(errs[0].contains("the limit is"), "{errs:?}");
+}
+
+#[test]
+fn networks_durations_and_ports() {
+    let v4: IpNet = "10.0.0.0/8".parse().unwrap();
+    assert!(v4.contains("10.255.0.1".parse().unwrap()));
+    assert!(v4.contains("::ffff:10.1.2.3".parse().unwrap()));
+    assert!(!v4.contains("11.0.0.1".parse().unwrap()));
+    let v6: IpNet = "fd00::/8".parse().unwrap();
+    assert!(v6.contains("fd12::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap()));
+    let all: IpNet = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains("1.2.3.4".parse().unwrap()) && !all.contains("2001::1".parse().unwrap()));
+    assert!("10.0.0.1/33".parse::<IpNet>().is_err());
+    assert!("::1/129".parse::<IpNet>().is_err());
+    assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+    assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+    assert!(parse_duration("0s").is_err() && parse_duration("5w").is_err());
+    assert_eq!(parse_ports("80").unwrap(), (80, 80));
+    assert!(parse_ports("9-8").is_err() && parse_ports("70000").is_err());
+}
+
+/// The deliberately broken policies in tests/policies/broken: each file says, in its first
+/// line, the `line:col: message` it must be rejected with.
+#[test]
+fn broken_policy_files_fail_with_the_right_place_and_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/policies/broken");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 10, "{files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .unwrap()
+            .strip_prefix("# expect: ")
+            .unwrap();
+        let (at, message) = expect.split_at(expect.find(": ").unwrap());
+        let err = match parse(&[(file.clone(), text.clone())]) {
+            Err(PolicyError::Invalid(p)) => p,
+            other => panic!("{}: expected a problem, got {other:?}", file.display()),
+        };
+        assert_eq!(err.len(), 1, "{}: {err:?}", file.display());
+        let got = err[0].to_string();
+        let want_prefix = format!("{}:{at}: ", file.display());
+        assert!(
+            got.starts_with(&want_prefix),
+            "{got}\nwanted prefix {want_prefix}"
+        );
+        assert!(got.contains(&message[2..]), "{got}\nwanted {message}");
+    }
+}
+
+#[test]
+fn the_shipped_policies_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let set = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    assert!(set.policies.len() >= 6, "{}", set.policies.len());
+}
+
+#[test]
+fn the_shipped_policy_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let set = load_dir(&dir).unwrap();
+    let (_, tests) = policy_files(&dir).unwrap();
+    let report = testing::run(&set, &tests);
+    assert_eq!(report.failed, 0, "{}", report.text);
+    assert!(report.passed >= 40, "{}", report.text);
+}
+
+#[test]
+fn the_json_schema_names_the_fields() {
+    let schema = serde_json::to_string(&schemars::schema_for!(model::PolicyDoc)).unwrap();
+    for field in [
+        "agents",
+        "defaults",
+        "sandbox_profiles",
+        "verdict",
+        "escalate",
+        "mcp",
+    ] {
+        assert!(schema.contains(field), "{field}");
+    }
+}
+
+#[test]
+fn load_dir_names_the_directory_and_recurses() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(load_dir(dir.path()), Err(PolicyError::Empty(_))));
+    assert!(matches!(
+        load_dir(&dir.path().join("nope")),
+        Err(PolicyError::Dir { .. })
+    ));
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub/a.yaml"), "name: [").unwrap();
+    let err = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("sub/a.yaml:2:1: "), "{err}");
+}
