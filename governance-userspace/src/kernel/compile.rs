@@ -180,3 +180,89 @@ pub fn compile(set: &PolicySet, agents: &[AgentCgroup]) -> KernelPolicy {
     out.unenforceable = unenforceable.into_iter().collect();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn agent(index: usize, rel: &str, label: Option<&str>) -> AgentCgroup {
+        AgentCgroup {
+            index,
+            name: rel.into(),
+            rel: rel.into(),
+            label: label.map(Into::into),
+            path: PathBuf::from("/sys/fs/cgroup").join(rel),
+            cgroup_id: 1000 + index as u64,
+        }
+    }
+
+    #[test]
+    fn compiles_exec_and_ipv4_rules_per_agent_and_lists_the_rest() {
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'a/*' }\ndefaults: { exec: block }\nrules:\n\
+             \x20 - { id: curl, exec: { path: /usr/bin/curl }, verdict: block, reason: r }\n\
+             \x20 - { id: git, exec: { path: /usr/bin/git }, verdict: allow, reason: r }\n\
+             \x20 - { id: meta, network: { cidr: [169.254.0.0/16, 'fd00::/8'] }, verdict: block, reason: r }\n\
+             \x20 - { id: tls, network: { cidr: 10.0.0.0/8, ports: 443 }, verdict: allow, reason: r }\n\
+             \x20 - { id: bin, exec: { prefix: /opt/bin }, verdict: allow, reason: r }\n\
+             \x20 - { id: key, file: { path: /etc/key }, verdict: block, reason: r }\n\
+             \x20 - { id: api, http: { host: x.example }, verdict: block, reason: r }\n\
+             \x20 - { id: trial, mode: shadow, exec: { path: /usr/bin/nc }, verdict: block, reason: r }\n"
+                .into(),
+        )])
+        .unwrap();
+        let agents = [agent(0, "a/one", None), agent(1, "b/two", None)];
+        let k = compile(&set, &agents);
+        // Only a/one is governed by p: its rules, its default; b/two gets allow defaults.
+        assert_eq!(k.agents.len(), 2);
+        assert_eq!(k.agents[0].1.exec_default, KVerdict::Block as u8);
+        assert_eq!(k.agents[1].1.exec_default, KVerdict::Allow as u8);
+        let exec: Vec<_> = k
+            .exec
+            .iter()
+            .map(|((p, a), v)| (p.to_str().unwrap(), *a, v.rule_id, v.verdict))
+            .collect();
+        assert_eq!(
+            exec,
+            [
+                ("/usr/bin/curl", 1, 1, KVerdict::Block as u8),
+                ("/usr/bin/git", 1, 2, KVerdict::Allow as u8)
+            ]
+        );
+        let net: Vec<_> = k
+            .net4
+            .keys()
+            .map(|(prefix, data)| (*prefix, *data))
+            .collect();
+        assert_eq!(net, [(48, [0, 0, 0, 1, 169, 254, 0, 0])]);
+        assert_eq!(k.rule_names[2], "p/meta");
+        let missing = k.unenforceable.join("\n");
+        for id in ["p/meta", "p/tls", "p/bin", "p/key", "p/trial"] {
+            assert!(
+                missing.contains(&format!("rule {id} ")),
+                "{id} not listed:\n{missing}"
+            );
+        }
+        assert!(
+            !missing.contains("p/api"),
+            "HTTP rules are the proxy's:\n{missing}"
+        );
+    }
+
+    #[test]
+    fn block_wins_when_two_rules_meet_on_one_key() {
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { label: bot }\nrules:\n\
+             \x20 - { id: allow, network: { cidr: 10.0.0.0/8 }, verdict: allow, reason: r }\n\
+             \x20 - { id: block, network: { cidr: 10.0.0.0/8 }, verdict: block, reason: r }\n"
+                .into(),
+        )])
+        .unwrap();
+        let k = compile(&set, &[agent(0, "x", Some("bot"))]);
+        let v: Vec<_> = k.net4.values().map(|v| (v.rule_id, v.verdict)).collect();
+        assert_eq!(v, [(2, KVerdict::Block as u8)]);
+    }
+}

@@ -771,13 +771,12 @@ impl Cx<'_> {
 
     fn matcher(&mut self, r: &model::RuleDoc) -> Option<Matcher> {
         let span = r.id.span();
-        let given = [
+        if !exactly_one(&[
             r.exec.is_some(),
             r.file.is_some(),
             r.network.is_some(),
             r.http.is_some(),
-        ];
-        if given.iter().filter(|g| **g).count() != 1 {
+        ]) {
             self.problem(
                 span,
                 format!(
@@ -1018,6 +1017,11 @@ impl Cx<'_> {
             at: self.loc(id_span),
         })
     }
+}
+
+/// Exactly one of the alternatives is given (rules and test cases name one kind of action).
+pub(crate) fn exactly_one(given: &[bool]) -> bool {
+    given.iter().filter(|g| **g).count() == 1
 }
 
 fn valid_name(s: &str) -> bool {

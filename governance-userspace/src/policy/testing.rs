@@ -131,7 +131,7 @@ impl Case {
             self.network.is_some(),
             self.http.is_some(),
         ];
-        if given.iter().filter(|g| **g).count() != 1 {
+        if !super::exactly_one(&given) {
             return Err("give exactly one of exec, file, network, http".into());
         }
         if let Some(path) = &self.exec {
