@@ -54,6 +54,14 @@ enum Cmd {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
+    /// Run a benchmark in release mode; ratios are measured side by side in one run.
+    ///
+    /// `policy`: the HTTP decision on 1,000 rules, against regorus (Rego) on the same policy.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["policy"])]
+        which: String,
+    },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
     /// agent try allowed and blocked actions; the decisions appear as they happen.
     Demo {
@@ -105,6 +113,20 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Test { kernel } => test(kernel),
         Cmd::Demo { kernel } => demo(kernel),
+        Cmd::Bench { which } => {
+            progress("building the benchmarks (release)");
+            run(Command::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "governance-bench",
+                    "--",
+                ])
+                .arg(which))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
