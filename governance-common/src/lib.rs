@@ -56,6 +56,10 @@ pub mod offsets {
     ];
 }
 
+/// Name of the read-only global holding the policy generation a program instance enforces;
+/// every event it emits carries it.
+pub const GENERATION_GLOBAL: &str = "GENERATION";
+
 /// How many cgroup levels below the root the kernel programs inspect when they look for the
 /// agent a task belongs to. An agent root must sit at a level below this; its descendants may be
 /// deeper (the walk goes top-down and stops at the first agent root).
@@ -216,7 +220,9 @@ pub struct Event {
     pub _pad0: u8,
     /// Connect: destination port, host byte order.
     pub port: u16,
-    pub _pad1: [u8; 6],
+    pub _pad1: [u8; 2],
+    /// Policy generation of the program instance that decided.
+    pub generation: u32,
     /// Connect: destination address (IPv4 in the first 4 bytes, network byte order).
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],

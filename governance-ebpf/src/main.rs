@@ -59,6 +59,10 @@ static OFF_INODE_SB: u64 = 0;
 #[unsafe(no_mangle)]
 static OFF_SB_DEV: u64 = 0;
 
+/// The policy generation this instance enforces (set by the loader; stamped on every event).
+#[unsafe(no_mangle)]
+static GENERATION: u32 = 0;
+
 #[inline(always)]
 fn offset(global: &u64) -> u64 {
     // SAFETY: a plain read of a static.
@@ -156,7 +160,9 @@ fn emit(agent: &AgentValue, cgroup_id: u64, d: &Decision, fill: impl FnOnce(&mut
     ev.cause = d.cause as u8;
     ev._pad0 = 0;
     ev.port = 0;
-    ev._pad1 = [0; 6];
+    ev._pad1 = [0; 2];
+    // SAFETY: a plain read of a static (volatile so the loader's value is used).
+    ev.generation = unsafe { core::ptr::read_volatile(&GENERATION) };
     ev.addr = [0; 16];
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.path[0] = 0;

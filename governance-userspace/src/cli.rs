@@ -8,16 +8,9 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use governance_common::Counter;
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
 
 use crate::{
-    agents,
-    events::{self, Clock, Decision, Names},
-    kernel::{self, Enforcer, HookState, KernelPolicy, Probe},
+    kernel::{Enforcer, HookState, KernelPolicy, Probe},
     policy,
 };
 
@@ -49,9 +42,10 @@ pub struct Cli {
 pub enum Command {
     /// Enforce the policy: load and attach the programs, fill the maps, print each decision.
     ///
-    /// Exits with status 3 if a hook cannot be attached on this kernel, unless
-    /// --allow-degraded is given. Stops on SIGINT or SIGTERM; the programs are detached when
-    /// it exits.
+    /// Exits with status 3 if a hook cannot be attached on this kernel, or the kernel cannot
+    /// enforce part of the policy, unless --allow-degraded is given. Reloads the policy on
+    /// SIGHUP and when the policy directory changes; a reload that fails keeps the current
+    /// generation. Stops on SIGINT or SIGTERM; the programs are detached when it exits.
     Run(RunArgs),
     /// Report what this kernel can enforce: loads and attaches every program, then detaches.
     ///
@@ -115,7 +109,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(run(args)),
+            .block_on(async {
+                require_root()?;
+                crate::daemon::run(args).await
+            }),
         Command::Probe => probe(),
         Command::Policy(PolicyCommand::Check { dir }) => {
             let set = policy::load_dir(&dir)?;
@@ -160,8 +157,12 @@ fn require_root() -> anyhow::Result<()> {
 }
 
 /// Load everything and attach every hook we know, recording how each fared.
-fn load_and_attach(cgroup_root: &Path, policy: Option<&KernelPolicy>) -> anyhow::Result<Enforcer> {
-    let mut enforcer = Enforcer::load().context("loading the eBPF object")?;
+pub(crate) fn load_and_attach(
+    generation: u32,
+    cgroup_root: &Path,
+    policy: Option<&KernelPolicy>,
+) -> anyhow::Result<Enforcer> {
+    let mut enforcer = Enforcer::load(generation).context("loading the eBPF object")?;
     // The maps are filled before anything is attached, so no agent ever runs ungoverned
     // behind an attached program with empty maps.
     if let Some(policy) = policy {
@@ -177,7 +178,7 @@ fn load_and_attach(cgroup_root: &Path, policy: Option<&KernelPolicy>) -> anyhow:
     Ok(enforcer)
 }
 
-fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
+pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
     let yes_no = |b: bool| if b { "yes" } else { "NO" };
     let mut out = std::io::stderr().lock();
     let _ = writeln!(out, "governance: what this kernel can enforce");
@@ -219,98 +220,10 @@ fn probe() -> anyhow::Result<ExitCode> {
         .cgroup2
         .clone()
         .context("no cgroup2 filesystem is mounted")?;
-    let enforcer = load_and_attach(&root, None)?;
+    let enforcer = load_and_attach(0, &root, None)?;
     Ok(if report(&probe, &enforcer) {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_CANNOT_ENFORCE)
     })
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    require_root()?;
-    // Before anything is attached, so a stop request is never lost.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let set = policy::load_dir(&args.policy)?;
-    let probe = Probe::run();
-    let root = probe.cgroup2.clone().context(
-        "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
-    )?;
-    let agents = agents::discover(&root, &set, !args.no_create_cgroups)?;
-    let compiled = kernel::compile(&set, &agents);
-    let mut enforcer = load_and_attach(&root, Some(&compiled))?;
-    let hooks = report(&probe, &enforcer);
-    for line in &compiled.unenforceable {
-        eprintln!("governance: NOT ENFORCED: {line}");
-    }
-    let complete = hooks && compiled.unenforceable.is_empty();
-    if !complete && !args.allow_degraded {
-        eprintln!(
-            "governance: refusing to run: some of the policy cannot be enforced here (see NOT \
-             AVAILABLE / NOT ENFORCED above). Exec enforcement needs BPF LSM: Linux >= 6.1 with \
-             `bpf` in /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to \
-             enforce only what is available."
-        );
-        return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
-    }
-    if !complete {
-        eprintln!("governance: WARNING: running DEGRADED: only the hooks marked attached enforce.");
-    }
-    let ring = enforcer.take_events()?;
-    eprintln!(
-        "governance: enforcing {} ({} policies, {} rules, {} agents){}",
-        args.policy.display(),
-        set.policies.len(),
-        set.rule_count(),
-        agents.len(),
-        if complete { "" } else { " DEGRADED" }
-    );
-    for a in &agents {
-        eprintln!(
-            "governance: agent {} = cgroup {} (id {})",
-            a.name,
-            a.path.display(),
-            a.cgroup_id
-        );
-    }
-    let names = Names {
-        agents: agents.iter().map(|a| a.name.clone()).collect(),
-        rules: set
-            .rules()
-            .map(|r| (r.id.clone(), r.reason.clone()))
-            .collect(),
-    };
-
-    let clock = Clock::now();
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?;
-    let mut stdout = std::io::stdout().lock();
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    match events::parse(&item) {
-                        Some(ev) => {
-                            writeln!(stdout, "{}", Decision::new(&ev, &names, &clock))?;
-                        }
-                        None => tracing::warn!(len = item.len(), "ignoring a ring-buffer record of unexpected size"),
-                    }
-                }
-                stdout.flush()?;
-                guard.clear_ready();
-            }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    let dropped = enforcer.counter(Counter::EventsDropped).unwrap_or_default();
-    let decisions = enforcer.counter(Counter::Decisions).unwrap_or_default();
-    eprintln!(
-        "governance: stopping; {decisions} decisions, {dropped} events dropped; programs detach now"
-    );
-    Ok(ExitCode::SUCCESS)
 }

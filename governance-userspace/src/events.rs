@@ -17,6 +17,7 @@ pub struct Decision {
     pub cause: Option<Cause>,
     pub agent: String,
     pub rule_id: u32,
+    pub generation: u32,
     /// `<policy>/<rule>`, or why no rule applied.
     pub rule: String,
     /// The rule's reason, when a rule decided.
@@ -113,6 +114,7 @@ impl Decision {
             rule_id: if ev.rule_id == NO_RULE { 0 } else { ev.rule_id },
             rule,
             reason,
+            generation: ev.generation,
             cgroup_id: ev.cgroup_id,
             pid: ev.pid,
             tgid: ev.tgid,
@@ -161,7 +163,7 @@ impl fmt::Display for Decision {
         };
         write!(
             f,
-            "{} {verdict:<5} {kind:<7} agent={} {}={:?} pid={} comm={:?} uid={} cgroup={} rule={}",
+            "{} {verdict:<5} {kind:<7} agent={} {}={:?} pid={} comm={:?} uid={} cgroup={} gen={} rule={}",
             rfc3339(self.time),
             self.agent,
             if self.kind == Some(Kind::Connect4) {
@@ -174,6 +176,7 @@ impl fmt::Display for Decision {
             self.comm,
             self.uid,
             self.cgroup_id,
+            self.generation,
             self.rule,
         )?;
         if !self.reason.is_empty() {
@@ -202,6 +205,7 @@ mod tests {
         ev.tgid = 10;
         ev.agent_id = 1;
         ev.rule_id = 1;
+        ev.generation = 3;
         ev.kind = Kind::Exec as u8;
         ev.verdict = Verdict::Block as u8;
         ev.cause = Cause::Rule as u8;

@@ -6,6 +6,7 @@
 
 pub mod agents;
 pub mod cli;
+pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;

@@ -246,7 +246,7 @@ pub fn load(yaml: &str) -> Loaded {
         "{:?}",
         compiled.unenforceable
     );
-    let mut enforcer = Enforcer::load().unwrap_or_else(|e| panic!("loading eBPF: {e}"));
+    let mut enforcer = Enforcer::load(1).unwrap_or_else(|e| panic!("loading eBPF: {e}"));
     let skipped = enforcer
         .install(&compiled)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -306,9 +306,36 @@ pub fn require_root() {
     );
 }
 
-/// Start `governance run <args>` (stdout and stderr piped) and wait until it says it is
-/// enforcing. Returns the child and everything it printed on stderr up to then.
-pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (std::process::Child, String) {
+/// A `governance run` we started, with its stderr lines arriving on a channel.
+pub struct Daemon {
+    pub child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// Read stderr until a line contains `needle` (up to 30 s); returns everything read.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push_str(&line);
+                    seen.push('\n');
+                    if line.contains(needle) {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("governance never said {needle:?}; it said:\n{seen}"),
+            }
+        }
+    }
+}
+
+/// Start `governance run <args> --policy DIR` (stdout piped) and wait until it says it is
+/// enforcing. Returns the daemon and its stderr up to then.
+pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(governance_bin())
         .arg("run")
@@ -320,25 +347,29 @@ pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (std::process::Child, S
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("starting governance");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("governance: enforcing") {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            panic!("governance exited before enforcing:\n{seen}");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
         }
-        seen.push_str(&line);
-    }
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, seen)
+    });
+    let daemon = Daemon { child, stderr: rx };
+    let seen = daemon.wait_for("governance: enforcing");
+    (daemon, seen)
 }
 
 /// Stop a daemon we started, by its pid, and check it exits cleanly.
-pub fn stop_daemon(mut child: std::process::Child) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
-    let status = child.wait().unwrap();
+pub fn stop_daemon(mut daemon: Daemon) {
+    signal(&daemon, nix::sys::signal::SIGTERM);
+    let status = daemon.child.wait().unwrap();
     assert!(status.success(), "governance exited with {status:?}");
+}
+
+/// Send a signal to a daemon we started.
+pub fn signal(daemon: &Daemon, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, sig).unwrap();
 }

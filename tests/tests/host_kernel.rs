@@ -8,7 +8,7 @@ use std::{
 
 use governance_common::{Cause, Kind, Verdict};
 use governance_tests::{
-    Attempt, Outcome, TestCgroup, load, require_root, run_in, start_daemon, stop_daemon,
+    Attempt, Outcome, TestCgroup, load, require_root, run_in, signal, start_daemon, stop_daemon,
 };
 
 /// A loopback listener on an address of the 127/8 range.
@@ -104,11 +104,16 @@ fn detaching_on_drop_stops_enforcement() {
             Outcome::Errno(libc::EPERM)
         );
     }
-    // Until the lifecycle work pins links, enforcement lives as long as the loader.
-    assert_eq!(
-        run_in(Some(&agent.path), "a", &attempt).1,
-        Outcome::Exited(0)
-    );
+    // Until the lifecycle work pins links, enforcement lives as long as the loader. A link is
+    // detached when its last fd closes, and children that other tests fork at the same moment
+    // hold copies of every fd of this process until they exit: allow them a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut outcome = run_in(Some(&agent.path), "a", &attempt).1;
+    while outcome != Outcome::Exited(0) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        outcome = run_in(Some(&agent.path), "a", &attempt).1;
+    }
+    assert_eq!(outcome, Outcome::Exited(0));
 }
 
 /// `governance run` must never pretend to enforce: where the exec hook cannot attach it
@@ -117,7 +122,7 @@ fn detaching_on_drop_stops_enforcement() {
 fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
     require_root();
     let bin = governance_tests::governance_bin();
-    let mut probe = governance::kernel::Enforcer::load().unwrap();
+    let mut probe = governance::kernel::Enforcer::load(1).unwrap();
     let exec_available = probe.attach_exec().is_ok();
     drop(probe);
     let agent = TestCgroup::new("cli");
@@ -149,12 +154,82 @@ fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
         stderr.contains("connect (cgroup/connect4)          attached"),
         "{stderr}"
     );
-    assert!(stderr.contains("refusing to run"), "{stderr}");
+    assert!(stderr.contains("refusing generation 1"), "{stderr}");
     assert!(stderr.contains("--allow-degraded"), "{stderr}");
 
     // With --allow-degraded it starts, says DEGRADED, and stops cleanly on SIGTERM.
     let (daemon, seen) = start_daemon(&["--allow-degraded", "--no-create-cgroups"], &dir);
     assert!(seen.contains("running DEGRADED"), "{seen}");
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A running daemon reloads: a broken policy keeps generation N enforcing, a good one becomes
+/// N+1, and events say which generation decided.
+#[test]
+fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one() {
+    use std::io::BufRead as _;
+    require_root();
+    let agent = TestCgroup::new("reload");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let attempt = Attempt::Connect4 { addr };
+    let dir = std::env::temp_dir().join(format!("governance-test-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("p.yaml");
+    let blocking = format!(
+        "name: reload\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+        agent.rel.display()
+    );
+    std::fs::write(&policy, &blocking).unwrap();
+    let (mut daemon, seen) = start_daemon(&["--allow-degraded", "--no-create-cgroups"], &dir);
+    assert!(seen.contains("as generation 1"), "{seen}");
+    let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
+    let mut next_event = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        line
+    };
+    assert_eq!(
+        run_in(Some(&agent.path), "reload", &attempt).1,
+        Outcome::Errno(libc::EPERM)
+    );
+    let line = next_event();
+    assert!(
+        line.contains(" BLOCK connect ") && line.contains(" gen=1 "),
+        "{line}"
+    );
+
+    // A broken file: the reload fails, names the place, and generation 1 keeps enforcing.
+    std::fs::write(
+        &policy,
+        "name: reload\nagents: { cgroup: x }\nrules:\n  - { id: a, verdict: deny }\n",
+    )
+    .unwrap();
+    let seen = daemon.wait_for("p.yaml:4:");
+    assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
+    assert_eq!(
+        run_in(Some(&agent.path), "reload", &attempt).1,
+        Outcome::Errno(libc::EPERM)
+    );
+    assert!(next_event().contains(" gen=1 "));
+
+    // A good file: generation 2 allows, and says so.
+    let allowing = blocking.replace("verdict: block", "verdict: allow");
+    std::fs::write(&policy, &allowing).unwrap();
+    daemon.wait_for("generation 2 is enforcing");
+    assert_eq!(
+        run_in(Some(&agent.path), "reload", &attempt).1,
+        Outcome::Exited(0)
+    );
+    let line = next_event();
+    assert!(
+        line.contains(" ALLOW connect ") && line.contains(" gen=2 "),
+        "{line}"
+    );
+
+    // SIGHUP reloads too.
+    signal(&daemon, nix::sys::signal::SIGHUP);
+    daemon.wait_for("generation 3 is enforcing");
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -261,7 +261,7 @@ fn governance_run_prints_decisions_as_they_happen() {
         &Attempt::exec(&tool.blocked, "true"),
     );
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
-    let mut stdout = BufReader::new(daemon.stdout.take().unwrap());
+    let mut stdout = BufReader::new(daemon.child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
     for part in [
@@ -271,6 +271,7 @@ fn governance_run_prints_decisions_as_they_happen() {
         &format!("pid={pid} "),
         "comm=\"cli-proc\"",
         &format!("cgroup={} ", agent.id()),
+        " gen=1 ",
         "rule=cli-agent/no-exfil reason=\"exfiltration tool\"",
     ] {
         assert!(line.contains(part), "missing {part:?} in {line:?}");

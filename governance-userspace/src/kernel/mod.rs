@@ -157,9 +157,9 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
-    /// Load the object (creating its maps) with the running kernel's struct offsets.
-    /// Nothing is attached yet.
-    pub fn load() -> Result<Self, KernelError> {
+    /// Load the object (creating its maps) with the running kernel's struct offsets, for policy
+    /// generation `generation` (stamped on its events). Nothing is attached yet.
+    pub fn load(generation: u32) -> Result<Self, KernelError> {
         let kbtf = btf::Btf::from_kernel()?;
         let mut values = Vec::new();
         for (global, strukt, field) in offsets::ALL {
@@ -169,6 +169,7 @@ impl Enforcer {
         for (global, value) in &values {
             loader.override_global(global, value, true);
         }
+        loader.override_global(governance_common::GENERATION_GLOBAL, &generation, true);
         Ok(Self {
             ebpf: loader.load(EBPF_OBJECT)?,
             exec: HookState::Unavailable("not attached".into()),
