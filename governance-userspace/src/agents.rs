@@ -177,16 +177,17 @@ pub fn discover(
                 .iter()
                 .any(|p| p.selector.matches(&rel, label.as_deref()))
             {
+                let id = cgroup_id(&child).map_err(|source| AgentsError::Cgroup {
+                    agent: rel.clone(),
+                    path: child.clone(),
+                    source,
+                })?;
                 found.push(AgentCgroup {
                     index: 0,
                     name: label.clone().unwrap_or_else(|| rel.clone()),
                     rel,
                     label,
-                    cgroup_id: cgroup_id(&child).map_err(|source| AgentsError::Cgroup {
-                        agent: String::new(),
-                        path: child.clone(),
-                        source,
-                    })?,
+                    cgroup_id: id,
                     path: child,
                 });
             } else if depth + 1 < governance_common::MAX_CGROUP_DEPTH {
