@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    kernel::{Enforcer, HookState, KernelPolicy, Probe},
+    kernel::{Enforcer, KernelPolicy, Probe},
     policy,
 };
 
@@ -208,9 +208,7 @@ pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
         "  connect (cgroup/connect4)          {}",
         enforcer.connect4
     );
-    [&enforcer.exec, &enforcer.connect4]
-        .iter()
-        .all(|h| matches!(h, HookState::Attached))
+    enforcer.fully_attached()
 }
 
 fn probe() -> anyhow::Result<ExitCode> {

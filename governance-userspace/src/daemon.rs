@@ -29,7 +29,7 @@ use crate::{
     agents,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, load_and_attach, report},
     events::{self, Clock, Decision, Names},
-    kernel::{self, HookState, Probe},
+    kernel::{self, Probe},
     policy,
 };
 
@@ -53,12 +53,11 @@ fn build(
     let agents = agents::discover(root, &set, !args.no_create_cgroups)?;
     let compiled = kernel::compile(&set, &agents);
     let mut enforcer = load_and_attach(number, root, Some(&compiled))?;
+    // The full report once, at start; reloads only say what is missing.
     let hooks = if number == 1 {
         report(probe, &enforcer)
     } else {
-        [&enforcer.exec, &enforcer.connect4]
-            .iter()
-            .all(|h| matches!(h, HookState::Attached))
+        enforcer.fully_attached()
     };
     for line in &compiled.unenforceable {
         eprintln!("governance: NOT ENFORCED: {line}");

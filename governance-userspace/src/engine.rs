@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -111,7 +111,7 @@ pub struct Decision {
     /// `<policy>/<rule>` of the deciding rule; None when the default posture decided.
     pub rule: Option<String>,
     pub reason: String,
-    pub generation: u64,
+    pub generation: u32,
     /// What shadow rules would have done instead, when it differs.
     pub shadow: Option<Box<Decision>>,
 }
@@ -146,25 +146,32 @@ pub struct AgentRules {
 
 /// One generation of policy, ready to decide.
 pub struct Engine {
-    pub generation: u64,
-    set: Arc<PolicySet>,
-    rules: Vec<Rule>,
+    pub generation: u32,
+    set: PolicySet,
+    /// Rule index → (policy, rule) in `set`: rules are numbered across the whole set.
+    rules: Vec<(usize, usize)>,
     buckets: Mutex<HashMap<(usize, String, bool), Bucket>>,
 }
 
 impl Engine {
-    pub fn new(set: PolicySet, generation: u64) -> Self {
-        let rules = set.rules().cloned().collect();
+    pub fn new(set: PolicySet, generation: u32) -> Self {
+        let rules = set
+            .policies
+            .iter()
+            .enumerate()
+            .flat_map(|(p, policy)| (0..policy.rules.len()).map(move |r| (p, r)))
+            .collect();
         Self {
             generation,
-            set: Arc::new(set),
+            set,
             rules,
             buckets: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn policies(&self) -> &PolicySet {
-        &self.set
+    fn rule(&self, i: usize) -> &Rule {
+        let (p, r) = self.rules[i];
+        &self.set.policies[p].rules[r]
     }
 
     /// The rules that govern `agent`: every policy whose selector matches it.
@@ -200,7 +207,7 @@ impl Engine {
         }
         for list in view.by_kind.values_mut() {
             list.sort_by(|&a, &b| {
-                let (ra, rb) = (&self.rules[a], &self.rules[b]);
+                let (ra, rb) = (self.rule(a), self.rule(b));
                 rb.specificity
                     .cmp(&ra.specificity)
                     .then(rb.verdict.cmp(&ra.verdict))
@@ -213,7 +220,7 @@ impl Engine {
             .map(Vec::as_slice)
             .unwrap_or_default()
         {
-            let Matcher::Http(h) = &self.rules[i].matcher else {
+            let Matcher::Http(h) = &self.rule(i).matcher else {
                 continue;
             };
             match &h.host {
@@ -232,23 +239,23 @@ impl Engine {
             Action::Http(r) => Some(r.host.to_ascii_lowercase()),
             _ => None,
         };
-        let empty = Vec::new();
-        let candidates: Box<dyn Iterator<Item = usize> + '_> = match &host {
-            Some(host) => Box::new(
+        // HTTP rules come as three ordered lists (exact host, wildcard host, any host); other
+        // kinds as one. Chaining slices keeps the hot path free of allocation.
+        let (first, suffix, any_host): (&[usize], &[usize], &[usize]) = match &host {
+            Some(host) => (
                 view.http_exact
                     .get(host.as_str())
-                    .unwrap_or(&empty)
-                    .iter()
-                    .chain(&view.http_suffix)
-                    .chain(&view.http_any)
-                    .copied(),
+                    .map_or(&[], Vec::as_slice),
+                &view.http_suffix,
+                &view.http_any,
             ),
-            None => Box::new(view.by_kind.get(&kind).unwrap_or(&empty).iter().copied()),
+            None => (view.by_kind.get(&kind).map_or(&[], Vec::as_slice), &[], &[]),
         };
+        let candidates = first.iter().chain(suffix).chain(any_host).copied();
         let mut enforced = None;
         let mut any = None;
         for i in candidates {
-            let rule = &self.rules[i];
+            let rule = self.rule(i);
             if !matches(rule, action) {
                 continue;
             }
@@ -300,7 +307,7 @@ impl Engine {
     }
 
     fn apply(&self, i: usize, agent: &AgentRef, now: Instant, shadow: bool) -> Decision {
-        let rule = &self.rules[i];
+        let rule = self.rule(i);
         let outcome = match rule.verdict {
             Verdict::Allow => Outcome::Allow,
             Verdict::Block => Outcome::Block,

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use governance_common::{Cause, Event, Kind, NO_RULE, Verdict, c_str_len};
+use governance_common::{Cause, Event, Kind, Verdict, c_str_len};
 
 /// A kernel decision, decoded and tied to the policy that produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ impl Decision {
             verdict: Verdict::from_u8(ev.verdict),
             cause,
             agent,
-            rule_id: if ev.rule_id == NO_RULE { 0 } else { ev.rule_id },
+            rule_id: ev.rule_id,
             rule,
             reason,
             generation: ev.generation,

@@ -16,8 +16,8 @@ use aya::maps::{MapData, RingBuf};
 use governance::{
     agents::{self, AgentCgroup},
     events,
-    kernel::{self, Enforcer, KernelPolicy},
-    policy::{self, PolicySet},
+    kernel::{self, Enforcer},
+    policy,
 };
 use governance_common::Event;
 
@@ -223,8 +223,6 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
 /// The programs, loaded with a policy, and their event stream.
 pub struct Loaded {
     pub enforcer: Enforcer,
-    pub policy: PolicySet,
-    pub compiled: KernelPolicy,
     pub agents: Vec<AgentCgroup>,
     pub events: RingBuf<MapData>,
 }
@@ -254,8 +252,6 @@ pub fn load(yaml: &str) -> Loaded {
     let events = enforcer.take_events().unwrap();
     Loaded {
         enforcer,
-        policy,
-        compiled,
         agents,
         events,
     }

@@ -157,6 +157,13 @@ pub struct Enforcer {
 }
 
 impl Enforcer {
+    /// Are all hooks attached?
+    pub fn fully_attached(&self) -> bool {
+        [&self.exec, &self.connect4]
+            .iter()
+            .all(|h| matches!(h, HookState::Attached))
+    }
+
     /// Load the object (creating its maps) with the running kernel's struct offsets, for policy
     /// generation `generation` (stamped on its events). Nothing is attached yet.
     pub fn load(generation: u32) -> Result<Self, KernelError> {
@@ -258,7 +265,7 @@ impl Enforcer {
                         skipped.push(KernelError::ExecTarget {
                             rule: policy
                                 .rule_names
-                                .get(value.rule_id as usize - 1)
+                                .get((value.rule_id as usize).saturating_sub(1))
                                 .cloned()
                                 .unwrap_or_default(),
                             path: path.clone(),

@@ -179,11 +179,6 @@ impl Condition {
             },
         }
     }
-
-    /// How many steps the path has (for specificity).
-    pub fn depth(&self) -> usize {
-        self.path.len()
-    }
 }
 
 fn same_kind(a: &Value, b: &Value) -> bool {

@@ -913,11 +913,10 @@ impl Cx<'_> {
         let matcher = self.matcher(&r);
         let verdict = *r.verdict;
         let vspan = r.verdict.span();
-        let extra = |name: &str, has: bool, wanted: Verdict| (name.to_owned(), has, wanted);
         for (name, has, wanted) in [
-            extra("throttle", r.throttle.is_some(), Verdict::Throttle),
-            extra("escalate", r.escalate.is_some(), Verdict::Escalate),
-            extra("sandbox", r.sandbox.is_some(), Verdict::Sandbox),
+            ("throttle", r.throttle.is_some(), Verdict::Throttle),
+            ("escalate", r.escalate.is_some(), Verdict::Escalate),
+            ("sandbox", r.sandbox.is_some(), Verdict::Sandbox),
         ] {
             if has && verdict != wanted {
                 self.problem(
