@@ -202,6 +202,29 @@ pub fn discover(
     Ok(found)
 }
 
+/// Every cgroup below `root`, by id (for naming cgroup ids in reports).
+pub fn cgroup_paths(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![(root.to_owned(), 0u32)];
+    while let Some((dir, depth)) = stack.pop() {
+        if let Ok(id) = cgroup_id(&dir) {
+            out.insert(id, dir.clone());
+        }
+        if depth >= governance_common::MAX_CGROUP_DEPTH {
+            continue;
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| (e.path(), depth + 1)),
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

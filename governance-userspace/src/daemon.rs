@@ -1,14 +1,19 @@
-//! The daemon (`governance run`): policy generations, reloads, and the event loop.
+//! The daemon (`governance run`): policy generations, agent discovery, reloads and the event
+//! loop.
 //!
-//! A generation is one validated policy set, loaded into its own instance of the eBPF programs
-//! and maps, stamped with its number on every event. A reload (SIGHUP, or a change in the
-//! policy directory) builds and attaches the next generation completely, then detaches the
-//! previous one after draining its events. While both are attached an action must pass both,
-//! so the switch is never more permissive than either generation, and no decision mixes two
-//! generations. A reload that fails (invalid policy, unenforceable policy, kernel error) changes
-//! nothing: the current generation keeps enforcing and the failure is reported and counted.
+//! The programs are attached once and pinned (see [`kernel::Enforcer`]); a restarted daemon
+//! adopts them. A generation is one validated policy set with the agent cgroups found for it,
+//! compiled into the maps' inactive slot and made active by one flip (see governance_common).
+//! A reload (SIGHUP, a change in the policy directory, an agent cgroup that appears, goes or is
+//! labelled) builds the next generation; one that fails (invalid policy, unenforceable policy,
+//! kernel error) changes nothing: the current generation keeps enforcing and the failure is
+//! reported and counted.
+//!
+//! When the daemon stops (or dies), the programs stay attached with the last generation:
+//! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
@@ -27,58 +32,55 @@ use tokio::{
 
 use crate::{
     agents,
-    cli::{EXIT_CANNOT_ENFORCE, RunArgs, load_and_attach, report},
-    events::{self, Clock, Decision, Names},
-    kernel::{self, Probe},
+    cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
+    events::{self, Clock, Decision, Names, RuleName},
+    kernel::{self, Enforcer, Probe, Protect},
     policy,
 };
 
-/// One generation of policy, enforcing.
-struct Generation {
-    number: u32,
-    enforcer: kernel::Enforcer,
-    ring: AsyncFd<RingBuf<MapData>>,
-    names: Names,
-}
-
-/// Validate the policy directory and bring up generation `number` next to whatever runs now.
-/// None: it loaded, but some of it cannot be enforced here and degraded mode was not accepted.
+/// Validate the policy directory, find the agents, and install generation `number`.
+/// Ok(None): it compiled, but some of it cannot be enforced here and degraded mode was not
+/// accepted; nothing changed.
 fn build(
     number: u32,
     args: &RunArgs,
-    probe: &Probe,
+    enforcer: &mut Enforcer,
     root: &Path,
-) -> anyhow::Result<Option<Generation>> {
+) -> anyhow::Result<Option<Names>> {
     let set = policy::load_dir(&args.policy)?;
     let agents = agents::discover(root, &set, !args.no_create_cgroups)?;
-    let compiled = kernel::compile(&set, &agents);
-    let mut enforcer = load_and_attach(number, root, Some(&compiled))?;
-    // The full report once, at start; reloads only say what is missing.
-    let hooks = if number == 1 {
-        report(probe, &enforcer)
-    } else {
-        enforcer.fully_attached()
+    let protect = Protect {
+        cgroup_root: root.to_owned(),
+        no_write: vec![args.policy.clone(), enforcer.pin_dir.clone()],
     };
+    let compiled = kernel::compile(&set, &agents, number, &protect);
+    if !compiled.errors.is_empty() {
+        anyhow::bail!(
+            "the policy does not fit the kernel tables:\n  {}",
+            compiled.errors.join("\n  ")
+        );
+    }
     for line in &compiled.unenforceable {
         eprintln!("governance: NOT ENFORCED: {line}");
     }
-    let complete = hooks && compiled.unenforceable.is_empty();
+    let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         eprintln!(
             "governance: refusing generation {number}: some of the policy cannot be enforced here \
-             (see NOT AVAILABLE / NOT ENFORCED above). Exec enforcement needs BPF LSM: Linux >= \
-             6.1 with `bpf` in /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass \
+             (see NOT AVAILABLE / NOT ENFORCED above). Exec and file enforcement need BPF LSM: \
+             Linux >= 6.1 with `bpf` in /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass \
              --allow-degraded to enforce only what is available."
         );
         return Ok(None);
     }
-    if !complete {
-        eprintln!("governance: WARNING: running DEGRADED: only the hooks marked attached enforce.");
+    for skipped in enforcer
+        .install(&compiled)
+        .context("writing the policy into the kernel maps")?
+    {
+        tracing::warn!(
+            "{skipped}; its exact rule waits for the next generation (path rules still apply)"
+        );
     }
-    let ring = enforcer.take_events()?;
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
-    let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?;
     eprintln!(
         "governance: enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
         args.policy.display(),
@@ -95,29 +97,36 @@ fn build(
             a.cgroup_id
         );
     }
-    let names = Names {
-        agents: agents.iter().map(|a| a.name.clone()).collect(),
+    Ok(Some(Names {
+        agents: agents
+            .iter()
+            .map(|a| (a.cgroup_id, a.name.clone()))
+            .collect(),
         rules: set
             .rules()
-            .map(|r| (r.id.clone(), r.reason.clone()))
+            .map(|r| RuleName {
+                id: r.id.clone(),
+                reason: r.reason.clone(),
+                escalate_timeout: r.escalate.as_ref().map(|e| e.timeout),
+            })
             .collect(),
-    };
-    Ok(Some(Generation {
-        number,
-        enforcer,
-        ring,
-        names,
     }))
 }
 
-/// Print every event waiting in a generation's ring buffer.
-fn drain(g: &mut Generation, clock: &Clock) -> std::io::Result<()> {
+/// Print every event waiting in the ring buffer, named after the generation that decided.
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    names: &BTreeMap<u32, Names>,
+    clock: &Clock,
+) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    let names = &g.names;
-    let ring = g.ring.get_mut();
+    let unknown = Names::default();
     while let Some(item) = ring.next() {
         match events::parse(&item) {
-            Some(ev) => writeln!(stdout, "{}", Decision::new(&ev, names, clock))?,
+            Some(ev) => {
+                let names = names.get(&ev.generation).unwrap_or(&unknown);
+                writeln!(stdout, "{}", Decision::new(&ev, names, clock))?;
+            }
             None => tracing::warn!(
                 len = item.len(),
                 "ignoring a ring-buffer record of unexpected size"
@@ -127,7 +136,7 @@ fn drain(g: &mut Generation, clock: &Clock) -> std::io::Result<()> {
     stdout.flush()
 }
 
-/// inotify on the policy directory and its subdirectories, for tokio.
+/// inotify for tokio.
 struct Watch(Inotify);
 
 impl AsRawFd for Watch {
@@ -136,30 +145,60 @@ impl AsRawFd for Watch {
     }
 }
 
-fn watch(dir: &Path) -> anyhow::Result<AsyncFd<Watch>> {
+/// Watch `dir` and its subdirectories (down to `depth` levels).
+fn watch(dir: &Path, flags: AddWatchFlags, depth: u32) -> anyhow::Result<AsyncFd<Watch>> {
     let inotify =
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
-    let flags = AddWatchFlags::IN_CLOSE_WRITE
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE;
-    let mut dirs: Vec<PathBuf> = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        inotify
-            .add_watch(&d, flags)
-            .with_context(|| format!("watching {}", d.display()))?;
-        if let Ok(rd) = std::fs::read_dir(&d) {
+    let mut dirs: Vec<(PathBuf, u32)> = vec![(dir.to_owned(), 0)];
+    while let Some((d, level)) = dirs.pop() {
+        if let Err(e) = inotify.add_watch(&d, flags) {
+            if level == 0 {
+                return Err(e).with_context(|| format!("watching {}", d.display()));
+            }
+            continue; // removed meanwhile
+        }
+        if level < depth
+            && let Ok(rd) = std::fs::read_dir(&d)
+        {
             dirs.extend(
                 rd.flatten()
                     .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
+                    .map(|e| (e.path(), level + 1)),
             );
         }
     }
     // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
     unsafe { AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching {}: {}", dir.display(), e.into_parts().1))
+}
+
+fn watch_policy(dir: &Path) -> anyhow::Result<AsyncFd<Watch>> {
+    let flags = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE;
+    watch(dir, flags, 16)
+}
+
+/// cgroups appearing, going, or getting a label (an xattr change is IN_ATTRIB).
+fn watch_cgroups(root: &Path) -> anyhow::Result<AsyncFd<Watch>> {
+    let flags = AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_ONLYDIR;
+    watch(root, flags, governance_common::MAX_CGROUP_DEPTH)
+}
+
+/// Wait until `w` is readable, then let a burst of changes settle and swallow it.
+async fn settled(w: &mut AsyncFd<Watch>, quiet: Duration) -> anyhow::Result<()> {
+    let mut guard = w.readable_mut().await.context("inotify")?;
+    let _ = guard.get_inner().0.read_events();
+    guard.clear_ready();
+    drop(guard);
+    tokio::time::sleep(quiet).await;
+    let _ = w.get_ref().0.read_events();
+    Ok(())
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -171,87 +210,144 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let root = probe.cgroup2.clone().context(
         "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
     )?;
-    let mut current = match build(1, &args, &probe, &root)? {
-        Some(g) => g,
-        None => return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE)),
+    let mut enforcer =
+        Enforcer::start(&args.pins, &root, args.allow_degraded).with_context(|| {
+            format!(
+                "loading the eBPF programs (pins in {})",
+                args.pins.display()
+            )
+        })?;
+    let previous = enforcer.generation().unwrap_or(0);
+    if enforcer.adopted {
+        eprintln!(
+            "governance: adopted the programs pinned in {} (generation {previous} was enforcing while no daemon ran)",
+            args.pins.display()
+        );
+    }
+    if !report(&probe, &enforcer) && !args.allow_degraded {
+        eprintln!(
+            "governance: refusing to run: not every hook is attached (see NOT AVAILABLE above). \
+             Exec and file enforcement need BPF LSM: Linux >= 6.1 with `bpf` in \
+             /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to enforce \
+             only what is available."
+        );
+        if !enforcer.adopted {
+            // Leave nothing attached behind.
+            let _ = kernel::unload(&args.pins);
+        }
+        return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+    }
+    enforcer
+        .protect(&[std::process::id()])
+        .context("protecting the daemon's process")?;
+    let mut ring = {
+        let ring = enforcer.take_events()?;
+        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?
     };
-    let mut watcher = watch(&args.policy)?;
     let clock = Clock::now();
+    let mut names: BTreeMap<u32, Names> = BTreeMap::new();
+    // Events decided while no daemon ran (up to the ring's capacity; the drop counter says if
+    // more were lost).
+    if enforcer.adopted {
+        drain(ring.get_mut(), &names, &clock)?;
+        eprintln!(
+            "governance: drained the events of the downtime; {} dropped in total since load",
+            enforcer.counter(Counter::EventsDropped).unwrap_or_default()
+        );
+    }
+    let mut current = previous;
+    match build(current + 1, &args, &mut enforcer, &root) {
+        Ok(Some(n)) => {
+            current += 1;
+            names.insert(current, n);
+        }
+        Ok(None) => {
+            if !enforcer.adopted {
+                let _ = kernel::unload(&args.pins);
+            }
+            return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+        }
+        Err(e) => {
+            if !enforcer.adopted {
+                let _ = kernel::unload(&args.pins);
+                return Err(e);
+            }
+            eprintln!(
+                "governance: the policy failed to load; generation {current} (pinned) keeps enforcing:\n{e:#}"
+            );
+        }
+    }
+    let mut policy_watch = watch_policy(&args.policy)?;
+    let mut cgroup_watch = watch_cgroups(&root)?;
     let mut failures = 0u64;
     loop {
-        let reload = tokio::select! {
-            guard = current.ring.readable_mut() => {
+        let why = tokio::select! {
+            guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
                 guard.clear_ready();
                 drop(guard);
-                drain(&mut current, &clock)?;
-                false
+                drain(ring.get_mut(), &names, &clock)?;
+                continue;
             }
-            guard = watcher.readable_mut() => {
-                let mut guard = guard.context("watching the policy directory")?;
-                let _ = guard.get_inner().0.read_events();
-                guard.clear_ready();
-                drop(guard);
-                // Editors and deploy tools write in several steps: let them finish.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = watcher.get_ref().0.read_events();
-                eprintln!("governance: the policy directory changed; reloading");
-                true
+            r = settled(&mut policy_watch, Duration::from_millis(300)) => {
+                r?;
+                "the policy directory changed"
             }
-            _ = sighup.recv() => {
-                eprintln!("governance: SIGHUP; reloading");
-                true
+            r = settled(&mut cgroup_watch, Duration::from_millis(50)) => {
+                r?;
+                "the cgroup tree changed"
             }
+            _ = sighup.recv() => "SIGHUP",
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         };
-        if !reload {
-            continue;
-        }
-        let next = current.number + 1;
-        match build(next, &args, &probe, &root) {
-            Ok(Some(new)) => {
-                let mut old = std::mem::replace(&mut current, new);
-                drain(&mut old, &clock)?;
-                drop(old); // detaches the previous generation's programs
-                eprintln!(
-                    "governance: generation {next} is enforcing; generation {} detached",
-                    next - 1
-                );
-                // New subdirectories are watched from now on.
-                match watch(&args.policy) {
-                    Ok(w) => watcher = w,
-                    Err(e) => tracing::warn!("re-watching the policy directory: {e:#}"),
-                }
+        eprintln!("governance: {why}; reloading");
+        let next = current + 1;
+        match build(next, &args, &mut enforcer, &root) {
+            Ok(Some(n)) => {
+                names.insert(next, n);
+                // Events of older generations may still be in the ring: keep the previous
+                // names, forget the rest.
+                names.retain(|g, _| *g + 1 >= current);
+                drain(ring.get_mut(), &names, &clock)?;
+                eprintln!("governance: generation {next} is enforcing");
+                current = next;
+                policy_watch = watch_policy(&args.policy)?;
+                cgroup_watch = watch_cgroups(&root)?;
             }
             Ok(None) => {
                 failures += 1;
                 eprintln!(
-                    "governance: reload refused ({failures} failed so far); generation {} keeps enforcing",
-                    current.number
+                    "governance: reload refused ({failures} failed so far); generation {current} keeps enforcing"
                 );
             }
             Err(e) => {
                 failures += 1;
                 eprintln!(
-                    "governance: reload failed ({failures} failed so far); generation {} keeps enforcing:\n{e:#}",
-                    current.number
+                    "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e:#}"
                 );
             }
         }
     }
-    drain(&mut current, &clock)?;
-    let dropped = current
-        .enforcer
-        .counter(Counter::EventsDropped)
-        .unwrap_or_default();
-    let decisions = current
-        .enforcer
-        .counter(Counter::Decisions)
-        .unwrap_or_default();
+    drain(ring.get_mut(), &names, &clock)?;
+    let counter = |c| enforcer.counter(c).unwrap_or_default();
     eprintln!(
-        "governance: stopping; generation {}: {decisions} decisions, {dropped} events dropped; {failures} failed reloads; programs detach now",
-        current.number
+        "governance: stopping; {} decisions, {} denials, {} events dropped, {} map-full failures; {failures} failed reloads",
+        counter(Counter::Decisions),
+        counter(Counter::Denials),
+        counter(Counter::EventsDropped),
+        counter(Counter::MapFull),
     );
+    if args.detach_on_exit {
+        kernel::unload(&args.pins).context("removing the pins")?;
+        eprintln!("governance: programs detached (--detach-on-exit)");
+    } else {
+        eprintln!(
+            "governance: generation {current} stays enforcing (pinned in {}); `governance unload` removes it",
+            args.pins.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,19 +2,24 @@
 
 use std::{
     fmt,
-    net::Ipv4Addr,
+    net::Ipv6Addr,
     time::{Duration, SystemTime},
 };
 
-use governance_common::{Cause, Event, Kind, Verdict, c_str_len};
+use governance_common::{Cause, Event, Kind, Verdict, c_str_len, flags};
 
 /// A kernel decision, decoded and tied to the policy that produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub time: SystemTime,
     pub kind: Option<Kind>,
+    /// The deciding rule's (or default's) verdict.
     pub verdict: Option<Verdict>,
     pub cause: Option<Cause>,
+    /// Was the action refused?
+    pub denied: bool,
+    /// `flags` bits of the event.
+    pub flags: u8,
     pub agent: String,
     pub rule_id: u32,
     pub generation: u32,
@@ -22,15 +27,19 @@ pub struct Decision {
     pub rule: String,
     /// The rule's reason, when a rule decided.
     pub reason: String,
+    /// A shadow rule or default that would have decided otherwise: (verdict, rule).
+    pub would: Option<(Option<Verdict>, String)>,
+    /// Escalations held for approval: the token `governance approve` takes.
+    pub approval: Option<String>,
     pub cgroup_id: u64,
     pub pid: u32,
     pub tgid: u32,
+    pub ppid: u32,
     pub uid: u32,
     pub comm: String,
-    /// Exec: the path the exec named. Connect: `addr:port`.
+    /// What was acted on, as `key=value` words: path, destination, socket family, target.
     pub object: String,
 }
-
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -66,62 +75,232 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// What kernel ids stand for: agent names and rules (id, reason) of the loaded generation.
+/// What kernel ids stand for in one generation: agent names and rules.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    /// Agent id n is `agents[n - 1]`.
-    pub agents: Vec<String>,
-    /// Kernel rule id n is `rules[n - 1]`: (`<policy>/<rule>`, reason).
-    pub rules: Vec<(String, String)>,
+    /// Agent root cgroup id → agent name.
+    pub agents: std::collections::HashMap<u64, String>,
+    /// Kernel rule number n (rule id without the slot bit) is `rules[n - 1]`.
+    pub rules: Vec<RuleName>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RuleName {
+    /// `<policy>/<rule>`.
+    pub id: String,
+    pub reason: String,
+    /// Escalation rules: how long a request may wait for approval.
+    pub escalate_timeout: Option<Duration>,
+}
+
+impl Names {
+    fn rule(&self, rule_id: u32) -> Option<&RuleName> {
+        (rule_id & 0x7fff_ffff)
+            .checked_sub(1)
+            .and_then(|i| self.rules.get(i as usize))
+    }
+}
+
+/// An approval token: what a grant needs (agent, kind, object) and until when the request may
+/// be approved (CLOCK_MONOTONIC ns). Printed with escalation events, taken by `governance approve`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Approval {
+    pub cgroup_id: u64,
+    pub kind: u8,
+    pub object: u64,
+    pub deadline_ns: u64,
+}
+
+impl fmt::Display for Approval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:x}.{}.{:x}.{:x}",
+            self.cgroup_id, self.kind, self.object, self.deadline_ns
+        )
+    }
+}
+
+impl std::str::FromStr for Approval {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not an approval token (it looks like 1a2b.1.3c4d.5e6f)");
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        let [cgroup, kind, object, deadline] = parts[..] else {
+            return Err(bad());
+        };
+        let hex = |p: &str| u64::from_str_radix(p, 16).map_err(|_| bad());
+        Ok(Self {
+            cgroup_id: hex(cgroup)?,
+            kind: kind.parse().map_err(|_| bad())?,
+            object: hex(object)?,
+            deadline_ns: hex(deadline)?,
+        })
+    }
 }
 
 impl Decision {
     pub fn new(ev: &Event, names: &Names, clock: &Clock) -> Self {
         let kind = Kind::from_u8(ev.kind);
         let cause = Cause::from_u8(ev.cause);
-        let agent = ev
-            .agent_id
-            .checked_sub(1)
-            .and_then(|i| names.agents.get(i as usize))
-            .map_or_else(|| format!("#{}", ev.agent_id), Clone::clone);
-        let named = ev
-            .rule_id
-            .checked_sub(1)
-            .and_then(|i| names.rules.get(i as usize));
-        let reason = named.map(|r| r.1.clone()).unwrap_or_default();
+        let verdict = Verdict::from_u8(ev.verdict);
+        let agent = names
+            .agents
+            .get(&ev.agent_cgroup)
+            .cloned()
+            .unwrap_or_else(|| format!("cgroup:{}", ev.agent_cgroup));
+        let named = names.rule(ev.rule_id);
+        let reason = named.map(|r| r.reason.clone()).unwrap_or_default();
         let rule = match (cause, named) {
-            (Some(Cause::Rule), Some(rule)) => rule.0.clone(),
-            (Some(Cause::Rule), None) => {
-                format!("rule #{} (not in the current policy)", ev.rule_id)
+            (Some(Cause::Rule | Cause::Granted), Some(rule)) => rule.id.clone(),
+            (Some(Cause::Rule | Cause::Granted), None) => {
+                format!(
+                    "rule #{} (not in this policy generation)",
+                    ev.rule_id & 0x7fff_ffff
+                )
             }
             (Some(Cause::Default), _) => "default: no rule matched".into(),
             (Some(Cause::Unreadable), _) => "fail-closed: kernel object unreadable".into(),
+            (Some(Cause::TooLong), _) => "fail-closed: path longer than the kernel matches".into(),
+            (Some(Cause::Builtin), _) => format!(
+                "built-in: {}",
+                match kind {
+                    Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
+                    Some(Kind::Userns) => "no new user namespaces for agents",
+                    Some(Kind::Bpf) => "no bpf() for agents",
+                    Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
+                    Some(Kind::Unlink) => "the pins are protected",
+                    Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
+                        "sandbox profile missing from this generation"
+                    }
+                    _ => "protected path (cgroup tree, policy directory, pins, sandbox profile)",
+                }
+            ),
             (None, _) => format!("unknown cause {}", ev.cause),
         };
+        let would = (ev.flags & flags::SHADOW != 0).then(|| {
+            let by = names
+                .rule(ev.shadow_rule_id)
+                .map_or_else(|| "default".to_owned(), |r| r.id.clone());
+            (Verdict::from_u8(ev.shadow_verdict), by)
+        });
+        let denied = ev.flags & flags::DENIED != 0;
+        let approval = (denied && verdict == Some(Verdict::Escalate) && cause == Some(Cause::Rule))
+            .then(|| Approval {
+                cgroup_id: ev.agent_cgroup,
+                kind: ev.kind,
+                object: ev.object,
+                deadline_ns: ev.time_ns.saturating_add(
+                    named
+                        .and_then(|r| r.escalate_timeout)
+                        .unwrap_or(Duration::from_secs(300))
+                        .as_nanos() as u64,
+                ),
+            })
+            .map(|a| a.to_string());
+        let dest = || {
+            let ip = Ipv6Addr::from(ev.addr);
+            let ip = ip
+                .to_ipv4_mapped()
+                .map_or_else(|| format!("[{ip}]"), |v4| v4.to_string());
+            let proto = match ev.detail {
+                6 => "tcp".to_owned(),
+                17 => "udp".to_owned(),
+                p => p.to_string(),
+            };
+            format!("dest={ip}:{} proto={proto}", ev.port)
+        };
         let object = match kind {
-            Some(Kind::Connect4) => {
-                let a = [ev.addr[0], ev.addr[1], ev.addr[2], ev.addr[3]];
-                format!("{}:{}", Ipv4Addr::from(a), ev.port)
+            Some(Kind::Connect | Kind::Send) => dest(),
+            Some(Kind::File) => {
+                let mut a = String::new();
+                for (bit, c) in [(1, 'r'), (2, 'w'), (4, 'c'), (8, 't')] {
+                    if ev.detail & bit != 0 {
+                        a.push(c);
+                    }
+                }
+                format!("path={:?} access={a}", text(&ev.path))
             }
-            _ => text(&ev.path),
+            Some(Kind::Socket) => format!("family={} type={}", ev.detail, ev.port),
+            Some(Kind::Signal) => format!("target={} signal={}", ev.object, ev.port),
+            Some(Kind::Ptrace) => format!("target={}", ev.object),
+            Some(Kind::Bpf) => format!("cmd={}", ev.detail),
+            Some(Kind::Userns) | Some(Kind::Unlink) | None => String::new(),
+            Some(Kind::Exec) => format!("path={:?}", text(&ev.path)),
         };
         Self {
             time: clock.wall(ev.time_ns),
             kind,
-            verdict: Verdict::from_u8(ev.verdict),
+            verdict,
             cause,
+            denied,
+            flags: ev.flags,
             agent,
             rule_id: ev.rule_id,
             rule,
             reason,
+            would,
+            approval,
             generation: ev.generation,
             cgroup_id: ev.cgroup_id,
             pid: ev.pid,
             tgid: ev.tgid,
+            ppid: ev.ppid,
             uid: ev.uid,
             comm: text(&ev.comm),
             object,
         }
+    }
+
+    /// The first word of the line: what happened.
+    pub fn outcome(&self) -> &'static str {
+        if self.flags & flags::KILLED != 0 {
+            return "KILL";
+        }
+        match (self.denied, self.verdict, self.cause) {
+            (true, Some(Verdict::Throttle), _) => "THROTTLE",
+            (true, Some(Verdict::Escalate), _) => "ESCALATE",
+            (true, _, _) => "BLOCK",
+            (false, Some(Verdict::Sandbox), _) => "SANDBOX",
+            (false, _, Some(Cause::Granted)) => "GRANTED",
+            (false, _, _) => "ALLOW",
+        }
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.kind.map_or("?", Kind::as_str);
+        write!(
+            f,
+            "{} {:<8} {kind:<7} agent={} {} pid={} ppid={} comm={:?} uid={} cgroup={} gen={} verdict={} rule={}",
+            rfc3339(self.time),
+            self.outcome(),
+            self.agent,
+            self.object,
+            self.tgid,
+            self.ppid,
+            self.comm,
+            self.uid,
+            self.cgroup_id,
+            self.generation,
+            self.verdict.map_or("?", Verdict::as_str),
+            self.rule,
+        )?;
+        if self.flags & flags::SANDBOXED != 0 {
+            f.write_str(" sandboxed")?;
+        }
+        if !self.reason.is_empty() {
+            write!(f, " reason={:?}", self.reason)?;
+        }
+        if let Some((v, by)) = &self.would {
+            write!(f, " shadow={}:{by}", v.map_or("?", |v| v.as_str()))?;
+        }
+        if let Some(token) = &self.approval {
+            write!(f, " approve={token}")?;
+        }
+        Ok(())
     }
 }
 
@@ -149,66 +328,36 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-impl fmt::Display for Decision {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = match self.verdict {
-            Some(Verdict::Allow) => "ALLOW",
-            Some(Verdict::Block) => "BLOCK",
-            None => "?",
-        };
-        let kind = match self.kind {
-            Some(Kind::Exec) => "exec",
-            Some(Kind::Connect4) => "connect",
-            None => "?",
-        };
-        write!(
-            f,
-            "{} {verdict:<5} {kind:<7} agent={} {}={:?} pid={} comm={:?} uid={} cgroup={} gen={} rule={}",
-            rfc3339(self.time),
-            self.agent,
-            if self.kind == Some(Kind::Connect4) {
-                "dest"
-            } else {
-                "path"
-            },
-            self.object,
-            self.tgid,
-            self.comm,
-            self.uid,
-            self.cgroup_id,
-            self.generation,
-            self.rule,
-        )?;
-        if !self.reason.is_empty() {
-            write!(f, " reason={:?}", self.reason)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn policy() -> Names {
+    fn names() -> Names {
         Names {
-            agents: vec!["bot".into()],
-            rules: vec![("bot/no-wget".into(), "no downloads".into())],
+            agents: [(4000, "bot".to_owned())].into(),
+            rules: vec![RuleName {
+                id: "bot/no-wget".into(),
+                reason: "no downloads".into(),
+                escalate_timeout: Some(Duration::from_secs(60)),
+            }],
         }
     }
 
     fn event() -> Event {
+        // SAFETY: Event is plain data; all zeroes is a valid value.
         let mut ev: Event = unsafe { std::mem::zeroed() };
         ev.time_ns = 1_500_000_000;
         ev.cgroup_id = 4242;
+        ev.agent_cgroup = 4000;
         ev.pid = 10;
         ev.tgid = 10;
-        ev.agent_id = 1;
-        ev.rule_id = 1;
+        ev.ppid = 9;
+        ev.rule_id = governance_common::class_id(3, 1);
         ev.generation = 3;
         ev.kind = Kind::Exec as u8;
         ev.verdict = Verdict::Block as u8;
         ev.cause = Cause::Rule as u8;
+        ev.flags = flags::DENIED;
         ev.comm[..2].copy_from_slice(b"sh");
         ev.path[..13].copy_from_slice(b"/usr/bin/wget");
         ev
@@ -219,39 +368,66 @@ mod tests {
         let clock = Clock {
             boot_wall: SystemTime::UNIX_EPOCH,
         };
-        let d = Decision::new(&event(), &policy(), &clock);
+        let d = Decision::new(&event(), &names(), &clock);
         assert_eq!(d.agent, "bot");
-        assert_eq!(d.object, "/usr/bin/wget");
-        assert_eq!(d.comm, "sh");
+        assert_eq!(d.object, "path=\"/usr/bin/wget\"");
         assert_eq!(d.rule, "bot/no-wget");
         let line = d.to_string();
-        assert!(line.starts_with("1970-01-01T00:00:01.500Z BLOCK exec    agent=bot path=\"/usr/bin/wget\" pid=10 comm=\"sh\""), "{line}");
+        assert!(line.starts_with("1970-01-01T00:00:01.500Z BLOCK    exec    agent=bot path=\"/usr/bin/wget\" pid=10 ppid=9 comm=\"sh\""), "{line}");
         assert!(
-            line.ends_with(" rule=bot/no-wget reason=\"no downloads\""),
+            line.ends_with(" gen=3 verdict=block rule=bot/no-wget reason=\"no downloads\""),
             "{line}"
         );
     }
 
     #[test]
-    fn decodes_connect_and_unknowns_without_panicking() {
+    fn escalations_carry_an_approval_token_that_round_trips() {
+        let mut ev = event();
+        ev.verdict = Verdict::Escalate as u8;
+        ev.object = 0xabc;
+        let d = Decision::new(&ev, &names(), &Clock::now());
+        assert_eq!(d.outcome(), "ESCALATE");
+        let token: Approval = d.approval.unwrap().parse().unwrap();
+        assert_eq!(
+            token,
+            Approval {
+                cgroup_id: 4000,
+                kind: Kind::Exec as u8,
+                object: 0xabc,
+                deadline_ns: 61_500_000_000
+            }
+        );
+        assert!("1.2.x".parse::<Approval>().is_err());
+    }
+
+    #[test]
+    fn decodes_connect_shadow_and_unknowns_without_panicking() {
         let clock = Clock::now();
         let mut ev = event();
-        ev.kind = Kind::Connect4 as u8;
-        ev.addr[..4].copy_from_slice(&[169, 254, 169, 254]);
+        ev.kind = Kind::Connect as u8;
+        ev.addr = std::net::Ipv4Addr::new(169, 254, 169, 254)
+            .to_ipv6_mapped()
+            .octets();
         ev.port = 80;
-        ev.agent_id = 99;
+        ev.detail = 6;
+        ev.agent_cgroup = 99;
         ev.rule_id = 77;
-        let d = Decision::new(&ev, &policy(), &clock);
+        ev.flags = flags::SHADOW;
+        ev.verdict = Verdict::Allow as u8;
+        ev.shadow_verdict = Verdict::Block as u8;
+        ev.shadow_rule_id = 1;
+        let d = Decision::new(&ev, &names(), &clock);
         assert_eq!(
             (d.object.as_str(), d.agent.as_str()),
-            ("169.254.169.254:80", "#99")
+            ("dest=169.254.169.254:80 proto=tcp", "cgroup:99")
         );
-        assert!(d.rule.contains("not in the current policy"));
+        assert!(d.rule.contains("not in this policy generation"));
+        assert!(d.to_string().contains(" shadow=block:bot/no-wget"), "{d}");
         ev.kind = 200;
         ev.verdict = 200;
         ev.cause = 200;
         ev.comm = [0xff; 16];
-        let line = Decision::new(&ev, &policy(), &clock).to_string();
+        let line = Decision::new(&ev, &names(), &clock).to_string();
         assert!(line.contains(" ? "), "{line}");
     }
 

@@ -87,8 +87,39 @@ pub enum Attempt {
     Exec { path: CString, argv: Vec<CString> },
     /// execveat(fd of path opened O_PATH, "", argv, {}, AT_EMPTY_PATH).
     ExecFd { path: CString, argv: Vec<CString> },
-    /// A TCP connect to an IPv4 address.
-    Connect4 { addr: std::net::SocketAddrV4 },
+    /// open(path, flags).
+    Open { path: CString, flags: i32 },
+    /// open(path, O_PATH), then open("/proc/self/fd/N", flags).
+    Reopen { path: CString, flags: i32 },
+    /// openat2(AT_FDCWD, path, { flags, resolve }).
+    Openat2 {
+        path: CString,
+        flags: i32,
+        resolve: u64,
+    },
+    /// A connect (TCP, or UDP when `udp`) to an IPv4 or IPv6 address.
+    Connect {
+        addr: std::net::SocketAddr,
+        udp: bool,
+    },
+    /// sendto() of one UDP datagram on an unconnected socket.
+    SendTo { addr: std::net::SocketAddr },
+    /// socket(family, type, protocol).
+    Socket { family: i32, ty: i32, protocol: i32 },
+    /// unshare(flags).
+    Unshare { flags: i32 },
+    /// bpf(BPF_OBJ_GET, path): open a pinned object.
+    BpfObjGet { path: CString },
+    /// kill(pid, sig).
+    Kill { pid: i32, sig: i32 },
+    /// ptrace(PTRACE_SEIZE, pid) (detached again when the child exits).
+    PtraceSeize { pid: i32 },
+    /// open(path, O_WRONLY) and write(data).
+    Write { path: CString, data: Vec<u8> },
+    /// unlink(path).
+    Unlink { path: CString },
+    /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
+    ExecUnlinked { path: CString, argv: Vec<CString> },
 }
 
 impl Attempt {
@@ -99,16 +130,101 @@ impl Attempt {
         }
     }
 
+    pub fn exec_args(path: &Path, argv: &[&str]) -> Self {
+        Attempt::Exec {
+            path: cstr(path),
+            argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
+        }
+    }
+
     pub fn exec_fd(path: &Path, argv0: &str) -> Self {
         Attempt::ExecFd {
             path: cstr(path),
             argv: vec![CString::new(argv0).unwrap()],
         }
     }
+
+    pub fn open(path: &Path, flags: i32) -> Self {
+        Attempt::Open {
+            path: cstr(path),
+            flags,
+        }
+    }
+
+    pub fn connect(addr: std::net::SocketAddr) -> Self {
+        Attempt::Connect { addr, udp: false }
+    }
+
+    pub fn write(path: &Path, data: &str) -> Self {
+        Attempt::Write {
+            path: cstr(path),
+            data: data.as_bytes().to_vec(),
+        }
+    }
 }
 
 pub fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// A sockaddr for `addr`, as bytes and length.
+fn sockaddr(addr: &std::net::SocketAddr) -> (libc::sockaddr_in6, u32, i32) {
+    // SAFETY: plain data; all zeroes is valid.
+    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    match addr {
+        std::net::SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_in6.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    (&mut sa as *mut libc::sockaddr_in6).cast::<u8>(),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                )
+            };
+            (
+                sa,
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+                libc::AF_INET,
+            )
+        }
+        std::net::SocketAddr::V6(a) => {
+            sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sa.sin6_port = a.port().to_be();
+            sa.sin6_addr.s6_addr = a.ip().octets();
+            (
+                sa,
+                std::mem::size_of::<libc::sockaddr_in6>() as u32,
+                libc::AF_INET6,
+            )
+        }
+    }
+}
+
+/// Write "/proc/self/fd/<fd>\0" into `buf` without allocating (for use after fork).
+fn proc_self_fd(buf: &mut [u8; 25], fd: i32) {
+    let mut n = fd as u32;
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[14 + i] = digits[len - 1 - i];
+    }
+    buf[14 + len] = 0;
 }
 
 /// How a child ended.
@@ -118,6 +234,8 @@ pub enum Outcome {
     Errno(i32),
     /// The child (or the program it executed) exited with this status.
     Exited(i32),
+    /// The child was killed by this signal.
+    Signaled(i32),
 }
 
 /// Fork a child with comm `comm`, move it into `cgroup` (if any), make the attempt, and wait.
@@ -131,11 +249,18 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
         v
     };
     let argv = match attempt {
-        Attempt::Exec { argv, .. } | Attempt::ExecFd { argv, .. } => argv_ptrs(argv),
-        Attempt::Connect4 { .. } => Vec::new(),
+        Attempt::Exec { argv, .. }
+        | Attempt::ExecFd { argv, .. }
+        | Attempt::ExecUnlinked { argv, .. } => argv_ptrs(argv),
+        _ => Vec::new(),
+    };
+    let sa = match attempt {
+        Attempt::Connect { addr, .. } | Attempt::SendTo { addr } => Some(sockaddr(addr)),
+        _ => None,
     };
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let empty = c"";
+    let mut proc_fd = *b"/proc/self/fd/0000000000\0";
 
     // SAFETY: the child only makes async-signal-safe raw syscalls on data prepared above, then
     // execs or _exits.
@@ -144,6 +269,11 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
     if pid == 0 {
         unsafe {
             let fail = |_: ()| -> ! { libc::_exit(ERRNO_BASE + *libc::__errno_location()) };
+            let check = |r: libc::c_long| {
+                if r < 0 {
+                    fail(())
+                }
+            };
             if let Some(procs) = &procs {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
                 if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
@@ -173,62 +303,147 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     );
                     fail(())
                 }
-                Attempt::Connect4 { addr } => {
-                    let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                Attempt::Open { path, flags } => {
+                    check(libc::open(path.as_ptr(), *flags, 0o644).into());
+                }
+                Attempt::Reopen { path, flags } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_PATH);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    proc_self_fd(&mut proc_fd, fd);
+                    check(libc::open(proc_fd.as_ptr().cast(), *flags).into());
+                }
+                Attempt::ExecUnlinked { path, .. } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                    if fd < 0 || libc::unlink(path.as_ptr()) != 0 {
+                        libc::_exit(98);
+                    }
+                    proc_self_fd(&mut proc_fd, fd);
+                    libc::execve(proc_fd.as_ptr().cast(), argv.as_ptr(), envp.as_ptr());
+                    fail(())
+                }
+                Attempt::Openat2 {
+                    path,
+                    flags,
+                    resolve,
+                } => {
+                    // struct open_how { u64 flags, mode, resolve; }
+                    let how: [u64; 3] = [*flags as u64, 0, *resolve];
+                    check(libc::syscall(
+                        libc::SYS_openat2,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        how.as_ptr(),
+                        std::mem::size_of_val(&how),
+                    ));
+                }
+                Attempt::Connect { udp, .. } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let ty = if *udp {
+                        libc::SOCK_DGRAM
+                    } else {
+                        libc::SOCK_STREAM
+                    };
+                    let s = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
                     if s < 0 {
                         libc::_exit(97);
                     }
-                    let sa = libc::sockaddr_in {
-                        sin_family: libc::AF_INET as libc::sa_family_t,
-                        sin_port: addr.port().to_be(),
-                        sin_addr: libc::in_addr {
-                            s_addr: u32::from_ne_bytes(addr.ip().octets()),
-                        },
-                        sin_zero: [0; 8],
-                    };
-                    let r = libc::connect(
-                        s,
-                        (&sa as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as u32,
-                    );
-                    if r != 0 {
-                        fail(())
-                    }
-                    libc::_exit(0)
+                    check(libc::connect(s, (&sa as *const libc::sockaddr_in6).cast(), len).into());
                 }
+                Attempt::SendTo { .. } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let s = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::sendto(
+                        s,
+                        b"q".as_ptr().cast(),
+                        1,
+                        0,
+                        (&sa as *const libc::sockaddr_in6).cast(),
+                        len,
+                    ) as libc::c_long);
+                }
+                Attempt::Socket {
+                    family,
+                    ty,
+                    protocol,
+                } => check(libc::socket(*family, *ty, *protocol).into()),
+                Attempt::Unshare { flags } => check(libc::unshare(*flags).into()),
+                Attempt::BpfObjGet { path } => {
+                    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags.
+                    let mut attr = [0u64; 16];
+                    attr[0] = path.as_ptr() as u64;
+                    check(libc::syscall(
+                        libc::SYS_bpf,
+                        7, // BPF_OBJ_GET
+                        attr.as_mut_ptr(),
+                        std::mem::size_of_val(&attr),
+                    ));
+                }
+                Attempt::Kill { pid, sig } => check(libc::kill(*pid, *sig).into()),
+                Attempt::PtraceSeize { pid } => check(libc::ptrace(
+                    libc::PTRACE_SEIZE,
+                    *pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                )),
+                Attempt::Write { path, data } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    check(fd.into());
+                    check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
+                }
+                Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
             }
+            libc::_exit(0)
         }
     }
     let mut status = 0;
     // SAFETY: waiting for our own child.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid, "waitpid");
-    assert!(
-        libc::WIFEXITED(status),
-        "child {pid} did not exit normally: {status:#x}"
-    );
-    let code = libc::WEXITSTATUS(status);
-    assert!(
-        !(97..=99).contains(&code),
-        "child {pid}: harness step failed (exit {code})"
-    );
-    let outcome = if code >= ERRNO_BASE {
-        Outcome::Errno(code - ERRNO_BASE)
+    let outcome = if libc::WIFSIGNALED(status) {
+        Outcome::Signaled(libc::WTERMSIG(status))
     } else {
-        Outcome::Exited(code)
+        let code = libc::WEXITSTATUS(status);
+        assert!(
+            !(97..=99).contains(&code),
+            "child {pid}: harness step failed (exit {code})"
+        );
+        if code >= ERRNO_BASE {
+            Outcome::Errno(code - ERRNO_BASE)
+        } else {
+            Outcome::Exited(code)
+        }
     };
     (pid as u32, outcome)
 }
 
-/// The programs, loaded with a policy, and their event stream.
+/// The programs, attached with a policy under a pin directory of their own (removed on drop),
+/// and their event stream.
 pub struct Loaded {
     pub enforcer: Enforcer,
     pub agents: Vec<AgentCgroup>,
     pub events: RingBuf<MapData>,
+    pub pins: PathBuf,
+    /// Kernel rule id of the n-th rule (1-based) of the policy.
+    pub generation: u32,
 }
 
-/// Parse `yaml`, resolve its agents (cgroups must exist), load the programs, fill the maps.
-/// Attaching is left to the test, which knows which hooks this kernel must support.
+/// A pin directory unique to this process and call.
+pub fn pin_dir(label: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/governance-test-{}-{}-{label}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Parse `yaml`, resolve its agents (cgroups must exist), attach every program this kernel
+/// allows (with the degraded exec fallback where the LSM is refused) and install the policy.
+/// Tests check the hooks they need with [`Loaded::require`].
 pub fn load(yaml: &str) -> Loaded {
     let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -238,13 +453,21 @@ pub fn load(yaml: &str) -> Loaded {
         !agents.is_empty(),
         "the test policy's agent cgroup was not found"
     );
-    let compiled = kernel::compile(&policy, &agents);
+    let pins = pin_dir("load");
+    let mut enforcer =
+        Enforcer::start(&pins, &root, true).unwrap_or_else(|e| panic!("loading eBPF: {e}"));
+    let generation = 1;
+    let protect = kernel::Protect {
+        cgroup_root: root.clone(),
+        no_write: vec![pins.clone()],
+    };
+    let compiled = kernel::compile(&policy, &agents, generation, &protect);
     assert!(
-        compiled.unenforceable.is_empty(),
-        "{:?}",
-        compiled.unenforceable
+        compiled.unenforceable.is_empty() && compiled.errors.is_empty(),
+        "{:?} {:?}",
+        compiled.unenforceable,
+        compiled.errors
     );
-    let mut enforcer = Enforcer::load(1).unwrap_or_else(|e| panic!("loading eBPF: {e}"));
     let skipped = enforcer
         .install(&compiled)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -254,10 +477,37 @@ pub fn load(yaml: &str) -> Loaded {
         enforcer,
         agents,
         events,
+        pins,
+        generation,
+    }
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        let _ = kernel::unload(&self.pins);
     }
 }
 
 impl Loaded {
+    /// Panic unless the program `name` is attached.
+    pub fn require(&self, name: &str) {
+        let (_, state) = self
+            .enforcer
+            .hooks
+            .iter()
+            .find(|(p, _)| p.name == name)
+            .unwrap_or_else(|| panic!("no program {name}"));
+        assert!(
+            matches!(state, kernel::HookState::Attached),
+            "{name} must attach on this kernel: {state}"
+        );
+    }
+
+    /// The kernel id of the policy's n-th rule (1-based).
+    pub fn rule(&self, n: u32) -> u32 {
+        governance_common::class_id(self.generation, n)
+    }
+
     /// Wait (up to 5 s) for the event emitted for process `pid`, skipping others.
     pub fn event_for(&mut self, pid: u32) -> Event {
         self.try_event_for(pid, Duration::from_secs(5))
@@ -266,11 +516,26 @@ impl Loaded {
 
     /// Like [`Self::event_for`] but None on timeout (for asserting absence).
     pub fn try_event_for(&mut self, pid: u32, wait: Duration) -> Option<Event> {
+        self.try_event_where(wait, |ev| ev.tgid == pid)
+    }
+
+    /// The next event (within 5 s) that satisfies `pred`, skipping others.
+    pub fn event_where(&mut self, pred: impl Fn(&Event) -> bool) -> Event {
+        self.try_event_where(Duration::from_secs(5), pred)
+            .expect("no matching decision event within 5 s")
+    }
+
+    /// The next event (within `wait`) that satisfies `pred`, skipping others.
+    pub fn try_event_where(
+        &mut self,
+        wait: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Option<Event> {
         let deadline = Instant::now() + wait;
         loop {
             while let Some(item) = self.events.next() {
                 let ev = events::parse(&item).expect("event record of the wrong size");
-                if ev.tgid == pid {
+                if pred(&ev) {
                     return Some(ev);
                 }
             }
@@ -330,7 +595,8 @@ impl Daemon {
 }
 
 /// Start `governance run <args> --policy DIR` (stdout piped) and wait until it says it is
-/// enforcing. Returns the daemon and its stderr up to then.
+/// enforcing. Returns the daemon and its stderr up to then. Pass `--pins DIR` in `args` (from
+/// [`pin_dir`]) and remove them with `governance unload` or [`kernel::unload`].
 pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
     use std::io::BufRead as _;
     let mut child = std::process::Command::new(governance_bin())

@@ -1,27 +1,35 @@
-//! Kernel tests that run on the host kernel: cgroup socket programs load and enforce here even
-//! where LSM programs cannot. Real programs, real cgroups, real sockets on loopback.
+//! Kernel tests that run on the host kernel: cgroup socket programs and raw tracepoints load and
+//! enforce here even where LSM programs cannot. Real programs, real cgroups, real sockets on
+//! loopback. Each denial is paired with a control outside the agent.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener},
+    io::BufRead as _,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
+    path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
-use governance_common::{Cause, Kind, Verdict};
+use governance::{agents, kernel};
+use governance_common::{Cause, Counter, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Outcome, TestCgroup, load, require_root, run_in, signal, start_daemon, stop_daemon,
+    Attempt, Daemon, Outcome, TestCgroup, governance_bin, load, pin_dir, require_root, run_in,
+    signal, start_daemon, stop_daemon, text,
 };
 
 /// A loopback listener on an address of the 127/8 range.
-fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddrV4) {
+fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::from(ip), 0)).unwrap();
-    let std::net::SocketAddr::V4(addr) = l.local_addr().unwrap() else {
-        unreachable!()
-    };
+    let addr = l.local_addr().unwrap();
     (l, addr)
 }
 
+fn redteam(case: &str, step: &str) {
+    println!("redteam: {step} {case}");
+}
+
 #[test]
-fn connect4_block_denies_agent_and_its_descendants_but_not_others() {
+fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
     require_root();
     let agent = TestCgroup::new("agent");
     let child = agent.child("worker");
@@ -29,173 +37,245 @@ fn connect4_block_denies_agent_and_its_descendants_but_not_others() {
     let (_blocked, blocked_addr) = listener([127, 0, 0, 1]);
     let (_open, open_addr) = listener([127, 0, 0, 2]);
     let mut k = load(&format!(
-        "name: netbot\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback-1, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+        "name: netbot\nagents: {{ cgroup: {} }}\nrules:\n\
+         \x20 - {{ id: no-loopback-1, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n\
+         \x20 - {{ id: dns, network: {{ ports: 53, protocol: udp }}, verdict: block, reason: no resolvers }}\n",
         agent.rel.display()
     ));
-    let root = governance::agents::cgroup2_mount().unwrap();
-    k.enforcer
-        .attach_connect4(&root)
-        .expect("cgroup/connect4 must attach on this kernel");
-
-    // Denied in the agent, with the event naming the cgroup, process, rule and destination.
-    let blocked = Attempt::Connect4 { addr: blocked_addr };
-    let (pid, outcome) = run_in(Some(&agent.path), "net-agent", &blocked);
-    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    for hook in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
+        k.require(hook);
+    }
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", blocked_addr.port())
+        .parse()
+        .unwrap();
+    let dns: SocketAddr = "127.0.0.53:53".parse().unwrap();
+    let cases = [
+        (
+            "16 connect to a local service (host)",
+            Attempt::connect(blocked_addr),
+            Kind::Connect,
+        ),
+        (
+            "12 IPv4-mapped IPv6 connect (host)",
+            Attempt::connect(mapped),
+            Kind::Connect,
+        ),
+        (
+            "13 unconnected UDP to :53 (host)",
+            Attempt::SendTo { addr: dns },
+            Kind::Send,
+        ),
+        (
+            "14 connected UDP to :53 (host)",
+            Attempt::Connect {
+                addr: dns,
+                udp: true,
+            },
+            Kind::Connect,
+        ),
+    ];
+    for (case, attempt, kind) in &cases {
+        redteam(case, "tried");
+        for cgroup in [&agent.path, &child] {
+            let (pid, outcome) = run_in(Some(cgroup), "net-agent", attempt);
+            assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+            let ev = k.event_for(pid);
+            assert_eq!(Kind::from_u8(ev.kind), Some(*kind), "{case}");
+            assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block));
+            assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
+            assert_ne!(ev.flags & flags::DENIED, 0);
+            assert_eq!(ev.agent_cgroup, agent.id());
+            assert_eq!(ev.cgroup_id, agents::cgroup_id(cgroup).unwrap());
+            assert_eq!(text(&ev.comm), "net-agent");
+        }
+        redteam(case, "denied");
+        let (pid, outcome) = run_in(Some(&outsider.path), "net-outsider", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+        let (_, outcome) = run_in(None, "net-root", attempt);
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{case}: control in the root cgroup"
+        );
+        redteam(case, "control");
+    }
+    // The event names the destination (IPv4 as IPv4-mapped) and port.
+    let (pid, _) = run_in(Some(&agent.path), "net-agent", &cases[0].1);
     let ev = k.event_for(pid);
-    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect4));
-    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block));
-    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
-    assert_eq!(ev.rule_id, 1);
-    assert_eq!(ev.agent_id, k.agents[0].agent_id());
-    assert_eq!(ev.cgroup_id, agent.id());
-    assert_eq!(governance_tests::text(&ev.comm), "net-agent");
-    assert_eq!(&ev.addr[..4], &[127, 0, 0, 1]);
-    assert_eq!(ev.port, blocked_addr.port());
-
-    // A descendant cgroup of the agent is the agent too.
-    let (pid, outcome) = run_in(Some(&child), "net-worker", &blocked);
-    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
-    let ev = k.event_for(pid);
-    assert_eq!(ev.cgroup_id, governance::agents::cgroup_id(&child).unwrap());
-    assert_eq!(ev.agent_id, k.agents[0].agent_id());
-
-    // An unlisted destination is allowed for the agent, and reported as allowed by default.
-    let (pid, outcome) = run_in(
-        Some(&agent.path),
-        "net-agent",
-        &Attempt::Connect4 { addr: open_addr },
+    assert_eq!(
+        ev.addr,
+        Ipv4Addr::new(127, 0, 0, 1).to_ipv6_mapped().octets()
     );
+    assert_eq!(ev.port, blocked_addr.port());
+    assert_eq!(ev.rule_id, k.rule(1));
+    // An unlisted destination is allowed for the agent, and reported as allowed by default.
+    let (pid, outcome) = run_in(Some(&agent.path), "net-agent", &Attempt::connect(open_addr));
     assert_eq!(outcome, Outcome::Exited(0));
     let ev = k.event_for(pid);
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
-
-    // Controls: the same blocked connect from outside the agent succeeds and is not reported.
-    let (pid, outcome) = run_in(Some(&outsider.path), "net-outsider", &blocked);
-    assert_eq!(
-        outcome,
-        Outcome::Exited(0),
-        "control connect outside the agent must succeed"
-    );
-    assert!(
-        k.try_event_for(pid, std::time::Duration::from_millis(300))
-            .is_none()
-    );
-    let (_, outcome) = run_in(None, "net-here", &blocked);
-    assert_eq!(outcome, Outcome::Exited(0));
 }
 
+/// Degraded exec enforcement (no BPF LSM here): the process that executed a blocked binary is
+/// killed right after the exec, and the event says so.
 #[test]
-fn detaching_on_drop_stops_enforcement() {
+fn degraded_exec_kills_after_a_blocked_exec() {
     require_root();
-    let agent = TestCgroup::new("agent");
-    let (_l, addr) = listener([127, 0, 0, 1]);
-    let attempt = Attempt::Connect4 { addr };
-    {
-        let mut k = load(&format!(
-            "name: a\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.0/8 }}, verdict: block, reason: test }}\n",
-            agent.rel.display()
-        ));
-        k.enforcer
-            .attach_connect4(&governance::agents::cgroup2_mount().unwrap())
-            .unwrap();
-        assert_eq!(
-            run_in(Some(&agent.path), "a", &attempt).1,
-            Outcome::Errno(libc::EPERM)
-        );
-    }
-    // Until the lifecycle work pins links, enforcement lives as long as the loader. A link is
-    // detached when its last fd closes, and children that other tests fork at the same moment
-    // hold copies of every fd of this process until they exit: allow them a moment.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut outcome = run_in(Some(&agent.path), "a", &attempt).1;
-    while outcome != Outcome::Exited(0) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        outcome = run_in(Some(&agent.path), "a", &attempt).1;
-    }
-    assert_eq!(outcome, Outcome::Exited(0));
-}
-
-/// `governance run` must never pretend to enforce: where the exec hook cannot attach it
-/// explains why and exits 3; `--allow-degraded` runs with what is available.
-#[test]
-fn run_refuses_without_exec_enforcement_unless_degraded_is_accepted() {
-    require_root();
-    let bin = governance_tests::governance_bin();
-    let mut probe = governance::kernel::Enforcer::load(1).unwrap();
-    let exec_available = probe.attach_exec().is_ok();
-    drop(probe);
-    let agent = TestCgroup::new("cli");
-    let dir = std::env::temp_dir().join(format!("governance-test-policy-{}", std::process::id()));
+    let agent = TestCgroup::new("degraded");
+    let outsider = TestCgroup::new("outsider");
+    let dir = PathBuf::from(format!("/tmp/governance-degraded-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("p.yaml"),
-        format!("name: cli\nagents: {{ cgroup: {} }}\n", agent.rel.display()),
-    )
-    .unwrap();
-    let out = Command::new(&bin)
-        .args(["run", "--no-create-cgroups", "--policy"])
+    let blocked = dir.join("true");
+    std::fs::copy("/bin/busybox", &blocked).unwrap();
+    let mut k = load(&format!(
+        "name: degraded\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: tool, exec: {{ path: {} }}, verdict: block, reason: test }}\n",
+        agent.rel.display(),
+        blocked.display()
+    ));
+    k.require("sched_process_exec");
+    let attempt = Attempt::exec(&blocked, "true");
+    redteam("degraded exec kill (host)", "tried");
+    let (pid, outcome) = run_in(Some(&agent.path), "degraded", &attempt);
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGKILL));
+    let ev = k.event_for(pid);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
+    assert_ne!(ev.flags & flags::KILLED, 0);
+    assert_eq!(ev.rule_id, k.rule(1));
+    redteam("degraded exec kill (host)", "denied");
+    let (_, outcome) = run_in(Some(&outsider.path), "outsider", &attempt);
+    assert_eq!(outcome, Outcome::Exited(0));
+    redteam("degraded exec kill (host)", "control");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn policy_dir(name: &str, yaml: &str) -> PathBuf {
+    let dir = PathBuf::from(format!(
+        "/tmp/governance-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), yaml).unwrap();
+    dir
+}
+
+fn unload(pins: &Path) {
+    let out = Command::new(governance_bin())
+        .args(["unload", "--pins"])
+        .arg(pins)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `governance run` must never pretend to enforce: where LSM hooks cannot attach it explains
+/// why and exits 3, leaving nothing attached; `--allow-degraded` runs with what is available.
+#[test]
+fn run_refuses_without_lsm_unless_degraded_is_accepted() {
+    require_root();
+    let agent = TestCgroup::new("cli");
+    let dir = policy_dir(
+        "cli",
+        &format!("name: cli\nagents: {{ cgroup: {} }}\n", agent.rel.display()),
+    );
+    let pins = pin_dir("cli");
+    let out = Command::new(governance_bin())
+        .args(["run", "--no-create-cgroups", "--pins"])
+        .arg(&pins)
+        .arg("--policy")
         .arg(&dir)
         .env("GOVERNANCE_LOG", "warn")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    if exec_available {
-        panic!(
-            "this kernel loads BPF LSM programs; host_kernel expects the CI host, which does not:\n{stderr}"
-        );
-    }
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(
-        stderr.contains("exec    (lsm/bprm_check_security)  NOT AVAILABLE"),
+        stderr.contains("lsm/bprm_check_security      NOT AVAILABLE"),
         "{stderr}"
     );
     assert!(
-        stderr.contains("connect (cgroup/connect4)          attached"),
+        stderr.contains("cgroup/connect4              attached"),
         "{stderr}"
     );
-    assert!(stderr.contains("refusing generation 1"), "{stderr}");
+    assert!(stderr.contains("refusing to run"), "{stderr}");
     assert!(stderr.contains("--allow-degraded"), "{stderr}");
+    assert!(!pins.exists(), "nothing stays attached after a refusal");
 
-    // With --allow-degraded it starts, says DEGRADED, and stops cleanly on SIGTERM.
-    let (daemon, seen) = start_daemon(&["--allow-degraded", "--no-create-cgroups"], &dir);
-    assert!(seen.contains("running DEGRADED"), "{seen}");
+    // With --allow-degraded it starts, with the kill-after-exec fallback, says DEGRADED, and
+    // stops cleanly on SIGTERM; `status` shows it; `unload` removes it.
+    let pins_arg = pins.to_str().unwrap();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--pins",
+            pins_arg,
+        ],
+        &dir,
+    );
+    assert!(
+        seen.contains("raw_tp/sched_process_exec    attached"),
+        "{seen}"
+    );
+    assert!(seen.contains("DEGRADED"), "{seen}");
     stop_daemon(daemon);
+    let out = Command::new(governance_bin())
+        .args(["status", "--pins", pins_arg])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("generation  1"), "{status}");
+    assert!(status.contains(&format!("{}", agent.id())), "{status}");
+    unload(&pins);
+    assert!(!pins.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    line
 }
 
 /// A running daemon reloads: a broken policy keeps generation N enforcing, a good one becomes
 /// N+1, and events say which generation decided.
 #[test]
 fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one() {
-    use std::io::BufRead as _;
     require_root();
     let agent = TestCgroup::new("reload");
     let (_l, addr) = listener([127, 0, 0, 1]);
-    let attempt = Attempt::Connect4 { addr };
-    let dir = std::env::temp_dir().join(format!("governance-test-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let policy = dir.join("p.yaml");
+    let attempt = Attempt::connect(addr);
     let blocking = format!(
         "name: reload\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
         agent.rel.display()
     );
-    std::fs::write(&policy, &blocking).unwrap();
-    let (mut daemon, seen) = start_daemon(&["--allow-degraded", "--no-create-cgroups"], &dir);
+    let dir = policy_dir("reload", &blocking);
+    let policy = dir.join("p.yaml");
+    let pins = pin_dir("reload");
+    let (mut daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
     assert!(seen.contains("as generation 1"), "{seen}");
     let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
-    let mut next_event = || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        line
-    };
     assert_eq!(
         run_in(Some(&agent.path), "reload", &attempt).1,
         Outcome::Errno(libc::EPERM)
     );
-    let line = next_event();
+    let line = next_line(&mut stdout);
     assert!(
-        line.contains(" BLOCK connect ") && line.contains(" gen=1 "),
+        line.contains(" BLOCK    connect ") && line.contains(" gen=1 "),
         "{line}"
     );
 
@@ -211,19 +291,22 @@ fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one()
         run_in(Some(&agent.path), "reload", &attempt).1,
         Outcome::Errno(libc::EPERM)
     );
-    assert!(next_event().contains(" gen=1 "));
+    assert!(next_line(&mut stdout).contains(" gen=1 "));
 
     // A good file: generation 2 allows, and says so.
-    let allowing = blocking.replace("verdict: block", "verdict: allow");
-    std::fs::write(&policy, &allowing).unwrap();
+    std::fs::write(
+        &policy,
+        blocking.replace("verdict: block", "verdict: allow"),
+    )
+    .unwrap();
     daemon.wait_for("generation 2 is enforcing");
     assert_eq!(
         run_in(Some(&agent.path), "reload", &attempt).1,
         Outcome::Exited(0)
     );
-    let line = next_event();
+    let line = next_line(&mut stdout);
     assert!(
-        line.contains(" ALLOW connect ") && line.contains(" gen=2 "),
+        line.contains(" ALLOW    connect ") && line.contains(" gen=2 "),
         "{line}"
     );
 
@@ -231,5 +314,208 @@ fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one()
     signal(&daemon, nix::sys::signal::SIGHUP);
     daemon.wait_for("generation 3 is enforcing");
     stop_daemon(daemon);
+    assert!(!pins.exists(), "--detach-on-exit removes the pins");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reliability fault 3: 1,000 generation flips while connects run. Odd generations block,
+/// even ones allow; every decision matches the generation its event names, so no decision saw
+/// half of one generation and half of another.
+#[test]
+fn a_thousand_reloads_under_traffic_never_mix_generations() {
+    require_root();
+    let agent = TestCgroup::new("flips");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let yaml = |verdict: &str| {
+        format!(
+            "name: flips\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: {verdict}, reason: test }}\n",
+            agent.rel.display()
+        )
+    };
+    let mut k = load(&yaml("block"));
+    let root = agents::cgroup2_mount().unwrap();
+    let sets = [yaml("allow"), yaml("block")]
+        .map(|y| governance::policy::parse(&[("p.yaml".into(), y)]).unwrap());
+    let found = agents::discover(&root, &sets[0], false).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (stop, path, attempt) = (stop.clone(), agent.path.clone(), Attempt::connect(addr));
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = run_in(Some(&path), "flips", &attempt);
+                n += 1;
+            }
+            n
+        })
+    };
+    for generation in 2..=1001u32 {
+        let compiled = kernel::compile(
+            &sets[(generation % 2) as usize],
+            &found,
+            generation,
+            &kernel::Protect::default(),
+        );
+        k.enforcer.install(&compiled).unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let attempts = traffic.join().unwrap();
+    let mut checked = 0;
+    while let Some(ev) = k.try_event_where(Duration::from_millis(200), |_| true) {
+        let blocked = ev.flags & flags::DENIED != 0;
+        assert_eq!(
+            blocked,
+            ev.generation % 2 == 1,
+            "generation {} decided {blocked}",
+            ev.generation
+        );
+        assert_eq!(ev.rule_id, governance_common::class_id(ev.generation, 1));
+        checked += 1;
+    }
+    assert!(
+        checked > 0 && checked <= attempts,
+        "{checked} events for {attempts} attempts"
+    );
+    assert_eq!(k.enforcer.generation().unwrap(), 1001);
+}
+
+/// Reliability fault 5: tables that do not fit. The install fails before the flip, names the
+/// map, and the previous generation keeps enforcing.
+#[test]
+fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
+    require_root();
+    let agent = TestCgroup::new("full");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let mut k = load(&format!(
+        "name: full\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+        agent.rel.display()
+    ));
+    let root = agents::cgroup2_mount().unwrap();
+    // More destination prefixes than NET_RULES holds, in few rules.
+    let n = governance_common::MAX_NET_RULES as usize + 10;
+    let mut yaml = format!(
+        "name: full\nagents: {{ cgroup: {} }}\nrules:\n",
+        agent.rel.display()
+    );
+    for chunk in 0..n.div_ceil(1000) {
+        let cidrs: Vec<String> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        yaml.push_str(&format!(
+            "  - {{ id: r{chunk}, network: {{ cidr: [{}] }}, verdict: block, reason: test }}\n",
+            cidrs.join(", ")
+        ));
+    }
+    let set =
+        governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap_or_else(|e| panic!("{e}"));
+    let found = agents::discover(&root, &set, false).unwrap();
+    let compiled = kernel::compile(&set, &found, 2, &kernel::Protect::default());
+    let err = k.enforcer.install(&compiled).unwrap_err();
+    assert!(err.to_string().contains("NET_RULES"), "{err}");
+    assert_eq!(k.enforcer.generation().unwrap(), 1);
+    assert_eq!(
+        run_in(Some(&agent.path), "full", &Attempt::connect(addr)).1,
+        Outcome::Errno(libc::EPERM)
+    );
+}
+
+/// Red-team 22 and agent discovery: 1,000 agent cgroups created and removed while the daemon
+/// runs. New cgroups are governed after the daemon sees them, removed ones leave no entry
+/// behind, and the stable agent stays governed throughout.
+#[test]
+fn agent_cgroup_churn_leaves_no_stale_entries() {
+    require_root();
+    let root = agents::cgroup2_mount().unwrap();
+    let parent = TestCgroup::new("churn");
+    let stable = parent.child("stable");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let dir = policy_dir(
+        "churn",
+        &format!(
+            "name: churn\nagents: {{ cgroup: '{}/*' }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+            parent.rel.display()
+        ),
+    );
+    let pins = pin_dir("churn");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    assert!(seen.contains("1 agents"), "{seen}");
+    let status = || {
+        let out = Command::new(governance_bin())
+            .args(["status", "--pins", &pins_arg])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let agents_line = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("agents"))
+            .unwrap_or("")
+            .to_owned()
+    };
+    redteam("22 1000 cgroups churn", "tried");
+    let made: Vec<PathBuf> = (0..1000).map(|i| parent.child(&format!("c{i}"))).collect();
+    wait_until(&daemon, || agents_line(&status()) == "agents      1001");
+    // A new cgroup is governed.
+    let (_, outcome) = run_in(Some(&made[999]), "churn", &Attempt::connect(addr));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    for d in &made {
+        std::fs::remove_dir(d).unwrap();
+    }
+    wait_until(&daemon, || agents_line(&status()) == "agents      1");
+    let s = status();
+    assert!(
+        !s.contains("(cgroup gone)"),
+        "no entry outlives its cgroup:\n{s}"
+    );
+    assert_eq!(
+        run_in(Some(&stable), "churn", &Attempt::connect(addr)).1,
+        Outcome::Errno(libc::EPERM)
+    );
+    redteam("22 1000 cgroups churn", "denied");
+    // Control: a cgroup outside the selector is not governed.
+    assert_eq!(
+        run_in(Some(&root), "churn", &Attempt::connect(addr)).1,
+        Outcome::Exited(0)
+    );
+    redteam("22 1000 cgroups churn", "control");
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn wait_until(_daemon: &Daemon, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn drops_and_decisions_are_counted() {
+    require_root();
+    let agent = TestCgroup::new("count");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let k = load(&format!(
+        "name: count\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+        agent.rel.display()
+    ));
+    for _ in 0..3 {
+        run_in(Some(&agent.path), "count", &Attempt::connect(addr));
+    }
+    assert!(k.enforcer.counter(Counter::Decisions).unwrap() >= 3);
+    assert!(k.enforcer.counter(Counter::Denials).unwrap() >= 3);
+    assert_eq!(k.enforcer.counter(Counter::EventsDropped).unwrap(), 0);
 }

@@ -1,288 +1,946 @@
-//! BPF LSM tests. They run inside the VM that `cargo xtask test` boots (a Debian 6.1 kernel with
-//! `bpf` among its LSMs), because the host kernel refuses LSM programs.
+//! The red-team suite (../shared/redteam.md) against the BPF LSM programs. It runs inside the VM
+//! that `cargo xtask test` boots (a Debian 6.1 kernel with `bpf` among its LSMs), because the
+//! host kernel refuses LSM programs.
 //!
-//! Every denial is paired with a control: the same exec from a process outside the agent, which
-//! must succeed and must not be reported.
+//! Layout, after Landlock's selftests: one fixture (an agent cgroup, an outsider cgroup, a
+//! policy, files and tools), and a matrix of cases, each attempt made in a freshly forked child:
+//! in the agent it must fail with EPERM and produce the matching decision event; the same
+//! attempt outside the agent (the control) must not be refused. Each case prints
+//! `redteam: tried|denied|control <case>`, which `cargo xtask test` counts.
 
 use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use governance_common::{Cause, Event, Kind, Verdict};
+use governance_common::{Cause, Event, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Loaded, Outcome, TestCgroup, load, require_root, run_in, start_daemon, stop_daemon,
-    text,
+    Attempt, Loaded, Outcome, TestCgroup, cstr, governance_bin, load, pin_dir, require_root,
+    run_in, start_daemon, text,
 };
 
-/// A private copy of busybox under a name of our choosing: its own inode, so a rule for it
-/// blocks exactly this file. busybox picks the applet from argv[0], so we run it as `true`.
-struct Tool {
+const BUSYBOX: &str = "/bin/busybox";
+const HELPER: &str = "/governance/bin/redteam-helper";
+
+/// Files and tools of one test, in a private directory.
+struct Fixture {
     dir: PathBuf,
-    blocked: PathBuf,
-    allowed: PathBuf,
+    agent: TestCgroup,
+    outsider: TestCgroup,
 }
 
-impl Tool {
-    fn new() -> Self {
-        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-            .expect("busybox must be present (the VM image ships it)");
-        let dir = std::env::temp_dir().join(format!(
-            "governance-vm-test-{}-{}",
-            std::process::id(),
-            rand()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let blocked = dir.join("exfil-tool");
-        let allowed = dir.join("list-tool");
-        std::fs::copy(busybox, &blocked).unwrap();
-        std::fs::copy(busybox, &allowed).unwrap();
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = PathBuf::from(format!("/tmp/rt-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for sub in ["allowed", "blocked", "secrets", "scratch", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        // busybox picks the applet from argv[0]'s base name: these are `true` wherever they are.
+        for tool in [
+            "allowed/true",
+            "allowed/sh",
+            "blocked/true",
+            "allowed/sandboxme",
+        ] {
+            std::fs::copy(BUSYBOX, dir.join(tool)).unwrap();
+        }
+        std::fs::copy(BUSYBOX, dir.join("blocked/interp")).unwrap();
+        std::fs::write(dir.join("secrets/key"), "secret").unwrap();
+        std::fs::write(dir.join("readonly.txt"), "read me").unwrap();
+        std::fs::write(dir.join("public.txt"), "public").unwrap();
+        std::fs::write(dir.join("approve-me.txt"), "after approval").unwrap();
+        std::fs::write(dir.join("shadowed.txt"), "shadowed").unwrap();
+        std::fs::write(dir.join("throttled.txt"), "throttled").unwrap();
         Self {
             dir,
-            blocked,
-            allowed,
+            agent: TestCgroup::new("agent"),
+            outsider: TestCgroup::new("outsider"),
         }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    /// The red-team policy: exec allow-list, file and network rules, one of each verdict.
+    fn policy(&self, extra: &str) -> String {
+        let d = self.dir.display();
+        format!(
+            "name: redteam\n\
+             agents: {{ cgroup: {agent} }}\n\
+             defaults: {{ exec: block }}\n\
+             sandbox_profiles:\n  jail: {{ network: none, writable: [{d}/scratch] }}\n\
+             rules:\n\
+             \x20 - {{ id: tools, exec: {{ prefix: {d}/allowed }}, verdict: allow, reason: the allow-list }}\n\
+             \x20 - {{ id: busybox, exec: {{ path: {BUSYBOX} }}, verdict: allow, reason: shell }}\n\
+             \x20 - {{ id: helper, exec: {{ path: {HELPER} }}, verdict: allow, reason: test helper }}\n\
+             \x20 - {{ id: exfil, exec: {{ path: {d}/blocked/true }}, verdict: block, reason: exfiltration tool }}\n\
+             \x20 - {{ id: sandboxed, exec: {{ path: {d}/allowed/sandboxme }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted tool }}\n\
+             \x20 - {{ id: secrets, file: {{ prefix: {d}/secrets }}, verdict: block, reason: credentials }}\n\
+             \x20 - {{ id: readonly, file: {{ path: {d}/readonly.txt, access: [write, truncate] }}, verdict: block, reason: read only }}\n\
+             \x20 - {{ id: approve, file: {{ path: {d}/approve-me.txt }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: needs a human }}\n\
+             \x20 - {{ id: trial, mode: shadow, file: {{ path: {d}/shadowed.txt }}, verdict: block, reason: trial rule }}\n\
+             \x20 - {{ id: burst, file: {{ path: {d}/throttled.txt }}, verdict: throttle, throttle: {{ rate: 3, per: 1h }}, reason: rate limit }}\n\
+             \x20 - {{ id: meta, network: {{ cidr: 169.254.169.254/32 }}, verdict: block, reason: metadata }}\n\
+             \x20 - {{ id: v6, network: {{ cidr: 'fd00::/8' }}, verdict: block, reason: private v6 }}\n\
+             \x20 - {{ id: dns, network: {{ ports: 53, protocol: udp }}, verdict: block, reason: no outside resolvers }}\n\
+             {extra}",
+            agent = self.agent.rel.display(),
+        )
+    }
+
+    fn load(&self, extra: &str) -> Loaded {
+        let k = load(&self.policy(extra));
+        for hook in [
+            "bprm_check_security",
+            "file_open",
+            "socket_create",
+            "userns_create",
+            "bpf",
+            "task_kill",
+            "ptrace_access_check",
+            "inode_unlink",
+            "connect4",
+            "connect6",
+            "sendmsg4",
+            "sendmsg6",
+        ] {
+            k.require(hook);
+        }
+        k
     }
 }
 
-impl Drop for Tool {
+impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn rand() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
+/// What the control (the same attempt outside the agent) must show.
+#[derive(Clone, Copy)]
+enum Control {
+    /// It succeeds.
+    Succeeds,
+    /// It is not refused by us (other errors are the network's: no route in the VM).
+    NotEperm,
 }
 
-/// Load a policy whose agent `agent` may not run `blocked`, and attach the exec hook.
-fn enforce_exec(agent: &TestCgroup, blocked: &Path) -> Loaded {
-    let mut k = load(&format!(
-        "name: exec-agent\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-exfil, exec: {{ path: {} }}, verdict: block, reason: test }}\n",
-        agent.rel.display(),
-        blocked.display()
-    ));
-    k.enforcer
-        .attach_exec()
-        .unwrap_or_else(|e| panic!("lsm/bprm_check_security must attach in the VM: {e}"));
-    k
+/// A denial case: EPERM and a denial event of `kind` in the agent; the control outside.
+fn deny(
+    k: &mut Loaded,
+    fx: &Fixture,
+    case: &str,
+    attempt: &Attempt,
+    kind: Kind,
+    control: Control,
+) -> Event {
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+    // The denial (a #! script, say, is allowed before its interpreter is refused).
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(kind), "{case}: event kind");
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+    assert_eq!(ev.cgroup_id, fx.agent.id(), "{case}: event cgroup");
+    assert_eq!(ev.generation, k.generation, "{case}: event generation");
+    assert_eq!(text(&ev.comm), "agent", "{case}: comm");
+    println!("redteam: denied {case}");
+    let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", attempt);
+    match control {
+        Control::Succeeds => assert_eq!(outcome, Outcome::Exited(0), "{case}: control"),
+        Control::NotEperm => assert_ne!(outcome, Outcome::Errno(libc::EPERM), "{case}: control"),
+    }
+    assert!(
+        k.try_event_for(pid, Duration::from_millis(100)).is_none(),
+        "{case}: no event outside the agent"
+    );
+    println!("redteam: control {case}");
+    ev
 }
 
-fn assert_exec_event(
-    ev: &Event,
-    k: &Loaded,
-    cgroup_id: u64,
-    pid: u32,
-    comm: &str,
-    path: &str,
-    verdict: Verdict,
-) {
-    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
-    assert_eq!(Verdict::from_u8(ev.verdict), Some(verdict));
-    assert_eq!(ev.agent_id, k.agents[0].agent_id());
-    assert_eq!(ev.cgroup_id, cgroup_id, "cgroup id");
-    assert_eq!(ev.tgid, pid, "pid");
-    assert_eq!(ev.pid, pid, "single-threaded child: tid == pid");
-    assert_eq!(text(&ev.comm), comm, "comm");
-    assert_eq!(text(&ev.path), path, "path");
-    assert_eq!(ev.uid, 0);
+/// An attempt that must pass in the agent (and be reported).
+fn allow(k: &mut Loaded, fx: &Fixture, case: &str, attempt: &Attempt) -> Event {
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: allowed in the agent");
+    let ev = k.event_for(pid);
+    assert_eq!(ev.flags & flags::DENIED, 0, "{case}: event says allowed");
+    ev
 }
 
 #[test]
-fn blocked_exec_is_denied_in_the_agent_and_runs_outside() {
+fn exec_cases() {
     require_root();
-    let tool = Tool::new();
-    let agent = TestCgroup::new("agent");
-    let outsider = TestCgroup::new("outsider");
-    let mut k = enforce_exec(&agent, &tool.blocked);
+    let fx = Fixture::new("exec");
+    let mut k = fx.load("");
+    let blocked = fx.p("blocked/true");
 
-    let attempt = Attempt::exec(&tool.blocked, "true");
-    let (pid, outcome) = run_in(Some(&agent.path), "agent-proc", &attempt);
-    assert_eq!(
-        outcome,
-        Outcome::Errno(libc::EPERM),
-        "exec of a blocked binary in the agent"
+    // 1. The blocked binary by its path: the exact (inode) rule.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "1 exec blocked binary",
+        &Attempt::exec(&blocked, "true"),
+        Kind::Exec,
+        Control::Succeeds,
     );
-    let ev = k.event_for(pid);
-    assert_exec_event(
-        &ev,
-        &k,
-        agent.id(),
-        pid,
-        "agent-proc",
-        tool.blocked.to_str().unwrap(),
-        Verdict::Block,
-    );
+    assert_eq!(ev.rule_id, k.rule(4));
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
-    assert_eq!(ev.rule_id, 1);
-    assert_ne!(ev.time_ns, 0);
+    assert_eq!(text(&ev.path), blocked.to_str().unwrap());
 
-    // Controls: outside the agent (a sibling cgroup, and the root cgroup) the exec runs.
-    let (pid, outcome) = run_in(Some(&outsider.path), "outsider", &attempt);
+    // 2. Through a symlink, a hardlink and /proc/self/root.
+    let symlink = fx.p("allowed/innocent");
+    std::os::unix::fs::symlink(&blocked, &symlink).unwrap();
+    let hardlink = fx.p("tmp/true");
+    std::fs::hard_link(&blocked, &hardlink).unwrap();
+    let proc_root = PathBuf::from("/proc/self/root").join(blocked.strip_prefix("/").unwrap());
+    for (case, path) in [
+        ("2 exec via symlink", &symlink),
+        ("2 exec via hardlink", &hardlink),
+        ("2 exec via /proc/self/root", &proc_root),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::exec(path, "true"),
+            Kind::Exec,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.rule_id, k.rule(4), "{case}");
+    }
+
+    // 3. A copy of an allowed binary outside the allow-list: the default (block) decides.
+    let copy = fx.p("tmp/copy-of-true");
+    std::fs::copy(fx.p("allowed/true"), &copy).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 exec copy outside the allow-list",
+        &Attempt::exec(&copy, "true"),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+
+    // 4. execveat(fd, "", AT_EMPTY_PATH) (what fexecve does): the kernel names it /dev/fd/N.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "4 execveat AT_EMPTY_PATH",
+        &Attempt::exec_fd(&blocked, "true"),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    assert!(text(&ev.path).starts_with("/dev/fd/"), "{}", text(&ev.path));
+
+    // 5. A #! script whose interpreter is blocked (by the default): the interpreter is checked.
+    let script = fx.p("allowed/script");
+    std::fs::write(&script, format!("#!{}\n", fx.p("blocked/interp").display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "5 #! with a blocked interpreter",
+        &Attempt::exec(&script, "script"),
+        Kind::Exec,
+        Control::NotEperm,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+
+    // 5. `sh -c` starting the blocked binary: the shell runs, its inner exec is denied.
+    println!("redteam: tried 5 sh -c blocked");
+    let sh_c = Attempt::exec_args(
+        &fx.p("allowed/sh"),
+        &["sh", "-c", blocked.to_str().unwrap()],
+    );
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &sh_c);
+    assert_ne!(
+        outcome,
+        Outcome::Exited(0),
+        "sh -c: the inner exec must fail"
+    );
+    let denied = k.event_where(|ev| {
+        ev.flags & flags::DENIED != 0 && text(&ev.path) == blocked.to_str().unwrap()
+    });
+    assert_eq!(denied.rule_id, k.rule(4));
+    println!("redteam: denied 5 sh -c blocked");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &sh_c);
+    assert_eq!(outcome, Outcome::Exited(0), "sh -c control");
+    println!("redteam: control 5 sh -c blocked");
+
+    // 6. A binary unlinked after opening, executed through /proc/self/fd/N (default-deny).
+    for (who, cgroup) in [("agent", &fx.agent.path), ("outsider", &fx.outsider.path)] {
+        let copy = fx.p(&format!("tmp/unlinked-{who}"));
+        std::fs::copy(fx.p("allowed/true"), &copy).unwrap();
+        let attempt = Attempt::ExecUnlinked {
+            path: cstr(&copy),
+            argv: vec![c"true".into()],
+        };
+        if who == "agent" {
+            println!("redteam: tried 6 exec of an unlinked binary via /proc/self/fd");
+        }
+        let (pid, outcome) = run_in(Some(cgroup), who, &attempt);
+        if who == "agent" {
+            assert_eq!(
+                outcome,
+                Outcome::Errno(libc::EPERM),
+                "6 unlinked binary in the agent"
+            );
+            let ev = k.event_for(pid);
+            assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+            println!("redteam: denied 6 exec of an unlinked binary via /proc/self/fd");
+        } else {
+            assert_eq!(outcome, Outcome::Exited(0), "6 control");
+            println!("redteam: control 6 exec of an unlinked binary via /proc/self/fd");
+        }
+    }
+
+    // The allow-list itself works, and is reported.
+    let ev = allow(
+        &mut k,
+        &fx,
+        "allowed tool",
+        &Attempt::exec(&fx.p("allowed/true"), "true"),
+    );
+    assert_eq!(ev.rule_id, k.rule(1));
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
+}
+
+#[test]
+fn file_cases() {
+    require_root();
+    let fx = Fixture::new("file");
+    let mut k = fx.load("");
+    let key = fx.p("secrets/key");
+    let rd = libc::O_RDONLY;
+
+    // 7. Directly, through `..`, a symlink, /proc/self/root.
+    let link = fx.p("tmp/not-a-key");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    let dotdot = fx.p("allowed/../secrets/./key");
+    let proc_root = PathBuf::from("/proc/self/root").join(key.strip_prefix("/").unwrap());
+    for (case, path) in [
+        ("7 open denied file", &key),
+        ("7 open via ..", &dotdot),
+        ("7 open via symlink", &link),
+        ("7 open via /proc/self/root", &proc_root),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::open(path, rd),
+            Kind::File,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.rule_id, k.rule(6), "{case}");
+        assert_eq!(
+            text(&ev.path),
+            key.to_str().unwrap(),
+            "{case}: the resolved path"
+        );
+        assert_eq!(ev.detail, 1, "{case}: read access");
+    }
+    // 8. O_PATH is not an open the LSM sees; re-opening it through /proc/self/fd/N is.
+    deny(
+        &mut k,
+        &fx,
+        "8 O_PATH then /proc/self/fd reopen",
+        &Attempt::Reopen {
+            path: cstr(&key),
+            flags: rd,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    // 9. openat2 with RESOLVE_* flags.
+    for (case, resolve) in [
+        ("9 openat2 RESOLVE_NO_SYMLINKS", 0x04u64),
+        ("9 openat2 RESOLVE_NO_MAGICLINKS", 0x02),
+    ] {
+        let attempt = Attempt::Openat2 {
+            path: cstr(&key),
+            flags: rd,
+            resolve,
+        };
+        deny(&mut k, &fx, case, &attempt, Kind::File, Control::Succeeds);
+    }
+    // 10. A write-only rule: reading works, writing and truncating do not.
+    let ro = fx.p("readonly.txt");
+    let ev = allow(
+        &mut k,
+        &fx,
+        "10 read of a write-protected file",
+        &Attempt::open(&ro, rd),
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    deny(
+        &mut k,
+        &fx,
+        "10 write of a write-protected file",
+        &Attempt::open(&ro, libc::O_WRONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "10 truncate of a write-protected file",
+        &Attempt::open(&ro, libc::O_RDONLY | libc::O_TRUNC),
+        Kind::File,
+        Control::Succeeds,
+    );
+
+    // A path longer than the kernel matches denies for agents (fail closed).
+    let mut long = fx.p("tmp");
+    while long.as_os_str().len() < 300 {
+        long = long.join("a-rather-long-directory-name-0123456789");
+    }
+    std::fs::create_dir_all(&long).unwrap();
+    let file = long.join("f");
+    std::fs::write(&file, "x").unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "long path fails closed",
+        &Attempt::open(&file, rd),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::TooLong));
+}
+
+#[test]
+fn network_cases() {
+    require_root();
+    let fx = Fixture::new("net");
+    let svc = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = svc.local_addr().unwrap().port();
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: svc, network: {{ cidr: 127.0.0.1/32, ports: {port} }}, verdict: block, reason: other local service }}\n"
+    ));
+    let v4 = |a: [u8; 4], p: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), p));
+    // 11/16. Direct TCP to a non-allowed address and to the metadata service.
+    deny(
+        &mut k,
+        &fx,
+        "16 connect to 169.254.169.254",
+        &Attempt::connect(v4([169, 254, 169, 254], 80)),
+        Kind::Connect,
+        Control::NotEperm,
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "16 connect to another local service",
+        &Attempt::connect(v4([127, 0, 0, 1], port)),
+        Kind::Connect,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, port);
+    // 12. IPv6, and IPv4-mapped IPv6 to the same local service.
+    deny(
+        &mut k,
+        &fx,
+        "12 IPv6 connect",
+        &Attempt::connect("[fd00::1]:443".parse().unwrap()),
+        Kind::Connect,
+        Control::NotEperm,
+    );
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+    deny(
+        &mut k,
+        &fx,
+        "12 IPv4-mapped IPv6 connect",
+        &Attempt::connect(mapped),
+        Kind::Connect,
+        Control::Succeeds,
+    );
+    // 13. Unconnected UDP to port 53; 14. connected UDP.
+    let dns = v4([127, 0, 0, 53], 53);
+    let ev = deny(
+        &mut k,
+        &fx,
+        "13 unconnected UDP sendto :53",
+        &Attempt::SendTo { addr: dns },
+        Kind::Send,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, 17);
+    deny(
+        &mut k,
+        &fx,
+        "14 connected UDP to :53",
+        &Attempt::Connect {
+            addr: dns,
+            udp: true,
+        },
+        Kind::Connect,
+        Control::Succeeds,
+    );
+    // Another port of the same address is fine (port rules, not address rules).
+    allow(
+        &mut k,
+        &fx,
+        "UDP to another port",
+        &Attempt::SendTo {
+            addr: v4([127, 0, 0, 53], 54),
+        },
+    );
+}
+
+#[test]
+fn escape_and_self_protection_cases() {
+    require_root();
+    let fx = Fixture::new("escape");
+    let mut k = fx.load("");
+    // 15. Raw, packet and netlink sockets.
+    for (case, family, ty, protocol) in [
+        (
+            "15 raw socket",
+            libc::AF_INET,
+            libc::SOCK_RAW,
+            libc::IPPROTO_ICMP,
+        ),
+        ("15 packet socket", libc::AF_PACKET, libc::SOCK_RAW, 0),
+        (
+            "15 netlink route socket",
+            libc::AF_NETLINK,
+            libc::SOCK_RAW,
+            libc::NETLINK_ROUTE,
+        ),
+    ] {
+        deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::Socket {
+                family,
+                ty,
+                protocol,
+            },
+            Kind::Socket,
+            Control::Succeeds,
+        );
+    }
+    // 17. Moving out of the agent through another cgroup's cgroup.procs.
+    let procs = fx.outsider.path.join("cgroup.procs");
+    deny(
+        &mut k,
+        &fx,
+        "17 write pid into a cgroup.procs outside",
+        &Attempt::write(&procs, "0"),
+        Kind::File,
+        Control::Succeeds,
+    );
+    // ... while moving into a child cgroup of its own works, and stays governed.
+    let child = fx.agent.child("worker");
+    allow(
+        &mut k,
+        &fx,
+        "17 move into own child cgroup",
+        &Attempt::write(&child.join("cgroup.procs"), "0"),
+    );
+    println!("redteam: tried 17 child cgroup still governed");
+    let (pid, outcome) = run_in(
+        Some(&child),
+        "agent",
+        &Attempt::exec(&fx.p("blocked/true"), "true"),
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    assert_eq!(k.event_for(pid).agent_cgroup, fx.agent.id());
+    println!("redteam: denied 17 child cgroup still governed");
+    println!("redteam: control 17 child cgroup still governed");
+    // 18. New user namespaces.
+    deny(
+        &mut k,
+        &fx,
+        "18 unshare -U",
+        &Attempt::Unshare {
+            flags: libc::CLONE_NEWUSER,
+        },
+        Kind::Userns,
+        Control::Succeeds,
+    );
+    // 19. bpf() on the pins, and removing a pin.
+    let state_pin = k.pins.join("maps/STATE");
+    deny(
+        &mut k,
+        &fx,
+        "19 bpf(BPF_OBJ_GET) on a pin",
+        &Attempt::BpfObjGet {
+            path: cstr(&state_pin),
+        },
+        Kind::Bpf,
+        Control::Succeeds,
+    );
+    println!("redteam: tried 19 rm of a pin");
+    let (pid, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::Unlink {
+            path: cstr(&k.pins.join("maps/COUNTERS")),
+        },
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    assert_eq!(Kind::from_u8(k.event_for(pid).kind), Some(Kind::Unlink));
+    assert!(k.pins.join("maps/COUNTERS").exists());
+    println!("redteam: denied 19 rm of a pin");
+    // The control removes a pin of its own (a second pin of the same map).
+    let spare = k.pins.join("spare");
+    aya::maps::MapData::from_pin(k.pins.join("maps/COUNTERS"))
+        .unwrap()
+        .pin(&spare)
+        .unwrap();
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::Unlink { path: cstr(&spare) },
+    );
+    assert_eq!(outcome, Outcome::Exited(0));
+    println!("redteam: control 19 rm of a pin");
+    // 20. Signals and ptrace against a protected process (standing in for the daemon).
+    let mut guarded = std::process::Command::new(BUSYBOX)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    let gpid = guarded.id();
+    k.enforcer.protect(&[gpid]).unwrap();
+    deny(
+        &mut k,
+        &fx,
+        "20 ptrace attach to the daemon",
+        &Attempt::PtraceSeize { pid: gpid as i32 },
+        Kind::Ptrace,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "20 SIGSTOP to the daemon",
+        &Attempt::Kill {
+            pid: gpid as i32,
+            sig: libc::SIGSTOP,
+        },
+        Kind::Signal,
+        Control::Succeeds,
+    );
+    // SIGSTOP's control stopped it; the next control (SIGKILL) ends it.
+    deny(
+        &mut k,
+        &fx,
+        "20 kill -9 of the daemon",
+        &Attempt::Kill {
+            pid: gpid as i32,
+            sig: libc::SIGKILL,
+        },
+        Kind::Signal,
+        Control::Succeeds,
+    );
+    let _ = guarded.wait();
+}
+
+#[test]
+fn verdicts_shadow_throttle_sandbox_escalate() {
+    require_root();
+    let fx = Fixture::new("verdicts");
+    let mut k = fx.load("");
+    let rd = libc::O_RDONLY;
+    // Shadow: allowed, reported as "would block".
+    let ev = allow(
+        &mut k,
+        &fx,
+        "shadow",
+        &Attempt::open(&fx.p("shadowed.txt"), rd),
+    );
+    assert_ne!(ev.flags & flags::SHADOW, 0);
+    assert_eq!(ev.shadow_rule_id, k.rule(9));
+    assert_eq!(Verdict::from_u8(ev.shadow_verdict), Some(Verdict::Block));
+    // Throttle: 3 per hour, the 4th is refused.
+    let t = Attempt::open(&fx.p("throttled.txt"), rd);
+    for _ in 0..3 {
+        let ev = allow(&mut k, &fx, "throttle within the rate", &t);
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Throttle));
+    }
+    let ev = deny(
+        &mut k,
+        &fx,
+        "throttle beyond the rate",
+        &t,
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Throttle));
+    // Sandbox: the tool runs, marked; from then on it and its children are confined
+    // (no writes outside scratch/, no network).
+    let script = format!(
+        "echo ok > {d}/scratch/ok && ! echo no > {d}/tmp/escaped && ! nc 127.0.0.1 1 </dev/null",
+        d = fx.dir.display()
+    );
+    println!("redteam: tried sandbox confines the process and its children");
+    let sandboxed = Attempt::exec_args(&fx.p("allowed/sandboxme"), &["sh", "-c", &script]);
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &sandboxed);
+    let ev = k.event_for(pid);
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Sandbox));
     assert_eq!(
         outcome,
         Outcome::Exited(0),
-        "control: same exec outside the agent"
+        "sandboxed: scratch writable, the rest not"
     );
+    assert!(fx.p("scratch/ok").exists());
+    // The kernel creates an O_CREAT file before file_open decides: an empty file may remain,
+    // but nothing was written to it (see the README's limits).
+    assert_eq!(
+        std::fs::read_to_string(fx.p("tmp/escaped")).unwrap_or_default(),
+        ""
+    );
+    let confined =
+        k.event_where(|e| e.flags & flags::SANDBOXED != 0 && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(confined.kind), Some(Kind::File));
+    println!("redteam: denied sandbox confines the process and its children");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &sandboxed);
+    assert_ne!(
+        outcome,
+        Outcome::Exited(0),
+        "control: unconfined, the escape write succeeds"
+    );
+    assert_eq!(
+        std::fs::read_to_string(fx.p("tmp/escaped")).unwrap(),
+        "no\n"
+    );
+    println!("redteam: control sandbox confines the process and its children");
+    // Escalate: refused now with an approval request; approved; the retry passes.
+    let a = Attempt::open(&fx.p("approve-me.txt"), rd);
+    let ev = deny(
+        &mut k,
+        &fx,
+        "escalate holds until approved",
+        &a,
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
+    let d = governance::events::Decision::new(
+        &ev,
+        &Default::default(),
+        &governance::events::Clock::now(),
+    );
+    let token = d.approval.expect("an approval token");
+    let out = std::process::Command::new(governance_bin())
+        .args(["approve", &token, "--for", "1m", "--pins"])
+        .arg(&k.pins)
+        .output()
+        .unwrap();
     assert!(
-        k.try_event_for(pid, Duration::from_millis(300)).is_none(),
-        "no event for non-agents"
+        out.status.success(),
+        "governance approve: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let (_, outcome) = run_in(None, "outsider", &attempt);
-    assert_eq!(outcome, Outcome::Exited(0));
+    let ev = allow(&mut k, &fx, "escalate retried after approval", &a);
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Granted));
+    // The grant is for that object only.
+    deny(
+        &mut k,
+        &fx,
+        "escalate grant is per object",
+        &Attempt::open(&fx.p("secrets/key"), rd),
+        Kind::File,
+        Control::Succeeds,
+    );
 }
 
+/// Red-team case 21, the Phantom race: the path buffer flips between an allowed and a denied file while the
+/// kernel reads it; the verdict always matches the object actually opened or executed.
 #[test]
-fn unlisted_exec_is_allowed_and_reported() {
+fn phantom_race_decides_on_the_object() {
     require_root();
-    let tool = Tool::new();
-    let agent = TestCgroup::new("agent");
-    let mut k = enforce_exec(&agent, &tool.blocked);
-    let (pid, outcome) = run_in(
-        Some(&agent.path),
-        "agent-ok",
-        &Attempt::exec(&tool.allowed, "true"),
+    let fx = Fixture::new("phantom");
+    let mut k = fx.load("");
+    // Same-length names: an allowed file and the denied one.
+    let allowed = fx.p("allowed/key");
+    std::fs::write(&allowed, "public").unwrap();
+    let denied = fx.p("secrets/key");
+    let (ap, dp) = (allowed.to_str().unwrap(), denied.to_str().unwrap());
+    assert_eq!(ap.len(), dp.len());
+    println!("redteam: tried 21 phantom race on open");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::exec_args(
+            Path::new(HELPER),
+            &["redteam-helper", "phantom-open", ap, dp, "10000"],
+        ),
     );
-    assert_eq!(outcome, Outcome::Exited(0));
-    let ev = k.event_for(pid);
-    assert_exec_event(
-        &ev,
-        &k,
-        agent.id(),
-        pid,
-        "agent-ok",
-        tool.allowed.to_str().unwrap(),
-        Verdict::Allow,
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "phantom-open: 0 ok, 1 a denied file was opened, 2 no race"
     );
-    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
-    assert_eq!(ev.rule_id, governance_common::NO_RULE);
+    println!("redteam: denied 21 phantom race on open");
+    println!("redteam: control 21 phantom race on open");
+    // Every file event is consistent: denials name the denied file, allows the allowed one.
+    let mut seen = 0;
+    while let Some(ev) = k.try_event_where(Duration::from_millis(200), |e| {
+        Kind::from_u8(e.kind) == Some(Kind::File) && [ap, dp].contains(&text(&e.path).as_str())
+    }) {
+        let path = text(&ev.path);
+        if ev.flags & flags::DENIED != 0 {
+            assert_eq!(path, dp);
+        } else {
+            assert_eq!(path, ap);
+        }
+        seen += 1;
+    }
+    assert!(seen > 0);
+
+    // Exec: a spawned child shares the flipping buffer while it execs.
+    let (ea, ed) = (fx.p("allowed/true"), fx.p("blocked/true"));
+    let (ea, ed) = (ea.to_str().unwrap(), ed.to_str().unwrap());
+    assert_eq!(ea.len(), ed.len());
+    println!("redteam: tried 21 phantom race on exec");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::exec_args(
+            Path::new(HELPER),
+            &["redteam-helper", "phantom-exec", ea, ed, "300"],
+        ),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "phantom-exec: both outcomes must occur"
+    );
+    let mut checked = 0;
+    while let Some(ev) = k.try_event_where(Duration::from_millis(200), |e| {
+        Kind::from_u8(e.kind) == Some(Kind::Exec) && [ea, ed].contains(&text(&e.path).as_str())
+    }) {
+        let path = text(&ev.path);
+        // The name in the event is the kernel's copy, the one it resolved: it decides.
+        if ev.flags & flags::DENIED != 0 {
+            assert_eq!(path, ed);
+        } else {
+            assert_eq!(path, ea);
+        }
+        checked += 1;
+    }
+    assert!(checked > 0);
+    println!("redteam: denied 21 phantom race on exec");
+    println!("redteam: control 21 phantom race on exec");
 }
 
+/// Reliability fault 4: a flood of denied opens. Every one is denied; events beyond the ring's
+/// capacity are dropped and counted.
 #[test]
-fn descendant_cgroups_are_the_same_agent() {
+fn ring_buffer_flood_never_loses_a_denial() {
     require_root();
-    let tool = Tool::new();
-    let agent = TestCgroup::new("agent");
-    let grandchild = {
-        let child = agent.child("sub");
-        let gc = child.join("deeper");
-        std::fs::create_dir(&gc).unwrap();
-        gc
+    let fx = Fixture::new("flood");
+    let k = fx.load("");
+    let n = 50_000;
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::exec_args(
+            Path::new(HELPER),
+            &[
+                "redteam-helper",
+                "flood",
+                fx.p("secrets/key").to_str().unwrap(),
+                &n.to_string(),
+            ],
+        ),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "every open denied");
+    let denials = k
+        .enforcer
+        .counter(governance_common::Counter::Denials)
+        .unwrap();
+    let dropped = k
+        .enforcer
+        .counter(governance_common::Counter::EventsDropped)
+        .unwrap();
+    assert!(denials >= n, "denials counted: {denials}");
+    assert!(
+        dropped > 0,
+        "nobody read the ring: drops must be counted ({dropped})"
+    );
+}
+
+/// Reliability fault 1: `kill -9` the daemon in the middle of an exec loop. Denials continue
+/// (the links are pinned); a restarted daemon adopts the pins without attaching again and
+/// prints the events of the downtime.
+#[test]
+fn daemon_killed_enforcement_continues_and_restart_adopts() {
+    use std::io::Read as _;
+    require_root();
+    let fx = Fixture::new("kill");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("daemon");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = ["--no-create-cgroups", "--pins", &pins_arg];
+    let (mut daemon, _) = start_daemon(&args, &dir);
+    let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
+    let links = || {
+        let out = std::process::Command::new("/usr/sbin/bpftool")
+            .args(["link", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("prog"))
+            .count()
     };
-    let mut k = enforce_exec(&agent, &tool.blocked);
-    let (pid, outcome) = run_in(
-        Some(&grandchild),
-        "nested",
-        &Attempt::exec(&tool.blocked, "true"),
-    );
+    let before = links();
+    let (_, outcome) = run_in(Some(&fx.agent.path), "before-kill", &blocked);
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
-    let ev = k.event_for(pid);
-    let gc_id = governance::agents::cgroup_id(&grandchild).unwrap();
-    assert_exec_event(
-        &ev,
-        &k,
-        gc_id,
-        pid,
-        "nested",
-        tool.blocked.to_str().unwrap(),
-        Verdict::Block,
-    );
-}
-
-/// The decision is on the file being executed, not on the name used to reach it.
-#[test]
-fn symlinks_hardlinks_and_fd_exec_reach_the_same_denial() {
-    require_root();
-    let tool = Tool::new();
-    let agent = TestCgroup::new("agent");
-    let outsider = TestCgroup::new("outsider");
-    let mut k = enforce_exec(&agent, &tool.blocked);
-    let symlink = tool.dir.join("innocent-name");
-    std::os::unix::fs::symlink(&tool.blocked, &symlink).unwrap();
-    let hardlink = tool.dir.join("another-name");
-    std::fs::hard_link(&tool.blocked, &hardlink).unwrap();
-    let via_proc_root =
-        PathBuf::from("/proc/self/root").join(tool.blocked.strip_prefix("/").unwrap());
-
-    let cases = [
-        ("symlink", Attempt::exec(&symlink, "true")),
-        ("hardlink", Attempt::exec(&hardlink, "true")),
-        ("proc-root", Attempt::exec(&via_proc_root, "true")),
-        ("execveat", Attempt::exec_fd(&tool.blocked, "true")),
-    ];
-    for (name, attempt) in &cases {
-        let (pid, outcome) = run_in(Some(&agent.path), name, attempt);
-        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{name} in the agent");
-        let ev = k.event_for(pid);
-        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block), "{name}");
-        assert_eq!(ev.rule_id, 1, "{name}");
-        let (_, outcome) = run_in(Some(&outsider.path), name, attempt);
+    daemon.child.kill().unwrap(); // SIGKILL, by pid
+    let _ = daemon.child.wait();
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "while-dead", &blocked);
         assert_eq!(
             outcome,
-            Outcome::Exited(0),
-            "{name}: control outside the agent"
+            Outcome::Errno(libc::EPERM),
+            "denials continue while the daemon is dead"
+        );
+        pids.push(pid);
+    }
+    let (outside_pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &blocked);
+    assert_eq!(outcome, Outcome::Exited(0));
+    let _ = outside_pid;
+    let (mut daemon, seen) = start_daemon(&args, &dir);
+    assert!(seen.contains("adopted the programs pinned in"), "{seen}");
+    assert_eq!(links(), before, "no link attached twice");
+    // The downtime's events come first on stdout.
+    governance_tests::signal(&daemon, nix::sys::signal::SIGTERM);
+    let mut out = String::new();
+    daemon
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(daemon.child.wait().unwrap().success());
+    for pid in pids {
+        assert!(
+            out.contains(&format!("pid={pid} ")),
+            "event of pid {pid} drained:\n{out}"
         );
     }
-}
-
-/// What the daemon reports matches what the kernel did: `governance run` prints the denial.
-#[test]
-fn governance_run_prints_decisions_as_they_happen() {
-    use std::io::{BufRead as _, BufReader};
-    require_root();
-    let tool = Tool::new();
-    let agent = TestCgroup::new("cli");
-    let dir = tool.dir.join("policies");
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(
-        dir.join("agent.yaml"),
-        format!(
-            "name: cli-agent\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-exfil, exec: {{ path: {} }}, verdict: block, reason: exfiltration tool }}\n",
-            agent.rel.display(),
-            tool.blocked.display()
-        ),
-    )
-    .unwrap();
-    let (mut daemon, seen) = start_daemon(&["--no-create-cgroups"], &dir);
-    assert!(
-        seen.contains("exec    (lsm/bprm_check_security)  attached"),
-        "{seen}"
-    );
-
-    let (pid, outcome) = run_in(
-        Some(&agent.path),
-        "cli-proc",
-        &Attempt::exec(&tool.blocked, "true"),
-    );
+    // Still pinned after a clean stop; unload removes it and enforcement ends.
+    let (_, outcome) = run_in(Some(&fx.agent.path), "after-stop", &blocked);
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
-    let mut stdout = BufReader::new(daemon.child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    for part in [
-        " BLOCK exec ",
-        &format!("agent={}", agent.rel.display()),
-        &format!("path={:?}", tool.blocked.display().to_string()),
-        &format!("pid={pid} "),
-        "comm=\"cli-proc\"",
-        &format!("cgroup={} ", agent.id()),
-        " gen=1 ",
-        "rule=cli-agent/no-exfil reason=\"exfiltration tool\"",
-    ] {
-        assert!(line.contains(part), "missing {part:?} in {line:?}");
-    }
-    stop_daemon(daemon);
-
-    // Programs go away with the daemon (pinning comes with the lifecycle work).
-    let (_, outcome) = run_in(
-        Some(&agent.path),
-        "cli-proc",
-        &Attempt::exec(&tool.blocked, "true"),
-    );
+    let out = std::process::Command::new(governance_bin())
+        .args(["unload", "--pins", &pins_arg])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (_, outcome) = run_in(Some(&fx.agent.path), "after-unload", &blocked);
     assert_eq!(outcome, Outcome::Exited(0));
 }

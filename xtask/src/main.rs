@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask setup | build | vm | test | demo`.
 
+mod bench_kernel;
 mod setup;
 mod vm;
 
@@ -57,9 +58,13 @@ enum Cmd {
     /// Run a benchmark in release mode; ratios are measured side by side in one run.
     ///
     /// `policy`: the HTTP decision on 1,000 rules, against regorus (Rego) on the same policy.
+    ///
+    /// `kernel` (root): the hooks' overhead on openat, execve and connect loops as throughput
+    /// ratios to no governance, (2) loaded with the loop outside every agent and (3) inside an
+    /// agent with 1,000 rules; on the host (degraded: no LSM hooks) and in the VM (every hook).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["policy"])]
+        #[arg(value_parser = ["policy", "kernel"])]
         which: String,
     },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
@@ -113,6 +118,10 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Test { kernel } => test(kernel),
         Cmd::Demo { kernel } => demo(kernel),
+        Cmd::Bench { which } if which == "kernel" => {
+            bench_kernel::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Bench { which } => {
             progress("building the benchmarks (release)");
             run(Command::new("cargo")
@@ -177,6 +186,8 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
 struct Built {
     governance: PathBuf,
     vm_tests: Vec<PathBuf>,
+    /// tests/src/bin/redteam-helper.rs (threaded and bulk attempts).
+    helper: PathBuf,
 }
 
 /// Build with cargo and return the executables it reports.
@@ -225,9 +236,15 @@ fn build() -> Result<Built> {
     if vm_tests.is_empty() {
         bail!("cargo built no VM test executable");
     }
+    let helper =
+        cargo_executables(&["build", "-p", "governance-tests", "--bin", "redteam-helper"])?
+            .into_iter()
+            .next()
+            .context("cargo built no redteam-helper")?;
     Ok(Built {
         governance,
         vm_tests,
+        helper,
     })
 }
 
@@ -249,10 +266,16 @@ fn ebpf_object() -> Option<PathBuf> {
 
 /// Everything the VM image holds.
 fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
-    let mut files = vec![(
-        b.governance.clone(),
-        "/governance/bin/governance".to_owned(),
-    )];
+    let mut files = vec![
+        (
+            b.governance.clone(),
+            "/governance/bin/governance".to_owned(),
+        ),
+        (
+            b.helper.clone(),
+            "/governance/bin/redteam-helper".to_owned(),
+        ),
+    ];
     for t in &b.vm_tests {
         let name = t.file_name().unwrap_or_default().to_string_lossy();
         // cargo names test executables `<target>-<hash>`; drop the hash.
@@ -321,10 +344,21 @@ struct Counts {
     passed: u32,
     failed: u32,
     ignored: u32,
+    /// Red-team cases tried, denied as expected, and their controls allowed (lines the kernel
+    /// tests print: `redteam: tried|denied|control <case>`).
+    tried: u32,
+    denied: u32,
+    controls: u32,
 }
 
 impl Counts {
     fn add_line(&mut self, line: &str) {
+        match line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
+            ["redteam:", "tried"] => self.tried += 1,
+            ["redteam:", "denied"] => self.denied += 1,
+            ["redteam:", "control"] => self.controls += 1,
+            _ => {}
+        }
         // "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ..."
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
@@ -411,6 +445,8 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
             "governance-tests",
             "--test",
             "host_kernel",
+            "--",
+            "--nocapture",
         ],
         &[("GOVERNANCE_BIN", &b.governance)],
     )?;
@@ -419,7 +455,7 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     progress("kernel tests in the VM (BPF LSM)");
     let script = "export RUST_BACKTRACE=1 GOVERNANCE_BIN=/governance/bin/governance\n\
                   rc=0\n\
-                  for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 || rc=1; done\n\
+                  for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
                   exit $rc\n";
     let vm = boot(kernel, &b, script.into(), Duration::from_secs(900));
     let (ok, c) = match &vm {
@@ -452,7 +488,14 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         total.passed += c.passed;
         total.failed += c.failed;
         total.ignored += c.ignored;
+        total.tried += c.tried;
+        total.denied += c.denied;
+        total.controls += c.controls;
     }
+    println!(
+        "red team: {} cases tried, {} denied as expected, {} controls allowed",
+        total.tried, total.denied, total.controls
+    );
     // A place that failed without a failing test (build, boot, harness) counts as one failure.
     let broken = places
         .iter()

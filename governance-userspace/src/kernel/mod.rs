@@ -10,16 +10,20 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::collections::BTreeMap;
+
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, links::FdLink},
 };
 use governance_common::{
-    AgentValue, Counter, ExecKey, Net4Key, RuleValue, maps, offsets, programs,
+    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, Counter, ExecKey, GrantKey,
+    NET_SLOTS, NetEntry, NetKey, NetValue, PATH_MAX, PathKey, RulePair, maps, offsets, pins,
+    programs::{self, Attach, Program},
 };
 
-pub use compile::{KernelPolicy, compile};
+pub use compile::{Class, KernelPolicy, Protect, compile};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governance"));
@@ -52,12 +56,20 @@ pub enum KernelError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("exec rule {rule} ({path}): {source}")]
+    #[error("exec rule target {path}: {source}")]
     ExecTarget {
-        rule: String,
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the programs pinned under {dir} are from another build of governance; run `governance unload` first (enforcement stops until the next `governance run`)"
+    )]
+    ForeignPins { dir: PathBuf },
 }
 
 /// What the running kernel offers, as far as can be told without loading anything.
@@ -118,15 +130,6 @@ pub enum HookState {
     Unavailable(String),
 }
 
-impl HookState {
-    fn of(result: &Result<(), KernelError>) -> Self {
-        match result {
-            Ok(()) => HookState::Attached,
-            Err(e) => HookState::Unavailable(explain(e)),
-        }
-    }
-}
-
 impl fmt::Display for HookState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -149,24 +152,78 @@ fn explain(err: &KernelError) -> String {
     msg
 }
 
-/// The loaded eBPF object: programs, maps, and what is attached.
+/// The enforcement state in the kernel: the pinned maps and which programs are attached.
+///
+/// Everything lives under a bpffs directory (`pins::DIR` by default): `maps/NAME` and
+/// `links/NAME`. A pinned link keeps its program attached when the daemon is gone, so
+/// enforcement survives a crash with the last policy; a restarted daemon adopts the pins
+/// instead of attaching again.
 pub struct Enforcer {
-    ebpf: Ebpf,
-    pub exec: HookState,
-    pub connect4: HookState,
+    pub pin_dir: PathBuf,
+    maps: BTreeMap<&'static str, Map>,
+    /// Every program of the object (and the degraded exec fallback), with its state.
+    pub hooks: Vec<(Program, HookState)>,
+    /// True if the pins were there already (a restart), false if this process attached them.
+    pub adopted: bool,
+}
+
+/// Index of the build id in [`maps::STATE`].
+const STATE_GENERATION: u32 = 0;
+const STATE_BUILD: u32 = 1;
+
+/// An identity of the embedded eBPF object, kept in the pins, so a daemon of another build
+/// does not adopt programs whose maps it would misread.
+pub fn build_id() -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in EBPF_OBJECT {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h.max(1)
 }
 
 impl Enforcer {
-    /// Are all hooks attached?
+    /// Are all the hooks of full enforcement attached?
     pub fn fully_attached(&self) -> bool {
-        [&self.exec, &self.connect4]
+        self.hooks
             .iter()
-            .all(|h| matches!(h, HookState::Attached))
+            .filter(|(p, _)| p.required)
+            .all(|(_, h)| matches!(h, HookState::Attached))
     }
 
-    /// Load the object (creating its maps) with the running kernel's struct offsets, for policy
-    /// generation `generation` (stamped on its events). Nothing is attached yet.
-    pub fn load(generation: u32) -> Result<Self, KernelError> {
+    /// Adopt the pins under `pin_dir` if they are there, else load the object, attach every
+    /// program at `cgroup_root` (the cgroup2 root: the programs themselves decide who is an
+    /// agent) and pin maps and links. With `degraded_exec`, a kernel that refuses the exec LSM
+    /// gets the kill-after-exec tracepoint instead.
+    pub fn start(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        degraded_exec: bool,
+    ) -> Result<Self, KernelError> {
+        if pin_dir.join(pins::MAPS).join(maps::STATE).exists() {
+            return Self::adopt(pin_dir);
+        }
+        ensure_bpffs(pin_dir)?;
+        for sub in [pins::MAPS, pins::LINKS] {
+            let dir = pin_dir.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|source| KernelError::Pin {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let result = Self::load_and_pin(pin_dir, cgroup_root, degraded_exec);
+        if result.is_err() {
+            // Nothing half-pinned stays behind.
+            let _ = unload(pin_dir);
+        }
+        result
+    }
+
+    fn load_and_pin(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        degraded_exec: bool,
+    ) -> Result<Self, KernelError> {
         let kbtf = btf::Btf::from_kernel()?;
         let mut values = Vec::new();
         for (global, strukt, field) in offsets::ALL {
@@ -176,147 +233,385 @@ impl Enforcer {
         for (global, value) in &values {
             loader.override_global(global, value, true);
         }
-        loader.override_global(governance_common::GENERATION_GLOBAL, &generation, true);
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        for name in maps::ALL {
+            let map = ebpf
+                .map(name)
+                .ok_or(KernelError::Missing { what: "map", name })?;
+            let path = pin_dir.join(pins::MAPS).join(name);
+            map.pin(&path).map_err(|e| KernelError::Pin {
+                path,
+                source: std::io::Error::other(e),
+            })?;
+        }
+        // The build id goes in before anything is attached; the generation stays 0 (no
+        // agents) until the first policy is installed.
+        {
+            let name = maps::STATE;
+            let map = ebpf
+                .map_mut(name)
+                .ok_or(KernelError::Missing { what: "map", name })?;
+            let mut state: Array<_, u32> =
+                Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+            state
+                .set(STATE_BUILD, build_id(), 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        let kernel_btf = aya::Btf::from_sys_fs().ok();
+        let mut hooks = Vec::new();
+        for program in programs::ALL {
+            let result = attach(
+                &mut ebpf,
+                program,
+                cgroup_root,
+                kernel_btf.as_ref(),
+                pin_dir,
+            );
+            hooks.push((
+                program,
+                result.as_ref().map_or_else(
+                    |e| HookState::Unavailable(explain(e)),
+                    |()| HookState::Attached,
+                ),
+            ));
+        }
+        let exec_missing = hooks
+            .iter()
+            .any(|(p, h)| *p == programs::EXEC && !matches!(h, HookState::Attached));
+        if degraded_exec && exec_missing {
+            let program = programs::EXEC_KILL;
+            let result = attach(
+                &mut ebpf,
+                program,
+                cgroup_root,
+                kernel_btf.as_ref(),
+                pin_dir,
+            );
+            hooks.push((
+                program,
+                result.as_ref().map_or_else(
+                    |e| HookState::Unavailable(explain(e)),
+                    |()| HookState::Attached,
+                ),
+            ));
+        }
+        // The programs stay attached through their pinned links; the maps are used through
+        // their pins from here on, exactly as after a restart.
+        drop(ebpf);
+        let mut enforcer = Self::open(pin_dir)?;
+        enforcer.hooks = hooks;
+        enforcer.adopted = false;
+        Ok(enforcer)
+    }
+
+    /// Open the pinned maps and see which links are pinned.
+    pub fn adopt(pin_dir: &Path) -> Result<Self, KernelError> {
+        let enforcer = Self::open(pin_dir)?;
+        let build = enforcer.state(STATE_BUILD)?;
+        if build != build_id() {
+            return Err(KernelError::ForeignPins {
+                dir: pin_dir.to_owned(),
+            });
+        }
+        Ok(enforcer)
+    }
+
+    fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+        let mut opened = BTreeMap::new();
+        for name in maps::ALL {
+            let path = pin_dir.join(pins::MAPS).join(name);
+            let data =
+                MapData::from_pin(&path).map_err(|source| KernelError::Map { name, source })?;
+            let map =
+                Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
+            opened.insert(name, map);
+        }
+        let hooks = programs::ALL
+            .iter()
+            .chain([&programs::EXEC_KILL])
+            .filter_map(|p| {
+                let pinned = pin_dir.join(pins::LINKS).join(p.name);
+                if pinned.exists() {
+                    Some((*p, HookState::Attached))
+                } else if p.required {
+                    Some((
+                        *p,
+                        HookState::Unavailable("not attached (no pinned link)".into()),
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect();
         Ok(Self {
-            ebpf: loader.load(EBPF_OBJECT)?,
-            exec: HookState::Unavailable("not attached".into()),
-            connect4: HookState::Unavailable("not attached".into()),
+            pin_dir: pin_dir.to_owned(),
+            maps: opened,
+            hooks,
+            adopted: true,
         })
     }
 
-    /// Load and attach the exec program on the LSM hook `bprm_check_security`.
-    pub fn attach_exec(&mut self) -> Result<(), KernelError> {
-        let result = self.try_attach_exec();
-        self.exec = HookState::of(&result);
-        result
-    }
-
-    fn try_attach_exec(&mut self) -> Result<(), KernelError> {
-        let name = programs::EXEC;
-        let err = |source| KernelError::Program { name, source };
-        let kbtf = aya::Btf::from_sys_fs().map_err(|e| err(ProgramError::Btf(e)))?;
-        let prog: &mut Lsm = self.program(name)?;
-        prog.load(name, &kbtf).map_err(err)?;
-        prog.attach().map_err(err)?;
-        Ok(())
-    }
-
-    /// Load and attach the IPv4 connect program at `cgroup_root` (normally the cgroup2 root:
-    /// the program itself decides who is an agent), alongside any other programs there.
-    pub fn attach_connect4(&mut self, cgroup_root: &Path) -> Result<(), KernelError> {
-        let result = self.try_attach_connect4(cgroup_root);
-        self.connect4 = HookState::of(&result);
-        result
-    }
-
-    fn try_attach_connect4(&mut self, cgroup_root: &Path) -> Result<(), KernelError> {
-        let name = programs::CONNECT4;
-        let err = |source| KernelError::Program { name, source };
-        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
-            path: cgroup_root.to_owned(),
-            source,
-        })?;
-        let prog: &mut CgroupSockAddr = self.program(name)?;
-        prog.load().map_err(err)?;
-        // On kernels with bpf_link (5.7+) aya creates a link, and cgroup links always coexist
-        // with other programs; the kernel rejects BPF_F_ALLOW_MULTI there (EINVAL), so ask for
-        // the "single" mode, which sends no flags.
-        prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
-        Ok(())
-    }
-
-    /// A program of the object, as its concrete type.
-    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, KernelError>
-    where
-        &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
-    {
-        self.ebpf
-            .program_mut(name)
-            .ok_or(KernelError::Missing {
-                what: "program",
-                name,
-            })?
-            .try_into()
-            .map_err(|source| KernelError::Program { name, source })
-    }
-
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
-        self.ebpf
-            .map_mut(name)
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, KernelError> {
+        self.maps
+            .get_mut(name)
             .ok_or(KernelError::Missing { what: "map", name })
     }
 
-    /// Write compiled policy into the maps: rules first, then the agent roots that use them,
-    /// so an agent never runs with half its rules.
+    fn state(&self, index: u32) -> Result<u32, KernelError> {
+        let name = maps::STATE;
+        let map = self
+            .maps
+            .get(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let state: Array<_, u32> =
+            Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        state
+            .get(&index, 0)
+            .map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// The generation the kernel enforces now (0: none yet).
+    pub fn generation(&self) -> Result<u32, KernelError> {
+        self.state(STATE_GENERATION)
+    }
+
+    /// Install a compiled generation: clear its slot, write every table, flip the active
+    /// generation (one 32-bit store the programs read once per decision), then clear the other
+    /// slot. Until the flip the previous generation enforces alone; after it, this one.
     ///
     /// An executable that does not exist is reported and skipped (nothing to run, nothing to
-    /// decide; it is picked up at the next load). Any map error aborts.
+    /// decide; path rules still cover that name). Any map error aborts before the flip, so the
+    /// previous generation keeps enforcing.
     pub fn install(&mut self, policy: &KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
+        let slot = governance_common::slot(policy.generation);
+        self.clear_slot(slot)?;
+        let skipped = self.write(policy, slot)?;
+        {
+            let name = maps::STATE;
+            let mut state: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            state
+                .set(STATE_GENERATION, policy.generation, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        // Decisions that read the old generation just before the flip finish within
+        // microseconds; give them far more before their tables go.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        self.clear_slot(slot ^ 1)?;
+        Ok(skipped)
+    }
+
+    fn write(&mut self, policy: &KernelPolicy, slot: u32) -> Result<Vec<KernelError>, KernelError> {
         let mut skipped = Vec::new();
         {
             let name = maps::EXEC_RULES;
-            let mut exec: HashMap<_, ExecKey, RuleValue> =
-                HashMap::try_from(self.map_mut(name)?)
-                    .map_err(|source| KernelError::Map { name, source })?;
-            for ((path, agent_id), value) in &policy.exec {
-                let (dev, ino) = match exec_identity(path) {
-                    Ok(id) => id,
-                    Err(source) => {
-                        skipped.push(KernelError::ExecTarget {
-                            rule: policy
-                                .rule_names
-                                .get((value.rule_id as usize).saturating_sub(1))
-                                .cloned()
-                                .unwrap_or_default(),
-                            path: path.clone(),
-                            source,
-                        });
-                        continue;
-                    }
-                };
-                if let Ok(target) = std::fs::canonicalize(path)
-                    && target != *path
-                {
-                    tracing::info!(
-                        "exec rule names {}, which resolves to {}: that file is what is decided on",
-                        path.display(),
-                        target.display()
-                    );
+            let mut exec: HashMap<_, ExecKey, RulePair> = HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            for class in &policy.classes {
+                for (path, value) in &class.exec {
+                    let (dev, ino) = match exec_identity(path) {
+                        Ok(id) => id,
+                        Err(source) => {
+                            skipped.push(KernelError::ExecTarget {
+                                path: path.clone(),
+                                source,
+                            });
+                            continue;
+                        }
+                    };
+                    let key = ExecKey {
+                        class: class.id,
+                        dev,
+                        ino,
+                    };
+                    exec.insert(key, value, 0)
+                        .map_err(|source| KernelError::Map { name, source })?;
                 }
-                let key = ExecKey {
-                    agent_id: *agent_id,
-                    dev,
-                    ino,
-                };
-                exec.insert(key, value, 0)
-                    .map_err(|source| KernelError::Map { name, source })?;
             }
         }
         {
-            let name = maps::NET4_RULES;
-            let mut net: LpmTrie<_, Net4Key, RuleValue> = LpmTrie::try_from(self.map_mut(name)?)
+            let name = maps::PATH_RULES;
+            let mut trie: LpmTrie<_, PathKey, RulePair> = LpmTrie::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
-            for ((prefix, data), value) in &policy.net4 {
-                net.insert(&KernelPolicy::net4_key(*prefix, *data), value, 0)
+            for class in &policy.classes {
+                for ((access, bytes), value) in &class.paths {
+                    let mut path = [0u8; PATH_MAX];
+                    path[..bytes.len()].copy_from_slice(bytes);
+                    let key = Key::new(
+                        ((5 + bytes.len()) * 8) as u32,
+                        PathKey {
+                            class_be: class.id.to_be_bytes(),
+                            access: *access,
+                            path,
+                        },
+                    );
+                    trie.insert(&key, value, 0)
+                        .map_err(|source| KernelError::Map { name, source })?;
+                }
+            }
+        }
+        {
+            let name = maps::NET_RULES;
+            let mut trie: LpmTrie<_, NetKey, NetValue> = LpmTrie::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            for class in &policy.classes {
+                for ((bits, addr), list) in &class.net {
+                    let mut value = NetValue {
+                        len: list.len() as u32,
+                        _pad: 0,
+                        entries: [NetEntry::default(); NET_SLOTS],
+                    };
+                    value.entries[..list.len()].copy_from_slice(list);
+                    let key = Key::new(
+                        32 + bits,
+                        NetKey {
+                            class_be: class.id.to_be_bytes(),
+                            addr: *addr,
+                        },
+                    );
+                    trie.insert(&key, value, 0)
+                        .map_err(|source| KernelError::Map { name, source })?;
+                }
+            }
+        }
+        {
+            let name = maps::BUCKETS;
+            let mut buckets: HashMap<_, BucketKey, Bucket> = HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            for (rule_id, bucket) in &policy.buckets {
+                let key = BucketKey {
+                    class: BUCKET_TEMPLATE,
+                    rule_id: *rule_id,
+                };
+                buckets
+                    .insert(key, bucket, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
         let name = maps::AGENTS;
-        let mut map: HashMap<_, u64, AgentValue> = HashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| KernelError::Map { name, source })?;
-        for (cgroup_id, value) in &policy.agents {
-            map.insert(cgroup_id, value, 0)
+        let mut agents: HashMap<_, AgentKey, AgentValue> =
+            HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+        let roots = policy
+            .agents
+            .iter()
+            .map(|(cgroup_id, i)| (*cgroup_id, 0, *i));
+        let profiles = policy.profiles.iter().map(|(n, i)| (0, *n, *i));
+        for (cgroup_id, profile, i) in roots.chain(profiles) {
+            let key = AgentKey {
+                cgroup_id,
+                slot,
+                profile,
+            };
+            agents
+                .insert(key, policy.classes[i].value, 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         Ok(skipped)
     }
 
-    /// Take the decision-event ring buffer (once).
+    /// Remove every table entry of generation slot `slot`.
+    fn clear_slot(&mut self, slot: u32) -> Result<(), KernelError> {
+        let of_id = |id: u32| id >> 31 == slot;
+        macro_rules! clear {
+            ($name:expr, $ty:ident, $k:ty, $v:ty, $pred:expr) => {{
+                let name = $name;
+                let mut map: $ty<_, $k, $v> = $ty::try_from(self.map_mut(name)?)
+                    .map_err(|source| KernelError::Map { name, source })?;
+                let stale: Vec<_> = map.keys().filter_map(Result::ok).filter($pred).collect();
+                for key in stale {
+                    map.remove(&key)
+                        .map_err(|source| KernelError::Map { name, source })?;
+                }
+            }};
+        }
+        clear!(
+            maps::AGENTS,
+            HashMap,
+            AgentKey,
+            AgentValue,
+            |k: &AgentKey| k.slot == slot
+        );
+        clear!(
+            maps::EXEC_RULES,
+            HashMap,
+            ExecKey,
+            RulePair,
+            |k: &ExecKey| of_id(k.class)
+        );
+        clear!(maps::PATH_RULES, LpmTrie, PathKey, RulePair, |k: &Key<
+            PathKey,
+        >| {
+            of_id(u32::from_be_bytes(k.data().class_be))
+        });
+        clear!(maps::NET_RULES, LpmTrie, NetKey, NetValue, |k: &Key<
+            NetKey,
+        >| of_id(
+            u32::from_be_bytes(k.data().class_be)
+        ));
+        clear!(
+            maps::BUCKETS,
+            HashMap,
+            BucketKey,
+            Bucket,
+            |k: &BucketKey| { of_id(if k.rule_id != 0 { k.rule_id } else { k.class }) }
+        );
+        Ok(())
+    }
+
+    /// Processes agents may not signal or trace: the map is reset to exactly these.
+    pub fn protect(&mut self, pids: &[u32]) -> Result<(), KernelError> {
+        let name = maps::PROTECTED;
+        let mut map: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let old: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for pid in old.iter().filter(|p| !pids.contains(p)) {
+            let _ = map.remove(pid);
+        }
+        for pid in pids {
+            map.insert(pid, 0, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// Let an escalated action through for `cgroup_id`'s agent until `expiry_ns`
+    /// (CLOCK_MONOTONIC).
+    pub fn grant(&mut self, key: GrantKey, expiry_ns: u64) -> Result<(), KernelError> {
+        let name = maps::GRANTS;
+        let mut map: HashMap<_, GrantKey, u64> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        map.insert(key, expiry_ns, 0)
+            .map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// Agent roots of the active generation: cgroup id → class id.
+    pub fn agents(&self) -> Result<Vec<(u64, u32)>, KernelError> {
+        let slot = governance_common::slot(self.generation()?);
+        let name = maps::AGENTS;
+        let map = self
+            .maps
+            .get(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let agents: HashMap<_, AgentKey, AgentValue> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        let mut out: Vec<(u64, u32)> = agents
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, _)| k.slot == slot && k.profile == 0)
+            .map(|(k, v)| (k.cgroup_id, v.class))
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The decision-event ring buffer (once: the consumer position is shared through the map,
+    /// so events produced while no daemon ran are read first).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
         let name = maps::EVENTS;
         let map = self
-            .ebpf
-            .take_map(name)
+            .maps
+            .remove(name)
             .ok_or(KernelError::Missing { what: "map", name })?;
         RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
     }
@@ -325,8 +620,8 @@ impl Enforcer {
     pub fn counter(&self, counter: Counter) -> Result<u64, KernelError> {
         let name = maps::COUNTERS;
         let map = self
-            .ebpf
-            .map(name)
+            .maps
+            .get(name)
             .ok_or(KernelError::Missing { what: "map", name })?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name, source })?;
@@ -335,6 +630,124 @@ impl Enforcer {
             .map_err(|source| KernelError::Map { name, source })?;
         Ok(values.iter().sum())
     }
+}
+
+/// Load and attach one program, and pin its link.
+fn attach(
+    ebpf: &mut Ebpf,
+    program: Program,
+    cgroup_root: &Path,
+    kernel_btf: Option<&aya::Btf>,
+    pin_dir: &Path,
+) -> Result<(), KernelError> {
+    let name = program.name;
+    let err = |source| KernelError::Program { name, source };
+    let prog = ebpf.program_mut(name).ok_or(KernelError::Missing {
+        what: "program",
+        name,
+    })?;
+    let link: FdLink = match program.attach {
+        Attach::Lsm(hook) => {
+            let prog: &mut Lsm = prog.try_into().map_err(err)?;
+            let btf = kernel_btf.ok_or_else(|| {
+                err(ProgramError::Btf(aya::BtfError::FileError {
+                    path: btf::VMLINUX_BTF.into(),
+                    error: std::io::Error::from(std::io::ErrorKind::NotFound),
+                }))
+            })?;
+            prog.load(hook, btf).map_err(err)?;
+            let id = prog.attach().map_err(err)?;
+            prog.take_link(id).map_err(err)?.into()
+        }
+        Attach::SockAddr(_) => {
+            let prog: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
+            let cgroup =
+                std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+                    path: cgroup_root.to_owned(),
+                    source,
+                })?;
+            prog.load().map_err(err)?;
+            // cgroup links always coexist with other programs; the kernel rejects
+            // BPF_F_ALLOW_MULTI for links (EINVAL), so ask for "single", which sends no flags.
+            let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| KernelError::Pin {
+                    path: pin_dir.join(pins::LINKS).join(name),
+                    source: std::io::Error::other(e),
+                },
+            )?
+        }
+        Attach::RawTracepoint(tp) => {
+            let prog: &mut RawTracePoint = prog.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            let id = prog.attach(tp).map_err(err)?;
+            prog.take_link(id).map_err(err)?.into()
+        }
+    };
+    let path = pin_dir.join(pins::LINKS).join(name);
+    link.pin(&path).map_err(|e| KernelError::Pin {
+        path,
+        source: std::io::Error::other(e),
+    })?;
+    Ok(())
+}
+
+/// Make sure `pin_dir` is on a bpf filesystem, mounting one at /sys/fs/bpf if that is where it
+/// belongs and nothing is mounted there yet.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if on_bpffs(existing) {
+        return Ok(());
+    }
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(bpffs) {
+        let _ = std::fs::create_dir_all(bpffs);
+        nix::mount::mount(
+            Some("bpf"),
+            bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| KernelError::Pin {
+            path: bpffs.to_owned(),
+            source: std::io::Error::from(e),
+        })?;
+        if on_bpffs(bpffs) {
+            return Ok(());
+        }
+    }
+    Err(KernelError::Pin {
+        path: pin_dir.to_owned(),
+        source: std::io::Error::other("not on a bpf filesystem (mount -t bpf bpf DIR)"),
+    })
+}
+
+/// Remove the pins below `pin_dir`: links first (which detaches the programs), then maps.
+/// Returns the names removed.
+pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for sub in [pins::LINKS, pins::MAPS] {
+        let dir = pin_dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())?;
+            removed.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+        }
+        std::fs::remove_dir(&dir)?;
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir(pin_dir)?;
+    }
+    Ok(removed)
 }
 
 /// The identity the kernel will see for an executable: the superblock device in the kernel's
@@ -366,19 +779,17 @@ mod tests {
     #[test]
     fn the_embedded_object_has_every_program_and_map() {
         let obj = aya_obj_names();
-        for name in [programs::EXEC, programs::CONNECT4] {
+        for name in programs::ALL
+            .iter()
+            .chain([&programs::EXEC_KILL])
+            .map(|p| p.name)
+        {
             assert!(
                 obj.contains(&name.to_string()),
                 "program {name} missing: {obj:?}"
             );
         }
-        for name in [
-            maps::AGENTS,
-            maps::EXEC_RULES,
-            maps::NET4_RULES,
-            maps::EVENTS,
-            maps::COUNTERS,
-        ] {
+        for name in maps::ALL {
             assert!(
                 obj.contains(&name.to_string()),
                 "map {name} missing: {obj:?}"

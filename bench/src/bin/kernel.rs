@@ -1,0 +1,970 @@
+//! `cargo xtask bench kernel`: what the kernel hooks cost the processes they watch, as
+//! throughput ratios measured side by side in one run.
+//!
+//! Three loops, each timed for a fixed duration:
+//! - openat: open + close of an existing file;
+//! - execve: fork + execve of `/bin/busybox` as `true` + waitpid;
+//! - connect: socket + connect to a closed loopback port (ECONNREFUSED) + close;
+//!
+//! in three configurations, interleaved round by round:
+//! 1. no governance programs loaded;
+//! 2. `governance run` enforcing a policy, the loop outside every agent;
+//! 3. the loop in an agent cgroup whose policy has 1,000 rules (400 file, 300 exec, 300
+//!    network) that the loop never matches, with defaults that allow what it does.
+//!
+//! Per loop it reports the median over the rounds of (2)/(1) and (3)/(1), each ratio taken
+//! within one round, their range, and the median ops/s. Every measurement runs in a fresh
+//! worker process (this binary with `--worker`); for (3) it is moved into the agent cgroup
+//! before it starts. An optional last pass turns on `kernel.bpf_stats_enabled` and reports
+//! each program's run_time_ns / run_cnt (separately, since the statistics cost time too).
+//!
+//! Needs root. Usage:
+//!   governance-bench-kernel [--governance PATH] [--ms N] [--rounds N] [--allow-degraded]
+//!                           [--label TEXT] [--no-stats]
+//! The governance binary is --governance, else $GOVERNANCE_BIN.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::{CString, c_char, c_int},
+    fmt::Display,
+    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// The few libc calls std does not offer (std links libc already).
+mod sys {
+    use std::ffi::{c_char, c_int};
+
+    unsafe extern "C" {
+        pub fn fork() -> c_int;
+        pub fn execve(
+            path: *const c_char,
+            argv: *const *const c_char,
+            envp: *const *const c_char,
+        ) -> c_int;
+        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
+        pub fn _exit(status: c_int) -> !;
+        pub fn kill(pid: c_int, sig: c_int) -> c_int;
+        pub fn geteuid() -> u32;
+    }
+
+    pub const SIGTERM: c_int = 15;
+}
+
+type Res<T> = Result<T, String>;
+
+/// Attach what was being done to an error.
+fn ctx<T, E: Display>(r: Result<T, E>, what: impl Display) -> Res<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+const FILE_RULES: usize = 400;
+const EXEC_RULES: usize = 300;
+const NET_RULES: usize = 300;
+const RULES: usize = FILE_RULES + EXEC_RULES + NET_RULES;
+const BUSYBOX: &str = "/bin/busybox";
+/// The exec loop runs this many times longer than the others (each exec is a thousand times
+/// slower than an open).
+const EXEC_FACTOR: u64 = 3;
+/// A pause after starting or stopping the daemon, so its start-up and the kernel's clean-up
+/// (freeing programs and maps) stay out of the measurements.
+const SETTLE: Duration = Duration::from_millis(200);
+/// Marks the report's lines, so that `cargo xtask bench kernel` can print it again at the end.
+const REPORT_BEGIN: &str = "==> kernel hook overhead";
+const REPORT_END: &str = "<== end of report";
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Workload {
+    Open,
+    Exec,
+    Connect,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::Open, Workload::Exec, Workload::Connect];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Open => "openat",
+            Workload::Exec => "execve",
+            Workload::Connect => "connect",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == s)
+    }
+
+    /// Targets for (2)/(1) and (3)/(1).
+    fn targets(self) -> Option<(f64, f64)> {
+        match self {
+            Workload::Open | Workload::Connect => Some((0.98, 0.90)),
+            Workload::Exec => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Config {
+    /// No governance programs loaded.
+    Bare,
+    /// Governance enforcing, the loop outside every agent.
+    Loaded,
+    /// The loop in the agent cgroup.
+    Agent,
+}
+
+impl Config {
+    const ALL: [Config; 3] = [Config::Bare, Config::Loaded, Config::Agent];
+
+    fn tag(self) -> &'static str {
+        match self {
+            Config::Bare => "(1)",
+            Config::Loaded => "(2)",
+            Config::Agent => "(3)",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The worker: one loop, timed, in its own process.
+
+/// Call `op` until `d` has passed; (calls, time taken).
+fn run_for(d: Duration, op: &mut impl FnMut() -> Res<()>) -> Res<(u64, Duration)> {
+    let start = Instant::now();
+    let mut n = 0u64;
+    loop {
+        op()?;
+        n += 1;
+        let elapsed = start.elapsed();
+        if elapsed >= d {
+            return Ok((n, elapsed));
+        }
+    }
+}
+
+/// Warm up for a tenth of the time, then measure; prints "<calls> <nanoseconds>".
+fn timed(ms: u64, mut op: impl FnMut() -> Res<()>) -> Res<()> {
+    run_for(Duration::from_millis(ms / 10), &mut op)?;
+    let (n, elapsed) = run_for(Duration::from_millis(ms), &mut op)?;
+    println!("{n} {}", elapsed.as_nanos());
+    Ok(())
+}
+
+/// `--worker KIND MS FILE PORT`: wait for a line on stdin (the parent moves us into the agent
+/// cgroup first), then run the loop.
+fn worker(args: &[String]) -> Res<()> {
+    let [kind, ms, file, port] = args else {
+        return Err("usage: --worker openat|execve|connect MS FILE PORT".into());
+    };
+    let kind = Workload::parse(kind).ok_or_else(|| format!("unknown workload {kind}"))?;
+    let ms: u64 = ctx(ms.parse(), "MS")?;
+    let port: u16 = ctx(port.parse(), "PORT")?;
+    let file = PathBuf::from(file);
+    let mut go = String::new();
+    ctx(
+        std::io::stdin().read_line(&mut go),
+        "waiting for the start signal",
+    )?;
+    match kind {
+        Workload::Open => timed(ms, || {
+            ctx(
+                std::fs::File::open(&file),
+                format_args!("open {}", file.display()),
+            )
+            .map(drop)
+        }),
+        Workload::Exec => {
+            let path = CString::new(BUSYBOX).map_err(|e| e.to_string())?;
+            let arg0 = CString::new("true").map_err(|e| e.to_string())?;
+            let argv: [*const c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
+            let envp: [*const c_char; 1] = [std::ptr::null()];
+            timed(ms, || {
+                // SAFETY: the worker is single-threaded; the child calls only execve and _exit
+                // on memory prepared before the fork.
+                let pid = unsafe { sys::fork() };
+                if pid < 0 {
+                    return Err(format!("fork: {}", std::io::Error::last_os_error()));
+                }
+                if pid == 0 {
+                    // SAFETY: as above; pointers stay valid, the arrays are NULL-terminated.
+                    unsafe {
+                        sys::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                        sys::_exit(127)
+                    }
+                }
+                let mut status: c_int = 0;
+                // SAFETY: waits for our own child; status is a valid out pointer.
+                if unsafe { sys::waitpid(pid, &mut status, 0) } != pid {
+                    return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+                }
+                if status != 0 {
+                    return Err(format!(
+                        "{BUSYBOX} true: wait status {status:#x} (127<<8: execve failed)"
+                    ));
+                }
+                Ok(())
+            })
+        }
+        Workload::Connect => {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            timed(ms, || match TcpStream::connect(addr) {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+                Ok(_) => Err(format!("something listens on {addr}; expected nothing")),
+                Err(e) => Err(format!("connect {addr}: {e} (expected ECONNREFUSED)")),
+            })
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon.
+
+struct Daemon {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    /// Its "governance: enforcing ..." line.
+    enforcing: String,
+    governance: PathBuf,
+    pins: PathBuf,
+}
+
+impl Daemon {
+    /// Start `governance run` and wait until it enforces.
+    fn start(env: &Env) -> Res<Daemon> {
+        let mut cmd = Command::new(&env.governance);
+        cmd.arg("run")
+            .arg("--policy")
+            .arg(&env.policy_dir)
+            .arg("--pins")
+            .arg(&env.pins)
+            .args(["--detach-on-exit", "--no-create-cgroups"]);
+        if env.allow_degraded {
+            cmd.arg("--allow-degraded");
+        }
+        let mut child = ctx(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn(),
+            format_args!("starting {}", env.governance.display()),
+        )?;
+        let stderr = child.stderr.take().ok_or("daemon stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(line.clone());
+                    let _ = tx.send(line);
+                }
+            })
+        };
+        let mut daemon = Daemon {
+            child,
+            lines,
+            reader: Some(reader),
+            enforcing: String::new(),
+            governance: env.governance.clone(),
+            pins: env.pins.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("governance: enforcing") => {
+                    daemon.enforcing = line;
+                    return Ok(daemon);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => "did not start enforcing within 180 s",
+                        mpsc::RecvTimeoutError::Disconnected => "stopped before enforcing",
+                    };
+                    let _ = daemon.stop();
+                    return Err(format!(
+                        "governance run {why}; its stderr:\n  {}",
+                        daemon.tail(30).join("\n  ")
+                    ));
+                }
+            }
+        }
+    }
+
+    fn tail(&self, n: usize) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// SIGTERM (it detaches and removes its pins), wait, then `governance unload` to be sure.
+    /// Returns its "governance: stopping; ..." line, if it printed one.
+    fn stop(&mut self) -> Option<String> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Our own child, by its pid.
+            // SAFETY: kill(2) on a pid we started and have not reaped.
+            unsafe { sys::kill(self.child.id() as c_int, sys::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(self.child.try_wait(), Ok(None)) {
+                eprintln!("bench: governance run ignored SIGTERM for 60 s; killing it");
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let _ = Command::new(&self.governance)
+            .arg("unload")
+            .arg("--pins")
+            .arg(&self.pins)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .find(|l| l.contains("governance: stopping;"))
+            .cloned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.reader.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// "governance: stopping; 12 decisions, 0 denials, 3 events dropped, ..." → (12, 0, 3).
+fn parse_stopping(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.split_once("stopping;")?.1;
+    let mut found = BTreeMap::new();
+    for part in rest.split(',') {
+        let mut words = part.split_whitespace();
+        if let (Some(n), Some(what)) = (words.next(), words.next())
+            && let Ok(n) = n.parse::<u64>()
+        {
+            found.insert(what.to_owned(), n);
+        }
+    }
+    Some((
+        *found.get("decisions")?,
+        *found.get("denials")?,
+        *found.get("events")?,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The environment: files, cgroup, pins; removed on drop.
+
+struct Env {
+    governance: PathBuf,
+    allow_degraded: bool,
+    ms: u64,
+    tmp: PathBuf,
+    policy_dir: PathBuf,
+    file: PathBuf,
+    port: u16,
+    cgroup: PathBuf,
+    pins: PathBuf,
+    self_exe: PathBuf,
+    /// The value of kernel.bpf_stats_enabled to put back.
+    restore_stats: Option<String>,
+}
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(old) = self.restore_stats.take() {
+            let _ = std::fs::write(STATS_SYSCTL, old);
+        }
+        // The workers have exited; a cgroup can stay busy for a moment after its last task.
+        for _ in 0..100 {
+            match std::fs::remove_dir(&self.cgroup) {
+                Err(e) if e.kind() != ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        if self.cgroup.exists() {
+            eprintln!("bench: could not remove {}", self.cgroup.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.tmp);
+        let _ = std::fs::remove_dir(&self.pins);
+    }
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Res<PathBuf> {
+    let text = ctx(
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        "reading /proc/self/mountinfo",
+    )?;
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| "no cgroup2 filesystem is mounted".into())
+}
+
+/// The benchmark policy: 1,000 rules the loops never match; defaults allow them.
+fn policy_yaml(cgroup_rel: &str) -> String {
+    let mut y = format!(
+        "# Generated by governance-bench-kernel: {RULES} rules that the benchmark loops never match.\n\
+         name: bench\n\
+         description: Kernel hook overhead benchmark.\n\
+         agents:\n  cgroup: {cgroup_rel}\n\
+         defaults: {{ exec: allow, file: allow, network: allow }}\n\
+         rules:\n"
+    );
+    let rule = |y: &mut String, id: String, what: String| {
+        y.push_str(&format!(
+            "  - {{ id: {id}, {what}, verdict: block, reason: bench }}\n"
+        ));
+    };
+    for i in 0..FILE_RULES {
+        let what = if i % 2 == 0 {
+            format!("file: {{ path: /nonexistent-bench/files/{i}/data.txt }}")
+        } else {
+            format!("file: {{ prefix: /nonexistent-bench/dirs/{i} }}")
+        };
+        rule(&mut y, format!("file-{i}"), what);
+    }
+    for i in 0..EXEC_RULES {
+        let what = if i % 2 == 0 {
+            format!("exec: {{ path: /nonexistent-bench/bin/tool-{i} }}")
+        } else {
+            format!("exec: {{ prefix: /nonexistent-bench/opt/{i} }}")
+        };
+        rule(&mut y, format!("exec-{i}"), what);
+    }
+    for i in 0..NET_RULES {
+        let what = format!(
+            "network: {{ cidr: [10.{}.{}.{}/32] }}",
+            i / 65536 + 1,
+            (i / 256) % 256,
+            i % 256
+        );
+        rule(&mut y, format!("net-{i}"), what);
+    }
+    y
+}
+
+impl Env {
+    fn new(opts: &Opts) -> Res<Env> {
+        let pid = std::process::id();
+        let tmp = std::env::temp_dir().join(format!("governance-bench-{pid}"));
+        let root = cgroup2_mount()?;
+        let cgroup_rel = format!("governance-bench-{pid}");
+        let mut env = Env {
+            governance: opts.governance.clone(),
+            allow_degraded: opts.allow_degraded,
+            ms: opts.ms,
+            policy_dir: tmp.join("policy"),
+            file: tmp.join("target.txt"),
+            tmp,
+            port: 0,
+            cgroup: root.join(&cgroup_rel),
+            pins: PathBuf::from(format!("/sys/fs/bpf/governance-bench-{pid}")),
+            self_exe: ctx(std::env::current_exe(), "finding this executable")?,
+            restore_stats: None,
+        };
+        ctx(
+            std::fs::create_dir_all(&env.policy_dir),
+            format_args!("creating {}", env.policy_dir.display()),
+        )?;
+        ctx(
+            std::fs::write(&env.file, "governance kernel benchmark\n"),
+            format_args!("writing {}", env.file.display()),
+        )?;
+        let policy = env.policy_dir.join("bench.yaml");
+        ctx(
+            std::fs::write(&policy, policy_yaml(&cgroup_rel)),
+            format_args!("writing {}", policy.display()),
+        )?;
+        ctx(
+            std::fs::create_dir(&env.cgroup),
+            format_args!("creating the cgroup {}", env.cgroup.display()),
+        )?;
+        // A loopback port with no listener: bind one, note it, close it.
+        env.port = {
+            let l = ctx(TcpListener::bind("127.0.0.1:0"), "binding a loopback port")?;
+            ctx(l.local_addr(), "local address")?.port()
+        };
+        match TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], env.port))) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            other => return Err(format!("127.0.0.1:{} is not closed: {other:?}", env.port)),
+        }
+        let out = ctx(
+            Command::new(&env.governance)
+                .args(["policy", "check"])
+                .arg(&env.policy_dir)
+                .output(),
+            format_args!("running {} policy check", env.governance.display()),
+        )?;
+        if !out.status.success() {
+            return Err(format!(
+                "the generated policy does not validate:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("bench: {}", String::from_utf8_lossy(&out.stdout).trim());
+        Ok(env)
+    }
+
+    /// Run one loop in a fresh worker; ops per second.
+    fn measure(&self, w: Workload, in_agent: bool) -> Res<f64> {
+        let mut child = ctx(
+            Command::new(&self.self_exe)
+                .arg("--worker")
+                .arg(w.name())
+                .arg(if w == Workload::Exec {
+                    (self.ms * EXEC_FACTOR).to_string()
+                } else {
+                    self.ms.to_string()
+                })
+                .arg(&self.file)
+                .arg(self.port.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn(),
+            "starting a worker",
+        )?;
+        let placed = if in_agent {
+            self.place_in_agent(child.id())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = placed {
+            // Our own child, which waits on stdin.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
+        let mut stdin = child.stdin.take().ok_or("worker stdin")?;
+        ctx(stdin.write_all(b"go\n"), "starting the worker")?;
+        drop(stdin);
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            ctx(stdout.read_to_string(&mut out), "reading the worker")?;
+        }
+        let status = ctx(child.wait(), "waiting for the worker")?;
+        if !status.success() {
+            return Err(format!("the {} worker failed: {status}", w.name()));
+        }
+        let mut words = out.split_whitespace().map(str::parse::<u64>);
+        match (words.next(), words.next()) {
+            (Some(Ok(n)), Some(Ok(ns))) if ns > 0 => Ok(n as f64 * 1e9 / ns as f64),
+            _ => Err(format!("unexpected worker output {out:?}")),
+        }
+    }
+
+    /// Move `pid` into the agent cgroup and check that it is there.
+    fn place_in_agent(&self, pid: u32) -> Res<()> {
+        let procs = self.cgroup.join("cgroup.procs");
+        ctx(
+            std::fs::write(&procs, pid.to_string()),
+            format_args!("writing {pid} to {}", procs.display()),
+        )?;
+        let now = ctx(
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
+            "reading the worker's cgroup",
+        )?;
+        let name = self
+            .cgroup
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        if !now
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&*name))
+        {
+            return Err(format!("the worker is not in the agent cgroup: {now}"));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-program statistics (bpftool).
+
+/// Programs loaded after `before` (and held by `daemon` where bpftool names the holders):
+/// name → (run_time_ns, run_cnt).
+fn prog_stats(daemon: u32, before: &BTreeSet<u64>) -> Res<BTreeMap<String, (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    for p in bpftool_progs()? {
+        let Some(id) = p["id"].as_u64() else { continue };
+        if before.contains(&id) {
+            continue;
+        }
+        if let Some(pids) = p["pids"].as_array()
+            && !pids
+                .iter()
+                .any(|h| h["pid"].as_u64() == Some(u64::from(daemon)))
+        {
+            continue;
+        }
+        let name = p["name"]
+            .as_str()
+            .map_or_else(|| format!("id {id}"), str::to_owned);
+        let name = if out.contains_key(&name) {
+            format!("{name} (id {id})")
+        } else {
+            name
+        };
+        out.insert(
+            name,
+            (
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+fn bpftool_progs() -> Res<Vec<serde_json::Value>> {
+    let out = ctx(
+        Command::new("bpftool")
+            .args(["-j", "prog", "show"])
+            .output(),
+        "running bpftool",
+    )?;
+    if !out.status.success() {
+        return Err(format!(
+            "bpftool prog show: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let v: serde_json::Value = ctx(serde_json::from_slice(&out.stdout), "bpftool's JSON")?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// A separate pass with kernel.bpf_stats_enabled=1: each program's average run time, per
+/// configuration and loop.
+fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
+    let old = ctx(
+        std::fs::read_to_string(STATS_SYSCTL),
+        format_args!("reading {STATS_SYSCTL}"),
+    )?;
+    let before: BTreeSet<u64> = bpftool_progs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    env.restore_stats = Some(old.trim().to_owned());
+    ctx(
+        std::fs::write(STATS_SYSCTL, "1"),
+        "enabling kernel.bpf_stats_enabled",
+    )?;
+    let mut daemon = Daemon::start(env)?;
+    std::thread::sleep(SETTLE);
+    let pid = daemon.child.id();
+    let mut rows = Vec::new();
+    let mut last = prog_stats(pid, &before)?;
+    for config in [Config::Loaded, Config::Agent] {
+        for w in Workload::ALL {
+            env.measure(w, config == Config::Agent)?;
+            let now = prog_stats(pid, &before)?;
+            for (name, &(ns, cnt)) in &now {
+                let (ns0, cnt0) = last.get(name).copied().unwrap_or((0, 0));
+                let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
+                // Fewer runs are the worker's own start and exit, not the loop.
+                if dcnt >= 10 {
+                    rows.push(format!(
+                        "  {} {:<8} {:<24} {:>10} runs  {:>8.0} ns/run",
+                        config.tag(),
+                        w.name(),
+                        name,
+                        dcnt,
+                        dns as f64 / dcnt as f64
+                    ));
+                }
+            }
+            last = now;
+        }
+    }
+    daemon.stop();
+    if let Some(old) = env.restore_stats.take() {
+        ctx(
+            std::fs::write(STATS_SYSCTL, &old),
+            "restoring kernel.bpf_stats_enabled",
+        )?;
+    }
+    if rows.is_empty() {
+        rows.push("  (bpftool reported no runs of the daemon's programs)".into());
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark.
+
+struct Opts {
+    governance: PathBuf,
+    ms: u64,
+    rounds: usize,
+    allow_degraded: bool,
+    label: String,
+    stats: bool,
+}
+
+fn parse_opts(args: &[String]) -> Res<Opts> {
+    let mut o = Opts {
+        governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
+        ms: 500,
+        rounds: 5,
+        allow_degraded: false,
+        label: String::new(),
+        stats: true,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--governance" => o.governance = value(a)?.into(),
+            "--ms" => o.ms = ctx(value(a)?.parse(), "--ms")?,
+            "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
+            "--label" => o.label = value(a)?,
+            "--allow-degraded" => o.allow_degraded = true,
+            "--no-stats" => o.stats = false,
+            _ => {
+                return Err(format!(
+                    "unknown argument {a}; usage: governance-bench-kernel [--governance PATH] \
+                     [--ms N] [--rounds N] [--allow-degraded] [--label TEXT] [--no-stats]"
+                ));
+            }
+        }
+    }
+    if o.governance.as_os_str().is_empty() {
+        return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
+    }
+    if o.rounds == 0 || o.ms == 0 {
+        return Err("--rounds and --ms must be positive".into());
+    }
+    Ok(o)
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+fn ops(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn ratio_cell(r: &[f64], target: Option<f64>) -> String {
+    let (lo, hi) = min_max(r);
+    let med = median(r);
+    let t = match target {
+        Some(t) if med >= t => format!(" (target >= {t:.2}: met)"),
+        Some(t) => format!(" (target >= {t:.2}: MISSED)"),
+        None => " (no target)".into(),
+    };
+    format!("{med:.3} [{lo:.3}-{hi:.3}]{t}")
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_owned())
+}
+
+fn bench(opts: Opts) -> Res<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { sys::geteuid() } != 0 {
+        return Err("needs root: it loads eBPF programs and creates a cgroup".into());
+    }
+    if !Path::new(BUSYBOX).exists() {
+        return Err(format!("{BUSYBOX} is missing (install busybox-static)"));
+    }
+    let mut env = Env::new(&opts)?;
+    eprintln!(
+        "bench: agent cgroup {}, policy {}, file {}, closed port 127.0.0.1:{}",
+        env.cgroup.display(),
+        env.policy_dir.display(),
+        env.file.display(),
+        env.port
+    );
+    // ops/s per (config, workload), one per round.
+    let mut results: BTreeMap<(Config, Workload), Vec<f64>> = BTreeMap::new();
+    let mut enforcing = String::new();
+    let (mut decisions, mut denials, mut dropped) = (0u64, 0u64, 0u64);
+    for round in 1..=opts.rounds {
+        let mut daemon = None;
+        for config in Config::ALL {
+            if config == Config::Loaded {
+                daemon = Some(Daemon::start(&env)?);
+                std::thread::sleep(SETTLE);
+            }
+            let mut line = format!("bench: round {round}/{} {}", opts.rounds, config.tag());
+            for w in Workload::ALL {
+                let r = env.measure(w, config == Config::Agent)?;
+                results.entry((config, w)).or_default().push(r);
+                line.push_str(&format!("  {} {}/s", w.name(), ops(r)));
+            }
+            eprintln!("{line}");
+        }
+        if let Some(mut d) = daemon {
+            enforcing = d.enforcing.clone();
+            match d.stop().as_deref().and_then(parse_stopping) {
+                Some((a, b, c)) => {
+                    decisions += a;
+                    denials += b;
+                    dropped += c;
+                }
+                None => eprintln!("bench: the daemon printed no stopping line"),
+            }
+            std::thread::sleep(SETTLE);
+        }
+    }
+    let stats = if opts.stats {
+        if Command::new("bpftool")
+            .arg("version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Path::new(STATS_SYSCTL).exists()
+        {
+            eprintln!("bench: per-program statistics pass (kernel.bpf_stats_enabled=1)");
+            Some(stats_pass(&mut env))
+        } else {
+            Some(Err(
+                "bpftool or kernel.bpf_stats_enabled is not available".into()
+            ))
+        }
+    } else {
+        None
+    };
+
+    let mut r = Vec::new();
+    r.push(format!(
+        "{REPORT_BEGIN}{}",
+        if opts.label.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", opts.label)
+        }
+    ));
+    r.push(format!(
+        "kernel {}, LSMs {}; {} rounds of (1),(2),(3), {} ms per loop ({} for execve; +10% warm-up), each in a fresh process",
+        read_trim("/proc/sys/kernel/osrelease"),
+        read_trim("/sys/kernel/security/lsm"),
+        opts.rounds,
+        opts.ms,
+        opts.ms * EXEC_FACTOR
+    ));
+    r.push("(1) no governance programs loaded".into());
+    r.push("(2) `governance run` enforcing, the loop outside every agent".into());
+    r.push(format!(
+        "(3) the loop in an agent cgroup, {RULES} rules ({FILE_RULES} file, {EXEC_RULES} exec, {NET_RULES} network; none match), defaults allow"
+    ));
+    r.push(format!("daemon: {}", enforcing.trim()));
+    r.push(format!(
+        "{:<8} {:>9} {:>9} {:>9}   {:<44} {}",
+        "loop",
+        "(1) op/s",
+        "(2) op/s",
+        "(3) op/s",
+        "(2)/(1) median [min-max]",
+        "(3)/(1) median [min-max]"
+    ));
+    for w in Workload::ALL {
+        let get = |c| results.get(&(c, w)).cloned().unwrap_or_default();
+        let (bare, loaded, agent) = (get(Config::Bare), get(Config::Loaded), get(Config::Agent));
+        let pairwise =
+            |x: &[f64]| -> Vec<f64> { x.iter().zip(&bare).map(|(a, b)| a / b).collect() };
+        let targets = w.targets();
+        r.push(format!(
+            "{:<8} {:>9} {:>9} {:>9}   {:<44} {}",
+            w.name(),
+            ops(median(&bare)),
+            ops(median(&loaded)),
+            ops(median(&agent)),
+            ratio_cell(&pairwise(&loaded), targets.map(|t| t.0)),
+            ratio_cell(&pairwise(&agent), targets.map(|t| t.1)),
+        ));
+    }
+    r.push(format!(
+        "daemon counters over the rounds: {decisions} decisions, {denials} denials, {dropped} events dropped (ring buffer full)"
+    ));
+    if denials > 0 {
+        r.push(
+            "WARNING: the kernel denied something the loops did; the policy should allow them"
+                .into(),
+        );
+    }
+    match stats {
+        Some(Ok(rows)) => {
+            r.push(
+                "per program, separate pass with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt; \
+                 the `bpf` hook's runs are bpftool's own calls):"
+                    .into(),
+            );
+            r.extend(rows);
+        }
+        Some(Err(e)) => r.push(format!("per-program statistics: not available ({e})")),
+        None => {}
+    }
+    r.push(REPORT_END.into());
+    let mut stdout = std::io::stdout().lock();
+    for line in r {
+        let _ = writeln!(stdout, "{line}");
+    }
+    drop(env);
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--worker") {
+        if let Err(e) = worker(&args[1..]) {
+            eprintln!("bench worker: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let result = parse_opts(&args).and_then(bench);
+    if let Err(e) = result {
+        eprintln!("governance-bench-kernel: error: {e}");
+        std::process::exit(1);
+    }
+}

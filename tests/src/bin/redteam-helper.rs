@@ -1,0 +1,159 @@
+//! Attempts the kernel tests run inside an agent cgroup when a forked child is not enough.
+//!
+//! - `phantom-open ALLOWED DENIED N`: one thread flips a path buffer between ALLOWED and DENIED
+//!   (same length) while this one opens the buffer N times. Every open that succeeds must be
+//!   of ALLOWED's inode. Prints `opened=A denied=D wrong=W` and exits 1 if W > 0, 2 if the race
+//!   never produced both outcomes.
+//! - `phantom-exec ALLOWED DENIED N`: the same with posix_spawn (the child shares the buffer
+//!   while it execs). Prints `ran=A denied=D`; the tests check the kernel's events.
+//! - `flood PATH N`: open PATH N times as fast as possible (each denied), print the count.
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+fn usage() -> ! {
+    eprintln!("usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N");
+    std::process::exit(64)
+}
+
+/// A shared, flipped path buffer (NUL-terminated).
+struct Flipper {
+    buf: *mut u8,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct SendPtr(*mut u8);
+// SAFETY: the buffer outlives the thread (joined in Drop); races on its bytes are the point.
+unsafe impl Send for SendPtr {}
+
+impl Flipper {
+    fn new(a: &[u8], b: &[u8]) -> Self {
+        assert_eq!(a.len(), b.len(), "paths must have the same length");
+        let buf = Box::leak(vec![0u8; a.len() + 1].into_boxed_slice()).as_mut_ptr();
+        // SAFETY: buf has a.len() + 1 bytes.
+        unsafe { std::ptr::copy_nonoverlapping(a.as_ptr(), buf, a.len()) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, b) = (a.to_vec(), b.to_vec());
+        let (p, s) = (SendPtr(buf), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let p = p;
+            let mut flip = false;
+            while !s.load(Ordering::Relaxed) {
+                let src = if flip { &a } else { &b };
+                for (i, c) in src.iter().enumerate() {
+                    // SAFETY: in bounds; volatile so the writes are not optimised away.
+                    unsafe { std::ptr::write_volatile(p.0.add(i), *c) };
+                }
+                flip = !flip;
+            }
+        });
+        Self {
+            buf,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Flipper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        ["phantom-open", allowed, denied, n] => {
+            let n: u32 = n.parse().unwrap_or_else(|_| usage());
+            let allowed_ino = std::fs::metadata(allowed).expect("allowed file").ino();
+            let f = Flipper::new(allowed.as_bytes(), denied.as_bytes());
+            let (mut opened, mut refused, mut wrong) = (0, 0, 0);
+            for _ in 0..n {
+                // SAFETY: a NUL-terminated buffer (whose bytes another thread changes).
+                let fd = unsafe { libc::open(f.buf.cast(), libc::O_RDONLY) };
+                if fd < 0 {
+                    refused += 1;
+                    continue;
+                }
+                opened += 1;
+                // SAFETY: fstat on our fd into a local.
+                let mut st: libc::stat = unsafe { std::mem::zeroed() };
+                unsafe { libc::fstat(fd, &mut st) };
+                if st.st_ino != allowed_ino {
+                    wrong += 1;
+                }
+                unsafe { libc::close(fd) };
+            }
+            drop(f);
+            println!("opened={opened} denied={refused} wrong={wrong}");
+            std::process::exit(if wrong > 0 {
+                1
+            } else if opened == 0 || refused == 0 {
+                2
+            } else {
+                0
+            });
+        }
+        ["phantom-exec", allowed, denied, n] => {
+            let n: u32 = n.parse().unwrap_or_else(|_| usage());
+            let f = Flipper::new(allowed.as_bytes(), denied.as_bytes());
+            let argv0 = CString::new("true").unwrap();
+            let argv = [argv0.as_ptr().cast_mut(), std::ptr::null_mut()];
+            let envp = [std::ptr::null_mut()];
+            let (mut ran, mut refused) = (0, 0);
+            for _ in 0..n {
+                let mut pid = 0;
+                // SAFETY: posix_spawn with valid argv/envp; the path buffer is shared (CLONE_VM).
+                let r = unsafe {
+                    libc::posix_spawn(
+                        &mut pid,
+                        f.buf.cast(),
+                        std::ptr::null(),
+                        std::ptr::null(),
+                        argv.as_ptr(),
+                        envp.as_ptr(),
+                    )
+                };
+                if r != 0 {
+                    refused += 1;
+                    continue;
+                }
+                let mut status = 0;
+                // SAFETY: our child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                ran += 1;
+            }
+            drop(f);
+            println!("ran={ran} denied={refused}");
+            std::process::exit(if ran == 0 || refused == 0 { 2 } else { 0 });
+        }
+        ["flood", path, n] => {
+            let n: u64 = n.parse().unwrap_or_else(|_| usage());
+            let p = CString::new(std::path::Path::new(path).as_os_str().as_bytes()).unwrap();
+            let mut refused = 0u64;
+            for _ in 0..n {
+                // SAFETY: valid C string.
+                let fd = unsafe { libc::open(p.as_ptr(), libc::O_RDONLY) };
+                if fd < 0 {
+                    refused += 1;
+                } else {
+                    unsafe { libc::close(fd) };
+                }
+            }
+            println!("refused={refused}");
+            std::process::exit(if refused == n { 0 } else { 1 });
+        }
+        _ => usage(),
+    }
+}
