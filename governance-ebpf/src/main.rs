@@ -102,6 +102,9 @@ const SOCK_TYPE_MASK: i32 = 0xf;
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const SIGKILL: u32 = 9;
 const BPF_NOEXIST: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[inline(always)]
 fn count(counter: Counter) {
@@ -448,7 +451,15 @@ fn emit(agent: &Agent, d: &Decision, fill: impl FnOnce(&mut Event)) {
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     ev.path[0] = 0;
     fill(ev);
-    entry.submit(0);
+    // No wakeup per event (about a microsecond each, and a context switch to the daemon per
+    // decision): the daemon drains on a short timer, and is woken early only when the ring is
+    // filling up.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_RING_BYTES / 8) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
 }
 
 /// tgid of the current task's parent (0 if unreadable).

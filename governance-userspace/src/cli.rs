@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use governance_common::{Counter, GrantKey, Kind, programs::Attach};
 
 use crate::{
-    events::Approval,
+    events::{Approval, monotonic_ns},
     kernel::{self, Enforcer, Probe},
     policy,
 };
@@ -233,12 +233,6 @@ fn require_root() -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| std::time::Duration::from(t).as_nanos() as u64)
-        .unwrap_or_default()
 }
 
 pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {

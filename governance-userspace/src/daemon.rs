@@ -33,10 +33,13 @@ use tokio::{
 use crate::{
     agents,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
-    events::{self, Clock, Decision, Names, RuleName},
+    events::{self, AgentInfo, Clock, Ids, Names, Record, RuleName},
     kernel::{self, Enforcer, Probe, Protect},
     policy,
 };
+
+/// How often the daemon drains the event ring when the programs have not woken it.
+const EVENT_TICK_MS: u64 = 50;
 
 /// Validate the policy directory, find the agents, and install generation `number`.
 /// Ok(None): it compiled, but some of it cannot be enforced here and degraded mode was not
@@ -97,20 +100,46 @@ fn build(
             a.cgroup_id
         );
     }
-    Ok(Some(Names {
+    Ok(Some(names(&set, &agents)))
+}
+
+/// What the kernel ids of one generation stand for.
+pub fn names(set: &policy::PolicySet, agents: &[agents::AgentCgroup]) -> Names {
+    Names {
         agents: agents
             .iter()
-            .map(|a| (a.cgroup_id, a.name.clone()))
+            .map(|a| {
+                let selector = set
+                    .policies
+                    .iter()
+                    .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+                    .map(|p| p.selector.to_string())
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let info = AgentInfo {
+                    name: a.name.clone(),
+                    selector,
+                    cgroup_id: a.cgroup_id,
+                    cgroup: a.rel.clone(),
+                    ..Default::default()
+                };
+                (a.cgroup_id, info)
+            })
             .collect(),
         rules: set
-            .rules()
-            .map(|r| RuleName {
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+            .map(|(p, r)| RuleName {
                 id: r.id.clone(),
                 reason: r.reason.clone(),
                 escalate_timeout: r.escalate.as_ref().map(|e| e.timeout),
+                shadow: p.mode == policy::Mode::Shadow || r.mode == policy::Mode::Shadow,
             })
             .collect(),
-    }))
+    }
 }
 
 /// Print every event waiting in the ring buffer, named after the generation that decided.
@@ -118,6 +147,8 @@ fn drain(
     ring: &mut RingBuf<MapData>,
     names: &BTreeMap<u32, Names>,
     clock: &Clock,
+    ids: &Ids,
+    node: &str,
 ) -> std::io::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let unknown = Names::default();
@@ -125,7 +156,10 @@ fn drain(
         match events::parse(&item) {
             Some(ev) => {
                 let names = names.get(&ev.generation).unwrap_or(&unknown);
-                writeln!(stdout, "{}", Decision::new(&ev, names, clock))?;
+                let mut r = Record::from_kernel(&ev, names, clock);
+                r.id = ids.next();
+                r.node = node.to_owned();
+                writeln!(stdout, "{r}")?;
             }
             None => tracing::warn!(
                 len = item.len(),
@@ -190,15 +224,31 @@ fn watch_cgroups(root: &Path) -> anyhow::Result<AsyncFd<Watch>> {
     watch(root, flags, governance_common::MAX_CGROUP_DEPTH)
 }
 
-/// Wait until `w` is readable, then let a burst of changes settle and swallow it.
-async fn settled(w: &mut AsyncFd<Watch>, quiet: Duration) -> anyhow::Result<()> {
+/// Wait until `w` is readable and swallow what it says. Cancel-safe: nothing is consumed
+/// unless the future completes, so a select! arm can be dropped without losing a change.
+async fn changed(w: &mut AsyncFd<Watch>) -> anyhow::Result<()> {
     let mut guard = w.readable_mut().await.context("inotify")?;
     let _ = guard.get_inner().0.read_events();
     guard.clear_ready();
-    drop(guard);
-    tokio::time::sleep(quiet).await;
-    let _ = w.get_ref().0.read_events();
     Ok(())
+}
+
+fn earliest(
+    a: Option<tokio::time::Instant>,
+    b: Option<tokio::time::Instant>,
+) -> Option<tokio::time::Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Sleep until `due`, or forever when nothing is due.
+async fn until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -247,11 +297,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?
     };
     let clock = Clock::now();
+    let ids = Ids::new();
+    let node = events::node_name();
     let mut names: BTreeMap<u32, Names> = BTreeMap::new();
     // Events decided while no daemon ran (up to the ring's capacity; the drop counter says if
     // more were lost).
     if enforcer.adopted {
-        drain(ring.get_mut(), &names, &clock)?;
+        drain(ring.get_mut(), &names, &clock, &ids, &node)?;
         eprintln!(
             "governance: drained the events of the downtime; {} dropped in total since load",
             enforcer.counter(Counter::EventsDropped).unwrap_or_default()
@@ -282,22 +334,47 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut policy_watch = watch_policy(&args.policy)?;
     let mut cgroup_watch = watch_cgroups(&root)?;
     let mut failures = 0u64;
+    let (mut policy_due, mut cgroup_due) = (None, None);
+    // The programs wake the daemon only when the ring is filling up; otherwise events are
+    // picked up on this tick (see governance-ebpf's emit).
+    let mut tick = tokio::time::interval(Duration::from_millis(EVENT_TICK_MS));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let why = tokio::select! {
+            _ = tick.tick() => {
+                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
+                continue;
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting for events")?;
                 guard.clear_ready();
                 drop(guard);
-                drain(ring.get_mut(), &names, &clock)?;
+                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
                 continue;
             }
-            r = settled(&mut policy_watch, Duration::from_millis(300)) => {
+            // A burst of changes (an editor saving, a tree of cgroups appearing) settles
+            // before the reload: the first change sets the due time, later ones ride along.
+            r = changed(&mut policy_watch) => {
                 r?;
-                "the policy directory changed"
+                let due = tokio::time::Instant::now() + Duration::from_millis(300);
+                policy_due.get_or_insert(due);
+                continue;
             }
-            r = settled(&mut cgroup_watch, Duration::from_millis(50)) => {
+            r = changed(&mut cgroup_watch) => {
                 r?;
-                "the cgroup tree changed"
+                let due = tokio::time::Instant::now() + Duration::from_millis(50);
+                cgroup_due.get_or_insert(due);
+                continue;
+            }
+            _ = until(earliest(policy_due, cgroup_due)) => {
+                let why = if policy_due.is_some() {
+                    "the policy directory changed"
+                } else {
+                    "the cgroup tree changed"
+                };
+                policy_due = None;
+                cgroup_due = None;
+                why
             }
             _ = sighup.recv() => "SIGHUP",
             _ = sigint.recv() => break,
@@ -311,7 +388,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 // Events of older generations may still be in the ring: keep the previous
                 // names, forget the rest.
                 names.retain(|g, _| *g + 1 >= current);
-                drain(ring.get_mut(), &names, &clock)?;
+                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
                 eprintln!("governance: generation {next} is enforcing");
                 current = next;
                 policy_watch = watch_policy(&args.policy)?;
@@ -331,7 +408,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    drain(ring.get_mut(), &names, &clock)?;
+    drain(ring.get_mut(), &names, &clock, &ids, &node)?;
     let counter = |c| enforcer.counter(c).unwrap_or_default();
     eprintln!(
         "governance: stopping; {} decisions, {} denials, {} events dropped, {} map-full failures; {failures} failed reloads",

@@ -1,45 +1,295 @@
-//! Decision events: kernel record → decoded event (agent name, rule) → one readable line.
+//! Decision events: the one event model every part of governance reports in.
+//!
+//! Kernel decisions (exec, file, network, self-protection), HTTP decisions of the proxy,
+//! approvals, policy reloads and the daemon's lifecycle are all a [`Record`]: one documented
+//! schema (`governance events schema` prints it as JSON Schema; `docs/event.schema.json` is the
+//! committed copy), written to the audit log, streamed to subscribers as NDJSON, and printed as
+//! one readable line ([`Record`]'s `Display`).
+//!
+//! The kernel side: a ring-buffer record ([`parse`]) is decoded with the names of the
+//! generation that decided it ([`Names`]) into a [`Record`] ([`Record::from_kernel`]).
 
 use std::{
     fmt,
     net::Ipv6Addr,
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime},
 };
 
 use governance_common::{Cause, Event, Kind, Verdict, c_str_len, flags};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-/// A kernel decision, decoded and tied to the policy that produced it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
-    pub time: SystemTime,
-    pub kind: Option<Kind>,
-    /// The deciding rule's (or default's) verdict.
-    pub verdict: Option<Verdict>,
-    pub cause: Option<Cause>,
-    /// Was the action refused?
+/// One event: a decision, an approval, a policy change or a lifecycle step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Record {
+    /// Unique per node: `<daemon start, hex ms>-<sequence>`; sorts in emission order within one
+    /// daemon run.
+    pub id: String,
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    /// The node's hostname.
+    pub node: String,
+    /// What the record is about.
+    #[serde(rename = "type")]
+    pub ty: RecordType,
+    /// Who decided or reported it.
+    pub source: Source,
+    /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
+    /// ptrace, unlink, http. For other types, a short event name (`approval.granted`,
+    /// `policy.reloaded`, `daemon.started`, ...).
+    pub kind: String,
+    /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
+    /// (degraded exec: the process was killed after its exec). Empty for non-decisions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+    /// Whether the action was refused.
+    #[serde(default)]
     pub denied: bool,
-    /// `flags` bits of the event.
-    pub flags: u8,
-    pub agent: String,
-    pub rule_id: u32,
-    pub generation: u32,
-    /// `<policy>/<rule>`, or why no rule applied.
+    /// The verdict of the deciding rule or default (allow, block, throttle, sandbox, escalate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verdict: String,
+    /// `enforce`, or `shadow` when only a shadow rule or policy would have decided this way.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+    /// `<policy>/<rule id>`, `default` (no rule matched: the default posture), `builtin:<what>`
+    /// (a built-in protection) or `fail-closed:<why>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub rule: String,
-    /// The rule's reason, when a rule decided.
+    /// The rule's reason, or why the action was decided as it was.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    /// A shadow rule or default that would have decided otherwise: (verdict, rule).
-    pub would: Option<(Option<Verdict>, String)>,
-    /// Escalations held for approval: the token `governance approve` takes.
-    pub approval: Option<String>,
-    pub cgroup_id: u64,
-    pub pid: u32,
-    pub tgid: u32,
-    pub ppid: u32,
-    pub uid: u32,
-    pub comm: String,
-    /// What was acted on, as `key=value` words: path, destination, socket family, target.
-    pub object: String,
+    /// Policy generation that decided (0: none).
+    #[serde(default)]
+    pub generation: u32,
+    /// A shadow rule that would have decided otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+    /// The acting task's own cgroup (the agent root or a descendant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// What was acted on.
+    #[serde(default, skip_serializing_if = "Object::is_empty")]
+    pub object: Object,
+    /// The approval this record opened or settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalInfo>,
+    /// Free text for policy and lifecycle records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Numbers that go with lifecycle records (drop counts, rules, agents).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordType {
+    #[default]
+    Decision,
+    Approval,
+    Policy,
+    Lifecycle,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::Decision => "decision",
+            RecordType::Approval => "approval",
+            RecordType::Policy => "policy",
+            RecordType::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The eBPF programs.
+    #[default]
+    Kernel,
+    /// The HTTP policy proxy.
+    Proxy,
+    /// The decision API (pre-authorization requests).
+    Api,
+    /// The daemon itself.
+    Daemon,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Shadow {
+    pub verdict: String,
+    pub rule: String,
+}
+
+/// The agent an event belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentInfo {
+    /// Its label, or else its cgroup path.
+    pub name: String,
+    /// What made the cgroup an agent: `cgroup=<glob>` and/or `label=<value>` of the policies
+    /// that select it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// cgroup v2 id of the agent root.
+    pub cgroup_id: u64,
+    /// The agent root, relative to the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
+    /// Kubernetes pod (empty until the Kubernetes integration).
+    #[serde(default)]
+    pub pod: String,
+    /// Kubernetes namespace (empty until the Kubernetes integration).
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupInfo {
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub id: u64,
+    /// Relative to the cgroup2 mount; empty when the cgroup is gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    #[serde(default)]
+    pub tid: u32,
+    #[serde(default)]
+    pub ppid: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub comm: String,
+    /// The process's executable (`/proc/PID/exe`), when enriched.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exe: String,
+    /// Its command line (`/proc/PID/cmdline`), when enriched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// `procfs` when exe/argv were read from the live process, `gone` when the process had
+    /// exited before it could be read (best effort: exe and argv are then empty), `none` when
+    /// enrichment was not attempted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub enrichment: String,
+}
+
+/// What an action was about. Only the fields that apply to its kind are set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Object {
+    /// exec: the file name the exec asked for; file: the resolved path opened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// file: the accesses asked for, as letters (r, w, c = create, t = truncate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access: String,
+    /// connect/send: the destination address and port (`1.2.3.4:443`, `[::1]:80`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dest: String,
+    /// connect/send: tcp or udp; socket: the family and type.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// http: the method.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// http: the full URL (scheme, host, path and query).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// http: the MCP tool of a JSON-RPC `tools/call`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mcp_tool: String,
+    /// signal/ptrace: the protected process acted on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_pid: u32,
+    /// signal: the signal number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub signal: u32,
+    /// Extra facts about the object: the body fields a rule used, the bpf command, the
+    /// upstream a sandboxed request went to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub detail: std::collections::BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Object {
+    pub fn is_empty(&self) -> bool {
+        *self == Object::default()
+    }
+}
+
+/// An approval request and what became of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalInfo {
+    /// The id `governance approve` and `governance deny` take.
+    pub id: String,
+    /// pending, approved, denied, expired.
+    pub state: String,
+    /// Who approved or denied it (the control API's caller).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+    /// Until when it may be decided (RFC 3339); after that the action stays refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deadline: String,
+    /// Why it was denied.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Event ids: a per-run prefix (the daemon's start time) and a sequence.
+#[derive(Debug)]
+pub struct Ids {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    pub fn new() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Self {
+            prefix: format!("{ms:x}"),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        format!(
+            "{}-{:08}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// This node's name, for records.
+pub fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 /// Converts the kernel's CLOCK_MONOTONIC timestamps to wall-clock time.
 #[derive(Clone, Copy, Debug)]
 pub struct Clock {
@@ -48,17 +298,21 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-            .map(Duration::from)
-            .unwrap_or_default();
         Self {
-            boot_wall: SystemTime::now() - mono,
+            boot_wall: SystemTime::now() - Duration::from_nanos(monotonic_ns()),
         }
     }
 
     pub fn wall(&self, monotonic_ns: u64) -> SystemTime {
         self.boot_wall + Duration::from_nanos(monotonic_ns)
     }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::from(t).as_nanos() as u64)
+        .unwrap_or_default()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -75,11 +329,11 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Event>()) })
 }
 
-/// What kernel ids stand for in one generation: agent names and rules.
+/// What kernel ids stand for in one generation: agents and rules.
 #[derive(Clone, Debug, Default)]
 pub struct Names {
-    /// Agent root cgroup id → agent name.
-    pub agents: std::collections::HashMap<u64, String>,
+    /// Agent root cgroup id → the agent.
+    pub agents: std::collections::HashMap<u64, AgentInfo>,
     /// Kernel rule number n (rule id without the slot bit) is `rules[n - 1]`.
     pub rules: Vec<RuleName>,
 }
@@ -91,18 +345,43 @@ pub struct RuleName {
     pub reason: String,
     /// Escalation rules: how long a request may wait for approval.
     pub escalate_timeout: Option<Duration>,
+    /// Whether the rule (or its policy) is in shadow mode.
+    pub shadow: bool,
 }
 
 impl Names {
-    fn rule(&self, rule_id: u32) -> Option<&RuleName> {
+    pub fn rule(&self, rule_id: u32) -> Option<&RuleName> {
         (rule_id & 0x7fff_ffff)
             .checked_sub(1)
             .and_then(|i| self.rules.get(i as usize))
     }
 }
 
+/// What a kernel escalation asks to let through: the agent, the kind and the object identity
+/// (see governance_common::GrantKey).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GrantRequest {
+    pub cgroup_id: u64,
+    pub kind: u8,
+    pub object: u64,
+}
+
+impl GrantRequest {
+    /// The grant an escalation event asks for, if it is one (refused, escalate verdict, a rule).
+    pub fn of(ev: &Event) -> Option<Self> {
+        let escalation = ev.flags & flags::DENIED != 0
+            && Verdict::from_u8(ev.verdict) == Some(Verdict::Escalate)
+            && Cause::from_u8(ev.cause) == Some(Cause::Rule);
+        escalation.then_some(Self {
+            cgroup_id: ev.agent_cgroup,
+            kind: ev.kind,
+            object: ev.object,
+        })
+    }
+}
+
 /// An approval token: what a grant needs (agent, kind, object) and until when the request may
-/// be approved (CLOCK_MONOTONIC ns). Printed with escalation events, taken by `governance approve`.
+/// be approved (CLOCK_MONOTONIC ns), as `governance approve` takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Approval {
     pub cgroup_id: u64,
@@ -140,171 +419,295 @@ impl std::str::FromStr for Approval {
     }
 }
 
-impl Decision {
-    pub fn new(ev: &Event, names: &Names, clock: &Clock) -> Self {
+fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
+    match kind {
+        Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
+        Some(Kind::Userns) => "no new user namespaces for agents",
+        Some(Kind::Bpf) => "no bpf() for agents",
+        Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
+        Some(Kind::Unlink) => "the pins are protected",
+        Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
+            "sandbox profile missing from this generation"
+        }
+        _ => "protected path (cgroup tree, policy directory, pins)",
+    }
+}
+
+/// The outcome word of a decision.
+fn outcome_of(ev: &Event, verdict: Option<Verdict>, cause: Option<Cause>) -> &'static str {
+    let denied = ev.flags & flags::DENIED != 0;
+    if ev.flags & flags::KILLED != 0 {
+        return "kill";
+    }
+    match (denied, verdict, cause) {
+        (true, Some(Verdict::Throttle), _) => "throttle",
+        (true, Some(Verdict::Escalate), _) => "escalate",
+        (true, _, _) => "block",
+        (false, Some(Verdict::Sandbox), _) => "sandbox",
+        (false, _, Some(Cause::Granted)) => "granted",
+        (false, _, _) => "allow",
+    }
+}
+
+impl Record {
+    /// A decision the kernel reported, named with its generation's `names`.
+    pub fn from_kernel(ev: &Event, names: &Names, clock: &Clock) -> Self {
         let kind = Kind::from_u8(ev.kind);
         let cause = Cause::from_u8(ev.cause);
         let verdict = Verdict::from_u8(ev.verdict);
+        let named = names.rule(ev.rule_id);
+        let (rule, reason) = match (cause, named) {
+            (Some(Cause::Rule | Cause::Granted), Some(r)) => (r.id.clone(), r.reason.clone()),
+            (Some(Cause::Rule | Cause::Granted), None) => (
+                format!("#{}", ev.rule_id & 0x7fff_ffff),
+                "the rule is not in a known policy generation".into(),
+            ),
+            (Some(Cause::Default), _) => (
+                "default".into(),
+                "no rule matched: the agent's default posture".into(),
+            ),
+            (Some(Cause::Unreadable), _) => (
+                "fail-closed:unreadable".into(),
+                "the kernel object could not be read".into(),
+            ),
+            (Some(Cause::TooLong), _) => (
+                "fail-closed:too-long".into(),
+                "the path is longer than the kernel matches".into(),
+            ),
+            (Some(Cause::Builtin), _) => {
+                let what = builtin_what(kind, ev);
+                (
+                    format!("builtin:{}", kind.map_or("?", Kind::as_str)),
+                    what.into(),
+                )
+            }
+            (None, _) => (format!("unknown-cause:{}", ev.cause), String::new()),
+        };
+        let shadow = (ev.flags & flags::SHADOW != 0).then(|| Shadow {
+            verdict: Verdict::from_u8(ev.shadow_verdict)
+                .map_or("?", Verdict::as_str)
+                .into(),
+            rule: names
+                .rule(ev.shadow_rule_id)
+                .map_or_else(|| "default".to_owned(), |r| r.id.clone()),
+        });
         let agent = names
             .agents
             .get(&ev.agent_cgroup)
             .cloned()
-            .unwrap_or_else(|| format!("cgroup:{}", ev.agent_cgroup));
-        let named = names.rule(ev.rule_id);
-        let reason = named.map(|r| r.reason.clone()).unwrap_or_default();
-        let rule = match (cause, named) {
-            (Some(Cause::Rule | Cause::Granted), Some(rule)) => rule.id.clone(),
-            (Some(Cause::Rule | Cause::Granted), None) => {
-                format!(
-                    "rule #{} (not in this policy generation)",
-                    ev.rule_id & 0x7fff_ffff
-                )
-            }
-            (Some(Cause::Default), _) => "default: no rule matched".into(),
-            (Some(Cause::Unreadable), _) => "fail-closed: kernel object unreadable".into(),
-            (Some(Cause::TooLong), _) => "fail-closed: path longer than the kernel matches".into(),
-            (Some(Cause::Builtin), _) => format!(
-                "built-in: {}",
-                match kind {
-                    Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
-                    Some(Kind::Userns) => "no new user namespaces for agents",
-                    Some(Kind::Bpf) => "no bpf() for agents",
-                    Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
-                    Some(Kind::Unlink) => "the pins are protected",
-                    Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
-                        "sandbox profile missing from this generation"
-                    }
-                    _ => "protected path (cgroup tree, policy directory, pins, sandbox profile)",
-                }
-            ),
-            (None, _) => format!("unknown cause {}", ev.cause),
-        };
-        let would = (ev.flags & flags::SHADOW != 0).then(|| {
-            let by = names
-                .rule(ev.shadow_rule_id)
-                .map_or_else(|| "default".to_owned(), |r| r.id.clone());
-            (Verdict::from_u8(ev.shadow_verdict), by)
-        });
-        let denied = ev.flags & flags::DENIED != 0;
-        let approval = (denied && verdict == Some(Verdict::Escalate) && cause == Some(Cause::Rule))
-            .then(|| Approval {
+            .unwrap_or_else(|| AgentInfo {
+                name: format!("cgroup:{}", ev.agent_cgroup),
                 cgroup_id: ev.agent_cgroup,
-                kind: ev.kind,
-                object: ev.object,
-                deadline_ns: ev.time_ns.saturating_add(
-                    named
-                        .and_then(|r| r.escalate_timeout)
-                        .unwrap_or(Duration::from_secs(300))
-                        .as_nanos() as u64,
-                ),
-            })
-            .map(|a| a.to_string());
-        let dest = || {
-            let ip = Ipv6Addr::from(ev.addr);
-            let ip = ip
-                .to_ipv4_mapped()
-                .map_or_else(|| format!("[{ip}]"), |v4| v4.to_string());
-            let proto = match ev.detail {
-                6 => "tcp".to_owned(),
-                17 => "udp".to_owned(),
-                p => p.to_string(),
-            };
-            format!("dest={ip}:{} proto={proto}", ev.port)
-        };
-        let object = match kind {
-            Some(Kind::Connect | Kind::Send) => dest(),
+                ..Default::default()
+            });
+        let mut object = Object::default();
+        match kind {
+            Some(Kind::Connect | Kind::Send) => {
+                let ip = Ipv6Addr::from(ev.addr);
+                object.dest = match ip.to_ipv4_mapped() {
+                    Some(v4) => format!("{v4}:{}", ev.port),
+                    None => format!("[{ip}]:{}", ev.port),
+                };
+                object.protocol = match ev.detail {
+                    6 => "tcp".into(),
+                    17 => "udp".into(),
+                    p => p.to_string(),
+                };
+                if ev.flags & flags::PROXIED != 0 {
+                    object
+                        .detail
+                        .insert("redirected".into(), "policy proxy".into());
+                }
+            }
             Some(Kind::File) => {
-                let mut a = String::new();
+                object.path = text(&ev.path);
                 for (bit, c) in [(1, 'r'), (2, 'w'), (4, 'c'), (8, 't')] {
                     if ev.detail & bit != 0 {
-                        a.push(c);
+                        object.access.push(c);
                     }
                 }
-                format!("path={:?} access={a}", text(&ev.path))
             }
-            Some(Kind::Socket) => format!("family={} type={}", ev.detail, ev.port),
-            Some(Kind::Signal) => format!("target={} signal={}", ev.object, ev.port),
-            Some(Kind::Ptrace) => format!("target={}", ev.object),
-            Some(Kind::Bpf) => format!("cmd={}", ev.detail),
-            Some(Kind::Userns) | Some(Kind::Unlink) | None => String::new(),
-            Some(Kind::Exec) => format!("path={:?}", text(&ev.path)),
-        };
-        Self {
-            time: clock.wall(ev.time_ns),
-            kind,
-            verdict,
-            cause,
-            denied,
-            flags: ev.flags,
-            agent,
-            rule_id: ev.rule_id,
+            Some(Kind::Exec) => object.path = text(&ev.path),
+            Some(Kind::Socket) => {
+                object.protocol = format!("family={} type={}", ev.detail, ev.port)
+            }
+            Some(Kind::Signal) => {
+                object.target_pid = ev.object as u32;
+                object.signal = u32::from(ev.port);
+            }
+            Some(Kind::Ptrace) => object.target_pid = ev.object as u32,
+            Some(Kind::Bpf) => {
+                object.detail.insert("cmd".into(), ev.detail.to_string());
+            }
+            Some(Kind::Userns | Kind::Unlink) | None => {}
+        }
+        let shadow_mode = named.is_some_and(|r| r.shadow);
+        let approval = GrantRequest::of(ev).map(|g| {
+            let timeout = named
+                .and_then(|r| r.escalate_timeout)
+                .unwrap_or(Duration::from_secs(300));
+            let deadline_ns = ev.time_ns.saturating_add(timeout.as_nanos() as u64);
+            ApprovalInfo {
+                id: Approval {
+                    cgroup_id: g.cgroup_id,
+                    kind: g.kind,
+                    object: g.object,
+                    deadline_ns,
+                }
+                .to_string(),
+                state: "pending".into(),
+                deadline: rfc3339(clock.wall(deadline_ns)),
+                ..Default::default()
+            }
+        });
+        Record {
+            id: String::new(),
+            time: rfc3339(clock.wall(ev.time_ns)),
+            node: String::new(),
+            ty: RecordType::Decision,
+            source: Source::Kernel,
+            kind: kind.map_or_else(|| format!("unknown:{}", ev.kind), |k| k.as_str().into()),
+            outcome: outcome_of(ev, verdict, cause).into(),
+            denied: ev.flags & flags::DENIED != 0,
+            verdict: verdict.map_or("?", Verdict::as_str).into(),
+            mode: if shadow_mode { "shadow" } else { "enforce" }.into(),
             rule,
             reason,
-            would,
-            approval,
             generation: ev.generation,
-            cgroup_id: ev.cgroup_id,
-            pid: ev.pid,
-            tgid: ev.tgid,
-            ppid: ev.ppid,
-            uid: ev.uid,
-            comm: text(&ev.comm),
+            shadow,
+            agent: Some(agent),
+            cgroup: Some(CgroupInfo {
+                id: ev.cgroup_id,
+                path: String::new(),
+            }),
+            process: Some(ProcessInfo {
+                pid: ev.tgid,
+                tid: ev.pid,
+                ppid: ev.ppid,
+                uid: ev.uid,
+                comm: text(&ev.comm),
+                enrichment: "none".into(),
+                ..Default::default()
+            }),
             object,
+            approval,
+            message: String::new(),
+            counts: Default::default(),
         }
     }
 
-    /// The first word of the line: what happened.
-    pub fn outcome(&self) -> &'static str {
-        if self.flags & flags::KILLED != 0 {
-            return "KILL";
+    /// A policy or lifecycle record from the daemon.
+    pub fn daemon(ty: RecordType, kind: &str, message: impl Into<String>) -> Self {
+        Record {
+            time: rfc3339(SystemTime::now()),
+            ty,
+            source: Source::Daemon,
+            kind: kind.into(),
+            message: message.into(),
+            ..Default::default()
         }
-        match (self.denied, self.verdict, self.cause) {
-            (true, Some(Verdict::Throttle), _) => "THROTTLE",
-            (true, Some(Verdict::Escalate), _) => "ESCALATE",
-            (true, _, _) => "BLOCK",
-            (false, Some(Verdict::Sandbox), _) => "SANDBOX",
-            (false, _, Some(Cause::Granted)) => "GRANTED",
-            (false, _, _) => "ALLOW",
+    }
+
+    /// The readable form of the object: `path="/usr/bin/nc"`, `dest=1.2.3.4:80 proto=tcp`, ...
+    fn object_words(&self) -> String {
+        let o = &self.object;
+        let mut w = Vec::new();
+        if !o.method.is_empty() {
+            w.push(format!("{} {}", o.method, o.url));
+        } else if !o.url.is_empty() {
+            w.push(format!("url={}", o.url));
         }
+        if !o.mcp_tool.is_empty() {
+            w.push(format!("mcp_tool={}", o.mcp_tool));
+        }
+        if !o.path.is_empty() {
+            w.push(format!("path={:?}", o.path));
+        }
+        if !o.access.is_empty() {
+            w.push(format!("access={}", o.access));
+        }
+        if !o.dest.is_empty() {
+            w.push(format!("dest={}", o.dest));
+        }
+        if !o.protocol.is_empty() {
+            w.push(format!("proto={}", o.protocol));
+        }
+        if o.target_pid != 0 {
+            w.push(format!("target={}", o.target_pid));
+        }
+        if o.signal != 0 {
+            w.push(format!("signal={}", o.signal));
+        }
+        for (k, v) in &o.detail {
+            w.push(format!("{k}={v:?}"));
+        }
+        w.join(" ")
     }
 }
 
-impl fmt::Display for Decision {
+/// One readable line per record, for people (and grep): time, OUTCOME, kind, agent, object,
+/// process, rule, reason.
+impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = self.kind.map_or("?", Kind::as_str);
-        write!(
-            f,
-            "{} {:<8} {kind:<7} agent={} {} pid={} ppid={} comm={:?} uid={} cgroup={} gen={} verdict={} rule={}",
-            rfc3339(self.time),
-            self.outcome(),
-            self.agent,
-            self.object,
-            self.tgid,
-            self.ppid,
-            self.comm,
-            self.uid,
-            self.cgroup_id,
-            self.generation,
-            self.verdict.map_or("?", Verdict::as_str),
-            self.rule,
-        )?;
-        if self.flags & flags::SANDBOXED != 0 {
-            f.write_str(" sandboxed")?;
+        let head = if self.ty == RecordType::Decision {
+            self.outcome.to_uppercase()
+        } else {
+            self.ty.as_str().to_uppercase()
+        };
+        write!(f, "{} {head:<8} {:<7}", self.time, self.kind)?;
+        if let Some(a) = &self.agent {
+            write!(f, " agent={}", a.name)?;
+        }
+        let object = self.object_words();
+        if !object.is_empty() {
+            write!(f, " {object}")?;
+        }
+        if let Some(p) = &self.process {
+            write!(
+                f,
+                " pid={} ppid={} comm={:?} uid={}",
+                p.pid, p.ppid, p.comm, p.uid
+            )?;
+            if !p.exe.is_empty() {
+                write!(f, " exe={:?}", p.exe)?;
+            }
+        }
+        if let Some(c) = &self.cgroup {
+            write!(f, " cgroup={}", c.id)?;
+        }
+        if self.ty == RecordType::Decision {
+            write!(
+                f,
+                " gen={} verdict={} rule={}",
+                self.generation, self.verdict, self.rule
+            )?;
+            if self.mode == "shadow" {
+                f.write_str(" mode=shadow")?;
+            }
         }
         if !self.reason.is_empty() {
             write!(f, " reason={:?}", self.reason)?;
         }
-        if let Some((v, by)) = &self.would {
-            write!(f, " shadow={}:{by}", v.map_or("?", |v| v.as_str()))?;
+        if let Some(s) = &self.shadow {
+            write!(f, " shadow={}:{}", s.verdict, s.rule)?;
         }
-        if let Some(token) = &self.approval {
-            write!(f, " approve={token}")?;
+        if let Some(a) = &self.approval {
+            write!(f, " approval={} state={}", a.id, a.state)?;
+            if !a.by.is_empty() {
+                write!(f, " by={:?}", a.by)?;
+            }
+        }
+        if !self.message.is_empty() {
+            write!(f, " {}", self.message)?;
+        }
+        for (k, v) in &self.counts {
+            write!(f, " {k}={v}")?;
         }
         Ok(())
     }
 }
 
-/// RFC 3339 UTC with milliseconds, without pulling in a date crate.
+/// RFC 3339 UTC with nanoseconds, without pulling in a date crate.
 pub fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -320,12 +723,46 @@ pub fn rfc3339(t: SystemTime) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
         rem / 3600,
         rem / 60 % 60,
         rem % 60,
-        d.subsec_millis()
+        d.subsec_nanos()
     )
+}
+
+/// Parse what [`rfc3339`] writes (and any RFC 3339 UTC time with `Z`): for `--since` and
+/// replay from the audit log.
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    let nanos: u32 = if frac.is_empty() {
+        0
+    } else {
+        let digits: String = frac.chars().take(9).collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        format!("{digits:0<9}").parse().ok()?
+    };
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days).ok()? * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
 }
 
 #[cfg(test)]
@@ -334,11 +771,22 @@ mod tests {
 
     fn names() -> Names {
         Names {
-            agents: [(4000, "bot".to_owned())].into(),
+            agents: [(
+                4000,
+                AgentInfo {
+                    name: "bot".into(),
+                    selector: "cgroup=agents/bot".into(),
+                    cgroup_id: 4000,
+                    cgroup: "agents/bot".into(),
+                    ..Default::default()
+                },
+            )]
+            .into(),
             rules: vec![RuleName {
                 id: "bot/no-wget".into(),
                 reason: "no downloads".into(),
                 escalate_timeout: Some(Duration::from_secs(60)),
+                shadow: false,
             }],
         }
     }
@@ -349,7 +797,7 @@ mod tests {
         ev.time_ns = 1_500_000_000;
         ev.cgroup_id = 4242;
         ev.agent_cgroup = 4000;
-        ev.pid = 10;
+        ev.pid = 11;
         ev.tgid = 10;
         ev.ppid = 9;
         ev.rule_id = governance_common::class_id(3, 1);
@@ -368,36 +816,46 @@ mod tests {
         let clock = Clock {
             boot_wall: SystemTime::UNIX_EPOCH,
         };
-        let d = Decision::new(&event(), &names(), &clock);
-        assert_eq!(d.agent, "bot");
-        assert_eq!(d.object, "path=\"/usr/bin/wget\"");
-        assert_eq!(d.rule, "bot/no-wget");
-        let line = d.to_string();
-        assert!(line.starts_with("1970-01-01T00:00:01.500Z BLOCK    exec    agent=bot path=\"/usr/bin/wget\" pid=10 ppid=9 comm=\"sh\""), "{line}");
+        let r = Record::from_kernel(&event(), &names(), &clock);
+        assert_eq!(r.agent.as_ref().unwrap().name, "bot");
+        assert_eq!(r.object.path, "/usr/bin/wget");
+        assert_eq!(r.rule, "bot/no-wget");
+        assert_eq!((r.outcome.as_str(), r.denied), ("block", true));
+        let p = r.process.as_ref().unwrap();
+        assert_eq!((p.pid, p.tid, p.ppid), (10, 11, 9));
+        let line = r.to_string();
+        assert!(
+            line.starts_with(
+                "1970-01-01T00:00:01.500000000Z BLOCK    exec    agent=bot path=\"/usr/bin/wget\" pid=10 ppid=9 comm=\"sh\""
+            ),
+            "{line}"
+        );
         assert!(
             line.ends_with(" gen=3 verdict=block rule=bot/no-wget reason=\"no downloads\""),
             "{line}"
         );
+        // The JSON form round-trips.
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
     }
 
     #[test]
-    fn escalations_carry_an_approval_token_that_round_trips() {
+    fn escalations_name_the_grant_they_ask_for() {
         let mut ev = event();
         ev.verdict = Verdict::Escalate as u8;
         ev.object = 0xabc;
-        let d = Decision::new(&ev, &names(), &Clock::now());
-        assert_eq!(d.outcome(), "ESCALATE");
-        let token: Approval = d.approval.unwrap().parse().unwrap();
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        assert_eq!(r.outcome, "escalate");
         assert_eq!(
-            token,
-            Approval {
+            GrantRequest::of(&ev),
+            Some(GrantRequest {
                 cgroup_id: 4000,
                 kind: Kind::Exec as u8,
-                object: 0xabc,
-                deadline_ns: 61_500_000_000
-            }
+                object: 0xabc
+            })
         );
-        assert!("1.2.x".parse::<Approval>().is_err());
+        ev.flags = 0;
+        assert_eq!(GrantRequest::of(&ev), None);
     }
 
     #[test]
@@ -416,19 +874,23 @@ mod tests {
         ev.verdict = Verdict::Allow as u8;
         ev.shadow_verdict = Verdict::Block as u8;
         ev.shadow_rule_id = 1;
-        let d = Decision::new(&ev, &names(), &clock);
+        let r = Record::from_kernel(&ev, &names(), &clock);
         assert_eq!(
-            (d.object.as_str(), d.agent.as_str()),
-            ("dest=169.254.169.254:80 proto=tcp", "cgroup:99")
+            (
+                r.object.dest.as_str(),
+                r.object.protocol.as_str(),
+                r.agent.as_ref().unwrap().name.as_str()
+            ),
+            ("169.254.169.254:80", "tcp", "cgroup:99")
         );
-        assert!(d.rule.contains("not in this policy generation"));
-        assert!(d.to_string().contains(" shadow=block:bot/no-wget"), "{d}");
+        assert_eq!(r.rule, "#77");
+        assert!(r.to_string().contains(" shadow=block:bot/no-wget"), "{r}");
         ev.kind = 200;
         ev.verdict = 200;
         ev.cause = 200;
         ev.comm = [0xff; 16];
-        let line = Decision::new(&ev, &names(), &clock).to_string();
-        assert!(line.contains(" ? "), "{line}");
+        let line = Record::from_kernel(&ev, &names(), &clock).to_string();
+        assert!(line.contains("unknown:200"), "{line}");
     }
 
     #[test]
@@ -439,12 +901,28 @@ mod tests {
     }
 
     #[test]
-    fn formats_dates() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_000_000_123);
-        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
-        assert_eq!(
-            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
-        );
+    fn formats_and_parses_dates() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(1_795_000_000_123_456_789);
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123456789Z");
+        assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t));
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000000Z");
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(leap));
+        for bad in [
+            "",
+            "2000-02-29",
+            "2000-13-01T00:00:00Z",
+            "x-y-zTa:b:cZ",
+            "2000-01-01T00:00:00.x1Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let ids = Ids::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert!(a < b, "{a} {b}");
     }
 }

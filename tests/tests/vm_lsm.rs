@@ -723,12 +723,12 @@ fn verdicts_shadow_throttle_sandbox_escalate() {
         Control::Succeeds,
     );
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
-    let d = governance::events::Decision::new(
+    let r = governance::events::Record::from_kernel(
         &ev,
         &Default::default(),
         &governance::events::Clock::now(),
     );
-    let token = d.approval.expect("an approval token");
+    let token = r.approval.expect("an approval request").id;
     let out = std::process::Command::new(governance_bin())
         .args(["approve", &token, "--for", "1m", "--pins"])
         .arg(&k.pins)

@@ -22,3 +22,33 @@ say "tool call: the same through /bin/busybox nc, a binary the exec rule does no
 printf 'GET /latest/meta-data/iam/ HTTP/1.0\r\n\r\n' | /bin/busybox nc -w 2 "$METADATA" 80
 say "  -> exit status $?"
 sleep 0.5
+
+say "tool call: read_file /governance/demo/secrets/api-key"
+/bin/cat /governance/demo/secrets/api-key
+say "  -> exit status $?"
+sleep 0.5
+
+say "tool call: search x5 (the policy meters searches: 3 per minute)"
+for i in 1 2 3 4 5; do
+    /bin/cat /governance/demo/search-index >/dev/null
+    say "  search $i -> exit status $?"
+done
+sleep 0.5
+
+say "tool call: run the third-party tool /usr/bin/ash (sandboxed: no network, writes only to /tmp/sandbox)"
+/usr/bin/ash -c '
+    echo result > /tmp/sandbox/out && echo "[tool] wrote /tmp/sandbox/out"
+    echo x > /governance/demo/escaped || echo "[tool] could not write outside /tmp/sandbox"
+    /usr/bin/nc -w 1 127.0.0.1 9 </dev/null || echo "[tool] no network"
+'
+sleep 0.5
+
+say "tool call: read_file /governance/demo/payments.csv (escalated to a human)"
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+    if /bin/cat /governance/demo/payments.csv 2>/dev/null; then
+        say "  -> approved, read on attempt $i"
+        break
+    fi
+    say "  attempt $i: waiting for approval"
+    sleep 1
+done

@@ -76,7 +76,7 @@ pub fn run() -> Result<()> {
 
 /// `cargo build --release` one binary; its path.
 fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
-    cargo_executables(&["build", "--release", "-p", package, "--bin", bin])?
+    cargo_executables(&["build", "--release", "-p", package, "--bin", bin], false)?
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == bin))
         .with_context(|| format!("cargo built no {bin}"))

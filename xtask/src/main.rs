@@ -190,8 +190,10 @@ struct Built {
     helper: PathBuf,
 }
 
-/// Build with cargo and return the executables it reports.
-fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
+/// Build with cargo and return the executables it reports: test harnesses when `tests`, else
+/// plain binaries (`cargo test --no-run` also builds the package's binaries, which must never
+/// be run as tests).
+fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
     let mut child = Command::new("cargo")
         .args(args)
         .arg("--message-format=json-render-diagnostics")
@@ -205,6 +207,7 @@ fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
             continue;
         };
         if msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"].as_bool() == Some(tests)
             && let Some(exe) = msg["executable"].as_str()
         {
             exes.push(PathBuf::from(exe));
@@ -219,28 +222,35 @@ fn cargo_executables(args: &[&str]) -> Result<Vec<PathBuf>> {
 
 fn build() -> Result<Built> {
     progress("building governance (and its eBPF object)");
-    let governance =
-        cargo_executables(&["build", "-p", "governance-userspace", "--bin", "governance"])?
-            .into_iter()
-            .next()
-            .context("cargo built no governance binary")?;
+    let governance = cargo_executables(
+        &["build", "-p", "governance-userspace", "--bin", "governance"],
+        false,
+    )?
+    .into_iter()
+    .next()
+    .context("cargo built no governance binary")?;
     progress("building the kernel test executables");
-    let vm_tests = cargo_executables(&[
-        "test",
-        "-p",
-        "governance-tests",
-        "--test",
-        "vm_lsm",
-        "--no-run",
-    ])?;
+    let vm_tests = cargo_executables(
+        &[
+            "test",
+            "-p",
+            "governance-tests",
+            "--test",
+            "vm_lsm",
+            "--no-run",
+        ],
+        true,
+    )?;
     if vm_tests.is_empty() {
         bail!("cargo built no VM test executable");
     }
-    let helper =
-        cargo_executables(&["build", "-p", "governance-tests", "--bin", "redteam-helper"])?
-            .into_iter()
-            .next()
-            .context("cargo built no redteam-helper")?;
+    let helper = cargo_executables(
+        &["build", "-p", "governance-tests", "--bin", "redteam-helper"],
+        false,
+    )?
+    .into_iter()
+    .next()
+    .context("cargo built no redteam-helper")?;
     Ok(Built {
         governance,
         vm_tests,
@@ -310,7 +320,7 @@ fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
     let busybox = PathBuf::from("/bin/busybox");
     // (`busybox --install` would otherwise make them symlinks to busybox itself, and a rule that
     // blocks one would block every applet.)
-    for tool in ["nc", "wget"] {
+    for tool in ["nc", "wget", "ash"] {
         files.push((busybox.clone(), format!("/usr/bin/{tool}")));
     }
     Ok(files)

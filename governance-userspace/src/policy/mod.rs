@@ -113,6 +113,20 @@ pub struct Selector {
     pub label: Option<String>,
 }
 
+impl std::fmt::Display for Selector {
+    /// `cgroup=<glob> label=<value>`, as written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut words = Vec::new();
+        if let Some(c) = &self.cgroup {
+            words.push(format!("cgroup={c}"));
+        }
+        if let Some(l) = &self.label {
+            words.push(format!("label={l}"));
+        }
+        f.write_str(&words.join(" "))
+    }
+}
+
 impl Selector {
     /// Does an agent root with this cgroup path (relative) and label match? All given
     /// selectors must match.
