@@ -37,15 +37,36 @@ pub mod maps {
     /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
     /// proxy).
     pub const PROTECTED: &str = "PROTECTED";
+    /// Array[1] of [`crate::ProxyAddr`]: where the policy proxy listens (`enabled` 0: none).
+    pub const PROXY: &str = "PROXY";
+    /// LRU hash, socket cookie (u64) → [`crate::OrigDst`]: agent TCP connects bound for the
+    /// proxy, between connect() and the handshake.
+    pub const ORIG_DST: &str = "ORIG_DST";
+    /// LRU hash, [`crate::ConnKey`] → [`crate::OrigDst`]: established agent connections to the
+    /// proxy, by the client's source port; the proxy takes (reads and deletes) an entry when it
+    /// accepts the connection.
+    pub const PROXY_CONNS: &str = "PROXY_CONNS";
     /// Ring buffer of [`crate::Event`] records.
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
 
     /// Every map, in pin order.
-    pub const ALL: [&str; 11] = [
-        STATE, AGENTS, EXEC_RULES, PATH_RULES, NET_RULES, BUCKETS, GRANTS, SANDBOXED, PROTECTED,
-        EVENTS, COUNTERS,
+    pub const ALL: [&str; 14] = [
+        STATE,
+        AGENTS,
+        EXEC_RULES,
+        PATH_RULES,
+        NET_RULES,
+        BUCKETS,
+        GRANTS,
+        SANDBOXED,
+        PROTECTED,
+        PROXY,
+        ORIG_DST,
+        PROXY_CONNS,
+        EVENTS,
+        COUNTERS,
     ];
 }
 
@@ -61,6 +82,8 @@ pub mod programs {
         SockAddr(&'static str),
         /// raw tracepoint of this name.
         RawTracepoint(&'static str),
+        /// sock_ops at the cgroup2 root.
+        SockOps,
     }
 
     /// A program of the object.
@@ -103,6 +126,13 @@ pub mod programs {
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
     pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
+    /// Tie an agent's connection to the proxy to its original destination, by source port.
+    pub const SOCK_OPS: Program = Program {
+        name: "sock_ops",
+        attach: Attach::SockOps,
+        what: "proxy redirect bookkeeping",
+        required: true,
+    };
     /// Inherit the sandbox flag across fork; forget it at exit.
     pub const FORK: Program = Program {
         name: "sched_process_fork",
@@ -126,9 +156,10 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 14] = [
+    pub const ALL: [Program; 15] = [
         FORK,
         EXIT,
+        SOCK_OPS,
         CONNECT4,
         CONNECT6,
         SENDMSG4,
@@ -205,6 +236,8 @@ pub const MAX_BUCKETS: u32 = 16384;
 pub const MAX_GRANTS: u32 = 16384;
 pub const MAX_SANDBOXED: u32 = 16384;
 pub const MAX_PROTECTED: u32 = 64;
+/// Capacity of [`maps::ORIG_DST`] and [`maps::PROXY_CONNS`] (LRU: the oldest entries go first).
+pub const MAX_PROXY_CONNS: u32 = 65536;
 /// Size of the [`maps::EVENTS`] ring buffer, in bytes (a power of two, a multiple of the page).
 pub const EVENTS_RING_BYTES: u32 = 4 << 20;
 /// Bytes of path in [`PathKey`] (and so the longest path a path rule can decide on,
@@ -337,6 +370,9 @@ pub enum Cause {
     Granted = 4,
     /// A built-in protection (escape, self-protection), not a policy rule.
     Builtin = 5,
+    /// A `via_proxy` rule matched, but the action cannot go through the proxy (no proxy
+    /// listens, or it is not a TCP connect): refused, never sent direct.
+    NoProxy = 6,
 }
 
 impl Cause {
@@ -348,6 +384,7 @@ impl Cause {
             3 => Self::TooLong,
             4 => Self::Granted,
             5 => Self::Builtin,
+            6 => Self::NoProxy,
             _ => return None,
         })
     }
@@ -515,6 +552,55 @@ pub struct NetValue {
     pub entries: [NetEntry; NET_SLOTS],
 }
 
+/// Where the policy proxy listens, in the byte orders of `struct bpf_sock_addr` (so the
+/// programs compare and rewrite without conversions).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyAddr {
+    /// IPv4 address, network byte order (as `user_ip4`).
+    pub ip4: u32,
+    /// IPv6 address, as `user_ip6` (four network-order words).
+    pub ip6: [u32; 4],
+    /// Port, network byte order in the low 16 bits (as `user_port`).
+    pub port: u32,
+    /// 1 when a proxy listens; 0: `via_proxy` connects are refused (fail closed).
+    pub enabled: u32,
+}
+
+/// An agent's connection to the proxy: where it was going and who made it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrigDst {
+    /// The destination the agent asked for (IPv4 as IPv4-mapped IPv6); all zero when the agent
+    /// connected to the proxy itself (explicit proxy use).
+    pub addr: [u8; 16],
+    /// Its port, host byte order.
+    pub port: u16,
+    /// 1 if the kernel rewrote the destination to the proxy (a `via_proxy` rule).
+    pub redirected: u8,
+    pub _pad: u8,
+    /// Process id (tgid) of the connecting task.
+    pub tgid: u32,
+    /// cgroup v2 id of the agent root.
+    pub agent_cgroup: u64,
+    /// cgroup v2 id of the connecting task.
+    pub cgroup_id: u64,
+    /// Policy generation that decided the connect.
+    pub generation: u32,
+    pub _pad2: u32,
+}
+
+/// Key of [`maps::PROXY_CONNS`]: the client side of a connection to the proxy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    /// The client's source port, host byte order.
+    pub port: u32,
+    /// AF_INET (2) or AF_INET6 (10), as on the wire: a dual-stack socket connected to an
+    /// IPv4-mapped address counts as AF_INET (the proxy sees an IPv4 peer).
+    pub family: u32,
+}
+
 /// [`BucketKey::class`] of a throttle rule's template: the full bucket the daemon writes, which
 /// the programs copy when they first need a bucket of that rule.
 pub const BUCKET_TEMPLATE: u32 = u32::MAX;
@@ -616,6 +702,9 @@ const _: () = assert!(core::mem::size_of::<NetValue>() == 8 + 16 * NET_SLOTS);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 8);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
+const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () =
     assert!(core::mem::size_of::<Event>() == 32 + 32 + 8 + 16 + COMM_LEN + EVENT_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
@@ -664,4 +753,7 @@ mod pod {
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ProxyAddr {}
+    unsafe impl aya::Pod for super::OrigDst {}
+    unsafe impl aya::Pod for super::ConnKey {}
 }

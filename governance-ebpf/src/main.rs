@@ -19,19 +19,19 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         generated::{
             bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id,
-            bpf_get_current_task, bpf_ktime_get_ns, bpf_send_signal,
+            bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_send_signal,
         },
     },
-    macros::{cgroup_sock_addr, lsm, map, raw_tracepoint},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{LsmContext, RawTracePointContext, SockAddrContext},
+    macros::{cgroup_sock_addr, lsm, map, raw_tracepoint, sock_ops},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{LsmContext, RawTracePointContext, SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, COUNTERS_LEN, Cause, Counter,
-    EVENTS_RING_BYTES, Event, ExecKey, GrantKey, Kind, MAX_AGENTS, MAX_BUCKETS, MAX_CGROUP_DEPTH,
-    MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_SANDBOXED,
-    NET_SLOTS, NO_RULE, NetKey, NetValue, PATH_MAX, PathKey, RulePair, RuleRef, Verdict, access,
-    allow, flags, net_object, proto, slot,
+    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, COUNTERS_LEN, Cause, ConnKey,
+    Counter, EVENTS_RING_BYTES, Event, ExecKey, GrantKey, Kind, MAX_AGENTS, MAX_BUCKETS,
+    MAX_CGROUP_DEPTH, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED,
+    MAX_PROXY_CONNS, MAX_SANDBOXED, NET_SLOTS, NO_RULE, NetKey, NetValue, OrigDst, PATH_MAX,
+    PathKey, ProxyAddr, RulePair, RuleRef, Verdict, access, allow, flags, net_object, proto, slot,
 };
 
 #[map]
@@ -52,6 +52,12 @@ static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX_GRANTS, 0)
 static SANDBOXED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SANDBOXED, 0);
 #[map]
 static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
+#[map]
+static PROXY: Array<ProxyAddr> = Array::with_max_entries(1, 0);
+#[map]
+static ORIG_DST: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
+#[map]
+static PROXY_CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
@@ -102,6 +108,9 @@ const SOCK_TYPE_MASK: i32 = 0xf;
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const SIGKILL: u32 = 9;
 const BPF_NOEXIST: u64 = 1;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
@@ -800,14 +809,61 @@ fn ip6(words: [u32; 4]) -> [u8; 16] {
     a
 }
 
+/// Is `addr:port` where the policy proxy listens? (`addr` IPv6 or IPv4-mapped.)
+/// Compared word by word: building the two candidate addresses would cost 32 bytes of the
+/// 512-byte stack.
+#[inline(always)]
+fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
+    if p.enabled == 0 || u32::from(port.to_be()) != p.port {
+        return false;
+    }
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let (w0, w1, w2, w3) = (w(0), w(4), w(8), w(12));
+    let v4 = w0 == 0 && w1 == 0 && w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w3 == p.ip4;
+    v4 || (w0 == p.ip6[0] && w1 == p.ip6[1] && w2 == p.ip6[2] && w3 == p.ip6[3])
+}
+
+/// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
+/// the handshake (see `sock_ops`) files it under the client's port for the proxy to find.
+/// Not inlined: its record gets its own stack frame instead of crowding the caller's.
+#[inline(never)]
+fn record_for_proxy(
+    ctx: &SockAddrContext,
+    agent: &Agent,
+    addr: &[u8; 16],
+    port: u16,
+    redirected: bool,
+) -> bool {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let orig = OrigDst {
+        addr: if redirected { *addr } else { [0; 16] },
+        port: if redirected { port } else { 0 },
+        redirected: u8::from(redirected),
+        _pad: 0,
+        tgid: agent.tgid,
+        agent_cgroup: agent.root,
+        cgroup_id: agent.cgroup,
+        generation: agent.generation,
+        _pad2: 0,
+    };
+    ORIG_DST.insert(&cookie, &orig, 0).is_ok()
+}
+
 /// Shared body of the four cgroup socket-address programs: 1 lets the call go on, 0 refuses
 /// it with EPERM.
+///
+/// An agent's TCP connect to the proxy itself is always let through (it is governed there) and
+/// recorded, so the proxy can tell which agent is calling. A `via_proxy` rule sends the connect
+/// to the proxy instead: the destination is rewritten and the original recorded. Whatever
+/// cannot go through the proxy (UDP, no proxy listening, no room to record) is refused: a
+/// `via_proxy` action never goes out direct.
 #[inline(always)]
 fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     let Some(agent) = current_agent() else {
         return 1;
     };
-    let sa: *const bpf_sock_addr = ctx.sock_addr;
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
     // SAFETY: the context pointer is valid for the program's run; these are plain ctx loads.
     let (addr, port_be, protocol) = unsafe {
         let addr = if v6 {
@@ -819,13 +875,97 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     };
     let port = u16::from_be(port_be as u16);
     let protocol = protocol as u8;
-    let (d, _via_proxy) = net_decision(kind, &agent, addr, port, protocol);
+    let tcp_connect = kind == Kind::Connect && protocol == proto::TCP;
+    let Some(proxy) = PROXY.get(0) else {
+        return 0; // the map always has its one entry; fail closed if not
+    };
+    let (mut d, via_proxy) = if is_proxy(proxy, &addr, port) {
+        let mut d = Decision::builtin(kind, false);
+        if tcp_connect && !record_for_proxy(ctx, &agent, &addr, port, false) {
+            count(Counter::MapFull);
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        }
+        (d, false)
+    } else {
+        net_decision(kind, &agent, addr, port, protocol)
+    };
+    if via_proxy && !d.denied {
+        if proxy.enabled == 0 || !tcp_connect {
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        } else if !record_for_proxy(ctx, &agent, &addr, port, true) {
+            count(Counter::MapFull);
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        } else {
+            // SAFETY: connect programs may rewrite the destination (4-byte ctx stores).
+            unsafe {
+                if !v6 {
+                    (*sa).user_ip4 = proxy.ip4;
+                } else if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+                    // A dual-stack socket going to an IPv4 address: to the proxy's IPv4
+                    // address, IPv4-mapped.
+                    set_ip6(sa, [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), proxy.ip4]);
+                } else {
+                    set_ip6(sa, proxy.ip6);
+                }
+                (*sa).user_port = proxy.port;
+            }
+            d.extra_flags |= flags::PROXIED;
+        }
+    }
     emit(&agent, &d, |ev| {
         ev.addr = addr;
         ev.port = port;
         ev.detail = protocol;
     });
     if d.denied { 0 } else { 1 }
+}
+
+/// Rewrite `user_ip6`. One 4-byte store per word: an array assignment compiles to a byte copy,
+/// and the verifier allows only whole-word stores to the context.
+#[inline(always)]
+unsafe fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
+    // SAFETY: the caller's context pointer; constant indexes within the array.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], w[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], w[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], w[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], w[3]);
+    }
+}
+
+/// When an agent's connection to the proxy is established (the client side, before the proxy
+/// can accept it), file its record under the client's source port: the proxy looks it up by
+/// the peer port of the connection it accepts. Every other socket passes untouched.
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is copied immediately.
+    let Some(orig) = (unsafe { ORIG_DST.get(&cookie) }).copied() else {
+        return 1;
+    };
+    // The family on the wire, as the proxy sees its peer: a dual-stack socket talking to an
+    // IPv4-mapped address is IPv4.
+    let mut family = ctx.family();
+    if family == AF_INET6 {
+        let r = ctx.remote_ip6();
+        if r[0] == 0 && r[1] == 0 && r[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+            family = AF_INET;
+        }
+    }
+    let key = ConnKey {
+        port: ctx.local_port(),
+        family,
+    };
+    if PROXY_CONNS.insert(&key, &orig, 0).is_err() {
+        // The proxy will not find the connection and refuses it: fail closed.
+        count(Counter::MapFull);
+    }
+    let _ = ORIG_DST.remove(&cookie);
+    1
 }
 
 #[cgroup_sock_addr(connect4)]

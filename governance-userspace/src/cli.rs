@@ -260,6 +260,7 @@ pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
             Attach::Lsm(h) => format!("lsm/{h}"),
             Attach::SockAddr(h) => format!("cgroup/{h}"),
             Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
+            Attach::SockOps => "cgroup/sock_ops".into(),
         };
         let _ = writeln!(out, "  {:<34} {:<28} {state}", program.what, at);
     }

@@ -426,6 +426,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
         Some(Kind::Bpf) => "no bpf() for agents",
         Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
         Some(Kind::Unlink) => "the pins are protected",
+        Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
         Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
             "sandbox profile missing from this generation"
         }
@@ -481,6 +482,12 @@ impl Record {
                     what.into(),
                 )
             }
+            (Some(Cause::NoProxy), _) => (
+                "fail-closed:no-proxy".into(),
+                "a via_proxy rule matched, but the connection cannot go through the policy proxy \
+                 (no proxy listening, not TCP, or no room to record it); never sent direct"
+                    .into(),
+            ),
             (None, _) => (format!("unknown-cause:{}", ev.cause), String::new()),
         };
         let shadow = (ev.flags & flags::SHADOW != 0).then(|| Shadow {

@@ -117,6 +117,127 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
 }
 
+/// Red-team case 11 and the "via proxy" route: an agent's TCP connect to a destination under a
+/// `via_proxy` rule lands on the policy proxy instead, and the proxy learns from the kernel
+/// where it was going and which agent made it. What cannot go through the proxy (UDP, no proxy
+/// listening) is refused, never sent direct. Outside the agent nothing is redirected.
+#[test]
+fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination() {
+    require_root();
+    let agent = TestCgroup::new("proxied");
+    let outsider = TestCgroup::new("unproxied");
+    let (proxy, proxy_addr) = listener([127, 0, 0, 3]);
+    let (direct, direct_addr) = listener([127, 0, 0, 4]);
+    for l in [&proxy, &direct] {
+        l.set_nonblocking(true).unwrap();
+    }
+    let mut k = load(&format!(
+        "name: proxied\nagents: {{ cgroup: {} }}\ndefaults: {{ network: block }}\nrules:\n\
+         \x20 - {{ id: web, network: {{ cidr: 127.0.0.4/32, via_proxy: true }}, verdict: allow, reason: through the HTTP engine }}\n",
+        agent.rel.display()
+    ));
+    k.require("sock_ops");
+    let SocketAddr::V4(p4) = proxy_addr else {
+        unreachable!()
+    };
+    k.enforcer
+        .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
+        .unwrap();
+    let mut conns = kernel::ProxyConns::open(&k.pins).unwrap();
+    // Who accepted a connection within a second, and from which peer.
+    let accepted = |l: &TcpListener| -> Option<SocketAddr> {
+        for _ in 0..100 {
+            if let Ok((_, peer)) = l.accept() {
+                return Some(peer);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    };
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.4]:{}", direct_addr.port())
+        .parse()
+        .unwrap();
+    for (case, target) in [
+        (
+            "11 direct TCP to a via_proxy destination (host)",
+            direct_addr,
+        ),
+        ("11 the same from a dual-stack IPv6 socket (host)", mapped),
+    ] {
+        redteam(case, "tried");
+        let (pid, outcome) = run_in(
+            Some(&agent.path),
+            "proxied-agent",
+            &Attempt::connect(target),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: the proxy accepts");
+        let peer = accepted(&proxy).unwrap_or_else(|| {
+            panic!(
+                "{case}: the connection did not reach the proxy (direct: {:?}, event: {:?})",
+                accepted(&direct),
+                k.try_event_for(pid, Duration::from_secs(1)).map(|e| (e.flags, e.cause, e.verdict))
+            )
+        });
+        assert!(accepted(&direct).is_none(), "{case}: nothing went direct");
+        let orig = conns
+            .take(peer)
+            .expect("the kernel recorded the connection");
+        assert_eq!(orig.redirected, 1);
+        assert_eq!(
+            orig.addr,
+            Ipv4Addr::new(127, 0, 0, 4).to_ipv6_mapped().octets()
+        );
+        assert_eq!(orig.port, direct_addr.port());
+        assert_eq!((orig.tgid, orig.agent_cgroup), (pid, agent.id()));
+        assert!(conns.take(peer).is_none(), "taken once");
+        let ev = k.event_for(pid);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect));
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
+        assert_ne!(ev.flags & flags::PROXIED, 0);
+        assert_eq!(ev.port, direct_addr.port(), "the event names the original");
+        redteam(case, "denied");
+        let (pid, outcome) = run_in(Some(&outsider.path), "direct", &Attempt::connect(target));
+        assert_eq!(outcome, Outcome::Exited(0));
+        assert!(accepted(&direct).is_some(), "{case}: control goes direct");
+        assert!(accepted(&proxy).is_none());
+        assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+        redteam(case, "control");
+    }
+    // Explicit proxy use is let through and recorded (no original destination).
+    let (pid, outcome) = run_in(Some(&agent.path), "explicit", &Attempt::connect(proxy_addr));
+    assert_eq!(outcome, Outcome::Exited(0));
+    let orig = conns.take(accepted(&proxy).unwrap()).expect("recorded");
+    assert_eq!((orig.redirected, orig.port, orig.tgid), (0, 0, pid));
+    assert_eq!(Cause::from_u8(k.event_for(pid).cause), Some(Cause::Builtin));
+    // UDP cannot go through an HTTP proxy, and with no proxy nothing can: refused.
+    let cases = [
+        (
+            "11 UDP to a via_proxy destination (host)",
+            Attempt::SendTo { addr: direct_addr },
+        ),
+        (
+            "11 via_proxy while no proxy listens (host)",
+            Attempt::connect(direct_addr),
+        ),
+    ];
+    for (i, (case, attempt)) in cases.iter().enumerate() {
+        if i == 1 {
+            k.enforcer.set_proxy(None).unwrap();
+        }
+        redteam(case, "tried");
+        let (pid, outcome) = run_in(Some(&agent.path), "proxied-agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_for(pid);
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::NoProxy), "{case}");
+        assert!(accepted(&direct).is_none() && accepted(&proxy).is_none());
+        redteam(case, "denied");
+        let (_, outcome) = run_in(Some(&outsider.path), "direct", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        let _ = accepted(&direct);
+        redteam(case, "control");
+    }
+}
+
 /// Degraded exec enforcement (no BPF LSM here): the process that executed a blocked binary is
 /// killed right after the exec, and the event says so.
 #[test]

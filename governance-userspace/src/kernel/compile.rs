@@ -398,12 +398,6 @@ pub fn compile(
                     protocol,
                     via_proxy,
                 } => {
-                    if *via_proxy {
-                        unenforceable.insert(why(
-                            "via_proxy: the kernel redirect to the HTTP engine's proxy is not in this build",
-                        ));
-                        continue;
-                    }
                     let proto = match protocol {
                         Protocol::Any => proto::ANY,
                         Protocol::Tcp => proto::TCP,
@@ -429,7 +423,9 @@ pub fn compile(
                     };
                     for (bits, addr) in targets {
                         for (lo, hi) in &ranges {
-                            rules.net.push((bits, addr, ranked, *lo, *hi, proto, false));
+                            rules
+                                .net
+                                .push((bits, addr, ranked, *lo, *hi, proto, *via_proxy));
                         }
                     }
                 }
@@ -498,17 +494,16 @@ pub fn compile(
         for (name, p, pc) in profiles {
             let profile = &p.sandbox_profiles[&name];
             let mut constrained = rules.clone();
-            if profile.network.is_some_and(|n| n == SandboxNetwork::None)
-                || profile.network.is_none()
-            {
-                // No network at all: drop the rules, block by default.
-                constrained.net.clear();
-                constrained.defaults[2] = (Some(KVerdict::Block), None);
-            } else {
-                unenforceable.insert(format!(
-                    "policy {}: sandbox profile {name}: `network: proxy` needs the kernel redirect to the proxy, which is not in this build",
-                    p.name
-                ));
+            // No network at all, or TCP only through the policy proxy: the agent's own network
+            // rules do not apply inside the sandbox.
+            constrained.net.clear();
+            constrained.defaults[2] = (Some(KVerdict::Block), None);
+            if profile.network == Some(SandboxNetwork::Proxy) {
+                let mut r = builtin(KVerdict::Allow);
+                r.specificity = [0; 4];
+                constrained
+                    .net
+                    .push((0, [0; 16], r, 0, u16::MAX, proto::TCP, true));
             }
             // Writes only below the writable directories, whatever the agent's rules say.
             for letter in WRITE_LETTERS {
@@ -778,21 +773,29 @@ mod tests {
     }
 
     #[test]
-    fn kernel_limits_and_gaps_are_reported() {
+    fn via_proxy_rules_are_enforced_and_gaps_are_reported() {
         let set = parse(&[(
             "p.yaml".into(),
             "name: p\nagents: { label: bot }\nrules:\n\
              \x20 - { id: px, network: { cidr: 1.2.3.4/32, via_proxy: true }, verdict: allow, reason: r }\n\
+             \x20 - { id: fx, file: { path: /bin/x, access: [exec] }, verdict: block, reason: r }\n\
              \x20 - { id: api, http: { host: x.example }, verdict: block, reason: r }\n"
                 .into(),
         )])
         .unwrap();
         let k = compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect());
         let missing = k.unenforceable.join("\n");
-        assert!(missing.contains("rule p/px "), "{missing}");
+        assert!(!missing.contains("p/px"), "{missing}");
+        assert!(missing.contains("rule p/fx "), "{missing}");
         assert!(
             !missing.contains("p/api"),
             "HTTP rules are the proxy's:\n{missing}"
         );
+        let mapped = "::ffff:1.2.3.4"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let entries = &k.classes[0].net[&(128, mapped)];
+        assert_eq!(entries[0].via_proxy, 1, "{entries:?}");
     }
 }

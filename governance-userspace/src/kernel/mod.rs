@@ -6,6 +6,7 @@ mod compile;
 
 use std::{
     fmt,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
@@ -15,11 +16,14 @@ use std::collections::BTreeMap;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, links::FdLink},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, SockOps, links::FdLink,
+    },
 };
 use governance_common::{
-    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, Counter, ExecKey, GrantKey,
-    NET_SLOTS, NetEntry, NetKey, NetValue, PATH_MAX, PathKey, RulePair, maps, offsets, pins,
+    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey,
+    NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr, RulePair, maps,
+    offsets, pins,
     programs::{self, Attach, Program},
 };
 
@@ -575,6 +579,33 @@ impl Enforcer {
         Ok(())
     }
 
+    /// Where the policy proxy listens (None: nowhere; `via_proxy` connects are then refused).
+    /// The programs send `via_proxy` connects to `v4` (IPv4 and IPv4-mapped destinations) or
+    /// `v6`, on `port`.
+    pub fn set_proxy(
+        &mut self,
+        proxy: Option<(Ipv4Addr, Ipv6Addr, u16)>,
+    ) -> Result<(), KernelError> {
+        let value = match proxy {
+            None => ProxyAddr::default(),
+            Some((v4, v6, port)) => {
+                let o = v6.octets();
+                let word = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                ProxyAddr {
+                    ip4: u32::from_ne_bytes(v4.octets()),
+                    ip6: [word(0), word(4), word(8), word(12)],
+                    port: u32::from(port.to_be()),
+                    enabled: 1,
+                }
+            }
+        };
+        let name = maps::PROXY;
+        let mut map: Array<_, ProxyAddr> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        map.set(0, value, 0)
+            .map_err(|source| KernelError::Map { name, source })
+    }
+
     /// Let an escalated action through for `cgroup_id`'s agent until `expiry_ns`
     /// (CLOCK_MONOTONIC).
     pub fn grant(&mut self, key: GrantKey, expiry_ns: u64) -> Result<(), KernelError> {
@@ -632,6 +663,40 @@ impl Enforcer {
     }
 }
 
+/// The kernel's record of agents' connections to the proxy, opened from its pin: the proxy
+/// asks it who is on the other end of a connection it accepted.
+pub struct ProxyConns {
+    map: HashMap<MapData, ConnKey, OrigDst>,
+}
+
+impl ProxyConns {
+    pub fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+        let name = maps::PROXY_CONNS;
+        let data = MapData::from_pin(pin_dir.join(pins::MAPS).join(name))
+            .map_err(|source| KernelError::Map { name, source })?;
+        let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
+        let map = HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        Ok(Self { map })
+    }
+
+    /// Take (read and delete) the record of the connection whose client end is `peer`. None:
+    /// not an agent's connection (or its record was lost: the caller refuses it).
+    pub fn take(&mut self, peer: SocketAddr) -> Option<OrigDst> {
+        let family = match peer {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        } as u32;
+        let key = ConnKey {
+            port: u32::from(peer.port()),
+            family,
+        };
+        let found = self.map.get(&key, 0).ok()?;
+        let _ = self.map.remove(&key);
+        Some(found)
+    }
+}
+
 /// Load and attach one program, and pin its link.
 fn attach(
     ebpf: &mut Ebpf,
@@ -669,6 +734,22 @@ fn attach(
             prog.load().map_err(err)?;
             // cgroup links always coexist with other programs; the kernel rejects
             // BPF_F_ALLOW_MULTI for links (EINVAL), so ask for "single", which sends no flags.
+            let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
+            prog.take_link(id).map_err(err)?.try_into().map_err(
+                |e: aya::programs::links::LinkError| KernelError::Pin {
+                    path: pin_dir.join(pins::LINKS).join(name),
+                    source: std::io::Error::other(e),
+                },
+            )?
+        }
+        Attach::SockOps => {
+            let prog: &mut SockOps = prog.try_into().map_err(err)?;
+            let cgroup =
+                std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+                    path: cgroup_root.to_owned(),
+                    source,
+                })?;
+            prog.load().map_err(err)?;
             let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
             prog.take_link(id).map_err(err)?.try_into().map_err(
                 |e: aya::programs::links::LinkError| KernelError::Pin {
