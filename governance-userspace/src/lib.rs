@@ -11,3 +11,4 @@ pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod policy;
+pub mod proxy;

@@ -1,0 +1,2 @@
+//! The HTTP policy proxy that agents' redirected TCP egress goes through.
+pub mod tls;
