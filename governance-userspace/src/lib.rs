@@ -5,6 +5,7 @@
 //! and maps) → decision events from the ring buffer → [`events`] → the CLI's output ([`cli`]).
 
 pub mod agents;
+pub mod audit;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
