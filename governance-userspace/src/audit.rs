@@ -293,7 +293,8 @@ impl AuditLog {
     }
 
     /// Buffer one record; returns its seq. Durable only after [`AuditLog::flush`].
-    pub fn append(&mut self, record: &Value) -> Result<u64, AuditError> {
+    /// Any serialisable record (the daemon's [`crate::events::Record`], a [`Value`]).
+    pub fn append<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<u64, AuditError> {
         self.check_usable()?;
         let mut body = std::mem::take(&mut self.body);
         body.clear();
@@ -813,6 +814,7 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
 
 /// What a successful [`verify`] saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct VerifyReport {
     pub files: usize,
     /// Records, seals not included (recoveries included).
@@ -1029,3 +1031,81 @@ impl Verifier {
 #[cfg(test)]
 #[path = "audit_tests.rs"]
 mod tests;
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "audit log OK: {} records in {} files, {} seals, {} crash recoveries",
+            self.records, self.files, self.seals, self.recoveries
+        )?;
+        if let Some(seq) = self.last_seq {
+            write!(f, "; last seq {seq}, last hash {}", self.last_hash)?;
+        }
+        if self.unsealed_records > 0 && self.seals > 0 {
+            write!(
+                f,
+                "; {} records after the last seal (chained, not yet signed)",
+                self.unsealed_records
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// An Ed25519 public key given as 64 hex digits, or a file holding them (or the 32 raw bytes).
+pub fn parse_public_key(s: &str) -> Result<VerifyingKey, AuditError> {
+    let bad = |problem: String| AuditError::Key {
+        path: PathBuf::from(s),
+        problem,
+    };
+    let bytes: [u8; 32] = match from_hex::<32>(s.trim().as_bytes()) {
+        Some(b) => b,
+        None => {
+            let raw = fs::read(s).map_err(|e| bad(format!("neither 64 hex digits nor a readable file: {e}")))?;
+            let text = String::from_utf8_lossy(&raw);
+            match from_hex::<32>(text.trim().as_bytes()) {
+                Some(b) => b,
+                None => raw
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("not 64 hex digits or 32 raw bytes".into()))?,
+            }
+        }
+    };
+    VerifyingKey::from_bytes(&bytes).map_err(|e| bad(format!("not an Ed25519 public key: {e}")))
+}
+
+/// Replay records from the log in `dir`: every record (seals and lines that do not parse are
+/// skipped; `verify` is the integrity check) with `time` at or after `since` and seq before
+/// `until_seq`, in order, until `each` returns false.
+pub fn replay(
+    dir: &Path,
+    since: SystemTime,
+    until_seq: u64,
+    mut each: impl FnMut(crate::events::Record) -> bool,
+) -> Result<(), AuditError> {
+    for (first, path) in list_files(dir)? {
+        if first >= until_seq {
+            break;
+        }
+        let file = File::open(&path).map_err(io_err("reading", &path))?;
+        for line in BufReader::new(file).split(b'\n') {
+            let line = line.map_err(io_err("reading", &path))?;
+            let Ok(l) = parse_line(&line) else { continue };
+            if l.seq >= until_seq {
+                return Ok(());
+            }
+            if l.seal {
+                continue;
+            }
+            let Ok(r) = serde_json::from_slice::<crate::events::Record>(l.value) else {
+                continue;
+            };
+            if crate::events::parse_rfc3339(&r.time).is_some_and(|t| t >= since) && !each(r) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

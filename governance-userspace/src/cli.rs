@@ -1,18 +1,22 @@
-//! The `governance` command line: the daemon (`run`) and its tools.
+//! The `governance` command line: the daemon (`run`) and the tools that talk to it.
 
 use std::{
     io::Write as _,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
+    time::Duration,
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
 
-use governance_common::{Counter, GrantKey, Kind, programs::Attach};
+use governance_common::{Counter, programs::Attach};
 
 use crate::{
-    events::{Approval, monotonic_ns},
+    client::{self, ApiArgs},
+    events::Record,
     kernel::{self, Enforcer, Probe},
     policy,
 };
@@ -24,14 +28,17 @@ pub const EXIT_CANNOT_ENFORCE: u8 = 3;
 #[command(
     name = "governance",
     version,
-    about = "Kernel-level policy enforcement for AI agents (eBPF LSM + cgroup hooks)",
+    about = "Kernel-level policy enforcement for AI agents (eBPF LSM + cgroup hooks + HTTP policy proxy)",
     long_about = "Kernel-level policy enforcement for AI agents.\n\n\
         An agent is a cgroup v2 and all of its descendants. `governance run` loads eBPF programs \
-        that decide, in the kernel, whether processes of an agent may execute a binary or \
-        connect somewhere, according to the YAML policies in a directory, and prints every \
-        decision as it happens.\n\n\
+        that decide, in the kernel, whether processes of an agent may execute a binary, open a \
+        file or connect somewhere, forces their HTTP egress through a policy proxy, and records \
+        every decision in a tamper-evident audit log and a live event stream.\n\n\
+        The other commands talk to the running daemon over its control socket \
+        (/run/governance/governance.sock, root only).\n\n\
         Needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN, CAP_PERFMON) and a kernel with BPF \
-        LSM active for exec enforcement; run `governance probe` to see what this node offers."
+        LSM active for exec and file enforcement; run `governance probe` to see what this node \
+        offers."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -43,46 +50,93 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Enforce the policy: attach the programs (or adopt pinned ones), fill the maps, print
-    /// each decision.
+    /// Enforce the policy: attach the programs (or adopt pinned ones), fill the maps, run the
+    /// HTTP policy proxy and the control API, record every decision.
     ///
     /// Exits with status 3 if a hook cannot be attached on this kernel, or the kernel cannot
     /// enforce part of the policy, unless --allow-degraded is given. Reloads the policy on
-    /// SIGHUP, when the policy directory changes and when agent cgroups come, go or are
-    /// labelled; a reload that fails keeps the current generation. Stops on SIGINT or SIGTERM.
-    /// The programs stay attached, enforcing the last generation, after the daemon stops or
-    /// dies; `governance unload` removes them, and the next `run` adopts them.
-    Run(RunArgs),
+    /// SIGHUP, on `governance policy reload`, when the policy directory changes and when agent
+    /// cgroups come, go or are labelled; a reload that fails keeps the current generation.
+    /// Stops on SIGINT or SIGTERM. The programs stay attached, enforcing the last generation,
+    /// after the daemon stops or dies; `governance unload` removes them, and the next `run`
+    /// adopts them.
+    Run(Box<RunArgs>),
     /// Report what this kernel can enforce: loads and attaches every program under a
-    /// temporary pin directory, then removes it.
-    ///
-    /// Exits 0 if everything is available, 3 if not.
+    /// temporary pin directory, then removes it. Exits 0 if everything is available, 3 if not.
     Probe,
-    /// Show what is pinned and attached, the generation, the agents and the counters.
+    /// What the daemon enforces: generation, hooks, agents, counters. Without a running daemon,
+    /// what is pinned in the kernel.
     Status {
         #[command(flatten)]
         pins: PinsArg,
+        /// Show what is pinned in the kernel (works without a daemon) instead of asking the
+        /// daemon.
+        #[arg(long)]
+        pinned: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Print the JSON the daemon answers.
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
     },
+    /// The live agents: their cgroups, the policies that govern them and their decisions by
+    /// outcome.
+    Agents {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
+    /// Decision events: live (--follow) and from the audit log (--since).
+    ///
+    /// Examples:
+    ///   governance events --follow --agent billing-bot --verdict block
+    ///   governance events --since 10m -o json | jq .rule
+    ///   governance events --follow -o ocsf     (OCSF 1.3 JSON for a SIEM forwarder)
+    #[command(verbatim_doc_comment)]
+    Events(EventsArgs),
+    /// Pending approvals (escalated actions waiting for a human).
+    Approvals {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
+    /// Approve an escalated action. A held HTTP request goes ahead; for a kernel escalation
+    /// (exec, file, connect, refused at once), the agent's retry passes for --for.
+    Approve {
+        /// The approval id (`governance approvals`).
+        id: String,
+        /// How long a kernel grant lets the action through (`30s`, `10m`, `1h`).
+        #[arg(long = "for", default_value = "5m")]
+        duration: String,
+        /// Your name, recorded beside the caller the socket identifies.
+        #[arg(long = "as", env = "GOVERNANCE_APPROVER")]
+        by: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deny an escalated action (the held request gets 403 with the reason).
+    Deny {
+        id: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long = "as", env = "GOVERNANCE_APPROVER")]
+        by: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Work with policy files.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Work with the audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Detach every program and remove the pins (enforcement stops).
     Unload {
         #[command(flatten)]
         pins: PinsArg,
     },
-    /// Approve an escalated action, so that a retry passes for a while.
-    ///
-    /// TOKEN is the `approve=` value of the ESCALATE event. The request must be approved
-    /// before the rule's escalation timeout; after that it stays blocked (fail closed).
-    Approve {
-        token: String,
-        /// How long the approval lets the action through (`30s`, `10m`, `1h`).
-        #[arg(long = "for", default_value = "5m", value_parser = parse_duration)]
-        duration: std::time::Duration,
-        #[command(flatten)]
-        pins: PinsArg,
-    },
-    /// Work with policy files.
-    #[command(subcommand)]
-    Policy(PolicyCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -92,18 +146,40 @@ pub struct PinsArg {
     pub dir: PathBuf,
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a number and a unit, like 10m"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        _ => return Err(format!("`{s}`: the unit is s, m or h")),
-    };
-    Ok(std::time::Duration::from_secs(n.saturating_mul(secs)))
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Keep streaming new events.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only this agent (its name or cgroup path).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only these outcomes (allow, block, throttle, sandbox, escalate, granted, kill; `denied`
+    /// for every refusal), comma-separated.
+    #[arg(long, alias = "outcome")]
+    pub verdict: Option<String>,
+    /// Only these kinds (exec, file, connect, send, http, ...), comma-separated.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only these record types (decision, approval, policy, lifecycle), comma-separated.
+    #[arg(long = "type")]
+    pub ty: Option<String>,
+    /// Replay from the audit log from this time on (RFC 3339, or back from now: 30s, 10m, 2h,
+    /// 1d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// `text`: one readable line per event; `json`: the event record (NDJSON); `ocsf`: OCSF
+    /// 1.3 JSON.
+    #[arg(long, short = 'o', value_parser = ["text", "json", "ocsf"], default_value = "text")]
+    pub output: String,
+    /// Stop after this many events.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    /// Print the JSON Schema of the event record and exit.
+    #[arg(long)]
+    pub schema: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +207,67 @@ pub struct RunArgs {
     /// bpffs directory of the pinned maps and links.
     #[arg(long = "pins", env = "GOVERNANCE_PINS", default_value = governance_common::pins::DIR)]
     pub pins: PathBuf,
+    /// The control socket (mode 0600, root only).
+    #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
+    /// --api-token-file.
+    #[arg(long, requires = "api_token_file")]
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the bearer token of the TCP API.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Where the HTTP policy proxy listens (agents' `via_proxy` traffic is sent here by the
+    /// kernel). Give an IPv4 address; it also listens on [::1] at the same port.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub proxy_listen: std::net::SocketAddrV4,
+    /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created on first use).
+    #[arg(long, default_value = "/var/lib/governance/ca")]
+    pub ca_dir: PathBuf,
+    /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Host → address overrides for the proxy's Host check, `host=ip[,ip]` (repeatable), for
+    /// hosts your resolver does not know.
+    #[arg(long = "proxy-host", value_name = "HOST=IP")]
+    pub proxy_hosts: Vec<String>,
+    /// Do not check that the Host of a redirected request resolves to where the agent was
+    /// connecting (labs only: rules then trust a Host header the agent chose).
+    #[arg(long)]
+    pub no_host_check: bool,
+    /// The audit log directory.
+    #[arg(long, env = "GOVERNANCE_AUDIT_DIR", default_value = "/var/lib/governance/audit")]
+    pub audit_dir: PathBuf,
+    /// Rotate audit files at this size (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    pub audit_max_bytes: u64,
+    /// Rotate audit files at this age (`1h`, `1d`).
+    #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
+    pub audit_max_age: Duration,
+    /// Ed25519 key that seals each audit file (created 0600 if missing).
+    #[arg(long)]
+    pub audit_signing_key: Option<PathBuf>,
+    /// Do not print each event on stdout (the audit log and the API still have them).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{s}`: a number of bytes, like 64M"))?;
+    let mul = match unit {
+        "" => 1,
+        "K" | "k" => 1 << 10,
+        "M" | "m" => 1 << 20,
+        "G" | "g" => 1 << 30,
+        _ => return Err(format!("`{s}`: the unit is K, M or G")),
+    };
+    Ok(n.saturating_mul(mul))
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +285,26 @@ pub enum PolicyCommand {
     },
     /// Print the JSON Schema of the policy file format (for editors).
     Schema,
+    /// Ask the running daemon to reload its policy directory now.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the hash chain (and seals) of audit files or directories; reports the first broken
+    /// record. Exits 1 if anything is wrong.
+    Verify {
+        /// Audit files or directories (a directory means all its audit-*.jsonl files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Check seals against this Ed25519 public key (hex or a key file) instead of the one
+        /// each seal names.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
 }
 
 pub fn init_logging(filter: &str) {
@@ -161,18 +318,79 @@ pub fn init_logging(filter: &str) {
         .init();
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .context("starting the async runtime")?
             .block_on(async {
                 require_root()?;
-                crate::daemon::run(args).await
+                crate::daemon::run(*args).await
             }),
         Command::Probe => probe(),
-        Command::Status { pins } => status(&pins.dir),
+        Command::Status {
+            pins,
+            pinned,
+            api,
+            output,
+        } => {
+            if pinned {
+                pinned_status(&pins.dir)
+            } else {
+                runtime()?.block_on(status(&pins.dir, &api, &output))
+            }
+        }
+        Command::Agents { api, output } => runtime()?.block_on(agents(&api, &output)),
+        Command::Events(args) => runtime()?.block_on(events(args)),
+        Command::Approvals { api, output } => runtime()?.block_on(approvals(&api, &output)),
+        Command::Approve {
+            id,
+            duration,
+            by,
+            api,
+        } => runtime()?.block_on(async {
+            policy::parse_duration(&duration).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let v = client::call(
+                &api,
+                "POST",
+                &format!("/v1/approvals/{id}/approve"),
+                Some(json!({ "for": duration, "by": by })),
+            )
+            .await?;
+            let a = &v["approved"];
+            println!(
+                "approved {id}: {} {} by agent {}",
+                a["kind"].as_str().unwrap_or("?"),
+                object_of(a),
+                a["agent"]["name"].as_str().unwrap_or("?"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Deny {
+            id,
+            reason,
+            by,
+            api,
+        } => runtime()?.block_on(async {
+            client::call(
+                &api,
+                "POST",
+                &format!("/v1/approvals/{id}/deny"),
+                Some(json!({ "reason": reason, "by": by })),
+            )
+            .await?;
+            println!("denied {id}");
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Unload { pins } => {
             require_root()?;
             let removed = kernel::unload(&pins.dir)
@@ -188,11 +406,6 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Approve {
-            token,
-            duration,
-            pins,
-        } => approve(&token, duration, &pins.dir),
         Command::Policy(PolicyCommand::Check { dir }) => {
             let set = policy::load_dir(&dir)?;
             println!(
@@ -221,6 +434,14 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             let schema = schemars::schema_for!(policy::model::PolicyDoc);
             println!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Reload { api }) => runtime()?.block_on(async {
+            let v = client::call(&api, "POST", "/v1/policy/reload", None).await?;
+            println!("generation {} is enforcing", v["generation"]);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Audit(AuditCommand::Verify { paths, public_key }) => {
+            audit_verify(&paths, public_key.as_deref())
         }
     }
 }
@@ -256,15 +477,23 @@ pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
             .map_or("NOT MOUNTED".into(), |p| p.display().to_string())
     );
     for (program, state) in &enforcer.hooks {
-        let at = match program.attach {
-            Attach::Lsm(h) => format!("lsm/{h}"),
-            Attach::SockAddr(h) => format!("cgroup/{h}"),
-            Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
-            Attach::SockOps => "cgroup/sock_ops".into(),
-        };
-        let _ = writeln!(out, "  {:<34} {:<28} {state}", program.what, at);
+        let _ = writeln!(
+            out,
+            "  {:<34} {:<28} {state}",
+            program.what,
+            attach_point(program.attach)
+        );
     }
     enforcer.fully_attached()
+}
+
+pub(crate) fn attach_point(a: Attach) -> String {
+    match a {
+        Attach::Lsm(h) => format!("lsm/{h}"),
+        Attach::SockAddr(h) => format!("cgroup/{h}"),
+        Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
+        Attach::SockOps => "cgroup/sock_ops".into(),
+    }
 }
 
 fn probe() -> anyhow::Result<ExitCode> {
@@ -287,7 +516,63 @@ fn probe() -> anyhow::Result<ExitCode> {
     })
 }
 
-fn status(pins: &Path) -> anyhow::Result<ExitCode> {
+async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
+    let v = match client::call(api, "GET", "/v1/status", None).await {
+        Ok(v) => v,
+        Err(e) if api.api.is_none() && !api.socket.exists() => {
+            eprintln!("governance: no daemon is running ({e:#}); what is pinned:");
+            return pinned_status(pins);
+        }
+        Err(e) => return Err(e),
+    };
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "generation   {}{}", v["generation"], if v["degraded"] == true { " (DEGRADED)" } else { "" })?;
+        writeln!(out, "policy       {}", v["policy_dir"].as_str().unwrap_or("?"))?;
+        writeln!(out, "started      {}", v["started"].as_str().unwrap_or("?"))?;
+        writeln!(out, "agents       {}", v["agents"])?;
+        writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
+        writeln!(out, "audit        {}", v["audit"].as_str().unwrap_or("off"))?;
+        writeln!(out, "approvals    {} pending", v["pending_approvals"])?;
+        writeln!(out, "reloads      {} failed", v["reload_failures"])?;
+        if let Some(e) = v["last_error"].as_str() {
+            writeln!(out, "last error   {e}")?;
+        }
+        writeln!(out, "hooks")?;
+        for h in v["hooks"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "  {:<24} {:<34} {}",
+                h["program"].as_str().unwrap_or("?"),
+                h["enforces"].as_str().unwrap_or("?"),
+                h["state"].as_str().unwrap_or("?")
+            )?;
+        }
+        writeln!(out, "kernel counters")?;
+        for (k, label) in [
+            ("decisions", "decisions"),
+            ("denials", "denials"),
+            ("events_dropped", "events dropped"),
+            ("map_full", "map full"),
+        ] {
+            writeln!(out, "  {label:<16} {}", v["kernel"][k])?;
+        }
+        writeln!(out, "pipeline backlog {}", v["pipeline_backlog"])?;
+    }
+    let complete = v["hooks"]
+        .as_array()
+        .is_some_and(|h| h.iter().all(|h| h["state"] == "attached"));
+    Ok(if complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_CANNOT_ENFORCE)
+    })
+}
+
+/// `status` without a daemon: what the pins say.
+fn pinned_status(pins: &Path) -> anyhow::Result<ExitCode> {
     require_root()?;
     if !pins.join(governance_common::pins::MAPS).exists() {
         println!(
@@ -300,7 +585,11 @@ fn status(pins: &Path) -> anyhow::Result<ExitCode> {
     let enforcer = Enforcer::adopt(pins)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "pins        {}", pins.display())?;
-    writeln!(out, "generation  {}", enforcer.generation()?)?;
+    writeln!(
+        out,
+        "generation  {} (enforcing without a daemon: no events are recorded, no approvals)",
+        enforcer.generation()?
+    )?;
     writeln!(out, "hooks")?;
     for (program, state) in &enforcer.hooks {
         writeln!(out, "  {:<24} {:<34} {state}", program.name, program.what)?;
@@ -338,33 +627,189 @@ fn status(pins: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn approve(token: &str, duration: std::time::Duration, pins: &Path) -> anyhow::Result<ExitCode> {
-    require_root()?;
-    let approval: Approval = token.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let now = monotonic_ns();
-    if now > approval.deadline_ns {
-        anyhow::bail!(
-            "this request expired {}s ago (the rule's escalation timeout); the action stays blocked. \
-             Ask the agent to retry, and approve the new request in time.",
-            (now - approval.deadline_ns) / 1_000_000_000
-        );
+async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
+    let v = client::call(api, "GET", "/v1/agents", None).await?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
     }
-    let mut enforcer =
-        Enforcer::adopt(pins).with_context(|| format!("opening the pins in {}", pins.display()))?;
-    enforcer.grant(
-        GrantKey {
-            cgroup_id: approval.cgroup_id,
-            kind: approval.kind,
-            _pad: [0; 7],
-            object: approval.object,
-        },
-        now + duration.as_nanos() as u64,
-    )?;
-    println!(
-        "approved: {} by cgroup {} may go ahead for {}s",
-        Kind::from_u8(approval.kind).map_or("?", Kind::as_str),
-        approval.cgroup_id,
-        duration.as_secs()
-    );
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "generation {}", v["generation"])?;
+    for a in v["agents"].as_array().into_iter().flatten() {
+        let counts: Vec<String> = a["decisions"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect();
+        writeln!(
+            out,
+            "{:<28} cgroup={} ({}) selector={:?} policies={} decisions: {}",
+            a["name"].as_str().unwrap_or("?"),
+            a["cgroup"].as_str().unwrap_or("?"),
+            a["cgroup_id"],
+            a["selector"].as_str().unwrap_or(""),
+            a["policies"]
+                .as_array()
+                .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                .unwrap_or_default(),
+            if counts.is_empty() {
+                "none yet".into()
+            } else {
+                counts.join(" ")
+            }
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn object_of(a: &Value) -> String {
+    let o = &a["object"];
+    let mut words = Vec::new();
+    for k in ["method", "url", "mcp_tool", "path", "dest"] {
+        if let Some(s) = o[k].as_str() {
+            words.push(s.to_owned());
+        }
+    }
+    words.join(" ")
+}
+
+async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
+    let v = client::call(api, "GET", "/v1/approvals", None).await?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    if pending.is_empty() {
+        println!("no pending approvals");
+    }
+    for a in pending {
+        println!(
+            "{}  {:<8} agent={} {} rule={} deadline={}\n    reason: {}",
+            a["id"].as_str().unwrap_or("?"),
+            a["kind"].as_str().unwrap_or("?"),
+            a["agent"]["name"].as_str().unwrap_or("?"),
+            object_of(&a),
+            a["rule"].as_str().unwrap_or("?"),
+            a["deadline"].as_str().unwrap_or("?"),
+            a["reason"].as_str().unwrap_or(""),
+        );
+        if let Some(fields) = a["object"]["detail"].as_object() {
+            for (k, v) in fields {
+                println!("    {k} = {}", v.as_str().unwrap_or("?"));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    if args.schema {
+        let schema = schemars::schema_for!(Record);
+        println!("{}", serde_json::to_string_pretty(&schema)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.follow && args.since.is_none() {
+        anyhow::bail!("say what to show: --follow (live), --since TIME (from the audit log), or both");
+    }
+    let mut query = Vec::new();
+    let mut push = |k: &str, v: &str| {
+        query.push(format!("{k}={}", url_escape(v)));
+    };
+    if args.follow {
+        push("follow", "true");
+    }
+    for (k, v) in [
+        ("agent", &args.agent),
+        ("verdict", &args.verdict),
+        ("kind", &args.kind),
+        ("type", &args.ty),
+        ("since", &args.since),
+    ] {
+        if let Some(v) = v {
+            push(k, v);
+        }
+    }
+    if args.output == "ocsf" {
+        push("format", "ocsf");
+    }
+    let path = format!("/v1/events?{}", query.join("&"));
+    let resp = client::request(&args.api, "GET", &path, None).await?;
+    let mut seen = 0u64;
+    let mut out = std::io::stdout();
+    let mut failed = None;
+    client::lines(resp, |line| {
+        let written = if args.output == "text" {
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) => writeln!(out, "{r}"),
+                Err(e) => writeln!(out, "(unreadable event: {e})"),
+            }
+        } else {
+            out.write_all(line).and_then(|()| out.write_all(b"\n"))
+        };
+        if let Err(e) = written.and_then(|()| out.flush()) {
+            // A closed pipe (| head) ends the stream quietly.
+            if e.kind() != std::io::ErrorKind::BrokenPipe {
+                failed = Some(e);
+            }
+            return false;
+        }
+        seen += 1;
+        args.count.is_none_or(|n| seen < n)
+    })
+    .await?;
+    if let Some(e) = failed {
+        return Err(e).context("writing events");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn url_escape(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~,:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn audit_verify(paths: &[PathBuf], public_key: Option<&str>) -> anyhow::Result<ExitCode> {
+    let key = public_key
+        .map(crate::audit::parse_public_key)
+        .transpose()
+        .context("--public-key")?;
+    match crate::audit::verify(paths, key) {
+        Ok(report) => {
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("audit log BROKEN: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_escapes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("10"), Ok(10));
+        assert!(parse_size("1T").is_err() && parse_size("x").is_err());
+        assert_eq!(url_escape("a b/c&d"), "a%20b%2Fc%26d");
+        assert_eq!(url_escape("block,escalate"), "block,escalate");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
 }

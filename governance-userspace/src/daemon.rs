@@ -1,45 +1,79 @@
-//! The daemon (`governance run`): policy generations, agent discovery, reloads and the event
-//! loop.
+//! The daemon (`governance run`): policy generations, agent discovery, reloads, the kernel
+//! event drainer, the HTTP policy proxy and the control API.
 //!
 //! The programs are attached once and pinned (see [`kernel::Enforcer`]); a restarted daemon
 //! adopts them. A generation is one validated policy set with the agent cgroups found for it,
-//! compiled into the maps' inactive slot and made active by one flip (see governance_common).
-//! A reload (SIGHUP, a change in the policy directory, an agent cgroup that appears, goes or is
+//! compiled into the maps' inactive slot and made active by one flip (see governance_common),
+//! and handed to the HTTP engine at the same time. A reload (SIGHUP, `governance policy
+//! reload`, a change in the policy directory, an agent cgroup that appears, goes or is
 //! labelled) builds the next generation; one that fails (invalid policy, unenforceable policy,
 //! kernel error) changes nothing: the current generation keeps enforcing and the failure is
 //! reported and counted.
+//!
+//! Data flow: kernel ring buffer → drainer thread → [`pipeline`] (enrich, audit log, metrics,
+//! subscribers); the proxy and the approval queue publish into the same pipeline.
 //!
 //! When the daemon stops (or dies), the programs stay attached with the last generation:
 //! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
 use std::{
     collections::BTreeMap,
-    io::Write as _,
+    net::{Ipv6Addr, SocketAddr, SocketAddrV6},
     os::fd::{AsFd as _, AsRawFd, RawFd},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use aya::maps::{MapData, RingBuf};
 use governance_common::Counter;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::mpsc,
 };
 
 use crate::{
     agents,
+    api::{self, AgentView, ApiState, Snapshot},
+    approvals::{self, Approvals},
+    audit::AuditOptions,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
-    events::{self, AgentInfo, Clock, Ids, Names, Record, RuleName},
-    kernel::{self, Enforcer, Probe, Protect},
+    engine::{AgentRef, Engine},
+    events::{
+        self, AgentInfo, ApprovalInfo, Clock, GrantRequest, Names, Record, RecordType, RuleName,
+        rfc3339,
+    },
+    kernel::{self, Enforcer, Probe, ProxyConns, Protect},
+    metrics::Metrics,
+    pipeline::{self, Publisher},
     policy,
+    proxy::{self, Proxy},
 };
 
-/// How often the daemon drains the event ring when the programs have not woken it.
-const EVENT_TICK_MS: u64 = 50;
+/// How often the drainer reads the ring when the programs have not woken it (they wake it
+/// only when the ring is filling up; see governance-ebpf's `emit`).
+const EVENT_TICK: Duration = Duration::from_millis(50);
+/// Generations whose names are kept for events still in the ring.
+const NAMED_GENERATIONS: usize = 8;
+
+/// Names of recent generations, shared by the drainer and the proxy's agent lookup.
+type SharedNames = Arc<RwLock<BTreeMap<u32, Arc<Names>>>>;
+
+/// One built generation.
+struct Built {
+    names: Names,
+    engine: Engine,
+    agents: Vec<AgentView>,
+    rules: usize,
+}
 
 /// Validate the policy directory, find the agents, and install generation `number`.
 /// Ok(None): it compiled, but some of it cannot be enforced here and degraded mode was not
@@ -47,16 +81,19 @@ const EVENT_TICK_MS: u64 = 50;
 fn build(
     number: u32,
     args: &RunArgs,
-    enforcer: &mut Enforcer,
+    enforcer: &Mutex<Enforcer>,
     root: &Path,
-) -> anyhow::Result<Option<Names>> {
+) -> anyhow::Result<Option<Built>> {
     let set = policy::load_dir(&args.policy)?;
-    let agents = agents::discover(root, &set, !args.no_create_cgroups)?;
+    let found = agents::discover(root, &set, !args.no_create_cgroups)?;
+    let mut enforcer = enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     let protect = Protect {
         cgroup_root: root.to_owned(),
         no_write: vec![args.policy.clone(), enforcer.pin_dir.clone()],
     };
-    let compiled = kernel::compile(&set, &agents, number, &protect);
+    let compiled = kernel::compile(&set, &found, number, &protect);
     if !compiled.errors.is_empty() {
         anyhow::bail!(
             "the policy does not fit the kernel tables:\n  {}",
@@ -84,15 +121,16 @@ fn build(
             "{skipped}; its exact rule waits for the next generation (path rules still apply)"
         );
     }
+    drop(enforcer);
     eprintln!(
         "governance: enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
         args.policy.display(),
         set.policies.len(),
         set.rule_count(),
-        agents.len(),
+        found.len(),
         if complete { "" } else { " DEGRADED" }
     );
-    for a in &agents {
+    for a in &found {
         eprintln!(
             "governance: agent {} = cgroup {} (id {})",
             a.name,
@@ -100,34 +138,64 @@ fn build(
             a.cgroup_id
         );
     }
-    Ok(Some(names(&set, &agents)))
+    let names = names(&set, &found);
+    let agents = found
+        .iter()
+        .map(|a| AgentView {
+            name: a.name.clone(),
+            cgroup: a.rel.clone(),
+            cgroup_id: a.cgroup_id,
+            selector: names
+                .agents
+                .get(&a.cgroup_id)
+                .map(|i| i.selector.clone())
+                .unwrap_or_default(),
+            policies: set
+                .policies
+                .iter()
+                .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+                .map(|p| p.name.clone())
+                .collect(),
+        })
+        .collect();
+    let rules = set.rule_count();
+    Ok(Some(Built {
+        names,
+        engine: Engine::new(set, number),
+        agents,
+        rules,
+    }))
 }
 
 /// What the kernel ids of one generation stand for.
-pub fn names(set: &policy::PolicySet, agents: &[agents::AgentCgroup]) -> Names {
-    Names {
-        agents: agents
+pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
+    let mut agents = std::collections::HashMap::new();
+    let mut refs = std::collections::HashMap::new();
+    for a in found {
+        let selector = set
+            .policies
             .iter()
-            .map(|a| {
-                let selector = set
-                    .policies
-                    .iter()
-                    .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
-                    .map(|p| p.selector.to_string())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let info = AgentInfo {
-                    name: a.name.clone(),
-                    selector,
-                    cgroup_id: a.cgroup_id,
-                    cgroup: a.rel.clone(),
-                    ..Default::default()
-                };
-                (a.cgroup_id, info)
-            })
-            .collect(),
+            .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+            .map(|p| p.selector.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" ");
+        agents.insert(
+            a.cgroup_id,
+            AgentInfo {
+                name: a.name.clone(),
+                selector,
+                cgroup_id: a.cgroup_id,
+                cgroup: a.rel.clone(),
+                ..Default::default()
+            },
+        );
+        refs.insert(a.cgroup_id, a.agent_ref());
+    }
+    Names {
+        agents,
+        refs,
         rules: set
             .policies
             .iter()
@@ -135,39 +203,110 @@ pub fn names(set: &policy::PolicySet, agents: &[agents::AgentCgroup]) -> Names {
             .map(|(p, r)| RuleName {
                 id: r.id.clone(),
                 reason: r.reason.clone(),
-                escalate_timeout: r.escalate.as_ref().map(|e| e.timeout),
+                escalate: r.escalate.as_ref().map(|e| (e.timeout, e.on_timeout)),
                 shadow: p.mode == policy::Mode::Shadow || r.mode == policy::Mode::Shadow,
             })
             .collect(),
     }
 }
 
-/// Print every event waiting in the ring buffer, named after the generation that decided.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    names: &BTreeMap<u32, Names>,
-    clock: &Clock,
-    ids: &Ids,
-    node: &str,
-) -> std::io::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    let unknown = Names::default();
-    while let Some(item) = ring.next() {
-        match events::parse(&item) {
-            Some(ev) => {
-                let names = names.get(&ev.generation).unwrap_or(&unknown);
-                let mut r = Record::from_kernel(&ev, names, clock);
-                r.id = ids.next();
-                r.node = node.to_owned();
-                writeln!(stdout, "{r}")?;
+/// The kernel event drainer: a thread that reads the ring buffer in batches (on a short tick,
+/// or when the programs wake it because the ring is filling up), names each event after the
+/// generation that decided it, files kernel escalations with the approval queue, and publishes
+/// the batch. It pauses while the pipeline is far behind: the ring then fills and the kernel
+/// counts what it drops, and nothing here grows without bound.
+struct Drainer {
+    ring: RingBuf<MapData>,
+    names: SharedNames,
+    clock: Clock,
+    publisher: Publisher,
+    approvals: Arc<Approvals>,
+}
+
+impl Drainer {
+    fn run(mut self, stop: Arc<AtomicBool>) {
+        let fd = self.ring.as_fd().as_raw_fd();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if !stopping && self.publisher.backlog() > pipeline::MAX_BACKLOG {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
             }
-            None => tracing::warn!(
-                len = item.len(),
-                "ignoring a ring-buffer record of unexpected size"
-            ),
+            let n = self.drain();
+            if stopping {
+                break;
+            }
+            if n == 0 {
+                // SAFETY: a valid fd for the ring's lifetime; one pollfd.
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut pfd, 1, EVENT_TICK.as_millis() as i32) };
+            }
         }
     }
-    stdout.flush()
+
+    /// Publish what is in the ring now (in batches); how many events.
+    fn drain(&mut self) -> usize {
+        let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
+        let unknown = Names::default();
+        let mut total = 0;
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < pipeline::BATCH {
+                let Some(item) = self.ring.next() else { break };
+                let Some(ev) = events::parse(&item) else {
+                    tracing::warn!(
+                        len = item.len(),
+                        "ignoring a ring-buffer record of unexpected size"
+                    );
+                    continue;
+                };
+                let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
+                let mut r = Record::from_kernel(&ev, n, &self.clock);
+                if let Some(g) = GrantRequest::of(&ev) {
+                    self.escalate(&mut r, g, n, ev.rule_id);
+                }
+                batch.push(r);
+            }
+            if batch.is_empty() {
+                return total;
+            }
+            total += batch.len();
+            self.publisher.publish_batch(batch);
+        }
+    }
+
+    /// A kernel escalation: the action was refused; file (or find) the approval request.
+    fn escalate(&self, r: &mut Record, g: GrantRequest, names: &Names, rule_id: u32) {
+        let (timeout, on_timeout) = names
+            .rule(rule_id)
+            .and_then(|n| n.escalate)
+            .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
+        let req = approvals::Request {
+            agent: r.agent.clone().unwrap_or_default(),
+            kind: r.kind.clone(),
+            object: r.object.clone(),
+            rule: r.rule.clone(),
+            reason: r.reason.clone(),
+            timeout,
+            on_timeout,
+            bytes: 0,
+        };
+        match self.approvals.request_grant(req, g) {
+            Ok(id) => {
+                r.approval = Some(ApprovalInfo {
+                    id,
+                    state: "pending".into(),
+                    deadline: rfc3339(SystemTime::now() + timeout),
+                    ..Default::default()
+                });
+            }
+            Err(full) => r.reason = format!("{} ({full}: not queued for approval)", r.reason),
+        }
+    }
 }
 
 /// inotify for tokio.
@@ -251,6 +390,67 @@ async fn until(due: Option<tokio::time::Instant>) {
     }
 }
 
+/// The proxy asks the kernel who is on the other end of a connection it accepted.
+struct KernelIdentify {
+    conns: Mutex<ProxyConns>,
+    names: SharedNames,
+}
+
+impl proxy::Identify for KernelIdentify {
+    fn identify(&self, peer: SocketAddr, _local: SocketAddr) -> Option<proxy::Client> {
+        let orig = self.conns.lock().ok()?.take(peer)?;
+        let names = self.names.read().ok()?;
+        // The generation that decided the connect, else the newest (an agent that outlived a
+        // reload is still the same cgroup).
+        let n = names
+            .get(&orig.generation)
+            .filter(|n| n.agents.contains_key(&orig.agent_cgroup))
+            .or_else(|| names.values().next_back())?;
+        let info = n.agents.get(&orig.agent_cgroup)?.clone();
+        let agent = n.refs.get(&orig.agent_cgroup)?.clone();
+        let original_dst = (orig.redirected == 1).then(|| {
+            let ip = Ipv6Addr::from(orig.addr);
+            match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), orig.port),
+                None => SocketAddr::V6(SocketAddrV6::new(ip, orig.port, 0, 0)),
+            }
+        });
+        Some(proxy::Client {
+            agent,
+            info,
+            cgroup_id: orig.cgroup_id,
+            pid: orig.tgid,
+            original_dst,
+        })
+    }
+}
+
+/// `host=ip[,ip]` overrides of the proxy's Host check.
+fn host_overrides(
+    args: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, Vec<std::net::IpAddr>>> {
+    let mut out = std::collections::HashMap::new();
+    for a in args {
+        let (host, ips) = a
+            .split_once('=')
+            .with_context(|| format!("--proxy-host `{a}`: expected HOST=IP[,IP]"))?;
+        let ips = ips
+            .split(',')
+            .map(|ip| {
+                ip.trim()
+                    .parse()
+                    .with_context(|| format!("--proxy-host `{a}`: `{ip}` is not an IP address"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.insert(host.trim().to_ascii_lowercase(), ips);
+    }
+    Ok(out)
+}
+
+fn lifecycle(kind: &str, message: impl Into<String>) -> Record {
+    Record::daemon(RecordType::Lifecycle, kind, message)
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Before anything is attached, so a stop or reload request is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -260,7 +460,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let root = probe.cgroup2.clone().context(
         "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
     )?;
-    let mut enforcer =
+    let hosts = host_overrides(&args.proxy_hosts)?;
+    let token = match &args.api_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the API token from {}", p.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if args.api_listen.is_some() && token.is_none() {
+        anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
+    }
+    let enforcer =
         Enforcer::start(&args.pins, &root, args.allow_degraded).with_context(|| {
             format!(
                 "loading the eBPF programs (pins in {})",
@@ -268,88 +482,316 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             )
         })?;
     let previous = enforcer.generation().unwrap_or(0);
-    if enforcer.adopted {
+    let adopted = enforcer.adopted;
+    if adopted {
         eprintln!(
             "governance: adopted the programs pinned in {} (generation {previous} was enforcing while no daemon ran)",
             args.pins.display()
         );
     }
-    if !report(&probe, &enforcer) && !args.allow_degraded {
+    let complete = report(&probe, &enforcer);
+    if !complete && !args.allow_degraded {
         eprintln!(
             "governance: refusing to run: not every hook is attached (see NOT AVAILABLE above). \
              Exec and file enforcement need BPF LSM: Linux >= 6.1 with `bpf` in \
              /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to enforce \
              only what is available."
         );
-        if !enforcer.adopted {
+        if !adopted {
             // Leave nothing attached behind.
             let _ = kernel::unload(&args.pins);
         }
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
     }
+    let mut enforcer = enforcer;
     enforcer
         .protect(&[std::process::id()])
         .context("protecting the daemon's process")?;
-    let mut ring = {
-        let ring = enforcer.take_events()?;
-        // SAFETY: the ring buffer owns its fd for as long as the AsyncFd owns the ring buffer.
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("watching the event ring buffer: {}", e.into_parts().1))?
-    };
-    let clock = Clock::now();
-    let ids = Ids::new();
-    let node = events::node_name();
-    let mut names: BTreeMap<u32, Names> = BTreeMap::new();
-    // Events decided while no daemon ran (up to the ring's capacity; the drop counter says if
-    // more were lost).
-    if enforcer.adopted {
-        drain(ring.get_mut(), &names, &clock, &ids, &node)?;
-        eprintln!(
-            "governance: drained the events of the downtime; {} dropped in total since load",
-            enforcer.counter(Counter::EventsDropped).unwrap_or_default()
-        );
+    let hooks: Vec<(String, String, String)> = enforcer
+        .hooks
+        .iter()
+        .map(|(p, s)| (p.name.to_owned(), p.what.to_owned(), s.to_string()))
+        .collect();
+    let ring = enforcer.take_events()?;
+    let enforcer = Arc::new(Mutex::new(enforcer));
+
+    // The event pipeline, with the audit log.
+    let metrics = Arc::new(Metrics::new());
+    let signing_key = args
+        .audit_signing_key
+        .as_deref()
+        .map(crate::audit::load_or_create_key)
+        .transpose()?;
+    let pipe = pipeline::start(pipeline::Config {
+        audit: Some((
+            args.audit_dir.clone(),
+            AuditOptions {
+                max_bytes: args.audit_max_bytes,
+                max_age: Some(args.audit_max_age),
+                signing_key,
+            },
+        )),
+        cgroup_root: root.clone(),
+        metrics: metrics.clone(),
+        stdout: !args.quiet,
+    })
+    .with_context(|| format!("opening the audit log in {}", args.audit_dir.display()))?;
+    let publisher = pipe.publisher.clone();
+    let mut started = lifecycle(
+        "daemon.started",
+        format!(
+            "governance {} started (pid {}){}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            if complete { "" } else { " DEGRADED" }
+        ),
+    );
+    started.generation = previous;
+    if adopted {
+        started.message.push_str(&format!(
+            "; adopted the pinned programs: generation {previous} enforced while no daemon ran"
+        ));
     }
+    publisher.publish(started);
+
+    // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
+    let sink: proxy::Sink = {
+        let p = publisher.clone();
+        Arc::new(move |r| p.publish(r))
+    };
+    let grant: approvals::Grant = {
+        let e = enforcer.clone();
+        Arc::new(move |g: GrantRequest, d: Duration| {
+            let mut e = e.lock().map_err(|_| "the kernel state lock is poisoned")?;
+            e.grant(
+                governance_common::GrantKey {
+                    cgroup_id: g.cgroup_id,
+                    kind: g.kind,
+                    _pad: [0; 7],
+                    object: g.object,
+                },
+                events::monotonic_ns().saturating_add(d.as_nanos() as u64),
+            )
+            .map_err(|e| e.to_string())
+        })
+    };
+    let approvals = Approvals::new(approvals::Limits::default(), sink.clone(), grant);
+
+    // Drain kernel events from now on (what the programs decided while no daemon ran first).
+    let names: SharedNames = Arc::default();
+    let stop_drainer = Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let d = Drainer {
+            ring,
+            names: names.clone(),
+            clock: Clock::now(),
+            publisher: publisher.clone(),
+            approvals: approvals.clone(),
+        };
+        let stop = stop_drainer.clone();
+        std::thread::Builder::new()
+            .name("ring".into())
+            .spawn(move || d.run(stop))
+            .context("starting the event drainer")?
+    };
+
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        policy_dir: args.policy.clone(),
+        pins: args.pins.clone(),
+        degraded: !complete,
+        hooks,
+        proxy: None,
+        audit: Some(args.audit_dir.clone()),
+        started: rfc3339(SystemTime::now()),
+        generation: previous,
+        ..Default::default()
+    }));
+    let stop_with = |code: ExitCode, publisher: Publisher| {
+        stop_drainer.store(true, Ordering::Relaxed);
+        let _ = drainer.join();
+        drop(publisher);
+        code
+    };
+
+    // Generation 1 (or the one after what was pinned).
     let mut current = previous;
-    match build(current + 1, &args, &mut enforcer, &root) {
-        Ok(Some(n)) => {
+    let engine: Arc<ArcSwap<Engine>>;
+    match build(current + 1, &args, &enforcer, &root) {
+        Ok(Some(b)) => {
             current += 1;
-            names.insert(current, n);
+            engine = Arc::new(ArcSwap::from_pointee(b.engine));
+            install_names(&names, current, b.names);
+            let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
+            s.generation = current;
+            s.agents = b.agents;
+            let mut r = Record::daemon(
+                RecordType::Policy,
+                "policy.reloaded",
+                format!("generation {current} is enforcing {}", args.policy.display()),
+            );
+            r.generation = current;
+            r.counts.insert("rules".into(), b.rules as u64);
+            r.counts.insert("agents".into(), s.agents.len() as u64);
+            publisher.publish(r);
+            metrics.set_generation(current);
         }
         Ok(None) => {
-            if !enforcer.adopted {
+            if !adopted {
                 let _ = kernel::unload(&args.pins);
             }
-            return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+            return Ok(stop_with(ExitCode::from(EXIT_CANNOT_ENFORCE), publisher));
         }
         Err(e) => {
-            if !enforcer.adopted {
+            if !adopted {
                 let _ = kernel::unload(&args.pins);
+                stop_with(ExitCode::FAILURE, publisher);
                 return Err(e);
             }
             eprintln!(
                 "governance: the policy failed to load; generation {current} (pinned) keeps enforcing:\n{e:#}"
             );
+            engine = Arc::new(ArcSwap::from_pointee(Engine::new(
+                policy::PolicySet::default(),
+                current,
+            )));
         }
     }
+
+    // The HTTP policy proxy.
+    let mut tasks = Vec::new();
+    let proxy = if args.no_proxy {
+        enforcer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .set_proxy(None)?;
+        None
+    } else {
+        // Port 0 picks a free port; the IPv6 listener and the kernel use the same one.
+        let first = tokio::net::TcpListener::bind(args.proxy_listen)
+            .await
+            .with_context(|| format!("the proxy cannot listen on {}", args.proxy_listen))?;
+        let v4 = match first.local_addr()? {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => anyhow::bail!("--proxy-listen takes an IPv4 address"),
+        };
+        let v6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, v4.port(), 0, 0);
+        let mut listeners = vec![first];
+        match tokio::net::TcpListener::bind(v6).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => tracing::warn!(
+                "the proxy does not listen on {v6} ({e}); IPv6 agents' via_proxy connects will be refused"
+            ),
+        }
+        let identify = Arc::new(KernelIdentify {
+            conns: Mutex::new(ProxyConns::open(&args.pins)?),
+            names: names.clone(),
+        });
+        let cfg = proxy::ProxyConfig {
+            host_check: if args.no_host_check {
+                proxy::HostCheck::Off
+            } else {
+                proxy::HostCheck::Resolve
+            },
+            host_addresses: hosts,
+            ca_dir: Some(args.ca_dir.clone()),
+            upstream_ca: args.upstream_ca.clone(),
+            ..Default::default()
+        };
+        let p = Proxy::new(
+            cfg,
+            engine.clone(),
+            identify,
+            approvals.clone(),
+            sink.clone(),
+            metrics.clone(),
+        )?;
+        for l in listeners {
+            tasks.push(tokio::spawn(p.clone().serve(l)));
+        }
+        enforcer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .set_proxy(Some((*v4.ip(), Ipv6Addr::LOCALHOST, v4.port())))?;
+        eprintln!("governance: HTTP policy proxy on {v4} and [::1]:{}", v4.port());
+        snapshot.lock().unwrap_or_else(|e| e.into_inner()).proxy = Some(v4.to_string());
+        Some(p)
+    };
+
+    // The control API.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
+    let state = Arc::new(ApiState {
+        publisher: publisher.clone(),
+        counts: pipe.counts.clone(),
+        audit_dir: Some(args.audit_dir.clone()),
+        metrics: metrics.clone(),
+        approvals: approvals.clone(),
+        enforcer: enforcer.clone(),
+        snapshot: snapshot.clone(),
+        reload: reload_tx,
+        proxy: proxy.clone(),
+        token,
+    });
+    let socket = api::bind_socket(&args.socket)
+        .with_context(|| format!("creating the control socket {}", args.socket.display()))?;
+    {
+        let app = api::router(state.clone(), false)
+            .into_make_service_with_connect_info::<api::Caller>();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(socket, app).await {
+                tracing::error!("control socket: {e}");
+            }
+            Ok(())
+        }));
+    }
+    if let Some(addr) = args.api_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("the API cannot listen on {addr}"))?;
+        let app =
+            api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).await {
+                tracing::error!("API on {addr}: {e}");
+            }
+            Ok(())
+        }));
+    }
+    eprintln!(
+        "governance: control API on {}{}",
+        args.socket.display(),
+        args.api_listen
+            .map(|a| format!(" and {a} (bearer token)"))
+            .unwrap_or_default()
+    );
+
     let mut policy_watch = watch_policy(&args.policy)?;
     let mut cgroup_watch = watch_cgroups(&root)?;
     let mut failures = 0u64;
     let (mut policy_due, mut cgroup_due) = (None, None);
-    // The programs wake the daemon only when the ring is filling up; otherwise events are
-    // picked up on this tick (see governance-ebpf's emit).
-    let mut tick = tokio::time::interval(Duration::from_millis(EVENT_TICK_MS));
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dropped = enforcer
+        .lock()
+        .ok()
+        .and_then(|e| e.counter(Counter::EventsDropped).ok())
+        .unwrap_or_default();
     loop {
+        let mut reply = None;
         let why = tokio::select! {
             _ = tick.tick() => {
-                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
-                continue;
-            }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting for events")?;
-                guard.clear_ready();
-                drop(guard);
-                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
+                approvals.expire_due(SystemTime::now());
+                // The kernel's drop counter, told as a record when it moves.
+                let now = enforcer.lock().ok().and_then(|e| e.counter(Counter::EventsDropped).ok()).unwrap_or(dropped);
+                if now > dropped {
+                    let mut r = lifecycle("events.dropped", format!(
+                        "the kernel's event ring was full: {} decision events were not recorded (the decisions were enforced)",
+                        now - dropped
+                    ));
+                    r.counts.insert("dropped".into(), now - dropped);
+                    r.counts.insert("dropped_total".into(), now);
+                    publisher.publish(r);
+                    dropped = now;
+                }
                 continue;
             }
             // A burst of changes (an editor saving, a tree of cgroups appearing) settles
@@ -376,47 +818,111 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 cgroup_due = None;
                 why
             }
+            r = reload_rx.recv() => {
+                reply = r;
+                "a reload was requested through the API"
+            }
             _ = sighup.recv() => "SIGHUP",
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         };
         eprintln!("governance: {why}; reloading");
         let next = current + 1;
-        match build(next, &args, &mut enforcer, &root) {
-            Ok(Some(n)) => {
-                names.insert(next, n);
-                // Events of older generations may still be in the ring: keep the previous
-                // names, forget the rest.
-                names.retain(|g, _| *g + 1 >= current);
-                drain(ring.get_mut(), &names, &clock, &ids, &node)?;
+        let result = match build(next, &args, &enforcer, &root) {
+            Ok(Some(b)) => {
+                install_names(&names, next, b.names);
+                engine.store(Arc::new(b.engine));
                 eprintln!("governance: generation {next} is enforcing");
                 current = next;
+                let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
+                s.generation = current;
+                s.agents = b.agents;
+                s.last_error = None;
+                let mut r = Record::daemon(
+                    RecordType::Policy,
+                    "policy.reloaded",
+                    format!("generation {current} is enforcing ({why})"),
+                );
+                r.generation = current;
+                r.counts.insert("rules".into(), b.rules as u64);
+                r.counts.insert("agents".into(), s.agents.len() as u64);
+                publisher.publish(r);
+                metrics.set_generation(current);
                 policy_watch = watch_policy(&args.policy)?;
                 cgroup_watch = watch_cgroups(&root)?;
+                Ok(current)
             }
-            Ok(None) => {
-                failures += 1;
-                eprintln!(
-                    "governance: reload refused ({failures} failed so far); generation {current} keeps enforcing"
-                );
-            }
-            Err(e) => {
-                failures += 1;
-                eprintln!(
-                    "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e:#}"
-                );
-            }
+            Ok(None) => Err(
+                "some of the policy cannot be enforced on this kernel (see the daemon's log); \
+                 pass --allow-degraded to enforce only what is available"
+                    .to_owned(),
+            ),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(e) = &result {
+            failures += 1;
+            eprintln!(
+                "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
+            );
+            let mut r = Record::daemon(
+                RecordType::Policy,
+                "policy.reload_failed",
+                format!("generation {current} keeps enforcing: {e}"),
+            );
+            r.generation = current;
+            publisher.publish(r);
+            let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
+            s.reload_failures = failures;
+            s.last_error = Some(e.clone());
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
         }
     }
-    drain(ring.get_mut(), &names, &clock, &ids, &node)?;
-    let counter = |c| enforcer.counter(c).unwrap_or_default();
+
+    // Stop: no new connections, the last events recorded, then the pipeline closes the log.
+    for t in &tasks {
+        t.abort();
+    }
+    let _ = std::fs::remove_file(&args.socket);
+    stop_drainer.store(true, Ordering::Relaxed);
+    let _ = drainer.join();
+    let (decisions, denials, ring_drops, map_full) = {
+        let e = enforcer.lock().unwrap_or_else(|e| e.into_inner());
+        let c = |k| e.counter(k).unwrap_or_default();
+        (
+            c(Counter::Decisions),
+            c(Counter::Denials),
+            c(Counter::EventsDropped),
+            c(Counter::MapFull),
+        )
+    };
     eprintln!(
-        "governance: stopping; {} decisions, {} denials, {} events dropped, {} map-full failures; {failures} failed reloads",
-        counter(Counter::Decisions),
-        counter(Counter::Denials),
-        counter(Counter::EventsDropped),
-        counter(Counter::MapFull),
+        "governance: stopping; {decisions} decisions, {denials} denials, {ring_drops} events dropped, {map_full} map-full failures; {failures} failed reloads"
     );
+    let mut r = lifecycle(
+        "daemon.stopped",
+        if args.detach_on_exit {
+            "stopped; the programs are detached (--detach-on-exit)".to_owned()
+        } else {
+            format!("stopped; generation {current} stays enforcing (pinned)")
+        },
+    );
+    r.generation = current;
+    for (k, v) in [
+        ("decisions", decisions),
+        ("denials", denials),
+        ("events_dropped", ring_drops),
+        ("map_full", map_full),
+        ("reload_failures", failures),
+    ] {
+        r.counts.insert(k.into(), v);
+    }
+    publisher.publish(r);
+    drop((publisher, sink, approvals, state, proxy, tasks));
+    pipe.publisher.flush();
+    drop(pipe.publisher);
+    let _ = pipe.thread.join();
     if args.detach_on_exit {
         kernel::unload(&args.pins).context("removing the pins")?;
         eprintln!("governance: programs detached (--detach-on-exit)");
@@ -427,4 +933,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Name generation `g`, keeping the recent ones for events still in the ring.
+fn install_names(names: &SharedNames, g: u32, n: Names) {
+    let mut names = names.write().unwrap_or_else(|e| e.into_inner());
+    names.insert(g, Arc::new(n));
+    while names.len() > NAMED_GENERATIONS {
+        names.pop_first();
+    }
 }

@@ -334,6 +334,8 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
 pub struct Names {
     /// Agent root cgroup id → the agent.
     pub agents: std::collections::HashMap<u64, AgentInfo>,
+    /// Agent root cgroup id → the agent as the policy engine knows it.
+    pub refs: std::collections::HashMap<u64, crate::engine::AgentRef>,
     /// Kernel rule number n (rule id without the slot bit) is `rules[n - 1]`.
     pub rules: Vec<RuleName>,
 }
@@ -343,8 +345,8 @@ pub struct RuleName {
     /// `<policy>/<rule>`.
     pub id: String,
     pub reason: String,
-    /// Escalation rules: how long a request may wait for approval.
-    pub escalate_timeout: Option<Duration>,
+    /// Escalation rules: how long a request may wait for approval, and what happens then.
+    pub escalate: Option<(Duration, crate::policy::Posture)>,
     /// Whether the rule (or its policy) is in shadow mode.
     pub shadow: bool,
 }
@@ -376,45 +378,6 @@ impl GrantRequest {
             cgroup_id: ev.agent_cgroup,
             kind: ev.kind,
             object: ev.object,
-        })
-    }
-}
-
-/// An approval token: what a grant needs (agent, kind, object) and until when the request may
-/// be approved (CLOCK_MONOTONIC ns), as `governance approve` takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Approval {
-    pub cgroup_id: u64,
-    pub kind: u8,
-    pub object: u64,
-    pub deadline_ns: u64,
-}
-
-impl fmt::Display for Approval {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:x}.{}.{:x}.{:x}",
-            self.cgroup_id, self.kind, self.object, self.deadline_ns
-        )
-    }
-}
-
-impl std::str::FromStr for Approval {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not an approval token (it looks like 1a2b.1.3c4d.5e6f)");
-        let parts: Vec<&str> = s.trim().split('.').collect();
-        let [cgroup, kind, object, deadline] = parts[..] else {
-            return Err(bad());
-        };
-        let hex = |p: &str| u64::from_str_radix(p, 16).map_err(|_| bad());
-        Ok(Self {
-            cgroup_id: hex(cgroup)?,
-            kind: kind.parse().map_err(|_| bad())?,
-            object: hex(object)?,
-            deadline_ns: hex(deadline)?,
         })
     }
 }
@@ -549,24 +512,6 @@ impl Record {
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }
         let shadow_mode = named.is_some_and(|r| r.shadow);
-        let approval = GrantRequest::of(ev).map(|g| {
-            let timeout = named
-                .and_then(|r| r.escalate_timeout)
-                .unwrap_or(Duration::from_secs(300));
-            let deadline_ns = ev.time_ns.saturating_add(timeout.as_nanos() as u64);
-            ApprovalInfo {
-                id: Approval {
-                    cgroup_id: g.cgroup_id,
-                    kind: g.kind,
-                    object: g.object,
-                    deadline_ns,
-                }
-                .to_string(),
-                state: "pending".into(),
-                deadline: rfc3339(clock.wall(deadline_ns)),
-                ..Default::default()
-            }
-        });
         Record {
             id: String::new(),
             time: rfc3339(clock.wall(ev.time_ns)),
@@ -597,7 +542,7 @@ impl Record {
                 ..Default::default()
             }),
             object,
-            approval,
+            approval: None,
             message: String::new(),
             counts: Default::default(),
         }
@@ -789,10 +734,11 @@ mod tests {
                 },
             )]
             .into(),
+            refs: Default::default(),
             rules: vec![RuleName {
                 id: "bot/no-wget".into(),
                 reason: "no downloads".into(),
-                escalate_timeout: Some(Duration::from_secs(60)),
+                escalate: Some((Duration::from_secs(60), crate::policy::Posture::Block)),
                 shadow: false,
             }],
         }

@@ -1,15 +1,28 @@
 //! governance: kernel-level enforcement for AI agents.
 //!
 //! The data flows one way through these modules:
-//! policy YAML → [`policy`] → [`agents`] (which cgroups are agents) → [`kernel`] (eBPF programs
-//! and maps) → decision events from the ring buffer → [`events`] → the CLI's output ([`cli`]).
+//!
+//! - policy YAML → [`policy`] (validated rules) → [`agents`] (which cgroups are agents) →
+//!   [`kernel`] (eBPF programs, compiled map contents) and [`engine`] (the HTTP decisions);
+//! - kernel ring buffer and [`proxy`] decisions and [`approvals`] → [`events`] (one record
+//!   model) → [`pipeline`] (enrich, [`audit`] log, [`metrics`], subscribers) → [`api`] (the
+//!   control API: live stream, status, approvals) → [`client`] and [`cli`] (the command line);
+//!   [`ocsf`] shapes records for SIEMs.
+//!
+//! [`daemon`] wires it together for `governance run`.
 
 pub mod agents;
+pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
+pub mod ocsf;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;

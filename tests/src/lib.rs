@@ -571,6 +571,40 @@ pub fn require_root() {
 pub struct Daemon {
     pub child: std::process::Child,
     stderr: std::sync::mpsc::Receiver<String>,
+    /// Its state directory: control socket, audit log, node CA.
+    pub state: PathBuf,
+    /// Remove `state` on drop (it was made for this daemon alone).
+    owned: bool,
+}
+
+impl Daemon {
+    /// Its control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state.join("governance.sock")
+    }
+
+    /// Its audit log directory.
+    pub fn audit(&self) -> PathBuf {
+        self.state.join("audit")
+    }
+
+    /// `governance <args> --socket <its socket>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(governance_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("running governance")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+    }
 }
 
 impl Daemon {
@@ -596,12 +630,41 @@ impl Daemon {
 
 /// Start `governance run <args> --policy DIR` (stdout piped) and wait until it says it is
 /// enforcing. Returns the daemon and its stderr up to then. Pass `--pins DIR` in `args` (from
-/// [`pin_dir`]) and remove them with `governance unload` or [`kernel::unload`].
+/// [`pin_dir`]) and remove them with `governance unload` or [`kernel::unload`]. The daemon gets
+/// its own state directory (socket, audit log, CA) and a free proxy port unless `args` name
+/// them.
 pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
+    let state = PathBuf::from(format!(
+        "/tmp/governance-test-{}-{}-state",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&state).unwrap();
+    let (mut d, seen) = start_daemon_in(args, policy_dir, state);
+    d.owned = true;
+    (d, seen)
+}
+
+/// [`start_daemon`] with a given state directory, which the caller removes (a restarted daemon
+/// reuses its audit log).
+pub fn start_daemon_in(args: &[&str], policy_dir: &Path, state: PathBuf) -> (Daemon, String) {
     use std::io::BufRead as _;
-    let mut child = std::process::Command::new(governance_bin())
-        .arg("run")
-        .args(args)
+    let mut cmd = std::process::Command::new(governance_bin());
+    cmd.arg("run").args(args);
+    let given = |flag: &str| args.contains(&flag);
+    if !given("--socket") {
+        cmd.arg("--socket").arg(state.join("governance.sock"));
+    }
+    if !given("--audit-dir") {
+        cmd.arg("--audit-dir").arg(state.join("audit"));
+    }
+    if !given("--ca-dir") {
+        cmd.arg("--ca-dir").arg(state.join("ca"));
+    }
+    if !given("--proxy-listen") && !given("--no-proxy") {
+        cmd.args(["--proxy-listen", "127.0.0.1:0"]);
+    }
+    let mut child = cmd
         .arg("--policy")
         .arg(policy_dir)
         .env("GOVERNANCE_LOG", "warn")
@@ -618,8 +681,13 @@ pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
             }
         }
     });
-    let daemon = Daemon { child, stderr: rx };
-    let seen = daemon.wait_for("governance: enforcing");
+    let daemon = Daemon {
+        child,
+        stderr: rx,
+        state,
+        owned: false,
+    };
+    let seen = daemon.wait_for("governance: control API on");
     (daemon, seen)
 }
 

@@ -346,7 +346,7 @@ fn run_refuses_without_lsm_unless_degraded_is_accepted() {
     assert!(seen.contains("DEGRADED"), "{seen}");
     stop_daemon(daemon);
     let out = Command::new(governance_bin())
-        .args(["status", "--pins", pins_arg])
+        .args(["status", "--pinned", "--pins", pins_arg])
         .output()
         .unwrap();
     let status = String::from_utf8_lossy(&out.stdout);
@@ -572,7 +572,7 @@ fn agent_cgroup_churn_leaves_no_stale_entries() {
     assert!(seen.contains("1 agents"), "{seen}");
     let status = || {
         let out = Command::new(governance_bin())
-            .args(["status", "--pins", &pins_arg])
+            .args(["status", "--pinned", "--pins", &pins_arg])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -639,4 +639,179 @@ fn drops_and_decisions_are_counted() {
     assert!(k.enforcer.counter(Counter::Decisions).unwrap() >= 3);
     assert!(k.enforcer.counter(Counter::Denials).unwrap() >= 3);
     assert_eq!(k.enforcer.counter(Counter::EventsDropped).unwrap(), 0);
+}
+
+/// The control API's doors and its live stream. The socket is root's alone and TCP needs the
+/// token. Three subscribers follow a flood of denials: one is killed mid-stream, one is stopped
+/// (SIGSTOP: it reads nothing), one keeps up. The one that keeps up gets every event the kernel
+/// reported (what the kernel's ring could not hold is counted there); the stopped one loses
+/// records, which are counted and, once it reads again, reported to it.
+#[test]
+fn control_api_authorization_and_slow_subscribers() {
+    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    require_root();
+    let agent = TestCgroup::new("api");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let dir = policy_dir(
+        "api",
+        &format!(
+            "name: api\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+            agent.rel.display()
+        ),
+    );
+    let token_file = std::env::temp_dir().join(format!("governance-test-token-{}", std::process::id()));
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let api_addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let pins = pin_dir("api");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+            "--api-listen",
+            &api_addr,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    // The socket: 0600, root's; another user cannot even connect.
+    let mode = std::fs::metadata(daemon.socket()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = Command::new(governance_bin())
+        .args(["status", "--socket"])
+        .arg(daemon.socket())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(daemon.cli(&["status"]).status.success());
+    // TCP: no token, a wrong token → 401; the right one works.
+    for token in [None, Some("wrong")] {
+        let mut cmd = Command::new(governance_bin());
+        cmd.args(["agents", "--api", &api_addr]).env_remove("GOVERNANCE_TOKEN");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("401"), "{err}");
+    }
+    let out = Command::new(governance_bin())
+        .args(["agents", "--api", &api_addr, "--token", "s3cret-token"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains(&agent.rel.display().to_string()), "{text}");
+
+    // Three subscribers.
+    let follow = || {
+        Command::new(governance_bin())
+            .args(["events", "--follow", "-o", "json", "--kind", "connect", "--socket"])
+            .arg(daemon.socket())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut steady = follow();
+    let mut killed = follow();
+    let mut stalled = follow();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = |c: &std::process::Child| nix::unistd::Pid::from_raw(c.id() as i32);
+    nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGSTOP).unwrap();
+    // The steady one is read as it goes.
+    let steady_out = steady.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        let (mut blocks, mut lost_notices) = (0u64, 0u64);
+        for line in std::io::BufReader::new(steady_out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["outcome"] == "block" {
+                blocks += 1;
+            }
+            if v["kind"] == "subscriber.lost" {
+                lost_notices += 1;
+            }
+        }
+        (blocks, lost_notices)
+    });
+    const N: u64 = 30_000;
+    let flood = |n: u64| {
+        let helper = env!("CARGO_BIN_EXE_redteam-helper");
+        let procs = agent.path.join("cgroup.procs");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {} && exec {helper} connect-flood {addr} {n}",
+                procs.display()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    };
+    flood(N / 2);
+    let _ = killed.kill(); // mid-stream, by pid
+    let _ = killed.wait();
+    flood(N / 2);
+    // Let the pipeline catch up, then stop the steady subscriber and count.
+    let status = || -> serde_json::Value {
+        let out = daemon.cli(&["status", "-o", "json"]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    wait_until(&daemon, || status()["pipeline_backlog"] == 0);
+    std::thread::sleep(Duration::from_millis(500));
+    let dropped = status()["kernel"]["events_dropped"].as_u64().unwrap();
+    let _ = steady.kill();
+    let _ = steady.wait();
+    let (blocks, lost_notices) = counter.join().unwrap();
+    assert_eq!(lost_notices, 0, "the steady subscriber lost nothing");
+    assert_eq!(
+        blocks + dropped,
+        N,
+        "every denial is on the stream or counted as dropped by the kernel ({blocks} + {dropped})"
+    );
+    // The stalled one: resumed, it reads what its queue held, then hears what it lost.
+    nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGCONT).unwrap();
+    flood(1); // a record after the loss carries the notice
+    let stalled_out = stalled.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut notice = None;
+        let mut blocks = 0u64;
+        for line in std::io::BufReader::new(stalled_out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["kind"] == "subscriber.lost" {
+                notice = Some(v["counts"]["lost_total"].as_u64().unwrap());
+                break;
+            }
+            if v["outcome"] == "block" {
+                blocks += 1;
+            }
+        }
+        (notice, blocks)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        flood(1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = stalled.kill();
+    let _ = stalled.wait();
+    let (notice, got) = reader.join().unwrap();
+    let lost = notice.expect("the stalled subscriber was told what it lost");
+    assert!(lost > 0 && got < N, "lost {lost}, got {got}");
+    stop_daemon(daemon);
+    let _ = std::fs::remove_file(&token_file);
+    let _ = std::fs::remove_dir_all(&dir);
 }

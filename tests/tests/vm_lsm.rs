@@ -17,7 +17,7 @@ use std::{
 use governance_common::{Cause, Event, Kind, Verdict, flags};
 use governance_tests::{
     Attempt, Loaded, Outcome, TestCgroup, cstr, governance_bin, load, pin_dir, require_root,
-    run_in, start_daemon, text,
+    run_in, start_daemon, start_daemon_in, text,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -106,6 +106,7 @@ impl Fixture {
             "connect6",
             "sendmsg4",
             "sendmsg6",
+            "sock_ops",
         ] {
             k.require(hook);
         }
@@ -723,22 +724,20 @@ fn verdicts_shadow_throttle_sandbox_escalate() {
         Control::Succeeds,
     );
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
-    let r = governance::events::Record::from_kernel(
-        &ev,
-        &Default::default(),
-        &governance::events::Clock::now(),
-    );
-    let token = r.approval.expect("an approval request").id;
-    let out = std::process::Command::new(governance_bin())
-        .args(["approve", &token, "--for", "1m", "--pins"])
-        .arg(&k.pins)
-        .output()
+    // Approval through the daemon is tested in `daemon_events_and_approvals`; here the grant
+    // is written straight into the map, as the daemon's approval does.
+    let g = governance::events::GrantRequest::of(&ev).expect("an approval request");
+    k.enforcer
+        .grant(
+            governance_common::GrantKey {
+                cgroup_id: g.cgroup_id,
+                kind: g.kind,
+                _pad: [0; 7],
+                object: g.object,
+            },
+            governance::events::monotonic_ns() + 60_000_000_000,
+        )
         .unwrap();
-    assert!(
-        out.status.success(),
-        "governance approve: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let ev = allow(&mut k, &fx, "escalate retried after approval", &a);
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Granted));
     // The grant is for that object only.
@@ -883,7 +882,8 @@ fn daemon_killed_enforcement_continues_and_restart_adopts() {
     let pins = pin_dir("daemon");
     let pins_arg = pins.to_str().unwrap().to_owned();
     let args = ["--no-create-cgroups", "--pins", &pins_arg];
-    let (mut daemon, _) = start_daemon(&args, &dir);
+    let state = fx.p("state");
+    let (mut daemon, _) = start_daemon_in(&args, &dir, state.clone());
     let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
     let links = || {
         let out = std::process::Command::new("/usr/sbin/bpftool")
@@ -913,7 +913,7 @@ fn daemon_killed_enforcement_continues_and_restart_adopts() {
     let (outside_pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &blocked);
     assert_eq!(outcome, Outcome::Exited(0));
     let _ = outside_pid;
-    let (mut daemon, seen) = start_daemon(&args, &dir);
+    let (mut daemon, seen) = start_daemon_in(&args, &dir, state.clone());
     assert!(seen.contains("adopted the programs pinned in"), "{seen}");
     assert_eq!(links(), before, "no link attached twice");
     // The downtime's events come first on stdout.
@@ -933,6 +933,17 @@ fn daemon_killed_enforcement_continues_and_restart_adopts() {
             "event of pid {pid} drained:\n{out}"
         );
     }
+    // The audit log survived the SIGKILL: its chain verifies across both runs, and the
+    // restart says enforcement went on while no daemon ran.
+    let verify = std::process::Command::new(governance_bin())
+        .args(["audit", "verify"])
+        .arg(state.join("audit"))
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success(), "{report}");
+    assert!(report.contains("audit log OK"), "{report}");
+    assert!(out.contains("adopted the pinned programs"), "{out}");
     // Still pinned after a clean stop; unload removes it and enforcement ends.
     let (_, outcome) = run_in(Some(&fx.agent.path), "after-stop", &blocked);
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
@@ -943,4 +954,133 @@ fn daemon_killed_enforcement_continues_and_restart_adopts() {
     assert!(out.status.success());
     let (_, outcome) = run_in(Some(&fx.agent.path), "after-unload", &blocked);
     assert_eq!(outcome, Outcome::Exited(0));
+}
+
+/// The incident responder's view: denied execs from an agent reach a live `governance events
+/// --follow` subscriber, in order, with every field right; an escalation is approved with
+/// `governance approve` and the agent's retry passes; the approval is on the stream with who
+/// approved it.
+#[test]
+fn daemon_events_and_approvals() {
+    use std::io::BufRead as _;
+    require_root();
+    let fx = Fixture::new("stream");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("stream");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &["--no-create-cgroups", "--detach-on-exit", "--pins", &pins_arg],
+        &dir,
+    );
+    let agent = fx.agent.rel.display().to_string();
+    let mut follower = std::process::Command::new(governance_bin())
+        .args(["events", "--follow", "-o", "json", "--agent", &agent, "--socket"])
+        .arg(daemon.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    // The subscriber is live once it sees its own agent's decisions; give it a moment to
+    // subscribe, then act.
+    std::thread::sleep(Duration::from_millis(500));
+    let next = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} on the event stream within 10 s"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "stream-agent", &blocked);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+        pids.push(pid);
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &blocked);
+        assert_eq!(outcome, Outcome::Exited(0), "control");
+    }
+    let mut last_id = String::new();
+    for pid in pids {
+        let v = next("the denied exec", &|v| {
+            v["type"] == "decision" && v["kind"] == "exec" && v["denied"] == true
+        });
+        // In order, and every field as the kernel and the policy say.
+        assert_eq!(v["process"]["pid"], pid, "in order: {v}");
+        assert!(v["id"].as_str().unwrap() > last_id.as_str(), "ids ascend: {v}");
+        last_id = v["id"].as_str().unwrap().to_owned();
+        assert_eq!(v["outcome"], "block");
+        assert_eq!(v["verdict"], "block");
+        assert_eq!(v["mode"], "enforce");
+        assert_eq!(v["rule"], "redteam/exfil");
+        assert_eq!(v["reason"], "exfiltration tool");
+        assert_eq!(v["generation"], 1);
+        assert_eq!(v["source"], "kernel");
+        assert_eq!(v["agent"]["name"], agent.as_str());
+        assert_eq!(v["agent"]["cgroup"], agent.as_str());
+        assert_eq!(v["agent"]["cgroup_id"], fx.agent.id());
+        assert_eq!(v["agent"]["selector"], format!("cgroup={agent}"));
+        assert_eq!(v["agent"]["pod"], "");
+        assert_eq!(v["cgroup"]["id"], fx.agent.id());
+        assert_eq!(v["process"]["tid"], pid);
+        assert_eq!(v["process"]["ppid"], std::process::id());
+        assert_eq!(v["process"]["uid"], 0);
+        assert_eq!(v["process"]["comm"], "stream-agent");
+        // The child exits right after the refused exec: procfs may or may not still have it.
+        let e = v["process"]["enrichment"].as_str().unwrap();
+        assert!(e == "procfs" || e == "gone", "{v}");
+        assert_eq!(
+            v["object"]["path"],
+            fx.p("blocked/true").to_str().unwrap()
+        );
+        assert!(v["time"].as_str().unwrap().ends_with('Z'));
+        assert!(!v["node"].as_str().unwrap().is_empty());
+    }
+    // An escalated open: refused now, queued for a human.
+    let a = Attempt::open(&fx.p("approve-me.txt"), libc::O_RDONLY);
+    let (_, outcome) = run_in(Some(&fx.agent.path), "stream-agent", &a);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let asked = next("the escalation", &|v| v["outcome"] == "escalate");
+    let id = asked["approval"]["id"].as_str().expect("an approval id").to_owned();
+    let listed = daemon.cli(&["approvals", "-o", "json"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains(&id), "{listed}");
+    let approved = daemon.cli(&["approve", &id, "--for", "1m", "--as", "tester"]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let (_, outcome) = run_in(Some(&fx.agent.path), "stream-agent", &a);
+    assert_eq!(outcome, Outcome::Exited(0), "the retry passes after approval");
+    let granted = next("the approval", &|v| v["kind"] == "approval.approved");
+    let by = granted["approval"]["by"].as_str().unwrap();
+    assert!(
+        by.starts_with("tester (uid 0 via the control socket)"),
+        "{by}"
+    );
+    next("the granted retry", &|v| v["outcome"] == "granted");
+    // A second approval of the same id is refused, naming who settled it.
+    let again = daemon.cli(&["approve", &id]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("approved"));
+    let _ = follower.kill();
+    let _ = follower.wait();
+    governance_tests::stop_daemon(daemon);
 }

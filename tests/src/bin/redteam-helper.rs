@@ -7,6 +7,8 @@
 //! - `phantom-exec ALLOWED DENIED N`: the same with posix_spawn (the child shares the buffer
 //!   while it execs). Prints `ran=A denied=D`; the tests check the kernel's events.
 //! - `flood PATH N`: open PATH N times as fast as possible (each denied), print the count.
+//! - `connect-flood ADDR N`: N TCP connects to ADDR (ip:port) as fast as possible (each
+//!   denied), print the count. The host kernel's socket hooks load where the LSM does not.
 
 use std::{
     ffi::CString,
@@ -18,7 +20,9 @@ use std::{
 };
 
 fn usage() -> ! {
-    eprintln!("usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N");
+    eprintln!(
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N"
+    );
     std::process::exit(64)
 }
 
@@ -149,6 +153,19 @@ fn main() {
                     refused += 1;
                 } else {
                     unsafe { libc::close(fd) };
+                }
+            }
+            println!("refused={refused}");
+            std::process::exit(if refused == n { 0 } else { 1 });
+        }
+        ["connect-flood", addr, n] => {
+            let n: u64 = n.parse().unwrap_or_else(|_| usage());
+            let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|_| usage());
+            let mut refused = 0u64;
+            for _ in 0..n {
+                match std::net::TcpStream::connect(addr) {
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+                    _ => {}
                 }
             }
             println!("refused={refused}");

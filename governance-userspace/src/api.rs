@@ -1,0 +1,569 @@
+//! The control API: a local HTTP API on a Unix socket (root only), and optionally on TCP with a
+//! bearer token, for the CLI, incident responders, chat-ops bots and Prometheus.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/status` | generation, hooks, counters, proxy and audit state |
+//! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
+//! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
+//! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf` |
+//! | `GET /v1/approvals` | pending approvals |
+//! | `POST /v1/approvals/{id}/approve` | `{"for": "10m", "by": "alice"}` |
+//! | `POST /v1/approvals/{id}/deny` | `{"reason": "...", "by": "alice"}` |
+//! | `POST /v1/decide` | pre-authorize an action for a named agent (operators; agents use the proxy's `/.governance/v1/decide`, identified by their socket) |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Who called is recorded with every approval: on the Unix socket the caller's uid (from the
+//! kernel, `SO_PEERCRED`), on TCP "api-token"; a `by` name in the request is added to it, never
+//! trusted instead of it.
+
+use std::{
+    convert::Infallible,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{ConnectInfo, Path, Query, State, connect_info::Connected},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    serve::IncomingStream,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    approvals::Approvals,
+    events::{Record, RecordType, parse_rfc3339},
+    kernel::Enforcer,
+    metrics::Metrics,
+    pipeline::{AgentCounts, Filter, Publisher},
+};
+
+/// Queue length of a live event subscriber (records); beyond it, it loses records (counted).
+pub const SUBSCRIBER_QUEUE: usize = 8192;
+
+/// What the daemon knows about itself, kept current by it and read by the API.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Snapshot {
+    pub generation: u32,
+    pub policy_dir: PathBuf,
+    pub pins: PathBuf,
+    pub degraded: bool,
+    pub reload_failures: u64,
+    /// The last reload error, if the last reload failed.
+    pub last_error: Option<String>,
+    /// (program, what it enforces, state).
+    pub hooks: Vec<(String, String, String)>,
+    pub agents: Vec<AgentView>,
+    pub proxy: Option<String>,
+    pub audit: Option<PathBuf>,
+    pub started: String,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct AgentView {
+    pub name: String,
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub selector: String,
+    pub policies: Vec<String>,
+}
+
+/// A reload request: answered with the new generation, or why the current one stays.
+pub type ReloadReply = oneshot::Sender<Result<u32, String>>;
+
+pub struct ApiState {
+    pub publisher: Publisher,
+    pub counts: AgentCounts,
+    pub audit_dir: Option<PathBuf>,
+    pub metrics: Arc<Metrics>,
+    pub approvals: Arc<Approvals>,
+    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub reload: mpsc::Sender<ReloadReply>,
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// Bearer token of the TCP listener.
+    pub token: Option<String>,
+}
+
+/// Who is calling, from the connection (never from the request).
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Caller(match stream.io().peer_cred() {
+            Ok(c) => format!("uid {} via the control socket", c.uid()),
+            Err(_) => "unknown via the control socket".into(),
+        })
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Caller(format!("api token from {}", stream.remote_addr()))
+    }
+}
+
+/// The API's routes. `tcp`: require the bearer token.
+pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
+    let r = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/agents", get(agents))
+        .route("/v1/policy/reload", post(reload))
+        .route("/v1/events", get(events))
+        .route("/v1/approvals", get(approvals))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/deny", post(deny))
+        .route("/v1/decide", post(decide))
+        .route("/metrics", get(metrics));
+    let r = if tcp {
+        r.layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+    } else {
+        r
+    };
+    r.with_state(state)
+}
+
+async fn require_token(
+    State(st): State<Arc<ApiState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&st.token, given) {
+        (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()) => {
+            next.run(req).await
+        }
+        _ => error(
+            StatusCode::UNAUTHORIZED,
+            "a bearer token is required (Authorization: Bearer <token>)",
+        ),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+async fn status(State(st): State<Arc<ApiState>>) -> Response {
+    let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    let counters = st
+        .enforcer
+        .lock()
+        .ok()
+        .map(|e| {
+            use governance_common::Counter;
+            let c = |k| e.counter(k).unwrap_or_default();
+            json!({
+                "decisions": c(Counter::Decisions),
+                "denials": c(Counter::Denials),
+                "events_dropped": c(Counter::EventsDropped),
+                "map_full": c(Counter::MapFull),
+            })
+        })
+        .unwrap_or(Value::Null);
+    Json(json!({
+        "generation": snap.generation,
+        "degraded": snap.degraded,
+        "policy_dir": snap.policy_dir,
+        "pins": snap.pins,
+        "reload_failures": snap.reload_failures,
+        "last_error": snap.last_error,
+        "hooks": snap.hooks.iter().map(|(n, w, s)| json!({"program": n, "enforces": w, "state": s})).collect::<Vec<_>>(),
+        "agents": snap.agents.len(),
+        "kernel": counters,
+        "pipeline_backlog": st.publisher.backlog(),
+        "pending_approvals": st.approvals.list().len(),
+        "proxy": snap.proxy,
+        "audit": snap.audit,
+        "started": snap.started,
+    }))
+    .into_response()
+}
+
+async fn agents(State(st): State<Arc<ApiState>>) -> Response {
+    let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    let counts = st.counts.lock().map(|c| c.clone()).unwrap_or_default();
+    let list: Vec<Value> = snap
+        .agents
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a.name,
+                "cgroup": a.cgroup,
+                "cgroup_id": a.cgroup_id,
+                "selector": a.selector,
+                "policies": a.policies,
+                "decisions": counts.get(&a.name).cloned().unwrap_or_default(),
+            })
+        })
+        .collect();
+    Json(json!({ "generation": snap.generation, "agents": list })).into_response()
+}
+
+async fn reload(State(st): State<Arc<ApiState>>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if st.reload.send(tx).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    match rx.await {
+        Ok(Ok(generation)) => Json(json!({ "generation": generation })).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+    }
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub follow: Option<String>,
+    pub agent: Option<String>,
+    /// Comma-separated outcomes (`verdict` is accepted as a synonym).
+    pub verdict: Option<String>,
+    pub outcome: Option<String>,
+    pub kind: Option<String>,
+    #[serde(rename = "type")]
+    pub ty: Option<String>,
+    /// RFC 3339 time, or a duration back from now (`30s`, `10m`, `2h`, `1d`).
+    pub since: Option<String>,
+    /// `json` (default) or `ocsf`.
+    pub format: Option<String>,
+}
+
+fn list(s: &Option<String>) -> Vec<String> {
+    s.as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `since` as a time: RFC 3339, or a duration back from now.
+pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+    if let Some(t) = parse_rfc3339(s) {
+        return Ok(t);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("since `{s}`: expected an RFC 3339 time or a duration like 10m"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("since `{s}`: the unit is s, m, h or d")),
+    };
+    Ok(SystemTime::now() - Duration::from_secs(n.saturating_mul(secs)))
+}
+
+impl EventsQuery {
+    pub fn filter(&self) -> Result<Filter, String> {
+        let mut outcomes = list(&self.verdict);
+        outcomes.extend(list(&self.outcome));
+        let types = list(&self.ty)
+            .into_iter()
+            .map(|t| {
+                serde_json::from_value::<RecordType>(Value::String(t.clone()))
+                    .map_err(|_| format!("type `{t}`: one of decision, approval, policy, lifecycle"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Filter {
+            agent: self.agent.clone().filter(|a| !a.is_empty()),
+            outcomes,
+            kinds: list(&self.kind),
+            types,
+        })
+    }
+
+    fn follow(&self) -> bool {
+        matches!(self.follow.as_deref(), Some("" | "1" | "true" | "yes"))
+    }
+}
+
+/// One record in the requested format.
+fn render(r: &Record, ocsf: bool) -> Vec<u8> {
+    let v = if ocsf {
+        crate::ocsf::to_ocsf(r)
+    } else {
+        serde_json::to_value(r).unwrap_or(Value::Null)
+    };
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+async fn events(
+    State(st): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    let filter = match q.filter() {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let since = match q.since.as_deref().map(parse_since).transpose() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ocsf = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("ocsf") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format `{other}`: json or ocsf"),
+            );
+        }
+    };
+    let sse = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let follow = q.follow() || sse;
+    if !follow && since.is_none() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ask for `follow=true` (live), `since=...` (from the audit log) or both",
+        );
+    }
+    // Subscribe first, then replay the audit log up to where the subscription starts: no
+    // record is missed or doubled between the two.
+    let sub = if follow {
+        match st.publisher.subscribe(filter.clone(), SUBSCRIBER_QUEUE).await {
+            Some(s) => Some(s),
+            None => return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+        }
+    } else {
+        None
+    };
+    let until_seq = sub
+        .as_ref()
+        .map_or(u64::MAX, |s| s.from_seq)
+        .min(u64::MAX);
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let frame = move |body: Vec<u8>| -> Bytes {
+        if sse {
+            let mut out = b"data: ".to_vec();
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b"\n\n");
+            Bytes::from(out)
+        } else {
+            let mut out = body;
+            out.push(b'\n');
+            Bytes::from(out)
+        }
+    };
+    let audit_dir = st.audit_dir.clone();
+    tokio::spawn(async move {
+        if let (Some(since), Some(dir)) = (since, audit_dir) {
+            let (rtx, mut rrx) = mpsc::channel::<Record>(256);
+            let filter = filter.clone();
+            // Reading the files blocks: on a blocking thread.
+            tokio::task::spawn_blocking(move || {
+                crate::audit::replay(&dir, since, until_seq, |r| {
+                    filter.matches(&r) && rtx.blocking_send(r).is_ok()
+                })
+            });
+            while let Some(r) = rrx.recv().await {
+                if tx.send(frame(render(&r, ocsf))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let Some(mut sub) = sub else { return };
+        while let Some(d) = sub.rx.recv().await {
+            if tx.send(frame(render(&d.record, ocsf))).await.is_err() {
+                return; // the client went away: dropping the receiver unsubscribes
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if sse {
+            "text/event-stream"
+        } else {
+            "application/x-ndjson"
+        }),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+async fn approvals(State(st): State<Arc<ApiState>>) -> Response {
+    Json(json!({ "pending": st.approvals.list() })).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApproveBody {
+    /// How long a kernel grant lets the action through (`30s`, `10m`, `1h`); default 5m.
+    #[serde(default, rename = "for")]
+    duration: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DenyBody {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    by: Option<String>,
+}
+
+/// `alice (uid 0 via the control socket)`, or just the connection's identity.
+fn who(caller: &Caller, claimed: Option<&str>) -> String {
+    match claimed.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(name) => format!("{name} ({})", caller.0),
+        None => caller.0.clone(),
+    }
+}
+
+async fn approve(
+    State(st): State<Arc<ApiState>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<String>,
+    body: Option<Json<ApproveBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let duration = match body.duration.as_deref().map(crate::policy::parse_duration) {
+        None => Duration::from_secs(300),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("for: {e}")),
+    };
+    match st
+        .approvals
+        .approve(&id, &who(&caller, body.by.as_deref()), duration)
+    {
+        Ok(v) => Json(json!({ "approved": v })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+async fn deny(
+    State(st): State<Arc<ApiState>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    Path(id): Path<String>,
+    body: Option<Json<DenyBody>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let reason = body.reason.unwrap_or_else(|| "denied by a human".into());
+    match st
+        .approvals
+        .deny(&id, &who(&caller, body.by.as_deref()), &reason)
+    {
+        Ok(v) => Json(json!({ "denied": v })).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DecideBody {
+    /// The agent's name (label or cgroup path) or its cgroup path.
+    agent: String,
+    action: crate::proxy::DecideAction,
+}
+
+async fn decide(State(st): State<Arc<ApiState>>, Json(body): Json<DecideBody>) -> Response {
+    let Some(proxy) = &st.proxy else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the HTTP policy engine is not running (--no-proxy)",
+        );
+    };
+    let agent = st.snapshot.lock().ok().and_then(|s| {
+        s.agents
+            .iter()
+            .find(|a| a.name == body.agent || a.cgroup == body.agent)
+            .cloned()
+    });
+    let Some(agent) = agent else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no live agent `{}` (see GET /v1/agents)", body.agent),
+        );
+    };
+    let client = crate::proxy::Client {
+        agent: crate::engine::AgentRef {
+            name: agent.name.clone(),
+            cgroup: agent.cgroup.clone(),
+            label: (agent.name != agent.cgroup).then(|| agent.name.clone()),
+        },
+        info: crate::events::AgentInfo {
+            name: agent.name.clone(),
+            selector: agent.selector.clone(),
+            cgroup_id: agent.cgroup_id,
+            cgroup: agent.cgroup.clone(),
+            ..Default::default()
+        },
+        cgroup_id: agent.cgroup_id,
+        pid: 0,
+        original_dst: None,
+    };
+    Json(proxy.preauthorize(&client, body.action)).into_response()
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    if let Ok(e) = st.enforcer.lock() {
+        use governance_common::Counter;
+        let c = |k| e.counter(k).unwrap_or_default();
+        st.metrics.set_kernel_counters(
+            c(Counter::Decisions),
+            c(Counter::Denials),
+            c(Counter::EventsDropped),
+            c(Counter::MapFull),
+        );
+    }
+    st.metrics.set_pending_approvals(st.approvals.list().len() as u64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Bind the control socket: the directory 0700 and the socket 0600, owned by the daemon's user
+/// (root), replacing a stale socket from a previous run.
+pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Created 0600 (umask) so there is no window in which others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let l = tokio::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let l = l?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}

@@ -1,0 +1,148 @@
+//! The CLI's side of the control API: HTTP/1.1 over the daemon's Unix socket (or TCP with a
+//! bearer token).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Request, body::Incoming};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// Where the daemon's control API is.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ApiArgs {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "GOVERNANCE_SOCKET",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// Use the daemon's TCP API at this address (host:port) instead of the socket; needs
+    /// GOVERNANCE_TOKEN.
+    #[arg(long, global = true, env = "GOVERNANCE_API")]
+    pub api: Option<String>,
+    /// Bearer token for --api.
+    #[arg(long, global = true, env = "GOVERNANCE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// The default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/governance/governance.sock";
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(args: &ApiArgs) -> anyhow::Result<Sender> {
+    let sender = match &args.api {
+        Some(addr) => {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .with_context(|| format!("connecting to the daemon's API at {addr}"))?;
+            handshake(s).await?
+        }
+        None => {
+            let s = tokio::net::UnixStream::connect(&args.socket)
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to the daemon at {} (is `governance run` running? reading the socket needs root)",
+                        args.socket.display()
+                    )
+                })?;
+            handshake(s).await?
+        }
+    };
+    Ok(sender)
+}
+
+async fn handshake<S>(io: S) -> anyhow::Result<Sender>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .context("talking HTTP to the daemon")?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Send a request; the response, or an error naming what the daemon said.
+pub async fn request(
+    args: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<hyper::Response<Incoming>> {
+    let mut sender = connect(args).await?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "governance");
+    if let Some(t) = &args.token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = match body {
+        Some(v) => {
+            req = req.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(&v)?))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let resp = sender
+        .send_request(req.body(body)?)
+        .await
+        .with_context(|| format!("{method} {path}"))?;
+    if !resp.status().is_success() {
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        let msg = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("{method} {path}: {status}: {msg}");
+    }
+    Ok(resp)
+}
+
+/// A JSON request and its JSON answer.
+pub async fn call(
+    args: &ApiArgs,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
+    let resp = request(args, method, path, body).await?;
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    serde_json::from_slice(&bytes).with_context(|| format!("{method} {path}: not JSON"))
+}
+
+/// Stream the lines of a response body to `each` until it ends or `each` returns false.
+pub async fn lines(
+    resp: hyper::Response<Incoming>,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> anyhow::Result<()> {
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("reading the event stream")?;
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        buf.extend_from_slice(data);
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            if !each(&line[..nl]) {
+                return Ok(());
+            }
+        }
+    }
+    if !buf.is_empty() {
+        each(&buf);
+    }
+    Ok(())
+}
