@@ -10,4 +10,6 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod metrics;
+pub mod ocsf;
 pub mod policy;
