@@ -5,9 +5,11 @@
 //! and maps) → decision events from the ring buffer → [`events`] → the CLI's output ([`cli`]).
 
 pub mod agents;
+pub mod approvals;
 pub mod cli;
 pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
 pub mod policy;
+pub mod proxy;

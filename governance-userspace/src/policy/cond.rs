@@ -143,19 +143,51 @@ fn parse_path(mut s: &str) -> Result<(Vec<Step>, &str), String> {
 }
 
 impl Condition {
-    /// Does the condition hold for `doc`?
-    pub fn eval(&self, doc: &Value) -> bool {
-        let mut v = doc;
+    /// The JSON path the condition looks at, as written (`$.items[0].sku`).
+    pub fn path(&self) -> String {
+        let mut out = String::from("$");
         for step in &self.path {
-            let next = match step {
-                Step::Key(k) => v.get(k.as_str()),
-                Step::Index(i) => v.get(*i),
-            };
-            match next {
-                Some(n) => v = n,
-                None => return false,
+            match step {
+                Step::Key(k)
+                    if !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Step::Key(k) => {
+                    out.push_str("[\"");
+                    out.push_str(k);
+                    out.push_str("\"]");
+                }
+                Step::Index(i) => {
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
             }
         }
+        out
+    }
+
+    /// The value at the condition's path in `doc`, if there is one.
+    pub fn lookup<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        let mut v = doc;
+        for step in &self.path {
+            v = match step {
+                Step::Key(k) => v.get(k.as_str()),
+                Step::Index(i) => v.get(*i),
+            }?;
+        }
+        Some(v)
+    }
+
+    /// Does the condition hold for `doc`?
+    pub fn eval(&self, doc: &Value) -> bool {
+        let Some(v) = self.lookup(doc) else {
+            return false;
+        };
         match self.op {
             Op::Exists => true,
             Op::Eq => equal(v, &self.value),
