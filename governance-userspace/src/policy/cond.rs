@@ -288,3 +288,110 @@ mod tests {
         assert!(deep.parse::<Condition>().is_err());
     }
 }
+
+/// Property tests: random conditions and documents never panic, and comparisons agree with
+/// each other.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z0-9 *]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i32>().prop_map(|n| n.to_string()),
+            (-1000.0f64..1000.0).prop_map(|f| format!("{f:?}")),
+            "[a-z]{0,4}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-c]".prop_map(|k| format!(".{k}")),
+                (0usize..3).prop_map(|i| format!("[{i}]")),
+            ],
+            0..4,
+        )
+        .prop_map(|steps| format!("${}", steps.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,40}", doc in json()) {
+            if let Ok(c) = text.parse::<Condition>() {
+                let _ = c.eval(&doc);
+                let _ = c.lookup(&doc);
+                let _ = c.path();
+            }
+        }
+
+        #[test]
+        fn near_miss_syntax_never_panics(
+            p in path(),
+            op in "(==|!=|<=|>=|<|>|in|contains|matches|exists|=|!)",
+            v in "[\\[\\]\"a-z0-9,.{}: -]{0,12}",
+            doc in json(),
+        ) {
+            if let Ok(c) = format!("{p} {op} {v}").parse::<Condition>() {
+                let _ = c.eval(&doc);
+            }
+        }
+
+        #[test]
+        fn order_comparisons_are_complementary(p in path(), x in literal(), doc in json()) {
+            let gt: Condition = format!("{p} > {x}").parse().unwrap();
+            let le: Condition = format!("{p} <= {x}").parse().unwrap();
+            let lt: Condition = format!("{p} < {x}").parse().unwrap();
+            let ge: Condition = format!("{p} >= {x}").parse().unwrap();
+            prop_assert!(!(gt.eval(&doc) && le.eval(&doc)));
+            prop_assert!(!(lt.eval(&doc) && ge.eval(&doc)));
+            // Comparable values fall on exactly one side.
+            if let Some(v) = gt.lookup(&doc)
+                && order(v, &gt.value).is_some()
+            {
+                prop_assert!(gt.eval(&doc) ^ le.eval(&doc));
+            }
+        }
+
+        #[test]
+        fn equality_in_and_exists_agree(p in path(), x in literal(), doc in json()) {
+            let eq: Condition = format!("{p} == {x}").parse().unwrap();
+            let ne: Condition = format!("{p} != {x}").parse().unwrap();
+            let isin: Condition = format!("{p} in [{x}]").parse().unwrap();
+            let exists: Condition = format!("{p} exists").parse().unwrap();
+            prop_assert!(!(eq.eval(&doc) && ne.eval(&doc)));
+            prop_assert_eq!(eq.eval(&doc), isin.eval(&doc));
+            if eq.eval(&doc) || ne.eval(&doc) {
+                prop_assert!(exists.eval(&doc));
+            }
+            prop_assert_eq!(exists.eval(&doc), eq.lookup(&doc).is_some());
+        }
+
+        #[test]
+        fn conditions_round_trip_through_their_text(p in path(), x in literal()) {
+            let c: Condition = format!("{p} >= {x}").parse().unwrap();
+            let again: Condition = c.to_string().parse().unwrap();
+            prop_assert_eq!(&again, &c);
+            prop_assert_eq!(c.path(), p);
+        }
+    }
+}

@@ -415,3 +415,81 @@ mod tests {
         assert!(h.contains_key("x-kept"));
     }
 }
+
+/// Property tests: any request head normalises without panicking, and normalisation is
+/// stable (what is decided on is a fixed point).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9_~-]{1,4}",
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("".to_owned()),
+                "%[0-9a-fA-F]{2}",
+                "%[g-z]{0,2}",
+            ],
+            0..6,
+        )
+        .prop_map(|segs| format!("/{}", segs.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn normalised_paths_are_fixed_points(raw in raw_path()) {
+            if let Ok(p) = normalise_path(&raw) {
+                prop_assert_eq!(normalise_path(&p).unwrap(), p.clone());
+                prop_assert!(!p.contains("//"));
+                prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
+                // The normal form is a valid request target.
+                prop_assert!(p.parse::<Uri>().is_ok(), "{}", p);
+            }
+        }
+
+        #[test]
+        fn encoding_unreserved_characters_changes_nothing(raw in "/[a-z0-9/._~-]{0,12}") {
+            let encoded: String = raw
+                .bytes()
+                .map(|b| if b == b'/' { "/".to_owned() } else { format!("%{b:02x}") })
+                .collect();
+            prop_assert_eq!(normalise_path(&raw).ok(), normalise_path(&encoded).ok());
+        }
+
+        #[test]
+        fn any_head_converts_without_panicking(
+            method in "[A-Za-z]{1,8}",
+            raw_target in "[ -~]{0,30}",
+            host in "[ -~]{0,20}",
+            names in prop::collection::vec("[a-z-]{1,10}", 0..4),
+            value in "[ -~]{0,16}",
+        ) {
+            let Ok(method) = method.parse::<Method>() else { return Ok(()) };
+            let Ok(uri) = raw_target.parse::<Uri>() else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            if let Ok(h) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, h);
+            }
+            for n in &names {
+                if let (Ok(n), Ok(v)) = (n.parse::<header::HeaderName>(), HeaderValue::from_str(&value)) {
+                    headers.append(n, v);
+                }
+            }
+            let _ = check_framing(&headers, false);
+            if let Ok(head) = target(&method, &uri, Version::HTTP_11, &headers) {
+                let req = to_engine(&head, Some(&headers), None);
+                prop_assert_eq!(&req.host, &req.host.to_ascii_lowercase());
+                prop_assert!(!req.host.ends_with('.'));
+                prop_assert_eq!(req.headers.len(), headers.len());
+                prop_assert_eq!(&req.method, &req.method.to_ascii_uppercase());
+                let _ = head.url();
+                let _ = head.path_and_query();
+            }
+        }
+    }
+}
