@@ -79,11 +79,12 @@ use tokio::{
 };
 
 pub use preauth::{DecideAction, DecideResponse, HttpAction};
+pub use respond::McpIds;
 
 use self::{
     io::{Activity, Prefixed, Proto, Tracked},
     request::{Head, Reject},
-    respond::{McpIds, Refusal},
+    respond::Refusal,
     upstream::{Body, UpBody, Upstream},
 };
 use crate::{
@@ -1383,7 +1384,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// An MCP call in a request body: tool names and JSON-RPC ids.
 #[derive(Clone, Debug, PartialEq)]
-pub(crate) struct McpCall {
+pub struct McpCall {
     pub tools: Vec<String>,
     pub ids: McpIds,
 }
@@ -1422,7 +1423,7 @@ fn decide_one(
 
 /// Decide a request (each call of a JSON-RPC batch, the most severe winning). `http.body`
 /// holds the JSON body afterwards (the deciding call, for a batch).
-pub(crate) fn decide_request(
+pub fn decide_request(
     engine: &Engine,
     view: &AgentRules,
     http: &mut HttpRequest,
@@ -1478,7 +1479,7 @@ pub(crate) fn decide_request(
 
 /// Parse a body as JSON, refusing duplicate object keys (a parser differential: upstreams
 /// disagree on which one wins). Depth is bounded by serde_json (128).
-pub(crate) fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let StrictJson(v) = serde_json::from_slice(bytes)?;
     Ok(v)
 }

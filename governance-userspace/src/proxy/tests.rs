@@ -693,6 +693,7 @@ rules:
     let r = Reply::read(tx.send_request(get("/v1/items")).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["path"], "/v1/items");
+    tx.ready().await.unwrap();
     let r = Reply::read(tx.send_request(get("/admin")).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
@@ -802,6 +803,7 @@ async fn h2c_prior_knowledge_is_decided_like_http1() {
     let r = Reply::read(tx.send_request(mk(50)).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["headers"]["host"], "api.payments.example");
+    tx.ready().await.unwrap();
     let r = Reply::read(tx.send_request(mk(5000)).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     h.assert_no_panics();
@@ -983,4 +985,142 @@ fn max_body_is_validated_with_its_location() {
         Some(256 << 10),
         "the smallest limit applies"
     );
+}
+
+fn client_of(h: &Harness, ip: IpAddr) -> Client {
+    h.identify.0.lock().unwrap()[&ip].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preauthorize_tools_without_a_server_counts_throttles() {
+    let up = upstream("mcp").await;
+    let h = start(config(), search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/p1", Some("searcher"), None);
+    let c = client_of(&h, me);
+    let tool = |name: &str| DecideAction::Tool {
+        tool: name.into(),
+        arguments: json!({"cmd": "id"}),
+        server: None,
+    };
+    let d = h.proxy.preauthorize(&c, tool("run_shell"));
+    assert_eq!(
+        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        ("block", false, "search/no-shell")
+    );
+    let rec = h.record(&d.decision_id);
+    assert_eq!(
+        (rec.source, rec.object.mcp_tool.as_str()),
+        (Source::Api, "run_shell")
+    );
+    let d = h.proxy.preauthorize(&c, tool("list_tools"));
+    assert_eq!(
+        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        ("allow", true, "default")
+    );
+    for _ in 0..3 {
+        assert!(h.proxy.preauthorize(&c, tool("web_search")).allowed);
+    }
+    let d = h.proxy.preauthorize(&c, tool("web_search"));
+    assert_eq!((d.verdict.as_str(), d.allowed), ("throttle", false));
+    assert!(d.retry_after_secs.unwrap() >= 1);
+    let d = h.proxy.preauthorize(&c, tool("fetch_url"));
+    assert_eq!(
+        d.sandbox_upstream.as_deref(),
+        Some(format!("http://127.0.0.1:{}/sandbox/", up.addr.port()).as_str())
+    );
+    // Malformed actions are refused, not decided.
+    let bad = DecideAction::Http {
+        http: HttpAction {
+            method: "GET".into(),
+            url: "ftp://x/".into(),
+            headers: Default::default(),
+            body: None,
+        },
+    };
+    let d = h.proxy.preauthorize(&c, bad);
+    assert_eq!(
+        (d.verdict.as_str(), d.rule.as_str()),
+        ("block", "builtin:request")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserved_path_decides_for_the_connecting_agent() {
+    let up = upstream("mcp").await;
+    let h = start(config(), search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/p2", Some("searcher"), Some(up.addr));
+    let ask = |action: Value| {
+        Request::post(DECIDE_PATH)
+            .header("host", "127.0.0.1:15001")
+            .body(Full::new(Bytes::from(action.to_string())))
+            .unwrap()
+    };
+    let r = h
+        .send(
+            me,
+            ask(json!({"tool": "run_shell", "arguments": {}, "server": "http://mcp.search.example/mcp"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["verdict"], "block");
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(r.body["rule"], "search/no-shell");
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(rec.object.url, "http://mcp.search.example/mcp");
+    assert_eq!(rec.agent.unwrap().name, "searcher");
+    // Nothing went upstream.
+    assert!(up.seen.lock().unwrap().is_empty());
+    let r = h.send(me, ask(json!({"nonsense": 1}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Without an identity, no decision.
+    let r = h
+        .raw(
+            next_ip(),
+            format!("POST {DECIDE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_preauthorization_lets_the_retry_through() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-9", None, Some(up.addr));
+    let c = client_of(&h, me);
+    let action = || DecideAction::Http {
+        http: HttpAction {
+            method: "POST".into(),
+            url: "https://api.payments.example/v1/refunds".into(),
+            headers: Default::default(),
+            body: Some(json!({"amount": 500, "currency": "usd", "customer_age_days": 400})),
+        },
+    };
+    let d = h.proxy.preauthorize(&c, action());
+    assert_eq!((d.verdict.as_str(), d.allowed), ("escalate", false));
+    let id = d.approval_id.clone().unwrap();
+    assert_eq!(
+        h.proxy.preauthorize(&c, action()).approval_id.as_deref(),
+        Some(id.as_str()),
+        "asking again reuses the pending approval"
+    );
+    assert_eq!(h.approvals.list().len(), 1);
+    h.approvals
+        .approve(&id, "alice", Duration::from_secs(60))
+        .unwrap();
+    let d = h.proxy.preauthorize(&c, action());
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(h.record(&d.decision_id).outcome, "granted");
+    // The proxied request for the same action passes without being held.
+    let r = h.send(me, refund(500)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(h.approvals.list().is_empty());
+    // A different amount is a different action.
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    });
+    assert_eq!(h.send(me, refund(501)).await.status, StatusCode::FORBIDDEN);
 }
