@@ -327,8 +327,12 @@ impl Engine {
     /// Decide `action` for the agent of `view` at `now`.
     pub fn decide(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
         let kind = action.kind();
+        // Hosts usually arrive lowercase (the proxy normalises them): no copy then.
         let host = match action {
-            Action::Http(r) => Some(r.host.to_ascii_lowercase()),
+            Action::Http(r) if r.host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                Some(std::borrow::Cow::Owned(r.host.to_ascii_lowercase()))
+            }
+            Action::Http(r) => Some(std::borrow::Cow::Borrowed(r.host.as_str())),
             _ => None,
         };
         // HTTP rules come as three ordered lists (exact host, wildcard host, any host); other
@@ -336,7 +340,7 @@ impl Engine {
         let (first, suffix, any_host): (&[usize], &[usize], &[usize]) = match &host {
             Some(host) => (
                 view.http_exact
-                    .get(host.as_str())
+                    .get(host.as_ref())
                     .map_or(&[], Vec::as_slice),
                 &view.http_suffix,
                 &view.http_any,
