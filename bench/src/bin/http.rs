@@ -48,7 +48,7 @@ use hdrhistogram::Histogram;
 const RULES: usize = 1000;
 const RATE: u64 = 2000;
 const PHASE: Duration = Duration::from_secs(10);
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 const SAT_CONNS: usize = 16;
 const SAT_TIME: Duration = Duration::from_secs(5);
 
@@ -279,19 +279,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Sleep until `t`, spinning for the last stretch (the OS timer is too coarse for µs).
+/// Spin until `t`: the generator has core 0 to itself, and OS sleeps wake too late for µs
+/// measurements (lateness would count as latency).
 fn wait_until(t: Instant) {
-    loop {
-        let now = Instant::now();
-        if now >= t {
-            return;
-        }
-        let left = t - now;
-        if left > Duration::from_micros(200) {
-            std::thread::sleep(left - Duration::from_micros(150));
-        } else {
-            std::hint::spin_loop();
-        }
+    while Instant::now() < t {
+        std::hint::spin_loop();
     }
 }
 

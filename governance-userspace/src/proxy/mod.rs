@@ -548,12 +548,16 @@ impl Proxy {
             Then::Sandbox(url) => Some(url),
         };
         if request::wants_upgrade(&parts.headers) {
-            return respond::error(
+            let mut resp = respond::error(
                 StatusCode::NOT_IMPLEMENTED,
                 "upgrade not supported",
                 "the policy proxy does not carry protocol upgrades (WebSocket) yet",
                 None,
             );
+            // The client may already be speaking the new protocol: end the connection.
+            resp.headers_mut()
+                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            return resp;
         }
         let rule = decision.rule.as_deref().unwrap_or("default");
         self.forward(
@@ -769,7 +773,6 @@ impl Proxy {
                 };
                 *body = ReqBody::Read(bytes.clone());
                 self.hold(
-                    conn,
                     client,
                     rec,
                     &rule,
@@ -788,7 +791,6 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn hold(
         &self,
-        _conn: &Conn,
         client: &Client,
         mut rec: Record,
         rule: &str,
@@ -842,9 +844,10 @@ impl Proxy {
         });
         (self.sink)(rec);
         // Withdraw if this future is dropped (the client went away).
-        let guard = Withdraw {
+        let mut guard = Withdraw {
             approvals: &self.approvals,
             id: approval.clone(),
+            armed: true,
         };
         let resolution = tokio::select! {
             r = &mut rx => r.unwrap_or(Resolution::Withdrawn),
@@ -853,7 +856,7 @@ impl Proxy {
                 rx.await.unwrap_or(Resolution::Expired)
             }
         };
-        std::mem::forget(guard);
+        guard.armed = false;
         match resolution {
             Resolution::Approved { .. } => Then::Forward,
             Resolution::Denied { by, reason } => {
@@ -1265,15 +1268,19 @@ impl Drop for ConnSlot {
     }
 }
 
-/// Withdraws a held approval when dropped (the request's future was cancelled).
+/// Withdraws a held approval when dropped before it is disarmed (the request's future was
+/// cancelled: the client went away).
 struct Withdraw<'a> {
     approvals: &'a Approvals,
     id: String,
+    armed: bool,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        self.approvals.withdraw(&self.id);
+        if self.armed {
+            self.approvals.withdraw(&self.id);
+        }
     }
 }
 
@@ -1341,20 +1348,20 @@ async fn drive<C: Graceful>(
 ) -> Result<(), hyper::Error> {
     tokio::pin!(conn);
     loop {
-        let deadline = activity.last() + idle;
+        // While requests are in flight (held, or slow upstreams) look again every second.
+        let next = if activity.inflight() > 0 {
+            Instant::now() + idle.min(Duration::from_secs(1))
+        } else {
+            activity.last() + idle
+        };
         tokio::select! {
             r = conn.as_mut() => return r,
-            () = tokio::time::sleep_until(deadline.into()) => {
+            () = tokio::time::sleep_until(next.into()) => {
                 if activity.inflight() == 0 && activity.last() + idle <= Instant::now() {
                     conn.as_mut().shutdown();
-                    return match tokio::time::timeout(Duration::from_secs(5), conn).await {
-                        Ok(r) => r,
-                        Err(_) => Ok(()),
-                    };
-                }
-                if activity.inflight() > 0 {
-                    // Held or slow requests: look again later.
-                    tokio::time::sleep(idle.min(Duration::from_secs(1))).await;
+                    return tokio::time::timeout(Duration::from_secs(5), conn)
+                        .await
+                        .unwrap_or(Ok(()));
                 }
             }
         }

@@ -1124,3 +1124,78 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
     });
     assert_eq!(h.send(me, refund(501)).await.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_held_requests_are_not() {
+    let up = upstream("mcp").await;
+    let cfg = ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let h = start(cfg, search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/idle", Some("searcher"), Some(up.addr));
+    // HTTP/2 (HTTP/1 keep-alive connections also end at the header timeout).
+    let stream = h.connect(me).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = |tool: &str| {
+        Request::post("http://mcp.search.example/mcp")
+            .body(Full::new(Bytes::from(
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}})
+                    .to_string(),
+            )))
+            .unwrap()
+    };
+    // A request held for longer than the idle timeout is not cut off...
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let id = approvals.list()[0].id.clone();
+        approvals.approve(&id, "alice", Duration::ZERO).unwrap();
+    });
+    let r = Reply::read(tx.send_request(req("slow")).await.unwrap()).await;
+    assert_eq!(r.body["upstream"], "mcp", "{}", r.body);
+    // ...and an idle connection is closed.
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_json_to_an_mcp_endpoint_is_400_and_upgrades_are_501() {
+    let up = upstream("mcp").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/r1", Some("research-agent"), Some(up.addr));
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{deep}",
+        deep.len()
+    );
+    let r = h.raw(me, req.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "100k-deep JSON: {r}");
+    assert!(r.contains("recursion limit"), "{r}");
+    // Not an MCP endpoint: the body conditions are false, the request is decided without it.
+    let req = format!(
+        "POST /other HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{deep}",
+        deep.len()
+    );
+    let r = h.raw(me, req.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{}", &r[..r.len().min(200)]);
+    let r = h
+        .raw(
+            me,
+            b"GET /ws HTTP/1.1\r\nHost: mcp.search.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+    h.assert_no_panics();
+}
