@@ -6,14 +6,15 @@
 //! - **A** direct to the upstream;
 //! - **B** through the proxy, an allow decision among 1,000 HTTP rules (999 on other hosts
 //!   and paths, one allowing this request): no body is buffered;
+//! - **A'** the same POST as C, direct to the upstream (C's baseline);
 //! - **C** through the proxy, a JSON-body condition rule (a POST with a small JSON body, which
 //!   the proxy buffers and parses).
 //!
 //! Latency: open loop at a fixed rate over a persistent keep-alive connection, measured from
 //! each request's *scheduled* send time (coordinated-omission aware: a slow answer delays
 //! the next send, and that delay is counted), into an HdrHistogram. Phases run interleaved
-//! (A B C A B C ...), and the report gives medians across rounds of p50/p99 and of the added
-//! latency (B − A, C − A).
+//! (A B A' C A B A' C ...), and the report gives medians across rounds of p50/p99 and of the
+//! added latency (B − A, C − A').
 //!
 //! Throughput: closed loop, several connections, as many requests as they can, for the
 //! upstream alone and through the proxy. The proxy and the upstream share core 1 (the load
@@ -48,7 +49,7 @@ use hdrhistogram::Histogram;
 const RULES: usize = 1000;
 const RATE: u64 = 2000;
 const PHASE: Duration = Duration::from_secs(10);
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 4;
 const SAT_CONNS: usize = 16;
 const SAT_TIME: Duration = Duration::from_secs(5);
 
@@ -187,19 +188,36 @@ async fn upstream(listener: tokio::net::TcpListener) {
 
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
+    /// The GET of B, straight to the upstream.
     Direct,
     Allow,
+    /// The POST of C, straight to the upstream.
+    DirectPost,
     Body,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 3] = [Scenario::Direct, Scenario::Allow, Scenario::Body];
+    const ALL: [Scenario; 4] = [
+        Scenario::Direct,
+        Scenario::Allow,
+        Scenario::DirectPost,
+        Scenario::Body,
+    ];
 
     fn name(self) -> &'static str {
         match self {
-            Scenario::Direct => "A direct",
+            Scenario::Direct => "A direct GET",
             Scenario::Allow => "B proxy, allow among 1,000 rules",
+            Scenario::DirectPost => "A' direct POST with a JSON body",
             Scenario::Body => "C proxy, JSON-body rule",
+        }
+    }
+
+    /// The direct request B or C is compared with.
+    fn baseline(self) -> usize {
+        match self {
+            Scenario::Direct | Scenario::Allow => 0,
+            Scenario::DirectPost | Scenario::Body => 2,
         }
     }
 
@@ -208,7 +226,7 @@ impl Scenario {
             Scenario::Direct | Scenario::Allow => {
                 b"GET /v1/items HTTP/1.1\r\nHost: svc-target.example\r\n\r\n".to_vec()
             }
-            Scenario::Body => {
+            Scenario::DirectPost | Scenario::Body => {
                 let body = br#"{"amount": 42, "sku": "A-1", "note": "bench"}"#;
                 let mut r = format!(
                     "POST /v1/orders HTTP/1.1\r\nHost: svc-body.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -380,17 +398,19 @@ fn generate() -> Result<(), String> {
 fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
     println!(
         "HTTP proxy benchmark: open loop at {RATE} req/s on one keep-alive connection, {} s per \
-         phase, phases interleaved A B C × {ROUNDS}; load generator on core 0, proxy + upstream \
+         phase, phases interleaved A B A' C × {ROUNDS}; load generator on core 0, proxy + upstream \
          on core 1",
         PHASE.as_secs()
     );
     let target = |s: Scenario| match s {
-        Scenario::Direct => up,
+        Scenario::Direct | Scenario::DirectPost => up,
         _ => proxy,
     };
+    // GOVERNANCE_BENCH_HTTP=saturation: only the throughput part (for profiling).
+    let only_saturation = std::env::var("GOVERNANCE_BENCH_HTTP").as_deref() == Ok("saturation");
     // [scenario] → per-round (p50, p99) in ns.
-    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); 3];
-    for round in 1..=ROUNDS {
+    let mut rounds: Vec<Vec<(f64, f64)>> = vec![Vec::new(); Scenario::ALL.len()];
+    for round in (1..=ROUNDS).filter(|_| !only_saturation) {
         let mut line = format!("  round {round}:");
         for (i, s) in Scenario::ALL.into_iter().enumerate() {
             let h = open_loop(target(s), s)?;
@@ -401,13 +421,16 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
             rounds[i].push((p50, p99));
             line.push_str(&format!(
                 "  {} p50 {} p99 {} (max {})",
-                &s.name()[..1],
+                s.name().split(' ').next().unwrap_or("?"),
                 us(p50),
                 us(p99),
                 us(h.max() as f64)
             ));
         }
         println!("{line}");
+    }
+    if only_saturation {
+        return saturation(up, proxy);
     }
     println!("\nmedians across rounds          p50         p99");
     for (i, s) in Scenario::ALL.into_iter().enumerate() {
@@ -420,13 +443,14 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
     }
     for (i, what) in [
         (1, "added by the proxy, B − A"),
-        (2, "added by the proxy, C − A"),
+        (3, "added by the proxy, C − A'"),
     ] {
+        let base = Scenario::ALL[i].baseline();
         let added = |q: fn(&(f64, f64)) -> f64| {
             median(
                 rounds[i]
                     .iter()
-                    .zip(&rounds[0])
+                    .zip(&rounds[base])
                     .map(|(p, d)| q(p) - q(d))
                     .collect(),
             )
@@ -438,22 +462,35 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
             us(added(|r| r.1))
         );
     }
+    saturation(up, proxy)
+}
+
+fn saturation(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
     println!(
-        "\nsaturation: closed loop, {SAT_CONNS} connections, {} s",
+        "\nsaturation: closed loop, {SAT_CONNS} connections, {} s each",
         SAT_TIME.as_secs()
     );
     let direct = saturate(up, Scenario::Direct)?;
     let allow = saturate(proxy, Scenario::Allow)?;
+    let direct_post = saturate(up, Scenario::DirectPost)?;
     let body = saturate(proxy, Scenario::Body)?;
-    println!("  A upstream alone (core 1)          {direct:>9.0} req/s");
-    for (name, r) in [
-        ("B proxy + upstream (core 1)", allow),
-        ("C proxy + upstream (core 1)", body),
+    for (s, r, base) in [
+        (Scenario::Direct, direct, None),
+        (Scenario::Allow, allow, Some(direct)),
+        (Scenario::DirectPost, direct_post, None),
+        (Scenario::Body, body, Some(direct_post)),
     ] {
-        let proxy_only = 1.0 / (1.0 / r - 1.0 / direct);
-        println!(
-            "  {name:<34} {r:>9.0} req/s; the proxy's share alone ≈ {proxy_only:.0} req/s per core (target ≥ 20,000)"
-        );
+        match base {
+            None => println!(
+                "  {:<34} {r:>9.0} req/s (upstream alone on core 1)",
+                s.name()
+            ),
+            Some(base) => println!(
+                "  {:<34} {r:>9.0} req/s (proxy + upstream on core 1); the proxy alone ≈ {:.0} req/s per core (target ≥ 20,000)",
+                s.name(),
+                1.0 / (1.0 / r - 1.0 / base)
+            ),
+        }
     }
     Ok(())
 }

@@ -531,7 +531,6 @@ impl Proxy {
         let (decision, mcp) = decide_request(&engine, &view, &mut http, json);
         let then = self
             .verdict(
-                conn,
                 client,
                 &engine,
                 &head,
@@ -555,8 +554,10 @@ impl Proxy {
                 None,
             );
             // The client may already be speaking the new protocol: end the connection.
-            resp.headers_mut()
-                .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
             return resp;
         }
         let rule = decision.rule.as_deref().unwrap_or("default");
@@ -678,7 +679,6 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn verdict(
         &self,
-        conn: &Conn,
         client: &Client,
         engine: &Engine,
         head: &Head,
@@ -1022,9 +1022,7 @@ impl Proxy {
         let decision = engine.decide(&view, &Action::Http(http.clone()), Instant::now());
         let mut body = ReqBody::Read(Bytes::new());
         let then = self
-            .verdict(
-                conn, client, &engine, &head, &http, &decision, None, &mut body, 0,
-            )
+            .verdict(client, &engine, &head, &http, &decision, None, &mut body, 0)
             .await;
         match then {
             Then::Respond(r) => return r,
