@@ -12,6 +12,8 @@
 //!   they name, resolved by the proxy; `CONNECT host:port` is decided at host level (an HTTP
 //!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: a TLS
 //!   ClientHello goes to the TLS seam, plain HTTP is served as requests with full decisions.
+//!   The proxy connects on the agent's behalf here, so the agent's `network` rules are
+//!   checked against the address it connects to (a `block` → 403).
 //!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
 //!
@@ -495,7 +497,15 @@ impl Proxy {
             Err(e) => return self.reject(client, &req, &e),
         };
         if head.method == "CONNECT" {
-            return self.connect(conn, client, head, req).await;
+            let mut resp = self.connect(conn, client, head, req).await;
+            if !resp.status().is_success() {
+                // The client may already be sending what it meant for the tunnel.
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            return resp;
         }
         let dest = match self.destination(conn, client, &head).await {
             Ok(d) => d,
@@ -513,11 +523,17 @@ impl Proxy {
                 .await
             {
                 Ok(b) => b,
-                Err(resp) => return resp,
+                Err(resp) => {
+                    let why = resp.status().canonical_reason().unwrap_or("refused");
+                    self.refused(client, &head, "builtin:body", why);
+                    return resp;
+                }
             };
             match parse_json(&bytes) {
                 Ok(v) => json = Some(v),
                 Err(e) if engine.is_mcp_endpoint(&view, &head.host, &head.path) => {
+                    let why = format!("invalid JSON on an MCP endpoint: {e}");
+                    self.refused(client, &head, "builtin:invalid-json", &why);
                     return respond::mcp_parse_error(&e.to_string());
                 }
                 Err(_) => {}
@@ -560,6 +576,18 @@ impl Proxy {
             );
             return resp;
         }
+        let dest = match (dest, &sandbox) {
+            (Dest::Name(host, port), None) => {
+                match self
+                    .explicit_target(client, &engine, &view, &head, &host, port)
+                    .await
+                {
+                    Ok(addr) => Dest::Addr(addr),
+                    Err(resp) => return resp,
+                }
+            }
+            (d, _) => d,
+        };
         let rule = decision.rule.as_deref().unwrap_or("default");
         self.forward(
             conn,
@@ -868,6 +896,58 @@ impl Proxy {
         }
     }
 
+    /// Where an explicit-proxy request or tunnel goes: the named host, resolved, if the
+    /// agent's `network` rules let it connect there. In transparent mode the kernel already
+    /// decided the agent's own connect; here the proxy connects on the agent's behalf, so the
+    /// same rules apply (a `block` refuses with 403; other network verdicts let it through).
+    async fn explicit_target(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        host: &str,
+        port: u16,
+    ) -> Result<SocketAddr, Response<Body>> {
+        let addr = match self.upstream.resolve(host).await {
+            Ok(ips) => SocketAddr::new(ips[0], port),
+            Err(e) => {
+                return Err(respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway",
+                    &e.to_string(),
+                    None,
+                ));
+            }
+        };
+        let action = Action::Network {
+            addr: addr.ip(),
+            port,
+            protocol: crate::policy::Protocol::Tcp,
+        };
+        let d = engine.decide(view, &action, Instant::now());
+        if d.outcome != Outcome::Block {
+            return Ok(addr);
+        }
+        let mut rec = self.decision_record(client, head, &d, Source::Proxy);
+        rec.object.dest = addr.to_string();
+        rec.object.protocol = "tcp".into();
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        let rule = d.rule.as_deref().unwrap_or("default");
+        Err(respond::refusal(
+            &Refusal {
+                status: StatusCode::FORBIDDEN,
+                error: "blocked",
+                rule,
+                reason: &format!("{} (connecting to {addr})", d.reason),
+                decision_id: &id,
+                retry_after: None,
+            },
+            None,
+        ))
+    }
+
     /// Send the request upstream and stream the response back.
     async fn forward(
         &self,
@@ -1037,16 +1117,12 @@ impl Proxy {
             Then::Forward => {}
         }
         let port = head.port.unwrap_or(443);
-        let addr = match self.upstream.resolve(&head.host).await {
-            Ok(ips) => SocketAddr::new(ips[0], port),
-            Err(e) => {
-                return respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway",
-                    &e.to_string(),
-                    None,
-                );
-            }
+        let addr = match self
+            .explicit_target(client, &engine, &view, &head, &head.host, port)
+            .await
+        {
+            Ok(addr) => addr,
+            Err(resp) => return resp,
         };
         if self.is_self(addr, conn.local) {
             return respond::error(
@@ -1086,6 +1162,12 @@ impl Proxy {
             }
         });
         Response::new(Body::empty())
+    }
+
+    /// Report a request the proxy refused itself (body over the limit, invalid JSON, ...).
+    fn refused(&self, client: &Client, head: &Head, rule: &str, reason: &str) {
+        let rec = self.builtin_record(Some(client), Some(head), rule, reason, Object::default());
+        (self.sink)(rec);
     }
 
     /// A request refused before any decision (400).

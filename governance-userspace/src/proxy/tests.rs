@@ -649,8 +649,15 @@ defaults: { http: block }
 rules:
   - { id: tunnel, http: { host: api.payments.example, method: CONNECT }, verdict: allow, reason: tunnels }
   - { id: read, http: { host: api.payments.example, method: GET, path: /v1/** }, verdict: allow, reason: reads }
+  - { id: other, http: { host: blocked.example }, verdict: allow, reason: any HTTP }
+  - { id: no-net, network: { cidr: 127.0.0.2/32 }, verdict: block, reason: not that network }
 "#;
-    let h = start(config(), parse(yaml), Limits::default()).await;
+    let mut cfg = config();
+    cfg.host_addresses.insert(
+        "blocked.example".into(),
+        vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+    );
+    let h = start(cfg, parse(yaml), Limits::default()).await;
     let me = h.agent("agents/explicit", None, None);
     let port = up.addr.port();
 
@@ -668,6 +675,24 @@ rules:
         .body(Full::new(Bytes::new()))
         .unwrap();
     assert_eq!(h.send(me, req).await.status, StatusCode::FORBIDDEN);
+
+    // The proxy connects on the agent's behalf: the agent's network rules apply.
+    let req = Request::get(format!("http://blocked.example:{port}/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["rule"], "explicit/no-net");
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(rec.object.dest, format!("127.0.0.2:{port}"));
+    let r = h
+        .raw(
+            me,
+            format!("CONNECT blocked.example:{port} HTTP/1.1\r\nHost: blocked.example\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
 
     // CONNECT, then plain HTTP inside the tunnel, each request decided.
     let mut s = h.connect(me).await;
