@@ -20,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(doc) = serde_json::from_str::<serde_json::Value>(doc) {
         let held = c.eval(&doc);
         if held {
-            assert!(c.lookup(&doc).is_some(), "a condition that holds has a value");
+            assert!(
+                c.lookup(&doc).is_some(),
+                "a condition that holds has a value"
+            );
         }
     }
 });
