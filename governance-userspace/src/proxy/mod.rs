@@ -629,9 +629,18 @@ impl Proxy {
                 None,
             )
         };
+        if head.host.is_empty() && !matches!(conn.mode, Mode::Explicit) {
+            // Without a name, host rules could not apply: never decide without one.
+            return Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad request",
+                "a Host header is required",
+                None,
+            ));
+        }
         match &conn.mode {
             Mode::Tunnel { host, addr } => {
-                if !head.host.is_empty() && head.host != *host {
+                if head.host != *host {
                     return Err(mismatch(format!(
                         "Host does not match the destination: `{}` inside a tunnel to `{host}`",
                         head.host
@@ -640,9 +649,6 @@ impl Proxy {
                 Ok(Dest::Addr(*addr))
             }
             Mode::Transparent(dst) if !head.absolute => {
-                if head.host.is_empty() {
-                    return Ok(Dest::Addr(*dst));
-                }
                 match self.upstream.host_names(&head.host, *dst).await {
                     Ok(()) => Ok(Dest::Addr(*dst)),
                     Err(reason) => Err(mismatch(reason)),
@@ -867,7 +873,10 @@ impl Proxy {
         rec.approval = Some(ApprovalInfo {
             id: approval.clone(),
             state: "pending".into(),
-            deadline: rfc3339(SystemTime::now() + timeout),
+            deadline: self
+                .approvals
+                .get(&approval)
+                .map_or_else(|| rfc3339(SystemTime::now() + timeout), |v| v.deadline),
             ..Default::default()
         });
         (self.sink)(rec);

@@ -880,6 +880,11 @@ async fn hostile_clients_get_clean_4xx_while_others_are_served() {
         })
     };
 
+    let r = h
+        .raw(bad, b"GET /mcp HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(r.starts_with("HTTP/1.0 400"), "no Host: {r}");
+
     let r = h.raw(bad, b"GARBAGE\r\n\r\n").await;
     assert!(r.starts_with("HTTP/1.1 400"), "malformed request line: {r}");
 
