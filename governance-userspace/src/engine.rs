@@ -22,8 +22,8 @@ use std::{
 use serde_json::Value;
 
 use crate::policy::{
-    Access, HostMatch, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule, SandboxTarget,
-    ThrottleKey, Verdict, glob,
+    Access, HostMatch, HttpMatcher, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule,
+    SandboxTarget, ThrottleKey, Verdict, glob,
 };
 
 /// Something an agent is about to do.
@@ -142,6 +142,20 @@ pub struct AgentRules {
     /// Default posture per kind from enforcing policies, and from shadow policies.
     defaults: HashMap<Kind, Posture>,
     shadow_defaults: HashMap<Kind, Posture>,
+    /// The smallest `proxy.max_body` among the agent's policies.
+    max_body: Option<usize>,
+}
+
+impl AgentRules {
+    /// The agent these rules are for.
+    pub fn agent(&self) -> &AgentRef {
+        &self.agent
+    }
+
+    /// The smallest `proxy.max_body` among the agent's policies, if any sets one.
+    pub fn max_body(&self) -> Option<usize> {
+        self.max_body
+    }
 }
 
 /// One generation of policy, ready to decide.
@@ -150,6 +164,8 @@ pub struct Engine {
     set: PolicySet,
     /// Rule index → (policy, rule) in `set`: rules are numbered across the whole set.
     rules: Vec<(usize, usize)>,
+    /// `<policy>/<rule>` → rule index.
+    by_id: HashMap<String, usize>,
     buckets: Mutex<HashMap<(usize, String, bool), Bucket>>,
 }
 
@@ -160,13 +176,86 @@ impl Engine {
             .iter()
             .enumerate()
             .flat_map(|(p, policy)| (0..policy.rules.len()).map(move |r| (p, r)))
+            .collect::<Vec<_>>();
+        let by_id = rules
+            .iter()
+            .enumerate()
+            .map(|(i, &(p, r))| (set.policies[p].rules[r].id.clone(), i))
             .collect();
         Self {
             generation,
             set,
             rules,
+            by_id,
             buckets: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The rule a decision quotes (`<policy>/<rule>`).
+    pub fn rule_by_id(&self, id: &str) -> Option<&Rule> {
+        self.by_id.get(id).map(|&i| self.rule(i))
+    }
+
+    /// The HTTP rules that could match a request to `host` (lowercase), in precedence order.
+    fn http_rules<'a>(
+        &'a self,
+        view: &'a AgentRules,
+        host: &'a str,
+    ) -> impl Iterator<Item = &'a HttpMatcher> + 'a {
+        let exact = view.http_exact.get(host).map_or(&[][..], Vec::as_slice);
+        exact
+            .iter()
+            .chain(&view.http_suffix)
+            .chain(&view.http_any)
+            .filter_map(move |&i| match &self.rule(i).matcher {
+                Matcher::Http(h) if host_matches(&h.host, host) => Some(h),
+                _ => None,
+            })
+    }
+
+    /// Whether deciding a request to `host` (lowercase) for this agent needs its body: some
+    /// HTTP rule that could match the host has body or MCP conditions. When it does not, the
+    /// proxy streams the body through untouched.
+    pub fn needs_body(&self, view: &AgentRules, host: &str) -> bool {
+        self.http_rules(view, host)
+            .any(|h| !h.body.is_empty() || h.mcp.is_some())
+    }
+
+    /// Whether some HTTP rule that could match `host` (lowercase) has header conditions (the
+    /// proxy copies the headers for the engine only then).
+    pub fn needs_headers(&self, view: &AgentRules, host: &str) -> bool {
+        self.http_rules(view, host).any(|h| !h.headers.is_empty())
+    }
+
+    /// Whether `host` + `path` is an MCP endpoint for this agent: an MCP rule matches the host
+    /// and the path. The proxy refuses invalid JSON there (400) instead of deciding without it.
+    pub fn is_mcp_endpoint(&self, view: &AgentRules, host: &str, path: &str) -> bool {
+        self.http_rules(view, host)
+            .any(|h| h.mcp.is_some() && path_matches(h.path.as_deref(), path))
+    }
+
+    /// Decide an MCP `tools/call` (`call` is the JSON-RPC request object) that names no
+    /// server: every MCP rule of the agent is a candidate, whatever its host, path and method;
+    /// rules with header conditions never match (there are no headers), body conditions apply
+    /// to `call`. Precedence and the HTTP default posture are as in [`Engine::decide`].
+    pub fn decide_tool(&self, view: &AgentRules, call: &Value, now: Instant) -> Decision {
+        let candidates = view
+            .by_kind
+            .get(&Kind::Http)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .copied();
+        self.decide_among(view, Kind::Http, candidates, now, |rule| {
+            match &rule.matcher {
+                Matcher::Http(h) => {
+                    h.mcp.is_some()
+                        && h.headers.is_empty()
+                        && h.body.iter().all(|c| c.eval(call))
+                        && mcp_matches(h.mcp.as_ref(), Some(call))
+                }
+                _ => false,
+            }
+        })
     }
 
     fn rule(&self, i: usize) -> &Rule {
@@ -191,6 +280,9 @@ impl Engine {
                         .push(index);
                 }
                 index += 1;
+            }
+            if applies && let Some(m) = p.max_body {
+                view.max_body = Some(view.max_body.map_or(m, |v| v.min(m)));
             }
             if applies {
                 let target = match p.mode {
@@ -235,8 +327,12 @@ impl Engine {
     /// Decide `action` for the agent of `view` at `now`.
     pub fn decide(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
         let kind = action.kind();
+        // Hosts usually arrive lowercase (the proxy normalises them): no copy then.
         let host = match action {
-            Action::Http(r) => Some(r.host.to_ascii_lowercase()),
+            Action::Http(r) if r.host.bytes().any(|b| b.is_ascii_uppercase()) => {
+                Some(std::borrow::Cow::Owned(r.host.to_ascii_lowercase()))
+            }
+            Action::Http(r) => Some(std::borrow::Cow::Borrowed(r.host.as_str())),
             _ => None,
         };
         // HTTP rules come as three ordered lists (exact host, wildcard host, any host); other
@@ -244,7 +340,7 @@ impl Engine {
         let (first, suffix, any_host): (&[usize], &[usize], &[usize]) = match &host {
             Some(host) => (
                 view.http_exact
-                    .get(host.as_str())
+                    .get(host.as_ref())
                     .map_or(&[], Vec::as_slice),
                 &view.http_suffix,
                 &view.http_any,
@@ -252,11 +348,23 @@ impl Engine {
             None => (view.by_kind.get(&kind).map_or(&[], Vec::as_slice), &[], &[]),
         };
         let candidates = first.iter().chain(suffix).chain(any_host).copied();
+        self.decide_among(view, kind, candidates, now, |rule| matches(rule, action))
+    }
+
+    /// The first matching rule among `candidates` (in precedence order) decides.
+    fn decide_among(
+        &self,
+        view: &AgentRules,
+        kind: Kind,
+        candidates: impl Iterator<Item = usize>,
+        now: Instant,
+        matches: impl Fn(&Rule) -> bool,
+    ) -> Decision {
         let mut enforced = None;
         let mut any = None;
         for i in candidates {
             let rule = self.rule(i);
-            if !matches(rule, action) {
+            if !matches(rule) {
                 continue;
             }
             if any.is_none() {
@@ -402,26 +510,12 @@ fn matches(rule: &Rule, action: &Action) -> bool {
                 && (*protocol == Protocol::Any || protocol == p)
         }
         (Matcher::Http(h), Action::Http(req)) => {
-            let host_ok = match &h.host {
-                HostMatch::Any => true,
-                HostMatch::Exact(e) => req.host.eq_ignore_ascii_case(e),
-                HostMatch::Suffix(s) => {
-                    req.host.len() > s.len()
-                        && req.host[req.host.len() - s.len()..].eq_ignore_ascii_case(s)
-                }
-            };
-            host_ok
+            host_matches(&h.host, &req.host)
                 && (h.methods.is_empty()
                     || h.methods
                         .iter()
                         .any(|m| m.eq_ignore_ascii_case(&req.method)))
-                && h.path.as_deref().is_none_or(|p| {
-                    if glob::is_glob(p) {
-                        glob::path(p, &req.path)
-                    } else {
-                        p == req.path
-                    }
-                })
+                && path_matches(h.path.as_deref(), &req.path)
                 && h.headers.iter().all(|(name, value)| {
                     req.headers
                         .iter()
@@ -432,20 +526,51 @@ fn matches(rule: &Rule, action: &Action) -> bool {
                         .body
                         .as_ref()
                         .is_some_and(|b| h.body.iter().all(|c| c.eval(b))))
-                && h.mcp.as_ref().is_none_or(|(tool, args)| {
-                    let Some(body) = &req.body else { return false };
-                    body.get("method").and_then(Value::as_str) == Some("tools/call")
-                        && body
-                            .pointer("/params/name")
-                            .and_then(Value::as_str)
-                            .is_some_and(|name| glob::simple(tool, name))
-                        && args.iter().all(|c| {
-                            c.eval(body.pointer("/params/arguments").unwrap_or(&Value::Null))
-                        })
-                })
+                && mcp_matches(h.mcp.as_ref(), req.body.as_ref())
         }
         _ => false,
     }
+}
+
+fn host_matches(rule: &HostMatch, host: &str) -> bool {
+    match rule {
+        HostMatch::Any => true,
+        HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+        HostMatch::Suffix(s) => {
+            host.len() > s.len()
+                && host
+                    .get(host.len() - s.len()..)
+                    .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+        }
+    }
+}
+
+fn path_matches(rule: Option<&str>, path: &str) -> bool {
+    rule.is_none_or(|p| {
+        if glob::is_glob(p) {
+            glob::path(p, path)
+        } else {
+            p == path
+        }
+    })
+}
+
+/// An MCP condition (tool glob, argument conditions) on a JSON-RPC `tools/call` body.
+fn mcp_matches(
+    mcp: Option<&(String, Vec<crate::policy::cond::Condition>)>,
+    body: Option<&Value>,
+) -> bool {
+    mcp.is_none_or(|(tool, args)| {
+        let Some(body) = body else { return false };
+        body.get("method").and_then(Value::as_str) == Some("tools/call")
+            && body
+                .pointer("/params/name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| glob::simple(tool, name))
+            && args
+                .iter()
+                .all(|c| c.eval(body.pointer("/params/arguments").unwrap_or(&Value::Null)))
+    })
 }
 
 #[cfg(test)]

@@ -59,12 +59,15 @@ enum Cmd {
     ///
     /// `policy`: the HTTP decision on 1,000 rules, against regorus (Rego) on the same policy.
     ///
+    /// `http`: the HTTP policy proxy's added latency (open loop, p50/p99) and saturation
+    /// throughput, against the same upstream directly.
+    ///
     /// `kernel` (root): the hooks' overhead on openat, execve and connect loops as throughput
     /// ratios to no governance, (2) loaded with the loop outside every agent and (3) inside an
     /// agent with 1,000 rules; on the host (degraded: no LSM hooks) and in the VM (every hook).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["policy", "kernel"])]
+        #[arg(value_parser = ["policy", "kernel", "http"])]
         which: String,
     },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
@@ -120,6 +123,19 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Demo { kernel } => demo(kernel),
         Cmd::Bench { which } if which == "kernel" => {
             bench_kernel::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { which } if which == "http" => {
+            progress("building the HTTP proxy benchmark (release)");
+            run(Command::new("cargo").args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "governance-bench",
+                "--bin",
+                "governance-bench-http",
+            ]))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { which } => {

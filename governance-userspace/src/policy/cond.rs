@@ -143,19 +143,51 @@ fn parse_path(mut s: &str) -> Result<(Vec<Step>, &str), String> {
 }
 
 impl Condition {
-    /// Does the condition hold for `doc`?
-    pub fn eval(&self, doc: &Value) -> bool {
-        let mut v = doc;
+    /// The JSON path the condition looks at, as written (`$.items[0].sku`).
+    pub fn path(&self) -> String {
+        let mut out = String::from("$");
         for step in &self.path {
-            let next = match step {
-                Step::Key(k) => v.get(k.as_str()),
-                Step::Index(i) => v.get(*i),
-            };
-            match next {
-                Some(n) => v = n,
-                None => return false,
+            match step {
+                Step::Key(k)
+                    if !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Step::Key(k) => {
+                    out.push_str("[\"");
+                    out.push_str(k);
+                    out.push_str("\"]");
+                }
+                Step::Index(i) => {
+                    out.push('[');
+                    out.push_str(&i.to_string());
+                    out.push(']');
+                }
             }
         }
+        out
+    }
+
+    /// The value at the condition's path in `doc`, if there is one.
+    pub fn lookup<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
+        let mut v = doc;
+        for step in &self.path {
+            v = match step {
+                Step::Key(k) => v.get(k.as_str()),
+                Step::Index(i) => v.get(*i),
+            }?;
+        }
+        Some(v)
+    }
+
+    /// Does the condition hold for `doc`?
+    pub fn eval(&self, doc: &Value) -> bool {
+        let Some(v) = self.lookup(doc) else {
+            return false;
+        };
         match self.op {
             Op::Exists => true,
             Op::Eq => equal(v, &self.value),
@@ -254,5 +286,112 @@ mod tests {
         }
         let deep = format!("${} exists", ".a".repeat(40));
         assert!(deep.parse::<Condition>().is_err());
+    }
+}
+
+/// Property tests: random conditions and documents never panic, and comparisons agree with
+/// each other.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z0-9 *]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-c]", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn literal() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i32>().prop_map(|n| n.to_string()),
+            (-1000.0f64..1000.0).prop_map(|f| format!("{f:?}")),
+            "[a-z]{0,4}".prop_map(|s| format!("\"{s}\"")),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-c]".prop_map(|k| format!(".{k}")),
+                (0usize..3).prop_map(|i| format!("[{i}]")),
+            ],
+            0..4,
+        )
+        .prop_map(|steps| format!("${}", steps.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,40}", doc in json()) {
+            if let Ok(c) = text.parse::<Condition>() {
+                let _ = c.eval(&doc);
+                let _ = c.lookup(&doc);
+                let _ = c.path();
+            }
+        }
+
+        #[test]
+        fn near_miss_syntax_never_panics(
+            p in path(),
+            op in "(==|!=|<=|>=|<|>|in|contains|matches|exists|=|!)",
+            v in "[\\[\\]\"a-z0-9,.{}: -]{0,12}",
+            doc in json(),
+        ) {
+            if let Ok(c) = format!("{p} {op} {v}").parse::<Condition>() {
+                let _ = c.eval(&doc);
+            }
+        }
+
+        #[test]
+        fn order_comparisons_are_complementary(p in path(), x in literal(), doc in json()) {
+            let gt: Condition = format!("{p} > {x}").parse().unwrap();
+            let le: Condition = format!("{p} <= {x}").parse().unwrap();
+            let lt: Condition = format!("{p} < {x}").parse().unwrap();
+            let ge: Condition = format!("{p} >= {x}").parse().unwrap();
+            prop_assert!(!(gt.eval(&doc) && le.eval(&doc)));
+            prop_assert!(!(lt.eval(&doc) && ge.eval(&doc)));
+            // Comparable values fall on exactly one side.
+            if let Some(v) = gt.lookup(&doc)
+                && order(v, &gt.value).is_some()
+            {
+                prop_assert!(gt.eval(&doc) ^ le.eval(&doc));
+            }
+        }
+
+        #[test]
+        fn equality_in_and_exists_agree(p in path(), x in literal(), doc in json()) {
+            let eq: Condition = format!("{p} == {x}").parse().unwrap();
+            let ne: Condition = format!("{p} != {x}").parse().unwrap();
+            let isin: Condition = format!("{p} in [{x}]").parse().unwrap();
+            let exists: Condition = format!("{p} exists").parse().unwrap();
+            prop_assert!(!(eq.eval(&doc) && ne.eval(&doc)));
+            prop_assert_eq!(eq.eval(&doc), isin.eval(&doc));
+            if eq.eval(&doc) || ne.eval(&doc) {
+                prop_assert!(exists.eval(&doc));
+            }
+            prop_assert_eq!(exists.eval(&doc), eq.lookup(&doc).is_some());
+        }
+
+        #[test]
+        fn conditions_round_trip_through_their_text(p in path(), x in literal()) {
+            let c: Condition = format!("{p} >= {x}").parse().unwrap();
+            let again: Condition = c.to_string().parse().unwrap();
+            prop_assert_eq!(&again, &c);
+            prop_assert_eq!(c.path(), p);
+        }
     }
 }

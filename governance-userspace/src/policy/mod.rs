@@ -386,6 +386,8 @@ pub struct Policy {
     pub defaults: BTreeMap<Kind, Posture>,
     pub sandbox_profiles: BTreeMap<String, SandboxProfile>,
     pub rules: Vec<Rule>,
+    /// `proxy.max_body`: the largest body the HTTP proxy buffers for this policy's agents.
+    pub max_body: Option<usize>,
 }
 
 /// Every policy of a directory.
@@ -655,8 +657,20 @@ impl Cx<'_> {
                 rules.push(rule);
             }
         }
+        let max_body = doc
+            .proxy
+            .as_ref()
+            .and_then(|p| p.max_body.as_ref())
+            .and_then(|m| match parse_size(m) {
+                Ok(n) => Some(n),
+                Err(msg) => {
+                    self.problem(m.span(), format!("proxy.max_body: {msg}"));
+                    None
+                }
+            });
         let at = self.loc(doc.name.span());
         (self.problems.len() == before).then(|| Policy {
+            max_body,
             name,
             at,
             description: doc
@@ -1054,6 +1068,30 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
         return Err(bad());
     }
     Ok((a, b))
+}
+
+/// Largest `proxy.max_body` a policy may set.
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+
+/// `4096`, `64KiB`, `1MiB`, `1GiB` (binary units; `KB`/`MB` are the same, with a `B` optional).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let bad = || format!("bad size `{s}`: use a number of bytes or KiB, MiB, GiB (256KiB)");
+    let n: usize = n.parse().map_err(|_| bad())?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
+    if bytes == 0 || bytes > MAX_BODY_LIMIT {
+        return Err(format!("size `{s}` must be between 1 byte and 1GiB"));
+    }
+    Ok(bytes)
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, `1d`.

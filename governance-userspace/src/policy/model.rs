@@ -89,6 +89,20 @@ pub struct PolicyDoc {
     pub sandbox_profiles: BTreeMap<String, Spanned<SandboxProfile>>,
     #[serde(default)]
     pub rules: Vec<RuleDoc>,
+    /// Settings of the HTTP policy proxy for the agents this policy governs.
+    #[serde(default)]
+    pub proxy: Option<ProxyDoc>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyDoc {
+    /// Largest request body the proxy buffers when a rule needs the body (`256KiB`, `1MiB`,
+    /// or a number of bytes); a larger body is refused with 413. The smallest limit among an
+    /// agent's policies applies; without one, the proxy's default (1 MiB).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub max_body: Option<Str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]

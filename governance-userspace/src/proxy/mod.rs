@@ -1,2 +1,1703 @@
-//! The HTTP policy proxy that agents' redirected TCP egress goes through.
+//! The HTTP policy proxy: every HTTP request an agent makes is decided by the engine before
+//! it leaves the node, and the verdict becomes HTTP semantics.
+//!
+//! **How traffic arrives.** The kernel redirects an agent's TCP egress to the proxy's
+//! listener and records where it was going; [`Identify`] turns the accepted socket into the
+//! agent and that original destination ([`Client`]). The identity never comes from anything
+//! the client says. Two ways of use:
+//!
+//! - *transparent*: `original_dst` is the upstream. The request's `Host` must name that
+//!   destination (the host check, below), since rules match on the name.
+//! - *explicit proxy*: absolute-form requests (`GET http://host:port/path`) go to the host
+//!   they name, resolved by the proxy; `CONNECT host:port` is decided at host level (an HTTP
+//!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: a TLS
+//!   ClientHello goes to the TLS seam, plain HTTP is served as requests with full decisions.
+//!   The proxy connects on the agent's behalf here, so the agent's `network` rules are
+//!   checked against the address it connects to (a `block` → 403).
+//!
+//! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
+//!
+//! **Verdict → HTTP.**
+//!
+//! | verdict | HTTP | MCP `tools/call` |
+//! |---|---|---|
+//! | allow | forwarded, streaming | same |
+//! | block | 403 `{"error":"blocked","rule","reason","decision_id"}` | HTTP 200, JSON-RPC error -32001 with the call's id |
+//! | throttle | 429 with `Retry-After` (seconds, at least 1) | JSON-RPC error -32002 |
+//! | sandbox | forwarded to the rule's `upstream` URL instead, with `X-Governance-Sandboxed: <rule>` | same |
+//! | escalate | held until a human decides: approve → forwarded; deny → 403 with the reason; timeout → `on_timeout` | deny/timeout → -32001 |
+//!
+//! Every refusal carries `X-Governance-Decision: <decision id>` (the id of the decision's
+//! [`Record`]) and `X-Governance-Rule`. A `sandbox: {profile}` verdict cannot reach HTTP
+//! (policy validation refuses profiles on HTTP rules); if it did, it is treated as block.
+//!
+//! **What is buffered.** A body is read into memory only when a rule that could match the
+//! host needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is
+//! escalated (a held request keeps its body). Otherwise it streams through untouched. The
+//! buffer limit is the smallest `proxy.max_body` of the agent's policies, else
+//! [`ProxyConfig::max_body`]; over it → 413. A body that is not JSON makes body conditions
+//! false, except on an MCP endpoint (an MCP rule matches host and path), where it is refused
+//! with 400 (JSON-RPC parse error): deep nesting (serde_json stops at 128 levels) and
+//! duplicate keys count as invalid. A JSON-RPC batch (an array of calls) is decided call by
+//! call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
+//! the whole batch, and a refused batch gets one JSON-RPC error per call.
+//!
+//! **Upgrades** (WebSocket): decided like any request; when allowed, refused with 501 (not
+//! supported yet).
+//!
+//! Every decision is reported as one [`Record`] (type decision, source proxy, kind http).
+
+pub mod request;
 pub mod tls;
+
+mod io;
+mod preauth;
+mod respond;
+mod upstream;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    hash::{BuildHasher, RandomState},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri, Version, body::Incoming, header, http,
+    service::service_fn,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::Value;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+pub use preauth::{DecideAction, DecideResponse, HttpAction};
+pub use respond::McpIds;
+
+use self::{
+    io::{Activity, Prefixed, Proto, Tracked},
+    request::{Head, Reject},
+    respond::Refusal,
+    upstream::{Body, UpBody, Upstream},
+};
+use crate::{
+    approvals::{self, Approvals, Resolution},
+    engine::{Action, AgentRef, AgentRules, Decision, Engine, HttpRequest, Outcome},
+    events::{
+        AgentInfo, ApprovalInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow,
+        Source, rfc3339,
+    },
+    policy::{Matcher, Posture, SandboxTarget, Verdict},
+};
+
+/// The reserved path of the decision API on the proxy listener.
+pub const DECIDE_PATH: &str = "/.governance/v1/decide";
+
+/// Whether transparent requests must name their destination.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostCheck {
+    /// The `Host` must resolve to the address the agent connected to (an IP-literal `Host`
+    /// must equal it); otherwise 403 "Host does not match the destination".
+    #[default]
+    Resolve,
+    /// No check (for labs that point names anywhere).
+    Off,
+}
+
+/// The proxy's settings.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// Where to listen (the daemon binds these): 127.0.0.1:15001 and [::1]:15001.
+    pub listen: Vec<SocketAddr>,
+    /// Largest request head (request line and headers); over it → 431. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// A request head must arrive within this (slowloris); also how long an idle
+    /// HTTP/1 keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// A connection with no traffic and no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// A body the proxy buffers must arrive within this; otherwise 408.
+    pub body_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// For the upstream's response head, and between frames of its body; over it → 504.
+    pub upstream_timeout: Duration,
+    /// Open connections per agent; over it → 503 and close.
+    pub max_conns_per_agent: usize,
+    /// Default buffering limit when no policy sets `proxy.max_body`.
+    pub max_body: usize,
+    pub host_check: HostCheck,
+    /// Static name → addresses, used before DNS (tests and labs).
+    pub host_addresses: HashMap<String, Vec<IpAddr>>,
+    /// How long a DNS answer is cached.
+    pub dns_ttl: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 15001),
+                SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 15001),
+            ],
+            max_header_bytes: 16 << 10,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            body_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(30),
+            max_conns_per_agent: 256,
+            max_body: 1 << 20,
+            host_check: HostCheck::Resolve,
+            host_addresses: HashMap::new(),
+            dns_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Who is on the other end of an accepted connection. The daemon implements this with a
+/// kernel map lookup (by the peer's address/port); tests use a fixed table.
+pub trait Identify: Send + Sync + 'static {
+    fn identify(&self, peer: SocketAddr, local: SocketAddr) -> Option<Client>;
+}
+
+/// An identified connection.
+#[derive(Clone, Debug)]
+pub struct Client {
+    pub agent: AgentRef,
+    pub info: AgentInfo,
+    /// The connecting task's own cgroup.
+    pub cgroup_id: u64,
+    /// 0 if unknown.
+    pub pid: u32,
+    /// Where the agent was connecting; None: explicit proxy use.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// Where every decision (and approval change) is reported.
+pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
+
+/// How a connection reached the proxy.
+#[derive(Clone, Debug)]
+enum Mode {
+    Transparent(SocketAddr),
+    Explicit,
+    /// Inside a CONNECT tunnel to `host` (resolved to `addr`).
+    Tunnel {
+        host: String,
+        addr: SocketAddr,
+    },
+}
+
+/// One client connection.
+struct Conn {
+    client: Option<Client>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    mode: Mode,
+    activity: Arc<Activity>,
+    /// The agent's rules for the engine generation last used on this connection.
+    view: Mutex<Option<(Arc<Engine>, Arc<AgentRules>)>>,
+}
+
+#[derive(Default)]
+struct ViewCache {
+    engine: Option<Arc<Engine>>,
+    views: HashMap<AgentRef, Arc<AgentRules>>,
+}
+
+/// Agents' rule views cached per generation (the cache starts over when it is full).
+const VIEWS_MAX: usize = 1024;
+
+/// The proxy. See the module documentation.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    engine: Arc<ArcSwap<Engine>>,
+    identify: Arc<dyn Identify>,
+    approvals: Arc<Approvals>,
+    sink: Sink,
+    ids: Arc<Ids>,
+    node: String,
+    upstream: Upstream,
+    views: Mutex<ViewCache>,
+    conns: Arc<Mutex<HashMap<String, usize>>>,
+    panics: Arc<AtomicU64>,
+    /// Pre-authorized escalations: (agent, action key) → until when.
+    grants: Arc<Mutex<HashMap<(String, u64), Instant>>>,
+    hasher: RandomState,
+}
+
+/// A request body: still streaming, or read.
+enum ReqBody {
+    Stream(Incoming),
+    Read(Bytes),
+}
+
+/// Where an allowed request goes.
+enum Dest {
+    Addr(SocketAddr),
+    /// Explicit proxy use: resolve the host.
+    Name(String, u16),
+}
+
+/// What happens after the decision.
+enum Then {
+    Forward,
+    Sandbox(String),
+    Respond(Response<Body>),
+}
+
+impl Proxy {
+    pub fn new(
+        cfg: ProxyConfig,
+        engine: Arc<ArcSwap<Engine>>,
+        identify: Arc<dyn Identify>,
+        approvals: Arc<Approvals>,
+        sink: Sink,
+    ) -> Arc<Self> {
+        let mut cfg = cfg;
+        // hyper refuses smaller header buffers.
+        cfg.max_header_bytes = cfg.max_header_bytes.max(8192);
+        Arc::new(Self {
+            upstream: Upstream::new(&cfg),
+            cfg,
+            engine,
+            identify,
+            ids: approvals.ids().clone(),
+            approvals,
+            sink,
+            node: crate::events::node_name(),
+            views: Mutex::new(ViewCache::default()),
+            conns: Arc::new(Mutex::new(HashMap::new())),
+            panics: Arc::new(AtomicU64::new(0)),
+            grants: Arc::new(Mutex::new(HashMap::new())),
+            hasher: RandomState::new(),
+        })
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Tasks that panicked (each dropped its connection; the proxy went on). Tests assert 0.
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Accept and serve connections until the task is aborted.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            io::spawn(
+                &self.panics,
+                async move { this.connection(stream, peer).await },
+            );
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let client = self.identify.identify(peer, local);
+        // Unidentified connections share one budget.
+        let key = client
+            .as_ref()
+            .map_or(String::new(), |c| c.agent.name.clone());
+        let Some(_slot) = self.conn_slot(&key) else {
+            tracing::debug!(%peer, agent = %key, "proxy: too many connections");
+            too_many_connections(stream).await;
+            return;
+        };
+        let proto =
+            match tokio::time::timeout(self.cfg.header_timeout, io::sniff_tcp(&stream)).await {
+                Ok(Ok(p)) => p,
+                _ => return,
+            };
+        let mode = match client.as_ref().and_then(|c| c.original_dst) {
+            Some(d) if !self.is_self(d, local) => Mode::Transparent(d),
+            _ => Mode::Explicit,
+        };
+        let conn = Arc::new(Conn {
+            client,
+            peer,
+            local,
+            mode,
+            activity: Activity::new(),
+            view: Mutex::new(None),
+        });
+        match proto {
+            Proto::Tls => self.tls(conn, TlsIo::Tcp(stream)).await,
+            p => self.serve_http(conn, stream, p).await,
+        }
+    }
+
+    /// The TLS seam: a connection (or CONNECT tunnel) whose first byte is a TLS handshake
+    /// record. `proxy/tls.rs` (SNI peek, per-node CA, interception) is wired in here; until
+    /// then the connection is closed, TLS's equivalent of a 502.
+    async fn tls(self: Arc<Self>, conn: Arc<Conn>, io: TlsIo) {
+        tracing::warn!(peer = %conn.peer, agent = ?conn.client.as_ref().map(|c| &c.info.name),
+            "TLS not wired yet: closing the connection");
+        drop(io);
+    }
+
+    /// A per-agent connection slot, released when the guard drops.
+    fn conn_slot(&self, key: &str) -> Option<ConnSlot> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conns.entry(key.to_owned()).or_default();
+        if *n >= self.cfg.max_conns_per_agent {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            conns: self.conns.clone(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Whether `addr` is the proxy itself (a request there would loop).
+    fn is_self(&self, addr: SocketAddr, local: SocketAddr) -> bool {
+        addr == local || self.cfg.listen.contains(&addr)
+    }
+
+    /// Serve HTTP on a connection or tunnel. (Boxed: tunnels serve HTTP from inside a request.)
+    fn serve_http<I>(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        io: I,
+        proto: Proto,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(async move {
+            let activity = conn.activity.clone();
+            let io = TokioIo::new(Tracked::new(io, activity.clone(), proto == Proto::Http1));
+            let this = self.clone();
+            let c = conn.clone();
+            let svc = service_fn(move |req| {
+                let (this, conn) = (this.clone(), c.clone());
+                async move { Ok::<_, Infallible>(this.handle(&conn, req).await) }
+            });
+            let idle = self.cfg.idle_timeout;
+            let result = match proto {
+                Proto::Http2 => {
+                    let mut b =
+                        hyper::server::conn::http2::Builder::new(io::Exec(self.panics.clone()));
+                    b.timer(TokioTimer::new())
+                        .max_header_list_size(self.cfg.max_header_bytes as u32)
+                        .max_concurrent_streams(128);
+                    drive(b.serve_connection(io, svc), &activity, idle).await
+                }
+                _ => {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(self.cfg.header_timeout)
+                        .max_header_size(self.cfg.max_header_bytes)
+                        .half_close(false);
+                    drive(b.serve_connection(io, svc).with_upgrades(), &activity, idle).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %conn.peer, error = %e, "proxy: connection ended");
+            }
+        })
+    }
+
+    /// The agent's rules under `engine`, cached per connection and per generation.
+    fn view(&self, conn: Option<&Conn>, engine: &Arc<Engine>, agent: &AgentRef) -> Arc<AgentRules> {
+        if let Some(conn) = conn {
+            let cached = conn.view.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((e, v)) = &*cached
+                && Arc::ptr_eq(e, engine)
+            {
+                return v.clone();
+            }
+        }
+        let v = {
+            let mut cache = self.views.lock().unwrap_or_else(|p| p.into_inner());
+            if !cache
+                .engine
+                .as_ref()
+                .is_some_and(|e| Arc::ptr_eq(e, engine))
+            {
+                cache.engine = Some(engine.clone());
+                cache.views.clear();
+            }
+            if cache.views.len() >= VIEWS_MAX && !cache.views.contains_key(agent) {
+                cache.views.clear();
+            }
+            cache
+                .views
+                .entry(agent.clone())
+                .or_insert_with(|| Arc::new(engine.agent(agent)))
+                .clone()
+        };
+        if let Some(conn) = conn {
+            *conn.view.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((engine.clone(), v.clone()));
+        }
+        v
+    }
+
+    /// One request, start to finish.
+    async fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
+        let _busy = conn.activity.busy();
+        let raw_cl = conn.activity.take_saw_content_length();
+        let Some(client) = &conn.client else {
+            let rec = self.builtin_record(
+                None,
+                None,
+                "builtin:identity",
+                "not an agent connection",
+                Object {
+                    detail: [("peer".to_owned(), conn.peer.to_string())].into(),
+                    ..Default::default()
+                },
+            );
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            return respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule: "builtin:identity",
+                    reason: "not an agent connection",
+                    decision_id: &id,
+                    retry_after: None,
+                },
+                None,
+            );
+        };
+        if req.uri().path() == DECIDE_PATH {
+            return self.decide_endpoint(client, req).await;
+        }
+        let head = match request::check_framing(req.headers(), raw_cl)
+            .and_then(|()| request::target(req.method(), req.uri(), req.version(), req.headers()))
+        {
+            Ok(h) => h,
+            Err(e) => return self.reject(client, &req, &e),
+        };
+        if head.method == "CONNECT" {
+            let mut resp = self.connect(conn, client, head, req).await;
+            if !resp.status().is_success() {
+                // The client may already be sending what it meant for the tunnel.
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            return resp;
+        }
+        let dest = match self.destination(conn, client, &head).await {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
+        let engine = self.engine.load_full();
+        let view = self.view(Some(conn), &engine, &client.agent);
+        let (parts, body) = req.into_parts();
+        let limit = view.max_body().unwrap_or(self.cfg.max_body);
+        let mut body = ReqBody::Stream(body);
+        let mut json = None;
+        if engine.needs_body(&view, &head.host) {
+            let bytes = match self
+                .read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit)
+                .await
+            {
+                Ok(b) => b,
+                Err(resp) => {
+                    let why = resp.status().canonical_reason().unwrap_or("refused");
+                    self.refused(client, &head, "builtin:body", why);
+                    return resp;
+                }
+            };
+            match parse_json(&bytes) {
+                Ok(v) => json = Some(v),
+                Err(e) if engine.is_mcp_endpoint(&view, &head.host, &head.path) => {
+                    let why = format!("invalid JSON on an MCP endpoint: {e}");
+                    self.refused(client, &head, "builtin:invalid-json", &why);
+                    return respond::mcp_parse_error(&e.to_string());
+                }
+                Err(_) => {}
+            }
+            body = ReqBody::Read(bytes);
+        }
+        let headers = engine
+            .needs_headers(&view, &head.host)
+            .then_some(&parts.headers);
+        let mut http = request::to_engine(&head, headers, None);
+        let (decision, mcp) = decide_request(&engine, &view, &mut http, json);
+        let then = self
+            .verdict(
+                client,
+                &engine,
+                &head,
+                &http,
+                &decision,
+                mcp.as_ref(),
+                &mut body,
+                limit,
+            )
+            .await;
+        let sandbox = match then {
+            Then::Respond(r) => return r,
+            Then::Forward => None,
+            Then::Sandbox(url) => Some(url),
+        };
+        if request::wants_upgrade(&parts.headers) {
+            let mut resp = respond::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade not supported",
+                "the policy proxy does not carry protocol upgrades (WebSocket) yet",
+                None,
+            );
+            // The client may already be speaking the new protocol: end the connection.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+        let dest = match (dest, &sandbox) {
+            (Dest::Name(host, port), None) => {
+                match self
+                    .explicit_target(client, &engine, &view, &head, &host, port)
+                    .await
+                {
+                    Ok(addr) => Dest::Addr(addr),
+                    Err(resp) => return resp,
+                }
+            }
+            (d, _) => d,
+        };
+        let rule = decision.rule.as_deref().unwrap_or("default");
+        self.forward(
+            conn,
+            parts,
+            body,
+            &head,
+            dest,
+            sandbox.as_deref().map(|u| (rule, u)),
+        )
+        .await
+    }
+
+    /// Where a request goes, after the host check (transparent) or the tunnel check.
+    async fn destination(
+        &self,
+        conn: &Conn,
+        client: &Client,
+        head: &Head,
+    ) -> Result<Dest, Response<Body>> {
+        let mismatch = |reason: String| {
+            let rec = self.builtin_record(
+                Some(client),
+                Some(head),
+                "builtin:host-check",
+                &reason,
+                Object::default(),
+            );
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule: "builtin:host-check",
+                    reason: &reason,
+                    decision_id: &id,
+                    retry_after: None,
+                },
+                None,
+            )
+        };
+        if head.host.is_empty() && !matches!(conn.mode, Mode::Explicit) {
+            // Without a name, host rules could not apply: never decide without one.
+            return Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad request",
+                "a Host header is required",
+                None,
+            ));
+        }
+        match &conn.mode {
+            Mode::Tunnel { host, addr } => {
+                if head.host != *host {
+                    return Err(mismatch(format!(
+                        "Host does not match the destination: `{}` inside a tunnel to `{host}`",
+                        head.host
+                    )));
+                }
+                Ok(Dest::Addr(*addr))
+            }
+            Mode::Transparent(dst) if !head.absolute => {
+                match self.upstream.host_names(&head.host, *dst).await {
+                    Ok(()) => Ok(Dest::Addr(*dst)),
+                    Err(reason) => Err(mismatch(reason)),
+                }
+            }
+            _ if head.host.is_empty() => Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "not a proxy request",
+                "this is an HTTP policy proxy: send absolute-form requests (GET http://host/path) or CONNECT",
+                None,
+            )),
+            _ => Ok(Dest::Name(head.host.clone(), head.port.unwrap_or(80))),
+        }
+    }
+
+    /// Read a body the decision needs, within the limit and `body_timeout`.
+    async fn read_body(
+        &self,
+        body: ReqBody,
+        declared: Option<&header::HeaderValue>,
+        limit: usize,
+    ) -> Result<Bytes, Response<Body>> {
+        let too_large = || {
+            respond::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large",
+                &format!("the policy proxy reads bodies up to {limit} bytes to decide on them"),
+                None,
+            )
+        };
+        let body = match body {
+            ReqBody::Read(b) => return Ok(b),
+            ReqBody::Stream(b) => b,
+        };
+        let declared = declared
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        match tokio::time::timeout(self.cfg.body_timeout, Limited::new(body, limit).collect()).await
+        {
+            Err(_) => Err(respond::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body timeout",
+                "the request body did not arrive in time",
+                None,
+            )),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+            Ok(Err(e)) => Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad body",
+                &e.to_string(),
+                None,
+            )),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+        }
+    }
+
+    /// Report the decision and turn the verdict into what happens next. Escalations wait
+    /// here for a human.
+    #[allow(clippy::too_many_arguments)]
+    async fn verdict(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        head: &Head,
+        http: &HttpRequest,
+        decision: &Decision,
+        mcp: Option<&McpCall>,
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Then {
+        let mut rec = self.decision_record(client, head, decision, Source::Proxy);
+        if let Some(m) = mcp {
+            rec.object.mcp_tool = m.tools.join(",");
+        }
+        let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
+        if has_body_conditions(engine, decision) {
+            rec.object.detail = body_fields(engine, decision, http.body.as_ref());
+        }
+        let ids = mcp.map(|m| &m.ids);
+        let refuse = |rec: Record, status, error, reason: &str, retry_after| {
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            Then::Respond(respond::refusal(
+                &Refusal {
+                    status,
+                    error,
+                    rule: &rule,
+                    reason,
+                    decision_id: &id,
+                    retry_after,
+                },
+                ids,
+            ))
+        };
+        match &decision.outcome {
+            Outcome::Allow => {
+                (self.sink)(rec);
+                Then::Forward
+            }
+            Outcome::Block => {
+                let reason = decision.reason.clone();
+                refuse(rec, StatusCode::FORBIDDEN, "blocked", &reason, None)
+            }
+            Outcome::Throttle { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let reason = decision.reason.clone();
+                refuse(
+                    rec,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    &reason,
+                    Some(secs),
+                )
+            }
+            Outcome::Sandbox(SandboxTarget::Upstream(url)) => {
+                rec.object.detail.insert("upstream".into(), url.clone());
+                (self.sink)(rec);
+                Then::Sandbox(url.clone())
+            }
+            Outcome::Sandbox(SandboxTarget::Profile(p)) => {
+                rec.outcome = "block".into();
+                rec.denied = true;
+                let reason = format!(
+                    "sandbox profile `{p}` applies to processes, not HTTP requests; blocked"
+                );
+                rec.reason = reason.clone();
+                refuse(rec, StatusCode::FORBIDDEN, "blocked", &reason, None)
+            }
+            Outcome::Escalate {
+                timeout,
+                on_timeout,
+            } => {
+                let key = self.grant_key(&rule, http);
+                if self.granted(&client.agent.name, key) {
+                    rec.outcome = "granted".into();
+                    rec.denied = false;
+                    rec.message = "pre-authorized by an approval".into();
+                    (self.sink)(rec);
+                    return Then::Forward;
+                }
+                // A held request keeps its body.
+                let bytes = match std::mem::replace(body, ReqBody::Read(Bytes::new())) {
+                    ReqBody::Read(b) => b,
+                    stream @ ReqBody::Stream(_) => {
+                        match self.read_body(stream, None, limit).await {
+                            Ok(b) => b,
+                            Err(resp) => {
+                                (self.sink)(rec);
+                                return Then::Respond(resp);
+                            }
+                        }
+                    }
+                };
+                *body = ReqBody::Read(bytes.clone());
+                self.hold(
+                    client,
+                    rec,
+                    &rule,
+                    decision,
+                    *timeout,
+                    *on_timeout,
+                    bytes.len(),
+                    ids,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Hold an escalated request until approved, denied, timed out or withdrawn.
+    #[allow(clippy::too_many_arguments)]
+    async fn hold(
+        &self,
+        client: &Client,
+        mut rec: Record,
+        rule: &str,
+        decision: &Decision,
+        timeout: Duration,
+        on_timeout: Posture,
+        bytes: usize,
+        mcp: Option<&McpIds>,
+    ) -> Then {
+        let req = approvals::Request {
+            agent: client.info.clone(),
+            kind: "http".into(),
+            object: rec.object.clone(),
+            rule: rule.to_owned(),
+            reason: decision.reason.clone(),
+            timeout,
+            on_timeout,
+            bytes,
+        };
+        let refuse = |rec: Option<Record>, id: &str, reason: &str| {
+            if let Some(rec) = rec {
+                (self.sink)(rec);
+            }
+            Then::Respond(respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule,
+                    reason,
+                    decision_id: id,
+                    retry_after: None,
+                },
+                mcp,
+            ))
+        };
+        let decision_id = rec.id.clone();
+        let (approval, mut rx) = match self.approvals.hold(req) {
+            Ok(x) => x,
+            Err(full) => {
+                rec.outcome = "block".into();
+                rec.denied = true;
+                rec.reason = format!("approval queue full ({full})");
+                return refuse(Some(rec), &decision_id, "approval queue full");
+            }
+        };
+        rec.approval = Some(ApprovalInfo {
+            id: approval.clone(),
+            state: "pending".into(),
+            deadline: self
+                .approvals
+                .get(&approval)
+                .map_or_else(|| rfc3339(SystemTime::now() + timeout), |v| v.deadline),
+            ..Default::default()
+        });
+        (self.sink)(rec);
+        // Withdraw if this future is dropped (the client went away).
+        let mut guard = Withdraw {
+            approvals: &self.approvals,
+            id: approval.clone(),
+            armed: true,
+        };
+        let resolution = tokio::select! {
+            r = &mut rx => r.unwrap_or(Resolution::Withdrawn),
+            () = tokio::time::sleep(timeout) => {
+                self.approvals.expire(&approval);
+                rx.await.unwrap_or(Resolution::Expired)
+            }
+        };
+        guard.armed = false;
+        match resolution {
+            Resolution::Approved { .. } => Then::Forward,
+            Resolution::Denied { by, reason } => {
+                refuse(None, &decision_id, &format!("denied by {by}: {reason}"))
+            }
+            Resolution::Expired if on_timeout == Posture::Allow => Then::Forward,
+            Resolution::Expired => refuse(None, &decision_id, "approval timed out"),
+            Resolution::Withdrawn => refuse(None, &decision_id, "approval withdrawn"),
+        }
+    }
+
+    /// Where an explicit-proxy request or tunnel goes: the named host, resolved, if the
+    /// agent's `network` rules let it connect there. In transparent mode the kernel already
+    /// decided the agent's own connect; here the proxy connects on the agent's behalf, so the
+    /// same rules apply (a `block` refuses with 403; other network verdicts let it through).
+    async fn explicit_target(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        host: &str,
+        port: u16,
+    ) -> Result<SocketAddr, Response<Body>> {
+        let addr = match self.upstream.resolve(host).await {
+            Ok(ips) => SocketAddr::new(ips[0], port),
+            Err(e) => {
+                return Err(respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway",
+                    &e.to_string(),
+                    None,
+                ));
+            }
+        };
+        let action = Action::Network {
+            addr: addr.ip(),
+            port,
+            protocol: crate::policy::Protocol::Tcp,
+        };
+        let d = engine.decide(view, &action, Instant::now());
+        if d.outcome != Outcome::Block {
+            return Ok(addr);
+        }
+        let mut rec = self.decision_record(client, head, &d, Source::Proxy);
+        rec.object.dest = addr.to_string();
+        rec.object.protocol = "tcp".into();
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        let rule = d.rule.as_deref().unwrap_or("default");
+        Err(respond::refusal(
+            &Refusal {
+                status: StatusCode::FORBIDDEN,
+                error: "blocked",
+                rule,
+                reason: &format!("{} (connecting to {addr})", d.reason),
+                decision_id: &id,
+                retry_after: None,
+            },
+            None,
+        ))
+    }
+
+    /// Send the request upstream and stream the response back.
+    async fn forward(
+        &self,
+        conn: &Conn,
+        mut parts: http::request::Parts,
+        body: ReqBody,
+        head: &Head,
+        dest: Dest,
+        sandbox: Option<(&str, &str)>,
+    ) -> Response<Body> {
+        let bad_gateway =
+            |reason: String| respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &reason, None);
+        let (addr, authority, path) = match sandbox {
+            Some((_, url)) => {
+                let Some(rest) = url.strip_prefix("http://") else {
+                    return bad_gateway(format!(
+                        "sandbox upstream `{url}`: only http:// upstreams are supported yet"
+                    ));
+                };
+                let (authority, prefix) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                let Ok(a) = authority.parse::<http::uri::Authority>() else {
+                    return bad_gateway(format!("sandbox upstream `{url}` has a bad authority"));
+                };
+                let host = request::normalise_host(a.host());
+                let addr = match self.upstream.resolve(&host).await {
+                    Ok(ips) => SocketAddr::new(ips[0], a.port_u16().unwrap_or(80)),
+                    Err(e) => return bad_gateway(e.to_string()),
+                };
+                let path = format!("{}{}", prefix.trim_end_matches('/'), head.path_and_query());
+                (addr, authority.to_owned(), path)
+            }
+            None => {
+                let addr = match dest {
+                    Dest::Addr(a) => a,
+                    Dest::Name(host, port) => match self.upstream.resolve(&host).await {
+                        Ok(ips) => SocketAddr::new(ips[0], port),
+                        Err(e) => return bad_gateway(e.to_string()),
+                    },
+                };
+                (addr, head.authority.clone(), head.path_and_query())
+            }
+        };
+        if self.is_self(addr, conn.local) {
+            return respond::error(
+                StatusCode::LOOP_DETECTED,
+                "loop",
+                "the request would come back to the proxy",
+                None,
+            );
+        }
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(addr.to_string())
+            .path_and_query(path)
+            .build()
+        {
+            Ok(u) => u,
+            Err(e) => return bad_gateway(format!("cannot build the upstream request: {e}")),
+        };
+        request::strip_hop_by_hop(&mut parts.headers);
+        let host_value = if authority.is_empty() {
+            addr.to_string()
+        } else {
+            authority
+        };
+        parts
+            .headers
+            .insert(header::HOST, request::header_value(&host_value));
+        if let Some((rule, _)) = sandbox {
+            parts
+                .headers
+                .insert("x-governance-sandboxed", request::header_value(rule));
+        }
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        let body = match body {
+            ReqBody::Read(b) => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+                UpBody::Full((!b.is_empty()).then_some(b))
+            }
+            ReqBody::Stream(s) => UpBody::Stream(s),
+        };
+        let req = Request::from_parts(parts, body);
+        let resp = match tokio::time::timeout(
+            self.cfg.upstream_timeout,
+            self.upstream.client.request(req),
+        )
+        .await
+        {
+            Err(_) => {
+                return respond::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "gateway timeout",
+                    &format!(
+                        "the upstream did not answer within {:?}",
+                        self.cfg.upstream_timeout
+                    ),
+                    None,
+                );
+            }
+            Ok(Err(e)) => {
+                let timed_out = std::error::Error::source(&e)
+                    .and_then(|s| s.to_string().contains("timed out").then_some(()))
+                    .is_some();
+                return if timed_out {
+                    respond::error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "gateway timeout",
+                        &format!("connecting to {addr} timed out"),
+                        None,
+                    )
+                } else if e.is_connect() {
+                    bad_gateway(format!("cannot connect to {addr}: {}", error_chain(&e)))
+                } else {
+                    bad_gateway(format!("upstream {addr} failed: {}", error_chain(&e)))
+                };
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        request::strip_hop_by_hop(&mut parts.headers);
+        if let Some((rule, _)) = sandbox {
+            parts
+                .headers
+                .insert("x-governance-sandboxed", request::header_value(rule));
+        }
+        Response::from_parts(parts, Body::upstream(body, self.cfg.upstream_timeout))
+    }
+
+    /// CONNECT: decide at host level, then tunnel.
+    async fn connect(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        client: &Client,
+        head: Head,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if matches!(conn.mode, Mode::Tunnel { .. }) {
+            return respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad request",
+                "CONNECT inside a tunnel",
+                None,
+            );
+        }
+        let engine = self.engine.load_full();
+        let view = self.view(Some(conn), &engine, &client.agent);
+        let headers = engine
+            .needs_headers(&view, &head.host)
+            .then_some(req.headers());
+        let http = request::to_engine(&head, headers, None);
+        let decision = engine.decide(&view, &Action::Http(http.clone()), Instant::now());
+        let mut body = ReqBody::Read(Bytes::new());
+        let then = self
+            .verdict(client, &engine, &head, &http, &decision, None, &mut body, 0)
+            .await;
+        match then {
+            Then::Respond(r) => return r,
+            Then::Sandbox(_) => {
+                return respond::error(
+                    StatusCode::FORBIDDEN,
+                    "blocked",
+                    "sandbox upstreams apply to requests, not CONNECT tunnels",
+                    None,
+                );
+            }
+            Then::Forward => {}
+        }
+        let port = head.port.unwrap_or(443);
+        let addr = match self
+            .explicit_target(client, &engine, &view, &head, &head.host, port)
+            .await
+        {
+            Ok(addr) => addr,
+            Err(resp) => return resp,
+        };
+        if self.is_self(addr, conn.local) {
+            return respond::error(
+                StatusCode::LOOP_DETECTED,
+                "loop",
+                "the tunnel would come back to the proxy",
+                None,
+            );
+        }
+        let upgrade = hyper::upgrade::on(req);
+        let this = self.clone();
+        let tunnel = Arc::new(Conn {
+            client: conn.client.clone(),
+            peer: conn.peer,
+            local: conn.local,
+            mode: Mode::Tunnel {
+                host: head.host.clone(),
+                addr,
+            },
+            activity: Activity::new(),
+            view: Mutex::new(None),
+        });
+        io::spawn(&self.panics, async move {
+            let Ok(upgraded) = upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let sniffed =
+                tokio::time::timeout(this.cfg.header_timeout, io::sniff_read(&mut io)).await;
+            let Ok(Ok((proto, first))) = sniffed else {
+                return;
+            };
+            let io = Prefixed::new(first, io);
+            match proto {
+                Proto::Tls => this.tls(tunnel, TlsIo::Tunnel(Box::new(io))).await,
+                p => this.serve_http(tunnel, io, p).await,
+            }
+        });
+        Response::new(Body::empty())
+    }
+
+    /// Report a request the proxy refused itself (body over the limit, invalid JSON, ...).
+    fn refused(&self, client: &Client, head: &Head, rule: &str, reason: &str) {
+        let rec = self.builtin_record(Some(client), Some(head), rule, reason, Object::default());
+        (self.sink)(rec);
+    }
+
+    /// A request refused before any decision (400).
+    fn reject(&self, client: &Client, req: &Request<Incoming>, e: &Reject) -> Response<Body> {
+        let reason = e.to_string();
+        let rec = self.builtin_record(
+            Some(client),
+            None,
+            "builtin:request",
+            &reason,
+            Object {
+                method: req.method().as_str().to_owned(),
+                ..Default::default()
+            },
+        );
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        respond::error(StatusCode::BAD_REQUEST, "bad request", &reason, Some(&id))
+    }
+
+    fn base_record(&self, client: Option<&Client>, source: Source) -> Record {
+        Record {
+            id: self.ids.next(),
+            time: rfc3339(SystemTime::now()),
+            node: self.node.clone(),
+            ty: RecordType::Decision,
+            source,
+            kind: "http".into(),
+            agent: client.map(|c| c.info.clone()),
+            cgroup: client.map(|c| CgroupInfo {
+                id: c.cgroup_id,
+                path: String::new(),
+            }),
+            process: client.filter(|c| c.pid != 0).map(|c| ProcessInfo {
+                pid: c.pid,
+                enrichment: "none".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The record of an engine decision.
+    fn decision_record(
+        &self,
+        client: &Client,
+        head: &Head,
+        d: &Decision,
+        source: Source,
+    ) -> Record {
+        let verdict = d.verdict();
+        let mut rec = self.base_record(Some(client), source);
+        rec.outcome = verdict_str(verdict).into();
+        rec.denied = matches!(verdict, Verdict::Block | Verdict::Throttle);
+        rec.verdict = verdict_str(verdict).into();
+        rec.mode = "enforce".into();
+        rec.rule = d.rule.clone().unwrap_or_else(|| "default".into());
+        rec.reason = d.reason.clone();
+        rec.generation = d.generation;
+        rec.shadow = d.shadow.as_ref().map(|s| Shadow {
+            verdict: verdict_str(s.verdict()).into(),
+            rule: s.rule.clone().unwrap_or_else(|| "default".into()),
+        });
+        rec.object = Object {
+            method: head.method.clone(),
+            url: head.url(),
+            ..Default::default()
+        };
+        rec
+    }
+
+    /// The record of a built-in refusal (identity, host check, malformed request).
+    fn builtin_record(
+        &self,
+        client: Option<&Client>,
+        head: Option<&Head>,
+        rule: &str,
+        reason: &str,
+        object: Object,
+    ) -> Record {
+        let mut rec = self.base_record(client, Source::Proxy);
+        rec.outcome = "block".into();
+        rec.denied = true;
+        rec.verdict = "block".into();
+        rec.mode = "enforce".into();
+        rec.rule = rule.into();
+        rec.reason = reason.into();
+        rec.object = object;
+        if let Some(h) = head {
+            rec.object.method = h.method.clone();
+            rec.object.url = h.url();
+        }
+        rec
+    }
+
+    /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
+    /// arguments), any other request by (rule, method, host, path, body).
+    fn grant_key(&self, rule: &str, http: &HttpRequest) -> u64 {
+        let body = http.body.as_ref();
+        match body.and_then(tool_call) {
+            Some((tool, args)) => {
+                self.hasher
+                    .hash_one((rule, "tool", tool, args.map(Value::to_string)))
+            }
+            None => self.hasher.hash_one((
+                rule,
+                http.method.to_ascii_uppercase(),
+                http.host.to_ascii_lowercase(),
+                &http.path,
+                body.map(Value::to_string),
+            )),
+        }
+    }
+
+    fn granted(&self, agent: &str, key: u64) -> bool {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        grants.retain(|_, until| *until > now);
+        grants.contains_key(&(agent.to_owned(), key))
+    }
+
+    async fn decide_endpoint(
+        self: &Arc<Self>,
+        client: &Client,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if req.method() != Method::POST {
+            return respond::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "POST a JSON action to the decision API",
+                None,
+            );
+        }
+        let bytes = match self
+            .read_body(ReqBody::Stream(req.into_body()), None, self.cfg.max_body)
+            .await
+        {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        let action: DecideAction = match serde_json::from_slice(&bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad request",
+                    &e.to_string(),
+                    None,
+                );
+            }
+        };
+        match self.preauthorize_with(client, action, Source::Proxy) {
+            Ok(r) => respond::json_response(
+                StatusCode::OK,
+                &serde_json::to_value(&r).unwrap_or(Value::Null),
+            ),
+            Err(e) => respond::error(StatusCode::BAD_REQUEST, "bad request", &e, None),
+        }
+    }
+}
+
+/// A connection slot of an agent; released on drop.
+struct ConnSlot {
+    conns: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = conns.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                conns.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Withdraws a held approval when dropped before it is disarmed (the request's future was
+/// cancelled: the client went away).
+struct Withdraw<'a> {
+    approvals: &'a Approvals,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.approvals.withdraw(&self.id);
+        }
+    }
+}
+
+/// IO handed to the TLS seam.
+#[allow(dead_code)] // read by proxy/tls.rs once it is wired in
+pub(crate) enum TlsIo {
+    /// A transparently redirected connection, nothing consumed (peek for the SNI).
+    Tcp(TcpStream),
+    /// A CONNECT tunnel; the bytes read to recognise TLS are replayed first.
+    Tunnel(Box<Prefixed<TokioIo<hyper::upgrade::Upgraded>>>),
+}
+
+/// 503 without reading the request, then close.
+async fn too_many_connections(mut stream: TcpStream) {
+    let body = br#"{"error":"too many connections","reason":"this agent has too many open connections through the policy proxy"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// A connection future that can be asked to finish.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Run a connection; close it gracefully once idle for `idle` with nothing in flight.
+async fn drive<C: Graceful>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    loop {
+        // While requests are in flight (held, or slow upstreams) look again every second.
+        let next = if activity.inflight() > 0 {
+            Instant::now() + idle.min(Duration::from_secs(1))
+        } else {
+            activity.last() + idle
+        };
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = tokio::time::sleep_until(next.into()) => {
+                if activity.inflight() == 0 && activity.last() + idle <= Instant::now() {
+                    conn.as_mut().shutdown();
+                    return tokio::time::timeout(Duration::from_secs(5), conn)
+                        .await
+                        .unwrap_or(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+fn verdict_str(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Allow => "allow",
+        Verdict::Block => "block",
+        Verdict::Throttle => "throttle",
+        Verdict::Sandbox => "sandbox",
+        Verdict::Escalate => "escalate",
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// An MCP call in a request body: tool names and JSON-RPC ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McpCall {
+    pub tools: Vec<String>,
+    pub ids: McpIds,
+}
+
+/// `(tool name, arguments)` of a JSON-RPC `tools/call`.
+fn tool_call(v: &Value) -> Option<(&str, Option<&Value>)> {
+    if v.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let name = v.pointer("/params/name").and_then(Value::as_str)?;
+    Some((name, v.pointer("/params/arguments")))
+}
+
+/// Whether a JSON array is a JSON-RPC batch: non-empty, objects with a `method`.
+fn is_batch(calls: &[Value]) -> bool {
+    !calls.is_empty()
+        && calls
+            .iter()
+            .all(|x| x.get("method").and_then(Value::as_str).is_some())
+}
+
+/// Decide one request; `http` is lent to the engine and given back.
+fn decide_one(
+    engine: &Engine,
+    view: &AgentRules,
+    http: &mut HttpRequest,
+    now: Instant,
+) -> Decision {
+    let action = Action::Http(std::mem::take(http));
+    let d = engine.decide(view, &action, now);
+    if let Action::Http(back) = action {
+        *http = back;
+    }
+    d
+}
+
+/// Decide a request (each call of a JSON-RPC batch, the most severe winning). `http.body`
+/// holds the JSON body afterwards (the deciding call, for a batch).
+pub fn decide_request(
+    engine: &Engine,
+    view: &AgentRules,
+    http: &mut HttpRequest,
+    json: Option<Value>,
+) -> (Decision, Option<McpCall>) {
+    let now = Instant::now();
+    match json {
+        Some(Value::Array(calls)) if is_batch(&calls) => {
+            let mut worst: Option<(Decision, Value)> = None;
+            let mut tools = Vec::new();
+            let mut ids = Vec::new();
+            for call in calls {
+                if let Some((tool, _)) = tool_call(&call) {
+                    tools.push(tool.to_owned());
+                }
+                ids.push(call.get("id").cloned().unwrap_or(Value::Null));
+                http.body = Some(call);
+                let d = decide_one(engine, view, http, now);
+                let call = http.body.take().unwrap_or(Value::Null);
+                if worst
+                    .as_ref()
+                    .is_none_or(|(w, _)| d.verdict() > w.verdict())
+                {
+                    worst = Some((d, call));
+                }
+            }
+            let (d, call) = match worst {
+                Some(w) => w,
+                None => (decide_one(engine, view, http, now), Value::Null),
+            };
+            http.body = Some(call);
+            let mcp = (!tools.is_empty()).then_some(McpCall {
+                tools,
+                ids: McpIds { ids, batch: true },
+            });
+            (d, mcp)
+        }
+        json => {
+            let mcp = json.as_ref().and_then(|v| {
+                tool_call(v).map(|(tool, _)| McpCall {
+                    tools: vec![tool.to_owned()],
+                    ids: McpIds {
+                        ids: vec![v.get("id").cloned().unwrap_or(Value::Null)],
+                        batch: false,
+                    },
+                })
+            });
+            http.body = json;
+            (decide_one(engine, view, http, now), mcp)
+        }
+    }
+}
+
+/// Parse a body as JSON, refusing duplicate object keys (a parser differential: upstreams
+/// disagree on which one wins). Depth is bounded by serde_json (128).
+pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let StrictJson(v) = serde_json::from_slice(bytes)?;
+    Ok(v)
+}
+
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<StrictJson, E> {
+                Ok(StrictJson(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<StrictJson, E> {
+                Ok(StrictJson(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<StrictJson, E> {
+                Ok(StrictJson(
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StrictJson, A::Error> {
+                let mut out = Vec::new();
+                while let Some(StrictJson(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(StrictJson(Value::Array(out)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StrictJson, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let StrictJson(v) = map.next_value()?;
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                }
+                Ok(StrictJson(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Whether the deciding rule has body or MCP argument conditions.
+fn has_body_conditions(engine: &Engine, d: &Decision) -> bool {
+    d.rule
+        .as_deref()
+        .and_then(|r| engine.rule_by_id(r))
+        .is_some_and(|r| match &r.matcher {
+            Matcher::Http(h) => {
+                !h.body.is_empty() || h.mcp.as_ref().is_some_and(|m| !m.1.is_empty())
+            }
+            _ => false,
+        })
+}
+
+/// Longest value quoted in records and approvals.
+const DETAIL_MAX: usize = 256;
+
+/// The body fields the deciding rule's conditions looked at: path → value (truncated).
+fn body_fields(
+    engine: &Engine,
+    d: &Decision,
+    body: Option<&Value>,
+) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let (Some(rule), Some(body)) = (d.rule.as_deref().and_then(|r| engine.rule_by_id(r)), body)
+    else {
+        return out;
+    };
+    let Matcher::Http(h) = &rule.matcher else {
+        return out;
+    };
+    let mut quote = |key: String, v: Option<&Value>| {
+        let mut s = v.map_or_else(|| "(missing)".to_owned(), Value::to_string);
+        if s.len() > DETAIL_MAX {
+            let mut cut = DETAIL_MAX;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            s.truncate(cut);
+            s.push('…');
+        }
+        out.insert(key, s);
+    };
+    for c in &h.body {
+        quote(format!("body {}", c.path()), c.lookup(body));
+    }
+    if let Some((_, args)) = &h.mcp {
+        let a = body.pointer("/params/arguments").unwrap_or(&Value::Null);
+        for c in args {
+            quote(format!("arguments {}", c.path()), c.lookup(a));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,361 @@
+//! The decision API: the decision the proxy would make for an action, without doing it.
+//!
+//! An agent framework asks before it acts: `POST /.governance/v1/decide` on the proxy
+//! listener (identified by its socket, like proxied traffic) or `POST /v1/decide` on the
+//! control API, with a [`DecideAction`]:
+//!
+//! ```json
+//! {"http": {"method": "POST", "url": "http://api.payments.example/v1/refunds",
+//!           "headers": {"content-type": "application/json"}, "body": {"amount": 500}}}
+//! {"tool": "web_search", "arguments": {"q": "rust"}, "server": "http://mcp.search.example/mcp"}
+//! ```
+//!
+//! A tool call without `server` is matched against every MCP rule of the agent, whatever
+//! the rule's host and path ([`crate::engine::Engine::decide_tool`]).
+//!
+//! The answer is a [`DecideResponse`]. Semantics that differ from a bare engine call:
+//!
+//! - **A pre-authorization counts against throttles**: it takes a token from the bucket, as
+//!   the framework is about to act. (Its later request through the proxy takes another one;
+//!   a framework that pre-authorizes every call should budget twice, or not pre-authorize
+//!   throttled tools.)
+//! - **Escalate** puts a request in the approval queue and returns its `approval_id`
+//!   (asking again for the same action while it is pending returns the same id). When a human
+//!   approves, the proxy remembers a grant for that action (agent, rule, and the tool and
+//!   arguments of an MCP call, or method, host, path and body otherwise) for the approval's
+//!   duration: the retry, pre-authorized or proxied, is then allowed (`allowed: true`, record
+//!   outcome `granted`). Denied or expired requests grant nothing.
+//! - **Sandbox**: `allowed: false` with `sandbox_upstream`: the action may only go to that
+//!   upstream (through the proxy it is sent there automatically).
+//!
+//! Each pre-authorization is reported as a decision [`crate::events::Record`] with source
+//! `api`.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use hyper::{HeaderMap, Uri, header::HeaderName, header::HeaderValue};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+
+use super::{Client, Proxy, decide_request, request, tool_call};
+use crate::{
+    approvals,
+    engine::Outcome,
+    events::{ApprovalInfo, Object, Source, rfc3339},
+    policy::SandboxTarget,
+};
+
+/// An action to decide: `{"http": {...}}` or `{"tool": ..., "arguments": ..., "server": ...}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum DecideAction {
+    Http {
+        http: HttpAction,
+    },
+    Tool {
+        /// The MCP tool name.
+        tool: String,
+        /// Its arguments (`params.arguments` of the `tools/call`).
+        #[serde(default)]
+        arguments: Value,
+        /// The MCP server's URL; without it, MCP rules on any host and path apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server: Option<String>,
+    },
+}
+
+/// An HTTP request to decide.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAction {
+    pub method: String,
+    /// `http://` or `https://` URL (the scheme does not change the decision).
+    pub url: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The JSON body, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpDoc {
+    http: HttpAction,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolDoc {
+    tool: String,
+    #[serde(default)]
+    arguments: Value,
+    #[serde(default)]
+    server: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for DecideAction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let v = Value::deserialize(d)?;
+        if v.get("http").is_some() {
+            HttpDoc::deserialize(v)
+                .map(|h| DecideAction::Http { http: h.http })
+                .map_err(D::Error::custom)
+        } else if v.get("tool").is_some() {
+            ToolDoc::deserialize(v)
+                .map(|t| DecideAction::Tool {
+                    tool: t.tool,
+                    arguments: t.arguments,
+                    server: t.server,
+                })
+                .map_err(D::Error::custom)
+        } else {
+            Err(D::Error::custom(
+                "an action is {\"http\": {method, url, headers, body}} or {\"tool\": name, \"arguments\": {...}, \"server\": url}",
+            ))
+        }
+    }
+}
+
+/// The decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecideResponse {
+    /// The id of the decision's record (as in `X-Governance-Decision`).
+    pub decision_id: String,
+    /// allow, block, throttle, sandbox, escalate.
+    pub verdict: String,
+    /// Whether the framework may go ahead with the action as asked.
+    pub allowed: bool,
+    /// `<policy>/<rule>`, `default`, or `builtin:<what>`.
+    pub rule: String,
+    pub reason: String,
+    /// Throttle: seconds until a retry can pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
+    /// Escalate: the pending approval (poll `/v1/approvals/{id}`, or retry once approved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Sandbox: where the action may go instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_upstream: Option<String>,
+}
+
+impl Proxy {
+    /// The decision API: the same decision the proxy would make for this action, without
+    /// doing it (see the module documentation for throttles, escalations and sandboxes). An
+    /// action that cannot be decided (a bad URL) is refused: verdict block, rule
+    /// `builtin:request`.
+    pub fn preauthorize(&self, client: &Client, action: DecideAction) -> DecideResponse {
+        self.preauthorize_with(client, action, Source::Api)
+            .unwrap_or_else(|reason| {
+                let rec = self.builtin_record(
+                    Some(client),
+                    None,
+                    "builtin:request",
+                    &reason,
+                    Object::default(),
+                );
+                let mut rec = rec;
+                rec.source = Source::Api;
+                let id = rec.id.clone();
+                (self.sink)(rec);
+                DecideResponse {
+                    decision_id: id,
+                    verdict: "block".into(),
+                    allowed: false,
+                    rule: "builtin:request".into(),
+                    reason,
+                    retry_after_secs: None,
+                    approval_id: None,
+                    sandbox_upstream: None,
+                }
+            })
+    }
+
+    /// Err: the action is malformed (the reason).
+    pub(super) fn preauthorize_with(
+        &self,
+        client: &Client,
+        action: DecideAction,
+        _via: Source,
+    ) -> Result<DecideResponse, String> {
+        let engine = self.engine.load_full();
+        let view = self.view(None, &engine, &client.agent);
+        let (head, headers, body, server_less) = match action {
+            DecideAction::Http { http } => {
+                let (head, headers) = http_head(&http.method, &http.url, &http.headers)?;
+                (head, headers, http.body, false)
+            }
+            DecideAction::Tool {
+                tool,
+                arguments,
+                server,
+            } => {
+                let call = json!({
+                    "jsonrpc": "2.0",
+                    "id": 1,
+                    "method": "tools/call",
+                    "params": { "name": tool, "arguments": arguments },
+                });
+                match server {
+                    Some(url) => {
+                        let (head, headers) = http_head("POST", &url, &BTreeMap::new())?;
+                        (head, headers, Some(call), false)
+                    }
+                    None => {
+                        let head = request::Head {
+                            method: "POST".into(),
+                            host: String::new(),
+                            port: None,
+                            authority: String::new(),
+                            path: String::new(),
+                            query: None,
+                            absolute: true,
+                        };
+                        (head, HeaderMap::new(), Some(call), true)
+                    }
+                }
+            }
+        };
+        let want_headers = engine.needs_headers(&view, &head.host);
+        let mut http = request::to_engine(&head, want_headers.then_some(&headers), None);
+        let (decision, mcp) = if server_less {
+            let call = body.unwrap_or(Value::Null);
+            let d = engine.decide_tool(&view, &call, Instant::now());
+            let tools = tool_call(&call).map(|(t, _)| vec![t.to_owned()]);
+            http.body = Some(call);
+            (d, tools)
+        } else {
+            let (d, m) = decide_request(&engine, &view, &mut http, body);
+            (d, m.map(|m| m.tools))
+        };
+        let mut rec = self.decision_record(client, &head, &decision, Source::Api);
+        if server_less {
+            rec.object.url = String::new();
+        }
+        if let Some(tools) = &mcp {
+            rec.object.mcp_tool = tools.join(",");
+        }
+        if super::has_body_conditions(&engine, &decision) {
+            rec.object.detail = super::body_fields(&engine, &decision, http.body.as_ref());
+        }
+        let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
+        let mut resp = DecideResponse {
+            decision_id: rec.id.clone(),
+            verdict: rec.verdict.clone(),
+            allowed: false,
+            rule: rule.clone(),
+            reason: decision.reason.clone(),
+            retry_after_secs: None,
+            approval_id: None,
+            sandbox_upstream: None,
+        };
+        match &decision.outcome {
+            Outcome::Allow => resp.allowed = true,
+            Outcome::Block => {}
+            Outcome::Throttle { retry_after } => {
+                resp.retry_after_secs = Some(retry_after.as_secs_f64().ceil().max(1.0) as u64);
+            }
+            Outcome::Sandbox(SandboxTarget::Upstream(url)) => {
+                resp.sandbox_upstream = Some(url.clone());
+            }
+            Outcome::Sandbox(SandboxTarget::Profile(_)) => {
+                resp.verdict = "block".into();
+                resp.reason = "sandbox profiles apply to processes, not HTTP requests".into();
+            }
+            Outcome::Escalate {
+                timeout,
+                on_timeout,
+            } => {
+                let key = self.grant_key(&rule, &http);
+                if self.granted(&client.agent.name, key) {
+                    rec.outcome = "granted".into();
+                    rec.message = "pre-authorized by an approval".into();
+                    resp.allowed = true;
+                    resp.reason = format!("approved earlier: {}", decision.reason);
+                } else {
+                    let grants = self.grants.clone();
+                    let agent = client.agent.name.clone();
+                    let req = approvals::Request {
+                        agent: client.info.clone(),
+                        kind: "http".into(),
+                        object: rec.object.clone(),
+                        rule: rule.clone(),
+                        reason: decision.reason.clone(),
+                        timeout: *timeout,
+                        on_timeout: *on_timeout,
+                        bytes: 0,
+                    };
+                    let on_approve = Box::new(move |d| {
+                        grants
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((agent, key), Instant::now() + d);
+                    });
+                    match self.approvals.request_action(req, key, on_approve) {
+                        Ok(id) => {
+                            rec.approval = Some(ApprovalInfo {
+                                id: id.clone(),
+                                state: "pending".into(),
+                                deadline: rfc3339(std::time::SystemTime::now() + *timeout),
+                                ..Default::default()
+                            });
+                            resp.approval_id = Some(id);
+                        }
+                        Err(full) => {
+                            rec.reason = format!("approval queue full ({full})");
+                            resp.reason = "approval queue full".into();
+                        }
+                    }
+                }
+            }
+        }
+        rec.denied = !resp.allowed;
+        (self.sink)(rec);
+        Ok(resp)
+    }
+}
+
+/// The request head of an HTTP action.
+fn http_head(
+    method: &str,
+    url: &str,
+    headers: &BTreeMap<String, String>,
+) -> Result<(request::Head, HeaderMap), String> {
+    let uri: Uri = url.parse().map_err(|e| format!("url `{url}`: {e}"))?;
+    match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {}
+        _ => return Err(format!("url `{url}`: give an http:// or https:// URL")),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("url `{url}` has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(format!("url `{url}`: userinfo is not allowed"));
+    }
+    let m = method.trim().to_ascii_uppercase();
+    if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(format!("`{method}` is not an HTTP method"));
+    }
+    let path = request::normalise_path(uri.path()).map_err(|e| e.to_string())?;
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        let name =
+            HeaderName::from_bytes(k.as_bytes()).map_err(|_| format!("bad header name `{k}`"))?;
+        let value = HeaderValue::from_str(v).map_err(|_| format!("bad value for header `{k}`"))?;
+        map.append(name, value);
+    }
+    Ok((
+        request::Head {
+            method: m,
+            host: request::normalise_host(authority.host()),
+            port: authority.port_u16(),
+            authority: authority.as_str().to_owned(),
+            path: path.into_owned(),
+            query: uri.query().map(str::to_owned),
+            absolute: true,
+        },
+        map,
+    ))
+}

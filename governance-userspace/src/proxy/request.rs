@@ -1,0 +1,495 @@
+//! From a parsed request head to what the engine decides on, and what is forwarded.
+//!
+//! Pure functions, so the fuzz target and the property tests drive exactly what the proxy
+//! runs. What is decided on is what is forwarded: the path the engine sees is the normalised
+//! path, and that normalised path (with the original query) is what goes upstream.
+//!
+//! - **Host**: the absolute-form (or HTTP/2 `:authority`) authority, else the `Host` header;
+//!   port stripped, lowercased, a trailing dot removed, IPv6 brackets removed. Two `Host`
+//!   headers, userinfo (`user@host`) or an unparsable authority → 400.
+//! - **Path**: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded
+//!   (RFC 3986 §6.2.2.2: the same resource), repeated slashes are merged, and `.`/`..`
+//!   segments (also encoded ones) → 400: no rule can be sidestepped by spelling the path
+//!   differently. Other escapes (`%2F`, `%3F`, ...) stay as written. A bad escape → 400.
+//! - **Framing** ([`check_framing`]): more than one `Content-Length`, a `Transfer-Encoding`
+//!   other than exactly `chunked`, or `Content-Length` together with `Transfer-Encoding` →
+//!   400. hyper already refuses differing `Content-Length`s and `chunked, identity`; it
+//!   quietly drops a `Content-Length` that comes with `Transfer-Encoding: chunked`, so the
+//!   proxy also watches the raw bytes for that (see `io::Tracked`).
+
+use std::borrow::Cow;
+
+use hyper::{
+    HeaderMap, Method, Uri, Version,
+    header::{self, HeaderValue},
+    http::uri::Authority,
+};
+use serde_json::Value;
+
+use crate::engine::HttpRequest;
+
+/// Why a request is refused before any decision (each → 400).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("ambiguous message framing: {0}")]
+    Framing(&'static str),
+    #[error("bad request target: {0}")]
+    Target(String),
+    #[error("bad path: {0}")]
+    Path(&'static str),
+}
+
+/// The request target, normalised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Uppercase.
+    pub method: String,
+    /// Lowercase, no port, no brackets, no trailing dot.
+    pub host: String,
+    pub port: Option<u16>,
+    /// `host[:port]` for the upstream's `Host` header, as the client wrote it.
+    pub authority: String,
+    /// Normalised (see the module documentation); empty for CONNECT.
+    pub path: String,
+    /// The query, without `?`, as written.
+    pub query: Option<String>,
+    /// The request named its target itself (HTTP/1 absolute-form): explicit proxy use.
+    pub absolute: bool,
+}
+
+impl Head {
+    /// `http://authority/path?query` (for records and approvals).
+    pub fn url(&self) -> String {
+        if self.method == "CONNECT" {
+            return self.authority.clone();
+        }
+        let mut url = String::with_capacity(7 + self.authority.len() + self.path.len());
+        url.push_str("http://");
+        url.push_str(&self.authority);
+        url.push_str(&self.path);
+        if let Some(q) = &self.query {
+            url.push('?');
+            url.push_str(q);
+        }
+        url
+    }
+
+    /// The path and query to send upstream.
+    pub fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        }
+    }
+}
+
+/// Refuse a request whose body length could be read two ways. `raw_cl_with_te`: the raw
+/// bytes of this request's head carried a `Content-Length` line (hyper drops it from the
+/// parsed headers when `Transfer-Encoding` is present).
+pub fn check_framing(headers: &HeaderMap, raw_cl_with_te: bool) -> Result<(), Reject> {
+    let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if cl > 1 {
+        return Err(Reject::Framing("more than one Content-Length"));
+    }
+    if let Some(v) = te.next() {
+        if te.next().is_some() {
+            return Err(Reject::Framing("more than one Transfer-Encoding"));
+        }
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(Reject::Framing("Transfer-Encoding other than `chunked`"));
+        }
+        if cl > 0 || raw_cl_with_te {
+            return Err(Reject::Framing(
+                "Content-Length together with Transfer-Encoding",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Normalise the request target. `method` and `uri` as hyper parsed them.
+pub fn target(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Head, Reject> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Reject::Target("more than one Host header".into()));
+    }
+    let absolute = version != Version::HTTP_2 && uri.authority().is_some();
+    let authority: Cow<'_, str> = match (uri.authority(), host_header) {
+        (Some(a), _) => Cow::Borrowed(a.as_str()),
+        (None, Some(h)) => Cow::Owned(
+            h.to_str()
+                .map_err(|_| Reject::Target("Host is not ASCII".into()))?
+                .to_owned(),
+        ),
+        (None, None) => Cow::Borrowed(""),
+    };
+    if authority.contains('@') {
+        return Err(Reject::Target("userinfo in the authority".into()));
+    }
+    if let Some(scheme) = uri.scheme_str()
+        && !scheme.eq_ignore_ascii_case("http")
+    {
+        return Err(Reject::Target(format!(
+            "scheme `{scheme}`: send https through CONNECT"
+        )));
+    }
+    let (host, port) = if authority.is_empty() {
+        (String::new(), None)
+    } else {
+        let a: Authority = authority
+            .parse()
+            .map_err(|_| Reject::Target(format!("`{authority}` is not a host[:port]")))?;
+        if a.port().is_some() && a.port_u16().is_none() {
+            return Err(Reject::Target("bad port".into()));
+        }
+        (normalise_host(a.host()), a.port_u16())
+    };
+    let (path, query) = if method == Method::CONNECT {
+        (String::new(), None)
+    } else {
+        let raw = uri.path();
+        let path = if raw == "*" && method == Method::OPTIONS {
+            Cow::Borrowed("*")
+        } else {
+            normalise_path(raw)?
+        };
+        (path.into_owned(), uri.query().map(str::to_owned))
+    };
+    Ok(Head {
+        method: method.as_str().to_ascii_uppercase(),
+        host,
+        port,
+        authority: authority.into_owned(),
+        path,
+        query,
+        absolute,
+    })
+}
+
+/// Lowercase, brackets and a trailing dot removed.
+pub fn normalise_host(host: &str) -> String {
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let h = h.strip_suffix('.').unwrap_or(h);
+    h.to_ascii_lowercase()
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// See the module documentation. Borrowed when the path is already normal.
+pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
+    if !raw.starts_with('/') {
+        return Err(Reject::Path("must start with `/`"));
+    }
+    let bytes = raw.as_bytes();
+    let plain = !bytes.contains(&b'%') && !raw.contains("//") && !raw.contains("/.");
+    if plain {
+        return Ok(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(Reject::Path("bad percent-escape"));
+            };
+            let c = h << 4 | l;
+            if unreserved(c) {
+                out.push(c);
+            } else {
+                // Keep the escape, in uppercase hex (the normal form).
+                out.push(b'%');
+                out.extend_from_slice(format!("{c:02X}").as_bytes());
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'/' && out.last() == Some(&b'/') {
+            i += 1;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    // Every byte pushed is ASCII or an escape of one, so this never fails.
+    let s = String::from_utf8(out).map_err(|_| Reject::Path("not ASCII"))?;
+    if s.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(Reject::Path("`.` or `..` segment"));
+    }
+    Ok(Cow::Owned(s))
+}
+
+/// The engine's view of a request. `headers` are copied only when a rule looks at them.
+pub fn to_engine(head: &Head, headers: Option<&HeaderMap>, body: Option<Value>) -> HttpRequest {
+    HttpRequest {
+        method: head.method.clone(),
+        host: head.host.clone(),
+        path: head.path.clone(),
+        headers: headers.map_or_else(Vec::new, |h| {
+            h.iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect()
+        }),
+        body,
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and what they name, which a proxy never forwards;
+/// also `Expect` (the proxy answers it itself) and the client's own `X-Governance-*`
+/// headers (upstreams may trust the ones the proxy sets).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    for n in named {
+        headers.remove(n.as_str());
+    }
+    for h in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::EXPECT,
+    ] {
+        headers.remove(h);
+    }
+    for h in ["keep-alive", "proxy-connection"] {
+        headers.remove(h);
+    }
+    if headers
+        .keys()
+        .any(|k| k.as_str().starts_with("x-governance-"))
+    {
+        let ours: Vec<_> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-governance-"))
+            .cloned()
+            .collect();
+        for k in ours {
+            headers.remove(k);
+        }
+    }
+}
+
+/// Whether the request asks to switch protocols (HTTP/1.1 `Upgrade`, e.g. WebSocket).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+}
+
+/// A header value from text the proxy made (rule ids, decision ids); never fails.
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, uri: &str, host: Option<&str>) -> Result<Head, Reject> {
+        let mut h = HeaderMap::new();
+        if let Some(host) = host {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        target(
+            &method.parse().unwrap(),
+            &uri.parse().unwrap(),
+            Version::HTTP_11,
+            &h,
+        )
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        let h = head(
+            "post",
+            "/v1/refunds?x=1",
+            Some("API.Payments.Example.:8080"),
+        )
+        .unwrap();
+        assert_eq!(
+            (h.method.as_str(), h.host.as_str(), h.port, h.absolute),
+            ("POST", "api.payments.example", Some(8080), false)
+        );
+        assert_eq!(h.url(), "http://API.Payments.Example.:8080/v1/refunds?x=1");
+        let h = head("GET", "http://[::1]:80/x", Some("other")).unwrap();
+        assert_eq!((h.host.as_str(), h.absolute), ("::1", true));
+        assert!(head("GET", "/", Some("u@h")).is_err());
+        assert!(head("GET", "https://h/", None).is_err());
+        let h = head("CONNECT", "api.example:443", None).unwrap();
+        assert_eq!(
+            (h.host.as_str(), h.port, h.path.as_str()),
+            ("api.example", Some(443), "")
+        );
+    }
+
+    #[test]
+    fn paths_are_normalised_or_refused() {
+        assert_eq!(normalise_path("/v1/refunds").unwrap(), "/v1/refunds");
+        assert_eq!(normalise_path("/v1//%72efunds").unwrap(), "/v1/refunds");
+        assert_eq!(normalise_path("/a%2fb").unwrap(), "/a%2Fb");
+        for bad in [
+            "/v1/../admin",
+            "/v1/%2e%2E/admin",
+            "/./x",
+            "/x/.",
+            "/%zz",
+            "/%4",
+            "x",
+        ] {
+            assert!(normalise_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(normalise_path("/a/.b/c..").unwrap(), "/a/.b/c..");
+    }
+
+    #[test]
+    fn framing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        assert!(check_framing(&h, false).is_ok());
+        assert!(check_framing(&h, true).is_err());
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("gzip, chunked"),
+        );
+        assert!(check_framing(&h, false).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h, true).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert!(check_framing(&h, false).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("5"));
+        h.insert("x-governance-sandboxed", HeaderValue::from_static("forged"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+}
+
+/// Property tests: any request head normalises without panicking, and normalisation is
+/// stable (what is decided on is a fixed point).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn raw_path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                "[a-zA-Z0-9_~-]{1,4}",
+                Just(".".to_owned()),
+                Just("..".to_owned()),
+                Just("".to_owned()),
+                "%[0-9a-fA-F]{2}",
+                "%[g-z]{0,2}",
+            ],
+            0..6,
+        )
+        .prop_map(|segs| format!("/{}", segs.join("/")))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn normalised_paths_are_fixed_points(raw in raw_path()) {
+            if let Ok(p) = normalise_path(&raw) {
+                prop_assert_eq!(normalise_path(&p).unwrap(), p.clone());
+                prop_assert!(!p.contains("//"));
+                prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
+                // The normal form is a valid request target.
+                prop_assert!(p.parse::<Uri>().is_ok(), "{}", p);
+            }
+        }
+
+        #[test]
+        fn encoding_unreserved_characters_changes_nothing(raw in "/[a-z0-9/._~-]{0,12}") {
+            let encoded: String = raw
+                .bytes()
+                .map(|b| if b == b'/' { "/".to_owned() } else { format!("%{b:02x}") })
+                .collect();
+            prop_assert_eq!(normalise_path(&raw).ok(), normalise_path(&encoded).ok());
+        }
+
+        #[test]
+        fn any_head_converts_without_panicking(
+            method in "[A-Za-z]{1,8}",
+            raw_target in "[ -~]{0,30}",
+            host in "[ -~]{0,20}",
+            names in prop::collection::vec("[a-z-]{1,10}", 0..4),
+            value in "[ -~]{0,16}",
+        ) {
+            let Ok(method) = method.parse::<Method>() else { return Ok(()) };
+            let Ok(uri) = raw_target.parse::<Uri>() else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            if let Ok(h) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, h);
+            }
+            for n in &names {
+                if let (Ok(n), Ok(v)) = (n.parse::<header::HeaderName>(), HeaderValue::from_str(&value)) {
+                    headers.append(n, v);
+                }
+            }
+            let _ = check_framing(&headers, false);
+            if let Ok(head) = target(&method, &uri, Version::HTTP_11, &headers) {
+                let req = to_engine(&head, Some(&headers), None);
+                prop_assert_eq!(&req.host, &req.host.to_ascii_lowercase());
+                prop_assert!(!req.host.ends_with('.'));
+                prop_assert_eq!(req.headers.len(), headers.len());
+                prop_assert_eq!(&req.method, &req.method.to_ascii_uppercase());
+                let _ = head.url();
+                let _ = head.path_and_query();
+            }
+        }
+    }
+}

@@ -1,0 +1,1231 @@
+//! In-process tests: a proxy on 127.0.0.1, a fixed-table `Identify` (agents are told apart by
+//! the loopback address they connect from), and small hyper upstreams that echo what they
+//! received as JSON.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream},
+    task::JoinHandle,
+};
+
+use super::*;
+use crate::{
+    approvals::{Approvals, Limits},
+    engine::{AgentRef, Engine},
+    events::{AgentInfo, Record},
+    policy,
+};
+
+/// Each agent connects from its own loopback address (127.0.1.N).
+static NEXT_IP: AtomicU32 = AtomicU32::new(1);
+
+fn next_ip() -> IpAddr {
+    let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        1 + (n / 250) as u8,
+        (n % 250 + 1) as u8,
+    ))
+}
+
+#[derive(Default)]
+struct Table(Mutex<HashMap<IpAddr, Client>>);
+
+impl Identify for Table {
+    fn identify(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Client> {
+        self.0.lock().unwrap().get(&peer.ip()).cloned()
+    }
+}
+
+/// An upstream that answers every request with what it saw, as JSON, and remembers it.
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Value>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let s = s.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|c| c.to_bytes())
+                            .unwrap_or_default();
+                        let headers: serde_json::Map<String, Value> = parts
+                            .headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.to_string(),
+                                    Value::String(v.to_str().unwrap_or("?").into()),
+                                )
+                            })
+                            .collect();
+                        let echo = json!({
+                            "upstream": name,
+                            "method": parts.method.as_str(),
+                            "path": parts.uri.to_string(),
+                            "headers": headers,
+                            "body": String::from_utf8_lossy(&body),
+                        });
+                        s.lock().unwrap().push(echo.clone());
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo.to_string()))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, seen, task }
+}
+
+/// A proxy with its records.
+struct Harness {
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+    approvals: Arc<Approvals>,
+    records: Arc<Mutex<Vec<Record>>>,
+    identify: Arc<Table>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn examples() -> policy::PolicySet {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/examples");
+    policy::load_dir(&dir).unwrap()
+}
+
+fn parse(yaml: &str) -> policy::PolicySet {
+    policy::parse(&[("test.yaml".into(), yaml.to_owned())]).unwrap()
+}
+
+fn config() -> ProxyConfig {
+    ProxyConfig {
+        listen: vec![],
+        host_addresses: [
+            "api.payments.example",
+            "mcp.search.example",
+            "elsewhere.example",
+        ]
+        .into_iter()
+        .map(|h| (h.to_owned(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]))
+        .chain([(
+            "elsewhere.example".to_owned(),
+            vec![IpAddr::V4(Ipv4Addr::new(127, 9, 9, 9))],
+        )])
+        .collect(),
+        ..ProxyConfig::default()
+    }
+}
+
+async fn start(cfg: ProxyConfig, set: policy::PolicySet, limits: Limits) -> Harness {
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let r = records.clone();
+    let sink: Sink = Arc::new(move |rec| r.lock().unwrap().push(rec));
+    let approvals = Approvals::new(limits, sink.clone(), Arc::new(|_, _| Ok(())));
+    let identify = Arc::new(Table::default());
+    let engine = Arc::new(ArcSwap::from_pointee(Engine::new(set, 1)));
+    let proxy = Proxy::new(cfg, engine, identify.clone(), approvals.clone(), sink);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(proxy.clone().serve(listener));
+    Harness {
+        proxy,
+        addr,
+        approvals,
+        records,
+        identify,
+        task,
+    }
+}
+
+impl Harness {
+    /// Register an agent; returns the address it connects from.
+    fn agent(&self, cgroup: &str, label: Option<&str>, dst: Option<SocketAddr>) -> IpAddr {
+        let ip = next_ip();
+        let name = label.unwrap_or(cgroup).to_owned();
+        self.identify.0.lock().unwrap().insert(
+            ip,
+            Client {
+                agent: AgentRef {
+                    name: name.clone(),
+                    cgroup: cgroup.into(),
+                    label: label.map(Into::into),
+                },
+                info: AgentInfo {
+                    name,
+                    cgroup: cgroup.into(),
+                    cgroup_id: 77,
+                    ..Default::default()
+                },
+                cgroup_id: 78,
+                pid: 4242,
+                original_dst: dst,
+            },
+        );
+        ip
+    }
+
+    fn record(&self, id: &str) -> Record {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.id == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no record {id}"))
+    }
+
+    async fn connect(&self, from: IpAddr) -> TcpStream {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        sock.connect(self.addr).await.unwrap()
+    }
+
+    /// Send one request on a fresh connection.
+    async fn send(&self, from: IpAddr, req: Request<Full<Bytes>>) -> Reply {
+        let stream = self.connect(from).await;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let resp = tokio::time::timeout(Duration::from_secs(20), tx.send_request(req))
+            .await
+            .expect("proxy answered in time")
+            .unwrap();
+        Reply::read(resp).await
+    }
+
+    /// Raw bytes in, raw response text out (until the proxy closes or 10 s pass).
+    async fn raw(&self, from: IpAddr, bytes: &[u8]) -> String {
+        let mut stream = self.connect(from).await;
+        let _ = stream.write_all(bytes).await;
+        read_all(&mut stream, Duration::from_secs(10)).await
+    }
+
+    fn assert_no_panics(&self) {
+        assert_eq!(self.proxy.panics(), 0, "a proxy task panicked");
+    }
+}
+
+async fn read_all(stream: &mut TcpStream, limit: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: hyper::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    async fn read(resp: Response<Incoming>) -> Self {
+        let (parts, body) = resp.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into())),
+        }
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+fn post(host: &str, path: &str, body: Value) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+fn refund(amount: u64) -> Request<Full<Bytes>> {
+    post(
+        "api.payments.example",
+        "/v1/refunds",
+        json!({ "amount": amount, "currency": "usd", "customer_age_days": 400 }),
+    )
+}
+
+fn tool_call(id: u64, tool: &str, arguments: Value) -> Request<Full<Bytes>> {
+    post(
+        "mcp.search.example",
+        "/mcp",
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": tool, "arguments": arguments}}),
+    )
+}
+
+/// Wait until `f` holds (up to 10 s).
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refund_agent_allow_escalate_approve_deny_block() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-1", None, Some(up.addr));
+
+    // $50: allowed, and the upstream saw it.
+    let r = h.send(me, refund(50)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["path"], "/v1/refunds");
+    assert_eq!(r.body["headers"]["host"], "api.payments.example");
+    assert!(r.body["body"].as_str().unwrap().contains("\"amount\":50"));
+    assert_eq!(up.seen.lock().unwrap().len(), 1);
+
+    // $500: held until approved from another task.
+    let approvals = h.approvals.clone();
+    let approver = tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        let p = &approvals.list()[0];
+        assert_eq!(p.rule, "refund-agent/refund-medium");
+        assert_eq!(p.object.detail["body $.amount"], "500");
+        approvals
+            .approve(&p.id, "alice", Duration::from_secs(60))
+            .unwrap()
+    });
+    let r = h.send(me, refund(500)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+    let approved = approver.await.unwrap();
+    let rec = h
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.kind == "approval.approved")
+        .cloned()
+        .unwrap();
+    assert_eq!(rec.approval.as_ref().unwrap().by, "alice");
+    assert_eq!(rec.approval.as_ref().unwrap().id, approved.id);
+
+    // Another $500: denied with a reason.
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        let id = approvals.list()[0].id.clone();
+        approvals
+            .deny(&id, "bob", "customer already refunded")
+            .unwrap();
+    });
+    let r = h.send(me, refund(500)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["reason"], "denied by bob: customer already refunded");
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+
+    // $5,000: blocked; the decision id is the record's id.
+    let r = h.send(me, refund(5000)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["error"], "blocked");
+    assert_eq!(r.body["rule"], "refund-agent/refund-large");
+    let id = r.body["decision_id"].as_str().unwrap();
+    assert_eq!(r.header("x-governance-decision"), id);
+    assert_eq!(r.header("x-governance-rule"), "refund-agent/refund-large");
+    let rec = h.record(id);
+    assert_eq!(
+        (rec.outcome.as_str(), rec.denied, rec.rule.as_str()),
+        ("block", true, "refund-agent/refund-large")
+    );
+    assert_eq!(rec.source, Source::Proxy);
+    assert_eq!(rec.object.method, "POST");
+    assert_eq!(rec.object.url, "http://api.payments.example/v1/refunds");
+    assert_eq!(rec.object.detail["body $.amount"], "5000");
+    assert_eq!(rec.agent.as_ref().unwrap().name, "agents/refund-1");
+    assert_eq!(rec.process.as_ref().unwrap().pid, 4242);
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_rules_are_reported_and_change_nothing() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-2", None, Some(up.addr));
+    let req = post(
+        "api.payments.example",
+        "/v1/refunds",
+        json!({"amount": 50, "customer_age_days": 2, "currency": "usd"}),
+    );
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let recs = h.records.lock().unwrap();
+    let rec = recs.last().unwrap();
+    assert_eq!(rec.outcome, "allow");
+    assert_eq!(rec.mode, "enforce");
+    let shadow = rec.shadow.as_ref().unwrap();
+    assert_eq!(
+        (shadow.verdict.as_str(), shadow.rule.as_str()),
+        ("escalate", "refund-agent/new-customer-watch")
+    );
+}
+
+const SEARCH: &str = r#"
+name: search
+agents: { label: searcher }
+proxy: { max_body: 4KiB }
+rules:
+  - id: search-rate
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: web_search } }
+    verdict: throttle
+    throttle: { rate: 3, per: 1h }
+    reason: Search is metered.
+  - id: no-shell
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: run_shell } }
+    verdict: block
+    reason: No shell commands.
+  - id: fetch-sandboxed
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: fetch_url } }
+    verdict: sandbox
+    sandbox: { upstream: "http://127.0.0.1:SANDBOX_PORT/sandbox/" }
+    reason: Fetches go through the sandbox.
+  - id: delete-held
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: delete_index } }
+    verdict: escalate
+    escalate: { timeout: 1s, on_timeout: block }
+    reason: Deleting an index needs a human.
+  - id: reindex-held
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: reindex } }
+    verdict: escalate
+    escalate: { timeout: 1s, on_timeout: allow }
+    reason: Reindexing is allowed if nobody objects.
+  - id: slow-held
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: slow } }
+    verdict: escalate
+    escalate: { timeout: 1h }
+    reason: Slow.
+  - id: plain-block
+    http: { host: mcp.search.example, path: /admin/** }
+    verdict: block
+    reason: No admin.
+"#;
+
+fn search_policy(sandbox: SocketAddr) -> policy::PolicySet {
+    parse(&SEARCH.replace("SANDBOX_PORT", &sandbox.port().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_throttle_block_sandbox_and_batches() {
+    let up = upstream("mcp").await;
+    let sandbox = upstream("sandbox").await;
+    let h = start(config(), search_policy(sandbox.addr), Limits::default()).await;
+    let me = h.agent("agents/s1", Some("searcher"), Some(up.addr));
+
+    for i in 1..=3 {
+        let r = h
+            .send(me, tool_call(i, "web_search", json!({"q": "x"})))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["upstream"], "mcp");
+    }
+    let r = h
+        .send(me, tool_call(4, "web_search", json!({"q": "x"})))
+        .await;
+    // An MCP call is refused the JSON-RPC way.
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["id"], 4);
+    assert_eq!(r.body["error"]["code"], -32002);
+    let retry: u64 = r.header("retry-after").parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+
+    // A plain (non-MCP) request to a throttled or blocked path gets HTTP semantics.
+    let r = h
+        .send(me, post("mcp.search.example", "/admin/x", json!({})))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["rule"], "search/plain-block");
+
+    let r = h
+        .send(me, tool_call(7, "run_shell", json!({"cmd": "id"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["jsonrpc"], "2.0");
+    assert_eq!(r.body["id"], 7);
+    assert_eq!(r.body["error"]["code"], -32001);
+    assert_eq!(r.body["error"]["data"]["rule"], "search/no-shell");
+    assert_eq!(
+        r.body["error"]["message"],
+        "blocked by policy: No shell commands."
+    );
+    let id = r.body["error"]["data"]["decision_id"].as_str().unwrap();
+    assert_eq!(h.record(id).object.mcp_tool, "run_shell");
+
+    let r = h.send(me, tool_call(8, "list_tools", json!({}))).await;
+    assert_eq!(r.body["upstream"], "mcp", "another tool passes: {}", r.body);
+
+    // Sandbox: lands on the sandbox upstream, under its path prefix.
+    let req = Request::post("/mcp?x=1")
+        .header("host", "mcp.search.example")
+        .body(Full::new(Bytes::from(
+            json!({"jsonrpc":"2.0","id":9,"method":"tools/call",
+                   "params":{"name":"fetch_url","arguments":{"url":"http://a"}}})
+            .to_string(),
+        )))
+        .unwrap();
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["upstream"], "sandbox");
+    assert_eq!(r.body["path"], "/sandbox/mcp?x=1");
+    assert_eq!(
+        r.body["headers"]["host"],
+        format!("127.0.0.1:{}", sandbox.addr.port())
+    );
+    assert_eq!(
+        r.body["headers"]["x-governance-sandboxed"],
+        "search/fetch-sandboxed"
+    );
+    assert_eq!(r.header("x-governance-sandboxed"), "search/fetch-sandboxed");
+
+    // A batch: decided call by call; the most severe applies to all, one error per call.
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"list_tools"}},
+        {"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"run_shell"}},
+    ]);
+    let r = h.send(me, post("mcp.search.example", "/mcp", batch)).await;
+    let errors = r.body.as_array().unwrap();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[0]["id"], "a");
+    assert_eq!(errors[1]["id"], "b");
+    assert_eq!(errors[1]["error"]["code"], -32001);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalation_timeouts_apply_on_timeout() {
+    let up = upstream("mcp").await;
+    let h = start(config(), search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/s2", Some("searcher"), Some(up.addr));
+    let t = std::time::Instant::now();
+    let r = h.send(me, tool_call(1, "delete_index", json!({}))).await;
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    assert_eq!(r.body["error"]["code"], -32001, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        "blocked by policy: approval timed out"
+    );
+    let r = h.send(me, tool_call(2, "reindex", json!({}))).await;
+    assert_eq!(
+        r.body["upstream"], "mcp",
+        "on_timeout allow forwards: {}",
+        r.body
+    );
+    let states: Vec<String> = h
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|r| {
+            r.approval
+                .as_ref()
+                .map(|a| format!("{}:{}", r.kind, a.state))
+        })
+        .collect();
+    assert!(
+        states.contains(&"approval.expired:expired".to_owned()),
+        "{states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_are_bounded_and_withdrawn_when_the_client_leaves() {
+    let up = upstream("mcp").await;
+    let limits = Limits {
+        per_agent: 2,
+        ..Limits::default()
+    };
+    let h = Arc::new(start(config(), search_policy(up.addr), limits).await);
+    let me = h.agent("agents/s3", Some("searcher"), Some(up.addr));
+    let mut held = Vec::new();
+    for i in 0..2 {
+        let h2 = h.clone();
+        held.push(tokio::spawn(async move {
+            h2.send(me, tool_call(i, "slow", json!({}))).await
+        }));
+    }
+    until(|| h.approvals.list().len() == 2).await;
+    let r = h.send(me, tool_call(3, "slow", json!({}))).await;
+    assert_eq!(
+        r.body["error"]["message"], "blocked by policy: approval queue full",
+        "{}",
+        r.body
+    );
+    // The clients go away: their approvals are withdrawn.
+    for t in held {
+        t.abort();
+    }
+    until(|| h.approvals.list().is_empty()).await;
+    let withdrawn = h
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.kind == "approval.withdrawn")
+        .count();
+    assert_eq!(withdrawn, 2);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_proxy_absolute_form_and_connect() {
+    let up = upstream("payments").await;
+    let yaml = r#"
+name: explicit
+agents: { cgroup: agents/explicit }
+defaults: { http: block }
+rules:
+  - { id: tunnel, http: { host: api.payments.example, method: CONNECT }, verdict: allow, reason: tunnels }
+  - { id: read, http: { host: api.payments.example, method: GET, path: /v1/** }, verdict: allow, reason: reads }
+  - { id: other, http: { host: blocked.example }, verdict: allow, reason: any HTTP }
+  - { id: no-net, network: { cidr: 127.0.0.2/32 }, verdict: block, reason: not that network }
+"#;
+    let mut cfg = config();
+    cfg.host_addresses.insert(
+        "blocked.example".into(),
+        vec![IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))],
+    );
+    let h = start(cfg, parse(yaml), Limits::default()).await;
+    let me = h.agent("agents/explicit", None, None);
+    let port = up.addr.port();
+
+    let req = Request::get(format!("http://api.payments.example:{port}/v1/balance"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["path"], "/v1/balance");
+    assert_eq!(
+        r.body["headers"]["host"],
+        format!("api.payments.example:{port}")
+    );
+    let req = Request::get(format!("http://api.payments.example:{port}/admin"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h.send(me, req).await.status, StatusCode::FORBIDDEN);
+
+    // The proxy connects on the agent's behalf: the agent's network rules apply.
+    let req = Request::get(format!("http://blocked.example:{port}/x"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["rule"], "explicit/no-net");
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(rec.object.dest, format!("127.0.0.2:{port}"));
+    let r = h
+        .raw(
+            me,
+            format!("CONNECT blocked.example:{port} HTTP/1.1\r\nHost: blocked.example\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+
+    // CONNECT, then plain HTTP inside the tunnel, each request decided.
+    let mut s = h.connect(me).await;
+    s.write_all(
+        format!("CONNECT api.payments.example:{port} HTTP/1.1\r\nHost: api.payments.example:{port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let get = |path: &str| {
+        Request::get(path)
+            .header("host", format!("api.payments.example:{port}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = Reply::read(tx.send_request(get("/v1/items")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["path"], "/v1/items");
+    tx.ready().await.unwrap();
+    let r = Reply::read(tx.send_request(get("/admin")).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // A CONNECT the policy does not allow.
+    let r = h
+        .raw(
+            me,
+            b"CONNECT elsewhere.example:443 HTTP/1.1\r\nHost: elsewhere.example:443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_check_refuses_a_host_that_names_elsewhere() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-3", None, Some(up.addr));
+    let mut req = refund(50);
+    req.headers_mut()
+        .insert("host", "elsewhere.example".parse().unwrap());
+    let r = h.send(me, req).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body["rule"], "builtin:host-check");
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Host does not match the destination")
+    );
+    // An IP-literal Host must be the destination itself.
+    let mut req = refund(50);
+    req.headers_mut()
+        .insert("host", "10.1.2.3".parse().unwrap());
+    assert_eq!(h.send(me, req).await.status, StatusCode::FORBIDDEN);
+    assert!(up.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidentified_connections_are_refused() {
+    let h = start(config(), examples(), Limits::default()).await;
+    let r = h
+        .raw(
+            next_ip(),
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("not an agent connection"), "{r}");
+    let recs = h.records.lock().unwrap();
+    assert!(recs[0].agent.is_none());
+    assert!(recs[0].object.url.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_refused_is_502_and_hanging_is_504() {
+    // A port nobody listens on.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    // An upstream that accepts and never answers.
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut keep = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            keep.push(s);
+        }
+    });
+    let cfg = ProxyConfig {
+        upstream_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let h = start(cfg, examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-4", None, Some(closed));
+    let r = h.send(me, refund(50)).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    let me = h.agent("agents/refund-5", None, Some(hang_addr));
+    let r = h.send(me, refund(50)).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    hold.abort();
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_decided_like_http1() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-6", None, Some(up.addr));
+    let stream = h.connect(me).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mk = |amount: u64| {
+        Request::post("http://api.payments.example/v1/refunds")
+            .body(Full::new(Bytes::from(
+                json!({"amount": amount}).to_string(),
+            )))
+            .unwrap()
+    };
+    let r = Reply::read(tx.send_request(mk(50)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["headers"]["host"], "api.payments.example");
+    tx.ready().await.unwrap();
+    let r = Reply::read(tx.send_request(mk(5000)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_get_clean_4xx_while_others_are_served() {
+    let up = upstream("mcp").await;
+    let cfg = ProxyConfig {
+        header_timeout: Duration::from_secs(2),
+        ..config()
+    };
+    let h = Arc::new(start(cfg, search_policy(up.addr), Limits::default()).await);
+    let bad = h.agent("agents/bad", Some("searcher"), Some(up.addr));
+    let good = h.agent("agents/good", Some("searcher"), Some(up.addr));
+
+    // A well-behaved agent keeps being served while the hostile one hammers.
+    let h2 = h.clone();
+    let served = tokio::spawn(async move {
+        let mut ok = 0;
+        for i in 0..20 {
+            let r = h2.send(good, tool_call(i, "list_tools", json!({}))).await;
+            if r.status == StatusCode::OK && r.body["upstream"] == "mcp" {
+                ok += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        ok
+    });
+
+    let slowloris = {
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut s = h.connect(bad).await;
+            let t = std::time::Instant::now();
+            for b in
+                b"GET /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaa"
+            {
+                if s.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if t.elapsed() > Duration::from_secs(8) {
+                    break;
+                }
+            }
+            let rest = read_all(&mut s, Duration::from_secs(2)).await;
+            (t.elapsed(), rest)
+        })
+    };
+
+    let r = h
+        .raw(bad, b"GET /mcp HTTP/1.0\r\nConnection: close\r\n\r\n")
+        .await;
+    assert!(r.starts_with("HTTP/1.0 400"), "no Host: {r}");
+
+    let r = h.raw(bad, b"GARBAGE\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 400"), "malformed request line: {r}");
+
+    let big = format!(
+        "GET /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 << 10)
+    );
+    let r = h.raw(bad, big.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "64 KiB header: {r}");
+
+    let smuggle = "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGPOST /admin/x HTTP/1.1\r\nHost: mcp.search.example\r\n\r\n";
+    let r = h.raw(bad, smuggle.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "CL+TE: {r}");
+    assert!(!r.contains("\"upstream\""), "nothing forwarded: {r}");
+    let r = h
+        .raw(bad, b"POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n")
+        .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "TE tricks: {r}");
+    let r = h
+        .raw(bad, b"POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
+        .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "duplicate CL: {r}");
+
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        deep.len()
+    );
+    req.push_str(&deep);
+    let cfg_big = h.raw(bad, req.as_bytes()).await;
+    // The search policy limits bodies to 4 KiB: refused before any parsing.
+    assert!(
+        cfg_big.starts_with("HTTP/1.1 413"),
+        "deep JSON over the limit: {cfg_big}"
+    );
+    let deep = format!("{}{}", "[".repeat(2000), "]".repeat(2000));
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{deep}",
+        deep.len()
+    );
+    let r = h.raw(bad, req.as_bytes()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 400"),
+        "deep JSON on an MCP endpoint: {r}"
+    );
+    assert!(r.contains("-32700"), "{r}");
+    let r = h
+        .raw(bad, b"POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{nope")
+        .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400"),
+        "invalid JSON on an MCP endpoint: {r}"
+    );
+
+    let body = "x".repeat(5000);
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let r = h.raw(bad, req.as_bytes()).await;
+    assert!(
+        r.starts_with("HTTP/1.1 413"),
+        "chunked body over max_body: {r}"
+    );
+
+    let r = h
+        .raw(
+            bad,
+            b"GET /v1/../admin/x HTTP/1.1\r\nHost: mcp.search.example\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "dot segments: {r}");
+
+    let (took, rest) = slowloris.await.unwrap();
+    assert!(
+        took < Duration::from_secs(6),
+        "slowloris closed by the header timeout, took {took:?}: {rest}"
+    );
+    assert_eq!(
+        served.await.unwrap(),
+        20,
+        "the well-behaved agent was served"
+    );
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_agent_are_limited() {
+    let up = upstream("payments").await;
+    let cfg = ProxyConfig {
+        max_conns_per_agent: 2,
+        ..config()
+    };
+    let h = start(cfg, examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-7", None, Some(up.addr));
+    let _a = h.connect(me).await;
+    let _b = h.connect(me).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = h.raw(me, b"").await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("too many connections"));
+    // Another agent is not affected.
+    let other = h.agent("agents/refund-8", None, Some(up.addr));
+    assert_eq!(h.send(other, refund(50)).await.status, StatusCode::OK);
+}
+
+#[test]
+fn max_body_is_validated_with_its_location() {
+    let bad = "name: p\nagents: { label: x }\nproxy: { max_body: 12parsecs }\n";
+    let err = policy::parse(&[("p.yaml".into(), bad.into())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("p.yaml:3:20: proxy.max_body: bad size `12parsecs`"),
+        "{err}"
+    );
+    let set = parse(
+        "name: a\nagents: { label: x }\nproxy: { max_body: 256KiB }\n---\nname: b\nagents: { label: x }\nproxy: { max_body: 1MiB }\n",
+    );
+    let engine = Engine::new(set, 1);
+    let view = engine.agent(&AgentRef {
+        name: "x".into(),
+        cgroup: "x".into(),
+        label: Some("x".into()),
+    });
+    assert_eq!(
+        view.max_body(),
+        Some(256 << 10),
+        "the smallest limit applies"
+    );
+}
+
+fn client_of(h: &Harness, ip: IpAddr) -> Client {
+    h.identify.0.lock().unwrap()[&ip].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preauthorize_tools_without_a_server_counts_throttles() {
+    let up = upstream("mcp").await;
+    let h = start(config(), search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/p1", Some("searcher"), None);
+    let c = client_of(&h, me);
+    let tool = |name: &str| DecideAction::Tool {
+        tool: name.into(),
+        arguments: json!({"cmd": "id"}),
+        server: None,
+    };
+    let d = h.proxy.preauthorize(&c, tool("run_shell"));
+    assert_eq!(
+        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        ("block", false, "search/no-shell")
+    );
+    let rec = h.record(&d.decision_id);
+    assert_eq!(
+        (rec.source, rec.object.mcp_tool.as_str()),
+        (Source::Api, "run_shell")
+    );
+    let d = h.proxy.preauthorize(&c, tool("list_tools"));
+    assert_eq!(
+        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        ("allow", true, "default")
+    );
+    for _ in 0..3 {
+        assert!(h.proxy.preauthorize(&c, tool("web_search")).allowed);
+    }
+    let d = h.proxy.preauthorize(&c, tool("web_search"));
+    assert_eq!((d.verdict.as_str(), d.allowed), ("throttle", false));
+    assert!(d.retry_after_secs.unwrap() >= 1);
+    let d = h.proxy.preauthorize(&c, tool("fetch_url"));
+    assert_eq!(
+        d.sandbox_upstream.as_deref(),
+        Some(format!("http://127.0.0.1:{}/sandbox/", up.addr.port()).as_str())
+    );
+    // Malformed actions are refused, not decided.
+    let bad = DecideAction::Http {
+        http: HttpAction {
+            method: "GET".into(),
+            url: "ftp://x/".into(),
+            headers: Default::default(),
+            body: None,
+        },
+    };
+    let d = h.proxy.preauthorize(&c, bad);
+    assert_eq!(
+        (d.verdict.as_str(), d.rule.as_str()),
+        ("block", "builtin:request")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserved_path_decides_for_the_connecting_agent() {
+    let up = upstream("mcp").await;
+    let h = start(config(), search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/p2", Some("searcher"), Some(up.addr));
+    let ask = |action: Value| {
+        Request::post(DECIDE_PATH)
+            .header("host", "127.0.0.1:15001")
+            .body(Full::new(Bytes::from(action.to_string())))
+            .unwrap()
+    };
+    let r = h
+        .send(
+            me,
+            ask(json!({"tool": "run_shell", "arguments": {}, "server": "http://mcp.search.example/mcp"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["verdict"], "block");
+    assert_eq!(r.body["allowed"], false);
+    assert_eq!(r.body["rule"], "search/no-shell");
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(rec.object.url, "http://mcp.search.example/mcp");
+    assert_eq!(rec.agent.unwrap().name, "searcher");
+    // Nothing went upstream.
+    assert!(up.seen.lock().unwrap().is_empty());
+    let r = h.send(me, ask(json!({"nonsense": 1}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    // Without an identity, no decision.
+    let r = h
+        .raw(
+            next_ip(),
+            format!("POST {DECIDE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_preauthorization_lets_the_retry_through() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-9", None, Some(up.addr));
+    let c = client_of(&h, me);
+    let action = || DecideAction::Http {
+        http: HttpAction {
+            method: "POST".into(),
+            url: "https://api.payments.example/v1/refunds".into(),
+            headers: Default::default(),
+            body: Some(json!({"amount": 500, "currency": "usd", "customer_age_days": 400})),
+        },
+    };
+    let d = h.proxy.preauthorize(&c, action());
+    assert_eq!((d.verdict.as_str(), d.allowed), ("escalate", false));
+    let id = d.approval_id.clone().unwrap();
+    assert_eq!(
+        h.proxy.preauthorize(&c, action()).approval_id.as_deref(),
+        Some(id.as_str()),
+        "asking again reuses the pending approval"
+    );
+    assert_eq!(h.approvals.list().len(), 1);
+    h.approvals
+        .approve(&id, "alice", Duration::from_secs(60))
+        .unwrap();
+    let d = h.proxy.preauthorize(&c, action());
+    assert!(d.allowed, "{d:?}");
+    assert_eq!(h.record(&d.decision_id).outcome, "granted");
+    // The proxied request for the same action passes without being held.
+    let r = h.send(me, refund(500)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(h.approvals.list().is_empty());
+    // A different amount is a different action.
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    });
+    assert_eq!(h.send(me, refund(501)).await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_are_closed_but_held_requests_are_not() {
+    let up = upstream("mcp").await;
+    let cfg = ProxyConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let h = start(cfg, search_policy(up.addr), Limits::default()).await;
+    let me = h.agent("agents/idle", Some("searcher"), Some(up.addr));
+    // HTTP/2 (HTTP/1 keep-alive connections also end at the header timeout).
+    let stream = h.connect(me).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = |tool: &str| {
+        Request::post("http://mcp.search.example/mcp")
+            .body(Full::new(Bytes::from(
+                json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}})
+                    .to_string(),
+            )))
+            .unwrap()
+    };
+    // A request held for longer than the idle timeout is not cut off...
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let id = approvals.list()[0].id.clone();
+        approvals.approve(&id, "alice", Duration::ZERO).unwrap();
+    });
+    let r = Reply::read(tx.send_request(req("slow")).await.unwrap()).await;
+    assert_eq!(r.body["upstream"], "mcp", "{}", r.body);
+    // ...and an idle connection is closed.
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .unwrap();
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_json_to_an_mcp_endpoint_is_400_and_upgrades_are_501() {
+    let up = upstream("mcp").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/r1", Some("research-agent"), Some(up.addr));
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{deep}",
+        deep.len()
+    );
+    let r = h.raw(me, req.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "100k-deep JSON: {r}");
+    assert!(r.contains("recursion limit"), "{r}");
+    // Not an MCP endpoint: the body conditions are false, the request is decided without it.
+    let req = format!(
+        "POST /other HTTP/1.1\r\nHost: mcp.search.example\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{deep}",
+        deep.len()
+    );
+    let r = h.raw(me, req.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{}", &r[..r.len().min(200)]);
+    let r = h
+        .raw(
+            me,
+            b"GET /ws HTTP/1.1\r\nHost: mcp.search.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+    h.assert_no_panics();
+}

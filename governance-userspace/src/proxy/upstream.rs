@@ -1,0 +1,260 @@
+//! Upstreams: name resolution (with a small TTL cache and the static `host_addresses`
+//! override), the host check, the connection pool, and the bodies that flow both ways.
+//!
+//! Requests go upstream as HTTP/1.1 over pooled keep-alive connections, addressed by IP so the
+//! proxy, not the pool, decides where a name goes; the `Host` header carries the name.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::{HostCheck, ProxyConfig};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream: buffered (a rule needed it) or streamed untouched.
+pub enum UpBody {
+    Full(Option<Bytes>),
+    Stream(Incoming),
+}
+
+impl HttpBody for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// A response body for the client: made by the proxy, or streamed from the upstream with an
+/// idle timeout between frames (an upstream that stops sending mid-body does not wedge the
+/// connection).
+pub enum Body {
+    Full(Option<Bytes>),
+    Upstream {
+        inner: Incoming,
+        idle: Duration,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    },
+}
+
+impl Body {
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        Body::Full(Some(b.into()))
+    }
+
+    pub fn empty() -> Self {
+        Body::Full(None)
+    }
+
+    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        Body::Upstream {
+            inner,
+            idle,
+            timer: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?} in the middle of a body")]
+pub struct BodyTimeout(Duration);
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Body::Upstream { inner, idle, timer } => match Pin::new(inner).poll_frame(cx) {
+                Poll::Ready(f) => {
+                    *timer = None;
+                    Poll::Ready(f.map(|r| r.map_err(Into::into)))
+                }
+                Poll::Pending => {
+                    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
+                    match t.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimeout(*idle).into()))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(b) => b.is_none(),
+            Body::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+use std::future::Future as _;
+
+/// Why a name could not be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("cannot resolve `{host}`: {why}")]
+pub struct ResolveError {
+    pub host: String,
+    pub why: String,
+}
+
+/// Cached lookups: name → (expiry, addresses or the error).
+type Cache = HashMap<String, (Instant, Result<Arc<[IpAddr]>, String>)>;
+
+/// Most names cached at once (the cache starts over when full).
+const CACHE_MAX: usize = 4096;
+/// How long a failed lookup is remembered.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+pub struct Upstream {
+    pub client: Client<HttpConnector, UpBody>,
+    host_check: HostCheck,
+    overrides: HashMap<String, Vec<IpAddr>>,
+    ttl: Duration,
+    lookup_timeout: Duration,
+    cache: Mutex<Cache>,
+}
+
+impl Upstream {
+    pub fn new(cfg: &ProxyConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.upstream_connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(64)
+            .set_host(false)
+            .build(http);
+        Self {
+            client,
+            host_check: cfg.host_check,
+            overrides: cfg
+                .host_addresses
+                .iter()
+                .map(|(k, v)| (super::request::normalise_host(k), v.clone()))
+                .collect(),
+            ttl: cfg.dns_ttl,
+            lookup_timeout: cfg.upstream_connect_timeout,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The addresses of `host` (lowercase): an IP literal, the static override, or DNS.
+    pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Arc::from([ip]));
+        }
+        if let Some(list) = self.overrides.get(host) {
+            return Ok(Arc::from(list.as_slice()));
+        }
+        let err = |why: String| ResolveError {
+            host: host.to_owned(),
+            why,
+        };
+        if host.is_empty() {
+            return Err(err("no host".into()));
+        }
+        let now = Instant::now();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((until, r)) = cache.get(host)
+                && *until > now
+            {
+                return r.clone().map_err(err);
+            }
+        }
+        let looked = tokio::time::timeout(
+            self.lookup_timeout,
+            tokio::net::lookup_host((host.to_owned(), 0)),
+        )
+        .await;
+        let result: Result<Arc<[IpAddr]>, String> = match looked {
+            Err(_) => Err("lookup timed out".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(addrs)) => {
+                let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip().to_canonical()).collect();
+                ips.dedup();
+                if ips.is_empty() {
+                    Err("no addresses".into())
+                } else {
+                    Ok(Arc::from(ips))
+                }
+            }
+        };
+        let ttl = if result.is_ok() {
+            self.ttl
+        } else {
+            NEGATIVE_TTL
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(host.to_owned(), (now + ttl, result.clone()));
+        result.map_err(err)
+    }
+
+    /// The host check of transparent mode: does `host` (what the request says) name `dst`
+    /// (where the agent connected)? Err carries the reason for the 403.
+    pub async fn host_names(&self, host: &str, dst: SocketAddr) -> Result<(), String> {
+        if self.host_check == HostCheck::Off {
+            return Ok(());
+        }
+        let want = dst.ip().to_canonical();
+        match self.resolve(host).await {
+            Ok(ips) if ips.iter().any(|ip| ip.to_canonical() == want) => Ok(()),
+            Ok(_) => Err(format!(
+                "Host does not match the destination: `{host}` does not resolve to {want}"
+            )),
+            Err(e) => Err(format!("Host does not match the destination: {e}")),
+        }
+    }
+}
