@@ -903,7 +903,10 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
                 } else if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
                     // A dual-stack socket going to an IPv4 address: to the proxy's IPv4
                     // address, IPv4-mapped.
-                    set_ip6(sa, [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), proxy.ip4]);
+                    set_ip6(
+                        sa,
+                        [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), proxy.ip4],
+                    );
                 } else {
                     set_ip6(sa, proxy.ip6);
                 }

@@ -124,7 +124,10 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
         .route("/v1/decide", post(decide))
         .route("/metrics", get(metrics));
     let r = if tcp {
-        r.layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+        r.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
     } else {
         r
     };
@@ -282,8 +285,9 @@ impl EventsQuery {
         let types = list(&self.ty)
             .into_iter()
             .map(|t| {
-                serde_json::from_value::<RecordType>(Value::String(t.clone()))
-                    .map_err(|_| format!("type `{t}`: one of decision, approval, policy, lifecycle"))
+                serde_json::from_value::<RecordType>(Value::String(t.clone())).map_err(|_| {
+                    format!("type `{t}`: one of decision, approval, policy, lifecycle")
+                })
             })
             .collect::<Result<_, _>>()?;
         Ok(Filter {
@@ -346,17 +350,18 @@ async fn events(
     // Subscribe first, then replay the audit log up to where the subscription starts: no
     // record is missed or doubled between the two.
     let sub = if follow {
-        match st.publisher.subscribe(filter.clone(), SUBSCRIBER_QUEUE).await {
+        match st
+            .publisher
+            .subscribe(filter.clone(), SUBSCRIBER_QUEUE)
+            .await
+        {
             Some(s) => Some(s),
             None => return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
         }
     } else {
         None
     };
-    let until_seq = sub
-        .as_ref()
-        .map_or(u64::MAX, |s| s.from_seq)
-        .min(u64::MAX);
+    let until_seq = sub.as_ref().map_or(u64::MAX, |s| s.from_seq);
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let frame = move |body: Vec<u8>| -> Bytes {
         if sse {
@@ -535,11 +540,12 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
             c(Counter::MapFull),
         );
     }
-    st.metrics.set_pending_approvals(st.approvals.list().len() as u64);
+    st.metrics
+        .set_pending_approvals(st.approvals.list().len() as u64);
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::CONTENT_TYPE,
         )],
         st.metrics.render(),
     )

@@ -814,7 +814,6 @@ pub fn load_or_create_key(path: &Path) -> Result<SigningKey, AuditError> {
 
 /// What a successful [`verify`] saw.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[derive(Debug)]
 pub struct VerifyReport {
     pub files: usize,
     /// Records, seals not included (recoveries included).
@@ -1062,7 +1061,8 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, AuditError> {
     let bytes: [u8; 32] = match from_hex::<32>(s.trim().as_bytes()) {
         Some(b) => b,
         None => {
-            let raw = fs::read(s).map_err(|e| bad(format!("neither 64 hex digits nor a readable file: {e}")))?;
+            let raw = fs::read(s)
+                .map_err(|e| bad(format!("neither 64 hex digits nor a readable file: {e}")))?;
             let text = String::from_utf8_lossy(&raw);
             match from_hex::<32>(text.trim().as_bytes()) {
                 Some(b) => b,

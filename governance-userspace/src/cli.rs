@@ -239,7 +239,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_host_check: bool,
     /// The audit log directory.
-    #[arg(long, env = "GOVERNANCE_AUDIT_DIR", default_value = "/var/lib/governance/audit")]
+    #[arg(
+        long,
+        env = "GOVERNANCE_AUDIT_DIR",
+        default_value = "/var/lib/governance/audit"
+    )]
     pub audit_dir: PathBuf,
     /// Rotate audit files at this size (bytes; K, M, G suffixes).
     #[arg(long, default_value = "64M", value_parser = parse_size)]
@@ -529,8 +533,21 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "generation   {}{}", v["generation"], if v["degraded"] == true { " (DEGRADED)" } else { "" })?;
-        writeln!(out, "policy       {}", v["policy_dir"].as_str().unwrap_or("?"))?;
+        writeln!(
+            out,
+            "generation   {}{}",
+            v["generation"],
+            if v["degraded"] == true {
+                " (DEGRADED)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            out,
+            "policy       {}",
+            v["policy_dir"].as_str().unwrap_or("?")
+        )?;
         writeln!(out, "started      {}", v["started"].as_str().unwrap_or("?"))?;
         writeln!(out, "agents       {}", v["agents"])?;
         writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
@@ -651,7 +668,11 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
             a["selector"].as_str().unwrap_or(""),
             a["policies"]
                 .as_array()
-                .map(|p| p.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                .map(|p| p
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","))
                 .unwrap_or_default(),
             if counts.is_empty() {
                 "none yet".into()
@@ -711,7 +732,9 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if !args.follow && args.since.is_none() {
-        anyhow::bail!("say what to show: --follow (live), --since TIME (from the audit log), or both");
+        anyhow::bail!(
+            "say what to show: --follow (live), --since TIME (from the audit log), or both"
+        );
     }
     let mut query = Vec::new();
     let mut push = |k: &str, v: &str| {

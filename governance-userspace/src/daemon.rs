@@ -46,12 +46,12 @@ use crate::{
     approvals::{self, Approvals},
     audit::AuditOptions,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
-    engine::{AgentRef, Engine},
+    engine::Engine,
     events::{
         self, AgentInfo, ApprovalInfo, Clock, GrantRequest, Names, Record, RecordType, RuleName,
         rfc3339,
     },
-    kernel::{self, Enforcer, Probe, ProxyConns, Protect},
+    kernel::{self, Enforcer, Probe, Protect, ProxyConns},
     metrics::Metrics,
     pipeline::{self, Publisher},
     policy,
@@ -264,10 +264,11 @@ impl Drainer {
                     );
                     continue;
                 };
+                drop(item);
                 let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
                 let mut r = Record::from_kernel(&ev, n, &self.clock);
                 if let Some(g) = GrantRequest::of(&ev) {
-                    self.escalate(&mut r, g, n, ev.rule_id);
+                    escalate(&self.approvals, &mut r, g, n, ev.rule_id);
                 }
                 batch.push(r);
             }
@@ -278,9 +279,11 @@ impl Drainer {
             self.publisher.publish_batch(batch);
         }
     }
+}
 
-    /// A kernel escalation: the action was refused; file (or find) the approval request.
-    fn escalate(&self, r: &mut Record, g: GrantRequest, names: &Names, rule_id: u32) {
+/// A kernel escalation: the action was refused; file (or find) the approval request.
+fn escalate(approvals: &Approvals, r: &mut Record, g: GrantRequest, names: &Names, rule_id: u32) {
+    {
         let (timeout, on_timeout) = names
             .rule(rule_id)
             .and_then(|n| n.escalate)
@@ -295,7 +298,7 @@ impl Drainer {
             on_timeout,
             bytes: 0,
         };
-        match self.approvals.request_grant(req, g) {
+        match approvals.request_grant(req, g) {
             Ok(id) => {
                 r.approval = Some(ApprovalInfo {
                     id,
@@ -306,6 +309,41 @@ impl Drainer {
             }
             Err(full) => r.reason = format!("{} ({full}: not queued for approval)", r.reason),
         }
+    }
+}
+
+/// The drainer's thread: stopped (after a last drain) and joined on [`DrainerThread::stop`]
+/// or drop.
+struct DrainerThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DrainerThread {
+    fn start(d: Drainer) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ring".into())
+            .spawn(move || d.run(flag))
+            .context("starting the event drainer")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DrainerThread {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -474,13 +512,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.api_listen.is_some() && token.is_none() {
         anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
     }
-    let enforcer =
-        Enforcer::start(&args.pins, &root, args.allow_degraded).with_context(|| {
-            format!(
-                "loading the eBPF programs (pins in {})",
-                args.pins.display()
-            )
-        })?;
+    let enforcer = Enforcer::start(&args.pins, &root, args.allow_degraded).with_context(|| {
+        format!(
+            "loading the eBPF programs (pins in {})",
+            args.pins.display()
+        )
+    })?;
     let previous = enforcer.generation().unwrap_or(0);
     let adopted = enforcer.adopted;
     if adopted {
@@ -579,8 +616,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Drain kernel events from now on (what the programs decided while no daemon ran first).
     let names: SharedNames = Arc::default();
-    let stop_drainer = Arc::new(AtomicBool::new(false));
-    let drainer = {
+    let mut drainer = {
         let d = Drainer {
             ring,
             names: names.clone(),
@@ -588,11 +624,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             publisher: publisher.clone(),
             approvals: approvals.clone(),
         };
-        let stop = stop_drainer.clone();
-        std::thread::Builder::new()
-            .name("ring".into())
-            .spawn(move || d.run(stop))
-            .context("starting the event drainer")?
+        DrainerThread::start(d)?
     };
 
     let snapshot = Arc::new(Mutex::new(Snapshot {
@@ -606,13 +638,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         generation: previous,
         ..Default::default()
     }));
-    let stop_with = |code: ExitCode, publisher: Publisher| {
-        stop_drainer.store(true, Ordering::Relaxed);
-        let _ = drainer.join();
-        drop(publisher);
-        code
-    };
-
     // Generation 1 (or the one after what was pinned).
     let mut current = previous;
     let engine: Arc<ArcSwap<Engine>>;
@@ -627,7 +652,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let mut r = Record::daemon(
                 RecordType::Policy,
                 "policy.reloaded",
-                format!("generation {current} is enforcing {}", args.policy.display()),
+                format!(
+                    "generation {current} is enforcing {}",
+                    args.policy.display()
+                ),
             );
             r.generation = current;
             r.counts.insert("rules".into(), b.rules as u64);
@@ -639,12 +667,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if !adopted {
                 let _ = kernel::unload(&args.pins);
             }
-            return Ok(stop_with(ExitCode::from(EXIT_CANNOT_ENFORCE), publisher));
+            return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
         }
         Err(e) => {
             if !adopted {
                 let _ = kernel::unload(&args.pins);
-                stop_with(ExitCode::FAILURE, publisher);
                 return Err(e);
             }
             eprintln!(
@@ -703,8 +730,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             identify,
             approvals.clone(),
             sink.clone(),
-            metrics.clone(),
-        )?;
+        );
         for l in listeners {
             tasks.push(tokio::spawn(p.clone().serve(l)));
         }
@@ -712,7 +738,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .lock()
             .map_err(|_| anyhow::anyhow!("lock"))?
             .set_proxy(Some((*v4.ip(), Ipv6Addr::LOCALHOST, v4.port())))?;
-        eprintln!("governance: HTTP policy proxy on {v4} and [::1]:{}", v4.port());
+        eprintln!(
+            "governance: HTTP policy proxy on {v4} and [::1]:{}",
+            v4.port()
+        );
         snapshot.lock().unwrap_or_else(|e| e.into_inner()).proxy = Some(v4.to_string());
         Some(p)
     };
@@ -734,8 +763,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let socket = api::bind_socket(&args.socket)
         .with_context(|| format!("creating the control socket {}", args.socket.display()))?;
     {
-        let app = api::router(state.clone(), false)
-            .into_make_service_with_connect_info::<api::Caller>();
+        let app =
+            api::router(state.clone(), false).into_make_service_with_connect_info::<api::Caller>();
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(socket, app).await {
                 tracing::error!("control socket: {e}");
@@ -885,8 +914,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         t.abort();
     }
     let _ = std::fs::remove_file(&args.socket);
-    stop_drainer.store(true, Ordering::Relaxed);
-    let _ = drainer.join();
+    drainer.stop();
     let (decisions, denials, ring_drops, map_full) = {
         let e = enforcer.lock().unwrap_or_else(|e| e.into_inner());
         let c = |k| e.counter(k).unwrap_or_default();

@@ -567,7 +567,11 @@ mod tests {
     async fn slow_and_dead_subscribers_cost_nobody_else() {
         let dir = tempfile::tempdir().unwrap();
         let h = start_in(dir.path());
-        let mut steady = h.publisher.subscribe(Filter::default(), 100_000).await.unwrap();
+        let mut steady = h
+            .publisher
+            .subscribe(Filter::default(), 100_000)
+            .await
+            .unwrap();
         let mut slow = h.publisher.subscribe(Filter::default(), 16).await.unwrap();
         let dead = h.publisher.subscribe(Filter::default(), 16).await.unwrap();
         drop(dead);

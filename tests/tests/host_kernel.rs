@@ -175,7 +175,8 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
             panic!(
                 "{case}: the connection did not reach the proxy (direct: {:?}, event: {:?})",
                 accepted(&direct),
-                k.try_event_for(pid, Duration::from_secs(1)).map(|e| (e.flags, e.cause, e.verdict))
+                k.try_event_for(pid, Duration::from_secs(1))
+                    .map(|e| (e.flags, e.cause, e.verdict))
             )
         });
         assert!(accepted(&direct).is_none(), "{case}: nothing went direct");
@@ -659,7 +660,8 @@ fn control_api_authorization_and_slow_subscribers() {
             agent.rel.display()
         ),
     );
-    let token_file = std::env::temp_dir().join(format!("governance-test-token-{}", std::process::id()));
+    let token_file =
+        std::env::temp_dir().join(format!("governance-test-token-{}", std::process::id()));
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
     let api_addr = {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -682,7 +684,10 @@ fn control_api_authorization_and_slow_subscribers() {
         &dir,
     );
     // The socket: 0600, root's; another user cannot even connect.
-    let mode = std::fs::metadata(daemon.socket()).unwrap().permissions().mode();
+    let mode = std::fs::metadata(daemon.socket())
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let out = Command::new(governance_bin())
         .args(["status", "--socket"])
@@ -701,7 +706,8 @@ fn control_api_authorization_and_slow_subscribers() {
     // TCP: no token, a wrong token → 401; the right one works.
     for token in [None, Some("wrong")] {
         let mut cmd = Command::new(governance_bin());
-        cmd.args(["agents", "--api", &api_addr]).env_remove("GOVERNANCE_TOKEN");
+        cmd.args(["agents", "--api", &api_addr])
+            .env_remove("GOVERNANCE_TOKEN");
         if let Some(t) = token {
             cmd.args(["--token", t]);
         }
@@ -714,13 +720,19 @@ fn control_api_authorization_and_slow_subscribers() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains(&agent.rel.display().to_string()), "{text}");
 
     // Three subscribers.
     let follow = || {
         Command::new(governance_bin())
-            .args(["events", "--follow", "-o", "json", "--kind", "connect", "--socket"])
+            .args([
+                "events", "--follow", "-o", "json", "--kind", "connect", "--socket",
+            ])
             .arg(daemon.socket())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -736,7 +748,10 @@ fn control_api_authorization_and_slow_subscribers() {
     let steady_out = steady.stdout.take().unwrap();
     let counter = std::thread::spawn(move || {
         let (mut blocks, mut lost_notices) = (0u64, 0u64);
-        for line in std::io::BufReader::new(steady_out).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(steady_out)
+            .lines()
+            .map_while(Result::ok)
+        {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["outcome"] == "block" {
                 blocks += 1;
@@ -759,7 +774,11 @@ fn control_api_authorization_and_slow_subscribers() {
             ))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     };
     flood(N / 2);
     let _ = killed.kill(); // mid-stream, by pid
@@ -789,7 +808,10 @@ fn control_api_authorization_and_slow_subscribers() {
     let reader = std::thread::spawn(move || {
         let mut notice = None;
         let mut blocks = 0u64;
-        for line in std::io::BufReader::new(stalled_out).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stalled_out)
+            .lines()
+            .map_while(Result::ok)
+        {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["kind"] == "subscriber.lost" {
                 notice = Some(v["counts"]["lost_total"].as_u64().unwrap());

@@ -971,12 +971,19 @@ fn daemon_events_and_approvals() {
     let pins = pin_dir("stream");
     let pins_arg = pins.to_str().unwrap().to_owned();
     let (daemon, _) = start_daemon(
-        &["--no-create-cgroups", "--detach-on-exit", "--pins", &pins_arg],
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+        ],
         &dir,
     );
     let agent = fx.agent.rel.display().to_string();
     let mut follower = std::process::Command::new(governance_bin())
-        .args(["events", "--follow", "-o", "json", "--agent", &agent, "--socket"])
+        .args([
+            "events", "--follow", "-o", "json", "--agent", &agent, "--socket",
+        ])
         .arg(daemon.socket())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -1023,7 +1030,10 @@ fn daemon_events_and_approvals() {
         });
         // In order, and every field as the kernel and the policy say.
         assert_eq!(v["process"]["pid"], pid, "in order: {v}");
-        assert!(v["id"].as_str().unwrap() > last_id.as_str(), "ids ascend: {v}");
+        assert!(
+            v["id"].as_str().unwrap() > last_id.as_str(),
+            "ids ascend: {v}"
+        );
         last_id = v["id"].as_str().unwrap().to_owned();
         assert_eq!(v["outcome"], "block");
         assert_eq!(v["verdict"], "block");
@@ -1045,10 +1055,7 @@ fn daemon_events_and_approvals() {
         // The child exits right after the refused exec: procfs may or may not still have it.
         let e = v["process"]["enrichment"].as_str().unwrap();
         assert!(e == "procfs" || e == "gone", "{v}");
-        assert_eq!(
-            v["object"]["path"],
-            fx.p("blocked/true").to_str().unwrap()
-        );
+        assert_eq!(v["object"]["path"], fx.p("blocked/true").to_str().unwrap());
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         assert!(!v["node"].as_str().unwrap().is_empty());
     }
@@ -1057,7 +1064,10 @@ fn daemon_events_and_approvals() {
     let (_, outcome) = run_in(Some(&fx.agent.path), "stream-agent", &a);
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
     let asked = next("the escalation", &|v| v["outcome"] == "escalate");
-    let id = asked["approval"]["id"].as_str().expect("an approval id").to_owned();
+    let id = asked["approval"]["id"]
+        .as_str()
+        .expect("an approval id")
+        .to_owned();
     let listed = daemon.cli(&["approvals", "-o", "json"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(listed.contains(&id), "{listed}");
@@ -1068,7 +1078,11 @@ fn daemon_events_and_approvals() {
         String::from_utf8_lossy(&approved.stderr)
     );
     let (_, outcome) = run_in(Some(&fx.agent.path), "stream-agent", &a);
-    assert_eq!(outcome, Outcome::Exited(0), "the retry passes after approval");
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "the retry passes after approval"
+    );
     let granted = next("the approval", &|v| v["kind"] == "approval.approved");
     let by = granted["approval"]["by"].as_str().unwrap();
     assert!(

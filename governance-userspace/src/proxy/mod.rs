@@ -140,6 +140,10 @@ pub struct ProxyConfig {
     pub host_addresses: HashMap<String, Vec<IpAddr>>,
     /// How long a DNS answer is cached.
     pub dns_ttl: Duration,
+    /// Directory of the node CA for TLS interception (`ca.crt`, `ca.key`; see [`tls`]).
+    pub ca_dir: Option<std::path::PathBuf>,
+    /// Extra PEM roots trusted for upstream TLS, besides the public ones.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -160,6 +164,8 @@ impl Default for ProxyConfig {
             host_check: HostCheck::Resolve,
             host_addresses: HashMap::new(),
             dns_ttl: Duration::from_secs(30),
+            ca_dir: None,
+            upstream_ca: None,
         }
     }
 }
