@@ -62,6 +62,9 @@ static PROXY_CONNS: LruHashMap<ConnKey, OrigDst> = LruHashMap::with_max_entries(
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+/// Per-CPU scratch for a proxy connection's record (see `record_for_proxy`).
+#[map]
+static ORIG_SCRATCH: PerCpuArray<OrigDst> = PerCpuArray::with_max_entries(1, 0);
 /// Per-CPU scratch for the path key: 260 bytes do not fit the 512-byte stack beside the rest.
 #[map]
 static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);
@@ -788,6 +791,7 @@ fn net_decision(
     (d, via_proxy)
 }
 
+#[inline(always)]
 fn mapped4(ip4_be: u32) -> [u8; 16] {
     let b = ip4_be.to_ne_bytes(); // user_ip4 holds the address in network byte order.
     [
@@ -795,6 +799,7 @@ fn mapped4(ip4_be: u32) -> [u8; 16] {
     ]
 }
 
+#[inline(always)]
 fn ip6(words: [u32; 4]) -> [u8; 16] {
     let mut a = [0u8; 16];
     let mut i = 0;
@@ -825,8 +830,9 @@ fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
 
 /// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
 /// the handshake (see `sock_ops`) files it under the client's port for the proxy to find.
-/// Not inlined: its record gets its own stack frame instead of crowding the caller's.
-#[inline(never)]
+/// The record is built in per-CPU scratch: the connect programs' stack is nearly full (6.1's
+/// verifier counts 512 bytes across the whole call chain, so no subprogram either).
+#[inline(always)]
 fn record_for_proxy(
     ctx: &SockAddrContext,
     agent: &Agent,
@@ -836,18 +842,21 @@ fn record_for_proxy(
 ) -> bool {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = OrigDst {
-        addr: if redirected { *addr } else { [0; 16] },
-        port: if redirected { port } else { 0 },
-        redirected: u8::from(redirected),
-        _pad: 0,
-        tgid: agent.tgid,
-        agent_cgroup: agent.root,
-        cgroup_id: agent.cgroup,
-        generation: agent.generation,
-        _pad2: 0,
+    let Some(orig) = ORIG_SCRATCH.get_ptr_mut(0) else {
+        return false;
     };
-    ORIG_DST.insert(&cookie, &orig, 0).is_ok()
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let orig = unsafe { &mut *orig };
+    orig.addr = if redirected { *addr } else { [0; 16] };
+    orig.port = if redirected { port } else { 0 };
+    orig.redirected = u8::from(redirected);
+    orig._pad = 0;
+    orig.tgid = agent.tgid;
+    orig.agent_cgroup = agent.root;
+    orig.cgroup_id = agent.cgroup;
+    orig.generation = agent.generation;
+    orig._pad2 = 0;
+    ORIG_DST.insert(&cookie, &*orig, 0).is_ok()
 }
 
 /// Shared body of the four cgroup socket-address programs: 1 lets the call go on, 0 refuses

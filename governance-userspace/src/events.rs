@@ -650,7 +650,8 @@ impl fmt::Display for Record {
             }
         }
         if !self.message.is_empty() {
-            write!(f, " {}", self.message)?;
+            // One record, one line: a multi-line message (a reload's errors) is joined.
+            write!(f, " {}", self.message.replace('\n', " | "))?;
         }
         for (k, v) in &self.counts {
             write!(f, " {k}={v}")?;

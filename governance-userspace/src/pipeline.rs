@@ -6,7 +6,8 @@
 //!    procfs, marked `gone` when the process has exited),
 //! 2. numbers it (event id, node) and appends it to the audit log, fsyncing once per batch,
 //! 3. counts it in the metrics and per agent,
-//! 4. prints it (one readable line on stdout, unless quiet),
+//! 4. prints it (one readable line on stdout, unless quiet; through its own bounded queue, so
+//!    a stdout nobody reads costs lines, counted, never the audit log),
 //! 5. hands it to every live subscriber whose filter matches.
 //!
 //! Work is batched: the thread takes everything queued (up to [`BATCH`] records) per wakeup.
@@ -21,6 +22,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    fmt::Write as _,
     io::Write as _,
     path::PathBuf,
     sync::{
@@ -193,6 +195,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     let backlog = Arc::new(AtomicUsize::new(0));
     let counts = AgentCounts::default();
     let next_seq = Arc::new(AtomicU64::new(audit.as_ref().map_or(0, |a| a.next_seq())));
+    let stdout = if cfg.stdout { Stdout::start() } else { None };
     let mut worker = Worker {
         audit,
         cfg,
@@ -204,6 +207,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         next_seq: next_seq.clone(),
         backlog: backlog.clone(),
         audit_failing: false,
+        stdout,
     };
     let thread = std::thread::Builder::new()
         .name("events".into())
@@ -240,6 +244,50 @@ struct Worker {
     backlog: Arc<AtomicUsize>,
     /// The last audit write failed (reported once until it works again).
     audit_failing: bool,
+    stdout: Option<Stdout>,
+}
+
+/// Lines for stdout, written by a thread of their own through a bounded queue: when nobody
+/// reads stdout (a full pipe), lines are dropped and counted instead of stalling the pipeline.
+struct Stdout {
+    tx: std_mpsc::SyncSender<String>,
+    dropped: u64,
+}
+
+impl Stdout {
+    /// Batches of lines queued at most.
+    const QUEUE: usize = 1024;
+
+    fn start() -> Option<Self> {
+        let (tx, rx) = std_mpsc::sync_channel::<String>(Self::QUEUE);
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let mut out = std::io::stdout();
+                for lines in rx {
+                    if out
+                        .write_all(lines.as_bytes())
+                        .and_then(|()| out.flush())
+                        .is_err()
+                    {
+                        break; // stdout closed: nothing more to print
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self { tx, dropped: 0 })
+    }
+
+    fn print(&mut self, lines: String, n: u64) {
+        if self.tx.try_send(lines).is_err() {
+            if self.dropped == 0 {
+                tracing::warn!(
+                    "stdout is not being read: event lines are dropped there (the audit log and subscribers have them)"
+                );
+            }
+            self.dropped += n;
+        }
+    }
 }
 
 impl Worker {
@@ -323,12 +371,12 @@ impl Worker {
             self.cfg.metrics.inc_audit_records(n as u64);
         }
         self.count(batch);
-        if self.cfg.stdout {
-            let mut out = std::io::stdout().lock();
+        if let Some(out) = &mut self.stdout {
+            let mut lines = String::new();
             for r in batch.iter() {
-                let _ = writeln!(out, "{r}");
+                let _ = writeln!(lines, "{r}");
             }
-            let _ = out.flush();
+            out.print(lines, n as u64);
         }
         for (r, seq) in batch.drain(..).zip(seqs) {
             self.deliver(Delivered {

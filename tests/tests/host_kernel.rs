@@ -358,10 +358,20 @@ fn run_refuses_without_lsm_unless_degraded_is_accepted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The next decision line the daemon prints (policy and lifecycle lines are skipped).
 fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    line
+    loop {
+        let mut line = String::new();
+        assert_ne!(
+            stdout.read_line(&mut line).unwrap(),
+            0,
+            "the daemon's stdout ended"
+        );
+        let head = line.split_whitespace().nth(1).unwrap_or("");
+        if !["LIFECYCLE", "POLICY", "APPROVAL"].contains(&head) {
+            return line;
+        }
+    }
 }
 
 /// A running daemon reloads: a broken policy keeps generation N enforcing, a good one becomes
@@ -702,7 +712,7 @@ fn control_api_authorization_and_slow_subscribers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(daemon.cli(&["status"]).status.success());
+    assert!(daemon.cli(&["agents"]).status.success());
     // TCP: no token, a wrong token → 401; the right one works.
     for token in [None, Some("wrong")] {
         let mut cmd = Command::new(governance_bin());

@@ -3,52 +3,66 @@
 # It runs unmodified inside the agent cgroup; it knows nothing about governance.
 # (Tools are called by path: busybox's shell would otherwise run its own built-in applets.)
 say() { echo "[agent] $*"; }
+pause() { sleep 0.7; }
 METADATA=169.254.169.254
+PAYMENTS=10.0.0.10
 
 say "tool call: list_files /governance/policies"
 /bin/ls /governance/policies
-
-sleep 0.5
-say "tool call: read_file /governance/policies/demo-agent.yaml (the agent's name)"
-/bin/grep -m 1 'name:' /governance/policies/demo-agent.yaml
-sleep 0.5
+pause
 
 say "tool call: http_get http://$METADATA/latest/meta-data/iam/ with /usr/bin/nc"
 printf 'GET /latest/meta-data/iam/ HTTP/1.0\r\n\r\n' | /usr/bin/nc -w 2 "$METADATA" 80
 say "  -> exit status $?"
-sleep 0.5
+pause
 
 say "tool call: the same through /bin/busybox nc, a binary the exec rule does not name"
 printf 'GET /latest/meta-data/iam/ HTTP/1.0\r\n\r\n' | /bin/busybox nc -w 2 "$METADATA" 80
 say "  -> exit status $?"
-sleep 0.5
+pause
 
 say "tool call: read_file /governance/demo/secrets/api-key"
 /bin/cat /governance/demo/secrets/api-key
 say "  -> exit status $?"
-sleep 0.5
+pause
 
 say "tool call: search x5 (the policy meters searches: 3 per minute)"
 for i in 1 2 3 4 5; do
     /bin/cat /governance/demo/search-index >/dev/null
     say "  search $i -> exit status $?"
 done
-sleep 0.5
+pause
 
 say "tool call: run the third-party tool /usr/bin/ash (sandboxed: no network, writes only to /tmp/sandbox)"
 /usr/bin/ash -c '
     echo result > /tmp/sandbox/out && echo "[tool] wrote /tmp/sandbox/out"
     echo x > /governance/demo/escaped || echo "[tool] could not write outside /tmp/sandbox"
-    /usr/bin/nc -w 1 127.0.0.1 9 </dev/null || echo "[tool] no network"
+    /bin/busybox nc -w 1 127.0.0.1 9 </dev/null || echo "[tool] no network"
 '
-sleep 0.5
+pause
 
 say "tool call: read_file /governance/demo/payments.csv (escalated to a human)"
-for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+for i in $(seq 1 30); do
     if /bin/cat /governance/demo/payments.csv 2>/dev/null; then
         say "  -> approved, read on attempt $i"
         break
     fi
-    say "  attempt $i: waiting for approval"
+    say "  attempt $i: refused for now, waiting for a human"
     sleep 1
 done
+pause
+
+# The payments API, as the agent's HTTP tool calls it. The kernel sends the connection to the
+# HTTP policy proxy, which decides on the request and its JSON body.
+refund() {
+    say "tool call: issue_refund \$$1 (POST http://api.payments.example/v1/refunds)"
+    /bin/busybox wget -q -O - -T 150 --header 'Host: api.payments.example' \
+        --header 'Content-Type: application/json' \
+        --post-data "{\"amount\": $1, \"order\": \"A-1001\"}" "http://$PAYMENTS/v1/refunds"
+    say "  -> exit status $?"
+}
+refund 50
+pause
+refund 500
+pause
+refund 5000

@@ -9,6 +9,8 @@
 //! - `flood PATH N`: open PATH N times as fast as possible (each denied), print the count.
 //! - `connect-flood ADDR N`: N TCP connects to ADDR (ip:port) as fast as possible (each
 //!   denied), print the count. The host kernel's socket hooks load where the LSM does not.
+//! - `http-upstream ADDR NAME`: a minimal HTTP/1.1 server on ADDR that answers every request
+//!   with `{"upstream": NAME, "method", "path", "body"}` (the demo's payments API).
 
 use std::{
     ffi::CString,
@@ -21,7 +23,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME"
     );
     std::process::exit(64)
 }
@@ -171,6 +173,64 @@ fn main() {
             println!("refused={refused}");
             std::process::exit(if refused == n { 0 } else { 1 });
         }
+        ["http-upstream", addr, name] => {
+            let l = std::net::TcpListener::bind(addr).unwrap_or_else(|e| {
+                eprintln!("http-upstream: cannot listen on {addr}: {e}");
+                std::process::exit(1)
+            });
+            let name = name.to_string();
+            for conn in l.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || serve_one(conn, &name));
+            }
+        }
         _ => usage(),
     }
+}
+
+/// Answer one HTTP/1.1 request (head, then a Content-Length body) and close.
+fn serve_one(mut conn: std::net::TcpStream, name: &str) {
+    use std::io::{Read as _, Write as _};
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 64 << 10 {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+        .min(1 << 20);
+    while buf.len() < head_end + len {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let body = String::from_utf8_lossy(&buf[head_end..]);
+    let reply = format!(
+        "{{\"upstream\":{name:?},\"method\":{method:?},\"path\":{path:?},\"body\":{body:?}}}\n"
+    );
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
 }
