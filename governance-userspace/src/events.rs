@@ -177,6 +177,9 @@ pub struct ProcessInfo {
     /// Its command line (`/proc/PID/cmdline`), when enriched.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub argv: Vec<String>,
+    /// The process runs under a sandbox profile (a `sandbox` verdict confined it or a parent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandboxed: bool,
     /// `procfs` when exe/argv were read from the live process, `gone` when the process had
     /// exited before it could be read (best effort: exe and argv are then empty), `none` when
     /// enrichment was not attempted.
@@ -421,6 +424,21 @@ impl Record {
         let verdict = Verdict::from_u8(ev.verdict);
         let named = names.rule(ev.rule_id);
         let (rule, reason) = match (cause, named) {
+            // Path rules the compiler adds itself (no rule number): the protected paths and
+            // the sandbox profile's writable directories.
+            (Some(Cause::Rule), _) if ev.rule_id & 0x7fff_ffff == 0 => {
+                if ev.flags & flags::SANDBOXED != 0 {
+                    (
+                        "builtin:sandbox".into(),
+                        "the sandbox profile: writes only below its writable directories, and its network setting".into(),
+                    )
+                } else {
+                    (
+                        "builtin:protected-path".into(),
+                        "no writes to the cgroup tree outside the agent, the policy directory or the pins".into(),
+                    )
+                }
+            }
             (Some(Cause::Rule | Cause::Granted), Some(r)) => (r.id.clone(), r.reason.clone()),
             (Some(Cause::Rule | Cause::Granted), None) => (
                 format!("#{}", ev.rule_id & 0x7fff_ffff),
@@ -538,6 +556,7 @@ impl Record {
                 ppid: ev.ppid,
                 uid: ev.uid,
                 comm: text(&ev.comm),
+                sandboxed: ev.flags & flags::SANDBOXED != 0,
                 enrichment: "none".into(),
                 ..Default::default()
             }),
@@ -622,6 +641,9 @@ impl fmt::Display for Record {
             )?;
             if !p.exe.is_empty() {
                 write!(f, " exe={:?}", p.exe)?;
+            }
+            if p.sandboxed {
+                f.write_str(" sandboxed")?;
             }
         }
         if let Some(c) = &self.cgroup {

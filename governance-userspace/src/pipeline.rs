@@ -69,7 +69,10 @@ impl Filter {
                 return false;
             }
         }
+        // Outcomes are those of decisions: approvals, policy and lifecycle records pass (select
+        // them away with `types`).
         if !self.outcomes.is_empty()
+            && r.ty == RecordType::Decision
             && !self
                 .outcomes
                 .iter()

@@ -55,11 +55,10 @@ pause
 # The payments API, as the agent's HTTP tool calls it. The kernel sends the connection to the
 # HTTP policy proxy, which decides on the request and its JSON body.
 refund() {
-    say "tool call: issue_refund \$$1 (POST http://api.payments.example/v1/refunds)"
-    /bin/busybox wget -q -O - -T 150 --header 'Host: api.payments.example' \
-        --header 'Content-Type: application/json' \
-        --post-data "{\"amount\": $1, \"order\": \"A-1001\"}" "http://$PAYMENTS/v1/refunds"
-    say "  -> exit status $?"
+    say "tool call: issue_refund \$$1 (curl -X POST http://api.payments.example/v1/refunds)"
+    /usr/bin/curl -sS --max-time 150 --resolve "api.payments.example:80:$PAYMENTS" \
+        -H 'Content-Type: application/json' -d "{\"amount\": $1, \"order\": \"A-1001\"}" \
+        -w '  [HTTP %{http_code}]\n' http://api.payments.example/v1/refunds
 }
 refund 50
 pause

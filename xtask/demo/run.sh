@@ -31,8 +31,9 @@ done
 grep -E "enforcing|agent |proxy on" "$DAEMON_LOG"
 
 echo
-echo "== terminal 2: governance events --follow   (what an incident responder sees)"
-governance events --follow | tee "$EVENTS" &
+echo "== terminal 2: governance events --follow   (what an incident responder sees; the agent's"
+echo "   shell also opens /dev/null and execs itself, allowed: those lines are left out here)"
+governance events --follow | tee "$EVENTS" | grep -vE ' ALLOW +(file|exec) ' &
 FOLLOW=$!
 sleep 1
 
@@ -66,9 +67,10 @@ control=$?
 echo "[control] /usr/bin/nc ran (exit status $control: nothing listens on 127.0.0.1:9)"
 
 sleep 2 # let the last events reach the stream
-kill "$FOLLOW" "$HUMAN" 2>/dev/null
+kill "$HUMAN" 2>/dev/null
 kill "$DAEMON"
 wait "$DAEMON"
+wait "$FOLLOW" # the stream ends with the daemon
 kill "$UPSTREAM" 2>/dev/null
 
 echo
@@ -82,7 +84,7 @@ connect=$(count ' BLOCK +connect ')
 file=$(count ' BLOCK +file .*no-secrets')
 throttled=$(count ' THROTTLE +file ')
 sandboxed=$(count ' SANDBOX +exec ')
-confined=$(count ' BLOCK .* sandboxed')
+confined=$(count ' BLOCK .* sandboxed ')
 escalated=$(count ' ESCALATE +file ')
 granted=$(count ' GRANTED +file ')
 refund_ok=$(count ' ALLOW +http .*refund-small')

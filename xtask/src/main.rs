@@ -339,6 +339,10 @@ fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
     for tool in ["nc", "wget", "ash"] {
         files.push((busybox.clone(), format!("/usr/bin/{tool}")));
     }
+    // A real HTTP client for the demo agent (busybox's static wget cannot resolve names).
+    if Path::new("/usr/bin/curl").exists() {
+        files.push(("/usr/bin/curl".into(), "/usr/bin/curl".into()));
+    }
     Ok(files)
 }
 

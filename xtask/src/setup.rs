@@ -14,7 +14,8 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{capture, progress, run};
 
-/// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio for the VM, bpftool to inspect.
+/// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio for the VM, bpftool to inspect,
+/// curl (the demo agent's HTTP client in the VM).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -25,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "bpftool",
+    "curl",
 ];
 
 /// bpf-linker 0.13 is the release that links with LLVM 21–23 (we use Debian's LLVM 22).
