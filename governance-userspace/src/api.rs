@@ -543,10 +543,7 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     st.metrics
         .set_pending_approvals(st.approvals.list().len() as u64);
     (
-        [(
-            header::CONTENT_TYPE,
-            crate::metrics::CONTENT_TYPE,
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         st.metrics.render(),
     )
         .into_response()
