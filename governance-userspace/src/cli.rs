@@ -224,7 +224,8 @@ pub struct RunArgs {
     /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
     #[arg(long)]
     pub no_proxy: bool,
-    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created on first use).
+    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created when the proxy
+    /// first starts).
     #[arg(long, default_value = "/var/lib/governance/ca")]
     pub ca_dir: PathBuf,
     /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).

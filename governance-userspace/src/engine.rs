@@ -144,6 +144,8 @@ pub struct AgentRules {
     shadow_defaults: HashMap<Kind, Posture>,
     /// The smallest `proxy.max_body` among the agent's policies.
     max_body: Option<usize>,
+    /// `proxy.intercept_tls` of all the agent's policies.
+    intercept_tls: Vec<HostMatch>,
 }
 
 impl AgentRules {
@@ -155,6 +157,11 @@ impl AgentRules {
     /// The smallest `proxy.max_body` among the agent's policies, if any sets one.
     pub fn max_body(&self) -> Option<usize> {
         self.max_body
+    }
+
+    /// Whether some policy of the agent intercepts TLS to `host` (a lowercase server name).
+    pub fn intercepts_tls(&self, host: &str) -> bool {
+        self.intercept_tls.iter().any(|m| host_matches(m, host))
     }
 }
 
@@ -285,6 +292,7 @@ impl Engine {
                 view.max_body = Some(view.max_body.map_or(m, |v| v.min(m)));
             }
             if applies {
+                view.intercept_tls.extend(p.intercept_tls.iter().cloned());
                 let target = match p.mode {
                     Mode::Enforce => &mut view.defaults,
                     Mode::Shadow => &mut view.shadow_defaults,

@@ -388,6 +388,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     /// `proxy.max_body`: the largest body the HTTP proxy buffers for this policy's agents.
     pub max_body: Option<usize>,
+    /// `proxy.intercept_tls`: hosts whose TLS the proxy intercepts for this policy's agents.
+    pub intercept_tls: Vec<HostMatch>,
 }
 
 /// Every policy of a directory.
@@ -668,9 +670,25 @@ impl Cx<'_> {
                     None
                 }
             });
+        let mut intercept_tls = Vec::new();
+        for h in doc.proxy.iter().flat_map(|p| &p.intercept_tls) {
+            let host = h.trim().to_ascii_lowercase();
+            let checked = if host.parse::<std::net::IpAddr>().is_ok() {
+                Err(format!(
+                    "host `{host}` is an IP address; TLS is intercepted by server name"
+                ))
+            } else {
+                host_match(&host)
+            };
+            match checked {
+                Ok(m) => intercept_tls.push(m),
+                Err(msg) => self.problem(h.span(), format!("proxy.intercept_tls: {msg}")),
+            }
+        }
         let at = self.loc(doc.name.span());
         (self.problems.len() == before).then(|| Policy {
             max_body,
+            intercept_tls,
             name,
             at,
             description: doc
@@ -853,31 +871,15 @@ impl Cx<'_> {
             });
         }
         let h = r.http.as_ref()?;
-        let host = match h.host.as_ref().map(|h| (h, h.trim().to_ascii_lowercase())) {
+        let host = match &h.host {
             None => HostMatch::Any,
-            Some((_, h)) if h == "*" => HostMatch::Any,
-            Some((span_h, h)) => {
-                let (bare, suffix) = match h.strip_prefix("*.") {
-                    Some(rest) => (rest.to_owned(), true),
-                    None => (h.clone(), false),
-                };
-                if bare.is_empty()
-                    || !bare
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
-                {
-                    self.problem(
-                        span_h.span(),
-                        format!("host `{h}`: use `name.example` or `*.example`"),
-                    );
+            Some(raw) => match host_match(&raw.trim().to_ascii_lowercase()) {
+                Ok(m) => m,
+                Err(msg) => {
+                    self.problem(raw.span(), msg);
                     return None;
                 }
-                if suffix {
-                    HostMatch::Suffix(format!(".{bare}"))
-                } else {
-                    HostMatch::Exact(bare)
-                }
-            }
+            },
         };
         let mut methods = Vec::new();
         if let Some(list) = &h.method {
@@ -1049,6 +1051,29 @@ impl Cx<'_> {
 /// Exactly one of the alternatives is given (rules and test cases name one kind of action).
 pub(crate) fn exactly_one(given: &[bool]) -> bool {
     given.iter().filter(|g| **g).count() == 1
+}
+
+/// A host pattern (trimmed, lowercase): `*` (any host), `*.example` (any subdomain) or a name.
+fn host_match(h: &str) -> Result<HostMatch, String> {
+    if h == "*" {
+        return Ok(HostMatch::Any);
+    }
+    let (bare, suffix) = match h.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (h, false),
+    };
+    if bare.is_empty()
+        || !bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
+    {
+        return Err(format!("host `{h}`: use `name.example` or `*.example`"));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{bare}"))
+    } else {
+        HostMatch::Exact(bare.to_owned())
+    })
 }
 
 fn valid_name(s: &str) -> bool {

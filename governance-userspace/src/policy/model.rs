@@ -103,6 +103,14 @@ pub struct ProxyDoc {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub max_body: Option<Str>,
+    /// Hosts whose TLS the proxy intercepts (`api.example.com`, or `*.example.com` for any
+    /// subdomain), matched against the TLS server name: it terminates the agent's TLS with a
+    /// certificate from the node CA, which the agent must trust, so that every request inside
+    /// is decided by the `http` rules. Other TLS is decided on its server name alone and
+    /// passed through. The hosts of all of an agent's policies are intercepted.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub intercept_tls: Vec<Str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -216,6 +216,7 @@ fn the_json_schema_names_the_fields() {
         "verdict",
         "escalate",
         "mcp",
+        "intercept_tls",
     ] {
         assert!(schema.contains(field), "{field}");
     }

@@ -90,6 +90,13 @@ impl<I> Prefixed<I> {
             inner,
         }
     }
+
+    /// The bytes not replayed yet, and the stream.
+    pub fn into_parts(self) -> (Vec<u8>, I) {
+        let mut prefix = self.prefix;
+        prefix.drain(..self.at);
+        (prefix, self.inner)
+    }
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
@@ -124,6 +131,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+/// Any connection with an agent: TCP, a CONNECT tunnel, TLS.
+pub trait ClientIo: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ClientIo for T {}
 
 /// What a connection has been doing: for the idle timeout and the framing check.
 #[derive(Debug)]

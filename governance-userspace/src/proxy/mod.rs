@@ -10,12 +10,41 @@
 //!   destination (the host check, below), since rules match on the name.
 //! - *explicit proxy*: absolute-form requests (`GET http://host:port/path`) go to the host
 //!   they name, resolved by the proxy; `CONNECT host:port` is decided at host level (an HTTP
-//!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: a TLS
-//!   ClientHello goes to the TLS seam, plain HTTP is served as requests with full decisions.
+//!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: TLS is
+//!   handled as below, plain HTTP is served as requests with full decisions.
 //!   The proxy connects on the agent's behalf here, so the agent's `network` rules are
 //!   checked against the address it connects to (a `block` → 403).
 //!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
+//!
+//! **TLS.** A connection (or tunnel) whose first byte is a TLS handshake record is decided on
+//! the server name (SNI) of its ClientHello: peeked without consuming it
+//! ([`tls::peek_client_hello`]), or in a tunnel read and replayed; at most
+//! [`tls::MAX_CLIENT_HELLO`] bytes within `header_timeout`. No server name, a malformed or
+//! oversized ClientHello, or a timeout → closed, reported with rule `builtin:tls`. The server
+//! name must name the destination, as `Host` must: in transparent mode it must resolve to
+//! `original_dst` (the host check), in a tunnel it must be the CONNECT's host (a tunnel to an IP
+//! address carries none; that is accepted). Then one of two ways:
+//!
+//! - *spliced* (the default): decided like a CONNECT (method `CONNECT`, host = SNI, empty path;
+//!   in a tunnel the CONNECT was that decision), then relayed byte for byte to the destination
+//!   until both sides close or it is idle for `idle_timeout`. The record's URL is
+//!   `https://<sni>:<port>`, with detail `tls: spliced`. allow → spliced; block and throttle →
+//!   closed; escalate → held in the approval queue while the agent's handshake waits (a client
+//!   with a short handshake timeout gives up; the approval then stays until its own timeout);
+//!   sandbox with an upstream → blocked: the proxy cannot send a connection whose certificate
+//!   must match the host elsewhere.
+//! - *intercepted*, for the hosts a policy names in `proxy.intercept_tls` (the union over the
+//!   agent's policies): never decided at host level, neither on the server name nor on a
+//!   CONNECT to the host. The proxy terminates the agent's TLS with a certificate from the node
+//!   CA ([`tls::NodeCa`], loaded once from [`ProxyConfig::ca_dir`]), serves HTTP/1.1 inside with
+//!   the full request-level decisions (a request whose `Host` is not the server name gets 421),
+//!   and forwards each over its own TLS connection to the destination (verified for the server
+//!   name against the public roots and [`ProxyConfig::upstream_ca`]; kept for the connection's
+//!   next request). Records carry `https://` URLs and detail `tls: intercepted`. Without a
+//!   usable CA, a connection to an intercepted host is closed and reported, never spliced.
+//!
+//! A refused TLS connection gets a fatal `access_denied` alert, then is closed.
 //!
 //! **Verdict → HTTP.**
 //!
@@ -77,7 +106,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
@@ -85,9 +114,10 @@ pub use preauth::{DecideAction, DecideResponse, HttpAction};
 pub use respond::McpIds;
 
 use self::{
-    io::{Activity, Prefixed, Proto, Tracked},
-    request::{Head, Reject},
+    io::{Activity, ClientIo, Prefixed, Proto, Tracked},
+    request::{Head, Reject, Tls},
     respond::Refusal,
+    tls::SniResult,
     upstream::{Body, UpBody, Upstream},
 };
 use crate::{
@@ -197,8 +227,15 @@ pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 enum Mode {
     Transparent(SocketAddr),
     Explicit,
-    /// Inside a CONNECT tunnel to `host` (resolved to `addr`).
+    /// Inside a CONNECT tunnel to `host` (resolved to `addr`); `decided`: the CONNECT was
+    /// decided at host level (it is not for a host whose TLS is intercepted).
     Tunnel {
+        host: String,
+        addr: SocketAddr,
+        decided: bool,
+    },
+    /// Inside an intercepted TLS connection for the server name `host`, to `addr`.
+    Intercepted {
         host: String,
         addr: SocketAddr,
     },
@@ -213,6 +250,29 @@ struct Conn {
     activity: Arc<Activity>,
     /// The agent's rules for the engine generation last used on this connection.
     view: Mutex<Option<(Arc<Engine>, Arc<AgentRules>)>>,
+    /// Intercepted: the TLS connection to the upstream, kept between requests.
+    tls_upstream: Mutex<Option<UpstreamTls>>,
+}
+
+type UpstreamTls = hyper::client::conn::http1::SendRequest<UpBody>;
+
+impl Conn {
+    fn new(client: Option<Client>, peer: SocketAddr, local: SocketAddr, mode: Mode) -> Arc<Conn> {
+        Arc::new(Conn {
+            client,
+            peer,
+            local,
+            mode,
+            activity: Activity::new(),
+            view: Mutex::new(None),
+            tls_upstream: Mutex::new(None),
+        })
+    }
+
+    /// The same agent's traffic inside a tunnel or an intercepted TLS connection.
+    fn inner(&self, mode: Mode) -> Arc<Conn> {
+        Conn::new(self.client.clone(), self.peer, self.local, mode)
+    }
 }
 
 #[derive(Default)]
@@ -240,6 +300,28 @@ pub struct Proxy {
     /// Pre-authorized escalations: (agent, action key) → until when.
     grants: Arc<Mutex<HashMap<(String, u64), Instant>>>,
     hasher: RandomState,
+    /// What TLS interception needs, loaded once; or why it is unavailable (connections to
+    /// intercepted hosts are then refused, never spliced).
+    interception: Result<Interception, String>,
+}
+
+/// The node CA that signs certificates for intercepted hosts, and the TLS client
+/// configuration for their upstreams.
+struct Interception {
+    ca: tls::NodeCa,
+    upstream: Arc<rustls::ClientConfig>,
+}
+
+impl Interception {
+    fn load(cfg: &ProxyConfig) -> Result<Interception, String> {
+        let dir = cfg
+            .ca_dir
+            .as_deref()
+            .ok_or("no CA directory is configured")?;
+        let ca = tls::NodeCa::load_or_create(dir).map_err(|e| e.to_string())?;
+        let upstream = tls::client_config(cfg.upstream_ca.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Interception { ca, upstream })
+    }
 }
 
 /// A request body: still streaming, or read.
@@ -273,7 +355,14 @@ impl Proxy {
         let mut cfg = cfg;
         // hyper refuses smaller header buffers.
         cfg.max_header_bytes = cfg.max_header_bytes.max(8192);
+        let interception = Interception::load(&cfg);
+        if let Err(why) = &interception {
+            tracing::warn!(
+                "proxy: TLS interception is unavailable ({why}); TLS to hosts a policy intercepts will be refused"
+            );
+        }
         Arc::new(Self {
+            interception,
             upstream: Upstream::new(&cfg),
             cfg,
             engine,
@@ -343,27 +432,189 @@ impl Proxy {
             Some(d) if !self.is_self(d, local) => Mode::Transparent(d),
             _ => Mode::Explicit,
         };
-        let conn = Arc::new(Conn {
-            client,
-            peer,
-            local,
-            mode,
-            activity: Activity::new(),
-            view: Mutex::new(None),
-        });
+        let conn = Conn::new(client, peer, local, mode);
         match proto {
             Proto::Tls => self.tls(conn, TlsIo::Tcp(stream)).await,
             p => self.serve_http(conn, stream, p).await,
         }
     }
 
-    /// The TLS seam: a connection (or CONNECT tunnel) whose first byte is a TLS handshake
-    /// record. `proxy/tls.rs` (SNI peek, per-node CA, interception) is wired in here; until
-    /// then the connection is closed, TLS's equivalent of a 502.
+    /// A connection (or CONNECT tunnel) whose first byte is a TLS handshake record: decided
+    /// on its server name and spliced, or intercepted (see the module documentation).
     async fn tls(self: Arc<Self>, conn: Arc<Conn>, io: TlsIo) {
-        tracing::warn!(peer = %conn.peer, agent = ?conn.client.as_ref().map(|c| &c.info.name),
-            "TLS not wired yet: closing the connection");
-        drop(io);
+        let Some(client) = conn.client.clone() else {
+            self.unidentified(&conn);
+            return refuse_tls(io.into_io()).await;
+        };
+        let (hello, io) = io.client_hello(self.cfg.header_timeout).await;
+        let sni = match (hello, &conn.mode) {
+            (Ok(SniResult::Sni(name)), _) => name,
+            // Clients send no server name for an IP address: a CONNECT to one was decided on it.
+            (Ok(SniResult::NoSni), Mode::Tunnel { host, .. }) if host.parse::<IpAddr>().is_ok() => {
+                host.clone()
+            }
+            (hello, _) => {
+                let reason = match hello {
+                    Ok(SniResult::NoSni) => {
+                        "the ClientHello names no server (SNI): TLS is decided on the server name"
+                            .to_owned()
+                    }
+                    Ok(SniResult::Malformed(why)) => format!("malformed ClientHello: {why}"),
+                    Ok(_) => "not a TLS ClientHello".to_owned(),
+                    Err(e) => format!("no ClientHello: {e}"),
+                };
+                self.tls_refused(&client, &conn, None, &reason);
+                return refuse_tls(io).await;
+            }
+        };
+        let port = match &conn.mode {
+            Mode::Transparent(dst) => dst.port(),
+            Mode::Tunnel { addr, .. } => addr.port(),
+            _ => {
+                let reason = "TLS to the proxy itself: use CONNECT, or let the kernel redirect";
+                self.tls_refused(&client, &conn, None, reason);
+                return refuse_tls(io).await;
+            }
+        };
+        let authority = if sni.contains(':') {
+            format!("[{sni}]:{port}")
+        } else {
+            format!("{sni}:{port}")
+        };
+        let head = Head {
+            method: "CONNECT".into(),
+            host: sni.clone(),
+            port: Some(port),
+            authority,
+            path: String::new(),
+            query: None,
+            absolute: false,
+            tls: Some(Tls::Spliced),
+        };
+        // The server name must name where the connection goes: the host check, or the host of
+        // the CONNECT. A refusal is reported there.
+        let Ok(Dest::Addr(addr)) = self.destination(&conn, &client, &head).await else {
+            return refuse_tls(io).await;
+        };
+        let engine = self.engine.load_full();
+        let view = self.view(Some(&conn), &engine, &client.agent);
+        if view.intercepts_tls(&sni) {
+            let head = Head {
+                tls: Some(Tls::Intercepted),
+                ..head
+            };
+            return self.intercept(&conn, &client, io, &head, addr).await;
+        }
+        let decided = matches!(conn.mode, Mode::Tunnel { decided: true, .. });
+        if !decided
+            && self
+                .decide_host(&client, &engine, &view, &head, None)
+                .await
+                .is_err()
+        {
+            return refuse_tls(io).await;
+        }
+        self.splice(&conn, io, addr).await;
+    }
+
+    /// Splice an allowed TLS connection to `addr`, until both sides close or it is idle for
+    /// `idle_timeout`.
+    async fn splice(&self, conn: &Conn, io: Box<dyn ClientIo>, addr: SocketAddr) {
+        let connect = TcpStream::connect(addr);
+        let upstream = match tokio::time::timeout(self.cfg.upstream_connect_timeout, connect).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %conn.peer, %addr, error = %e, "proxy: TLS upstream refused");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %conn.peer, %addr, "proxy: TLS upstream connect timed out");
+                return;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        let client = Tracked::new(io, conn.activity.clone(), false);
+        tokio::select! {
+            r = tls::splice(client, upstream) => {
+                if let Err(e) = r {
+                    tracing::debug!(peer = %conn.peer, %addr, error = %e, "proxy: spliced connection failed");
+                }
+            }
+            () = until_idle(&conn.activity, self.cfg.idle_timeout) => {
+                tracing::debug!(peer = %conn.peer, %addr, "proxy: spliced connection idle, closed");
+            }
+        }
+    }
+
+    /// Terminate the agent's TLS with the node CA's certificate for the server name and serve
+    /// the requests inside, each decided, upstream over TLS to `addr`.
+    async fn intercept(
+        self: &Arc<Self>,
+        conn: &Conn,
+        client: &Client,
+        io: Box<dyn ClientIo>,
+        head: &Head,
+        addr: SocketAddr,
+    ) {
+        let ca = match &self.interception {
+            Ok(i) => &i.ca,
+            Err(why) => {
+                let reason = format!(
+                    "TLS to `{}` is to be intercepted, but interception is unavailable: {why}",
+                    head.host
+                );
+                tracing::warn!(agent = %client.info.name, "proxy: {reason}");
+                self.tls_refused(client, conn, Some(head), &reason);
+                return refuse_tls(io).await;
+            }
+        };
+        let stream = match tls::accept_intercepted(ca, io, &head.host).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Most often: the agent does not trust the node CA.
+                self.tls_refused(client, conn, Some(head), &e.to_string());
+                return;
+            }
+        };
+        let inner = conn.inner(Mode::Intercepted {
+            host: head.host.clone(),
+            addr,
+        });
+        self.clone().serve_http(inner, stream, Proto::Http1).await;
+    }
+
+    /// Report a TLS connection the proxy closes without deciding on a request (rule
+    /// `builtin:tls`).
+    fn tls_refused(&self, client: &Client, conn: &Conn, head: Option<&Head>, reason: &str) {
+        let dest = match &conn.mode {
+            Mode::Transparent(a) | Mode::Tunnel { addr: a, .. } => a.to_string(),
+            _ => String::new(),
+        };
+        let object = Object {
+            dest,
+            ..Default::default()
+        };
+        tracing::debug!(peer = %conn.peer, agent = %client.info.name, reason, "proxy: TLS refused");
+        let rec = self.builtin_record(Some(client), head, "builtin:tls", reason, object);
+        (self.sink)(rec);
+    }
+
+    /// Report a connection that is not an agent's; returns the record's id.
+    fn unidentified(&self, conn: &Conn) -> String {
+        let rec = self.builtin_record(
+            None,
+            None,
+            "builtin:identity",
+            "not an agent connection",
+            Object {
+                detail: [("peer".to_owned(), conn.peer.to_string())].into(),
+                ..Default::default()
+            },
+        );
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        id
     }
 
     /// A per-agent connection slot, released when the guard drops.
@@ -470,18 +721,7 @@ impl Proxy {
         let _busy = conn.activity.busy();
         let raw_cl = conn.activity.take_saw_content_length();
         let Some(client) = &conn.client else {
-            let rec = self.builtin_record(
-                None,
-                None,
-                "builtin:identity",
-                "not an agent connection",
-                Object {
-                    detail: [("peer".to_owned(), conn.peer.to_string())].into(),
-                    ..Default::default()
-                },
-            );
-            let id = rec.id.clone();
-            (self.sink)(rec);
+            let id = self.unidentified(conn);
             return respond::refusal(
                 &Refusal {
                     status: StatusCode::FORBIDDEN,
@@ -497,12 +737,15 @@ impl Proxy {
         if req.uri().path() == DECIDE_PATH {
             return self.decide_endpoint(client, req).await;
         }
-        let head = match request::check_framing(req.headers(), raw_cl)
+        let mut head = match request::check_framing(req.headers(), raw_cl)
             .and_then(|()| request::target(req.method(), req.uri(), req.version(), req.headers()))
         {
             Ok(h) => h,
             Err(e) => return self.reject(client, &req, &e),
         };
+        if let Mode::Intercepted { .. } = conn.mode {
+            head.tls = Some(Tls::Intercepted);
+        }
         if head.method == "CONNECT" {
             let mut resp = self.connect(conn, client, head, req).await;
             if !resp.status().is_success() {
@@ -614,7 +857,7 @@ impl Proxy {
         client: &Client,
         head: &Head,
     ) -> Result<Dest, Response<Body>> {
-        let mismatch = |reason: String| {
+        let mismatch = |status: StatusCode, reason: String| {
             let rec = self.builtin_record(
                 Some(client),
                 Some(head),
@@ -624,10 +867,15 @@ impl Proxy {
             );
             let id = rec.id.clone();
             (self.sink)(rec);
+            let error = if status == StatusCode::MISDIRECTED_REQUEST {
+                "misdirected request"
+            } else {
+                "blocked"
+            };
             respond::refusal(
                 &Refusal {
-                    status: StatusCode::FORBIDDEN,
-                    error: "blocked",
+                    status,
+                    error,
                     rule: "builtin:host-check",
                     reason: &reason,
                     decision_id: &id,
@@ -645,20 +893,44 @@ impl Proxy {
                 None,
             ));
         }
+        // What names the destination: the request's Host, or a TLS server name.
+        let what = if head.tls == Some(Tls::Spliced) {
+            "SNI"
+        } else {
+            "Host"
+        };
         match &conn.mode {
-            Mode::Tunnel { host, addr } => {
+            Mode::Tunnel { host, addr, .. } => {
                 if head.host != *host {
-                    return Err(mismatch(format!(
-                        "Host does not match the destination: `{}` inside a tunnel to `{host}`",
-                        head.host
-                    )));
+                    return Err(mismatch(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "{what} does not match the CONNECT host: `{}` inside a tunnel to `{host}`",
+                            head.host
+                        ),
+                    ));
+                }
+                Ok(Dest::Addr(*addr))
+            }
+            Mode::Intercepted { host, addr } => {
+                if head.host != *host {
+                    return Err(mismatch(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!(
+                            "Host does not match the TLS server name: `{}` on a connection to `{host}`",
+                            head.host
+                        ),
+                    ));
                 }
                 Ok(Dest::Addr(*addr))
             }
             Mode::Transparent(dst) if !head.absolute => {
                 match self.upstream.host_names(&head.host, *dst).await {
                     Ok(()) => Ok(Dest::Addr(*dst)),
-                    Err(reason) => Err(mismatch(reason)),
+                    Err(why) => Err(mismatch(
+                        StatusCode::FORBIDDEN,
+                        format!("{what} does not match the destination: {why}"),
+                    )),
                 }
             }
             _ if head.host.is_empty() => Err(respond::error(
@@ -735,7 +1007,9 @@ impl Proxy {
         }
         let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
         if has_body_conditions(engine, decision) {
-            rec.object.detail = body_fields(engine, decision, http.body.as_ref());
+            rec.object
+                .detail
+                .extend(body_fields(engine, decision, http.body.as_ref()));
         }
         let ids = mcp.map(|m| &m.ids);
         let refuse = |rec: Record, status, error, reason: &str, retry_after| {
@@ -1014,12 +1288,20 @@ impl Proxy {
                 None,
             );
         }
-        let uri = match Uri::builder()
-            .scheme("http")
-            .authority(addr.to_string())
-            .path_and_query(path)
-            .build()
-        {
+        // Intercepted: upstream over TLS, verified for the server name the agent asked for.
+        let tls_name = match (&conn.mode, sandbox) {
+            (Mode::Intercepted { host, .. }, None) => Some(host.as_str()),
+            _ => None,
+        };
+        let uri = match tls_name {
+            Some(_) => Uri::builder().path_and_query(path).build(),
+            None => Uri::builder()
+                .scheme("http")
+                .authority(addr.to_string())
+                .path_and_query(path)
+                .build(),
+        };
+        let uri = match uri {
             Ok(u) => u,
             Err(e) => return bad_gateway(format!("cannot build the upstream request: {e}")),
         };
@@ -1047,41 +1329,50 @@ impl Proxy {
             ReqBody::Stream(s) => UpBody::Stream(s),
         };
         let req = Request::from_parts(parts, body);
-        let resp = match tokio::time::timeout(
-            self.cfg.upstream_timeout,
-            self.upstream.client.request(req),
-        )
-        .await
-        {
-            Err(_) => {
-                return respond::error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "gateway timeout",
-                    &format!(
-                        "the upstream did not answer within {:?}",
-                        self.cfg.upstream_timeout
-                    ),
-                    None,
-                );
+        let gateway_timeout = || {
+            respond::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout",
+                &format!(
+                    "the upstream did not answer within {:?}",
+                    self.cfg.upstream_timeout
+                ),
+                None,
+            )
+        };
+        let resp = match tls_name {
+            Some(name) => {
+                let sent = self.send_tls(conn, name, addr, req);
+                match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
+                    Err(_) => return gateway_timeout(),
+                    Ok(Err(reason)) => return bad_gateway(reason),
+                    Ok(Ok(r)) => r,
+                }
             }
-            Ok(Err(e)) => {
-                let timed_out = std::error::Error::source(&e)
-                    .and_then(|s| s.to_string().contains("timed out").then_some(()))
-                    .is_some();
-                return if timed_out {
-                    respond::error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "gateway timeout",
-                        &format!("connecting to {addr} timed out"),
-                        None,
-                    )
-                } else if e.is_connect() {
-                    bad_gateway(format!("cannot connect to {addr}: {}", error_chain(&e)))
-                } else {
-                    bad_gateway(format!("upstream {addr} failed: {}", error_chain(&e)))
-                };
+            None => {
+                let sent = self.upstream.client.request(req);
+                match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
+                    Err(_) => return gateway_timeout(),
+                    Ok(Err(e)) => {
+                        let timed_out = std::error::Error::source(&e)
+                            .and_then(|s| s.to_string().contains("timed out").then_some(()))
+                            .is_some();
+                        return if timed_out {
+                            respond::error(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "gateway timeout",
+                                &format!("connecting to {addr} timed out"),
+                                None,
+                            )
+                        } else if e.is_connect() {
+                            bad_gateway(format!("cannot connect to {addr}: {}", error_chain(&e)))
+                        } else {
+                            bad_gateway(format!("upstream {addr} failed: {}", error_chain(&e)))
+                        };
+                    }
+                    Ok(Ok(r)) => r,
+                }
             }
-            Ok(Ok(r)) => r,
         };
         let (mut parts, body) = resp.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
@@ -1093,7 +1384,95 @@ impl Proxy {
         Response::from_parts(parts, Body::upstream(body, self.cfg.upstream_timeout))
     }
 
-    /// CONNECT: decide at host level, then tunnel.
+    /// Send an intercepted connection's request over its own TLS connection to the upstream,
+    /// made on first use and kept for the next request (HTTP/1.1: one at a time).
+    async fn send_tls(
+        &self,
+        conn: &Conn,
+        name: &str,
+        addr: SocketAddr,
+        req: Request<UpBody>,
+    ) -> Result<Response<Incoming>, String> {
+        let Ok(interception) = &self.interception else {
+            return Err("TLS interception is unavailable".into());
+        };
+        let kept = conn
+            .tls_upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let ready = match kept {
+            // Not ready: the upstream closed it.
+            Some(mut s) => s.ready().await.is_ok().then_some(s),
+            None => None,
+        };
+        let mut sender = match ready {
+            Some(s) => s,
+            None => {
+                let stream = tls::connect_upstream(&interception.upstream, addr, name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (s, connection) =
+                    hyper::client::conn::http1::handshake::<_, UpBody>(TokioIo::new(stream))
+                        .await
+                        .map_err(|e| format!("upstream {addr}: {}", error_chain(&e)))?;
+                let peer = conn.peer;
+                io::spawn(&self.panics, async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, %addr, error = %e, "proxy: upstream TLS connection ended");
+                    }
+                });
+                s
+            }
+        };
+        let response = sender.send_request(req);
+        *conn.tls_upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        response
+            .await
+            .map_err(|e| format!("upstream {addr} failed: {}", error_chain(&e)))
+    }
+
+    /// The host-level decision of a CONNECT or of a TLS server name: an HTTP action with
+    /// method `CONNECT` and an empty path; reported, and held here if escalated. Err: the
+    /// refusal. A `sandbox` upstream cannot apply (the proxy never sees the requests inside):
+    /// blocked.
+    async fn decide_host(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        headers: Option<&hyper::HeaderMap>,
+    ) -> Result<(), Response<Body>> {
+        let headers = headers.filter(|_| engine.needs_headers(view, &head.host));
+        let http = request::to_engine(head, headers, None);
+        let mut decision = engine.decide(view, &Action::Http(http.clone()), Instant::now());
+        if let Outcome::Sandbox(SandboxTarget::Upstream(url)) = &decision.outcome {
+            decision.reason = format!(
+                "{} (sandbox upstream `{url}`: a tunnel or a spliced TLS connection cannot be sent there; blocked)",
+                decision.reason
+            );
+            decision.outcome = Outcome::Block;
+        }
+        let mut body = ReqBody::Read(Bytes::new());
+        match self
+            .verdict(client, engine, head, &http, &decision, None, &mut body, 0)
+            .await
+        {
+            Then::Forward => Ok(()),
+            Then::Respond(r) => Err(r),
+            // Not reached: sandbox upstreams are blocked above.
+            Then::Sandbox(_) => Err(respond::error(
+                StatusCode::FORBIDDEN,
+                "blocked",
+                "sandbox upstreams apply to requests, not tunnels",
+                None,
+            )),
+        }
+    }
+
+    /// CONNECT: decide at host level, then tunnel. A host whose TLS the agent's policies
+    /// intercept is not decided here: what the tunnel carries is, request by request.
     async fn connect(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
@@ -1101,7 +1480,7 @@ impl Proxy {
         head: Head,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        if matches!(conn.mode, Mode::Tunnel { .. }) {
+        if matches!(conn.mode, Mode::Tunnel { .. } | Mode::Intercepted { .. }) {
             return respond::error(
                 StatusCode::BAD_REQUEST,
                 "bad request",
@@ -1111,26 +1490,13 @@ impl Proxy {
         }
         let engine = self.engine.load_full();
         let view = self.view(Some(conn), &engine, &client.agent);
-        let headers = engine
-            .needs_headers(&view, &head.host)
-            .then_some(req.headers());
-        let http = request::to_engine(&head, headers, None);
-        let decision = engine.decide(&view, &Action::Http(http.clone()), Instant::now());
-        let mut body = ReqBody::Read(Bytes::new());
-        let then = self
-            .verdict(client, &engine, &head, &http, &decision, None, &mut body, 0)
-            .await;
-        match then {
-            Then::Respond(r) => return r,
-            Then::Sandbox(_) => {
-                return respond::error(
-                    StatusCode::FORBIDDEN,
-                    "blocked",
-                    "sandbox upstreams apply to requests, not CONNECT tunnels",
-                    None,
-                );
-            }
-            Then::Forward => {}
+        let decided = !view.intercepts_tls(&head.host);
+        if decided
+            && let Err(r) = self
+                .decide_host(client, &engine, &view, &head, Some(req.headers()))
+                .await
+        {
+            return r;
         }
         let port = head.port.unwrap_or(443);
         let addr = match self
@@ -1150,16 +1516,10 @@ impl Proxy {
         }
         let upgrade = hyper::upgrade::on(req);
         let this = self.clone();
-        let tunnel = Arc::new(Conn {
-            client: conn.client.clone(),
-            peer: conn.peer,
-            local: conn.local,
-            mode: Mode::Tunnel {
-                host: head.host.clone(),
-                addr,
-            },
-            activity: Activity::new(),
-            view: Mutex::new(None),
+        let tunnel = conn.inner(Mode::Tunnel {
+            host: head.host.clone(),
+            addr,
+            decided,
         });
         io::spawn(&self.panics, async move {
             let Ok(upgraded) = upgrade.await else {
@@ -1252,6 +1612,9 @@ impl Proxy {
             url: head.url(),
             ..Default::default()
         };
+        if let Some(tls) = head.tls {
+            rec.object.detail.insert("tls".into(), tls.as_str().into());
+        }
         rec
     }
 
@@ -1275,6 +1638,9 @@ impl Proxy {
         if let Some(h) = head {
             rec.object.method = h.method.clone();
             rec.object.url = h.url();
+            if let Some(tls) = h.tls {
+                rec.object.detail.insert("tls".into(), tls.as_str().into());
+            }
         }
         rec
     }
@@ -1380,13 +1746,94 @@ impl Drop for Withdraw<'_> {
     }
 }
 
-/// IO handed to the TLS seam.
-#[allow(dead_code)] // read by proxy/tls.rs once it is wired in
+/// A connection whose first byte is a TLS handshake record.
 pub(crate) enum TlsIo {
     /// A transparently redirected connection, nothing consumed (peek for the SNI).
     Tcp(TcpStream),
     /// A CONNECT tunnel; the bytes read to recognise TLS are replayed first.
     Tunnel(Box<Prefixed<TokioIo<hyper::upgrade::Upgraded>>>),
+}
+
+impl TlsIo {
+    fn into_io(self) -> Box<dyn ClientIo> {
+        match self {
+            TlsIo::Tcp(s) => Box::new(s),
+            TlsIo::Tunnel(t) => t,
+        }
+    }
+
+    /// Wait (up to `timeout`) for the ClientHello and read its server name. Nothing is lost:
+    /// a connection is peeked at, a tunnel's bytes are read (at most
+    /// [`tls::MAX_CLIENT_HELLO`]) and replayed.
+    async fn client_hello(
+        self,
+        timeout: Duration,
+    ) -> (std::io::Result<SniResult>, Box<dyn ClientIo>) {
+        match self {
+            TlsIo::Tcp(s) => (tls::peek_client_hello(&s, timeout).await, Box::new(s)),
+            TlsIo::Tunnel(t) => {
+                let (mut buf, mut inner) = t.into_parts();
+                let hello = tokio::time::timeout(timeout, read_client_hello(&mut buf, &mut inner))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no complete ClientHello within {timeout:?}"),
+                        ))
+                    });
+                (hello, Box::new(Prefixed::new(buf, inner)))
+            }
+        }
+    }
+}
+
+/// Read from `io` into `buf` (which holds what was read already) until the ClientHello is
+/// whole, or cannot be.
+async fn read_client_hello<I: AsyncRead + Unpin>(
+    buf: &mut Vec<u8>,
+    io: &mut I,
+) -> std::io::Result<SniResult> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tls::parse_sni(buf) {
+            SniResult::NeedMore if buf.len() < tls::MAX_CLIENT_HELLO => {}
+            SniResult::NeedMore => return Ok(SniResult::Malformed("ClientHello too large")),
+            done => return Ok(done),
+        }
+        let want = (tls::MAX_CLIENT_HELLO - buf.len()).min(chunk.len());
+        let n = io.read(&mut chunk[..want]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Close a TLS connection the proxy refuses, with a fatal `access_denied` alert so that the
+/// client reports a refusal rather than a reset. What the client still sends is read and
+/// dropped until it closes (2 s at most): closing with unread bytes would reset the
+/// connection, and could discard the alert.
+async fn refuse_tls(mut io: Box<dyn ClientIo>) {
+    const ACCESS_DENIED: [u8; 7] = [0x15, 3, 3, 0, 2, 2, 49];
+    let close = async {
+        io.write_all(&ACCESS_DENIED).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+}
+
+/// Resolves once `activity` has seen nothing for `idle`.
+async fn until_idle(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if deadline <= Instant::now() {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
 }
 
 /// 503 without reading the request, then close.

@@ -212,6 +212,7 @@ impl Proxy {
                             path: String::new(),
                             query: None,
                             absolute: true,
+                            tls: None,
                         };
                         (head, HeaderMap::new(), Some(call), true)
                     }
@@ -355,6 +356,7 @@ fn http_head(
             path: path.into_owned(),
             query: uri.query().map(str::to_owned),
             absolute: true,
+            tls: None,
         },
         map,
     ))

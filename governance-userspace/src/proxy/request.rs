@@ -55,16 +55,45 @@ pub struct Head {
     pub query: Option<String>,
     /// The request named its target itself (HTTP/1 absolute-form): explicit proxy use.
     pub absolute: bool,
+    /// How it came over TLS, if it did (its URL is then `https://`).
+    pub tls: Option<Tls>,
+}
+
+/// How a request came over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// A TLS connection decided on its server name (method `CONNECT`), spliced if allowed.
+    Spliced,
+    /// A request inside a TLS connection the proxy intercepted.
+    Intercepted,
+}
+
+impl Tls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tls::Spliced => "spliced",
+            Tls::Intercepted => "intercepted",
+        }
+    }
 }
 
 impl Head {
-    /// `http://authority/path?query` (for records and approvals).
+    /// `http://authority/path?query`, or `https://` over TLS; a CONNECT's authority (for
+    /// records and approvals).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() {
+            "https://"
+        } else {
+            "http://"
+        };
         if self.method == "CONNECT" {
-            return self.authority.clone();
+            return match self.tls {
+                Some(_) => format!("{scheme}{}", self.authority),
+                None => self.authority.clone(),
+            };
         }
-        let mut url = String::with_capacity(7 + self.authority.len() + self.path.len());
-        url.push_str("http://");
+        let mut url = String::with_capacity(8 + self.authority.len() + self.path.len());
+        url.push_str(scheme);
         url.push_str(&self.authority);
         url.push_str(&self.path);
         if let Some(q) = &self.query {
@@ -170,6 +199,7 @@ pub fn target(
         path,
         query,
         absolute,
+        tls: None,
     })
 }
 

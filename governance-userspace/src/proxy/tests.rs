@@ -59,6 +59,8 @@ impl Identify for Table {
 struct Upstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Value>>>,
+    /// Connections accepted.
+    accepted: Arc<AtomicU32>,
     task: JoinHandle<()>,
 }
 
@@ -69,16 +71,30 @@ impl Drop for Upstream {
 }
 
 async fn upstream(name: &'static str) -> Upstream {
+    upstream_with(name, None).await
+}
+
+/// The same over TLS, with this server configuration.
+async fn tls_upstream(name: &'static str, config: Arc<rustls::ServerConfig>) -> Upstream {
+    upstream_with(name, Some(tokio_rustls::TlsAcceptor::from(config))).await
+}
+
+async fn upstream_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let accepted = Arc::new(AtomicU32::new(0));
     let s = seen.clone();
+    let a = accepted.clone();
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
+            a.fetch_add(1, Ordering::Relaxed);
             let s = s.clone();
+            let tls = tls.clone();
+            let is_tls = tls.is_some();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let s = s.clone();
@@ -101,6 +117,7 @@ async fn upstream(name: &'static str) -> Upstream {
                             .collect();
                         let echo = json!({
                             "upstream": name,
+                            "tls": is_tls,
                             "method": parts.method.as_str(),
                             "path": parts.uri.to_string(),
                             "headers": headers,
@@ -110,13 +127,26 @@ async fn upstream(name: &'static str) -> Upstream {
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo.to_string()))))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let http = hyper::server::conn::http1::Builder::new();
+                match &tls {
+                    None => {
+                        let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                    }
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(stream).await {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
-    Upstream { addr, seen, task }
+    Upstream {
+        addr,
+        seen,
+        accepted,
+        task,
+    }
 }
 
 /// A proxy with its records.
@@ -1228,4 +1258,604 @@ async fn deep_json_to_an_mcp_endpoint_is_400_and_upgrades_are_501() {
         .await;
     assert!(r.starts_with("HTTP/1.1 501"), "{r}");
     h.assert_no_panics();
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: decided on the server name and spliced, or intercepted
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+
+/// A fatal `access_denied` alert: how the proxy refuses TLS.
+const ACCESS_DENIED: &[u8] = &[0x15, 3, 3, 0, 2, 2, 49];
+
+/// A CA for the test upstreams (a node CA serves well as one).
+struct TestCa {
+    ca: tls::NodeCa,
+    _dir: tempfile::TempDir,
+}
+
+fn test_ca() -> TestCa {
+    let dir = tempfile::tempdir().unwrap();
+    TestCa {
+        ca: tls::NodeCa::load_or_create(dir.path()).unwrap(),
+        _dir: dir,
+    }
+}
+
+/// A TLS upstream for `host`, its certificate from `ca`.
+async fn tls_upstream_for(name: &'static str, ca: &TestCa, host: &str) -> Upstream {
+    tls_upstream(name, ca.ca.server_config_for(host).unwrap()).await
+}
+
+fn tls_config(upstream_ca: &TestCa, ca_dir: Option<&std::path::Path>) -> ProxyConfig {
+    let mut cfg = config();
+    for h in ["held.example", "sandboxed.example"] {
+        cfg.host_addresses
+            .insert(h.into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    }
+    cfg.upstream_ca = Some(upstream_ca.ca.cert_path().to_owned());
+    cfg.ca_dir = ca_dir.map(ToOwned::to_owned);
+    cfg
+}
+
+/// A TLS client configuration trusting only the certificates in the PEM file `roots`.
+fn trusting(roots: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(roots).unwrap() {
+        store.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// A TLS handshake for `name` over `stream`.
+async fn handshake<S>(
+    config: &Arc<rustls::ClientConfig>,
+    name: &str,
+    stream: S,
+) -> std::io::Result<tokio_rustls::client::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let connect = tokio_rustls::TlsConnector::from(config.clone()).connect(name, stream);
+    tokio::time::timeout(Duration::from_secs(20), connect)
+        .await
+        .expect("the handshake ended in time")
+}
+
+/// HTTP/1.1 over an established stream.
+async fn http1<S>(stream: S) -> hyper::client::conn::http1::SendRequest<Full<Bytes>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+async fn get(tx: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>, host: &str) -> Reply {
+    tx.ready().await.unwrap();
+    let req = Request::get("/v1/balance")
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    Reply::read(tx.send_request(req).await.unwrap()).await
+}
+
+/// `CONNECT authority` through the proxy; the stream once the tunnel is up.
+async fn tunnel(h: &Harness, from: IpAddr, authority: &str) -> TcpStream {
+    let mut s = h.connect(from).await;
+    s.write_all(format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        assert_eq!(s.read(&mut b).await.unwrap(), 1, "CONNECT answered");
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s
+}
+
+/// What a rustls client sends first for `name`, with or without SNI.
+fn client_hello(name: &str, sni: bool) -> Vec<u8> {
+    let mut config = (*trusting(test_ca().ca.cert_path())).clone();
+    config.enable_sni = sni;
+    let config = Arc::new(config);
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(config, name).unwrap();
+    let mut out = Vec::new();
+    conn.write_tls(&mut out).unwrap();
+    out
+}
+
+impl Harness {
+    /// The last record that `f` picks.
+    fn last_record(&self, f: impl Fn(&Record) -> bool) -> Record {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|r| f(r))
+            .cloned()
+            .expect("a matching record")
+    }
+}
+
+const TLS_POLICY: &str = r#"
+name: tls
+agents: { cgroup: agents/tls-* }
+defaults: { http: block }
+rules:
+  - id: payments
+    http: { host: api.payments.example, method: CONNECT }
+    verdict: allow
+    reason: TLS to the payments API.
+  - id: held
+    http: { host: held.example, method: CONNECT }
+    verdict: escalate
+    escalate: { timeout: 20s }
+    reason: Needs a human.
+  - id: sandboxed
+    http: { host: sandboxed.example, method: CONNECT }
+    verdict: sandbox
+    sandbox: { upstream: "http://127.0.0.1:9/" }
+    reason: Sandboxed.
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_tls_is_decided_on_the_server_name_and_spliced() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    // Interception is available, but no policy asks for it.
+    let node = tempfile::tempdir().unwrap();
+    let h = start(
+        tls_config(&up_ca, Some(node.path())),
+        parse(TLS_POLICY),
+        Limits::default(),
+    )
+    .await;
+    let me = h.agent("agents/tls-1", None, Some(up.addr));
+    let port = up.addr.port();
+    // The client trusts only the upstream's CA: a certificate from the node CA would fail.
+    let trust = trusting(up_ca.ca.cert_path());
+
+    let tls = handshake(&trust, "api.payments.example", h.connect(me).await)
+        .await
+        .expect("spliced to the upstream");
+    let mut tx = http1(tls).await;
+    let r = get(&mut tx, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (&r.body["tls"], &r.body["path"]),
+        (&json!(true), &json!("/v1/balance"))
+    );
+    let rec = h.last_record(|r| r.rule == "tls/payments");
+    assert_eq!(
+        (
+            rec.outcome.as_str(),
+            rec.object.method.as_str(),
+            rec.object.url.as_str()
+        ),
+        (
+            "allow",
+            "CONNECT",
+            format!("https://api.payments.example:{port}").as_str()
+        )
+    );
+    assert_eq!(rec.object.detail["tls"], "spliced");
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+
+    // No rule allows this host: the default blocks it before any byte reaches the upstream.
+    let err = handshake(&trust, "mcp.search.example", h.connect(me).await)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let rec = h.last_record(|r| r.object.url.contains("mcp.search.example"));
+    assert_eq!(
+        (rec.outcome.as_str(), rec.rule.as_str(), rec.denied),
+        ("block", "default", true)
+    );
+    assert_eq!(rec.object.url, format!("https://mcp.search.example:{port}"));
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+
+    // A server name that does not resolve to where the agent connected: the host check.
+    let err = handshake(&trust, "elsewhere.example", h.connect(me).await)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let rec = h.last_record(|r| r.object.url.contains("elsewhere.example"));
+    assert_eq!(rec.rule, "builtin:host-check");
+    assert!(
+        rec.reason.starts_with("SNI does not match the destination"),
+        "{}",
+        rec.reason
+    );
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_spliced_connections_are_closed() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let cfg = ProxyConfig {
+        idle_timeout: Duration::from_millis(500),
+        ..tls_config(&up_ca, None)
+    };
+    let h = start(cfg, parse(TLS_POLICY), Limits::default()).await;
+    let me = h.agent("agents/tls-5", None, Some(up.addr));
+    let tls = handshake(
+        &trusting(up_ca.ca.cert_path()),
+        "api.payments.example",
+        h.connect(me).await,
+    )
+    .await
+    .unwrap();
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    assert_eq!(
+        get(&mut tx, "api.payments.example").await.status,
+        StatusCode::OK
+    );
+    let t = std::time::Instant::now();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection was closed");
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalated_tls_is_held_and_a_sandbox_verdict_blocks() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("held", &up_ca, "held.example").await;
+    let h = start(
+        tls_config(&up_ca, None),
+        parse(TLS_POLICY),
+        Limits::default(),
+    )
+    .await;
+    let me = h.agent("agents/tls-2", None, Some(up.addr));
+    let trust = trusting(up_ca.ca.cert_path());
+
+    let approvals = h.approvals.clone();
+    let approver = tokio::spawn(async move {
+        until(|| approvals.list().len() == 1).await;
+        let p = approvals.list()[0].clone();
+        approvals.approve(&p.id, "alice", Duration::ZERO).unwrap();
+        p
+    });
+    let tls = handshake(&trust, "held.example", h.connect(me).await)
+        .await
+        .expect("spliced once approved");
+    let pending = approver.await.unwrap();
+    assert_eq!(pending.rule, "tls/held");
+    assert_eq!(
+        pending.object.url,
+        format!("https://held.example:{}", up.addr.port())
+    );
+    let mut tx = http1(tls).await;
+    assert_eq!(get(&mut tx, "held.example").await.status, StatusCode::OK);
+
+    // A sandbox upstream cannot take a spliced connection: blocked, and the record says so.
+    let err = handshake(&trust, "sandboxed.example", h.connect(me).await)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let rec = h.last_record(|r| r.rule == "tls/sandboxed");
+    assert_eq!((rec.outcome.as_str(), rec.denied), ("block", true));
+    assert!(rec.reason.contains("sandbox upstream"), "{}", rec.reason);
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_carry_tls_for_their_own_host_only() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let h = start(
+        tls_config(&up_ca, None),
+        parse(TLS_POLICY),
+        Limits::default(),
+    )
+    .await;
+    let me = h.agent("agents/tls-3", None, None);
+    let authority = format!("api.payments.example:{}", up.addr.port());
+    let trust = trusting(up_ca.ca.cert_path());
+
+    let s = tunnel(&h, me, &authority).await;
+    let tls = handshake(&trust, "api.payments.example", s)
+        .await
+        .expect("spliced through the tunnel");
+    let mut tx = http1(tls).await;
+    let r = get(&mut tx, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["tls"], true);
+    let rec = h.last_record(|r| r.rule == "tls/payments");
+    assert_eq!(
+        (rec.object.method.as_str(), rec.object.url.as_str()),
+        ("CONNECT", authority.as_str())
+    );
+
+    // The tunnel was decided for its host: TLS inside must name that host.
+    let s = tunnel(&h, me, &authority).await;
+    let err = handshake(&trust, "mcp.search.example", s)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let rec = h.last_record(|r| r.rule == "builtin:host-check");
+    assert!(
+        rec.reason
+            .starts_with("SNI does not match the CONNECT host"),
+        "{}",
+        rec.reason
+    );
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+
+    // A ClientHello over 16 KiB inside a tunnel.
+    let mut s = tunnel(&h, me, &authority).await;
+    s.write_all(&oversized_hello()).await.unwrap();
+    let r = read_all(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    h.assert_no_panics();
+}
+
+fn refund_intercepted() -> policy::PolicySet {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/refund-agent.yaml");
+    let mut yaml = std::fs::read_to_string(path).unwrap();
+    yaml.push_str("proxy: { intercept_tls: [api.payments.example] }\n");
+    parse(&yaml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercepted_tls_gets_request_level_decisions() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let node = tempfile::tempdir().unwrap();
+    let h = start(
+        tls_config(&up_ca, Some(node.path())),
+        refund_intercepted(),
+        Limits::default(),
+    )
+    .await;
+    let me = h.agent("agents/refund-tls", None, Some(up.addr));
+    // Agents trust <ca_dir>/ca.crt.
+    let trust = trusting(&node.path().join("ca.crt"));
+
+    let tls = handshake(&trust, "api.payments.example", h.connect(me).await)
+        .await
+        .expect("intercepted with a certificate from the node CA");
+    let mut tx = http1(tls).await;
+    let r = Reply::read(tx.send_request(refund(50)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        (&r.body["upstream"], &r.body["tls"]),
+        (&json!("payments"), &json!(true))
+    );
+    assert!(r.body["body"].as_str().unwrap().contains("\"amount\":50"));
+    let rec = h.last_record(|r| r.rule == "refund-agent/refund-small");
+    assert_eq!(
+        (rec.outcome.as_str(), rec.object.url.as_str()),
+        ("allow", "https://api.payments.example/v1/refunds")
+    );
+    assert_eq!(rec.object.detail["tls"], "intercepted");
+
+    tx.ready().await.unwrap();
+    let r = Reply::read(tx.send_request(refund(5000)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        (&r.body["error"], &r.body["rule"]),
+        (&json!("blocked"), &json!("refund-agent/refund-large"))
+    );
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(rec.object.url, "https://api.payments.example/v1/refunds");
+    assert_eq!(rec.object.detail["tls"], "intercepted");
+    assert_eq!(rec.object.detail["body $.amount"], "5000");
+
+    // Another allowed request goes over the same upstream connection.
+    tx.ready().await.unwrap();
+    let r = Reply::read(tx.send_request(refund(60)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+
+    // A request for another host on this connection.
+    let r = get(&mut tx, "elsewhere.example").await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{}", r.body);
+    assert_eq!(r.body["rule"], "builtin:host-check");
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+
+    // Through the proxy explicitly: a CONNECT to an intercepted host is not decided at host
+    // level (the refund policy blocks anything else by default); the TLS inside is
+    // intercepted and each request decided.
+    let explicit = h.agent("agents/refund-tls-explicit", None, None);
+    let s = tunnel(
+        &h,
+        explicit,
+        &format!("api.payments.example:{}", up.addr.port()),
+    )
+    .await;
+    let tls = handshake(&trust, "api.payments.example", s).await.unwrap();
+    let mut tx = http1(tls).await;
+    let r = Reply::read(tx.send_request(refund(70)).await.unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    tx.ready().await.unwrap();
+    let r = Reply::read(tx.send_request(refund(5000)).await.unwrap()).await;
+    assert_eq!(r.body["rule"], "refund-agent/refund-large");
+    assert_eq!(up.seen.lock().unwrap().len(), 3);
+    let accepted = up.accepted.load(Ordering::Relaxed);
+    assert_eq!(accepted, 2);
+
+    // A client that does not trust the node CA fails its handshake; the proxy reports it.
+    let err = handshake(
+        &trusting(up_ca.ca.cert_path()),
+        "api.payments.example",
+        h.connect(me).await,
+    )
+    .await
+    .unwrap_err();
+    // (The upstream's test CA has the node CA's name, made on the same host: the signature
+    // is what fails.)
+    let err = err.to_string();
+    assert!(
+        err.contains("UnknownIssuer") || err.contains("BadSignature"),
+        "{err}"
+    );
+    until(|| {
+        h.records
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.rule == "builtin:tls" && r.reason.contains("handshake with the agent"))
+    })
+    .await;
+    assert_eq!(up.accepted.load(Ordering::Relaxed), accepted);
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interception_without_a_ca_fails_closed() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let trust = trusting(up_ca.ca.cert_path());
+    // No CA directory, and a CA directory that cannot be loaded (a certificate without its key).
+    let broken = tempfile::tempdir().unwrap();
+    std::fs::write(broken.path().join("ca.crt"), up_ca.ca.cert_pem()).unwrap();
+    for ca_dir in [None, Some(broken.path())] {
+        let h = start(
+            tls_config(&up_ca, ca_dir),
+            refund_intercepted(),
+            Limits::default(),
+        )
+        .await;
+        let me = h.agent("agents/refund-noca", None, Some(up.addr));
+        let err = handshake(&trust, "api.payments.example", h.connect(me).await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("AccessDenied"), "{err}");
+        let rec = h.last_record(|r| r.rule == "builtin:tls");
+        assert!(
+            rec.reason.contains("interception is unavailable"),
+            "{}",
+            rec.reason
+        );
+        assert_eq!(rec.object.detail["tls"], "intercepted");
+        assert_eq!(up.accepted.load(Ordering::Relaxed), 0, "never spliced");
+        h.assert_no_panics();
+    }
+    assert!(!broken.path().join("ca.key").exists(), "no new CA made");
+}
+
+/// A ClientHello that says it is longer than 16 KiB, and is.
+fn oversized_hello() -> Vec<u8> {
+    let mut b = vec![0x16, 3, 1, 0x40, 0x00, 1, 0x00, 0x50, 0x00];
+    b.resize(17 << 10, 0);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_slow_and_oversized_client_hellos_are_closed() {
+    let up = upstream("payments").await;
+    let cfg = ProxyConfig {
+        header_timeout: Duration::from_secs(1),
+        ..config()
+    };
+    let h = start(cfg, parse(TLS_POLICY), Limits::default()).await;
+    let me = h.agent("agents/tls-4", None, Some(up.addr));
+    let reason = |h: &Harness| h.last_record(|r| r.rule == "builtin:tls").reason;
+
+    let r = h
+        .raw(me, b"\x16garbage that is not a ClientHello\r\n\r\n")
+        .await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert_eq!(reason(&h), "not a TLS ClientHello");
+    let r = h.raw(me, b"\x16\x03\x01\x00\x05\x02\x00\x00\x01\x00").await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert!(
+        reason(&h).starts_with("malformed ClientHello"),
+        "{}",
+        reason(&h)
+    );
+
+    // A ClientHello cut short and never finished: the header timeout.
+    let hello = client_hello("api.payments.example", true);
+    let mut s = h.connect(me).await;
+    s.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    let t = std::time::Instant::now();
+    let r = read_all(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(reason(&h).contains("within 1s"), "{}", reason(&h));
+
+    let r = h.raw(me, &oversized_hello()).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert!(reason(&h).contains("16 KiB"), "{}", reason(&h));
+
+    let r = h
+        .raw(me, &client_hello("api.payments.example", false))
+        .await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert!(reason(&h).contains("names no server"), "{}", reason(&h));
+
+    // An unidentified connection.
+    let r = h.raw(next_ip(), &hello).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    assert_eq!(h.last_record(|_| true).rule, "builtin:identity");
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 0);
+    h.assert_no_panics();
+}
+
+#[test]
+fn intercept_tls_is_validated_and_the_policies_add_up() {
+    let bad = "name: p\nagents: { label: x }\nproxy: { intercept_tls: [ok.example, 'exa mple', 10.0.0.1] }\n";
+    let err = policy::parse(&[("p.yaml".into(), bad.into())])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "p.yaml:3:38: proxy.intercept_tls: host `exa mple`: use `name.example` or `*.example`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("proxy.intercept_tls: host `10.0.0.1` is an IP address"),
+        "{err}"
+    );
+    let set = parse(
+        "name: a\nagents: { label: x }\nproxy: { intercept_tls: [API.example] }\n---\nname: b\nagents: { label: x }\nproxy: { intercept_tls: ['*.corp.example'] }\n---\nname: c\nagents: { label: y }\nproxy: { intercept_tls: [other.example] }\n",
+    );
+    let engine = Engine::new(set, 1);
+    let view = engine.agent(&AgentRef {
+        name: "x".into(),
+        cgroup: "x".into(),
+        label: Some("x".into()),
+    });
+    assert!(view.intercepts_tls("api.example"));
+    assert!(view.intercepts_tls("git.corp.example"));
+    assert!(!view.intercepts_tls("corp.example"));
+    assert!(
+        !view.intercepts_tls("other.example"),
+        "another agent's policy"
+    );
 }

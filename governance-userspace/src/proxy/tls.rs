@@ -27,14 +27,14 @@
 //!
 //! # The node CA, and trusting it in an agent container
 //!
-//! On first use the daemon creates two files in its CA directory: `ca.crt`, the CA certificate
-//! (PEM, mode 0644), and `ca.key`, its private key (PEM, mode 0600). The CA is ECDSA P-256, named
-//! `governance node CA <hostname>`, valid for 10 years, and may sign only leaf certificates
-//! (path length 0). Later starts reuse both files. A missing, corrupt or mismatched file is an
-//! error naming the file: a new CA is never generated silently, because agents trust the old
-//! one. Keep `ca.key` secret: whoever holds it can impersonate any site to agents that trust the
-//! CA. Leaf certificates live in memory only; each is valid from a day before it is issued to 30
-//! days after, and is reissued after 7 days.
+//! The first time the proxy starts, the daemon creates two files in its CA directory: `ca.crt`,
+//! the CA certificate (PEM, mode 0644), and `ca.key`, its private key (PEM, mode 0600). The CA is
+//! ECDSA P-256, named `governance node CA <hostname>`, valid for 10 years, and may sign only leaf
+//! certificates (path length 0). Later starts reuse both files. A missing, corrupt or mismatched
+//! file is an error naming the file: a new CA is never generated silently, because agents trust
+//! the old one. Keep `ca.key` secret: whoever holds it can impersonate any site to agents that
+//! trust the CA. Leaf certificates live in memory only; each is valid from a day before it is
+//! issued to 30 days after, and is reissued after 7 days.
 //!
 //! Agents whose hosts are intercepted must trust `ca.crt`. In a Debian or Ubuntu based image
 //! (Alpine the same, with the `ca-certificates` package):
@@ -79,7 +79,10 @@ use rustls::{
         CertificateDer, DnsName, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, pem::PemObject,
     },
 };
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 use tracing::{debug, info, warn};
 
@@ -402,8 +405,11 @@ pub async fn peek_client_hello(stream: &TcpStream, timeout: Duration) -> io::Res
 /// Copies bytes both ways between the agent and the upstream until both directions are closed.
 /// When one side closes its sending half, the other side's sending half is shut down in turn
 /// and the opposite direction goes on. Returns the bytes sent (agent → upstream, upstream →
-/// agent).
-pub async fn splice(mut client: TcpStream, mut upstream: TcpStream) -> io::Result<(u64, u64)> {
+/// agent). `client` is the agent's connection, or a CONNECT tunnel.
+pub async fn splice<C>(mut client: C, mut upstream: TcpStream) -> io::Result<(u64, u64)>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let (sent, received) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     debug!(sent, received, "spliced connection closed");
     Ok((sent, received))
@@ -700,13 +706,16 @@ fn write_atomically(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Resu
 }
 
 /// Terminates the agent's TLS on `client` (whose ClientHello is still unread, see
-/// [`peek_client_hello`]) with this node's certificate for `sni`. Takes at most
-/// [`HANDSHAKE_TIMEOUT`].
-pub async fn accept_intercepted(
+/// [`peek_client_hello`], or replayed, in a CONNECT tunnel) with this node's certificate for
+/// `sni`. Takes at most [`HANDSHAKE_TIMEOUT`].
+pub async fn accept_intercepted<C>(
     ca: &NodeCa,
-    client: TcpStream,
+    client: C,
     sni: &str,
-) -> Result<server::TlsStream<TcpStream>, TlsError> {
+) -> Result<server::TlsStream<C>, TlsError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let config = ca.server_config_for(sni)?;
     let accept = TlsAcceptor::from(config).accept(client);
     let result = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {

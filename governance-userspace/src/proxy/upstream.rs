@@ -242,8 +242,8 @@ impl Upstream {
         result.map_err(err)
     }
 
-    /// The host check of transparent mode: does `host` (what the request says) name `dst`
-    /// (where the agent connected)? Err carries the reason for the 403.
+    /// The host check of transparent mode: does `host` (what the request or the TLS server
+    /// name says) name `dst` (where the agent connected)? Err says why not.
     pub async fn host_names(&self, host: &str, dst: SocketAddr) -> Result<(), String> {
         if self.host_check == HostCheck::Off {
             return Ok(());
@@ -251,10 +251,8 @@ impl Upstream {
         let want = dst.ip().to_canonical();
         match self.resolve(host).await {
             Ok(ips) if ips.iter().any(|ip| ip.to_canonical() == want) => Ok(()),
-            Ok(_) => Err(format!(
-                "Host does not match the destination: `{host}` does not resolve to {want}"
-            )),
-            Err(e) => Err(format!("Host does not match the destination: {e}")),
+            Ok(_) => Err(format!("`{host}` does not resolve to {want}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
