@@ -234,15 +234,37 @@ impl Approvals {
     /// its own timer (calling [`Approvals::expire`]) and calls [`Approvals::withdraw`] when its
     /// client goes away.
     pub fn hold(&self, req: Request) -> Result<(String, oneshot::Receiver<Resolution>), Full> {
+        self.hold_announced(req, &mut |_| {})
+    }
+
+    /// [`Approvals::hold`], calling `announce` with the request's approval (id, deadline) just
+    /// before the `approval.requested` record: the caller reports its decision there, so the
+    /// stream reads decision, then request. Not called when the queue is full.
+    pub fn hold_announced(
+        &self,
+        req: Request,
+        announce: &mut dyn FnMut(&ApprovalInfo),
+    ) -> Result<(String, oneshot::Receiver<Resolution>), Full> {
         let (tx, rx) = oneshot::channel();
-        let id = self.insert(req, Waiter::Hold(tx), None)?;
+        let id = self.insert(req, Waiter::Hold(tx), None, announce)?;
         Ok((id, rx))
     }
 
     /// Kernel: the action was already refused; approving calls `grant`. The same
-    /// `GrantRequest` pending twice reuses the pending id (and emits nothing new).
-    pub fn request_grant(&self, req: Request, grant: GrantRequest) -> Result<String, Full> {
-        self.insert(req, Waiter::Kernel(grant), Some(Dedup::Kernel(grant)))
+    /// `GrantRequest` pending twice reuses the pending id (and emits no new request).
+    /// `announce` as for [`Approvals::hold_announced`] (also called for a reused id).
+    pub fn request_grant(
+        &self,
+        req: Request,
+        grant: GrantRequest,
+        announce: &mut dyn FnMut(&ApprovalInfo),
+    ) -> Result<String, Full> {
+        self.insert(
+            req,
+            Waiter::Kernel(grant),
+            Some(Dedup::Kernel(grant)),
+            announce,
+        )
     }
 
     /// Pre-authorization: approving runs `on_approve` with the grant duration. `key`
@@ -254,13 +276,27 @@ impl Approvals {
         on_approve: OnApprove,
     ) -> Result<String, Full> {
         let dedup = Dedup::Action(req.agent.name.clone(), key);
-        self.insert(req, Waiter::Action(on_approve), Some(dedup))
+        self.insert(req, Waiter::Action(on_approve), Some(dedup), &mut |_| {})
     }
 
-    fn insert(&self, req: Request, waiter: Waiter, dedup: Option<Dedup>) -> Result<String, Full> {
+    fn insert(
+        &self,
+        req: Request,
+        waiter: Waiter,
+        dedup: Option<Dedup>,
+        announce: &mut dyn FnMut(&ApprovalInfo),
+    ) -> Result<String, Full> {
         let mut st = self.lock();
-        if let Some(id) = dedup.as_ref().and_then(|d| st.dedup.get(d)) {
-            return Ok(id.clone());
+        if let Some(id) = dedup.as_ref().and_then(|d| st.dedup.get(d)).cloned() {
+            if let Some(p) = st.pending.get(&id) {
+                announce(&ApprovalInfo {
+                    id: id.clone(),
+                    state: "pending".into(),
+                    deadline: rfc3339(p.entry.deadline),
+                    ..Default::default()
+                });
+            }
+            return Ok(id);
         }
         let (count, bytes) = st
             .per_agent
@@ -307,6 +343,12 @@ impl Approvals {
             .or_default();
         slot.0 += 1;
         slot.1 += entry.req.bytes;
+        announce(&ApprovalInfo {
+            id: id.clone(),
+            state: "pending".into(),
+            deadline: rfc3339(entry.deadline),
+            ..Default::default()
+        });
         self.emit(&id, &entry, "requested");
         if let Some(d) = &dedup {
             st.dedup.insert(d.clone(), id.clone());
@@ -770,8 +812,8 @@ mod tests {
         };
         let mut req = request("a", 0);
         req.kind = "exec".into();
-        let id = f.q.request_grant(req.clone(), g).unwrap();
-        assert_eq!(f.q.request_grant(req.clone(), g).unwrap(), id);
+        let id = f.q.request_grant(req.clone(), g, &mut |_| {}).unwrap();
+        assert_eq!(f.q.request_grant(req.clone(), g, &mut |_| {}).unwrap(), id);
         assert_eq!(f.q.list().len(), 1);
         f.q.approve(&id, "alice", Duration::from_secs(30)).unwrap();
         assert_eq!(
@@ -779,7 +821,7 @@ mod tests {
             [(g, Duration::from_secs(30))]
         );
         // Settled: a new escalation of the same object is a new request.
-        assert_ne!(f.q.request_grant(req, g).unwrap(), id);
+        assert_ne!(f.q.request_grant(req, g, &mut |_| {}).unwrap(), id);
     }
 
     #[test]
@@ -794,7 +836,7 @@ mod tests {
             kind: 1,
             object: 1,
         };
-        let id = q.request_grant(request("a", 0), g).unwrap();
+        let id = q.request_grant(request("a", 0), g, &mut |_| {}).unwrap();
         let e = q.approve(&id, "alice", Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("map full"), "{e}");
         assert_eq!(q.list().len(), 1);

@@ -47,10 +47,7 @@ use crate::{
     audit::AuditOptions,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
     engine::Engine,
-    events::{
-        self, AgentInfo, ApprovalInfo, Clock, GrantRequest, Names, Record, RecordType, RuleName,
-        rfc3339,
-    },
+    events::{self, AgentInfo, Clock, GrantRequest, Names, Record, RecordType, RuleName, rfc3339},
     kernel::{self, Enforcer, Probe, Protect, ProxyConns},
     metrics::Metrics,
     pipeline::{self, Publisher},
@@ -266,11 +263,18 @@ impl Drainer {
                 };
                 drop(item);
                 let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
-                let mut r = Record::from_kernel(&ev, n, &self.clock);
-                if let Some(g) = GrantRequest::of(&ev) {
-                    escalate(&self.approvals, &mut r, g, n, ev.rule_id);
+                let r = Record::from_kernel(&ev, n, &self.clock);
+                match GrantRequest::of(&ev) {
+                    // An escalation is reported when the approval queue takes it, with its
+                    // approval id, just before the request: what came before it goes first.
+                    Some(g) => {
+                        total += batch.len();
+                        self.publisher.publish_batch(std::mem::take(&mut batch));
+                        escalate(&self.approvals, &self.publisher, r, g, n, ev.rule_id);
+                        total += 1;
+                    }
+                    None => batch.push(r),
                 }
-                batch.push(r);
             }
             if batch.is_empty() {
                 return total;
@@ -281,34 +285,40 @@ impl Drainer {
     }
 }
 
-/// A kernel escalation: the action was refused; file (or find) the approval request.
-fn escalate(approvals: &Approvals, r: &mut Record, g: GrantRequest, names: &Names, rule_id: u32) {
-    {
-        let (timeout, on_timeout) = names
-            .rule(rule_id)
-            .and_then(|n| n.escalate)
-            .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
-        let req = approvals::Request {
-            agent: r.agent.clone().unwrap_or_default(),
-            kind: r.kind.clone(),
-            object: r.object.clone(),
-            rule: r.rule.clone(),
-            reason: r.reason.clone(),
-            timeout,
-            on_timeout,
-            bytes: 0,
-        };
-        match approvals.request_grant(req, g) {
-            Ok(id) => {
-                r.approval = Some(ApprovalInfo {
-                    id,
-                    state: "pending".into(),
-                    deadline: rfc3339(SystemTime::now() + timeout),
-                    ..Default::default()
-                });
-            }
-            Err(full) => r.reason = format!("{} ({full}: not queued for approval)", r.reason),
+/// A kernel escalation: the action was refused; file (or find) the approval request, and
+/// report the decision with its approval id.
+fn escalate(
+    approvals: &Approvals,
+    publisher: &Publisher,
+    r: Record,
+    g: GrantRequest,
+    names: &Names,
+    rule_id: u32,
+) {
+    let (timeout, on_timeout) = names
+        .rule(rule_id)
+        .and_then(|n| n.escalate)
+        .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
+    let req = approvals::Request {
+        agent: r.agent.clone().unwrap_or_default(),
+        kind: r.kind.clone(),
+        object: r.object.clone(),
+        rule: r.rule.clone(),
+        reason: r.reason.clone(),
+        timeout,
+        on_timeout,
+        bytes: 0,
+    };
+    let mut pending = Some(r);
+    let queued = approvals.request_grant(req, g, &mut |info| {
+        if let Some(mut r) = pending.take() {
+            r.approval = Some(info.clone());
+            publisher.publish(r);
         }
+    });
+    if let (Err(full), Some(mut r)) = (queued, pending.take()) {
+        r.reason = format!("{} ({full}: not queued for approval)", r.reason);
+        publisher.publish(r);
     }
 }
 
@@ -948,8 +958,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     publisher.publish(r);
     drop((publisher, sink, approvals, state, proxy, tasks));
-    pipe.publisher.flush();
-    drop(pipe.publisher);
+    // Connections still open (an `events --follow`) hold publishers: stop explicitly.
+    pipe.publisher.stop();
     let _ = pipe.thread.join();
     if args.detach_on_exit {
         kernel::unload(&args.pins).context("removing the pins")?;

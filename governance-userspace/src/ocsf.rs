@@ -631,6 +631,7 @@ mod tests {
                 exe: "/usr/bin/dash".into(),
                 argv: vec!["sh".into(), "-c".into(), "wget x".into()],
                 enrichment: "procfs".into(),
+                ..Default::default()
             }),
             object,
             ..Default::default()

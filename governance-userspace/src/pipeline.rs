@@ -113,6 +113,8 @@ enum Msg {
     },
     /// Answered once everything sent before it is written (for orderly stops and tests).
     Flush(std_mpsc::Sender<()>),
+    /// Write everything sent before it, close the audit log, end every subscription, stop.
+    Stop,
 }
 
 /// Where records enter the pipeline. Cheap to clone; never blocks.
@@ -154,6 +156,13 @@ impl Publisher {
             })
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Stop the pipeline once everything published before this call is written: the audit log
+    /// is closed and every subscription ends (clones of the publisher may outlive it, in
+    /// connections still open; what they publish later is dropped). Join the thread after.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
     }
 
     /// Wait until everything published before this call is written and delivered.
@@ -297,10 +306,12 @@ impl Worker {
     fn run(&mut self, rx: std_mpsc::Receiver<Msg>) {
         let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
         let mut flushes = Vec::new();
+        let mut stopping = false;
         while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
+                    Msg::Stop => stopping = true,
                     Msg::Records(mut r) => batch.append(&mut r),
                     Msg::Subscribe {
                         filter,
@@ -329,7 +340,7 @@ impl Worker {
                     }
                     Msg::Flush(done) => flushes.push(done),
                 }
-                if batch.len() < BATCH {
+                if batch.len() < BATCH && !stopping {
                     next = rx.try_recv().ok();
                 }
             }
@@ -337,8 +348,12 @@ impl Worker {
             for done in flushes.drain(..) {
                 let _ = done.send(());
             }
+            if stopping {
+                break;
+            }
         }
         self.process(&mut batch);
+        self.subs.clear();
         if let Some(audit) = self.audit.take()
             && let Err(e) = audit.close()
         {

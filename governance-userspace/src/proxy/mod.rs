@@ -124,8 +124,8 @@ use crate::{
     approvals::{self, Approvals, Resolution},
     engine::{Action, AgentRef, AgentRules, Decision, Engine, HttpRequest, Outcome},
     events::{
-        AgentInfo, ApprovalInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow,
-        Source, rfc3339,
+        AgentInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow, Source,
+        rfc3339,
     },
     policy::{Matcher, Posture, SandboxTarget, Verdict},
 };
@@ -1107,7 +1107,7 @@ impl Proxy {
     async fn hold(
         &self,
         client: &Client,
-        mut rec: Record,
+        rec: Record,
         rule: &str,
         decision: &Decision,
         timeout: Duration,
@@ -1142,25 +1142,27 @@ impl Proxy {
             ))
         };
         let decision_id = rec.id.clone();
-        let (approval, mut rx) = match self.approvals.hold(req) {
+        // The decision is reported when the queue takes the request (with its approval id),
+        // just before the request itself; on a full queue it is reported as a block.
+        let mut pending = Some(rec);
+        let held = self.approvals.hold_announced(req, &mut |info| {
+            if let Some(mut rec) = pending.take() {
+                rec.approval = Some(info.clone());
+                (self.sink)(rec);
+            }
+        });
+        let (approval, mut rx) = match held {
             Ok(x) => x,
             Err(full) => {
-                rec.outcome = "block".into();
-                rec.denied = true;
-                rec.reason = format!("approval queue full ({full})");
-                return refuse(Some(rec), &decision_id, "approval queue full");
+                let rec = pending.take().map(|mut rec| {
+                    rec.outcome = "block".into();
+                    rec.denied = true;
+                    rec.reason = format!("approval queue full ({full})");
+                    rec
+                });
+                return refuse(rec, &decision_id, "approval queue full");
             }
         };
-        rec.approval = Some(ApprovalInfo {
-            id: approval.clone(),
-            state: "pending".into(),
-            deadline: self
-                .approvals
-                .get(&approval)
-                .map_or_else(|| rfc3339(SystemTime::now() + timeout), |v| v.deadline),
-            ..Default::default()
-        });
-        (self.sink)(rec);
         // Withdraw if this future is dropped (the client went away).
         let mut guard = Withdraw {
             approvals: &self.approvals,
