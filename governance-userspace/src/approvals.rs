@@ -188,6 +188,10 @@ struct State {
     /// Recently settled requests, for clear errors and polling; oldest first.
     settled: HashMap<String, Entry>,
     settled_order: VecDeque<String>,
+    /// Approved kernel escalations whose grant is still running: (approval id, until when).
+    /// A refusal the kernel reported just before the grant landed (the agent's retry racing the
+    /// approval) belongs to that approval, not to a new request.
+    granted: HashMap<GrantRequest, (String, SystemTime)>,
 }
 
 /// How many settled requests are remembered.
@@ -287,6 +291,18 @@ impl Approvals {
         announce: &mut dyn FnMut(&ApprovalInfo),
     ) -> Result<String, Full> {
         let mut st = self.lock();
+        if let Waiter::Kernel(g) = &waiter {
+            let now = SystemTime::now();
+            st.granted.retain(|_, (_, until)| *until > now);
+            if let Some((id, _)) = st.granted.get(g) {
+                announce(&ApprovalInfo {
+                    id: id.clone(),
+                    state: "approved".into(),
+                    ..Default::default()
+                });
+                return Ok(id.clone());
+            }
+        }
         if let Some(id) = dedup.as_ref().and_then(|d| st.dedup.get(d)).cloned() {
             if let Some(p) = st.pending.get(&id) {
                 announce(&ApprovalInfo {
@@ -418,7 +434,11 @@ impl Approvals {
                     grant_for,
                 })
                 .is_ok(),
-            Waiter::Kernel(_) => true,
+            Waiter::Kernel(g) => {
+                st.granted
+                    .insert(g, (id.to_owned(), SystemTime::now() + grant_for));
+                true
+            }
             Waiter::Action(f) => {
                 f(grant_for);
                 true
@@ -820,7 +840,19 @@ mod tests {
             f.grants.lock().unwrap().as_slice(),
             [(g, Duration::from_secs(30))]
         );
-        // Settled: a new escalation of the same object is a new request.
+        // A refusal the kernel reported just before the grant landed belongs to the approval.
+        let mut state = String::new();
+        let again =
+            f.q.request_grant(req.clone(), g, &mut |i| state = i.state.clone());
+        assert_eq!((again.unwrap(), state.as_str()), (id.clone(), "approved"));
+        assert!(f.q.list().is_empty());
+        // Once the grant has run out, a new escalation of the same object is a new request.
+        let id2 =
+            f.q.approve(&id, "bob", Duration::ZERO)
+                .map(|_| ())
+                .unwrap_err();
+        assert!(id2.to_string().contains("approved"), "{id2}");
+        f.q.lock().granted.clear();
         assert_ne!(f.q.request_grant(req, g, &mut |_| {}).unwrap(), id);
     }
 

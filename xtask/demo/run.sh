@@ -50,7 +50,6 @@ sleep 1
             governance approve "$id" --as alice --for 1m | sed 's/^/[terminal 3]   /'
             approved="$approved $id"
         done
-        [ "$(echo $approved | wc -w)" -ge 2 ] && exit 0
         sleep 0.5
     done
 ) &
