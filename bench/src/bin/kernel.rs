@@ -244,7 +244,15 @@ impl Daemon {
             .arg(&env.policy_dir)
             .arg("--pins")
             .arg(&env.pins)
-            .args(["--detach-on-exit", "--no-create-cgroups"]);
+            // As deployed: every decision is drained, enriched and written to the audit log
+            // (the daemon's CPU is part of the cost); no proxy (the loops make no HTTP calls).
+            .arg("--socket")
+            .arg(env.tmp.join("governance.sock"))
+            .arg("--audit-dir")
+            .arg(env.tmp.join("audit"))
+            .arg("--ca-dir")
+            .arg(env.tmp.join("ca"))
+            .args(["--no-proxy", "--quiet", "--detach-on-exit", "--no-create-cgroups"]);
         if env.allow_degraded {
             cmd.arg("--allow-degraded");
         }
@@ -281,9 +289,11 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("governance: control API on") => {
+                    return Ok(daemon);
+                }
                 Ok(line) if line.contains("governance: enforcing") => {
                     daemon.enforcing = line;
-                    return Ok(daemon);
                 }
                 Ok(_) => {}
                 Err(e) => {
