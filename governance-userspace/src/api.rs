@@ -6,7 +6,7 @@
 //! | `GET /v1/status` | generation, hooks, counters, proxy and audit state |
 //! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
 //! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
-//! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf` |
+//! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records) |
 //! | `GET /v1/approvals` | pending approvals |
 //! | `POST /v1/approvals/{id}/approve` | `{"for": "10m", "by": "alice"}` |
 //! | `POST /v1/approvals/{id}/deny` | `{"reason": "...", "by": "alice"}` |
@@ -45,8 +45,10 @@ use crate::{
     pipeline::{AgentCounts, Filter, Publisher},
 };
 
-/// Queue length of a live event subscriber (records); beyond it, it loses records (counted).
+/// Default queue length of a live event subscriber (records); beyond it, it loses records
+/// (counted, and told). `queue=N` asks for another, up to [`MAX_SUBSCRIBER_QUEUE`].
 pub const SUBSCRIBER_QUEUE: usize = 8192;
+pub const MAX_SUBSCRIBER_QUEUE: usize = 1 << 20;
 
 /// What the daemon knows about itself, kept current by it and read by the API.
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -247,6 +249,8 @@ pub struct EventsQuery {
     pub since: Option<String>,
     /// `json` (default) or `ocsf`.
     pub format: Option<String>,
+    /// Records this subscriber's queue holds before it loses some (default 8192).
+    pub queue: Option<usize>,
 }
 
 fn list(s: &Option<String>) -> Vec<String> {
@@ -349,12 +353,15 @@ async fn events(
     }
     // Subscribe first, then replay the audit log up to where the subscription starts: no
     // record is missed or doubled between the two.
+    let queue = q.queue.unwrap_or(SUBSCRIBER_QUEUE);
+    if queue == 0 || queue > MAX_SUBSCRIBER_QUEUE {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("queue: between 1 and {MAX_SUBSCRIBER_QUEUE} records"),
+        );
+    }
     let sub = if follow {
-        match st
-            .publisher
-            .subscribe(filter.clone(), SUBSCRIBER_QUEUE)
-            .await
-        {
+        match st.publisher.subscribe(filter.clone(), queue).await {
             Some(s) => Some(s),
             None => return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
         }

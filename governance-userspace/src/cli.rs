@@ -175,6 +175,10 @@ pub struct EventsArgs {
     /// Stop after this many events.
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
+    /// Records the daemon queues for this subscriber before it loses some (counted and told;
+    /// the daemon never slows down for a subscriber). Default 8192.
+    #[arg(long)]
+    pub queue: Option<usize>,
     /// Print the JSON Schema of the event record and exit.
     #[arg(long)]
     pub schema: bool,
@@ -757,6 +761,9 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
     if args.output == "ocsf" {
         push("format", "ocsf");
+    }
+    if let Some(q) = args.queue {
+        push("queue", &q.to_string());
     }
     let path = format!("/v1/events?{}", query.join("&"));
     let resp = client::request(&args.api, "GET", &path, None).await?;

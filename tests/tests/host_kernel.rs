@@ -737,20 +737,19 @@ fn control_api_authorization_and_slow_subscribers() {
     );
     assert!(text.contains(&agent.rel.display().to_string()), "{text}");
 
-    // Three subscribers.
-    let follow = || {
+    // Three subscribers: one with a queue that holds the whole flood, two with small ones.
+    let follow = |queue: &str| {
         Command::new(governance_bin())
-            .args([
-                "events", "--follow", "-o", "json", "--kind", "connect", "--socket",
-            ])
+            .args(["events", "--follow", "-o", "json", "--kind", "connect"])
+            .args(["--queue", queue, "--socket"])
             .arg(daemon.socket())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
-    let mut steady = follow();
-    let mut killed = follow();
-    let mut stalled = follow();
+    let mut steady = follow("100000");
+    let mut killed = follow("1000");
+    let mut stalled = follow("1000");
     std::thread::sleep(Duration::from_millis(500));
     let pid = |c: &std::process::Child| nix::unistd::Pid::from_raw(c.id() as i32);
     nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGSTOP).unwrap();

@@ -383,11 +383,14 @@ struct Counts {
 
 impl Counts {
     fn add_line(&mut self, line: &str) {
-        match line.split_whitespace().take(2).collect::<Vec<_>>()[..] {
-            ["redteam:", "tried"] => self.tried += 1,
-            ["redteam:", "denied"] => self.denied += 1,
-            ["redteam:", "control"] => self.controls += 1,
-            _ => {}
+        // libtest may print `test name ... ` or progress dots on the same line first.
+        if let Some(at) = line.find("redteam: ") {
+            match line[at..].split_whitespace().nth(1) {
+                Some("tried") => self.tried += 1,
+                Some("denied") => self.denied += 1,
+                Some("control") => self.controls += 1,
+                _ => {}
+            }
         }
         // "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ..."
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
@@ -477,6 +480,9 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
             "host_kernel",
             "--",
             "--nocapture",
+            // One at a time: several start daemons, floods and 1,000-cgroup churns, and they
+            // share two cores; in parallel their timing assertions measure each other.
+            "--test-threads=1",
         ],
         &[("GOVERNANCE_BIN", &b.governance)],
     )?;
@@ -564,5 +570,10 @@ mod tests {
         );
         c.add_line("unrelated 5 passed");
         assert_eq!((c.passed, c.failed, c.ignored), (19, 3, 2));
+        c.add_line("test exec_cases ... redteam: tried 1 exec blocked binary");
+        c.add_line("..redteam: denied 16 connect (host)");
+        c.add_line("redteam: control 16 connect (host)");
+        c.add_line("no redteam here");
+        assert_eq!((c.tried, c.denied, c.controls), (1, 1, 1));
     }
 }

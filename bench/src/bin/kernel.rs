@@ -252,7 +252,12 @@ impl Daemon {
             .arg(env.tmp.join("audit"))
             .arg("--ca-dir")
             .arg(env.tmp.join("ca"))
-            .args(["--no-proxy", "--quiet", "--detach-on-exit", "--no-create-cgroups"]);
+            .args([
+                "--no-proxy",
+                "--quiet",
+                "--detach-on-exit",
+                "--no-create-cgroups",
+            ]);
         if env.allow_degraded {
             cmd.arg("--allow-degraded");
         }
