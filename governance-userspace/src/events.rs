@@ -238,7 +238,7 @@ impl Object {
 pub struct ApprovalInfo {
     /// The id `governance approve` and `governance deny` take.
     pub id: String,
-    /// pending, approved, denied, expired.
+    /// pending, approved, denied, expired, withdrawn (the HTTP client went away).
     pub state: String,
     /// Who approved or denied it (the control API's caller).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -900,5 +900,21 @@ mod tests {
         let ids = Ids::new();
         let (a, b) = (ids.next(), ids.next());
         assert!(a < b, "{a} {b}");
+    }
+}
+
+#[cfg(test)]
+mod schema_tests {
+    /// `docs/event.schema.json` is what `governance events --schema` prints: regenerate it with
+    /// that command when the record changes.
+    #[test]
+    fn the_committed_schema_is_current() {
+        let schema = schemars::schema_for!(super::Record);
+        let now = serde_json::to_string_pretty(&schema).unwrap() + "\n";
+        let committed = include_str!("../../docs/event.schema.json");
+        assert!(
+            committed == now,
+            "docs/event.schema.json is stale: run `governance events --schema > docs/event.schema.json`"
+        );
     }
 }

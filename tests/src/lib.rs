@@ -74,8 +74,16 @@ impl Drop for TestCgroup {
             }
             i += 1;
         }
+        // A cgroup stays busy for a moment after its last task exits: retry for a while.
         for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+            for _ in 0..100 {
+                match std::fs::remove_dir(d) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    _ => break,
+                }
+            }
         }
     }
 }

@@ -956,6 +956,29 @@ fn daemon_killed_enforcement_continues_and_restart_adopts() {
     assert_eq!(outcome, Outcome::Exited(0));
 }
 
+/// The built-in refusals of raw sockets and user namespaces are the policy's to relax: with
+/// `kernel: { allow_raw_sockets: true, allow_user_namespaces: true }` the agent gets them (and
+/// the decision is reported as allowed by the built-in).
+#[test]
+fn policy_relaxes_built_in_protections() {
+    require_root();
+    let fx = Fixture::new("relaxed");
+    let mut k = fx.load("kernel: { allow_raw_sockets: true, allow_user_namespaces: true }\n");
+    for attempt in [
+        Attempt::Socket {
+            family: libc::AF_NETLINK,
+            ty: libc::SOCK_RAW,
+            protocol: libc::NETLINK_ROUTE,
+        },
+        Attempt::Unshare {
+            flags: libc::CLONE_NEWUSER,
+        },
+    ] {
+        let ev = allow(&mut k, &fx, "relaxed built-in", &attempt);
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+    }
+}
+
 /// The incident responder's view: denied execs from an agent reach a live `governance events
 /// --follow` subscriber, in order, with every field right; an escalation is approved with
 /// `governance approve` and the agent's retry passes; the approval is on the stream with who

@@ -489,6 +489,25 @@ pub fn compile(
         }
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
+        // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
+        // sandbox profile's class keeps every protection.)
+        let governing: Vec<&Policy> = set
+            .policies
+            .iter()
+            .filter(|p| {
+                p.mode == Mode::Enforce && p.selector.matches(&agent.rel, agent.label.as_deref())
+            })
+            .collect();
+        let relaxed = |get: fn(&Policy) -> Option<bool>| {
+            governing.iter().any(|p| get(p) == Some(true))
+                && !governing.iter().any(|p| get(p) == Some(false))
+        };
+        if relaxed(|p| p.allow_raw_sockets) {
+            c.value.allow |= governance_common::allow::RAW_SOCKETS;
+        }
+        if relaxed(|p| p.allow_user_namespaces) {
+            c.value.allow |= governance_common::allow::USER_NAMESPACES;
+        }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
         for (name, p, pc) in profiles {
@@ -770,6 +789,38 @@ mod tests {
         assert_eq!(node(8, "fd00::".parse().unwrap()), [(4, 0, 65535, 0)]);
         // Generation 2 uses slot 0: ids carry no slot bit.
         assert_eq!(c.id, class_id(2, 1));
+    }
+
+    #[test]
+    fn built_in_protections_are_relaxed_only_when_no_policy_objects() {
+        let doc = |name: &str, kernel: &str| {
+            (
+                format!("{name}.yaml").into(),
+                format!("name: {name}\nagents: {{ label: bot }}\n{kernel}"),
+            )
+        };
+        let bits = |docs: Vec<(std::path::PathBuf, String)>| {
+            let set = parse(&docs).unwrap();
+            compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
+                .value
+                .allow
+        };
+        use governance_common::allow::{RAW_SOCKETS, USER_NAMESPACES};
+        assert_eq!(bits(vec![doc("a", "")]), 0);
+        assert_eq!(
+            bits(vec![doc("a", "kernel: { allow_raw_sockets: true }")]),
+            RAW_SOCKETS
+        );
+        assert_eq!(
+            bits(vec![
+                doc(
+                    "a",
+                    "kernel: { allow_raw_sockets: true, allow_user_namespaces: true }"
+                ),
+                doc("b", "kernel: { allow_raw_sockets: false }"),
+            ]),
+            USER_NAMESPACES
+        );
     }
 
     #[test]

@@ -390,6 +390,10 @@ pub struct Policy {
     pub max_body: Option<usize>,
     /// `proxy.intercept_tls`: hosts whose TLS the proxy intercepts for this policy's agents.
     pub intercept_tls: Vec<HostMatch>,
+    /// `kernel.allow_raw_sockets`, as written.
+    pub allow_raw_sockets: Option<bool>,
+    /// `kernel.allow_user_namespaces`, as written.
+    pub allow_user_namespaces: Option<bool>,
 }
 
 /// Every policy of a directory.
@@ -686,9 +690,12 @@ impl Cx<'_> {
             }
         }
         let at = self.loc(doc.name.span());
+        let kernel = doc.kernel.unwrap_or_default();
         (self.problems.len() == before).then(|| Policy {
             max_body,
             intercept_tls,
+            allow_raw_sockets: kernel.allow_raw_sockets,
+            allow_user_namespaces: kernel.allow_user_namespaces,
             name,
             at,
             description: doc

@@ -92,6 +92,24 @@ pub struct PolicyDoc {
     /// Settings of the HTTP policy proxy for the agents this policy governs.
     #[serde(default)]
     pub proxy: Option<ProxyDoc>,
+    /// Built-in kernel protections this policy relaxes for its agents.
+    #[serde(default)]
+    pub kernel: Option<KernelDoc>,
+}
+
+/// Built-in protections are on for every agent; a policy may relax them. A relaxation applies
+/// when an enforcing policy of the agent sets it `true` and none sets it `false`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelDoc {
+    /// Let the agent create raw (`SOCK_RAW`), packet (`AF_PACKET`) and netlink sockets, which
+    /// are refused by default (they get around connect rules, or reconfigure the node).
+    #[serde(default)]
+    pub allow_raw_sockets: Option<bool>,
+    /// Let the agent create user namespaces (refused by default: a new user namespace is the
+    /// usual first step out of a sandbox).
+    #[serde(default)]
+    pub allow_user_namespaces: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
