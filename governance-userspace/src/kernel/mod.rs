@@ -697,6 +697,27 @@ impl ProxyConns {
     }
 }
 
+/// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other
+/// programs; the kernel rejects BPF_F_ALLOW_MULTI for links (EINVAL), so they attach "single",
+/// which sends no flags.)
+fn open_cgroup(cgroup_root: &Path) -> Result<std::fs::File, KernelError> {
+    std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+        path: cgroup_root.to_owned(),
+        source,
+    })
+}
+
+/// A cgroup program's link as an fd link, to pin.
+fn fd_link<L>(link: L, pin_dir: &Path, name: &'static str) -> Result<FdLink, KernelError>
+where
+    L: TryInto<FdLink, Error = aya::programs::links::LinkError>,
+{
+    link.try_into().map_err(|e| KernelError::Pin {
+        path: pin_dir.join(pins::LINKS).join(name),
+        source: std::io::Error::other(e),
+    })
+}
+
 /// Load and attach one program, and pin its link.
 fn attach(
     ebpf: &mut Ebpf,
@@ -726,36 +747,22 @@ fn attach(
         }
         Attach::SockAddr(_) => {
             let prog: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
-            let cgroup =
-                std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
-                    path: cgroup_root.to_owned(),
-                    source,
-                })?;
             prog.load().map_err(err)?;
-            // cgroup links always coexist with other programs; the kernel rejects
-            // BPF_F_ALLOW_MULTI for links (EINVAL), so ask for "single", which sends no flags.
-            let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| KernelError::Pin {
-                    path: pin_dir.join(pins::LINKS).join(name),
-                    source: std::io::Error::other(e),
-                },
+            let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
+            fd_link(
+                prog.take_link(id.map_err(err)?).map_err(err)?,
+                pin_dir,
+                name,
             )?
         }
         Attach::SockOps => {
             let prog: &mut SockOps = prog.try_into().map_err(err)?;
-            let cgroup =
-                std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
-                    path: cgroup_root.to_owned(),
-                    source,
-                })?;
             prog.load().map_err(err)?;
-            let id = prog.attach(cgroup, CgroupAttachMode::Single).map_err(err)?;
-            prog.take_link(id).map_err(err)?.try_into().map_err(
-                |e: aya::programs::links::LinkError| KernelError::Pin {
-                    path: pin_dir.join(pins::LINKS).join(name),
-                    source: std::io::Error::other(e),
-                },
+            let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
+            fd_link(
+                prog.take_link(id.map_err(err)?).map_err(err)?,
+                pin_dir,
+                name,
             )?
         }
         Attach::RawTracepoint(tp) => {

@@ -246,6 +246,19 @@ pub enum Verdict {
     Block,
 }
 
+impl Verdict {
+    /// The name as policies write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Block => "block",
+            Verdict::Throttle => "throttle",
+            Verdict::Sandbox => "sandbox",
+            Verdict::Escalate => "escalate",
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecMatch {

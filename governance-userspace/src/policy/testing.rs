@@ -172,16 +172,6 @@ impl Case {
     }
 }
 
-fn verdict_name(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Block => "block",
-        Verdict::Throttle => "throttle",
-        Verdict::Sandbox => "sandbox",
-        Verdict::Escalate => "escalate",
-    }
-}
-
 /// Run every test file against `set`.
 pub fn run(set: &PolicySet, files: &[PathBuf]) -> Report {
     let mut report = Report::default();
@@ -245,7 +235,7 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
         decision = engine.decide(&view, &action, now);
     }
     let got_rule = decision.rule.clone().unwrap_or_else(|| "default".into());
-    let describe = |v: Verdict, rule: &str| format!("{} ({rule})", verdict_name(v));
+    let describe = |v: Verdict, rule: &str| format!("{} ({rule})", v.as_str());
     let mut problems = Vec::new();
     if decision.verdict() != case.expect.verdict
         || case.expect.rule.as_ref().is_some_and(|r| *r != got_rule)
@@ -265,8 +255,8 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
     {
         problems.push(format!(
             "expected shadow {}, got {}",
-            verdict_name(want),
-            got_shadow.map_or("none", verdict_name)
+            want.as_str(),
+            got_shadow.map_or("none", Verdict::as_str)
         ));
     }
     if problems.is_empty() {

@@ -1598,15 +1598,15 @@ impl Proxy {
     ) -> Record {
         let verdict = d.verdict();
         let mut rec = self.base_record(Some(client), source);
-        rec.outcome = verdict_str(verdict).into();
+        rec.outcome = verdict.as_str().into();
         rec.denied = matches!(verdict, Verdict::Block | Verdict::Throttle);
-        rec.verdict = verdict_str(verdict).into();
+        rec.verdict = verdict.as_str().into();
         rec.mode = "enforce".into();
         rec.rule = d.rule.clone().unwrap_or_else(|| "default".into());
         rec.reason = d.reason.clone();
         rec.generation = d.generation;
         rec.shadow = d.shadow.as_ref().map(|s| Shadow {
-            verdict: verdict_str(s.verdict()).into(),
+            verdict: s.verdict().as_str().into(),
             rule: s.rule.clone().unwrap_or_else(|| "default".into()),
         });
         rec.object = Object {
@@ -1910,16 +1910,6 @@ async fn drive<C: Graceful>(
                 }
             }
         }
-    }
-}
-
-fn verdict_str(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Allow => "allow",
-        Verdict::Block => "block",
-        Verdict::Throttle => "throttle",
-        Verdict::Sandbox => "sandbox",
-        Verdict::Escalate => "escalate",
     }
 }
 
