@@ -711,3 +711,27 @@ pub fn signal(daemon: &Daemon, sig: nix::sys::signal::Signal) {
     let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
     nix::sys::signal::kill(pid, sig).unwrap();
 }
+
+/// `program args...` to run inside `cgroup` (it joins the cgroup between fork and exec), or
+/// outside every agent when `cgroup` is None.
+pub fn command_in(cgroup: Option<&Path>, program: &str, args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    if let Some(cg) = cgroup {
+        let procs = cstr(&cg.join("cgroup.procs"));
+        // SAFETY: between fork and exec only open/write/close (async-signal-safe) on data
+        // prepared before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0\n".as_ptr().cast(), 2) != 2 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+    cmd
+}

@@ -846,3 +846,301 @@ fn control_api_authorization_and_slow_subscribers() {
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The HTTP policy engine through the real redirect: agent processes in a cgroup run curl
+/// against a local upstream; the kernel sends their connects to the daemon's proxy, which
+/// decides each verdict as HTTP. The same request outside the agent goes direct, undecided.
+/// Hostile requests from the agent get clean 4xx answers while a well-behaved one is served.
+#[test]
+fn http_verdicts_through_the_kernel_redirect() {
+    use std::io::Write as _;
+    require_root();
+    let agent = TestCgroup::new("http");
+    let outsider = TestCgroup::new("http-outsider");
+    let helper = env!("CARGO_BIN_EXE_redteam-helper");
+    // The payments API, and the sandbox it may be routed to (ports picked free).
+    let free = |ip: [u8; 4]| listener(ip).1.port();
+    let (api_port, sandbox_port) = (free([127, 0, 0, 5]), free([127, 0, 0, 6]));
+    let mut upstreams = Vec::new();
+    for (addr, name) in [
+        (format!("127.0.0.5:{api_port}"), "payments"),
+        (format!("127.0.0.6:{sandbox_port}"), "sandbox"),
+    ] {
+        upstreams.push(
+            Command::new(helper)
+                .args(["http-upstream", &addr, name])
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let dir = policy_dir(
+        "http",
+        &format!(
+            "name: http\nagents: {{ cgroup: {cg} }}\ndefaults: {{ http: block }}\nrules:\n\
+             \x20 - {{ id: api, network: {{ cidr: 127.0.0.5/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n\
+             \x20 - {{ id: small, http: {{ host: api.payments.example, method: POST, path: /v1/refunds, body: ['$.amount <= 100'] }}, verdict: allow, reason: routine }}\n\
+             \x20 - {{ id: medium, http: {{ host: api.payments.example, method: POST, path: /v1/refunds, body: ['$.amount > 100', '$.amount <= 1000'] }}, verdict: escalate, escalate: {{ timeout: 4s, on_timeout: block }}, reason: a human decides }}\n\
+             \x20 - {{ id: large, http: {{ host: api.payments.example, method: POST, path: /v1/refunds, body: ['$.amount > 1000'] }}, verdict: block, reason: never }}\n\
+             \x20 - {{ id: search, http: {{ host: api.payments.example, method: POST, path: /search }}, verdict: throttle, throttle: {{ rate: 2, per: 1h }}, reason: metered }}\n\
+             \x20 - {{ id: fetch, http: {{ host: api.payments.example, path: '/fetch/**' }}, verdict: sandbox, sandbox: {{ upstream: 'http://127.0.0.6:{sandbox_port}' }}, reason: untrusted fetches }}\n\
+             \x20 - {{ id: shell, http: {{ host: api.payments.example, path: /mcp, mcp: {{ tool: run_shell }} }}, verdict: block, reason: no shell tool }}\n\
+             \x20 - {{ id: tools, http: {{ host: api.payments.example, path: /mcp, mcp: {{ tool: '*' }} }}, verdict: allow, reason: other tools }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("http");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--pins",
+            &pins_arg,
+            "--proxy-host",
+            "api.payments.example=127.0.0.5",
+        ],
+        &dir,
+    );
+    let url = |path: &str| format!("http://api.payments.example:{api_port}{path}");
+    let resolve = format!("api.payments.example:{api_port}:127.0.0.5");
+    // curl in the agent (or outside): (status, headers and body).
+    let curl = |cgroup: Option<&Path>, args: &[&str]| -> (u16, String) {
+        let mut all = vec!["-sS", "-i", "--max-time", "30", "--resolve", &resolve];
+        all.extend_from_slice(args);
+        let out = governance_tests::command_in(cgroup, "curl", &all)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    };
+    let post = |amount: u32| {
+        vec![
+            "-H".to_owned(),
+            "content-type: application/json".to_owned(),
+            "-d".to_owned(),
+            format!("{{\"amount\": {amount}}}"),
+            url("/v1/refunds"),
+        ]
+    };
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+    let ag = Some(agent.path.as_path());
+
+    // allow: forwarded; the upstream answers.
+    let (status, body) = curl(ag, &strs(&post(50)));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"upstream\":\"payments\""), "{body}");
+    // block: 403 with the rule and a decision id.
+    let (status, body) = curl(ag, &strs(&post(5000)));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("x-governance-rule: http/large"), "{body}");
+    assert!(body.contains("\"decision_id\""), "{body}");
+    // escalate: held, approved from the CLI, then forwarded.
+    let held = {
+        let args = post(500);
+        let mut all = vec!["-sS", "-i", "--max-time", "30", "--resolve", &resolve];
+        all.extend(args.iter().map(String::as_str));
+        governance_tests::command_in(ag, "curl", &all)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let id = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = daemon.cli(&["approvals", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if let Some(id) = v["pending"][0]["id"].as_str() {
+                assert_eq!(v["pending"][0]["object"]["detail"]["body $.amount"], "500");
+                break id.to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "no pending approval");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert!(
+        daemon
+            .cli(&["approve", &id, "--as", "tester"])
+            .status
+            .success()
+    );
+    let out = held.wait_with_output().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.starts_with("HTTP/1.1 200"),
+        "approved and forwarded: {body}"
+    );
+    // escalate, nobody answers: the timeout denies.
+    let (status, body) = curl(ag, &strs(&post(600)));
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("approval timed out"), "{body}");
+    // throttle: 2 per hour, the third gets 429 with Retry-After.
+    let search = ["-X", "POST", "-d", "q=x"];
+    for _ in 0..2 {
+        let mut a = search.to_vec();
+        let u = url("/search");
+        a.push(&u);
+        assert_eq!(curl(ag, &a).0, 200);
+    }
+    let u = url("/search");
+    let mut a = search.to_vec();
+    a.push(&u);
+    let (status, body) = curl(ag, &a);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.to_ascii_lowercase().contains("retry-after:"), "{body}");
+    // sandbox: routed to the sandbox upstream.
+    let (status, body) = curl(ag, &[&url("/fetch/page")]);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"upstream\":\"sandbox\""), "{body}");
+    assert!(
+        body.contains("x-governance-sandboxed: http/fetch"),
+        "{body}"
+    );
+    // MCP: a blocked tool gets a JSON-RPC error with the call's id; another tool goes through.
+    let call = |tool: &str| {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":{{\"name\":\"{tool}\",\"arguments\":{{}}}}}}"
+        )
+    };
+    let mcp = url("/mcp");
+    let (status, body) = curl(
+        ag,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &call("run_shell"),
+            &mcp,
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("-32001") && body.contains("\"id\":7"),
+        "{body}"
+    );
+    let (_, body) = curl(
+        ag,
+        &[
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &call("web_search"),
+            &mcp,
+        ],
+    );
+    assert!(body.contains("\"upstream\":\"payments\""), "{body}");
+
+    // Hostile: a 64 KiB header, and JSON nested 100,000 deep to the MCP endpoint.
+    let big = format!("x-big: {}", "a".repeat(64 << 10));
+    let (status, _) = curl(ag, &["-H", &big, &url("/v1/refunds")]);
+    assert_eq!(status, 431);
+    let deep = std::env::temp_dir().join(format!("governance-deep-{}", std::process::id()));
+    std::fs::File::create(&deep)
+        .unwrap()
+        .write_all(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).as_bytes())
+        .unwrap();
+    let deep_arg = format!("@{}", deep.display());
+    let (status, _) = curl(
+        ag,
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            &deep_arg,
+            &mcp,
+        ],
+    );
+    assert_eq!(status, 400);
+    let _ = std::fs::remove_file(&deep);
+    // ... and the agent is still served.
+    assert_eq!(curl(ag, &strs(&post(20))).0, 200);
+
+    // Outside the agent: the same $5,000 request goes direct and is not decided.
+    let decisions = || {
+        let out = daemon.cli(&["events", "--since", "1h", "--kind", "http", "-o", "json"]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = decisions();
+    let (status, body) = curl(Some(outsider.path.as_path()), &strs(&post(5000)));
+    assert_eq!(status, 200, "control: direct to the upstream: {body}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        decisions(),
+        before,
+        "no decision for a process outside the agent"
+    );
+
+    stop_daemon(daemon);
+    for mut u in upstreams {
+        let _ = u.kill(); // ours, by pid
+        let _ = u.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reliability fault 7: the proxy is killed (with the daemon, by SIGKILL). The programs stay
+/// attached and keep sending `via_proxy` connects to the proxy's address, where nothing
+/// listens: the agent's connects fail. There is no fallback to direct egress.
+#[test]
+fn a_killed_proxy_means_refused_connects_not_direct_egress() {
+    require_root();
+    let agent = TestCgroup::new("proxy-killed");
+    let (direct, direct_addr) = listener([127, 0, 0, 7]);
+    direct.set_nonblocking(true).unwrap();
+    let dir = policy_dir(
+        "proxy-killed",
+        &format!(
+            "name: pk\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: web, network: {{ cidr: 127.0.0.7/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("proxy-killed");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (mut daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--quiet",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    daemon.child.kill().unwrap(); // SIGKILL, by pid
+    let _ = daemon.child.wait();
+    let case = "fault 7 proxy killed (host)";
+    redteam(case, "tried");
+    let (_, outcome) = run_in(
+        Some(&agent.path),
+        "pk-agent",
+        &Attempt::connect(direct_addr),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::ECONNREFUSED),
+        "refused, not direct"
+    );
+    assert!(
+        direct.accept().is_err(),
+        "nothing reached the destination directly"
+    );
+    redteam(case, "denied");
+    let (_, outcome) = run_in(None, "pk-outside", &Attempt::connect(direct_addr));
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control: outside the agent, direct"
+    );
+    redteam(case, "control");
+    unload(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+}
