@@ -735,3 +735,27 @@ pub fn command_in(cgroup: Option<&Path>, program: &str, args: &[&str]) -> std::p
     }
     cmd
 }
+
+/// A child process of ours that is killed (by its pid) and reaped when dropped, so a failing
+/// test leaves no subscriber or server behind.
+pub struct Reaped(pub std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -747,9 +747,9 @@ fn control_api_authorization_and_slow_subscribers() {
             .spawn()
             .unwrap()
     };
-    let mut steady = follow("100000");
-    let mut killed = follow("1000");
-    let mut stalled = follow("1000");
+    let mut steady = governance_tests::Reaped(follow("100000"));
+    let mut killed = governance_tests::Reaped(follow("1000"));
+    let mut stalled = governance_tests::Reaped(follow("1000"));
     std::thread::sleep(Duration::from_millis(500));
     let pid = |c: &std::process::Child| nix::unistd::Pid::from_raw(c.id() as i32);
     nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGSTOP).unwrap();
@@ -866,12 +866,12 @@ fn http_verdicts_through_the_kernel_redirect() {
         (format!("127.0.0.5:{api_port}"), "payments"),
         (format!("127.0.0.6:{sandbox_port}"), "sandbox"),
     ] {
-        upstreams.push(
+        upstreams.push(governance_tests::Reaped(
             Command::new(helper)
                 .args(["http-upstream", &addr, name])
                 .spawn()
                 .unwrap(),
-        );
+        ));
     }
     let dir = policy_dir(
         "http",
@@ -1080,10 +1080,7 @@ fn http_verdicts_through_the_kernel_redirect() {
     );
 
     stop_daemon(daemon);
-    for mut u in upstreams {
-        let _ = u.kill(); // ours, by pid
-        let _ = u.wait();
-    }
+    drop(upstreams); // ours: killed by pid and reaped
     let _ = std::fs::remove_dir_all(&dir);
 }
 
