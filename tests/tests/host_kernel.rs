@@ -755,22 +755,26 @@ fn control_api_authorization_and_slow_subscribers() {
     nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGSTOP).unwrap();
     // The steady one is read as it goes.
     let steady_out = steady.stdout.take().unwrap();
-    let counter = std::thread::spawn(move || {
-        let (mut blocks, mut lost_notices) = (0u64, 0u64);
-        for line in std::io::BufReader::new(steady_out)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["outcome"] == "block" {
-                blocks += 1;
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut lost_notices = 0u64;
+            for line in std::io::BufReader::new(steady_out)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if v["outcome"] == "block" {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if v["kind"] == "subscriber.lost" {
+                    lost_notices += 1;
+                }
             }
-            if v["kind"] == "subscriber.lost" {
-                lost_notices += 1;
-            }
-        }
-        (blocks, lost_notices)
-    });
+            lost_notices
+        })
+    };
     const N: u64 = 30_000;
     let flood = |n: u64| {
         let helper = env!("CARGO_BIN_EXE_redteam-helper");
@@ -799,11 +803,18 @@ fn control_api_authorization_and_slow_subscribers() {
         serde_json::from_slice(&out.stdout).unwrap()
     };
     wait_until(&daemon, || status()["pipeline_backlog"] == 0);
-    std::thread::sleep(Duration::from_millis(500));
     let dropped = status()["kernel"]["events_dropped"].as_u64().unwrap();
+    // It reads (and parses) as fast as it can: give it time to see everything it was sent.
+    let blocks = || seen.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while blocks() + dropped < N && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // nothing more arrives
     let _ = steady.kill();
     let _ = steady.wait();
-    let (blocks, lost_notices) = counter.join().unwrap();
+    let lost_notices = counter.join().unwrap();
+    let blocks = blocks();
     assert_eq!(lost_notices, 0, "the steady subscriber lost nothing");
     assert_eq!(
         blocks + dropped,
