@@ -435,18 +435,43 @@ pub struct Loaded {
     pub enforcer: Enforcer,
     pub agents: Vec<AgentCgroup>,
     pub events: RingBuf<MapData>,
-    pub pins: PathBuf,
+    pub pins: PinDir,
     /// Kernel rule id of the n-th rule (1-based) of the policy.
     pub generation: u32,
 }
 
-/// A pin directory unique to this process and call.
-pub fn pin_dir(label: &str) -> PathBuf {
-    PathBuf::from(format!(
+/// A pin directory unique to this process and call, unloaded when dropped so that a failing
+/// test leaves nothing attached (declare it before the daemon that uses it: locals drop in
+/// reverse order, so the daemon is gone first).
+pub struct PinDir(PathBuf);
+
+pub fn pin_dir(label: &str) -> PinDir {
+    PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/governance-test-{}-{}-{label}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ))
+    )))
+}
+
+impl std::ops::Deref for PinDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for PinDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = kernel::unload(&self.0);
+        }
+    }
 }
 
 /// Parse `yaml`, resolve its agents (cgroups must exist), attach every program this kernel
@@ -467,7 +492,7 @@ pub fn load(yaml: &str) -> Loaded {
     let generation = 1;
     let protect = kernel::Protect {
         cgroup_root: root.clone(),
-        no_write: vec![pins.clone()],
+        no_write: vec![pins.to_path_buf()],
     };
     let compiled = kernel::compile(&policy, &agents, generation, &protect);
     assert!(
@@ -487,12 +512,6 @@ pub fn load(yaml: &str) -> Loaded {
         events,
         pins,
         generation,
-    }
-}
-
-impl Drop for Loaded {
-    fn drop(&mut self) {
-        let _ = kernel::unload(&self.pins);
     }
 }
 
