@@ -774,6 +774,56 @@ mod tests {
         assert!(t.contains("# TYPE governance_decisions counter\n"), "{t}");
     }
 
+    /// Counting a batch at once is counting its records one by one: runs of the same labels,
+    /// label changes inside a run (agent, shadow, fail-closed), other record types between, and
+    /// the agent limit reached in the middle of a batch.
+    #[test]
+    fn observe_all_counts_as_observe_does() {
+        let mut batch = Vec::new();
+        for i in 0..40 {
+            let mut r = decision(
+                ["exec", "connect"][i / 10 % 2],
+                ["block", "allow"][i / 7 % 2],
+                &format!("bot-{}", i / 5),
+            );
+            if i % 11 == 3 {
+                r.shadow = Some(Shadow {
+                    verdict: "block".into(),
+                    rule: "p/r".into(),
+                });
+            }
+            if i % 13 == 4 {
+                r.rule = "fail-closed:unreadable".into();
+            }
+            if i == 20 {
+                batch.push(Record::daemon(RecordType::Policy, "policy.reloaded", ""));
+            }
+            batch.push(r);
+        }
+        batch.push(Record {
+            kind: "http".into(),
+            outcome: "allow".into(),
+            ..Default::default()
+        });
+        let (one, all) = (Metrics::with_agent_limit(3), Metrics::with_agent_limit(3));
+        for r in &batch {
+            one.observe(r);
+        }
+        all.observe_all(&batch[..17]);
+        all.observe_all(&batch[17..]);
+        // Series in any order (a family keeps them in a hash map).
+        let governance = |t: String| {
+            let mut lines: Vec<String> = t
+                .lines()
+                .filter(|l| l.starts_with("governance_"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(governance(one.render()), governance(all.render()));
+    }
+
     #[test]
     fn agent_label_is_bounded() {
         fn shared<T: Send + Sync>() {}

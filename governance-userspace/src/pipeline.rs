@@ -722,6 +722,8 @@ mod tests {
             let d = steady.rx.recv().await.unwrap();
             assert_eq!(d.record.message, i.to_string(), "in order");
             assert_eq!(d.seq, i as u64);
+            // The bytes the audit log holds.
+            assert_eq!(d.json, serde_json::to_vec(&*d.record).unwrap());
         }
         assert_eq!(steady.lost.load(Ordering::Relaxed), 0);
         assert_eq!(slow.lost.load(Ordering::Relaxed), (N - 16) as u64);
