@@ -534,8 +534,16 @@ impl Worker {
     fn deliver(&mut self, d: Delivered) {
         let node = &self.node;
         let metrics = &self.cfg.metrics;
+        // The last subscriber that wants the record gets it, the others a copy (two counted
+        // references).
+        let last = self.subs.iter().rposition(|s| s.filter.matches(&d.record));
+        let seq = d.seq;
+        let mut d = Some(d);
+        let mut i = 0;
         self.subs.retain_mut(|s| {
-            if !s.filter.matches(&d.record) {
+            let this = i;
+            i += 1;
+            if !d.as_ref().is_some_and(|d| s.filter.matches(&d.record)) {
                 return !s.tx.is_closed();
             }
             let lost = s.lost.load(Ordering::Relaxed);
@@ -552,7 +560,7 @@ impl Worker {
                 notice.counts.insert("lost".into(), lost - s.reported);
                 notice.counts.insert("lost_total".into(), lost);
                 match s.tx.try_send(Delivered {
-                    seq: d.seq,
+                    seq,
                     record: Arc::new(notice),
                     json: Bytes::new(),
                 }) {
@@ -565,7 +573,13 @@ impl Worker {
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
-            match s.tx.try_send(d.clone()) {
+            let item = if Some(this) == last {
+                d.take()
+            } else {
+                d.clone()
+            };
+            let Some(item) = item else { return true };
+            match s.tx.try_send(item) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lost.fetch_add(1, Ordering::Relaxed);

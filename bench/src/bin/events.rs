@@ -334,16 +334,26 @@ impl Env {
     /// Does the file_open LSM program attach here? (`bpf` in the LSM list is not enough: some
     /// hosts refuse LSM programs all the same.)
     fn file_hook_attaches(&self) -> Res<bool> {
-        let pins = self.drain_pins.with_extension("probe");
+        // (No dot in the name: bpffs refuses those.)
+        let pins = PathBuf::from(format!("{}-probe", self.drain_pins.display()));
         let e = ctx(
             Enforcer::start(&pins, &self.cgroup_root, false),
             "loading the eBPF programs",
         );
-        let attached = e.as_ref().is_ok_and(|e| {
-            e.hooks
-                .iter()
-                .any(|(p, h)| p.name == "file_open" && matches!(h, HookState::Attached))
-        });
+        let attached = match &e {
+            Ok(e) => match e.hooks.iter().find(|(p, _)| p.name == "file_open") {
+                Some((_, HookState::Attached)) => true,
+                Some((_, state)) => {
+                    eprintln!("bench: file_open: {state}");
+                    false
+                }
+                None => false,
+            },
+            Err(err) => {
+                eprintln!("bench: probing the LSM hooks: {err}");
+                false
+            }
+        };
         drop(e);
         ctx(kernel::unload(&pins), "removing the probe's pins")?;
         Ok(attached)
@@ -1185,12 +1195,14 @@ fn report(
             ));
         }
         let held: Vec<f64> = d.rounds.iter().map(|x| x.events as f64).collect();
+        // Decisions: the flood's, and the few the worker's own start makes (socket creation
+        // under BPF LSM).
         let ok = d
             .rounds
             .iter()
-            .all(|x| x.events + x.dropped == x.decisions && x.decisions == d.fill);
+            .all(|x| x.events + x.dropped == x.decisions && x.decisions >= d.fill);
         r.push(format!(
-            "   the ring held {}-{} events per fill; drained + dropped (EventsDropped) == decisions == attempts in every round: {}",
+            "   the ring held {}-{} events per fill; drained + dropped (EventsDropped) == decisions (>= attempts) in every round: {}",
             min_max(&held).0,
             min_max(&held).1,
             if ok { "yes" } else { "NO" }
