@@ -42,7 +42,7 @@ use crate::{
     events::{Record, RecordType, parse_rfc3339},
     kernel::Enforcer,
     metrics::Metrics,
-    pipeline::{AgentCounts, Filter, Publisher},
+    pipeline::{AgentCounts, Delivered, Filter, Publisher},
 };
 
 /// Default queue length of a live event subscriber (records); beyond it, it loses records
@@ -307,15 +307,18 @@ impl EventsQuery {
     }
 }
 
-/// One record in the requested format.
+/// One record in the requested format: the event schema's JSON (fields in declaration order,
+/// byte for byte what the audit log holds), or OCSF.
 fn render(r: &Record, ocsf: bool) -> Vec<u8> {
-    let v = if ocsf {
-        crate::ocsf::to_ocsf(r)
+    if ocsf {
+        serde_json::to_vec(&crate::ocsf::to_ocsf(r)).unwrap_or_default()
     } else {
-        serde_json::to_value(r).unwrap_or(Value::Null)
-    };
-    serde_json::to_vec(&v).unwrap_or_default()
+        serde_json::to_vec(r).unwrap_or_else(|_| b"null".to_vec())
+    }
 }
+
+/// Bytes of stream gathered into one write, at most (more records are not waited for).
+const STREAM_CHUNK: usize = 64 << 10;
 
 async fn events(
     State(st): State<Arc<ApiState>>,
@@ -369,21 +372,23 @@ async fn events(
         None
     };
     let until_seq = sub.as_ref().map_or(u64::MAX, |s| s.from_seq);
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let frame = move |body: Vec<u8>| -> Bytes {
+    // Chunks of up to STREAM_CHUNK bytes on their way to the client; the subscription's own
+    // queue is where records wait.
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    // One record, framed: a line of NDJSON, or an SSE event.
+    let frame = move |out: &mut Vec<u8>, body: &[u8]| {
         if sse {
-            let mut out = b"data: ".to_vec();
-            out.extend_from_slice(&body);
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(body);
             out.extend_from_slice(b"\n\n");
-            Bytes::from(out)
         } else {
-            let mut out = body;
+            out.extend_from_slice(body);
             out.push(b'\n');
-            Bytes::from(out)
         }
     };
     let audit_dir = st.audit_dir.clone();
     tokio::spawn(async move {
+        // What is queued when the client can take more goes out as one chunk.
         if let (Some(since), Some(dir)) = (since, audit_dir) {
             let (rtx, mut rrx) = mpsc::channel::<Record>(256);
             let filter = filter.clone();
@@ -394,14 +399,34 @@ async fn events(
                 })
             });
             while let Some(r) = rrx.recv().await {
-                if tx.send(frame(render(&r, ocsf))).await.is_err() {
+                let mut out = Vec::new();
+                frame(&mut out, &render(&r, ocsf));
+                while out.len() < STREAM_CHUNK {
+                    let Ok(r) = rrx.try_recv() else { break };
+                    frame(&mut out, &render(&r, ocsf));
+                }
+                if tx.send(Bytes::from(out)).await.is_err() {
                     return;
                 }
             }
         }
         let Some(mut sub) = sub else { return };
+        // The record as the pipeline serialised it for the audit log, else rendered here.
+        let put = |out: &mut Vec<u8>, d: &Delivered| {
+            if ocsf || d.json.is_empty() {
+                frame(out, &render(&d.record, ocsf));
+            } else {
+                frame(out, &d.json);
+            }
+        };
         while let Some(d) = sub.rx.recv().await {
-            if tx.send(frame(render(&d.record, ocsf))).await.is_err() {
+            let mut out = Vec::with_capacity(STREAM_CHUNK.min(2 * d.json.len() + 64));
+            put(&mut out, &d);
+            while out.len() < STREAM_CHUNK {
+                let Ok(d) = sub.rx.try_recv() else { break };
+                put(&mut out, &d);
+            }
+            if tx.send(Bytes::from(out)).await.is_err() {
                 return; // the client went away: dropping the receiver unsubscribes
             }
         }

@@ -295,15 +295,34 @@ impl AuditLog {
     /// Buffer one record; returns its seq. Durable only after [`AuditLog::flush`].
     /// Any serialisable record (the daemon's [`crate::events::Record`], a [`Value`]).
     pub fn append<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<u64, AuditError> {
+        self.append_with(|body| {
+            serde_json::to_writer(body, record).map_err(|e| format!("serialising a record: {e}"))
+        })
+    }
+
+    /// [`AuditLog::append`] of a record serialised already: `json` must be one JSON value, as
+    /// `serde_json` writes it (what the line holds, and what its hash covers, are these bytes).
+    /// For a caller that needs the same bytes for something else too.
+    pub fn append_json(&mut self, json: &[u8]) -> Result<u64, AuditError> {
+        self.append_with(|body| {
+            body.extend_from_slice(json);
+            Ok(())
+        })
+    }
+
+    fn append_with(
+        &mut self,
+        value: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    ) -> Result<u64, AuditError> {
         self.check_usable()?;
         let mut body = std::mem::take(&mut self.body);
         body.clear();
         body.extend_from_slice(b"\"record\":");
-        let result = match serde_json::to_writer(&mut body, record) {
+        let result = match value(&mut body) {
             Ok(()) => self.rotate_if_due().and_then(|()| self.write_line(&body)),
-            Err(e) => Err(AuditError::Log {
+            Err(problem) => Err(AuditError::Log {
                 path: self.dir.clone(),
-                problem: format!("serialising a record: {e}"),
+                problem,
             }),
         };
         self.body = body;

@@ -270,12 +270,18 @@ impl Ids {
         }
     }
 
+    /// `<prefix>-<sequence, at least 8 digits>`.
     pub fn next(&self) -> String {
-        format!(
-            "{}-{:08}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut buf = [0u8; 20];
+        let width = digits.max(8);
+        put_digits(&mut buf[..width], n);
+        let mut id = String::with_capacity(self.prefix.len() + 1 + width);
+        id.push_str(&self.prefix);
+        id.push('-');
+        id.push_str(std::str::from_utf8(&buf[..width]).unwrap_or_default());
+        id
     }
 }
 
@@ -697,13 +703,38 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    if !(0..=9999).contains(&year) {
+        return format!(
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60,
+            d.subsec_nanos()
+        );
+    }
+    // The same, without the formatting machinery (every decision event is stamped).
+    let mut out = *b"0000-00-00T00:00:00.000000000Z";
+    for (at, len, value) in [
+        (0, 4, year as u64),
+        (5, 2, month as u64),
+        (8, 2, day as u64),
+        (11, 2, rem / 3600),
+        (14, 2, rem / 60 % 60),
+        (17, 2, rem % 60),
+        (20, 9, u64::from(d.subsec_nanos())),
+    ] {
+        put_digits(&mut out[at..at + len], value);
+    }
+    // ASCII digits and separators.
+    String::from_utf8(out.to_vec()).unwrap_or_default()
+}
+
+/// `value` in decimal, zero-padded to fill `dst` (the lowest digits if it does not fit).
+fn put_digits(dst: &mut [u8], mut value: u64) {
+    for d in dst.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Parse what [`rfc3339`] writes (and any RFC 3339 UTC time with `Z`): for `--since` and
@@ -900,6 +931,60 @@ mod tests {
         let ids = Ids::new();
         let (a, b) = (ids.next(), ids.next());
         assert!(a < b, "{a} {b}");
+        assert_eq!(a, format!("{}-00000001", ids.prefix));
+        for n in [
+            0,
+            9,
+            10,
+            99_999_999,
+            100_000_000,
+            123_456_789_012,
+            u64::MAX - 1,
+        ] {
+            ids.next.store(n, Ordering::Relaxed);
+            assert_eq!(ids.next(), format!("{}-{n:08}", ids.prefix));
+        }
+    }
+
+    #[test]
+    fn dates_are_formatted_as_by_format() {
+        let reference = |t: SystemTime| {
+            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
+            let secs = d.as_secs();
+            let (days, rem) = (secs / 86_400, secs % 86_400);
+            let z = days as i64 + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z - era * 146_097;
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let day = doy - (153 * mp + 2) / 5 + 1;
+            let month = if mp < 10 { mp + 3 } else { mp - 9 };
+            let year = yoe + era * 400 + i64::from(month <= 2);
+            format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+                rem / 3600,
+                rem / 60 % 60,
+                rem % 60,
+                d.subsec_nanos()
+            )
+        };
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for i in 0..10_000u64 {
+            // Anything up to the year 2554, and the edges.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let ns = match i {
+                0 => 0,
+                1 => 253_402_300_799_999_999_999, // 9999-12-31T23:59:59.999999999Z
+                2 => 253_402_300_800_000_000_000, // year 10000: the slow path
+                _ => u128::from(x),
+            };
+            let t = SystemTime::UNIX_EPOCH
+                + Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32);
+            assert_eq!(rfc3339(t), reference(t));
+        }
     }
 }
 

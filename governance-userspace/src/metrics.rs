@@ -115,6 +115,17 @@ fn known(set: &[&'static str], v: &str) -> &'static str {
     set.iter().copied().find(|k| *k == v).unwrap_or(OTHER)
 }
 
+/// Whether decision `b` counts under the same labels as decision `a` (kind, outcome, agent,
+/// shadow verdict, fail-closed reason).
+fn same_decision_labels(a: &Record, b: &Record) -> bool {
+    b.ty == RecordType::Decision
+        && a.kind == b.kind
+        && a.outcome == b.outcome
+        && a.agent.as_ref().map(|x| &x.name) == b.agent.as_ref().map(|x| &x.name)
+        && a.shadow.as_ref().map(|s| &s.verdict) == b.shadow.as_ref().map(|s| &s.verdict)
+        && a.rule.strip_prefix("fail-closed:") == b.rule.strip_prefix("fail-closed:")
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     kind: &'static str,
@@ -288,6 +299,31 @@ impl Metrics {
 
     /// Count a record (see the module doc for what is counted).
     pub fn observe(&self, r: &Record) {
+        self.observe_n(r, 1);
+    }
+
+    /// Count records, as [`Metrics::observe`] on each in turn. A run of decisions that count
+    /// under the same labels is counted at once (a flood from one agent is one label lookup
+    /// per batch, not per record).
+    pub fn observe_all(&self, records: &[Record]) {
+        let mut i = 0;
+        while let Some(r) = records.get(i) {
+            let mut n = 1;
+            if r.ty == RecordType::Decision {
+                while records
+                    .get(i + n)
+                    .is_some_and(|next| same_decision_labels(r, next))
+                {
+                    n += 1;
+                }
+            }
+            self.observe_n(r, n as u64);
+            i += n;
+        }
+    }
+
+    /// Count `r` as `n` records (`n` > 1 only for decisions).
+    fn observe_n(&self, r: &Record, n: u64) {
         match r.ty {
             RecordType::Decision => {
                 let kind = known(KINDS, &r.kind);
@@ -301,14 +337,14 @@ impl Metrics {
                         outcome: known(OUTCOMES, &r.outcome),
                         agent,
                     })
-                    .inc();
+                    .inc_by(n);
                 if let Some(s) = &r.shadow {
                     self.shadow
                         .get_or_create(&ShadowLabels {
                             kind,
                             verdict: known(VERDICTS, &s.verdict),
                         })
-                        .inc();
+                        .inc_by(n);
                 }
                 if let Some(why) = r.rule.strip_prefix("fail-closed:") {
                     self.fail_closed
@@ -316,7 +352,7 @@ impl Metrics {
                             kind,
                             reason: known(FAIL_CLOSED, why),
                         })
-                        .inc();
+                        .inc_by(n);
                 }
             }
             RecordType::Approval => {
@@ -736,6 +772,56 @@ mod tests {
             Some(2.0)
         );
         assert!(t.contains("# TYPE governance_decisions counter\n"), "{t}");
+    }
+
+    /// Counting a batch at once is counting its records one by one: runs of the same labels,
+    /// label changes inside a run (agent, shadow, fail-closed), other record types between, and
+    /// the agent limit reached in the middle of a batch.
+    #[test]
+    fn observe_all_counts_as_observe_does() {
+        let mut batch = Vec::new();
+        for i in 0..40 {
+            let mut r = decision(
+                ["exec", "connect"][i / 10 % 2],
+                ["block", "allow"][i / 7 % 2],
+                &format!("bot-{}", i / 5),
+            );
+            if i % 11 == 3 {
+                r.shadow = Some(Shadow {
+                    verdict: "block".into(),
+                    rule: "p/r".into(),
+                });
+            }
+            if i % 13 == 4 {
+                r.rule = "fail-closed:unreadable".into();
+            }
+            if i == 20 {
+                batch.push(Record::daemon(RecordType::Policy, "policy.reloaded", ""));
+            }
+            batch.push(r);
+        }
+        batch.push(Record {
+            kind: "http".into(),
+            outcome: "allow".into(),
+            ..Default::default()
+        });
+        let (one, all) = (Metrics::with_agent_limit(3), Metrics::with_agent_limit(3));
+        for r in &batch {
+            one.observe(r);
+        }
+        all.observe_all(&batch[..17]);
+        all.observe_all(&batch[17..]);
+        // Series in any order (a family keeps them in a hash map).
+        let governance = |t: String| {
+            let mut lines: Vec<String> = t
+                .lines()
+                .filter(|l| l.starts_with("governance_"))
+                .map(str::to_owned)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(governance(one.render()), governance(all.render()));
     }
 
     #[test]

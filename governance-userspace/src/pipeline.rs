@@ -34,6 +34,7 @@ use std::{
     time::Instant,
 };
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -92,6 +93,9 @@ impl Filter {
 pub struct Delivered {
     pub seq: u64,
     pub record: Arc<Record>,
+    /// The record as JSON (`serde_json`, fields in declaration order), as the audit log holds
+    /// it; empty when it was not serialised (then serialise `record`).
+    pub json: Bytes,
 }
 
 /// A live subscription.
@@ -220,6 +224,8 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         backlog: backlog.clone(),
         audit_failing: false,
         stdout,
+        scratch: Vec::new(),
+        json_hint: 512,
     };
     let thread = std::thread::Builder::new()
         .name("events".into())
@@ -257,6 +263,25 @@ struct Worker {
     /// The last audit write failed (reported once until it works again).
     audit_failing: bool,
     stdout: Option<Stdout>,
+    /// Serialises records for the audit log when no subscriber needs the bytes too.
+    scratch: Vec<u8>,
+    /// Bytes to reserve for a record's JSON.
+    json_hint: usize,
+}
+
+/// Records taken for one round of processing, in the batches they were published in.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Vec<Record>>,
+    /// Records in `chunks`.
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, records: Vec<Record>) {
+        self.len += records.len();
+        self.chunks.push(records);
+    }
 }
 
 /// Lines for stdout, written by a thread of their own through a bounded queue: when nobody
@@ -304,7 +329,9 @@ impl Stdout {
 
 impl Worker {
     fn run(&mut self, rx: std_mpsc::Receiver<Msg>) {
-        let mut batch: Vec<Record> = Vec::with_capacity(BATCH);
+        // The batches as they were published, not merged: a record is large, and moving
+        // thousands of them costs more than the rest of their way from the drainer.
+        let mut batch = Batch::default();
         let mut flushes = Vec::new();
         let mut stopping = false;
         while let Ok(first) = rx.recv() {
@@ -312,7 +339,7 @@ impl Worker {
             while let Some(msg) = next.take() {
                 match msg {
                     Msg::Stop => stopping = true,
-                    Msg::Records(mut r) => batch.append(&mut r),
+                    Msg::Records(r) => batch.push(r),
                     Msg::Subscribe {
                         filter,
                         capacity,
@@ -340,7 +367,7 @@ impl Worker {
                     }
                     Msg::Flush(done) => flushes.push(done),
                 }
-                if batch.len() < BATCH && !stopping {
+                if batch.len < BATCH && !stopping {
                     next = rx.try_recv().ok();
                 }
             }
@@ -361,13 +388,16 @@ impl Worker {
         }
     }
 
-    fn process(&mut self, batch: &mut Vec<Record>) {
-        if batch.is_empty() {
+    fn process(&mut self, batch: &mut Batch) {
+        if batch.len == 0 {
             return;
         }
-        let n = batch.len();
+        let n = batch.len;
         let mut seqs = Vec::with_capacity(n);
-        for r in batch.iter_mut() {
+        // Each record is serialised once: for the audit log, and for the subscribers' streams.
+        let keep_json = !self.subs.is_empty();
+        let mut jsons = Vec::with_capacity(if keep_json { n } else { 0 });
+        for r in batch.chunks.iter_mut().flatten() {
             if r.id.is_empty() {
                 r.id = self.ids.next();
             }
@@ -380,36 +410,69 @@ impl Worker {
             if r.source == Source::Kernel {
                 self.enricher.enrich(r, &self.cfg.cgroup_root);
             }
-            seqs.push(self.append(r));
-            self.cfg.metrics.observe(r);
+            let mut json = if keep_json {
+                Vec::with_capacity(self.json_hint)
+            } else {
+                std::mem::take(&mut self.scratch)
+            };
+            json.clear();
+            let encoded = (self.audit.is_some() || keep_json)
+                && serde_json::to_writer(&mut json, &*r).is_ok();
+            seqs.push(self.append(r, encoded.then_some(json.as_slice())));
+            self.json_hint = self.json_hint.max(json.len() + json.len() / 4);
+            if keep_json {
+                jsons.push(if encoded {
+                    Bytes::from(json)
+                } else {
+                    Bytes::new()
+                });
+            } else {
+                self.scratch = json;
+            }
+        }
+        for chunk in &batch.chunks {
+            self.cfg.metrics.observe_all(chunk);
         }
         self.flush_audit();
         self.cfg.metrics.inc_events_published(n as u64);
         if self.audit.is_some() && !self.audit_failing {
             self.cfg.metrics.inc_audit_records(n as u64);
         }
-        self.count(batch);
+        self.count(batch.chunks.iter().flatten());
         if let Some(out) = &mut self.stdout {
             let mut lines = String::new();
-            for r in batch.iter() {
+            for r in batch.chunks.iter().flatten() {
                 let _ = writeln!(lines, "{r}");
             }
             out.print(lines, n as u64);
         }
-        for (r, seq) in batch.drain(..).zip(seqs) {
-            self.deliver(Delivered {
-                seq,
-                record: Arc::new(r),
-            });
+        let records = std::mem::take(&mut batch.chunks).into_iter().flatten();
+        if keep_json {
+            for ((r, seq), json) in records.zip(seqs).zip(jsons) {
+                self.deliver(Delivered {
+                    seq,
+                    record: Arc::new(r),
+                    json,
+                });
+            }
+        } else {
+            // Nobody to deliver to (a subscriber that came meanwhile starts after this batch).
+            drop(records);
         }
+        batch.len = 0;
         self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// Append to the audit log; the record's sequence number.
-    fn append(&mut self, r: &Record) -> u64 {
+    /// Append to the audit log (`json`: the record serialised already); the record's sequence
+    /// number.
+    fn append(&mut self, r: &Record, json: Option<&[u8]>) -> u64 {
         let seq = self.next_seq.load(Ordering::Relaxed);
         if let Some(audit) = &mut self.audit {
-            match audit.append(r) {
+            let appended = match json {
+                Some(json) => audit.append_json(json),
+                None => audit.append(r),
+            };
+            match appended {
                 Ok(s) => {
                     self.next_seq.store(s + 1, Ordering::Relaxed);
                     return s;
@@ -447,17 +510,23 @@ impl Worker {
         }
     }
 
-    fn count(&self, batch: &[Record]) {
+    fn count<'a>(&self, batch: impl Iterator<Item = &'a Record>) {
         let Ok(mut counts) = self.counts.lock() else {
             return;
         };
-        for r in batch.iter().filter(|r| r.ty == RecordType::Decision) {
+        for r in batch.filter(|r| r.ty == RecordType::Decision) {
             if let Some(a) = &r.agent {
-                *counts
-                    .entry(a.name.clone())
-                    .or_default()
-                    .entry(r.outcome.clone())
-                    .or_default() += 1;
+                // Looked up before inserting: no allocation for names already counted.
+                let outcomes = match counts.get_mut(&a.name) {
+                    Some(o) => o,
+                    None => counts.entry(a.name.clone()).or_default(),
+                };
+                match outcomes.get_mut(&r.outcome) {
+                    Some(c) => *c += 1,
+                    None => {
+                        outcomes.insert(r.outcome.clone(), 1);
+                    }
+                }
             }
         }
     }
@@ -465,8 +534,16 @@ impl Worker {
     fn deliver(&mut self, d: Delivered) {
         let node = &self.node;
         let metrics = &self.cfg.metrics;
+        // The last subscriber that wants the record gets it, the others a copy (two counted
+        // references).
+        let last = self.subs.iter().rposition(|s| s.filter.matches(&d.record));
+        let seq = d.seq;
+        let mut d = Some(d);
+        let mut i = 0;
         self.subs.retain_mut(|s| {
-            if !s.filter.matches(&d.record) {
+            let this = i;
+            i += 1;
+            if !d.as_ref().is_some_and(|d| s.filter.matches(&d.record)) {
                 return !s.tx.is_closed();
             }
             let lost = s.lost.load(Ordering::Relaxed);
@@ -483,8 +560,9 @@ impl Worker {
                 notice.counts.insert("lost".into(), lost - s.reported);
                 notice.counts.insert("lost_total".into(), lost);
                 match s.tx.try_send(Delivered {
-                    seq: d.seq,
+                    seq,
                     record: Arc::new(notice),
+                    json: Bytes::new(),
                 }) {
                     Ok(()) => s.reported = lost,
                     Err(mpsc::error::TrySendError::Full(_)) => {
@@ -495,7 +573,13 @@ impl Worker {
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
-            match s.tx.try_send(d.clone()) {
+            let item = if Some(this) == last {
+                d.take()
+            } else {
+                d.clone()
+            };
+            let Some(item) = item else { return true };
+            match s.tx.try_send(item) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lost.fetch_add(1, Ordering::Relaxed);
@@ -652,6 +736,8 @@ mod tests {
             let d = steady.rx.recv().await.unwrap();
             assert_eq!(d.record.message, i.to_string(), "in order");
             assert_eq!(d.seq, i as u64);
+            // The bytes the audit log holds.
+            assert_eq!(d.json, serde_json::to_vec(&*d.record).unwrap());
         }
         assert_eq!(steady.lost.load(Ordering::Relaxed), 0);
         assert_eq!(slow.lost.load(Ordering::Relaxed), (N - 16) as u64);

@@ -1,8 +1,11 @@
-//! `cargo xtask bench kernel`: the kernel hooks' overhead on openat, execve and connect, as
-//! throughput ratios against no governance at all, measured side by side in one run
-//! (bench/src/bin/kernel.rs), on the host and inside the VM.
+//! The root benchmarks that run on the host and inside the VM, and print a report between two
+//! marker lines that is printed again at the end: `cargo xtask bench kernel` (this file's
+//! [`KERNEL`]) and `cargo xtask bench events` (bench_events.rs).
 //!
-//! On the host, LSM programs do not load: the run is `--allow-degraded` and measures the cgroup
+//! `kernel`: the kernel hooks' overhead on openat, execve and connect, as throughput ratios
+//! against no governance at all, measured side by side in one run (bench/src/bin/kernel.rs).
+//!
+//! On the host, LSM programs do not load: the runs are `--allow-degraded` and measure the cgroup
 //! socket hooks and the degraded exec path (the file and exec LSM hooks are absent). The VM
 //! (Debian's 6.1 kernel with BPF LSM, 2 vCPUs, software emulation) measures every hook; its
 //! numbers carry about ±15% noise per sample, hence several interleaved rounds.
@@ -18,40 +21,66 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo_executables, progress, setup, target_dir, vm};
 
-/// The report's first and last lines (see bench/src/bin/kernel.rs).
-const REPORT_BEGIN: &str = "==> kernel hook overhead";
+/// A benchmark binary of governance-bench that needs root, and how to run it in both places.
+pub struct RootBench {
+    /// Its binary, in the governance-bench package.
+    pub bin: &'static str,
+    /// "the kernel benchmark", for progress lines.
+    pub title: &'static str,
+    /// The report's first line starts with this; its last line is [`REPORT_END`].
+    pub report_begin: &'static str,
+    /// Arguments on the host (besides --governance and --label).
+    pub host_args: &'static [&'static str],
+    pub host_label: &'static str,
+    /// Said before the host run.
+    pub host_note: &'static str,
+    /// Arguments in the VM (besides --governance and --label).
+    pub vm_args: &'static [&'static str],
+    pub vm_label: &'static str,
+    pub vm_note: &'static str,
+    pub vm_timeout: Duration,
+}
+
 const REPORT_END: &str = "<== end of report";
 
-/// Rounds and milliseconds per loop: on the host, and in the (slow) VM.
-const HOST: (u32, u32) = (7, 400);
-const VM: (u32, u32) = (5, 300);
+/// `cargo xtask bench kernel`. Host: 7 rounds of 400 ms per loop; VM: 5 rounds of 300 ms.
+pub const KERNEL: RootBench = RootBench {
+    bin: "governance-bench-kernel",
+    title: "kernel benchmark",
+    report_begin: "==> kernel hook overhead",
+    host_args: &["--rounds", "7", "--ms", "400", "--allow-degraded"],
+    host_label: "host kernel, no BPF LSM programs (degraded)",
+    host_note: "7 rounds, 400 ms per loop (no BPF LSM here: --allow-degraded, so the socket hooks \
+                and the degraded exec path are measured)",
+    vm_args: &["--rounds", "5", "--ms", "300"],
+    vm_label: "VM: Debian 6.1 kernel with BPF LSM, qemu (2 vCPUs)",
+    vm_note: "BPF LSM, every hook: 5 rounds, 300 ms per loop",
+    vm_timeout: Duration::from_secs(420),
+};
 
-pub fn run() -> Result<()> {
+pub fn run(b: &RootBench) -> Result<()> {
     setup::ensure()?;
     if !setup::is_root() {
         bail!(
-            "the kernel benchmark loads eBPF programs and creates a cgroup, so it must run as root"
+            "the {} loads eBPF programs and creates a cgroup, so it must run as root",
+            b.title
         );
     }
-    progress("building governance and the kernel benchmark (release)");
-    let governance = release_binary("governance-userspace", "governance")?;
-    let bench = release_binary("governance-bench", "governance-bench-kernel")?;
-
     progress(&format!(
-        "kernel benchmark on the host: {} rounds, {} ms per loop (no BPF LSM here: \
-         --allow-degraded, so the socket hooks and the degraded exec path are measured)",
-        HOST.0, HOST.1
+        "building governance and the {} (release)",
+        b.title
     ));
-    let host = on_host(&bench, &governance);
+    let governance = release_binary("governance-userspace", "governance")?;
+    let bench = release_binary("governance-bench", b.bin)?;
+
+    progress(&format!("{} on the host: {}", b.title, b.host_note));
+    let host = on_host(b, &bench, &governance);
     if let Err(e) = &host {
         progress(&format!("the host run failed: {e:#}"));
     }
 
-    progress(&format!(
-        "kernel benchmark in the VM (BPF LSM, every hook): {} rounds, {} ms per loop",
-        VM.0, VM.1
-    ));
-    let guest = in_vm(&bench, &governance);
+    progress(&format!("{} in the VM: {}", b.title, b.vm_note));
+    let guest = in_vm(b, &bench, &governance);
     if let Err(e) = &guest {
         progress(&format!("the VM run failed: {e:#}"));
     }
@@ -70,7 +99,7 @@ pub fn run() -> Result<()> {
     }
     match (host, guest) {
         (Ok(_), Ok(_)) => Ok(()),
-        _ => bail!("the kernel benchmark did not complete everywhere (see above)"),
+        _ => bail!("the {} did not complete everywhere (see above)", b.title),
     }
 }
 
@@ -83,10 +112,10 @@ fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
 }
 
 /// The report's lines (from its first line to its last) in `output`.
-fn report(output: &[String]) -> Result<Vec<String>> {
+fn report(b: &RootBench, output: &[String]) -> Result<Vec<String>> {
     let start = output
         .iter()
-        .position(|l| l.starts_with(REPORT_BEGIN))
+        .position(|l| l.starts_with(b.report_begin))
         .context("the benchmark printed no report")?;
     let end = output[start..]
         .iter()
@@ -95,16 +124,12 @@ fn report(output: &[String]) -> Result<Vec<String>> {
     Ok(output[start..start + end].to_vec())
 }
 
-fn on_host(bench: &Path, governance: &Path) -> Result<Vec<String>> {
+fn on_host(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>> {
     let mut child = Command::new(bench)
         .arg("--governance")
         .arg(governance)
-        .args(["--rounds", &HOST.0.to_string(), "--ms", &HOST.1.to_string()])
-        .args([
-            "--allow-degraded",
-            "--label",
-            "host kernel, no BPF LSM programs (degraded)",
-        ])
+        .args(b.host_args)
+        .args(["--label", b.host_label])
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", bench.display()))?;
@@ -118,19 +143,17 @@ fn on_host(bench: &Path, governance: &Path) -> Result<Vec<String>> {
     if !status.success() {
         bail!("{} failed: {status}", bench.display());
     }
-    report(&output)
+    report(b, &output)
 }
 
-fn in_vm(bench: &Path, governance: &Path) -> Result<Vec<String>> {
+fn in_vm(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>> {
+    let guest_bench = format!("/governance/bin/{}", b.bin);
     let mut files = vec![
         (
             governance.to_owned(),
             "/governance/bin/governance".to_owned(),
         ),
-        (
-            bench.to_owned(),
-            "/governance/bin/governance-bench-kernel".to_owned(),
-        ),
+        (bench.to_owned(), guest_bench.clone()),
     ];
     if let Some(bpftool) = ["/usr/sbin/bpftool", "/usr/bin/bpftool"]
         .into_iter()
@@ -138,19 +161,20 @@ fn in_vm(bench: &Path, governance: &Path) -> Result<Vec<String>> {
     {
         files.push((bpftool.into(), "/usr/sbin/bpftool".into()));
     }
-    let label = "VM: Debian 6.1 kernel with BPF LSM, qemu (2 vCPUs)";
     let script = format!(
-        "/governance/bin/governance-bench-kernel --governance /governance/bin/governance \
-         --rounds {} --ms {} --label {}\n",
-        VM.0,
-        VM.1,
-        vm::shell_quote(label)
+        "{guest_bench} --governance /governance/bin/governance {} --label {}\n",
+        b.vm_args
+            .iter()
+            .map(|a| vm::shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        vm::shell_quote(b.vm_label)
     );
     let spec = vm::Spec {
         kernel: setup::vm_kernel()?.0,
         files,
         script,
-        timeout: Duration::from_secs(420),
+        timeout: b.vm_timeout,
         memory_mib: 1536,
     };
     // Its own work directory, so that a `cargo xtask test` at the same time keeps its image.
@@ -160,5 +184,5 @@ fn in_vm(bench: &Path, governance: &Path) -> Result<Vec<String>> {
     if out.status != 0 {
         bail!("the benchmark in the VM exited with status {}", out.status);
     }
-    report(&out.output)
+    report(b, &out.output)
 }

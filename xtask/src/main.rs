@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask setup | build | vm | test | demo`.
 
+mod bench_events;
 mod bench_kernel;
 mod setup;
 mod vm;
@@ -65,9 +66,14 @@ enum Cmd {
     /// `kernel` (root): the hooks' overhead on openat, execve and connect loops as throughput
     /// ratios to no governance, (2) loaded with the loop outside every agent and (3) inside an
     /// agent with 1,000 rules; on the host (degraded: no LSM hooks) and in the VM (every hook).
+    ///
+    /// `events` (root): decision events per second drained from the kernel's ring buffer, and
+    /// through the daemon's whole pipeline (audit log, metrics, a live subscriber) under a flood
+    /// of denied actions from an agent, with where loss begins and that it is counted; on the
+    /// host (denied connects) and in the VM (denied opens).
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["policy", "kernel", "http"])]
+        #[arg(value_parser = ["policy", "kernel", "http", "events"])]
         which: String,
     },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
@@ -122,7 +128,11 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Test { kernel } => test(kernel),
         Cmd::Demo { kernel } => demo(kernel),
         Cmd::Bench { which } if which == "kernel" => {
-            bench_kernel::run()?;
+            bench_kernel::run(&bench_kernel::KERNEL)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { which } if which == "events" => {
+            bench_kernel::run(&bench_events::EVENTS)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { which } if which == "http" => {

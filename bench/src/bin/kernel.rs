@@ -25,15 +25,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::{CString, c_char, c_int},
-    fmt::Display,
-    io::{BufRead as _, BufReader, ErrorKind, Read as _, Write as _},
+    ffi::{CString, OsString, c_char, c_int},
+    io::{ErrorKind, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    thread::JoinHandle,
+    process::{Command, Stdio},
     time::{Duration, Instant},
+};
+
+use governance_bench::{
+    Daemon, Res, Worker, cgroup2_mount, ctx, median, min_max, ops, parse_stopping, read_trim,
+    remove_cgroup, wait_for_go,
 };
 
 /// The few libc calls std does not offer (std links libc already).
@@ -49,18 +51,7 @@ mod sys {
         ) -> c_int;
         pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
         pub fn _exit(status: c_int) -> !;
-        pub fn kill(pid: c_int, sig: c_int) -> c_int;
-        pub fn geteuid() -> u32;
     }
-
-    pub const SIGTERM: c_int = 15;
-}
-
-type Res<T> = Result<T, String>;
-
-/// Attach what was being done to an error.
-fn ctx<T, E: Display>(r: Result<T, E>, what: impl Display) -> Res<T> {
-    r.map_err(|e| format!("{what}: {e}"))
 }
 
 const FILE_RULES: usize = 400;
@@ -166,11 +157,7 @@ fn worker(args: &[String]) -> Res<()> {
     let ms: u64 = ctx(ms.parse(), "MS")?;
     let port: u16 = ctx(port.parse(), "PORT")?;
     let file = PathBuf::from(file);
-    let mut go = String::new();
-    ctx(
-        std::io::stdin().read_line(&mut go),
-        "waiting for the start signal",
-    )?;
+    wait_for_go()?;
     match kind {
         Workload::Open => timed(ms, || {
             ctx(
@@ -225,162 +212,31 @@ fn worker(args: &[String]) -> Res<()> {
 // ---------------------------------------------------------------------------------------------
 // The daemon.
 
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-    /// Its "governance: enforcing ..." line.
-    enforcing: String,
-    governance: PathBuf,
-    pins: PathBuf,
-}
-
-impl Daemon {
-    /// Start `governance run` and wait until it enforces.
-    fn start(env: &Env) -> Res<Daemon> {
-        let mut cmd = Command::new(&env.governance);
-        cmd.arg("run")
-            .arg("--policy")
-            .arg(&env.policy_dir)
-            .arg("--pins")
-            .arg(&env.pins)
-            // As deployed: every decision is drained, enriched and written to the audit log
-            // (the daemon's CPU is part of the cost); no proxy (the loops make no HTTP calls).
-            .arg("--socket")
-            .arg(env.tmp.join("governance.sock"))
-            .arg("--audit-dir")
-            .arg(env.tmp.join("audit"))
-            .arg("--ca-dir")
-            .arg(env.tmp.join("ca"))
-            .args([
-                "--no-proxy",
-                "--quiet",
-                "--detach-on-exit",
-                "--no-create-cgroups",
-            ]);
-        if env.allow_degraded {
-            cmd.arg("--allow-degraded");
-        }
-        let mut child = ctx(
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn(),
-            format_args!("starting {}", env.governance.display()),
-        )?;
-        let stderr = child.stderr.take().ok_or("daemon stderr")?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    lines
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(line.clone());
-                    let _ = tx.send(line);
-                }
-            })
-        };
-        let mut daemon = Daemon {
-            child,
-            lines,
-            reader: Some(reader),
-            enforcing: String::new(),
-            governance: env.governance.clone(),
-            pins: env.pins.clone(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(line) if line.contains("governance: control API on") => {
-                    return Ok(daemon);
-                }
-                Ok(line) if line.contains("governance: enforcing") => {
-                    daemon.enforcing = line;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let why = match e {
-                        mpsc::RecvTimeoutError::Timeout => "did not start enforcing within 180 s",
-                        mpsc::RecvTimeoutError::Disconnected => "stopped before enforcing",
-                    };
-                    let _ = daemon.stop();
-                    return Err(format!(
-                        "governance run {why}; its stderr:\n  {}",
-                        daemon.tail(30).join("\n  ")
-                    ));
-                }
-            }
-        }
+/// Start `governance run` and wait until it enforces.
+fn start_daemon(env: &Env) -> Res<Daemon> {
+    let mut args: Vec<OsString> = vec!["--policy".into(), env.policy_dir.clone().into()];
+    // As deployed: every decision is drained, enriched and written to the audit log (the
+    // daemon's CPU is part of the cost); no proxy (the loops make no HTTP calls).
+    for (flag, dir) in [
+        ("--socket", "governance.sock"),
+        ("--audit-dir", "audit"),
+        ("--ca-dir", "ca"),
+    ] {
+        args.push(flag.into());
+        args.push(env.tmp.join(dir).into());
     }
-
-    fn tail(&self, n: usize) -> Vec<String> {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines[lines.len().saturating_sub(n)..].to_vec()
+    for flag in [
+        "--no-proxy",
+        "--quiet",
+        "--detach-on-exit",
+        "--no-create-cgroups",
+    ] {
+        args.push(flag.into());
     }
-
-    /// SIGTERM (it detaches and removes its pins), wait, then `governance unload` to be sure.
-    /// Returns its "governance: stopping; ..." line, if it printed one.
-    fn stop(&mut self) -> Option<String> {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            // Our own child, by its pid.
-            // SAFETY: kill(2) on a pid we started and have not reaped.
-            unsafe { sys::kill(self.child.id() as c_int, sys::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                eprintln!("bench: governance run ignored SIGTERM for 60 s; killing it");
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-        let _ = Command::new(&self.governance)
-            .arg("unload")
-            .arg("--pins")
-            .arg(&self.pins)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines
-            .iter()
-            .find(|l| l.contains("governance: stopping;"))
-            .cloned()
+    if env.allow_degraded {
+        args.push("--allow-degraded".into());
     }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.reader.is_some() {
-            self.stop();
-        }
-    }
-}
-
-/// "governance: stopping; 12 decisions, 0 denials, 3 events dropped, ..." → (12, 0, 3).
-fn parse_stopping(line: &str) -> Option<(u64, u64, u64)> {
-    let rest = line.split_once("stopping;")?.1;
-    let mut found = BTreeMap::new();
-    for part in rest.split(',') {
-        let mut words = part.split_whitespace();
-        if let (Some(n), Some(what)) = (words.next(), words.next())
-            && let Ok(n) = n.parse::<u64>()
-        {
-            found.insert(what.to_owned(), n);
-        }
-    }
-    Some((
-        *found.get("decisions")?,
-        *found.get("denials")?,
-        *found.get("events")?,
-    ))
+    Daemon::start(&env.governance, &env.pins, &args)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,36 +264,11 @@ impl Drop for Env {
         if let Some(old) = self.restore_stats.take() {
             let _ = std::fs::write(STATS_SYSCTL, old);
         }
-        // The workers have exited; a cgroup can stay busy for a moment after its last task.
-        for _ in 0..100 {
-            match std::fs::remove_dir(&self.cgroup) {
-                Err(e) if e.kind() != ErrorKind::NotFound => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
-        }
-        if self.cgroup.exists() {
-            eprintln!("bench: could not remove {}", self.cgroup.display());
-        }
+        // The workers have exited.
+        remove_cgroup(&self.cgroup);
         let _ = std::fs::remove_dir_all(&self.tmp);
         let _ = std::fs::remove_dir(&self.pins);
     }
-}
-
-/// The cgroup2 mount point, from /proc/self/mountinfo.
-fn cgroup2_mount() -> Res<PathBuf> {
-    let text = ctx(
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        "reading /proc/self/mountinfo",
-    )?;
-    text.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .ok_or_else(|| "no cgroup2 filesystem is mounted".into())
 }
 
 /// The benchmark policy: 1,000 rules the loops never match; defaults allow them.
@@ -548,7 +379,7 @@ impl Env {
 
     /// Run one loop in a fresh worker; ops per second.
     fn measure(&self, w: Workload, in_agent: bool) -> Res<f64> {
-        let mut child = ctx(
+        let mut worker = Worker::spawn(
             Command::new(&self.self_exe)
                 .arg("--worker")
                 .arg(w.name())
@@ -558,65 +389,18 @@ impl Env {
                     self.ms.to_string()
                 })
                 .arg(&self.file)
-                .arg(self.port.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .spawn(),
-            "starting a worker",
+                .arg(self.port.to_string()),
         )?;
-        let placed = if in_agent {
-            self.place_in_agent(child.id())
-        } else {
-            Ok(())
-        };
-        if let Err(e) = placed {
-            // Our own child, which waits on stdin.
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
+        if in_agent {
+            worker.place(&self.cgroup)?;
         }
-        let mut stdin = child.stdin.take().ok_or("worker stdin")?;
-        ctx(stdin.write_all(b"go\n"), "starting the worker")?;
-        drop(stdin);
-        let mut out = String::new();
-        if let Some(mut stdout) = child.stdout.take() {
-            ctx(stdout.read_to_string(&mut out), "reading the worker")?;
-        }
-        let status = ctx(child.wait(), "waiting for the worker")?;
-        if !status.success() {
-            return Err(format!("the {} worker failed: {status}", w.name()));
-        }
+        worker.go()?;
+        let out = worker.finish()?;
         let mut words = out.split_whitespace().map(str::parse::<u64>);
         match (words.next(), words.next()) {
             (Some(Ok(n)), Some(Ok(ns))) if ns > 0 => Ok(n as f64 * 1e9 / ns as f64),
-            _ => Err(format!("unexpected worker output {out:?}")),
+            _ => Err(format!("unexpected {} worker output {out:?}", w.name())),
         }
-    }
-
-    /// Move `pid` into the agent cgroup and check that it is there.
-    fn place_in_agent(&self, pid: u32) -> Res<()> {
-        let procs = self.cgroup.join("cgroup.procs");
-        ctx(
-            std::fs::write(&procs, pid.to_string()),
-            format_args!("writing {pid} to {}", procs.display()),
-        )?;
-        let now = ctx(
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
-            "reading the worker's cgroup",
-        )?;
-        let name = self
-            .cgroup
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy();
-        if !now
-            .lines()
-            .any(|l| l.starts_with("0::") && l.ends_with(&*name))
-        {
-            return Err(format!("the worker is not in the agent cgroup: {now}"));
-        }
-        Ok(())
     }
 }
 
@@ -691,7 +475,7 @@ fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
         std::fs::write(STATS_SYSCTL, "1"),
         "enabling kernel.bpf_stats_enabled",
     )?;
-    let mut daemon = Daemon::start(env)?;
+    let mut daemon = start_daemon(env)?;
     std::thread::sleep(SETTLE);
     let pid = daemon.child.id();
     let mut rows = Vec::new();
@@ -779,34 +563,6 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
     Ok(o)
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-fn min_max(v: &[f64]) -> (f64, f64) {
-    v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
-            (lo.min(x), hi.max(x))
-        })
-}
-
-fn ops(x: f64) -> String {
-    if x >= 1e6 {
-        format!("{:.2}M", x / 1e6)
-    } else if x >= 1e3 {
-        format!("{:.1}k", x / 1e3)
-    } else {
-        format!("{x:.0}")
-    }
-}
-
 fn ratio_cell(r: &[f64], target: Option<f64>) -> String {
     let (lo, hi) = min_max(r);
     let med = median(r);
@@ -818,13 +574,8 @@ fn ratio_cell(r: &[f64], target: Option<f64>) -> String {
     format!("{med:.3} [{lo:.3}-{hi:.3}]{t}")
 }
 
-fn read_trim(path: &str) -> String {
-    std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_owned())
-}
-
 fn bench(opts: Opts) -> Res<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { sys::geteuid() } != 0 {
+    if !governance_bench::is_root() {
         return Err("needs root: it loads eBPF programs and creates a cgroup".into());
     }
     if !Path::new(BUSYBOX).exists() {
@@ -846,7 +597,7 @@ fn bench(opts: Opts) -> Res<()> {
         let mut daemon = None;
         for config in Config::ALL {
             if config == Config::Loaded {
-                daemon = Some(Daemon::start(&env)?);
+                daemon = Some(start_daemon(&env)?);
                 std::thread::sleep(SETTLE);
             }
             let mut line = format!("bench: round {round}/{} {}", opts.rounds, config.tag());

@@ -1,0 +1,334 @@
+//! What the root benchmarks (`governance-bench-kernel`, `governance-bench-events`) share:
+//! errors with context, medians and ranges, the cgroup2 mount, worker processes placed in a
+//! cgroup before they start, and a `governance run` daemon started and stopped by pid.
+
+use std::{
+    collections::BTreeMap,
+    ffi::OsString,
+    fmt::Display,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+pub type Res<T> = Result<T, String>;
+
+/// Attach what was being done to an error.
+pub fn ctx<T, E: Display>(r: Result<T, E>, what: impl Display) -> Res<T> {
+    r.map_err(|e| format!("{what}: {e}"))
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+pub fn min_max(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
+}
+
+/// 1.23M, 45.6k, 789.
+pub fn ops(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+/// A path as a C string.
+pub fn cstring(path: &Path) -> Res<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    ctx(
+        std::ffi::CString::new(path.as_os_str().as_bytes()),
+        format_args!("{}", path.display()),
+    )
+}
+
+/// A file's contents, trimmed, or `?`.
+pub fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_owned())
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn cgroup2_mount() -> Res<PathBuf> {
+    let text = ctx(
+        std::fs::read_to_string("/proc/self/mountinfo"),
+        "reading /proc/self/mountinfo",
+    )?;
+    text.lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| "no cgroup2 filesystem is mounted".into())
+}
+
+/// Remove a cgroup we made (its tasks have exited; it can stay busy for a moment after).
+pub fn remove_cgroup(path: &Path) {
+    for _ in 0..100 {
+        match std::fs::remove_dir(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            _ => break,
+        }
+    }
+    if path.exists() {
+        eprintln!("bench: could not remove {}", path.display());
+    }
+}
+
+/// A worker process: started waiting for a line on stdin, so that it can be moved into a
+/// cgroup before it does anything; then told to go, and its stdout collected.
+pub struct Worker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Worker {
+    pub fn spawn(cmd: &mut Command) -> Res<Worker> {
+        let mut child = ctx(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn(),
+            "starting a worker",
+        )?;
+        let stdin = child.stdin.take();
+        Ok(Worker { child, stdin })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Move it into `cgroup` (a cgroup2 directory) and check that it is there.
+    pub fn place(&self, cgroup: &Path) -> Res<()> {
+        let pid = self.pid();
+        let procs = cgroup.join("cgroup.procs");
+        ctx(
+            std::fs::write(&procs, pid.to_string()),
+            format_args!("writing {pid} to {}", procs.display()),
+        )?;
+        let now = ctx(
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")),
+            "reading the worker's cgroup",
+        )?;
+        let name = cgroup.file_name().unwrap_or_default().to_string_lossy();
+        if !now
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&*name))
+        {
+            return Err(format!("the worker is not in {}: {now}", cgroup.display()));
+        }
+        Ok(())
+    }
+
+    pub fn go(&mut self) -> Res<()> {
+        let mut stdin = self.stdin.take().ok_or("the worker was started already")?;
+        ctx(stdin.write_all(b"go\n"), "starting the worker")
+    }
+
+    /// Wait for it; its stdout.
+    pub fn finish(mut self) -> Res<String> {
+        drop(self.stdin.take());
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            ctx(stdout.read_to_string(&mut out), "reading the worker")?;
+        }
+        let status = ctx(self.child.wait(), "waiting for the worker")?;
+        if !status.success() {
+            return Err(format!("a worker failed: {status}; it said {out:?}"));
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Only when it was not finished: our own child, by its pid.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Worker side: wait for the start line on stdin.
+pub fn wait_for_go() -> Res<()> {
+    let mut go = String::new();
+    ctx(
+        std::io::stdin().read_line(&mut go),
+        "waiting for the start signal",
+    )
+    .map(drop)
+}
+
+/// A `governance run` we started.
+pub struct Daemon {
+    pub child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    /// Its "governance: enforcing ..." line.
+    pub enforcing: String,
+    governance: PathBuf,
+    pins: PathBuf,
+}
+
+impl Daemon {
+    /// Start `governance run <args> --pins <pins>` (stdout to /dev/null, stderr collected) and
+    /// wait until its control API is up.
+    pub fn start(governance: &Path, pins: &Path, args: &[OsString]) -> Res<Daemon> {
+        let mut child = ctx(
+            Command::new(governance)
+                .arg("run")
+                .arg("--pins")
+                .arg(pins)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn(),
+            format_args!("starting {}", governance.display()),
+        )?;
+        let stderr = child.stderr.take().ok_or("daemon stderr")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let reader = {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(line.clone());
+                    let _ = tx.send(line);
+                }
+            })
+        };
+        let mut daemon = Daemon {
+            child,
+            lines,
+            reader: Some(reader),
+            enforcing: String::new(),
+            governance: governance.to_owned(),
+            pins: pins.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("governance: control API on") => {
+                    return Ok(daemon);
+                }
+                Ok(line) if line.contains("governance: enforcing") => {
+                    daemon.enforcing = line;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let why = match e {
+                        mpsc::RecvTimeoutError::Timeout => "did not start enforcing within 180 s",
+                        mpsc::RecvTimeoutError::Disconnected => "stopped before enforcing",
+                    };
+                    let _ = daemon.stop();
+                    return Err(format!(
+                        "governance run {why}; its stderr:\n  {}",
+                        daemon.tail(30).join("\n  ")
+                    ));
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines[lines.len().saturating_sub(n)..].to_vec()
+    }
+
+    /// SIGTERM (with --detach-on-exit it removes its pins), wait, then `governance unload` to
+    /// be sure. Returns its "governance: stopping; ..." line, if it printed one.
+    pub fn stop(&mut self) -> Option<String> {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Our own child, by its pid.
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(self.child.try_wait(), Ok(None)) {
+                eprintln!("bench: governance run ignored SIGTERM for 60 s; killing it");
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let _ = Command::new(&self.governance)
+            .arg("unload")
+            .arg("--pins")
+            .arg(&self.pins)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .find(|l| l.contains("governance: stopping;"))
+            .cloned()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.reader.is_some() {
+            self.stop();
+        }
+    }
+}
+
+/// "governance: stopping; 12 decisions, 0 denials, 3 events dropped, ..." → (12, 0, 3).
+pub fn parse_stopping(line: &str) -> Option<(u64, u64, u64)> {
+    let rest = line.split_once("stopping;")?.1;
+    let mut found = BTreeMap::new();
+    for part in rest.split(',') {
+        let mut words = part.split_whitespace();
+        if let (Some(n), Some(what)) = (words.next(), words.next())
+            && let Ok(n) = n.parse::<u64>()
+        {
+            found.insert(what.to_owned(), n);
+        }
+    }
+    Some((
+        *found.get("decisions")?,
+        *found.get("denials")?,
+        *found.get("events")?,
+    ))
+}
