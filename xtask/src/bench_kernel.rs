@@ -48,11 +48,11 @@ pub const KERNEL: RootBench = RootBench {
     bin: "governance-bench-kernel",
     title: "kernel benchmark",
     report_begin: "==> kernel hook overhead",
-    host_args: &["--rounds", "7", "--ms", "400", "--allow-degraded"],
+    host_args: &["--rounds", "12", "--ms", "400", "--allow-degraded"],
     host_label: "host kernel, no BPF LSM programs (degraded)",
     host_note: "7 rounds, 400 ms per loop (no BPF LSM here: --allow-degraded, so the socket hooks \
                 and the degraded exec path are measured)",
-    vm_args: &["--rounds", "5", "--ms", "300"],
+    vm_args: &["--rounds", "6", "--ms", "300"],
     vm_label: "VM: Debian 6.1 kernel with BPF LSM, qemu (2 vCPUs)",
     vm_note: "BPF LSM, every hook: 5 rounds, 300 ms per loop",
     vm_timeout: Duration::from_secs(420),

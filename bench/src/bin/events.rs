@@ -1367,7 +1367,10 @@ fn report(
             let zero_loss = one.iter().all(|x| x.dropped == 0 && x.sub_lost == 0);
             // Keeping up: recorded as fast as decided (the backlog absorbs a burst; a pipeline
             // that does not keep up loses once it is full).
-            let kept_up = one.iter().filter(|x| x.rate() >= 0.95 * x.offered()).count();
+            let kept_up = one
+                .iter()
+                .filter(|x| x.rate() >= 0.95 * x.offered())
+                .count();
             r.push(format!(
                 "   1 producer (sharing the 2 cores with the daemon): zero loss in {}/{} runs, keeping up (through >= 95% of offered) in {kept_up}/{}; through {}  target >= {}/s: {}",
                 one.iter()

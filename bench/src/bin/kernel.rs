@@ -6,7 +6,8 @@
 //! - execve: fork + execve of `/bin/busybox` as `true` + waitpid;
 //! - connect: socket + connect to a closed loopback port (ECONNREFUSED) + close;
 //!
-//! in three configurations, interleaved round by round:
+//! in three configurations, interleaved round by round (odd rounds in this order, even rounds
+//! in reverse):
 //! 1. no governance programs loaded;
 //! 2. `governance run` enforcing a policy, the loop outside every agent;
 //! 3. the loop in an agent cgroup whose policy has 1,000 rules (400 file, 300 exec, 300
@@ -593,10 +594,31 @@ fn bench(opts: Opts) -> Res<()> {
     let mut results: BTreeMap<(Config, Workload), Vec<f64>> = BTreeMap::new();
     let mut enforcing = String::new();
     let (mut decisions, mut denials, mut dropped) = (0u64, 0u64, 0u64);
+    let mut stop = |d: Option<Daemon>| {
+        let Some(mut d) = d else { return };
+        enforcing = d.enforcing.clone();
+        match d.stop().as_deref().and_then(parse_stopping) {
+            Some((a, b, c)) => {
+                decisions += a;
+                denials += b;
+                dropped += c;
+            }
+            None => eprintln!("bench: the daemon printed no stopping line"),
+        }
+        std::thread::sleep(SETTLE);
+    };
     for round in 1..=opts.rounds {
+        // Odd rounds go (1),(2),(3), even rounds (3),(2),(1): drift over a round (the machine
+        // is shared) weighs on both ends alike instead of always on (3).
+        let mut order = Config::ALL;
+        if round % 2 == 0 {
+            order.reverse();
+        }
         let mut daemon = None;
-        for config in Config::ALL {
-            if config == Config::Loaded {
+        for config in order {
+            if config == Config::Bare {
+                stop(daemon.take());
+            } else if daemon.is_none() {
                 daemon = Some(start_daemon(&env)?);
                 std::thread::sleep(SETTLE);
             }
@@ -608,18 +630,7 @@ fn bench(opts: Opts) -> Res<()> {
             }
             eprintln!("{line}");
         }
-        if let Some(mut d) = daemon {
-            enforcing = d.enforcing.clone();
-            match d.stop().as_deref().and_then(parse_stopping) {
-                Some((a, b, c)) => {
-                    decisions += a;
-                    denials += b;
-                    dropped += c;
-                }
-                None => eprintln!("bench: the daemon printed no stopping line"),
-            }
-            std::thread::sleep(SETTLE);
-        }
+        stop(daemon.take());
     }
     let stats = if opts.stats {
         if Command::new("bpftool")
@@ -651,7 +662,7 @@ fn bench(opts: Opts) -> Res<()> {
         }
     ));
     r.push(format!(
-        "kernel {}, LSMs {}; {} rounds of (1),(2),(3), {} ms per loop ({} for execve; +10% warm-up), each in a fresh process",
+        "kernel {}, LSMs {}; {} rounds of (1),(2),(3) (even rounds in reverse), {} ms per loop ({} for execve; +10% warm-up), each in a fresh process",
         read_trim("/proc/sys/kernel/osrelease"),
         read_trim("/sys/kernel/security/lsm"),
         opts.rounds,
