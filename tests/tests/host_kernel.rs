@@ -659,7 +659,7 @@ fn drops_and_decisions_are_counted() {
 /// records, which are counted and, once it reads again, reported to it.
 #[test]
 fn control_api_authorization_and_slow_subscribers() {
-    use std::os::unix::{fs::PermissionsExt as _, process::CommandExt as _};
+    use std::os::unix::fs::PermissionsExt as _;
     require_root();
     let agent = TestCgroup::new("api");
     let (_l, addr) = listener([127, 0, 0, 1]);
@@ -693,24 +693,31 @@ fn control_api_authorization_and_slow_subscribers() {
         ],
         &dir,
     );
-    // The socket: 0600, root's; another user cannot even connect.
-    let mode = std::fs::metadata(daemon.socket())
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let out = Command::new(governance_bin())
-        .args(["status", "--socket"])
-        .arg(daemon.socket())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    // The socket: 0600 in a 0700 directory, root's; another user cannot even connect.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.socket()), 0o600);
+    assert_eq!(mode(daemon.socket().parent().unwrap()), 0o700);
+    let socket = daemon.socket();
+    let as_nobody = std::thread::spawn(move || {
+        // Only this thread becomes nobody: the raw system calls change the calling thread's
+        // credentials (libc's setuid would change the whole test process's). Not reverted:
+        // the thread ends here.
+        // SAFETY: plain system calls with constant arguments.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534), 0);
+        }
+        std::os::unix::net::UnixStream::connect(&socket)
+            .map(drop)
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        as_nobody.join().unwrap(),
+        Err(std::io::ErrorKind::PermissionDenied)
     );
     assert!(daemon.cli(&["agents"]).status.success());
     // TCP: no token, a wrong token → 401; the right one works.
