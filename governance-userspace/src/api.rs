@@ -178,6 +178,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
                 "decisions": c(Counter::Decisions),
                 "denials": c(Counter::Denials),
                 "events_dropped": c(Counter::EventsDropped),
+                "events_dropped_per_cpu": e.counter_per_cpu(Counter::EventsDropped).unwrap_or_default(),
                 "map_full": c(Counter::MapFull),
             })
         })

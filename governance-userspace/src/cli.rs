@@ -579,7 +579,17 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
             ("events_dropped", "events dropped"),
             ("map_full", "map full"),
         ] {
-            writeln!(out, "  {label:<16} {}", v["kernel"][k])?;
+            write!(out, "  {label:<16} {}", v["kernel"][k])?;
+            if k == "events_dropped" {
+                let per_cpu: Vec<u64> = v["kernel"]["events_dropped_per_cpu"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_u64)
+                    .collect();
+                write!(out, "{}", per_cpu_note(&per_cpu))?;
+            }
+            writeln!(out)?;
         }
         writeln!(out, "pipeline backlog {}", v["pipeline_backlog"])?;
     }
@@ -591,6 +601,15 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
     } else {
         ExitCode::from(EXIT_CANNOT_ENFORCE)
     })
+}
+
+/// `" (per CPU: 0 3 1)"` when something was counted, else nothing.
+fn per_cpu_note(per_cpu: &[u64]) -> String {
+    if per_cpu.iter().all(|n| *n == 0) {
+        return String::new();
+    }
+    let each: Vec<String> = per_cpu.iter().map(u64::to_string).collect();
+    format!(" (per CPU: {})", each.join(" "))
 }
 
 /// `status` without a daemon: what the pins say.
@@ -640,7 +659,12 @@ fn pinned_status(pins: &Path) -> anyhow::Result<ExitCode> {
         ("events dropped", Counter::EventsDropped),
         ("map full", Counter::MapFull),
     ] {
-        writeln!(out, "  {name:<16} {}", enforcer.counter(c)?)?;
+        let per_cpu = enforcer.counter_per_cpu(c)?;
+        write!(out, "  {name:<16} {}", per_cpu.iter().sum::<u64>())?;
+        if c == Counter::EventsDropped {
+            write!(out, "{}", per_cpu_note(&per_cpu))?;
+        }
+        writeln!(out)?;
     }
     Ok(if enforcer.fully_attached() {
         ExitCode::SUCCESS

@@ -866,6 +866,27 @@ fn ring_buffer_flood_never_loses_a_denial() {
         dropped > 0,
         "nobody read the ring: drops must be counted ({dropped})"
     );
+    // Counted per CPU, and shown so by `governance status`.
+    let per_cpu = k
+        .enforcer
+        .counter_per_cpu(governance_common::Counter::EventsDropped)
+        .unwrap();
+    assert_eq!(per_cpu.len(), aya::util::nr_cpus().unwrap());
+    assert_eq!(per_cpu.iter().sum::<u64>(), dropped);
+    let status = std::process::Command::new(governance_bin())
+        .args(["status", "--pinned", "--pins"])
+        .arg(&*k.pins)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&status.stdout);
+    let each: Vec<String> = per_cpu.iter().map(u64::to_string).collect();
+    assert!(
+        shown.contains(&format!(
+            "events dropped   {dropped} (per CPU: {})",
+            each.join(" ")
+        )),
+        "{shown}"
+    );
 }
 
 /// Reliability fault 1: `kill -9` the daemon in the middle of an exec loop. Denials continue

@@ -649,6 +649,11 @@ impl Enforcer {
 
     /// A kernel counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, KernelError> {
+        Ok(self.counter_per_cpu(counter)?.iter().sum())
+    }
+
+    /// A kernel counter as each CPU counted it (index = CPU).
+    pub fn counter_per_cpu(&self, counter: Counter) -> Result<Vec<u64>, KernelError> {
         let name = maps::COUNTERS;
         let map = self
             .maps
@@ -659,7 +664,7 @@ impl Enforcer {
         let values = array
             .get(&(counter as u32), 0)
             .map_err(|source| KernelError::Map { name, source })?;
-        Ok(values.iter().sum())
+        Ok(values.to_vec())
     }
 }
 
