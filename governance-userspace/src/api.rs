@@ -395,8 +395,10 @@ async fn events(
             let filter = filter.clone();
             // Reading the files blocks: on a blocking thread.
             tokio::task::spawn_blocking(move || {
+                // A record the filter leaves out is skipped; the replay stops only when the
+                // client has gone.
                 crate::audit::replay(&dir, since, until_seq, |r| {
-                    filter.matches(&r) && rtx.blocking_send(r).is_ok()
+                    !filter.matches(&r) || rtx.blocking_send(r).is_ok()
                 })
             });
             while let Some(r) = rrx.recv().await {
@@ -556,7 +558,7 @@ async fn decide(State(st): State<Arc<ApiState>>, Json(body): Json<DecideBody>) -
             ..Default::default()
         },
         cgroup_id: agent.cgroup_id,
-        pid: 0,
+        process: None,
         original_dst: None,
     };
     Json(proxy.preauthorize(&client, body.action)).into_response()

@@ -47,7 +47,10 @@ use crate::{
     audit::AuditOptions,
     cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
     engine::Engine,
-    events::{self, AgentInfo, Clock, GrantRequest, Names, Record, RecordType, RuleName, rfc3339},
+    events::{
+        self, AgentInfo, Clock, GrantRequest, Names, ProcessInfo, Record, RecordType, RuleName,
+        rfc3339,
+    },
     kernel::{self, Enforcer, Probe, Protect, ProxyConns},
     metrics::Metrics,
     pipeline::{self, Publisher},
@@ -471,7 +474,9 @@ impl proxy::Identify for KernelIdentify {
             agent,
             info,
             cgroup_id: orig.cgroup_id,
-            pid: orig.tgid,
+            // Read while the client is connected, so it is alive (procfs read once per
+            // connection, not per request).
+            process: (orig.tgid != 0).then(|| ProcessInfo::from_procfs(orig.tgid)),
             original_dst,
         })
     }

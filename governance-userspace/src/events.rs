@@ -180,9 +180,10 @@ pub struct ProcessInfo {
     /// The process runs under a sandbox profile (a `sandbox` verdict confined it or a parent).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandboxed: bool,
-    /// `procfs` when exe/argv were read from the live process, `gone` when the process had
-    /// exited before it could be read (best effort: exe and argv are then empty), `none` when
-    /// enrichment was not attempted.
+    /// `procfs` when what the kernel does not report was read from the live process (exe and
+    /// argv for exec; comm, ppid and uid for HTTP, where the proxy knows only the pid), `gone`
+    /// when the process had exited before it could be read (best effort: those fields are then
+    /// empty), `none` when enrichment was not attempted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub enrichment: String,
 }
@@ -737,6 +738,38 @@ fn put_digits(dst: &mut [u8], mut value: u64) {
     }
 }
 
+impl ProcessInfo {
+    /// A live process as procfs describes it (`/proc/PID/status`: comm, ppid, real uid), for
+    /// a decision the kernel did not report itself (the proxy knows only the client's pid).
+    /// Marked `gone` when the process has already exited.
+    pub fn from_procfs(pid: u32) -> ProcessInfo {
+        let mut p = ProcessInfo {
+            pid,
+            ..Default::default()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let number = |v: &str| v.split_whitespace().next()?.parse().ok();
+        match (
+            field("Name"),
+            field("PPid").and_then(number),
+            field("Uid").and_then(number),
+        ) {
+            (Some(comm), Some(ppid), Some(uid)) => {
+                (p.comm, p.ppid, p.uid) = (comm.to_owned(), ppid, uid);
+                p.enrichment = "procfs".into();
+            }
+            _ => p.enrichment = "gone".into(),
+        }
+        p
+    }
+}
+
 /// Parse what [`rfc3339`] writes (and any RFC 3339 UTC time with `Z`): for `--since` and
 /// replay from the audit log.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
@@ -944,6 +977,20 @@ mod tests {
             ids.next.store(n, Ordering::Relaxed);
             assert_eq!(ids.next(), format!("{}-{n:08}", ids.prefix));
         }
+    }
+
+    /// comm, ppid and uid of a live process from procfs; a process that is gone is marked so.
+    #[test]
+    fn process_from_procfs() {
+        let p = ProcessInfo::from_procfs(std::process::id());
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(p.comm, comm.trim_end());
+        assert_eq!(p.ppid, std::os::unix::process::parent_id());
+        assert_eq!(p.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(p.enrichment, "procfs");
+        // pid_max is at most 2^22: this pid cannot exist.
+        let gone = ProcessInfo::from_procfs(1 << 23);
+        assert_eq!((gone.comm.as_str(), gone.enrichment.as_str()), ("", "gone"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions},
-    events::{Ids, Record, RecordType, Source, rfc3339},
+    events::{Ids, Record, RecordType, rfc3339},
     metrics::Metrics,
 };
 
@@ -407,9 +407,7 @@ impl Worker {
             if r.time.is_empty() {
                 r.time = rfc3339(std::time::SystemTime::now());
             }
-            if r.source == Source::Kernel {
-                self.enricher.enrich(r, &self.cfg.cgroup_root);
-            }
+            self.enricher.enrich(r, &self.cfg.cgroup_root);
             let mut json = if keep_json {
                 Vec::with_capacity(self.json_hint)
             } else {
@@ -660,7 +658,7 @@ impl Enricher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::AgentInfo;
+    use crate::events::{AgentInfo, Source};
 
     fn decision(agent: &str, outcome: &str, kind: &str) -> Record {
         Record {

@@ -1088,6 +1088,10 @@ fn http_verdicts_through_the_kernel_redirect() {
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
     let before = decisions();
+    assert!(
+        before >= 10,
+        "the agent's HTTP decisions are in the log: {before}"
+    );
     let (status, body) = curl(Some(outsider.path.as_path()), &strs(&post(5000)));
     assert_eq!(status, 200, "control: direct to the upstream: {body}");
     std::thread::sleep(Duration::from_millis(300));
@@ -1095,6 +1099,25 @@ fn http_verdicts_through_the_kernel_redirect() {
         decisions(),
         before,
         "no decision for a process outside the agent"
+    );
+    // The HTTP records name the process (pid from the kernel, the rest from procfs while it
+    // was connected) and its cgroup.
+    let out = daemon.cli(&["events", "--since", "1h", "--kind", "http", "-o", "json"]);
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no http records: {}", String::from_utf8_lossy(&out.stderr))),
+    )
+    .unwrap();
+    assert_eq!(first["process"]["comm"], "curl", "{first}");
+    assert_eq!(first["process"]["uid"], 0, "{first}");
+    assert_eq!(first["process"]["enrichment"], "procfs", "{first}");
+    assert!(first["process"]["ppid"].as_u64().unwrap() > 0, "{first}");
+    assert_eq!(
+        first["cgroup"]["path"],
+        agent.rel.to_str().unwrap(),
+        "{first}"
     );
 
     stop_daemon(daemon);

@@ -90,7 +90,7 @@ impl Identify for Everyone {
                 ..Default::default()
             },
             cgroup_id: 1,
-            pid: 0,
+            process: None,
             original_dst: Some(self.0),
         })
     }

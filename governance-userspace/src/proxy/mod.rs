@@ -213,8 +213,8 @@ pub struct Client {
     pub info: AgentInfo,
     /// The connecting task's own cgroup.
     pub cgroup_id: u64,
-    /// 0 if unknown.
-    pub pid: u32,
+    /// The connecting process (pid from the kernel, the rest from procfs), if known.
+    pub process: Option<ProcessInfo>,
     /// Where the agent was connecting; None: explicit proxy use.
     pub original_dst: Option<SocketAddr>,
 }
@@ -1579,11 +1579,7 @@ impl Proxy {
                 id: c.cgroup_id,
                 path: String::new(),
             }),
-            process: client.filter(|c| c.pid != 0).map(|c| ProcessInfo {
-                pid: c.pid,
-                enrichment: "none".into(),
-                ..Default::default()
-            }),
+            process: client.and_then(|c| c.process.clone()),
             ..Default::default()
         }
     }

@@ -234,7 +234,10 @@ impl Harness {
                     ..Default::default()
                 },
                 cgroup_id: 78,
-                pid: 4242,
+                process: Some(ProcessInfo {
+                    pid: 4242,
+                    ..Default::default()
+                }),
                 original_dst: dst,
             },
         );
