@@ -332,3 +332,21 @@ pub fn parse_stopping(line: &str) -> Option<(u64, u64, u64)> {
         *found.get("events")?,
     ))
 }
+
+/// `main` of a benchmark that measures in worker processes of its own binary: `--worker ARGS`
+/// runs one measurement, anything else the benchmark. Exits 1 with the error.
+pub fn run_main(
+    name: &str,
+    worker: fn(&[String]) -> Res<()>,
+    bench: impl FnOnce(&[String]) -> Res<()>,
+) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (who, result) = match args.split_first() {
+        Some((first, rest)) if first == "--worker" => ("bench worker", worker(rest)),
+        _ => (name, bench(&args)),
+    };
+    if let Err(e) = result {
+        eprintln!("{who}: error: {e}");
+        std::process::exit(1);
+    }
+}

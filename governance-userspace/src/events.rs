@@ -689,12 +689,11 @@ impl fmt::Display for Record {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds, without pulling in a date crate.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+/// Year, month, day, and seconds into the day, of a time since the epoch (Howard Hinnant's
+/// civil-from-days).
+fn civil(d: Duration) -> (i64, i64, i64, u64) {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -703,15 +702,27 @@ pub fn rfc3339(t: SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    (yoe + era * 400 + i64::from(month <= 2), month, day, rem)
+}
+
+/// [`rfc3339`] with `format!`: for years past 9999.
+fn rfc3339_formatted(d: Duration) -> String {
+    let (year, month, day, rem) = civil(d);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_nanos()
+    )
+}
+
+/// RFC 3339 UTC with nanoseconds, without pulling in a date crate.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (year, month, day, rem) = civil(d);
     if !(0..=9999).contains(&year) {
-        return format!(
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-            rem / 3600,
-            rem / 60 % 60,
-            rem % 60,
-            d.subsec_nanos()
-        );
+        return rfc3339_formatted(d);
     }
     // The same, without the formatting machinery (every decision event is stamped).
     let mut out = *b"0000-00-00T00:00:00.000000000Z";
@@ -995,27 +1006,14 @@ mod tests {
 
     #[test]
     fn dates_are_formatted_as_by_format() {
-        let reference = |t: SystemTime| {
-            let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap();
-            let secs = d.as_secs();
-            let (days, rem) = (secs / 86_400, secs % 86_400);
-            let z = days as i64 + 719_468;
-            let era = z.div_euclid(146_097);
-            let doe = z - era * 146_097;
-            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-            let mp = (5 * doy + 2) / 153;
-            let day = doy - (153 * mp + 2) / 5 + 1;
-            let month = if mp < 10 { mp + 3 } else { mp - 9 };
-            let year = yoe + era * 400 + i64::from(month <= 2);
-            format!(
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-                rem / 3600,
-                rem / 60 % 60,
-                rem % 60,
-                d.subsec_nanos()
-            )
-        };
+        let at = |secs, nanos| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        assert_eq!(rfc3339(at(0, 0)), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            rfc3339(at(1_795_330_278, 251_580_230)),
+            "2026-11-22T06:51:18.251580230Z"
+        );
+        let reference =
+            |t: SystemTime| rfc3339_formatted(t.duration_since(SystemTime::UNIX_EPOCH).unwrap());
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
         for i in 0..10_000u64 {
             // Anything up to the year 2554, and the edges.

@@ -731,17 +731,7 @@ fn bench(opts: Opts) -> Res<()> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--worker") {
-        if let Err(e) = worker(&args[1..]) {
-            eprintln!("bench worker: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    let result = parse_opts(&args).and_then(bench);
-    if let Err(e) = result {
-        eprintln!("governance-bench-kernel: error: {e}");
-        std::process::exit(1);
-    }
+    governance_bench::run_main("governance-bench-kernel", worker, |args| {
+        parse_opts(args).and_then(bench)
+    });
 }
