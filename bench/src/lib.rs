@@ -198,7 +198,44 @@ pub struct Daemon {
     pins: PathBuf,
 }
 
+/// Where [`Daemon::start_enforcing`] puts the control socket and the audit log.
+pub const SOCKET: &str = "governance.sock";
+pub const AUDIT: &str = "audit";
+
 impl Daemon {
+    /// Start `governance run` as the benchmarks measure it, as deployed: every decision is
+    /// drained, enriched and written to the audit log (the daemon's CPU is part of the cost);
+    /// no proxy (the loops make no HTTP calls). Its socket, audit log and CA under `state`.
+    pub fn start_enforcing(
+        governance: &Path,
+        pins: &Path,
+        policy_dir: &Path,
+        state: &Path,
+        allow_degraded: bool,
+    ) -> Res<Daemon> {
+        let mut args: Vec<OsString> = vec!["--policy".into(), policy_dir.into()];
+        for (flag, name) in [
+            ("--socket", SOCKET),
+            ("--audit-dir", AUDIT),
+            ("--ca-dir", "ca"),
+        ] {
+            args.push(flag.into());
+            args.push(state.join(name).into());
+        }
+        for flag in [
+            "--no-proxy",
+            "--quiet",
+            "--detach-on-exit",
+            "--no-create-cgroups",
+        ] {
+            args.push(flag.into());
+        }
+        if allow_degraded {
+            args.push("--allow-degraded".into());
+        }
+        Daemon::start(governance, pins, &args)
+    }
+
     /// Start `governance run <args> --pins <pins>` (stdout to /dev/null, stderr collected) and
     /// wait until its control API is up.
     pub fn start(governance: &Path, pins: &Path, args: &[OsString]) -> Res<Daemon> {

@@ -34,7 +34,6 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::OsString,
     hint::black_box,
     io::{ErrorKind, Read as _, Write as _},
     net::{SocketAddr, TcpListener},
@@ -876,29 +875,15 @@ fn pipeline_run(env: &Env, opts: &Opts, producers: usize, run: usize) -> Res<Pip
         std::fs::create_dir_all(&state),
         format_args!("creating {}", state.display()),
     )?;
-    let socket = state.join("governance.sock");
-    let audit = state.join("audit");
-    let mut args: Vec<OsString> = vec!["--policy".into(), env.policy_dir.clone().into()];
-    for (flag, path) in [
-        ("--socket", &socket),
-        ("--audit-dir", &audit),
-        ("--ca-dir", &state.join("ca")),
-    ] {
-        args.push(flag.into());
-        args.push(path.clone().into());
-    }
-    for flag in [
-        "--no-proxy",
-        "--quiet",
-        "--detach-on-exit",
-        "--no-create-cgroups",
-    ] {
-        args.push(flag.into());
-    }
-    if opts.allow_degraded {
-        args.push("--allow-degraded".into());
-    }
-    let mut daemon = Daemon::start(&env.governance, &env.daemon_pins, &args)?;
+    let socket = state.join(governance_bench::SOCKET);
+    let audit = state.join(governance_bench::AUDIT);
+    let mut daemon = Daemon::start_enforcing(
+        &env.governance,
+        &env.daemon_pins,
+        &env.policy_dir,
+        &state,
+        opts.allow_degraded,
+    )?;
     let result = measure_pipeline(env, opts, producers, &daemon, &socket, &audit);
     daemon.stop();
     let _ = std::fs::remove_dir_all(&state);

@@ -26,7 +26,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::{CString, OsString, c_char, c_int},
+    ffi::{CString, c_char, c_int},
     io::{ErrorKind, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
@@ -215,29 +215,13 @@ fn worker(args: &[String]) -> Res<()> {
 
 /// Start `governance run` and wait until it enforces.
 fn start_daemon(env: &Env) -> Res<Daemon> {
-    let mut args: Vec<OsString> = vec!["--policy".into(), env.policy_dir.clone().into()];
-    // As deployed: every decision is drained, enriched and written to the audit log (the
-    // daemon's CPU is part of the cost); no proxy (the loops make no HTTP calls).
-    for (flag, dir) in [
-        ("--socket", "governance.sock"),
-        ("--audit-dir", "audit"),
-        ("--ca-dir", "ca"),
-    ] {
-        args.push(flag.into());
-        args.push(env.tmp.join(dir).into());
-    }
-    for flag in [
-        "--no-proxy",
-        "--quiet",
-        "--detach-on-exit",
-        "--no-create-cgroups",
-    ] {
-        args.push(flag.into());
-    }
-    if env.allow_degraded {
-        args.push("--allow-degraded".into());
-    }
-    Daemon::start(&env.governance, &env.pins, &args)
+    Daemon::start_enforcing(
+        &env.governance,
+        &env.pins,
+        &env.policy_dir,
+        &env.tmp,
+        env.allow_degraded,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
