@@ -71,19 +71,9 @@ pub fn read_trim(path: &str) -> String {
     std::fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_owned())
 }
 
-/// The cgroup2 mount point, from /proc/self/mountinfo.
+/// The cgroup2 mount point, as the daemon finds it.
 pub fn cgroup2_mount() -> Res<PathBuf> {
-    let text = ctx(
-        std::fs::read_to_string("/proc/self/mountinfo"),
-        "reading /proc/self/mountinfo",
-    )?;
-    text.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .ok_or_else(|| "no cgroup2 filesystem is mounted".into())
+    ctx(governance::agents::cgroup2_mount(), "finding cgroup2")
 }
 
 /// Remove a cgroup we made (its tasks have exited; it can stay busy for a moment after).

@@ -174,11 +174,14 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         .map(|e| {
             use governance_common::Counter;
             let c = |k| e.counter(k).unwrap_or_default();
+            let dropped = e
+                .counter_per_cpu(Counter::EventsDropped)
+                .unwrap_or_default();
             json!({
                 "decisions": c(Counter::Decisions),
                 "denials": c(Counter::Denials),
-                "events_dropped": c(Counter::EventsDropped),
-                "events_dropped_per_cpu": e.counter_per_cpu(Counter::EventsDropped).unwrap_or_default(),
+                "events_dropped": dropped.iter().sum::<u64>(),
+                "events_dropped_per_cpu": dropped,
                 "map_full": c(Counter::MapFull),
             })
         })
@@ -321,6 +324,27 @@ fn render(r: &Record, ocsf: bool) -> Vec<u8> {
 /// Bytes of stream gathered into one write, at most (more records are not waited for).
 const STREAM_CHUNK: usize = 64 << 10;
 
+/// Send what `rx` yields to the client in chunks: what is queued when the client can take more
+/// goes out as one write of up to [`STREAM_CHUNK`] bytes. False when the client has gone.
+async fn pump<T>(
+    rx: &mut mpsc::Receiver<T>,
+    tx: &mpsc::Sender<Bytes>,
+    put: impl Fn(&mut Vec<u8>, &T),
+) -> bool {
+    while let Some(first) = rx.recv().await {
+        let mut out = Vec::new();
+        put(&mut out, &first);
+        while out.len() < STREAM_CHUNK {
+            let Ok(next) = rx.try_recv() else { break };
+            put(&mut out, &next);
+        }
+        if tx.send(Bytes::from(out)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 async fn events(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -389,7 +413,6 @@ async fn events(
     };
     let audit_dir = st.audit_dir.clone();
     tokio::spawn(async move {
-        // What is queued when the client can take more goes out as one chunk.
         if let (Some(since), Some(dir)) = (since, audit_dir) {
             let (rtx, mut rrx) = mpsc::channel::<Record>(256);
             let filter = filter.clone();
@@ -401,16 +424,9 @@ async fn events(
                     !filter.matches(&r) || rtx.blocking_send(r).is_ok()
                 })
             });
-            while let Some(r) = rrx.recv().await {
-                let mut out = Vec::new();
-                frame(&mut out, &render(&r, ocsf));
-                while out.len() < STREAM_CHUNK {
-                    let Ok(r) = rrx.try_recv() else { break };
-                    frame(&mut out, &render(&r, ocsf));
-                }
-                if tx.send(Bytes::from(out)).await.is_err() {
-                    return;
-                }
+            let put = |out: &mut Vec<u8>, r: &Record| frame(out, &render(r, ocsf));
+            if !pump(&mut rrx, &tx, put).await {
+                return;
             }
         }
         let Some(mut sub) = sub else { return };
@@ -422,17 +438,8 @@ async fn events(
                 frame(out, &d.json);
             }
         };
-        while let Some(d) = sub.rx.recv().await {
-            let mut out = Vec::with_capacity(STREAM_CHUNK.min(2 * d.json.len() + 64));
-            put(&mut out, &d);
-            while out.len() < STREAM_CHUNK {
-                let Ok(d) = sub.rx.try_recv() else { break };
-                put(&mut out, &d);
-            }
-            if tx.send(Bytes::from(out)).await.is_err() {
-                return; // the client went away: dropping the receiver unsubscribes
-            }
-        }
+        // Ends when the client goes away: dropping the receiver unsubscribes.
+        pump(&mut sub.rx, &tx, put).await;
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))

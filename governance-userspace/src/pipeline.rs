@@ -7,7 +7,7 @@
 //! 2. numbers it (event id, node) and appends it to the audit log, fsyncing once per batch,
 //! 3. counts it in the metrics and per agent,
 //! 4. prints it (one readable line on stdout, unless quiet; through its own bounded queue, so
-//!    a stdout nobody reads costs lines, counted, never the audit log),
+//!    a stdout nobody reads costs lines, with a warning, never the audit log),
 //! 5. hands it to every live subscriber whose filter matches.
 //!
 //! Work is batched: the thread takes everything queued (up to [`BATCH`] records) per wakeup.
@@ -225,7 +225,6 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         audit_failing: false,
         stdout,
         scratch: Vec::new(),
-        json_hint: 512,
     };
     let thread = std::thread::Builder::new()
         .name("events".into())
@@ -263,10 +262,8 @@ struct Worker {
     /// The last audit write failed (reported once until it works again).
     audit_failing: bool,
     stdout: Option<Stdout>,
-    /// Serialises records for the audit log when no subscriber needs the bytes too.
+    /// Where each record is serialised (reused; subscribers get an exact-size copy).
     scratch: Vec<u8>,
-    /// Bytes to reserve for a record's JSON.
-    json_hint: usize,
 }
 
 /// Records taken for one round of processing, in the batches they were published in.
@@ -285,10 +282,11 @@ impl Batch {
 }
 
 /// Lines for stdout, written by a thread of their own through a bounded queue: when nobody
-/// reads stdout (a full pipe), lines are dropped and counted instead of stalling the pipeline.
+/// reads stdout (a full pipe), lines are dropped (with one warning) instead of stalling the
+/// pipeline.
 struct Stdout {
     tx: std_mpsc::SyncSender<String>,
-    dropped: u64,
+    warned: bool,
 }
 
 impl Stdout {
@@ -312,17 +310,15 @@ impl Stdout {
                 }
             })
             .ok()?;
-        Some(Self { tx, dropped: 0 })
+        Some(Self { tx, warned: false })
     }
 
-    fn print(&mut self, lines: String, n: u64) {
-        if self.tx.try_send(lines).is_err() {
-            if self.dropped == 0 {
-                tracing::warn!(
-                    "stdout is not being read: event lines are dropped there (the audit log and subscribers have them)"
-                );
-            }
-            self.dropped += n;
+    fn print(&mut self, lines: String) {
+        if self.tx.try_send(lines).is_err() && !self.warned {
+            self.warned = true;
+            tracing::warn!(
+                "stdout is not being read: event lines are dropped there (the audit log and subscribers have them)"
+            );
         }
     }
 }
@@ -393,10 +389,11 @@ impl Worker {
             return;
         }
         let n = batch.len;
-        let mut seqs = Vec::with_capacity(n);
-        // Each record is serialised once: for the audit log, and for the subscribers' streams.
-        let keep_json = !self.subs.is_empty();
-        let mut jsons = Vec::with_capacity(if keep_json { n } else { 0 });
+        // Each record is serialised once: for the audit log, and for the subscribers' streams
+        // (their sequence numbers and bytes, kept only when someone subscribes).
+        let keep = !self.subs.is_empty();
+        let mut delivering: Vec<(u64, Bytes)> = Vec::with_capacity(if keep { n } else { 0 });
+        let mut json = std::mem::take(&mut self.scratch);
         for r in batch.chunks.iter_mut().flatten() {
             if r.id.is_empty() {
                 r.id = self.ids.next();
@@ -408,26 +405,20 @@ impl Worker {
                 r.time = rfc3339(std::time::SystemTime::now());
             }
             self.enricher.enrich(r, &self.cfg.cgroup_root);
-            let mut json = if keep_json {
-                Vec::with_capacity(self.json_hint)
-            } else {
-                std::mem::take(&mut self.scratch)
-            };
             json.clear();
-            let encoded = (self.audit.is_some() || keep_json)
-                && serde_json::to_writer(&mut json, &*r).is_ok();
-            seqs.push(self.append(r, encoded.then_some(json.as_slice())));
-            self.json_hint = self.json_hint.max(json.len() + json.len() / 4);
-            if keep_json {
-                jsons.push(if encoded {
-                    Bytes::from(json)
+            let encoded =
+                (self.audit.is_some() || keep) && serde_json::to_writer(&mut json, &*r).is_ok();
+            let seq = self.append(r, encoded.then_some(json.as_slice()));
+            if keep {
+                let bytes = if encoded {
+                    Bytes::copy_from_slice(&json)
                 } else {
                     Bytes::new()
-                });
-            } else {
-                self.scratch = json;
+                };
+                delivering.push((seq, bytes));
             }
         }
+        self.scratch = json;
         for chunk in &batch.chunks {
             self.cfg.metrics.observe_all(chunk);
         }
@@ -442,20 +433,17 @@ impl Worker {
             for r in batch.chunks.iter().flatten() {
                 let _ = writeln!(lines, "{r}");
             }
-            out.print(lines, n as u64);
+            out.print(lines);
         }
+        // Nobody to deliver to when `delivering` is empty (a subscriber that came meanwhile
+        // starts after this batch).
         let records = std::mem::take(&mut batch.chunks).into_iter().flatten();
-        if keep_json {
-            for ((r, seq), json) in records.zip(seqs).zip(jsons) {
-                self.deliver(Delivered {
-                    seq,
-                    record: Arc::new(r),
-                    json,
-                });
-            }
-        } else {
-            // Nobody to deliver to (a subscriber that came meanwhile starts after this batch).
-            drop(records);
+        for (r, (seq, json)) in records.zip(delivering) {
+            self.deliver(Delivered {
+                seq,
+                record: Arc::new(r),
+                json,
+            });
         }
         batch.len = 0;
         self.backlog.fetch_sub(n, Ordering::Relaxed);
@@ -532,16 +520,9 @@ impl Worker {
     fn deliver(&mut self, d: Delivered) {
         let node = &self.node;
         let metrics = &self.cfg.metrics;
-        // The last subscriber that wants the record gets it, the others a copy (two counted
-        // references).
-        let last = self.subs.iter().rposition(|s| s.filter.matches(&d.record));
         let seq = d.seq;
-        let mut d = Some(d);
-        let mut i = 0;
         self.subs.retain_mut(|s| {
-            let this = i;
-            i += 1;
-            if !d.as_ref().is_some_and(|d| s.filter.matches(&d.record)) {
+            if !s.filter.matches(&d.record) {
                 return !s.tx.is_closed();
             }
             let lost = s.lost.load(Ordering::Relaxed);
@@ -571,13 +552,8 @@ impl Worker {
                     Err(mpsc::error::TrySendError::Closed(_)) => return false,
                 }
             }
-            let item = if Some(this) == last {
-                d.take()
-            } else {
-                d.clone()
-            };
-            let Some(item) = item else { return true };
-            match s.tx.try_send(item) {
+            // Two counted references: the record and its bytes are shared, not copied.
+            match s.tx.try_send(d.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lost.fetch_add(1, Ordering::Relaxed);

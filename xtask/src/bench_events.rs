@@ -15,11 +15,7 @@ pub const EVENTS: RootBench = RootBench {
     report_begin: "==> event throughput",
     host_args: &["--rounds", "5", "--secs", "3", "--allow-degraded"],
     host_label: "host kernel, cgroup socket hooks (no BPF LSM programs: denied connects)",
-    host_note: "ring drain, 7 rounds; full pipeline, 5 rounds of 1, 2, 4 producers for 3 s \
-                (no BPF LSM here: the flood is denied connects)",
     vm_args: &["--rounds", "3", "--secs", "2", "--drain-rounds", "5"],
     vm_label: "VM: Debian 6.1 kernel with BPF LSM, qemu (2 vCPUs, software emulation)",
-    vm_note: "BPF LSM, denied opens: ring drain, 5 rounds; full pipeline, 3 rounds of 1, 2, 4 \
-              producers for 2 s",
     vm_timeout: Duration::from_secs(900),
 };

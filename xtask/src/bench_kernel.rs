@@ -32,29 +32,24 @@ pub struct RootBench {
     /// Arguments on the host (besides --governance and --label).
     pub host_args: &'static [&'static str],
     pub host_label: &'static str,
-    /// Said before the host run.
-    pub host_note: &'static str,
     /// Arguments in the VM (besides --governance and --label).
     pub vm_args: &'static [&'static str],
     pub vm_label: &'static str,
-    pub vm_note: &'static str,
     pub vm_timeout: Duration,
 }
 
 const REPORT_END: &str = "<== end of report";
 
-/// `cargo xtask bench kernel`. Host: 7 rounds of 400 ms per loop; VM: 5 rounds of 300 ms.
+/// `cargo xtask bench kernel`. On the host (no BPF LSM: --allow-degraded, so the socket hooks
+/// and the degraded exec path are measured) and in the VM (every hook).
 pub const KERNEL: RootBench = RootBench {
     bin: "governance-bench-kernel",
     title: "kernel benchmark",
     report_begin: "==> kernel hook overhead",
     host_args: &["--rounds", "12", "--ms", "400", "--allow-degraded"],
     host_label: "host kernel, no BPF LSM programs (degraded)",
-    host_note: "7 rounds, 400 ms per loop (no BPF LSM here: --allow-degraded, so the socket hooks \
-                and the degraded exec path are measured)",
     vm_args: &["--rounds", "6", "--ms", "300"],
     vm_label: "VM: Debian 6.1 kernel with BPF LSM, qemu (2 vCPUs)",
-    vm_note: "BPF LSM, every hook: 5 rounds, 300 ms per loop",
     vm_timeout: Duration::from_secs(420),
 };
 
@@ -73,13 +68,23 @@ pub fn run(b: &RootBench) -> Result<()> {
     let governance = release_binary("governance-userspace", "governance")?;
     let bench = release_binary("governance-bench", b.bin)?;
 
-    progress(&format!("{} on the host: {}", b.title, b.host_note));
+    progress(&format!(
+        "{} on the host ({}): {}",
+        b.title,
+        b.host_label,
+        b.host_args.join(" ")
+    ));
     let host = on_host(b, &bench, &governance);
     if let Err(e) = &host {
         progress(&format!("the host run failed: {e:#}"));
     }
 
-    progress(&format!("{} in the VM: {}", b.title, b.vm_note));
+    progress(&format!(
+        "{} in the VM ({}): {}",
+        b.title,
+        b.vm_label,
+        b.vm_args.join(" ")
+    ));
     let guest = in_vm(b, &bench, &governance);
     if let Err(e) = &guest {
         progress(&format!("the VM run failed: {e:#}"));

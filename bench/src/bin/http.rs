@@ -24,6 +24,7 @@
 //! The binary plays both parts: without arguments it is the load generator and starts itself
 //! with `serve` as the proxy + upstream process.
 
+use governance_bench::median;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
@@ -356,11 +357,6 @@ fn saturate(addr: SocketAddr, s: Scenario) -> Result<f64, String> {
     Ok((n1 - n0) as f64 / (t1 - t0).as_secs_f64())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn us(ns: f64) -> String {
     format!("{:.1} µs", ns / 1000.0)
 }
@@ -437,8 +433,8 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
         println!(
             "  {:<34} {:>10}  {:>10}",
             s.name(),
-            us(median(rounds[i].iter().map(|r| r.0).collect())),
-            us(median(rounds[i].iter().map(|r| r.1).collect()))
+            us(median(&rounds[i].iter().map(|r| r.0).collect::<Vec<_>>())),
+            us(median(&rounds[i].iter().map(|r| r.1).collect::<Vec<_>>()))
         );
     }
     for (i, what) in [
@@ -448,11 +444,11 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
         let base = Scenario::ALL[i].baseline();
         let added = |q: fn(&(f64, f64)) -> f64| {
             median(
-                rounds[i]
+                &rounds[i]
                     .iter()
                     .zip(&rounds[base])
                     .map(|(p, d)| q(p) - q(d))
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         };
         println!(

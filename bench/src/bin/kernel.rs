@@ -39,22 +39,6 @@ use governance_bench::{
     remove_cgroup, wait_for_go,
 };
 
-/// The few libc calls std does not offer (std links libc already).
-mod sys {
-    use std::ffi::{c_char, c_int};
-
-    unsafe extern "C" {
-        pub fn fork() -> c_int;
-        pub fn execve(
-            path: *const c_char,
-            argv: *const *const c_char,
-            envp: *const *const c_char,
-        ) -> c_int;
-        pub fn waitpid(pid: c_int, status: *mut c_int, options: c_int) -> c_int;
-        pub fn _exit(status: c_int) -> !;
-    }
-}
-
 const FILE_RULES: usize = 400;
 const EXEC_RULES: usize = 300;
 const NET_RULES: usize = 300;
@@ -175,20 +159,20 @@ fn worker(args: &[String]) -> Res<()> {
             timed(ms, || {
                 // SAFETY: the worker is single-threaded; the child calls only execve and _exit
                 // on memory prepared before the fork.
-                let pid = unsafe { sys::fork() };
+                let pid = unsafe { libc::fork() };
                 if pid < 0 {
                     return Err(format!("fork: {}", std::io::Error::last_os_error()));
                 }
                 if pid == 0 {
                     // SAFETY: as above; pointers stay valid, the arrays are NULL-terminated.
                     unsafe {
-                        sys::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-                        sys::_exit(127)
+                        libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                        libc::_exit(127)
                     }
                 }
                 let mut status: c_int = 0;
                 // SAFETY: waits for our own child; status is a valid out pointer.
-                if unsafe { sys::waitpid(pid, &mut status, 0) } != pid {
+                if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
                     return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
                 }
                 if status != 0 {
