@@ -273,14 +273,16 @@ impl Approvals {
 
     /// Pre-authorization: approving runs `on_approve` with the grant duration. `key`
     /// identifies the action: the same (agent, key) pending twice reuses the pending id.
+    /// `announce` as for [`Approvals::hold_announced`] (also called for a reused id).
     pub fn request_action(
         &self,
         req: Request,
         key: u64,
         on_approve: OnApprove,
+        announce: &mut dyn FnMut(&ApprovalInfo),
     ) -> Result<String, Full> {
         let dedup = Dedup::Action(req.agent.name.clone(), key);
-        self.insert(req, Waiter::Action(on_approve), Some(dedup), &mut |_| {})
+        self.insert(req, Waiter::Action(on_approve), Some(dedup), announce)
     }
 
     fn insert(
@@ -884,10 +886,11 @@ mod tests {
                 request("a", 0),
                 9,
                 Box::new(move |d| *h.lock().unwrap() = Some(d)),
+                &mut |_| {},
             )
             .unwrap();
         assert_eq!(
-            f.q.request_action(request("a", 0), 9, Box::new(|_| {}))
+            f.q.request_action(request("a", 0), 9, Box::new(|_| {}), &mut |_| {})
                 .unwrap(),
             id
         );

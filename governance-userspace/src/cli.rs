@@ -251,7 +251,7 @@ pub struct RunArgs {
     )]
     pub audit_dir: PathBuf,
     /// Rotate audit files at this size (bytes; K, M, G suffixes).
-    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    #[arg(long, default_value = "64M", value_parser = crate::policy::parse_size)]
     pub audit_max_bytes: u64,
     /// Rotate audit files at this age (`1h`, `1d`).
     #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
@@ -262,21 +262,6 @@ pub struct RunArgs {
     /// Do not print each event on stdout (the audit log and the API still have them).
     #[arg(long, short)]
     pub quiet: bool,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{s}`: a number of bytes, like 64M"))?;
-    let mul = match unit {
-        "" => 1,
-        "K" | "k" => 1 << 10,
-        "M" | "m" => 1 << 20,
-        "G" | "g" => 1 << 30,
-        _ => return Err(format!("`{s}`: the unit is K, M or G")),
-    };
-    Ok(n.saturating_mul(mul))
 }
 
 #[derive(Debug, Subcommand)]
@@ -852,6 +837,7 @@ fn audit_verify(paths: &[PathBuf], public_key: Option<&str>) -> anyhow::Result<E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::parse_size;
 
     #[test]
     fn sizes_and_escapes() {

@@ -631,7 +631,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| e.to_string())
         })
     };
-    let approvals = Approvals::new(approvals::Limits::default(), sink.clone(), grant);
+    let approvals = Approvals::with_ids(
+        approvals::Limits::default(),
+        sink.clone(),
+        grant,
+        pipe.ids.clone(),
+    );
 
     // Drain kernel events from now on (what the programs decided while no daemon ran first).
     let names: SharedNames = Arc::default();

@@ -197,6 +197,9 @@ pub struct Handles {
     pub counts: AgentCounts,
     /// The audit sequence number the next record gets.
     pub next_seq: Arc<AtomicU64>,
+    /// The record ids the pipeline gives records that come without one; whoever else makes
+    /// records takes its ids from here (two [`Ids`] made in one millisecond collide).
+    pub ids: Arc<Ids>,
     pub thread: JoinHandle<()>,
 }
 
@@ -212,10 +215,11 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     let counts = AgentCounts::default();
     let next_seq = Arc::new(AtomicU64::new(audit.as_ref().map_or(0, |a| a.next_seq())));
     let stdout = if cfg.stdout { Stdout::start() } else { None };
+    let ids = Arc::new(Ids::new());
     let mut worker = Worker {
         audit,
         cfg,
-        ids: Ids::new(),
+        ids: ids.clone(),
         node: crate::events::node_name(),
         subs: Vec::new(),
         enricher: Enricher::default(),
@@ -237,6 +241,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         publisher: Publisher { tx, backlog },
         counts,
         next_seq,
+        ids,
         thread,
     })
 }
@@ -252,7 +257,7 @@ struct Sub {
 struct Worker {
     audit: Option<AuditLog>,
     cfg: Config,
-    ids: Ids,
+    ids: Arc<Ids>,
     node: String,
     subs: Vec<Sub>,
     enricher: Enricher,

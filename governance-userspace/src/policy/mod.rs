@@ -667,11 +667,20 @@ impl Cx<'_> {
             .proxy
             .as_ref()
             .and_then(|p| p.max_body.as_ref())
-            .and_then(|m| match parse_size(m) {
-                Ok(n) => Some(n),
-                Err(msg) => {
-                    self.problem(m.span(), format!("proxy.max_body: {msg}"));
-                    None
+            .and_then(|m| {
+                match parse_size(m).and_then(|n| {
+                    usize::try_from(n)
+                        .ok()
+                        .filter(|n| (1..=MAX_BODY_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            format!("size `{}` must be between 1 byte and 1GiB", m.trim())
+                        })
+                }) {
+                    Ok(n) => Some(n),
+                    Err(msg) => {
+                        self.problem(m.span(), format!("proxy.max_body: {msg}"));
+                        None
+                    }
                 }
             });
         let mut intercept_tls = Vec::new();
@@ -1105,25 +1114,22 @@ fn parse_ports(s: &str) -> Result<(u16, u16), String> {
 /// Largest `proxy.max_body` a policy may set.
 pub const MAX_BODY_LIMIT: usize = 1 << 30;
 
-/// `4096`, `64KiB`, `1MiB`, `1GiB` (binary units; `KB`/`MB` are the same, with a `B` optional).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+/// `4096`, `64KiB`, `1MiB`, `1GiB` (binary units; `K`, `KB` and `KiB` are the same, in any
+/// case).
+pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let bad = || format!("bad size `{s}`: use a number of bytes or KiB, MiB, GiB (256KiB)");
-    let n: usize = n.parse().map_err(|_| bad())?;
-    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(bad()),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(bad)?;
-    if bytes == 0 || bytes > MAX_BODY_LIMIT {
-        return Err(format!("size `{s}` must be between 1 byte and 1GiB"));
-    }
-    Ok(bytes)
+    n.checked_mul(mult).ok_or_else(bad)
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, `1d`.

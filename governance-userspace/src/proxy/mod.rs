@@ -337,6 +337,15 @@ enum Dest {
     Name(String, u16),
 }
 
+/// Where a decided request is sent.
+#[derive(Clone, Copy)]
+enum To<'a> {
+    /// Its destination.
+    Upstream(SocketAddr),
+    /// The deciding rule's sandbox upstream instead.
+    Sandbox { rule: &'a str, url: &'a str },
+}
+
 /// What happens after the decision.
 enum Then {
     Forward,
@@ -826,28 +835,21 @@ impl Proxy {
             );
             return resp;
         }
-        let dest = match (dest, &sandbox) {
+        let rule = decision.rule.as_deref().unwrap_or("default");
+        let to = match (dest, sandbox.as_deref()) {
+            (_, Some(url)) => To::Sandbox { rule, url },
+            (Dest::Addr(addr), None) => To::Upstream(addr),
             (Dest::Name(host, port), None) => {
                 match self
                     .explicit_target(client, &engine, &view, &head, &host, port)
                     .await
                 {
-                    Ok(addr) => Dest::Addr(addr),
+                    Ok(addr) => To::Upstream(addr),
                     Err(resp) => return resp,
                 }
             }
-            (d, _) => d,
         };
-        let rule = decision.rule.as_deref().unwrap_or("default");
-        self.forward(
-            conn,
-            parts,
-            body,
-            &head,
-            dest,
-            sandbox.as_deref().map(|u| (rule, u)),
-        )
-        .await
+        self.forward(conn, parts, body, &head, to).await
     }
 
     /// Where a request goes, after the host check (transparent) or the tunnel check.
@@ -1006,11 +1008,9 @@ impl Proxy {
             rec.object.mcp_tool = m.tools.join(",");
         }
         let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
-        if has_body_conditions(engine, decision) {
-            rec.object
-                .detail
-                .extend(body_fields(engine, decision, http.body.as_ref()));
-        }
+        rec.object
+            .detail
+            .extend(body_fields(engine, decision, http.body.as_ref()));
         let ids = mcp.map(|m| &m.ids);
         let refuse = |rec: Record, status, error, reason: &str, retry_after| {
             let id = rec.id.clone();
@@ -1247,13 +1247,12 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: ReqBody,
         head: &Head,
-        dest: Dest,
-        sandbox: Option<(&str, &str)>,
+        to: To<'_>,
     ) -> Response<Body> {
         let bad_gateway =
             |reason: String| respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &reason, None);
-        let (addr, authority, path) = match sandbox {
-            Some((_, url)) => {
+        let (addr, authority, path) = match to {
+            To::Sandbox { url, .. } => {
                 let Some(rest) = url.strip_prefix("http://") else {
                     return bad_gateway(format!(
                         "sandbox upstream `{url}`: only http:// upstreams are supported yet"
@@ -1271,16 +1270,7 @@ impl Proxy {
                 let path = format!("{}{}", prefix.trim_end_matches('/'), head.path_and_query());
                 (addr, authority.to_owned(), path)
             }
-            None => {
-                let addr = match dest {
-                    Dest::Addr(a) => a,
-                    Dest::Name(host, port) => match self.upstream.resolve(&host).await {
-                        Ok(ips) => SocketAddr::new(ips[0], port),
-                        Err(e) => return bad_gateway(e.to_string()),
-                    },
-                };
-                (addr, head.authority.clone(), head.path_and_query())
-            }
+            To::Upstream(addr) => (addr, head.authority.clone(), head.path_and_query()),
         };
         if self.is_self(addr, conn.local) {
             return respond::error(
@@ -1291,8 +1281,8 @@ impl Proxy {
             );
         }
         // Intercepted: upstream over TLS, verified for the server name the agent asked for.
-        let tls_name = match (&conn.mode, sandbox) {
-            (Mode::Intercepted { host, .. }, None) => Some(host.as_str()),
+        let tls_name = match (&conn.mode, to) {
+            (Mode::Intercepted { host, .. }, To::Upstream(_)) => Some(host.as_str()),
             _ => None,
         };
         let uri = match tls_name {
@@ -1316,7 +1306,7 @@ impl Proxy {
         parts
             .headers
             .insert(header::HOST, request::header_value(&host_value));
-        if let Some((rule, _)) = sandbox {
+        if let To::Sandbox { rule, .. } = to {
             parts
                 .headers
                 .insert("x-governance-sandboxed", request::header_value(rule));
@@ -1378,7 +1368,7 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
-        if let Some((rule, _)) = sandbox {
+        if let To::Sandbox { rule, .. } = to {
             parts
                 .headers
                 .insert("x-governance-sandboxed", request::header_value(rule));
@@ -1700,7 +1690,7 @@ impl Proxy {
                 );
             }
         };
-        match self.preauthorize_with(client, action, Source::Proxy) {
+        match self.preauthorize_with(client, action) {
             Ok(r) => respond::json_response(
                 StatusCode::OK,
                 &serde_json::to_value(&r).unwrap_or(Value::Null),
@@ -2087,22 +2077,11 @@ impl<'de> serde::Deserialize<'de> for StrictJson {
 }
 
 /// Whether the deciding rule has body or MCP argument conditions.
-fn has_body_conditions(engine: &Engine, d: &Decision) -> bool {
-    d.rule
-        .as_deref()
-        .and_then(|r| engine.rule_by_id(r))
-        .is_some_and(|r| match &r.matcher {
-            Matcher::Http(h) => {
-                !h.body.is_empty() || h.mcp.as_ref().is_some_and(|m| !m.1.is_empty())
-            }
-            _ => false,
-        })
-}
-
 /// Longest value quoted in records and approvals.
 const DETAIL_MAX: usize = 256;
 
-/// The body fields the deciding rule's conditions looked at: path → value (truncated).
+/// The body fields the deciding rule's conditions looked at: path → value (truncated); none
+/// when it has no body or MCP argument conditions.
 fn body_fields(
     engine: &Engine,
     d: &Decision,

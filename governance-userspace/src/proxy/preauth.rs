@@ -41,7 +41,7 @@ use super::{Client, Proxy, decide_request, request, tool_call};
 use crate::{
     approvals,
     engine::Outcome,
-    events::{ApprovalInfo, Object, Source, rfc3339},
+    events::{ApprovalInfo, Object, Source},
     policy::SandboxTarget,
 };
 
@@ -147,16 +147,15 @@ impl Proxy {
     /// action that cannot be decided (a bad URL) is refused: verdict block, rule
     /// `builtin:request`.
     pub fn preauthorize(&self, client: &Client, action: DecideAction) -> DecideResponse {
-        self.preauthorize_with(client, action, Source::Api)
+        self.preauthorize_with(client, action)
             .unwrap_or_else(|reason| {
-                let rec = self.builtin_record(
+                let mut rec = self.builtin_record(
                     Some(client),
                     None,
                     "builtin:request",
                     &reason,
                     Object::default(),
                 );
-                let mut rec = rec;
                 rec.source = Source::Api;
                 let id = rec.id.clone();
                 (self.sink)(rec);
@@ -178,7 +177,6 @@ impl Proxy {
         &self,
         client: &Client,
         action: DecideAction,
-        _via: Source,
     ) -> Result<DecideResponse, String> {
         let engine = self.engine.load_full();
         let view = self.view(None, &engine, &client.agent);
@@ -238,9 +236,9 @@ impl Proxy {
         if let Some(tools) = &mcp {
             rec.object.mcp_tool = tools.join(",");
         }
-        if super::has_body_conditions(&engine, &decision) {
-            rec.object.detail = super::body_fields(&engine, &decision, http.body.as_ref());
-        }
+        rec.object
+            .detail
+            .extend(super::body_fields(&engine, &decision, http.body.as_ref()));
         let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
         let mut resp = DecideResponse {
             decision_id: rec.id.clone(),
@@ -294,14 +292,14 @@ impl Proxy {
                             .unwrap_or_else(|p| p.into_inner())
                             .insert((agent, key), Instant::now() + d);
                     });
-                    match self.approvals.request_action(req, key, on_approve) {
+                    let mut info = None;
+                    let announce = &mut |a: &ApprovalInfo| info = Some(a.clone());
+                    match self
+                        .approvals
+                        .request_action(req, key, on_approve, announce)
+                    {
                         Ok(id) => {
-                            rec.approval = Some(ApprovalInfo {
-                                id: id.clone(),
-                                state: "pending".into(),
-                                deadline: rfc3339(std::time::SystemTime::now() + *timeout),
-                                ..Default::default()
-                            });
+                            rec.approval = info;
                             resp.approval_id = Some(id);
                         }
                         Err(full) => {
