@@ -115,15 +115,24 @@ fn known(set: &[&'static str], v: &str) -> &'static str {
     set.iter().copied().find(|k| *k == v).unwrap_or(OTHER)
 }
 
-/// Whether decision `b` counts under the same labels as decision `a` (kind, outcome, agent,
-/// shadow verdict, fail-closed reason).
-fn same_decision_labels(a: &Record, b: &Record) -> bool {
-    b.ty == RecordType::Decision
-        && a.kind == b.kind
-        && a.outcome == b.outcome
-        && a.agent.as_ref().map(|x| &x.name) == b.agent.as_ref().map(|x| &x.name)
-        && a.shadow.as_ref().map(|s| &s.verdict) == b.shadow.as_ref().map(|s| &s.verdict)
-        && a.rule.strip_prefix("fail-closed:") == b.rule.strip_prefix("fail-closed:")
+/// What a decision is counted under, as the record has it (the labels bound these): kind,
+/// outcome, agent, shadow verdict, fail-closed reason.
+type DecisionKey<'a> = (
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+);
+
+fn decision_key(r: &Record) -> DecisionKey<'_> {
+    (
+        &r.kind,
+        &r.outcome,
+        r.agent.as_ref().map(|a| a.name.as_str()),
+        r.shadow.as_ref().map(|s| s.verdict.as_str()),
+        r.rule.strip_prefix("fail-closed:"),
+    )
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -310,10 +319,10 @@ impl Metrics {
         while let Some(r) = records.get(i) {
             let mut n = 1;
             if r.ty == RecordType::Decision {
-                while records
-                    .get(i + n)
-                    .is_some_and(|next| same_decision_labels(r, next))
-                {
+                let key = decision_key(r);
+                while records.get(i + n).is_some_and(|next| {
+                    next.ty == RecordType::Decision && decision_key(next) == key
+                }) {
                     n += 1;
                 }
             }
@@ -326,27 +335,25 @@ impl Metrics {
     fn observe_n(&self, r: &Record, n: u64) {
         match r.ty {
             RecordType::Decision => {
-                let kind = known(KINDS, &r.kind);
-                let agent = r
-                    .agent
-                    .as_ref()
-                    .map_or_else(|| NO_AGENT.to_owned(), |a| self.agent_label(&a.name));
+                let (kind, outcome, agent, shadow, fail_closed) = decision_key(r);
+                let kind = known(KINDS, kind);
+                let agent = agent.map_or_else(|| NO_AGENT.to_owned(), |a| self.agent_label(a));
                 self.decisions
                     .get_or_create(&DecisionLabels {
                         kind,
-                        outcome: known(OUTCOMES, &r.outcome),
+                        outcome: known(OUTCOMES, outcome),
                         agent,
                     })
                     .inc_by(n);
-                if let Some(s) = &r.shadow {
+                if let Some(verdict) = shadow {
                     self.shadow
                         .get_or_create(&ShadowLabels {
                             kind,
-                            verdict: known(VERDICTS, &s.verdict),
+                            verdict: known(VERDICTS, verdict),
                         })
                         .inc_by(n);
                 }
-                if let Some(why) = r.rule.strip_prefix("fail-closed:") {
+                if let Some(why) = fail_closed {
                     self.fail_closed
                         .get_or_create(&FailClosedLabels {
                             kind,
