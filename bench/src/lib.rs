@@ -377,3 +377,20 @@ pub fn run_main(
         std::process::exit(1);
     }
 }
+
+/// Print a report between the lines `cargo xtask bench` looks for: `<begin>[: <label>]` first,
+/// `<== end of report` last.
+pub fn print_report(begin: &str, label: &str, lines: &[String]) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let label = if label.is_empty() {
+        String::new()
+    } else {
+        format!(": {label}")
+    };
+    let _ = writeln!(stdout, "{begin}{label}");
+    for line in lines {
+        let _ = writeln!(stdout, "{line}");
+    }
+    let _ = writeln!(stdout, "<== end of report");
+}

@@ -62,7 +62,6 @@ use governance_common::{Counter, EVENTS_RING_BYTES, Event};
 
 /// Marks the report's lines, so that `cargo xtask bench events` can print it again at the end.
 const REPORT_BEGIN: &str = "==> event throughput";
-const REPORT_END: &str = "<== end of report";
 
 /// Targets from the issue.
 const DRAIN_TARGET: f64 = 1e6;
@@ -1136,10 +1135,7 @@ fn bench(opts: Opts) -> Res<()> {
         }
     }
     let report = report(&opts, &env, drain.as_ref(), &runs);
-    let mut stdout = std::io::stdout().lock();
-    for line in report {
-        let _ = writeln!(stdout, "{line}");
-    }
+    governance_bench::print_report(REPORT_BEGIN, &opts.label, &report);
     Ok(())
 }
 
@@ -1150,14 +1146,6 @@ fn report(
     runs: &[PipelineRun],
 ) -> Vec<String> {
     let mut r = Vec::new();
-    r.push(format!(
-        "{REPORT_BEGIN}{}",
-        if opts.label.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", opts.label)
-        }
-    ));
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     r.push(format!(
         "kernel {}, LSMs {}, {cpus} CPUs; flood: {}",
@@ -1393,7 +1381,6 @@ fn report(
             if all == runs.len() { "PASS" } else { "MISS" }
         ));
     }
-    r.push(REPORT_END.into());
     r
 }
 

@@ -27,7 +27,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::{CString, c_char, c_int},
-    io::{ErrorKind, Write as _},
+    io::ErrorKind,
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -52,7 +52,6 @@ const EXEC_FACTOR: u64 = 3;
 const SETTLE: Duration = Duration::from_millis(200);
 /// Marks the report's lines, so that `cargo xtask bench kernel` can print it again at the end.
 const REPORT_BEGIN: &str = "==> kernel hook overhead";
-const REPORT_END: &str = "<== end of report";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Workload {
@@ -622,14 +621,6 @@ fn bench(opts: Opts) -> Res<()> {
 
     let mut r = Vec::new();
     r.push(format!(
-        "{REPORT_BEGIN}{}",
-        if opts.label.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", opts.label)
-        }
-    ));
-    r.push(format!(
         "kernel {}, LSMs {}; {} rounds of (1),(2),(3) (even rounds in reverse), {} ms per loop ({} for execve; +10% warm-up), each in a fresh process",
         read_trim("/proc/sys/kernel/osrelease"),
         read_trim("/sys/kernel/security/lsm"),
@@ -689,11 +680,7 @@ fn bench(opts: Opts) -> Res<()> {
         Some(Err(e)) => r.push(format!("per-program statistics: not available ({e})")),
         None => {}
     }
-    r.push(REPORT_END.into());
-    let mut stdout = std::io::stdout().lock();
-    for line in r {
-        let _ = writeln!(stdout, "{line}");
-    }
+    governance_bench::print_report(REPORT_BEGIN, &opts.label, &r);
     drop(env);
     Ok(())
 }
