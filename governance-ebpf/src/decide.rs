@@ -1,0 +1,391 @@
+//! The decision every program shares: which agent the current task belongs to (`Agent`,
+//! `current_agent`), what its tables say (`apply`, with the throttle bucket, sandbox mark and
+//! escalation grant a verdict needs), how the decision is reported (`emit`) and returned to an
+//! LSM hook (`lsm_ret`), and the drop and decision counters.
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+    generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+        bpf_ktime_get_ns,
+    },
+};
+use governance_common::{
+    AgentKey, AgentValue, BUCKET_TEMPLATE, BucketKey, Cause, Counter, EVENTS_RING_BYTES, Event,
+    GrantKey, Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, slot,
+};
+
+use crate::{
+    kernel::{
+        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
+        OFF_TASK_REAL_PARENT, OFF_TASK_TGID, off, read_at,
+    },
+    maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE},
+};
+
+#[inline(always)]
+pub(crate) fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper call without pointer arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The agent the current task belongs to.
+pub(crate) struct Agent {
+    pub(crate) value: AgentValue,
+    pub(crate) generation: u32,
+    /// cgroup id of the agent root.
+    pub(crate) root: u64,
+    /// cgroup id of the task itself.
+    pub(crate) cgroup: u64,
+    pub(crate) tgid: u32,
+    pub(crate) sandboxed: bool,
+}
+
+/// The agent of the current task, or None for tasks outside every agent.
+///
+/// Walks the cgroup ancestry top-down (level 1 is the first level below the root) and stops at
+/// the first agent root, so the outermost agent governs: a task cannot escape its agent's policy
+/// by having a descendant cgroup labelled as some other agent. The helper returns 0 past the
+/// task's own level, which ends the walk early; the constant bound is for the verifier.
+///
+/// A process that a sandbox verdict marked runs under its profile's class instead. A profile
+/// the current generation does not have blocks everything (fail closed, see `no_profile`).
+#[inline(always)]
+pub(crate) fn current_agent() -> Option<Agent> {
+    let generation = STATE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return None;
+    }
+    let slot = slot(generation);
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: helper call without pointer arguments.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return None;
+        }
+        let key = AgentKey {
+            cgroup_id: id,
+            slot,
+            profile: 0,
+        };
+        // SAFETY: the map value is Copy and read immediately.
+        if let Some(found) = unsafe { AGENTS.get(&key) } {
+            let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+            let mut agent = Agent {
+                value: *found,
+                generation,
+                root: id,
+                // SAFETY: helper call without pointer arguments.
+                cgroup: unsafe { bpf_get_current_cgroup_id() },
+                tgid,
+                sandboxed: false,
+            };
+            // SAFETY: as above.
+            if let Some(profile) = unsafe { SANDBOXED.get(&tgid) } {
+                agent.sandboxed = true;
+                let key = AgentKey {
+                    cgroup_id: 0,
+                    slot,
+                    profile: *profile,
+                };
+                // SAFETY: as above.
+                agent.value = match unsafe { AGENTS.get(&key) } {
+                    Some(v) => *v,
+                    None => no_profile(),
+                };
+            }
+            return Some(agent);
+        }
+        level += 1;
+    }
+    None
+}
+
+/// The class of a sandboxed process whose profile is gone: no rules, every default blocks.
+#[inline(always)]
+fn no_profile() -> AgentValue {
+    let block = RulePair {
+        enforce: RuleRef {
+            rule_id: NO_RULE,
+            verdict: Verdict::Block as u8,
+            present: 1,
+            aux: 0,
+        },
+        shadow: RuleRef::default(),
+    };
+    AgentValue {
+        class: 0,
+        allow: 0,
+        exec_default: block,
+        file_default: block,
+        net_default: block,
+    }
+}
+
+/// A decision, before it is reported.
+pub(crate) struct Decision {
+    pub(crate) kind: Kind,
+    pub(crate) verdict: Verdict,
+    pub(crate) cause: Cause,
+    pub(crate) rule_id: u32,
+    pub(crate) denied: bool,
+    pub(crate) shadow: RuleRef,
+    pub(crate) object: u64,
+    pub(crate) extra_flags: u8,
+}
+
+impl Decision {
+    pub(crate) fn builtin(kind: Kind, denied: bool) -> Self {
+        Self {
+            kind,
+            verdict: if denied {
+                Verdict::Block
+            } else {
+                Verdict::Allow
+            },
+            cause: Cause::Builtin,
+            rule_id: NO_RULE,
+            denied,
+            shadow: RuleRef::default(),
+            object: 0,
+            extra_flags: 0,
+        }
+    }
+
+    pub(crate) fn fail_closed(kind: Kind, cause: Cause) -> Self {
+        Self {
+            cause,
+            ..Self::builtin(kind, true)
+        }
+    }
+}
+
+/// Unknown verdict values (a newer daemon, a corrupted map) block: fail closed.
+#[inline(always)]
+fn verdict_of(raw: u8) -> Verdict {
+    Verdict::from_u8(raw).unwrap_or(Verdict::Block)
+}
+
+/// Apply what the tables say: the enforcing rule's verdict (or the default's), with the
+/// throttle bucket, sandbox mark and escalation grant it needs. `object` identifies the thing
+/// acted on, for escalation grants.
+#[inline(always)]
+pub(crate) fn apply(
+    kind: Kind,
+    agent: &Agent,
+    rules: Option<RulePair>,
+    default: RulePair,
+    object: u64,
+) -> Decision {
+    let (pair, cause) = match rules {
+        Some(p) if p.enforce.present != 0 => (p, Cause::Rule),
+        // Only a shadow rule matched: the default enforces, the shadow rule is reported.
+        Some(p) => (
+            RulePair {
+                enforce: default.enforce,
+                shadow: p.shadow,
+            },
+            Cause::Default,
+        ),
+        None => (default, Cause::Default),
+    };
+    let rule = pair.enforce;
+    let verdict = verdict_of(rule.verdict);
+    let mut d = Decision {
+        kind,
+        verdict,
+        cause,
+        rule_id: rule.rule_id,
+        denied: false,
+        shadow: if pair.shadow.present != 0 && pair.shadow.verdict != rule.verdict {
+            pair.shadow
+        } else {
+            RuleRef::default()
+        },
+        object,
+        extra_flags: 0,
+    };
+    match verdict {
+        Verdict::Allow => {}
+        Verdict::Block => d.denied = true,
+        Verdict::Throttle => d.denied = !take_token(agent.value.class, &rule),
+        Verdict::Sandbox => {
+            // Marked from now on, children included (sched_process_fork). If the mark cannot
+            // be stored, the action is refused rather than run unconstrained.
+            let profile = u32::from(rule.aux);
+            if SANDBOXED.insert(&agent.tgid, &profile, 0).is_err() {
+                count(Counter::MapFull);
+                d.denied = true;
+            }
+        }
+        Verdict::Escalate => {
+            let key = GrantKey {
+                cgroup_id: agent.root,
+                kind: kind as u8,
+                _pad: [0; 7],
+                object,
+            };
+            // SAFETY: the value is read immediately.
+            match unsafe { GRANTS.get(&key) } {
+                Some(expiry) if *expiry > now() => d.cause = Cause::Granted,
+                _ => d.denied = true,
+            }
+        }
+    }
+    d
+}
+
+/// Take one token from the rule's bucket; false when empty.
+///
+/// The bucket is per agent and rule, per agent, or shared by all agents of the rule (the rule's
+/// `aux`, see governance_common::BUCKET_TEMPLATE). A missing bucket is created from the rule's
+/// template, full; if that fails the action is refused (fail closed) and counted.
+///
+/// Two CPUs racing on one bucket may both see the same token: the refill and take are plain
+/// loads and stores (bpf_spin_lock needs BTF-described maps, which this toolchain does not
+/// emit), so the bound is exact on one CPU and may be exceeded by one per racing CPU.
+#[inline(always)]
+fn take_token(class: u32, rule: &RuleRef) -> bool {
+    let key = match rule.aux {
+        1 => BucketKey {
+            class,
+            rule_id: NO_RULE,
+        },
+        2 => BucketKey {
+            class: 0,
+            rule_id: rule.rule_id,
+        },
+        _ => BucketKey {
+            class,
+            rule_id: rule.rule_id,
+        },
+    };
+    let b = match BUCKETS.get_ptr_mut(&key) {
+        Some(b) => b,
+        None => {
+            let template = BucketKey {
+                class: BUCKET_TEMPLATE,
+                rule_id: rule.rule_id,
+            };
+            // SAFETY: the value is copied immediately.
+            let Some(full) = (unsafe { BUCKETS.get(&template) }).copied() else {
+                count(Counter::MapFull);
+                return false;
+            };
+            let _ = BUCKETS.insert(&key, &full, BPF_NOEXIST);
+            match BUCKETS.get_ptr_mut(&key) {
+                Some(b) => b,
+                None => {
+                    count(Counter::MapFull);
+                    return false;
+                }
+            }
+        }
+    };
+    // SAFETY: a map value pointer, valid for the program's run.
+    let b = unsafe { &mut *b };
+    let t = now();
+    if b.last_ns == 0 || t < b.last_ns {
+        b.last_ns = t;
+    } else if let Some(refill) = (t - b.last_ns).checked_div(b.interval_ns)
+        && refill > 0
+    {
+        b.tokens = if b.tokens + refill > b.capacity {
+            b.capacity
+        } else {
+            b.tokens + refill
+        };
+        b.last_ns += refill * b.interval_ns;
+    }
+    if b.tokens == 0 {
+        return false;
+    }
+    b.tokens -= 1;
+    true
+}
+
+/// Report a decision. `fill` writes the action-specific fields (path, address, detail).
+#[inline(always)]
+pub(crate) fn emit(agent: &Agent, d: &Decision, fill: impl FnOnce(&mut Event)) {
+    count(Counter::Decisions);
+    if d.denied {
+        count(Counter::Denials);
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    // SAFETY: the entry is a reserved, exclusively owned record of size_of::<Event>() bytes.
+    // Every field is written before submit, except the tail of `path` past its NUL.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    ev.time_ns = now();
+    ev.cgroup_id = agent.cgroup;
+    ev.agent_cgroup = agent.root;
+    ev.object = d.object;
+    ev.pid = pid_tgid as u32;
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.ppid = parent_tgid();
+    ev.uid = bpf_get_current_uid_gid() as u32;
+    ev.class = agent.value.class;
+    ev.rule_id = d.rule_id;
+    ev.shadow_rule_id = d.shadow.rule_id;
+    ev.generation = agent.generation;
+    ev.kind = d.kind as u8;
+    ev.verdict = d.verdict as u8;
+    ev.cause = d.cause as u8;
+    let mut f = d.extra_flags;
+    if d.denied {
+        f |= flags::DENIED;
+    }
+    if d.shadow.present != 0 {
+        f |= flags::SHADOW;
+    }
+    if agent.sandboxed {
+        f |= flags::SANDBOXED;
+    }
+    ev.flags = f;
+    ev.shadow_verdict = d.shadow.verdict;
+    ev.detail = 0;
+    ev.port = 0;
+    ev.addr = [0; 16];
+    ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    ev.path[0] = 0;
+    fill(ev);
+    // No wakeup per event (about a microsecond each, and a context switch to the daemon per
+    // decision): the daemon drains on a short timer, and is woken early only when the ring is
+    // filling up.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_RING_BYTES / 8) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}
+
+/// tgid of the current task's parent (0 if unreadable).
+#[inline(always)]
+fn parent_tgid() -> u32 {
+    // SAFETY: helper call without pointer arguments; reads go through probe_read.
+    unsafe {
+        let task = bpf_get_current_task();
+        match read_at::<u64>(task, off(&OFF_TASK_REAL_PARENT)) {
+            Ok(parent) => read_at::<u32>(parent, off(&OFF_TASK_TGID)).unwrap_or(0),
+            Err(_) => 0,
+        }
+    }
+}
+
+/// LSM return for a decision: 0 lets the action go on, -EPERM refuses it.
+#[inline(always)]
+pub(crate) fn lsm_ret(d: &Decision) -> i32 {
+    if d.denied { -EPERM } else { 0 }
+}

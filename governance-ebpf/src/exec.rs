@@ -1,0 +1,126 @@
+//! Exec: the `bprm_check_security` LSM hook, which decides on the file about to be executed
+//! (its identity, then its path), and the degraded `sched_process_exec` tracepoint that
+//! stands in for it on kernels without BPF LSM.
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_send_signal},
+    macros::{lsm, raw_tracepoint},
+    programs::{LsmContext, RawTracePointContext},
+};
+use governance_common::{Cause, ExecKey, Kind, access, flags};
+
+use crate::{
+    decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
+    file::{path_rules, resolve_path},
+    kernel::{
+        OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV,
+        SIGKILL, off, read_at,
+    },
+    maps::EXEC_RULES,
+};
+
+/// Exec: decide on the file the kernel is about to execute (`bprm->file`), never the name.
+///
+/// First the (device, inode) of that file against exact exec rules: the identity holds
+/// whatever name led to it (symlink, hardlink, /proc/self/root, /proc/self/fd/N, execveat).
+/// Then its resolved path (bpf_d_path) against prefix rules. Then the default. The hook runs
+/// for each interpreter of a `#!` chain too.
+#[lsm(hook = "bprm_check_security")]
+pub fn bprm_check_security(ctx: LsmContext) -> i32 {
+    // int bprm_check_security(struct linux_binprm *bprm); the last argument is the return
+    // value of the BPF LSM programs that ran before this one. Never overturn a denial.
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let bprm: u64 = ctx.arg(0);
+    // A direct load from the BTF-typed `bprm`, so the verifier types `file` as a
+    // `struct file *` (bpf_d_path needs that; bpf_probe_read would give a plain number).
+    // SAFETY: the verifier turns this into a fault-tolerant kernel load.
+    let file: u64 = unsafe { core::ptr::read_volatile((bprm + off(&OFF_BPRM_FILE)) as *const u64) };
+    let d = exec_decision(&agent, file, true);
+    emit(&agent, &d, |ev| {
+        // The name the exec was asked for, for the record; the decision used the file.
+        // SAFETY: see read_at.
+        if let Ok(name) = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILENAME)) } {
+            // SAFETY: bounded by the destination buffer; errors leave path empty.
+            if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path) }.is_err()
+            {
+                ev.path[0] = 0;
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
+#[inline(always)]
+fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decision {
+    let class = agent.value.class;
+    let default = agent.value.exec_default;
+    let (dev, ino) = match file_identity(file) {
+        Ok(id) => id,
+        Err(_) => return Decision::fail_closed(Kind::Exec, Cause::Unreadable),
+    };
+    let object = ((dev as u64) << 32) ^ ino;
+    let key = ExecKey { class, dev, ino };
+    // SAFETY: the value is read immediately.
+    if let Some(rules) = unsafe { EXEC_RULES.get(&key) } {
+        return apply(Kind::Exec, agent, Some(*rules), default, object);
+    }
+    if !with_path {
+        return apply(Kind::Exec, agent, None, default, object);
+    }
+    match resolve_path(file, class) {
+        Ok(key) => {
+            let rules = path_rules(key, access::EXEC);
+            apply(Kind::Exec, agent, rules, default, object)
+        }
+        Err(cause) => Decision::fail_closed(Kind::Exec, cause),
+    }
+}
+
+/// (device, inode) of `file`: the object itself, whatever name led to it.
+#[inline(always)]
+fn file_identity(file: u64) -> Result<(u32, u64), i32> {
+    // SAFETY: see read_at.
+    unsafe {
+        let inode: u64 = read_at(file, off(&OFF_FILE_INODE))?;
+        let ino: u64 = read_at(inode, off(&OFF_INODE_INO))?;
+        let sb: u64 = read_at(inode, off(&OFF_INODE_SB))?;
+        let dev: u32 = read_at(sb, off(&OFF_SB_DEV))?;
+        Ok((dev, ino))
+    }
+}
+
+/// Degraded exec enforcement, for kernels without BPF LSM: right after an exec, decide on the
+/// executed file's identity and SIGKILL the process if the policy blocks it. Weaker than the
+/// LSM: the exec has happened (the new image is mapped, and may have run until the signal is
+/// delivered on the way back to user space), and only exact (inode) rules and the default apply.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let bprm: u64 = ctx.arg(2);
+    // SAFETY: see read_at.
+    let file = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILE)) }.unwrap_or(0);
+    let mut d = exec_decision(&agent, file, false);
+    // SAFETY: helper call without pointer arguments.
+    if d.denied && unsafe { bpf_send_signal(SIGKILL) } == 0 {
+        d.extra_flags |= flags::KILLED;
+    }
+    emit(&agent, &d, |ev| {
+        // SAFETY: see read_at.
+        if let Ok(name) = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILENAME)) } {
+            // SAFETY: bounded by the destination buffer; errors leave path empty.
+            if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path) }.is_err()
+            {
+                ev.path[0] = 0;
+            }
+        }
+    });
+    0
+}

@@ -1,0 +1,188 @@
+//! File opens: the `file_open` LSM hook, and the path helpers it shares with exec (resolving a
+//! file's path into the per-CPU path key, looking it up in the class's path rules, copying and
+//! hashing it).
+use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_d_path},
+    macros::lsm,
+    maps::lpm_trie::Key,
+    programs::LsmContext,
+};
+use governance_common::{Cause, Event, Kind, PATH_MAX, PathKey, RulePair, access};
+
+use crate::{
+    decide::{Decision, apply, current_agent, emit, lsm_ret},
+    kernel::{
+        FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
+        OFF_FILE_MODE, OFF_FILE_PATH, off, read_at,
+    },
+    maps::{PATH_RULES, PATH_SCRATCH},
+};
+
+/// Resolve `file`'s path into the per-CPU path key (after the class and access bytes).
+/// Ok(key) or the cause to fail closed with.
+#[inline(always)]
+pub(crate) fn resolve_path(file: u64, class: u32) -> Result<&'static mut Key<PathKey>, Cause> {
+    let key = PATH_SCRATCH.get_ptr_mut(0).ok_or(Cause::Unreadable)?;
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let key = unsafe { &mut *key };
+    key.prefix_len = ((5 + PATH_MAX) * 8) as u32;
+    key.data.class_be = class.to_be_bytes();
+    // `file` came from the hook's BTF-typed arguments (or a field load from one), so the
+    // verifier knows `file + f_path` is a `struct path *`, as bpf_d_path requires.
+    // SAFETY: the helper writes at most PATH_MAX bytes into the buffer.
+    let n = unsafe {
+        bpf_d_path(
+            (file + off(&OFF_FILE_PATH)) as *mut _,
+            key.data.path.as_mut_ptr().cast(),
+            PATH_MAX as u32,
+        )
+    };
+    if n < 0 {
+        // -ENAMETOOLONG: longer than a path rule can describe. Deny, never guess.
+        return Err(if n == -36 {
+            Cause::TooLong
+        } else {
+            Cause::Unreadable
+        });
+    }
+    Ok(key)
+}
+
+/// The path rules for one access letter, or None.
+#[inline(always)]
+pub(crate) fn path_rules(key: &mut Key<PathKey>, access: u8) -> Option<RulePair> {
+    key.data.access = access;
+    PATH_RULES.get(&*key).copied()
+}
+
+/// Fold one access's answer (its rules, else the default) into the most severe so far.
+#[inline(always)]
+fn more_severe(
+    worst: Option<RulePair>,
+    found: Option<RulePair>,
+    default: RulePair,
+    matched: &mut bool,
+) -> Option<RulePair> {
+    *matched |= found.is_some();
+    let pair = match found {
+        Some(p) if p.enforce.present != 0 => p,
+        Some(p) => RulePair {
+            enforce: default.enforce,
+            shadow: p.shadow,
+        },
+        None => default,
+    };
+    match worst {
+        Some(w) if w.enforce.verdict >= pair.enforce.verdict => Some(w),
+        _ => Some(pair),
+    }
+}
+
+/// Copy the resolved path into the event.
+#[inline(always)]
+fn copy_path(ev: &mut Event, path: &[u8; PATH_MAX]) {
+    // SAFETY: bounded by the destination buffer; the source is a NUL-terminated kernel string.
+    if unsafe { bpf_probe_read_kernel_str_bytes(path.as_ptr(), &mut ev.path) }.is_err() {
+        ev.path[0] = 0;
+    }
+}
+
+/// FNV-1a of the resolved path (see governance_common::path_hash).
+#[inline(always)]
+fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < PATH_MAX {
+        let c = path[i];
+        if c == 0 {
+            break;
+        }
+        h ^= c as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
+}
+
+/// File opens: the resolved path of the opened file against the class's path rules, once per
+/// access the open asks for (read, write, create, truncate); the most severe answer wins.
+/// Opens for exec are decided by the exec hook, not here.
+#[lsm(hook = "file_open")]
+pub fn file_open(ctx: LsmContext) -> i32 {
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let file: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    let (fmode, fflags) = unsafe {
+        match (
+            read_at::<u32>(file, off(&OFF_FILE_MODE)),
+            read_at::<u32>(file, off(&OFF_FILE_FLAGS)),
+        ) {
+            (Ok(m), Ok(f)) => (m, f),
+            _ => {
+                let d = Decision::fail_closed(Kind::File, Cause::Unreadable);
+                emit(&agent, &d, |_| {});
+                return lsm_ret(&d);
+            }
+        }
+    };
+    // Opens for exec (the binary, a #! interpreter) are decided by the exec hook. The open
+    // flag (__FMODE_EXEC) is what this kernel's open_exec sets; FMODE_EXEC may come later.
+    if fmode & FMODE_EXEC != 0 || fflags & FMODE_EXEC_FLAG != 0 {
+        return 0;
+    }
+    let read = fmode & FMODE_READ != 0;
+    let write = fmode & FMODE_WRITE != 0;
+    let create = fflags & O_CREAT != 0;
+    let truncate = fflags & O_TRUNC != 0;
+    let asked =
+        u8::from(read) | u8::from(write) << 1 | u8::from(create) << 2 | u8::from(truncate) << 3;
+    let key = match resolve_path(file, agent.value.class) {
+        Ok(key) => key,
+        Err(cause) => {
+            let d = Decision::fail_closed(Kind::File, cause);
+            emit(&agent, &d, |ev| ev.detail = asked);
+            return lsm_ret(&d);
+        }
+    };
+    // The most severe of the per-access answers (verdicts are ordered by severity). Written
+    // out per access: an indexed array of letters makes the verifier see pointer arithmetic.
+    let default = agent.value.file_default;
+    let mut worst: Option<RulePair> = None;
+    let mut matched = false;
+    if read {
+        worst = more_severe(worst, path_rules(key, access::READ), default, &mut matched);
+    }
+    if write {
+        worst = more_severe(worst, path_rules(key, access::WRITE), default, &mut matched);
+    }
+    if create {
+        worst = more_severe(
+            worst,
+            path_rules(key, access::CREATE),
+            default,
+            &mut matched,
+        );
+    }
+    if truncate {
+        worst = more_severe(
+            worst,
+            path_rules(key, access::TRUNCATE),
+            default,
+            &mut matched,
+        );
+    }
+    let object = hash_path(&key.data.path);
+    let rules = if matched { worst } else { None };
+    let d = apply(Kind::File, &agent, rules, agent.value.file_default, object);
+    emit(&agent, &d, |ev| {
+        ev.detail = asked;
+        copy_path(ev, &key.data.path);
+    });
+    lsm_ret(&d)
+}

@@ -1,0 +1,55 @@
+//! Every BPF map of the object: the tables the daemon writes (policy, grants, buckets,
+//! protected and sandboxed processes, the proxy's address), the ones the programs fill for the
+//! daemon and the proxy (events, counters, proxy connection records), and the per-CPU scratch
+//! the programs use in place of stack. Names are the symbol names, which the daemon opens
+//! (see governance_common::maps).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+};
+use governance_common::{
+    AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
+    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES,
+    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, NetKey, NetValue, OrigDst, PathKey, ProxyAddr,
+    RulePair,
+};
+
+#[map]
+pub(crate) static STATE: Array<u32> = Array::with_max_entries(2, 0);
+#[map]
+pub(crate) static AGENTS: HashMap<AgentKey, AgentValue> = HashMap::with_max_entries(MAX_AGENTS, 0);
+#[map]
+pub(crate) static EXEC_RULES: HashMap<ExecKey, RulePair> =
+    HashMap::with_max_entries(MAX_EXEC_RULES, 0);
+#[map]
+pub(crate) static PATH_RULES: LpmTrie<PathKey, RulePair> =
+    LpmTrie::with_max_entries(MAX_PATH_RULES, 0);
+#[map]
+pub(crate) static NET_RULES: LpmTrie<NetKey, NetValue> =
+    LpmTrie::with_max_entries(MAX_NET_RULES, 0);
+#[map]
+pub(crate) static BUCKETS: HashMap<BucketKey, Bucket> = HashMap::with_max_entries(MAX_BUCKETS, 0);
+#[map]
+pub(crate) static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX_GRANTS, 0);
+#[map]
+pub(crate) static SANDBOXED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SANDBOXED, 0);
+#[map]
+pub(crate) static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
+#[map]
+pub(crate) static PROXY: Array<ProxyAddr> = Array::with_max_entries(1, 0);
+#[map]
+pub(crate) static ORIG_DST: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
+#[map]
+pub(crate) static PROXY_CONNS: LruHashMap<ConnKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_PROXY_CONNS, 0);
+#[map]
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+pub(crate) static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTERS_LEN, 0);
+/// Per-CPU scratch for a proxy connection's record (see `record_for_proxy`).
+#[map]
+pub(crate) static ORIG_SCRATCH: PerCpuArray<OrigDst> = PerCpuArray::with_max_entries(1, 0);
+/// Per-CPU scratch for the path key: 260 bytes do not fit the 512-byte stack beside the rest.
+#[map]
+pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);

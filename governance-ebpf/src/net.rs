@@ -1,0 +1,282 @@
+//! Network: the cgroup socket-address programs (connect4/6, sendmsg4/6), which decide on a
+//! destination and may send a connect through the policy proxy, and the `sock_ops` program
+//! that files each proxied connection's record under its source port for the proxy.
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::bpf_get_socket_cookie,
+    macros::{cgroup_sock_addr, sock_ops},
+    maps::lpm_trie::Key,
+    programs::{SockAddrContext, SockOpsContext},
+};
+use governance_common::{
+    Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, flags, net_object, proto,
+};
+
+use crate::{
+    decide::{Agent, Decision, apply, count, current_agent, emit},
+    kernel::{AF_INET, AF_INET6, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
+    maps::{NET_RULES, ORIG_DST, ORIG_SCRATCH, PROXY, PROXY_CONNS},
+};
+
+/// Network: the destination (IPv4 as IPv4-mapped IPv6) against the class's prefix table. One
+/// longest-prefix lookup yields every rule that covers the address, most specific first; the
+/// first whose port and protocol match decides.
+#[inline(always)]
+fn net_decision(
+    kind: Kind,
+    agent: &Agent,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u8,
+) -> (Decision, bool) {
+    let key = Key::new(
+        ((4 + 16) * 8) as u32,
+        NetKey {
+            class_be: agent.value.class.to_be_bytes(),
+            addr,
+        },
+    );
+    let mut rules: Option<RulePair> = None;
+    let mut via_proxy = false;
+    if let Some(v) = NET_RULES.get(&key) {
+        let mut pair = RulePair::default();
+        let mut i = 0;
+        while i < NET_SLOTS {
+            if i as u32 >= v.len {
+                break;
+            }
+            let e = &v.entries[i];
+            if port >= e.port_lo
+                && port <= e.port_hi
+                && (e.proto == proto::ANY || e.proto == protocol)
+            {
+                if e.shadow != 0 {
+                    if pair.shadow.present == 0 {
+                        pair.shadow = e.rule;
+                    }
+                } else {
+                    pair.enforce = e.rule;
+                    via_proxy = e.via_proxy != 0;
+                    break;
+                }
+            }
+            i += 1;
+        }
+        if pair.enforce.present != 0 || pair.shadow.present != 0 {
+            rules = Some(pair);
+        }
+    }
+    let object = net_object(&addr, port);
+    let d = apply(kind, agent, rules, agent.value.net_default, object);
+    (d, via_proxy)
+}
+
+#[inline(always)]
+fn mapped4(ip4_be: u32) -> [u8; 16] {
+    let b = ip4_be.to_ne_bytes(); // user_ip4 holds the address in network byte order.
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
+    ]
+}
+
+#[inline(always)]
+fn ip6(words: [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = words[i].to_ne_bytes();
+        a[i * 4] = b[0];
+        a[i * 4 + 1] = b[1];
+        a[i * 4 + 2] = b[2];
+        a[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    a
+}
+
+/// Is `addr:port` where the policy proxy listens? (`addr` IPv6 or IPv4-mapped.)
+/// Compared word by word: building the two candidate addresses would cost 32 bytes of the
+/// 512-byte stack.
+#[inline(always)]
+fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
+    if p.enabled == 0 || u32::from(port.to_be()) != p.port {
+        return false;
+    }
+    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let (w0, w1, w2, w3) = (w(0), w(4), w(8), w(12));
+    let v4 = w0 == 0 && w1 == 0 && w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]) && w3 == p.ip4;
+    v4 || (w0 == p.ip6[0] && w1 == p.ip6[1] && w2 == p.ip6[2] && w3 == p.ip6[3])
+}
+
+/// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
+/// the handshake (see `sock_ops`) files it under the client's port for the proxy to find.
+/// The record is built in per-CPU scratch: the connect programs' stack is nearly full (6.1's
+/// verifier counts 512 bytes across the whole call chain, so no subprogram either).
+#[inline(always)]
+fn record_for_proxy(
+    ctx: &SockAddrContext,
+    agent: &Agent,
+    addr: &[u8; 16],
+    port: u16,
+    redirected: bool,
+) -> bool {
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let Some(orig) = ORIG_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let orig = unsafe { &mut *orig };
+    orig.addr = if redirected { *addr } else { [0; 16] };
+    orig.port = if redirected { port } else { 0 };
+    orig.redirected = u8::from(redirected);
+    orig._pad = 0;
+    orig.tgid = agent.tgid;
+    orig.agent_cgroup = agent.root;
+    orig.cgroup_id = agent.cgroup;
+    orig.generation = agent.generation;
+    orig._pad2 = 0;
+    ORIG_DST.insert(&cookie, &*orig, 0).is_ok()
+}
+
+/// Shared body of the four cgroup socket-address programs: 1 lets the call go on, 0 refuses
+/// it with EPERM.
+///
+/// An agent's TCP connect to the proxy itself is always let through (it is governed there) and
+/// recorded, so the proxy can tell which agent is calling. A `via_proxy` rule sends the connect
+/// to the proxy instead: the destination is rewritten and the original recorded. Whatever
+/// cannot go through the proxy (UDP, no proxy listening, no room to record) is refused: a
+/// `via_proxy` action never goes out direct.
+#[inline(always)]
+fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 1;
+    };
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the context pointer is valid for the program's run; these are plain ctx loads.
+    let (addr, port_be, protocol) = unsafe {
+        let addr = if v6 {
+            ip6((*sa).user_ip6)
+        } else {
+            mapped4((*sa).user_ip4)
+        };
+        (addr, (*sa).user_port, (*sa).protocol)
+    };
+    let port = u16::from_be(port_be as u16);
+    let protocol = protocol as u8;
+    let tcp_connect = kind == Kind::Connect && protocol == proto::TCP;
+    let Some(proxy) = PROXY.get(0) else {
+        return 0; // the map always has its one entry; fail closed if not
+    };
+    let (mut d, via_proxy) = if is_proxy(proxy, &addr, port) {
+        let mut d = Decision::builtin(kind, false);
+        if tcp_connect && !record_for_proxy(ctx, &agent, &addr, port, false) {
+            count(Counter::MapFull);
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        }
+        (d, false)
+    } else {
+        net_decision(kind, &agent, addr, port, protocol)
+    };
+    if via_proxy && !d.denied {
+        if proxy.enabled == 0 || !tcp_connect {
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        } else if !record_for_proxy(ctx, &agent, &addr, port, true) {
+            count(Counter::MapFull);
+            d = Decision::fail_closed(kind, Cause::NoProxy);
+        } else {
+            // SAFETY: connect programs may rewrite the destination (4-byte ctx stores).
+            unsafe {
+                if !v6 {
+                    (*sa).user_ip4 = proxy.ip4;
+                } else if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+                    // A dual-stack socket going to an IPv4 address: to the proxy's IPv4
+                    // address, IPv4-mapped.
+                    set_ip6(
+                        sa,
+                        [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), proxy.ip4],
+                    );
+                } else {
+                    set_ip6(sa, proxy.ip6);
+                }
+                (*sa).user_port = proxy.port;
+            }
+            d.extra_flags |= flags::PROXIED;
+        }
+    }
+    emit(&agent, &d, |ev| {
+        ev.addr = addr;
+        ev.port = port;
+        ev.detail = protocol;
+    });
+    if d.denied { 0 } else { 1 }
+}
+
+/// Rewrite `user_ip6`. One 4-byte store per word: an array assignment compiles to a byte copy,
+/// and the verifier allows only whole-word stores to the context.
+#[inline(always)]
+unsafe fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
+    // SAFETY: the caller's context pointer; constant indexes within the array.
+    unsafe {
+        core::ptr::write_volatile(&mut (*sa).user_ip6[0], w[0]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[1], w[1]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[2], w[2]);
+        core::ptr::write_volatile(&mut (*sa).user_ip6[3], w[3]);
+    }
+}
+
+/// When an agent's connection to the proxy is established (the client side, before the proxy
+/// can accept it), file its record under the client's source port: the proxy looks it up by
+/// the peer port of the connection it accepts. Every other socket passes untouched.
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        return 1;
+    }
+    // SAFETY: the helper takes the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: the value is copied immediately.
+    let Some(orig) = (unsafe { ORIG_DST.get(&cookie) }).copied() else {
+        return 1;
+    };
+    // The family on the wire, as the proxy sees its peer: a dual-stack socket talking to an
+    // IPv4-mapped address is IPv4.
+    let mut family = ctx.family();
+    if family == AF_INET6 {
+        let r = ctx.remote_ip6();
+        if r[0] == 0 && r[1] == 0 && r[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+            family = AF_INET;
+        }
+    }
+    let key = ConnKey {
+        port: ctx.local_port(),
+        family,
+    };
+    if PROXY_CONNS.insert(&key, &orig, 0).is_err() {
+        // The proxy will not find the connection and refuses it: fail closed.
+        count(Counter::MapFull);
+    }
+    let _ = ORIG_DST.remove(&cookie);
+    1
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Kind::Connect, false)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Kind::Connect, true)
+}
+
+/// Unconnected UDP (sendto/sendmsg with an address): the same table as connect.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Kind::Send, false)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr(&ctx, Kind::Send, true)
+}
