@@ -3,6 +3,7 @@
 # It runs unmodified inside the agent cgroup; it knows nothing about governance.
 # (Tools are called by path: busybox's shell would otherwise run its own built-in applets.)
 say() { echo "[agent] $*"; }
+# Pacing for a human watching the demo, not synchronisation: nothing waits on it.
 pause() { sleep 0.7; }
 METADATA=169.254.169.254
 PAYMENTS=10.0.0.10
@@ -42,14 +43,19 @@ say "tool call: run the third-party tool /usr/bin/ash (sandboxed: no network, wr
 pause
 
 say "tool call: read_file /governance/demo/payments.csv (escalated to a human)"
+# The tool retries once a second until a human has approved, 30 attempts at most. Each refused
+# attempt says so: the demo's summary checks that each one is an ESCALATE event.
+read_ok=""
 for i in $(seq 1 30); do
     if /bin/cat /governance/demo/payments.csv 2>/dev/null; then
         say "  -> approved, read on attempt $i"
+        read_ok=yes
         break
     fi
     say "  attempt $i: refused for now, waiting for a human"
-    sleep 1
+    sleep 1 # the retry interval
 done
+[ -n "$read_ok" ] || say "  -> gave up: no human approved the read within 30 attempts"
 pause
 
 # The payments API, as the agent's HTTP tool calls it. The kernel sends the connection to the

@@ -6,10 +6,11 @@ mod setup;
 mod vm;
 
 use std::{
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, IsTerminal as _, Read as _, Write as _},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
-    time::Duration,
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -30,6 +31,11 @@ struct Cli {
 enum Cmd {
     /// Install the toolchain and VM pieces: nightly rust-src, LLVM 22, bpf-linker 0.13, qemu,
     /// busybox, cpio, bpftool and Debian's 6.1 kernel. Idempotent; fast when all is there.
+    ///
+    /// Never removes a package: each apt install is simulated first. When apt's qemu would
+    /// replace one (a newer qemu-utils, say), qemu is extracted into ~/.cache/governance/qemu
+    /// and run from there instead (GOVERNANCE_SETUP_QEMU=extract asks for that anyway); any
+    /// other removal stops the setup, unless GOVERNANCE_SETUP_ALLOW_REMOVE=1.
     Setup,
     /// Build the daemon (with its eBPF object) and the kernel test executables.
     Build,
@@ -137,10 +143,11 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Bench { which } if which == "http" => {
             progress("building the HTTP proxy benchmark (release)");
+            // Not --quiet: a first release build takes minutes, and cargo's "Compiling" lines
+            // are what shows it is moving.
             run(Command::new("cargo").args([
                 "run",
                 "--release",
-                "--quiet",
                 "-p",
                 "governance-bench",
                 "--bin",
@@ -151,14 +158,7 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Bench { which } => {
             progress("building the benchmarks (release)");
             run(Command::new("cargo")
-                .args([
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "governance-bench",
-                    "--",
-                ])
+                .args(["run", "--release", "-p", "governance-bench", "--"])
                 .arg(which))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -179,9 +179,80 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// Whether stderr is a terminal (where cargo draws its progress bar and escapes mean something).
+fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Bold progress lines only on a terminal, and never when NO_COLOR is set (to anything but the
+/// empty string, as https://no-color.org says): a log file or CI output gets plain text.
+fn colour() -> bool {
+    stderr_is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 /// A progress line, so long steps never look hung.
 pub fn progress(msg: &str) {
-    eprintln!("\x1b[1m[xtask]\x1b[0m {msg}");
+    if colour() {
+        eprintln!("\x1b[1m[xtask]\x1b[0m {msg}");
+    } else {
+        eprintln!("[xtask] {msg}");
+    }
+}
+
+/// How long a step may go without a word from xtask.
+pub const HEARTBEAT: Duration = Duration::from_secs(30);
+
+/// Run `f`, a long step, and print `[xtask] still <doing>: N s elapsed` every [`HEARTBEAT`]
+/// until it returns. cargo says nothing while one big crate or a build script (the eBPF build)
+/// compiles, and a test can run for minutes without output: this keeps every stretch short.
+pub fn heartbeat<T>(doing: &str, f: impl FnOnce() -> T) -> T {
+    beating(
+        HEARTBEAT,
+        doing,
+        |line| {
+            // On a terminal, first clear the line cargo's progress bar may be drawn on.
+            if stderr_is_terminal() {
+                eprint!("\r\x1b[K");
+            }
+            progress(&line);
+        },
+        f,
+    )
+}
+
+/// [`heartbeat`], saying its line with `say` every `every`.
+fn beating<T>(
+    every: Duration,
+    doing: &str,
+    say: impl Fn(String) + Send + 'static,
+    f: impl FnOnce() -> T,
+) -> T {
+    let (done, finished) = mpsc::channel::<()>();
+    let doing = doing.to_owned();
+    let started = Instant::now();
+    let beat = std::thread::spawn(move || {
+        // Woken by the step's end (the sender dropped) or by the interval passing.
+        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(every) {
+            say(format!(
+                "still {doing}: {} s elapsed",
+                started.elapsed().as_secs()
+            ));
+        }
+    });
+    let out = f();
+    drop(done);
+    let _ = beat.join();
+    out
+}
+
+/// A duration for people: `4.2 s`, `11 min 02 s`.
+fn human(d: Duration) -> String {
+    let secs = d.as_secs();
+    if secs < 60 {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} min {:02} s", secs / 60, secs % 60)
+    }
 }
 
 /// Run a command, inheriting stdio; fail with the command line on a non-zero exit.
@@ -248,32 +319,40 @@ fn cargo_executables(args: &[&str], tests: bool) -> Result<Vec<PathBuf>> {
 
 fn build() -> Result<Built> {
     progress("building governance (and its eBPF object)");
-    let governance = cargo_executables(
-        &["build", "-p", "governance-userspace", "--bin", "governance"],
-        false,
-    )?
+    // The eBPF object is built by governance-userspace's build script, which prints nothing
+    // while it runs: the heartbeat speaks for it.
+    let governance = heartbeat("building governance (and its eBPF object)", || {
+        cargo_executables(
+            &["build", "-p", "governance-userspace", "--bin", "governance"],
+            false,
+        )
+    })?
     .into_iter()
     .next()
     .context("cargo built no governance binary")?;
     progress("building the kernel test executables");
-    let vm_tests = cargo_executables(
-        &[
-            "test",
-            "-p",
-            "governance-tests",
-            "--test",
-            "vm_lsm",
-            "--no-run",
-        ],
-        true,
-    )?;
+    let vm_tests = heartbeat("building the kernel test executables", || {
+        cargo_executables(
+            &[
+                "test",
+                "-p",
+                "governance-tests",
+                "--test",
+                "vm_lsm",
+                "--no-run",
+            ],
+            true,
+        )
+    })?;
     if vm_tests.is_empty() {
         bail!("cargo built no VM test executable");
     }
-    let helper = cargo_executables(
-        &["build", "-p", "governance-tests", "--bin", "redteam-helper"],
-        false,
-    )?
+    let helper = heartbeat("building the red-team helper", || {
+        cargo_executables(
+            &["build", "-p", "governance-tests", "--bin", "redteam-helper"],
+            false,
+        )
+    })?
     .into_iter()
     .next()
     .context("cargo built no redteam-helper")?;
@@ -422,7 +501,7 @@ impl Counts {
     }
 }
 
-/// Run a cargo test command, echoing its output and counting its results.
+/// Run a cargo test command, echoing its output as it comes and counting its results.
 fn counted(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, Counts)> {
     let mut cmd = Command::new("cargo");
     cmd.args(args).stdout(Stdio::piped());
@@ -432,78 +511,139 @@ fn counted(args: &[&str], env: &[(&str, &Path)]) -> Result<(bool, Counts)> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting cargo {}", args.join(" ")))?;
+    let mut stdout = child.stdout.take().context("stdout")?;
+    let mut out = std::io::stdout();
     let mut counts = Counts::default();
-    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
-        let line = line?;
-        println!("{line}");
-        counts.add_line(&line);
+    // Echoed as it is read, not line by line: libtest's progress dots and `test name ... `
+    // come before their newline.
+    let mut pending = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stdout.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading cargo test's output"),
+        };
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+        pending.extend_from_slice(&buf[..n]);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            counts.add_line(String::from_utf8_lossy(&line).trim_end());
+        }
+    }
+    if !pending.is_empty() {
+        counts.add_line(String::from_utf8_lossy(&pending).trim_end());
     }
     Ok((child.wait()?.success(), counts))
 }
 
+/// How long each step of `cargo xtask test` took, for the end of its report.
+#[derive(Default)]
+struct Steps(Vec<(&'static str, Duration)>);
+
+impl Steps {
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = f();
+        self.0.push((name, started.elapsed()));
+        out
+    }
+}
+
 fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
-    setup::ensure()?;
+    let started = Instant::now();
+    let mut steps = Steps::default();
+    steps.time("setup", setup::ensure)?;
     if !setup::is_root() {
         bail!(
             "the kernel tests load eBPF programs and create cgroups, so `cargo xtask test` must run as root"
         );
     }
+    // No --quiet for cargo anywhere below: on a fresh clone clippy and the test builds compile
+    // for minutes, and cargo's "Compiling ..." lines (on stderr) are what shows them moving.
     progress("checking formatting (cargo fmt --check)");
-    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    steps.time("formatting", || {
+        heartbeat("checking formatting", || {
+            run(Command::new("cargo").args(["fmt", "--all", "--check"]))
+        })
+    })?;
     progress("linting (cargo clippy --workspace --all-targets -D warnings)");
-    run(Command::new("cargo").args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--quiet",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
-    let b = build()?;
+    steps.time("clippy", || {
+        heartbeat("linting (cargo clippy)", || {
+            run(Command::new("cargo").args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        })
+    })?;
+    let b = steps.time("build", build)?;
     let mut places: Vec<(&str, bool, Counts)> = Vec::new();
 
     progress("unit tests (host)");
-    let (ok, c) = counted(&["test", "--quiet"], &[])?;
+    // `-- --quiet`: libtest prints a dot per test (echoed as they come), cargo its progress.
+    let (ok, c) = steps.time("unit tests", || {
+        heartbeat("building and running the unit tests", || {
+            counted(&["test", "--", "--quiet"], &[])
+        })
+    })?;
     places.push(("unit tests, host", ok, c));
 
     progress("policy check and policy tests (policies/)");
-    run(Command::new(&b.governance).args(["policy", "check", "policies"]))?;
-    let out = Command::new(&b.governance)
-        .args(["policy", "test", "policies"])
-        .output()
-        .context("running governance policy test")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    print!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    let mut c = Counts::default();
-    text.lines().for_each(|l| c.add_line(l));
-    places.push(("policy tests (policies/)", out.status.success(), c));
+    let (ok, c) = steps.time("policy tests", || {
+        heartbeat("checking and testing the policies", || -> Result<_> {
+            run(Command::new(&b.governance).args(["policy", "check", "policies"]))?;
+            let out = Command::new(&b.governance)
+                .args(["policy", "test", "policies"])
+                .output()
+                .context("running governance policy test")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            print!("{text}{}", String::from_utf8_lossy(&out.stderr));
+            let mut c = Counts::default();
+            text.lines().for_each(|l| c.add_line(l));
+            Ok((out.status.success(), c))
+        })
+    })?;
+    places.push(("policy tests (policies/)", ok, c));
 
     progress("kernel tests on the host kernel (cgroup socket programs)");
-    let (ok, c) = counted(
-        &[
-            "test",
-            "--quiet",
-            "-p",
-            "governance-tests",
-            "--test",
-            "host_kernel",
-            "--",
-            "--nocapture",
-            // One at a time: several start daemons, floods and 1,000-cgroup churns, and they
-            // share two cores; in parallel their timing assertions measure each other.
-            "--test-threads=1",
-        ],
-        &[("GOVERNANCE_BIN", &b.governance)],
-    )?;
+    let (ok, c) = steps.time("kernel tests, host kernel", || {
+        heartbeat("building and running the host kernel tests", || {
+            counted(
+                &[
+                    "test",
+                    "-p",
+                    "governance-tests",
+                    "--test",
+                    "host_kernel",
+                    "--",
+                    "--nocapture",
+                    // One at a time: several start daemons, floods and 1,000-cgroup churns, and
+                    // they share two cores; in parallel their timing assertions measure each
+                    // other.
+                    "--test-threads=1",
+                ],
+                &[("GOVERNANCE_BIN", &b.governance)],
+            )
+        })
+    })?;
     places.push(("kernel tests, host kernel", ok, c));
 
     progress("kernel tests in the VM (BPF LSM)");
+    // The guest prints each test as it starts and ends (--nocapture, one thread); vm::boot
+    // says when the guest has been quiet for a while.
     let script = "export RUST_BACKTRACE=1 GOVERNANCE_BIN=/governance/bin/governance\n\
                   rc=0\n\
                   for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
                   exit $rc\n";
-    let vm = boot(kernel, &b, script.into(), Duration::from_secs(900));
+    let vm = steps.time("kernel tests, VM", || {
+        boot(kernel, &b, script.into(), Duration::from_secs(900))
+    });
     let (ok, c) = match &vm {
         Ok(out) => {
             let mut c = Counts::default();
@@ -548,6 +688,12 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         .filter(|(_, ok, c)| (!ok || c.passed == 0) && c.failed == 0)
         .count() as u32;
     println!("{} passed, {} failed", total.passed, total.failed + broken);
+    println!();
+    println!("time per step");
+    for (step, took) in &steps.0 {
+        println!("  {step:<28} {:>12}", human(*took));
+    }
+    println!("  {:<28} {:>12}", "total", human(started.elapsed()));
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
@@ -585,5 +731,45 @@ mod tests {
         c.add_line("redteam: control 16 connect (host)");
         c.add_line("no redteam here");
         assert_eq!((c.tried, c.denied, c.controls), (1, 1, 1));
+    }
+
+    #[test]
+    fn durations_for_people() {
+        assert_eq!(human(Duration::from_millis(4_240)), "4.2 s");
+        assert_eq!(human(Duration::from_millis(59_940)), "59.9 s");
+        assert_eq!(human(Duration::from_secs(60)), "1 min 00 s");
+        assert_eq!(human(Duration::from_secs(662)), "11 min 02 s");
+    }
+
+    #[test]
+    fn heartbeat_speaks_while_the_step_runs() {
+        let (heard, hear) = mpsc::channel();
+        let lines = beating(
+            Duration::from_millis(10),
+            "testing",
+            move |line| {
+                let _ = heard.send(line);
+            },
+            // The step ends once the heartbeat has spoken twice.
+            || {
+                let wait = Duration::from_secs(10);
+                [hear.recv_timeout(wait), hear.recv_timeout(wait)]
+                    .map(|l| l.expect("no heartbeat within 10 s while the step ran"))
+            },
+        );
+        for line in lines {
+            assert!(
+                line.starts_with("still testing: ") && line.ends_with(" s elapsed"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn heartbeat_returns_the_steps_value_at_once() {
+        // A step shorter than the interval says nothing and does not wait for the interval.
+        let started = Instant::now();
+        assert_eq!(heartbeat("testing", || 7), 7);
+        assert!(started.elapsed() < HEARTBEAT);
     }
 }

@@ -5,6 +5,8 @@
 //! [`ensure`] first, which is why the README's commands work on a fresh machine.
 
 use std::{
+    collections::BTreeSet,
+    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
@@ -12,7 +14,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{capture, progress, run};
+use crate::{capture, heartbeat, progress, run};
 
 /// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio for the VM, bpftool to inspect,
 /// curl (the demo agent's HTTP client in the VM).
@@ -28,6 +30,29 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "curl",
 ];
+
+/// The package with `qemu-system-x86_64`.
+const QEMU_PACKAGE: &str = "qemu-system-x86";
+
+/// What an extracted qemu is made of besides [`QEMU_PACKAGE`]: its modules (the TCG
+/// accelerator is one) and its firmware (`-kernel` boot with `-nodefaults` reads
+/// bios-256k.bin from seabios, linuxboot_dma.bin and kvmvapic.bin from qemu-system-data; the
+/// network ROMs of ipxe-qemu only with a NIC). Every other dependency is a shared library,
+/// installed with apt.
+const QEMU_PIECES: &[&str] = &[
+    QEMU_PACKAGE,
+    "qemu-system-common",
+    "qemu-system-data",
+    "seabios",
+    "ipxe-qemu",
+];
+
+/// `GOVERNANCE_SETUP_QEMU=extract`: use an extracted qemu even where apt could install one
+/// (to try that path, or to keep qemu out of the system's packages).
+const QEMU_ENV: &str = "GOVERNANCE_SETUP_QEMU";
+
+/// `GOVERNANCE_SETUP_ALLOW_REMOVE=1`: let apt remove packages to install ours (said loudly).
+const ALLOW_REMOVE_ENV: &str = "GOVERNANCE_SETUP_ALLOW_REMOVE";
 
 /// bpf-linker 0.13 is the release that links with LLVM 21–23 (we use Debian's LLVM 22).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -50,10 +75,11 @@ pub fn cache_dir() -> PathBuf {
 pub fn ensure() -> Result<()> {
     let started = Instant::now();
     let mut did = false;
-    did |= apt_packages()?;
-    did |= nightly_rust_src()?;
-    did |= bpf_linker()?;
-    did |= vm_kernel().map(|(_, installed)| installed)?;
+    // Each step prints as it works (apt, rustup, cargo); the heartbeat covers its quiet parts.
+    did |= heartbeat("installing Debian packages", apt_packages)?;
+    did |= heartbeat("installing rust-src", nightly_rust_src)?;
+    did |= heartbeat("building bpf-linker", bpf_linker)?;
+    did |= heartbeat("downloading the VM kernel", vm_kernel).map(|(_, installed)| installed)?;
     if did {
         progress(&format!("setup complete in {:.0?}", started.elapsed()));
     }
@@ -64,7 +90,8 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu, busybox, cpio, bpftool; VM kernel {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, bpftool; VM kernel {}",
+        qemu().program.display(),
         vm_kernel()?.0.display()
     ));
     Ok(())
@@ -75,42 +102,397 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Install what is missing of [`APT_PACKAGES`], never removing a package the user has.
+///
+/// apt resolves a conflict by removing the other side: on a machine with qemu-utils 10 from
+/// bookworm-backports (a source apt was no longer configured with, so it could not even be
+/// put back), installing bookworm's qemu-system-x86 7.2 removed it. So every install is
+/// simulated first (`apt-get -s`, its `Remv` lines) and run with `--no-remove`.
+///
+/// For qemu, the one package known to conflict this way, there is a way around: its .debs
+/// (the binary, its modules and firmware) are extracted into `cache_dir()/qemu`, like the VM
+/// kernel, and run from there (see [`qemu`]); only its shared libraries are installed, with the
+/// same check. Anything else that would remove a package stops the setup with the list and the
+/// command that accepts it, unless GOVERNANCE_SETUP_ALLOW_REMOVE=1.
 fn apt_packages() -> Result<bool> {
+    let extract_wanted = std::env::var(QEMU_ENV).is_ok_and(|v| v == "extract");
+    let extracted = extracted_qemu().is_some();
+    // An extracted qemu stands for the package; so does the wish for one.
+    let wanted: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| *p != QEMU_PACKAGE || !(extracted || extract_wanted))
+        .collect();
+    let mut missing = not_installed(&wanted)?;
+    let mut extract = extract_wanted && !extracted;
+    if missing.is_empty() && !extract {
+        return Ok(false);
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}. Run `cargo xtask setup` as root: it installs them, \
+             checking first that apt would remove nothing",
+            if missing.is_empty() {
+                format!("none, but {QEMU_ENV}=extract asks for an extracted qemu")
+            } else {
+                missing.join(" ")
+            }
+        );
+    }
+    if !missing.is_empty() {
+        progress(&format!(
+            "installing Debian packages: {} (about a minute)",
+            missing.join(" ")
+        ));
+    }
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    if missing.iter().any(|p| p == QEMU_PACKAGE) {
+        let conflict = match apt_removals(&missing) {
+            Ok(removed) if removed.is_empty() => None,
+            Ok(removed) => Some(format!("remove {}", removed.join(", "))),
+            Err(e) => Some(format!("fail ({e:#})")),
+        };
+        if let Some(conflict) = conflict {
+            let rest: Vec<String> = missing
+                .iter()
+                .filter(|p| *p != QEMU_PACKAGE)
+                .cloned()
+                .collect();
+            // Only when qemu is the cause: otherwise apt_install below refuses and says why.
+            if rest.is_empty() || apt_removals(&rest).is_ok_and(|r| r.is_empty()) {
+                progress(&format!(
+                    "installing {QEMU_PACKAGE} with apt would {conflict}: extracting it into {} \
+                     instead, your packages stay as they are",
+                    qemu_dir().display()
+                ));
+                missing = rest;
+                extract = true;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        apt_install(&missing)?;
+    }
+    if extract {
+        extract_qemu()?;
+    }
+    Ok(true)
+}
+
+/// Which of `packages` dpkg does not list as installed.
+fn not_installed<S: AsRef<str>>(packages: &[S]) -> Result<Vec<String>> {
+    if packages.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Unknown names make dpkg-query exit non-zero; what it lists is still right.
     let out = Command::new("dpkg-query")
         .args(["-W", "-f", "${Package} ${Status}\n"])
-        .args(APT_PACKAGES)
+        .args(packages.iter().map(AsRef::as_ref))
         .output()
         .context("running dpkg-query (this setup supports Debian and Ubuntu)")?;
     let listing = String::from_utf8_lossy(&out.stdout);
-    let missing: Vec<&str> = APT_PACKAGES
+    Ok(packages
         .iter()
-        .copied()
+        .map(AsRef::as_ref)
         .filter(|p| {
             !listing
                 .lines()
                 .any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed"))
         })
-        .collect();
-    if missing.is_empty() {
-        return Ok(false);
+        .map(str::to_owned)
+        .collect())
+}
+
+/// What `apt-get install` of `packages` would remove, from a simulation (`apt-get -s`, no
+/// root needed, nothing changed).
+fn apt_removals<S: AsRef<str>>(packages: &[S]) -> Result<Vec<String>> {
+    let sim = capture(
+        Command::new("apt-get")
+            .args(["-s", "install", "-y", "--no-install-recommends"])
+            .args(packages.iter().map(AsRef::as_ref))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("simulating the install (apt-get -s install)")?;
+    Ok(removals(&sim))
+}
+
+/// The packages a simulated apt run would remove: its `Remv <package> [<version>] ...` lines
+/// (`Purg` when purging), as `package (version)`.
+fn removals(sim: &str) -> Vec<String> {
+    sim.lines()
+        .filter_map(|l| l.strip_prefix("Remv ").or_else(|| l.strip_prefix("Purg ")))
+        .filter_map(|rest| {
+            let mut words = rest.split_whitespace();
+            let package = words.next()?;
+            Some(match words.next().and_then(|v| v.strip_prefix('[')) {
+                Some(v) => format!("{package} ({})", v.trim_end_matches(']')),
+                None => package.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// `apt-get install` `packages` when a simulation shows it removes nothing; otherwise stop and
+/// say what it would remove, unless GOVERNANCE_SETUP_ALLOW_REMOVE=1.
+fn apt_install<S: AsRef<str>>(packages: &[S]) -> Result<()> {
+    let names: Vec<&str> = packages.iter().map(AsRef::as_ref).collect();
+    let removed = apt_removals(&names)?;
+    let allow = std::env::var(ALLOW_REMOVE_ENV).is_ok_and(|v| v == "1");
+    if !removed.is_empty() {
+        if !allow {
+            bail!(
+                "installing {} with apt would REMOVE {}. Nothing was installed. To accept that, \
+                 run as root `apt-get install --no-install-recommends {}` yourself, or run again \
+                 with {ALLOW_REMOVE_ENV}=1",
+                names.join(" "),
+                removed.join(", "),
+                names.join(" ")
+            );
+        }
+        progress(&format!(
+            "{ALLOW_REMOVE_ENV}=1: installing {} REMOVES {}",
+            names.join(" "),
+            removed.join(", ")
+        ));
     }
-    if !is_root() {
-        bail!(
-            "missing Debian packages: {}. Install them as root: apt-get install {}",
-            missing.join(" "),
+    let mut cmd = Command::new("apt-get");
+    cmd.args(["install", "-y", "-q", "--no-install-recommends"]);
+    if !allow {
+        // Should the answer change since the simulation: apt stops rather than remove.
+        cmd.arg("--no-remove");
+    }
+    run(cmd.args(&names).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Where `setup` extracts qemu when it does not install it with apt.
+fn qemu_dir() -> PathBuf {
+    cache_dir().join("qemu")
+}
+
+/// The extracted qemu's root, if there is one (it is renamed into place once it ran).
+fn extracted_qemu() -> Option<PathBuf> {
+    let root = qemu_dir();
+    root.join("usr/bin/qemu-system-x86_64")
+        .is_file()
+        .then_some(root)
+}
+
+/// How to run qemu: the program, and the arguments and environment it needs.
+pub struct Qemu {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// The qemu the VM runs: `qemu-system-x86_64` from PATH, or the one [`apt_packages`] extracted
+/// (when there is none on PATH, or GOVERNANCE_SETUP_QEMU=extract). The extracted one is told
+/// where its firmware is (`-L`, searched before the built-in /usr/share/qemu, which may hold
+/// another qemu's files) and its modules (QEMU_MODULE_DIR: TCG is a module in Debian's qemu).
+pub fn qemu() -> Qemu {
+    const PROGRAM: &str = "qemu-system-x86_64";
+    let system = Qemu {
+        program: PROGRAM.into(),
+        args: Vec::new(),
+        env: Vec::new(),
+    };
+    let Some(root) = extracted_qemu() else {
+        return system;
+    };
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(PROGRAM).is_file()));
+    if on_path && !std::env::var(QEMU_ENV).is_ok_and(|v| v == "extract") {
+        return system;
+    }
+    extracted_qemu_command(&root)
+}
+
+fn extracted_qemu_command(root: &Path) -> Qemu {
+    let mut args = Vec::new();
+    for dir in ["usr/share/qemu", "usr/share/seabios", "usr/lib/ipxe/qemu"] {
+        args.push("-L".into());
+        args.push(root.join(dir).into());
+    }
+    let env = qemu_module_dir(root)
+        .map(|d| ("QEMU_MODULE_DIR".into(), d.into()))
+        .into_iter()
+        .collect();
+    Qemu {
+        program: root.join("usr/bin/qemu-system-x86_64"),
+        args,
+        env,
+    }
+}
+
+/// `usr/lib/<multiarch>/qemu` under `root`, where the TCG accelerator module is.
+fn qemu_module_dir(root: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(root.join("usr/lib"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("qemu"))
+        .find(|d| d.join("accel-tcg-x86_64.so").is_file())
+}
+
+/// Download qemu-system-x86 and its [`QEMU_PIECES`] (at the versions it names), extract them
+/// into [`qemu_dir`], install the shared libraries they need (checked like every install) and
+/// check that the result runs and has its firmware.
+fn extract_qemu() -> Result<()> {
+    let pid = std::process::id();
+    let work = cache_dir().join(format!("qemu-download-{pid}"));
+    let root = cache_dir().join(format!("qemu-partial-{pid}"));
+    for dir in [&work, &root] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+    }
+    std::fs::create_dir_all(&work)?;
+    progress(&format!(
+        "downloading {} to run qemu from {}",
+        QEMU_PIECES.join(" "),
+        qemu_dir().display()
+    ));
+    apt_download(&work, &[QEMU_PACKAGE.to_owned()])?;
+    let main = debs(&work)?
+        .into_iter()
+        .find(|d| {
+            d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_"))
+        })
+        .context("apt-get download produced no qemu-system-x86 .deb")?;
+    // qemu-system-common must be the very version of the binary (its modules check).
+    let pieces: Vec<String> = deb_depends(&main)?
+        .into_iter()
+        .filter(|(name, _)| QEMU_PIECES.contains(&name.as_str()))
+        .map(|(name, exact)| match exact {
+            Some(v) => format!("{name}={v}"),
+            None => name,
+        })
+        .collect();
+    apt_download(&work, &pieces)?;
+    let mut libraries = BTreeSet::new();
+    for deb in debs(&work)? {
+        run(Command::new("dpkg").arg("-x").arg(&deb).arg(&root))?;
+        for (name, _) in deb_depends(&deb)? {
+            if !QEMU_PIECES.contains(&name.as_str()) {
+                libraries.insert(name);
+            }
+        }
+    }
+    let libraries: Vec<String> = libraries.into_iter().collect();
+    let missing = not_installed(&libraries)?;
+    if !missing.is_empty() {
+        progress(&format!(
+            "installing the libraries qemu needs: {}",
             missing.join(" ")
+        ));
+        apt_install(&missing)?;
+    }
+    check_extracted_qemu(&root)?;
+    let dest = qemu_dir();
+    if dest.exists() {
+        std::fs::remove_dir_all(&dest)?;
+    }
+    std::fs::rename(&root, &dest)
+        .with_context(|| format!("moving the extracted qemu to {}", dest.display()))?;
+    std::fs::remove_dir_all(&work)?;
+    progress(&format!(
+        "qemu ready in {} (not installed with apt)",
+        dest.display()
+    ));
+    Ok(())
+}
+
+/// The extracted qemu starts (its libraries resolve), knows the `pc` machine, and has the
+/// firmware and TCG module that a `-kernel` boot with `-nodefaults` reads.
+fn check_extracted_qemu(root: &Path) -> Result<()> {
+    let q = extracted_qemu_command(root);
+    let version = capture(
+        Command::new(&q.program)
+            .arg("--version")
+            .envs(q.env.clone()),
+    )
+    .context("the extracted qemu does not start")?;
+    let machines = capture(
+        Command::new(&q.program)
+            .args(&q.args)
+            .args(["-machine", "help"])
+            .envs(q.env.clone()),
+    )?;
+    if !machines.lines().any(|l| l.starts_with("pc ")) {
+        bail!("the extracted qemu knows no `pc` machine:\n{machines}");
+    }
+    let module_dir = qemu_module_dir(root).with_context(|| {
+        format!(
+            "no accel-tcg-x86_64.so under {}/usr/lib/*/qemu",
+            root.display()
+        )
+    })?;
+    for firmware in [
+        "usr/share/seabios/bios-256k.bin",
+        "usr/share/qemu/linuxboot_dma.bin",
+        "usr/share/qemu/kvmvapic.bin",
+    ] {
+        if !root.join(firmware).is_file() {
+            bail!("the extracted qemu has no {firmware}");
+        }
+    }
+    let module = module_dir.join("accel-tcg-x86_64.so");
+    let ldd = capture(Command::new("ldd").arg(&module))?;
+    if let Some(l) = ldd.lines().find(|l| l.contains("not found")) {
+        bail!(
+            "{} needs a library that is missing: {}",
+            module.display(),
+            l.trim()
         );
     }
     progress(&format!(
-        "installing Debian packages: {} (about a minute)",
-        missing.join(" ")
+        "extracted {}",
+        version.lines().next().unwrap_or_default()
     ));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
+    Ok(())
+}
+
+/// `apt-get download` into `dir` (as root too: apt's sandbox user cannot write there).
+fn apt_download(dir: &Path, packages: &[String]) -> Result<()> {
     run(Command::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    Ok(true)
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+        .args(packages)
+        .current_dir(dir))
+}
+
+/// The .deb files in `dir`.
+fn debs(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect())
+}
+
+/// A .deb's Depends, each as (package, the version it must be exactly, if it says `=`).
+fn deb_depends(deb: &Path) -> Result<Vec<(String, Option<String>)>> {
+    let field = capture(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"))?;
+    Ok(parse_depends(&field))
+}
+
+/// `libfoo1 (>= 1.2), bar (= 1:2.0), baz | qux` -> libfoo1, bar (exactly 1:2.0), baz: the
+/// first of alternatives, without an architecture qualifier.
+fn parse_depends(field: &str) -> Vec<(String, Option<String>)> {
+    field
+        .split(',')
+        .filter_map(|dep| {
+            let first = dep.split('|').next()?.trim();
+            let (name, constraint) = first.split_once('(').unwrap_or((first, ""));
+            let name = name.trim().split(':').next()?.to_owned();
+            if name.is_empty() {
+                return None;
+            }
+            let exact = constraint
+                .trim()
+                .strip_prefix('=')
+                .map(|v| v.trim().trim_end_matches(')').trim().to_owned());
+            Some((name, exact))
+        })
+        .collect()
 }
 
 fn nightly_rust_src() -> Result<bool> {
@@ -257,6 +639,58 @@ fn newest_kernel_package() -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_what_apt_would_remove() {
+        // `apt-get -s install -y --no-install-recommends qemu-system-x86` on a machine with
+        // qemu-utils from bookworm-backports.
+        let sim = "\
+NOTE: This is only a simulation!
+Reading package lists...
+The following packages will be REMOVED:
+  qemu-utils
+The following NEW packages will be installed:
+  qemu-system-common qemu-system-data qemu-system-x86 seabios
+Remv qemu-utils [1:10.0.2+ds-2+deb13u1~bpo12+1]
+Inst qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/stable [amd64])
+Inst libzstd1 [1.5.4+dfsg2-5] (1.5.4+dfsg2-5+deb12u1 Debian-Security:12/stable-security [amd64])
+Remv libfoo:i386 [2.0] [bar:i386 ]
+Purg oldthing [0.1]
+Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/stable [amd64])
+";
+        assert_eq!(
+            removals(sim),
+            [
+                "qemu-utils (1:10.0.2+ds-2+deb13u1~bpo12+1)",
+                "libfoo:i386 (2.0)",
+                "oldthing (0.1)"
+            ]
+        );
+        // Upgrades and new packages are not removals.
+        assert!(removals("Inst a (1 x [amd64])\nConf a (1 x [amd64])\nRemvx b [1]\n").is_empty());
+        assert!(removals("").is_empty());
+    }
+
+    #[test]
+    fn reads_depends_fields() {
+        let deps = parse_depends(
+            "libaio1 (>= 0.3.93), qemu-system-common (= 1:7.2+dfsg-7+deb12u18+b3), \
+             qemu-system-data (>> 1:7.2+dfsg~), seabios, libc6:any | libc6.1, python3:any (>= 3)",
+        );
+        let want: Vec<(String, Option<String>)> = [
+            ("libaio1", None),
+            ("qemu-system-common", Some("1:7.2+dfsg-7+deb12u18+b3")),
+            ("qemu-system-data", None),
+            ("seabios", None),
+            ("libc6", None),
+            ("python3", None),
+        ]
+        .into_iter()
+        .map(|(n, v)| (n.to_owned(), v.map(str::to_owned)))
+        .collect();
+        assert_eq!(deps, want);
+        assert!(parse_depends("").is_empty());
+    }
 
     #[test]
     fn picks_the_newest_kernel_abi() {

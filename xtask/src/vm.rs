@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{capture, progress, run};
+use crate::{HEARTBEAT, capture, heartbeat, progress, run, setup};
 
 /// Printed by /init after the command; carries its exit status out through the serial console.
 const EXIT_SENTINEL: &str = "GOVERNANCE-VM-EXIT:";
@@ -57,8 +57,12 @@ pub struct Outcome {
 
 /// Build the initramfs for `spec` under `work` and boot it.
 pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
-    let initrd = build_initramfs(spec, work)?;
-    let mut cmd = Command::new("qemu-system-x86_64");
+    let initrd = heartbeat("building the initramfs", || build_initramfs(spec, work))?;
+    // The system's qemu, or the copy `setup` extracted into its cache (with its firmware
+    // directories and modules) when installing it with apt would have removed a package.
+    let qemu = setup::qemu();
+    let mut cmd = Command::new(&qemu.program);
+    cmd.args(&qemu.args).envs(qemu.env.clone());
     cmd.arg("-kernel")
         .arg(&spec.kernel)
         .arg("-initrd")
@@ -88,12 +92,15 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     let accel = std::env::var("GOVERNANCE_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
     cmd.args(["-accel", &accel]);
     progress(&format!(
-        "booting {} in qemu (timeout {:?})",
+        "booting {} in {} (timeout {:?})",
         spec.kernel.display(),
+        qemu.program.display(),
         spec.timeout
     ));
     let started = Instant::now();
-    let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", qemu.program.display()))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let stderr = child.stderr.take().context("qemu stderr")?;
     let (tx, rx) = mpsc::channel::<String>();
@@ -118,13 +125,20 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     let mut status = None;
     let mut panic_line = None;
     let mut out = std::io::stdout().lock();
+    // The guest's own output is its progress; after a quiet HEARTBEAT (a long test, the boot
+    // under software emulation) we say that it is still running.
+    let mut last_output = started;
+    let mut next_beat = started + HEARTBEAT;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        let wake = deadline.min(next_beat);
+        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(line) => {
+                last_output = Instant::now();
+                next_beat = last_output + HEARTBEAT;
                 let _ = writeln!(out, "{line}");
                 let _ = out.flush();
-                if let Some(code) = line.strip_prefix(EXIT_SENTINEL) {
+                // The command's last line may lack its newline: the sentinel can end a line.
+                if let Some((_, code)) = line.rsplit_once(EXIT_SENTINEL) {
                     status = code.trim().parse::<i32>().ok();
                 }
                 if line.contains("Kernel panic") {
@@ -133,6 +147,15 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
                 output.push(line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                progress(&format!(
+                    "still running in the VM: {} s elapsed, no output for {} s (gives up at {} s)",
+                    started.elapsed().as_secs(),
+                    last_output.elapsed().as_secs(),
+                    spec.timeout.as_secs()
+                ));
+                next_beat = Instant::now() + HEARTBEAT;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 // We started qemu; we end it, by its pid.
                 let _ = child.kill();
