@@ -78,9 +78,12 @@ pub fn cgroup2_mount() -> Res<PathBuf> {
 
 /// Remove a cgroup we made (its tasks have exited; it can stay busy for a moment after).
 pub fn remove_cgroup(path: &Path) {
+    // The kernel releases it asynchronously, with nothing to wait on: retry the removal
+    // itself, for up to 2 s (100 tries), then say so.
     for _ in 0..100 {
         match std::fs::remove_dir(path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                // Poll interval; the 100 tries bound the wait.
                 std::thread::sleep(Duration::from_millis(20))
             }
             _ => break,
@@ -307,6 +310,7 @@ impl Daemon {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(60);
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                // Poll interval; the deadline above bounds the wait for its exit.
                 std::thread::sleep(Duration::from_millis(10));
             }
             if matches!(self.child.try_wait(), Ok(None)) {

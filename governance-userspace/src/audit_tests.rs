@@ -695,8 +695,11 @@ fn sigkill_mid_write_is_recovered() {
                 panic!("the writer exited: {status}");
             }
             assert!(Instant::now() < deadline, "the writer made no progress");
+            // Poll interval; the deadline above bounds the wait for its progress.
             std::thread::sleep(Duration::from_millis(1));
         }
+        // A different moment in the write cycle each round (0-15 ms after the mark): where
+        // the kill lands is what the test varies, not a wait for anything.
         std::thread::sleep(Duration::from_millis(round * 3));
         child.kill().unwrap();
         child.wait().unwrap();

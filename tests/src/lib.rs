@@ -74,15 +74,16 @@ impl Drop for TestCgroup {
             }
             i += 1;
         }
-        // A cgroup stays busy for a moment after its last task exits: retry for a while.
+        // A cgroup stays busy for a moment after its last task exits (the kernel releases it
+        // asynchronously, with nothing to wait on): retry the removal itself, for up to 2 s.
         for d in dirs.iter().rev() {
-            for _ in 0..100 {
-                match std::fs::remove_dir(d) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    _ => break,
-                }
+            let removed = poll_until(Duration::from_secs(2), || {
+                let busy = libc::EBUSY;
+                !matches!(std::fs::remove_dir(d), Err(e) if e.raw_os_error() == Some(busy))
+            });
+            if !removed {
+                // Not a panic: this runs on drop, possibly while a failed test unwinds.
+                eprintln!("cgroup {} still busy after 2 s; left behind", d.display());
             }
         }
     }
@@ -541,7 +542,9 @@ impl Loaded {
             .unwrap_or_else(|| panic!("no decision event for pid {pid} within 5 s"))
     }
 
-    /// Like [`Self::event_for`] but None on timeout (for asserting absence).
+    /// Like [`Self::event_for`] but None on timeout (for asserting absence). Absence needs no
+    /// long wait: the hooks put their event in the ring before the system call returns, and
+    /// [`run_in`] reaps the child first, so an event for it is already there to be read.
     pub fn try_event_for(&mut self, pid: u32, wait: Duration) -> Option<Event> {
         self.try_event_where(wait, |ev| ev.tgid == pid)
     }
@@ -569,9 +572,49 @@ impl Loaded {
             if Instant::now() >= deadline {
                 return None;
             }
+            // Poll interval; the deadline above bounds the wait.
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+/// Call `cond` until it holds, for up to `within`; whether it did. The calls are spaced from
+/// 1 ms, doubling up to 100 ms: quick conditions are seen at once, slow ones are not hammered.
+pub fn poll_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if cond() {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        // Poll interval; the deadline above bounds the wait.
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Wait until `cond` holds, for up to `within`; panics naming `what` (what never happened)
+/// otherwise.
+pub fn wait_until(what: &str, within: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(within, cond),
+        "timed out after {within:?} waiting for {what}"
+    );
+}
+
+/// Wait until `f` gives a value, for up to `within`, and return it; panics naming `what`
+/// otherwise.
+pub fn wait_for_value<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut value = None;
+    wait_until(what, within, || {
+        value = f();
+        value.is_some()
+    });
+    value.expect("set when the wait ended")
 }
 
 /// The NUL-terminated text in a fixed buffer.

@@ -7,14 +7,14 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use governance::{agents, kernel};
 use governance_common::{Cause, Counter, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Daemon, Outcome, TestCgroup, governance_bin, load, pin_dir, require_root, run_in,
-    signal, start_daemon, stop_daemon, text,
+    Attempt, Outcome, TestCgroup, governance_bin, load, pin_dir, poll_until, require_root, run_in,
+    signal, start_daemon, stop_daemon, text, wait_for_value, wait_until,
 };
 
 /// A loopback listener on an address of the 127/8 range.
@@ -26,6 +26,31 @@ fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
 
 fn redteam(case: &str, step: &str) {
     println!("redteam: {step} {case}");
+}
+
+/// The peer of a connection that `l` (non-blocking) accepts within `within`, waiting on the
+/// socket itself (poll(2)); None if none came.
+fn accept_within(l: &TcpListener, within: Duration) -> Option<SocketAddr> {
+    use std::os::fd::AsRawFd as _;
+    let deadline = Instant::now() + within;
+    loop {
+        match l.accept() {
+            Ok((_, peer)) => return Some(peer),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("accept: {e}"),
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let mut pfd = libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd. Readable, interrupted or timed out: accept again.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 60_000) as i32) };
+    }
 }
 
 #[test]
@@ -144,16 +169,12 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
         .unwrap();
     let mut conns = kernel::ProxyConns::open(&k.pins).unwrap();
-    // Who accepted a connection within a second, and from which peer.
-    let accepted = |l: &TcpListener| -> Option<SocketAddr> {
-        for _ in 0..100 {
-            if let Ok((_, peer)) = l.accept() {
-                return Some(peer);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    };
+    // A connection `l` accepts (the attempt's connect has returned: it waits at most 5 s).
+    let accepted = |l: &TcpListener| accept_within(l, Duration::from_secs(5));
+    // Whether `l` has a connection queued now. For absence: the attempt's connect has
+    // returned, and the one connection it made was accepted elsewhere (or refused), so there is
+    // nothing still on its way here.
+    let queued = |l: &TcpListener| accept_within(l, Duration::ZERO);
     let mapped: SocketAddr = format!("[::ffff:127.0.0.4]:{}", direct_addr.port())
         .parse()
         .unwrap();
@@ -174,12 +195,12 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         let peer = accepted(&proxy).unwrap_or_else(|| {
             panic!(
                 "{case}: the connection did not reach the proxy (direct: {:?}, event: {:?})",
-                accepted(&direct),
+                queued(&direct),
                 k.try_event_for(pid, Duration::from_secs(1))
                     .map(|e| (e.flags, e.cause, e.verdict))
             )
         });
-        assert!(accepted(&direct).is_none(), "{case}: nothing went direct");
+        assert!(queued(&direct).is_none(), "{case}: nothing went direct");
         let orig = conns
             .take(peer)
             .expect("the kernel recorded the connection");
@@ -200,7 +221,7 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         let (pid, outcome) = run_in(Some(&outsider.path), "direct", &Attempt::connect(target));
         assert_eq!(outcome, Outcome::Exited(0));
         assert!(accepted(&direct).is_some(), "{case}: control goes direct");
-        assert!(accepted(&proxy).is_none());
+        assert!(queued(&proxy).is_none());
         assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
         redteam(case, "control");
     }
@@ -230,11 +251,14 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
         let ev = k.event_for(pid);
         assert_eq!(Cause::from_u8(ev.cause), Some(Cause::NoProxy), "{case}");
-        assert!(accepted(&direct).is_none() && accepted(&proxy).is_none());
+        // Refused before anything was sent: nothing can be on its way.
+        assert!(queued(&direct).is_none() && queued(&proxy).is_none());
         redteam(case, "denied");
         let (_, outcome) = run_in(Some(&outsider.path), "direct", attempt);
         assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
-        let _ = accepted(&direct);
+        if matches!(attempt, Attempt::Connect { .. }) {
+            assert!(accepted(&direct).is_some(), "{case}: control goes direct");
+        }
         redteam(case, "control");
     }
 }
@@ -493,6 +517,8 @@ fn a_thousand_reloads_under_traffic_never_mix_generations() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let attempts = traffic.join().unwrap();
     let mut checked = 0;
+    // Every attempt has returned, so its event is in the ring already: the drain ends at the
+    // first 200 ms without one (nothing is waited for).
     while let Some(ev) = k.try_event_where(Duration::from_millis(200), |_| true) {
         let blocked = ev.flags & flags::DENIED != 0;
         assert_eq!(
@@ -596,14 +622,22 @@ fn agent_cgroup_churn_leaves_no_stale_entries() {
     };
     redteam("22 1000 cgroups churn", "tried");
     let made: Vec<PathBuf> = (0..1000).map(|i| parent.child(&format!("c{i}"))).collect();
-    wait_until(&daemon, || agents_line(&status()) == "agents      1001");
+    wait_until(
+        "the daemon to govern the 1,000 new cgroups (agents 1001)",
+        Duration::from_secs(60),
+        || agents_line(&status()) == "agents      1001",
+    );
     // A new cgroup is governed.
     let (_, outcome) = run_in(Some(&made[999]), "churn", &Attempt::connect(addr));
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
     for d in &made {
         std::fs::remove_dir(d).unwrap();
     }
-    wait_until(&daemon, || agents_line(&status()) == "agents      1");
+    wait_until(
+        "the daemon to drop the removed cgroups (agents 1)",
+        Duration::from_secs(60),
+        || agents_line(&status()) == "agents      1",
+    );
     let s = status();
     assert!(
         !s.contains("(cgroup gone)"),
@@ -622,17 +656,6 @@ fn agent_cgroup_churn_leaves_no_stale_entries() {
     redteam("22 1000 cgroups churn", "control");
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn wait_until(_daemon: &Daemon, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for the daemon"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]
@@ -757,22 +780,64 @@ fn control_api_authorization_and_slow_subscribers() {
     let mut steady = governance_tests::Reaped(follow("100000"));
     let mut killed = governance_tests::Reaped(follow("1000"));
     let mut stalled = governance_tests::Reaped(follow("1000"));
-    std::thread::sleep(Duration::from_millis(500));
+    // Markers: single denials to another port than the flood's, to know what has reached a
+    // subscriber (its stream is in order).
+    let (_m, marker_addr) = listener([127, 0, 0, 1]);
+    let marker_dest = marker_addr.to_string();
+    let marker = || {
+        let (_, outcome) = run_in(Some(&agent.path), "marker", &Attempt::connect(marker_addr));
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "the marker is denied");
+    };
+    let is_marker =
+        |v: &serde_json::Value, dest: &str| v["outcome"] == "block" && v["object"]["dest"] == dest;
+    // A subscriber is subscribed once a marker reaches it (or the stream's own first record,
+    // `stream.subscribed`, says so): read each stream up to there, sending markers until all
+    // three are. The readers are kept, with whatever they buffered beyond it.
+    let first_marker = |c: &mut std::process::Child, name: &'static str| {
+        let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+        let dest = marker_dest.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if out.read_line(&mut line).unwrap_or(0) == 0 {
+                    panic!("the {name} subscriber's stream ended before any marker");
+                }
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if is_marker(&v, &dest) || v["kind"] == "stream.subscribed" {
+                    return out;
+                }
+            }
+        })
+    };
+    let readers = [
+        first_marker(&mut steady, "steady"),
+        first_marker(&mut killed, "killed"),
+        first_marker(&mut stalled, "stalled"),
+    ];
+    wait_until(
+        "all three subscribers to be subscribed (a marker denial reaching each)",
+        Duration::from_secs(30),
+        || {
+            marker();
+            readers.iter().all(|r| r.is_finished())
+        },
+    );
+    let [steady_out, killed_out, stalled_out] = readers.map(|r| r.join().unwrap());
     let pid = |c: &std::process::Child| nix::unistd::Pid::from_raw(c.id() as i32);
     nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGSTOP).unwrap();
     // The steady one is read as it goes.
-    let steady_out = steady.stdout.take().unwrap();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let markers_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = {
-        let seen = seen.clone();
+        let (seen, markers_seen, dest) = (seen.clone(), markers_seen.clone(), marker_dest.clone());
         std::thread::spawn(move || {
             let mut lost_notices = 0u64;
-            for line in std::io::BufReader::new(steady_out)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in steady_out.lines().map_while(Result::ok) {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                if v["outcome"] == "block" {
+                if is_marker(&v, &dest) {
+                    markers_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else if v["outcome"] == "block" {
                     seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 if v["kind"] == "subscriber.lost" {
@@ -803,21 +868,32 @@ fn control_api_authorization_and_slow_subscribers() {
     flood(N / 2);
     let _ = killed.kill(); // mid-stream, by pid
     let _ = killed.wait();
+    drop(killed_out);
     flood(N / 2);
     // Let the pipeline catch up, then stop the steady subscriber and count.
     let status = || -> serde_json::Value {
         let out = daemon.cli(&["status", "-o", "json"]);
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    wait_until(&daemon, || status()["pipeline_backlog"] == 0);
+    wait_until(
+        "the daemon's pipeline to drain (pipeline_backlog 0)",
+        Duration::from_secs(60),
+        || status()["pipeline_backlog"] == 0,
+    );
     let dropped = status()["kernel"]["events_dropped"].as_u64().unwrap();
-    // It reads (and parses) as fast as it can: give it time to see everything it was sent.
+    // It reads (and parses) as fast as it can: wait until it has everything it was sent (the
+    // count is asserted below, with what it did get).
     let blocks = || seen.load(std::sync::atomic::Ordering::Relaxed);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while blocks() + dropped < N && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(200)); // nothing more arrives
+    poll_until(Duration::from_secs(60), || blocks() + dropped >= N);
+    // Nothing more arrives (no record twice): a marker sent now follows every flood record
+    // on the stream, so once the steady subscriber has it, no flood record is on its way.
+    let markers_before = markers_seen.load(std::sync::atomic::Ordering::Relaxed);
+    marker();
+    wait_until(
+        "the steady subscriber to receive the marker sent after the flood",
+        Duration::from_secs(30),
+        || markers_seen.load(std::sync::atomic::Ordering::Relaxed) > markers_before,
+    );
     let _ = steady.kill();
     let _ = steady.wait();
     let lost_notices = counter.join().unwrap();
@@ -830,15 +906,10 @@ fn control_api_authorization_and_slow_subscribers() {
     );
     // The stalled one: resumed, it reads what its queue held, then hears what it lost.
     nix::sys::signal::kill(pid(&stalled), nix::sys::signal::SIGCONT).unwrap();
-    flood(1); // a record after the loss carries the notice
-    let stalled_out = stalled.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut notice = None;
         let mut blocks = 0u64;
-        for line in std::io::BufReader::new(stalled_out)
-            .lines()
-            .map_while(Result::ok)
-        {
+        for line in stalled_out.lines().map_while(Result::ok) {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["kind"] == "subscriber.lost" {
                 notice = Some(v["counts"]["lost_total"].as_u64().unwrap());
@@ -850,11 +921,16 @@ fn control_api_authorization_and_slow_subscribers() {
         }
         (notice, blocks)
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !reader.is_finished() && std::time::Instant::now() < deadline {
-        flood(1);
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // A record after the loss carries the notice: one more each round until it has come
+    // (the subscriber first reads what its queue held).
+    wait_until(
+        "the stalled subscriber, resumed, to be told what it lost",
+        Duration::from_secs(30),
+        || {
+            flood(1);
+            reader.is_finished()
+        },
+    );
     let _ = stalled.kill();
     let _ = stalled.wait();
     let (notice, got) = reader.join().unwrap();
@@ -884,12 +960,26 @@ fn http_verdicts_through_the_kernel_redirect() {
         (format!("127.0.0.5:{api_port}"), "payments"),
         (format!("127.0.0.6:{sandbox_port}"), "sandbox"),
     ] {
-        upstreams.push(governance_tests::Reaped(
+        let mut upstream = governance_tests::Reaped(
             Command::new(helper)
                 .args(["http-upstream", &addr, name])
                 .spawn()
                 .unwrap(),
-        ));
+        );
+        // Up once it accepts a connection (from here, outside the agent: not redirected).
+        wait_until(
+            &format!("the {name} upstream to listen on {addr}"),
+            Duration::from_secs(10),
+            || {
+                let up = std::net::TcpStream::connect(&addr).is_ok();
+                assert!(
+                    matches!(upstream.try_wait(), Ok(None)),
+                    "the {name} upstream exited"
+                );
+                up
+            },
+        );
+        upstreams.push(upstream);
     }
     let dir = policy_dir(
         "http",
@@ -972,19 +1062,17 @@ fn http_verdicts_through_the_kernel_redirect() {
             .spawn()
             .unwrap()
     };
-    let id = {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
+    let id = wait_for_value(
+        "the held $500 refund to be pending approval",
+        Duration::from_secs(10),
+        || {
             let out = daemon.cli(&["approvals", "-o", "json"]);
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            if let Some(id) = v["pending"][0]["id"].as_str() {
-                assert_eq!(v["pending"][0]["object"]["detail"]["body $.amount"], "500");
-                break id.to_owned();
-            }
-            assert!(std::time::Instant::now() < deadline, "no pending approval");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+            let id = v["pending"][0]["id"].as_str()?.to_owned();
+            assert_eq!(v["pending"][0]["object"]["detail"]["body $.amount"], "500");
+            Some(id)
+        },
+    );
     assert!(
         daemon
             .cli(&["approve", &id, "--as", "tester"])
@@ -1094,10 +1182,18 @@ fn http_verdicts_through_the_kernel_redirect() {
     );
     let (status, body) = curl(Some(outsider.path.as_path()), &strs(&post(5000)));
     assert_eq!(status, 200, "control: direct to the upstream: {body}");
-    std::thread::sleep(Duration::from_millis(300));
+    // No decision for it. Absence, made sure: a request from the agent after it is decided and
+    // logged after anything the outsider's could have caused, so once its record is in the log
+    // there is nothing still on its way.
+    assert_eq!(curl(ag, &strs(&post(30))).0, 200);
+    wait_until(
+        "the agent's request after the control to be in the audit log",
+        Duration::from_secs(10),
+        || decisions() > before,
+    );
     assert_eq!(
         decisions(),
-        before,
+        before + 1,
         "no decision for a process outside the agent"
     );
     // The HTTP records name the process (pid from the kernel, the rest from procfs while it

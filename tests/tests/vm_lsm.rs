@@ -781,6 +781,8 @@ fn phantom_race_decides_on_the_object() {
     println!("redteam: denied 21 phantom race on open");
     println!("redteam: control 21 phantom race on open");
     // Every file event is consistent: denials name the denied file, allows the allowed one.
+    // The helper has exited, so its events are in the ring already: the drain ends at the
+    // first 200 ms without one (nothing is waited for).
     let mut seen = 0;
     while let Some(ev) = k.try_event_where(Duration::from_millis(200), |e| {
         Kind::from_u8(e.kind) == Some(Kind::File) && [ap, dp].contains(&text(&e.path).as_str())
@@ -813,6 +815,7 @@ fn phantom_race_decides_on_the_object() {
         Outcome::Exited(0),
         "phantom-exec: both outcomes must occur"
     );
+    // As above: the helper has exited, its events are all in the ring.
     let mut checked = 0;
     while let Some(ev) = k.try_event_where(Duration::from_millis(200), |e| {
         Kind::from_u8(e.kind) == Some(Kind::Exec) && [ea, ed].contains(&text(&e.path).as_str())
@@ -1043,21 +1046,30 @@ fn daemon_events_and_approvals() {
             }
         }
     });
-    // The subscriber is live once it sees its own agent's decisions; give it a moment to
-    // subscribe, then act.
-    std::thread::sleep(Duration::from_millis(500));
     let next = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Generous: the VM is emulated and may share its two cores with a loaded host.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let v = rx
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {what} on the event stream within 10 s"));
+                .unwrap_or_else(|_| panic!("no {what} on the event stream within 60 s"));
             if pred(&v) {
                 return v;
             }
         }
     };
+    // The stream's first record says the subscription is live: nothing after it is missed.
+    let live = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("no first record (stream.subscribed) on the event stream within 60 s");
+    assert_eq!(
+        live["kind"], "stream.subscribed",
+        "the first record: {live}"
+    );
+    assert_eq!(live["type"], "lifecycle");
+    assert_eq!(live["stream"]["filter"]["agent"], agent.as_str());
+    assert!(live["stream"]["after_id"].as_str().is_some(), "{live}");
     let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
     let mut pids = Vec::new();
     for _ in 0..3 {
@@ -1138,7 +1150,13 @@ fn daemon_events_and_approvals() {
     let again = daemon.cli(&["approve", &id]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("approved"));
-    let _ = follower.kill();
-    let _ = follower.wait();
+    // A stopping daemon ends the stream with a record that says why and a proper end of
+    // body: the follower exits 0 (a cut mid-chunk would make it fail).
     governance_tests::stop_daemon(daemon);
+    let ended = next("the end of the stream (stream.ended)", &|v| {
+        v["kind"] == "stream.ended"
+    });
+    assert_eq!(ended["message"], "the daemon is stopping", "{ended}");
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "the follower exited with {status:?}");
 }

@@ -898,7 +898,23 @@ fn measure_pipeline(
     audit: &Path,
 ) -> Res<PipelineRun> {
     let sub = Subscriber::start(socket)?;
-    std::thread::sleep(Duration::from_millis(200));
+    // The subscription is live (its head came). The baseline must not split a record between
+    // "published before" and "received after": one denial, then wait until the subscriber has
+    // it and the pipeline is empty. The stream is in order, so whatever the daemon published
+    // before the marker has reached the subscriber too.
+    flood(env, 1, 1, 0, &mut None)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sub.counts().1 == 0 || snapshot(socket)?.backlog != 0 {
+        if Instant::now() >= deadline {
+            return Err(
+                "the subscriber did not receive the marker denial within 30 s (or the pipeline \
+                 did not drain)"
+                    .into(),
+            );
+        }
+        // Poll interval; the deadline above bounds the wait.
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let before = snapshot(socket)?;
     let sub_before = sub.counts();
     let cpu_before = thread_cpu(daemon.pid());
@@ -912,6 +928,7 @@ fn measure_pipeline(
                 if let Ok(s) = snapshot(&socket) {
                     peak = peak.max(s.backlog);
                 }
+                // Sampling period while the flood runs (stopped by `sampling`), not a wait.
                 std::thread::sleep(Duration::from_millis(100));
             }
             peak
@@ -923,11 +940,15 @@ fn measure_pipeline(
     let peak_backlog = sampler.join().unwrap_or(0);
     let flood = flood?;
     let started = started.expect("set by flood");
-    // Settle: everything drained and delivered, and the counters still.
+    // Settle: everything drained and delivered, and the counters still. Still for SETTLE, a
+    // little over the daemon's 1 s tick that reports new kernel drops as a record: that tick
+    // says nothing when there is nothing to report, so there is no record to wait for, but
+    // this long without any counter moving means no report (and nothing else) is to come.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = (snapshot(socket)?, sub.counts());
     let mut still_since = Instant::now();
     loop {
+        // Poll interval; the deadline above bounds the wait.
         std::thread::sleep(Duration::from_millis(100));
         let now = (snapshot(socket)?, sub.counts());
         let moved = now.1 != last.1
@@ -962,7 +983,8 @@ fn measure_pipeline(
         })
         .filter(|(_, v)| !v.is_zero())
         .collect();
-    let in_audit = audit_decisions(audit)?;
+    // Less the decisions recorded before the baseline (the marker's): the log holds them too.
+    let in_audit = audit_decisions(audit)?.saturating_sub(before.recorded);
     let verify = if opts.verify {
         let out = ctx(
             Command::new(&env.governance)

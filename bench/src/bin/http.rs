@@ -333,12 +333,21 @@ fn open_loop(addr: SocketAddr, s: Scenario) -> Result<Histogram<u64>, String> {
 fn saturate(addr: SocketAddr, s: Scenario) -> Result<f64, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
+    // Connections through their warm-up (the proxy's pool and caches, as in `open_loop`).
+    let warm = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for _ in 0..SAT_CONNS {
-        let (stop, done) = (stop.clone(), done.clone());
+        let (stop, done, warm) = (stop.clone(), done.clone(), warm.clone());
         let mut conn = Conn::open(addr)?;
         let req = s.request();
         threads.push(std::thread::spawn(move || -> Result<(), String> {
+            for _ in 0..200 {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                conn.roundtrip(&req)?;
+            }
+            warm.fetch_add(1, Ordering::Relaxed);
             while !stop.load(Ordering::Relaxed) {
                 conn.roundtrip(&req)?;
                 done.fetch_add(1, Ordering::Relaxed);
@@ -346,8 +355,21 @@ fn saturate(addr: SocketAddr, s: Scenario) -> Result<f64, String> {
             Ok(())
         }));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // The window opens once every connection is warm and going.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while warm.load(Ordering::Relaxed) < SAT_CONNS as u64 {
+        if threads.iter().any(|t| t.is_finished()) || Instant::now() >= deadline {
+            stop.store(true, Ordering::Relaxed);
+            for t in threads {
+                t.join().map_err(|_| "load thread panicked")??;
+            }
+            return Err("the load connections did not all warm up within 60 s".into());
+        }
+        // Poll interval; the deadline above bounds the wait.
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let (t0, n0) = (Instant::now(), done.load(Ordering::Relaxed));
+    // The measured window itself, not a wait for anything.
     std::thread::sleep(SAT_TIME);
     let (t1, n1) = (Instant::now(), done.load(Ordering::Relaxed));
     stop.store(true, Ordering::Relaxed);

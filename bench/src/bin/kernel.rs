@@ -48,7 +48,10 @@ const BUSYBOX: &str = "/bin/busybox";
 /// slower than an open).
 const EXEC_FACTOR: u64 = 3;
 /// A pause after starting or stopping the daemon, so its start-up and the kernel's clean-up
-/// (freeing programs and maps) stay out of the measurements.
+/// (freeing programs and maps) stay out of the measurements. Not a readiness wait: starting
+/// waits for the daemon's "enforcing" line and stopping for its exit and `governance unload`.
+/// What is left has no completion to wait on (the kernel frees programs and maps after an RCU
+/// grace period, in deferred work): a quiet period, for measurement hygiene only.
 const SETTLE: Duration = Duration::from_millis(200);
 /// Marks the report's lines, so that `cargo xtask bench kernel` can print it again at the end.
 const REPORT_BEGIN: &str = "==> kernel hook overhead";
@@ -444,6 +447,7 @@ fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
         "enabling kernel.bpf_stats_enabled",
     )?;
     let mut daemon = start_daemon(env)?;
+    // Measurement settling, not synchronisation: see SETTLE.
     std::thread::sleep(SETTLE);
     let pid = daemon.child.id();
     let mut rows = Vec::new();
@@ -572,6 +576,7 @@ fn bench(opts: Opts) -> Res<()> {
             }
             None => eprintln!("bench: the daemon printed no stopping line"),
         }
+        // Measurement settling, not synchronisation: see SETTLE.
         std::thread::sleep(SETTLE);
     };
     for round in 1..=opts.rounds {
@@ -587,6 +592,7 @@ fn bench(opts: Opts) -> Res<()> {
                 stop(daemon.take());
             } else if daemon.is_none() {
                 daemon = Some(start_daemon(&env)?);
+                // Measurement settling, not synchronisation: see SETTLE.
                 std::thread::sleep(SETTLE);
             }
             let mut line = format!("bench: round {round}/{} {}", opts.rounds, config.tag());

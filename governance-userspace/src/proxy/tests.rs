@@ -356,15 +356,16 @@ fn tool_call(id: u64, tool: &str, arguments: Value) -> Request<Full<Bytes>> {
     )
 }
 
-/// Wait until `f` holds (up to 10 s).
-async fn until(mut f: impl FnMut() -> bool) {
+/// Wait until `f` holds (up to 10 s); panics naming `what` (what never happened) otherwise.
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
     for _ in 0..1000 {
         if f() {
             return;
         }
+        // Poll interval; the 1000 rounds bound the wait.
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("condition not reached in time");
+    panic!("timed out after 10 s waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +385,10 @@ async fn refund_agent_allow_escalate_approve_deny_block() {
     // $500: held until approved from another task.
     let approvals = h.approvals.clone();
     let approver = tokio::spawn(async move {
-        until(|| approvals.list().len() == 1).await;
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
         let p = &approvals.list()[0];
         assert_eq!(p.rule, "refund-agent/refund-medium");
         assert_eq!(p.object.detail["body $.amount"], "500");
@@ -410,7 +414,10 @@ async fn refund_agent_allow_escalate_approve_deny_block() {
     // Another $500: denied with a reason.
     let approvals = h.approvals.clone();
     tokio::spawn(async move {
-        until(|| approvals.list().len() == 1).await;
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
         let id = approvals.list()[0].id.clone();
         approvals
             .deny(&id, "bob", "customer already refunded")
@@ -649,7 +656,10 @@ async fn held_requests_are_bounded_and_withdrawn_when_the_client_leaves() {
             h2.send(me, tool_call(i, "slow", json!({}))).await
         }));
     }
-    until(|| h.approvals.list().len() == 2).await;
+    until("both requests to be held for approval", || {
+        h.approvals.list().len() == 2
+    })
+    .await;
     let r = h.send(me, tool_call(3, "slow", json!({}))).await;
     assert_eq!(
         r.body["error"]["message"], "blocked by policy: approval queue full",
@@ -660,7 +670,10 @@ async fn held_requests_are_bounded_and_withdrawn_when_the_client_leaves() {
     for t in held {
         t.abort();
     }
-    until(|| h.approvals.list().is_empty()).await;
+    until("the gone clients' approvals to be withdrawn", || {
+        h.approvals.list().is_empty()
+    })
+    .await;
     let withdrawn = h
         .records
         .lock()
@@ -887,6 +900,8 @@ async fn hostile_clients_get_clean_4xx_while_others_are_served() {
             if r.status == StatusCode::OK && r.body["upstream"] == "mcp" {
                 ok += 1;
             }
+            // Pacing: requests keep coming while the hostile agent acts (the behaviour under
+            // test), not a wait for anything.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         ok
@@ -903,6 +918,8 @@ async fn hostile_clients_get_clean_4xx_while_others_are_served() {
                 if s.write_all(&[*b]).await.is_err() {
                     break;
                 }
+                // Slowloris: one byte every 500 ms is the attack under test; the header
+                // timeout must cut it (bounded here at 8 s).
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if t.elapsed() > Duration::from_secs(8) {
                     break;
@@ -1015,7 +1032,11 @@ async fn connections_per_agent_are_limited() {
     let me = h.agent("agents/refund-7", None, Some(up.addr));
     let _a = h.connect(me).await;
     let _b = h.connect(me).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The proxy takes an agent's slot when it accepts: wait until it holds both.
+    until("the proxy to count the agent's two connections", || {
+        h.proxy.conns.lock().unwrap().values().sum::<usize>() == 2
+    })
+    .await;
     let r = h.raw(me, b"").await;
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");
     assert!(r.contains("too many connections"));
@@ -1181,7 +1202,10 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
     // A different amount is a different action.
     let approvals = h.approvals.clone();
     tokio::spawn(async move {
-        until(|| approvals.list().len() == 1).await;
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
         let id = approvals.list()[0].id.clone();
         approvals.deny(&id, "bob", "no").unwrap();
     });
@@ -1217,7 +1241,11 @@ async fn idle_connections_are_closed_but_held_requests_are_not() {
     // A request held for longer than the idle timeout is not cut off...
     let approvals = h.approvals.clone();
     tokio::spawn(async move {
-        until(|| approvals.list().len() == 1).await;
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        // Held longer than the 300 ms idle timeout: the behaviour under test, not a wait.
         tokio::time::sleep(Duration::from_millis(800)).await;
         let id = approvals.list()[0].id.clone();
         approvals.approve(&id, "alice", Duration::ZERO).unwrap();
@@ -1543,7 +1571,10 @@ async fn escalated_tls_is_held_and_a_sandbox_verdict_blocks() {
 
     let approvals = h.approvals.clone();
     let approver = tokio::spawn(async move {
-        until(|| approvals.list().len() == 1).await;
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
         let p = approvals.list()[0].clone();
         approvals.approve(&p.id, "alice", Duration::ZERO).unwrap();
         p
@@ -1725,13 +1756,16 @@ async fn intercepted_tls_gets_request_level_decisions() {
         err.contains("UnknownIssuer") || err.contains("BadSignature"),
         "{err}"
     );
-    until(|| {
-        h.records
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|r| r.rule == "builtin:tls" && r.reason.contains("handshake with the agent"))
-    })
+    until(
+        "the refused agent handshake to be recorded (builtin:tls)",
+        || {
+            h.records
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|r| r.rule == "builtin:tls" && r.reason.contains("handshake with the agent"))
+        },
+    )
     .await;
     assert_eq!(up.accepted.load(Ordering::Relaxed), accepted);
     h.assert_no_panics();

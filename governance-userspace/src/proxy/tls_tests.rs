@@ -468,6 +468,8 @@ async fn peek_waits_for_a_hello_sent_in_pieces() {
     let writer = tokio::spawn(async move {
         for piece in hello.chunks(hello.len() / 3 + 1) {
             client.write_all(piece).await.unwrap();
+            // Each piece arrives on its own, so the peek sees a partial hello and must wait
+            // for more: the behaviour under test (the peek's 5 s deadline bounds it).
             tokio::time::sleep(Duration::from_millis(30)).await;
         }
         client
