@@ -6,7 +6,7 @@
 //! | `GET /v1/status` | generation, hooks, counters, proxy and audit state |
 //! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
 //! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
-//! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records) |
+//! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records). A live stream's first record is `stream.subscribed` and, when the daemon ends it, its last is `stream.ended` |
 //! | `GET /v1/approvals` | pending approvals |
 //! | `POST /v1/approvals/{id}/approve` | `{"for": "10m", "by": "alice"}` |
 //! | `POST /v1/approvals/{id}/deny` | `{"reason": "...", "by": "alice"}` |
@@ -39,10 +39,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     approvals::Approvals,
-    events::{Record, RecordType, parse_rfc3339},
+    events::{Filter, Record, RecordType, parse_rfc3339},
     kernel::Enforcer,
     metrics::Metrics,
-    pipeline::{AgentCounts, Delivered, Filter, Publisher},
+    pipeline::{AgentCounts, Delivered, Publisher},
 };
 
 /// Default queue length of a live event subscriber (records); beyond it, it loses records
@@ -412,6 +412,15 @@ async fn events(
         }
     };
     let audit_dir = st.audit_dir.clone();
+    // A live stream starts with `stream.subscribed`: from here on the subscriber misses
+    // nothing, so a client can wait for it before it acts (then replay, then live records).
+    if let Some(s) = &sub {
+        let mut first = Vec::new();
+        frame(&mut first, &render(&s.subscribed, ocsf));
+        if tx.try_send(Bytes::from(first)).is_err() {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+        }
+    }
     tokio::spawn(async move {
         if let (Some(since), Some(dir)) = (since, audit_dir) {
             let (rtx, mut rrx) = mpsc::channel::<Record>(256);

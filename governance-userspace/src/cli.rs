@@ -53,16 +53,21 @@ pub enum Command {
     /// Enforce the policy: attach the programs (or adopt pinned ones), fill the maps, run the
     /// HTTP policy proxy and the control API, record every decision.
     ///
-    /// Exits with status 3 if a hook cannot be attached on this kernel, or the kernel cannot
-    /// enforce part of the policy, unless --allow-degraded is given. Reloads the policy on
-    /// SIGHUP, on `governance policy reload`, when the policy directory changes and when agent
-    /// cgroups come, go or are labelled; a reload that fails keeps the current generation.
+    /// The policy is validated first, before the kernel is probed: an invalid policy or a
+    /// missing directory is reported with file:line:col and exits with status 1 (as `policy
+    /// check` does). Exits with status 3 if a hook cannot be attached on this kernel, or the
+    /// kernel cannot enforce part of the policy, unless --allow-degraded is given. Reloads the
+    /// policy on SIGHUP, on `governance policy reload`, when the policy directory changes and
+    /// when agent cgroups come, go or are labelled; a reload that fails keeps the current
+    /// generation.
     /// Stops on SIGINT or SIGTERM. The programs stay attached, enforcing the last generation,
     /// after the daemon stops or dies; `governance unload` removes them, and the next `run`
     /// adopts them.
     Run(Box<RunArgs>),
-    /// Report what this kernel can enforce: loads and attaches every program under a
-    /// temporary pin directory, then removes it. Exits 0 if everything is available, 3 if not.
+    /// Report what this kernel can enforce (on stdout): loads and attaches every program under
+    /// a temporary pin directory, then removes it. When LSM hooks are missing, says why: `bpf`
+    /// missing from the active LSMs, missing capabilities, lockdown, or a host that refuses BPF
+    /// LSM programs. Exits 0 if everything is available, 3 if not.
     Probe,
     /// What the daemon enforces: generation, hooks, agents, counters. Without a running daemon,
     /// what is pinned in the kernel.
@@ -450,18 +455,47 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the kernel can enforce, on stderr (the daemon's stdout is its event stream).
 pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
+    report_to(&mut std::io::stderr().lock(), probe, enforcer)
+}
+
+/// Write the probe report; true if every required hook is attached. When LSM hooks are
+/// missing, says why (test loads of minimal programs tell a missing `bpf` LSM from a host
+/// that refuses BPF LSM programs).
+fn report_to(out: &mut dyn std::io::Write, probe: &Probe, enforcer: &Enforcer) -> bool {
     let yes_no = |b: bool| if b { "yes" } else { "NO" };
-    let mut out = std::io::stderr().lock();
+    let lsm_missing = enforcer.hooks.iter().any(|(p, h)| {
+        matches!(p.attach, Attach::Lsm(_)) && !matches!(h, kernel::HookState::Attached)
+    });
+    let facts = lsm_missing.then(|| probe.lsm_facts());
+    let refused = facts
+        .as_ref()
+        .is_some_and(|f| matches!(f.lsm, kernel::TestLoad::Refused { .. }));
     let _ = writeln!(out, "governance: what this kernel can enforce");
     let _ = writeln!(out, "  kernel                    {}", probe.kernel);
     let _ = writeln!(out, "  BTF (/sys/kernel/btf)     {}", yes_no(probe.btf));
     let _ = writeln!(
         out,
-        "  BPF LSM active            {} ({})",
+        "  BPF LSM active            {} ({}){}",
         yes_no(probe.bpf_lsm_active()),
-        probe.lsm_list.as_deref().unwrap_or("securityfs unreadable")
+        probe.lsm_list.as_deref().unwrap_or("securityfs unreadable"),
+        if probe.bpf_lsm_active() && refused {
+            ", but LSM programs are REFUSED"
+        } else {
+            ""
+        }
     );
+    let lockdown = match probe.lockdown.as_deref() {
+        Some(raw) => kernel::lockdown_mode(raw).unwrap_or(raw),
+        None => "unknown (unreadable)",
+    };
+    let _ = writeln!(out, "  lockdown                  {lockdown}");
+    let caps = match probe.caps {
+        Some(caps) => caps.to_string(),
+        None => "unknown (/proc/self/status unreadable)".to_owned(),
+    };
+    let _ = writeln!(out, "  capabilities              {caps}");
     let _ = writeln!(
         out,
         "  cgroup v2                 {}",
@@ -477,6 +511,9 @@ pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
             program.what,
             attach_point(program.attach)
         );
+    }
+    if let Some(why) = facts.as_ref().and_then(kernel::diagnose) {
+        let _ = writeln!(out, "  why LSM hooks are missing: {why}");
     }
     enforcer.fully_attached()
 }
@@ -501,7 +538,9 @@ fn probe() -> anyhow::Result<ExitCode> {
         "/sys/fs/bpf/governance-probe-{}",
         std::process::id()
     ));
-    let complete = Enforcer::start(&dir, &root, true).map(|e| report(&probe, &e));
+    // The report is this command's output: stdout.
+    let complete = Enforcer::start(&dir, &root, true)
+        .map(|e| report_to(&mut std::io::stdout().lock(), &probe, &e));
     kernel::unload(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(if complete? {
         ExitCode::SUCCESS
@@ -779,9 +818,16 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut seen = 0u64;
     let mut out = std::io::stdout();
     let mut failed = None;
+    // A live stream's first line is `stream.subscribed` (and its last may be `stream.ended`).
+    let mut first = args.follow;
     client::lines(resp, |line| {
+        let stream_record = std::mem::take(&mut first) || is_stream_record(line);
         let written = if args.output == "text" {
             match serde_json::from_slice::<Record>(line) {
+                Ok(r) if r.stream.is_some() => {
+                    eprintln!("governance: {}", r.message);
+                    Ok(())
+                }
                 Ok(r) => writeln!(out, "{r}"),
                 Err(e) => writeln!(out, "(unreadable event: {e})"),
             }
@@ -795,7 +841,9 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             }
             return false;
         }
-        seen += 1;
+        if !stream_record {
+            seen += 1;
+        }
         args.count.is_none_or(|n| seen < n)
     })
     .await?;
@@ -803,6 +851,17 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
         return Err(e).context("writing events");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an NDJSON line is `stream.ended` (the first line of a live stream,
+/// `stream.subscribed`, is known by its place; after `stream.ended` nothing is counted).
+fn is_stream_record(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(default)]
+        kind: String,
+    }
+    serde_json::from_slice::<Kind>(line).is_ok_and(|k| k.kind.starts_with("stream."))
 }
 
 fn url_escape(s: &str) -> String {

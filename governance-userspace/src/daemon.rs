@@ -67,6 +67,8 @@ const EVENT_TICK: Duration = Duration::from_millis(50);
 const PUBLISH_CHUNK: usize = 256;
 /// Generations whose names are kept for events still in the ring.
 const NAMED_GENERATIONS: usize = 8;
+/// How long a stopping daemon lets open API connections (event streams) finish.
+const API_DRAIN: Duration = Duration::from_secs(5);
 
 /// Names of recent generations, shared by the drainer and the proxy's agent lookup.
 type SharedNames = Arc<RwLock<BTreeMap<u32, Arc<Names>>>>;
@@ -111,9 +113,9 @@ fn build(
     if !complete && !args.allow_degraded {
         eprintln!(
             "governance: refusing generation {number}: some of the policy cannot be enforced here \
-             (see NOT AVAILABLE / NOT ENFORCED above). Exec and file enforcement need BPF LSM: \
-             Linux >= 6.1 with `bpf` in /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass \
-             --allow-degraded to enforce only what is available."
+             (see NOT AVAILABLE / NOT ENFORCED above; exec and file enforcement need BPF LSM, \
+             and `governance probe` says why this node refuses it). Pass --allow-degraded to \
+             enforce only what is available."
         );
         return Ok(None);
     }
@@ -509,6 +511,10 @@ fn lifecycle(kind: &str, message: impl Into<String>) -> Record {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
+    // directory is reported with its place, and the exit status is that of `policy check`
+    // (1), not 3 ("cannot enforce").
+    policy::load_dir(&args.policy)?;
     // Before anything is attached, so a stop or reload request is never lost.
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -548,10 +554,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let complete = report(&probe, &enforcer);
     if !complete && !args.allow_degraded {
         eprintln!(
-            "governance: refusing to run: not every hook is attached (see NOT AVAILABLE above). \
-             Exec and file enforcement need BPF LSM: Linux >= 6.1 with `bpf` in \
-             /sys/kernel/security/lsm (boot with lsm=...,bpf). Pass --allow-degraded to enforce \
-             only what is available."
+            "governance: refusing to run: not every hook is attached (see NOT AVAILABLE and why \
+             above). Pass --allow-degraded to enforce only what is available."
         );
         if !adopted {
             // Leave nothing attached behind.
@@ -786,14 +790,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let socket = api::bind_socket(&args.socket)
         .with_context(|| format!("creating the control socket {}", args.socket.display()))?;
+    // The API servers stop gracefully: live event streams end with their last record and a
+    // proper end of body, not a connection cut mid-chunk.
+    let (api_stop, api_stopping) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = api_stopping.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut api_tasks = Vec::new();
     {
         let app =
             api::router(state.clone(), false).into_make_service_with_connect_info::<api::Caller>();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(socket, app).await {
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(socket, app).with_graceful_shutdown(stop).await {
                 tracing::error!("control socket: {e}");
             }
-            Ok(())
         }));
     }
     if let Some(addr) = args.api_listen {
@@ -802,11 +816,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("the API cannot listen on {addr}"))?;
         let app =
             api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).await {
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
                 tracing::error!("API on {addr}: {e}");
             }
-            Ok(())
         }));
     }
     eprintln!(
@@ -937,6 +951,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for t in &tasks {
         t.abort();
     }
+    let _ = api_stop.send(true);
     let _ = std::fs::remove_file(&args.socket);
     drainer.stop();
     let (decisions, denials, ring_drops, map_full) = {
@@ -974,7 +989,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     drop((publisher, sink, approvals, state, proxy, tasks));
     // Connections still open (an `events --follow`) hold publishers: stop explicitly.
     pipe.publisher.stop();
-    let _ = pipe.thread.join();
+    let _ = tokio::task::spawn_blocking(move || pipe.thread.join()).await;
+    // The streams have their last record; let them end cleanly (bounded: a client that does
+    // not read keeps nothing alive).
+    let drained = futures_util::future::join_all(api_tasks);
+    if tokio::time::timeout(API_DRAIN, drained).await.is_err() {
+        tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");
+    }
     if args.detach_on_exit {
         kernel::unload(&args.pins).context("removing the pins")?;
         eprintln!("governance: programs detached (--detach-on-exit)");

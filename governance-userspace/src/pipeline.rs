@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     audit::{AuditError, AuditLog, AuditOptions},
-    events::{Ids, Record, RecordType, rfc3339},
+    events::{Filter, Ids, Record, RecordType, StreamInfo, rfc3339},
     metrics::Metrics,
 };
 
@@ -47,46 +47,6 @@ use crate::{
 pub const BATCH: usize = 4096;
 /// Records queued but not yet processed beyond which the kernel drainer pauses.
 pub const MAX_BACKLOG: usize = 256 * 1024;
-
-/// Which records a subscriber wants. Empty lists match everything.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Agent name (its label, or its cgroup path) or agent root cgroup path.
-    pub agent: Option<String>,
-    /// Outcomes (allow, block, throttle, sandbox, escalate, granted, kill); `denied` matches
-    /// every refused action.
-    pub outcomes: Vec<String>,
-    /// Kinds (exec, file, connect, send, http, approval.granted, ...).
-    pub kinds: Vec<String>,
-    /// Record types (decision, approval, policy, lifecycle).
-    pub types: Vec<RecordType>,
-}
-
-impl Filter {
-    pub fn matches(&self, r: &Record) -> bool {
-        if let Some(want) = &self.agent {
-            let Some(a) = &r.agent else { return false };
-            if a.name != *want && a.cgroup != *want {
-                return false;
-            }
-        }
-        // Outcomes are those of decisions: approvals, policy and lifecycle records pass (select
-        // them away with `types`).
-        if !self.outcomes.is_empty()
-            && r.ty == RecordType::Decision
-            && !self
-                .outcomes
-                .iter()
-                .any(|o| *o == r.outcome || (o == "denied" && r.denied))
-        {
-            return false;
-        }
-        if !self.kinds.is_empty() && !self.kinds.contains(&r.kind) {
-            return false;
-        }
-        self.types.is_empty() || self.types.contains(&r.ty)
-    }
-}
 
 /// A record as subscribers get it: its place in the audit log and the record.
 #[derive(Clone, Debug)]
@@ -106,6 +66,9 @@ pub struct Subscription {
     /// The audit sequence number of the first record it can receive: records before it are in
     /// the audit log (for replay).
     pub from_seq: u64,
+    /// The stream's first record (`stream.subscribed`): the subscription is registered, with
+    /// its filters and the last record before it.
+    pub subscribed: Record,
 }
 
 enum Msg {
@@ -229,6 +192,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         audit_failing: false,
         stdout,
         scratch: Vec::new(),
+        last_id: String::new(),
     };
     let thread = std::thread::Builder::new()
         .name("events".into())
@@ -269,6 +233,8 @@ struct Worker {
     stdout: Option<Stdout>,
     /// Where each record is serialised (reused; subscribers get an exact-size copy).
     scratch: Vec<u8>,
+    /// The id of the last record processed (a new subscription's starting point).
+    last_id: String,
 }
 
 /// Records taken for one round of processing, in the batches they were published in.
@@ -352,10 +318,24 @@ impl Worker {
                         self.process(&mut batch);
                         let (tx, rx) = mpsc::channel(capacity);
                         let lost = Arc::new(AtomicU64::new(0));
+                        let from_seq = self.next_seq.load(Ordering::Relaxed);
                         let sub = Subscription {
                             rx,
                             lost: lost.clone(),
-                            from_seq: self.next_seq.load(Ordering::Relaxed),
+                            from_seq,
+                            subscribed: self.stream_record(
+                                "stream.subscribed",
+                                format!(
+                                    "subscribed: live records follow {}",
+                                    if self.last_id.is_empty() {
+                                        "from the first record"
+                                    } else {
+                                        self.last_id.as_str()
+                                    }
+                                ),
+                                &filter,
+                                from_seq,
+                            ),
                         };
                         if reply.send(sub).is_ok() {
                             self.subs.push(Sub {
@@ -381,7 +361,22 @@ impl Worker {
             }
         }
         self.process(&mut batch);
-        self.subs.clear();
+        // Every stream ends with a record that says why, then its end (the API closes the
+        // response cleanly once the queue is drained).
+        let seq = self.next_seq.load(Ordering::Relaxed);
+        for s in std::mem::take(&mut self.subs) {
+            let end = self.stream_record(
+                "stream.ended",
+                "the daemon is stopping".into(),
+                &s.filter,
+                seq,
+            );
+            let _ = s.tx.try_send(Delivered {
+                seq,
+                record: Arc::new(end),
+                json: Bytes::new(),
+            });
+        }
         if let Some(audit) = self.audit.take()
             && let Err(e) = audit.close()
         {
@@ -424,6 +419,9 @@ impl Worker {
             }
         }
         self.scratch = json;
+        if let Some(last) = batch.chunks.iter().flatten().next_back() {
+            self.last_id.clone_from(&last.id);
+        }
         for chunk in &batch.chunks {
             self.cfg.metrics.observe_all(chunk);
         }
@@ -520,6 +518,18 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A record about a live stream itself (never in the audit log).
+    fn stream_record(&self, kind: &str, message: String, filter: &Filter, next_seq: u64) -> Record {
+        let mut r = Record::daemon(RecordType::Lifecycle, kind, message);
+        r.node.clone_from(&self.node);
+        r.stream = Some(StreamInfo {
+            filter: filter.clone(),
+            after_id: self.last_id.clone(),
+            next_seq,
+        });
+        r
     }
 
     fn deliver(&mut self, d: Delivered) {
@@ -763,8 +773,44 @@ mod tests {
         .unwrap();
         assert_eq!(replayed.len(), 5);
         assert!(replayed.iter().all(|r| r.outcome == "block"));
+        // The stream's first record names the seam: the last replayed record, and the first
+        // live sequence number.
+        assert_eq!(sub.subscribed.kind, "stream.subscribed");
+        let info = sub.subscribed.stream.as_ref().unwrap();
+        assert_eq!(info.after_id, replayed[4].id);
+        assert_eq!(info.next_seq, 5);
+        assert_eq!(info.filter, Filter::default());
         for _ in 0..3 {
             assert_eq!(sub.rx.recv().await.unwrap().record.outcome, "allow");
         }
+        // Stopping ends the stream with a record that says why, then the end.
+        h.publisher.stop();
+        let ended = sub.rx.recv().await.unwrap();
+        assert_eq!(ended.record.kind, "stream.ended");
+        assert_eq!(ended.record.message, "the daemon is stopping");
+        assert_eq!(ended.record.stream.as_ref().unwrap().next_seq, 8);
+        assert!(sub.rx.recv().await.is_none());
+        h.thread.join().unwrap();
+    }
+
+    /// A filtered subscription says what it filters; the stream records pass every filter.
+    #[tokio::test]
+    async fn the_first_record_states_the_filter() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = start_in(dir.path());
+        let filter = Filter {
+            agent: Some("billing-bot".into()),
+            outcomes: vec!["denied".into()],
+            kinds: vec!["exec".into()],
+            types: vec![RecordType::Decision],
+        };
+        let sub = h.publisher.subscribe(filter.clone(), 10).await.unwrap();
+        assert_eq!(sub.subscribed.stream.as_ref().unwrap().filter, filter);
+        // Nothing recorded yet: no id before it.
+        assert_eq!(sub.subscribed.stream.as_ref().unwrap().after_id, "");
+        let json = serde_json::to_value(&sub.subscribed).unwrap();
+        assert_eq!(json["type"], "lifecycle");
+        assert_eq!(json["stream"]["filter"]["outcomes"][0], "denied");
+        assert_eq!(json["stream"]["filter"]["types"][0], "decision");
     }
 }

@@ -30,6 +30,7 @@ const MAGIC: u16 = 0xeb9f;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -50,6 +51,8 @@ enum Type {
     },
     /// typedef, const, volatile, restrict, type tag: refers to another type.
     Alias(u32),
+    /// A function (`FUNC`), by name: what tracing and LSM programs attach to.
+    Func(u32),
     Other,
 }
 
@@ -130,6 +133,7 @@ impl Btf {
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
                 }
+                KIND_FUNC => Type::Func(name),
                 _ => Type::Other,
             };
             at += match kind {
@@ -165,6 +169,14 @@ impl Btf {
             }
         }
         Ok(btf)
+    }
+
+    /// The type id of the function `name` (the first, if several share it).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| matches!(t, Type::Func(n) if self.string(*n) == name))
+            .and_then(|id| u32::try_from(id).ok())
     }
 
     fn string(&self, off: u32) -> &str {
@@ -244,6 +256,8 @@ mod tests {
         ty(&[0, (5 << 24) | 1, 8, 9, 1, 0]);
         // 3: struct outer { a: int @0, <anon union> @64 bits }
         ty(&[1, (4 << 24) | 2, 16, 7, 1, 0, 0, 2, 64]);
+        // 4: function `a` (a FUNC has no payload; its type would be a FUNC_PROTO)
+        ty(&[7, 12 << 24, 0]);
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]); // version, flags
@@ -270,6 +284,14 @@ mod tests {
             btf.field_offset("inner", "a"),
             Err(BtfError::NoStruct(_))
         ));
+    }
+
+    #[test]
+    fn finds_functions_by_name() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.func_id("a"), Some(4));
+        assert_eq!(btf.func_id("outer"), None);
+        assert_eq!(btf.func_id("nope"), None);
     }
 
     #[test]

@@ -83,6 +83,11 @@ pub struct Probe {
     pub btf: bool,
     /// Contents of /sys/kernel/security/lsm, if securityfs is readable.
     pub lsm_list: Option<String>,
+    /// Contents of /sys/kernel/security/lockdown (`none [integrity] confidentiality`), if
+    /// readable.
+    pub lockdown: Option<String>,
+    /// The capabilities of this process that loading programs needs.
+    pub caps: Option<Caps>,
     pub cgroup2: Option<PathBuf>,
 }
 
@@ -91,19 +96,367 @@ impl Probe {
         let kernel = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_else(|_| "unknown".into());
+        // Reading the LSM list mounts securityfs if need be; lockdown lives there too.
+        let lsm_list = read_lsm_list();
         Self {
             kernel,
             btf: Path::new(btf::VMLINUX_BTF).exists(),
-            lsm_list: read_lsm_list(),
+            lsm_list,
+            lockdown: std::fs::read_to_string(LOCKDOWN)
+                .ok()
+                .map(|s| s.trim().to_owned()),
+            caps: std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| Caps::from_status(&s)),
             cgroup2: crate::agents::cgroup2_mount().ok(),
         }
     }
 
     /// Is `bpf` among the active LSMs?
     pub fn bpf_lsm_active(&self) -> bool {
-        self.lsm_list
-            .as_deref()
-            .is_some_and(|l| l.trim().split(',').any(|m| m == "bpf"))
+        self.lsm_list.as_deref().is_some_and(bpf_listed)
+    }
+
+    /// The facts that say why LSM programs do or do not load here: what this probe read, and
+    /// test loads of a minimal LSM, fentry and socket filter program (loaded, never attached,
+    /// and closed at once).
+    pub fn lsm_facts(&self) -> LsmFacts {
+        let kbtf = btf::Btf::from_kernel();
+        let func = |names: &[&str]| -> Result<u32, String> {
+            let kbtf = kbtf.as_ref().map_err(|e| e.to_string())?;
+            names
+                .iter()
+                .find_map(|n| kbtf.func_id(n))
+                .ok_or_else(|| format!("kernel BTF has none of {}", names.join(", ")))
+        };
+        let lsm = match func(&["bpf_lsm_file_open"]) {
+            Ok(id) => test_load(BPF_PROG_TYPE_LSM, BPF_LSM_MAC, id),
+            Err(why) => TestLoad::NotTried(why),
+        };
+        let tracing = match func(&["security_file_open", "vfs_read", "do_sys_openat2"]) {
+            Ok(id) => test_load(BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, id),
+            Err(why) => TestLoad::NotTried(why),
+        };
+        LsmFacts {
+            lsm_list: self.lsm_list.clone(),
+            lockdown: self.lockdown.clone(),
+            caps: self.caps,
+            lsm,
+            tracing,
+            control: test_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, 0),
+        }
+    }
+}
+
+const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
+
+fn bpf_listed(lsm_list: &str) -> bool {
+    lsm_list.trim().split(',').any(|m| m.trim() == "bpf")
+}
+
+/// The active lockdown mode: the bracketed word of /sys/kernel/security/lockdown.
+pub fn lockdown_mode(raw: &str) -> Option<&str> {
+    raw.split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
+}
+
+/// The capabilities that loading and attaching the programs needs, as the process holds them
+/// (effective set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub bpf: bool,
+    pub perfmon: bool,
+    pub sys_admin: bool,
+}
+
+impl Caps {
+    const SYS_ADMIN: u32 = 21;
+    const PERFMON: u32 = 38;
+    const BPF: u32 = 39;
+
+    /// From a capability mask (`CapEff`).
+    pub fn from_mask(mask: u64) -> Self {
+        let has = |cap: u32| mask >> cap & 1 == 1;
+        Self {
+            bpf: has(Self::BPF),
+            perfmon: has(Self::PERFMON),
+            sys_admin: has(Self::SYS_ADMIN),
+        }
+    }
+
+    /// From the text of /proc/self/status (its `CapEff` line).
+    pub fn from_status(status: &str) -> Option<Self> {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))?
+            .trim();
+        u64::from_str_radix(hex, 16).ok().map(Self::from_mask)
+    }
+
+    /// The names of those missing.
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            (self.bpf, "CAP_BPF"),
+            (self.perfmon, "CAP_PERFMON"),
+            (self.sys_admin, "CAP_SYS_ADMIN"),
+        ]
+        .into_iter()
+        .filter(|(has, _)| !has)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+impl fmt::Display for Caps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let missing = self.missing();
+        if missing.is_empty() {
+            f.write_str("CAP_BPF CAP_PERFMON CAP_SYS_ADMIN")
+        } else {
+            write!(f, "MISSING {}", missing.join(" "))
+        }
+    }
+}
+
+/// How a test load of one minimal program went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestLoad {
+    Loaded,
+    /// The kernel refused it: the errno, and the verifier log (empty when the program was
+    /// refused before the verifier saw it).
+    Refused {
+        errno: i32,
+        log: String,
+    },
+    /// Not tried, and why.
+    NotTried(String),
+}
+
+impl TestLoad {
+    fn refused_with(&self, errno: i32) -> bool {
+        matches!(self, TestLoad::Refused { errno: e, .. } if *e == errno)
+    }
+}
+
+/// What decides whether BPF LSM programs can be loaded here (see [`diagnose`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LsmFacts {
+    /// /sys/kernel/security/lsm, if readable.
+    pub lsm_list: Option<String>,
+    /// /sys/kernel/security/lockdown, if readable.
+    pub lockdown: Option<String>,
+    /// The process's capabilities, if known.
+    pub caps: Option<Caps>,
+    /// A minimal LSM program (`lsm/file_open`).
+    pub lsm: TestLoad,
+    /// A minimal tracing program (fentry).
+    pub tracing: TestLoad,
+    /// A minimal socket filter: does this process get to load programs at all?
+    pub control: TestLoad,
+}
+
+/// Why BPF LSM programs cannot be used here, in words an operator can act on; None if a
+/// minimal LSM program loads (a hook that still fails says why on its own line).
+///
+/// The boot parameter (`lsm=...,bpf`) is advised only when `bpf` is missing from the active
+/// LSMs: when it is listed, booting with it again changes nothing.
+pub fn diagnose(f: &LsmFacts) -> Option<String> {
+    const DEGRADED: &str = "or accept degraded mode with --allow-degraded";
+    if f.lsm == TestLoad::Loaded {
+        return None;
+    }
+    let Some(list) = f.lsm_list.as_deref().map(str::trim) else {
+        return Some(format!(
+            "cannot tell whether BPF LSM is active: /sys/kernel/security/lsm is unreadable \
+             (mount securityfs on /sys/kernel/security), and LSM programs do not load ({}). \
+             Run on a node with BPF LSM, {DEGRADED}.",
+            describe(&f.lsm)
+        ));
+    };
+    if !bpf_listed(list) {
+        let boot = if list.is_empty() {
+            "lsm=bpf".to_owned()
+        } else {
+            format!("lsm={list},bpf")
+        };
+        return Some(format!(
+            "BPF LSM is not active: `bpf` is missing from the active LSMs ({list}). Boot with \
+             `{boot}` (the kernel also needs CONFIG_BPF_LSM=y), {DEGRADED}."
+        ));
+    }
+    let TestLoad::Refused { errno, log } = &f.lsm else {
+        return Some(format!(
+            "BPF LSM is active ({list}) but could not be tested: {}. {}",
+            describe(&f.lsm),
+            "See the hooks' lines for why they failed."
+        ));
+    };
+    if *errno != libc::EPERM {
+        return Some(format!(
+            "BPF LSM is active ({list}) but the kernel rejects a minimal LSM program ({}). \
+             Run on a node that permits BPF LSM, {DEGRADED}.",
+            describe(&f.lsm)
+        ));
+    }
+    if let Some(missing) = f.caps.map(|c| c.missing()).filter(|m| !m.is_empty()) {
+        return Some(format!(
+            "BPF LSM is active but this kernel refuses LSM program loads (EPERM): the process \
+             lacks {}. Run as root with every capability (a container needs CAP_BPF, \
+             CAP_PERFMON and CAP_SYS_ADMIN), {DEGRADED}.",
+            missing.join(" and ")
+        ));
+    }
+    if f.control.refused_with(libc::EPERM) {
+        return Some(format!(
+            "this kernel refuses every BPF program load (EPERM), even a socket filter: bpf() \
+             is forbidden to this process (seccomp, a container runtime or a sandbox), not \
+             just BPF LSM. Run where bpf() is allowed, {DEGRADED}."
+        ));
+    }
+    let mode = f.lockdown.as_deref().and_then(lockdown_mode);
+    if mode == Some("confidentiality") {
+        return Some(format!(
+            "BPF LSM is active but this kernel refuses LSM program loads (EPERM): lockdown is \
+             `confidentiality`, which forbids BPF programs that read kernel memory. Boot with \
+             `lockdown=integrity` (or without lockdown) if your platform allows it, run on a \
+             node that permits BPF LSM, {DEGRADED}."
+        ));
+    }
+    let log = if log.trim().is_empty() {
+        "EPERM, empty verifier log".to_owned()
+    } else {
+        format!("EPERM, verifier log: {}", first_line(log))
+    };
+    let caps = match f.caps {
+        Some(_) => "although the process has CAP_BPF and CAP_SYS_ADMIN",
+        None => "(the process's capabilities are unknown)",
+    };
+    let lockdown = match (mode, &f.lockdown) {
+        (Some(m), _) => m.to_owned(),
+        (None, Some(raw)) => format!("`{raw}`"),
+        (None, None) => "unknown (/sys/kernel/security/lockdown unreadable)".to_owned(),
+    };
+    let loads = if f.control == TestLoad::Loaded {
+        ", while other program types load"
+    } else {
+        ""
+    };
+    let host = if f.tracing.refused_with(libc::EPERM) {
+        format!(
+            "a host policy refuses BPF LSM and tracing programs (a minimal fentry program is \
+             refused the same way{loads}: the hypervisor's or sandbox's kernel, or a security \
+             module, not the boot command line)"
+        )
+    } else {
+        format!(
+            "a host policy refuses BPF LSM programs (tracing: {}{loads})",
+            describe(&f.tracing)
+        )
+    };
+    Some(format!(
+        "BPF LSM is active but this kernel refuses LSM program loads ({log}) {caps} and \
+         lockdown is {lockdown}: {host}; the boot parameter cannot fix this. Run on a node \
+         that permits BPF LSM, {DEGRADED}."
+    ))
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("")
+}
+
+fn describe(t: &TestLoad) -> String {
+    match t {
+        TestLoad::Loaded => "loaded".into(),
+        TestLoad::Refused { errno, log } => {
+            let err = std::io::Error::from_raw_os_error(*errno);
+            if log.trim().is_empty() {
+                format!("{err}, empty verifier log")
+            } else {
+                format!("{err}, verifier log: {}", first_line(log))
+            }
+        }
+        TestLoad::NotTried(why) => format!("not tried: {why}"),
+    }
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_PROG_TYPE_LSM: u32 = 29;
+const BPF_TRACE_FENTRY: u32 = 24;
+const BPF_LSM_MAC: u32 = 27;
+
+/// The `BPF_PROG_LOAD` part of `union bpf_attr` (include/uapi/linux/bpf.h), up to
+/// `core_relo_cnt`; the kernel takes a shorter attr as zeros beyond it.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    core_relo_cnt: u32,
+}
+
+/// Load `r0 = 0; exit` as a program of `prog_type` (attached to nothing) and close it.
+fn test_load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32) -> TestLoad {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // mov64 r0, 0; exit
+    let insns: [u64; 2] = [0xb7, 0x95];
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        expected_attach_type,
+        attach_btf_id,
+        ..Default::default()
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_LOAD attr whose pointers (instructions, license, log
+    // buffer of `log_size` bytes) outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the kernel just returned this descriptor, and nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+        return TestLoad::Loaded;
+    }
+    let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+    TestLoad::Refused {
+        errno,
+        log: String::from_utf8_lossy(&log[..end]).trim().to_owned(),
     }
 }
 
@@ -143,17 +496,24 @@ impl fmt::Display for HookState {
     }
 }
 
-/// Explain a program load/attach failure in terms an operator can act on.
+/// Explain a program load/attach failure in terms an operator can act on. Why the kernel
+/// refuses a whole program type is said once, by [`diagnose`], not on every hook's line.
 fn explain(err: &KernelError) -> String {
-    // Our error messages already include their sources.
-    let mut msg = err.to_string();
-    if msg.contains("Operation not permitted") || msg.contains("EPERM") {
-        msg.push_str(
-            " (the kernel refused the program: `bpf` missing from the active LSMs, a lockdown or \
-             host security policy that forbids this program type, or missing CAP_BPF/CAP_SYS_ADMIN)",
+    if let KernelError::Program {
+        name,
+        source: ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        },
+    } = err
+        && verifier_log.to_string().trim().is_empty()
+    {
+        return format!(
+            "program {name}: the kernel refused to load it ({io_error}, empty verifier log)"
         );
     }
-    msg
+    // Our error messages already include their sources.
+    err.to_string()
 }
 
 /// The enforcement state in the kernel: the pinned maps and which programs are attached.
@@ -888,6 +1248,211 @@ mod tests {
                 "map {name} missing: {obj:?}"
             );
         }
+    }
+
+    const ALL_CAPS: Caps = Caps {
+        bpf: true,
+        perfmon: true,
+        sys_admin: true,
+    };
+
+    fn eperm() -> TestLoad {
+        TestLoad::Refused {
+            errno: libc::EPERM,
+            log: String::new(),
+        }
+    }
+
+    /// This very host: `bpf` listed, integrity lockdown, root with every capability, LSM and
+    /// fentry loads refused with EPERM before the verifier, a socket filter loads.
+    fn refusing_host() -> LsmFacts {
+        LsmFacts {
+            lsm_list: Some("lockdown,capability,landlock,bpf".into()),
+            lockdown: Some("none [integrity] confidentiality".into()),
+            caps: Some(ALL_CAPS),
+            lsm: eperm(),
+            tracing: eperm(),
+            control: TestLoad::Loaded,
+        }
+    }
+
+    #[test]
+    fn a_host_that_refuses_bpf_lsm_is_not_told_to_boot_with_lsm_bpf() {
+        let why = diagnose(&refusing_host()).unwrap();
+        assert!(
+            why.starts_with(
+                "BPF LSM is active but this kernel refuses LSM program loads (EPERM, empty \
+                 verifier log) although the process has CAP_BPF and CAP_SYS_ADMIN and lockdown \
+                 is integrity: a host policy refuses BPF LSM and tracing programs"
+            ),
+            "{why}"
+        );
+        assert!(why.contains("while other program types load"), "{why}");
+        assert!(
+            why.ends_with(
+                "the boot parameter cannot fix this. Run on a node that permits BPF LSM, or \
+                 accept degraded mode with --allow-degraded."
+            ),
+            "{why}"
+        );
+        assert!(!why.contains("lsm="), "{why}");
+
+        // Only LSM programs refused: still the host, and tracing is said to load.
+        let only_lsm = LsmFacts {
+            tracing: TestLoad::Loaded,
+            ..refusing_host()
+        };
+        let why = diagnose(&only_lsm).unwrap();
+        assert!(why.contains("a host policy refuses BPF LSM programs (tracing: loaded"));
+        assert!(!why.contains("lsm="), "{why}");
+    }
+
+    #[test]
+    fn the_boot_parameter_is_advised_only_when_bpf_is_not_listed() {
+        let facts = LsmFacts {
+            lsm_list: Some("lockdown,capability,landlock,yama".into()),
+            lsm: TestLoad::Refused {
+                errno: libc::EINVAL,
+                log: String::new(),
+            },
+            ..refusing_host()
+        };
+        let why = diagnose(&facts).unwrap();
+        assert!(
+            why.contains("`bpf` is missing from the active LSMs")
+                && why.contains("`lsm=lockdown,capability,landlock,yama,bpf`"),
+            "{why}"
+        );
+        // bpf listed: never.
+        for facts in [
+            refusing_host(),
+            LsmFacts {
+                caps: Some(Caps {
+                    bpf: false,
+                    ..ALL_CAPS
+                }),
+                ..refusing_host()
+            },
+            LsmFacts {
+                lockdown: Some("none integrity [confidentiality]".into()),
+                ..refusing_host()
+            },
+            LsmFacts {
+                control: eperm(),
+                ..refusing_host()
+            },
+            LsmFacts {
+                lockdown: None,
+                caps: None,
+                ..refusing_host()
+            },
+        ] {
+            let why = diagnose(&facts).unwrap();
+            assert!(!why.contains("lsm="), "{why}");
+        }
+    }
+
+    #[test]
+    fn each_cause_of_a_refused_lsm_load_is_named() {
+        let no_caps = LsmFacts {
+            caps: Some(Caps {
+                bpf: false,
+                perfmon: true,
+                sys_admin: false,
+            }),
+            ..refusing_host()
+        };
+        let why = diagnose(&no_caps).unwrap();
+        assert!(why.contains("lacks CAP_BPF and CAP_SYS_ADMIN"), "{why}");
+
+        let confidential = LsmFacts {
+            lockdown: Some("none integrity [confidentiality]".into()),
+            ..refusing_host()
+        };
+        let why = diagnose(&confidential).unwrap();
+        assert!(why.contains("lockdown is `confidentiality`"), "{why}");
+
+        let no_bpf_at_all = LsmFacts {
+            control: eperm(),
+            ..refusing_host()
+        };
+        let why = diagnose(&no_bpf_at_all).unwrap();
+        assert!(why.contains("refuses every BPF program load"), "{why}");
+
+        let unknown = LsmFacts {
+            lockdown: None,
+            caps: None,
+            ..refusing_host()
+        };
+        let why = diagnose(&unknown).unwrap();
+        assert!(
+            why.contains("capabilities are unknown") && why.contains("lockdown is unknown"),
+            "{why}"
+        );
+
+        let verifier = LsmFacts {
+            lsm: TestLoad::Refused {
+                errno: libc::EINVAL,
+                log: "\nunknown func bpf_lsm_file_open\n".into(),
+            },
+            ..refusing_host()
+        };
+        let why = diagnose(&verifier).unwrap();
+        assert!(
+            why.contains("rejects a minimal LSM program")
+                && why.contains("verifier log: unknown func bpf_lsm_file_open"),
+            "{why}"
+        );
+
+        let unreadable = LsmFacts {
+            lsm_list: None,
+            ..refusing_host()
+        };
+        let why = diagnose(&unreadable).unwrap();
+        assert!(
+            why.contains("/sys/kernel/security/lsm is unreadable"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn nothing_to_diagnose_when_lsm_programs_load() {
+        let fine = LsmFacts {
+            lsm: TestLoad::Loaded,
+            tracing: TestLoad::Loaded,
+            ..refusing_host()
+        };
+        assert_eq!(diagnose(&fine), None);
+    }
+
+    #[test]
+    fn capabilities_and_lockdown_are_read() {
+        let status = "Name:\tgovernance\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
+                      CapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n";
+        assert_eq!(Caps::from_status(status), Some(ALL_CAPS));
+        let bare = Caps::from_status("CapEff:\t0000000000200000\n").unwrap();
+        assert_eq!(bare.missing(), ["CAP_BPF", "CAP_PERFMON"]);
+        assert_eq!(Caps::from_status("CapEff: zz\n"), None);
+        assert_eq!(Caps::from_status(""), None);
+        assert_eq!(
+            lockdown_mode("none [integrity] confidentiality"),
+            Some("integrity")
+        );
+        assert_eq!(
+            lockdown_mode("[none] integrity confidentiality"),
+            Some("none")
+        );
+        assert_eq!(lockdown_mode("garbage"), None);
+    }
+
+    /// The test loads run on this host without panicking, whatever it allows.
+    #[test]
+    fn test_loads_report_an_outcome() {
+        let t = test_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, 0);
+        assert!(
+            matches!(t, TestLoad::Loaded | TestLoad::Refused { .. }),
+            "{t:?}"
+        );
     }
 
     /// Symbol names in the embedded ELF object, read without loading anything.

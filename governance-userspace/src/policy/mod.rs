@@ -85,7 +85,7 @@ impl fmt::Display for Problem {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
-    #[error("reading policy directory {dir}: {source}")]
+    #[error("reading policy directory {dir}")]
     Dir {
         dir: PathBuf,
         source: std::io::Error,
@@ -509,19 +509,20 @@ pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
                 offset,
                 problems: &mut problems,
             };
-            let parsed = match marked_yaml::from_yaml_with_options::<model::PolicyDoc>(
+            let node = match marked_yaml::parse_yaml_with_options(
                 0,
                 &doc,
                 marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
             ) {
-                Ok(p) => p,
+                Ok(node) => node,
                 Err(e) => {
+                    // Broken YAML: nothing after the first error can be trusted.
                     let (at, msg) = yaml_error(&e);
                     cx.problem_at(at, msg);
                     continue;
                 }
             };
-            let Some(policy) = cx.policy(parsed) else {
+            let Some(policy) = cx.document(node) else {
                 continue;
             };
             if let Some(first) = names.get(&policy.name) {
@@ -553,23 +554,135 @@ pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
     }
 }
 
-fn yaml_error(e: &marked_yaml::FromYamlError) -> (Option<Marker>, String) {
-    use marked_yaml::{FromYamlError, LoadError};
-    match e {
-        FromYamlError::ParseYaml(le) => {
-            let at = match le {
-                LoadError::TopLevelMustBeMapping(m)
-                | LoadError::TopLevelMustBeSequence(m)
-                | LoadError::UnexpectedAnchor(m)
-                | LoadError::MappingKeyMustBeScalar(m)
-                | LoadError::UnexpectedTag(m)
-                | LoadError::ScanError(m, _) => Some(*m),
-                LoadError::DuplicateKey(inner) => inner.key.span().start().copied(),
-            };
-            (at, format!("YAML: {le}"))
+fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {
+    use marked_yaml::LoadError;
+    let at = match le {
+        LoadError::TopLevelMustBeMapping(m)
+        | LoadError::TopLevelMustBeSequence(m)
+        | LoadError::UnexpectedAnchor(m)
+        | LoadError::MappingKeyMustBeScalar(m)
+        | LoadError::UnexpectedTag(m)
+        | LoadError::ScanError(m, _) => Some(*m),
+        LoadError::DuplicateKey(inner) => inner.key.span().start().copied(),
+    };
+    (at, format!("YAML: {le}"))
+}
+
+/// Most problems one part of a document (the policy without its rules, or one rule) reports:
+/// each round of [`recover`] removes one entry, so this only bounds pathological input.
+const MAX_PART_PROBLEMS: usize = 64;
+
+/// A problem serde found in one part of a document.
+struct Found {
+    at: Option<Marker>,
+    /// Where in the part (`http.method`), as serde names it.
+    path: Option<String>,
+    message: String,
+    /// An unknown field: leaving it out changes nothing else the part says.
+    unknown_field: bool,
+}
+
+impl Found {
+    /// The message as the whole document would have it: `rules[2].verdict: unknown variant`.
+    fn message(&self, prefix: &str) -> String {
+        match (prefix, &self.path) {
+            ("", Some(path)) => format!("{path}: {}", self.message),
+            ("", None) => self.message.clone(),
+            (prefix, Some(path)) => format!("{prefix}.{path}: {}", self.message),
+            (prefix, None) => format!("{prefix}: {}", self.message),
         }
-        // The message names the path in the document (`rules[0].verdict: ...`).
-        FromYamlError::FromNode(ne) => (ne.start_mark(), ne.to_string()),
+    }
+}
+
+/// Deserialize one part of a document, finding every problem serde can report: after each,
+/// the entry at fault is left out and the part read again. A missing field after another
+/// problem is not reported (it is most likely that problem: a misspelt or a rejected field),
+/// and ends the part, as does a problem with the part as a whole. Some(value) only if what
+/// remained deserialized.
+fn recover<T: serde::de::DeserializeOwned>(mut node: marked_yaml::Node) -> (Option<T>, Vec<Found>) {
+    use marked_yaml::Error;
+    let mut found: Vec<Found> = Vec::new();
+    while found.len() < MAX_PART_PROBLEMS {
+        let e = match marked_yaml::from_node::<T>(&node) {
+            Ok(value) => return (Some(value), found),
+            Err(e) => e,
+        };
+        let missing = matches!(&*e, Error::Other(m, _) if m.starts_with("missing field"));
+        if missing && !found.is_empty() {
+            break;
+        }
+        let path = e.path().map(str::to_owned);
+        let removed = !missing
+            && path
+                .as_deref()
+                .is_some_and(|p| remove_entry(&mut node, entry_of(p)));
+        found.push(Found {
+            at: e.start_mark(),
+            unknown_field: matches!(&*e, Error::UnknownFieldError(..)),
+            path,
+            message: e.into_inner().to_string(),
+        });
+        if !removed {
+            break;
+        }
+    }
+    (None, found)
+}
+
+/// The mapping entry a problem at `path` is in: a bad element of a list takes the whole list
+/// out (leaving one element out would renumber the others' problems).
+fn entry_of(mut path: &str) -> &str {
+    while path.ends_with(']') {
+        match path.rfind('[') {
+            Some(i) => path = &path[..i],
+            None => break,
+        }
+    }
+    path
+}
+
+/// Remove the mapping entry at `path` (`http.method`, `access`, `a[1].b`); false if there is
+/// none.
+fn remove_entry(node: &mut marked_yaml::Node, path: &str) -> bool {
+    use marked_yaml::Node;
+    if path.is_empty() {
+        return false;
+    }
+    match node {
+        Node::Mapping(map) => {
+            // The longest key the path starts with: keys may hold `.` or `[` themselves.
+            let Some(key) = map
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| {
+                    path.strip_prefix(k)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+                .max_by_key(|k| k.len())
+                .map(str::to_owned)
+            else {
+                return false;
+            };
+            let rest = &path[key.len()..];
+            if rest.is_empty() {
+                return map.remove(key.as_str()).is_some();
+            }
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            map.get_mut(key.as_str())
+                .is_some_and(|n| remove_entry(n, rest))
+        }
+        Node::Sequence(seq) => {
+            let Some((index, rest)) = path.strip_prefix('[').and_then(|p| p.split_once(']')) else {
+                return false;
+            };
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| seq.get_mut(i))
+                .is_some_and(|n| remove_entry(n, rest))
+        }
+        Node::Scalar(_) => false,
     }
 }
 
@@ -605,6 +718,122 @@ impl Cx<'_> {
         self.problem_at(span.start().copied(), message.into());
     }
 
+    fn found(&mut self, found: Vec<Found>, prefix: &str) {
+        for f in found {
+            let message = f.message(prefix);
+            self.problem_at(f.at, message);
+        }
+    }
+
+    /// Read and validate one policy document (a parsed YAML tree); None if it had problems
+    /// (recorded, in the order they appear).
+    ///
+    /// Every problem a document has is found, not just the first: the rules are read one by
+    /// one, and a part with a problem is read again without the entry at fault (see
+    /// [`recover`]). The parts read cleanly are then validated as usual; a part that had a
+    /// problem is not, since what is left of it would report problems that are not there.
+    fn document(&mut self, mut node: marked_yaml::Node) -> Option<Policy> {
+        let before = self.problems.len();
+        let rule_nodes = match node.as_mapping_mut().and_then(|m| m.get_mut("rules")) {
+            Some(marked_yaml::Node::Sequence(seq)) => std::mem::take(&mut **seq),
+            _ => Vec::new(),
+        };
+        let (doc, top) = recover::<model::PolicyDoc>(node);
+        let top_clean = top.is_empty();
+        let top_unknown_only = top.iter().all(|f| f.unknown_field);
+        self.found(top, "");
+        let mut rules = Vec::new();
+        let mut rules_clean = true;
+        for (i, rule) in rule_nodes.into_iter().enumerate() {
+            match recover::<model::RuleDoc>(rule) {
+                (Some(rule), found) if found.is_empty() => rules.push(rule),
+                (_, found) => {
+                    rules_clean = false;
+                    self.found(found, &format!("rules[{i}]"));
+                }
+            }
+        }
+        let policy = doc.and_then(|mut doc| {
+            doc.rules = rules;
+            if top_clean {
+                self.policy(doc).filter(|_| rules_clean)
+            } else {
+                if top_unknown_only {
+                    // The rest of the policy says what it says: its rules can be checked.
+                    self.rules_only(doc);
+                }
+                None
+            }
+        });
+        self.problems[before..].sort_by_key(|p| p.at);
+        policy
+    }
+
+    /// Validate the rules of a policy whose other parts had problems (already recorded).
+    fn rules_only(&mut self, doc: model::PolicyDoc) {
+        let mut ignored = Vec::new();
+        let profiles = Cx {
+            file: self.file,
+            offset: self.offset,
+            problems: &mut ignored,
+        }
+        .profiles(&doc.sandbox_profiles);
+        let mode = doc.mode.as_ref().map_or(Mode::Enforce, |m| **m);
+        self.rules(doc.name.trim(), mode, &profiles, doc.rules);
+    }
+
+    fn profiles(
+        &mut self,
+        docs: &BTreeMap<String, Spanned<model::SandboxProfile>>,
+    ) -> BTreeMap<String, SandboxProfile> {
+        let mut profiles = BTreeMap::new();
+        for (pname, profile) in docs {
+            let mut writable = Vec::new();
+            for w in &profile.writable {
+                match self.abs_path(w) {
+                    Ok(p) => writable.push(p),
+                    Err(msg) => {
+                        self.problem(profile.span(), format!("sandbox profile `{pname}`: {msg}"))
+                    }
+                }
+            }
+            profiles.insert(
+                pname.clone(),
+                SandboxProfile {
+                    network: profile.network,
+                    writable,
+                },
+            );
+        }
+        profiles
+    }
+
+    fn rules(
+        &mut self,
+        name: &str,
+        mode: Mode,
+        profiles: &BTreeMap<String, SandboxProfile>,
+        docs: Vec<model::RuleDoc>,
+    ) -> Vec<Rule> {
+        let mut ids: BTreeMap<String, Location> = BTreeMap::new();
+        let mut rules = Vec::new();
+        for r in docs {
+            let at = self.loc(r.id.span());
+            if let Some(first) = ids.get(r.id.as_str()) {
+                self.problem(
+                    r.id.span(),
+                    format!("duplicate rule id `{}` (first at {first})", *r.id),
+                );
+                continue;
+            }
+            ids.insert(r.id.to_string(), at);
+            if let Some(rule) = self.rule(name, mode, profiles, r) {
+                rules.push(rule);
+            }
+        }
+        rules
+    }
+
     /// Validate one policy document; None if it had problems (already recorded).
     fn policy(&mut self, doc: model::PolicyDoc) -> Option<Policy> {
         let before = self.problems.len();
@@ -628,41 +857,8 @@ impl Cx<'_> {
                 defaults.insert(kind, **p);
             }
         }
-        let mut profiles = BTreeMap::new();
-        for (pname, profile) in &doc.sandbox_profiles {
-            let mut writable = Vec::new();
-            for w in &profile.writable {
-                match self.abs_path(w) {
-                    Ok(p) => writable.push(p),
-                    Err(msg) => {
-                        self.problem(profile.span(), format!("sandbox profile `{pname}`: {msg}"))
-                    }
-                }
-            }
-            profiles.insert(
-                pname.clone(),
-                SandboxProfile {
-                    network: profile.network,
-                    writable,
-                },
-            );
-        }
-        let mut ids: BTreeMap<String, Location> = BTreeMap::new();
-        let mut rules = Vec::new();
-        for r in doc.rules {
-            let at = self.loc(r.id.span());
-            if let Some(first) = ids.get(r.id.as_str()) {
-                self.problem(
-                    r.id.span(),
-                    format!("duplicate rule id `{}` (first at {first})", *r.id),
-                );
-                continue;
-            }
-            ids.insert(r.id.to_string(), at);
-            if let Some(rule) = self.rule(&name, mode, &profiles, r) {
-                rules.push(rule);
-            }
-        }
+        let profiles = self.profiles(&doc.sandbox_profiles);
+        let rules = self.rules(&name, mode, &profiles, doc.rules);
         let max_body = doc
             .proxy
             .as_ref()

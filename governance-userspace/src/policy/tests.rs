@@ -235,3 +235,44 @@ fn load_dir_names_the_directory_and_recurses() {
     let err = load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("sub/a.yaml:2:1: "), "{err}");
 }
+
+#[test]
+fn every_typo_of_a_file_is_reported_with_its_place() {
+    let errs = problems(&format!(
+        "{HEAD}  - id: a\n    exec: {{ path: /bin/a }}\n    verdict: blok\n    reason: r\n\
+         \x20 - id: b\n    exec: {{ path: /bin/b }}\n    verdict: block\n    reasn: r\n\
+         \x20 - id: c\n    file: {{ path: /etc/x, access: [read, wirte] }}\n    verdict: block\n    reason: r\n\
+         \x20 - id: d\n    network: {{ cidr: 10.0.0.0/8, via_proxy: maybe }}\n    verdict: block\n    reason: r\n"
+    ));
+    assert_eq!(
+        errs,
+        [
+            "p.yaml:6:14: rules[0].verdict: unknown variant `blok`, expected one of `allow`, `throttle`, `sandbox`, `escalate`, `block`",
+            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `throttle`, `escalate`, or `sandbox`",
+            "p.yaml:13:42: rules[2].file.access[1]: unknown variant `wirte`, expected one of `read`, `write`, `create`, `truncate`, `exec`",
+            "p.yaml:17:45: rules[3].network.via_proxy: Value was not a boolean",
+        ]
+    );
+}
+
+#[test]
+fn problems_in_one_rule_and_around_it_are_all_reported() {
+    // Two typos in one rule, one in the policy, and a rule that reads fine but is invalid:
+    // each is reported once, in file order, and a misspelt required field is not also
+    // reported missing.
+    let errs = problems(
+        "name: p\ndescripton: x\nagents: { cgroup: agents/a }\nrules:\n\
+         \x20 - id: a\n    exec: { path: /bin/a }\n    verdit: block\n    reason: r\n    mdoe: shadow\n\
+         \x20 - id: b\n    exec: { path: bin/b }\n    verdict: block\n    reason: r\n",
+    );
+    let at: Vec<&str> = errs.iter().map(|e| e.split(": ").next().unwrap()).collect();
+    assert_eq!(
+        at,
+        ["p.yaml:2:1", "p.yaml:7:5", "p.yaml:9:5", "p.yaml:11:19"],
+        "{errs:#?}"
+    );
+    assert!(errs[0].contains("Unknown field `descripton`"), "{errs:?}");
+    assert!(errs[1].contains("rules[0].verdit: Unknown field `verdit`"));
+    assert!(errs[2].contains("rules[0].mdoe: Unknown field `mdoe`"));
+    assert!(errs[3].contains("exec: `bin/b` is not an absolute path"));
+}
