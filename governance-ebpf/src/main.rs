@@ -27,11 +27,11 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext, SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, COUNTERS_LEN, Cause, ConnKey,
-    Counter, EVENTS_RING_BYTES, Event, ExecKey, GrantKey, Kind, MAX_AGENTS, MAX_BUCKETS,
-    MAX_CGROUP_DEPTH, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED,
-    MAX_PROXY_CONNS, MAX_SANDBOXED, NET_SLOTS, NO_RULE, NetKey, NetValue, OrigDst, PATH_MAX,
-    PathKey, ProxyAddr, RulePair, RuleRef, Verdict, access, allow, flags, net_object, proto, slot,
+    AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, Cause, ConnKey, Counter,
+    EVENTS_RING_BYTES, Event, ExecKey, GrantKey, Kind, MAX_AGENTS, MAX_BUCKETS, MAX_CGROUP_DEPTH,
+    MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS,
+    MAX_SANDBOXED, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetKey, NetValue, OrigDst, PATH_MAX, PathKey,
+    ProxyAddr, RulePair, RuleRef, Throttle, Verdict, access, allow, flags, net_object, proto, slot,
 };
 
 #[map]
@@ -46,6 +46,8 @@ static PATH_RULES: LpmTrie<PathKey, RulePair> = LpmTrie::with_max_entries(MAX_PA
 static NET_RULES: LpmTrie<NetKey, NetValue> = LpmTrie::with_max_entries(MAX_NET_RULES, 0);
 #[map]
 static BUCKETS: HashMap<BucketKey, Bucket> = HashMap::with_max_entries(MAX_BUCKETS, 0);
+#[map]
+static THROTTLES: HashMap<u32, Throttle> = HashMap::with_max_entries(MAX_THROTTLES, 0);
 #[map]
 static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX_GRANTS, 0);
 #[map]
@@ -319,7 +321,7 @@ fn apply(
     match verdict {
         Verdict::Allow => {}
         Verdict::Block => d.denied = true,
-        Verdict::Throttle => d.denied = !take_token(agent.value.class, &rule),
+        Verdict::Throttle => d.denied = !take_token(agent.root, &rule),
         Verdict::Sandbox => {
             // Marked from now on, children included (sched_process_fork). If the mark cannot
             // be stored, the action is refused rather than run unconstrained.
@@ -348,40 +350,42 @@ fn apply(
 
 /// Take one token from the rule's bucket; false when empty.
 ///
-/// The bucket is per agent and rule, per agent, or shared by all agents of the rule (the rule's
-/// `aux`, see governance_common::BUCKET_TEMPLATE). A missing bucket is created from the rule's
-/// template, full; if that fails the action is refused (fail closed) and counted.
+/// The rule's rate comes from this generation's THROTTLES entry; the bucket is per agent and
+/// rule, per agent, or shared by all agents of the rule (the rule's `aux`, see
+/// governance_common::BucketKey), keyed by the agent root and the rule's generation-independent
+/// bucket id, so a reload carries it over. A missing bucket is created full; if the rate is
+/// missing or the bucket cannot be stored the action is refused (fail closed) and counted.
 ///
 /// Two CPUs racing on one bucket may both see the same token: the refill and take are plain
 /// loads and stores (bpf_spin_lock needs BTF-described maps, which this toolchain does not
 /// emit), so the bound is exact on one CPU and may be exceeded by one per racing CPU.
 #[inline(always)]
-fn take_token(class: u32, rule: &RuleRef) -> bool {
+fn take_token(root: u64, rule: &RuleRef) -> bool {
+    // SAFETY: the value is copied immediately.
+    let Some(t) = (unsafe { THROTTLES.get(&rule.rule_id) }).copied() else {
+        count(Counter::MapFull);
+        return false;
+    };
     let key = match rule.aux {
         1 => BucketKey {
-            class,
-            rule_id: NO_RULE,
+            owner: root,
+            rule: 0,
         },
         2 => BucketKey {
-            class: 0,
-            rule_id: rule.rule_id,
+            owner: 0,
+            rule: t.bucket,
         },
         _ => BucketKey {
-            class,
-            rule_id: rule.rule_id,
+            owner: root,
+            rule: t.bucket,
         },
     };
     let b = match BUCKETS.get_ptr_mut(&key) {
         Some(b) => b,
         None => {
-            let template = BucketKey {
-                class: BUCKET_TEMPLATE,
-                rule_id: rule.rule_id,
-            };
-            // SAFETY: the value is copied immediately.
-            let Some(full) = (unsafe { BUCKETS.get(&template) }).copied() else {
-                count(Counter::MapFull);
-                return false;
+            let full = Bucket {
+                tokens: t.capacity,
+                last_ns: 0,
             };
             let _ = BUCKETS.insert(&key, &full, BPF_NOEXIST);
             match BUCKETS.get_ptr_mut(&key) {
@@ -395,18 +399,18 @@ fn take_token(class: u32, rule: &RuleRef) -> bool {
     };
     // SAFETY: a map value pointer, valid for the program's run.
     let b = unsafe { &mut *b };
-    let t = now();
-    if b.last_ns == 0 || t < b.last_ns {
-        b.last_ns = t;
-    } else if let Some(refill) = (t - b.last_ns).checked_div(b.interval_ns)
+    let at = now();
+    if b.last_ns == 0 || at < b.last_ns {
+        b.last_ns = at;
+    } else if let Some(refill) = (at - b.last_ns).checked_div(t.interval_ns)
         && refill > 0
     {
-        b.tokens = if b.tokens + refill > b.capacity {
-            b.capacity
-        } else {
-            b.tokens + refill
-        };
-        b.last_ns += refill * b.interval_ns;
+        b.tokens = b.tokens.saturating_add(refill);
+        b.last_ns += refill * t.interval_ns;
+    }
+    // At most the burst of the generation deciding (a reload may have lowered it).
+    if b.tokens > t.capacity {
+        b.tokens = t.capacity;
     }
     if b.tokens == 0 {
         return false;
