@@ -26,7 +26,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -882,7 +882,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("governance: {why}; reloading");
         let next = current + 1;
         let result = match build(next, &args, &enforcer, &root) {
-            Ok(Some(b)) => {
+            Ok(Some(mut b)) => {
+                // The kernel's buckets carried over with the flip; the HTTP engine's carry
+                // over before it decides anything.
+                b.engine.carry_buckets(&engine.load(), Instant::now());
                 install_names(&names, next, b.names);
                 engine.store(Arc::new(b.engine));
                 eprintln!("governance: generation {next} is enforcing");
