@@ -28,8 +28,13 @@ pub mod maps {
     pub const PATH_RULES: &str = "PATH_RULES";
     /// LPM trie of [`crate::NetKey`] → [`crate::NetValue`]: destination rules.
     pub const NET_RULES: &str = "NET_RULES";
-    /// [`crate::BucketKey`] → [`crate::Bucket`]: token buckets of throttle rules.
+    /// [`crate::BucketKey`] → [`crate::Bucket`]: the token buckets of throttle rules. Not per
+    /// generation: a bucket's key names the rule and agent it counts for, not a slot, so the
+    /// buckets outlive reloads (see [`crate::Throttle`]).
     pub const BUCKETS: &str = "BUCKETS";
+    /// Kernel rule id (u32, slot bit included) → [`crate::Throttle`]: each throttle rule's
+    /// rate and bucket, per generation like the rule tables.
+    pub const THROTTLES: &str = "THROTTLES";
     /// [`crate::GrantKey`] → expiry (u64, CLOCK_MONOTONIC ns): approved escalations.
     pub const GRANTS: &str = "GRANTS";
     /// tgid (u32) → class id (u32): processes running under a sandbox profile.
@@ -52,13 +57,14 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
 
     /// Every map, in pin order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         STATE,
         AGENTS,
         EXEC_RULES,
         PATH_RULES,
         NET_RULES,
         BUCKETS,
+        THROTTLES,
         GRANTS,
         SANDBOXED,
         PROTECTED,
@@ -233,6 +239,8 @@ pub const MAX_PATH_RULES: u32 = 65536;
 pub const MAX_NET_RULES: u32 = 32768;
 /// Capacity of [`maps::BUCKETS`], [`maps::GRANTS`], [`maps::SANDBOXED`].
 pub const MAX_BUCKETS: u32 = 16384;
+/// Capacity of [`maps::THROTTLES`] (both slots: a generation holds at most half).
+pub const MAX_THROTTLES: u32 = 8192;
 pub const MAX_GRANTS: u32 = 16384;
 pub const MAX_SANDBOXED: u32 = 16384;
 pub const MAX_PROTECTED: u32 = 64;
@@ -601,29 +609,42 @@ pub struct ConnKey {
     pub family: u32,
 }
 
-/// [`BucketKey::class`] of a throttle rule's template: the full bucket the daemon writes, which
-/// the programs copy when they first need a bucket of that rule.
-pub const BUCKET_TEMPLATE: u32 = u32::MAX;
-
-/// Key of [`maps::BUCKETS`]: by the rule's [`RuleRef::aux`]: 0 (class, rule), one bucket per
-/// agent and rule; 1 (class, 0), one per agent; 2 (0, rule), one shared by every agent;
-/// ([`BUCKET_TEMPLATE`], rule) is the template.
+/// Key of [`maps::BUCKETS`], by the rule's [`RuleRef::aux`]: 0 (agent, rule), one bucket per
+/// agent and rule; 1 (agent, 0), one per agent, shared by its rules keyed so; 2 (0, rule), one
+/// shared by every agent.
+///
+/// Neither part depends on the generation: `owner` is the agent root's cgroup id (a sandboxed
+/// process counts against its agent's buckets), `rule` the rule's [`Throttle::bucket`], a hash of
+/// its `<policy>/<rule>` name. The rule tables of every generation that still has the rule lead
+/// to the same bucket, so a reload neither refills nor resets it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BucketKey {
-    pub class: u32,
-    pub rule_id: u32,
+    pub owner: u64,
+    pub rule: u64,
 }
 
-/// A token bucket: `capacity` tokens, refilled at one token per `interval_ns`.
-/// Written by the daemon with a full bucket; updated by the programs.
+/// A token bucket's level: `tokens` left at `last_ns` (`bpf_ktime_get_ns`; 0: never used).
+/// Created full by the programs on first use; its capacity and refill rate are the rule's
+/// [`Throttle`] in the generation that decides, so a reload that lowers the rate caps the level
+/// at the new burst the next time the bucket is used.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bucket {
     pub tokens: u64,
     pub last_ns: u64,
+}
+
+/// Value of [`maps::THROTTLES`]: a throttle rule's rate in one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Throttle {
+    /// Burst: the most tokens a bucket holds.
     pub capacity: u64,
+    /// One token comes back per `interval_ns`.
     pub interval_ns: u64,
+    /// [`BucketKey::rule`] of the rule's buckets: the same in every generation (never 0).
+    pub bucket: u64,
 }
 
 /// Key of [`maps::GRANTS`]: what an approved escalation lets through again.
@@ -699,8 +720,9 @@ const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NetEntry>() == 16);
 const _: () = assert!(core::mem::size_of::<NetValue>() == 8 + 16 * NET_SLOTS);
-const _: () = assert!(core::mem::size_of::<BucketKey>() == 8);
-const _: () = assert!(core::mem::size_of::<Bucket>() == 32);
+const _: () = assert!(core::mem::size_of::<BucketKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
+const _: () = assert!(core::mem::size_of::<Throttle>() == 24);
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
@@ -751,6 +773,7 @@ mod pod {
     unsafe impl aya::Pod for super::NetValue {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::Throttle {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::ProxyAddr {}

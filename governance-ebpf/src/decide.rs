@@ -10,8 +10,8 @@ use aya_ebpf::helpers::{
     },
 };
 use governance_common::{
-    AgentKey, AgentValue, BUCKET_TEMPLATE, BucketKey, Cause, Counter, EVENTS_RING_BYTES, Event,
-    GrantKey, Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, slot,
+    AgentKey, AgentValue, Bucket, BucketKey, Cause, Counter, EVENTS_RING_BYTES, Event, GrantKey,
+    Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, slot,
 };
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
         BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
         OFF_TASK_REAL_PARENT, OFF_TASK_TGID, off, read_at,
     },
-    maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE},
+    maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE, THROTTLES},
 };
 
 #[inline(always)]
@@ -216,7 +216,7 @@ pub(crate) fn apply(
     match verdict {
         Verdict::Allow => {}
         Verdict::Block => d.denied = true,
-        Verdict::Throttle => d.denied = !take_token(agent.value.class, &rule),
+        Verdict::Throttle => d.denied = !take_token(agent.root, &rule),
         Verdict::Sandbox => {
             // Marked from now on, children included (sched_process_fork). If the mark cannot
             // be stored, the action is refused rather than run unconstrained.
@@ -245,40 +245,42 @@ pub(crate) fn apply(
 
 /// Take one token from the rule's bucket; false when empty.
 ///
-/// The bucket is per agent and rule, per agent, or shared by all agents of the rule (the rule's
-/// `aux`, see governance_common::BUCKET_TEMPLATE). A missing bucket is created from the rule's
-/// template, full; if that fails the action is refused (fail closed) and counted.
+/// The rule's rate comes from this generation's THROTTLES entry; the bucket is per agent and
+/// rule, per agent, or shared by all agents of the rule (the rule's `aux`, see
+/// governance_common::BucketKey), keyed by the agent root and the rule's generation-independent
+/// bucket id, so a reload carries it over. A missing bucket is created full; if the rate is
+/// missing or the bucket cannot be stored the action is refused (fail closed) and counted.
 ///
 /// Two CPUs racing on one bucket may both see the same token: the refill and take are plain
 /// loads and stores (bpf_spin_lock needs BTF-described maps, which this toolchain does not
 /// emit), so the bound is exact on one CPU and may be exceeded by one per racing CPU.
 #[inline(always)]
-fn take_token(class: u32, rule: &RuleRef) -> bool {
+fn take_token(root: u64, rule: &RuleRef) -> bool {
+    // SAFETY: the value is copied immediately.
+    let Some(t) = (unsafe { THROTTLES.get(&rule.rule_id) }).copied() else {
+        count(Counter::MapFull);
+        return false;
+    };
     let key = match rule.aux {
         1 => BucketKey {
-            class,
-            rule_id: NO_RULE,
+            owner: root,
+            rule: 0,
         },
         2 => BucketKey {
-            class: 0,
-            rule_id: rule.rule_id,
+            owner: 0,
+            rule: t.bucket,
         },
         _ => BucketKey {
-            class,
-            rule_id: rule.rule_id,
+            owner: root,
+            rule: t.bucket,
         },
     };
     let b = match BUCKETS.get_ptr_mut(&key) {
         Some(b) => b,
         None => {
-            let template = BucketKey {
-                class: BUCKET_TEMPLATE,
-                rule_id: rule.rule_id,
-            };
-            // SAFETY: the value is copied immediately.
-            let Some(full) = (unsafe { BUCKETS.get(&template) }).copied() else {
-                count(Counter::MapFull);
-                return false;
+            let full = Bucket {
+                tokens: t.capacity,
+                last_ns: 0,
             };
             let _ = BUCKETS.insert(&key, &full, BPF_NOEXIST);
             match BUCKETS.get_ptr_mut(&key) {
@@ -292,18 +294,18 @@ fn take_token(class: u32, rule: &RuleRef) -> bool {
     };
     // SAFETY: a map value pointer, valid for the program's run.
     let b = unsafe { &mut *b };
-    let t = now();
-    if b.last_ns == 0 || t < b.last_ns {
-        b.last_ns = t;
-    } else if let Some(refill) = (t - b.last_ns).checked_div(b.interval_ns)
+    let at = now();
+    if b.last_ns == 0 || at < b.last_ns {
+        b.last_ns = at;
+    } else if let Some(refill) = (at - b.last_ns).checked_div(t.interval_ns)
         && refill > 0
     {
-        b.tokens = if b.tokens + refill > b.capacity {
-            b.capacity
-        } else {
-            b.tokens + refill
-        };
-        b.last_ns += refill * b.interval_ns;
+        b.tokens = b.tokens.saturating_add(refill);
+        b.last_ns += refill * t.interval_ns;
+    }
+    // At most the burst of the generation deciding (a reload may have lowered it).
+    if b.tokens > t.capacity {
+        b.tokens = t.capacity;
     }
     if b.tokens == 0 {
         return false;

@@ -10,8 +10,8 @@ use aya_ebpf::{
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
     GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, NetKey, NetValue, OrigDst, PathKey, ProxyAddr,
-    RulePair,
+    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, MAX_THROTTLES, NetKey, NetValue, OrigDst,
+    PathKey, ProxyAddr, RulePair, Throttle,
 };
 
 #[map]
@@ -29,6 +29,8 @@ pub(crate) static NET_RULES: LpmTrie<NetKey, NetValue> =
     LpmTrie::with_max_entries(MAX_NET_RULES, 0);
 #[map]
 pub(crate) static BUCKETS: HashMap<BucketKey, Bucket> = HashMap::with_max_entries(MAX_BUCKETS, 0);
+#[map]
+pub(crate) static THROTTLES: HashMap<u32, Throttle> = HashMap::with_max_entries(MAX_THROTTLES, 0);
 #[map]
 pub(crate) static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX_GRANTS, 0);
 #[map]

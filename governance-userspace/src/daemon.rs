@@ -8,7 +8,9 @@
 //! reload`, a change in the policy directory, an agent cgroup that appears, goes or is
 //! labelled) builds the next generation; one that fails (invalid policy, unenforceable policy,
 //! kernel error) changes nothing: the current generation keeps enforcing and the failure is
-//! reported and counted.
+//! reported and counted. A change in the cgroup tree that leaves the set of agents as it was (a
+//! cgroup made or removed inside an agent, or outside every selector) builds nothing. Throttle
+//! buckets carry over from one generation to the next, in the kernel and in the HTTP engine.
 //!
 //! Data flow: kernel ring buffer → drainer thread → [`pipeline`] (enrich, audit log, metrics,
 //! subscribers); the proxy and the approval queue publish into the same pipeline.
@@ -26,7 +28,7 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -78,6 +80,8 @@ struct Built {
     names: Names,
     engine: Engine,
     agents: Vec<AgentView>,
+    /// The agent cgroups it was built for.
+    found: Vec<agents::AgentCgroup>,
     rules: usize,
 }
 
@@ -169,6 +173,7 @@ fn build(
         names,
         engine: Engine::new(set, number),
         agents,
+        found,
         rules,
     }))
 }
@@ -669,9 +674,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Generation 1 (or the one after what was pinned).
     let mut current = previous;
     let engine: Arc<ArcSwap<Engine>>;
+    // The agents of the current generation, and whether the last build failed (then any
+    // change is worth another try).
+    let mut agents_now = Vec::new();
+    let mut last_failed = false;
     match build(current + 1, &args, &enforcer, &root) {
         Ok(Some(b)) => {
             current += 1;
+            agents_now = b.found;
             engine = Arc::new(ArcSwap::from_pointee(b.engine));
             install_names(&names, current, b.names);
             let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -705,6 +715,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "governance: the policy failed to load; generation {current} (pinned) keeps enforcing:\n{e:#}"
             );
+            last_failed = true;
             engine = Arc::new(ArcSwap::from_pointee(Engine::new(
                 policy::PolicySet::default(),
                 current,
@@ -876,14 +887,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             _ = until(earliest(policy_due, cgroup_due)) => {
-                let why = if policy_due.is_some() {
-                    "the policy directory changed"
-                } else {
-                    "the cgroup tree changed"
-                };
+                let policy_changed = policy_due.is_some();
                 policy_due = None;
                 cgroup_due = None;
-                why
+                if policy_changed {
+                    "the policy directory changed"
+                } else {
+                    // Only cgroups changed. If the agents are the same ones, the current
+                    // generation is exactly what a rebuild would make: keep it. (Watch the new
+                    // directories first, so a cgroup made meanwhile is seen next time.)
+                    cgroup_watch = watch_cgroups(&root)?;
+                    if !last_failed
+                        && agents::discover(&root, engine.load().policies(), !args.no_create_cgroups)
+                            .is_ok_and(|found| found == agents_now)
+                    {
+                        eprintln!(
+                            "governance: the cgroup tree changed, the agents did not; generation {current} stays"
+                        );
+                        continue;
+                    }
+                    "the agent cgroups changed"
+                }
             }
             r = reload_rx.recv() => {
                 reply = r;
@@ -896,9 +920,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("governance: {why}; reloading");
         let next = current + 1;
         let result = match build(next, &args, &enforcer, &root) {
-            Ok(Some(b)) => {
+            Ok(Some(mut b)) => {
+                // The kernel's buckets carried over with the flip; the HTTP engine's carry
+                // over before it decides anything.
+                b.engine.carry_buckets(&engine.load(), Instant::now());
                 install_names(&names, next, b.names);
                 engine.store(Arc::new(b.engine));
+                agents_now = b.found;
+                last_failed = false;
                 eprintln!("governance: generation {next} is enforcing");
                 current = next;
                 let mut s = snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -928,6 +957,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         if let Err(e) = &result {
             failures += 1;
+            last_failed = true;
             eprintln!(
                 "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
             );

@@ -1,5 +1,6 @@
 //! The decision engine: (agent, action, time) → decision. Pure apart from the token buckets
-//! that throttle rules keep, which live beside it behind a lock.
+//! that throttle rules keep, which live beside it behind a lock and outlive it: the next
+//! generation takes them over (see [`Engine::carry_buckets`]).
 //!
 //! This is the reference semantics: the HTTP proxy calls it in process, `governance policy
 //! test` runs it, and the kernel maps encode the subset the kernel programs enforce.
@@ -15,7 +16,7 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -23,7 +24,7 @@ use serde_json::Value;
 
 use crate::policy::{
     Access, HostMatch, HttpMatcher, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule,
-    SandboxTarget, ThrottleKey, Verdict, glob,
+    SandboxTarget, Throttle, ThrottleKey, Verdict, glob,
 };
 
 /// Something an agent is about to do.
@@ -129,6 +130,21 @@ struct Bucket {
     at: Instant,
 }
 
+/// What a bucket counts, by names that mean the same in every generation (rule indices do
+/// not: they move when a rule before them comes or goes).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct BucketId {
+    /// `<policy>/<rule>`; None for the bucket that all of an agent's `key: agent` rules share.
+    rule: Option<String>,
+    /// The agent's name; empty for a `key: rule` bucket, which every agent shares.
+    who: String,
+    /// Counted by shadow decisions (which never touch the enforcing buckets).
+    shadow: bool,
+}
+
+/// The token buckets, shared by an engine and the engines that succeed it.
+type Buckets = Arc<Mutex<HashMap<BucketId, Bucket>>>;
+
 /// The rules that apply to one agent, ordered for first-match-wins.
 #[derive(Debug, Default)]
 pub struct AgentRules {
@@ -173,7 +189,7 @@ pub struct Engine {
     rules: Vec<(usize, usize)>,
     /// `<policy>/<rule>` → rule index.
     by_id: HashMap<String, usize>,
-    buckets: Mutex<HashMap<(usize, String, bool), Bucket>>,
+    buckets: Buckets,
 }
 
 impl Engine {
@@ -194,8 +210,61 @@ impl Engine {
             set,
             rules,
             by_id,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Buckets::default(),
         }
+    }
+
+    /// Take over the token buckets of `previous`, the generation this one replaces (call it
+    /// before this engine decides anything).
+    ///
+    /// A throttle rule that is still there (same `<policy>/<rule>`) keeps each agent's level,
+    /// so a reload never hands out a fresh budget; if its rate changed, the level is capped at
+    /// the new burst when next used. From here on both engines share one store: a request that
+    /// the previous generation is still deciding after the switch takes its token from the
+    /// same bucket, so nothing is copied that could miss it, and no moment exists with a fresh
+    /// bucket. Buckets that no rule of this generation uses are dropped, and so are full ones
+    /// (a full bucket decides exactly as a missing one), so the store does not grow with
+    /// agents and rules that came and went.
+    pub fn carry_buckets(&mut self, previous: &Engine, now: Instant) {
+        self.buckets = previous.buckets.clone();
+        fn throttle(rule: &Rule) -> Option<&Throttle> {
+            rule.throttle
+                .as_ref()
+                .filter(|_| rule.verdict == Verdict::Throttle)
+        }
+        // The `key: agent` rules, which share one bucket per agent.
+        let per_agent: Vec<&Throttle> = (0..self.rules.len())
+            .filter_map(|i| throttle(self.rule(i)))
+            .filter(|t| t.key == ThrottleKey::Agent)
+            .collect();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        buckets.retain(|id, b| {
+            // The throttles of this generation that would take tokens from this bucket.
+            let users: Vec<&Throttle> = match &id.rule {
+                None => per_agent.clone(),
+                Some(name) => self
+                    .rule_by_id(name)
+                    .and_then(throttle)
+                    .filter(|t| match t.key {
+                        ThrottleKey::Agent => false,
+                        ThrottleKey::Rule => id.who.is_empty(),
+                        ThrottleKey::AgentRule => !id.who.is_empty(),
+                    })
+                    .into_iter()
+                    .collect(),
+            };
+            let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+            let full = |t: &&Throttle| {
+                let per_token = t.per.as_secs_f64() / f64::from(t.rate.max(1));
+                b.tokens + elapsed / per_token >= f64::from(t.rate)
+            };
+            !users.is_empty() && !users.iter().all(full)
+        });
+    }
+
+    /// The policy set this generation decides with.
+    pub fn policies(&self) -> &PolicySet {
+        &self.set
     }
 
     /// The rule a decision quotes (`<policy>/<rule>`).
@@ -469,17 +538,15 @@ impl Engine {
             ThrottleKey::Agent | ThrottleKey::AgentRule => agent.name.clone(),
         };
         // Agent-keyed buckets are shared by all the agent's throttle rules.
-        let slot = if key == ThrottleKey::Agent {
-            usize::MAX
-        } else {
-            rule
-        };
+        let rule = (key != ThrottleKey::Agent).then(|| self.rule(rule).id.clone());
         let per_token = per.as_secs_f64() / f64::from(rate);
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let b = buckets.entry((slot, who, shadow)).or_insert(Bucket {
-            tokens: f64::from(rate),
-            at: now,
-        });
+        let b = buckets
+            .entry(BucketId { rule, who, shadow })
+            .or_insert(Bucket {
+                tokens: f64::from(rate),
+                at: now,
+            });
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed / per_token).min(f64::from(rate));
         b.at = now.max(b.at);

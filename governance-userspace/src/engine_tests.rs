@@ -213,3 +213,143 @@ fn http_matching_covers_hosts_methods_paths_headers_bodies_and_mcp() {
         "no rule: the default blocks"
     );
 }
+
+/// A throttle rule `t` of `rate` per minute (with `extra` rules before it, to move its index).
+fn throttled(rate: u32, key: &str, extra: &str) -> String {
+    format!(
+        "name: p\nagents: {{ cgroup: 'agents/*' }}\nrules:\n{extra}\
+         \x20 - id: t\n    http: {{ host: api.example }}\n    verdict: throttle\n    throttle: {{ rate: {rate}, per: 1m, key: {key} }}\n    reason: r\n"
+    )
+}
+
+/// The next generation of `previous`, as the daemon makes it.
+fn reload(previous: &Engine, yaml: &str, now: Instant) -> Engine {
+    let mut next = Engine::new(
+        parse(&[("p.yaml".into(), yaml.into())]).unwrap_or_else(|e| panic!("{e}")),
+        previous.generation + 1,
+    );
+    next.carry_buckets(previous, now);
+    next
+}
+
+#[test]
+fn a_reload_of_the_same_policy_does_not_refill_a_throttle() {
+    let yaml = throttled(3, "agent_rule", "");
+    let g1 = engine(&yaml);
+    let req = http("GET", "api.example", "/", json!({}));
+    let t0 = Instant::now();
+    let a = agent("agents/a");
+    for _ in 0..3 {
+        assert_eq!(g1.decide(&g1.agent(&a), &req, t0).verdict(), Verdict::Allow);
+    }
+    let g2 = reload(&g1, &yaml, t0);
+    let d = g2.decide(&g2.agent(&a), &req, t0);
+    assert_eq!(
+        (d.verdict(), d.generation),
+        (Verdict::Throttle, 8),
+        "the budget spent under generation 7 stays spent under 8"
+    );
+    // A request the old generation is still deciding after the switch counts in the same
+    // bucket: the generations share it.
+    assert_eq!(
+        g1.decide(&g1.agent(&a), &req, t0).verdict(),
+        Verdict::Throttle
+    );
+    // Control: another agent's budget is its own, and time still refills (20 s a token).
+    assert_eq!(
+        g2.decide(&g2.agent(&agent("agents/b")), &req, t0).verdict(),
+        Verdict::Allow
+    );
+    let later = t0 + Duration::from_secs(20);
+    assert_eq!(
+        g2.decide(&g2.agent(&a), &req, later).verdict(),
+        Verdict::Allow
+    );
+    assert_eq!(
+        g2.decide(&g2.agent(&a), &req, later).verdict(),
+        Verdict::Throttle
+    );
+}
+
+#[test]
+fn buckets_follow_the_rule_name_not_its_position_for_every_key() {
+    let req = http("GET", "api.example", "/", json!({}));
+    let other = "\x20 - { id: first, http: { host: other.example }, verdict: allow, reason: r }\n";
+    for key in ["agent_rule", "agent", "rule"] {
+        let t0 = Instant::now();
+        let g1 = engine(&throttled(2, key, ""));
+        let a = agent("agents/a");
+        for _ in 0..2 {
+            assert_eq!(g1.decide(&g1.agent(&a), &req, t0).verdict(), Verdict::Allow);
+        }
+        // A rule added before `t` moves its index; the bucket stays `p/t`'s.
+        let g2 = reload(&g1, &throttled(2, key, other), t0);
+        assert_eq!(
+            g2.decide(&g2.agent(&a), &req, t0).verdict(),
+            Verdict::Throttle,
+            "key {key}"
+        );
+    }
+}
+
+#[test]
+fn a_changed_rate_carries_the_level_capped_at_the_new_burst() {
+    let req = http("GET", "api.example", "/", json!({}));
+    let a = agent("agents/a");
+    let t0 = Instant::now();
+    // 10 per minute, 4 spent: 6 left. Lowered to 3: 3 left, not 6 and not a fresh 3 on top.
+    let g1 = engine(&throttled(10, "agent_rule", ""));
+    for _ in 0..4 {
+        assert_eq!(g1.decide(&g1.agent(&a), &req, t0).verdict(), Verdict::Allow);
+    }
+    let g2 = reload(&g1, &throttled(3, "agent_rule", ""), t0);
+    let v = g2.agent(&a);
+    let allowed = (0..10)
+        .filter(|_| g2.decide(&v, &req, t0).verdict() == Verdict::Allow)
+        .count();
+    assert_eq!(allowed, 3);
+    // Raised from 3 to 10 with nothing left: still nothing left (no fresh burst).
+    let g3 = reload(&g2, &throttled(10, "agent_rule", ""), t0);
+    assert_eq!(
+        g3.decide(&g3.agent(&a), &req, t0).verdict(),
+        Verdict::Throttle
+    );
+}
+
+#[test]
+fn buckets_of_removed_rules_and_full_buckets_are_dropped() {
+    let req = http("GET", "api.example", "/", json!({}));
+    let a = agent("agents/a");
+    let t0 = Instant::now();
+    let g1 = engine(&throttled(2, "agent_rule", ""));
+    for _ in 0..2 {
+        g1.decide(&g1.agent(&a), &req, t0);
+    }
+    let size = |e: &Engine| e.buckets.lock().unwrap().len();
+    assert_eq!(size(&g1), 1);
+    // The rule goes: so does its bucket; when it comes back it starts full, like a new rule.
+    let g2 = reload(
+        &g1,
+        "name: p\nagents: { cgroup: 'agents/*' }\nrules: []\n",
+        t0,
+    );
+    assert_eq!(size(&g2), 0);
+    let g3 = reload(&g2, &throttled(2, "agent_rule", ""), t0);
+    assert_eq!(g3.decide(&g3.agent(&a), &req, t0).verdict(), Verdict::Allow);
+    // A bucket that has refilled completely decides as a missing one: dropped.
+    assert_eq!(size(&g3), 1);
+    let g4 = reload(
+        &g3,
+        &throttled(2, "agent_rule", ""),
+        t0 + Duration::from_secs(60),
+    );
+    assert_eq!(size(&g4), 0);
+    // A bucket still refilling is kept.
+    g4.decide(&g4.agent(&a), &req, t0);
+    let g5 = reload(
+        &g4,
+        &throttled(2, "agent_rule", ""),
+        t0 + Duration::from_secs(1),
+    );
+    assert_eq!(size(&g5), 1);
+}

@@ -658,6 +658,165 @@ fn agent_cgroup_churn_leaves_no_stale_entries() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Issue 12 item 7, throttles survive reloads. An agent that spent its connect budget (3 an
+/// hour: nothing refills during the test, so every refusal is the spent level) gets no fresh one
+/// by making a child cgroup (which now rebuilds nothing), nor through `governance policy reload`,
+/// SIGHUP, or a new agent appearing (new generations, whose rules lead to the same buckets).
+/// Controls: an outsider is never throttled, a new agent and the policy's second agent have
+/// budgets of their own, and the bucket of an agent that goes is deleted.
+#[test]
+fn throttles_survive_child_cgroups_and_reloads() {
+    require_root();
+    let parent = TestCgroup::new("throttles");
+    let a = parent.child("a");
+    let b = parent.child("b");
+    let outsider = TestCgroup::new("unthrottled");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let dir = policy_dir(
+        "throttles",
+        &format!(
+            "name: meter\nagents: {{ cgroup: '{}/*' }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, verdict: throttle, throttle: {{ rate: 3, per: 1h }}, reason: metered }}\n",
+            parent.rel.display()
+        ),
+    );
+    let pins = pin_dir("throttles");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (mut daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    assert!(
+        seen.contains("as generation 1") && seen.contains("2 agents"),
+        "{seen}"
+    );
+    let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
+    let attempt = Attempt::connect(addr);
+    // A connect from `cgroup`, and the daemon's line for it (which names the generation).
+    let mut connect = |cgroup: &Path, generation: u32| {
+        let (_, outcome) = run_in(Some(cgroup), "metered", &attempt);
+        let line = next_line(&mut stdout);
+        assert!(
+            line.contains(&format!(" gen={generation} verdict=throttle rule=meter/lo")),
+            "{line}"
+        );
+        (outcome, line)
+    };
+    let spent = |(outcome, line): (Outcome, String)| {
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{line}");
+        assert!(line.contains(" THROTTLE connect "), "{line}");
+    };
+    let allowed = |(outcome, line): (Outcome, String)| {
+        assert_eq!(outcome, Outcome::Exited(0), "{line}");
+        assert!(line.contains(" ALLOW    connect "), "{line}");
+    };
+    let outside = |case: &str| {
+        for cgroup in [Some(outsider.path.as_path()), None] {
+            assert_eq!(
+                run_in(cgroup, "unmetered", &attempt).1,
+                Outcome::Exited(0),
+                "{case}: control outside the agents"
+            );
+        }
+        redteam(case, "control");
+    };
+    let bucket_key = |cgroup: &Path| governance_common::BucketKey {
+        owner: agents::cgroup_id(cgroup).unwrap(),
+        rule: kernel::bucket_id("meter/lo"),
+    };
+    // The kernel's buckets, read through the pins.
+    let buckets = || {
+        kernel::Enforcer::adopt(&pins)
+            .unwrap()
+            .buckets()
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.tokens))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+
+    for _ in 0..3 {
+        allowed(connect(&a, 1));
+    }
+    spent(connect(&a, 1));
+    assert_eq!(buckets().get(&bucket_key(&a)), Some(&0));
+
+    let case = "item7 throttle refill by a child cgroup (host)";
+    redteam(case, "tried");
+    let worker = a.join("worker");
+    std::fs::create_dir(&worker).unwrap();
+    let seen = daemon.wait_for("the cgroup tree changed, the agents did not; generation 1 stays");
+    assert!(!seen.contains("reloading"), "{seen}");
+    spent(connect(&worker, 1));
+    spent(connect(&a, 1));
+    redteam(case, "denied");
+    outside(case);
+
+    let case = "item7 throttle refill by policy reload (host)";
+    redteam(case, "tried");
+    let out = daemon.cli(&["policy", "reload"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("generation 2 is enforcing"),
+        "{out:?}"
+    );
+    spent(connect(&a, 2));
+    spent(connect(&worker, 2));
+    redteam(case, "denied");
+    outside(case);
+
+    let case = "item7 throttle refill by SIGHUP (host)";
+    redteam(case, "tried");
+    signal(&daemon, nix::sys::signal::SIGHUP);
+    daemon.wait_for("generation 3 is enforcing");
+    spent(connect(&worker, 3));
+    redteam(case, "denied");
+    outside(case);
+
+    let case = "item7 throttle refill by a new agent (host)";
+    redteam(case, "tried");
+    let c = parent.child("c");
+    let seen = daemon.wait_for("generation 4 is enforcing");
+    assert!(seen.contains("the agent cgroups changed"), "{seen}");
+    assert!(seen.contains("3 agents"), "{seen}");
+    spent(connect(&a, 4));
+    redteam(case, "denied");
+    // Control: the new agent has a budget of its own.
+    allowed(connect(&c, 4));
+    assert_eq!(buckets().get(&bucket_key(&c)), Some(&2));
+    outside(case);
+
+    // The agent goes (its last process has exited; the cgroup may stay busy a moment): its
+    // bucket goes with the next generation; the others stay as they were.
+    governance_tests::wait_until(
+        "the gone agent's cgroup to be removable (EBUSY until its last task is reaped)",
+        Duration::from_secs(10),
+        || match std::fs::remove_dir(&c) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => false,
+            Err(e) => panic!("rmdir {}: {e}", c.display()),
+        },
+    );
+    daemon.wait_for("generation 5 is enforcing");
+    let left = buckets();
+    assert_eq!(left.get(&bucket_key(&a)), Some(&0), "{left:?}");
+    assert_eq!(left.len(), 1, "only agent a's bucket: {left:?}");
+    spent(connect(&a, 5));
+    // Control: the policy's other agent still has its whole budget, and the throttle still
+    // applies to it.
+    for _ in 0..3 {
+        allowed(connect(&b, 5));
+    }
+    spent(connect(&b, 5));
+    stop_daemon(daemon);
+    assert!(!pins.exists(), "--detach-on-exit removes the pins");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn drops_and_decisions_are_counted() {
     require_root();

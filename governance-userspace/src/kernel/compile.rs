@@ -22,7 +22,7 @@ use std::{
 };
 
 use governance_common::{
-    AgentValue, Bucket, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX, RulePair, RuleRef,
+    AgentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX, RulePair, RuleRef, Throttle,
     Verdict as KVerdict, access, class_id, proto,
 };
 
@@ -67,8 +67,8 @@ pub struct KernelPolicy {
     /// Sandbox profile classes: (profile class number, index into `classes`).
     pub profiles: Vec<(u32, usize)>,
     pub classes: Vec<Class>,
-    /// Bucket templates of throttle rules: (rule id, full bucket).
-    pub buckets: Vec<(u32, Bucket)>,
+    /// Throttle rules: (kernel rule id, rate and bucket id). See [`bucket_id`].
+    pub throttles: Vec<(u32, Throttle)>,
     /// Kernel rule number n (without the slot bit) is `rule_names[n - 1]`.
     pub rule_names: Vec<String>,
     /// Policy the kernel programs cannot enforce, one line each.
@@ -264,6 +264,32 @@ struct Rules {
     defaults: [(Option<KVerdict>, Option<KVerdict>); 3],
 }
 
+/// The id of a throttle rule's buckets ([`governance_common::BucketKey::rule`]): FNV-1a of its
+/// `<policy>/<rule>` name, never 0.
+///
+/// Throttles survive reloads. A generation's tables name rules by kernel rule id, which carries
+/// the generation's slot bit and the rule's position in the set, and agents by class, numbered
+/// in discovery order; both change from one generation to the next. A bucket is keyed by
+/// neither: by the agent root's cgroup id and this id, which depend only on what the bucket
+/// counts (the agent, and the rule's name). Each generation's `THROTTLES` entry of a rule (in
+/// its slot, written before the flip like every other table) gives the programs the rule's rate
+/// and this id, so the rule tables of the old and of the new generation lead to the *same*
+/// bucket: there is nothing to copy, and so no moment at which a decision sees a fresh full
+/// bucket or a copy that misses the tokens taken meanwhile. A rule whose rate changed keeps its
+/// level, capped at the new burst when next used (the programs cap at the deciding
+/// generation's capacity). After the flip the daemon deletes the buckets no rule or agent of the
+/// new generation leads to (`Enforcer::install`), so a rule or agent that comes back later starts
+/// full. A daemon that restarts computes the same ids, so its first generation carries the
+/// pinned buckets too.
+pub fn bucket_id(rule: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
 pub fn compile(
     set: &PolicySet,
     agents: &[AgentCgroup],
@@ -288,19 +314,33 @@ pub fn compile(
         next_class += 1;
         class_id(generation, next_class)
     };
+    let mut bucket_ids: BTreeMap<u64, &str> = BTreeMap::new();
     for (_, r, n) in &numbered {
         if let Some(t) = &r.throttle {
             let capacity = u64::from(t.rate.max(1));
-            out.buckets.push((
+            let bucket = bucket_id(&r.id);
+            if let Some(other) = bucket_ids.insert(bucket, &r.id) {
+                out.errors.push(format!(
+                    "rules {other} and {} would share one throttle bucket (their names hash alike); rename one",
+                    r.id
+                ));
+            }
+            out.throttles.push((
                 class_id(generation, *n),
-                Bucket {
-                    tokens: capacity,
-                    last_ns: 0,
+                Throttle {
                     capacity,
                     interval_ns: (t.per.as_nanos() as u64 / capacity).max(1),
+                    bucket,
                 },
             ));
         }
+    }
+    if out.throttles.len() > (MAX_THROTTLES / 2) as usize {
+        out.errors.push(format!(
+            "{} throttle rules; the kernel holds {} per generation",
+            out.throttles.len(),
+            MAX_THROTTLES / 2
+        ));
     }
     for agent in agents {
         let class = new_class();
@@ -848,5 +888,129 @@ mod tests {
             .octets();
         let entries = &k.classes[0].net[&(128, mapped)];
         assert_eq!(entries[0].via_proxy, 1, "{entries:?}");
+    }
+
+    /// The bucket the programs take a token from when agent `cgroup` connects to `ip` (a /32
+    /// throttle rule): what `take_token` in governance-ebpf computes from the tables.
+    fn kernel_bucket(
+        k: &KernelPolicy,
+        cgroup: u64,
+        ip: &str,
+    ) -> (governance_common::BucketKey, u64) {
+        let (_, i) = k.agents.iter().find(|(id, _)| *id == cgroup).unwrap();
+        let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+        let entry = k.classes[*i].net[&(128, ip.to_ipv6_mapped().octets())][0];
+        assert_eq!(entry.rule.verdict, KVerdict::Throttle as u8);
+        let (_, t) = k
+            .throttles
+            .iter()
+            .find(|(id, _)| *id == entry.rule.rule_id)
+            .expect("every throttle rule of a generation has its rate in that generation");
+        let (owner, rule) = match entry.rule.aux {
+            1 => (cgroup, 0),
+            2 => (0, t.bucket),
+            _ => (cgroup, t.bucket),
+        };
+        (governance_common::BucketKey { owner, rule }, t.capacity)
+    }
+
+    fn throttle_policy(rate: u32, extra_rule: bool) -> PolicySet {
+        let extra = if extra_rule {
+            "\x20 - { id: before, network: { cidr: 10.0.0.0/8 }, verdict: block, reason: r }\n"
+        } else {
+            ""
+        };
+        parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n{extra}\
+                 \x20 - {{ id: mine, network: {{ cidr: 127.0.0.1/32 }}, verdict: throttle, throttle: {{ rate: {rate}, per: 1m }}, reason: r }}\n\
+                 \x20 - {{ id: ours, network: {{ cidr: 127.0.0.2/32 }}, verdict: throttle, throttle: {{ rate: 5, per: 1m, key: rule }}, reason: r }}\n\
+                 \x20 - {{ id: any, network: {{ cidr: 127.0.0.3/32 }}, verdict: throttle, throttle: {{ rate: 5, per: 1m, key: agent }}, reason: r }}\n"
+            ),
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn generations_lead_to_the_same_buckets_whatever_moves() {
+        let with_id = |index, rel: &str, id| AgentCgroup {
+            cgroup_id: id,
+            ..agent(index, rel, None)
+        };
+        let g1 = compile(
+            &throttle_policy(3, false),
+            &[with_id(0, "a/one", 501), with_id(1, "a/two", 502)],
+            1,
+            &protect(),
+        );
+        // Generation 2: the other slot, a rule before the throttles (their kernel numbers
+        // move), an agent before ours (the classes move).
+        let g2 = compile(
+            &throttle_policy(3, true),
+            &[
+                with_id(0, "a/new", 503),
+                with_id(1, "a/one", 501),
+                with_id(2, "a/two", 502),
+            ],
+            2,
+            &protect(),
+        );
+        assert!(g1.errors.is_empty() && g2.errors.is_empty());
+        let (ids1, ids2): (Vec<u32>, Vec<u32>) = (
+            g1.throttles.iter().map(|(id, _)| *id).collect(),
+            g2.throttles.iter().map(|(id, _)| *id).collect(),
+        );
+        assert!(
+            ids1.iter().all(|id| !ids2.contains(id)),
+            "kernel rule ids differ: {ids1:?} {ids2:?}"
+        );
+        for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+            for agent in [501, 502] {
+                assert_eq!(
+                    kernel_bucket(&g1, agent, ip),
+                    kernel_bucket(&g2, agent, ip),
+                    "agent {agent}, rule for {ip}"
+                );
+            }
+        }
+        // Still one bucket per agent for `mine`, one shared for `ours`, one per agent for
+        // `any`; never another rule's.
+        let key = |ip, agent| kernel_bucket(&g2, agent, ip).0;
+        assert_ne!(key("127.0.0.1", 501), key("127.0.0.1", 502));
+        assert_eq!(key("127.0.0.2", 501), key("127.0.0.2", 503));
+        assert_eq!(key("127.0.0.2", 501).owner, 0);
+        assert_eq!(key("127.0.0.3", 501).rule, 0);
+        assert_ne!(key("127.0.0.3", 501), key("127.0.0.3", 502));
+        assert_ne!(key("127.0.0.1", 501), key("127.0.0.3", 501));
+        assert_eq!(key("127.0.0.1", 501).rule, bucket_id("p/mine"));
+    }
+
+    #[test]
+    fn a_changed_rate_keeps_the_bucket_with_the_new_capacity() {
+        let agents = [agent(0, "a/one", None)];
+        let g1 = compile(&throttle_policy(10, false), &agents, 1, &protect());
+        let g2 = compile(&throttle_policy(3, false), &agents, 2, &protect());
+        let (k1, cap1) = kernel_bucket(&g1, 1000, "127.0.0.1");
+        let (k2, cap2) = kernel_bucket(&g2, 1000, "127.0.0.1");
+        assert_eq!(k1, k2, "the same bucket: its level carries over");
+        assert_eq!(
+            (cap1, cap2),
+            (10, 3),
+            "capped at the new burst when next used"
+        );
+        let interval = |k: &KernelPolicy| k.throttles[0].1.interval_ns;
+        assert_eq!(interval(&g1), 6_000_000_000);
+        assert_eq!(interval(&g2), 20_000_000_000);
+    }
+
+    #[test]
+    fn bucket_ids_are_stable_distinct_and_never_zero() {
+        assert_eq!(bucket_id("p/mine"), bucket_id("p/mine"));
+        assert_ne!(bucket_id("p/mine"), bucket_id("q/mine"));
+        assert_ne!(bucket_id("p/mine"), bucket_id("p/ours"));
+        // Pinned: a restarted daemon must compute the ids the pinned buckets carry.
+        assert_eq!(bucket_id(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(bucket_id("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

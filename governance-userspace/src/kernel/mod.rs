@@ -21,13 +21,13 @@ use aya::{
     },
 };
 use governance_common::{
-    AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey,
-    NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr, RulePair, maps,
+    AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, NET_SLOTS,
+    NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr, RulePair, Throttle, maps,
     offsets, pins,
     programs::{self, Attach, Program},
 };
 
-pub use compile::{Class, KernelPolicy, Protect, compile};
+pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governance"));
@@ -743,6 +743,10 @@ impl Enforcer {
     /// generation (one 32-bit store the programs read once per decision), then clear the other
     /// slot. Until the flip the previous generation enforces alone; after it, this one.
     ///
+    /// Throttle buckets are not per slot: both generations' rules lead to the same bucket for
+    /// the same rule and agent (see [`compile::bucket_id`]), so they carry over as they are.
+    /// After the flip, the buckets this generation does not lead to are deleted.
+    ///
     /// An executable that does not exist is reported and skipped (nothing to run, nothing to
     /// decide; path rules still cover that name). Any map error aborts before the flip, so the
     /// previous generation keeps enforcing.
@@ -762,7 +766,47 @@ impl Enforcer {
         // microseconds; give them far more before their tables go.
         std::thread::sleep(std::time::Duration::from_millis(5));
         self.clear_slot(slot ^ 1)?;
+        self.prune_buckets(policy)?;
         Ok(skipped)
+    }
+
+    /// Delete the buckets of agents and rules that `policy` (the active generation) does not
+    /// have: no decision can reach them any more, and a rule or agent that comes back starts
+    /// with a full bucket, as a new one would.
+    fn prune_buckets(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
+        let owners: std::collections::BTreeSet<u64> =
+            policy.agents.iter().map(|(id, _)| *id).collect();
+        let rules: std::collections::BTreeSet<u64> =
+            policy.throttles.iter().map(|(_, t)| t.bucket).collect();
+        let name = maps::BUCKETS;
+        let mut buckets: HashMap<_, BucketKey, Bucket> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let stale: Vec<BucketKey> = buckets
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| {
+                (k.owner != 0 && !owners.contains(&k.owner))
+                    || (k.rule != 0 && !rules.contains(&k.rule))
+            })
+            .collect();
+        for key in stale {
+            buckets
+                .remove(&key)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        Ok(())
+    }
+
+    /// The throttle buckets in the kernel (bucket key → level), for inspection.
+    pub fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>, KernelError> {
+        let name = maps::BUCKETS;
+        let map = self
+            .maps
+            .get(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let buckets: HashMap<_, BucketKey, Bucket> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        Ok(buckets.iter().filter_map(Result::ok).collect())
     }
 
     fn write(&mut self, policy: &KernelPolicy, slot: u32) -> Result<Vec<KernelError>, KernelError> {
@@ -839,16 +883,13 @@ impl Enforcer {
             }
         }
         {
-            let name = maps::BUCKETS;
-            let mut buckets: HashMap<_, BucketKey, Bucket> = HashMap::try_from(self.map_mut(name)?)
-                .map_err(|source| KernelError::Map { name, source })?;
-            for (rule_id, bucket) in &policy.buckets {
-                let key = BucketKey {
-                    class: BUCKET_TEMPLATE,
-                    rule_id: *rule_id,
-                };
-                buckets
-                    .insert(key, bucket, 0)
+            let name = maps::THROTTLES;
+            let mut throttles: HashMap<_, u32, Throttle> =
+                HashMap::try_from(self.map_mut(name)?)
+                    .map_err(|source| KernelError::Map { name, source })?;
+            for (rule_id, throttle) in &policy.throttles {
+                throttles
+                    .insert(rule_id, throttle, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
@@ -913,13 +954,7 @@ impl Enforcer {
         >| of_id(
             u32::from_be_bytes(k.data().class_be)
         ));
-        clear!(
-            maps::BUCKETS,
-            HashMap,
-            BucketKey,
-            Bucket,
-            |k: &BucketKey| { of_id(if k.rule_id != 0 { k.rule_id } else { k.class }) }
-        );
+        clear!(maps::THROTTLES, HashMap, u32, Throttle, |k: &u32| of_id(*k));
         Ok(())
     }
 

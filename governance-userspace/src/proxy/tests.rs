@@ -152,6 +152,8 @@ async fn upstream_with(name: &'static str, tls: Option<tokio_rustls::TlsAcceptor
 /// A proxy with its records.
 struct Harness {
     proxy: Arc<Proxy>,
+    /// The generation the proxy decides with (a reload stores the next one).
+    engine: Arc<ArcSwap<Engine>>,
     addr: SocketAddr,
     approvals: Arc<Approvals>,
     records: Arc<Mutex<Vec<Record>>>,
@@ -200,12 +202,19 @@ async fn start(cfg: ProxyConfig, set: policy::PolicySet, limits: Limits) -> Harn
     let approvals = Approvals::new(limits, sink.clone(), Arc::new(|_, _| Ok(())));
     let identify = Arc::new(Table::default());
     let engine = Arc::new(ArcSwap::from_pointee(Engine::new(set, 1)));
-    let proxy = Proxy::new(cfg, engine, identify.clone(), approvals.clone(), sink);
+    let proxy = Proxy::new(
+        cfg,
+        engine.clone(),
+        identify.clone(),
+        approvals.clone(),
+        sink,
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(proxy.clone().serve(listener));
     Harness {
         proxy,
+        engine,
         addr,
         approvals,
         records,
@@ -366,6 +375,38 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out after 10 s waiting for {what}");
+}
+
+/// Issue 12 item 7: a reload (here of the very same policy, as a cgroup change or a SIGHUP
+/// makes) hands the next generation the buckets of the last one: a spent budget stays spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttle_stays_spent_across_a_reload() {
+    let up = upstream("payments").await;
+    let yaml = "name: meter\nagents: { cgroup: 'agents/*' }\nrules:\n\
+                \x20 - { id: search, http: { host: api.payments.example, path: /search }, verdict: throttle, throttle: { rate: 3, per: 1m }, reason: metered }\n";
+    let h = start(config(), parse(yaml), Limits::default()).await;
+    let me = h.agent("agents/meter-1", None, Some(up.addr));
+    let other = h.agent("agents/meter-2", None, Some(up.addr));
+    let search = || post("api.payments.example", "/search", json!({}));
+    for _ in 0..3 {
+        let r = h.send(me, search()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    // The next generation, built as the daemon builds it.
+    let mut next = Engine::new(parse(yaml), 2);
+    next.carry_buckets(&h.engine.load(), std::time::Instant::now());
+    h.engine.store(Arc::new(next));
+    let r = h.send(me, search()).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.body["rule"], "meter/search");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    let id = r.body["decision_id"].as_str().unwrap();
+    assert_eq!(h.record(id).generation, 2, "decided by the new generation");
+    // Control: another agent's budget is untouched.
+    let r = h.send(other, search()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(up.seen.lock().unwrap().len(), 4);
+    h.assert_no_panics();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
