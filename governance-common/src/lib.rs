@@ -125,9 +125,26 @@ pub mod programs {
     pub const SOCKET_CREATE: Program = lsm("socket_create", "raw/packet/netlink sockets");
     pub const USERNS: Program = lsm("userns_create", "new user namespaces");
     pub const BPF: Program = lsm("bpf", "bpf() syscall");
-    pub const TASK_KILL: Program = lsm("task_kill", "signals to the daemon");
-    pub const PTRACE: Program = lsm("ptrace_access_check", "ptrace of the daemon");
+    pub const TASK_KILL: Program = lsm("task_kill", "signals outside the agent");
+    pub const PTRACE: Program = lsm(
+        "ptrace_access_check",
+        "ptrace and /proc access outside the agent",
+    );
     pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+    pub const SETRLIMIT: Program = lsm("task_setrlimit", "rlimits of processes outside the agent");
+    pub const SETNICE: Program = lsm("task_setnice", "priority of processes outside the agent");
+    pub const SETIOPRIO: Program = lsm(
+        "task_setioprio",
+        "I/O priority of processes outside the agent",
+    );
+    pub const SETSCHEDULER: Program = lsm(
+        "task_setscheduler",
+        "scheduling of processes outside the agent",
+    );
+    pub const MOVEMEMORY: Program = lsm(
+        "task_movememory",
+        "memory placement of processes outside the agent",
+    );
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -162,7 +179,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 15] = [
+    pub const ALL: [Program; 20] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -178,6 +195,11 @@ pub mod programs {
         TASK_KILL,
         PTRACE,
         UNLINK,
+        SETRLIMIT,
+        SETNICE,
+        SETIOPRIO,
+        SETSCHEDULER,
+        MOVEMEMORY,
     ];
 }
 
@@ -207,9 +229,15 @@ pub mod offsets {
     pub const SB_MAGIC: &str = "OFF_SB_MAGIC";
     pub const TASK_TGID: &str = "OFF_TASK_TGID";
     pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
+    pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+    pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
+    pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
+    pub const CGROUP_ANCESTORS: &str = "OFF_CGROUP_ANCESTORS";
+    pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
+    pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 12] = [
+    pub const ALL: [(&str, &str, &str); 18] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -222,6 +250,12 @@ pub mod offsets {
         (SB_MAGIC, "super_block", "s_magic"),
         (TASK_TGID, "task_struct", "tgid"),
         (TASK_REAL_PARENT, "task_struct", "real_parent"),
+        (TASK_CGROUPS, "task_struct", "cgroups"),
+        (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
+        (CGROUP_LEVEL, "cgroup", "level"),
+        (CGROUP_ANCESTORS, "cgroup", "ancestors"),
+        (CGROUP_KN, "cgroup", "kn"),
+        (KERNFS_NODE_ID, "kernfs_node", "id"),
     ];
 }
 
@@ -293,6 +327,9 @@ pub enum Kind {
     Ptrace = 9,
     /// Unlinking a file in bpffs (a pin).
     Unlink = 10,
+    /// Changing another process's resources: rlimits, nice, I/O priority, scheduling,
+    /// memory placement.
+    Task = 17,
 }
 
 impl Kind {
@@ -308,6 +345,7 @@ impl Kind {
             8 => Self::Signal,
             9 => Self::Ptrace,
             10 => Self::Unlink,
+            17 => Self::Task,
             _ => return None,
         })
     }
@@ -324,6 +362,7 @@ impl Kind {
             Self::Signal => "signal",
             Self::Ptrace => "ptrace",
             Self::Unlink => "unlink",
+            Self::Task => "task",
         }
     }
 }

@@ -17,7 +17,8 @@ use governance_common::{
 use crate::{
     kernel::{
         BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
-        OFF_TASK_REAL_PARENT, OFF_TASK_TGID, off, read_at,
+        OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL, OFF_CSS_SET_DFL_CGRP,
+        OFF_KERNFS_NODE_ID, OFF_TASK_CGROUPS, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, off, read_at,
     },
     maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE, THROTTLES},
 };
@@ -42,6 +43,8 @@ pub(crate) struct Agent {
     pub(crate) generation: u32,
     /// cgroup id of the agent root.
     pub(crate) root: u64,
+    /// The agent root's level in the cgroup2 hierarchy (1: just below the root).
+    pub(crate) level: u32,
     /// cgroup id of the task itself.
     pub(crate) cgroup: u64,
     pub(crate) tgid: u32,
@@ -83,6 +86,7 @@ pub(crate) fn current_agent() -> Option<Agent> {
                 value: *found,
                 generation,
                 root: id,
+                level,
                 // SAFETY: helper call without pointer arguments.
                 cgroup: unsafe { bpf_get_current_cgroup_id() },
                 tgid,
@@ -107,6 +111,39 @@ pub(crate) fn current_agent() -> Option<Agent> {
         level += 1;
     }
     None
+}
+
+/// Whether `task` (a `struct task_struct *`) runs inside `agent`'s subtree: its cgroup2 cgroup
+/// is the agent root or a descendant, i.e. the task's cgroup's ancestor at the agent root's
+/// level is the agent root (`task->cgroups->dfl_cgrp->ancestors[level]->kn->id`). A task the
+/// program cannot place counts as outside (fail closed: only agents are refused).
+#[inline(always)]
+pub(crate) fn in_subtree(agent: &Agent, task: u64) -> bool {
+    // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
+    unsafe {
+        let Ok(cset) = read_at::<u64>(task, off(&OFF_TASK_CGROUPS)) else {
+            return false;
+        };
+        let Ok(cgrp) = read_at::<u64>(cset, off(&OFF_CSS_SET_DFL_CGRP)) else {
+            return false;
+        };
+        let Ok(level) = read_at::<i32>(cgrp, off(&OFF_CGROUP_LEVEL)) else {
+            return false;
+        };
+        if level < agent.level as i32 {
+            return false;
+        }
+        // ancestors[] is indexed by level; agent.level is at most MAX_CGROUP_DEPTH, which the
+        // verifier need not know: the address is only passed to a probe read.
+        let slot = off(&OFF_CGROUP_ANCESTORS) + u64::from(agent.level) * 8;
+        let Ok(ancestor) = read_at::<u64>(cgrp, slot) else {
+            return false;
+        };
+        let Ok(kn) = read_at::<u64>(ancestor, off(&OFF_CGROUP_KN)) else {
+            return false;
+        };
+        read_at::<u64>(kn, off(&OFF_KERNFS_NODE_ID)) == Ok(agent.root)
+    }
 }
 
 /// The class of a sandboxed process whose profile is gone: no rules, every default blocks.

@@ -1,11 +1,12 @@
 //! Built-in protections, which hold whatever the policy says (or unless it explicitly allows
-//! them): no raw, packet or netlink sockets, no new user namespaces, no bpf(), and no signal,
-//! ptrace or pin removal aimed at the daemon and the proxy.
+//! them): no raw, packet or netlink sockets, no new user namespaces, no bpf(), no pin removal,
+//! and no signal, ptrace or resource change aimed at a process outside the agent's own subtree
+//! (the daemon and the proxy above all).
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use governance_common::{Kind, allow};
 
 use crate::{
-    decide::{Decision, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
         AF_NETLINK, AF_PACKET, BPF_FS_MAGIC, OFF_INODE_SB, OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_RAW,
         SOCK_TYPE_MASK, off, read_at,
@@ -85,7 +86,23 @@ fn protected(task: u64) -> Option<u32> {
     unsafe { PROTECTED.get(&tgid) }.map(|_| tgid)
 }
 
-/// Built-in: agents may not signal the daemon or the proxy.
+/// A process an agent may not act on: the daemon or the proxy (protected), or any process
+/// outside the agent's own subtree. Returns the target's tgid, for the event.
+#[inline(always)]
+fn out_of_reach(agent: &Agent, task: u64) -> Option<u32> {
+    if let Some(tgid) = protected(task) {
+        return Some(tgid);
+    }
+    if in_subtree(agent, task) {
+        return None;
+    }
+    // SAFETY: see read_at.
+    Some(unsafe { read_at::<u32>(task, off(&OFF_TASK_TGID)) }.unwrap_or(0))
+}
+
+/// Built-in: agents may not signal processes outside their own subtree (the daemon and the
+/// proxy above all). Signals the kernel sends (SIGCHLD to a parent, SIGPIPE, ...) do not come
+/// through this hook; only kill(), tgkill(), sigqueue(), pidfd_send_signal() and friends do.
 #[lsm(hook = "task_kill")]
 pub fn task_kill(ctx: LsmContext) -> i32 {
     // int task_kill(struct task_struct *p, struct kernel_siginfo *info, int sig,
@@ -94,13 +111,13 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let sig: i32 = ctx.arg(2);
-    let Some(target) = protected(ctx.arg(0)) else {
-        return 0;
-    };
     let Some(agent) = current_agent() else {
         return 0;
     };
+    let Some(target) = out_of_reach(&agent, ctx.arg(0)) else {
+        return 0;
+    };
+    let sig: i32 = ctx.arg(2);
     // Signal 0 only probes for existence; refuse it too, it is of no use to an agent.
     let d = Decision::builtin(Kind::Signal, true);
     emit(&agent, &d, |ev| {
@@ -110,7 +127,14 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     lsm_ret(&d)
 }
 
-/// Built-in: agents may not ptrace (or read /proc/PID/mem of) the daemon or the proxy.
+/// `PTRACE_MODE_NOAUDIT`: the caller only probes (procfs deciding which fields to show).
+const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+
+/// Built-in: agents may not trace or inspect processes outside their own subtree. Every
+/// ptrace_may_access() check comes here: ptrace attach, /proc/PID/mem, environ, fd/, root and
+/// cwd (another process's files and mount namespace), pidfd_getfd (taking its descriptors),
+/// process_vm_readv/writev, kcmp, perf events on a task. Refused regardless; reported unless
+/// the check is a no-audit probe (`ps` reading /proc/PID/stat asks one per process).
 #[lsm(hook = "ptrace_access_check")]
 pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     // int ptrace_access_check(struct task_struct *child, unsigned int mode)
@@ -118,15 +142,95 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let Some(target) = protected(ctx.arg(0)) else {
-        return 0;
-    };
     let Some(agent) = current_agent() else {
         return 0;
     };
+    let Some(target) = out_of_reach(&agent, ctx.arg(0)) else {
+        return 0;
+    };
+    let mode: u32 = ctx.arg(1);
     let d = Decision::builtin(Kind::Ptrace, true);
-    emit(&agent, &d, |ev| ev.object = u64::from(target));
+    if mode & PTRACE_MODE_NOAUDIT == 0 {
+        emit(&agent, &d, |ev| {
+            ev.object = u64::from(target);
+            ev.detail = mode as u8;
+        });
+    }
     lsm_ret(&d)
+}
+
+/// Refuse an agent changing the resources of a process outside its subtree (`what`: which
+/// change, in the event's detail: 1 rlimit, 2 nice, 3 I/O priority, 4 scheduler, 5 memory
+/// placement).
+#[inline(always)]
+fn task_change(task: u64, what: u8) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let Some(target) = out_of_reach(&agent, task) else {
+        return 0;
+    };
+    let d = Decision::builtin(Kind::Task, true);
+    emit(&agent, &d, |ev| {
+        ev.object = u64::from(target);
+        ev.detail = what;
+    });
+    lsm_ret(&d)
+}
+
+/// Built-in: no prlimit() on processes outside the agent (an fd limit of 0 on the daemon).
+#[lsm(hook = "task_setrlimit")]
+pub fn task_setrlimit(ctx: LsmContext) -> i32 {
+    // int task_setrlimit(struct task_struct *p, unsigned int resource, struct rlimit *new_rlim)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    task_change(ctx.arg(0), 1)
+}
+
+/// Built-in: no setpriority() on processes outside the agent.
+#[lsm(hook = "task_setnice")]
+pub fn task_setnice(ctx: LsmContext) -> i32 {
+    // int task_setnice(struct task_struct *p, int nice)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    task_change(ctx.arg(0), 2)
+}
+
+/// Built-in: no ioprio_set() on processes outside the agent.
+#[lsm(hook = "task_setioprio")]
+pub fn task_setioprio(ctx: LsmContext) -> i32 {
+    // int task_setioprio(struct task_struct *p, int ioprio)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    task_change(ctx.arg(0), 3)
+}
+
+/// Built-in: no sched_setscheduler()/sched_setaffinity() on processes outside the agent.
+#[lsm(hook = "task_setscheduler")]
+pub fn task_setscheduler(ctx: LsmContext) -> i32 {
+    // int task_setscheduler(struct task_struct *p)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    task_change(ctx.arg(0), 4)
+}
+
+/// Built-in: no migrate_pages()/move_pages() on processes outside the agent.
+#[lsm(hook = "task_movememory")]
+pub fn task_movememory(ctx: LsmContext) -> i32 {
+    // int task_movememory(struct task_struct *p)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    task_change(ctx.arg(0), 5)
 }
 
 /// Built-in: agents may not remove anything from a bpf filesystem (the pins that keep the

@@ -459,7 +459,9 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
         Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
         Some(Kind::Userns) => "no new user namespaces for agents",
         Some(Kind::Bpf) => "no bpf() for agents",
-        Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
+        Some(Kind::Signal | Kind::Ptrace | Kind::Task) => {
+            "processes outside the agent (the daemon and the proxy above all) are out of its reach"
+        }
         Some(Kind::Unlink) => "the pins are protected",
         Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
         Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
@@ -592,7 +594,22 @@ impl Record {
                 object.target_pid = ev.object as u32;
                 object.signal = u32::from(ev.port);
             }
-            Some(Kind::Ptrace) => object.target_pid = ev.object as u32,
+            Some(Kind::Ptrace) => {
+                object.target_pid = ev.object as u32;
+                object.detail.insert("mode".into(), ev.detail.to_string());
+            }
+            Some(Kind::Task) => {
+                object.target_pid = ev.object as u32;
+                let what = match ev.detail {
+                    1 => "rlimit",
+                    2 => "nice",
+                    3 => "ioprio",
+                    4 => "scheduler",
+                    5 => "memory",
+                    _ => "?",
+                };
+                object.detail.insert("change".into(), what.into());
+            }
             Some(Kind::Bpf) => {
                 object.detail.insert("cmd".into(), ev.detail.to_string());
             }

@@ -129,6 +129,14 @@ pub enum Attempt {
     Unlink { path: CString },
     /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
     ExecUnlinked { path: CString, argv: Vec<CString> },
+    /// prlimit(pid, RLIMIT_NOFILE, its current limits): a change that changes nothing.
+    Prlimit { pid: i32 },
+    /// setpriority(PRIO_PROCESS, pid, 0).
+    SetPriority { pid: i32 },
+    /// process_vm_readv of one byte at `addr` in `pid`.
+    ProcessVmRead { pid: i32, addr: u64 },
+    /// pidfd_getfd(pidfd_open(pid), fd): take a copy of another process's descriptor.
+    PidfdGetfd { pid: i32, fd: i32 },
 }
 
 impl Attempt {
@@ -405,6 +413,37 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
+                Attempt::Prlimit { pid } => {
+                    let mut old: libc::rlimit = std::mem::zeroed();
+                    check(
+                        libc::prlimit(*pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old).into(),
+                    );
+                    check(
+                        libc::prlimit(*pid, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()).into(),
+                    );
+                }
+                Attempt::SetPriority { pid } => {
+                    check(libc::setpriority(libc::PRIO_PROCESS, *pid as libc::id_t, 0).into());
+                }
+                Attempt::ProcessVmRead { pid, addr } => {
+                    let mut byte = 0u8;
+                    let local = libc::iovec {
+                        iov_base: (&mut byte as *mut u8).cast(),
+                        iov_len: 1,
+                    };
+                    let remote = libc::iovec {
+                        iov_base: *addr as *mut libc::c_void,
+                        iov_len: 1,
+                    };
+                    check(libc::process_vm_readv(*pid, &local, 1, &remote, 1, 0) as libc::c_long);
+                }
+                Attempt::PidfdGetfd { pid, fd } => {
+                    let pidfd = libc::syscall(libc::SYS_pidfd_open, *pid, 0);
+                    if pidfd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(libc::SYS_pidfd_getfd, pidfd, *fd, 0));
+                }
             }
             libc::_exit(0)
         }

@@ -138,9 +138,23 @@ fn deny(
     kind: Kind,
     control: Control,
 ) -> Event {
+    deny_errno(k, fx, case, attempt, libc::EPERM, kind, control)
+}
+
+/// [`deny`], for a syscall that reports our refusal as `errno` (procfs turns a refused
+/// ptrace_may_access() into EACCES).
+fn deny_errno(
+    k: &mut Loaded,
+    fx: &Fixture,
+    case: &str,
+    attempt: &Attempt,
+    errno: i32,
+    kind: Kind,
+    control: Control,
+) -> Event {
     println!("redteam: tried {case}");
     let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
-    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+    assert_eq!(outcome, Outcome::Errno(errno), "{case}: in the agent");
     // The denial (a #! script, say, is allowed before its interpreter is refused).
     let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
     assert_eq!(Kind::from_u8(ev.kind), Some(kind), "{case}: event kind");
@@ -1159,4 +1173,112 @@ fn daemon_events_and_approvals() {
     assert_eq!(ended["message"], "the daemon is stopping", "{ended}");
     let status = follower.wait().unwrap();
     assert!(status.success(), "the follower exited with {status:?}");
+}
+
+/// Processes outside the agent are out of its reach, not only the daemon: no signals, no
+/// ptrace, no reading their memory, environment, descriptors or mount namespace through
+/// /proc, no changing their limits or priority. Inside its own subtree the agent keeps all of
+/// that (a shell killing its own job, `ps`).
+#[test]
+fn processes_outside_the_agent_are_out_of_reach() {
+    require_root();
+    let fx = Fixture::new("procs");
+    let mut k = fx.load("");
+    for hook in [
+        "task_setrlimit",
+        "task_setnice",
+        "task_setioprio",
+        "task_setscheduler",
+        "task_movememory",
+    ] {
+        k.require(hook);
+    }
+    // A bystander: an ordinary process outside every agent (not protected).
+    let mut bystander = std::process::Command::new(BUSYBOX)
+        .args(["sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let bpid = bystander.id() as i32;
+    let maps = std::fs::read_to_string(format!("/proc/{bpid}/maps")).unwrap();
+    let addr = u64::from_str_radix(maps.split('-').next().unwrap(), 16).unwrap();
+    let cases: [(&str, Attempt, i32, Kind); 8] = [
+        (
+            "30 signal 0 to a process outside the agent",
+            Attempt::Kill { pid: bpid, sig: 0 },
+            libc::EPERM,
+            Kind::Signal,
+        ),
+        (
+            "30 ptrace attach to a process outside the agent",
+            Attempt::PtraceSeize { pid: bpid },
+            libc::EPERM,
+            Kind::Ptrace,
+        ),
+        (
+            "30 process_vm_readv of a process outside the agent",
+            Attempt::ProcessVmRead { pid: bpid, addr },
+            libc::EPERM,
+            Kind::Ptrace,
+        ),
+        (
+            "30 pidfd_getfd of a descriptor outside the agent",
+            Attempt::PidfdGetfd { pid: bpid, fd: 0 },
+            libc::EPERM,
+            Kind::Ptrace,
+        ),
+        (
+            "30 /proc/PID/environ of a process outside the agent",
+            Attempt::open(Path::new(&format!("/proc/{bpid}/environ")), libc::O_RDONLY),
+            libc::EACCES,
+            Kind::Ptrace,
+        ),
+        (
+            "30 /proc/PID/root: another process's view of the files",
+            Attempt::open(
+                Path::new(&format!("/proc/{bpid}/root/governance/policies")),
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            ),
+            libc::EACCES,
+            Kind::Ptrace,
+        ),
+        (
+            "30 prlimit of a process outside the agent",
+            Attempt::Prlimit { pid: bpid },
+            libc::EPERM,
+            Kind::Task,
+        ),
+        (
+            "30 setpriority of a process outside the agent",
+            Attempt::SetPriority { pid: bpid },
+            libc::EPERM,
+            Kind::Task,
+        ),
+    ];
+    for (case, attempt, errno, kind) in &cases {
+        let ev = deny_errno(&mut k, &fx, case, attempt, *errno, *kind, Control::Succeeds);
+        assert_eq!(ev.object, bpid as u64, "{case}: the target in the event");
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+    }
+    // Within its own subtree the agent keeps job control and `ps`.
+    for (case, script) in [
+        (
+            "a shell kills its own job",
+            "sleep 30 & kill $!; wait $!; [ $? -eq 143 ]",
+        ),
+        ("ps lists every process", "ps >/dev/null"),
+        (
+            "renice of its own child",
+            "sleep 30 & renice -n 5 -p $! >/dev/null; kill $!",
+        ),
+    ] {
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::exec_args(Path::new(BUSYBOX), &["sh", "-c", script]),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: inside the agent");
+    }
+    let _ = bystander.kill();
+    let _ = bystander.wait();
 }
