@@ -145,6 +145,12 @@ pub mod programs {
         "task_movememory",
         "memory placement of processes outside the agent",
     );
+    pub const MODULE_REQUEST: Program = lsm("kernel_module_request", "module autoloading");
+    pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
+    pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
+    pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
+    pub const REMOVEXATTR: Program = lsm("inode_removexattr", "the agent label");
+
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -179,7 +185,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 20] = [
+    pub const ALL: [Program; 25] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -200,6 +206,11 @@ pub mod programs {
         SETIOPRIO,
         SETSCHEDULER,
         MOVEMEMORY,
+        MODULE_REQUEST,
+        IOCTL,
+        FCNTL,
+        SETXATTR,
+        REMOVEXATTR,
     ];
 }
 
@@ -330,6 +341,9 @@ pub enum Kind {
     /// Changing another process's resources: rlimits, nice, I/O priority, scheduling,
     /// memory placement.
     Task = 17,
+    /// A built-in guard (see [`guard`], in the event's `detail`): module autoloading, terminal
+    /// input, signal ownership, the agent label.
+    Guard = 18,
 }
 
 impl Kind {
@@ -346,6 +360,7 @@ impl Kind {
             9 => Self::Ptrace,
             10 => Self::Unlink,
             17 => Self::Task,
+            18 => Self::Guard,
             _ => return None,
         })
     }
@@ -363,6 +378,7 @@ impl Kind {
             Self::Ptrace => "ptrace",
             Self::Unlink => "unlink",
             Self::Task => "task",
+            Self::Guard => "guard",
         }
     }
 }
@@ -511,6 +527,29 @@ pub mod allow {
     pub const RAW_SOCKETS: u32 = 1;
     /// New user namespaces.
     pub const USER_NAMESPACES: u32 = 2;
+}
+
+/// What a [`Kind::Guard`] event refused (its `detail`).
+pub mod guard {
+    /// request_module(): the kernel would run modprobe for the agent.
+    pub const MODULE_REQUEST: u8 = 1;
+    /// TIOCSTI/TIOCLINUX: input pushed into a terminal.
+    pub const TERMINAL_INPUT: u8 = 2;
+    /// F_SETOWN to another process, F_SETOWN_EX, FIOSETOWN, SIOCSPGRP.
+    pub const SIGNAL_OWNER: u8 = 3;
+    /// Setting or removing a `user.governance.*` xattr (the agent label).
+    pub const LABEL: u8 = 4;
+
+    /// The name of a guard, for events.
+    pub const fn name(detail: u8) -> &'static str {
+        match detail {
+            MODULE_REQUEST => "module autoload",
+            TERMINAL_INPUT => "terminal input injection",
+            SIGNAL_OWNER => "signal ownership to another process",
+            LABEL => "the agent label",
+            _ => "?",
+        }
+    }
 }
 
 /// Value of [`maps::AGENTS`]: the agent's class and its defaults.

@@ -1,5 +1,6 @@
 //! Built-in protections, which hold whatever the policy says (or unless it explicitly allows
-//! them): no raw, packet or netlink sockets, no new user namespaces, no bpf(), no pin removal,
+//! them): no sockets the network hooks do not decide on (raw, packet, netlink, other families
+//! and protocols), no new user namespaces, no bpf(), no pin removal,
 //! and no signal, ptrace or resource change aimed at a process outside the agent's own subtree
 //! (the daemon and the proxy above all).
 use aya_ebpf::{macros::lsm, programs::LsmContext};
@@ -8,14 +9,16 @@ use governance_common::{Kind, allow};
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
-        AF_NETLINK, AF_PACKET, BPF_FS_MAGIC, OFF_INODE_SB, OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_RAW,
-        SOCK_TYPE_MASK, off, read_at,
+        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, IPPROTO_TCP, IPPROTO_UDP, OFF_INODE_SB,
+        OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
     },
     maps::PROTECTED,
 };
 
-/// Built-in: raw, packet and netlink sockets are refused to agents unless the policy allows
-/// them (`kernel.allow_raw_sockets`). Sockets the kernel makes for itself are not agents'.
+/// Built-in: agents get only the sockets the network hooks decide on (Unix, and TCP and UDP over
+/// IPv4 and IPv6); raw, packet, netlink and every other family or protocol are refused unless
+/// the policy allows them (`kernel.allow_raw_sockets`). Sockets the kernel makes for itself are
+/// not agents'.
 #[lsm(hook = "socket_create")]
 pub fn socket_create(ctx: LsmContext) -> i32 {
     // int socket_create(int family, int type, int protocol, int kern)
@@ -27,8 +30,17 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if kern != 0 {
         return 0;
     }
-    let special = family == AF_PACKET || family == AF_NETLINK || (ty & SOCK_TYPE_MASK) == SOCK_RAW;
-    if !special {
+    // What the network hooks see: Unix sockets (their own hooks), and TCP and UDP over IPv4
+    // and IPv6 (cgroup connect and sendmsg). Every other family (vsock to the host, packet,
+    // netlink, SCTP-capable, AF_ALG, ...) and every other protocol (ICMP ping sockets, SCTP,
+    // MPTCP, UDP-Lite, DCCP, raw) would be egress the policy never decides on.
+    let kind = ty & SOCK_TYPE_MASK;
+    let protocol: i32 = ctx.arg(2);
+    let ordinary = family == AF_UNIX
+        || ((family == AF_INET_I32 || family == AF_INET6_I32)
+            && ((kind == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
+                || (kind == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))));
+    if ordinary {
         return 0;
     }
     let Some(agent) = current_agent() else {
@@ -38,6 +50,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     emit(&agent, &d, |ev| {
         ev.detail = family as u8;
         ev.port = ty as u16;
+        ev.object = protocol as u64;
     });
     lsm_ret(&d)
 }

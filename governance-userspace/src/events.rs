@@ -463,6 +463,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
             "processes outside the agent (the daemon and the proxy above all) are out of its reach"
         }
         Some(Kind::Unlink) => "the pins are protected",
+        Some(Kind::Guard) => governance_common::guard::name(ev.detail),
         Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
         Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
             "sandbox profile missing from this generation"
@@ -597,6 +598,15 @@ impl Record {
             Some(Kind::Ptrace) => {
                 object.target_pid = ev.object as u32;
                 object.detail.insert("mode".into(), ev.detail.to_string());
+            }
+            Some(Kind::Guard) => {
+                object.detail.insert(
+                    "guard".into(),
+                    governance_common::guard::name(ev.detail).into(),
+                );
+                if ev.object != 0 {
+                    object.detail.insert("arg".into(), ev.object.to_string());
+                }
             }
             Some(Kind::Task) => {
                 object.target_pid = ev.object as u32;

@@ -137,6 +137,24 @@ pub enum Attempt {
     ProcessVmRead { pid: i32, addr: u64 },
     /// pidfd_getfd(pidfd_open(pid), fd): take a copy of another process's descriptor.
     PidfdGetfd { pid: i32, fd: i32 },
+    /// truncate(path, 0).
+    Truncate { path: CString },
+    /// fd = open(path, O_WRONLY), ftruncate(fd, 0).
+    Ftruncate { path: CString },
+    /// fd = open(path, O_RDWR | O_NOCTTY), ioctl(fd, cmd, &byte) (TIOCSTI pushes `byte`).
+    Ioctl { path: CString, cmd: u64, byte: u8 },
+    /// fcntl(pipe's read end, F_SETOWN, pid); pid 0 means the process itself.
+    SetOwn { pid: i32 },
+    /// setxattr(path, name, value).
+    SetXattr {
+        path: CString,
+        name: CString,
+        value: Vec<u8>,
+    },
+    /// removexattr(path, name).
+    RemoveXattr { path: CString, name: CString },
+    /// rename(from, to).
+    Rename { from: CString, to: CString },
 }
 
 impl Attempt {
@@ -436,6 +454,45 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                         iov_len: 1,
                     };
                     check(libc::process_vm_readv(*pid, &local, 1, &remote, 1, 0) as libc::c_long);
+                }
+                Attempt::Truncate { path } => check(libc::truncate(path.as_ptr(), 0).into()),
+                Attempt::Ftruncate { path } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::ftruncate(fd, 0).into());
+                }
+                Attempt::Ioctl { path, cmd, byte } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::ioctl(fd, *cmd as _, byte as *const u8).into());
+                }
+                Attempt::SetOwn { pid } => {
+                    let mut fds = [0; 2];
+                    if libc::pipe(fds.as_mut_ptr()) != 0 {
+                        libc::_exit(98);
+                    }
+                    let owner = if *pid == 0 { libc::getpid() } else { *pid };
+                    check(libc::fcntl(fds[0], libc::F_SETOWN, owner).into());
+                }
+                Attempt::SetXattr { path, name, value } => check(
+                    libc::setxattr(
+                        path.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                    .into(),
+                ),
+                Attempt::RemoveXattr { path, name } => {
+                    check(libc::removexattr(path.as_ptr(), name.as_ptr()).into());
+                }
+                Attempt::Rename { from, to } => {
+                    check(libc::rename(from.as_ptr(), to.as_ptr()).into());
                 }
                 Attempt::PidfdGetfd { pid, fd } => {
                     let pidfd = libc::syscall(libc::SYS_pidfd_open, *pid, 0);

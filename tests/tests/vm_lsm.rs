@@ -1282,3 +1282,216 @@ fn processes_outside_the_agent_are_out_of_reach() {
     let _ = bystander.kill();
     let _ = bystander.wait();
 }
+
+/// Built-ins against others acting for an agent, and against changing what makes it one; and
+/// the sockets an agent gets are only those the network hooks decide on. Each refusal has its
+/// control outside the agent; what an agent ordinarily does still works.
+#[test]
+fn guards_against_proxies_relabelling_and_unmediated_sockets() {
+    require_root();
+    let fx = Fixture::new("guards");
+    let mut k = fx.load("");
+    for hook in [
+        "kernel_module_request",
+        "file_ioctl",
+        "file_fcntl",
+        "inode_setxattr",
+        "inode_removexattr",
+    ] {
+        k.require(hook);
+    }
+    // Module autoloading: opening a character device nobody registered asks for a module.
+    let dev = fx.p("char-240-0");
+    let rc = unsafe {
+        libc::mknod(
+            cstr(&dev).as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(240, 0),
+        )
+    };
+    assert_eq!(rc, 0, "mknod");
+    println!("redteam: tried 32 module autoload by opening an unclaimed device");
+    let (pid, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&dev, libc::O_RDONLY),
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::ENXIO), "no driver, no module");
+    let ev = k.event_where(|e| e.tgid == pid && Kind::from_u8(e.kind) == Some(Kind::Guard));
+    assert_eq!(ev.detail, governance_common::guard::MODULE_REQUEST);
+    assert_ne!(ev.flags & flags::DENIED, 0);
+    println!("redteam: denied 32 module autoload by opening an unclaimed device");
+    let (pid, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::open(&dev, libc::O_RDONLY),
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::ENXIO));
+    assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+    println!("redteam: control 32 module autoload by opening an unclaimed device");
+
+    // Terminal input injection into a tty someone else reads.
+    if !Path::new("/dev/pts/ptmx").exists() {
+        std::fs::create_dir_all("/dev/pts").unwrap();
+        let rc = unsafe {
+            libc::mount(
+                c"devpts".as_ptr(),
+                c"/dev/pts".as_ptr(),
+                c"devpts".as_ptr(),
+                0,
+                c"ptmxmode=0666".as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount devpts");
+    }
+    let master = unsafe { libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    assert!(master >= 0, "open ptmx");
+    let mut n: libc::c_int = 0;
+    let mut unlock: libc::c_int = 0;
+    assert_eq!(unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) }, 0);
+    assert_eq!(
+        unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &mut unlock) },
+        0
+    );
+    let slave = PathBuf::from(format!("/dev/pts/{n}"));
+    deny(
+        &mut k,
+        &fx,
+        "33 TIOCSTI into a terminal",
+        &Attempt::Ioctl {
+            path: cstr(&slave),
+            cmd: libc::TIOCSTI,
+            byte: b'x',
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    unsafe { libc::close(master) };
+
+    // Signal ownership handed to a process outside the agent.
+    let mut bystander = std::process::Command::new(BUSYBOX)
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap();
+    deny(
+        &mut k,
+        &fx,
+        "34 F_SETOWN to a process outside the agent",
+        &Attempt::SetOwn {
+            pid: bystander.id() as i32,
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::SetOwn { pid: 0 });
+    assert_eq!(outcome, Outcome::Exited(0), "F_SETOWN to itself");
+
+    // The agent label, and cgroup renames.
+    let label = c"user.governance.agent".to_owned();
+    deny(
+        &mut k,
+        &fx,
+        "35 relabel its own cgroup",
+        &Attempt::SetXattr {
+            path: cstr(&fx.agent.path),
+            name: label.clone(),
+            value: b"someone-else".to_vec(),
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "35 remove its own cgroup's label",
+        &Attempt::RemoveXattr {
+            path: cstr(&fx.agent.path),
+            name: label,
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    let kid = fx.agent.path.join("kid");
+    std::fs::create_dir(&kid).unwrap();
+    // (Renaming a cgroup, which a path selector would then miss, cgroup2 refuses to everyone.)
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::Rename {
+            from: cstr(&kid),
+            to: cstr(&fx.agent.path.join("kid2")),
+        },
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "cgroup2 renames");
+
+    // The agent root's own limits are the operator's; its children's are its own.
+    deny(
+        &mut k,
+        &fx,
+        "36 raise its own cgroup's limits",
+        &Attempt::write(&fx.agent.path.join("cgroup.max.descendants"), "max"),
+        Kind::File,
+        Control::Succeeds,
+    );
+    allow(
+        &mut k,
+        &fx,
+        "a limit of its own child cgroup",
+        &Attempt::write(&kid.join("cgroup.max.descendants"), "5"),
+    );
+    let _ = std::fs::remove_dir(&kid);
+
+    // Only the sockets the network hooks decide on.
+    for (case, family, ty, protocol) in [
+        (
+            "37 vsock socket (to the host)",
+            libc::AF_VSOCK,
+            libc::SOCK_STREAM,
+            0,
+        ),
+        (
+            "37 ICMP ping socket",
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_ICMP,
+        ),
+        (
+            "37 SCTP socket",
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_SCTP,
+        ),
+        ("37 AF_ALG socket", libc::AF_ALG, libc::SOCK_SEQPACKET, 0),
+    ] {
+        deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::Socket {
+                family,
+                ty,
+                protocol,
+            },
+            Kind::Socket,
+            Control::NotEperm,
+        );
+    }
+    for (case, family, ty) in [
+        ("unix socket", libc::AF_UNIX, libc::SOCK_STREAM),
+        ("TCP socket", libc::AF_INET6, libc::SOCK_STREAM),
+        ("UDP socket", libc::AF_INET, libc::SOCK_DGRAM),
+    ] {
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::Socket {
+                family,
+                ty,
+                protocol: 0,
+            },
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "{case}");
+    }
+}

@@ -44,6 +44,38 @@ pub struct Protect {
     pub no_write: Vec<PathBuf>,
 }
 
+/// The interface files an agent may write in its own root cgroup: those of cgroup delegation.
+const DELEGATED: [&str; 3] = ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"];
+
+/// The agent root's interface files it may not write (its limits and settings), as they are
+/// on the node now (the controllers enabled above it decide which exist): the writable ones
+/// (read-only statistics need no rule) except what delegation grants, `cgroup.kill` (it only
+/// kills the agent) and the `*.pressure` files (writing one sets a PSI trigger for the reader).
+/// None if the directory cannot be read.
+fn root_interface_files(root: &std::path::Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = dir
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o200 != 0)
+        })
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !DELEGATED.contains(&name.as_ref())
+                && name != "cgroup.kill"
+                && !name.ends_with(".pressure")
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// One class: the tables of one agent root (or of one sandbox profile of it).
 #[derive(Debug, Default)]
 pub struct Class {
@@ -526,6 +558,23 @@ pub fn compile(
                 },
                 own,
             ));
+        }
+        // ... but not the agent root's own interface files: its limits (pids.max, memory.max,
+        // cpu.max, cgroup.max.descendants, ...) are the operator's, as in cgroup delegation.
+        // Writing one needs an open for write, so one exact rule per file, on `w`, is enough.
+        {
+            let list = rules.paths.entry(access::WRITE).or_default();
+            for file in root_interface_files(&agent.path) {
+                let mut r = builtin(KVerdict::Block);
+                r.specificity = [1, 0, u32::MAX, 0];
+                list.push((
+                    Node {
+                        path: path_bytes(&file),
+                        exact: true,
+                    },
+                    r,
+                ));
+            }
         }
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
