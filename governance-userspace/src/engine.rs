@@ -162,6 +162,8 @@ pub struct AgentRules {
     max_body: Option<usize>,
     /// `proxy.intercept_tls` of all the agent's policies.
     intercept_tls: Vec<HostMatch>,
+    /// `proxy.idle_timeout` of all the agent's policies.
+    idle_timeouts: Vec<(HostMatch, Duration)>,
 }
 
 impl AgentRules {
@@ -178,6 +180,22 @@ impl AgentRules {
     /// Whether some policy of the agent intercepts TLS to `host` (a lowercase server name).
     pub fn intercepts_tls(&self, host: &str) -> bool {
         self.intercept_tls.iter().any(|m| host_matches(m, host))
+    }
+
+    /// How long responses from `host` (lowercase) may go silent, if a policy of the agent says
+    /// (`proxy.idle_timeout`): the most specific host wins (exact, then the longest
+    /// `*.suffix`, then `*`), and among equally specific ones the shortest time.
+    pub fn idle_timeout(&self, host: &str) -> Option<Duration> {
+        let rank = |m: &HostMatch| match m {
+            HostMatch::Exact(_) => usize::MAX,
+            HostMatch::Suffix(s) => s.len(),
+            HostMatch::Any => 0,
+        };
+        self.idle_timeouts
+            .iter()
+            .filter(|(m, _)| host_matches(m, host))
+            .max_by(|(a, ta), (b, tb)| rank(a).cmp(&rank(b)).then(tb.cmp(ta)))
+            .map(|(_, t)| *t)
     }
 }
 
@@ -303,6 +321,11 @@ impl Engine {
         self.http_rules(view, host).any(|h| !h.headers.is_empty())
     }
 
+    /// Whether some MCP rule of the agent could match `host` (lowercase), whatever the path.
+    pub fn has_mcp_rules(&self, view: &AgentRules, host: &str) -> bool {
+        self.http_rules(view, host).any(|h| h.mcp.is_some())
+    }
+
     /// Whether `host` + `path` is an MCP endpoint for this agent: an MCP rule matches the host
     /// and the path. The proxy refuses invalid JSON there (400) instead of deciding without it.
     pub fn is_mcp_endpoint(&self, view: &AgentRules, host: &str, path: &str) -> bool {
@@ -362,6 +385,7 @@ impl Engine {
             }
             if applies {
                 view.intercept_tls.extend(p.intercept_tls.iter().cloned());
+                view.idle_timeouts.extend(p.idle_timeouts.iter().cloned());
                 let target = match p.mode {
                     Mode::Enforce => &mut view.defaults,
                     Mode::Shadow => &mut view.shadow_defaults,

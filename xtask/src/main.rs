@@ -30,7 +30,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the toolchain and VM pieces: nightly rust-src, LLVM 22, bpf-linker 0.13, qemu,
-    /// busybox, cpio, bpftool and Debian's 6.1 kernel. Idempotent; fast when all is there.
+    /// busybox, cpio, bpftool and Debian's 6.1 kernel; and the HTTP compatibility suite's
+    /// packages, pinned in tests/compat (a venv and node_modules under
+    /// ~/.cache/governance/compat). Idempotent; fast when all is there.
     ///
     /// Never removes a package: each apt install is simulated first. When apt's qemu would
     /// replace one (a newer qemu-utils, say), qemu is extracted into ~/.cache/governance/qemu
@@ -56,7 +58,9 @@ enum Cmd {
         cmd: Vec<String>,
     },
     /// Run every test: formatting, clippy, unit tests, host kernel tests (cgroup socket hooks,
-    /// needs root) and the BPF LSM tests inside the VM. Prints how many ran in each place.
+    /// needs root), the HTTP compatibility suite (real clients and frameworks through the
+    /// redirect, host kernel) and the BPF LSM tests inside the VM. Prints how many ran in each
+    /// place.
     Test {
         /// Kernel image for the VM tests instead of the Debian 6.1 one.
         #[arg(long)]
@@ -468,10 +472,21 @@ struct Counts {
     tried: u32,
     denied: u32,
     controls: u32,
+    /// Cases of the HTTP compatibility suite, which runs them all in one test and prints a
+    /// line per case (`compat: ok ...`, `compat: FAILED ...`).
+    cases_passed: u32,
+    cases_failed: u32,
 }
 
 impl Counts {
     fn add_line(&mut self, line: &str) {
+        if let Some(at) = line.find("compat: ") {
+            match line[at..].split_whitespace().nth(1) {
+                Some("ok") => self.cases_passed += 1,
+                Some("FAILED") => self.cases_failed += 1,
+                _ => {}
+            }
+        }
         // libtest may print `test name ... ` or progress dots on the same line first.
         if let Some(at) = line.find("redteam: ") {
             match line[at..].split_whitespace().nth(1) {
@@ -497,6 +512,22 @@ impl Counts {
                 "ignored" => self.ignored += n,
                 _ => {}
             }
+        }
+    }
+}
+
+impl Counts {
+    /// The suite's cases in place of libtest's tests, when it printed any (its one test
+    /// stands for them all; if it failed before a case ran, that failure is what counts).
+    fn as_cases(self) -> Counts {
+        if self.cases_passed + self.cases_failed == 0 {
+            return self;
+        }
+        Counts {
+            passed: self.cases_passed,
+            failed: self.cases_failed,
+            ignored: 0,
+            ..self
         }
     }
 }
@@ -634,6 +665,36 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     })?;
     places.push(("kernel tests, host kernel", ok, c));
 
+    progress(
+        "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",
+    );
+    let compat_dir = setup::compat_dir();
+    let (ok, c) = steps.time("HTTP compatibility", || {
+        heartbeat("running the HTTP compatibility suite", || {
+            counted(
+                &[
+                    "test",
+                    "-p",
+                    "governance-tests",
+                    "--test",
+                    "compat",
+                    "--",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+                &[
+                    ("GOVERNANCE_BIN", &b.governance),
+                    ("GOVERNANCE_COMPAT_DIR", &compat_dir),
+                ],
+            )
+        })
+    })?;
+    places.push((
+        "HTTP compatibility (real clients, host kernel)",
+        ok,
+        c.as_cases(),
+    ));
+
     progress("kernel tests in the VM (BPF LSM)");
     // The guest prints each test as it starts and ends (--nocapture, one thread); vm::boot
     // says when the guest has been quiet for a while.
@@ -661,9 +722,10 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     println!("test summary");
     let mut total = Counts::default();
     let mut all_ok = true;
+    let width = places.iter().map(|(p, _, _)| p.len()).max().unwrap_or(0);
     for (place, ok, c) in &places {
         println!(
-            "  {place:<28} {:>3} passed, {} failed, {} ignored{}",
+            "  {place:<width$} {:>3} passed, {} failed, {} ignored{}",
             c.passed,
             c.failed,
             c.ignored,
@@ -731,6 +793,23 @@ mod tests {
         c.add_line("redteam: control 16 connect (host)");
         c.add_line("no redteam here");
         assert_eq!((c.tried, c.denied, c.controls), (1, 1, 1));
+    }
+
+    #[test]
+    fn counts_compatibility_cases_in_place_of_the_test() {
+        let mut c = Counts::default();
+        c.add_line("compat: upstreams FastAPI 127.0.0.21:1, ...");
+        c.add_line("compat: ok     curl            FastAPI  allow   0.1 s  200");
+        c.add_line("compat: ok     requests        FastAPI  allow   0.1 s  200");
+        c.add_line("compat: FAILED httpx           FastAPI  block   0.1 s  why");
+        c.add_line("compat: 3 cases, 2 passed, 1 failed in 40s");
+        c.add_line("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured");
+        let cases = c.as_cases();
+        assert_eq!((cases.passed, cases.failed, cases.ignored), (2, 1, 0));
+        // No case ran (the packages were missing): the test's own failure counts.
+        let mut c = Counts::default();
+        c.add_line("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured");
+        assert_eq!((c.as_cases().passed, c.as_cases().failed), (0, 1));
     }
 
     #[test]

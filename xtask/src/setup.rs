@@ -17,7 +17,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::{capture, heartbeat, progress, run};
 
 /// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio for the VM, bpftool to inspect,
-/// curl (the demo agent's HTTP client in the VM).
+/// curl (the demo agent's HTTP client in the VM, and a client of the compatibility suite),
+/// python3-venv (the compatibility suite's Python packages live in a venv).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -29,6 +30,7 @@ const APT_PACKAGES: &[&str] = &[
     "cpio",
     "bpftool",
     "curl",
+    "python3-venv",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -80,6 +82,10 @@ pub fn ensure() -> Result<()> {
     did |= heartbeat("installing rust-src", nightly_rust_src)?;
     did |= heartbeat("building bpf-linker", bpf_linker)?;
     did |= heartbeat("downloading the VM kernel", vm_kernel).map(|(_, installed)| installed)?;
+    did |= heartbeat(
+        "installing the HTTP compatibility suite's packages",
+        compat_packages,
+    )?;
     if did {
         progress(&format!("setup complete in {:.0?}", started.elapsed()));
     }
@@ -90,9 +96,10 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, bpftool; VM kernel {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, bpftool; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
-        vm_kernel()?.0.display()
+        vm_kernel()?.0.display(),
+        compat_dir().display()
     ));
     Ok(())
 }
@@ -493,6 +500,136 @@ fn parse_depends(field: &str) -> Vec<(String, Option<String>)> {
             Some((name, exact))
         })
         .collect()
+}
+
+/// The compatibility suite's scripts and pin files (in the workspace, where xtask runs).
+const COMPAT_SCRIPTS: &str = "tests/compat";
+/// The files that pin its packages: pip's requirements (every package, exact), npm's manifest
+/// and lock.
+const COMPAT_PINS: &[&str] = &["requirements.txt", "package.json", "package-lock.json"];
+
+/// Where the compatibility suite's packages are installed: GOVERNANCE_COMPAT_DIR, else
+/// `cache_dir()/compat` (the suite's test looks in the same place).
+pub fn compat_dir() -> PathBuf {
+    std::env::var_os("GOVERNANCE_COMPAT_DIR")
+        .map_or_else(|| cache_dir().join("compat"), PathBuf::from)
+}
+
+/// What `installed` in [`compat_dir`] holds once the pinned packages are in: the pin files
+/// themselves, so that any change to a pin installs again (the test compares it too).
+fn compat_stamp(scripts: &Path) -> Result<String> {
+    let mut stamp = String::new();
+    for f in COMPAT_PINS {
+        let path = scripts.join(f);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        stamp.push_str(&format!("== {f}\n{text}"));
+    }
+    Ok(stamp)
+}
+
+/// Install the HTTP compatibility suite's packages at the versions pinned in tests/compat:
+/// Python (FastAPI, uvicorn, requests, httpx with h2, aiohttp, the MCP SDK) into a venv, and
+/// Node (Express 5) with `npm ci`, both under [`compat_dir`]. Nothing is done when the stamp
+/// says the pins are installed; a changed pin installs again.
+fn compat_packages() -> Result<bool> {
+    let scripts = Path::new(COMPAT_SCRIPTS);
+    let dir = compat_dir();
+    let stamp_file = dir.join("installed");
+    let stamp = compat_stamp(scripts)?;
+    if std::fs::read_to_string(&stamp_file).is_ok_and(|s| s == stamp) {
+        return Ok(false);
+    }
+    progress(&format!(
+        "installing the HTTP compatibility suite's packages (pinned in {COMPAT_SCRIPTS}) into {}",
+        dir.display()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    // Written again only once everything is in.
+    let _ = std::fs::remove_file(&stamp_file);
+
+    let venv = dir.join("venv");
+    let python = venv.join("bin/python");
+    let usable = Command::new(&python)
+        .args(["-c", ""])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        let base = compat_python()?;
+        progress(&format!(
+            "creating a venv at {} with {}",
+            venv.display(),
+            base
+        ));
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv)?;
+        }
+        run(Command::new(&base).args(["-m", "venv"]).arg(&venv))?;
+    }
+    progress("pip: installing the pinned Python packages");
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--progress-bar",
+            "off",
+            "-r",
+        ])
+        .arg(scripts.join("requirements.txt")))?;
+
+    let node_version = capture(Command::new("node").arg("--version"))
+        .context("the compatibility suite needs Node.js 18 or later (node and npm on PATH)")?;
+    let major: u32 = node_version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if major < 18 {
+        bail!(
+            "the compatibility suite needs Node.js 18 or later (fetch, Express 5); found {}",
+            node_version.trim()
+        );
+    }
+    let node = dir.join("node");
+    std::fs::create_dir_all(&node)?;
+    for f in ["package.json", "package-lock.json"] {
+        std::fs::copy(scripts.join(f), node.join(f))?;
+    }
+    progress("npm ci: installing the pinned Node packages");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&node))?;
+    std::fs::write(&stamp_file, stamp)?;
+    progress(&format!(
+        "the compatibility suite's packages are in {}",
+        dir.display()
+    ));
+    Ok(true)
+}
+
+/// A Python 3.10+ (the MCP SDK's floor) whose venv module works: `python3` on PATH, else
+/// Debian's.
+fn compat_python() -> Result<String> {
+    const CHECK: &str = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 10))";
+    for candidate in ["python3", "/usr/bin/python3"] {
+        if Command::new(candidate)
+            .args(["-c", CHECK])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Ok(candidate.to_owned());
+        }
+    }
+    bail!(
+        "the compatibility suite needs Python 3.10 or later with its venv module \
+         (Debian: python3-venv); neither python3 on PATH nor /usr/bin/python3 will do"
+    )
 }
 
 fn nightly_rust_src() -> Result<bool> {

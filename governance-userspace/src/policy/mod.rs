@@ -390,6 +390,8 @@ pub struct Policy {
     pub max_body: Option<usize>,
     /// `proxy.intercept_tls`: hosts whose TLS the proxy intercepts for this policy's agents.
     pub intercept_tls: Vec<HostMatch>,
+    /// `proxy.idle_timeout`: how long a host's responses may go silent, per host.
+    pub idle_timeouts: Vec<(HostMatch, Duration)>,
     /// `kernel.allow_raw_sockets`, as written.
     pub allow_raw_sockets: Option<bool>,
     /// `kernel.allow_user_namespaces`, as written.
@@ -894,11 +896,20 @@ impl Cx<'_> {
                 Err(msg) => self.problem(h.span(), format!("proxy.intercept_tls: {msg}")),
             }
         }
+        let mut idle_timeouts = Vec::new();
+        for (h, t) in doc.proxy.iter().flat_map(|p| &p.idle_timeout) {
+            let host = h.trim().to_ascii_lowercase();
+            match host_match(&host).and_then(|m| parse_duration(t).map(|d| (m, d))) {
+                Ok(x) => idle_timeouts.push(x),
+                Err(msg) => self.problem(t.span(), format!("proxy.idle_timeout: {msg}")),
+            }
+        }
         let at = self.loc(doc.name.span());
         let kernel = doc.kernel.unwrap_or_default();
         (self.problems.len() == before).then(|| Policy {
             max_body,
             intercept_tls,
+            idle_timeouts,
             allow_raw_sockets: kernel.allow_raw_sockets,
             allow_user_namespaces: kernel.allow_user_namespaces,
             name,

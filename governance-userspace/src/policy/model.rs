@@ -129,6 +129,14 @@ pub struct ProxyDoc {
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub intercept_tls: Vec<Str>,
+    /// How long a response from a host may go silent (`api.example.com`, `*.example.com` or
+    /// `*` → `30s`, `10m`, `1h`): the wait for its head, then each gap in its body, after which
+    /// the proxy cuts it. Without one: 30 s, and 10 minutes between the events of a
+    /// `text/event-stream` response (SSE, MCP streams). The most specific host applies; among
+    /// an agent's policies, the shortest.
+    #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub idle_timeout: BTreeMap<String, Str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, JsonSchema)]

@@ -71,6 +71,18 @@
 //! call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
 //! the whole batch, and a refused batch gets one JSON-RPC error per call.
 //!
+//! A request without a body whose method carries none (`GET`, `HEAD`, `DELETE`, `OPTIONS`:
+//! MCP clients' event-stream GET and session-ending DELETE) is not invalid JSON on an MCP
+//! endpoint: the host's rules decide it. A refused call of a legacy MCP SSE session (the
+//! SDK's SSE transport, whose POSTs are answered 202 and replied to on the event stream) is
+//! delivered on that session's stream (see `sse.rs`).
+//!
+//! **Streams.** Responses stream through unbuffered. The upstream may be silent for
+//! `upstream_timeout` before the head (504) and between body frames (cut), except between the
+//! frames of a `text/event-stream` response: `stream_idle_timeout`. A policy's
+//! `proxy.idle_timeout` for the host replaces both ([`AgentRules::idle_timeout`]). A response
+//! still streaming counts as in flight, so the connection's idle timeout never cuts it.
+//!
 //! **Upgrades** (WebSocket): decided like any request; when allowed, refused with 501 (not
 //! supported yet).
 //!
@@ -82,6 +94,7 @@ pub mod tls;
 mod io;
 mod preauth;
 mod respond;
+mod sse;
 mod upstream;
 
 use std::{
@@ -117,6 +130,7 @@ use self::{
     io::{Activity, ClientIo, Prefixed, Proto, Tracked},
     request::{Head, Reject, Tls},
     respond::Refusal,
+    sse::SessionBody,
     tls::SniResult,
     upstream::{Body, UpBody, Upstream},
 };
@@ -159,8 +173,13 @@ pub struct ProxyConfig {
     /// A body the proxy buffers must arrive within this; otherwise 408.
     pub body_timeout: Duration,
     pub upstream_connect_timeout: Duration,
-    /// For the upstream's response head, and between frames of its body; over it → 504.
+    /// For the upstream's response head (over it → 504), and between frames of its body
+    /// (over it, the response is cut); a policy's `proxy.idle_timeout` for the host replaces
+    /// both.
     pub upstream_timeout: Duration,
+    /// Between the frames of a `text/event-stream` response (SSE: MCP streams, LLM token
+    /// streams), instead of `upstream_timeout`, unless a policy sets the host's.
+    pub stream_idle_timeout: Duration,
     /// Open connections per agent; over it → 503 and close.
     pub max_conns_per_agent: usize,
     /// Default buffering limit when no policy sets `proxy.max_body`.
@@ -189,6 +208,7 @@ impl Default for ProxyConfig {
             body_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(30),
+            stream_idle_timeout: Duration::from_secs(600),
             max_conns_per_agent: 256,
             max_body: 1 << 20,
             host_check: HostCheck::Resolve,
@@ -299,6 +319,8 @@ pub struct Proxy {
     panics: Arc<AtomicU64>,
     /// Pre-authorized escalations: (agent, action key) → until when.
     grants: Arc<Mutex<HashMap<(String, u64), Instant>>>,
+    /// Live legacy MCP SSE sessions, where refusals of their calls are delivered.
+    sessions: Arc<sse::Sessions>,
     hasher: RandomState,
     /// What TLS interception needs, loaded once; or why it is unavailable (connections to
     /// intercepted hosts are then refused, never spliced).
@@ -384,6 +406,7 @@ impl Proxy {
             conns: Arc::new(Mutex::new(HashMap::new())),
             panics: Arc::new(AtomicU64::new(0)),
             grants: Arc::new(Mutex::new(HashMap::new())),
+            sessions: Arc::new(sse::Sessions::default()),
             hasher: RandomState::new(),
         })
     }
@@ -727,7 +750,8 @@ impl Proxy {
 
     /// One request, start to finish.
     async fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
-        let _busy = conn.activity.busy();
+        // Held until the response is sent: a streaming response keeps the connection busy.
+        let busy = conn.activity.busy();
         let raw_cl = conn.activity.take_saw_content_length();
         let Some(client) = &conn.client else {
             let id = self.unidentified(conn);
@@ -790,6 +814,10 @@ impl Proxy {
             };
             match parse_json(&bytes) {
                 Ok(v) => json = Some(v),
+                // No body on a method that carries none (an MCP client's GET for its event
+                // stream, its DELETE ending the session): not JSON-RPC, and not invalid JSON
+                // either; the host's rules decide the request as it is.
+                Err(_) if bytes.is_empty() && request::bodiless(&parts.method) => {}
                 Err(e) if engine.is_mcp_endpoint(&view, &head.host, &head.path) => {
                     let why = format!("invalid JSON on an MCP endpoint: {e}");
                     self.refused(client, &head, "builtin:invalid-json", &why);
@@ -817,6 +845,7 @@ impl Proxy {
             )
             .await;
         let sandbox = match then {
+            Then::Respond(r) if mcp.is_some() => return self.on_session(client, &head, r),
             Then::Respond(r) => return r,
             Then::Forward => None,
             Then::Sandbox(url) => Some(url),
@@ -849,7 +878,46 @@ impl Proxy {
                 }
             }
         };
-        self.forward(conn, parts, body, &head, to).await
+        let stream_of_session =
+            parts.method == Method::GET && engine.has_mcp_rules(&view, &head.host);
+        let wait = view.idle_timeout(&head.host);
+        let resp = self.forward(conn, parts, body, &head, to, wait, busy).await;
+        if stream_of_session && is_event_stream(resp.headers()) {
+            let sessions = self.sessions.clone();
+            let (agent, host, path) = (&client.agent.name, &head.host, &head.path);
+            return resp.map(|b| {
+                Body::Session(Box::new(SessionBody::new(b, sessions, agent, host, path)))
+            });
+        }
+        resp
+    }
+
+    /// A refused MCP call (a JSON-RPC error, HTTP 200) that a legacy SSE session posted: the
+    /// refusal goes to the session's event stream, where its client waits for the reply, and
+    /// the POST gets 202 as the server would answer it (see [`sse`]). Anything else as it is.
+    fn on_session(&self, client: &Client, head: &Head, resp: Response<Body>) -> Response<Body> {
+        if head.method != "POST" || resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let delivered = matches!(&body, Body::Full(Some(message)) if self.sessions.deliver(
+            &client.agent.name,
+            &head.host,
+            &head.path,
+            head.query.as_deref(),
+            message,
+        ));
+        if !delivered {
+            return Response::from_parts(parts, body);
+        }
+        let mut accepted = Response::new(Body::empty());
+        *accepted.status_mut() = StatusCode::ACCEPTED;
+        for (name, value) in &parts.headers {
+            if name.as_str().starts_with("x-governance-") {
+                accepted.headers_mut().insert(name, value.clone());
+            }
+        }
+        accepted
     }
 
     /// Where a request goes, after the host check (transparent) or the tunnel check.
@@ -1240,7 +1308,9 @@ impl Proxy {
         ))
     }
 
-    /// Send the request upstream and stream the response back.
+    /// Send the request upstream and stream the response back. `wait`: the host's
+    /// `proxy.idle_timeout`, if a policy sets one; `busy` is held until the response is sent.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         conn: &Conn,
@@ -1248,6 +1318,8 @@ impl Proxy {
         body: ReqBody,
         head: &Head,
         to: To<'_>,
+        wait: Option<Duration>,
+        busy: io::Busy,
     ) -> Response<Body> {
         let bad_gateway =
             |reason: String| respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &reason, None);
@@ -1321,21 +1393,19 @@ impl Proxy {
             ReqBody::Stream(s) => UpBody::Stream(s),
         };
         let req = Request::from_parts(parts, body);
+        let head_wait = wait.unwrap_or(self.cfg.upstream_timeout);
         let gateway_timeout = || {
             respond::error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "gateway timeout",
-                &format!(
-                    "the upstream did not answer within {:?}",
-                    self.cfg.upstream_timeout
-                ),
+                &format!("the upstream did not answer within {head_wait:?}"),
                 None,
             )
         };
         let resp = match tls_name {
             Some(name) => {
                 let sent = self.send_tls(conn, name, addr, req);
-                match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
+                match tokio::time::timeout(head_wait, sent).await {
                     Err(_) => return gateway_timeout(),
                     Ok(Err(reason)) => return bad_gateway(reason),
                     Ok(Ok(r)) => r,
@@ -1343,7 +1413,7 @@ impl Proxy {
             }
             None => {
                 let sent = self.upstream.client.request(req);
-                match tokio::time::timeout(self.cfg.upstream_timeout, sent).await {
+                match tokio::time::timeout(head_wait, sent).await {
                     Err(_) => return gateway_timeout(),
                     Ok(Err(e)) => {
                         let timed_out = std::error::Error::source(&e)
@@ -1373,7 +1443,13 @@ impl Proxy {
                 .headers
                 .insert("x-governance-sandboxed", request::header_value(rule));
         }
-        Response::from_parts(parts, Body::upstream(body, self.cfg.upstream_timeout))
+        // Between frames: the host's limit, else SSE's own, else the upstream timeout.
+        let idle = wait.unwrap_or(if is_event_stream(&parts.headers) {
+            self.cfg.stream_idle_timeout
+        } else {
+            self.cfg.upstream_timeout
+        });
+        Response::from_parts(parts, Body::upstream(body, idle, Some(busy)))
     }
 
     /// Send an intercepted connection's request over its own TLS connection to the upstream,
@@ -1897,6 +1973,18 @@ async fn drive<C: Graceful>(
             }
         }
     }
+}
+
+/// Whether a response is an event stream (SSE): `Content-Type: text/event-stream`.
+fn is_event_stream(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

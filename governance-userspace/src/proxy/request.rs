@@ -112,6 +112,13 @@ impl Head {
     }
 }
 
+/// Methods whose requests carry no body (an empty body there is no body, not an empty
+/// document).
+pub fn bodiless(method: &hyper::Method) -> bool {
+    use hyper::Method;
+    [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS].contains(method)
+}
+
 /// Refuse a request whose body length could be read two ways. `raw_cl_with_te`: the raw
 /// bytes of this request's head carried a `Content-Length` line (hyper drops it from the
 /// parsed headers when `Transfer-Encoding` is present).

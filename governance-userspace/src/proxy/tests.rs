@@ -1937,3 +1937,5 @@ fn intercept_tls_is_validated_and_the_policies_add_up() {
         "another agent's policy"
     );
 }
+
+mod streams;

@@ -20,7 +20,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
 };
 
-use super::{HostCheck, ProxyConfig};
+use super::{HostCheck, ProxyConfig, io::Busy, sse::SessionBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -61,14 +61,18 @@ impl HttpBody for UpBody {
 
 /// A response body for the client: made by the proxy, or streamed from the upstream with an
 /// idle timeout between frames (an upstream that stops sending mid-body does not wedge the
-/// connection).
+/// connection), or a legacy MCP SSE stream that refusals can be delivered on.
 pub enum Body {
     Full(Option<Bytes>),
     Upstream {
         inner: Incoming,
         idle: Duration,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        /// The request counts as in flight until its response is sent (or dropped): the
+        /// connection's own idle timeout never cuts a response that is still streaming.
+        _busy: Option<Busy>,
     },
+    Session(Box<SessionBody>),
 }
 
 impl Body {
@@ -80,11 +84,14 @@ impl Body {
         Body::Full(None)
     }
 
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    /// A streamed upstream body, cut when the upstream sends nothing for `idle`; `busy` (the
+    /// request's in-flight guard) is held until the body ends.
+    pub fn upstream(inner: Incoming, idle: Duration, busy: Option<Busy>) -> Self {
         Body::Upstream {
             inner,
             idle,
             timer: None,
+            _busy: busy,
         }
     }
 }
@@ -103,7 +110,10 @@ impl HttpBody for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Body::Upstream { inner, idle, timer } => match Pin::new(inner).poll_frame(cx) {
+            Body::Session(s) => Pin::new(&mut **s).poll_frame(cx),
+            Body::Upstream {
+                inner, idle, timer, ..
+            } => match Pin::new(inner).poll_frame(cx) {
                 Poll::Ready(f) => {
                     *timer = None;
                     Poll::Ready(f.map(|r| r.map_err(Into::into)))
@@ -123,6 +133,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => b.is_none(),
             Body::Upstream { inner, .. } => inner.is_end_stream(),
+            Body::Session(s) => s.is_end_stream(),
         }
     }
 
@@ -130,6 +141,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Upstream { inner, .. } => inner.size_hint(),
+            Body::Session(s) => s.size_hint(),
         }
     }
 }

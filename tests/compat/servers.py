@@ -1,0 +1,110 @@
+"""Upstreams of the HTTP compatibility suite, on loopback, outside every agent.
+
+    python servers.py fastapi HOST PORT   # FastAPI on uvicorn
+    python servers.py mcp HOST PORT NAME  # the MCP SDK's server, both transports:
+                                          #   streamable HTTP at /mcp, legacy SSE at /sse
+
+The refunds API is the README's: POST /v1/refunds reads a pydantic model with `amount: int`.
+"""
+
+import asyncio
+import logging
+import sys
+
+import uvicorn
+
+
+def fastapi_app():
+    from fastapi import FastAPI
+    from fastapi.responses import StreamingResponse
+    from pydantic import BaseModel
+
+    class Refund(BaseModel):
+        amount: int
+
+    app = FastAPI()
+
+    @app.post("/v1/refunds")
+    def refund(r: Refund):
+        return {"refunded": r.amount, "server": "fastapi"}
+
+    @app.get("/v1/quota")
+    def quota():
+        return {"quota": "ok", "server": "fastapi"}
+
+    @app.get("/v1/events")
+    async def events(n: int = 5, gap_ms: int = 20):
+        async def stream():
+            for i in range(1, n + 1):
+                yield f"data: {i}\n\n"
+                if i < n:
+                    await asyncio.sleep(gap_ms / 1000)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    return app
+
+
+def mcp_app(name):
+    from mcp.server.mcpserver import Context, MCPServer
+
+    # Quiet: the suite prints a line per case; the server speaks only of problems.
+    logging.getLogger("mcp").setLevel(logging.WARNING)
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    server = MCPServer("compat")
+
+    @server.tool()
+    def search(query: str) -> str:
+        """Search the catalogue."""
+        return f"results for {query}"
+
+    @server.tool()
+    def run_shell(cmd: str) -> str:
+        """Run a shell command (the policy never lets a call through)."""
+        return f"ran {cmd}"
+
+    @server.tool()
+    def refund(amount: int) -> str:
+        """Issue a refund."""
+        return f"refunded {amount}"
+
+    @server.tool()
+    def lookup(key: str) -> str:
+        """Look a key up (metered by the policy)."""
+        return f"value of {key}"
+
+    @server.tool()
+    async def countdown(n: int, ctx: Context) -> str:
+        """Count down, reporting progress on the way (a streamed answer)."""
+        for i in range(1, n + 1):
+            await ctx.report_progress(i, n)
+            await asyncio.sleep(0.02)
+        return "liftoff"
+
+    # The server checks the Host header (DNS rebinding protection): the proxy forwards the
+    # agent's own.
+    security = TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=[f"{name}:*", name],
+        allowed_origins=[],
+    )
+    app = server.streamable_http_app(transport_security=security)
+    sse = server.sse_app(transport_security=security)
+    app.router.routes.extend(sse.routes)
+    return app
+
+
+def main():
+    kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if kind == "fastapi":
+        app = fastapi_app()
+    elif kind == "mcp":
+        app = mcp_app(sys.argv[4])
+    else:
+        sys.exit(f"unknown server {kind}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
