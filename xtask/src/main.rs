@@ -779,6 +779,45 @@ fn demo(kernel: Option<PathBuf>) -> Result<ExitCode> {
 mod tests {
     use super::*;
 
+    /// Every mediated path in docs/threat-model.md names its test; the test must exist.
+    /// `vm_lsm::f`, `host_kernel::f`, `compat::f` are `fn f` in tests/tests/<file>.rs;
+    /// `src:path::f` is `fn f` in that source file.
+    #[test]
+    fn threat_model_rows_name_tests_that_exist() {
+        let root = workspace_root();
+        let doc = std::fs::read_to_string(root.join("docs/threat-model.md")).unwrap();
+        let mut named = 0;
+        for row in doc.lines().filter(|l| l.starts_with('|')) {
+            let Some(last) = row.trim_end_matches('|').rsplit('|').next() else {
+                continue;
+            };
+            for name in last.split('`').skip(1).step_by(2) {
+                let (file, func) = if let Some(rest) = name.strip_prefix("src:") {
+                    let Some((path, func)) = rest.rsplit_once("::") else {
+                        panic!("`{name}`: src:PATH::FUNCTION")
+                    };
+                    (root.join(path), func)
+                } else if let Some((suite, func)) = name.split_once("::")
+                    && ["vm_lsm", "host_kernel", "compat"].contains(&suite)
+                {
+                    (root.join(format!("tests/tests/{suite}.rs")), func)
+                } else {
+                    continue;
+                };
+                let text = std::fs::read_to_string(&file).unwrap_or_else(|e| {
+                    panic!("{}: {e} (named in the threat model)", file.display())
+                });
+                assert!(
+                    text.contains(&format!("fn {func}(")),
+                    "docs/threat-model.md names `{name}`, which is not a test in {}",
+                    file.display()
+                );
+                named += 1;
+            }
+        }
+        assert!(named >= 30, "only {named} tests named in the threat model");
+    }
+
     #[test]
     fn counts_libtest_summaries() {
         let mut c = Counts::default();
