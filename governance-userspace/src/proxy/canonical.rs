@@ -679,3 +679,7 @@ fn ambiguous(c: &Condition, doc: &Value) -> Result<(), Refused> {
 #[cfg(test)]
 #[path = "canonical_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "differential_tests.rs"]
+mod differential;
