@@ -177,9 +177,16 @@ pub fn evaluate(
 ) -> Result<Evaluated, Refused> {
     method_override(head, headers)?;
     // A body is only looked at when a rule of the host could read it (as the proxy reads it).
-    let body = body.filter(|_| engine.needs_body(view, &head.host));
-    let route = engine.body_route(view, &head.host, &head.method, &head.path);
-    let mcp_endpoint = engine.is_mcp_endpoint(view, &head.host, &head.path);
+    let needs_body = engine.needs_body(view, &head.host);
+    let body = body.filter(|_| needs_body);
+    let (route, mcp_endpoint) = if needs_body {
+        (
+            engine.body_route(view, &head.host, &head.method, &head.path),
+            engine.is_mcp_endpoint(view, &head.host, &head.path),
+        )
+    } else {
+        (BodyRoute::default(), false)
+    };
     let json = if route.governed || mcp_endpoint {
         query_fields(head, &route)?;
         let json = match body {
@@ -228,7 +235,12 @@ fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
             }
         }
     }
-    for (name, value) in query_pairs(head.query.as_deref().unwrap_or("")) {
+    let query = head.query.as_deref().unwrap_or("");
+    // Cheap first: `_method` spelled plainly or with escapes.
+    if !(query.contains('%') || query.to_ascii_lowercase().contains("_method")) {
+        return Ok(());
+    }
+    for (name, value) in query_pairs(query) {
         if name.eq_ignore_ascii_case("_method") && !value.trim().eq_ignore_ascii_case(&head.method)
         {
             return Err(Refused::MethodOverride(format!("_method={}", value.trim())));

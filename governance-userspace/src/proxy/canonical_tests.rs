@@ -512,3 +512,68 @@ fn tool_calls_without_a_server_are_checked_too() {
         "params": {"name": "fetch_url", "arguments": {"url": "http://x"}}});
     assert_eq!(check_tool_call(&engine, &view, &call), Ok(()));
 }
+
+/// Property tests: whatever the body, headers and query, `evaluate` answers without panicking,
+/// and the framing follower takes any bytes.
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            "[\\[\\]{}\":,0-9a-z .+eE_x-]{0,48}".prop_map(String::into_bytes),
+            (0u32..100_000).prop_map(|n| gzip(format!(r#"{{"amount": {n}}}"#).as_bytes())),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| {
+                let mut g = gzip(br#"{"amount": 5000}"#);
+                g.extend(b);
+                g
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn evaluate_never_panics(
+            body in body(),
+            ct in prop::option::of("(application/json|text/plain|multipart/form-data)(; charset=[a-z0-9-]{0,8})?"),
+            ce in prop::option::of("(gzip|deflate|br|identity|x-gzip|gzip, gzip|)"),
+            query in prop::option::of("[a-z_%0-9=&;\\[\\]+]{0,16}"),
+            target in prop::sample::select(vec!["/v1/refunds", "/mcp", "/V1/Refunds/", "/other"]),
+        ) {
+            for (cgroup, label) in [("agents/refund-1", None), ("agents/research", Some("research-agent"))] {
+                let (engine, view) = engine_for(cgroup, label);
+                let mut headers = vec![("host", "api.payments.example")];
+                if label.is_some() {
+                    headers[0].1 = "mcp.search.example";
+                }
+                if let Some(ct) = &ct {
+                    headers.push(("content-type", ct));
+                }
+                if let Some(ce) = &ce {
+                    headers.push(("content-encoding", ce));
+                }
+                let target = match &query {
+                    Some(q) => format!("{target}?{q}"),
+                    None => target.to_owned(),
+                };
+                if target.parse::<Uri>().is_ok() {
+                    let _ = eval(&engine, &view, "POST", &target, &headers, &body);
+                }
+            }
+        }
+
+        #[test]
+        fn the_framing_follower_takes_any_bytes(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
+        ) {
+            let mut f = crate::proxy::framing::Framer::default();
+            for c in &chunks {
+                f.feed(c, &mut |_| {});
+            }
+        }
+    }
+}
