@@ -13,7 +13,14 @@
 //!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: TLS is
 //!   handled as below, plain HTTP is served as requests with full decisions.
 //!   The proxy connects on the agent's behalf here, so the agent's `network` rules are
-//!   checked against the address it connects to (a `block` → 403).
+//!   checked against the address it connects to, resolved once the request itself is allowed,
+//!   with all five verdicts (block → 403, throttle → 429, escalate → held, sandbox upstream →
+//!   the request goes there, sandbox profile or a tunnel to a sandbox upstream → 403).
+//!
+//! **No DNS before a decision.** A transparent request's host check (and a TLS server name's)
+//! is made at once only when it needs no lookup (an IP literal, a static address, a cached
+//! answer); otherwise only after the decision, and only for a request that is to go to its
+//! destination: a name the agent chose is never resolved for a request the policy refuses.
 //!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
 //!
@@ -64,12 +71,13 @@
 //! host needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is
 //! escalated (a held request keeps its body). Otherwise it streams through untouched. The
 //! buffer limit is the smallest `proxy.max_body` of the agent's policies, else
-//! [`ProxyConfig::max_body`]; over it → 413. A body that is not JSON makes body conditions
-//! false, except on an MCP endpoint (an MCP rule matches host and path), where it is refused
-//! with 400 (JSON-RPC parse error): deep nesting (serde_json stops at 128 levels) and
-//! duplicate keys count as invalid. A JSON-RPC batch (an array of calls) is decided call by
-//! call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
-//! the whole batch, and a refused batch gets one JSON-RPC error per call.
+//! [`ProxyConfig::max_body`]; over it → 413. What the decision reads, and what is refused
+//! because an upstream could read it another way, is [`canonical`]'s: on a route whose rules
+//! read the body (and on an MCP endpoint, where refusals are JSON-RPC errors), a body that is
+//! not certainly JSON is refused; elsewhere a body that is not JSON makes body conditions
+//! false. A JSON-RPC batch (an array of calls) is decided call by call; the most severe verdict
+//! (block > escalate > sandbox > throttle > allow) applies to the whole batch, and a refused
+//! batch gets one JSON-RPC error per call.
 //!
 //! **Upgrades** (WebSocket): decided like any request; when allowed, refused with 501 (not
 //! supported yet).
