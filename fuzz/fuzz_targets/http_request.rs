@@ -1,9 +1,10 @@
 //! Raw bytes → the proxy's request parsing and normalisation → an engine decision.
 //!
 //! The head is parsed with httparse (hyper's parser), then goes through exactly what the
-//! proxy runs: the framing check, target normalisation, the strict JSON body parse and the
-//! per-call decision of JSON-RPC batches, against a policy with host, path, header, body and
-//! MCP rules.
+//! proxy runs: the raw framing follower and the framing check, target normalisation, and the
+//! canonical interpretation (`proxy::canonical::evaluate`: content codings, charsets, the strict
+//! JSON body parse, ambiguity checks, JSON-RPC batches), against a policy with host, path,
+//! header, body and MCP rules. A normalised path is a fixed point of normalisation.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -11,7 +12,7 @@ use std::sync::OnceLock;
 use governance::{
     engine::{AgentRef, AgentRules, Engine},
     policy,
-    proxy::{decide_request, parse_json, request},
+    proxy::{canonical, framing::Framer, request},
 };
 use hyper::{HeaderMap, Method, Uri, Version, header::HeaderName, header::HeaderValue};
 use libfuzzer_sys::fuzz_target;
@@ -65,10 +66,10 @@ fuzz_target!(|data: &[u8]| {
             headers.append(n, v);
         }
     }
-    let raw_cl = data[..len]
-        .windows(16)
-        .any(|w| w.eq_ignore_ascii_case(b"\ncontent-length:"));
-    if request::check_framing(&headers, raw_cl).is_err() {
+    let mut framer = Framer::default();
+    let mut heads = Vec::new();
+    framer.feed(data, &mut |h| heads.push(h));
+    if request::check_framing(&headers, heads.first().copied()).is_err() {
         return;
     }
     let Ok(head) = request::target(&method, &uri, Version::HTTP_11, &headers) else {
@@ -76,15 +77,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = head.url();
     let _ = head.path_and_query();
+    if let Ok(again) = request::normalise_path(&head.path) {
+        assert_eq!(again, head.path, "a normalised path is a fixed point");
+    }
     let (engine, view) = setup();
-    let json = if engine.needs_body(view, &head.host) {
-        parse_json(&data[len..]).ok()
-    } else {
-        None
-    };
-    let _ = engine.is_mcp_endpoint(view, &head.host, &head.path);
-    let want_headers = engine.needs_headers(view, &head.host);
-    let mut http = request::to_engine(&head, want_headers.then_some(&headers), None);
-    let (decision, _mcp) = decide_request(engine, view, &mut http, json);
-    assert_eq!(decision.generation, 1);
+    if let Ok(ev) = canonical::evaluate(engine, view, &head, &headers, Some(&data[len..]), 1 << 20) {
+        assert_eq!(ev.decision.generation, 1);
+    }
 });

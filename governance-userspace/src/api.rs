@@ -541,7 +541,12 @@ struct DecideBody {
     action: crate::proxy::DecideAction,
 }
 
-async fn decide(State(st): State<Arc<ApiState>>, Json(body): Json<DecideBody>) -> Response {
+async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
+    // Strictly, as the proxy reads its decision API: duplicate keys are refused.
+    let body = match crate::proxy::parse_json(&raw).and_then(DecideBody::deserialize) {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad decide request: {e}")),
+    };
     let Some(proxy) = &st.proxy else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

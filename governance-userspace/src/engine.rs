@@ -199,6 +199,21 @@ impl AgentRules {
     }
 }
 
+/// What the enforcing rules of a route read in request bodies ([`Engine::body_route`]).
+#[derive(Debug, Default)]
+pub struct BodyRoute<'a> {
+    /// Some rule of the route has body or MCP conditions.
+    pub governed: bool,
+    /// Some rule of the route is an MCP rule: bodies are JSON-RPC.
+    pub mcp: bool,
+    /// Some body condition starts with an index (`$[0]`): the body may be an array.
+    pub array_docs: bool,
+    /// The body conditions.
+    pub body: Vec<&'a crate::policy::cond::Condition>,
+    /// (tool glob, argument conditions) of the MCP rules.
+    pub arguments: Vec<(&'a str, &'a [crate::policy::cond::Condition])>,
+}
+
 /// One generation of policy, ready to decide.
 pub struct Engine {
     pub generation: u32,
@@ -329,8 +344,68 @@ impl Engine {
     /// Whether `host` + `path` is an MCP endpoint for this agent: an MCP rule matches the host
     /// and the path. The proxy refuses invalid JSON there (400) instead of deciding without it.
     pub fn is_mcp_endpoint(&self, view: &AgentRules, host: &str, path: &str) -> bool {
+        let path = match_path(path);
         self.http_rules(view, host)
-            .any(|h| h.mcp.is_some() && path_matches(h.path.as_deref(), path))
+            .any(|h| h.mcp.is_some() && path_matches(h.path.as_deref(), &path))
+    }
+
+    /// What the enforcing rules that could match a request to `host` (lowercase), `method` and
+    /// `path` (whatever its headers and body) read in its body: their body conditions and MCP
+    /// argument conditions. The proxy refuses a body it cannot read with certainty on such a
+    /// route, instead of letting it fall through to a broader rule (see `proxy::canonical`).
+    pub fn body_route<'a>(
+        &'a self,
+        view: &'a AgentRules,
+        host: &'a str,
+        method: &str,
+        path: &str,
+    ) -> BodyRoute<'a> {
+        let path = match_path(path);
+        let mut route = BodyRoute::default();
+        let exact = view.http_exact.get(host).map_or(&[][..], Vec::as_slice);
+        for &i in exact.iter().chain(&view.http_suffix).chain(&view.http_any) {
+            let rule = self.rule(i);
+            let Matcher::Http(h) = &rule.matcher else {
+                continue;
+            };
+            if rule.mode != Mode::Enforce
+                || !host_matches(&h.host, host)
+                || !(h.methods.is_empty()
+                    || h.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                || !path_matches(h.path.as_deref(), &path)
+            {
+                continue;
+            }
+            for c in &h.body {
+                route.governed = true;
+                route.array_docs |= c.reads_array();
+                route.body.push(c);
+            }
+            if let Some((tool, args)) = &h.mcp {
+                route.governed = true;
+                route.mcp = true;
+                route.arguments.push((tool.as_str(), args.as_slice()));
+            }
+        }
+        route
+    }
+
+    /// [`Engine::body_route`] for a tool call that names no server: every enforcing MCP rule
+    /// of the agent (as [`Engine::decide_tool`] considers them).
+    pub fn mcp_route<'a>(&'a self, view: &'a AgentRules) -> BodyRoute<'a> {
+        let mut route = BodyRoute::default();
+        for &i in view.by_kind.get(&Kind::Http).map_or(&[][..], Vec::as_slice) {
+            let rule = self.rule(i);
+            if let (Matcher::Http(h), Mode::Enforce) = (&rule.matcher, rule.mode)
+                && let Some((tool, args)) = &h.mcp
+            {
+                route.governed = true;
+                route.mcp = true;
+                route.body.extend(&h.body);
+                route.arguments.push((tool.as_str(), args.as_slice()));
+            }
+        }
+        route
     }
 
     /// Decide an MCP `tools/call` (`call` is the JSON-RPC request object) that names no
@@ -449,7 +524,13 @@ impl Engine {
             None => (view.by_kind.get(&kind).map_or(&[], Vec::as_slice), &[], &[]),
         };
         let candidates = first.iter().chain(suffix).chain(any_host).copied();
-        self.decide_among(view, kind, candidates, now, |rule| matches(rule, action))
+        let path = match action {
+            Action::Http(r) => match_path(&r.path),
+            _ => std::borrow::Cow::Borrowed(""),
+        };
+        self.decide_among(view, kind, candidates, now, |rule| {
+            matches(rule, action, &path)
+        })
     }
 
     /// The first matching rule among `candidates` (in precedence order) decides.
@@ -585,7 +666,8 @@ impl Engine {
     }
 }
 
-fn matches(rule: &Rule, action: &Action) -> bool {
+/// `path` is the request's [`match_path`] (HTTP actions).
+fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
     match (&rule.matcher, action) {
         (Matcher::Exec(p), Action::Exec { path }) => p.matches(path),
         (Matcher::File { path: p, access }, Action::File { path, access: a }) => {
@@ -614,7 +696,7 @@ fn matches(rule: &Rule, action: &Action) -> bool {
                     || h.methods
                         .iter()
                         .any(|m| m.eq_ignore_ascii_case(&req.method)))
-                && path_matches(h.path.as_deref(), &req.path)
+                && path_matches(h.path.as_deref(), path)
                 && h.headers.iter().all(|(name, value)| {
                     req.headers
                         .iter()
@@ -644,6 +726,25 @@ fn host_matches(rule: &HostMatch, host: &str) -> bool {
     }
 }
 
+/// The form of a request path that HTTP rules match: ASCII letters lowercased (Express routes
+/// case-insensitively by default) and without a trailing slash (Express in non-strict mode and
+/// Starlette's redirect treat `/v1/refunds/` as `/v1/refunds`). Rule paths are stored in this
+/// form (policy compilation); the path forwarded upstream keeps its case.
+pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let p = if path.len() > 1 {
+        let t = path.trim_end_matches('/');
+        if t.is_empty() { "/" } else { t }
+    } else {
+        path
+    };
+    if p.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(p.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(p)
+    }
+}
+
+/// `rule` (a rule's path, in [`match_path`] form) against `path` (a request's, in that form).
 fn path_matches(rule: Option<&str>, path: &str) -> bool {
     rule.is_none_or(|p| {
         if glob::is_glob(p) {

@@ -5,6 +5,13 @@
 //! `[index]` steps. OP is one of `== != < <= > >= in contains matches`. VALUE is a JSON literal
 //! (for `in`, a JSON array; for `matches`, a glob string). A condition on a missing field, or
 //! comparing values of different types, is false.
+//!
+//! **Numbers spelled as strings.** Frameworks read `"5000"` as the number 5000 (pydantic in lax
+//! mode, JavaScript comparisons), so against a numeric literal a string that is a plain decimal
+//! number (`"5000"`, `" 5000 "`, `"+5000"`, `"5e3"`, `"5000.0"`) compares as that number.
+//! Strings that readers disagree on (`"0x1388"`, `"5_000"`, `"05000"`, `""`, `"Infinity"`,
+//! `"５０００"`, `"5000abc"`) are not decided on: [`Condition::ambiguity`] names them, and the
+//! proxy refuses the request (see `proxy::canonical`).
 
 use std::fmt;
 
@@ -183,6 +190,136 @@ impl Condition {
         Some(v)
     }
 
+    /// Why `doc` could be read in more than one way where this condition looks, if it could
+    /// (None: the condition's answer is what every reader would act on). A step to a key
+    /// that the object also has in another case (`amount` and `Amount`; some frameworks match
+    /// names case-insensitively), or that it has only in another case; an index into an object
+    /// that has that key (`[0]` of `{"0": ...}`, as JavaScript reads it); and at the value:
+    /// against a number, a string that is not a plain decimal number but has digits
+    /// ([`numeric_string`]), null, a boolean, an array or an object (JavaScript and pydantic
+    /// make numbers of them, or refuse them); against a boolean, a string or number read as one (`"true"`, `1`);
+    /// against a string, an array or an object (`["a"] == "a"` in JavaScript).
+    pub fn ambiguity(&self, doc: &Value) -> Option<String> {
+        let mut v = doc;
+        for step in &self.path {
+            v = match (step, v) {
+                (Step::Key(k), Value::Object(map)) => {
+                    let other = map
+                        .keys()
+                        .find(|x| x.as_str() != k && x.eq_ignore_ascii_case(k));
+                    if let Some(other) = other {
+                        return Some(format!(
+                            "`{}`: the body has the key `{other}`, which frameworks that match names case-insensitively read as `{k}`",
+                            self.path()
+                        ));
+                    }
+                    map.get(k.as_str())?
+                }
+                (Step::Index(i), Value::Object(map)) => {
+                    if map.contains_key(&i.to_string()) {
+                        return Some(format!(
+                            "`{}`: an object with the key \"{i}\" where the rule reads an array element",
+                            self.path()
+                        ));
+                    }
+                    return None;
+                }
+                (Step::Index(i), Value::Array(items)) => items.get(*i)?,
+                _ => return None,
+            };
+        }
+        let path = self.path();
+        let numeric = match self.op {
+            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Contains => {
+                self.value.is_number()
+            }
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(Value::is_number)),
+            _ => false,
+        };
+        let boolean = match self.op {
+            Op::Eq | Op::Ne => self.value.is_boolean(),
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(Value::is_boolean)),
+            _ => false,
+        };
+        let textual = match self.op {
+            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge | Op::Matches => {
+                self.value.is_string()
+            }
+            Op::In => self
+                .value
+                .as_array()
+                .is_some_and(|l| l.iter().any(Value::is_string)),
+            _ => false,
+        };
+        let values: Vec<&Value> = match (self.op, v) {
+            (Op::Contains, Value::Array(items)) => items.iter().collect(),
+            _ => vec![v],
+        };
+        for v in values {
+            if numeric {
+                match v {
+                    Value::Number(_) => {}
+                    Value::String(s) => {
+                        if let NumericString::Ambiguous(why) = numeric_string(s) {
+                            return Some(format!(
+                                "`{path}` is the string {s:?} where the rule compares a number: {why}"
+                            ));
+                        }
+                    }
+                    Value::Array(_) | Value::Object(_) if self.op == Op::Contains => {}
+                    other => {
+                        return Some(format!(
+                            "`{path}` is {} where the rule compares a number",
+                            kind_name(other)
+                        ));
+                    }
+                }
+            }
+            if boolean && bool_like(v) {
+                return Some(format!(
+                    "`{path}` is {v} where the rule compares a boolean (read as one by some frameworks)"
+                ));
+            }
+            if textual && self.op != Op::Contains && matches!(v, Value::Array(_) | Value::Object(_))
+            {
+                return Some(format!(
+                    "`{path}` is {} where the rule compares a string",
+                    kind_name(v)
+                ));
+            }
+        }
+        None
+    }
+
+    /// Whether the condition compares the value with a number (`> 100`, `in [1, 2]`).
+    pub fn numeric(&self) -> bool {
+        match &self.value {
+            Value::Number(_) => true,
+            Value::Array(l) => l.iter().any(Value::is_number),
+            _ => false,
+        }
+    }
+
+    /// The first key of the condition's path (`amount` of `$.amount.value`), if it starts with
+    /// one.
+    pub fn top_key(&self) -> Option<&str> {
+        match self.path.first()? {
+            Step::Key(k) => Some(k),
+            Step::Index(_) => None,
+        }
+    }
+
+    /// Whether the path starts with an index (`$[0]...`): the document is an array.
+    pub fn reads_array(&self) -> bool {
+        matches!(self.path.first(), Some(Step::Index(_)))
+    }
+
     /// Does the condition hold for `doc`?
     pub fn eval(&self, doc: &Value) -> bool {
         let Some(v) = self.lookup(doc) else {
@@ -191,7 +328,10 @@ impl Condition {
         match self.op {
             Op::Exists => true,
             Op::Eq => equal(v, &self.value),
-            Op::Ne => !equal(v, &self.value) && same_kind(v, &self.value),
+            Op::Ne => match &self.value {
+                Value::Number(_) => number(v).is_some() && !equal(v, &self.value),
+                lit => !equal(v, lit) && same_kind(v, lit),
+            },
             Op::Lt => order(v, &self.value).is_some_and(|o| o.is_lt()),
             Op::Le => order(v, &self.value).is_some_and(|o| o.is_le()),
             Op::Gt => order(v, &self.value).is_some_and(|o| o.is_gt()),
@@ -217,18 +357,165 @@ fn same_kind(a: &Value, b: &Value) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
+/// `a` (from the document) equals `b` (the literal). Against a number, a decimal string in the
+/// document counts as the number it spells.
 fn equal(a: &Value, b: &Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => x == y,
+    match b {
+        Value::Number(y) => number(a).is_some_and(|x| x.cmp(Num::of(y)).is_some_and(|o| o.is_eq())),
         _ => a == b,
     }
 }
 
+/// `a` (from the document) ordered against `b` (the literal); None when they do not compare.
 fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
+        (_, Value::Number(y)) => number(a)?.cmp(Num::of(y)),
         (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
         _ => None,
+    }
+}
+
+/// A number, exact for integers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+impl Num {
+    fn of(n: &serde_json::Number) -> Num {
+        if let Some(i) = n.as_i64() {
+            Num::Int(i128::from(i))
+        } else if let Some(u) = n.as_u64() {
+            Num::Int(i128::from(u))
+        } else {
+            Num::Float(n.as_f64().unwrap_or(f64::NAN))
+        }
+    }
+
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    fn cmp(self, other: Num) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => Some(a.cmp(&b)),
+            (a, b) => a.as_f64().partial_cmp(&b.as_f64()),
+        }
+    }
+}
+
+/// The number a document value stands for: a JSON number, or a string that is a plain decimal
+/// number ([`numeric_string`]).
+fn number(v: &Value) -> Option<Num> {
+    match v {
+        Value::Number(n) => Some(Num::of(n)),
+        Value::String(s) => match numeric_string(s) {
+            NumericString::Decimal(n) => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// How a string reads as a number.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum NumericString {
+    /// A plain decimal number (surrounding whitespace allowed): every reader that takes it as a
+    /// number takes it as this one.
+    Decimal(Num),
+    /// No reader makes a number of it (no digits, not empty, not infinity or NaN).
+    NotANumber,
+    /// Some readers make a number of it and others do not, or make another number; why.
+    Ambiguous(&'static str),
+}
+
+/// Classify a string compared with a number. Decimal: `[+-]?(0|[1-9][0-9]*)(.[0-9]*)?([eE][+-]?[0-9]+)?`
+/// (or `.5`), finite, after trimming whitespace. Ambiguous: empty or blank (JavaScript reads 0),
+/// leading zeros (octal to some readers), `0x`/`0o`/`0b` prefixes and `_` separators (JavaScript or
+/// Python read them), infinity and NaN, non-ASCII digits (Python's `int()` reads `"５０００"`),
+/// and anything else with a digit in it (`parseInt("5000abc")` is 5000).
+pub fn numeric_string(s: &str) -> NumericString {
+    use NumericString::{Ambiguous, Decimal, NotANumber};
+    let t = s.trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}');
+    if t.is_empty() {
+        return Ambiguous("an empty string reads as 0 in JavaScript");
+    }
+    let unsigned = t.strip_prefix(['+', '-']).unwrap_or(t);
+    let lower = unsigned.to_ascii_lowercase();
+    if lower.starts_with("inf") || lower.starts_with("nan") {
+        return Ambiguous("infinity and NaN are numbers to some readers");
+    }
+    if !t.chars().any(char::is_numeric) {
+        return NotANumber;
+    }
+    let b = unsigned.as_bytes();
+    let int_len = b.iter().take_while(|c| c.is_ascii_digit()).count();
+    let mut i = int_len;
+    let mut frac_len = 0;
+    let mut fractional = false;
+    if b.get(i) == Some(&b'.') {
+        fractional = true;
+        i += 1;
+        frac_len = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        i += frac_len;
+    }
+    let mut exponent = false;
+    if matches!(b.get(i), Some(b'e' | b'E')) && int_len + frac_len > 0 {
+        let mut j = i + 1;
+        if matches!(b.get(j), Some(b'+' | b'-')) {
+            j += 1;
+        }
+        let digits = b[j.min(b.len())..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits > 0 {
+            exponent = true;
+            i = j + digits;
+        }
+    }
+    if i != b.len() || int_len + frac_len == 0 {
+        return Ambiguous("not a plain decimal number, but it has digits");
+    }
+    if int_len > 1 && b[0] == b'0' {
+        return Ambiguous("leading zeros (octal to some readers)");
+    }
+    if !fractional
+        && !exponent
+        && let Ok(n) = t.trim_start_matches('+').parse::<i128>()
+    {
+        return Decimal(Num::Int(n));
+    }
+    match t.trim_start_matches('+').parse::<f64>() {
+        Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
+        _ => Ambiguous("out of range"),
+    }
+}
+
+/// Values that some readers take for a boolean (pydantic in lax mode, for one).
+fn bool_like(v: &Value) -> bool {
+    match v {
+        Value::String(s) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" | "t" | "f" | "y" | "n"
+        ),
+        Value::Number(n) => n.as_f64().is_some_and(|f| f == 0.0 || f == 1.0),
+        _ => false,
+    }
+}
+
+fn kind_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -259,12 +546,105 @@ mod tests {
 
     #[test]
     fn missing_fields_and_type_mismatches_are_false() {
-        let doc = json!({"amount": "500"});
+        let doc = json!({"amount": "five", "flag": true});
         assert!(!c("$.amount > 100").eval(&doc));
         assert!(!c("$.missing == 1").eval(&doc));
         assert!(!c("$.missing != 1").eval(&doc));
         assert!(!c("$.amount != 1").eval(&doc));
         assert!(!c("$.amount[3] exists").eval(&doc));
+        assert!(!c("$.flag > 0").eval(&doc));
+        assert!(!c(r#"$.flag == "true""#).eval(&doc));
+    }
+
+    #[test]
+    fn decimal_strings_compare_as_numbers() {
+        for spelled in ["500", " 500 ", "+500", "5e2", "500.0", "0.5e3", "500."] {
+            let doc = json!({ "amount": spelled });
+            assert!(c("$.amount > 100").eval(&doc), "{spelled}");
+            assert!(c("$.amount == 500").eval(&doc), "{spelled}");
+            assert!(c("$.amount in [1, 500]").eval(&doc), "{spelled}");
+            assert!(!c("$.amount != 500").eval(&doc), "{spelled}");
+            assert!(!c("$.amount <= 100").eval(&doc), "{spelled}");
+            assert_eq!(c("$.amount > 100").ambiguity(&doc), None, "{spelled}");
+        }
+        assert!(c("$.ids contains 5").eval(&json!({"ids": ["5"]})));
+        // Integers compare exactly, past what a double holds.
+        let big = json!({"n": 9007199254740993u64});
+        assert!(c("$.n > 9007199254740992").eval(&big));
+        assert!(c("$.n > 9007199254740992").eval(&json!({"n": "9007199254740993"})));
+        // A string never equals a number that is not the one it spells.
+        assert!(!c("$.amount == 500").eval(&json!({"amount": "5000"})));
+        assert!(c("$.amount != 500").eval(&json!({"amount": "5000"})));
+    }
+
+    #[test]
+    fn ambiguous_readings_are_named() {
+        for spelled in [
+            "0x1F4",
+            "5_00",
+            "0500",
+            "",
+            "  ",
+            "Infinity",
+            "-inf",
+            "NaN",
+            "５００",
+            "500abc",
+            "1,000",
+            "1e999",
+        ] {
+            let doc = json!({ "amount": spelled });
+            let why = c("$.amount > 100").ambiguity(&doc);
+            assert!(why.is_some(), "{spelled:?}");
+            assert!(!c("$.amount > 100").eval(&doc), "{spelled:?}");
+            assert!(!c("$.amount <= 100").eval(&doc), "{spelled:?}");
+        }
+        assert_eq!(numeric_string("abc"), NumericString::NotANumber);
+        assert_eq!(
+            c("$.amount > 100").ambiguity(&json!({"amount": "abc"})),
+            None
+        );
+        for doc in [
+            json!({"amount": true}),
+            json!({"amount": [500]}),
+            json!({"amount": {"v": 500}}),
+            json!({"amount": 5, "Amount": 500}),
+            json!({"AMOUNT": 500}),
+        ] {
+            assert!(c("$.amount > 100").ambiguity(&doc).is_some(), "{doc}");
+        }
+        assert!(
+            c("$.dry_run == true")
+                .ambiguity(&json!({"dry_run": "yes"}))
+                .is_some()
+        );
+        assert!(
+            c("$.dry_run == true")
+                .ambiguity(&json!({"dry_run": 1}))
+                .is_some()
+        );
+        assert!(
+            c(r#"$.sql matches "DELETE *""#)
+                .ambiguity(&json!({"sql": ["DELETE x"]}))
+                .is_some()
+        );
+        assert!(
+            c("$.items[0] exists")
+                .ambiguity(&json!({"items": {"0": 1}}))
+                .is_some()
+        );
+        // null is 0 to JavaScript and an error to pydantic.
+        assert!(
+            c("$.amount > 100")
+                .ambiguity(&json!({"amount": null}))
+                .is_some()
+        );
+        // Missing fields and plain values are not ambiguous.
+        assert_eq!(c("$.amount > 100").ambiguity(&json!({})), None);
+        assert_eq!(
+            c(r#"$.tags contains "x""#).ambiguity(&json!({"tags": ["x"]})),
+            None
+        );
     }
 
     #[test]

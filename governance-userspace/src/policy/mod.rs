@@ -1114,12 +1114,22 @@ impl Cx<'_> {
                 methods.push(up);
             }
         }
+        // Rule paths are matched in the form requests are: normalised as the proxy normalises
+        // request paths, then ASCII-lowercased and without a trailing slash.
         let path = h.path.as_ref().and_then(|p| {
-            if p.starts_with('/') {
-                Some(p.to_string())
-            } else {
+            if !p.starts_with('/') {
                 self.problem(p.span(), format!("HTTP path `{}` must start with `/`", **p));
-                None
+                return None;
+            }
+            match crate::proxy::request::normalise_path(p) {
+                Ok(n) => Some(crate::engine::match_path(&n).into_owned()),
+                Err(e) => {
+                    self.problem(
+                        p.span(),
+                        format!("HTTP path `{}` can never match a request: {e}", **p),
+                    );
+                    None
+                }
             }
         });
         let headers = h

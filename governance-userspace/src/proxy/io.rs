@@ -1,14 +1,15 @@
 //! Connection plumbing: what protocol a connection speaks, IO wrappers that track activity
-//! (for the idle timeout) and watch for a smuggled `Content-Length`, and the panic-counting
-//! task spawner.
+//! (for the idle timeout) and follow HTTP/1 framing (what each raw request head said about its
+//! length), and the panic-counting task spawner.
 
 use std::{
+    collections::VecDeque,
     future::Future,
     io,
     panic::AssertUnwindSafe,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -19,6 +20,8 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::TcpStream,
 };
+
+use super::framing::{Framer, RawHead};
 
 /// The HTTP/2 connection preface.
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -145,8 +148,11 @@ pub struct Activity {
     last_ms: AtomicU64,
     /// Requests being handled (a held request is not idle).
     inflight: AtomicUsize,
-    /// A raw `Content-Length:` header line went by since the last request was taken.
-    saw_content_length: AtomicBool,
+    /// HTTP/1: what the raw bytes of each request head not yet handled said about its length
+    /// (see [`super::framing`]), in order.
+    heads: Mutex<VecDeque<RawHead>>,
+    /// HTTP/1: the connection's raw bytes are followed.
+    framed: AtomicBool,
 }
 
 impl Activity {
@@ -155,7 +161,8 @@ impl Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             inflight: AtomicUsize::new(0),
-            saw_content_length: AtomicBool::new(false),
+            heads: Mutex::new(VecDeque::new()),
+            framed: AtomicBool::new(false),
         })
     }
 
@@ -182,9 +189,29 @@ impl Activity {
         Busy(self.clone())
     }
 
-    /// Whether a raw `Content-Length` line was read since the last call.
-    pub fn take_saw_content_length(&self) -> bool {
-        self.saw_content_length.swap(false, Ordering::Relaxed)
+    /// What the raw bytes of the next request head said about its length (called once per
+    /// request, in order). None: the connection is not HTTP/1 (nothing followed). A lost
+    /// framing gives a head marked `lost`.
+    pub fn take_head(&self) -> Option<RawHead> {
+        if !self.framed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let next = self
+            .heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        Some(next.unwrap_or(RawHead {
+            lost: true,
+            ..RawHead::default()
+        }))
+    }
+
+    fn push_head(&self, head: RawHead) {
+        self.heads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(head);
     }
 }
 
@@ -197,52 +224,39 @@ impl Drop for Busy {
     }
 }
 
-/// Watches an IO: records activity and, for HTTP/1, scans what is read for a
-/// `\ncontent-length:` line (case-insensitive), because hyper drops a `Content-Length` that
-/// comes with `Transfer-Encoding` from the parsed headers, and the proxy refuses such a
-/// request instead. The scan may also see a body's bytes; a false alarm only refuses a
-/// chunked request whose neighbour's body contains such a line.
+/// Watches an IO: records activity and, for HTTP/1, follows the framing of what is read
+/// ([`Framer`]): hyper merges duplicate `Content-Length` lines and drops a `Content-Length`
+/// that comes with `Transfer-Encoding` from the parsed headers, and the proxy refuses such
+/// requests instead, so it needs what each raw head said.
 pub struct Tracked<I> {
     inner: I,
     activity: Arc<Activity>,
-    scan: bool,
-    /// Characters of `PATTERN` matched so far (carried across reads).
-    matched: usize,
+    framer: Option<Framer>,
 }
-
-const PATTERN: &[u8] = b"\ncontent-length:";
 
 impl<I> Tracked<I> {
     pub fn new(inner: I, activity: Arc<Activity>, scan: bool) -> Self {
+        if scan {
+            activity.framed.store(true, Ordering::Relaxed);
+        }
         Self {
             inner,
             activity,
-            scan,
-            matched: 0,
+            framer: scan.then(Framer::default),
         }
     }
 
     #[cfg(test)]
     fn scan(&mut self, bytes: &[u8]) {
-        scan(&mut self.matched, &self.activity, bytes);
+        scan(self.framer.as_mut(), &self.activity, bytes);
     }
 }
 
-fn scan(matched: &mut usize, activity: &Activity, bytes: &[u8]) {
-    let mut m = *matched;
-    for &b in bytes {
-        let b = b.to_ascii_lowercase();
-        if b == PATTERN[m] {
-            m += 1;
-            if m == PATTERN.len() {
-                activity.saw_content_length.store(true, Ordering::Relaxed);
-                m = 0;
-            }
-        } else {
-            m = usize::from(b == b'\n');
-        }
-    }
-    *matched = m;
+fn scan(framer: Option<&mut Framer>, activity: &Activity, bytes: &[u8]) {
+    let Some(framer) = framer else {
+        return;
+    };
+    framer.feed(bytes, &mut |h| activity.push_head(h));
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
@@ -258,9 +272,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Tracked<I> {
             let filled = &buf.filled()[before..];
             if !filled.is_empty() {
                 this.activity.touch();
-                if this.scan {
-                    scan(&mut this.matched, &this.activity, filled);
-                }
+                scan(this.framer.as_mut(), &this.activity, filled);
             }
         }
         r
@@ -367,15 +379,19 @@ mod tests {
     }
 
     #[test]
-    fn finds_content_length_lines_across_reads() {
+    fn hands_out_each_raw_head_in_order() {
         let a = Activity::new();
+        assert_eq!(a.take_head(), None, "not followed: HTTP/2");
         let mut t = Tracked::new((), a.clone(), true);
-        t.scan(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConte");
-        assert!(!a.take_saw_content_length());
-        t.scan(b"nt-LENGTH: 4\r\n\r\n");
-        assert!(a.take_saw_content_length());
-        assert!(!a.take_saw_content_length());
-        t.scan(b"x-content-length: 1\r\n");
-        assert!(!a.take_saw_content_length());
+        t.scan(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConte");
+        assert_eq!(a.take_head().map(|h| h.content_lengths), Some(0));
+        t.scan(b"nt-LENGTH: 4\r\n\r\n0\r\n\r\n");
+        let h = a.take_head().unwrap();
+        assert_eq!(
+            (h.content_lengths, h.transfer_encoding, h.lost),
+            (1, true, false)
+        );
+        // Nothing more was read: a request hyper made of nothing is refused.
+        assert!(a.take_head().unwrap().lost);
     }
 }

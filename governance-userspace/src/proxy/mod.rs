@@ -13,7 +13,14 @@
 //!   action with method `CONNECT`, empty path), then the tunnel's first bytes decide: TLS is
 //!   handled as below, plain HTTP is served as requests with full decisions.
 //!   The proxy connects on the agent's behalf here, so the agent's `network` rules are
-//!   checked against the address it connects to (a `block` → 403).
+//!   checked against the address it connects to, resolved once the request itself is allowed,
+//!   with all five verdicts (block → 403, throttle → 429, escalate → held, sandbox upstream →
+//!   the request goes there, sandbox profile or a tunnel to a sandbox upstream → 403).
+//!
+//! **No DNS before a decision.** A transparent request's host check (and a TLS server name's)
+//! is made at once only when it needs no lookup (an IP literal, a static address, a cached
+//! answer); otherwise only after the decision, and only for a request that is to go to its
+//! destination: a name the agent chose is never resolved for a request the policy refuses.
 //!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
 //!
@@ -64,12 +71,13 @@
 //! host needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is
 //! escalated (a held request keeps its body). Otherwise it streams through untouched. The
 //! buffer limit is the smallest `proxy.max_body` of the agent's policies, else
-//! [`ProxyConfig::max_body`]; over it → 413. A body that is not JSON makes body conditions
-//! false, except on an MCP endpoint (an MCP rule matches host and path), where it is refused
-//! with 400 (JSON-RPC parse error): deep nesting (serde_json stops at 128 levels) and
-//! duplicate keys count as invalid. A JSON-RPC batch (an array of calls) is decided call by
-//! call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
-//! the whole batch, and a refused batch gets one JSON-RPC error per call.
+//! [`ProxyConfig::max_body`]; over it → 413. What the decision reads, and what is refused
+//! because an upstream could read it another way, is [`canonical`]'s: on a route whose rules
+//! read the body (and on an MCP endpoint, where refusals are JSON-RPC errors), a body that is
+//! not certainly JSON is refused; elsewhere a body that is not JSON makes body conditions
+//! false. A JSON-RPC batch (an array of calls) is decided call by call; the most severe verdict
+//! (block > escalate > sandbox > throttle > allow) applies to the whole batch, and a refused
+//! batch gets one JSON-RPC error per call.
 //!
 //! A request without a body whose method carries none (`GET`, `HEAD`, `DELETE`, `OPTIONS`:
 //! MCP clients' event-stream GET and session-ending DELETE) is not invalid JSON on an MCP
@@ -88,6 +96,8 @@
 //!
 //! Every decision is reported as one [`Record`] (type decision, source proxy, kind http).
 
+pub mod canonical;
+pub mod framing;
 pub mod request;
 pub mod tls;
 
@@ -117,6 +127,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize as _;
 use serde_json::Value;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -359,6 +370,30 @@ enum Dest {
     Name(String, u16),
 }
 
+/// Whether a host check may look a name up in DNS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Only what needs no lookup: an IP literal, a static address, a cached answer.
+    Local,
+    Resolve,
+}
+
+/// Where an explicit-proxy request goes after the network rules.
+enum Target {
+    Addr(SocketAddr),
+    /// A network rule's sandbox upstream.
+    Sandbox {
+        rule: String,
+        url: String,
+    },
+}
+
+/// Whether a decision sends the request to its destination (allow, or escalate once approved):
+/// only then is the destination's name looked up.
+fn forwards(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Allow | Outcome::Escalate { .. })
+}
+
 /// Where a decided request is sent.
 #[derive(Clone, Copy)]
 enum To<'a> {
@@ -523,29 +558,63 @@ impl Proxy {
             absolute: false,
             tls: Some(Tls::Spliced),
         };
-        // The server name must name where the connection goes: the host check, or the host of
-        // the CONNECT. A refusal is reported there.
-        let Ok(Dest::Addr(addr)) = self.destination(&conn, &client, &head).await else {
-            return refuse_tls(io).await;
-        };
         let engine = self.engine.load_full();
         let view = self.view(Some(&conn), &engine, &client.agent);
-        if view.intercepts_tls(&sni) {
+        // The server name must name where the connection goes: the host check, or the host of
+        // the CONNECT (a refusal is reported there). An intercepted host is named by the
+        // policy and may be looked up; any other name is looked up only once the policy
+        // allows it (no DNS lookup of a name the agent chose before a decision).
+        let intercepted = view.intercepts_tls(&sni);
+        let lookup = if intercepted {
+            Lookup::Resolve
+        } else {
+            Lookup::Local
+        };
+        let mut addr = match self.destination(&conn, &client, &head, lookup).await {
+            Ok(Some(Dest::Addr(a))) => Some(a),
+            Ok(None) => None,
+            Ok(Some(Dest::Name(..))) | Err(_) => return refuse_tls(io).await,
+        };
+        if intercepted {
             let head = Head {
                 tls: Some(Tls::Intercepted),
                 ..head
             };
+            let Some(addr) = addr else {
+                return refuse_tls(io).await;
+            };
             return self.intercept(&conn, &client, io, &head, addr).await;
         }
         let decided = matches!(conn.mode, Mode::Tunnel { decided: true, .. });
-        if !decided
-            && self
-                .decide_host(&client, &engine, &view, &head, None)
+        if !decided {
+            let (http, decision) = self.host_decision(&engine, &view, &head, None);
+            if addr.is_none() && forwards(&decision.outcome) {
+                addr = match self
+                    .destination(&conn, &client, &head, Lookup::Resolve)
+                    .await
+                {
+                    Ok(Some(Dest::Addr(a))) => Some(a),
+                    _ => return refuse_tls(io).await,
+                };
+            }
+            if self
+                .host_verdict(&client, &engine, &head, &http, &decision)
                 .await
                 .is_err()
-        {
-            return refuse_tls(io).await;
+            {
+                return refuse_tls(io).await;
+            }
         }
+        let addr = match addr {
+            Some(a) => a,
+            None => match self
+                .destination(&conn, &client, &head, Lookup::Resolve)
+                .await
+            {
+                Ok(Some(Dest::Addr(a))) => a,
+                _ => return refuse_tls(io).await,
+            },
+        };
         self.splice(&conn, io, addr).await;
     }
 
@@ -752,7 +821,8 @@ impl Proxy {
     async fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         // Held until the response is sent: a streaming response keeps the connection busy.
         let busy = conn.activity.busy();
-        let raw_cl = conn.activity.take_saw_content_length();
+        // What this request's raw head said about its length (HTTP/1), taken in order.
+        let raw_head = conn.activity.take_head();
         let Some(client) = &conn.client else {
             let id = self.unidentified(conn);
             return respond::refusal(
@@ -770,7 +840,7 @@ impl Proxy {
         if req.uri().path() == DECIDE_PATH {
             return self.decide_endpoint(client, req).await;
         }
-        let mut head = match request::check_framing(req.headers(), raw_cl)
+        let mut head = match request::check_framing(req.headers(), raw_head)
             .and_then(|()| request::target(req.method(), req.uri(), req.version(), req.headers()))
         {
             Ok(h) => h,
@@ -790,7 +860,9 @@ impl Proxy {
             }
             return resp;
         }
-        let dest = match self.destination(conn, client, &head).await {
+        // The host check now if it needs no DNS lookup; otherwise after the decision, and only
+        // if the request is to go to its destination.
+        let mut dest = match self.destination(conn, client, &head, Lookup::Local).await {
             Ok(d) => d,
             Err(resp) => return resp,
         };
@@ -799,39 +871,47 @@ impl Proxy {
         let (parts, body) = req.into_parts();
         let limit = view.max_body().unwrap_or(self.cfg.max_body);
         let mut body = ReqBody::Stream(body);
-        let mut json = None;
+        let mut bytes = None;
         if engine.needs_body(&view, &head.host) {
-            let bytes = match self
+            match self
                 .read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit)
                 .await
             {
-                Ok(b) => b,
+                Ok(b) => bytes = Some(b),
                 Err(resp) => {
                     let why = resp.status().canonical_reason().unwrap_or("refused");
                     self.refused(client, &head, "builtin:body", why);
                     return resp;
                 }
             };
-            match parse_json(&bytes) {
-                Ok(v) => json = Some(v),
-                // No body on a method that carries none (an MCP client's GET for its event
-                // stream, its DELETE ending the session): not JSON-RPC, and not invalid JSON
-                // either; the host's rules decide the request as it is.
-                Err(_) if bytes.is_empty() && request::bodiless(&parts.method) => {}
-                Err(e) if engine.is_mcp_endpoint(&view, &head.host, &head.path) => {
-                    let why = format!("invalid JSON on an MCP endpoint: {e}");
-                    self.refused(client, &head, "builtin:invalid-json", &why);
-                    return respond::mcp_parse_error(&e.to_string());
-                }
-                Err(_) => {}
-            }
-            body = ReqBody::Read(bytes);
+            body = ReqBody::Read(bytes.clone().unwrap_or_default());
         }
-        let headers = engine
-            .needs_headers(&view, &head.host)
-            .then_some(&parts.headers);
-        let mut http = request::to_engine(&head, headers, None);
-        let (decision, mcp) = decide_request(&engine, &view, &mut http, json);
+        let ev = match canonical::evaluate(
+            &engine,
+            &view,
+            &head,
+            &parts.headers,
+            bytes.as_deref(),
+            limit,
+        ) {
+            Ok(ev) => ev,
+            Err(why) => {
+                let mcp = engine.is_mcp_endpoint(&view, &head.host, &head.path);
+                return self.refuse_unreadable(client, &head, &why, mcp);
+            }
+        };
+        let canonical::Evaluated {
+            decision,
+            mcp,
+            http,
+            ..
+        } = ev;
+        if dest.is_none() && forwards(&decision.outcome) {
+            dest = match self.destination(conn, client, &head, Lookup::Resolve).await {
+                Ok(d) => d,
+                Err(resp) => return resp,
+            };
+        }
         let then = self
             .verdict(
                 client,
@@ -864,18 +944,45 @@ impl Proxy {
             );
             return resp;
         }
-        let rule = decision.rule.as_deref().unwrap_or("default");
-        let to = match (dest, sandbox.as_deref()) {
-            (_, Some(url)) => To::Sandbox { rule, url },
-            (Dest::Addr(addr), None) => To::Upstream(addr),
-            (Dest::Name(host, port), None) => {
+        let mut rule = decision.rule.clone().unwrap_or_else(|| "default".into());
+        let mut sandbox = sandbox;
+        let dest = match (dest, &sandbox) {
+            (_, Some(_)) => None,
+            (Some(d), None) => Some(d),
+            // Not reached: a request that goes to its destination was checked above.
+            (None, None) => match self.destination(conn, client, &head, Lookup::Resolve).await {
+                Ok(d) => d,
+                Err(resp) => return resp,
+            },
+        };
+        let addr = match dest {
+            None => None,
+            Some(Dest::Addr(addr)) => Some(addr),
+            Some(Dest::Name(host, port)) => {
                 match self
-                    .explicit_target(client, &engine, &view, &head, &host, port)
+                    .explicit_target(client, &engine, &view, &head, &host, port, &mut body, limit)
                     .await
                 {
-                    Ok(addr) => To::Upstream(addr),
+                    Ok(Target::Addr(addr)) => Some(addr),
+                    Ok(Target::Sandbox { rule: r, url }) => {
+                        rule = r;
+                        sandbox = Some(url);
+                        None
+                    }
                     Err(resp) => return resp,
                 }
+            }
+        };
+        let to = match (addr, sandbox.as_deref()) {
+            (_, Some(url)) => To::Sandbox { rule: &rule, url },
+            (Some(addr), None) => To::Upstream(addr),
+            (None, None) => {
+                return respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway",
+                    "no destination",
+                    None,
+                );
             }
         };
         let stream_of_session =
@@ -920,13 +1027,16 @@ impl Proxy {
         accepted
     }
 
-    /// Where a request goes, after the host check (transparent) or the tunnel check.
+    /// Where a request goes, after the host check (transparent) or the tunnel check. With
+    /// [`Lookup::Local`], a transparent request's host check that would need a DNS lookup is
+    /// not made: Ok(None).
     async fn destination(
         &self,
         conn: &Conn,
         client: &Client,
         head: &Head,
-    ) -> Result<Dest, Response<Body>> {
+        lookup: Lookup,
+    ) -> Result<Option<Dest>, Response<Body>> {
         let mismatch = |status: StatusCode, reason: String| {
             let rec = self.builtin_record(
                 Some(client),
@@ -980,7 +1090,7 @@ impl Proxy {
                         ),
                     ));
                 }
-                Ok(Dest::Addr(*addr))
+                Ok(Some(Dest::Addr(*addr)))
             }
             Mode::Intercepted { host, addr } => {
                 if head.host != *host {
@@ -992,11 +1102,18 @@ impl Proxy {
                         ),
                     ));
                 }
-                Ok(Dest::Addr(*addr))
+                Ok(Some(Dest::Addr(*addr)))
             }
             Mode::Transparent(dst) if !head.absolute => {
-                match self.upstream.host_names(&head.host, *dst).await {
-                    Ok(()) => Ok(Dest::Addr(*dst)),
+                let checked = match lookup {
+                    Lookup::Local => match self.upstream.host_names_local(&head.host, *dst) {
+                        Some(r) => r,
+                        None => return Ok(None),
+                    },
+                    Lookup::Resolve => self.upstream.host_names(&head.host, *dst).await,
+                };
+                match checked {
+                    Ok(()) => Ok(Some(Dest::Addr(*dst))),
                     Err(why) => Err(mismatch(
                         StatusCode::FORBIDDEN,
                         format!("{what} does not match the destination: {why}"),
@@ -1009,7 +1126,7 @@ impl Proxy {
                 "this is an HTTP policy proxy: send absolute-form requests (GET http://host/path) or CONNECT",
                 None,
             )),
-            _ => Ok(Dest::Name(head.host.clone(), head.port.unwrap_or(80))),
+            _ => Ok(Some(Dest::Name(head.host.clone(), head.port.unwrap_or(80)))),
         }
     }
 
@@ -1075,10 +1192,26 @@ impl Proxy {
         if let Some(m) = mcp {
             rec.object.mcp_tool = m.tools.join(",");
         }
-        let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
         rec.object
             .detail
             .extend(body_fields(engine, decision, http.body.as_ref()));
+        self.respond_to(client, rec, http, decision, mcp, body, limit)
+            .await
+    }
+
+    /// Turn a decision, reported as `rec`, into what happens next. Escalations wait here.
+    #[allow(clippy::too_many_arguments)]
+    async fn respond_to(
+        &self,
+        client: &Client,
+        mut rec: Record,
+        http: &HttpRequest,
+        decision: &Decision,
+        mcp: Option<&McpCall>,
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Then {
+        let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
         let ids = mcp.map(|m| &m.ids);
         let refuse = |rec: Record, status, error, reason: &str, retry_after| {
             let id = rec.id.clone();
@@ -1256,10 +1389,15 @@ impl Proxy {
         }
     }
 
-    /// Where an explicit-proxy request or tunnel goes: the named host, resolved, if the
-    /// agent's `network` rules let it connect there. In transparent mode the kernel already
-    /// decided the agent's own connect; here the proxy connects on the agent's behalf, so the
-    /// same rules apply (a `block` refuses with 403; other network verdicts let it through).
+    /// Where an explicit-proxy request or tunnel goes: the named host, resolved (only now,
+    /// after the request's own decision allowed it), if the agent's `network` rules let it
+    /// connect there. In transparent mode the kernel already decided the agent's own connect;
+    /// here the proxy connects on the agent's behalf, so the same rules apply with all five
+    /// verdicts: block → 403, throttle → 429, escalate → held for a human (a held request keeps
+    /// its body), sandbox with an upstream → the request goes there (a tunnel cannot: blocked),
+    /// sandbox with a profile → blocked (a profile applies to the agent's processes, and this
+    /// connection is the proxy's). CONNECT passes an empty body.
+    #[allow(clippy::too_many_arguments)]
     async fn explicit_target(
         &self,
         client: &Client,
@@ -1268,7 +1406,9 @@ impl Proxy {
         head: &Head,
         host: &str,
         port: u16,
-    ) -> Result<SocketAddr, Response<Body>> {
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Result<Target, Response<Body>> {
         let addr = match self.upstream.resolve(host).await {
             Ok(ips) => SocketAddr::new(ips[0], port),
             Err(e) => {
@@ -1285,27 +1425,44 @@ impl Proxy {
             port,
             protocol: crate::policy::Protocol::Tcp,
         };
-        let d = engine.decide(view, &action, Instant::now());
-        if d.outcome != Outcome::Block {
-            return Ok(addr);
+        let mut d = engine.decide(view, &action, Instant::now());
+        if d.outcome == Outcome::Allow {
+            return Ok(Target::Addr(addr));
         }
+        let tunnel = head.method == "CONNECT";
+        match &d.outcome {
+            Outcome::Sandbox(SandboxTarget::Upstream(url)) if tunnel => {
+                d.reason = format!(
+                    "{} (sandbox upstream `{url}`: a tunnel cannot be sent there; blocked)",
+                    d.reason
+                );
+                d.outcome = Outcome::Block;
+            }
+            Outcome::Sandbox(SandboxTarget::Profile(p)) => {
+                d.reason = format!(
+                    "{} (sandbox profile `{p}` applies to the agent's processes, not to a connection the proxy makes for it; blocked)",
+                    d.reason
+                );
+                d.outcome = Outcome::Block;
+            }
+            _ => {}
+        }
+        d.reason = format!("{} (connecting to {addr})", d.reason);
         let mut rec = self.decision_record(client, head, &d, Source::Proxy);
         rec.object.dest = addr.to_string();
         rec.object.protocol = "tcp".into();
-        let id = rec.id.clone();
-        (self.sink)(rec);
-        let rule = d.rule.as_deref().unwrap_or("default");
-        Err(respond::refusal(
-            &Refusal {
-                status: StatusCode::FORBIDDEN,
-                error: "blocked",
-                rule,
-                reason: &format!("{} (connecting to {addr})", d.reason),
-                decision_id: &id,
-                retry_after: None,
-            },
-            None,
-        ))
+        let http = request::to_engine(head, None, None);
+        match self
+            .respond_to(client, rec, &http, &d, None, body, limit)
+            .await
+        {
+            Then::Forward => Ok(Target::Addr(addr)),
+            Then::Sandbox(url) => Ok(Target::Sandbox {
+                rule: d.rule.clone().unwrap_or_else(|| "default".into()),
+                url,
+            }),
+            Then::Respond(r) => Err(r),
+        }
     }
 
     /// Send the request upstream and stream the response back. `wait`: the host's
@@ -1501,17 +1658,15 @@ impl Proxy {
     }
 
     /// The host-level decision of a CONNECT or of a TLS server name: an HTTP action with
-    /// method `CONNECT` and an empty path; reported, and held here if escalated. Err: the
-    /// refusal. A `sandbox` upstream cannot apply (the proxy never sees the requests inside):
-    /// blocked.
-    async fn decide_host(
+    /// method `CONNECT` and an empty path. A `sandbox` upstream cannot apply (the proxy never
+    /// sees the requests inside): blocked.
+    fn host_decision(
         &self,
-        client: &Client,
         engine: &Engine,
         view: &AgentRules,
         head: &Head,
         headers: Option<&hyper::HeaderMap>,
-    ) -> Result<(), Response<Body>> {
+    ) -> (HttpRequest, Decision) {
         let headers = headers.filter(|_| engine.needs_headers(view, &head.host));
         let http = request::to_engine(head, headers, None);
         let mut decision = engine.decide(view, &Action::Http(http.clone()), Instant::now());
@@ -1522,14 +1677,26 @@ impl Proxy {
             );
             decision.outcome = Outcome::Block;
         }
+        (http, decision)
+    }
+
+    /// Report a host-level decision and act on it (held here if escalated). Err: the refusal.
+    async fn host_verdict(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        head: &Head,
+        http: &HttpRequest,
+        decision: &Decision,
+    ) -> Result<(), Response<Body>> {
         let mut body = ReqBody::Read(Bytes::new());
         match self
-            .verdict(client, engine, head, &http, &decision, None, &mut body, 0)
+            .verdict(client, engine, head, http, decision, None, &mut body, 0)
             .await
         {
             Then::Forward => Ok(()),
             Then::Respond(r) => Err(r),
-            // Not reached: sandbox upstreams are blocked above.
+            // Not reached: sandbox upstreams are blocked in `host_decision`.
             Then::Sandbox(_) => Err(respond::error(
                 StatusCode::FORBIDDEN,
                 "blocked",
@@ -1537,6 +1704,20 @@ impl Proxy {
                 None,
             )),
         }
+    }
+
+    /// [`Proxy::host_decision`], then [`Proxy::host_verdict`].
+    async fn decide_host(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        headers: Option<&hyper::HeaderMap>,
+    ) -> Result<(), Response<Body>> {
+        let (http, decision) = self.host_decision(engine, view, head, headers);
+        self.host_verdict(client, engine, head, &http, &decision)
+            .await
     }
 
     /// CONNECT: decide at host level, then tunnel. A host whose TLS the agent's policies
@@ -1567,11 +1748,23 @@ impl Proxy {
             return r;
         }
         let port = head.port.unwrap_or(443);
+        let mut none = ReqBody::Read(Bytes::new());
         let addr = match self
-            .explicit_target(client, &engine, &view, &head, &head.host, port)
+            .explicit_target(
+                client, &engine, &view, &head, &head.host, port, &mut none, 0,
+            )
             .await
         {
-            Ok(addr) => addr,
+            Ok(Target::Addr(addr)) => addr,
+            // Not reached: a tunnel's sandbox upstream is blocked in `explicit_target`.
+            Ok(Target::Sandbox { .. }) => {
+                return respond::error(
+                    StatusCode::FORBIDDEN,
+                    "blocked",
+                    "a tunnel cannot go to a sandbox upstream",
+                    None,
+                );
+            }
             Err(resp) => return resp,
         };
         if self.is_self(addr, conn.local) {
@@ -1608,10 +1801,48 @@ impl Proxy {
         Response::new(Body::empty())
     }
 
-    /// Report a request the proxy refused itself (body over the limit, invalid JSON, ...).
-    fn refused(&self, client: &Client, head: &Head, rule: &str, reason: &str) {
+    /// Report a request the proxy refused itself (body over the limit, invalid JSON, ...);
+    /// returns the record's id.
+    fn refused(&self, client: &Client, head: &Head, rule: &str, reason: &str) -> String {
         let rec = self.builtin_record(Some(client), Some(head), rule, reason, Object::default());
+        let id = rec.id.clone();
         (self.sink)(rec);
+        id
+    }
+
+    /// Refuse a request whose body (or query, or method) could be read in more than one way
+    /// ([`canonical::Refused`]): reported, and answered with the reason as JSON (a JSON-RPC
+    /// error on an MCP endpoint).
+    fn refuse_unreadable(
+        &self,
+        client: &Client,
+        head: &Head,
+        why: &canonical::Refused,
+        mcp_endpoint: bool,
+    ) -> Response<Body> {
+        let reason = why.to_string();
+        let id = self.refused(client, head, why.rule(), &reason);
+        tracing::debug!(agent = %client.info.name, url = %head.url(), %reason, "proxy: refused");
+        if mcp_endpoint {
+            return respond::jsonrpc_error(
+                why.status(),
+                why.jsonrpc_code(),
+                &reason,
+                why.rule(),
+                &id,
+            );
+        }
+        respond::refusal(
+            &Refusal {
+                status: why.status(),
+                error: why.error(),
+                rule: why.rule(),
+                reason: &reason,
+                decision_id: &id,
+                retry_after: None,
+            },
+            None,
+        )
     }
 
     /// A request refused before any decision (400).
@@ -1629,7 +1860,25 @@ impl Proxy {
         );
         let id = rec.id.clone();
         (self.sink)(rec);
-        respond::error(StatusCode::BAD_REQUEST, "bad request", &reason, Some(&id))
+        let mut resp = respond::refusal(
+            &Refusal {
+                status: StatusCode::BAD_REQUEST,
+                error: "bad request",
+                rule: "builtin:request",
+                reason: &reason,
+                decision_id: &id,
+                retry_after: None,
+            },
+            None,
+        );
+        if matches!(e, Reject::Framing(_)) {
+            // The rest of the connection cannot be told apart from this body: end it.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        resp
     }
 
     fn base_record(&self, client: Option<&Client>, source: Source) -> Record {
@@ -1755,7 +2004,9 @@ impl Proxy {
             Ok(b) => b,
             Err(r) => return r,
         };
-        let action: DecideAction = match serde_json::from_slice(&bytes) {
+        // Strictly: an action with duplicate keys could be read two ways.
+        let action = parse_json(&bytes).and_then(DecideAction::deserialize);
+        let action: DecideAction = match action {
             Ok(a) => a,
             Err(e) => {
                 return respond::error(

@@ -13,6 +13,15 @@
 //! A tool call without `server` is matched against every MCP rule of the agent, whatever
 //! the rule's host and path ([`crate::engine::Engine::decide_tool`]).
 //!
+//! **The same code path as the proxy.** An HTTP action is turned into what the proxy would
+//! receive, a request head (normalised by [`super::request::target`]), headers and body bytes
+//! (`body` serialised as JSON, with `content-type: application/json` unless the headers say
+//! otherwise; or `body_base64`, the exact bytes, for bodies that are not JSON text: compressed,
+//! another charset), and decided by [`super::canonical::evaluate`], the function the proxy
+//! calls: a request the proxy would refuse as ambiguous is refused here too (verdict `block`,
+//! rule `builtin:body`, `builtin:invalid-json`, `builtin:jsonrpc` or `builtin:request`). The
+//! action document itself is parsed strictly (duplicate keys are refused).
+//!
 //! The answer is a [`DecideResponse`]. Semantics that differ from a bare engine call:
 //!
 //! - **A pre-authorization counts against throttles**: it takes a token from the bucket, as
@@ -33,11 +42,11 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use hyper::{HeaderMap, Uri, header::HeaderName, header::HeaderValue};
+use hyper::{HeaderMap, Method, Uri, Version, header, header::HeaderName, header::HeaderValue};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
-use super::{Client, Proxy, decide_request, request, tool_call};
+use super::{Client, McpCall, Proxy, canonical, request, tool_call};
 use crate::{
     approvals,
     engine::Outcome,
@@ -65,7 +74,7 @@ pub enum DecideAction {
 }
 
 /// An HTTP request to decide.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpAction {
     pub method: String,
@@ -76,6 +85,10 @@ pub struct HttpAction {
     /// The JSON body, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
+    /// Or the body's exact bytes, base64 (standard alphabet): what will be sent, when it is not
+    /// JSON text as given (compressed, another charset, duplicate keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +155,38 @@ pub struct DecideResponse {
 }
 
 impl Proxy {
+    /// An action the proxy would refuse before deciding it (ambiguous or unreadable):
+    /// reported, and answered as a block by the built-in rule.
+    fn refused_action(
+        &self,
+        client: &Client,
+        head: &request::Head,
+        why: &canonical::Refused,
+        server_less: bool,
+    ) -> DecideResponse {
+        let reason = why.to_string();
+        let mut rec = self.builtin_record(
+            Some(client),
+            (!server_less).then_some(head),
+            why.rule(),
+            &reason,
+            Object::default(),
+        );
+        rec.source = Source::Api;
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        DecideResponse {
+            decision_id: id,
+            verdict: "block".into(),
+            allowed: false,
+            rule: why.rule().into(),
+            reason,
+            retry_after_secs: None,
+            approval_id: None,
+            sandbox_upstream: None,
+        }
+    }
+
     /// The decision API: the same decision the proxy would make for this action, without
     /// doing it (see the module documentation for throttles, escalations and sandboxes). An
     /// action that cannot be decided (a bad URL) is refused: verdict block, rule
@@ -180,10 +225,39 @@ impl Proxy {
     ) -> Result<DecideResponse, String> {
         let engine = self.engine.load_full();
         let view = self.view(None, &engine, &client.agent);
-        let (head, headers, body, server_less) = match action {
+        let limit = view.max_body().unwrap_or(self.cfg.max_body);
+        let json_type = |headers: &mut HeaderMap| {
+            if !headers.contains_key(header::CONTENT_TYPE) {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+        };
+        // (head, what the engine decided, MCP tools) or the refusal of an ambiguous request.
+        let (head, evaluated, server_less) = match action {
             DecideAction::Http { http } => {
-                let (head, headers) = http_head(&http.method, &http.url, &http.headers)?;
-                (head, headers, http.body, false)
+                let (head, mut headers) = http_head(&http.method, &http.url, &http.headers)?;
+                let bytes = match (http.body, http.body_base64) {
+                    (Some(_), Some(_)) => {
+                        return Err("give `body` or `body_base64`, not both".into());
+                    }
+                    (Some(v), None) => {
+                        json_type(&mut headers);
+                        Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+                    }
+                    (None, Some(b)) => Some(base64_decode(&b)?),
+                    (None, None) => None,
+                };
+                let ev = canonical::evaluate(
+                    &engine,
+                    &view,
+                    &head,
+                    &headers,
+                    Some(bytes.as_deref().unwrap_or_default()),
+                    limit,
+                );
+                (head, ev, false)
             }
             DecideAction::Tool {
                 tool,
@@ -198,8 +272,18 @@ impl Proxy {
                 });
                 match server {
                     Some(url) => {
-                        let (head, headers) = http_head("POST", &url, &BTreeMap::new())?;
-                        (head, headers, Some(call), false)
+                        let (head, mut headers) = http_head("POST", &url, &BTreeMap::new())?;
+                        json_type(&mut headers);
+                        let bytes = serde_json::to_vec(&call).map_err(|e| e.to_string())?;
+                        let ev = canonical::evaluate(
+                            &engine,
+                            &view,
+                            &head,
+                            &headers,
+                            Some(&bytes),
+                            limit,
+                        );
+                        (head, ev, false)
                     }
                     None => {
                         let head = request::Head {
@@ -212,23 +296,39 @@ impl Proxy {
                             absolute: true,
                             tls: None,
                         };
-                        (head, HeaderMap::new(), Some(call), true)
+                        let ev = canonical::check_tool_call(&engine, &view, &call).map(|()| {
+                            let decision = engine.decide_tool(&view, &call, Instant::now());
+                            let tools = tool_call(&call).map(|(t, _)| McpCall {
+                                tools: vec![t.to_owned()],
+                                ids: super::McpIds {
+                                    ids: vec![Value::from(1)],
+                                    batch: false,
+                                },
+                            });
+                            let mut http = request::to_engine(&head, None, None);
+                            http.body = Some(call);
+                            canonical::Evaluated {
+                                decision,
+                                mcp: tools,
+                                http,
+                                mcp_endpoint: true,
+                            }
+                        });
+                        (head, ev, true)
                     }
                 }
             }
         };
-        let want_headers = engine.needs_headers(&view, &head.host);
-        let mut http = request::to_engine(&head, want_headers.then_some(&headers), None);
-        let (decision, mcp) = if server_less {
-            let call = body.unwrap_or(Value::Null);
-            let d = engine.decide_tool(&view, &call, Instant::now());
-            let tools = tool_call(&call).map(|(t, _)| vec![t.to_owned()]);
-            http.body = Some(call);
-            (d, tools)
-        } else {
-            let (d, m) = decide_request(&engine, &view, &mut http, body);
-            (d, m.map(|m| m.tools))
+        let canonical::Evaluated {
+            decision,
+            mcp,
+            http,
+            ..
+        } = match evaluated {
+            Ok(ev) => ev,
+            Err(why) => return Ok(self.refused_action(client, &head, &why, server_less)),
         };
+        let mcp = mcp.map(|m| m.tools);
         let mut rec = self.decision_record(client, &head, &decision, Source::Api);
         if server_less {
             rec.object.url = String::new();
@@ -316,7 +416,8 @@ impl Proxy {
     }
 }
 
-/// The request head of an HTTP action.
+/// The request head of an HTTP action, normalised as the proxy normalises a request's
+/// ([`request::target`]: the same function).
 fn http_head(
     method: &str,
     url: &str,
@@ -330,14 +431,18 @@ fn http_head(
     let authority = uri
         .authority()
         .ok_or_else(|| format!("url `{url}` has no host"))?;
-    if authority.as_str().contains('@') {
-        return Err(format!("url `{url}`: userinfo is not allowed"));
-    }
     let m = method.trim().to_ascii_uppercase();
     if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(format!("`{method}` is not an HTTP method"));
     }
-    let path = request::normalise_path(uri.path()).map_err(|e| e.to_string())?;
+    let method = Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?;
+    // The scheme does not change the decision; `target` reads absolute-form http:// targets.
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(uri.path_and_query().map_or("/", |p| p.as_str()))
+        .build()
+        .map_err(|e| format!("url `{url}`: {e}"))?;
     let mut map = HeaderMap::new();
     for (k, v) in headers {
         let name =
@@ -345,17 +450,58 @@ fn http_head(
         let value = HeaderValue::from_str(v).map_err(|_| format!("bad value for header `{k}`"))?;
         map.append(name, value);
     }
-    Ok((
-        request::Head {
-            method: m,
-            host: request::normalise_host(authority.host()),
-            port: authority.port_u16(),
-            authority: authority.as_str().to_owned(),
-            path: path.into_owned(),
-            query: uri.query().map(str::to_owned),
-            absolute: true,
-            tls: None,
-        },
-        map,
-    ))
+    // The URL names the host, as an absolute-form request does.
+    map.remove(header::HOST);
+    let head = request::target(&method, &uri, Version::HTTP_11, &map).map_err(|e| match e {
+        request::Reject::Target(why) => format!("url `{url}`: {why}"),
+        other => other.to_string(),
+    })?;
+    Ok((head, map))
+}
+
+/// Standard base64 (padding optional, whitespace ignored).
+fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    let mut padded = false;
+    for c in s.bytes().filter(|c| !c.is_ascii_whitespace()) {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                padded = true;
+                continue;
+            }
+            _ => return Err("`body_base64` is not base64".into()),
+        };
+        if padded {
+            return Err("`body_base64` has data after padding".into());
+        }
+        acc = acc << 6 | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64_decode;
+
+    #[test]
+    fn base64_bodies() {
+        assert_eq!(base64_decode("eyJhIjoxfQ==").unwrap(), br#"{"a":1}"#);
+        assert_eq!(base64_decode("eyJhIjoxfQ").unwrap(), br#"{"a":1}"#);
+        assert_eq!(base64_decode("").unwrap(), b"");
+        assert!(base64_decode("e$").is_err());
+        assert!(base64_decode("eQ==eQ").is_err());
+    }
 }

@@ -7,15 +7,22 @@
 //! - **Host**: the absolute-form (or HTTP/2 `:authority`) authority, else the `Host` header;
 //!   port stripped, lowercased, a trailing dot removed, IPv6 brackets removed. Two `Host`
 //!   headers, userinfo (`user@host`) or an unparsable authority → 400.
-//! - **Path**: percent-encoded unreserved characters (`A-Z a-z 0-9 - . _ ~`) are decoded
-//!   (RFC 3986 §6.2.2.2: the same resource), repeated slashes are merged, and `.`/`..`
-//!   segments (also encoded ones) → 400: no rule can be sidestepped by spelling the path
-//!   differently. Other escapes (`%2F`, `%3F`, ...) stay as written. A bad escape → 400.
-//! - **Framing** ([`check_framing`]): more than one `Content-Length`, a `Transfer-Encoding`
-//!   other than exactly `chunked`, or `Content-Length` together with `Transfer-Encoding` →
-//!   400. hyper already refuses differing `Content-Length`s and `chunked, identity`; it
-//!   quietly drops a `Content-Length` that comes with `Transfer-Encoding: chunked`, so the
-//!   proxy also watches the raw bytes for that (see `io::Tracked`).
+//! - **Path** ([`normalise_path`]): percent-encoded unreserved characters (`A-Z a-z 0-9 - . _
+//!   ~`) are decoded (RFC 3986 §6.2.2.2: the same resource), repeated slashes are merged,
+//!   other escapes are kept in uppercase hex, raw non-ASCII characters are percent-encoded.
+//!   Refused with 400, since servers read them differently: `.`/`..` segments (also encoded
+//!   ones), `%2F` (an encoded `/`), `%5C` and raw `\`, encoded control characters (`%00`...),
+//!   `%25` followed by two hex digits (double encoding), escapes that decode to bytes that are
+//!   not UTF-8 (overlong `%C0%AE`), `;` (path parameters, which some servers strip), segments
+//!   that end in `.` or a space (which Windows servers strip), and bad escapes. Rules match the path ASCII-lowercased and without a trailing slash
+//!   ([`crate::engine::match_path`]); the path forwarded keeps its case.
+//! - **Framing** ([`check_framing`]): more than one `Content-Length` (also equal ones, and a
+//!   list `5, 5`), a `Transfer-Encoding` other than exactly `chunked`, or `Content-Length`
+//!   together with `Transfer-Encoding` → 400 and the connection is closed, on any request of a
+//!   connection. hyper already refuses differing `Content-Length`s and `chunked, identity`; it
+//!   quietly merges equal `Content-Length` lines and drops one that comes with
+//!   `Transfer-Encoding: chunked`, so the proxy also follows the raw framing of HTTP/1
+//!   connections (see [`super::framing`]).
 
 use std::borrow::Cow;
 
@@ -26,6 +33,7 @@ use hyper::{
 };
 use serde_json::Value;
 
+pub use super::framing::RawHead;
 use crate::engine::HttpRequest;
 
 /// Why a request is refused before any decision (each → 400).
@@ -112,21 +120,35 @@ impl Head {
     }
 }
 
-/// Methods whose requests carry no body (an empty body there is no body, not an empty
-/// document).
-pub fn bodiless(method: &hyper::Method) -> bool {
-    use hyper::Method;
-    [Method::GET, Method::HEAD, Method::DELETE, Method::OPTIONS].contains(method)
-}
-
-/// Refuse a request whose body length could be read two ways. `raw_cl_with_te`: the raw
-/// bytes of this request's head carried a `Content-Length` line (hyper drops it from the
-/// parsed headers when `Transfer-Encoding` is present).
-pub fn check_framing(headers: &HeaderMap, raw_cl_with_te: bool) -> Result<(), Reject> {
+/// Refuse a request whose body length could be read two ways. `raw`: what the raw bytes of
+/// this request's head said (HTTP/1; see [`super::framing`]): hyper merges equal
+/// `Content-Length` lines and drops one that comes with `Transfer-Encoding`, so the parsed
+/// headers cannot show either.
+pub fn check_framing(headers: &HeaderMap, raw: Option<RawHead>) -> Result<(), Reject> {
     let cl = headers.get_all(header::CONTENT_LENGTH).iter().count();
     let mut te = headers.get_all(header::TRANSFER_ENCODING).iter();
+    if let Some(raw) = raw {
+        if raw.lost {
+            return Err(Reject::Framing(
+                "the connection's message framing could not be followed",
+            ));
+        }
+        if raw.content_lengths > 1 {
+            return Err(Reject::Framing("more than one Content-Length"));
+        }
+        if raw.content_lengths > 0 && raw.transfer_encoding {
+            return Err(Reject::Framing(
+                "Content-Length together with Transfer-Encoding",
+            ));
+        }
+    }
     if cl > 1 {
         return Err(Reject::Framing("more than one Content-Length"));
+    }
+    if let Some(v) = headers.get(header::CONTENT_LENGTH)
+        && (v.is_empty() || !v.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err(Reject::Framing("a Content-Length that is not one number"));
     }
     if let Some(v) = te.next() {
         if te.next().is_some() {
@@ -135,7 +157,7 @@ pub fn check_framing(headers: &HeaderMap, raw_cl_with_te: bool) -> Result<(), Re
         if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
             return Err(Reject::Framing("Transfer-Encoding other than `chunked`"));
         }
-        if cl > 0 || raw_cl_with_te {
+        if cl > 0 {
             return Err(Reject::Framing(
                 "Content-Length together with Transfer-Encoding",
             ));
@@ -239,11 +261,33 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
         return Err(Reject::Path("must start with `/`"));
     }
     let bytes = raw.as_bytes();
-    let plain = !bytes.contains(&b'%') && !raw.contains("//") && !raw.contains("/.");
-    if plain {
+    let plain = bytes
+        .iter()
+        .all(|&b| b.is_ascii_graphic() && !matches!(b, b'%' | b';' | b'\\'))
+        && !raw.contains("//")
+        && !raw.contains("/.")
+        && !raw.contains("./");
+    if plain && !raw.ends_with('.') {
         return Ok(Cow::Borrowed(raw));
     }
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    // Consecutive escaped bytes of 0x80 and above: they must spell UTF-8.
+    let mut run: Vec<u8> = Vec::new();
+    let check_run = |run: &mut Vec<u8>| {
+        let ok = std::str::from_utf8(run).is_ok();
+        run.clear();
+        if ok {
+            Ok(())
+        } else {
+            Err(Reject::Path(
+                "percent-escapes that are not UTF-8 (overlong or invalid sequences)",
+            ))
+        }
+    };
+    let push_escape = |out: &mut Vec<u8>, c: u8| {
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
+        out.extend_from_slice(&[b'%', HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]]);
+    };
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
@@ -255,27 +299,71 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
                 return Err(Reject::Path("bad percent-escape"));
             };
             let c = h << 4 | l;
-            if unreserved(c) {
-                out.push(c);
+            match c {
+                b'/' => {
+                    return Err(Reject::Path(
+                        "an encoded `/` (%2F): servers disagree on whether it separates segments",
+                    ));
+                }
+                b'\\' => {
+                    return Err(Reject::Path(
+                        "an encoded backslash (%5C): some servers read it as `/`",
+                    ));
+                }
+                0..=0x1f | 0x7f => {
+                    return Err(Reject::Path("an encoded control character (%00-%1F, %7F)"));
+                }
+                b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
+                    && bytes.get(i + 4).copied().and_then(hex).is_some() =>
+                {
+                    return Err(Reject::Path(
+                        "double percent-encoding (%25 before two hex digits)",
+                    ));
+                }
+                _ => {}
+            }
+            if c >= 0x80 {
+                run.push(c);
+                push_escape(&mut out, c);
             } else {
-                // Keep the escape, in uppercase hex (the normal form).
-                out.push(b'%');
-                out.extend_from_slice(format!("{c:02X}").as_bytes());
+                check_run(&mut run)?;
+                if unreserved(c) {
+                    out.push(c);
+                } else {
+                    // Keep the escape, in uppercase hex (the normal form).
+                    push_escape(&mut out, c);
+                }
             }
             i += 3;
             continue;
         }
-        if b == b'/' && out.last() == Some(&b'/') {
-            i += 1;
-            continue;
+        check_run(&mut run)?;
+        match b {
+            b';' => {
+                return Err(Reject::Path(
+                    "`;` path parameters: some servers strip them, others do not",
+                ));
+            }
+            b'\\' => return Err(Reject::Path("a backslash: some servers read it as `/`")),
+            0..=0x20 | 0x7f => return Err(Reject::Path("a control character or space")),
+            0x80.. => push_escape(&mut out, b),
+            b'/' if out.last() == Some(&b'/') => {}
+            _ => out.push(b),
         }
-        out.push(b);
         i += 1;
     }
-    // Every byte pushed is ASCII or an escape of one, so this never fails.
+    check_run(&mut run)?;
+    // Every byte pushed is ASCII, so this never fails.
     let s = String::from_utf8(out).map_err(|_| Reject::Path("not ASCII"))?;
     if s.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(Reject::Path("`.` or `..` segment"));
+    }
+    if s.split('/')
+        .any(|seg| seg.ends_with('.') || seg.ends_with("%20"))
+    {
+        return Err(Reject::Path(
+            "a segment that ends in `.` or a space: Windows servers (IIS) strip them",
+        ));
     }
     Ok(Cow::Owned(s))
 }
@@ -400,7 +488,8 @@ mod tests {
     fn paths_are_normalised_or_refused() {
         assert_eq!(normalise_path("/v1/refunds").unwrap(), "/v1/refunds");
         assert_eq!(normalise_path("/v1//%72efunds").unwrap(), "/v1/refunds");
-        assert_eq!(normalise_path("/a%2fb").unwrap(), "/a%2Fb");
+        assert_eq!(normalise_path("/a%3fb%c3%a9").unwrap(), "/a%3Fb%C3%A9");
+        assert_eq!(normalise_path("/caf\u{e9}").unwrap(), "/caf%C3%A9");
         for bad in [
             "/v1/../admin",
             "/v1/%2e%2E/admin",
@@ -409,10 +498,24 @@ mod tests {
             "/%zz",
             "/%4",
             "x",
+            "/a%2fb",
+            "/v1%2Frefunds",
+            "/v1/refunds;x=1",
+            "/v1;/refunds",
+            "/v1\\refunds",
+            "/v1%5crefunds",
+            "/v1/refunds%00",
+            "/v1/refunds%0a",
+            "/v1/%C0%AE%C0%AE/admin",
+            "/v1/%c3",
+            "/v1/%252e%252e/admin",
         ] {
             assert!(normalise_path(bad).is_err(), "{bad}");
         }
-        assert_eq!(normalise_path("/a/.b/c..").unwrap(), "/a/.b/c..");
+        assert_eq!(normalise_path("/a/.b/c.d").unwrap(), "/a/.b/c.d");
+        for bad in ["/a/b.", "/a/c../d", "/a/b%20", "/a/b%20/c", "/a/b%2e"] {
+            assert!(normalise_path(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -422,18 +525,43 @@ mod tests {
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
         );
-        assert!(check_framing(&h, false).is_ok());
-        assert!(check_framing(&h, true).is_err());
+        let raw = |content_lengths, transfer_encoding| {
+            Some(RawHead {
+                content_lengths,
+                transfer_encoding,
+                lost: false,
+            })
+        };
+        assert!(check_framing(&h, None).is_ok());
+        assert!(check_framing(&h, raw(0, true)).is_ok());
+        assert!(check_framing(&h, raw(1, true)).is_err());
         h.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("gzip, chunked"),
         );
-        assert!(check_framing(&h, false).is_err());
+        assert!(check_framing(&h, None).is_err());
         let mut h = HeaderMap::new();
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(check_framing(&h, true).is_ok());
+        assert!(check_framing(&h, raw(1, false)).is_ok());
+        // hyper merged two equal lines into one header.
+        assert!(check_framing(&h, raw(2, false)).is_err());
+        assert!(
+            check_framing(
+                &h,
+                Some(RawHead {
+                    lost: true,
+                    ..RawHead::default()
+                })
+            )
+            .is_err()
+        );
         h.append(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-        assert!(check_framing(&h, false).is_err());
+        assert!(check_framing(&h, None).is_err());
+        for bad in ["5, 5", "+5", " ", "0x5"] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static(bad));
+            assert!(check_framing(&h, None).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -517,7 +645,7 @@ mod props {
                     headers.append(n, v);
                 }
             }
-            let _ = check_framing(&headers, false);
+            let _ = check_framing(&headers, None);
             if let Ok(head) = target(&method, &uri, Version::HTTP_11, &headers) {
                 let req = to_engine(&head, Some(&headers), None);
                 prop_assert_eq!(&req.host, &req.host.to_ascii_lowercase());

@@ -112,17 +112,37 @@ pub fn error(
     resp
 }
 
-/// A JSON-RPC 2.0 error for a body that is not valid JSON on an MCP endpoint (HTTP 400;
-/// code -32700, parse error).
-pub fn mcp_parse_error(reason: &str) -> Response<Body> {
-    json_response(
-        StatusCode::BAD_REQUEST,
+/// A JSON-RPC 2.0 error for a request the proxy refuses on an MCP endpoint before deciding it
+/// (a body that is not JSON, an invalid or ambiguous message): HTTP `status`, `code` -32700
+/// (parse error) or -32600 (invalid request), `id` null, `data: {rule, decision_id}`.
+pub fn jsonrpc_error(
+    status: StatusCode,
+    code: i64,
+    reason: &str,
+    rule: &str,
+    decision_id: &str,
+) -> Response<Body> {
+    let what = if code == -32700 {
+        "parse error"
+    } else {
+        "invalid request"
+    };
+    let mut resp = json_response(
+        status,
         &json!({
             "jsonrpc": "2.0",
             "id": null,
-            "error": { "code": -32700, "message": format!("parse error: {reason}") }
+            "error": {
+                "code": code,
+                "message": format!("{what}: {reason}"),
+                "data": { "rule": rule, "decision_id": decision_id },
+            }
         }),
-    )
+    );
+    let h = resp.headers_mut();
+    h.insert("x-governance-decision", header_value(decision_id));
+    h.insert("x-governance-rule", header_value(rule));
+    resp
 }
 
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {

