@@ -150,6 +150,16 @@ pub mod programs {
     pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
     pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
     pub const REMOVEXATTR: Program = lsm("inode_removexattr", "the agent label");
+    pub const MSG_ALLOC: Program = lsm("msg_queue_alloc_security", "System V IPC owners");
+    pub const SHM_ALLOC: Program = lsm("shm_alloc_security", "System V IPC owners");
+    pub const SEM_ALLOC: Program = lsm("sem_alloc_security", "System V IPC owners");
+    pub const MSG_FREE: Program = lsm("msg_queue_free_security", "System V IPC owners");
+    pub const SHM_FREE: Program = lsm("shm_free_security", "System V IPC owners");
+    pub const SEM_FREE: Program = lsm("sem_free_security", "System V IPC owners");
+    pub const IPC_PERMISSION: Program = lsm("ipc_permission", "System V IPC of others");
+    pub const MSGCTL: Program = lsm("msg_queue_msgctl", "System V IPC of others");
+    pub const SHMCTL: Program = lsm("shm_shmctl", "System V IPC of others");
+    pub const SEMCTL: Program = lsm("sem_semctl", "System V IPC of others");
 
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
@@ -185,7 +195,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 25] = [
+    pub const ALL: [Program; 35] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -211,6 +221,16 @@ pub mod programs {
         FCNTL,
         SETXATTR,
         REMOVEXATTR,
+        MSG_ALLOC,
+        SHM_ALLOC,
+        SEM_ALLOC,
+        MSG_FREE,
+        SHM_FREE,
+        SEM_FREE,
+        IPC_PERMISSION,
+        MSGCTL,
+        SHMCTL,
+        SEMCTL,
     ];
 }
 
@@ -274,6 +294,9 @@ pub mod offsets {
 /// agent a task belongs to. An agent root must sit at a level below this; its descendants may be
 /// deeper (the walk goes top-down and stops at the first agent root).
 pub const MAX_CGROUP_DEPTH: u32 = 32;
+/// System V IPC objects made by agents that the kernel programs remember (an agent whose
+/// object cannot be recorded is refused the creation).
+pub const MAX_IPC_OBJECTS: u32 = 16384;
 /// Capacity of [`maps::AGENTS`] (both slots).
 pub const MAX_AGENTS: u32 = 8192;
 /// Capacity of [`maps::EXEC_RULES`].
@@ -344,6 +367,9 @@ pub enum Kind {
     /// A built-in guard (see [`guard`], in the event's `detail`): module autoloading, terminal
     /// input, signal ownership, the agent label.
     Guard = 18,
+    /// A System V IPC object (message queue, semaphore set, shared memory segment) another
+    /// subtree made.
+    Ipc = 19,
 }
 
 impl Kind {
@@ -361,6 +387,7 @@ impl Kind {
             10 => Self::Unlink,
             17 => Self::Task,
             18 => Self::Guard,
+            19 => Self::Ipc,
             _ => return None,
         })
     }
@@ -379,6 +406,7 @@ impl Kind {
             Self::Unlink => "unlink",
             Self::Task => "task",
             Self::Guard => "guard",
+            Self::Ipc => "ipc",
         }
     }
 }

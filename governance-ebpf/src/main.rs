@@ -11,7 +11,7 @@
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
 //! protections), `guard` (built-ins against others acting for an agent, and against changing
-//! what makes it one), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
+//! what makes it one), `ipc` (System V IPC: only the agent's own objects), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
 //! decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
@@ -26,6 +26,7 @@ mod decide;
 mod exec;
 mod file;
 mod guard;
+mod ipc;
 mod kernel;
 mod lifecycle;
 mod maps;

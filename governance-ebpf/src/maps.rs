@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, MAX_THROTTLES, NetKey, NetValue, OrigDst,
-    PathKey, ProxyAddr, RulePair, Throttle,
+    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_IPC_OBJECTS, MAX_NET_RULES,
+    MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, MAX_THROTTLES, NetKey, NetValue,
+    OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 
 #[map]
@@ -55,3 +55,7 @@ pub(crate) static ORIG_SCRATCH: PerCpuArray<OrigDst> = PerCpuArray::with_max_ent
 /// Per-CPU scratch for the path key: 260 bytes do not fit the 512-byte stack beside the rest.
 #[map]
 pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);
+/// `struct kern_ipc_perm *` (u64) → the agent root (cgroup id) that created that System V IPC
+/// object; objects made outside every agent are not here.
+#[map]
+pub(crate) static IPC_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_IPC_OBJECTS, 0);

@@ -464,6 +464,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
         }
         Some(Kind::Unlink) => "the pins are protected",
         Some(Kind::Guard) => governance_common::guard::name(ev.detail),
+        Some(Kind::Ipc) => "System V IPC objects made outside the agent are out of its reach",
         Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
         Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
             "sandbox profile missing from this generation"
@@ -622,6 +623,9 @@ impl Record {
             }
             Some(Kind::Bpf) => {
                 object.detail.insert("cmd".into(), ev.detail.to_string());
+            }
+            Some(Kind::Ipc) => {
+                object.detail.insert("flag".into(), ev.detail.to_string());
             }
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }

@@ -155,6 +155,14 @@ pub enum Attempt {
     RemoveXattr { path: CString, name: CString },
     /// rename(from, to).
     Rename { from: CString, to: CString },
+    /// shmat(id, NULL, SHM_RDONLY).
+    ShmAttach { id: i32 },
+    /// msgsnd(id, one byte, IPC_NOWAIT).
+    MsgSend { id: i32 },
+    /// shmctl(id, IPC_RMID).
+    ShmRemove { id: i32 },
+    /// shmget(IPC_PRIVATE), shmat, shmdt, shmctl(IPC_RMID): an object of its own.
+    ShmOwn,
 }
 
 impl Attempt {
@@ -493,6 +501,25 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                 }
                 Attempt::Rename { from, to } => {
                     check(libc::rename(from.as_ptr(), to.as_ptr()).into());
+                }
+                Attempt::ShmAttach { id } => {
+                    let at = libc::shmat(*id, std::ptr::null(), libc::SHM_RDONLY);
+                    check(if at as isize == -1 { -1 } else { 0 });
+                }
+                Attempt::MsgSend { id } => {
+                    let msg: [libc::c_long; 2] = [1, 0];
+                    check(libc::msgsnd(*id, msg.as_ptr().cast(), 1, libc::IPC_NOWAIT).into());
+                }
+                Attempt::ShmRemove { id } => {
+                    check(libc::shmctl(*id, libc::IPC_RMID, std::ptr::null_mut()).into());
+                }
+                Attempt::ShmOwn => {
+                    let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600);
+                    check(id.into());
+                    let at = libc::shmat(id, std::ptr::null(), 0);
+                    check(if at as isize == -1 { -1 } else { 0 });
+                    check(libc::shmdt(at).into());
+                    check(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()).into());
                 }
                 Attempt::PidfdGetfd { pid, fd } => {
                     let pidfd = libc::syscall(libc::SYS_pidfd_open, *pid, 0);

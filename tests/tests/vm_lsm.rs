@@ -1495,3 +1495,50 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         assert_eq!(outcome, Outcome::Exited(0), "{case}");
     }
 }
+
+/// System V IPC objects made outside the agent (a database's shared memory, a service's message
+/// queue) are out of its reach, root or not; its own objects work as usual.
+#[test]
+fn system_v_ipc_of_others_is_out_of_reach() {
+    require_root();
+    let fx = Fixture::new("ipc");
+    let mut k = fx.load("");
+    for hook in ["ipc_permission", "shm_alloc_security", "shm_shmctl"] {
+        k.require(hook);
+    }
+    // Made by the test, outside every agent.
+    let shm = unsafe { libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600) };
+    assert!(shm >= 0, "shmget");
+    let msq = unsafe { libc::msgget(libc::IPC_PRIVATE, libc::IPC_CREAT | 0o600) };
+    assert!(msq >= 0, "msgget");
+    deny_errno(
+        &mut k,
+        &fx,
+        "38 attach another service's shared memory",
+        &Attempt::ShmAttach { id: shm },
+        libc::EACCES,
+        Kind::Ipc,
+        Control::Succeeds,
+    );
+    deny_errno(
+        &mut k,
+        &fx,
+        "38 send to another service's message queue",
+        &Attempt::MsgSend { id: msq },
+        libc::EACCES,
+        Kind::Ipc,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "38 remove another service's shared memory",
+        &Attempt::ShmRemove { id: shm },
+        Kind::Ipc,
+        Control::Succeeds,
+    );
+    unsafe { libc::msgctl(msq, libc::IPC_RMID, std::ptr::null_mut()) };
+    // Its own objects: made, attached, detached and removed inside the agent.
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::ShmOwn);
+    assert_eq!(outcome, Outcome::Exited(0), "the agent's own shared memory");
+}
