@@ -508,7 +508,8 @@ fn bool_like(v: &Value) -> bool {
     }
 }
 
-fn kind_name(v: &Value) -> &'static str {
+/// What a JSON value is, for messages (`a string`, `an object`, ...).
+pub(crate) fn kind_name(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

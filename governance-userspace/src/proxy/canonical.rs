@@ -51,7 +51,10 @@ use serde_json::Value;
 use super::{McpCall, decide_request, parse_json, request::Head, tool_call};
 use crate::{
     engine::{AgentRules, BodyRoute, Decision, Engine, HttpRequest},
-    policy::{cond::Condition, glob},
+    policy::{
+        cond::{Condition, kind_name},
+        glob,
+    },
 };
 
 /// A decided request.
@@ -601,7 +604,7 @@ fn has_edge_noise(s: &str) -> bool {
 /// A JSON-RPC 2.0 request or notification, as every reader reads it.
 fn validate_request(v: &Value) -> Result<(), String> {
     let Value::Object(o) = v else {
-        return Err(format!("{} is not a request object", kind(v)));
+        return Err(format!("{} is not a request object", kind_name(v)));
     };
     if o.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err("`jsonrpc` must be \"2.0\"".into());
@@ -619,7 +622,7 @@ fn validate_request(v: &Value) -> Result<(), String> {
     }
     match o.get("id") {
         None | Some(Value::String(_) | Value::Number(_) | Value::Null) => {}
-        Some(other) => return Err(format!("`id` is {}", kind(other))),
+        Some(other) => return Err(format!("`id` is {}", kind_name(other))),
     }
     match o.get("params") {
         None | Some(Value::Object(_)) => {}
@@ -627,7 +630,7 @@ fn validate_request(v: &Value) -> Result<(), String> {
         Some(Value::Array(_)) => {
             return Err("`tools/call` with by-position `params` (an array)".into());
         }
-        Some(other) => return Err(format!("`params` is {}", kind(other))),
+        Some(other) => return Err(format!("`params` is {}", kind_name(other))),
     }
     if method == "tools/call" {
         match v.pointer("/params/name") {
@@ -641,21 +644,10 @@ fn validate_request(v: &Value) -> Result<(), String> {
         }
         match v.pointer("/params/arguments") {
             None | Some(Value::Object(_)) => {}
-            Some(other) => return Err(format!("`params.arguments` is {}", kind(other))),
+            Some(other) => return Err(format!("`params.arguments` is {}", kind_name(other))),
         }
     }
     Ok(())
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Each condition of the route, on each document (each call of a batch), must read one way.

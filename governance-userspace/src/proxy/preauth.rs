@@ -164,14 +164,23 @@ impl Proxy {
         why: &canonical::Refused,
         server_less: bool,
     ) -> DecideResponse {
-        let reason = why.to_string();
-        let mut rec = self.builtin_record(
-            Some(client),
+        self.refused_response(
+            client,
             (!server_less).then_some(head),
             why.rule(),
-            &reason,
-            Object::default(),
-        );
+            why.to_string(),
+        )
+    }
+
+    /// A refusal by a built-in rule, reported and answered as a block.
+    fn refused_response(
+        &self,
+        client: &Client,
+        head: Option<&request::Head>,
+        rule: &str,
+        reason: String,
+    ) -> DecideResponse {
+        let mut rec = self.builtin_record(Some(client), head, rule, &reason, Object::default());
         rec.source = Source::Api;
         let id = rec.id.clone();
         (self.sink)(rec);
@@ -179,7 +188,7 @@ impl Proxy {
             decision_id: id,
             verdict: "block".into(),
             allowed: false,
-            rule: why.rule().into(),
+            rule: rule.into(),
             reason,
             retry_after_secs: None,
             approval_id: None,
@@ -193,28 +202,7 @@ impl Proxy {
     /// `builtin:request`.
     pub fn preauthorize(&self, client: &Client, action: DecideAction) -> DecideResponse {
         self.preauthorize_with(client, action)
-            .unwrap_or_else(|reason| {
-                let mut rec = self.builtin_record(
-                    Some(client),
-                    None,
-                    "builtin:request",
-                    &reason,
-                    Object::default(),
-                );
-                rec.source = Source::Api;
-                let id = rec.id.clone();
-                (self.sink)(rec);
-                DecideResponse {
-                    decision_id: id,
-                    verdict: "block".into(),
-                    allowed: false,
-                    rule: "builtin:request".into(),
-                    reason,
-                    retry_after_secs: None,
-                    approval_id: None,
-                    sandbox_upstream: None,
-                }
-            })
+            .unwrap_or_else(|reason| self.refused_response(client, None, "builtin:request", reason))
     }
 
     /// Err: the action is malformed (the reason).
