@@ -10,8 +10,9 @@
 //!
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
-//! protections), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
-//! decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
+//! protections), `lifecycle` (fork and exit), `unix` (Unix-socket connects and datagrams).
+//! What they share: `decide` (the agent, the decision, the event), `maps` (every map) and
+//! `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
 //! ::maps, ::offsets): the macros export them unmangled, so which file holds one does not
@@ -29,6 +30,7 @@ mod lifecycle;
 mod maps;
 mod net;
 mod protect;
+mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.
 #[cfg(target_arch = "bpf")]

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::policy::{
     Access, HostMatch, HttpMatcher, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule,
-    SandboxTarget, ThrottleKey, Verdict, glob,
+    SandboxTarget, ThrottleKey, UnixTarget, Verdict, glob,
 };
 
 /// Something an agent is about to do.
@@ -42,6 +42,11 @@ pub enum Action {
         protocol: Protocol,
     },
     Http(HttpRequest),
+    /// A connect to, or a datagram sent to, a named Unix socket. (The kernel decides on the
+    /// socket's identity; here a path rule matches the path as written.)
+    Unix {
+        target: UnixTarget,
+    },
 }
 
 impl Action {
@@ -51,6 +56,7 @@ impl Action {
             Action::File { .. } => Kind::File,
             Action::Network { .. } => Kind::Network,
             Action::Http(_) => Kind::Http,
+            Action::Unix { .. } => Kind::Unix,
         }
     }
 }
@@ -536,6 +542,7 @@ fn matches(rule: &Rule, action: &Action) -> bool {
                         .is_some_and(|b| h.body.iter().all(|c| c.eval(b))))
                 && mcp_matches(h.mcp.as_ref(), req.body.as_ref())
         }
+        (Matcher::Unix(t), Action::Unix { target }) => t == target,
         _ => false,
     }
 }
