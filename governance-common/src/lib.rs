@@ -140,6 +140,19 @@ pub mod programs {
     pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
     pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
     pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
+    /// The cgroup tree's labels decide who is an agent: agents may not change them.
+    pub const CGROUP_SETXATTR: Program = Program {
+        name: "cgroup_setxattr",
+        attach: Attach::Lsm("inode_setxattr"),
+        what: "labelling cgroups",
+        required: true,
+    };
+    pub const CGROUP_REMOVEXATTR: Program = Program {
+        name: "cgroup_removexattr",
+        attach: Attach::Lsm("inode_removexattr"),
+        what: "unlabelling cgroups",
+        required: true,
+    };
     /// Tie an agent's connection to the proxy to its original destination, by source port.
     pub const SOCK_OPS: Program = Program {
         name: "sock_ops",
@@ -170,7 +183,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 17] = [
+    pub const ALL: [Program; 19] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -188,6 +201,8 @@ pub mod programs {
         UNLINK,
         UNIX_CONNECT,
         UNIX_SEND,
+        CGROUP_SETXATTR,
+        CGROUP_REMOVEXATTR,
     ];
 }
 

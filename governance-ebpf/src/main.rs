@@ -10,7 +10,8 @@
 //!
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
-//! protections), `lifecycle` (fork and exit), `unix` (Unix-socket connects and datagrams).
+//! protections), `lifecycle` (fork and exit), `unix` (Unix-socket connects and datagrams),
+//! `control` (the cgroup tree's labels and names, which decide who is an agent).
 //! What they share: `decide` (the agent, the decision, the event), `maps` (every map) and
 //! `kernel` (struct offsets and constants).
 //!
@@ -22,6 +23,7 @@
 // Map keys are passed by reference on purpose: one stack slot, no copies for the verifier to track.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod control;
 mod decide;
 mod exec;
 mod file;

@@ -137,6 +137,16 @@ pub enum Attempt {
     UnixSendTo { path: CString },
     /// chdir(dir), then connect() of an AF_UNIX stream socket to the relative path `name`.
     UnixConnectRelative { dir: CString, name: CString },
+    /// setxattr(path, name, value, 0).
+    SetXattr {
+        path: CString,
+        name: CString,
+        value: Vec<u8>,
+    },
+    /// removexattr(path, name).
+    RemoveXattr { path: CString, name: CString },
+    /// rename(from, to).
+    Rename { from: CString, to: CString },
 }
 
 /// A `sockaddr_un` and its length: a path, or an abstract name (a NUL, then the name).
@@ -454,6 +464,22 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     }
                     check(libc::connect(s, (&sa as *const libc::sockaddr_un).cast(), len).into());
                 }
+                Attempt::SetXattr { path, name, value } => check(
+                    libc::setxattr(
+                        path.as_ptr(),
+                        name.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                    .into(),
+                ),
+                Attempt::RemoveXattr { path, name } => {
+                    check(libc::removexattr(path.as_ptr(), name.as_ptr()).into())
+                }
+                Attempt::Rename { from, to } => {
+                    check(libc::rename(from.as_ptr(), to.as_ptr()).into())
+                }
                 Attempt::UnixSendTo { .. } => {
                     let (sa, len) = un.unwrap();
                     let s = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -742,9 +768,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Read stderr until a line contains `needle` (up to 30 s); returns everything read.
+    /// Read stderr until a line contains `needle` (up to 90 s: loading and verifying every
+    /// program takes 25 s in the emulated VM when its host's two cores are shared); returns
+    /// everything read.
     pub fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut seen = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -756,7 +784,7 @@ impl Daemon {
                         return seen;
                     }
                 }
-                Err(_) => panic!("governance never said {needle:?}; it said:\n{seen}"),
+                Err(_) => panic!("governance never said {needle:?} within 90 s; it said:\n{seen}"),
             }
         }
     }

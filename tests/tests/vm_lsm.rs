@@ -1682,3 +1682,90 @@ fn unix_control_plane_is_refused_to_agents() {
     let _ = std::fs::remove_file(late);
     governance_tests::stop_daemon(daemon);
 }
+
+/// Issue 12, class 5: which cgroups are agents, and under which policy, follows from their
+/// paths (a `cgroup` selector) and their `user.governance.agent` label (a `label` selector).
+/// An agent may not relabel or unlabel its cgroup (nor any other): it would pick its own policy
+/// at the reload the change triggers, or stop being an agent. Outside the agent, the same
+/// changes work. (No cgroup can be renamed on cgroup v2, by anyone.)
+#[test]
+fn cgroup_labels_and_names_are_refused_to_agents() {
+    require_root();
+    let fx = Fixture::new("labels");
+    let mut k = fx.load("");
+    for hook in ["cgroup_setxattr", "cgroup_removexattr"] {
+        k.require(hook);
+    }
+    let label = c"user.governance.agent";
+    let root = cstr(&fx.agent.path);
+    let ev = deny(
+        &mut k,
+        &fx,
+        "relabel the agent's own cgroup",
+        &Attempt::SetXattr {
+            path: root.clone(),
+            name: label.into(),
+            value: b"some-other-agent".to_vec(),
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+    assert_eq!(text(&ev.path), "user.governance.agent");
+    // (The control labelled it: there is a label to remove.)
+    deny(
+        &mut k,
+        &fx,
+        "unlabel the agent's own cgroup",
+        &Attempt::RemoveXattr {
+            path: root.clone(),
+            name: label.into(),
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    // Renames need no hook: cgroup v2 refuses them to everyone.
+    let worker = fx.agent.child("worker");
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::Rename {
+            from: cstr(&worker),
+            to: cstr(&fx.agent.path.join("worker-moved")),
+        },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "cgroup v2 renames nothing"
+    );
+    // Extended attributes elsewhere are the agent's business.
+    let file = fx.p("tmp/attrs");
+    std::fs::write(&file, "x").unwrap();
+    allow_or_unsupported(&mut k, &fx, &file);
+}
+
+/// A user xattr on a file outside the cgroup tree: not decided by the cgroup built-ins (tmpfs
+/// may not support user xattrs; either way, not EPERM and no built-in event).
+fn allow_or_unsupported(k: &mut Loaded, fx: &Fixture, file: &Path) {
+    let (pid, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::SetXattr {
+            path: cstr(file),
+            name: c"user.note".into(),
+            value: b"x".to_vec(),
+        },
+    );
+    assert_ne!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "xattr outside the cgroup tree"
+    );
+    assert!(
+        k.try_event_where(Duration::from_millis(100), |e| e.tgid == pid
+            && Cause::from_u8(e.cause) == Some(Cause::Builtin))
+            .is_none(),
+        "no built-in decision outside the cgroup tree"
+    );
+}
