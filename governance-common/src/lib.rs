@@ -55,9 +55,18 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`crate::UnixKey`] → [`crate::RulePair`]: Unix-socket connect rules, by the bound
+    /// socket file's identity (filesystem sockets) or the hash of the name (abstract sockets).
+    pub const UNIX_RULES: &str = "UNIX_RULES";
+    /// [`crate::UnixId`] → [`crate::unix_protected`] value: socket files agents may not
+    /// connect to (the control socket; container-runtime and service-manager sockets).
+    pub const UNIX_PROTECTED: &str = "UNIX_PROTECTED";
+    /// Array[1] of [`crate::ApiAddr`]: where the daemon's TCP control API listens
+    /// (`enabled` 0: nowhere); agents' connects to it are refused.
+    pub const API_ADDR: &str = "API_ADDR";
 
     /// Every map, in pin order.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 18] = [
         STATE,
         AGENTS,
         EXEC_RULES,
@@ -73,6 +82,9 @@ pub mod maps {
         PROXY_CONNS,
         EVENTS,
         COUNTERS,
+        UNIX_RULES,
+        UNIX_PROTECTED,
+        API_ADDR,
     ];
 }
 
@@ -165,6 +177,8 @@ pub mod programs {
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
     pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
+    pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
+    pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
     /// Tie an agent's connection to the proxy to its original destination, by source port.
     pub const SOCK_OPS: Program = Program {
         name: "sock_ops",
@@ -195,7 +209,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 35] = [
+    pub const ALL: [Program; 37] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -231,6 +245,8 @@ pub mod programs {
         MSGCTL,
         SHMCTL,
         SEMCTL,
+        UNIX_CONNECT,
+        UNIX_SEND,
     ];
 }
 
@@ -266,9 +282,16 @@ pub mod offsets {
     pub const CGROUP_ANCESTORS: &str = "OFF_CGROUP_ANCESTORS";
     pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
     pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
+    pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+    pub const UNIX_SOCK_ADDR: &str = "OFF_UNIX_SOCK_ADDR";
+    pub const UNIX_SOCK_PATH: &str = "OFF_UNIX_SOCK_PATH";
+    pub const PATH_DENTRY: &str = "OFF_PATH_DENTRY";
+    pub const DENTRY_INODE: &str = "OFF_DENTRY_INODE";
+    pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
+    pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 18] = [
+    pub const ALL: [(&str, &str, &str); 25] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -287,6 +310,13 @@ pub mod offsets {
         (CGROUP_ANCESTORS, "cgroup", "ancestors"),
         (CGROUP_KN, "cgroup", "kn"),
         (KERNFS_NODE_ID, "kernfs_node", "id"),
+        (SOCKET_SK, "socket", "sk"),
+        (UNIX_SOCK_ADDR, "unix_sock", "addr"),
+        (UNIX_SOCK_PATH, "unix_sock", "path"),
+        (PATH_DENTRY, "path", "dentry"),
+        (DENTRY_INODE, "dentry", "d_inode"),
+        (UNIX_ADDRESS_LEN, "unix_address", "len"),
+        (UNIX_ADDRESS_NAME, "unix_address", "name"),
     ];
 }
 
@@ -327,6 +357,12 @@ pub const COMM_LEN: usize = 16;
 pub const NO_RULE: u32 = 0;
 /// Port/protocol alternatives held per destination prefix in [`NetValue`].
 pub const NET_SLOTS: usize = 8;
+/// Capacity of [`maps::UNIX_RULES`].
+pub const MAX_UNIX_RULES: u32 = 16384;
+/// Capacity of [`maps::UNIX_PROTECTED`].
+pub const MAX_UNIX_PROTECTED: u32 = 1024;
+/// Bytes of `sun_path` in a `struct sockaddr_un`.
+pub const SUN_PATH_LEN: usize = 108;
 
 /// The class id of class number `n` (1-based) in the generation `generation`: the slot is the
 /// top bit, so a generation's tables never collide with the other slot's.
@@ -370,6 +406,8 @@ pub enum Kind {
     /// A System V IPC object (message queue, semaphore set, shared memory segment) another
     /// subtree made.
     Ipc = 19,
+    /// A connect to (stream, seqpacket) or a datagram sent to a named Unix socket.
+    Unix = 11,
 }
 
 impl Kind {
@@ -388,6 +426,7 @@ impl Kind {
             17 => Self::Task,
             18 => Self::Guard,
             19 => Self::Ipc,
+            11 => Self::Unix,
             _ => return None,
         })
     }
@@ -407,6 +446,7 @@ impl Kind {
             Self::Task => "task",
             Self::Guard => "guard",
             Self::Ipc => "ipc",
+            Self::Unix => "unix",
         }
     }
 }
@@ -555,6 +595,9 @@ pub mod allow {
     pub const RAW_SOCKETS: u32 = 1;
     /// New user namespaces.
     pub const USER_NAMESPACES: u32 = 2;
+    /// Container-runtime and service-manager sockets (see [`crate::unix_protected`]); never
+    /// the daemon's control socket.
+    pub const RUNTIME_SOCKETS: u32 = 4;
 }
 
 /// What a [`Kind::Guard`] event refused (its `detail`).
@@ -591,6 +634,8 @@ pub struct AgentValue {
     pub exec_default: RulePair,
     pub file_default: RulePair,
     pub net_default: RulePair,
+    /// Connects and datagrams to named Unix sockets no rule covers.
+    pub unix_default: RulePair,
 }
 
 /// Key of [`maps::EXEC_RULES`]: a class and the identity of an executable, as the kernel holds
@@ -763,7 +808,8 @@ pub struct GrantKey {
     pub kind: u8,
     pub _pad: [u8; 7],
     /// The object: (dev << 32 ^ ino) for exec, FNV-1a of the path for file, address and port
-    /// for connect.
+    /// for connect; for unix, (dev << 32 ^ ino) of the socket file or the name's
+    /// [`unix_name_hash`].
     pub object: u64,
 }
 
@@ -804,23 +850,118 @@ pub struct Event {
     /// The shadow verdict ([`Verdict`] as u8), when [`flags::SHADOW`].
     pub shadow_verdict: u8,
     /// File: the accesses asked for ([`access`] letters as bits: r=1 w=2 c=4 t=8 x=16).
-    /// Connect/send: the protocol. Socket: the family.
+    /// Connect/send: the protocol. Socket: the family. Unix: [`unix_detail`].
     pub detail: u8,
-    /// Connect/send: destination port, host byte order. Signal: the signal.
+    /// Connect/send: destination port, host byte order. Signal: the signal. Unix:
+    /// [`unix_hook`].
     pub port: u16,
-    /// Connect/send: destination address (IPv6, or IPv4-mapped IPv6).
+    /// Connect/send: destination address (IPv6, or IPv4-mapped IPv6). Unix: the socket file's
+    /// device (bytes 0-3, native order), the address length the socket was bound with (bytes
+    /// 4-7) and the inode number (bytes 8-15).
     pub addr: [u8; 16],
     pub comm: [u8; COMM_LEN],
-    /// Exec: the file name the kernel recorded for the exec. File: the resolved path.
-    /// NUL-terminated.
+    /// Exec: the file name the kernel recorded for the exec. File: the resolved path. Unix:
+    /// the `sun_path` the target socket was bound with (the server's name for it, for the
+    /// record; the decision used its identity), raw: an abstract name starts with a NUL.
+    /// NUL-terminated (except a Unix abstract name; its length is in `addr`).
     pub path: [u8; EVENT_PATH_LEN],
+}
+
+/// Key of [`maps::UNIX_RULES`]: a class and the socket an agent connects or sends to, as the
+/// kernel holds it. A filesystem socket is its bound socket file's identity (`dev` in the
+/// kernel's `dev_t` encoding, as [`ExecKey`], and the inode number); an abstract socket has
+/// `dev` [`UNIX_ABSTRACT_DEV`] and `ino` the [`unix_name_hash`] of its name (no real
+/// superblock has device 0: anonymous devices start at minor 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixKey {
+    pub class: u32,
+    pub dev: u32,
+    pub ino: u64,
+}
+
+/// [`UnixKey::dev`] of an abstract socket's name.
+pub const UNIX_ABSTRACT_DEV: u32 = 0;
+
+/// Key of [`maps::UNIX_PROTECTED`]: a socket file's identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UnixId {
+    pub dev: u32,
+    pub _pad: u32,
+    pub ino: u64,
+}
+
+/// Values of [`maps::UNIX_PROTECTED`]: why a socket file is refused to agents.
+pub mod unix_protected {
+    /// The daemon's control socket: always refused, no policy relaxes it.
+    pub const CONTROL: u32 = 1;
+    /// A container-runtime or service-manager socket (`docker.sock`, `containerd.sock`,
+    /// systemd's private socket, the system D-Bus, ...): whoever talks to it can start
+    /// processes outside the agent. Refused unless the policy sets
+    /// `kernel: { allow_runtime_sockets: true }` ([`crate::allow::RUNTIME_SOCKETS`]).
+    pub const RUNTIME: u32 = 2;
+}
+
+/// [`Event::detail`] of a [`Kind::Unix`] decision: what the target socket's address is.
+pub mod unix_detail {
+    /// A socket file (its identity decided).
+    pub const PATH: u8 = 1;
+    /// An abstract name (its hash decided).
+    pub const ABSTRACT: u8 = 2;
+    /// A built-in refusal puts its [`crate::unix_protected`] value in the high nibble.
+    pub const PROTECTED_SHIFT: u8 = 4;
+}
+
+/// [`Event::port`] of a [`Kind::Unix`] decision: which hook decided.
+pub mod unix_hook {
+    /// `connect()` of a stream or seqpacket socket (`unix_stream_connect`).
+    pub const CONNECT: u16 = 1;
+    /// A datagram `sendmsg()`/`connect()` (`unix_may_send`).
+    pub const SEND: u16 = 2;
+}
+
+/// Where the daemon's TCP control API listens, for [`maps::API_ADDR`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApiAddr {
+    /// The listening address, IPv4 as IPv4-mapped IPv6 (as the connect programs see it).
+    pub addr: [u8; 16],
+    /// The port, host byte order.
+    pub port: u16,
+    /// 1: the API listens on every address (`0.0.0.0` or `::`): every destination with this
+    /// port may be it, so every agent connect to the port is refused.
+    pub any_addr: u8,
+    /// 1 when the API listens on TCP.
+    pub enabled: u8,
+    pub _pad: u32,
+}
+
+/// FNV-1a over an abstract socket name (the bytes after the leading NUL, at most
+/// [`SUN_PATH_LEN`] - 1), seeded with its length (names may hold NUL bytes): the
+/// [`UnixKey::ino`] and grant object of an abstract socket. The eBPF side computes the same.
+pub fn unix_name_hash(name: &[u8]) -> u64 {
+    let n = if name.len() < SUN_PATH_LEN {
+        name.len()
+    } else {
+        SUN_PATH_LEN - 1
+    };
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ n as u64;
+    h = h.wrapping_mul(0x0100_0000_01b3);
+    let mut i = 0;
+    while i < n {
+        h ^= name[i] as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
+    }
+    h
 }
 
 // Layouts are shared with the kernel: keep them free of implicit padding and fixed in size.
 const _: () = assert!(core::mem::size_of::<RuleRef>() == 8);
 const _: () = assert!(core::mem::size_of::<RulePair>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentKey>() == 16);
-const _: () = assert!(core::mem::size_of::<AgentValue>() == 56);
+const _: () = assert!(core::mem::size_of::<AgentValue>() == 72);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
@@ -833,6 +974,9 @@ const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<UnixKey>() == 16);
+const _: () = assert!(core::mem::size_of::<UnixId>() == 16);
+const _: () = assert!(core::mem::size_of::<ApiAddr>() == 24);
 const _: () =
     assert!(core::mem::size_of::<Event>() == 32 + 32 + 8 + 16 + COMM_LEN + EVENT_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
@@ -885,4 +1029,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProxyAddr {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::UnixKey {}
+    unsafe impl aya::Pod for super::UnixId {}
+    unsafe impl aya::Pod for super::ApiAddr {}
 }

@@ -164,6 +164,7 @@ fn no_profile() -> AgentValue {
         exec_default: block,
         file_default: block,
         net_default: block,
+        unix_default: block,
     }
 }
 
@@ -278,6 +279,23 @@ pub(crate) fn apply(
         }
     }
     d
+}
+
+/// What `apply` needs to decide as it does for `None` (no rule), as a defined value: `found`
+/// if it holds a rule, else nothing enforcing beside the default's shadow. For callers whose
+/// `Option<RulePair>` the verifier refuses: a `None` leaves the payload undefined, LLVM merges
+/// `apply`'s arms into selects over it, and the verifier rejects reading the uninitialised
+/// register (`R1 !read_ok`).
+#[inline(always)]
+pub(crate) fn or_no_rule(found: RulePair, default: &RulePair) -> RulePair {
+    if found.enforce.present != 0 || found.shadow.present != 0 {
+        found
+    } else {
+        RulePair {
+            enforce: RuleRef::default(),
+            shadow: default.shadow,
+        }
+    }
 }
 
 /// Take one token from the rule's bucket; false when empty.

@@ -11,8 +11,9 @@
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
 //! protections), `guard` (built-ins against others acting for an agent, and against changing
-//! what makes it one), `ipc` (System V IPC: only the agent's own objects), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
-//! decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
+//! what makes it one), `ipc` (System V IPC: only the agent's own objects), `unix` (Unix-socket
+//! connects and datagrams), `lifecycle` (fork and exit). What they share: `decide` (the agent,
+//! the decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
 //! ::maps, ::offsets): the macros export them unmangled, so which file holds one does not
@@ -32,6 +33,7 @@ mod lifecycle;
 mod maps;
 mod net;
 mod protect;
+mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.
 #[cfg(target_arch = "bpf")]

@@ -13,6 +13,7 @@ use governance_common::{
     MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, MAX_THROTTLES, NetKey, NetValue,
     OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
+use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 
 #[map]
 pub(crate) static STATE: Array<u32> = Array::with_max_entries(2, 0);
@@ -59,3 +60,15 @@ pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_ma
 /// object; objects made outside every agent are not here.
 #[map]
 pub(crate) static IPC_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_IPC_OBJECTS, 0);
+#[map]
+pub(crate) static UNIX_RULES: HashMap<UnixKey, RulePair> =
+    HashMap::with_max_entries(MAX_UNIX_RULES, 0);
+#[map]
+pub(crate) static UNIX_PROTECTED: HashMap<UnixId, u32> =
+    HashMap::with_max_entries(MAX_UNIX_PROTECTED, 0);
+#[map]
+pub(crate) static API_ADDR: Array<ApiAddr> = Array::with_max_entries(1, 0);
+/// Per-CPU scratch for a Unix socket's `sun_path` (108 bytes, in 128 so that a masked copy
+/// length fits: more than the unix programs' stack can spare beside the event and the decision).
+#[map]
+pub(crate) static UNIX_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);

@@ -9,13 +9,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, flags, net_object, proto,
+    ApiAddr, Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, flags,
+    net_object, proto,
 };
 
 use crate::{
-    decide::{Agent, Decision, apply, count, current_agent, emit},
+    decide::{Agent, Decision, apply, count, current_agent, emit, or_no_rule},
     kernel::{AF_INET, AF_INET6, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
-    maps::{NET_RULES, ORIG_DST, ORIG_SCRATCH, PROXY, PROXY_CONNS},
+    maps::{API_ADDR, NET_RULES, ORIG_DST, ORIG_SCRATCH, PROXY, PROXY_CONNS},
 };
 
 /// Network: the destination (IPv4 as IPv4-mapped IPv6) against the class's prefix table. One
@@ -36,10 +37,12 @@ fn net_decision(
             addr,
         },
     );
-    let mut rules: Option<RulePair> = None;
+    // `pair` initialised before the lookup, and passed as `Some` (see `or_no_rule`): with an
+    // `Option` left `None` here, connect6 and sendmsg4 failed the verifier (`!read_ok`) once
+    // the control-API check was added.
+    let mut pair = RulePair::default();
     let mut via_proxy = false;
     if let Some(v) = NET_RULES.get(&key) {
-        let mut pair = RulePair::default();
         let mut i = 0;
         while i < NET_SLOTS {
             if i as u32 >= v.len {
@@ -62,12 +65,16 @@ fn net_decision(
             }
             i += 1;
         }
-        if pair.enforce.present != 0 || pair.shadow.present != 0 {
-            rules = Some(pair);
-        }
     }
     let object = net_object(&addr, port);
-    let d = apply(kind, agent, rules, agent.value.net_default, object);
+    let default = agent.value.net_default;
+    let d = apply(
+        kind,
+        agent,
+        Some(or_no_rule(pair, &default)),
+        default,
+        object,
+    );
     (d, via_proxy)
 }
 
@@ -108,6 +115,23 @@ fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
     v4 || (w0 == p.ip6[0] && w1 == p.ip6[1] && w2 == p.ip6[2] && w3 == p.ip6[3])
 }
 
+/// Is `addr:port` where the daemon's TCP control API listens? (Every address of the port when
+/// it listens on all of them.) Compared word by word, as `is_proxy`.
+#[inline(always)]
+fn is_api(a: &ApiAddr, addr: &[u8; 16], port: u16) -> bool {
+    if a.enabled == 0 || a.port != port {
+        return false;
+    }
+    if a.any_addr != 0 {
+        return true;
+    }
+    let w = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    w(addr, 0) == w(&a.addr, 0)
+        && w(addr, 4) == w(&a.addr, 4)
+        && w(addr, 8) == w(&a.addr, 8)
+        && w(addr, 12) == w(&a.addr, 12)
+}
+
 /// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
 /// the handshake (see `sock_ops`) files it under the client's port for the proxy to find.
 /// The record is built in per-CPU scratch: the connect programs' stack is nearly full (6.1's
@@ -142,6 +166,9 @@ fn record_for_proxy(
 /// Shared body of the four cgroup socket-address programs: 1 lets the call go on, 0 refuses
 /// it with EPERM.
 ///
+/// Built-in, before everything: the daemon's TCP control API is refused to agents, whatever
+/// the policy says (it approves escalations and reloads policy).
+///
 /// An agent's TCP connect to the proxy itself is always let through (it is governed there) and
 /// recorded, so the proxy can tell which agent is calling. A `via_proxy` rule sends the connect
 /// to the proxy instead: the destination is rewritten and the original recorded. Whatever
@@ -168,7 +195,12 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     let Some(proxy) = PROXY.get(0) else {
         return 0; // the map always has its one entry; fail closed if not
     };
-    let (mut d, via_proxy) = if is_proxy(proxy, &addr, port) {
+    // One decision and one report for every branch: a second inlined `emit` would not fit the
+    // stack budget the verifier counts across the whole program.
+    let api = API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port));
+    let (mut d, via_proxy) = if api {
+        (Decision::builtin(kind, true), false)
+    } else if is_proxy(proxy, &addr, port) {
         let mut d = Decision::builtin(kind, false);
         if tcp_connect && !record_for_proxy(ctx, &agent, &addr, port, false) {
             count(Counter::MapFull);

@@ -16,6 +16,11 @@
 //! Who called is recorded with every approval: on the Unix socket the caller's uid (from the
 //! kernel, `SO_PEERCRED`), on TCP "api-token"; a `by` name in the request is added to it, never
 //! trusted instead of it.
+//!
+//! No process inside an agent uses the API, whatever it asks: on the Unix socket every request
+//! from a peer whose cgroup is in a live agent's subtree is refused (403) and recorded (see
+//! [`crate::peer`]); the kernel refuses agents' connects to the control socket and to the TCP
+//! listener before that.
 
 use std::{
     convert::Infallible,
@@ -94,22 +99,45 @@ pub struct ApiState {
     pub token: Option<String>,
 }
 
-/// Who is calling, from the connection (never from the request).
+/// Who is calling, from the connection (never from the request): in words, and the process on
+/// the control socket (None on TCP).
 #[derive(Clone, Debug)]
-pub struct Caller(pub String);
+pub struct Caller(pub String, pub Option<crate::peer::LocalPeer>);
+
+/// The cgroup2 mount, looked up once.
+fn cgroup_root() -> Option<&'static std::path::Path> {
+    static ROOT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| crate::agents::cgroup2_mount().ok())
+        .as_deref()
+}
 
 impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        Caller(match stream.io().peer_cred() {
-            Ok(c) => format!("uid {} via the control socket", c.uid()),
-            Err(_) => "unknown via the control socket".into(),
-        })
+        use std::os::fd::AsRawFd as _;
+        match stream.io().peer_cred() {
+            Ok(c) => {
+                // Identified as the connection is accepted, while the caller waits for it.
+                let peer =
+                    crate::peer::identify(stream.io().as_raw_fd(), c.pid(), c.uid(), cgroup_root());
+                Caller(
+                    format!("uid {} via the control socket", c.uid()),
+                    Some(peer),
+                )
+            }
+            Err(e) => Caller(
+                "unknown via the control socket".into(),
+                Some(crate::peer::LocalPeer {
+                    cgroups: Err(format!("SO_PEERCRED: {e}")),
+                    ..Default::default()
+                }),
+            ),
+        }
     }
 }
 
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        Caller(format!("api token from {}", stream.remote_addr()))
+        Caller(format!("api token from {}", stream.remote_addr()), None)
     }
 }
 
@@ -131,9 +159,106 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
             require_token,
         ))
     } else {
-        r
+        r.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_agents,
+        ))
     };
     r.with_state(state)
+}
+
+/// The live agent whose subtree holds a cgroup of `chain` (the outermost, as in the kernel).
+pub fn agent_of(agents: &[AgentView], chain: &[u64]) -> Option<AgentView> {
+    chain
+        .iter()
+        .rev()
+        .find_map(|id| agents.iter().find(|a| a.cgroup_id == *id))
+        .cloned()
+}
+
+/// Every request on the control socket from a process inside an agent is refused (403) and
+/// recorded; so is one from a peer that cannot be told (fail closed).
+async fn refuse_agents(
+    State(st): State<Arc<ApiState>>,
+    ConnectInfo(caller): ConnectInfo<Caller>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(peer) = &caller.1 else {
+        return next.run(req).await;
+    };
+    let (agent, why) = match &peer.cgroups {
+        Ok(chain) => {
+            let agents = st
+                .snapshot
+                .lock()
+                .map(|s| s.agents.clone())
+                .unwrap_or_default();
+            match agent_of(&agents, chain) {
+                None => return next.run(req).await,
+                Some(a) => {
+                    let why = format!(
+                        "the control API is refused to processes inside an agent (pid {} is in \
+                         agent {}, cgroup {})",
+                        peer.pid.unwrap_or_default(),
+                        a.name,
+                        peer.cgroup
+                    );
+                    (Some(a), why)
+                }
+            }
+        }
+        Err(e) => (
+            None,
+            format!(
+                "the control API cannot tell whether the caller is inside an agent ({e}); refused"
+            ),
+        ),
+    };
+    let generation = st.snapshot.lock().map(|s| s.generation).unwrap_or_default();
+    let mut r = Record {
+        ty: RecordType::Decision,
+        source: crate::events::Source::Api,
+        kind: "api".into(),
+        outcome: "block".into(),
+        denied: true,
+        verdict: "block".into(),
+        mode: "enforce".into(),
+        rule: "builtin:control-api".into(),
+        reason: why.clone(),
+        generation,
+        ..Default::default()
+    };
+    r.time = crate::events::rfc3339(SystemTime::now());
+    r.agent = agent.as_ref().map(|a| crate::events::AgentInfo {
+        name: a.name.clone(),
+        selector: a.selector.clone(),
+        cgroup_id: a.cgroup_id,
+        cgroup: a.cgroup.clone(),
+        ..Default::default()
+    });
+    if let Some(pid) = peer.pid {
+        let mut p = crate::events::ProcessInfo::from_procfs(pid);
+        p.uid = peer.uid;
+        r.process = Some(p);
+    }
+    r.object.method = req.method().to_string();
+    r.object.url = req.uri().to_string();
+    st.publisher.publish(r);
+    let mut resp = error(StatusCode::FORBIDDEN, why);
+    if let Some(a) = agent {
+        resp = (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": "the control API is refused to processes inside an agent",
+                "agent": a.name,
+                "cgroup": peer.cgroup,
+                "pid": peer.pid,
+            })),
+        )
+            .into_response();
+    }
+    resp
 }
 
 async fn require_token(

@@ -127,9 +127,14 @@ fn build(
         .install(&compiled)
         .context("writing the policy into the kernel maps")?
     {
-        tracing::warn!(
-            "{skipped}; its exact rule waits for the next generation (path rules still apply)"
-        );
+        match skipped {
+            kernel::KernelError::UnixTarget { .. } => tracing::warn!(
+                "{skipped}; its rule applies from the generation installed when the socket appears"
+            ),
+            _ => tracing::warn!(
+                "{skipped}; its exact rule waits for the next generation (path rules still apply)"
+            ),
+        }
     }
     drop(enforcer);
     eprintln!(
@@ -405,6 +410,50 @@ fn watch(dir: &Path, flags: AddWatchFlags, depth: u32) -> anyhow::Result<AsyncFd
     // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
     unsafe { AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching {}: {}", dir.display(), e.into_parts().1))
+}
+
+/// The directories of the Unix sockets the kernel decides on by identity (runtime sockets, the
+/// sockets `unix` rules name): a socket re-created there has a new identity.
+fn watch_sockets(enforcer: &Mutex<Enforcer>) -> anyhow::Result<AsyncFd<Watch>> {
+    let rule_paths = enforcer
+        .lock()
+        .map(|e| e.unix_rule_paths())
+        .unwrap_or_default();
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
+    let flags = AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_ATTRIB;
+    for dir in kernel::unix::socket_dirs(&rule_paths) {
+        // A directory removed meanwhile: the once-a-second check covers it.
+        let _ = inotify.add_watch(&dir, flags);
+    }
+    // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
+    unsafe { AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the socket directories: {}", e.into_parts().1))
+}
+
+/// Look at the sockets the kernel decides on by identity again: a runtime socket that
+/// appeared or was re-created is refused at once; a socket a rule names needs the next
+/// generation (true).
+fn sockets_changed(enforcer: &Mutex<Enforcer>) -> bool {
+    let Ok(mut e) = enforcer.lock() else {
+        return false;
+    };
+    match e.unix_sockets_changed() {
+        Ok(c) => {
+            if c.runtime {
+                tracing::info!("the runtime sockets changed; the ones that exist are refused");
+            }
+            c.rules
+        }
+        Err(err) => {
+            tracing::error!("refusing the runtime sockets: {err}");
+            false
+        }
+    }
 }
 
 fn watch_policy(dir: &Path) -> anyhow::Result<AsyncFd<Watch>> {
@@ -801,6 +850,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     });
     let socket = api::bind_socket(&args.socket)
         .with_context(|| format!("creating the control socket {}", args.socket.display()))?;
+    // Agents may never reach it, whatever the policy says: refused by its identity, which
+    // the kernel checks whatever name an agent uses.
+    enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .protect_control_socket(&args.socket)
+        .context("refusing the control socket to agents")?;
     // The API servers stop gracefully: live event streams end with their last record and a
     // proper end of body, not a connection cut mid-chunk.
     let (api_stop, api_stopping) = tokio::sync::watch::channel(false);
@@ -821,10 +877,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
+    let mut api_addr = None;
     if let Some(addr) = args.api_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("the API cannot listen on {addr}"))?;
+        api_addr = Some(l.local_addr()?);
         let app =
             api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
         let stop = stopped();
@@ -834,6 +892,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }));
     }
+    // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
+    // address forgotten).
+    enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .set_api_addr(api_addr)
+        .context("refusing the TCP control API to agents")?;
     eprintln!(
         "governance: control API on {}{}",
         args.socket.display(),
@@ -844,8 +909,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let mut policy_watch = watch_policy(&args.policy)?;
     let mut cgroup_watch = watch_cgroups(&root)?;
+    let mut socket_watch = watch_sockets(&enforcer)?;
     let mut failures = 0u64;
-    let (mut policy_due, mut cgroup_due) = (None, None);
+    let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dropped = enforcer
@@ -858,6 +924,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let why = tokio::select! {
             _ = tick.tick() => {
                 approvals.expire_due(SystemTime::now());
+                // Socket files re-created where no directory watch saw it (a directory that
+                // did not exist yet): looked at once a second.
+                if sockets_changed(&enforcer) {
+                    socket_due.get_or_insert(tokio::time::Instant::now());
+                }
                 // The kernel's drop counter, told as a record when it moves.
                 let now = enforcer.lock().ok().and_then(|e| e.counter(Counter::EventsDropped).ok()).unwrap_or(dropped);
                 if now > dropped {
@@ -886,12 +957,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 cgroup_due.get_or_insert(due);
                 continue;
             }
-            _ = until(earliest(policy_due, cgroup_due)) => {
+            // A socket re-created: a runtime socket is refused again at once, a rule's socket
+            // with the next generation.
+            r = changed(&mut socket_watch) => {
+                r?;
+                if sockets_changed(&enforcer) {
+                    socket_due.get_or_insert(tokio::time::Instant::now());
+                }
+                socket_watch = watch_sockets(&enforcer)?;
+                continue;
+            }
+            _ = until(earliest(earliest(policy_due, cgroup_due), socket_due)) => {
                 let policy_changed = policy_due.is_some();
+                let socket_changed = socket_due.is_some();
                 policy_due = None;
                 cgroup_due = None;
+                socket_due = None;
                 if policy_changed {
                     "the policy directory changed"
+                } else if socket_changed {
+                    "a Unix socket a rule names was created or re-created"
                 } else {
                     // Only cgroups changed. If the agents are the same ones, the current
                     // generation is exactly what a rebuild would make: keep it. (Watch the new
@@ -946,6 +1031,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 metrics.set_generation(current);
                 policy_watch = watch_policy(&args.policy)?;
                 cgroup_watch = watch_cgroups(&root)?;
+                socket_watch = watch_sockets(&enforcer)?;
                 Ok(current)
             }
             Ok(None) => Err(

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::policy::{
     Access, HostMatch, HttpMatcher, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule,
-    SandboxTarget, Throttle, ThrottleKey, Verdict, glob,
+    SandboxTarget, Throttle, ThrottleKey, UnixTarget, Verdict, glob,
 };
 
 /// Something an agent is about to do.
@@ -43,6 +43,11 @@ pub enum Action {
         protocol: Protocol,
     },
     Http(HttpRequest),
+    /// A connect to, or a datagram sent to, a named Unix socket. (The kernel decides on the
+    /// socket's identity; here a path rule matches the path as written.)
+    Unix {
+        target: UnixTarget,
+    },
 }
 
 impl Action {
@@ -52,6 +57,7 @@ impl Action {
             Action::File { .. } => Kind::File,
             Action::Network { .. } => Kind::Network,
             Action::Http(_) => Kind::Http,
+            Action::Unix { .. } => Kind::Unix,
         }
     }
 }
@@ -709,6 +715,7 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                         .is_some_and(|b| h.body.iter().all(|c| c.eval(b))))
                 && mcp_matches(h.mcp.as_ref(), req.body.as_ref())
         }
+        (Matcher::Unix(t), Action::Unix { target }) => t == target,
         _ => false,
     }
 }

@@ -16,7 +16,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use governance_common::{Cause, Event, Kind, Verdict, c_str_len, flags};
+use governance_common::{
+    Cause, Event, Kind, SUN_PATH_LEN, Verdict, c_str_len, flags, unix_detail, unix_hook,
+    unix_protected,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +39,8 @@ pub struct Record {
     /// Who decided or reported it.
     pub source: Source,
     /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
-    /// ptrace, unlink, http. For other types, a short event name (`approval.granted`,
+    /// ptrace, unlink, http, unix (a Unix-socket connect or datagram), api (a request to the
+    /// control API). For other types, a short event name (`approval.granted`,
     /// `policy.reloaded`, `daemon.started`, ...).
     pub kind: String,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
@@ -454,7 +458,30 @@ impl GrantRequest {
     }
 }
 
+/// The built-in a decision names (`builtin:<name>`), when it is not simply its kind.
+fn builtin_name(kind: Option<Kind>, ev: &Event) -> Option<&'static str> {
+    let denied = ev.flags & flags::DENIED != 0;
+    match kind {
+        Some(Kind::Connect | Kind::Send) if denied => Some("control-api"),
+        Some(Kind::Unix) => match u32::from(ev.detail >> unix_detail::PROTECTED_SHIFT) {
+            unix_protected::CONTROL => Some("control-socket"),
+            unix_protected::RUNTIME => Some("runtime-socket"),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
+    match builtin_name(kind, ev) {
+        Some("control-api") => return "the daemon's control API is refused to agents",
+        Some("control-socket") => return "the daemon's control socket is refused to agents",
+        Some("runtime-socket") => {
+            return "container-runtime and service-manager sockets start processes outside the \
+                    agent: refused unless the policy sets kernel.allow_runtime_sockets";
+        }
+        _ => {}
+    }
     match kind {
         Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
         Some(Kind::Userns) => "no new user namespaces for agents",
@@ -487,6 +514,41 @@ fn outcome_of(ev: &Event, verdict: Option<Verdict>, cause: Option<Cause>) -> &'s
         (false, _, Some(Cause::Granted)) => "granted",
         (false, _, _) => "allow",
     }
+}
+
+/// The object of a Unix-socket decision: the name the target socket was bound with (`@name`
+/// for an abstract one), the kind of socket and, for a socket file, the identity that decided.
+fn unix_object(ev: &Event, object: &mut Object) {
+    let word =
+        |i: usize| u32::from_ne_bytes([ev.addr[i], ev.addr[i + 1], ev.addr[i + 2], ev.addr[i + 3]]);
+    let dev = word(0);
+    let len = (word(4) as usize).min(SUN_PATH_LEN);
+    let ino = u64::from_ne_bytes(ev.addr[8..16].try_into().unwrap_or_default());
+    let name = &ev.path[..len.min(ev.path.len())];
+    match ev.detail & 0xf {
+        unix_detail::PATH => {
+            object.path = text(name);
+            object.detail.insert(
+                "inode".into(),
+                format!("{}:{}:{ino}", dev >> 20, dev & 0xf_ffff),
+            );
+        }
+        unix_detail::ABSTRACT => {
+            // As `ss` shows it: `@`, and `@` for each NUL in the name.
+            let shown: Vec<u8> = name
+                .iter()
+                .skip(1)
+                .map(|&b| if b == 0 { b'@' } else { b })
+                .collect();
+            object.path = format!("@{}", String::from_utf8_lossy(&shown));
+        }
+        _ => {}
+    }
+    object.protocol = match ev.port {
+        unix_hook::CONNECT => "unix-stream".into(),
+        unix_hook::SEND => "unix-dgram".into(),
+        _ => "unix".into(),
+    };
 }
 
 impl Record {
@@ -531,10 +593,8 @@ impl Record {
             ),
             (Some(Cause::Builtin), _) => {
                 let what = builtin_what(kind, ev);
-                (
-                    format!("builtin:{}", kind.map_or("?", Kind::as_str)),
-                    what.into(),
-                )
+                let name = builtin_name(kind, ev).unwrap_or_else(|| kind.map_or("?", Kind::as_str));
+                (format!("builtin:{name}"), what.into())
             }
             (Some(Cause::NoProxy), _) => (
                 "fail-closed:no-proxy".into(),
@@ -627,6 +687,7 @@ impl Record {
             Some(Kind::Ipc) => {
                 object.detail.insert("flag".into(), ev.detail.to_string());
             }
+            Some(Kind::Unix) => unix_object(ev, &mut object),
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }
         let shadow_mode = named.is_some_and(|r| r.shadow);
@@ -1036,6 +1097,59 @@ mod tests {
         ev.comm = [0xff; 16];
         let line = Record::from_kernel(&ev, &names(), &clock).to_string();
         assert!(line.contains("unknown:200"), "{line}");
+    }
+
+    #[test]
+    fn decodes_unix_sockets_and_names_their_built_ins() {
+        use governance_common::{unix_detail, unix_hook, unix_protected};
+        let clock = Clock::now();
+        let mut ev = event();
+        ev.kind = Kind::Unix as u8;
+        ev.cause = Cause::Builtin as u8;
+        ev.rule_id = 0;
+        ev.detail =
+            unix_detail::PATH | (unix_protected::CONTROL as u8) << unix_detail::PROTECTED_SHIFT;
+        ev.port = unix_hook::CONNECT;
+        let sock = b"/run/governance/governance.sock\0";
+        ev.path = [0; governance_common::EVENT_PATH_LEN];
+        ev.path[..sock.len()].copy_from_slice(sock);
+        let dev = (8u32 << 20) | 1;
+        ev.addr[..4].copy_from_slice(&dev.to_ne_bytes());
+        ev.addr[4..8].copy_from_slice(&(sock.len() as u32).to_ne_bytes());
+        ev.addr[8..].copy_from_slice(&77u64.to_ne_bytes());
+        let r = Record::from_kernel(&ev, &names(), &clock);
+        assert_eq!(r.kind, "unix");
+        assert_eq!(r.rule, "builtin:control-socket");
+        assert_eq!(r.object.path, "/run/governance/governance.sock");
+        assert_eq!(r.object.protocol, "unix-stream");
+        assert_eq!(r.object.detail["inode"], "8:1:77");
+        ev.detail =
+            unix_detail::PATH | (unix_protected::RUNTIME as u8) << unix_detail::PROTECTED_SHIFT;
+        let r = Record::from_kernel(&ev, &names(), &clock);
+        assert_eq!(r.rule, "builtin:runtime-socket");
+        assert!(r.reason.contains("allow_runtime_sockets"), "{r}");
+        // An abstract name, with a NUL inside, sent a datagram: as `ss` shows it.
+        ev.detail = unix_detail::ABSTRACT;
+        ev.port = unix_hook::SEND;
+        let name = b"\0bus\0x";
+        ev.path = [0; governance_common::EVENT_PATH_LEN];
+        ev.path[..name.len()].copy_from_slice(name);
+        ev.addr[4..8].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+        ev.cause = Cause::Rule as u8;
+        ev.rule_id = governance_common::class_id(3, 1);
+        let r = Record::from_kernel(&ev, &names(), &clock);
+        assert_eq!(r.object.path, "@bus@x");
+        assert_eq!(r.object.protocol, "unix-dgram");
+        assert_eq!(r.rule, "bot/no-wget");
+        // The TCP control API, refused in connect4/6.
+        let mut ev = event();
+        ev.kind = Kind::Connect as u8;
+        ev.cause = Cause::Builtin as u8;
+        let r = Record::from_kernel(&ev, &names(), &clock);
+        assert_eq!(r.rule, "builtin:control-api");
+        ev.flags = 0;
+        let r = Record::from_kernel(&ev, &names(), &clock);
+        assert_eq!(r.rule, "builtin:connect", "the proxy, let through");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod events;
 pub mod kernel;
 pub mod metrics;
 pub mod ocsf;
+pub mod peer;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

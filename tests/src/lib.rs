@@ -129,6 +129,14 @@ pub enum Attempt {
     Unlink { path: CString },
     /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
     ExecUnlinked { path: CString, argv: Vec<CString> },
+    /// connect() of an AF_UNIX stream socket to the socket file at `path`.
+    UnixConnect { path: CString },
+    /// connect() of an AF_UNIX stream socket to the abstract name `name` (no leading NUL).
+    UnixConnectAbstract { name: Vec<u8> },
+    /// sendto() of one datagram from an unbound AF_UNIX datagram socket to `path`.
+    UnixSendTo { path: CString },
+    /// chdir(dir), then connect() of an AF_UNIX stream socket to the relative path `name`.
+    UnixConnectRelative { dir: CString, name: CString },
     /// prlimit(pid, RLIMIT_NOFILE, its current limits): a change that changes nothing.
     Prlimit { pid: i32 },
     /// setpriority(PRIO_PROCESS, pid, 0).
@@ -163,6 +171,24 @@ pub enum Attempt {
     ShmRemove { id: i32 },
     /// shmget(IPC_PRIVATE), shmat, shmdt, shmctl(IPC_RMID): an object of its own.
     ShmOwn,
+}
+
+/// A `sockaddr_un` and its length: a path, or an abstract name (a NUL, then the name).
+fn sockaddr_un(bytes: &[u8], abstract_name: bool) -> (libc::sockaddr_un, u32) {
+    // SAFETY: plain data; all zeroes is valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sa.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let start = usize::from(abstract_name);
+    assert!(
+        start + bytes.len() < sa.sun_path.len(),
+        "socket address too long"
+    );
+    for (i, b) in bytes.iter().enumerate() {
+        sa.sun_path[start + i] = *b as libc::c_char;
+    }
+    // The family, then the path with its NUL, or the NUL and the name (no terminator).
+    let len = 2 + start + bytes.len() + usize::from(!abstract_name);
+    (sa, len as u32)
 }
 
 impl Attempt {
@@ -299,6 +325,14 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
     };
     let sa = match attempt {
         Attempt::Connect { addr, .. } | Attempt::SendTo { addr } => Some(sockaddr(addr)),
+        _ => None,
+    };
+    let un = match attempt {
+        Attempt::UnixConnect { path } | Attempt::UnixSendTo { path } => {
+            Some(sockaddr_un(path.as_bytes(), false))
+        }
+        Attempt::UnixConnectAbstract { name } => Some(sockaddr_un(name, true)),
+        Attempt::UnixConnectRelative { name, .. } => Some(sockaddr_un(name.as_bytes(), false)),
         _ => None,
     };
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
@@ -439,6 +473,36 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
+                Attempt::UnixConnect { .. }
+                | Attempt::UnixConnectAbstract { .. }
+                | Attempt::UnixConnectRelative { .. } => {
+                    if let Attempt::UnixConnectRelative { dir, .. } = attempt
+                        && libc::chdir(dir.as_ptr()) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    let (sa, len) = un.unwrap();
+                    let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::connect(s, (&sa as *const libc::sockaddr_un).cast(), len).into());
+                }
+                Attempt::UnixSendTo { .. } => {
+                    let (sa, len) = un.unwrap();
+                    let s = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::sendto(
+                        s,
+                        b"q".as_ptr().cast(),
+                        1,
+                        0,
+                        (&sa as *const libc::sockaddr_un).cast(),
+                        len,
+                    ) as libc::c_long);
+                }
                 Attempt::Prlimit { pid } => {
                     let mut old: libc::rlimit = std::mem::zeroed();
                     check(
@@ -801,9 +865,11 @@ impl Drop for Daemon {
 }
 
 impl Daemon {
-    /// Read stderr until a line contains `needle` (up to 30 s); returns everything read.
+    /// Read stderr until a line contains `needle` (up to 90 s: loading and verifying every
+    /// program takes 25 s in the emulated VM when its host's two cores are shared); returns
+    /// everything read.
     pub fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(90);
         let mut seen = String::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -815,7 +881,7 @@ impl Daemon {
                         return seen;
                     }
                 }
-                Err(_) => panic!("governance never said {needle:?}; it said:\n{seen}"),
+                Err(_) => panic!("governance never said {needle:?} within 90 s; it said:\n{seen}"),
             }
         }
     }

@@ -1437,3 +1437,176 @@ fn a_killed_proxy_means_refused_connects_not_direct_egress() {
     unload(&pins);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 12, class 5, where BPF LSM is not there to refuse the connect (this host): a process
+/// inside an agent reaches the control socket, and the API refuses every request it makes
+/// (403, recorded as a decision naming the agent), whatever it asks, including through a child
+/// cgroup of its own; the same commands outside the agent work. Its TCP connects to the API are
+/// refused in the kernel (the cgroup connect programs work here).
+#[test]
+fn control_api_refuses_callers_inside_an_agent() {
+    use std::io::BufRead as _;
+    require_root();
+    let agent = TestCgroup::new("ctl-agent");
+    let child = agent.child("worker");
+    let dir = policy_dir(
+        "ctl-agent",
+        &format!("name: ctl\nagents: {{ cgroup: {} }}\n", agent.rel.display()),
+    );
+    let token_file =
+        std::env::temp_dir().join(format!("governance-test-ctl-token-{}", std::process::id()));
+    std::fs::write(&token_file, "ctl-token\n").unwrap();
+    let api_addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let api_arg = api_addr.to_string();
+    let pins = pin_dir("ctl-agent");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+            "--api-listen",
+            &api_arg,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    // The refusals are recorded: follow the agent's decisions from outside.
+    let mut follower = governance_tests::Reaped(
+        Command::new(governance_bin())
+            .args([
+                "events", "--follow", "-o", "json", "--type", "decision", "--socket",
+            ])
+            .arg(daemon.socket())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} on the event stream within 30 s"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    next("stream.subscribed", &|v| v["kind"] == "stream.subscribed");
+    let bin = governance_bin();
+    let cli_in = |cgroup: Option<&Path>, args: &[&str]| {
+        let mut cmd = governance_tests::command_in(cgroup, bin.to_str().unwrap(), args);
+        cmd.arg("--socket").arg(daemon.socket());
+        cmd.output().unwrap()
+    };
+    let agent_name = agent.rel.display().to_string();
+    for (case, args, cgroup) in [
+        (
+            "approvals from the agent (host)",
+            vec!["approvals"],
+            &agent.path,
+        ),
+        (
+            "approve from the agent (host)",
+            vec!["approve", "a-none"],
+            &agent.path,
+        ),
+        (
+            "deny from the agent (host)",
+            vec!["deny", "a-none", "--reason", "x"],
+            &agent.path,
+        ),
+        (
+            "policy reload from the agent (host)",
+            vec!["policy", "reload"],
+            &agent.path,
+        ),
+        ("status from the agent (host)", vec!["status"], &agent.path),
+        (
+            "approvals from the agent's child cgroup (host)",
+            vec!["approvals"],
+            &child,
+        ),
+    ] {
+        redteam(case, "tried");
+        let out = cli_in(Some(cgroup), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: must fail");
+        assert!(
+            err.contains("403") && err.contains("refused to processes inside an agent"),
+            "{case}: {err}"
+        );
+        let v = next(case, &|v| v["kind"] == "api");
+        assert_eq!(v["denied"], true, "{v}");
+        assert_eq!(v["source"], "api", "{v}");
+        assert_eq!(v["rule"], "builtin:control-api", "{v}");
+        assert_eq!(v["agent"]["name"], agent_name.as_str(), "{v}");
+        assert_eq!(v["agent"]["cgroup_id"], agent.id(), "{v}");
+        redteam(case, "denied");
+        // The control: the same command outside every agent is not refused (an unknown
+        // approval id is the daemon's 409, not a 403).
+        let out = cli_in(None, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("403"), "{case}: control: {err}");
+        match args[0] {
+            "approve" | "deny" => {}
+            // Exits 3 for a degraded daemon, with the status printed.
+            "status" => assert!(
+                String::from_utf8_lossy(&out.stdout).contains("generation"),
+                "{case}: control: {err}"
+            ),
+            _ => assert!(out.status.success(), "{case}: control: {err}"),
+        }
+        redteam(case, "control");
+    }
+    // TCP: an agent's connect to the API is refused in the kernel, with the token or not.
+    let case = "TCP control API from the agent (host)";
+    redteam(case, "tried");
+    let (pid, outcome) = run_in(Some(&agent.path), "ctl-agent", &Attempt::connect(api_addr));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let v = next(case, &|v| {
+        v["kind"] == "connect" && v["process"]["pid"] == pid
+    });
+    assert_eq!(v["rule"], "builtin:control-api", "{v}");
+    assert_eq!(v["denied"], true, "{v}");
+    let out = governance_tests::command_in(Some(&agent.path), bin.to_str().unwrap(), &["agents"])
+        .args(["--api", &api_arg, "--token", "ctl-token"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{case}: the CLI over TCP");
+    redteam(case, "denied");
+    let (_, outcome) = run_in(None, "ctl-outside", &Attempt::connect(api_addr));
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    let out = Command::new(&bin)
+        .args(["agents", "--api", &api_arg, "--token", "ctl-token"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{case}: control: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    redteam(case, "control");
+    stop_daemon(daemon);
+    let _ = std::fs::remove_file(&token_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1542,3 +1542,525 @@ fn system_v_ipc_of_others_is_out_of_reach() {
     let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::ShmOwn);
     assert_eq!(outcome, Outcome::Exited(0), "the agent's own shared memory");
 }
+
+/// A Unix stream listener at `path` (replacing a stale socket file), and the directory made.
+fn unix_listener(path: &Path) -> std::os::unix::net::UnixListener {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let _ = std::fs::remove_file(path);
+    std::os::unix::net::UnixListener::bind(path)
+        .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()))
+}
+
+/// The built-in refusal a Unix decision names (`governance_common::unix_protected`).
+fn unix_builtin(ev: &Event) -> u32 {
+    u32::from(ev.detail >> governance_common::unix_detail::PROTECTED_SHIFT)
+}
+
+/// Issue 12, class 4: container-runtime and service-manager sockets start processes outside
+/// the agent. The kernel refuses them by the socket file's identity, so every name of the
+/// socket is refused alike (hard link, symlink, bind mount, /proc/self/root, a relative path),
+/// and a socket re-created by its server is refused again; `allow_runtime_sockets: true`
+/// relaxes them, never the daemon's control socket.
+#[test]
+fn unix_runtime_sockets_are_refused_by_identity() {
+    use governance_common::unix_protected::{CONTROL, RUNTIME};
+    require_root();
+    let fx = Fixture::new("runtime");
+    let sock = Path::new("/run/containerd/containerd.sock");
+    let listener = unix_listener(sock);
+    let mut k = fx.load("");
+    for hook in ["unix_stream_connect", "unix_may_send"] {
+        k.require(hook);
+    }
+    let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix connect to containerd.sock",
+        &connect(sock),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+    assert_eq!(unix_builtin(&ev), RUNTIME);
+    assert_eq!(
+        ev.port,
+        governance_common::unix_hook::CONNECT,
+        "decided by unix_stream_connect"
+    );
+    // The name the server bound, for the record.
+    assert_eq!(text(&ev.path), sock.to_str().unwrap());
+
+    // Other names of the same socket file: the identity decides, not the name.
+    let hardlink = Path::new("/run/governance-test-cd-hardlink.sock");
+    let _ = std::fs::remove_file(hardlink);
+    std::fs::hard_link(sock, hardlink).unwrap();
+    let symlink = fx.p("tmp/innocent.sock");
+    std::os::unix::fs::symlink(sock, &symlink).unwrap();
+    let bind_target = fx.p("tmp/bind-mounted.sock");
+    std::fs::write(&bind_target, "").unwrap();
+    nix::mount::mount(
+        Some(sock),
+        &bind_target,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let proc_root = PathBuf::from("/proc/self/root/run/containerd/containerd.sock");
+    for (case, path) in [
+        ("unix runtime socket via a hard link", hardlink),
+        ("unix runtime socket via a symlink", symlink.as_path()),
+        (
+            "unix runtime socket via a bind mount",
+            bind_target.as_path(),
+        ),
+        (
+            "unix runtime socket via /proc/self/root",
+            proc_root.as_path(),
+        ),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &connect(path),
+            Kind::Unix,
+            Control::Succeeds,
+        );
+        assert_eq!(unix_builtin(&ev), RUNTIME, "{case}");
+    }
+    deny(
+        &mut k,
+        &fx,
+        "unix runtime socket via a relative path",
+        &Attempt::UnixConnectRelative {
+            dir: c"/run/containerd".into(),
+            name: c"containerd.sock".into(),
+        },
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    nix::mount::umount(&bind_target).unwrap();
+    let _ = std::fs::remove_file(hardlink);
+
+    // The server restarts: a new socket file, a new identity, refused once looked at again
+    // (the daemon does on every change in the directory, and once a second).
+    drop(listener);
+    let listener = unix_listener(sock);
+    let changed = k.enforcer.unix_sockets_changed().unwrap();
+    assert!(changed.runtime, "the re-created socket is noticed");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix re-created runtime socket",
+        &connect(sock),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), RUNTIME);
+    drop(k);
+
+    // Relaxed by the policy: the agent gets the runtime socket (the default decides), but the
+    // control socket stays refused.
+    let mut k = fx.load("kernel: { allow_runtime_sockets: true }\n");
+    let ev = allow(&mut k, &fx, "relaxed runtime socket", &connect(sock));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    let control = fx.p("tmp/control.sock");
+    let _control_listener = unix_listener(&control);
+    k.enforcer.protect_control_socket(&control).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix control socket whatever the policy relaxes",
+        &connect(&control),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), CONTROL);
+    drop(listener);
+    let _ = std::fs::remove_file(sock);
+}
+
+/// Unix-socket rules: by the socket file (its identity) or the abstract name, each verdict,
+/// datagrams as well as connects, shadow mode; unrelated sockets stay usable.
+#[test]
+fn unix_socket_rules_decide_each_verdict() {
+    require_root();
+    let fx = Fixture::new("unixrules");
+    let d = fx.dir.display().to_string();
+    let abs = format!("governance-test-{}-abstract", std::process::id());
+    let stream = |name: &str| unix_listener(&fx.p(&format!("tmp/{name}.sock")));
+    let _blocked = stream("blocked");
+    let _escalated = stream("escalated");
+    let _throttled = stream("throttled");
+    let _shadowed = stream("shadowed");
+    let _unrelated = stream("unrelated");
+    let dgram_path = fx.p("tmp/dgram.sock");
+    let _dgram = std::os::unix::net::UnixDatagram::bind(&dgram_path).unwrap();
+    let _abstract = {
+        use std::os::linux::net::SocketAddrExt as _;
+        let a = std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes()).unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&a).unwrap()
+    };
+    // Rules 14 to 19 (the fixture has 13).
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: ux-block, unix: {{ path: {d}/tmp/blocked.sock }}, verdict: block, reason: a local service }}\n\
+         \x20 - {{ id: ux-escalate, unix: {{ path: {d}/tmp/escalated.sock }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: needs a human }}\n\
+         \x20 - {{ id: ux-throttle, unix: {{ path: {d}/tmp/throttled.sock }}, verdict: throttle, throttle: {{ rate: 2, per: 1h }}, reason: rate limit }}\n\
+         \x20 - {{ id: ux-shadow, mode: shadow, unix: {{ path: {d}/tmp/shadowed.sock }}, verdict: block, reason: trial }}\n\
+         \x20 - {{ id: ux-abstract, unix: {{ abstract: {abs} }}, verdict: block, reason: an abstract service }}\n\
+         \x20 - {{ id: ux-dgram, unix: {{ path: {d}/tmp/dgram.sock }}, verdict: block, reason: a datagram service }}\n"
+    ));
+    let connect = |name: &str| Attempt::UnixConnect {
+        path: cstr(&fx.p(&format!("tmp/{name}.sock"))),
+    };
+    // Block, by the path and through a hard link elsewhere.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix rule block",
+        &connect("blocked"),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(14));
+    assert_eq!(ev.detail, governance_common::unix_detail::PATH);
+    let link = fx.p("scratch/other-name.sock");
+    std::fs::hard_link(fx.p("tmp/blocked.sock"), &link).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix rule block via a hard link",
+        &Attempt::UnixConnect { path: cstr(&link) },
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(14));
+    // An abstract name.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix rule on an abstract name",
+        &Attempt::UnixConnectAbstract {
+            name: abs.as_bytes().to_vec(),
+        },
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(18));
+    assert_eq!(ev.detail, governance_common::unix_detail::ABSTRACT);
+    assert_eq!(ev.object, governance_common::unix_name_hash(abs.as_bytes()));
+    // A datagram (unix_may_send).
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix datagram sendto",
+        &Attempt::UnixSendTo {
+            path: cstr(&dgram_path),
+        },
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(19));
+    assert_eq!(ev.port, governance_common::unix_hook::SEND);
+    // Throttle: 2 per hour, the third is refused.
+    for _ in 0..2 {
+        let ev = allow(
+            &mut k,
+            &fx,
+            "unix throttle within the rate",
+            &connect("throttled"),
+        );
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Throttle));
+    }
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix throttle beyond the rate",
+        &connect("throttled"),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(16));
+    // Escalate: refused with an approval request; once granted, the retry passes, for that
+    // socket only.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix escalate holds until approved",
+        &connect("escalated"),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
+    let g = governance::events::GrantRequest::of(&ev).expect("an approval request");
+    k.enforcer
+        .grant(
+            governance_common::GrantKey {
+                cgroup_id: g.cgroup_id,
+                kind: g.kind,
+                _pad: [0; 7],
+                object: g.object,
+            },
+            governance::events::monotonic_ns() + 60_000_000_000,
+        )
+        .unwrap();
+    let ev = allow(
+        &mut k,
+        &fx,
+        "unix escalate after approval",
+        &connect("escalated"),
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Granted));
+    deny(
+        &mut k,
+        &fx,
+        "unix grant is per socket",
+        &connect("blocked"),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    // Shadow: allowed, reported as "would block".
+    let ev = allow(&mut k, &fx, "unix shadow rule", &connect("shadowed"));
+    assert_ne!(ev.flags & flags::SHADOW, 0);
+    assert_eq!(ev.shadow_rule_id, k.rule(17));
+    assert_eq!(Verdict::from_u8(ev.shadow_verdict), Some(Verdict::Block));
+    // Legitimate work: an unrelated socket, the default (allow) decides.
+    let ev = allow(&mut k, &fx, "unix unrelated socket", &connect("unrelated"));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    assert_eq!(text(&ev.path), fx.p("tmp/unrelated.sock").to_str().unwrap());
+}
+
+/// Issue 12, class 5: the control plane. An agent reaches neither the daemon's control
+/// socket (by any name) nor its TCP API, so it never lists, approves, denies or reloads,
+/// whatever it tries; the same commands outside the agent work. A runtime socket that appears
+/// after the daemon started is refused as soon as the daemon sees it.
+#[test]
+fn unix_control_plane_is_refused_to_agents() {
+    use std::io::BufRead as _;
+    require_root();
+    let fx = Fixture::new("ctlplane");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = governance_bin();
+    std::fs::write(
+        dir.join("p.yaml"),
+        fx.policy(&format!(
+            "\x20 - {{ id: cli, exec: {{ path: {} }}, verdict: allow, reason: the CLI }}\n",
+            bin.display()
+        )),
+    )
+    .unwrap();
+    let api = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let token = fx.p("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let pins = pin_dir("ctlplane");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let api_arg = api.to_string();
+    let (daemon, _) = start_daemon(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+            "--api-listen",
+            &api_arg,
+            "--api-token-file",
+            token.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let socket = daemon.socket();
+    let agent = fx.agent.rel.display().to_string();
+    let mut follower = governance_tests::Reaped(
+        std::process::Command::new(&bin)
+            .args([
+                "events", "--follow", "-o", "json", "--agent", &agent, "--socket",
+            ])
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line)
+                && tx.send(v).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let next = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| -> serde_json::Value {
+        // Generous: the VM is emulated and may share its two cores with a loaded host.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = rx
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} on the event stream within 60 s"));
+            if pred(&v) {
+                return v;
+            }
+        }
+    };
+    next("stream.subscribed", &|v| v["kind"] == "stream.subscribed");
+    // One refused attempt: EPERM in the agent and its decision on the stream; the same
+    // outside the agent succeeds.
+    let refused = |case: &str, attempt: &Attempt, kind: &str, rule: &str| {
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+        let v = next(case, &|v| {
+            v["type"] == "decision" && v["denied"] == true && v["process"]["pid"] == pid
+        });
+        assert_eq!(v["kind"], kind, "{case}: {v}");
+        assert_eq!(v["rule"], rule, "{case}: {v}");
+        assert_eq!(v["agent"]["cgroup_id"], fx.agent.id(), "{case}: {v}");
+        println!("redteam: denied {case}");
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        println!("redteam: control {case}");
+        v
+    };
+    let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
+    let v = refused(
+        "unix connect to the control socket",
+        &connect(&socket),
+        "unix",
+        "builtin:control-socket",
+    );
+    assert_eq!(v["object"]["path"], socket.to_str().unwrap(), "{v}");
+    let alias = daemon.state.join("alias.sock");
+    std::fs::hard_link(&socket, &alias).unwrap();
+    refused(
+        "unix control socket via a hard link",
+        &connect(&alias),
+        "unix",
+        "builtin:control-socket",
+    );
+    let proc_root = PathBuf::from("/proc/self/root").join(socket.strip_prefix("/").unwrap());
+    refused(
+        "unix control socket via /proc/self/root",
+        &connect(&proc_root),
+        "unix",
+        "builtin:control-socket",
+    );
+    refused(
+        "connect to the TCP control API",
+        &Attempt::connect(api),
+        "connect",
+        "builtin:control-api",
+    );
+
+    // The CLI from inside the agent: every command refused (by the kernel, before the daemon
+    // sees it), and nothing changes; the same from outside works.
+    let a = Attempt::open(&fx.p("approve-me.txt"), libc::O_RDONLY);
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &a);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let asked = next("the escalation", &|v| v["outcome"] == "escalate");
+    let id = asked["approval"]["id"]
+        .as_str()
+        .expect("an approval id")
+        .to_owned();
+    let in_agent = |args: &[&str], tcp: bool| {
+        let mut cmd =
+            governance_tests::command_in(Some(&fx.agent.path), bin.to_str().unwrap(), args);
+        if tcp {
+            cmd.args(["--api", &api_arg, "--token", "t0ken"]);
+        } else {
+            cmd.arg("--socket").arg(&socket);
+        }
+        cmd.output().unwrap()
+    };
+    for (case, args, tcp) in [
+        (
+            "governance approvals from the agent",
+            vec!["approvals"],
+            false,
+        ),
+        (
+            "governance approve from the agent",
+            vec!["approve", &id, "--for", "1h"],
+            false,
+        ),
+        (
+            "governance deny from the agent",
+            vec!["deny", &id, "--reason", "x"],
+            false,
+        ),
+        (
+            "governance policy reload from the agent",
+            vec!["policy", "reload"],
+            false,
+        ),
+        ("governance status from the agent", vec!["status"], false),
+        (
+            "governance approve through the TCP API from the agent",
+            vec!["approve", &id],
+            true,
+        ),
+    ] {
+        println!("redteam: tried {case}");
+        let out = in_agent(&args, tcp);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: must fail");
+        assert!(err.contains("Operation not permitted"), "{case}: {err}");
+        let kind = if tcp { "connect" } else { "unix" };
+        next(case, &|v| v["kind"] == kind && v["denied"] == true);
+        println!("redteam: denied {case}");
+        // Still pending: nothing the agent asked happened.
+        let listed = daemon.cli(&["approvals", "-o", "json"]);
+        assert!(listed.status.success(), "{case}: control");
+        assert!(
+            String::from_utf8_lossy(&listed.stdout).contains(&id),
+            "{case}: the approval is still pending"
+        );
+        println!("redteam: control {case}");
+    }
+    // Outside: the approval goes through and the agent's retry passes.
+    let approved = daemon.cli(&["approve", &id, "--for", "1m", "--as", "tester"]);
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &a);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "the retry passes after approval"
+    );
+
+    // A runtime socket created after the daemon started: refused once the daemon sees it
+    // (a directory watch, or its once-a-second look).
+    let late = Path::new("/run/podman/podman.sock");
+    let _late = unix_listener(late);
+    println!("redteam: tried unix runtime socket created after start");
+    let pid = governance_tests::wait_for_value(
+        "the new runtime socket to be refused to the agent",
+        Duration::from_secs(20),
+        || match run_in(Some(&fx.agent.path), "agent", &connect(late)) {
+            (pid, Outcome::Errno(libc::EPERM)) => Some(pid),
+            _ => None,
+        },
+    );
+    let v = next("the late runtime socket's denial", &|v| {
+        v["denied"] == true && v["process"]["pid"] == pid
+    });
+    assert_eq!(v["rule"], "builtin:runtime-socket", "{v}");
+    println!("redteam: denied unix runtime socket created after start");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &connect(late));
+    assert_eq!(outcome, Outcome::Exited(0));
+    println!("redteam: control unix runtime socket created after start");
+    let _ = std::fs::remove_file(late);
+    governance_tests::stop_daemon(daemon);
+}

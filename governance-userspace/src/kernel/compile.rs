@@ -9,6 +9,8 @@
 //!   match then yields the best rule among all rules covering the looked-up path);
 //! - destination rules become LPM-trie nodes whose value lists every covering rule's
 //!   port/protocol alternative, best first;
+//! - Unix-socket rules become one entry per socket (the loader resolves a path to the socket
+//!   file's identity; an abstract name is hashed), holding the best rule for that socket;
 //! - "best" is the engine's precedence: most specific first, then block > escalate > sandbox >
 //!   throttle > allow; shadow rules are carried beside the enforcing one, never instead of it.
 //!
@@ -30,7 +32,7 @@ use crate::{
     agents::AgentCgroup,
     policy::{
         Access, Kind, Matcher, Mode, PathMatch, Policy, PolicySet, Posture, Protocol, Rule,
-        SandboxNetwork, ThrottleKey, Verdict,
+        SandboxNetwork, ThrottleKey, UnixTarget, Verdict,
     },
 };
 
@@ -88,6 +90,8 @@ pub struct Class {
     pub paths: BTreeMap<(u8, Vec<u8>), RulePair>,
     /// (prefix length over 128 bits, IPv6 address) → alternatives, best first.
     pub net: BTreeMap<(u32, [u8; 16]), Vec<NetEntry>>,
+    /// Unix sockets → rules: the loader turns a path into the socket file's identity.
+    pub unix: BTreeMap<UnixTarget, RulePair>,
 }
 
 /// What goes into the maps for one generation.
@@ -293,7 +297,9 @@ struct Rules {
     paths: BTreeMap<u8, Vec<(Node, Ranked)>>,
     exec_exact: Vec<(PathBuf, Node)>,
     net: Vec<NetRule>,
-    defaults: [(Option<KVerdict>, Option<KVerdict>); 3],
+    /// Exec, file, network, unix.
+    defaults: [(Option<KVerdict>, Option<KVerdict>); 4],
+    unix: Vec<(UnixTarget, Ranked)>,
 }
 
 /// The id of a throttle rule's buckets ([`governance_common::BucketKey::rule`]): FNV-1a of its
@@ -501,6 +507,7 @@ pub fn compile(
                         }
                     }
                 }
+                Matcher::Unix(target) => rules.unix.push((target.clone(), ranked)),
                 Matcher::Http(_) => {}
             }
         }
@@ -516,6 +523,7 @@ pub fn compile(
                     Kind::Exec => 0,
                     Kind::File => 1,
                     Kind::Network => 2,
+                    Kind::Unix => 3,
                     Kind::Http => continue,
                 };
                 let v = posture(*posture_);
@@ -597,6 +605,9 @@ pub fn compile(
         if relaxed(|p| p.allow_user_namespaces) {
             c.value.allow |= governance_common::allow::USER_NAMESPACES;
         }
+        if relaxed(|p| p.allow_runtime_sockets) {
+            c.value.allow |= governance_common::allow::RUNTIME_SOCKETS;
+        }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
         for (name, p, pc) in profiles {
@@ -606,6 +617,10 @@ pub fn compile(
             // rules do not apply inside the sandbox.
             constrained.net.clear();
             constrained.defaults[2] = (Some(KVerdict::Block), None);
+            // Nor named Unix sockets: a local service is outside the sandbox just as the
+            // network is (unnamed socketpairs stay usable).
+            constrained.unix.clear();
+            constrained.defaults[3] = (Some(KVerdict::Block), None);
             if profile.network == Some(SandboxNetwork::Proxy) {
                 let mut r = builtin(KVerdict::Allow);
                 r.specificity = [0; 4];
@@ -679,6 +694,7 @@ fn build_class(class: u32, rules: &Rules, errors: &mut Vec<String>, agent: &str)
         exec_default: default(rules.defaults[0]),
         file_default: default(rules.defaults[1]),
         net_default: default(rules.defaults[2]),
+        unix_default: default(rules.defaults[3]),
     };
     for (letter, list) in &rules.paths {
         let index = NodeIndex::new(list);
@@ -714,6 +730,15 @@ fn build_class(class: u32, rules: &Rules, errors: &mut Vec<String>, agent: &str)
                     c.exec.insert(path.clone(), pair);
                 }
             }
+        }
+    }
+    let mut by_socket: BTreeMap<&UnixTarget, Vec<&Ranked>> = BTreeMap::new();
+    for (target, r) in &rules.unix {
+        by_socket.entry(target).or_default().push(r);
+    }
+    for (target, list) in by_socket {
+        if let Some(pair) = pair_of(list.into_iter()) {
+            c.unix.insert(target.clone(), pair);
         }
     }
     // Destination rules by (prefix length, masked address), so the rules covering a node are
@@ -910,6 +935,75 @@ mod tests {
             ]),
             USER_NAMESPACES
         );
+    }
+
+    #[test]
+    fn unix_rules_are_one_entry_per_socket_with_the_best_rule() {
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { label: bot }\ndefaults: { unix: block }\n\
+             sandbox_profiles: { jail: { network: none } }\nrules:\n\
+             \x20 - { id: bus, unix: { path: /run/user/1/bus }, verdict: allow, reason: r }\n\
+             \x20 - { id: bus-trial, mode: shadow, unix: { path: /run/user/1/bus }, verdict: block, reason: r }\n\
+             \x20 - { id: x11, unix: { abstract: /tmp/.X11-unix/X0 }, verdict: escalate, escalate: { timeout: 1m }, reason: r }\n\
+             \x20 - { id: tool, exec: { path: /bin/x }, verdict: sandbox, sandbox: { profile: jail }, reason: r }\n"
+                .into(),
+        )])
+        .unwrap();
+        let k = compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect());
+        assert!(k.errors.is_empty() && k.unenforceable.is_empty(), "{k:?}");
+        let c = &k.classes[0];
+        assert_eq!(c.value.unix_default.enforce.verdict, KVerdict::Block as u8);
+        let bus = c.unix[&UnixTarget::Path("/run/user/1/bus".into())];
+        assert_eq!(bus.enforce.rule_id, class_id(1, 1));
+        assert_eq!(bus.enforce.verdict, KVerdict::Allow as u8);
+        // The shadow rule is more severe at the same socket: carried beside it.
+        assert_eq!(bus.shadow.rule_id, class_id(1, 2));
+        let x11 = c.unix[&UnixTarget::Abstract(b"/tmp/.X11-unix/X0".to_vec())];
+        assert_eq!(x11.enforce.verdict, KVerdict::Escalate as u8);
+        // Nothing relaxed: the runtime sockets stay refused.
+        assert_eq!(c.value.allow & governance_common::allow::RUNTIME_SOCKETS, 0);
+        // The sandbox profile reaches no named socket: no rules, the default blocks.
+        let jail = &k.classes[k.profiles[0].1];
+        assert!(jail.unix.is_empty());
+        assert_eq!(
+            jail.value.unix_default.enforce.verdict,
+            KVerdict::Block as u8
+        );
+        assert_eq!(jail.value.allow, 0);
+    }
+
+    #[test]
+    fn runtime_sockets_are_relaxed_like_the_other_built_ins() {
+        let doc = |kernel: &str| {
+            vec![(
+                std::path::PathBuf::from("a.yaml"),
+                format!("name: a\nagents: {{ label: bot }}\n{kernel}"),
+            )]
+        };
+        let bits = |docs: Vec<(std::path::PathBuf, String)>| {
+            compile(
+                &parse(&docs).unwrap(),
+                &[agent(0, "x", Some("bot"))],
+                1,
+                &protect(),
+            )
+            .classes[0]
+                .value
+                .allow
+        };
+        use governance_common::allow::RUNTIME_SOCKETS;
+        assert_eq!(bits(doc("")), 0);
+        assert_eq!(
+            bits(doc("kernel: { allow_runtime_sockets: true }")),
+            RUNTIME_SOCKETS
+        );
+        let mut both = doc("kernel: { allow_runtime_sockets: true }");
+        both.push((
+            "b.yaml".into(),
+            "name: b\nagents: { label: bot }\nkernel: { allow_runtime_sockets: false }\n".into(),
+        ));
+        assert_eq!(bits(both), 0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod btf;
 mod compile;
+pub mod unix;
 
 use std::{
     fmt,
@@ -74,6 +75,11 @@ pub enum KernelError {
         "the programs pinned under {dir} are from another build of governance; run `governance unload` first (enforcement stops until the next `governance run`)"
     )]
     ForeignPins { dir: PathBuf },
+    #[error("unix socket {path}: {source}")]
+    UnixTarget {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What the running kernel offers, as far as can be told without loading anything.
@@ -529,6 +535,8 @@ pub struct Enforcer {
     pub hooks: Vec<(Program, HookState)>,
     /// True if the pins were there already (a restart), false if this process attached them.
     pub adopted: bool,
+    /// The socket files the Unix-socket tables were written for (see [`unix`]).
+    unix_targets: unix::UnixTargets,
 }
 
 /// Index of the build id in [`maps::STATE`].
@@ -712,6 +720,7 @@ impl Enforcer {
             maps: opened,
             hooks,
             adopted: true,
+            unix_targets: unix::UnixTargets::default(),
         })
     }
 
@@ -748,12 +757,15 @@ impl Enforcer {
     /// After the flip, the buckets this generation does not lead to are deleted.
     ///
     /// An executable that does not exist is reported and skipped (nothing to run, nothing to
-    /// decide; path rules still cover that name). Any map error aborts before the flip, so the
-    /// previous generation keeps enforcing.
+    /// decide; path rules still cover that name), and so is a Unix socket a rule names that
+    /// does not exist (the daemon installs the next generation when it appears). The runtime
+    /// sockets that exist now are refused (see [`unix`]). Any map error aborts before the
+    /// flip, so the previous generation keeps enforcing.
     pub fn install(&mut self, policy: &KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
         let slot = governance_common::slot(policy.generation);
         self.clear_slot(slot)?;
         let skipped = self.write(policy, slot)?;
+        self.protect_runtime_sockets()?;
         {
             let name = maps::STATE;
             let mut state: Array<_, u32> = Array::try_from(self.map_mut(name)?)
@@ -893,6 +905,7 @@ impl Enforcer {
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
+        self.write_unix(policy, &mut skipped)?;
         let name = maps::AGENTS;
         let mut agents: HashMap<_, AgentKey, AgentValue> =
             HashMap::try_from(self.map_mut(name)?)
@@ -955,6 +968,13 @@ impl Enforcer {
             u32::from_be_bytes(k.data().class_be)
         ));
         clear!(maps::THROTTLES, HashMap, u32, Throttle, |k: &u32| of_id(*k));
+        clear!(
+            maps::UNIX_RULES,
+            HashMap,
+            governance_common::UnixKey,
+            RulePair,
+            |k: &governance_common::UnixKey| of_id(k.class)
+        );
         Ok(())
     }
 

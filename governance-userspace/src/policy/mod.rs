@@ -34,10 +34,17 @@ pub enum Kind {
     File,
     Network,
     Http,
+    Unix,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Exec, Kind::File, Kind::Network, Kind::Http];
+    pub const ALL: [Kind; 5] = [
+        Kind::Exec,
+        Kind::File,
+        Kind::Network,
+        Kind::Http,
+        Kind::Unix,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +52,7 @@ impl Kind {
             Kind::File => "file",
             Kind::Network => "network",
             Kind::Http => "http",
+            Kind::Unix => "unix",
         }
     }
 }
@@ -250,6 +258,25 @@ pub struct HttpMatcher {
     pub mcp: Option<(String, Vec<Condition>)>,
 }
 
+/// The Unix socket a `unix` rule is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UnixTarget {
+    /// A filesystem socket (the kernel decides on the socket file's identity).
+    Path(PathBuf),
+    /// An abstract socket's name, without the leading NUL.
+    Abstract(Vec<u8>),
+}
+
+impl UnixTarget {
+    /// `/run/x.sock`, or `@name` for an abstract name (as `ss` shows it).
+    pub fn display(&self) -> String {
+        match self {
+            UnixTarget::Path(p) => p.display().to_string(),
+            UnixTarget::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Matcher {
     Exec(PathMatch),
@@ -267,6 +294,7 @@ pub enum Matcher {
         via_proxy: bool,
     },
     Http(HttpMatcher),
+    Unix(UnixTarget),
 }
 
 impl Matcher {
@@ -276,6 +304,7 @@ impl Matcher {
             Matcher::File { .. } => Kind::File,
             Matcher::Network { .. } => Kind::Network,
             Matcher::Http(_) => Kind::Http,
+            Matcher::Unix(_) => Kind::Unix,
         }
     }
 
@@ -326,6 +355,11 @@ impl Matcher {
                 };
                 [host, suffix_len, literal_path, conditions]
             }
+            // One socket each: all equally specific; the most severe verdict wins.
+            Matcher::Unix(t) => match t {
+                UnixTarget::Path(p) => [2, p.as_os_str().len() as u32, 0, 0],
+                UnixTarget::Abstract(n) => [2, n.len() as u32, 0, 0],
+            },
         }
     }
 }
@@ -396,6 +430,8 @@ pub struct Policy {
     pub allow_raw_sockets: Option<bool>,
     /// `kernel.allow_user_namespaces`, as written.
     pub allow_user_namespaces: Option<bool>,
+    /// `kernel.allow_runtime_sockets`, as written.
+    pub allow_runtime_sockets: Option<bool>,
 }
 
 /// Every policy of a directory.
@@ -854,6 +890,7 @@ impl Cx<'_> {
             (Kind::File, &doc.defaults.file),
             (Kind::Network, &doc.defaults.network),
             (Kind::Http, &doc.defaults.http),
+            (Kind::Unix, &doc.defaults.unix),
         ] {
             if let Some(p) = posture {
                 defaults.insert(kind, **p);
@@ -912,6 +949,7 @@ impl Cx<'_> {
             idle_timeouts,
             allow_raw_sockets: kernel.allow_raw_sockets,
             allow_user_namespaces: kernel.allow_user_namespaces,
+            allow_runtime_sockets: kernel.allow_runtime_sockets,
             name,
             at,
             description: doc
@@ -1026,6 +1064,37 @@ impl Cx<'_> {
         }
     }
 
+    fn unix_target(&mut self, span: &Span, u: &model::UnixMatch) -> Option<UnixTarget> {
+        match (&u.path, &u.abstract_name) {
+            (Some(p), None) => match self.abs_path(p) {
+                Ok(p) => Some(UnixTarget::Path(p)),
+                Err(msg) => {
+                    self.problem(p.span(), format!("unix: {msg}"));
+                    None
+                }
+            },
+            (None, Some(n)) => {
+                let bytes = n.as_bytes().to_vec();
+                if bytes.is_empty() || bytes.len() >= governance_common::SUN_PATH_LEN {
+                    self.problem(
+                        n.span(),
+                        format!(
+                            "unix: an abstract name is 1 to {} bytes (without the leading NUL)",
+                            governance_common::SUN_PATH_LEN - 1
+                        ),
+                    );
+                    None
+                } else {
+                    Some(UnixTarget::Abstract(bytes))
+                }
+            }
+            _ => {
+                self.problem(span, "unix: give exactly one of `path` or `abstract`");
+                None
+            }
+        }
+    }
+
     fn conditions(&mut self, list: &[model::Str]) -> Vec<Condition> {
         list.iter()
             .filter_map(|c| match c.parse::<Condition>() {
@@ -1045,15 +1114,19 @@ impl Cx<'_> {
             r.file.is_some(),
             r.network.is_some(),
             r.http.is_some(),
+            r.unix.is_some(),
         ]) {
             self.problem(
                 span,
                 format!(
-                    "rule `{}`: give exactly one of `exec`, `file`, `network` or `http`",
+                    "rule `{}`: give exactly one of `exec`, `file`, `network`, `http` or `unix`",
                     *r.id
                 ),
             );
             return None;
+        }
+        if let Some(u) = &r.unix {
+            return self.unix_target(span, u).map(Matcher::Unix);
         }
         if let Some(e) = &r.exec {
             return self

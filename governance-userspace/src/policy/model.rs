@@ -110,6 +110,13 @@ pub struct KernelDoc {
     /// usual first step out of a sandbox).
     #[serde(default)]
     pub allow_user_namespaces: Option<bool>,
+    /// Let the agent connect to container-runtime and service-manager sockets (Docker,
+    /// containerd, CRI-O, Podman, BuildKit, systemd's private socket, the system D-Bus, ...),
+    /// which are refused by default: whoever talks to them can start a process outside the
+    /// agent. `unix` rules and the `unix` default still decide. The daemon's own control
+    /// socket stays refused whatever this says.
+    #[serde(default)]
+    pub allow_runtime_sockets: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -177,6 +184,9 @@ pub struct Defaults {
     pub network: Option<Spanned<Posture>>,
     #[schemars(with = "Option<Posture>")]
     pub http: Option<Spanned<Posture>>,
+    /// Connects and datagrams to named Unix sockets no `unix` rule covers.
+    #[schemars(with = "Option<Posture>")]
+    pub unix: Option<Spanned<Posture>>,
 }
 
 /// A default posture.
@@ -208,7 +218,7 @@ pub enum SandboxNetwork {
     Proxy,
 }
 
-/// One rule: exactly one of `exec`, `file`, `network`, `http` says what it matches.
+/// One rule: exactly one of `exec`, `file`, `network`, `http`, `unix` says what it matches.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleDoc {
@@ -232,6 +242,8 @@ pub struct RuleDoc {
     pub network: Option<NetworkMatch>,
     #[serde(default)]
     pub http: Option<HttpMatch>,
+    #[serde(default)]
+    pub unix: Option<UnixMatch>,
     /// Required with `verdict: throttle`.
     #[serde(default)]
     pub throttle: Option<ThrottleDoc>,
@@ -321,6 +333,24 @@ pub struct NetworkMatch {
     /// The connection is sent through the HTTP policy proxy instead of directly.
     #[serde(default)]
     pub via_proxy: bool,
+}
+
+/// A Unix socket an agent connects to (stream, seqpacket) or sends datagrams to. The kernel
+/// decides on the socket itself: a `path` rule is resolved to the socket file's identity when
+/// the policy is loaded (and again whenever the file is re-created), so every name of that
+/// socket (a hard link, a bind mount, `/proc/self/root/...`, a relative path) is covered.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnixMatch {
+    /// A filesystem socket, by absolute path (`/run/user/1000/bus`).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub path: Option<Str>,
+    /// An abstract socket, by its name without the leading NUL (`/tmp/.X11-unix/X0`, shown
+    /// as `@/tmp/.X11-unix/X0` by `ss`).
+    #[serde(default, rename = "abstract")]
+    #[schemars(with = "Option<String>")]
+    pub abstract_name: Option<Str>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]

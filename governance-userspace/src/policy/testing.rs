@@ -60,7 +60,19 @@ struct Case {
     network: Option<NetworkDoc>,
     #[serde(default)]
     http: Option<HttpDoc>,
+    #[serde(default)]
+    unix: Option<UnixDoc>,
     expect: Expect,
+}
+
+/// `unix: { path: /run/x.sock }` or `unix: { abstract: name }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnixDoc {
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default, rename = "abstract")]
+    abstract_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -130,9 +142,18 @@ impl Case {
             self.file.is_some(),
             self.network.is_some(),
             self.http.is_some(),
+            self.unix.is_some(),
         ];
         if !super::exactly_one(&given) {
-            return Err("give exactly one of exec, file, network, http".into());
+            return Err("give exactly one of exec, file, network, http, unix".into());
+        }
+        if let Some(u) = &self.unix {
+            let target = match (&u.path, &u.abstract_name) {
+                (Some(p), None) => super::UnixTarget::Path(p.clone()),
+                (None, Some(n)) => super::UnixTarget::Abstract(n.as_bytes().to_vec()),
+                _ => return Err("unix: give exactly one of path or abstract".into()),
+            };
+            return Ok(Action::Unix { target });
         }
         if let Some(path) = &self.exec {
             return Ok(Action::Exec { path: path.clone() });

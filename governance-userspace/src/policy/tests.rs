@@ -86,7 +86,7 @@ fn every_problem_is_reported_and_nothing_applies() {
         "host `bad host`",
         "`P0ST` is not an HTTP method",
         "bad duration `soon`",
-        "give exactly one of `exec`, `file`, `network` or `http`",
+        "give exactly one of `exec`, `file`, `network`, `http` or `unix`",
         "`throttle` settings only go with `verdict: throttle`",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
@@ -248,7 +248,7 @@ fn every_typo_of_a_file_is_reported_with_its_place() {
         errs,
         [
             "p.yaml:6:14: rules[0].verdict: unknown variant `blok`, expected one of `allow`, `throttle`, `sandbox`, `escalate`, `block`",
-            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `throttle`, `escalate`, or `sandbox`",
+            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `unix`, `throttle`, `escalate`, or `sandbox`",
             "p.yaml:13:42: rules[2].file.access[1]: unknown variant `wirte`, expected one of `read`, `write`, `create`, `truncate`, `exec`",
             "p.yaml:17:45: rules[3].network.via_proxy: Value was not a boolean",
         ]
@@ -275,4 +275,56 @@ fn problems_in_one_rule_and_around_it_are_all_reported() {
     assert!(errs[1].contains("rules[0].verdit: Unknown field `verdit`"));
     assert!(errs[2].contains("rules[0].mdoe: Unknown field `mdoe`"));
     assert!(errs[3].contains("exec: `bin/b` is not an absolute path"));
+}
+
+#[test]
+fn unix_rules_name_a_socket_file_or_an_abstract_name() {
+    let set = one(
+        "name: p\nagents: { cgroup: agents/a }\ndefaults: { unix: block }\n\
+         kernel: { allow_runtime_sockets: true }\nrules:\n\
+         \x20 - { id: bus, unix: { path: /run/user/1000/bus }, verdict: escalate, escalate: { timeout: 5m }, reason: r }\n\
+         \x20 - { id: x11, unix: { abstract: /tmp/.X11-unix/X0 }, verdict: block, reason: r }\n",
+    )
+    .unwrap();
+    let p = &set.policies[0];
+    assert_eq!(p.defaults.get(&Kind::Unix), Some(&Posture::Block));
+    assert_eq!(p.allow_runtime_sockets, Some(true));
+    assert!(
+        matches!(&p.rules[0].matcher, Matcher::Unix(UnixTarget::Path(s)) if s == Path::new("/run/user/1000/bus"))
+    );
+    assert_eq!(p.rules[0].matcher.kind(), Kind::Unix);
+    assert!(
+        matches!(&p.rules[1].matcher, Matcher::Unix(UnixTarget::Abstract(n)) if n == b"/tmp/.X11-unix/X0")
+    );
+    assert_eq!(
+        UnixTarget::Abstract(b"x".to_vec()).display(),
+        "@x",
+        "as ss shows it"
+    );
+
+    let long = "n".repeat(governance_common::SUN_PATH_LEN);
+    let errs = problems(&format!(
+        "{HEAD}  - {{ id: a, unix: {{ path: run/x.sock }}, verdict: block, reason: r }}\n\
+         \x20 - {{ id: b, unix: {{ path: /x, abstract: y }}, verdict: block, reason: r }}\n\
+         \x20 - {{ id: c, unix: {{ abstract: '' }}, verdict: block, reason: r }}\n\
+         \x20 - {{ id: d, unix: {{ abstract: {long} }}, verdict: block, reason: r }}\n\
+         \x20 - {{ id: e, unix: {{ path: /x }}, exec: {{ path: /x }}, verdict: block, reason: r }}\n\
+         \x20 - {{ id: f, unix: {{ prefix: /run }}, verdict: block, reason: r }}\n"
+    ));
+    let all = errs.join("\n");
+    assert!(
+        all.contains("unix: `run/x.sock` is not an absolute path"),
+        "{all}"
+    );
+    assert!(
+        all.contains("unix: give exactly one of `path` or `abstract`"),
+        "{all}"
+    );
+    assert!(all.contains("an abstract name is 1 to 107 bytes"), "{all}");
+    assert!(
+        all.contains("exactly one of `exec`, `file`, `network`, `http` or `unix`"),
+        "{all}"
+    );
+    assert!(all.contains("Unknown field `prefix`"), "{all}");
+    assert_eq!(errs.len(), 6, "{all}");
 }

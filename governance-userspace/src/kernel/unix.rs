@@ -1,0 +1,333 @@
+//! Unix sockets in the maps: the built-in refusals (the daemon's control socket; container-
+//! runtime and service-manager sockets), a generation's Unix-socket rules (a path resolved to
+//! the socket file's identity, an abstract name hashed), and where the TCP control API listens.
+//!
+//! The kernel decides on a socket file's identity (device, inode), which a server changes
+//! whenever it re-creates its socket (a restart unlinks and binds again). So the identities are
+//! looked up again whenever they may have changed: the daemon watches the sockets' directories
+//! and checks once a second ([`Enforcer::unix_sockets_changed`]); a runtime socket is refused
+//! again at once, a rule's socket with the next generation.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, HashMap};
+use governance_common::{
+    ApiAddr, RulePair, UNIX_ABSTRACT_DEV, UnixId, UnixKey, maps, unix_name_hash, unix_protected,
+};
+
+use super::{Enforcer, KernelError, KernelPolicy, kernel_dev};
+use crate::policy::UnixTarget;
+
+/// Sockets whose server starts processes on request (containers, units, transient services):
+/// an agent that reaches one gets a process outside the agent to act for it. Refused to agents
+/// unless a policy sets `kernel: { allow_runtime_sockets: true }`.
+pub const RUNTIME_SOCKETS: &[&str] = &[
+    "/run/containerd/containerd.sock",
+    "/run/containerd/containerd.sock.ttrpc",
+    "/run/docker/containerd/containerd.sock",
+    "/run/k3s/containerd/containerd.sock",
+    "/run/docker.sock",
+    "/var/run/docker.sock",
+    "/run/crio/crio.sock",
+    "/run/podman/podman.sock",
+    "/run/buildkit/buildkitd.sock",
+    "/run/systemd/private",
+    "/run/dbus/system_bus_socket",
+    "/var/run/dbus/system_bus_socket",
+    "/run/snapd.socket",
+];
+
+/// The same, per user, below `/run/user/<uid>/` (a user's systemd manager, session bus,
+/// rootless Podman and Docker).
+pub const USER_RUNTIME_SOCKETS: &[&str] = &[
+    "systemd/private",
+    "bus",
+    "podman/podman.sock",
+    "docker.sock",
+];
+
+/// Directories every socket of which is a runtime's: containerd's shims (their task API execs
+/// processes in containers).
+pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s"];
+
+/// Every runtime socket path to look at now (`/run/user/*` and [`RUNTIME_SOCKET_DIRS`]
+/// expanded).
+pub fn runtime_socket_paths() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = RUNTIME_SOCKETS.iter().map(PathBuf::from).collect();
+    for dir in RUNTIME_SOCKET_DIRS {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut socks: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            socks.sort();
+            out.extend(socks);
+        }
+    }
+    if let Ok(users) = std::fs::read_dir("/run/user") {
+        let mut dirs: Vec<PathBuf> = users.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for dir in dirs {
+            out.extend(USER_RUNTIME_SOCKETS.iter().map(|s| dir.join(s)));
+        }
+    }
+    out
+}
+
+/// The identity the kernel sees for the socket file at `path` (symlinks followed, as connect()
+/// follows them): the superblock device in the kernel's encoding and the inode number.
+pub fn socket_identity(path: &Path) -> std::io::Result<(u32, u64)> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::other("not a Unix socket"));
+    }
+    Ok((kernel_dev(meta.dev()), meta.ino()))
+}
+
+/// The runtime sockets that exist now: identity → the paths that name it.
+pub fn resolve_runtime_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
+    let mut out: BTreeMap<(u32, u64), Vec<PathBuf>> = BTreeMap::new();
+    for path in runtime_socket_paths() {
+        if let Ok(id) = socket_identity(&path) {
+            out.entry(id).or_default().push(path);
+        }
+    }
+    out
+}
+
+/// The directories whose changes may re-create a socket the kernel decides on: those of the
+/// runtime sockets and of `rule_paths` that exist (the nearest existing ancestor otherwise).
+pub fn socket_dirs(rule_paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs = BTreeSet::new();
+    let runtime = RUNTIME_SOCKETS.iter().map(PathBuf::from);
+    let in_dirs = RUNTIME_SOCKET_DIRS.iter().map(|d| Path::new(d).join("x"));
+    for p in runtime.chain(in_dirs).chain(rule_paths.iter().cloned()) {
+        if let Some(dir) = p.ancestors().skip(1).find(|d| d.is_dir()) {
+            dirs.insert(dir.to_owned());
+        }
+    }
+    if Path::new("/run/user").is_dir() {
+        dirs.insert("/run/user".into());
+        for p in runtime_socket_paths() {
+            if let Some(dir) = p.parent().filter(|d| d.is_dir()) {
+                dirs.insert(dir.to_owned());
+            }
+        }
+    }
+    dirs.into_iter().collect()
+}
+
+/// The socket files a generation's `unix` path rules named, and what each resolved to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnixTargets {
+    /// As written into the maps.
+    pub paths: Vec<(PathBuf, Option<(u32, u64)>)>,
+    /// As last looked at: a change is reported once, not on every look until the next
+    /// generation (which may fail, and would then be asked for again and again).
+    pub seen: Vec<(PathBuf, Option<(u32, u64)>)>,
+    /// The runtime sockets refused now.
+    pub runtime: BTreeSet<(u32, u64)>,
+}
+
+/// What changed since the maps were last written (see [`Enforcer::unix_sockets_changed`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketsChanged {
+    /// A runtime socket appeared, went or was re-created: refused again already.
+    pub runtime: bool,
+    /// A socket a `unix` rule names did: the rules need the next generation.
+    pub rules: bool,
+}
+
+impl Enforcer {
+    /// Make the [`maps::UNIX_PROTECTED`] entries of kind `why` exactly `ids` (a control-socket
+    /// entry is never turned into a runtime one). Whether anything changed.
+    fn set_protected(&mut self, why: u32, ids: &BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
+        let name = maps::UNIX_PROTECTED;
+        let mut map: HashMap<_, UnixId, u32> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let present: Vec<(UnixId, u32)> = map.iter().filter_map(Result::ok).collect();
+        let mut changed = false;
+        for (id, kind) in &present {
+            if *kind == why && !ids.contains(&(id.dev, id.ino)) {
+                let _ = map.remove(id);
+                changed = true;
+            }
+        }
+        for &(dev, ino) in ids {
+            let id = UnixId { dev, _pad: 0, ino };
+            match present.iter().find(|(p, _)| *p == id) {
+                Some((_, kind)) if *kind == why || *kind == unix_protected::CONTROL => continue,
+                _ => {}
+            }
+            map.insert(id, why, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// The daemon's control socket (at `path`, just bound) is refused to every agent, whatever
+    /// the policy says. Replaces a previous daemon's.
+    pub fn protect_control_socket(&mut self, path: &Path) -> Result<(), KernelError> {
+        let id = socket_identity(path).map_err(|source| KernelError::UnixTarget {
+            path: path.to_owned(),
+            source,
+        })?;
+        self.set_protected(unix_protected::CONTROL, &BTreeSet::from([id]))?;
+        Ok(())
+    }
+
+    /// Refuse the runtime sockets that exist now (and forget those that went). Whether the
+    /// set changed.
+    pub fn protect_runtime_sockets(&mut self) -> Result<bool, KernelError> {
+        let ids: BTreeSet<(u32, u64)> = resolve_runtime_sockets().into_keys().collect();
+        let changed = self.set_protected(unix_protected::RUNTIME, &ids)?;
+        self.unix_targets.runtime = ids;
+        Ok(changed)
+    }
+
+    /// Have the sockets the kernel decides on changed since the maps were written? Re-refuses
+    /// the runtime sockets at once when they have.
+    pub fn unix_sockets_changed(&mut self) -> Result<SocketsChanged, KernelError> {
+        let now: BTreeSet<(u32, u64)> = resolve_runtime_sockets().into_keys().collect();
+        let runtime = now != self.unix_targets.runtime && self.protect_runtime_sockets()?;
+        let seen: Vec<(PathBuf, Option<(u32, u64)>)> = self
+            .unix_targets
+            .paths
+            .iter()
+            .map(|(path, _)| (path.clone(), socket_identity(path).ok()))
+            .collect();
+        let rules = seen != self.unix_targets.seen;
+        self.unix_targets.seen = seen;
+        Ok(SocketsChanged { runtime, rules })
+    }
+
+    /// The socket files the installed generation's rules name.
+    pub fn unix_rule_paths(&self) -> Vec<PathBuf> {
+        self.unix_targets
+            .paths
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Where the daemon's TCP control API listens (None: it does not); agents' connects to it
+    /// are refused.
+    pub fn set_api_addr(&mut self, addr: Option<SocketAddr>) -> Result<(), KernelError> {
+        let value = match addr {
+            None => ApiAddr::default(),
+            Some(a) => ApiAddr {
+                addr: match a.ip() {
+                    std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                    std::net::IpAddr::V6(v6) => v6.octets(),
+                },
+                port: a.port(),
+                any_addr: u8::from(a.ip().is_unspecified()),
+                enabled: 1,
+                _pad: 0,
+            },
+        };
+        let name = maps::API_ADDR;
+        let mut map: Array<_, ApiAddr> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        map.set(0, value, 0)
+            .map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// Write a generation's Unix-socket rules: a path becomes the socket file's identity (a
+    /// socket that does not exist is reported and skipped: nothing to connect to; the daemon
+    /// installs the next generation when it appears), an abstract name its hash.
+    pub(super) fn write_unix(
+        &mut self,
+        policy: &KernelPolicy,
+        skipped: &mut Vec<KernelError>,
+    ) -> Result<(), KernelError> {
+        let name = maps::UNIX_RULES;
+        let mut map: HashMap<_, UnixKey, RulePair> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let mut resolved: BTreeMap<PathBuf, Option<(u32, u64)>> = BTreeMap::new();
+        for class in &policy.classes {
+            for (target, value) in &class.unix {
+                let (dev, ino) = match target {
+                    UnixTarget::Abstract(n) => (UNIX_ABSTRACT_DEV, unix_name_hash(n)),
+                    UnixTarget::Path(path) => {
+                        let id = resolved
+                            .entry(path.clone())
+                            .or_insert_with(|| socket_identity(path).ok());
+                        match id {
+                            Some(id) => *id,
+                            None => {
+                                let source = socket_identity(path)
+                                    .err()
+                                    .unwrap_or_else(|| std::io::Error::other("not resolved"));
+                                skipped.push(KernelError::UnixTarget {
+                                    path: path.clone(),
+                                    source,
+                                });
+                                continue;
+                            }
+                        }
+                    }
+                };
+                let key = UnixKey {
+                    class: class.id,
+                    dev,
+                    ino,
+                };
+                map.insert(key, value, 0)
+                    .map_err(|source| KernelError::Map { name, source })?;
+            }
+        }
+        self.unix_targets.paths = resolved.into_iter().collect();
+        self.unix_targets.seen = self.unix_targets.paths.clone();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_identity_is_the_socket_file_whatever_names_it() {
+        let dir = std::env::temp_dir().join(format!("governance-unix-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let link = dir.join("link.sock");
+        std::fs::hard_link(&sock, &link).unwrap();
+        let sym = dir.join("sym.sock");
+        std::os::unix::fs::symlink(&sock, &sym).unwrap();
+        let id = socket_identity(&sock).unwrap();
+        assert_eq!(socket_identity(&link).unwrap(), id);
+        assert_eq!(socket_identity(&sym).unwrap(), id);
+        // Not a socket, or missing: no identity to decide on.
+        let file = dir.join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(socket_identity(&file).is_err());
+        assert!(socket_identity(&dir.join("missing")).is_err());
+        // The nearest existing directory is watched for a socket that is not there yet.
+        let dirs = socket_dirs(&[dir.join("later/x.sock")]);
+        assert!(dirs.contains(&dir), "{dirs:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_runtime_list_names_the_container_runtimes_and_service_managers() {
+        for s in [
+            "/run/containerd/containerd.sock",
+            "/run/docker.sock",
+            "/var/run/docker.sock",
+            "/run/crio/crio.sock",
+            "/run/podman/podman.sock",
+            "/run/buildkit/buildkitd.sock",
+            "/run/systemd/private",
+            "/run/dbus/system_bus_socket",
+        ] {
+            assert!(RUNTIME_SOCKETS.contains(&s), "{s}");
+        }
+    }
+}
