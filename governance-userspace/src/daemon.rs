@@ -102,6 +102,15 @@ fn build(
     let protect = Protect {
         cgroup_root: root.to_owned(),
         no_write: vec![args.policy.clone(), enforcer.pin_dir.clone()],
+        no_access: [
+            Some(&args.audit_dir),
+            Some(&args.ca_dir),
+            args.api_token_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect(),
     };
     let compiled = kernel::compile(&set, &found, number, &protect);
     if !compiled.errors.is_empty() {

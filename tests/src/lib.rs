@@ -681,6 +681,7 @@ pub fn load(yaml: &str) -> Loaded {
     let protect = kernel::Protect {
         cgroup_root: root.clone(),
         no_write: vec![pins.to_path_buf()],
+        no_access: vec![],
     };
     let compiled = kernel::compile(&policy, &agents, generation, &protect);
     assert!(

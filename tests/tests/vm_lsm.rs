@@ -1164,6 +1164,30 @@ fn daemon_events_and_approvals() {
     let again = daemon.cli(&["approve", &id]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("approved"));
+    // The daemon's secrets are out of an agent's reach: the audit log is neither read nor
+    // written (nor is the node CA's key); outside the agent, it is.
+    let log = std::fs::read_dir(daemon.audit())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_file())
+        .expect("an audit file");
+    for (case, flags) in [
+        ("39 read the audit log", libc::O_RDONLY),
+        ("39 write the audit log", libc::O_WRONLY | libc::O_APPEND),
+    ] {
+        println!("redteam: tried {case}");
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::open(&log, flags));
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        println!("redteam: denied {case}");
+        let (_, outcome) = run_in(
+            Some(&fx.outsider.path),
+            "outsider",
+            &Attempt::open(&log, libc::O_RDONLY),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        println!("redteam: control {case}");
+    }
     // A stopping daemon ends the stream with a record that says why and a proper end of
     // body: the follower exits 0 (a cut mid-chunk would make it fail).
     governance_tests::stop_daemon(daemon);

@@ -37,13 +37,17 @@ use crate::{
 };
 
 /// Paths the agents must never write: the policy directory and the pins (the cgroup tree
-/// outside an agent's own subtree is added per agent).
+/// outside an agent's own subtree is added per agent); and the daemon's secrets, which they
+/// must not read either.
 #[derive(Clone, Debug, Default)]
 pub struct Protect {
     /// cgroup2 mount point.
     pub cgroup_root: PathBuf,
     /// Directories no agent may write below.
     pub no_write: Vec<PathBuf>,
+    /// Directories and files no agent may read or write: the audit log, the node CA's key, the
+    /// API token.
+    pub no_access: Vec<PathBuf>,
 }
 
 /// The interface files an agent may write in its own root cgroup: those of cgroup delegation.
@@ -542,20 +546,29 @@ pub fn compile(
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
-        for letter in WRITE_LETTERS {
+        for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
-            let mut no_write = vec![protect.cgroup_root.clone()];
-            no_write.extend(protect.no_write.iter().cloned());
-            for dir in no_write {
+            let mut denied = vec![];
+            if letter != access::READ {
+                denied.push(protect.cgroup_root.clone());
+                denied.extend(protect.no_write.iter().cloned());
+            }
+            denied.extend(protect.no_access.iter().cloned());
+            // As written and as resolved now (a relative or symlinked --policy means the same
+            // directory as the kernel's resolved path).
+            for dir in denied.iter().flat_map(|d| spellings(d)) {
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = [1, 0, u32::MAX - 1, 0];
                 list.push((
                     Node {
-                        path: path_bytes(&dir),
+                        path: dir,
                         exact: false,
                     },
                     r,
                 ));
+            }
+            if letter == access::READ {
+                continue;
             }
             let mut own = builtin(KVerdict::Allow);
             own.specificity = [1, 0, u32::MAX, 0];
@@ -812,6 +825,7 @@ mod tests {
         Protect {
             cgroup_root: "/sys/fs/cgroup".into(),
             no_write: vec!["/etc/governance".into()],
+            no_access: vec!["/var/lib/governance/audit".into()],
         }
     }
 
@@ -865,6 +879,15 @@ mod tests {
             Some(KVerdict::Allow as u8)
         );
         assert_eq!(w("/etc/governance/p.yaml"), Some(KVerdict::Block as u8));
+        // The daemon's secrets: neither written nor read.
+        let audit = "/var/lib/governance/audit/audit-000001.jsonl";
+        assert_eq!(w(audit), Some(KVerdict::Block as u8));
+        assert_eq!(
+            lookup(c, access::READ, audit).map(|v| v.enforce.verdict),
+            Some(KVerdict::Block as u8)
+        );
+        // The policy directory stays readable (its files are no secret).
+        assert_eq!(lookup(c, access::READ, "/etc/governance/p.yaml"), None);
     }
 
     #[test]
