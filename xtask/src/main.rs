@@ -703,7 +703,7 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
                   for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
                   exit $rc\n";
     let vm = steps.time("kernel tests, VM", || {
-        boot(kernel, &b, script.into(), Duration::from_secs(900))
+        boot(kernel, &b, script.into(), Duration::from_secs(1800))
     });
     let (ok, c) = match &vm {
         Ok(out) => {
