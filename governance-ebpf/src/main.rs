@@ -10,8 +10,10 @@
 //!
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
-//! protections), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
-//! decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
+//! protections), `lifecycle` (fork and exit), `caps` (capabilities agents never get), `mount`
+//! (mounts), `clone` (a child in another cgroup or new namespaces), `mapping` (files mapped
+//! executable). What they share: `decide` (the agent, the decision, the event), `maps` (every
+//! map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
 //! ::maps, ::offsets): the macros export them unmangled, so which file holds one does not
@@ -21,12 +23,16 @@
 // Map keys are passed by reference on purpose: one stack slot, no copies for the verifier to track.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod caps;
+mod clone;
 mod decide;
 mod exec;
 mod file;
 mod kernel;
 mod lifecycle;
+mod mapping;
 mod maps;
+mod mount;
 mod net;
 mod protect;
 

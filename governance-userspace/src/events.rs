@@ -16,7 +16,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use governance_common::{Cause, Event, Kind, Verdict, c_str_len, flags};
+use governance_common::{
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_RAW_DEVICE, Kind, Verdict, c_str_len, caps,
+    exec_map, flags, mount_op,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,7 +39,7 @@ pub struct Record {
     /// Who decided or reported it.
     pub source: Source,
     /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
-    /// ptrace, unlink, http. For other types, a short event name (`approval.granted`,
+    /// ptrace, unlink, capability, mount, clone, exec_map, http. For other types, a short event name (`approval.granted`,
     /// `policy.reloaded`, `daemon.started`, ...).
     pub kind: String,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
@@ -454,19 +457,87 @@ impl GrantRequest {
     }
 }
 
-fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
+/// [`Event::detail`] of a capability event for a refused io_uring personality.
+const URING_PERSONALITY: u8 = 255;
+/// [`Event::detail`] of a ptrace event refused because the target is outside the agent.
+const PTRACE_OUTSIDE: u8 = 1;
+/// clone3's CLONE_INTO_CGROUP.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The rule name (after `builtin:`) and reason of a built-in decision.
+fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) {
     match kind {
-        Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
-        Some(Kind::Userns) => "no new user namespaces for agents",
-        Some(Kind::Bpf) => "no bpf() for agents",
-        Some(Kind::Signal | Kind::Ptrace) => "the daemon and proxy are protected",
-        Some(Kind::Unlink) => "the pins are protected",
-        Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
+        Some(Kind::Socket) => ("socket", "no raw, packet or netlink sockets for agents"),
+        Some(Kind::Userns) => ("userns", "no new user namespaces for agents"),
+        Some(Kind::Bpf) => ("bpf", "no bpf() for agents"),
+        Some(Kind::Ptrace) if ev.detail == PTRACE_OUTSIDE => (
+            "ptrace",
+            "no ptrace, /proc/PID/mem or process_vm_writev of processes outside the agent",
+        ),
+        Some(Kind::Signal | Kind::Ptrace) => (
+            kind.map_or("?", Kind::as_str),
+            "the daemon and proxy are protected",
+        ),
+        Some(Kind::Unlink) => ("unlink", "the pins are protected"),
+        Some(Kind::Connect | Kind::Send) => (
+            kind.map_or("?", Kind::as_str),
+            "connections to the policy proxy are let through",
+        ),
+        Some(Kind::Exec) if ev.detail == EXEC_DETAIL_LOADER => (
+            "loader",
+            "the dynamic loader runs programs only as their interpreter, not as a program",
+        ),
         Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
-            "sandbox profile missing from this generation"
+            ("exec", "sandbox profile missing from this generation")
         }
-        _ => "protected path (cgroup tree, policy directory, pins)",
+        Some(Kind::File) if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 => (
+            "raw-device",
+            "no raw storage devices for agents (block devices, SCSI and NVMe generic)",
+        ),
+        Some(Kind::Capability) if ev.detail == URING_PERSONALITY => (
+            "capability",
+            "no io_uring personalities for agents (credentials other than their own)",
+        ),
+        Some(Kind::Capability) => ("capability", "a capability agents never get"),
+        Some(Kind::Mount) => ("mount", "no mounts for agents"),
+        Some(Kind::Clone) if ev.object & CLONE_INTO_CGROUP != 0 => (
+            "clone",
+            "no children in another cgroup (clone3 CLONE_INTO_CGROUP)",
+        ),
+        Some(Kind::Clone) => ("clone", "no new namespaces for agents"),
+        Some(Kind::ExecMap) if ev.port == exec_map::NAMELESS => (
+            "nameless-code",
+            "under an exec allowlist, memory with no file name (memfd, shared memory) is not mapped executable",
+        ),
+        Some(Kind::ExecMap) => (
+            "written-code",
+            "under an exec allowlist, files an agent wrote are not mapped executable",
+        ),
+        _ => (
+            kind.map_or("?", Kind::as_str),
+            "protected path (cgroup tree, policy directory, pins)",
+        ),
     }
+}
+
+/// The names of the clone flags that make a clone a decision.
+fn clone_flag_names(flags: u64) -> String {
+    const NAMES: [(u64, &str); 8] = [
+        (0x0000_0080, "CLONE_NEWTIME"),
+        (0x0002_0000, "CLONE_NEWNS"),
+        (0x0200_0000, "CLONE_NEWCGROUP"),
+        (0x0400_0000, "CLONE_NEWUTS"),
+        (0x0800_0000, "CLONE_NEWIPC"),
+        (0x2000_0000, "CLONE_NEWPID"),
+        (0x4000_0000, "CLONE_NEWNET"),
+        (CLONE_INTO_CGROUP, "CLONE_INTO_CGROUP"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// The outcome word of a decision.
@@ -526,12 +597,15 @@ impl Record {
                 "the path is longer than the kernel matches".into(),
             ),
             (Some(Cause::Builtin), _) => {
-                let what = builtin_what(kind, ev);
-                (
-                    format!("builtin:{}", kind.map_or("?", Kind::as_str)),
-                    what.into(),
-                )
+                let (name, what) = builtin_what(kind, ev);
+                (format!("builtin:{name}"), what.into())
             }
+            (Some(Cause::MapFull), _) => (
+                "fail-closed:map-full".into(),
+                "the kernel's table of files agents wrote is full; a write it cannot remember \
+                 is refused"
+                    .into(),
+            ),
             (Some(Cause::NoProxy), _) => (
                 "fail-closed:no-proxy".into(),
                 "a via_proxy rule matched, but the connection cannot go through the policy proxy \
@@ -583,6 +657,9 @@ impl Record {
                         object.access.push(c);
                     }
                 }
+                if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 {
+                    object.detail.insert("device".into(), "raw storage".into());
+                }
             }
             Some(Kind::Exec) => object.path = text(&ev.path),
             Some(Kind::Socket) => {
@@ -595,6 +672,45 @@ impl Record {
             Some(Kind::Ptrace) => object.target_pid = ev.object as u32,
             Some(Kind::Bpf) => {
                 object.detail.insert("cmd".into(), ev.detail.to_string());
+            }
+            Some(Kind::Capability) => {
+                let what = if ev.detail == URING_PERSONALITY {
+                    "io_uring personality".into()
+                } else {
+                    caps::name(u32::from(ev.detail)).to_owned()
+                };
+                object.detail.insert("capability".into(), what);
+            }
+            Some(Kind::Mount) => {
+                object.path = text(&ev.path);
+                let op = match ev.detail {
+                    mount_op::MOUNT => "mount",
+                    mount_op::UMOUNT => "umount",
+                    mount_op::REMOUNT => "remount",
+                    mount_op::PIVOT_ROOT => "pivot_root",
+                    mount_op::MOVE_MOUNT => "move_mount",
+                    _ => "?",
+                };
+                object.detail.insert("operation".into(), op.into());
+                if ev.object != 0 {
+                    object
+                        .detail
+                        .insert("flags".into(), format!("{:#x}", ev.object));
+                }
+            }
+            Some(Kind::Clone) => {
+                object
+                    .detail
+                    .insert("flags".into(), clone_flag_names(ev.object));
+            }
+            Some(Kind::ExecMap) => {
+                object.path = text(&ev.path);
+                let via = match ev.detail {
+                    exec_map::MMAP => "mmap",
+                    exec_map::MPROTECT => "mprotect",
+                    _ => "?",
+                };
+                object.detail.insert("via".into(), via.into());
             }
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }

@@ -508,6 +508,21 @@ pub fn compile(
         if relaxed(|p| p.allow_user_namespaces) {
             c.value.allow |= governance_common::allow::USER_NAMESPACES;
         }
+        if relaxed(|p| p.allow_mounts) {
+            c.value.allow |= governance_common::allow::MOUNTS;
+        }
+        if relaxed(|p| p.allow_loader_exec) {
+            c.value.allow |= governance_common::allow::LOADER_EXEC;
+        }
+        // Capabilities: given back when an enforcing policy lists one and every enforcing
+        // policy that writes a list lists it (leaving one out objects to it).
+        let lists: Vec<u64> = governing
+            .iter()
+            .filter_map(|p| p.allow_capabilities)
+            .collect();
+        if let Some(first) = lists.first() {
+            c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
+        }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
         for (name, p, pc) in profiles {
@@ -590,6 +605,7 @@ fn build_class(class: u32, rules: &Rules, errors: &mut Vec<String>, agent: &str)
         exec_default: default(rules.defaults[0]),
         file_default: default(rules.defaults[1]),
         net_default: default(rules.defaults[2]),
+        allow_caps: 0,
     };
     for (letter, list) in &rules.paths {
         let index = NodeIndex::new(list);
@@ -805,8 +821,22 @@ mod tests {
                 .value
                 .allow
         };
-        use governance_common::allow::{RAW_SOCKETS, USER_NAMESPACES};
+        use governance_common::allow::{LOADER_EXEC, MOUNTS, RAW_SOCKETS, USER_NAMESPACES};
         assert_eq!(bits(vec![doc("a", "")]), 0);
+        assert_eq!(
+            bits(vec![
+                doc(
+                    "a",
+                    "kernel: { allow_mounts: true, allow_loader_exec: true }"
+                ),
+                doc("b", "kernel: { allow_loader_exec: false }"),
+            ]),
+            MOUNTS
+        );
+        assert_eq!(
+            bits(vec![doc("a", "kernel: { allow_loader_exec: true }")]),
+            LOADER_EXEC
+        );
         assert_eq!(
             bits(vec![doc("a", "kernel: { allow_raw_sockets: true }")]),
             RAW_SOCKETS
@@ -820,6 +850,51 @@ mod tests {
                 doc("b", "kernel: { allow_raw_sockets: false }"),
             ]),
             USER_NAMESPACES
+        );
+    }
+
+    #[test]
+    fn capabilities_are_given_back_only_where_every_list_agrees() {
+        use governance_common::caps::{NET_ADMIN, SYS_ADMIN, SYS_TIME};
+        let doc = |name: &str, kernel: &str| {
+            (
+                format!("{name}.yaml").into(),
+                format!("name: {name}\nagents: {{ label: bot }}\n{kernel}"),
+            )
+        };
+        let caps = |docs: Vec<(std::path::PathBuf, String)>| {
+            let set = parse(&docs).unwrap();
+            compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
+                .value
+                .allow_caps
+        };
+        let bit = |c: u32| 1u64 << c;
+        assert_eq!(caps(vec![doc("a", "")]), 0);
+        assert_eq!(
+            caps(vec![doc(
+                "a",
+                "kernel: { allow_capabilities: [CAP_NET_ADMIN, sys_time] }"
+            )]),
+            bit(NET_ADMIN) | bit(SYS_TIME)
+        );
+        // A policy without the field has no say; one with a list objects to what it leaves out.
+        assert_eq!(
+            caps(vec![
+                doc(
+                    "a",
+                    "kernel: { allow_capabilities: [CAP_NET_ADMIN, CAP_SYS_ADMIN] }"
+                ),
+                doc("b", ""),
+                doc("c", "kernel: { allow_capabilities: [CAP_SYS_ADMIN] }"),
+            ]),
+            bit(SYS_ADMIN)
+        );
+        assert_eq!(
+            caps(vec![
+                doc("a", "kernel: { allow_capabilities: [CAP_NET_ADMIN] }"),
+                doc("b", "kernel: { allow_capabilities: [] }"),
+            ]),
+            0
         );
     }
 
