@@ -11,6 +11,9 @@
 //!   denied), print the count. The host kernel's socket hooks load where the LSM does not.
 //! - `http-upstream ADDR NAME`: a minimal HTTP/1.1 server on ADDR that answers every request
 //!   with `{"upstream": NAME, "method", "path", "body"}` (the demo's payments API).
+//! - `dlopen LIB SYMBOL`: dlopen() LIB (the loader maps it executable) and look SYMBOL up in
+//!   it; prints `loaded LIB` and exits 0, or the loader's error and exits 1. This binary is
+//!   itself dynamically linked: running it at all exercises ld.so mapping libc.
 
 use std::{
     ffi::CString,
@@ -23,7 +26,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL"
     );
     std::process::exit(64)
 }
@@ -183,6 +186,33 @@ fn main() {
                 let name = name.clone();
                 std::thread::spawn(move || serve_one(conn, &name));
             }
+        }
+        ["dlopen", lib, symbol] => {
+            let (c_lib, c_symbol) = (
+                CString::new(lib).unwrap_or_else(|_| usage()),
+                CString::new(symbol).unwrap_or_else(|_| usage()),
+            );
+            // SAFETY: valid C strings; the handle is used only here.
+            let handle = unsafe { libc::dlopen(c_lib.as_ptr(), libc::RTLD_NOW) };
+            // SAFETY: dlerror returns a C string owned by libc, or null.
+            let error = || unsafe {
+                let e = libc::dlerror();
+                if e.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                }
+            };
+            if handle.is_null() {
+                println!("dlopen {lib}: {}", error());
+                std::process::exit(1);
+            }
+            // SAFETY: as above.
+            if unsafe { libc::dlsym(handle, c_symbol.as_ptr()) }.is_null() {
+                println!("dlsym {symbol}: {}", error());
+                std::process::exit(1);
+            }
+            println!("loaded {lib}");
         }
         _ => usage(),
     }
