@@ -568,14 +568,16 @@ fn escape_and_self_protection_cases() {
     );
     // 19. bpf() on the pins, and removing a pin.
     let state_pin = k.pins.join("maps/STATE");
-    deny(
+    // The kernel asks for CAP_BPF first (unprivileged bpf() is disabled), which agents never
+    // get; the bpf hook holds where a policy gives it back (policy_relaxes_root_facility_*).
+    deny_cap(
         &mut k,
         &fx,
         "19 bpf(BPF_OBJ_GET) on a pin",
         &Attempt::BpfObjGet {
             path: cstr(&state_pin),
         },
-        Kind::Bpf,
+        governance_common::caps::BPF,
         Control::Succeeds,
     );
     println!("redteam: tried 19 rm of a pin");
@@ -1553,6 +1555,24 @@ fn leaving_the_subtree_is_refused() {
         Kind::File,
         Control::NotEperm,
     );
+    // The kernel's usermode helpers run a program of the writer's choosing as root, in the
+    // root cgroup: root writes them with no capability. (Each is written back unchanged.)
+    for (case, setting) in [
+        ("2 set kernel.core_pattern", "/proc/sys/kernel/core_pattern"),
+        ("2 set kernel.modprobe", "/proc/sys/kernel/modprobe"),
+    ] {
+        let value = std::fs::read_to_string(setting).unwrap();
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::write(Path::new(setting), &value),
+            Kind::File,
+            Control::Succeeds,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}");
+        assert_eq!(ev.rule_id & 0x7fff_ffff, 0, "{case}: a built-in path rule");
+    }
     // A root process outside, with the same capabilities as a root agent: attaching needs no
     // capability, and code injected there would run outside the agent.
     let target = outside_process(&["sleep", "120"]);
@@ -1804,7 +1824,18 @@ fn policy_relaxes_root_facility_protections() {
     );
     // CAP_SYS_ADMIN and CAP_SYS_CHROOT given back, mounts not.
     {
-        let mut k = fx.load("kernel: { allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT] }\n");
+        let mut k =
+            fx.load("kernel: { allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_BPF] }\n");
+        // With CAP_BPF given back, the bpf hook still refuses bpf() (the pins).
+        let pin = cstr(&k.pins.join("maps/STATE"));
+        deny(
+            &mut k,
+            &fx,
+            "19 bpf(BPF_OBJ_GET) on a pin with CAP_BPF given back",
+            &Attempt::BpfObjGet { path: pin },
+            Kind::Bpf,
+            Control::Succeeds,
+        );
         for (case, attempt) in [
             ("sethostname", Attempt::Sethostname { name: hostname() }),
             (
@@ -1914,7 +1945,9 @@ fn policy_relaxes_root_facility_protections() {
         assert_eq!(ev.detail, mount_op::MOUNT);
     }
     {
-        let mut k = fx.load("kernel: { allow_user_namespaces: true, allow_mounts: true }\n");
+        let mut k = fx.load(
+            "kernel: { allow_user_namespaces: true, allow_mounts: true, allow_kernel_settings: true }\n",
+        );
         let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &in_userns);
         assert_eq!(
             outcome,
@@ -1925,6 +1958,14 @@ fn policy_relaxes_root_facility_protections() {
             k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
                 && e.flags & flags::DENIED != 0)
                 .is_none()
+        );
+        let setting = Path::new("/proc/sys/kernel/core_pattern");
+        let value = std::fs::read_to_string(setting).unwrap();
+        allow(
+            &mut k,
+            &fx,
+            "kernel.core_pattern with allow_kernel_settings",
+            &Attempt::write(setting, &value),
         );
     }
     // The loader as a program: allowed, and then the mapping rules decide what it loads.

@@ -205,6 +205,28 @@ fn letters(access: &[Access]) -> Vec<u8> {
 
 const WRITE_LETTERS: [u8; 3] = [access::WRITE, access::CREATE, access::TRUNCATE];
 
+/// The kernel's settings, which root writes with no capability (only the files' modes), and
+/// several of which make the kernel run a program of the writer's choosing as root, outside
+/// every cgroup but the root: `kernel.core_pattern` (`|/path` on any crash),
+/// `kernel.modprobe` (on any unknown module request), binfmt_misc (an interpreter for every
+/// exec of a matching file, mounted at /proc/sys/fs/binfmt_misc), `/sys/kernel/uevent_helper`
+/// (on every device event). The rest reconfigure the node under the policy (sysctls, device and
+/// driver attributes in sysfs) or stop it (`/proc/sysrq-trigger`). Agents may not write them
+/// unless a policy allows kernel settings; their own cgroup subtree (below /sys/fs/cgroup) is
+/// more specific and stays writable.
+const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+
+/// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
+/// none?
+fn relaxed_for(set: &PolicySet, agent: &AgentCgroup, get: fn(&Policy) -> Option<bool>) -> bool {
+    let governing = || {
+        set.policies.iter().filter(|p| {
+            p.mode == Mode::Enforce && p.selector.matches(&agent.rel, agent.label.as_deref())
+        })
+    };
+    governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
+}
+
 /// A destination rule: (prefix128, masked address, rank, port lo, port hi, protocol, via proxy).
 type NetRule = (u32, [u8; 16], Ranked, u16, u16, u8, bool);
 
@@ -456,16 +478,21 @@ pub fn compile(
             }
         }
         // Built-in: no writes to the cgroup tree outside the agent's own subtree (that would
-        // move a process out of the agent), to the policy directory or to the pins.
+        // move a process out of the agent), to the policy directory or to the pins; nor, unless
+        // a policy allows kernel settings, to the kernel's own settings (see KERNEL_SETTINGS).
         let builtin = |verdict| Ranked {
             specificity: [u32::MAX; 4],
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
+        let kernel_settings = relaxed_for(set, agent, |p| p.allow_kernel_settings);
         for letter in WRITE_LETTERS {
             let list = rules.paths.entry(letter).or_default();
             let mut no_write = vec![protect.cgroup_root.clone()];
             no_write.extend(protect.no_write.iter().cloned());
+            if !kernel_settings {
+                no_write.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
+            }
             for dir in no_write {
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = [1, 0, u32::MAX - 1, 0];
@@ -767,6 +794,31 @@ mod tests {
             Some(KVerdict::Allow as u8)
         );
         assert_eq!(w("/etc/governance/p.yaml"), Some(KVerdict::Block as u8));
+        // The kernel's settings are not writable; the agent's own cgroup still is.
+        for p in [
+            "/proc/sys/kernel/core_pattern",
+            "/proc/sys/fs/binfmt_misc/register",
+            "/proc/sysrq-trigger",
+            "/sys/kernel/uevent_helper",
+        ] {
+            assert_eq!(w(p), Some(KVerdict::Block as u8), "{p}");
+        }
+        assert_eq!(
+            lookup(c, access::READ, "/proc/sys/kernel/core_pattern"),
+            None
+        );
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'a/*' }\nkernel: { allow_kernel_settings: true }\n".into(),
+        )])
+        .unwrap();
+        let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+        let w = |p: &str| lookup(&k.classes[0], access::WRITE, p).map(|v| v.enforce.verdict);
+        assert_eq!(w("/proc/sys/kernel/core_pattern"), None);
+        assert_eq!(
+            w("/sys/fs/cgroup/other/cgroup.procs"),
+            Some(KVerdict::Block as u8)
+        );
     }
 
     #[test]

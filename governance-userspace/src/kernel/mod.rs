@@ -1297,9 +1297,12 @@ pub fn elf_interpreter(elf: &[u8]) -> Option<PathBuf> {
 /// interpreter of the daemon's own binary, and the usual paths (symlinks followed). A loader
 /// elsewhere (a Nix store, a conda environment) is not known; exec rules decide on it.
 pub fn loader_identities() -> Vec<(u32, u64)> {
-    let own = std::fs::read("/proc/self/exe")
-        .ok()
-        .and_then(|elf| elf_interpreter(&elf));
+    // The program headers and the interpreter's name sit at the start of the file.
+    let own = std::fs::File::open("/proc/self/exe").ok().and_then(|f| {
+        let mut head = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
+        elf_interpreter(&head)
+    });
     let mut ids: Vec<(u32, u64)> = own
         .into_iter()
         .chain(LOADER_PATHS.iter().map(PathBuf::from))

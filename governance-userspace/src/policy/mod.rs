@@ -401,6 +401,8 @@ pub struct Policy {
     pub allow_mounts: Option<bool>,
     /// `kernel.allow_loader_exec`, as written.
     pub allow_loader_exec: Option<bool>,
+    /// `kernel.allow_kernel_settings`, as written.
+    pub allow_kernel_settings: Option<bool>,
 }
 
 /// Every policy of a directory.
@@ -925,6 +927,7 @@ impl Cx<'_> {
             allow_capabilities,
             allow_mounts: kernel.allow_mounts,
             allow_loader_exec: kernel.allow_loader_exec,
+            allow_kernel_settings: kernel.allow_kernel_settings,
             name,
             at,
             description: doc

@@ -128,6 +128,12 @@ pub struct KernelDoc {
     /// programs are not affected.
     #[serde(default)]
     pub allow_loader_exec: Option<bool>,
+    /// Let the agent write the kernel's settings: /proc/sys (sysctls, among them
+    /// core_pattern, modprobe and binfmt_misc, which make the kernel run a program as root
+    /// outside every agent), /proc/sysrq-trigger and /sys (its own cgroup subtree excepted,
+    /// which stays writable). Refused by default.
+    #[serde(default)]
+    pub allow_kernel_settings: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
