@@ -1498,6 +1498,23 @@ fn root_facilities_are_refused_to_agents() {
         caps::SYS_BOOT,
         Control::NotEperm,
     );
+    // io_uring requests under a registered personality: credentials that need not be the
+    // task's own when the capability hook looks.
+    // (The helper's own comm, not `agent`: the deny helper's comm check does not apply.)
+    let case = "12 io_uring request under a registered personality";
+    let uring = Attempt::exec_args(Path::new(HELPER), &["redteam-helper", "uring-personality"]);
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &uring);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Capability), "{case}");
+    assert_eq!(ev.detail, 255, "{case}: the io_uring personality marker");
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}");
+    println!("redteam: denied {case}");
+    let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &uring);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+    println!("redteam: control {case}");
 }
 
 /// Class 2: leaving the agent's subtree. A child started in another cgroup, a task moved
