@@ -65,8 +65,20 @@ pub mod maps {
     /// (`enabled` 0: nowhere); agents' connects to it are refused.
     pub const API_ADDR: &str = "API_ADDR";
 
+    /// [`crate::ExecKey`] (class 0: the file's identity) → agent root cgroup id (u64): files
+    /// an agent opened for writing, creating or truncating. Under an exec allowlist they are
+    /// never mapped executable (see [`crate::MAX_WRITTEN`]).
+    pub const WRITTEN: &str = "WRITTEN";
+    /// [`crate::ExecKey`] (class 0) → u32 (unused): the dynamic loaders of this node, which an
+    /// agent may not run as a program (`ld.so /usr/bin/nc`). Written by the daemon.
+    pub const LOADERS: &str = "LOADERS";
+    /// Character-device major (u32) → u32 (unused): drivers that give a raw view of storage
+    /// (SCSI generic, bsg, NVMe generic), refused to agents like block devices. Written by the
+    /// daemon from /proc/devices.
+    pub const RAW_DEVICES: &str = "RAW_DEVICES";
+
     /// Every map, in pin order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 21] = [
         STATE,
         AGENTS,
         EXEC_RULES,
@@ -85,6 +97,9 @@ pub mod maps {
         UNIX_RULES,
         UNIX_PROTECTED,
         API_ADDR,
+        WRITTEN,
+        LOADERS,
+        RAW_DEVICES,
     ];
 }
 
@@ -173,6 +188,19 @@ pub mod programs {
     pub const SHMCTL: Program = lsm("shm_shmctl", "System V IPC of others");
     pub const SEMCTL: Program = lsm("sem_semctl", "System V IPC of others");
 
+    pub const CAPABLE: Program = lsm("capable", "capabilities agents never get");
+    pub const URING_CREDS: Program = lsm("uring_override_creds", "io_uring personalities");
+    pub const SB_MOUNT: Program = lsm("sb_mount", "mount");
+    pub const SB_UMOUNT: Program = lsm("sb_umount", "umount");
+    pub const SB_REMOUNT: Program = lsm("sb_remount", "remount");
+    pub const SB_PIVOTROOT: Program = lsm("sb_pivotroot", "pivot_root");
+    pub const MOVE_MOUNT: Program = lsm("move_mount", "move_mount (attaching new mounts)");
+    pub const TASK_ALLOC: Program = lsm("task_alloc", "clone: other cgroups, namespaces");
+    pub const MMAP_FILE: Program = lsm("mmap_file", "code mapped executable (mmap)");
+    pub const FILE_MPROTECT: Program = lsm("file_mprotect", "code mapped executable (mprotect)");
+    /// Forget the files agents wrote once they are deleted (see [`crate::maps::WRITTEN`]).
+    pub const INODE_FREE: Program =
+        lsm("inode_free_security", "bookkeeping of agent-written files");
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -209,7 +237,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 37] = [
+    pub const ALL: [Program; 48] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -247,6 +275,17 @@ pub mod programs {
         SEMCTL,
         UNIX_CONNECT,
         UNIX_SEND,
+        CAPABLE,
+        URING_CREDS,
+        SB_MOUNT,
+        SB_UMOUNT,
+        SB_REMOUNT,
+        SB_PIVOTROOT,
+        MOVE_MOUNT,
+        TASK_ALLOC,
+        MMAP_FILE,
+        FILE_MPROTECT,
+        INODE_FREE,
     ];
 }
 
@@ -277,6 +316,16 @@ pub mod offsets {
     pub const TASK_TGID: &str = "OFF_TASK_TGID";
     pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
     pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+    pub const TASK_REAL_CRED: &str = "OFF_TASK_REAL_CRED";
+    pub const TASK_MM: &str = "OFF_TASK_MM";
+    pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
+    pub const CRED_USER_NS: &str = "OFF_CRED_USER_NS";
+    pub const USERNS_LEVEL: &str = "OFF_USERNS_LEVEL";
+    pub const SB_FLAGS: &str = "OFF_SB_FLAGS";
+    pub const INODE_MODE: &str = "OFF_INODE_MODE";
+    pub const INODE_RDEV: &str = "OFF_INODE_RDEV";
+    pub const INODE_NLINK: &str = "OFF_INODE_NLINK";
+    pub const VMA_FILE: &str = "OFF_VMA_FILE";
     pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
     pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
     pub const CGROUP_ANCESTORS: &str = "OFF_CGROUP_ANCESTORS";
@@ -291,7 +340,7 @@ pub mod offsets {
     pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 25] = [
+    pub const ALL: [(&str, &str, &str); 35] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -305,6 +354,16 @@ pub mod offsets {
         (TASK_TGID, "task_struct", "tgid"),
         (TASK_REAL_PARENT, "task_struct", "real_parent"),
         (TASK_CGROUPS, "task_struct", "cgroups"),
+        (TASK_REAL_CRED, "task_struct", "real_cred"),
+        (TASK_MM, "task_struct", "mm"),
+        (MM_EXE_FILE, "mm_struct", "exe_file"),
+        (CRED_USER_NS, "cred", "user_ns"),
+        (USERNS_LEVEL, "user_namespace", "level"),
+        (SB_FLAGS, "super_block", "s_flags"),
+        (INODE_MODE, "inode", "i_mode"),
+        (INODE_RDEV, "inode", "i_rdev"),
+        (INODE_NLINK, "inode", "i_nlink"),
+        (VMA_FILE, "vm_area_struct", "vm_file"),
         (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
         (CGROUP_LEVEL, "cgroup", "level"),
         (CGROUP_ANCESTORS, "cgroup", "ancestors"),
@@ -342,6 +401,14 @@ pub const MAX_THROTTLES: u32 = 8192;
 pub const MAX_GRANTS: u32 = 16384;
 pub const MAX_SANDBOXED: u32 = 16384;
 pub const MAX_PROTECTED: u32 = 64;
+/// Capacity of [`maps::WRITTEN`]: files agents wrote, across agents, until unlinked. Allocated
+/// as it fills (a million entries would be ~100 MiB preallocated). When full, an agent's open
+/// for writing is refused ([`Cause::MapFull`]): a write that cannot be remembered could
+/// otherwise be mapped executable later.
+pub const MAX_WRITTEN: u32 = 1 << 20;
+/// Capacity of [`maps::LOADERS`] and [`maps::RAW_DEVICES`].
+pub const MAX_LOADERS: u32 = 64;
+pub const MAX_RAW_DEVICES: u32 = 64;
 /// Capacity of [`maps::ORIG_DST`] and [`maps::PROXY_CONNS`] (LRU: the oldest entries go first).
 pub const MAX_PROXY_CONNS: u32 = 65536;
 /// Size of the [`maps::EVENTS`] ring buffer, in bytes (a power of two, a multiple of the page).
@@ -408,6 +475,15 @@ pub enum Kind {
     Ipc = 19,
     /// A connect to (stream, seqpacket) or a datagram sent to a named Unix socket.
     Unix = 11,
+    /// A capability agents never get ([`Event::detail`]: its number, see [`caps`]).
+    Capability = 12,
+    /// mount, umount, remount, pivot_root, move_mount ([`Event::detail`]: [`mount_op`]).
+    Mount = 13,
+    /// clone() into another cgroup or with new namespaces ([`Event::object`]: the flags).
+    Clone = 14,
+    /// A file mapped executable (mmap or mprotect with PROT_EXEC; [`Event::detail`]:
+    /// [`exec_map`]).
+    ExecMap = 15,
 }
 
 impl Kind {
@@ -427,6 +503,10 @@ impl Kind {
             18 => Self::Guard,
             19 => Self::Ipc,
             11 => Self::Unix,
+            12 => Self::Capability,
+            13 => Self::Mount,
+            14 => Self::Clone,
+            15 => Self::ExecMap,
             _ => return None,
         })
     }
@@ -447,6 +527,10 @@ impl Kind {
             Self::Guard => "guard",
             Self::Ipc => "ipc",
             Self::Unix => "unix",
+            Self::Capability => "capability",
+            Self::Mount => "mount",
+            Self::Clone => "clone",
+            Self::ExecMap => "exec_map",
         }
     }
 }
@@ -504,6 +588,8 @@ pub enum Cause {
     /// A `via_proxy` rule matched, but the action cannot go through the proxy (no proxy
     /// listens, or it is not a TCP connect): refused, never sent direct.
     NoProxy = 6,
+    /// A table the kernel must record the action in is full ([`maps::WRITTEN`]): refused.
+    MapFull = 7,
 }
 
 impl Cause {
@@ -516,6 +602,7 @@ impl Cause {
             4 => Self::Granted,
             5 => Self::Builtin,
             6 => Self::NoProxy,
+            7 => Self::MapFull,
             _ => return None,
         })
     }
@@ -598,6 +685,10 @@ pub mod allow {
     /// Container-runtime and service-manager sockets (see [`crate::unix_protected`]); never
     /// the daemon's control socket.
     pub const RUNTIME_SOCKETS: u32 = 4;
+    /// mount, umount, remount, pivot_root, move_mount (where the agent holds CAP_SYS_ADMIN).
+    pub const MOUNTS: u32 = 8;
+    /// Running the dynamic loader as a program (`ld.so PROGRAM`).
+    pub const LOADER_EXEC: u32 = 16;
 }
 
 /// What a [`Kind::Guard`] event refused (its `detail`).
@@ -623,6 +714,191 @@ pub mod guard {
     }
 }
 
+/// Linux capabilities: their names, and the ones agents never get.
+///
+/// An agent is often root in the host's namespaces, where a capability is a key to a kernel
+/// facility that acts around the policy (the hooks decide on exec, files and connects, not on
+/// what the kernel does for a privileged caller). The `capable` hook refuses the capabilities
+/// of [`REFUSED`] to every task of an agent, whatever its uid; the rest stay, because ordinary
+/// agent work needs them. A policy gives one back with `kernel: { allow_capabilities: [...] }`.
+pub mod caps {
+    /// `CAP_*` names by number (include/uapi/linux/capability.h).
+    pub const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+
+    pub const DAC_READ_SEARCH: u32 = 2;
+    pub const LINUX_IMMUTABLE: u32 = 9;
+    pub const NET_ADMIN: u32 = 12;
+    pub const SYS_MODULE: u32 = 16;
+    pub const SYS_RAWIO: u32 = 17;
+    pub const SYS_CHROOT: u32 = 18;
+    pub const SYS_PTRACE: u32 = 19;
+    pub const SYS_PACCT: u32 = 20;
+    pub const SYS_ADMIN: u32 = 21;
+    pub const SYS_BOOT: u32 = 22;
+    pub const SYS_RESOURCE: u32 = 24;
+    pub const SYS_TIME: u32 = 25;
+    pub const SYS_TTY_CONFIG: u32 = 26;
+    pub const MKNOD: u32 = 27;
+    pub const AUDIT_CONTROL: u32 = 30;
+    pub const MAC_OVERRIDE: u32 = 32;
+    pub const MAC_ADMIN: u32 = 33;
+    pub const SYSLOG: u32 = 34;
+    pub const PERFMON: u32 = 38;
+    pub const BPF: u32 = 39;
+    pub const CHECKPOINT_RESTORE: u32 = 40;
+
+    const fn bit(cap: u32) -> u64 {
+        1 << cap
+    }
+
+    /// The capabilities agents never get, each for the facility it opens around the policy:
+    ///
+    /// - `CAP_SYS_ADMIN`: mount, new namespaces and setns, pivot_root, swapon, quotactl,
+    ///   sethostname, TIOCSTI (typing into another terminal), trusted xattrs, fanotify, and
+    ///   most device ioctls: the catch-all of kernel administration.
+    /// - `CAP_SYS_MODULE`: loading kernel code; `CAP_SYS_BOOT`: reboot and kexec (replace the
+    ///   kernel, and with it every hook).
+    /// - `CAP_SYS_RAWIO`: /dev/mem, /dev/port, /proc/kcore, MSRs, iopl/ioperm, raw SCSI
+    ///   commands: memory and devices without files.
+    /// - `CAP_SYS_PTRACE`: the memory of processes with more privilege or another uid.
+    /// - `CAP_DAC_READ_SEARCH`: open_by_handle_at, which opens a file by a handle, without a
+    ///   path for the file rules to match (root keeps reading files through
+    ///   `CAP_DAC_OVERRIDE`).
+    /// - `CAP_MKNOD`: device nodes (a disk, memory) under a name no rule expects.
+    /// - `CAP_SYS_CHROOT`: chroot, and entering other mount namespaces (setns): other views
+    ///   of the file system than the one the path rules describe.
+    /// - `CAP_NET_ADMIN`: routes, firewall, interfaces, marks: rewiring the network around the
+    ///   connect rules and the proxy (ioctls need no netlink socket).
+    /// - `CAP_SYS_TIME`: the clock (certificate and token validity, audit timestamps).
+    /// - `CAP_LINUX_IMMUTABLE`: append-only and immutable files (locking or unlocking logs
+    ///   and configuration).
+    /// - `CAP_MAC_ADMIN`, `CAP_MAC_OVERRIDE`: the other security modules' policy.
+    /// - `CAP_AUDIT_CONTROL`: the kernel audit rules (switching auditing off).
+    /// - `CAP_SYSLOG`: the kernel log and kernel addresses.
+    /// - `CAP_BPF`, `CAP_PERFMON`: programs in the kernel and tracing of other processes
+    ///   (bpf() is refused by its own hook too).
+    /// - `CAP_CHECKPOINT_RESTORE`: choosing pids, PR_SET_MM, /proc/PID/map_files.
+    /// - `CAP_SYS_RESOURCE`: PR_SET_MM (rewriting what the kernel holds as the process's
+    ///   executable, which the mapping rules rely on), and resource limits, quotas and reserved
+    ///   disk space that keep one tenant from exhausting the node.
+    /// - `CAP_SYS_PACCT`: process accounting (switching it off, or writing it to a file).
+    /// - `CAP_SYS_TTY_CONFIG`: vhangup and console key maps (commands typed at the console).
+    ///
+    /// Kept: `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID` (files, as the file
+    /// rules decide), `CAP_SETUID`, `CAP_SETGID`, `CAP_SETPCAP`, `CAP_SETFCAP` (sudo-like
+    /// tools, dropping privilege), `CAP_KILL` (signals to the daemon are refused by their own
+    /// hook), `CAP_NET_BIND_SERVICE`, `CAP_NET_BROADCAST`, `CAP_NET_RAW` (raw sockets are
+    /// decided by `socket_create`), `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_SYS_NICE`,
+    /// `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_WAKE_ALARM`,
+    /// `CAP_BLOCK_SUSPEND`.
+    pub const REFUSED: u64 = bit(SYS_ADMIN)
+        | bit(SYS_MODULE)
+        | bit(SYS_BOOT)
+        | bit(SYS_RAWIO)
+        | bit(SYS_PTRACE)
+        | bit(DAC_READ_SEARCH)
+        | bit(MKNOD)
+        | bit(SYS_CHROOT)
+        | bit(NET_ADMIN)
+        | bit(SYS_TIME)
+        | bit(LINUX_IMMUTABLE)
+        | bit(MAC_ADMIN)
+        | bit(MAC_OVERRIDE)
+        | bit(AUDIT_CONTROL)
+        | bit(SYSLOG)
+        | bit(BPF)
+        | bit(PERFMON)
+        | bit(CHECKPOINT_RESTORE)
+        | bit(SYS_RESOURCE)
+        | bit(SYS_PACCT)
+        | bit(SYS_TTY_CONFIG);
+
+    /// The number of a capability name (`CAP_NET_ADMIN`, `net_admin`, any case).
+    pub fn by_name(name: &str) -> Option<u32> {
+        let upper = name.trim();
+        NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(upper) || n[4..].eq_ignore_ascii_case(upper))
+            .map(|i| i as u32)
+    }
+
+    /// The name of capability `cap`, or `cap<N>`.
+    pub fn name(cap: u32) -> &'static str {
+        NAMES.get(cap as usize).copied().unwrap_or("CAP_?")
+    }
+}
+
+/// [`Event::detail`] of a [`Kind::Mount`] decision: which operation.
+pub mod mount_op {
+    pub const MOUNT: u8 = 1;
+    pub const UMOUNT: u8 = 2;
+    pub const REMOUNT: u8 = 3;
+    pub const PIVOT_ROOT: u8 = 4;
+    pub const MOVE_MOUNT: u8 = 5;
+}
+
+/// [`Event::detail`] and [`Event::port`] of a [`Kind::ExecMap`] decision.
+pub mod exec_map {
+    /// detail: mmap(PROT_EXEC).
+    pub const MMAP: u8 = 1;
+    /// detail: mprotect(PROT_EXEC).
+    pub const MPROTECT: u8 = 2;
+    /// port, with [`crate::Cause::Builtin`]: an agent wrote the file (allowlist agents).
+    pub const WRITTEN: u16 = 1;
+    /// port, with [`crate::Cause::Builtin`]: the file has no name on any mount (memfd, SysV
+    /// shared memory; allowlist agents).
+    pub const NAMELESS: u16 = 2;
+}
+
+/// [`Event::detail`] of a [`Kind::Exec`] decision with [`Cause::Builtin`]: the dynamic loader
+/// run as the program.
+pub const EXEC_DETAIL_LOADER: u8 = 1;
+/// [`Event::detail`] of a [`Kind::File`] decision with [`Cause::Builtin`]: a raw storage
+/// device (block device, or a character device of [`maps::RAW_DEVICES`]).
+pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
+
 /// Value of [`maps::AGENTS`]: the agent's class and its defaults.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -636,6 +912,8 @@ pub struct AgentValue {
     pub net_default: RulePair,
     /// Connects and datagrams to named Unix sockets no rule covers.
     pub unix_default: RulePair,
+    /// Capabilities of [`caps::REFUSED`] the policy gives back (bit n: capability n).
+    pub allow_caps: u64,
 }
 
 /// Key of [`maps::EXEC_RULES`]: a class and the identity of an executable, as the kernel holds
@@ -961,7 +1239,7 @@ pub fn unix_name_hash(name: &[u8]) -> u64 {
 const _: () = assert!(core::mem::size_of::<RuleRef>() == 8);
 const _: () = assert!(core::mem::size_of::<RulePair>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentKey>() == 16);
-const _: () = assert!(core::mem::size_of::<AgentValue>() == 72);
+const _: () = assert!(core::mem::size_of::<AgentValue>() == 80);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);

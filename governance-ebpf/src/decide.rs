@@ -49,6 +49,9 @@ pub(crate) struct Agent {
     pub(crate) cgroup: u64,
     pub(crate) tgid: u32,
     pub(crate) sandboxed: bool,
+    // Not the level at which the root was found: a loop counter kept live past the loop makes
+    // the verifier check everything after it once per possible value (32 times), which took
+    // minutes for the larger programs. `protect::in_agent` finds the level itself.
 }
 
 /// The agent of the current task, or None for tasks outside every agent.
@@ -165,6 +168,7 @@ fn no_profile() -> AgentValue {
         file_default: block,
         net_default: block,
         unix_default: block,
+        allow_caps: 0,
     }
 }
 

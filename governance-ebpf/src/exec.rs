@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
-use governance_common::{Cause, ExecKey, Kind, access, flags};
+use governance_common::{Cause, EXEC_DETAIL_LOADER, ExecKey, Kind, access, allow, flags};
 
 use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
@@ -15,7 +15,7 @@ use crate::{
         OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV,
         SIGKILL, off, read_at,
     },
-    maps::EXEC_RULES,
+    maps::{EXEC_RULES, LOADERS},
 };
 
 /// Exec: decide on the file the kernel is about to execute (`bprm->file`), never the name.
@@ -40,8 +40,16 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     // `struct file *` (bpf_d_path needs that; bpf_probe_read would give a plain number).
     // SAFETY: the verifier turns this into a fault-tolerant kernel load.
     let file: u64 = unsafe { core::ptr::read_volatile((bprm + off(&OFF_BPRM_FILE)) as *const u64) };
-    let d = exec_decision(&agent, file, true);
+    let loader = agent.value.allow & allow::LOADER_EXEC == 0 && is_loader(file);
+    let d = if loader {
+        Decision::builtin(Kind::Exec, true)
+    } else {
+        exec_decision(&agent, file, true)
+    };
     emit(&agent, &d, |ev| {
+        if loader {
+            ev.detail = EXEC_DETAIL_LOADER;
+        }
         // The name the exec was asked for, for the record; the decision used the file.
         // SAFETY: see read_at.
         if let Ok(name) = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILENAME)) } {
@@ -81,9 +89,26 @@ fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decision {
     }
 }
 
+/// Built-in: the dynamic loader is not run as a program. `ld.so /usr/bin/nc` runs nc's code
+/// with only an exec of ld.so, which the exec rules allow wherever dynamically linked programs
+/// run; the loader then maps the program itself (which the mapping rules decide, see
+/// mapping.rs), but an allowlist would otherwise have to name ld.so and thereby everything it
+/// can load. As the interpreter of a dynamically linked program (PT_INTERP) the kernel maps
+/// ld.so without this hook, so those programs are not affected. The daemon puts the loaders'
+/// identities in LOADERS (its own PT_INTERP and the usual paths).
+#[inline(always)]
+fn is_loader(file: u64) -> bool {
+    match file_identity(file) {
+        // SAFETY: the value is not used.
+        Ok((dev, ino)) => unsafe { LOADERS.get(&ExecKey { class: 0, dev, ino }) }.is_some(),
+        // The exec decision fails closed on an unreadable file anyway.
+        Err(_) => false,
+    }
+}
+
 /// (device, inode) of `file`: the object itself, whatever name led to it.
 #[inline(always)]
-fn file_identity(file: u64) -> Result<(u32, u64), i32> {
+pub(crate) fn file_identity(file: u64) -> Result<(u32, u64), i32> {
     // SAFETY: see read_at.
     unsafe {
         let inode: u64 = read_at(file, off(&OFF_FILE_INODE))?;

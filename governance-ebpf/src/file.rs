@@ -7,15 +7,20 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
     programs::LsmContext,
 };
-use governance_common::{Cause, Event, Kind, PATH_MAX, PathKey, RulePair, access};
+use governance_common::{
+    Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey, RulePair,
+    access,
+};
 
 use crate::{
-    decide::{Decision, apply, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, apply, count, current_agent, emit, lsm_ret},
+    exec::file_identity,
     kernel::{
         FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
-        OFF_FILE_MODE, OFF_FILE_PATH, off, read_at,
+        OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, S_IFBLK,
+        S_IFCHR, S_IFMT, off, read_at,
     },
-    maps::{PATH_RULES, PATH_SCRATCH},
+    maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, WRITTEN},
 };
 
 /// Resolve `file`'s path into the per-CPU path key (after the class and access bytes).
@@ -80,7 +85,7 @@ fn more_severe(
 
 /// Copy the resolved path into the event.
 #[inline(always)]
-fn copy_path(ev: &mut Event, path: &[u8; PATH_MAX]) {
+pub(crate) fn copy_path(ev: &mut Event, path: &[u8; PATH_MAX]) {
     // SAFETY: bounded by the destination buffer; the source is a NUL-terminated kernel string.
     if unsafe { bpf_probe_read_kernel_str_bytes(path.as_ptr(), &mut ev.path) }.is_err() {
         ev.path[0] = 0;
@@ -104,9 +109,50 @@ fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
     h
 }
 
+/// Is `file` a raw view of storage: a block device, or a character device whose driver
+/// passes commands to a disk (SCSI generic, bsg, NVMe generic: the daemon lists their majors
+/// in RAW_DEVICES)? Reading a disk directly bypasses every file rule and needs no capability
+/// (only the device node's permissions, which root has). /dev/mem, /dev/port and /proc/kcore
+/// are refused by their open's CAP_SYS_RAWIO check (caps.rs). An unreadable mode counts as
+/// raw (only agents are affected, and only when the kernel object cannot be read).
+#[inline(always)]
+fn raw_device(file: u64) -> bool {
+    // SAFETY: see read_at.
+    let (mode, rdev) = unsafe {
+        match read_at::<u64>(file, off(&OFF_FILE_INODE)) {
+            Ok(inode) => (
+                read_at::<u16>(inode, off(&OFF_INODE_MODE)).unwrap_or(S_IFBLK),
+                read_at::<u32>(inode, off(&OFF_INODE_RDEV)).unwrap_or(0),
+            ),
+            Err(_) => (S_IFBLK, 0),
+        }
+    };
+    match mode & S_IFMT {
+        S_IFBLK => true,
+        // The kernel's dev_t: major in the top 12 bits.
+        // SAFETY: the value is not used.
+        S_IFCHR => unsafe { RAW_DEVICES.get(&(rdev >> 20)) }.is_some(),
+        _ => false,
+    }
+}
+
+/// Remember that an agent opened `file` to change it (see mapping.rs). False if the table is
+/// full: the open is then refused, since a write that is not remembered could be mapped
+/// executable later.
+#[inline(always)]
+fn remember_written(agent: &Agent, file: u64) -> bool {
+    match file_identity(file) {
+        Ok((dev, ino)) => WRITTEN
+            .insert(&ExecKey { class: 0, dev, ino }, &agent.root, 0)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// File opens: the resolved path of the opened file against the class's path rules, once per
 /// access the open asks for (read, write, create, truncate); the most severe answer wins.
-/// Opens for exec are decided by the exec hook, not here.
+/// Opens for exec are decided by the exec hook, not here. Built in: raw storage devices are
+/// refused; files opened to be changed are remembered (WRITTEN).
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -142,6 +188,16 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let truncate = fflags & O_TRUNC != 0;
     let asked =
         u8::from(read) | u8::from(write) << 1 | u8::from(create) << 2 | u8::from(truncate) << 3;
+    if raw_device(file) {
+        let d = Decision::builtin(Kind::File, true);
+        emit(&agent, &d, |ev| {
+            ev.detail = asked | FILE_DETAIL_RAW_DEVICE;
+            if let Ok(key) = resolve_path(file, agent.value.class) {
+                copy_path(ev, &key.data.path);
+            }
+        });
+        return lsm_ret(&d);
+    }
     let key = match resolve_path(file, agent.value.class) {
         Ok(key) => key,
         Err(cause) => {
@@ -179,7 +235,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
     let object = hash_path(&key.data.path);
     let rules = if matched { worst } else { None };
-    let d = apply(Kind::File, &agent, rules, agent.value.file_default, object);
+    let mut d = apply(Kind::File, &agent, rules, agent.value.file_default, object);
+    if !d.denied && (write || create || truncate) && !remember_written(&agent, file) {
+        count(Counter::MapFull);
+        d = Decision::fail_closed(Kind::File, Cause::MapFull);
+        d.object = object;
+    }
     emit(&agent, &d, |ev| {
         ev.detail = asked;
         copy_path(ev, &key.data.path);

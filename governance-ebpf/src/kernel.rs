@@ -23,7 +23,17 @@ offsets!(
     OFF_SB_MAGIC,
     OFF_TASK_TGID,
     OFF_TASK_REAL_PARENT,
+    OFF_TASK_REAL_CRED,
+    OFF_TASK_MM,
     OFF_TASK_CGROUPS,
+    OFF_MM_EXE_FILE,
+    OFF_CRED_USER_NS,
+    OFF_USERNS_LEVEL,
+    OFF_SB_FLAGS,
+    OFF_INODE_MODE,
+    OFF_INODE_RDEV,
+    OFF_INODE_NLINK,
+    OFF_VMA_FILE,
     OFF_CSS_SET_DFL_CGRP,
     OFF_CGROUP_LEVEL,
     OFF_CGROUP_ANCESTORS,
@@ -75,3 +85,24 @@ pub(crate) const AF_INET6: u32 = 10;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
 pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
+/// capable(): `opts` bit of a check that is not to be audited (a probe: "would I have it?").
+pub(crate) const CAP_OPT_NOAUDIT: u32 = 1 << 1;
+pub(crate) const PROT_EXEC: u64 = 0x4;
+pub(crate) const S_IFMT: u16 = 0o170000;
+pub(crate) const S_IFBLK: u16 = 0o060000;
+pub(crate) const S_IFCHR: u16 = 0o020000;
+/// super_block.s_flags of a kernel-internal mount (kern_mount: memfd and SysV shm live there).
+pub(crate) const SB_KERNMOUNT: u64 = 1 << 22;
+/// The clone flags that create namespaces (CLONE_NEWUSER is decided by userns_create).
+pub(crate) const CLONE_NEWTIME: u64 = 0x0000_0080;
+pub(crate) const CLONE_NEWNS: u64 = 0x0002_0000;
+pub(crate) const CLONE_NEWCGROUP: u64 = 0x0200_0000;
+pub(crate) const CLONE_NEWUTS: u64 = 0x0400_0000;
+pub(crate) const CLONE_NEWIPC: u64 = 0x0800_0000;
+pub(crate) const CLONE_NEWUSER: u64 = 0x1000_0000;
+pub(crate) const CLONE_NEWPID: u64 = 0x2000_0000;
+pub(crate) const CLONE_NEWNET: u64 = 0x4000_0000;
+/// clone3 only: start the child in the cgroup of the given directory fd.
+pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// Hash maps allocated as they fill.
+pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;

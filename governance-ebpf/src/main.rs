@@ -12,8 +12,10 @@
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
 //! protections), `guard` (built-ins against others acting for an agent, and against changing
 //! what makes it one), `ipc` (System V IPC: only the agent's own objects), `unix` (Unix-socket
-//! connects and datagrams), `lifecycle` (fork and exit). What they share: `decide` (the agent,
-//! the decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
+//! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
+//! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
+//! `lifecycle` (fork and exit). What they share: `decide` (the agent, the decision, the event),
+//! `maps` (every map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
 //! ::maps, ::offsets): the macros export them unmangled, so which file holds one does not
@@ -23,6 +25,8 @@
 // Map keys are passed by reference on purpose: one stack slot, no copies for the verifier to track.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod caps;
+mod clone;
 mod decide;
 mod exec;
 mod file;
@@ -30,7 +34,9 @@ mod guard;
 mod ipc;
 mod kernel;
 mod lifecycle;
+mod mapping;
 mod maps;
+mod mount;
 mod net;
 mod protect;
 mod unix;

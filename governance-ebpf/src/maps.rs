@@ -9,11 +9,13 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_IPC_OBJECTS, MAX_NET_RULES,
-    MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, MAX_THROTTLES, NetKey, NetValue,
-    OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
+    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_IPC_OBJECTS, MAX_LOADERS,
+    MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED,
+    MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
+
+use crate::kernel::BPF_F_NO_PREALLOC;
 
 #[map]
 pub(crate) static STATE: Array<u32> = Array::with_max_entries(2, 0);
@@ -72,3 +74,13 @@ pub(crate) static API_ADDR: Array<ApiAddr> = Array::with_max_entries(1, 0);
 /// length fits: more than the unix programs' stack can spare beside the event and the decision).
 #[map]
 pub(crate) static UNIX_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+/// Files agents wrote (identity, class 0) → the agent root that wrote one last.
+#[map]
+pub(crate) static WRITTEN: HashMap<ExecKey, u64> =
+    HashMap::with_max_entries(MAX_WRITTEN, BPF_F_NO_PREALLOC);
+/// The dynamic loaders' identities (class 0).
+#[map]
+pub(crate) static LOADERS: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX_LOADERS, 0);
+/// Character-device majors that are raw views of storage.
+#[map]
+pub(crate) static RAW_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_RAW_DEVICES, 0);

@@ -2,17 +2,18 @@
 //! them): no sockets the network hooks do not decide on (raw, packet, netlink, other families
 //! and protocols), no new user namespaces, no bpf(), no pin removal,
 //! and no signal, ptrace or resource change aimed at a process outside the agent's own subtree
-//! (the daemon and the proxy above all).
+//! (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use governance_common::{Kind, allow};
+use governance_common::{ExecKey, Kind, allow};
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
-        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, IPPROTO_TCP, IPPROTO_UDP, OFF_INODE_SB,
-        OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
+        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, IPPROTO_TCP, IPPROTO_UDP, OFF_INODE_INO,
+        OFF_INODE_NLINK, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_DGRAM,
+        SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
     },
-    maps::PROTECTED,
+    maps::{PROTECTED, WRITTEN},
 };
 
 /// Built-in: agents get only the sockets the network hooks decide on (Unix, and TCP and UDP over
@@ -274,4 +275,29 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     let d = Decision::builtin(Kind::Unlink, true);
     emit(&agent, &d, |_| {});
     lsm_ret(&d)
+}
+
+/// Bookkeeping: forget a file agents wrote when it is gone for good, that is when its inode is
+/// destroyed with no link left (an inode is also destroyed when it leaves the cache under
+/// memory pressure while its file lives on; those stay). An unlinked file that is still open
+/// or mapped keeps its inode, and its entry, until the last reference goes. For every inode
+/// the kernel frees: one read, and a map deletion only for deleted files.
+#[lsm(hook = "inode_free_security")]
+pub fn inode_free_security(ctx: LsmContext) -> i32 {
+    // void inode_free_security(struct inode *inode)
+    let inode: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    unsafe {
+        if read_at::<u32>(inode, off(&OFF_INODE_NLINK)) != Ok(0) {
+            return 0;
+        }
+        if let (Ok(ino), Ok(dev)) = (
+            read_at::<u64>(inode, off(&OFF_INODE_INO)),
+            read_at::<u64>(inode, off(&OFF_INODE_SB))
+                .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV))),
+        ) {
+            let _ = WRITTEN.remove(&ExecKey { class: 0, dev, ino });
+        }
+    }
+    0
 }

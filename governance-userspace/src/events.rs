@@ -17,8 +17,8 @@ use std::{
 };
 
 use governance_common::{
-    Cause, Event, Kind, SUN_PATH_LEN, Verdict, c_str_len, flags, unix_detail, unix_hook,
-    unix_protected,
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN, Verdict,
+    c_str_len, caps, exec_map, flags, mount_op, unix_detail, unix_hook, unix_protected,
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,8 +39,9 @@ pub struct Record {
     /// Who decided or reported it.
     pub source: Source,
     /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
-    /// ptrace, unlink, http, unix (a Unix-socket connect or datagram), api (a request to the
-    /// control API). For other types, a short event name (`approval.granted`,
+    /// ptrace, unlink, unix (a Unix-socket connect or datagram), api (a request to the control
+    /// API), capability, mount, clone, exec_map, task, guard, ipc, http. For other types, a
+    /// short event name (`approval.granted`,
     /// `policy.reloaded`, `daemon.started`, ...).
     pub kind: String,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
@@ -458,46 +459,107 @@ impl GrantRequest {
     }
 }
 
-/// The built-in a decision names (`builtin:<name>`), when it is not simply its kind.
-fn builtin_name(kind: Option<Kind>, ev: &Event) -> Option<&'static str> {
+/// [`Event::detail`] of a capability event for a refused io_uring personality.
+const URING_PERSONALITY: u8 = 255;
+/// clone3's CLONE_INTO_CGROUP.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// The rule name (after `builtin:`) and reason of a built-in decision.
+fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) {
     let denied = ev.flags & flags::DENIED != 0;
     match kind {
-        Some(Kind::Connect | Kind::Send) if denied => Some("control-api"),
+        Some(Kind::Connect | Kind::Send) if denied => (
+            "control-api",
+            "the daemon's control API is refused to agents",
+        ),
         Some(Kind::Unix) => match u32::from(ev.detail >> unix_detail::PROTECTED_SHIFT) {
-            unix_protected::CONTROL => Some("control-socket"),
-            unix_protected::RUNTIME => Some("runtime-socket"),
-            _ => None,
+            unix_protected::CONTROL => (
+                "control-socket",
+                "the daemon's control socket is refused to agents",
+            ),
+            unix_protected::RUNTIME => (
+                "runtime-socket",
+                "container-runtime and service-manager sockets start processes outside the \
+                 agent: refused unless the policy sets kernel.allow_runtime_sockets",
+            ),
+            _ => ("unix", "Unix sockets"),
         },
-        _ => None,
+        Some(Kind::Socket) => (
+            "socket",
+            "agents get Unix, TCP and UDP sockets only (no raw, packet, netlink, other families \
+             or protocols)",
+        ),
+        Some(Kind::Userns) => ("userns", "no new user namespaces for agents"),
+        Some(Kind::Bpf) => ("bpf", "no bpf() for agents"),
+        Some(k @ (Kind::Signal | Kind::Ptrace | Kind::Task)) => (
+            k.as_str(),
+            "processes outside the agent (the daemon and the proxy above all) are out of its reach",
+        ),
+        Some(Kind::Unlink) => ("unlink", "the pins are protected"),
+        Some(Kind::Guard) => ("guard", governance_common::guard::name(ev.detail)),
+        Some(Kind::Ipc) => (
+            "ipc",
+            "System V IPC objects made outside the agent are out of its reach",
+        ),
+        Some(Kind::Connect | Kind::Send) => (
+            kind.map_or("?", Kind::as_str),
+            "connections to the policy proxy are let through",
+        ),
+        Some(Kind::Exec) if ev.detail == EXEC_DETAIL_LOADER => (
+            "loader",
+            "the dynamic loader runs programs only as their interpreter, not as a program",
+        ),
+        Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
+            ("exec", "sandbox profile missing from this generation")
+        }
+        Some(Kind::File) if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 => (
+            "raw-device",
+            "no raw storage devices for agents (block devices, SCSI and NVMe generic)",
+        ),
+        Some(Kind::Capability) if ev.detail == URING_PERSONALITY => (
+            "capability",
+            "no io_uring personalities for agents (credentials other than their own)",
+        ),
+        Some(Kind::Capability) => ("capability", "a capability agents never get"),
+        Some(Kind::Mount) => ("mount", "no mounts for agents"),
+        Some(Kind::Clone) if ev.object & CLONE_INTO_CGROUP != 0 => (
+            "clone",
+            "no children in another cgroup (clone3 CLONE_INTO_CGROUP)",
+        ),
+        Some(Kind::Clone) => ("clone", "no new namespaces for agents"),
+        Some(Kind::ExecMap) if ev.port == exec_map::NAMELESS => (
+            "nameless-code",
+            "under an exec allowlist, memory with no file name (memfd, shared memory) is not mapped executable",
+        ),
+        Some(Kind::ExecMap) => (
+            "written-code",
+            "under an exec allowlist, files an agent wrote are not mapped executable",
+        ),
+        _ => (
+            kind.map_or("?", Kind::as_str),
+            "protected path (cgroup tree, policy directory, pins)",
+        ),
     }
 }
 
-fn builtin_what(kind: Option<Kind>, ev: &Event) -> &'static str {
-    match builtin_name(kind, ev) {
-        Some("control-api") => return "the daemon's control API is refused to agents",
-        Some("control-socket") => return "the daemon's control socket is refused to agents",
-        Some("runtime-socket") => {
-            return "container-runtime and service-manager sockets start processes outside the \
-                    agent: refused unless the policy sets kernel.allow_runtime_sockets";
-        }
-        _ => {}
-    }
-    match kind {
-        Some(Kind::Socket) => "no raw, packet or netlink sockets for agents",
-        Some(Kind::Userns) => "no new user namespaces for agents",
-        Some(Kind::Bpf) => "no bpf() for agents",
-        Some(Kind::Signal | Kind::Ptrace | Kind::Task) => {
-            "processes outside the agent (the daemon and the proxy above all) are out of its reach"
-        }
-        Some(Kind::Unlink) => "the pins are protected",
-        Some(Kind::Guard) => governance_common::guard::name(ev.detail),
-        Some(Kind::Ipc) => "System V IPC objects made outside the agent are out of its reach",
-        Some(Kind::Connect | Kind::Send) => "connections to the policy proxy are let through",
-        Some(Kind::Exec) if ev.flags & flags::SANDBOXED != 0 => {
-            "sandbox profile missing from this generation"
-        }
-        _ => "protected path (cgroup tree, policy directory, pins)",
-    }
+/// The names of the clone flags that make a clone a decision.
+fn clone_flag_names(flags: u64) -> String {
+    const NAMES: [(u64, &str); 8] = [
+        (0x0000_0080, "CLONE_NEWTIME"),
+        (0x0002_0000, "CLONE_NEWNS"),
+        (0x0200_0000, "CLONE_NEWCGROUP"),
+        (0x0400_0000, "CLONE_NEWUTS"),
+        (0x0800_0000, "CLONE_NEWIPC"),
+        (0x2000_0000, "CLONE_NEWPID"),
+        (0x4000_0000, "CLONE_NEWNET"),
+        (CLONE_INTO_CGROUP, "CLONE_INTO_CGROUP"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect::<Vec<_>>()
+        .join("|")
 }
 
 /// The outcome word of a decision.
@@ -592,10 +654,15 @@ impl Record {
                 "the path is longer than the kernel matches".into(),
             ),
             (Some(Cause::Builtin), _) => {
-                let what = builtin_what(kind, ev);
-                let name = builtin_name(kind, ev).unwrap_or_else(|| kind.map_or("?", Kind::as_str));
+                let (name, what) = builtin_what(kind, ev);
                 (format!("builtin:{name}"), what.into())
             }
+            (Some(Cause::MapFull), _) => (
+                "fail-closed:map-full".into(),
+                "the kernel's table of files agents wrote is full; a write it cannot remember \
+                 is refused"
+                    .into(),
+            ),
             (Some(Cause::NoProxy), _) => (
                 "fail-closed:no-proxy".into(),
                 "a via_proxy rule matched, but the connection cannot go through the policy proxy \
@@ -647,6 +714,9 @@ impl Record {
                         object.access.push(c);
                     }
                 }
+                if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 {
+                    object.detail.insert("device".into(), "raw storage".into());
+                }
             }
             Some(Kind::Exec) => object.path = text(&ev.path),
             Some(Kind::Socket) => {
@@ -688,6 +758,45 @@ impl Record {
                 object.detail.insert("flag".into(), ev.detail.to_string());
             }
             Some(Kind::Unix) => unix_object(ev, &mut object),
+            Some(Kind::Capability) => {
+                let what = if ev.detail == URING_PERSONALITY {
+                    "io_uring personality".into()
+                } else {
+                    caps::name(u32::from(ev.detail)).to_owned()
+                };
+                object.detail.insert("capability".into(), what);
+            }
+            Some(Kind::Mount) => {
+                object.path = text(&ev.path);
+                let op = match ev.detail {
+                    mount_op::MOUNT => "mount",
+                    mount_op::UMOUNT => "umount",
+                    mount_op::REMOUNT => "remount",
+                    mount_op::PIVOT_ROOT => "pivot_root",
+                    mount_op::MOVE_MOUNT => "move_mount",
+                    _ => "?",
+                };
+                object.detail.insert("operation".into(), op.into());
+                if ev.object != 0 {
+                    object
+                        .detail
+                        .insert("flags".into(), format!("{:#x}", ev.object));
+                }
+            }
+            Some(Kind::Clone) => {
+                object
+                    .detail
+                    .insert("flags".into(), clone_flag_names(ev.object));
+            }
+            Some(Kind::ExecMap) => {
+                object.path = text(&ev.path);
+                let via = match ev.detail {
+                    exec_map::MMAP => "mmap",
+                    exec_map::MPROTECT => "mprotect",
+                    _ => "?",
+                };
+                object.detail.insert("via".into(), via.into());
+            }
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }
         let shadow_mode = named.is_some_and(|r| r.shadow);

@@ -85,8 +85,21 @@ pub const OTHER: &str = "_other";
 pub const NO_AGENT: &str = "_none";
 
 const KINDS: &[&str] = &[
-    "exec", "file", "connect", "send", "socket", "userns", "bpf", "signal", "ptrace", "unlink",
+    "exec",
+    "file",
+    "connect",
+    "send",
+    "socket",
+    "userns",
+    "bpf",
+    "signal",
+    "ptrace",
+    "unlink",
     "http",
+    "capability",
+    "mount",
+    "clone",
+    "exec_map",
 ];
 const OUTCOMES: &[&str] = &[
     "allow", "block", "throttle", "sandbox", "escalate", "granted", "kill",
@@ -97,7 +110,7 @@ const PROXY_OUTCOMES: &[&str] = &[
 ];
 const VERDICTS: &[&str] = &["allow", "block", "throttle", "sandbox", "escalate"];
 const APPROVAL_STATES: &[&str] = &["pending", "approved", "denied", "expired", "withdrawn"];
-const FAIL_CLOSED: &[&str] = &["unreadable", "too-long", "no-proxy"];
+const FAIL_CLOSED: &[&str] = &["unreadable", "too-long", "no-proxy", "map-full"];
 
 /// Latency buckets, seconds: 1 µs to 10 s in 1-2.5-5 steps (a proxy decision takes
 /// microseconds, a proxied request up to seconds, an audit flush anything between).

@@ -22,6 +22,10 @@
 //! | decision `socket`              | Kernel Activity (1003)          | Invoke (4), system call `socket` |
 //! | decision `bpf`                 | Kernel Activity (1003)          | Invoke (4), system call `bpf` |
 //! | decision `userns`              | Kernel Activity (1003)          | Create (1), a user namespace |
+//! | decision `capability`          | Kernel Activity (1003)          | Invoke (4), the capability as the kernel object |
+//! | decision `mount`               | Kernel Activity (1003)          | Invoke (4), system call `mount`, `umount`, `remount`, `pivot_root` or `move_mount` |
+//! | decision `clone`               | Kernel Activity (1003)          | Invoke (4), system call `clone` |
+//! | decision `exec_map`            | Kernel Activity (1003)          | Invoke (4), system call `mmap` or `mprotect` |
 //! | decision `connect`             | Network Activity (4001)         | Open (1)                    |
 //! | decision `send`                | Network Activity (4001)         | Traffic (6)                 |
 //! | decision `http`                | HTTP Activity (4002)            | by method: Connect 1, Delete 2, Get 3, Head 4, Options 5, Post 6, Put 7, Trace 8, else Other (99) with the method |
@@ -168,7 +172,9 @@ fn class_of(r: &Record) -> Class {
             "signal" => Class::other(1007, PROCESS, "Signal"),
             "file" => Class::new(1001, FILE, 14, "Open"),
             "unlink" => Class::new(1001, FILE, 4, "Delete"),
-            "socket" | "bpf" => Class::new(1003, KERNEL, 4, "Invoke"),
+            "socket" | "bpf" | "capability" | "mount" | "clone" | "exec_map" => {
+                Class::new(1003, KERNEL, 4, "Invoke")
+            }
             "userns" => Class::new(1003, KERNEL, 1, "Create"),
             "connect" => Class::new(4001, NETWORK, 1, "Open"),
             "send" => Class::new(4001, NETWORK, 6, "Traffic"),
@@ -459,6 +465,27 @@ pub fn to_ocsf(r: &Record) -> Value {
         1003 => {
             let kernel = match r.kind.as_str() {
                 "userns" => json!({ "name": "user namespace", "type_id": 99, "type": "Other" }),
+                "capability" => json!({
+                    "name": o.detail.get("capability").map_or("capability", String::as_str),
+                    "type_id": 99,
+                    "type": "Other",
+                }),
+                "mount" | "exec_map" => {
+                    let call = o
+                        .detail
+                        .get(if r.kind == "mount" {
+                            "operation"
+                        } else {
+                            "via"
+                        })
+                        .map_or(r.kind.as_str(), String::as_str);
+                    json!({
+                        "name": call,
+                        "type_id": 2,
+                        "type": "System Call",
+                        "system_call": call,
+                    })
+                }
                 call => json!({
                     "name": call,
                     "type_id": 2,
@@ -811,6 +838,24 @@ mod tests {
         assert_eq!(bpf["severity_id"], 4);
         let userns = to_ocsf(&decision("userns", "block", Object::default()));
         assert_eq!(ids(&userns), (1003, 1, 100301, Some(2)));
+        let with = |k: &str, v: &str| Object {
+            detail: [(k.to_owned(), v.to_owned())].into(),
+            ..Default::default()
+        };
+        let cap = to_ocsf(&decision(
+            "capability",
+            "block",
+            with("capability", "CAP_SYS_ADMIN"),
+        ));
+        assert_eq!(ids(&cap), (1003, 4, 100304, Some(2)));
+        assert_eq!(cap["kernel"]["name"], "CAP_SYS_ADMIN");
+        let mount = to_ocsf(&decision("mount", "block", with("operation", "pivot_root")));
+        assert_eq!(mount["kernel"]["system_call"], "pivot_root");
+        let map = to_ocsf(&decision("exec_map", "block", with("via", "mprotect")));
+        assert_eq!(ids(&map), (1003, 4, 100304, Some(2)));
+        assert_eq!(map["kernel"]["system_call"], "mprotect");
+        let clone = to_ocsf(&decision("clone", "block", Object::default()));
+        assert_eq!(clone["kernel"]["system_call"], "clone");
 
         let target = |signal| Object {
             target_pid: 1,

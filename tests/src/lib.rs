@@ -171,6 +171,58 @@ pub enum Attempt {
     ShmRemove { id: i32 },
     /// shmget(IPC_PRIVATE), shmat, shmdt, shmctl(IPC_RMID): an object of its own.
     ShmOwn,
+    /// mount(source, target, fstype, flags, NULL).
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: u64,
+    },
+    /// umount2(target, 0).
+    Umount { target: CString },
+    /// chroot(path).
+    Chroot { path: CString },
+    /// pivot_root(new_root, put_old).
+    PivotRoot { new_root: CString, put_old: CString },
+    /// fd = open_tree(AT_FDCWD, from, OPEN_TREE_CLONE), move_mount(fd, "", AT_FDCWD, to,
+    /// MOVE_MOUNT_F_EMPTY_PATH): a detached copy of a mount, attached elsewhere.
+    OpenTreeMove { from: CString, to: CString },
+    /// setns(open(path), nstype).
+    Setns { path: CString, nstype: i32 },
+    /// unshare(flags); if `map_root`, write "0 0 1" to /proc/self/uid_map; then mount a tmpfs
+    /// at `target`.
+    UnshareMount {
+        flags: i32,
+        map_root: bool,
+        target: CString,
+    },
+    /// name_to_handle_at(path), then open_by_handle_at(open(mount_dir), handle, O_RDONLY).
+    OpenByHandle { path: CString, mount_dir: CString },
+    /// mknod(path, mode, dev).
+    Mknod { path: CString, mode: u32, dev: u64 },
+    /// init_module() of a few bytes that are no module.
+    InitModule,
+    /// finit_module(open(path)).
+    FinitModule { path: CString },
+    /// kexec_load(0, 0, NULL, KEXEC_ARCH_DEFAULT): no segments (unloads a loaded image).
+    KexecLoad,
+    /// sethostname(name).
+    Sethostname { name: Vec<u8> },
+    /// clone3(flags, and the cgroup fd of `cgroup` with CLONE_INTO_CGROUP); the child exits 0
+    /// at once and is waited for.
+    Clone3 { flags: u64, cgroup: Option<CString> },
+    /// open(path), then mmap(PROT_READ|PROT_EXEC) one page of it, or (with `mprotect`) mmap
+    /// it PROT_READ and mprotect it to PROT_READ|PROT_EXEC.
+    MapExec { path: CString, mprotect: bool },
+    /// Copy `src` to `dst` (created or truncated), then mmap the copy PROT_READ|PROT_EXEC;
+    /// with `unlink_first`, unlink `dst` before the mmap (through the fd still open).
+    CopyMapExec {
+        src: CString,
+        dst: CString,
+        unlink_first: bool,
+    },
+    /// memfd_create, copy `src` into it, mmap it PROT_READ|PROT_EXEC.
+    MemfdMapExec { src: CString },
 }
 
 /// A `sockaddr_un` and its length: a path, or an abstract name (a NUL, then the name).
@@ -294,6 +346,21 @@ fn proc_self_fd(buf: &mut [u8; 25], fd: i32) {
         buf[14 + i] = digits[len - 1 - i];
     }
     buf[14 + len] = 0;
+}
+
+/// Copy everything from `from` to `to` with read/write on a stack buffer (for use after fork).
+unsafe fn copy_fd(from: i32, to: i32) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: our fds, our buffer.
+        let n = unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 {
+            return true;
+        }
+        if n < 0 || unsafe { libc::write(to, buf.as_ptr().cast(), n as usize) } != n {
+            return false;
+        }
+    }
 }
 
 /// How a child ended.
@@ -592,6 +659,222 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     }
                     check(libc::syscall(libc::SYS_pidfd_getfd, pidfd, *fd, 0));
                 }
+                Attempt::Mount {
+                    source,
+                    target,
+                    fstype,
+                    flags,
+                } => check(
+                    libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ptr(),
+                        *flags,
+                        std::ptr::null(),
+                    )
+                    .into(),
+                ),
+                Attempt::Umount { target } => check(libc::umount2(target.as_ptr(), 0).into()),
+                Attempt::Chroot { path } => check(libc::chroot(path.as_ptr()).into()),
+                Attempt::PivotRoot { new_root, put_old } => check(libc::syscall(
+                    libc::SYS_pivot_root,
+                    new_root.as_ptr(),
+                    put_old.as_ptr(),
+                )),
+                Attempt::OpenTreeMove { from, to } => {
+                    const OPEN_TREE_CLONE: libc::c_long = 1;
+                    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
+                    let fd = libc::syscall(
+                        libc::SYS_open_tree,
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+                    );
+                    check(fd);
+                    check(libc::syscall(
+                        libc::SYS_move_mount,
+                        fd,
+                        empty.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        MOVE_MOUNT_F_EMPTY_PATH,
+                    ));
+                }
+                Attempt::Setns { path, nstype } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::setns(fd, *nstype).into());
+                }
+                Attempt::UnshareMount {
+                    flags,
+                    map_root,
+                    target,
+                } => {
+                    check(libc::unshare(*flags).into());
+                    if *map_root {
+                        let fd = libc::open(c"/proc/self/uid_map".as_ptr(), libc::O_WRONLY);
+                        if fd < 0 || libc::write(fd, b"0 0 1".as_ptr().cast(), 5) != 5 {
+                            libc::_exit(98);
+                        }
+                        libc::close(fd);
+                    }
+                    check(
+                        libc::mount(
+                            c"none".as_ptr(),
+                            target.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            0,
+                            std::ptr::null(),
+                        )
+                        .into(),
+                    );
+                }
+                Attempt::OpenByHandle { path, mount_dir } => {
+                    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+                    let mut handle = [0u32; 34];
+                    handle[0] = 128;
+                    let mut mount_id = 0i32;
+                    if libc::syscall(
+                        libc::SYS_name_to_handle_at,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        handle.as_mut_ptr(),
+                        &mut mount_id,
+                        0,
+                    ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    let mfd = libc::open(mount_dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    if mfd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        mfd,
+                        handle.as_mut_ptr(),
+                        libc::O_RDONLY,
+                    ));
+                }
+                Attempt::Mknod { path, mode, dev } => {
+                    check(libc::mknod(path.as_ptr(), *mode, *dev).into())
+                }
+                Attempt::InitModule => check(libc::syscall(
+                    libc::SYS_init_module,
+                    b"not a module".as_ptr(),
+                    12usize,
+                    empty.as_ptr(),
+                )),
+                Attempt::FinitModule { path } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(libc::SYS_finit_module, fd, empty.as_ptr(), 0));
+                }
+                Attempt::KexecLoad => check(libc::syscall(
+                    libc::SYS_kexec_load,
+                    0usize,
+                    0usize,
+                    std::ptr::null::<libc::c_void>(),
+                    0usize,
+                )),
+                Attempt::Sethostname { name } => {
+                    check(libc::sethostname(name.as_ptr().cast(), name.len()).into())
+                }
+                Attempt::Clone3 { flags, cgroup } => {
+                    // struct clone_args, up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+                    let mut args = [0u64; 11];
+                    args[0] = *flags;
+                    args[4] = libc::SIGCHLD as u64;
+                    if let Some(cg) = cgroup {
+                        let fd = libc::open(cg.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                        if fd < 0 {
+                            libc::_exit(98);
+                        }
+                        args[10] = fd as u64;
+                    }
+                    let pid = libc::syscall(
+                        libc::SYS_clone3,
+                        args.as_mut_ptr(),
+                        std::mem::size_of_val(&args),
+                    );
+                    if pid == 0 {
+                        libc::_exit(0);
+                    }
+                    check(pid);
+                    let mut status = 0;
+                    if libc::waitpid(pid as i32, &mut status, 0) != pid as i32 || status != 0 {
+                        libc::_exit(96);
+                    }
+                }
+                Attempt::MapExec { path, mprotect } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    let prot = if *mprotect {
+                        libc::PROT_READ
+                    } else {
+                        libc::PROT_READ | libc::PROT_EXEC
+                    };
+                    let p = libc::mmap(std::ptr::null_mut(), 4096, prot, libc::MAP_PRIVATE, fd, 0);
+                    if p == libc::MAP_FAILED {
+                        fail(())
+                    }
+                    if *mprotect {
+                        check(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC).into());
+                    }
+                }
+                Attempt::CopyMapExec {
+                    src,
+                    dst,
+                    unlink_first,
+                } => {
+                    let from = libc::open(src.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    let to = libc::open(
+                        dst.as_ptr(),
+                        libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+                        0o755,
+                    );
+                    if from < 0 || to < 0 || !copy_fd(from, to) {
+                        libc::_exit(98);
+                    }
+                    if *unlink_first && libc::unlink(dst.as_ptr()) != 0 {
+                        libc::_exit(98);
+                    }
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                        libc::MAP_PRIVATE,
+                        to,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED {
+                        fail(())
+                    }
+                }
+                Attempt::MemfdMapExec { src } => {
+                    let from = libc::open(src.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    let to = libc::memfd_create(c"code".as_ptr(), libc::MFD_CLOEXEC);
+                    if from < 0 || to < 0 || !copy_fd(from, to) {
+                        libc::_exit(98);
+                    }
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_EXEC,
+                        libc::MAP_PRIVATE,
+                        to,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED {
+                        fail(())
+                    }
+                }
             }
             libc::_exit(0)
         }
@@ -605,7 +888,7 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
     } else {
         let code = libc::WEXITSTATUS(status);
         assert!(
-            !(97..=99).contains(&code),
+            !(96..=99).contains(&code),
             "child {pid}: harness step failed (exit {code})"
         );
         if code >= ERRNO_BASE {

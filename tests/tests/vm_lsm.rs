@@ -582,14 +582,16 @@ fn escape_and_self_protection_cases() {
     );
     // 19. bpf() on the pins, and removing a pin.
     let state_pin = k.pins.join("maps/STATE");
-    deny(
+    // The kernel asks for CAP_BPF first (unprivileged bpf() is disabled), which agents never
+    // get; the bpf hook holds where a policy gives it back (policy_relaxes_root_facility_*).
+    deny_cap(
         &mut k,
         &fx,
         "19 bpf(BPF_OBJ_GET) on a pin",
         &Attempt::BpfObjGet {
             path: cstr(&state_pin),
         },
-        Kind::Bpf,
+        governance_common::caps::BPF,
         Control::Succeeds,
     );
     println!("redteam: tried 19 rm of a pin");
@@ -2087,4 +2089,866 @@ fn unix_control_plane_is_refused_to_agents() {
     println!("redteam: control unix runtime socket created after start");
     let _ = std::fs::remove_file(late);
     governance_tests::stop_daemon(daemon);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Root facilities, leaving the subtree, code that runs without an exec of it (issue 12).
+// ---------------------------------------------------------------------------------------------
+
+/// The hooks of the root-facility protections, on top of the fixture's.
+const ROOT_HOOKS: [&str; 11] = [
+    "capable",
+    "uring_override_creds",
+    "sb_mount",
+    "sb_umount",
+    "sb_remount",
+    "sb_pivotroot",
+    "move_mount",
+    "task_alloc",
+    "mmap_file",
+    "file_mprotect",
+    "inode_free_security",
+];
+
+/// A denial by the capability hook: the event names the capability.
+fn deny_cap(
+    k: &mut Loaded,
+    fx: &Fixture,
+    case: &str,
+    attempt: &Attempt,
+    cap: u32,
+    control: Control,
+) -> Event {
+    let ev = deny(k, fx, case, attempt, Kind::Capability, control);
+    assert_eq!(
+        u32::from(ev.detail),
+        cap,
+        "{case}: refused {}, expected {}",
+        governance_common::caps::name(u32::from(ev.detail)),
+        governance_common::caps::name(cap)
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+    ev
+}
+
+/// A directory of the fixture to mount on, created empty.
+fn mount_point(fx: &Fixture, name: &str) -> PathBuf {
+    let p = fx.p(name);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Mount a tmpfs at `target` (from the test, outside every agent).
+fn mount_tmpfs(target: &Path) {
+    let t = cstr(target);
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "mount tmpfs at {}", target.display());
+}
+
+/// Unmount whatever the control mounted at `target` (lazily: nothing may be using it).
+fn unmount(target: &Path) {
+    let t = cstr(target);
+    // SAFETY: a valid C string.
+    unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// The test VM's hostname, to set again (a no-op change).
+fn hostname() -> Vec<u8> {
+    // SAFETY: plain data, filled by uname.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::uname(&mut u) }, 0);
+    let name: Vec<u8> = u
+        .nodename
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    name
+}
+
+/// The dynamic loader: the interpreter the red-team helper (a dynamically linked program)
+/// names.
+fn loader() -> PathBuf {
+    let elf = std::fs::read(HELPER).unwrap();
+    governance::kernel::elf_interpreter(&elf).expect("the helper is dynamically linked")
+}
+
+/// A process outside every agent, killed and reaped on drop.
+fn outside_process(args: &[&str]) -> governance_tests::Reaped {
+    governance_tests::Reaped(
+        std::process::Command::new(BUSYBOX)
+            .args(args)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Class 6 (mounts and namespaces) and the root facilities: what root could do around the
+/// policy is refused to an agent, each with its own precise event, and allowed outside.
+#[test]
+fn root_facilities_are_refused_to_agents() {
+    use governance_common::{FILE_DETAIL_RAW_DEVICE, caps, mount_op};
+    require_root();
+    let fx = Fixture::new("root");
+    let mut k = fx.load("");
+    for hook in ROOT_HOOKS {
+        k.require(hook);
+    }
+    let (a, b, c) = (
+        mount_point(&fx, "mnt-a"),
+        mount_point(&fx, "mnt-b"),
+        mount_point(&fx, "mnt-c"),
+    );
+    // Mounts: sb_mount decides before the kernel checks CAP_SYS_ADMIN.
+    let tmpfs = Attempt::Mount {
+        source: c"none".into(),
+        target: cstr(&a),
+        fstype: c"tmpfs".into(),
+        flags: 0,
+    };
+    let ev = deny(
+        &mut k,
+        &fx,
+        "12 mount a tmpfs over a directory",
+        &tmpfs,
+        Kind::Mount,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, mount_op::MOUNT);
+    assert_eq!(text(&ev.path), a.to_str().unwrap());
+    unmount(&a);
+    let bind = Attempt::Mount {
+        source: cstr(&fx.p("secrets")),
+        target: cstr(&b),
+        fstype: c"".into(),
+        flags: libc::MS_BIND,
+    };
+    deny(
+        &mut k,
+        &fx,
+        "12 bind mount a protected directory under another name",
+        &bind,
+        Kind::Mount,
+        Control::Succeeds,
+    );
+    unmount(&b);
+    mount_tmpfs(&c);
+    let remount = Attempt::Mount {
+        source: c"none".into(),
+        target: cstr(&c),
+        fstype: c"".into(),
+        flags: libc::MS_REMOUNT | libc::MS_RDONLY,
+    };
+    deny(
+        &mut k,
+        &fx,
+        "12 remount read-only",
+        &remount,
+        Kind::Mount,
+        Control::Succeeds,
+    );
+    // umount, pivot_root, open_tree and setns check CAP_SYS_ADMIN first.
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 umount",
+        &Attempt::Umount { target: cstr(&c) },
+        caps::SYS_ADMIN,
+        Control::Succeeds,
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 pivot_root",
+        &Attempt::PivotRoot {
+            new_root: cstr(&a),
+            put_old: c"/".into(),
+        },
+        caps::SYS_ADMIN,
+        Control::NotEperm,
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 chroot",
+        &Attempt::Chroot {
+            path: cstr(&fx.dir),
+        },
+        caps::SYS_CHROOT,
+        Control::Succeeds,
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 open_tree and move_mount a copy of a tree",
+        &Attempt::OpenTreeMove {
+            from: cstr(&fx.p("allowed")),
+            to: cstr(&b),
+        },
+        caps::SYS_ADMIN,
+        Control::Succeeds,
+    );
+    unmount(&b);
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 unshare(CLONE_NEWNS)",
+        &Attempt::Unshare {
+            flags: libc::CLONE_NEWNS,
+        },
+        caps::SYS_ADMIN,
+        Control::Succeeds,
+    );
+    // Another mount namespace, made outside: setns into it.
+    let other = outside_process(&["unshare", "-m", BUSYBOX, "sleep", "120"]);
+    let ns = PathBuf::from(format!("/proc/{}/ns/mnt", other.id()));
+    let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    governance_tests::wait_until(
+        "the outside process's own mount namespace",
+        Duration::from_secs(20),
+        || std::fs::read_link(&ns).is_ok_and(|n| n != own),
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 setns into another mount namespace",
+        &Attempt::Setns {
+            path: cstr(&ns),
+            nstype: libc::CLONE_NEWNS,
+        },
+        caps::SYS_ADMIN,
+        Control::Succeeds,
+    );
+    drop(other);
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 sethostname",
+        &Attempt::Sethostname { name: hostname() },
+        caps::SYS_ADMIN,
+        Control::Succeeds,
+    );
+    // Files without a name for the rules, devices, kernel memory.
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 open_by_handle_at",
+        &Attempt::OpenByHandle {
+            path: cstr(&fx.p("public.txt")),
+            mount_dir: c"/tmp".into(),
+        },
+        caps::DAC_READ_SEARCH,
+        Control::Succeeds,
+    );
+    let node = fx.p("tmp/disk");
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 mknod a block device",
+        &Attempt::Mknod {
+            path: cstr(&node),
+            mode: libc::S_IFBLK | 0o600,
+            dev: libc::makedev(259, 0),
+        },
+        caps::MKNOD,
+        Control::Succeeds,
+    );
+    let _ = std::fs::remove_file(&node);
+    for (case, dev) in [
+        ("12 open an existing block device", "/dev/nvme0n1"),
+        (
+            "12 open a disk's raw character view (NVMe generic)",
+            "/dev/ng0n1",
+        ),
+    ] {
+        assert!(
+            Path::new(dev).exists(),
+            "{dev}: the VM's scratch disk is missing"
+        );
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::open(Path::new(dev), libc::O_RDONLY),
+            Kind::File,
+            Control::Succeeds,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        assert_ne!(ev.detail & FILE_DETAIL_RAW_DEVICE, 0, "{case}");
+        assert_eq!(text(&ev.path), dev, "{case}");
+    }
+    for (case, path) in [
+        ("12 read /dev/mem", "/dev/mem"),
+        ("12 read /proc/kcore", "/proc/kcore"),
+    ] {
+        deny_cap(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::open(Path::new(path), libc::O_RDONLY),
+            caps::SYS_RAWIO,
+            Control::Succeeds,
+        );
+    }
+    // Kernel code and the kernel itself.
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 init_module",
+        &Attempt::InitModule,
+        caps::SYS_MODULE,
+        Control::NotEperm,
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 finit_module",
+        &Attempt::FinitModule {
+            path: cstr(&fx.p("public.txt")),
+        },
+        caps::SYS_MODULE,
+        Control::NotEperm,
+    );
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 kexec_load",
+        &Attempt::KexecLoad,
+        caps::SYS_BOOT,
+        Control::NotEperm,
+    );
+    // io_uring requests under a registered personality: credentials that need not be the
+    // task's own when the capability hook looks.
+    // (The helper's own comm, not `agent`: the deny helper's comm check does not apply.)
+    let case = "12 io_uring request under a registered personality";
+    let uring = Attempt::exec_args(Path::new(HELPER), &["redteam-helper", "uring-personality"]);
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &uring);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Capability), "{case}");
+    assert_eq!(ev.detail, 255, "{case}: the io_uring personality marker");
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}");
+    println!("redteam: denied {case}");
+    let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &uring);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+    println!("redteam: control {case}");
+}
+
+/// Class 2: leaving the agent's subtree. A child started in another cgroup, a task moved
+/// through cgroup.threads, new namespaces by clone, and code run in a process outside the
+/// agent through ptrace are refused; moving within the agent stays possible (see
+/// `escape_and_self_protection_cases`).
+#[test]
+fn leaving_the_subtree_is_refused() {
+    require_root();
+    let fx = Fixture::new("leave");
+    let mut k = fx.load("");
+    for hook in ROOT_HOOKS {
+        k.require(hook);
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let ev = deny(
+        &mut k,
+        &fx,
+        "2 clone3(CLONE_INTO_CGROUP) into a cgroup outside",
+        &Attempt::Clone3 {
+            flags: CLONE_INTO_CGROUP,
+            cgroup: Some(cstr(&fx.outsider.path)),
+        },
+        Kind::Clone,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.object, CLONE_INTO_CGROUP);
+    for (case, flag) in [
+        ("2 clone3 with a new mount namespace", libc::CLONE_NEWNS),
+        (
+            "2 clone3 with a new cgroup namespace",
+            libc::CLONE_NEWCGROUP,
+        ),
+        ("2 clone3 with a new network namespace", libc::CLONE_NEWNET),
+        ("2 clone3 with a new pid namespace", libc::CLONE_NEWPID),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::Clone3 {
+                flags: flag as u64,
+                cgroup: None,
+            },
+            Kind::Clone,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.object, flag as u64, "{case}");
+    }
+    deny(
+        &mut k,
+        &fx,
+        "2 write a tid into a cgroup.threads outside",
+        &Attempt::write(&fx.outsider.path.join("cgroup.threads"), "0"),
+        Kind::File,
+        Control::NotEperm,
+    );
+    // The kernel's usermode helpers run a program of the writer's choosing as root, in the
+    // root cgroup: root writes them with no capability. (Each is written back unchanged.)
+    for (case, setting) in [
+        ("2 set kernel.core_pattern", "/proc/sys/kernel/core_pattern"),
+        ("2 set kernel.modprobe", "/proc/sys/kernel/modprobe"),
+    ] {
+        let value = std::fs::read_to_string(setting).unwrap();
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::write(Path::new(setting), &value),
+            Kind::File,
+            Control::Succeeds,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}");
+        assert_eq!(ev.rule_id & 0x7fff_ffff, 0, "{case}: a built-in path rule");
+    }
+    // A root process outside, with the same capabilities as a root agent: attaching needs no
+    // capability, and code injected there would run outside the agent.
+    let target = outside_process(&["sleep", "120"]);
+    let pid = target.id() as i32;
+    let ev = deny(
+        &mut k,
+        &fx,
+        "2 ptrace a process outside the agent",
+        &Attempt::PtraceSeize { pid },
+        Kind::Ptrace,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.object, pid as u64);
+    // /proc/PID/mem: the kernel turns the refused attach into EACCES.
+    let case = "2 open /proc/PID/mem of a process outside the agent";
+    let mem = Attempt::open(&PathBuf::from(format!("/proc/{pid}/mem")), libc::O_RDWR);
+    println!("redteam: tried {case}");
+    let (child, outcome) = run_in(Some(&fx.agent.path), "agent", &mem);
+    assert_eq!(outcome, Outcome::Errno(libc::EACCES), "{case}");
+    let ev = k.event_where(|e| e.tgid == child && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Ptrace), "{case}");
+    assert_eq!(ev.object, pid as u64, "{case}");
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &mem);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
+}
+
+/// Class 3: code that runs without an exec of it. A blocked binary's code mapped executable
+/// (mmap, mprotect, through ld.so), a copy of it or code in a memfd mapped under an
+/// allowlist: refused, with the event.
+#[test]
+fn code_mapped_executable_is_decided() {
+    use governance_common::{EXEC_DETAIL_LOADER, exec_map};
+    require_root();
+    let fx = Fixture::new("mapping");
+    std::fs::copy(HELPER, fx.p("blocked/helper")).unwrap();
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: no-helper-copy, exec: {{ path: {} }}, verdict: block, reason: a blocked dynamic program }}\n",
+        fx.p("blocked/helper").display()
+    ));
+    for hook in ROOT_HOOKS {
+        k.require(hook);
+    }
+    let blocked = fx.p("blocked/true");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 mmap PROT_EXEC of a blocked binary",
+        &Attempt::MapExec {
+            path: cstr(&blocked),
+            mprotect: false,
+        },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
+    assert_eq!(ev.rule_id, k.rule(4));
+    assert_eq!(ev.detail, exec_map::MMAP);
+    assert_eq!(text(&ev.path), blocked.to_str().unwrap());
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 mprotect a blocked binary's mapping to PROT_EXEC",
+        &Attempt::MapExec {
+            path: cstr(&blocked),
+            mprotect: true,
+        },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(4));
+    assert_eq!(ev.detail, exec_map::MPROTECT);
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 a copy of a blocked binary mapped executable under an allowlist",
+        &Attempt::CopyMapExec {
+            src: cstr(&blocked),
+            dst: cstr(&fx.p("tmp/copy")),
+            unlink_first: false,
+        },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+    assert_eq!(ev.port, exec_map::WRITTEN);
+    // Deleted but still open: the file lives on, and so does the memory of who wrote it.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 a copy of a blocked binary, unlinked, mapped through its open fd",
+        &Attempt::CopyMapExec {
+            src: cstr(&blocked),
+            dst: cstr(&fx.p("tmp/copy-unlinked")),
+            unlink_first: true,
+        },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITTEN);
+    // Bookkeeping: a written file is remembered by identity until it is deleted and closed.
+    let written: aya::maps::HashMap<_, governance_common::ExecKey, u64> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(k.pins.join("maps/WRITTEN")).unwrap(),
+        ))
+        .unwrap();
+    let note = fx.p("tmp/note");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&note, libc::O_WRONLY | libc::O_CREAT),
+    );
+    assert_eq!(outcome, Outcome::Exited(0));
+    let (dev, ino) = governance::kernel::exec_identity(&note).unwrap();
+    let key = governance_common::ExecKey { class: 0, dev, ino };
+    assert_eq!(written.get(&key, 0).ok(), Some(fx.agent.id()), "remembered");
+    std::fs::remove_file(&note).unwrap();
+    governance_tests::wait_until(
+        "the deleted file to be forgotten",
+        Duration::from_secs(10),
+        || written.get(&key, 0).is_err(),
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 code in a memfd mapped executable under an allowlist",
+        &Attempt::MemfdMapExec {
+            src: cstr(&blocked),
+        },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::NAMELESS);
+    // ld.so as the program: refused whatever the rules say of ld.so.
+    let ld = loader();
+    let ld_argv0 = ld.to_str().unwrap().to_owned();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 ld.so runs a blocked binary (exec of the loader itself)",
+        &Attempt::exec_args(
+            &ld,
+            &[
+                &ld_argv0,
+                fx.p("blocked/helper").to_str().unwrap(),
+                "dlopen",
+                "libm.so.6",
+                "cos",
+            ],
+        ),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+    assert_eq!(ev.detail, EXEC_DETAIL_LOADER);
+}
+
+/// Legitimate work keeps running in an agent under a confining policy: shell pipelines,
+/// dynamically linked programs (ld.so maps libc) and dlopen, files written and read back,
+/// a debugger on the agent's own process; under an exec allowlist that lists the binaries
+/// and under a default-allow policy. None of it is refused.
+#[test]
+fn legitimate_work_keeps_running_in_an_agent() {
+    require_root();
+    let fx = Fixture::new("work");
+    let curl = Path::new("/usr/bin/curl");
+    assert!(curl.exists(), "curl is part of the VM image");
+    let work = |k: &mut Loaded, policy: &str| {
+        let script = format!(
+            "test \"$(ls / | grep bin | wc -l)\" -ge 1 && echo note > {d}/tmp/note && grep -q note {d}/tmp/note && cat {d}/public.txt >/dev/null",
+            d = fx.dir.display()
+        );
+        let cases: Vec<(&str, Attempt)> = vec![
+            (
+                "a shell pipeline",
+                Attempt::exec_args(Path::new(BUSYBOX), &["sh", "-c", &script]),
+            ),
+            (
+                "a dynamically linked program that dlopens a library",
+                Attempt::exec_args(
+                    Path::new(HELPER),
+                    &["redteam-helper", "dlopen", "libm.so.6", "cos"],
+                ),
+            ),
+            (
+                "curl (a dynamically linked program with many libraries)",
+                Attempt::exec_args(curl, &["curl", "--version"]),
+            ),
+            (
+                "reading a file",
+                Attempt::open(&fx.p("public.txt"), libc::O_RDONLY),
+            ),
+        ];
+        for (case, attempt) in &cases {
+            let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+            assert_eq!(outcome, Outcome::Exited(0), "{policy}: {case}");
+            assert!(
+                k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
+                    && e.flags & flags::DENIED != 0)
+                    .is_none(),
+                "{policy}: {case}: nothing refused"
+            );
+            println!("legitimate work runs in an agent, {policy}: {case}");
+        }
+        // A debugger on the agent's own process.
+        let mut own = governance_tests::Reaped(
+            governance_tests::command_in(Some(&fx.agent.path), BUSYBOX, &["sleep", "120"])
+                .spawn()
+                .unwrap(),
+        );
+        let pid = own.id() as i32;
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::PtraceSeize { pid });
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{policy}: ptrace of a process of the agent itself"
+        );
+        let _ = own.kill();
+    };
+    {
+        let mut k = fx.load(&format!(
+            "\x20 - {{ id: curl, exec: {{ path: {} }}, verdict: allow, reason: a tool }}\n",
+            curl.display()
+        ));
+        work(&mut k, "exec allowlist");
+    }
+    {
+        let mut k = load(&format!(
+            "name: open\nagents: {{ cgroup: {} }}\n",
+            fx.agent.rel.display()
+        ));
+        work(&mut k, "default allow");
+    }
+}
+
+/// A policy gives back what the built-ins refuse: a capability (`allow_capabilities`), mounts
+/// (`allow_mounts`), running the loader (`allow_loader_exec`). What it does not give back stays
+/// refused, now by the precise hooks.
+#[test]
+fn policy_relaxes_root_facility_protections() {
+    use governance_common::{caps, mount_op};
+    require_root();
+    let fx = Fixture::new("relax-root");
+    let (a, b, c) = (
+        mount_point(&fx, "mnt-a"),
+        mount_point(&fx, "mnt-b"),
+        mount_point(&fx, "mnt-c"),
+    );
+    // CAP_SYS_ADMIN and CAP_SYS_CHROOT given back, mounts not.
+    {
+        let mut k =
+            fx.load("kernel: { allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_BPF] }\n");
+        // With CAP_BPF given back, the bpf hook still refuses bpf() (the pins).
+        let pin = cstr(&k.pins.join("maps/STATE"));
+        deny(
+            &mut k,
+            &fx,
+            "19 bpf(BPF_OBJ_GET) on a pin with CAP_BPF given back",
+            &Attempt::BpfObjGet { path: pin },
+            Kind::Bpf,
+            Control::Succeeds,
+        );
+        for (case, attempt) in [
+            ("sethostname", Attempt::Sethostname { name: hostname() }),
+            (
+                "chroot",
+                Attempt::Chroot {
+                    path: cstr(&fx.dir),
+                },
+            ),
+            (
+                "unshare(CLONE_NEWNS)",
+                Attempt::Unshare {
+                    flags: libc::CLONE_NEWNS,
+                },
+            ),
+            (
+                "clone3 with a new network namespace",
+                Attempt::Clone3 {
+                    flags: libc::CLONE_NEWNET as u64,
+                    cgroup: None,
+                },
+            ),
+        ] {
+            let ev = allow(&mut k, &fx, case, &attempt);
+            assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        }
+        // Mounting still refused: by the mount hooks now, each with its own event.
+        mount_tmpfs(&c);
+        for (case, attempt, op) in [
+            (
+                "12 umount with CAP_SYS_ADMIN, mounts not allowed",
+                Attempt::Umount { target: cstr(&c) },
+                mount_op::UMOUNT,
+            ),
+            (
+                "12 pivot_root with CAP_SYS_ADMIN, mounts not allowed",
+                Attempt::PivotRoot {
+                    new_root: cstr(&a),
+                    put_old: c"/".into(),
+                },
+                mount_op::PIVOT_ROOT,
+            ),
+            (
+                "12 move_mount with CAP_SYS_ADMIN, mounts not allowed",
+                Attempt::OpenTreeMove {
+                    from: cstr(&fx.p("allowed")),
+                    to: cstr(&b),
+                },
+                mount_op::MOVE_MOUNT,
+            ),
+        ] {
+            let control = if op == mount_op::PIVOT_ROOT {
+                Control::NotEperm
+            } else {
+                Control::Succeeds
+            };
+            let ev = deny(&mut k, &fx, case, &attempt, Kind::Mount, control);
+            assert_eq!(ev.detail, op, "{case}");
+        }
+        unmount(&b);
+        unmount(&c);
+        // What is not given back stays refused.
+        deny_cap(
+            &mut k,
+            &fx,
+            "12 CAP_SYS_MODULE is not given back by a list without it",
+            &Attempt::InitModule,
+            caps::SYS_MODULE,
+            Control::NotEperm,
+        );
+    }
+    // Mounts allowed where the agent holds CAP_SYS_ADMIN.
+    {
+        let mut k =
+            fx.load("kernel: { allow_capabilities: [CAP_SYS_ADMIN], allow_mounts: true }\n");
+        let tmpfs = Attempt::Mount {
+            source: c"none".into(),
+            target: cstr(&a),
+            fstype: c"tmpfs".into(),
+            flags: 0,
+        };
+        let ev = allow(&mut k, &fx, "mount with allow_mounts", &tmpfs);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Mount));
+        allow(
+            &mut k,
+            &fx,
+            "umount with allow_mounts",
+            &Attempt::Umount { target: cstr(&a) },
+        );
+    }
+    // Inside a user namespace the policy allows, the agent holds CAP_SYS_ADMIN over its own
+    // namespaces: mounting there needs allow_mounts as well.
+    let in_userns = Attempt::UnshareMount {
+        flags: libc::CLONE_NEWUSER | libc::CLONE_NEWNS,
+        map_root: true,
+        target: cstr(&a),
+    };
+    {
+        let mut k = fx.load("kernel: { allow_user_namespaces: true }\n");
+        let ev = deny(
+            &mut k,
+            &fx,
+            "12 mount inside its own user namespace, mounts not allowed",
+            &in_userns,
+            Kind::Mount,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.detail, mount_op::MOUNT);
+    }
+    {
+        let mut k = fx.load(
+            "kernel: { allow_user_namespaces: true, allow_mounts: true, allow_kernel_settings: true }\n",
+        );
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &in_userns);
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "mount in its own user namespace"
+        );
+        assert!(
+            k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
+                && e.flags & flags::DENIED != 0)
+                .is_none()
+        );
+        let setting = Path::new("/proc/sys/kernel/core_pattern");
+        let value = std::fs::read_to_string(setting).unwrap();
+        allow(
+            &mut k,
+            &fx,
+            "kernel.core_pattern with allow_kernel_settings",
+            &Attempt::write(setting, &value),
+        );
+    }
+    // The loader as a program: allowed, and then the mapping rules decide what it loads.
+    {
+        let ld = loader();
+        let mut k = fx.load(&format!(
+            "\x20 - {{ id: loader, exec: {{ path: {} }}, verdict: allow, reason: the loader }}\nkernel: {{ allow_loader_exec: true }}\n",
+            ld.display()
+        ));
+        let argv0 = ld.to_str().unwrap().to_owned();
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::exec_args(&ld, &[&argv0, HELPER, "dlopen", "libm.so.6", "cos"]),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "ld.so runs an allowed program");
+        println!("redteam: tried 3 ld.so (allowed) maps a blocked binary");
+        let blocked = fx.p("blocked/true");
+        let (pid, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::exec_args(&ld, &[&argv0, blocked.to_str().unwrap(), "true"]),
+        );
+        assert_ne!(
+            outcome,
+            Outcome::Exited(0),
+            "ld.so cannot map the blocked binary"
+        );
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::ExecMap));
+        assert_eq!(ev.rule_id, k.rule(4));
+        println!("redteam: denied 3 ld.so (allowed) maps a blocked binary");
+        let (_, outcome) = run_in(
+            Some(&fx.outsider.path),
+            "outsider",
+            &Attempt::exec_args(&ld, &[&argv0, blocked.to_str().unwrap(), "true"]),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "control");
+        println!("redteam: control 3 ld.so (allowed) maps a blocked binary");
+    }
 }

@@ -58,6 +58,10 @@ pub struct Outcome {
 /// Build the initramfs for `spec` under `work` and boot it.
 pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     let initrd = heartbeat("building the initramfs", || build_initramfs(spec, work))?;
+    // A small scratch disk (NVMe, whose driver this kernel has built in): the tests need a
+    // real block device (/dev/nvme0n1) and its raw character view (/dev/ng0n1).
+    let disk = work.join("scratch-disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).context("writing the scratch disk image")?;
     // The system's qemu, or the copy `setup` extracted into its cache (with its firmware
     // directories and modules) when installing it with apt would have removed a package.
     let qemu = setup::qemu();
@@ -76,6 +80,12 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
             "-cpu",
             "max",
         ])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=scratch,format=raw",
+            disk.display()
+        ))
+        .args(["-device", "nvme,serial=governance,drive=scratch"])
         .args([
             "-nodefaults",
             "-no-reboot",

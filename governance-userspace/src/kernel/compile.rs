@@ -245,6 +245,28 @@ fn letters(access: &[Access]) -> Vec<u8> {
 
 const WRITE_LETTERS: [u8; 3] = [access::WRITE, access::CREATE, access::TRUNCATE];
 
+/// The kernel's settings, which root writes with no capability (only the files' modes), and
+/// several of which make the kernel run a program of the writer's choosing as root, outside
+/// every cgroup but the root: `kernel.core_pattern` (`|/path` on any crash),
+/// `kernel.modprobe` (on any unknown module request), binfmt_misc (an interpreter for every
+/// exec of a matching file, mounted at /proc/sys/fs/binfmt_misc), `/sys/kernel/uevent_helper`
+/// (on every device event). The rest reconfigure the node under the policy (sysctls, device and
+/// driver attributes in sysfs) or stop it (`/proc/sysrq-trigger`). Agents may not write them
+/// unless a policy allows kernel settings; their own cgroup subtree (below /sys/fs/cgroup) is
+/// more specific and stays writable.
+const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+
+/// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
+/// none?
+fn relaxed_for(set: &PolicySet, agent: &AgentCgroup, get: fn(&Policy) -> Option<bool>) -> bool {
+    let governing = || {
+        set.policies.iter().filter(|p| {
+            p.mode == Mode::Enforce && p.selector.matches(&agent.rel, agent.label.as_deref())
+        })
+    };
+    governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
+}
+
 /// A destination rule: (prefix128, masked address, rank, port lo, port hi, protocol, via proxy).
 type NetRule = (u32, [u8; 16], Ranked, u16, u16, u8, bool);
 
@@ -540,18 +562,23 @@ pub fn compile(
             }
         }
         // Built-in: no writes to the cgroup tree outside the agent's own subtree (that would
-        // move a process out of the agent), to the policy directory or to the pins.
+        // move a process out of the agent), to the policy directory or to the pins; nor, unless
+        // a policy allows kernel settings, to the kernel's own settings (see KERNEL_SETTINGS).
         let builtin = |verdict| Ranked {
             specificity: [u32::MAX; 4],
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
+        let kernel_settings = relaxed_for(set, agent, |p| p.allow_kernel_settings);
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
             let mut denied = vec![];
             if letter != access::READ {
                 denied.push(protect.cgroup_root.clone());
                 denied.extend(protect.no_write.iter().cloned());
+                if !kernel_settings {
+                    denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
+                }
             }
             denied.extend(protect.no_access.iter().cloned());
             // As written and as resolved now (a relative or symlinked --policy means the same
@@ -620,6 +647,21 @@ pub fn compile(
         }
         if relaxed(|p| p.allow_runtime_sockets) {
             c.value.allow |= governance_common::allow::RUNTIME_SOCKETS;
+        }
+        if relaxed(|p| p.allow_mounts) {
+            c.value.allow |= governance_common::allow::MOUNTS;
+        }
+        if relaxed(|p| p.allow_loader_exec) {
+            c.value.allow |= governance_common::allow::LOADER_EXEC;
+        }
+        // Capabilities: given back when an enforcing policy lists one and every enforcing
+        // policy that writes a list lists it (leaving one out objects to it).
+        let lists: Vec<u64> = governing
+            .iter()
+            .filter_map(|p| p.allow_capabilities)
+            .collect();
+        if let Some(first) = lists.first() {
+            c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
         }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
@@ -708,6 +750,7 @@ fn build_class(class: u32, rules: &Rules, errors: &mut Vec<String>, agent: &str)
         file_default: default(rules.defaults[1]),
         net_default: default(rules.defaults[2]),
         unix_default: default(rules.defaults[3]),
+        allow_caps: 0,
     };
     for (letter, list) in &rules.paths {
         let index = NodeIndex::new(list);
@@ -888,6 +931,31 @@ mod tests {
         );
         // The policy directory stays readable (its files are no secret).
         assert_eq!(lookup(c, access::READ, "/etc/governance/p.yaml"), None);
+        // The kernel's settings are not writable; the agent's own cgroup still is.
+        for p in [
+            "/proc/sys/kernel/core_pattern",
+            "/proc/sys/fs/binfmt_misc/register",
+            "/proc/sysrq-trigger",
+            "/sys/kernel/uevent_helper",
+        ] {
+            assert_eq!(w(p), Some(KVerdict::Block as u8), "{p}");
+        }
+        assert_eq!(
+            lookup(c, access::READ, "/proc/sys/kernel/core_pattern"),
+            None
+        );
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'a/*' }\nkernel: { allow_kernel_settings: true }\n".into(),
+        )])
+        .unwrap();
+        let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+        let w = |p: &str| lookup(&k.classes[0], access::WRITE, p).map(|v| v.enforce.verdict);
+        assert_eq!(w("/proc/sys/kernel/core_pattern"), None);
+        assert_eq!(
+            w("/sys/fs/cgroup/other/cgroup.procs"),
+            Some(KVerdict::Block as u8)
+        );
     }
 
     #[test]
@@ -942,8 +1010,22 @@ mod tests {
                 .value
                 .allow
         };
-        use governance_common::allow::{RAW_SOCKETS, USER_NAMESPACES};
+        use governance_common::allow::{LOADER_EXEC, MOUNTS, RAW_SOCKETS, USER_NAMESPACES};
         assert_eq!(bits(vec![doc("a", "")]), 0);
+        assert_eq!(
+            bits(vec![
+                doc(
+                    "a",
+                    "kernel: { allow_mounts: true, allow_loader_exec: true }"
+                ),
+                doc("b", "kernel: { allow_loader_exec: false }"),
+            ]),
+            MOUNTS
+        );
+        assert_eq!(
+            bits(vec![doc("a", "kernel: { allow_loader_exec: true }")]),
+            LOADER_EXEC
+        );
         assert_eq!(
             bits(vec![doc("a", "kernel: { allow_raw_sockets: true }")]),
             RAW_SOCKETS
@@ -1027,6 +1109,51 @@ mod tests {
             "name: b\nagents: { label: bot }\nkernel: { allow_runtime_sockets: false }\n".into(),
         ));
         assert_eq!(bits(both), 0);
+    }
+
+    #[test]
+    fn capabilities_are_given_back_only_where_every_list_agrees() {
+        use governance_common::caps::{NET_ADMIN, SYS_ADMIN, SYS_TIME};
+        let doc = |name: &str, kernel: &str| {
+            (
+                format!("{name}.yaml").into(),
+                format!("name: {name}\nagents: {{ label: bot }}\n{kernel}"),
+            )
+        };
+        let caps = |docs: Vec<(std::path::PathBuf, String)>| {
+            let set = parse(&docs).unwrap();
+            compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
+                .value
+                .allow_caps
+        };
+        let bit = |c: u32| 1u64 << c;
+        assert_eq!(caps(vec![doc("a", "")]), 0);
+        assert_eq!(
+            caps(vec![doc(
+                "a",
+                "kernel: { allow_capabilities: [CAP_NET_ADMIN, sys_time] }"
+            )]),
+            bit(NET_ADMIN) | bit(SYS_TIME)
+        );
+        // A policy without the field has no say; one with a list objects to what it leaves out.
+        assert_eq!(
+            caps(vec![
+                doc(
+                    "a",
+                    "kernel: { allow_capabilities: [CAP_NET_ADMIN, CAP_SYS_ADMIN] }"
+                ),
+                doc("b", ""),
+                doc("c", "kernel: { allow_capabilities: [CAP_SYS_ADMIN] }"),
+            ]),
+            bit(SYS_ADMIN)
+        );
+        assert_eq!(
+            caps(vec![
+                doc("a", "kernel: { allow_capabilities: [CAP_NET_ADMIN] }"),
+                doc("b", "kernel: { allow_capabilities: [] }"),
+            ]),
+            0
+        );
     }
 
     #[test]

@@ -763,6 +763,11 @@ impl Enforcer {
     /// flip, so the previous generation keeps enforcing.
     pub fn install(&mut self, policy: &KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
         let slot = governance_common::slot(policy.generation);
+        // The node's own tables (not per generation): what a later package upgrade or module
+        // load changed is picked up by every reload.
+        self.set_loaders(&loader_identities())?;
+        let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+        self.set_raw_devices(&raw_device_majors(&devices))?;
         self.clear_slot(slot)?;
         let skipped = self.write(policy, slot)?;
         self.protect_runtime_sockets()?;
@@ -975,6 +980,51 @@ impl Enforcer {
             RulePair,
             |k: &governance_common::UnixKey| of_id(k.class)
         );
+        Ok(())
+    }
+
+    /// The dynamic loaders' identities (see [`loader_identities`]): the map is set to exactly
+    /// these, new entries first.
+    pub fn set_loaders(&mut self, ids: &[(u32, u64)]) -> Result<(), KernelError> {
+        let name = maps::LOADERS;
+        let mut map: HashMap<_, ExecKey, u32> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let wanted: Vec<ExecKey> = ids
+            .iter()
+            .map(|&(dev, ino)| ExecKey { class: 0, dev, ino })
+            .collect();
+        for key in &wanted {
+            map.insert(key, 0, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        let stale: Vec<ExecKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted.contains(k))
+            .collect();
+        for key in stale {
+            let _ = map.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Character-device majors that are raw views of storage: the map is set to exactly these.
+    pub fn set_raw_devices(&mut self, majors: &[u32]) -> Result<(), KernelError> {
+        let name = maps::RAW_DEVICES;
+        let mut map: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        for major in majors {
+            map.insert(major, 0, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        let stale: Vec<u32> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|m| !majors.contains(m))
+            .collect();
+        for major in stale {
+            let _ = map.remove(&major);
+        }
         Ok(())
     }
 
@@ -1258,6 +1308,95 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Where dynamic loaders usually live (glibc and musl, x86_64 and arm64), besides the one this
+/// daemon's own binary names.
+const LOADER_PATHS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-x86-64.so.2",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+    "/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
+
+/// The interpreter (PT_INTERP) a 64-bit little-endian ELF executable names, if any.
+pub fn elf_interpreter(elf: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?) as usize);
+    // ELFCLASS64, ELFDATA2LSB.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)?, usize::from(u16_at(0x36)?), u16_at(0x38)?);
+    (0..usize::from(phnum)).find_map(|i| {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        const PT_INTERP: u32 = 3;
+        if u32_at(ph)? != PT_INTERP {
+            return None;
+        }
+        let (offset, size) = (u64_at(ph + 8)?, u64_at(ph + 32)?);
+        let raw = elf.get(offset..offset.checked_add(size)?)?;
+        let name = raw.split(|&b| b == 0).next()?;
+        (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+    })
+}
+
+/// The identities of this node's dynamic loaders, which agents may not run as programs: the
+/// interpreter of the daemon's own binary, and the usual paths (symlinks followed). A loader
+/// elsewhere (a Nix store, a conda environment) is not known; exec rules decide on it.
+pub fn loader_identities() -> Vec<(u32, u64)> {
+    // The program headers and the interpreter's name sit at the start of the file.
+    let own = std::fs::File::open("/proc/self/exe").ok().and_then(|f| {
+        let mut head = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
+        elf_interpreter(&head)
+    });
+    let mut ids: Vec<(u32, u64)> = own
+        .into_iter()
+        .chain(LOADER_PATHS.iter().map(PathBuf::from))
+        .filter_map(|p| exec_identity(&p).ok())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Character-device drivers that pass commands to a disk (raw reads with no file rule on the
+/// way): SCSI generic, block SCSI generic, NVMe generic, MTD (raw flash).
+const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd"];
+/// SCSI generic's fixed major, refused even before its module is loaded.
+const SCSI_GENERIC_MAJOR: u32 = 21;
+
+/// The majors of [`RAW_CHAR_DRIVERS`] in /proc/devices' "Character devices" section (the
+/// drivers loaded now: a later module load is picked up by the next reload).
+pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
+    let mut majors = vec![SCSI_GENERIC_MAJOR];
+    let mut in_char = false;
+    for line in proc_devices.lines() {
+        let line = line.trim();
+        if line.ends_with(':') {
+            in_char = line == "Character devices:";
+            continue;
+        }
+        if let (true, Some((major, name))) = (in_char, line.split_once(char::is_whitespace))
+            && RAW_CHAR_DRIVERS.contains(&name.trim())
+            && let Ok(major) = major.parse::<u32>()
+        {
+            majors.push(major);
+        }
+    }
+    majors.sort_unstable();
+    majors.dedup();
+    majors
+}
+
 /// The identity the kernel will see for an executable: the superblock device in the kernel's
 /// internal `dev_t` encoding (`MAJOR << 20 | MINOR`) and the inode number. `stat` follows
 /// symlinks, so a rule naming a symlink blocks the file it points to.
@@ -1282,6 +1421,28 @@ mod tests {
         assert_eq!(kernel_dev(libc::makedev(254, 1)), (254 << 20) | 1);
         assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
         assert_eq!(kernel_dev(libc::makedev(8, 0x12345)), (8 << 20) | 0x12345);
+    }
+
+    #[test]
+    fn the_loader_is_found_from_an_executables_program_header() {
+        // This test binary is dynamically linked: its interpreter is the loader.
+        let elf = std::fs::read("/proc/self/exe").unwrap();
+        let interp = elf_interpreter(&elf).expect("a PT_INTERP");
+        assert!(interp.to_string_lossy().contains("ld-"), "{interp:?}");
+        assert!(
+            loader_identities().contains(&exec_identity(&interp).unwrap()),
+            "{interp:?}"
+        );
+        assert_eq!(elf_interpreter(b"\x7fELF\x02\x01 not much else"), None);
+        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn raw_storage_drivers_are_read_from_proc_devices() {
+        let devices = "Character devices:\n  1 mem\n 21 sg\n246 nvme-generic\n247 nvme\n249 bsg\n\n\
+                       Block devices:\n  8 sd\n259 blkext\n";
+        assert_eq!(raw_device_majors(devices), [21, 246, 249]);
+        assert_eq!(raw_device_majors(""), [21]);
     }
 
     #[test]

@@ -432,6 +432,15 @@ pub struct Policy {
     pub allow_user_namespaces: Option<bool>,
     /// `kernel.allow_runtime_sockets`, as written.
     pub allow_runtime_sockets: Option<bool>,
+    /// `kernel.allow_capabilities`, as written: a mask of capability numbers (bit n:
+    /// capability n), each one that agents are refused by default.
+    pub allow_capabilities: Option<u64>,
+    /// `kernel.allow_mounts`, as written.
+    pub allow_mounts: Option<bool>,
+    /// `kernel.allow_loader_exec`, as written.
+    pub allow_loader_exec: Option<bool>,
+    /// `kernel.allow_kernel_settings`, as written.
+    pub allow_kernel_settings: Option<bool>,
 }
 
 /// Every policy of a directory.
@@ -448,6 +457,16 @@ impl PolicySet {
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.policies.iter().flat_map(|p| p.rules.iter())
     }
+}
+
+/// The capabilities agents are refused, by name, comma-separated.
+fn refusable_capabilities() -> String {
+    use governance_common::caps;
+    (0..64)
+        .filter(|c| caps::REFUSED & (1u64 << c) != 0)
+        .map(caps::name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Policy files of a directory, recursively, sorted; `*.tests.yaml` files are policy tests.
@@ -943,6 +962,10 @@ impl Cx<'_> {
         }
         let at = self.loc(doc.name.span());
         let kernel = doc.kernel.unwrap_or_default();
+        let allow_capabilities = kernel
+            .allow_capabilities
+            .as_ref()
+            .map(|names| self.capabilities(names));
         (self.problems.len() == before).then(|| Policy {
             max_body,
             intercept_tls,
@@ -950,6 +973,10 @@ impl Cx<'_> {
             allow_raw_sockets: kernel.allow_raw_sockets,
             allow_user_namespaces: kernel.allow_user_namespaces,
             allow_runtime_sockets: kernel.allow_runtime_sockets,
+            allow_capabilities,
+            allow_mounts: kernel.allow_mounts,
+            allow_loader_exec: kernel.allow_loader_exec,
+            allow_kernel_settings: kernel.allow_kernel_settings,
             name,
             at,
             description: doc
@@ -963,6 +990,35 @@ impl Cx<'_> {
             sandbox_profiles: profiles,
             rules,
         })
+    }
+
+    /// `kernel.allow_capabilities`: capability names → mask. Every name must be a
+    /// capability that agents are refused (the others they have already).
+    fn capabilities(&mut self, names: &[model::Str]) -> u64 {
+        use governance_common::caps;
+        let mut mask = 0;
+        for name in names {
+            match caps::by_name(name) {
+                Some(cap) if caps::REFUSED & (1 << cap) != 0 => mask |= 1 << cap,
+                Some(cap) => self.problem(
+                    name.span(),
+                    format!(
+                        "kernel.allow_capabilities: agents are never refused {}; only these can be given back: {}",
+                        caps::name(cap),
+                        refusable_capabilities()
+                    ),
+                ),
+                None => self.problem(
+                    name.span(),
+                    format!(
+                        "kernel.allow_capabilities: `{}` is not a capability (write e.g. CAP_NET_ADMIN); these can be given back: {}",
+                        name.trim(),
+                        refusable_capabilities()
+                    ),
+                ),
+            }
+        }
+        mask
     }
 
     fn selector(&mut self, agents: &Spanned<model::AgentSelector>) -> Option<Selector> {

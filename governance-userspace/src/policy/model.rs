@@ -107,7 +107,7 @@ pub struct KernelDoc {
     #[serde(default)]
     pub allow_raw_sockets: Option<bool>,
     /// Let the agent create user namespaces (refused by default: a new user namespace is the
-    /// usual first step out of a sandbox).
+    /// usual first step out of a sandbox). It may then hold capabilities inside them.
     #[serde(default)]
     pub allow_user_namespaces: Option<bool>,
     /// Let the agent connect to container-runtime and service-manager sockets (Docker,
@@ -117,6 +117,30 @@ pub struct KernelDoc {
     /// socket stays refused whatever this says.
     #[serde(default)]
     pub allow_runtime_sockets: Option<bool>,
+    /// Give the agent back capabilities that agents never get by default (`CAP_NET_ADMIN`,
+    /// `CAP_SYS_ADMIN`, ...: see the README for the list and why each is refused). A
+    /// capability is given back when an enforcing policy of the agent lists it and every other
+    /// enforcing policy that writes this field lists it too.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
+    pub allow_capabilities: Option<Spanned<Vec<Str>>>,
+    /// Let the agent mount, unmount, remount, pivot_root and move mounts where it holds
+    /// CAP_SYS_ADMIN: inside a user namespace it made (`allow_user_namespaces`), or anywhere
+    /// if `allow_capabilities` gives it CAP_SYS_ADMIN. Refused by default: a mount changes
+    /// what the paths the rules name refer to.
+    #[serde(default)]
+    pub allow_mounts: Option<bool>,
+    /// Let the agent run the dynamic loader as a program (`ld.so /path/to/program`), which
+    /// runs that program's code without an exec of it. Refused by default; dynamically linked
+    /// programs are not affected.
+    #[serde(default)]
+    pub allow_loader_exec: Option<bool>,
+    /// Let the agent write the kernel's settings: /proc/sys (sysctls, among them
+    /// core_pattern, modprobe and binfmt_misc, which make the kernel run a program as root
+    /// outside every agent), /proc/sysrq-trigger and /sys (its own cgroup subtree excepted,
+    /// which stays writable). Refused by default.
+    #[serde(default)]
+    pub allow_kernel_settings: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -328,3 +328,37 @@ fn unix_rules_name_a_socket_file_or_an_abstract_name() {
     assert!(all.contains("Unknown field `prefix`"), "{all}");
     assert_eq!(errs.len(), 6, "{all}");
 }
+
+#[test]
+fn capabilities_to_give_back_are_checked_by_name_with_their_place() {
+    let set = one(
+        "name: p\nagents: { cgroup: agents/a }\n\
+         kernel: { allow_capabilities: [CAP_NET_ADMIN, sys_time], allow_mounts: true, allow_loader_exec: false }\n",
+    )
+    .unwrap();
+    let p = &set.policies[0];
+    use governance_common::caps::{NET_ADMIN, SYS_TIME};
+    assert_eq!(p.allow_capabilities, Some(1 << NET_ADMIN | 1 << SYS_TIME));
+    assert_eq!(
+        (p.allow_mounts, p.allow_loader_exec),
+        (Some(true), Some(false))
+    );
+    let errs = problems(
+        "name: p\nagents: { cgroup: agents/a }\n\
+         kernel:\n  allow_capabilities:\n    - CAP_NET_ADMIN\n    - CAP_NET_ADMN\n    - CAP_CHOWN\n",
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "p.yaml:6:7: kernel.allow_capabilities: `CAP_NET_ADMN` is not a capability"
+        ),
+        "{errs:?}"
+    );
+    assert!(
+        errs[1].starts_with(
+            "p.yaml:7:7: kernel.allow_capabilities: agents are never refused CAP_CHOWN"
+        ),
+        "{errs:?}"
+    );
+    assert!(errs[1].contains("CAP_SYS_ADMIN"), "{errs:?}");
+}

@@ -11,6 +11,12 @@
 //!   denied), print the count. The host kernel's socket hooks load where the LSM does not.
 //! - `http-upstream ADDR NAME`: a minimal HTTP/1.1 server on ADDR that answers every request
 //!   with `{"upstream": NAME, "method", "path", "body"}` (the demo's payments API).
+//! - `dlopen LIB SYMBOL`: dlopen() LIB (the loader maps it executable) and look SYMBOL up in
+//!   it; prints `loaded LIB` and exits 0, or the loader's error and exits 1. This binary is
+//!   itself dynamically linked: running it at all exercises ld.so mapping libc.
+//! - `uring-personality`: register this process's credentials as an io_uring personality and
+//!   run a NOP under it; exits 0 when the NOP completes, 100 + errno when it is refused (the
+//!   tests' ERRNO_BASE convention), 2 when io_uring itself fails.
 
 use std::{
     ffi::CString,
@@ -23,7 +29,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality"
     );
     std::process::exit(64)
 }
@@ -184,7 +190,126 @@ fn main() {
                 std::thread::spawn(move || serve_one(conn, &name));
             }
         }
+        ["dlopen", lib, symbol] => {
+            let (c_lib, c_symbol) = (
+                CString::new(lib).unwrap_or_else(|_| usage()),
+                CString::new(symbol).unwrap_or_else(|_| usage()),
+            );
+            // SAFETY: valid C strings; the handle is used only here.
+            let handle = unsafe { libc::dlopen(c_lib.as_ptr(), libc::RTLD_NOW) };
+            // SAFETY: dlerror returns a C string owned by libc, or null.
+            let error = || unsafe {
+                let e = libc::dlerror();
+                if e.is_null() {
+                    String::new()
+                } else {
+                    std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                }
+            };
+            if handle.is_null() {
+                println!("dlopen {lib}: {}", error());
+                std::process::exit(1);
+            }
+            // SAFETY: as above.
+            if unsafe { libc::dlsym(handle, c_symbol.as_ptr()) }.is_null() {
+                println!("dlsym {symbol}: {}", error());
+                std::process::exit(1);
+            }
+            println!("loaded {lib}");
+        }
+        ["uring-personality"] => std::process::exit(match uring_personality() {
+            Ok(0) => 0,
+            Ok(res) if res < 0 => 100 - res,
+            Ok(res) => {
+                eprintln!("uring-personality: unexpected result {res}");
+                2
+            }
+            Err(e) => {
+                eprintln!("uring-personality: {e}");
+                2
+            }
+        }),
         _ => usage(),
+    }
+}
+
+/// Set up a one-entry io_uring, register a personality, submit a NOP under it and return the
+/// completion's result (0, or -errno).
+fn uring_personality() -> std::io::Result<i32> {
+    use std::io::Error;
+    let os = |r: libc::c_long| {
+        if r < 0 {
+            Err(Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (40 bytes
+    // each): 120 bytes.
+    let mut params = [0u32; 30];
+    // SAFETY: raw syscalls on buffers of the sizes the kernel reads and writes.
+    unsafe {
+        let fd = os(libc::syscall(
+            libc::SYS_io_uring_setup,
+            1,
+            params.as_mut_ptr(),
+        ))? as i32;
+        let (sq_entries, cq_entries) = (params[0] as usize, params[1] as usize);
+        let sq_off = &params[10..20];
+        let cq_off = &params[20..30];
+        let map = |len: usize, offset: i64| {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd,
+                offset,
+            );
+            if p == libc::MAP_FAILED {
+                Err(Error::last_os_error())
+            } else {
+                Ok(p.cast::<u8>())
+            }
+        };
+        let sq = map(sq_off[6] as usize + sq_entries * 4, 0)?;
+        let cq = map(cq_off[5] as usize + cq_entries * 16, 0x800_0000)?;
+        let sqes = map(sq_entries * 64, 0x1000_0000)?;
+        // IORING_REGISTER_PERSONALITY: this process's credentials, by id.
+        let personality = os(libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            9,
+            std::ptr::null::<u8>(),
+            0,
+        ))? as u16;
+        // One SQE: IORING_OP_NOP (0), personality at byte 42.
+        std::ptr::write_bytes(sqes, 0, 64);
+        sqes.add(42).cast::<u16>().write_unaligned(personality);
+        let tail = sq.add(sq_off[1] as usize).cast::<u32>();
+        let mask = *sq.add(sq_off[2] as usize).cast::<u32>();
+        let t = std::ptr::read_volatile(tail);
+        *sq.add(sq_off[6] as usize)
+            .cast::<u32>()
+            .add((t & mask) as usize) = 0;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+        std::ptr::write_volatile(tail, t.wrapping_add(1));
+        // io_uring_enter(fd, to_submit 1, min_complete 1, IORING_ENTER_GETEVENTS).
+        os(libc::syscall(
+            libc::SYS_io_uring_enter,
+            fd,
+            1,
+            1,
+            1,
+            std::ptr::null::<u8>(),
+            0,
+        ))?;
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        let head = std::ptr::read_volatile(cq.add(cq_off[0] as usize).cast::<u32>());
+        let cmask = *cq.add(cq_off[2] as usize).cast::<u32>();
+        // struct io_uring_cqe { u64 user_data; i32 res; u32 flags; }
+        let cqe = cq.add(cq_off[5] as usize + (head & cmask) as usize * 16);
+        Ok(cqe.add(8).cast::<i32>().read())
     }
 }
 

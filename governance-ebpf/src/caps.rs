@@ -1,0 +1,107 @@
+//! Capabilities an agent never gets: the `capable` LSM hook, and io_uring personalities (the
+//! one way an agent could have the kernel check a capability against credentials other than
+//! its own).
+//!
+//! An agent is often root in the host's namespaces. Its capabilities are keys to kernel
+//! facilities that act around the policy: mounting, namespaces, kernel modules, raw memory and
+//! devices, other processes' memory, the network configuration, the clock. The hook refuses
+//! the capabilities of `governance_common::caps::REFUSED` to every task of an agent (see there
+//! for why each), whatever its uid, unless the policy gives one back (`allow_capabilities`).
+use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
+use governance_common::{Kind, allow, caps};
+
+use crate::{
+    decide::{Decision, current_agent, emit, lsm_ret},
+    kernel::{CAP_OPT_NOAUDIT, OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL, off, read_at},
+};
+
+/// [`governance_common::Event::detail`] of a refused io_uring personality (no capability has
+/// this number).
+const URING_PERSONALITY: u8 = 255;
+
+/// The current task's own credentials (`current->real_cred`), 0 if unreadable.
+#[inline(always)]
+fn own_cred() -> u64 {
+    // SAFETY: helper call without pointer arguments; the read goes through probe_read.
+    unsafe { read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_REAL_CRED)) }.unwrap_or(0)
+}
+
+/// Capabilities: refuse the ones agents never get.
+///
+/// This hook runs for every capability check of every privileged task on the node, so the
+/// order is by cost: the capability against a constant mask (most checks are for
+/// capabilities agents keep, and cost one comparison), then the agent walk (a few map
+/// lookups, and only for the refused capabilities), then the credentials.
+///
+/// Only a check on the task's own credentials is the agent's: when a subsystem acts with
+/// borrowed credentials (overlayfs does its work on the lower and upper layers with the
+/// mounter's, `access()` with the real uid's, `has_capability()` asks about another task),
+/// `cred` is not `current->real_cred`, and refusing would break that subsystem, not the agent.
+/// io_uring personalities, which would let an agent pick such credentials itself, are refused
+/// below.
+#[lsm(hook = "capable")]
+pub fn capable(ctx: LsmContext) -> i32 {
+    // int capable(const struct cred *cred, struct user_namespace *ns, int cap,
+    //             unsigned int opts)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    let cap: i32 = ctx.arg(2);
+    if !(0..64).contains(&cap) || caps::REFUSED & (1u64 << cap) == 0 {
+        return 0;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let cred: u64 = ctx.arg(0);
+    let own = own_cred();
+    // Unreadable (0): decide, as for the agent's own (fail closed).
+    if own != 0 && own != cred {
+        return 0;
+    }
+    let opts: u32 = ctx.arg(3);
+    let audited = opts & CAP_OPT_NOAUDIT == 0;
+    let mut d = Decision::builtin(Kind::Capability, true);
+    if agent.value.allow_caps & (1u64 << cap) != 0 {
+        d = Decision::builtin(Kind::Capability, false);
+    } else if agent.value.allow & allow::USER_NAMESPACES != 0 {
+        // A policy that lets the agent make user namespaces lets it hold capabilities inside
+        // them (what rootless containers need): the kernel limits those to the namespace's
+        // own resources. Checks against the initial namespace (level 0) stay refused.
+        let ns: u64 = ctx.arg(1);
+        // SAFETY: see read_at.
+        if let Ok(level) = unsafe { read_at::<u32>(ns, off(&OFF_USERNS_LEVEL)) }
+            && level > 0
+        {
+            return 0;
+        }
+    }
+    // A no-audit check is a probe ("would I have it?", e.g. before a fallback): refused all
+    // the same, but not reported, as the kernel's own audit does not report it.
+    if audited {
+        emit(&agent, &d, |ev| {
+            ev.detail = cap as u8;
+            ev.object = cap as u64;
+        });
+    }
+    lsm_ret(&d)
+}
+
+/// io_uring personalities: an agent may not run io_uring requests under credentials it
+/// registered earlier (which it could keep from before a setuid, and which would then not be
+/// its own for the capability hook).
+#[lsm(hook = "uring_override_creds")]
+pub fn uring_override_creds(ctx: LsmContext) -> i32 {
+    // int uring_override_creds(const struct cred *new)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let d = Decision::builtin(Kind::Capability, true);
+    emit(&agent, &d, |ev| ev.detail = URING_PERSONALITY);
+    lsm_ret(&d)
+}

@@ -1,0 +1,228 @@
+//! Code mapped executable: the `mmap_file` and `file_mprotect` LSM hooks decide every
+//! mapping of a file with PROT_EXEC by an agent, so that code the exec rules keep from running
+//! cannot run without an exec: loaded by ld.so (`ld.so /usr/bin/nc`, see exec.rs), by
+//! dlopen(), or by a hand-written loader.
+//!
+//! What decides a mapping:
+//!
+//! 1. The program's own image (the file the exec hook decided, `current->mm->exe_file`) is
+//!    not decided again: the kernel's ELF loader maps it right after the exec, past the point
+//!    where a refusal could still fail the exec cleanly (the process would be killed).
+//!    Changing `exe_file` needs CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which agents do not get.
+//! 2. Exact exec rules, by the file's identity (as the exec hook decides): `block` refuses the
+//!    mapping; `escalate` refuses it unless the exec (or this mapping) was approved; `sandbox`
+//!    puts the mapping process under the rule's profile, as running the file would; `allow`
+//!    and `throttle` let it map (a throttle counts execs, not mappings).
+//! 3. The default posture does not apply: every dynamically linked program maps libc, ld.so
+//!    and more, which an exec allowlist never names. Prefix rules do not apply either:
+//!    `file_mprotect` cannot resolve a path, so they could be sidestepped by mapping without
+//!    PROT_EXEC and adding it later.
+//! 4. Under an exec allowlist (default `block`), two kinds of file are refused: files an
+//!    agent wrote (`WRITTEN`, filled by `file_open`), which stops "copy the blocked binary and
+//!    map the copy", and files with no name on any mount (memfd, SysV shared memory), which
+//!    an agent fills with code the same way. An exec rule that allows the written file by
+//!    path (a prefix such as a virtualenv the agent installs into) lets `mmap` map it; the
+//!    path is resolved only then, and only `mmap_file` can.
+//!
+//! Anonymous memory is not decided (JIT compilers need it): a program allowed to run can still
+//! copy code it can read into anonymous memory and run it. Keep a blocked binary's contents
+//! from being read (a `file` rule with `access: [read]`) where that matters.
+use aya_ebpf::{
+    helpers::generated::{bpf_get_current_task, bpf_ktime_get_ns},
+    macros::lsm,
+    programs::LsmContext,
+};
+use governance_common::{Cause, ExecKey, GrantKey, Kind, RuleRef, Verdict, access, exec_map};
+
+use crate::{
+    decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
+    exec::file_identity,
+    file::{copy_path, path_rules, resolve_path},
+    kernel::{
+        OFF_FILE_INODE, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM, OFF_VMA_FILE,
+        PROT_EXEC, SB_KERNMOUNT, off, read_at,
+    },
+    maps::{EXEC_RULES, GRANTS, WRITTEN},
+};
+
+/// Is `file` the current process's own program (`current->mm->exe_file`)?
+#[inline(always)]
+fn is_program_image(file: u64) -> bool {
+    // SAFETY: helper call without pointer arguments; reads go through probe_read.
+    unsafe {
+        read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_MM))
+            .and_then(|mm| read_at::<u64>(mm, off(&OFF_MM_EXE_FILE)))
+            .is_ok_and(|exe| exe == file)
+    }
+}
+
+/// Does `file` live on a kernel-internal mount (no name on any mount a path could reach)?
+/// Unreadable counts as nameless (refused under an allowlist: fail closed).
+#[inline(always)]
+fn is_nameless(file: u64) -> bool {
+    // SAFETY: see read_at.
+    unsafe {
+        read_at::<u64>(file, off(&OFF_FILE_INODE))
+            .and_then(|inode| read_at::<u64>(inode, off(&OFF_INODE_SB)))
+            .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_FLAGS)))
+            .map_or(true, |flags| flags & SB_KERNMOUNT != 0)
+    }
+}
+
+/// Was running this file (kind Exec), or mapping it (kind ExecMap), approved for the agent?
+#[inline(always)]
+fn granted(agent: &Agent, object: u64) -> bool {
+    // SAFETY: helper call without pointer arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut key = GrantKey {
+        cgroup_id: agent.root,
+        kind: Kind::Exec as u8,
+        _pad: [0; 7],
+        object,
+    };
+    // SAFETY: the values are read immediately.
+    if unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > now) {
+        return true;
+    }
+    key.kind = Kind::ExecMap as u8;
+    unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > now)
+}
+
+/// The refusal of a mapping by the exact rule `rule`.
+#[inline(always)]
+fn by_rule(rule: RuleRef, object: u64) -> Decision {
+    Decision {
+        kind: Kind::ExecMap,
+        verdict: Verdict::from_u8(rule.verdict).unwrap_or(Verdict::Block),
+        cause: Cause::Rule,
+        rule_id: rule.rule_id,
+        denied: true,
+        shadow: RuleRef::default(),
+        object,
+        extra_flags: 0,
+    }
+}
+
+/// The decision on mapping `file` executable, and the event's `port` (why a built-in refused
+/// it); None: allowed, not reported. `with_path`: the hook may resolve paths (mmap only).
+#[inline(always)]
+fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, u16)> {
+    if is_program_image(file) {
+        return None;
+    }
+    let Ok((dev, ino)) = file_identity(file) else {
+        return Some((Decision::fail_closed(Kind::ExecMap, Cause::Unreadable), 0));
+    };
+    let object = ((dev as u64) << 32) ^ ino;
+    let key = ExecKey {
+        class: agent.value.class,
+        dev,
+        ino,
+    };
+    // SAFETY: the value is copied immediately.
+    if let Some(rules) = unsafe { EXEC_RULES.get(&key) }.copied()
+        && rules.enforce.present != 0
+    {
+        match Verdict::from_u8(rules.enforce.verdict) {
+            Some(Verdict::Allow | Verdict::Throttle) => {}
+            Some(Verdict::Sandbox) => {
+                let d = apply(
+                    Kind::ExecMap,
+                    agent,
+                    Some(rules),
+                    agent.value.exec_default,
+                    object,
+                );
+                return Some((d, 0));
+            }
+            Some(Verdict::Escalate) if granted(agent, object) => {}
+            _ => return Some((by_rule(rules.enforce, object), 0)),
+        }
+    }
+    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+        return None;
+    }
+    let why = if is_nameless(file) {
+        exec_map::NAMELESS
+    } else if unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some() {
+        // An exec rule may allow the agent's own code by path (mmap only).
+        if with_path
+            && let Ok(k) = resolve_path(file, agent.value.class)
+            && let Some(p) = path_rules(k, access::EXEC)
+            && p.enforce.present != 0
+            && p.enforce.verdict == Verdict::Allow as u8
+        {
+            return None;
+        }
+        exec_map::WRITTEN
+    } else {
+        return None;
+    };
+    let mut d = Decision::builtin(Kind::ExecMap, true);
+    d.object = object;
+    Some((d, why))
+}
+
+/// mmap(PROT_EXEC) of a file (and the kernel's own mappings: the ELF loader's, uselib's).
+#[lsm(hook = "mmap_file")]
+pub fn mmap_file(ctx: LsmContext) -> i32 {
+    // int mmap_file(struct file *file, unsigned long reqprot, unsigned long prot,
+    //               unsigned long flags)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    // `prot`, not `reqprot`: what the mapping will be (READ_IMPLIES_EXEC adds PROT_EXEC).
+    let prot: u64 = ctx.arg(2);
+    let file: u64 = ctx.arg(0);
+    if prot & PROT_EXEC == 0 || file == 0 {
+        return 0;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let Some((d, why)) = map_decision(&agent, file, true) else {
+        return 0;
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = exec_map::MMAP;
+        ev.port = why;
+        if let Ok(k) = resolve_path(file, agent.value.class) {
+            copy_path(ev, &k.data.path);
+        }
+    });
+    lsm_ret(&d)
+}
+
+/// mprotect(PROT_EXEC) of a mapping of a file. The mapping's file (`vma->vm_file`) is read
+/// from kernel memory, so no path can be resolved here (and the event has none); on overlayfs
+/// it is the file of the layer below, whose identity exact rules do not name.
+#[lsm(hook = "file_mprotect")]
+pub fn file_mprotect(ctx: LsmContext) -> i32 {
+    // int file_mprotect(struct vm_area_struct *vma, unsigned long reqprot, unsigned long prot)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let prot: u64 = ctx.arg(2);
+    if prot & PROT_EXEC == 0 {
+        return 0;
+    }
+    let vma: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    let file = unsafe { read_at::<u64>(vma, off(&OFF_VMA_FILE)) }.unwrap_or(0);
+    if file == 0 {
+        return 0;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let Some((d, why)) = map_decision(&agent, file, false) else {
+        return 0;
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = exec_map::MPROTECT;
+        ev.port = why;
+    });
+    lsm_ret(&d)
+}
