@@ -701,10 +701,9 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     ));
                 }
                 Attempt::Setns { path, nstype } => {
+                    // Opening another process's namespace is itself a ptrace_may_access() check.
                     let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        libc::_exit(98);
-                    }
+                    check(fd.into());
                     check(libc::setns(fd, *nstype).into());
                 }
                 Attempt::UnshareMount {
