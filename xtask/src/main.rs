@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the toolchain and VM pieces: nightly rust-src, LLVM 22, bpf-linker 0.13, qemu,
-    /// busybox, cpio, bpftool, Debian's 6.1 kernel, and the developer tools an agent runs in
+    /// busybox, cpio, zstd, bpftool, Debian's 6.1 kernel, and the developer tools an agent runs in
     /// the VM (Debian's Python 3.11 with pip, git); and the HTTP compatibility suite's
     /// packages, pinned in tests/compat (a venv and node_modules under
     /// ~/.cache/governance/compat). Idempotent; fast when all is there.

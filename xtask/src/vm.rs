@@ -253,13 +253,16 @@ fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
         std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
     }
 
-    let initrd = work.join("initramfs.cpio.gz");
+    // zstd rather than gzip -1: smaller (42 against 50 MiB with Python and git in the image),
+    // made in a third of the time, and unpacked a little faster by the emulated guest. Linux
+    // reads a zstd initramfs since 5.9 (CONFIG_RD_ZSTD; Debian's kernels have it).
+    let initrd = work.join("initramfs.cpio.zst");
     run(Command::new("bash")
         .args([
             "-o",
             "pipefail",
             "-c",
-            "find . -print0 | cpio --null --create --format=newc --quiet | gzip -1 > \"$0\"",
+            "find . -print0 | cpio --null --create --format=newc --quiet | zstd -3 -T0 -q > \"$0\"",
         ])
         .arg(&initrd)
         .current_dir(&root))?;
