@@ -2962,3 +2962,361 @@ fn policy_relaxes_root_facility_protections() {
         println!("redteam: control 3 ld.so (allowed) maps a blocked binary");
     }
 }
+
+/// A minimal wheel (PEP 427) of one pure-Python module, written with zipfile: the file named by
+/// argv[1].
+const MAKE_WHEEL: &str = r#"
+import base64, hashlib, os, sys, zipfile
+info = "greeting-1.0.dist-info"
+files = {
+    "greeting.py": 'def hello():\n    return "hello from a wheel"\n',
+    info + "/METADATA": "Metadata-Version: 2.1\nName: greeting\nVersion: 1.0\nSummary: A wheel the test builds\n",
+    info + "/WHEEL": "Wheel-Version: 1.0\nGenerator: governance-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+for path, text in files.items():
+    data = text.encode()
+    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{path},sha256={digest},{len(data)}")
+record.append(info + "/RECORD,,")
+files[info + "/RECORD"] = "\n".join(record) + "\n"
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+with zipfile.ZipFile(sys.argv[1], "w") as whl:
+    for path, text in files.items():
+        whl.writestr(path, text)
+print("built", sys.argv[1])
+"#;
+
+/// A Python toolchain at work: C extension modules (json, sqlite3, ssl, hashlib), a subprocess,
+/// a multiprocessing pool, an asyncio loop (its self-pipe is a Unix socket pair), a Unix socket
+/// in the workspace, a loopback TCP round trip and a temporary file.
+const PYTHON_WORK: &str = r#"
+import json, sqlite3, ssl, hashlib, subprocess, multiprocessing, asyncio, os, socket, tempfile
+
+def square(x):
+    return x * x
+
+if __name__ == "__main__":
+    db = sqlite3.connect("work.db")
+    db.execute("create table kv (k text primary key, v text)")
+    db.execute("insert into kv values (?, ?)", ("answer", json.dumps({"n": 42})))
+    db.commit()
+    (v,) = db.execute("select v from kv where k = 'answer'").fetchone()
+    db.close()
+    print("sqlite+json:", json.loads(v)["n"])
+    print("sha256:", hashlib.sha256(b"governance").hexdigest()[:16])
+    ssl.create_default_context()
+    print("ssl:", ssl.OPENSSL_VERSION.split()[0])
+    child = subprocess.run(["sh", "-c", "echo from a child"], capture_output=True, text=True, check=True)
+    print("subprocess:", child.stdout.strip())
+    with multiprocessing.Pool(2) as pool:
+        print("pool:", sum(pool.map(square, range(10))))
+    server = socket.create_server(("127.0.0.1", 0))
+    with socket.create_connection(server.getsockname()) as client:
+        conn, _ = server.accept()
+        client.sendall(b"ping")
+        print("loopback:", conn.recv(4).decode())
+        conn.close()
+    server.close()
+    async def three():
+        await asyncio.sleep(0)
+        return 3
+    print("asyncio:", asyncio.run(three()))
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("ipc.sock")
+        listener.listen()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect("ipc.sock")
+            conn, _ = listener.accept()
+            client.sendall(b"ping")
+            print("unix socket:", conn.recv(4).decode())
+            conn.close()
+    os.unlink("ipc.sock")
+    with tempfile.NamedTemporaryFile("w+") as f:
+        f.write("scratch")
+        f.flush()
+        f.seek(0)
+        print("tempfile:", f.name.startswith("/tmp/"), f.read())
+"#;
+
+/// A shell at work: redirections (`>` opens with O_TRUNC, `>>` appends), a rename, a hard and
+/// a symbolic link inside the workspace, a temp file in /tmp, output thrown into /dev/null.
+const SHELL_WORK: &str = r#"set -eu
+echo one > notes.txt
+echo two >> notes.txt
+echo "appended: $(cat notes.txt | tr '\n' ' ')"
+echo three > notes.txt
+echo "truncated: $(cat notes.txt)"
+mkdir -p docs
+mv notes.txt docs/notes.txt
+ln docs/notes.txt docs/hardlink.txt
+ln -s notes.txt docs/symlink.txt
+echo "links: $(cat docs/hardlink.txt) $(cat docs/symlink.txt) $(stat -c %h docs/notes.txt)"
+t=$(mktemp)
+echo scratch > "$t"
+echo "tmp: $(dirname "$t") $(cat "$t")"
+rm "$t"
+echo discarded > /dev/null
+printf 'venv/\ndist/\n*.db\n' > .gitignore
+echo done
+"#;
+
+/// Issue 12: mediation is not bought by breaking agents. Under a policy that confines exec
+/// (allow-list, default block), file writes (the agent's workspace and /tmp), secrets and the
+/// network (loopback only), an agent does ordinary developer work with real tools, and every
+/// step works without a single refusal: Python (C extension modules, a subprocess, a
+/// multiprocessing pool, a venv, an offline `pip install` of a wheel it builds, importing it
+/// from the venv's interpreter, which is a symlink to the allowed python3), git (init, add,
+/// commit, log), and a shell (a pipeline, redirections, mv, ln, a temp file). In the same run the
+/// policy still bites: a secret, a connect off loopback, an exec off the allow-list and a write
+/// outside the workspace are refused.
+#[test]
+fn legitimate_work_keeps_running() {
+    use governance_common::Counter;
+
+    /// What the test made outside its fixture, removed when it ends.
+    struct Cleanup(Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in &self.0 {
+                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+            }
+        }
+    }
+
+    require_root();
+    let fx = Fixture::new("legit");
+    // The agent's workspace (and home), outside /tmp: its own rule is what lets it write there.
+    let ws = PathBuf::from(format!("/home/agent-{}", std::process::id()));
+    // A file of root's outside the workspace (made by the test: Attempt::Write does not create).
+    let system_file = PathBuf::from(format!("/root/legit-{}.conf", std::process::id()));
+    let _cleanup = Cleanup(vec![ws.clone(), system_file.clone()]);
+    let project = ws.join("project");
+    let secrets = ws.join("secrets");
+    let _ = std::fs::remove_dir_all(&ws);
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("api-key"), "sk-not-for-agents").unwrap();
+    // A binary the agent dropped in its workspace (a copy of busybox: `true` by its argv[0]).
+    std::fs::create_dir_all(ws.join("bin")).unwrap();
+    std::fs::copy(BUSYBOX, ws.join("bin/true")).unwrap();
+    std::fs::write(&system_file, "setting=1\n").unwrap();
+
+    let (w, s) = (ws.display(), secrets.display());
+    let policy = format!(
+        "name: developer\n\
+         agents: {{ cgroup: {agent} }}\n\
+         defaults: {{ exec: block, network: block }}\n\
+         rules:\n\
+         \x20 - {{ id: python, exec: {{ path: /usr/bin/python3 }}, verdict: allow, reason: the project's scripts and packaging }}\n\
+         \x20 - {{ id: git, exec: {{ path: /usr/bin/git }}, verdict: allow, reason: version control }}\n\
+         \x20 - {{ id: shell, exec: {{ path: {BUSYBOX} }}, verdict: allow, reason: sh and the coreutils }}\n\
+         \x20 - {{ id: system, file: {{ prefix: /, access: [write, create, truncate] }}, verdict: block, reason: writes stay in the workspace }}\n\
+         \x20 - {{ id: workspace, file: {{ prefix: {w} }}, verdict: allow, reason: the agent's workspace }}\n\
+         \x20 - {{ id: tmp, file: {{ prefix: /tmp }}, verdict: allow, reason: temporary files }}\n\
+         \x20 - {{ id: devnull, file: {{ path: /dev/null }}, verdict: allow, reason: output thrown away }}\n\
+         \x20 - {{ id: shm, file: {{ prefix: /dev/shm }}, verdict: allow, reason: POSIX semaphores and shared memory }}\n\
+         \x20 - {{ id: secrets, file: {{ prefix: {s} }}, verdict: block, reason: credentials }}\n\
+         \x20 - {{ id: loopback, network: {{ cidr: [127.0.0.0/8, '::1/128'] }}, verdict: allow, reason: local services }}\n",
+        agent = fx.agent.rel.display(),
+    );
+    let mut k = load(&policy);
+    for hook in [
+        "bprm_check_security",
+        "file_open",
+        "connect4",
+        "connect6",
+        "sendmsg4",
+        "sendmsg6",
+    ] {
+        k.require(hook);
+    }
+
+    // Each step runs in the agent, in the project, with a plain developer environment. It must
+    // exit 0, and the kernel must have refused nothing while it ran; it returns its output and
+    // the exec decisions taken for it.
+    let python_rule = k.rule(1);
+    let mut work = |step: &str, program: &str, args: &[&str]| -> (String, Vec<Event>) {
+        let started = std::time::Instant::now();
+        let out = governance_tests::command_in(Some(&fx.agent.path), program, args)
+            .current_dir(&project)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", &ws)
+            .env("TMPDIR", "/tmp")
+            .env("LANG", "C.UTF-8")
+            .output()
+            .unwrap_or_else(|e| panic!("{step}: starting {program}: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Drain the ring (every open is reported): keep the refusals and the execs.
+        let seen = std::cell::RefCell::new((Vec::new(), Vec::new()));
+        k.try_event_where(Duration::ZERO, |ev| {
+            let mut seen = seen.borrow_mut();
+            if ev.flags & flags::DENIED != 0 {
+                seen.0.push(format!(
+                    "{:?} by {} ({:?}, rule {:#x}): {} detail {:#x} port {}",
+                    Kind::from_u8(ev.kind),
+                    text(&ev.comm),
+                    Cause::from_u8(ev.cause),
+                    ev.rule_id,
+                    text(&ev.path),
+                    ev.detail,
+                    ev.port
+                ));
+            }
+            if Kind::from_u8(ev.kind) == Some(Kind::Exec) {
+                seen.1.push(*ev);
+            }
+            false
+        });
+        let (denied, execs) = seen.into_inner();
+        // (A script given with -c shows as its first line.)
+        let command: Vec<&str> = std::iter::once(program)
+            .chain(
+                args.iter()
+                    .map(|a| a.trim_start().lines().next().unwrap_or("")),
+            )
+            .collect();
+        assert!(
+            out.status.success() && denied.is_empty(),
+            "{step}: `{}` {}; the kernel refused: {denied:#?}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+            command.join(" "),
+            out.status,
+        );
+        println!("work: {step} ok ({:.1?})", started.elapsed());
+        for line in stdout.lines() {
+            println!("  {line}");
+        }
+        (stdout, execs)
+    };
+
+    // Python: the standard library's C extension modules, a subprocess, a pool of two, asyncio,
+    // Unix and loopback TCP sockets, a temp file.
+    let (out, _) = work("python3 stdlib", "/usr/bin/python3", &["-c", PYTHON_WORK]);
+    for line in [
+        "sqlite+json: 42",
+        "ssl: OpenSSL",
+        "subprocess: from a child",
+        "pool: 285",
+        "asyncio: 3",
+        "unix socket: ping",
+        "loopback: ping",
+        "tempfile: True scratch",
+    ] {
+        assert!(out.contains(line), "python3 stdlib: no {line:?} in:\n{out}");
+    }
+    // A venv in the workspace, and pip installing a wheel built on the spot, offline.
+    let venv = [
+        "-m",
+        "venv",
+        "--system-site-packages",
+        "--without-pip",
+        "venv",
+    ];
+    work("python3 -m venv", "/usr/bin/python3", &venv);
+    let venv_python = project.join("venv/bin/python");
+    let link = std::fs::symlink_metadata(&venv_python).unwrap();
+    assert!(link.file_type().is_symlink(), "the venv's python: {link:?}");
+    let venv_python = venv_python.to_str().unwrap();
+    let wheel = "dist/greeting-1.0-py3-none-any.whl";
+    work(
+        "build a wheel",
+        "/usr/bin/python3",
+        &["-c", MAKE_WHEEL, wheel],
+    );
+    let pip = ["-m", "pip", "install", "--no-index", wheel];
+    let (out, _) = work("pip install (offline)", venv_python, &pip);
+    assert!(out.contains("Successfully installed greeting-1.0"), "{out}");
+    let import = "import greeting, sys; print(greeting.hello(), sys.prefix != sys.base_prefix, greeting.__file__)";
+    let (out, execs) = work("import from the venv", venv_python, &["-c", import]);
+    assert!(
+        out.starts_with("hello from a wheel True ")
+            && out.contains("/project/venv/lib/python3.11/site-packages/greeting.py"),
+        "{out}"
+    );
+    // The venv's interpreter is a symlink: the python3 rule allowed it, by the file's identity.
+    assert!(
+        execs.iter().any(|ev| ev.rule_id == python_rule),
+        "the venv's python was not allowed by the python3 rule: {:?}",
+        execs
+            .iter()
+            .map(|ev| (text(&ev.path), ev.rule_id))
+            .collect::<Vec<_>>()
+    );
+
+    // The shell: a pipeline, then redirections, mv, ln and a temp file.
+    let pipeline = "ls / | grep -c bin | wc -l";
+    let (out, _) = work("sh pipeline", "/bin/sh", &["-c", pipeline]);
+    assert_eq!(out.trim(), "1");
+    let (out, _) = work("sh script", "/bin/sh", &["-c", SHELL_WORK]);
+    assert_eq!(
+        out,
+        "appended: one two \ntruncated: three\nlinks: three three 2\ntmp: /tmp scratch\ndone\n"
+    );
+
+    // git: init, add, commit, log, in the workspace (the venv, the wheel and the database are
+    // ignored).
+    let (out, _) = work("git init", "/usr/bin/git", &["init", "-b", "main"]);
+    assert!(out.contains("Initialized empty Git repository"), "{out}");
+    work("git add", "/usr/bin/git", &["add", "."]);
+    let commit = [
+        "-c",
+        "user.name=Agent",
+        "-c",
+        "user.email=agent@example.com",
+        "commit",
+        "-q",
+        "-m",
+        "Notes and links",
+    ];
+    work("git commit", "/usr/bin/git", &commit);
+    let log = ["log", "--format=%an %s", "--name-only"];
+    let (out, _) = work("git log", "/usr/bin/git", &log);
+    assert_eq!(
+        out,
+        "Agent Notes and links\n\n.gitignore\ndocs/hardlink.txt\ndocs/notes.txt\ndocs/symlink.txt\n"
+    );
+    let (out, _) = work("git status", "/usr/bin/git", &["status", "--porcelain"]);
+    assert_eq!(out, "", "a clean tree");
+    // Nothing was refused, even silently (a tool that shrugs off an EPERM, an event the ring
+    // had no room for).
+    assert_eq!(k.enforcer.counter(Counter::Denials).unwrap(), 0);
+
+    // The same policy, in the same run, still refuses what it is there to refuse.
+    deny(
+        &mut k,
+        &fx,
+        "legit: read a file under secrets",
+        &Attempt::open(&secrets.join("api-key"), libc::O_RDONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "legit: connect off loopback",
+        &Attempt::connect(SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(192, 0, 2, 1),
+            443,
+        ))),
+        Kind::Connect,
+        Control::NotEperm,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "legit: exec a binary off the allow-list",
+        &Attempt::exec(&ws.join("bin/true"), "true"),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    deny(
+        &mut k,
+        &fx,
+        "legit: write outside the workspace",
+        &Attempt::write(&system_file, "setting=2\n"),
+        Kind::File,
+        Control::Succeeds,
+    );
+}

@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install the toolchain and VM pieces: nightly rust-src, LLVM 22, bpf-linker 0.13, qemu,
-    /// busybox, cpio, bpftool and Debian's 6.1 kernel; and the HTTP compatibility suite's
+    /// busybox, cpio, zstd, bpftool, Debian's 6.1 kernel, and the developer tools an agent runs in
+    /// the VM (Debian's Python 3.11 with pip, git); and the HTTP compatibility suite's
     /// packages, pinned in tests/compat (a venv and node_modules under
     /// ~/.cache/governance/compat). Idempotent; fast when all is there.
     ///
@@ -436,7 +437,101 @@ fn image_files(b: &Built) -> Result<Vec<(PathBuf, String)>> {
     if Path::new("/usr/bin/curl").exists() {
         files.push(("/usr/bin/curl".into(), "/usr/bin/curl".into()));
     }
+    developer_tools(&mut files)?;
     Ok(files)
+}
+
+/// Debian's Python standard library, less what no agent's work in the VM needs: tests, the Tk
+/// GUI and IDLE, bundled docs, 2to3, ensurepip's wheels, the static library for embedding, and
+/// test or example extension modules (a third of its size).
+const PYTHON_STDLIB: &str = "/usr/lib/python3.11";
+const PYTHON_STDLIB_SKIP: &[&str] = &[
+    "test",
+    "tests",
+    "idle_test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "turtle.py",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+    "config-3.11-x86_64-linux-gnu",
+    "site-packages",
+    "dist-packages",
+    // Extension modules for tests and examples, and for Berkeley DB, crypt(3), terminals and
+    // audio, which no tool here uses.
+    "_ctypes_test.cpython-311-x86_64-linux-gnu.so",
+    "_testbuffer.cpython-311-x86_64-linux-gnu.so",
+    "_testcapi.cpython-311-x86_64-linux-gnu.so",
+    "_testclinic.cpython-311-x86_64-linux-gnu.so",
+    "_testimportmultiple.cpython-311-x86_64-linux-gnu.so",
+    "_testinternalcapi.cpython-311-x86_64-linux-gnu.so",
+    "_testmultiphase.cpython-311-x86_64-linux-gnu.so",
+    "_xxsubinterpreters.cpython-311-x86_64-linux-gnu.so",
+    "_xxtestfuzz.cpython-311-x86_64-linux-gnu.so",
+    "xxlimited.cpython-311-x86_64-linux-gnu.so",
+    "xxlimited_35.cpython-311-x86_64-linux-gnu.so",
+    "_dbm.cpython-311-x86_64-linux-gnu.so",
+    "_crypt.cpython-311-x86_64-linux-gnu.so",
+    "_curses.cpython-311-x86_64-linux-gnu.so",
+    "_curses_panel.cpython-311-x86_64-linux-gnu.so",
+    "readline.cpython-311-x86_64-linux-gnu.so",
+    "nis.cpython-311-x86_64-linux-gnu.so",
+    "ossaudiodev.cpython-311-x86_64-linux-gnu.so",
+];
+
+/// The tools of `legitimate_work_keeps_running` (tests/tests/vm_lsm.rs), as Debian installs
+/// them (`cargo xtask setup` does): Python 3.11 with its standard library (the extension
+/// modules bring their libraries: libssl, libsqlite3, libffi, ...) and its bytecode caches
+/// (without them every import compiles under the VM's emulated CPU), pip, and git with its
+/// templates. Git's `init`, `add`, `commit` and `log` are built into /usr/bin/git:
+/// /usr/lib/git-core is left out.
+fn developer_tools(files: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    for exe in ["/usr/bin/python3.11", "/usr/bin/python3", "/usr/bin/git"] {
+        if !Path::new(exe).exists() {
+            bail!("{exe} not found; `cargo xtask setup` installs python3-pip and git");
+        }
+        files.push((exe.into(), exe.into()));
+    }
+    add_tree(Path::new(PYTHON_STDLIB), PYTHON_STDLIB_SKIP, files)?;
+    // What `git init` copies into a new repository (a description, info/exclude, sample hooks).
+    add_tree(Path::new("/usr/share/git-core/templates"), &[], files)?;
+    // pip and its metadata (pip-<version>.dist-info), without the rest of dist-packages.
+    let dist = Path::new("/usr/lib/python3/dist-packages");
+    let mut pip = 0;
+    for entry in std::fs::read_dir(dist).with_context(|| format!("reading {}", dist.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "pip" || (name.starts_with("pip-") && name.ends_with(".dist-info")) {
+            add_tree(&entry.path(), &[], files)?;
+            pip += 1;
+        }
+    }
+    if pip != 2 {
+        bail!(
+            "pip not found in {}; `cargo xtask setup` installs python3-pip",
+            dist.display()
+        );
+    }
+    Ok(())
+}
+
+/// Every file below `dir` (at the same path in the guest), except the entries named in `skip`.
+fn add_tree(dir: &Path, skip: &[&str], files: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        if skip.iter().any(|s| entry.file_name() == **s) {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            add_tree(&path, skip, files)?;
+        } else {
+            files.push((path.clone(), path.to_string_lossy().into_owned()));
+        }
+    }
+    Ok(())
 }
 
 fn boot(

@@ -16,9 +16,11 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{capture, heartbeat, progress, run};
 
-/// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio for the VM, bpftool to inspect,
-/// curl (the demo agent's HTTP client in the VM, and a client of the compatibility suite),
-/// python3-venv (the compatibility suite's Python packages live in a venv).
+/// Debian packages: LLVM 22 for bpf-linker, qemu/busybox/cpio/zstd for the VM, bpftool to
+/// inspect, curl (the demo agent's HTTP client in the VM, and a client of the compatibility
+/// suite), python3-venv (the compatibility suite's Python packages live in a venv), and the
+/// developer tools an agent runs in the VM's legitimate-work test: Debian's Python 3.11 with
+/// pip, and git.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -28,9 +30,13 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "zstd",
     "bpftool",
     "curl",
     "python3-venv",
+    "python3.11",
+    "python3-pip",
+    "git",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -96,7 +102,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, bpftool; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()

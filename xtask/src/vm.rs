@@ -24,6 +24,9 @@ export HOME=/root TMPDIR=/tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# POSIX semaphores and shared memory (sem_open, shm_open: Python's multiprocessing) live here.
+mkdir -p /dev/shm
+mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs tmpfs /tmp
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
@@ -41,7 +44,9 @@ poweroff -f
 /// What goes into the VM and what runs there.
 pub struct Spec {
     pub kernel: PathBuf,
-    /// (host file, absolute guest path). Executables get their shared libraries added.
+    /// (host file, absolute guest path). Executables and shared objects get their shared
+    /// libraries added. A symlink to a file beside it (`python3 -> python3.11`) stays a symlink,
+    /// so that both names are one file; any other symlink is copied as the file it names.
     pub files: Vec<(PathBuf, String)>,
     /// Shell script run as root by /init; its exit status is the VM's.
     pub script: String,
@@ -237,6 +242,13 @@ fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        if let Ok(target) = std::fs::read_link(host)
+            && target.components().count() == 1
+        {
+            std::os::unix::fs::symlink(&target, &dest)
+                .with_context(|| format!("linking {} in the initramfs", dest.display()))?;
+            continue;
+        }
         let executable = is_dynamic_elf(host);
         place(host, &dest, executable)?;
         if executable {
@@ -251,13 +263,16 @@ fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
         std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
     }
 
-    let initrd = work.join("initramfs.cpio.gz");
+    // zstd rather than gzip -1: smaller (42 against 50 MiB with Python and git in the image),
+    // made in a third of the time, and unpacked a little faster by the emulated guest. Linux
+    // reads a zstd initramfs since 5.9 (CONFIG_RD_ZSTD; Debian's kernels have it).
+    let initrd = work.join("initramfs.cpio.zst");
     run(Command::new("bash")
         .args([
             "-o",
             "pipefail",
             "-c",
-            "find . -print0 | cpio --null --create --format=newc --quiet | gzip -1 > \"$0\"",
+            "find . -print0 | cpio --null --create --format=newc --quiet | zstd -3 -T0 -q > \"$0\"",
         ])
         .arg(&initrd)
         .current_dir(&root))?;
@@ -278,20 +293,27 @@ fn write_exec(path: &Path, text: &str) -> Result<()> {
 }
 
 /// Copy a file into the image; strip debug info from our (large, debug-built) executables.
+/// The copy keeps the file's modification time: Python checks its bytecode caches
+/// (`__pycache__/*.pyc`) against their source's, and would otherwise recompile every module
+/// (and try to write the caches back) at each import.
 fn place(host: &Path, dest: &Path, strip: bool) -> Result<()> {
-    if strip
+    let stripped = strip
         && Command::new("strip")
             .arg("--strip-debug")
             .arg("-o")
             .arg(dest)
             .arg(host)
             .status()
-            .is_ok_and(|s| s.success())
-    {
-        return Ok(());
+            .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(host, dest)
+            .with_context(|| format!("copying {} into the initramfs", host.display()))?;
     }
-    std::fs::copy(host, dest)
-        .with_context(|| format!("copying {} into the initramfs", host.display()))?;
+    let modified = std::fs::metadata(host)?.modified()?;
+    // (futimens needs the file's owner, not write access: a read-only copy is fine.)
+    std::fs::File::open(dest)?
+        .set_modified(modified)
+        .with_context(|| format!("setting the time of {}", dest.display()))?;
     Ok(())
 }
 
