@@ -50,9 +50,12 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// [`crate::IdentKey`] → [`crate::IdentValue`]: file rules by the identity of the objects
+    /// their paths named at load (files, and directories for what is below them).
+    pub const IDENT_RULES: &str = "IDENT_RULES";
 
     /// Every map, in pin order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         STATE,
         AGENTS,
         EXEC_RULES,
@@ -67,6 +70,7 @@ pub mod maps {
         PROXY_CONNS,
         EVENTS,
         COUNTERS,
+        IDENT_RULES,
     ];
 }
 
@@ -122,6 +126,8 @@ pub mod programs {
     pub const TASK_KILL: Program = lsm("task_kill", "signals to the daemon");
     pub const PTRACE: Program = lsm("ptrace_access_check", "ptrace of the daemon");
     pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+    pub const LINK: Program = lsm("inode_link", "hard links of protected files");
+    pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -156,7 +162,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 15] = [
+    pub const ALL: [Program; 17] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -172,6 +178,8 @@ pub mod programs {
         TASK_KILL,
         PTRACE,
         UNLINK,
+        LINK,
+        RENAME,
     ];
 }
 
@@ -201,9 +209,17 @@ pub mod offsets {
     pub const SB_MAGIC: &str = "OFF_SB_MAGIC";
     pub const TASK_TGID: &str = "OFF_TASK_TGID";
     pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
+    pub const PATH_DENTRY: &str = "OFF_PATH_DENTRY";
+    pub const DENTRY_PARENT: &str = "OFF_DENTRY_PARENT";
+    pub const DENTRY_INODE: &str = "OFF_DENTRY_INODE";
+    pub const DENTRY_SB: &str = "OFF_DENTRY_SB";
+    pub const DENTRY_FLAGS: &str = "OFF_DENTRY_FLAGS";
+    pub const DENTRY_NAME: &str = "OFF_DENTRY_NAME";
+    pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
+    pub const SB_ROOT: &str = "OFF_SB_ROOT";
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 12] = [
+    pub const ALL: [(&str, &str, &str); 20] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -216,6 +232,14 @@ pub mod offsets {
         (SB_MAGIC, "super_block", "s_magic"),
         (TASK_TGID, "task_struct", "tgid"),
         (TASK_REAL_PARENT, "task_struct", "real_parent"),
+        (PATH_DENTRY, "path", "dentry"),
+        (DENTRY_PARENT, "dentry", "d_parent"),
+        (DENTRY_INODE, "dentry", "d_inode"),
+        (DENTRY_SB, "dentry", "d_sb"),
+        (DENTRY_FLAGS, "dentry", "d_flags"),
+        (DENTRY_NAME, "dentry", "d_name"),
+        (QSTR_NAME, "qstr", "name"),
+        (SB_ROOT, "super_block", "s_root"),
     ];
 }
 
@@ -251,6 +275,12 @@ pub const COMM_LEN: usize = 16;
 pub const NO_RULE: u32 = 0;
 /// Port/protocol alternatives held per destination prefix in [`NetValue`].
 pub const NET_SLOTS: usize = 8;
+/// Capacity of [`maps::IDENT_RULES`] (both slots).
+pub const MAX_IDENT_RULES: u32 = 16384;
+/// How many directory levels above an opened (linked, renamed) object the programs look up in
+/// [`maps::IDENT_RULES`]. A deeper object, for an agent whose class has identity rules for the
+/// access, is refused (fail closed).
+pub const MAX_IDENT_DEPTH: u32 = 64;
 
 /// The class id of class number `n` (1-based) in the generation `generation`: the slot is the
 /// top bit, so a generation's tables never collide with the other slot's.
@@ -285,7 +315,15 @@ pub enum Kind {
     Ptrace = 9,
     /// Unlinking a file in bpffs (a pin).
     Unlink = 10,
+    /// A hard link or rename that would take an object out of the identity rules that protect
+    /// it ([`Event::detail`]: [`LINK_OP_LINK`] or [`LINK_OP_RENAME`]).
+    Link = 16,
 }
+
+/// [`Event::detail`] of a [`Kind::Link`] decision: a new hard link.
+pub const LINK_OP_LINK: u8 = 1;
+/// [`Event::detail`] of a [`Kind::Link`] decision: a rename (or one side of an exchange).
+pub const LINK_OP_RENAME: u8 = 2;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -300,6 +338,7 @@ impl Kind {
             8 => Self::Signal,
             9 => Self::Ptrace,
             10 => Self::Unlink,
+            16 => Self::Link,
             _ => return None,
         })
     }
@@ -316,6 +355,7 @@ impl Kind {
             Self::Signal => "signal",
             Self::Ptrace => "ptrace",
             Self::Unlink => "unlink",
+            Self::Link => "link",
         }
     }
 }
@@ -488,6 +528,47 @@ pub struct ExecKey {
     pub dev: u32,
     pub ino: u64,
 }
+
+/// [`IdentKey::scope`]: the rules for the object itself (a file, or a directory opened as one).
+pub const SCOPE_SELF: u32 = 0;
+/// [`IdentKey::scope`]: the rules for what is below a directory (its files and subdirectories,
+/// whatever they are called and whenever they were made).
+pub const SCOPE_BELOW: u32 = 1;
+
+/// Key of [`maps::IDENT_RULES`]: a class and the identity of a file or directory a file rule
+/// named when the generation was loaded (device in the kernel `dev_t` encoding, as
+/// [`ExecKey`]), and whether the rules are for the object itself or for what is below it.
+///
+/// `dev` 0 and `ino` 0 is the class's marker (no object has it): present when the class has
+/// identity rules, its [`IdentValue`] slot `i` present when some identity rule of the class
+/// refuses (or limits) access letter `i`. Agents whose class has none skip the walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentKey {
+    pub class: u32,
+    pub dev: u32,
+    pub ino: u64,
+    /// [`SCOPE_SELF`] or [`SCOPE_BELOW`].
+    pub scope: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`maps::IDENT_RULES`]: the rules per access letter, in the order of
+/// [`IDENT_LETTERS`] (the bits of [`Event::detail`]); a slot with neither side present has no
+/// rule here, and the next directory up decides that letter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentValue {
+    pub rules: [RulePair; 4],
+}
+
+/// The access letters of [`IdentValue::rules`], in order.
+pub const IDENT_LETTERS: [u8; 4] = [
+    access::READ,
+    access::WRITE,
+    access::CREATE,
+    access::TRUNCATE,
+];
 
 /// Access letters of [`PathKey::access`].
 pub mod access {
@@ -695,6 +776,8 @@ const _: () = assert!(core::mem::size_of::<RulePair>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentValue>() == 56);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<IdentKey>() == 24);
+const _: () = assert!(core::mem::size_of::<IdentValue>() == 64);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NetEntry>() == 16);
@@ -756,4 +839,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProxyAddr {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::IdentKey {}
+    unsafe impl aya::Pod for super::IdentValue {}
 }

@@ -22,7 +22,15 @@ offsets!(
     OFF_SB_DEV,
     OFF_SB_MAGIC,
     OFF_TASK_TGID,
-    OFF_TASK_REAL_PARENT
+    OFF_TASK_REAL_PARENT,
+    OFF_PATH_DENTRY,
+    OFF_DENTRY_PARENT,
+    OFF_DENTRY_INODE,
+    OFF_DENTRY_SB,
+    OFF_DENTRY_FLAGS,
+    OFF_DENTRY_NAME,
+    OFF_QSTR_NAME,
+    OFF_SB_ROOT
 );
 
 #[inline(always)]
@@ -58,3 +66,6 @@ pub(crate) const AF_INET6: u32 = 10;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
 pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
 pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
+/// `d_flags` bit of a dentry that may not be connected to its filesystem's root (what
+/// open_by_handle_at can return for a file whose name is not in the dentry cache).
+pub(crate) const DCACHE_DISCONNECTED: u32 = 0x20;

@@ -10,7 +10,8 @@
 //!
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
-//! protections), `lifecycle` (fork and exit). What they share: `decide` (the agent, the
+//! protections), `lifecycle` (fork and exit), `identity` (file rules by the object's identity:
+//! the ancestor walk, hard links and renames). What they share: `decide` (the agent, the
 //! decision, the event), `maps` (every map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
@@ -24,6 +25,7 @@
 mod decide;
 mod exec;
 mod file;
+mod identity;
 mod kernel;
 mod lifecycle;
 mod maps;

@@ -3,15 +3,16 @@
 //! daemon and the proxy (events, counters, proxy connection records), and the per-CPU scratch
 //! the programs use in place of stack. Names are the symbol names, which the daemon opens
 //! (see governance_common::maps).
+use crate::identity::Answer;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED, NetKey, NetValue, OrigDst, PathKey, ProxyAddr,
-    RulePair,
+    GrantKey, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS,
+    MAX_IDENT_RULES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_SANDBOXED,
+    NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair,
 };
 
 #[map]
@@ -53,3 +54,9 @@ pub(crate) static ORIG_SCRATCH: PerCpuArray<OrigDst> = PerCpuArray::with_max_ent
 /// Per-CPU scratch for the path key: 260 bytes do not fit the 512-byte stack beside the rest.
 #[map]
 pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
+    HashMap::with_max_entries(MAX_IDENT_RULES, 0);
+/// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name.
+#[map]
+pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(2, 0);

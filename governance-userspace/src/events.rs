@@ -596,6 +596,15 @@ impl Record {
             Some(Kind::Bpf) => {
                 object.detail.insert("cmd".into(), ev.detail.to_string());
             }
+            Some(Kind::Link) => {
+                object.path = text(&ev.path);
+                let op = match ev.detail {
+                    governance_common::LINK_OP_LINK => "link",
+                    governance_common::LINK_OP_RENAME => "rename",
+                    _ => "?",
+                };
+                object.detail.insert("op".into(), op.into());
+            }
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }
         let shadow_mode = named.is_some_and(|r| r.shadow);

@@ -86,7 +86,7 @@ pub const NO_AGENT: &str = "_none";
 
 const KINDS: &[&str] = &[
     "exec", "file", "connect", "send", "socket", "userns", "bpf", "signal", "ptrace", "unlink",
-    "http",
+    "http", "link",
 ];
 const OUTCOMES: &[&str] = &[
     "allow", "block", "throttle", "sandbox", "escalate", "granted", "kill",

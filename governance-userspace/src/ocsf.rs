@@ -168,6 +168,10 @@ fn class_of(r: &Record) -> Class {
             "signal" => Class::other(1007, PROCESS, "Signal"),
             "file" => Class::new(1001, FILE, 14, "Open"),
             "unlink" => Class::new(1001, FILE, 4, "Delete"),
+            "link" if r.object.detail.get("op").is_some_and(|o| o == "rename") => {
+                Class::new(1001, FILE, 5, "Rename")
+            }
+            "link" => Class::new(1001, FILE, 1, "Create"),
             "socket" | "bpf" => Class::new(1003, KERNEL, 4, "Invoke"),
             "userns" => Class::new(1003, KERNEL, 1, "Create"),
             "connect" => Class::new(4001, NETWORK, 1, "Open"),

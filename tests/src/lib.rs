@@ -129,6 +129,27 @@ pub enum Attempt {
     Unlink { path: CString },
     /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
     ExecUnlinked { path: CString, argv: Vec<CString> },
+    /// link(from, to): a new hard link.
+    Link { from: CString, to: CString },
+    /// rename(from, to).
+    Rename { from: CString, to: CString },
+    /// chroot(root), chdir("/"), then open(path, flags).
+    ChrootOpen {
+        root: CString,
+        path: CString,
+        flags: i32,
+    },
+    /// In a mount namespace of its own (unshare(CLONE_NEWNS), so the mount goes with the
+    /// child): mount(source, target, fstype, mount_flags), then open(path, flags).
+    MountOpen {
+        source: CString,
+        target: CString,
+        /// Empty for a bind mount.
+        fstype: CString,
+        mount_flags: u64,
+        path: CString,
+        flags: i32,
+    },
 }
 
 impl Attempt {
@@ -168,6 +189,20 @@ impl Attempt {
         Attempt::Write {
             path: cstr(path),
             data: data.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn link(from: &Path, to: &Path) -> Self {
+        Attempt::Link {
+            from: cstr(from),
+            to: cstr(to),
+        }
+    }
+
+    pub fn rename(from: &Path, to: &Path) -> Self {
+        Attempt::Rename {
+            from: cstr(from),
+            to: cstr(to),
         }
     }
 }
@@ -405,6 +440,53 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
+                Attempt::Link { from, to } => check(libc::link(from.as_ptr(), to.as_ptr()).into()),
+                Attempt::Rename { from, to } => {
+                    check(libc::rename(from.as_ptr(), to.as_ptr()).into())
+                }
+                Attempt::ChrootOpen { root, path, flags } => {
+                    if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::open(path.as_ptr(), *flags).into());
+                }
+                Attempt::MountOpen {
+                    source,
+                    target,
+                    fstype,
+                    mount_flags,
+                    path,
+                    flags,
+                } => {
+                    // Private, so nothing propagates back to the test's namespace.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    let fstype = if fstype.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        fstype.as_ptr()
+                    };
+                    if libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        fstype,
+                        *mount_flags,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    check(libc::open(path.as_ptr(), *flags).into());
+                }
             }
             libc::_exit(0)
         }
@@ -819,5 +901,108 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A process of ours in a mount namespace of its own, where `source` is bind-mounted on
+/// `target`: another mount namespace's view of a directory, which other processes reach
+/// through `/proc/<pid>/root`. Killed (by its pid) and reaped when dropped.
+pub struct MountNsView {
+    pub pid: i32,
+}
+
+impl MountNsView {
+    pub fn new(source: &Path, target: &Path) -> Self {
+        let (source, target) = (cstr(source), cstr(target));
+        let mut fds = [0i32; 2];
+        // SAFETY: a pipe into a local array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: the child only makes raw syscalls on data prepared above, then waits to be
+        // killed.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            unsafe {
+                let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
+                    && libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) == 0;
+                let byte: u8 = if ok { b'1' } else { b'0' };
+                libc::write(fds[1], (&byte as *const u8).cast(), 1);
+                if !ok {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let mut byte = 0u8;
+        // SAFETY: reading one byte into a local.
+        let n = unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let view = Self { pid };
+        assert!(
+            n == 1 && byte == b'1',
+            "the mount namespace view was not made"
+        );
+        view
+    }
+
+    /// `path` (absolute, in that namespace) as other processes reach it.
+    pub fn path(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(path.strip_prefix("/").unwrap())
+    }
+}
+
+impl Drop for MountNsView {
+    fn drop(&mut self) {
+        // SAFETY: our own child, by its pid.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+impl Loaded {
+    /// Compile `yaml` again for the same agents and install it as the next generation, as a
+    /// daemon's reload does (identities are resolved again: a replaced file is the new one).
+    pub fn reload(&mut self, yaml: &str) {
+        let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let protect = kernel::Protect {
+            cgroup_root: agents::cgroup2_mount().unwrap(),
+            no_write: vec![self.pins.to_path_buf()],
+        };
+        let generation = self.generation + 1;
+        let compiled = kernel::compile(&policy, &self.agents, generation, &protect);
+        assert!(
+            compiled.unenforceable.is_empty() && compiled.errors.is_empty(),
+            "{:?} {:?}",
+            compiled.unenforceable,
+            compiled.errors
+        );
+        let skipped = self
+            .enforcer
+            .install(&compiled)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
+        self.generation = generation;
     }
 }

@@ -22,8 +22,8 @@ use aya::{
 };
 use governance_common::{
     AgentKey, AgentValue, BUCKET_TEMPLATE, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey,
-    NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr, RulePair, maps,
-    offsets, pins,
+    IdentKey, IdentValue, NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey,
+    ProxyAddr, RulePair, maps, offsets, pins,
     programs::{self, Attach, Program},
 };
 
@@ -852,6 +852,26 @@ impl Enforcer {
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
+        {
+            let name = maps::IDENT_RULES;
+            let mut idents: HashMap<_, IdentKey, IdentValue> =
+                HashMap::try_from(self.map_mut(name)?)
+                    .map_err(|source| KernelError::Map { name, source })?;
+            for class in &policy.classes {
+                for (&(dev, ino, scope), value) in &class.idents {
+                    let key = IdentKey {
+                        class: class.id,
+                        dev,
+                        ino,
+                        scope,
+                        _pad: 0,
+                    };
+                    idents
+                        .insert(key, value, 0)
+                        .map_err(|source| KernelError::Map { name, source })?;
+                }
+            }
+        }
         let name = maps::AGENTS;
         let mut agents: HashMap<_, AgentKey, AgentValue> =
             HashMap::try_from(self.map_mut(name)?)
@@ -919,6 +939,13 @@ impl Enforcer {
             BucketKey,
             Bucket,
             |k: &BucketKey| { of_id(if k.rule_id != 0 { k.rule_id } else { k.class }) }
+        );
+        clear!(
+            maps::IDENT_RULES,
+            HashMap,
+            IdentKey,
+            IdentValue,
+            |k: &IdentKey| of_id(k.class)
         );
         Ok(())
     }
