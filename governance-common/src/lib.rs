@@ -275,8 +275,9 @@ pub const COMM_LEN: usize = 16;
 pub const NO_RULE: u32 = 0;
 /// Port/protocol alternatives held per destination prefix in [`NetValue`].
 pub const NET_SLOTS: usize = 8;
-/// Capacity of [`maps::IDENT_RULES`] (both slots).
-pub const MAX_IDENT_RULES: u32 = 16384;
+/// Capacity of [`maps::IDENT_RULES`] (both slots). Allocated as entries are written, not up
+/// front: every agent's class has its own entries (a dozen for the built-in protections).
+pub const MAX_IDENT_RULES: u32 = 262_144;
 /// How many directory levels above an opened (linked, renamed) object the programs look up in
 /// [`maps::IDENT_RULES`]. A deeper object, for an agent whose class has identity rules for the
 /// access, is refused (fail closed).
@@ -534,10 +535,15 @@ pub const SCOPE_SELF: u32 = 0;
 /// [`IdentKey::scope`]: the rules for what is below a directory (its files and subdirectories,
 /// whatever they are called and whenever they were made).
 pub const SCOPE_BELOW: u32 = 1;
+/// [`IdentKey::scope`]: a directory above an object that a restricting rule names (its rules:
+/// the most severe of those rules). Renaming it would move the rule's path away from the
+/// object, and the next generation would not find it: refused to agents.
+pub const SCOPE_HOLDS: u32 = 2;
 
 /// Key of [`maps::IDENT_RULES`]: a class and the identity of a file or directory a file rule
 /// named when the generation was loaded (device in the kernel `dev_t` encoding, as
-/// [`ExecKey`]), and whether the rules are for the object itself or for what is below it.
+/// [`ExecKey`]), and whether the rules are for the object itself, for what is below it, or for
+/// the objects named below it (see the scopes).
 ///
 /// `dev` 0 and `ino` 0 is the class's marker (no object has it): present when the class has
 /// identity rules, its [`IdentValue`] slot `i` present when some identity rule of the class
@@ -548,7 +554,7 @@ pub struct IdentKey {
     pub class: u32,
     pub dev: u32,
     pub ino: u64,
-    /// [`SCOPE_SELF`] or [`SCOPE_BELOW`].
+    /// [`SCOPE_SELF`], [`SCOPE_BELOW`] or [`SCOPE_HOLDS`].
     pub scope: u32,
     pub _pad: u32,
 }

@@ -12,7 +12,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
 use governance_common::{
     Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, MAX_IDENT_DEPTH, RulePair,
-    RuleRef, SCOPE_BELOW, SCOPE_SELF, Verdict,
+    RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict,
 };
 
 use crate::{
@@ -293,6 +293,36 @@ fn lost(src: &Answer, dst: &Answer, letters: u8) -> u64 {
     REFUSE | u64::from(rule)
 }
 
+/// Is `obj` a directory above an object a restricting rule names (`SCOPE_HOLDS`)? 0, or
+/// `REFUSE | rule_id` of the first letter in `letters` held.
+#[inline(always)]
+fn holds(class: u32, obj: u64, letters: u8) -> Result<u64, Cause> {
+    let (dev, ino) = identity(obj)?;
+    let key = IdentKey {
+        class,
+        dev,
+        ino,
+        scope: SCOPE_HOLDS,
+        _pad: 0,
+    };
+    // SAFETY: the value is read within this call.
+    let Some(v) = (unsafe { IDENT_RULES.get(&key) }) else {
+        return Ok(0);
+    };
+    let rule = if letters & 1 != 0 && restricts(&v.rules[0]) {
+        v.rules[0].enforce.rule_id
+    } else if letters & 2 != 0 && restricts(&v.rules[1]) {
+        v.rules[1].enforce.rule_id
+    } else if letters & 4 != 0 && restricts(&v.rules[2]) {
+        v.rules[2].enforce.rule_id
+    } else if letters & 8 != 0 && restricts(&v.rules[3]) {
+        v.rules[3].enforce.rule_id
+    } else {
+        return Ok(0);
+    };
+    Ok(REFUSE | u64::from(rule))
+}
+
 /// See `new_name`: 0, or `REFUSE | rule_id`.
 #[inline(always)]
 fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
@@ -302,17 +332,21 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     if own != 0 {
         return Ok(first_rule(src, own));
     }
+    let held = holds(class, old, letters)?;
+    if held != 0 {
+        return Ok(held);
+    }
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);
     }
     walk_up(src, class, old, old, letters)?;
-    let held = restricted(src);
-    if held == 0 {
+    let kept = restricted(src);
+    if kept == 0 {
         return Ok(0);
     }
     let dst = scratch(1)?;
-    walk_up(dst, class, old, new, held)?;
-    Ok(lost(src, dst, held))
+    walk_up(dst, class, old, new, kept)?;
+    Ok(lost(src, dst, kept))
 }
 
 /// A new name for `old` at `new` (a hard link, or a rename): refused for agents when it would
@@ -321,6 +355,8 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
 /// - An object that carries a restricting rule itself (a rule named it, or it had other names
 ///   at load) keeps no name but its own: the next generation resolves the rule's path again,
 ///   and a renamed (or linked, then unlinked) object would no longer be found there.
+/// - A directory above such an object keeps its name: renaming it (even in place) would move
+///   the rule's path away from the object.
 /// - An object below a directory with a restricting rule may be renamed within its directory
 ///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
 ///   as severe for those accesses; not elsewhere.

@@ -60,6 +60,7 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
 pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 pub(crate) const AF_INET: u32 = 2;
 pub(crate) const AF_INET6: u32 = 10;

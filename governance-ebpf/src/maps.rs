@@ -3,7 +3,7 @@
 //! daemon and the proxy (events, counters, proxy connection records), and the per-CPU scratch
 //! the programs use in place of stack. Names are the symbol names, which the daemon opens
 //! (see governance_common::maps).
-use crate::identity::Answer;
+use crate::{identity::Answer, kernel::BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
@@ -54,9 +54,10 @@ pub(crate) static ORIG_SCRATCH: PerCpuArray<OrigDst> = PerCpuArray::with_max_ent
 /// Per-CPU scratch for the path key: 260 bytes do not fit the 512-byte stack beside the rest.
 #[map]
 pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_max_entries(1, 0);
+/// Not preallocated (BPF_F_NO_PREALLOC): sized for thousands of agents, filled by few.
 #[map]
 pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
-    HashMap::with_max_entries(MAX_IDENT_RULES, 0);
+    HashMap::with_max_entries(MAX_IDENT_RULES, BPF_F_NO_PREALLOC);
 /// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name.
 #[map]
 pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(2, 0);

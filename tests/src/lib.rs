@@ -150,6 +150,13 @@ pub enum Attempt {
         path: CString,
         flags: i32,
     },
+    /// fd = open(dir, O_RDONLY | O_DIRECTORY), then open_by_handle_at(fd, handle, flags);
+    /// `handle` is a `struct file_handle` from name_to_handle_at.
+    OpenByHandle {
+        dir: CString,
+        handle: Vec<u8>,
+        flags: i32,
+    },
 }
 
 impl Attempt {
@@ -486,6 +493,18 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                         libc::_exit(98);
                     }
                     check(libc::open(path.as_ptr(), *flags).into());
+                }
+                Attempt::OpenByHandle { dir, handle, flags } => {
+                    let fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        fd,
+                        handle.as_ptr(),
+                        *flags,
+                    ));
                 }
             }
             libc::_exit(0)
@@ -1005,4 +1024,33 @@ impl Loaded {
         assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
         self.generation = generation;
     }
+}
+
+/// The `struct file_handle` of `path` (name_to_handle_at), for [`Attempt::OpenByHandle`].
+pub fn file_handle(path: &Path) -> Vec<u8> {
+    let path = cstr(path);
+    // struct file_handle { u32 handle_bytes; int handle_type; unsigned char f_handle[]; }
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0i32;
+    // SAFETY: the buffer holds the header and 128 bytes of handle, as handle_bytes says.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    buf.truncate(8 + len);
+    buf
 }

@@ -1190,6 +1190,8 @@ fn names_cases() {
     std::fs::write(fx.p("apikey.txt"), "key").unwrap();
     std::fs::create_dir_all(fx.p("vault")).unwrap();
     std::fs::write(fx.p("vault/doc"), "doc").unwrap();
+    std::fs::create_dir_all(fx.p("outer/inner/deep")).unwrap();
+    std::fs::write(fx.p("outer/inner/deep/f"), "deep").unwrap();
     for dir in [
         "tmp/ws/objects",
         "tmp/ws/sub",
@@ -1203,13 +1205,14 @@ fn names_cases() {
     let d = fx.dir.display();
     let extra = format!(
         "\x20 - {{ id: apikey, file: {{ path: {d}/apikey.txt }}, verdict: block, reason: api key }}\n\
-         \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n"
+         \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n\
+         \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n"
     );
     let mut k = fx.load(&extra);
     k.require("inode_link");
     k.require("inode_rename");
     let (secrets, readonly) = (k.rule(6), k.rule(7));
-    let (apikey, vault) = (k.rule(14), k.rule(15));
+    let (apikey, vault, deep) = (k.rule(14), k.rule(15), k.rule(16));
 
     /// An open refused in the agent by `rule`, through `path`, a name no path rule names.
     fn denied_open(k: &mut Loaded, fx: &Fixture, case: &str, path: &Path, rule: u32) -> Event {
@@ -1304,6 +1307,18 @@ fn names_cases() {
     );
     assert_eq!(text(&ev.path), moved.to_str().unwrap());
     std::fs::rename(fx.p("tmp/vault-moved"), fx.p("vault")).unwrap();
+    // ... and a directory further up.
+    std::fs::rename(fx.p("outer"), fx.p("tmp/outer-moved")).unwrap();
+    let moved = fx.p("tmp/outer-moved/inner/deep/f");
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "23 a directory further up renamed from outside",
+        &moved,
+        deep,
+    );
+    assert_eq!(text(&ev.path), moved.to_str().unwrap());
+    std::fs::rename(fx.p("tmp/outer-moved"), fx.p("outer")).unwrap();
     // The agent renaming it (away, or in place: the next generation would not find it at its
     // rule's path), or moving a protected file out. Each control moved it; it goes back.
     for (case, from, to, rule) in [
@@ -1330,6 +1345,18 @@ fn names_cases() {
             "apikey.txt",
             "apikey-old.txt",
             apikey,
+        ),
+        (
+            "23 agent renames a directory above a protected one in place",
+            "outer/inner",
+            "outer/inner-2",
+            deep,
+        ),
+        (
+            "23 agent moves a directory above a protected one away",
+            "outer",
+            "tmp/outer-away",
+            deep,
         ),
     ] {
         denied_name(
@@ -1437,6 +1464,45 @@ fn names_cases() {
             fstype: c"cgroup2".into(),
             mount_flags: 0,
             path: cstr(&procs),
+            flags: libc::O_WRONLY,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        (ev.rule_id & 0x7fff_ffff, Cause::from_u8(ev.cause)),
+        (0, Some(Cause::Rule)),
+        "the built-in protected path"
+    );
+
+    // Opens by file handle (open_by_handle_at; root has CAP_DAC_READ_SEARCH): no name at all.
+    // On tmpfs the handle finds a dentry of the file, below its directory. (Not secrets/key:
+    // the control above gave it a second name outside, and the handle may find that one.)
+    deny(
+        &mut k,
+        &fx,
+        "24 open_by_handle_at of a protected file",
+        &Attempt::OpenByHandle {
+            dir: cstr(&fx.dir),
+            handle: governance_tests::file_handle(&fx.p("vault/doc")),
+            flags: rd,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    // Another cgroup's cgroup.procs by handle, to move out: refused whether the handle finds
+    // the file's cached dentry (the walk reaches the cgroup root) or, its name evicted from
+    // the cache (kernfs, like disks, drops unused dentries), builds one connected to nothing
+    // (its directories are unknown: the open fails closed). The VM's dentries stay cached, so
+    // this exercises the first.
+    let handle = governance_tests::file_handle(&fx.outsider.path.join("cgroup.procs"));
+    let ev = deny(
+        &mut k,
+        &fx,
+        "24 open_by_handle_at of another cgroup's cgroup.procs",
+        &Attempt::OpenByHandle {
+            dir: cstr(&fx.agent.path),
+            handle,
             flags: libc::O_WRONLY,
         },
         Kind::File,

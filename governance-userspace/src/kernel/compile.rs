@@ -28,7 +28,8 @@ use std::{
 
 use governance_common::{
     AgentValue, Bucket, IDENT_LETTERS, IdentValue, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
-    RulePair, RuleRef, SCOPE_BELOW, SCOPE_SELF, Verdict as KVerdict, access, class_id, proto,
+    RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict as KVerdict, access, class_id,
+    proto,
 };
 
 use crate::{
@@ -601,6 +602,9 @@ type Found = (u32, u64, bool);
 /// cgroup2 tree (kernfs has no hard links), and at most [`ENUMERATION_BUDGET`] entries are read
 /// per generation; the rest goes to `notes`.
 ///
+/// And every directory above a restricting rule's object (scope `SCOPE_HOLDS`): an agent may not
+/// rename it, since the next generation would look for the object at the old path.
+///
 /// Paths that do not exist when the generation is built have no identity (their path rules
 /// still apply). Results are cached for the generation: agents share policies.
 pub(crate) struct Identities {
@@ -735,16 +739,37 @@ impl Identities {
             .collect();
         let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
+        let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
         for path in &named {
             let Some((real, found)) = self.find(path) else {
                 continue;
             };
-            if found.2
-                && letters
-                    .iter()
-                    .any(|l| answer(c, *l, &below_query(&real)).is_some_and(|p| restricts(&p)))
-            {
-                protected_dirs.push(real.clone());
+            // The rules that restrict access to the object itself, or below it.
+            let restricting = |query: &[u8]| {
+                letters.map(|l| {
+                    answer(c, l, query)
+                        .filter(restricts)
+                        .map(|p| RulePair {
+                            enforce: p.enforce,
+                            shadow: RuleRef::default(),
+                        })
+                        .unwrap_or_default()
+                })
+            };
+            let mut exact = real.clone();
+            exact.push(0);
+            let mut held = restricting(&exact);
+            if found.2 {
+                let below = restricting(&below_query(&real));
+                if below.iter().any(has) {
+                    protected_dirs.push(real.clone());
+                }
+                for (h, b) in held.iter_mut().zip(below) {
+                    *h = severer(*h, b);
+                }
+            }
+            if held.iter().any(has) {
+                holders.push((real.clone(), held));
             }
             objects.push((real, found));
         }
@@ -773,6 +798,24 @@ impl Identities {
                 }
                 let entry = c.idents.entry((dev, ino, scope)).or_default();
                 for (slot, r) in entry.rules.iter_mut().zip(rules) {
+                    *slot = severer(*slot, r);
+                }
+            }
+        }
+        // The directories above a restricting rule's object: renaming one moves the rule's path
+        // away from the object.
+        for (real, held) in holders {
+            let mut dir = real.as_slice();
+            while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
+                if dir == b"/" {
+                    break;
+                }
+                dir = if i == 0 { &dir[..1] } else { &dir[..i] };
+                let Some((_, (dev, ino, _))) = self.find(dir) else {
+                    break;
+                };
+                let entry = c.idents.entry((dev, ino, SCOPE_HOLDS)).or_default();
+                for (slot, r) in entry.rules.iter_mut().zip(held) {
                     *slot = severer(*slot, r);
                 }
             }
@@ -1197,10 +1240,22 @@ mod tests {
         // The marker: some identity rule restricts every letter.
         let marker = &c.idents[&(0, 0, SCOPE_SELF)];
         assert!(marker.rules.iter().all(restricts));
+        // The directories above restricting rules' objects hold them (renaming one would move
+        // a rule's path away): the most severe rule below, per letter. `secrets` holds `pub`.
+        let held = |p: &Path| verdicts(c, ident(p), SCOPE_HOLDS).map(|v| v.map(|r| r.map(|r| r.1)));
+        assert_eq!(held(&d), Some([Some(b); 4]));
+        assert_eq!(held(Path::new("/")), Some([Some(b); 4]));
+        assert_eq!(
+            verdicts(c, ident(&d.join("secrets")), SCOPE_HOLDS),
+            Some([None, Some((1, b)), Some((1, b)), Some((1, b))])
+        );
+        assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_HOLDS), None);
         // A path that does not exist has no identity (its path rule still applies); nothing
         // else is in the table: the marker, secrets and work (each itself and below), the
-        // linked file, pub, ro.txt.
-        assert_eq!(c.idents.len(), 8, "{:?}", c.idents.keys());
+        // linked file, pub, ro.txt, and the directories holding them (secrets, and each
+        // directory from the temporary one up to the root).
+        let holders = d.ancestors().count();
+        assert_eq!(c.idents.len(), 8 + 1 + holders, "{:?}", c.idents.keys());
 
         // A class whose identity rules all allow needs no walk: no entries at all.
         let set = parse(&[(
