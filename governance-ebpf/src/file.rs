@@ -194,16 +194,16 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             });
         match ident {
             Ok(a) => {
-                if a.found & 1 != 0 {
+                if a.found() & 1 != 0 {
                     worst = more_severe(worst, Some(a.read), default, &mut matched);
                 }
-                if a.found & 2 != 0 {
+                if a.found() & 2 != 0 {
                     worst = more_severe(worst, Some(a.write), default, &mut matched);
                 }
-                if a.found & 4 != 0 {
+                if a.found() & 4 != 0 {
                     worst = more_severe(worst, Some(a.create), default, &mut matched);
                 }
-                if a.found & 8 != 0 {
+                if a.found() & 8 != 0 {
                     worst = more_severe(worst, Some(a.truncate), default, &mut matched);
                 }
             }

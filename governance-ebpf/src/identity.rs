@@ -31,7 +31,10 @@ use crate::{
 /// stack, beside the path decision, it overflows file_open's 512 bytes.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Answer {
-    pub(crate) found: u8,
+    /// Letters answered. Read and written through `found`/`add`, volatile: kept in a register,
+    /// its exact value at every step made each walk's paths distinct to the verifier, which
+    /// then could not prune them (and ran out of instructions); from memory it is just a byte.
+    found: u8,
     pub(crate) read: RulePair,
     pub(crate) write: RulePair,
     pub(crate) create: RulePair,
@@ -49,14 +52,14 @@ pub(crate) fn restricts(p: &RulePair) -> bool {
     p.enforce.present != 0 && p.enforce.verdict != Verdict::Allow as u8
 }
 
-/// The per-CPU answer `slot` (0: the object where it is, 1: where a new name would put it),
-/// emptied.
+/// The per-CPU answer `slot` (0: the object where it is, 1: where a new name would put it, 2:
+/// the object a rename replaces), emptied.
 #[inline(always)]
 pub(crate) fn scratch(slot: u32) -> Result<&'static mut Answer, Cause> {
     let a = IDENT_SCRATCH.get_ptr_mut(slot).ok_or(Cause::Unreadable)?;
     // SAFETY: per-CPU scratch, exclusively ours while the program runs.
     let a = unsafe { &mut *a };
-    a.found = 0;
+    a.clear();
     Ok(a)
 }
 
@@ -83,23 +86,43 @@ impl Answer {
     /// (the deepest rule, as the longest path prefix does for paths).
     #[inline(always)]
     fn take(&mut self, v: &IdentValue, want: u8) {
-        let missing = want & !self.found;
+        let missing = want & !self.found();
         if missing & 1 != 0 && has(&v.rules[0]) {
             copy_pair(&mut self.read, &v.rules[0]);
-            self.found |= 1;
+            self.add(1);
         }
         if missing & 2 != 0 && has(&v.rules[1]) {
             copy_pair(&mut self.write, &v.rules[1]);
-            self.found |= 2;
+            self.add(2);
         }
         if missing & 4 != 0 && has(&v.rules[2]) {
             copy_pair(&mut self.create, &v.rules[2]);
-            self.found |= 4;
+            self.add(4);
         }
         if missing & 8 != 0 && has(&v.rules[3]) {
             copy_pair(&mut self.truncate, &v.rules[3]);
-            self.found |= 8;
+            self.add(8);
         }
+    }
+
+    /// The letters answered.
+    #[inline(always)]
+    pub(crate) fn found(&self) -> u8 {
+        // SAFETY: a field of self.
+        unsafe { core::ptr::read_volatile(&self.found) }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, bit: u8) {
+        let found = self.found() | bit;
+        // SAFETY: a field of self.
+        unsafe { core::ptr::write_volatile(&mut self.found, found) }
+    }
+
+    #[inline(always)]
+    fn clear(&mut self) {
+        // SAFETY: a field of self.
+        unsafe { core::ptr::write_volatile(&mut self.found, 0) }
     }
 }
 
@@ -210,7 +233,7 @@ fn walk_up(answer: &mut Answer, class: u32, obj: u64, child: u64, want: u8) -> R
     // A constant bound for the verifier (6.1 has no open-ended loops); one lookup per level.
     let mut level = 0;
     while level < MAX_IDENT_DEPTH {
-        if answer.found == want {
+        if answer.found() == want {
             return Ok(());
         }
         let dir = parent_of(child)?;
@@ -231,7 +254,7 @@ fn walk_up(answer: &mut Answer, class: u32, obj: u64, child: u64, want: u8) -> R
         child = dir;
         level += 1;
     }
-    if answer.found == want {
+    if answer.found() == want {
         Ok(())
     } else {
         Err(Cause::TooLong)
@@ -241,10 +264,10 @@ fn walk_up(answer: &mut Answer, class: u32, obj: u64, child: u64, want: u8) -> R
 /// The letters `a` restricts.
 #[inline(always)]
 fn restricted(a: &Answer) -> u8 {
-    u8::from(a.found & 1 != 0 && restricts(&a.read))
-        | u8::from(a.found & 2 != 0 && restricts(&a.write)) << 1
-        | u8::from(a.found & 4 != 0 && restricts(&a.create)) << 2
-        | u8::from(a.found & 8 != 0 && restricts(&a.truncate)) << 3
+    u8::from(a.found() & 1 != 0 && restricts(&a.read))
+        | u8::from(a.found() & 2 != 0 && restricts(&a.write)) << 1
+        | u8::from(a.found() & 4 != 0 && restricts(&a.create)) << 2
+        | u8::from(a.found() & 8 != 0 && restricts(&a.truncate)) << 3
 }
 
 /// The rule id of the first letter in `letters` that `a` restricts, as a refusal (see
@@ -275,7 +298,7 @@ fn lost(src: &Answer, dst: &Answer, letters: u8) -> u64 {
     let keeps = |bit: u8, s: &RulePair, d: &RulePair| {
         letters & bit == 0
             || !restricts(s)
-            || (dst.found & bit != 0
+            || (dst.found() & bit != 0
                 && d.enforce.present != 0
                 && d.enforce.verdict >= s.enforce.verdict)
     };
@@ -323,7 +346,32 @@ fn holds(class: u32, obj: u64, letters: u8) -> Result<u64, Cause> {
     Ok(REFUSE | u64::from(rule))
 }
 
-/// See `new_name`: 0, or `REFUSE | rule_id`.
+/// A rename over an object replaces it: refused where writing or truncating it is. `target`
+/// holds the replaced object's own rules, `dir` its directories' (the first entry met decides).
+#[inline(always)]
+fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
+    let decides = |bit: u8, own: &RulePair, above: &RulePair| {
+        if letters & bit == 0 {
+            None
+        } else if target.found() & bit != 0 {
+            restricts(own).then_some(own.enforce.rule_id)
+        } else if dir.found() & bit != 0 {
+            restricts(above).then_some(above.enforce.rule_id)
+        } else {
+            None
+        }
+    };
+    match decides(2, &target.write, &dir.write)
+        .or_else(|| decides(8, &target.truncate, &dir.truncate))
+    {
+        Some(rule) => REFUSE | u64::from(rule),
+        None => 0,
+    }
+}
+
+/// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
+/// new name's): each walk is a loop the verifier follows level by level, and four in a row
+/// took it past its million instructions.
 #[inline(always)]
 fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     let src = scratch(0)?;
@@ -336,6 +384,24 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     if held != 0 {
         return Ok(held);
     }
+    // The new name's directories.
+    let dst = scratch(1)?;
+    walk_up(dst, class, old, new, letters)?;
+    // A new name is a create in its directory: refused where creating is.
+    if restricted(dst) & 4 != 0 {
+        return Ok(first_rule(dst, 4));
+    }
+    // SAFETY: see read_at.
+    let replaced: u64 =
+        unsafe { read_at(new, off(&OFF_DENTRY_INODE)) }.map_err(|_| Cause::Unreadable)?;
+    if replaced != 0 {
+        let target = scratch(2)?;
+        look_self(target, class, new, letters & (2 | 8))?;
+        let refused = replacing(target, dst, letters);
+        if refused != 0 {
+            return Ok(refused);
+        }
+    }
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);
     }
@@ -344,8 +410,6 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     if kept == 0 {
         return Ok(0);
     }
-    let dst = scratch(1)?;
-    walk_up(dst, class, old, new, kept)?;
     Ok(lost(src, dst, kept))
 }
 
@@ -357,6 +421,8 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
 ///   and a renamed (or linked, then unlinked) object would no longer be found there.
 /// - A directory above such an object keeps its name: renaming it (even in place) would move
 ///   the rule's path away from the object.
+/// - A new name is a create in its directory, and a rename over an object replaces it: refused
+///   where the rules refuse creating there, or writing (truncating) the object replaced.
 /// - An object below a directory with a restricting rule may be renamed within its directory
 ///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
 ///   as severe for those accesses; not elsewhere.

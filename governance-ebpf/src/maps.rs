@@ -58,6 +58,7 @@ pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_ma
 #[map]
 pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
     HashMap::with_max_entries(MAX_IDENT_RULES, BPF_F_NO_PREALLOC);
-/// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name.
+/// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name, the
+/// object a rename replaces.
 #[map]
-pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(2, 0);
+pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(3, 0);

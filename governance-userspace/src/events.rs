@@ -36,8 +36,8 @@ pub struct Record {
     /// Who decided or reported it.
     pub source: Source,
     /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
-    /// ptrace, unlink, http. For other types, a short event name (`approval.granted`,
-    /// `policy.reloaded`, `daemon.started`, ...).
+    /// ptrace, unlink, http, link (a hard link or rename refused: `object.detail.op`). For other
+    /// types, a short event name (`approval.granted`, `policy.reloaded`, `daemon.started`, ...).
     pub kind: String,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
     /// (degraded exec: the process was killed after its exec). Empty for non-decisions.
@@ -1014,6 +1014,23 @@ mod tests {
         ev.comm = [0xff; 16];
         let line = Record::from_kernel(&ev, &names(), &clock).to_string();
         assert!(line.contains("unknown:200"), "{line}");
+    }
+
+    #[test]
+    fn decodes_a_refused_link_or_rename() {
+        let mut ev = event();
+        ev.kind = Kind::Link as u8;
+        ev.detail = governance_common::LINK_OP_RENAME;
+        ev.path = [0; governance_common::EVENT_PATH_LEN];
+        ev.path[..3].copy_from_slice(b"key");
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        assert_eq!((r.kind.as_str(), r.outcome.as_str()), ("link", "block"));
+        assert_eq!(r.object.path, "key");
+        assert_eq!(r.object.detail["op"], "rename");
+        assert_eq!(r.rule, "bot/no-wget");
+        ev.detail = governance_common::LINK_OP_LINK;
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        assert_eq!(r.object.detail["op"], "link");
     }
 
     #[test]

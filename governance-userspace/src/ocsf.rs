@@ -832,6 +832,16 @@ mod tests {
 
         let unlink = to_ocsf(&decision("unlink", "block", Object::default()));
         assert_eq!(ids(&unlink), (1001, 4, 100104, Some(2)));
+
+        let op = |op: &str| {
+            let mut o = Object::default();
+            o.detail.insert("op".into(), op.into());
+            o
+        };
+        let rename = to_ocsf(&decision("link", "block", op("rename")));
+        assert_eq!(ids(&rename), (1001, 5, 100105, Some(2)));
+        let link = to_ocsf(&decision("link", "block", op("link")));
+        assert_eq!(ids(&link), (1001, 1, 100101, Some(2)));
     }
 
     #[test]

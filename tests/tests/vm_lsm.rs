@@ -1569,6 +1569,33 @@ fn names_cases() {
         Control::Succeeds,
     );
     assert_eq!(ev.rule_id, readonly);
+    // A new name is a create in its directory, and a rename over a file replaces it: an agent
+    // may not plant a file in the protected directory, rename within it, or replace a
+    // write-protected file by renaming another over it.
+    std::fs::write(fx.p("tmp/ws/replacement"), "not read only").unwrap();
+    for (case, attempt, rule, op) in [
+        (
+            "23 agent links a file into the protected directory",
+            Attempt::link(&fx.p("tmp/ws/objects/ab12"), &fx.p("secrets/planted")),
+            secrets,
+            link_op,
+        ),
+        (
+            "23 agent renames a file within the protected directory",
+            Attempt::rename(&fx.p("secrets/key"), &fx.p("secrets/key-2")),
+            secrets,
+            rename_op,
+        ),
+        (
+            "23 agent renames a file over a write-protected one",
+            Attempt::rename(&fx.p("tmp/ws/replacement"), &fx.p("readonly.txt")),
+            readonly,
+            rename_op,
+        ),
+    ] {
+        denied_name(&mut k, &fx, case, &attempt, rule, op);
+    }
+    std::fs::rename(fx.p("secrets/key-2"), fx.p("secrets/key")).unwrap();
 
     // 26. Reloads resolve again. The protected file is replaced from outside (an editor
     // writes a new file and renames it over the old one), then hard-linked from outside: the
