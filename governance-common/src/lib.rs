@@ -280,8 +280,9 @@ pub const NET_SLOTS: usize = 8;
 pub const MAX_IDENT_RULES: u32 = 262_144;
 /// How many directory levels above an opened (linked, renamed) object the programs look up in
 /// [`maps::IDENT_RULES`]. A deeper object, for an agent whose class has identity rules for the
-/// access, is refused (fail closed).
-pub const MAX_IDENT_DEPTH: u32 = 64;
+/// access, is refused (fail closed). Any path short enough for a path rule ([`PATH_MAX`]: at
+/// most 125 levels of `/x`) is within it.
+pub const MAX_IDENT_DEPTH: u32 = 128;
 
 /// The class id of class number `n` (1-based) in the generation `generation`: the slot is the
 /// top bit, so a generation's tables never collide with the other slot's.

@@ -11,7 +11,7 @@ use governance_common::{Cause, Event, Kind, PATH_MAX, PathKey, RulePair, access}
 
 use crate::{
     decide::{Decision, apply, current_agent, emit, lsm_ret},
-    identity::{class_letters, scratch, walk},
+    identity::{class_letters, walk},
     kernel::{
         FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
         OFF_FILE_MODE, OFF_FILE_PATH, OFF_PATH_DENTRY, off, read_at,
@@ -187,11 +187,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         // SAFETY: see read_at.
         let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
             .map_err(|_| Cause::Unreadable)
-            .and_then(|dentry| {
-                let a = scratch(0)?;
-                walk(a, agent.value.class, dentry, want)?;
-                Ok(a)
-            });
+            .and_then(|dentry| walk(0, agent.value.class, dentry, want));
         match ident {
             Ok(a) => {
                 if a.found() & 1 != 0 {

@@ -9,7 +9,12 @@
 //! decision (the most severe wins). `inode_link` and `inode_rename` refuse what would take an
 //! object out of the directory whose identity protects it (a new hard link elsewhere, a move
 //! out): after that no ancestor of the new name carries the rule.
-use aya_ebpf::{helpers::bpf_probe_read_kernel_str_bytes, macros::lsm, programs::LsmContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_loop},
+    macros::lsm,
+    programs::LsmContext,
+};
 use governance_common::{
     Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, MAX_IDENT_DEPTH, RulePair,
     RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict,
@@ -32,8 +37,8 @@ use crate::{
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Answer {
     /// Letters answered. Read and written through `found`/`add`, volatile: kept in a register,
-    /// its exact value at every step made each walk's paths distinct to the verifier, which
-    /// then could not prune them (and ran out of instructions); from memory it is just a byte.
+    /// its exact value after each lookup made the paths that follow distinct to the verifier,
+    /// which then could not prune them; from memory it is just a byte.
     found: u8,
     pub(crate) read: RulePair,
     pub(crate) write: RulePair,
@@ -195,9 +200,17 @@ fn parent_of(dentry: u64) -> Result<u64, Cause> {
 /// The identity rules for the letters in `want` that apply to the object `obj` (a dentry) where
 /// it is: `obj` itself, then every directory above it (see `walk_up`).
 #[inline(always)]
-pub(crate) fn walk(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), Cause> {
-    look_self(answer, class, obj, want)?;
-    walk_up(answer, class, obj, obj, want)
+pub(crate) fn walk(slot: u32, class: u32, obj: u64, want: u8) -> Result<&'static Answer, Cause> {
+    look_self(scratch(slot)?, class, obj, want)?;
+    walk_up(slot, class, obj, obj, want)?;
+    answer(slot)
+}
+
+/// The answer in scratch `slot` as it is now. Taken again after each walk: the walk's callback
+/// writes it through a pointer of its own, which no reference held across the call would see.
+#[inline(always)]
+fn answer(slot: u32) -> Result<&'static Answer, Cause> {
+    IDENT_SCRATCH.get(slot).ok_or(Cause::Unreadable)
 }
 
 /// The rules of `obj` itself (its own identity entry), for the letters in `want`.
@@ -208,9 +221,78 @@ fn look_self(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), 
     Ok(())
 }
 
+/// One walk, between levels: `bpf_loop` hands the callback a pointer to it (on the caller's
+/// stack).
+#[repr(C)]
+struct Walk {
+    class: u32,
+    dev: u32,
+    root: u64,
+    /// The last dentry looked at; its parent is next.
+    child: u64,
+    /// The `IDENT_SCRATCH` slot of the answer.
+    slot: u32,
+    want: u32,
+    /// `WALKING`, `DONE`, or `FAILED + Cause`.
+    state: u32,
+    _pad: u32,
+}
+
+const WALKING: u32 = 0;
+const DONE: u32 = 1;
+const FAILED: u32 = 2;
+
+/// One level of `walk_up`: the parent of `child`, looked up; 1 ends the loop.
+///
+/// A `bpf_loop` callback: the verifier checks this body once, not once per level (as it does an
+/// unrolled or bounded loop, which cost seconds of load time per walk and, with several walks
+/// in a row, more than its million instructions).
+#[inline(never)]
+extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` that `walk_up` passed to bpf_loop, on its stack.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let Some(answer) = IDENT_SCRATCH.get_ptr_mut(w.slot) else {
+        w.state = FAILED + Cause::Unreadable as u32;
+        return 1;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let answer = unsafe { &mut *answer };
+    let want = w.want as u8;
+    if answer.found() == want {
+        w.state = DONE;
+        return 1;
+    }
+    let child = w.child;
+    let step = (|| {
+        let dir = parent_of(child)?;
+        if dir == child {
+            if child == w.root {
+                return Ok(DONE);
+            }
+            // SAFETY: see read_at.
+            let flags: u32 =
+                unsafe { read_at(child, off(&OFF_DENTRY_FLAGS)) }.map_err(|_| Cause::Unreadable)?;
+            return if flags & DCACHE_DISCONNECTED != 0 {
+                Err(Cause::Unreadable)
+            } else {
+                Ok(DONE)
+            };
+        }
+        look(answer, w.class, w.dev, ino_of(dir)?, SCOPE_BELOW, want);
+        w.child = dir;
+        Ok(WALKING)
+    })();
+    w.state = match step {
+        Ok(state) => state,
+        Err(cause) => FAILED + cause as u32,
+    };
+    i64::from(w.state != WALKING)
+}
+
 /// The rules of every directory above `child` (a dentry in `obj`'s filesystem) up to the
-/// filesystem's root, for the letters in `want` still missing: the first entry met decides a
-/// letter. For an open `child` is the object; for a new name (link, rename), the new dentry.
+/// filesystem's root, for the letters in `want` still missing, into the answer in scratch
+/// `slot`: the first entry met decides a letter. For an open `child` is the object; for a new
+/// name (link, rename), the new dentry.
 ///
 /// The walk stays in one filesystem (`d_parent` never leaves it; mounts are not followed,
 /// which is what makes bind mounts and other namespaces' views reach the same rules). It
@@ -218,7 +300,7 @@ fn look_self(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), 
 /// name is not cached: its directories are unknown) and past `MAX_IDENT_DEPTH` levels.
 /// Pseudo files (pipes, sockets, memfd) have no directory: only their own identity applies.
 #[inline(always)]
-fn walk_up(answer: &mut Answer, class: u32, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
+fn walk_up(slot: u32, class: u32, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
     // SAFETY: see read_at.
     let (dev, root) = unsafe {
         read_at::<u64>(obj, off(&OFF_DENTRY_SB)).and_then(|sb| {
@@ -229,35 +311,33 @@ fn walk_up(answer: &mut Answer, class: u32, obj: u64, child: u64, want: u8) -> R
         })
     }
     .map_err(|_| Cause::Unreadable)?;
-    let mut child = child;
-    // A constant bound for the verifier (6.1 has no open-ended loops); one lookup per level.
-    let mut level = 0;
-    while level < MAX_IDENT_DEPTH {
-        if answer.found() == want {
-            return Ok(());
-        }
-        let dir = parent_of(child)?;
-        if dir == child {
-            if child == root {
-                return Ok(());
-            }
-            // SAFETY: see read_at.
-            let flags: u32 =
-                unsafe { read_at(child, off(&OFF_DENTRY_FLAGS)) }.map_err(|_| Cause::Unreadable)?;
-            return if flags & DCACHE_DISCONNECTED != 0 {
-                Err(Cause::Unreadable)
-            } else {
-                Ok(())
-            };
-        }
-        look(answer, class, dev, ino_of(dir)?, SCOPE_BELOW, want);
-        child = dir;
-        level += 1;
+    let mut w = Walk {
+        class,
+        dev,
+        root,
+        child,
+        slot,
+        want: u32::from(want),
+        state: WALKING,
+        _pad: 0,
+    };
+    // SAFETY: the callback is a function of this program; the context outlives the call.
+    let n = unsafe {
+        bpf_loop(
+            MAX_IDENT_DEPTH,
+            walk_level as *mut c_void,
+            (&mut w as *mut Walk).cast(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(Cause::Unreadable);
     }
-    if answer.found() == want {
-        Ok(())
-    } else {
-        Err(Cause::TooLong)
+    match w.state {
+        DONE => Ok(()),
+        // Past the last level with letters still open: too deep to place.
+        WALKING => Err(Cause::TooLong),
+        failed => Err(Cause::from_u8((failed - FAILED) as u8).unwrap_or(Cause::Unreadable)),
     }
 }
 
@@ -370,23 +450,22 @@ fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
 }
 
 /// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
-/// new name's): each walk is a loop the verifier follows level by level, and four in a row
-/// took it past its million instructions.
+/// new name's), each one `bpf_loop`.
 #[inline(always)]
 fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
-    let src = scratch(0)?;
-    look_self(src, class, old, letters)?;
-    let own = restricted(src);
+    look_self(scratch(0)?, class, old, letters)?;
+    let own = restricted(answer(0)?);
     if own != 0 {
-        return Ok(first_rule(src, own));
+        return Ok(first_rule(answer(0)?, own));
     }
     let held = holds(class, old, letters)?;
     if held != 0 {
         return Ok(held);
     }
-    // The new name's directories.
-    let dst = scratch(1)?;
-    walk_up(dst, class, old, new, letters)?;
+    // The new name's directories (into slot 1, emptied first).
+    scratch(1)?;
+    walk_up(1, class, old, new, letters)?;
+    let dst = answer(1)?;
     // A new name is a create in its directory: refused where creating is.
     if restricted(dst) & 4 != 0 {
         return Ok(first_rule(dst, 4));
@@ -395,9 +474,8 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     let replaced: u64 =
         unsafe { read_at(new, off(&OFF_DENTRY_INODE)) }.map_err(|_| Cause::Unreadable)?;
     if replaced != 0 {
-        let target = scratch(2)?;
-        look_self(target, class, new, letters & (2 | 8))?;
-        let refused = replacing(target, dst, letters);
+        look_self(scratch(2)?, class, new, letters & (2 | 8))?;
+        let refused = replacing(answer(2)?, dst, letters);
         if refused != 0 {
             return Ok(refused);
         }
@@ -405,12 +483,13 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);
     }
-    walk_up(src, class, old, old, letters)?;
+    walk_up(0, class, old, old, letters)?;
+    let src = answer(0)?;
     let kept = restricted(src);
     if kept == 0 {
         return Ok(0);
     }
-    Ok(lost(src, dst, kept))
+    Ok(lost(src, answer(1)?, kept))
 }
 
 /// A new name for `old` at `new` (a hard link, or a rename): refused for agents when it would
