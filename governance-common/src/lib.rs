@@ -163,6 +163,14 @@ pub mod programs {
         "ptrace and /proc access outside the agent",
     );
     pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+    /// A second program on `inode_unlink`: named for what it guards.
+    pub const UNLINK_PROTECTED: Program = Program {
+        name: "unlink_protected",
+        attach: Attach::Lsm("inode_unlink"),
+        what: "removing files the identity rules protect",
+        required: true,
+    };
+    pub const TRUNCATE: Program = lsm("path_truncate", "truncate(2) of protected files");
     pub const SETRLIMIT: Program = lsm("task_setrlimit", "rlimits of processes outside the agent");
     pub const SETNICE: Program = lsm("task_setnice", "priority of processes outside the agent");
     pub const SETIOPRIO: Program = lsm(
@@ -244,7 +252,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 50] = [
+    pub const ALL: [Program; 52] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -295,6 +303,8 @@ pub mod programs {
         INODE_FREE,
         LINK,
         RENAME,
+        UNLINK_PROTECTED,
+        TRUNCATE,
     ];
 }
 
@@ -515,7 +525,8 @@ pub enum Kind {
     /// [`exec_map`]).
     ExecMap = 15,
     /// A hard link or rename that would take an object out of the identity rules that protect
-    /// it ([`Event::detail`]: [`LINK_OP_LINK`] or [`LINK_OP_RENAME`]).
+    /// it, or an unlink or truncate of such an object ([`Event::detail`]: [`LINK_OP_LINK`],
+    /// [`LINK_OP_RENAME`], [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`]).
     Link = 16,
 }
 
@@ -523,6 +534,10 @@ pub enum Kind {
 pub const LINK_OP_LINK: u8 = 1;
 /// [`Event::detail`] of a [`Kind::Link`] decision: a rename (or one side of an exchange).
 pub const LINK_OP_RENAME: u8 = 2;
+/// [`Kind::Link`] detail: an unlink of an object the identity rules protect from writing.
+pub const LINK_OP_UNLINK: u8 = 3;
+/// [`Kind::Link`] detail: a truncate(2)/ftruncate(2) of such an object.
+pub const LINK_OP_TRUNCATE: u8 = 4;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {

@@ -16,16 +16,17 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, MAX_IDENT_DEPTH, RulePair,
-    RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict,
+    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, LINK_OP_TRUNCATE,
+    LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS,
+    SCOPE_SELF, Verdict,
 };
 
 use crate::{
     decide::{Decision, current_agent, emit, lsm_ret},
     kernel::{
         DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
-        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_ROOT,
-        off, read_at,
+        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_PATH_DENTRY, OFF_QSTR_NAME,
+        OFF_SB_DEV, OFF_SB_ROOT, off, read_at,
     },
     maps::{IDENT_RULES, IDENT_SCRATCH},
 };
@@ -570,4 +571,102 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
         return previous;
     }
     new_name(ctx.arg(1), ctx.arg(3), LINK_OP_RENAME)
+}
+
+/// An object changed where it is, without an open that file_open decides: removed (`unlink`:
+/// a policy file gone means the next reload has no policy for the agent) or truncated
+/// (`truncate(2)`, or `ftruncate(2)` of a file opened only for writing). Decided on the
+/// object's identity rules (the object and the directories above it), as a write, and as a
+/// truncate for a truncate; only refusals are reported. An object no identity rule restricts
+/// passes at once.
+#[inline(always)]
+fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let class = agent.value.class;
+    let asked = if truncate { 2 | 8 } else { 2 };
+    let want = class_letters(class) & asked;
+    if want == 0 {
+        return 0;
+    }
+    let refusal = match walk(0, class, dentry, want) {
+        Ok(a) => {
+            if want & 2 != 0 && a.found() & 2 != 0 && restricts(&a.write) {
+                Ok(a.write.enforce.rule_id)
+            } else if want & 8 != 0 && a.found() & 8 != 0 && restricts(&a.truncate) {
+                Ok(a.truncate.enforce.rule_id)
+            } else {
+                return 0;
+            }
+        }
+        Err(cause) => Err(cause),
+    };
+    let d = match refusal {
+        Ok(rule_id) => Decision {
+            kind: Kind::Link,
+            verdict: Verdict::Block,
+            cause: if rule_id == NO_RULE {
+                Cause::Builtin
+            } else {
+                Cause::Rule
+            },
+            rule_id,
+            denied: true,
+            shadow: RuleRef::default(),
+            object: identity(dentry).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino),
+            extra_flags: 0,
+        },
+        Err(cause) => Decision::fail_closed(Kind::Link, cause),
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = op;
+        // SAFETY: see read_at; the copy is bounded by the destination buffer.
+        unsafe {
+            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+                Ok(name) => {
+                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
+                        ev.path[0] = 0;
+                    }
+                }
+                Err(_) => ev.path[0] = 0,
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
+/// Removing a name of an object the identity rules protect from writing.
+#[lsm(hook = "inode_unlink")]
+pub fn unlink_protected(ctx: LsmContext) -> i32 {
+    // int inode_unlink(struct inode *dir, struct dentry *dentry)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    changed_in_place(ctx.arg(1), false, LINK_OP_UNLINK)
+}
+
+/// truncate(2) and ftruncate(2) of an object the identity rules protect from writing or
+/// truncating (an open with O_TRUNC was decided by file_open already, and agrees).
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    // int path_truncate(const struct path *path)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let path: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    match unsafe { read_at::<u64>(path, off(&OFF_PATH_DENTRY)) } {
+        Ok(dentry) => changed_in_place(dentry, true, LINK_OP_TRUNCATE),
+        Err(_) => match current_agent() {
+            Some(agent) => {
+                let d = Decision::fail_closed(Kind::Link, Cause::Unreadable);
+                emit(&agent, &d, |ev| ev.detail = LINK_OP_TRUNCATE);
+                lsm_ret(&d)
+            }
+            None => 0,
+        },
+    }
 }

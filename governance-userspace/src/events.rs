@@ -802,6 +802,8 @@ impl Record {
                 let op = match ev.detail {
                     governance_common::LINK_OP_LINK => "link",
                     governance_common::LINK_OP_RENAME => "rename",
+                    governance_common::LINK_OP_UNLINK => "unlink",
+                    governance_common::LINK_OP_TRUNCATE => "truncate",
                     _ => "?",
                 };
                 object.detail.insert("op".into(), op.into());

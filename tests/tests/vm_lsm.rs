@@ -3366,8 +3366,11 @@ fn names_cases() {
     let extra = format!(
         "\x20 - {{ id: apikey, file: {{ path: {d}/apikey.txt }}, verdict: block, reason: api key }}\n\
          \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n\
-         \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n"
+         \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n\
+         kernel: {{ allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_READ_SEARCH], allow_mounts: true }}\n"
     );
+    // The agent gets back what the views it makes need (chroot, its own mounts, opens by
+    // handle): the identity rules, not the capability refusals, are what this test is about.
     let mut k = fx.load(&extra);
     k.require("inode_link");
     k.require("inode_rename");
@@ -3564,19 +3567,19 @@ fn names_cases() {
     // SAFETY: as above.
     assert_eq!(unsafe { libc::umount2(dst.as_ptr(), 0) }, 0, "umount");
     {
+        // Another process's mount namespace is reached through its /proc/PID/root, which is a
+        // ptrace_may_access() check: a process outside the agent is out of its reach before
+        // the identity rules would decide (EACCES from procfs).
         let ns = governance_tests::MountNsView::new(&fx.p("secrets"), &fx.p("tmp/ns-view"));
         let path = ns.path(&fx.p("tmp/ns-view/key"));
-        let ev = denied_open(
+        deny_errno(
             &mut k,
             &fx,
             "24 another mount namespace's view",
-            &path,
-            secrets,
-        );
-        assert_ne!(
-            text(&ev.path),
-            fx.p("secrets/key").to_str().unwrap(),
-            "not the rule's path"
+            &Attempt::open(&path, libc::O_RDONLY),
+            libc::EACCES,
+            Kind::Ptrace,
+            Control::Succeeds,
         );
     }
     let ev = deny(
@@ -3792,4 +3795,55 @@ fn names_cases() {
         &late_link,
         secrets,
     );
+}
+
+/// An object changed where it is, without an open: removed (`unlink`) or truncated
+/// (`truncate(2)`), is decided on its identity rules, as a write (and a truncate); outside the
+/// agent, and for what the rules leave writable, both work.
+#[test]
+fn unlink_and_truncate_are_decided_on_the_object() {
+    require_root();
+    let fx = Fixture::new("inplace");
+    std::fs::write(fx.p("scratch/mine.txt"), "mine").unwrap();
+    let mut k = fx.load("");
+    for hook in ["unlink_protected", "path_truncate"] {
+        k.require(hook);
+    }
+    let key = fx.p("secrets/key");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "40 unlink a protected file",
+        &Attempt::Unlink { path: cstr(&key) },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_UNLINK);
+    std::fs::write(&key, "secret").unwrap();
+    k.reload(&fx.policy(""));
+    let ro = fx.p("readonly.txt");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "40 truncate(2) a write-protected file",
+        &Attempt::Truncate { path: cstr(&ro) },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_TRUNCATE);
+    // What the rules leave writable stays the agent's.
+    let mine = fx.p("scratch/mine.txt");
+    for (case, attempt) in [
+        (
+            "truncate(2) of its own file",
+            Attempt::Truncate { path: cstr(&mine) },
+        ),
+        (
+            "unlink of its own file",
+            Attempt::Unlink { path: cstr(&mine) },
+        ),
+    ] {
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}");
+    }
 }

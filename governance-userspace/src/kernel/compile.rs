@@ -1716,11 +1716,7 @@ mod tests {
         // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
         // below them, has identities of its own, on other filesystems.)
         let here = ident(&d).0;
-        let ours = c
-            .idents
-            .keys()
-            .filter(|k| k.0 == here || k.0 == 0)
-            .count();
+        let ours = c.idents.keys().filter(|k| k.0 == here || k.0 == 0).count();
         assert_eq!(ours, 8 + 1 + holders, "{:?}", c.idents.keys());
 
         // A class whose identity rules all allow needs no walk: no entries at all.
@@ -1735,7 +1731,11 @@ mod tests {
         .unwrap();
         // (The kernel settings' built-in protection relaxed: nothing restricts.)
         let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
-        assert!(k.classes[0].idents.is_empty(), "{:?}", k.classes[0].idents.keys());
+        assert!(
+            k.classes[0].idents.is_empty(),
+            "{:?}",
+            k.classes[0].idents.keys()
+        );
     }
 
     #[test]
