@@ -24,9 +24,9 @@ use governance_common::{
 use crate::{
     decide::{Decision, current_agent, emit, lsm_ret},
     kernel::{
-        DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
-        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_PATH_DENTRY, OFF_QSTR_NAME,
-        OFF_SB_DEV, OFF_SB_ROOT, off, read_at,
+        BPF_FS_MAGIC, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
+        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_DENTRY,
+        OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
     },
     maps::{IDENT_RULES, IDENT_SCRATCH},
 };
@@ -643,6 +643,16 @@ pub fn unlink_protected(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(2);
     if previous != 0 {
         return previous;
+    }
+    // A pin on a bpf filesystem is the `inode_unlink` program's (protect.rs): one decision.
+    let dir: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    let magic = unsafe {
+        read_at::<u64>(dir, off(&OFF_INODE_SB))
+            .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_MAGIC)))
+    };
+    if magic.is_ok_and(|m| m & 0xffff_ffff == BPF_FS_MAGIC) {
+        return 0;
     }
     changed_in_place(ctx.arg(1), false, LINK_OP_UNLINK)
 }

@@ -812,7 +812,14 @@ impl Identities {
             stat: HashMap::new(),
             below: HashMap::new(),
             budget: ENUMERATION_BUDGET,
-            skip: vec![b"/".to_vec(), path_bytes(&protect.cgroup_root)],
+            // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
+            // its own protections), and the kernel settings' pseudo filesystems (hard links and
+            // bind mounts there need capabilities agents do not get; walking /sys on every
+            // reload would make reloads slow).
+            skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
+                .into_iter()
+                .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
+                .collect(),
             notes: BTreeSet::new(),
         }
     }
