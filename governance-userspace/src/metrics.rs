@@ -100,7 +100,6 @@ const KINDS: &[&str] = &[
     "mount",
     "clone",
     "exec_map",
-    "link",
 ];
 const OUTCOMES: &[&str] = &[
     "allow", "block", "throttle", "sandbox", "escalate", "granted", "kill",
