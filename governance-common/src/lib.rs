@@ -691,6 +691,27 @@ pub mod allow {
     pub const LOADER_EXEC: u32 = 16;
 }
 
+/// What a [`Kind::Task`] event refused to change in another process (its `detail`).
+pub mod task_change {
+    pub const RLIMIT: u8 = 1;
+    pub const NICE: u8 = 2;
+    pub const IOPRIO: u8 = 3;
+    pub const SCHEDULER: u8 = 4;
+    pub const MEMORY: u8 = 5;
+
+    /// The name of a change, for events.
+    pub const fn name(detail: u8) -> &'static str {
+        match detail {
+            RLIMIT => "rlimit",
+            NICE => "nice",
+            IOPRIO => "ioprio",
+            SCHEDULER => "scheduler",
+            MEMORY => "memory",
+            _ => "?",
+        }
+    }
+}
+
 /// What a [`Kind::Guard`] event refused (its `detail`).
 pub mod guard {
     /// request_module(): the kernel would run modprobe for the agent.

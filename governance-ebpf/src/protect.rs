@@ -4,7 +4,7 @@
 //! and no signal, ptrace or resource change aimed at a process outside the agent's own subtree
 //! (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use governance_common::{ExecKey, Kind, allow};
+use governance_common::{ExecKey, Kind, allow, task_change};
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
@@ -174,10 +174,9 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
 }
 
 /// Refuse an agent changing the resources of a process outside its subtree (`what`: which
-/// change, in the event's detail: 1 rlimit, 2 nice, 3 I/O priority, 4 scheduler, 5 memory
-/// placement).
+/// change, in the event's detail; see governance_common::task_change).
 #[inline(always)]
-fn task_change(task: u64, what: u8) -> i32 {
+fn refuse_change(task: u64, what: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -200,7 +199,7 @@ pub fn task_setrlimit(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    task_change(ctx.arg(0), 1)
+    refuse_change(ctx.arg(0), task_change::RLIMIT)
 }
 
 /// Built-in: no setpriority() on processes outside the agent.
@@ -211,7 +210,7 @@ pub fn task_setnice(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    task_change(ctx.arg(0), 2)
+    refuse_change(ctx.arg(0), task_change::NICE)
 }
 
 /// Built-in: no ioprio_set() on processes outside the agent.
@@ -222,7 +221,7 @@ pub fn task_setioprio(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    task_change(ctx.arg(0), 3)
+    refuse_change(ctx.arg(0), task_change::IOPRIO)
 }
 
 /// Built-in: no sched_setscheduler()/sched_setaffinity() on processes outside the agent.
@@ -233,7 +232,7 @@ pub fn task_setscheduler(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    task_change(ctx.arg(0), 4)
+    refuse_change(ctx.arg(0), task_change::SCHEDULER)
 }
 
 /// Built-in: no migrate_pages()/move_pages() on processes outside the agent.
@@ -244,7 +243,7 @@ pub fn task_movememory(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    task_change(ctx.arg(0), 5)
+    refuse_change(ctx.arg(0), task_change::MEMORY)
 }
 
 /// Built-in: agents may not remove anything from a bpf filesystem (the pins that keep the

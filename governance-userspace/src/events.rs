@@ -741,14 +741,7 @@ impl Record {
             }
             Some(Kind::Task) => {
                 object.target_pid = ev.object as u32;
-                let what = match ev.detail {
-                    1 => "rlimit",
-                    2 => "nice",
-                    3 => "ioprio",
-                    4 => "scheduler",
-                    5 => "memory",
-                    _ => "?",
-                };
+                let what = governance_common::task_change::name(ev.detail);
                 object.detail.insert("change".into(), what.into());
             }
             Some(Kind::Bpf) => {

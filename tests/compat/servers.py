@@ -79,7 +79,7 @@ def mcp_app(name):
         """Count down, reporting progress on the way (a streamed answer)."""
         for i in range(1, n + 1):
             await ctx.report_progress(i, n)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # paces the progress events: the streamed answer under test
         return "liftoff"
 
     # The server checks the Host header (DNS rebinding protection): the proxy forwards the
