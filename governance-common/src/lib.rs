@@ -77,8 +77,12 @@ pub mod maps {
     /// daemon from /proc/devices.
     pub const RAW_DEVICES: &str = "RAW_DEVICES";
 
+    /// [`crate::IdentKey`] → [`crate::IdentValue`]: file rules by the identity of the objects
+    /// their paths named at load (files, and directories for what is below them).
+    pub const IDENT_RULES: &str = "IDENT_RULES";
+
     /// Every map, in pin order.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         STATE,
         AGENTS,
         EXEC_RULES,
@@ -100,6 +104,7 @@ pub mod maps {
         WRITTEN,
         LOADERS,
         RAW_DEVICES,
+        IDENT_RULES,
     ];
 }
 
@@ -158,6 +163,14 @@ pub mod programs {
         "ptrace and /proc access outside the agent",
     );
     pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+    /// A second program on `inode_unlink`: named for what it guards.
+    pub const UNLINK_PROTECTED: Program = Program {
+        name: "unlink_protected",
+        attach: Attach::Lsm("inode_unlink"),
+        what: "removing files the identity rules protect",
+        required: true,
+    };
+    pub const TRUNCATE: Program = lsm("path_truncate", "truncate(2) of protected files");
     pub const SETRLIMIT: Program = lsm("task_setrlimit", "rlimits of processes outside the agent");
     pub const SETNICE: Program = lsm("task_setnice", "priority of processes outside the agent");
     pub const SETIOPRIO: Program = lsm(
@@ -201,6 +214,8 @@ pub mod programs {
     /// Forget the files agents wrote once they are deleted (see [`crate::maps::WRITTEN`]).
     pub const INODE_FREE: Program =
         lsm("inode_free_security", "bookkeeping of agent-written files");
+    pub const LINK: Program = lsm("inode_link", "hard links of protected files");
+    pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -237,7 +252,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 48] = [
+    pub const ALL: [Program; 52] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -286,6 +301,10 @@ pub mod programs {
         MMAP_FILE,
         FILE_MPROTECT,
         INODE_FREE,
+        LINK,
+        RENAME,
+        UNLINK_PROTECTED,
+        TRUNCATE,
     ];
 }
 
@@ -339,8 +358,15 @@ pub mod offsets {
     pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
     pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
+    pub const DENTRY_PARENT: &str = "OFF_DENTRY_PARENT";
+    pub const DENTRY_SB: &str = "OFF_DENTRY_SB";
+    pub const DENTRY_FLAGS: &str = "OFF_DENTRY_FLAGS";
+    pub const DENTRY_NAME: &str = "OFF_DENTRY_NAME";
+    pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
+    pub const SB_ROOT: &str = "OFF_SB_ROOT";
+
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 35] = [
+    pub const ALL: [(&str, &str, &str); 41] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -376,6 +402,12 @@ pub mod offsets {
         (DENTRY_INODE, "dentry", "d_inode"),
         (UNIX_ADDRESS_LEN, "unix_address", "len"),
         (UNIX_ADDRESS_NAME, "unix_address", "name"),
+        (DENTRY_PARENT, "dentry", "d_parent"),
+        (DENTRY_SB, "dentry", "d_sb"),
+        (DENTRY_FLAGS, "dentry", "d_flags"),
+        (DENTRY_NAME, "dentry", "d_name"),
+        (QSTR_NAME, "qstr", "name"),
+        (SB_ROOT, "super_block", "s_root"),
     ];
 }
 
@@ -430,6 +462,14 @@ pub const MAX_UNIX_RULES: u32 = 16384;
 pub const MAX_UNIX_PROTECTED: u32 = 1024;
 /// Bytes of `sun_path` in a `struct sockaddr_un`.
 pub const SUN_PATH_LEN: usize = 108;
+/// Capacity of [`maps::IDENT_RULES`] (both slots). Allocated as entries are written, not up
+/// front: every agent's class has its own entries (a dozen for the built-in protections).
+pub const MAX_IDENT_RULES: u32 = 262_144;
+/// How many directory levels above an opened (linked, renamed) object the programs look up in
+/// [`maps::IDENT_RULES`]. A deeper object, for an agent whose class has identity rules for the
+/// access, is refused (fail closed). Any path short enough for a path rule ([`PATH_MAX`]: at
+/// most 125 levels of `/x`) is within it.
+pub const MAX_IDENT_DEPTH: u32 = 128;
 
 /// The class id of class number `n` (1-based) in the generation `generation`: the slot is the
 /// top bit, so a generation's tables never collide with the other slot's.
@@ -484,7 +524,20 @@ pub enum Kind {
     /// A file mapped executable (mmap or mprotect with PROT_EXEC; [`Event::detail`]:
     /// [`exec_map`]).
     ExecMap = 15,
+    /// A hard link or rename that would take an object out of the identity rules that protect
+    /// it, or an unlink or truncate of such an object ([`Event::detail`]: [`LINK_OP_LINK`],
+    /// [`LINK_OP_RENAME`], [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`]).
+    Link = 16,
 }
+
+/// [`Event::detail`] of a [`Kind::Link`] decision: a new hard link.
+pub const LINK_OP_LINK: u8 = 1;
+/// [`Event::detail`] of a [`Kind::Link`] decision: a rename (or one side of an exchange).
+pub const LINK_OP_RENAME: u8 = 2;
+/// [`Kind::Link`] detail: an unlink of an object the identity rules protect from writing.
+pub const LINK_OP_UNLINK: u8 = 3;
+/// [`Kind::Link`] detail: a truncate(2)/ftruncate(2) of such an object.
+pub const LINK_OP_TRUNCATE: u8 = 4;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {
@@ -507,6 +560,7 @@ impl Kind {
             13 => Self::Mount,
             14 => Self::Clone,
             15 => Self::ExecMap,
+            16 => Self::Link,
             _ => return None,
         })
     }
@@ -531,6 +585,7 @@ impl Kind {
             Self::Mount => "mount",
             Self::Clone => "clone",
             Self::ExecMap => "exec_map",
+            Self::Link => "link",
         }
     }
 }
@@ -947,6 +1002,52 @@ pub struct ExecKey {
     pub ino: u64,
 }
 
+/// [`IdentKey::scope`]: the rules for the object itself (a file, or a directory opened as one).
+pub const SCOPE_SELF: u32 = 0;
+/// [`IdentKey::scope`]: the rules for what is below a directory (its files and subdirectories,
+/// whatever they are called and whenever they were made).
+pub const SCOPE_BELOW: u32 = 1;
+/// [`IdentKey::scope`]: a directory above an object that a restricting rule names (its rules:
+/// the most severe of those rules). Renaming it would move the rule's path away from the
+/// object, and the next generation would not find it: refused to agents.
+pub const SCOPE_HOLDS: u32 = 2;
+
+/// Key of [`maps::IDENT_RULES`]: a class and the identity of a file or directory a file rule
+/// named when the generation was loaded (device in the kernel `dev_t` encoding, as
+/// [`ExecKey`]), and whether the rules are for the object itself, for what is below it, or for
+/// the objects named below it (see the scopes).
+///
+/// `dev` 0 and `ino` 0 is the class's marker (no object has it): present when the class has
+/// identity rules, its [`IdentValue`] slot `i` present when some identity rule of the class
+/// refuses (or limits) access letter `i`. Agents whose class has none skip the walk.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdentKey {
+    pub class: u32,
+    pub dev: u32,
+    pub ino: u64,
+    /// [`SCOPE_SELF`], [`SCOPE_BELOW`] or [`SCOPE_HOLDS`].
+    pub scope: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`maps::IDENT_RULES`]: the rules per access letter, in the order of
+/// [`IDENT_LETTERS`] (the bits of [`Event::detail`]); a slot with neither side present has no
+/// rule here, and the next directory up decides that letter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdentValue {
+    pub rules: [RulePair; 4],
+}
+
+/// The access letters of [`IdentValue::rules`], in order.
+pub const IDENT_LETTERS: [u8; 4] = [
+    access::READ,
+    access::WRITE,
+    access::CREATE,
+    access::TRUNCATE,
+];
+
 /// Access letters of [`PathKey::access`].
 pub mod access {
     pub const READ: u8 = b'r';
@@ -1262,6 +1363,8 @@ const _: () = assert!(core::mem::size_of::<RulePair>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AgentValue>() == 80);
 const _: () = assert!(core::mem::size_of::<ExecKey>() == 16);
+const _: () = assert!(core::mem::size_of::<IdentKey>() == 24);
+const _: () = assert!(core::mem::size_of::<IdentValue>() == 64);
 const _: () = assert!(core::mem::size_of::<PathKey>() == 256);
 const _: () = assert!(core::mem::size_of::<NetKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NetEntry>() == 16);
@@ -1331,4 +1434,6 @@ mod pod {
     unsafe impl aya::Pod for super::UnixKey {}
     unsafe impl aya::Pod for super::UnixId {}
     unsafe impl aya::Pod for super::ApiAddr {}
+    unsafe impl aya::Pod for super::IdentKey {}
+    unsafe impl aya::Pod for super::IdentValue {}
 }

@@ -15,10 +15,11 @@ use governance_common::{
 use crate::{
     decide::{Agent, Decision, apply, count, current_agent, emit, lsm_ret},
     exec::file_identity,
+    identity::{class_letters, walk},
     kernel::{
         FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
-        OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV, S_IFBLK,
-        S_IFCHR, S_IFMT, off, read_at,
+        OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV,
+        OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off, read_at,
     },
     maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, WRITTEN},
 };
@@ -150,9 +151,10 @@ fn remember_written(agent: &Agent, file: u64) -> bool {
 }
 
 /// File opens: the resolved path of the opened file against the class's path rules, once per
-/// access the open asks for (read, write, create, truncate); the most severe answer wins.
-/// Opens for exec are decided by the exec hook, not here. Built in: raw storage devices are
-/// refused; files opened to be changed are remembered (WRITTEN).
+/// access the open asks for (read, write, create, truncate), and, when the class has identity
+/// rules for those accesses, the opened object and the directories above it against them
+/// (see `identity::walk`); the most severe answer wins. Opens for exec are decided by the exec
+/// hook, not here.
 #[lsm(hook = "file_open")]
 pub fn file_open(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
@@ -232,6 +234,39 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             default,
             &mut matched,
         );
+    }
+    // The same object by any other name: a hard link, a renamed directory, a bind mount,
+    // another namespace's view. Skipped (one lookup) for classes without identity rules.
+    let want = class_letters(agent.value.class) & asked;
+    if want != 0 {
+        // SAFETY: see read_at.
+        let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
+            .map_err(|_| Cause::Unreadable)
+            .and_then(|dentry| walk(0, agent.value.class, dentry, want));
+        match ident {
+            Ok(a) => {
+                if a.found() & 1 != 0 {
+                    worst = more_severe(worst, Some(a.read), default, &mut matched);
+                }
+                if a.found() & 2 != 0 {
+                    worst = more_severe(worst, Some(a.write), default, &mut matched);
+                }
+                if a.found() & 4 != 0 {
+                    worst = more_severe(worst, Some(a.create), default, &mut matched);
+                }
+                if a.found() & 8 != 0 {
+                    worst = more_severe(worst, Some(a.truncate), default, &mut matched);
+                }
+            }
+            Err(cause) => {
+                let d = Decision::fail_closed(Kind::File, cause);
+                emit(&agent, &d, |ev| {
+                    ev.detail = asked;
+                    copy_path(ev, &key.data.path);
+                });
+                return lsm_ret(&d);
+            }
+        }
     }
     let object = hash_path(&key.data.path);
     let rules = if matched { worst } else { None };

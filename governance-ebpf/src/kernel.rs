@@ -45,7 +45,13 @@ offsets!(
     OFF_PATH_DENTRY,
     OFF_DENTRY_INODE,
     OFF_UNIX_ADDRESS_LEN,
-    OFF_UNIX_ADDRESS_NAME
+    OFF_UNIX_ADDRESS_NAME,
+    OFF_DENTRY_PARENT,
+    OFF_DENTRY_SB,
+    OFF_DENTRY_FLAGS,
+    OFF_DENTRY_NAME,
+    OFF_QSTR_NAME,
+    OFF_SB_ROOT
 );
 
 #[inline(always)]
@@ -79,6 +85,7 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = 1;
+pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
 pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 pub(crate) const AF_INET: u32 = 2;
 pub(crate) const AF_INET6: u32 = 10;
@@ -104,5 +111,6 @@ pub(crate) const CLONE_NEWPID: u64 = 0x2000_0000;
 pub(crate) const CLONE_NEWNET: u64 = 0x4000_0000;
 /// clone3 only: start the child in the cgroup of the given directory fd.
 pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-/// Hash maps allocated as they fill.
-pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
+/// `d_flags` bit of a dentry that may not be connected to its filesystem's root (what
+/// open_by_handle_at can return for a file whose name is not in the dentry cache).
+pub(crate) const DCACHE_DISCONNECTED: u32 = 0x20;

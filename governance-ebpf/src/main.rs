@@ -14,6 +14,7 @@
 //! what makes it one), `ipc` (System V IPC: only the agent's own objects), `unix` (Unix-socket
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
+//! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
 //! `lifecycle` (fork and exit). What they share: `decide` (the agent, the decision, the event),
 //! `maps` (every map) and `kernel` (struct offsets and constants).
 //!
@@ -31,6 +32,7 @@ mod decide;
 mod exec;
 mod file;
 mod guard;
+mod identity;
 mod ipc;
 mod kernel;
 mod lifecycle;

@@ -3,19 +3,19 @@
 //! daemon and the proxy (events, counters, proxy connection records), and the per-CPU scratch
 //! the programs use in place of stack. Names are the symbol names, which the daemon opens
 //! (see governance_common::maps).
+use crate::{identity::Answer, kernel::BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS, MAX_IPC_OBJECTS, MAX_LOADERS,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED,
-    MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
+    GrantKey, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS,
+    MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_LOADERS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED,
+    MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue,
+    OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
-
-use crate::kernel::BPF_F_NO_PREALLOC;
 
 #[map]
 pub(crate) static STATE: Array<u32> = Array::with_max_entries(2, 0);
@@ -84,3 +84,11 @@ pub(crate) static LOADERS: HashMap<ExecKey, u32> = HashMap::with_max_entries(MAX
 /// Character-device majors that are raw views of storage.
 #[map]
 pub(crate) static RAW_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_RAW_DEVICES, 0);
+/// Not preallocated (BPF_F_NO_PREALLOC): sized for thousands of agents, filled by few.
+#[map]
+pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
+    HashMap::with_max_entries(MAX_IDENT_RULES, BPF_F_NO_PREALLOC);
+/// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name, the
+/// object a rename replaces.
+#[map]
+pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(3, 0);

@@ -122,6 +122,9 @@ fn build(
     for line in &compiled.unenforceable {
         eprintln!("governance: NOT ENFORCED: {line}");
     }
+    for line in &compiled.notes {
+        tracing::warn!("{line}");
+    }
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         eprintln!(

@@ -40,9 +40,9 @@ pub struct Record {
     pub source: Source,
     /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
     /// ptrace, unlink, unix (a Unix-socket connect or datagram), api (a request to the control
-    /// API), capability, mount, clone, exec_map, task, guard, ipc, http. For other types, a
-    /// short event name (`approval.granted`,
-    /// `policy.reloaded`, `daemon.started`, ...).
+    /// API), capability, mount, clone, exec_map, task, guard, ipc, link (a hard link or rename
+    /// refused: `object.detail.op`), http. For other types, a short event name
+    /// (`approval.granted`, `policy.reloaded`, `daemon.started`, ...).
     pub kind: String,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
     /// (degraded exec: the process was killed after its exec). Empty for non-decisions.
@@ -790,6 +790,17 @@ impl Record {
                 };
                 object.detail.insert("via".into(), via.into());
             }
+            Some(Kind::Link) => {
+                object.path = text(&ev.path);
+                let op = match ev.detail {
+                    governance_common::LINK_OP_LINK => "link",
+                    governance_common::LINK_OP_RENAME => "rename",
+                    governance_common::LINK_OP_UNLINK => "unlink",
+                    governance_common::LINK_OP_TRUNCATE => "truncate",
+                    _ => "?",
+                };
+                object.detail.insert("op".into(), op.into());
+            }
             Some(Kind::Userns | Kind::Unlink) | None => {}
         }
         let shadow_mode = named.is_some_and(|r| r.shadow);
@@ -1252,6 +1263,23 @@ mod tests {
         ev.flags = 0;
         let r = Record::from_kernel(&ev, &names(), &clock);
         assert_eq!(r.rule, "builtin:connect", "the proxy, let through");
+    }
+
+    #[test]
+    fn decodes_a_refused_link_or_rename() {
+        let mut ev = event();
+        ev.kind = Kind::Link as u8;
+        ev.detail = governance_common::LINK_OP_RENAME;
+        ev.path = [0; governance_common::EVENT_PATH_LEN];
+        ev.path[..3].copy_from_slice(b"key");
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        assert_eq!((r.kind.as_str(), r.outcome.as_str()), ("link", "block"));
+        assert_eq!(r.object.path, "key");
+        assert_eq!(r.object.detail["op"], "rename");
+        assert_eq!(r.rule, "bot/no-wget");
+        ev.detail = governance_common::LINK_OP_LINK;
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        assert_eq!(r.object.detail["op"], "link");
     }
 
     #[test]

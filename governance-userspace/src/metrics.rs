@@ -100,6 +100,7 @@ const KINDS: &[&str] = &[
     "mount",
     "clone",
     "exec_map",
+    "link",
 ];
 const OUTCOMES: &[&str] = &[
     "allow", "block", "throttle", "sandbox", "escalate", "granted", "kill",

@@ -172,6 +172,10 @@ fn class_of(r: &Record) -> Class {
             "signal" => Class::other(1007, PROCESS, "Signal"),
             "file" => Class::new(1001, FILE, 14, "Open"),
             "unlink" => Class::new(1001, FILE, 4, "Delete"),
+            "link" if r.object.detail.get("op").is_some_and(|o| o == "rename") => {
+                Class::new(1001, FILE, 5, "Rename")
+            }
+            "link" => Class::new(1001, FILE, 1, "Create"),
             "socket" | "bpf" | "capability" | "mount" | "clone" | "exec_map" => {
                 Class::new(1003, KERNEL, 4, "Invoke")
             }
@@ -873,6 +877,16 @@ mod tests {
 
         let unlink = to_ocsf(&decision("unlink", "block", Object::default()));
         assert_eq!(ids(&unlink), (1001, 4, 100104, Some(2)));
+
+        let op = |op: &str| {
+            let mut o = Object::default();
+            o.detail.insert("op".into(), op.into());
+            o
+        };
+        let rename = to_ocsf(&decision("link", "block", op("rename")));
+        assert_eq!(ids(&rename), (1001, 5, 100105, Some(2)));
+        let link = to_ocsf(&decision("link", "block", op("link")));
+        assert_eq!(ids(&link), (1001, 1, 100101, Some(2)));
     }
 
     #[test]

@@ -129,6 +129,32 @@ pub enum Attempt {
     Unlink { path: CString },
     /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
     ExecUnlinked { path: CString, argv: Vec<CString> },
+    /// link(from, to): a new hard link.
+    Link { from: CString, to: CString },
+    /// chroot(root), chdir("/"), then open(path, flags).
+    ChrootOpen {
+        root: CString,
+        path: CString,
+        flags: i32,
+    },
+    /// In a mount namespace of its own (unshare(CLONE_NEWNS), so the mount goes with the
+    /// child): mount(source, target, fstype, mount_flags), then open(path, flags).
+    MountOpen {
+        source: CString,
+        target: CString,
+        /// Empty for a bind mount.
+        fstype: CString,
+        mount_flags: u64,
+        path: CString,
+        flags: i32,
+    },
+    /// fd = open(dir, O_RDONLY | O_DIRECTORY), then open_by_handle_at(fd, handle, flags);
+    /// `handle` is a `struct file_handle` from name_to_handle_at.
+    OpenByHandleAt {
+        dir: CString,
+        handle: Vec<u8>,
+        flags: i32,
+    },
     /// connect() of an AF_UNIX stream socket to the socket file at `path`.
     UnixConnect { path: CString },
     /// connect() of an AF_UNIX stream socket to the abstract name `name` (no leading NUL).
@@ -280,6 +306,20 @@ impl Attempt {
         Attempt::Write {
             path: cstr(path),
             data: data.as_bytes().to_vec(),
+        }
+    }
+
+    pub fn link(from: &Path, to: &Path) -> Self {
+        Attempt::Link {
+            from: cstr(from),
+            to: cstr(to),
+        }
+    }
+
+    pub fn rename(from: &Path, to: &Path) -> Self {
+        Attempt::Rename {
+            from: cstr(from),
+            to: cstr(to),
         }
     }
 }
@@ -540,6 +580,62 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
+                Attempt::Link { from, to } => check(libc::link(from.as_ptr(), to.as_ptr()).into()),
+                Attempt::ChrootOpen { root, path, flags } => {
+                    if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::open(path.as_ptr(), *flags).into());
+                }
+                Attempt::MountOpen {
+                    source,
+                    target,
+                    fstype,
+                    mount_flags,
+                    path,
+                    flags,
+                } => {
+                    // Private, so nothing propagates back to the test's namespace.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            c"/".as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_REC | libc::MS_PRIVATE,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    let fstype = if fstype.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        fstype.as_ptr()
+                    };
+                    if libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        fstype,
+                        *mount_flags,
+                        std::ptr::null(),
+                    ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    check(libc::open(path.as_ptr(), *flags).into());
+                }
+                Attempt::OpenByHandleAt { dir, handle, flags } => {
+                    let fd = libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(
+                        libc::SYS_open_by_handle_at,
+                        fd,
+                        handle.as_ptr(),
+                        *flags,
+                    ));
+                }
                 Attempt::UnixConnect { .. }
                 | Attempt::UnixConnectAbstract { .. }
                 | Attempt::UnixConnectRelative { .. } => {
@@ -1292,4 +1388,137 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A process of ours in a mount namespace of its own, where `source` is bind-mounted on
+/// `target`: another mount namespace's view of a directory, which other processes reach
+/// through `/proc/<pid>/root`. Killed (by its pid) and reaped when dropped.
+pub struct MountNsView {
+    pub pid: i32,
+}
+
+impl MountNsView {
+    pub fn new(source: &Path, target: &Path) -> Self {
+        let (source, target) = (cstr(source), cstr(target));
+        let mut fds = [0i32; 2];
+        // SAFETY: a pipe into a local array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+        // SAFETY: the child only makes raw syscalls on data prepared above, then waits to be
+        // killed.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            unsafe {
+                let ok = libc::unshare(libc::CLONE_NEWNS) == 0
+                    && libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null(),
+                    ) == 0
+                    && libc::mount(
+                        source.as_ptr(),
+                        target.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) == 0;
+                let byte: u8 = if ok { b'1' } else { b'0' };
+                libc::write(fds[1], (&byte as *const u8).cast(), 1);
+                if !ok {
+                    libc::_exit(1);
+                }
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let mut byte = 0u8;
+        // SAFETY: reading one byte into a local.
+        let n = unsafe { libc::read(fds[0], (&mut byte as *mut u8).cast(), 1) };
+        // SAFETY: closing our own descriptors.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        let view = Self { pid };
+        assert!(
+            n == 1 && byte == b'1',
+            "the mount namespace view was not made"
+        );
+        view
+    }
+
+    /// `path` (absolute, in that namespace) as other processes reach it.
+    pub fn path(&self, path: &Path) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid)).join(path.strip_prefix("/").unwrap())
+    }
+}
+
+impl Drop for MountNsView {
+    fn drop(&mut self) {
+        // SAFETY: our own child, by its pid.
+        unsafe {
+            libc::kill(self.pid, libc::SIGKILL);
+            libc::waitpid(self.pid, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+impl Loaded {
+    /// Compile `yaml` again for the same agents and install it as the next generation, as a
+    /// daemon's reload does (identities are resolved again: a replaced file is the new one).
+    pub fn reload(&mut self, yaml: &str) {
+        let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let protect = kernel::Protect {
+            cgroup_root: agents::cgroup2_mount().unwrap(),
+            no_write: vec![self.pins.to_path_buf()],
+            no_access: vec![],
+        };
+        let generation = self.generation + 1;
+        let compiled = kernel::compile(&policy, &self.agents, generation, &protect);
+        assert!(
+            compiled.unenforceable.is_empty() && compiled.errors.is_empty(),
+            "{:?} {:?}",
+            compiled.unenforceable,
+            compiled.errors
+        );
+        let skipped = self
+            .enforcer
+            .install(&compiled)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
+        self.generation = generation;
+    }
+}
+
+/// The `struct file_handle` of `path` (name_to_handle_at), for [`Attempt::OpenByHandle`].
+pub fn file_handle(path: &Path) -> Vec<u8> {
+    let path = cstr(path);
+    // struct file_handle { u32 handle_bytes; int handle_type; unsigned char f_handle[]; }
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id = 0i32;
+    // SAFETY: the buffer holds the header and 128 bytes of handle, as handle_bytes says.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    buf.truncate(8 + len);
+    buf
 }

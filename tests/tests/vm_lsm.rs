@@ -3320,3 +3320,530 @@ fn legitimate_work_keeps_running() {
         Control::Succeeds,
     );
 }
+
+/// An attempt that must pass in the agent without a refusal (links and renames of unprotected
+/// objects are not reported: nothing was at stake).
+fn passes(k: &mut Loaded, fx: &Fixture, case: &str, attempt: &Attempt) {
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: allowed in the agent");
+    assert!(
+        k.try_event_where(Duration::from_millis(100), |e| e.tgid == pid
+            && e.flags & flags::DENIED != 0)
+            .is_none(),
+        "{case}: nothing refused"
+    );
+}
+
+/// Red-team cases 22-26: a file has many names. File rules decide on the object (its identity
+/// and the identity of the directories above it), so another name for the same object (a hard
+/// link, a renamed directory, a bind mount, another mount namespace, a chroot) reaches the same
+/// rule; and an agent cannot make a name that would take a protected object out of its rule.
+#[test]
+fn names_cases() {
+    require_root();
+    let fx = Fixture::new("names");
+    let rd = libc::O_RDONLY;
+    // The state before the load: a hard link to a file in the protected directory (made by an
+    // accomplice, or by the agent before it was governed), and the objects of the extra rules.
+    std::fs::write(fx.p("secrets/linked"), "secret").unwrap();
+    std::fs::hard_link(fx.p("secrets/linked"), fx.p("tmp/early-link")).unwrap();
+    std::fs::write(fx.p("apikey.txt"), "key").unwrap();
+    std::fs::create_dir_all(fx.p("vault")).unwrap();
+    std::fs::write(fx.p("vault/doc"), "doc").unwrap();
+    std::fs::create_dir_all(fx.p("outer/inner/deep")).unwrap();
+    std::fs::write(fx.p("outer/inner/deep/f"), "deep").unwrap();
+    for dir in [
+        "tmp/ws/objects",
+        "tmp/ws/sub",
+        "tmp/bind-view",
+        "tmp/ns-view",
+        "tmp/own-view",
+        "tmp/cg",
+    ] {
+        std::fs::create_dir_all(fx.p(dir)).unwrap();
+    }
+    let d = fx.dir.display();
+    let extra = format!(
+        "\x20 - {{ id: apikey, file: {{ path: {d}/apikey.txt }}, verdict: block, reason: api key }}\n\
+         \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n\
+         \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n\
+         kernel: {{ allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_READ_SEARCH], allow_mounts: true }}\n"
+    );
+    // The agent gets back what the views it makes need (chroot, its own mounts, opens by
+    // handle): the identity rules, not the capability refusals, are what this test is about.
+    let mut k = fx.load(&extra);
+    k.require("inode_link");
+    k.require("inode_rename");
+    let (secrets, readonly) = (k.rule(6), k.rule(7));
+    let (apikey, vault, deep) = (k.rule(14), k.rule(15), k.rule(16));
+
+    /// An open refused in the agent by `rule`, through `path`, a name no path rule names.
+    fn denied_open(k: &mut Loaded, fx: &Fixture, case: &str, path: &Path, rule: u32) -> Event {
+        let ev = deny(
+            k,
+            fx,
+            case,
+            &Attempt::open(path, libc::O_RDONLY),
+            Kind::File,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.rule_id, rule, "{case}: rule");
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}: cause");
+        ev
+    }
+    /// A link or rename refused in the agent by `rule`.
+    fn denied_name(k: &mut Loaded, fx: &Fixture, case: &str, attempt: &Attempt, rule: u32, op: u8) {
+        let ev = deny(k, fx, case, attempt, Kind::Link, Control::Succeeds);
+        assert_eq!(ev.rule_id, rule, "{case}: rule");
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}: cause");
+        assert_eq!(ev.detail, op, "{case}: link or rename");
+    }
+    let (link_op, rename_op) = (
+        governance_common::LINK_OP_LINK,
+        governance_common::LINK_OP_RENAME,
+    );
+
+    // 22. Hard links: one made before the load, opened by its other name (the file had two
+    // names at load, so it carries the directory's rule itself).
+    let early = fx.p("tmp/early-link");
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "22 hard link made before the load",
+        &early,
+        secrets,
+    );
+    assert_eq!(
+        text(&ev.path),
+        early.to_str().unwrap(),
+        "the name the agent used"
+    );
+    // One made from outside after the load, to a file with a rule of its own.
+    let apikey_link = fx.p("tmp/apikey-link");
+    std::fs::hard_link(fx.p("apikey.txt"), &apikey_link).unwrap();
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "22 hard link made from outside after the load",
+        &apikey_link,
+        apikey,
+    );
+    assert_eq!(text(&ev.path), apikey_link.to_str().unwrap());
+    // The agent making one: of a protected file, and of a file made in the protected
+    // directory after the load (its directory decides).
+    denied_name(
+        &mut k,
+        &fx,
+        "22 agent hard-links a protected file out",
+        &Attempt::link(&fx.p("secrets/key"), &fx.p("tmp/agent-link")),
+        secrets,
+        link_op,
+    );
+    std::fs::write(fx.p("secrets/late"), "made after the load").unwrap();
+    denied_name(
+        &mut k,
+        &fx,
+        "22 agent hard-links a file made in the protected directory after the load",
+        &Attempt::link(&fx.p("secrets/late"), &fx.p("tmp/late-link")),
+        secrets,
+        link_op,
+    );
+    // ... and of a file protected by its own rule, even in its own directory.
+    denied_name(
+        &mut k,
+        &fx,
+        "22 agent hard-links a file with its own rule",
+        &Attempt::link(&fx.p("apikey.txt"), &fx.p("apikey-2.txt")),
+        apikey,
+        link_op,
+    );
+
+    // 23. Renames: a protected directory renamed from outside, the file opened by its new path.
+    std::fs::rename(fx.p("vault"), fx.p("tmp/vault-moved")).unwrap();
+    let moved = fx.p("tmp/vault-moved/doc");
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "23 ancestor directory renamed from outside",
+        &moved,
+        vault,
+    );
+    assert_eq!(text(&ev.path), moved.to_str().unwrap());
+    std::fs::rename(fx.p("tmp/vault-moved"), fx.p("vault")).unwrap();
+    // ... and a directory further up.
+    std::fs::rename(fx.p("outer"), fx.p("tmp/outer-moved")).unwrap();
+    let moved = fx.p("tmp/outer-moved/inner/deep/f");
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "23 a directory further up renamed from outside",
+        &moved,
+        deep,
+    );
+    assert_eq!(text(&ev.path), moved.to_str().unwrap());
+    std::fs::rename(fx.p("tmp/outer-moved"), fx.p("outer")).unwrap();
+    // The agent renaming it (away, or in place: the next generation would not find it at its
+    // rule's path), or moving a protected file out. Each control moved it; it goes back.
+    for (case, from, to, rule) in [
+        (
+            "23 agent renames a protected directory away",
+            "vault",
+            "tmp/vault-away",
+            vault,
+        ),
+        (
+            "23 agent renames a protected directory in place",
+            "vault",
+            "vault-2",
+            vault,
+        ),
+        (
+            "23 agent moves a file out of a protected directory",
+            "secrets/key",
+            "tmp/key-out",
+            secrets,
+        ),
+        (
+            "23 agent renames a file with its own rule",
+            "apikey.txt",
+            "apikey-old.txt",
+            apikey,
+        ),
+        (
+            "23 agent renames a directory above a protected one in place",
+            "outer/inner",
+            "outer/inner-2",
+            deep,
+        ),
+        (
+            "23 agent moves a directory above a protected one away",
+            "outer",
+            "tmp/outer-away",
+            deep,
+        ),
+    ] {
+        denied_name(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::rename(&fx.p(from), &fx.p(to)),
+            rule,
+            rename_op,
+        );
+        std::fs::rename(fx.p(to), fx.p(from)).unwrap();
+    }
+
+    // 24. Views: a bind mount of the protected directory made outside (a file made in it after
+    // the load too), another mount namespace's view through /proc/PID/root, a chroot, and the
+    // agent's own mounts (as root it may mount, in a namespace of its own).
+    let view = fx.p("tmp/bind-view");
+    let (src, dst) = (cstr(&fx.p("secrets")), cstr(&view));
+    // SAFETY: plain mount(2) with NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "bind mount: {}", std::io::Error::last_os_error());
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "24 bind mount of the protected directory",
+        &view.join("key"),
+        secrets,
+    );
+    assert_eq!(text(&ev.path), view.join("key").to_str().unwrap());
+    denied_open(
+        &mut k,
+        &fx,
+        "24 bind mount, a file made after the load",
+        &view.join("late"),
+        secrets,
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::umount2(dst.as_ptr(), 0) }, 0, "umount");
+    {
+        // Another process's mount namespace is reached through its /proc/PID/root, which is a
+        // ptrace_may_access() check: a process outside the agent is out of its reach before
+        // the identity rules would decide (EACCES from procfs).
+        let ns = governance_tests::MountNsView::new(&fx.p("secrets"), &fx.p("tmp/ns-view"));
+        let path = ns.path(&fx.p("tmp/ns-view/key"));
+        deny_errno(
+            &mut k,
+            &fx,
+            "24 another mount namespace's view",
+            &Attempt::open(&path, libc::O_RDONLY),
+            libc::EACCES,
+            Kind::Ptrace,
+            Control::Succeeds,
+        );
+    }
+    let ev = deny(
+        &mut k,
+        &fx,
+        "24 chroot view",
+        &Attempt::ChrootOpen {
+            root: cstr(&fx.dir),
+            path: c"/secrets/key".into(),
+            flags: rd,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        (ev.rule_id, text(&ev.path).as_str()),
+        (secrets, "/secrets/key")
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "24 agent bind-mounts the protected directory itself",
+        &Attempt::MountOpen {
+            source: cstr(&fx.p("secrets")),
+            target: cstr(&fx.p("tmp/own-view")),
+            fstype: c"".into(),
+            mount_flags: libc::MS_BIND,
+            path: cstr(&fx.p("tmp/own-view/key")),
+            flags: rd,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, secrets);
+    // A second cgroup2 mount, to move out through another cgroup's cgroup.procs: the
+    // built-in protection of the cgroup tree holds by identity too.
+    let procs = fx.p("tmp/cg").join(&fx.outsider.rel).join("cgroup.procs");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "24 agent mounts cgroup2 again and opens another cgroup's cgroup.procs",
+        &Attempt::MountOpen {
+            source: c"none".into(),
+            target: cstr(&fx.p("tmp/cg")),
+            fstype: c"cgroup2".into(),
+            mount_flags: 0,
+            path: cstr(&procs),
+            flags: libc::O_WRONLY,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        (ev.rule_id & 0x7fff_ffff, Cause::from_u8(ev.cause)),
+        (0, Some(Cause::Rule)),
+        "the built-in protected path"
+    );
+
+    // Opens by file handle (open_by_handle_at; root has CAP_DAC_READ_SEARCH): no name at all.
+    // On tmpfs the handle finds a dentry of the file, below its directory. (Not secrets/key:
+    // the control above gave it a second name outside, and the handle may find that one.)
+    deny(
+        &mut k,
+        &fx,
+        "24 open_by_handle_at of a protected file",
+        &Attempt::OpenByHandleAt {
+            dir: cstr(&fx.dir),
+            handle: governance_tests::file_handle(&fx.p("vault/doc")),
+            flags: rd,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    // Another cgroup's cgroup.procs by handle, to move out: refused whether the handle finds
+    // the file's cached dentry (the walk reaches the cgroup root) or, its name evicted from
+    // the cache (kernfs, like disks, drops unused dentries), builds one connected to nothing
+    // (its directories are unknown: the open fails closed). The VM's dentries stay cached, so
+    // this exercises the first.
+    let handle = governance_tests::file_handle(&fx.outsider.path.join("cgroup.procs"));
+    let ev = deny(
+        &mut k,
+        &fx,
+        "24 open_by_handle_at of another cgroup's cgroup.procs",
+        &Attempt::OpenByHandleAt {
+            dir: cstr(&fx.agent.path),
+            handle,
+            flags: libc::O_WRONLY,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        (ev.rule_id & 0x7fff_ffff, Cause::from_u8(ev.cause)),
+        (0, Some(Cause::Rule)),
+        "the built-in protected path"
+    );
+
+    // 25. Symlinks are resolved by the open: the object behind them decides.
+    let sym = fx.p("tmp/ws/secrets-link");
+    std::os::unix::fs::symlink(fx.p("secrets"), &sym).unwrap();
+    let ev = denied_open(
+        &mut k,
+        &fx,
+        "25 symlink to the protected directory",
+        &sym.join("key"),
+        secrets,
+    );
+    assert_eq!(text(&ev.path), fx.p("secrets/key").to_str().unwrap());
+
+    // Legitimate work goes on: an editor's write-temp-and-rename, `mv` within a workspace,
+    // git-like hard links, renaming over a file, all of unprotected objects.
+    std::fs::write(fx.p("tmp/ws/file.tmp"), "draft").unwrap();
+    std::fs::write(fx.p("tmp/ws/new.tmp"), "draft 2").unwrap();
+    for (case, attempt) in [
+        (
+            "editor saves: rename the temporary file over the file",
+            Attempt::rename(&fx.p("tmp/ws/file.tmp"), &fx.p("tmp/ws/file")),
+        ),
+        (
+            "mv into another directory of the workspace",
+            Attempt::rename(&fx.p("tmp/ws/file"), &fx.p("tmp/ws/sub/file")),
+        ),
+        (
+            "git-like hard link of an unprotected object",
+            Attempt::link(&fx.p("tmp/ws/sub/file"), &fx.p("tmp/ws/objects/ab12")),
+        ),
+        (
+            "rename over an existing file elsewhere in the workspace",
+            Attempt::rename(&fx.p("tmp/ws/new.tmp"), &fx.p("tmp/ws/sub/file")),
+        ),
+    ] {
+        passes(&mut k, &fx, case, &attempt);
+    }
+    // A write-only rule through a hard link made outside: reading is fine, writing is not.
+    let ro_link = fx.p("tmp/ro-link");
+    std::fs::hard_link(fx.p("readonly.txt"), &ro_link).unwrap();
+    let ev = allow(
+        &mut k,
+        &fx,
+        "read of a write-protected file by another name",
+        &Attempt::open(&ro_link, rd),
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    let ev = deny(
+        &mut k,
+        &fx,
+        "22 write of a write-protected file by another name",
+        &Attempt::open(&ro_link, libc::O_WRONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, readonly);
+    // A new name is a create in its directory, and a rename over a file replaces it: an agent
+    // may not plant a file in the protected directory, rename within it, or replace a
+    // write-protected file by renaming another over it.
+    std::fs::write(fx.p("tmp/ws/replacement"), "not read only").unwrap();
+    for (case, attempt, rule, op) in [
+        (
+            "23 agent links a file into the protected directory",
+            Attempt::link(&fx.p("tmp/ws/objects/ab12"), &fx.p("secrets/planted")),
+            secrets,
+            link_op,
+        ),
+        (
+            "23 agent renames a file within the protected directory",
+            Attempt::rename(&fx.p("secrets/key"), &fx.p("secrets/key-2")),
+            secrets,
+            rename_op,
+        ),
+        (
+            "23 agent renames a file over a write-protected one",
+            Attempt::rename(&fx.p("tmp/ws/replacement"), &fx.p("readonly.txt")),
+            readonly,
+            rename_op,
+        ),
+    ] {
+        denied_name(&mut k, &fx, case, &attempt, rule, op);
+    }
+    std::fs::rename(fx.p("secrets/key-2"), fx.p("secrets/key")).unwrap();
+
+    // 26. Reloads resolve again. The protected file is replaced from outside (an editor
+    // writes a new file and renames it over the old one), then hard-linked from outside: the
+    // new generation knows the new file.
+    std::fs::write(fx.p("apikey.new"), "new key").unwrap();
+    std::fs::rename(fx.p("apikey.new"), fx.p("apikey.txt")).unwrap();
+    // Meanwhile its path rule still applies.
+    denied_open(
+        &mut k,
+        &fx,
+        "26 replaced file, by its path",
+        &fx.p("apikey.txt"),
+        apikey,
+    );
+    k.reload(&fx.policy(&extra));
+    let (secrets, apikey) = (k.rule(6), k.rule(14));
+    let new_link = fx.p("tmp/apikey-new-link");
+    std::fs::hard_link(fx.p("apikey.txt"), &new_link).unwrap();
+    denied_open(
+        &mut k,
+        &fx,
+        "26 replaced file, after the reload, by a new hard link",
+        &new_link,
+        apikey,
+    );
+    // A file made in the protected directory after the first load and hard-linked from
+    // outside is known from the next generation on.
+    let late_link = fx.p("tmp/late-outside-link");
+    std::fs::hard_link(fx.p("secrets/late"), &late_link).unwrap();
+    denied_open(
+        &mut k,
+        &fx,
+        "26 file made after the load, hard-linked from outside, after the reload",
+        &late_link,
+        secrets,
+    );
+}
+
+/// An object changed where it is, without an open: removed (`unlink`) or truncated
+/// (`truncate(2)`), is decided on its identity rules, as a write (and a truncate); outside the
+/// agent, and for what the rules leave writable, both work.
+#[test]
+fn unlink_and_truncate_are_decided_on_the_object() {
+    require_root();
+    let fx = Fixture::new("inplace");
+    std::fs::write(fx.p("scratch/mine.txt"), "mine").unwrap();
+    let mut k = fx.load("");
+    for hook in ["unlink_protected", "path_truncate"] {
+        k.require(hook);
+    }
+    let key = fx.p("secrets/key");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "40 unlink a protected file",
+        &Attempt::Unlink { path: cstr(&key) },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_UNLINK);
+    std::fs::write(&key, "secret").unwrap();
+    k.reload(&fx.policy(""));
+    let ro = fx.p("readonly.txt");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "40 truncate(2) a write-protected file",
+        &Attempt::Truncate { path: cstr(&ro) },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_TRUNCATE);
+    // What the rules leave writable stays the agent's.
+    let mine = fx.p("scratch/mine.txt");
+    for (case, attempt) in [
+        (
+            "truncate(2) of its own file",
+            Attempt::Truncate { path: cstr(&mine) },
+        ),
+        (
+            "unlink of its own file",
+            Attempt::Unlink { path: cstr(&mine) },
+        ),
+    ] {
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}");
+    }
+}

@@ -14,18 +14,24 @@
 //! - "best" is the engine's precedence: most specific first, then block > escalate > sandbox >
 //!   throttle > allow; shadow rules are carried beside the enforcing one, never instead of it.
 //!
+//! - file rules are also resolved to the identity of what their paths name now (see
+//!   [`Identities`]): the file or directory itself and, for a directory, what is below it, so
+//!   that the kernel decides on the object whatever name reaches it.
+//!
 //! HTTP rules are the proxy's. What the kernel cannot express is listed in `unenforceable`, so
 //! the daemon can refuse to claim enforcement it does not have.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
 use governance_common::{
-    AgentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX, RulePair, RuleRef, Throttle,
-    Verdict as KVerdict, access, class_id, proto,
+    AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
+    RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access,
+    class_id, proto,
 };
 
 use crate::{
@@ -96,6 +102,10 @@ pub struct Class {
     pub net: BTreeMap<(u32, [u8; 16]), Vec<NetEntry>>,
     /// Unix sockets → rules: the loader turns a path into the socket file's identity.
     pub unix: BTreeMap<UnixTarget, RulePair>,
+    /// File rules by identity: (kernel device, inode, scope) → rules per access letter
+    /// ([`IDENT_LETTERS`]); (0, 0, [`SCOPE_SELF`]) is the class's marker, whose slots say
+    /// which letters some identity rule restricts (see governance_common::IdentKey).
+    pub idents: BTreeMap<(u32, u64, u32), IdentValue>,
 }
 
 /// What goes into the maps for one generation.
@@ -115,6 +125,8 @@ pub struct KernelPolicy {
     pub unenforceable: Vec<String>,
     /// Tables that do not fit (too many port alternatives at one prefix): refuse the generation.
     pub errors: Vec<String>,
+    /// What the identity resolution could not cover, for the operator (the generation loads).
+    pub notes: Vec<String>,
 }
 
 /// A rule as the compiler ranks it.
@@ -406,6 +418,7 @@ pub fn compile(
             MAX_THROTTLES / 2
         ));
     }
+    let mut identities = Identities::new(protect);
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
@@ -626,6 +639,7 @@ pub fn compile(
         }
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
+        identities.resolve(&mut c);
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
         let governing: Vec<&Policy> = set
@@ -709,12 +723,307 @@ pub fn compile(
             }
             let mut c = build_class(pc, &constrained, &mut out.errors, &agent.name);
             c.value.class = pc;
+            identities.resolve(&mut c);
             out.profiles.push((pc & 0x7fff_ffff, out.classes.len()));
             out.classes.push(c);
         }
     }
     out.unenforceable = unenforceable.into_iter().collect();
+    out.notes = identities.notes.into_iter().collect();
+    let idents: usize = out.classes.iter().map(|c| c.idents.len()).sum();
+    if idents > (governance_common::MAX_IDENT_RULES / 2) as usize {
+        out.errors.push(format!(
+            "{idents} identity entries; the kernel table holds {} per generation",
+            governance_common::MAX_IDENT_RULES / 2
+        ));
+    }
     out
+}
+
+/// Directory entries the identity resolution looks at below protected directories, per
+/// generation (for hard links made before the load, and mount points).
+const ENUMERATION_BUDGET: usize = 50_000;
+
+/// An object found on this host: kernel device, inode, directory or not.
+type Found = (u32, u64, bool);
+
+/// Resolves a class's file rules to the identity of what their paths name now, into
+/// [`Class::idents`]. Each object gets exactly the answer the path rules give its canonical
+/// name: `self` is the answer for the path itself, `below` (directories) the answer for a name
+/// inside it. The kernel looks the opened object up, then each directory above it; the first
+/// entry met decides a letter (the deepest rule, as for paths), and the most severe of that and
+/// the path decision wins.
+///
+/// Besides the rules' own paths: below a directory whose rules restrict an access, the files
+/// that already have other names (a link count above 1: a hard link made before the load, which
+/// the ancestor walk of that other name would not reach) and the mount points (a filesystem
+/// mounted inside is walked up to its own root only). Neither is looked for below `/` or the
+/// cgroup2 tree (kernfs has no hard links), and at most [`ENUMERATION_BUDGET`] entries are read
+/// per generation; the rest goes to `notes`.
+///
+/// And every directory above a restricting rule's object (scope `SCOPE_HOLDS`): an agent may not
+/// rename it, since the next generation would look for the object at the old path.
+///
+/// Paths that do not exist when the generation is built have no identity (their path rules
+/// still apply). Results are cached for the generation: agents share policies.
+pub(crate) struct Identities {
+    stat: HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
+    below: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    budget: usize,
+    skip: Vec<Vec<u8>>,
+    pub(crate) notes: BTreeSet<String>,
+}
+
+fn restricts(p: &RulePair) -> bool {
+    p.enforce.present != 0 && p.enforce.verdict != KVerdict::Allow as u8
+}
+
+fn has(p: &RulePair) -> bool {
+    p.enforce.present != 0 || p.shadow.present != 0
+}
+
+/// The more severe of two answers for one letter (the same object named twice: deny wins).
+fn severer(a: RulePair, b: RulePair) -> RulePair {
+    if !has(&a) {
+        return b;
+    }
+    if !has(&b) {
+        return a;
+    }
+    let mut out = if b.enforce.present != 0
+        && (a.enforce.present == 0 || b.enforce.verdict > a.enforce.verdict)
+    {
+        RulePair {
+            enforce: b.enforce,
+            shadow: a.shadow,
+        }
+    } else {
+        a
+    };
+    if out.shadow.present == 0 {
+        out.shadow = b.shadow;
+    }
+    out
+}
+
+impl Identities {
+    pub(crate) fn new(protect: &Protect) -> Self {
+        Self {
+            stat: HashMap::new(),
+            below: HashMap::new(),
+            budget: ENUMERATION_BUDGET,
+            // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
+            // its own protections), and the kernel settings' pseudo filesystems (hard links and
+            // bind mounts there need capabilities agents do not get; walking /sys on every
+            // reload would make reloads slow).
+            skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
+                .into_iter()
+                .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
+                .collect(),
+            notes: BTreeSet::new(),
+        }
+    }
+
+    /// The canonical path and identity of `path`, if it exists.
+    fn find(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found)> {
+        use std::os::unix::ffi::OsStrExt as _;
+        self.stat
+            .entry(path.to_vec())
+            .or_insert_with(|| {
+                let p = Path::new(std::ffi::OsStr::from_bytes(path));
+                let real = std::fs::canonicalize(p).ok()?;
+                let meta = std::fs::metadata(&real).ok()?;
+                Some((
+                    path_bytes(&real),
+                    (super::kernel_dev(meta.dev()), meta.ino(), meta.is_dir()),
+                ))
+            })
+            .clone()
+    }
+
+    /// Below directory `dir` (canonical): files with more than one name, and mount points.
+    fn enumerate(&mut self, dir: &[u8]) -> Vec<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt as _;
+        if self.skip.iter().any(|s| s == dir) {
+            return Vec::new();
+        }
+        if let Some(found) = self.below.get(dir) {
+            return found.clone();
+        }
+        let mut found = Vec::new();
+        let root = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let Ok(top) = std::fs::symlink_metadata(root) else {
+            return found;
+        };
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if self.budget == 0 {
+                    self.notes.insert(format!(
+                        "identity: stopped looking below {} after {ENUMERATION_BUDGET} entries;                          hard links made before this load to files further below, and                          filesystems mounted further below, are decided by their paths only",
+                        root.display()
+                    ));
+                    self.below.insert(dir.to_vec(), found.clone());
+                    return found;
+                }
+                self.budget -= 1;
+                let Ok(meta) = e.metadata() else { continue };
+                let path = e.path();
+                if meta.is_dir() {
+                    if meta.dev() != top.dev() {
+                        found.push(path_bytes(&path));
+                    } else {
+                        stack.push(path);
+                    }
+                } else if !meta.file_type().is_symlink() && meta.nlink() > 1 {
+                    found.push(path_bytes(&path));
+                }
+            }
+        }
+        self.below.insert(dir.to_vec(), found.clone());
+        found
+    }
+
+    /// Resolve the class's file rules (and what they protect) into `c.idents`.
+    pub(crate) fn resolve(&mut self, c: &mut Class) {
+        let letters = IDENT_LETTERS;
+        // The paths the class's file rules name (exec rules have their own identities).
+        let named: BTreeSet<Vec<u8>> = c
+            .paths
+            .keys()
+            .filter(|(l, _)| letters.contains(l))
+            .map(|(_, node)| {
+                let mut p = node.clone();
+                if p.last() == Some(&0) || (p.len() > 1 && p.last() == Some(&b'/')) {
+                    p.pop();
+                }
+                p
+            })
+            .collect();
+        let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
+        let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
+        let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
+        for path in &named {
+            let Some((real, found)) = self.find(path) else {
+                continue;
+            };
+            // The rules that restrict access to the object itself, or below it.
+            let restricting = |query: &[u8]| {
+                letters.map(|l| {
+                    answer(c, l, query)
+                        .filter(restricts)
+                        .map(|p| RulePair {
+                            enforce: p.enforce,
+                            shadow: RuleRef::default(),
+                        })
+                        .unwrap_or_default()
+                })
+            };
+            let mut exact = real.clone();
+            exact.push(0);
+            let mut held = restricting(&exact);
+            if found.2 {
+                let below = restricting(&below_query(&real));
+                if below.iter().any(has) {
+                    protected_dirs.push(real.clone());
+                }
+                for (h, b) in held.iter_mut().zip(below) {
+                    *h = severer(*h, b);
+                }
+            }
+            if held.iter().any(has) {
+                holders.push((real.clone(), held));
+            }
+            objects.push((real, found));
+        }
+        protected_dirs.sort();
+        protected_dirs.dedup();
+        for dir in protected_dirs {
+            for path in self.enumerate(&dir) {
+                if let Some(found) = self.find(&path) {
+                    objects.push(found);
+                }
+            }
+        }
+        objects.sort();
+        objects.dedup();
+        for (real, (dev, ino, is_dir)) in objects {
+            let mut exact = real.clone();
+            exact.push(0);
+            let mut scopes = vec![(SCOPE_SELF, exact)];
+            if is_dir {
+                scopes.push((SCOPE_BELOW, below_query(&real)));
+            }
+            for (scope, query) in scopes {
+                let rules = letters.map(|l| answer(c, l, &query).unwrap_or_default());
+                if !rules.iter().any(has) {
+                    continue;
+                }
+                let entry = c.idents.entry((dev, ino, scope)).or_default();
+                for (slot, r) in entry.rules.iter_mut().zip(rules) {
+                    *slot = severer(*slot, r);
+                }
+            }
+        }
+        // The directories above a restricting rule's object: renaming one moves the rule's path
+        // away from the object.
+        for (real, held) in holders {
+            let mut dir = real.as_slice();
+            while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
+                if dir == b"/" {
+                    break;
+                }
+                dir = if i == 0 { &dir[..1] } else { &dir[..i] };
+                let Some((_, (dev, ino, _))) = self.find(dir) else {
+                    break;
+                };
+                let entry = c.idents.entry((dev, ino, SCOPE_HOLDS)).or_default();
+                for (slot, r) in entry.rules.iter_mut().zip(held) {
+                    *slot = severer(*slot, r);
+                }
+            }
+        }
+        let mut marker = IdentValue::default();
+        for v in c.idents.values() {
+            for (m, r) in marker.rules.iter_mut().zip(&v.rules) {
+                if restricts(r) {
+                    *m = RulePair {
+                        enforce: rule_ref(NO_RULE, KVerdict::Block, 0),
+                        shadow: RuleRef::default(),
+                    };
+                }
+            }
+        }
+        if marker.rules.iter().any(has) {
+            c.idents.insert((0, 0, SCOPE_SELF), marker);
+        } else {
+            // Nothing restricts: the answers could never change a decision; the kernel skips
+            // the walk for this class.
+            c.idents.clear();
+        }
+    }
+}
+
+/// What the kernel's path lookup answers for `query` (a path and NUL, or a directory and `/`):
+/// the longest node of letter `letter` that `query` starts with.
+fn answer(c: &Class, letter: u8, query: &[u8]) -> Option<RulePair> {
+    // Nodes end in `/` (directories) or NUL (exact paths): only those prefixes can match.
+    (1..=query.len())
+        .rev()
+        .filter(|&n| n == query.len() || query[n - 1] == b'/')
+        .find_map(|n| c.paths.get(&(letter, query[..n].to_vec())).copied())
+}
+
+/// A name inside directory `dir`, as a path-lookup query.
+fn below_query(dir: &[u8]) -> Vec<u8> {
+    let mut q = dir.to_vec();
+    if q.last() != Some(&b'/') {
+        q.push(b'/');
+    }
+    q
 }
 
 /// Zero the bits of `addr` past `bits`.
@@ -1305,5 +1614,168 @@ mod tests {
         // Pinned: a restarted daemon must compute the ids the pinned buckets carry.
         assert_eq!(bucket_id(""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(bucket_id("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    /// (device, inode) as the kernel keys hold it.
+    fn ident(p: &Path) -> (u32, u64) {
+        let m = std::fs::metadata(p).unwrap();
+        (crate::kernel::kernel_dev(m.dev()), m.ino())
+    }
+
+    /// Verdict per letter (r, w, c, t) of an identity entry; None where the slot is empty.
+    fn verdicts(c: &Class, id: (u32, u64), scope: u32) -> Option<[Option<(u32, u8)>; 4]> {
+        c.idents.get(&(id.0, id.1, scope)).map(|v| {
+            v.rules.map(|r| {
+                (r.enforce.present != 0).then_some((r.enforce.rule_id & 0xffff, r.enforce.verdict))
+            })
+        })
+    }
+
+    #[test]
+    fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().canonicalize().unwrap();
+        for sub in ["secrets/sub", "out", "work"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for f in [
+            "secrets/key",
+            "secrets/linked",
+            "secrets/pub",
+            "ro.txt",
+            "work/x",
+        ] {
+            std::fs::write(d.join(f), "x").unwrap();
+        }
+        // A hard link made before the load: the other name is outside every rule.
+        std::fs::hard_link(d.join("secrets/linked"), d.join("out/linked")).unwrap();
+        std::os::unix::fs::symlink(d.join("ro.txt"), d.join("ro-link")).unwrap();
+        let ds = d.display();
+        let set = parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n\
+                 \x20 - {{ id: secrets, file: {{ prefix: {ds}/secrets }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: pub, file: {{ path: {ds}/secrets/pub, access: [read] }}, verdict: allow, reason: r }}\n\
+                 \x20 - {{ id: ro, file: {{ path: {ds}/ro-link, access: [write, truncate] }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n\
+                 \x20 - {{ id: gone, file: {{ prefix: {ds}/not-there }}, verdict: block, reason: r }}\n"
+            ),
+        )])
+        .unwrap();
+        let none = Protect {
+            cgroup_root: d.join("no-cgroup-root"),
+            no_write: vec![],
+            no_access: vec![],
+        };
+        let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+        assert!(k.errors.is_empty() && k.notes.is_empty(), "{k:?}");
+        let c = &k.classes[0];
+        let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+        let all = |rule, v| Some([Some((rule, v)); 4]);
+        // The directory itself, and everything below it, whatever it is called later.
+        assert_eq!(
+            verdicts(c, ident(&d.join("secrets")), SCOPE_SELF),
+            all(1, b)
+        );
+        assert_eq!(
+            verdicts(c, ident(&d.join("secrets")), SCOPE_BELOW),
+            all(1, b)
+        );
+        // Below it, the subdirectory needs no entry of its own (the walk reaches `secrets`).
+        assert_eq!(verdicts(c, ident(&d.join("secrets/sub")), SCOPE_SELF), None);
+        assert_eq!(verdicts(c, ident(&d.join("secrets/key")), SCOPE_SELF), None);
+        // A file that already has another name carries the directory's answer itself.
+        assert_eq!(
+            verdicts(c, ident(&d.join("out/linked")), SCOPE_SELF),
+            all(1, b)
+        );
+        // An exception inside: read is allowed by its own rule, the rest is the directory's.
+        assert_eq!(
+            verdicts(c, ident(&d.join("secrets/pub")), SCOPE_SELF),
+            Some([Some((2, a)), Some((1, b)), Some((1, b)), Some((1, b))])
+        );
+        // A rule on a symlink names the file behind it; only its letters are present.
+        assert_eq!(
+            verdicts(c, ident(&d.join("ro.txt")), SCOPE_SELF),
+            Some([None, Some((3, b)), None, Some((3, b))])
+        );
+        // Allow rules are resolved too (the first entry met decides a letter).
+        assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_BELOW), all(4, a));
+        // The marker: some identity rule restricts every letter.
+        let marker = &c.idents[&(0, 0, SCOPE_SELF)];
+        assert!(marker.rules.iter().all(restricts));
+        // The directories above restricting rules' objects hold them (renaming one would move
+        // a rule's path away): the most severe rule below, per letter. `secrets` holds `pub`.
+        let held = |p: &Path| verdicts(c, ident(p), SCOPE_HOLDS).map(|v| v.map(|r| r.map(|r| r.1)));
+        assert_eq!(held(&d), Some([Some(b); 4]));
+        assert_eq!(held(Path::new("/")), Some([Some(b); 4]));
+        assert_eq!(
+            verdicts(c, ident(&d.join("secrets")), SCOPE_HOLDS),
+            Some([None, Some((1, b)), Some((1, b)), Some((1, b))])
+        );
+        assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_HOLDS), None);
+        // A path that does not exist has no identity (its path rule still applies); nothing
+        // else is in the table: the marker, secrets and work (each itself and below), the
+        // linked file, pub, ro.txt, and the directories holding them (secrets, and each
+        // directory from the temporary one up to the root).
+        let holders = d.ancestors().count();
+        // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
+        // below them, has identities of its own, on other filesystems.)
+        let here = ident(&d).0;
+        let ours = c.idents.keys().filter(|k| k.0 == here || k.0 == 0).count();
+        assert_eq!(ours, 8 + 1 + holders, "{:?}", c.idents.keys());
+
+        // A class whose identity rules all allow needs no walk: no entries at all.
+        let set = parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+                 kernel: {{ allow_kernel_settings: true }}\nrules:\n\
+                 \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n"
+            ),
+        )])
+        .unwrap();
+        // (The kernel settings' built-in protection relaxed: nothing restricts.)
+        let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+        assert!(
+            k.classes[0].idents.is_empty(),
+            "{:?}",
+            k.classes[0].idents.keys()
+        );
+    }
+
+    #[test]
+    fn identities_of_built_in_protections_and_write_only_marker() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().canonicalize().unwrap();
+        let cg = d.join("cgroup");
+        std::fs::create_dir_all(cg.join("a/one")).unwrap();
+        std::fs::create_dir_all(d.join("policy")).unwrap();
+        let protect = Protect {
+            cgroup_root: cg.clone(),
+            no_write: vec![d.join("policy")],
+            no_access: vec![],
+        };
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'a/*' }\n".into(),
+        )])
+        .unwrap();
+        let mut one = agent(0, "a/one", None);
+        one.path = cg.join("a/one");
+        let k = compile(&set, &[one], 1, &protect);
+        let c = &k.classes[0];
+        let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+        let w = |v| Some([None, Some((0, v)), Some((0, v)), Some((0, v))]);
+        assert_eq!(verdicts(c, ident(&cg), SCOPE_BELOW), w(b));
+        assert_eq!(verdicts(c, ident(&cg.join("a/one")), SCOPE_BELOW), w(a));
+        assert_eq!(verdicts(c, ident(&d.join("policy")), SCOPE_BELOW), w(b));
+        // Only writes are restricted: reads skip the walk.
+        let marker = c.idents[&(0, 0, SCOPE_SELF)];
+        assert_eq!(
+            marker.rules.map(|r| restricts(&r)),
+            [false, true, true, true]
+        );
     }
 }

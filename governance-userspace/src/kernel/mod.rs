@@ -22,9 +22,9 @@ use aya::{
     },
 };
 use governance_common::{
-    AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, NET_SLOTS,
-    NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr, RulePair, Throttle, maps,
-    offsets, pins,
+    AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, IdentKey,
+    IdentValue, NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr,
+    RulePair, Throttle, maps, offsets, pins,
     programs::{self, Attach, Program},
 };
 
@@ -911,6 +911,26 @@ impl Enforcer {
             }
         }
         self.write_unix(policy, &mut skipped)?;
+        {
+            let name = maps::IDENT_RULES;
+            let mut idents: HashMap<_, IdentKey, IdentValue> =
+                HashMap::try_from(self.map_mut(name)?)
+                    .map_err(|source| KernelError::Map { name, source })?;
+            for class in &policy.classes {
+                for (&(dev, ino, scope), value) in &class.idents {
+                    let key = IdentKey {
+                        class: class.id,
+                        dev,
+                        ino,
+                        scope,
+                        _pad: 0,
+                    };
+                    idents
+                        .insert(key, value, 0)
+                        .map_err(|source| KernelError::Map { name, source })?;
+                }
+            }
+        }
         let name = maps::AGENTS;
         let mut agents: HashMap<_, AgentKey, AgentValue> =
             HashMap::try_from(self.map_mut(name)?)
@@ -979,6 +999,13 @@ impl Enforcer {
             governance_common::UnixKey,
             RulePair,
             |k: &governance_common::UnixKey| of_id(k.class)
+        );
+        clear!(
+            maps::IDENT_RULES,
+            HashMap,
+            IdentKey,
+            IdentValue,
+            |k: &IdentKey| of_id(k.class)
         );
         Ok(())
     }

@@ -1,0 +1,682 @@
+//! Names: file rules decided on the object, not only on the name it was reached by.
+//!
+//! A file has many names: a hard link, an ancestor directory renamed, a bind mount, another
+//! mount namespace, a chroot. The daemon resolves what each file rule's path named when the
+//! generation was loaded to (device, inode), the object itself and (for a directory) what is
+//! below it, into `IDENT_RULES`. `walk` looks the opened object up, then each directory above it
+//! (`d_parent` until the filesystem's root), one lookup per level: whatever name the open used,
+//! the dentries above the object are the same. `file_open` folds the answer into the path
+//! decision (the most severe wins). `inode_link` and `inode_rename` refuse what would take an
+//! object out of the directory whose identity protects it (a new hard link elsewhere, a move
+//! out): after that no ancestor of the new name carries the rule.
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_loop},
+    macros::lsm,
+    programs::LsmContext,
+};
+use governance_common::{
+    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, LINK_OP_TRUNCATE,
+    LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS,
+    SCOPE_SELF, Verdict,
+};
+
+use crate::{
+    decide::{Decision, current_agent, emit, lsm_ret},
+    kernel::{
+        BPF_FS_MAGIC, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
+        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_DENTRY,
+        OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
+    },
+    maps::{IDENT_RULES, IDENT_SCRATCH},
+};
+
+/// What the identity rules say, per access letter (bits as in `Event::detail`: r=1 w=2 c=4
+/// t=8). Four named fields, not an array: an index the verifier cannot see as a constant
+/// becomes pointer arithmetic it refuses. Kept in per-CPU scratch (`IDENT_SCRATCH`): on the
+/// stack, beside the path decision, it overflows file_open's 512 bytes.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Answer {
+    /// Letters answered. Read and written through `found`/`add`, volatile: kept in a register,
+    /// its exact value after each lookup made the paths that follow distinct to the verifier,
+    /// which then could not prune them; from memory it is just a byte.
+    found: u8,
+    pub(crate) read: RulePair,
+    pub(crate) write: RulePair,
+    pub(crate) create: RulePair,
+    pub(crate) truncate: RulePair,
+}
+
+#[inline(always)]
+fn has(p: &RulePair) -> bool {
+    p.enforce.present != 0 || p.shadow.present != 0
+}
+
+/// Does `p` refuse or limit the access (an enforcing rule other than allow)?
+#[inline(always)]
+pub(crate) fn restricts(p: &RulePair) -> bool {
+    p.enforce.present != 0 && p.enforce.verdict != Verdict::Allow as u8
+}
+
+/// The per-CPU answer `slot` (0: the object where it is, 1: where a new name would put it, 2:
+/// the object a rename replaces), emptied.
+#[inline(always)]
+pub(crate) fn scratch(slot: u32) -> Result<&'static mut Answer, Cause> {
+    let a = IDENT_SCRATCH.get_ptr_mut(slot).ok_or(Cause::Unreadable)?;
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let a = unsafe { &mut *a };
+    a.clear();
+    Ok(a)
+}
+
+/// Copy a rule pair word by word. A plain assignment compiles to a byte-by-byte memcpy loop,
+/// which the verifier walks for every letter at every level of the walk (it ran out of its
+/// million instructions); four 32-bit loads and stores it checks once.
+#[inline(always)]
+fn copy_pair(dst: &mut RulePair, src: &RulePair) {
+    let (d, s) = (
+        (dst as *mut RulePair).cast::<u32>(),
+        (src as *const RulePair).cast::<u32>(),
+    );
+    // SAFETY: RulePair is 16 bytes, 4-aligned, plain data; both pointers are valid for it.
+    unsafe {
+        core::ptr::write_volatile(d, core::ptr::read_volatile(s));
+        core::ptr::write_volatile(d.add(1), core::ptr::read_volatile(s.add(1)));
+        core::ptr::write_volatile(d.add(2), core::ptr::read_volatile(s.add(2)));
+        core::ptr::write_volatile(d.add(3), core::ptr::read_volatile(s.add(3)));
+    }
+}
+
+impl Answer {
+    /// Take the letters of `v` still missing: the first entry met, walking up, decides a letter
+    /// (the deepest rule, as the longest path prefix does for paths).
+    #[inline(always)]
+    fn take(&mut self, v: &IdentValue, want: u8) {
+        let missing = want & !self.found();
+        if missing & 1 != 0 && has(&v.rules[0]) {
+            copy_pair(&mut self.read, &v.rules[0]);
+            self.add(1);
+        }
+        if missing & 2 != 0 && has(&v.rules[1]) {
+            copy_pair(&mut self.write, &v.rules[1]);
+            self.add(2);
+        }
+        if missing & 4 != 0 && has(&v.rules[2]) {
+            copy_pair(&mut self.create, &v.rules[2]);
+            self.add(4);
+        }
+        if missing & 8 != 0 && has(&v.rules[3]) {
+            copy_pair(&mut self.truncate, &v.rules[3]);
+            self.add(8);
+        }
+    }
+
+    /// The letters answered.
+    #[inline(always)]
+    pub(crate) fn found(&self) -> u8 {
+        // SAFETY: a field of self.
+        unsafe { core::ptr::read_volatile(&self.found) }
+    }
+
+    #[inline(always)]
+    fn add(&mut self, bit: u8) {
+        let found = self.found() | bit;
+        // SAFETY: a field of self.
+        unsafe { core::ptr::write_volatile(&mut self.found, found) }
+    }
+
+    #[inline(always)]
+    fn clear(&mut self) {
+        // SAFETY: a field of self.
+        unsafe { core::ptr::write_volatile(&mut self.found, 0) }
+    }
+}
+
+/// The letters for which some identity rule of `class` restricts access (its marker entry);
+/// 0 when the class has none, and agents of that class skip the walk.
+#[inline(always)]
+pub(crate) fn class_letters(class: u32) -> u8 {
+    let key = IdentKey {
+        class,
+        dev: 0,
+        ino: 0,
+        scope: SCOPE_SELF,
+        _pad: 0,
+    };
+    // SAFETY: the value is read immediately.
+    match unsafe { IDENT_RULES.get(&key) } {
+        Some(v) => {
+            u8::from(v.rules[0].enforce.present != 0)
+                | u8::from(v.rules[1].enforce.present != 0) << 1
+                | u8::from(v.rules[2].enforce.present != 0) << 2
+                | u8::from(v.rules[3].enforce.present != 0) << 3
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn look(answer: &mut Answer, class: u32, dev: u32, ino: u64, scope: u32, want: u8) {
+    let key = IdentKey {
+        class,
+        dev,
+        ino,
+        scope,
+        _pad: 0,
+    };
+    // SAFETY: the value is read within this call.
+    if let Some(v) = unsafe { IDENT_RULES.get(&key) } {
+        answer.take(v, want);
+    }
+}
+
+/// Inode number of a dentry's inode.
+#[inline(always)]
+fn ino_of(dentry: u64) -> Result<u64, Cause> {
+    // SAFETY: see read_at.
+    unsafe {
+        let inode: u64 = read_at(dentry, off(&OFF_DENTRY_INODE)).map_err(|_| Cause::Unreadable)?;
+        read_at(inode, off(&OFF_INODE_INO)).map_err(|_| Cause::Unreadable)
+    }
+}
+
+/// (device, inode) of a dentry's object, as the identity keys hold it.
+#[inline(always)]
+fn identity(dentry: u64) -> Result<(u32, u64), Cause> {
+    // SAFETY: see read_at.
+    let dev = unsafe {
+        read_at::<u64>(dentry, off(&OFF_DENTRY_SB))
+            .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV)))
+    }
+    .map_err(|_| Cause::Unreadable)?;
+    Ok((dev, ino_of(dentry)?))
+}
+
+#[inline(always)]
+fn parent_of(dentry: u64) -> Result<u64, Cause> {
+    // SAFETY: see read_at.
+    unsafe { read_at(dentry, off(&OFF_DENTRY_PARENT)) }.map_err(|_| Cause::Unreadable)
+}
+
+/// The identity rules for the letters in `want` that apply to the object `obj` (a dentry) where
+/// it is: `obj` itself, then every directory above it (see `walk_up`).
+#[inline(always)]
+pub(crate) fn walk(slot: u32, class: u32, obj: u64, want: u8) -> Result<&'static Answer, Cause> {
+    look_self(scratch(slot)?, class, obj, want)?;
+    walk_up(slot, class, obj, obj, want)?;
+    answer(slot)
+}
+
+/// The answer in scratch `slot` as it is now. Taken again after each walk: the walk's callback
+/// writes it through a pointer of its own, which no reference held across the call would see.
+#[inline(always)]
+fn answer(slot: u32) -> Result<&'static Answer, Cause> {
+    IDENT_SCRATCH.get(slot).ok_or(Cause::Unreadable)
+}
+
+/// The rules of `obj` itself (its own identity entry), for the letters in `want`.
+#[inline(always)]
+fn look_self(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), Cause> {
+    let (dev, ino) = identity(obj)?;
+    look(answer, class, dev, ino, SCOPE_SELF, want);
+    Ok(())
+}
+
+/// One walk, between levels: `bpf_loop` hands the callback a pointer to it (on the caller's
+/// stack).
+#[repr(C)]
+struct Walk {
+    class: u32,
+    dev: u32,
+    root: u64,
+    /// The last dentry looked at; its parent is next.
+    child: u64,
+    /// The `IDENT_SCRATCH` slot of the answer.
+    slot: u32,
+    want: u32,
+    /// `WALKING`, `DONE`, or `FAILED + Cause`.
+    state: u32,
+    _pad: u32,
+}
+
+const WALKING: u32 = 0;
+const DONE: u32 = 1;
+const FAILED: u32 = 2;
+
+/// One level of `walk_up`: the parent of `child`, looked up; 1 ends the loop.
+///
+/// A `bpf_loop` callback: the verifier checks this body once, not once per level (as it does an
+/// unrolled or bounded loop, which cost seconds of load time per walk and, with several walks
+/// in a row, more than its million instructions).
+#[inline(never)]
+extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Walk` that `walk_up` passed to bpf_loop, on its stack.
+    let w = unsafe { &mut *ctx.cast::<Walk>() };
+    let Some(answer) = IDENT_SCRATCH.get_ptr_mut(w.slot) else {
+        w.state = FAILED + Cause::Unreadable as u32;
+        return 1;
+    };
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let answer = unsafe { &mut *answer };
+    let want = w.want as u8;
+    if answer.found() == want {
+        w.state = DONE;
+        return 1;
+    }
+    let child = w.child;
+    let step = (|| {
+        let dir = parent_of(child)?;
+        if dir == child {
+            if child == w.root {
+                return Ok(DONE);
+            }
+            // SAFETY: see read_at.
+            let flags: u32 =
+                unsafe { read_at(child, off(&OFF_DENTRY_FLAGS)) }.map_err(|_| Cause::Unreadable)?;
+            return if flags & DCACHE_DISCONNECTED != 0 {
+                Err(Cause::Unreadable)
+            } else {
+                Ok(DONE)
+            };
+        }
+        look(answer, w.class, w.dev, ino_of(dir)?, SCOPE_BELOW, want);
+        w.child = dir;
+        Ok(WALKING)
+    })();
+    w.state = match step {
+        Ok(state) => state,
+        Err(cause) => FAILED + cause as u32,
+    };
+    i64::from(w.state != WALKING)
+}
+
+/// The rules of every directory above `child` (a dentry in `obj`'s filesystem) up to the
+/// filesystem's root, for the letters in `want` still missing, into the answer in scratch
+/// `slot`: the first entry met decides a letter. For an open `child` is the object; for a new
+/// name (link, rename), the new dentry.
+///
+/// The walk stays in one filesystem (`d_parent` never leaves it; mounts are not followed,
+/// which is what makes bind mounts and other namespaces' views reach the same rules). It
+/// fails closed on a dentry that is not connected to its root (a file opened by handle whose
+/// name is not cached: its directories are unknown) and past `MAX_IDENT_DEPTH` levels.
+/// Pseudo files (pipes, sockets, memfd) have no directory: only their own identity applies.
+#[inline(always)]
+fn walk_up(slot: u32, class: u32, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
+    // SAFETY: see read_at.
+    let (dev, root) = unsafe {
+        read_at::<u64>(obj, off(&OFF_DENTRY_SB)).and_then(|sb| {
+            Ok((
+                read_at::<u32>(sb, off(&OFF_SB_DEV))?,
+                read_at::<u64>(sb, off(&OFF_SB_ROOT))?,
+            ))
+        })
+    }
+    .map_err(|_| Cause::Unreadable)?;
+    let mut w = Walk {
+        class,
+        dev,
+        root,
+        child,
+        slot,
+        want: u32::from(want),
+        state: WALKING,
+        _pad: 0,
+    };
+    // SAFETY: the callback is a function of this program; the context outlives the call.
+    let n = unsafe {
+        bpf_loop(
+            MAX_IDENT_DEPTH,
+            walk_level as *mut c_void,
+            (&mut w as *mut Walk).cast(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(Cause::Unreadable);
+    }
+    match w.state {
+        DONE => Ok(()),
+        // Past the last level with letters still open: too deep to place.
+        WALKING => Err(Cause::TooLong),
+        failed => Err(Cause::from_u8((failed - FAILED) as u8).unwrap_or(Cause::Unreadable)),
+    }
+}
+
+/// The letters `a` restricts.
+#[inline(always)]
+fn restricted(a: &Answer) -> u8 {
+    u8::from(a.found() & 1 != 0 && restricts(&a.read))
+        | u8::from(a.found() & 2 != 0 && restricts(&a.write)) << 1
+        | u8::from(a.found() & 4 != 0 && restricts(&a.create)) << 2
+        | u8::from(a.found() & 8 != 0 && restricts(&a.truncate)) << 3
+}
+
+/// The rule id of the first letter in `letters` that `a` restricts, as a refusal (see
+/// `REFUSE`).
+#[inline(always)]
+fn first_rule(a: &Answer, letters: u8) -> u64 {
+    let rule = if letters & 1 != 0 {
+        a.read.enforce.rule_id
+    } else if letters & 2 != 0 {
+        a.write.enforce.rule_id
+    } else if letters & 4 != 0 {
+        a.create.enforce.rule_id
+    } else {
+        a.truncate.enforce.rule_id
+    };
+    REFUSE | u64::from(rule)
+}
+
+/// A link or rename judged: 0 lets it go on; `REFUSE | rule_id` refuses it for that rule. A
+/// plain number, not an `Option<RuleRef>`: for `None` the compiler spilled a stale pointer
+/// into the unused payload, half of a register the verifier refuses to store.
+const REFUSE: u64 = 1 << 32;
+
+/// The first restricting rule of `src` (letters in `letters`) that `dst` does not match or
+/// exceed in severity, as a refusal (see `REFUSE`): the protection a new name would lose.
+#[inline(always)]
+fn lost(src: &Answer, dst: &Answer, letters: u8) -> u64 {
+    let keeps = |bit: u8, s: &RulePair, d: &RulePair| {
+        letters & bit == 0
+            || !restricts(s)
+            || (dst.found() & bit != 0
+                && d.enforce.present != 0
+                && d.enforce.verdict >= s.enforce.verdict)
+    };
+    let rule = if !keeps(1, &src.read, &dst.read) {
+        src.read.enforce.rule_id
+    } else if !keeps(2, &src.write, &dst.write) {
+        src.write.enforce.rule_id
+    } else if !keeps(4, &src.create, &dst.create) {
+        src.create.enforce.rule_id
+    } else if !keeps(8, &src.truncate, &dst.truncate) {
+        src.truncate.enforce.rule_id
+    } else {
+        return 0;
+    };
+    REFUSE | u64::from(rule)
+}
+
+/// Is `obj` a directory above an object a restricting rule names (`SCOPE_HOLDS`)? 0, or
+/// `REFUSE | rule_id` of the first letter in `letters` held.
+#[inline(always)]
+fn holds(class: u32, obj: u64, letters: u8) -> Result<u64, Cause> {
+    let (dev, ino) = identity(obj)?;
+    let key = IdentKey {
+        class,
+        dev,
+        ino,
+        scope: SCOPE_HOLDS,
+        _pad: 0,
+    };
+    // SAFETY: the value is read within this call.
+    let Some(v) = (unsafe { IDENT_RULES.get(&key) }) else {
+        return Ok(0);
+    };
+    let rule = if letters & 1 != 0 && restricts(&v.rules[0]) {
+        v.rules[0].enforce.rule_id
+    } else if letters & 2 != 0 && restricts(&v.rules[1]) {
+        v.rules[1].enforce.rule_id
+    } else if letters & 4 != 0 && restricts(&v.rules[2]) {
+        v.rules[2].enforce.rule_id
+    } else if letters & 8 != 0 && restricts(&v.rules[3]) {
+        v.rules[3].enforce.rule_id
+    } else {
+        return Ok(0);
+    };
+    Ok(REFUSE | u64::from(rule))
+}
+
+/// A rename over an object replaces it: refused where writing or truncating it is. `target`
+/// holds the replaced object's own rules, `dir` its directories' (the first entry met decides).
+#[inline(always)]
+fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
+    let decides = |bit: u8, own: &RulePair, above: &RulePair| {
+        if letters & bit == 0 {
+            None
+        } else if target.found() & bit != 0 {
+            restricts(own).then_some(own.enforce.rule_id)
+        } else if dir.found() & bit != 0 {
+            restricts(above).then_some(above.enforce.rule_id)
+        } else {
+            None
+        }
+    };
+    match decides(2, &target.write, &dir.write)
+        .or_else(|| decides(8, &target.truncate, &dir.truncate))
+    {
+        Some(rule) => REFUSE | u64::from(rule),
+        None => 0,
+    }
+}
+
+/// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
+/// new name's), each one `bpf_loop`.
+#[inline(always)]
+fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
+    look_self(scratch(0)?, class, old, letters)?;
+    let own = restricted(answer(0)?);
+    if own != 0 {
+        return Ok(first_rule(answer(0)?, own));
+    }
+    let held = holds(class, old, letters)?;
+    if held != 0 {
+        return Ok(held);
+    }
+    // The new name's directories (into slot 1, emptied first).
+    scratch(1)?;
+    walk_up(1, class, old, new, letters)?;
+    let dst = answer(1)?;
+    // A new name is a create in its directory: refused where creating is.
+    if restricted(dst) & 4 != 0 {
+        return Ok(first_rule(dst, 4));
+    }
+    // SAFETY: see read_at.
+    let replaced: u64 =
+        unsafe { read_at(new, off(&OFF_DENTRY_INODE)) }.map_err(|_| Cause::Unreadable)?;
+    if replaced != 0 {
+        look_self(scratch(2)?, class, new, letters & (2 | 8))?;
+        let refused = replacing(answer(2)?, dst, letters);
+        if refused != 0 {
+            return Ok(refused);
+        }
+    }
+    if parent_of(old)? == parent_of(new)? {
+        return Ok(0);
+    }
+    walk_up(0, class, old, old, letters)?;
+    let src = answer(0)?;
+    let kept = restricted(src);
+    if kept == 0 {
+        return Ok(0);
+    }
+    Ok(lost(src, answer(1)?, kept))
+}
+
+/// A new name for `old` at `new` (a hard link, or a rename): refused for agents when it would
+/// take the object out of the identity rules that restrict its access.
+///
+/// - An object that carries a restricting rule itself (a rule named it, or it had other names
+///   at load) keeps no name but its own: the next generation resolves the rule's path again,
+///   and a renamed (or linked, then unlinked) object would no longer be found there.
+/// - A directory above such an object keeps its name: renaming it (even in place) would move
+///   the rule's path away from the object.
+/// - A new name is a create in its directory, and a rename over an object replaces it: refused
+///   where the rules refuse creating there, or writing (truncating) the object replaced.
+/// - An object below a directory with a restricting rule may be renamed within its directory
+///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
+///   as severe for those accesses; not elsewhere.
+#[inline(always)]
+fn new_name(old: u64, new: u64, op: u8) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let class = agent.value.class;
+    let letters = class_letters(class);
+    if letters == 0 {
+        return 0;
+    }
+    let d = match judge(class, old, new, letters) {
+        Ok(0) => return 0,
+        Ok(refusal) => Decision {
+            kind: Kind::Link,
+            verdict: Verdict::Block,
+            cause: Cause::Rule,
+            rule_id: refusal as u32,
+            denied: true,
+            shadow: RuleRef::default(),
+            object: identity(old).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino),
+            extra_flags: 0,
+        },
+        Err(cause) => Decision::fail_closed(Kind::Link, cause),
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = op;
+        // The object's own name (the dentry's last component), for the record.
+        // SAFETY: see read_at; the copy is bounded by the destination buffer.
+        unsafe {
+            match read_at::<u64>(old, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+                Ok(name) => {
+                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
+                        ev.path[0] = 0;
+                    }
+                }
+                Err(_) => ev.path[0] = 0,
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
+/// Hard links: `link(old, new)` of an object protected by identity to a directory outside the
+/// rule (what would let the agent open it by a name no rule names).
+#[lsm(hook = "inode_link")]
+pub fn inode_link(ctx: LsmContext) -> i32 {
+    // int inode_link(struct dentry *old_dentry, struct inode *dir, struct dentry *new_dentry)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    new_name(ctx.arg(0), ctx.arg(2), LINK_OP_LINK)
+}
+
+/// Renames: moving an object protected by identity (or a directory above one) out of the rule.
+/// RENAME_EXCHANGE calls the hook once per direction.
+#[lsm(hook = "inode_rename")]
+pub fn inode_rename(ctx: LsmContext) -> i32 {
+    // int inode_rename(struct inode *old_dir, struct dentry *old_dentry,
+    //                  struct inode *new_dir, struct dentry *new_dentry)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    new_name(ctx.arg(1), ctx.arg(3), LINK_OP_RENAME)
+}
+
+/// An object changed where it is, without an open that file_open decides: removed (`unlink`:
+/// a policy file gone means the next reload has no policy for the agent) or truncated
+/// (`truncate(2)`, or `ftruncate(2)` of a file opened only for writing). Decided on the
+/// object's identity rules (the object and the directories above it), as a write, and as a
+/// truncate for a truncate; only refusals are reported. An object no identity rule restricts
+/// passes at once.
+#[inline(always)]
+fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let class = agent.value.class;
+    let asked = if truncate { 2 | 8 } else { 2 };
+    let want = class_letters(class) & asked;
+    if want == 0 {
+        return 0;
+    }
+    let refusal = match walk(0, class, dentry, want) {
+        Ok(a) => {
+            if want & 2 != 0 && a.found() & 2 != 0 && restricts(&a.write) {
+                Ok(a.write.enforce.rule_id)
+            } else if want & 8 != 0 && a.found() & 8 != 0 && restricts(&a.truncate) {
+                Ok(a.truncate.enforce.rule_id)
+            } else {
+                return 0;
+            }
+        }
+        Err(cause) => Err(cause),
+    };
+    let d = match refusal {
+        Ok(rule_id) => Decision {
+            kind: Kind::Link,
+            verdict: Verdict::Block,
+            cause: if rule_id == NO_RULE {
+                Cause::Builtin
+            } else {
+                Cause::Rule
+            },
+            rule_id,
+            denied: true,
+            shadow: RuleRef::default(),
+            object: identity(dentry).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino),
+            extra_flags: 0,
+        },
+        Err(cause) => Decision::fail_closed(Kind::Link, cause),
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = op;
+        // SAFETY: see read_at; the copy is bounded by the destination buffer.
+        unsafe {
+            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+                Ok(name) => {
+                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
+                        ev.path[0] = 0;
+                    }
+                }
+                Err(_) => ev.path[0] = 0,
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
+/// Removing a name of an object the identity rules protect from writing.
+#[lsm(hook = "inode_unlink")]
+pub fn unlink_protected(ctx: LsmContext) -> i32 {
+    // int inode_unlink(struct inode *dir, struct dentry *dentry)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    // A pin on a bpf filesystem is the `inode_unlink` program's (protect.rs): one decision.
+    let dir: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    let magic = unsafe {
+        read_at::<u64>(dir, off(&OFF_INODE_SB))
+            .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_MAGIC)))
+    };
+    if magic.is_ok_and(|m| m & 0xffff_ffff == BPF_FS_MAGIC) {
+        return 0;
+    }
+    changed_in_place(ctx.arg(1), false, LINK_OP_UNLINK)
+}
+
+/// truncate(2) and ftruncate(2) of an object the identity rules protect from writing or
+/// truncating (an open with O_TRUNC was decided by file_open already, and agrees).
+#[lsm(hook = "path_truncate")]
+pub fn path_truncate(ctx: LsmContext) -> i32 {
+    // int path_truncate(const struct path *path)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let path: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    match unsafe { read_at::<u64>(path, off(&OFF_PATH_DENTRY)) } {
+        Ok(dentry) => changed_in_place(dentry, true, LINK_OP_TRUNCATE),
+        Err(_) => match current_agent() {
+            Some(agent) => {
+                let d = Decision::fail_closed(Kind::Link, Cause::Unreadable);
+                emit(&agent, &d, |ev| ev.detail = LINK_OP_TRUNCATE);
+                lsm_ret(&d)
+            }
+            None => 0,
+        },
+    }
+}
