@@ -177,11 +177,19 @@ pub fn discover(
                 .iter()
                 .any(|p| p.selector.matches(&rel, label.as_deref()))
             {
-                let id = cgroup_id(&child).map_err(|source| AgentsError::Cgroup {
-                    agent: rel.clone(),
-                    path: child.clone(),
-                    source,
-                })?;
+                let id = match cgroup_id(&child) {
+                    Ok(id) => id,
+                    // Removed since the directory was read: not an agent any more (its removal
+                    // is a change the daemon's watch sees).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => {
+                        return Err(AgentsError::Cgroup {
+                            agent: rel.clone(),
+                            path: child.clone(),
+                            source,
+                        });
+                    }
+                };
                 found.push(AgentCgroup {
                     index: 0,
                     name: label.clone().unwrap_or_else(|| rel.clone()),

@@ -933,6 +933,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     loop {
         let mut reply = None;
+        let mut cgroups_watched = false;
         let why = tokio::select! {
             _ = tick.tick() => {
                 approvals.expire_due(SystemTime::now());
@@ -994,6 +995,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     // generation is exactly what a rebuild would make: keep it. (Watch the new
                     // directories first, so a cgroup made meanwhile is seen next time.)
                     cgroup_watch = watch_cgroups(&root)?;
+                    cgroups_watched = true;
                     if !last_failed
                         && agents::discover(&root, engine.load().policies(), !args.no_create_cgroups)
                             .is_ok_and(|found| found == agents_now)
@@ -1015,6 +1017,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             _ = sigterm.recv() => break,
         };
         eprintln!("governance: {why}; reloading");
+        // Watch before the build reads the tree and the directory: a change made while it
+        // builds (a slow build of many agents) is then seen and leads to the next reload. A
+        // watch made after the build would miss it.
+        policy_watch = watch_policy(&args.policy)?;
+        if !cgroups_watched {
+            cgroup_watch = watch_cgroups(&root)?;
+        }
         let next = current + 1;
         let result = match build(next, &args, &enforcer, &root) {
             Ok(Some(mut b)) => {
@@ -1041,8 +1050,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 r.counts.insert("agents".into(), s.agents.len() as u64);
                 publisher.publish(r);
                 metrics.set_generation(current);
-                policy_watch = watch_policy(&args.policy)?;
-                cgroup_watch = watch_cgroups(&root)?;
                 socket_watch = watch_sockets(&enforcer)?;
                 Ok(current)
             }
