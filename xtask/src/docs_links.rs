@@ -168,6 +168,21 @@ mod tests {
         );
     }
 
+    /// CI runs exactly the README's test command.
+    #[test]
+    fn ci_runs_the_readmes_test_command() {
+        let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+        let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+        assert!(
+            readme.contains("\ncargo xtask test "),
+            "README.md: no `cargo xtask test`"
+        );
+        assert!(
+            ci.lines().any(|l| l.trim() == "exec cargo xtask test"),
+            ".ci/run does not run `cargo xtask test`"
+        );
+    }
+
     #[test]
     fn slugs_are_githubs() {
         assert_eq!(
