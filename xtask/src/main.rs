@@ -2,6 +2,7 @@
 
 mod bench_events;
 mod bench_kernel;
+mod docs_links;
 mod setup;
 mod vm;
 
