@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::{
     Client, DecideAction, McpIds, Proxy,
+    forward::To,
     handle::ReqBody,
     request::{self, Head},
     respond,
@@ -24,16 +25,6 @@ use crate::{
     events::Source,
     policy::SandboxTarget,
 };
-
-/// Where an explicit-proxy request goes after the network rules.
-pub(super) enum Target {
-    Addr(SocketAddr),
-    /// A network rule's sandbox upstream.
-    Sandbox {
-        rule: String,
-        url: String,
-    },
-}
 
 impl Proxy {
     /// The host-level decision of a CONNECT or of a TLS server name: an HTTP action with
@@ -118,7 +109,7 @@ impl Proxy {
         port: u16,
         body: &mut ReqBody,
         limit: usize,
-    ) -> Result<Target, Response<Body>> {
+    ) -> Result<To, Response<Body>> {
         let addr = match self.upstream.resolve(host).await {
             Ok(ips) => SocketAddr::new(ips[0], port),
             Err(e) => {
@@ -137,7 +128,7 @@ impl Proxy {
         };
         let mut d = engine.decide(view, &action, Instant::now());
         if d.outcome == Outcome::Allow {
-            return Ok(Target::Addr(addr));
+            return Ok(To::Upstream(addr));
         }
         let tunnel = head.method == "CONNECT";
         match &d.outcome {
@@ -166,8 +157,8 @@ impl Proxy {
             .respond_to(client, rec, &http, &d, None, body, limit)
             .await
         {
-            Then::Forward => Ok(Target::Addr(addr)),
-            Then::Sandbox(url) => Ok(Target::Sandbox {
+            Then::Forward => Ok(To::Upstream(addr)),
+            Then::Sandbox(url) => Ok(To::Sandbox {
                 rule: d.rule.clone().unwrap_or_else(|| "default".into()),
                 url,
             }),

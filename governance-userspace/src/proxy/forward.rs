@@ -22,12 +22,12 @@ use super::{
 };
 
 /// Where a decided request is sent.
-#[derive(Clone, Copy)]
-pub(super) enum To<'a> {
+pub(super) enum To {
     /// Its destination.
     Upstream(SocketAddr),
-    /// The deciding rule's sandbox upstream instead.
-    Sandbox { rule: &'a str, url: &'a str },
+    /// A sandbox upstream instead: the deciding rule's, or (explicit proxy use) that of the
+    /// `network` rule for the address the proxy would connect to.
+    Sandbox { rule: String, url: String },
 }
 
 impl Proxy {
@@ -40,13 +40,13 @@ impl Proxy {
         mut parts: http::request::Parts,
         body: ReqBody,
         head: &Head,
-        to: To<'_>,
+        to: To,
         wait: Option<Duration>,
         busy: io::Busy,
     ) -> Response<Body> {
         let bad_gateway =
             |reason: String| respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &reason, None);
-        let (addr, authority, path) = match to {
+        let (addr, authority, path) = match &to {
             To::Sandbox { url, .. } => {
                 let Some(rest) = url.strip_prefix("http://") else {
                     return bad_gateway(format!(
@@ -65,7 +65,7 @@ impl Proxy {
                 let path = format!("{}{}", prefix.trim_end_matches('/'), head.path_and_query());
                 (addr, authority.to_owned(), path)
             }
-            To::Upstream(addr) => (addr, head.authority.clone(), head.path_and_query()),
+            To::Upstream(addr) => (*addr, head.authority.clone(), head.path_and_query()),
         };
         if self.is_self(addr, conn.local) {
             return respond::error(
@@ -76,7 +76,7 @@ impl Proxy {
             );
         }
         // Intercepted: upstream over TLS, verified for the server name the agent asked for.
-        let tls_name = match (&conn.mode, to) {
+        let tls_name = match (&conn.mode, &to) {
             (Mode::Intercepted { host, .. }, To::Upstream(_)) => Some(host.as_str()),
             _ => None,
         };
@@ -101,7 +101,7 @@ impl Proxy {
         parts
             .headers
             .insert(header::HOST, request::header_value(&host_value));
-        if let To::Sandbox { rule, .. } = to {
+        if let To::Sandbox { rule, .. } = &to {
             parts
                 .headers
                 .insert("x-governance-sandboxed", request::header_value(rule));
@@ -161,7 +161,7 @@ impl Proxy {
         };
         let (mut parts, body) = resp.into_parts();
         request::strip_hop_by_hop(&mut parts.headers);
-        if let To::Sandbox { rule, .. } = to {
+        if let To::Sandbox { rule, .. } = &to {
             parts
                 .headers
                 .insert("x-governance-sandboxed", request::header_value(rule));

@@ -31,7 +31,6 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
 use super::{
     Client, Conn, DECIDE_PATH, Mode, Proxy, canonical,
-    decide::Target,
     forward::{To, is_event_stream},
     request::{self, Head, Tls},
     respond::{self, Refusal},
@@ -200,8 +199,7 @@ impl Proxy {
             );
             return resp;
         }
-        let mut rule = decision.rule.clone().unwrap_or_else(|| "default".into());
-        let mut sandbox = sandbox;
+        let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
         let dest = match (dest, &sandbox) {
             (_, Some(_)) => None,
             (Some(d), None) => Some(d),
@@ -211,27 +209,16 @@ impl Proxy {
                 Err(resp) => return resp,
             },
         };
-        let addr = match dest {
-            None => None,
-            Some(Dest::Addr(addr)) => Some(addr),
-            Some(Dest::Name(host, port)) => {
-                match self
-                    .explicit_target(client, &engine, &view, &head, &host, port, &mut body, limit)
-                    .await
-                {
-                    Ok(Target::Addr(addr)) => Some(addr),
-                    Ok(Target::Sandbox { rule: r, url }) => {
-                        rule = r;
-                        sandbox = Some(url);
-                        None
-                    }
-                    Err(resp) => return resp,
-                }
-            }
-        };
-        let to = match (addr, sandbox.as_deref()) {
-            (_, Some(url)) => To::Sandbox { rule: &rule, url },
-            (Some(addr), None) => To::Upstream(addr),
+        let to = match (dest, sandbox) {
+            (_, Some(url)) => To::Sandbox { rule, url },
+            (Some(Dest::Addr(addr)), None) => To::Upstream(addr),
+            (Some(Dest::Name(host, port)), None) => match self
+                .explicit_target(client, &engine, &view, &head, &host, port, &mut body, limit)
+                .await
+            {
+                Ok(to) => to,
+                Err(resp) => return resp,
+            },
             (None, None) => {
                 return respond::error(
                     StatusCode::BAD_GATEWAY,

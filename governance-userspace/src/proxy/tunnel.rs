@@ -51,7 +51,7 @@ use tokio::{
 
 use super::{
     Client, Conn, Mode, Proxy,
-    decide::Target,
+    forward::To,
     handle::{Dest, Lookup, ReqBody, forwards},
     io::{self, ClientIo, Prefixed, Proto, Tracked},
     listen::until_idle,
@@ -97,9 +97,9 @@ impl Proxy {
             )
             .await
         {
-            Ok(Target::Addr(addr)) => addr,
+            Ok(To::Upstream(addr)) => addr,
             // Not reached: a tunnel's sandbox upstream is blocked in `explicit_target`.
-            Ok(Target::Sandbox { .. }) => {
+            Ok(To::Sandbox { .. }) => {
                 return respond::error(
                     StatusCode::FORBIDDEN,
                     "blocked",
