@@ -3,9 +3,9 @@
 //!
 //! **Streams.** Responses stream through unbuffered. The upstream may be silent for
 //! `upstream_timeout` before the head (504) and between body frames (cut), except between the
-//! frames of a `text/event-stream` response: `stream_idle_timeout`. A policy's
-//! `proxy.idle_timeout` for the host replaces both ([`crate::engine::AgentRules::idle_timeout`]). A response
-//! still streaming counts as in flight, so the connection's idle timeout never cuts it.
+//! frames of a `text/event-stream` response: `stream_idle_timeout`. A policy's `proxy.idle_timeout`
+//! for the host replaces both ([`crate::engine::AgentRules::idle_timeout`]). A response still
+//! streaming counts as in flight, so the connection's idle timeout never cuts it.
 
 use std::{net::SocketAddr, time::Duration};
 

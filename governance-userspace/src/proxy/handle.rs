@@ -2,17 +2,16 @@
 //! (`decide.rs`, [`canonical`]), what the verdict makes of it (`verdict.rs`), and where the
 //! request then goes (`forward.rs`).
 //!
-//! **What is buffered.** A body is read into memory only when a rule that could match the
-//! host needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is
-//! escalated (a held request keeps its body). Otherwise it streams through untouched. The
-//! buffer limit is the smallest `proxy.max_body` of the agent's policies, else
-//! [`super::ProxyConfig::max_body`]; over it → 413. What the decision reads, and what is refused
-//! because an upstream could read it another way, is [`canonical`]'s: on a route whose rules
-//! read the body (and on an MCP endpoint, where refusals are JSON-RPC errors), a body that is
-//! not certainly JSON is refused; elsewhere a body that is not JSON makes body conditions
-//! false. A JSON-RPC batch (an array of calls) is decided call by call; the most severe verdict
-//! (block > escalate > sandbox > throttle > allow) applies to the whole batch, and a refused
-//! batch gets one JSON-RPC error per call.
+//! **What is buffered.** A body is read into memory only when a rule that could match the host
+//! needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is escalated (a
+//! held request keeps its body). Otherwise it streams through untouched. The buffer limit is the
+//! smallest `proxy.max_body` of the agent's policies, else [`super::ProxyConfig::max_body`]; over
+//! it → 413. What the decision reads, and what is refused because an upstream could read it another
+//! way, is [`canonical`]'s: on a route whose rules read the body (and on an MCP endpoint, where
+//! refusals are JSON-RPC errors), a body that is not certainly JSON is refused; elsewhere a body
+//! that is not JSON makes body conditions false. A JSON-RPC batch (an array of calls) is decided
+//! call by call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
+//! the whole batch, and a refused batch gets one JSON-RPC error per call.
 //!
 //! A request without a body whose method carries none (`GET`, `HEAD`, `DELETE`, `OPTIONS`:
 //! MCP clients' event-stream GET and session-ending DELETE) is not invalid JSON on an MCP

@@ -26,11 +26,11 @@
 //! - *intercepted*, for the hosts a policy names in `proxy.intercept_tls` (the union over the
 //!   agent's policies): never decided at host level, neither on the server name nor on a
 //!   CONNECT to the host. The proxy terminates the agent's TLS with a certificate from the node
-//!   CA ([`tls::NodeCa`], loaded once from [`super::ProxyConfig::ca_dir`]), serves HTTP/1.1 inside with
-//!   the full request-level decisions (a request whose `Host` is not the server name gets 421),
-//!   and forwards each over its own TLS connection to the destination (verified for the server
-//!   name against the public roots and [`super::ProxyConfig::upstream_ca`]; kept for the connection's
-//!   next request). Records carry `https://` URLs and detail `tls: intercepted`. Without a
+//!   CA ([`tls::NodeCa`], loaded once from [`super::ProxyConfig::ca_dir`]), serves HTTP/1.1
+//!   inside with the full request-level decisions (a request whose `Host` is not the server
+//!   name gets 421), and forwards each over its own TLS connection to the destination
+//!   (verified for the server name against the public roots and
+//!   [`super::ProxyConfig::upstream_ca`]; kept for the connection's next request). Records carry `https://` URLs and detail `tls: intercepted`. Without a
 //!   usable CA, a connection to an intercepted host is closed and reported, never spliced.
 //!
 //! A refused TLS connection gets a fatal `access_denied` alert, then is closed.
