@@ -572,6 +572,13 @@ struct Counts {
     /// line per case (`compat: ok ...`, `compat: FAILED ...`).
     cases_passed: u32,
     cases_failed: u32,
+    /// The HTTP differential test's line (`differential: N variants, M refused or decided as
+    /// canonical, F acted on differently ...`, from the unit tests): how many were seen, and
+    /// their numbers added up.
+    differential_runs: u32,
+    variants: u32,
+    variants_as_canonical: u32,
+    variants_differ: u32,
 }
 
 impl Counts {
@@ -584,6 +591,14 @@ impl Counts {
             }
         }
         // libtest may print `test name ... ` or progress dots on the same line first.
+        if let Some(at) = line.find("differential: ")
+            && let Some((n, same, differ)) = differential(&line[at + "differential: ".len()..])
+        {
+            self.differential_runs += 1;
+            self.variants += n;
+            self.variants_as_canonical += same;
+            self.variants_differ += differ;
+        }
         if let Some(at) = line.find("redteam: ") {
             match line[at..].split_whitespace().nth(1) {
                 Some("tried") => self.tried += 1,
@@ -612,7 +627,54 @@ impl Counts {
     }
 }
 
+/// `N variants, M refused or decided as canonical, F acted on differently ...` → (N, M, F).
+fn differential(rest: &str) -> Option<(u32, u32, u32)> {
+    let words: Vec<&str> = rest.split_whitespace().take(12).collect();
+    match words.as_slice() {
+        [
+            n,
+            "variants,",
+            same,
+            "refused",
+            "or",
+            "decided",
+            "as",
+            "canonical,",
+            differ,
+            "acted",
+            "on",
+            last,
+        ] if last.starts_with("differently") => {
+            Some((n.parse().ok()?, same.parse().ok()?, differ.parse().ok()?))
+        }
+        _ => None,
+    }
+}
+
 impl Counts {
+    /// The summary's line for the HTTP differential test, and whether it passed: it must have
+    /// run (printed its line), on some variants, and none acted on differently.
+    fn differential_summary(&self) -> (bool, String) {
+        if self.differential_runs == 0 {
+            return (
+                false,
+                "HTTP differential test: did not run (no `differential:` line in the unit tests' output)   <- FAILED".into(),
+            );
+        }
+        let ok = self.variants > 0 && self.variants_differ == 0;
+        let mut line = format!(
+            "HTTP differential test: {} variants of the example policies' rules; {} refused or decided as the upstream frameworks act on them",
+            self.variants, self.variants_as_canonical
+        );
+        if self.variants_differ > 0 {
+            line += &format!("; {} acted on differently", self.variants_differ);
+        }
+        if !ok {
+            line += "   <- FAILED";
+        }
+        (ok, line)
+    }
+
     /// The suite's cases in place of libtest's tests, when it printed any (its one test
     /// stands for them all; if it failed before a case ran, that failure is what counts).
     fn as_cases(self) -> Counts {
@@ -835,16 +897,25 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         total.tried += c.tried;
         total.denied += c.denied;
         total.controls += c.controls;
+        total.differential_runs += c.differential_runs;
+        total.variants += c.variants;
+        total.variants_as_canonical += c.variants_as_canonical;
+        total.variants_differ += c.variants_differ;
     }
     println!(
         "red team: {} cases tried, {} denied as expected, {} controls allowed",
         total.tried, total.denied, total.controls
     );
-    // A place that failed without a failing test (build, boot, harness) counts as one failure.
+    let (differential_ok, line) = total.differential_summary();
+    println!("{line}");
+    all_ok &= differential_ok;
+    // A place that failed without a failing test (build, boot, harness) counts as one failure;
+    // so does a differential test that did not run.
     let broken = places
         .iter()
         .filter(|(_, ok, c)| (!ok || c.passed == 0) && c.failed == 0)
-        .count() as u32;
+        .count() as u32
+        + u32::from(total.differential_runs == 0);
     println!("{} passed, {} failed", total.passed, total.failed + broken);
     println!();
     println!("time per step");
@@ -945,6 +1016,47 @@ mod tests {
         let mut c = Counts::default();
         c.add_line("test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured");
         assert_eq!((c.as_cases().passed, c.as_cases().failed), (0, 1));
+    }
+
+    #[test]
+    fn counts_the_differential_test() {
+        let mut c = Counts::default();
+        // Not run: the summary says so, and the run fails.
+        let (ok, line) = c.differential_summary();
+        assert!(!ok);
+        assert!(line.contains("did not run"), "{line}");
+        c.add_line("differential: 12 variants (an older wording)");
+        c.add_line("a differential: of some other kind");
+        assert_eq!(c.differential_runs, 0);
+        // After libtest's progress dots, as `-- --quiet` prints them.
+        c.add_line(
+            "....differential: 2143 variants, 2143 refused or decided as canonical, 0 acted on differently (1325 refused, 818 decided as canonical, 0 batches decided more severely than a lenient reader acting on part of them; 0 acted on by no modelled framework); framework readings: {\"Express\": 1029}",
+        );
+        assert_eq!(
+            (
+                c.differential_runs,
+                c.variants,
+                c.variants_as_canonical,
+                c.variants_differ
+            ),
+            (1, 2143, 2143, 0)
+        );
+        let (ok, line) = c.differential_summary();
+        assert!(ok, "{line}");
+        assert_eq!(
+            line,
+            "HTTP differential test: 2143 variants of the example policies' rules; 2143 refused or decided as the upstream frameworks act on them"
+        );
+        let mut c = Counts::default();
+        c.add_line(
+            "differential: 10 variants, 9 refused or decided as canonical, 1 acted on differently",
+        );
+        let (ok, line) = c.differential_summary();
+        assert!(!ok);
+        assert!(
+            line.ends_with("; 1 acted on differently   <- FAILED"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -48,7 +48,7 @@
 use hyper::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
-use super::{McpCall, decide_request, parse_json, request::Head, tool_call};
+use super::{McpCall, decide::tool_call, decide_request, parse_json, request::Head};
 use crate::{
     engine::{AgentRules, BodyRoute, Decision, Engine, HttpRequest},
     policy::{

@@ -46,7 +46,7 @@ use hyper::{HeaderMap, Method, Uri, Version, header, header::HeaderName, header:
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 
-use super::{Client, McpCall, Proxy, canonical, request, tool_call};
+use super::{Client, McpCall, Proxy, canonical, decide::tool_call, request};
 use crate::{
     approvals,
     engine::Outcome,
@@ -324,9 +324,11 @@ impl Proxy {
         if let Some(tools) = &mcp {
             rec.object.mcp_tool = tools.join(",");
         }
-        rec.object
-            .detail
-            .extend(super::body_fields(&engine, &decision, http.body.as_ref()));
+        rec.object.detail.extend(super::record::body_fields(
+            &engine,
+            &decision,
+            http.body.as_ref(),
+        ));
         let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
         let mut resp = DecideResponse {
             decision_id: rec.id.clone(),

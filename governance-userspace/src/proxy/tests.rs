@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -20,7 +21,7 @@ use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream},
     task::JoinHandle,
 };
@@ -29,7 +30,7 @@ use super::*;
 use crate::{
     approvals::{Approvals, Limits},
     engine::{AgentRef, Engine},
-    events::{AgentInfo, Record},
+    events::{AgentInfo, Record, Source},
     policy,
 };
 

@@ -1,0 +1,376 @@
+//! Deciding: the decision on a parsed request (each call of a JSON-RPC batch, the most
+//! severe winning), shared with the decision API (`preauth.rs`) through [`canonical`]; the
+//! host-level decision of a CONNECT or a TLS server name; the agent's `network` rules for
+//! where the proxy connects on its behalf (explicit proxy use); the decision API endpoint on
+//! the proxy listener; and the strict JSON parser every body and action goes through.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use serde::Deserialize as _;
+use serde_json::Value;
+
+use super::{
+    Client, DecideAction, McpIds, Proxy,
+    forward::To,
+    handle::ReqBody,
+    request::{self, Head},
+    respond,
+    upstream::Body,
+    verdict::Then,
+};
+use crate::{
+    engine::{Action, AgentRules, Decision, Engine, HttpRequest, Outcome},
+    events::Source,
+    policy::SandboxTarget,
+};
+
+impl Proxy {
+    /// The host-level decision of a CONNECT or of a TLS server name: an HTTP action with
+    /// method `CONNECT` and an empty path. A `sandbox` upstream cannot apply (the proxy never
+    /// sees the requests inside): blocked.
+    pub(super) fn host_decision(
+        &self,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        headers: Option<&hyper::HeaderMap>,
+    ) -> (HttpRequest, Decision) {
+        let headers = headers.filter(|_| engine.needs_headers(view, &head.host));
+        let http = request::to_engine(head, headers, None);
+        let mut decision = engine.decide(view, &Action::Http(http.clone()), Instant::now());
+        if let Outcome::Sandbox(SandboxTarget::Upstream(url)) = &decision.outcome {
+            decision.reason = format!(
+                "{} (sandbox upstream `{url}`: a tunnel or a spliced TLS connection cannot be sent there; blocked)",
+                decision.reason
+            );
+            decision.outcome = Outcome::Block;
+        }
+        (http, decision)
+    }
+
+    /// Report a host-level decision and act on it (held here if escalated). Err: the refusal.
+    pub(super) async fn host_verdict(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        head: &Head,
+        http: &HttpRequest,
+        decision: &Decision,
+    ) -> Result<(), Response<Body>> {
+        let mut body = ReqBody::Read(Bytes::new());
+        match self
+            .verdict(client, engine, head, http, decision, None, &mut body, 0)
+            .await
+        {
+            Then::Forward => Ok(()),
+            Then::Respond(r) => Err(r),
+            // Not reached: sandbox upstreams are blocked in `host_decision`.
+            Then::Sandbox(_) => Err(respond::error(
+                StatusCode::FORBIDDEN,
+                "blocked",
+                "sandbox upstreams apply to requests, not tunnels",
+                None,
+            )),
+        }
+    }
+
+    /// [`Proxy::host_decision`], then [`Proxy::host_verdict`].
+    pub(super) async fn decide_host(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        headers: Option<&hyper::HeaderMap>,
+    ) -> Result<(), Response<Body>> {
+        let (http, decision) = self.host_decision(engine, view, head, headers);
+        self.host_verdict(client, engine, head, &http, &decision)
+            .await
+    }
+
+    /// Where an explicit-proxy request or tunnel goes: the named host, resolved (only now,
+    /// after the request's own decision allowed it), if the agent's `network` rules let it
+    /// connect there. In transparent mode the kernel already decided the agent's own connect;
+    /// here the proxy connects on the agent's behalf, so the same rules apply with all five
+    /// verdicts: block → 403, throttle → 429, escalate → held for a human (a held request keeps
+    /// its body), sandbox with an upstream → the request goes there (a tunnel cannot: blocked),
+    /// sandbox with a profile → blocked (a profile applies to the agent's processes, and this
+    /// connection is the proxy's). CONNECT passes an empty body.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn explicit_target(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        view: &AgentRules,
+        head: &Head,
+        host: &str,
+        port: u16,
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Result<To, Response<Body>> {
+        let addr = match self.upstream.resolve(host).await {
+            Ok(ips) => SocketAddr::new(ips[0], port),
+            Err(e) => {
+                return Err(respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway",
+                    &e.to_string(),
+                    None,
+                ));
+            }
+        };
+        let action = Action::Network {
+            addr: addr.ip(),
+            port,
+            protocol: crate::policy::Protocol::Tcp,
+        };
+        let mut d = engine.decide(view, &action, Instant::now());
+        if d.outcome == Outcome::Allow {
+            return Ok(To::Upstream(addr));
+        }
+        let tunnel = head.method == "CONNECT";
+        match &d.outcome {
+            Outcome::Sandbox(SandboxTarget::Upstream(url)) if tunnel => {
+                d.reason = format!(
+                    "{} (sandbox upstream `{url}`: a tunnel cannot be sent there; blocked)",
+                    d.reason
+                );
+                d.outcome = Outcome::Block;
+            }
+            Outcome::Sandbox(SandboxTarget::Profile(p)) => {
+                d.reason = format!(
+                    "{} (sandbox profile `{p}` applies to the agent's processes, not to a connection the proxy makes for it; blocked)",
+                    d.reason
+                );
+                d.outcome = Outcome::Block;
+            }
+            _ => {}
+        }
+        d.reason = format!("{} (connecting to {addr})", d.reason);
+        let mut rec = self.decision_record(client, head, &d, Source::Proxy);
+        rec.object.dest = addr.to_string();
+        rec.object.protocol = "tcp".into();
+        let http = request::to_engine(head, None, None);
+        match self
+            .respond_to(client, rec, &http, &d, None, body, limit)
+            .await
+        {
+            Then::Forward => Ok(To::Upstream(addr)),
+            Then::Sandbox(url) => Ok(To::Sandbox {
+                rule: d.rule.clone().unwrap_or_else(|| "default".into()),
+                url,
+            }),
+            Then::Respond(r) => Err(r),
+        }
+    }
+
+    pub(super) async fn decide_endpoint(
+        self: &Arc<Self>,
+        client: &Client,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if req.method() != Method::POST {
+            return respond::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed",
+                "POST a JSON action to the decision API",
+                None,
+            );
+        }
+        let bytes = match self
+            .read_body(ReqBody::Stream(req.into_body()), None, self.cfg.max_body)
+            .await
+        {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        // Strictly: an action with duplicate keys could be read two ways.
+        let action = parse_json(&bytes).and_then(DecideAction::deserialize);
+        let action: DecideAction = match action {
+            Ok(a) => a,
+            Err(e) => {
+                return respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad request",
+                    &e.to_string(),
+                    None,
+                );
+            }
+        };
+        match self.preauthorize_with(client, action) {
+            Ok(r) => respond::json_response(
+                StatusCode::OK,
+                &serde_json::to_value(&r).unwrap_or(Value::Null),
+            ),
+            Err(e) => respond::error(StatusCode::BAD_REQUEST, "bad request", &e, None),
+        }
+    }
+}
+
+/// An MCP call in a request body: tool names and JSON-RPC ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McpCall {
+    pub tools: Vec<String>,
+    pub ids: McpIds,
+}
+
+/// `(tool name, arguments)` of a JSON-RPC `tools/call`.
+pub(super) fn tool_call(v: &Value) -> Option<(&str, Option<&Value>)> {
+    if v.get("method").and_then(Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let name = v.pointer("/params/name").and_then(Value::as_str)?;
+    Some((name, v.pointer("/params/arguments")))
+}
+
+/// Whether a JSON array is a JSON-RPC batch: non-empty, objects with a `method`.
+fn is_batch(calls: &[Value]) -> bool {
+    !calls.is_empty()
+        && calls
+            .iter()
+            .all(|x| x.get("method").and_then(Value::as_str).is_some())
+}
+
+/// Decide one request; `http` is lent to the engine and given back.
+fn decide_one(
+    engine: &Engine,
+    view: &AgentRules,
+    http: &mut HttpRequest,
+    now: Instant,
+) -> Decision {
+    let action = Action::Http(std::mem::take(http));
+    let d = engine.decide(view, &action, now);
+    if let Action::Http(back) = action {
+        *http = back;
+    }
+    d
+}
+
+/// Decide a request (each call of a JSON-RPC batch, the most severe winning). `http.body`
+/// holds the JSON body afterwards (the deciding call, for a batch).
+pub fn decide_request(
+    engine: &Engine,
+    view: &AgentRules,
+    http: &mut HttpRequest,
+    json: Option<Value>,
+) -> (Decision, Option<McpCall>) {
+    let now = Instant::now();
+    match json {
+        Some(Value::Array(calls)) if is_batch(&calls) => {
+            let mut worst: Option<(Decision, Value)> = None;
+            let mut tools = Vec::new();
+            let mut ids = Vec::new();
+            for call in calls {
+                if let Some((tool, _)) = tool_call(&call) {
+                    tools.push(tool.to_owned());
+                }
+                ids.push(call.get("id").cloned().unwrap_or(Value::Null));
+                http.body = Some(call);
+                let d = decide_one(engine, view, http, now);
+                let call = http.body.take().unwrap_or(Value::Null);
+                if worst
+                    .as_ref()
+                    .is_none_or(|(w, _)| d.verdict() > w.verdict())
+                {
+                    worst = Some((d, call));
+                }
+            }
+            let (d, call) = match worst {
+                Some(w) => w,
+                None => (decide_one(engine, view, http, now), Value::Null),
+            };
+            http.body = Some(call);
+            let mcp = (!tools.is_empty()).then_some(McpCall {
+                tools,
+                ids: McpIds { ids, batch: true },
+            });
+            (d, mcp)
+        }
+        json => {
+            let mcp = json.as_ref().and_then(|v| {
+                tool_call(v).map(|(tool, _)| McpCall {
+                    tools: vec![tool.to_owned()],
+                    ids: McpIds {
+                        ids: vec![v.get("id").cloned().unwrap_or(Value::Null)],
+                        batch: false,
+                    },
+                })
+            });
+            http.body = json;
+            (decide_one(engine, view, http, now), mcp)
+        }
+    }
+}
+
+/// Parse a body as JSON, refusing duplicate object keys (a parser differential: upstreams
+/// disagree on which one wins). Depth is bounded by serde_json (128).
+pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let StrictJson(v) = serde_json::from_slice(bytes)?;
+    Ok(v)
+}
+
+struct StrictJson(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = StrictJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<StrictJson, E> {
+                Ok(StrictJson(n.into()))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<StrictJson, E> {
+                Ok(StrictJson(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<StrictJson, E> {
+                Ok(StrictJson(
+                    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number),
+                ))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::String(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<StrictJson, E> {
+                Ok(StrictJson(Value::Null))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<StrictJson, A::Error> {
+                let mut out = Vec::new();
+                while let Some(StrictJson(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(StrictJson(Value::Array(out)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StrictJson, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    let StrictJson(v) = map.next_value()?;
+                    if out.insert(k.clone(), v).is_some() {
+                        return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));
+                    }
+                }
+                Ok(StrictJson(Value::Object(out)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,418 @@
+//! One request, start to finish: the host check, what is read of the body, the decision
+//! (`decide.rs`, [`canonical`]), what the verdict makes of it (`verdict.rs`), and where the
+//! request then goes (`forward.rs`).
+//!
+//! **What is buffered.** A body is read into memory only when a rule that could match the host
+//! needs it ([`Engine::needs_body`]: body or MCP conditions), or when the request is escalated (a
+//! held request keeps its body). Otherwise it streams through untouched. The buffer limit is the
+//! smallest `proxy.max_body` of the agent's policies, else [`super::ProxyConfig::max_body`]; over
+//! it → 413. What the decision reads, and what is refused because an upstream could read it another
+//! way, is [`canonical`]'s: on a route whose rules read the body (and on an MCP endpoint, where
+//! refusals are JSON-RPC errors), a body that is not certainly JSON is refused; elsewhere a body
+//! that is not JSON makes body conditions false. A JSON-RPC batch (an array of calls) is decided
+//! call by call; the most severe verdict (block > escalate > sandbox > throttle > allow) applies to
+//! the whole batch, and a refused batch gets one JSON-RPC error per call.
+//!
+//! A request without a body whose method carries none (`GET`, `HEAD`, `DELETE`, `OPTIONS`:
+//! MCP clients' event-stream GET and session-ending DELETE) is not invalid JSON on an MCP
+//! endpoint: the host's rules decide it. A refused call of a legacy MCP SSE session (the
+//! SDK's SSE transport, whose POSTs are answered 202 and replied to on the event stream) is
+//! delivered on that session's stream (see `sse.rs`).
+//!
+//! **Upgrades** (WebSocket): decided like any request; when allowed, refused with 501 (not
+//! supported yet).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+
+use super::{
+    Client, Conn, DECIDE_PATH, Mode, Proxy, canonical,
+    forward::{To, is_event_stream},
+    request::{self, Head, Tls},
+    respond::{self, Refusal},
+    sse::SessionBody,
+    upstream::Body,
+    verdict::Then,
+};
+use crate::{engine::Outcome, events::Object};
+
+/// A request body: still streaming, or read.
+pub(super) enum ReqBody {
+    Stream(Incoming),
+    Read(Bytes),
+}
+
+/// Where an allowed request goes.
+pub(super) enum Dest {
+    Addr(SocketAddr),
+    /// Explicit proxy use: resolve the host.
+    Name(String, u16),
+}
+
+/// Whether a host check may look a name up in DNS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// Only what needs no lookup: an IP literal, a static address, a cached answer.
+    Local,
+    Resolve,
+}
+
+/// Whether a decision sends the request to its destination (allow, or escalate once approved):
+/// only then is the destination's name looked up.
+pub(super) fn forwards(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Allow | Outcome::Escalate { .. })
+}
+
+impl Proxy {
+    /// One request, start to finish.
+    pub(super) async fn handle(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        // Held until the response is sent: a streaming response keeps the connection busy.
+        let busy = conn.activity.busy();
+        // What this request's raw head said about its length (HTTP/1), taken in order.
+        let raw_head = conn.activity.take_head();
+        let Some(client) = &conn.client else {
+            let id = self.unidentified(conn);
+            return respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule: "builtin:identity",
+                    reason: "not an agent connection",
+                    decision_id: &id,
+                    retry_after: None,
+                },
+                None,
+            );
+        };
+        if req.uri().path() == DECIDE_PATH {
+            return self.decide_endpoint(client, req).await;
+        }
+        let mut head = match request::check_framing(req.headers(), raw_head)
+            .and_then(|()| request::target(req.method(), req.uri(), req.version(), req.headers()))
+        {
+            Ok(h) => h,
+            Err(e) => return self.reject(client, &req, &e),
+        };
+        if let Mode::Intercepted { .. } = conn.mode {
+            head.tls = Some(Tls::Intercepted);
+        }
+        if head.method == "CONNECT" {
+            let mut resp = self.connect(conn, client, head, req).await;
+            if !resp.status().is_success() {
+                // The client may already be sending what it meant for the tunnel.
+                resp.headers_mut().insert(
+                    header::CONNECTION,
+                    header::HeaderValue::from_static("close"),
+                );
+            }
+            return resp;
+        }
+        // The host check now if it needs no DNS lookup; otherwise after the decision, and only
+        // if the request is to go to its destination.
+        let mut dest = match self.destination(conn, client, &head, Lookup::Local).await {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
+        let engine = self.engine.load_full();
+        let view = self.view(Some(conn), &engine, &client.agent);
+        let (parts, body) = req.into_parts();
+        let limit = view.max_body().unwrap_or(self.cfg.max_body);
+        let mut body = ReqBody::Stream(body);
+        let mut bytes = None;
+        if engine.needs_body(&view, &head.host) {
+            match self
+                .read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit)
+                .await
+            {
+                Ok(b) => bytes = Some(b),
+                Err(resp) => {
+                    let why = resp.status().canonical_reason().unwrap_or("refused");
+                    self.refused(client, &head, "builtin:body", why);
+                    return resp;
+                }
+            };
+            body = ReqBody::Read(bytes.clone().unwrap_or_default());
+        }
+        let ev = match canonical::evaluate(
+            &engine,
+            &view,
+            &head,
+            &parts.headers,
+            bytes.as_deref(),
+            limit,
+        ) {
+            Ok(ev) => ev,
+            Err(why) => {
+                let mcp = engine.is_mcp_endpoint(&view, &head.host, &head.path);
+                return self.refuse_unreadable(client, &head, &why, mcp);
+            }
+        };
+        let canonical::Evaluated {
+            decision,
+            mcp,
+            http,
+            ..
+        } = ev;
+        if dest.is_none() && forwards(&decision.outcome) {
+            dest = match self.destination(conn, client, &head, Lookup::Resolve).await {
+                Ok(d) => d,
+                Err(resp) => return resp,
+            };
+        }
+        let then = self
+            .verdict(
+                client,
+                &engine,
+                &head,
+                &http,
+                &decision,
+                mcp.as_ref(),
+                &mut body,
+                limit,
+            )
+            .await;
+        let sandbox = match then {
+            Then::Respond(r) if mcp.is_some() => return self.on_session(client, &head, r),
+            Then::Respond(r) => return r,
+            Then::Forward => None,
+            Then::Sandbox(url) => Some(url),
+        };
+        if request::wants_upgrade(&parts.headers) {
+            let mut resp = respond::error(
+                StatusCode::NOT_IMPLEMENTED,
+                "upgrade not supported",
+                "the policy proxy does not carry protocol upgrades (WebSocket) yet",
+                None,
+            );
+            // The client may already be speaking the new protocol: end the connection.
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
+        let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
+        let dest = match (dest, &sandbox) {
+            (_, Some(_)) => None,
+            (Some(d), None) => Some(d),
+            // Not reached: a request that goes to its destination was checked above.
+            (None, None) => match self.destination(conn, client, &head, Lookup::Resolve).await {
+                Ok(d) => d,
+                Err(resp) => return resp,
+            },
+        };
+        let to = match (dest, sandbox) {
+            (_, Some(url)) => To::Sandbox { rule, url },
+            (Some(Dest::Addr(addr)), None) => To::Upstream(addr),
+            (Some(Dest::Name(host, port)), None) => match self
+                .explicit_target(client, &engine, &view, &head, &host, port, &mut body, limit)
+                .await
+            {
+                Ok(to) => to,
+                Err(resp) => return resp,
+            },
+            (None, None) => {
+                return respond::error(
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway",
+                    "no destination",
+                    None,
+                );
+            }
+        };
+        let stream_of_session =
+            parts.method == Method::GET && engine.has_mcp_rules(&view, &head.host);
+        let wait = view.idle_timeout(&head.host);
+        let resp = self.forward(conn, parts, body, &head, to, wait, busy).await;
+        if stream_of_session && is_event_stream(resp.headers()) {
+            let sessions = self.sessions.clone();
+            let (agent, host, path) = (&client.agent.name, &head.host, &head.path);
+            return resp.map(|b| {
+                Body::Session(Box::new(SessionBody::new(b, sessions, agent, host, path)))
+            });
+        }
+        resp
+    }
+
+    /// A refused MCP call (a JSON-RPC error, HTTP 200) that a legacy SSE session posted: the
+    /// refusal goes to the session's event stream, where its client waits for the reply, and
+    /// the POST gets 202 as the server would answer it (see [`sse`]). Anything else as it is.
+    fn on_session(&self, client: &Client, head: &Head, resp: Response<Body>) -> Response<Body> {
+        if head.method != "POST" || resp.status() != StatusCode::OK {
+            return resp;
+        }
+        let (parts, body) = resp.into_parts();
+        let delivered = matches!(&body, Body::Full(Some(message)) if self.sessions.deliver(
+            &client.agent.name,
+            &head.host,
+            &head.path,
+            head.query.as_deref(),
+            message,
+        ));
+        if !delivered {
+            return Response::from_parts(parts, body);
+        }
+        let mut accepted = Response::new(Body::empty());
+        *accepted.status_mut() = StatusCode::ACCEPTED;
+        for (name, value) in &parts.headers {
+            if name.as_str().starts_with("x-governance-") {
+                accepted.headers_mut().insert(name, value.clone());
+            }
+        }
+        accepted
+    }
+
+    /// Where a request goes, after the host check (transparent) or the tunnel check. With
+    /// [`Lookup::Local`], a transparent request's host check that would need a DNS lookup is
+    /// not made: Ok(None).
+    pub(super) async fn destination(
+        &self,
+        conn: &Conn,
+        client: &Client,
+        head: &Head,
+        lookup: Lookup,
+    ) -> Result<Option<Dest>, Response<Body>> {
+        let mismatch = |status: StatusCode, reason: String| {
+            let rec = self.builtin_record(
+                Some(client),
+                Some(head),
+                "builtin:host-check",
+                &reason,
+                Object::default(),
+            );
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            let error = if status == StatusCode::MISDIRECTED_REQUEST {
+                "misdirected request"
+            } else {
+                "blocked"
+            };
+            respond::refusal(
+                &Refusal {
+                    status,
+                    error,
+                    rule: "builtin:host-check",
+                    reason: &reason,
+                    decision_id: &id,
+                    retry_after: None,
+                },
+                None,
+            )
+        };
+        if head.host.is_empty() && !matches!(conn.mode, Mode::Explicit) {
+            // Without a name, host rules could not apply: never decide without one.
+            return Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad request",
+                "a Host header is required",
+                None,
+            ));
+        }
+        // What names the destination: the request's Host, or a TLS server name.
+        let what = if head.tls == Some(Tls::Spliced) {
+            "SNI"
+        } else {
+            "Host"
+        };
+        match &conn.mode {
+            Mode::Tunnel { host, addr, .. } => {
+                if head.host != *host {
+                    return Err(mismatch(
+                        StatusCode::FORBIDDEN,
+                        format!(
+                            "{what} does not match the CONNECT host: `{}` inside a tunnel to `{host}`",
+                            head.host
+                        ),
+                    ));
+                }
+                Ok(Some(Dest::Addr(*addr)))
+            }
+            Mode::Intercepted { host, addr } => {
+                if head.host != *host {
+                    return Err(mismatch(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        format!(
+                            "Host does not match the TLS server name: `{}` on a connection to `{host}`",
+                            head.host
+                        ),
+                    ));
+                }
+                Ok(Some(Dest::Addr(*addr)))
+            }
+            Mode::Transparent(dst) if !head.absolute => {
+                let checked = match lookup {
+                    Lookup::Local => match self.upstream.host_names_local(&head.host, *dst) {
+                        Some(r) => r,
+                        None => return Ok(None),
+                    },
+                    Lookup::Resolve => self.upstream.host_names(&head.host, *dst).await,
+                };
+                match checked {
+                    Ok(()) => Ok(Some(Dest::Addr(*dst))),
+                    Err(why) => Err(mismatch(
+                        StatusCode::FORBIDDEN,
+                        format!("{what} does not match the destination: {why}"),
+                    )),
+                }
+            }
+            _ if head.host.is_empty() => Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "not a proxy request",
+                "this is an HTTP policy proxy: send absolute-form requests (GET http://host/path) or CONNECT",
+                None,
+            )),
+            _ => Ok(Some(Dest::Name(head.host.clone(), head.port.unwrap_or(80)))),
+        }
+    }
+
+    /// Read a body the decision needs, within the limit and `body_timeout`.
+    pub(super) async fn read_body(
+        &self,
+        body: ReqBody,
+        declared: Option<&header::HeaderValue>,
+        limit: usize,
+    ) -> Result<Bytes, Response<Body>> {
+        let too_large = || {
+            respond::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body too large",
+                &format!("the policy proxy reads bodies up to {limit} bytes to decide on them"),
+                None,
+            )
+        };
+        let body = match body {
+            ReqBody::Read(b) => return Ok(b),
+            ReqBody::Stream(b) => b,
+        };
+        let declared = declared
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        match tokio::time::timeout(self.cfg.body_timeout, Limited::new(body, limit).collect()).await
+        {
+            Err(_) => Err(respond::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body timeout",
+                "the request body did not arrive in time",
+                None,
+            )),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+            Ok(Err(e)) => Err(respond::error(
+                StatusCode::BAD_REQUEST,
+                "bad body",
+                &e.to_string(),
+                None,
+            )),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+        }
+    }
+}

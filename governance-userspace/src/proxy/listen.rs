@@ -1,0 +1,244 @@
+//! Listening: connections are accepted, identified, counted against their agent's budget
+//! (over it → 503 and close), told apart by their first bytes (HTTP/1.1, h2c, or TLS: see
+//! `tunnel.rs`), and served as HTTP until they close or are idle with nothing in flight.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{
+    Conn, Mode, Proxy,
+    io::{self, Activity, Proto, Tracked},
+    tunnel::TlsIo,
+};
+
+impl Proxy {
+    /// Accept and serve connections until the task is aborted.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "proxy: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = self.clone();
+            io::spawn(
+                &self.panics,
+                async move { this.connection(stream, peer).await },
+            );
+        }
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
+        let client = self.identify.identify(peer, local);
+        // Unidentified connections share one budget.
+        let key = client
+            .as_ref()
+            .map_or(String::new(), |c| c.agent.name.clone());
+        let Some(_slot) = self.conn_slot(&key) else {
+            tracing::debug!(%peer, agent = %key, "proxy: too many connections");
+            too_many_connections(stream).await;
+            return;
+        };
+        let proto =
+            match tokio::time::timeout(self.cfg.header_timeout, io::sniff_tcp(&stream)).await {
+                Ok(Ok(p)) => p,
+                _ => return,
+            };
+        let mode = match client.as_ref().and_then(|c| c.original_dst) {
+            Some(d) if !self.is_self(d, local) => Mode::Transparent(d),
+            _ => Mode::Explicit,
+        };
+        let conn = Conn::new(client, peer, local, mode);
+        match proto {
+            Proto::Tls => self.tls(conn, TlsIo::Tcp(stream)).await,
+            p => self.serve_http(conn, stream, p).await,
+        }
+    }
+
+    /// A per-agent connection slot, released when the guard drops.
+    fn conn_slot(&self, key: &str) -> Option<ConnSlot> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let n = conns.entry(key.to_owned()).or_default();
+        if *n >= self.cfg.max_conns_per_agent {
+            return None;
+        }
+        *n += 1;
+        Some(ConnSlot {
+            conns: self.conns.clone(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Whether `addr` is the proxy itself (a request there would loop).
+    pub(super) fn is_self(&self, addr: SocketAddr, local: SocketAddr) -> bool {
+        addr == local || self.cfg.listen.contains(&addr)
+    }
+
+    /// Serve HTTP on a connection or tunnel. (Boxed: tunnels serve HTTP from inside a request.)
+    pub(super) fn serve_http<I>(
+        self: Arc<Self>,
+        conn: Arc<Conn>,
+        io: I,
+        proto: Proto,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(async move {
+            let activity = conn.activity.clone();
+            let io = TokioIo::new(Tracked::new(io, activity.clone(), proto == Proto::Http1));
+            let this = self.clone();
+            let c = conn.clone();
+            let svc = service_fn(move |req| {
+                let (this, conn) = (this.clone(), c.clone());
+                async move { Ok::<_, Infallible>(this.handle(&conn, req).await) }
+            });
+            let idle = self.cfg.idle_timeout;
+            let result = match proto {
+                Proto::Http2 => {
+                    let mut b =
+                        hyper::server::conn::http2::Builder::new(io::Exec(self.panics.clone()));
+                    b.timer(TokioTimer::new())
+                        .max_header_list_size(self.cfg.max_header_bytes as u32)
+                        .max_concurrent_streams(128);
+                    drive(b.serve_connection(io, svc), &activity, idle).await
+                }
+                _ => {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(self.cfg.header_timeout)
+                        .max_header_size(self.cfg.max_header_bytes)
+                        .half_close(false);
+                    drive(b.serve_connection(io, svc).with_upgrades(), &activity, idle).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %conn.peer, error = %e, "proxy: connection ended");
+            }
+        })
+    }
+}
+
+/// A connection slot of an agent; released on drop.
+struct ConnSlot {
+    conns: Arc<Mutex<HashMap<String, usize>>>,
+    key: String,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = conns.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                conns.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Resolves once `activity` has seen nothing for `idle`.
+pub(super) async fn until_idle(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if deadline <= Instant::now() {
+            return;
+        }
+        tokio::time::sleep_until(deadline.into()).await;
+    }
+}
+
+/// 503 without reading the request, then close.
+async fn too_many_connections(mut stream: TcpStream) {
+    let body = br#"{"error":"too many connections","reason":"this agent has too many open connections through the policy proxy"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// A connection future that can be asked to finish.
+trait Graceful: std::future::Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, B, E> Graceful for hyper::server::conn::http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shutdown(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Run a connection; close it gracefully once idle for `idle` with nothing in flight.
+async fn drive<C: Graceful>(
+    conn: C,
+    activity: &Activity,
+    idle: Duration,
+) -> Result<(), hyper::Error> {
+    tokio::pin!(conn);
+    loop {
+        // While requests are in flight (held, or slow upstreams) look again every second.
+        let next = if activity.inflight() > 0 {
+            Instant::now() + idle.min(Duration::from_secs(1))
+        } else {
+            activity.last() + idle
+        };
+        tokio::select! {
+            r = conn.as_mut() => return r,
+            () = tokio::time::sleep_until(next.into()) => {
+                if activity.inflight() == 0 && activity.last() + idle <= Instant::now() {
+                    conn.as_mut().shutdown();
+                    return tokio::time::timeout(Duration::from_secs(5), conn)
+                        .await
+                        .unwrap_or(Ok(()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! A decision becomes what happens next: forwarded, sent to a sandbox upstream, refused, or
+//! held in the approval queue until a human decides (a pre-authorization grant lets it
+//! through).
+//!
+//! **Verdict → HTTP.**
+//!
+//! | verdict | HTTP | MCP `tools/call` |
+//! |---|---|---|
+//! | allow | forwarded, streaming | same |
+//! | block | 403 `{"error":"blocked","rule","reason","decision_id"}` | HTTP 200, JSON-RPC error -32001 with the call's id |
+//! | throttle | 429 with `Retry-After` (seconds, at least 1) | JSON-RPC error -32002 |
+//! | sandbox | forwarded to the rule's `upstream` URL instead, with `X-Governance-Sandboxed: <rule>` | same |
+//! | escalate | held until a human decides: approve → forwarded; deny → 403 with the reason; timeout → `on_timeout` | deny/timeout → -32001 |
+//!
+//! Every refusal carries `X-Governance-Decision: <decision id>` (the id of the decision's
+//! [`Record`]) and `X-Governance-Rule`. A `sandbox: {profile}` verdict cannot reach HTTP
+//! (policy validation refuses profiles on HTTP rules); if it did, it is treated as block.
+
+use std::{
+    hash::BuildHasher,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hyper::{Response, StatusCode};
+use serde_json::Value;
+
+use super::{
+    Client, McpIds, Proxy,
+    decide::{McpCall, tool_call},
+    handle::ReqBody,
+    record::body_fields,
+    request::Head,
+    respond::{self, Refusal},
+    upstream::Body,
+};
+use crate::{
+    approvals::{self, Approvals, Resolution},
+    engine::{Decision, Engine, HttpRequest, Outcome},
+    events::{Record, Source},
+    policy::{Posture, SandboxTarget},
+};
+
+/// What happens after the decision.
+pub(super) enum Then {
+    Forward,
+    Sandbox(String),
+    Respond(Response<Body>),
+}
+
+impl Proxy {
+    /// Report the decision and turn the verdict into what happens next. Escalations wait
+    /// here for a human.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn verdict(
+        &self,
+        client: &Client,
+        engine: &Engine,
+        head: &Head,
+        http: &HttpRequest,
+        decision: &Decision,
+        mcp: Option<&McpCall>,
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Then {
+        let mut rec = self.decision_record(client, head, decision, Source::Proxy);
+        if let Some(m) = mcp {
+            rec.object.mcp_tool = m.tools.join(",");
+        }
+        rec.object
+            .detail
+            .extend(body_fields(engine, decision, http.body.as_ref()));
+        self.respond_to(client, rec, http, decision, mcp, body, limit)
+            .await
+    }
+
+    /// Turn a decision, reported as `rec`, into what happens next. Escalations wait here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn respond_to(
+        &self,
+        client: &Client,
+        mut rec: Record,
+        http: &HttpRequest,
+        decision: &Decision,
+        mcp: Option<&McpCall>,
+        body: &mut ReqBody,
+        limit: usize,
+    ) -> Then {
+        let rule = decision.rule.as_deref().unwrap_or("default").to_owned();
+        let ids = mcp.map(|m| &m.ids);
+        let refuse = |rec: Record, status, error, reason: &str, retry_after| {
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            Then::Respond(respond::refusal(
+                &Refusal {
+                    status,
+                    error,
+                    rule: &rule,
+                    reason,
+                    decision_id: &id,
+                    retry_after,
+                },
+                ids,
+            ))
+        };
+        match &decision.outcome {
+            Outcome::Allow => {
+                (self.sink)(rec);
+                Then::Forward
+            }
+            Outcome::Block => {
+                let reason = decision.reason.clone();
+                refuse(rec, StatusCode::FORBIDDEN, "blocked", &reason, None)
+            }
+            Outcome::Throttle { retry_after } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let reason = decision.reason.clone();
+                refuse(
+                    rec,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "throttled",
+                    &reason,
+                    Some(secs),
+                )
+            }
+            Outcome::Sandbox(SandboxTarget::Upstream(url)) => {
+                rec.object.detail.insert("upstream".into(), url.clone());
+                (self.sink)(rec);
+                Then::Sandbox(url.clone())
+            }
+            Outcome::Sandbox(SandboxTarget::Profile(p)) => {
+                rec.outcome = "block".into();
+                rec.denied = true;
+                let reason = format!(
+                    "sandbox profile `{p}` applies to processes, not HTTP requests; blocked"
+                );
+                rec.reason = reason.clone();
+                refuse(rec, StatusCode::FORBIDDEN, "blocked", &reason, None)
+            }
+            Outcome::Escalate {
+                timeout,
+                on_timeout,
+            } => {
+                let key = self.grant_key(&rule, http);
+                if self.granted(&client.agent.name, key) {
+                    rec.outcome = "granted".into();
+                    rec.denied = false;
+                    rec.message = "pre-authorized by an approval".into();
+                    (self.sink)(rec);
+                    return Then::Forward;
+                }
+                // A held request keeps its body.
+                let bytes = match std::mem::replace(body, ReqBody::Read(Bytes::new())) {
+                    ReqBody::Read(b) => b,
+                    stream @ ReqBody::Stream(_) => {
+                        match self.read_body(stream, None, limit).await {
+                            Ok(b) => b,
+                            Err(resp) => {
+                                (self.sink)(rec);
+                                return Then::Respond(resp);
+                            }
+                        }
+                    }
+                };
+                *body = ReqBody::Read(bytes.clone());
+                self.hold(
+                    client,
+                    rec,
+                    &rule,
+                    decision,
+                    *timeout,
+                    *on_timeout,
+                    bytes.len(),
+                    ids,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Hold an escalated request until approved, denied, timed out or withdrawn.
+    #[allow(clippy::too_many_arguments)]
+    async fn hold(
+        &self,
+        client: &Client,
+        rec: Record,
+        rule: &str,
+        decision: &Decision,
+        timeout: Duration,
+        on_timeout: Posture,
+        bytes: usize,
+        mcp: Option<&McpIds>,
+    ) -> Then {
+        let req = approvals::Request {
+            agent: client.info.clone(),
+            kind: "http".into(),
+            object: rec.object.clone(),
+            rule: rule.to_owned(),
+            reason: decision.reason.clone(),
+            timeout,
+            on_timeout,
+            bytes,
+        };
+        let refuse = |rec: Option<Record>, id: &str, reason: &str| {
+            if let Some(rec) = rec {
+                (self.sink)(rec);
+            }
+            Then::Respond(respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule,
+                    reason,
+                    decision_id: id,
+                    retry_after: None,
+                },
+                mcp,
+            ))
+        };
+        let decision_id = rec.id.clone();
+        // The decision is reported when the queue takes the request (with its approval id),
+        // just before the request itself; on a full queue it is reported as a block.
+        let mut pending = Some(rec);
+        let held = self.approvals.hold_announced(req, &mut |info| {
+            if let Some(mut rec) = pending.take() {
+                rec.approval = Some(info.clone());
+                (self.sink)(rec);
+            }
+        });
+        let (approval, mut rx) = match held {
+            Ok(x) => x,
+            Err(full) => {
+                let rec = pending.take().map(|mut rec| {
+                    rec.outcome = "block".into();
+                    rec.denied = true;
+                    rec.reason = format!("approval queue full ({full})");
+                    rec
+                });
+                return refuse(rec, &decision_id, "approval queue full");
+            }
+        };
+        // Withdraw if this future is dropped (the client went away).
+        let mut guard = Withdraw {
+            approvals: &self.approvals,
+            id: approval.clone(),
+            armed: true,
+        };
+        let resolution = tokio::select! {
+            r = &mut rx => r.unwrap_or(Resolution::Withdrawn),
+            () = tokio::time::sleep(timeout) => {
+                self.approvals.expire(&approval);
+                rx.await.unwrap_or(Resolution::Expired)
+            }
+        };
+        guard.armed = false;
+        match resolution {
+            Resolution::Approved { .. } => Then::Forward,
+            Resolution::Denied { by, reason } => {
+                refuse(None, &decision_id, &format!("denied by {by}: {reason}"))
+            }
+            Resolution::Expired if on_timeout == Posture::Allow => Then::Forward,
+            Resolution::Expired => refuse(None, &decision_id, "approval timed out"),
+            Resolution::Withdrawn => refuse(None, &decision_id, "approval withdrawn"),
+        }
+    }
+
+    /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
+    /// arguments), any other request by (rule, method, host, path, body).
+    pub(super) fn grant_key(&self, rule: &str, http: &HttpRequest) -> u64 {
+        let body = http.body.as_ref();
+        match body.and_then(tool_call) {
+            Some((tool, args)) => {
+                self.hasher
+                    .hash_one((rule, "tool", tool, args.map(Value::to_string)))
+            }
+            None => self.hasher.hash_one((
+                rule,
+                http.method.to_ascii_uppercase(),
+                http.host.to_ascii_lowercase(),
+                &http.path,
+                body.map(Value::to_string),
+            )),
+        }
+    }
+
+    pub(super) fn granted(&self, agent: &str, key: u64) -> bool {
+        let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        grants.retain(|_, until| *until > now);
+        grants.contains_key(&(agent.to_owned(), key))
+    }
+}
+
+/// Withdraws a held approval when dropped before it is disarmed (the request's future was
+/// cancelled: the client went away).
+struct Withdraw<'a> {
+    approvals: &'a Approvals,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.approvals.withdraw(&self.id);
+        }
+    }
+}
