@@ -655,6 +655,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 max_bytes: args.audit_max_bytes,
                 max_age: Some(args.audit_max_age),
                 signing_key,
+                on_failure: args.audit_on_failure,
+                retain_bytes: args.audit_retain_bytes,
+                retain_age: args.audit_retain_age,
+                ..Default::default()
             },
         )),
         cgroup_root: root.clone(),
