@@ -593,6 +593,25 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
         writeln!(out, "agents       {}", v["agents"])?;
         writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
         writeln!(out, "audit        {}", v["audit"].as_str().unwrap_or("off"))?;
+        if let Some(a) = v["audit_log"].as_object() {
+            writeln!(
+                out,
+                "audit log    {} (on failure: {}); {} write failures, {} gaps, {} records lost, {} actions blocked{}",
+                a["state"].as_str().unwrap_or("?"),
+                a["on_failure"].as_str().unwrap_or("?"),
+                a["write_failures"],
+                a["gaps"],
+                a["records_lost"],
+                a["blocked"],
+                a.get("failing_since")
+                    .and_then(|s| s.as_str())
+                    .map(|s| format!(
+                        "; failing since {s}: {}",
+                        a["cause"].as_str().unwrap_or("?")
+                    ))
+                    .unwrap_or_default()
+            )?;
+        }
         writeln!(out, "approvals    {} pending", v["pending_approvals"])?;
         writeln!(out, "reloads      {} failed", v["reload_failures"])?;
         if let Some(e) = v["last_error"].as_str() {

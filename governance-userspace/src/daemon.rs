@@ -826,6 +826,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             host_addresses: hosts,
             ca_dir: Some(args.ca_dir.clone()),
             upstream_ca: args.upstream_ca.clone(),
+            audit: Some(publisher.audit_health().clone()),
             ..Default::default()
         };
         let p = Proxy::new(

@@ -867,6 +867,73 @@ mod tests {
         h.thread.join().unwrap();
     }
 
+    /// A disk that fills up: the records published meanwhile reach subscribers, the audit log
+    /// gets a gap record (an `audit.gap` event record) counting them once it is written again,
+    /// and the metrics and the health say so.
+    #[tokio::test]
+    async fn an_audit_outage_is_counted_and_recorded_as_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = AuditOptions {
+            // Retries on every record: no timer involved.
+            retry: crate::audit::Backoff {
+                first: std::time::Duration::ZERO,
+                max: std::time::Duration::ZERO,
+            },
+            ..Default::default()
+        };
+        let fault = opts.fault.clone();
+        let metrics = Arc::new(Metrics::new());
+        let h = start(Config {
+            audit: Some((dir.path().to_owned(), opts)),
+            cgroup_root: PathBuf::from("/nonexistent"),
+            metrics: metrics.clone(),
+            stdout: false,
+        })
+        .unwrap();
+        let mut sub = h.publisher.subscribe(Filter::default(), 100).await.unwrap();
+        for _ in 0..3 {
+            h.publisher.publish(decision("a", "allow", "exec"));
+        }
+        h.publisher.flush();
+        fault.store(true, Ordering::Relaxed);
+        for _ in 0..4 {
+            h.publisher.publish(decision("a", "block", "exec"));
+        }
+        h.publisher.flush();
+        let health = h.publisher.audit_health().clone();
+        assert!(!health.writable());
+        assert_eq!(health.view().refused_now, 4);
+        fault.store(false, Ordering::Relaxed);
+        h.publisher.publish(decision("a", "allow", "file"));
+        h.publisher.flush();
+        assert!(health.writable());
+        for _ in 0..8 {
+            sub.rx.recv().await.unwrap();
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("governance_audit_records_lost_total 4"),
+            "{text}"
+        );
+        assert!(text.contains("governance_audit_gaps_total 1"), "{text}");
+        assert!(text.contains("governance_audit_writable 1"), "{text}");
+        assert!(text.contains("governance_audit_records_total 4"), "{text}");
+        drop(sub);
+        h.publisher.stop();
+        h.thread.join().unwrap();
+        let report = crate::audit::verify(&[dir.path().to_owned()], None).unwrap();
+        assert_eq!((report.records, report.lost_records), (5, 4));
+        // The gap is an event record: `events --since` shows it.
+        let mut kinds = Vec::new();
+        crate::audit::replay(dir.path(), std::time::UNIX_EPOCH, u64::MAX, |r| {
+            kinds.push((r.kind, r.counts.get("lost").copied()));
+            true
+        })
+        .unwrap();
+        assert_eq!(kinds[3], ("audit.gap".to_string(), Some(4)));
+        assert_eq!(kinds.len(), 5);
+    }
+
     /// A filtered subscription says what it filters; the stream records pass every filter.
     #[tokio::test]
     async fn the_first_record_states_the_filter() {

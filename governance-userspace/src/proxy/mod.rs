@@ -204,6 +204,9 @@ pub struct ProxyConfig {
     pub ca_dir: Option<std::path::PathBuf>,
     /// Extra PEM roots trusted for upstream TLS, besides the public ones.
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// The audit log's state: under `--audit-on-failure block`, while it cannot be written,
+    /// requests are refused (503) and TLS connections closed with `access_denied`.
+    pub audit: Option<Arc<crate::audit::AuditHealth>>,
 }
 
 impl Default for ProxyConfig {
@@ -227,6 +230,7 @@ impl Default for ProxyConfig {
             dns_ttl: Duration::from_secs(30),
             ca_dir: None,
             upstream_ca: None,
+            audit: None,
         }
     }
 }
@@ -500,6 +504,10 @@ impl Proxy {
             _ => Mode::Explicit,
         };
         let conn = Conn::new(client, peer, local, mode);
+        // Audit log down under `block`: no TLS (spliced TLS is decided before any request).
+        if matches!(proto, Proto::Tls) && self.audit_refusal().is_some() {
+            return refuse_tls(Box::new(stream)).await;
+        }
         match proto {
             Proto::Tls => self.tls(conn, TlsIo::Tcp(stream)).await,
             p => self.serve_http(conn, stream, p).await,
@@ -817,6 +825,11 @@ impl Proxy {
         v
     }
 
+    /// Why requests are refused now: the audit log cannot be written under `block`.
+    fn audit_refusal(&self) -> Option<String> {
+        self.cfg.audit.as_ref().and_then(|a| a.refusal())
+    }
+
     /// One request, start to finish.
     async fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         // Held until the response is sent: a streaming response keeps the connection busy.
@@ -837,6 +850,19 @@ impl Proxy {
                 None,
             );
         };
+        if let Some(reason) = self.audit_refusal() {
+            return respond::refusal(
+                &Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error: "audit_unavailable",
+                    rule: "builtin:audit",
+                    reason: &reason,
+                    decision_id: "",
+                    retry_after: Some(1),
+                },
+                None,
+            );
+        }
         if req.uri().path() == DECIDE_PATH {
             return self.decide_endpoint(client, req).await;
         }
