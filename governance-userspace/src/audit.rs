@@ -28,7 +28,7 @@
 //! [`verify`] accepts only the exact framing the writer produces, so every byte of a line is
 //! either checked literally (field names, quotes, lowercase hex, the final `}` and newline) or
 //! covered by the hash (seq, prev, body), and the stored hash is compared with the recomputed one.
-//! It needs the whole log from seq 0, or from the [retention checkpoint](#retention) on.
+//! It needs the whole log from seq 0, or from the retention checkpoint on (see Retention below).
 //!
 //! # What [`verify`] detects
 //! - any changed byte anywhere in any file, the stored hashes included, and the last line of the
