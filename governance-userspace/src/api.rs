@@ -325,6 +325,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         "pending_approvals": st.approvals.list().len(),
         "proxy": snap.proxy,
         "audit": snap.audit,
+        "audit_log": st.publisher.audit_health().view(),
         "started": snap.started,
     }))
     .into_response()
@@ -627,6 +628,9 @@ async fn approve(
     Path(id): Path<String>,
     body: Option<Json<ApproveBody>>,
 ) -> Response {
+    if let Some(why) = st.publisher.audit_health().refusal() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let duration = match body.duration.as_deref().map(crate::policy::parse_duration) {
         None => Duration::from_secs(300),
@@ -667,6 +671,9 @@ struct DecideBody {
 }
 
 async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
+    if let Some(why) = st.publisher.audit_health().refusal() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, why);
+    }
     // Strictly, as the proxy reads its decision API: duplicate keys are refused.
     let body = match crate::proxy::parse_json(&raw).and_then(DecideBody::deserialize) {
         Ok(b) => b,

@@ -16,7 +16,7 @@ fn opts() -> AuditOptions {
     AuditOptions {
         max_bytes: 1 << 30,
         max_age: None,
-        signing_key: None,
+        ..Default::default()
     }
 }
 
@@ -25,6 +25,7 @@ fn signed(max_bytes: u64) -> AuditOptions {
         max_bytes,
         max_age: None,
         signing_key: Some(key(7)),
+        ..Default::default()
     }
 }
 

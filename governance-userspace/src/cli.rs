@@ -264,6 +264,18 @@ pub struct RunArgs {
     /// Ed25519 key that seals each audit file (created 0600 if missing).
     #[arg(long)]
     pub audit_signing_key: Option<PathBuf>,
+    /// While the audit log cannot be written (full disk, I/O error): `continue` (actions go on;
+    /// a gap record counts the records lost) or `block` (the HTTP proxy answers 503, approvals
+    /// and pre-authorizations are refused; kernel decisions go on, counted).
+    #[arg(long, value_enum, default_value_t = crate::audit::OnFailure::Continue)]
+    pub audit_on_failure: crate::audit::OnFailure,
+    /// Remove the oldest audit files while the log is larger than this (K, M, G suffixes); a
+    /// checkpoint (signed with the signing key) keeps the rest verifiable.
+    #[arg(long, value_parser = crate::policy::parse_size)]
+    pub audit_retain_bytes: Option<u64>,
+    /// Remove audit files whose last record is older than this (`30d`).
+    #[arg(long, value_parser = policy::parse_duration)]
+    pub audit_retain_age: Option<Duration>,
     /// Do not print each event on stdout (the audit log and the API still have them).
     #[arg(long, short)]
     pub quiet: bool,
@@ -581,6 +593,25 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
         writeln!(out, "agents       {}", v["agents"])?;
         writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
         writeln!(out, "audit        {}", v["audit"].as_str().unwrap_or("off"))?;
+        if let Some(a) = v["audit_log"].as_object() {
+            writeln!(
+                out,
+                "audit log    {} (on failure: {}); {} write failures, {} gaps, {} records lost, {} actions blocked{}",
+                a["state"].as_str().unwrap_or("?"),
+                a["on_failure"].as_str().unwrap_or("?"),
+                a["write_failures"],
+                a["gaps"],
+                a["records_lost"],
+                a["blocked"],
+                a.get("failing_since")
+                    .and_then(|s| s.as_str())
+                    .map(|s| format!(
+                        "; failing since {s}: {}",
+                        a["cause"].as_str().unwrap_or("?")
+                    ))
+                    .unwrap_or_default()
+            )?;
+        }
         writeln!(out, "approvals    {} pending", v["pending_approvals"])?;
         writeln!(out, "reloads      {} failed", v["reload_failures"])?;
         if let Some(e) = v["last_error"].as_str() {

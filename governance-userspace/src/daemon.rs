@@ -655,6 +655,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 max_bytes: args.audit_max_bytes,
                 max_age: Some(args.audit_max_age),
                 signing_key,
+                on_failure: args.audit_on_failure,
+                retain_bytes: args.audit_retain_bytes,
+                retain_age: args.audit_retain_age,
+                ..Default::default()
             },
         )),
         cgroup_root: root.clone(),
@@ -822,6 +826,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             host_addresses: hosts,
             ca_dir: Some(args.ca_dir.clone()),
             upstream_ca: args.upstream_ca.clone(),
+            audit: Some(publisher.audit_health().clone()),
             ..Default::default()
         };
         let p = Proxy::new(

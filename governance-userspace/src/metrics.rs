@@ -198,6 +198,7 @@ pub struct Metrics {
     generation: Gauge,
     pending_approvals: Gauge,
     kernel: Arc<KernelCounters>,
+    audit: Arc<AuditCounters>,
     events_published: Counter,
     subscriber_lost: Counter,
     audit_records: Counter,
@@ -232,6 +233,7 @@ impl Metrics {
             generation: Gauge::default(),
             pending_approvals: Gauge::default(),
             kernel: Arc::default(),
+            audit: Arc::default(),
             events_published: Counter::default(),
             subscriber_lost: Counter::default(),
             audit_records: Counter::default(),
@@ -284,6 +286,7 @@ impl Metrics {
             m.pending_approvals.clone(),
         );
         g.register_collector(Box::new(m.kernel.clone()));
+        g.register_collector(Box::new(m.audit.clone()));
         g.register(
             "events_published",
             "Records published to the event pipeline",
@@ -455,6 +458,11 @@ impl Metrics {
         self.audit_records.inc_by(n);
     }
 
+    /// Export the audit log's failure counters (read when scraped).
+    pub fn watch_audit(&self, health: Arc<crate::audit::AuditHealth>) {
+        let _ = self.audit.0.set(health);
+    }
+
     pub fn observe_audit_flush(&self, took: Duration) {
         self.audit_flush.observe(took.as_secs_f64());
     }
@@ -522,6 +530,51 @@ impl Collector for KernelCounters {
             let c = ConstCounter::new(v.load(Ordering::Relaxed));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
         }
+        Ok(())
+    }
+}
+
+/// The audit log's outages: counters kept by [`crate::audit::AuditHealth`], read when scraped.
+#[derive(Debug, Default)]
+struct AuditCounters(std::sync::OnceLock<Arc<crate::audit::AuditHealth>>);
+
+impl Collector for AuditCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(h) = self.0.get() else {
+            return Ok(());
+        };
+        for (name, help, v) in [
+            (
+                "audit_write_failures",
+                "Failed audit log writes and fsyncs, retries included",
+                h.write_failures(),
+            ),
+            (
+                "audit_records_lost",
+                "Records not in the audit log because it could not be written (as its gap records count them)",
+                h.records_lost(),
+            ),
+            (
+                "audit_gaps",
+                "Gap records written to the audit log after it could be written again",
+                h.gaps(),
+            ),
+            (
+                "audit_blocked",
+                "Actions refused because the audit log could not be written (--audit-on-failure block)",
+                h.blocked(),
+            ),
+        ] {
+            let c = ConstCounter::new(v);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let g = ConstGauge::new(i64::from(h.writable()));
+        g.encode(encoder.encode_descriptor(
+            "audit_writable",
+            "Whether the audit log is being written (0 during an outage)",
+            None,
+            g.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -12,6 +12,13 @@
 //!
 //! Work is batched: the thread takes everything queued (up to [`BATCH`] records) per wakeup.
 //!
+//! **When the audit log cannot be written** (a full disk, EIO), records still go on to the
+//! metrics, stdout and subscribers; the audit log counts the ones it could not write and, when a
+//! retry succeeds, writes a gap record saying how many (see [`crate::audit`]). Retries come
+//! with the next records or, when none come, on a timer of this thread (the writer's backoff).
+//! Whether governed actions go on meanwhile is `--audit-on-failure`: the proxy and the API
+//! ask [`Publisher::audit_health`].
+//!
 //! **Backpressure never reaches the kernel.** The kernel writes into its ring buffer and never
 //! waits; when the ring is full it drops the event and counts it (the verdict never depends on
 //! the event). The drainer stops draining while this pipeline is more than [`MAX_BACKLOG`]
@@ -28,7 +35,7 @@ use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
-        mpsc as std_mpsc,
+        mpsc::{self as std_mpsc, RecvTimeoutError},
     },
     thread::JoinHandle,
     time::Instant,
@@ -38,7 +45,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    audit::{AuditError, AuditLog, AuditOptions},
+    audit::{AuditError, AuditHealth, AuditLog, AuditOptions, OnFailure},
     events::{Filter, Ids, Record, RecordType, StreamInfo, rfc3339},
     metrics::Metrics,
 };
@@ -89,9 +96,16 @@ enum Msg {
 pub struct Publisher {
     tx: std_mpsc::Sender<Msg>,
     backlog: Arc<AtomicUsize>,
+    audit: Arc<AuditHealth>,
 }
 
 impl Publisher {
+    /// The audit log's state: whether it is written, its failures and losses, and (under
+    /// `--audit-on-failure block`) whether governed actions must be refused.
+    pub fn audit_health(&self) -> &Arc<AuditHealth> {
+        &self.audit
+    }
+
     pub fn publish(&self, r: Record) {
         self.publish_batch(vec![r]);
     }
@@ -163,33 +177,44 @@ pub struct Handles {
     /// The record ids the pipeline gives records that come without one; whoever else makes
     /// records takes its ids from here (two [`Ids`] made in one millisecond collide).
     pub ids: Arc<Ids>,
+    /// The audit log's state (also [`Publisher::audit_health`]).
+    pub audit_health: Arc<AuditHealth>,
     pub thread: JoinHandle<()>,
 }
 
 /// Open the audit log and start the pipeline thread. It runs until every [`Publisher`] is
 /// dropped, then flushes and closes the audit log.
 pub fn start(cfg: Config) -> Result<Handles, AuditError> {
-    let audit = match &cfg.audit {
+    let ids = Arc::new(Ids::new());
+    let node = crate::events::node_name();
+    let mut audit = match &cfg.audit {
         Some((dir, opts)) => Some(AuditLog::open(dir, opts.clone())?),
         None => None,
     };
+    let audit_health = match &mut audit {
+        Some(a) => {
+            a.set_gap_record(gap_record(ids.clone(), node.clone()));
+            a.health()
+        }
+        None => Arc::new(AuditHealth::new(OnFailure::Continue)),
+    };
+    cfg.metrics.watch_audit(audit_health.clone());
     let (tx, rx) = std_mpsc::channel();
     let backlog = Arc::new(AtomicUsize::new(0));
     let counts = AgentCounts::default();
     let next_seq = Arc::new(AtomicU64::new(audit.as_ref().map_or(0, |a| a.next_seq())));
     let stdout = if cfg.stdout { Stdout::start() } else { None };
-    let ids = Arc::new(Ids::new());
     let mut worker = Worker {
         audit,
         cfg,
         ids: ids.clone(),
-        node: crate::events::node_name(),
+        node,
         subs: Vec::new(),
         enricher: Enricher::default(),
         counts: counts.clone(),
         next_seq: next_seq.clone(),
         backlog: backlog.clone(),
-        audit_failing: false,
+        appended: 0,
         stdout,
         scratch: Vec::new(),
         last_id: String::new(),
@@ -202,11 +227,41 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
             problem: e.to_string(),
         })?;
     Ok(Handles {
-        publisher: Publisher { tx, backlog },
+        publisher: Publisher {
+            tx,
+            backlog,
+            audit: audit_health.clone(),
+        },
         counts,
         next_seq,
         ids,
+        audit_health,
         thread,
+    })
+}
+
+/// Gap records as event records (`lifecycle`, kind `audit.gap`, the counts in `counts`), with
+/// the [`crate::audit::Gap`] as `audit_gap`.
+fn gap_record(ids: Arc<Ids>, node: String) -> crate::audit::GapRecord {
+    Box::new(move |gap| {
+        let mut r = Record::daemon(
+            RecordType::Lifecycle,
+            "audit.gap",
+            format!(
+                "{} records are not in the audit log: it could not be written from {} to {} \
+                 ({} failed attempts): {}",
+                gap.lost, gap.failed_at, gap.until, gap.failures, gap.cause
+            ),
+        );
+        r.id = ids.next();
+        r.node.clone_from(&node);
+        r.counts.insert("lost".into(), gap.lost);
+        r.counts.insert("failures".into(), gap.failures);
+        let mut v = serde_json::to_value(&r).unwrap_or_default();
+        if let (serde_json::Value::Object(m), Ok(g)) = (&mut v, serde_json::to_value(gap)) {
+            m.insert("audit_gap".into(), g);
+        }
+        serde_json::to_vec(&v).unwrap_or_default()
     })
 }
 
@@ -228,8 +283,8 @@ struct Worker {
     counts: AgentCounts,
     next_seq: Arc<AtomicU64>,
     backlog: Arc<AtomicUsize>,
-    /// The last audit write failed (reported once until it works again).
-    audit_failing: bool,
+    /// Records the audit log took (counted in the metrics once flushed).
+    appended: u64,
     stdout: Option<Stdout>,
     /// Where each record is serialised (reused; subscribers get an exact-size copy).
     scratch: Vec<u8>,
@@ -301,7 +356,24 @@ impl Worker {
         let mut batch = Batch::default();
         let mut flushes = Vec::new();
         let mut stopping = false;
-        while let Ok(first) = rx.recv() {
+        loop {
+            // During an audit outage, wake up for the writer's retries even without records.
+            let first = match self.audit.as_ref().and_then(AuditLog::retry_in) {
+                None => match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(m) => m,
+                    Err(RecvTimeoutError::Timeout) => {
+                        if let Some(a) = &mut self.audit {
+                            a.retry();
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
             let mut next = Some(first);
             while let Some(msg) = next.take() {
                 match msg {
@@ -425,11 +497,11 @@ impl Worker {
         for chunk in &batch.chunks {
             self.cfg.metrics.observe_all(chunk);
         }
-        self.flush_audit();
-        self.cfg.metrics.inc_events_published(n as u64);
-        if self.audit.is_some() && !self.audit_failing {
-            self.cfg.metrics.inc_audit_records(n as u64);
+        if self.flush_audit() {
+            self.cfg.metrics.inc_audit_records(self.appended);
         }
+        self.appended = 0;
+        self.cfg.metrics.inc_events_published(n as u64);
         self.count(batch.chunks.iter().flatten());
         if let Some(out) = &mut self.stdout {
             let mut lines = String::new();
@@ -464,9 +536,10 @@ impl Worker {
             match appended {
                 Ok(s) => {
                     self.next_seq.store(s + 1, Ordering::Relaxed);
+                    self.appended += 1;
                     return s;
                 }
-                Err(e) => self.audit_failed(&e),
+                Err(e) => audit_failed(&e),
             }
         } else {
             self.next_seq.store(seq + 1, Ordering::Relaxed);
@@ -474,28 +547,21 @@ impl Worker {
         seq
     }
 
-    fn flush_audit(&mut self) {
+    /// Whether what was appended is durable.
+    fn flush_audit(&mut self) -> bool {
         let started = Instant::now();
-        if let Some(audit) = &mut self.audit {
-            match audit.flush() {
-                Ok(()) => {
-                    if self.audit_failing {
-                        tracing::warn!("the audit log is written again");
-                        self.audit_failing = false;
-                    }
-                    self.cfg.metrics.observe_audit_flush(started.elapsed());
-                }
-                Err(e) => self.audit_failed(&e),
+        let Some(audit) = &mut self.audit else {
+            return false;
+        };
+        match audit.flush() {
+            Ok(()) => {
+                self.cfg.metrics.observe_audit_flush(started.elapsed());
+                true
             }
-        }
-    }
-
-    fn audit_failed(&mut self, e: &AuditError) {
-        if !self.audit_failing {
-            tracing::error!(
-                "audit log write failed (records go on to subscribers; the log resumes when it can be written): {e}"
-            );
-            self.audit_failing = true;
+            Err(e) => {
+                audit_failed(&e);
+                false
+            }
         }
     }
 
@@ -578,6 +644,14 @@ impl Worker {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+    }
+}
+
+/// The audit log reports its outages itself (once, and when it is written again); anything
+/// else that keeps a record out of it is logged here.
+fn audit_failed(e: &AuditError) {
+    if !matches!(e, AuditError::Io { .. } | AuditError::Unavailable { .. }) {
+        tracing::warn!("a record was not written to the audit log: {e}");
     }
 }
 
@@ -791,6 +865,73 @@ mod tests {
         assert_eq!(ended.record.stream.as_ref().unwrap().next_seq, 8);
         assert!(sub.rx.recv().await.is_none());
         h.thread.join().unwrap();
+    }
+
+    /// A disk that fills up: the records published meanwhile reach subscribers, the audit log
+    /// gets a gap record (an `audit.gap` event record) counting them once it is written again,
+    /// and the metrics and the health say so.
+    #[tokio::test]
+    async fn an_audit_outage_is_counted_and_recorded_as_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = AuditOptions {
+            // Retries on every record: no timer involved.
+            retry: crate::audit::Backoff {
+                first: std::time::Duration::ZERO,
+                max: std::time::Duration::ZERO,
+            },
+            ..Default::default()
+        };
+        let fault = opts.fault.clone();
+        let metrics = Arc::new(Metrics::new());
+        let h = start(Config {
+            audit: Some((dir.path().to_owned(), opts)),
+            cgroup_root: PathBuf::from("/nonexistent"),
+            metrics: metrics.clone(),
+            stdout: false,
+        })
+        .unwrap();
+        let mut sub = h.publisher.subscribe(Filter::default(), 100).await.unwrap();
+        for _ in 0..3 {
+            h.publisher.publish(decision("a", "allow", "exec"));
+        }
+        h.publisher.flush();
+        fault.store(true, Ordering::Relaxed);
+        for _ in 0..4 {
+            h.publisher.publish(decision("a", "block", "exec"));
+        }
+        h.publisher.flush();
+        let health = h.publisher.audit_health().clone();
+        assert!(!health.writable());
+        assert_eq!(health.view().refused_now, 4);
+        fault.store(false, Ordering::Relaxed);
+        h.publisher.publish(decision("a", "allow", "file"));
+        h.publisher.flush();
+        assert!(health.writable());
+        for _ in 0..8 {
+            sub.rx.recv().await.unwrap();
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("governance_audit_records_lost_total 4"),
+            "{text}"
+        );
+        assert!(text.contains("governance_audit_gaps_total 1"), "{text}");
+        assert!(text.contains("governance_audit_writable 1"), "{text}");
+        assert!(text.contains("governance_audit_records_total 4"), "{text}");
+        drop(sub);
+        h.publisher.stop();
+        h.thread.join().unwrap();
+        let report = crate::audit::verify(&[dir.path().to_owned()], None).unwrap();
+        assert_eq!((report.records, report.lost_records), (5, 4));
+        // The gap is an event record: `events --since` shows it.
+        let mut kinds = Vec::new();
+        crate::audit::replay(dir.path(), std::time::UNIX_EPOCH, u64::MAX, |r| {
+            kinds.push((r.kind, r.counts.get("lost").copied()));
+            true
+        })
+        .unwrap();
+        assert_eq!(kinds[3], ("audit.gap".to_string(), Some(4)));
+        assert_eq!(kinds.len(), 5);
     }
 
     /// A filtered subscription says what it filters; the stream records pass every filter.

@@ -823,6 +823,26 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     })?;
     places.push(("kernel tests, host kernel", ok, c));
 
+    progress("audit log faults: a tmpfs filled to the brim, then given room again");
+    let (ok, c) = steps.time("audit log faults", || {
+        heartbeat("running the audit fault tests", || {
+            counted(
+                &[
+                    "test",
+                    "-p",
+                    "governance-tests",
+                    "--test",
+                    "audit_faults",
+                    "--",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+                &[],
+            )
+        })
+    })?;
+    places.push(("audit log faults (tmpfs filled)", ok, c));
+
     progress(
         "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",
     );

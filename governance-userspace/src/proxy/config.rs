@@ -56,6 +56,9 @@ pub struct ProxyConfig {
     pub ca_dir: Option<std::path::PathBuf>,
     /// Extra PEM roots trusted for upstream TLS, besides the public ones.
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// The audit log's state: under `--audit-on-failure block`, while it cannot be written,
+    /// requests are refused (503) and TLS connections closed with `access_denied`.
+    pub audit: Option<std::sync::Arc<crate::audit::AuditHealth>>,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +82,7 @@ impl Default for ProxyConfig {
             dns_ttl: Duration::from_secs(30),
             ca_dir: None,
             upstream_ca: None,
+            audit: None,
         }
     }
 }

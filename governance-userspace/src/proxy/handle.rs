@@ -67,6 +67,11 @@ pub(super) fn forwards(outcome: &Outcome) -> bool {
 }
 
 impl Proxy {
+    /// Why requests are refused now: the audit log cannot be written under `block`.
+    pub(super) fn audit_refusal(&self) -> Option<String> {
+        self.cfg.audit.as_ref().and_then(|a| a.refusal())
+    }
+
     /// One request, start to finish.
     pub(super) async fn handle(
         self: &Arc<Self>,
@@ -91,6 +96,19 @@ impl Proxy {
                 None,
             );
         };
+        if let Some(reason) = self.audit_refusal() {
+            return respond::refusal(
+                &Refusal {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    error: "audit_unavailable",
+                    rule: "builtin:audit",
+                    reason: &reason,
+                    decision_id: "",
+                    retry_after: Some(1),
+                },
+                None,
+            );
+        }
         if req.uri().path() == DECIDE_PATH {
             return self.decide_endpoint(client, req).await;
         }

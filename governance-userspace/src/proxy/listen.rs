@@ -69,6 +69,10 @@ impl Proxy {
             _ => Mode::Explicit,
         };
         let conn = Conn::new(client, peer, local, mode);
+        // Audit log down under `block`: no TLS (spliced TLS is decided before any request).
+        if matches!(proto, Proto::Tls) && self.audit_refusal().is_some() {
+            return super::tunnel::refuse_tls(Box::new(stream)).await;
+        }
         match proto {
             Proto::Tls => self.tls(conn, TlsIo::Tcp(stream)).await,
             p => self.serve_http(conn, stream, p).await,

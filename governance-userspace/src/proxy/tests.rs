@@ -1945,3 +1945,51 @@ mod streams;
 
 #[path = "canonical_proxy_tests.rs"]
 mod canonical_proxy;
+
+/// `--audit-on-failure block`: while the audit log cannot be written, requests are refused
+/// with 503 and the reason; once it is written again they pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_refused_while_the_audit_log_is_down_under_block() {
+    use crate::audit::{AuditLog, AuditOptions, Backoff, OnFailure};
+    let dir = tempfile::tempdir().unwrap();
+    let opts = AuditOptions {
+        on_failure: OnFailure::Block,
+        retry: Backoff {
+            first: Duration::ZERO,
+            max: Duration::ZERO,
+        },
+        ..Default::default()
+    };
+    let fault = opts.fault.clone();
+    let mut log = AuditLog::open(dir.path(), opts).unwrap();
+    let health = log.health();
+    let up = upstream("payments").await;
+    let cfg = ProxyConfig {
+        audit: Some(health.clone()),
+        ..config()
+    };
+    let h = start(cfg, examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-7", None, Some(up.addr));
+    assert_eq!(h.send(me, refund(50)).await.status, StatusCode::OK);
+
+    fault.store(true, Ordering::Relaxed);
+    log.append(&json!({"n": 1})).unwrap_err();
+    let r = h.send(me, refund(50)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.body["error"], "audit_unavailable");
+    assert_eq!(r.body["rule"], "builtin:audit");
+    assert!(
+        r.body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the audit log cannot be written"),
+        "{}",
+        r.body
+    );
+    assert_eq!(health.blocked(), 1);
+
+    fault.store(false, Ordering::Relaxed);
+    assert!(log.retry());
+    assert_eq!(h.send(me, refund(50)).await.status, StatusCode::OK);
+    h.assert_no_panics();
+}

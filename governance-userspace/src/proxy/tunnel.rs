@@ -390,7 +390,7 @@ async fn read_client_hello<I: AsyncRead + Unpin>(
 /// client reports a refusal rather than a reset. What the client still sends is read and
 /// dropped until it closes (2 s at most): closing with unread bytes would reset the
 /// connection, and could discard the alert.
-async fn refuse_tls(mut io: Box<dyn ClientIo>) {
+pub(super) async fn refuse_tls(mut io: Box<dyn ClientIo>) {
     const ACCESS_DENIED: [u8; 7] = [0x15, 3, 3, 0, 2, 2, 49];
     let close = async {
         io.write_all(&ACCESS_DENIED).await?;
