@@ -216,6 +216,12 @@ pub mod programs {
         lsm("inode_free_security", "bookkeeping of agent-written files");
     pub const LINK: Program = lsm("inode_link", "hard links of protected files");
     pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
+    pub const SYMLINK: Program = lsm("inode_symlink", "symlinks where creating is refused");
+    pub const MKDIR: Program = lsm("inode_mkdir", "directories where creating is refused");
+    pub const MKNOD: Program = lsm(
+        "inode_mknod",
+        "device nodes, FIFOs where creating is refused",
+    );
     pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
     pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
     pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -252,7 +258,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 52] = [
+    pub const ALL: [Program; 55] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -305,6 +311,9 @@ pub mod programs {
         RENAME,
         UNLINK_PROTECTED,
         TRUNCATE,
+        SYMLINK,
+        MKDIR,
+        MKNOD,
     ];
 }
 
@@ -525,8 +534,10 @@ pub enum Kind {
     /// [`exec_map`]).
     ExecMap = 15,
     /// A hard link or rename that would take an object out of the identity rules that protect
-    /// it, or an unlink or truncate of such an object ([`Event::detail`]: [`LINK_OP_LINK`],
-    /// [`LINK_OP_RENAME`], [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`]).
+    /// it, an unlink or truncate of such an object, or a new entry made without an open where
+    /// creating is refused ([`Event::detail`]: [`LINK_OP_LINK`], [`LINK_OP_RENAME`],
+    /// [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`], [`LINK_OP_SYMLINK`], [`LINK_OP_MKDIR`],
+    /// [`LINK_OP_MKNOD`]).
     Link = 16,
 }
 
@@ -538,6 +549,12 @@ pub const LINK_OP_RENAME: u8 = 2;
 pub const LINK_OP_UNLINK: u8 = 3;
 /// [`Kind::Link`] detail: a truncate(2)/ftruncate(2) of such an object.
 pub const LINK_OP_TRUNCATE: u8 = 4;
+/// [`Kind::Link`] detail: a symlink made where the identity rules refuse creating.
+pub const LINK_OP_SYMLINK: u8 = 5;
+/// [`Kind::Link`] detail: a directory made there.
+pub const LINK_OP_MKDIR: u8 = 6;
+/// [`Kind::Link`] detail: a device node, FIFO, socket or empty file made there by mknod(2).
+pub const LINK_OP_MKNOD: u8 = 7;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {

@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_RENAME, LINK_OP_TRUNCATE,
-    LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS,
-    SCOPE_SELF, Verdict,
+    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME,
+    LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef,
+    SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict,
 };
 
 use crate::{
@@ -521,7 +521,11 @@ fn new_name(old: u64, new: u64, op: u8) -> i32 {
         Ok(refusal) => Decision {
             kind: Kind::Link,
             verdict: Verdict::Block,
-            cause: Cause::Rule,
+            cause: if refusal as u32 == NO_RULE {
+                Cause::Builtin
+            } else {
+                Cause::Rule
+            },
             rule_id: refusal as u32,
             denied: true,
             shadow: RuleRef::default(),
@@ -679,4 +683,98 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
             None => 0,
         },
     }
+}
+
+/// A new entry made without an open, which file_open never sees: a symlink (a name pointing
+/// anywhere: a symlink in a unit directory is how a service is enabled, one at a preload list
+/// makes the loader read a file of the agent's), a directory, or what mknod(2) makes. A create
+/// in its directory: refused where the identity rules of the directories above it refuse
+/// creating (one walk, from the new entry's directory).
+#[inline(always)]
+fn new_entry(dentry: u64, op: u8) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let class = agent.value.class;
+    let want = class_letters(class) & 4;
+    if want == 0 {
+        return 0;
+    }
+    let judged = (|| -> Result<u64, Cause> {
+        scratch(1)?;
+        walk_up(1, class, dentry, dentry, want)?;
+        let dir = answer(1)?;
+        Ok(if restricted(dir) & 4 != 0 {
+            first_rule(dir, 4)
+        } else {
+            0
+        })
+    })();
+    let d = match judged {
+        Ok(0) => return 0,
+        Ok(refusal) => {
+            let rule_id = refusal as u32;
+            Decision {
+                kind: Kind::Link,
+                verdict: Verdict::Block,
+                cause: if rule_id == NO_RULE {
+                    Cause::Builtin
+                } else {
+                    Cause::Rule
+                },
+                rule_id,
+                denied: true,
+                shadow: RuleRef::default(),
+                object: 0,
+                extra_flags: 0,
+            }
+        }
+        Err(cause) => Decision::fail_closed(Kind::Link, cause),
+    };
+    emit(&agent, &d, |ev| {
+        ev.detail = op;
+        // The new entry's name, for the record.
+        // SAFETY: see read_at; the copy is bounded by the destination buffer.
+        unsafe {
+            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+                Ok(name) => {
+                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
+                        ev.path[0] = 0;
+                    }
+                }
+                Err(_) => ev.path[0] = 0,
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
+#[lsm(hook = "inode_symlink")]
+pub fn inode_symlink(ctx: LsmContext) -> i32 {
+    // int inode_symlink(struct inode *dir, struct dentry *dentry, const char *old_name)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    new_entry(ctx.arg(1), LINK_OP_SYMLINK)
+}
+
+#[lsm(hook = "inode_mkdir")]
+pub fn inode_mkdir(ctx: LsmContext) -> i32 {
+    // int inode_mkdir(struct inode *dir, struct dentry *dentry, umode_t mode)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    new_entry(ctx.arg(1), LINK_OP_MKDIR)
+}
+
+#[lsm(hook = "inode_mknod")]
+pub fn inode_mknod(ctx: LsmContext) -> i32 {
+    // int inode_mknod(struct inode *dir, struct dentry *dentry, umode_t mode, dev_t dev)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    new_entry(ctx.arg(1), LINK_OP_MKNOD)
 }

@@ -101,7 +101,11 @@ fn build(
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     let protect = Protect {
         cgroup_root: root.to_owned(),
-        no_write: vec![args.policy.clone(), enforcer.pin_dir.clone()],
+        // The policy, the pins, and the daemon's own executable (what the next start runs).
+        no_write: [args.policy.clone(), enforcer.pin_dir.clone()]
+            .into_iter()
+            .chain(std::env::current_exe().ok())
+            .collect(),
         no_access: [
             Some(&args.audit_dir),
             Some(&args.ca_dir),

@@ -535,6 +535,10 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
             "written-code",
             "under an exec allowlist, files an agent wrote are not mapped executable",
         ),
+        Some(Kind::Link) => (
+            "protected-path",
+            "a protected path: the cgroup tree outside the agent, the daemon's files (policy, pins, executable, audit log, keys), the kernel's settings, the node's system files",
+        ),
         _ => (
             kind.map_or("?", Kind::as_str),
             "protected path (cgroup tree, policy directory, pins)",
@@ -632,7 +636,7 @@ impl Record {
                 } else {
                     (
                         "builtin:protected-path".into(),
-                        "no writes to the cgroup tree outside the agent, the policy directory or the pins".into(),
+                        "a protected path: the cgroup tree outside the agent, the daemon's files (policy, pins, executable, audit log, keys), the kernel's settings, the node's system files".into(),
                     )
                 }
             }
@@ -797,6 +801,9 @@ impl Record {
                     governance_common::LINK_OP_RENAME => "rename",
                     governance_common::LINK_OP_UNLINK => "unlink",
                     governance_common::LINK_OP_TRUNCATE => "truncate",
+                    governance_common::LINK_OP_SYMLINK => "symlink",
+                    governance_common::LINK_OP_MKDIR => "mkdir",
+                    governance_common::LINK_OP_MKNOD => "mknod",
                     _ => "?",
                 };
                 object.detail.insert("op".into(), op.into());

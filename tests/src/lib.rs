@@ -226,6 +226,10 @@ pub enum Attempt {
     OpenByHandle { path: CString, mount_dir: CString },
     /// mknod(path, mode, dev).
     Mknod { path: CString, mode: u32, dev: u64 },
+    /// symlink(target, path).
+    Symlink { target: CString, path: CString },
+    /// mkdir(path, 0755).
+    Mkdir { path: CString },
     /// init_module() of a few bytes that are no module.
     InitModule,
     /// finit_module(open(path)).
@@ -856,6 +860,10 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                 Attempt::Mknod { path, mode, dev } => {
                     check(libc::mknod(path.as_ptr(), *mode, *dev).into())
                 }
+                Attempt::Symlink { target, path } => {
+                    check(libc::symlink(target.as_ptr(), path.as_ptr()).into())
+                }
+                Attempt::Mkdir { path } => check(libc::mkdir(path.as_ptr(), 0o755).into()),
                 Attempt::InitModule => check(libc::syscall(
                     libc::SYS_init_module,
                     b"not a module".as_ptr(),

@@ -3847,3 +3847,202 @@ fn unlink_and_truncate_are_decided_on_the_object() {
         assert_eq!(outcome, Outcome::Exited(0), "{case}");
     }
 }
+
+/// Issue 12, class 4 (processes outside the agent acting for it), by files: the node runs
+/// what is written in its schedulers, service units, loader preload list, login files and
+/// system directories as root, outside every agent (cron within a minute, the next login, the
+/// next boot). A root agent may not write, create, truncate, remove or name anything there:
+/// not by open, nor by a symlink (how a unit is enabled), a directory, a FIFO, a hard link, a
+/// rename into it, truncate(2) or unlink. Reading stays allowed, and a policy with
+/// `allow_system_files` gives it all back. Each refusal has its control outside the agent.
+#[test]
+fn system_files_are_refused() {
+    require_root();
+    let fx = Fixture::new("system");
+    // Made before the load, outside the agent: the directories the cases write into, and the
+    // files they truncate, remove, link and move (on the root filesystem: /tmp is its own).
+    for dir in [
+        "/etc/cron.d",
+        "/etc/systemd/system/multi-user.target.wants",
+        "/root/.ssh",
+        "/gov-rt-src",
+    ] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let conf = Path::new("/etc/gov-rt.conf");
+    let job = Path::new("/gov-rt-src/job");
+    let reset = || {
+        std::fs::write(conf, "setting\n").unwrap();
+        std::fs::write(job, "* * * * * root /gov-rt-src/x\n").unwrap();
+    };
+    reset();
+    let mut k = fx.load("");
+    for hook in [
+        "inode_symlink",
+        "inode_mkdir",
+        "inode_mknod",
+        "inode_link",
+        "inode_rename",
+        "unlink_protected",
+        "path_truncate",
+    ] {
+        k.require(hook);
+    }
+    let c = |p: &str| cstr(Path::new(p));
+    let create = libc::O_WRONLY | libc::O_CREAT;
+    let cases: Vec<(&str, Attempt, Kind, Option<u8>, &str)> = vec![
+        (
+            "45 cron job written into /etc/cron.d",
+            Attempt::Open {
+                path: c("/etc/cron.d/gov-rt"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/etc/cron.d/gov-rt",
+        ),
+        (
+            "45 loader preload list created (/etc/ld.so.preload)",
+            Attempt::Open {
+                path: c("/etc/ld.so.preload"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/etc/ld.so.preload",
+        ),
+        (
+            "45 a unit enabled by a symlink in /etc/systemd",
+            Attempt::Symlink {
+                target: cstr(job),
+                path: c("/etc/systemd/system/multi-user.target.wants/gov-rt.service"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_SYMLINK),
+            "/etc/systemd/system/multi-user.target.wants/gov-rt.service",
+        ),
+        (
+            "45 a cron job moved into /etc/cron.d (rename)",
+            Attempt::Rename {
+                from: cstr(job),
+                to: c("/etc/cron.d/gov-rt-moved"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_RENAME),
+            "/etc/cron.d/gov-rt-moved",
+        ),
+        (
+            "45 a cron job hard-linked into /etc/cron.d",
+            Attempt::Link {
+                from: cstr(job),
+                to: c("/etc/cron.d/gov-rt-linked"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_LINK),
+            "/etc/cron.d/gov-rt-linked",
+        ),
+        (
+            "45 a directory made in /etc/cron.d",
+            Attempt::Mkdir {
+                path: c("/etc/cron.d/gov-rt-dir"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_MKDIR),
+            "/etc/cron.d/gov-rt-dir",
+        ),
+        (
+            "45 a FIFO made in /etc by mknod",
+            Attempt::Mknod {
+                path: c("/etc/gov-rt-fifo"),
+                mode: libc::S_IFIFO | 0o600,
+                dev: 0,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_MKNOD),
+            "/etc/gov-rt-fifo",
+        ),
+        (
+            "45 a program written into /usr/bin",
+            Attempt::Open {
+                path: c("/usr/bin/gov-rt"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/usr/bin/gov-rt",
+        ),
+        (
+            "45 root's SSH keys written",
+            Attempt::Open {
+                path: c("/root/.ssh/authorized_keys"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/root/.ssh/authorized_keys",
+        ),
+        (
+            "45 root's shell startup file written",
+            Attempt::Open {
+                path: c("/root/.profile"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/root/.profile",
+        ),
+        (
+            "45 truncate(2) of a file in /etc",
+            Attempt::Truncate { path: cstr(conf) },
+            Kind::Link,
+            Some(governance_common::LINK_OP_TRUNCATE),
+            "",
+        ),
+        (
+            "45 unlink of a file in /etc",
+            Attempt::Unlink { path: cstr(conf) },
+            Kind::Link,
+            Some(governance_common::LINK_OP_UNLINK),
+            "",
+        ),
+    ];
+    for (case, attempt, kind, op, made) in &cases {
+        let ev = deny(&mut k, &fx, case, attempt, *kind, Control::Succeeds);
+        // A built-in refusal: no rule of the policy (rule number 0).
+        assert_eq!(ev.rule_id & 0x7fff_ffff, 0, "{case}: a built-in refusal");
+        if let Some(op) = op {
+            assert_eq!(ev.detail, *op, "{case}: the operation");
+        }
+        // Undo what the control made.
+        if !made.is_empty() {
+            let p = Path::new(made);
+            let _ = std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p));
+        }
+        reset();
+    }
+    // Reading is not refused.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::Open {
+            path: cstr(conf),
+            flags: libc::O_RDONLY,
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "reading /etc stays allowed");
+    // A policy that allows system files gives all of it back.
+    k.reload(&fx.policy("kernel: { allow_system_files: true }\n"));
+    for (case, attempt, _, _, made) in &cases {
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: allowed when relaxed");
+        if !made.is_empty() {
+            let p = Path::new(made);
+            let _ = std::fs::remove_dir(p).or_else(|_| std::fs::remove_file(p));
+        }
+        reset();
+    }
+    for p in ["/gov-rt-src/job", "/etc/gov-rt.conf"] {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir("/gov-rt-src");
+}

@@ -268,6 +268,43 @@ const WRITE_LETTERS: [u8; 3] = [access::WRITE, access::CREATE, access::TRUNCATE]
 /// more specific and stays writable.
 const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger", "/sys"];
 
+/// The node's own programs, and the files that make the node run a program as root outside
+/// every agent: the schedulers (cron, at), the service manager's units (in /etc, /usr/lib and
+/// /run/systemd), the loader's preload list and library paths, logins (shell startup files,
+/// PAM, sudo, SSH keys), udev rules, modprobe's `install` lines, dpkg's maintainer scripts, and
+/// the binaries and libraries root runs. A root agent that writes one of them has code run for
+/// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Agents
+/// may not write, create, truncate or name anything there unless a policy allows system files.
+const SYSTEM_FILES: [&str; 21] = [
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/var/spool/cron",
+    "/var/lib/dpkg/info",
+    "/run/systemd",
+    "/run/udev",
+    "/root/.ssh",
+    "/root/.profile",
+    "/root/.bashrc",
+    "/root/.bash_profile",
+    "/root/.bash_login",
+    "/root/.bash_logout",
+    "/root/.config/systemd",
+    "/root/.config/autostart",
+];
+
+/// Built-in directories whose entries the identity resolution does not enumerate (for other
+/// names and mount points made before the load): too big to read on every reload.
+const NOT_ENUMERATED: [&str; 8] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+];
+
 /// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
 /// none?
 fn relaxed_for(set: &PolicySet, agent: &AgentCgroup, get: fn(&Policy) -> Option<bool>) -> bool {
@@ -583,6 +620,7 @@ pub fn compile(
             shadow: false,
         };
         let kernel_settings = relaxed_for(set, agent, |p| p.allow_kernel_settings);
+        let system_files = relaxed_for(set, agent, |p| p.allow_system_files);
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
             let mut denied = vec![];
@@ -592,20 +630,27 @@ pub fn compile(
                 if !kernel_settings {
                     denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
                 }
+                if !system_files {
+                    denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+                }
             }
             denied.extend(protect.no_access.iter().cloned());
             // As written and as resolved now (a relative or symlinked --policy means the same
             // directory as the kernel's resolved path).
+            // What is below each, and the path itself (some are files: the daemon's
+            // executable, the API token, shell startup files).
             for dir in denied.iter().flat_map(|d| spellings(d)) {
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = [1, 0, u32::MAX - 1, 0];
-                list.push((
-                    Node {
-                        path: dir,
-                        exact: false,
-                    },
-                    r,
-                ));
+                for exact in [false, true] {
+                    list.push((
+                        Node {
+                            path: dir.clone(),
+                            exact,
+                        },
+                        r,
+                    ));
+                }
             }
             if letter == access::READ {
                 continue;
@@ -819,6 +864,7 @@ impl Identities {
             skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
                 .into_iter()
                 .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
+                .chain(NOT_ENUMERATED.iter().flat_map(|p| spellings(Path::new(p))))
                 .collect(),
             notes: BTreeSet::new(),
         }
@@ -1351,6 +1397,58 @@ mod tests {
         );
     }
 
+    /// The node's system files are refused to agents for writing, creating and truncating (not
+    /// reading), unless a policy allows system files; a protected file (not a directory) is
+    /// refused by its own path too.
+    #[test]
+    fn system_files_are_refused_unless_a_policy_allows_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let exe = tmp.path().join("governance");
+        std::fs::write(&exe, "x").unwrap();
+        let mut protect = protect();
+        protect.no_write.push(exe.clone());
+        let class = |kernel: &str| {
+            let set = parse(&[(
+                "p.yaml".into(),
+                format!("name: p\nagents: {{ label: bot }}\n{kernel}"),
+            )])
+            .unwrap();
+            compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect)
+                .classes
+                .swap_remove(0)
+        };
+        let refused = |c: &Class, letter: u8, path: &str| {
+            lookup(c, letter, path).is_some_and(|r| {
+                r.enforce.present != 0 && r.enforce.verdict == KVerdict::Block as u8
+            })
+        };
+        let c = class("");
+        for path in [
+            "/etc/cron.d/job",
+            "/etc/ld.so.preload",
+            "/etc/systemd/system/x.service",
+            "/usr/bin/python3",
+            "/var/spool/cron/crontabs/root",
+            "/run/systemd/transient/x.service",
+            "/root/.ssh/authorized_keys",
+            "/root/.bashrc",
+        ] {
+            for letter in [access::WRITE, access::CREATE, access::TRUNCATE] {
+                assert!(refused(&c, letter, path), "{path} {}", letter as char);
+            }
+            assert!(!refused(&c, access::READ, path), "{path} stays readable");
+        }
+        assert!(refused(&c, access::WRITE, exe.to_str().unwrap()));
+        assert!(!refused(&c, access::WRITE, "/root/.cache/pip/x"));
+        assert!(!refused(&c, access::WRITE, "/var/lib/app/data"));
+        let relaxed = class("kernel: { allow_system_files: true }");
+        assert!(!refused(&relaxed, access::WRITE, "/etc/cron.d/job"));
+        assert!(!refused(&relaxed, access::CREATE, "/usr/local/lib/x.so"));
+        // The daemon's own files are never relaxed.
+        assert!(refused(&relaxed, access::WRITE, exe.to_str().unwrap()));
+        assert!(refused(&relaxed, access::CREATE, "/etc/governance/p.yaml"));
+    }
+
     #[test]
     fn unix_rules_are_one_entry_per_socket_with_the_best_rule() {
         let set = parse(&[(
@@ -1654,7 +1752,8 @@ mod tests {
         let set = parse(&[(
             "p.yaml".into(),
             format!(
-                "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n\
+                "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+                 kernel: {{ allow_system_files: true }}\nrules:\n\
                  \x20 - {{ id: secrets, file: {{ prefix: {ds}/secrets }}, verdict: block, reason: r }}\n\
                  \x20 - {{ id: pub, file: {{ path: {ds}/secrets/pub, access: [read] }}, verdict: allow, reason: r }}\n\
                  \x20 - {{ id: ro, file: {{ path: {ds}/ro-link, access: [write, truncate] }}, verdict: block, reason: r }}\n\
@@ -1731,12 +1830,12 @@ mod tests {
             "p.yaml".into(),
             format!(
                 "name: p\nagents: {{ cgroup: 'a/*' }}\n\
-                 kernel: {{ allow_kernel_settings: true }}\nrules:\n\
+                 kernel: {{ allow_kernel_settings: true, allow_system_files: true }}\nrules:\n\
                  \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n"
             ),
         )])
         .unwrap();
-        // (The kernel settings' built-in protection relaxed: nothing restricts.)
+        // (The kernel settings' and system files' built-ins relaxed: nothing restricts.)
         let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
         assert!(
             k.classes[0].idents.is_empty(),

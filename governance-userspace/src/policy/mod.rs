@@ -441,6 +441,8 @@ pub struct Policy {
     pub allow_loader_exec: Option<bool>,
     /// `kernel.allow_kernel_settings`, as written.
     pub allow_kernel_settings: Option<bool>,
+    /// `kernel.allow_system_files`, as written.
+    pub allow_system_files: Option<bool>,
 }
 
 /// Every policy of a directory.
@@ -977,6 +979,7 @@ impl Cx<'_> {
             allow_mounts: kernel.allow_mounts,
             allow_loader_exec: kernel.allow_loader_exec,
             allow_kernel_settings: kernel.allow_kernel_settings,
+            allow_system_files: kernel.allow_system_files,
             name,
             at,
             description: doc

@@ -141,6 +141,13 @@ pub struct KernelDoc {
     /// which stays writable). Refused by default.
     #[serde(default)]
     pub allow_kernel_settings: Option<bool>,
+    /// Let the agent write the node's own programs and the files that make the node run a
+    /// program outside every agent: /etc (schedulers, services, the loader's preload list,
+    /// logins, sudo, PAM, udev, modprobe), /usr, /bin, /sbin, /lib*, /boot, the cron and at
+    /// spools, /run/systemd, dpkg's maintainer scripts, root's SSH keys and shell startup
+    /// files. Refused by default (writes, creates, truncates, new names of any kind).
+    #[serde(default)]
+    pub allow_system_files: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
