@@ -681,7 +681,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     publisher.publish(started);
 
     // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
-    let sink: proxy::Sink = {
+    let sink: events::Sink = {
         let p = publisher.clone();
         Arc::new(move |r| p.publish(r))
     };

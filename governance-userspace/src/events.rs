@@ -12,7 +12,10 @@
 use std::{
     fmt,
     net::Ipv6Addr,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -22,6 +25,9 @@ use governance_common::{
 };
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+/// Where records are reported: every decision of the proxy, and every approval change.
+pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 
 /// One event: a decision, an approval, a policy change or a lifecycle step.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -149,7 +149,7 @@ use crate::{
     approvals::{self, Approvals, Resolution},
     engine::{Action, AgentRef, AgentRules, Decision, Engine, HttpRequest, Outcome},
     events::{
-        AgentInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow, Source,
+        AgentInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow, Sink, Source,
         rfc3339,
     },
     policy::{Matcher, Posture, SandboxTarget, Verdict},
@@ -249,9 +249,6 @@ pub struct Client {
     /// Where the agent was connecting; None: explicit proxy use.
     pub original_dst: Option<SocketAddr>,
 }
-
-/// Where every decision (and approval change) is reported.
-pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 
 /// How a connection reached the proxy.
 #[derive(Clone, Debug)]
