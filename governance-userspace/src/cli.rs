@@ -2,27 +2,26 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use governance_common::{Counter, programs::Attach};
+use governance_common::Counter;
 
 use crate::{
     client::{self, ApiArgs},
+    daemon,
     events::Record,
-    kernel::{self, Enforcer, Probe},
+    kernel::{
+        self, Enforcer, Probe,
+        probe::{self, EXIT_CANNOT_ENFORCE},
+    },
     policy,
 };
-
-/// Exit status when the kernel cannot enforce what was asked (and no degraded mode was accepted).
-pub const EXIT_CANNOT_ENFORCE: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +62,7 @@ pub enum Command {
     /// Stops on SIGINT or SIGTERM. The programs stay attached, enforcing the last generation,
     /// after the daemon stops or dies; `governance unload` removes them, and the next `run`
     /// adopts them.
-    Run(Box<RunArgs>),
+    Run(Box<daemon::RunArgs>),
     /// Report what this kernel can enforce (on stdout): loads and attaches every program under
     /// a temporary pin directory, then removes it. When LSM hooks are missing, says why: `bpf`
     /// missing from the active LSMs, missing capabilities, lockdown, or a host that refuses BPF
@@ -191,84 +190,6 @@ pub struct EventsArgs {
     pub api: ApiArgs,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Directory of policy files (*.yaml, *.yml).
-    #[arg(
-        long,
-        short,
-        env = "GOVERNANCE_POLICY_DIR",
-        default_value = "/etc/governance/policies"
-    )]
-    pub policy: PathBuf,
-    /// Keep running when some hooks cannot be attached (for example exec enforcement on a
-    /// kernel without BPF LSM), enforcing only what the kernel allows; exec then falls back to
-    /// killing a process right after a blocked exec.
-    #[arg(long)]
-    pub allow_degraded: bool,
-    /// Fail instead of creating agent cgroups that do not exist yet.
-    #[arg(long)]
-    pub no_create_cgroups: bool,
-    /// Detach the programs when the daemon stops (default: they stay, enforcing the last
-    /// generation, until `governance unload`).
-    #[arg(long)]
-    pub detach_on_exit: bool,
-    /// bpffs directory of the pinned maps and links.
-    #[arg(long = "pins", env = "GOVERNANCE_PINS", default_value = governance_common::pins::DIR)]
-    pub pins: PathBuf,
-    /// The control socket (mode 0600, root only).
-    #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
-    /// --api-token-file.
-    #[arg(long, requires = "api_token_file")]
-    pub api_listen: Option<SocketAddr>,
-    /// File holding the bearer token of the TCP API.
-    #[arg(long)]
-    pub api_token_file: Option<PathBuf>,
-    /// Where the HTTP policy proxy listens (agents' `via_proxy` traffic is sent here by the
-    /// kernel). Give an IPv4 address; it also listens on [::1] at the same port.
-    #[arg(long, default_value = "127.0.0.1:15001")]
-    pub proxy_listen: std::net::SocketAddrV4,
-    /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
-    #[arg(long)]
-    pub no_proxy: bool,
-    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created when the proxy
-    /// first starts).
-    #[arg(long, default_value = "/var/lib/governance/ca")]
-    pub ca_dir: PathBuf,
-    /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).
-    #[arg(long)]
-    pub upstream_ca: Option<PathBuf>,
-    /// Host → address overrides for the proxy's Host check, `host=ip[,ip]` (repeatable), for
-    /// hosts your resolver does not know.
-    #[arg(long = "proxy-host", value_name = "HOST=IP")]
-    pub proxy_hosts: Vec<String>,
-    /// Do not check that the Host of a redirected request resolves to where the agent was
-    /// connecting (labs only: rules then trust a Host header the agent chose).
-    #[arg(long)]
-    pub no_host_check: bool,
-    /// The audit log directory.
-    #[arg(
-        long,
-        env = "GOVERNANCE_AUDIT_DIR",
-        default_value = "/var/lib/governance/audit"
-    )]
-    pub audit_dir: PathBuf,
-    /// Rotate audit files at this size (bytes; K, M, G suffixes).
-    #[arg(long, default_value = "64M", value_parser = crate::policy::parse_size)]
-    pub audit_max_bytes: u64,
-    /// Rotate audit files at this age (`1h`, `1d`).
-    #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
-    pub audit_max_age: Duration,
-    /// Ed25519 key that seals each audit file (created 0600 if missing).
-    #[arg(long)]
-    pub audit_signing_key: Option<PathBuf>,
-    /// Do not print each event on stdout (the audit log and the API still have them).
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy directory (recursively); lists every problem with file, line and
@@ -333,7 +254,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("starting the async runtime")?
             .block_on(async {
                 require_root()?;
-                crate::daemon::run(*args).await
+                daemon::run(*args).await
             }),
         Command::Probe => probe(),
         Command::Status {
@@ -455,78 +376,6 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the kernel can enforce, on stderr (the daemon's stdout is its event stream).
-pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
-    report_to(&mut std::io::stderr().lock(), probe, enforcer)
-}
-
-/// Write the probe report; true if every required hook is attached. When LSM hooks are
-/// missing, says why (test loads of minimal programs tell a missing `bpf` LSM from a host
-/// that refuses BPF LSM programs).
-fn report_to(out: &mut dyn std::io::Write, probe: &Probe, enforcer: &Enforcer) -> bool {
-    let yes_no = |b: bool| if b { "yes" } else { "NO" };
-    let lsm_missing = enforcer.hooks.iter().any(|(p, h)| {
-        matches!(p.attach, Attach::Lsm(_)) && !matches!(h, kernel::HookState::Attached)
-    });
-    let facts = lsm_missing.then(|| probe.lsm_facts());
-    let refused = facts
-        .as_ref()
-        .is_some_and(|f| matches!(f.lsm, kernel::TestLoad::Refused { .. }));
-    let _ = writeln!(out, "governance: what this kernel can enforce");
-    let _ = writeln!(out, "  kernel                    {}", probe.kernel);
-    let _ = writeln!(out, "  BTF (/sys/kernel/btf)     {}", yes_no(probe.btf));
-    let _ = writeln!(
-        out,
-        "  BPF LSM active            {} ({}){}",
-        yes_no(probe.bpf_lsm_active()),
-        probe.lsm_list.as_deref().unwrap_or("securityfs unreadable"),
-        if probe.bpf_lsm_active() && refused {
-            ", but LSM programs are REFUSED"
-        } else {
-            ""
-        }
-    );
-    let lockdown = match probe.lockdown.as_deref() {
-        Some(raw) => kernel::lockdown_mode(raw).unwrap_or(raw),
-        None => "unknown (unreadable)",
-    };
-    let _ = writeln!(out, "  lockdown                  {lockdown}");
-    let caps = match probe.caps {
-        Some(caps) => caps.to_string(),
-        None => "unknown (/proc/self/status unreadable)".to_owned(),
-    };
-    let _ = writeln!(out, "  capabilities              {caps}");
-    let _ = writeln!(
-        out,
-        "  cgroup v2                 {}",
-        probe
-            .cgroup2
-            .as_deref()
-            .map_or("NOT MOUNTED".into(), |p| p.display().to_string())
-    );
-    for (program, state) in &enforcer.hooks {
-        let _ = writeln!(
-            out,
-            "  {:<34} {:<28} {state}",
-            program.what,
-            attach_point(program.attach)
-        );
-    }
-    if let Some(why) = facts.as_ref().and_then(kernel::diagnose) {
-        let _ = writeln!(out, "  why LSM hooks are missing: {why}");
-    }
-    enforcer.fully_attached()
-}
-
-pub(crate) fn attach_point(a: Attach) -> String {
-    match a {
-        Attach::Lsm(h) => format!("lsm/{h}"),
-        Attach::SockAddr(h) => format!("cgroup/{h}"),
-        Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
-        Attach::SockOps => "cgroup/sock_ops".into(),
-    }
-}
-
 fn probe() -> anyhow::Result<ExitCode> {
     require_root()?;
     let probe = Probe::run();
@@ -540,7 +389,7 @@ fn probe() -> anyhow::Result<ExitCode> {
     ));
     // The report is this command's output: stdout.
     let complete = Enforcer::start(&dir, &root, true)
-        .map(|e| report_to(&mut std::io::stdout().lock(), &probe, &e));
+        .map(|e| probe::report_to(&mut std::io::stdout().lock(), &probe, &e));
     kernel::unload(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(if complete? {
         ExitCode::SUCCESS

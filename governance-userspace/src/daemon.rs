@@ -47,13 +47,16 @@ use crate::{
     api::{self, AgentView, ApiState, Snapshot},
     approvals::{self, Approvals},
     audit::AuditOptions,
-    cli::{EXIT_CANNOT_ENFORCE, RunArgs, report},
+    client,
     engine::Engine,
     events::{
         self, AgentInfo, Clock, GrantRequest, Names, ProcessInfo, Record, RecordType, RuleName,
         rfc3339,
     },
-    kernel::{self, Enforcer, Probe, Protect, ProxyConns},
+    kernel::{
+        self, Enforcer, Probe, Protect, ProxyConns,
+        probe::{EXIT_CANNOT_ENFORCE, report},
+    },
     metrics::Metrics,
     pipeline::{self, Publisher},
     policy,
@@ -71,6 +74,86 @@ const PUBLISH_CHUNK: usize = 256;
 const NAMED_GENERATIONS: usize = 8;
 /// How long a stopping daemon lets open API connections (event streams) finish.
 const API_DRAIN: Duration = Duration::from_secs(5);
+
+// `governance run`: what to enforce, where, and how the daemon is reached. (No doc comment:
+// clap would take it for the help text of `run`, which is the `Command::Run` variant's.)
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of policy files (*.yaml, *.yml).
+    #[arg(
+        long,
+        short,
+        env = "GOVERNANCE_POLICY_DIR",
+        default_value = "/etc/governance/policies"
+    )]
+    pub policy: PathBuf,
+    /// Keep running when some hooks cannot be attached (for example exec enforcement on a
+    /// kernel without BPF LSM), enforcing only what the kernel allows; exec then falls back to
+    /// killing a process right after a blocked exec.
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// Fail instead of creating agent cgroups that do not exist yet.
+    #[arg(long)]
+    pub no_create_cgroups: bool,
+    /// Detach the programs when the daemon stops (default: they stay, enforcing the last
+    /// generation, until `governance unload`).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// bpffs directory of the pinned maps and links.
+    #[arg(long = "pins", env = "GOVERNANCE_PINS", default_value = governance_common::pins::DIR)]
+    pub pins: PathBuf,
+    /// The control socket (mode 0600, root only).
+    #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
+    /// --api-token-file.
+    #[arg(long, requires = "api_token_file")]
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the bearer token of the TCP API.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Where the HTTP policy proxy listens (agents' `via_proxy` traffic is sent here by the
+    /// kernel). Give an IPv4 address; it also listens on [::1] at the same port.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub proxy_listen: std::net::SocketAddrV4,
+    /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created when the proxy
+    /// first starts).
+    #[arg(long, default_value = "/var/lib/governance/ca")]
+    pub ca_dir: PathBuf,
+    /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Host → address overrides for the proxy's Host check, `host=ip[,ip]` (repeatable), for
+    /// hosts your resolver does not know.
+    #[arg(long = "proxy-host", value_name = "HOST=IP")]
+    pub proxy_hosts: Vec<String>,
+    /// Do not check that the Host of a redirected request resolves to where the agent was
+    /// connecting (labs only: rules then trust a Host header the agent chose).
+    #[arg(long)]
+    pub no_host_check: bool,
+    /// The audit log directory.
+    #[arg(
+        long,
+        env = "GOVERNANCE_AUDIT_DIR",
+        default_value = "/var/lib/governance/audit"
+    )]
+    pub audit_dir: PathBuf,
+    /// Rotate audit files at this size (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64M", value_parser = crate::policy::parse_size)]
+    pub audit_max_bytes: u64,
+    /// Rotate audit files at this age (`1h`, `1d`).
+    #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
+    pub audit_max_age: Duration,
+    /// Ed25519 key that seals each audit file (created 0600 if missing).
+    #[arg(long)]
+    pub audit_signing_key: Option<PathBuf>,
+    /// Do not print each event on stdout (the audit log and the API still have them).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
 
 /// Names of recent generations, shared by the drainer and the proxy's agent lookup.
 type SharedNames = Arc<RwLock<BTreeMap<u32, Arc<Names>>>>;
