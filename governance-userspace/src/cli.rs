@@ -14,7 +14,7 @@ use governance_common::Counter;
 
 use crate::{
     client::{self, ApiArgs},
-    daemon,
+    daemon, engine,
     events::Record,
     kernel::{
         self, Enforcer, Probe,
@@ -342,7 +342,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if tests.is_empty() {
                 anyhow::bail!("no policy tests (*.tests.yaml) below {}", dir.display());
             }
-            let report = policy::testing::run(&set, &tests);
+            let report = engine::testing::run(&set, &tests);
             print!("{}", report.text);
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS

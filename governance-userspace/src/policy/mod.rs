@@ -7,7 +7,6 @@
 pub mod cond;
 pub mod glob;
 pub mod model;
-pub mod testing;
 
 use std::{
     collections::BTreeMap,

@@ -197,16 +197,6 @@ fn the_shipped_policies_are_valid() {
 }
 
 #[test]
-fn the_shipped_policy_tests_pass() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let set = load_dir(&dir).unwrap();
-    let (_, tests) = policy_files(&dir).unwrap();
-    let report = testing::run(&set, &tests);
-    assert_eq!(report.failed, 0, "{}", report.text);
-    assert!(report.passed >= 40, "{}", report.text);
-}
-
-#[test]
 fn the_json_schema_names_the_fields() {
     let schema = serde_json::to_string(&schemars::schema_for!(model::PolicyDoc)).unwrap();
     for field in [

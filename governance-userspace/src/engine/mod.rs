@@ -780,6 +780,7 @@ fn mcp_matches(
     })
 }
 
+pub mod testing;
+
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;
