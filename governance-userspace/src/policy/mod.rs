@@ -1250,7 +1250,7 @@ impl Cx<'_> {
                 return None;
             }
             match crate::proxy::request::normalise_path(p) {
-                Ok(n) => Some(crate::engine::match_path(&n).into_owned()),
+                Ok(n) => Some(glob::match_path(&n).into_owned()),
                 Err(e) => {
                     self.problem(
                         p.span(),
