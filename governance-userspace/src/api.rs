@@ -392,23 +392,17 @@ fn list(s: &Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// `since` as a time: RFC 3339, or a duration back from now.
+/// `since` as a time: RFC 3339, or a duration back from now ([`crate::policy::parse_span`]).
 pub fn parse_since(s: &str) -> Result<SystemTime, String> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("since `{s}`: expected an RFC 3339 time or a duration like 10m"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("since `{s}`: the unit is s, m, h or d")),
-    };
-    Ok(SystemTime::now() - Duration::from_secs(n.saturating_mul(secs)))
+    let back = crate::policy::parse_span(s).map_err(|e| {
+        format!("since `{s}`: expected an RFC 3339 time or a duration like 10m ({e})")
+    })?;
+    Ok(SystemTime::now()
+        .checked_sub(back)
+        .unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 impl EventsQuery {
@@ -750,4 +744,24 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_time_or_a_duration_back() {
+        let t = parse_since("2000-02-29T00:00:00Z").unwrap();
+        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400));
+        let before = SystemTime::now();
+        let t = parse_since("1500ms").unwrap();
+        let after = SystemTime::now();
+        assert!(before - Duration::from_millis(1500) <= t);
+        assert!(t <= after - Duration::from_millis(1500));
+        assert!(parse_since("0s").is_ok());
+        for bad in ["", "10w", "yesterday", "2024-02-31T00:00:00Z"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -87,38 +87,14 @@ pub(super) fn put_digits(dst: &mut [u8], mut value: u64) {
     }
 }
 
-/// Parse what [`rfc3339`] writes (and any RFC 3339 UTC time with `Z`): for `--since` and
-/// replay from the audit log.
+/// Parse an RFC 3339 time (what [`rfc3339`] writes, or one with another offset): for `--since`
+/// and replay from the audit log. A date that does not exist (2024-02-31) is refused, and so is
+/// a second 60 other than a leap second (23:59:60 UTC, read as the last nanosecond of its
+/// minute).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<u64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    let nanos: u32 = if frac.is_empty() {
-        0
-    } else {
-        let digits: String = frac.chars().take(9).collect();
-        if !digits.chars().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        format!("{digits:0<9}").parse().ok()?
-    };
-    // Days-from-civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days).ok()? * 86_400 + hh * 3600 + mm * 60 + ss;
-    Some(SystemTime::UNIX_EPOCH + Duration::new(secs, nanos))
+    ::time::OffsetDateTime::parse(s, &::time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
 }
 
 #[cfg(test)]
@@ -133,12 +109,26 @@ mod tests {
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000000Z");
         assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(leap));
+        // Another offset is the same instant.
+        assert_eq!(parse_rfc3339("2000-02-29T01:00:00+01:00"), Some(leap));
+        // A leap second is the last nanosecond of its minute.
+        let before = SystemTime::UNIX_EPOCH + Duration::from_secs(1_483_228_800);
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z"),
+            Some(before - Duration::from_nanos(1))
+        );
         for bad in [
             "",
             "2000-02-29",
             "2000-13-01T00:00:00Z",
             "x-y-zTa:b:cZ",
             "2000-01-01T00:00:00.x1Z",
+            // Dates that do not exist, and seconds that are not leap seconds.
+            "2024-02-31T00:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "2024-04-31T12:00:00Z",
+            "2024-01-01T12:00:60Z",
+            "2024-01-01T24:00:00Z",
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }

@@ -149,6 +149,10 @@ fn networks_durations_and_ports() {
     assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
     assert!(parse_duration("0s").is_err() && parse_duration("5w").is_err());
+    // The same grammar, with zero: how far back `since` goes.
+    assert_eq!(parse_span("0s").unwrap(), Duration::ZERO);
+    assert_eq!(parse_span("250ms").unwrap(), Duration::from_millis(250));
+    assert!(parse_span("5w").is_err() && parse_span("m").is_err());
     assert_eq!(parse_ports("80").unwrap(), (80, 80));
     assert!(parse_ports("9-8").is_err() && parse_ports("70000").is_err());
 }
