@@ -522,7 +522,7 @@ fn pinned_status(pins: &Path) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "  cgroup {cgroup_id:<10} class {:<6} {path}",
-            class & 0x7fff_ffff
+            governance_common::id_number(class)
         )?;
     }
     writeln!(out, "counters")?;

@@ -5,7 +5,7 @@ use std::{net::Ipv6Addr, time::Duration};
 
 use governance_common::{
     Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN, Verdict,
-    c_str_len, caps, exec_map, flags, mount_op, unix_detail, unix_hook, unix_protected,
+    c_str_len, caps, exec_map, flags, id_number, mount_op, unix_detail, unix_hook, unix_protected,
 };
 
 use super::{
@@ -50,7 +50,7 @@ pub struct RuleName {
 
 impl Names {
     pub fn rule(&self, rule_id: u32) -> Option<&RuleName> {
-        (rule_id & 0x7fff_ffff)
+        id_number(rule_id)
             .checked_sub(1)
             .and_then(|i| self.rules.get(i as usize))
     }
@@ -243,7 +243,7 @@ impl Record {
         let (rule, reason) = match (cause, named) {
             // Path rules the compiler adds itself (no rule number): the protected paths and
             // the sandbox profile's writable directories.
-            (Some(Cause::Rule), _) if ev.rule_id & 0x7fff_ffff == 0 => {
+            (Some(Cause::Rule), _) if id_number(ev.rule_id) == 0 => {
                 if ev.flags & flags::SANDBOXED != 0 {
                     (
                         "builtin:sandbox".into(),
@@ -258,7 +258,7 @@ impl Record {
             }
             (Some(Cause::Rule | Cause::Granted), Some(r)) => (r.id.clone(), r.reason.clone()),
             (Some(Cause::Rule | Cause::Granted), None) => (
-                format!("#{}", ev.rule_id & 0x7fff_ffff),
+                format!("#{}", id_number(ev.rule_id)),
                 "the rule is not in a known policy generation".into(),
             ),
             (Some(Cause::Default), _) => (
