@@ -8,14 +8,14 @@ use std::{
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
 
 use governance_common::Counter;
 
 use crate::{
+    api::wire,
     client::{self, ApiArgs},
     daemon, engine,
-    events::Record,
+    events::{Object, Record},
     kernel::{
         self, Enforcer, Probe,
         probe::{self, EXIT_CANNOT_ENFORCE},
@@ -279,19 +279,23 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
         } => runtime()?.block_on(async {
             policy::parse_duration(&duration).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let body = wire::Approve {
+                duration: Some(duration),
+                by,
+            };
             let v = client::call(
                 &api,
                 "POST",
                 &format!("/v1/approvals/{id}/approve"),
-                Some(json!({ "for": duration, "by": by })),
+                Some(serde_json::to_value(body)?),
             )
             .await?;
-            let a = &v["approved"];
+            let a = serde_json::from_value::<wire::Approved>(v)?.approved;
             println!(
                 "approved {id}: {} {} by agent {}",
-                a["kind"].as_str().unwrap_or("?"),
-                object_of(a),
-                a["agent"]["name"].as_str().unwrap_or("?"),
+                a.kind,
+                object_of(&a.object),
+                a.agent.name,
             );
             Ok(ExitCode::SUCCESS)
         }),
@@ -305,7 +309,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 &api,
                 "POST",
                 &format!("/v1/approvals/{id}/deny"),
-                Some(json!({ "reason": reason, "by": by })),
+                Some(serde_json::to_value(wire::Deny {
+                    reason: Some(reason),
+                    by,
+                })?),
             )
             .await?;
             println!("denied {id}");
@@ -357,7 +364,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Reload { api }) => runtime()?.block_on(async {
             let v = client::call(&api, "POST", "/v1/policy/reload", None).await?;
-            println!("generation {} is enforcing", v["generation"]);
+            let r: wire::Reloaded = serde_json::from_value(v)?;
+            println!("generation {} is enforcing", r.generation);
             Ok(ExitCode::SUCCESS)
         }),
         Command::Audit(AuditCommand::Verify { paths, public_key }) => {
@@ -409,66 +417,56 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
     };
     if output == "json" {
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    }
+    let v: wire::Status = serde_json::from_value(v)?;
+    if output != "json" {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
             "generation   {}{}",
-            v["generation"],
-            if v["degraded"] == true {
-                " (DEGRADED)"
-            } else {
-                ""
-            }
+            v.generation,
+            if v.degraded { " (DEGRADED)" } else { "" }
         )?;
+        writeln!(out, "policy       {}", v.policy_dir.display())?;
+        writeln!(out, "started      {}", v.started)?;
+        writeln!(out, "agents       {}", v.agents)?;
+        writeln!(out, "proxy        {}", v.proxy.as_deref().unwrap_or("off"))?;
         writeln!(
             out,
-            "policy       {}",
-            v["policy_dir"].as_str().unwrap_or("?")
+            "audit        {}",
+            v.audit
+                .as_deref()
+                .map_or("off".into(), |a| a.display().to_string())
         )?;
-        writeln!(out, "started      {}", v["started"].as_str().unwrap_or("?"))?;
-        writeln!(out, "agents       {}", v["agents"])?;
-        writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
-        writeln!(out, "audit        {}", v["audit"].as_str().unwrap_or("off"))?;
-        writeln!(out, "approvals    {} pending", v["pending_approvals"])?;
-        writeln!(out, "reloads      {} failed", v["reload_failures"])?;
-        if let Some(e) = v["last_error"].as_str() {
+        writeln!(out, "approvals    {} pending", v.pending_approvals)?;
+        writeln!(out, "reloads      {} failed", v.reload_failures)?;
+        if let Some(e) = &v.last_error {
             writeln!(out, "last error   {e}")?;
         }
         writeln!(out, "hooks")?;
-        for h in v["hooks"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  {:<24} {:<34} {}",
-                h["program"].as_str().unwrap_or("?"),
-                h["enforces"].as_str().unwrap_or("?"),
-                h["state"].as_str().unwrap_or("?")
-            )?;
+        for h in &v.hooks {
+            writeln!(out, "  {:<24} {:<34} {}", h.program, h.enforces, h.state)?;
         }
         writeln!(out, "kernel counters")?;
-        for (k, label) in [
-            ("decisions", "decisions"),
-            ("denials", "denials"),
-            ("events_dropped", "events dropped"),
-            ("map_full", "map full"),
+        let k = v.kernel.as_ref();
+        for (n, label) in [
+            (k.map(|k| k.decisions), "decisions"),
+            (k.map(|k| k.denials), "denials"),
+            (k.map(|k| k.events_dropped), "events dropped"),
+            (k.map(|k| k.map_full), "map full"),
         ] {
-            write!(out, "  {label:<16} {}", v["kernel"][k])?;
-            if k == "events_dropped" {
-                let per_cpu: Vec<u64> = v["kernel"]["events_dropped_per_cpu"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_u64)
-                    .collect();
-                write!(out, "{}", per_cpu_note(&per_cpu))?;
+            // `null`: the daemon could not read the kernel's counters.
+            let n = n.map_or("null".into(), |n| n.to_string());
+            write!(out, "  {label:<16} {n}")?;
+            if label == "events dropped" {
+                let per_cpu = k.map(|k| k.events_dropped_per_cpu.as_slice());
+                write!(out, "{}", per_cpu_note(per_cpu.unwrap_or_default()))?;
             }
             writeln!(out)?;
         }
-        writeln!(out, "pipeline backlog {}", v["pipeline_backlog"])?;
+        writeln!(out, "pipeline backlog {}", v.pipeline_backlog)?;
     }
-    let complete = v["hooks"]
-        .as_array()
-        .is_some_and(|h| h.iter().all(|h| h["state"] == "attached"));
+    let complete = v.hooks.iter().all(|h| h.state == "attached");
     Ok(if complete {
         ExitCode::SUCCESS
     } else {
@@ -552,30 +550,23 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let v: wire::Agents = serde_json::from_value(v)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "generation {}", v["generation"])?;
-    for a in v["agents"].as_array().into_iter().flatten() {
-        let counts: Vec<String> = a["decisions"]
-            .as_object()
-            .into_iter()
-            .flatten()
+    writeln!(out, "generation {}", v.generation)?;
+    for a in &v.agents {
+        let counts: Vec<String> = a
+            .decisions
+            .iter()
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         writeln!(
             out,
             "{:<28} cgroup={} ({}) selector={:?} policies={} decisions: {}",
-            a["name"].as_str().unwrap_or("?"),
-            a["cgroup"].as_str().unwrap_or("?"),
-            a["cgroup_id"],
-            a["selector"].as_str().unwrap_or(""),
-            a["policies"]
-                .as_array()
-                .map(|p| p
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default(),
+            a.name,
+            a.cgroup,
+            a.cgroup_id,
+            a.selector,
+            a.policies.join(","),
             if counts.is_empty() {
                 "none yet".into()
             } else {
@@ -586,15 +577,14 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn object_of(a: &Value) -> String {
-    let o = &a["object"];
-    let mut words = Vec::new();
-    for k in ["method", "url", "mcp_tool", "path", "dest"] {
-        if let Some(s) = o[k].as_str() {
-            words.push(s.to_owned());
-        }
-    }
-    words.join(" ")
+/// The readable object of an approval: method and URL, MCP tool, path, destination.
+fn object_of(o: &Object) -> String {
+    [&o.method, &o.url, &o.mcp_tool, &o.path, &o.dest]
+        .into_iter()
+        .filter(|w| !w.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
@@ -603,25 +593,23 @@ async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    let pending = serde_json::from_value::<wire::Pending>(v)?.pending;
     if pending.is_empty() {
         println!("no pending approvals");
     }
     for a in pending {
         println!(
             "{}  {:<8} agent={} {} rule={} deadline={}\n    reason: {}",
-            a["id"].as_str().unwrap_or("?"),
-            a["kind"].as_str().unwrap_or("?"),
-            a["agent"]["name"].as_str().unwrap_or("?"),
-            object_of(&a),
-            a["rule"].as_str().unwrap_or("?"),
-            a["deadline"].as_str().unwrap_or("?"),
-            a["reason"].as_str().unwrap_or(""),
+            a.id,
+            a.kind,
+            a.agent.name,
+            object_of(&a.object),
+            a.rule,
+            a.deadline,
+            a.reason,
         );
-        if let Some(fields) = a["object"]["detail"].as_object() {
-            for (k, v) in fields {
-                println!("    {k} = {}", v.as_str().unwrap_or("?"));
-            }
+        for (k, v) in &a.object.detail {
+            println!("    {k} = {v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -638,31 +626,18 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             "say what to show: --follow (live), --since TIME (from the audit log), or both"
         );
     }
-    let mut query = Vec::new();
-    let mut push = |k: &str, v: &str| {
-        query.push(format!("{k}={}", url_escape(v)));
+    let query = wire::EventsQuery {
+        follow: args.follow.then(|| "true".into()),
+        agent: args.agent.clone(),
+        verdict: args.verdict.clone(),
+        kind: args.kind.clone(),
+        ty: args.ty.clone(),
+        since: args.since.clone(),
+        format: (args.output == "ocsf").then(|| "ocsf".into()),
+        queue: args.queue,
+        ..Default::default()
     };
-    if args.follow {
-        push("follow", "true");
-    }
-    for (k, v) in [
-        ("agent", &args.agent),
-        ("verdict", &args.verdict),
-        ("kind", &args.kind),
-        ("type", &args.ty),
-        ("since", &args.since),
-    ] {
-        if let Some(v) = v {
-            push(k, v);
-        }
-    }
-    if args.output == "ocsf" {
-        push("format", "ocsf");
-    }
-    if let Some(q) = args.queue {
-        push("queue", &q.to_string());
-    }
-    let path = format!("/v1/events?{}", query.join("&"));
+    let path = query.path();
     let resp = client::request(&args.api, "GET", &path, None).await?;
     let mut seen = 0u64;
     let mut out = std::io::stdout();
@@ -713,18 +688,6 @@ fn is_stream_record(line: &[u8]) -> bool {
     serde_json::from_slice::<Kind>(line).is_ok_and(|k| k.kind.starts_with("stream."))
 }
 
-fn url_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~,:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn audit_verify(paths: &[PathBuf], public_key: Option<&str>) -> anyhow::Result<ExitCode> {
     let key = public_key
         .map(crate::audit::parse_public_key)
@@ -748,12 +711,10 @@ mod tests {
     use crate::policy::parse_size;
 
     #[test]
-    fn sizes_and_escapes() {
+    fn sizes() {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("10"), Ok(10));
         assert!(parse_size("1T").is_err() && parse_size("x").is_err());
-        assert_eq!(url_escape("a b/c&d"), "a%20b%2Fc%26d");
-        assert_eq!(url_escape("block,escalate"), "block,escalate");
     }
 
     #[test]
