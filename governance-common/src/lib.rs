@@ -486,6 +486,13 @@ pub const fn class_id(generation: u32, n: u32) -> u32 {
     ((generation & 1) << 31) | n
 }
 
+/// The number of a class or rule id without its slot bit: the inverse of [`class_id`]
+/// (`id_number(class_id(g, n)) == n`).
+pub const fn id_number(id: u32) -> u32 {
+    id & !(1 << 31)
+}
+const _: () = assert!(id_number(class_id(1, 5)) == 5 && id_number(class_id(2, 5)) == 5);
+
 /// The slot of a generation.
 pub const fn slot(generation: u32) -> u32 {
     generation & 1

@@ -33,10 +33,10 @@ use tokio::sync::oneshot;
 
 use crate::{
     events::{
-        AgentInfo, ApprovalInfo, GrantRequest, Ids, Object, Record, RecordType, Source, rfc3339,
+        AgentInfo, ApprovalInfo, GrantRequest, Ids, Object, Record, RecordType, Sink, Source,
+        rfc3339,
     },
     policy::Posture,
-    proxy::Sink,
 };
 
 /// Bounds on what may wait for a human at once.

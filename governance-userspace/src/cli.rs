@@ -2,27 +2,26 @@
 
 use std::{
     io::Write as _,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::Duration,
 };
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use serde_json::{Value, json};
 
-use governance_common::{Counter, programs::Attach};
+use governance_common::Counter;
 
 use crate::{
+    api::wire,
     client::{self, ApiArgs},
-    events::Record,
-    kernel::{self, Enforcer, Probe},
+    daemon, engine,
+    events::{Object, Record},
+    kernel::{
+        self, Enforcer, Probe,
+        probe::{self, EXIT_CANNOT_ENFORCE},
+    },
     policy,
 };
-
-/// Exit status when the kernel cannot enforce what was asked (and no degraded mode was accepted).
-pub const EXIT_CANNOT_ENFORCE: u8 = 3;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -63,7 +62,7 @@ pub enum Command {
     /// Stops on SIGINT or SIGTERM. The programs stay attached, enforcing the last generation,
     /// after the daemon stops or dies; `governance unload` removes them, and the next `run`
     /// adopts them.
-    Run(Box<RunArgs>),
+    Run(Box<daemon::RunArgs>),
     /// Report what this kernel can enforce (on stdout): loads and attaches every program under
     /// a temporary pin directory, then removes it. When LSM hooks are missing, says why: `bpf`
     /// missing from the active LSMs, missing capabilities, lockdown, or a host that refuses BPF
@@ -191,96 +190,6 @@ pub struct EventsArgs {
     pub api: ApiArgs,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct RunArgs {
-    /// Directory of policy files (*.yaml, *.yml).
-    #[arg(
-        long,
-        short,
-        env = "GOVERNANCE_POLICY_DIR",
-        default_value = "/etc/governance/policies"
-    )]
-    pub policy: PathBuf,
-    /// Keep running when some hooks cannot be attached (for example exec enforcement on a
-    /// kernel without BPF LSM), enforcing only what the kernel allows; exec then falls back to
-    /// killing a process right after a blocked exec.
-    #[arg(long)]
-    pub allow_degraded: bool,
-    /// Fail instead of creating agent cgroups that do not exist yet.
-    #[arg(long)]
-    pub no_create_cgroups: bool,
-    /// Detach the programs when the daemon stops (default: they stay, enforcing the last
-    /// generation, until `governance unload`).
-    #[arg(long)]
-    pub detach_on_exit: bool,
-    /// bpffs directory of the pinned maps and links.
-    #[arg(long = "pins", env = "GOVERNANCE_PINS", default_value = governance_common::pins::DIR)]
-    pub pins: PathBuf,
-    /// The control socket (mode 0600, root only).
-    #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
-    /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
-    /// --api-token-file.
-    #[arg(long, requires = "api_token_file")]
-    pub api_listen: Option<SocketAddr>,
-    /// File holding the bearer token of the TCP API.
-    #[arg(long)]
-    pub api_token_file: Option<PathBuf>,
-    /// Where the HTTP policy proxy listens (agents' `via_proxy` traffic is sent here by the
-    /// kernel). Give an IPv4 address; it also listens on [::1] at the same port.
-    #[arg(long, default_value = "127.0.0.1:15001")]
-    pub proxy_listen: std::net::SocketAddrV4,
-    /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
-    #[arg(long)]
-    pub no_proxy: bool,
-    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created when the proxy
-    /// first starts).
-    #[arg(long, default_value = "/var/lib/governance/ca")]
-    pub ca_dir: PathBuf,
-    /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).
-    #[arg(long)]
-    pub upstream_ca: Option<PathBuf>,
-    /// Host → address overrides for the proxy's Host check, `host=ip[,ip]` (repeatable), for
-    /// hosts your resolver does not know.
-    #[arg(long = "proxy-host", value_name = "HOST=IP")]
-    pub proxy_hosts: Vec<String>,
-    /// Do not check that the Host of a redirected request resolves to where the agent was
-    /// connecting (labs only: rules then trust a Host header the agent chose).
-    #[arg(long)]
-    pub no_host_check: bool,
-    /// The audit log directory.
-    #[arg(
-        long,
-        env = "GOVERNANCE_AUDIT_DIR",
-        default_value = "/var/lib/governance/audit"
-    )]
-    pub audit_dir: PathBuf,
-    /// Rotate audit files at this size (bytes; K, M, G suffixes).
-    #[arg(long, default_value = "64M", value_parser = crate::policy::parse_size)]
-    pub audit_max_bytes: u64,
-    /// Rotate audit files at this age (`1h`, `1d`).
-    #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
-    pub audit_max_age: Duration,
-    /// Ed25519 key that seals each audit file (created 0600 if missing).
-    #[arg(long)]
-    pub audit_signing_key: Option<PathBuf>,
-    /// While the audit log cannot be written (full disk, I/O error): `continue` (actions go on;
-    /// a gap record counts the records lost) or `block` (the HTTP proxy answers 503, approvals
-    /// and pre-authorizations are refused; kernel decisions go on, counted).
-    #[arg(long, value_enum, default_value_t = crate::audit::OnFailure::Continue)]
-    pub audit_on_failure: crate::audit::OnFailure,
-    /// Remove the oldest audit files while the log is larger than this (K, M, G suffixes); a
-    /// checkpoint (signed with the signing key) keeps the rest verifiable.
-    #[arg(long, value_parser = crate::policy::parse_size)]
-    pub audit_retain_bytes: Option<u64>,
-    /// Remove audit files whose last record is older than this (`30d`).
-    #[arg(long, value_parser = policy::parse_duration)]
-    pub audit_retain_age: Option<Duration>,
-    /// Do not print each event on stdout (the audit log and the API still have them).
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy directory (recursively); lists every problem with file, line and
@@ -345,7 +254,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             .context("starting the async runtime")?
             .block_on(async {
                 require_root()?;
-                crate::daemon::run(*args).await
+                daemon::run(*args).await
             }),
         Command::Probe => probe(),
         Command::Status {
@@ -370,19 +279,23 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             api,
         } => runtime()?.block_on(async {
             policy::parse_duration(&duration).map_err(|e| anyhow::anyhow!("--for: {e}"))?;
+            let body = wire::Approve {
+                duration: Some(duration),
+                by,
+            };
             let v = client::call(
                 &api,
                 "POST",
                 &format!("/v1/approvals/{id}/approve"),
-                Some(json!({ "for": duration, "by": by })),
+                Some(serde_json::to_value(body)?),
             )
             .await?;
-            let a = &v["approved"];
+            let a = serde_json::from_value::<wire::Approved>(v)?.approved;
             println!(
                 "approved {id}: {} {} by agent {}",
-                a["kind"].as_str().unwrap_or("?"),
-                object_of(a),
-                a["agent"]["name"].as_str().unwrap_or("?"),
+                a.kind,
+                object_of(&a.object),
+                a.agent.name,
             );
             Ok(ExitCode::SUCCESS)
         }),
@@ -396,7 +309,10 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 &api,
                 "POST",
                 &format!("/v1/approvals/{id}/deny"),
-                Some(json!({ "reason": reason, "by": by })),
+                Some(serde_json::to_value(wire::Deny {
+                    reason: Some(reason),
+                    by,
+                })?),
             )
             .await?;
             println!("denied {id}");
@@ -433,7 +349,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             if tests.is_empty() {
                 anyhow::bail!("no policy tests (*.tests.yaml) below {}", dir.display());
             }
-            let report = policy::testing::run(&set, &tests);
+            let report = engine::testing::run(&set, &tests);
             print!("{}", report.text);
             Ok(if report.failed == 0 {
                 ExitCode::SUCCESS
@@ -448,7 +364,8 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Policy(PolicyCommand::Reload { api }) => runtime()?.block_on(async {
             let v = client::call(&api, "POST", "/v1/policy/reload", None).await?;
-            println!("generation {} is enforcing", v["generation"]);
+            let r: wire::Reloaded = serde_json::from_value(v)?;
+            println!("generation {} is enforcing", r.generation);
             Ok(ExitCode::SUCCESS)
         }),
         Command::Audit(AuditCommand::Verify { paths, public_key }) => {
@@ -467,78 +384,6 @@ fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the kernel can enforce, on stderr (the daemon's stdout is its event stream).
-pub(crate) fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
-    report_to(&mut std::io::stderr().lock(), probe, enforcer)
-}
-
-/// Write the probe report; true if every required hook is attached. When LSM hooks are
-/// missing, says why (test loads of minimal programs tell a missing `bpf` LSM from a host
-/// that refuses BPF LSM programs).
-fn report_to(out: &mut dyn std::io::Write, probe: &Probe, enforcer: &Enforcer) -> bool {
-    let yes_no = |b: bool| if b { "yes" } else { "NO" };
-    let lsm_missing = enforcer.hooks.iter().any(|(p, h)| {
-        matches!(p.attach, Attach::Lsm(_)) && !matches!(h, kernel::HookState::Attached)
-    });
-    let facts = lsm_missing.then(|| probe.lsm_facts());
-    let refused = facts
-        .as_ref()
-        .is_some_and(|f| matches!(f.lsm, kernel::TestLoad::Refused { .. }));
-    let _ = writeln!(out, "governance: what this kernel can enforce");
-    let _ = writeln!(out, "  kernel                    {}", probe.kernel);
-    let _ = writeln!(out, "  BTF (/sys/kernel/btf)     {}", yes_no(probe.btf));
-    let _ = writeln!(
-        out,
-        "  BPF LSM active            {} ({}){}",
-        yes_no(probe.bpf_lsm_active()),
-        probe.lsm_list.as_deref().unwrap_or("securityfs unreadable"),
-        if probe.bpf_lsm_active() && refused {
-            ", but LSM programs are REFUSED"
-        } else {
-            ""
-        }
-    );
-    let lockdown = match probe.lockdown.as_deref() {
-        Some(raw) => kernel::lockdown_mode(raw).unwrap_or(raw),
-        None => "unknown (unreadable)",
-    };
-    let _ = writeln!(out, "  lockdown                  {lockdown}");
-    let caps = match probe.caps {
-        Some(caps) => caps.to_string(),
-        None => "unknown (/proc/self/status unreadable)".to_owned(),
-    };
-    let _ = writeln!(out, "  capabilities              {caps}");
-    let _ = writeln!(
-        out,
-        "  cgroup v2                 {}",
-        probe
-            .cgroup2
-            .as_deref()
-            .map_or("NOT MOUNTED".into(), |p| p.display().to_string())
-    );
-    for (program, state) in &enforcer.hooks {
-        let _ = writeln!(
-            out,
-            "  {:<34} {:<28} {state}",
-            program.what,
-            attach_point(program.attach)
-        );
-    }
-    if let Some(why) = facts.as_ref().and_then(kernel::diagnose) {
-        let _ = writeln!(out, "  why LSM hooks are missing: {why}");
-    }
-    enforcer.fully_attached()
-}
-
-pub(crate) fn attach_point(a: Attach) -> String {
-    match a {
-        Attach::Lsm(h) => format!("lsm/{h}"),
-        Attach::SockAddr(h) => format!("cgroup/{h}"),
-        Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
-        Attach::SockOps => "cgroup/sock_ops".into(),
-    }
-}
-
 fn probe() -> anyhow::Result<ExitCode> {
     require_root()?;
     let probe = Probe::run();
@@ -552,7 +397,7 @@ fn probe() -> anyhow::Result<ExitCode> {
     ));
     // The report is this command's output: stdout.
     let complete = Enforcer::start(&dir, &root, true)
-        .map(|e| report_to(&mut std::io::stdout().lock(), &probe, &e));
+        .map(|e| probe::report_to(&mut std::io::stdout().lock(), &probe, &e));
     kernel::unload(&dir).with_context(|| format!("removing {}", dir.display()))?;
     Ok(if complete? {
         ExitCode::SUCCESS
@@ -572,85 +417,72 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
     };
     if output == "json" {
         println!("{}", serde_json::to_string_pretty(&v)?);
-    } else {
+    }
+    let v: wire::Status = serde_json::from_value(v)?;
+    if output != "json" {
         let mut out = std::io::stdout().lock();
         writeln!(
             out,
             "generation   {}{}",
-            v["generation"],
-            if v["degraded"] == true {
-                " (DEGRADED)"
-            } else {
-                ""
-            }
+            v.generation,
+            if v.degraded { " (DEGRADED)" } else { "" }
         )?;
+        writeln!(out, "policy       {}", v.policy_dir.display())?;
+        writeln!(out, "started      {}", v.started)?;
+        writeln!(out, "agents       {}", v.agents)?;
+        writeln!(out, "proxy        {}", v.proxy.as_deref().unwrap_or("off"))?;
         writeln!(
             out,
-            "policy       {}",
-            v["policy_dir"].as_str().unwrap_or("?")
+            "audit        {}",
+            v.audit
+                .as_deref()
+                .map_or("off".into(), |a| a.display().to_string())
         )?;
-        writeln!(out, "started      {}", v["started"].as_str().unwrap_or("?"))?;
-        writeln!(out, "agents       {}", v["agents"])?;
-        writeln!(out, "proxy        {}", v["proxy"].as_str().unwrap_or("off"))?;
-        writeln!(out, "audit        {}", v["audit"].as_str().unwrap_or("off"))?;
-        if let Some(a) = v["audit_log"].as_object() {
+        if let Some(a) = &v.audit_log {
             writeln!(
                 out,
                 "audit log    {} (on failure: {}); {} write failures, {} gaps, {} records lost, {} actions blocked{}",
-                a["state"].as_str().unwrap_or("?"),
-                a["on_failure"].as_str().unwrap_or("?"),
-                a["write_failures"],
-                a["gaps"],
-                a["records_lost"],
-                a["blocked"],
-                a.get("failing_since")
-                    .and_then(|s| s.as_str())
-                    .map(|s| format!(
-                        "; failing since {s}: {}",
-                        a["cause"].as_str().unwrap_or("?")
-                    ))
+                a.state,
+                a.on_failure,
+                a.write_failures,
+                a.gaps,
+                a.records_lost,
+                a.blocked,
+                a.failing_since
+                    .as_deref()
+                    .map(|s| format!("; failing since {s}: {}", a.cause.as_deref().unwrap_or("?")))
                     .unwrap_or_default()
             )?;
         }
-        writeln!(out, "approvals    {} pending", v["pending_approvals"])?;
-        writeln!(out, "reloads      {} failed", v["reload_failures"])?;
-        if let Some(e) = v["last_error"].as_str() {
+        writeln!(out, "approvals    {} pending", v.pending_approvals)?;
+        writeln!(out, "reloads      {} failed", v.reload_failures)?;
+        if let Some(e) = &v.last_error {
             writeln!(out, "last error   {e}")?;
         }
         writeln!(out, "hooks")?;
-        for h in v["hooks"].as_array().into_iter().flatten() {
-            writeln!(
-                out,
-                "  {:<24} {:<34} {}",
-                h["program"].as_str().unwrap_or("?"),
-                h["enforces"].as_str().unwrap_or("?"),
-                h["state"].as_str().unwrap_or("?")
-            )?;
+        for h in &v.hooks {
+            writeln!(out, "  {:<24} {:<34} {}", h.program, h.enforces, h.state)?;
         }
         writeln!(out, "kernel counters")?;
-        for (k, label) in [
-            ("decisions", "decisions"),
-            ("denials", "denials"),
-            ("events_dropped", "events dropped"),
-            ("map_full", "map full"),
+        let k = v.kernel.as_ref();
+        for (n, label) in [
+            (k.map(|k| k.decisions), "decisions"),
+            (k.map(|k| k.denials), "denials"),
+            (k.map(|k| k.events_dropped), "events dropped"),
+            (k.map(|k| k.map_full), "map full"),
         ] {
-            write!(out, "  {label:<16} {}", v["kernel"][k])?;
-            if k == "events_dropped" {
-                let per_cpu: Vec<u64> = v["kernel"]["events_dropped_per_cpu"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_u64)
-                    .collect();
-                write!(out, "{}", per_cpu_note(&per_cpu))?;
+            // `null`: the daemon could not read the kernel's counters.
+            let n = n.map_or("null".into(), |n| n.to_string());
+            write!(out, "  {label:<16} {n}")?;
+            if label == "events dropped" {
+                let per_cpu = k.map(|k| k.events_dropped_per_cpu.as_slice());
+                write!(out, "{}", per_cpu_note(per_cpu.unwrap_or_default()))?;
             }
             writeln!(out)?;
         }
-        writeln!(out, "pipeline backlog {}", v["pipeline_backlog"])?;
+        writeln!(out, "pipeline backlog {}", v.pipeline_backlog)?;
     }
-    let complete = v["hooks"]
-        .as_array()
-        .is_some_and(|h| h.iter().all(|h| h["state"] == "attached"));
+    let complete = v.hooks.iter().all(|h| h.state == "attached");
     Ok(if complete {
         ExitCode::SUCCESS
     } else {
@@ -704,7 +536,7 @@ fn pinned_status(pins: &Path) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "  cgroup {cgroup_id:<10} class {:<6} {path}",
-            class & 0x7fff_ffff
+            governance_common::id_number(class)
         )?;
     }
     writeln!(out, "counters")?;
@@ -734,30 +566,23 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let v: wire::Agents = serde_json::from_value(v)?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "generation {}", v["generation"])?;
-    for a in v["agents"].as_array().into_iter().flatten() {
-        let counts: Vec<String> = a["decisions"]
-            .as_object()
-            .into_iter()
-            .flatten()
+    writeln!(out, "generation {}", v.generation)?;
+    for a in &v.agents {
+        let counts: Vec<String> = a
+            .decisions
+            .iter()
             .map(|(k, n)| format!("{k}={n}"))
             .collect();
         writeln!(
             out,
             "{:<28} cgroup={} ({}) selector={:?} policies={} decisions: {}",
-            a["name"].as_str().unwrap_or("?"),
-            a["cgroup"].as_str().unwrap_or("?"),
-            a["cgroup_id"],
-            a["selector"].as_str().unwrap_or(""),
-            a["policies"]
-                .as_array()
-                .map(|p| p
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(","))
-                .unwrap_or_default(),
+            a.name,
+            a.cgroup,
+            a.cgroup_id,
+            a.selector,
+            a.policies.join(","),
             if counts.is_empty() {
                 "none yet".into()
             } else {
@@ -768,15 +593,14 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn object_of(a: &Value) -> String {
-    let o = &a["object"];
-    let mut words = Vec::new();
-    for k in ["method", "url", "mcp_tool", "path", "dest"] {
-        if let Some(s) = o[k].as_str() {
-            words.push(s.to_owned());
-        }
-    }
-    words.join(" ")
+/// The readable object of an approval: method and URL, MCP tool, path, destination.
+fn object_of(o: &Object) -> String {
+    [&o.method, &o.url, &o.mcp_tool, &o.path, &o.dest]
+        .into_iter()
+        .filter(|w| !w.is_empty())
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
@@ -785,25 +609,23 @@ async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let pending = v["pending"].as_array().cloned().unwrap_or_default();
+    let pending = serde_json::from_value::<wire::Pending>(v)?.pending;
     if pending.is_empty() {
         println!("no pending approvals");
     }
     for a in pending {
         println!(
             "{}  {:<8} agent={} {} rule={} deadline={}\n    reason: {}",
-            a["id"].as_str().unwrap_or("?"),
-            a["kind"].as_str().unwrap_or("?"),
-            a["agent"]["name"].as_str().unwrap_or("?"),
-            object_of(&a),
-            a["rule"].as_str().unwrap_or("?"),
-            a["deadline"].as_str().unwrap_or("?"),
-            a["reason"].as_str().unwrap_or(""),
+            a.id,
+            a.kind,
+            a.agent.name,
+            object_of(&a.object),
+            a.rule,
+            a.deadline,
+            a.reason,
         );
-        if let Some(fields) = a["object"]["detail"].as_object() {
-            for (k, v) in fields {
-                println!("    {k} = {}", v.as_str().unwrap_or("?"));
-            }
+        for (k, v) in &a.object.detail {
+            println!("    {k} = {v}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -820,31 +642,18 @@ async fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
             "say what to show: --follow (live), --since TIME (from the audit log), or both"
         );
     }
-    let mut query = Vec::new();
-    let mut push = |k: &str, v: &str| {
-        query.push(format!("{k}={}", url_escape(v)));
+    let query = wire::EventsQuery {
+        follow: args.follow.then(|| "true".into()),
+        agent: args.agent.clone(),
+        verdict: args.verdict.clone(),
+        kind: args.kind.clone(),
+        ty: args.ty.clone(),
+        since: args.since.clone(),
+        format: (args.output == "ocsf").then(|| "ocsf".into()),
+        queue: args.queue,
+        ..Default::default()
     };
-    if args.follow {
-        push("follow", "true");
-    }
-    for (k, v) in [
-        ("agent", &args.agent),
-        ("verdict", &args.verdict),
-        ("kind", &args.kind),
-        ("type", &args.ty),
-        ("since", &args.since),
-    ] {
-        if let Some(v) = v {
-            push(k, v);
-        }
-    }
-    if args.output == "ocsf" {
-        push("format", "ocsf");
-    }
-    if let Some(q) = args.queue {
-        push("queue", &q.to_string());
-    }
-    let path = format!("/v1/events?{}", query.join("&"));
+    let path = query.path();
     let resp = client::request(&args.api, "GET", &path, None).await?;
     let mut seen = 0u64;
     let mut out = std::io::stdout();
@@ -895,18 +704,6 @@ fn is_stream_record(line: &[u8]) -> bool {
     serde_json::from_slice::<Kind>(line).is_ok_and(|k| k.kind.starts_with("stream."))
 }
 
-fn url_escape(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~,:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn audit_verify(paths: &[PathBuf], public_key: Option<&str>) -> anyhow::Result<ExitCode> {
     let key = public_key
         .map(crate::audit::parse_public_key)
@@ -930,12 +727,10 @@ mod tests {
     use crate::policy::parse_size;
 
     #[test]
-    fn sizes_and_escapes() {
+    fn sizes() {
         assert_eq!(parse_size("64M"), Ok(64 << 20));
         assert_eq!(parse_size("10"), Ok(10));
         assert!(parse_size("1T").is_err() && parse_size("x").is_err());
-        assert_eq!(url_escape("a b/c&d"), "a%20b%2Fc%26d");
-        assert_eq!(url_escape("block,escalate"), "block,escalate");
     }
 
     #[test]

@@ -127,7 +127,7 @@ fn serve() -> Result<(), String> {
             policy::parse(&[("bench.yaml".into(), policy_yaml())]).map_err(|e| e.to_string())?;
         assert_eq!(set.rule_count(), RULES);
         let engine = Arc::new(ArcSwap::from_pointee(Engine::new(set, 1)));
-        let sink: governance::proxy::Sink = Arc::new(|r| {
+        let sink: governance::events::Sink = Arc::new(|r| {
             std::hint::black_box(r);
         });
         let approvals = Approvals::new(Limits::default(), sink.clone(), Arc::new(|_, _| Ok(())));

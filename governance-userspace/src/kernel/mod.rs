@@ -3,6 +3,7 @@
 
 pub mod btf;
 mod compile;
+pub mod probe;
 pub mod unix;
 
 use std::{

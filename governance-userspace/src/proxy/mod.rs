@@ -96,7 +96,7 @@ use self::{
 use crate::{
     approvals::Approvals,
     engine::{AgentRef, AgentRules, Engine},
-    events::{AgentInfo, Ids, ProcessInfo, Record},
+    events::{AgentInfo, Ids, ProcessInfo, Sink},
 };
 
 /// The reserved path of the decision API on the proxy listener.
@@ -120,9 +120,6 @@ pub struct Client {
     /// Where the agent was connecting; None: explicit proxy use.
     pub original_dst: Option<SocketAddr>,
 }
-
-/// Where every decision (and approval change) is reported.
-pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 
 /// How a connection reached the proxy.
 #[derive(Clone, Debug)]

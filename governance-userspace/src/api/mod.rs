@@ -42,6 +42,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod wire;
+
+pub use wire::EventsQuery;
+
 use crate::{
     approvals::Approvals,
     events::{Filter, Record, RecordType, parse_rfc3339},
@@ -287,68 +291,78 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": msg.into() }))).into_response()
+    (status, answer(&wire::Error { error: msg.into() })).into_response()
+}
+
+/// An answer on the wire, through a JSON value: its keys come out sorted, as they always have.
+fn answer(a: &impl serde::Serialize) -> Json<Value> {
+    Json(serde_json::to_value(a).unwrap_or(Value::Null))
 }
 
 async fn status(State(st): State<Arc<ApiState>>) -> Response {
     let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
-    let counters = st
-        .enforcer
-        .lock()
-        .ok()
-        .map(|e| {
-            use governance_common::Counter;
-            let c = |k| e.counter(k).unwrap_or_default();
-            let dropped = e
-                .counter_per_cpu(Counter::EventsDropped)
-                .unwrap_or_default();
-            json!({
-                "decisions": c(Counter::Decisions),
-                "denials": c(Counter::Denials),
-                "events_dropped": dropped.iter().sum::<u64>(),
-                "events_dropped_per_cpu": dropped,
-                "map_full": c(Counter::MapFull),
+    let kernel = st.enforcer.lock().ok().map(|e| {
+        use governance_common::Counter;
+        let c = |k| e.counter(k).unwrap_or_default();
+        let dropped = e
+            .counter_per_cpu(Counter::EventsDropped)
+            .unwrap_or_default();
+        wire::KernelCounters {
+            decisions: c(Counter::Decisions),
+            denials: c(Counter::Denials),
+            events_dropped: dropped.iter().sum::<u64>(),
+            events_dropped_per_cpu: dropped,
+            map_full: c(Counter::MapFull),
+        }
+    });
+    answer(&wire::Status {
+        generation: snap.generation,
+        degraded: snap.degraded,
+        policy_dir: snap.policy_dir,
+        pins: snap.pins,
+        reload_failures: snap.reload_failures,
+        last_error: snap.last_error,
+        hooks: snap
+            .hooks
+            .into_iter()
+            .map(|(program, enforces, state)| wire::Hook {
+                program,
+                enforces,
+                state,
             })
-        })
-        .unwrap_or(Value::Null);
-    Json(json!({
-        "generation": snap.generation,
-        "degraded": snap.degraded,
-        "policy_dir": snap.policy_dir,
-        "pins": snap.pins,
-        "reload_failures": snap.reload_failures,
-        "last_error": snap.last_error,
-        "hooks": snap.hooks.iter().map(|(n, w, s)| json!({"program": n, "enforces": w, "state": s})).collect::<Vec<_>>(),
-        "agents": snap.agents.len(),
-        "kernel": counters,
-        "pipeline_backlog": st.publisher.backlog(),
-        "pending_approvals": st.approvals.list().len(),
-        "proxy": snap.proxy,
-        "audit": snap.audit,
-        "audit_log": st.publisher.audit_health().view(),
-        "started": snap.started,
-    }))
+            .collect(),
+        agents: snap.agents.len(),
+        kernel,
+        pipeline_backlog: st.publisher.backlog(),
+        pending_approvals: st.approvals.list().len(),
+        proxy: snap.proxy,
+        audit: snap.audit,
+        audit_log: Some(st.publisher.audit_health().view()),
+        started: snap.started,
+    })
     .into_response()
 }
 
 async fn agents(State(st): State<Arc<ApiState>>) -> Response {
     let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
     let counts = st.counts.lock().map(|c| c.clone()).unwrap_or_default();
-    let list: Vec<Value> = snap
+    let agents = snap
         .agents
-        .iter()
-        .map(|a| {
-            json!({
-                "name": a.name,
-                "cgroup": a.cgroup,
-                "cgroup_id": a.cgroup_id,
-                "selector": a.selector,
-                "policies": a.policies,
-                "decisions": counts.get(&a.name).cloned().unwrap_or_default(),
-            })
+        .into_iter()
+        .map(|a| wire::Agent {
+            decisions: counts.get(&a.name).cloned().unwrap_or_default(),
+            name: a.name,
+            cgroup: a.cgroup,
+            cgroup_id: a.cgroup_id,
+            selector: a.selector,
+            policies: a.policies,
         })
         .collect();
-    Json(json!({ "generation": snap.generation, "agents": list })).into_response()
+    answer(&wire::Agents {
+        generation: snap.generation,
+        agents,
+    })
+    .into_response()
 }
 
 async fn reload(State(st): State<Arc<ApiState>>) -> Response {
@@ -357,30 +371,10 @@ async fn reload(State(st): State<Arc<ApiState>>) -> Response {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
     }
     match rx.await {
-        Ok(Ok(generation)) => Json(json!({ "generation": generation })).into_response(),
+        Ok(Ok(generation)) => answer(&wire::Reloaded { generation }).into_response(),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
     }
-}
-
-/// Query of `GET /v1/events`.
-#[derive(Debug, Default, Deserialize)]
-pub struct EventsQuery {
-    #[serde(default)]
-    pub follow: Option<String>,
-    pub agent: Option<String>,
-    /// Comma-separated outcomes (`verdict` is accepted as a synonym).
-    pub verdict: Option<String>,
-    pub outcome: Option<String>,
-    pub kind: Option<String>,
-    #[serde(rename = "type")]
-    pub ty: Option<String>,
-    /// RFC 3339 time, or a duration back from now (`30s`, `10m`, `2h`, `1d`).
-    pub since: Option<String>,
-    /// `json` (default) or `ocsf`.
-    pub format: Option<String>,
-    /// Records this subscriber's queue holds before it loses some (default 8192).
-    pub queue: Option<usize>,
 }
 
 fn list(s: &Option<String>) -> Vec<String> {
@@ -393,23 +387,17 @@ fn list(s: &Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// `since` as a time: RFC 3339, or a duration back from now.
+/// `since` as a time: RFC 3339, or a duration back from now ([`crate::policy::parse_span`]).
 pub fn parse_since(s: &str) -> Result<SystemTime, String> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("since `{s}`: expected an RFC 3339 time or a duration like 10m"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("since `{s}`: the unit is s, m, h or d")),
-    };
-    Ok(SystemTime::now() - Duration::from_secs(n.saturating_mul(secs)))
+    let back = crate::policy::parse_span(s).map_err(|e| {
+        format!("since `{s}`: expected an RFC 3339 time or a duration like 10m ({e})")
+    })?;
+    Ok(SystemTime::now()
+        .checked_sub(back)
+        .unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 impl EventsQuery {
@@ -594,24 +582,10 @@ async fn events(
 }
 
 async fn approvals(State(st): State<Arc<ApiState>>) -> Response {
-    Json(json!({ "pending": st.approvals.list() })).into_response()
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ApproveBody {
-    /// How long a kernel grant lets the action through (`30s`, `10m`, `1h`); default 5m.
-    #[serde(default, rename = "for")]
-    duration: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct DenyBody {
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    by: Option<String>,
+    answer(&wire::Pending {
+        pending: st.approvals.list(),
+    })
+    .into_response()
 }
 
 /// `alice (uid 0 via the control socket)`, or just the connection's identity.
@@ -626,7 +600,7 @@ async fn approve(
     State(st): State<Arc<ApiState>>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Path(id): Path<String>,
-    body: Option<Json<ApproveBody>>,
+    body: Option<Json<wire::Approve>>,
 ) -> Response {
     if let Some(why) = st.publisher.audit_health().refusal() {
         return error(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -641,7 +615,7 @@ async fn approve(
         .approvals
         .approve(&id, &who(&caller, body.by.as_deref()), duration)
     {
-        Ok(v) => Json(json!({ "approved": v })).into_response(),
+        Ok(approved) => answer(&wire::Approved { approved }).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
@@ -650,7 +624,7 @@ async fn deny(
     State(st): State<Arc<ApiState>>,
     ConnectInfo(caller): ConnectInfo<Caller>,
     Path(id): Path<String>,
-    body: Option<Json<DenyBody>>,
+    body: Option<Json<wire::Deny>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let reason = body.reason.unwrap_or_else(|| "denied by a human".into());
@@ -658,7 +632,7 @@ async fn deny(
         .approvals
         .deny(&id, &who(&caller, body.by.as_deref()), &reason)
     {
-        Ok(v) => Json(json!({ "denied": v })).into_response(),
+        Ok(denied) => answer(&wire::Denied { denied }).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
 }
@@ -757,4 +731,24 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_is_a_time_or_a_duration_back() {
+        let t = parse_since("2000-02-29T00:00:00Z").unwrap();
+        assert_eq!(t, SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400));
+        let before = SystemTime::now();
+        let t = parse_since("1500ms").unwrap();
+        let after = SystemTime::now();
+        assert!(before - Duration::from_millis(1500) <= t);
+        assert!(t <= after - Duration::from_millis(1500));
+        assert!(parse_since("0s").is_ok());
+        for bad in ["", "10w", "yesterday", "2024-02-31T00:00:00Z"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
+    }
 }

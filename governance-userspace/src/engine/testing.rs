@@ -23,8 +23,8 @@ use std::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Access, PolicySet, Protocol, Verdict};
-use crate::engine::{Action, AgentRef, Engine, HttpRequest};
+use super::{Action, AgentRef, Engine, HttpRequest};
+use crate::policy::{self, Access, PolicySet, Protocol, Verdict};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -144,13 +144,13 @@ impl Case {
             self.http.is_some(),
             self.unix.is_some(),
         ];
-        if !super::exactly_one(&given) {
+        if !policy::exactly_one(&given) {
             return Err("give exactly one of exec, file, network, http, unix".into());
         }
         if let Some(u) = &self.unix {
             let target = match (&u.path, &u.abstract_name) {
-                (Some(p), None) => super::UnixTarget::Path(p.clone()),
-                (None, Some(n)) => super::UnixTarget::Abstract(n.as_bytes().to_vec()),
+                (Some(p), None) => policy::UnixTarget::Path(p.clone()),
+                (None, Some(n)) => policy::UnixTarget::Abstract(n.as_bytes().to_vec()),
                 _ => return Err("unix: give exactly one of path or abstract".into()),
             };
             return Ok(Action::Unix { target });
@@ -284,5 +284,22 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
         Ok(())
     } else {
         Err(problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn the_shipped_policy_tests_pass() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let set = policy::load_dir(&dir).unwrap();
+        let (_, tests) = policy::policy_files(&dir).unwrap();
+        let report = run(&set, &tests);
+        assert_eq!(report.failed, 0, "{}", report.text);
+        assert!(report.passed >= 40, "{}", report.text);
     }
 }

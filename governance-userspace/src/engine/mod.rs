@@ -24,7 +24,8 @@ use serde_json::Value;
 
 use crate::policy::{
     Access, HostMatch, HttpMatcher, Kind, Matcher, Mode, PolicySet, Posture, Protocol, Rule,
-    SandboxTarget, Throttle, ThrottleKey, UnixTarget, Verdict, glob,
+    SandboxTarget, Throttle, ThrottleKey, UnixTarget, Verdict,
+    glob::{self, match_path},
 };
 
 /// Something an agent is about to do.
@@ -733,24 +734,6 @@ fn host_matches(rule: &HostMatch, host: &str) -> bool {
     }
 }
 
-/// The form of a request path that HTTP rules match: ASCII letters lowercased (Express routes
-/// case-insensitively by default) and without a trailing slash (Express in non-strict mode and
-/// Starlette's redirect treat `/v1/refunds/` as `/v1/refunds`). Rule paths are stored in this
-/// form (policy compilation); the path forwarded upstream keeps its case.
-pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let p = if path.len() > 1 {
-        let t = path.trim_end_matches('/');
-        if t.is_empty() { "/" } else { t }
-    } else {
-        path
-    };
-    if p.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(p.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(p)
-    }
-}
-
 /// `rule` (a rule's path, in [`match_path`] form) against `path` (a request's, in that form).
 fn path_matches(rule: Option<&str>, path: &str) -> bool {
     rule.is_none_or(|p| {
@@ -780,6 +763,7 @@ fn mcp_matches(
     })
 }
 
+pub mod testing;
+
 #[cfg(test)]
-#[path = "engine_tests.rs"]
 mod tests;

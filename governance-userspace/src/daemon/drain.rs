@@ -1,0 +1,180 @@
+//! Ring buffer → records: the kernel event drainer, and the kernel escalations it files with
+//! the approval queue.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+
+use super::generation::SharedNames;
+use crate::{
+    approvals::{self, Approvals},
+    events::{self, Clock, GrantRequest, Names, Record},
+    pipeline::{self, Publisher},
+    policy,
+};
+
+/// How often the drainer reads the ring when the programs have not woken it (they wake it
+/// only when the ring is filling up; see governance-ebpf's `emit`).
+const EVENT_TICK: Duration = Duration::from_millis(50);
+/// Events the drainer publishes at a time. A record is about a kilobyte: small batches stay
+/// in the CPU's caches on their way through the pipeline, which still takes up to
+/// [`pipeline::BATCH`] records per audit fsync.
+const PUBLISH_CHUNK: usize = 256;
+
+/// The kernel event drainer: a thread that reads the ring buffer in batches (on a short tick,
+/// or when the programs wake it because the ring is filling up), names each event after the
+/// generation that decided it, files kernel escalations with the approval queue, and publishes
+/// the batch. It pauses while the pipeline is far behind: the ring then fills and the kernel
+/// counts what it drops, and nothing here grows without bound.
+pub(super) struct Drainer {
+    pub ring: RingBuf<MapData>,
+    pub names: SharedNames,
+    pub clock: Clock,
+    pub publisher: Publisher,
+    pub approvals: Arc<Approvals>,
+}
+
+impl Drainer {
+    fn run(mut self, stop: Arc<AtomicBool>) {
+        let fd = self.ring.as_fd().as_raw_fd();
+        loop {
+            let stopping = stop.load(Ordering::Relaxed);
+            if !stopping && self.publisher.backlog() > pipeline::MAX_BACKLOG {
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            let n = self.drain();
+            if stopping {
+                break;
+            }
+            if n == 0 {
+                // SAFETY: a valid fd for the ring's lifetime; one pollfd.
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                unsafe { libc::poll(&mut pfd, 1, EVENT_TICK.as_millis() as i32) };
+            }
+        }
+    }
+
+    /// Publish what is in the ring now (in batches); how many events.
+    fn drain(&mut self) -> usize {
+        let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
+        let unknown = Names::default();
+        let mut total = 0;
+        loop {
+            let mut batch = Vec::with_capacity(PUBLISH_CHUNK);
+            while batch.len() < PUBLISH_CHUNK {
+                let Some(item) = self.ring.next() else { break };
+                let Some(ev) = events::parse(&item) else {
+                    tracing::warn!(
+                        len = item.len(),
+                        "ignoring a ring-buffer record of unexpected size"
+                    );
+                    continue;
+                };
+                drop(item);
+                let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
+                let r = Record::from_kernel(&ev, n, &self.clock);
+                match GrantRequest::of(&ev) {
+                    // An escalation is reported when the approval queue takes it, with its
+                    // approval id, just before the request: what came before it goes first.
+                    Some(g) => {
+                        total += batch.len();
+                        self.publisher.publish_batch(std::mem::take(&mut batch));
+                        escalate(&self.approvals, &self.publisher, r, g, n, ev.rule_id);
+                        total += 1;
+                    }
+                    None => batch.push(r),
+                }
+            }
+            if batch.is_empty() {
+                return total;
+            }
+            total += batch.len();
+            self.publisher.publish_batch(batch);
+        }
+    }
+}
+
+/// A kernel escalation: the action was refused; file (or find) the approval request, and
+/// report the decision with its approval id.
+fn escalate(
+    approvals: &Approvals,
+    publisher: &Publisher,
+    r: Record,
+    g: GrantRequest,
+    names: &Names,
+    rule_id: u32,
+) {
+    let (timeout, on_timeout) = names
+        .rule(rule_id)
+        .and_then(|n| n.escalate)
+        .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
+    let req = approvals::Request {
+        agent: r.agent.clone().unwrap_or_default(),
+        kind: r.kind.clone(),
+        object: r.object.clone(),
+        rule: r.rule.clone(),
+        reason: r.reason.clone(),
+        timeout,
+        on_timeout,
+        bytes: 0,
+    };
+    let mut pending = Some(r);
+    let queued = approvals.request_grant(req, g, &mut |info| {
+        if let Some(mut r) = pending.take() {
+            r.approval = Some(info.clone());
+            publisher.publish(r);
+        }
+    });
+    if let (Err(full), Some(mut r)) = (queued, pending.take()) {
+        r.reason = format!("{} ({full}: not queued for approval)", r.reason);
+        publisher.publish(r);
+    }
+}
+
+/// The drainer's thread: stopped (after a last drain) and joined on [`DrainerThread::stop`]
+/// or drop.
+pub(super) struct DrainerThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DrainerThread {
+    pub fn start(d: Drainer) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("ring".into())
+            .spawn(move || d.run(flag))
+            .context("starting the event drainer")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for DrainerThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,203 @@
+//! Policy generations: validate the policy directory, find the agents, compile and install a
+//! generation, and keep what the kernel ids of recent generations stand for ([`Names`]: the
+//! agents by cgroup id, the rules by the ids the kernel compiler assigns in rule order).
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::Path,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use anyhow::Context as _;
+
+use super::RunArgs;
+use crate::{
+    agents,
+    api::AgentView,
+    engine::Engine,
+    events::{AgentInfo, Names, RuleName},
+    kernel::{self, Enforcer, Protect},
+    policy,
+};
+
+/// Generations whose names are kept for events still in the ring.
+const NAMED_GENERATIONS: usize = 8;
+
+/// Names of recent generations, shared by the drainer and the proxy's agent lookup.
+pub(super) type SharedNames = Arc<RwLock<BTreeMap<u32, Arc<Names>>>>;
+
+/// One built generation.
+pub(super) struct Built {
+    pub names: Names,
+    pub engine: Engine,
+    pub agents: Vec<AgentView>,
+    /// The agent cgroups it was built for.
+    pub found: Vec<agents::AgentCgroup>,
+    pub rules: usize,
+}
+
+/// Validate the policy directory, find the agents, and install generation `number`.
+/// Ok(None): it compiled, but some of it cannot be enforced here and degraded mode was not
+/// accepted; nothing changed.
+pub(super) fn build(
+    number: u32,
+    args: &RunArgs,
+    enforcer: &Mutex<Enforcer>,
+    root: &Path,
+) -> anyhow::Result<Option<Built>> {
+    let set = policy::load_dir(&args.policy)?;
+    let found = agents::discover(root, &set, !args.no_create_cgroups)?;
+    let mut enforcer = enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
+    let protect = Protect {
+        cgroup_root: root.to_owned(),
+        // The policy, the pins, and the daemon's own executable (what the next start runs).
+        no_write: [args.policy.clone(), enforcer.pin_dir.clone()]
+            .into_iter()
+            .chain(std::env::current_exe().ok())
+            .collect(),
+        no_access: [
+            Some(&args.audit_dir),
+            Some(&args.ca_dir),
+            args.api_token_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect(),
+    };
+    let compiled = kernel::compile(&set, &found, number, &protect);
+    if !compiled.errors.is_empty() {
+        anyhow::bail!(
+            "the policy does not fit the kernel tables:\n  {}",
+            compiled.errors.join("\n  ")
+        );
+    }
+    for line in &compiled.unenforceable {
+        eprintln!("governance: NOT ENFORCED: {line}");
+    }
+    for line in &compiled.notes {
+        tracing::warn!("{line}");
+    }
+    let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
+    if !complete && !args.allow_degraded {
+        eprintln!(
+            "governance: refusing generation {number}: some of the policy cannot be enforced here \
+             (see NOT AVAILABLE / NOT ENFORCED above; exec and file enforcement need BPF LSM, \
+             and `governance probe` says why this node refuses it). Pass --allow-degraded to \
+             enforce only what is available."
+        );
+        return Ok(None);
+    }
+    for skipped in enforcer
+        .install(&compiled)
+        .context("writing the policy into the kernel maps")?
+    {
+        match skipped {
+            kernel::KernelError::UnixTarget { .. } => tracing::warn!(
+                "{skipped}; its rule applies from the generation installed when the socket appears"
+            ),
+            _ => tracing::warn!(
+                "{skipped}; its exact rule waits for the next generation (path rules still apply)"
+            ),
+        }
+    }
+    drop(enforcer);
+    eprintln!(
+        "governance: enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
+        args.policy.display(),
+        set.policies.len(),
+        set.rule_count(),
+        found.len(),
+        if complete { "" } else { " DEGRADED" }
+    );
+    for a in &found {
+        eprintln!(
+            "governance: agent {} = cgroup {} (id {})",
+            a.name,
+            a.path.display(),
+            a.cgroup_id
+        );
+    }
+    let names = names(&set, &found);
+    let agents = found
+        .iter()
+        .map(|a| AgentView {
+            name: a.name.clone(),
+            cgroup: a.rel.clone(),
+            cgroup_id: a.cgroup_id,
+            selector: names
+                .agents
+                .get(&a.cgroup_id)
+                .map(|i| i.selector.clone())
+                .unwrap_or_default(),
+            policies: set
+                .policies
+                .iter()
+                .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+                .map(|p| p.name.clone())
+                .collect(),
+        })
+        .collect();
+    let rules = set.rule_count();
+    Ok(Some(Built {
+        names,
+        engine: Engine::new(set, number),
+        agents,
+        found,
+        rules,
+    }))
+}
+
+/// What the kernel ids of one generation stand for.
+pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
+    let mut agents = HashMap::new();
+    let mut refs = HashMap::new();
+    for a in found {
+        let selector = set
+            .policies
+            .iter()
+            .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+            .map(|p| p.selector.to_string())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" ");
+        agents.insert(
+            a.cgroup_id,
+            AgentInfo {
+                name: a.name.clone(),
+                selector,
+                cgroup_id: a.cgroup_id,
+                cgroup: a.rel.clone(),
+                ..Default::default()
+            },
+        );
+        refs.insert(a.cgroup_id, a.agent_ref());
+    }
+    Names {
+        agents,
+        refs,
+        rules: set
+            .policies
+            .iter()
+            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+            .map(|(p, r)| RuleName {
+                id: r.id.clone(),
+                reason: r.reason.clone(),
+                escalate: r.escalate.as_ref().map(|e| (e.timeout, e.on_timeout)),
+                shadow: p.mode == policy::Mode::Shadow || r.mode == policy::Mode::Shadow,
+            })
+            .collect(),
+    }
+}
+
+/// Name generation `g`, keeping the recent ones for events still in the ring.
+pub(super) fn install_names(names: &SharedNames, g: u32, n: Names) {
+    let mut names = names.write().unwrap_or_else(|e| e.into_inner());
+    names.insert(g, Arc::new(n));
+    while names.len() > NAMED_GENERATIONS {
+        names.pop_first();
+    }
+}

@@ -1,0 +1,629 @@
+//! The daemon (`governance run`): policy generations, agent discovery, reloads, the kernel
+//! event drainer, the HTTP policy proxy and the control API.
+//!
+//! The programs are attached once and pinned (see [`kernel::Enforcer`]); a restarted daemon
+//! adopts them. A generation is one validated policy set with the agent cgroups found for it,
+//! compiled into the maps' inactive slot and made active by one flip (see governance_common),
+//! and handed to the HTTP engine at the same time. A reload (SIGHUP, `governance policy
+//! reload`, a change in the policy directory, an agent cgroup that appears, goes or is
+//! labelled) builds the next generation; one that fails (invalid policy, unenforceable policy,
+//! kernel error) changes nothing: the current generation keeps enforcing and the failure is
+//! reported and counted. A change in the cgroup tree that leaves the set of agents as it was (a
+//! cgroup made or removed inside an agent, or outside every selector) builds nothing. Throttle
+//! buckets carry over from one generation to the next, in the kernel and in the HTTP engine.
+//!
+//! Data flow: kernel ring buffer → drainer thread → [`pipeline`] (enrich, audit log, metrics,
+//! subscribers); the proxy and the approval queue publish into the same pipeline.
+//!
+//! When the daemon stops (or dies), the programs stay attached with the last generation:
+//! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
+
+mod drain;
+pub mod generation;
+mod identify;
+mod serve;
+mod watch;
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use aya::maps::{MapData, RingBuf};
+use tokio::sync::mpsc;
+
+use self::{
+    drain::{Drainer, DrainerThread},
+    generation::SharedNames,
+    identify::KernelIdentify,
+    serve::{Daemon, Signals, lifecycle},
+};
+use crate::{
+    api::{self, ApiState, Snapshot},
+    approvals::{self, Approvals},
+    audit::AuditOptions,
+    client,
+    engine::Engine,
+    events::{self, Clock, GrantRequest, Ids, Record, Sink, rfc3339},
+    kernel::{
+        self, Enforcer, Probe, ProxyConns,
+        probe::{EXIT_CANNOT_ENFORCE, report},
+    },
+    metrics::Metrics,
+    pipeline::{self, Publisher},
+    policy,
+    proxy::{self, Proxy},
+};
+
+// `governance run`: what to enforce, where, and how the daemon is reached. (No doc comment:
+// clap would take it for the help text of `run`, which is the `Command::Run` variant's.)
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Directory of policy files (*.yaml, *.yml).
+    #[arg(
+        long,
+        short,
+        env = "GOVERNANCE_POLICY_DIR",
+        default_value = "/etc/governance/policies"
+    )]
+    pub policy: PathBuf,
+    /// Keep running when some hooks cannot be attached (for example exec enforcement on a
+    /// kernel without BPF LSM), enforcing only what the kernel allows; exec then falls back to
+    /// killing a process right after a blocked exec.
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// Fail instead of creating agent cgroups that do not exist yet.
+    #[arg(long)]
+    pub no_create_cgroups: bool,
+    /// Detach the programs when the daemon stops (default: they stay, enforcing the last
+    /// generation, until `governance unload`).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// bpffs directory of the pinned maps and links.
+    #[arg(long = "pins", env = "GOVERNANCE_PINS", default_value = governance_common::pins::DIR)]
+    pub pins: PathBuf,
+    /// The control socket (mode 0600, root only).
+    #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
+    /// --api-token-file.
+    #[arg(long, requires = "api_token_file")]
+    pub api_listen: Option<SocketAddr>,
+    /// File holding the bearer token of the TCP API.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Where the HTTP policy proxy listens (agents' `via_proxy` traffic is sent here by the
+    /// kernel). Give an IPv4 address; it also listens on [::1] at the same port.
+    #[arg(long, default_value = "127.0.0.1:15001")]
+    pub proxy_listen: std::net::SocketAddrV4,
+    /// Do not run the HTTP policy proxy (`via_proxy` connects are then refused).
+    #[arg(long)]
+    pub no_proxy: bool,
+    /// Directory of the node CA for TLS interception (ca.crt, ca.key; created when the proxy
+    /// first starts).
+    #[arg(long, default_value = "/var/lib/governance/ca")]
+    pub ca_dir: PathBuf,
+    /// Extra PEM roots the proxy trusts for upstream TLS (besides the public roots).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Host → address overrides for the proxy's Host check, `host=ip[,ip]` (repeatable), for
+    /// hosts your resolver does not know.
+    #[arg(long = "proxy-host", value_name = "HOST=IP")]
+    pub proxy_hosts: Vec<String>,
+    /// Do not check that the Host of a redirected request resolves to where the agent was
+    /// connecting (labs only: rules then trust a Host header the agent chose).
+    #[arg(long)]
+    pub no_host_check: bool,
+    /// The audit log directory.
+    #[arg(
+        long,
+        env = "GOVERNANCE_AUDIT_DIR",
+        default_value = "/var/lib/governance/audit"
+    )]
+    pub audit_dir: PathBuf,
+    /// Rotate audit files at this size (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "64M", value_parser = crate::policy::parse_size)]
+    pub audit_max_bytes: u64,
+    /// Rotate audit files at this age (`1h`, `1d`).
+    #[arg(long, default_value = "24h", value_parser = policy::parse_duration)]
+    pub audit_max_age: Duration,
+    /// Ed25519 key that seals each audit file (created 0600 if missing).
+    #[arg(long)]
+    pub audit_signing_key: Option<PathBuf>,
+    /// While the audit log cannot be written (full disk, I/O error): `continue` (actions go on;
+    /// a gap record counts the records lost) or `block` (the HTTP proxy answers 503, approvals
+    /// and pre-authorizations are refused; kernel decisions go on, counted).
+    #[arg(long, value_enum, default_value_t = crate::audit::OnFailure::Continue)]
+    pub audit_on_failure: crate::audit::OnFailure,
+    /// Remove the oldest audit files while the log is larger than this (K, M, G suffixes); a
+    /// checkpoint (signed with the signing key) keeps the rest verifiable.
+    #[arg(long, value_parser = crate::policy::parse_size)]
+    pub audit_retain_bytes: Option<u64>,
+    /// Remove audit files whose last record is older than this (`30d`).
+    #[arg(long, value_parser = crate::policy::parse_duration)]
+    pub audit_retain_age: Option<Duration>,
+    /// Do not print each event on stdout (the audit log and the API still have them).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// How long a stopping daemon lets open API connections (event streams) finish.
+const API_DRAIN: Duration = Duration::from_secs(5);
+
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
+    // directory is reported with its place, and the exit status is that of `policy check`
+    // (1), not 3 ("cannot enforce").
+    policy::load_dir(&args.policy)?;
+    // Before anything is attached, so a stop or reload request is never lost.
+    let mut signals = Signals::new()?;
+    let probe = Probe::run();
+    let root = probe.cgroup2.clone().context(
+        "no cgroup2 filesystem is mounted; agents are cgroup v2 groups, so there is nothing to govern",
+    )?;
+    let hosts = host_overrides(&args.proxy_hosts)?;
+    let token = api_token(&args)?;
+    let Some(Attached {
+        enforcer,
+        ring,
+        hooks,
+        previous,
+        adopted,
+        complete,
+    }) = attach(&args, &probe, &root)?
+    else {
+        return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+    };
+
+    // The event pipeline, with the audit log.
+    let metrics = Arc::new(Metrics::new());
+    let pipe = open_pipeline(&args, &root, &metrics)?;
+    let publisher = pipe.publisher.clone();
+    publisher.publish(started(previous, adopted, complete));
+
+    // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
+    let (sink, approvals) = approvals(&publisher, &enforcer, &pipe.ids);
+
+    // Drain kernel events from now on (what the programs decided while no daemon ran first).
+    let names: SharedNames = Arc::default();
+    let mut drainer = DrainerThread::start(Drainer {
+        ring,
+        names: names.clone(),
+        clock: Clock::now(),
+        publisher: publisher.clone(),
+        approvals: approvals.clone(),
+    })?;
+
+    let snapshot = Arc::new(Mutex::new(Snapshot {
+        policy_dir: args.policy.clone(),
+        pins: args.pins.clone(),
+        degraded: !complete,
+        hooks,
+        proxy: None,
+        audit: Some(args.audit_dir.clone()),
+        started: rfc3339(SystemTime::now()),
+        generation: previous,
+        ..Default::default()
+    }));
+    let mut daemon = Daemon {
+        args: &args,
+        root: &root,
+        enforcer: enforcer.clone(),
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+        snapshot: snapshot.clone(),
+        approvals: approvals.clone(),
+        names: names.clone(),
+        engine: Arc::new(ArcSwap::from_pointee(Engine::new(
+            policy::PolicySet::default(),
+            previous,
+        ))),
+        current: previous,
+        agents_now: Vec::new(),
+        last_failed: false,
+        failures: 0,
+        dropped: 0,
+    };
+    if !daemon.first_generation(adopted)? {
+        return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
+    }
+
+    // The HTTP policy proxy.
+    let mut tasks = Vec::new();
+    let proxy = start_proxy(&args, hosts, &daemon, sink.clone(), &mut tasks).await?;
+
+    // The control API.
+    let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
+    let state = Arc::new(ApiState {
+        publisher: publisher.clone(),
+        counts: pipe.counts.clone(),
+        audit_dir: Some(args.audit_dir.clone()),
+        metrics: metrics.clone(),
+        approvals: approvals.clone(),
+        enforcer: enforcer.clone(),
+        snapshot: snapshot.clone(),
+        reload: reload_tx,
+        proxy: proxy.clone(),
+        token,
+    });
+    let api = serve_api(&args, &state, &enforcer).await?;
+
+    daemon.serve(&mut signals, &mut reload_rx).await?;
+
+    // Stop: no new connections, the last events recorded, then the pipeline closes the log.
+    for t in &tasks {
+        t.abort();
+    }
+    let _ = api.stop.send(true);
+    let _ = std::fs::remove_file(&args.socket);
+    drainer.stop();
+    publisher.publish(daemon.stopped());
+    let current = daemon.current;
+    drop((daemon, publisher, sink, approvals, state, proxy, tasks));
+    // Connections still open (an `events --follow`) hold publishers: stop explicitly.
+    pipe.publisher.stop();
+    let _ = tokio::task::spawn_blocking(move || pipe.thread.join()).await;
+    // The streams have their last record; let them end cleanly (bounded: a client that does
+    // not read keeps nothing alive).
+    let drained = futures_util::future::join_all(api.tasks);
+    if tokio::time::timeout(API_DRAIN, drained).await.is_err() {
+        tracing::warn!("API connections still open after {API_DRAIN:?}; closing them");
+    }
+    if args.detach_on_exit {
+        kernel::unload(&args.pins).context("removing the pins")?;
+        eprintln!("governance: programs detached (--detach-on-exit)");
+    } else {
+        eprintln!(
+            "governance: generation {current} stays enforcing (pinned in {}); `governance unload` removes it",
+            args.pins.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The bearer token of the TCP API, if one is configured.
+fn api_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.api_token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading the API token from {}", p.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|t| !t.is_empty()),
+        None => None,
+    };
+    if args.api_listen.is_some() && token.is_none() {
+        anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
+    }
+    Ok(token)
+}
+
+/// The programs, attached (or adopted) and protected.
+struct Attached {
+    enforcer: Arc<Mutex<Enforcer>>,
+    ring: RingBuf<MapData>,
+    /// (program, what it enforces, its state), for the status.
+    hooks: Vec<(String, String, String)>,
+    /// The generation that was pinned (0: none).
+    previous: u32,
+    /// Whether the programs were pinned by an earlier daemon.
+    adopted: bool,
+    /// Whether every hook is attached.
+    complete: bool,
+}
+
+/// Load and attach the programs (or adopt the pinned ones), report what this kernel can
+/// enforce, and protect the daemon's process. Ok(None): not every hook is attached and
+/// degraded mode was not accepted; nothing this run attached is left behind.
+fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<Attached>> {
+    let mut enforcer =
+        Enforcer::start(&args.pins, root, args.allow_degraded).with_context(|| {
+            format!(
+                "loading the eBPF programs (pins in {})",
+                args.pins.display()
+            )
+        })?;
+    let previous = enforcer.generation().unwrap_or(0);
+    let adopted = enforcer.adopted;
+    if adopted {
+        eprintln!(
+            "governance: adopted the programs pinned in {} (generation {previous} was enforcing while no daemon ran)",
+            args.pins.display()
+        );
+    }
+    let complete = report(probe, &enforcer);
+    if !complete && !args.allow_degraded {
+        eprintln!(
+            "governance: refusing to run: not every hook is attached (see NOT AVAILABLE and why \
+             above). Pass --allow-degraded to enforce only what is available."
+        );
+        if !adopted {
+            // Leave nothing attached behind.
+            let _ = kernel::unload(&args.pins);
+        }
+        return Ok(None);
+    }
+    enforcer
+        .protect(&[std::process::id()])
+        .context("protecting the daemon's process")?;
+    let hooks = enforcer
+        .hooks
+        .iter()
+        .map(|(p, s)| (p.name.to_owned(), p.what.to_owned(), s.to_string()))
+        .collect();
+    let ring = enforcer.take_events()?;
+    Ok(Some(Attached {
+        enforcer: Arc::new(Mutex::new(enforcer)),
+        ring,
+        hooks,
+        previous,
+        adopted,
+        complete,
+    }))
+}
+
+/// The event pipeline, with the audit log.
+fn open_pipeline(
+    args: &RunArgs,
+    root: &Path,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<pipeline::Handles> {
+    let signing_key = args
+        .audit_signing_key
+        .as_deref()
+        .map(crate::audit::load_or_create_key)
+        .transpose()?;
+    pipeline::start(pipeline::Config {
+        audit: Some((
+            args.audit_dir.clone(),
+            AuditOptions {
+                max_bytes: args.audit_max_bytes,
+                max_age: Some(args.audit_max_age),
+                signing_key,
+                on_failure: args.audit_on_failure,
+                retain_bytes: args.audit_retain_bytes,
+                retain_age: args.audit_retain_age,
+                ..Default::default()
+            },
+        )),
+        cgroup_root: root.to_owned(),
+        metrics: metrics.clone(),
+        stdout: !args.quiet,
+    })
+    .with_context(|| format!("opening the audit log in {}", args.audit_dir.display()))
+}
+
+/// The `daemon.started` record.
+fn started(previous: u32, adopted: bool, complete: bool) -> Record {
+    let mut started = lifecycle(
+        "daemon.started",
+        format!(
+            "governance {} started (pid {}){}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            if complete { "" } else { " DEGRADED" }
+        ),
+    );
+    started.generation = previous;
+    if adopted {
+        started.message.push_str(&format!(
+            "; adopted the pinned programs: generation {previous} enforced while no daemon ran"
+        ));
+    }
+    started
+}
+
+/// The approval queue (HTTP holds, and kernel escalations approved by a time-bounded grant)
+/// and the sink the proxy and the queue report to.
+fn approvals(
+    publisher: &Publisher,
+    enforcer: &Arc<Mutex<Enforcer>>,
+    ids: &Arc<Ids>,
+) -> (Sink, Arc<Approvals>) {
+    let sink: Sink = {
+        let p = publisher.clone();
+        Arc::new(move |r| p.publish(r))
+    };
+    let grant: approvals::Grant = {
+        let e = enforcer.clone();
+        Arc::new(move |g: GrantRequest, d: Duration| {
+            let mut e = e.lock().map_err(|_| "the kernel state lock is poisoned")?;
+            e.grant(
+                governance_common::GrantKey {
+                    cgroup_id: g.cgroup_id,
+                    kind: g.kind,
+                    _pad: [0; 7],
+                    object: g.object,
+                },
+                events::monotonic_ns().saturating_add(d.as_nanos() as u64),
+            )
+            .map_err(|e| e.to_string())
+        })
+    };
+    let approvals = Approvals::with_ids(
+        approvals::Limits::default(),
+        sink.clone(),
+        grant,
+        ids.clone(),
+    );
+    (sink, approvals)
+}
+
+/// The HTTP policy proxy, listening on `--proxy-listen` and [::1] at the same port (its tasks
+/// go to `tasks`); None with `--no-proxy`. The kernel is told where it listens.
+async fn start_proxy(
+    args: &RunArgs,
+    hosts: HashMap<String, Vec<IpAddr>>,
+    daemon: &Daemon<'_>,
+    sink: Sink,
+    tasks: &mut Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+) -> anyhow::Result<Option<Arc<Proxy>>> {
+    let enforcer = &daemon.enforcer;
+    if args.no_proxy {
+        enforcer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lock"))?
+            .set_proxy(None)?;
+        return Ok(None);
+    }
+    // Port 0 picks a free port; the IPv6 listener and the kernel use the same one.
+    let first = tokio::net::TcpListener::bind(args.proxy_listen)
+        .await
+        .with_context(|| format!("the proxy cannot listen on {}", args.proxy_listen))?;
+    let v4 = match first.local_addr()? {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => anyhow::bail!("--proxy-listen takes an IPv4 address"),
+    };
+    let v6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, v4.port(), 0, 0);
+    let mut listeners = vec![first];
+    match tokio::net::TcpListener::bind(v6).await {
+        Ok(l) => listeners.push(l),
+        Err(e) => tracing::warn!(
+            "the proxy does not listen on {v6} ({e}); IPv6 agents' via_proxy connects will be refused"
+        ),
+    }
+    let identify = Arc::new(KernelIdentify {
+        conns: Mutex::new(ProxyConns::open(&args.pins)?),
+        names: daemon.names.clone(),
+    });
+    let cfg = proxy::ProxyConfig {
+        host_check: if args.no_host_check {
+            proxy::HostCheck::Off
+        } else {
+            proxy::HostCheck::Resolve
+        },
+        host_addresses: hosts,
+        ca_dir: Some(args.ca_dir.clone()),
+        upstream_ca: args.upstream_ca.clone(),
+        audit: Some(daemon.publisher.audit_health().clone()),
+        ..Default::default()
+    };
+    let p = Proxy::new(
+        cfg,
+        daemon.engine.clone(),
+        identify,
+        daemon.approvals.clone(),
+        sink,
+    );
+    for l in listeners {
+        tasks.push(tokio::spawn(p.clone().serve(l)));
+    }
+    enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .set_proxy(Some((*v4.ip(), Ipv6Addr::LOCALHOST, v4.port())))?;
+    eprintln!(
+        "governance: HTTP policy proxy on {v4} and [::1]:{}",
+        v4.port()
+    );
+    daemon
+        .snapshot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .proxy = Some(v4.to_string());
+    Ok(Some(p))
+}
+
+/// The control API's servers, and how to stop them gracefully.
+struct ApiServers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Serve the control API on the socket (and on TCP with `--api-listen`); agents are refused
+/// both in the kernel.
+async fn serve_api(
+    args: &RunArgs,
+    state: &Arc<ApiState>,
+    enforcer: &Mutex<Enforcer>,
+) -> anyhow::Result<ApiServers> {
+    let socket = api::bind_socket(&args.socket)
+        .with_context(|| format!("creating the control socket {}", args.socket.display()))?;
+    // Agents may never reach it, whatever the policy says: refused by its identity, which
+    // the kernel checks whatever name an agent uses.
+    enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .protect_control_socket(&args.socket)
+        .context("refusing the control socket to agents")?;
+    // The API servers stop gracefully: live event streams end with their last record and a
+    // proper end of body, not a connection cut mid-chunk.
+    let (api_stop, api_stopping) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = api_stopping.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let mut api_tasks = Vec::new();
+    {
+        let app =
+            api::router(state.clone(), false).into_make_service_with_connect_info::<api::Caller>();
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(socket, app).with_graceful_shutdown(stop).await {
+                tracing::error!("control socket: {e}");
+            }
+        }));
+    }
+    let mut api_addr = None;
+    if let Some(addr) = args.api_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("the API cannot listen on {addr}"))?;
+        api_addr = Some(l.local_addr()?);
+        let app =
+            api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!("API on {addr}: {e}");
+            }
+        }));
+    }
+    // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
+    // address forgotten).
+    enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .set_api_addr(api_addr)
+        .context("refusing the TCP control API to agents")?;
+    eprintln!(
+        "governance: control API on {}{}",
+        args.socket.display(),
+        args.api_listen
+            .map(|a| format!(" and {a} (bearer token)"))
+            .unwrap_or_default()
+    );
+    Ok(ApiServers {
+        stop: api_stop,
+        tasks: api_tasks,
+    })
+}
+
+/// `host=ip[,ip]` overrides of the proxy's Host check.
+fn host_overrides(args: &[String]) -> anyhow::Result<HashMap<String, Vec<IpAddr>>> {
+    let mut out = HashMap::new();
+    for a in args {
+        let (host, ips) = a
+            .split_once('=')
+            .with_context(|| format!("--proxy-host `{a}`: expected HOST=IP[,IP]"))?;
+        let ips = ips
+            .split(',')
+            .map(|ip| {
+                ip.trim()
+                    .parse()
+                    .with_context(|| format!("--proxy-host `{a}`: `{ip}` is not an IP address"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        out.insert(host.trim().to_ascii_lowercase(), ips);
+    }
+    Ok(out)
+}

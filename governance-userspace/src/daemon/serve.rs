@@ -1,0 +1,360 @@
+//! The daemon's loop: the generation that enforces, and what replaces it (a changed policy
+//! directory, agent cgroups that come or go, a rule's socket re-created, SIGHUP, an API
+//! request), until SIGINT or SIGTERM.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use governance_common::Counter;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
+};
+
+use super::{
+    RunArgs,
+    generation::{Built, SharedNames, build, install_names},
+    watch::{self, Watches},
+};
+use crate::{
+    agents,
+    api::{self, Snapshot},
+    approvals::Approvals,
+    engine::Engine,
+    events::{Record, RecordType},
+    kernel::{self, Enforcer},
+    metrics::Metrics,
+    pipeline::Publisher,
+};
+
+/// The signals the daemon answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
+pub(super) struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// The running daemon's loop: the generation that enforces, what changes it, and where each
+/// change is reported.
+pub(super) struct Daemon<'a> {
+    pub args: &'a RunArgs,
+    pub root: &'a Path,
+    pub enforcer: Arc<Mutex<Enforcer>>,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    pub snapshot: Arc<Mutex<Snapshot>>,
+    pub approvals: Arc<Approvals>,
+    /// Names of recent generations (the drainer's and the proxy's).
+    pub names: SharedNames,
+    /// The HTTP engine of the current generation (the proxy's).
+    pub engine: Arc<ArcSwap<Engine>>,
+    /// The generation that enforces.
+    pub current: u32,
+    /// The agents of the current generation.
+    pub agents_now: Vec<agents::AgentCgroup>,
+    /// Whether the last build failed (then any change is worth another try).
+    pub last_failed: bool,
+    /// Failed reloads so far.
+    pub failures: u64,
+    /// The kernel's drop counter, as last told.
+    pub dropped: u64,
+}
+
+impl Daemon<'_> {
+    /// Generation 1 (or the one after what was pinned). Ok(false): some of the policy cannot
+    /// be enforced here and degraded mode was not accepted. Without pinned programs to fall
+    /// back on, nothing this run attached is left behind when it fails.
+    pub fn first_generation(&mut self, adopted: bool) -> anyhow::Result<bool> {
+        let next = self.current + 1;
+        match build(next, self.args, &self.enforcer, self.root) {
+            Ok(Some(b)) => {
+                let message = format!(
+                    "generation {next} is enforcing {}",
+                    self.args.policy.display()
+                );
+                self.enforce(next, b, message);
+                Ok(true)
+            }
+            Ok(None) => {
+                if !adopted {
+                    let _ = kernel::unload(&self.args.pins);
+                }
+                Ok(false)
+            }
+            Err(e) => {
+                if !adopted {
+                    let _ = kernel::unload(&self.args.pins);
+                    return Err(e);
+                }
+                eprintln!(
+                    "governance: the policy failed to load; generation {} (pinned) keeps enforcing:\n{e:#}",
+                    self.current
+                );
+                self.last_failed = true;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Generation `g` (built and installed in the kernel) enforces: the HTTP engine, the
+    /// names, the status and the metrics follow, and a `policy.reloaded` record says so.
+    fn enforce(&mut self, g: u32, b: Built, message: String) {
+        install_names(&self.names, g, b.names);
+        self.engine.store(Arc::new(b.engine));
+        self.agents_now = b.found;
+        self.last_failed = false;
+        self.current = g;
+        let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        s.generation = g;
+        s.agents = b.agents;
+        s.last_error = None;
+        let mut r = Record::daemon(RecordType::Policy, "policy.reloaded", message);
+        r.generation = g;
+        r.counts.insert("rules".into(), b.rules as u64);
+        r.counts.insert("agents".into(), s.agents.len() as u64);
+        self.publisher.publish(r);
+        self.metrics.set_generation(g);
+    }
+
+    /// Wait for changes and reload on each, until SIGINT or SIGTERM.
+    pub async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        reload_rx: &mut mpsc::Receiver<api::ReloadReply>,
+    ) -> anyhow::Result<()> {
+        let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
+        let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.dropped = self
+            .enforcer
+            .lock()
+            .ok()
+            .and_then(|e| e.counter(Counter::EventsDropped).ok())
+            .unwrap_or_default();
+        loop {
+            let mut reply = None;
+            let mut cgroups_watched = false;
+            let why = tokio::select! {
+                _ = tick.tick() => {
+                    if self.tick() {
+                        socket_due.get_or_insert(tokio::time::Instant::now());
+                    }
+                    continue;
+                }
+                // A burst of changes (an editor saving, a tree of cgroups appearing) settles
+                // before the reload: the first change sets the due time, later ones ride along.
+                r = watch::changed(&mut watches.policy) => {
+                    r?;
+                    let due = tokio::time::Instant::now() + Duration::from_millis(300);
+                    policy_due.get_or_insert(due);
+                    continue;
+                }
+                r = watch::changed(&mut watches.cgroups) => {
+                    r?;
+                    let due = tokio::time::Instant::now() + Duration::from_millis(50);
+                    cgroup_due.get_or_insert(due);
+                    continue;
+                }
+                // A socket re-created: a runtime socket is refused again at once, a rule's
+                // socket with the next generation.
+                r = watch::changed(&mut watches.sockets) => {
+                    r?;
+                    if watch::sockets_changed(&self.enforcer) {
+                        socket_due.get_or_insert(tokio::time::Instant::now());
+                    }
+                    watches.sockets = watch::watch_sockets(&self.enforcer)?;
+                    continue;
+                }
+                _ = watch::until(watch::earliest(watch::earliest(policy_due, cgroup_due), socket_due)) => {
+                    let policy_changed = policy_due.is_some();
+                    let socket_changed = socket_due.is_some();
+                    policy_due = None;
+                    cgroup_due = None;
+                    socket_due = None;
+                    if policy_changed {
+                        "the policy directory changed"
+                    } else if socket_changed {
+                        "a Unix socket a rule names was created or re-created"
+                    } else {
+                        // Only cgroups changed. If the agents are the same ones, the current
+                        // generation is exactly what a rebuild would make: keep it. (Watch the
+                        // new directories first, so a cgroup made meanwhile is seen next time.)
+                        watches.cgroups = watch::watch_cgroups(self.root)?;
+                        cgroups_watched = true;
+                        if self.same_agents() {
+                            eprintln!(
+                                "governance: the cgroup tree changed, the agents did not; generation {} stays",
+                                self.current
+                            );
+                            continue;
+                        }
+                        "the agent cgroups changed"
+                    }
+                }
+                r = reload_rx.recv() => {
+                    reply = r;
+                    "a reload was requested through the API"
+                }
+                _ = signals.hup.recv() => "SIGHUP",
+                _ = signals.int.recv() => break,
+                _ = signals.term.recv() => break,
+            };
+            eprintln!("governance: {why}; reloading");
+            // Watch before the build reads the tree and the directory: a change made while it
+            // builds (a slow build of many agents) is then seen and leads to the next reload.
+            // A watch made after the build would miss it.
+            watches.policy = watch::watch_policy(&self.args.policy)?;
+            if !cgroups_watched {
+                watches.cgroups = watch::watch_cgroups(self.root)?;
+            }
+            let result = self.reload(why);
+            if result.is_ok() {
+                // The sockets the new generation's rules name.
+                watches.sockets = watch::watch_sockets(&self.enforcer)?;
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        Ok(())
+    }
+
+    /// Once a second: expire approvals, look at the sockets again (true: a rule's socket
+    /// changed, the next generation is due), and tell the kernel's dropped events.
+    fn tick(&mut self) -> bool {
+        self.approvals.expire_due(SystemTime::now());
+        // Socket files re-created where no directory watch saw it (a directory that did not
+        // exist yet): looked at once a second.
+        let sockets = watch::sockets_changed(&self.enforcer);
+        // The kernel's drop counter, told as a record when it moves.
+        let now = self
+            .enforcer
+            .lock()
+            .ok()
+            .and_then(|e| e.counter(Counter::EventsDropped).ok())
+            .unwrap_or(self.dropped);
+        if now > self.dropped {
+            let mut r = lifecycle(
+                "events.dropped",
+                format!(
+                    "the kernel's event ring was full: {} decision events were not recorded (the decisions were enforced)",
+                    now - self.dropped
+                ),
+            );
+            r.counts.insert("dropped".into(), now - self.dropped);
+            r.counts.insert("dropped_total".into(), now);
+            self.publisher.publish(r);
+            self.dropped = now;
+        }
+        sockets
+    }
+
+    /// Whether the cgroup tree still holds the agents of the current generation (and it did
+    /// not fail to build).
+    fn same_agents(&self) -> bool {
+        !self.last_failed
+            && agents::discover(
+                self.root,
+                self.engine.load().policies(),
+                !self.args.no_create_cgroups,
+            )
+            .is_ok_and(|found| found == self.agents_now)
+    }
+
+    /// Build and install the next generation; on failure the current one keeps enforcing and
+    /// the failure is counted and reported.
+    fn reload(&mut self, why: &str) -> Result<u32, String> {
+        let next = self.current + 1;
+        let result = match build(next, self.args, &self.enforcer, self.root) {
+            Ok(Some(mut b)) => {
+                // The kernel's buckets carried over with the flip; the HTTP engine's carry
+                // over before it decides anything.
+                b.engine.carry_buckets(&self.engine.load(), Instant::now());
+                eprintln!("governance: generation {next} is enforcing");
+                self.enforce(next, b, format!("generation {next} is enforcing ({why})"));
+                Ok(next)
+            }
+            Ok(None) => Err(
+                "some of the policy cannot be enforced on this kernel (see the daemon's log); \
+                 pass --allow-degraded to enforce only what is available"
+                    .to_owned(),
+            ),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        if let Err(e) = &result {
+            self.failures += 1;
+            self.last_failed = true;
+            let (current, failures) = (self.current, self.failures);
+            eprintln!(
+                "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
+            );
+            let mut r = Record::daemon(
+                RecordType::Policy,
+                "policy.reload_failed",
+                format!("generation {current} keeps enforcing: {e}"),
+            );
+            r.generation = current;
+            self.publisher.publish(r);
+            let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+            s.reload_failures = failures;
+            s.last_error = Some(e.clone());
+        }
+        result
+    }
+
+    /// The `daemon.stopped` record, with the kernel's counters (also said on stderr).
+    pub fn stopped(&self) -> Record {
+        let (decisions, denials, ring_drops, map_full) = {
+            let e = self.enforcer.lock().unwrap_or_else(|e| e.into_inner());
+            let c = |k| e.counter(k).unwrap_or_default();
+            (
+                c(Counter::Decisions),
+                c(Counter::Denials),
+                c(Counter::EventsDropped),
+                c(Counter::MapFull),
+            )
+        };
+        let (current, failures) = (self.current, self.failures);
+        eprintln!(
+            "governance: stopping; {decisions} decisions, {denials} denials, {ring_drops} events dropped, {map_full} map-full failures; {failures} failed reloads"
+        );
+        let mut r = lifecycle(
+            "daemon.stopped",
+            if self.args.detach_on_exit {
+                "stopped; the programs are detached (--detach-on-exit)".to_owned()
+            } else {
+                format!("stopped; generation {current} stays enforcing (pinned)")
+            },
+        );
+        r.generation = current;
+        for (k, v) in [
+            ("decisions", decisions),
+            ("denials", denials),
+            ("events_dropped", ring_drops),
+            ("map_full", map_full),
+            ("reload_failures", failures),
+        ] {
+            r.counts.insert(k.into(), v);
+        }
+        r
+    }
+}
+
+pub(super) fn lifecycle(kind: &str, message: impl Into<String>) -> Record {
+    Record::daemon(RecordType::Lifecycle, kind, message)
+}

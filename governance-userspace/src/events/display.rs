@@ -1,0 +1,109 @@
+//! The readable line: one line per record, for people (and grep).
+
+use std::fmt;
+
+use super::{Record, RecordType};
+
+impl Record {
+    /// The readable form of the object: `path="/usr/bin/nc"`, `dest=1.2.3.4:80 proto=tcp`, ...
+    fn object_words(&self) -> String {
+        let o = &self.object;
+        let mut w = Vec::new();
+        if !o.method.is_empty() {
+            w.push(format!("{} {}", o.method, o.url));
+        } else if !o.url.is_empty() {
+            w.push(format!("url={}", o.url));
+        }
+        if !o.mcp_tool.is_empty() {
+            w.push(format!("mcp_tool={}", o.mcp_tool));
+        }
+        if !o.path.is_empty() {
+            w.push(format!("path={:?}", o.path));
+        }
+        if !o.access.is_empty() {
+            w.push(format!("access={}", o.access));
+        }
+        if !o.dest.is_empty() {
+            w.push(format!("dest={}", o.dest));
+        }
+        if !o.protocol.is_empty() {
+            w.push(format!("proto={}", o.protocol));
+        }
+        if o.target_pid != 0 {
+            w.push(format!("target={}", o.target_pid));
+        }
+        if o.signal != 0 {
+            w.push(format!("signal={}", o.signal));
+        }
+        for (k, v) in &o.detail {
+            w.push(format!("{k}={v:?}"));
+        }
+        w.join(" ")
+    }
+}
+
+/// One readable line per record, for people (and grep): time, OUTCOME, kind, agent, object,
+/// process, rule, reason.
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let head = if self.ty == RecordType::Decision {
+            self.outcome.to_uppercase()
+        } else {
+            self.ty.as_str().to_uppercase()
+        };
+        write!(f, "{} {head:<8} {:<7}", self.time, self.kind)?;
+        if let Some(a) = &self.agent {
+            write!(f, " agent={}", a.name)?;
+        }
+        let object = self.object_words();
+        if !object.is_empty() {
+            write!(f, " {object}")?;
+        }
+        if let Some(p) = &self.process {
+            write!(
+                f,
+                " pid={} ppid={} comm={:?} uid={}",
+                p.pid, p.ppid, p.comm, p.uid
+            )?;
+            if !p.exe.is_empty() {
+                write!(f, " exe={:?}", p.exe)?;
+            }
+            if p.sandboxed {
+                f.write_str(" sandboxed")?;
+            }
+        }
+        if let Some(c) = &self.cgroup {
+            write!(f, " cgroup={}", c.id)?;
+        }
+        if self.ty == RecordType::Decision {
+            write!(
+                f,
+                " gen={} verdict={} rule={}",
+                self.generation, self.verdict, self.rule
+            )?;
+            if self.mode == "shadow" {
+                f.write_str(" mode=shadow")?;
+            }
+        }
+        if !self.reason.is_empty() {
+            write!(f, " reason={:?}", self.reason)?;
+        }
+        if let Some(s) = &self.shadow {
+            write!(f, " shadow={}:{}", s.verdict, s.rule)?;
+        }
+        if let Some(a) = &self.approval {
+            write!(f, " approval={} state={}", a.id, a.state)?;
+            if !a.by.is_empty() {
+                write!(f, " by={:?}", a.by)?;
+            }
+        }
+        if !self.message.is_empty() {
+            // One record, one line: a multi-line message (a reload's errors) is joined.
+            write!(f, " {}", self.message.replace('\n', " | "))?;
+        }
+        for (k, v) in &self.counts {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,387 @@
+//! The record: one event model for decisions, approvals, policy changes and lifecycle steps.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::SystemTime,
+};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{StreamInfo, rfc3339, time::put_digits};
+
+/// Where records are reported: every decision of the proxy, and every approval change.
+pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
+
+/// One event: a decision, an approval, a policy change or a lifecycle step.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Record {
+    /// Unique per node: `<daemon start, hex ms>-<sequence>`; sorts in emission order within one
+    /// daemon run.
+    pub id: String,
+    /// RFC 3339, UTC, nanoseconds.
+    pub time: String,
+    /// The node's hostname.
+    pub node: String,
+    /// What the record is about.
+    #[serde(rename = "type")]
+    pub ty: RecordType,
+    /// Who decided or reported it.
+    pub source: Source,
+    /// The action, for decisions: exec, file, connect, send, socket, userns, bpf, signal,
+    /// ptrace, unlink, unix (a Unix-socket connect or datagram), api (a request to the control
+    /// API), capability, mount, clone, exec_map, task, guard, ipc, link (a hard link or rename
+    /// refused: `object.detail.op`), http. For other types, a short event name
+    /// (`approval.granted`, `policy.reloaded`, `daemon.started`, ...).
+    pub kind: String,
+    /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
+    /// (degraded exec: the process was killed after its exec). Empty for non-decisions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome: String,
+    /// Whether the action was refused.
+    #[serde(default)]
+    pub denied: bool,
+    /// The verdict of the deciding rule or default (allow, block, throttle, sandbox, escalate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub verdict: String,
+    /// `enforce`, or `shadow` when only a shadow rule or policy would have decided this way.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mode: String,
+    /// `<policy>/<rule id>`, `default` (no rule matched: the default posture), `builtin:<what>`
+    /// (a built-in protection) or `fail-closed:<why>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub rule: String,
+    /// The rule's reason, or why the action was decided as it was.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// Policy generation that decided (0: none).
+    #[serde(default)]
+    pub generation: u32,
+    /// A shadow rule that would have decided otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Shadow>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentInfo>,
+    /// The acting task's own cgroup (the agent root or a descendant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<CgroupInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// What was acted on.
+    #[serde(default, skip_serializing_if = "Object::is_empty")]
+    pub object: Object,
+    /// The approval this record opened or settled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalInfo>,
+    /// Free text for policy and lifecycle records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Numbers that go with lifecycle records (drop counts, rules, agents).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// On a live stream's own records (`stream.subscribed`, `stream.ended`): the subscription.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamInfo>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordType {
+    #[default]
+    Decision,
+    Approval,
+    Policy,
+    Lifecycle,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::Decision => "decision",
+            RecordType::Approval => "approval",
+            RecordType::Policy => "policy",
+            RecordType::Lifecycle => "lifecycle",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The eBPF programs.
+    #[default]
+    Kernel,
+    /// The HTTP policy proxy.
+    Proxy,
+    /// The decision API (pre-authorization requests).
+    Api,
+    /// The daemon itself.
+    Daemon,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Shadow {
+    pub verdict: String,
+    pub rule: String,
+}
+
+/// The agent an event belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AgentInfo {
+    /// Its label, or else its cgroup path.
+    pub name: String,
+    /// What made the cgroup an agent: `cgroup=<glob>` and/or `label=<value>` of the policies
+    /// that select it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selector: String,
+    /// cgroup v2 id of the agent root.
+    pub cgroup_id: u64,
+    /// The agent root, relative to the cgroup2 mount.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
+    /// Kubernetes pod (empty until the Kubernetes integration).
+    #[serde(default)]
+    pub pod: String,
+    /// Kubernetes namespace (empty until the Kubernetes integration).
+    #[serde(default)]
+    pub namespace: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CgroupInfo {
+    /// cgroup v2 id (the inode number of the cgroup directory).
+    pub id: u64,
+    /// Relative to the cgroup2 mount; empty when the cgroup is gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ProcessInfo {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    #[serde(default)]
+    pub tid: u32,
+    #[serde(default)]
+    pub ppid: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub comm: String,
+    /// The process's executable (`/proc/PID/exe`), when enriched.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub exe: String,
+    /// Its command line (`/proc/PID/cmdline`), when enriched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// The process runs under a sandbox profile (a `sandbox` verdict confined it or a parent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandboxed: bool,
+    /// `procfs` when what the kernel does not report was read from the live process (exe and
+    /// argv for exec; comm, ppid and uid for HTTP, where the proxy knows only the pid), `gone`
+    /// when the process had exited before it could be read (best effort: those fields are then
+    /// empty), `none` when enrichment was not attempted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub enrichment: String,
+}
+
+/// What an action was about. Only the fields that apply to its kind are set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Object {
+    /// exec: the file name the exec asked for; file: the resolved path opened.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    /// file: the accesses asked for, as letters (r, w, c = create, t = truncate).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub access: String,
+    /// connect/send: the destination address and port (`1.2.3.4:443`, `[::1]:80`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dest: String,
+    /// connect/send: tcp or udp; socket: the family and type.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
+    /// http: the method.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// http: the full URL (scheme, host, path and query).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// http: the MCP tool of a JSON-RPC `tools/call`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mcp_tool: String,
+    /// signal/ptrace: the protected process acted on.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub target_pid: u32,
+    /// signal: the signal number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub signal: u32,
+    /// Extra facts about the object: the body fields a rule used, the bpf command, the
+    /// upstream a sandboxed request went to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub detail: std::collections::BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl Object {
+    pub fn is_empty(&self) -> bool {
+        *self == Object::default()
+    }
+}
+
+/// An approval request and what became of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalInfo {
+    /// The id `governance approve` and `governance deny` take.
+    pub id: String,
+    /// pending, approved, denied, expired, withdrawn (the HTTP client went away).
+    pub state: String,
+    /// Who approved or denied it (the control API's caller).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+    /// Until when it may be decided (RFC 3339); after that the action stays refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deadline: String,
+    /// Why it was denied.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// Event ids: a per-run prefix (the daemon's start time) and a sequence.
+#[derive(Debug)]
+pub struct Ids {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Ids {
+    pub fn new() -> Self {
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        Self {
+            prefix: format!("{ms:x}"),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// `<prefix>-<sequence, at least 8 digits>`.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut buf = [0u8; 20];
+        let width = digits.max(8);
+        put_digits(&mut buf[..width], n);
+        let mut id = String::with_capacity(self.prefix.len() + 1 + width);
+        id.push_str(&self.prefix);
+        id.push('-');
+        id.push_str(std::str::from_utf8(&buf[..width]).unwrap_or_default());
+        id
+    }
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// This node's name, for records.
+pub fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+impl Record {
+    /// A policy or lifecycle record from the daemon.
+    pub fn daemon(ty: RecordType, kind: &str, message: impl Into<String>) -> Self {
+        Record {
+            time: rfc3339(SystemTime::now()),
+            ty,
+            source: Source::Daemon,
+            kind: kind.into(),
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+impl ProcessInfo {
+    /// A live process as procfs describes it (`/proc/PID/status`: comm, ppid, real uid), for
+    /// a decision the kernel did not report itself (the proxy knows only the client's pid).
+    /// Marked `gone` when the process has already exited.
+    pub fn from_procfs(pid: u32) -> ProcessInfo {
+        let mut p = ProcessInfo {
+            pid,
+            ..Default::default()
+        };
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let number = |v: &str| v.split_whitespace().next()?.parse().ok();
+        match (
+            field("Name"),
+            field("PPid").and_then(number),
+            field("Uid").and_then(number),
+        ) {
+            (Some(comm), Some(ppid), Some(uid)) => {
+                (p.comm, p.ppid, p.uid) = (comm.to_owned(), ppid, uid);
+                p.enrichment = "procfs".into();
+            }
+            _ => p.enrichment = "gone".into(),
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_ordered() {
+        let ids = Ids::new();
+        let (a, b) = (ids.next(), ids.next());
+        assert!(a < b, "{a} {b}");
+        assert_eq!(a, format!("{}-00000001", ids.prefix));
+        for n in [
+            0,
+            9,
+            10,
+            99_999_999,
+            100_000_000,
+            123_456_789_012,
+            u64::MAX - 1,
+        ] {
+            ids.next.store(n, Ordering::Relaxed);
+            assert_eq!(ids.next(), format!("{}-{n:08}", ids.prefix));
+        }
+    }
+
+    /// comm, ppid and uid of a live process from procfs; a process that is gone is marked so.
+    #[test]
+    fn process_from_procfs() {
+        let p = ProcessInfo::from_procfs(std::process::id());
+        let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(p.comm, comm.trim_end());
+        assert_eq!(p.ppid, std::os::unix::process::parent_id());
+        assert_eq!(p.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(p.enrichment, "procfs");
+        // pid_max is at most 2^22: this pid cannot exist.
+        let gone = ProcessInfo::from_procfs(1 << 23);
+        assert_eq!((gone.comm.as_str(), gone.enrichment.as_str()), ("", "gone"));
+    }
+}
