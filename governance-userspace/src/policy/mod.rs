@@ -1,7 +1,7 @@
 //! The policy: YAML documents in a directory → validated, compiled rules.
 //!
 //! Every problem is reported with its file, line and column, and any problem rejects the whole
-//! set: a typo never silently weakens a policy. The file format is in [`model`] (and the
+//! set: a typo never silently weakens a policy. The file format is in [`model`] (and
 //! README); [`crate::engine`] decides with what this module produces.
 
 pub mod cond;
@@ -307,7 +307,7 @@ impl Matcher {
         }
     }
 
-    /// Specificity, compared lexicographically; higher wins. See the README's precedence.
+    /// Specificity, compared lexicographically; higher wins. See docs/policy.md, precedence.
     fn specificity(&self) -> [u32; 4] {
         let path = |p: &PathMatch| match p {
             PathMatch::Exact(e) => [2, e.as_os_str().len() as u32],

@@ -118,7 +118,7 @@ pub struct KernelDoc {
     #[serde(default)]
     pub allow_runtime_sockets: Option<bool>,
     /// Give the agent back capabilities that agents never get by default (`CAP_NET_ADMIN`,
-    /// `CAP_SYS_ADMIN`, ...: see the README for the list and why each is refused). A
+    /// `CAP_SYS_ADMIN`, ...: see docs/policy.md for the list and why each is refused). A
     /// capability is given back when an enforcing policy of the agent lists it and every other
     /// enforcing policy that writes this field lists it too.
     #[serde(default)]

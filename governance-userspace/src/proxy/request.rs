@@ -15,7 +15,7 @@
 //!   `%25` followed by two hex digits (double encoding), escapes that decode to bytes that are
 //!   not UTF-8 (overlong `%C0%AE`), `;` (path parameters, which some servers strip), segments
 //!   that end in `.` or a space (which Windows servers strip), and bad escapes. Rules match the path ASCII-lowercased and without a trailing slash
-//!   ([`crate::engine::match_path`]); the path forwarded keeps its case.
+//!   ([`crate::policy::glob::match_path`]); the path forwarded keeps its case.
 //! - **Framing** ([`check_framing`]): more than one `Content-Length` (also equal ones, and a
 //!   list `5, 5`), a `Transfer-Encoding` other than exactly `chunked`, or `Content-Length`
 //!   together with `Transfer-Encoding` → 400 and the connection is closed, on any request of a
