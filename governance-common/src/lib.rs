@@ -768,7 +768,30 @@ pub mod allow {
     pub const MOUNTS: u32 = 8;
     /// Running the dynamic loader as a program (`ld.so PROGRAM`).
     pub const LOADER_EXEC: u32 = 16;
+    /// Writing the kernel's settings (/proc/sys, /proc/sysrq-trigger, /sys): selects the
+    /// shared built-in path rules without them (see [`crate::builtin_class`]).
+    pub const KERNEL_SETTINGS: u32 = 32;
+    /// Writing the node's system files: selects the shared built-in path rules without them.
+    pub const SYSTEM_FILES: u32 = 64;
 }
+
+/// First class number of the shared built-in path rules (after the slot bit): the node's
+/// protected paths (the daemon's files, the kernel's settings, the system files) are the same
+/// for every agent, so they are stored once per generation and combination of the relaxations
+/// that change them, not once per agent. `file_open` looks them up beside the agent's own
+/// class, and the most severe answer wins (a policy rule never outranks a built-in).
+pub const BUILTIN_CLASS_BASE: u32 = 0x7fff_ff00;
+
+/// The class of the shared built-in path rules for an agent of class `class` (slot bit
+/// included) whose [`allow`] bits are `allow`.
+pub const fn builtin_class(class: u32, allow: u32) -> u32 {
+    let relaxed = (allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES)) >> 5;
+    (class & (1 << 31)) | BUILTIN_CLASS_BASE | relaxed
+}
+const _: () = assert!(
+    builtin_class(class_id(1, 7), allow::SYSTEM_FILES) == class_id(1, BUILTIN_CLASS_BASE | 2)
+        && builtin_class(class_id(2, 7), allow::LOADER_EXEC) == class_id(2, BUILTIN_CLASS_BASE)
+);
 
 /// What a [`Kind::Task`] event refused to change in another process (its `detail`).
 pub mod task_change {

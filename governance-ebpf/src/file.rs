@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey, RulePair,
-    access,
+    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey,
+    RulePair, access, builtin_class,
 };
 
 use crate::{
@@ -59,6 +59,18 @@ pub(crate) fn resolve_path(file: u64, class: u32) -> Result<&'static mut Key<Pat
 pub(crate) fn path_rules(key: &mut Key<PathKey>, access: u8) -> Option<RulePair> {
     key.data.access = access;
     PATH_RULES.get(&*key).copied()
+}
+
+/// The shared built-in path rules (see `governance_common::builtin_class`) for one access
+/// letter, looked up beside the class's own. Only a rule that is there counts: an entry with
+/// none (the hole at the cgroup tree, below the kernel settings' `/sys`) is no answer.
+#[inline(always)]
+fn builtin_rules(key: &mut Key<PathKey>, value: &AgentValue, access: u8) -> Option<RulePair> {
+    let own = key.data.class_be;
+    key.data.class_be = builtin_class(value.class, value.allow).to_be_bytes();
+    let found = path_rules(key, access);
+    key.data.class_be = own;
+    found.filter(|p| p.enforce.present != 0)
 }
 
 /// Fold one access's answer (its rules, else the default) into the most severe so far.
@@ -215,9 +227,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let mut matched = false;
     if read {
         worst = more_severe(worst, path_rules(key, access::READ), default, &mut matched);
+        if let Some(b) = builtin_rules(key, &agent.value, access::READ) {
+            worst = more_severe(worst, Some(b), default, &mut matched);
+        }
     }
     if write {
         worst = more_severe(worst, path_rules(key, access::WRITE), default, &mut matched);
+        if let Some(b) = builtin_rules(key, &agent.value, access::WRITE) {
+            worst = more_severe(worst, Some(b), default, &mut matched);
+        }
     }
     if create {
         worst = more_severe(
@@ -226,6 +244,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             default,
             &mut matched,
         );
+        if let Some(b) = builtin_rules(key, &agent.value, access::CREATE) {
+            worst = more_severe(worst, Some(b), default, &mut matched);
+        }
     }
     if truncate {
         worst = more_severe(
@@ -234,6 +255,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             default,
             &mut matched,
         );
+        if let Some(b) = builtin_rules(key, &agent.value, access::TRUNCATE) {
+            worst = more_severe(worst, Some(b), default, &mut matched);
+        }
     }
     // The same object by any other name: a hard link, a renamed directory, a bind mount,
     // another namespace's view. Skipped (one lookup) for classes without identity rules.

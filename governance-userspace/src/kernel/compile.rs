@@ -31,7 +31,7 @@ use std::{
 use governance_common::{
     AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
     RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access,
-    class_id, proto,
+    allow, class_id, proto,
 };
 
 use crate::{
@@ -117,6 +117,9 @@ pub struct KernelPolicy {
     /// Sandbox profile classes: (profile class number, index into `classes`).
     pub profiles: Vec<(u32, usize)>,
     pub classes: Vec<Class>,
+    /// The shared built-in path rules, one class per combination of relaxations in use (see
+    /// [`governance_common::builtin_class`]): path rules only.
+    pub builtins: Vec<Class>,
     /// Throttle rules: (kernel rule id, rate and bucket id). See [`bucket_id`].
     pub throttles: Vec<(u32, Throttle)>,
     /// Kernel rule number n (without the slot bit) is `rule_names[n - 1]`.
@@ -314,6 +317,63 @@ fn relaxed_for(set: &PolicySet, agent: &AgentCgroup, get: fn(&Policy) -> Option<
         })
     };
     governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
+}
+
+/// The [`allow`] bits of the built-ins a policy relaxed for `agent` that change the shared
+/// built-in path rules (kernel settings, system files).
+fn relaxations(set: &PolicySet, agent: &AgentCgroup) -> u32 {
+    let mut bits = 0;
+    if relaxed_for(set, agent, |p| p.allow_kernel_settings) {
+        bits |= allow::KERNEL_SETTINGS;
+    }
+    if relaxed_for(set, agent, |p| p.allow_system_files) {
+        bits |= allow::SYSTEM_FILES;
+    }
+    bits
+}
+
+/// The built-in path rules every agent shares (with the relaxations `relaxed`): no access to
+/// the daemon's secrets; no writes to the policy, the pins, the daemon's executable, and,
+/// unless relaxed, the kernel's settings and the node's system files. Each path as written and
+/// as resolved now (a relative or symlinked --policy means the same directory as the kernel's
+/// resolved path); a prefix node covers the path itself too (a file: the executable, the
+/// token, the shell startup files).
+fn shared_denied(protect: &Protect, relaxed: u32) -> Vec<(u8, Node, Ranked)> {
+    let r = Ranked {
+        specificity: [1, 0, u32::MAX - 1, 0],
+        rule: rule_ref(NO_RULE, KVerdict::Block, 0),
+        shadow: false,
+    };
+    let mut out = Vec::new();
+    for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
+        let mut denied: Vec<PathBuf> = protect.no_access.clone();
+        if letter != access::READ {
+            denied.extend(protect.no_write.iter().cloned());
+            if relaxed & allow::KERNEL_SETTINGS == 0 {
+                denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
+            }
+            if relaxed & allow::SYSTEM_FILES == 0 {
+                denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+            }
+        }
+        for path in denied.iter().flat_map(|d| spellings(d)) {
+            out.push((letter, Node { path, exact: false }, r));
+        }
+    }
+    out
+}
+
+/// Leave the shared built-ins' own nodes to the built-in class (their answer there is the
+/// same: a built-in outranks every rule).
+fn drop_shared(c: &mut Class, shared: &[(u8, Node, Ranked)]) {
+    for (letter, node, _) in shared {
+        c.paths.remove(&(*letter, node.bytes()));
+        let exact = Node {
+            path: node.path.clone(),
+            exact: true,
+        };
+        c.paths.remove(&(*letter, exact.bytes()));
+    }
 }
 
 /// A destination rule: (prefix128, masked address, rank, port lo, port hi, protocol, via proxy).
@@ -619,41 +679,31 @@ pub fn compile(
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
-        let kernel_settings = relaxed_for(set, agent, |p| p.allow_kernel_settings);
-        let system_files = relaxed_for(set, agent, |p| p.allow_system_files);
+        let relaxations = relaxations(set, agent);
+        let shared = shared_denied(protect, relaxations);
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
-            let mut denied = vec![];
-            if letter != access::READ {
-                denied.push(protect.cgroup_root.clone());
-                denied.extend(protect.no_write.iter().cloned());
-                if !kernel_settings {
-                    denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
-                }
-                if !system_files {
-                    denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
-                }
-            }
-            denied.extend(protect.no_access.iter().cloned());
-            // As written and as resolved now (a relative or symlinked --policy means the same
-            // directory as the kernel's resolved path).
-            // What is below each, and the path itself (some are files: the daemon's
-            // executable, the API token, shell startup files).
-            for dir in denied.iter().flat_map(|d| spellings(d)) {
-                let mut r = builtin(KVerdict::Block);
-                r.specificity = [1, 0, u32::MAX - 1, 0];
-                for exact in [false, true] {
-                    list.push((
-                        Node {
-                            path: dir.clone(),
-                            exact,
-                        },
-                        r,
-                    ));
+            // The shared built-ins are in the class too, for the identity resolution and so
+            // the rules below them are pushed down right; their own nodes are stored once, in
+            // the built-in class (see `builtin_classes`).
+            for (l, node, r) in &shared {
+                if *l == letter {
+                    list.push((node.clone(), *r));
                 }
             }
             if letter == access::READ {
                 continue;
+            }
+            for dir in spellings(&protect.cgroup_root) {
+                let mut r = builtin(KVerdict::Block);
+                r.specificity = [1, 0, u32::MAX - 1, 0];
+                list.push((
+                    Node {
+                        path: dir,
+                        exact: false,
+                    },
+                    r,
+                ));
             }
             let mut own = builtin(KVerdict::Allow);
             own.specificity = [1, 0, u32::MAX, 0];
@@ -685,6 +735,8 @@ pub fn compile(
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
         identities.resolve(&mut c);
+        drop_shared(&mut c, &shared);
+        c.value.allow |= relaxations;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
         let governing: Vec<&Policy> = set
@@ -769,9 +821,55 @@ pub fn compile(
             let mut c = build_class(pc, &constrained, &mut out.errors, &agent.name);
             c.value.class = pc;
             identities.resolve(&mut c);
+            drop_shared(&mut c, &shared);
             out.profiles.push((pc & 0x7fff_ffff, out.classes.len()));
             out.classes.push(c);
         }
+    }
+    let combos: BTreeSet<u32> = out
+        .classes
+        .iter()
+        .map(|c| c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES))
+        .collect();
+    for relaxed in combos {
+        let mut rules = Rules::default();
+        for (letter, node, r) in shared_denied(protect, relaxed) {
+            rules.paths.entry(letter).or_default().push((node, r));
+        }
+        // The cgroup tree is the classes' own (each agent's subtree is writable): a hole in
+        // the kernel settings' `/sys` here, so this class says nothing there.
+        if relaxed & allow::KERNEL_SETTINGS == 0 {
+            for letter in WRITE_LETTERS {
+                for dir in spellings(&protect.cgroup_root) {
+                    rules.paths.entry(letter).or_default().push((
+                        Node {
+                            path: dir,
+                            exact: false,
+                        },
+                        Ranked {
+                            specificity: [1, 0, u32::MAX, 0],
+                            rule: RuleRef::default(),
+                            shadow: false,
+                        },
+                    ));
+                }
+            }
+        }
+        let id = governance_common::builtin_class(class_id(generation, 0), relaxed);
+        let c = build_class(id, &rules, &mut out.errors, "(built-in)");
+        out.builtins.push(c);
+    }
+    let entries: usize = out
+        .classes
+        .iter()
+        .chain(&out.builtins)
+        .map(|c| c.paths.len())
+        .sum();
+    if entries > (governance_common::MAX_PATH_RULES / 2) as usize {
+        out.errors.push(format!(
+            "{entries} path rule entries; the kernel table holds {} per generation",
+            governance_common::MAX_PATH_RULES / 2
+        ));
     }
     out.unenforceable = unenforceable.into_iter().collect();
     out.notes = identities.notes.into_iter().collect();
@@ -1238,6 +1336,28 @@ mod tests {
             .map(|(_, v)| *v)
     }
 
+    /// What the kernel's file_open decides from the path rules: the class's answer, and the
+    /// shared built-ins' where they have a rule and it is more severe.
+    fn decided(k: &KernelPolicy, c: &Class, letter: u8, path: &str) -> Option<RulePair> {
+        let own = lookup(c, letter, path);
+        let id = governance_common::builtin_class(c.id, c.value.allow);
+        let shared = k
+            .builtins
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| lookup(b, letter, path))
+            .filter(|p| p.enforce.present != 0);
+        match (own, shared) {
+            (Some(o), Some(s))
+                if o.enforce.present != 0 && o.enforce.verdict >= s.enforce.verdict =>
+            {
+                Some(o)
+            }
+            (o, None) => o,
+            (_, s) => s,
+        }
+    }
+
     #[test]
     fn path_rules_push_down_so_the_longest_match_is_the_best_rule() {
         let set = parse(&[(
@@ -1267,7 +1387,7 @@ mod tests {
         assert_eq!(r("/home/u/.ssh/keys/k"), Some((rule(2), rule(4))));
         assert_eq!(r("/var/x"), None);
         // Built-ins: the cgroup tree is not writable except the agent's own subtree.
-        let w = |p: &str| lookup(c, access::WRITE, p).map(|v| v.enforce.verdict);
+        let w = |p: &str| decided(&k, c, access::WRITE, p).map(|v| v.enforce.verdict);
         assert_eq!(
             w("/sys/fs/cgroup/other/cgroup.procs"),
             Some(KVerdict::Block as u8)
@@ -1281,11 +1401,11 @@ mod tests {
         let audit = "/var/lib/governance/audit/audit-000001.jsonl";
         assert_eq!(w(audit), Some(KVerdict::Block as u8));
         assert_eq!(
-            lookup(c, access::READ, audit).map(|v| v.enforce.verdict),
+            decided(&k, c, access::READ, audit).map(|v| v.enforce.verdict),
             Some(KVerdict::Block as u8)
         );
         // The policy directory stays readable (its files are no secret).
-        assert_eq!(lookup(c, access::READ, "/etc/governance/p.yaml"), None);
+        assert_eq!(decided(&k, c, access::READ, "/etc/governance/p.yaml"), None);
         // The kernel's settings are not writable; the agent's own cgroup still is.
         for p in [
             "/proc/sys/kernel/core_pattern",
@@ -1414,15 +1534,13 @@ mod tests {
             )])
             .unwrap();
             compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect)
-                .classes
-                .swap_remove(0)
         };
-        let refused = |c: &Class, letter: u8, path: &str| {
-            lookup(c, letter, path).is_some_and(|r| {
+        let refused = |k: &KernelPolicy, letter: u8, path: &str| {
+            decided(k, &k.classes[0], letter, path).is_some_and(|r| {
                 r.enforce.present != 0 && r.enforce.verdict == KVerdict::Block as u8
             })
         };
-        let c = class("");
+        let k = class("");
         for path in [
             "/etc/cron.d/job",
             "/etc/ld.so.preload",
@@ -1434,19 +1552,56 @@ mod tests {
             "/root/.bashrc",
         ] {
             for letter in [access::WRITE, access::CREATE, access::TRUNCATE] {
-                assert!(refused(&c, letter, path), "{path} {}", letter as char);
+                assert!(refused(&k, letter, path), "{path} {}", letter as char);
             }
-            assert!(!refused(&c, access::READ, path), "{path} stays readable");
+            assert!(!refused(&k, access::READ, path), "{path} stays readable");
         }
-        assert!(refused(&c, access::WRITE, exe.to_str().unwrap()));
-        assert!(!refused(&c, access::WRITE, "/root/.cache/pip/x"));
-        assert!(!refused(&c, access::WRITE, "/var/lib/app/data"));
+        assert!(refused(&k, access::WRITE, exe.to_str().unwrap()));
+        assert!(!refused(&k, access::WRITE, "/root/.cache/pip/x"));
+        assert!(!refused(&k, access::WRITE, "/var/lib/app/data"));
+        // The agent's own cgroup stays writable below the kernel settings' /sys (the hole in
+        // the shared built-ins); other cgroups do not.
+        assert!(!refused(
+            &k,
+            access::WRITE,
+            "/sys/fs/cgroup/x/child/cgroup.procs"
+        ));
+        assert!(refused(
+            &k,
+            access::WRITE,
+            "/sys/fs/cgroup/other/cgroup.procs"
+        ));
+        assert!(refused(&k, access::WRITE, "/sys/kernel/uevent_helper"));
+        // Stored once: the class holds none of the shared nodes.
+        assert!(
+            !k.classes[0]
+                .paths
+                .keys()
+                .any(|(_, n)| n.starts_with(b"/usr/") || n.starts_with(b"/etc/")),
+            "{:?}",
+            k.classes[0].paths.keys()
+        );
         let relaxed = class("kernel: { allow_system_files: true }");
         assert!(!refused(&relaxed, access::WRITE, "/etc/cron.d/job"));
         assert!(!refused(&relaxed, access::CREATE, "/usr/local/lib/x.so"));
         // The daemon's own files are never relaxed.
         assert!(refused(&relaxed, access::WRITE, exe.to_str().unwrap()));
         assert!(refused(&relaxed, access::CREATE, "/etc/governance/p.yaml"));
+        // Many agents share one built-in class per combination of relaxations.
+        let set = parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'a/*' }\n".into(),
+        )])
+        .unwrap();
+        let agents: Vec<_> = (0..50).map(|i| agent(i, &format!("a/{i}"), None)).collect();
+        let many = compile(&set, &agents, 1, &protect);
+        assert_eq!(many.builtins.len(), 1);
+        let per_class = many.classes[0].paths.len();
+        assert!(
+            per_class < 20,
+            "{per_class} path entries per agent: {:?}",
+            many.classes[0].paths.keys()
+        );
     }
 
     #[test]

@@ -859,7 +859,7 @@ impl Enforcer {
             let name = maps::PATH_RULES;
             let mut trie: LpmTrie<_, PathKey, RulePair> = LpmTrie::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
-            for class in &policy.classes {
+            for class in policy.classes.iter().chain(&policy.builtins) {
                 for ((access, bytes), value) in &class.paths {
                     let mut path = [0u8; PATH_MAX];
                     path[..bytes.len()].copy_from_slice(bytes);
