@@ -186,6 +186,7 @@ pub mod programs {
         "memory placement of processes outside the agent",
     );
     pub const MODULE_REQUEST: Program = lsm("kernel_module_request", "module autoloading");
+    pub const KEY_ALLOC: Program = lsm("key_alloc", "keys whose construction runs a program");
     pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
     pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
     pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
@@ -258,7 +259,7 @@ pub mod programs {
 
     /// Full enforcement, in attach order: the network and tracepoint programs first (they load
     /// everywhere), the LSM programs after.
-    pub const ALL: [Program; 55] = [
+    pub const ALL: [Program; 56] = [
         FORK,
         EXIT,
         SOCK_OPS,
@@ -314,6 +315,7 @@ pub mod programs {
         SYMLINK,
         MKDIR,
         MKNOD,
+        KEY_ALLOC,
     ];
 }
 
@@ -373,9 +375,11 @@ pub mod offsets {
     pub const DENTRY_NAME: &str = "OFF_DENTRY_NAME";
     pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
     pub const SB_ROOT: &str = "OFF_SB_ROOT";
+    pub const KEY_TYPE: &str = "OFF_KEY_TYPE";
+    pub const KEY_TYPE_NAME: &str = "OFF_KEY_TYPE_NAME";
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 41] = [
+    pub const ALL: [(&str, &str, &str); 43] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -417,6 +421,8 @@ pub mod offsets {
         (DENTRY_NAME, "dentry", "d_name"),
         (QSTR_NAME, "qstr", "name"),
         (SB_ROOT, "super_block", "s_root"),
+        (KEY_TYPE, "key", "type"),
+        (KEY_TYPE_NAME, "key_type", "name"),
     ];
 }
 
@@ -824,6 +830,10 @@ pub mod guard {
     pub const SIGNAL_OWNER: u8 = 3;
     /// Setting or removing a `user.governance.*` xattr (the agent label).
     pub const LABEL: u8 = 4;
+    /// A key of a type whose construction (request_key) makes the kernel run a program outside
+    /// the agent, as root: `dns_resolver` (a DNS query for a name of the agent's choice, past
+    /// its network rules), the NFS and CIFS upcalls, and every type not known to be local.
+    pub const KEY_UPCALL: u8 = 5;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -832,6 +842,7 @@ pub mod guard {
             TERMINAL_INPUT => "terminal input injection",
             SIGNAL_OWNER => "signal ownership to another process",
             LABEL => "the agent label",
+            KEY_UPCALL => "a key whose construction runs a program outside the agent",
             _ => "?",
         }
     }

@@ -11,7 +11,10 @@ use aya_ebpf::{
 };
 use governance_common::{Kind, guard};
 
-use crate::decide::{Decision, current_agent, emit, lsm_ret};
+use crate::{
+    decide::{Decision, current_agent, emit, lsm_ret},
+    kernel::{OFF_KEY_TYPE, OFF_KEY_TYPE_NAME, off, read_at},
+};
 
 /// Refuse the current task if it belongs to an agent, reporting `what` (governance_common::guard).
 #[inline(always)]
@@ -136,4 +139,75 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
         return 0;
     }
     refuse(guard::LABEL, 0)
+}
+
+/// Key types that stay in the kernel: keyrings, the payload-only types, and the authorisation
+/// key `request_key` makes for its own upcall. A `user` key's upcall runs /sbin/request-key
+/// with the handlers of /etc/request-key.conf, which agents may not write (system files).
+const LOCAL_KEY_TYPES: [&[u8]; 8] = [
+    b"keyring\0",
+    b"user\0",
+    b"logon\0",
+    b"big_key\0",
+    b"asymmetric\0",
+    b"encrypted\0",
+    b"trusted\0",
+    b".request_key_auth\0",
+];
+
+/// Does `name` start with `t` (which ends with its NUL, so a longer name with `t` as a prefix
+/// does not)? Byte by byte, with constant bounds: a slice comparison would call memcmp, which
+/// BPF has not.
+#[inline(always)]
+fn same(name: &[u8; 24], t: &[u8]) -> bool {
+    let mut i = 0;
+    while i < t.len() && i < name.len() {
+        if name[i] != t[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Built-in: no keys of other types for agents. `request_key("dns_resolver", NAME)` makes the
+/// kernel run /sbin/key.dns_resolver, outside every cgroup, which asks the node's resolver for
+/// NAME: a DNS channel past the agent's network rules. The NFS and CIFS types are upcalls too.
+/// The key is refused where it is made (`key_alloc`), before any upcall; a type the kernel
+/// does not know yet needs a module, which agents may not load either.
+#[lsm(hook = "key_alloc")]
+pub fn key_alloc(ctx: LsmContext) -> i32 {
+    // int key_alloc(struct key *key, const struct cred *cred, unsigned long flags)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    // Most keys are made outside agents: the agent lookup first.
+    if current_agent().is_none() {
+        return 0;
+    }
+    let key: u64 = ctx.arg(0);
+    let mut name = [0u8; 24];
+    // SAFETY: see read_at; the copy is bounded by the buffer.
+    let read = unsafe {
+        read_at::<u64>(key, off(&OFF_KEY_TYPE))
+            .and_then(|t| read_at::<u64>(t, off(&OFF_KEY_TYPE_NAME)))
+            .map(|n| bpf_probe_read_kernel_str_bytes(n as *const u8, &mut name).map(|s| s.len()))
+    };
+    let local = match read {
+        Ok(Ok(len)) => {
+            let mut local = false;
+            for t in LOCAL_KEY_TYPES {
+                local |= t.len() == len + 1 && same(&name, t);
+            }
+            local
+        }
+        // Unreadable: refuse (fail closed).
+        _ => false,
+    };
+    if local {
+        0
+    } else {
+        refuse(guard::KEY_UPCALL, 0)
+    }
 }

@@ -51,7 +51,9 @@ offsets!(
     OFF_DENTRY_FLAGS,
     OFF_DENTRY_NAME,
     OFF_QSTR_NAME,
-    OFF_SB_ROOT
+    OFF_SB_ROOT,
+    OFF_KEY_TYPE,
+    OFF_KEY_TYPE_NAME
 );
 
 #[inline(always)]

