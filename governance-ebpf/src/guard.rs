@@ -141,19 +141,12 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     refuse(guard::LABEL, 0)
 }
 
-/// Key types that stay in the kernel: keyrings, the payload-only types, and the authorisation
-/// key `request_key` makes for its own upcall. A `user` key's upcall runs /sbin/request-key
-/// with the handlers of /etc/request-key.conf, which agents may not write (system files).
-const LOCAL_KEY_TYPES: [&[u8]; 8] = [
-    b"keyring\0",
-    b"user\0",
-    b"logon\0",
-    b"big_key\0",
-    b"asymmetric\0",
-    b"encrypted\0",
-    b"trusted\0",
-    b".request_key_auth\0",
-];
+/// Key types agents may make: keyrings, the plain payload types, and the authorisation key
+/// `request_key` makes for its own upcall. A `user` key's upcall runs /sbin/request-key with
+/// the handlers of /etc/request-key.conf, which agents may not write (system files). Every
+/// other type (the upcall types; also asymmetric, big_key, trusted, encrypted, which agents
+/// have no use for) is refused.
+const LOCAL_KEY_TYPES: [&[u8]; 4] = [b"keyring\0", b"user\0", b"logon\0", b".request_key_auth\0"];
 
 /// Does `name` start with `t` (which ends with its NUL, so a longer name with `t` as a prefix
 /// does not)? Byte by byte, with constant bounds: a slice comparison would call memcmp, which

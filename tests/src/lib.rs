@@ -229,7 +229,8 @@ pub enum Attempt {
     OpenByHandle { path: CString, mount_dir: CString },
     /// mknod(path, mode, dev).
     Mknod { path: CString, mode: u32, dev: u64 },
-    /// request_key(ty, description, NULL, KEY_SPEC_PROCESS_KEYRING).
+    /// request_key(ty, description, "callout", KEY_SPEC_PROCESS_KEYRING): with callout data,
+    /// so a key not found is constructed (the upcall).
     RequestKey { ty: CString, description: CString },
     /// add_key(ty, description, "v", 1, KEY_SPEC_PROCESS_KEYRING).
     AddKey { ty: CString, description: CString },
@@ -888,7 +889,7 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
                     libc::SYS_request_key,
                     ty.as_ptr(),
                     description.as_ptr(),
-                    std::ptr::null::<libc::c_char>(),
+                    c"callout".as_ptr(),
                     -2i32,
                 )),
                 Attempt::AddKey { ty, description } => check(libc::syscall(
