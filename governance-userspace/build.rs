@@ -1,5 +1,7 @@
 //! Build the eBPF object (governance-ebpf, for bpfel-unknown-none) and hand it to the crate as
-//! `$OUT_DIR/governance`.
+//! `$OUT_DIR/governance`; tell the crate what `governance version` says: the git commit
+//! (`GOVERNANCE_GIT_COMMIT`, 12 hex digits) and the SHA-256 of that object
+//! (`GOVERNANCE_EBPF_SHA256`; its first 12 hex digits in `GOVERNANCE_EBPF`).
 //!
 //! A nested cargo (nightly, `-Z build-std=core`, linked by bpf-linker) does the build, so cargo's
 //! own freshness checks decide what to rebuild: the object embedded is always the one built
@@ -10,6 +12,8 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
 };
+
+use sha2::{Digest as _, Sha256};
 
 const PACKAGE: &str = "governance-ebpf";
 const TARGET: &str = "bpfel-unknown-none";
@@ -81,7 +85,59 @@ fn build() -> Result<(), String> {
     let dest = out_dir.join("governance");
     std::fs::copy(&built, &dest)
         .map_err(|e| format!("copying {} to {}: {e}", built.display(), dest.display()))?;
+    let object = std::fs::read(&dest).map_err(|e| format!("reading {}: {e}", dest.display()))?;
+    let digest: String = Sha256::digest(&object)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("cargo::rustc-env=GOVERNANCE_EBPF_SHA256={digest}");
+    println!("cargo::rustc-env=GOVERNANCE_EBPF={}", &digest[..12]);
+    println!(
+        "cargo::rustc-env=GOVERNANCE_GIT_COMMIT={}",
+        git_commit(workspace)
+    );
     Ok(())
+}
+
+/// The commit of the sources: `$GOVERNANCE_GIT_COMMIT` if set (a build from a source tarball
+/// can say where it came from), else `git rev-parse --short=12 HEAD` in the workspace, else
+/// `unknown`.
+/// The build script runs again when HEAD moves (a commit, a checkout).
+fn git_commit(workspace: &Path) -> String {
+    println!("cargo::rerun-if-env-changed=GOVERNANCE_GIT_COMMIT");
+    if let Ok(c) = env::var("GOVERNANCE_GIT_COMMIT")
+        && !c.trim().is_empty()
+    {
+        return c.trim().to_owned();
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=12", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    // HEAD, the branch it names, and packed-refs (where a branch's commit may be instead).
+    // Only files that exist: cargo runs the script every time for a missing one.
+    let mut watch = vec!["HEAD".to_owned(), "packed-refs".to_owned()];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watch.push(branch);
+    }
+    for f in watch {
+        if let Some(path) = git(&["rev-parse", "--git-path", &f]) {
+            let path = workspace.join(path);
+            if path.exists() {
+                println!("cargo::rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    commit
 }
 
 fn which(name: &str) -> Result<PathBuf, ()> {

@@ -26,7 +26,7 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(
     name = "governance",
-    version,
+    version = crate::version::LONG,
     about = "Kernel-level policy enforcement for AI agents (eBPF LSM + cgroup hooks + HTTP policy proxy)",
     long_about = "Kernel-level policy enforcement for AI agents.\n\n\
         An agent is a cgroup v2 and all of its descendants. `governance run` loads eBPF programs \
@@ -45,6 +45,22 @@ pub struct Cli {
     /// Log filter for diagnostics on stderr (tracing's EnvFilter syntax, e.g. `debug`).
     #[arg(long, global = true, env = "GOVERNANCE_LOG", default_value = "info")]
     pub log: String,
+    /// How diagnostics are written on stderr: `text` (readable lines) or `json` (one JSON
+    /// object a line: timestamp, level, fields.message; for log shippers).
+    #[arg(
+        long,
+        global = true,
+        env = "GOVERNANCE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +157,18 @@ pub enum Command {
         #[command(flatten)]
         pins: PinsArg,
     },
+    /// This binary's version, the git commit it was built from and the SHA-256 (12 hex
+    /// digits) of the eBPF object embedded in it. `governance status` shows the daemon's.
+    Version {
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
+    /// Print a shell completion script on stdout, e.g.
+    /// `governance completions bash > /etc/bash_completion.d/governance`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -227,15 +255,67 @@ pub enum AuditCommand {
     },
 }
 
-pub fn init_logging(filter: &str) {
+/// The command line, with `run`'s defaults from the config file (see [`crate::config`]).
+/// Exits as clap does on a bad command line, with status 1 on a bad config file.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    let mut matches = cmd.clone().get_matches_from(&args);
+    if let Some(("run", run)) = matches.subcommand() {
+        let explicit = run.get_one::<PathBuf>("config").cloned();
+        let applied = crate::config::read(explicit.as_deref()).and_then(|file| match file {
+            Some((path, text)) => crate::config::apply(cmd, &path, &text),
+            None => Ok(cmd),
+        });
+        cmd = applied.unwrap_or_else(|e| {
+            eprintln!("governance: error: {e}");
+            std::process::exit(1)
+        });
+        matches = cmd.get_matches_from(&args);
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Whether diagnostics are JSON (`--log-format json`).
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => {
+            LOG_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+            fmt.json().with_ansi(false).init()
+        }
+    }
+}
+
+/// One line of the daemon's log: `governance: …` on stderr, or an info event with
+/// `--log-format json`. Use [`say!`](crate::say).
+pub fn say(message: std::fmt::Arguments<'_>) {
+    if log_json() {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("governance: {message}");
+    }
+}
+
+pub fn log_json() -> bool {
+    LOG_JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `say!("generation {n} is enforcing")`: a line of the daemon's log, see [`say`].
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::cli::say(format_args!($($arg)*)) };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -371,6 +451,30 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(AuditCommand::Verify { paths, public_key }) => {
             audit_verify(&paths, public_key.as_deref())
         }
+        Command::Version { output } => {
+            let v = crate::version::Version::this();
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "governance {}\ncommit     {}\nebpf       {} (sha256 of the embedded object)",
+                    v.version, v.commit, v.ebpf
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "governance", &mut script);
+            match std::io::stdout().write_all(&script) {
+                // `| head` is no error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("writing the completion script")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 
@@ -428,6 +532,9 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
             if v.degraded { " (DEGRADED)" } else { "" }
         )?;
         writeln!(out, "policy       {}", v.policy_dir.display())?;
+        if let Some(version) = &v.version {
+            writeln!(out, "version      {version}")?;
+        }
         writeln!(out, "started      {}", v.started)?;
         writeln!(out, "agents       {}", v.agents)?;
         writeln!(out, "proxy        {}", v.proxy.as_deref().unwrap_or("off"))?;

@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// The daemon's records are built on one thread and freed on others (the drainer, the
 /// pipeline, the subscribers' streams); glibc's malloc serialises those frees on its arena
 /// locks, mimalloc frees them without a lock. Measured by `cargo xtask bench events`.
@@ -9,8 +7,8 @@ use clap::Parser;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = governance::cli::Cli::parse();
-    governance::cli::init_logging(&cli.log);
+    let cli = governance::cli::parse();
+    governance::cli::init_logging(&cli.log, cli.log_format);
     match governance::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -43,6 +43,9 @@
 //!
 //! # Names
 //!
+//! `governance_build_info{version,commit,ebpf}` is always 1: the labels say which build runs
+//! (see [`crate::version`]).
+//!
 //! Everything is under `governance_` except the process metrics, which use the standard names
 //! (`process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`) so
 //! existing dashboards find them. The kernel's counters live in the pinned maps and are only
@@ -67,6 +70,7 @@ use prometheus_client::{
         family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
+        info::Info,
     },
     registry::{Registry, Unit},
 };
@@ -284,6 +288,16 @@ impl Metrics {
             "approvals_pending",
             "Approval requests waiting for a decision",
             m.pending_approvals.clone(),
+        );
+        let build = crate::version::Version::this();
+        g.register(
+            "build",
+            "The daemon's build: version, git commit, SHA-256 (12 hex digits) of its eBPF object",
+            Info::new(vec![
+                ("version", build.version),
+                ("commit", build.commit),
+                ("ebpf", build.ebpf),
+            ]),
         );
         g.register_collector(Box::new(m.kernel.clone()));
         g.register_collector(Box::new(m.audit.clone()));
@@ -729,6 +743,22 @@ mod tests {
                     .all(|(k, want)| l.iter().any(|(lk, lv)| lk == k && lv == want));
             (n == name && same).then_some(v)
         })
+    }
+
+    #[test]
+    fn says_which_build_runs() {
+        let v = crate::version::Version::this();
+        let t = Metrics::new().render();
+        let labels = [
+            ("version", v.version.as_str()),
+            ("commit", v.commit.as_str()),
+            ("ebpf", v.ebpf.as_str()),
+        ];
+        assert_eq!(
+            value(&t, "governance_build_info", &labels),
+            Some(1.0),
+            "{t}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod bench_events;
 mod bench_kernel;
+mod deb;
 mod docs_links;
 mod setup;
 mod vm;
@@ -94,6 +95,20 @@ enum Cmd {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
+    /// Build the Debian package (target/debian/governance_*.deb) with cargo-deb: the binary,
+    /// the systemd unit, /etc/governance (config example, a policy directory that governs
+    /// nothing), completions, docs. See docs/operations.md.
+    Deb {
+        /// Then test it (root): install it with dpkg into a throwaway overlay of this system,
+        /// check the unit with systemd-analyze, start its ExecStart as the unit would (its
+        /// capability bounding set, no new privileges, NOTIFY_SOCKET) and wait for READY=1 and
+        /// `governance status`.
+        #[arg(long)]
+        test: bool,
+    },
+    /// (Internal) the inside of `deb --test`, in its own mount and network namespaces.
+    #[command(hide = true)]
+    DebTestInside { deb: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +154,15 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Test { kernel } => test(kernel),
         Cmd::Demo { kernel } => demo(kernel),
+        Cmd::Deb { test } => {
+            setup::ensure()?;
+            let deb = deb::build()?;
+            if test {
+                deb::test(&deb)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::DebTestInside { deb } => deb::inside(&deb).map(|()| ExitCode::SUCCESS),
         Cmd::Bench { which } if which == "kernel" => {
             bench_kernel::run(&bench_kernel::KERNEL)?;
             Ok(ExitCode::SUCCESS)

@@ -66,6 +66,9 @@ const ALLOW_REMOVE_ENV: &str = "GOVERNANCE_SETUP_ALLOW_REMOVE";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// cargo-deb, for `cargo xtask deb`.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// The VM kernel: Debian's 6.1 cloud kernel, whose built-in LSM list ends in `bpf`.
 const KERNEL_PACKAGE_PREFIX: &str = "linux-image-6.1.0-";
 const KERNEL_PACKAGE_SUFFIX: &str = "-cloud-amd64-unsigned";
@@ -87,6 +90,7 @@ pub fn ensure() -> Result<()> {
     did |= heartbeat("installing Debian packages", apt_packages)?;
     did |= heartbeat("installing rust-src", nightly_rust_src)?;
     did |= heartbeat("building bpf-linker", bpf_linker)?;
+    did |= heartbeat("building cargo-deb", cargo_deb)?;
     did |= heartbeat("downloading the VM kernel", vm_kernel).map(|(_, installed)| installed)?;
     did |= heartbeat(
         "installing the HTTP compatibility suite's packages",
@@ -102,7 +106,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()
@@ -671,6 +675,22 @@ fn nightly_rust_src() -> Result<bool> {
             "rust-src",
         ]))?;
     }
+    Ok(true)
+}
+
+/// `cargo deb` at [`CARGO_DEB_VERSION`], built from crates.io if missing or another version.
+fn cargo_deb() -> Result<bool> {
+    if let Ok(v) = capture(Command::new("cargo-deb").arg("--version"))
+        && v.split_whitespace().any(|w| w == CARGO_DEB_VERSION)
+    {
+        return Ok(false);
+    }
+    progress(&format!(
+        "building cargo-deb {CARGO_DEB_VERSION} (a few minutes)"
+    ));
+    run(Command::new("cargo")
+        .args(["install", "--locked", "--force"])
+        .arg(format!("cargo-deb@{CARGO_DEB_VERSION}")))?;
     Ok(true)
 }
 

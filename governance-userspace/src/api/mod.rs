@@ -3,7 +3,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /v1/status` | generation, hooks, counters, proxy and audit state |
+//! | `GET /v1/status` | generation, hooks, counters, proxy and audit state, the daemon's build (`version`) |
 //! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
 //! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
 //! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records). A live stream's first record is `stream.subscribed` and, when the daemon ends it, its last is `stream.ended` |
@@ -339,6 +339,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         audit: snap.audit,
         audit_log: Some(st.publisher.audit_health().view()),
         started: snap.started,
+        version: Some(crate::version::Version::this()),
     })
     .into_response()
 }

@@ -37,6 +37,9 @@ pub struct Status {
     pub audit_log: Option<crate::audit::HealthView>,
     /// RFC 3339.
     pub started: String,
+    /// The daemon's build: version, commit, eBPF object hash. None from a daemon older than
+    /// this field.
+    pub version: Option<crate::version::Version>,
 }
 
 /// One program of [`Status`].

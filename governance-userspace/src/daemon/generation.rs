@@ -75,15 +75,15 @@ pub(super) fn build(
         );
     }
     for line in &compiled.unenforceable {
-        eprintln!("governance: NOT ENFORCED: {line}");
+        crate::say!("NOT ENFORCED: {line}");
     }
     for line in &compiled.notes {
         tracing::warn!("{line}");
     }
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
-        eprintln!(
-            "governance: refusing generation {number}: some of the policy cannot be enforced here \
+        crate::say!(
+            "refusing generation {number}: some of the policy cannot be enforced here \
              (see NOT AVAILABLE / NOT ENFORCED above; exec and file enforcement need BPF LSM, \
              and `governance probe` says why this node refuses it). Pass --allow-degraded to \
              enforce only what is available."
@@ -104,8 +104,8 @@ pub(super) fn build(
         }
     }
     drop(enforcer);
-    eprintln!(
-        "governance: enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
+    crate::say!(
+        "enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
         args.policy.display(),
         set.policies.len(),
         set.rule_count(),
@@ -113,8 +113,8 @@ pub(super) fn build(
         if complete { "" } else { " DEGRADED" }
     );
     for a in &found {
-        eprintln!(
-            "governance: agent {} = cgroup {} (id {})",
+        crate::say!(
+            "agent {} = cgroup {} (id {})",
             a.name,
             a.path.display(),
             a.cgroup_id

@@ -21,6 +21,7 @@
 mod drain;
 pub mod generation;
 mod identify;
+mod notify;
 mod serve;
 mod watch;
 
@@ -65,6 +66,11 @@ use crate::{
 // clap would take it for the help text of `run`, which is the `Command::Run` variant's.)
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// The config file: defaults for these flags, under their names in snake_case (see
+    /// docs/operations.md). Default /etc/governance/config.yaml if it exists; a file named
+    /// here must exist.
+    #[arg(long, env = "GOVERNANCE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Directory of policy files (*.yaml, *.yml).
     #[arg(
         long,
@@ -92,8 +98,9 @@ pub struct RunArgs {
     #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
-    /// --api-token-file.
-    #[arg(long, requires = "api_token_file")]
+    /// --api-token-file. (Checked when the daemon starts, not by clap: the token file may come
+    /// from the config file, which clap's `requires` would not see.)
+    #[arg(long)]
     pub api_listen: Option<SocketAddr>,
     /// File holding the bearer token of the TCP API.
     #[arg(long)]
@@ -253,8 +260,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         token,
     });
     let api = serve_api(&args, &state, &enforcer).await?;
+    // systemd (Type=notify): ready once the first generation enforces and the API listens.
+    notify::notify(&format!(
+        "READY=1\nSTATUS=generation {} is enforcing",
+        daemon.current
+    ));
 
     daemon.serve(&mut signals, &mut reload_rx).await?;
+    notify::notify("STOPPING=1");
 
     // Stop: no new connections, the last events recorded, then the pipeline closes the log.
     for t in &tasks {
@@ -277,10 +290,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     if args.detach_on_exit {
         kernel::unload(&args.pins).context("removing the pins")?;
-        eprintln!("governance: programs detached (--detach-on-exit)");
+        crate::say!("programs detached (--detach-on-exit)");
     } else {
-        eprintln!(
-            "governance: generation {current} stays enforcing (pinned in {}); `governance unload` removes it",
+        crate::say!(
+            "generation {current} stays enforcing (pinned in {}); `governance unload` removes it",
             args.pins.display()
         );
     }
@@ -333,15 +346,15 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
     let previous = enforcer.generation().unwrap_or(0);
     let adopted = enforcer.adopted;
     if adopted {
-        eprintln!(
-            "governance: adopted the programs pinned in {} (generation {previous} was enforcing while no daemon ran)",
+        crate::say!(
+            "adopted the programs pinned in {} (generation {previous} was enforcing while no daemon ran)",
             args.pins.display()
         );
     }
     let complete = report(probe, &enforcer);
     if !complete && !args.allow_degraded {
-        eprintln!(
-            "governance: refusing to run: not every hook is attached (see NOT AVAILABLE and why \
+        crate::say!(
+            "refusing to run: not every hook is attached (see NOT AVAILABLE and why \
              above). Pass --allow-degraded to enforce only what is available."
         );
         if !adopted {
@@ -519,10 +532,7 @@ async fn start_proxy(
         .lock()
         .map_err(|_| anyhow::anyhow!("lock"))?
         .set_proxy(Some((*v4.ip(), Ipv6Addr::LOCALHOST, v4.port())))?;
-    eprintln!(
-        "governance: HTTP policy proxy on {v4} and [::1]:{}",
-        v4.port()
-    );
+    crate::say!("HTTP policy proxy on {v4} and [::1]:{}", v4.port());
     daemon
         .snapshot
         .lock()
@@ -595,8 +605,8 @@ async fn serve_api(
         .map_err(|_| anyhow::anyhow!("lock"))?
         .set_api_addr(api_addr)
         .context("refusing the TCP control API to agents")?;
-    eprintln!(
-        "governance: control API on {}{}",
+    crate::say!(
+        "control API on {}{}",
         args.socket.display(),
         args.api_listen
             .map(|a| format!(" and {a} (bearer token)"))

@@ -100,8 +100,8 @@ impl Daemon<'_> {
                     let _ = kernel::unload(&self.args.pins);
                     return Err(e);
                 }
-                eprintln!(
-                    "governance: the policy failed to load; generation {} (pinned) keeps enforcing:\n{e:#}",
+                crate::say!(
+                    "the policy failed to load; generation {} (pinned) keeps enforcing:\n{e:#}",
                     self.current
                 );
                 self.last_failed = true;
@@ -197,8 +197,8 @@ impl Daemon<'_> {
                         watches.cgroups = watch::watch_cgroups(self.root)?;
                         cgroups_watched = true;
                         if self.same_agents() {
-                            eprintln!(
-                                "governance: the cgroup tree changed, the agents did not; generation {} stays",
+                            crate::say!(
+                                "the cgroup tree changed, the agents did not; generation {} stays",
                                 self.current
                             );
                             continue;
@@ -214,7 +214,7 @@ impl Daemon<'_> {
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
             };
-            eprintln!("governance: {why}; reloading");
+            crate::say!("{why}; reloading");
             // Watch before the build reads the tree and the directory: a change made while it
             // builds (a slow build of many agents) is then seen and leads to the next reload.
             // A watch made after the build would miss it.
@@ -285,7 +285,7 @@ impl Daemon<'_> {
                 // The kernel's buckets carried over with the flip; the HTTP engine's carry
                 // over before it decides anything.
                 b.engine.carry_buckets(&self.engine.load(), Instant::now());
-                eprintln!("governance: generation {next} is enforcing");
+                crate::say!("generation {next} is enforcing");
                 self.enforce(next, b, format!("generation {next} is enforcing ({why})"));
                 Ok(next)
             }
@@ -300,8 +300,8 @@ impl Daemon<'_> {
             self.failures += 1;
             self.last_failed = true;
             let (current, failures) = (self.current, self.failures);
-            eprintln!(
-                "governance: reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
+            crate::say!(
+                "reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
             );
             let mut r = Record::daemon(
                 RecordType::Policy,
@@ -330,8 +330,8 @@ impl Daemon<'_> {
             )
         };
         let (current, failures) = (self.current, self.failures);
-        eprintln!(
-            "governance: stopping; {decisions} decisions, {denials} denials, {ring_drops} events dropped, {map_full} map-full failures; {failures} failed reloads"
+        crate::say!(
+            "stopping; {decisions} decisions, {denials} denials, {ring_drops} events dropped, {map_full} map-full failures; {failures} failed reloads"
         );
         let mut r = lifecycle(
             "daemon.stopped",

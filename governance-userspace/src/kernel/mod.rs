@@ -32,7 +32,8 @@ use governance_common::{
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governance"));
+pub(crate) static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/governance"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {

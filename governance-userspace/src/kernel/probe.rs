@@ -11,7 +11,18 @@ pub const EXIT_CANNOT_ENFORCE: u8 = 3;
 
 /// What the kernel can enforce, on stderr (the daemon's stdout is its event stream).
 pub fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
-    report_to(&mut std::io::stderr().lock(), probe, enforcer)
+    if !crate::cli::log_json() {
+        return report_to(&mut std::io::stderr().lock(), probe, enforcer);
+    }
+    // `--log-format json`: one log event a line.
+    let mut text = Vec::new();
+    let complete = report_to(&mut text, probe, enforcer);
+    for line in String::from_utf8_lossy(&text).lines() {
+        if !line.trim().is_empty() {
+            tracing::info!("{}", line.trim_end());
+        }
+    }
+    complete
 }
 
 /// Write the probe report; true if every required hook is attached. When LSM hooks are

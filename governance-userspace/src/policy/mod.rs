@@ -612,7 +612,7 @@ pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
     }
 }
 
-fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {
+pub(crate) fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {
     use marked_yaml::LoadError;
     let at = match le {
         LoadError::TopLevelMustBeMapping(m)
