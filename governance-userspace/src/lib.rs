@@ -20,6 +20,7 @@ pub mod client;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod export;
 pub mod kernel;
 pub mod metrics;
 pub mod ocsf;

@@ -205,6 +205,7 @@ pub struct Metrics {
     audit_flush: Histogram,
     proxy_request: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     proxy_decision: Histogram,
+    exporters: Arc<ExportCounters>,
 }
 
 impl Default for Metrics {
@@ -240,6 +241,7 @@ impl Metrics {
             audit_flush: latency_histogram(),
             proxy_request: Family::new_with_constructor(latency_histogram),
             proxy_decision: latency_histogram(),
+            exporters: Arc::default(),
         };
         m.last_reload_ok.set(1);
         let mut registry = Registry::default();
@@ -287,6 +289,7 @@ impl Metrics {
         );
         g.register_collector(Box::new(m.kernel.clone()));
         g.register_collector(Box::new(m.audit.clone()));
+        g.register_collector(Box::new(m.exporters.clone()));
         g.register(
             "events_published",
             "Records published to the event pipeline",
@@ -463,6 +466,14 @@ impl Metrics {
         let _ = self.audit.0.set(health);
     }
 
+    /// Export an exporter's counters (read when scraped); `queue_lost`: what its queue had no
+    /// room for.
+    pub fn watch_exporter(&self, stats: Arc<crate::export::Stats>, queue_lost: Arc<AtomicU64>) {
+        if let Ok(mut e) = self.exporters.0.lock() {
+            e.push((stats, queue_lost));
+        }
+    }
+
     pub fn observe_audit_flush(&self, took: Duration) {
         self.audit_flush.observe(took.as_secs_f64());
     }
@@ -529,6 +540,53 @@ impl Collector for KernelCounters {
         ] {
             let c = ConstCounter::new(v.load(Ordering::Relaxed));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The exporters' counters (`--export`, `--notify-webhook`), labelled by exporter name (the
+/// operator's configuration: a bounded set).
+#[derive(Debug, Default)]
+#[allow(clippy::type_complexity)]
+struct ExportCounters(Mutex<Vec<(Arc<crate::export::Stats>, Arc<AtomicU64>)>>);
+
+impl Collector for ExportCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(list) = self.0.lock() else {
+            return Ok(());
+        };
+        if list.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&crate::export::Stats, &AtomicU64) -> u64;
+        let families: [(&str, &str, Read); 3] = [
+            ("export_records", "Records an exporter sent and had accepted", |s, _| {
+                s.sent()
+            }),
+            (
+                "export_lost",
+                "Records an exporter lost: its queue was full, or its last retry failed",
+                |s, q| s.dropped() + q.load(Ordering::Relaxed),
+            ),
+            (
+                "export_failures",
+                "Failed sends of an exporter, retries included",
+                |s, _| s.failures(),
+            ),
+        ];
+        for (name, help, read) in families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (stats, queue) in list.iter() {
+                let labels = [("exporter", stats.name().to_owned())];
+                let c = ConstCounter::new(read(stats, queue));
+                c.encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

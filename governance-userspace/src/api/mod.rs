@@ -101,6 +101,8 @@ pub struct ApiState {
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// Bearer token of the TCP listener.
     pub token: Option<String>,
+    /// The exporters' counts (`--export`, `--notify-webhook`).
+    pub exporters: Vec<Arc<crate::export::Stats>>,
 }
 
 /// Who is calling, from the connection (never from the request): in words, and the process on
@@ -338,6 +340,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         proxy: snap.proxy,
         audit: snap.audit,
         audit_log: Some(st.publisher.audit_health().view()),
+        exporters: st.exporters.iter().map(|e| e.view()).collect(),
         started: snap.started,
     })
     .into_response()

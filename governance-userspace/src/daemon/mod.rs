@@ -151,6 +151,17 @@ pub struct RunArgs {
     /// Do not print each event on stdout (the audit log and the API still have them).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Send records to a collector (repeatable): `syslog+udp|tcp|tls://HOST:PORT`,
+    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc://HOST:PORT`, with
+    /// `?kind=…&outcome=…&secret=FILE&…` (see docs/export-and-notify.md).
+    #[arg(long = "export", value_name = "URL")]
+    pub exports: Vec<String>,
+    /// Post a Slack-compatible message to this URL for every escalation (approval request).
+    #[arg(long, value_name = "URL")]
+    pub notify_webhook: Option<String>,
+    /// Sign the notifications with the key in this file (`X-Governance-Signature`).
+    #[arg(long, requires = "notify_webhook")]
+    pub notify_secret: Option<PathBuf>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -169,6 +180,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     )?;
     let hosts = host_overrides(&args.proxy_hosts)?;
     let token = api_token(&args)?;
+    let exporters = exporters(&args)?;
     let Some(Attached {
         enforcer,
         ring,
@@ -185,6 +197,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let pipe = open_pipeline(&args, &root, &metrics)?;
     let publisher = pipe.publisher.clone();
+    let exports = crate::export::start(exporters, &publisher, &metrics).await?;
     publisher.publish(started(previous, adopted, complete));
 
     // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
@@ -251,6 +264,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         reload: reload_tx,
         proxy: proxy.clone(),
         token,
+        exporters: exports.stats.clone(),
     });
     let api = serve_api(&args, &state, &enforcer).await?;
 
@@ -269,6 +283,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Connections still open (an `events --follow`) hold publishers: stop explicitly.
     pipe.publisher.stop();
     let _ = tokio::task::spawn_blocking(move || pipe.thread.join()).await;
+    // The exporters send what their queues still hold (bounded, as the API's streams).
+    let sent = futures_util::future::join_all(exports.tasks);
+    if tokio::time::timeout(API_DRAIN, sent).await.is_err() {
+        tracing::warn!("exporters still sending after {API_DRAIN:?}; their last records are lost");
+    }
     // The streams have their last record; let them end cleanly (bounded: a client that does
     // not read keeps nothing alive).
     let drained = futures_util::future::join_all(api.tasks);
@@ -303,6 +322,23 @@ fn api_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
         anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
     }
     Ok(token)
+}
+
+/// The `--export` exporters and the `--notify-webhook` notifier.
+fn exporters(args: &RunArgs) -> anyhow::Result<Vec<crate::export::Exporter>> {
+    let mut out = args
+        .exports
+        .iter()
+        .map(|s| crate::export::Exporter::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(url) = &args.notify_webhook {
+        out.push(crate::export::Exporter::notifier(
+            url,
+            args.notify_secret.as_deref(),
+            args.upstream_ca.as_deref(),
+        )?);
+    }
+    Ok(out)
 }
 
 /// The programs, attached (or adopted) and protected.
