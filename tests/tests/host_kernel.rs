@@ -1610,3 +1610,129 @@ fn control_api_refuses_callers_inside_an_agent() {
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Escalations reach humans (issue 15, part 3), from the kernel: a connect that a `network` rule
+/// with `verdict: escalate` refuses in the cgroup connect hook is filed as an approval request
+/// by the drainer, and `--notify-webhook` posts a Slack-compatible message for it (to a real
+/// HTTP receiver here) within a second of the refusal, with the id and the commands that decide
+/// it. Approving it with the command it names lets the agent's retry through; the control, a
+/// connect the rule does not cover, is neither refused nor notified.
+#[test]
+fn a_kernel_escalation_is_notified_within_a_second() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let agent = TestCgroup::new("notify");
+    let (_target_l, target) = listener([127, 0, 0, 8]);
+    let (_other_l, other) = listener([127, 0, 0, 9]);
+    let (_again_l, again) = listener([127, 0, 0, 10]);
+    let (hook_l, hook) = listener([127, 0, 0, 1]);
+    // The receiver: one HTTP request per connection, answered 200; (arrival, body) sent on.
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        for mut s in hook_l.incoming().map_while(Result::ok) {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+                }
+            };
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Some(b) = body
+                && tx.send((Instant::now(), b)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let dir = policy_dir(
+        "notify",
+        &format!(
+            "name: notify\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: ask, network: {{ cidr: 127.0.0.8/32 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n\
+             \x20 - {{ id: ask-again, network: {{ cidr: 127.0.0.10/32 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("notify");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let url = format!("http://{hook}/hook");
+    // (Removed with --detach-on-exit when the daemon stops.)
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            &pins_arg,
+            "--notify-webhook",
+            &url,
+        ],
+        &dir,
+    );
+    let ag = Some(agent.path.as_path());
+    // The control: not covered by the rule.
+    let (_, outcome) = run_in(ag, "notify-ok", &Attempt::connect(other));
+    assert_eq!(outcome, Outcome::Exited(0), "control");
+    // Escalated: refused now, filed for a human, notified.
+    let (_, outcome) = run_in(ag, "notify-ask", &Attempt::connect(target));
+    let refused = Instant::now();
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "escalated connect");
+    let (arrived, body) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a notification");
+    let took = arrived.saturating_duration_since(refused);
+    assert!(took < Duration::from_secs(1), "notified after {took:?}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = p["approval"]["id"].as_str().unwrap().to_owned();
+    let msg = p["text"].as_str().unwrap();
+    let agent_name = agent.rel.to_str().unwrap();
+    for want in [
+        id.as_str(),
+        agent_name,
+        "127.0.0.8",
+        "a human decides",
+        &format!("governance approve {id} --as NAME"),
+        &format!("governance deny {id} --reason"),
+    ] {
+        assert!(msg.contains(want), "{want:?} in {msg}");
+    }
+    assert!(p["blocks"].as_array().is_some_and(|b| !b.is_empty()), "{p}");
+    assert!(!p["approval"]["deadline"].as_str().unwrap().is_empty(), "{p}");
+    // Approved with the command it names: the retry passes.
+    let out = daemon.cli(&["approve", &id, "--as", "alice"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, outcome) = run_in(ag, "notify-retry", &Attempt::connect(target));
+    assert_eq!(outcome, Outcome::Exited(0), "approved");
+    // The next notification is the next escalation: neither the control nor the approval was
+    // notified.
+    let (_, outcome) = run_in(ag, "notify-again", &Attempt::connect(again));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "escalated connect");
+    let (_, body) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a second notification");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(p["approval"]["id"], id.as_str());
+    assert!(p["text"].as_str().unwrap().contains("127.0.0.10"), "{p}");
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

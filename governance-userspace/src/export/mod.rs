@@ -23,7 +23,7 @@ mod otlp;
 mod syslog;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::{
     path::PathBuf,

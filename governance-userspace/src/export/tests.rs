@@ -287,14 +287,14 @@ async fn syslog_reaches_rsyslog_over_udp_tcp_and_tls() {
 // Webhook: an axum receiver.
 
 #[derive(Default)]
-struct Received {
+pub(crate) struct Received {
     /// (signature header, body) of each request.
-    requests: Vec<(Option<String>, Bytes)>,
+    pub requests: Vec<(Option<String>, Bytes)>,
     /// Answers to give first (then 200).
     answers: Vec<StatusCode>,
 }
 
-type Shared = Arc<Mutex<Received>>;
+pub(crate) type Shared = Arc<Mutex<Received>>;
 
 async fn receiver(router: Router) -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -316,7 +316,7 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Statu
     }
 }
 
-async fn webhook_receiver(answers: Vec<StatusCode>) -> (SocketAddr, Shared) {
+pub(crate) async fn webhook_receiver(answers: Vec<StatusCode>) -> (SocketAddr, Shared) {
     let shared = Shared::default();
     shared.lock().unwrap().answers = answers;
     let addr = receiver(Router::new().route("/hook", post(hook)).with_state(shared.clone())).await;
