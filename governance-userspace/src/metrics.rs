@@ -561,9 +561,11 @@ impl Collector for ExportCounters {
         }
         type Read = fn(&crate::export::Stats, &AtomicU64) -> u64;
         let families: [(&str, &str, Read); 3] = [
-            ("export_records", "Records an exporter sent and had accepted", |s, _| {
-                s.sent()
-            }),
+            (
+                "export_records",
+                "Records an exporter sent and had accepted",
+                |s, _| s.sent(),
+            ),
             (
                 "export_lost",
                 "Records an exporter lost: its queue was full, or its last retry failed",

@@ -92,8 +92,8 @@ pub struct RunArgs {
     #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
-    /// --api-token-file.
-    #[arg(long, requires = "api_token_file")]
+    /// --api-token-file or --api-tokens.
+    #[arg(long)]
     pub api_listen: Option<SocketAddr>,
     /// File holding the bearer token of the TCP API.
     #[arg(long)]
@@ -162,6 +162,16 @@ pub struct RunArgs {
     /// Sign the notifications with the key in this file (`X-Governance-Signature`).
     #[arg(long, requires = "notify_webhook")]
     pub notify_secret: Option<PathBuf>,
+    /// Per-user bearer tokens of the TCP API: a YAML file of `name: token` lines; the name is
+    /// recorded as the approver of what its token approves.
+    #[arg(long)]
+    pub api_tokens: Option<PathBuf>,
+    /// Serve the TCP API over TLS with this certificate chain (PEM); with --api-tls-key.
+    #[arg(long, requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -263,7 +273,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         snapshot: snapshot.clone(),
         reload: reload_tx,
         proxy: proxy.clone(),
-        token,
+        tokens: token,
         exporters: exports.stats.clone(),
     });
     let api = serve_api(&args, &state, &enforcer).await?;
@@ -306,22 +316,26 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bearer token of the TCP API, if one is configured.
-fn api_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
-    let token = match &args.api_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the API token from {}", p.display()))?
-                .trim()
-                .to_owned(),
-        )
-        .filter(|t| !t.is_empty()),
-        None => None,
-    };
-    if args.api_listen.is_some() && token.is_none() {
-        anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
+/// The bearer tokens of the TCP API (`--api-token-file`, `--api-tokens`), with their users.
+fn api_token(args: &RunArgs) -> anyhow::Result<api::auth::Tokens> {
+    let mut tokens = api::auth::Tokens::default();
+    if let Some(p) = &args.api_token_file {
+        tokens.extend(api::auth::Tokens::load_single(p)?);
     }
-    Ok(token)
+    if let Some(p) = &args.api_tokens {
+        tokens.extend(api::auth::Tokens::load(p)?);
+    }
+    if args.api_listen.is_some() && tokens.is_empty() {
+        anyhow::bail!("--api-listen needs tokens: --api-token-file or --api-tokens");
+    }
+    if args.api_listen.is_none() && args.api_tls_cert.is_some() {
+        anyhow::bail!("--api-tls-cert is for the TCP API: give --api-listen too");
+    }
+    // Read now, before anything is attached, so a bad pair stops the start with its place.
+    if let (Some(cert), Some(key)) = (&args.api_tls_cert, &args.api_tls_key) {
+        api::auth::tls_config(cert, key)?;
+    }
+    Ok(tokens)
 }
 
 /// The `--export` exporters and the `--notify-webhook` notifier.
@@ -618,11 +632,25 @@ async fn serve_api(
         let app =
             api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
         let stop = stopped();
-        api_tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
-                tracing::error!("API on {addr}: {e}");
+        let tls = match (&args.api_tls_cert, &args.api_tls_key) {
+            (Some(cert), Some(key)) => Some(api::auth::tls_config(cert, key)?),
+            _ => None,
+        };
+        api_tasks.push(match tls {
+            Some(config) => {
+                let l = api::auth::TlsListener::new(l, config)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                        tracing::error!("API on {addr}: {e}");
+                    }
+                })
             }
-        }));
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!("API on {addr}: {e}");
+                }
+            }),
+        });
     }
     // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
     // address forgotten).
@@ -635,7 +663,14 @@ async fn serve_api(
         "governance: control API on {}{}",
         args.socket.display(),
         args.api_listen
-            .map(|a| format!(" and {a} (bearer token)"))
+            .map(|a| format!(
+                " and {a} (bearer token{})",
+                if args.api_tls_cert.is_some() {
+                    ", TLS"
+                } else {
+                    ""
+                }
+            ))
             .unwrap_or_default()
     );
     Ok(ApiServers {

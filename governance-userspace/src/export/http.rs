@@ -64,9 +64,15 @@ impl Target {
                 .map_or("/", |p| p.as_str())
                 .to_owned(),
         )
-        .header(header::HOST, self.uri.authority().map_or(host, |a| a.as_str()))
+        .header(
+            header::HOST,
+            self.uri.authority().map_or(host, |a| a.as_str()),
+        )
         .header(header::CONTENT_TYPE, content_type)
-        .header(header::USER_AGENT, concat!("governance/", env!("CARGO_PKG_VERSION")));
+        .header(
+            header::USER_AGENT,
+            concat!("governance/", env!("CARGO_PKG_VERSION")),
+        );
         if let Some(secret) = &self.secret {
             req = req.header(SIGNATURE_HEADER, sign(secret, &body));
         }

@@ -102,7 +102,10 @@ pub fn log_record(r: &Record, json: &[u8]) -> LogRecord {
 
 /// The export request of a batch.
 pub fn request(batch: &[Delivered]) -> ExportLogsServiceRequest {
-    let node = batch.first().map(|d| d.record.node.clone()).unwrap_or_default();
+    let node = batch
+        .first()
+        .map(|d| d.record.node.clone())
+        .unwrap_or_default();
     let kv = |k: &str, v: &str| KeyValue {
         key: k.into(),
         value: Some(string(v)),

@@ -130,7 +130,8 @@ pub async fn send(
     conn: &mut Option<Stream>,
     batch: &[Delivered],
 ) -> Result<(), SendError> {
-    let transient = |what: &str, e: std::io::Error| SendError::Transient(format!("{t:?}: {what}: {e}"));
+    let transient =
+        |what: &str, e: std::io::Error| SendError::Transient(format!("{t:?}: {what}: {e}"));
     if conn.is_none() {
         *conn = Some(match t {
             Transport::Udp(addr) => {
@@ -147,7 +148,9 @@ pub async fn send(
                 let s = UdpSocket::bind(local)
                     .await
                     .map_err(|e| transient("bind", e))?;
-                s.connect(target).await.map_err(|e| transient("connect", e))?;
+                s.connect(target)
+                    .await
+                    .map_err(|e| transient("connect", e))?;
                 Stream::Udp(s)
             }
             Transport::Tcp(addr) => Stream::Stream(Box::new(

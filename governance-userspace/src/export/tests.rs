@@ -94,9 +94,14 @@ fn urls_parse_and_bad_ones_are_refused() {
     assert!(matches!(e.sink, Sink::Syslog(syslog::Transport::Tcp(ref a)) if a == "127.0.0.1:5514"));
     assert_eq!(e.filter.kinds, ["exec", "http"]);
     assert_eq!(e.filter.outcomes, ["denied"]);
-    assert_eq!((e.queue, e.batch, e.name.as_str()), (10, DEFAULT_BATCH, "syslog+tcp://127.0.0.1:5514"));
+    assert_eq!(
+        (e.queue, e.batch, e.name.as_str()),
+        (10, DEFAULT_BATCH, "syslog+tcp://127.0.0.1:5514")
+    );
     let e = Exporter::parse("otlp+http://collector:4318").unwrap();
-    assert!(matches!(e.sink, Sink::OtlpHttp(ref t) if format!("{t:?}").contains("http://collector:4318/v1/logs")));
+    assert!(
+        matches!(e.sink, Sink::OtlpHttp(ref t) if format!("{t:?}").contains("http://collector:4318/v1/logs"))
+    );
     let e = Exporter::parse("otlp+grpc://127.0.0.1:4317?type=decision&name=otel").unwrap();
     assert!(matches!(e.sink, Sink::OtlpGrpc(ref a) if a == "http://127.0.0.1:4317"));
     assert_eq!(e.name, "otel");
@@ -107,7 +112,10 @@ fn urls_parse_and_bad_ones_are_refused() {
         ("syslog+udp://x:1?type=weird", "type `weird`"),
         ("syslog+udp://x:1?queue=0", "queue"),
         ("syslog+udp://x:1?secret=/etc/hostname", "for webhook"),
-        ("webhook+http://h/p?secret=/nonexistent/secret", "/nonexistent/secret"),
+        (
+            "webhook+http://h/p?secret=/nonexistent/secret",
+            "/nonexistent/secret",
+        ),
         ("webhook+ftp://h/p", "unknown scheme"),
         ("127.0.0.1:514", "SCHEME://"),
     ] {
@@ -251,7 +259,9 @@ async fn syslog_reaches_rsyslog_over_udp_tcp_and_tls() {
         format!("syslog+tcp://127.0.0.1:{}?name=none&kind=connect", rs.tcp),
     ];
     let exporters = specs.iter().map(|s| Exporter::parse(s).unwrap()).collect();
-    let running = start(exporters, &h.publisher, &Metrics::new().into()).await.unwrap();
+    let running = start(exporters, &h.publisher, &Metrics::new().into())
+        .await
+        .unwrap();
     let n = 20;
     h.publisher
         .publish_batch((0..n).map(|i| decision(i, "exec", "block")).collect());
@@ -264,12 +274,21 @@ async fn syslog_reaches_rsyslog_over_udp_tcp_and_tls() {
     assert_eq!(lines.len(), 3 * n, "{lines:#?}");
     for i in 0..n {
         let path = format!("/tmp/file-{i}");
-        let these: Vec<&String> = lines.iter().filter(|l| l.contains(&format!("\"{path}\""))).collect();
+        let these: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(&format!("\"{path}\"")))
+            .collect();
         assert_eq!(these.len(), 3, "{path}: {lines:#?}");
         for l in these {
             // severity 4 (warning: refused), app name, msgid = kind, structured data, JSON.
-            assert!(l.starts_with("4 governance exec [governance@32473 id=\""), "{l}");
-            assert!(l.contains("outcome=\"block\" agent=\"bot\" rule=\"p/r\"]"), "{l}");
+            assert!(
+                l.starts_with("4 governance exec [governance@32473 id=\""),
+                "{l}"
+            );
+            assert!(
+                l.contains("outcome=\"block\" agent=\"bot\" rule=\"p/r\"]"),
+                "{l}"
+            );
             let json = &l[l.find("] {").unwrap() + 2..];
             let r: Record = serde_json::from_str(json).unwrap();
             assert_eq!(r.object.path, path);
@@ -319,7 +338,12 @@ async fn hook(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Statu
 pub(crate) async fn webhook_receiver(answers: Vec<StatusCode>) -> (SocketAddr, Shared) {
     let shared = Shared::default();
     shared.lock().unwrap().answers = answers;
-    let addr = receiver(Router::new().route("/hook", post(hook)).with_state(shared.clone())).await;
+    let addr = receiver(
+        Router::new()
+            .route("/hook", post(hook))
+            .with_state(shared.clone()),
+    )
+    .await;
     (addr, shared)
 }
 
@@ -367,13 +391,23 @@ async fn webhook_posts_signed_batches_and_retries() {
         // The control: another key does not verify.
         assert!(!verify(b"other", body, sig));
         let records: Vec<Record> = serde_json::from_slice(body).unwrap();
-        assert!(records.iter().all(|r| r.kind == "exec" && r.agent.as_ref().unwrap().name == "bot"));
+        assert!(
+            records
+                .iter()
+                .all(|r| r.kind == "exec" && r.agent.as_ref().unwrap().name == "bot")
+        );
     }
     let v = &running.views()[0];
     assert_eq!((v.sent, v.lost, v.failures), (n as u64, 0, 1), "{v:?}");
     let m = metrics.render();
-    assert!(m.contains("governance_export_records_total{exporter=\"hook\"} 10"), "{m}");
-    assert!(m.contains("governance_export_failures_total{exporter=\"hook\"} 1"), "{m}");
+    assert!(
+        m.contains("governance_export_records_total{exporter=\"hook\"} 10"),
+        "{m}"
+    );
+    assert!(
+        m.contains("governance_export_failures_total{exporter=\"hook\"} 1"),
+        "{m}"
+    );
     h.publisher.stop();
 }
 
@@ -385,7 +419,10 @@ async fn webhook_losses_are_counted() {
         start_one(&format!("webhook+http://{addr}/hook?name=hook&batch=1")).await;
     h.publisher.publish(decision(0, "exec", "block"));
     h.publisher.publish(decision(1, "exec", "block"));
-    wait_until("two requests", || (seen.lock().unwrap().requests.len() == 2).then_some(())).await;
+    wait_until("two requests", || {
+        (seen.lock().unwrap().requests.len() == 2).then_some(())
+    })
+    .await;
     let v = wait_until("the loss counted", || {
         let v = running.views().remove(0);
         (v.lost == 1 && v.sent == 1).then_some(v)
@@ -393,14 +430,19 @@ async fn webhook_losses_are_counted() {
     .await;
     assert!(v.last_error.is_none(), "the last send succeeded: {v:?}");
     let m = metrics.render();
-    assert!(m.contains("governance_export_lost_total{exporter=\"hook\"} 1"), "{m}");
+    assert!(
+        m.contains("governance_export_lost_total{exporter=\"hook\"} 1"),
+        "{m}"
+    );
 
     // A receiver that never answers: the exporter waits for it, its queue (2 records) fills,
     // and the rest are lost, counted by the pipeline.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = silent.local_addr().unwrap();
-    let (h2, _m2, running) =
-        start_one(&format!("webhook+http://{addr}/hook?queue=2&batch=1&retries=0")).await;
+    let (h2, _m2, running) = start_one(&format!(
+        "webhook+http://{addr}/hook?queue=2&batch=1&retries=0"
+    ))
+    .await;
     let (conn_tx, mut conn_rx) = tokio::sync::mpsc::channel(8);
     tokio::spawn(async move {
         while let Ok((s, _)) = silent.accept().await {
@@ -413,7 +455,9 @@ async fn webhook_losses_are_counted() {
     h2.publisher
         .publish_batch((1..11).map(|i| decision(i, "exec", "block")).collect());
     let p = h2.publisher.clone();
-    tokio::task::spawn_blocking(move || p.flush()).await.unwrap();
+    tokio::task::spawn_blocking(move || p.flush())
+        .await
+        .unwrap();
     let v = running.views().remove(0);
     assert_eq!(v.lost, 8, "10 records, a queue of 2: {v:?}");
     h.publisher.stop();
@@ -490,7 +534,12 @@ fn check_logs(reqs: &Requests, n: usize) {
     for (i, (name, body, attrs)) in logs.iter().enumerate() {
         assert_eq!(name, "http");
         assert!(body.contains("BLOCK"), "{body}");
-        let get = |k: &str| attrs.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+        let get = |k: &str| {
+            attrs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(get("kind"), Some("http"));
         assert_eq!(get("outcome"), Some("block"));
         assert_eq!(get("denied"), Some("true"));
@@ -562,9 +611,12 @@ async fn escalations_are_notified_in_slack_form() {
     let _running = start(vec![n], &h.publisher, &metrics).await.unwrap();
     // Only approval requests are notified: the decision and the approval's settling are not.
     h.publisher.publish(decision(0, "exec", "escalate"));
-    h.publisher.publish(approval("approval.requested", "pending"));
-    h.publisher.publish(approval("approval.approved", "approved"));
-    h.publisher.publish(approval("approval.requested", "pending"));
+    h.publisher
+        .publish(approval("approval.requested", "pending"));
+    h.publisher
+        .publish(approval("approval.approved", "approved"));
+    h.publisher
+        .publish(approval("approval.requested", "pending"));
     let got = wait_until("two notifications", || {
         let s = seen.lock().unwrap();
         (s.requests.len() == 2).then(|| s.requests.clone())
@@ -603,13 +655,25 @@ fn approval(kind: &str, state: &str) -> Record {
 /// A Slack-compatible notification of approval `id`: `text` and `blocks`, and the commands.
 pub(crate) fn check_notification(p: &Value, id: &str, agent: &str, object: &str) {
     let text = p["text"].as_str().unwrap();
-    assert!(text.contains(id) && text.contains(agent) && text.contains(object), "{text}");
-    assert!(text.contains(&format!("governance approve {id} --as NAME")), "{text}");
-    assert!(text.contains(&format!("governance deny {id} --reason")), "{text}");
+    assert!(
+        text.contains(id) && text.contains(agent) && text.contains(object),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("governance approve {id} --as NAME")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("governance deny {id} --reason")),
+        "{text}"
+    );
     let blocks = p["blocks"].as_array().unwrap();
     assert!(blocks.iter().all(|b| b["type"] == "section"), "{p}");
     let all = serde_json::to_string(blocks).unwrap();
-    assert!(all.contains(id) && all.contains("Deadline") && all.contains("Reason"), "{all}");
+    assert!(
+        all.contains(id) && all.contains("Deadline") && all.contains("Reason"),
+        "{all}"
+    );
     assert_eq!(p["approval"]["id"], id);
     assert!(!p["approval"]["deadline"].as_str().unwrap().is_empty());
 }
