@@ -466,11 +466,10 @@ impl Metrics {
         let _ = self.audit.0.set(health);
     }
 
-    /// Export an exporter's counters (read when scraped); `queue_lost`: what its queue had no
-    /// room for.
-    pub fn watch_exporter(&self, stats: Arc<crate::export::Stats>, queue_lost: Arc<AtomicU64>) {
+    /// Export an exporter's counters (read when scraped).
+    pub fn watch_exporter(&self, stats: Arc<crate::export::Stats>) {
         if let Ok(mut e) = self.exporters.0.lock() {
-            e.push((stats, queue_lost));
+            e.push(stats);
         }
     }
 
@@ -548,33 +547,33 @@ impl Collector for KernelCounters {
 /// The exporters' counters (`--export`, `--notify-webhook`), labelled by exporter name (the
 /// operator's configuration: a bounded set).
 #[derive(Debug, Default)]
-#[allow(clippy::type_complexity)]
-struct ExportCounters(Mutex<Vec<(Arc<crate::export::Stats>, Arc<AtomicU64>)>>);
+struct ExportCounters(Mutex<Vec<Arc<crate::export::Stats>>>);
 
 impl Collector for ExportCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(list) = self.0.lock() else {
-            return Ok(());
+        let views: Vec<_> = match self.0.lock() {
+            Ok(list) => list.iter().map(|s| s.view()).collect(),
+            Err(_) => return Ok(()),
         };
-        if list.is_empty() {
+        if views.is_empty() {
             return Ok(());
         }
-        type Read = fn(&crate::export::Stats, &AtomicU64) -> u64;
+        type Read = fn(&crate::export::ExporterView) -> u64;
         let families: [(&str, &str, Read); 3] = [
             (
                 "export_records",
                 "Records an exporter sent and had accepted",
-                |s, _| s.sent(),
+                |v| v.sent,
             ),
             (
                 "export_lost",
                 "Records an exporter lost: its queue was full, or its last retry failed",
-                |s, q| s.dropped() + q.load(Ordering::Relaxed),
+                |v| v.lost,
             ),
             (
                 "export_failures",
                 "Failed sends of an exporter, retries included",
-                |s, _| s.failures(),
+                |v| v.failures,
             ),
         ];
         for (name, help, read) in families {
@@ -584,9 +583,9 @@ impl Collector for ExportCounters {
                 None,
                 prometheus_client::metrics::MetricType::Counter,
             )?;
-            for (stats, queue) in list.iter() {
-                let labels = [("exporter", stats.name().to_owned())];
-                let c = ConstCounter::new(read(stats, queue));
+            for v in &views {
+                let labels = [("exporter", v.name.clone())];
+                let c = ConstCounter::new(read(v));
                 c.encode(family.encode_family(&labels)?)?;
             }
         }

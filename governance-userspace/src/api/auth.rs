@@ -231,7 +231,7 @@ mod tests {
                 "same token",
             ),
             ("- just a list\n", "name: token"),
-            ("", "name: token"),
+            ("", "no tokens"),
             ("alice: \"\"\n", "empty"),
         ] {
             std::fs::write(&f, bad).unwrap();

@@ -234,6 +234,20 @@ impl Exporter {
     }
 }
 
+/// The `secret` files of `--export` URLs (kept from agents by the daemon's built-in file rules).
+pub fn secret_files(specs: &[String]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .filter_map(|s| {
+            let (_, query) = s.split_once('?')?;
+            serde_urlencoded::from_str::<Vec<(String, String)>>(query).ok()
+        })
+        .flatten()
+        .filter(|(k, _)| k == "secret")
+        .map(|(_, v)| PathBuf::from(v))
+        .collect()
+}
+
 /// The HMAC key of webhook signatures: the file's content, without surrounding whitespace.
 fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, ConfigError> {
     let bad = |problem: String| ConfigError::File {
@@ -272,18 +286,13 @@ pub struct Stats {
     dropped: AtomicU64,
     failures: AtomicU64,
     /// The queue's losses, counted by the pipeline.
-    queue_lost: Mutex<Option<Arc<AtomicU64>>>,
+    queue_lost: Arc<AtomicU64>,
     last_error: Mutex<Option<String>>,
 }
 
 impl Stats {
     pub fn view(&self) -> ExporterView {
-        let queue_lost = self
-            .queue_lost
-            .lock()
-            .ok()
-            .and_then(|l| l.as_ref().map(|l| l.load(Ordering::Relaxed)))
-            .unwrap_or(0);
+        let queue_lost = self.queue_lost.load(Ordering::Relaxed);
         ExporterView {
             name: self.name.clone(),
             sent: self.sent.load(Ordering::Relaxed),
@@ -322,40 +331,19 @@ pub async fn start(
             .ok_or_else(|| anyhow::anyhow!("the event pipeline stopped"))?;
         let stats = Arc::new(Stats {
             name: e.name.clone(),
-            queue_lost: Mutex::new(Some(sub.lost.clone())),
+            queue_lost: sub.lost.clone(),
             ..Default::default()
         });
-        metrics.watch_exporter(stats.clone(), sub.lost.clone());
+        metrics.watch_exporter(stats.clone());
         running.stats.push(stats.clone());
-        running
-            .tasks
-            .push(tokio::spawn(run(e, sub.rx, stats, metrics.clone())));
+        running.tasks.push(tokio::spawn(run(e, sub.rx, stats)));
     }
     Ok(running)
 }
 
-/// Counts for the metrics: (sent, lost after retries, failures) of an exporter.
-impl Stats {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    pub fn sent(&self) -> u64 {
-        self.sent.load(Ordering::Relaxed)
-    }
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-    pub fn failures(&self) -> u64 {
-        self.failures.load(Ordering::Relaxed)
-    }
-}
-
-async fn run(
-    e: Exporter,
-    mut rx: tokio::sync::mpsc::Receiver<Delivered>,
-    stats: Arc<Stats>,
-    _metrics: Arc<Metrics>,
-) {
+/// Take batches from the queue and send them, retrying each with backoff; ends when the
+/// pipeline ends the subscription.
+async fn run(e: Exporter, mut rx: tokio::sync::mpsc::Receiver<Delivered>, stats: Arc<Stats>) {
     let mut conn = Conn::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];

@@ -124,6 +124,22 @@ fn urls_parse_and_bad_ones_are_refused() {
     }
 }
 
+#[test]
+fn secret_files_are_found_for_protection() {
+    let specs = [
+        "webhook+https://h/p?kind=exec&secret=/etc/governance/hook.key".to_owned(),
+        "syslog+udp://h:1".to_owned(),
+        "webhook+http://h/p?secret=%2Fetc%2Fother.key".to_owned(),
+    ];
+    assert_eq!(
+        secret_files(&specs),
+        [
+            PathBuf::from("/etc/governance/hook.key"),
+            PathBuf::from("/etc/other.key")
+        ]
+    );
+}
+
 // Syslog: a real rsyslogd.
 
 /// rsyslogd in the foreground with a configuration of its own, writing what it receives to
