@@ -1737,6 +1737,15 @@ fn a_kernel_escalation_is_notified_within_a_second() {
     let p: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_ne!(p["approval"]["id"], id.as_str());
     assert!(p["text"].as_str().unwrap().contains("127.0.0.10"), "{p}");
+    // `governance status` counts what the notifier sent.
+    let out = daemon.cli(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains(&format!(
+            "export       notify {url}: 2 sent, 0 lost, 0 failed sends"
+        )),
+        "{status}"
+    );
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
