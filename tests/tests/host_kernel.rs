@@ -1822,6 +1822,9 @@ fn tcp_api_per_user_tokens_and_tls() {
             &path(&cert_pem),
             "--api-tls-key",
             &path(&key_pem),
+            // An exporter whose receiver is not there: its losses show in the status.
+            "--export",
+            "webhook+http://127.0.0.1:1/gone?kind=approval.approved&retries=0&name=gone",
         ],
         &dir,
     );
@@ -1933,6 +1936,16 @@ fn tcp_api_per_user_tokens_and_tls() {
         by.starts_with("carol (api token of bob from 127.0.0.1:"),
         "{by}"
     );
+    // The exporter had one record to send (the approval), could not, and says so.
+    wait_for_value("the exporter's loss", Duration::from_secs(10), || {
+        let out = tcp(Some("bob-token-0123456789"), &["status"]);
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.lines()
+            .any(|l| {
+                l.starts_with("export       gone: 0 sent, 1 lost, 1 failed sends; last error: ")
+            })
+            .then_some(())
+    });
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&state);
