@@ -561,6 +561,20 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
                     .unwrap_or_default()
             )?;
         }
+        for e in &v.exporters {
+            writeln!(
+                out,
+                "export       {}: {} sent, {} lost, {} failed sends{}",
+                e.name,
+                e.sent,
+                e.lost,
+                e.failures,
+                e.last_error
+                    .as_deref()
+                    .map(|m| format!("; last error: {m}"))
+                    .unwrap_or_default()
+            )?;
+        }
         writeln!(out, "approvals    {} pending", v.pending_approvals)?;
         writeln!(out, "reloads      {} failed", v.reload_failures)?;
         if let Some(e) = &v.last_error {

@@ -1,5 +1,5 @@
 //! The CLI's side of the control API: HTTP/1.1 over the daemon's Unix socket (or TCP with a
-//! bearer token).
+//! bearer token, over TLS with `--api https://HOST:PORT`).
 
 use std::path::PathBuf;
 
@@ -21,10 +21,13 @@ pub struct ApiArgs {
         default_value = DEFAULT_SOCKET
     )]
     pub socket: PathBuf,
-    /// Use the daemon's TCP API at this address (host:port) instead of the socket; needs
-    /// GOVERNANCE_TOKEN.
+    /// Use the daemon's TCP API at this address (host:port, or https://host:port when it
+    /// serves TLS) instead of the socket; needs GOVERNANCE_TOKEN.
     #[arg(long, global = true, env = "GOVERNANCE_API")]
     pub api: Option<String>,
+    /// Extra PEM roots that verify the TCP API's TLS certificate (besides the public roots).
+    #[arg(long, global = true, env = "GOVERNANCE_API_CA")]
+    pub api_ca: Option<PathBuf>,
     /// Bearer token for --api.
     #[arg(long, global = true, env = "GOVERNANCE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -37,11 +40,33 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(args: &ApiArgs) -> anyhow::Result<Sender> {
     let sender = match &args.api {
-        Some(addr) => {
+        Some(api) => {
+            let (tls, addr) = match api.strip_prefix("https://") {
+                Some(a) => (true, a.trim_end_matches('/')),
+                None => (false, api.strip_prefix("http://").unwrap_or(api)),
+            };
             let s = tokio::net::TcpStream::connect(addr)
                 .await
                 .with_context(|| format!("connecting to the daemon's API at {addr}"))?;
-            handshake(s).await?
+            if tls {
+                let config = crate::proxy::tls::client_config(args.api_ca.as_deref())?;
+                let host = addr
+                    .rsplit_once(':')
+                    .map_or(addr, |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("--api {api}: `{host}` is not a server name"))?;
+                let mut config = (*config).clone();
+                config.alpn_protocols.clear();
+                let s = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                    .connect(name, s)
+                    .await
+                    .with_context(|| format!("TLS with the daemon's API at {addr}"))?;
+                handshake(s).await?
+            } else {
+                handshake(s).await?
+            }
         }
         None => {
             let s = tokio::net::UnixStream::connect(&args.socket)

@@ -7,7 +7,8 @@
 //! - kernel ring buffer and [`proxy`] decisions and [`approvals`] → [`events`] (one record
 //!   model) → [`pipeline`] (enrich, [`audit`] log, [`metrics`], subscribers) → [`api`] (the
 //!   control API: live stream, status, approvals) → [`client`] and [`cli`] (the command line);
-//!   [`ocsf`] shapes records for SIEMs.
+//!   [`ocsf`] shapes records for SIEMs; [`export`] sends them to syslog, webhooks and OTLP
+//!   collectors, and notifies people of escalations.
 //!
 //! [`daemon`] wires it together for `governance run`.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod events;
+pub mod export;
 pub mod kernel;
 pub mod metrics;
 pub mod ocsf;

@@ -209,6 +209,7 @@ pub struct Metrics {
     audit_flush: Histogram,
     proxy_request: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     proxy_decision: Histogram,
+    exporters: Arc<ExportCounters>,
 }
 
 impl Default for Metrics {
@@ -244,6 +245,7 @@ impl Metrics {
             audit_flush: latency_histogram(),
             proxy_request: Family::new_with_constructor(latency_histogram),
             proxy_decision: latency_histogram(),
+            exporters: Arc::default(),
         };
         m.last_reload_ok.set(1);
         let mut registry = Registry::default();
@@ -301,6 +303,7 @@ impl Metrics {
         );
         g.register_collector(Box::new(m.kernel.clone()));
         g.register_collector(Box::new(m.audit.clone()));
+        g.register_collector(Box::new(m.exporters.clone()));
         g.register(
             "events_published",
             "Records published to the event pipeline",
@@ -477,6 +480,13 @@ impl Metrics {
         let _ = self.audit.0.set(health);
     }
 
+    /// Export an exporter's counters (read when scraped).
+    pub fn watch_exporter(&self, stats: Arc<crate::export::Stats>) {
+        if let Ok(mut e) = self.exporters.0.lock() {
+            e.push(stats);
+        }
+    }
+
     pub fn observe_audit_flush(&self, took: Duration) {
         self.audit_flush.observe(took.as_secs_f64());
     }
@@ -543,6 +553,55 @@ impl Collector for KernelCounters {
         ] {
             let c = ConstCounter::new(v.load(Ordering::Relaxed));
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The exporters' counters (`--export`, `--notify-webhook`), labelled by exporter name (the
+/// operator's configuration: a bounded set).
+#[derive(Debug, Default)]
+struct ExportCounters(Mutex<Vec<Arc<crate::export::Stats>>>);
+
+impl Collector for ExportCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let views: Vec<_> = match self.0.lock() {
+            Ok(list) => list.iter().map(|s| s.view()).collect(),
+            Err(_) => return Ok(()),
+        };
+        if views.is_empty() {
+            return Ok(());
+        }
+        type Read = fn(&crate::export::ExporterView) -> u64;
+        let families: [(&str, &str, Read); 3] = [
+            (
+                "export_records",
+                "Records an exporter sent and had accepted",
+                |v| v.sent,
+            ),
+            (
+                "export_lost",
+                "Records an exporter lost: its queue was full, or its last retry failed",
+                |v| v.lost,
+            ),
+            (
+                "export_failures",
+                "Failed sends of an exporter, retries included",
+                |v| v.failures,
+            ),
+        ];
+        for (name, help, read) in families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for v in &views {
+                let labels = [("exporter", v.name.clone())];
+                let c = ConstCounter::new(read(v));
+                c.encode(family.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

@@ -1610,3 +1610,343 @@ fn control_api_refuses_callers_inside_an_agent() {
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Escalations reach humans (issue 15, part 3), from the kernel: a connect that a `network` rule
+/// with `verdict: escalate` refuses in the cgroup connect hook is filed as an approval request
+/// by the drainer, and `--notify-webhook` posts a Slack-compatible message for it (to a real
+/// HTTP receiver here) within a second of the refusal, with the id and the commands that decide
+/// it. Approving it with the command it names lets the agent's retry through; the control, a
+/// connect the rule does not cover, is neither refused nor notified.
+#[test]
+fn a_kernel_escalation_is_notified_within_a_second() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let agent = TestCgroup::new("notify");
+    let (_target_l, target) = listener([127, 0, 0, 8]);
+    let (_other_l, other) = listener([127, 0, 0, 9]);
+    let (_again_l, again) = listener([127, 0, 0, 10]);
+    let (hook_l, hook) = listener([127, 0, 0, 1]);
+    // The receiver: one HTTP request per connection, answered 200; (arrival, body) sent on.
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        for mut s in hook_l.incoming().map_while(Result::ok) {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let body = loop {
+                let n = s.read(&mut chunk).unwrap_or(0);
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let Some(end) = text.find("\r\n\r\n") else {
+                    continue;
+                };
+                let len = text[..end]
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break Some(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
+                }
+            };
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Some(b) = body
+                && tx.send((Instant::now(), b)).is_err()
+            {
+                break;
+            }
+        }
+    });
+    let dir = policy_dir(
+        "notify",
+        &format!(
+            "name: notify\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: ask, network: {{ cidr: 127.0.0.8/32 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n\
+             \x20 - {{ id: ask-again, network: {{ cidr: 127.0.0.10/32 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("notify");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let url = format!("http://{hook}/hook");
+    // (Removed with --detach-on-exit when the daemon stops.)
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            &pins_arg,
+            "--notify-webhook",
+            &url,
+        ],
+        &dir,
+    );
+    let ag = Some(agent.path.as_path());
+    // The control: not covered by the rule.
+    let (_, outcome) = run_in(ag, "notify-ok", &Attempt::connect(other));
+    assert_eq!(outcome, Outcome::Exited(0), "control");
+    // Escalated: refused now, filed for a human, notified.
+    let (_, outcome) = run_in(ag, "notify-ask", &Attempt::connect(target));
+    let refused = Instant::now();
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "escalated connect");
+    let (arrived, body) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a notification");
+    let took = arrived.saturating_duration_since(refused);
+    assert!(took < Duration::from_secs(1), "notified after {took:?}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = p["approval"]["id"].as_str().unwrap().to_owned();
+    let msg = p["text"].as_str().unwrap();
+    let agent_name = agent.rel.to_str().unwrap();
+    for want in [
+        id.as_str(),
+        agent_name,
+        "127.0.0.8",
+        "a human decides",
+        &format!("governance approve {id} --as NAME"),
+        &format!("governance deny {id} --reason"),
+    ] {
+        assert!(msg.contains(want), "{want:?} in {msg}");
+    }
+    assert!(p["blocks"].as_array().is_some_and(|b| !b.is_empty()), "{p}");
+    assert!(
+        !p["approval"]["deadline"].as_str().unwrap().is_empty(),
+        "{p}"
+    );
+    // Approved with the command it names: the retry passes.
+    let out = daemon.cli(&["approve", &id, "--as", "alice"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, outcome) = run_in(ag, "notify-retry", &Attempt::connect(target));
+    assert_eq!(outcome, Outcome::Exited(0), "approved");
+    // The next notification is the next escalation: neither the control nor the approval was
+    // notified.
+    let (_, outcome) = run_in(ag, "notify-again", &Attempt::connect(again));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "escalated connect");
+    let (_, body) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a second notification");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(p["approval"]["id"], id.as_str());
+    assert!(p["text"].as_str().unwrap().contains("127.0.0.10"), "{p}");
+    // `governance status` counts what the notifier sent.
+    let out = daemon.cli(&["status"]);
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains(&format!(
+            "export       notify {url}: 2 sent, 0 lost, 0 failed sends"
+        )),
+        "{status}"
+    );
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The TCP API (issue 15, part 3): per-user tokens (`--api-tokens`), TLS (`--api-tls-cert`,
+/// `--api-tls-key`), and the token's user recorded as the approver, in the approval and in the
+/// audit log; a name claimed with `--as` is recorded beside it, never instead. Controls: no
+/// token, a wrong one and a prefix of a right one are refused (401); plain HTTP to the TLS
+/// port and a client that does not trust the certificate get nowhere.
+#[test]
+fn tcp_api_per_user_tokens_and_tls() {
+    require_root();
+    let agent = TestCgroup::new("tokens");
+    let (_a, first) = listener([127, 0, 0, 12]);
+    let (_b, second) = listener([127, 0, 0, 13]);
+    let dir = policy_dir(
+        "tokens",
+        &format!(
+            "name: tokens\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: ask, network: {{ cidr: 127.0.0.12/31 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let state =
+        std::env::temp_dir().join(format!("governance-test-api-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    let tokens = state.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        "alice: alice-token-0123456789\nbob: bob-token-0123456789\n",
+    )
+    .unwrap();
+    // A certificate for 127.0.0.1, and its issuer as the client's root.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca_pem, cert_pem, key_pem) = (
+        state.join("ca.pem"),
+        state.join("cert.pem"),
+        state.join("key.pem"),
+    );
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+    let api_addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let pins = pin_dir("tokens");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let path = |p: &Path| p.to_str().unwrap().to_owned();
+    let (daemon, said) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            &pins_arg,
+            "--api-listen",
+            &api_addr,
+            "--api-tokens",
+            &path(&tokens),
+            "--api-tls-cert",
+            &path(&cert_pem),
+            "--api-tls-key",
+            &path(&key_pem),
+            // An exporter whose receiver is not there: its losses show in the status.
+            "--export",
+            "webhook+http://127.0.0.1:1/gone?kind=approval.approved&retries=0&name=gone",
+        ],
+        &dir,
+    );
+    assert!(said.contains("(bearer token, TLS)"), "{said}");
+    let https = format!("https://{api_addr}");
+    let ca_arg = path(&ca_pem);
+    // `governance ARGS` against the TCP API over TLS with `token`.
+    let tcp = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(governance_bin());
+        cmd.args(args)
+            .args(["--api", &https, "--api-ca", &ca_arg])
+            .env_remove("GOVERNANCE_TOKEN")
+            .env_remove("GOVERNANCE_APPROVER");
+        if let Some(t) = token {
+            cmd.args(["--token", t]);
+        }
+        cmd.output().unwrap()
+    };
+    // Two kernel escalations to decide.
+    for (comm, target) in [("tokens-1", first), ("tokens-2", second)] {
+        let (_, outcome) = run_in(Some(&agent.path), comm, &Attempt::connect(target));
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{comm}");
+    }
+    let pending = wait_for_value("two pending approvals", Duration::from_secs(10), || {
+        let out = tcp(Some("bob-token-0123456789"), &["approvals", "-o", "json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let p = v["pending"].as_array().cloned().unwrap_or_default();
+        (p.len() == 2).then_some(p)
+    });
+    let id_of = |dest: SocketAddr| {
+        pending
+            .iter()
+            .find(|p| p["object"]["dest"] == dest.to_string())
+            .and_then(|p| p["id"].as_str())
+            .unwrap()
+            .to_owned()
+    };
+    let (first_id, second_id) = (id_of(first), id_of(second));
+
+    // Controls: no token, a wrong one, a prefix of a right one, and the right one without
+    // TLS or without trusting the certificate.
+    for token in [None, Some("wrong"), Some("alice-token-012345678")] {
+        let out = tcp(token, &["approve", &first_id]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("401"),
+            "{token:?}: {err}"
+        );
+    }
+    let out = Command::new(governance_bin())
+        .args([
+            "agents",
+            "--api",
+            &api_addr,
+            "--token",
+            "alice-token-0123456789",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "plain HTTP to the TLS listener");
+    let out = Command::new(governance_bin())
+        .args([
+            "agents",
+            "--api",
+            &https,
+            "--token",
+            "alice-token-0123456789",
+        ])
+        .env_remove("GOVERNANCE_API_CA")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS"),
+        "untrusted: {err}"
+    );
+
+    // alice approves; bob denies, claiming to be carol.
+    let out = tcp(Some("alice-token-0123456789"), &["approve", &first_id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = tcp(
+        Some("bob-token-0123456789"),
+        &["deny", &second_id, "--reason", "no", "--as", "carol"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, outcome) = run_in(Some(&agent.path), "tokens-3", &Attempt::connect(first));
+    assert_eq!(outcome, Outcome::Exited(0), "approved by alice");
+
+    // The approvers, as the audit log has them.
+    let settled = |kind: &str| {
+        wait_for_value(kind, Duration::from_secs(10), || {
+            let out = daemon.cli(&["events", "--since", "1h", "--kind", kind, "-o", "json"]);
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()?
+                .to_owned();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            Some(v["approval"]["by"].as_str().unwrap().to_owned())
+        })
+    };
+    let by = settled("approval.approved");
+    assert!(
+        by.starts_with("alice (api token of alice from 127.0.0.1:") && by.ends_with(" over TLS)"),
+        "{by}"
+    );
+    let by = settled("approval.denied");
+    assert!(
+        by.starts_with("carol (api token of bob from 127.0.0.1:"),
+        "{by}"
+    );
+    // The exporter had one record to send (the approval), could not, and says so.
+    wait_for_value("the exporter's loss", Duration::from_secs(10), || {
+        let out = tcp(Some("bob-token-0123456789"), &["status"]);
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s.lines()
+            .any(|l| {
+                l.starts_with("export       gone: 0 sent, 1 lost, 1 failed sends; last error: ")
+            })
+            .then_some(())
+    });
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -20,7 +20,8 @@ use crate::{capture, heartbeat, progress, run};
 /// inspect, curl (the demo agent's HTTP client in the VM, and a client of the compatibility
 /// suite), python3-venv (the compatibility suite's Python packages live in a venv), and the
 /// developer tools an agent runs in the VM's legitimate-work test: Debian's Python 3.11 with
-/// pip, and git.
+/// pip, and git. rsyslog with its GnuTLS driver: the syslog exporter's tests send to a real
+/// rsyslogd (governance-userspace/src/export/tests.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -37,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "python3.11",
     "python3-pip",
     "git",
+    "rsyslog",
+    "rsyslog-gnutls",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -106,7 +109,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()

@@ -14,8 +14,9 @@
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Who called is recorded with every approval: on the Unix socket the caller's uid (from the
-//! kernel, `SO_PEERCRED`), on TCP "api-token"; a `by` name in the request is added to it, never
-//! trusted instead of it.
+//! kernel, `SO_PEERCRED`), on TCP the user of the bearer token (`--api-tokens`, see [`auth`]);
+//! a `by` name in the request is added to it, never trusted instead of it. The TCP listener
+//! speaks TLS with `--api-tls-cert` and `--api-tls-key`.
 //!
 //! No process inside an agent uses the API, whatever it asks: on the Unix socket every request
 //! from a peer whose cgroup is in a live agent's subtree is refused (403) and recorded (see
@@ -42,6 +43,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod auth;
 pub mod wire;
 
 pub use wire::EventsQuery;
@@ -99,8 +101,10 @@ pub struct ApiState {
     pub snapshot: Arc<Mutex<Snapshot>>,
     pub reload: mpsc::Sender<ReloadReply>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// Bearer token of the TCP listener.
-    pub token: Option<String>,
+    /// The bearer tokens of the TCP listener, with their users.
+    pub tokens: auth::Tokens,
+    /// The exporters' counts (`--export`, `--notify-webhook`).
+    pub exporters: Vec<Arc<crate::export::Stats>>,
 }
 
 /// Who is calling, from the connection (never from the request): in words, and the process on
@@ -142,6 +146,15 @@ impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
 impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Caller {
     fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         Caller(format!("api token from {}", stream.remote_addr()), None)
+    }
+}
+
+impl Connected<IncomingStream<'_, auth::TlsListener>> for Caller {
+    fn connect_info(stream: IncomingStream<'_, auth::TlsListener>) -> Self {
+        Caller(
+            format!("api token from {} over TLS", stream.remote_addr()),
+            None,
+        )
     }
 }
 
@@ -265,29 +278,30 @@ async fn refuse_agents(
     resp
 }
 
+/// The TCP API: a known bearer token (compared in constant time, see [`auth`]); its user goes
+/// with the request ([`auth::ApiUser`]) and is recorded as the approver.
 async fn require_token(
     State(st): State<Arc<ApiState>>,
-    req: axum::extract::Request,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let given = req
+    let user = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match (&st.token, given) {
-        (Some(want), Some(got)) if constant_time_eq(want.as_bytes(), got.as_bytes()) => {
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| st.tokens.user(t))
+        .map(str::to_owned);
+    match user {
+        Some(u) => {
+            req.extensions_mut().insert(auth::ApiUser(u));
             next.run(req).await
         }
-        _ => error(
+        None => error(
             StatusCode::UNAUTHORIZED,
-            "a bearer token is required (Authorization: Bearer <token>)",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
         ),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -338,6 +352,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         proxy: snap.proxy,
         audit: snap.audit,
         audit_log: Some(st.publisher.audit_health().view()),
+        exporters: st.exporters.iter().map(|e| e.view()).collect(),
         started: snap.started,
         version: Some(crate::version::Version::this()),
     })
@@ -589,17 +604,29 @@ async fn approvals(State(st): State<Arc<ApiState>>) -> Response {
     .into_response()
 }
 
-/// `alice (uid 0 via the control socket)`, or just the connection's identity.
-fn who(caller: &Caller, claimed: Option<&str>) -> String {
-    match claimed.map(str::trim).filter(|c| !c.is_empty()) {
-        Some(name) => format!("{name} ({})", caller.0),
-        None => caller.0.clone(),
+/// `alice (uid 0 via the control socket)`, or just the connection's identity. On TCP the
+/// token's user is the approver: `alice (api token of alice from 127.0.0.1:40000)`; a name
+/// claimed besides it is recorded with it, never instead of it.
+fn who(caller: &Caller, user: Option<&auth::ApiUser>, claimed: Option<&str>) -> String {
+    let claimed = claimed.map(str::trim).filter(|c| !c.is_empty());
+    match user {
+        Some(auth::ApiUser(u)) => {
+            let via = caller
+                .0
+                .replacen("api token", &format!("api token of {u}"), 1);
+            format!("{} ({via})", claimed.unwrap_or(u))
+        }
+        None => match claimed {
+            Some(name) => format!("{name} ({})", caller.0),
+            None => caller.0.clone(),
+        },
     }
 }
 
 async fn approve(
     State(st): State<Arc<ApiState>>,
     ConnectInfo(caller): ConnectInfo<Caller>,
+    user: Option<axum::Extension<auth::ApiUser>>,
     Path(id): Path<String>,
     body: Option<Json<wire::Approve>>,
 ) -> Response {
@@ -612,10 +639,11 @@ async fn approve(
         Some(Ok(d)) => d,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("for: {e}")),
     };
-    match st
-        .approvals
-        .approve(&id, &who(&caller, body.by.as_deref()), duration)
-    {
+    match st.approvals.approve(
+        &id,
+        &who(&caller, user.as_deref(), body.by.as_deref()),
+        duration,
+    ) {
         Ok(approved) => answer(&wire::Approved { approved }).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }
@@ -624,15 +652,17 @@ async fn approve(
 async fn deny(
     State(st): State<Arc<ApiState>>,
     ConnectInfo(caller): ConnectInfo<Caller>,
+    user: Option<axum::Extension<auth::ApiUser>>,
     Path(id): Path<String>,
     body: Option<Json<wire::Deny>>,
 ) -> Response {
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let reason = body.reason.unwrap_or_else(|| "denied by a human".into());
-    match st
-        .approvals
-        .deny(&id, &who(&caller, body.by.as_deref()), &reason)
-    {
+    match st.approvals.deny(
+        &id,
+        &who(&caller, user.as_deref(), body.by.as_deref()),
+        &reason,
+    ) {
         Ok(denied) => answer(&wire::Denied { denied }).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e.to_string()),
     }

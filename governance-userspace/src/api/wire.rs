@@ -35,6 +35,9 @@ pub struct Status {
     pub audit: Option<PathBuf>,
     /// Whether the audit log is being written, and its failures.
     pub audit_log: Option<crate::audit::HealthView>,
+    /// The exporters (`--export`, `--notify-webhook`): records sent and lost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exporters: Vec<crate::export::ExporterView>,
     /// RFC 3339.
     pub started: String,
     /// The daemon's build: version, commit, eBPF object hash. None from a daemon older than

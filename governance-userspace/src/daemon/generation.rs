@@ -57,14 +57,20 @@ pub(super) fn build(
             .into_iter()
             .chain(std::env::current_exe().ok())
             .collect(),
+        // The daemon's secrets: the audit log, the CA, the API's tokens and TLS key, and the
+        // exporters' and notifier's signing keys.
         no_access: [
             Some(&args.audit_dir),
             Some(&args.ca_dir),
             args.api_token_file.as_ref(),
+            args.api_tokens.as_ref(),
+            args.api_tls_key.as_ref(),
+            args.notify_secret.as_ref(),
         ]
         .into_iter()
         .flatten()
         .cloned()
+        .chain(crate::export::secret_files(&args.exports))
         .collect(),
     };
     let compiled = kernel::compile(&set, &found, number, &protect);

@@ -98,8 +98,8 @@ pub struct RunArgs {
     #[arg(long, env = "GOVERNANCE_SOCKET", default_value = client::DEFAULT_SOCKET)]
     pub socket: PathBuf,
     /// Also serve the control API on TCP at this address (e.g. 127.0.0.1:7777); needs
-    /// --api-token-file. (Checked when the daemon starts, not by clap: the token file may come
-    /// from the config file, which clap's `requires` would not see.)
+    /// --api-token-file or --api-tokens. (Checked when the daemon starts, not by clap: the token
+    /// files may come from the config file, which clap's `requires` would not see.)
     #[arg(long)]
     pub api_listen: Option<SocketAddr>,
     /// File holding the bearer token of the TCP API.
@@ -158,6 +158,27 @@ pub struct RunArgs {
     /// Do not print each event on stdout (the audit log and the API still have them).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Send records to a collector (repeatable): `syslog+udp|tcp|tls://HOST:PORT`,
+    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc://HOST:PORT`, with
+    /// `?kind=…&outcome=…&secret=FILE&…` (see docs/export-and-notify.md).
+    #[arg(long = "export", value_name = "URL")]
+    pub exports: Vec<String>,
+    /// Post a Slack-compatible message to this URL for every escalation (approval request).
+    #[arg(long, value_name = "URL")]
+    pub notify_webhook: Option<String>,
+    /// Sign the notifications with the key in this file (`X-Governance-Signature`).
+    #[arg(long, requires = "notify_webhook")]
+    pub notify_secret: Option<PathBuf>,
+    /// Per-user bearer tokens of the TCP API: a YAML file of `name: token` lines; the name is
+    /// recorded as the approver of what its token approves.
+    #[arg(long)]
+    pub api_tokens: Option<PathBuf>,
+    /// Serve the TCP API over TLS with this certificate chain (PEM); with --api-tls-key.
+    #[arg(long, requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -176,6 +197,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     )?;
     let hosts = host_overrides(&args.proxy_hosts)?;
     let token = api_token(&args)?;
+    let exporters = exporters(&args)?;
     let Some(Attached {
         enforcer,
         ring,
@@ -192,6 +214,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let metrics = Arc::new(Metrics::new());
     let pipe = open_pipeline(&args, &root, &metrics)?;
     let publisher = pipe.publisher.clone();
+    let exports = crate::export::start(exporters, &publisher, &metrics).await?;
     publisher.publish(started(previous, adopted, complete));
 
     // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
@@ -257,7 +280,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         snapshot: snapshot.clone(),
         reload: reload_tx,
         proxy: proxy.clone(),
-        token,
+        tokens: token,
+        exporters: exports.stats.clone(),
     });
     let api = serve_api(&args, &state, &enforcer).await?;
     // systemd (Type=notify): ready once the first generation enforces and the API listens.
@@ -282,6 +306,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Connections still open (an `events --follow`) hold publishers: stop explicitly.
     pipe.publisher.stop();
     let _ = tokio::task::spawn_blocking(move || pipe.thread.join()).await;
+    // The exporters send what their queues still hold (bounded, as the API's streams).
+    let sent = futures_util::future::join_all(exports.tasks);
+    if tokio::time::timeout(API_DRAIN, sent).await.is_err() {
+        tracing::warn!("exporters still sending after {API_DRAIN:?}; their last records are lost");
+    }
     // The streams have their last record; let them end cleanly (bounded: a client that does
     // not read keeps nothing alive).
     let drained = futures_util::future::join_all(api.tasks);
@@ -300,22 +329,43 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The bearer token of the TCP API, if one is configured.
-fn api_token(args: &RunArgs) -> anyhow::Result<Option<String>> {
-    let token = match &args.api_token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading the API token from {}", p.display()))?
-                .trim()
-                .to_owned(),
-        )
-        .filter(|t| !t.is_empty()),
-        None => None,
-    };
-    if args.api_listen.is_some() && token.is_none() {
-        anyhow::bail!("--api-listen needs a non-empty token in --api-token-file");
+/// The bearer tokens of the TCP API (`--api-token-file`, `--api-tokens`), with their users.
+fn api_token(args: &RunArgs) -> anyhow::Result<api::auth::Tokens> {
+    let mut tokens = api::auth::Tokens::default();
+    if let Some(p) = &args.api_token_file {
+        tokens.extend(api::auth::Tokens::load_single(p)?);
     }
-    Ok(token)
+    if let Some(p) = &args.api_tokens {
+        tokens.extend(api::auth::Tokens::load(p)?);
+    }
+    if args.api_listen.is_some() && tokens.is_empty() {
+        anyhow::bail!("--api-listen needs tokens: --api-token-file or --api-tokens");
+    }
+    if args.api_listen.is_none() && args.api_tls_cert.is_some() {
+        anyhow::bail!("--api-tls-cert is for the TCP API: give --api-listen too");
+    }
+    // Read now, before anything is attached, so a bad pair stops the start with its place.
+    if let (Some(cert), Some(key)) = (&args.api_tls_cert, &args.api_tls_key) {
+        api::auth::tls_config(cert, key)?;
+    }
+    Ok(tokens)
+}
+
+/// The `--export` exporters and the `--notify-webhook` notifier.
+fn exporters(args: &RunArgs) -> anyhow::Result<Vec<crate::export::Exporter>> {
+    let mut out = args
+        .exports
+        .iter()
+        .map(|s| crate::export::Exporter::parse(s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(url) = &args.notify_webhook {
+        out.push(crate::export::Exporter::notifier(
+            url,
+            args.notify_secret.as_deref(),
+            args.upstream_ca.as_deref(),
+        )?);
+    }
+    Ok(out)
 }
 
 /// The programs, attached (or adopted) and protected.
@@ -592,11 +642,25 @@ async fn serve_api(
         let app =
             api::router(state.clone(), true).into_make_service_with_connect_info::<api::Caller>();
         let stop = stopped();
-        api_tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
-                tracing::error!("API on {addr}: {e}");
+        let tls = match (&args.api_tls_cert, &args.api_tls_key) {
+            (Some(cert), Some(key)) => Some(api::auth::tls_config(cert, key)?),
+            _ => None,
+        };
+        api_tasks.push(match tls {
+            Some(config) => {
+                let l = api::auth::TlsListener::new(l, config)?;
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                        tracing::error!("API on {addr}: {e}");
+                    }
+                })
             }
-        }));
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!("API on {addr}: {e}");
+                }
+            }),
+        });
     }
     // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
     // address forgotten).
@@ -609,7 +673,14 @@ async fn serve_api(
         "control API on {}{}",
         args.socket.display(),
         args.api_listen
-            .map(|a| format!(" and {a} (bearer token)"))
+            .map(|a| format!(
+                " and {a} (bearer token{})",
+                if args.api_tls_cert.is_some() {
+                    ", TLS"
+                } else {
+                    ""
+                }
+            ))
             .unwrap_or_default()
     );
     Ok(ApiServers {

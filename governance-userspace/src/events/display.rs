@@ -6,7 +6,7 @@ use super::{Record, RecordType};
 
 impl Record {
     /// The readable form of the object: `path="/usr/bin/nc"`, `dest=1.2.3.4:80 proto=tcp`, ...
-    fn object_words(&self) -> String {
+    pub(crate) fn object_words(&self) -> String {
         let o = &self.object;
         let mut w = Vec::new();
         if !o.method.is_empty() {

@@ -197,9 +197,24 @@ fn config() -> ProxyConfig {
 }
 
 async fn start(cfg: ProxyConfig, set: policy::PolicySet, limits: Limits) -> Harness {
+    start_publishing(cfg, set, limits, None).await
+}
+
+/// [`start`], with the records also published into an event pipeline.
+async fn start_publishing(
+    cfg: ProxyConfig,
+    set: policy::PolicySet,
+    limits: Limits,
+    publisher: Option<crate::pipeline::Publisher>,
+) -> Harness {
     let records = Arc::new(Mutex::new(Vec::new()));
     let r = records.clone();
-    let sink: Sink = Arc::new(move |rec| r.lock().unwrap().push(rec));
+    let sink: Sink = Arc::new(move |rec: Record| {
+        if let Some(p) = &publisher {
+            p.publish(rec.clone());
+        }
+        r.lock().unwrap().push(rec)
+    });
     let approvals = Approvals::new(limits, sink.clone(), Arc::new(|_, _| Ok(())));
     let identify = Arc::new(Table::default());
     let engine = Arc::new(ArcSwap::from_pointee(Engine::new(set, 1)));
@@ -376,6 +391,60 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("timed out after 10 s waiting for {what}");
+}
+
+/// Escalations reach humans: a held request's approval request goes through the event
+/// pipeline to the `--notify-webhook` notifier, which posts a Slack-compatible message (to a
+/// real HTTP receiver) within a second, with the id and the commands that decide it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_escalated_request_is_notified_within_a_second() {
+    use crate::export::{self, tests as et};
+    let up = upstream("payments").await;
+    let (hook, seen) = et::webhook_receiver(vec![]).await;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let pipe = crate::pipeline::start(crate::pipeline::Config {
+        audit: None,
+        cgroup_root: PathBuf::from("/nonexistent"),
+        metrics: metrics.clone(),
+        stdout: false,
+    })
+    .unwrap();
+    let notifier = export::Exporter::notifier(&format!("http://{hook}/hook"), None, None).unwrap();
+    let running = export::start(vec![notifier], &pipe.publisher, &metrics)
+        .await
+        .unwrap();
+    let h = start_publishing(
+        config(),
+        examples(),
+        Limits::default(),
+        Some(pipe.publisher.clone()),
+    )
+    .await;
+    let me = h.agent("agents/refund-1", None, Some(up.addr));
+    // The control: an allowed request is not notified.
+    assert_eq!(h.send(me, refund(50)).await.status, StatusCode::OK);
+    let approvals = h.approvals.clone();
+    let decider = tokio::spawn(async move {
+        until("the request to be held", || approvals.list().len() == 1).await;
+        let held = std::time::Instant::now();
+        let id = approvals.list()[0].id.clone();
+        let body = et::wait_until("the notification", || {
+            seen.lock().unwrap().requests.first().map(|r| r.1.clone())
+        })
+        .await;
+        let took = held.elapsed();
+        assert!(took < Duration::from_secs(1), "notified after {took:?}");
+        let p: Value = serde_json::from_slice(&body).unwrap();
+        et::check_notification(&p, &id, "agents/refund-1", "POST");
+        assert_eq!(p["approval"]["rule"], "refund-agent/refund-medium");
+        approvals.deny(&id, "alice", "not today").unwrap();
+        seen.lock().unwrap().requests.len()
+    });
+    let r = h.send(me, refund(500)).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(decider.await.unwrap(), 1, "one notification");
+    assert_eq!(running.views()[0].sent, 1);
+    pipe.publisher.stop();
 }
 
 /// Issue 12 item 7: a reload (here of the very same policy, as a cgroup change or a SIGHUP
