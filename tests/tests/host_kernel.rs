@@ -169,6 +169,8 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
         .unwrap();
     let mut conns = kernel::ProxyConns::open(&k.pins).unwrap();
+    // The host's network namespace, where the proxy listens here.
+    let netns = kernel::netns_cookie(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     // A connection `l` accepts (the attempt's connect has returned: it waits at most 5 s).
     let accepted = |l: &TcpListener| accept_within(l, Duration::from_secs(5));
     // Whether `l` has a connection queued now. For absence: the attempt's connect has
@@ -202,7 +204,7 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         });
         assert!(queued(&direct).is_none(), "{case}: nothing went direct");
         let orig = conns
-            .take(peer)
+            .take(peer, netns)
             .expect("the kernel recorded the connection");
         assert_eq!(orig.redirected, 1);
         assert_eq!(
@@ -211,7 +213,7 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         );
         assert_eq!(orig.port, direct_addr.port());
         assert_eq!((orig.tgid, orig.agent_cgroup), (pid, agent.id()));
-        assert!(conns.take(peer).is_none(), "taken once");
+        assert!(conns.take(peer, netns).is_none(), "taken once");
         let ev = k.event_for(pid);
         assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect));
         assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
@@ -228,7 +230,9 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
     // Explicit proxy use is let through and recorded (no original destination).
     let (pid, outcome) = run_in(Some(&agent.path), "explicit", &Attempt::connect(proxy_addr));
     assert_eq!(outcome, Outcome::Exited(0));
-    let orig = conns.take(accepted(&proxy).unwrap()).expect("recorded");
+    let orig = conns
+        .take(accepted(&proxy).unwrap(), netns)
+        .expect("recorded");
     assert_eq!((orig.redirected, orig.port, orig.tgid), (0, 0, pid));
     assert_eq!(Cause::from_u8(k.event_for(pid).cause), Some(Cause::Builtin));
     // UDP cannot go through an HTTP proxy, and with no proxy nothing can: refused.

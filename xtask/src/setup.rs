@@ -37,6 +37,12 @@ const APT_PACKAGES: &[&str] = &[
     "python3.11",
     "python3-pip",
     "git",
+    // Agents as containers (the containers test place): podman with runc, its bridge
+    // network (netavark, iptables).
+    "podman",
+    "runc",
+    "netavark",
+    "iptables",
 ];
 
 /// The package with `qemu-system-x86_64`.

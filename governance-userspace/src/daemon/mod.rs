@@ -21,6 +21,7 @@
 mod drain;
 pub mod generation;
 mod identify;
+mod netns;
 mod serve;
 mod watch;
 
@@ -229,6 +230,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         last_failed: false,
         failures: 0,
         dropped: 0,
+        netns: None,
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
@@ -237,6 +239,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The HTTP policy proxy.
     let mut tasks = Vec::new();
     let proxy = start_proxy(&args, hosts, &daemon, sink.clone(), &mut tasks).await?;
+    // ... and in agents' own network namespaces.
+    if let Some((p, v4)) = &proxy {
+        let mut n = netns::NetnsListeners::new(p.clone(), *v4.ip(), v4.port());
+        n.sync(&daemon.agents_now);
+        daemon.netns = Some(n);
+    }
+    let proxy = proxy.map(|(p, _)| p);
 
     // The control API.
     let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
@@ -464,7 +473,7 @@ async fn start_proxy(
     daemon: &Daemon<'_>,
     sink: Sink,
     tasks: &mut Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) -> anyhow::Result<Option<Arc<Proxy>>> {
+) -> anyhow::Result<Option<(Arc<Proxy>, std::net::SocketAddrV4)>> {
     let enforcer = &daemon.enforcer;
     if args.no_proxy {
         enforcer
@@ -528,7 +537,7 @@ async fn start_proxy(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .proxy = Some(v4.to_string());
-    Ok(Some(p))
+    Ok(Some((p, v4)))
 }
 
 /// The control API's servers, and how to stop them gracefully.

@@ -18,6 +18,7 @@ use tokio::{
 use super::{
     RunArgs,
     generation::{Built, SharedNames, build, install_names},
+    netns::NetnsListeners,
     watch::{self, Watches},
 };
 use crate::{
@@ -72,6 +73,8 @@ pub(super) struct Daemon<'a> {
     pub failures: u64,
     /// The kernel's drop counter, as last told.
     pub dropped: u64,
+    /// The proxy's listeners in agents' network namespaces (None: no proxy).
+    pub netns: Option<NetnsListeners>,
 }
 
 impl Daemon<'_> {
@@ -116,6 +119,9 @@ impl Daemon<'_> {
         install_names(&self.names, g, b.names);
         self.engine.store(Arc::new(b.engine));
         self.agents_now = b.found;
+        if let Some(n) = &mut self.netns {
+            n.sync(&self.agents_now);
+        }
         self.last_failed = false;
         self.current = g;
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,6 +244,10 @@ impl Daemon<'_> {
     /// changed, the next generation is due), and tell the kernel's dropped events.
     fn tick(&mut self) -> bool {
         self.approvals.expire_due(SystemTime::now());
+        // Agent processes that entered network namespaces of their own since.
+        if let Some(n) = &mut self.netns {
+            n.sync(&self.agents_now);
+        }
         // Socket files re-created where no directory watch saw it (a directory that did not
         // exist yet): looked at once a second.
         let sockets = watch::sockets_changed(&self.enforcer);

@@ -1177,9 +1177,10 @@ impl ProxyConns {
         Ok(Self { map })
     }
 
-    /// Take (read and delete) the record of the connection whose client end is `peer`. None:
-    /// not an agent's connection (or its record was lost: the caller refuses it).
-    pub fn take(&mut self, peer: SocketAddr) -> Option<OrigDst> {
+    /// Take (read and delete) the record of the connection whose client end is `peer` in the
+    /// network namespace `netns` (its cookie, see [`netns_cookie`]). None: not an agent's
+    /// connection (or its record was lost: the caller refuses it).
+    pub fn take(&mut self, peer: SocketAddr, netns: u64) -> Option<OrigDst> {
         let family = match peer {
             SocketAddr::V4(_) => libc::AF_INET,
             SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => libc::AF_INET,
@@ -1188,11 +1189,34 @@ impl ProxyConns {
         let key = ConnKey {
             port: u32::from(peer.port()),
             family,
+            netns,
         };
         let found = self.map.get(&key, 0).ok()?;
         let _ = self.map.remove(&key);
         Some(found)
     }
+}
+
+/// The cookie of the network namespace a socket belongs to (`SO_NETNS_COOKIE`, Linux 5.14),
+/// the same number `bpf_get_netns_cookie` gives the programs.
+pub fn netns_cookie(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid fd, and a buffer of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other
