@@ -299,7 +299,7 @@ fn containers_are_agents() {
             && out.contains("\"path\":\"/allowed\""),
         "allowed: the upstream the container asked for answers: {out}"
     );
-    let (ok, out) = http(&agent, "/refunds");
+    let (_, out) = http(&agent, "/refunds");
     assert!(
         out.contains("HTTP/1.1 403") && !out.contains("\"upstream\""),
         "blocked by the proxy: {out}"

@@ -246,6 +246,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         daemon.netns = Some(n);
     }
     let proxy = proxy.map(|(p, _)| p);
+    // A handover from another build's pins: this build enforces the policy now (and its proxy
+    // address is set), so the previous build's programs go.
+    if enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .finish_handover()
+        .context("detaching the previous build's programs")?
+    {
+        eprintln!(
+            "governance: handed over from the previous build's programs (now detached); this build enforces"
+        );
+    }
 
     // The control API.
     let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
@@ -347,6 +359,12 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
             args.pins.display()
         );
     }
+    if let Some(old) = &enforcer.handover_from {
+        eprintln!(
+            "governance: the programs pinned in {} are another build's; this build's are attached beside them (both enforce) and take over once its policy is in place",
+            old.display()
+        );
+    }
     let complete = report(probe, &enforcer);
     if !complete && !args.allow_degraded {
         eprintln!(
@@ -355,7 +373,7 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
         );
         if !adopted {
             // Leave nothing attached behind.
-            let _ = kernel::unload(&args.pins);
+            let _ = kernel::unload(&enforcer.pin_dir);
         }
         return Ok(None);
     }
@@ -499,7 +517,12 @@ async fn start_proxy(
         ),
     }
     let identify = Arc::new(KernelIdentify {
-        conns: Mutex::new(ProxyConns::open(&args.pins)?),
+        conns: Mutex::new(ProxyConns::open(
+            &enforcer
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .pin_dir,
+        )?),
         names: daemon.names.clone(),
     });
     let cfg = proxy::ProxyConfig {

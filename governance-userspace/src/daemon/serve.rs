@@ -94,13 +94,13 @@ impl Daemon<'_> {
             }
             Ok(None) => {
                 if !adopted {
-                    let _ = kernel::unload(&self.args.pins);
+                    let _ = kernel::unload(&self.pin_dir());
                 }
                 Ok(false)
             }
             Err(e) => {
                 if !adopted {
-                    let _ = kernel::unload(&self.args.pins);
+                    let _ = kernel::unload(&self.pin_dir());
                     return Err(e);
                 }
                 eprintln!(
@@ -111,6 +111,14 @@ impl Daemon<'_> {
                 Ok(true)
             }
         }
+    }
+
+    /// Where this run's programs are pinned (staged beside the previous build's during a
+    /// handover: unloading them leaves the previous build enforcing).
+    fn pin_dir(&self) -> std::path::PathBuf {
+        self.enforcer
+            .lock()
+            .map_or_else(|e| e.into_inner().pin_dir.clone(), |e| e.pin_dir.clone())
     }
 
     /// Generation `g` (built and installed in the kernel) enforces: the HTTP engine, the
