@@ -1216,6 +1216,10 @@ pub struct ConnKey {
     /// AF_INET (2) or AF_INET6 (10), as on the wire: a dual-stack socket connected to an
     /// IPv4-mapped address counts as AF_INET (the proxy sees an IPv4 peer).
     pub family: u32,
+    /// The network namespace's cookie (`bpf_get_netns_cookie`; `SO_NETNS_COOKIE` on the
+    /// accepted socket): agents in their own network namespaces (pods, containers) reuse the
+    /// same source ports, each reaching a proxy listener in its own namespace.
+    pub netns: u64,
 }
 
 /// Key of [`maps::BUCKETS`], by the rule's [`RuleRef::aux`]: 0 (agent, rule), one bucket per
@@ -1433,7 +1437,7 @@ const _: () = assert!(core::mem::size_of::<Throttle>() == 24);
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
 const _: () = assert!(core::mem::size_of::<UnixKey>() == 16);
 const _: () = assert!(core::mem::size_of::<UnixId>() == 16);
 const _: () = assert!(core::mem::size_of::<ApiAddr>() == 24);

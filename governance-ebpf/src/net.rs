@@ -3,7 +3,7 @@
 //! that files each proxied connection's record under its source port for the proxy.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
-    helpers::generated::bpf_get_socket_cookie,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::{cgroup_sock_addr, sock_ops},
     maps::lpm_trie::Key,
     programs::{SockAddrContext, SockOpsContext},
@@ -133,7 +133,8 @@ fn is_api(a: &ApiAddr, addr: &[u8; 16], port: u16) -> bool {
 }
 
 /// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
-/// the handshake (see `sock_ops`) files it under the client's port for the proxy to find.
+/// the handshake (see `sock_ops`) files it under the client's port (and network namespace)
+/// for the proxy to find.
 /// The record is built in per-CPU scratch: the connect programs' stack is nearly full (6.1's
 /// verifier counts 512 bytes across the whole call chain, so no subprogram either).
 #[inline(always)]
@@ -280,9 +281,15 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
             family = AF_INET;
         }
     }
+    // The namespace too: agents in their own network namespaces (pods) reach a proxy
+    // listener in their namespace (see docs/kernel.md, the proxy redirect) from source ports
+    // that other namespaces use as well.
+    // SAFETY: the helper takes the program's own context (sock_ops since Linux 5.15).
+    let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     let key = ConnKey {
         port: ctx.local_port(),
         family,
+        netns,
     };
     if PROXY_CONNS.insert(&key, &orig, 0).is_err() {
         // The proxy will not find the connection and refuses it: fail closed.

@@ -169,6 +169,8 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
         .unwrap();
     let mut conns = kernel::ProxyConns::open(&k.pins).unwrap();
+    // The host's network namespace, where the proxy listens here.
+    let netns = kernel::netns_cookie(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     // A connection `l` accepts (the attempt's connect has returned: it waits at most 5 s).
     let accepted = |l: &TcpListener| accept_within(l, Duration::from_secs(5));
     // Whether `l` has a connection queued now. For absence: the attempt's connect has
@@ -202,7 +204,7 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         });
         assert!(queued(&direct).is_none(), "{case}: nothing went direct");
         let orig = conns
-            .take(peer)
+            .take(peer, netns)
             .expect("the kernel recorded the connection");
         assert_eq!(orig.redirected, 1);
         assert_eq!(
@@ -211,7 +213,7 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
         );
         assert_eq!(orig.port, direct_addr.port());
         assert_eq!((orig.tgid, orig.agent_cgroup), (pid, agent.id()));
-        assert!(conns.take(peer).is_none(), "taken once");
+        assert!(conns.take(peer, netns).is_none(), "taken once");
         let ev = k.event_for(pid);
         assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect));
         assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
@@ -228,7 +230,9 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
     // Explicit proxy use is let through and recorded (no original destination).
     let (pid, outcome) = run_in(Some(&agent.path), "explicit", &Attempt::connect(proxy_addr));
     assert_eq!(outcome, Outcome::Exited(0));
-    let orig = conns.take(accepted(&proxy).unwrap()).expect("recorded");
+    let orig = conns
+        .take(accepted(&proxy).unwrap(), netns)
+        .expect("recorded");
     assert_eq!((orig.redirected, orig.port, orig.tgid), (0, 0, pid));
     assert_eq!(Cause::from_u8(k.event_for(pid).cause), Some(Cause::Builtin));
     // UDP cannot go through an HTTP proxy, and with no proxy nothing can: refused.
@@ -1608,6 +1612,126 @@ fn control_api_refuses_callers_inside_an_agent() {
     redteam(case, "control");
     stop_daemon(daemon);
     let _ = std::fs::remove_file(&token_file);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 14 part 6, rolling upgrades with no gap: a daemon of another build starts over the
+/// pins of a running build's programs, loads and attaches its own beside them, installs its
+/// policy, and only then detaches the previous build's. Throughout (the old daemon enforcing,
+/// stopped, the new one starting and handing over), an agent process connects in a loop to a
+/// destination the policy blocks: no attempt is ever let through. Control: the same connect
+/// from outside the agent goes through, before and after.
+///
+/// The two builds are one binary with `GOVERNANCE_TEST_BUILD_SALT` set differently: each
+/// daemon then presents its own build id, so the second refuses to adopt the first's pins and
+/// takes the handover path, with real programs and maps of its own (the handover reads nothing
+/// of the previous build's maps but its build id, so what differs between real builds, their
+/// map layouts, plays no part in it).
+#[test]
+fn a_new_build_takes_over_with_no_gap() {
+    require_root();
+    let agent = TestCgroup::new("upgrade");
+    let outsider = TestCgroup::new("upgrade-outsider");
+    let (l, addr) = listener([127, 0, 0, 7]);
+    l.set_nonblocking(true).unwrap();
+    let dir = policy_dir(
+        "upgrade",
+        &format!(
+            "name: upgrade\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no, network: {{ cidr: 127.0.0.7/32 }}, verdict: block, reason: test }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("upgrade");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = [
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--quiet",
+        "--pins",
+        &pins_arg,
+    ];
+    let start = |salt: &str| {
+        // SAFETY (set_var): the tests of this binary run one at a time (--test-threads=1)
+        // and the variable is read only by the daemon we spawn.
+        unsafe { std::env::set_var("GOVERNANCE_TEST_BUILD_SALT", salt) };
+        let d = start_daemon(&args, &dir);
+        unsafe { std::env::remove_var("GOVERNANCE_TEST_BUILD_SALT") };
+        d
+    };
+    let (old, _) = start("old build");
+    assert_eq!(
+        run_in(Some(&outsider.path), "control", &Attempt::connect(addr)).1,
+        Outcome::Exited(0),
+        "control before"
+    );
+    while l.accept().is_ok() {}
+    // The agent's loop: attempts so far, and how many got through.
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let tried = std::sync::Arc::new(AtomicU32::new(0));
+    let looper = {
+        let (stop, tried, path) = (stop.clone(), tried.clone(), agent.path.clone());
+        std::thread::spawn(move || {
+            let mut allowed = 0u32;
+            while !stop.load(Relaxed) {
+                match run_in(Some(&path), "upgrade", &Attempt::connect(addr)).1 {
+                    Outcome::Errno(e) if e == libc::EPERM => {}
+                    _ => allowed += 1,
+                }
+                tried.fetch_add(1, Relaxed);
+            }
+            allowed
+        })
+    };
+    redteam("14.6 denied connects across a rolling upgrade", "tried");
+    wait_until(
+        "attempts under the old build",
+        Duration::from_secs(10),
+        || tried.load(Relaxed) >= 10,
+    );
+    // The old daemon stops (its programs stay pinned, enforcing), the new one hands over.
+    stop_daemon(old);
+    let (new, seen) = start("new build");
+    assert!(
+        seen.contains("another build's") && seen.contains("handed over"),
+        "the new build handed over:\n{seen}"
+    );
+    assert!(
+        !pins.join(kernel::HANDOVER_DIR).exists(),
+        "nothing left staged"
+    );
+    let at_handover = tried.load(Relaxed);
+    wait_until(
+        "attempts under the new build alone",
+        Duration::from_secs(10),
+        || tried.load(Relaxed) >= at_handover + 10,
+    );
+    stop.store(true, Relaxed);
+    let allowed = looper.join().unwrap();
+    let tried = tried.load(Relaxed);
+    println!(
+        "upgrade: {tried} connects attempted across the handover ({at_handover} before it completed), {allowed} allowed"
+    );
+    assert_eq!(allowed, 0, "no connect got through during the handover");
+    assert!(
+        l.accept().is_err(),
+        "nothing reached the blocked destination"
+    );
+    redteam("14.6 denied connects across a rolling upgrade", "denied");
+    assert_eq!(
+        run_in(Some(&outsider.path), "control", &Attempt::connect(addr)).1,
+        Outcome::Exited(0),
+        "control after"
+    );
+    redteam("14.6 denied connects across a rolling upgrade", "control");
+    // One build's programs attached: the new build's, adopted as its own by a restart.
+    stop_daemon(new);
+    unsafe { std::env::set_var("GOVERNANCE_TEST_BUILD_SALT", "new build") };
+    let (again, seen) = start_daemon(&args, &dir);
+    unsafe { std::env::remove_var("GOVERNANCE_TEST_BUILD_SALT") };
+    assert!(seen.contains("adopted the programs"), "{seen}");
+    stop_daemon(again);
+    unload(&pins);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

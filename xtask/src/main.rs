@@ -867,6 +867,26 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     })?;
     places.push(("audit log faults (tmpfs filled)", ok, c));
 
+    progress("containers: agents as podman containers (runc, busybox), host kernel");
+    let (ok, c) = steps.time("containers", || {
+        heartbeat("running the container tests", || {
+            counted(
+                &[
+                    "test",
+                    "-p",
+                    "governance-tests",
+                    "--test",
+                    "containers",
+                    "--",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+                &[("GOVERNANCE_BIN", &b.governance)],
+            )
+        })
+    })?;
+    places.push(("containers (podman, host kernel)", ok, c));
+
     progress(
         "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",
     );

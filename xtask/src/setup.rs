@@ -40,6 +40,12 @@ const APT_PACKAGES: &[&str] = &[
     "git",
     "rsyslog",
     "rsyslog-gnutls",
+    // Agents as containers (the containers test place): podman with runc, its bridge
+    // network (netavark, iptables).
+    "podman",
+    "runc",
+    "netavark",
+    "iptables",
 ];
 
 /// The package with `qemu-system-x86_64`.

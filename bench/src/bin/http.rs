@@ -79,7 +79,7 @@ fn pin(core: usize) -> Result<(), String> {
 struct Everyone(SocketAddr);
 
 impl Identify for Everyone {
-    fn identify(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<Client> {
+    fn identify(&self, _peer: SocketAddr, _local: SocketAddr, _netns: u64) -> Option<Client> {
         Some(Client {
             agent: AgentRef {
                 name: "bench".into(),

@@ -16,8 +16,8 @@ pub(super) struct KernelIdentify {
 }
 
 impl proxy::Identify for KernelIdentify {
-    fn identify(&self, peer: SocketAddr, _local: SocketAddr) -> Option<proxy::Client> {
-        let orig = self.conns.lock().ok()?.take(peer)?;
+    fn identify(&self, peer: SocketAddr, _local: SocketAddr, netns: u64) -> Option<proxy::Client> {
+        let orig = self.conns.lock().ok()?.take(peer, netns)?;
         let names = self.names.read().ok()?;
         // The generation that decided the connect, else the newest (an agent that outlived a
         // reload is still the same cgroup).

@@ -21,6 +21,7 @@
 mod drain;
 pub mod generation;
 mod identify;
+mod netns;
 mod notify;
 mod serve;
 mod watch;
@@ -259,6 +260,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         last_failed: false,
         failures: 0,
         dropped: 0,
+        netns: None,
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
@@ -267,6 +269,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The HTTP policy proxy.
     let mut tasks = Vec::new();
     let proxy = start_proxy(&args, hosts, &daemon, sink.clone(), &mut tasks).await?;
+    // ... and in agents' own network namespaces.
+    if let Some((p, v4)) = &proxy {
+        let mut n = netns::NetnsListeners::new(p.clone(), *v4.ip(), v4.port());
+        n.sync(&daemon.agents_now);
+        daemon.netns = Some(n);
+    }
+    let proxy = proxy.map(|(p, _)| p);
+    // A handover from another build's pins: this build enforces the policy now (and its proxy
+    // address is set), so the previous build's programs go.
+    if enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("lock"))?
+        .finish_handover()
+        .context("detaching the previous build's programs")?
+    {
+        eprintln!(
+            "governance: handed over from the previous build's programs (now detached); this build enforces"
+        );
+    }
 
     // The control API.
     let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
@@ -401,6 +422,12 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
             args.pins.display()
         );
     }
+    if let Some(old) = &enforcer.handover_from {
+        eprintln!(
+            "governance: the programs pinned in {} are another build's; this build's are attached beside them (both enforce) and take over once its policy is in place",
+            old.display()
+        );
+    }
     let complete = report(probe, &enforcer);
     if !complete && !args.allow_degraded {
         crate::say!(
@@ -409,7 +436,7 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
         );
         if !adopted {
             // Leave nothing attached behind.
-            let _ = kernel::unload(&args.pins);
+            let _ = kernel::unload(&enforcer.pin_dir);
         }
         return Ok(None);
     }
@@ -527,7 +554,7 @@ async fn start_proxy(
     daemon: &Daemon<'_>,
     sink: Sink,
     tasks: &mut Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
-) -> anyhow::Result<Option<Arc<Proxy>>> {
+) -> anyhow::Result<Option<(Arc<Proxy>, std::net::SocketAddrV4)>> {
     let enforcer = &daemon.enforcer;
     if args.no_proxy {
         enforcer
@@ -553,7 +580,12 @@ async fn start_proxy(
         ),
     }
     let identify = Arc::new(KernelIdentify {
-        conns: Mutex::new(ProxyConns::open(&args.pins)?),
+        conns: Mutex::new(ProxyConns::open(
+            &enforcer
+                .lock()
+                .map_err(|_| anyhow::anyhow!("lock"))?
+                .pin_dir,
+        )?),
         names: daemon.names.clone(),
     });
     let cfg = proxy::ProxyConfig {
@@ -588,7 +620,7 @@ async fn start_proxy(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .proxy = Some(v4.to_string());
-    Ok(Some(p))
+    Ok(Some((p, v4)))
 }
 
 /// The control API's servers, and how to stop them gracefully.

@@ -18,6 +18,7 @@ use tokio::{
 use super::{
     RunArgs,
     generation::{Built, SharedNames, build, install_names},
+    netns::NetnsListeners,
     watch::{self, Watches},
 };
 use crate::{
@@ -72,6 +73,8 @@ pub(super) struct Daemon<'a> {
     pub failures: u64,
     /// The kernel's drop counter, as last told.
     pub dropped: u64,
+    /// The proxy's listeners in agents' network namespaces (None: no proxy).
+    pub netns: Option<NetnsListeners>,
 }
 
 impl Daemon<'_> {
@@ -91,13 +94,13 @@ impl Daemon<'_> {
             }
             Ok(None) => {
                 if !adopted {
-                    let _ = kernel::unload(&self.args.pins);
+                    let _ = kernel::unload(&self.pin_dir());
                 }
                 Ok(false)
             }
             Err(e) => {
                 if !adopted {
-                    let _ = kernel::unload(&self.args.pins);
+                    let _ = kernel::unload(&self.pin_dir());
                     return Err(e);
                 }
                 crate::say!(
@@ -110,12 +113,23 @@ impl Daemon<'_> {
         }
     }
 
+    /// Where this run's programs are pinned (staged beside the previous build's during a
+    /// handover: unloading them leaves the previous build enforcing).
+    fn pin_dir(&self) -> std::path::PathBuf {
+        self.enforcer
+            .lock()
+            .map_or_else(|e| e.into_inner().pin_dir.clone(), |e| e.pin_dir.clone())
+    }
+
     /// Generation `g` (built and installed in the kernel) enforces: the HTTP engine, the
     /// names, the status and the metrics follow, and a `policy.reloaded` record says so.
     fn enforce(&mut self, g: u32, b: Built, message: String) {
         install_names(&self.names, g, b.names);
         self.engine.store(Arc::new(b.engine));
         self.agents_now = b.found;
+        if let Some(n) = &mut self.netns {
+            n.sync(&self.agents_now);
+        }
         self.last_failed = false;
         self.current = g;
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,6 +252,10 @@ impl Daemon<'_> {
     /// changed, the next generation is due), and tell the kernel's dropped events.
     fn tick(&mut self) -> bool {
         self.approvals.expire_due(SystemTime::now());
+        // Agent processes that entered network namespaces of their own since.
+        if let Some(n) = &mut self.netns {
+            n.sync(&self.agents_now);
+        }
         // Socket files re-created where no directory watch saw it (a directory that did not
         // exist yet): looked at once a second.
         let sockets = watch::sockets_changed(&self.enforcer);

@@ -539,17 +539,30 @@ pub struct Enforcer {
     pub adopted: bool,
     /// The socket files the Unix-socket tables were written for (see [`unix`]).
     unix_targets: unix::UnixTargets,
+    /// A handover in progress: the pin directory of the previous build, whose programs stay
+    /// attached beside this build's (staged in [`HANDOVER_DIR`] below it) until
+    /// [`Enforcer::finish_handover`].
+    pub handover_from: Option<PathBuf>,
 }
+
+/// Where a new build stages its pins beside a previous build's (below the pin directory).
+pub const HANDOVER_DIR: &str = "handover"; // (bpffs refuses dots in names)
 
 /// Index of the build id in [`maps::STATE`].
 const STATE_GENERATION: u32 = 0;
 const STATE_BUILD: u32 = 1;
 
 /// An identity of the embedded eBPF object, kept in the pins, so a daemon of another build
-/// does not adopt programs whose maps it would misread.
+/// does not adopt programs whose maps it would misread (it hands over from them instead).
+///
+/// `GOVERNANCE_TEST_BUILD_SALT` (tests only) is mixed in: two daemons of one binary then
+/// present different builds, so the handover runs between two real daemons. The handover
+/// never reads the previous build's maps beyond its build id, so the salt changes nothing else
+/// it does.
 pub fn build_id() -> u32 {
     let mut h: u32 = 0x811c_9dc5;
-    for b in EBPF_OBJECT {
+    let salt = std::env::var("GOVERNANCE_TEST_BUILD_SALT").unwrap_or_default();
+    for b in EBPF_OBJECT.iter().chain(salt.as_bytes()) {
         h ^= u32::from(*b);
         h = h.wrapping_mul(0x0100_0193);
     }
@@ -574,9 +587,35 @@ impl Enforcer {
         cgroup_root: &Path,
         degraded_exec: bool,
     ) -> Result<Self, KernelError> {
-        if pin_dir.join(pins::MAPS).join(maps::STATE).exists() {
-            return Self::adopt(pin_dir);
+        let next = pin_dir.join(HANDOVER_DIR);
+        if next.exists() {
+            // A handover a crash interrupted. If the previous build's programs are still
+            // attached, drop what was staged (they enforce); if they were already detached, the
+            // staged programs are what enforces: move them into place.
+            if has_links(pin_dir) {
+                unload(&next).map_err(|source| KernelError::Pin {
+                    path: next.clone(),
+                    source,
+                })?;
+            } else {
+                promote(pin_dir, &next)?;
+            }
         }
+        if pin_dir.join(pins::MAPS).join(maps::STATE).exists() {
+            if pinned_build(pin_dir)? == build_id() {
+                return Self::adopt(pin_dir);
+            }
+            // Another build's programs enforce: load and attach ours beside them; they are
+            // detached once this build enforces a policy (see `finish_handover`).
+            let mut enforcer = Self::stage(&next, cgroup_root, degraded_exec)?;
+            enforcer.handover_from = Some(pin_dir.to_owned());
+            return Ok(enforcer);
+        }
+        Self::stage(pin_dir, cgroup_root, degraded_exec)
+    }
+
+    /// Load the object, attach and pin its programs and maps under `pin_dir`.
+    fn stage(pin_dir: &Path, cgroup_root: &Path, degraded_exec: bool) -> Result<Self, KernelError> {
         ensure_bpffs(pin_dir)?;
         for sub in [pins::MAPS, pins::LINKS] {
             let dir = pin_dir.join(sub);
@@ -723,7 +762,21 @@ impl Enforcer {
             hooks,
             adopted: true,
             unix_targets: unix::UnixTargets::default(),
+            handover_from: None,
         })
+    }
+
+    /// End a handover (see [`Enforcer::start`]): this build's programs enforce a policy, so
+    /// the previous build's are detached and this build's pins move into the pin directory.
+    /// Until now both builds' programs ran on every hook (each may refuse: the stricter wins).
+    /// Returns whether there was a handover.
+    pub fn finish_handover(&mut self) -> Result<bool, KernelError> {
+        let Some(old) = self.handover_from.take() else {
+            return Ok(false);
+        };
+        promote(&old, &self.pin_dir)?;
+        self.pin_dir = old;
+        Ok(true)
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, KernelError> {
@@ -1178,9 +1231,10 @@ impl ProxyConns {
         Ok(Self { map })
     }
 
-    /// Take (read and delete) the record of the connection whose client end is `peer`. None:
-    /// not an agent's connection (or its record was lost: the caller refuses it).
-    pub fn take(&mut self, peer: SocketAddr) -> Option<OrigDst> {
+    /// Take (read and delete) the record of the connection whose client end is `peer` in the
+    /// network namespace `netns` (its cookie, see [`netns_cookie`]). None: not an agent's
+    /// connection (or its record was lost: the caller refuses it).
+    pub fn take(&mut self, peer: SocketAddr, netns: u64) -> Option<OrigDst> {
         let family = match peer {
             SocketAddr::V4(_) => libc::AF_INET,
             SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => libc::AF_INET,
@@ -1189,11 +1243,34 @@ impl ProxyConns {
         let key = ConnKey {
             port: u32::from(peer.port()),
             family,
+            netns,
         };
         let found = self.map.get(&key, 0).ok()?;
         let _ = self.map.remove(&key);
         Some(found)
     }
+}
+
+/// The cookie of the network namespace a socket belongs to (`SO_NETNS_COOKIE`, Linux 5.14),
+/// the same number `bpf_get_netns_cookie` gives the programs.
+pub fn netns_cookie(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid fd, and a buffer of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other
@@ -1320,6 +1397,15 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
 /// Returns the names removed.
 pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
+    // A handover's staged pins first (both builds' programs go).
+    let next = pin_dir.join(HANDOVER_DIR);
+    if next.exists() {
+        removed.extend(
+            unload(&next)?
+                .into_iter()
+                .map(|r| format!("{HANDOVER_DIR}/{r}")),
+        );
+    }
     for sub in [pins::LINKS, pins::MAPS] {
         let dir = pin_dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -1335,6 +1421,50 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
         std::fs::remove_dir(pin_dir)?;
     }
     Ok(removed)
+}
+
+/// Whether any link is pinned under `pin_dir` (its programs are attached).
+fn has_links(pin_dir: &Path) -> bool {
+    std::fs::read_dir(pin_dir.join(pins::LINKS)).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// The build id the pins under `pin_dir` were made by (the one map every build keeps at the
+/// same place: [`maps::STATE`], index [`STATE_BUILD`]).
+fn pinned_build(pin_dir: &Path) -> Result<u32, KernelError> {
+    let name = maps::STATE;
+    let data = MapData::from_pin(pin_dir.join(pins::MAPS).join(name))
+        .map_err(|source| KernelError::Map { name, source })?;
+    let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
+    let state: Array<_, u32> =
+        Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+    state
+        .get(&STATE_BUILD, 0)
+        .map_err(|source| KernelError::Map { name, source })
+}
+
+/// Replace the pins under `dir` with the staged ones under `staged`: first the old links go
+/// (their programs detach; the staged ones are attached already), then the old maps, then the
+/// staged directories move into place (a rename on the bpf filesystem).
+fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KernelError::Pin { path, source }
+    };
+    for sub in [pins::LINKS, pins::MAPS] {
+        let old = dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&old) {
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+            std::fs::remove_dir(&old).map_err(io(&old))?;
+        }
+    }
+    for sub in [pins::MAPS, pins::LINKS] {
+        let from = staged.join(sub);
+        std::fs::rename(&from, dir.join(sub)).map_err(io(&from))?;
+    }
+    std::fs::remove_dir(staged).map_err(io(staged))?;
+    Ok(())
 }
 
 /// Where dynamic loaders usually live (glibc and musl, x86_64 and arm64), besides the one this

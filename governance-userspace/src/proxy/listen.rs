@@ -49,7 +49,13 @@ impl Proxy {
         let Ok(local) = stream.local_addr() else {
             return;
         };
-        let client = self.identify.identify(peer, local);
+        // The connection's network namespace: the host's, or an agent's (a listener opened
+        // there, see `daemon/netns.rs`). Unknown: no agent's connection (refused as such).
+        let netns = {
+            use std::os::fd::AsFd as _;
+            crate::kernel::netns_cookie(stream.as_fd()).unwrap_or(0)
+        };
+        let client = self.identify.identify(peer, local, netns);
         // Unidentified connections share one budget.
         let key = client
             .as_ref()

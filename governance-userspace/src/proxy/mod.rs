@@ -103,9 +103,10 @@ use crate::{
 pub const DECIDE_PATH: &str = "/.governance/v1/decide";
 
 /// Who is on the other end of an accepted connection. The daemon implements this with a
-/// kernel map lookup (by the peer's address/port); tests use a fixed table.
+/// kernel map lookup (by the peer's port and the connection's network namespace cookie);
+/// tests use a fixed table.
 pub trait Identify: Send + Sync + 'static {
-    fn identify(&self, peer: SocketAddr, local: SocketAddr) -> Option<Client>;
+    fn identify(&self, peer: SocketAddr, local: SocketAddr, netns: u64) -> Option<Client>;
 }
 
 /// An identified connection.

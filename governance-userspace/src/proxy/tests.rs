@@ -51,7 +51,7 @@ fn next_ip() -> IpAddr {
 struct Table(Mutex<HashMap<IpAddr, Client>>);
 
 impl Identify for Table {
-    fn identify(&self, peer: SocketAddr, _local: SocketAddr) -> Option<Client> {
+    fn identify(&self, peer: SocketAddr, _local: SocketAddr, _netns: u64) -> Option<Client> {
         self.0.lock().unwrap().get(&peer.ip()).cloned()
     }
 }

@@ -1,0 +1,168 @@
+//! The proxy in agents' own network namespaces (pods, containers). The kernel sends an agent's
+//! `via_proxy` connects to the proxy's loopback address *in the agent's namespace*; this opens
+//! a listener there (a thread enters the namespace, binds, and leaves it: a socket stays in
+//! the namespace it was made in) and the proxy serves it like its own. The kernel files each
+//! connection under its namespace's cookie as well as its source port, so pods using the
+//! same ports are told apart (see docs/kernel.md, the proxy redirect).
+//!
+//! The namespaces are found from the agents' processes (every cgroup.procs of each agent's
+//! subtree), after each generation and once a second. A namespace no agent process is in any
+//! more loses its listener (a listening socket would keep the namespace alive). Until its
+//! listener is open, an agent's redirected connect is refused (nothing listens there): closed,
+//! never direct.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    sync::Arc,
+};
+
+use crate::{agents::AgentCgroup, proxy::Proxy};
+
+/// A network namespace, by its nsfs identity (device, inode).
+type NsId = (u64, u64);
+
+/// The proxy's listeners in agents' network namespaces.
+pub(super) struct NetnsListeners {
+    proxy: Arc<Proxy>,
+    /// Where the kernel sends `via_proxy` connects (the proxy's address and port).
+    addrs: Vec<SocketAddr>,
+    /// The daemon's own namespace (served by the proxy's main listeners).
+    host: Option<NsId>,
+    /// Each agent namespace served, with its listeners' tasks (empty: opening failed, said
+    /// once; tried again when the namespace comes back).
+    open: BTreeMap<NsId, Vec<tokio::task::JoinHandle<std::io::Result<()>>>>,
+}
+
+impl NetnsListeners {
+    pub fn new(proxy: Arc<Proxy>, v4: Ipv4Addr, port: u16) -> Self {
+        Self {
+            proxy,
+            addrs: vec![
+                SocketAddr::new(v4.into(), port),
+                SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port),
+            ],
+            host: ns_id(Path::new("/proc/self/ns/net")),
+            open: BTreeMap::new(),
+        }
+    }
+
+    /// Serve every network namespace an agent process is in, and only those. (Must run inside
+    /// the tokio runtime: the listeners are served by tasks.)
+    pub fn sync(&mut self, agents: &[AgentCgroup]) {
+        let mut found: BTreeMap<NsId, u32> = BTreeMap::new();
+        for a in agents {
+            for pid in procs_below(&a.path) {
+                if let Some(id) = ns_id(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
+                    && Some(id) != self.host
+                {
+                    found.entry(id).or_insert(pid);
+                }
+            }
+        }
+        let gone: Vec<NsId> = self
+            .open
+            .keys()
+            .filter(|id| !found.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            for t in self.open.remove(&id).unwrap_or_default() {
+                t.abort();
+            }
+            tracing::debug!(netns = ?id, "proxy: no agent in the network namespace any more; its listener closed");
+        }
+        for (id, pid) in found {
+            if self.open.contains_key(&id) {
+                continue;
+            }
+            let tasks = match listen_in(pid, id, &self.addrs) {
+                Ok(listeners) => listeners
+                    .into_iter()
+                    .filter_map(|l| {
+                        let l = l.set_nonblocking(true).and_then(|()| {
+                            tokio::net::TcpListener::from_std(l)
+                        });
+                        match l {
+                            Ok(l) => Some(tokio::spawn(self.proxy.clone().serve(l))),
+                            Err(e) => {
+                                tracing::warn!(pid, error = %e, "proxy: a listener in an agent's network namespace cannot be served");
+                                None
+                            }
+                        }
+                    })
+                    .collect(),
+                Err(e) => {
+                    eprintln!(
+                        "governance: the proxy cannot listen in the network namespace of agent process {pid} ({e}); its via_proxy connects are refused"
+                    );
+                    Vec::new()
+                }
+            };
+            if !tasks.is_empty() {
+                tracing::info!(pid, netns = ?id, "proxy: listening in an agent's network namespace");
+            }
+            self.open.insert(id, tasks);
+        }
+    }
+}
+
+/// The identity of a namespace file.
+fn ns_id(path: &Path) -> Option<NsId> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// The processes of a cgroup and its descendants.
+fn procs_below(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    out
+}
+
+/// Listen on `addrs` inside the network namespace of `pid` (expected to be `id`). A thread of
+/// its own enters the namespace and ends there; the sockets it made stay in that namespace.
+/// The IPv6 listener is optional (a namespace without IPv6).
+fn listen_in(
+    pid: u32,
+    id: NsId,
+    addrs: &[SocketAddr],
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    // The process may have moved on between the scan and the open: the namespace must be the
+    // one found.
+    let m = ns.metadata()?;
+    if (m.dev(), m.ino()) != id {
+        return Err(std::io::Error::other("the process left the namespace"));
+    }
+    let addrs = addrs.to_vec();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(std::io::Error::from)?;
+        let mut out = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            match std::net::TcpListener::bind(a) {
+                Ok(l) => out.push(l),
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => tracing::debug!(addr = %a, error = %e, "proxy: no IPv6 listener in an agent's network namespace"),
+            }
+        }
+        Ok(out)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("the listener thread panicked"))?
+}
