@@ -8,7 +8,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = governance::cli::parse();
-    governance::cli::init_logging(&cli.log, cli.log_format);
+    governance::logging::init_logging(&cli.log, cli.log_format);
     match governance::cli::main(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -11,7 +11,7 @@ pub const EXIT_CANNOT_ENFORCE: u8 = 3;
 
 /// What the kernel can enforce, on stderr (the daemon's stdout is its event stream).
 pub fn report(probe: &Probe, enforcer: &Enforcer) -> bool {
-    if !crate::cli::log_json() {
+    if !crate::logging::log_json() {
         return report_to(&mut std::io::stderr().lock(), probe, enforcer);
     }
     // `--log-format json`: one log event a line.

@@ -57,11 +57,9 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
+
+pub mod config;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -255,7 +253,7 @@ pub enum AuditCommand {
     },
 }
 
-/// The command line, with `run`'s defaults from the config file (see [`crate::config`]).
+/// The command line, with `run`'s defaults from the config file (see [`config`]).
 /// Exits as clap does on a bad command line, with status 1 on a bad config file.
 pub fn parse() -> Cli {
     use clap::{CommandFactory as _, FromArgMatches as _};
@@ -264,8 +262,8 @@ pub fn parse() -> Cli {
     let mut matches = cmd.clone().get_matches_from(&args);
     if let Some(("run", run)) = matches.subcommand() {
         let explicit = run.get_one::<PathBuf>("config").cloned();
-        let applied = crate::config::read(explicit.as_deref()).and_then(|file| match file {
-            Some((path, text)) => crate::config::apply(cmd, &path, &text),
+        let applied = config::read(explicit.as_deref()).and_then(|file| match file {
+            Some((path, text)) => config::apply(cmd, &path, &text),
             None => Ok(cmd),
         });
         cmd = applied.unwrap_or_else(|e| {
@@ -275,47 +273,6 @@ pub fn parse() -> Cli {
         matches = cmd.get_matches_from(&args);
     }
     Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
-}
-
-/// Whether diagnostics are JSON (`--log-format json`).
-static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn init_logging(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    match format {
-        LogFormat::Text => fmt
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
-        LogFormat::Json => {
-            LOG_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
-            fmt.json().with_ansi(false).init()
-        }
-    }
-}
-
-/// One line of the daemon's log: `governance: …` on stderr, or an info event with
-/// `--log-format json`. Use [`say!`](crate::say).
-pub fn say(message: std::fmt::Arguments<'_>) {
-    if log_json() {
-        tracing::info!("{message}");
-    } else {
-        eprintln!("governance: {message}");
-    }
-}
-
-pub fn log_json() -> bool {
-    LOG_JSON.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// `say!("generation {n} is enforcing")`: a line of the daemon's log, see [`say`].
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => { $crate::cli::say(format_args!($($arg)*)) };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

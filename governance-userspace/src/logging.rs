@@ -1,0 +1,49 @@
+//! The daemon's and the CLI's diagnostics: the tracing subscriber (text or JSON), and
+//! `say!`, the daemon's own log lines (`governance: ...` on stderr, or JSON events).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Whether diagnostics are JSON (`--log-format json`).
+static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => {
+            LOG_JSON.store(true, std::sync::atomic::Ordering::Relaxed);
+            fmt.json().with_ansi(false).init()
+        }
+    }
+}
+
+/// One line of the daemon's log: `governance: …` on stderr, or an info event with
+/// `--log-format json`. Use [`say!`](crate::say).
+pub fn say(message: std::fmt::Arguments<'_>) {
+    if log_json() {
+        tracing::info!("{message}");
+    } else {
+        eprintln!("governance: {message}");
+    }
+}
+
+pub fn log_json() -> bool {
+    LOG_JSON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `say!("generation {n} is enforcing")`: a line of the daemon's log, see [`say`].
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::logging::say(format_args!($($arg)*)) };
+}
