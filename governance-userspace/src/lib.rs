@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod kernel;
+pub mod kubernetes;
 pub mod metrics;
 pub mod ocsf;
 pub mod peer;

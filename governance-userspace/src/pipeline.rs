@@ -673,6 +673,13 @@ impl Enricher {
         {
             c.path = self.cgroup_path(c.id, pid, root);
         }
+        // The container the process runs in, from its cgroup (the kubelet's layout).
+        if let (Some(c), Some(a)) = (&r.cgroup, r.agent.as_mut())
+            && a.container.is_empty()
+            && let Some(k) = crate::kubernetes::cgroup::parse(&c.path).and_then(|p| p.container)
+        {
+            a.container = k.id;
+        }
         if r.kind != "exec" {
             return;
         }

@@ -1055,7 +1055,7 @@ pub fn load(yaml: &str) -> Loaded {
     let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
         .unwrap_or_else(|e| panic!("{e}"));
     let root = agents::cgroup2_mount().unwrap();
-    let agents = agents::discover(&root, &policy, false).unwrap_or_else(|e| panic!("{e}"));
+    let agents = agents::discover(&root, &policy, false, None).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !agents.is_empty(),
         "the test policy's agent cgroup was not found"

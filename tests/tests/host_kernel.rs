@@ -492,7 +492,7 @@ fn a_thousand_reloads_under_traffic_never_mix_generations() {
     let root = agents::cgroup2_mount().unwrap();
     let sets = [yaml("allow"), yaml("block")]
         .map(|y| governance::policy::parse(&[("p.yaml".into(), y)]).unwrap());
-    let found = agents::discover(&root, &sets[0], false).unwrap();
+    let found = agents::discover(&root, &sets[0], false, None).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
         let (stop, path, attempt) = (stop.clone(), agent.path.clone(), Attempt::connect(addr));
@@ -566,7 +566,7 @@ fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
     }
     let set =
         governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap_or_else(|e| panic!("{e}"));
-    let found = agents::discover(&root, &set, false).unwrap();
+    let found = agents::discover(&root, &set, false, None).unwrap();
     let compiled = kernel::compile(&set, &found, 2, &kernel::Protect::default());
     let err = k.enforcer.install(&compiled).unwrap_err();
     assert!(err.to_string().contains("NET_RULES"), "{err}");

@@ -84,6 +84,9 @@ pub struct AgentView {
     pub cgroup_id: u64,
     pub selector: String,
     pub policies: Vec<String>,
+    /// What the proxy's engine knows the agent by (with its pod, in Kubernetes).
+    #[serde(skip)]
+    pub agent_ref: crate::engine::AgentRef,
 }
 
 /// A reload request: answered with the new generation, or why the current one stays.
@@ -356,6 +359,18 @@ async fn agents(State(st): State<Arc<ApiState>>) -> Response {
             cgroup_id: a.cgroup_id,
             selector: a.selector,
             policies: a.policies,
+            pod: a
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            namespace: a
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
         })
         .collect();
     answer(&wire::Agents {
@@ -672,16 +687,24 @@ async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
         );
     };
     let client = crate::proxy::Client {
-        agent: crate::engine::AgentRef {
-            name: agent.name.clone(),
-            cgroup: agent.cgroup.clone(),
-            label: (agent.name != agent.cgroup).then(|| agent.name.clone()),
-        },
+        agent: agent.agent_ref.clone(),
         info: crate::events::AgentInfo {
             name: agent.name.clone(),
             selector: agent.selector.clone(),
             cgroup_id: agent.cgroup_id,
             cgroup: agent.cgroup.clone(),
+            pod: agent
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            namespace: agent
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
             ..Default::default()
         },
         cgroup_id: agent.cgroup_id,

@@ -151,6 +151,18 @@ pub struct RunArgs {
     /// Do not print each event on stdout (the audit log and the API still have them).
     #[arg(long, short)]
     pub quiet: bool,
+    /// Kubernetes: watch this node's pods and the namespaces through the API server (in-cluster
+    /// service account, or $KUBECONFIG), so `pod_labels`, `namespace`, `namespace_labels` and
+    /// `service_account` selectors match pods' cgroups (see docs/kubernetes.md).
+    #[arg(long, env = "GOVERNANCE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes: the name of this node (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Serve /healthz, /readyz and /metrics on this address, without a token (probes and
+    /// scrapers; e.g. 0.0.0.0:9090 in a pod). Off by default.
+    #[arg(long, env = "GOVERNANCE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -186,6 +198,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let pipe = open_pipeline(&args, &root, &metrics)?;
     let publisher = pipe.publisher.clone();
     publisher.publish(started(previous, adopted, complete));
+    let pods = kubernetes(&args, &publisher, &metrics).await?;
 
     // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
     let (sink, approvals) = approvals(&publisher, &enforcer, &pipe.ids);
@@ -229,6 +242,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         last_failed: false,
         failures: 0,
         dropped: 0,
+        pods,
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
@@ -285,6 +299,59 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--kubernetes`: the pods of this node and the namespaces, watched from now on (the
+/// first list is awaited a while, so the first generation knows the pods already there).
+async fn kubernetes(
+    args: &RunArgs,
+    publisher: &Publisher,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<crate::kubernetes::Identities>>> {
+    use crate::kubernetes::{ApiState, Identities};
+    if !args.kubernetes {
+        return Ok(None);
+    }
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .context("--kubernetes needs the node's name: --node-name or NODE_NAME (the downward API's spec.nodeName)")?;
+    let client = kube::Client::try_default().await.context(
+        "Kubernetes: no API server configuration (in-cluster service account or $KUBECONFIG)",
+    )?;
+    let ids = Arc::new(Identities::default());
+    let (p, m) = (publisher.clone(), metrics.clone());
+    let report = move |state: &ApiState| {
+        let (kind, message) = match state {
+            ApiState::Synced => (
+                "kubernetes.synced",
+                "the pods of this node and the namespaces are listed and watched".to_owned(),
+            ),
+            ApiState::Unreachable(e) => (
+                "kubernetes.unreachable",
+                format!(
+                    "the Kubernetes API server cannot be reached ({e}); the last known pod identities stand"
+                ),
+            ),
+            ApiState::Starting => return,
+        };
+        eprintln!("governance: {message}");
+        m.set_kubernetes_api(*state == ApiState::Synced);
+        p.publish(lifecycle(kind, message));
+    };
+    tokio::spawn(crate::kubernetes::watch(client, node, ids.clone(), report));
+    let mut rx = ids.subscribe();
+    let first = rx.wait_for(|_| ids.api_state() != ApiState::Starting);
+    if tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .is_err()
+    {
+        eprintln!(
+            "governance: the Kubernetes API server has not answered in 30 s; pods match when it does"
+        );
+    }
+    Ok(Some(ids))
 }
 
 /// The bearer token of the TCP API, if one is configured.

@@ -139,6 +139,17 @@ impl Watches {
     }
 }
 
+/// A Kubernetes identity changed (never, without `--kubernetes`).
+pub(super) async fn pods_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let alive = match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !alive {
+        std::future::pending::<()>().await;
+    }
+}
+
 pub(super) fn earliest(
     a: Option<tokio::time::Instant>,
     b: Option<tokio::time::Instant>,

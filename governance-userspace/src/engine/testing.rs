@@ -245,6 +245,7 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
         name: agent.label.clone().unwrap_or_else(|| agent.cgroup.clone()),
         cgroup: agent.cgroup.clone(),
         label: agent.label.clone(),
+        pod: None,
     };
     let action = case.action()?;
     // A fresh engine per case: throttle buckets start full.

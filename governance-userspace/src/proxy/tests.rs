@@ -236,6 +236,7 @@ impl Harness {
                     name: name.clone(),
                     cgroup: cgroup.into(),
                     label: label.map(Into::into),
+                    pod: None,
                 },
                 info: AgentInfo {
                     name,
@@ -1105,6 +1106,7 @@ fn max_body_is_validated_with_its_location() {
         name: "x".into(),
         cgroup: "x".into(),
         label: Some("x".into()),
+        pod: None,
     });
     assert_eq!(
         view.max_body(),
@@ -1931,6 +1933,7 @@ fn intercept_tls_is_validated_and_the_policies_add_up() {
         name: "x".into(),
         cgroup: "x".into(),
         label: Some("x".into()),
+        pod: None,
     });
     assert!(view.intercepts_tls("api.example"));
     assert!(view.intercepts_tls("git.corp.example"));
