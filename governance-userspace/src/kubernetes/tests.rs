@@ -229,3 +229,123 @@ async fn watches_pods_and_namespaces_through_relists_and_outages() {
     assert_eq!(reports.len(), 2, "{reports:?}");
     task.abort();
 }
+
+/// Real cgroup directories, removed deepest first when dropped.
+struct Tree(std::path::PathBuf);
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let mut dirs = Vec::new();
+        let mut stack = vec![self.0.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                stack.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+fn pods_of(list: &str) -> Vec<Pod> {
+    let v: serde_json::Value = serde_json::from_str(&fixture(list)).unwrap();
+    serde_json::from_value(v["items"].clone()).unwrap()
+}
+
+/// The kubelet's layouts made for real in the cgroup2 hierarchy (both drivers, the three QoS
+/// classes, containerd and CRI-O containers): a pod's cgroup is the agent root, matched by
+/// the selectors on what the API said; a pod the API never told matches nothing; a pod the API
+/// deleted keeps its identity while its cgroup is there.
+#[test]
+fn pod_cgroups_in_both_layouts_are_agent_roots() {
+    let root = crate::agents::cgroup2_mount().unwrap();
+    let base = format!("governance-test-kube-{}", std::process::id());
+    let tree = Tree(root.join(&base));
+    const UNKNOWN: &str = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    let id = "8e1f2c3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let u = |uid: &str| uid.replace('-', "_");
+    let agent_pod = format!(
+        "{base}/systemd/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        u(AGENT)
+    );
+    let batch_pod = format!(
+        "{base}/systemd/kubepods.slice/kubepods-pod{}.slice",
+        u(BATCH)
+    );
+    let web_pod = format!("{base}/cgroupfs/kubepods/besteffort/pod{WEB}");
+    let unknown_pod = format!("{base}/cgroupfs/kubepods/burstable/pod{UNKNOWN}");
+    for dir in [
+        format!("{agent_pod}/cri-containerd-{id}.scope"),
+        format!("{batch_pod}/crio-{id}.scope"),
+        format!("{batch_pod}/crio-conmon-{id}.scope"),
+        format!("{web_pod}/{id}"),
+        format!("{unknown_pod}/{id}"),
+    ] {
+        std::fs::create_dir_all(root.join(&dir)).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    }
+
+    let ids = Identities::default();
+    ids.pod_event(Event::Init);
+    for p in pods_of("pods-list.json")
+        .into_iter()
+        .chain(pods_of("pods-relist.json"))
+    {
+        ids.pod_event(Event::InitApply(p));
+    }
+    ids.pod_event(Event::InitDone);
+    let namespaces: serde_json::Value =
+        serde_json::from_str(&fixture("namespaces-list.json")).unwrap();
+    for ns in serde_json::from_value::<Vec<Namespace>>(namespaces["items"].clone()).unwrap() {
+        ids.namespace_event(Event::Apply(ns));
+    }
+
+    let set = crate::policy::parse(&[(
+        "k8s.yaml".into(),
+        "name: coding\nagents: { pod_labels: { matchLabels: { app: coding-agent }, matchExpressions: [ { key: tier, operator: In, values: [sandbox] } ] } }\n\
+         ---\nname: batch\nagents: { namespace: agents, service_account: batch }\n\
+         ---\nname: default-ns\nagents: { namespace_labels: { matchLabels: { kubernetes.io/metadata.name: default } } }\n\
+         ---\nname: everything\nagents: { pod_labels: {} }\n"
+            .into(),
+    )])
+    .unwrap();
+    let found = crate::agents::discover(&root, &set, false, Some(&ids)).unwrap();
+    let ours: Vec<_> = found.iter().filter(|a| a.rel.starts_with(&base)).collect();
+    let rels: Vec<&str> = ours.iter().map(|a| a.rel.as_str()).collect();
+    let mut want = vec![agent_pod.as_str(), batch_pod.as_str(), web_pod.as_str()];
+    want.sort();
+    assert_eq!(rels, want, "the pods' cgroups, never their containers'");
+    let agent = ours.iter().find(|a| a.rel == agent_pod).unwrap();
+    assert_eq!(agent.name, "agents/coding-agent-7d9f8b6c5-x2x4k");
+    assert_eq!(agent.pod.as_ref().unwrap().service_account, "coding-agent");
+    let policies = |rel: &str| -> Vec<String> {
+        let a = ours.iter().find(|a| a.rel == rel).unwrap();
+        set.policies
+            .iter()
+            .filter(|p| {
+                p.selector
+                    .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
+            })
+            .map(|p| p.name.clone())
+            .collect()
+    };
+    assert_eq!(policies(&agent_pod), ["coding", "everything"]);
+    assert_eq!(policies(&batch_pod), ["batch", "everything"]);
+    assert_eq!(policies(&web_pod), ["default-ns", "everything"]);
+
+    // The web pod deleted in the API: its cgroup is still there, so it stays governed as it was.
+    ids.pod_event(Event::Delete(pods_of("pods-list.json").remove(1)));
+    let again = crate::agents::discover(&root, &set, false, Some(&ids)).unwrap();
+    assert!(again.iter().any(|a| a.rel == web_pod), "still governed");
+    // Its cgroup gone: forgotten.
+    drop(Tree(root.join(&web_pod)));
+    crate::agents::discover(&root, &set, false, Some(&ids)).unwrap();
+    assert!(ids.pod(WEB).is_none() && ids.pod(AGENT).is_some());
+    drop(tree);
+    assert!(!root.join(&base).exists(), "the test's cgroups are removed");
+}
