@@ -839,6 +839,74 @@ fn drops_and_decisions_are_counted() {
 /// (SIGSTOP: it reads nothing), one keeps up. The one that keeps up gets every event the kernel
 /// reported (what the kernel's ring could not hold is counted there); the stopped one loses
 /// records, which are counted and, once it reads again, reported to it.
+/// `--health-listen`: liveness, readiness and the metrics without a token; nothing else.
+#[test]
+fn health_endpoints_need_no_token_and_serve_nothing_else() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let agent = TestCgroup::new("health");
+    let dir = policy_dir(
+        "health",
+        &format!(
+            "name: health\nagents: {{ cgroup: {} }}\n",
+            agent.rel.display()
+        ),
+    );
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let pins = pin_dir("health");
+    let (_daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--health-listen",
+            &addr.to_string(),
+        ],
+        &dir,
+    );
+    let get = |method: &str, path: &str| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let healthz = get("GET", "/healthz");
+    assert!(
+        healthz.starts_with("HTTP/1.1 200") && healthz.ends_with("ok\n"),
+        "{healthz}"
+    );
+    let readyz = get("GET", "/readyz");
+    assert!(
+        readyz.starts_with("HTTP/1.1 200") && readyz.contains("ready: generation 1 enforcing"),
+        "{readyz}"
+    );
+    let metrics = get("GET", "/metrics");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("governance_policy_generation 1"),
+        "{metrics}"
+    );
+    // The control API is not there: no status, no reload, no events.
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/policy/reload"),
+        ("GET", "/v1/events"),
+    ] {
+        let r = get(method, path);
+        assert!(r.starts_with("HTTP/1.1 404"), "{method} {path}: {r}");
+    }
+}
+
 #[test]
 fn control_api_authorization_and_slow_subscribers() {
     use std::os::unix::fs::PermissionsExt as _;

@@ -655,6 +655,22 @@ async fn serve_api(
             }
         }));
     }
+    if let Some(addr) = args.health_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("the health endpoints cannot listen on {addr}"))?;
+        eprintln!(
+            "governance: /healthz, /readyz and /metrics on {} (no token)",
+            l.local_addr()?
+        );
+        let app = api::health_router(state.clone());
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!("health endpoints on {addr}: {e}");
+            }
+        }));
+    }
     // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
     // address forgotten).
     enforcer

@@ -194,7 +194,10 @@ mod tests {
         configmap_version(dir, "..2026_11_30_07_00_00.000000001", "old");
         symlink("..2026_11_30_07_00_00.000000001", dir.join("..data")).unwrap();
         symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
-        assert_eq!(crate::policy::load_dir(dir).unwrap().policies[0].name, "old");
+        assert_eq!(
+            crate::policy::load_dir(dir).unwrap().policies[0].name,
+            "old"
+        );
 
         let mut w = watch_policy(dir).unwrap();
         configmap_version(dir, "..2026_11_30_07_05_00.000000002", "new");
