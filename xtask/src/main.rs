@@ -1,8 +1,9 @@
-//! Project automation: `cargo xtask setup | build | vm | test | demo`.
+//! Project automation: `cargo xtask setup | build | vm | test | demo | image`.
 
 mod bench_events;
 mod bench_kernel;
 mod docs_links;
+mod image;
 mod setup;
 mod vm;
 
@@ -94,6 +95,17 @@ enum Cmd {
         #[arg(long)]
         kernel: Option<PathBuf>,
     },
+    /// Build the daemon's container image (localhost/governance:TAG) from a local release
+    /// build with buildah or podman, `FROM scratch` (deploy/kubernetes/Containerfile); with
+    /// --archive, also save it as an OCI archive to load into a cluster's runtime.
+    Image {
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// Also write the image here as an OCI archive (`ctr -n k8s.io images import FILE`,
+        /// `kind load image-archive FILE`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +151,9 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Test { kernel } => test(kernel),
         Cmd::Demo { kernel } => demo(kernel),
+        Cmd::Image { tag, archive } => {
+            image::image(&tag, archive.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Bench { which } if which == "kernel" => {
             bench_kernel::run(&bench_kernel::KERNEL)?;
             Ok(ExitCode::SUCCESS)
@@ -842,6 +857,17 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         })
     })?;
     places.push(("audit log faults (tmpfs filled)", ok, c));
+
+    progress("manifest checks: kubectl kustomize deploy/kubernetes against the API's types");
+    let (ok, c) = steps.time("manifest checks", || {
+        heartbeat("checking the Kubernetes manifests", || {
+            counted(
+                &["test", "-p", "governance-tests", "--test", "manifests"],
+                &[],
+            )
+        })
+    })?;
+    places.push(("manifest checks (deploy/kubernetes)", ok, c));
 
     progress(
         "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",
