@@ -210,8 +210,8 @@ fn pod_meta(p: &Pod) -> Option<(String, PodMeta)> {
 
 /// Which watcher an event came from.
 enum Watched {
-    Pod(Result<Event<Pod>, watcher::Error>),
-    Namespace(Result<Event<Namespace>, watcher::Error>),
+    Pod(Box<Result<Event<Pod>, watcher::Error>>),
+    Namespace(Box<Result<Event<Namespace>, watcher::Error>>),
 }
 
 /// Watch the pods of `node` and all namespaces into `ids` until the task is dropped; `report`
@@ -228,23 +228,28 @@ pub async fn watch(
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
     )
     .default_backoff()
-    .map(Watched::Pod);
+    .map(|e| Watched::Pod(Box::new(e)));
     let namespaces = watcher::watcher(Api::<Namespace>::all(client), watcher::Config::default())
         .default_backoff()
-        .map(Watched::Namespace);
+        .map(|e| Watched::Namespace(Box::new(e)));
     let mut events = std::pin::pin!(stream::select(pods, namespaces));
     let mut listed = (false, false);
     while let Some(e) = events.next().await {
+        // Ok(Ok(a pod event)), Ok(Err(a namespace event)), or Err(either watcher's error).
+        let e = match e {
+            Watched::Pod(e) => (*e).map(Ok),
+            Watched::Namespace(e) => (*e).map(Err),
+        };
         let (changed, api) = match e {
-            Watched::Pod(Ok(e)) => {
+            Ok(Ok(e)) => {
                 listed.0 |= matches!(e, Event::InitDone);
                 (ids.pod_event(e), None)
             }
-            Watched::Namespace(Ok(e)) => {
+            Ok(Err(e)) => {
                 listed.1 |= matches!(e, Event::InitDone);
                 (ids.namespace_event(e), None)
             }
-            Watched::Pod(Err(e)) | Watched::Namespace(Err(e)) => {
+            Err(e) => {
                 let gone = matches!(&e, watcher::Error::WatchError(s) if s.code == 410);
                 if gone {
                     tracing::info!("kubernetes: {e}; relisting");
