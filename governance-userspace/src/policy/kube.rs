@@ -10,6 +10,7 @@ use super::model::{self, LabelOperator};
 
 /// What a pod is, as the Kubernetes API told it (the agent is the pod's cgroup).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PodIdentity {
     pub uid: String,
     pub name: String,
