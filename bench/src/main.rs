@@ -44,6 +44,7 @@ fn ours() -> impl FnMut() {
         name: "bench".into(),
         cgroup: "bench".into(),
         label: Some("bench".into()),
+        pod: None,
     };
     let view = engine.agent(&agent);
     let action = Action::Http(HttpRequest {

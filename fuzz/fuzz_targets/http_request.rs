@@ -40,6 +40,7 @@ fn setup() -> &'static (Engine, AgentRules) {
             name: "fuzz".into(),
             cgroup: "fuzz".into(),
             label: Some("fuzz".into()),
+            pod: None,
         });
         (engine, view)
     })

@@ -90,6 +90,8 @@ pub struct AgentCgroup {
     pub label: Option<String>,
     pub path: PathBuf,
     pub cgroup_id: u64,
+    /// Kubernetes: the pod whose cgroup this is, as the API last told it.
+    pub pod: Option<crate::policy::PodIdentity>,
 }
 
 impl AgentCgroup {
@@ -103,6 +105,7 @@ impl AgentCgroup {
             name: self.name.clone(),
             cgroup: self.rel.clone(),
             label: self.label.clone(),
+            pod: self.pod.clone(),
         }
     }
 }
@@ -131,7 +134,9 @@ pub fn label(dir: &Path) -> Option<String> {
 
 /// Find the agent roots below `root` that the policy set's selectors match.
 ///
-/// With `create`, the cgroups named literally by selectors without a label are created first,
+/// With `pods` (Kubernetes), a pod's cgroup (the pod-level slice the kubelet makes) carries
+/// the pod's identity, which Kubernetes selectors match; pods the API deleted whose cgroups
+/// are gone are forgotten. With `create`, the cgroups named literally by selectors without a label are created first,
 /// so an agent placed there later is governed from its first instruction (the daemon never
 /// removes them: they may hold processes). The walk stops descending at an agent root: its
 /// descendants are part of it (the outermost agent wins, as in the kernel).
@@ -139,7 +144,9 @@ pub fn discover(
     root: &Path,
     set: &PolicySet,
     create: bool,
+    pods: Option<&crate::kubernetes::Identities>,
 ) -> Result<Vec<AgentCgroup>, AgentsError> {
+    let mut live_pods = std::collections::HashSet::new();
     for p in &set.policies {
         if let (Some(rel), None, true) = (p.selector.literal_cgroup(), &p.selector.label, create) {
             let path = root.join(rel);
@@ -172,10 +179,15 @@ pub fn discover(
                 .to_string_lossy()
                 .into_owned();
             let label = label(&child);
+            let pod = pods.and_then(|ids| {
+                let pc = crate::kubernetes::cgroup::parse(&rel).filter(|p| p.pod_path == rel)?;
+                live_pods.insert(pc.uid.clone());
+                ids.pod(&pc.uid)
+            });
             if set
                 .policies
                 .iter()
-                .any(|p| p.selector.matches(&rel, label.as_deref()))
+                .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
             {
                 let id = match cgroup_id(&child) {
                     Ok(id) => id,
@@ -190,18 +202,27 @@ pub fn discover(
                         });
                     }
                 };
+                let name = match (&label, &pod) {
+                    (Some(l), _) => l.clone(),
+                    (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
+                    (None, None) => rel.clone(),
+                };
                 found.push(AgentCgroup {
                     index: 0,
-                    name: label.clone().unwrap_or_else(|| rel.clone()),
+                    name,
                     rel,
                     label,
                     cgroup_id: id,
                     path: child,
+                    pod,
                 });
             } else if depth + 1 < governance_common::MAX_CGROUP_DEPTH {
                 stack.push((child, depth + 1));
             }
         }
+    }
+    if let Some(ids) = pods {
+        ids.forget_deleted(&live_pods);
     }
     found.sort_by(|a, b| a.rel.cmp(&b.rel));
     for (i, a) in found.iter_mut().enumerate() {

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod events;
 pub mod export;
 pub mod kernel;
+pub mod kubernetes;
 pub mod logging;
 pub mod metrics;
 pub mod ocsf;

@@ -210,6 +210,7 @@ pub struct Metrics {
     proxy_request: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     proxy_decision: Histogram,
     exporters: Arc<ExportCounters>,
+    kubernetes_api: Gauge,
 }
 
 impl Default for Metrics {
@@ -246,6 +247,7 @@ impl Metrics {
             proxy_request: Family::new_with_constructor(latency_histogram),
             proxy_decision: latency_histogram(),
             exporters: Arc::default(),
+            kubernetes_api: Gauge::default(),
         };
         m.last_reload_ok.set(1);
         let mut registry = Registry::default();
@@ -337,7 +339,16 @@ impl Metrics {
             Unit::Seconds,
             m.proxy_decision.clone(),
         );
+        g.register(
+            "kubernetes_api_reachable",
+            "Kubernetes (run --kubernetes): whether the pods and namespaces are listed and watched (1) or the API server cannot be reached and the last known identities stand (0)",
+            m.kubernetes_api.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn set_kubernetes_api(&self, reachable: bool) {
+        self.kubernetes_api.set(i64::from(reachable));
     }
 
     /// Count a record (see the module doc for what is counted).

@@ -88,7 +88,8 @@
 //! `time` (epoch ms, from our RFC 3339 `time`; the original string is
 //! `metadata.original_time`), `metadata` (product governance, version 1.3.0, `uid` = record id,
 //! `log_name` = record type, `log_provider` = source), `actor.process` (pid, tid, comm as
-//! name, exe as file, argv as cmd_line, parent pid, uid as user), `device.hostname` (the node)
+//! name, exe as file, argv as cmd_line, parent pid, uid as user, and `container` — the runtime's
+//! container id as uid, orchestrator Kubernetes for pods), `device.hostname` (the node)
 //! and, on decision classes, `authorizations[0]` (decision = verdict, policy uid = the rule,
 //! desc = reason). Our fields with no OCSF home are under `unmapped`: `type`, `kind`, `agent`,
 //! `rule` (also here, so one query works for every class), `verdict`, `outcome`, `mode`,
@@ -454,6 +455,26 @@ pub fn to_ocsf(r: &Record) -> Value {
             .then(|| json!({ "hostname": r.node, "type_id": 0, "type": "Unknown" })),
     });
 
+    // The container profile: the acting process's container (its runtime id, from the
+    // cgroup path) and, in Kubernetes, the orchestrator.
+    if let Some(a) = &r.agent
+        && !a.container.is_empty()
+        && let Some(p) = e
+            .pointer_mut("/actor/process")
+            .and_then(Value::as_object_mut)
+    {
+        p.insert(
+            "container".into(),
+            json!({
+                "uid": a.container,
+                "orchestrator": (!a.pod.is_empty()).then_some("Kubernetes"),
+            }),
+        );
+        if let Some(Value::Array(profiles)) = e.pointer_mut("/metadata/profiles") {
+            profiles.push("container".into());
+        }
+    }
+
     let o = &r.object;
     let mut object_mapped = true;
     let specific = match class.uid {
@@ -677,6 +698,32 @@ mod tests {
             e["type_uid"].as_u64().unwrap(),
             e["disposition_id"].as_u64(),
         )
+    }
+
+    #[test]
+    fn containers_in_pods_have_the_container_profile() {
+        let mut r = decision("exec", "block", Object::default());
+        if let Some(a) = r.agent.as_mut() {
+            a.pod = "coding-agent-7d9f8b6c5-x2x4k".into();
+            a.namespace = "agents".into();
+            a.container = "8e1f2c3d".into();
+        }
+        let e = to_ocsf(&r);
+        let c = &e["actor"]["process"]["container"];
+        assert_eq!(
+            (c["uid"].clone(), c["orchestrator"].clone()),
+            (json!("8e1f2c3d"), json!("Kubernetes")),
+            "{e:#}"
+        );
+        assert_eq!(
+            e["metadata"]["profiles"],
+            json!(["host", "security_control", "container"])
+        );
+        assert_eq!(e["unmapped"]["agent"]["namespace"], "agents");
+        assert_eq!(
+            e["unmapped"]["agent"]["pod"],
+            "coding-agent-7d9f8b6c5-x2x4k"
+        );
     }
 
     #[test]

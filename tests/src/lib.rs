@@ -1095,7 +1095,7 @@ pub fn load(yaml: &str) -> Loaded {
     let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
         .unwrap_or_else(|e| panic!("{e}"));
     let root = agents::cgroup2_mount().unwrap();
-    let agents = agents::discover(&root, &policy, false).unwrap_or_else(|e| panic!("{e}"));
+    let agents = agents::discover(&root, &policy, false, None).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         !agents.is_empty(),
         "the test policy's agent cgroup was not found"
@@ -1331,9 +1331,35 @@ pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
     (d, seen)
 }
 
+/// [`start_daemon`] with environment variables for the daemon (`KUBECONFIG`, say).
+pub fn start_daemon_env(
+    args: &[&str],
+    policy_dir: &Path,
+    env: &[(&str, &Path)],
+) -> (Daemon, String) {
+    let state = PathBuf::from(format!(
+        "/tmp/governance-test-{}-{}-state",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&state).unwrap();
+    let (mut d, seen) = start_daemon_with(args, policy_dir, state, env);
+    d.owned = true;
+    (d, seen)
+}
+
 /// [`start_daemon`] with a given state directory, which the caller removes (a restarted daemon
 /// reuses its audit log).
 pub fn start_daemon_in(args: &[&str], policy_dir: &Path, state: PathBuf) -> (Daemon, String) {
+    start_daemon_with(args, policy_dir, state, &[])
+}
+
+fn start_daemon_with(
+    args: &[&str],
+    policy_dir: &Path,
+    state: PathBuf,
+    env: &[(&str, &Path)],
+) -> (Daemon, String) {
     use std::io::BufRead as _;
     let mut cmd = std::process::Command::new(governance_bin());
     cmd.arg("run").args(args);
@@ -1354,6 +1380,7 @@ pub fn start_daemon_in(args: &[&str], policy_dir: &Path, state: PathBuf) -> (Dae
         .arg("--policy")
         .arg(policy_dir)
         .env("GOVERNANCE_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

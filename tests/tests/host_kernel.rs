@@ -496,7 +496,7 @@ fn a_thousand_reloads_under_traffic_never_mix_generations() {
     let root = agents::cgroup2_mount().unwrap();
     let sets = [yaml("allow"), yaml("block")]
         .map(|y| governance::policy::parse(&[("p.yaml".into(), y)]).unwrap());
-    let found = agents::discover(&root, &sets[0], false).unwrap();
+    let found = agents::discover(&root, &sets[0], false, None).unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let traffic = {
         let (stop, path, attempt) = (stop.clone(), agent.path.clone(), Attempt::connect(addr));
@@ -570,7 +570,7 @@ fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
     }
     let set =
         governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap_or_else(|e| panic!("{e}"));
-    let found = agents::discover(&root, &set, false).unwrap();
+    let found = agents::discover(&root, &set, false, None).unwrap();
     let compiled = kernel::compile(&set, &found, 2, &kernel::Protect::default());
     let err = k.enforcer.install(&compiled).unwrap_err();
     assert!(err.to_string().contains("NET_RULES"), "{err}");
@@ -843,6 +843,74 @@ fn drops_and_decisions_are_counted() {
 /// (SIGSTOP: it reads nothing), one keeps up. The one that keeps up gets every event the kernel
 /// reported (what the kernel's ring could not hold is counted there); the stopped one loses
 /// records, which are counted and, once it reads again, reported to it.
+/// `--health-listen`: liveness, readiness and the metrics without a token; nothing else.
+#[test]
+fn health_endpoints_need_no_token_and_serve_nothing_else() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let agent = TestCgroup::new("health");
+    let dir = policy_dir(
+        "health",
+        &format!(
+            "name: health\nagents: {{ cgroup: {} }}\n",
+            agent.rel.display()
+        ),
+    );
+    let addr = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let pins = pin_dir("health");
+    let (_daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--health-listen",
+            &addr.to_string(),
+        ],
+        &dir,
+    );
+    let get = |method: &str, path: &str| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            c,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        out
+    };
+    let healthz = get("GET", "/healthz");
+    assert!(
+        healthz.starts_with("HTTP/1.1 200") && healthz.ends_with("ok\n"),
+        "{healthz}"
+    );
+    let readyz = get("GET", "/readyz");
+    assert!(
+        readyz.starts_with("HTTP/1.1 200") && readyz.contains("ready: generation 1 enforcing"),
+        "{readyz}"
+    );
+    let metrics = get("GET", "/metrics");
+    assert!(
+        metrics.starts_with("HTTP/1.1 200") && metrics.contains("governance_policy_generation 1"),
+        "{metrics}"
+    );
+    // The control API is not there: no status, no reload, no events.
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/policy/reload"),
+        ("GET", "/v1/events"),
+    ] {
+        let r = get(method, path);
+        assert!(r.starts_with("HTTP/1.1 404"), "{method} {path}: {r}");
+    }
+}
+
 #[test]
 fn control_api_authorization_and_slow_subscribers() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -2073,4 +2141,230 @@ fn tcp_api_per_user_tokens_and_tls() {
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A stand-in for the Kubernetes API server, on loopback: no API server can be installed or
+/// reached where these tests run. It answers kube-rs's lists with the recorded responses in
+/// tests/fixtures/kubernetes/ and holds the watches open, sending on the pod watch the events
+/// the test gives it (in the API's watch-event shape).
+struct ApiStandin {
+    addr: SocketAddr,
+    pod_events: tokio::sync::mpsc::UnboundedSender<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl ApiStandin {
+    fn start() -> Self {
+        use axum::{
+            Router,
+            body::Body,
+            extract::Query,
+            http::header,
+            response::{IntoResponse, Response},
+            routing::get,
+        };
+        use futures_util::stream;
+        use std::{
+            collections::HashMap,
+            convert::Infallible,
+            sync::{Arc, Mutex},
+        };
+        type Events = Arc<Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>>;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let events: Events = Arc::new(Mutex::new(Some(rx)));
+        let fixture = |name: &str| {
+            std::fs::read_to_string(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("fixtures/kubernetes")
+                    .join(name),
+            )
+            .unwrap()
+        };
+        let list =
+            |body: String| ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let held = |events: Option<tokio::sync::mpsc::UnboundedReceiver<String>>| -> Response {
+            let body = match events {
+                Some(rx) => Body::from_stream(stream::unfold(rx, |mut rx| async move {
+                    rx.recv()
+                        .await
+                        .map(|line| (Ok::<_, Infallible>(line + "\n"), rx))
+                })),
+                None => Body::from_stream(stream::pending::<Result<String, Infallible>>()),
+            };
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        };
+        let (pods, namespaces) = (fixture("pods-list.json"), fixture("namespaces-list.json"));
+        let app = Router::new()
+            .route(
+                "/api/v1/pods",
+                get(move |Query(q): Query<HashMap<String, String>>| async move {
+                    assert_eq!(
+                        q.get("fieldSelector").map(String::as_str),
+                        Some("spec.nodeName=node-1"),
+                        "only this node's pods"
+                    );
+                    if q.get("watch").is_some_and(|w| w == "true") {
+                        held(events.lock().unwrap().take())
+                    } else {
+                        list(pods)
+                    }
+                }),
+            )
+            .route(
+                "/api/v1/namespaces",
+                get(move |Query(q): Query<HashMap<String, String>>| async move {
+                    if q.get("watch").is_some_and(|w| w == "true") {
+                        held(None)
+                    } else {
+                        list(namespaces)
+                    }
+                }),
+            );
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self {
+            addr,
+            pod_events: tx,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// A kubeconfig for it.
+    fn kubeconfig(&self, path: &Path) {
+        std::fs::write(
+            path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: standin\n\
+                 clusters: [{{ name: standin, cluster: {{ server: 'http://{}' }} }}]\n\
+                 contexts: [{{ name: standin, context: {{ cluster: standin, user: standin }} }}]\n\
+                 users: [{{ name: standin, user: {{}} }}]\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for ApiStandin {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// `run --kubernetes`: pods laid out as the kubelet lays them out (systemd and cgroupfs
+/// drivers) are agents by their labels, as the API server (a stand-in) tells them; events name
+/// the pod, its namespace and the container; a label change makes another pod an agent.
+#[test]
+fn kubernetes_pods_are_agents_by_their_labels() {
+    require_root();
+    const AGENT: &str = "2b9e3c4a-8f1d-4c7e-9a65-0d3f1e2b7c41";
+    const WEB: &str = "5f0c1a2b-3c4d-4e5f-8a9b-0c1d2e3f4a5b";
+    const ID: &str = "8e1f2c3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let base = TestCgroup::new("kubelet");
+    let agent_pod = base.path.join(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        AGENT.replace('-', "_")
+    ));
+    let agent_container = agent_pod.join(format!("cri-containerd-{ID}.scope"));
+    let web_pod = base.path.join(format!("kubepods/besteffort/pod{WEB}"));
+    let web_container = web_pod.join(ID);
+    for dir in [&agent_container, &web_container] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let dir = policy_dir(
+        "kube",
+        "name: coding-agents\nagents: { pod_labels: { matchLabels: { app: coding-agent } } }\nrules:\n\
+         \x20 - { id: lo, network: { cidr: 127.0.0.1/32 }, verdict: block, reason: test }\n",
+    );
+    let api = ApiStandin::start();
+    let kubeconfig = dir.with_extension("kubeconfig");
+    api.kubeconfig(&kubeconfig);
+    let pins = pin_dir("kube");
+    let (daemon, _) = governance_tests::start_daemon_env(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--kubernetes",
+            "--node-name",
+            "node-1",
+        ],
+        &dir,
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let agents = || text(&daemon.cli(&["agents"]).stdout);
+    let listed = agents();
+    assert!(
+        listed.contains("agents/coding-agent-7d9f8b6c5-x2x4k")
+            && listed.contains(&format!("pod{}.slice ", AGENT.replace('-', "_")))
+            && !listed.contains("web-0"),
+        "the labelled pod's cgroup is the agent: {listed}"
+    );
+
+    // Its containers are governed; the other pod is not (the control).
+    let (pid, outcome) = run_in(Some(&agent_container), "pod-agent", &Attempt::connect(addr));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let (_, outcome) = run_in(Some(&web_container), "pod-web", &Attempt::connect(addr));
+    assert_eq!(outcome, Outcome::Exited(0), "not an agent");
+    let event = wait_for_value("the decision event", Duration::from_secs(10), || {
+        let out = daemon.cli(&["events", "--since", "1h", "--kind", "connect", "-o", "json"]);
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["process"]["pid"] == pid)
+    });
+    let a = &event["agent"];
+    assert_eq!(
+        (
+            a["pod"].as_str(),
+            a["namespace"].as_str(),
+            a["container"].as_str()
+        ),
+        (
+            Some("coding-agent-7d9f8b6c5-x2x4k"),
+            Some("agents"),
+            Some(ID)
+        ),
+        "{event}"
+    );
+
+    // web-0 relabelled: an agent within moments.
+    let mut web: serde_json::Value = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/kubernetes/pods-list.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap()["items"][1]
+        .take();
+    web["metadata"]["labels"]["app"] = "coding-agent".into();
+    web["metadata"]["resourceVersion"] = "1100".into();
+    web["kind"] = "Pod".into();
+    web["apiVersion"] = "v1".into();
+    api.pod_events
+        .send(serde_json::json!({ "type": "MODIFIED", "object": web }).to_string())
+        .unwrap();
+    wait_until("web-0 to become an agent", Duration::from_secs(10), || {
+        agents().contains("default/web-0")
+    });
+    let (_, outcome) = run_in(Some(&web_container), "pod-web", &Attempt::connect(addr));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+
+    stop_daemon(daemon);
+    let _ = std::fs::remove_file(&kubeconfig);
+    let _ = std::fs::remove_dir_all(&dir);
 }

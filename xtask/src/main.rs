@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | build | vm | test | demo`.
+//! Project automation: `cargo xtask setup | build | vm | test | demo | image`.
 
 mod bench_events;
 mod bench_kernel;
 mod deb;
 mod docs_links;
+mod image;
 mod setup;
 mod vm;
 
@@ -109,6 +110,17 @@ enum Cmd {
     /// (Internal) the inside of `deb --test`, in its own mount and network namespaces.
     #[command(hide = true)]
     DebTestInside { deb: PathBuf },
+    /// Build the daemon's container image (localhost/governance:TAG) from a local release
+    /// build with buildah or podman, `FROM scratch` (deploy/kubernetes/Containerfile); with
+    /// --archive, also save it as an OCI archive to load into a cluster's runtime.
+    Image {
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// Also write the image here as an OCI archive (`ctr -n k8s.io images import FILE`,
+        /// `kind load image-archive FILE`).
+        #[arg(long)]
+        archive: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -163,6 +175,9 @@ fn real_main() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::DebTestInside { deb } => deb::inside(&deb).map(|()| ExitCode::SUCCESS),
+        Cmd::Image { tag, archive } => {
+            image::image(&tag, archive.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Bench { which } if which == "kernel" => {
             bench_kernel::run(&bench_kernel::KERNEL)?;
             Ok(ExitCode::SUCCESS)
@@ -886,6 +901,16 @@ fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         })
     })?;
     places.push(("containers (podman, host kernel)", ok, c));
+    progress("manifest checks: kubectl kustomize deploy/kubernetes against the API's types");
+    let (ok, c) = steps.time("manifest checks", || {
+        heartbeat("checking the Kubernetes manifests", || {
+            counted(
+                &["test", "-p", "governance-tests", "--test", "manifests"],
+                &[],
+            )
+        })
+    })?;
+    places.push(("manifest checks (deploy/kubernetes)", ok, c));
 
     progress(
         "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",

@@ -105,6 +105,7 @@ pub fn ensure() -> Result<()> {
         "installing the HTTP compatibility suite's packages",
         compat_packages,
     )?;
+    did |= heartbeat("installing kubectl", kubectl)?;
     if did {
         progress(&format!("setup complete in {:.0?}", started.elapsed()));
     }
@@ -121,6 +122,22 @@ pub fn setup() -> Result<()> {
         compat_dir().display()
     ));
     Ok(())
+}
+
+/// kubectl (its `kustomize` renders deploy/kubernetes for the manifest checks): any one on
+/// PATH will do; else Debian's (kubernetes-client), installed as the other packages are.
+fn kubectl() -> Result<bool> {
+    let works = Command::new("kubectl")
+        .args(["kustomize", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if works {
+        return Ok(false);
+    }
+    progress("installing kubectl (Debian's kubernetes-client)");
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    apt_install(&["kubernetes-client"])?;
+    Ok(true)
 }
 
 pub fn is_root() -> bool {

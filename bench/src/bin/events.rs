@@ -399,7 +399,7 @@ fn drain_bench(env: &Env, rounds: usize) -> Res<DrainResult> {
         "the benchmark policy",
     )?;
     let found = ctx(
-        agents::discover(&env.cgroup_root, &set, false),
+        agents::discover(&env.cgroup_root, &set, false, None),
         "finding the agent cgroup",
     )?;
     let mut enforcer = ctx(

@@ -85,6 +85,7 @@ impl Identify for Everyone {
                 name: "bench".into(),
                 cgroup: "bench".into(),
                 label: Some("bench".into()),
+                pod: None,
             },
             info: AgentInfo {
                 name: "bench".into(),

@@ -13,6 +13,9 @@
 //! | `POST /v1/decide` | pre-authorize an action for a named agent (operators; agents use the proxy's `/.governance/v1/decide`, identified by their socket) |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! `run --health-listen ADDR` serves `/healthz`, `/readyz` and `/metrics` without a token on a
+//! listener of their own (see [`health_router`]).
+//!
 //! Who called is recorded with every approval: on the Unix socket the caller's uid (from the
 //! kernel, `SO_PEERCRED`), on TCP the user of the bearer token (`--api-tokens`, see [`auth`]);
 //! a `by` name in the request is added to it, never trusted instead of it. The TCP listener
@@ -86,6 +89,9 @@ pub struct AgentView {
     pub cgroup_id: u64,
     pub selector: String,
     pub policies: Vec<String>,
+    /// What the proxy's engine knows the agent by (with its pod, in Kubernetes).
+    #[serde(skip)]
+    pub agent_ref: crate::engine::AgentRef,
 }
 
 /// A reload request: answered with the new generation, or why the current one stays.
@@ -182,6 +188,48 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
         ))
     };
     r.with_state(state)
+}
+
+/// The health listener (`run --health-listen`): liveness, readiness and the metrics, for
+/// probes and scrapers, with no token and nothing that changes or reveals more than the
+/// metrics do.
+///
+/// | path | answer |
+/// |---|---|
+/// | `GET /healthz` | 200 `ok` while the daemon answers |
+/// | `GET /readyz` | 200 when programs are attached and a policy generation enforces, else 503 and why |
+/// | `GET /metrics` | as the control API's `/metrics` |
+pub fn health_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<ApiState>>) -> Response {
+    let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    match readiness(&snap) {
+        Ok(why) => (StatusCode::OK, why + "\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why + "\n").into_response(),
+    }
+}
+
+/// Ready: programs attached and a generation enforcing (Ok says which, Err why not).
+pub fn readiness(s: &Snapshot) -> Result<String, String> {
+    let attached = s.hooks.iter().filter(|(_, _, st)| st == "attached").count();
+    if attached == 0 {
+        return Err("not ready: no program is attached".into());
+    }
+    if s.generation == 0 {
+        return Err("not ready: no policy generation enforces yet".into());
+    }
+    Ok(format!(
+        "ready: generation {} enforcing, {attached} of {} programs attached{}",
+        s.generation,
+        s.hooks.len(),
+        if s.degraded { " (degraded)" } else { "" }
+    ))
 }
 
 /// The live agent whose subtree holds a cgroup of `chain` (the outermost, as in the kernel).
@@ -372,6 +420,18 @@ async fn agents(State(st): State<Arc<ApiState>>) -> Response {
             cgroup_id: a.cgroup_id,
             selector: a.selector,
             policies: a.policies,
+            pod: a
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            namespace: a
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
         })
         .collect();
     answer(&wire::Agents {
@@ -703,16 +763,24 @@ async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
         );
     };
     let client = crate::proxy::Client {
-        agent: crate::engine::AgentRef {
-            name: agent.name.clone(),
-            cgroup: agent.cgroup.clone(),
-            label: (agent.name != agent.cgroup).then(|| agent.name.clone()),
-        },
+        agent: agent.agent_ref.clone(),
         info: crate::events::AgentInfo {
             name: agent.name.clone(),
             selector: agent.selector.clone(),
             cgroup_id: agent.cgroup_id,
             cgroup: agent.cgroup.clone(),
+            pod: agent
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            namespace: agent
+                .agent_ref
+                .pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
             ..Default::default()
         },
         cgroup_id: agent.cgroup_id,
@@ -781,5 +849,24 @@ mod tests {
         for bad in ["", "10w", "yesterday", "2024-02-31T00:00:00Z"] {
             assert!(parse_since(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ready_means_programs_attached_and_a_generation_enforcing() {
+        let hook = |state: &str| ("p".to_owned(), "what".to_owned(), state.to_owned());
+        let mut s = Snapshot::default();
+        assert!(
+            readiness(&s)
+                .unwrap_err()
+                .contains("no program is attached")
+        );
+        s.hooks = vec![hook("NOT AVAILABLE: no BPF LSM"), hook("attached")];
+        assert!(readiness(&s).unwrap_err().contains("no policy generation"));
+        s.generation = 3;
+        s.degraded = true;
+        assert_eq!(
+            readiness(&s).unwrap(),
+            "ready: generation 3 enforcing, 1 of 2 programs attached (degraded)"
+        );
     }
 }

@@ -86,6 +86,11 @@ pub struct Agent {
     pub policies: Vec<String>,
     /// Decisions by outcome.
     pub decisions: BTreeMap<String, u64>,
+    /// Kubernetes: the agent's pod and its namespace.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pod: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
 }
 
 /// `POST /v1/policy/reload`: the generation that now enforces.

@@ -44,9 +44,19 @@ pub(super) fn build(
     args: &RunArgs,
     enforcer: &Mutex<Enforcer>,
     root: &Path,
+    pods: Option<&crate::kubernetes::Identities>,
 ) -> anyhow::Result<Option<Built>> {
     let set = policy::load_dir(&args.policy)?;
-    let found = agents::discover(root, &set, !args.no_create_cgroups)?;
+    if pods.is_none()
+        && let Some(p) = set.kubernetes_policies().next()
+    {
+        anyhow::bail!(
+            "policy `{}` selects agents by Kubernetes identity ({}); run the daemon with --kubernetes",
+            p.name,
+            p.selector
+        );
+    }
+    let found = agents::discover(root, &set, !args.no_create_cgroups, pods)?;
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
@@ -141,9 +151,13 @@ pub(super) fn build(
             policies: set
                 .policies
                 .iter()
-                .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+                .filter(|p| {
+                    p.selector
+                        .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
+                })
                 .map(|p| p.name.clone())
                 .collect(),
+            agent_ref: a.agent_ref(),
         })
         .collect();
     let rules = set.rule_count();
@@ -164,7 +178,10 @@ pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
         let selector = set
             .policies
             .iter()
-            .filter(|p| p.selector.matches(&a.rel, a.label.as_deref()))
+            .filter(|p| {
+                p.selector
+                    .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
+            })
             .map(|p| p.selector.to_string())
             .collect::<BTreeSet<_>>()
             .into_iter()
@@ -177,6 +194,12 @@ pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
                 selector,
                 cgroup_id: a.cgroup_id,
                 cgroup: a.rel.clone(),
+                pod: a.pod.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+                namespace: a
+                    .pod
+                    .as_ref()
+                    .map(|p| p.namespace.clone())
+                    .unwrap_or_default(),
                 ..Default::default()
             },
         );

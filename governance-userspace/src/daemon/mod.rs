@@ -180,6 +180,18 @@ pub struct RunArgs {
     /// The private key (PEM) of --api-tls-cert.
     #[arg(long, requires = "api_tls_cert")]
     pub api_tls_key: Option<PathBuf>,
+    /// Kubernetes: watch this node's pods and the namespaces through the API server (in-cluster
+    /// service account, or $KUBECONFIG), so `pod_labels`, `namespace`, `namespace_labels` and
+    /// `service_account` selectors match pods' cgroups (see docs/kubernetes.md).
+    #[arg(long, env = "GOVERNANCE_KUBERNETES")]
+    pub kubernetes: bool,
+    /// Kubernetes: the name of this node (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Serve /healthz, /readyz and /metrics on this address, without a token (probes and
+    /// scrapers; e.g. 0.0.0.0:9090 in a pod). Off by default.
+    #[arg(long, env = "GOVERNANCE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -217,6 +229,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let publisher = pipe.publisher.clone();
     let exports = crate::export::start(exporters, &publisher, &metrics).await?;
     publisher.publish(started(previous, adopted, complete));
+    let pods = kubernetes(&args, &publisher, &metrics).await?;
 
     // Approvals: HTTP holds, and kernel escalations approved by a time-bounded grant.
     let (sink, approvals) = approvals(&publisher, &enforcer, &pipe.ids);
@@ -261,6 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         failures: 0,
         dropped: 0,
         netns: None,
+        pods,
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
@@ -348,6 +362,57 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// With `--kubernetes`: the pods of this node and the namespaces, watched from now on (the
+/// first list is awaited a while, so the first generation knows the pods already there).
+async fn kubernetes(
+    args: &RunArgs,
+    publisher: &Publisher,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Option<Arc<crate::kubernetes::Identities>>> {
+    use crate::kubernetes::{ApiState, Identities};
+    if !args.kubernetes {
+        return Ok(None);
+    }
+    let node = args
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .context("--kubernetes needs the node's name: --node-name or NODE_NAME (the downward API's spec.nodeName)")?;
+    let client = kube::Client::try_default().await.context(
+        "Kubernetes: no API server configuration (in-cluster service account or $KUBECONFIG)",
+    )?;
+    let ids = Arc::new(Identities::default());
+    let (p, m) = (publisher.clone(), metrics.clone());
+    let report = move |state: &ApiState| {
+        let (kind, message) = match state {
+            ApiState::Synced => (
+                "kubernetes.synced",
+                "the pods of this node and the namespaces are listed and watched".to_owned(),
+            ),
+            ApiState::Unreachable(e) => (
+                "kubernetes.unreachable",
+                format!(
+                    "the Kubernetes API server cannot be reached ({e}); the last known pod identities stand"
+                ),
+            ),
+            ApiState::Starting => return,
+        };
+        crate::say!("{message}");
+        m.set_kubernetes_api(*state == ApiState::Synced);
+        p.publish(lifecycle(kind, message));
+    };
+    tokio::spawn(crate::kubernetes::watch(client, node, ids.clone(), report));
+    let mut rx = ids.subscribe();
+    let first = rx.wait_for(|_| ids.api_state() != ApiState::Starting);
+    if tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .is_err()
+    {
+        crate::say!("the Kubernetes API server has not answered in 30 s; pods match when it does");
+    }
+    Ok(Some(ids))
 }
 
 /// The bearer tokens of the TCP API (`--api-token-file`, `--api-tokens`), with their users.
@@ -693,6 +758,22 @@ async fn serve_api(
                 }
             }),
         });
+    }
+    if let Some(addr) = args.health_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("the health endpoints cannot listen on {addr}"))?;
+        eprintln!(
+            "governance: /healthz, /readyz and /metrics on {} (no token)",
+            l.local_addr()?
+        );
+        let app = api::health_router(state.clone());
+        let stop = stopped();
+        api_tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                tracing::error!("health endpoints on {addr}: {e}");
+            }
+        }));
     }
     // Agents' connects to the TCP API are refused in the kernel (and a previous daemon's
     // address forgotten).

@@ -75,6 +75,8 @@ pub(super) struct Daemon<'a> {
     pub dropped: u64,
     /// The proxy's listeners in agents' network namespaces (None: no proxy).
     pub netns: Option<NetnsListeners>,
+    /// Kubernetes: the pods of this node, as the API server told them (`--kubernetes`).
+    pub pods: Option<Arc<crate::kubernetes::Identities>>,
 }
 
 impl Daemon<'_> {
@@ -83,7 +85,13 @@ impl Daemon<'_> {
     /// back on, nothing this run attached is left behind when it fails.
     pub fn first_generation(&mut self, adopted: bool) -> anyhow::Result<bool> {
         let next = self.current + 1;
-        match build(next, self.args, &self.enforcer, self.root) {
+        match build(
+            next,
+            self.args,
+            &self.enforcer,
+            self.root,
+            self.pods.as_deref(),
+        ) {
             Ok(Some(b)) => {
                 let message = format!(
                     "generation {next} is enforcing {}",
@@ -152,6 +160,7 @@ impl Daemon<'_> {
     ) -> anyhow::Result<()> {
         let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
         let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
+        let mut pods_changed = self.pods.as_ref().map(|p| p.subscribe());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.dropped = self
@@ -180,6 +189,12 @@ impl Daemon<'_> {
                 }
                 r = watch::changed(&mut watches.cgroups) => {
                     r?;
+                    let due = tokio::time::Instant::now() + Duration::from_millis(50);
+                    cgroup_due.get_or_insert(due);
+                    continue;
+                }
+                // A pod's labels (or its namespace's) changed: the agents may have.
+                _ = watch::pods_changed(&mut pods_changed) => {
                     let due = tokio::time::Instant::now() + Duration::from_millis(50);
                     cgroup_due.get_or_insert(due);
                     continue;
@@ -290,6 +305,7 @@ impl Daemon<'_> {
                 self.root,
                 self.engine.load().policies(),
                 !self.args.no_create_cgroups,
+                self.pods.as_deref(),
             )
             .is_ok_and(|found| found == self.agents_now)
     }
@@ -298,7 +314,13 @@ impl Daemon<'_> {
     /// the failure is counted and reported.
     fn reload(&mut self, why: &str) -> Result<u32, String> {
         let next = self.current + 1;
-        let result = match build(next, self.args, &self.enforcer, self.root) {
+        let result = match build(
+            next,
+            self.args,
+            &self.enforcer,
+            self.root,
+            self.pods.as_deref(),
+        ) {
             Ok(Some(mut b)) => {
                 // The kernel's buckets carried over with the flip; the HTTP engine's carry
                 // over before it decides anything.

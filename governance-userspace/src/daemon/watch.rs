@@ -139,6 +139,17 @@ impl Watches {
     }
 }
 
+/// A Kubernetes identity changed (never, without `--kubernetes`).
+pub(super) async fn pods_changed(rx: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let alive = match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !alive {
+        std::future::pending::<()>().await;
+    }
+}
+
 pub(super) fn earliest(
     a: Option<tokio::time::Instant>,
     b: Option<tokio::time::Instant>,
@@ -154,5 +165,63 @@ pub(super) async fn until(due: Option<tokio::time::Instant>) {
     match due {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::symlink, time::Duration};
+
+    use super::*;
+
+    const POLICY: &str = "name: NAME\nagents: { cgroup: agents/bot }\n";
+
+    /// A ConfigMap volume as the kubelet writes it: the files in a timestamped directory,
+    /// `..data` a symlink to it, each key a symlink through `..data`.
+    fn configmap_version(dir: &Path, stamp: &str, name: &str) {
+        let v = dir.join(stamp);
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("policy.yaml"), POLICY.replace("NAME", name)).unwrap();
+    }
+
+    /// An update swaps `..data` atomically (a new `..data_tmp` symlink renamed over it), then
+    /// removes the old directory: the policy directory's watch sees the rename, and the policy
+    /// loaded afterwards is the new one, read once through the key's symlink.
+    #[tokio::test]
+    async fn a_configmap_update_swapping_the_data_symlink_is_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        configmap_version(dir, "..2026_11_30_07_00_00.000000001", "old");
+        symlink("..2026_11_30_07_00_00.000000001", dir.join("..data")).unwrap();
+        symlink("..data/policy.yaml", dir.join("policy.yaml")).unwrap();
+        assert_eq!(
+            crate::policy::load_dir(dir).unwrap().policies[0].name,
+            "old"
+        );
+
+        let mut w = watch_policy(dir).unwrap();
+        configmap_version(dir, "..2026_11_30_07_05_00.000000002", "new");
+        symlink("..2026_11_30_07_05_00.000000002", dir.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+        std::fs::remove_dir_all(dir.join("..2026_11_30_07_00_00.000000001")).unwrap();
+
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut guard = w.readable_mut().await.unwrap();
+                let events = guard.get_inner().0.read_events().unwrap_or_default();
+                guard.clear_ready();
+                if events.iter().any(|e| {
+                    e.mask.contains(AddWatchFlags::IN_MOVED_TO)
+                        && e.name.as_deref() == Some(std::ffi::OsStr::new("..data"))
+                }) {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "the `..data` rename was not seen");
+        let set = crate::policy::load_dir(dir).unwrap();
+        let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["new"]);
     }
 }

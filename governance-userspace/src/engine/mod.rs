@@ -81,6 +81,8 @@ pub struct AgentRef {
     pub name: String,
     pub cgroup: String,
     pub label: Option<String>,
+    /// Kubernetes: the agent's pod.
+    pub pod: Option<crate::policy::PodIdentity>,
 }
 
 /// What happens to the action.
@@ -452,7 +454,9 @@ impl Engine {
         };
         let mut index = 0;
         for p in &self.set.policies {
-            let applies = p.selector.matches(&agent.cgroup, agent.label.as_deref());
+            let applies =
+                p.selector
+                    .matches(&agent.cgroup, agent.label.as_deref(), agent.pod.as_ref());
             for r in &p.rules {
                 if applies {
                     view.by_kind

@@ -3,6 +3,7 @@
 //!
 //! ```yaml
 //! agent: { cgroup: agents/refund-1, label: refund-agent }
+//! # or, for Kubernetes selectors: agent: { pod: { name: x, namespace: y, labels: { app: z } } }
 //! cases:
 //!   - name: a $50 refund goes through
 //!     http: { method: POST, host: api.payments.example, path: /v1/refunds, body: { amount: 50 } }
@@ -38,9 +39,14 @@ struct TestFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AgentDoc {
+    #[serde(default)]
     cgroup: String,
     #[serde(default)]
     label: Option<String>,
+    /// Kubernetes: the pod the agent is (`{ name, namespace, labels, namespace_labels,
+    /// service_account }`), for `pod_labels`, `namespace`... selectors.
+    #[serde(default)]
+    pod: Option<crate::policy::PodIdentity>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,9 +248,14 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
         .or(default_agent)
         .ok_or("no agent: set `agent` in the file or the case")?;
     let agent = AgentRef {
-        name: agent.label.clone().unwrap_or_else(|| agent.cgroup.clone()),
+        name: match (&agent.label, &agent.pod) {
+            (Some(l), _) => l.clone(),
+            (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
+            (None, None) => agent.cgroup.clone(),
+        },
         cgroup: agent.cgroup.clone(),
         label: agent.label.clone(),
+        pod: agent.pod.clone(),
     };
     let action = case.action()?;
     // A fresh engine per case: throttle buckets start full.
@@ -301,5 +312,16 @@ mod tests {
         let report = run(&set, &tests);
         assert_eq!(report.failed, 0, "{}", report.text);
         assert!(report.passed >= 40, "{}", report.text);
+    }
+
+    /// The policy the Kubernetes deployment ships, with pods as agents.
+    #[test]
+    fn the_kubernetes_policy_tests_pass() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/policies");
+        let set = policy::load_dir(&dir).unwrap();
+        let (_, tests) = policy::policy_files(&dir).unwrap();
+        let report = run(&set, &tests);
+        assert_eq!(report.failed, 0, "{}", report.text);
+        assert!(report.passed >= 3, "{}", report.text);
     }
 }

@@ -14,6 +14,7 @@ fn agent(cgroup: &str) -> AgentRef {
         name: cgroup.into(),
         cgroup: cgroup.into(),
         label: None,
+        pod: None,
     }
 }
 

@@ -142,12 +142,16 @@ pub struct AgentInfo {
     /// The agent root, relative to the cgroup2 mount.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cgroup: String,
-    /// Kubernetes pod (empty until the Kubernetes integration).
+    /// Kubernetes pod (`run --kubernetes`; empty outside pods).
     #[serde(default)]
     pub pod: String,
-    /// Kubernetes namespace (empty until the Kubernetes integration).
+    /// Kubernetes namespace (`run --kubernetes`; empty outside pods).
     #[serde(default)]
     pub namespace: String,
+    /// The container the acting process runs in: the runtime's container id, from its cgroup
+    /// (the kubelet's layout; empty outside containers).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

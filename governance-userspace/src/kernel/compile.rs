@@ -313,7 +313,9 @@ const NOT_ENUMERATED: [&str; 8] = [
 fn relaxed_for(set: &PolicySet, agent: &AgentCgroup, get: fn(&Policy) -> Option<bool>) -> bool {
     let governing = || {
         set.policies.iter().filter(|p| {
-            p.mode == Mode::Enforce && p.selector.matches(&agent.rel, agent.label.as_deref())
+            p.mode == Mode::Enforce
+                && p.selector
+                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
         })
     };
     governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
@@ -521,7 +523,10 @@ pub fn compile(
         let mut rules = Rules::default();
         let mut profiles: Vec<(String, &Policy, u32)> = Vec::new();
         for (p, rule, n) in &numbered {
-            if !p.selector.matches(&agent.rel, agent.label.as_deref()) {
+            if !p
+                .selector
+                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
+            {
                 continue;
             }
             let why = |what: &str| format!("rule {} ({}): {what}", rule.id, rule.at);
@@ -649,11 +654,10 @@ pub fn compile(
         }
         // Defaults: block if any enforcing policy of the agent says so; shadow policies'
         // block defaults are reported.
-        for p in set
-            .policies
-            .iter()
-            .filter(|p| p.selector.matches(&agent.rel, agent.label.as_deref()))
-        {
+        for p in set.policies.iter().filter(|p| {
+            p.selector
+                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
+        }) {
             for (kind, posture_) in &p.defaults {
                 let i = match kind {
                     Kind::Exec => 0,
@@ -743,7 +747,9 @@ pub fn compile(
             .policies
             .iter()
             .filter(|p| {
-                p.mode == Mode::Enforce && p.selector.matches(&agent.rel, agent.label.as_deref())
+                p.mode == Mode::Enforce
+                    && p.selector
+                        .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
             })
             .collect();
         let relaxed = |get: fn(&Policy) -> Option<bool>| {
@@ -1314,6 +1320,7 @@ mod tests {
             label: label.map(Into::into),
             path: PathBuf::from("/sys/fs/cgroup").join(rel),
             cgroup_id: 1000 + index as u64,
+            pod: None,
         }
     }
 

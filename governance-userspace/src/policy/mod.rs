@@ -6,6 +6,7 @@
 
 pub mod cond;
 pub mod glob;
+pub mod kube;
 pub mod model;
 
 use std::{
@@ -20,6 +21,7 @@ use marked_yaml::{Marker, Span, Spanned};
 pub use model::{Access, Mode, Posture, Protocol, SandboxNetwork, ThrottleKey, Verdict};
 
 use self::cond::Condition;
+pub use self::kube::{PodIdentity, PodSelector};
 
 /// Longest exec/file path a rule may name (what the kernel side can match and report).
 pub const MAX_PATH_LEN: usize = governance_common::EVENT_PATH_LEN - 1;
@@ -118,6 +120,8 @@ pub struct Selector {
     pub cgroup: Option<String>,
     /// Value of the `user.governance.agent` xattr.
     pub label: Option<String>,
+    /// Kubernetes: the pod's labels, namespace, namespace labels, service account.
+    pub pod: Option<PodSelector>,
 }
 
 impl std::fmt::Display for Selector {
@@ -130,16 +134,21 @@ impl std::fmt::Display for Selector {
         if let Some(l) = &self.label {
             words.push(format!("label={l}"));
         }
+        if let Some(p) = &self.pod {
+            words.extend(p.words());
+        }
         f.write_str(&words.join(" "))
     }
 }
 
 impl Selector {
-    /// Does an agent root with this cgroup path (relative) and label match? All given
-    /// selectors must match.
-    pub fn matches(&self, cgroup: &str, label: Option<&str>) -> bool {
+    /// Does an agent root with this cgroup path (relative), label and pod match? All given
+    /// selectors must match; a Kubernetes selector never matches an agent whose pod is not
+    /// known.
+    pub fn matches(&self, cgroup: &str, label: Option<&str>, pod: Option<&PodIdentity>) -> bool {
         self.cgroup.as_deref().is_none_or(|g| glob::path(g, cgroup))
             && self.label.as_deref().is_none_or(|l| label == Some(l))
+            && self.pod.as_ref().is_none_or(|p| p.matches(pod))
     }
 
     /// A cgroup selector that names one cgroup (no glob characters).
@@ -457,6 +466,11 @@ impl PolicySet {
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.policies.iter().flat_map(|p| p.rules.iter())
+    }
+
+    /// The policies that select agents by Kubernetes identity (they need `run --kubernetes`).
+    pub fn kubernetes_policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().filter(|p| p.selector.pod.is_some())
     }
 }
 
@@ -1025,21 +1039,22 @@ impl Cx<'_> {
 
     fn selector(&mut self, agents: &Spanned<model::AgentSelector>) -> Option<Selector> {
         let span = agents.span();
-        if let Some(p) = &agents.pod_labels {
-            self.problem(
-                p.span(),
-                "`pod_labels` selectors are not supported yet; use `cgroup` or `label`",
-            );
-            return None;
-        }
-        if agents.cgroup.is_none() && agents.label.is_none() {
+        let kube = agents.pod_labels.is_some()
+            || agents.namespace.is_some()
+            || agents.namespace_labels.is_some()
+            || agents.service_account.is_some();
+        if agents.cgroup.is_none() && agents.label.is_none() && !kube {
             self.problem(
                 span,
-                "empty selector: give `cgroup` (a path glob) and/or `label`",
+                "empty selector: give `cgroup` (a path glob), `label`, or a Kubernetes selector \
+                 (`pod_labels`, `namespace`, `namespace_labels`, `service_account`)",
             );
             return None;
         }
         let mut sel = Selector::default();
+        if kube {
+            sel.pod = Some(self.pod_selector(agents));
+        }
         if let Some(c) = &agents.cgroup {
             let g = c.trim().trim_start_matches('/');
             let bad = if g.is_empty() {
@@ -1074,6 +1089,45 @@ impl Cx<'_> {
             }
         }
         Some(sel)
+    }
+
+    fn pod_selector(&mut self, agents: &model::AgentSelector) -> PodSelector {
+        let mut pod = PodSelector::default();
+        for (doc, out) in [
+            (&agents.pod_labels, &mut pod.pod_labels),
+            (&agents.namespace_labels, &mut pod.namespace_labels),
+        ] {
+            if let Some(doc) = doc {
+                match kube::LabelSelector::from_doc(doc) {
+                    Ok(s) => *out = Some(s),
+                    Err(e) => self.problem(doc.span(), format!("selector matches nothing: {e}")),
+                }
+            }
+        }
+        if let Some(n) = &agents.namespace {
+            if kube::dns_label(n) {
+                pod.namespace = Some(n.to_string());
+            } else {
+                self.problem(
+                    n.span(),
+                    format!("selector matches nothing: namespace `{}` is not a DNS label (a-z, 0-9, `-`, at most 63)", **n),
+                );
+            }
+        }
+        if let Some(a) = &agents.service_account {
+            if kube::dns_subdomain(a) {
+                pod.service_account = Some(a.to_string());
+            } else {
+                self.problem(
+                    a.span(),
+                    format!(
+                        "selector matches nothing: service account `{}` is not a DNS subdomain",
+                        **a
+                    ),
+                );
+            }
+        }
+        pod
     }
 
     fn abs_path(&self, p: &str) -> Result<PathBuf, String> {

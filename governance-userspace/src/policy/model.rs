@@ -198,10 +198,58 @@ pub struct AgentSelector {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub label: Option<Str>,
-    /// Reserved for Kubernetes pod labels; not supported yet (rejected if set).
+    /// Kubernetes: the labels of the agent's pod (a label selector, as in a Deployment's
+    /// `selector`). The agent is the pod's cgroup; needs `governance run --kubernetes`.
     #[serde(default)]
-    #[schemars(with = "Option<BTreeMap<String, String>>")]
-    pub pod_labels: Option<Spanned<BTreeMap<String, String>>>,
+    #[schemars(with = "Option<LabelSelector>")]
+    pub pod_labels: Option<Spanned<LabelSelector>>,
+    /// Kubernetes: the namespace of the agent's pod.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub namespace: Option<Str>,
+    /// Kubernetes: the labels of the namespace of the agent's pod (a label selector).
+    #[serde(default)]
+    #[schemars(with = "Option<LabelSelector>")]
+    pub namespace_labels: Option<Spanned<LabelSelector>>,
+    /// Kubernetes: the service account the agent's pod runs as.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub service_account: Option<Str>,
+}
+
+/// A Kubernetes label selector: every `matchLabels` pair and every `matchExpressions`
+/// requirement must hold.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must have exactly these values.
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+/// One requirement of a label selector.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub operator: LabelOperator,
+    /// For `In` and `NotIn` (at least one); empty for `Exists` and `DoesNotExist`.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum LabelOperator {
+    /// The label is set to one of `values`.
+    In,
+    /// The label is not set, or set to none of `values`.
+    NotIn,
+    /// The label is set (to any value).
+    Exists,
+    /// The label is not set.
+    DoesNotExist,
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

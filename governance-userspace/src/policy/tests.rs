@@ -101,7 +101,16 @@ fn selectors_must_be_able_to_match() {
         ("{ cgroup: a//b }", "segments never name"),
         ("{ cgroup: a/cgroup.procs }", "interface files"),
         ("{ label: '' }", "1 to 255 printable"),
-        ("{ pod_labels: { app: x } }", "not supported yet"),
+        (
+            "{ pod_labels: { app: x } }",
+            "field `app`, expected `matchLabels`",
+        ),
+        (
+            "{ pod_labels: { matchLabels: { app: 'a b' } } }",
+            "value `a b`",
+        ),
+        ("{ namespace: Agents }", "not a DNS label"),
+        ("{ service_account: 'a_b' }", "not a DNS subdomain"),
     ] {
         let errs = problems(&format!("name: p\nagents: {sel}\n"));
         assert!(errs[0].contains(why), "{sel}: {errs:?}");

@@ -25,6 +25,7 @@ fn engine_for(cgroup: &str, label: Option<&str>) -> (Engine, AgentRules) {
         name: label.unwrap_or(cgroup).into(),
         cgroup: cgroup.into(),
         label: label.map(Into::into),
+        pod: None,
     });
     (engine, view)
 }

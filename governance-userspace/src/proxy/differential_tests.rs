@@ -763,6 +763,7 @@ fn engine_for(set: &PolicySet, agent: &AgentDoc) -> (Engine, AgentRules) {
         name: agent.label.clone().unwrap_or_else(|| agent.cgroup.clone()),
         cgroup: agent.cgroup.clone(),
         label: agent.label.clone(),
+        pod: None,
     });
     (engine, view)
 }

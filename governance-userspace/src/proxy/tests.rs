@@ -251,6 +251,7 @@ impl Harness {
                     name: name.clone(),
                     cgroup: cgroup.into(),
                     label: label.map(Into::into),
+                    pod: None,
                 },
                 info: AgentInfo {
                     name,
@@ -1174,6 +1175,7 @@ fn max_body_is_validated_with_its_location() {
         name: "x".into(),
         cgroup: "x".into(),
         label: Some("x".into()),
+        pod: None,
     });
     assert_eq!(
         view.max_body(),
@@ -2000,6 +2002,7 @@ fn intercept_tls_is_validated_and_the_policies_add_up() {
         name: "x".into(),
         cgroup: "x".into(),
         label: Some("x".into()),
+        pod: None,
     });
     assert!(view.intercepts_tls("api.example"));
     assert!(view.intercepts_tls("git.corp.example"));

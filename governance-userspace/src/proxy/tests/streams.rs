@@ -287,6 +287,7 @@ fn idle_timeouts_are_validated_and_the_most_specific_host_wins() {
         name: "x".into(),
         cgroup: "x".into(),
         label: Some("x".into()),
+        pod: None,
     });
     let m = |s: u64| Some(Duration::from_secs(60 * s));
     assert_eq!(view.idle_timeout("mcp.example"), m(5), "the shortest exact");
@@ -303,6 +304,7 @@ fn idle_timeouts_are_validated_and_the_most_specific_host_wins() {
                 name: "y".into(),
                 cgroup: "y".into(),
                 label: Some("y".into()),
+                pod: None,
             })
             .idle_timeout("mcp.example"),
         None
