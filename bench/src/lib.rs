@@ -2,6 +2,8 @@
 //! errors with context, medians and ranges, the cgroup2 mount, worker processes placed in a
 //! cgroup before they start, and a `governance run` daemon started and stopped by pid.
 
+pub mod policies;
+
 use std::{
     collections::BTreeMap,
     ffi::OsString,
@@ -183,7 +185,8 @@ pub fn wait_for_go() -> Res<()> {
 /// A `governance run` we started.
 pub struct Daemon {
     pub child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    /// Its stderr lines, each with when it arrived.
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
     reader: Option<JoinHandle<()>>,
     /// Its "governance: enforcing ..." line.
     pub enforcing: String,
@@ -254,7 +257,7 @@ impl Daemon {
                     lines
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .push(line.clone());
+                        .push((Instant::now(), line.clone()));
                     let _ = tx.send(line);
                 }
             })
@@ -298,7 +301,37 @@ impl Daemon {
 
     pub fn tail(&self, n: usize) -> Vec<String> {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines[lines.len().saturating_sub(n)..].to_vec()
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// How many stderr lines it has printed so far.
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// The first stderr line from number `from` on that contains `text`, with when it arrived
+    /// and its number; waits up to `timeout` for it.
+    pub fn wait_line(&self, from: usize, text: &str, timeout: Duration) -> Res<(usize, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = lines.iter().skip(from).position(|(_, l)| l.contains(text)) {
+                    return Ok((from + i, lines[from + i].0));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the daemon did not print {text:?} within {timeout:?}; its stderr:\n  {}",
+                    self.tail(20).join("\n  ")
+                ));
+            }
+            // Poll interval: the line's arrival time is stamped by the reader, not here.
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGTERM (with --detach-on-exit it removes its pins), wait, then `governance unload` to
@@ -332,8 +365,8 @@ impl Daemon {
         let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         lines
             .iter()
-            .find(|l| l.contains("governance: stopping;"))
-            .cloned()
+            .find(|(_, l)| l.contains("governance: stopping;"))
+            .map(|(_, l)| l.clone())
     }
 }
 

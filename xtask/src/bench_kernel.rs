@@ -53,6 +53,58 @@ pub const KERNEL: RootBench = RootBench {
     vm_timeout: Duration::from_secs(420),
 };
 
+/// `cargo xtask bench reload` and `cargo xtask bench rss` (bench/src/bin/reload.rs): on the
+/// host only (the maps, the compiler and the install path are the same there; the daemon's
+/// memory does not depend on the LSM hooks). `which` is "reload" or "rss".
+pub fn reload(which: &str) -> RootBench {
+    let (host_args, report_begin): (&'static [&'static str], _) = if which == "rss" {
+        (&["rss", "--runs", "3"], "==> daemon memory")
+    } else {
+        (
+            &["reload", "--rounds", "10", "--e2e-rounds", "5"],
+            "==> policy reload",
+        )
+    };
+    RootBench {
+        bin: "governance-bench-reload",
+        title: "reload benchmark",
+        report_begin,
+        host_args,
+        host_label: "host kernel (no BPF LSM programs; the same maps and install path)",
+        vm_args: &[],
+        vm_label: "",
+        vm_timeout: Duration::ZERO,
+    }
+}
+
+/// Run `b` on the host only, and print its report again at the end.
+pub fn run_host(b: &RootBench) -> Result<()> {
+    setup::ensure()?;
+    if !setup::is_root() {
+        bail!(
+            "the {} loads eBPF programs and creates cgroups, so it must run as root",
+            b.title
+        );
+    }
+    progress(&format!(
+        "building governance and the {} (release)",
+        b.title
+    ));
+    let governance = release_binary("governance-userspace", "governance")?;
+    let bench = release_binary("governance-bench", b.bin)?;
+    progress(&format!(
+        "{} on the host: {}",
+        b.title,
+        b.host_args.join(" ")
+    ));
+    let lines = on_host(b, &bench, &governance)?;
+    println!();
+    for l in lines {
+        println!("{l}");
+    }
+    Ok(())
+}
+
 pub fn run(b: &RootBench) -> Result<()> {
     setup::ensure()?;
     if !setup::is_root() {

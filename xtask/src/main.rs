@@ -85,9 +85,14 @@ enum Cmd {
     /// through the daemon's whole pipeline (audit log, metrics, a live subscriber) under a flood
     /// of denied actions from an agent, with where loss begins and that it is counted; on the
     /// host (denied connects) and in the VM (denied opens).
+    ///
+    /// `reload` (root, host): a policy change to enforcing with 10,000 rules and with 1,000
+    /// agents, phase by phase in process and end to end through `governance run`.
+    ///
+    /// `rss` (root, host): the daemon's memory with 1,000 agent cgroups and 10,000 rules.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["policy", "kernel", "http", "events"])]
+        #[arg(value_parser = ["policy", "kernel", "http", "events", "reload", "rss"])]
         which: String,
     },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
@@ -184,6 +189,10 @@ fn real_main() -> Result<ExitCode> {
         }
         Cmd::Bench { which } if which == "events" => {
             bench_kernel::run(&bench_events::EVENTS)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench { which } if which == "reload" || which == "rss" => {
+            bench_kernel::run_host(&bench_kernel::reload(&which))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench { which } if which == "http" => {

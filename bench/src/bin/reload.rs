@@ -1,0 +1,656 @@
+//! `cargo xtask bench reload` and `cargo xtask bench rss`: how long a policy change takes to
+//! enforce, and how much memory the daemon holds, with thousands of rules and agents.
+//!
+//! `reload` (one run measures all of it, side by side):
+//! 1. *In process*, the daemon's own code path for a generation (what
+//!    `governance::daemon::generation::build` does, step by step, with a timer around each):
+//!    read and validate the policy directory (`policy::load_dir`), find the agent cgroups
+//!    (`agents::discover`), compile (`kernel::compile`, which also resolves file identities),
+//!    install (`Enforcer::install`: write the generation's slot, flip, clear the other slot),
+//!    then the names and the HTTP engine. "Enforcing in the kernel" is the moment the kernel's
+//!    active generation changes, seen by a second handle on the pinned maps polling it.
+//! 2. *End to end*, a `governance run` we start: the policy file replaced (renamed into the
+//!    directory) → the daemon's inotify → "…; reloading" → "generation N is enforcing" on its
+//!    stderr (each line stamped as it arrives); and the same after SIGHUP, without the
+//!    daemon's settle window for a burst of file changes.
+//!
+//! Both for 10,000 rules of one agent and for 1,000 agents with 10 rules each (one policy
+//! per agent); the mix is in `governance_bench::policies`.
+//!
+//! `rss`: a `governance run` (with its HTTP proxy) governing 1,000 agent cgroups with 10 rules
+//! each: VmRSS and VmHWM after the first generation and after 10 reloads, against the same
+//! daemon governing one agent with 10 rules.
+//!
+//! Needs root (eBPF, cgroups). On the host kernel the LSM programs do not load; the maps, the
+//! compiler and the install path are the same, so the reload is measured as it is.
+//! Usage:
+//!   governance-bench-reload reload --governance PATH [--rounds N] [--e2e-rounds N]
+//!                                  [--no-e2e] [--only 0|1] [--label TEXT]
+//!   governance-bench-reload rss --governance PATH [--runs N] [--label TEXT]
+
+use std::{
+    ffi::OsString,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use governance::{
+    agents,
+    daemon::generation::names,
+    engine::Engine,
+    kernel::{self, Enforcer, Protect},
+    policy,
+};
+use governance_bench::{
+    Daemon, Res, cgroup2_mount, ctx, median, min_max,
+    policies::{AgentCgroups, Reals, policy_file, replace_file},
+};
+
+/// The daemon's allocator (governance-userspace's main.rs): the compiler allocates a lot, and
+/// the in-process figures should be the daemon's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const RELOAD_REPORT: &str = "==> policy reload";
+const RSS_REPORT: &str = "==> daemon memory";
+/// The reload target: a policy change enforcing within this.
+const TARGET_MS: f64 = 20.0;
+/// The memory target for 1,000 agents and 10,000 rules.
+const TARGET_RSS_MIB: f64 = 64.0;
+const POLICY_FILE: &str = "bench.yaml";
+
+struct Case {
+    title: &'static str,
+    agents: usize,
+    rules: usize,
+}
+
+const CASES: [Case; 2] = [
+    Case {
+        title: "10,000 rules, 1 agent",
+        agents: 1,
+        rules: 10_000,
+    },
+    Case {
+        title: "1,000 agents x 10 rules",
+        agents: 1000,
+        rules: 10,
+    },
+];
+
+struct Opts {
+    mode: String,
+    governance: PathBuf,
+    rounds: usize,
+    e2e_rounds: usize,
+    e2e: bool,
+    runs: usize,
+    /// Only this case (its index in [`CASES`]), for profiling.
+    only: Option<usize>,
+    label: String,
+}
+
+fn parse_opts(args: &[String]) -> Res<Opts> {
+    let usage = "usage: governance-bench-reload reload|rss --governance PATH [--rounds N] \
+                 [--e2e-rounds N] [--no-e2e] [--only CASE] [--runs N] [--label TEXT]";
+    let mut o = Opts {
+        mode: String::new(),
+        governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
+        rounds: 15,
+        e2e_rounds: 8,
+        e2e: true,
+        runs: 3,
+        only: None,
+        label: String::new(),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--governance" => o.governance = value(a)?.into(),
+            "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
+            "--e2e-rounds" => o.e2e_rounds = ctx(value(a)?.parse(), "--e2e-rounds")?,
+            "--runs" => o.runs = ctx(value(a)?.parse(), "--runs")?,
+            "--no-e2e" => o.e2e = false,
+            "--only" => o.only = Some(ctx(value(a)?.parse(), "--only")?),
+            "--label" => o.label = value(a)?,
+            "reload" | "rss" if o.mode.is_empty() => o.mode = a.clone(),
+            _ => return Err(format!("unknown argument {a}; {usage}")),
+        }
+    }
+    if !matches!(o.mode.as_str(), "reload" | "rss") {
+        return Err(usage.into());
+    }
+    if o.governance.as_os_str().is_empty() && (o.mode == "rss" || o.e2e) {
+        return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
+    }
+    if o.rounds == 0 || o.e2e_rounds == 0 || o.runs == 0 {
+        return Err("--rounds, --e2e-rounds and --runs must be positive".into());
+    }
+    Ok(o)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = parse_opts(&args).and_then(|o| {
+        if !governance_bench::is_root() {
+            return Err("needs root: it loads eBPF programs and creates cgroups".into());
+        }
+        let env = Env::new()?;
+        if o.mode == "reload" {
+            reload(&o, &env)
+        } else {
+            rss(&o, &env)
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("governance-bench-reload: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Our temporary directory, pins and agent cgroups; all removed when dropped.
+struct Env {
+    tmp: PathBuf,
+    pins: PathBuf,
+    root: PathBuf,
+    cgroups: AgentCgroups,
+    reals: Reals,
+}
+
+impl Env {
+    fn new() -> Res<Env> {
+        let pid = std::process::id();
+        let root = cgroup2_mount()?;
+        let tmp = std::env::temp_dir().join(format!("governance-bench-reload-{pid}"));
+        ctx(
+            std::fs::create_dir_all(&tmp),
+            format_args!("creating {}", tmp.display()),
+        )?;
+        eprintln!("bench: creating 1,000 agent cgroups");
+        let cgroups = AgentCgroups::create(&root, &format!("governance-bench-reload-{pid}"), 1000)?;
+        Ok(Env {
+            tmp,
+            pins: PathBuf::from(format!("/sys/fs/bpf/governance-bench-reload-{pid}")),
+            root,
+            cgroups,
+            reals: Reals::find(),
+        })
+    }
+
+    /// A policy directory holding the case's policy file.
+    fn policy_dir(&self, name: &str, case: &Case, note: &str) -> Res<PathBuf> {
+        let dir = self.tmp.join(name);
+        ctx(
+            std::fs::create_dir_all(&dir),
+            format_args!("creating {}", dir.display()),
+        )?;
+        let text = policy_file(&self.cgroups, case.agents, case.rules, &self.reals, note);
+        ctx(
+            std::fs::write(dir.join(POLICY_FILE), text),
+            "writing the policy",
+        )?;
+        Ok(dir)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = kernel::unload(&self.pins);
+        let _ = std::fs::remove_dir(&self.pins);
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// "12.3 [10.1-15.0]" (medians with ranges, in the unit given).
+fn cell(v: &[f64]) -> String {
+    let (lo, hi) = min_max(v);
+    let med = median(v);
+    let digits = if med >= 100.0 { 0 } else { 1 };
+    format!("{med:.digits$} [{lo:.digits$}-{hi:.digits$}]")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// One in-process generation's phases, in ms.
+#[derive(Default)]
+struct Phases {
+    load: f64,
+    discover: f64,
+    compile: f64,
+    /// From the start of `install` to the kernel's flip.
+    to_flip: f64,
+    /// The rest of `install` (the grace period for decisions in flight, the old slot cleared).
+    after_flip: f64,
+    /// Names and the HTTP engine.
+    engine: f64,
+    /// From the start to the kernel's flip: the kernel enforces.
+    kernel_enforcing: f64,
+    /// From the start until the HTTP engine is in place too.
+    all: f64,
+}
+
+/// A thread with its own handle on the pinned maps that reports when the kernel's active
+/// generation becomes the one it is told.
+struct FlipWatch {
+    tell: mpsc::Sender<u32>,
+    seen: mpsc::Receiver<Res<Instant>>,
+}
+
+impl FlipWatch {
+    fn start(pins: &Path) -> Res<FlipWatch> {
+        let handle = ctx(Enforcer::adopt(pins), "opening the pinned maps")?;
+        let (tell, told) = mpsc::channel::<u32>();
+        let (report, seen) = mpsc::channel();
+        std::thread::spawn(move || {
+            for want in told {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let r = loop {
+                    match handle.generation() {
+                        Ok(g) if g == want => break Ok(Instant::now()),
+                        Ok(_) if Instant::now() > deadline => {
+                            break Err(format!("generation {want} did not become active"));
+                        }
+                        Ok(_) => {}
+                        Err(e) => break Err(format!("reading the active generation: {e}")),
+                    }
+                    // Poll interval (each poll is one map lookup): the resolution of the flip
+                    // time, far below the figures measured.
+                    std::thread::sleep(Duration::from_micros(20));
+                };
+                if report.send(r).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(FlipWatch { tell, seen })
+    }
+}
+
+/// The daemon's generation build, phase by phase, `rounds` times.
+fn in_process(
+    env: &Env,
+    enforcer: &mut Enforcer,
+    watch: &FlipWatch,
+    dir: &Path,
+    generation: &mut u32,
+    rounds: usize,
+    summary: &mut Vec<String>,
+) -> Res<Vec<Phases>> {
+    let protect = Protect {
+        cgroup_root: env.root.clone(),
+        no_write: vec![dir.to_owned(), env.pins.clone()],
+        no_access: vec![env.tmp.join("audit"), env.tmp.join("ca")],
+    };
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        *generation += 1;
+        let g = *generation;
+        let t0 = Instant::now();
+        let set = ctx(policy::load_dir(dir), "loading the policy")?;
+        let t1 = Instant::now();
+        let found = ctx(agents::discover(&env.root, &set, false), "finding agents")?;
+        let t2 = Instant::now();
+        let compiled = kernel::compile(&set, &found, g, &protect);
+        let t3 = Instant::now();
+        if !compiled.errors.is_empty() {
+            return Err(format!("the policy does not fit: {:?}", compiled.errors));
+        }
+        ctx(watch.tell.send(g), "the flip watcher")?;
+        let skipped = ctx(enforcer.install(&compiled), "installing")?;
+        let t4 = Instant::now();
+        let flip = ctx(watch.seen.recv(), "the flip watcher")??;
+        let _names = names(&set, &found);
+        let rules = set.rule_count();
+        let _engine = Engine::new(set, g);
+        let t5 = Instant::now();
+        if round == 0 {
+            let count =
+                |f: fn(&kernel::Class) -> usize| compiled.classes.iter().map(f).sum::<usize>();
+            summary.push(format!(
+                "  {rules} rules, {} agents → {} classes; entries: {} path, {} exec, {} network, {} identity; {} throttles; {} exec paths skipped (missing)",
+                found.len(),
+                compiled.classes.len(),
+                count(|c| c.paths.len()),
+                count(|c| c.exec.len()),
+                count(|c| c.net.len()),
+                count(|c| c.idents.len()),
+                compiled.throttles.len(),
+                skipped.len(),
+            ));
+        }
+        out.push(Phases {
+            load: ms(t1 - t0),
+            discover: ms(t2 - t1),
+            compile: ms(t3 - t2),
+            to_flip: ms(flip.saturating_duration_since(t3)),
+            after_flip: ms(t4.saturating_duration_since(flip)),
+            engine: ms(t5 - t4),
+            kernel_enforcing: ms(flip.saturating_duration_since(t0)),
+            all: ms(t5 - t0),
+        });
+    }
+    Ok(out)
+}
+
+/// The end-to-end figures of one case, in ms: (file replaced → enforcing, file replaced →
+/// "reloading", "reloading" → enforcing, SIGHUP → enforcing).
+#[derive(Default)]
+struct EndToEnd {
+    file_total: Vec<f64>,
+    settle: Vec<f64>,
+    build: Vec<f64>,
+    sighup: Vec<f64>,
+}
+
+/// A free loopback port for the daemon's proxy.
+fn free_port() -> Res<u16> {
+    let l = ctx(TcpListener::bind("127.0.0.1:0"), "finding a free port")?;
+    Ok(ctx(l.local_addr(), "finding a free port")?.port())
+}
+
+/// Start `governance run` on `dir` (with its proxy, as deployed), enforcing what the host
+/// kernel can.
+/// Its pin directory is removed when dropped.
+struct Started {
+    daemon: Daemon,
+    pins: PathBuf,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.daemon.stop();
+        let _ = std::fs::remove_dir(&self.pins);
+    }
+}
+
+fn start_daemon(o: &Opts, env: &Env, dir: &Path, tag: &str) -> Res<Started> {
+    let state = env.tmp.join(format!("state-{tag}"));
+    let pins = PathBuf::from(format!("{}-{tag}", env.pins.display()));
+    let mut args: Vec<OsString> = vec!["--policy".into(), dir.into()];
+    for (flag, name) in [
+        ("--socket", "governance.sock"),
+        ("--audit-dir", "audit"),
+        ("--ca-dir", "ca"),
+    ] {
+        args.push(flag.into());
+        args.push(state.join(name).into());
+    }
+    args.push("--proxy-listen".into());
+    args.push(format!("127.0.0.1:{}", free_port()?).into());
+    for flag in [
+        "--quiet",
+        "--detach-on-exit",
+        "--no-create-cgroups",
+        "--allow-degraded",
+    ] {
+        args.push(flag.into());
+    }
+    let daemon = Daemon::start(&o.governance, &pins, &args)?;
+    Ok(Started { daemon, pins })
+}
+
+fn end_to_end(o: &Opts, env: &Env, case: &Case, tag: &str) -> Res<EndToEnd> {
+    let dir = env.policy_dir(&format!("policy-{tag}"), case, "round 0")?;
+    let started = start_daemon(o, env, &dir, tag)?;
+    let daemon = &started.daemon;
+    let text = |r: usize| {
+        policy_file(
+            &env.cgroups,
+            case.agents,
+            case.rules,
+            &env.reals,
+            &format!("round {r}"),
+        )
+    };
+    // The daemon watches the directory from its loop, which starts after the first generation
+    // (and after its control API, which Daemon::start waits for): a SIGHUP answered means the
+    // loop, and so the watch, is running.
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    let from = daemon.line_count();
+    // Our own child, by its pid.
+    ctx(
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP),
+        "SIGHUP",
+    )?;
+    daemon.wait_line(from, "generation 2 is enforcing", Duration::from_secs(120))?;
+    let mut e = EndToEnd::default();
+    let mut g = 2;
+    let timeout = Duration::from_secs(60);
+    for r in 1..=o.e2e_rounds {
+        let next = text(r);
+        // The file replaced: through inotify and the daemon's settle window.
+        g += 1;
+        let from = daemon.line_count();
+        let t0 = Instant::now();
+        replace_file(&dir, POLICY_FILE, &next)?;
+        let (_, t1) = daemon.wait_line(from, "the policy directory changed; reloading", timeout)?;
+        let (_, t2) = daemon.wait_line(from, &format!("generation {g} is enforcing"), timeout)?;
+        e.file_total.push(ms(t2 - t0));
+        e.settle.push(ms(t1.saturating_duration_since(t0)));
+        e.build.push(ms(t2.saturating_duration_since(t1)));
+        // SIGHUP: the same reload, at once.
+        g += 1;
+        let from = daemon.line_count();
+        let t0 = Instant::now();
+        // Our own child, by its pid.
+        ctx(
+            nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP),
+            "SIGHUP",
+        )?;
+        let (_, t2) = daemon.wait_line(from, &format!("generation {g} is enforcing"), timeout)?;
+        e.sighup.push(ms(t2 - t0));
+        eprintln!(
+            "bench: {} e2e round {r}/{}: file → enforcing {:.1} ms (settle {:.1}, reload {:.1}); SIGHUP → enforcing {:.1} ms",
+            case.title,
+            o.e2e_rounds,
+            e.file_total[r - 1],
+            e.settle[r - 1],
+            e.build[r - 1],
+            e.sighup[r - 1]
+        );
+    }
+    drop(started);
+    Ok(e)
+}
+
+fn reload(o: &Opts, env: &Env) -> Res<()> {
+    let mut lines = vec![format!(
+        "target: a policy change enforcing in the kernel within {TARGET_MS} ms for 10,000 rules (atomic: one flip)"
+    )];
+    let cases: Vec<&Case> = CASES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| o.only.is_none_or(|only| only == *i))
+        .map(|(_, c)| c)
+        .collect();
+    let mut summary = Vec::new();
+    let mut results = Vec::new();
+    {
+        eprintln!("bench: loading and attaching the programs (in process)");
+        let mut enforcer = ctx(Enforcer::start(&env.pins, &env.root, true), "loading")?;
+        let watch = FlipWatch::start(&env.pins)?;
+        let mut generation = 0;
+        for (i, case) in cases.iter().enumerate() {
+            eprintln!("bench: in process, {}: {} rounds", case.title, o.rounds);
+            let dir = env.policy_dir(&format!("in-process-{i}"), case, "in process")?;
+            summary.push(format!("{}:", case.title));
+            let phases = in_process(
+                env,
+                &mut enforcer,
+                &watch,
+                &dir,
+                &mut generation,
+                o.rounds,
+                &mut summary,
+            )?;
+            results.push(phases);
+        }
+    }
+    let _ = kernel::unload(&env.pins);
+    lines.push(format!(
+        "in process (the daemon's build of a generation, phase by phase), ms, median [min-max] over {} rounds:",
+        o.rounds
+    ));
+    lines.push(
+        "| case | load+validate | find agents | compile | install→flip | after flip | names+HTTP engine | change→kernel enforcing | change→all enforcing |".into(),
+    );
+    lines.push("|---|---|---|---|---|---|---|---|---|".into());
+    for (case, p) in cases.iter().zip(&results) {
+        let col = |f: fn(&Phases) -> f64| cell(&p.iter().map(f).collect::<Vec<_>>());
+        let kernel = p.iter().map(|x| x.kernel_enforcing).collect::<Vec<_>>();
+        let verdict = if median(&kernel) <= TARGET_MS {
+            "met"
+        } else {
+            "MISSED"
+        };
+        lines.push(format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({verdict}) | {} |",
+            case.title,
+            col(|x| x.load),
+            col(|x| x.discover),
+            col(|x| x.compile),
+            col(|x| x.to_flip),
+            col(|x| x.after_flip),
+            col(|x| x.engine),
+            cell(&kernel),
+            col(|x| x.all),
+        ));
+    }
+    lines.extend(summary);
+    if o.e2e {
+        let mut e2e = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            eprintln!("bench: end to end, {}: {} rounds", case.title, o.e2e_rounds);
+            e2e.push(end_to_end(o, env, case, &format!("e2e-{i}"))?);
+        }
+        lines.push(format!(
+            "end to end (`governance run`, its stderr stamped as it arrives), ms, median [min-max] over {} rounds:",
+            o.e2e_rounds
+        ));
+        lines.push("| case | file replaced→enforcing | of which settle window + inotify | reloading→enforcing | SIGHUP→enforcing |".into());
+        lines.push("|---|---|---|---|---|".into());
+        for (case, e) in cases.iter().zip(&e2e) {
+            lines.push(format!(
+                "| {} | {} | {} | {} | {} |",
+                case.title,
+                cell(&e.file_total),
+                cell(&e.settle),
+                cell(&e.build),
+                cell(&e.sighup)
+            ));
+        }
+    }
+    println!();
+    governance_bench::print_report(RELOAD_REPORT, &o.label, &lines);
+    Ok(())
+}
+
+/// VmRSS, VmHWM and RssAnon (its heap and stacks) of `pid`, in MiB.
+fn memory(pid: u32) -> Res<(f64, f64, f64)> {
+    let status = ctx(
+        std::fs::read_to_string(format!("/proc/{pid}/status")),
+        "reading the daemon's status",
+    )?;
+    let field = |name: &str| -> Res<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .ok_or(format!("no {name} in /proc/{pid}/status"))?;
+        let kib: f64 = ctx(
+            line.split_whitespace().nth(1).unwrap_or_default().parse(),
+            name,
+        )?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
+}
+
+fn rss(o: &Opts, env: &Env) -> Res<()> {
+    let reloads = 10;
+    let cases = [
+        Case {
+            title: "1 agent x 10 rules (baseline)",
+            agents: 1,
+            rules: 10,
+        },
+        Case {
+            title: "1,000 agents x 10 rules",
+            agents: 1000,
+            rules: 10,
+        },
+    ];
+    // Per case: (rss, hwm, anon) after the first generation, and after the reloads.
+    type Mem = (f64, f64, f64);
+    let mut first: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
+    let mut last: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
+    for run in 1..=o.runs {
+        for (i, case) in cases.iter().enumerate() {
+            let tag = format!("rss-{i}-{run}");
+            let dir = env.policy_dir(&format!("policy-{tag}"), case, "rss")?;
+            let started = start_daemon(o, env, &dir, &tag)?;
+            let daemon = &started.daemon;
+            let a = memory(daemon.pid())?;
+            let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+            for g in 2..=reloads + 1 {
+                let from = daemon.line_count();
+                // Our own child, by its pid.
+                ctx(
+                    nix::sys::signal::kill(pid, nix::sys::signal::SIGHUP),
+                    "SIGHUP",
+                )?;
+                daemon.wait_line(
+                    from,
+                    &format!("generation {g} is enforcing"),
+                    Duration::from_secs(60),
+                )?;
+            }
+            let b = memory(daemon.pid())?;
+            eprintln!(
+                "bench: run {run}/{}, {}: first generation VmRSS {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}); after {reloads} reloads {:.1} MiB (VmHWM {:.1}, RssAnon {:.1})",
+                o.runs, case.title, a.0, a.1, a.2, b.0, b.1, b.2
+            );
+            first[i].push(a);
+            last[i].push(b);
+            drop(started);
+        }
+    }
+    let mut lines = vec![
+        format!(
+            "`governance run` with its HTTP proxy; MiB, median [min-max] over {} daemons; target: VmHWM <= {TARGET_RSS_MIB} MiB with 1,000 agents and 10,000 rules",
+            o.runs
+        ),
+        format!(
+            "| agents x rules | VmRSS, first generation | VmHWM, first generation | VmRSS after {reloads} reloads | VmHWM after {reloads} reloads | RssAnon after {reloads} reloads |"
+        ),
+        "|---|---|---|---|---|---|".into(),
+    ];
+    for (i, case) in cases.iter().enumerate() {
+        let col = |v: &[Mem], f: fn(&Mem) -> f64| cell(&v.iter().map(f).collect::<Vec<_>>());
+        lines.push(format!(
+            "| {} | {} | {} | {} | {} | {} |",
+            case.title,
+            col(&first[i], |x| x.0),
+            col(&first[i], |x| x.1),
+            col(&last[i], |x| x.0),
+            col(&last[i], |x| x.1),
+            col(&last[i], |x| x.2),
+        ));
+    }
+    let hwm = median(&last[1].iter().map(|x| x.1).collect::<Vec<_>>());
+    lines.push(format!(
+        "1,000 agents x 10 rules, VmHWM after {reloads} reloads {hwm:.1} MiB: target {}",
+        if hwm <= TARGET_RSS_MIB {
+            "met"
+        } else {
+            "MISSED"
+        }
+    ));
+    println!();
+    governance_bench::print_report(RSS_REPORT, &o.label, &lines);
+    Ok(())
+}
