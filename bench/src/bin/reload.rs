@@ -293,7 +293,10 @@ fn in_process(
         let t0 = Instant::now();
         let set = ctx(policy::load_dir(dir), "loading the policy")?;
         let t1 = Instant::now();
-        let found = ctx(agents::discover(&env.root, &set, false), "finding agents")?;
+        let found = ctx(
+            agents::discover(&env.root, &set, false, None),
+            "finding agents",
+        )?;
         let t2 = Instant::now();
         let compiled = kernel::compile(&set, &found, g, &protect);
         let t3 = Instant::now();
