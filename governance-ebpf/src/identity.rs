@@ -22,7 +22,7 @@ use governance_common::{
 };
 
 use crate::{
-    decide::{Decision, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, current_agent, emit, lsm_ret},
     kernel::{
         BPF_FS_MAGIC, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
         OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_DENTRY,
@@ -493,6 +493,51 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     Ok(lost(src, answer(1)?, kept))
 }
 
+/// The (device, inode) of `dentry` in one number, for the record; 0 when unreadable.
+#[inline(always)]
+fn object_of(dentry: u64) -> u64 {
+    identity(dentry).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino)
+}
+
+/// Refuse a `Kind::Link` operation `op` for `agent` and report it: by the rule `judged` names
+/// (a built-in one when it has no rule number), or failing closed with its cause. The record
+/// names `dentry` by its last component.
+#[inline(always)]
+fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: u64, object: u64, op: u8) -> i32 {
+    let d = match judged {
+        Ok(rule_id) => Decision {
+            kind: Kind::Link,
+            verdict: Verdict::Block,
+            cause: if rule_id == NO_RULE {
+                Cause::Builtin
+            } else {
+                Cause::Rule
+            },
+            rule_id,
+            denied: true,
+            shadow: RuleRef::default(),
+            object,
+            extra_flags: 0,
+        },
+        Err(cause) => Decision::fail_closed(Kind::Link, cause),
+    };
+    emit(agent, &d, |ev| {
+        ev.detail = op;
+        // SAFETY: see read_at; the copy is bounded by the destination buffer.
+        unsafe {
+            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+                Ok(name) => {
+                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
+                        ev.path[0] = 0;
+                    }
+                }
+                Err(_) => ev.path[0] = 0,
+            }
+        }
+    });
+    lsm_ret(&d)
+}
+
 /// A new name for `old` at `new` (a hard link, or a rename): refused for agents when it would
 /// take the object out of the identity rules that restrict its access.
 ///
@@ -516,40 +561,10 @@ fn new_name(old: u64, new: u64, op: u8) -> i32 {
     if letters == 0 {
         return 0;
     }
-    let d = match judge(class, old, new, letters) {
-        Ok(0) => return 0,
-        Ok(refusal) => Decision {
-            kind: Kind::Link,
-            verdict: Verdict::Block,
-            cause: if refusal as u32 == NO_RULE {
-                Cause::Builtin
-            } else {
-                Cause::Rule
-            },
-            rule_id: refusal as u32,
-            denied: true,
-            shadow: RuleRef::default(),
-            object: identity(old).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino),
-            extra_flags: 0,
-        },
-        Err(cause) => Decision::fail_closed(Kind::Link, cause),
-    };
-    emit(&agent, &d, |ev| {
-        ev.detail = op;
-        // The object's own name (the dentry's last component), for the record.
-        // SAFETY: see read_at; the copy is bounded by the destination buffer.
-        unsafe {
-            match read_at::<u64>(old, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
-                Ok(name) => {
-                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
-                        ev.path[0] = 0;
-                    }
-                }
-                Err(_) => ev.path[0] = 0,
-            }
-        }
-    });
-    lsm_ret(&d)
+    match judge(class, old, new, letters) {
+        Ok(0) => 0,
+        judged => refuse(&agent, judged.map(|r| r as u32), old, object_of(old), op),
+    }
 }
 
 /// Hard links: `link(old, new)` of an object protected by identity to a directory outside the
@@ -606,38 +621,7 @@ fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
         }
         Err(cause) => Err(cause),
     };
-    let d = match refusal {
-        Ok(rule_id) => Decision {
-            kind: Kind::Link,
-            verdict: Verdict::Block,
-            cause: if rule_id == NO_RULE {
-                Cause::Builtin
-            } else {
-                Cause::Rule
-            },
-            rule_id,
-            denied: true,
-            shadow: RuleRef::default(),
-            object: identity(dentry).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino),
-            extra_flags: 0,
-        },
-        Err(cause) => Decision::fail_closed(Kind::Link, cause),
-    };
-    emit(&agent, &d, |ev| {
-        ev.detail = op;
-        // SAFETY: see read_at; the copy is bounded by the destination buffer.
-        unsafe {
-            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
-                Ok(name) => {
-                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
-                        ev.path[0] = 0;
-                    }
-                }
-                Err(_) => ev.path[0] = 0,
-            }
-        }
-    });
-    lsm_ret(&d)
+    refuse(&agent, refusal, dentry, object_of(dentry), op)
 }
 
 /// Removing a name of an object the identity rules protect from writing.
@@ -710,43 +694,11 @@ fn new_entry(dentry: u64, op: u8) -> i32 {
             0
         })
     })();
-    let d = match judged {
-        Ok(0) => return 0,
-        Ok(refusal) => {
-            let rule_id = refusal as u32;
-            Decision {
-                kind: Kind::Link,
-                verdict: Verdict::Block,
-                cause: if rule_id == NO_RULE {
-                    Cause::Builtin
-                } else {
-                    Cause::Rule
-                },
-                rule_id,
-                denied: true,
-                shadow: RuleRef::default(),
-                object: 0,
-                extra_flags: 0,
-            }
-        }
-        Err(cause) => Decision::fail_closed(Kind::Link, cause),
-    };
-    emit(&agent, &d, |ev| {
-        ev.detail = op;
-        // The new entry's name, for the record.
-        // SAFETY: see read_at; the copy is bounded by the destination buffer.
-        unsafe {
-            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
-                Ok(name) => {
-                    if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
-                        ev.path[0] = 0;
-                    }
-                }
-                Err(_) => ev.path[0] = 0,
-            }
-        }
-    });
-    lsm_ret(&d)
+    match judged {
+        Ok(0) => 0,
+        // The new entry has no object yet.
+        judged => refuse(&agent, judged.map(|r| r as u32), dentry, 0, op),
+    }
 }
 
 #[lsm(hook = "inode_symlink")]

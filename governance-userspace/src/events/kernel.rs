@@ -84,6 +84,9 @@ const URING_PERSONALITY: u8 = 255;
 /// clone3's CLONE_INTO_CGROUP.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// The reason of a refusal by a built-in protected path (`builtin:protected-path`).
+const PROTECTED_PATH: &str = "a protected path: the cgroup tree outside the agent, the daemon's files (policy, pins, executable, audit log, keys), the kernel's settings, the node's system files";
+
 /// The rule name (after `builtin:`) and reason of a built-in decision.
 fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) {
     let denied = ev.flags & flags::DENIED != 0;
@@ -155,10 +158,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
             "written-code",
             "under an exec allowlist, files an agent wrote are not mapped executable",
         ),
-        Some(Kind::Link) => (
-            "protected-path",
-            "a protected path: the cgroup tree outside the agent, the daemon's files (policy, pins, executable, audit log, keys), the kernel's settings, the node's system files",
-        ),
+        Some(Kind::Link) => ("protected-path", PROTECTED_PATH),
         _ => (
             kind.map_or("?", Kind::as_str),
             "protected path (cgroup tree, policy directory, pins)",
@@ -254,10 +254,7 @@ impl Record {
                         "the sandbox profile: writes only below its writable directories, and its network setting".into(),
                     )
                 } else {
-                    (
-                        "builtin:protected-path".into(),
-                        "a protected path: the cgroup tree outside the agent, the daemon's files (policy, pins, executable, audit log, keys), the kernel's settings, the node's system files".into(),
-                    )
+                    ("builtin:protected-path".into(), PROTECTED_PATH.into())
                 }
             }
             (Some(Cause::Rule | Cause::Granted), Some(r)) => (r.id.clone(), r.reason.clone()),

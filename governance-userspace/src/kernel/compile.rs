@@ -518,6 +518,9 @@ pub fn compile(
         ));
     }
     let mut identities = Identities::new(protect);
+    // The same for every agent: resolved once (each spelling is a canonicalize).
+    let cgroup_root = spellings(&protect.cgroup_root);
+    let mut shared_by: BTreeMap<u32, Vec<(u8, Node, Ranked)>> = BTreeMap::new();
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
@@ -684,7 +687,10 @@ pub fn compile(
             shadow: false,
         };
         let relaxations = relaxations(set, agent);
-        let shared = shared_denied(protect, relaxations);
+        let shared = shared_by
+            .entry(relaxations)
+            .or_insert_with(|| shared_denied(protect, relaxations))
+            .clone();
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
             // The shared built-ins are in the class too, for the identity resolution and so
@@ -698,7 +704,7 @@ pub fn compile(
             if letter == access::READ {
                 continue;
             }
-            for dir in spellings(&protect.cgroup_root) {
+            for dir in cgroup_root.iter().cloned() {
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = [1, 0, u32::MAX - 1, 0];
                 list.push((
@@ -839,14 +845,17 @@ pub fn compile(
         .collect();
     for relaxed in combos {
         let mut rules = Rules::default();
-        for (letter, node, r) in shared_denied(protect, relaxed) {
+        let shared = shared_by
+            .entry(relaxed)
+            .or_insert_with(|| shared_denied(protect, relaxed));
+        for (letter, node, r) in shared.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }
         // The cgroup tree is the classes' own (each agent's subtree is writable): a hole in
         // the kernel settings' `/sys` here, so this class says nothing there.
         if relaxed & allow::KERNEL_SETTINGS == 0 {
             for letter in WRITE_LETTERS {
-                for dir in spellings(&protect.cgroup_root) {
+                for dir in cgroup_root.iter().cloned() {
                     rules.paths.entry(letter).or_default().push((
                         Node {
                             path: dir,
