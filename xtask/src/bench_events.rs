@@ -1,7 +1,7 @@
 //! `cargo xtask bench events`: decision events per second, from the kernel's ring buffer into
 //! the daemon, and through the daemon's whole pipeline (drained, enriched, audit log with an
 //! fsync per batch, metrics, one live subscriber), with what is lost beyond that and whether it
-//! is counted (bench/src/bin/events.rs). On the host the flood is denied connects (the host
+//! is counted (bench/src/bin/events/main.rs). On the host the flood is denied connects (the host
 //! refuses LSM programs); in the VM (BPF LSM, software emulation, about ten times slower) it is
 //! denied opens. Run by the host/VM runner of bench_kernel.rs.
 
