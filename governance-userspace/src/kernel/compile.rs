@@ -820,10 +820,10 @@ pub fn compile(
                 ));
                 for w in &profile.writable {
                     let mut ok = builtin(KVerdict::Allow);
-                    ok.specificity = [3, path_bytes(w).len() as u32 + 1, 0, 0];
+                    ok.specificity = [3, w.len() as u32 + 1, 0, 0];
                     list.push((
                         Node {
-                            path: path_bytes(w),
+                            path: w.as_bytes().to_vec(),
                             exact: false,
                         },
                         ok,

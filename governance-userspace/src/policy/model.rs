@@ -276,7 +276,7 @@ pub enum Posture {
     Block,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxProfile {
     /// What the profile is for.

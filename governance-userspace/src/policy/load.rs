@@ -1,0 +1,291 @@
+//! Reading a policy directory: the files, their YAML documents, and recovery that reports
+//! every problem of a document rather than the first.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The capabilities agents are refused, by name, comma-separated.
+pub(super) fn refusable_capabilities() -> String {
+    use governance_common::caps;
+    (0..64)
+        .filter(|c| caps::REFUSED & (1u64 << c) != 0)
+        .map(caps::name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Policy files of a directory, recursively, sorted; `*.tests.yaml` files are policy tests.
+pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyError> {
+    let mut policies = Vec::new();
+    let mut tests = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(d) = dirs.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|source| PolicyError::Dir {
+            dir: d.clone(),
+            source,
+        })?;
+        for entry in rd {
+            let path = entry
+                .map_err(|source| PolicyError::Dir {
+                    dir: d.clone(),
+                    source,
+                })?
+                .path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            if path.is_dir() {
+                if !name.starts_with('.') {
+                    dirs.push(path);
+                }
+            } else if name.ends_with(".tests.yaml") || name.ends_with(".tests.yml") {
+                tests.push(path);
+            } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+                policies.push(path);
+            }
+        }
+    }
+    policies.sort();
+    tests.sort();
+    Ok((policies, tests))
+}
+
+/// Load and validate every policy file below `dir`.
+pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
+    let (files, _) = policy_files(dir)?;
+    if files.is_empty() {
+        return Err(PolicyError::Empty(dir.to_owned()));
+    }
+    let mut sources = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => problems.push(Problem {
+                file,
+                at: None,
+                message: e.to_string(),
+            }),
+        }
+    }
+    match parse(&sources) {
+        Ok(set) if problems.is_empty() => Ok(set),
+        Ok(_) => Err(PolicyError::Invalid(problems)),
+        Err(PolicyError::Invalid(more)) => {
+            problems.extend(more);
+            Err(PolicyError::Invalid(problems))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Split a file into YAML documents at `---` lines; returns (first line number, text).
+pub(super) fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(0, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" {
+            docs.push((i + 1, String::new()));
+        } else if let Some((_, doc)) = docs.last_mut() {
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    docs.retain(|(_, d)| {
+        d.lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
+    docs
+}
+
+/// Parse and validate policy texts, given as (file name, contents).
+pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
+    let mut set = PolicySet::default();
+    let mut problems = Vec::new();
+    let mut names: BTreeMap<String, Location> = BTreeMap::new();
+    for (file, text) in sources {
+        for (offset, doc) in documents(text) {
+            let mut cx = Cx {
+                file,
+                offset,
+                problems: &mut problems,
+            };
+            let node = match marked_yaml::parse_yaml_with_options(
+                0,
+                &doc,
+                marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+            ) {
+                Ok(node) => node,
+                Err(e) => {
+                    // Broken YAML: nothing after the first error can be trusted.
+                    let (at, msg) = yaml_error(&e);
+                    cx.problem_at(at, msg);
+                    continue;
+                }
+            };
+            let Some(policy) = cx.document(node) else {
+                continue;
+            };
+            if let Some(first) = names.get(&policy.name) {
+                problems.push(Problem {
+                    file: file.clone(),
+                    at: Some((policy.at.line, policy.at.column)),
+                    message: format!("policy `{}` is already defined at {first}", policy.name),
+                });
+                continue;
+            }
+            names.insert(policy.name.clone(), policy.at.clone());
+            set.policies.push(policy);
+        }
+    }
+    if set.rule_count() > MAX_RULES {
+        problems.push(Problem {
+            file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
+            at: None,
+            message: format!(
+                "{} rules in the policy set; the limit is {MAX_RULES}",
+                set.rule_count()
+            ),
+        });
+    }
+    if problems.is_empty() {
+        Ok(set)
+    } else {
+        Err(PolicyError::Invalid(problems))
+    }
+}
+
+pub(crate) fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {
+    use marked_yaml::LoadError;
+    let at = match le {
+        LoadError::TopLevelMustBeMapping(m)
+        | LoadError::TopLevelMustBeSequence(m)
+        | LoadError::UnexpectedAnchor(m)
+        | LoadError::MappingKeyMustBeScalar(m)
+        | LoadError::UnexpectedTag(m)
+        | LoadError::ScanError(m, _) => Some(*m),
+        LoadError::DuplicateKey(inner) => inner.key.span().start().copied(),
+    };
+    (at, format!("YAML: {le}"))
+}
+
+/// Most problems one part of a document (the policy without its rules, or one rule) reports:
+/// each round of [`recover`] removes one entry, so this only bounds pathological input.
+pub(super) const MAX_PART_PROBLEMS: usize = 64;
+
+/// A problem serde found in one part of a document.
+pub(super) struct Found {
+    pub(super) at: Option<Marker>,
+    /// Where in the part (`http.method`), as serde names it.
+    pub(super) path: Option<String>,
+    pub(super) message: String,
+    /// An unknown field: leaving it out changes nothing else the part says.
+    pub(super) unknown_field: bool,
+}
+
+impl Found {
+    /// The message as the whole document would have it: `rules[2].verdict: unknown variant`.
+    pub(super) fn message(&self, prefix: &str) -> String {
+        match (prefix, &self.path) {
+            ("", Some(path)) => format!("{path}: {}", self.message),
+            ("", None) => self.message.clone(),
+            (prefix, Some(path)) => format!("{prefix}.{path}: {}", self.message),
+            (prefix, None) => format!("{prefix}: {}", self.message),
+        }
+    }
+}
+
+/// Deserialize one part of a document, finding every problem serde can report: after each,
+/// the entry at fault is left out and the part read again. A missing field after another
+/// problem is not reported (it is most likely that problem: a misspelt or a rejected field),
+/// and ends the part, as does a problem with the part as a whole. Some(value) only if what
+/// remained deserialized.
+pub(super) fn recover<T: serde::de::DeserializeOwned>(
+    mut node: marked_yaml::Node,
+) -> (Option<T>, Vec<Found>) {
+    use marked_yaml::Error;
+    let mut found: Vec<Found> = Vec::new();
+    while found.len() < MAX_PART_PROBLEMS {
+        let e = match marked_yaml::from_node::<T>(&node) {
+            Ok(value) => return (Some(value), found),
+            Err(e) => e,
+        };
+        let missing = matches!(&*e, Error::Other(m, _) if m.starts_with("missing field"));
+        if missing && !found.is_empty() {
+            break;
+        }
+        let path = e.path().map(str::to_owned);
+        let removed = !missing
+            && path
+                .as_deref()
+                .is_some_and(|p| remove_entry(&mut node, entry_of(p)));
+        found.push(Found {
+            at: e.start_mark(),
+            unknown_field: matches!(&*e, Error::UnknownFieldError(..)),
+            path,
+            message: e.into_inner().to_string(),
+        });
+        if !removed {
+            break;
+        }
+    }
+    (None, found)
+}
+
+/// The mapping entry a problem at `path` is in: a bad element of a list takes the whole list
+/// out (leaving one element out would renumber the others' problems).
+pub(super) fn entry_of(mut path: &str) -> &str {
+    while path.ends_with(']') {
+        match path.rfind('[') {
+            Some(i) => path = &path[..i],
+            None => break,
+        }
+    }
+    path
+}
+
+/// Remove the mapping entry at `path` (`http.method`, `access`, `a[1].b`); false if there is
+/// none.
+pub(super) fn remove_entry(node: &mut marked_yaml::Node, path: &str) -> bool {
+    use marked_yaml::Node;
+    if path.is_empty() {
+        return false;
+    }
+    match node {
+        Node::Mapping(map) => {
+            // The longest key the path starts with: keys may hold `.` or `[` themselves.
+            let Some(key) = map
+                .keys()
+                .map(|k| k.as_str())
+                .filter(|k| {
+                    path.strip_prefix(k)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+                })
+                .max_by_key(|k| k.len())
+                .map(str::to_owned)
+            else {
+                return false;
+            };
+            let rest = &path[key.len()..];
+            if rest.is_empty() {
+                return map.remove(key.as_str()).is_some();
+            }
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            map.get_mut(key.as_str())
+                .is_some_and(|n| remove_entry(n, rest))
+        }
+        Node::Sequence(seq) => {
+            let Some((index, rest)) = path.strip_prefix('[').and_then(|p| p.split_once(']')) else {
+                return false;
+            };
+            let rest = rest.strip_prefix('.').unwrap_or(rest);
+            index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| seq.get_mut(i))
+                .is_some_and(|n| remove_entry(n, rest))
+        }
+        Node::Scalar(_) => false,
+    }
+}

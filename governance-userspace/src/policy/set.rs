@@ -1,0 +1,360 @@
+//! The validated policy set: policies, their selectors, and rules with typed matchers.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Which agents a policy governs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Glob over cgroup paths relative to the cgroup2 mount.
+    pub cgroup: Option<String>,
+    /// Value of the `user.governance.agent` xattr.
+    pub label: Option<String>,
+    /// Kubernetes: the pod's labels, namespace, namespace labels, service account.
+    pub pod: Option<PodSelector>,
+}
+
+impl std::fmt::Display for Selector {
+    /// `cgroup=<glob> label=<value>`, as written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut words = Vec::new();
+        if let Some(c) = &self.cgroup {
+            words.push(format!("cgroup={c}"));
+        }
+        if let Some(l) = &self.label {
+            words.push(format!("label={l}"));
+        }
+        if let Some(p) = &self.pod {
+            words.extend(p.words());
+        }
+        f.write_str(&words.join(" "))
+    }
+}
+
+impl Selector {
+    /// Does an agent root with this cgroup path (relative), label and pod match? All given
+    /// selectors must match; a Kubernetes selector never matches an agent whose pod is not
+    /// known.
+    pub fn matches(&self, cgroup: &str, label: Option<&str>, pod: Option<&PodIdentity>) -> bool {
+        self.cgroup.as_deref().is_none_or(|g| glob::path(g, cgroup))
+            && self.label.as_deref().is_none_or(|l| label == Some(l))
+            && self.pod.as_ref().is_none_or(|p| p.matches(pod))
+    }
+
+    /// A cgroup selector that names one cgroup (no glob characters).
+    pub fn literal_cgroup(&self) -> Option<&str> {
+        self.cgroup.as_deref().filter(|c| !glob::is_glob(c))
+    }
+}
+
+/// A path rule: an exact path or everything below a directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(PathBuf),
+    Prefix(PathBuf),
+}
+
+impl PathMatch {
+    pub fn matches(&self, p: &Path) -> bool {
+        match self {
+            PathMatch::Exact(e) => p == e,
+            PathMatch::Prefix(d) => p.starts_with(d),
+        }
+    }
+}
+
+/// An IP network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// IPv4 networks and addresses are compared as IPv4-mapped IPv6, so a rule for
+    /// `10.0.0.0/8` also covers `::ffff:10.1.2.3`.
+    pub(super) fn bits(addr: IpAddr) -> u128 {
+        match addr {
+            IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
+    pub(super) fn prefix128(&self) -> u32 {
+        u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 }
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let len = self.prefix128();
+        let mask = if len == 0 {
+            0
+        } else {
+            u128::MAX << (128 - len)
+        };
+        Self::bits(self.addr) & mask == Self::bits(addr) & mask
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address or CIDR (a.b.c.d/n or x::y/n)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&p| p <= max)
+                .ok_or_else(|| format!("bad prefix length in `{s}` (0 to {max})"))?,
+            None => max,
+        };
+        let net = IpNet { addr, prefix };
+        let host_bits = if u32::from(prefix) == u32::from(max) {
+            0
+        } else {
+            Self::bits(addr) & (u128::MAX >> net.prefix128())
+        };
+        if host_bits != 0 {
+            return Err(format!("`{s}` has host bits set after /{prefix}"));
+        }
+        Ok(net)
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Host part of an HTTP rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lowercase host.
+    Exact(String),
+    /// `*.example.com`: stored as `.example.com`; any subdomain, not the apex.
+    Suffix(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpMatcher {
+    pub host: HostMatch,
+    /// Uppercase methods; empty means any.
+    pub methods: Vec<String>,
+    pub path: Option<String>,
+    /// (lowercase name, value glob)
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<Condition>,
+    /// (tool name glob, conditions on the arguments)
+    pub mcp: Option<(String, Vec<Condition>)>,
+}
+
+/// The Unix socket a `unix` rule is about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum UnixTarget {
+    /// A filesystem socket (the kernel decides on the socket file's identity).
+    Path(PathBuf),
+    /// An abstract socket's name, without the leading NUL.
+    Abstract(Vec<u8>),
+}
+
+impl UnixTarget {
+    /// `/run/x.sock`, or `@name` for an abstract name (as `ss` shows it).
+    pub fn display(&self) -> String {
+        match self {
+            UnixTarget::Path(p) => p.display().to_string(),
+            UnixTarget::Abstract(n) => format!("@{}", String::from_utf8_lossy(n)),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    Exec(PathMatch),
+    File {
+        path: PathMatch,
+        /// Accesses covered; empty means all.
+        access: Vec<Access>,
+    },
+    Network {
+        /// Empty means any destination.
+        nets: Vec<IpNet>,
+        /// Inclusive ranges; empty means any port.
+        ports: Vec<(u16, u16)>,
+        protocol: Protocol,
+        via_proxy: bool,
+    },
+    Http(HttpMatcher),
+    Unix(UnixTarget),
+}
+
+impl Matcher {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Matcher::Exec(_) => Kind::Exec,
+            Matcher::File { .. } => Kind::File,
+            Matcher::Network { .. } => Kind::Network,
+            Matcher::Http(_) => Kind::Http,
+            Matcher::Unix(_) => Kind::Unix,
+        }
+    }
+
+    /// Specificity, compared lexicographically; higher wins. See docs/policy.md, precedence.
+    pub(super) fn specificity(&self) -> [u32; 4] {
+        let path = |p: &PathMatch| match p {
+            PathMatch::Exact(e) => [2, e.as_os_str().len() as u32],
+            PathMatch::Prefix(d) => [1, d.as_os_str().len() as u32],
+        };
+        match self {
+            Matcher::Exec(p) => {
+                let [a, b] = path(p);
+                [a, b, 0, 0]
+            }
+            Matcher::File { path: p, access } => {
+                let [a, b] = path(p);
+                [a, b, u32::from(!access.is_empty()), 0]
+            }
+            Matcher::Network { nets, ports, .. } => {
+                let prefix = nets.iter().map(|n| n.prefix128()).min().unwrap_or(0);
+                let narrow = ports
+                    .iter()
+                    .map(|(a, b)| 65536 - (u32::from(*b) - u32::from(*a) + 1))
+                    .min()
+                    .unwrap_or(0);
+                [prefix, narrow, 0, 0]
+            }
+            Matcher::Http(h) => {
+                let host = match &h.host {
+                    HostMatch::Exact(_) => 2,
+                    HostMatch::Suffix(_) => 1,
+                    HostMatch::Any => 0,
+                };
+                let literal_path = h.path.as_deref().map_or(0, |p| {
+                    if glob::is_glob(p) {
+                        p.split(['*', '?']).next().unwrap_or("").len() as u32
+                    } else {
+                        u32::MAX / 2
+                    }
+                });
+                let conditions = u32::from(!h.methods.is_empty())
+                    + h.headers.len() as u32
+                    + h.body.len() as u32
+                    + h.mcp.as_ref().map_or(0, |(_, a)| 1 + a.len() as u32);
+                let suffix_len = match &h.host {
+                    HostMatch::Suffix(s) => s.len() as u32,
+                    _ => 0,
+                };
+                [host, suffix_len, literal_path, conditions]
+            }
+            // One socket each: all equally specific; the most severe verdict wins.
+            Matcher::Unix(t) => match t {
+                UnixTarget::Path(p) => [2, p.as_os_str().len() as u32, 0, 0],
+                UnixTarget::Abstract(n) => [2, n.len() as u32, 0, 0],
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Throttle {
+    pub rate: u32,
+    pub per: Duration,
+    pub key: ThrottleKey,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Escalate {
+    pub timeout: Duration,
+    pub on_timeout: Posture,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SandboxTarget {
+    Profile(String),
+    Upstream(String),
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    /// `<policy>/<rule id>`: what events quote.
+    pub id: String,
+    pub verdict: Verdict,
+    pub reason: String,
+    /// Effective mode (the rule's, else its policy's).
+    pub mode: Mode,
+    pub matcher: Matcher,
+    pub throttle: Option<Throttle>,
+    pub escalate: Option<Escalate>,
+    pub sandbox: Option<SandboxTarget>,
+    pub at: Location,
+    pub specificity: [u32; 4],
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub file: PathBuf,
+    /// Where its `name` is written.
+    pub at: Location,
+    pub mode: Mode,
+    pub selector: Selector,
+    /// Default posture per kind, where the policy sets one.
+    pub defaults: BTreeMap<Kind, Posture>,
+    /// The sandbox profiles as written; validation checked every `writable` prefix.
+    pub sandbox_profiles: BTreeMap<String, model::SandboxProfile>,
+    pub rules: Vec<Rule>,
+    /// `proxy.max_body`: the largest body the HTTP proxy buffers for this policy's agents.
+    pub max_body: Option<usize>,
+    /// `proxy.intercept_tls`: hosts whose TLS the proxy intercepts for this policy's agents.
+    pub intercept_tls: Vec<HostMatch>,
+    /// `proxy.idle_timeout`: how long a host's responses may go silent, per host.
+    pub idle_timeouts: Vec<(HostMatch, Duration)>,
+    /// `kernel.allow_raw_sockets`, as written.
+    pub allow_raw_sockets: Option<bool>,
+    /// `kernel.allow_user_namespaces`, as written.
+    pub allow_user_namespaces: Option<bool>,
+    /// `kernel.allow_runtime_sockets`, as written.
+    pub allow_runtime_sockets: Option<bool>,
+    /// `kernel.allow_capabilities`, as written: a mask of capability numbers (bit n:
+    /// capability n), each one that agents are refused by default.
+    pub allow_capabilities: Option<u64>,
+    /// `kernel.allow_mounts`, as written.
+    pub allow_mounts: Option<bool>,
+    /// `kernel.allow_loader_exec`, as written.
+    pub allow_loader_exec: Option<bool>,
+    /// `kernel.allow_kernel_settings`, as written.
+    pub allow_kernel_settings: Option<bool>,
+    /// `kernel.allow_system_files`, as written.
+    pub allow_system_files: Option<bool>,
+}
+
+/// Every policy of a directory.
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    pub policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    pub fn rule_count(&self) -> usize {
+        self.policies.iter().map(|p| p.rules.len()).sum()
+    }
+
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.policies.iter().flat_map(|p| p.rules.iter())
+    }
+
+    /// The policies that select agents by Kubernetes identity (they need `run --kubernetes`).
+    pub fn kubernetes_policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().filter(|p| p.selector.pod.is_some())
+    }
+}

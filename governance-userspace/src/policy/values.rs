@@ -1,0 +1,101 @@
+//! The small grammars of values: hosts, names, ports, sizes, durations.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Exactly one of the alternatives is given (rules and test cases name one kind of action).
+pub(crate) fn exactly_one(given: &[bool]) -> bool {
+    given.iter().filter(|g| **g).count() == 1
+}
+
+/// A host pattern (trimmed, lowercase): `*` (any host), `*.example` (any subdomain) or a name.
+pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
+    if h == "*" {
+        return Ok(HostMatch::Any);
+    }
+    let (bare, suffix) = match h.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (h, false),
+    };
+    if bare.is_empty()
+        || !bare
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
+    {
+        return Err(format!("host `{h}`: use `name.example` or `*.example`"));
+    }
+    Ok(if suffix {
+        HostMatch::Suffix(format!(".{bare}"))
+    } else {
+        HostMatch::Exact(bare.to_owned())
+    })
+}
+
+pub(super) fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// `443`, `8000-8999`.
+pub(super) fn parse_ports(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("bad port or range `{s}` (1-65535, `lo-hi`)");
+    let (a, b) = s.split_once('-').unwrap_or((s, s));
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Largest `proxy.max_body` a policy may set.
+pub const MAX_BODY_LIMIT: usize = 1 << 30;
+
+/// `4096`, `64KiB`, `1MiB`, `1GiB` (binary units; `K`, `KB` and `KiB` are the same, in any
+/// case).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let bad = || format!("bad size `{s}`: use a number of bytes or KiB, MiB, GiB (256KiB)");
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// `500ms`, `30s`, `10m`, `1h`, `1d`, more than zero: for timeouts, windows and rotation ages.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_span(s)?;
+    if d.is_zero() {
+        return Err(format!("duration `{}` must be more than zero", s.trim()));
+    }
+    Ok(d)
+}
+
+/// The one duration grammar (policies, the command line, the API's `since`): a number and a
+/// unit, `ms`, `s`, `m`, `h` or `d`; zero is allowed ([`parse_duration`] refuses it).
+pub fn parse_span(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| {
+        format!("bad duration `{s}`: use a number and a unit (500ms, 30s, 10m, 1h, 1d)")
+    })?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("bad duration unit in `{s}`: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
