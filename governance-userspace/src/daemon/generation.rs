@@ -208,11 +208,10 @@ pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
     Names {
         agents,
         refs,
+        // Index n - 1 is kernel rule number n (see `PolicySet::numbered`).
         rules: set
-            .policies
-            .iter()
-            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
-            .map(|(p, r)| RuleName {
+            .numbered()
+            .map(|(p, r, _)| RuleName {
                 id: r.id.clone(),
                 reason: r.reason.clone(),
                 escalate: r.escalate.as_ref().map(|e| (e.timeout, e.on_timeout)),

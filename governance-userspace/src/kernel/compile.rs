@@ -122,8 +122,6 @@ pub struct KernelPolicy {
     pub builtins: Vec<Class>,
     /// Throttle rules: (kernel rule id, rate and bucket id). See [`bucket_id`].
     pub throttles: Vec<(u32, Throttle)>,
-    /// Kernel rule number n (without the slot bit) is `rule_names[n - 1]`.
-    pub rule_names: Vec<String>,
     /// Policy the kernel programs cannot enforce, one line each.
     pub unenforceable: Vec<String>,
     /// Tables that do not fit (too many port alternatives at one prefix): refuse the generation.
@@ -473,16 +471,10 @@ pub fn compile(
 ) -> KernelPolicy {
     let mut out = KernelPolicy {
         generation,
-        rule_names: set.rules().map(|r| r.id.clone()).collect(),
         ..Default::default()
     };
     // Rule number n (1-based, in set order) for each rule, and the sandbox profiles in use.
-    let mut numbered: Vec<(&Policy, &Rule, u32)> = Vec::new();
-    for p in &set.policies {
-        for r in &p.rules {
-            numbered.push((p, r, numbered.len() as u32 + 1));
-        }
-    }
+    let numbered: Vec<(&Policy, &Rule, u32)> = set.numbered().collect();
     let mut unenforceable = BTreeSet::new();
     let mut next_class = 0u32;
     let mut new_class = || {

@@ -353,6 +353,16 @@ impl PolicySet {
         self.policies.iter().flat_map(|p| p.rules.iter())
     }
 
+    /// Every rule with its policy and its kernel rule number: 1, 2, ... in set order. The one
+    /// numbering that the compiled maps carry and that events are named by.
+    pub fn numbered(&self) -> impl Iterator<Item = (&Policy, &Rule, u32)> {
+        self.policies
+            .iter()
+            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+            .zip(1u32..)
+            .map(|((p, r), n)| (p, r, n))
+    }
+
     /// The policies that select agents by Kubernetes identity (they need `run --kubernetes`).
     pub fn kubernetes_policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().filter(|p| p.selector.pod.is_some())
