@@ -38,7 +38,7 @@ pub struct LocalPeer {
     pub cgroup: String,
     /// The cgroup ids of its cgroup and of every ancestor up to the cgroup2 root (its own
     /// first). Err: why it could not be told (the API then refuses it).
-    pub cgroups: Result<Vec<u64>, String>,
+    pub cgroups: Result<Vec<u64>, PeerError>,
 }
 
 impl Default for LocalPeer {
@@ -47,7 +47,7 @@ impl Default for LocalPeer {
             pid: None,
             uid: 0,
             cgroup: String::new(),
-            cgroups: Err("not identified".into()),
+            cgroups: Err(PeerError::NotIdentified),
         }
     }
 }
@@ -57,12 +57,37 @@ const SO_PEERPIDFD: libc::c_int = 77;
 /// Deepest cgroup nesting walked (the kernel programs look 32 levels down).
 const MAX_DEPTH: usize = 64;
 
-fn last_error(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
+/// Why a peer's cgroups could not be told.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("not identified")]
+    NotIdentified,
+    #[error("the kernel gave no peer pid")]
+    NoPid,
+    #[error("no cgroup2 filesystem is mounted")]
+    NoCgroup2,
+    #[error("{0}: a path with a NUL byte")]
+    NulInPath(String),
+    /// A system call failed: what was done, and the error number.
+    #[error("{what}: {}", std::io::Error::from_raw_os_error(*.errno))]
+    Os { what: String, errno: i32 },
+    #[error("/proc/{0}/cgroup has no cgroup v2 line")]
+    NoCgroupLine(i32),
+    #[error("more than {MAX_DEPTH} cgroup levels")]
+    TooDeep,
+    #[error("the caller (pid {0}) exited while it was identified")]
+    Exited(i32),
+}
+
+fn last_error(what: impl Into<String>) -> PeerError {
+    PeerError::Os {
+        what: what.into(),
+        errno: std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+    }
 }
 
 /// A pidfd of the peer of the connected Unix socket `fd`, whose pid the kernel said is `pid`.
-fn peer_pidfd(fd: RawFd, pid: i32) -> Result<OwnedFd, String> {
+fn peer_pidfd(fd: RawFd, pid: i32) -> Result<OwnedFd, PeerError> {
     let mut pidfd: libc::c_int = -1;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `pidfd`.
@@ -83,7 +108,7 @@ fn peer_pidfd(fd: RawFd, pid: i32) -> Result<OwnedFd, String> {
     // SAFETY: a plain system call.
     let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if r < 0 {
-        return Err(last_error(&format!("pidfd_open({pid})")));
+        return Err(last_error(format!("pidfd_open({pid})")));
     }
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
@@ -110,7 +135,7 @@ pub fn cgroup_v2_path(text: &str) -> Option<&str> {
 }
 
 /// (device, inode) of an open descriptor.
-fn id_of(fd: RawFd) -> Result<(u64, u64), String> {
+fn id_of(fd: RawFd) -> Result<(u64, u64), PeerError> {
     // SAFETY: fstat writes into the zeroed struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -120,7 +145,7 @@ fn id_of(fd: RawFd) -> Result<(u64, u64), String> {
     Ok((st.st_dev, st.st_ino))
 }
 
-fn open_dir(at: RawFd, path: &CString) -> Result<OwnedFd, String> {
+fn open_dir(at: RawFd, path: &CString) -> Result<OwnedFd, PeerError> {
     // SAFETY: a plain system call with a NUL-terminated path.
     let fd = unsafe {
         libc::openat(
@@ -130,7 +155,7 @@ fn open_dir(at: RawFd, path: &CString) -> Result<OwnedFd, String> {
         )
     };
     if fd < 0 {
-        return Err(last_error(&format!("opening {}", path.to_string_lossy())));
+        return Err(last_error(format!("opening {}", path.to_string_lossy())));
     }
     // SAFETY: just opened, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -139,16 +164,17 @@ fn open_dir(at: RawFd, path: &CString) -> Result<OwnedFd, String> {
 /// The cgroup ids (inode numbers) of `rel` below the cgroup2 mount `root` and of each of its
 /// ancestors, its own first. Walked up through `..` from the opened directory, so a rename
 /// of an ancestor meanwhile changes nothing.
-pub fn cgroup_chain(root: &Path, rel: &str) -> Result<Vec<u64>, String> {
+pub fn cgroup_chain(root: &Path, rel: &str) -> Result<Vec<u64>, PeerError> {
     use std::os::unix::ffi::OsStrExt as _;
-    let top = CString::new(root.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    let top = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| PeerError::NulInPath(root.display().to_string()))?;
     let top = open_dir(libc::AT_FDCWD, &top)?;
     let top_id = id_of(top.as_raw_fd())?;
     let rel = rel.trim_start_matches('/');
     let mut dir = if rel.is_empty() {
         top
     } else {
-        let rel = CString::new(rel).map_err(|e| e.to_string())?;
+        let rel = CString::new(rel).map_err(|_| PeerError::NulInPath(rel.to_owned()))?;
         open_dir(top.as_raw_fd(), &rel)?
     };
     let dotdot = CString::new("..").unwrap_or_default();
@@ -161,7 +187,7 @@ pub fn cgroup_chain(root: &Path, rel: &str) -> Result<Vec<u64>, String> {
         }
         dir = open_dir(dir.as_raw_fd(), &dotdot)?;
     }
-    Err(format!("more than {MAX_DEPTH} cgroup levels"))
+    Err(PeerError::TooDeep)
 }
 
 /// Identify the peer of the connected Unix socket `fd`, whose credentials the kernel gave as
@@ -173,22 +199,21 @@ pub fn identify(fd: RawFd, pid: Option<i32>, uid: u32, root: Option<&Path>) -> L
         ..Default::default()
     };
     peer.cgroups = (|| {
-        let pid = pid
-            .filter(|p| *p > 0)
-            .ok_or("the kernel gave no peer pid")?;
-        let root = root.ok_or("no cgroup2 filesystem is mounted")?;
+        let pid = pid.filter(|p| *p > 0).ok_or(PeerError::NoPid)?;
+        let root = root.ok_or(PeerError::NoCgroup2)?;
         let pidfd = peer_pidfd(fd, pid)?;
-        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-            .map_err(|e| format!("reading /proc/{pid}/cgroup: {e}"))?;
+        let text =
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| PeerError::Os {
+                what: format!("reading /proc/{pid}/cgroup"),
+                errno: e.raw_os_error().unwrap_or(0),
+            })?;
         let rel = cgroup_v2_path(&text)
-            .ok_or_else(|| format!("/proc/{pid}/cgroup has no cgroup v2 line"))?
+            .ok_or(PeerError::NoCgroupLine(pid))?
             .to_owned();
         let chain = cgroup_chain(root, &rel)?;
         // The pid still names the process the pidfd names: what was read was its own.
         if !alive(&pidfd) {
-            return Err(format!(
-                "the caller (pid {pid}) exited while it was identified"
-            ));
+            return Err(PeerError::Exited(pid));
         }
         peer.cgroup = rel;
         Ok(chain)

@@ -141,7 +141,10 @@ impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Caller {
             Err(e) => Caller(
                 "unknown via the control socket".into(),
                 Some(crate::peer::LocalPeer {
-                    cgroups: Err(format!("SO_PEERCRED: {e}")),
+                    cgroups: Err(crate::peer::PeerError::Os {
+                        what: "SO_PEERCRED".into(),
+                        errno: e.raw_os_error().unwrap_or(0),
+                    }),
                     ..Default::default()
                 }),
             ),
@@ -463,13 +466,26 @@ fn list(s: &Option<String>) -> Vec<String> {
         .collect()
 }
 
+/// An events query that cannot be answered as asked.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("since `{text}`: expected an RFC 3339 time or a duration like 10m ({source})")]
+    Since {
+        text: String,
+        source: crate::policy::ValueError,
+    },
+    #[error("type `{0}`: one of decision, approval, policy, lifecycle")]
+    Type(String),
+}
+
 /// `since` as a time: RFC 3339, or a duration back from now ([`crate::policy::parse_span`]).
-pub fn parse_since(s: &str) -> Result<SystemTime, String> {
+pub fn parse_since(s: &str) -> Result<SystemTime, QueryError> {
     if let Some(t) = parse_rfc3339(s) {
         return Ok(t);
     }
-    let back = crate::policy::parse_span(s).map_err(|e| {
-        format!("since `{s}`: expected an RFC 3339 time or a duration like 10m ({e})")
+    let back = crate::policy::parse_span(s).map_err(|source| QueryError::Since {
+        text: s.to_owned(),
+        source,
     })?;
     Ok(SystemTime::now()
         .checked_sub(back)
@@ -477,15 +493,14 @@ pub fn parse_since(s: &str) -> Result<SystemTime, String> {
 }
 
 impl EventsQuery {
-    pub fn filter(&self) -> Result<Filter, String> {
+    pub fn filter(&self) -> Result<Filter, QueryError> {
         let mut outcomes = list(&self.verdict);
         outcomes.extend(list(&self.outcome));
         let types = list(&self.ty)
             .into_iter()
             .map(|t| {
-                serde_json::from_value::<RecordType>(Value::String(t.clone())).map_err(|_| {
-                    format!("type `{t}`: one of decision, approval, policy, lifecycle")
-                })
+                serde_json::from_value::<RecordType>(Value::String(t.clone()))
+                    .map_err(|_| QueryError::Type(t.clone()))
             })
             .collect::<Result<_, _>>()?;
         Ok(Filter {
@@ -542,11 +557,11 @@ async fn events(
 ) -> Response {
     let filter = match q.filter() {
         Ok(f) => f,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let since = match q.since.as_deref().map(parse_since).transpose() {
         Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let ocsf = match q.format.as_deref() {
         None | Some("json") => false,

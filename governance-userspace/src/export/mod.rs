@@ -189,7 +189,7 @@ impl Exporter {
             ..Default::default()
         }
         .filter()
-        .map_err(bad)?;
+        .map_err(|e| bad(e.to_string()))?;
         let queue = o.queue.unwrap_or(DEFAULT_QUEUE);
         let batch = o.batch.unwrap_or(DEFAULT_BATCH);
         if queue == 0 || queue > crate::api::MAX_SUBSCRIBER_QUEUE || batch == 0 {

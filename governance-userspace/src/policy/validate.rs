@@ -31,8 +31,8 @@ impl Cx<'_> {
         });
     }
 
-    pub(super) fn problem(&mut self, span: &Span, message: impl Into<String>) {
-        self.problem_at(span.start().copied(), message.into());
+    pub(super) fn problem(&mut self, span: &Span, message: impl ToString) {
+        self.problem_at(span.start().copied(), message.to_string());
     }
 
     pub(super) fn found(&mut self, found: Vec<Found>, prefix: &str) {
@@ -172,7 +172,7 @@ impl Cx<'_> {
             .as_ref()
             .and_then(|p| p.max_body.as_ref())
             .and_then(|m| {
-                match parse_size(m).and_then(|n| {
+                match parse_size(m).map_err(|e| e.to_string()).and_then(|n| {
                     usize::try_from(n)
                         .ok()
                         .filter(|n| (1..=MAX_BODY_LIMIT).contains(n))
@@ -195,7 +195,7 @@ impl Cx<'_> {
                     "host `{host}` is an IP address; TLS is intercepted by server name"
                 ))
             } else {
-                host_match(&host)
+                host_match(&host).map_err(|e| e.to_string())
             };
             match checked {
                 Ok(m) => intercept_tls.push(m),

@@ -1,7 +1,23 @@
 //! The small grammars of values: hosts, names, ports, sizes, durations.
 
-#[allow(unused_imports)]
 use super::*;
+
+/// A value that does not follow its grammar. The message names the value and the grammar.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    #[error("host `{0}`: use `name.example` or `*.example`")]
+    Host(String),
+    #[error("bad port or range `{0}` (1-65535, `lo-hi`)")]
+    Ports(String),
+    #[error("bad size `{0}`: use a number of bytes or KiB, MiB, GiB (256KiB)")]
+    Size(String),
+    #[error("bad duration `{0}`: use a number and a unit (500ms, 30s, 10m, 1h, 1d)")]
+    Duration(String),
+    #[error("bad duration unit in `{0}`: use ms, s, m, h or d")]
+    DurationUnit(String),
+    #[error("duration `{0}` must be more than zero")]
+    ZeroDuration(String),
+}
 
 /// Exactly one of the alternatives is given (rules and test cases name one kind of action).
 pub(crate) fn exactly_one(given: &[bool]) -> bool {
@@ -9,7 +25,7 @@ pub(crate) fn exactly_one(given: &[bool]) -> bool {
 }
 
 /// A host pattern (trimmed, lowercase): `*` (any host), `*.example` (any subdomain) or a name.
-pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
+pub(super) fn host_match(h: &str) -> Result<HostMatch, ValueError> {
     if h == "*" {
         return Ok(HostMatch::Any);
     }
@@ -22,7 +38,7 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
     {
-        return Err(format!("host `{h}`: use `name.example` or `*.example`"));
+        return Err(ValueError::Host(h.to_owned()));
     }
     Ok(if suffix {
         HostMatch::Suffix(format!(".{bare}"))
@@ -39,8 +55,8 @@ pub(super) fn valid_name(s: &str) -> bool {
 }
 
 /// `443`, `8000-8999`.
-pub(super) fn parse_ports(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("bad port or range `{s}` (1-65535, `lo-hi`)");
+pub(super) fn parse_ports(s: &str) -> Result<(u16, u16), ValueError> {
+    let bad = || ValueError::Ports(s.to_owned());
     let (a, b) = s.split_once('-').unwrap_or((s, s));
     let a: u16 = a.trim().parse().map_err(|_| bad())?;
     let b: u16 = b.trim().parse().map_err(|_| bad())?;
@@ -55,11 +71,11 @@ pub const MAX_BODY_LIMIT: usize = 1 << 30;
 
 /// `4096`, `64KiB`, `1MiB`, `1GiB` (binary units; `K`, `KB` and `KiB` are the same, in any
 /// case).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let bad = || format!("bad size `{s}`: use a number of bytes or KiB, MiB, GiB (256KiB)");
+    let bad = || ValueError::Size(s.to_owned());
     let n: u64 = n.parse().map_err(|_| bad())?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -72,30 +88,28 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// `500ms`, `30s`, `10m`, `1h`, `1d`, more than zero: for timeouts, windows and rotation ages.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let d = parse_span(s)?;
     if d.is_zero() {
-        return Err(format!("duration `{}` must be more than zero", s.trim()));
+        return Err(ValueError::ZeroDuration(s.trim().to_owned()));
     }
     Ok(d)
 }
 
 /// The one duration grammar (policies, the command line, the API's `since`): a number and a
 /// unit, `ms`, `s`, `m`, `h` or `d`; zero is allowed ([`parse_duration`] refuses it).
-pub fn parse_span(s: &str) -> Result<Duration, String> {
+pub fn parse_span(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().map_err(|_| {
-        format!("bad duration `{s}`: use a number and a unit (500ms, 30s, 10m, 1h, 1d)")
-    })?;
+    let n: u64 = n.parse().map_err(|_| ValueError::Duration(s.to_owned()))?;
     let ms = match unit {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("bad duration unit in `{s}`: use ms, s, m, h or d")),
+        _ => return Err(ValueError::DurationUnit(s.to_owned())),
     };
     Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
