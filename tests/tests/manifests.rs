@@ -38,9 +38,9 @@ fn rendered() -> Vec<Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .map(|doc| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+            let v: serde_norway::Value = serde::Deserialize::deserialize(doc).unwrap();
             serde_json::to_value(v).unwrap()
         })
         .collect()

@@ -66,7 +66,7 @@ impl Tokens {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        let map: std::collections::BTreeMap<String, String> = serde_yaml::from_str(&text)
+        let map: std::collections::BTreeMap<String, String> = serde_norway::from_str(&text)
             .map_err(|e| bad(format!("expected `name: token` lines: {e}")))?;
         let mut out = Tokens::default();
         let mut seen = std::collections::HashSet::new();

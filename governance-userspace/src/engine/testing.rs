@@ -221,7 +221,7 @@ pub fn run(set: &PolicySet, files: &[PathBuf]) -> Report {
 
 fn run_file(set: &PolicySet, file: &Path, report: &mut Report) -> Result<(), String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let tests: TestFile = serde_yaml::from_str(&text).map_err(|e| match e.location() {
+    let tests: TestFile = serde_norway::from_str(&text).map_err(|e| match e.location() {
         Some(l) => format!("{}:{}:{}: {e}", file.display(), l.line(), l.column()),
         None => format!("{}: {e}", file.display()),
     })?;

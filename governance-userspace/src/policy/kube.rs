@@ -218,7 +218,7 @@ mod tests {
     use super::*;
 
     fn sel(yaml: &str) -> Result<LabelSelector, String> {
-        let doc: model::LabelSelector = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let doc: model::LabelSelector = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
         LabelSelector::from_doc(&doc)
     }
 

@@ -107,7 +107,7 @@ fn canonical_cases(set: &PolicySet) -> Vec<Canon> {
     files.sort();
     let mut out: Vec<Canon> = Vec::new();
     for f in files {
-        let doc: TestFile = serde_yaml::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let doc: TestFile = serde_norway::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
         for case in doc.cases {
             let Some(http) = case.http else { continue };
             let agent = case.agent.or(doc.agent.clone()).unwrap();
