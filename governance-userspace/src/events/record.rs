@@ -170,6 +170,10 @@ pub struct ProcessInfo {
     /// Thread id.
     #[serde(default)]
     pub tid: u32,
+    /// The process id as the process's own PID namespace numbers it (the pid inside its
+    /// container), when that is not the node's namespace; `pid` is always the node's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ns_pid: u32,
     #[serde(default)]
     pub ppid: u32,
     #[serde(default)]
