@@ -1715,3 +1715,79 @@ pub fn file_handle(path: &Path) -> Vec<u8> {
     buf.truncate(8 + len);
     buf
 }
+
+/// [`start_daemon`] for a daemon presenting another build id (`GOVERNANCE_TEST_BUILD_SALT`,
+/// tests only): two daemons of one binary started with different salts hand over as two builds
+/// do (the second refuses to adopt the first's pins).
+pub fn start_daemon_of_build(args: &[&str], policy_dir: &Path, salt: &str) -> (Daemon, String) {
+    start_daemon_env(
+        args,
+        policy_dir,
+        &[("GOVERNANCE_TEST_BUILD_SALT", Path::new(salt))],
+    )
+}
+
+/// Attempts made in a cgroup by a thread, one after the other in turn, until [`Self::stop`]:
+/// how many of each were made, and how many were not refused (anything but EPERM).
+pub struct AttemptLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tried: std::sync::Arc<Vec<AtomicU32>>,
+    thread: std::thread::JoinHandle<Vec<u32>>,
+}
+
+impl AttemptLoop {
+    pub fn start(cgroup: &Path, comm: &str, attempts: Vec<Attempt>) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let stop = Arc::new(AtomicBool::new(false));
+        let tried = Arc::new(
+            attempts
+                .iter()
+                .map(|_| AtomicU32::new(0))
+                .collect::<Vec<_>>(),
+        );
+        let (s, t, cgroup, comm) = (
+            stop.clone(),
+            tried.clone(),
+            cgroup.to_path_buf(),
+            comm.to_owned(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut allowed = vec![0u32; attempts.len()];
+            while !s.load(Ordering::Relaxed) {
+                for (i, attempt) in attempts.iter().enumerate() {
+                    if run_in(Some(&cgroup), &comm, attempt).1 != Outcome::Errno(libc::EPERM) {
+                        allowed[i] += 1;
+                    }
+                    t[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            allowed
+        });
+        Self {
+            stop,
+            tried,
+            thread,
+        }
+    }
+
+    /// Attempts made so far, all kinds together.
+    pub fn tried(&self) -> u32 {
+        self.tried.iter().map(|t| t.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Wait (up to `within`) until `more` attempts beyond `from` have been made.
+    pub fn wait_for(&self, what: &str, from: u32, more: u32, within: Duration) {
+        wait_until(what, within, || self.tried() >= from + more);
+    }
+
+    /// Stop, and return (attempts made, attempts not refused) for each attempt.
+    pub fn stop(self) -> Vec<(u32, u32)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let allowed = self.thread.join().expect("the attempt loop panicked");
+        self.tried
+            .iter()
+            .zip(allowed)
+            .map(|(t, a)| (t.load(Ordering::Relaxed), a))
+            .collect()
+    }
+}

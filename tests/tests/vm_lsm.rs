@@ -16,8 +16,9 @@ use std::{
 
 use governance_common::{Cause, Event, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Container, Loaded, Outcome, TestCgroup, cstr, governance_bin, load, pin_dir,
-    require_root, run_in, run_in_namespaces, start_daemon, start_daemon_in, text,
+    Attempt, AttemptLoop, Container, Loaded, Outcome, TestCgroup, cstr, governance_bin, load,
+    pin_dir, require_root, run_in, run_in_namespaces, start_daemon, start_daemon_in,
+    start_daemon_of_build, stop_daemon, text,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -4291,4 +4292,124 @@ fn agents_in_their_own_namespaces() {
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
     let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
     assert_eq!(ev.ns_pid, 0, "no ns_pid in the node's namespace");
+}
+
+/// A rolling upgrade with the LSM hooks (issue 14): an older build enforcing, a newer build
+/// starting over its pins (another build id: `GOVERNANCE_TEST_BUILD_SALT`, as
+/// `host_kernel::a_new_build_takes_over_with_no_gap` does for the cgroup hooks), while an agent
+/// process tries a blocked exec and a blocked file open in turn, throughout the handover. None
+/// is ever allowed; attempts are made while the old daemon is stopped and the new one loads,
+/// attaches beside the old programs and removes them. Controls outside the agent before and
+/// after.
+#[test]
+fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
+    require_root();
+    let fx = Fixture::new("upgrade");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("upgrade");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = ["--no-create-cgroups", "--quiet", "--pins", &pins_arg];
+    let exec = Attempt::exec(&fx.p("blocked/true"), "true");
+    let open = Attempt::open(&fx.p("secrets/key"), libc::O_RDONLY);
+    let controls = |when: &str| {
+        for attempt in [&exec, &open] {
+            let (_, outcome) = run_in(Some(&fx.outsider.path), "control", attempt);
+            assert_eq!(outcome, Outcome::Exited(0), "control {when}");
+        }
+    };
+    let case = "14.8 denied exec and open across a rolling upgrade (LSM)";
+    let (old, _) = start_daemon_of_build(&args, &dir, "old build");
+    controls("before");
+    println!("redteam: tried {case}");
+    let looper = AttemptLoop::start(
+        &fx.agent.path,
+        "upgrade",
+        vec![
+            Attempt::exec(&fx.p("blocked/true"), "true"),
+            Attempt::open(&fx.p("secrets/key"), libc::O_RDONLY),
+        ],
+    );
+    looper.wait_for(
+        "attempts under the old build",
+        0,
+        10,
+        Duration::from_secs(30),
+    );
+    // The old daemon stops (its programs stay pinned, enforcing), the new one hands over.
+    stop_daemon(old);
+    let at_stop = looper.tried();
+    let (new, seen) = start_daemon_of_build(&args, &dir, "new build");
+    assert!(
+        seen.contains("another build's") && seen.contains("handed over"),
+        "the new build handed over:\n{seen}"
+    );
+    let at_handover = looper.tried();
+    looper.wait_for(
+        "attempts under the new build alone",
+        at_handover,
+        10,
+        Duration::from_secs(30),
+    );
+    let counts = looper.stop();
+    println!(
+        "upgrade: {} exec and {} open attempts in all, {} during the handover, allowed: {} exec, {} open",
+        counts[0].0,
+        counts[1].0,
+        at_handover - at_stop,
+        counts[0].1,
+        counts[1].1
+    );
+    assert!(
+        at_handover > at_stop,
+        "attempts were made during the handover"
+    );
+    assert!(counts.iter().all(|&(tried, _)| tried > 0), "{counts:?}");
+    assert_eq!(
+        (counts[0].1, counts[1].1),
+        (0, 0),
+        "no exec and no open got through during the handover"
+    );
+    println!("redteam: denied {case}");
+    controls("after");
+    println!("redteam: control {case}");
+    // The new build reports a container's process end to end: its audit record of a denial
+    // by the container's first process carries the node's pid and the pid inside (1).
+    let c = Container::new(&fx.p("allowed"), &fx.p("tmp"), &[]);
+    let (pid, outcome) = run_in_namespaces(Some(&fx.agent.path), "agent", &exec, Some(&c));
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "the exec in a container"
+    );
+    let process = governance_tests::wait_for_value(
+        "the container's denial in the audit log",
+        Duration::from_secs(60),
+        || {
+            let files = std::fs::read_dir(new.audit()).ok()?;
+            files.flatten().find_map(|f| {
+                let text = std::fs::read_to_string(f.path()).ok()?;
+                text.lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    let p = &v["record"]["process"];
+                    (p["pid"] == pid && v["record"]["kind"] == "exec").then(|| p.clone())
+                })
+            })
+        },
+    );
+    assert_eq!(
+        process["ns_pid"], 1,
+        "the pid inside the container: {process}"
+    );
+    stop_daemon(new);
+    let out = std::process::Command::new(governance_bin())
+        .args(["unload", "--pins", &pins_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
