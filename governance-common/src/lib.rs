@@ -377,9 +377,19 @@ pub mod offsets {
     pub const SB_ROOT: &str = "OFF_SB_ROOT";
     pub const KEY_TYPE: &str = "OFF_KEY_TYPE";
     pub const KEY_TYPE_NAME: &str = "OFF_KEY_TYPE_NAME";
+    pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+    pub const TASK_THREAD_PID: &str = "OFF_TASK_THREAD_PID";
+    pub const PID_LEVEL: &str = "OFF_PID_LEVEL";
+    pub const PID_NUMBERS: &str = "OFF_PID_NUMBERS";
+    pub const UPID_NR: &str = "OFF_UPID_NR";
+    /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
+    pub const UPID_SIZE: &str = "SIZE_UPID";
+
+    /// Every struct size: (global name, struct).
+    pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
     /// Every offset: (global name, struct, field).
-    pub const ALL: [(&str, &str, &str); 43] = [
+    pub const ALL: [(&str, &str, &str); 48] = [
         (BPRM_FILE, "linux_binprm", "file"),
         (BPRM_FILENAME, "linux_binprm", "filename"),
         (FILE_INODE, "file", "f_inode"),
@@ -423,6 +433,11 @@ pub mod offsets {
         (SB_ROOT, "super_block", "s_root"),
         (KEY_TYPE, "key", "type"),
         (KEY_TYPE_NAME, "key_type", "name"),
+        (TASK_GROUP_LEADER, "task_struct", "group_leader"),
+        (TASK_THREAD_PID, "task_struct", "thread_pid"),
+        (PID_LEVEL, "pid", "level"),
+        (PID_NUMBERS, "pid", "numbers"),
+        (UPID_NR, "upid", "nr"),
     ];
 }
 
@@ -1301,6 +1316,11 @@ pub struct Event {
     pub shadow_rule_id: u32,
     /// Policy generation that decided.
     pub generation: u32,
+    /// Process id (tgid) as the process's own PID namespace numbers it (a container's view),
+    /// when that namespace is not the initial one; 0 in the node's namespace.
+    pub ns_pid: u32,
+    /// Zero (keeps the record a multiple of 8 bytes without implicit padding).
+    pub _reserved: u32,
     /// [`Kind`] as u8.
     pub kind: u8,
     /// [`Verdict`] as u8: the verdict of the deciding rule or default.
@@ -1442,7 +1462,7 @@ const _: () = assert!(core::mem::size_of::<UnixKey>() == 16);
 const _: () = assert!(core::mem::size_of::<UnixId>() == 16);
 const _: () = assert!(core::mem::size_of::<ApiAddr>() == 24);
 const _: () =
-    assert!(core::mem::size_of::<Event>() == 32 + 32 + 8 + 16 + COMM_LEN + EVENT_PATH_LEN);
+    assert!(core::mem::size_of::<Event>() == 32 + 40 + 8 + 16 + COMM_LEN + EVENT_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<Event>().is_multiple_of(8));
 
 /// Length of a NUL-terminated byte string held in a fixed buffer.

@@ -17,8 +17,10 @@ use governance_common::{
 use crate::{
     kernel::{
         BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
-        OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL, OFF_CSS_SET_DFL_CGRP,
-        OFF_KERNFS_NODE_ID, OFF_TASK_CGROUPS, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, off, read_at,
+        MAX_PID_NS_LEVEL, OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL,
+        OFF_CSS_SET_DFL_CGRP, OFF_KERNFS_NODE_ID, OFF_PID_LEVEL, OFF_PID_NUMBERS, OFF_TASK_CGROUPS,
+        OFF_TASK_GROUP_LEADER, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, OFF_TASK_THREAD_PID,
+        OFF_UPID_NR, SIZE_UPID, off, read_at,
     },
     maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE, THROTTLES},
 };
@@ -395,6 +397,8 @@ pub(crate) fn emit(agent: &Agent, d: &Decision, fill: impl FnOnce(&mut Event)) {
     ev.pid = pid_tgid as u32;
     ev.tgid = (pid_tgid >> 32) as u32;
     ev.ppid = parent_tgid();
+    ev.ns_pid = ns_tgid();
+    ev._reserved = 0;
     ev.uid = bpf_get_current_uid_gid() as u32;
     ev.class = agent.value.class;
     ev.rule_id = d.rule_id;
@@ -442,6 +446,31 @@ fn parent_tgid() -> u32 {
             Ok(parent) => read_at::<u32>(parent, off(&OFF_TASK_TGID)).unwrap_or(0),
             Err(_) => 0,
         }
+    }
+}
+
+/// The current process's id (tgid) in its own PID namespace, or 0 when that is the initial
+/// namespace (or unreadable): `task->group_leader->thread_pid->numbers[level].nr`, what
+/// `task_tgid_vnr()` gives the process itself. `level` is bounded by the kernel's nesting
+/// limit before it scales the index (the read itself is a probe_read, so the bound is for
+/// sanity, not for the verifier).
+#[inline(always)]
+fn ns_tgid() -> u32 {
+    // SAFETY: helper call without pointer arguments; reads go through probe_read.
+    unsafe {
+        let task = bpf_get_current_task();
+        let Ok(leader) = read_at::<u64>(task, off(&OFF_TASK_GROUP_LEADER)) else {
+            return 0;
+        };
+        let Ok(pid) = read_at::<u64>(leader, off(&OFF_TASK_THREAD_PID)) else {
+            return 0;
+        };
+        let level = read_at::<u32>(pid, off(&OFF_PID_LEVEL)).unwrap_or(0);
+        if level == 0 || level > MAX_PID_NS_LEVEL {
+            return 0;
+        }
+        let upid = off(&OFF_PID_NUMBERS) + u64::from(level) * off(&SIZE_UPID);
+        read_at::<u32>(pid, upid + off(&OFF_UPID_NR)).unwrap_or(0)
     }
 }
 

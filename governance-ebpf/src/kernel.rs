@@ -53,7 +53,13 @@ offsets!(
     OFF_QSTR_NAME,
     OFF_SB_ROOT,
     OFF_KEY_TYPE,
-    OFF_KEY_TYPE_NAME
+    OFF_KEY_TYPE_NAME,
+    OFF_TASK_GROUP_LEADER,
+    OFF_TASK_THREAD_PID,
+    OFF_PID_LEVEL,
+    OFF_PID_NUMBERS,
+    OFF_UPID_NR,
+    SIZE_UPID
 );
 
 #[inline(always)]
@@ -70,6 +76,8 @@ pub(crate) unsafe fn read_at<T>(base: u64, off: u64) -> Result<T, i32> {
 }
 
 pub(crate) const EPERM: i32 = 1;
+/// `MAX_PID_NS_LEVEL`: how deep PID namespaces nest.
+pub(crate) const MAX_PID_NS_LEVEL: u32 = 32;
 pub(crate) const FMODE_READ: u32 = 0x1;
 pub(crate) const FMODE_WRITE: u32 = 0x2;
 pub(crate) const FMODE_EXEC: u32 = 0x20;

@@ -88,7 +88,8 @@
 //! `time` (epoch ms, from our RFC 3339 `time`; the original string is
 //! `metadata.original_time`), `metadata` (product governance, version 1.3.0, `uid` = record id,
 //! `log_name` = record type, `log_provider` = source), `actor.process` (pid, tid, comm as
-//! name, exe as file, argv as cmd_line, parent pid, uid as user, and `container` — the runtime's
+//! name, exe as file, argv as cmd_line, parent pid, uid as user, the pid in the process's own
+//! PID namespace as `xattributes.ns_pid`, and `container` — the runtime's
 //! container id as uid, orchestrator Kubernetes for pods), `device.hostname` (the node)
 //! and, on decision classes, `authorizations[0]` (decision = verdict, policy uid = the rule,
 //! desc = reason). Our fields with no OCSF home are under `unmapped`: `type`, `kind`, `agent`,
@@ -338,6 +339,8 @@ fn process(p: &ProcessInfo) -> Value {
         "cmd_line": p.argv.join(" "),
         "parent_process": nonzero(p.ppid).map(|pid| json!({ "pid": pid })),
         "user": { "uid": p.uid.to_string() },
+        // The pid inside its container (its own PID namespace): OCSF has no field for it.
+        "xattributes": nonzero(p.ns_pid).map(|n| json!({ "ns_pid": n })),
     })
 }
 

@@ -429,6 +429,104 @@ pub enum Outcome {
 /// Fork a child with comm `comm`, move it into `cgroup` (if any), make the attempt, and wait.
 /// Returns the child's pid and how it ended.
 pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Outcome) {
+    run_in_namespaces(cgroup, comm, attempt, None)
+}
+
+/// The namespaces a container runtime makes for a container, for [`run_in_namespaces`]: new
+/// mount, PID and network namespaces, `source` bind-mounted on `target` in the new mount
+/// namespace (the container's view of a node directory), loopback up and TCP listeners on
+/// `listen` in the new network namespace.
+pub struct Container {
+    source: CString,
+    target: CString,
+    listen: Vec<(libc::sockaddr_in6, u32, i32)>,
+}
+
+impl Container {
+    pub fn new(source: &Path, target: &Path, listen: &[std::net::SocketAddr]) -> Self {
+        Self {
+            source: cstr(source),
+            target: cstr(target),
+            listen: listen.iter().map(sockaddr).collect(),
+        }
+    }
+}
+
+/// In a forked child: make `c`'s namespaces (as root, before joining any agent, as a runtime
+/// does), then fork the container's first process, which returns from here (pid 1 of the new
+/// PID namespace). The intermediate process writes that process's pid (as the node numbers it)
+/// to `pid_out`, waits for it and ends as it ended. Raw syscalls only (after fork).
+unsafe fn enter_container(c: &Container, pid_out: i32) {
+    unsafe {
+        let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWNET;
+        let mut ok = libc::unshare(flags) == 0
+            && libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) == 0
+            && libc::mount(
+                c.source.as_ptr(),
+                c.target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) == 0;
+        // Loopback up: struct ifreq { char name[16]; short flags; ... }.
+        let mut ifr = [0u8; 40];
+        ifr[..3].copy_from_slice(b"lo\0");
+        let up = (libc::IFF_UP | libc::IFF_RUNNING) as i16;
+        ifr[16..18].copy_from_slice(&up.to_ne_bytes());
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        ok = ok && s >= 0 && libc::ioctl(s, libc::SIOCSIFFLAGS, ifr.as_ptr()) == 0;
+        for (sa, len, family) in &c.listen {
+            let l = libc::socket(*family, libc::SOCK_STREAM, 0);
+            ok = ok
+                && l >= 0
+                && libc::bind(l, (sa as *const libc::sockaddr_in6).cast(), *len) == 0
+                && libc::listen(l, 64) == 0;
+        }
+        if !ok {
+            libc::_exit(96);
+        }
+        let pid = libc::fork();
+        if pid < 0 {
+            libc::_exit(96);
+        }
+        if pid == 0 {
+            libc::close(pid_out);
+            return;
+        }
+        libc::write(pid_out, (&pid as *const i32).cast(), 4);
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid {
+            libc::_exit(96);
+        }
+        if libc::WIFSIGNALED(status) {
+            let sig = libc::WTERMSIG(status);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::kill(libc::getpid(), sig);
+        }
+        libc::_exit(libc::WEXITSTATUS(status))
+    }
+}
+
+/// [`run_in`], in a container's namespaces when `container` is given: the attempt is made by
+/// the container's first process (pid 1 inside), and the pid returned is that process's pid as
+/// the node numbers it.
+pub fn run_in_namespaces(
+    cgroup: Option<&Path>,
+    comm: &str,
+    attempt: &Attempt,
+    container: Option<&Container>,
+) -> (u32, Outcome) {
+    let mut pid_pipe = [-1i32; 2];
+    if container.is_some() {
+        // SAFETY: a pipe into a local array.
+        assert_eq!(unsafe { libc::pipe(pid_pipe.as_mut_ptr()) }, 0, "pipe");
+    }
     let procs = cgroup.map(|c| cstr(&c.join("cgroup.procs")));
     let comm = CString::new(comm).unwrap();
     let argv_ptrs = |argv: &[CString]| {
@@ -466,6 +564,10 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
         unsafe {
+            if let Some(c) = container {
+                libc::close(pid_pipe[0]);
+                enter_container(c, pid_pipe[1]);
+            }
             let fail = |_: ()| -> ! { libc::_exit(ERRNO_BASE + *libc::__errno_location()) };
             let check = |r: libc::c_long| {
                 if r < 0 {
@@ -1022,6 +1124,18 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
             libc::_exit(0)
         }
     }
+    let mut reported = pid;
+    if container.is_some() {
+        // SAFETY: reading the container process's pid from our pipe, then closing our ends.
+        unsafe {
+            libc::close(pid_pipe[1]);
+            let mut inner = 0i32;
+            if libc::read(pid_pipe[0], (&mut inner as *mut i32).cast(), 4) == 4 {
+                reported = inner;
+            }
+            libc::close(pid_pipe[0]);
+        }
+    }
     let mut status = 0;
     // SAFETY: waiting for our own child.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -1040,7 +1154,11 @@ pub fn run_in(cgroup: Option<&Path>, comm: &str, attempt: &Attempt) -> (u32, Out
             Outcome::Exited(code)
         }
     };
-    (pid as u32, outcome)
+    assert!(
+        container.is_none() || reported != pid,
+        "the container's first process was not started"
+    );
+    (reported as u32, outcome)
 }
 
 /// The programs, attached with a policy under a pin directory of their own (removed on drop),
@@ -1596,4 +1714,80 @@ pub fn file_handle(path: &Path) -> Vec<u8> {
     let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
     buf.truncate(8 + len);
     buf
+}
+
+/// [`start_daemon`] for a daemon presenting another build id (`GOVERNANCE_TEST_BUILD_SALT`,
+/// tests only): two daemons of one binary started with different salts hand over as two builds
+/// do (the second refuses to adopt the first's pins).
+pub fn start_daemon_of_build(args: &[&str], policy_dir: &Path, salt: &str) -> (Daemon, String) {
+    start_daemon_env(
+        args,
+        policy_dir,
+        &[("GOVERNANCE_TEST_BUILD_SALT", Path::new(salt))],
+    )
+}
+
+/// Attempts made in a cgroup by a thread, one after the other in turn, until [`Self::stop`]:
+/// how many of each were made, and how many were not refused (anything but EPERM).
+pub struct AttemptLoop {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tried: std::sync::Arc<Vec<AtomicU32>>,
+    thread: std::thread::JoinHandle<Vec<u32>>,
+}
+
+impl AttemptLoop {
+    pub fn start(cgroup: &Path, comm: &str, attempts: Vec<Attempt>) -> Self {
+        use std::sync::{Arc, atomic::AtomicBool};
+        let stop = Arc::new(AtomicBool::new(false));
+        let tried = Arc::new(
+            attempts
+                .iter()
+                .map(|_| AtomicU32::new(0))
+                .collect::<Vec<_>>(),
+        );
+        let (s, t, cgroup, comm) = (
+            stop.clone(),
+            tried.clone(),
+            cgroup.to_path_buf(),
+            comm.to_owned(),
+        );
+        let thread = std::thread::spawn(move || {
+            let mut allowed = vec![0u32; attempts.len()];
+            while !s.load(Ordering::Relaxed) {
+                for (i, attempt) in attempts.iter().enumerate() {
+                    if run_in(Some(&cgroup), &comm, attempt).1 != Outcome::Errno(libc::EPERM) {
+                        allowed[i] += 1;
+                    }
+                    t[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            allowed
+        });
+        Self {
+            stop,
+            tried,
+            thread,
+        }
+    }
+
+    /// Attempts made so far, all kinds together.
+    pub fn tried(&self) -> u32 {
+        self.tried.iter().map(|t| t.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Wait (up to `within`) until `more` attempts beyond `from` have been made.
+    pub fn wait_for(&self, what: &str, from: u32, more: u32, within: Duration) {
+        wait_until(what, within, || self.tried() >= from + more);
+    }
+
+    /// Stop, and return (attempts made, attempts not refused) for each attempt.
+    pub fn stop(self) -> Vec<(u32, u32)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let allowed = self.thread.join().expect("the attempt loop panicked");
+        self.tried
+            .iter()
+            .zip(allowed)
+            .map(|(t, a)| (t.load(Ordering::Relaxed), a))
+            .collect()
+    }
 }

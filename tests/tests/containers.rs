@@ -312,6 +312,34 @@ fn containers_are_agents() {
         "control: {out}"
     );
 
+    // The records of the container's denials carry the pid inside the container (its own PID
+    // namespace) beside the node's: the kernel's connect event always, the proxy's HTTP
+    // record when the client was still alive to be read from procfs.
+    let record = |kind: &str| {
+        governance_tests::wait_for_value(
+            &format!("the container's {kind} denial in the audit log"),
+            Duration::from_secs(30),
+            || {
+                let files = std::fs::read_dir(daemon.audit()).ok()?;
+                files.flatten().find_map(|f| {
+                    let text = std::fs::read_to_string(f.path()).ok()?;
+                    text.lines().find_map(|l| {
+                        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                        let r = &v["record"];
+                        (r["kind"] == kind && r["denied"] == true).then(|| r["process"].clone())
+                    })
+                })
+            },
+        )
+    };
+    let p = record("connect");
+    assert!(p["ns_pid"].as_u64().is_some_and(|n| n != p["pid"]), "{p}");
+    let p = record("http");
+    println!("containers: the HTTP denial's process: {p}");
+    if p["enrichment"] == "procfs" {
+        assert!(p["ns_pid"].as_u64().is_some_and(|n| n != p["pid"]), "{p}");
+    }
+
     drop((control, agent));
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);

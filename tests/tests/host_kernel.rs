@@ -13,8 +13,9 @@ use std::{
 use governance::{agents, kernel};
 use governance_common::{Cause, Counter, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Outcome, TestCgroup, governance_bin, load, pin_dir, poll_until, require_root, run_in,
-    signal, start_daemon, stop_daemon, text, wait_for_value, wait_until,
+    Attempt, AttemptLoop, Outcome, TestCgroup, governance_bin, load, pin_dir, poll_until,
+    require_root, run_in, signal, start_daemon, start_daemon_of_build, stop_daemon, text,
+    wait_for_value, wait_until,
 };
 
 /// A loopback listener on an address of the 127/8 range.
@@ -1718,14 +1719,7 @@ fn a_new_build_takes_over_with_no_gap() {
         "--pins",
         &pins_arg,
     ];
-    let start = |salt: &str| {
-        // SAFETY (set_var): the tests of this binary run one at a time (--test-threads=1)
-        // and the variable is read only by the daemon we spawn.
-        unsafe { std::env::set_var("GOVERNANCE_TEST_BUILD_SALT", salt) };
-        let d = start_daemon(&args, &dir);
-        unsafe { std::env::remove_var("GOVERNANCE_TEST_BUILD_SALT") };
-        d
-    };
+    let start = |salt: &str| start_daemon_of_build(&args, &dir, salt);
     let (old, _) = start("old build");
     assert_eq!(
         run_in(Some(&outsider.path), "control", &Attempt::connect(addr)).1,
@@ -1734,28 +1728,13 @@ fn a_new_build_takes_over_with_no_gap() {
     );
     while l.accept().is_ok() {}
     // The agent's loop: attempts so far, and how many got through.
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let tried = std::sync::Arc::new(AtomicU32::new(0));
-    let looper = {
-        let (stop, tried, path) = (stop.clone(), tried.clone(), agent.path.clone());
-        std::thread::spawn(move || {
-            let mut allowed = 0u32;
-            while !stop.load(Relaxed) {
-                match run_in(Some(&path), "upgrade", &Attempt::connect(addr)).1 {
-                    Outcome::Errno(e) if e == libc::EPERM => {}
-                    _ => allowed += 1,
-                }
-                tried.fetch_add(1, Relaxed);
-            }
-            allowed
-        })
-    };
+    let looper = AttemptLoop::start(&agent.path, "upgrade", vec![Attempt::connect(addr)]);
     redteam("14.6 denied connects across a rolling upgrade", "tried");
-    wait_until(
+    looper.wait_for(
         "attempts under the old build",
+        0,
+        10,
         Duration::from_secs(10),
-        || tried.load(Relaxed) >= 10,
     );
     // The old daemon stops (its programs stay pinned, enforcing), the new one hands over.
     stop_daemon(old);
@@ -1768,15 +1747,16 @@ fn a_new_build_takes_over_with_no_gap() {
         !pins.join(kernel::HANDOVER_DIR).exists(),
         "nothing left staged"
     );
-    let at_handover = tried.load(Relaxed);
-    wait_until(
+    let at_handover = looper.tried();
+    looper.wait_for(
         "attempts under the new build alone",
+        at_handover,
+        10,
         Duration::from_secs(10),
-        || tried.load(Relaxed) >= at_handover + 10,
     );
-    stop.store(true, Relaxed);
-    let allowed = looper.join().unwrap();
-    let tried = tried.load(Relaxed);
+    let [(tried, allowed)] = looper.stop()[..] else {
+        unreachable!("one attempt")
+    };
     println!(
         "upgrade: {tried} connects attempted across the handover ({at_handover} before it completed), {allowed} allowed"
     );
@@ -1794,9 +1774,7 @@ fn a_new_build_takes_over_with_no_gap() {
     redteam("14.6 denied connects across a rolling upgrade", "control");
     // One build's programs attached: the new build's, adopted as its own by a restart.
     stop_daemon(new);
-    unsafe { std::env::set_var("GOVERNANCE_TEST_BUILD_SALT", "new build") };
-    let (again, seen) = start_daemon(&args, &dir);
-    unsafe { std::env::remove_var("GOVERNANCE_TEST_BUILD_SALT") };
+    let (again, seen) = start("new build");
     assert!(seen.contains("adopted the programs"), "{seen}");
     stop_daemon(again);
     unload(&pins);

@@ -16,8 +16,9 @@ use std::{
 
 use governance_common::{Cause, Event, Kind, Verdict, flags};
 use governance_tests::{
-    Attempt, Loaded, Outcome, TestCgroup, cstr, governance_bin, load, pin_dir, require_root,
-    run_in, start_daemon, start_daemon_in, text,
+    Attempt, AttemptLoop, Container, Loaded, Outcome, TestCgroup, cstr, governance_bin, load,
+    pin_dir, require_root, run_in, run_in_namespaces, start_daemon, start_daemon_in,
+    start_daemon_of_build, stop_daemon, text,
 };
 
 const BUSYBOX: &str = "/bin/busybox";
@@ -4122,4 +4123,293 @@ fn key_upcalls_are_refused() {
         },
     );
     assert_eq!(outcome, Outcome::Exited(0), "add_key(user) in the agent");
+}
+
+/// A denial in a container's namespaces ([`Container`]): EPERM and the event in the agent, where
+/// the process is pid 1 of its own PID namespace (`ns_pid`) and the node's pid in `tgid`; the
+/// control is the same attempt in the same kind of container outside the agent.
+fn deny_in_container(
+    k: &mut Loaded,
+    fx: &Fixture,
+    c: &Container,
+    case: &str,
+    attempt: &Attempt,
+    kind: Kind,
+) -> Event {
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in_namespaces(Some(&fx.agent.path), "agent", attempt, Some(c));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(kind), "{case}: event kind");
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+    assert_eq!(ev.generation, k.generation, "{case}: event generation");
+    assert_ne!(pid, 1, "{case}: the node's pid");
+    assert_eq!(ev.ns_pid, 1, "{case}: the pid inside the container");
+    println!("redteam: denied {case}");
+    let (pid, outcome) = run_in_namespaces(Some(&fx.outsider.path), "outsider", attempt, Some(c));
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    assert!(
+        k.try_event_for(pid, Duration::from_millis(100)).is_none(),
+        "{case}: no event outside the agent"
+    );
+    println!("redteam: control {case}");
+    ev
+}
+
+/// Agents in their own mount, network and PID namespaces (issue 14), made as a container runtime
+/// makes them: the namespaces first (as root, outside every agent), then the container's first
+/// process joins the agent's cgroup. Its mount namespace has the node's `node/` directory
+/// bind-mounted on `ctr/` (which is empty on the node), so the container's view of a path
+/// differs from the node's. What docs/kernel.md "Paths in containers" says, checked:
+/// - a path rule names the path as the container sees it (`ctr/secret`): denied there by that
+///   name; the same file by the node's name (`node/secret`) is another name, allowed;
+/// - a rule naming a node path covers the node's object by identity wherever it is reached from:
+///   `node/key` opened as `ctr/key` in the container is denied, and an exec rule on `node/tool`
+///   denies `ctr/tool`;
+/// - connect rules apply in the container's own network namespace (its loopback);
+/// - events carry the node's pid and the pid inside the container (1: its first process).
+///
+/// Each denial has its controls: an allowed file, exec or connect in the same namespaces, and
+/// the same attempt in a container outside the agent.
+#[test]
+fn agents_in_their_own_namespaces() {
+    require_root();
+    let fx = Fixture::new("ns");
+    for sub in ["node", "ctr"] {
+        std::fs::create_dir_all(fx.p(sub)).unwrap();
+    }
+    for f in ["secret", "public", "key"] {
+        std::fs::write(fx.p(&format!("node/{f}")), f).unwrap();
+    }
+    std::fs::copy(BUSYBOX, fx.p("node/tool")).unwrap();
+    let d = fx.dir.display();
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: ctr-secret, file: {{ path: {d}/ctr/secret }}, verdict: block, reason: the container's name }}\n\
+         \x20 - {{ id: node-key, file: {{ path: {d}/node/key }}, verdict: block, reason: the node's file }}\n\
+         \x20 - {{ id: node-tool, exec: {{ path: {d}/node/tool }}, verdict: block, reason: the node's binary }}\n\
+         \x20 - {{ id: ctr-net, network: {{ cidr: 127.0.0.9/32 }}, verdict: block, reason: a loopback address }}\n"
+    ));
+    let port = 4242;
+    let allowed_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let blocked_addr = SocketAddr::from((Ipv4Addr::new(127, 0, 0, 9), port));
+    let c = Container::new(&fx.p("node"), &fx.p("ctr"), &[allowed_addr, blocked_addr]);
+    let rd = libc::O_RDONLY;
+    let in_container = |k: &mut Loaded, attempt: &Attempt| {
+        let (pid, outcome) = run_in_namespaces(Some(&fx.agent.path), "agent", attempt, Some(&c));
+        (
+            pid,
+            outcome,
+            k.try_event_for(pid, Duration::from_millis(200)),
+        )
+    };
+
+    // A path rule names the container's path.
+    let ev = deny_in_container(
+        &mut k,
+        &fx,
+        &c,
+        "14.7 open by the container's path",
+        &Attempt::open(&fx.p("ctr/secret"), rd),
+        Kind::File,
+    );
+    assert_eq!(ev.rule_id, k.rule(14));
+    assert_eq!(text(&ev.path), fx.p("ctr/secret").to_str().unwrap());
+    // Controls: another file of the same view; the same file by the node's name, in the
+    // container and on the node (a path rule decides on the name).
+    for path in [fx.p("ctr/public"), fx.p("node/secret")] {
+        let (_, outcome, _) = in_container(&mut k, &Attempt::open(&path, rd));
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{} in the container",
+            path.display()
+        );
+    }
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&fx.p("node/secret"), rd),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "the node's name on the node");
+
+    // A rule on a node path covers the node's object under the container's name.
+    let ev = deny_in_container(
+        &mut k,
+        &fx,
+        &c,
+        "14.7 open of a node file by identity, under the container's name",
+        &Attempt::open(&fx.p("ctr/key"), rd),
+        Kind::File,
+    );
+    assert_eq!(ev.rule_id, k.rule(15));
+    assert_eq!(
+        text(&ev.path),
+        fx.p("ctr/key").to_str().unwrap(),
+        "the container's view"
+    );
+
+    // An exec rule by identity: the node's binary under the container's name.
+    let ev = deny_in_container(
+        &mut k,
+        &fx,
+        &c,
+        "14.7 exec of a node binary by identity, under the container's name",
+        &Attempt::exec(&fx.p("ctr/tool"), "true"),
+        Kind::Exec,
+    );
+    assert_eq!(ev.rule_id, k.rule(16));
+    assert_eq!(text(&ev.path), fx.p("ctr/tool").to_str().unwrap());
+    // Control: an allowed tool in the same namespaces, reported with both pids.
+    let (pid, outcome, ev) = in_container(&mut k, &Attempt::exec(&fx.p("allowed/true"), "true"));
+    assert_eq!(outcome, Outcome::Exited(0), "allowed exec in the container");
+    let ev = ev.expect("the allowed exec is reported");
+    assert_eq!((ev.flags & flags::DENIED, ev.rule_id), (0, k.rule(1)));
+    assert_eq!((ev.tgid, ev.ns_pid), (pid, 1), "node pid and container pid");
+
+    // A connect rule in the container's own network namespace (its own loopback).
+    let ev = deny_in_container(
+        &mut k,
+        &fx,
+        &c,
+        "14.7 connect in the container's network namespace",
+        &Attempt::connect(blocked_addr),
+        Kind::Connect,
+    );
+    assert_eq!(ev.rule_id, k.rule(17));
+    let (_, outcome, _) = in_container(&mut k, &Attempt::connect(allowed_addr));
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "allowed connect in the container"
+    );
+
+    // In the node's PID namespace there is no pid inside a container to report.
+    let (pid, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&fx.p("secrets/key"), rd),
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM));
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(ev.ns_pid, 0, "no ns_pid in the node's namespace");
+}
+
+/// A rolling upgrade with the LSM hooks (issue 14): an older build enforcing, a newer build
+/// starting over its pins (another build id: `GOVERNANCE_TEST_BUILD_SALT`, as
+/// `host_kernel::a_new_build_takes_over_with_no_gap` does for the cgroup hooks), while an agent
+/// process tries a blocked exec and a blocked file open in turn, throughout the handover. None
+/// is ever allowed; attempts are made while the old daemon is stopped and the new one loads,
+/// attaches beside the old programs and removes them. Controls outside the agent before and
+/// after.
+#[test]
+fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
+    require_root();
+    let fx = Fixture::new("upgrade");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("upgrade");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = ["--no-create-cgroups", "--quiet", "--pins", &pins_arg];
+    let exec = Attempt::exec(&fx.p("blocked/true"), "true");
+    let open = Attempt::open(&fx.p("secrets/key"), libc::O_RDONLY);
+    let controls = |when: &str| {
+        for attempt in [&exec, &open] {
+            let (_, outcome) = run_in(Some(&fx.outsider.path), "control", attempt);
+            assert_eq!(outcome, Outcome::Exited(0), "control {when}");
+        }
+    };
+    let case = "14.8 denied exec and open across a rolling upgrade (LSM)";
+    let (old, _) = start_daemon_of_build(&args, &dir, "old build");
+    controls("before");
+    println!("redteam: tried {case}");
+    let looper = AttemptLoop::start(
+        &fx.agent.path,
+        "upgrade",
+        vec![
+            Attempt::exec(&fx.p("blocked/true"), "true"),
+            Attempt::open(&fx.p("secrets/key"), libc::O_RDONLY),
+        ],
+    );
+    looper.wait_for(
+        "attempts under the old build",
+        0,
+        10,
+        Duration::from_secs(30),
+    );
+    // The old daemon stops (its programs stay pinned, enforcing), the new one hands over.
+    stop_daemon(old);
+    let at_stop = looper.tried();
+    let (new, seen) = start_daemon_of_build(&args, &dir, "new build");
+    assert!(
+        seen.contains("another build's") && seen.contains("handed over"),
+        "the new build handed over:\n{seen}"
+    );
+    let at_handover = looper.tried();
+    looper.wait_for(
+        "attempts under the new build alone",
+        at_handover,
+        10,
+        Duration::from_secs(30),
+    );
+    let counts = looper.stop();
+    println!(
+        "upgrade: {} exec and {} open attempts in all, {} during the handover, allowed: {} exec, {} open",
+        counts[0].0,
+        counts[1].0,
+        at_handover - at_stop,
+        counts[0].1,
+        counts[1].1
+    );
+    assert!(
+        at_handover > at_stop,
+        "attempts were made during the handover"
+    );
+    assert!(counts.iter().all(|&(tried, _)| tried > 0), "{counts:?}");
+    assert_eq!(
+        (counts[0].1, counts[1].1),
+        (0, 0),
+        "no exec and no open got through during the handover"
+    );
+    println!("redteam: denied {case}");
+    controls("after");
+    println!("redteam: control {case}");
+    // The new build reports a container's process end to end: its audit record of a denial
+    // by the container's first process carries the node's pid and the pid inside (1).
+    let c = Container::new(&fx.p("allowed"), &fx.p("tmp"), &[]);
+    let (pid, outcome) = run_in_namespaces(Some(&fx.agent.path), "agent", &exec, Some(&c));
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "the exec in a container"
+    );
+    let process = governance_tests::wait_for_value(
+        "the container's denial in the audit log",
+        Duration::from_secs(60),
+        || {
+            let files = std::fs::read_dir(new.audit()).ok()?;
+            files.flatten().find_map(|f| {
+                let text = std::fs::read_to_string(f.path()).ok()?;
+                text.lines().find_map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                    let p = &v["record"]["process"];
+                    (p["pid"] == pid && v["record"]["kind"] == "exec").then(|| p.clone())
+                })
+            })
+        },
+    );
+    assert_eq!(
+        process["ns_pid"], 1,
+        "the pid inside the container: {process}"
+    );
+    stop_daemon(new);
+    let out = std::process::Command::new(governance_bin())
+        .args(["unload", "--pins", &pins_arg])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

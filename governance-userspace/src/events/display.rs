@@ -65,6 +65,9 @@ impl fmt::Display for Record {
                 " pid={} ppid={} comm={:?} uid={}",
                 p.pid, p.ppid, p.comm, p.uid
             )?;
+            if p.ns_pid != 0 {
+                write!(f, " ns_pid={}", p.ns_pid)?;
+            }
             if !p.exe.is_empty() {
                 write!(f, " exe={:?}", p.exe)?;
             }

@@ -451,6 +451,7 @@ impl Record {
             process: Some(ProcessInfo {
                 pid: ev.tgid,
                 tid: ev.pid,
+                ns_pid: ev.ns_pid,
                 ppid: ev.ppid,
                 uid: ev.uid,
                 comm: text(&ev.comm),

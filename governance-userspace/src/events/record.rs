@@ -170,6 +170,10 @@ pub struct ProcessInfo {
     /// Thread id.
     #[serde(default)]
     pub tid: u32,
+    /// The process id as the process's own PID namespace numbers it (the pid inside its
+    /// container), when that is not the node's namespace; `pid` is always the node's.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ns_pid: u32,
     #[serde(default)]
     pub ppid: u32,
     #[serde(default)]
@@ -320,7 +324,8 @@ impl Record {
 }
 
 impl ProcessInfo {
-    /// A live process as procfs describes it (`/proc/PID/status`: comm, ppid, real uid), for
+    /// A live process as procfs describes it (`/proc/PID/status`: comm, ppid, real uid, its pid
+    /// in its own PID namespace), for
     /// a decision the kernel did not report itself (the proxy knows only the client's pid).
     /// Marked `gone` when the process has already exited.
     pub fn from_procfs(pid: u32) -> ProcessInfo {
@@ -346,6 +351,17 @@ impl ProcessInfo {
                 p.enrichment = "procfs".into();
             }
             _ => p.enrichment = "gone".into(),
+        }
+        // NSpid: its pid in each PID namespace from procfs's (the node's) down to its own.
+        let ns: Vec<u32> = field("NSpid")
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [_, .., own] = ns[..] {
+            p.ns_pid = own;
         }
         p
     }
@@ -384,6 +400,7 @@ mod tests {
         assert_eq!(p.ppid, std::os::unix::process::parent_id());
         assert_eq!(p.uid, nix::unistd::getuid().as_raw());
         assert_eq!(p.enrichment, "procfs");
+        assert_eq!(p.ns_pid, 0, "in the node's PID namespace");
         // pid_max is at most 2^22: this pid cannot exist.
         let gone = ProcessInfo::from_procfs(1 << 23);
         assert_eq!((gone.comm.as_str(), gone.enrichment.as_str()), ("", "gone"));

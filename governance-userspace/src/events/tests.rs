@@ -75,6 +75,23 @@ fn decodes_a_block_with_its_rule() {
     // The JSON form round-trips.
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(serde_json::from_str::<Record>(&json).unwrap(), r);
+    assert!(
+        !json.contains("ns_pid"),
+        "no ns_pid in the node's namespace: {json}"
+    );
+    // In a container's PID namespace: its own pid beside the node's.
+    let mut ev = event();
+    ev.ns_pid = 1;
+    let r = Record::from_kernel(&ev, &names(), &clock);
+    let p = r.process.as_ref().unwrap();
+    assert_eq!((p.pid, p.ns_pid), (10, 1));
+    assert!(
+        r.to_string()
+            .contains(" pid=10 ppid=9 comm=\"sh\" uid=0 ns_pid=1"),
+        "{r}"
+    );
+    let json: serde_json::Value = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["process"]["ns_pid"], 1);
 }
 
 #[test]

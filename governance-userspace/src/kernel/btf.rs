@@ -47,6 +47,8 @@ enum Type {
     /// A struct or union and its members.
     Composite {
         name: u32,
+        /// `sizeof`, in bytes.
+        size: u32,
         members: Vec<Member>,
     },
     /// typedef, const, volatile, restrict, type tag: refers to another type.
@@ -128,7 +130,11 @@ impl Btf {
                             bitfield: kind_flag && offset >> 24 != 0,
                         });
                     }
-                    Type::Composite { name, members }
+                    Type::Composite {
+                        name,
+                        size: size_or_type,
+                        members,
+                    }
                 }
                 KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
                     Type::Alias(size_or_type)
@@ -217,6 +223,18 @@ impl Btf {
         None
     }
 
+    /// `sizeof(struct strukt)`.
+    pub fn struct_size(&self, strukt: &str) -> Result<u64, BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        match self.resolve(id) {
+            Some(Type::Composite { size, .. }) => Ok(u64::from(*size)),
+            _ => Err(BtfError::NoStruct(strukt.into())),
+        }
+    }
+
     /// Byte offset of `strukt.field`.
     pub fn field_offset(&self, strukt: &str, field: &str) -> Result<u64, BtfError> {
         let id = *self
@@ -276,6 +294,7 @@ mod tests {
         let btf = Btf::parse(&blob()).unwrap();
         assert_eq!(btf.field_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.field_offset("outer", "b").unwrap(), 8);
+        assert_eq!(btf.struct_size("outer").unwrap(), 16);
         assert!(matches!(
             btf.field_offset("outer", "c"),
             Err(BtfError::NoField { .. })
@@ -315,6 +334,10 @@ mod tests {
         for (_, strukt, field) in governance_common::offsets::ALL {
             btf.field_offset(strukt, field)
                 .unwrap_or_else(|e| panic!("{strukt}.{field}: {e}"));
+        }
+        for (_, strukt) in governance_common::offsets::SIZES {
+            btf.struct_size(strukt)
+                .unwrap_or_else(|e| panic!("sizeof {strukt}: {e}"));
         }
     }
 }

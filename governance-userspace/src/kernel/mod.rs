@@ -642,6 +642,9 @@ impl Enforcer {
         for (global, strukt, field) in offsets::ALL {
             values.push((global, kbtf.field_offset(strukt, field)?));
         }
+        for (global, strukt) in offsets::SIZES {
+            values.push((global, kbtf.struct_size(strukt)?));
+        }
         let mut loader = EbpfLoader::new();
         for (global, value) in &values {
             loader.override_global(global, value, true);

@@ -57,7 +57,11 @@ fn containers_in_pods_have_the_container_profile() {
         a.namespace = "agents".into();
         a.container = "8e1f2c3d".into();
     }
+    if let Some(p) = r.process.as_mut() {
+        p.ns_pid = 7;
+    }
     let e = to_ocsf(&r);
+    assert_eq!(e["actor"]["process"]["xattributes"]["ns_pid"], 7, "{e:#}");
     let c = &e["actor"]["process"]["container"];
     assert_eq!(
         (c["uid"].clone(), c["orchestrator"].clone()),
