@@ -2368,3 +2368,119 @@ fn kubernetes_pods_are_agents_by_their_labels() {
     let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Least privilege after start (docs/operations.md, "Capabilities after start"): once the
+/// first generation enforces, every thread of the daemon holds exactly the capabilities kept
+/// (CAP_DAC_OVERRIDE only while it creates agent cgroups), in its permitted, effective and
+/// bounding sets, none inheritable or ambient; the proxy's threads, which parse what agents
+/// send, hold none; all have no_new_privs. `governance status` says the same, and a reload
+/// still works with what was kept.
+#[test]
+fn after_start_the_daemon_keeps_only_the_documented_capabilities() {
+    require_root();
+    let agent = TestCgroup::new("caps");
+    let dir = policy_dir(
+        "caps",
+        &format!(
+            "name: caps\nagents: {{ cgroup: {} }}\n",
+            agent.rel.display()
+        ),
+    );
+    const DAC_OVERRIDE: u32 = 1;
+    const DAC_READ_SEARCH: u32 = 2;
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
+    let mask = |caps: &[u32]| caps.iter().fold(0u64, |m, c| m | 1 << c);
+    for (flags, kept, names) in [
+        (
+            &[][..],
+            mask(&[DAC_OVERRIDE, DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
+            &[
+                "CAP_DAC_OVERRIDE",
+                "CAP_DAC_READ_SEARCH",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+            ][..],
+        ),
+        (
+            &["--no-create-cgroups"][..],
+            mask(&[DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
+            &["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"][..],
+        ),
+    ] {
+        let pins = pin_dir("caps");
+        let mut args = vec![
+            "--allow-degraded",
+            "--detach-on-exit",
+            "--pins",
+            pins.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let (daemon, _) = start_daemon(&args, &dir);
+        let status = || {
+            let out = daemon.cli(&["status", "-o", "json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        };
+        // The control API listens a moment before the start's capabilities are dropped;
+        // status reports them once they are.
+        let caps = wait_for_value(
+            "the daemon to report the capabilities it kept",
+            Duration::from_secs(10),
+            || Some(status()["capabilities"].take()).filter(|c| !c.is_null()),
+        );
+        assert_eq!(
+            caps,
+            serde_json::json!({ "daemon": names, "proxy": [] }),
+            "{flags:?}"
+        );
+
+        let pid = daemon.child.id();
+        let (mut proxy_threads, mut others) = (0, 0);
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let task = task.unwrap().path();
+            // A thread that ended since the listing is no thread any more.
+            let (Ok(comm), Ok(status)) = (
+                std::fs::read_to_string(task.join("comm")),
+                std::fs::read_to_string(task.join("status")),
+            ) else {
+                continue;
+            };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_else(|| panic!("no {name} in {}/status", task.display()))
+            };
+            let hex = |name: &str| u64::from_str_radix(&field(name), 16).unwrap();
+            let proxy = comm.trim() == "gov-proxy";
+            let want = if proxy { 0 } else { kept };
+            let thread = format!("{flags:?}: thread {} ({})", task.display(), comm.trim());
+            for set in ["CapPrm", "CapEff", "CapBnd"] {
+                assert_eq!(hex(set), want, "{thread}: {set} {:#x}", hex(set));
+            }
+            assert_eq!(hex("CapInh"), 0, "{thread}: CapInh");
+            assert_eq!(hex("CapAmb"), 0, "{thread}: CapAmb");
+            assert_eq!(field("NoNewPrivs"), "1", "{thread}: NoNewPrivs");
+            if proxy {
+                proxy_threads += 1;
+            } else {
+                others += 1;
+            }
+        }
+        // The main thread, the runtime's workers, the event and ring threads; the proxy's.
+        assert!(others >= 5, "{flags:?}: {others} daemon threads");
+        assert!(
+            proxy_threads >= 2,
+            "{flags:?}: {proxy_threads} proxy threads"
+        );
+
+        // What was kept is enough to reload.
+        signal(&daemon, nix::sys::signal::SIGHUP);
+        wait_until("the reload to enforce", Duration::from_secs(20), || {
+            status()["generation"] == 2
+        });
+        stop_daemon(daemon);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
