@@ -389,6 +389,18 @@ pub fn inside(deb: &Path) -> Result<()> {
         "governance status: generation 1, no agents, version {version}"
     ));
     passed("governance status: generation 1, no agents, the package's version");
+    // Under the unit's bounding set, what it keeps after start (docs/operations.md).
+    let kept = serde_json::json!({
+        "daemon": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"],
+        "proxy": [],
+    });
+    if status["capabilities"] != kept {
+        bail!(
+            "after start the daemon holds {}; expected {kept}",
+            status["capabilities"]
+        );
+    }
+    passed("after start it keeps only the documented capabilities; its proxy threads none");
 
     // Stop as systemd would: SIGTERM, STOPPING=1, exit 0.
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
