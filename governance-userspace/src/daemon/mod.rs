@@ -160,7 +160,7 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Send records to a collector (repeatable): `syslog+udp|tcp|tls://HOST:PORT`,
-    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc://HOST:PORT`, with
+    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc(s)://HOST:PORT`, with
     /// `?kind=…&outcome=…&secret=FILE&…` (see docs/export-and-notify.md).
     #[arg(long = "export", value_name = "URL")]
     pub exports: Vec<String>,
