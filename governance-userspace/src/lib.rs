@@ -30,5 +30,6 @@ pub mod ocsf;
 pub mod peer;
 pub mod pipeline;
 pub mod policy;
+pub mod privilege;
 pub mod proxy;
 pub mod version;

@@ -221,7 +221,10 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     };
     let thread = std::thread::Builder::new()
         .name("events".into())
-        .spawn(move || worker.run(rx))
+        .spawn(move || {
+            crate::privilege::thread_started();
+            worker.run(rx)
+        })
         .map_err(|e| AuditError::Log {
             path: PathBuf::from("(pipeline thread)"),
             problem: e.to_string(),
@@ -324,6 +327,7 @@ impl Stdout {
         std::thread::Builder::new()
             .name("stdout".into())
             .spawn(move || {
+                crate::privilege::thread_started();
                 let mut out = std::io::stdout();
                 for lines in rx {
                     if out

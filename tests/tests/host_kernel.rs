@@ -2346,3 +2346,145 @@ fn kubernetes_pods_are_agents_by_their_labels() {
     let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Least privilege after start (docs/operations.md, "Capabilities after start"): once the
+/// first generation enforces, every thread of the daemon holds exactly the capabilities kept
+/// (CAP_DAC_OVERRIDE only while it creates agent cgroups), in its permitted, effective and
+/// bounding sets, none inheritable or ambient; the proxy's threads, which parse what agents
+/// send, hold none; all have no_new_privs. `governance status` says the same, and a reload
+/// still works with what was kept.
+#[test]
+fn after_start_the_daemon_keeps_only_the_documented_capabilities() {
+    require_root();
+    let agent = TestCgroup::new("caps");
+    let dir = policy_dir(
+        "caps",
+        &format!(
+            "name: caps\nagents: {{ cgroup: {} }}\n",
+            agent.rel.display()
+        ),
+    );
+    const DAC_OVERRIDE: u32 = 1;
+    const DAC_READ_SEARCH: u32 = 2;
+    const SYS_PTRACE: u32 = 19;
+    const SYS_ADMIN: u32 = 21;
+    let mask = |caps: &[u32]| caps.iter().fold(0u64, |m, c| m | 1 << c);
+    for (flags, kept, names) in [
+        (
+            &[][..],
+            mask(&[DAC_OVERRIDE, DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
+            &[
+                "CAP_DAC_OVERRIDE",
+                "CAP_DAC_READ_SEARCH",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+            ][..],
+        ),
+        (
+            &["--no-create-cgroups"][..],
+            mask(&[DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
+            &["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"][..],
+        ),
+    ] {
+        let pins = pin_dir("caps");
+        let mut args = vec![
+            "--allow-degraded",
+            "--detach-on-exit",
+            "--pins",
+            pins.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let (daemon, _) = start_daemon(&args, &dir);
+        let status = || {
+            let out = daemon.cli(&["status", "-o", "json"]);
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+        };
+        // The control API listens a moment before the start's capabilities are dropped;
+        // status reports them once they are.
+        let caps = wait_for_value(
+            "the daemon to report the capabilities it kept",
+            Duration::from_secs(10),
+            || Some(status()["capabilities"].take()).filter(|c| !c.is_null()),
+        );
+        assert_eq!(
+            caps,
+            serde_json::json!({ "daemon": names, "proxy": [] }),
+            "{flags:?}"
+        );
+
+        // A thread that has not run yet (the blocking pool grows at any time) still has its
+        // creator's name and sets; it limits itself first thing: wait for every thread.
+        let pid = daemon.child.id();
+        let mut last = Err(String::new());
+        let settled = poll_until(Duration::from_secs(10), || {
+            last = thread_capabilities(pid, kept);
+            last.is_ok()
+        });
+        let (proxy_threads, others) = match last {
+            Ok(counts) if settled => counts,
+            Ok(_) | Err(_) => panic!("{flags:?}: {last:?}"),
+        };
+        // The main thread, the runtime's workers, the event and ring threads; the proxy's.
+        assert!(others >= 5, "{flags:?}: {others} daemon threads");
+        assert!(
+            proxy_threads >= 2,
+            "{flags:?}: {proxy_threads} proxy threads"
+        );
+
+        // What was kept is enough to reload.
+        signal(&daemon, nix::sys::signal::SIGHUP);
+        wait_until("the reload to enforce", Duration::from_secs(20), || {
+            status()["generation"] == 2
+        });
+        stop_daemon(daemon);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every thread of `pid`: the proxy's (`gov-proxy`) hold no capability, the others exactly
+/// `kept` in their permitted, effective and bounding sets; none inheritable or ambient; all
+/// with no_new_privs. Ok((proxy threads, other threads)), or the first that is not so.
+fn thread_capabilities(pid: u32, kept: u64) -> Result<(usize, usize), String> {
+    let (mut proxy_threads, mut others) = (0, 0);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())? {
+        let task = task.map_err(|e| e.to_string())?.path();
+        // A thread that ended since the listing is no thread any more.
+        let (Ok(comm), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let hex = |name: &str| u64::from_str_radix(&field(name), 16).ok();
+        let proxy = comm.trim() == "gov-proxy";
+        let want = if proxy { 0 } else { kept };
+        let thread = format!("thread {} ({})", task.display(), comm.trim());
+        for (set, want) in [
+            ("CapPrm", want),
+            ("CapEff", want),
+            ("CapBnd", want),
+            ("CapInh", 0),
+            ("CapAmb", 0),
+        ] {
+            if hex(set) != Some(want) {
+                return Err(format!("{thread}: {set} {:x?}, not {want:#x}", hex(set)));
+            }
+        }
+        if field("NoNewPrivs") != "1" {
+            return Err(format!("{thread}: NoNewPrivs {}", field("NoNewPrivs")));
+        }
+        if proxy {
+            proxy_threads += 1;
+        } else {
+            others += 1;
+        }
+    }
+    Ok((proxy_threads, others))
+}

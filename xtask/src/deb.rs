@@ -16,6 +16,7 @@
 //! ProtectHome=read-only, ...), which only systemd applies.
 
 use std::{
+    io::BufRead as _,
     os::unix::{fs::PermissionsExt as _, net::UnixDatagram, process::ExitStatusExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -24,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{capture, progress, run, setup::is_root, target_dir, workspace_root};
+use crate::{Counts, capture, progress, run, setup::is_root, target_dir, workspace_root};
 
 /// The completion scripts the package installs: (shell, file in target/deb-extra).
 const COMPLETIONS: [(&str, &str); 3] = [
@@ -41,17 +42,25 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn build() -> Result<PathBuf> {
     progress("building governance (release) for the package");
     run(Command::new("cargo").args(["build", "--release", "-p", "governance-userspace"]))?;
-    let bin = target_dir().join("release/governance");
+    package(&target_dir().join("release/governance"), &[])
+}
+
+/// Package `bin` (cargo-deb takes the binary from the profile's directory: `--profile dev`
+/// for target/debug) with its completion scripts; returns the .deb.
+fn package(bin: &Path, cargo_deb_args: &[&str]) -> Result<PathBuf> {
     // Where governance-userspace's [package.metadata.deb] assets expect them.
     let extra = workspace_root().join("target/deb-extra");
     std::fs::create_dir_all(&extra)?;
     for (shell, file) in COMPLETIONS {
-        let script = capture(Command::new(&bin).args(["completions", shell]))?;
+        let script = capture(Command::new(bin).args(["completions", shell]))?;
         std::fs::write(extra.join(file), script)?;
     }
     progress("packaging with cargo-deb");
-    let out =
-        capture(Command::new("cargo").args(["deb", "-p", "governance-userspace", "--no-build"]))?;
+    let out = capture(
+        Command::new("cargo")
+            .args(["deb", "-p", "governance-userspace", "--no-build"])
+            .args(cargo_deb_args),
+    )?;
     let deb = out
         .lines()
         .map(str::trim)
@@ -64,28 +73,70 @@ pub fn build() -> Result<PathBuf> {
 
 /// `deb --test`: run [`inside`] in new mount and network namespaces.
 pub fn test(deb: &Path) -> Result<()> {
+    let started = Instant::now();
+    let (ok, c) = counted(deb)?;
+    if !ok {
+        bail!("the package test failed after {} checks passed", c.passed);
+    }
+    progress(&format!(
+        "package test passed in {:.0?}: {} checks passed, 0 failed",
+        started.elapsed(),
+        c.passed
+    ));
+    Ok(())
+}
+
+/// The package test as a place of `cargo xtask test`: `bin`, the debug build the other places
+/// test, packaged (cargo-deb `--profile dev --fast`: it strips the binary; the fast compression
+/// saves most of a minute) and tested as [`test`] does, each check counted (`package test: ok
+/// CHECK` lines); a test that stops early counts one failure.
+pub fn place(bin: &Path) -> Result<(bool, Counts)> {
+    let deb = package(bin, &["--profile", "dev", "--fast"])?;
+    counted(&deb)
+}
+
+/// Run [`inside`] in new mount and network namespaces, echoing its output and counting its
+/// checks.
+fn counted(deb: &Path) -> Result<(bool, Counts)> {
     if !is_root() {
         bail!("the package test needs root (dpkg, mounts, namespaces, eBPF)");
     }
-    let started = Instant::now();
     let deb = deb
         .canonicalize()
         .with_context(|| format!("finding {}", deb.display()))?;
     let work = PathBuf::from(format!("/tmp/governance-deb-test-{}", std::process::id()));
-    let result = run(Command::new("unshare")
+    let mut child = Command::new("unshare")
         .args(["--mount", "--net", "--"])
         .arg(std::env::current_exe()?)
         .arg("deb-test-inside")
         .arg(&deb)
-        .env("GOVERNANCE_DEB_TEST_DIR", &work));
+        .env("GOVERNANCE_DEB_TEST_DIR", &work)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the package test (unshare)")?;
+    let mut c = Counts::default();
+    let stdout = child.stdout.take().context("stdout")?;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if line.starts_with(CHECKED) {
+            c.passed += 1;
+        }
+    }
+    let status = child.wait()?;
     // The mounts went with the namespace; the empty mount point stays on the host.
     let _ = std::fs::remove_dir_all(&work);
-    result?;
-    progress(&format!(
-        "package test passed in {:.0?}: 1 passed, 0 failed",
-        started.elapsed()
-    ));
-    Ok(())
+    if !status.success() {
+        c.failed += 1;
+    }
+    Ok((status.success(), c))
+}
+
+/// What [`inside`] prints (on stdout) for each check that passed.
+const CHECKED: &str = "package test: ok ";
+
+fn passed(check: &str) {
+    println!("{CHECKED}{check}");
 }
 
 /// A program in the throwaway system.
@@ -159,6 +210,7 @@ pub fn inside(deb: &Path) -> Result<()> {
     run(chroot(&root, "dpkg")
         .args(["-i", "/tmp/governance.deb"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    passed("dpkg -i installs the package");
     let unit_path = ["/usr/lib/systemd/system", "/lib/systemd/system"]
         .iter()
         .map(|d| format!("{d}/governance.service"))
@@ -178,6 +230,9 @@ pub fn inside(deb: &Path) -> Result<()> {
             bail!("the package did not install {f}");
         }
     }
+    passed(
+        "it installs the binary, the unit (enabled), the config, the policies, the completions, the docs",
+    );
     let conffiles = std::fs::read_to_string(r("/var/lib/dpkg/info/governance.conffiles"))
         .context("the package has no conffiles")?;
     for f in [
@@ -188,11 +243,13 @@ pub fn inside(deb: &Path) -> Result<()> {
             bail!("{f} is not a conffile (an upgrade would overwrite the operator's edits)");
         }
     }
+    passed("the config and the policies are conffiles");
     run(chroot(&root, "/usr/bin/governance").args([
         "policy",
         "check",
         "/etc/governance/policies",
     ]))?;
+    passed("governance policy check accepts the installed policies");
 
     // The unit, as systemd reads it.
     progress(&format!("systemd-analyze verify {unit_path}"));
@@ -206,6 +263,7 @@ pub fn inside(deb: &Path) -> Result<()> {
             verify.status
         );
     }
+    passed("systemd-analyze verify accepts the unit");
     if let Ok(sec) =
         capture(chroot(&root, "systemd-analyze").args(["security", "--offline=true", &unit_path]))
         && let Some(score) = sec.lines().find(|l| l.contains("Overall exposure level"))
@@ -224,6 +282,7 @@ pub fn inside(deb: &Path) -> Result<()> {
     if directive("Type").as_deref() != Some("notify") {
         bail!("the unit is not Type=notify");
     }
+    passed("the unit is Type=notify with an ExecStart");
 
     // Start it as systemd would.
     for (dir, mode) in [
@@ -299,6 +358,7 @@ pub fn inside(deb: &Path) -> Result<()> {
         started.elapsed(),
         ready.replace('\n', "; ")
     ));
+    passed("the unit's ExecStart, as systemd runs it, says READY=1");
 
     // It answers, and says which build it is.
     let version = capture(chroot(&root, "/usr/bin/governance").args(["version", "-o", "json"]))?;
@@ -328,6 +388,19 @@ pub fn inside(deb: &Path) -> Result<()> {
     progress(&format!(
         "governance status: generation 1, no agents, version {version}"
     ));
+    passed("governance status: generation 1, no agents, the package's version");
+    // Under the unit's bounding set, what it keeps after start (docs/operations.md).
+    let kept = serde_json::json!({
+        "daemon": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"],
+        "proxy": [],
+    });
+    if status["capabilities"] != kept {
+        bail!(
+            "after start the daemon holds {}; expected {kept}",
+            status["capabilities"]
+        );
+    }
+    passed("after start it keeps only the documented capabilities; its proxy threads none");
 
     // Stop as systemd would: SIGTERM, STOPPING=1, exit 0.
     // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
@@ -355,8 +428,10 @@ pub fn inside(deb: &Path) -> Result<()> {
             log_text()
         );
     }
+    passed("SIGTERM: STOPPING=1, exit 0");
     // The programs stay attached after a stop (fail closed); take them away.
     run(chroot(&root, "/usr/bin/governance").arg("unload"))?;
+    passed("governance unload removes the programs");
     Ok(())
 }
 

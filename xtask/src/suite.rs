@@ -135,6 +135,19 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     })?;
     places.push(("manifest checks (deploy/kubernetes)", ok, c));
 
+    progress("package test: this build's .deb installed in a throwaway system, its unit started");
+    let (ok, c) = steps
+        .time("package test", || {
+            heartbeat("building and testing the package", || {
+                deb::place(&b.governance)
+            })
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("xtask: the package test could not run: {e:#}");
+            (false, Counts::default())
+        });
+    places.push(("package test (.deb, unit started)", ok, c));
+
     progress(
         "HTTP compatibility suite: real clients and frameworks through the kernel redirect (host kernel)",
     );

@@ -80,6 +80,8 @@ pub struct Snapshot {
     pub proxy: Option<String>,
     pub audit: Option<PathBuf>,
     pub started: String,
+    /// What the daemon kept after start (None until then).
+    pub capabilities: Option<wire::Capabilities>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -406,6 +408,7 @@ async fn status(State(st): State<Arc<ApiState>>) -> Response {
         exporters: st.exporters.iter().map(|e| e.view()).collect(),
         started: snap.started,
         version: Some(crate::version::Version::this()),
+        capabilities: snap.capabilities,
     })
     .into_response()
 }

@@ -43,6 +43,19 @@ pub struct Status {
     /// The daemon's build: version, commit, eBPF object hash. None from a daemon older than
     /// this field.
     pub version: Option<crate::version::Version>,
+    /// The capabilities the daemon kept after start (docs/operations.md says why each). None
+    /// from a daemon older than this field, or one still starting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+}
+
+/// The capabilities of [`Status`]: the daemon's threads' permitted set after start, and the
+/// proxy's threads' (None: no proxy).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    pub daemon: Vec<String>,
+    pub proxy: Option<Vec<String>>,
 }
 
 /// One program of [`Status`].

@@ -286,6 +286,14 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .on_thread_start({
+                // Each thread but the main one keeps only what the daemon needs after start.
+                crate::privilege::keep(
+                    (!args.no_proxy).then_some(args.proxy_listen.port()),
+                    !args.no_create_cgroups,
+                );
+                crate::privilege::thread_started
+            })
             .enable_all()
             .build()
             .context("starting the async runtime")?
@@ -493,6 +501,21 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
             writeln!(out, "version      {version}")?;
         }
         writeln!(out, "started      {}", v.started)?;
+        if let Some(c) = &v.capabilities {
+            let names = |n: &[String]| {
+                if n.is_empty() {
+                    "none".to_owned()
+                } else {
+                    n.join(" ")
+                }
+            };
+            writeln!(
+                out,
+                "capabilities {} (proxy threads: {})",
+                names(&c.daemon),
+                c.proxy.as_deref().map_or("no proxy".to_owned(), names)
+            )?;
+        }
         writeln!(out, "agents       {}", v.agents)?;
         writeln!(out, "proxy        {}", v.proxy.as_deref().unwrap_or("off"))?;
         writeln!(

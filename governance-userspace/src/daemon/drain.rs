@@ -157,7 +157,10 @@ impl DrainerThread {
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("ring".into())
-            .spawn(move || d.run(flag))
+            .spawn(move || {
+                crate::privilege::thread_started();
+                d.run(flag)
+            })
             .context("starting the event drainer")?;
         Ok(Self {
             stop,

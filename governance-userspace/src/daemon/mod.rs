@@ -160,7 +160,7 @@ pub struct RunArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Send records to a collector (repeatable): `syslog+udp|tcp|tls://HOST:PORT`,
-    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc://HOST:PORT`, with
+    /// `webhook+http(s)://HOST/PATH`, `otlp+http(s)://HOST:PORT`, `otlp+grpc(s)://HOST:PORT`, with
     /// `?kind=…&outcome=…&secret=FILE&…` (see docs/export-and-notify.md).
     #[arg(long = "export", value_name = "URL")]
     pub exports: Vec<String>,
@@ -319,6 +319,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         exporters: exports.stats.clone(),
     });
     let api = serve_api(&args, &state, &enforcer).await?;
+    // Everything that needed the start's privileges is done: keep only what is still needed.
+    crate::privilege::started().context("dropping the capabilities only the start needs")?;
+    let capabilities = api::wire::Capabilities {
+        daemon: crate::privilege::held(),
+        proxy: match &proxy {
+            Some(p) => p.capabilities().await,
+            None => None,
+        },
+    };
+    snapshot
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .capabilities = Some(capabilities);
     // systemd (Type=notify): ready once the first generation enforces and the API listens.
     notify::notify(&format!(
         "READY=1\nSTATUS=generation {} is enforcing",
@@ -672,6 +685,8 @@ async fn start_proxy(
         daemon.approvals.clone(),
         sink,
     );
+    // What agents send is parsed on threads of the proxy's own, which hold no capability.
+    p.serve_on(proxy::Threads::start(2).context("starting the proxy's threads")?);
     for l in listeners {
         tasks.push(tokio::spawn(p.clone().serve(l)));
     }

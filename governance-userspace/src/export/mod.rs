@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `syslog+udp://HOST:PORT`, `syslog+tcp://…`, `syslog+tls://…` | RFC 5424; TCP and TLS with octet counting (RFC 6587) |
 //! | `webhook+http://HOST:PORT/PATH`, `webhook+https://…` | a JSON array of records per batch, signed (`X-Governance-Signature`) |
-//! | `otlp+http://HOST:PORT[/v1/logs]`, `otlp+https://…`, `otlp+grpc://HOST:PORT` | OTLP logs, the record's fields as attributes |
+//! | `otlp+http://HOST:PORT[/v1/logs]`, `otlp+https://…`, `otlp+grpc://HOST:PORT`, `otlp+grpcs://…` | OTLP logs, the record's fields as attributes |
 //!
 //! Query parameters: the filters of `governance events` (`agent`, `outcome`/`verdict`, `kind`,
 //! `type`), `queue` (records, default 8192), `batch` (records per send, default 256),
@@ -76,7 +76,7 @@ pub enum Sink {
     Syslog(syslog::Transport),
     Webhook(http::Target),
     OtlpHttp(http::Target),
-    OtlpGrpc(String),
+    OtlpGrpc(otlp::GrpcTarget),
     /// Slack-compatible notifications of escalations (`--notify-webhook`).
     Notify(http::Target),
 }
@@ -166,19 +166,24 @@ impl Exporter {
                 }
                 Sink::OtlpHttp(http(url)?)
             }
-            "otlp+grpc" => Sink::OtlpGrpc(format!("http://{}", no_path("otlp+grpc")?)),
+            "otlp+grpc" => Sink::OtlpGrpc(otlp::GrpcTarget::plain(&no_path("otlp+grpc")?)),
+            "otlp+grpcs" => Sink::OtlpGrpc(
+                otlp::GrpcTarget::tls(&no_path("otlp+grpcs")?, ca.as_deref()).map_err(bad)?,
+            ),
             other => {
                 return Err(bad(format!(
                     "unknown scheme `{other}`: syslog+udp, syslog+tcp, syslog+tls, webhook+http, \
-                     webhook+https, otlp+http, otlp+https or otlp+grpc"
+                     webhook+https, otlp+http, otlp+https, otlp+grpc or otlp+grpcs"
                 )));
             }
         };
         if secret.is_some() && !matches!(sink, Sink::Webhook(_)) {
             return Err(bad("`secret` is for webhook exporters".into()));
         }
-        if ca.is_some() && matches!(sink, Sink::OtlpGrpc(_)) {
-            return Err(bad("otlp+grpc is plain HTTP/2 (no TLS): no `ca`".into()));
+        if ca.is_some() && matches!(&sink, Sink::OtlpGrpc(t) if t.tls.is_none()) {
+            return Err(bad(
+                "otlp+grpc is plain HTTP/2 (no TLS): no `ca` (otlp+grpcs is gRPC over TLS)".into(),
+            ));
         }
         let filter = EventsQuery {
             agent: o.agent,
@@ -423,7 +428,7 @@ async fn send(sink: &Sink, conn: &mut Conn, batch: &[Delivered]) -> Result<(), S
             let body = otlp::encode(batch);
             t.post("application/x-protobuf", body).await
         }
-        Sink::OtlpGrpc(endpoint) => otlp::send_grpc(endpoint, &mut conn.grpc, batch).await,
+        Sink::OtlpGrpc(target) => otlp::send_grpc(target, &mut conn.grpc, batch).await,
         Sink::Notify(t) => {
             for d in batch {
                 let body = serde_json::to_vec(&slack_payload(&d.record)).unwrap_or_default();

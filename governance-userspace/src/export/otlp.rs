@@ -1,5 +1,6 @@
 //! OTLP logs (the official protocol types of `opentelemetry-proto`): over HTTP (protobuf,
-//! POST /v1/logs) and gRPC (`LogsService/Export`, plain HTTP/2).
+//! POST /v1/logs) and gRPC (`LogsService/Export`, HTTP/2: plain for `otlp+grpc`, over TLS with
+//! ALPN `h2` for `otlp+grpcs`, the server verified against the public roots and `ca`).
 //!
 //! One log record per event: `time_unix_nano` the record's time, `event_name` its kind, the
 //! body its readable line (as `governance run` prints it), severity WARN for refused actions and
@@ -20,6 +21,76 @@ use super::SendError;
 use crate::{events::Record, pipeline::Delivered};
 
 pub type GrpcClient = LogsServiceClient<tonic::transport::Channel>;
+
+/// Where an `otlp+grpc` or `otlp+grpcs` exporter sends.
+#[derive(Clone, Debug)]
+pub struct GrpcTarget {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub endpoint: String,
+    /// `otlp+grpcs`: the TLS client's settings.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl GrpcTarget {
+    pub fn plain(authority: &str) -> Self {
+        Self {
+            endpoint: format!("http://{authority}"),
+            tls: None,
+        }
+    }
+
+    /// gRPC over TLS, trusting the public roots and the PEM roots in `ca`.
+    pub fn tls(authority: &str, ca: Option<&std::path::Path>) -> Result<Self, String> {
+        let config = crate::proxy::tls::client_config(ca).map_err(|e| e.to_string())?;
+        let mut config = (*config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Self {
+            endpoint: format!("https://{authority}"),
+            tls: Some(std::sync::Arc::new(config)),
+        })
+    }
+
+    async fn connect(&self) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.endpoint.clone())?;
+        let Some(tls) = self.tls.clone() else {
+            return endpoint.connect().await;
+        };
+        // tonic is built without its TLS features: the TLS is ours (rustls, as the other
+        // exporters'), under tonic's HTTP/2.
+        let connector = tower::service_fn(move |uri: tonic::codegen::http::Uri| {
+            let tls = tls.clone();
+            async move {
+                let host = uri
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                let port = uri.port_u16().unwrap_or(443);
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                let name =
+                    rustls::pki_types::ServerName::try_from(host).map_err(std::io::Error::other)?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
+        endpoint.connect_with_connector(connector).await
+    }
+}
+
+/// An error with its causes (tonic's own says only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
 
 /// OTLP severity numbers.
 const SEVERITY_INFO: i32 = 9;
@@ -140,16 +211,17 @@ pub fn encode(batch: &[Delivered]) -> Vec<u8> {
 }
 
 pub async fn send_grpc(
-    endpoint: &str,
+    target: &GrpcTarget,
     client: &mut Option<GrpcClient>,
     batch: &[Delivered],
 ) -> Result<(), SendError> {
+    let endpoint = &target.endpoint;
     if client.is_none() {
-        *client = Some(
-            LogsServiceClient::connect(endpoint.to_owned())
-                .await
-                .map_err(|e| SendError::Transient(format!("{endpoint}: connect: {e}")))?,
-        );
+        let channel = target
+            .connect()
+            .await
+            .map_err(|e| SendError::Transient(format!("{endpoint}: connect: {}", chain(&e))))?;
+        *client = Some(LogsServiceClient::new(channel));
     }
     let Some(c) = client else { return Ok(()) };
     match c.export(request(batch)).await {

@@ -103,8 +103,11 @@ fn urls_parse_and_bad_ones_are_refused() {
         matches!(e.sink, Sink::OtlpHttp(ref t) if format!("{t:?}").contains("http://collector:4318/v1/logs"))
     );
     let e = Exporter::parse("otlp+grpc://127.0.0.1:4317?type=decision&name=otel").unwrap();
-    assert!(matches!(e.sink, Sink::OtlpGrpc(ref a) if a == "http://127.0.0.1:4317"));
+    assert!(matches!(e.sink, Sink::OtlpGrpc(ref a) if a.endpoint == "http://127.0.0.1:4317"));
     assert_eq!(e.name, "otel");
+    let e = Exporter::parse("otlp+grpcs://collector.example:4317").unwrap();
+    assert!(matches!(e.sink, Sink::OtlpGrpc(ref a)
+        if a.endpoint == "https://collector.example:4317" && a.tls.is_some()));
     for (bad, says) in [
         ("syslog://x:1", "unknown scheme"),
         ("syslog+tcp://x:1/path", "without a path"),
@@ -117,6 +120,14 @@ fn urls_parse_and_bad_ones_are_refused() {
             "/nonexistent/secret",
         ),
         ("webhook+ftp://h/p", "unknown scheme"),
+        (
+            "otlp+grpc://h:1?ca=/etc/hostname",
+            "otlp+grpcs is gRPC over TLS",
+        ),
+        (
+            "otlp+grpcs://h:1?ca=/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
         ("127.0.0.1:514", "SCHEME://"),
     ] {
         let e = Exporter::parse(bad).unwrap_err().to_string();
@@ -178,10 +189,8 @@ fn free_port(udp: bool) -> u16 {
     }
 }
 
-fn rsyslogd() -> Rsyslog {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // A CA and a server certificate for 127.0.0.1 (rcgen), for the gtls driver.
+/// A CA and a server certificate for 127.0.0.1 (rcgen), as `d`/ca.pem, cert.pem, key.pem.
+fn test_certificates(d: &std::path::Path) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -195,6 +204,13 @@ fn rsyslogd() -> Rsyslog {
     std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
     std::fs::write(d.join("cert.pem"), cert.pem()).unwrap();
     std::fs::write(d.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+fn rsyslogd() -> Rsyslog {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // For the gtls driver.
+    test_certificates(d);
     let (udp, tcp, tls) = (free_port(true), free_port(false), free_port(false));
     let out = d.join("out.log");
     let conf = format!(
@@ -605,6 +621,131 @@ async fn otlp_logs_over_http_and_grpc() {
         assert_eq!((v.sent, v.lost), (n as u64, 0), "{v:?}");
     }
     h.publisher.stop();
+}
+
+/// OTLP over gRPC with TLS (`otlp+grpcs`), against the same receiver served over TLS (rustls,
+/// ALPN h2) with a certificate of a CA of the test's: the exporter given the CA (`ca=`)
+/// delivers every record; the control, the same exporter without it, trusts only the public
+/// roots and refuses the server, so its records are lost and counted, none delivered.
+#[tokio::test]
+async fn otlp_logs_over_grpc_with_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    test_certificates(d);
+    use rustls::pki_types::pem::PemObject as _;
+    let pem = |f: &str| std::fs::read(d.join(f)).unwrap();
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(&pem("cert.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem("key.pem")).unwrap();
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+
+    let seen = Requests::default();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // The handshakes that fail (the control's) are skipped, not ended the server with.
+    let incoming = futures_util::stream::unfold((l, acceptor), |(l, acceptor)| async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                return Some((Ok::<_, std::io::Error>(TlsConn(tls)), (l, acceptor)));
+            }
+        }
+    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(LogsServiceServer::new(Collector(seen.clone())))
+            .serve_with_incoming(incoming),
+    );
+
+    let (h, metrics) = pipeline();
+    let ca = d.join("ca.pem");
+    let exporters = vec![
+        Exporter::parse(&format!(
+            "otlp+grpcs://{addr}?kind=http&name=trusted&ca={}",
+            ca.display()
+        ))
+        .unwrap(),
+        Exporter::parse(&format!(
+            "otlp+grpcs://{addr}?kind=http&name=untrusted&retries=0"
+        ))
+        .unwrap(),
+    ];
+    let running = start(exporters, &h.publisher, &metrics).await.unwrap();
+    let n = 5;
+    h.publisher.publish(decision(99, "exec", "block"));
+    h.publisher
+        .publish_batch((0..n).map(|i| decision(i, "http", "block")).collect());
+    let view = |name: &str| {
+        running
+            .views()
+            .into_iter()
+            .find(|v| v.name == name)
+            .unwrap()
+    };
+    wait_until(
+        "the trusted exporter delivers, the untrusted one loses",
+        || {
+            let (t, u) = (view("trusted"), view("untrusted"));
+            (logs(&seen).len() == n && t.sent == n as u64 && u.lost == n as u64).then_some(())
+        },
+    )
+    .await;
+    check_logs(&seen, n);
+    assert_eq!(view("trusted").lost, 0);
+    assert_eq!(view("untrusted").sent, 0);
+    h.publisher.stop();
+}
+
+/// A server TLS connection as tonic's server takes it.
+struct TlsConn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>);
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ();
+    fn connect_info(&self) {}
+}
+
+impl tokio::io::AsyncRead for TlsConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TlsConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
 }
 
 /// The accepted connections of `l` as tonic's incoming stream.

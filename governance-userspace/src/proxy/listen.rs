@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use super::{
-    Conn, Mode, Proxy,
+    Conn, Mode, Proxy, Threads,
     io::{self, Activity, Proto, Tracked},
     tunnel::TlsIo,
 };
@@ -56,6 +56,35 @@ impl Proxy {
             crate::kernel::netns_cookie(stream.as_fd()).unwrap_or(0)
         };
         let client = self.identify.identify(peer, local, netns);
+        // What the agent sends is parsed on the proxy's own threads, which hold no capability:
+        // the socket goes there (the kernel map and /proc reads above needed the daemon's).
+        if let Some(rt) = self.threads.get().and_then(Threads::handle) {
+            let Ok(stream) = stream.into_std() else {
+                return;
+            };
+            let this = self.clone();
+            let _in = rt.enter();
+            io::spawn(&self.panics, async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => this.identified(stream, peer, local, client).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "proxy: handing a connection over failed")
+                    }
+                }
+            });
+            return;
+        }
+        self.identified(stream, peer, local, client).await;
+    }
+
+    /// Serve an identified connection.
+    async fn identified(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        client: Option<super::Client>,
+    ) {
         // Unidentified connections share one budget.
         let key = client
             .as_ref()

@@ -205,6 +205,41 @@ pub struct Proxy {
     /// What TLS interception needs, loaded once; or why it is unavailable (connections to
     /// intercepted hosts are then refused, never spliced).
     interception: Result<Interception, String>,
+    /// The proxy's own threads, where identified connections are served (none: the current
+    /// runtime's). See [`Proxy::serve_on`].
+    threads: std::sync::OnceLock<Threads>,
+}
+
+/// The proxy's own threads (a runtime of its own): they hold no capability, and everything an
+/// agent sends is parsed there (see [`crate::privilege`]). Shut down, without waiting for its
+/// tasks, when dropped.
+pub struct Threads(Option<tokio::runtime::Runtime>);
+
+impl Threads {
+    /// Thread names in /proc/PID/task/TID/comm.
+    pub const NAME: &str = "gov-proxy";
+
+    pub fn start(workers: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name(Self::NAME)
+            .on_thread_start(crate::privilege::proxy_thread_started)
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+    }
+
+    pub fn handle(&self) -> Option<&tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle())
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Proxy {
@@ -240,11 +275,24 @@ impl Proxy {
             grants: Arc::new(Mutex::new(HashMap::new())),
             sessions: Arc::new(sse::Sessions::default()),
             hasher: RandomState::new(),
+            threads: std::sync::OnceLock::new(),
         })
     }
 
     pub fn config(&self) -> &ProxyConfig {
         &self.cfg
+    }
+
+    /// Serve identified connections on `threads` from now on (the daemon's threads go on
+    /// accepting and identifying them: that needs privileges the proxy's threads do not hold).
+    pub fn serve_on(&self, threads: Threads) {
+        let _ = self.threads.set(threads);
+    }
+
+    /// The capabilities the proxy's threads hold (None: it has no threads of its own).
+    pub async fn capabilities(&self) -> Option<Vec<String>> {
+        let rt = self.threads.get()?.handle()?;
+        rt.spawn(async { crate::privilege::held() }).await.ok()
     }
 
     /// Tasks that panicked (each dropped its connection; the proxy went on). Tests assert 0.
