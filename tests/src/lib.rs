@@ -21,6 +21,9 @@ use governance::{
 };
 use governance_common::Event;
 
+mod daemon;
+pub use daemon::*;
+
 /// Exit status a child uses to report that its syscall failed: `ERRNO_BASE + errno`.
 pub const ERRNO_BASE: i32 = 100;
 
@@ -31,7 +34,7 @@ pub struct TestCgroup {
     pub path: PathBuf,
 }
 
-static SEQ: AtomicU32 = AtomicU32::new(0);
+pub(crate) static SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl TestCgroup {
     /// A new cgroup directly below the cgroup2 root, unique to this process and call.
@@ -1367,172 +1370,6 @@ pub fn require_root() {
         nix::unistd::geteuid().is_root(),
         "kernel tests need root (to load eBPF and create cgroups); run them with `cargo xtask test` as root"
     );
-}
-
-/// A `governance run` we started, with its stderr lines arriving on a channel.
-pub struct Daemon {
-    pub child: std::process::Child,
-    stderr: std::sync::mpsc::Receiver<String>,
-    /// Its state directory: control socket, audit log, node CA.
-    pub state: PathBuf,
-    /// Remove `state` on drop (it was made for this daemon alone).
-    owned: bool,
-}
-
-impl Daemon {
-    /// Its control socket.
-    pub fn socket(&self) -> PathBuf {
-        self.state.join("governance.sock")
-    }
-
-    /// Its audit log directory.
-    pub fn audit(&self) -> PathBuf {
-        self.state.join("audit")
-    }
-
-    /// `governance <args> --socket <its socket>`.
-    pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(governance_bin())
-            .args(args)
-            .arg("--socket")
-            .arg(self.socket())
-            .output()
-            .expect("running governance")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.owned {
-            let _ = std::fs::remove_dir_all(&self.state);
-        }
-    }
-}
-
-impl Daemon {
-    /// Read stderr until a line contains `needle` (up to 90 s: loading and verifying every
-    /// program takes 25 s in the emulated VM when its host's two cores are shared); returns
-    /// everything read.
-    pub fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        let mut seen = String::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.stderr.recv_timeout(left) {
-                Ok(line) => {
-                    seen.push_str(&line);
-                    seen.push('\n');
-                    if line.contains(needle) {
-                        return seen;
-                    }
-                }
-                Err(_) => panic!("governance never said {needle:?} within 90 s; it said:\n{seen}"),
-            }
-        }
-    }
-}
-
-/// Start `governance run <args> --policy DIR` (stdout piped) and wait until it says it is
-/// enforcing. Returns the daemon and its stderr up to then. Pass `--pins DIR` in `args` (from
-/// [`pin_dir`]) and remove them with `governance unload` or [`kernel::unload`]. The daemon gets
-/// its own state directory (socket, audit log, CA) and a free proxy port unless `args` name
-/// them.
-pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
-    let state = PathBuf::from(format!(
-        "/tmp/governance-test-{}-{}-state",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&state).unwrap();
-    let (mut d, seen) = start_daemon_in(args, policy_dir, state);
-    d.owned = true;
-    (d, seen)
-}
-
-/// [`start_daemon`] with environment variables for the daemon (`KUBECONFIG`, say).
-pub fn start_daemon_env(
-    args: &[&str],
-    policy_dir: &Path,
-    env: &[(&str, &Path)],
-) -> (Daemon, String) {
-    let state = PathBuf::from(format!(
-        "/tmp/governance-test-{}-{}-state",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&state).unwrap();
-    let (mut d, seen) = start_daemon_with(args, policy_dir, state, env);
-    d.owned = true;
-    (d, seen)
-}
-
-/// [`start_daemon`] with a given state directory, which the caller removes (a restarted daemon
-/// reuses its audit log).
-pub fn start_daemon_in(args: &[&str], policy_dir: &Path, state: PathBuf) -> (Daemon, String) {
-    start_daemon_with(args, policy_dir, state, &[])
-}
-
-fn start_daemon_with(
-    args: &[&str],
-    policy_dir: &Path,
-    state: PathBuf,
-    env: &[(&str, &Path)],
-) -> (Daemon, String) {
-    use std::io::BufRead as _;
-    let mut cmd = std::process::Command::new(governance_bin());
-    cmd.arg("run").args(args);
-    let given = |flag: &str| args.contains(&flag);
-    if !given("--socket") {
-        cmd.arg("--socket").arg(state.join("governance.sock"));
-    }
-    if !given("--audit-dir") {
-        cmd.arg("--audit-dir").arg(state.join("audit"));
-    }
-    if !given("--ca-dir") {
-        cmd.arg("--ca-dir").arg(state.join("ca"));
-    }
-    if !given("--proxy-listen") && !given("--no-proxy") {
-        cmd.args(["--proxy-listen", "127.0.0.1:0"]);
-    }
-    let mut child = cmd
-        .arg("--policy")
-        .arg(policy_dir)
-        .env("GOVERNANCE_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("starting governance");
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let daemon = Daemon {
-        child,
-        stderr: rx,
-        state,
-        owned: false,
-    };
-    let seen = daemon.wait_for("governance: control API on");
-    (daemon, seen)
-}
-
-/// Stop a daemon we started, by its pid, and check it exits cleanly.
-pub fn stop_daemon(mut daemon: Daemon) {
-    signal(&daemon, nix::sys::signal::SIGTERM);
-    let status = daemon.child.wait().unwrap();
-    assert!(status.success(), "governance exited with {status:?}");
-}
-
-/// Send a signal to a daemon we started.
-pub fn signal(daemon: &Daemon, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-    nix::sys::signal::kill(pid, sig).unwrap();
 }
 
 /// `program args...` to run inside `cgroup` (it joins the cgroup between fork and exec), or

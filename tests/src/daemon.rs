@@ -1,0 +1,380 @@
+//! A `governance run` we started: the one harness of the kernel tests and the benchmarks.
+//!
+//! Its stderr is read by a thread into a log of (arrival time, line). Tests wait on it with
+//! [`Daemon::wait_for`] (which panics at its deadline: a test fails loudly); benchmarks with
+//! [`Daemon::wait_line`] (which returns an error and the arrival time they measure with).
+
+use std::{
+    ffi::OsString,
+    io::BufRead as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crate::{SEQ, governance_bin};
+
+/// Its control socket, audit log and CA, below its state directory.
+pub const SOCKET: &str = "governance.sock";
+pub const AUDIT: &str = "audit";
+
+/// How long [`Daemon::wait_for`] waits: loading and verifying every program takes 25 s in the
+/// emulated VM when its host's two cores are shared.
+const WAIT_FOR: Duration = Duration::from_secs(90);
+
+/// A `governance run` we started.
+pub struct Daemon {
+    pub child: Child,
+    /// Its stderr lines, each with when it arrived.
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    reader: Option<JoinHandle<()>>,
+    /// Where [`Daemon::wait_for`] goes on reading.
+    read: AtomicUsize,
+    /// Its state directory: control socket, audit log, node CA.
+    pub state: PathBuf,
+    /// Remove `state` on drop (it was made for this daemon alone).
+    owned: bool,
+    /// Set by [`Daemon::start`]: stop it (and unload these pins) on drop.
+    stop_on_drop: Option<(PathBuf, PathBuf)>,
+    /// Its "governance: enforcing ..." line, when [`Daemon::start`] saw one.
+    pub enforcing: String,
+}
+
+impl Daemon {
+    /// Start `bin run <args>` with `env`, stdout piped (tests) or to /dev/null (benchmarks),
+    /// and collect its stderr.
+    fn spawn(
+        bin: &Path,
+        args: &[OsString],
+        env: &[(&str, &Path)],
+        quiet: bool,
+    ) -> Result<Daemon, String> {
+        let mut child = Command::new(bin)
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(if quiet { Stdio::null() } else { Stdio::piped() })
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let stderr = std::io::BufReader::new(child.stderr.take().ok_or("the daemon's stderr")?);
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let reader = {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in stderr.lines().map_while(Result::ok) {
+                    lock(&lines).push((Instant::now(), line));
+                }
+            })
+        };
+        Ok(Daemon {
+            child,
+            lines,
+            reader: Some(reader),
+            read: AtomicUsize::new(0),
+            state: PathBuf::new(),
+            owned: false,
+            stop_on_drop: None,
+            enforcing: String::new(),
+        })
+    }
+
+    /// Start `governance run <args> --pins <pins>` as a benchmark does (stdout to /dev/null)
+    /// and wait until its control API is up. Stopped, and its pins unloaded, on drop.
+    pub fn start(governance: &Path, pins: &Path, args: &[OsString]) -> Result<Daemon, String> {
+        let mut all: Vec<OsString> = vec!["--pins".into(), pins.into()];
+        all.extend(args.iter().cloned());
+        let mut d = Daemon::spawn(governance, &all, &[], true)?;
+        d.stop_on_drop = Some((governance.to_owned(), pins.to_owned()));
+        let from = 0;
+        match d.wait_line(from, "governance: control API on", Duration::from_secs(180)) {
+            Ok((at, _)) => {
+                d.enforcing = lock(&d.lines)[..at]
+                    .iter()
+                    .rev()
+                    .find(|(_, l)| l.contains("governance: enforcing"))
+                    .map(|(_, l)| l.clone())
+                    .unwrap_or_default();
+                Ok(d)
+            }
+            Err(e) => {
+                d.stop();
+                Err(format!("governance run did not start: {e}"))
+            }
+        }
+    }
+
+    /// Start `governance run` as the benchmarks measure it, as deployed: every decision is
+    /// drained, enriched and written to the audit log (the daemon's CPU is part of the cost);
+    /// no proxy (the loops make no HTTP calls). Its socket, audit log and CA under `state`.
+    pub fn start_enforcing(
+        governance: &Path,
+        pins: &Path,
+        policy_dir: &Path,
+        state: &Path,
+        allow_degraded: bool,
+    ) -> Result<Daemon, String> {
+        let mut args: Vec<OsString> = vec!["--policy".into(), policy_dir.into()];
+        for (flag, name) in [
+            ("--socket", SOCKET),
+            ("--audit-dir", AUDIT),
+            ("--ca-dir", "ca"),
+        ] {
+            args.push(flag.into());
+            args.push(state.join(name).into());
+        }
+        for flag in [
+            "--no-proxy",
+            "--quiet",
+            "--detach-on-exit",
+            "--no-create-cgroups",
+        ] {
+            args.push(flag.into());
+        }
+        if allow_degraded {
+            args.push("--allow-degraded".into());
+        }
+        let mut d = Daemon::start(governance, pins, &args)?;
+        d.state = state.to_owned();
+        Ok(d)
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.state.join(SOCKET)
+    }
+
+    /// Its audit log directory.
+    pub fn audit(&self) -> PathBuf {
+        self.state.join(AUDIT)
+    }
+
+    /// `governance <args> --socket <its socket>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(governance_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("running governance")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its last `n` stderr lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let lines = lock(&self.lines);
+        lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    /// How many stderr lines it has printed so far.
+    pub fn line_count(&self) -> usize {
+        lock(&self.lines).len()
+    }
+
+    /// The first stderr line from number `from` on that contains `text`: its number and when
+    /// it arrived. Waits up to `timeout`, and says why it stopped waiting.
+    pub fn wait_line(
+        &self,
+        from: usize,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<(usize, Instant), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let lines = lock(&self.lines);
+                if let Some(i) = lines.iter().skip(from).position(|(_, l)| l.contains(text)) {
+                    return Ok((from + i, lines[from + i].0));
+                }
+            }
+            let exited = !matches!(self.child_running(), Some(true));
+            if Instant::now() > deadline || (exited && self.reader_done()) {
+                let why = if exited { "it exited" } else { "timed out" };
+                return Err(format!(
+                    "the daemon did not print {text:?} within {timeout:?} ({why}); its stderr:\n  {}",
+                    self.tail(30).join("\n  ")
+                ));
+            }
+            // Poll interval: a line's arrival time is stamped by the reader, not here.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Read stderr on from where the last call stopped until a line contains `needle` (up to
+    /// 90 s); returns everything read. Panics if it does not come.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let from = self.read.load(Ordering::Relaxed);
+        match self.wait_line(from, needle, WAIT_FOR) {
+            Ok((at, _)) => {
+                self.read.store(at + 1, Ordering::Relaxed);
+                let lines = lock(&self.lines);
+                let mut seen = String::new();
+                for (_, l) in &lines[from..=at] {
+                    seen.push_str(l);
+                    seen.push('\n');
+                }
+                seen
+            }
+            Err(e) => panic!("governance never said {needle:?}: {e}"),
+        }
+    }
+
+    /// SIGTERM, wait (60 s, then SIGKILL), then `governance unload` of the pins it was started
+    /// with. Returns its "governance: stopping; ..." line, if it printed one.
+    pub fn stop(&mut self) -> Option<String> {
+        if matches!(self.child_running(), Some(true)) {
+            // Our own child, by its pid.
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while matches!(self.child_running(), Some(true)) && Instant::now() < deadline {
+                // Poll interval; the deadline above bounds the wait for its exit.
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if matches!(self.child_running(), Some(true)) {
+                eprintln!("governance run ignored SIGTERM for 60 s; killing it");
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        if let Some((governance, pins)) = self.stop_on_drop.take() {
+            let _ = Command::new(governance)
+                .arg("unload")
+                .arg("--pins")
+                .arg(pins)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        lock(&self.lines)
+            .iter()
+            .find(|(_, l)| l.contains("governance: stopping;"))
+            .map(|(_, l)| l.clone())
+    }
+
+    fn child_running(&self) -> Option<bool> {
+        // try_wait needs &mut; the pid is ours and not yet reaped, so /proc tells.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        Some(
+            !stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|s| s.trim_start().starts_with('Z')),
+        )
+    }
+
+    fn reader_done(&self) -> bool {
+        self.reader.as_ref().is_none_or(|r| r.is_finished())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.stop_on_drop.is_some() {
+            self.stop();
+        }
+        if self.owned {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fresh_state() -> PathBuf {
+    let state = PathBuf::from(format!(
+        "/tmp/governance-test-{}-{}-state",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&state).unwrap();
+    state
+}
+
+/// Start `governance run <args> --policy DIR` (stdout piped) and wait until its control API
+/// is up. Returns the daemon and its stderr up to then. Pass `--pins DIR` in `args` (from
+/// [`crate::pin_dir`]) and remove them with `governance unload` or [`governance::kernel::unload`].
+/// The daemon gets its own state directory (socket, audit log, CA) and a free proxy port unless
+/// `args` name them.
+pub fn start_daemon(args: &[&str], policy_dir: &Path) -> (Daemon, String) {
+    start_daemon_env(args, policy_dir, &[])
+}
+
+/// [`start_daemon`] with environment variables for the daemon (`KUBECONFIG`, say).
+pub fn start_daemon_env(
+    args: &[&str],
+    policy_dir: &Path,
+    env: &[(&str, &Path)],
+) -> (Daemon, String) {
+    let (mut d, seen) = start_daemon_with(args, policy_dir, fresh_state(), env);
+    d.owned = true;
+    (d, seen)
+}
+
+/// [`start_daemon`] with a given state directory, which the caller removes (a restarted daemon
+/// reuses its audit log).
+pub fn start_daemon_in(args: &[&str], policy_dir: &Path, state: PathBuf) -> (Daemon, String) {
+    start_daemon_with(args, policy_dir, state, &[])
+}
+
+fn start_daemon_with(
+    args: &[&str],
+    policy_dir: &Path,
+    state: PathBuf,
+    env: &[(&str, &Path)],
+) -> (Daemon, String) {
+    let mut all: Vec<OsString> = args.iter().map(OsString::from).collect();
+    let given = |flag: &str| args.contains(&flag);
+    for (flag, name) in [
+        ("--socket", SOCKET),
+        ("--audit-dir", AUDIT),
+        ("--ca-dir", "ca"),
+    ] {
+        if !given(flag) {
+            all.push(flag.into());
+            all.push(state.join(name).into());
+        }
+    }
+    if !given("--proxy-listen") && !given("--no-proxy") {
+        all.extend(["--proxy-listen".into(), "127.0.0.1:0".into()]);
+    }
+    all.extend(["--policy".into(), policy_dir.into()]);
+    let log = Path::new("warn");
+    let mut env = env.to_vec();
+    env.insert(0, ("GOVERNANCE_LOG", log));
+    let mut daemon =
+        Daemon::spawn(&governance_bin(), &all, &env, false).expect("starting governance");
+    daemon.state = state;
+    let seen = daemon.wait_for("governance: control API on");
+    (daemon, seen)
+}
+
+/// Stop a daemon we started, by its pid, and check it exits cleanly.
+pub fn stop_daemon(mut daemon: Daemon) {
+    signal(&daemon, nix::sys::signal::SIGTERM);
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "governance exited with {status:?}");
+}
+
+/// Send a signal to a daemon we started.
+pub fn signal(daemon: &Daemon, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, sig).unwrap();
+}
