@@ -1,7 +1,7 @@
 //! What the programs know of the kernel: the byte offsets of the kernel struct fields they read
 //! (set by the loader), how to read through them, and the kernel's own constants (errno, file
 //! mode and open flags, socket families, magic numbers, BPF helper flags).
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::{bindings, helpers::bpf_probe_read_kernel};
 
 // Byte offsets of kernel struct fields, written by the loader from the running kernel's BTF
 // (see governance_common::offsets). They live in .rodata, which the loader freezes, so the
@@ -75,6 +75,8 @@ pub(crate) unsafe fn read_at<T>(base: u64, off: u64) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base + off) as *const T) }
 }
 
+// What the kernel's UAPI headers define (errno, open flags, socket families): not in
+// aya-ebpf-bindings, which carries the BPF UAPI only; the BPF ones below come from it.
 pub(crate) const EPERM: i32 = 1;
 /// `MAX_PID_NS_LEVEL`: how deep PID namespaces nest.
 pub(crate) const MAX_PID_NS_LEVEL: u32 = 32;
@@ -94,14 +96,14 @@ pub(crate) const IPPROTO_UDP: i32 = 17;
 pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;
-pub(crate) const BPF_NOEXIST: u64 = 1;
-pub(crate) const BPF_F_NO_PREALLOC: u32 = 1;
-pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;
+pub(crate) const BPF_F_NO_PREALLOC: u32 = bindings::BPF_F_NO_PREALLOC;
+pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
 pub(crate) const AF_INET: u32 = 2;
 pub(crate) const AF_INET6: u32 = 10;
-pub(crate) const BPF_RB_NO_WAKEUP: u64 = 1;
-pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = 2;
-pub(crate) const BPF_RB_AVAIL_DATA: u64 = 0;
+pub(crate) const BPF_RB_NO_WAKEUP: u64 = bindings::BPF_RB_NO_WAKEUP as u64;
+pub(crate) const BPF_RB_FORCE_WAKEUP: u64 = bindings::BPF_RB_FORCE_WAKEUP as u64;
+pub(crate) const BPF_RB_AVAIL_DATA: u64 = bindings::BPF_RB_AVAIL_DATA as u64;
 /// capable(): `opts` bit of a check that is not to be audited (a probe: "would I have it?").
 pub(crate) const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 pub(crate) const PROT_EXEC: u64 = 0x4;
