@@ -98,7 +98,8 @@ pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;
 pub(crate) const BPF_F_NO_PREALLOC: u32 = bindings::BPF_F_NO_PREALLOC;
-pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
+pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 =
+    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
 pub(crate) const AF_INET: u32 = 2;
 pub(crate) const AF_INET6: u32 = 10;
 pub(crate) const BPF_RB_NO_WAKEUP: u64 = bindings::BPF_RB_NO_WAKEUP as u64;
