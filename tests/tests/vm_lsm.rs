@@ -2540,7 +2540,11 @@ fn leaving_the_subtree_is_refused() {
             Control::Succeeds,
         );
         assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}");
-        assert_eq!(ev.rule_id & 0x7fff_ffff, 0, "{case}: a built-in path rule");
+        assert_eq!(
+            governance_common::id_number(ev.rule_id),
+            0,
+            "{case}: a built-in path rule"
+        );
     }
     // A root process outside, with the same capabilities as a root agent: attaching needs no
     // capability, and code injected there would run outside the agent.
@@ -3647,7 +3651,10 @@ fn names_cases() {
         Control::Succeeds,
     );
     assert_eq!(
-        (ev.rule_id & 0x7fff_ffff, Cause::from_u8(ev.cause)),
+        (
+            governance_common::id_number(ev.rule_id),
+            Cause::from_u8(ev.cause)
+        ),
         (0, Some(Cause::Rule)),
         "the built-in protected path"
     );
@@ -3686,7 +3693,10 @@ fn names_cases() {
         Control::Succeeds,
     );
     assert_eq!(
-        (ev.rule_id & 0x7fff_ffff, Cause::from_u8(ev.cause)),
+        (
+            governance_common::id_number(ev.rule_id),
+            Cause::from_u8(ev.cause)
+        ),
         (0, Some(Cause::Rule)),
         "the built-in protected path"
     );
@@ -4023,7 +4033,11 @@ fn system_files_are_refused() {
     for (case, attempt, kind, op, made) in &cases {
         let ev = deny(&mut k, &fx, case, attempt, *kind, Control::Succeeds);
         // A built-in refusal: no rule of the policy (rule number 0).
-        assert_eq!(ev.rule_id & 0x7fff_ffff, 0, "{case}: a built-in refusal");
+        assert_eq!(
+            governance_common::id_number(ev.rule_id),
+            0,
+            "{case}: a built-in refusal"
+        );
         if let Some(op) = op {
             assert_eq!(ev.detail, *op, "{case}: the operation");
         }

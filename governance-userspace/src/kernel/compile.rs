@@ -31,7 +31,7 @@ use std::{
 use governance_common::{
     AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
     RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access,
-    allow, class_id, proto,
+    allow, class_id, id_number, proto,
 };
 
 use crate::{
@@ -826,7 +826,7 @@ pub fn compile(
             c.value.class = pc;
             identities.resolve(&mut c);
             drop_shared(&mut c, &shared);
-            out.profiles.push((pc & 0x7fff_ffff, out.classes.len()));
+            out.profiles.push((id_number(pc), out.classes.len()));
             out.classes.push(c);
         }
     }
