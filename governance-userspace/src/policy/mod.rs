@@ -8,6 +8,7 @@ pub mod cond;
 pub mod glob;
 pub mod kube;
 pub mod model;
+pub mod report;
 
 use std::{
     collections::BTreeMap,
@@ -412,6 +413,8 @@ pub struct Rule {
     pub sandbox: Option<SandboxTarget>,
     pub at: Location,
     pub specificity: [u32; 4],
+    /// `report:`, as written (see [`report::of_rule`]).
+    pub report: Option<report::Report>,
 }
 
 /// A compiled policy.
@@ -426,6 +429,8 @@ pub struct Policy {
     pub selector: Selector,
     /// Default posture per kind, where the policy sets one.
     pub defaults: BTreeMap<Kind, Posture>,
+    /// `defaults.report`: how allowed actions are reported per kind, where the policy says.
+    pub report_defaults: BTreeMap<Kind, report::Report>,
     pub sandbox_profiles: BTreeMap<String, SandboxProfile>,
     pub rules: Vec<Rule>,
     /// `proxy.max_body`: the largest body the HTTP proxy buffers for this policy's agents.
@@ -930,6 +935,7 @@ impl Cx<'_> {
                 defaults.insert(kind, **p);
             }
         }
+        let report_defaults = self.report_defaults(&doc.defaults.report);
         let profiles = self.profiles(&doc.sandbox_profiles);
         let rules = self.rules(&name, mode, &profiles, doc.rules);
         let max_body = doc
@@ -1003,6 +1009,7 @@ impl Cx<'_> {
             mode,
             selector: selector.unwrap_or_default(),
             defaults,
+            report_defaults,
             sandbox_profiles: profiles,
             rules,
         })
@@ -1451,7 +1458,9 @@ impl Cx<'_> {
             }
         });
         let matcher = matcher?;
+        let report = self.rule_report(&r.report, verdict, matcher.kind());
         (self.problems.len() == before).then(|| Rule {
+            report,
             id: format!("{policy}/{}", *r.id),
             verdict,
             reason: r.reason.trim().to_owned(),
