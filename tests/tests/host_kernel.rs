@@ -16,6 +16,7 @@ use governance_tests::{
     Attempt, Outcome, TestCgroup, governance_bin, load, pin_dir, poll_until, require_root, run_in,
     signal, start_daemon, stop_daemon, text, wait_for_value, wait_until,
 };
+use governance_tests::{audit_records, metric_value, scrape_metrics};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
@@ -2369,35 +2370,12 @@ fn kubernetes_pods_are_agents_by_their_labels() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Every `decisions.counted` and decision record of an audit log directory, in order.
-fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|line| line.get("record").cloned())
-        .collect()
-}
-
 /// Issue 17, the in-kernel reporting policy: an allowed connect under `report: count` is counted
 /// in the kernel, not reported one by one; the metric, `governance agents` and the audit log's
 /// signed count records add up to the connects made, and no decision record names the rule. The
 /// control, the same connects under `report: every`, gives one decision record each.
 #[test]
 fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
-    use std::io::{Read as _, Write as _};
     require_root();
     const N: u64 = 12;
     let agent = TestCgroup::new("report");
@@ -2446,22 +2424,8 @@ fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
     let metric = format!(
         "governance_allowed_counted_total{{agent=\"{name}\",rule=\"report/counted\",kind=\"connect\"}}"
     );
-    let scrape = || {
-        let mut c = std::net::TcpStream::connect(health).unwrap();
-        write!(
-            c,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        out
-    };
-    let value = |text: &str, series: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.trim().parse().ok())
-    };
+    let scrape = || scrape_metrics(health);
+    let value = metric_value;
     // Read from the kernel once a second.
     let counted_in_time = poll_until(Duration::from_secs(10), || {
         value(&scrape(), &metric) == Some(N)
