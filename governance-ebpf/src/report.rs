@@ -6,10 +6,10 @@
 //! the entries and sums them. Without an entry (the map was full, no daemon runs) the action is
 //! reported as an event instead (nothing goes unseen) and the overflow entry counts it; the
 //! decision itself never depends on the counters.
-use governance_common::{Cause, CountKey, Counter, Verdict, report};
+use governance_common::{Cause, CountKey, Verdict, report};
 
 use crate::{
-    decide::{Agent, Decision, count},
+    decide::{Agent, Decision},
     maps::COUNTS,
 };
 
@@ -47,10 +47,9 @@ pub(crate) fn report(agent: &Agent, d: &Decision) -> Report {
     // slots of an entry it inserts are not cleared on every kernel). One that is not there (the
     // table was full, or no daemon runs) means an event, counted as such.
     let Some(v) = COUNTS.get_ptr_mut(&key) else {
-        match COUNTS.get_ptr_mut(&CountKey::OVERFLOW) {
+        if let Some(o) = COUNTS.get_ptr_mut(&CountKey::OVERFLOW) {
             // SAFETY: this CPU's slot of a map value, only this CPU writes it.
-            Some(o) => unsafe { *o += 1 },
-            None => count(Counter::MapFull),
+            unsafe { *o += 1 };
         }
         return Report::Event;
     };

@@ -43,6 +43,9 @@ pub(super) struct Counts {
     warned: bool,
 }
 
+/// Actions counted, by kind.
+type Counted = BTreeMap<String, u64>;
+
 /// Who and what a counter counts: the agent, its rule (`default`: none matched), the kind.
 fn describe(names: &BTreeMap<u32, std::sync::Arc<Names>>, key: &CountKey) -> (AgentInfo, String) {
     let gen_names = names.get(&key.generation);
@@ -144,10 +147,12 @@ impl Counts {
         agents: &[crate::agents::AgentCgroup],
         generation: u32,
     ) {
-        let keys = crate::kernel::count_keys(set, agents, generation);
+        let mut keys = crate::kernel::count_keys(set, agents, generation);
         if keys.is_empty() {
             return;
         }
+        // The entry that counts the actions that find no counter, first (never removed).
+        keys.insert(0, CountKey::OVERFLOW);
         let Ok(mut e) = enforcer.lock() else { return };
         match e.prepare_counts(&keys) {
             Ok(there) if there < keys.len() => tracing::warn!(
@@ -167,8 +172,7 @@ impl Counts {
         self.last_record = Some(Instant::now());
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
         // One record per agent and rule, whatever generations counted.
-        let mut by: BTreeMap<(u64, String), (AgentInfo, u32, BTreeMap<String, u64>)> =
-            BTreeMap::new();
+        let mut by: BTreeMap<(u64, String), (AgentInfo, u32, Counted)> = BTreeMap::new();
         for (key, n) in std::mem::take(&mut self.pending) {
             let (agent, rule) = describe(&names, &key);
             let entry = by
