@@ -147,18 +147,18 @@ impl Counts {
         agents: &[crate::agents::AgentCgroup],
         generation: u32,
     ) {
-        let mut keys = crate::kernel::count_keys(set, agents, generation);
+        let (mut keys, wanted) = crate::kernel::count_keys(set, agents, generation);
         if keys.is_empty() {
             return;
         }
         // The entry that counts the actions that find no counter, first (never removed).
         keys.insert(0, CountKey::OVERFLOW);
         let Ok(mut e) = enforcer.lock() else { return };
+        let wanted = wanted + 1;
         match e.prepare_counts(&keys) {
-            Ok(there) if there < keys.len() => tracing::warn!(
-                "the kernel's count table is full: {} of {} counters of generation {generation} could not be made; those actions are recorded as events instead",
-                keys.len() - there,
-                keys.len()
+            Ok(there) if there < wanted => tracing::warn!(
+                "the kernel's count table is full: {} of {wanted} counters of generation {generation} could not be made; those actions are recorded as events instead",
+                wanted - there,
             ),
             Ok(_) => {}
             Err(err) => tracing::warn!(

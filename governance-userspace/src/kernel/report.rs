@@ -3,7 +3,7 @@
 //! theirs from `policy::report::of_rule`.
 
 use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use governance_common::{AgentValue, CountKey, RulePair, Verdict as KVerdict, maps};
+use governance_common::{AgentValue, CountKey, MAX_COUNTS, RulePair, Verdict as KVerdict, maps};
 
 use super::KernelError;
 
@@ -44,8 +44,20 @@ fn kernel_kinds(kind: Kind) -> &'static [governance_common::Kind] {
 /// enforcing policies that counts or samples, and each kind whose default-allowed actions do
 /// (rule [`governance_common::NO_RULE`]; the built-in allows, of the agent's own cgroup and a
 /// sandbox's writable directories, count there too). Numbered as `compile` numbers rules.
-pub fn count_keys(set: &PolicySet, agents: &[AgentCgroup], generation: u32) -> Vec<CountKey> {
+/// At most [`MAX_COUNTS`] keys (what the kernel table holds), and how many were wanted.
+pub fn count_keys(
+    set: &PolicySet,
+    agents: &[AgentCgroup],
+    generation: u32,
+) -> (Vec<CountKey>, usize) {
     let mut keys = Vec::new();
+    let mut wanted = 0usize;
+    let mut push = |key: CountKey| {
+        wanted += 1;
+        if keys.len() < MAX_COUNTS as usize {
+            keys.push(key);
+        }
+    };
     for agent in agents {
         let key = |rule_id: u32, kind: governance_common::Kind| CountKey {
             agent: agent.cgroup_id,
@@ -68,7 +80,7 @@ pub fn count_keys(set: &PolicySet, agents: &[AgentCgroup], generation: u32) -> V
                     continue;
                 }
                 for k in kernel_kinds(rule.matcher.kind()) {
-                    keys.push(key(governance_common::class_id(generation, n), *k));
+                    push(key(governance_common::class_id(generation, n), *k));
                 }
             }
         }
@@ -79,12 +91,12 @@ pub fn count_keys(set: &PolicySet, agents: &[AgentCgroup], generation: u32) -> V
         {
             if aux[i] != governance_common::report::EVERY {
                 for k in kernel_kinds(kind) {
-                    keys.push(key(governance_common::NO_RULE, *k));
+                    push(key(governance_common::NO_RULE, *k));
                 }
             }
         }
     }
-    keys
+    (keys, wanted)
 }
 
 /// Write `aux` into a class's defaults that allow.
@@ -145,7 +157,8 @@ impl super::Enforcer {
             match counts.insert(*key, zero, BPF_NOEXIST) {
                 Ok(()) => there += 1,
                 Err(_) if counts.get(key, 0).is_ok() => there += 1,
-                Err(_) => {}
+                // Full: the rest would fail too.
+                Err(_) => break,
             }
         }
         Ok(there)
@@ -183,4 +196,69 @@ fn map_error(name: &'static str, call: &'static str, io_error: std::io::Error) -
 /// The number of possible CPUs: the length of a per-CPU map's values.
 fn possible_cpus() -> Result<usize, KernelError> {
     aya::util::nr_cpus().map_err(|(_, e)| map_error(maps::COUNTS, "nr_cpus", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use governance_common::{Kind as K, NO_RULE, class_id, report as enc};
+
+    use super::*;
+    use crate::policy::parse;
+
+    fn agent(index: usize, rel: &str) -> AgentCgroup {
+        AgentCgroup {
+            index,
+            name: rel.into(),
+            rel: rel.into(),
+            label: None,
+            path: PathBuf::from("/sys/fs/cgroup").join(rel),
+            cgroup_id: 1000 + index as u64,
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn counters_are_made_for_counting_rules_and_defaults_only() {
+        let set = parse(&[(
+            PathBuf::from("p.yaml"),
+            "name: p\nagents: { cgroup: a }\ndefaults: { report: { exec: count } }\nrules:\n\
+             \x20 - { id: n, network: { cidr: 10.0.0.0/8 }, verdict: allow, reason: r, report: count }\n\
+             \x20 - { id: e, network: { cidr: 10.1.0.0/16 }, verdict: allow, reason: r }\n\
+             \x20 - { id: b, file: { path: /x }, verdict: block, reason: r }\n\
+             \x20 - { id: f, file: { path: /y }, verdict: allow, reason: r }\n"
+                .to_owned(),
+        )])
+        .unwrap();
+        let a = agent(0, "a");
+        let (keys, wanted) = count_keys(&set, std::slice::from_ref(&a), 3);
+        let got: Vec<(u32, K)> = keys
+            .iter()
+            .map(|k| (k.rule_id, K::from_u8(k.kind).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (class_id(3, 1), K::Connect),
+                (class_id(3, 1), K::Send),
+                (class_id(3, 4), K::File),
+                (NO_RULE, K::Exec),
+                (NO_RULE, K::File),
+            ]
+        );
+        assert_eq!(wanted, keys.len());
+        assert!(
+            keys.iter()
+                .all(|k| k.agent == a.cgroup_id && k.generation == 3)
+        );
+        assert_eq!(
+            default_aux(&set, &a),
+            [enc::COUNT, enc::COUNT, enc::EVERY, enc::EVERY]
+        );
+        // A cgroup no enforcing policy governs has the built-in defaults: file opens counted.
+        let (keys, _) = count_keys(&set, &[agent(1, "other")], 3);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].rule_id, keys[0].kind), (NO_RULE, K::File as u8));
+    }
 }
