@@ -81,8 +81,12 @@ pub mod maps {
     /// their paths named at load (files, and directories for what is below them).
     pub const IDENT_RULES: &str = "IDENT_RULES";
 
+    /// Per-CPU hash of [`crate::CountKey`] → u64: allowed actions counted rather than
+    /// reported (see [`crate::report`]).
+    pub const COUNTS: &str = "COUNTS";
+
     /// Every map, in pin order.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         STATE,
         AGENTS,
         EXEC_RULES,
@@ -105,6 +109,7 @@ pub mod maps {
         LOADERS,
         RAW_DEVICES,
         IDENT_RULES,
+        COUNTS,
     ];
 }
 
@@ -720,6 +725,8 @@ pub mod flags {
     pub const SANDBOXED: u8 = 8;
     /// The destination was rewritten to the policy proxy.
     pub const PROXIED: u8 = 16;
+    /// A sampled allowed action (`report: { sample: N }`): it is in the counts too.
+    pub const SAMPLED: u8 = 32;
 }
 
 /// Indexes into the [`maps::COUNTERS`] per-CPU array.
@@ -750,7 +757,8 @@ pub struct RuleRef {
     /// 1 if this slot is in use.
     pub present: u8,
     /// Sandbox verdict: the class number (within the slot) of the sandbox profile.
-    /// Throttle verdict: whose bucket (see [`BucketKey`]).
+    /// Throttle verdict: whose bucket (see [`BucketKey`]). Allow verdict: how the allowed
+    /// action is reported (see [`report`]).
     pub aux: u16,
 }
 
@@ -1494,6 +1502,47 @@ pub const fn net_object(addr: &[u8; 16], port: u16) -> u64 {
     h
 }
 
+/// How an allowed action is reported: the [`RuleRef::aux`] of an `allow` rule or default.
+/// Every other decision (a denial, an escalation, a throttle, a sandboxing, a shadow "would
+/// have", a failure closed) is an event whatever this says.
+pub mod report {
+    /// One event per action.
+    pub const EVERY: u16 = 0;
+    /// No event: a per-CPU counter per agent, rule and kind in [`crate::maps::COUNTS`].
+    pub const COUNT: u16 = 1;
+    // 2..=65535: counted, and one action in that many is also an event (flags::SAMPLED).
+}
+
+/// Capacity of [`maps::COUNTS`] (allocated as it fills). The daemon makes the entries a
+/// generation needs; an action whose entry is not there (the map was full, no daemon runs) is
+/// reported as an event instead, and [`CountKey::OVERFLOW`] counts it.
+pub const MAX_COUNTS: u32 = 65536;
+
+/// Key of [`maps::COUNTS`]: the agent root, the generation and rule that allowed (rule
+/// [`NO_RULE`]: the default posture) and the [`Kind`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountKey {
+    pub agent: u64,
+    pub generation: u32,
+    pub rule_id: u32,
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+impl CountKey {
+    /// The entry (written by the daemon, never removed) that counts the actions reported as
+    /// events because their entry was not there.
+    pub const OVERFLOW: CountKey = CountKey {
+        agent: 0,
+        generation: 0,
+        rule_id: 0,
+        kind: 0,
+        _pad: [0; 7],
+    };
+}
+const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], Copy, and have no implicit padding (asserted above),
@@ -1518,4 +1567,5 @@ mod pod {
     unsafe impl aya::Pod for super::ApiAddr {}
     unsafe impl aya::Pod for super::IdentKey {}
     unsafe impl aya::Pod for super::IdentValue {}
+    unsafe impl aya::Pod for super::CountKey {}
 }

@@ -1,7 +1,8 @@
 //! The decision every program shares: which agent the current task belongs to (`Agent`,
 //! `current_agent`), what its tables say (`apply`, with the throttle bucket, sandbox mark and
 //! escalation grant a verdict needs), how the decision is reported (`emit`) and returned to an
-//! LSM hook (`lsm_ret`), and the drop and decision counters.
+//! LSM hook (`lsm_ret`), and the drop and decision counters. Allowed actions a policy counts
+//! instead are counted in `emit` (see `report`).
 use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
     generated::{
@@ -11,7 +12,7 @@ use aya_ebpf::helpers::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, Cause, Counter, EVENTS_RING_BYTES, Event, GrantKey,
-    Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, slot,
+    Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, report, slot,
 };
 
 use crate::{
@@ -23,6 +24,7 @@ use crate::{
         OFF_UPID_NR, SIZE_UPID, off, read_at,
     },
     maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE, THROTTLES},
+    report::Report,
 };
 
 #[inline(always)]
@@ -184,6 +186,8 @@ pub(crate) struct Decision {
     pub(crate) shadow: RuleRef,
     pub(crate) object: u64,
     pub(crate) extra_flags: u8,
+    /// How the action is reported if it is allowed (governance_common::report).
+    pub(crate) report: u16,
 }
 
 impl Decision {
@@ -201,6 +205,7 @@ impl Decision {
             shadow: RuleRef::default(),
             object: 0,
             extra_flags: 0,
+            report: report::EVERY,
         }
     }
 
@@ -256,6 +261,11 @@ pub(crate) fn apply(
         },
         object,
         extra_flags: 0,
+        report: if verdict == Verdict::Allow {
+            rule.aux
+        } else {
+            report::EVERY
+        },
     };
     match verdict {
         Verdict::Allow => {}
@@ -382,6 +392,10 @@ pub(crate) fn emit(agent: &Agent, d: &Decision, fill: impl FnOnce(&mut Event)) {
     if d.denied {
         count(Counter::Denials);
     }
+    let reported = crate::report::report(agent, d);
+    if reported == Report::Counted {
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -416,6 +430,9 @@ pub(crate) fn emit(agent: &Agent, d: &Decision, fill: impl FnOnce(&mut Event)) {
     }
     if agent.sandboxed {
         f |= flags::SANDBOXED;
+    }
+    if reported == Report::Sampled {
+        f |= flags::SAMPLED;
     }
     ev.flags = f;
     ev.shadow_verdict = d.shadow.verdict;

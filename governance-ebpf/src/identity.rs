@@ -518,6 +518,7 @@ fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: u64, object: u64, o
             shadow: RuleRef::default(),
             object,
             extra_flags: 0,
+            report: 0,
         },
         Err(cause) => Decision::fail_closed(Kind::Link, cause),
     };

@@ -41,6 +41,7 @@ mod maps;
 mod mount;
 mod net;
 mod protect;
+mod report;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

@@ -100,6 +100,7 @@ fn by_rule(rule: RuleRef, object: u64) -> Decision {
         shadow: RuleRef::default(),
         object,
         extra_flags: 0,
+        report: 0,
     }
 }
 

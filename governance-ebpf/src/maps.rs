@@ -6,7 +6,9 @@
 use crate::{identity::Answer, kernel::BPF_F_NO_PREALLOC};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
+    },
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
@@ -16,6 +18,7 @@ use governance_common::{
     OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
+use governance_common::{CountKey, MAX_COUNTS};
 
 #[map]
 pub(crate) static STATE: Array<u32> = Array::with_max_entries(2, 0);
@@ -92,3 +95,8 @@ pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
 /// object a rename replaces.
 #[map]
 pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(3, 0);
+/// Allowed actions counted rather than reported (see `report`). Not preallocated: per-CPU
+/// values for every possible entry would be large on big machines.
+#[map]
+pub(crate) static COUNTS: PerCpuHashMap<CountKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);

@@ -18,6 +18,7 @@ pub mod approvals;
 pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod counts;
 pub mod daemon;
 pub mod engine;
 pub mod events;

@@ -211,6 +211,7 @@ pub struct Metrics {
     proxy_decision: Histogram,
     exporters: Arc<ExportCounters>,
     kubernetes_api: Gauge,
+    counted: Arc<crate::counts::Counted>,
 }
 
 impl Default for Metrics {
@@ -248,6 +249,7 @@ impl Metrics {
             proxy_decision: latency_histogram(),
             exporters: Arc::default(),
             kubernetes_api: Gauge::default(),
+            counted: Arc::default(),
         };
         m.last_reload_ok.set(1);
         let mut registry = Registry::default();
@@ -306,6 +308,7 @@ impl Metrics {
         g.register_collector(Box::new(m.kernel.clone()));
         g.register_collector(Box::new(m.audit.clone()));
         g.register_collector(Box::new(m.exporters.clone()));
+        g.register_collector(Box::new(m.counted.clone()));
         g.register(
             "events_published",
             "Records published to the event pipeline",
@@ -446,6 +449,17 @@ impl Metrics {
             return name.to_owned();
         }
         OTHER.to_owned()
+    }
+
+    /// `n` more allowed actions counted in the kernel (see [`crate::counts`]).
+    pub fn add_counted(&self, agent: &str, rule: &str, kind: &str, n: u64) {
+        self.counted
+            .add(agent, self.agent_label(agent), rule, kind, n);
+    }
+
+    /// The counted allowed actions.
+    pub fn counted(&self) -> &crate::counts::Counted {
+        &self.counted
     }
 
     pub fn set_generation(&self, generation: u32) {

@@ -1628,3 +1628,48 @@ impl AttemptLoop {
             .collect()
     }
 }
+
+/// Every record of an audit log directory, in order (the `record` of each line; seals are not
+/// records).
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|line| line.get("record").cloned())
+        .collect()
+}
+
+/// `GET /metrics` from a daemon's `--health-listen` address: the body and headers, as text.
+pub fn scrape_metrics(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of the sample `series` (name and labels, as exposed) in a metrics page.
+pub fn metric_value(page: &str, series: &str) -> Option<u64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

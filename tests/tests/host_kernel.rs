@@ -17,6 +17,7 @@ use governance_tests::{
     require_root, run_in, signal, start_daemon, start_daemon_of_build, stop_daemon, text,
     wait_for_value, wait_until,
 };
+use governance_tests::{audit_records, metric_value, scrape_metrics};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
@@ -2487,4 +2488,138 @@ fn thread_capabilities(pid: u32, kept: u64) -> Result<(usize, usize), String> {
         }
     }
     Ok((proxy_threads, others))
+}
+
+/// Issue 17, the in-kernel reporting policy: an allowed connect under `report: count` is counted
+/// in the kernel, not reported one by one; the metric, `governance agents` and the audit log's
+/// signed count records add up to the connects made, and no decision record names the rule. The
+/// control, the same connects under `report: every`, gives one decision record each.
+#[test]
+fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
+    require_root();
+    const N: u64 = 12;
+    let agent = TestCgroup::new("report");
+    let (_counted_l, counted) = listener([127, 0, 0, 21]);
+    let (_every_l, every) = listener([127, 0, 0, 22]);
+    let dir = policy_dir(
+        "report",
+        &format!(
+            "name: report\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: counted, network: {{ cidr: 127.0.0.21/32 }}, verdict: allow, reason: routine, report: count }}\n\
+             \x20 - {{ id: recorded, network: {{ cidr: 127.0.0.22/32 }}, verdict: allow, reason: worth a record, report: every }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let health = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let pins = pin_dir("report");
+    let key = dir.join("audit.key");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--health-listen",
+            &health.to_string(),
+            "--audit-signing-key",
+            key.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let ag = Some(agent.path.as_path());
+    for i in 0..N {
+        for target in [counted, every] {
+            let (_, outcome) = run_in(ag, "report", &Attempt::connect(target));
+            assert_eq!(outcome, Outcome::Exited(0), "connect {i} to {target}");
+        }
+    }
+    let name = agent.rel.to_str().unwrap().to_owned();
+    // The metric: read from the kernel once a second.
+    let metric = format!(
+        "governance_allowed_counted_total{{agent=\"{name}\",rule=\"report/counted\",kind=\"connect\"}}"
+    );
+    let scrape = || scrape_metrics(health);
+    let value = metric_value;
+    // Read from the kernel once a second.
+    let counted_in_time = poll_until(Duration::from_secs(10), || {
+        value(&scrape(), &metric) == Some(N)
+    });
+    let page = scrape();
+    assert!(counted_in_time, "{metric} {N} within 10 s:\n{page}");
+    assert!(
+        !page.contains("rule=\"report/recorded\""),
+        "an `every` rule is not counted: {page}"
+    );
+    // `governance agents` (and GET /v1/agents).
+    let out = daemon.cli(&["agents", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("agent {name} in {v}"));
+    assert_eq!(a["counted"]["report/counted connect"], N, "{a}");
+    let out = daemon.cli(&["agents"]);
+    assert!(
+        text(&out.stdout).contains(&format!("counted: report/counted connect {N}")),
+        "{}",
+        text(&out.stdout)
+    );
+    // Stopped here (not by stop_daemon, which removes its state): the last count record is
+    // written on the way out.
+    let mut daemon = daemon;
+    signal(&daemon, nix::sys::signal::SIGTERM);
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "governance exited with {status:?}");
+    let audit = daemon.audit();
+    // The audit log: signed, and its count records add up to N; no record per counted connect,
+    // one per recorded connect.
+    let out = Command::new(governance_bin())
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let records = audit_records(&audit);
+    let counted_sum: u64 = records
+        .iter()
+        .filter(|r| r["kind"] == "decisions.counted" && r["rule"] == "report/counted")
+        .map(|r| {
+            assert_eq!(r["agent"]["name"], name.as_str(), "{r}");
+            r["counts"]["connect"].as_u64().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(counted_sum, N, "count records of report/counted");
+    let decisions = |rule: &str| {
+        records
+            .iter()
+            .filter(|r| r["type"] == "decision" && r["rule"] == rule && r["kind"] == "connect")
+            .count() as u64
+    };
+    assert_eq!(
+        decisions("report/counted"),
+        0,
+        "no event per counted connect"
+    );
+    assert_eq!(
+        decisions("report/recorded"),
+        N,
+        "one event per recorded connect"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["kind"] == "decisions.counted" && r["rule"] == "report/recorded"),
+        "an `every` rule has no count records"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4427,3 +4427,122 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Issue 17, the in-kernel reporting policy, for file opens: a default-allowed open and one a
+/// rule allows without `report:` are counted in the kernel (the default for files), not
+/// reported one by one; the metrics and the audit log's signed count records add up to the
+/// opens made, and no decision record names those files. The control, a rule with
+/// `report: every`, gives one decision record per open.
+#[test]
+fn file_opens_are_counted_and_the_count_records_add_up() {
+    require_root();
+    const N: u64 = 10;
+    let fx = Fixture::new("report");
+    let (counted, seen, plain) = (fx.p("counted.txt"), fx.p("seen.txt"), fx.p("plain.txt"));
+    for f in [&counted, &seen, &plain] {
+        std::fs::write(f, "x").unwrap();
+    }
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "name: report\nagents: {{ cgroup: {agent} }}\nrules:\n\
+             \x20 - {{ id: counted, file: {{ path: {counted} }}, verdict: allow, reason: routine }}\n\
+             \x20 - {{ id: seen, file: {{ path: {seen} }}, verdict: allow, reason: worth a record, report: every }}\n",
+            agent = fx.agent.rel.display(),
+            counted = counted.display(),
+            seen = seen.display(),
+        ),
+    )
+    .unwrap();
+    let health = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pins = pin_dir("report");
+    let state = fx.p("state");
+    let (mut daemon, _) = start_daemon_in(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--health-listen",
+            &health.to_string(),
+            "--audit-signing-key",
+            fx.p("audit.key").to_str().unwrap(),
+        ],
+        &dir,
+        state.clone(),
+    );
+    for i in 0..N {
+        for f in [&counted, &seen, &plain] {
+            let (_, outcome) = run_in(
+                Some(&fx.agent.path),
+                "agent",
+                &Attempt::open(f, libc::O_RDONLY),
+            );
+            assert_eq!(outcome, Outcome::Exited(0), "open {i} of {}", f.display());
+        }
+    }
+    let agent = fx.agent.rel.display().to_string();
+    let series = |rule: &str| {
+        format!(
+            "governance_allowed_counted_total{{agent=\"{agent}\",rule=\"{rule}\",kind=\"file\"}}"
+        )
+    };
+    // Read from the kernel once a second (generous: the VM is emulated).
+    let in_time = governance_tests::poll_until(Duration::from_secs(30), || {
+        let page = governance_tests::scrape_metrics(health);
+        governance_tests::metric_value(&page, &series("report/counted")) == Some(N)
+            && governance_tests::metric_value(&page, &series("default")) == Some(N)
+    });
+    let page = governance_tests::scrape_metrics(health);
+    assert!(
+        in_time,
+        "{N} counted opens, by rule and by default, within 30 s:\n{page}"
+    );
+    assert!(!page.contains("rule=\"report/seen\""), "{page}");
+    // Stopped here (its state is the fixture's): the last count records go out on the way.
+    governance_tests::signal(&daemon, nix::sys::signal::SIGTERM);
+    assert!(daemon.child.wait().unwrap().success());
+    let verify = std::process::Command::new(governance_bin())
+        .args(["audit", "verify"])
+        .arg(state.join("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let records = governance_tests::audit_records(&state.join("audit"));
+    let counted_sum = |rule: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| {
+                r["kind"] == "decisions.counted"
+                    && r["rule"] == rule
+                    && r["agent"]["name"] == agent.as_str()
+            })
+            .map(|r| r["counts"]["file"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        counted_sum("report/counted"),
+        N,
+        "count records of the rule"
+    );
+    assert_eq!(counted_sum("default"), N, "count records of the default");
+    let events = |f: &Path| {
+        records
+            .iter()
+            .filter(|r| r["type"] == "decision" && r["object"]["path"] == f.to_str().unwrap())
+            .count() as u64
+    };
+    assert_eq!(events(&counted), 0, "no event per counted open");
+    assert_eq!(events(&plain), 0, "no event per default-allowed open");
+    assert_eq!(events(&seen), N, "one event per open under report: every");
+}

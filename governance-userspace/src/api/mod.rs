@@ -421,6 +421,7 @@ async fn agents(State(st): State<Arc<ApiState>>) -> Response {
         .into_iter()
         .map(|a| wire::Agent {
             decisions: counts.get(&a.name).cloned().unwrap_or_default(),
+            counted: st.metrics.counted().of_agent(&a.name),
             name: a.name,
             cgroup: a.cgroup,
             cgroup_id: a.cgroup_id,

@@ -99,6 +99,10 @@ pub struct Agent {
     pub policies: Vec<String>,
     /// Decisions by outcome.
     pub decisions: BTreeMap<String, u64>,
+    /// Allowed actions counted rather than recorded (`report: count`, `sample`), since the
+    /// daemon started: `<rule> <kind>` → n (rule `default`: no rule matched).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counted: BTreeMap<String, u64>,
     /// Kubernetes: the agent's pod and its namespace.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub pod: String,

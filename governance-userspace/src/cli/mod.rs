@@ -690,6 +690,9 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
                 counts.join(" ")
             }
         )?;
+        for (what, n) in &a.counted {
+            writeln!(out, "{:<28}   counted: {what} {n}", "")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -18,6 +18,7 @@
 //! When the daemon stops (or dies), the programs stay attached with the last generation:
 //! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
+mod counts;
 mod drain;
 pub mod generation;
 mod identify;
@@ -275,6 +276,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         dropped: 0,
         netns: None,
         pods,
+        counts: Default::default(),
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
@@ -348,6 +350,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = api.stop.send(true);
     let _ = std::fs::remove_file(&args.socket);
     drainer.stop();
+    daemon.take_counts();
     publisher.publish(daemon.stopped());
     let current = daemon.current;
     drop((daemon, publisher, sink, approvals, state, proxy, tasks));

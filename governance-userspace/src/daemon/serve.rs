@@ -77,6 +77,8 @@ pub(super) struct Daemon<'a> {
     pub netns: Option<NetnsListeners>,
     /// Kubernetes: the pods of this node, as the API server told them (`--kubernetes`).
     pub pods: Option<Arc<crate::kubernetes::Identities>>,
+    /// The kernel's counts of allowed actions, as taken so far.
+    pub counts: super::counts::Counts,
 }
 
 impl Daemon<'_> {
@@ -132,6 +134,12 @@ impl Daemon<'_> {
     /// Generation `g` (built and installed in the kernel) enforces: the HTTP engine, the
     /// names, the status and the metrics follow, and a `policy.reloaded` record says so.
     fn enforce(&mut self, g: u32, b: Built, message: String) {
+        // What the previous generation counted, recorded before the new one's rule ids.
+        if self.current != 0 {
+            self.count_tick(true);
+        }
+        self.counts
+            .prepare(&self.enforcer, b.engine.policies(), &b.found, g);
         install_names(&self.names, g, b.names);
         self.engine.store(Arc::new(b.engine));
         self.agents_now = b.found;
@@ -274,6 +282,7 @@ impl Daemon<'_> {
         // Socket files re-created where no directory watch saw it (a directory that did not
         // exist yet): looked at once a second.
         let sockets = watch::sockets_changed(&self.enforcer);
+        self.count_tick(false);
         // The kernel's drop counter, told as a record when it moves.
         let now = self
             .enforcer
@@ -295,6 +304,34 @@ impl Daemon<'_> {
             self.dropped = now;
         }
         sockets
+    }
+
+    /// Read the kernel's counts of allowed actions; publish count records if due (or `now`).
+    fn count_tick(&mut self, now: bool) {
+        self.counts.tick(
+            &self.enforcer,
+            &self.names,
+            &self.metrics,
+            &self.publisher,
+            self.current,
+            now,
+        );
+    }
+
+    /// The daemon stops: the kernel's counts taken in full (and reset, so that the next run
+    /// counts from here) and recorded.
+    pub fn take_counts(&mut self) {
+        self.counts.read(
+            &self.enforcer,
+            &self.names,
+            &self.metrics,
+            self.current,
+            true,
+        );
+        let records = self.counts.records(&self.names);
+        if !records.is_empty() {
+            self.publisher.publish_batch(records);
+        }
     }
 
     /// Whether the cgroup tree still holds the agents of the current generation (and it did

@@ -437,6 +437,7 @@ impl Record {
             kind: kind.map_or_else(|| format!("unknown:{}", ev.kind), |k| k.as_str().into()),
             outcome: outcome_of(ev, verdict, cause).into(),
             denied: ev.flags & flags::DENIED != 0,
+            sampled: ev.flags & flags::SAMPLED != 0,
             verdict: verdict.map_or("?", Verdict::as_str).into(),
             mode: if shadow_mode { "shadow" } else { "enforce" }.into(),
             rule,

@@ -44,6 +44,10 @@ pub struct Record {
     /// Whether the action was refused.
     #[serde(default)]
     pub denied: bool,
+    /// A sampled allowed action (`report: { sample: N }`): it is also in the count records
+    /// (`decisions.counted`), so a sum of allowed actions counts it there, not here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sampled: bool,
     /// The verdict of the deciding rule or default (allow, block, throttle, sandbox, escalate).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub verdict: String,

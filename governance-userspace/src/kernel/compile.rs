@@ -550,6 +550,7 @@ pub fn compile(
                     }
                     _ => {}
                 },
+                Verdict::Allow => aux = crate::policy::report::of_rule(p, rule).aux(),
                 Verdict::Throttle => {
                     aux = match rule.throttle.as_ref().map(|t| t.key) {
                         Some(ThrottleKey::Agent) => 1,
@@ -678,6 +679,7 @@ pub fn compile(
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
+        let reports = super::report::default_aux(set, agent);
         let relaxations = relaxations(set, agent);
         let shared = shared_by
             .entry(relaxations)
@@ -709,6 +711,7 @@ pub fn compile(
             }
             let mut own = builtin(KVerdict::Allow);
             own.specificity = [1, 0, u32::MAX, 0];
+            own.rule.aux = reports[1];
             list.push((
                 Node {
                     path: path_bytes(&agent.path),
@@ -736,6 +739,7 @@ pub fn compile(
         }
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
+        super::report::set_defaults(&mut c.value, reports);
         identities.resolve(&mut c);
         drop_shared(&mut c, &shared);
         c.value.allow |= relaxations;
@@ -813,6 +817,7 @@ pub fn compile(
                 for w in &profile.writable {
                     let mut ok = builtin(KVerdict::Allow);
                     ok.specificity = [3, w.len() as u32 + 1, 0, 0];
+                    ok.rule.aux = reports[1];
                     list.push((
                         Node {
                             path: w.as_bytes().to_vec(),
@@ -824,6 +829,7 @@ pub fn compile(
             }
             let mut c = build_class(pc, &constrained, &mut out.errors, &agent.name);
             c.value.class = pc;
+            super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, &shared);
             out.profiles.push((id_number(pc), out.classes.len()));

@@ -4,6 +4,8 @@
 pub mod btf;
 mod compile;
 pub mod probe;
+mod report;
+pub use report::count_keys;
 pub mod unix;
 
 use std::{

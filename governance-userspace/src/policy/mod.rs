@@ -8,6 +8,7 @@ pub mod cond;
 pub mod glob;
 pub mod kube;
 pub mod model;
+pub mod report;
 
 use std::{
     collections::BTreeMap,

@@ -266,6 +266,37 @@ pub struct Defaults {
     /// Connects and datagrams to named Unix sockets no `unix` rule covers.
     #[schemars(with = "Option<Posture>")]
     pub unix: Option<Spanned<Posture>>,
+    /// How allowed actions of each kind are reported when the rule does not say, and when no
+    /// rule matched: `every`, `count` or `{ sample: N }`. Without it: file opens are counted,
+    /// the rest are events.
+    #[serde(default)]
+    pub report: Option<ReportDefaults>,
+}
+
+/// How allowed actions are reported: `every` (one event each), `count` (per-CPU counters per
+/// agent and rule, exported as metrics and summed into signed count records in the audit
+/// log), or `{ sample: N }` (counted, and one in N also an event). Denials, escalations,
+/// throttles, sandboxings, shadow "would have" decisions and failures closed are always events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Report {
+    Every,
+    Count,
+    Sample(u32),
+}
+
+/// `defaults.report`: per kind of kernel action.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportDefaults {
+    #[schemars(with = "Option<Report>")]
+    pub exec: Option<Spanned<Report>>,
+    #[schemars(with = "Option<Report>")]
+    pub file: Option<Spanned<Report>>,
+    #[schemars(with = "Option<Report>")]
+    pub network: Option<Spanned<Report>>,
+    #[schemars(with = "Option<Report>")]
+    pub unix: Option<Spanned<Report>>,
 }
 
 /// A default posture.
@@ -332,6 +363,11 @@ pub struct RuleDoc {
     /// Required with `verdict: sandbox`.
     #[serde(default)]
     pub sandbox: Option<SandboxDoc>,
+    /// How the actions this rule allows are reported (`verdict: allow`, kernel rules):
+    /// `every`, `count` or `{ sample: N }`; else the policy's `defaults.report` for the kind.
+    #[serde(default)]
+    #[schemars(with = "Option<Report>")]
+    pub report: Option<Spanned<Report>>,
 }
 
 /// The five verdicts.

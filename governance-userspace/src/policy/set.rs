@@ -296,6 +296,8 @@ pub struct Rule {
     pub sandbox: Option<SandboxTarget>,
     pub at: Location,
     pub specificity: [u32; 4],
+    /// `report:`, as written (see [`report::of_rule`]).
+    pub report: Option<report::Report>,
 }
 
 /// A compiled policy.
@@ -310,6 +312,8 @@ pub struct Policy {
     pub selector: Selector,
     /// Default posture per kind, where the policy sets one.
     pub defaults: BTreeMap<Kind, Posture>,
+    /// `defaults.report`: how allowed actions are reported per kind, where the policy says.
+    pub report_defaults: BTreeMap<Kind, report::Report>,
     /// The sandbox profiles as written; validation checked every `writable` prefix.
     pub sandbox_profiles: BTreeMap<String, model::SandboxProfile>,
     pub rules: Vec<Rule>,

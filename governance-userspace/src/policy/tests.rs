@@ -251,7 +251,7 @@ fn every_typo_of_a_file_is_reported_with_its_place() {
         errs,
         [
             "p.yaml:6:14: rules[0].verdict: unknown variant `blok`, expected one of `allow`, `throttle`, `sandbox`, `escalate`, `block`",
-            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `unix`, `throttle`, `escalate`, or `sandbox`",
+            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `unix`, `throttle`, `escalate`, `sandbox`, or `report`",
             "p.yaml:13:42: rules[2].file.access[1]: unknown variant `wirte`, expected one of `read`, `write`, `create`, `truncate`, `exec`",
             "p.yaml:17:45: rules[3].network.via_proxy: Value was not a boolean",
         ]

@@ -165,6 +165,7 @@ impl Cx<'_> {
                 defaults.insert(kind, **p);
             }
         }
+        let report_defaults = self.report_defaults(&doc.defaults.report);
         let profiles = self.profiles(&doc.sandbox_profiles);
         let rules = self.rules(&name, mode, &profiles, doc.rules);
         let max_body = doc
@@ -238,6 +239,7 @@ impl Cx<'_> {
             mode,
             selector: selector.unwrap_or_default(),
             defaults,
+            report_defaults,
             sandbox_profiles: profiles,
             rules,
         })
@@ -686,7 +688,9 @@ impl Cx<'_> {
             }
         });
         let matcher = matcher?;
+        let report = self.rule_report(&r.report, verdict, matcher.kind());
         (self.problems.len() == before).then(|| Rule {
+            report,
             id: format!("{policy}/{}", *r.id),
             verdict,
             reason: r.reason.trim().to_owned(),

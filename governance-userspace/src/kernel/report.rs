@@ -1,0 +1,264 @@
+//! The reporting policy in the kernel tables: how each agent's default-allowed actions are
+//! reported (the `aux` of its allow defaults; see governance_common::report). Rules carry
+//! theirs from `policy::report::of_rule`.
+
+use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
+use governance_common::{AgentValue, CountKey, MAX_COUNTS, RulePair, Verdict as KVerdict, maps};
+
+use super::KernelError;
+
+use crate::{
+    agents::AgentCgroup,
+    policy::{Kind, Mode, PolicySet, Verdict, report},
+};
+
+/// The report encodings of an agent's default-allowed exec, file, network and unix actions:
+/// the most verbose its enforcing policies ask for.
+pub(crate) fn default_aux(set: &PolicySet, agent: &AgentCgroup) -> [u16; 4] {
+    let governing: Vec<_> = set
+        .policies
+        .iter()
+        .filter(|p| {
+            p.mode == Mode::Enforce
+                && p.selector
+                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
+        })
+        .collect();
+    [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
+        .map(|k| report::of_default(governing.iter().copied(), k).aux())
+}
+
+/// The kernel kinds of the actions a rule or default of `kind` decides.
+fn kernel_kinds(kind: Kind) -> &'static [governance_common::Kind] {
+    use governance_common::Kind as K;
+    match kind {
+        Kind::Exec => &[K::Exec],
+        Kind::File => &[K::File],
+        Kind::Network => &[K::Connect, K::Send],
+        Kind::Unix => &[K::Unix],
+        Kind::Http => &[],
+    }
+}
+
+/// Every counter generation `generation` can count in: per agent, each allow rule of its
+/// enforcing policies that counts or samples, and each kind whose default-allowed actions do
+/// (rule [`governance_common::NO_RULE`]; the built-in allows, of the agent's own cgroup and a
+/// sandbox's writable directories, count there too). Numbered as `compile` numbers rules.
+/// At most [`MAX_COUNTS`] keys (what the kernel table holds), and how many were wanted.
+pub fn count_keys(
+    set: &PolicySet,
+    agents: &[AgentCgroup],
+    generation: u32,
+) -> (Vec<CountKey>, usize) {
+    let mut keys = Vec::new();
+    let mut wanted = 0usize;
+    let mut push = |key: CountKey| {
+        wanted += 1;
+        if keys.len() < MAX_COUNTS as usize {
+            keys.push(key);
+        }
+    };
+    for agent in agents {
+        let key = |rule_id: u32, kind: governance_common::Kind| CountKey {
+            agent: agent.cgroup_id,
+            generation,
+            rule_id,
+            kind: kind as u8,
+            _pad: [0; 7],
+        };
+        let mut n = 0u32;
+        for p in &set.policies {
+            let governs =
+                p.selector
+                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref());
+            for rule in &p.rules {
+                n += 1;
+                if !governs || rule.mode != Mode::Enforce || rule.verdict != Verdict::Allow {
+                    continue;
+                }
+                if report::of_rule(p, rule) == report::Report::Every {
+                    continue;
+                }
+                for k in kernel_kinds(rule.matcher.kind()) {
+                    push(key(governance_common::class_id(generation, n), *k));
+                }
+            }
+        }
+        let aux = default_aux(set, agent);
+        for (i, kind) in [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
+            .into_iter()
+            .enumerate()
+        {
+            if aux[i] != governance_common::report::EVERY {
+                for k in kernel_kinds(kind) {
+                    push(key(governance_common::NO_RULE, *k));
+                }
+            }
+        }
+    }
+    (keys, wanted)
+}
+
+/// Write `aux` into a class's defaults that allow.
+pub(crate) fn set_defaults(v: &mut AgentValue, aux: [u16; 4]) {
+    let set = |d: &mut RulePair, aux: u16| {
+        if d.enforce.verdict == KVerdict::Allow as u8 {
+            d.enforce.aux = aux;
+        }
+    };
+    set(&mut v.exec_default, aux[0]);
+    set(&mut v.file_default, aux[1]);
+    set(&mut v.net_default, aux[2]);
+    set(&mut v.unix_default, aux[3]);
+}
+
+impl super::Enforcer {
+    /// The kernel's counts of allowed actions (see governance_common::maps::COUNTS), summed
+    /// over the CPUs. Makes the overflow entry the first time (the programs count in it the
+    /// actions they reported as events because the map was full).
+    pub fn counted(&mut self) -> Result<Vec<(CountKey, u64)>, KernelError> {
+        let name = maps::COUNTS;
+        let map = self
+            .maps
+            .get_mut(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        if counts.get(&CountKey::OVERFLOW, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![0u64; possible_cpus()?])
+                .map_err(|e| map_error(name, "per-cpu values", e))?;
+            counts
+                .insert(CountKey::OVERFLOW, zero, BPF_NOEXIST)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        let mut out = Vec::new();
+        for item in counts.iter() {
+            let (key, values) = item.map_err(|source| KernelError::Map { name, source })?;
+            out.push((key, values.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// Make the counters of `keys` that are not there yet, zero on every CPU; how many are
+    /// there now. A full map makes fewer (the rest are reported as events).
+    pub fn prepare_counts(&mut self, keys: &[CountKey]) -> Result<usize, KernelError> {
+        let name = maps::COUNTS;
+        let map = self
+            .maps
+            .get_mut(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        let cpus = possible_cpus()?;
+        let mut there = 0;
+        for key in keys {
+            let zero = PerCpuValues::try_from(vec![0u64; cpus])
+                .map_err(|e| map_error(name, "per-cpu values", e))?;
+            match counts.insert(*key, zero, BPF_NOEXIST) {
+                Ok(()) => there += 1,
+                Err(_) if counts.get(key, 0).is_ok() => there += 1,
+                // Full: the rest would fail too.
+                Err(_) => break,
+            }
+        }
+        Ok(there)
+    }
+
+    /// Remove counts the daemon has taken in full (those of generations that no longer decide).
+    pub fn forget_counts(&mut self, keys: &[CountKey]) -> Result<(), KernelError> {
+        let name = maps::COUNTS;
+        let map = self
+            .maps
+            .get_mut(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        for key in keys {
+            match counts.remove(key) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(KernelError::Map { name, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `BPF_NOEXIST`: make the entry only if it is not there.
+const BPF_NOEXIST: u64 = 1;
+
+fn map_error(name: &'static str, call: &'static str, io_error: std::io::Error) -> KernelError {
+    KernelError::Map {
+        name,
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
+/// The number of possible CPUs: the length of a per-CPU map's values.
+fn possible_cpus() -> Result<usize, KernelError> {
+    aya::util::nr_cpus().map_err(|(_, e)| map_error(maps::COUNTS, "nr_cpus", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use governance_common::{Kind as K, NO_RULE, class_id, report as enc};
+
+    use super::*;
+    use crate::policy::parse;
+
+    fn agent(index: usize, rel: &str) -> AgentCgroup {
+        AgentCgroup {
+            index,
+            name: rel.into(),
+            rel: rel.into(),
+            label: None,
+            path: PathBuf::from("/sys/fs/cgroup").join(rel),
+            cgroup_id: 1000 + index as u64,
+            pod: None,
+        }
+    }
+
+    #[test]
+    fn counters_are_made_for_counting_rules_and_defaults_only() {
+        let set = parse(&[(
+            PathBuf::from("p.yaml"),
+            "name: p\nagents: { cgroup: a }\ndefaults: { report: { exec: count } }\nrules:\n\
+             \x20 - { id: n, network: { cidr: 10.0.0.0/8 }, verdict: allow, reason: r, report: count }\n\
+             \x20 - { id: e, network: { cidr: 10.1.0.0/16 }, verdict: allow, reason: r }\n\
+             \x20 - { id: b, file: { path: /x }, verdict: block, reason: r }\n\
+             \x20 - { id: f, file: { path: /y }, verdict: allow, reason: r }\n"
+                .to_owned(),
+        )])
+        .unwrap();
+        let a = agent(0, "a");
+        let (keys, wanted) = count_keys(&set, std::slice::from_ref(&a), 3);
+        let got: Vec<(u32, K)> = keys
+            .iter()
+            .map(|k| (k.rule_id, K::from_u8(k.kind).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (class_id(3, 1), K::Connect),
+                (class_id(3, 1), K::Send),
+                (class_id(3, 4), K::File),
+                (NO_RULE, K::Exec),
+                (NO_RULE, K::File),
+            ]
+        );
+        assert_eq!(wanted, keys.len());
+        assert!(
+            keys.iter()
+                .all(|k| k.agent == a.cgroup_id && k.generation == 3)
+        );
+        assert_eq!(
+            default_aux(&set, &a),
+            [enc::COUNT, enc::COUNT, enc::EVERY, enc::EVERY]
+        );
+        // A cgroup no enforcing policy governs has the built-in defaults: file opens counted.
+        let (keys, _) = count_keys(&set, &[agent(1, "other")], 3);
+        assert_eq!(keys.len(), 1);
+        assert_eq!((keys[0].rule_id, keys[0].kind), (NO_RULE, K::File as u8));
+    }
+}
