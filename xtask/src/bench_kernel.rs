@@ -3,7 +3,8 @@
 //! [`KERNEL`]) and `cargo xtask bench events` (bench_events.rs).
 //!
 //! `kernel`: the kernel hooks' overhead on openat, execve and connect, as throughput ratios
-//! against no governance at all, measured side by side in one run (bench/src/bin/kernel.rs).
+//! against no governance at all, measured side by side in one run, then each program's cost
+//! per run outside agents and inside at 10 to 10,000 rules (bench/src/bin/kernel.rs).
 //!
 //! On the host, LSM programs do not load: the runs are `--allow-degraded` and measure the cgroup
 //! socket hooks and the degraded exec path (the file and exec LSM hooks are absent). The VM
