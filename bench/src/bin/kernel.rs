@@ -16,12 +16,19 @@
 //! Per loop it reports the median over the rounds of (2)/(1) and (3)/(1), each ratio taken
 //! within one round, their range, and the median ops/s. Every measurement runs in a fresh
 //! worker process (this binary with `--worker`); for (3) it is moved into the agent cgroup
-//! before it starts. An optional last pass turns on `kernel.bpf_stats_enabled` and reports
-//! each program's run_time_ns / run_cnt (separately, since the statistics cost time too).
+//! before it starts.
+//!
+//! A last pass (unless --no-stats) turns on `kernel.bpf_stats_enabled` and reports each
+//! program's run_time_ns / run_cnt per loop (separately, since the statistics cost time too):
+//! outside every agent, in the agent under the 1,000-rule policy above, and in the agent under
+//! policies of 10, 100, 1,000 and 10,000 rules next to what the loops do (see
+//! `near_policy_yaml`), swapped by reloads of one daemon; a fixed number of calls per pass
+//! (--stats-calls opens, a fifth as many connects, a fiftieth as many execs), --stats-rounds
+//! times over. It shows what the hooks cost per decision and whether that grows with the rules.
 //!
 //! Needs root. Usage:
 //!   governance-bench-kernel [--governance PATH] [--ms N] [--rounds N] [--allow-degraded]
-//!                           [--label TEXT] [--no-stats]
+//!                           [--label TEXT] [--no-stats] [--stats-calls N] [--stats-rounds N]
 //! The governance binary is --governance, else $GOVERNANCE_BIN.
 
 use std::{
@@ -126,22 +133,62 @@ fn run_for(d: Duration, op: &mut impl FnMut() -> Res<()>) -> Res<(u64, Duration)
     }
 }
 
-/// Warm up for a tenth of the time, then measure; prints "<calls> <nanoseconds>".
-fn timed(ms: u64, mut op: impl FnMut() -> Res<()>) -> Res<()> {
-    run_for(Duration::from_millis(ms / 10), &mut op)?;
-    let (n, elapsed) = run_for(Duration::from_millis(ms), &mut op)?;
+/// Call `op` `n` times; (calls, time taken).
+fn run_n(n: u64, op: &mut impl FnMut() -> Res<()>) -> Res<(u64, Duration)> {
+    let start = Instant::now();
+    for _ in 0..n {
+        op()?;
+    }
+    Ok((n, start.elapsed()))
+}
+
+/// How long a worker runs its loop: milliseconds (`300`), or a number of calls (`x2000`).
+#[derive(Clone, Copy)]
+enum Budget {
+    Ms(u64),
+    Calls(u64),
+}
+
+impl Budget {
+    fn parse(s: &str) -> Res<Budget> {
+        match s.strip_prefix('x') {
+            Some(n) => Ok(Budget::Calls(ctx(n.parse(), "calls")?)),
+            None => Ok(Budget::Ms(ctx(s.parse(), "MS")?)),
+        }
+    }
+
+    fn arg(self) -> String {
+        match self {
+            Budget::Ms(ms) => ms.to_string(),
+            Budget::Calls(n) => format!("x{n}"),
+        }
+    }
+}
+
+/// Warm up for a tenth of the budget, then measure; prints "<calls> <nanoseconds>".
+fn timed(budget: Budget, mut op: impl FnMut() -> Res<()>) -> Res<()> {
+    let (n, elapsed) = match budget {
+        Budget::Ms(ms) => {
+            run_for(Duration::from_millis(ms / 10), &mut op)?;
+            run_for(Duration::from_millis(ms), &mut op)?
+        }
+        Budget::Calls(n) => {
+            run_n(n / 10, &mut op)?;
+            run_n(n, &mut op)?
+        }
+    };
     println!("{n} {}", elapsed.as_nanos());
     Ok(())
 }
 
-/// `--worker KIND MS FILE PORT`: wait for a line on stdin (the parent moves us into the agent
-/// cgroup first), then run the loop.
+/// `--worker KIND MS|xCALLS FILE PORT`: wait for a line on stdin (the parent moves us into
+/// the agent cgroup first), then run the loop.
 fn worker(args: &[String]) -> Res<()> {
     let [kind, ms, file, port] = args else {
-        return Err("usage: --worker openat|execve|connect MS FILE PORT".into());
+        return Err("usage: --worker openat|execve|connect MS|xCALLS FILE PORT".into());
     };
     let kind = Workload::parse(kind).ok_or_else(|| format!("unknown workload {kind}"))?;
-    let ms: u64 = ctx(ms.parse(), "MS")?;
+    let ms = Budget::parse(ms)?;
     let port: u16 = ctx(port.parse(), "PORT")?;
     let file = PathBuf::from(file);
     wait_for_go()?;
@@ -222,6 +269,8 @@ struct Env {
     file: PathBuf,
     port: u16,
     cgroup: PathBuf,
+    /// The agent cgroup relative to the cgroup2 mount, as the policy names it.
+    cgroup_rel: String,
     pins: PathBuf,
     self_exe: PathBuf,
     /// The value of kernel.bpf_stats_enabled to put back.
@@ -300,6 +349,7 @@ impl Env {
             tmp,
             port: 0,
             cgroup: root.join(&cgroup_rel),
+            cgroup_rel: cgroup_rel.clone(),
             pins: PathBuf::from(format!("/sys/fs/bpf/governance-bench-{pid}")),
             self_exe: ctx(std::env::current_exe(), "finding this executable")?,
             restore_stats: None,
@@ -350,15 +400,21 @@ impl Env {
 
     /// Run one loop in a fresh worker; ops per second.
     fn measure(&self, w: Workload, in_agent: bool) -> Res<f64> {
+        let ms = if w == Workload::Exec {
+            self.ms * EXEC_FACTOR
+        } else {
+            self.ms
+        };
+        self.measure_for(w, in_agent, Budget::Ms(ms))
+    }
+
+    /// Run one loop in a fresh worker for `budget`; ops per second.
+    fn measure_for(&self, w: Workload, in_agent: bool, budget: Budget) -> Res<f64> {
         let mut worker = Worker::spawn(
             Command::new(&self.self_exe)
                 .arg("--worker")
                 .arg(w.name())
-                .arg(if w == Workload::Exec {
-                    (self.ms * EXEC_FACTOR).to_string()
-                } else {
-                    self.ms.to_string()
-                })
+                .arg(budget.arg())
                 .arg(&self.file)
                 .arg(self.port.to_string()),
         )?;
@@ -382,21 +438,28 @@ impl Env {
 /// name → (run_time_ns, run_cnt).
 fn prog_stats(daemon: u32, before: &BTreeSet<u64>) -> Res<BTreeMap<String, (u64, u64)>> {
     let mut out = BTreeMap::new();
-    for p in bpftool_progs()? {
-        let Some(id) = p["id"].as_u64() else { continue };
-        if before.contains(&id) {
-            continue;
-        }
-        if let Some(pids) = p["pids"].as_array()
-            && !pids
-                .iter()
+    let progs = bpftool_progs()?;
+    let held = |p: &serde_json::Value| {
+        p["pids"].as_array().is_some_and(|pids| {
+            pids.iter()
                 .any(|h| h["pid"].as_u64() == Some(u64::from(daemon)))
-        {
+        })
+    };
+    // Where bpftool names the holders, only the daemon's: programs loaded meanwhile by others
+    // (pinned, so held by no process) are not ours.
+    let named = progs.iter().any(held);
+    for p in progs {
+        let Some(id) = p["id"].as_u64() else { continue };
+        if before.contains(&id) || (named && !held(&p)) {
             continue;
         }
         let name = p["name"]
             .as_str()
             .map_or_else(|| format!("id {id}"), str::to_owned);
+        // The `bpf` hook's runs are bpftool's own calls, not the loops'.
+        if name == "bpf" {
+            continue;
+        }
         let name = if out.contains_key(&name) {
             format!("{name} (id {id})")
         } else {
@@ -430,9 +493,83 @@ fn bpftool_progs() -> Res<Vec<serde_json::Value>> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
-/// A separate pass with kernel.bpf_stats_enabled=1: each program's average run time, per
-/// configuration and loop.
-fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
+/// Rule counts of the per-program pass.
+const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
+
+/// A policy of `n` rules (40 % file, 30 % exec, 30 % network) that the loops never match, as
+/// close to what they do as a rule can be without matching: file rules in the loop file's
+/// directory, exec rules in busybox's directory, network rules in 127.0.0.0/8 next to
+/// 127.0.0.1. A lookup whose cost grew with the rules sharing a prefix with what it looks up
+/// would show here. Defaults allow. File rules are for `read` and `write` only, so that 10,000
+/// rules fit half the path table (a generation's share).
+fn near_policy_yaml(cgroup_rel: &str, n: usize, dir: &str, bin_dir: &str) -> String {
+    let (files, execs) = (n * 4 / 10, n * 3 / 10);
+    let nets = n - files - execs;
+    let mut y = format!(
+        "# Generated by governance-bench-kernel: {n} rules next to what the loops do, matching none.\n\
+         name: bench\n\
+         description: Kernel hook cost at {n} rules.\n\
+         agents:\n  cgroup: {cgroup_rel}\n\
+         defaults: {{ exec: allow, file: allow, network: allow }}\n\
+         rules:\n"
+    );
+    let mut rule = |id: String, what: String| {
+        y.push_str(&format!(
+            "  - {{ id: {id}, {what}, verdict: block, reason: bench }}\n"
+        ));
+    };
+    for i in 0..files {
+        let what = if i % 2 == 0 {
+            format!("file: {{ path: {dir}/nomatch-{i}.txt, access: [read, write] }}")
+        } else {
+            format!("file: {{ prefix: {dir}/nomatch-dir-{i}, access: [read, write] }}")
+        };
+        rule(format!("file-{i}"), what);
+    }
+    for i in 0..execs {
+        let what = if i % 2 == 0 {
+            format!("exec: {{ path: {bin_dir}/nomatch-tool-{i} }}")
+        } else {
+            format!("exec: {{ prefix: {bin_dir}/nomatch-dir-{i} }}")
+        };
+        rule(format!("exec-{i}"), what);
+    }
+    for i in 0..nets {
+        let what = format!(
+            "network: {{ cidr: [127.{}.{}.{}/32] }}",
+            i / 65536,
+            (i / 256) % 256 + 1,
+            i % 256
+        );
+        rule(format!("net-{i}"), what);
+    }
+    y
+}
+
+/// Calls per worker in the per-program pass: `calls` opens, a fifth as many connects, a
+/// fiftieth as many execs (each exec costs a fork and a process).
+fn pass_budget(w: Workload, calls: u64) -> u64 {
+    match w {
+        Workload::Open => calls,
+        Workload::Connect => (calls / 5).max(10),
+        Workload::Exec => (calls / 50).max(10),
+    }
+}
+
+/// One column of the per-program table: where the loop runs, under which policy.
+struct Column {
+    title: String,
+    in_agent: bool,
+    /// The policy to load first (None: keep the one loaded).
+    policy: Option<String>,
+}
+
+/// A separate pass with kernel.bpf_stats_enabled=1: each program's average run time per loop,
+/// outside every agent, and in the agent under the benchmark's 1,000-rule policy and under
+/// policies of [`SIZES`] rules next to what the loops do (see [`near_policy_yaml`]). Each pass
+/// runs a fixed number of calls in a fresh worker; policies are swapped by replacing the policy
+/// file (the daemon reloads), `rounds` times over. Returns the report's lines.
+fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
     let old = ctx(
         std::fs::read_to_string(STATS_SYSCTL),
         format_args!("reading {STATS_SYSCTL}"),
@@ -446,32 +583,107 @@ fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
         std::fs::write(STATS_SYSCTL, "1"),
         "enabling kernel.bpf_stats_enabled",
     )?;
+    let dir = env
+        .file
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .display()
+        .to_string();
+    let bin_dir = std::fs::canonicalize(BUSYBOX)
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.display().to_string()))
+        .unwrap_or_else(|| "/bin".into());
+    let mut columns = vec![
+        Column {
+            title: "outside".into(),
+            in_agent: false,
+            policy: None,
+        },
+        Column {
+            title: format!("{RULES} far"),
+            in_agent: true,
+            policy: Some(policy_yaml(&env.cgroup_rel)),
+        },
+    ];
+    for n in SIZES {
+        columns.push(Column {
+            title: format!("{n} near"),
+            in_agent: true,
+            policy: Some(near_policy_yaml(&env.cgroup_rel, n, &dir, &bin_dir)),
+        });
+    }
+    let started = Instant::now();
     let mut daemon = start_daemon(env)?;
     // Measurement settling, not synchronisation: see SETTLE.
     std::thread::sleep(SETTLE);
     let pid = daemon.child.id();
-    let mut rows = Vec::new();
+    // The daemon watches the policy directory from its loop, which starts after its first
+    // generation: a SIGHUP answered means the watch is up (as bench reload does).
+    let mut generation = 2;
+    let from = daemon.line_count();
+    // Our own child, by its pid.
+    ctx(
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::SIGHUP,
+        ),
+        "SIGHUP",
+    )?;
+    daemon.wait_line(from, "generation 2 is enforcing", Duration::from_secs(120))?;
+    // (workload, program) → column → ns/run, one per round.
+    let mut cells: BTreeMap<(Workload, String), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
+    // (workload, program) → runs per call, last seen.
+    let mut per_call: BTreeMap<(Workload, String), f64> = BTreeMap::new();
     let mut last = prog_stats(pid, &before)?;
-    for config in [Config::Loaded, Config::Agent] {
-        for w in Workload::ALL {
-            env.measure(w, config == Config::Agent)?;
-            let now = prog_stats(pid, &before)?;
-            for (name, &(ns, cnt)) in &now {
-                let (ns0, cnt0) = last.get(name).copied().unwrap_or((0, 0));
-                let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
-                // Fewer runs are the worker's own start and exit, not the loop.
-                if dcnt >= 10 {
-                    rows.push(format!(
-                        "  {} {:<8} {:<24} {:>10} runs  {:>8.0} ns/run",
-                        config.tag(),
-                        w.name(),
-                        name,
-                        dcnt,
-                        dns as f64 / dcnt as f64
-                    ));
-                }
+    for round in 1..=rounds {
+        for (c, col) in columns.iter_mut().enumerate() {
+            if let Some(policy) = &col.policy {
+                let t = Instant::now();
+                let from = daemon.line_count();
+                governance_bench::policies::replace_file(&env.policy_dir, "bench.yaml", policy)?;
+                generation += 1;
+                daemon.wait_line(
+                    from,
+                    &format!("generation {generation} is enforcing"),
+                    Duration::from_secs(300),
+                )?;
+                eprintln!(
+                    "bench: stats round {round}/{rounds}: {} rules loaded in {:.1} s",
+                    col.title,
+                    t.elapsed().as_secs_f64()
+                );
+                std::thread::sleep(SETTLE);
             }
-            last = now;
+            let mut line = format!("bench: stats round {round}/{rounds}, {}:", col.title);
+            for w in Workload::ALL {
+                let n = pass_budget(w, calls);
+                env.measure_for(w, col.in_agent, Budget::Calls(n))?;
+                let now = prog_stats(pid, &before)?;
+                for (name, &(ns, cnt)) in &now {
+                    let (ns0, cnt0) = last.get(name).copied().unwrap_or((0, 0));
+                    let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
+                    // At least once every other call (the warm-up adds a tenth): the loop's
+                    // programs, not the worker's own start and exit.
+                    if dcnt >= n / 2 {
+                        let v = dns as f64 / dcnt as f64;
+                        cells
+                            .entry((w, name.clone()))
+                            .or_default()
+                            .entry(c)
+                            .or_default()
+                            .push(v);
+                        per_call.insert((w, name.clone()), dcnt as f64 / (n + n / 10) as f64);
+                        if name.starts_with("file_open")
+                            || name.starts_with("bprm_check")
+                            || name.starts_with("connect4")
+                        {
+                            line.push_str(&format!("  {} {name} {v:.0} ns/run", w.name()));
+                        }
+                    }
+                }
+                last = now;
+            }
+            eprintln!("{line}  ({:.0} s so far)", started.elapsed().as_secs_f64());
         }
     }
     daemon.stop();
@@ -481,7 +693,55 @@ fn stats_pass(env: &mut Env) -> Res<Vec<String>> {
             "restoring kernel.bpf_stats_enabled",
         )?;
     }
-    if rows.is_empty() {
+    let mut rows = vec![format!(
+        "per program, ns/run (run_time_ns / run_cnt with kernel.bpf_stats_enabled=1), median [min-max] over {rounds} rounds; \
+         {} opens, {} connects, {} execs per pass, each in a fresh worker; {:.0} s for the pass",
+        pass_budget(Workload::Open, calls),
+        pass_budget(Workload::Connect, calls),
+        pass_budget(Workload::Exec, calls),
+        started.elapsed().as_secs_f64()
+    )];
+    rows.push(format!(
+        "  columns: outside every agent; in the agent with the {RULES}-rule policy above (far from the loops); \
+         in the agent with N rules next to the loops (file rules in {dir}, exec rules in {bin_dir}, /32s in 127.0.0.0/8; none match)"
+    ));
+    let mut head = format!("  {:<8} {:<19} {:>9}", "loop", "program", "runs/call");
+    for col in &columns {
+        head.push_str(&format!(" {:>22}", col.title));
+    }
+    head.push_str(&format!(" {:>9}", "max/out"));
+    rows.push(head);
+    for ((w, name), by_col) in &cells {
+        let mut line = format!(
+            "  {:<8} {:<19} {:>9.1}",
+            w.name(),
+            name,
+            per_call.get(&(*w, name.clone())).copied().unwrap_or(0.0)
+        );
+        let mut outside = None;
+        let mut worst: f64 = 0.0;
+        for c in 0..columns.len() {
+            match by_col.get(&c) {
+                Some(v) => {
+                    let (lo, hi) = min_max(v);
+                    let med = median(v);
+                    if c == 0 {
+                        outside = Some(med);
+                    } else {
+                        worst = worst.max(med);
+                    }
+                    line.push_str(&format!(" {:>22}", format!("{med:.0} [{lo:.0}-{hi:.0}]")));
+                }
+                None => line.push_str(&format!(" {:>22}", "-")),
+            }
+        }
+        match outside {
+            Some(o) if o > 0.0 && worst > 0.0 => line.push_str(&format!(" {:>8.1}x", worst / o)),
+            _ => line.push_str(&format!(" {:>9}", "-")),
+        }
+        rows.push(line);
+    }
+    if cells.is_empty() {
         rows.push("  (bpftool reported no runs of the daemon's programs)".into());
     }
     Ok(rows)
@@ -497,6 +757,9 @@ struct Opts {
     allow_degraded: bool,
     label: String,
     stats: bool,
+    /// Opens per pass of the per-program pass (see [`pass_budget`]).
+    stats_calls: u64,
+    stats_rounds: usize,
 }
 
 fn parse_opts(args: &[String]) -> Res<Opts> {
@@ -507,6 +770,8 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
         allow_degraded: false,
         label: String::new(),
         stats: true,
+        stats_calls: 10_000,
+        stats_rounds: 3,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -518,10 +783,13 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
             "--label" => o.label = value(a)?,
             "--allow-degraded" => o.allow_degraded = true,
             "--no-stats" => o.stats = false,
+            "--stats-calls" => o.stats_calls = ctx(value(a)?.parse(), "--stats-calls")?,
+            "--stats-rounds" => o.stats_rounds = ctx(value(a)?.parse(), "--stats-rounds")?,
             _ => {
                 return Err(format!(
                     "unknown argument {a}; usage: governance-bench-kernel [--governance PATH] \
-                     [--ms N] [--rounds N] [--allow-degraded] [--label TEXT] [--no-stats]"
+                     [--ms N] [--rounds N] [--allow-degraded] [--label TEXT] [--no-stats] \
+                     [--stats-calls N] [--stats-rounds N]"
                 ));
             }
         }
@@ -529,8 +797,8 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
     if o.governance.as_os_str().is_empty() {
         return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
     }
-    if o.rounds == 0 || o.ms == 0 {
-        return Err("--rounds and --ms must be positive".into());
+    if o.rounds == 0 || o.ms == 0 || o.stats_calls == 0 || o.stats_rounds == 0 {
+        return Err("--rounds, --ms, --stats-calls and --stats-rounds must be positive".into());
     }
     Ok(o)
 }
@@ -615,7 +883,7 @@ fn bench(opts: Opts) -> Res<()> {
             && Path::new(STATS_SYSCTL).exists()
         {
             eprintln!("bench: per-program statistics pass (kernel.bpf_stats_enabled=1)");
-            Some(stats_pass(&mut env))
+            Some(stats_pass(&mut env, opts.stats_calls, opts.stats_rounds))
         } else {
             Some(Err(
                 "bpftool or kernel.bpf_stats_enabled is not available".into()
@@ -676,11 +944,6 @@ fn bench(opts: Opts) -> Res<()> {
     }
     match stats {
         Some(Ok(rows)) => {
-            r.push(
-                "per program, separate pass with kernel.bpf_stats_enabled=1 (run_time_ns / run_cnt; \
-                 the `bpf` hook's runs are bpftool's own calls):"
-                    .into(),
-            );
             r.extend(rows);
         }
         Some(Err(e)) => r.push(format!("per-program statistics: not available ({e})")),
