@@ -1,0 +1,176 @@
+//! The built-in protections: what agents may never write (the policy, the pins, the cgroup tree
+//! outside their own subtree, the kernel's settings, the files the node runs as root) or read
+//! (the daemon's secrets), the relaxations a policy may grant, and the table entries all agents
+//! share.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Paths the agents must never write: the policy directory and the pins (the cgroup tree
+/// outside an agent's own subtree is added per agent); and the daemon's secrets, which they
+/// must not read either.
+#[derive(Clone, Debug, Default)]
+pub struct Protect {
+    /// cgroup2 mount point.
+    pub cgroup_root: PathBuf,
+    /// Directories no agent may write below.
+    pub no_write: Vec<PathBuf>,
+    /// Directories and files no agent may read or write: the audit log, the node CA's key, the
+    /// API token.
+    pub no_access: Vec<PathBuf>,
+}
+
+/// The interface files an agent may write in its own root cgroup: those of cgroup delegation.
+pub(super) const DELEGATED: [&str; 3] =
+    ["cgroup.procs", "cgroup.threads", "cgroup.subtree_control"];
+
+/// The agent root's interface files it may not write (its limits and settings), as they are
+/// on the node now (the controllers enabled above it decide which exist): the writable ones
+/// (read-only statistics need no rule) except what delegation grants, `cgroup.kill` (it only
+/// kills the agent) and the `*.pressure` files (writing one sets a PSI trigger for the reader).
+/// None if the directory cannot be read.
+pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = dir
+        .flatten()
+        .filter(|e| {
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o200 != 0)
+        })
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !DELEGATED.contains(&name.as_ref())
+                && name != "cgroup.kill"
+                && !name.ends_with(".pressure")
+        })
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The kernel's settings, which root writes with no capability (only the files' modes), and
+/// several of which make the kernel run a program of the writer's choosing as root, outside
+/// every cgroup but the root: `kernel.core_pattern` (`|/path` on any crash),
+/// `kernel.modprobe` (on any unknown module request), binfmt_misc (an interpreter for every
+/// exec of a matching file, mounted at /proc/sys/fs/binfmt_misc), `/sys/kernel/uevent_helper`
+/// (on every device event). The rest reconfigure the node under the policy (sysctls, device and
+/// driver attributes in sysfs) or stop it (`/proc/sysrq-trigger`). Agents may not write them
+/// unless a policy allows kernel settings; their own cgroup subtree (below /sys/fs/cgroup) is
+/// more specific and stays writable.
+pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+
+/// The node's own programs, and the files that make the node run a program as root outside
+/// every agent: the schedulers (cron, at), the service manager's units (in /etc, /usr/lib and
+/// /run/systemd), the loader's preload list and library paths, logins (shell startup files,
+/// PAM, sudo, SSH keys), udev rules, modprobe's `install` lines, dpkg's maintainer scripts, and
+/// the binaries and libraries root runs. A root agent that writes one of them has code run for
+/// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Agents
+/// may not write, create, truncate or name anything there unless a policy allows system files.
+pub(super) const SYSTEM_FILES: [&str; 21] = [
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/var/spool/cron",
+    "/var/lib/dpkg/info",
+    "/run/systemd",
+    "/run/udev",
+    "/root/.ssh",
+    "/root/.profile",
+    "/root/.bashrc",
+    "/root/.bash_profile",
+    "/root/.bash_login",
+    "/root/.bash_logout",
+    "/root/.config/systemd",
+    "/root/.config/autostart",
+];
+
+/// Built-in directories whose entries the identity resolution does not enumerate (for other
+/// names and mount points made before the load): too big to read on every reload.
+pub(super) const NOT_ENUMERATED: [&str; 8] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+];
+
+/// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
+/// none?
+pub(super) fn relaxed_for(
+    set: &PolicySet,
+    agent: &AgentCgroup,
+    get: fn(&Policy) -> Option<bool>,
+) -> bool {
+    let governing = || {
+        set.policies.iter().filter(|p| {
+            p.mode == Mode::Enforce
+                && p.selector
+                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
+        })
+    };
+    governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
+}
+
+/// The [`allow`] bits of the built-ins a policy relaxed for `agent` that change the shared
+/// built-in path rules (kernel settings, system files).
+pub(super) fn relaxations(set: &PolicySet, agent: &AgentCgroup) -> u32 {
+    let mut bits = 0;
+    if relaxed_for(set, agent, |p| p.allow_kernel_settings) {
+        bits |= allow::KERNEL_SETTINGS;
+    }
+    if relaxed_for(set, agent, |p| p.allow_system_files) {
+        bits |= allow::SYSTEM_FILES;
+    }
+    bits
+}
+
+/// The built-in path rules every agent shares (with the relaxations `relaxed`): no access to
+/// the daemon's secrets; no writes to the policy, the pins, the daemon's executable, and,
+/// unless relaxed, the kernel's settings and the node's system files. Each path as written and
+/// as resolved now (a relative or symlinked --policy means the same directory as the kernel's
+/// resolved path); a prefix node covers the path itself too (a file: the executable, the
+/// token, the shell startup files).
+pub(super) fn shared_denied(protect: &Protect, relaxed: u32) -> Vec<(u8, Node, Ranked)> {
+    let r = Ranked {
+        specificity: [1, 0, u32::MAX - 1, 0],
+        rule: rule_ref(NO_RULE, KVerdict::Block, 0),
+        shadow: false,
+    };
+    let mut out = Vec::new();
+    for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
+        let mut denied: Vec<PathBuf> = protect.no_access.clone();
+        if letter != access::READ {
+            denied.extend(protect.no_write.iter().cloned());
+            if relaxed & allow::KERNEL_SETTINGS == 0 {
+                denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
+            }
+            if relaxed & allow::SYSTEM_FILES == 0 {
+                denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+            }
+        }
+        for path in denied.iter().flat_map(|d| spellings(d)) {
+            out.push((letter, Node { path, exact: false }, r));
+        }
+    }
+    out
+}
+
+/// Leave the shared built-ins' own nodes to the built-in class (their answer there is the
+/// same: a built-in outranks every rule).
+pub(super) fn drop_shared(c: &mut Class, shared: &[(u8, Node, Ranked)]) {
+    for (letter, node, _) in shared {
+        c.paths.remove(&(*letter, node.bytes()));
+        let exact = Node {
+            path: node.path.clone(),
+            exact: true,
+        };
+        c.paths.remove(&(*letter, exact.bytes()));
+    }
+}

@@ -1,0 +1,277 @@
+//! File rules resolved to identities: what each rule's path names now, by (device, inode), with
+//! the hard links and mount points below protected directories.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Directory entries the identity resolution looks at below protected directories, per
+/// generation (for hard links made before the load, and mount points).
+pub(super) const ENUMERATION_BUDGET: usize = 50_000;
+
+/// An object found on this host: kernel device, inode, directory or not.
+pub(super) type Found = (u32, u64, bool);
+
+/// Resolves a class's file rules to the identity of what their paths name now, into
+/// [`Class::idents`]. Each object gets exactly the answer the path rules give its canonical
+/// name: `self` is the answer for the path itself, `below` (directories) the answer for a name
+/// inside it. The kernel looks the opened object up, then each directory above it; the first
+/// entry met decides a letter (the deepest rule, as for paths), and the most severe of that and
+/// the path decision wins.
+///
+/// Besides the rules' own paths: below a directory whose rules restrict an access, the files
+/// that already have other names (a link count above 1: a hard link made before the load, which
+/// the ancestor walk of that other name would not reach) and the mount points (a filesystem
+/// mounted inside is walked up to its own root only). Neither is looked for below `/` or the
+/// cgroup2 tree (kernfs has no hard links), and at most [`ENUMERATION_BUDGET`] entries are read
+/// per generation; the rest goes to `notes`.
+///
+/// And every directory above a restricting rule's object (scope `SCOPE_HOLDS`): an agent may not
+/// rename it, since the next generation would look for the object at the old path.
+///
+/// Paths that do not exist when the generation is built have no identity (their path rules
+/// still apply). Results are cached for the generation: agents share policies.
+pub(crate) struct Identities {
+    pub(super) stat: HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
+    pub(super) below: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub(super) budget: usize,
+    pub(super) skip: Vec<Vec<u8>>,
+    pub(crate) notes: BTreeSet<String>,
+}
+
+pub(super) fn restricts(p: &RulePair) -> bool {
+    p.enforce.present != 0 && p.enforce.verdict != KVerdict::Allow as u8
+}
+
+pub(super) fn has(p: &RulePair) -> bool {
+    p.enforce.present != 0 || p.shadow.present != 0
+}
+
+/// The more severe of two answers for one letter (the same object named twice: deny wins).
+pub(super) fn severer(a: RulePair, b: RulePair) -> RulePair {
+    if !has(&a) {
+        return b;
+    }
+    if !has(&b) {
+        return a;
+    }
+    let mut out = if b.enforce.present != 0
+        && (a.enforce.present == 0 || b.enforce.verdict > a.enforce.verdict)
+    {
+        RulePair {
+            enforce: b.enforce,
+            shadow: a.shadow,
+        }
+    } else {
+        a
+    };
+    if out.shadow.present == 0 {
+        out.shadow = b.shadow;
+    }
+    out
+}
+
+impl Identities {
+    pub(crate) fn new(protect: &Protect) -> Self {
+        Self {
+            stat: HashMap::new(),
+            below: HashMap::new(),
+            budget: ENUMERATION_BUDGET,
+            // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
+            // its own protections), and the kernel settings' pseudo filesystems (hard links and
+            // bind mounts there need capabilities agents do not get; walking /sys on every
+            // reload would make reloads slow).
+            skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
+                .into_iter()
+                .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
+                .chain(NOT_ENUMERATED.iter().flat_map(|p| spellings(Path::new(p))))
+                .collect(),
+            notes: BTreeSet::new(),
+        }
+    }
+
+    /// The canonical path and identity of `path`, if it exists.
+    pub(super) fn find(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found)> {
+        use std::os::unix::ffi::OsStrExt as _;
+        self.stat
+            .entry(path.to_vec())
+            .or_insert_with(|| {
+                let p = Path::new(std::ffi::OsStr::from_bytes(path));
+                let real = std::fs::canonicalize(p).ok()?;
+                let meta = std::fs::metadata(&real).ok()?;
+                Some((
+                    path_bytes(&real),
+                    (
+                        crate::kernel::kernel_dev(meta.dev()),
+                        meta.ino(),
+                        meta.is_dir(),
+                    ),
+                ))
+            })
+            .clone()
+    }
+
+    /// Below directory `dir` (canonical): files with more than one name, and mount points.
+    pub(super) fn enumerate(&mut self, dir: &[u8]) -> Vec<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt as _;
+        if self.skip.iter().any(|s| s == dir) {
+            return Vec::new();
+        }
+        if let Some(found) = self.below.get(dir) {
+            return found.clone();
+        }
+        let mut found = Vec::new();
+        let root = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let Ok(top) = std::fs::symlink_metadata(root) else {
+            return found;
+        };
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if self.budget == 0 {
+                    self.notes.insert(format!(
+                        "identity: stopped looking below {} after {ENUMERATION_BUDGET} entries;                          hard links made before this load to files further below, and                          filesystems mounted further below, are decided by their paths only",
+                        root.display()
+                    ));
+                    self.below.insert(dir.to_vec(), found.clone());
+                    return found;
+                }
+                self.budget -= 1;
+                let Ok(meta) = e.metadata() else { continue };
+                let path = e.path();
+                if meta.is_dir() {
+                    if meta.dev() != top.dev() {
+                        found.push(path_bytes(&path));
+                    } else {
+                        stack.push(path);
+                    }
+                } else if !meta.file_type().is_symlink() && meta.nlink() > 1 {
+                    found.push(path_bytes(&path));
+                }
+            }
+        }
+        self.below.insert(dir.to_vec(), found.clone());
+        found
+    }
+
+    /// Resolve the class's file rules (and what they protect) into `c.idents`.
+    pub(crate) fn resolve(&mut self, c: &mut Class) {
+        let letters = IDENT_LETTERS;
+        // The paths the class's file rules name (exec rules have their own identities).
+        let named: BTreeSet<Vec<u8>> = c
+            .paths
+            .keys()
+            .filter(|(l, _)| letters.contains(l))
+            .map(|(_, node)| {
+                let mut p = node.clone();
+                if p.last() == Some(&0) || (p.len() > 1 && p.last() == Some(&b'/')) {
+                    p.pop();
+                }
+                p
+            })
+            .collect();
+        let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
+        let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
+        let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
+        for path in &named {
+            let Some((real, found)) = self.find(path) else {
+                continue;
+            };
+            // The rules that restrict access to the object itself, or below it.
+            let restricting = |query: &[u8]| {
+                letters.map(|l| {
+                    answer(c, l, query)
+                        .filter(restricts)
+                        .map(|p| RulePair {
+                            enforce: p.enforce,
+                            shadow: RuleRef::default(),
+                        })
+                        .unwrap_or_default()
+                })
+            };
+            let mut exact = real.clone();
+            exact.push(0);
+            let mut held = restricting(&exact);
+            if found.2 {
+                let below = restricting(&below_query(&real));
+                if below.iter().any(has) {
+                    protected_dirs.push(real.clone());
+                }
+                for (h, b) in held.iter_mut().zip(below) {
+                    *h = severer(*h, b);
+                }
+            }
+            if held.iter().any(has) {
+                holders.push((real.clone(), held));
+            }
+            objects.push((real, found));
+        }
+        protected_dirs.sort();
+        protected_dirs.dedup();
+        for dir in protected_dirs {
+            for path in self.enumerate(&dir) {
+                if let Some(found) = self.find(&path) {
+                    objects.push(found);
+                }
+            }
+        }
+        objects.sort();
+        objects.dedup();
+        for (real, (dev, ino, is_dir)) in objects {
+            let mut exact = real.clone();
+            exact.push(0);
+            let mut scopes = vec![(SCOPE_SELF, exact)];
+            if is_dir {
+                scopes.push((SCOPE_BELOW, below_query(&real)));
+            }
+            for (scope, query) in scopes {
+                let rules = letters.map(|l| answer(c, l, &query).unwrap_or_default());
+                if !rules.iter().any(has) {
+                    continue;
+                }
+                let entry = c.idents.entry((dev, ino, scope)).or_default();
+                for (slot, r) in entry.rules.iter_mut().zip(rules) {
+                    *slot = severer(*slot, r);
+                }
+            }
+        }
+        // The directories above a restricting rule's object: renaming one moves the rule's path
+        // away from the object.
+        for (real, held) in holders {
+            let mut dir = real.as_slice();
+            while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
+                if dir == b"/" {
+                    break;
+                }
+                dir = if i == 0 { &dir[..1] } else { &dir[..i] };
+                let Some((_, (dev, ino, _))) = self.find(dir) else {
+                    break;
+                };
+                let entry = c.idents.entry((dev, ino, SCOPE_HOLDS)).or_default();
+                for (slot, r) in entry.rules.iter_mut().zip(held) {
+                    *slot = severer(*slot, r);
+                }
+            }
+        }
+        let mut marker = IdentValue::default();
+        for v in c.idents.values() {
+            for (m, r) in marker.rules.iter_mut().zip(&v.rules) {
+                if restricts(r) {
+                    *m = RulePair {
+                        enforce: rule_ref(NO_RULE, KVerdict::Block, 0),
+                        shadow: RuleRef::default(),
+                    };
+                }
+            }
+        }
+        if marker.rules.iter().any(has) {
+            c.idents.insert((0, 0, SCOPE_SELF), marker);
+        } else {
+            // Nothing restricts: the answers could never change a decision; the kernel skips
+            // the walk for this class.
+            c.idents.clear();
+        }
+    }
+}

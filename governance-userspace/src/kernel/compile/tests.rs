@@ -1,0 +1,723 @@
+use super::*;
+use crate::policy::parse;
+
+fn agent(index: usize, rel: &str, label: Option<&str>) -> AgentCgroup {
+    AgentCgroup {
+        index,
+        name: rel.into(),
+        rel: rel.into(),
+        label: label.map(Into::into),
+        path: PathBuf::from("/sys/fs/cgroup").join(rel),
+        cgroup_id: 1000 + index as u64,
+        pod: None,
+    }
+}
+
+fn protect() -> Protect {
+    Protect {
+        cgroup_root: "/sys/fs/cgroup".into(),
+        no_write: vec!["/etc/governance".into()],
+        no_access: vec!["/var/lib/governance/audit".into()],
+    }
+}
+
+fn lookup(c: &Class, letter: u8, path: &str) -> Option<RulePair> {
+    // What the kernel's longest-prefix match does.
+    let mut q = path.as_bytes().to_vec();
+    q.push(0);
+    c.paths
+        .iter()
+        .filter(|((l, n), _)| *l == letter && q.starts_with(n))
+        .max_by_key(|((_, n), _)| n.len())
+        .map(|(_, v)| *v)
+}
+
+/// What the kernel's file_open decides from the path rules: the class's answer, and the
+/// shared built-ins' where they have a rule and it is more severe.
+fn decided(k: &KernelPolicy, c: &Class, letter: u8, path: &str) -> Option<RulePair> {
+    let own = lookup(c, letter, path);
+    let id = governance_common::builtin_class(c.id, c.value.allow);
+    let shared = k
+        .builtins
+        .iter()
+        .find(|b| b.id == id)
+        .and_then(|b| lookup(b, letter, path))
+        .filter(|p| p.enforce.present != 0);
+    match (own, shared) {
+        (Some(o), Some(s)) if o.enforce.present != 0 && o.enforce.verdict >= s.enforce.verdict => {
+            Some(o)
+        }
+        (o, None) => o,
+        (_, s) => s,
+    }
+}
+
+#[test]
+fn path_rules_push_down_so_the_longest_match_is_the_best_rule() {
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { cgroup: 'a/*' }\ndefaults: { file: allow }\nrules:\n\
+         \x20 - { id: home, file: { prefix: /home/u }, verdict: allow, reason: r }\n\
+         \x20 - { id: ssh, file: { prefix: /home/u/.ssh }, verdict: block, reason: r }\n\
+         \x20 - { id: pub, file: { path: /home/u/.ssh/id.pub, access: [read] }, verdict: allow, reason: r }\n\
+         \x20 - { id: trial, mode: shadow, file: { prefix: /home/u/.ssh/keys }, verdict: escalate, escalate: { timeout: 1m }, reason: r }\n"
+            .into(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+    assert!(k.errors.is_empty(), "{:?}", k.errors);
+    let c = &k.classes[0];
+    let rule = |n: u32| class_id(1, n);
+    let r = |p: &str| lookup(c, access::READ, p).map(|v| (v.enforce.rule_id, v.shadow.rule_id));
+    assert_eq!(r("/home/u/notes"), Some((rule(1), 0)));
+    assert_eq!(r("/home/u/.ssh"), Some((rule(2), 0)));
+    assert_eq!(r("/home/u/.sshx"), Some((rule(1), 0)));
+    assert_eq!(r("/home/u/.ssh/id"), Some((rule(2), 0)));
+    assert_eq!(r("/home/u/.ssh/id.pub"), Some((rule(3), 0)));
+    // Only reading is allowed by the exact rule; writing falls back to the prefix block.
+    let w = lookup(c, access::WRITE, "/home/u/.ssh/id.pub").unwrap();
+    assert_eq!(w.enforce.rule_id, rule(2));
+    // The shadow rule ranks above the enforcing one and is carried beside it.
+    assert_eq!(r("/home/u/.ssh/keys/k"), Some((rule(2), rule(4))));
+    assert_eq!(r("/var/x"), None);
+    // Built-ins: the cgroup tree is not writable except the agent's own subtree.
+    let w = |p: &str| decided(&k, c, access::WRITE, p).map(|v| v.enforce.verdict);
+    assert_eq!(
+        w("/sys/fs/cgroup/other/cgroup.procs"),
+        Some(KVerdict::Block as u8)
+    );
+    assert_eq!(
+        w("/sys/fs/cgroup/a/one/child/cgroup.procs"),
+        Some(KVerdict::Allow as u8)
+    );
+    assert_eq!(w("/etc/governance/p.yaml"), Some(KVerdict::Block as u8));
+    // The daemon's secrets: neither written nor read.
+    let audit = "/var/lib/governance/audit/audit-000001.jsonl";
+    assert_eq!(w(audit), Some(KVerdict::Block as u8));
+    assert_eq!(
+        decided(&k, c, access::READ, audit).map(|v| v.enforce.verdict),
+        Some(KVerdict::Block as u8)
+    );
+    // The policy directory stays readable (its files are no secret).
+    assert_eq!(decided(&k, c, access::READ, "/etc/governance/p.yaml"), None);
+    // The kernel's settings are not writable; the agent's own cgroup still is.
+    for p in [
+        "/proc/sys/kernel/core_pattern",
+        "/proc/sys/fs/binfmt_misc/register",
+        "/proc/sysrq-trigger",
+        "/sys/kernel/uevent_helper",
+    ] {
+        assert_eq!(w(p), Some(KVerdict::Block as u8), "{p}");
+    }
+    assert_eq!(
+        lookup(c, access::READ, "/proc/sys/kernel/core_pattern"),
+        None
+    );
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { cgroup: 'a/*' }\nkernel: { allow_kernel_settings: true }\n".into(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+    let w = |p: &str| lookup(&k.classes[0], access::WRITE, p).map(|v| v.enforce.verdict);
+    assert_eq!(w("/proc/sys/kernel/core_pattern"), None);
+    assert_eq!(
+        w("/sys/fs/cgroup/other/cgroup.procs"),
+        Some(KVerdict::Block as u8)
+    );
+}
+
+#[test]
+fn network_alternatives_are_ordered_by_precedence_and_pushed_down() {
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { label: bot }\ndefaults: { network: block }\nrules:\n\
+         \x20 - { id: tls, network: { cidr: 10.0.0.0/8, ports: 443 }, verdict: allow, reason: r }\n\
+         \x20 - { id: ten, network: { cidr: 10.0.0.0/8 }, verdict: escalate, escalate: { timeout: 1m }, reason: r }\n\
+         \x20 - { id: db, network: { cidr: 10.1.0.0/16, ports: 5432, protocol: tcp }, verdict: allow, reason: r }\n\
+         \x20 - { id: v6, network: { cidr: 'fd00::/8' }, verdict: block, reason: r }\n"
+            .into(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "x", Some("bot"))], 2, &protect());
+    let c = &k.classes[0];
+    assert_eq!(c.value.net_default.enforce.verdict, KVerdict::Block as u8);
+    let node = |bits: u32, a: IpAddr| {
+        let octets = match a {
+            IpAddr::V4(v) => v.to_ipv6_mapped().octets(),
+            IpAddr::V6(v) => v.octets(),
+        };
+        c.net[&(bits, octets)]
+            .iter()
+            .map(|e| (e.rule.rule_id & 0xffff, e.port_lo, e.port_hi, e.proto))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        node(104, "10.0.0.0".parse().unwrap()),
+        [(1, 443, 443, 0), (2, 0, 65535, 0)]
+    );
+    assert_eq!(
+        node(112, "10.1.0.0".parse().unwrap()),
+        [(3, 5432, 5432, 6), (1, 443, 443, 0), (2, 0, 65535, 0)]
+    );
+    assert_eq!(node(8, "fd00::".parse().unwrap()), [(4, 0, 65535, 0)]);
+    // Generation 2 uses slot 0: ids carry no slot bit.
+    assert_eq!(c.id, class_id(2, 1));
+}
+
+#[test]
+fn built_in_protections_are_relaxed_only_when_no_policy_objects() {
+    let doc = |name: &str, kernel: &str| {
+        (
+            format!("{name}.yaml").into(),
+            format!("name: {name}\nagents: {{ label: bot }}\n{kernel}"),
+        )
+    };
+    let bits = |docs: Vec<(std::path::PathBuf, String)>| {
+        let set = parse(&docs).unwrap();
+        compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
+            .value
+            .allow
+    };
+    use governance_common::allow::{LOADER_EXEC, MOUNTS, RAW_SOCKETS, USER_NAMESPACES};
+    assert_eq!(bits(vec![doc("a", "")]), 0);
+    assert_eq!(
+        bits(vec![
+            doc(
+                "a",
+                "kernel: { allow_mounts: true, allow_loader_exec: true }"
+            ),
+            doc("b", "kernel: { allow_loader_exec: false }"),
+        ]),
+        MOUNTS
+    );
+    assert_eq!(
+        bits(vec![doc("a", "kernel: { allow_loader_exec: true }")]),
+        LOADER_EXEC
+    );
+    assert_eq!(
+        bits(vec![doc("a", "kernel: { allow_raw_sockets: true }")]),
+        RAW_SOCKETS
+    );
+    assert_eq!(
+        bits(vec![
+            doc(
+                "a",
+                "kernel: { allow_raw_sockets: true, allow_user_namespaces: true }"
+            ),
+            doc("b", "kernel: { allow_raw_sockets: false }"),
+        ]),
+        USER_NAMESPACES
+    );
+}
+
+/// The node's system files are refused to agents for writing, creating and truncating (not
+/// reading), unless a policy allows system files; a protected file (not a directory) is
+/// refused by its own path too.
+#[test]
+fn system_files_are_refused_unless_a_policy_allows_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("governance");
+    std::fs::write(&exe, "x").unwrap();
+    let mut protect = protect();
+    protect.no_write.push(exe.clone());
+    let class = |kernel: &str| {
+        let set = parse(&[(
+            "p.yaml".into(),
+            format!("name: p\nagents: {{ label: bot }}\n{kernel}"),
+        )])
+        .unwrap();
+        compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect)
+    };
+    let refused = |k: &KernelPolicy, letter: u8, path: &str| {
+        decided(k, &k.classes[0], letter, path)
+            .is_some_and(|r| r.enforce.present != 0 && r.enforce.verdict == KVerdict::Block as u8)
+    };
+    let k = class("");
+    for path in [
+        "/etc/cron.d/job",
+        "/etc/ld.so.preload",
+        "/etc/systemd/system/x.service",
+        "/usr/bin/python3",
+        "/var/spool/cron/crontabs/root",
+        "/run/systemd/transient/x.service",
+        "/root/.ssh/authorized_keys",
+        "/root/.bashrc",
+    ] {
+        for letter in [access::WRITE, access::CREATE, access::TRUNCATE] {
+            assert!(refused(&k, letter, path), "{path} {}", letter as char);
+        }
+        assert!(!refused(&k, access::READ, path), "{path} stays readable");
+    }
+    assert!(refused(&k, access::WRITE, exe.to_str().unwrap()));
+    assert!(!refused(&k, access::WRITE, "/root/.cache/pip/x"));
+    assert!(!refused(&k, access::WRITE, "/var/lib/app/data"));
+    // The agent's own cgroup stays writable below the kernel settings' /sys (the hole in
+    // the shared built-ins); other cgroups do not.
+    assert!(!refused(
+        &k,
+        access::WRITE,
+        "/sys/fs/cgroup/x/child/cgroup.procs"
+    ));
+    assert!(refused(
+        &k,
+        access::WRITE,
+        "/sys/fs/cgroup/other/cgroup.procs"
+    ));
+    assert!(refused(&k, access::WRITE, "/sys/kernel/uevent_helper"));
+    // Stored once: the class holds none of the shared nodes.
+    assert!(
+        !k.classes[0]
+            .paths
+            .keys()
+            .any(|(_, n)| n.starts_with(b"/usr/") || n.starts_with(b"/etc/")),
+        "{:?}",
+        k.classes[0].paths.keys()
+    );
+    let relaxed = class("kernel: { allow_system_files: true }");
+    assert!(!refused(&relaxed, access::WRITE, "/etc/cron.d/job"));
+    assert!(!refused(&relaxed, access::CREATE, "/usr/local/lib/x.so"));
+    // The daemon's own files are never relaxed.
+    assert!(refused(&relaxed, access::WRITE, exe.to_str().unwrap()));
+    assert!(refused(&relaxed, access::CREATE, "/etc/governance/p.yaml"));
+    // Many agents share one built-in class per combination of relaxations.
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { cgroup: 'a/*' }\n".into(),
+    )])
+    .unwrap();
+    let agents: Vec<_> = (0..50).map(|i| agent(i, &format!("a/{i}"), None)).collect();
+    let many = compile(&set, &agents, 1, &protect);
+    assert_eq!(many.builtins.len(), 1);
+    let per_class = many.classes[0].paths.len();
+    assert!(
+        per_class < 20,
+        "{per_class} path entries per agent: {:?}",
+        many.classes[0].paths.keys()
+    );
+}
+
+#[test]
+fn unix_rules_are_one_entry_per_socket_with_the_best_rule() {
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { label: bot }\ndefaults: { unix: block }\n\
+         sandbox_profiles: { jail: { network: none } }\nrules:\n\
+         \x20 - { id: bus, unix: { path: /run/user/1/bus }, verdict: allow, reason: r }\n\
+         \x20 - { id: bus-trial, mode: shadow, unix: { path: /run/user/1/bus }, verdict: block, reason: r }\n\
+         \x20 - { id: x11, unix: { abstract: /tmp/.X11-unix/X0 }, verdict: escalate, escalate: { timeout: 1m }, reason: r }\n\
+         \x20 - { id: tool, exec: { path: /bin/x }, verdict: sandbox, sandbox: { profile: jail }, reason: r }\n"
+            .into(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect());
+    assert!(k.errors.is_empty() && k.unenforceable.is_empty(), "{k:?}");
+    let c = &k.classes[0];
+    assert_eq!(c.value.unix_default.enforce.verdict, KVerdict::Block as u8);
+    let bus = c.unix[&UnixTarget::Path("/run/user/1/bus".into())];
+    assert_eq!(bus.enforce.rule_id, class_id(1, 1));
+    assert_eq!(bus.enforce.verdict, KVerdict::Allow as u8);
+    // The shadow rule is more severe at the same socket: carried beside it.
+    assert_eq!(bus.shadow.rule_id, class_id(1, 2));
+    let x11 = c.unix[&UnixTarget::Abstract(b"/tmp/.X11-unix/X0".to_vec())];
+    assert_eq!(x11.enforce.verdict, KVerdict::Escalate as u8);
+    // Nothing relaxed: the runtime sockets stay refused.
+    assert_eq!(c.value.allow & governance_common::allow::RUNTIME_SOCKETS, 0);
+    // The sandbox profile reaches no named socket: no rules, the default blocks.
+    let jail = &k.classes[k.profiles[0].1];
+    assert!(jail.unix.is_empty());
+    assert_eq!(
+        jail.value.unix_default.enforce.verdict,
+        KVerdict::Block as u8
+    );
+    assert_eq!(jail.value.allow, 0);
+}
+
+#[test]
+fn runtime_sockets_are_relaxed_like_the_other_built_ins() {
+    let doc = |kernel: &str| {
+        vec![(
+            std::path::PathBuf::from("a.yaml"),
+            format!("name: a\nagents: {{ label: bot }}\n{kernel}"),
+        )]
+    };
+    let bits = |docs: Vec<(std::path::PathBuf, String)>| {
+        compile(
+            &parse(&docs).unwrap(),
+            &[agent(0, "x", Some("bot"))],
+            1,
+            &protect(),
+        )
+        .classes[0]
+            .value
+            .allow
+    };
+    use governance_common::allow::RUNTIME_SOCKETS;
+    assert_eq!(bits(doc("")), 0);
+    assert_eq!(
+        bits(doc("kernel: { allow_runtime_sockets: true }")),
+        RUNTIME_SOCKETS
+    );
+    let mut both = doc("kernel: { allow_runtime_sockets: true }");
+    both.push((
+        "b.yaml".into(),
+        "name: b\nagents: { label: bot }\nkernel: { allow_runtime_sockets: false }\n".into(),
+    ));
+    assert_eq!(bits(both), 0);
+}
+
+#[test]
+fn capabilities_are_given_back_only_where_every_list_agrees() {
+    use governance_common::caps::{NET_ADMIN, SYS_ADMIN, SYS_TIME};
+    let doc = |name: &str, kernel: &str| {
+        (
+            format!("{name}.yaml").into(),
+            format!("name: {name}\nagents: {{ label: bot }}\n{kernel}"),
+        )
+    };
+    let caps = |docs: Vec<(std::path::PathBuf, String)>| {
+        let set = parse(&docs).unwrap();
+        compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
+            .value
+            .allow_caps
+    };
+    let bit = |c: u32| 1u64 << c;
+    assert_eq!(caps(vec![doc("a", "")]), 0);
+    assert_eq!(
+        caps(vec![doc(
+            "a",
+            "kernel: { allow_capabilities: [CAP_NET_ADMIN, sys_time] }"
+        )]),
+        bit(NET_ADMIN) | bit(SYS_TIME)
+    );
+    // A policy without the field has no say; one with a list objects to what it leaves out.
+    assert_eq!(
+        caps(vec![
+            doc(
+                "a",
+                "kernel: { allow_capabilities: [CAP_NET_ADMIN, CAP_SYS_ADMIN] }"
+            ),
+            doc("b", ""),
+            doc("c", "kernel: { allow_capabilities: [CAP_SYS_ADMIN] }"),
+        ]),
+        bit(SYS_ADMIN)
+    );
+    assert_eq!(
+        caps(vec![
+            doc("a", "kernel: { allow_capabilities: [CAP_NET_ADMIN] }"),
+            doc("b", "kernel: { allow_capabilities: [] }"),
+        ]),
+        0
+    );
+}
+
+#[test]
+fn via_proxy_rules_are_enforced_and_gaps_are_reported() {
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { label: bot }\nrules:\n\
+         \x20 - { id: px, network: { cidr: 1.2.3.4/32, via_proxy: true }, verdict: allow, reason: r }\n\
+         \x20 - { id: fx, file: { path: /bin/x, access: [exec] }, verdict: block, reason: r }\n\
+         \x20 - { id: api, http: { host: x.example }, verdict: block, reason: r }\n"
+            .into(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect());
+    let missing = k.unenforceable.join("\n");
+    assert!(!missing.contains("p/px"), "{missing}");
+    assert!(missing.contains("rule p/fx "), "{missing}");
+    assert!(
+        !missing.contains("p/api"),
+        "HTTP rules are the proxy's:\n{missing}"
+    );
+    let mapped = "::ffff:1.2.3.4"
+        .parse::<std::net::Ipv6Addr>()
+        .unwrap()
+        .octets();
+    let entries = &k.classes[0].net[&(128, mapped)];
+    assert_eq!(entries[0].via_proxy, 1, "{entries:?}");
+}
+
+/// The bucket the programs take a token from when agent `cgroup` connects to `ip` (a /32
+/// throttle rule): what `take_token` in governance-ebpf computes from the tables.
+fn kernel_bucket(k: &KernelPolicy, cgroup: u64, ip: &str) -> (governance_common::BucketKey, u64) {
+    let (_, i) = k.agents.iter().find(|(id, _)| *id == cgroup).unwrap();
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let entry = k.classes[*i].net[&(128, ip.to_ipv6_mapped().octets())][0];
+    assert_eq!(entry.rule.verdict, KVerdict::Throttle as u8);
+    let (_, t) = k
+        .throttles
+        .iter()
+        .find(|(id, _)| *id == entry.rule.rule_id)
+        .expect("every throttle rule of a generation has its rate in that generation");
+    let (owner, rule) = match entry.rule.aux {
+        1 => (cgroup, 0),
+        2 => (0, t.bucket),
+        _ => (cgroup, t.bucket),
+    };
+    (governance_common::BucketKey { owner, rule }, t.capacity)
+}
+
+fn throttle_policy(rate: u32, extra_rule: bool) -> PolicySet {
+    let extra = if extra_rule {
+        "\x20 - { id: before, network: { cidr: 10.0.0.0/8 }, verdict: block, reason: r }\n"
+    } else {
+        ""
+    };
+    parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n{extra}\
+             \x20 - {{ id: mine, network: {{ cidr: 127.0.0.1/32 }}, verdict: throttle, throttle: {{ rate: {rate}, per: 1m }}, reason: r }}\n\
+             \x20 - {{ id: ours, network: {{ cidr: 127.0.0.2/32 }}, verdict: throttle, throttle: {{ rate: 5, per: 1m, key: rule }}, reason: r }}\n\
+             \x20 - {{ id: any, network: {{ cidr: 127.0.0.3/32 }}, verdict: throttle, throttle: {{ rate: 5, per: 1m, key: agent }}, reason: r }}\n"
+        ),
+    )])
+    .unwrap()
+}
+
+#[test]
+fn generations_lead_to_the_same_buckets_whatever_moves() {
+    let with_id = |index, rel: &str, id| AgentCgroup {
+        cgroup_id: id,
+        ..agent(index, rel, None)
+    };
+    let g1 = compile(
+        &throttle_policy(3, false),
+        &[with_id(0, "a/one", 501), with_id(1, "a/two", 502)],
+        1,
+        &protect(),
+    );
+    // Generation 2: the other slot, a rule before the throttles (their kernel numbers
+    // move), an agent before ours (the classes move).
+    let g2 = compile(
+        &throttle_policy(3, true),
+        &[
+            with_id(0, "a/new", 503),
+            with_id(1, "a/one", 501),
+            with_id(2, "a/two", 502),
+        ],
+        2,
+        &protect(),
+    );
+    assert!(g1.errors.is_empty() && g2.errors.is_empty());
+    let (ids1, ids2): (Vec<u32>, Vec<u32>) = (
+        g1.throttles.iter().map(|(id, _)| *id).collect(),
+        g2.throttles.iter().map(|(id, _)| *id).collect(),
+    );
+    assert!(
+        ids1.iter().all(|id| !ids2.contains(id)),
+        "kernel rule ids differ: {ids1:?} {ids2:?}"
+    );
+    for ip in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        for agent in [501, 502] {
+            assert_eq!(
+                kernel_bucket(&g1, agent, ip),
+                kernel_bucket(&g2, agent, ip),
+                "agent {agent}, rule for {ip}"
+            );
+        }
+    }
+    // Still one bucket per agent for `mine`, one shared for `ours`, one per agent for
+    // `any`; never another rule's.
+    let key = |ip, agent| kernel_bucket(&g2, agent, ip).0;
+    assert_ne!(key("127.0.0.1", 501), key("127.0.0.1", 502));
+    assert_eq!(key("127.0.0.2", 501), key("127.0.0.2", 503));
+    assert_eq!(key("127.0.0.2", 501).owner, 0);
+    assert_eq!(key("127.0.0.3", 501).rule, 0);
+    assert_ne!(key("127.0.0.3", 501), key("127.0.0.3", 502));
+    assert_ne!(key("127.0.0.1", 501), key("127.0.0.3", 501));
+    assert_eq!(key("127.0.0.1", 501).rule, bucket_id("p/mine"));
+}
+
+#[test]
+fn a_changed_rate_keeps_the_bucket_with_the_new_capacity() {
+    let agents = [agent(0, "a/one", None)];
+    let g1 = compile(&throttle_policy(10, false), &agents, 1, &protect());
+    let g2 = compile(&throttle_policy(3, false), &agents, 2, &protect());
+    let (k1, cap1) = kernel_bucket(&g1, 1000, "127.0.0.1");
+    let (k2, cap2) = kernel_bucket(&g2, 1000, "127.0.0.1");
+    assert_eq!(k1, k2, "the same bucket: its level carries over");
+    assert_eq!(
+        (cap1, cap2),
+        (10, 3),
+        "capped at the new burst when next used"
+    );
+    let interval = |k: &KernelPolicy| k.throttles[0].1.interval_ns;
+    assert_eq!(interval(&g1), 6_000_000_000);
+    assert_eq!(interval(&g2), 20_000_000_000);
+}
+
+#[test]
+fn bucket_ids_are_stable_distinct_and_never_zero() {
+    assert_eq!(bucket_id("p/mine"), bucket_id("p/mine"));
+    assert_ne!(bucket_id("p/mine"), bucket_id("q/mine"));
+    assert_ne!(bucket_id("p/mine"), bucket_id("p/ours"));
+    // Pinned: a restarted daemon must compute the ids the pinned buckets carry.
+    assert_eq!(bucket_id(""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(bucket_id("a"), 0xaf63_dc4c_8601_ec8c);
+}
+
+/// (device, inode) as the kernel keys hold it.
+fn ident(p: &Path) -> (u32, u64) {
+    let m = std::fs::metadata(p).unwrap();
+    (crate::kernel::kernel_dev(m.dev()), m.ino())
+}
+
+/// Verdict per letter (r, w, c, t) of an identity entry; None where the slot is empty.
+fn verdicts(c: &Class, id: (u32, u64), scope: u32) -> Option<[Option<(u32, u8)>; 4]> {
+    c.idents.get(&(id.0, id.1, scope)).map(|v| {
+        v.rules.map(|r| {
+            (r.enforce.present != 0).then_some((r.enforce.rule_id & 0xffff, r.enforce.verdict))
+        })
+    })
+}
+
+#[test]
+fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    for sub in ["secrets/sub", "out", "work"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    for f in [
+        "secrets/key",
+        "secrets/linked",
+        "secrets/pub",
+        "ro.txt",
+        "work/x",
+    ] {
+        std::fs::write(d.join(f), "x").unwrap();
+    }
+    // A hard link made before the load: the other name is outside every rule.
+    std::fs::hard_link(d.join("secrets/linked"), d.join("out/linked")).unwrap();
+    std::os::unix::fs::symlink(d.join("ro.txt"), d.join("ro-link")).unwrap();
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+             kernel: {{ allow_system_files: true }}\nrules:\n\
+             \x20 - {{ id: secrets, file: {{ prefix: {ds}/secrets }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: pub, file: {{ path: {ds}/secrets/pub, access: [read] }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: ro, file: {{ path: {ds}/ro-link, access: [write, truncate] }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: gone, file: {{ prefix: {ds}/not-there }}, verdict: block, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let none = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![],
+        no_access: vec![],
+    };
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+    assert!(k.errors.is_empty() && k.notes.is_empty(), "{k:?}");
+    let c = &k.classes[0];
+    let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+    let all = |rule, v| Some([Some((rule, v)); 4]);
+    // The directory itself, and everything below it, whatever it is called later.
+    assert_eq!(
+        verdicts(c, ident(&d.join("secrets")), SCOPE_SELF),
+        all(1, b)
+    );
+    assert_eq!(
+        verdicts(c, ident(&d.join("secrets")), SCOPE_BELOW),
+        all(1, b)
+    );
+    // Below it, the subdirectory needs no entry of its own (the walk reaches `secrets`).
+    assert_eq!(verdicts(c, ident(&d.join("secrets/sub")), SCOPE_SELF), None);
+    assert_eq!(verdicts(c, ident(&d.join("secrets/key")), SCOPE_SELF), None);
+    // A file that already has another name carries the directory's answer itself.
+    assert_eq!(
+        verdicts(c, ident(&d.join("out/linked")), SCOPE_SELF),
+        all(1, b)
+    );
+    // An exception inside: read is allowed by its own rule, the rest is the directory's.
+    assert_eq!(
+        verdicts(c, ident(&d.join("secrets/pub")), SCOPE_SELF),
+        Some([Some((2, a)), Some((1, b)), Some((1, b)), Some((1, b))])
+    );
+    // A rule on a symlink names the file behind it; only its letters are present.
+    assert_eq!(
+        verdicts(c, ident(&d.join("ro.txt")), SCOPE_SELF),
+        Some([None, Some((3, b)), None, Some((3, b))])
+    );
+    // Allow rules are resolved too (the first entry met decides a letter).
+    assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_BELOW), all(4, a));
+    // The marker: some identity rule restricts every letter.
+    let marker = &c.idents[&(0, 0, SCOPE_SELF)];
+    assert!(marker.rules.iter().all(restricts));
+    // The directories above restricting rules' objects hold them (renaming one would move
+    // a rule's path away): the most severe rule below, per letter. `secrets` holds `pub`.
+    let held = |p: &Path| verdicts(c, ident(p), SCOPE_HOLDS).map(|v| v.map(|r| r.map(|r| r.1)));
+    assert_eq!(held(&d), Some([Some(b); 4]));
+    assert_eq!(held(Path::new("/")), Some([Some(b); 4]));
+    assert_eq!(
+        verdicts(c, ident(&d.join("secrets")), SCOPE_HOLDS),
+        Some([None, Some((1, b)), Some((1, b)), Some((1, b))])
+    );
+    assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_HOLDS), None);
+    // A path that does not exist has no identity (its path rule still applies); nothing
+    // else is in the table: the marker, secrets and work (each itself and below), the
+    // linked file, pub, ro.txt, and the directories holding them (secrets, and each
+    // directory from the temporary one up to the root).
+    let holders = d.ancestors().count();
+    // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
+    // below them, has identities of its own, on other filesystems.)
+    let here = ident(&d).0;
+    let ours = c.idents.keys().filter(|k| k.0 == here || k.0 == 0).count();
+    assert_eq!(ours, 8 + 1 + holders, "{:?}", c.idents.keys());
+
+    // A class whose identity rules all allow needs no walk: no entries at all.
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+             kernel: {{ allow_kernel_settings: true, allow_system_files: true }}\nrules:\n\
+             \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    // (The kernel settings' and system files' built-ins relaxed: nothing restricts.)
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+    assert!(
+        k.classes[0].idents.is_empty(),
+        "{:?}",
+        k.classes[0].idents.keys()
+    );
+}
+
+#[test]
+fn identities_of_built_in_protections_and_write_only_marker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    let cg = d.join("cgroup");
+    std::fs::create_dir_all(cg.join("a/one")).unwrap();
+    std::fs::create_dir_all(d.join("policy")).unwrap();
+    let protect = Protect {
+        cgroup_root: cg.clone(),
+        no_write: vec![d.join("policy")],
+        no_access: vec![],
+    };
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { cgroup: 'a/*' }\n".into(),
+    )])
+    .unwrap();
+    let mut one = agent(0, "a/one", None);
+    one.path = cg.join("a/one");
+    let k = compile(&set, &[one], 1, &protect);
+    let c = &k.classes[0];
+    let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+    let w = |v| Some([None, Some((0, v)), Some((0, v)), Some((0, v))]);
+    assert_eq!(verdicts(c, ident(&cg), SCOPE_BELOW), w(b));
+    assert_eq!(verdicts(c, ident(&cg.join("a/one")), SCOPE_BELOW), w(a));
+    assert_eq!(verdicts(c, ident(&d.join("policy")), SCOPE_BELOW), w(b));
+    // Only writes are restricted: reads skip the walk.
+    let marker = c.idents[&(0, 0, SCOPE_SELF)];
+    assert_eq!(
+        marker.rules.map(|r| restricts(&r)),
+        [false, true, true, true]
+    );
+}
