@@ -1,0 +1,116 @@
+//! The pins on bpffs: mounting it, unloading, the build that pinned, and promoting a staged
+//! handover.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Make sure `pin_dir` is on a bpf filesystem, mounting one at /sys/fs/bpf if that is where it
+/// belongs and nothing is mounted there yet.
+pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let existing = pin_dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if on_bpffs(existing) {
+        return Ok(());
+    }
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_dir.starts_with(bpffs) {
+        let _ = std::fs::create_dir_all(bpffs);
+        nix::mount::mount(
+            Some("bpf"),
+            bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| KernelError::Pin {
+            path: bpffs.to_owned(),
+            source: std::io::Error::from(e),
+        })?;
+        if on_bpffs(bpffs) {
+            return Ok(());
+        }
+    }
+    Err(KernelError::Pin {
+        path: pin_dir.to_owned(),
+        source: std::io::Error::other("not on a bpf filesystem (mount -t bpf bpf DIR)"),
+    })
+}
+
+/// Remove the pins below `pin_dir`: links first (which detaches the programs), then maps.
+/// Returns the names removed.
+pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut removed = Vec::new();
+    // A handover's staged pins first (both builds' programs go).
+    let next = pin_dir.join(HANDOVER_DIR);
+    if next.exists() {
+        removed.extend(
+            unload(&next)?
+                .into_iter()
+                .map(|r| format!("{HANDOVER_DIR}/{r}")),
+        );
+    }
+    for sub in [pins::LINKS, pins::MAPS] {
+        let dir = pin_dir.join(sub);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            std::fs::remove_file(e.path())?;
+            removed.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+        }
+        std::fs::remove_dir(&dir)?;
+    }
+    if pin_dir.exists() {
+        std::fs::remove_dir(pin_dir)?;
+    }
+    Ok(removed)
+}
+
+/// Whether any link is pinned under `pin_dir` (its programs are attached).
+pub(super) fn has_links(pin_dir: &Path) -> bool {
+    std::fs::read_dir(pin_dir.join(pins::LINKS)).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// The build id the pins under `pin_dir` were made by (the one map every build keeps at the
+/// same place: [`maps::STATE`], index [`STATE_BUILD`]).
+pub(super) fn pinned_build(pin_dir: &Path) -> Result<u32, KernelError> {
+    let name = maps::STATE;
+    let data = MapData::from_pin(pin_dir.join(pins::MAPS).join(name))
+        .map_err(|source| KernelError::Map { name, source })?;
+    let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
+    let state: Array<_, u32> =
+        Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+    state
+        .get(&STATE_BUILD, 0)
+        .map_err(|source| KernelError::Map { name, source })
+}
+
+/// Replace the pins under `dir` with the staged ones under `staged`: first the old links go
+/// (their programs detach; the staged ones are attached already), then the old maps, then the
+/// staged directories move into place (a rename on the bpf filesystem).
+pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KernelError::Pin { path, source }
+    };
+    for sub in [pins::LINKS, pins::MAPS] {
+        let old = dir.join(sub);
+        if let Ok(entries) = std::fs::read_dir(&old) {
+            for e in entries.flatten() {
+                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+            }
+            std::fs::remove_dir(&old).map_err(io(&old))?;
+        }
+    }
+    for sub in [pins::MAPS, pins::LINKS] {
+        let from = staged.join(sub);
+        std::fs::rename(&from, dir.join(sub)).map_err(io(&from))?;
+    }
+    std::fs::remove_dir(staged).map_err(io(staged))?;
+    Ok(())
+}

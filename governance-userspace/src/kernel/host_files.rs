@@ -1,0 +1,109 @@
+//! What the programs need to know of this host's files: its dynamic loaders, the majors of raw
+//! storage drivers, and (device, inode) in the kernel's encoding.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Where dynamic loaders usually live (glibc and musl, x86_64 and arm64), besides the one this
+/// daemon's own binary names.
+pub(super) const LOADER_PATHS: &[&str] = &[
+    "/lib64/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-x86-64.so.2",
+    "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/usr/lib64/ld-linux-x86-64.so.2",
+    "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    "/lib/ld-linux-aarch64.so.1",
+    "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+    "/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+    "/lib/ld-musl-x86_64.so.1",
+    "/lib/ld-musl-aarch64.so.1",
+];
+
+/// The interpreter (PT_INTERP) a 64-bit little-endian ELF executable names, if any.
+pub fn elf_interpreter(elf: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let u16_at = |at: usize| Some(u16::from_le_bytes(elf.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(elf.get(at..at + 4)?.try_into().ok()?));
+    let u64_at =
+        |at: usize| Some(u64::from_le_bytes(elf.get(at..at + 8)?.try_into().ok()?) as usize);
+    // ELFCLASS64, ELFDATA2LSB.
+    if elf.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)?, usize::from(u16_at(0x36)?), u16_at(0x38)?);
+    (0..usize::from(phnum)).find_map(|i| {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        const PT_INTERP: u32 = 3;
+        if u32_at(ph)? != PT_INTERP {
+            return None;
+        }
+        let (offset, size) = (u64_at(ph + 8)?, u64_at(ph + 32)?);
+        let raw = elf.get(offset..offset.checked_add(size)?)?;
+        let name = raw.split(|&b| b == 0).next()?;
+        (!name.is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(name)))
+    })
+}
+
+/// The identities of this node's dynamic loaders, which agents may not run as programs: the
+/// interpreter of the daemon's own binary, and the usual paths (symlinks followed). A loader
+/// elsewhere (a Nix store, a conda environment) is not known; exec rules decide on it.
+pub fn loader_identities() -> Vec<(u32, u64)> {
+    // The program headers and the interpreter's name sit at the start of the file.
+    let own = std::fs::File::open("/proc/self/exe").ok().and_then(|f| {
+        let mut head = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
+        elf_interpreter(&head)
+    });
+    let mut ids: Vec<(u32, u64)> = own
+        .into_iter()
+        .chain(LOADER_PATHS.iter().map(PathBuf::from))
+        .filter_map(|p| exec_identity(&p).ok())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// Character-device drivers that pass commands to a disk (raw reads with no file rule on the
+/// way): SCSI generic, block SCSI generic, NVMe generic, MTD (raw flash).
+pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd"];
+/// SCSI generic's fixed major, refused even before its module is loaded.
+pub(super) const SCSI_GENERIC_MAJOR: u32 = 21;
+
+/// The majors of [`RAW_CHAR_DRIVERS`] in /proc/devices' "Character devices" section (the
+/// drivers loaded now: a later module load is picked up by the next reload).
+pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
+    let mut majors = vec![SCSI_GENERIC_MAJOR];
+    let mut in_char = false;
+    for line in proc_devices.lines() {
+        let line = line.trim();
+        if line.ends_with(':') {
+            in_char = line == "Character devices:";
+            continue;
+        }
+        if let (true, Some((major, name))) = (in_char, line.split_once(char::is_whitespace))
+            && RAW_CHAR_DRIVERS.contains(&name.trim())
+            && let Ok(major) = major.parse::<u32>()
+        {
+            majors.push(major);
+        }
+    }
+    majors.sort_unstable();
+    majors.dedup();
+    majors
+}
+
+/// The identity the kernel will see for an executable: the superblock device in the kernel's
+/// internal `dev_t` encoding (`MAJOR << 20 | MINOR`) and the inode number. `stat` follows
+/// symlinks, so a rule naming a symlink blocks the file it points to.
+pub fn exec_identity(path: &Path) -> std::io::Result<(u32, u64)> {
+    let meta = std::fs::metadata(path)?;
+    Ok((kernel_dev(meta.dev()), meta.ino()))
+}
+
+/// Userspace `st_dev` → kernel `dev_t` (`include/linux/kdev_t.h`).
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xf_ffff)
+}

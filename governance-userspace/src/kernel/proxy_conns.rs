@@ -1,0 +1,63 @@
+//! The kernel's record of agents' connections to the proxy: who is on the other end of an
+//! accepted connection, and where it was going.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// The kernel's record of agents' connections to the proxy, opened from its pin: the proxy
+/// asks it who is on the other end of a connection it accepted.
+pub struct ProxyConns {
+    pub(super) map: HashMap<MapData, ConnKey, OrigDst>,
+}
+
+impl ProxyConns {
+    pub fn open(pin_dir: &Path) -> Result<Self, KernelError> {
+        let name = maps::PROXY_CONNS;
+        let data = MapData::from_pin(pin_dir.join(pins::MAPS).join(name))
+            .map_err(|source| KernelError::Map { name, source })?;
+        let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
+        let map = HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        Ok(Self { map })
+    }
+
+    /// Take (read and delete) the record of the connection whose client end is `peer` in the
+    /// network namespace `netns` (its cookie, see [`netns_cookie`]). None: not an agent's
+    /// connection (or its record was lost: the caller refuses it).
+    pub fn take(&mut self, peer: SocketAddr, netns: u64) -> Option<OrigDst> {
+        let family = match peer {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        } as u32;
+        let key = ConnKey {
+            port: u32::from(peer.port()),
+            family,
+            netns,
+        };
+        let found = self.map.get(&key, 0).ok()?;
+        let _ = self.map.remove(&key);
+        Some(found)
+    }
+}
+
+/// The cookie of the network namespace a socket belongs to (`SO_NETNS_COOKIE`, Linux 5.14),
+/// the same number `bpf_get_netns_cookie` gives the programs.
+pub fn netns_cookie(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid fd, and a buffer of the length given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
