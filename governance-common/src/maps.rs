@@ -1,0 +1,94 @@
+/// Array[2] of u32: the active generation (0: none loaded yet), and the build id of the
+/// object that pinned the maps.
+pub const STATE: &str = "STATE";
+/// [`crate::AgentKey`] → [`crate::AgentValue`]: the cgroups that are agent roots.
+pub const AGENTS: &str = "AGENTS";
+/// [`crate::ExecKey`] → [`crate::RulePair`]: exec rules by the executable's identity.
+pub const EXEC_RULES: &str = "EXEC_RULES";
+/// LPM trie of [`crate::PathKey`] → [`crate::RulePair`]: path rules (file and exec).
+pub const PATH_RULES: &str = "PATH_RULES";
+/// LPM trie of [`crate::NetKey`] → [`crate::NetValue`]: destination rules.
+pub const NET_RULES: &str = "NET_RULES";
+/// [`crate::BucketKey`] → [`crate::Bucket`]: the token buckets of throttle rules. Not per
+/// generation: a bucket's key names the rule and agent it counts for, not a slot, so the
+/// buckets outlive reloads (see [`crate::Throttle`]).
+pub const BUCKETS: &str = "BUCKETS";
+/// Kernel rule id (u32, slot bit included) → [`crate::Throttle`]: each throttle rule's
+/// rate and bucket, per generation like the rule tables.
+pub const THROTTLES: &str = "THROTTLES";
+/// [`crate::GrantKey`] → expiry (u64, CLOCK_MONOTONIC ns): approved escalations.
+pub const GRANTS: &str = "GRANTS";
+/// tgid (u32) → class id (u32): processes running under a sandbox profile.
+pub const SANDBOXED: &str = "SANDBOXED";
+/// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
+/// proxy).
+pub const PROTECTED: &str = "PROTECTED";
+/// Array[1] of [`crate::ProxyAddr`]: where the policy proxy listens (`enabled` 0: none).
+pub const PROXY: &str = "PROXY";
+/// LRU hash, socket cookie (u64) → [`crate::OrigDst`]: agent TCP connects bound for the
+/// proxy, between connect() and the handshake.
+pub const ORIG_DST: &str = "ORIG_DST";
+/// LRU hash, [`crate::ConnKey`] → [`crate::OrigDst`]: established agent connections to the
+/// proxy, by the client's source port; the proxy takes (reads and deletes) an entry when it
+/// accepts the connection.
+pub const PROXY_CONNS: &str = "PROXY_CONNS";
+/// Ring buffer of [`crate::Event`] records.
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU array of u64 counters, indexed by [`crate::Counter`].
+pub const COUNTERS: &str = "COUNTERS";
+/// [`crate::UnixKey`] → [`crate::RulePair`]: Unix-socket connect rules, by the bound
+/// socket file's identity (filesystem sockets) or the hash of the name (abstract sockets).
+pub const UNIX_RULES: &str = "UNIX_RULES";
+/// [`crate::UnixId`] → [`crate::unix_protected`] value: socket files agents may not
+/// connect to (the control socket; container-runtime and service-manager sockets).
+pub const UNIX_PROTECTED: &str = "UNIX_PROTECTED";
+/// Array[1] of [`crate::ApiAddr`]: where the daemon's TCP control API listens
+/// (`enabled` 0: nowhere); agents' connects to it are refused.
+pub const API_ADDR: &str = "API_ADDR";
+
+/// [`crate::ExecKey`] (class 0: the file's identity) → agent root cgroup id (u64): files
+/// an agent opened for writing, creating or truncating. Under an exec allowlist they are
+/// never mapped executable (see [`crate::MAX_WRITTEN`]).
+pub const WRITTEN: &str = "WRITTEN";
+/// [`crate::ExecKey`] (class 0) → u32 (unused): the dynamic loaders of this node, which an
+/// agent may not run as a program (`ld.so /usr/bin/nc`). Written by the daemon.
+pub const LOADERS: &str = "LOADERS";
+/// Character-device major (u32) → u32 (unused): drivers that give a raw view of storage
+/// (SCSI generic, bsg, NVMe generic), refused to agents like block devices. Written by the
+/// daemon from /proc/devices.
+pub const RAW_DEVICES: &str = "RAW_DEVICES";
+
+/// [`crate::IdentKey`] → [`crate::IdentValue`]: file rules by the identity of the objects
+/// their paths named at load (files, and directories for what is below them).
+pub const IDENT_RULES: &str = "IDENT_RULES";
+
+/// Per-CPU hash of [`crate::CountKey`] → u64: allowed actions counted rather than
+/// reported (see [`crate::report`]).
+pub const COUNTS: &str = "COUNTS";
+
+/// Every map, in pin order.
+pub const ALL: [&str; 23] = [
+    STATE,
+    AGENTS,
+    EXEC_RULES,
+    PATH_RULES,
+    NET_RULES,
+    BUCKETS,
+    THROTTLES,
+    GRANTS,
+    SANDBOXED,
+    PROTECTED,
+    PROXY,
+    ORIG_DST,
+    PROXY_CONNS,
+    EVENTS,
+    COUNTERS,
+    UNIX_RULES,
+    UNIX_PROTECTED,
+    API_ADDR,
+    WRITTEN,
+    LOADERS,
+    RAW_DEVICES,
+    IDENT_RULES,
+    COUNTS,
+];

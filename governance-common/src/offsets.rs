@@ -1,0 +1,106 @@
+pub const BPRM_FILE: &str = "OFF_BPRM_FILE";
+pub const BPRM_FILENAME: &str = "OFF_BPRM_FILENAME";
+pub const FILE_INODE: &str = "OFF_FILE_INODE";
+pub const FILE_PATH: &str = "OFF_FILE_PATH";
+pub const FILE_MODE: &str = "OFF_FILE_MODE";
+pub const FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+pub const INODE_INO: &str = "OFF_INODE_INO";
+pub const INODE_SB: &str = "OFF_INODE_SB";
+pub const SB_DEV: &str = "OFF_SB_DEV";
+pub const SB_MAGIC: &str = "OFF_SB_MAGIC";
+pub const TASK_TGID: &str = "OFF_TASK_TGID";
+pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
+pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
+pub const TASK_REAL_CRED: &str = "OFF_TASK_REAL_CRED";
+pub const TASK_MM: &str = "OFF_TASK_MM";
+pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
+pub const CRED_USER_NS: &str = "OFF_CRED_USER_NS";
+pub const USERNS_LEVEL: &str = "OFF_USERNS_LEVEL";
+pub const SB_FLAGS: &str = "OFF_SB_FLAGS";
+pub const INODE_MODE: &str = "OFF_INODE_MODE";
+pub const INODE_RDEV: &str = "OFF_INODE_RDEV";
+pub const INODE_NLINK: &str = "OFF_INODE_NLINK";
+pub const VMA_FILE: &str = "OFF_VMA_FILE";
+pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
+pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
+pub const CGROUP_ANCESTORS: &str = "OFF_CGROUP_ANCESTORS";
+pub const CGROUP_KN: &str = "OFF_CGROUP_KN";
+pub const KERNFS_NODE_ID: &str = "OFF_KERNFS_NODE_ID";
+pub const SOCKET_SK: &str = "OFF_SOCKET_SK";
+pub const UNIX_SOCK_ADDR: &str = "OFF_UNIX_SOCK_ADDR";
+pub const UNIX_SOCK_PATH: &str = "OFF_UNIX_SOCK_PATH";
+pub const PATH_DENTRY: &str = "OFF_PATH_DENTRY";
+pub const DENTRY_INODE: &str = "OFF_DENTRY_INODE";
+pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
+pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
+
+pub const DENTRY_PARENT: &str = "OFF_DENTRY_PARENT";
+pub const DENTRY_SB: &str = "OFF_DENTRY_SB";
+pub const DENTRY_FLAGS: &str = "OFF_DENTRY_FLAGS";
+pub const DENTRY_NAME: &str = "OFF_DENTRY_NAME";
+pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
+pub const SB_ROOT: &str = "OFF_SB_ROOT";
+pub const KEY_TYPE: &str = "OFF_KEY_TYPE";
+pub const KEY_TYPE_NAME: &str = "OFF_KEY_TYPE_NAME";
+pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+pub const TASK_THREAD_PID: &str = "OFF_TASK_THREAD_PID";
+pub const PID_LEVEL: &str = "OFF_PID_LEVEL";
+pub const PID_NUMBERS: &str = "OFF_PID_NUMBERS";
+pub const UPID_NR: &str = "OFF_UPID_NR";
+/// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
+pub const UPID_SIZE: &str = "SIZE_UPID";
+
+/// Every struct size: (global name, struct).
+pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
+
+/// Every offset: (global name, struct, field).
+pub const ALL: [(&str, &str, &str); 48] = [
+    (BPRM_FILE, "linux_binprm", "file"),
+    (BPRM_FILENAME, "linux_binprm", "filename"),
+    (FILE_INODE, "file", "f_inode"),
+    (FILE_PATH, "file", "f_path"),
+    (FILE_MODE, "file", "f_mode"),
+    (FILE_FLAGS, "file", "f_flags"),
+    (INODE_INO, "inode", "i_ino"),
+    (INODE_SB, "inode", "i_sb"),
+    (SB_DEV, "super_block", "s_dev"),
+    (SB_MAGIC, "super_block", "s_magic"),
+    (TASK_TGID, "task_struct", "tgid"),
+    (TASK_REAL_PARENT, "task_struct", "real_parent"),
+    (TASK_CGROUPS, "task_struct", "cgroups"),
+    (TASK_REAL_CRED, "task_struct", "real_cred"),
+    (TASK_MM, "task_struct", "mm"),
+    (MM_EXE_FILE, "mm_struct", "exe_file"),
+    (CRED_USER_NS, "cred", "user_ns"),
+    (USERNS_LEVEL, "user_namespace", "level"),
+    (SB_FLAGS, "super_block", "s_flags"),
+    (INODE_MODE, "inode", "i_mode"),
+    (INODE_RDEV, "inode", "i_rdev"),
+    (INODE_NLINK, "inode", "i_nlink"),
+    (VMA_FILE, "vm_area_struct", "vm_file"),
+    (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
+    (CGROUP_LEVEL, "cgroup", "level"),
+    (CGROUP_ANCESTORS, "cgroup", "ancestors"),
+    (CGROUP_KN, "cgroup", "kn"),
+    (KERNFS_NODE_ID, "kernfs_node", "id"),
+    (SOCKET_SK, "socket", "sk"),
+    (UNIX_SOCK_ADDR, "unix_sock", "addr"),
+    (UNIX_SOCK_PATH, "unix_sock", "path"),
+    (PATH_DENTRY, "path", "dentry"),
+    (DENTRY_INODE, "dentry", "d_inode"),
+    (UNIX_ADDRESS_LEN, "unix_address", "len"),
+    (UNIX_ADDRESS_NAME, "unix_address", "name"),
+    (DENTRY_PARENT, "dentry", "d_parent"),
+    (DENTRY_SB, "dentry", "d_sb"),
+    (DENTRY_FLAGS, "dentry", "d_flags"),
+    (DENTRY_NAME, "dentry", "d_name"),
+    (QSTR_NAME, "qstr", "name"),
+    (SB_ROOT, "super_block", "s_root"),
+    (KEY_TYPE, "key", "type"),
+    (KEY_TYPE_NAME, "key_type", "name"),
+    (TASK_GROUP_LEADER, "task_struct", "group_leader"),
+    (TASK_THREAD_PID, "task_struct", "thread_pid"),
+    (PID_LEVEL, "pid", "level"),
+    (PID_NUMBERS, "pid", "numbers"),
+    (UPID_NR, "upid", "nr"),
+];

@@ -1,0 +1,205 @@
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// BPF LSM hook of this name.
+    Lsm(&'static str),
+    /// cgroup socket-address hook at the cgroup2 root.
+    SockAddr(&'static str),
+    /// raw tracepoint of this name.
+    RawTracepoint(&'static str),
+    /// sock_ops at the cgroup2 root.
+    SockOps,
+}
+
+/// A program of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    pub attach: Attach,
+    /// What it enforces, for operators.
+    pub what: &'static str,
+    /// Part of full enforcement (as opposed to the degraded fallback).
+    pub required: bool,
+}
+
+const fn lsm(name: &'static str, what: &'static str) -> Program {
+    Program {
+        name,
+        attach: Attach::Lsm(name),
+        what,
+        required: true,
+    }
+}
+const fn sock(name: &'static str, what: &'static str) -> Program {
+    Program {
+        name,
+        attach: Attach::SockAddr(name),
+        what,
+        required: true,
+    }
+}
+
+pub const EXEC: Program = lsm("bprm_check_security", "exec");
+pub const FILE: Program = lsm("file_open", "file open");
+pub const SOCKET_CREATE: Program = lsm("socket_create", "raw/packet/netlink sockets");
+pub const USERNS: Program = lsm("userns_create", "new user namespaces");
+pub const BPF: Program = lsm("bpf", "bpf() syscall");
+pub const TASK_KILL: Program = lsm("task_kill", "signals outside the agent");
+pub const PTRACE: Program = lsm(
+    "ptrace_access_check",
+    "ptrace and /proc access outside the agent",
+);
+pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+/// A second program on `inode_unlink`: named for what it guards.
+pub const UNLINK_PROTECTED: Program = Program {
+    name: "unlink_protected",
+    attach: Attach::Lsm("inode_unlink"),
+    what: "removing files the identity rules protect",
+    required: true,
+};
+pub const TRUNCATE: Program = lsm("path_truncate", "truncate(2) of protected files");
+pub const SETRLIMIT: Program = lsm("task_setrlimit", "rlimits of processes outside the agent");
+pub const SETNICE: Program = lsm("task_setnice", "priority of processes outside the agent");
+pub const SETIOPRIO: Program = lsm(
+    "task_setioprio",
+    "I/O priority of processes outside the agent",
+);
+pub const SETSCHEDULER: Program = lsm(
+    "task_setscheduler",
+    "scheduling of processes outside the agent",
+);
+pub const MOVEMEMORY: Program = lsm(
+    "task_movememory",
+    "memory placement of processes outside the agent",
+);
+pub const MODULE_REQUEST: Program = lsm("kernel_module_request", "module autoloading");
+pub const KEY_ALLOC: Program = lsm("key_alloc", "keys whose construction runs a program");
+pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
+pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
+pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
+pub const REMOVEXATTR: Program = lsm("inode_removexattr", "the agent label");
+pub const MSG_ALLOC: Program = lsm("msg_queue_alloc_security", "System V IPC owners");
+pub const SHM_ALLOC: Program = lsm("shm_alloc_security", "System V IPC owners");
+pub const SEM_ALLOC: Program = lsm("sem_alloc_security", "System V IPC owners");
+pub const MSG_FREE: Program = lsm("msg_queue_free_security", "System V IPC owners");
+pub const SHM_FREE: Program = lsm("shm_free_security", "System V IPC owners");
+pub const SEM_FREE: Program = lsm("sem_free_security", "System V IPC owners");
+pub const IPC_PERMISSION: Program = lsm("ipc_permission", "System V IPC of others");
+pub const MSGCTL: Program = lsm("msg_queue_msgctl", "System V IPC of others");
+pub const SHMCTL: Program = lsm("shm_shmctl", "System V IPC of others");
+pub const SEMCTL: Program = lsm("sem_semctl", "System V IPC of others");
+
+pub const CAPABLE: Program = lsm("capable", "capabilities agents never get");
+pub const URING_CREDS: Program = lsm("uring_override_creds", "io_uring personalities");
+pub const SB_MOUNT: Program = lsm("sb_mount", "mount");
+pub const SB_UMOUNT: Program = lsm("sb_umount", "umount");
+pub const SB_REMOUNT: Program = lsm("sb_remount", "remount");
+pub const SB_PIVOTROOT: Program = lsm("sb_pivotroot", "pivot_root");
+pub const MOVE_MOUNT: Program = lsm("move_mount", "move_mount (attaching new mounts)");
+pub const TASK_ALLOC: Program = lsm("task_alloc", "clone: other cgroups, namespaces");
+pub const MMAP_FILE: Program = lsm("mmap_file", "code mapped executable (mmap)");
+pub const FILE_MPROTECT: Program = lsm("file_mprotect", "code mapped executable (mprotect)");
+/// Forget the files agents wrote once they are deleted (see [`crate::maps::WRITTEN`]).
+pub const INODE_FREE: Program = lsm("inode_free_security", "bookkeeping of agent-written files");
+pub const LINK: Program = lsm("inode_link", "hard links of protected files");
+pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
+pub const SYMLINK: Program = lsm("inode_symlink", "symlinks where creating is refused");
+pub const MKDIR: Program = lsm("inode_mkdir", "directories where creating is refused");
+pub const MKNOD: Program = lsm(
+    "inode_mknod",
+    "device nodes, FIFOs where creating is refused",
+);
+pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
+pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
+pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
+pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
+pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
+pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
+/// Tie an agent's connection to the proxy to its original destination, by source port.
+pub const SOCK_OPS: Program = Program {
+    name: "sock_ops",
+    attach: Attach::SockOps,
+    what: "proxy redirect bookkeeping",
+    required: true,
+};
+/// Inherit the sandbox flag across fork; forget it at exit.
+pub const FORK: Program = Program {
+    name: "sched_process_fork",
+    attach: Attach::RawTracepoint("sched_process_fork"),
+    what: "sandbox inheritance",
+    required: true,
+};
+pub const EXIT: Program = Program {
+    name: "sched_process_exit",
+    attach: Attach::RawTracepoint("sched_process_exit"),
+    what: "sandbox cleanup",
+    required: true,
+};
+/// Degraded exec enforcement: after the exec, SIGKILL the process if policy says block.
+pub const EXEC_KILL: Program = Program {
+    name: "sched_process_exec",
+    attach: Attach::RawTracepoint("sched_process_exec"),
+    what: "exec (DEGRADED: kill after exec)",
+    required: false,
+};
+
+/// Full enforcement, in attach order: the network and tracepoint programs first (they load
+/// everywhere), the LSM programs after.
+pub const ALL: [Program; 56] = [
+    FORK,
+    EXIT,
+    SOCK_OPS,
+    CONNECT4,
+    CONNECT6,
+    SENDMSG4,
+    SENDMSG6,
+    EXEC,
+    FILE,
+    SOCKET_CREATE,
+    USERNS,
+    BPF,
+    TASK_KILL,
+    PTRACE,
+    UNLINK,
+    SETRLIMIT,
+    SETNICE,
+    SETIOPRIO,
+    SETSCHEDULER,
+    MOVEMEMORY,
+    MODULE_REQUEST,
+    IOCTL,
+    FCNTL,
+    SETXATTR,
+    REMOVEXATTR,
+    MSG_ALLOC,
+    SHM_ALLOC,
+    SEM_ALLOC,
+    MSG_FREE,
+    SHM_FREE,
+    SEM_FREE,
+    IPC_PERMISSION,
+    MSGCTL,
+    SHMCTL,
+    SEMCTL,
+    UNIX_CONNECT,
+    UNIX_SEND,
+    CAPABLE,
+    URING_CREDS,
+    SB_MOUNT,
+    SB_UMOUNT,
+    SB_REMOUNT,
+    SB_PIVOTROOT,
+    MOVE_MOUNT,
+    TASK_ALLOC,
+    MMAP_FILE,
+    FILE_MPROTECT,
+    INODE_FREE,
+    LINK,
+    RENAME,
+    UNLINK_PROTECTED,
+    TRUNCATE,
+    SYMLINK,
+    MKDIR,
+    MKNOD,
+    KEY_ALLOC,
+];
