@@ -280,6 +280,19 @@ struct Rules {
     unix: Vec<(UnixTarget, Ranked)>,
 }
 
+/// The policies that govern `agent`: those in enforce mode whose selector matches it (a shadow
+/// policy decides nothing, so it relaxes and reports nothing either).
+pub(crate) fn governing<'a>(
+    set: &'a PolicySet,
+    agent: &'a AgentCgroup,
+) -> impl Iterator<Item = &'a Policy> + Clone {
+    set.policies.iter().filter(|p| {
+        p.mode == Mode::Enforce
+            && p.selector
+                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
+    })
+}
+
 /// The id of a throttle rule's buckets ([`governance_common::BucketKey::rule`]): FNV-1a of its
 /// `<policy>/<rule>` name, never 0.
 ///
@@ -588,15 +601,7 @@ pub fn compile(
         c.value.allow |= relaxations;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
-        let governing: Vec<&Policy> = set
-            .policies
-            .iter()
-            .filter(|p| {
-                p.mode == Mode::Enforce
-                    && p.selector
-                        .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-            })
-            .collect();
+        let governing: Vec<&Policy> = governing(set, agent).collect();
         let relaxed = |get: fn(&Policy) -> Option<bool>| {
             governing.iter().any(|p| get(p) == Some(true))
                 && !governing.iter().any(|p| get(p) == Some(false))

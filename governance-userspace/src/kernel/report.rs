@@ -15,15 +15,7 @@ use crate::{
 /// The report encodings of an agent's default-allowed exec, file, network and unix actions:
 /// the most verbose its enforcing policies ask for.
 pub(crate) fn default_aux(set: &PolicySet, agent: &AgentCgroup) -> [u16; 4] {
-    let governing: Vec<_> = set
-        .policies
-        .iter()
-        .filter(|p| {
-            p.mode == Mode::Enforce
-                && p.selector
-                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-        })
-        .collect();
+    let governing: Vec<_> = super::compile::governing(set, agent).collect();
     [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
         .map(|k| report::of_default(governing.iter().copied(), k).aux())
 }

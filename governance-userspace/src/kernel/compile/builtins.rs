@@ -108,14 +108,8 @@ pub(super) fn relaxed_for(
     agent: &AgentCgroup,
     get: fn(&Policy) -> Option<bool>,
 ) -> bool {
-    let governing = || {
-        set.policies.iter().filter(|p| {
-            p.mode == Mode::Enforce
-                && p.selector
-                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-        })
-    };
-    governing().any(|p| get(p) == Some(true)) && !governing().any(|p| get(p) == Some(false))
+    let mut governing = governing(set, agent);
+    governing.clone().any(|p| get(p) == Some(true)) && !governing.any(|p| get(p) == Some(false))
 }
 
 /// The [`allow`] bits of the built-ins a policy relaxed for `agent` that change the shared
