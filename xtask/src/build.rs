@@ -1,6 +1,5 @@
 //! Building what the tests and the VM run: the workspace's executables and the eBPF object.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) struct Built {

@@ -1,6 +1,5 @@
 //! `cargo xtask test`: every place, in order, failing (never skipping) when one cannot run.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {

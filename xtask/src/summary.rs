@@ -1,7 +1,6 @@
 //! The summary of `cargo xtask test`: libtest's counts added up per place, the red team's and
 //! the differential test's lines, and how long each step took.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// libtest's summary numbers, added up.

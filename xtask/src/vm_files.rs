@@ -1,7 +1,6 @@
 //! What goes into the VM: the files of its image (binaries, the eBPF object, Python and the
 //! developer tools the tests use), and booting it with them.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Everything the VM image holds.

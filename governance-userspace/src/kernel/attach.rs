@@ -1,7 +1,6 @@
 //! Attaching the programs: to the cgroup2 root, the LSM hooks and tracepoints, each as a pinned
 //! link.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other

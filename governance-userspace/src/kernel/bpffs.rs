@@ -1,7 +1,6 @@
 //! The pins on bpffs: mounting it, unloading, the build that pinned, and promoting a staged
 //! handover.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Make sure `pin_dir` is on a bpf filesystem, mounting one at /sys/fs/bpf if that is where it

@@ -2,7 +2,6 @@
 //! lockdown, our capabilities, and test loads of an LSM and a tracing program; and the
 //! diagnosis `governance probe` and a refused start give.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What the running kernel offers, as far as can be told without loading anything.

@@ -1,7 +1,6 @@
 //! What the programs need to know of this host's files: its dynamic loaders, the majors of raw
 //! storage drivers, and (device, inode) in the kernel's encoding.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Where dynamic loaders usually live (glibc and musl, x86_64 and arm64), besides the one this

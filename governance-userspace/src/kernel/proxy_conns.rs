@@ -1,7 +1,6 @@
 //! The kernel's record of agents' connections to the proxy: who is on the other end of an
 //! accepted connection, and where it was going.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The kernel's record of agents' connections to the proxy, opened from its pin: the proxy

@@ -1,6 +1,5 @@
 //! Problems found in a policy set, each with its file, line and column.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Where something was written.

@@ -1,7 +1,6 @@
 //! Reading a policy directory: the files, their YAML documents, and recovery that reports
 //! every problem of a document rather than the first.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// The capabilities agents are refused, by name, comma-separated.

@@ -1,6 +1,5 @@
 //! The validated policy set: policies, their selectors, and rules with typed matchers.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Which agents a policy governs.

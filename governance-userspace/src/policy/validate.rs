@@ -1,6 +1,5 @@
 //! Validation: the model of one document → a validated [`Policy`], or problems.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Validation context for one document.

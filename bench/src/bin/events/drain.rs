@@ -1,6 +1,5 @@
 //! 1. The raw ring drain: how fast the kernel's ring buffer empties.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! The environment: files, cgroup, pins; removed on drop.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! 2. The full pipeline: the daemon, a subscriber, producers.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! The benchmark's options, its run, and its report.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! The worker: denied attempts as fast as it can, in its own process in the agent cgroup.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 //! (the daemon's secrets), the relaxations a policy may grant, and the table entries all agents
 //! share.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Paths the agents must never write: the policy directory and the pins (the cgroup tree

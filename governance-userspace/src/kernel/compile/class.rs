@@ -1,7 +1,6 @@
 //! The tables of one class (an agent root or a sandbox profile): path, exec, network and unix
 //! rules ranked into the entries the programs look up.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// What the kernel's path lookup answers for `query` (a path and NUL, or a directory and `/`):

@@ -1,7 +1,6 @@
 //! File rules resolved to identities: what each rule's path names now, by (device, inode), with
 //! the hard links and mount points below protected directories.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// Directory entries the identity resolution looks at below protected directories, per
