@@ -459,14 +459,34 @@ fn item_line(i: &Item) -> String {
     )
 }
 
-/// How the capabilities change from `old` to `new`, agent by agent (matched by name): lines
-/// `+` added, `-` removed, `~` changed. Empty when nothing changes.
-pub fn diff(old: &[AgentCapabilities], new: &[AgentCapabilities]) -> String {
+/// One agent's changes in a [`diff`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentDiff {
+    pub agent: String,
+    /// `+ ...` added, `- ...` removed, `~ ...: old -> new` changed.
+    pub changes: Vec<String>,
+}
+
+/// A [`diff`] in words: each changed agent, then its changes.
+pub fn render_diff(diff: &[AgentDiff]) -> String {
+    let mut out = String::new();
+    for d in diff {
+        let _ = writeln!(out, "agent {}", d.agent);
+        for l in &d.changes {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
+    out
+}
+
+/// How the capabilities change from `old` to `new`, agent by agent (matched by name): `+`
+/// added, `-` removed, `~` changed. Empty when nothing changes.
+pub fn diff(old: &[AgentCapabilities], new: &[AgentCapabilities]) -> Vec<AgentDiff> {
     let mut names: Vec<&str> = old.iter().chain(new).map(|c| c.agent.as_str()).collect();
     names.sort();
     names.dedup();
     let empty = AgentCapabilities::default();
-    let mut out = String::new();
+    let mut out = Vec::new();
     for name in names {
         let a = old.iter().find(|c| c.agent == name);
         let b = new.iter().find(|c| c.agent == name);
@@ -554,10 +574,10 @@ pub fn diff(old: &[AgentCapabilities], new: &[AgentCapabilities]) -> String {
             }
         }
         if !lines.is_empty() {
-            let _ = writeln!(out, "agent {name}");
-            for l in lines {
-                let _ = writeln!(out, "  {l}");
-            }
+            out.push(AgentDiff {
+                agent: name.into(),
+                changes: lines,
+            });
         }
     }
     out

@@ -104,7 +104,7 @@ fn by_selector_and_diff() {
     let names: Vec<&str> = old.iter().map(|c| c.agent.as_str()).collect();
     assert_eq!(names, ["selector cgroup=agents/*", "selector label=bot"]);
     assert!(old.iter().all(|c| c.by_selector));
-    assert_eq!(diff(&old, &old), "");
+    assert_eq!(diff(&old, &old), []);
     let changed =
         BOT.replace(
             "verdict: allow, reason: r }\n- { id: make",
@@ -121,7 +121,7 @@ fn by_selector_and_diff() {
         ) + "- { id: jq, exec: { path: /usr/bin/jq }, verdict: allow, reason: r }\n";
     let new = by_selector(&set(&[&changed, STRICT]));
     assert_eq!(
-        diff(&old, &new),
+        render_diff(&diff(&old, &new)),
         "agent selector label=bot\n  \
          ~ network default: allow -> block\n  \
          ~ exec /usr/bin/git: allow (bot/git) -> block (bot/git)\n  \
