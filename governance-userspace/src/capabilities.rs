@@ -120,7 +120,7 @@ const FIXED: [(&str, &str); 6] = [
         "the daemon's control socket and TCP control API",
     ),
     (
-        "raw_storage",
+        "devices_and_terminals",
         "raw storage devices, module autoloading, terminal input injection, the agent label",
     ),
 ];
@@ -401,12 +401,14 @@ fn verdict(r: &Rule) -> String {
 
 /// The inventory in words (`governance agents --capabilities`).
 pub fn render(c: &AgentCapabilities, out: &mut String) {
-    let _ = writeln!(out, "agent {} (selector {:?})", c.agent, c.selector);
     if c.by_selector {
+        let _ = writeln!(out, "agents selected by {}", c.selector);
         let _ = writeln!(
             out,
-            "  described by selector (no live agent): policies that select other agents may apply to some of them"
+            "  (described by selector, no live agent: policies that select other agents may apply to some of them)"
         );
+    } else {
+        let _ = writeln!(out, "agent {} (selector {:?})", c.agent, c.selector);
     }
     let none = |v: &[String]| {
         if v.is_empty() {

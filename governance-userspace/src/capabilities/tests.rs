@@ -130,3 +130,20 @@ fn by_selector_and_diff() {
          ~ built-in allow_raw_sockets: relaxed -> refused\n"
     );
 }
+
+/// The shipped example policies, in words, exactly (`capabilities/examples.txt`; after a
+/// deliberate change, rewrite it with `GOVERNANCE_BLESS=1`).
+#[test]
+fn the_shipped_examples_inventory() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = policy::load_dir(&dir.join("../policies/examples")).unwrap();
+    let mut out = String::new();
+    for c in by_selector(&set) {
+        render(&c, &mut out);
+    }
+    let golden = dir.join("src/capabilities/examples.txt");
+    if std::env::var_os("GOVERNANCE_BLESS").is_some() {
+        std::fs::write(&golden, &out).unwrap();
+    }
+    assert_eq!(out, std::fs::read_to_string(&golden).unwrap());
+}
