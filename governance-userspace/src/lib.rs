@@ -16,6 +16,7 @@ pub mod agents;
 pub mod api;
 pub mod approvals;
 pub mod audit;
+pub mod capabilities;
 pub mod cli;
 pub mod client;
 pub mod counts;

@@ -2623,3 +2623,92 @@ fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_capability_inventory_of_a_live_agent() {
+    require_root();
+    let agent = TestCgroup::new("inventory");
+    let other = TestCgroup::new("inventory-other");
+    let dir = policy_dir(
+        "inventory",
+        &format!(
+            "name: inv\nagents: {{ cgroup: {cg} }}\ndefaults: {{ network: block }}\n\
+             kernel: {{ allow_mounts: true }}\nrules:\n\
+             \x20 - {{ id: lo, network: {{ cidr: 127.0.0.1/32, ports: [80] }}, verdict: throttle, throttle: {{ rate: 5, per: 1m }}, reason: r }}\n\
+             \x20 - {{ id: pay, http: {{ host: pay.example, method: POST }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: r }}\n\
+             ---\nname: watch\nmode: shadow\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: tmp, file: {{ prefix: /tmp }}, verdict: block, reason: r }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("inventory");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let name = agent.rel.to_str().unwrap().to_owned();
+    let out = daemon.cli(&["agents", "--capabilities", &name, "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let agents = v["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{v}");
+    let a = &agents[0];
+    assert_eq!(a["agent"], name.as_str(), "{a}");
+    assert_eq!(a["policies"], serde_json::json!(["inv"]));
+    assert_eq!(a["shadow_policies"], serde_json::json!(["watch"]));
+    assert_eq!(a["defaults"]["network"], "block");
+    let items: Vec<String> = a["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} {} {} {}",
+                i["kind"], i["object"], i["verdict"], i["rule"], i["shadow"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            r#""file" "/tmp/** (any access)" "block" "watch/tmp" true"#,
+            r#""network" "127.0.0.1/32 port 80 tcp/udp direct" "throttle 5/1m per agent_rule" "inv/lo" false"#,
+            r#""http" "POST pay.example/**" "escalate (timeout 5m, then block)" "inv/pay" false"#,
+        ]
+    );
+    let relaxed: Vec<&str> = a["builtins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["relaxed"] == true)
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(relaxed, ["allow_mounts"]);
+    // In words; and every live agent without a name.
+    let out = daemon.cli(&["agents", "--capabilities"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text.contains(
+            "    127.0.0.1/32 port 80 tcp/udp direct: throttle 5/1m per agent_rule (inv/lo)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("allow_mounts           RELAXED"), "{text}");
+    // Control: an agent no policy selects is not live; asking for it fails.
+    let out = daemon.cli(&["agents", "--capabilities", other.rel.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no live agent"),
+        "{out:?}"
+    );
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

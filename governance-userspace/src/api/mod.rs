@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `GET /v1/status` | generation, hooks, counters, proxy and audit state, the daemon's build (`version`) |
 //! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
+//! | `GET /v1/agents/capabilities` | what each live agent can do under the enforcing generation ([`crate::capabilities`]); query: `agent` (a name or cgroup: that agent only) |
 //! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
 //! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records). A live stream's first record is `stream.subscribed` and, when the daemon ends it, its last is `stream.ended` |
 //! | `GET /v1/approvals` | pending approvals |
@@ -82,6 +83,9 @@ pub struct Snapshot {
     pub started: String,
     /// What the daemon kept after start (None until then).
     pub capabilities: Option<wire::Capabilities>,
+    /// The policy set the enforcing generation decides with.
+    #[serde(skip)]
+    pub policies: Arc<crate::policy::PolicySet>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -174,6 +178,7 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
     let r = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/agents", get(agents))
+        .route("/v1/agents/capabilities", get(capabilities))
         .route("/v1/policy/reload", post(reload))
         .route("/v1/events", get(events))
         .route("/v1/approvals", get(approvals))
@@ -442,6 +447,43 @@ async fn agents(State(st): State<Arc<ApiState>>) -> Response {
         })
         .collect();
     answer(&wire::Agents {
+        generation: snap.generation,
+        agents,
+    })
+    .into_response()
+}
+
+/// The query of `GET /v1/agents/capabilities`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapabilitiesQuery {
+    pub agent: Option<String>,
+}
+
+async fn capabilities(
+    State(st): State<Arc<ApiState>>,
+    Query(q): Query<CapabilitiesQuery>,
+) -> Response {
+    let snap = st.snapshot.lock().map(|s| s.clone()).unwrap_or_default();
+    let agents: Vec<_> = snap
+        .agents
+        .iter()
+        .filter(|a| {
+            q.agent
+                .as_deref()
+                .is_none_or(|n| a.name == n || a.cgroup == n)
+        })
+        .map(|a| crate::capabilities::of_agent(&snap.policies, &a.agent_ref, &a.selector))
+        .collect();
+    if let Some(n) = &q.agent
+        && agents.is_empty()
+    {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no live agent `{n}` (see GET /v1/agents)"),
+        );
+    }
+    answer(&wire::AgentCapabilitiesList {
         generation: snap.generation,
         agents,
     })

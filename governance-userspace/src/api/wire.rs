@@ -110,6 +110,16 @@ pub struct Agent {
     pub namespace: String,
 }
 
+/// `GET /v1/agents/capabilities`: what each live agent can do.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentCapabilitiesList {
+    pub generation: u32,
+    pub agents: Vec<AgentCapabilities>,
+}
+
+pub use crate::capabilities::{AgentCapabilities, Builtin, Item};
+
 /// `POST /v1/policy/reload`: the generation that now enforces.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -104,6 +104,11 @@ pub enum Command {
         api: ApiArgs,
         #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
         output: String,
+        /// What each live agent (or only AGENT, a name or cgroup) can do under the enforcing
+        /// generation: the binaries, paths, destinations, HTTP requests and MCP tools its rules
+        /// cover with their verdicts and rules, the defaults, and the built-in refusals.
+        #[arg(long, value_name = "AGENT", num_args = 0..=1)]
+        capabilities: Option<Option<String>>,
     },
     /// Decision events: live (--follow) and from the audit log (--since).
     ///
@@ -231,6 +236,16 @@ pub enum PolicyCommand {
     },
     /// Print the JSON Schema of the policy file format (for editors).
     Schema,
+    /// How each agent's capabilities change from the policies in OLD to those in NEW (no
+    /// daemon needed): rules added, removed or with another verdict, defaults and built-in
+    /// relaxations. Agents are described by selector. Exits 0 when nothing changes, 1 when
+    /// something does, 2 on errors (an invalid policy, with file:line:col).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
+    },
     /// Ask the running daemon to reload its policy directory now.
     Reload {
         #[command(flatten)]
@@ -314,7 +329,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
                 runtime()?.block_on(status(&pins.dir, &api, &output))
             }
         }
-        Command::Agents { api, output } => runtime()?.block_on(agents(&api, &output)),
+        Command::Agents {
+            api,
+            output,
+            capabilities: Some(agent),
+        } => runtime()?.block_on(agent_capabilities(&api, agent.as_deref(), &output)),
+        Command::Agents { api, output, .. } => runtime()?.block_on(agents(&api, &output)),
         Command::Events(args) => runtime()?.block_on(events(args)),
         Command::Approvals { api, output } => runtime()?.block_on(approvals(&api, &output)),
         Command::Approve {
@@ -401,6 +421,9 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Policy(PolicyCommand::Diff { old, new, output }) => {
+            policy_diff(&old, &new, &output)
         }
         Command::Policy(PolicyCommand::Schema) => {
             let schema = schemars::schema_for!(policy::model::PolicyDoc);
@@ -695,6 +718,59 @@ async fn agents(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn agent_capabilities(
+    api: &ApiArgs,
+    agent: Option<&str>,
+    output: &str,
+) -> anyhow::Result<ExitCode> {
+    let path = match agent {
+        Some(a) => format!(
+            "/v1/agents/capabilities?{}",
+            serde_urlencoded::to_string([("agent", a)])?
+        ),
+        None => "/v1/agents/capabilities".into(),
+    };
+    let v = client::call(api, "GET", &path, None).await?;
+    if output == "json" {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: wire::AgentCapabilitiesList = serde_json::from_value(v)?;
+    let mut text = format!("generation {}\n", v.generation);
+    for a in &v.agents {
+        crate::capabilities::render(a, &mut text);
+    }
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `policy diff`: 0 no change, 1 changes, 2 an error.
+fn policy_diff(old: &Path, new: &Path, output: &str) -> anyhow::Result<ExitCode> {
+    let load = |d: &Path| policy::load_dir(d).map(|s| crate::capabilities::by_selector(&s));
+    let (a, b) = match (load(old), load(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("governance: error: {:#}", anyhow::Error::from(e));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let diff = crate::capabilities::diff(&a, &b);
+    if output == "json" {
+        let v = serde_json::json!({ "by_selector": true, "changed": diff });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else if diff.is_empty() {
+        println!("no capability changes (agents described by selector)");
+    } else {
+        println!("capability changes (agents described by selector):");
+        print!("{}", crate::capabilities::render_diff(&diff));
+    }
+    Ok(if diff.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// The readable object of an approval: method and URL, MCP tool, path, destination.

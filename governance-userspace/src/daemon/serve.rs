@@ -151,6 +151,7 @@ impl Daemon<'_> {
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         s.generation = g;
         s.agents = b.agents;
+        s.policies = Arc::new(self.engine.load().policies().clone());
         s.last_error = None;
         let mut r = Record::daemon(RecordType::Policy, "policy.reloaded", message);
         r.generation = g;
