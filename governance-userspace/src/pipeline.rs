@@ -61,7 +61,8 @@ pub struct Delivered {
     pub seq: u64,
     pub record: Arc<Record>,
     /// The record as JSON (`serde_json`, fields in declaration order), as the audit log holds
-    /// it; empty when it was not serialised (then serialise `record`).
+    /// it (a counted slice of its batch's buffer); empty when it was not serialised (then
+    /// serialise `record`).
     pub json: Bytes,
 }
 
@@ -467,9 +468,13 @@ impl Worker {
         let n = batch.len;
         // Each record is serialised once: for the audit log, and for the subscribers' streams
         // (their sequence numbers and bytes, kept only when someone subscribes).
+        // With subscribers, the batch is serialised into one buffer and each subscriber gets
+        // a counted slice of it: no allocation, copy or free per record on their way.
         let keep = !self.subs.is_empty();
-        let mut delivering: Vec<(u64, Bytes)> = Vec::with_capacity(if keep { n } else { 0 });
+        let mut delivering: Vec<(u64, std::ops::Range<usize>)> =
+            Vec::with_capacity(if keep { n } else { 0 });
         let mut json = std::mem::take(&mut self.scratch);
+        let mut shared: Vec<u8> = Vec::new();
         for r in batch.chunks.iter_mut().flatten() {
             if r.id.is_empty() {
                 r.id = self.ids.next();
@@ -481,20 +486,23 @@ impl Worker {
                 r.time = rfc3339(std::time::SystemTime::now());
             }
             self.enricher.enrich(r, &self.cfg.cgroup_root);
-            json.clear();
+            let out = if keep { &mut shared } else { &mut json };
+            if !keep {
+                out.clear();
+            }
+            let start = out.len();
             let encoded =
-                (self.audit.is_some() || keep) && serde_json::to_writer(&mut json, &*r).is_ok();
-            let seq = self.append(r, encoded.then_some(json.as_slice()));
+                (self.audit.is_some() || keep) && serde_json::to_writer(&mut *out, &*r).is_ok();
+            if !encoded {
+                out.truncate(start);
+            }
+            let seq = self.append(r, encoded.then_some(&out[start..]));
             if keep {
-                let bytes = if encoded {
-                    Bytes::copy_from_slice(&json)
-                } else {
-                    Bytes::new()
-                };
-                delivering.push((seq, bytes));
+                delivering.push((seq, start..out.len()));
             }
         }
         self.scratch = json;
+        let shared = Bytes::from(shared);
         if let Some(last) = batch.chunks.iter().flatten().next_back() {
             self.last_id.clone_from(&last.id);
         }
@@ -517,11 +525,11 @@ impl Worker {
         // Nobody to deliver to when `delivering` is empty (a subscriber that came meanwhile
         // starts after this batch).
         let records = std::mem::take(&mut batch.chunks).into_iter().flatten();
-        for (r, (seq, json)) in records.zip(delivering) {
+        for (r, (seq, range)) in records.zip(delivering) {
             self.deliver(Delivered {
                 seq,
                 record: Arc::new(r),
-                json,
+                json: shared.slice(range),
             });
         }
         batch.len = 0;
