@@ -52,6 +52,8 @@ use crate::{
 
 /// Most records processed per wakeup (one audit fsync each).
 pub const BATCH: usize = 4096;
+/// Bytes of serialised records per buffer shared with subscribers (a small allocation, reused).
+const SHARED_CHUNK: usize = 60 * 1024;
 /// Records queued but not yet processed beyond which the kernel drainer pauses.
 pub const MAX_BACKLOG: usize = 256 * 1024;
 
@@ -61,7 +63,8 @@ pub struct Delivered {
     pub seq: u64,
     pub record: Arc<Record>,
     /// The record as JSON (`serde_json`, fields in declaration order), as the audit log holds
-    /// it; empty when it was not serialised (then serialise `record`).
+    /// it (a counted slice of its batch's buffer); empty when it was not serialised (then
+    /// serialise `record`).
     pub json: Bytes,
 }
 
@@ -467,9 +470,15 @@ impl Worker {
         let n = batch.len;
         // Each record is serialised once: for the audit log, and for the subscribers' streams
         // (their sequence numbers and bytes, kept only when someone subscribes).
+        // With subscribers, the batch is serialised into buffers of [`SHARED_CHUNK`] bytes and
+        // each subscriber gets a counted slice of one: no allocation, copy or free per record
+        // on their way, and a slow subscriber keeps a chunk alive, not the batch.
         let keep = !self.subs.is_empty();
-        let mut delivering: Vec<(u64, Bytes)> = Vec::with_capacity(if keep { n } else { 0 });
+        let mut delivering: Vec<(u64, usize, std::ops::Range<usize>)> =
+            Vec::with_capacity(if keep { n } else { 0 });
         let mut json = std::mem::take(&mut self.scratch);
+        let mut shared: Vec<u8> = Vec::new();
+        let mut chunks: Vec<Bytes> = Vec::new();
         for r in batch.chunks.iter_mut().flatten() {
             if r.id.is_empty() {
                 r.id = self.ids.next();
@@ -481,20 +490,29 @@ impl Worker {
                 r.time = rfc3339(std::time::SystemTime::now());
             }
             self.enricher.enrich(r, &self.cfg.cgroup_root);
-            json.clear();
+            if keep && shared.len() >= SHARED_CHUNK {
+                let full = std::mem::replace(&mut shared, Vec::with_capacity(SHARED_CHUNK + 4096));
+                chunks.push(Bytes::from(full));
+            } else if keep && shared.capacity() == 0 {
+                shared.reserve(SHARED_CHUNK + 4096);
+            }
+            let out = if keep { &mut shared } else { &mut json };
+            if !keep {
+                out.clear();
+            }
+            let start = out.len();
             let encoded =
-                (self.audit.is_some() || keep) && serde_json::to_writer(&mut json, &*r).is_ok();
-            let seq = self.append(r, encoded.then_some(json.as_slice()));
+                (self.audit.is_some() || keep) && serde_json::to_writer(&mut *out, &*r).is_ok();
+            if !encoded {
+                out.truncate(start);
+            }
+            let seq = self.append(r, encoded.then_some(&out[start..]));
             if keep {
-                let bytes = if encoded {
-                    Bytes::copy_from_slice(&json)
-                } else {
-                    Bytes::new()
-                };
-                delivering.push((seq, bytes));
+                delivering.push((seq, chunks.len(), start..out.len()));
             }
         }
         self.scratch = json;
+        chunks.push(Bytes::from(shared));
         if let Some(last) = batch.chunks.iter().flatten().next_back() {
             self.last_id.clone_from(&last.id);
         }
@@ -517,11 +535,11 @@ impl Worker {
         // Nobody to deliver to when `delivering` is empty (a subscriber that came meanwhile
         // starts after this batch).
         let records = std::mem::take(&mut batch.chunks).into_iter().flatten();
-        for (r, (seq, json)) in records.zip(delivering) {
+        for (r, (seq, chunk, range)) in records.zip(delivering) {
             self.deliver(Delivered {
                 seq,
                 record: Arc::new(r),
-                json,
+                json: chunks[chunk].slice(range),
             });
         }
         batch.len = 0;

@@ -583,7 +583,8 @@ async fn pump<T>(
     put: impl Fn(&mut Vec<u8>, &T),
 ) -> bool {
     while let Some(first) = rx.recv().await {
-        let mut out = Vec::new();
+        // Room for a full chunk: growing it would copy it again.
+        let mut out = Vec::with_capacity(STREAM_CHUNK + 4096);
         put(&mut out, &first);
         while out.len() < STREAM_CHUNK {
             let Ok(next) = rx.try_recv() else { break };
