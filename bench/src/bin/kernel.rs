@@ -652,6 +652,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
                     col.title,
                     t.elapsed().as_secs_f64()
                 );
+                // Measurement settling, not synchronisation: see SETTLE.
                 std::thread::sleep(SETTLE);
             }
             let mut line = format!("bench: stats round {round}/{rounds}, {}:", col.title);

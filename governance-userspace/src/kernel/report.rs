@@ -105,17 +105,22 @@ pub(crate) fn set_defaults(v: &mut AgentValue, aux: [u16; 4]) {
 }
 
 impl super::Enforcer {
-    /// The kernel's counts of allowed actions (see governance_common::maps::COUNTS), summed
-    /// over the CPUs. Makes the overflow entry the first time (the programs count in it the
-    /// actions they reported as events because the map was full).
-    pub fn counted(&mut self) -> Result<Vec<(CountKey, u64)>, KernelError> {
+    /// The `COUNTS` map, opened as what it is.
+    fn counts_map(&mut self) -> Result<PerCpuHashMap<&mut MapData, CountKey, u64>, KernelError> {
         let name = maps::COUNTS;
         let map = self
             .maps
             .get_mut(name)
             .ok_or(KernelError::Missing { what: "map", name })?;
-        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// The kernel's counts of allowed actions (see governance_common::maps::COUNTS), summed
+    /// over the CPUs. Makes the overflow entry the first time (the programs count in it the
+    /// actions they reported as events because the map was full).
+    pub fn counted(&mut self) -> Result<Vec<(CountKey, u64)>, KernelError> {
+        let name = maps::COUNTS;
+        let mut counts = self.counts_map()?;
         if counts.get(&CountKey::OVERFLOW, 0).is_err() {
             let zero = PerCpuValues::try_from(vec![0u64; possible_cpus()?])
                 .map_err(|e| map_error(name, "per-cpu values", e))?;
@@ -135,12 +140,7 @@ impl super::Enforcer {
     /// there now. A full map makes fewer (the rest are reported as events).
     pub fn prepare_counts(&mut self, keys: &[CountKey]) -> Result<usize, KernelError> {
         let name = maps::COUNTS;
-        let map = self
-            .maps
-            .get_mut(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        let mut counts = self.counts_map()?;
         let cpus = possible_cpus()?;
         let mut there = 0;
         for key in keys {
@@ -159,12 +159,7 @@ impl super::Enforcer {
     /// Remove counts the daemon has taken in full (those of generations that no longer decide).
     pub fn forget_counts(&mut self, keys: &[CountKey]) -> Result<(), KernelError> {
         let name = maps::COUNTS;
-        let map = self
-            .maps
-            .get_mut(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        let mut counts: PerCpuHashMap<&mut MapData, CountKey, u64> =
-            PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        let mut counts = self.counts_map()?;
         for key in keys {
             match counts.remove(key) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
