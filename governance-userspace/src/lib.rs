@@ -34,4 +34,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod privilege;
 pub mod proxy;
+pub mod report;
 pub mod version;

@@ -372,7 +372,9 @@ fn capabilities_to_give_back_are_checked_by_name_with_their_place() {
 fn the_content_hash_is_reproducible_with_sha256sum() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
-    let a = format!("{HEAD}  - id: a\n    exec: {{ path: /bin/a }}\n    verdict: block\n    reason: r\n");
+    let a = format!(
+        "{HEAD}  - id: a\n    exec: {{ path: /bin/a }}\n    verdict: block\n    reason: r\n"
+    );
     let b = a.replace("name: p", "name: q").replace("id: a", "id: b");
     std::fs::write(dir.path().join("a.yaml"), &a).unwrap();
     std::fs::write(dir.path().join("sub/b.yml"), &b).unwrap();
@@ -386,6 +388,10 @@ fn the_content_hash_is_reproducible_with_sha256sum() {
         .unwrap();
     let expected = String::from_utf8(out.stdout).unwrap();
     assert_eq!(Some(hash.as_str()), expected.split_whitespace().next());
-    std::fs::write(dir.path().join("a.yaml"), a.replace("reason: r", "reason: s")).unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        a.replace("reason: r", "reason: s"),
+    )
+    .unwrap();
     assert_ne!(load_dir_hashed(dir.path()).unwrap().1, hash);
 }
