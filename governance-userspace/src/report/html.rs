@@ -21,6 +21,20 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A record's time for people: `2026-11-30 13:07:42 UTC` (the JSON keeps the nanoseconds);
+/// anything else as it is.
+pub fn short_time(t: &str) -> String {
+    match (t.get(..10), t.get(10..11), t.get(11..19), t.ends_with('Z')) {
+        (Some(day), Some("T"), Some(time), true) => format!("{day} {time} UTC"),
+        _ => t.to_owned(),
+    }
+}
+
+/// [`short_time`], escaped.
+pub fn when(t: &str) -> String {
+    esc(&short_time(t))
+}
+
 /// The fill colour of each verdict in the charts.
 pub fn colour(verdict: &str) -> &'static str {
     match verdict {
@@ -42,7 +56,7 @@ margin-top:2em}h3{margin-top:1.5em}p.explain{color:#555;margin-top:0}\
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em;\
 text-align:left;vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;\
 font-variant-numeric:tabular-nums}code,.hash{font-family:ui-monospace,Menlo,Consolas,monospace;\
-font-size:.9em;word-break:break-all}.status{padding:1em 1.2em;border-radius:6px;font-size:1.15em;\
+font-size:.9em;overflow-wrap:anywhere}.hash{word-break:break-all}.status{padding:1em 1.2em;border-radius:6px;font-size:1.15em;\
 margin:1em 0}.passed{background:#e8f5e9;border:2px solid #43a047}.failed{background:#ffebee;\
 border:2px solid #d32f2f}.status strong{font-size:1.3em}.none{font-style:italic;color:#444;\
 background:#fff8e1;padding:.5em .8em;border-left:4px solid #f9a825}\
@@ -56,7 +70,9 @@ pub fn render(r: &Report) -> String {
     let mut h = String::with_capacity(64 * 1024);
     let title = format!(
         "Governance compliance report: {} ({} to {})",
-        r.node, r.period.since, r.period.until
+        r.node,
+        short_time(&r.period.since),
+        short_time(&r.period.until)
     );
     let _ = write!(
         h,
@@ -95,15 +111,15 @@ fn header(h: &mut String, r: &Report) {
          node says about the period: the decisions the kernel and the HTTP proxy made for AI \
          agents, the escalations people decided, the policies that were enforcing, the drills \
          that tested them, and whether the log itself is intact.</p>\n<table>\n\
-         <tr><th>Node</th><td>{}</td></tr>\n<tr><th>Period</th><td>{} to {} (UTC; charts by {})</td></tr>\n\
+         <tr><th>Node</th><td>{}</td></tr>\n<tr><th>Period</th><td>{} to {} (charts by {})</td></tr>\n\
          <tr><th>Generated</th><td>{}</td></tr>\n\
          <tr><th>Tool</th><td>governance {} (commit {}, eBPF {})</td></tr>\n\
          <tr><th>Audit log</th><td><code>{}</code></td></tr>\n",
         esc(&r.node),
-        esc(&r.period.since),
-        esc(&r.period.until),
+        when(&r.period.since),
+        when(&r.period.until),
         esc(&r.period.bucket),
-        esc(&r.generated_at),
+        when(&r.generated_at),
         esc(&r.tool.version),
         esc(&r.tool.commit),
         esc(&r.tool.ebpf),
@@ -234,7 +250,7 @@ fn verification(h: &mut String, v: &Verification) {
     );
     let at = |r: &Option<RecordRef>| {
         r.as_ref().map_or("(no records in the period)".into(), |r| {
-            format!("{} (seq {})", esc(&r.time), r.seq)
+            format!("{} (seq {})", when(&r.time), r.seq)
         })
     };
     row(h, "First record of the period", at(&v.first_record));
@@ -496,12 +512,12 @@ fn escalations(h: &mut String, e: &Escalations) {
             h,
             "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td>\
              <td>{state}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-            esc(&x.requested).if_empty("(before the period)"),
+            when(&x.requested).if_empty("(before the period)"),
             esc(&x.agent),
             esc(&x.object),
             esc(&x.rule),
             esc(&x.by),
-            esc(&x.decided),
+            when(&x.decided),
             seconds(x.seconds),
         );
     }
@@ -547,9 +563,9 @@ fn generations(h: &mut String, g: &Generations) {
                 "<tr><td class=\"n\">{}</td><td>{}{}</td><td>{}</td><td class=\"hash\">{}</td>\
                  <td><code>{}</code></td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
                 x.generation,
-                esc(&x.from),
+                when(&x.from),
                 if before { " (before the period)" } else { "" },
-                esc(&x.until).if_empty("the end of the period"),
+                when(&x.until).if_empty("the end of the period"),
                 esc(&x.sha256).if_empty("(not recorded by this daemon version)"),
                 esc(&x.policy),
                 x.rules,
@@ -567,7 +583,7 @@ fn generations(h: &mut String, g: &Generations) {
             let _ = writeln!(
                 h,
                 "<tr><td>{}</td><td class=\"n\">{}</td><td><code>{}</code></td></tr>",
-                esc(&f.time),
+                when(&f.time),
                 f.generation,
                 esc(&f.message)
             );
@@ -612,7 +628,7 @@ fn drills(h: &mut String, d: &Drills) {
             h,
             "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-            esc(&x.time),
+            when(&x.time),
             if x.passed {
                 "<strong style=\"color:#2e7d32\">passed</strong>"
             } else {

@@ -376,6 +376,11 @@ fn names_from_records_are_escaped() {
     assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(html.contains("p/&lt;img src=x onerror=alert(2)&gt;"));
     assert_eq!(html::esc("a\"b'c&"), "a&quot;b&#39;c&amp;");
+    assert_eq!(
+        html::when("2026-11-30T13:07:42.123456789Z"),
+        "2026-11-30 13:07:42 UTC"
+    );
+    assert_eq!(html::when("<b>"), "&lt;b&gt;");
     let md = markdown::render(&r);
     assert!(!md.contains("<script") && !md.contains("<img"), "{md}");
     assert_eq!(markdown::cell("a|b\nc"), "a\\|b c");
