@@ -33,6 +33,12 @@ pub const MAX_AGENTS: usize = 200;
 pub const OTHER_AGENTS: &str = "(other agents)";
 /// Most escalations, drills, generations and failed reloads listed (all are counted).
 pub const MAX_ROWS: usize = 2000;
+/// Most buckets in a chart.
+const MAX_BUCKETS: u64 = 1000;
+/// Most distinct refused rules counted per agent and for the node; later ones are summed in
+/// [`OTHER_RULES`].
+pub const MAX_RULES: usize = 10_000;
+pub const OTHER_RULES: &str = "(other rules)";
 /// Most refused rules listed per agent and for the node.
 pub const TOP_RULES: usize = 10;
 /// Most failed checks listed per drill.
@@ -103,7 +109,7 @@ pub struct Report {
 pub struct Period {
     pub since: String,
     pub until: String,
-    /// `hour`, `day` or `week`.
+    /// `hour`, `day`, `week`, or `multi-day` for periods of decades (see `buckets`).
     pub bucket: String,
     /// The start of each bucket of the charts (RFC 3339).
     pub buckets: Vec<String>,
@@ -522,7 +528,7 @@ fn verification(o: &Options) -> Verification {
 }
 
 /// The charts' time buckets: hours for a period of up to two days, days up to 400 days, weeks
-/// beyond; aligned to UTC.
+/// beyond (and longer, for periods of decades); aligned to UTC.
 #[derive(Clone, Copy, Debug)]
 struct Grid {
     name: &'static str,
@@ -543,8 +549,14 @@ impl Grid {
             ("hour", 3600)
         } else if u - s <= 400 * 86400 {
             ("day", 86400)
-        } else {
+        } else if u - s <= MAX_BUCKETS * 7 * 86400 {
             ("week", 7 * 86400)
+        } else {
+            // Decades: at most MAX_BUCKETS buckets of whole days.
+            (
+                "multi-day",
+                (u - s).div_ceil(MAX_BUCKETS).div_ceil(86400) * 86400,
+            )
         };
         let first = s / len * len;
         let n = (u - first).div_ceil(len) as usize;
@@ -581,6 +593,19 @@ impl Tally {
             series: vec![vec![0; buckets]; VERDICTS.len()],
             counted: 0,
             refused: BTreeMap::new(),
+        }
+    }
+
+    /// One decision of verdict `v` in bucket `b`, refused by `rule`.
+    fn add(&mut self, v: usize, b: usize, refused: Option<&str>) {
+        self.series[v][b] += 1;
+        if let Some(rule) = refused {
+            let rule = if self.refused.contains_key(rule) || self.refused.len() < MAX_RULES {
+                rule
+            } else {
+                OTHER_RULES
+            };
+            *self.refused.entry(rule.to_owned()).or_default() += 1;
         }
     }
 
@@ -658,15 +683,8 @@ impl Acc {
         } else {
             rec.rule.as_str()
         };
-        self.node.series[v][b] += 1;
-        if rec.denied {
-            *self.node.refused.entry(rule.to_owned()).or_default() += 1;
-        }
-        let a = self.agent(rec);
-        a.series[v][b] += 1;
-        if rec.denied {
-            *a.refused.entry(rule.to_owned()).or_default() += 1;
-        }
+        self.node.add(v, b, rec.denied.then_some(rule));
+        self.agent(rec).add(v, b, rec.denied.then_some(rule));
     }
 
     fn counted(&mut self, rec: &Record, t: SystemTime) {

@@ -477,3 +477,33 @@ fn a_damaged_log_is_reported_failed_not_a_crash() {
     let e = build(&options(&gone)).unwrap_err().to_string();
     assert!(e.contains("nope"), "{e}");
 }
+
+/// The charts' buckets follow the period's span, and stay few for any span.
+#[test]
+fn buckets_follow_the_span() {
+    let grid = |days: u64| Grid::new(t0(), t0() + Duration::from_secs(days * D));
+    let g = grid(2);
+    assert_eq!((g.name, g.n), ("hour", 48));
+    let g = grid(30);
+    assert_eq!((g.name, g.n), ("day", 30));
+    let g = grid(700);
+    assert_eq!(g.name, "week");
+    assert_eq!(g.n, 101, "aligned to the epoch's weeks");
+    let g = Grid::new(
+        SystemTime::UNIX_EPOCH,
+        t0() + Duration::from_secs(365 * 100 * D),
+    );
+    assert_eq!(g.name, "multi-day");
+    assert!(g.n <= 1000 && g.n > 900, "{}", g.n);
+    assert_eq!(
+        g.index(t0()),
+        Some(
+            ((t0()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs())
+                / g.secs) as usize
+        )
+    );
+    assert_eq!(grid(1).index(t0() - Duration::from_secs(1)), None);
+}
