@@ -61,12 +61,12 @@ pub fn render(r: &Report) -> String {
         "# Governance compliance report\n\n\
          What the tamper-evident audit log of this node says about the period: decisions, \
          escalations, policy generations, drills, and whether the log is intact.\n\n\
-         | | |\n|---|---|\n| Node | {} |\n| Period | {} to {} (UTC) |\n| Generated | {} |\n\
+         | | |\n|---|---|\n| Node | {} |\n| Period | {} to {} |\n| Generated | {} |\n\
          | Tool | governance {} (commit {}) |\n| Audit log | {} |\n| Records in the period | {} |\n",
         cell(&r.node),
-        cell(&r.period.since),
-        cell(&r.period.until),
-        cell(&r.generated_at),
+        cell(&super::html::short_time(&r.period.since)),
+        cell(&super::html::short_time(&r.period.until)),
+        cell(&super::html::short_time(&r.generated_at)),
         cell(&r.tool.version),
         cell(&r.tool.commit),
         cell(&r.audit_dir),
@@ -139,13 +139,13 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(
                 m,
                 "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                cell(&x.requested),
+                cell(&super::html::short_time(&x.requested)),
                 cell(&x.agent),
                 cell(&x.object),
                 cell(&x.rule),
                 cell(&x.state),
                 cell(&x.by),
-                cell(&x.decided),
+                cell(&super::html::short_time(&x.decided)),
                 x.seconds.map_or(String::new(), |s| format!("{s:.1}"))
             );
         }
@@ -162,11 +162,11 @@ pub fn render(r: &Report) -> String {
                 m,
                 "| {} | {} | {} | {} | {} |",
                 x.generation,
-                cell(&x.from),
+                cell(&super::html::short_time(&x.from)),
                 if x.until.is_empty() {
                     "end of period".into()
                 } else {
-                    cell(&x.until)
+                    cell(&super::html::short_time(&x.until))
                 },
                 cell(&x.sha256),
                 cell(&x.policy)
@@ -189,7 +189,7 @@ pub fn render(r: &Report) -> String {
             let _ = writeln!(
                 m,
                 "| {} | {} | {} | {} | {} | {} | {} |",
-                cell(&x.time),
+                cell(&super::html::short_time(&x.time)),
                 if x.passed { "passed" } else { "**FAILED**" },
                 x.checks,
                 x.checks_passed,
