@@ -25,15 +25,16 @@ fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
     (l, addr)
 }
 
-/// `chromium --headless --dump-dom` of `page`: the DOM as the browser built it.
-fn chromium_dom(page: &Path, profile: &Path) -> String {
+/// `chromium --headless ARG page`: its standard output (the DOM for `--dump-dom`).
+fn chromium(arg: &str, page: &Path, profile: &Path) -> String {
     let mut child = Command::new("chromium")
         .args([
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
-            "--dump-dom",
+            "--window-size=1200,2000",
+            arg,
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("file://{}", page.display()))
@@ -158,12 +159,18 @@ fn the_report_of_a_real_log_renders_in_headless_chromium() {
         .find(|a| a["agent"] == name)
         .unwrap_or_else(|| panic!("agent {name} in {}", r["agents"]));
     assert_eq!(a["decisions"]["by_verdict"]["block"], REFUSED);
-    assert!(
-        r["generations"]["changes"][0]["sha256"]
-            .as_str()
-            .unwrap()
-            .len()
-            == 64
+    // The generation's content hash is what sha256sum says of the policy.
+    let sums = Command::new("sh")
+        .args(["-c", "sha256sum p.yaml | sha256sum"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let expected = text(&sums.stdout);
+    assert_eq!(
+        r["generations"]["changes"][0]["sha256"].as_str(),
+        expected.split_whitespace().next(),
+        "{}",
+        r["generations"]
     );
     // The bars each chart should have: one per bucket and verdict with decisions.
     let bars = |d: &serde_json::Value| -> usize {
@@ -186,7 +193,7 @@ fn the_report_of_a_real_log_renders_in_headless_chromium() {
     assert!(node_bars >= 2 && series >= 2, "{}", r["decisions"]);
 
     let profile = dir.join("chromium-profile");
-    let dom = chromium_dom(&html, &profile);
+    let dom = chromium("--dump-dom", &html, &profile);
     // Rendered: its title, untouched by the injected name (whose handler would set it to
     // `pwned`).
     let title = dom
@@ -256,6 +263,16 @@ fn the_report_of_a_real_log_renders_in_headless_chromium() {
         dom.matches("id=\"chart-agent-").count(),
         r["agents"].as_array().unwrap().len()
     );
+    // And painted: a screenshot of the page, a PNG of the window's size.
+    let png = dir.join("report.png");
+    chromium(&format!("--screenshot={}", png.display()), &html, &profile);
+    let png = std::fs::read(&png).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1200, 2000), "the screenshot's size");
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
