@@ -21,8 +21,8 @@ use crate::{capture, heartbeat, progress, run};
 /// suite), python3-venv (the compatibility suite's Python packages live in a venv), and the
 /// developer tools an agent runs in the VM's legitimate-work test: Debian's Python 3.11 with
 /// pip, and git. rsyslog with its GnuTLS driver: the syslog exporter's tests send to a real
-/// rsyslogd (governance-userspace/src/export/tests.rs). chromium: the compliance report test renders
-/// the report in it (tests/tests/report_browser.rs).
+/// rsyslogd (governance-userspace/src/export/tests.rs). chromium: the compliance report test
+/// renders the report in it (tests/tests/report_browser.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
