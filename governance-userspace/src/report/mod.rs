@@ -57,13 +57,15 @@ pub struct ReportArgs {
     /// The end of the period (RFC 3339, or back from now); default now.
     #[arg(long)]
     pub until: Option<String>,
-    /// The audit log directory (the daemon's --audit-dir).
-    #[arg(
-        long,
-        env = "GOVERNANCE_AUDIT_DIR",
-        default_value = "/var/lib/governance/audit"
-    )]
-    pub audit_dir: PathBuf,
+    /// The audit log directory. Default: the daemon's, as `governance run` would take it
+    /// (GOVERNANCE_AUDIT_DIR, else `audit_dir` of the config file, else
+    /// /var/lib/governance/audit).
+    #[arg(long, env = "GOVERNANCE_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
+    /// The daemon's config file, for its `audit_dir` (default /etc/governance/config.yaml when
+    /// it exists).
+    #[arg(long, env = "GOVERNANCE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Only this agent's decisions and escalations (its name or cgroup path).
     #[arg(long)]
     pub agent: Option<String>,
@@ -300,6 +302,10 @@ pub enum ReportError {
     Empty { since: String, until: String },
     #[error("{}: no audit log directory here (--audit-dir)", .0.display())]
     NoLog(PathBuf),
+    #[error(transparent)]
+    ConfigFile(#[from] crate::cli::config::ConfigError),
+    #[error("the config file {0}")]
+    Config(String),
     #[error("reading the audit log: {0}")]
     Audit(#[from] audit::AuditError),
 }
@@ -332,7 +338,7 @@ impl Options {
         let since = time("since", &a.since)?;
         let until = a.until.as_deref().map_or(Ok(now), |u| time("until", u))?;
         Ok(Options {
-            audit_dir: a.audit_dir.clone(),
+            audit_dir: audit_dir(a)?,
             since,
             until,
             agent: a.agent.clone(),
@@ -341,6 +347,33 @@ impl Options {
         })
     }
 }
+
+/// Where the daemon writes its audit log: `--audit-dir` (or its variable), else the config
+/// file's `audit_dir`, else the daemon's default.
+fn audit_dir(a: &ReportArgs) -> Result<PathBuf, ReportError> {
+    if let Some(dir) = &a.audit_dir {
+        return Ok(dir.clone());
+    }
+    let from_file = crate::cli::config::read(a.config.as_deref())?
+        .map(|(path, text)| {
+            let v: serde_norway::Value = serde_norway::from_str(&text)
+                .map_err(|e| ReportError::Config(format!("{}: {e}", path.display())))?;
+            match v.get("audit_dir") {
+                None => Ok(None),
+                Some(serde_norway::Value::String(dir)) => Ok(Some(PathBuf::from(dir))),
+                Some(_) => Err(ReportError::Config(format!(
+                    "{}: audit_dir is not a path",
+                    path.display()
+                ))),
+            }
+        })
+        .transpose()?
+        .flatten();
+    Ok(from_file.unwrap_or_else(|| PathBuf::from(DEFAULT_AUDIT_DIR)))
+}
+
+/// `governance run`'s `--audit-dir` default.
+pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/governance/audit";
 
 /// Records a little after `until` are still read (records are written in time order, but
 /// threads of the daemon stamp them a little before writing them); after this, reading stops.

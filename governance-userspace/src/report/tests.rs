@@ -507,3 +507,36 @@ fn buckets_follow_the_span() {
     );
     assert_eq!(grid(1).index(t0() - Duration::from_secs(1)), None);
 }
+
+/// The audit directory is the daemon's: the flag, else the config file's `audit_dir`.
+#[test]
+fn the_audit_dir_is_the_daemons() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ReportArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "policy: /p\naudit_dir: /srv/audit\n").unwrap();
+    let parse = |extra: &[&str]| {
+        let argv = ["report", "--config", config.to_str().unwrap()];
+        Cli::parse_from(argv.iter().chain(extra)).args
+    };
+    assert_eq!(audit_dir(&parse(&[])).unwrap(), Path::new("/srv/audit"));
+    assert_eq!(
+        audit_dir(&parse(&["--audit-dir", "/elsewhere"])).unwrap(),
+        Path::new("/elsewhere")
+    );
+    std::fs::write(&config, "policy: /p\n").unwrap();
+    assert_eq!(
+        audit_dir(&parse(&[])).unwrap(),
+        Path::new(DEFAULT_AUDIT_DIR)
+    );
+    std::fs::write(&config, "audit_dir: [1]\n").unwrap();
+    assert!(audit_dir(&parse(&[])).is_err());
+    std::fs::remove_file(&config).unwrap();
+    let e = audit_dir(&parse(&[])).unwrap_err().to_string();
+    assert!(e.contains("config.yaml"), "{e}");
+}
