@@ -8,7 +8,8 @@
 //!   model) → [`pipeline`] (enrich, [`audit`] log, [`metrics`], subscribers) → [`api`] (the
 //!   control API: live stream, status, approvals) → [`client`] and [`cli`] (the command line);
 //!   [`ocsf`] shapes records for SIEMs; [`export`] sends them to syslog, webhooks and OTLP
-//!   collectors, and notifies people of escalations.
+//!   collectors, and notifies people of escalations; [`report`] makes compliance reports from
+//!   the audit log.
 //!
 //! [`daemon`] wires it together for `governance run`.
 
@@ -34,4 +35,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod privilege;
 pub mod proxy;
+pub mod report;
 pub mod version;

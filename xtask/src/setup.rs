@@ -21,7 +21,8 @@ use crate::{capture, heartbeat, progress, run};
 /// suite), python3-venv (the compatibility suite's Python packages live in a venv), and the
 /// developer tools an agent runs in the VM's legitimate-work test: Debian's Python 3.11 with
 /// pip, and git. rsyslog with its GnuTLS driver: the syslog exporter's tests send to a real
-/// rsyslogd (governance-userspace/src/export/tests.rs).
+/// rsyslogd (governance-userspace/src/export/tests.rs). chromium: the compliance report test
+/// renders the report in it (tests/tests/report_browser.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libclang-22-dev",
@@ -46,6 +47,8 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "netavark",
     "iptables",
+    // The compliance report rendered by a real browser (the report test place).
+    "chromium",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -116,7 +119,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()

@@ -123,6 +123,25 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         })
     })?;
     places.push(("containers (podman, host kernel)", ok, c));
+    progress("compliance report: a real daemon's audit log, rendered by headless chromium");
+    let (ok, c) = steps.time("compliance report", || {
+        heartbeat("rendering the compliance report in chromium", || {
+            counted(
+                &[
+                    "test",
+                    "-p",
+                    "governance-tests",
+                    "--test",
+                    "report_browser",
+                    "--",
+                    "--nocapture",
+                    "--test-threads=1",
+                ],
+                &[("GOVERNANCE_BIN", &b.governance)],
+            )
+        })
+    })?;
+    places.push(("compliance report (headless chromium)", ok, c));
     progress("manifest checks: kubectl kustomize deploy/kubernetes against the API's types");
     let (ok, c) = steps.time("manifest checks", || {
         heartbeat("checking the Kubernetes manifests", || {

@@ -155,6 +155,13 @@ pub enum Command {
     /// Work with the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Compliance evidence from the audit log (read directly; no daemon needed): decisions by
+    /// verdict over time, top refused rules, escalations, policy generations, drills and the
+    /// log's verification, as self-contained HTML, JSON or Markdown. Exits 1 if the log does
+    /// not verify (the report, saying so, is written anyway).
+    ///
+    /// Example: governance report --since 30d -o report.html
+    Report(crate::report::ReportArgs),
     /// Detach every program and remove the pins (enforcement stops).
     Unload {
         #[command(flatten)]
@@ -436,6 +443,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("generation {} is enforcing", r.generation);
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Report(args) => crate::report::run(&args),
         Command::Audit(AuditCommand::Verify { paths, public_key }) => {
             audit_verify(&paths, public_key.as_deref())
         }

@@ -34,6 +34,8 @@ pub(super) struct Built {
     /// The agent cgroups it was built for.
     pub found: Vec<agents::AgentCgroup>,
     pub rules: usize,
+    /// The policy's content hash ([`policy::load_dir_hashed`]).
+    pub content_hash: String,
 }
 
 /// Validate the policy directory, find the agents, and install generation `number`.
@@ -46,7 +48,7 @@ pub(super) fn build(
     root: &Path,
     pods: Option<&crate::kubernetes::Identities>,
 ) -> anyhow::Result<Option<Built>> {
-    let set = policy::load_dir(&args.policy)?;
+    let (set, content_hash) = policy::load_dir_hashed(&args.policy)?;
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
     {
@@ -167,6 +169,7 @@ pub(super) fn build(
         agents,
         found,
         rules,
+        content_hash,
     }))
 }
 

@@ -157,6 +157,9 @@ impl Daemon<'_> {
         r.generation = g;
         r.counts.insert("rules".into(), b.rules as u64);
         r.counts.insert("agents".into(), s.agents.len() as u64);
+        // What it enforces: the policy directory and its content hash.
+        r.object.path = self.args.policy.display().to_string();
+        r.object.detail.insert("sha256".into(), b.content_hash);
         self.publisher.publish(r);
         self.metrics.set_generation(g);
     }

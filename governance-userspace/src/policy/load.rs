@@ -53,6 +53,15 @@ pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyEr
 
 /// Load and validate every policy file below `dir`.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
+    load_dir_hashed(dir).map(|(set, _)| set)
+}
+
+/// [`load_dir`], and the policy's content hash (64 hex digits) of the very bytes it read:
+/// SHA-256 over one line per policy file, in the order read (sorted by path),
+/// `<SHA-256 of the file, hex>  <path relative to dir>\n` (what `sha256sum` prints for
+/// each file, so `cd DIR && sha256sum FILES... | sha256sum` reproduces it).
+pub fn load_dir_hashed(dir: &Path) -> Result<(PolicySet, String), PolicyError> {
+    use sha2::{Digest, Sha256};
     let (files, _) = policy_files(dir)?;
     if files.is_empty() {
         return Err(PolicyError::Empty(dir.to_owned()));
@@ -69,8 +78,16 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
             }),
         }
     }
+    let mut manifest = Sha256::new();
+    for (file, text) in &sources {
+        let relative = file.strip_prefix(dir).unwrap_or(file);
+        let digest = Sha256::digest(text.as_bytes());
+        let line = format!("{}  {}\n", hex(&digest), relative.display());
+        manifest.update(line.as_bytes());
+    }
+    let hash = hex(&manifest.finalize());
     match parse(&sources) {
-        Ok(set) if problems.is_empty() => Ok(set),
+        Ok(set) if problems.is_empty() => Ok((set, hash)),
         Ok(_) => Err(PolicyError::Invalid(problems)),
         Err(PolicyError::Invalid(more)) => {
             problems.extend(more);
@@ -78,6 +95,10 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
         }
         Err(e) => Err(e),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Split a file into YAML documents at `---` lines; returns (first line number, text).

@@ -365,3 +365,33 @@ fn capabilities_to_give_back_are_checked_by_name_with_their_place() {
     );
     assert!(errs[1].contains("CAP_SYS_ADMIN"), "{errs:?}");
 }
+
+/// The content hash is what `sha256sum FILES | sha256sum` prints for the policy files, and
+/// any change of a byte changes it.
+#[test]
+fn the_content_hash_is_reproducible_with_sha256sum() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let a = format!(
+        "{HEAD}  - id: a\n    exec: {{ path: /bin/a }}\n    verdict: block\n    reason: r\n"
+    );
+    let b = a.replace("name: p", "name: q").replace("id: a", "id: b");
+    std::fs::write(dir.path().join("a.yaml"), &a).unwrap();
+    std::fs::write(dir.path().join("sub/b.yml"), &b).unwrap();
+    std::fs::write(dir.path().join("a.tests.yaml"), "not a policy").unwrap();
+    let (_, hash) = load_dir_hashed(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("sha256sum a.yaml sub/b.yml | sha256sum")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let expected = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(Some(hash.as_str()), expected.split_whitespace().next());
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        a.replace("reason: r", "reason: s"),
+    )
+    .unwrap();
+    assert_ne!(load_dir_hashed(dir.path()).unwrap().1, hash);
+}
