@@ -2856,8 +2856,11 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
         "{got:#?}"
     );
     assert!(
-        got[1].starts_with("drill-block/no-secrets file /etc/drill-secrets/** (any access) passed=false got= skipped="),
-        "the file rule cannot be probed here: skipped, not passed: {got:#?}"
+        got[1].starts_with(
+            "drill-block/no-secrets file read /etc/drill-secrets passed=false got= \
+             skipped=this kernel cannot enforce it: the file_open hook is not attached"
+        ),
+        "the file rule cannot be enforced here: skipped, not passed: {got:#?}"
     );
     assert_eq!(
         got[2], "default network tcp 192.0.2.1:9 passed=true got=refused (EPERM) skipped=-",
@@ -2873,7 +2876,39 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
     let metric = |name: &str| metric_value(&scrape_metrics(health), name);
     assert_eq!(metric("governance_drill_last_passed"), Some(1));
 
-    // 2. The block rule deleted from the kernel map: the drill fails and names the check.
+    // 2. The block rule deleted from the kernel map: the drill fails and names the check,
+    // and a live subscriber to the lifecycle records gets the `drill.failed` record.
+    let mut follower = std::process::Command::new(governance_bin())
+        .args([
+            "events",
+            "--follow",
+            "--type",
+            "lifecycle",
+            "-o",
+            "json",
+            "--socket",
+        ])
+        .arg(daemon.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Subscribed: its first record is `stream.subscribed`.
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.contains("stream.subscribed"), "{first}");
     assert!(weaken_net_rules(&pins, blocked.id()) > 0);
     let v = drill(false);
     let got = checks(&v);
@@ -2917,6 +2952,18 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
     assert_eq!(record["counts"]["checks"], 3, "{record:#}");
     assert_eq!(record["drill"]["checks"][0]["rule"], "drill-block/no-net");
     assert_eq!(record["drill"]["checks"][0]["passed"], false);
+    let delivered = wait_for_value(
+        "drill.failed to the subscriber",
+        Duration::from_secs(10),
+        || {
+            rx.try_iter()
+                .find(|l| l.contains("\"drill.failed\"") && l.contains(id.as_str()))
+        },
+    );
+    assert!(delivered.contains("\"lifecycle\""), "{delivered}");
+    // Our own child, by its pid.
+    let _ = follower.kill();
+    let _ = follower.wait();
     let verify = std::process::Command::new(governance_bin())
         .args(["audit", "verify"])
         .arg(daemon.audit())

@@ -13,10 +13,12 @@
 //! destination with a TCP handshake (or a UDP connect, which sends nothing), closed at once.
 
 use std::{
+    ffi::CString,
     fs::File,
     io::Write as _,
     net::SocketAddr,
     os::fd::{AsRawFd as _, OwnedFd},
+    os::unix::ffi::OsStrExt as _,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -33,6 +35,7 @@ use crate::{
     drill::{self, CANARY_LABEL, Check, Drill, Planned, Probe},
     events::AgentInfo,
     kernel::{self, Enforcer},
+    policy::Access,
     policy::PolicySet,
 };
 
@@ -126,6 +129,7 @@ fn canary(
         dir: None,
         tables: None,
         child: None,
+        scratch: Vec::new(),
     };
     if let Err(e) = std::fs::create_dir(dir) {
         let held = crate::privilege::held();
@@ -181,7 +185,7 @@ fn canary(
                     .context("writing the canary into the kernel maps")?,
             );
             drop(e);
-            let checks = run_probes(dir, planned, &mut guard)?;
+            let checks = run_probes(r, policy, dir, planned, &mut guard)?;
             drop(guard);
             return Ok((checks, format!("the live tables of agent {}", a.name)));
         }
@@ -206,7 +210,7 @@ fn canary(
             .add_canary(&compiled)
             .context("writing the canary into the kernel maps")?,
     );
-    let checks = run_probes(dir, planned, &mut guard)?;
+    let checks = run_probes(r, policy, dir, planned, &mut guard)?;
     drop(guard);
     Ok((
         checks,
@@ -214,23 +218,46 @@ fn canary(
     ))
 }
 
-/// Run the probes of `planned` from the canary at `dir`; the checks with what each got.
+/// Run the probes of `planned` from the canary at `dir`; the checks with what each got. A
+/// probe the kernel at hand cannot enforce, or whose object is not here, is skipped with why.
 fn run_probes(
+    r: &DrillRun,
+    policy: &str,
     dir: &Path,
     planned: &[Planned],
     guard: &mut CanaryGuard,
 ) -> anyhow::Result<Vec<Check>> {
-    let probes: Vec<(usize, &Probe)> = planned
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| p.probe.as_ref().map(|probe| (i, probe)))
-        .collect();
-    let results = probe(dir, &probes, guard)?;
     let mut out: Vec<Check> = planned.iter().map(|p| p.check.clone()).collect();
-    for ((i, _), result) in probes.iter().zip(results) {
+    let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let Some(probe) = &p.probe else { continue };
+        match prepare(r, policy, &p.check.rule, probe, guard) {
+            Ok(prep) => {
+                if let Prepared::Exec { path } | Prepared::Open { path, .. } = &prep {
+                    out[i].object = format!(
+                        "{}{}",
+                        out[i]
+                            .object
+                            .split_once(' ')
+                            .filter(|_| matches!(prep, Prepared::Open { .. }))
+                            .map(|(a, _)| format!("{a} "))
+                            .unwrap_or_default(),
+                        path.to_string_lossy()
+                    );
+                }
+                prepared.push((i, prep));
+            }
+            Err(why) => out[i].skipped_why = Some(why),
+        }
+    }
+    if prepared.is_empty() {
+        return Ok(out);
+    }
+    let results = probe(dir, &prepared, guard)?;
+    for ((i, prep), result) in prepared.iter().zip(results) {
         let c = &mut out[*i];
         (c.passed, c.got) = match result {
-            Some(code) => verdict(code),
+            Some(code) => verdict(prep, code),
             None => (false, "no result: the probe process ended early".into()),
         };
     }
@@ -263,18 +290,39 @@ fn lock(m: &Mutex<Enforcer>) -> anyhow::Result<std::sync::MutexGuard<'_, Enforce
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))
 }
 
-/// A probe's result code: 0 connected, > 0 an errno, [`TIMED_OUT`], or [`NOT_JOINED`] - errno
-/// when the process could not join the canary.
+/// A probe's result code: 0 not refused (connected, ran, opened), > 0 an errno, or one of
+/// these; [`NOT_JOINED`] - errno when the process could not join the canary.
 const TIMED_OUT: i32 = -1;
+const KILLED_AFTER_EXEC: i32 = -2;
+const NOT_TRACED: i32 = -3;
 const NOT_JOINED: i32 = -1000;
 
-fn verdict(code: i32) -> (bool, String) {
+fn verdict(p: &Prepared, code: i32) -> (bool, String) {
     match code {
         libc::EPERM | libc::EACCES => (true, format!("refused ({})", errno_name(code))),
-        0 => (false, "not refused: connected".into()),
+        0 => (
+            false,
+            match p {
+                Prepared::Connect { .. } => "not refused: connected".into(),
+                Prepared::Exec { .. } => "not refused: the exec succeeded (the traced program \
+                                           was stopped before its first instruction and killed)"
+                    .into(),
+                Prepared::Open { .. } => "not refused: opened".into(),
+            },
+        ),
         TIMED_OUT => (
             false,
             format!("not refused: no answer within {} s", CONNECT_WAIT.as_secs()),
+        ),
+        KILLED_AFTER_EXEC => (
+            false,
+            "not refused: the exec succeeded and the process was killed after it \
+             (degraded exec enforcement)"
+                .into(),
+        ),
+        NOT_TRACED => (
+            false,
+            "the exec probe could not trace itself (PTRACE_TRACEME refused): not run".into(),
         ),
         c if c <= NOT_JOINED => (
             false,
@@ -298,40 +346,144 @@ fn errno_name(code: i32) -> String {
     format!("{:?}", nix::errno::Errno::from_raw(code))
 }
 
-/// A socket address and type, prepared before the fork (the probe process allocates nothing).
-struct Prepared {
-    addr: libc::sockaddr_storage,
-    len: libc::socklen_t,
-    family: libc::c_int,
-    ty: libc::c_int,
+/// A probe made concrete before the fork (the probe process allocates nothing).
+enum Prepared {
+    Connect {
+        addr: libc::sockaddr_storage,
+        len: libc::socklen_t,
+        family: libc::c_int,
+        ty: libc::c_int,
+    },
+    Exec {
+        path: CString,
+    },
+    Open {
+        path: CString,
+        flags: libc::c_int,
+    },
 }
 
-fn prepare(p: &Probe) -> Prepared {
-    let Probe::Connect { addr, udp } = p;
-    let ty = if *udp {
-        libc::SOCK_DGRAM
-    } else {
-        libc::SOCK_STREAM
-    };
-    let sa: nix::sys::socket::SockaddrStorage = (*addr).into();
-    // SAFETY: SockaddrStorage is a sockaddr_storage union of at least `len` bytes.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = nix::sys::socket::SockaddrLike::len(&sa);
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            nix::sys::socket::SockaddrLike::as_ptr(&sa).cast::<u8>(),
-            (&raw mut storage).cast::<u8>(),
-            len as usize,
-        );
+/// Whether the kernel at hand enforces `hook` (the BPF LSM program is attached): Err(why not).
+fn enforced(r: &DrillRun, hook: &governance_common::programs::Program) -> Result<(), String> {
+    let e = r
+        .enforcer
+        .lock()
+        .map_err(|_| "the kernel state lock is poisoned")?;
+    match e.hooks.iter().find(|(p, _)| p.name == hook.name) {
+        Some((_, kernel::HookState::Attached)) => Ok(()),
+        Some((_, kernel::HookState::Unavailable(why))) => Err(format!(
+            "this kernel cannot enforce it: the {} hook is not attached ({why}); not probed, \
+             not passed",
+            hook.name
+        )),
+        None => Err(format!(
+            "this kernel cannot enforce it: no {} hook; not probed, not passed",
+            hook.name
+        )),
     }
-    Prepared {
-        addr: storage,
-        len,
-        family: match addr {
-            SocketAddr::V4(_) => libc::AF_INET,
-            SocketAddr::V6(_) => libc::AF_INET6,
-        },
-        ty,
+}
+
+fn prepare(
+    r: &DrillRun,
+    policy: &str,
+    rule: &str,
+    p: &Probe,
+    guard: &mut CanaryGuard,
+) -> Result<Prepared, String> {
+    let cpath = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| "a path with a NUL byte".to_owned())
+    };
+    match p {
+        Probe::Connect { addr, udp } => {
+            let ty = if *udp {
+                libc::SOCK_DGRAM
+            } else {
+                libc::SOCK_STREAM
+            };
+            let sa: nix::sys::socket::SockaddrStorage = (*addr).into();
+            let len = nix::sys::socket::SockaddrLike::len(&sa);
+            // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough.
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    nix::sys::socket::SockaddrLike::as_ptr(&sa).cast::<u8>(),
+                    (&raw mut storage).cast::<u8>(),
+                    len as usize,
+                );
+            }
+            Ok(Prepared::Connect {
+                addr: storage,
+                len,
+                family: match addr {
+                    SocketAddr::V4(_) => libc::AF_INET,
+                    SocketAddr::V6(_) => libc::AF_INET6,
+                },
+                ty,
+            })
+        }
+        Probe::Exec { path } => {
+            enforced(r, &governance_common::programs::EXEC)?;
+            if !path.is_file() {
+                return Err(format!(
+                    "{} does not exist here: nothing to run",
+                    path.display()
+                ));
+            }
+            Ok(Prepared::Exec { path: cpath(path)? })
+        }
+        Probe::ExecUnder { dir } => {
+            enforced(r, &governance_common::programs::EXEC)?;
+            let path = drill::exec_under(r.set, policy, rule, dir).ok_or_else(|| {
+                format!(
+                    "no executable file directly in {} that this rule decides: nothing to run",
+                    dir.display()
+                )
+            })?;
+            Ok(Prepared::Exec {
+                path: cpath(&path)?,
+            })
+        }
+        Probe::Open { path, access } => {
+            enforced(r, &governance_common::programs::FILE)?;
+            match access {
+                Access::Read => {
+                    if std::fs::symlink_metadata(path).is_err() {
+                        return Err(format!(
+                            "{} does not exist here: nothing to open",
+                            path.display()
+                        ));
+                    }
+                    Ok(Prepared::Open {
+                        path: cpath(path)?,
+                        flags: libc::O_RDONLY,
+                    })
+                }
+                Access::Write | Access::Create => {
+                    if !path.is_dir() {
+                        return Err(format!(
+                            "{} is not a directory here: no scratch file can be made in it",
+                            path.display()
+                        ));
+                    }
+                    let scratch = path.join(format!(".governance-drill-{}", std::process::id()));
+                    guard.scratch.push(scratch.clone());
+                    let flags = if *access == Access::Write {
+                        // The daemon makes it; the canary opens it for writing, writing nothing.
+                        File::create_new(&scratch).map_err(|e| {
+                            format!("creating the scratch file {}: {e}", scratch.display())
+                        })?;
+                        libc::O_WRONLY
+                    } else {
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL
+                    };
+                    Ok(Prepared::Open {
+                        path: cpath(&scratch)?,
+                        flags,
+                    })
+                }
+                _ => Err("only read, write and create accesses are probed".into()),
+            }
+        }
     }
 }
 
@@ -340,10 +492,9 @@ fn prepare(p: &Probe) -> Prepared {
 /// the guard if this fails).
 fn probe(
     dir: &Path,
-    probes: &[(usize, &Probe)],
+    probes: &[(usize, Prepared)],
     guard: &mut CanaryGuard,
 ) -> anyhow::Result<Vec<Option<i32>>> {
-    let prepared: Vec<Prepared> = probes.iter().map(|(_, p)| prepare(p)).collect();
     let procs = File::options()
         .write(true)
         .open(dir.join("cgroup.procs"))
@@ -357,18 +508,18 @@ fn probe(
         return Err(std::io::Error::last_os_error()).context("fork");
     }
     if pid == 0 {
-        unsafe { child(procs.as_raw_fd(), wr.as_raw_fd(), &prepared, wait_ms) }
+        unsafe { child(procs.as_raw_fd(), wr.as_raw_fd(), probes, wait_ms) }
     }
     guard.child = Some(pid);
     drop(wr);
     drop(procs);
-    let results = read_results(rd, prepared.len());
+    let results = read_results(rd, probes.len());
     guard.reap();
     Ok(results)
 }
 
 /// The probe process. Never returns.
-unsafe fn child(procs: i32, out: i32, probes: &[Prepared], wait_ms: libc::c_int) -> ! {
+unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: libc::c_int) -> ! {
     unsafe {
         let errno = || *libc::__errno_location();
         let send = |i: usize, code: i32| {
@@ -385,42 +536,118 @@ unsafe fn child(procs: i32, out: i32, probes: &[Prepared], wait_ms: libc::c_int)
             }
             libc::_exit(2);
         }
-        for (i, p) in probes.iter().enumerate() {
-            let fd = libc::socket(p.family, p.ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                send(i, errno());
-                continue;
-            }
-            let r = libc::connect(fd, (&raw const p.addr).cast(), p.len);
-            let code = if r == 0 {
-                0
-            } else if errno() == libc::EINPROGRESS {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLOUT,
-                    revents: 0,
-                };
-                if libc::poll(&mut pfd, 1, wait_ms) <= 0 {
-                    TIMED_OUT
-                } else {
-                    let mut err: libc::c_int = 0;
-                    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-                    libc::getsockopt(
-                        fd,
-                        libc::SOL_SOCKET,
-                        libc::SO_ERROR,
-                        (&raw mut err).cast(),
-                        &mut len,
+        for (i, (_, p)) in probes.iter().enumerate() {
+            let code = match p {
+                Prepared::Connect {
+                    addr,
+                    len,
+                    family,
+                    ty,
+                } => connect_probe(addr, *len, *family, *ty, wait_ms),
+                Prepared::Exec { path } => exec_probe(path),
+                Prepared::Open { path, flags } => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+                        0o600,
                     );
-                    err
+                    if fd < 0 {
+                        errno()
+                    } else {
+                        libc::close(fd);
+                        if flags & libc::O_CREAT != 0 {
+                            libc::unlink(path.as_ptr());
+                        }
+                        0
+                    }
                 }
-            } else {
-                errno()
             };
-            libc::close(fd);
             send(i, code);
         }
         libc::_exit(0)
+    }
+}
+
+/// In the probe process: a non-blocking connect, waiting [`CONNECT_WAIT`] for an answer.
+unsafe fn connect_probe(
+    addr: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+    family: libc::c_int,
+    ty: libc::c_int,
+    wait_ms: libc::c_int,
+) -> i32 {
+    unsafe {
+        let errno = || *libc::__errno_location();
+        let fd = libc::socket(family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return errno();
+        }
+        let r = libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len);
+        let code = if r == 0 {
+            0
+        } else if errno() == libc::EINPROGRESS {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, wait_ms) <= 0 {
+                TIMED_OUT
+            } else {
+                let mut err: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&raw mut err).cast(),
+                    &mut l,
+                );
+                err
+            }
+        } else {
+            errno()
+        };
+        libc::close(fd);
+        code
+    }
+}
+
+/// In the probe process: exec `path` in a traced child. A traced process that execs stops
+/// (SIGTRAP) before the new program's first instruction: if it stops, the exec was not refused,
+/// and it is killed there. A refused exec returns its errno, which the child exits with.
+unsafe fn exec_probe(path: &CString) -> i32 {
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return *libc::__errno_location();
+        }
+        if pid == 0 {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                libc::_exit(255);
+            }
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null::<libc::c_char>()];
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(*libc::__errno_location() & 0xff);
+        }
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid {
+            libc::kill(pid, libc::SIGKILL);
+            return NOT_TRACED;
+        }
+        if libc::WIFSTOPPED(status) {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+            return 0;
+        }
+        if libc::WIFEXITED(status) {
+            return match libc::WEXITSTATUS(status) {
+                255 => NOT_TRACED,
+                e => e,
+            };
+        }
+        KILLED_AFTER_EXEC
     }
 }
 
@@ -463,6 +690,8 @@ struct CanaryGuard<'a> {
     dir: Option<PathBuf>,
     tables: Option<kernel::Canary>,
     child: Option<libc::pid_t>,
+    /// Scratch files of write and create probes.
+    scratch: Vec<PathBuf>,
 }
 
 impl CanaryGuard<'_> {
@@ -480,6 +709,9 @@ impl CanaryGuard<'_> {
 impl Drop for CanaryGuard<'_> {
     fn drop(&mut self) {
         self.reap();
+        for f in self.scratch.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
         if let Some(dir) = &self.dir
             && let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill"))
         {

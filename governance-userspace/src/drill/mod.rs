@@ -9,6 +9,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
     time::Instant,
 };
 
@@ -17,7 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     engine::{Action, AgentRef, Engine},
-    policy::{Kind, Matcher, Mode, Policy, PolicySet, Posture, Protocol, Selector, Verdict},
+    policy::{
+        Access, Kind, Matcher, Mode, PathMatch, Policy, PolicySet, Posture, Protocol, Selector,
+        Verdict,
+    },
 };
 
 /// The label the canary agent carries (in the policy set the drill decides with, and in events).
@@ -108,7 +112,22 @@ impl Drill {
 pub enum Probe {
     /// A connect (TCP, or UDP when `udp`) to `addr`: refused by the kernel with EPERM.
     Connect { addr: SocketAddr, udp: bool },
+    /// Run `path` (traced: an exec that is not refused stops before its first instruction and
+    /// is killed).
+    Exec { path: PathBuf },
+    /// Run the first executable file directly in `dir` that the rule decides (found when the
+    /// drill runs).
+    ExecUnder { dir: PathBuf },
+    /// Open `path` for `access`: `read` opens it read-only (it must exist); `write` opens a
+    /// scratch file the drill creates in the directory `path` and removes; `create` creates
+    /// that scratch file (removed after).
+    Open { path: PathBuf, access: Access },
 }
+
+/// Binaries tried, in order, for the default-deny exec probe: the first that no rule covers.
+const DEFAULT_EXEC: [&str; 3] = ["/usr/bin/true", "/bin/true", "/usr/bin/env"];
+/// Files tried, in order, for the default-deny file probe (read-only).
+const DEFAULT_FILE: [&str; 3] = ["/etc/hostname", "/etc/os-release", "/etc/passwd"];
 
 /// A planned check: the record to fill, and how to probe it (None: skipped, with why).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,6 +273,71 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     }
                 }
             }
+            Matcher::Exec(pm) => {
+                let c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
+                match pm {
+                    PathMatch::Exact(path) => {
+                        let action = Action::Exec { path: path.clone() };
+                        match decided(&action, Some(&rule.id)) {
+                            Ok(()) => out.push(Planned {
+                                check: c,
+                                probe: Some(Probe::Exec { path: path.clone() }),
+                            }),
+                            Err(why) => out.push(skip(c, why)),
+                        }
+                    }
+                    PathMatch::Prefix(dir) => out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::ExecUnder { dir: dir.clone() }),
+                    }),
+                }
+            }
+            Matcher::File { path: pm, access } => {
+                let c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
+                // Read-only whenever the rule refuses reads; writes only on scratch files.
+                let probe_access = if access.is_empty() || access.contains(&Access::Read) {
+                    Access::Read
+                } else if access.contains(&Access::Write) {
+                    Access::Write
+                } else if access.contains(&Access::Create) {
+                    Access::Create
+                } else {
+                    out.push(skip(
+                        c,
+                        "only read, write and create accesses are probed".into(),
+                    ));
+                    continue;
+                };
+                let (path, prefix) = match pm {
+                    PathMatch::Exact(p) => (p, false),
+                    PathMatch::Prefix(p) => (p, true),
+                };
+                if probe_access != Access::Read && !prefix {
+                    out.push(skip(
+                        c,
+                        "a write is probed only on a scratch file the drill creates under a \
+                         prefix; this rule names one file"
+                            .into(),
+                    ));
+                    continue;
+                }
+                let mut c = c;
+                c.object = format!("{} {}", access_name(probe_access), path.display());
+                let action = Action::File {
+                    path: path.clone(),
+                    access: probe_access,
+                };
+                match decided(&action, Some(&rule.id)) {
+                    Ok(()) => out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::Open {
+                            path: path.clone(),
+                            access: probe_access,
+                        }),
+                    }),
+                    Err(why) => out.push(skip(c, why)),
+                }
+            }
             other => {
                 let c = check(&rule.id, kind, crate::capabilities::object(other));
                 out.push(skip(c, not_probed(kind)));
@@ -285,6 +369,50 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     Err(why) => out.push(skip(c, why)),
                 }
             }
+            Kind::Exec => {
+                let found = DEFAULT_EXEC
+                    .iter()
+                    .map(PathBuf::from)
+                    .find(|p| decided(&Action::Exec { path: p.clone() }, None).is_ok());
+                out.push(match found {
+                    Some(path) => Planned {
+                        check: check("default", *kind, path.display().to_string()),
+                        probe: Some(Probe::Exec { path }),
+                    },
+                    None => skip(
+                        check("default", *kind, "an object no rule covers".into()),
+                        format!(
+                            "every candidate ({}) is covered by a rule",
+                            DEFAULT_EXEC.join(", ")
+                        ),
+                    ),
+                });
+            }
+            Kind::File => {
+                let found = DEFAULT_FILE.iter().map(PathBuf::from).find(|p| {
+                    let action = Action::File {
+                        path: p.clone(),
+                        access: Access::Read,
+                    };
+                    decided(&action, None).is_ok()
+                });
+                out.push(match found {
+                    Some(path) => Planned {
+                        check: check("default", *kind, format!("read {}", path.display())),
+                        probe: Some(Probe::Open {
+                            path,
+                            access: Access::Read,
+                        }),
+                    },
+                    None => skip(
+                        check("default", *kind, "an object no rule covers".into()),
+                        format!(
+                            "every candidate ({}) is covered by a rule",
+                            DEFAULT_FILE.join(", ")
+                        ),
+                    ),
+                });
+            }
             _ => out.push(skip(
                 check("default", *kind, "an object no rule covers".into()),
                 not_probed(*kind),
@@ -292,6 +420,37 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
         }
     }
     out
+}
+
+/// The first executable regular file directly in `dir` (by name) that `rule` of `policy`
+/// decides for the canary: what an [`Probe::ExecUnder`] runs.
+pub fn exec_under(set: &PolicySet, policy: &str, rule: &str, dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let engine = Engine::new(canary_set(set, policy), 0);
+    let view = engine.agent(&canary_ref(""));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .collect();
+    files.sort();
+    files.into_iter().find(|p| {
+        let d = engine.decide(&view, &Action::Exec { path: p.clone() }, Instant::now());
+        d.verdict() == Verdict::Block && d.rule.as_deref() == Some(rule)
+    })
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Create => "create",
+        Access::Truncate => "truncate",
+        Access::Exec => "exec",
+    }
 }
 
 /// Why a kind is not probed (yet).

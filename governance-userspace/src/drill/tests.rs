@@ -21,6 +21,11 @@ fn lines(set: &PolicySet) -> Vec<String> {
                 (Some(Probe::Connect { addr, udp }), _) => {
                     format!("connect {} {addr}", if *udp { "udp" } else { "tcp" })
                 }
+                (Some(Probe::Exec { path }), _) => format!("exec {}", path.display()),
+                (Some(Probe::ExecUnder { dir }), _) => format!("exec a file in {}", dir.display()),
+                (Some(Probe::Open { path, access }), _) => {
+                    format!("open {} for {access:?}", path.display())
+                }
                 (None, Some(why)) => format!("skipped: {why}"),
                 (None, None) => "nothing".into(),
             };
