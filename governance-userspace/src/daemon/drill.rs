@@ -18,7 +18,7 @@ use std::{
     io::Write as _,
     net::SocketAddr,
     os::fd::{AsRawFd as _, OwnedFd},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -233,17 +233,20 @@ fn run_probes(
         let Some(probe) = &p.probe else { continue };
         match prepare(r, policy, &p.check.rule, probe, guard) {
             Ok(prep) => {
-                if let Prepared::Exec { path } | Prepared::Open { path, .. } = &prep {
-                    out[i].object = format!(
-                        "{}{}",
-                        out[i]
-                            .object
-                            .split_once(' ')
-                            .filter(|_| matches!(prep, Prepared::Open { .. }))
-                            .map(|(a, _)| format!("{a} "))
-                            .unwrap_or_default(),
-                        path.to_string_lossy()
-                    );
+                // The object as attempted: the file found, or the scratch file.
+                match &prep {
+                    Prepared::Exec { path } => out[i].object = path.to_string_lossy().into(),
+                    Prepared::Open { path, flags } => {
+                        let how = if flags & libc::O_CREAT != 0 {
+                            "create"
+                        } else if flags & libc::O_WRONLY != 0 {
+                            "write"
+                        } else {
+                            "read"
+                        };
+                        out[i].object = format!("{how} {}", path.to_string_lossy());
+                    }
+                    Prepared::Connect { .. } => {}
                 }
                 prepared.push((i, prep));
             }
@@ -256,6 +259,13 @@ fn run_probes(
     let results = probe(dir, &prepared, guard)?;
     for ((i, prep), result) in prepared.iter().zip(results) {
         let c = &mut out[*i];
+        if let Some(code) = result.filter(|c| *c <= SOCKET_FAILED) {
+            c.skipped_why = Some(format!(
+                "no such socket here ({}): nothing was attempted",
+                std::io::Error::from_raw_os_error(SOCKET_FAILED - code)
+            ));
+            continue;
+        }
         (c.passed, c.got) = match result {
             Some(code) => verdict(prep, code),
             None => (false, "no result: the probe process ended early".into()),
@@ -296,6 +306,8 @@ const TIMED_OUT: i32 = -1;
 const KILLED_AFTER_EXEC: i32 = -2;
 const NOT_TRACED: i32 = -3;
 const NOT_JOINED: i32 = -1000;
+/// SOCKET_FAILED - errno: no socket of that family here (no IPv6, say): nothing was attempted.
+const SOCKET_FAILED: i32 = -2000;
 
 fn verdict(p: &Prepared, code: i32) -> (bool, String) {
     match code {
@@ -421,14 +433,25 @@ fn prepare(
                 ty,
             })
         }
-        Probe::Exec { path } => {
+        Probe::Exec { paths } => {
             enforced(r, &governance_common::programs::EXEC)?;
-            if !path.is_file() {
-                return Err(format!(
-                    "{} does not exist here: nothing to run",
-                    path.display()
-                ));
-            }
+            // Not a file an allowing exec rule names under another name (the kernel decides
+            // by identity).
+            let allowed: Vec<(u64, u64)> = drill::exec_allowed_files(r.set, policy)
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| (m.dev(), m.ino()))
+                .collect();
+            let path = first(paths, |p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && !allowed.contains(&(m.dev(), m.ino())))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{} does not exist here, or is a file an allowing rule names: nothing to run",
+                    list(paths)
+                )
+            })?;
             Ok(Prepared::Exec { path: cpath(path)? })
         }
         Probe::ExecUnder { dir } => {
@@ -443,21 +466,16 @@ fn prepare(
                 path: cpath(&path)?,
             })
         }
-        Probe::Open { path, access } => {
+        Probe::Open { paths, access } => {
             enforced(r, &governance_common::programs::FILE)?;
+            let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+            let path = first(paths, exists)
+                .ok_or_else(|| format!("{} does not exist here: nothing to open", list(paths)))?;
             match access {
-                Access::Read => {
-                    if std::fs::symlink_metadata(path).is_err() {
-                        return Err(format!(
-                            "{} does not exist here: nothing to open",
-                            path.display()
-                        ));
-                    }
-                    Ok(Prepared::Open {
-                        path: cpath(path)?,
-                        flags: libc::O_RDONLY,
-                    })
-                }
+                Access::Read => Ok(Prepared::Open {
+                    path: cpath(path)?,
+                    flags: libc::O_RDONLY,
+                }),
                 Access::Write | Access::Create => {
                     if !path.is_dir() {
                         return Err(format!(
@@ -485,6 +503,18 @@ fn prepare(
             }
         }
     }
+}
+
+fn first(paths: &[PathBuf], f: impl Fn(&Path) -> bool) -> Option<&Path> {
+    paths.iter().map(PathBuf::as_path).find(|p| f(p))
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Fork a process that joins the canary cgroup at `dir` and runs `probes`; their result codes
@@ -580,7 +610,7 @@ unsafe fn connect_probe(
         let errno = || *libc::__errno_location();
         let fd = libc::socket(family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return errno();
+            return SOCKET_FAILED - errno();
         }
         let r = libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len);
         let code = if r == 0 {

@@ -112,22 +112,34 @@ impl Drill {
 pub enum Probe {
     /// A connect (TCP, or UDP when `udp`) to `addr`: refused by the kernel with EPERM.
     Connect { addr: SocketAddr, udp: bool },
-    /// Run `path` (traced: an exec that is not refused stops before its first instruction and
-    /// is killed).
-    Exec { path: PathBuf },
+    /// Run the first of `paths` that exists (traced: an exec that is not refused stops before
+    /// its first instruction and is killed).
+    Exec { paths: Vec<PathBuf> },
     /// Run the first executable file directly in `dir` that the rule decides (found when the
     /// drill runs).
     ExecUnder { dir: PathBuf },
-    /// Open `path` for `access`: `read` opens it read-only (it must exist); `write` opens a
-    /// scratch file the drill creates in the directory `path` and removes; `create` creates
+    /// Open the first of `paths` that exists for `access`: `read` opens it read-only; `write`
+    /// opens a scratch file the drill creates in that directory and removes; `create` creates
     /// that scratch file (removed after).
-    Open { path: PathBuf, access: Access },
+    Open { paths: Vec<PathBuf>, access: Access },
 }
 
 /// Binaries tried, in order, for the default-deny exec probe: the first that no rule covers.
-const DEFAULT_EXEC: [&str; 3] = ["/usr/bin/true", "/bin/true", "/usr/bin/env"];
+const DEFAULT_EXEC: [&str; 5] = [
+    "/usr/bin/true",
+    "/bin/true",
+    "/usr/bin/id",
+    "/usr/bin/env",
+    "/usr/bin/curl",
+];
 /// Files tried, in order, for the default-deny file probe (read-only).
-const DEFAULT_FILE: [&str; 3] = ["/etc/hostname", "/etc/os-release", "/etc/passwd"];
+const DEFAULT_FILE: [&str; 5] = [
+    "/etc/hostname",
+    "/etc/os-release",
+    "/etc/passwd",
+    "/etc/hosts",
+    "/proc/version",
+];
 
 /// A planned check: the record to fill, and how to probe it (None: skipped, with why).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,7 +293,9 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                         match decided(&action, Some(&rule.id)) {
                             Ok(()) => out.push(Planned {
                                 check: c,
-                                probe: Some(Probe::Exec { path: path.clone() }),
+                                probe: Some(Probe::Exec {
+                                    paths: vec![path.clone()],
+                                }),
                             }),
                             Err(why) => out.push(skip(c, why)),
                         }
@@ -331,7 +345,7 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     Ok(()) => out.push(Planned {
                         check: c,
                         probe: Some(Probe::Open {
-                            path: path.clone(),
+                            paths: vec![path.clone()],
                             access: probe_access,
                         }),
                     }),
@@ -370,47 +384,56 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                 }
             }
             Kind::Exec => {
-                let found = DEFAULT_EXEC
+                let found: Vec<PathBuf> = DEFAULT_EXEC
                     .iter()
                     .map(PathBuf::from)
-                    .find(|p| decided(&Action::Exec { path: p.clone() }, None).is_ok());
-                out.push(match found {
-                    Some(path) => Planned {
-                        check: check("default", *kind, path.display().to_string()),
-                        probe: Some(Probe::Exec { path }),
-                    },
-                    None => skip(
-                        check("default", *kind, "an object no rule covers".into()),
+                    .filter(|p| decided(&Action::Exec { path: p.clone() }, None).is_ok())
+                    .collect();
+                let c = check("default", *kind, "a binary no rule covers".into());
+                out.push(if found.is_empty() {
+                    skip(
+                        c,
                         format!(
                             "every candidate ({}) is covered by a rule",
                             DEFAULT_EXEC.join(", ")
                         ),
-                    ),
+                    )
+                } else {
+                    Planned {
+                        check: c,
+                        probe: Some(Probe::Exec { paths: found }),
+                    }
                 });
             }
             Kind::File => {
-                let found = DEFAULT_FILE.iter().map(PathBuf::from).find(|p| {
-                    let action = Action::File {
-                        path: p.clone(),
-                        access: Access::Read,
-                    };
-                    decided(&action, None).is_ok()
-                });
-                out.push(match found {
-                    Some(path) => Planned {
-                        check: check("default", *kind, format!("read {}", path.display())),
-                        probe: Some(Probe::Open {
-                            path,
+                let found: Vec<PathBuf> = DEFAULT_FILE
+                    .iter()
+                    .map(PathBuf::from)
+                    .filter(|p| {
+                        let action = Action::File {
+                            path: p.clone(),
                             access: Access::Read,
-                        }),
-                    },
-                    None => skip(
-                        check("default", *kind, "an object no rule covers".into()),
+                        };
+                        decided(&action, None).is_ok()
+                    })
+                    .collect();
+                let c = check("default", *kind, "read a file no rule covers".into());
+                out.push(if found.is_empty() {
+                    skip(
+                        c,
                         format!(
                             "every candidate ({}) is covered by a rule",
                             DEFAULT_FILE.join(", ")
                         ),
-                    ),
+                    )
+                } else {
+                    Planned {
+                        check: c,
+                        probe: Some(Probe::Open {
+                            paths: found,
+                            access: Access::Read,
+                        }),
+                    }
                 });
             }
             _ => out.push(skip(
@@ -420,6 +443,22 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
         }
     }
     out
+}
+
+/// The files the exact exec rules of `policy` that do not block name: the kernel decides an
+/// exec by the file's identity, so a default-deny candidate that *is* one of them (a busybox
+/// link to an allowed `/bin/sh`) would be allowed, rightly, whatever its name.
+pub fn exec_allowed_files(set: &PolicySet, policy: &str) -> Vec<PathBuf> {
+    set.policies
+        .iter()
+        .filter(|p| p.name == policy)
+        .flat_map(|p| &p.rules)
+        .filter(|r| r.verdict != Verdict::Block)
+        .filter_map(|r| match &r.matcher {
+            Matcher::Exec(PathMatch::Exact(p)) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The first executable regular file directly in `dir` (by name) that `rule` of `policy`

@@ -21,10 +21,10 @@ fn lines(set: &PolicySet) -> Vec<String> {
                 (Some(Probe::Connect { addr, udp }), _) => {
                     format!("connect {} {addr}", if *udp { "udp" } else { "tcp" })
                 }
-                (Some(Probe::Exec { path }), _) => format!("exec {}", path.display()),
+                (Some(Probe::Exec { paths }), _) => format!("exec the first of {paths:?}"),
                 (Some(Probe::ExecUnder { dir }), _) => format!("exec a file in {}", dir.display()),
-                (Some(Probe::Open { path, access }), _) => {
-                    format!("open {} for {access:?}", path.display())
+                (Some(Probe::Open { paths, access }), _) => {
+                    format!("open the first of {paths:?} for {access:?}")
                 }
                 (None, Some(why)) => format!("skipped: {why}"),
                 (None, None) => "nothing".into(),
