@@ -3007,3 +3007,54 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run --drill-every`: drills run on their own, each recorded (`drill.passed`) and counted.
+#[test]
+fn drills_run_on_a_schedule() {
+    require_root();
+    let agent = TestCgroup::new("drill-every");
+    let dir = policy_dir(
+        "drill-every",
+        &format!(
+            "name: every\nagents: {{ cgroup: {a} }}\nrules:\n\
+             \x20 - {{ id: no-net, network: {{ cidr: 10.252.0.0/16 }}, verdict: block, reason: r }}\n",
+            a = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("drill-every");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--drill-every",
+            "1s",
+        ],
+        &dir,
+    );
+    let drills = wait_for_value(
+        "two scheduled drills in the audit log",
+        Duration::from_secs(20),
+        || {
+            let passed: Vec<serde_json::Value> = audit_records(&daemon.audit())
+                .into_iter()
+                .filter(|r| r["kind"] == "drill.passed")
+                .collect();
+            (passed.len() >= 2).then_some(passed)
+        },
+    );
+    assert_eq!(drills[0]["counts"]["passed"], 1, "{:#}", drills[0]);
+    assert_eq!(
+        drills[0]["drill"]["checks"][0]["rule"], "every/no-net",
+        "{:#}",
+        drills[0]
+    );
+    assert_ne!(drills[0]["drill"]["id"], drills[1]["drill"]["id"]);
+    // Stopped (a drill under way finishes and cleans up first): no canary is left.
+    stop_daemon(daemon);
+    assert!(canary_cgroups().is_empty(), "no canary cgroup is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
