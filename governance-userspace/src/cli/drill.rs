@@ -41,3 +41,66 @@ pub(crate) fn text(r: &wire::DrillResult) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drill::{Check, Drill};
+
+    #[test]
+    fn the_text_says_pass_fail_or_skip_per_check() {
+        let check =
+            |rule: &str, kind: &str, object: &str, got: &str, passed, why: Option<&str>| Check {
+                policy: "p".into(),
+                rule: rule.into(),
+                kind: kind.into(),
+                object: object.into(),
+                expected: "block".into(),
+                got: got.into(),
+                passed,
+                skipped_why: why.map(Into::into),
+            };
+        let drill = Drill {
+            id: "d-0".into(),
+            checks: vec![
+                check(
+                    "p/no-net",
+                    "network",
+                    "tcp 10.20.0.0:22",
+                    "refused (EPERM)",
+                    true,
+                    None,
+                ),
+                check(
+                    "default",
+                    "exec",
+                    "/usr/bin/curl",
+                    "not refused: the exec succeeded",
+                    false,
+                    None,
+                ),
+                check(
+                    "p/api",
+                    "http",
+                    "GET api.example/**",
+                    "",
+                    false,
+                    Some("not probed"),
+                ),
+            ],
+            canaries: Vec::new(),
+        };
+        let r = wire::DrillResult {
+            passed: drill.ok(),
+            summary: drill.summary(),
+            drill,
+        };
+        assert_eq!(
+            text(&r),
+            "drill d-0 FAILED: 3 checks, 1 passed, 1 failed, 1 skipped; failed: default exec /usr/bin/curl: got not refused: the exec succeeded\n\
+             \x20 PASS  p/no-net                         network  tcp 10.20.0.0:22             refused (EPERM)\n\
+             \x20 FAIL  default                          exec     /usr/bin/curl                not refused: the exec succeeded\n\
+             \x20 SKIP  p/api                            http     GET api.example/**           not probed\n"
+        );
+    }
+}
