@@ -271,7 +271,7 @@ fn path(p: &PathMatch) -> String {
     }
 }
 
-fn object(m: &Matcher) -> String {
+pub(crate) fn object(m: &Matcher) -> String {
     match m {
         Matcher::Exec(p) => path(p),
         Matcher::File { path: p, access } => {

@@ -212,6 +212,9 @@ pub struct Metrics {
     exporters: Arc<ExportCounters>,
     kubernetes_api: Gauge,
     counted: Arc<crate::counts::Counted>,
+    drills: Family<ResultLabels, Counter>,
+    drill_last_time: Gauge,
+    drill_last_passed: Gauge,
 }
 
 impl Default for Metrics {
@@ -250,6 +253,9 @@ impl Metrics {
             exporters: Arc::default(),
             kubernetes_api: Gauge::default(),
             counted: Arc::default(),
+            drills: Family::default(),
+            drill_last_time: Gauge::default(),
+            drill_last_passed: Gauge::default(),
         };
         m.last_reload_ok.set(1);
         let mut registry = Registry::default();
@@ -347,7 +353,28 @@ impl Metrics {
             "Kubernetes (run --kubernetes): whether the pods and namespaces are listed and watched (1) or the API server cannot be reached and the last known identities stand (0)",
             m.kubernetes_api.clone(),
         );
+        g.register("drills", "Drills by result", m.drills.clone());
+        g.register_with_unit(
+            "drill_last_timestamp",
+            "When the last drill ran (Unix time; 0: none since the daemon started)",
+            Unit::Seconds,
+            m.drill_last_time.clone(),
+        );
+        g.register(
+            "drill_last_passed",
+            "Whether the last drill passed (1) or failed (0); 0 before the first",
+            m.drill_last_passed.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// A drill ran at `at` (Unix seconds): `passed`, or it failed.
+    pub fn set_drill(&self, passed: bool, at: u64) {
+        let result = if passed { "passed" } else { "failed" };
+        self.drills.get_or_create(&ResultLabels { result }).inc();
+        self.drill_last_time
+            .set(i64::try_from(at).unwrap_or(i64::MAX));
+        self.drill_last_passed.set(i64::from(passed));
     }
 
     pub fn set_kubernetes_api(&self, reachable: bool) {

@@ -2712,3 +2712,349 @@ fn the_capability_inventory_of_a_live_agent() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The pinned AGENTS map's keys: (cgroup id, slot, profile).
+fn pinned_agents(pins: &Path) -> Vec<(u64, u32, u32)> {
+    let map: aya::maps::HashMap<_, governance_common::AgentKey, governance_common::AgentValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(pins.join("maps/AGENTS")).unwrap(),
+        ))
+        .unwrap();
+    map.keys()
+        .map(|k| k.unwrap())
+        .map(|k| (k.cgroup_id, k.slot, k.profile))
+        .collect()
+}
+
+/// Cgroups a drill's canary left below the cgroup2 root.
+fn canary_cgroups() -> Vec<String> {
+    let root = agents::cgroup2_mount().unwrap();
+    std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("governance-drill-"))
+        .collect()
+}
+
+/// What an attacker with root would do: delete the destination rules of `agent`'s class from
+/// the pinned NET_RULES map (the daemon's own compiled policy no longer says what the kernel
+/// decides). Returns how many entries went.
+fn weaken_net_rules(pins: &Path, agent: u64) -> usize {
+    let agents: aya::maps::HashMap<_, governance_common::AgentKey, governance_common::AgentValue> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+            aya::maps::MapData::from_pin(pins.join("maps/AGENTS")).unwrap(),
+        ))
+        .unwrap();
+    let classes: Vec<u32> = agents
+        .iter()
+        .map(|r| r.unwrap())
+        .filter(|(k, _)| k.cgroup_id == agent)
+        .map(|(_, v)| v.class)
+        .collect();
+    assert!(!classes.is_empty(), "agent {agent} is in AGENTS");
+    let mut net: aya::maps::LpmTrie<_, governance_common::NetKey, governance_common::NetValue> =
+        aya::maps::LpmTrie::try_from(aya::maps::Map::LpmTrie(
+            aya::maps::MapData::from_pin(pins.join("maps/NET_RULES")).unwrap(),
+        ))
+        .unwrap();
+    let keys: Vec<_> = net
+        .keys()
+        .map(|k| k.unwrap())
+        .filter(|k| classes.contains(&u32::from_be_bytes(k.data().class_be)))
+        .collect();
+    for k in &keys {
+        net.remove(k).unwrap();
+    }
+    keys.len()
+}
+
+/// A drill from the daemon's canary: the network block rule and the default-deny probe are
+/// refused (passed); after the block rule's entry is deleted from the pinned map the next drill
+/// fails, naming the check, with a `drill.failed` record in the audit log and the metric at 0;
+/// after a reload rewrites the maps it passes again. Nothing is left behind (no canary cgroup,
+/// no canary in AGENTS), also when the daemon is stopped during a drill. Exec and file rules
+/// cannot be enforced on this kernel (no BPF LSM): their checks are skipped, never passed.
+#[test]
+fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload() {
+    require_root();
+    let blocked = TestCgroup::new("drill-block");
+    let closed = TestCgroup::new("drill-default");
+    let dir = policy_dir(
+        "drill",
+        &format!(
+            "name: drill-block\nagents: {{ cgroup: {a} }}\nrules:\n\
+             \x20 - {{ id: no-net, network: {{ cidr: 10.251.0.0/16, ports: [22] }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: no-secrets, file: {{ prefix: /etc/drill-secrets }}, verdict: block, reason: r }}\n\
+             ---\nname: drill-default\nagents: {{ cgroup: {b} }}\ndefaults: {{ network: block }}\nrules:\n\
+             \x20 - {{ id: lo, network: {{ cidr: 127.0.0.0/8 }}, verdict: allow, reason: r }}\n",
+            a = blocked.rel.display(),
+            b = closed.rel.display()
+        ),
+    );
+    let health = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let pins = pin_dir("drill");
+    let (mut daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--health-listen",
+            &health.to_string(),
+        ],
+        &dir,
+    );
+    let live = [blocked.id(), closed.id()];
+    let nothing_left = |when: &str| {
+        assert_eq!(
+            canary_cgroups(),
+            Vec::<String>::new(),
+            "{when}: canary cgroups"
+        );
+        let stray: Vec<_> = pinned_agents(&pins)
+            .into_iter()
+            .filter(|(id, _, profile)| *profile == 0 && !live.contains(id))
+            .collect();
+        assert_eq!(stray, vec![], "{when}: AGENTS entries of no live agent");
+    };
+    let drill = |want_ok: bool| -> serde_json::Value {
+        let out = daemon.cli(&["drill", "-o", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(out.status.success(), want_ok, "{v:#}\n{out:?}");
+        assert_eq!(v["passed"], want_ok, "{v:#}");
+        v
+    };
+    let checks = |v: &serde_json::Value| -> Vec<String> {
+        v["drill"]["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{} {} {} passed={} got={} skipped={}",
+                    c["rule"].as_str().unwrap(),
+                    c["kind"].as_str().unwrap(),
+                    c["object"].as_str().unwrap(),
+                    c["passed"],
+                    c["got"].as_str().unwrap(),
+                    c["skipped_why"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    };
+    // 1. Enforced as compiled: passes.
+    let v = drill(true);
+    let got = checks(&v);
+    assert_eq!(
+        got[0],
+        "drill-block/no-net network tcp 10.251.0.0:22 passed=true got=refused (EPERM) skipped=-",
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with(
+            "drill-block/no-secrets file read /etc/drill-secrets passed=false got= \
+             skipped=this kernel cannot enforce it: the file_open hook is not attached"
+        ),
+        "the file rule cannot be enforced here: skipped, not passed: {got:#?}"
+    );
+    assert_eq!(
+        got[2], "default network tcp 192.0.2.1:9 passed=true got=refused (EPERM) skipped=-",
+        "{got:#?}"
+    );
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let canaries = v["drill"]["canaries"].to_string();
+    assert!(
+        canaries.contains("drill-block: the live tables of agent"),
+        "{canaries}"
+    );
+    nothing_left("after a passing drill");
+    let metric = |name: &str| metric_value(&scrape_metrics(health), name);
+    assert_eq!(metric("governance_drill_last_passed"), Some(1));
+
+    // 2. The block rule deleted from the kernel map: the drill fails and names the check,
+    // and a live subscriber to the lifecycle records gets the `drill.failed` record.
+    let mut follower = std::process::Command::new(governance_bin())
+        .args([
+            "events",
+            "--follow",
+            "--type",
+            "lifecycle",
+            "-o",
+            "json",
+            "--socket",
+        ])
+        .arg(daemon.socket())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Subscribed: its first record is `stream.subscribed`.
+    let first = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(first.contains("stream.subscribed"), "{first}");
+    assert!(weaken_net_rules(&pins, blocked.id()) > 0);
+    let v = drill(false);
+    let got = checks(&v);
+    assert!(
+        got[0].starts_with(
+            "drill-block/no-net network tcp 10.251.0.0:22 passed=false got=not refused"
+        ),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].contains("passed=true"),
+        "the other policy still holds: {got:#?}"
+    );
+    let summary = v["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("FAILED")
+            && summary.contains("drill-block/no-net network tcp 10.251.0.0:22"),
+        "{summary}"
+    );
+    nothing_left("after a failing drill");
+    assert_eq!(metric("governance_drill_last_passed"), Some(0));
+    assert_eq!(
+        metric("governance_drills_total{result=\"failed\"}"),
+        Some(1)
+    );
+    assert!(metric("governance_drill_last_timestamp_seconds").unwrap_or(0) > 1_700_000_000);
+    let id = v["drill"]["id"].as_str().unwrap().to_owned();
+    let record = wait_for_value(
+        "the drill.failed record in the audit log",
+        Duration::from_secs(10),
+        || {
+            audit_records(&daemon.audit())
+                .into_iter()
+                .find(|r| r["kind"] == "drill.failed" && r["drill"]["id"] == id.as_str())
+        },
+    );
+    assert_eq!(record["type"], "lifecycle", "{record:#}");
+    assert_eq!(record["counts"]["failed"], 1, "{record:#}");
+    assert_eq!(record["counts"]["passed"], 1, "{record:#}");
+    assert_eq!(record["counts"]["skipped"], 1, "{record:#}");
+    assert_eq!(record["counts"]["checks"], 3, "{record:#}");
+    assert_eq!(record["drill"]["checks"][0]["rule"], "drill-block/no-net");
+    assert_eq!(record["drill"]["checks"][0]["passed"], false);
+    let delivered = wait_for_value(
+        "drill.failed to the subscriber",
+        Duration::from_secs(10),
+        || {
+            rx.try_iter()
+                .find(|l| l.contains("\"drill.failed\"") && l.contains(id.as_str()))
+        },
+    );
+    assert!(delivered.contains("\"lifecycle\""), "{delivered}");
+    // Our own child, by its pid.
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let verify = std::process::Command::new(governance_bin())
+        .args(["audit", "verify"])
+        .arg(daemon.audit())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "the drill record is in the hash chain: {verify:?}"
+    );
+
+    // 3. A reload writes the maps again: it passes.
+    let out = daemon.cli(&["policy", "reload"]);
+    assert!(out.status.success(), "{out:?}");
+    let v = drill(true);
+    assert!(checks(&v)[0].contains("passed=true"), "{v:#}");
+    assert_eq!(metric("governance_drill_last_passed"), Some(1));
+    assert_eq!(
+        metric("governance_drills_total{result=\"passed\"}"),
+        Some(2)
+    );
+    nothing_left("after the reload's drill");
+
+    // 4. Stopped during a drill (the weakened rule's probe waits for an answer): the daemon
+    // cleans up before it exits.
+    assert!(weaken_net_rules(&pins, blocked.id()) > 0);
+    let mut cli = std::process::Command::new(governance_bin())
+        .args(["drill", "--socket"])
+        .arg(daemon.socket())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the drill's canary cgroup", Duration::from_secs(10), || {
+        !canary_cgroups().is_empty()
+    });
+    signal(&daemon, nix::sys::signal::SIGTERM);
+    let status = daemon.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = cli.wait();
+    nothing_left("after a stop during a drill");
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run --drill-every`: drills run on their own, each recorded (`drill.passed`) and counted.
+#[test]
+fn drills_run_on_a_schedule() {
+    require_root();
+    let agent = TestCgroup::new("drill-every");
+    let dir = policy_dir(
+        "drill-every",
+        &format!(
+            "name: every\nagents: {{ cgroup: {a} }}\nrules:\n\
+             \x20 - {{ id: no-net, network: {{ cidr: 10.252.0.0/16 }}, verdict: block, reason: r }}\n",
+            a = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("drill-every");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--drill-every",
+            "1s",
+        ],
+        &dir,
+    );
+    let drills = wait_for_value(
+        "two scheduled drills in the audit log",
+        Duration::from_secs(20),
+        || {
+            let passed: Vec<serde_json::Value> = audit_records(&daemon.audit())
+                .into_iter()
+                .filter(|r| r["kind"] == "drill.passed")
+                .collect();
+            (passed.len() >= 2).then_some(passed)
+        },
+    );
+    assert_eq!(drills[0]["counts"]["passed"], 1, "{:#}", drills[0]);
+    assert_eq!(
+        drills[0]["drill"]["checks"][0]["rule"], "every/no-net",
+        "{:#}",
+        drills[0]
+    );
+    assert_ne!(drills[0]["drill"]["id"], drills[1]["drill"]["id"]);
+    // Stopped (a drill under way finishes and cleans up first): no canary is left.
+    stop_daemon(daemon);
+    assert!(canary_cgroups().is_empty(), "no canary cgroup is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4546,3 +4546,137 @@ fn file_opens_are_counted_and_the_count_records_add_up() {
     assert_eq!(events(&plain), 0, "no event per default-allowed open");
     assert_eq!(events(&seen), N, "one event per open under report: every");
 }
+
+/// A drill against the shipped example policies (policies/examples), from the daemon's canary:
+/// the exec and file checks are enforced by the LSM hooks (refused, passed), as are the network
+/// ones; HTTP checks are reported skipped, never passed; nothing fails; nothing is left behind.
+/// The file rules' objects are made first (the rules name files under /home/agent), so that
+/// they can be probed.
+#[test]
+fn a_drill_of_the_shipped_example_policies_passes() {
+    require_root();
+    let dir = PathBuf::from(format!(
+        "/tmp/governance-drill-examples-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in [
+        (
+            "coding-agent.yaml",
+            include_str!("../../policies/examples/coding-agent.yaml"),
+        ),
+        (
+            "devops-agent.yaml",
+            include_str!("../../policies/examples/devops-agent.yaml"),
+        ),
+        (
+            "refund-agent.yaml",
+            include_str!("../../policies/examples/refund-agent.yaml"),
+        ),
+        (
+            "research-agent.yaml",
+            include_str!("../../policies/examples/research-agent.yaml"),
+        ),
+        (
+            "support-db.yaml",
+            include_str!("../../policies/examples/support-db.yaml"),
+        ),
+    ] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    let home = Path::new("/home/agent");
+    let made_home = !home.exists();
+    for d in [".ssh", ".aws", ".config/gcloud"] {
+        std::fs::create_dir_all(home.join(d)).unwrap();
+    }
+    std::fs::write(home.join(".ssh/id_ed25519"), "not a key").unwrap();
+    std::fs::write(home.join(".aws/credentials"), "not a credential").unwrap();
+    let root = governance::agents::cgroup2_mount().unwrap();
+    let made_agents = !root.join("agents").exists();
+    let pins = pin_dir("drill");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    // Every hook is attached here; --allow-degraded because coding-agent/system-read lists
+    // `exec` among its file accesses, which the kernel decides by exec rules (NOT ENFORCED).
+    let (mut daemon, _) = start_daemon(
+        &["--allow-degraded", "--detach-on-exit", "--pins", &pins_arg],
+        &dir,
+    );
+    let out = daemon.cli(&["drill", "-o", "json"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    let lines: Vec<String> = v["drill"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {} passed={} skipped={}",
+                c["rule"].as_str().unwrap(),
+                c["kind"].as_str().unwrap(),
+                c["object"].as_str().unwrap(),
+                c["got"].as_str().unwrap(),
+                c["passed"],
+                c["skipped_why"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    eprintln!("{}", lines.join("\n"));
+    assert!(out.status.success(), "{v:#}");
+    assert_eq!(v["passed"], true, "{v:#}");
+    for want in [
+        "coding-agent/ssh-keys file read /home/agent/.ssh refused (",
+        "coding-agent/aws-credentials file read /home/agent/.aws/credentials refused (",
+        "coding-agent/gcloud-credentials file read /home/agent/.config/gcloud refused (",
+        "devops-agent/no-prod-network network tcp 10.20.0.0:9 refused (EPERM) passed=true",
+    ] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(want) && l.contains("passed=true")),
+            "{want}\n{lines:#?}"
+        );
+    }
+    // The default-deny probes: an exec and a read no rule covers.
+    let default = |kind: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("default {kind} ")))
+            .unwrap_or_else(|| panic!("a default {kind} check: {lines:#?}"))
+            .clone()
+    };
+    assert!(default("exec").contains("passed=true"), "{lines:#?}");
+    assert!(default("file").contains("passed=true"), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains(" http "))
+            .all(|l| l.contains("passed=false") && !l.contains("skipped=-")),
+        "HTTP checks are skipped, never passed: {lines:#?}"
+    );
+    let canaries: Vec<&str> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("governance-drill-")
+        })
+        .map(|_| "canary")
+        .collect();
+    assert!(canaries.is_empty(), "no canary cgroup is left");
+    daemon.stop();
+    drop(daemon);
+    for d in ["agents/coder", "agents/devops"] {
+        let _ = std::fs::remove_dir(root.join(d));
+    }
+    if made_agents {
+        let _ = std::fs::remove_dir(root.join("agents"));
+    }
+    if made_home {
+        let _ = std::fs::remove_dir_all(home);
+    } else {
+        let _ = std::fs::remove_file(home.join(".ssh/id_ed25519"));
+        let _ = std::fs::remove_file(home.join(".aws/credentials"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

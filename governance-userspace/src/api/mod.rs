@@ -7,6 +7,7 @@
 //! | `GET /v1/agents` | live agents: cgroup, selector, policies, decisions by outcome |
 //! | `GET /v1/agents/capabilities` | what each live agent can do under the enforcing generation ([`crate::capabilities`]); query: `agent` (a name or cgroup: that agent only) |
 //! | `POST /v1/policy/reload` | build the next generation now; the result or the errors |
+//! | `POST /v1/drill` | run a drill now (`{"policy": NAME}` or every enforcing policy); the checks ([`wire::DrillResult`]) |
 //! | `GET /v1/events` | decision events as NDJSON (or SSE with `Accept: text/event-stream`); query: `follow`, `agent`, `verdict`/`outcome`, `kind`, `type`, `since` (RFC 3339 or `10m`), `format=ocsf`, `queue` (this subscriber's queue, records). A live stream's first record is `stream.subscribed` and, when the daemon ends it, its last is `stream.ended` |
 //! | `GET /v1/approvals` | pending approvals |
 //! | `POST /v1/approvals/{id}/approve` | `{"for": "10m", "by": "alice"}` |
@@ -103,6 +104,13 @@ pub struct AgentView {
 /// A reload request: answered with the new generation, or why the current one stays.
 pub type ReloadReply = oneshot::Sender<Result<u32, String>>;
 
+/// A drill request (the policy to drill, or every enforcing one): answered with the drill, or
+/// why none ran.
+pub type DrillRequest = (
+    Option<String>,
+    oneshot::Sender<Result<crate::drill::Drill, String>>,
+);
+
 pub struct ApiState {
     pub publisher: Publisher,
     pub counts: AgentCounts,
@@ -112,6 +120,7 @@ pub struct ApiState {
     pub enforcer: Arc<Mutex<Enforcer>>,
     pub snapshot: Arc<Mutex<Snapshot>>,
     pub reload: mpsc::Sender<ReloadReply>,
+    pub drill: mpsc::Sender<DrillRequest>,
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
     /// The bearer tokens of the TCP listener, with their users.
     pub tokens: auth::Tokens,
@@ -180,6 +189,7 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
         .route("/v1/agents", get(agents))
         .route("/v1/agents/capabilities", get(capabilities))
         .route("/v1/policy/reload", post(reload))
+        .route("/v1/drill", post(drill))
         .route("/v1/events", get(events))
         .route("/v1/approvals", get(approvals))
         .route("/v1/approvals/{id}/approve", post(approve))
@@ -497,6 +507,31 @@ async fn reload(State(st): State<Arc<ApiState>>) -> Response {
     }
     match rx.await {
         Ok(Ok(generation)) => answer(&wire::Reloaded { generation }).into_response(),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+    }
+}
+
+async fn drill(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let ask: wire::DrillAsk = if body.is_empty() {
+        wire::DrillAsk::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("the drill request: {e}")),
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    if st.drill.send((ask.policy, tx)).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    match rx.await {
+        Ok(Ok(d)) => answer(&wire::DrillResult {
+            passed: d.ok(),
+            summary: d.summary(),
+            drill: d,
+        })
+        .into_response(),
         Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
     }

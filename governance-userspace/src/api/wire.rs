@@ -127,6 +127,26 @@ pub struct Reloaded {
     pub generation: u32,
 }
 
+/// `POST /v1/drill`: the drill that ran (see docs/operations.md, "Drills").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillResult {
+    /// No check failed and at least one ran.
+    pub passed: bool,
+    /// One line, as in the `drill.*` record's message.
+    pub summary: String,
+    pub drill: crate::drill::Drill,
+}
+
+/// The body of `POST /v1/drill`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DrillAsk {
+    /// Drill this policy only (default: every enforcing policy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
 /// `GET /v1/approvals`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

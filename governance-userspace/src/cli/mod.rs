@@ -60,6 +60,7 @@ pub struct Cli {
 pub use crate::logging::LogFormat;
 
 pub mod config;
+mod drill;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -178,6 +179,19 @@ pub enum Command {
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+    /// Ask the running daemon to run a drill: from a canary agent of its own, attempt each
+    /// enforcing policy's known-bad actions (every block rule's object, a default-deny probe)
+    /// and confirm each is refused. Recorded in the audit log (`drill.passed`,
+    /// `drill.failed`). Exits 0 when it passed, 1 when a check failed.
+    Drill {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Drill this policy only.
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
     },
 }
 
@@ -344,6 +358,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents { api, output, .. } => runtime()?.block_on(agents(&api, &output)),
         Command::Events(args) => runtime()?.block_on(events(args)),
         Command::Approvals { api, output } => runtime()?.block_on(approvals(&api, &output)),
+        Command::Drill {
+            api,
+            policy,
+            output,
+        } => runtime()?.block_on(drill::drill(&api, policy, &output)),
         Command::Approve {
             id,
             duration,

@@ -62,29 +62,7 @@ pub(super) fn build(
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
-    let protect = Protect {
-        cgroup_root: root.to_owned(),
-        // The policy, the pins, and the daemon's own executable (what the next start runs).
-        no_write: [args.policy.clone(), enforcer.pin_dir.clone()]
-            .into_iter()
-            .chain(std::env::current_exe().ok())
-            .collect(),
-        // The daemon's secrets: the audit log, the CA, the API's tokens and TLS key, and the
-        // exporters' and notifier's signing keys.
-        no_access: [
-            Some(&args.audit_dir),
-            Some(&args.ca_dir),
-            args.api_token_file.as_ref(),
-            args.api_tokens.as_ref(),
-            args.api_tls_key.as_ref(),
-            args.notify_secret.as_ref(),
-        ]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .chain(crate::export::secret_files(&args.exports))
-        .collect(),
-    };
+    let protect = protect(args, root, &enforcer.pin_dir);
     let compiled = kernel::compile(&set, &found, number, &protect);
     if !compiled.errors.is_empty() {
         anyhow::bail!(
@@ -171,6 +149,33 @@ pub(super) fn build(
         rules,
         content_hash,
     }))
+}
+
+/// What agents may not touch, whatever their policy says (see [`Protect`]).
+pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
+    Protect {
+        cgroup_root: root.to_owned(),
+        // The policy, the pins, and the daemon's own executable (what the next start runs).
+        no_write: [args.policy.clone(), pin_dir.to_owned()]
+            .into_iter()
+            .chain(std::env::current_exe().ok())
+            .collect(),
+        // The daemon's secrets: the audit log, the CA, the API's tokens and TLS key, and the
+        // exporters' and notifier's signing keys.
+        no_access: [
+            Some(&args.audit_dir),
+            Some(&args.ca_dir),
+            args.api_token_file.as_ref(),
+            args.api_tokens.as_ref(),
+            args.api_tls_key.as_ref(),
+            args.notify_secret.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .chain(crate::export::secret_files(&args.exports))
+        .collect(),
+    }
 }
 
 /// What the kernel ids of one generation stand for.

@@ -20,6 +20,7 @@
 
 mod counts;
 mod drain;
+mod drill;
 pub mod generation;
 mod identify;
 mod netns;
@@ -193,6 +194,10 @@ pub struct RunArgs {
     /// scrapers; e.g. 0.0.0.0:9090 in a pod). Off by default.
     #[arg(long, env = "GOVERNANCE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Run a drill (`governance drill`) every this long, e.g. `24h`; off by default. See
+    /// docs/operations.md, "Drills".
+    #[arg(long, value_parser = policy::parse_duration)]
+    pub drill_every: Option<Duration>,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -307,6 +312,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // The control API.
     let (reload_tx, mut reload_rx) = mpsc::channel::<api::ReloadReply>(8);
+    let (drill_tx, mut drill_rx) = mpsc::channel::<api::DrillRequest>(4);
     let state = Arc::new(ApiState {
         publisher: publisher.clone(),
         counts: pipe.counts.clone(),
@@ -316,6 +322,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         enforcer: enforcer.clone(),
         snapshot: snapshot.clone(),
         reload: reload_tx,
+        drill: drill_tx,
         proxy: proxy.clone(),
         tokens: token,
         exporters: exports.stats.clone(),
@@ -340,7 +347,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         daemon.current
     ));
 
-    daemon.serve(&mut signals, &mut reload_rx).await?;
+    daemon
+        .serve(&mut signals, &mut reload_rx, &mut drill_rx)
+        .await?;
     notify::notify("STOPPING=1");
 
     // Stop: no new connections, the last events recorded, then the pipeline closes the log.

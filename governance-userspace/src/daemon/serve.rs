@@ -169,12 +169,19 @@ impl Daemon<'_> {
         &mut self,
         signals: &mut Signals,
         reload_rx: &mut mpsc::Receiver<api::ReloadReply>,
+        drill_rx: &mut mpsc::Receiver<api::DrillRequest>,
     ) -> anyhow::Result<()> {
         let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
         let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
         let mut pods_changed = self.pods.as_ref().map(|p| p.subscribe());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // `--drill-every`: the first drill one period after start.
+        let mut drills = self.args.drill_every.map(|every| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         self.dropped = self
             .enforcer
             .lock()
@@ -246,6 +253,26 @@ impl Daemon<'_> {
                         }
                         "the agent cgroups changed"
                     }
+                }
+                // A drill runs here, between reloads: the generation does not change under it,
+                // and a stop waits for it to clean up.
+                r = drill_rx.recv() => {
+                    if let Some((only, reply)) = r {
+                        let result = self.drill(only.as_deref());
+                        let _ = reply.send(result);
+                    }
+                    continue;
+                }
+                _ = async {
+                    match &mut drills {
+                        Some(i) => i.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = self.drill(None) {
+                        tracing::error!("the scheduled drill did not run: {e}");
+                    }
+                    continue;
                 }
                 r = reload_rx.recv() => {
                     reply = r;

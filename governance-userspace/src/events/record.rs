@@ -89,6 +89,10 @@ pub struct Record {
     /// On a live stream's own records (`stream.subscribed`, `stream.ended`): the subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamInfo>,
+    /// On a drill record (`drill.passed`, `drill.failed`): its checks (see docs/operations.md,
+    /// "Drills").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill::Drill>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -325,6 +325,18 @@ pub fn compile(
     generation: u32,
     protect: &Protect,
 ) -> KernelPolicy {
+    compile_from(set, agents, generation, protect, 0)
+}
+
+/// [`compile`], numbering the classes after `first_class` (a drill's canary is added beside
+/// the generation's own classes, which are numbered from 1: see [`crate::drill`]).
+pub fn compile_from(
+    set: &PolicySet,
+    agents: &[AgentCgroup],
+    generation: u32,
+    protect: &Protect,
+    first_class: u32,
+) -> KernelPolicy {
     let mut out = KernelPolicy {
         generation,
         ..Default::default()
@@ -332,7 +344,7 @@ pub fn compile(
     // Rule number n (1-based, in set order) for each rule, and the sandbox profiles in use.
     let numbered: Vec<(&Policy, &Rule, u32)> = set.numbered().collect();
     let mut unenforceable = BTreeSet::new();
-    let mut next_class = 0u32;
+    let mut next_class = first_class;
     let mut new_class = || {
         next_class += 1;
         class_id(generation, next_class)

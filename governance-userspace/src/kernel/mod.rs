@@ -4,6 +4,7 @@
 mod attach;
 mod bpffs;
 pub mod btf;
+mod canary;
 mod compile;
 mod facts;
 mod host_files;
@@ -39,7 +40,8 @@ use governance_common::{
 use self::attach::*;
 pub use self::{bpffs::*, facts::*, host_files::*, proxy_conns::*};
 
-pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile};
+pub use canary::Canary;
+pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile, compile_from};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -47,6 +49,8 @@ pub(crate) static EBPF_OBJECT: &[u8] =
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
+    #[error("the drill's canary: {0}")]
+    Canary(String),
     #[error("resolving kernel struct offsets from BTF: {0}")]
     Btf(#[from] btf::BtfError),
     #[error("loading the eBPF object: {0}")]

@@ -1,0 +1,828 @@
+//! Running a drill (see [`crate::drill`]): for each enforcing policy in turn, a canary agent
+//! cgroup of the daemon's own (`<cgroup2>/governance-drill-<pid>-<n>`, never below a real
+//! agent) is governed by that policy alone: its classes are compiled and written into the
+//! active generation's slot beside the real agents' (whose tables are not touched), a process
+//! forked from the daemon joins it and attempts each check's object, and the syscall's result
+//! says whether it was refused. Whatever happens, [`CanaryGuard`] then kills the canary's
+//! processes, removes its map entries and its cgroup.
+//!
+//! The drill runs inside the daemon's loop, so no reload changes the generation under it, and
+//! a stop request is served once it has cleaned up (a drill's probes are bounded in time).
+//!
+//! Harm a broken enforcement could do: a connect probe that is not refused reaches the rule's
+//! destination with a TCP handshake (or a UDP connect, which sends nothing), closed at once.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io::Write as _,
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, OwnedFd},
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::Context as _;
+
+use super::{RunArgs, generation::SharedNames};
+use crate::{
+    agents::{self, AgentCgroup},
+    drill::{self, CANARY_LABEL, Check, Drill, Planned, Probe},
+    events::AgentInfo,
+    kernel::{self, Enforcer},
+    policy::Access,
+    policy::PolicySet,
+};
+
+/// Class numbers of the canary's classes start after this (the generation's own are numbered
+/// from 1, one per agent and sandbox profile; class numbers stay below 2^16).
+const CANARY_FIRST_CLASS: u32 = 0xc000;
+
+/// How long one connect probe waits for an answer the kernel did not refuse.
+const CONNECT_WAIT: Duration = Duration::from_secs(1);
+
+/// What a drill needs from the daemon.
+pub(super) struct DrillRun<'a> {
+    pub args: &'a RunArgs,
+    pub root: &'a Path,
+    pub enforcer: &'a Mutex<Enforcer>,
+    pub names: &'a SharedNames,
+    pub set: &'a PolicySet,
+    pub generation: u32,
+    /// The live agents of the generation.
+    pub agents: &'a [AgentCgroup],
+}
+
+static DRILLS: AtomicU64 = AtomicU64::new(0);
+
+/// Run a drill against every enforcing policy (or `only`).
+pub(super) fn run(r: &DrillRun, only: Option<&str>) -> anyhow::Result<Drill> {
+    let policies = drill::policies(r.set, only);
+    if policies.is_empty() {
+        anyhow::bail!(match only {
+            Some(p) => format!(
+                "no enforcing policy named `{p}` in generation {}",
+                r.generation
+            ),
+            None => format!("generation {} has no enforcing policy", r.generation),
+        });
+    }
+    let ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let id = format!("{ms:x}-{}", DRILLS.fetch_add(1, Ordering::Relaxed));
+    let mut out = Drill {
+        id: id.clone(),
+        ..Default::default()
+    };
+    for (n, p) in policies.into_iter().enumerate() {
+        let planned = drill::plan(r.set, p);
+        if planned.iter().all(|c| c.probe.is_none()) {
+            out.checks.extend(planned.into_iter().map(|c| c.check));
+            continue;
+        }
+        let dir = r
+            .root
+            .join(format!("governance-drill-{}-{n}", std::process::id()));
+        match canary(r, &p.name, &dir, &planned) {
+            Ok((checks, tables)) => {
+                out.checks.extend(checks);
+                out.canaries.push(format!("{}: {tables}", p.name));
+            }
+            Err(e) => {
+                // The canary could not be set up: every check that would have run failed.
+                let why = format!("{e:#}");
+                tracing::error!("drill {id}: policy {}: {why}", p.name);
+                out.checks.extend(planned.into_iter().map(|mut c| {
+                    if c.probe.is_some() {
+                        c.check.got = format!("not run: {why}");
+                    }
+                    c.check
+                }));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One policy's probes from a fresh canary at `dir`, and whose tables it had; the canary is
+/// gone when this returns.
+///
+/// When a live agent is governed by this policy alone, the canary gets that agent's tables
+/// (its AGENTS entry points to the agent's class): the drill then checks what decides for the
+/// agent, as it is in the maps now, tampering included. Otherwise its tables are compiled for
+/// it from the policy, as a reload would.
+fn canary(
+    r: &DrillRun,
+    policy: &str,
+    dir: &Path,
+    planned: &[Planned],
+) -> anyhow::Result<(Vec<Check>, String)> {
+    let mut guard = CanaryGuard {
+        enforcer: r.enforcer,
+        dir: None,
+        tables: None,
+        child: None,
+        scratch: Vec::new(),
+    };
+    if let Err(e) = std::fs::create_dir(dir) {
+        let held = crate::privilege::held();
+        if e.kind() == std::io::ErrorKind::PermissionDenied
+            && !held.iter().any(|c| c == "CAP_DAC_OVERRIDE")
+        {
+            anyhow::bail!(
+                "creating the canary cgroup {}: {e}: the cgroup2 root is not writable by its \
+                 owner here, and the daemon does not hold CAP_DAC_OVERRIDE after start (it keeps \
+                 it unless --no-create-cgroups; see docs/operations.md, \"Drills\")",
+                dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("creating the canary cgroup {}", dir.display()));
+    }
+    guard.dir = Some(dir.to_owned());
+    let cgroup_id = agents::cgroup_id(dir).context("the canary cgroup's id")?;
+    let rel = format!(
+        "/{}",
+        dir.strip_prefix(r.root)
+            .unwrap_or(dir)
+            .to_string_lossy()
+            .trim_start_matches('/')
+    );
+    let agent = AgentCgroup {
+        index: 0,
+        name: format!("{CANARY_LABEL} ({policy})"),
+        rel: rel.clone(),
+        label: Some(CANARY_LABEL.into()),
+        path: dir.to_owned(),
+        cgroup_id,
+        pod: None,
+    };
+    name_canary(r, &agent, policy);
+    let live = r.agents.iter().find(|a| {
+        let governing: Vec<&str> = r
+            .set
+            .policies
+            .iter()
+            .filter(|p| {
+                p.selector
+                    .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
+            })
+            .map(|p| p.name.as_str())
+            .collect();
+        governing == [policy]
+    });
+    if let Some(a) = live {
+        let mut e = lock(r.enforcer)?;
+        if let Some(value) = e.agent_value(a.cgroup_id)? {
+            guard.tables = Some(
+                e.add_canary_agent(cgroup_id, value)
+                    .context("writing the canary into the kernel maps")?,
+            );
+            drop(e);
+            let checks = run_probes(r, policy, dir, planned, &mut guard)?;
+            drop(guard);
+            return Ok((checks, format!("the live tables of agent {}", a.name)));
+        }
+    }
+    let set = drill::canary_set(r.set, policy);
+    let protect = super::generation::protect(r.args, r.root, &lock(r.enforcer)?.pin_dir);
+    let compiled = kernel::compile_from(
+        &set,
+        std::slice::from_ref(&agent),
+        r.generation,
+        &protect,
+        CANARY_FIRST_CLASS,
+    );
+    if !compiled.errors.is_empty() {
+        anyhow::bail!(
+            "the canary's tables do not compile: {}",
+            compiled.errors.join("; ")
+        );
+    }
+    guard.tables = Some(
+        lock(r.enforcer)?
+            .add_canary(&compiled)
+            .context("writing the canary into the kernel maps")?,
+    );
+    let checks = run_probes(r, policy, dir, planned, &mut guard)?;
+    drop(guard);
+    Ok((
+        checks,
+        "tables compiled for the drill (no live agent is governed by this policy alone)".into(),
+    ))
+}
+
+/// Run the probes of `planned` from the canary at `dir`; the checks with what each got. A
+/// probe the kernel at hand cannot enforce, or whose object is not here, is skipped with why.
+fn run_probes(
+    r: &DrillRun,
+    policy: &str,
+    dir: &Path,
+    planned: &[Planned],
+    guard: &mut CanaryGuard,
+) -> anyhow::Result<Vec<Check>> {
+    let mut out: Vec<Check> = planned.iter().map(|p| p.check.clone()).collect();
+    let mut prepared: Vec<(usize, Prepared)> = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let Some(probe) = &p.probe else { continue };
+        match prepare(r, policy, &p.check.rule, probe, guard) {
+            Ok(prep) => {
+                // The object as attempted: the file found, or the scratch file.
+                match &prep {
+                    Prepared::Exec { path } => out[i].object = path.to_string_lossy().into(),
+                    Prepared::Open { path, flags } => {
+                        let how = if flags & libc::O_CREAT != 0 {
+                            "create"
+                        } else if flags & libc::O_WRONLY != 0 {
+                            "write"
+                        } else {
+                            "read"
+                        };
+                        out[i].object = format!("{how} {}", path.to_string_lossy());
+                    }
+                    Prepared::Connect { .. } => {}
+                }
+                prepared.push((i, prep));
+            }
+            Err(why) => out[i].skipped_why = Some(why),
+        }
+    }
+    if prepared.is_empty() {
+        return Ok(out);
+    }
+    let results = probe(dir, &prepared, guard)?;
+    for ((i, prep), result) in prepared.iter().zip(results) {
+        let c = &mut out[*i];
+        if let Some(code) = result.filter(|c| *c <= SOCKET_FAILED) {
+            c.skipped_why = Some(format!(
+                "no such socket here ({}): nothing was attempted",
+                std::io::Error::from_raw_os_error(SOCKET_FAILED - code)
+            ));
+            continue;
+        }
+        (c.passed, c.got) = match result {
+            Some(code) => verdict(prep, code),
+            None => (false, "no result: the probe process ended early".into()),
+        };
+    }
+    Ok(out)
+}
+
+/// Events of the canary's cgroup name it as the drill's canary.
+fn name_canary(r: &DrillRun, agent: &AgentCgroup, policy: &str) {
+    let mut names = r.names.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(n) = names.get(&r.generation) {
+        let mut n = (**n).clone();
+        n.agents.insert(
+            agent.cgroup_id,
+            AgentInfo {
+                name: agent.name.clone(),
+                selector: format!("label={CANARY_LABEL} (drill of policy {policy})"),
+                cgroup_id: agent.cgroup_id,
+                cgroup: agent.rel.clone(),
+                ..Default::default()
+            },
+        );
+        n.refs
+            .insert(agent.cgroup_id, drill::canary_ref(&agent.rel));
+        names.insert(r.generation, Arc::new(n));
+    }
+}
+
+fn lock(m: &Mutex<Enforcer>) -> anyhow::Result<std::sync::MutexGuard<'_, Enforcer>> {
+    m.lock()
+        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))
+}
+
+/// A probe's result code: 0 not refused (connected, ran, opened), > 0 an errno, or one of
+/// these; [`NOT_JOINED`] - errno when the process could not join the canary.
+const TIMED_OUT: i32 = -1;
+const KILLED_AFTER_EXEC: i32 = -2;
+const NOT_TRACED: i32 = -3;
+const NOT_JOINED: i32 = -1000;
+/// SOCKET_FAILED - errno: no socket of that family here (no IPv6, say): nothing was attempted.
+const SOCKET_FAILED: i32 = -2000;
+
+fn verdict(p: &Prepared, code: i32) -> (bool, String) {
+    match code {
+        libc::EPERM | libc::EACCES => (true, format!("refused ({})", errno_name(code))),
+        0 => (
+            false,
+            match p {
+                Prepared::Connect { .. } => "not refused: connected".into(),
+                Prepared::Exec { .. } => "not refused: the exec succeeded (the traced program \
+                                           was stopped before its first instruction and killed)"
+                    .into(),
+                Prepared::Open { .. } => "not refused: opened".into(),
+            },
+        ),
+        TIMED_OUT => (
+            false,
+            format!("not refused: no answer within {} s", CONNECT_WAIT.as_secs()),
+        ),
+        KILLED_AFTER_EXEC => (
+            false,
+            "not refused: the exec succeeded and the process was killed after it \
+             (degraded exec enforcement)"
+                .into(),
+        ),
+        NOT_TRACED => (
+            false,
+            "the exec probe could not trace itself (PTRACE_TRACEME refused): not run".into(),
+        ),
+        c if c <= NOT_JOINED => (
+            false,
+            format!(
+                "the probe could not join the canary cgroup: {}",
+                std::io::Error::from_raw_os_error(NOT_JOINED - c)
+            ),
+        ),
+        c => (
+            false,
+            format!(
+                "not refused by the policy: {} ({})",
+                std::io::Error::from_raw_os_error(c),
+                errno_name(c)
+            ),
+        ),
+    }
+}
+
+fn errno_name(code: i32) -> String {
+    format!("{:?}", nix::errno::Errno::from_raw(code))
+}
+
+/// A probe made concrete before the fork (the probe process allocates nothing).
+enum Prepared {
+    Connect {
+        addr: libc::sockaddr_storage,
+        len: libc::socklen_t,
+        family: libc::c_int,
+        ty: libc::c_int,
+    },
+    Exec {
+        path: CString,
+    },
+    Open {
+        path: CString,
+        flags: libc::c_int,
+    },
+}
+
+/// Whether the kernel at hand enforces `hook` (the BPF LSM program is attached): Err(why not).
+fn enforced(r: &DrillRun, hook: &governance_common::programs::Program) -> Result<(), String> {
+    let e = r
+        .enforcer
+        .lock()
+        .map_err(|_| "the kernel state lock is poisoned")?;
+    match e.hooks.iter().find(|(p, _)| p.name == hook.name) {
+        Some((_, kernel::HookState::Attached)) => Ok(()),
+        Some((_, kernel::HookState::Unavailable(why))) => Err(format!(
+            "this kernel cannot enforce it: the {} hook is not attached ({why}); not probed, \
+             not passed",
+            hook.name
+        )),
+        None => Err(format!(
+            "this kernel cannot enforce it: no {} hook; not probed, not passed",
+            hook.name
+        )),
+    }
+}
+
+fn prepare(
+    r: &DrillRun,
+    policy: &str,
+    rule: &str,
+    p: &Probe,
+    guard: &mut CanaryGuard,
+) -> Result<Prepared, String> {
+    let cpath = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| "a path with a NUL byte".to_owned())
+    };
+    match p {
+        Probe::Connect { addr, udp } => {
+            let ty = if *udp {
+                libc::SOCK_DGRAM
+            } else {
+                libc::SOCK_STREAM
+            };
+            let sa: nix::sys::socket::SockaddrStorage = (*addr).into();
+            let len = nix::sys::socket::SockaddrLike::len(&sa);
+            // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough.
+            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    nix::sys::socket::SockaddrLike::as_ptr(&sa).cast::<u8>(),
+                    (&raw mut storage).cast::<u8>(),
+                    len as usize,
+                );
+            }
+            Ok(Prepared::Connect {
+                addr: storage,
+                len,
+                family: match addr {
+                    SocketAddr::V4(_) => libc::AF_INET,
+                    SocketAddr::V6(_) => libc::AF_INET6,
+                },
+                ty,
+            })
+        }
+        Probe::Exec { paths } => {
+            enforced(r, &governance_common::programs::EXEC)?;
+            // Not a file an allowing exec rule names under another name (the kernel decides
+            // by identity).
+            let allowed: Vec<(u64, u64)> = drill::exec_allowed_files(r.set, policy)
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok())
+                .map(|m| (m.dev(), m.ino()))
+                .collect();
+            let path = first(paths, |p| {
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && !allowed.contains(&(m.dev(), m.ino())))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "{} does not exist here, or is a file an allowing rule names: nothing to run",
+                    list(paths)
+                )
+            })?;
+            Ok(Prepared::Exec { path: cpath(path)? })
+        }
+        Probe::ExecUnder { dir } => {
+            enforced(r, &governance_common::programs::EXEC)?;
+            let path = drill::exec_under(r.set, policy, rule, dir).ok_or_else(|| {
+                format!(
+                    "no executable file directly in {} that this rule decides: nothing to run",
+                    dir.display()
+                )
+            })?;
+            Ok(Prepared::Exec {
+                path: cpath(&path)?,
+            })
+        }
+        Probe::Open { paths, access } => {
+            enforced(r, &governance_common::programs::FILE)?;
+            let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+            let path = first(paths, exists)
+                .ok_or_else(|| format!("{} does not exist here: nothing to open", list(paths)))?;
+            match access {
+                Access::Read => Ok(Prepared::Open {
+                    path: cpath(path)?,
+                    flags: libc::O_RDONLY,
+                }),
+                Access::Write | Access::Create => {
+                    if !path.is_dir() {
+                        return Err(format!(
+                            "{} is not a directory here: no scratch file can be made in it",
+                            path.display()
+                        ));
+                    }
+                    let scratch = path.join(format!(".governance-drill-{}", std::process::id()));
+                    guard.scratch.push(scratch.clone());
+                    let flags = if *access == Access::Write {
+                        // The daemon makes it; the canary opens it for writing, writing nothing.
+                        File::create_new(&scratch).map_err(|e| {
+                            format!("creating the scratch file {}: {e}", scratch.display())
+                        })?;
+                        libc::O_WRONLY
+                    } else {
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL
+                    };
+                    Ok(Prepared::Open {
+                        path: cpath(&scratch)?,
+                        flags,
+                    })
+                }
+                _ => Err("only read, write and create accesses are probed".into()),
+            }
+        }
+    }
+}
+
+fn first(paths: &[PathBuf], f: impl Fn(&Path) -> bool) -> Option<&Path> {
+    paths.iter().map(PathBuf::as_path).find(|p| f(p))
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fork a process that joins the canary cgroup at `dir` and runs `probes`; their result codes
+/// in order (None: no result). The process is killed and reaped before this returns (and by
+/// the guard if this fails).
+fn probe(
+    dir: &Path,
+    probes: &[(usize, Prepared)],
+    guard: &mut CanaryGuard,
+) -> anyhow::Result<Vec<Option<i32>>> {
+    let procs = File::options()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", dir.display()))?;
+    let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("a pipe")?;
+    let wait_ms = CONNECT_WAIT.as_millis() as libc::c_int;
+    // SAFETY: the child only makes system calls on memory prepared before the fork, then
+    // _exits: no allocation, no lock, no destructor.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        unsafe { child(procs.as_raw_fd(), wr.as_raw_fd(), probes, wait_ms) }
+    }
+    guard.child = Some(pid);
+    drop(wr);
+    drop(procs);
+    let results = read_results(rd, probes.len());
+    guard.reap();
+    Ok(results)
+}
+
+/// The probe process. Never returns.
+unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: libc::c_int) -> ! {
+    unsafe {
+        let errno = || *libc::__errno_location();
+        let send = |i: usize, code: i32| {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&(i as u32).to_ne_bytes());
+            b[4..].copy_from_slice(&code.to_ne_bytes());
+            libc::write(out, b.as_ptr().cast(), 8);
+        };
+        // "0": the writing process joins the cgroup.
+        if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+            let e = errno();
+            for i in 0..probes.len() {
+                send(i, NOT_JOINED - e);
+            }
+            libc::_exit(2);
+        }
+        for (i, (_, p)) in probes.iter().enumerate() {
+            let code = match p {
+                Prepared::Connect {
+                    addr,
+                    len,
+                    family,
+                    ty,
+                } => connect_probe(addr, *len, *family, *ty, wait_ms),
+                Prepared::Exec { path } => exec_probe(path),
+                Prepared::Open { path, flags } => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        flags | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+                        0o600,
+                    );
+                    if fd < 0 {
+                        errno()
+                    } else {
+                        libc::close(fd);
+                        if flags & libc::O_CREAT != 0 {
+                            libc::unlink(path.as_ptr());
+                        }
+                        0
+                    }
+                }
+            };
+            send(i, code);
+        }
+        libc::_exit(0)
+    }
+}
+
+/// In the probe process: a non-blocking connect, waiting [`CONNECT_WAIT`] for an answer.
+unsafe fn connect_probe(
+    addr: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+    family: libc::c_int,
+    ty: libc::c_int,
+    wait_ms: libc::c_int,
+) -> i32 {
+    unsafe {
+        let errno = || *libc::__errno_location();
+        let fd = libc::socket(family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return SOCKET_FAILED - errno();
+        }
+        let r = libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len);
+        let code = if r == 0 {
+            0
+        } else if errno() == libc::EINPROGRESS {
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, wait_ms) <= 0 {
+                TIMED_OUT
+            } else {
+                let mut err: libc::c_int = 0;
+                let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+                libc::getsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ERROR,
+                    (&raw mut err).cast(),
+                    &mut l,
+                );
+                err
+            }
+        } else {
+            errno()
+        };
+        libc::close(fd);
+        code
+    }
+}
+
+/// In the probe process: exec `path` in a traced child. A traced process that execs stops
+/// (SIGTRAP) before the new program's first instruction: if it stops, the exec was not refused,
+/// and it is killed there. A refused exec returns its errno, which the child exits with.
+unsafe fn exec_probe(path: &CString) -> i32 {
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            return *libc::__errno_location();
+        }
+        if pid == 0 {
+            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
+                libc::_exit(255);
+            }
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null::<libc::c_char>()];
+            libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(*libc::__errno_location() & 0xff);
+        }
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid {
+            libc::kill(pid, libc::SIGKILL);
+            return NOT_TRACED;
+        }
+        if libc::WIFSTOPPED(status) {
+            libc::kill(pid, libc::SIGKILL);
+            libc::waitpid(pid, &mut status, 0);
+            return 0;
+        }
+        if libc::WIFEXITED(status) {
+            return match libc::WEXITSTATUS(status) {
+                255 => NOT_TRACED,
+                e => e,
+            };
+        }
+        KILLED_AFTER_EXEC
+    }
+}
+
+/// Read (index, code) pairs until the probe process closes the pipe, or the time its probes
+/// may take has passed.
+fn read_results(rd: OwnedFd, n: usize) -> Vec<Option<i32>> {
+    let mut out = vec![None; n];
+    let deadline = Instant::now() + CONNECT_WAIT * (n as u32 + 2);
+    let mut file = File::from(rd);
+    let mut buf = [0u8; 8];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: file.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if left.is_zero() || unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) } <= 0 {
+            break;
+        }
+        match std::io::Read::read_exact(&mut file, &mut buf) {
+            Ok(()) => {
+                let i = u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
+                let code = i32::from_ne_bytes(buf[4..].try_into().unwrap_or_default());
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(code);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Removes the canary, whatever happened: its process (killed and reaped), its map entries,
+/// its cgroup (after `cgroup.kill`, for anything it left running).
+struct CanaryGuard<'a> {
+    enforcer: &'a Mutex<Enforcer>,
+    dir: Option<PathBuf>,
+    tables: Option<kernel::Canary>,
+    child: Option<libc::pid_t>,
+    /// Scratch files of write and create probes.
+    scratch: Vec<PathBuf>,
+}
+
+impl CanaryGuard<'_> {
+    fn reap(&mut self) {
+        if let Some(pid) = self.child.take() {
+            // SAFETY: our own child, not yet reaped: its pid cannot have been reused.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+impl Drop for CanaryGuard<'_> {
+    fn drop(&mut self) {
+        self.reap();
+        for f in self.scratch.drain(..) {
+            let _ = std::fs::remove_file(f);
+        }
+        if let Some(dir) = &self.dir
+            && let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill"))
+        {
+            let _ = f.write_all(b"1");
+        }
+        if let Some(t) = self.tables.take() {
+            match self.enforcer.lock() {
+                Ok(mut e) => {
+                    if let Err(err) = e.remove_canary(&t) {
+                        tracing::error!("drill: removing the canary's map entries: {err}");
+                    }
+                    if e.agent_cgroups()
+                        .is_ok_and(|ids| ids.contains(&t.cgroup_id))
+                    {
+                        tracing::error!("drill: the canary's agent entry is still in the maps");
+                    }
+                }
+                Err(_) => tracing::error!("drill: the kernel state lock is poisoned"),
+            }
+        }
+        if let Some(dir) = self.dir.take() {
+            // A killed process leaves the cgroup as it is reaped: a moment after cgroup.kill.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => {
+                        tracing::error!("drill: removing the canary cgroup {}: {e}", dir.display());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl super::serve::Daemon<'_> {
+    /// Run a drill now (against `only`, or every enforcing policy) and record it: a
+    /// `drill.passed` or `drill.failed` lifecycle record with the checks, and the metrics.
+    pub(super) fn drill(&mut self, only: Option<&str>) -> Result<Drill, String> {
+        let engine = self.engine.load();
+        let r = DrillRun {
+            args: self.args,
+            root: self.root,
+            enforcer: &self.enforcer,
+            names: &self.names,
+            set: engine.policies(),
+            generation: self.current,
+            agents: &self.agents_now,
+        };
+        let d = run(&r, only).map_err(|e| format!("{e:#}"))?;
+        let ok = d.ok();
+        let message = d.summary();
+        if ok {
+            crate::say!("{message}");
+        } else {
+            tracing::error!("{message}");
+        }
+        let mut rec =
+            super::serve::lifecycle(if ok { "drill.passed" } else { "drill.failed" }, message);
+        rec.generation = self.current;
+        for (k, v) in [
+            ("checks", d.checks.len()),
+            ("passed", d.passed()),
+            ("failed", d.failed()),
+            ("skipped", d.skipped()),
+        ] {
+            rec.counts.insert(k.into(), v as u64);
+        }
+        rec.drill = Some(d.clone());
+        self.publisher.publish(rec);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics.set_drill(ok, now);
+        Ok(d)
+    }
+}
