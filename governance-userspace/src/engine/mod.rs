@@ -124,6 +124,8 @@ pub struct Decision {
     pub generation: u32,
     /// What shadow rules would have done instead, when it differs.
     pub shadow: Option<Box<Decision>>,
+    /// When an armed sequence rule decided: the earlier action that armed it.
+    pub armed_by: Option<String>,
 }
 
 impl Decision {
@@ -604,6 +606,7 @@ impl Engine {
             ),
             generation: self.generation,
             shadow: None,
+            armed_by: None,
         }
     }
 
@@ -634,6 +637,7 @@ impl Engine {
             reason: rule.reason.clone(),
             generation: self.generation,
             shadow: None,
+            armed_by: None,
         }
     }
 
@@ -767,7 +771,10 @@ fn mcp_matches(
     })
 }
 
+mod sequence;
 pub mod testing;
+
+pub use self::sequence::Armed;
 
 #[cfg(test)]
 mod tests;

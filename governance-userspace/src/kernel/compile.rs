@@ -501,7 +501,7 @@ pub fn compile(
                     }
                 }
                 Matcher::Unix(target) => rules.unix.push((target.clone(), ranked)),
-                Matcher::Http(_) => {}
+                Matcher::Http(_) | Matcher::Sequence(_) => {}
             }
         }
         // Defaults: block if any enforcing policy of the agent says so; shadow policies'
@@ -516,7 +516,7 @@ pub fn compile(
                     Kind::File => 1,
                     Kind::Network => 2,
                     Kind::Unix => 3,
-                    Kind::Http => continue,
+                    Kind::Http | Kind::Sequence => continue,
                 };
                 let v = posture(*posture_);
                 let slot = if p.mode == Mode::Shadow {
