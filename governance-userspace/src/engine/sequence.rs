@@ -7,8 +7,13 @@
 
 use std::time::Instant;
 
-use super::{Action, AgentRules, Decision, Engine};
-use crate::policy::{Kind, Matcher, Mode, Rule, Sequence};
+use std::sync::Arc;
+
+use super::{Action, AgentRef, AgentRules, Decision, Engine};
+use crate::{
+    events::sequence::ArmedBy,
+    policy::{Access, Kind, Matcher, Mode, Rule, Sequence},
+};
 
 /// A sequence rule an agent has armed.
 #[derive(Clone, Debug, PartialEq)]
@@ -17,8 +22,24 @@ pub struct Armed {
     pub rule: String,
     /// When the arming action happened.
     pub at: Instant,
-    /// The arming action, for people: `file read /data/pii/x.csv`.
-    pub by: String,
+    /// The arming action.
+    pub by: ArmedBy,
+}
+
+/// Where the engine finds what an agent has armed: given the agent and the ids of its
+/// sequence rules, the armed ones (the daemon reads the kernel's state; see
+/// `daemon::sequence`). Without one, only [`Engine::decide_armed`]'s caller says.
+pub type ArmedSource = Arc<dyn Fn(&AgentRef, &[&str]) -> Vec<Armed> + Send + Sync>;
+
+/// `r`, `w`, `c`, `t`, `x`, as records write accesses.
+pub(crate) fn access_letter(a: Access) -> &'static str {
+    match a {
+        Access::Read => "r",
+        Access::Write => "w",
+        Access::Create => "c",
+        Access::Truncate => "t",
+        Access::Exec => "x",
+    }
 }
 
 impl Engine {
@@ -47,13 +68,37 @@ impl Engine {
             .map(|(_, r, _)| Armed {
                 rule: r.id.clone(),
                 at: now,
-                by: format!(
-                    "file {} {}",
-                    format!("{access:?}").to_ascii_lowercase(),
-                    path.display()
-                ),
+                by: ArmedBy {
+                    rule: r.id.clone(),
+                    kind: "file".into(),
+                    object: path.display().to_string(),
+                    access: access_letter(*access).into(),
+                    ..Default::default()
+                },
             })
             .collect()
+    }
+
+    /// Use `source` for what agents have armed, in every [`Engine::decide`].
+    pub fn with_armed_source(mut self, source: ArmedSource) -> Self {
+        self.armed = Some(source);
+        self
+    }
+
+    /// What the agent of `view` has armed, per the engine's source (nothing without one, or
+    /// when the agent has no sequence rules).
+    pub fn armed_now(&self, view: &AgentRules) -> Vec<Armed> {
+        let Some(source) = &self.armed else {
+            return Vec::new();
+        };
+        let ids: Vec<&str> = self
+            .sequences(view)
+            .map(|(_, r, _)| r.id.as_str())
+            .collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        source(&view.agent, &ids)
     }
 
     /// Decide `action` for an agent that has armed the sequence rules in `armed` (earlier
@@ -65,7 +110,7 @@ impl Engine {
         now: Instant,
         armed: &[Armed],
     ) -> Decision {
-        let mut decision = self.decide(view, action, now);
+        let mut decision = self.decide_plain(view, action, now);
         if armed.is_empty() || !matches!(action, Action::Network { .. } | Action::Http(_)) {
             return decision;
         }
@@ -180,11 +225,14 @@ mod tests {
         assert!(e.arming(&view, &read("/data/public/x"), t0).is_empty());
         let armed = e.arming(&view, &read("/data/pii/x.csv"), t0);
         assert_eq!(armed.len(), 1);
-        assert_eq!(armed[0].by, "file read /data/pii/x.csv");
+        assert_eq!(
+            (armed[0].by.object.as_str(), armed[0].by.access.as_str()),
+            ("/data/pii/x.csv", "r")
+        );
         let d = e.decide_armed(&view, &net("192.0.2.1", 443), t0, &armed);
         assert_eq!(d.outcome, Outcome::Block);
         assert_eq!(d.rule.as_deref(), Some("p/pii"));
-        assert_eq!(d.armed_by.as_deref(), Some("file read /data/pii/x.csv"));
+        assert_eq!(d.armed_by.as_ref(), Some(&armed[0].by));
         let d = e.decide_armed(&view, &get("evil.example"), t0, &armed);
         assert_eq!(
             (d.verdict(), d.rule.as_deref()),
@@ -252,6 +300,9 @@ mod tests {
             (shadow.verdict(), shadow.rule.as_deref()),
             (Verdict::Block, Some("p/watch"))
         );
-        assert_eq!(shadow.armed_by.as_deref(), Some("file read /data/watched"));
+        assert_eq!(
+            shadow.armed_by.map(|a| (a.rule, a.object)),
+            Some(("p/watch".to_string(), "/data/watched".to_string()))
+        );
     }
 }

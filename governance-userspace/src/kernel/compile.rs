@@ -45,6 +45,7 @@ use crate::{
 mod builtins;
 mod class;
 mod identities;
+mod sequence;
 
 pub use self::builtins::*;
 use self::{class::*, identities::*};
@@ -89,6 +90,9 @@ pub struct KernelPolicy {
     pub errors: Vec<String>,
     /// What the identity resolution could not cover, for the operator (the generation loads).
     pub notes: Vec<String>,
+    /// Sequence rules: (class id, its list), for agent and sandbox-profile classes that have
+    /// any. Their sequence classes are in `classes` (path and destination rules only).
+    pub sequences: Vec<(u32, governance_common::sequence::SeqList)>,
 }
 
 /// A rule as the compiler ranks it.
@@ -369,10 +373,12 @@ pub fn compile(
     // The same for every agent: resolved once (each spelling is a canonicalize).
     let cgroup_root = spellings(&protect.cgroup_root);
     let mut shared_by: BTreeMap<u32, Vec<(u8, Node, Ranked)>> = BTreeMap::new();
+    let mut seq_classes = Vec::new();
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
         let mut profiles: Vec<(String, &Policy, u32)> = Vec::new();
+        let mut sequences = Vec::new();
         for (p, rule, n) in &numbered {
             if !p
                 .selector
@@ -501,7 +507,8 @@ pub fn compile(
                     }
                 }
                 Matcher::Unix(target) => rules.unix.push((target.clone(), ranked)),
-                Matcher::Http(_) | Matcher::Sequence(_) => {}
+                Matcher::Sequence(seq) => sequences.push((*rule, ranked.rule.rule_id, &**seq)),
+                Matcher::Http(_) => {}
             }
         }
         // Defaults: block if any enforcing policy of the agent says so; shadow policies'
@@ -630,6 +637,16 @@ pub fn compile(
         if let Some(first) = lists.first() {
             c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
         }
+        let seq_list = sequence::classes(
+            &sequences,
+            &mut new_class,
+            &mut seq_classes,
+            &mut out.errors,
+            &agent.name,
+        );
+        if let Some(list) = seq_list {
+            out.sequences.push((class, list));
+        }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
         for (name, p, pc) in profiles {
@@ -680,6 +697,9 @@ pub fn compile(
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, &shared);
+            if let Some(list) = seq_list {
+                out.sequences.push((pc, list));
+            }
             out.profiles.push((id_number(pc), out.classes.len()));
             out.classes.push(c);
         }
@@ -720,6 +740,8 @@ pub fn compile(
         let c = build_class(id, &rules, &mut out.errors, "(built-in)");
         out.builtins.push(c);
     }
+    // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
+    out.classes.extend(seq_classes);
     let entries: usize = out
         .classes
         .iter()
