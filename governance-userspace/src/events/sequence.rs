@@ -157,6 +157,18 @@ mod tests {
             &mut refusal,
         );
         assert_eq!(refusal.armed_by, Some(by));
+        // In words and in OCSF.
+        refusal.ty = super::super::RecordType::Decision;
+        let line = refusal.to_string();
+        assert!(
+            line.contains(" armed_by=file:\"/data/pii/x.csv\" armed_pid=5"),
+            "{line}"
+        );
+        let ocsf = crate::ocsf::to_ocsf(&refusal);
+        assert_eq!(
+            ocsf["unmapped"]["armed_by"]["object"], "/data/pii/x.csv",
+            "{ocsf}"
+        );
         // An arming from before the daemon started is said to be unknown, never guessed.
         let mut other = Record {
             rule: "p/other".into(),
