@@ -307,7 +307,9 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         match sequence::arm(&agent, key, asked) {
             Ok(0) => {}
             Ok(rule) => {
+                // Named by the sequence rule, whatever allowed the open (a rule or the default).
                 d.rule_id = rule;
+                d.cause = Cause::Rule;
                 d.extra_flags |= flags::ARMED;
                 d.report = report::EVERY;
             }

@@ -4612,6 +4612,11 @@ fn sequence_rule_refuses_egress_after_a_classified_read() {
         "the arming event names the sequence rule"
     );
     assert_eq!(
+        Cause::from_u8(ev.cause),
+        Some(Cause::Rule),
+        "named as a rule"
+    );
+    assert_eq!(
         text(&ev.path),
         fx.p("pii/customers.csv").display().to_string()
     );
