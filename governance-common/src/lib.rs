@@ -24,6 +24,7 @@ pub mod programs;
 
 /// Where the daemon pins its maps and links (below the bpffs mount).
 pub mod pins;
+pub mod sequence;
 
 /// Names of the read-only globals the daemon sets at load time: byte offsets of kernel struct
 /// fields, resolved from the running kernel's BTF (the Rust eBPF toolchain has no CO-RE field
@@ -311,6 +312,10 @@ pub mod flags {
     pub const PROXIED: u8 = 16;
     /// A sampled allowed action (`report: { sample: N }`): it is in the counts too.
     pub const SAMPLED: u8 = 32;
+    /// File: this open armed the sequence rule `rule_id` (first arming for the agent).
+    pub const ARMED: u8 = 64;
+    /// Connect/send: refused (or escalated) by the armed sequence rule `rule_id`.
+    pub const SEQUENCE: u8 = 128;
 }
 
 /// Indexes into the [`maps::COUNTERS`] per-CPU array.
@@ -1005,4 +1010,7 @@ mod pod {
     unsafe impl aya::Pod for super::IdentKey {}
     unsafe impl aya::Pod for super::IdentValue {}
     unsafe impl aya::Pod for super::CountKey {}
+    unsafe impl aya::Pod for super::sequence::SeqList {}
+    unsafe impl aya::Pod for super::sequence::SeqStateKey {}
+    unsafe impl aya::Pod for super::sequence::SeqArmed {}
 }

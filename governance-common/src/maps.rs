@@ -66,8 +66,16 @@ pub const IDENT_RULES: &str = "IDENT_RULES";
 /// reported (see [`crate::report`]).
 pub const COUNTS: &str = "COUNTS";
 
+/// Class id (u32, slot bit included) → [`crate::sequence::SeqList`]: the sequence rules of a
+/// class, per generation like the rule tables.
+pub const SEQ_CLASSES: &str = "SEQ_CLASSES";
+/// [`crate::sequence::SeqStateKey`] → [`crate::sequence::SeqArmed`]: the sequence rules each
+/// agent has armed. Not per generation (keyed by the rule's name hash), so armed rules stay
+/// armed across reloads; the daemon deletes the entries of agents and rules that are gone.
+pub const SEQ_STATE: &str = "SEQ_STATE";
+
 /// Every map, in pin order.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 25] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -91,4 +99,6 @@ pub const ALL: [&str; 23] = [
     RAW_DEVICES,
     IDENT_RULES,
     COUNTS,
+    SEQ_CLASSES,
+    SEQ_STATE,
 ];

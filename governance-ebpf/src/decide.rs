@@ -36,7 +36,7 @@ pub(crate) fn count(counter: Counter) {
 }
 
 #[inline(always)]
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     // SAFETY: helper call without pointer arguments.
     unsafe { bpf_ktime_get_ns() }
 }
@@ -219,7 +219,7 @@ impl Decision {
 
 /// Unknown verdict values (a newer daemon, a corrupted map) block: fail closed.
 #[inline(always)]
-fn verdict_of(raw: u8) -> Verdict {
+pub(crate) fn verdict_of(raw: u8) -> Verdict {
     Verdict::from_u8(raw).unwrap_or(Verdict::Block)
 }
 

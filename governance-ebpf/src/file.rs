@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey,
-    RulePair, access, builtin_class,
+    RulePair, access, builtin_class, flags, report,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
         OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off, read_at,
     },
     maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, WRITTEN},
+    sequence,
 };
 
 /// Resolve `file`'s path into the per-CPU path key (after the class and access bytes).
@@ -299,6 +300,25 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         count(Counter::MapFull);
         d = Decision::fail_closed(Kind::File, Cause::MapFull);
         d.object = object;
+    }
+    // An allowed open may arm the agent's sequence rules; the first arming of a rule is
+    // reported by this open's event, which then names the sequence rule.
+    if !d.denied {
+        match sequence::arm(&agent, key, asked) {
+            Ok(0) => {}
+            Ok(rule) => {
+                // Named by the sequence rule, whatever allowed the open (a rule or the default).
+                d.rule_id = rule;
+                d.cause = Cause::Rule;
+                d.extra_flags |= flags::ARMED;
+                d.report = report::EVERY;
+            }
+            Err(()) => {
+                count(Counter::MapFull);
+                d = Decision::fail_closed(Kind::File, Cause::MapFull);
+                d.object = object;
+            }
+        }
     }
     emit(&agent, &d, |ev| {
         ev.detail = asked;

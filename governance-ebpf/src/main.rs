@@ -42,6 +42,7 @@ mod mount;
 mod net;
 mod protect;
 mod report;
+mod sequence;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

@@ -10,6 +10,7 @@ use aya_ebpf::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
 };
+use governance_common::sequence::{MAX_SEQ_CLASSES, MAX_SEQ_STATE, SeqArmed, SeqList, SeqStateKey};
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
     GrantKey, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS,
@@ -100,3 +101,12 @@ pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_ent
 #[map]
 pub(crate) static COUNTS: PerCpuHashMap<CountKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+/// The sequence rules of each class (see governance_common::sequence).
+#[map]
+pub(crate) static SEQ_CLASSES: HashMap<u32, SeqList> =
+    HashMap::with_max_entries(MAX_SEQ_CLASSES, BPF_F_NO_PREALLOC);
+/// The sequence rules each agent has armed. Preallocated: an arming must not fail for want of
+/// memory when the table has room.
+#[map]
+pub(crate) static SEQ_STATE: HashMap<SeqStateKey, SeqArmed> =
+    HashMap::with_max_entries(MAX_SEQ_STATE, 0);

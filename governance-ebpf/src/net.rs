@@ -17,6 +17,7 @@ use crate::{
     decide::{Agent, Decision, apply, count, current_agent, emit, or_no_rule},
     kernel::{AF_INET, AF_INET6, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB},
     maps::{API_ADDR, NET_RULES, ORIG_DST, ORIG_SCRATCH, PROXY, PROXY_CONNS},
+    sequence,
 };
 
 /// Network: the destination (IPv4 as IPv4-mapped IPv6) against the class's prefix table. One
@@ -199,9 +200,10 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     // One decision and one report for every branch: a second inlined `emit` would not fit the
     // stack budget the verifier counts across the whole program.
     let api = API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port));
+    let to_proxy = !api && is_proxy(proxy, &addr, port);
     let (mut d, via_proxy) = if api {
         (Decision::builtin(kind, true), false)
-    } else if is_proxy(proxy, &addr, port) {
+    } else if to_proxy {
         let mut d = Decision::builtin(kind, false);
         if tcp_connect && !record_for_proxy(ctx, &agent, &addr, port, false) {
             count(Counter::MapFull);
@@ -236,6 +238,11 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
             }
             d.extra_flags |= flags::PROXIED;
         }
+    }
+    // Armed sequence rules decide what goes out directly; what goes to the proxy (addressed
+    // to it, or sent there above) is decided there, per request.
+    if !d.denied && !to_proxy && d.extra_flags & flags::PROXIED == 0 {
+        sequence::restrict(&agent, &mut d, &addr, port);
     }
     emit(&agent, &d, |ev| {
         ev.addr = addr;

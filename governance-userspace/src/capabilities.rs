@@ -360,7 +360,60 @@ pub(crate) fn object(m: &Matcher) -> String {
             s
         }
         Matcher::Unix(t) => t.display(),
+        Matcher::Sequence(s) => sequence(s),
     }
+}
+
+/// A sequence rule: what arms it, what stays allowed once armed, and for how long.
+fn sequence(s: &crate::policy::Sequence) -> String {
+    let access = if s.after_access.is_empty() {
+        "any access".to_string()
+    } else {
+        s.after_access
+            .iter()
+            .map(|a| format!("{a:?}").to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let none = |v: Vec<String>| {
+        if v.is_empty() {
+            "nothing".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    let mut direct = none(s.network_except.iter().map(|n| n.to_string()).collect());
+    if !s.ports_except.is_empty() {
+        let p: Vec<String> = s
+            .ports_except
+            .iter()
+            .map(|(a, b)| {
+                if a == b {
+                    a.to_string()
+                } else {
+                    format!("{a}-{b}")
+                }
+            })
+            .collect();
+        let _ = write!(direct, " port {}", p.join(","));
+    }
+    let hosts = none(
+        s.hosts_except
+            .iter()
+            .map(|h| match h {
+                HostMatch::Any => "any host".to_string(),
+                HostMatch::Exact(e) => e.clone(),
+                HostMatch::Suffix(x) => format!("*{x}"),
+            })
+            .collect(),
+    );
+    let window = s.window.map_or("for the agent's life".to_string(), |w| {
+        format!("for {}", duration(w))
+    });
+    format!(
+        "after {} ({access}): egress except direct {direct}, http {hosts}, {window}",
+        path(&s.after)
+    )
 }
 
 fn duration(d: Duration) -> String {
@@ -431,6 +484,16 @@ pub fn render(c: &AgentCapabilities, out: &mut String) {
             out,
             "  {k}: everything not listed: {}",
             c.defaults.get(k).map_or("allow", String::as_str)
+        );
+        for i in c.items.iter().filter(|i| i.kind == k) {
+            let _ = writeln!(out, "    {}", item_line(i));
+        }
+    }
+    let k = Kind::Sequence.as_str();
+    if c.items.iter().any(|i| i.kind == k) {
+        let _ = writeln!(
+            out,
+            "  sequence restrictions (once armed, the verdict for egress outside):"
         );
         for i in c.items.iter().filter(|i| i.kind == k) {
             let _ = writeln!(out, "    {}", item_line(i));

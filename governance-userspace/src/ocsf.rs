@@ -94,7 +94,8 @@
 //! and, on decision classes, `authorizations[0]` (decision = verdict, policy uid = the rule,
 //! desc = reason). Our fields with no OCSF home are under `unmapped`: `type`, `kind`, `agent`,
 //! `rule` (also here, so one query works for every class), `verdict`, `outcome`, `mode`,
-//! `generation`, `shadow`, `approval`, `cgroup`, `counts`, and whatever of the object was not
+//! `generation`, `shadow`, `approval`, `cgroup`, `counts`, `armed_by` (a sequence rule's
+//! arming action), and whatever of the object was not
 //! mapped (`access`, `mcp_tool`, `signal`, `socket`, `detail`; the whole `object` for classes
 //! that have no place for it). Fields are only written when we have them: a missing value is
 //! left out, never sent empty. HTTP Activity's `http_response` is required by the schema but
@@ -629,6 +630,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         "approval": val(&r.approval),
         "cgroup": val(&r.cgroup),
         "counts": val(&r.counts),
+        "armed_by": val(&r.armed_by),
         "enrichment": r.process.as_ref().map(|p| p.enrichment.as_str()),
         "object": if object_mapped { Value::Null } else { val(o) },
         "access": if object_mapped { o.access.as_str() } else { "" },

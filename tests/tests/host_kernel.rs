@@ -3058,3 +3058,103 @@ fn drills_run_on_a_schedule() {
     assert!(canary_cgroups().is_empty(), "no canary cgroup is left");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sequence rules on the host kernel, whose file hook cannot load (no BPF LSM): the agent's
+/// armed state is written into the pinned table as the file hook writes it after a classified
+/// read; then the network hooks refuse the armed agent's direct connects and datagrams outside
+/// the allowlist (the event naming the sequence rule), and the proxy's view of the state (the
+/// same pinned table) says the agent is armed. Controls: the allowlisted destination, and a
+/// second agent under the same policy with no state.
+#[test]
+fn sequence_rule_state_refuses_direct_egress_and_reaches_the_proxy() {
+    use aya::maps::{HashMap, Map, MapData};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    require_root();
+    let a = TestCgroup::new("seq-agent-a");
+    let b = TestCgroup::new("seq-agent-b");
+    let (_out, out_addr) = listener([127, 0, 0, 1]);
+    let (_ok, ok_addr) = listener([127, 0, 0, 2]);
+    let glob = format!("governance-test-{}-*-seq-agent-*", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }}, http: {{ except_hosts: [db-api.internal] }} }}\n    verdict: block\n    reason: no exfiltration after PII\n"
+    ));
+    for hook in ["connect4", "connect6", "sendmsg4", "sendmsg6"] {
+        k.require(hook);
+    }
+    let rule = "seq/no-exfil-after-pii";
+    // What the file hook writes on the first classified read (see governance-ebpf's sequence.rs).
+    {
+        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: a.id(),
+            state: kernel::bucket_id(rule),
+        };
+        let armed = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: std::process::id(),
+            rule_id: governance_common::class_id(k.generation, 1),
+        };
+        state.insert(key, armed, 0).unwrap();
+    }
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", out_addr.port())
+        .parse()
+        .unwrap();
+    let cases = [
+        (
+            "sequence: connect out (host)",
+            Attempt::connect(out_addr),
+            Kind::Connect,
+        ),
+        (
+            "sequence: IPv4-mapped IPv6 connect (host)",
+            Attempt::connect(mapped),
+            Kind::Connect,
+        ),
+        (
+            "sequence: UDP datagram (host)",
+            Attempt::SendTo {
+                addr: "127.0.0.1:53".parse().unwrap(),
+            },
+            Kind::Send,
+        ),
+    ];
+    for (case, attempt, kind) in &cases {
+        redteam(case, "tried");
+        let (pid, outcome) = run_in(Some(&a.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(*kind), "{case}");
+        assert_eq!(
+            ev.rule_id,
+            governance_common::class_id(k.generation, 1),
+            "{case}"
+        );
+        assert_ne!(ev.flags & flags::SEQUENCE, 0, "{case}");
+        redteam(case, "denied");
+        let (_, outcome) = run_in(Some(&b.path), "agent", attempt);
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{case}: the agent with no state"
+        );
+        redteam(case, "control");
+    }
+    let (_, outcome) = run_in(Some(&a.path), "agent", &Attempt::connect(ok_addr));
+    assert_eq!(outcome, Outcome::Exited(0), "the allowlisted destination");
+    // The proxy's view: the same pinned table, by agent.
+    let source = kernel::armed_source(&k.pins, &k.agents);
+    let view = |cg: &TestCgroup| {
+        let agent = k.agents.iter().find(|x| x.cgroup_id == cg.id()).unwrap();
+        source(&agent.agent_ref(), &[rule])
+    };
+    let armed = view(&a);
+    assert_eq!(armed.len(), 1);
+    assert_eq!(
+        (armed[0].rule.as_str(), armed[0].by.pid),
+        (rule, std::process::id())
+    );
+    assert!(view(&b).is_empty(), "the other agent is not armed");
+}

@@ -4680,3 +4680,266 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sequence rules (docs/policy.md, "Sequence rules"): once an agent has read a file under the
+/// classified prefix, its direct connects and datagrams outside the rule's allowlist are
+/// refused, whichever of its processes makes them (a new one, one in a descendant cgroup),
+/// over IPv4, IPv4-mapped IPv6 and UDP. Controls: before the read, after a read outside the
+/// prefix, to the allowlisted destination, a second agent under the same policy that did not
+/// read, and a process outside every agent that read the file.
+#[test]
+fn sequence_rule_refuses_egress_after_a_classified_read() {
+    require_root();
+    let fx = Fixture::new("seq");
+    std::fs::create_dir_all(fx.p("pii")).unwrap();
+    std::fs::write(fx.p("pii/customers.csv"), "id,email\n1,a@b.example\n").unwrap();
+    let a = TestCgroup::new("seq-agent-a");
+    let b = TestCgroup::new("seq-agent-b");
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = outside.local_addr().unwrap().port();
+    let allowed = TcpListener::bind("127.0.0.2:0").unwrap();
+    let allowed_port = allowed.local_addr().unwrap().port();
+    let d = fx.dir.display();
+    let glob = format!("governance-test-{}-*-seq-agent-*", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\n\
+         agents: {{ cgroup: '{glob}' }}\n\
+         rules:\n\
+         \x20 - id: no-exfil-after-pii\n\
+         \x20   sequence:\n\
+         \x20     after: {{ file: {{ prefix: {d}/pii, access: [read] }} }}\n\
+         \x20     then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n\
+         \x20   verdict: block\n\
+         \x20   reason: no exfiltration after reading PII\n"
+    ));
+    for hook in ["file_open", "connect4", "connect6", "sendmsg4", "sendmsg6"] {
+        k.require(hook);
+    }
+    let rule_id = governance_common::class_id(k.generation, 1);
+    let v4 = |a: [u8; 4], p: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(a), p));
+    let connect_out = Attempt::connect(v4([127, 0, 0, 1], port));
+    let read_pii = Attempt::open(&fx.p("pii/customers.csv"), libc::O_RDONLY);
+    let read_public = Attempt::open(&fx.p("public.txt"), libc::O_RDONLY);
+    let ok = |cgroup: &Path, case: &str, attempt: &Attempt| {
+        let (_, outcome) = run_in(Some(cgroup), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}");
+    };
+    // Not armed: before any read, and after a read outside the prefix.
+    ok(&a.path, "connect before the read", &connect_out);
+    ok(&a.path, "read outside the prefix", &read_public);
+    ok(
+        &a.path,
+        "connect after a read outside the prefix",
+        &connect_out,
+    );
+    assert!(k.enforcer.armed().unwrap().is_empty(), "nothing armed yet");
+    // The read that arms the rule: allowed, reported once, naming the rule.
+    let (reader, outcome) = run_in(Some(&a.path), "reader", &read_pii);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "the classified read itself is allowed"
+    );
+    let ev = k.event_where(|e| e.tgid == reader && e.flags & flags::ARMED != 0);
+    assert_eq!(
+        ev.rule_id, rule_id,
+        "the arming event names the sequence rule"
+    );
+    assert_eq!(
+        Cause::from_u8(ev.cause),
+        Some(Cause::Rule),
+        "named as a rule"
+    );
+    assert_eq!(
+        text(&ev.path),
+        fx.p("pii/customers.csv").display().to_string()
+    );
+    assert_eq!(ev.flags & flags::DENIED, 0);
+    let armed = k.enforcer.armed().unwrap();
+    assert_eq!(armed.len(), 1, "{armed:?}");
+    assert_eq!(armed[0].0.agent_cgroup, a.id());
+    assert_eq!(
+        armed[0].0.state,
+        governance::kernel::bucket_id("seq/no-exfil-after-pii")
+    );
+    assert_eq!(
+        armed[0].1.tgid, reader,
+        "the arming names the process that read"
+    );
+    // A second read does not re-arm (the first arming counts).
+    ok(&a.path, "a second classified read", &read_pii);
+    assert_eq!(k.enforcer.armed().unwrap()[0].1.tgid, reader);
+    // Armed: a new process of the agent, over every route out.
+    let denied = |k: &mut Loaded,
+                  cgroup: &Path,
+                  control: Option<&Path>,
+                  case: &str,
+                  attempt: &Attempt,
+                  kind: Kind| {
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(Some(cgroup), "agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(kind), "{case}: kind");
+        assert_eq!(ev.rule_id, rule_id, "{case}: the sequence rule decided");
+        assert_ne!(
+            ev.flags & flags::SEQUENCE,
+            0,
+            "{case}: flagged as a sequence decision"
+        );
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block), "{case}");
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}");
+        assert_eq!(ev.agent_cgroup, a.id(), "{case}: the agent");
+        println!("redteam: denied {case}");
+        // The control: the same attempt from the same place in the agent that did not read.
+        let control = control.unwrap_or(&b.path);
+        let (_, outcome) = run_in(Some(control), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        println!("redteam: control {case}");
+    };
+    denied(
+        &mut k,
+        &a.path,
+        None,
+        "sequence: connect out after the read",
+        &connect_out,
+        Kind::Connect,
+    );
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
+    denied(
+        &mut k,
+        &a.path,
+        None,
+        "sequence: IPv4-mapped IPv6 connect after the read",
+        &Attempt::connect(mapped),
+        Kind::Connect,
+    );
+    denied(
+        &mut k,
+        &a.path,
+        None,
+        "sequence: UDP datagram after the read",
+        &Attempt::SendTo {
+            addr: v4([127, 0, 0, 1], 53),
+        },
+        Kind::Send,
+    );
+    let child = a.child("worker");
+    let b_child = b.child("worker");
+    denied(
+        &mut k,
+        &child,
+        Some(&b_child),
+        "sequence: connect from a descendant cgroup of the agent",
+        &connect_out,
+        Kind::Connect,
+    );
+    // Controls: the allowlist, the other agent, and a process outside every agent.
+    ok(
+        &a.path,
+        "the allowlisted destination",
+        &Attempt::connect(v4([127, 0, 0, 2], allowed_port)),
+    );
+    ok(&b.path, "the agent that did not read", &connect_out);
+    ok(&fx.outsider.path, "outside: the read", &read_pii);
+    ok(&fx.outsider.path, "outside: the connect", &connect_out);
+    // A policy reload keeps the agent armed (the state is keyed by the rule's name).
+    let agents = k.agents.clone();
+    let policy = governance::policy::parse(&[(
+        "seq.yaml".into(),
+        format!(
+            "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+             \x20 - {{ id: first, file: {{ prefix: /nonexistent }}, verdict: block, reason: moves the rule numbers }}\n\
+             \x20 - id: no-exfil-after-pii\n    sequence: {{ after: {{ file: {{ prefix: {d}/pii, access: [read] }} }}, then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }} }}\n    verdict: block\n    reason: r\n"
+        ),
+    )])
+    .unwrap();
+    let protect = governance::kernel::Protect {
+        cgroup_root: governance::agents::cgroup2_mount().unwrap(),
+        no_write: vec![],
+        no_access: vec![],
+    };
+    let compiled = governance::kernel::compile(&policy, &agents, 2, &protect);
+    assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+    k.enforcer.install(&compiled).unwrap();
+    k.generation = 2;
+    let (pid, outcome) = run_in(Some(&a.path), "agent", &connect_out);
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "still armed after a reload"
+    );
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(
+        ev.rule_id,
+        governance_common::class_id(2, 2),
+        "named by the new generation"
+    );
+    ok(&b.path, "the other agent, after the reload", &connect_out);
+    // A reload without the rule forgets the arming; bringing it back starts unarmed.
+    let without = governance::policy::parse(&[(
+        "seq.yaml".into(),
+        format!("name: seq\nagents: {{ cgroup: '{glob}' }}\nrules: []\n"),
+    )])
+    .unwrap();
+    k.enforcer
+        .install(&governance::kernel::compile(&without, &agents, 3, &protect))
+        .unwrap();
+    assert!(
+        k.enforcer.armed().unwrap().is_empty(),
+        "the removed rule's state is gone"
+    );
+    ok(&a.path, "unarmed once the rule is gone", &connect_out);
+    drop((outside, allowed));
+}
+
+/// A sequence rule with a window (`for: 3s`): armed by the read, it refuses the connect, and
+/// lets it through again once the window has passed (waited for by retrying the connect, and
+/// checked against the kernel's own clock of the arming, not a sleep).
+#[test]
+fn sequence_rule_window_ends() {
+    require_root();
+    let fx = Fixture::new("seqwin");
+    std::fs::write(fx.p("brief.txt"), "classified").unwrap();
+    let a = TestCgroup::new("seqwin-agent");
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = outside.local_addr().unwrap().port();
+    let d = fx.dir.display();
+    let mut k = load(&format!(
+        "name: seqwin\n\
+         agents: {{ cgroup: {agent} }}\n\
+         rules:\n\
+         \x20 - id: quiet-after-brief\n\
+         \x20   sequence: {{ after: {{ file: {{ path: {d}/brief.txt }} }}, for: 3s }}\n\
+         \x20   verdict: block\n\
+         \x20   reason: no egress for a while after the brief\n",
+        agent = a.rel.display(),
+    ));
+    let connect_out =
+        Attempt::connect(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)));
+    let (_, outcome) = run_in(Some(&a.path), "agent", &connect_out);
+    assert_eq!(outcome, Outcome::Exited(0), "before the read");
+    let read = Attempt::open(&fx.p("brief.txt"), libc::O_RDONLY);
+    let (reader, outcome) = run_in(Some(&a.path), "agent", &read);
+    assert_eq!(outcome, Outcome::Exited(0), "the read");
+    let armed = k.event_where(|e| e.tgid == reader && e.flags & flags::ARMED != 0);
+    let (pid, outcome) = run_in(Some(&a.path), "agent", &connect_out);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "within the window");
+    let refused = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_ne!(refused.flags & flags::SEQUENCE, 0);
+    assert!(refused.time_ns - armed.time_ns < 3_000_000_000);
+    let mut passed = 0;
+    governance_tests::wait_until("the window to end", Duration::from_secs(30), || {
+        let (pid, outcome) = run_in(Some(&a.path), "agent", &connect_out);
+        passed = pid;
+        outcome == Outcome::Exited(0)
+    });
+    let ev = k.event_where(|e| e.tgid == passed);
+    assert_eq!(ev.flags & flags::DENIED, 0);
+    assert!(
+        ev.time_ns - armed.time_ns >= 3_000_000_000,
+        "allowed again only after the window: {} ns after the arming",
+        ev.time_ns - armed.time_ns
+    );
+    drop(outside);
+}

@@ -85,7 +85,8 @@ impl Drainer {
                 };
                 drop(item);
                 let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
-                let r = Record::from_kernel(&ev, n, &self.clock);
+                let mut r = Record::from_kernel(&ev, n, &self.clock);
+                events::sequence::name(&ev, &mut r);
                 match GrantRequest::of(&ev) {
                     // An escalation is reported when the approval queue takes it, with its
                     // approval id, just before the request: what came before it goes first.

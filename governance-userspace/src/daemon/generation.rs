@@ -99,6 +99,7 @@ pub(super) fn build(
             ),
         }
     }
+    let pin_dir = enforcer.pin_dir.clone();
     drop(enforcer);
     crate::say!(
         "enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
@@ -143,7 +144,7 @@ pub(super) fn build(
     let rules = set.rule_count();
     Ok(Some(Built {
         names,
-        engine: Engine::new(set, number),
+        engine: Engine::new(set, number).with_armed_source(kernel::armed_source(&pin_dir, &found)),
         agents,
         found,
         rules,

@@ -124,6 +124,8 @@ pub struct Decision {
     pub generation: u32,
     /// What shadow rules would have done instead, when it differs.
     pub shadow: Option<Box<Decision>>,
+    /// When an armed sequence rule decided: the earlier action that armed it.
+    pub armed_by: Option<crate::events::sequence::ArmedBy>,
 }
 
 impl Decision {
@@ -232,6 +234,8 @@ pub struct Engine {
     /// `<policy>/<rule>` → rule index.
     by_id: HashMap<String, usize>,
     buckets: Buckets,
+    /// What agents have armed (see [`Engine::with_armed_source`]).
+    armed: Option<ArmedSource>,
 }
 
 impl Engine {
@@ -253,6 +257,7 @@ impl Engine {
             rules,
             by_id,
             buckets: Buckets::default(),
+            armed: None,
         }
     }
 
@@ -511,8 +516,18 @@ impl Engine {
         view
     }
 
-    /// Decide `action` for the agent of `view` at `now`.
+    /// Decide `action` for the agent of `view` at `now`, with what the agent has armed (the
+    /// engine's source, see [`Engine::with_armed_source`]) for outbound actions.
     pub fn decide(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
+        let armed = match action {
+            Action::Http(_) | Action::Network { .. } => self.armed_now(view),
+            _ => Vec::new(),
+        };
+        self.decide_armed(view, action, now, &armed)
+    }
+
+    /// [`Engine::decide`] without sequence rules.
+    fn decide_plain(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
         let kind = action.kind();
         // Hosts usually arrive lowercase (the proxy normalises them): no copy then.
         let host = match action {
@@ -604,6 +619,7 @@ impl Engine {
             ),
             generation: self.generation,
             shadow: None,
+            armed_by: None,
         }
     }
 
@@ -634,6 +650,7 @@ impl Engine {
             reason: rule.reason.clone(),
             generation: self.generation,
             shadow: None,
+            armed_by: None,
         }
     }
 
@@ -767,7 +784,10 @@ fn mcp_matches(
     })
 }
 
+mod sequence;
 pub mod testing;
+
+pub use self::sequence::{Armed, ArmedSource};
 
 #[cfg(test)]
 mod tests;

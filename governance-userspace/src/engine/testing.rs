@@ -68,7 +68,21 @@ struct Case {
     http: Option<HttpDoc>,
     #[serde(default)]
     unix: Option<UnixDoc>,
+    /// Earlier actions of the agent, in order, before this one: those the policy allows may
+    /// arm sequence rules (`after: [{ file: { path: /data/pii/x.csv, access: read } }]`).
+    #[serde(default)]
+    after: Vec<Earlier>,
+    /// How long after the earlier actions this one happens (`30m`, `2h`); default: at once.
+    #[serde(default)]
+    elapsed: Option<String>,
     expect: Expect,
+}
+
+/// An earlier action of a case (a file open; what arms sequence rules).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Earlier {
+    file: FileDoc,
 }
 
 /// `unix: { path: /run/x.sock }` or `unix: { abstract: name }`.
@@ -261,10 +275,29 @@ fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> R
     // A fresh engine per case: throttle buckets start full.
     let engine = Engine::new(set.clone(), 0);
     let view = engine.agent(&agent);
-    let now = Instant::now();
-    let mut decision = engine.decide(&view, &action, now);
+    let start = Instant::now();
+    let mut armed = Vec::new();
+    for e in &case.after {
+        let earlier = Action::File {
+            path: e.file.path.clone(),
+            access: e.file.access,
+        };
+        if engine
+            .decide_armed(&view, &earlier, start, &armed)
+            .verdict()
+            == Verdict::Allow
+        {
+            armed.extend(engine.arming(&view, &earlier, start));
+        }
+    }
+    let elapsed = match &case.elapsed {
+        Some(e) => policy::parse_span(e).map_err(|e| format!("elapsed: {e}"))?,
+        None => std::time::Duration::ZERO,
+    };
+    let now = start + elapsed;
+    let mut decision = engine.decide_armed(&view, &action, now, &armed);
     for _ in 1..case.repeat.unwrap_or(1) {
-        decision = engine.decide(&view, &action, now);
+        decision = engine.decide_armed(&view, &action, now, &armed);
     }
     let got_rule = decision.rule.clone().unwrap_or_else(|| "default".into());
     let describe = |v: Verdict, rule: &str| format!("{} ({rule})", v.as_str());

@@ -94,6 +94,12 @@ impl fmt::Display for Record {
         if let Some(s) = &self.shadow {
             write!(f, " shadow={}:{}", s.verdict, s.rule)?;
         }
+        if let Some(a) = &self.armed_by {
+            write!(f, " armed_by={}:{:?}", a.kind, a.object)?;
+            if a.pid != 0 {
+                write!(f, " armed_pid={}", a.pid)?;
+            }
+        }
         if let Some(a) = &self.approval {
             write!(f, " approval={} state={}", a.id, a.state)?;
             if !a.by.is_empty() {

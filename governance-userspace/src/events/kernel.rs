@@ -278,6 +278,12 @@ impl Record {
                 let (name, what) = builtin_what(kind, ev);
                 (format!("builtin:{name}"), what.into())
             }
+            (Some(Cause::MapFull), _) if kind == Some(Kind::File) && ev.detail & 0b1110 == 0 => (
+                "fail-closed:map-full".into(),
+                "the kernel's table of armed sequence rules is full; an open that would arm one \
+                 is refused"
+                    .into(),
+            ),
             (Some(Cause::MapFull), _) => (
                 "fail-closed:map-full".into(),
                 "the kernel's table of files agents wrote is full; a write it cannot remember \
@@ -466,6 +472,7 @@ impl Record {
             counts: Default::default(),
             stream: None,
             drill: None,
+            armed_by: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod display;
 pub mod filter;
 pub mod kernel;
 pub mod record;
+pub mod sequence;
 pub mod time;
 
 pub use filter::{Filter, StreamInfo};

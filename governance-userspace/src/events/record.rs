@@ -93,6 +93,10 @@ pub struct Record {
     /// "Drills").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drill: Option<crate::drill::Drill>,
+    /// A sequence rule's decisions: the earlier action that armed the rule (on the record of
+    /// that action itself too, whose `rule` is then the sequence rule it armed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub armed_by: Option<super::sequence::ArmedBy>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

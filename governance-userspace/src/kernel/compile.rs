@@ -45,6 +45,7 @@ use crate::{
 mod builtins;
 mod class;
 mod identities;
+mod sequence;
 
 pub use self::builtins::*;
 use self::{class::*, identities::*};
@@ -89,6 +90,9 @@ pub struct KernelPolicy {
     pub errors: Vec<String>,
     /// What the identity resolution could not cover, for the operator (the generation loads).
     pub notes: Vec<String>,
+    /// Sequence rules: (class id, its list), for agent and sandbox-profile classes that have
+    /// any. Their sequence classes are in `classes` (path and destination rules only).
+    pub sequences: Vec<(u32, governance_common::sequence::SeqList)>,
 }
 
 /// A rule as the compiler ranks it.
@@ -381,10 +385,12 @@ pub fn compile_from(
     // The same for every agent: resolved once (each spelling is a canonicalize).
     let cgroup_root = spellings(&protect.cgroup_root);
     let mut shared_by: BTreeMap<u32, Vec<(u8, Node, Ranked)>> = BTreeMap::new();
+    let mut seq_classes = Vec::new();
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
         let mut profiles: Vec<(String, &Policy, u32)> = Vec::new();
+        let mut sequences = Vec::new();
         for (p, rule, n) in &numbered {
             if !p
                 .selector
@@ -513,6 +519,7 @@ pub fn compile_from(
                     }
                 }
                 Matcher::Unix(target) => rules.unix.push((target.clone(), ranked)),
+                Matcher::Sequence(seq) => sequences.push((*rule, ranked.rule.rule_id, &**seq)),
                 Matcher::Http(_) => {}
             }
         }
@@ -528,7 +535,7 @@ pub fn compile_from(
                     Kind::File => 1,
                     Kind::Network => 2,
                     Kind::Unix => 3,
-                    Kind::Http => continue,
+                    Kind::Http | Kind::Sequence => continue,
                 };
                 let v = posture(*posture_);
                 let slot = if p.mode == Mode::Shadow {
@@ -642,6 +649,16 @@ pub fn compile_from(
         if let Some(first) = lists.first() {
             c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
         }
+        let seq_list = sequence::classes(
+            &sequences,
+            &mut new_class,
+            &mut seq_classes,
+            &mut out.errors,
+            &agent.name,
+        );
+        if let Some(list) = seq_list {
+            out.sequences.push((class, list));
+        }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
         for (name, p, pc) in profiles {
@@ -692,6 +709,9 @@ pub fn compile_from(
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, &shared);
+            if let Some(list) = seq_list {
+                out.sequences.push((pc, list));
+            }
             out.profiles.push((id_number(pc), out.classes.len()));
             out.classes.push(c);
         }
@@ -732,6 +752,8 @@ pub fn compile_from(
         let c = build_class(id, &rules, &mut out.errors, "(built-in)");
         out.builtins.push(c);
     }
+    // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
+    out.classes.extend(seq_classes);
     let entries: usize = out
         .classes
         .iter()

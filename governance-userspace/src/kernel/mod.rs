@@ -11,6 +11,7 @@ mod host_files;
 pub mod probe;
 mod proxy_conns;
 mod report;
+mod sequence;
 pub use report::count_keys;
 pub mod unix;
 
@@ -38,7 +39,7 @@ use governance_common::{
 };
 
 use self::attach::*;
-pub use self::{bpffs::*, facts::*, host_files::*, proxy_conns::*};
+pub use self::{bpffs::*, facts::*, host_files::*, proxy_conns::*, sequence::armed_source};
 
 pub use canary::Canary;
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile, compile_from};
@@ -453,6 +454,7 @@ impl Enforcer {
         std::thread::sleep(std::time::Duration::from_millis(5));
         self.clear_slot(slot ^ 1)?;
         self.prune_buckets(policy)?;
+        self.prune_sequences(policy)?;
         Ok(skipped)
     }
 
@@ -580,6 +582,7 @@ impl Enforcer {
             }
         }
         self.write_unix(policy, &mut skipped)?;
+        self.write_sequences(policy)?;
         {
             let name = maps::IDENT_RULES;
             let mut idents: HashMap<_, IdentKey, IdentValue> =
@@ -676,6 +679,7 @@ impl Enforcer {
             IdentValue,
             |k: &IdentKey| of_id(k.class)
         );
+        self.clear_sequences(slot)?;
         Ok(())
     }
 

@@ -28,7 +28,7 @@ fn kernel_kinds(kind: Kind) -> &'static [governance_common::Kind] {
         Kind::File => &[K::File],
         Kind::Network => &[K::Connect, K::Send],
         Kind::Unix => &[K::Unix],
-        Kind::Http => &[],
+        Kind::Http | Kind::Sequence => &[],
     }
 }
 

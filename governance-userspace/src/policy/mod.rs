@@ -25,13 +25,14 @@ use self::cond::Condition;
 
 mod error;
 mod load;
+mod sequence;
 mod set;
 mod validate;
 mod values;
 
 pub use self::kube::{PodIdentity, PodSelector};
 use self::validate::*;
-pub use self::{error::*, load::*, set::*, values::*};
+pub use self::{error::*, load::*, sequence::*, set::*, values::*};
 
 /// Longest exec/file path a rule may name (what the kernel side can match and report).
 pub const MAX_PATH_LEN: usize = governance_common::EVENT_PATH_LEN - 1;
@@ -46,6 +47,8 @@ pub enum Kind {
     Network,
     Http,
     Unix,
+    /// A sequence rule (see [`Sequence`]): not a kind of action, and not in [`Kind::ALL`].
+    Sequence,
 }
 
 impl Kind {
@@ -64,6 +67,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Http => "http",
             Kind::Unix => "unix",
+            Kind::Sequence => "sequence",
         }
     }
 }

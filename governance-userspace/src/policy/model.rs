@@ -354,6 +354,11 @@ pub struct RuleDoc {
     pub http: Option<HttpMatch>,
     #[serde(default)]
     pub unix: Option<UnixMatch>,
+    /// A sequence rule: once the agent has done `after`, its egress outside `then`'s
+    /// allowlists gets this rule's verdict (`block` or `escalate`), for `for` or for the rest
+    /// of the agent's life. See docs/policy.md, "Sequence rules".
+    #[serde(default)]
+    pub sequence: Option<SequenceDoc>,
     /// Required with `verdict: throttle`.
     #[serde(default)]
     pub throttle: Option<ThrottleDoc>,
@@ -502,6 +507,73 @@ pub struct HttpMatch {
     /// An MCP JSON-RPC `tools/call`: the tool and conditions on its arguments.
     #[serde(default)]
     pub mcp: Option<McpMatch>,
+}
+
+/// `sequence:`: what arms the rule, what stays allowed once it is armed, and for how long.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceDoc {
+    /// The earlier action that arms the rule: `{ file: { prefix: /data/pii/, access: read } }`
+    /// (an open of a path the `file` matcher covers, which was allowed).
+    pub after: SequenceAfter,
+    /// What stays allowed once armed; every other outbound connection, datagram and HTTP
+    /// request of the agent gets the rule's verdict. An omitted part allows nothing.
+    #[serde(default)]
+    pub then: SequenceThen,
+    /// How long the rule stays armed after the arming action (`30s`, `10m`, `1h`); omitted:
+    /// for the rest of the agent's life.
+    #[serde(default, rename = "for")]
+    #[schemars(with = "Option<String>")]
+    pub window: Option<Str>,
+}
+
+/// The arming action of a sequence rule.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceAfter {
+    /// A file open, matched as a `file` rule matches (`path` or `prefix`, `access`).
+    pub file: FileMatch,
+}
+
+/// The allowlists of an armed sequence rule.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceThen {
+    /// Connections and datagrams that go out directly (not through the HTTP proxy).
+    #[serde(default)]
+    pub network: Option<SequenceNetwork>,
+    /// Requests through the HTTP proxy (and TLS it passes through, by server name).
+    #[serde(default)]
+    pub http: Option<SequenceHttp>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceNetwork {
+    /// The destinations that stay reachable directly.
+    #[serde(default)]
+    pub except: Option<SequenceNetExcept>,
+}
+
+/// Destinations: an address in one of `cidr` and a port in `ports` (any port when omitted).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceNetExcept {
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrMany>")]
+    pub cidr: Option<List>,
+    #[serde(default)]
+    #[schemars(with = "Option<OneOrMany>")]
+    pub ports: Option<List>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceHttp {
+    /// Hosts (`api.internal.example`, `*.internal.example`) the proxy still lets requests go to.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub except_hosts: Vec<Str>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -192,6 +192,7 @@ pub enum Matcher {
     },
     Http(HttpMatcher),
     Unix(UnixTarget),
+    Sequence(Box<Sequence>),
 }
 
 impl Matcher {
@@ -202,6 +203,7 @@ impl Matcher {
             Matcher::Network { .. } => Kind::Network,
             Matcher::Http(_) => Kind::Http,
             Matcher::Unix(_) => Kind::Unix,
+            Matcher::Sequence(_) => Kind::Sequence,
         }
     }
 
@@ -257,6 +259,8 @@ impl Matcher {
                 UnixTarget::Path(p) => [2, p.as_os_str().len() as u32, 0, 0],
                 UnixTarget::Abstract(n) => [2, n.len() as u32, 0, 0],
             },
+            // Not ranked: a sequence rule is not a candidate for an action (see engine).
+            Matcher::Sequence(_) => [0; 4],
         }
     }
 }

@@ -86,7 +86,7 @@ fn every_problem_is_reported_and_nothing_applies() {
         "host `bad host`",
         "`P0ST` is not an HTTP method",
         "bad duration `soon`",
-        "give exactly one of `exec`, `file`, `network`, `http` or `unix`",
+        "give exactly one of `exec`, `file`, `network`, `http`, `unix` or `sequence`",
         "`throttle` settings only go with `verdict: throttle`",
     ] {
         assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
@@ -251,7 +251,7 @@ fn every_typo_of_a_file_is_reported_with_its_place() {
         errs,
         [
             "p.yaml:6:14: rules[0].verdict: unknown variant `blok`, expected one of `allow`, `throttle`, `sandbox`, `escalate`, `block`",
-            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `unix`, `throttle`, `escalate`, `sandbox`, or `report`",
+            "p.yaml:11:5: rules[1].reasn: Unknown field `reasn`, expected one of `id`, `verdict`, `reason`, `mode`, `exec`, `file`, `network`, `http`, `unix`, `sequence`, `throttle`, `escalate`, `sandbox`, or `report`",
             "p.yaml:13:42: rules[2].file.access[1]: unknown variant `wirte`, expected one of `read`, `write`, `create`, `truncate`, `exec`",
             "p.yaml:17:45: rules[3].network.via_proxy: Value was not a boolean",
         ]
@@ -325,7 +325,7 @@ fn unix_rules_name_a_socket_file_or_an_abstract_name() {
     );
     assert!(all.contains("an abstract name is 1 to 107 bytes"), "{all}");
     assert!(
-        all.contains("exactly one of `exec`, `file`, `network`, `http` or `unix`"),
+        all.contains("exactly one of `exec`, `file`, `network`, `http`, `unix` or `sequence`"),
         "{all}"
     );
     assert!(all.contains("Unknown field `prefix`"), "{all}");

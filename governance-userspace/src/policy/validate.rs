@@ -463,15 +463,21 @@ impl Cx<'_> {
             r.network.is_some(),
             r.http.is_some(),
             r.unix.is_some(),
+            r.sequence.is_some(),
         ]) {
             self.problem(
                 span,
                 format!(
-                    "rule `{}`: give exactly one of `exec`, `file`, `network`, `http` or `unix`",
+                    "rule `{}`: give exactly one of `exec`, `file`, `network`, `http`, `unix` or `sequence`",
                     *r.id
                 ),
             );
             return None;
+        }
+        if let Some(s) = &r.sequence {
+            return self
+                .sequence(span, &r.verdict, s)
+                .map(|s| Matcher::Sequence(Box::new(s)));
         }
         if let Some(u) = &r.unix {
             return self.unix_target(span, u).map(Matcher::Unix);

@@ -126,7 +126,9 @@ impl Proxy {
             port,
             protocol: crate::policy::Protocol::Tcp,
         };
-        let mut d = engine.decide(view, &action, Instant::now());
+        // Sequence rules decided this request by its host (`then.http`); their `network`
+        // allowlist is for what an agent sends out directly, as in the kernel.
+        let mut d = engine.decide_armed(view, &action, Instant::now(), &[]);
         if d.outcome == Outcome::Allow {
             return Ok(To::Upstream(addr));
         }

@@ -191,6 +191,10 @@ impl Proxy {
         if let Some(tls) = head.tls {
             rec.object.detail.insert("tls".into(), tls.as_str().into());
         }
+        rec.armed_by = d
+            .armed_by
+            .clone()
+            .or_else(|| d.shadow.as_ref().and_then(|s| s.armed_by.clone()));
         rec
     }
 

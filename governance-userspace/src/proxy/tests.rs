@@ -2065,3 +2065,68 @@ async fn requests_are_refused_while_the_audit_log_is_down_under_block() {
     assert_eq!(h.send(me, refund(50)).await.status, StatusCode::OK);
     h.assert_no_panics();
 }
+
+/// Sequence rules in the proxy: with the agent's state as the kernel's file hook sets it
+/// (here a source standing in for the pinned table: the host kernel cannot run the file
+/// hook), an armed agent's requests to hosts outside `then.http` are refused, naming the
+/// arming read; the allowlisted host still answers, and an agent that did not arm the rule
+/// (same policy) is not restricted.
+#[tokio::test]
+async fn an_armed_sequence_rule_refuses_requests_outside_its_hosts() {
+    let up = upstream("payments").await;
+    let set = parse(
+        "name: seq\nagents: { cgroup: agents/seq-* }\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    sequence:\n      after: { file: { prefix: /data/pii } }\n      then: { http: { except_hosts: [api.payments.example] } }\n    verdict: block\n    reason: no exfiltration after PII\n",
+    );
+    let h = start(config(), set.clone(), Limits::default()).await;
+    let source: crate::engine::ArmedSource = Arc::new(|agent: &AgentRef, rules: &[&str]| {
+        if agent.cgroup != "agents/seq-armed" {
+            return Vec::new();
+        }
+        rules
+            .iter()
+            .map(|r| crate::engine::Armed {
+                rule: r.to_string(),
+                at: std::time::Instant::now(),
+                by: crate::events::sequence::ArmedBy {
+                    rule: r.to_string(),
+                    kind: "file".into(),
+                    object: "/data/pii/customers.csv".into(),
+                    access: "r".into(),
+                    pid: 31,
+                    time: String::new(),
+                },
+            })
+            .collect()
+    });
+    h.engine
+        .store(Arc::new(Engine::new(set, 2).with_armed_source(source)));
+    let armed = h.agent("agents/seq-armed", None, Some(up.addr));
+    let other = h.agent("agents/seq-clean", None, Some(up.addr));
+    let get = |host: &str| {
+        Request::get("/v1/x")
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = h.send(armed, get("mcp.search.example")).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let rec = h.records.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        (rec.rule.as_str(), rec.outcome.as_str()),
+        ("seq/no-exfil-after-pii", "block")
+    );
+    let by = rec.armed_by.expect("the refusal names the arming");
+    assert_eq!(
+        (by.object.as_str(), by.pid),
+        ("/data/pii/customers.csv", 31)
+    );
+    // Controls: the allowlisted host, and the agent that did not read.
+    let r = h.send(armed, get("api.payments.example")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h.send(other, get("mcp.search.example")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let rec = h.records.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(rec.armed_by, None);
+    h.assert_no_panics();
+}

@@ -1,0 +1,154 @@
+//! Sequence rules → kernel tables: one sequence class per rule and agent (its arming paths as
+//! path rules, its direct-egress allowlist as destination rules; see
+//! governance_common::sequence), and the agent class's list of its sequence rules.
+
+use governance_common::sequence::{MAX_SEQ_RULES, SeqEntry, SeqList};
+
+use super::*;
+use crate::policy::Sequence;
+
+/// The sequence classes of one agent's sequence rules (`rules`: the rule, its kernel rule id,
+/// its matcher), appended to `classes`, and the list its classes carry; None without any.
+pub(super) fn classes(
+    rules: &[(&Rule, u32, &Sequence)],
+    new_class: &mut impl FnMut() -> u32,
+    classes: &mut Vec<Class>,
+    errors: &mut Vec<String>,
+    agent: &str,
+) -> Option<SeqList> {
+    if rules.is_empty() {
+        return None;
+    }
+    if rules.len() > MAX_SEQ_RULES {
+        errors.push(format!(
+            "agent {agent}: {} sequence rules; the kernel holds {MAX_SEQ_RULES} per agent",
+            rules.len()
+        ));
+        return None;
+    }
+    let mut list = SeqList {
+        len: rules.len() as u32,
+        ..Default::default()
+    };
+    for (i, (rule, rule_id, seq)) in rules.iter().enumerate() {
+        let class = new_class();
+        let mut tables = Rules::default();
+        let arming = Ranked {
+            specificity: [0; 4],
+            rule: rule_ref(*rule_id, KVerdict::Allow, 0),
+            shadow: false,
+        };
+        let (path, exact) = match &seq.after {
+            PathMatch::Exact(p) => (p, true),
+            PathMatch::Prefix(p) => (p, false),
+        };
+        for letter in letters(&seq.after_access) {
+            for spelled in spellings(path) {
+                tables.paths.entry(letter).or_default().push((
+                    Node {
+                        path: spelled,
+                        exact,
+                    },
+                    arming,
+                ));
+            }
+        }
+        let ranges = if seq.ports_except.is_empty() {
+            vec![(0, u16::MAX)]
+        } else {
+            seq.ports_except.clone()
+        };
+        for n in &seq.network_except {
+            let (bits, addr) = match n.addr {
+                IpAddr::V4(a) => (96 + u32::from(n.prefix), a.to_ipv6_mapped()),
+                IpAddr::V6(a) => (u32::from(n.prefix), a),
+            };
+            for (lo, hi) in &ranges {
+                tables.net.push((
+                    bits,
+                    masked(addr.octets(), bits),
+                    arming,
+                    *lo,
+                    *hi,
+                    proto::ANY,
+                    false,
+                ));
+            }
+        }
+        classes.push(build_class(class, &tables, errors, agent));
+        list.entries[i] = SeqEntry {
+            state: bucket_id(&rule.id),
+            window_ns: seq
+                .window
+                .map_or(0, |w| u64::try_from(w.as_nanos()).unwrap_or(u64::MAX)),
+            rule_id: *rule_id,
+            class,
+            verdict: kverdict(rule.verdict) as u8,
+            shadow: u8::from(rule.mode == Mode::Shadow),
+            _pad: [0; 6],
+        };
+    }
+    Some(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::compile::class::answer;
+
+    #[test]
+    fn a_sequence_rule_gets_its_own_class_and_a_stable_state_id() {
+        let set = crate::policy::parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: agents/a }\nrules:\n\
+             \x20 - { id: x, file: { prefix: /data }, verdict: allow, reason: r }\n\
+             \x20 - id: pii\n    sequence:\n      after: { file: { prefix: /data/pii, access: [read] } }\n      then: { network: { except: { cidr: 10.0.0.0/8, ports: 443 } } }\n      for: 2s\n    verdict: block\n    reason: r\n"
+                .into(),
+        )])
+        .unwrap();
+        let agent = AgentCgroup {
+            index: 0,
+            name: "a".into(),
+            rel: "agents/a".into(),
+            label: None,
+            path: "/sys/fs/cgroup/agents/a".into(),
+            cgroup_id: 42,
+            pod: None,
+        };
+        let protect = Protect {
+            cgroup_root: "/sys/fs/cgroup".into(),
+            no_write: vec![],
+            no_access: vec![],
+        };
+        let k = compile(&set, &[agent], 3, &protect);
+        assert!(k.errors.is_empty(), "{:?}", k.errors);
+        let (class, list) = k.sequences[0];
+        assert_eq!(class, k.classes[0].id);
+        assert_eq!(list.len, 1);
+        let e = list.entries[0];
+        assert_eq!(e.rule_id, class_id(3, 2));
+        assert_eq!(e.state, bucket_id("p/pii"), "the same in every generation");
+        assert_eq!(e.window_ns, 2_000_000_000);
+        assert_eq!(e.verdict, KVerdict::Block as u8);
+        let seq = k
+            .classes
+            .iter()
+            .find(|c| c.id == e.class)
+            .expect("its class");
+        assert!(answer(seq, access::READ, b"/data/pii/x.csv\0").is_some());
+        assert!(answer(seq, access::WRITE, b"/data/pii/x.csv\0").is_none());
+        assert!(answer(seq, access::READ, b"/data/public\0").is_none());
+        let mapped: [u8; 16] = std::net::Ipv4Addr::new(10, 0, 0, 0)
+            .to_ipv6_mapped()
+            .octets();
+        let allow = &seq.net[&(104, mapped)];
+        assert_eq!((allow[0].port_lo, allow[0].port_hi), (443, 443));
+        // The agent's own class has no trace of it.
+        assert!(
+            k.classes[0]
+                .paths
+                .keys()
+                .all(|(_, p)| !p.starts_with(b"/data/pii"))
+        );
+    }
+}
