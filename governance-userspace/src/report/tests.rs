@@ -179,8 +179,8 @@ fn period_log(with_drill: bool) -> Vec<Value> {
              "expected": "block", "got": "allow", "passed": false, "skipped_why": null},
             {"policy": "p", "rule": "x", "kind": "file", "object": "/etc/shadow",
              "expected": "block", "got": "block", "passed": true},
-            {"policy": "p", "rule": "y", "kind": "connect", "object": "1.2.3.4:80",
-             "passed": false, "skipped_why": "no route"},
+            {"policy": "p", "rule": "y", "kind": "network", "object": "1.2.3.4:80",
+             "expected": "block", "got": "", "passed": false, "skipped_why": "no route"},
         ]});
         records.push(drill);
     }
