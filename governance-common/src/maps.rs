@@ -66,8 +66,15 @@ pub const IDENT_RULES: &str = "IDENT_RULES";
 /// reported (see [`crate::report`]).
 pub const COUNTS: &str = "COUNTS";
 
+/// Ring buffer of [`crate::discover::DiscoverEvent`]: TLS ClientHellos and DNS queries of
+/// processes outside every agent (discovery: evidence, never enforcement).
+pub const DISCOVER: &str = "DISCOVER";
+/// Per-CPU array of u64, indexed by the `crate::discover::DISCOVER_*` slots: what the
+/// `discover` program reported, dropped and rate-limited.
+pub const DISCOVER_STATS: &str = "DISCOVER_STATS";
+
 /// Every map, in pin order.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 25] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -91,4 +98,6 @@ pub const ALL: [&str; 23] = [
     RAW_DEVICES,
     IDENT_RULES,
     COUNTS,
+    DISCOVER,
+    DISCOVER_STATS,
 ];

@@ -100,3 +100,11 @@ pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_ent
 #[map]
 pub(crate) static COUNTS: PerCpuHashMap<CountKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_COUNTS, BPF_F_NO_PREALLOC);
+/// TLS ClientHellos and DNS queries of processes outside every agent (see `discover`).
+#[map]
+pub(crate) static DISCOVER: RingBuf =
+    RingBuf::with_byte_size(governance_common::discover::DISCOVER_RING_BYTES, 0);
+/// Per CPU: reported, dropped, rate-limited, and the budget's window (see `discover`).
+#[map]
+pub(crate) static DISCOVER_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(governance_common::discover::DISCOVER_STATS_LEN, 0);

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod counts;
 pub mod daemon;
+pub mod discovery;
 pub mod engine;
 pub mod events;
 pub mod export;

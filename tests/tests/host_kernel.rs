@@ -2712,3 +2712,241 @@ fn the_capability_inventory_of_a_live_agent() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A TLS server on 127.0.0.1 (a self-signed certificate, made with openssl here) that stands in
+/// for an LLM provider: it completes the handshake whatever the server name and answers `ok`.
+/// Returns the server (killed on drop), its port and the temporary directory.
+fn stand_in_llm_host(name: &str) -> (governance_tests::Reaped, u16, PathBuf) {
+    let dir = PathBuf::from(format!(
+        "/tmp/governance-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stand-in",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let server = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + "/cert.pem", sys.argv[1] + "/key.pem")
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print(l.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        with ctx.wrap_socket(c, server_side=True) as s:
+            s.sendall(b"ok")
+    except Exception:
+        pass
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let mut child = governance_tests::Reaped(
+        Command::new("python3")
+            .args(["-c", server])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the stand-in's port");
+    (child, port, dir)
+}
+
+/// A TLS client in `cgroup` (python's ssl, OpenSSL) that connects to the stand-in on
+/// 127.0.0.1:`port` asking for `sni`, reads `ok`, prints `connected`, and stays alive until its
+/// stdin closes (so the daemon can look its process up).
+fn tls_client(cgroup: &Path, port: u16, sni: &str) -> governance_tests::Reaped {
+    let client = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname=sys.argv[2]) as s:
+    assert s.recv(2) == b"ok"
+print("connected", flush=True)
+sys.stdin.read()
+"#;
+    let mut child = governance_tests::Reaped(
+        governance_tests::command_in(
+            Some(cgroup),
+            "python3",
+            &["-c", client, &port.to_string(), sni],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "connected",
+        "the TLS connection must succeed (discovery never refuses)"
+    );
+    child
+}
+
+/// `governance discover -o json`'s evidence, flattened with each group's selector.
+fn discovered(daemon: &governance_tests::Daemon) -> Vec<(serde_json::Value, String)> {
+    let out = daemon.cli(&["discover", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enabled"], true, "{v}");
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| {
+            let sel = g["suggested_selector"].as_str().unwrap_or("").to_owned();
+            g["evidence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |e| (e.clone(), sel.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Discovery: a process outside every agent that talks TLS to an LLM provider's host (a
+/// stand-in on loopback; the client sends the server name `api.openai.com`) is a candidate
+/// agent, listed by `governance discover` with its evidence and a selector for its cgroup, and
+/// recorded in the audit log once. Controls: the same client asking for `example.org` (not on
+/// the host list) is not a candidate; a process inside an agent doing the same is not either
+/// (it is governed); every connection succeeds (discovery never refuses).
+#[test]
+fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
+    require_root();
+    let agent = TestCgroup::new("disc-agent");
+    let outside = TestCgroup::new("disc-outside");
+    let other = TestCgroup::new("disc-other");
+    let dir = policy_dir(
+        "disc",
+        &format!(
+            "name: disc\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("disc");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let out = daemon.cli(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "discover")
+        .cloned();
+    assert_eq!(
+        hook.as_ref().map(|h| h["state"].clone()),
+        Some("attached".into()),
+        "{status}"
+    );
+    let (_server, port, tmp) = stand_in_llm_host("disc");
+
+    // Controls first: another name outside, and the LLM host's name inside an agent.
+    let not_listed = tls_client(&other.path, port, "example.org");
+    let governed = tls_client(&agent.path, port, "api.openai.com");
+    let candidate = tls_client(&outside.path, port, "api.openai.com");
+    let pid = candidate.id();
+    let cg = format!("/{}", outside.rel.display());
+    let (e, selector) = wait_for_value(
+        "the candidate in `governance discover`",
+        Duration::from_secs(20),
+        || {
+            discovered(&daemon)
+                .into_iter()
+                .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "sni")
+        },
+    );
+    assert_eq!(e["value"], "api.openai.com", "{e}");
+    assert_eq!(e["matched"], "api.openai.com", "{e}");
+    assert_eq!(e["pid"], pid, "{e}");
+    assert_eq!(e["attributed"], "pid", "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    assert_eq!(
+        selector,
+        format!("agents:\n  cgroup: {}", outside.rel.display()),
+        "{e}"
+    );
+    // The audit log has the candidate record, once.
+    let audit = daemon.audit();
+    let records = wait_for_value("the discovery record", Duration::from_secs(10), || {
+        let r: Vec<_> = audit_records(&audit)
+            .into_iter()
+            .filter(|r| r["type"] == "discovery" && r["candidate"]["cgroup"] == cg.as_str())
+            .collect();
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["kind"], "candidate.sni");
+    assert_eq!(records[0]["denied"], false);
+    assert_eq!(records[0]["process"]["pid"], pid);
+    // A second connection of the same process's cgroup is counted, not recorded again.
+    let again = tls_client(&outside.path, port, "api.openai.com");
+    drop(again);
+    // The controls are not candidates (their ClientHellos were sent before the candidate's, so
+    // the daemon has read them).
+    let all = discovered(&daemon);
+    for (e, _) in &all {
+        assert_ne!(
+            e["cgroup"],
+            format!("/{}", other.rel.display()).as_str(),
+            "{e}"
+        );
+        assert_ne!(
+            e["cgroup"],
+            format!("/{}", agent.rel.display()).as_str(),
+            "{e}"
+        );
+        assert_ne!(e["value"], "example.org", "{e}");
+    }
+    // Nothing the agent did was changed: its connect was decided by its policy (allowed), and
+    // no discovery record names it.
+    assert!(
+        !audit_records(&audit)
+            .iter()
+            .any(|r| r["type"] == "discovery"
+                && r["candidate"]["cgroup"] == format!("/{}", agent.rel.display()).as_str()),
+    );
+    drop((candidate, governed, not_listed));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -19,6 +19,7 @@
 //! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
 mod counts;
+mod discover;
 mod drain;
 pub mod generation;
 mod identify;
@@ -193,6 +194,14 @@ pub struct RunArgs {
     /// scrapers; e.g. 0.0.0.0:9090 in a pod). Off by default.
     #[arg(long, env = "GOVERNANCE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Discovery of unlabelled agents: the LLM provider hosts (one pattern a line, `*.` for
+    /// subdomains, `#` comments) whose TLS server names and DNS queries make a process outside
+    /// every agent a candidate (default: the built-in list, see docs/discovery.md).
+    #[arg(long, value_name = "FILE")]
+    pub discover_hosts: Option<PathBuf>,
+    /// Do not look for unlabelled agents (no `discovery` records, `governance discover` empty).
+    #[arg(long)]
+    pub no_discover: bool,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -212,6 +221,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let hosts = host_overrides(&args.proxy_hosts)?;
     let token = api_token(&args)?;
     let exporters = exporters(&args)?;
+    let discover_hosts = match &args.discover_hosts {
+        Some(path) => crate::discovery::Hosts::load(path)?,
+        None => crate::discovery::Hosts::default(),
+    };
     let Some(Attached {
         enforcer,
         ring,
@@ -244,6 +257,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publisher: publisher.clone(),
         approvals: approvals.clone(),
     })?;
+
+    // Discovery of unlabelled agents: never fatal (see discover.rs).
+    let (discovery, mut discovery_thread) =
+        discover::start(&args, discover_hosts, &root, &enforcer, &publisher);
 
     let snapshot = Arc::new(Mutex::new(Snapshot {
         policy_dir: args.policy.clone(),
@@ -319,6 +336,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy: proxy.clone(),
         tokens: token,
         exporters: exports.stats.clone(),
+        discovery,
     });
     let api = serve_api(&args, &state, &enforcer).await?;
     // Everything that needed the start's privileges is done: keep only what is still needed.
@@ -350,6 +368,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = api.stop.send(true);
     let _ = std::fs::remove_file(&args.socket);
     drainer.stop();
+    if let Some(t) = discovery_thread.as_mut() {
+        t.stop();
+    }
     daemon.take_counts();
     publisher.publish(daemon.stopped());
     let current = daemon.current;

@@ -465,6 +465,7 @@ impl Record {
             message: String::new(),
             counts: Default::default(),
             stream: None,
+            candidate: None,
         }
     }
 }

@@ -89,6 +89,10 @@ pub struct Record {
     /// On a live stream's own records (`stream.subscribed`, `stream.ended`): the subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<StreamInfo>,
+    /// On a `discovery` record: the candidate agent (a process outside every agent that
+    /// behaves like one) and its evidence. Never enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<crate::discovery::Evidence>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -99,6 +103,8 @@ pub enum RecordType {
     Approval,
     Policy,
     Lifecycle,
+    /// A candidate agent: a process outside every agent that behaves like one (discovery).
+    Discovery,
 }
 
 impl RecordType {
@@ -108,6 +114,7 @@ impl RecordType {
             RecordType::Approval => "approval",
             RecordType::Policy => "policy",
             RecordType::Lifecycle => "lifecycle",
+            RecordType::Discovery => "discovery",
         }
     }
 }

@@ -5,6 +5,7 @@ mod attach;
 mod bpffs;
 pub mod btf;
 mod compile;
+mod discover;
 mod facts;
 mod host_files;
 pub mod probe;
@@ -37,7 +38,7 @@ use governance_common::{
 };
 
 use self::attach::*;
-pub use self::{bpffs::*, facts::*, host_files::*, proxy_conns::*};
+pub use self::{bpffs::*, discover::*, facts::*, host_files::*, proxy_conns::*};
 
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile};
 
@@ -298,6 +299,22 @@ impl Enforcer {
                 ),
             ));
         }
+        // Discovery (never enforcement): attached when the kernel allows, its failure only
+        // reported.
+        let result = attach(
+            &mut ebpf,
+            programs::DISCOVER,
+            cgroup_root,
+            kernel_btf.as_ref(),
+            pin_dir,
+        );
+        hooks.push((
+            programs::DISCOVER,
+            result.as_ref().map_or_else(
+                |e| HookState::Unavailable(explain(e)),
+                |()| HookState::Attached,
+            ),
+        ));
         let exec_missing = hooks
             .iter()
             .any(|(p, h)| *p == programs::EXEC && !matches!(h, HookState::Attached));
@@ -351,7 +368,7 @@ impl Enforcer {
         }
         let hooks = programs::ALL
             .iter()
-            .chain([&programs::EXEC_KILL])
+            .chain([&programs::EXEC_KILL, &programs::DISCOVER])
             .filter_map(|p| {
                 let pinned = pin_dir.join(pins::LINKS).join(p.name);
                 if pinned.exists() {
