@@ -2950,3 +2950,240 @@ fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// A daemon for the discovery tests: one agent (`agent`), network allowed, no proxy. (Keep the
+/// pin directory: dropping it unloads the programs.)
+fn discovery_daemon(
+    name: &str,
+    agent: &TestCgroup,
+) -> (governance_tests::Daemon, PathBuf, governance_tests::PinDir) {
+    let dir = policy_dir(
+        name,
+        &format!(
+            "name: {name}\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir(name);
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    (daemon, dir, pins)
+}
+
+/// A python3 process in `cgroup` running `code` with `env`, that prints `ready` and then waits
+/// for its stdin to close.
+fn python_in(cgroup: &Path, args: &[&str], env: &[(&str, &Path)]) -> governance_tests::Reaped {
+    let mut child = governance_tests::Reaped(
+        governance_tests::command_in(Some(cgroup), "python3", args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{args:?}");
+    child
+}
+
+/// Discovery from /proc: a python process outside every agent that runs a module named like a
+/// known agent framework (a tiny local package `langchain_core` on PYTHONPATH, made here: no
+/// real framework is installed) is a candidate with framework evidence; one that runs a stdio
+/// MCP server as its child (a local module `mcp`) is a candidate with MCP evidence, and so is
+/// the server. Control: the same framework process inside an agent is not a candidate.
+#[test]
+fn discovery_finds_agent_frameworks_and_mcp_servers_outside_agents() {
+    require_root();
+    let agent = TestCgroup::new("discfw-agent");
+    let outside = TestCgroup::new("discfw-outside");
+    let (daemon, dir, _pins) = discovery_daemon("discfw", &agent);
+    let pkgs = dir.join("pythonpath");
+    for module in ["langchain_core", "mcp"] {
+        std::fs::create_dir_all(pkgs.join(module)).unwrap();
+        std::fs::write(pkgs.join(module).join("__init__.py"), "").unwrap();
+        std::fs::write(
+            pkgs.join(module).join("__main__.py"),
+            "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n",
+        )
+        .unwrap();
+    }
+    let env = [("PYTHONPATH", pkgs.as_path())];
+    let governed = python_in(&agent.path, &["-m", "langchain_core"], &env);
+    let framework = python_in(&outside.path, &["-m", "langchain_core"], &env);
+    let host = python_in(
+        &outside.path,
+        &[
+            "-c",
+            "import subprocess, sys\n\
+             p = subprocess.Popen([sys.executable, '-m', 'mcp'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n\
+             p.stdout.readline()\n\
+             print('ready', flush=True)\n\
+             sys.stdin.read()\n",
+        ],
+        &env,
+    );
+    let cg = format!("/{}", outside.rel.display());
+    let find = |what: &str, pid: u32| {
+        discovered(&daemon)
+            .into_iter()
+            .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == what && e["pid"] == pid)
+    };
+    let (e, selector) = wait_for_value("the framework candidate", Duration::from_secs(30), || {
+        find("framework", framework.id())
+    });
+    assert_eq!(e["value"], "langchain_core", "{e}");
+    assert_eq!(e["matched"], "langchain", "{e}");
+    assert_eq!(
+        selector,
+        format!("agents:\n  cgroup: {}", outside.rel.display())
+    );
+    let (e, _) = wait_for_value("the MCP host", Duration::from_secs(30), || {
+        find("mcp", host.id())
+    });
+    assert!(
+        e["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("runs MCP server pid "),
+        "{e}"
+    );
+    let all = discovered(&daemon);
+    assert!(
+        all.iter().any(|(e, _)| e["what"] == "mcp"
+            && e["value"] == "mcp"
+            && e["cgroup"] == cg.as_str()
+            && e["pid"] != host.id()),
+        "the server itself: {all:?}"
+    );
+    // Control: the agent's process (scanned in the same passes) is not a candidate.
+    assert!(
+        !all.iter().any(|(e, _)| e["pid"] == governed.id()),
+        "{all:?}"
+    );
+    let records = audit_records(&daemon.audit());
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "candidate.framework" && r["candidate"]["pid"] == framework.id()),
+        "{records:?}"
+    );
+    drop((framework, host, governed));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Discovery by DNS: a process outside every agent, in a network namespace made here (with its
+/// own /etc/resolv.conf in a mount namespace), asks a stand-in resolver on 127.0.0.1:53 for
+/// `api.anthropic.com` through glibc (`getaddrinfo`): a candidate with dns evidence. Control: a
+/// query for `example.org` from another cgroup is not. The stand-in answers NXDOMAIN; the
+/// queries are not refused (the answers arrive).
+#[test]
+fn discovery_finds_dns_queries_for_llm_hosts() {
+    require_root();
+    let agent = TestCgroup::new("discdns-agent");
+    let outside = TestCgroup::new("discdns-outside");
+    let other = TestCgroup::new("discdns-other");
+    let (daemon, dir, _pins) = discovery_daemon("discdns", &agent);
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:5\n",
+    )
+    .unwrap();
+    let script = dir.join("query.py");
+    std::fs::write(
+        &script,
+        "import socket, sys, threading\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 53))\n\
+         def serve():\n\
+         \x20   while True:\n\
+         \x20       q, a = s.recvfrom(512)\n\
+         \x20       # NXDOMAIN: the query back, with QR, RA and rcode 3.\n\
+         \x20       s.sendto(q[:2] + bytes([q[2] | 0x80, 0x83]) + q[4:], a)\n\
+         threading.Thread(target=serve, daemon=True).start()\n\
+         try:\n\
+         \x20   socket.getaddrinfo(sys.argv[1], 443)\n\
+         except socket.gaierror as e:\n\
+         \x20   assert e.errno == socket.EAI_NONAME, e\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+    )
+    .unwrap();
+    let run = |cg: &TestCgroup, name: &str| {
+        let mut child = governance_tests::Reaped(
+            governance_tests::command_in(
+                Some(&cg.path),
+                "unshare",
+                &[
+                    "--net",
+                    "--mount",
+                    "sh",
+                    "-c",
+                    "ip link set lo up && mount --bind \"$1\" /etc/resolv.conf && exec python3 \"$2\" \"$3\"",
+                    "sh",
+                    resolv.to_str().unwrap(),
+                    script.to_str().unwrap(),
+                    name,
+                ],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the query was answered (never refused)"
+        );
+        child
+    };
+    let control = run(&other, "example.org");
+    let candidate = run(&outside, "api.anthropic.com");
+    let cg = format!("/{}", outside.rel.display());
+    let mut found = None;
+    poll_until(Duration::from_secs(20), || {
+        found = discovered(&daemon)
+            .into_iter()
+            .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "dns");
+        found.is_some()
+    });
+    let Some((e, _)) = found else {
+        let out = daemon.cli(&["discover", "-o", "json"]);
+        let status = daemon.cli(&["status", "-o", "json"]);
+        panic!(
+            "no dns candidate for {cg} within 20 s: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&status.stdout)
+        );
+    };
+    assert_eq!(e["value"], "api.anthropic.com", "{e}");
+    assert_eq!(e["attributed"], "pid", "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    let all = discovered(&daemon);
+    assert!(
+        !all.iter()
+            .any(|(e, _)| e["cgroup"] == format!("/{}", other.rel.display()).as_str()),
+        "{all:?}"
+    );
+    drop((candidate, control));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -216,9 +216,7 @@ fn package_of(path: &str, list: &[&'static str]) -> Option<&'static str> {
             return None;
         }
         let pkg = w[1].split(['-', '.']).next().unwrap_or(w[1]);
-        list.iter()
-            .copied()
-            .find(|n| w[1] == *n || pkg == *n || (n.starts_with('@') && w[1] == *n))
+        list.iter().copied().find(|n| w[1] == *n || pkg == *n)
     })
 }
 
