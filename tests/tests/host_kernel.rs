@@ -3187,3 +3187,68 @@ fn discovery_finds_dns_queries_for_llm_hosts() {
     drop(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run --no-discover`: the kernel's discovery program is detached (its link pin removed: no
+/// cost to processes outside agents), `governance discover` says it is off, and a TLS client
+/// asking for an LLM host's name is no candidate. Control: the other discovery tests, where
+/// the same client is one.
+#[test]
+fn no_discover_detaches_the_discovery_program() {
+    require_root();
+    let agent = TestCgroup::new("nodisc-agent");
+    let outside = TestCgroup::new("nodisc-outside");
+    let dir = policy_dir(
+        "nodisc",
+        &format!(
+            "name: nodisc\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("nodisc");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--no-discover",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(!pins.join("links").join("discover").exists());
+    let out = daemon.cli(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "discover")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        hook["state"], "NOT AVAILABLE: off (--no-discover)",
+        "{status}"
+    );
+    assert_eq!(
+        status["degraded"], true,
+        "degraded by the LSM hooks only: {status}"
+    );
+    let (_server, port, tmp) = stand_in_llm_host("nodisc");
+    let client = tls_client(&outside.path, port, "api.openai.com");
+    let out = daemon.cli(&["discover", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enabled"], false, "{v}");
+    assert_eq!(v["groups"], serde_json::json!([]), "{v}");
+    let out = daemon.cli(&["discover"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("discovery is off"),
+        "{out:?}"
+    );
+    drop(client);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

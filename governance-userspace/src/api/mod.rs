@@ -542,7 +542,7 @@ pub enum QueryError {
         text: String,
         source: crate::policy::ValueError,
     },
-    #[error("type `{0}`: one of decision, approval, policy, lifecycle")]
+    #[error("type `{0}`: one of decision, approval, policy, lifecycle, discovery")]
     Type(String),
 }
 

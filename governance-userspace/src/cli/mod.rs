@@ -206,7 +206,7 @@ pub struct EventsArgs {
     /// Only these kinds (exec, file, connect, send, http, ...), comma-separated.
     #[arg(long)]
     pub kind: Option<String>,
-    /// Only these record types (decision, approval, policy, lifecycle), comma-separated.
+    /// Only these record types (decision, approval, policy, lifecycle, discovery), comma-separated.
     #[arg(long = "type", value_name = "TYPE")]
     pub ty: Option<String>,
     /// Replay from the audit log from this time on (RFC 3339, or back from now: 30s, 10m, 2h,

@@ -199,7 +199,8 @@ pub struct RunArgs {
     /// every agent a candidate (default: the built-in list, see docs/discovery.md).
     #[arg(long, value_name = "FILE")]
     pub discover_hosts: Option<PathBuf>,
-    /// Do not look for unlabelled agents (no `discovery` records, `governance discover` empty).
+    /// Do not look for unlabelled agents: the kernel's `discover` program is detached (no cost
+    /// to processes outside agents), no `discovery` records, `governance discover` says off.
     #[arg(long)]
     pub no_discover: bool,
 }
@@ -516,6 +517,11 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
                 args.pins.display()
             )
         })?;
+    if args.no_discover {
+        enforcer
+            .detach_discover()
+            .context("detaching the discovery program (--no-discover)")?;
+    }
     let previous = enforcer.generation().unwrap_or(0);
     let adopted = enforcer.adopted;
     if adopted {

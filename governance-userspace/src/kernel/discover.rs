@@ -25,6 +25,23 @@ impl Enforcer {
         RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
     }
 
+    /// Detach the discovery program (`run --no-discover`): its pinned link is removed, so the
+    /// kernel drops it and processes outside agents pay nothing for discovery.
+    pub fn detach_discover(&mut self) -> Result<(), KernelError> {
+        let path = self.pin_dir.join(pins::LINKS).join(programs::DISCOVER.name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(KernelError::Pin { path, source }),
+        }
+        for (p, h) in &mut self.hooks {
+            if *p == programs::DISCOVER {
+                *h = HookState::Unavailable("off (--no-discover)".into());
+            }
+        }
+        Ok(())
+    }
+
     /// The discovery program's statistics.
     pub fn discover_stats(&self) -> Result<DiscoverStats, KernelError> {
         let name = maps::DISCOVER_STATS;
