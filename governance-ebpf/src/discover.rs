@@ -45,16 +45,18 @@ pub fn discover(ctx: SkBuffContext) -> i32 {
 
 /// Where the transport header starts, and the protocol: IPv4 (any header length, first
 /// fragments only) or IPv6 (no extension headers: TCP or UDP right after the fixed header).
+/// One copy of the header's first bytes: every helper call counts on this path, which every
+/// packet takes.
 #[inline(always)]
 fn transport(ctx: &SkBuffContext) -> Option<(usize, u8)> {
     let proto = u16::from_be(ctx.skb.protocol() as u16);
     if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(0).ok()?;
-        let frag: u16 = u16::from_be(ctx.load(6).ok()?);
-        if frag & 0x1fff != 0 {
+        // version/IHL, ..., flags/fragment offset (6-7), TTL, protocol (9).
+        let h: [u8; 10] = ctx.load(0).ok()?;
+        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
             return None; // a later fragment: no transport header
         }
-        Some((usize::from(vihl & 0x0f) * 4, ctx.load(9).ok()?))
+        Some((usize::from(h[0] & 0x0f) * 4, h[9]))
     } else if proto == ETH_P_IPV6 {
         Some((40, ctx.load(6).ok()?))
     } else {
@@ -65,18 +67,23 @@ fn transport(ctx: &SkBuffContext) -> Option<(usize, u8)> {
 #[inline(always)]
 fn try_discover(ctx: &SkBuffContext) -> Option<()> {
     let (l4, protocol) = transport(ctx)?;
-    let port = u16::from_be(ctx.load(l4 + 2).ok()?);
-    let (kind, payload) = if protocol == IPPROTO_TCP {
-        let doff: u8 = ctx.load(l4 + 12).ok()?;
-        let payload = l4 + usize::from(doff >> 4) * 4;
+    let (kind, payload, port) = if protocol == IPPROTO_TCP {
+        // Ports, sequence and acknowledgment numbers, data offset (12): one copy.
+        let t: [u8; 13] = ctx.load(l4).ok()?;
+        let payload = l4 + usize::from(t[12] >> 4) * 4;
         // A TLS handshake record (0x16), version 3.x, whose first message is a ClientHello (1).
+        // (Fails, and so ends here, on a packet without payload: SYN, ACK, FIN.)
         let head: [u8; 6] = ctx.load(payload).ok()?;
         if head[0] != 0x16 || head[1] != 0x03 || head[5] != 0x01 {
             return None;
         }
-        (DISCOVER_TLS, payload)
-    } else if protocol == IPPROTO_UDP && port == DNS_PORT {
-        (DISCOVER_DNS, l4 + 8)
+        (DISCOVER_TLS, payload, u16::from_be_bytes([t[2], t[3]]))
+    } else if protocol == IPPROTO_UDP {
+        let port = u16::from_be(ctx.load(l4 + 2).ok()?);
+        if port != DNS_PORT {
+            return None;
+        }
+        (DISCOVER_DNS, l4 + 8, port)
     } else {
         return None;
     };
