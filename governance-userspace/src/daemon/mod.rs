@@ -517,10 +517,11 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
                 args.pins.display()
             )
         })?;
-    if args.no_discover {
-        enforcer
-            .detach_discover()
-            .context("detaching the discovery program (--no-discover)")?;
+    // Discovery never stops the daemon: a program that cannot be detached is reported.
+    if args.no_discover
+        && let Err(e) = enforcer.detach_discover()
+    {
+        tracing::warn!("--no-discover: the discovery program stays attached: {e}");
     }
     let previous = enforcer.generation().unwrap_or(0);
     let adopted = enforcer.adopted;
