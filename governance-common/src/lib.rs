@@ -31,6 +31,9 @@ pub mod sequence;
 /// relocations, so the loader does this job).
 pub mod offsets;
 
+/// Discovery of agents nobody labelled: the `discover` program's records.
+pub mod discover;
+
 /// How many cgroup levels below the root the kernel programs inspect when they look for the
 /// agent a task belongs to. An agent root must sit at a level below this; its descendants may be
 /// deeper (the walk goes top-down and stops at the first agent root).

@@ -73,9 +73,15 @@ pub const SEQ_CLASSES: &str = "SEQ_CLASSES";
 /// agent has armed. Not per generation (keyed by the rule's name hash), so armed rules stay
 /// armed across reloads; the daemon deletes the entries of agents and rules that are gone.
 pub const SEQ_STATE: &str = "SEQ_STATE";
+/// Ring buffer of [`crate::discover::DiscoverEvent`]: TLS ClientHellos and DNS queries of
+/// processes outside every agent (discovery: evidence, never enforcement).
+pub const DISCOVER: &str = "DISCOVER";
+/// Per-CPU array of u64, indexed by the `crate::discover::DISCOVER_*` slots: what the
+/// `discover` program reported, dropped and rate-limited.
+pub const DISCOVER_STATS: &str = "DISCOVER_STATS";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 25] = [
+pub const ALL: [&str; 27] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -101,4 +107,6 @@ pub const ALL: [&str; 25] = [
     COUNTS,
     SEQ_CLASSES,
     SEQ_STATE,
+    DISCOVER,
+    DISCOVER_STATS,
 ];

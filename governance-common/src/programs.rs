@@ -9,6 +9,8 @@ pub enum Attach {
     RawTracepoint(&'static str),
     /// sock_ops at the cgroup2 root.
     SockOps,
+    /// cgroup_skb/egress at the cgroup2 root.
+    SkbEgress,
 }
 
 /// A program of the object.
@@ -140,6 +142,16 @@ pub const EXEC_KILL: Program = Program {
     name: "sched_process_exec",
     attach: Attach::RawTracepoint("sched_process_exec"),
     what: "exec (DEGRADED: kill after exec)",
+    required: false,
+};
+
+/// Discovery of agents nobody labelled: TLS ClientHellos and DNS queries of processes outside
+/// every agent, copied for the daemon. Never enforces (always passes the packet) and is not
+/// part of enforcement: a kernel that refuses it loses discovery only.
+pub const DISCOVER: Program = Program {
+    name: "discover",
+    attach: Attach::SkbEgress,
+    what: "discovery of unlabelled agents (TLS server names, DNS; never enforces)",
     required: false,
 };
 

@@ -15,7 +15,9 @@
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
-//! `lifecycle` (fork and exit). What they share: `decide` (the agent, the decision, the event),
+//! `lifecycle` (fork and exit), `discover` (TLS server names and DNS queries of processes
+//! outside every agent, for the daemon's discovery of unlabelled agents; never enforces).
+//! What they share: `decide` (the agent, the decision, the event),
 //! `maps` (every map) and `kernel` (struct offsets and constants).
 //!
 //! The loader finds programs, maps and offsets by symbol name (governance_common::programs,
@@ -29,6 +31,7 @@
 mod caps;
 mod clone;
 mod decide;
+mod discover;
 mod exec;
 mod file;
 mod guard;

@@ -110,3 +110,11 @@ pub(crate) static SEQ_CLASSES: HashMap<u32, SeqList> =
 #[map]
 pub(crate) static SEQ_STATE: HashMap<SeqStateKey, SeqArmed> =
     HashMap::with_max_entries(MAX_SEQ_STATE, 0);
+/// TLS ClientHellos and DNS queries of processes outside every agent (see `discover`).
+#[map]
+pub(crate) static DISCOVER: RingBuf =
+    RingBuf::with_byte_size(governance_common::discover::DISCOVER_RING_BYTES, 0);
+/// Per CPU: reported, dropped, rate-limited, and the budget's window (see `discover`).
+#[map]
+pub(crate) static DISCOVER_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(governance_common::discover::DISCOVER_STATS_LEN, 0);

@@ -22,6 +22,7 @@ pub mod cli;
 pub mod client;
 pub mod counts;
 pub mod daemon;
+pub mod discovery;
 pub mod drill;
 pub mod engine;
 pub mod events;

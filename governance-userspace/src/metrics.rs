@@ -461,7 +461,7 @@ impl Metrics {
                 self.reloads.get_or_create(&ResultLabels { result }).inc();
                 self.last_reload_ok.set(ok);
             }
-            RecordType::Lifecycle => {}
+            RecordType::Lifecycle | RecordType::Discovery => {}
         }
     }
 

@@ -220,6 +220,8 @@ fn class_of(r: &Record) -> Class {
             }
             kind => Class::other(0, "Base Event", kind),
         },
+        // Evidence about a process outside every agent: no OCSF class says "unlabelled agent".
+        RecordType::Discovery => Class::other(0, "Base Event", &r.kind),
     }
 }
 

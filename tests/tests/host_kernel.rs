@@ -3158,3 +3158,543 @@ fn sequence_rule_state_refuses_direct_egress_and_reaches_the_proxy() {
     );
     assert!(view(&b).is_empty(), "the other agent is not armed");
 }
+
+/// A TLS server on 127.0.0.1 (a self-signed certificate, made with openssl here) that stands in
+/// for an LLM provider: it completes the handshake whatever the server name and answers `ok`.
+/// Returns the server (killed on drop), its port and the temporary directory.
+fn stand_in_llm_host(name: &str) -> (governance_tests::Reaped, u16, PathBuf) {
+    let dir = PathBuf::from(format!(
+        "/tmp/governance-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=stand-in",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let server = r#"
+import socket, ssl, sys, threading
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1] + "/cert.pem", sys.argv[1] + "/key.pem")
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(16)
+print(l.getsockname()[1], flush=True)
+def serve(c):
+    try:
+        with ctx.wrap_socket(c, server_side=True) as s:
+            s.sendall(b"ok")
+    except Exception:
+        pass
+while True:
+    c, _ = l.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+    let mut child = governance_tests::Reaped(
+        Command::new("python3")
+            .args(["-c", server])
+            .arg(&dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("the stand-in's port");
+    (child, port, dir)
+}
+
+/// A TLS client in `cgroup` (python's ssl, OpenSSL) that connects to the stand-in on
+/// 127.0.0.1:`port` asking for `sni`, reads `ok`, prints `connected`, and stays alive until its
+/// stdin closes (so the daemon can look its process up).
+fn tls_client(cgroup: &Path, port: u16, sni: &str) -> governance_tests::Reaped {
+    let client = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[1]))), server_hostname=sys.argv[2]) as s:
+    assert s.recv(2) == b"ok"
+print("connected", flush=True)
+sys.stdin.read()
+"#;
+    let mut child = governance_tests::Reaped(
+        governance_tests::command_in(
+            Some(cgroup),
+            "python3",
+            &["-c", client, &port.to_string(), sni],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "connected",
+        "the TLS connection must succeed (discovery never refuses)"
+    );
+    child
+}
+
+/// `governance discover -o json`'s evidence, flattened with each group's selector.
+fn discovered(daemon: &governance_tests::Daemon) -> Vec<(serde_json::Value, String)> {
+    let out = daemon.cli(&["discover", "-o", "json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enabled"], true, "{v}");
+    v["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| {
+            let sel = g["suggested_selector"].as_str().unwrap_or("").to_owned();
+            g["evidence"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |e| (e.clone(), sel.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Discovery: a process outside every agent that talks TLS to an LLM provider's host (a
+/// stand-in on loopback; the client sends the server name `api.openai.com`) is a candidate
+/// agent, listed by `governance discover` with its evidence and a selector for its cgroup, and
+/// recorded in the audit log once. Controls: the same client asking for `example.org` (not on
+/// the host list) is not a candidate; a process inside an agent doing the same is not either
+/// (it is governed); every connection succeeds (discovery never refuses).
+#[test]
+fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
+    require_root();
+    let agent = TestCgroup::new("disc-agent");
+    let outside = TestCgroup::new("disc-outside");
+    let other = TestCgroup::new("disc-other");
+    let dir = policy_dir(
+        "disc",
+        &format!(
+            "name: disc\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("disc");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let out = daemon.cli(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "discover")
+        .cloned();
+    assert_eq!(
+        hook.as_ref().map(|h| h["state"].clone()),
+        Some("attached".into()),
+        "{status}"
+    );
+    let (_server, port, tmp) = stand_in_llm_host("disc");
+
+    // Controls first: another name outside, and the LLM host's name inside an agent.
+    let not_listed = tls_client(&other.path, port, "example.org");
+    let governed = tls_client(&agent.path, port, "api.openai.com");
+    let candidate = tls_client(&outside.path, port, "api.openai.com");
+    let pid = candidate.id();
+    let cg = format!("/{}", outside.rel.display());
+    let (e, selector) = wait_for_value(
+        "the candidate in `governance discover`",
+        Duration::from_secs(20),
+        || {
+            discovered(&daemon)
+                .into_iter()
+                .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "sni")
+        },
+    );
+    assert_eq!(e["value"], "api.openai.com", "{e}");
+    assert_eq!(e["matched"], "api.openai.com", "{e}");
+    assert_eq!(e["pid"], pid, "{e}");
+    assert_eq!(e["attributed"], "pid", "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    assert_eq!(
+        selector,
+        format!("agents:\n  cgroup: {}", outside.rel.display()),
+        "{e}"
+    );
+    // The audit log has the candidate record, once.
+    let audit = daemon.audit();
+    let records = wait_for_value("the discovery record", Duration::from_secs(10), || {
+        let r: Vec<_> = audit_records(&audit)
+            .into_iter()
+            .filter(|r| r["type"] == "discovery" && r["candidate"]["cgroup"] == cg.as_str())
+            .collect();
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["kind"], "candidate.sni");
+    assert_eq!(records[0]["denied"], false);
+    assert_eq!(records[0]["process"]["pid"], pid);
+    // A second connection of the same process's cgroup is counted, not recorded again.
+    let again = tls_client(&outside.path, port, "api.openai.com");
+    drop(again);
+    // The controls are not candidates (their ClientHellos were sent before the candidate's, so
+    // the daemon has read them).
+    let all = discovered(&daemon);
+    for (e, _) in &all {
+        assert_ne!(
+            e["cgroup"],
+            format!("/{}", other.rel.display()).as_str(),
+            "{e}"
+        );
+        assert_ne!(
+            e["cgroup"],
+            format!("/{}", agent.rel.display()).as_str(),
+            "{e}"
+        );
+        assert_ne!(e["value"], "example.org", "{e}");
+    }
+    // Nothing the agent did was changed: its connect was decided by its policy (allowed), and
+    // no discovery record names it.
+    assert!(
+        !audit_records(&audit)
+            .iter()
+            .any(|r| r["type"] == "discovery"
+                && r["candidate"]["cgroup"] == format!("/{}", agent.rel.display()).as_str()),
+    );
+    drop((candidate, governed, not_listed));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// A daemon for the discovery tests: one agent (`agent`), network allowed, no proxy. (Keep the
+/// pin directory: dropping it unloads the programs.)
+fn discovery_daemon(
+    name: &str,
+    agent: &TestCgroup,
+) -> (governance_tests::Daemon, PathBuf, governance_tests::PinDir) {
+    let dir = policy_dir(
+        name,
+        &format!(
+            "name: {name}\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir(name);
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    (daemon, dir, pins)
+}
+
+/// A python3 process in `cgroup` running `code` with `env`, that prints `ready` and then waits
+/// for its stdin to close.
+fn python_in(cgroup: &Path, args: &[&str], env: &[(&str, &Path)]) -> governance_tests::Reaped {
+    let mut child = governance_tests::Reaped(
+        governance_tests::command_in(Some(cgroup), "python3", args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{args:?}");
+    child
+}
+
+/// Discovery from /proc: a python process outside every agent that runs a module named like a
+/// known agent framework (a tiny local package `langchain_core` on PYTHONPATH, made here: no
+/// real framework is installed) is a candidate with framework evidence; one that runs a stdio
+/// MCP server as its child (a local module `mcp`) is a candidate with MCP evidence, and so is
+/// the server. Control: the same framework process inside an agent is not a candidate.
+#[test]
+fn discovery_finds_agent_frameworks_and_mcp_servers_outside_agents() {
+    require_root();
+    let agent = TestCgroup::new("discfw-agent");
+    let outside = TestCgroup::new("discfw-outside");
+    let (daemon, dir, _pins) = discovery_daemon("discfw", &agent);
+    let pkgs = dir.join("pythonpath");
+    for module in ["langchain_core", "mcp"] {
+        std::fs::create_dir_all(pkgs.join(module)).unwrap();
+        std::fs::write(pkgs.join(module).join("__init__.py"), "").unwrap();
+        std::fs::write(
+            pkgs.join(module).join("__main__.py"),
+            "import sys\nprint('ready', flush=True)\nsys.stdin.read()\n",
+        )
+        .unwrap();
+    }
+    let env = [("PYTHONPATH", pkgs.as_path())];
+    let governed = python_in(&agent.path, &["-m", "langchain_core"], &env);
+    let framework = python_in(&outside.path, &["-m", "langchain_core"], &env);
+    let host = python_in(
+        &outside.path,
+        &[
+            "-c",
+            "import subprocess, sys\n\
+             p = subprocess.Popen([sys.executable, '-m', 'mcp'], stdin=subprocess.PIPE, stdout=subprocess.PIPE)\n\
+             p.stdout.readline()\n\
+             print('ready', flush=True)\n\
+             sys.stdin.read()\n",
+        ],
+        &env,
+    );
+    let cg = format!("/{}", outside.rel.display());
+    let find = |what: &str, pid: u32| {
+        discovered(&daemon)
+            .into_iter()
+            .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == what && e["pid"] == pid)
+    };
+    let (e, selector) = wait_for_value("the framework candidate", Duration::from_secs(30), || {
+        find("framework", framework.id())
+    });
+    assert_eq!(e["value"], "langchain_core", "{e}");
+    assert_eq!(e["matched"], "langchain", "{e}");
+    assert_eq!(
+        selector,
+        format!("agents:\n  cgroup: {}", outside.rel.display())
+    );
+    let (e, _) = wait_for_value("the MCP host", Duration::from_secs(30), || {
+        find("mcp", host.id())
+    });
+    assert!(
+        e["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("runs MCP server pid "),
+        "{e}"
+    );
+    let all = discovered(&daemon);
+    assert!(
+        all.iter().any(|(e, _)| e["what"] == "mcp"
+            && e["value"] == "mcp"
+            && e["cgroup"] == cg.as_str()
+            && e["pid"] != host.id()),
+        "the server itself: {all:?}"
+    );
+    // Control: the agent's process (scanned in the same passes) is not a candidate.
+    assert!(
+        !all.iter().any(|(e, _)| e["pid"] == governed.id()),
+        "{all:?}"
+    );
+    let records = audit_records(&daemon.audit());
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "candidate.framework" && r["candidate"]["pid"] == framework.id()),
+        "{records:?}"
+    );
+    drop((framework, host, governed));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Discovery by DNS: a process outside every agent, in a network namespace made here (with its
+/// own /etc/resolv.conf in a mount namespace), asks a stand-in resolver on 127.0.0.1:53 for
+/// `api.anthropic.com` through glibc (`getaddrinfo`): a candidate with dns evidence. Control: a
+/// query for `example.org` from another cgroup is not. The stand-in answers NXDOMAIN; the
+/// queries are not refused (the answers arrive).
+#[test]
+fn discovery_finds_dns_queries_for_llm_hosts() {
+    require_root();
+    let agent = TestCgroup::new("discdns-agent");
+    let outside = TestCgroup::new("discdns-outside");
+    let other = TestCgroup::new("discdns-other");
+    let (daemon, dir, _pins) = discovery_daemon("discdns", &agent);
+    let resolv = dir.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:5\n",
+    )
+    .unwrap();
+    let script = dir.join("query.py");
+    std::fs::write(
+        &script,
+        "import socket, sys, threading\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 53))\n\
+         def serve():\n\
+         \x20   while True:\n\
+         \x20       q, a = s.recvfrom(512)\n\
+         \x20       # NXDOMAIN: the query back, with QR, RA and rcode 3.\n\
+         \x20       s.sendto(q[:2] + bytes([q[2] | 0x80, 0x83]) + q[4:], a)\n\
+         threading.Thread(target=serve, daemon=True).start()\n\
+         try:\n\
+         \x20   socket.getaddrinfo(sys.argv[1], 443)\n\
+         except socket.gaierror as e:\n\
+         \x20   assert e.errno == socket.EAI_NONAME, e\n\
+         print('ready', flush=True)\n\
+         sys.stdin.read()\n",
+    )
+    .unwrap();
+    let run = |cg: &TestCgroup, name: &str| {
+        let mut child = governance_tests::Reaped(
+            governance_tests::command_in(
+                Some(&cg.path),
+                "unshare",
+                &[
+                    "--net",
+                    "--mount",
+                    "sh",
+                    "-c",
+                    "ip link set lo up && mount --bind \"$1\" /etc/resolv.conf && exec python3 \"$2\" \"$3\"",
+                    "sh",
+                    resolv.to_str().unwrap(),
+                    script.to_str().unwrap(),
+                    name,
+                ],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the query was answered (never refused)"
+        );
+        child
+    };
+    let control = run(&other, "example.org");
+    let candidate = run(&outside, "api.anthropic.com");
+    let cg = format!("/{}", outside.rel.display());
+    let mut found = None;
+    poll_until(Duration::from_secs(20), || {
+        found = discovered(&daemon)
+            .into_iter()
+            .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "dns");
+        found.is_some()
+    });
+    let Some((e, _)) = found else {
+        let out = daemon.cli(&["discover", "-o", "json"]);
+        let status = daemon.cli(&["status", "-o", "json"]);
+        panic!(
+            "no dns candidate for {cg} within 20 s: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&status.stdout)
+        );
+    };
+    assert_eq!(e["value"], "api.anthropic.com", "{e}");
+    assert_eq!(e["attributed"], "pid", "{e}");
+    assert_eq!(e["comm"], "python3", "{e}");
+    let all = discovered(&daemon);
+    assert!(
+        !all.iter()
+            .any(|(e, _)| e["cgroup"] == format!("/{}", other.rel.display()).as_str()),
+        "{all:?}"
+    );
+    drop((candidate, control));
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `run --no-discover`: the kernel's discovery program is detached (its link pin removed: no
+/// cost to processes outside agents), `governance discover` says it is off, and a TLS client
+/// asking for an LLM host's name is no candidate. Control: the other discovery tests, where
+/// the same client is one.
+#[test]
+fn no_discover_detaches_the_discovery_program() {
+    require_root();
+    let agent = TestCgroup::new("nodisc-agent");
+    let outside = TestCgroup::new("nodisc-outside");
+    let dir = policy_dir(
+        "nodisc",
+        &format!(
+            "name: nodisc\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("nodisc");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--no-discover",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(!pins.join("links").join("discover").exists());
+    let out = daemon.cli(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let hook = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "discover")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        hook["state"], "NOT AVAILABLE: off (--no-discover)",
+        "{status}"
+    );
+    assert_eq!(
+        status["degraded"], true,
+        "degraded by the LSM hooks only: {status}"
+    );
+    let (_server, port, tmp) = stand_in_llm_host("nodisc");
+    let client = tls_client(&outside.path, port, "api.openai.com");
+    let out = daemon.cli(&["discover", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["enabled"], false, "{v}");
+    assert_eq!(v["groups"], serde_json::json!([]), "{v}");
+    let out = daemon.cli(&["discover"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("discovery is off"),
+        "{out:?}"
+    );
+    drop(client);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -126,6 +126,8 @@ pub struct ApiState {
     pub tokens: auth::Tokens,
     /// The exporters' counts (`--export`, `--notify-webhook`).
     pub exporters: Vec<Arc<crate::export::Stats>>,
+    /// Discovery of unlabelled agents (None with `run --no-discover`).
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
 }
 
 /// Who is calling, from the connection (never from the request): in words, and the process on
@@ -188,6 +190,7 @@ pub fn router(state: Arc<ApiState>, tcp: bool) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/agents", get(agents))
         .route("/v1/agents/capabilities", get(capabilities))
+        .route("/v1/discover", get(discover))
         .route("/v1/policy/reload", post(reload))
         .route("/v1/drill", post(drill))
         .route("/v1/events", get(events))
@@ -463,6 +466,25 @@ async fn agents(State(st): State<Arc<ApiState>>) -> Response {
     .into_response()
 }
 
+/// `GET /v1/discover`: candidate agents outside every agent (see crate::discovery).
+async fn discover(State(st): State<Arc<ApiState>>) -> Response {
+    let kernel = st
+        .enforcer
+        .lock()
+        .ok()
+        .and_then(|e| e.discover_stats().ok())
+        .map(|s| wire::DiscoverKernel {
+            reported: s.reported,
+            dropped: s.dropped,
+            limited: s.limited,
+        });
+    answer(&crate::discovery::api::answer(
+        st.discovery.as_deref(),
+        kernel,
+    ))
+    .into_response()
+}
+
 /// The query of `GET /v1/agents/capabilities`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -555,7 +577,7 @@ pub enum QueryError {
         text: String,
         source: crate::policy::ValueError,
     },
-    #[error("type `{0}`: one of decision, approval, policy, lifecycle")]
+    #[error("type `{0}`: one of decision, approval, policy, lifecycle, discovery")]
     Type(String),
 }
 

@@ -251,3 +251,41 @@ mod tests {
         assert_eq!(EventsQuery::default().path(), "/v1/events?");
     }
 }
+
+/// `GET /v1/discover`: candidate agents (processes outside every agent that behave like
+/// agents), grouped by container, pod or cgroup. Evidence, never enforcement.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Discover {
+    /// False with `run --no-discover`.
+    pub enabled: bool,
+    pub groups: Vec<CandidateGroup>,
+    /// The `discover` program: reported, dropped (ring full), rate-limited; None when it is
+    /// not attached.
+    pub kernel: Option<DiscoverKernel>,
+    /// Events the daemon could not read and scans that failed.
+    pub errors: u64,
+}
+
+/// One group of [`Discover`]: the candidates of one container, pod or cgroup.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CandidateGroup {
+    /// `container`, `pod` or `cgroup`.
+    pub by: String,
+    /// The container id, pod uid or cgroup path.
+    pub key: String,
+    /// The cgroup paths of its candidates.
+    pub cgroups: Vec<String>,
+    /// A policy `agents:` snippet that would govern it, to paste into a policy.
+    pub suggested_selector: String,
+    pub evidence: Vec<crate::discovery::Evidence>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiscoverKernel {
+    pub reported: u64,
+    pub dropped: u64,
+    pub limited: u64,
+}

@@ -60,6 +60,7 @@ pub struct Cli {
 pub use crate::logging::LogFormat;
 
 pub mod config;
+mod discover;
 mod drill;
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +111,15 @@ pub enum Command {
         /// cover with their verdicts and rules, the defaults, and the built-in refusals.
         #[arg(long, value_name = "AGENT", num_args = 0..=1)]
         capabilities: Option<Option<String>>,
+    },
+    /// Candidate agents nobody labelled: processes outside every agent that talk to LLM provider
+    /// APIs (TLS server names, DNS), run agent frameworks or run or call MCP servers; grouped by
+    /// container, pod or cgroup, each with a suggested `agents:` selector. Never enforced.
+    Discover {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long, short = 'o', value_parser = ["text", "json"], default_value = "text")]
+        output: String,
     },
     /// Decision events: live (--follow) and from the audit log (--since).
     ///
@@ -217,7 +227,7 @@ pub struct EventsArgs {
     /// Only these kinds (exec, file, connect, send, http, ...), comma-separated.
     #[arg(long)]
     pub kind: Option<String>,
-    /// Only these record types (decision, approval, policy, lifecycle), comma-separated.
+    /// Only these record types (decision, approval, policy, lifecycle, discovery), comma-separated.
     #[arg(long = "type", value_name = "TYPE")]
     pub ty: Option<String>,
     /// Replay from the audit log from this time on (RFC 3339, or back from now: 30s, 10m, 2h,
@@ -357,6 +367,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         } => runtime()?.block_on(agent_capabilities(&api, agent.as_deref(), &output)),
         Command::Agents { api, output, .. } => runtime()?.block_on(agents(&api, &output)),
         Command::Events(args) => runtime()?.block_on(events(args)),
+        Command::Discover { api, output } => runtime()?.block_on(discover::run(&api, &output)),
         Command::Approvals { api, output } => runtime()?.block_on(approvals(&api, &output)),
         Command::Drill {
             api,

@@ -19,6 +19,7 @@
 //! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
 mod counts;
+mod discover;
 mod drain;
 mod drill;
 pub mod generation;
@@ -198,6 +199,15 @@ pub struct RunArgs {
     /// docs/operations.md, "Drills".
     #[arg(long, value_parser = policy::parse_duration)]
     pub drill_every: Option<Duration>,
+    /// Discovery of unlabelled agents: the LLM provider hosts (one pattern a line, `*.` for
+    /// subdomains, `#` comments) whose TLS server names and DNS queries make a process outside
+    /// every agent a candidate (default: the built-in list, see docs/discovery.md).
+    #[arg(long, value_name = "FILE")]
+    pub discover_hosts: Option<PathBuf>,
+    /// Do not look for unlabelled agents: the kernel's `discover` program is detached (no cost
+    /// to processes outside agents), no `discovery` records, `governance discover` says off.
+    #[arg(long)]
+    pub no_discover: bool,
 }
 
 /// How long a stopping daemon lets open API connections (event streams) finish.
@@ -217,6 +227,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let hosts = host_overrides(&args.proxy_hosts)?;
     let token = api_token(&args)?;
     let exporters = exporters(&args)?;
+    let discover_hosts = match &args.discover_hosts {
+        Some(path) => crate::discovery::Hosts::load(path)?,
+        None => crate::discovery::Hosts::default(),
+    };
     let Some(Attached {
         enforcer,
         ring,
@@ -249,6 +263,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publisher: publisher.clone(),
         approvals: approvals.clone(),
     })?;
+
+    // Discovery of unlabelled agents: never fatal (see discover.rs).
+    let (discovery, mut discovery_thread) =
+        discover::start(&args, discover_hosts, &root, &enforcer, &publisher);
 
     let snapshot = Arc::new(Mutex::new(Snapshot {
         policy_dir: args.policy.clone(),
@@ -326,6 +344,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy: proxy.clone(),
         tokens: token,
         exporters: exports.stats.clone(),
+        discovery,
     });
     let api = serve_api(&args, &state, &enforcer).await?;
     // Everything that needed the start's privileges is done: keep only what is still needed.
@@ -359,6 +378,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let _ = api.stop.send(true);
     let _ = std::fs::remove_file(&args.socket);
     drainer.stop();
+    if let Some(t) = discovery_thread.as_mut() {
+        t.stop();
+    }
     daemon.take_counts();
     publisher.publish(daemon.stopped());
     let current = daemon.current;
@@ -504,6 +526,12 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
                 args.pins.display()
             )
         })?;
+    // Discovery never stops the daemon: a program that cannot be detached is reported.
+    if args.no_discover
+        && let Err(e) = enforcer.detach_discover()
+    {
+        tracing::warn!("--no-discover: the discovery program stays attached: {e}");
+    }
     let previous = enforcer.generation().unwrap_or(0);
     let adopted = enforcer.adopted;
     if adopted {

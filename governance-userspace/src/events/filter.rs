@@ -18,7 +18,7 @@ pub struct Filter {
     /// Kinds (exec, file, connect, send, http, approval.granted, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kinds: Vec<String>,
-    /// Record types (decision, approval, policy, lifecycle).
+    /// Record types (decision, approval, policy, lifecycle, discovery).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub types: Vec<RecordType>,
 }

@@ -473,6 +473,7 @@ impl Record {
             stream: None,
             drill: None,
             armed_by: None,
+            candidate: None,
         }
     }
 }

@@ -97,6 +97,10 @@ pub struct Record {
     /// that action itself too, whose `rule` is then the sequence rule it armed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub armed_by: Option<super::sequence::ArmedBy>,
+    /// On a `discovery` record: the candidate agent (a process outside every agent that
+    /// behaves like one) and its evidence. Never enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<crate::discovery::Evidence>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -107,6 +111,8 @@ pub enum RecordType {
     Approval,
     Policy,
     Lifecycle,
+    /// A candidate agent: a process outside every agent that behaves like one (discovery).
+    Discovery,
 }
 
 impl RecordType {
@@ -116,6 +122,7 @@ impl RecordType {
             RecordType::Approval => "approval",
             RecordType::Policy => "policy",
             RecordType::Lifecycle => "lifecycle",
+            RecordType::Discovery => "discovery",
         }
     }
 }

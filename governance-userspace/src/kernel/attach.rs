@@ -2,6 +2,7 @@
 //! link.
 
 use super::*;
+use aya::programs::{CgroupSkb, CgroupSkbAttachType};
 
 /// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other
 /// programs; the kernel rejects BPF_F_ALLOW_MULTI for links (EINVAL), so they attach "single",
@@ -65,6 +66,20 @@ pub(super) fn attach(
             let prog: &mut SockOps = prog.try_into().map_err(err)?;
             prog.load().map_err(err)?;
             let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
+            fd_link(
+                prog.take_link(id.map_err(err)?).map_err(err)?,
+                pin_dir,
+                name,
+            )?
+        }
+        Attach::SkbEgress => {
+            let prog: &mut CgroupSkb = prog.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            let id = prog.attach(
+                open_cgroup(cgroup_root)?,
+                CgroupSkbAttachType::Egress,
+                CgroupAttachMode::Single,
+            );
             fd_link(
                 prog.take_link(id.map_err(err)?).map_err(err)?,
                 pin_dir,

@@ -6,6 +6,7 @@ mod bpffs;
 pub mod btf;
 mod canary;
 mod compile;
+mod discover;
 mod facts;
 mod host_files;
 pub mod probe;
@@ -39,7 +40,9 @@ use governance_common::{
 };
 
 use self::attach::*;
-pub use self::{bpffs::*, facts::*, host_files::*, proxy_conns::*, sequence::armed_source};
+pub use self::{
+    bpffs::*, discover::*, facts::*, host_files::*, proxy_conns::*, sequence::armed_source,
+};
 
 pub use canary::Canary;
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile, compile_from};
@@ -303,6 +306,22 @@ impl Enforcer {
                 ),
             ));
         }
+        // Discovery (never enforcement): attached when the kernel allows, its failure only
+        // reported.
+        let result = attach(
+            &mut ebpf,
+            programs::DISCOVER,
+            cgroup_root,
+            kernel_btf.as_ref(),
+            pin_dir,
+        );
+        hooks.push((
+            programs::DISCOVER,
+            result.as_ref().map_or_else(
+                |e| HookState::Unavailable(explain(e)),
+                |()| HookState::Attached,
+            ),
+        ));
         let exec_missing = hooks
             .iter()
             .any(|(p, h)| *p == programs::EXEC && !matches!(h, HookState::Attached));
@@ -356,7 +375,7 @@ impl Enforcer {
         }
         let hooks = programs::ALL
             .iter()
-            .chain([&programs::EXEC_KILL])
+            .chain([&programs::EXEC_KILL, &programs::DISCOVER])
             .filter_map(|p| {
                 let pinned = pin_dir.join(pins::LINKS).join(p.name);
                 if pinned.exists() {

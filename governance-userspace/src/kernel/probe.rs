@@ -89,5 +89,6 @@ pub fn attach_point(a: Attach) -> String {
         Attach::SockAddr(h) => format!("cgroup/{h}"),
         Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
         Attach::SockOps => "cgroup/sock_ops".into(),
+        Attach::SkbEgress => "cgroup_skb/egress".into(),
     }
 }

@@ -34,7 +34,7 @@ fn the_embedded_object_has_every_program_and_map() {
     let obj = aya_obj_names();
     for name in programs::ALL
         .iter()
-        .chain([&programs::EXEC_KILL])
+        .chain([&programs::EXEC_KILL, &programs::DISCOVER])
         .map(|p| p.name)
     {
         assert!(
