@@ -249,19 +249,28 @@ impl Enforcer {
         cgroup_root: &Path,
         degraded_exec: bool,
     ) -> Result<Self, KernelError> {
-        let kbtf = btf::Btf::from_kernel()?;
-        let mut values = Vec::new();
-        for (global, strukt, field) in offsets::ALL {
-            values.push((global, kbtf.field_offset(strukt, field)?));
-        }
-        for (global, strukt) in offsets::SIZES {
-            values.push((global, kbtf.struct_size(strukt)?));
-        }
-        let mut loader = EbpfLoader::new();
-        for (global, value) in &values {
-            loader.override_global(global, value, true);
-        }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // The kernel's BTF (5 MB on disk) is parsed three times: for the struct offsets, by
+        // the loader (for relocations), and for attaching. Each parse is tens of MiB of heap,
+        // so each is dropped before the next: one alive at a time keeps the daemon's peak
+        // memory down (the allocator keeps what the process once used).
+        let values = {
+            let kbtf = btf::Btf::from_kernel()?;
+            let mut values = Vec::new();
+            for (global, strukt, field) in offsets::ALL {
+                values.push((global, kbtf.field_offset(strukt, field)?));
+            }
+            for (global, strukt) in offsets::SIZES {
+                values.push((global, kbtf.struct_size(strukt)?));
+            }
+            values
+        };
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            for (global, value) in &values {
+                loader.override_global(global, value, true);
+            }
+            loader.load(EBPF_OBJECT)?
+        };
         for name in maps::ALL {
             let map = ebpf
                 .map(name)
@@ -326,6 +335,7 @@ impl Enforcer {
         // The programs stay attached through their pinned links; the maps are used through
         // their pins from here on, exactly as after a restart.
         drop(ebpf);
+        drop(kernel_btf);
         let mut enforcer = Self::open(pin_dir)?;
         enforcer.hooks = hooks;
         enforcer.adopted = false;
