@@ -3698,3 +3698,59 @@ fn no_discover_detaches_the_discovery_program() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&tmp);
 }
+
+/// Issue 17 item 3, reload: clearing a generation's slot deletes exactly the entries written
+/// into it (recorded when written, not found by walking every table), and a restarted daemon,
+/// which adopts pins a previous process wrote, learns both slots by one walk and then clears the
+/// previous process's generation exactly. After each install the tables hold exactly what was
+/// recorded for the new slot, and nothing in the other.
+#[test]
+fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
+    require_root();
+    let agent = TestCgroup::new("slots");
+    let yaml = |cidr: &str, file: &str| {
+        format!(
+            "name: slots\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: net, network: {{ cidr: {cidr} }}, verdict: block, reason: test }}\n  - {{ id: file, file: {{ prefix: {file} }}, verdict: block, reason: test }}\n  - {{ id: tool, exec: {{ path: /usr/bin/true }}, verdict: block, reason: test }}\n",
+            agent.rel.display()
+        )
+    };
+    let mut k = load(&yaml("127.0.0.1/32", "/tmp"));
+    let root = agents::cgroup2_mount().unwrap();
+    let check = |e: &mut kernel::Enforcer, generation: u32| {
+        let slot = governance_common::slot(generation);
+        let walked = e.walk_slots().unwrap();
+        let recorded = e.recorded_slot(slot).expect("the slot is known").clone();
+        assert!(recorded.len() > 3, "{recorded:?}");
+        assert_eq!(
+            walked[slot as usize].clone().normalized(),
+            recorded.normalized(),
+            "generation {generation}: the tables hold what was recorded"
+        );
+        assert!(
+            walked[(slot ^ 1) as usize].is_empty(),
+            "generation {generation}: the other slot is empty: {:?}",
+            walked[(slot ^ 1) as usize]
+        );
+        assert!(e.recorded_slot(slot ^ 1).is_some_and(|s| s.is_empty()));
+        assert_eq!(e.generation().unwrap(), generation);
+    };
+    check(&mut k.enforcer, 1);
+    let install = |e: &mut kernel::Enforcer, generation: u32, yaml: String| {
+        let set = governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap();
+        let found = agents::discover(&root, &set, false, None).unwrap();
+        let compiled = kernel::compile(&set, &found, generation, &kernel::Protect::default());
+        e.install(&compiled).unwrap();
+    };
+    // Different entries in each generation: every key of the old one must go.
+    install(&mut k.enforcer, 2, yaml("127.0.0.2/32", "/var/tmp"));
+    check(&mut k.enforcer, 2);
+    install(&mut k.enforcer, 3, yaml("10.0.0.0/8", "/srv"));
+    check(&mut k.enforcer, 3);
+    // A restart: a new process adopts the pins and knows nothing of what they hold.
+    let mut adopted = kernel::Enforcer::adopt(&k.pins).unwrap();
+    assert!(adopted.recorded_slot(0).is_none() && adopted.recorded_slot(1).is_none());
+    install(&mut adopted, 4, yaml("192.168.0.0/16", "/opt"));
+    check(&mut adopted, 4);
+    install(&mut adopted, 5, yaml("127.0.0.1/32", "/tmp"));
+    check(&mut adopted, 5);
+}

@@ -499,6 +499,17 @@ fn reload(o: &Opts, env: &Env) -> Res<()> {
         "in process (the daemon's build of a generation, phase by phase), ms, median [min-max] over {} rounds:",
         o.rounds
     ));
+    // Which step is what (docs/benchmarks.md, "Policy reload", says the same).
+    for step in [
+        "  load+validate: policy::load_dir (read, parse, validate every policy file)",
+        "  find agents: agents::discover (the cgroup tree)",
+        "  compile: kernel::compile (the generation's tables, file identities resolved)",
+        "  install→flip: Enforcer::install up to the flip (node tables, the new slot written, runtime sockets refused, the flip)",
+        "  after flip: the rest of install (5 ms for decisions in flight, the old slot's recorded keys deleted, stale buckets)",
+        "  names+HTTP engine: built after the kernel enforces (event names, the proxy's engine)",
+    ] {
+        lines.push(step.into());
+    }
     lines.push(
         "| case | load+validate | find agents | compile | install→flip | after flip | names+HTTP engine | change→kernel enforcing | change→all enforcing |".into(),
     );

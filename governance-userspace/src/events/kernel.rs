@@ -27,7 +27,7 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
 }
 
 /// What kernel ids stand for in one generation: agents and rules.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Names {
     /// Agent root cgroup id → the agent.
     pub agents: std::collections::HashMap<u64, AgentInfo>,
@@ -37,7 +37,7 @@ pub struct Names {
     pub rules: Vec<RuleName>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RuleName {
     /// `<policy>/<rule>`.
     pub id: String,

@@ -65,7 +65,12 @@ impl Enforcer {
                 }))
                 .collect(),
         };
-        if let Err(e) = self.write(policy, slot) {
+        let mut written = super::SlotKeys::default();
+        let result = self.write(policy, slot, &mut written);
+        // Recorded with the slot's own entries: should the canary's removal fail, the slot's
+        // clear after the next flip removes them (a key already removed is no error there).
+        self.record_in_slot(slot, written);
+        if let Err(e) = result {
             let _ = self.remove_canary(&canary);
             return Err(e);
         }
@@ -174,6 +179,13 @@ impl Enforcer {
             IdentKey,
             IdentValue,
             |k: &IdentKey| { ours(k.class) }
+        );
+        remove!(
+            maps::SEQ_CLASSES,
+            HashMap,
+            u32,
+            governance_common::sequence::SeqList,
+            |k: &u32| ours(*k)
         );
         if canary.cgroup_id != 0 {
             remove!(

@@ -45,10 +45,11 @@ use crate::{
 mod builtins;
 mod class;
 mod identities;
+mod selectors;
 mod sequence;
 
 pub use self::builtins::*;
-use self::{class::*, identities::*};
+use self::{class::*, identities::*, selectors::Selectors};
 
 /// One class: the tables of one agent root (or of one sandbox profile of it).
 #[derive(Debug, Default)]
@@ -386,18 +387,22 @@ pub fn compile_from(
     let cgroup_root = spellings(&protect.cgroup_root);
     let mut shared_by: BTreeMap<u32, Vec<(u8, Node, Ranked)>> = BTreeMap::new();
     let mut seq_classes = Vec::new();
+    let selectors = Selectors::new(set);
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
         let mut profiles: Vec<(String, &Policy, u32)> = Vec::new();
         let mut sequences = Vec::new();
-        for (p, rule, n) in &numbered {
-            if !p
-                .selector
-                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-            {
-                continue;
-            }
+        // The policies that select this agent, each matched once (see `selectors`).
+        let matching = selectors.matching(set, agent);
+        let selected: Vec<(&Policy, &Rule, u32)> = selectors.rules(set, &matching).collect();
+        // Those in enforce mode (see `governing`).
+        let governing: Vec<&Policy> = matching
+            .iter()
+            .map(|&i| &set.policies[i])
+            .filter(|p| p.mode == Mode::Enforce)
+            .collect();
+        for (p, rule, n) in &selected {
             let why = |what: &str| format!("rule {} ({}): {what}", rule.id, rule.at);
             let mut aux = 0u16;
             match rule.verdict {
@@ -525,10 +530,7 @@ pub fn compile_from(
         }
         // Defaults: block if any enforcing policy of the agent says so; shadow policies'
         // block defaults are reported.
-        for p in set.policies.iter().filter(|p| {
-            p.selector
-                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-        }) {
+        for p in matching.iter().map(|&i| &set.policies[i]) {
             for (kind, posture_) in &p.defaults {
                 let i = match kind {
                     Kind::Exec => 0,
@@ -554,8 +556,8 @@ pub fn compile_from(
             rule: rule_ref(NO_RULE, verdict, 0),
             shadow: false,
         };
-        let reports = super::report::default_aux(set, agent);
-        let relaxations = relaxations(set, agent);
+        let reports = super::report::default_aux_of(&governing);
+        let relaxations = relaxations(&governing);
         let shared = shared_by
             .entry(relaxations)
             .or_insert_with(|| shared_denied(protect, relaxations))
@@ -620,7 +622,6 @@ pub fn compile_from(
         c.value.allow |= relaxations;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
-        let governing: Vec<&Policy> = governing(set, agent).collect();
         let relaxed = |get: fn(&Policy) -> Option<bool>| {
             governing.iter().any(|p| get(p) == Some(true))
                 && !governing.iter().any(|p| get(p) == Some(false))

@@ -14,6 +14,8 @@ mod proxy_conns;
 mod report;
 mod sequence;
 pub use report::count_keys;
+mod slots;
+pub use slots::SlotKeys;
 pub mod unix;
 
 use std::{
@@ -27,15 +29,15 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, SockOps, links::FdLink,
     },
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, IdentKey,
-    IdentValue, NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PATH_MAX, PathKey, ProxyAddr,
-    RulePair, Throttle, maps, offsets, pins,
+    IdentValue, NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair,
+    Throttle, maps, offsets, pins,
     programs::{self, Attach, Program},
 };
 
@@ -158,6 +160,9 @@ pub struct Enforcer {
     /// attached beside this build's (staged in [`HANDOVER_DIR`] below it) until
     /// [`Enforcer::finish_handover`].
     pub handover_from: Option<PathBuf>,
+    /// The entries each generation slot holds (see [`slots`]); None: unknown (pins adopted
+    /// from a previous process, or a clear that failed half-way).
+    slots: [Option<SlotKeys>; 2],
 }
 
 /// Where a new build stages its pins beside a previous build's (below the pin directory).
@@ -252,19 +257,28 @@ impl Enforcer {
         cgroup_root: &Path,
         degraded_exec: bool,
     ) -> Result<Self, KernelError> {
-        let kbtf = btf::Btf::from_kernel()?;
-        let mut values = Vec::new();
-        for (global, strukt, field) in offsets::ALL {
-            values.push((global, kbtf.field_offset(strukt, field)?));
-        }
-        for (global, strukt) in offsets::SIZES {
-            values.push((global, kbtf.struct_size(strukt)?));
-        }
-        let mut loader = EbpfLoader::new();
-        for (global, value) in &values {
-            loader.override_global(global, value, true);
-        }
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        // The kernel's BTF (5 MB on disk) is parsed three times: for the struct offsets, by
+        // the loader (for relocations), and for attaching. Each parse is tens of MiB of heap,
+        // so each is dropped before the next: one alive at a time keeps the daemon's peak
+        // memory down (the allocator keeps what the process once used).
+        let values = {
+            let kbtf = btf::Btf::from_kernel()?;
+            let mut values = Vec::new();
+            for (global, strukt, field) in offsets::ALL {
+                values.push((global, kbtf.field_offset(strukt, field)?));
+            }
+            for (global, strukt) in offsets::SIZES {
+                values.push((global, kbtf.struct_size(strukt)?));
+            }
+            values
+        };
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            for (global, value) in &values {
+                loader.override_global(global, value, true);
+            }
+            loader.load(EBPF_OBJECT)?
+        };
         for name in maps::ALL {
             let map = ebpf
                 .map(name)
@@ -345,9 +359,12 @@ impl Enforcer {
         // The programs stay attached through their pinned links; the maps are used through
         // their pins from here on, exactly as after a restart.
         drop(ebpf);
+        drop(kernel_btf);
         let mut enforcer = Self::open(pin_dir)?;
         enforcer.hooks = hooks;
         enforcer.adopted = false;
+        // The maps were created just now: both slots are empty.
+        enforcer.slots = [Some(SlotKeys::default()), Some(SlotKeys::default())];
         Ok(enforcer)
     }
 
@@ -397,6 +414,7 @@ impl Enforcer {
             adopted: true,
             unix_targets: unix::UnixTargets::default(),
             handover_from: None,
+            slots: [None, None],
         })
     }
 
@@ -439,7 +457,8 @@ impl Enforcer {
 
     /// Install a compiled generation: clear its slot, write every table, flip the active
     /// generation (one 32-bit store the programs read once per decision), then clear the other
-    /// slot. Until the flip the previous generation enforces alone; after it, this one.
+    /// slot. Until the flip the previous generation enforces alone; after it, this one. A clear
+    /// deletes exactly the entries recorded for the slot when they were written (see [`slots`]).
     ///
     /// Throttle buckets are not per slot: both generations' rules lead to the same bucket for
     /// the same rule and agent (see [`compile::bucket_id`]), so they carry over as they are.
@@ -457,8 +476,14 @@ impl Enforcer {
         self.set_loaders(&loader_identities())?;
         let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
         self.set_raw_devices(&raw_device_majors(&devices))?;
+        // Empty already unless a previous install failed half-way (or this process adopted
+        // pins it has not written yet: then both slots are learned by one walk of the tables).
         self.clear_slot(slot)?;
-        let skipped = self.write(policy, slot)?;
+        let mut written = SlotKeys::default();
+        let result = self.write(policy, slot, &mut written);
+        // What was written, or attempted, is what the next clear of this slot deletes.
+        self.slots[slot as usize] = Some(written);
+        let skipped = result?;
         self.protect_runtime_sockets()?;
         {
             let name = maps::STATE;
@@ -516,7 +541,12 @@ impl Enforcer {
         Ok(buckets.iter().filter_map(Result::ok).collect())
     }
 
-    fn write(&mut self, policy: &KernelPolicy, slot: u32) -> Result<Vec<KernelError>, KernelError> {
+    fn write(
+        &mut self,
+        policy: &KernelPolicy,
+        slot: u32,
+        written: &mut SlotKeys,
+    ) -> Result<Vec<KernelError>, KernelError> {
         let mut skipped = Vec::new();
         {
             let name = maps::EXEC_RULES;
@@ -539,6 +569,7 @@ impl Enforcer {
                         dev,
                         ino,
                     };
+                    written.exec.push((class.id, dev, ino));
                     exec.insert(key, value, 0)
                         .map_err(|source| KernelError::Map { name, source })?;
                 }
@@ -550,16 +581,10 @@ impl Enforcer {
                 .map_err(|source| KernelError::Map { name, source })?;
             for class in policy.classes.iter().chain(&policy.builtins) {
                 for ((access, bytes), value) in &class.paths {
-                    let mut path = [0u8; PATH_MAX];
-                    path[..bytes.len()].copy_from_slice(bytes);
-                    let key = Key::new(
-                        ((5 + bytes.len()) * 8) as u32,
-                        PathKey {
-                            class_be: class.id.to_be_bytes(),
-                            access: *access,
-                            path,
-                        },
-                    );
+                    let key = slots::path_key(class.id, *access, bytes);
+                    written
+                        .paths
+                        .push((class.id, *access, bytes.as_slice().into()));
                     trie.insert(&key, value, 0)
                         .map_err(|source| KernelError::Map { name, source })?;
                 }
@@ -577,13 +602,8 @@ impl Enforcer {
                         entries: [NetEntry::default(); NET_SLOTS],
                     };
                     value.entries[..list.len()].copy_from_slice(list);
-                    let key = Key::new(
-                        32 + bits,
-                        NetKey {
-                            class_be: class.id.to_be_bytes(),
-                            addr: *addr,
-                        },
-                    );
+                    let key = slots::net_key(class.id, *bits, *addr);
+                    written.net.push((class.id, *bits, *addr));
                     trie.insert(&key, value, 0)
                         .map_err(|source| KernelError::Map { name, source })?;
                 }
@@ -595,12 +615,13 @@ impl Enforcer {
                 HashMap::try_from(self.map_mut(name)?)
                     .map_err(|source| KernelError::Map { name, source })?;
             for (rule_id, throttle) in &policy.throttles {
+                written.throttles.push(*rule_id);
                 throttles
                     .insert(rule_id, throttle, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
         }
-        self.write_unix(policy, &mut skipped)?;
+        self.write_unix(policy, &mut skipped, written)?;
         self.write_sequences(policy)?;
         {
             let name = maps::IDENT_RULES;
@@ -616,6 +637,7 @@ impl Enforcer {
                         scope,
                         _pad: 0,
                     };
+                    written.idents.push((class.id, dev, ino, scope));
                     idents
                         .insert(key, value, 0)
                         .map_err(|source| KernelError::Map { name, source })?;
@@ -637,69 +659,12 @@ impl Enforcer {
                 slot,
                 profile,
             };
+            written.agents.push((cgroup_id, profile));
             agents
                 .insert(key, policy.classes[i].value, 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         Ok(skipped)
-    }
-
-    /// Remove every table entry of generation slot `slot`.
-    fn clear_slot(&mut self, slot: u32) -> Result<(), KernelError> {
-        let of_id = |id: u32| id >> 31 == slot;
-        macro_rules! clear {
-            ($name:expr, $ty:ident, $k:ty, $v:ty, $pred:expr) => {{
-                let name = $name;
-                let mut map: $ty<_, $k, $v> = $ty::try_from(self.map_mut(name)?)
-                    .map_err(|source| KernelError::Map { name, source })?;
-                let stale: Vec<_> = map.keys().filter_map(Result::ok).filter($pred).collect();
-                for key in stale {
-                    map.remove(&key)
-                        .map_err(|source| KernelError::Map { name, source })?;
-                }
-            }};
-        }
-        clear!(
-            maps::AGENTS,
-            HashMap,
-            AgentKey,
-            AgentValue,
-            |k: &AgentKey| k.slot == slot
-        );
-        clear!(
-            maps::EXEC_RULES,
-            HashMap,
-            ExecKey,
-            RulePair,
-            |k: &ExecKey| of_id(k.class)
-        );
-        clear!(maps::PATH_RULES, LpmTrie, PathKey, RulePair, |k: &Key<
-            PathKey,
-        >| {
-            of_id(u32::from_be_bytes(k.data().class_be))
-        });
-        clear!(maps::NET_RULES, LpmTrie, NetKey, NetValue, |k: &Key<
-            NetKey,
-        >| of_id(
-            u32::from_be_bytes(k.data().class_be)
-        ));
-        clear!(maps::THROTTLES, HashMap, u32, Throttle, |k: &u32| of_id(*k));
-        clear!(
-            maps::UNIX_RULES,
-            HashMap,
-            governance_common::UnixKey,
-            RulePair,
-            |k: &governance_common::UnixKey| of_id(k.class)
-        );
-        clear!(
-            maps::IDENT_RULES,
-            HashMap,
-            IdentKey,
-            IdentValue,
-            |k: &IdentKey| of_id(k.class)
-        );
-        self.clear_sequences(slot)?;
-        Ok(())
     }
 
     /// The dynamic loaders' identities (see [`loader_identities`]): the map is set to exactly

@@ -16,6 +16,11 @@ use crate::{
 /// the most verbose its enforcing policies ask for.
 pub(crate) fn default_aux(set: &PolicySet, agent: &AgentCgroup) -> [u16; 4] {
     let governing: Vec<_> = super::compile::governing(set, agent).collect();
+    default_aux_of(&governing)
+}
+
+/// [`default_aux`] of an agent's governing policies.
+pub(crate) fn default_aux_of(governing: &[&crate::policy::Policy]) -> [u16; 4] {
     [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
         .map(|k| report::of_default(governing.iter().copied(), k).aux())
 }

@@ -243,6 +243,7 @@ impl Enforcer {
         &mut self,
         policy: &KernelPolicy,
         skipped: &mut Vec<KernelError>,
+        written: &mut super::SlotKeys,
     ) -> Result<(), KernelError> {
         let name = maps::UNIX_RULES;
         let mut map: HashMap<_, UnixKey, RulePair> = HashMap::try_from(self.map_mut(name)?)
@@ -276,6 +277,7 @@ impl Enforcer {
                     dev,
                     ino,
                 };
+                written.unix.push((class.id, dev, ino));
                 map.insert(key, value, 0)
                     .map_err(|source| KernelError::Map { name, source })?;
             }

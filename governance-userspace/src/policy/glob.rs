@@ -27,6 +27,16 @@ pub fn simple(pattern: &str, text: &str) -> bool {
 /// Path glob over `/`-separated segments: within a segment `*` and `?` as in [`simple`]; a
 /// segment that is exactly `**` matches zero or more whole segments.
 pub fn path(pattern: &str, text: &str) -> bool {
+    if !is_glob(pattern) {
+        // Segment by segment, a pattern without glob characters matches only itself: the same
+        // as comparing the paths (without allocating; agents × policies of these per reload).
+        return pattern.trim_matches('/') == text.trim_matches('/');
+    }
+    segments(pattern, text)
+}
+
+/// [`path`], segment by segment.
+fn segments(pattern: &str, text: &str) -> bool {
     let p: Vec<&str> = pattern.trim_matches('/').split('/').collect();
     let t: Vec<&str> = text.trim_matches('/').split('/').collect();
     // reachable[j]: pattern prefix matched against text prefix of length j.
@@ -103,5 +113,18 @@ mod tests {
         assert!(!path("/v1/*/refunds", "/v1/a/b/refunds"));
         assert!(path("**/secret", "a/b/secret"));
         assert!(is_glob("a/*") && !is_glob("a/b"));
+    }
+
+    /// The shortcut for patterns without glob characters decides as the segment walk does.
+    #[test]
+    fn literal_paths_match_as_the_segment_walk_does() {
+        let names = [
+            "", "/", "a", "/a", "a/", "/a/", "a/b", "/a/b/", "a//b", "a/b/c", "ab", "a/bc", "b",
+        ];
+        for p in names {
+            for t in names {
+                assert_eq!(path(p, t), segments(p, t), "pattern {p:?} text {t:?}");
+            }
+        }
     }
 }

@@ -102,23 +102,19 @@ pub(super) const NOT_ENUMERATED: [&str; 8] = [
 
 /// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
 /// none?
-pub(super) fn relaxed_for(
-    set: &PolicySet,
-    agent: &AgentCgroup,
-    get: fn(&Policy) -> Option<bool>,
-) -> bool {
-    let mut governing = governing(set, agent);
-    governing.clone().any(|p| get(p) == Some(true)) && !governing.any(|p| get(p) == Some(false))
+pub(super) fn relaxed_for(governing: &[&Policy], get: fn(&Policy) -> Option<bool>) -> bool {
+    governing.iter().any(|p| get(p) == Some(true))
+        && !governing.iter().any(|p| get(p) == Some(false))
 }
 
 /// The [`allow`] bits of the built-ins a policy relaxed for `agent` that change the shared
 /// built-in path rules (kernel settings, system files).
-pub(super) fn relaxations(set: &PolicySet, agent: &AgentCgroup) -> u32 {
+pub(super) fn relaxations(governing: &[&Policy]) -> u32 {
     let mut bits = 0;
-    if relaxed_for(set, agent, |p| p.allow_kernel_settings) {
+    if relaxed_for(governing, |p| p.allow_kernel_settings) {
         bits |= allow::KERNEL_SETTINGS;
     }
-    if relaxed_for(set, agent, |p| p.allow_system_files) {
+    if relaxed_for(governing, |p| p.allow_system_files) {
         bits |= allow::SYSTEM_FILES;
     }
     bits
