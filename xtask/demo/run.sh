@@ -100,6 +100,14 @@ echo "[control] /usr/bin/nc ran (exit status $control: nothing listens on 127.0.
 # every decision counted below (they all came before it). The daemon drains the kernel's ring
 # buffer once more as it stops, and the stream ends after what it published.
 wait_for "$EVENTS" ' BLOCK +http .*refund-large' 30 "the \$5,000 refund's decision reaching the stream"
+
+echo
+echo "== terminal 2: what the agent may do: governance agents --capabilities governance/demo-agent"
+governance agents --capabilities governance/demo-agent
+echo
+echo "== terminal 2: a drill, each block rule tried from a throwaway canary agent: governance drill"
+governance drill
+drilled=$?
 kill "$HUMAN" 2>/dev/null
 kill "$DAEMON"
 wait "$DAEMON"
@@ -113,7 +121,8 @@ governance audit verify /var/lib/governance/audit
 verified=$?
 
 # Every count is exact: it is what the agent did, one event per attempt.
-count() { grep -cE "$1" "$EVENTS"; }
+# (The drill's canary decisions are its own, not the agent's: left out.)
+count() { grep -E "$1" "$EVENTS" | grep -vc 'governance-drill'; }
 blocked=$(count ' BLOCK +exec .*path="/usr/bin/nc".*rule=demo-agent/no-nc')
 metadata=$(count ' BLOCK +connect .*dest=169\.254\.169\.254:80 .*rule=demo-agent/no-cloud-metadata')
 secret=$(count ' BLOCK +file .*path="/governance/demo/secrets/api-key".*rule=demo-agent/no-secrets')
@@ -147,6 +156,7 @@ echo "  approved/granted:    $file_approved / $granted   (payments.csv: approved
 echo "  refunds:             \$50 allowed $refund_ok, \$500 held $refund_held and approved $refund_approved, \$5,000 blocked $refund_blocked"
 echo "  control outside the agent: /usr/bin/nc executed (exit status $control)"
 echo "  audit log verified:  $([ $verified -eq 0 ] && echo yes || echo NO)"
+echo "  drill:               $([ $drilled -eq 0 ] && echo passed || echo FAILED)"
 wrong=""
 # expect NAME GOT WANT
 expect() {
@@ -174,6 +184,8 @@ expect "\$5,000 refund blocked" "$refund_blocked" 1
   control: /usr/bin/nc outside the agent could not run"
 [ "$verified" -eq 0 ] || wrong="$wrong
   the audit log did not verify"
+[ "$drilled" -eq 0 ] || wrong="$wrong
+  the drill did not pass"
 if [ -z "$wrong" ]; then
     echo "demo: OK, the kernel and the proxy enforced the policy"
     exit 0

@@ -15,9 +15,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 
+use super::worker::Worker;
 use crate::{
     discovery::{Discovery, Evidence, procs},
     events::rfc3339,
@@ -32,47 +32,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// Executables whose mapped files are read for framework evidence (interpreters whose
 /// packages live in `site-packages` or `node_modules`).
 const INTERPRETERS: &[&str] = &["python", "node", "deno", "bun", "uv", "uvx", "npx"];
-
-pub(super) struct DiscoveryThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl DiscoveryThread {
-    pub fn start(
-        discovery: Arc<Discovery>,
-        ring: Option<RingBuf<MapData>>,
-        enforcer: Arc<Mutex<Enforcer>>,
-        publisher: Publisher,
-    ) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("discovery".into())
-            .spawn(move || {
-                crate::privilege::thread_started();
-                run(&discovery, ring, &enforcer, &publisher, &flag)
-            })
-            .context("starting the discovery thread")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for DiscoveryThread {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn run(
     d: &Discovery,
@@ -248,7 +207,7 @@ pub(super) fn start(
     root: &Path,
     enforcer: &Arc<Mutex<Enforcer>>,
     publisher: &Publisher,
-) -> (Option<Arc<Discovery>>, Option<DiscoveryThread>) {
+) -> (Option<Arc<Discovery>>, Option<Worker>) {
     if args.no_discover {
         return (None, None);
     }
@@ -262,7 +221,10 @@ pub(super) fn start(
         }
         Err(_) => None,
     };
-    match DiscoveryThread::start(discovery.clone(), ring, enforcer.clone(), publisher.clone()) {
+    let (d, enforcer, publisher) = (discovery.clone(), enforcer.clone(), publisher.clone());
+    match Worker::start("discovery", "starting the discovery thread", move |flag| {
+        run(&d, ring, &enforcer, &publisher, &flag)
+    }) {
         Ok(t) => (Some(discovery), Some(t)),
         Err(e) => {
             tracing::error!("discovery is off: {e:#}");

@@ -10,7 +10,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 
 use super::generation::SharedNames;
@@ -43,7 +42,7 @@ pub(super) struct Drainer {
 }
 
 impl Drainer {
-    fn run(mut self, stop: Arc<AtomicBool>) {
+    pub(super) fn run(mut self, stop: Arc<AtomicBool>) {
         let fd = self.ring.as_fd().as_raw_fd();
         loop {
             let stopping = stop.load(Ordering::Relaxed);
@@ -142,43 +141,5 @@ fn escalate(
     if let (Err(full), Some(mut r)) = (queued, pending.take()) {
         r.reason = format!("{} ({full}: not queued for approval)", r.reason);
         publisher.publish(r);
-    }
-}
-
-/// The drainer's thread: stopped (after a last drain) and joined on [`DrainerThread::stop`]
-/// or drop.
-pub(super) struct DrainerThread {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl DrainerThread {
-    pub fn start(d: Drainer) -> anyhow::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ring".into())
-            .spawn(move || {
-                crate::privilege::thread_started();
-                d.run(flag)
-            })
-            .context("starting the event drainer")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    pub fn stop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for DrainerThread {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

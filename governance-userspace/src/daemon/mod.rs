@@ -28,6 +28,7 @@ mod netns;
 mod notify;
 mod serve;
 mod watch;
+mod worker;
 
 use std::{
     collections::HashMap,
@@ -44,10 +45,11 @@ use aya::maps::{MapData, RingBuf};
 use tokio::sync::mpsc;
 
 use self::{
-    drain::{Drainer, DrainerThread},
+    drain::Drainer,
     generation::SharedNames,
     identify::KernelIdentify,
     serve::{Daemon, Signals, lifecycle},
+    worker::Worker,
 };
 use crate::{
     api::{self, ApiState, Snapshot},
@@ -256,12 +258,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Drain kernel events from now on (what the programs decided while no daemon ran first).
     let names: SharedNames = Arc::default();
-    let mut drainer = DrainerThread::start(Drainer {
+    let drain = Drainer {
         ring,
         names: names.clone(),
         clock: Clock::now(),
         publisher: publisher.clone(),
         approvals: approvals.clone(),
+    };
+    let mut drainer = Worker::start("ring", "starting the event drainer", move |flag| {
+        drain.run(flag)
     })?;
 
     // Discovery of unlabelled agents: never fatal (see discover.rs).

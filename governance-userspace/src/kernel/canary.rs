@@ -106,13 +106,7 @@ impl Enforcer {
     /// The AGENTS entry of agent root `cgroup_id` in the active slot.
     pub fn agent_value(&self, cgroup_id: u64) -> Result<Option<AgentValue>, KernelError> {
         let slot = governance_common::slot(self.generation()?);
-        let name = maps::AGENTS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        let agents: HashMap<_, AgentKey, AgentValue> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+        let agents = self.agents_map()?;
         let key = AgentKey {
             cgroup_id,
             slot,
@@ -121,7 +115,10 @@ impl Enforcer {
         match agents.get(&key, 0) {
             Ok(v) => Ok(Some(v)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(KernelError::Map { name, source }),
+            Err(source) => Err(KernelError::Map {
+                name: maps::AGENTS,
+                source,
+            }),
         }
     }
 
@@ -231,14 +228,8 @@ impl Enforcer {
     /// The cgroup ids of the agent entries in the AGENTS map (both slots), for checks that a
     /// canary left nothing behind.
     pub fn agent_cgroups(&self) -> Result<Vec<u64>, KernelError> {
-        let name = maps::AGENTS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        let agents: HashMap<_, AgentKey, AgentValue> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
-        Ok(agents
+        Ok(self
+            .agents_map()?
             .keys()
             .filter_map(Result::ok)
             .map(|k| k.cgroup_id)

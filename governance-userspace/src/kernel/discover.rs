@@ -17,12 +17,7 @@ pub struct DiscoverStats {
 impl Enforcer {
     /// The discovery ring buffer (once).
     pub fn take_discover(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let name = maps::DISCOVER;
-        let map = self
-            .maps
-            .remove(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
+        self.take_ring(maps::DISCOVER)
     }
 
     /// Detach the discovery program (`run --no-discover`): its pinned link is removed, so the

@@ -768,14 +768,8 @@ impl Enforcer {
     /// Agent roots of the active generation: cgroup id → class id.
     pub fn agents(&self) -> Result<Vec<(u64, u32)>, KernelError> {
         let slot = governance_common::slot(self.generation()?);
-        let name = maps::AGENTS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
-        let agents: HashMap<_, AgentKey, AgentValue> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
-        let mut out: Vec<(u64, u32)> = agents
+        let mut out: Vec<(u64, u32)> = self
+            .agents_map()?
             .iter()
             .filter_map(Result::ok)
             .filter(|(k, _)| k.slot == slot && k.profile == 0)
@@ -785,10 +779,24 @@ impl Enforcer {
         Ok(out)
     }
 
+    /// The AGENTS map (both slots), to read.
+    fn agents_map(&self) -> Result<HashMap<&MapData, AgentKey, AgentValue>, KernelError> {
+        let name = maps::AGENTS;
+        let map = self
+            .maps
+            .get(name)
+            .ok_or(KernelError::Missing { what: "map", name })?;
+        HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })
+    }
+
     /// The decision-event ring buffer (once: the consumer position is shared through the map,
     /// so events produced while no daemon ran are read first).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let name = maps::EVENTS;
+        self.take_ring(maps::EVENTS)
+    }
+
+    /// A ring buffer map, taken out of the enforcer (it has one consumer).
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, KernelError> {
         let map = self
             .maps
             .remove(name)
