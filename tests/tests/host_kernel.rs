@@ -3847,3 +3847,54 @@ fn sequence_rule_drops_packets_of_connections_made_before_the_arming() {
         redteam(case, "control");
     }
 }
+
+/// A shadow sequence rule, armed: packets on a connection made before the arming are reported
+/// (`SHADOW`, `SEQUENCE`, not denied) and still delivered.
+#[test]
+fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
+    use aya::maps::{HashMap, Map, MapData};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    require_root();
+    let a = TestCgroup::new("seqshadow-agent");
+    let glob = format!("governance-test-{}-*-seqshadow-agent", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    mode: shadow\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n    verdict: block\n    reason: no exfiltration after PII\n"
+    ));
+    k.require("sequence_egress");
+    let mut armed = Established::start(Some(&a.path), None);
+    {
+        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: a.id(),
+            state: kernel::bucket_id("seq/no-exfil-after-pii"),
+        };
+        let value = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: armed.child.id(),
+            rule_id: k.rule(1),
+        };
+        state.insert(key, value, 0).unwrap();
+    }
+    assert_eq!(armed.send_after(), "ok", "a shadow rule refuses nothing");
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == a.id()
+            && e.port == armed.out_port
+            && Kind::from_u8(e.kind) == Some(Kind::Send)
+            && e.flags & flags::SEQUENCE != 0
+    });
+    assert_eq!(ev.flags & flags::DENIED, 0, "reported, not denied");
+    assert_ne!(ev.flags & flags::SHADOW, 0);
+    assert_eq!(ev.shadow_rule_id, k.rule(1));
+    assert!(Established::tcp_got_after(
+        &armed.out,
+        Duration::from_secs(5)
+    ));
+    assert!(armed.udp_got_after(Duration::from_secs(5)));
+    assert!(Established::tcp_got_after(
+        &armed.ok,
+        Duration::from_secs(5)
+    ));
+}
