@@ -79,9 +79,12 @@ pub const DISCOVER: &str = "DISCOVER";
 /// Per-CPU array of u64, indexed by the `crate::discover::DISCOVER_*` slots: what the
 /// `discover` program reported, dropped and rate-limited.
 pub const DISCOVER_STATS: &str = "DISCOVER_STATS";
+/// LRU hash of [`crate::sequence::SeqEgressKey`] → u64 (`bpf_ktime_get_ns()`): when the
+/// `sequence_egress` program last reported a refused packet for that agent and destination.
+pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 28] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -109,4 +112,5 @@ pub const ALL: [&str; 27] = [
     SEQ_STATE,
     DISCOVER,
     DISCOVER_STATS,
+    SEQ_EGRESS_REPORTED,
 ];

@@ -117,6 +117,15 @@ pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
 pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
 pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
 pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
+/// Sequence rules, per packet: an armed agent's connections made before the arming (TCP,
+/// connected UDP) are held to the rule's allowlist too (see governance-ebpf's
+/// sequence_egress.rs).
+pub const SEQUENCE_EGRESS: Program = Program {
+    name: "sequence_egress",
+    attach: Attach::SkbEgress,
+    what: "sequence rules on established connections (per packet)",
+    required: true,
+};
 /// Tie an agent's connection to the proxy to its original destination, by source port.
 pub const SOCK_OPS: Program = Program {
     name: "sock_ops",
@@ -157,7 +166,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 56] = [
+pub const ALL: [Program; 57] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -165,6 +174,7 @@ pub const ALL: [Program; 56] = [
     CONNECT6,
     SENDMSG4,
     SENDMSG6,
+    SEQUENCE_EGRESS,
     EXEC,
     FILE,
     SOCKET_CREATE,

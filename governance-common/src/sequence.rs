@@ -64,3 +64,19 @@ pub struct SeqArmed {
     /// Kernel rule id of the arming generation (its arming event names it).
     pub rule_id: u32,
 }
+
+/// Capacity of [`crate::maps::SEQ_EGRESS_REPORTED`] (least recently used entries go first).
+pub const MAX_SEQ_EGRESS_REPORTED: u32 = 4096;
+/// The `sequence_egress` program reports at most one refused packet per agent and destination
+/// in this time (a retransmitting connection must not flood the event ring).
+pub const SEQ_EGRESS_REPORT_NS: u64 = 1_000_000_000;
+
+/// Key of [`crate::maps::SEQ_EGRESS_REPORTED`]: an agent and a destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SeqEgressKey {
+    /// cgroup v2 id of the agent root.
+    pub agent_cgroup: u64,
+    /// The destination ([`crate::net_object`] of its address and port).
+    pub object: u64,
+}

@@ -15,7 +15,9 @@
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
-//! `lifecycle` (fork and exit), `discover` (TLS server names and DNS queries of processes
+//! `lifecycle` (fork and exit), `sequence` (sequence rules: arming, and the connect-time
+//! check) and `sequence_egress` (their per-packet check, for connections made before the
+//! arming), `discover` (TLS server names and DNS queries of processes
 //! outside every agent, for the daemon's discovery of unlabelled agents; never enforces).
 //! What they share: `decide` (the agent, the decision, the event),
 //! `maps` (every map) and `kernel` (struct offsets and constants).
@@ -46,6 +48,7 @@ mod net;
 mod protect;
 mod report;
 mod sequence;
+mod sequence_egress;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

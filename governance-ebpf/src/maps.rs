@@ -10,7 +10,10 @@ use aya_ebpf::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key,
     },
 };
-use governance_common::sequence::{MAX_SEQ_CLASSES, MAX_SEQ_STATE, SeqArmed, SeqList, SeqStateKey};
+use governance_common::sequence::{
+    MAX_SEQ_CLASSES, MAX_SEQ_EGRESS_REPORTED, MAX_SEQ_STATE, SeqArmed, SeqEgressKey, SeqList,
+    SeqStateKey,
+};
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
     GrantKey, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS,
@@ -118,3 +121,7 @@ pub(crate) static DISCOVER: RingBuf =
 #[map]
 pub(crate) static DISCOVER_STATS: PerCpuArray<u64> =
     PerCpuArray::with_max_entries(governance_common::discover::DISCOVER_STATS_LEN, 0);
+/// When `sequence_egress` last reported a refused packet, per agent and destination.
+#[map]
+pub(crate) static SEQ_EGRESS_REPORTED: LruHashMap<SeqEgressKey, u64> =
+    LruHashMap::with_max_entries(MAX_SEQ_EGRESS_REPORTED, 0);

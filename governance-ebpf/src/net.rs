@@ -106,7 +106,7 @@ fn ip6(words: [u32; 4]) -> [u8; 16] {
 /// Compared word by word: building the two candidate addresses would cost 32 bytes of the
 /// 512-byte stack.
 #[inline(always)]
-fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
+pub(crate) fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
     if p.enabled == 0 || u32::from(port.to_be()) != p.port {
         return false;
     }

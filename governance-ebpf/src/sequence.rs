@@ -1,11 +1,12 @@
 //! Sequence rules (see governance_common::sequence): the file hook arms an agent's sequence
 //! rules (`arm`), the connect and sendmsg programs refuse what an armed rule leaves out
-//! (`restrict`). The armed state is per agent root, so every process and thread of the agent
+//! (`restrict`), and so does, per packet, the `sequence_egress` program (its own file) for
+//! connections made before the arming (both through `outside`). The armed state is per agent root, so every process and thread of the agent
 //! (children, processes started later, processes in descendant cgroups) is restricted alike.
 use aya_ebpf::maps::lpm_trie::Key;
 use governance_common::{
     Cause, GrantKey, NET_SLOTS, NetKey, PathKey, RuleRef, Verdict, access, flags, report,
-    sequence::{MAX_SEQ_RULES, SeqArmed, SeqStateKey},
+    sequence::{MAX_SEQ_RULES, SeqArmed, SeqEntry, SeqStateKey},
 };
 
 use crate::{
@@ -96,18 +97,23 @@ fn allowed(class: u32, addr: &[u8; 16], port: u16) -> bool {
     false
 }
 
-/// A connect or datagram of the agent that goes out directly (not to the proxy, which decides
-/// each request on it): if an armed sequence rule of its class (within its window) does not
-/// allow the destination, the decision becomes that rule's: refused, or for an escalating rule
-/// refused unless an approved grant covers this destination (as `apply` does). A shadow rule
-/// is reported beside the decision instead. Only called for decisions that allow.
+/// The armed sequence rules of class `class` (agent root `root`) that are within their window
+/// at `t` and whose direct-egress allowlist leaves `addr:port` out, in the rules' order: `on`
+/// gets each and says whether to stop. What `restrict` (connects, datagrams) and the
+/// per-packet `sequence_egress` program share.
 #[inline(always)]
-pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u16) {
+pub(crate) fn outside(
+    class: u32,
+    root: u64,
+    addr: &[u8; 16],
+    port: u16,
+    t: u64,
+    mut on: impl FnMut(&SeqEntry) -> bool,
+) {
     // SAFETY: a map value, read in place for the program's run.
-    let Some(list) = (unsafe { SEQ_CLASSES.get(&agent.value.class) }) else {
+    let Some(list) = (unsafe { SEQ_CLASSES.get(&class) }) else {
         return;
     };
-    let t = now();
     let mut i = 0;
     while i < MAX_SEQ_RULES {
         if i as u32 >= list.len {
@@ -116,7 +122,7 @@ pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u
         let e = &list.entries[i];
         i += 1;
         let skey = SeqStateKey {
-            agent_cgroup: agent.root,
+            agent_cgroup: root,
             state: e.state,
         };
         // SAFETY: the value is copied immediately.
@@ -129,6 +135,21 @@ pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u
         if allowed(e.class, addr, port) {
             continue;
         }
+        if on(e) {
+            return;
+        }
+    }
+}
+
+/// A connect or datagram of the agent that goes out directly (not to the proxy, which decides
+/// each request on it): if an armed sequence rule of its class (within its window) does not
+/// allow the destination, the decision becomes that rule's: refused, or for an escalating rule
+/// refused unless an approved grant covers this destination (as `apply` does). A shadow rule
+/// is reported beside the decision instead. Only called for decisions that allow.
+#[inline(always)]
+pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u16) {
+    let t = now();
+    outside(agent.value.class, agent.root, addr, port, t, |e| {
         if e.shadow != 0 {
             if d.shadow.present == 0 {
                 d.shadow = RuleRef {
@@ -139,7 +160,7 @@ pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u
                 };
                 d.extra_flags |= flags::SEQUENCE;
             }
-            continue;
+            return false;
         }
         d.verdict = verdict_of(e.verdict);
         d.rule_id = e.rule_id;
@@ -160,6 +181,6 @@ pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u
                 d.denied = false;
             }
         }
-        return;
-    }
+        true
+    });
 }

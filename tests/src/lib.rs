@@ -1673,3 +1673,147 @@ pub fn metric_value(page: &str, series: &str) -> Option<u64> {
         .and_then(|v| v.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A process (in `cgroup`, or outside every agent) holding connections it made before anything
+/// else happens: TCP to `out` (not allowlisted), TCP to `ok` (allowlisted) and a connected UDP
+/// socket to `udp`. It sends `before` on each, says `ready`, and on each line of its input sends
+/// `after` on each and says `sent udp=<result>`; with `read`, it first reads that file (in the
+/// same process: the read that arms a sequence rule, between the connect and the send).
+pub struct Established {
+    pub child: Reaped,
+    lines: std::io::BufReader<std::process::ChildStdout>,
+    pub out: std::net::TcpStream,
+    pub ok: std::net::TcpStream,
+    pub udp: std::net::UdpSocket,
+    pub out_port: u16,
+    pub udp_port: u16,
+}
+
+impl Established {
+    pub fn start(cgroup: Option<&Path>, read: Option<&Path>) -> Self {
+        use std::io::Read as _;
+        let out_l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ok_l = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let (out_addr, ok_addr) = (out_l.local_addr().unwrap(), ok_l.local_addr().unwrap());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
+        let script = r#"
+import errno, socket, sys
+t = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+k = socket.create_connection(("127.0.0.2", int(sys.argv[2])))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect(("127.0.0.1", int(sys.argv[3])))
+def send(word):
+    t.sendall(word); k.sendall(word)
+    try:
+        u.send(word); return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+send(b"before\n")
+print("ready", flush=True)
+for _ in sys.stdin:
+    if sys.argv[4]:
+        open(sys.argv[4]).read()
+    print("sent udp=" + send(b"after\n"), flush=True)
+"#;
+        let ports = [
+            out_addr.port().to_string(),
+            ok_addr.port().to_string(),
+            udp_port.to_string(),
+            read.map(|p| p.display().to_string()).unwrap_or_default(),
+        ];
+        let mut child = Reaped(
+            command_in(
+                cgroup,
+                "python3",
+                &["-c", script, &ports[0], &ports[1], &ports[2], &ports[3]],
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3"),
+        );
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the sender did not start");
+        // Both connections are established (in the listeners' queues) once it is ready.
+        let (out, _) = out_l.accept().unwrap();
+        let (ok, _) = ok_l.accept().unwrap();
+        for s in [&out, &ok] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 7];
+            (&*s).read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"before\n");
+        }
+        udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        let n = udp.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"before\n");
+        Self {
+            child,
+            lines,
+            out,
+            ok,
+            udp,
+            out_port: out_addr.port(),
+            udp_port,
+        }
+    }
+
+    /// Send `after` on each connection; what the datagram's send returned.
+    pub fn send_after(&mut self) -> String {
+        use std::io::Write as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut self.lines, &mut line).unwrap();
+        line.trim()
+            .strip_prefix("sent udp=")
+            .unwrap_or_else(|| panic!("the sender said {line:?}"))
+            .to_owned()
+    }
+
+    /// Whether `after` arrives on `s` within `within`.
+    pub fn tcp_got_after(s: &std::net::TcpStream, within: Duration) -> bool {
+        use std::io::Read as _;
+        s.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 6];
+        match (&*s).read_exact(&mut buf) {
+            Ok(()) => {
+                assert_eq!(&buf, b"after\n");
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+
+    pub fn udp_got_after(&self, within: Duration) -> bool {
+        self.udp.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 16];
+        match self.udp.recv(&mut buf) {
+            Ok(n) => {
+                assert_eq!(&buf[..n], b"after\n");
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+}

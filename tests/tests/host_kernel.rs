@@ -17,7 +17,7 @@ use governance_tests::{
     require_root, run_in, signal, start_daemon, start_daemon_of_build, stop_daemon, text,
     wait_for_value, wait_until,
 };
-use governance_tests::{audit_records, metric_value, scrape_metrics};
+use governance_tests::{Established, audit_records, metric_value, scrape_metrics};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
@@ -3753,4 +3753,148 @@ fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
     check(&mut adopted, 4);
     install(&mut adopted, 5, yaml("127.0.0.1/32", "/tmp"));
     check(&mut adopted, 5);
+}
+
+/// The bypass of connect-time checks: a connection made before the arming read keeps sending.
+/// `sequence_egress` (cgroup_skb/egress) drops each packet of an armed agent outside the
+/// allowlist, on connections of any age. Armed as the file hook arms (the host kernel has no
+/// LSM): by writing SEQ_STATE.
+#[test]
+fn sequence_rule_drops_packets_of_connections_made_before_the_arming() {
+    use aya::maps::{HashMap, Map, MapData};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    require_root();
+    let a = TestCgroup::new("seqpkt-agent-a");
+    let b = TestCgroup::new("seqpkt-agent-b");
+    let glob = format!("governance-test-{}-*-seqpkt-agent-*", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n    verdict: block\n    reason: no exfiltration after PII\n"
+    ));
+    k.require("sequence_egress");
+    let mut armed = Established::start(Some(&a.path), None);
+    let mut unarmed = Established::start(Some(&b.path), None);
+    let mut outside = Established::start(None, None);
+    let rule = "seq/no-exfil-after-pii";
+    {
+        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: a.id(),
+            state: kernel::bucket_id(rule),
+        };
+        let value = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: armed.child.id(),
+            rule_id: k.rule(1),
+        };
+        state.insert(key, value, 0).unwrap();
+    }
+    let case = "sequence: send on a TCP connection made before the arming (host)";
+    redteam(case, "tried");
+    let udp_result = armed.send_after();
+    let refused = |k: &mut governance_tests::Loaded, port: u16| {
+        k.event_where(|e| {
+            e.agent_cgroup == a.id()
+                && e.port == port
+                && Kind::from_u8(e.kind) == Some(Kind::Send)
+                && e.flags & flags::DENIED != 0
+                && e.flags & flags::SEQUENCE != 0
+        })
+    };
+    let ev = refused(&mut k, armed.out_port);
+    assert_eq!(ev.rule_id, k.rule(1), "{case}");
+    assert_eq!(ev.detail, governance_common::proto::TCP, "{case}");
+    // The packet was dropped when the event was written: nothing more arrives.
+    assert!(
+        !Established::tcp_got_after(&armed.out, Duration::from_millis(500)),
+        "{case}: the listener got the data"
+    );
+    redteam(case, "denied");
+    let case = "sequence: send on a connected UDP socket made before the arming (host)";
+    redteam(case, "tried");
+    let ev = refused(&mut k, armed.udp_port);
+    assert_eq!(ev.detail, governance_common::proto::UDP, "{case}");
+    assert_eq!(udp_result, "EPERM", "{case}: the sender is told");
+    assert!(
+        !armed.udp_got_after(Duration::from_millis(500)),
+        "{case}: the datagram arrived"
+    );
+    redteam(case, "denied");
+    // Controls: the allowlisted destination of the armed agent; the unarmed agent under the
+    // same policy; a process outside every agent.
+    assert!(
+        Established::tcp_got_after(&armed.ok, Duration::from_secs(5)),
+        "the armed agent's allowlisted connection"
+    );
+    for (who, e) in [("unarmed agent", &mut unarmed), ("outside", &mut outside)] {
+        assert_eq!(e.send_after(), "ok", "{who}");
+        assert!(
+            Established::tcp_got_after(&e.out, Duration::from_secs(5)),
+            "{who}: TCP"
+        );
+        assert!(
+            Established::tcp_got_after(&e.ok, Duration::from_secs(5)),
+            "{who}: TCP allowlisted"
+        );
+        assert!(e.udp_got_after(Duration::from_secs(5)), "{who}: UDP");
+    }
+    for case in [
+        "sequence: send on a TCP connection made before the arming (host)",
+        "sequence: send on a connected UDP socket made before the arming (host)",
+    ] {
+        redteam(case, "control");
+    }
+}
+
+/// A shadow sequence rule, armed: packets on a connection made before the arming are reported
+/// (`SHADOW`, `SEQUENCE`, not denied) and still delivered.
+#[test]
+fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
+    use aya::maps::{HashMap, Map, MapData};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    require_root();
+    let a = TestCgroup::new("seqshadow-agent");
+    let glob = format!("governance-test-{}-*-seqshadow-agent", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    mode: shadow\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n    verdict: block\n    reason: no exfiltration after PII\n"
+    ));
+    k.require("sequence_egress");
+    let mut armed = Established::start(Some(&a.path), None);
+    {
+        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: a.id(),
+            state: kernel::bucket_id("seq/no-exfil-after-pii"),
+        };
+        let value = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: armed.child.id(),
+            rule_id: k.rule(1),
+        };
+        state.insert(key, value, 0).unwrap();
+    }
+    assert_eq!(armed.send_after(), "ok", "a shadow rule refuses nothing");
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == a.id()
+            && e.port == armed.out_port
+            && Kind::from_u8(e.kind) == Some(Kind::Send)
+            && e.flags & flags::SEQUENCE != 0
+    });
+    assert_eq!(ev.flags & flags::DENIED, 0, "reported, not denied");
+    assert_ne!(ev.flags & flags::SHADOW, 0);
+    assert_eq!(ev.shadow_rule_id, k.rule(1));
+    assert!(Established::tcp_got_after(
+        &armed.out,
+        Duration::from_secs(5)
+    ));
+    assert!(armed.udp_got_after(Duration::from_secs(5)));
+    assert!(Established::tcp_got_after(
+        &armed.ok,
+        Duration::from_secs(5)
+    ));
 }

@@ -4943,3 +4943,93 @@ fn sequence_rule_window_ends() {
     );
     drop(outside);
 }
+
+/// The bypass of connect-time checks, with the real arming read: a process connects (TCP, and a
+/// connected UDP socket), reads the classified file, then sends on those connections. The
+/// packets to the destination outside the allowlist are dropped (`sequence_egress`); the
+/// allowlisted connection, another agent that read only a public file, and a process outside
+/// every agent keep delivering.
+#[test]
+fn sequence_rule_drops_sends_on_connections_made_before_the_read() {
+    use governance_tests::Established;
+    require_root();
+    let fx = Fixture::new("seqpkt");
+    std::fs::create_dir_all(fx.p("pii")).unwrap();
+    std::fs::write(fx.p("pii/customers.csv"), "id,email\n1,a@b.example\n").unwrap();
+    let a = TestCgroup::new("seqpkt-agent-a");
+    let b = TestCgroup::new("seqpkt-agent-b");
+    let d = fx.dir.display();
+    let glob = format!("governance-test-{}-*-seqpkt-agent-*", std::process::id());
+    let mut k = load(&format!(
+        "name: seq\n\
+         agents: {{ cgroup: '{glob}' }}\n\
+         rules:\n\
+         \x20 - id: no-exfil-after-pii\n\
+         \x20   sequence:\n\
+         \x20     after: {{ file: {{ prefix: {d}/pii, access: [read] }} }}\n\
+         \x20     then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n\
+         \x20   verdict: block\n\
+         \x20   reason: no exfiltration after reading PII\n"
+    ));
+    for hook in ["file_open", "sequence_egress"] {
+        k.require(hook);
+    }
+    let rule_id = governance_common::class_id(k.generation, 1);
+    let pii = fx.p("pii/customers.csv");
+    let public = fx.p("public.txt");
+    let mut armed = Established::start(Some(&a.path), Some(&pii));
+    let mut unarmed = Established::start(Some(&b.path), Some(&public));
+    let mut outside = Established::start(None, Some(&pii));
+    let tcp = "sequence: send on a TCP connection made before the read";
+    let udp = "sequence: send on a connected UDP socket made before the read";
+    println!("redteam: tried {tcp}");
+    println!("redteam: tried {udp}");
+    let udp_result = armed.send_after();
+    let ev = k.event_where(|e| e.tgid == armed.child.id() && e.flags & flags::ARMED != 0);
+    assert_eq!(ev.rule_id, rule_id, "the read armed the rule");
+    for (case, port, protocol) in [
+        (tcp, armed.out_port, governance_common::proto::TCP),
+        (udp, armed.udp_port, governance_common::proto::UDP),
+    ] {
+        let ev = k.event_where(|e| {
+            e.agent_cgroup == a.id()
+                && e.port == port
+                && Kind::from_u8(e.kind) == Some(Kind::Send)
+                && e.flags & flags::DENIED != 0
+        });
+        assert_eq!(ev.rule_id, rule_id, "{case}");
+        assert_ne!(ev.flags & flags::SEQUENCE, 0, "{case}");
+        assert_eq!(ev.detail, protocol, "{case}");
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block), "{case}");
+    }
+    // The packets were dropped when their events were written: nothing more arrives.
+    assert!(
+        !Established::tcp_got_after(&armed.out, Duration::from_millis(500)),
+        "{tcp}: the listener got the data"
+    );
+    println!("redteam: denied {tcp}");
+    assert_eq!(udp_result, "EPERM", "{udp}: the sender is told");
+    assert!(
+        !armed.udp_got_after(Duration::from_millis(500)),
+        "{udp}: the datagram arrived"
+    );
+    println!("redteam: denied {udp}");
+    assert!(
+        Established::tcp_got_after(&armed.ok, Duration::from_secs(5)),
+        "the armed agent's allowlisted connection"
+    );
+    for (who, e) in [("unarmed agent", &mut unarmed), ("outside", &mut outside)] {
+        assert_eq!(e.send_after(), "ok", "{who}");
+        assert!(
+            Established::tcp_got_after(&e.out, Duration::from_secs(5)),
+            "{who}: TCP"
+        );
+        assert!(
+            Established::tcp_got_after(&e.ok, Duration::from_secs(5)),
+            "{who}: TCP allowlisted"
+        );
+        assert!(e.udp_got_after(Duration::from_secs(5)), "{who}: UDP");
+    }
+    println!("redteam: control {tcp}");
+    println!("redteam: control {udp}");
+}

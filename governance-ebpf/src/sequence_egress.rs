@@ -1,0 +1,300 @@
+//! Sequence rules, per packet (`cgroup_skb/egress` at the cgroup2 root): a connection the
+//! agent made before it armed a rule (TCP, connected UDP) never passes the connect or sendmsg
+//! programs again, so each of its outgoing packets is checked here instead, whatever sent it
+//! (write, send, sendfile, splice, io_uring, a retransmission). A packet of an armed agent
+//! whose destination the armed rule's `then.network.except` leaves out, and that does not go to
+//! the policy proxy, is dropped (`sequence::outside`, the lookup `restrict` makes for connects)
+//! and reported, at most once a second per agent and destination.
+//!
+//! Its own program beside `discover` (not inside it): discovery looks at processes outside
+//! agents and is optional (`required: false`), this enforces for agents and must attach.
+//!
+//! The packet's socket, not the current task, says whose it is (a retransmission runs in
+//! softirq, in whatever task was interrupted): its cgroup's ancestry is walked top-down as
+//! `current_agent` walks the task's. For the same reason, and because the kernel refuses the
+//! current-task helpers to this program type before Linux 6.10, its events carry no process
+//! (pid, comm 0) and are written here rather than by `decide::emit`.
+//!
+//! Not an agent's packet, or an agent with no sequence rule: passed after the walk, before the
+//! headers are read.
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::generated::{bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use governance_common::{
+    AgentKey, COMM_LEN, Cause, Counter, EVENTS_RING_BYTES, Event, GrantKey, Kind, MAX_CGROUP_DEPTH,
+    NO_RULE, Verdict, flags, net_object, proto,
+    sequence::{SEQ_EGRESS_REPORT_NS, SeqEgressKey},
+    slot,
+};
+
+use crate::{
+    decide::{count, now, verdict_of},
+    kernel::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    maps::{AGENTS, EVENTS, GRANTS, PROXY, SEQ_CLASSES, SEQ_EGRESS_REPORTED, STATE},
+    net::is_proxy,
+    sequence,
+};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+#[cgroup_skb(egress)]
+pub fn sequence_egress(ctx: SkBuffContext) -> i32 {
+    decide(&ctx)
+}
+
+/// The agent the packet's socket belongs to: (agent root, class, generation).
+#[inline(always)]
+fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
+    let generation = STATE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return None;
+    }
+    let slot = slot(generation);
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: the helper takes the program's own context.
+        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level as i32) };
+        if id == 0 {
+            return None;
+        }
+        let key = AgentKey {
+            cgroup_id: id,
+            slot,
+            profile: 0,
+        };
+        // SAFETY: the class is copied immediately.
+        if let Some(v) = unsafe { AGENTS.get(&key) } {
+            return Some((id, v.class, generation));
+        }
+        level += 1;
+    }
+    None
+}
+
+/// The packet's destination: address (IPv4 as IPv4-mapped IPv6), port (host order; 0 for a
+/// protocol without ports, or an IPv6 packet whose first header is an extension header, so
+/// that only an allowlist entry for every port lets it through) and protocol. None for a later
+/// IPv4 fragment: the first one carries the ports and is decided; without it the datagram is
+/// never reassembled. Fixed-size copies with bpf_skb_load_bytes (`ctx.load`): bounded reads
+/// the verifier accepts whatever the packet's length.
+#[inline(always)]
+fn destination(ctx: &SkBuffContext) -> Option<([u8; 16], u16, u8)> {
+    let family = u16::from_be(ctx.skb.protocol() as u16);
+    let (addr, l4, protocol) = if family == ETH_P_IP {
+        let h: [u8; 20] = ctx.load(0).ok()?;
+        if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+            return None;
+        }
+        let addr = [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, h[16], h[17], h[18], h[19],
+        ];
+        (addr, usize::from(h[0] & 0x0f) * 4, h[9])
+    } else if family == ETH_P_IPV6 {
+        let protocol: u8 = ctx.load(6).ok()?;
+        let addr: [u8; 16] = ctx.load(24).ok()?;
+        (addr, 40, protocol)
+    } else {
+        return None;
+    };
+    let port = if protocol == proto::TCP || protocol == proto::UDP {
+        // Destination port: bytes 2-3 of both headers.
+        u16::from_be(ctx.load(l4 + 2).ok()?)
+    } else {
+        0
+    };
+    Some((addr, port, protocol))
+}
+
+#[inline(always)]
+fn decide(ctx: &SkBuffContext) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    let Some((root, class, generation)) = skb_agent(skb) else {
+        return PASS;
+    };
+    // SAFETY: only presence is read.
+    if unsafe { SEQ_CLASSES.get(&class) }.is_none() {
+        return PASS;
+    }
+    let Some((addr, port, protocol)) = destination(ctx) else {
+        return PASS;
+    };
+    let Some(proxy) = PROXY.get(0) else {
+        return DROP; // the map always has its one entry; fail closed if not
+    };
+    // The proxy decides each request on its connections (`then.http`).
+    if is_proxy(proxy, &addr, port) {
+        return PASS;
+    }
+    let t = now();
+    let object = net_object(&addr, port);
+    // The first enforcing rule that refuses (0: none), else the first shadow rule that would.
+    let (mut rule_id, mut verdict, mut shadow_id, mut shadow_verdict) = (0u32, 0u8, 0u32, 0u8);
+    sequence::outside(class, root, &addr, port, t, |e| {
+        if e.shadow != 0 {
+            if shadow_id == 0 {
+                (shadow_id, shadow_verdict) = (e.rule_id, e.verdict);
+            }
+            return false;
+        }
+        (rule_id, verdict) = (e.rule_id, e.verdict);
+        true
+    });
+    if rule_id == 0 && shadow_id == 0 {
+        return PASS;
+    }
+    let mut denied = rule_id != 0;
+    let mut cause = Cause::Rule;
+    if denied && verdict_of(verdict) == Verdict::Escalate && granted(root, object, t) {
+        denied = false;
+        cause = Cause::Granted;
+    }
+    if denied || shadow_id != 0 {
+        count(Counter::Decisions);
+        if denied {
+            count(Counter::Denials);
+        }
+        if first_this_second(root, object, t) {
+            let mut f = flags::SEQUENCE;
+            if denied {
+                f |= flags::DENIED;
+            }
+            if shadow_id != 0 {
+                f |= flags::SHADOW;
+            }
+            // Shadow only: the packet goes out (allowed, as far as the enforcing rules go).
+            let (rule_id, verdict, cause) = if rule_id != 0 {
+                (rule_id, verdict_of(verdict), cause)
+            } else {
+                (NO_RULE, Verdict::Allow, Cause::Default)
+            };
+            // SAFETY: the helper takes the program's own context.
+            let (cgroup, uid) = unsafe { (bpf_skb_cgroup_id(skb), bpf_get_socket_uid(skb)) };
+            report(&Report {
+                root,
+                cgroup,
+                uid,
+                class,
+                generation,
+                rule_id,
+                verdict,
+                cause,
+                flags: f,
+                shadow_id,
+                shadow_verdict,
+                object,
+                addr,
+                port,
+                protocol,
+            });
+        }
+    }
+    if denied { DROP } else { PASS }
+}
+
+/// An approved escalation for this destination: a grant for a connect or a datagram to it.
+#[inline(always)]
+fn granted(root: u64, object: u64, t: u64) -> bool {
+    let mut key = GrantKey {
+        cgroup_id: root,
+        kind: Kind::Connect as u8,
+        _pad: [0; 7],
+        object,
+    };
+    // SAFETY: the value is read immediately.
+    if unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > t) {
+        return true;
+    }
+    key.kind = Kind::Send as u8;
+    // SAFETY: as above.
+    unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > t)
+}
+
+/// Whether no refusal was reported for this agent and destination in the last second (and
+/// record this one). A full table (LRU: it never is) or a lost race reports once more.
+#[inline(always)]
+fn first_this_second(root: u64, object: u64, t: u64) -> bool {
+    let key = SeqEgressKey {
+        agent_cgroup: root,
+        object,
+    };
+    if let Some(last) = SEQ_EGRESS_REPORTED.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer, valid for the program's run.
+        unsafe {
+            if t.wrapping_sub(*last) < SEQ_EGRESS_REPORT_NS {
+                return false;
+            }
+            *last = t;
+        }
+        return true;
+    }
+    let _ = SEQ_EGRESS_REPORTED.insert(&key, &t, 0);
+    true
+}
+
+/// What a refused (or, for a shadow rule, would-be refused) packet's event says.
+struct Report {
+    root: u64,
+    cgroup: u64,
+    uid: u32,
+    class: u32,
+    generation: u32,
+    rule_id: u32,
+    verdict: Verdict,
+    cause: Cause,
+    flags: u8,
+    shadow_id: u32,
+    shadow_verdict: u8,
+    object: u64,
+    addr: [u8; 16],
+    port: u16,
+    protocol: u8,
+}
+
+/// The event of a packet decision: kind `send`, as `decide::emit` writes it, without the
+/// process (see the module's comment).
+#[inline(always)]
+fn report(r: &Report) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(Counter::EventsDropped);
+        return;
+    };
+    // SAFETY: the entry is a reserved, exclusively owned record of size_of::<Event>() bytes.
+    // Every field is written before submit, except the tail of `path` past its NUL.
+    let ev = unsafe { &mut *entry.as_mut_ptr() };
+    ev.time_ns = now();
+    ev.cgroup_id = r.cgroup;
+    ev.agent_cgroup = r.root;
+    ev.object = r.object;
+    ev.pid = 0;
+    ev.tgid = 0;
+    ev.ppid = 0;
+    ev.ns_pid = 0;
+    ev._reserved = 0;
+    ev.uid = r.uid;
+    ev.class = r.class;
+    ev.rule_id = r.rule_id;
+    ev.shadow_rule_id = r.shadow_id;
+    ev.generation = r.generation;
+    ev.kind = Kind::Send as u8;
+    ev.verdict = r.verdict as u8;
+    ev.cause = r.cause as u8;
+    ev.flags = r.flags;
+    ev.shadow_verdict = r.shadow_verdict;
+    ev.detail = r.protocol;
+    ev.port = r.port;
+    ev.addr = r.addr;
+    ev.comm = [0; COMM_LEN];
+    ev.path[0] = 0;
+    let wake = if EVENTS.query(BPF_RB_AVAIL_DATA) > u64::from(EVENTS_RING_BYTES / 8) {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(wake);
+}
