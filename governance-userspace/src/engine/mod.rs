@@ -190,7 +190,7 @@ impl AgentRules {
 
     /// Whether some policy of the agent intercepts TLS to `host` (a lowercase server name).
     pub fn intercepts_tls(&self, host: &str) -> bool {
-        self.intercept_tls.iter().any(|m| host_matches(m, host))
+        self.intercept_tls.iter().any(|m| m.matches(host))
     }
 
     /// How long responses from `host` (lowercase) may go silent, if a policy of the agent says
@@ -204,7 +204,7 @@ impl AgentRules {
         };
         self.idle_timeouts
             .iter()
-            .filter(|(m, _)| host_matches(m, host))
+            .filter(|(m, _)| m.matches(host))
             .max_by(|(a, ta), (b, tb)| rank(a).cmp(&rank(b)).then(tb.cmp(ta)))
             .map(|(_, t)| *t)
     }
@@ -331,7 +331,7 @@ impl Engine {
             .chain(&view.http_suffix)
             .chain(&view.http_any)
             .filter_map(move |&i| match &self.rule(i).matcher {
-                Matcher::Http(h) if host_matches(&h.host, host) => Some(h),
+                Matcher::Http(h) if h.host.matches(host) => Some(h),
                 _ => None,
             })
     }
@@ -383,7 +383,7 @@ impl Engine {
                 continue;
             };
             if rule.mode != Mode::Enforce
-                || !host_matches(&h.host, host)
+                || !h.host.matches(host)
                 || !(h.methods.is_empty()
                     || h.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
                 || !path_matches(h.path.as_deref(), &path)
@@ -719,7 +719,7 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                 && (*protocol == Protocol::Any || protocol == p)
         }
         (Matcher::Http(h), Action::Http(req)) => {
-            host_matches(&h.host, &req.host)
+            h.host.matches(&req.host)
                 && (h.methods.is_empty()
                     || h.methods
                         .iter()
@@ -739,19 +739,6 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
         }
         (Matcher::Unix(t), Action::Unix { target }) => t == target,
         _ => false,
-    }
-}
-
-fn host_matches(rule: &HostMatch, host: &str) -> bool {
-    match rule {
-        HostMatch::Any => true,
-        HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
-        HostMatch::Suffix(s) => {
-            host.len() > s.len()
-                && host
-                    .get(host.len() - s.len()..)
-                    .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
-        }
     }
 }
 

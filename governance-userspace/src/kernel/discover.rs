@@ -40,10 +40,7 @@ impl Enforcer {
     /// The discovery program's statistics.
     pub fn discover_stats(&self) -> Result<DiscoverStats, KernelError> {
         let name = maps::DISCOVER_STATS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name, source })?;
         let sum = |slot: u32| -> Result<u64, KernelError> {

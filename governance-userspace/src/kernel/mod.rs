@@ -431,6 +431,12 @@ impl Enforcer {
         Ok(true)
     }
 
+    fn map(&self, name: &'static str) -> Result<&Map, KernelError> {
+        self.maps
+            .get(name)
+            .ok_or(KernelError::Missing { what: "map", name })
+    }
+
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, KernelError> {
         self.maps
             .get_mut(name)
@@ -439,10 +445,7 @@ impl Enforcer {
 
     fn state(&self, index: u32) -> Result<u32, KernelError> {
         let name = maps::STATE;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         let state: Array<_, u32> =
             Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
         state
@@ -532,10 +535,7 @@ impl Enforcer {
     /// The throttle buckets in the kernel (bucket key → level), for inspection.
     pub fn buckets(&self) -> Result<Vec<(BucketKey, Bucket)>, KernelError> {
         let name = maps::BUCKETS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         let buckets: HashMap<_, BucketKey, Bucket> =
             HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
         Ok(buckets.iter().filter_map(Result::ok).collect())
@@ -782,10 +782,7 @@ impl Enforcer {
     /// The AGENTS map (both slots), to read.
     fn agents_map(&self) -> Result<HashMap<&MapData, AgentKey, AgentValue>, KernelError> {
         let name = maps::AGENTS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })
     }
 
@@ -812,10 +809,7 @@ impl Enforcer {
     /// A kernel counter as each CPU counted it (index = CPU).
     pub fn counter_per_cpu(&self, counter: Counter) -> Result<Vec<u64>, KernelError> {
         let name = maps::COUNTERS;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         let array: PerCpuArray<_, u64> =
             PerCpuArray::try_from(map).map_err(|source| KernelError::Map { name, source })?;
         let values = array

@@ -80,10 +80,7 @@ impl Enforcer {
     /// The armed sequence rules: (agent root, rule state id) → when and by whom.
     pub fn armed(&self) -> Result<Vec<(SeqStateKey, SeqArmed)>, KernelError> {
         let name = maps::SEQ_STATE;
-        let map = self
-            .maps
-            .get(name)
-            .ok_or(KernelError::Missing { what: "map", name })?;
+        let map = self.map(name)?;
         let state: HashMap<_, SeqStateKey, SeqArmed> =
             HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
         Ok(state.iter().filter_map(Result::ok).collect())

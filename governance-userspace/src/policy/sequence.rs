@@ -47,16 +47,7 @@ impl Sequence {
 
     /// Is an HTTP request to `host` (any case) still allowed once armed?
     pub fn allows_host(&self, host: &str) -> bool {
-        self.hosts_except.iter().any(|h| match h {
-            HostMatch::Any => true,
-            HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
-            HostMatch::Suffix(s) => {
-                host.len() > s.len()
-                    && host
-                        .get(host.len() - s.len()..)
-                        .is_some_and(|t| t.eq_ignore_ascii_case(s))
-            }
-        })
+        self.hosts_except.iter().any(|h| h.matches(host))
     }
 
     /// Is an arming at `armed` still in force at `now`?

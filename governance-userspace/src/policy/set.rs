@@ -142,6 +142,22 @@ pub enum HostMatch {
     Suffix(String),
 }
 
+impl HostMatch {
+    /// Does `host` (any case) match?
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(e) => host.eq_ignore_ascii_case(e),
+            HostMatch::Suffix(s) => {
+                host.len() > s.len()
+                    && host
+                        .get(host.len() - s.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct HttpMatcher {
     pub host: HostMatch,
