@@ -2769,6 +2769,27 @@ fn weaken_net_rules(pins: &Path, agent: u64) -> usize {
     keys.len()
 }
 
+/// A drill's checks (from `governance drill -o json`), one line each:
+/// `rule kind object passed=B got=G skipped=WHY`.
+fn drill_checks(v: &serde_json::Value) -> Vec<String> {
+    v["drill"]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} passed={} got={} skipped={}",
+                c["rule"].as_str().unwrap(),
+                c["kind"].as_str().unwrap(),
+                c["object"].as_str().unwrap(),
+                c["passed"],
+                c["got"].as_str().unwrap(),
+                c["skipped_why"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
 /// A drill from the daemon's canary: the network block rule and the default-deny probe are
 /// refused (passed); after the block rule's entry is deleted from the pinned map the next drill
 /// fails, naming the check, with a `drill.failed` record in the audit log and the metric at 0;
@@ -2829,27 +2850,9 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
         assert_eq!(v["passed"], want_ok, "{v:#}");
         v
     };
-    let checks = |v: &serde_json::Value| -> Vec<String> {
-        v["drill"]["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| {
-                format!(
-                    "{} {} {} passed={} got={} skipped={}",
-                    c["rule"].as_str().unwrap(),
-                    c["kind"].as_str().unwrap(),
-                    c["object"].as_str().unwrap(),
-                    c["passed"],
-                    c["got"].as_str().unwrap(),
-                    c["skipped_why"].as_str().unwrap_or("-")
-                )
-            })
-            .collect()
-    };
     // 1. Enforced as compiled: passes.
     let v = drill(true);
-    let got = checks(&v);
+    let got = drill_checks(&v);
     assert_eq!(
         got[0],
         "drill-block/no-net network tcp 10.251.0.0:22 passed=true got=refused (EPERM) skipped=-",
@@ -2911,7 +2914,7 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
     assert!(first.contains("stream.subscribed"), "{first}");
     assert!(weaken_net_rules(&pins, blocked.id()) > 0);
     let v = drill(false);
-    let got = checks(&v);
+    let got = drill_checks(&v);
     assert!(
         got[0].starts_with(
             "drill-block/no-net network tcp 10.251.0.0:22 passed=false got=not refused"
@@ -2978,7 +2981,7 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
     let out = daemon.cli(&["policy", "reload"]);
     assert!(out.status.success(), "{out:?}");
     let v = drill(true);
-    assert!(checks(&v)[0].contains("passed=true"), "{v:#}");
+    assert!(drill_checks(&v)[0].contains("passed=true"), "{v:#}");
     assert_eq!(metric("governance_drill_last_passed"), Some(1));
     assert_eq!(
         metric("governance_drills_total{result=\"passed\"}"),
@@ -3897,4 +3900,74 @@ fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
         &armed.ok,
         Duration::from_secs(5)
     ));
+}
+
+/// A drill's HTTP checks go through the proxy, from the canary: a block rule's request (made up
+/// from its host, method, path and body condition) and the default-deny probe are refused by
+/// the proxy, naming the rule: passed. With the kernel's record of where the proxy listens
+/// zeroed in the pinned PROXY map, the canary's connection is no longer known to the proxy,
+/// which refuses it as unidentified (`builtin:identity`), not by the rule: the drill fails. Restored,
+/// it passes again. Nothing is left behind.
+#[test]
+fn a_drill_sends_http_checks_through_the_proxy_and_fails_when_the_kernel_loses_it() {
+    require_root();
+    let cg = TestCgroup::new("drill-http");
+    let dir = policy_dir(
+        "drill-http",
+        &format!(
+            "name: drill-http\nagents: {{ cgroup: {a} }}\ndefaults: {{ http: block }}\nrules:\n\
+             \x20 - {{ id: small, http: {{ host: pay.drill.example, method: POST, path: /v1/refunds }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: large, http: {{ host: pay.drill.example, method: POST, path: /v1/refunds, body: ['$.amount > 100'] }}, verdict: block, reason: r }}\n",
+            a = cg.rel.display()
+        ),
+    );
+    let pins = pin_dir("drill-http");
+    let (mut daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let drill = |want_ok: bool| -> Vec<String> {
+        let out = daemon.cli(&["drill", "-o", "json"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+        assert_eq!(out.status.success(), want_ok, "{v:#}\n{out:?}");
+        assert!(canary_cgroups().is_empty(), "a canary cgroup is left");
+        drill_checks(&v)
+    };
+    let passing = [
+        "drill-http/large http POST pay.drill.example/v1/refunds {\"amount\":101} passed=true \
+         got=refused (HTTP 403, rule drill-http/large) skipped=-",
+        "default http GET governance-drill.invalid/ passed=true got=refused (HTTP 403, rule default) \
+         skipped=-",
+    ];
+    assert_eq!(drill(true), passing);
+
+    // Weakened: the proxy's address zeroed in the kernel.
+    let mut proxy: aya::maps::Array<_, governance_common::ProxyAddr> = aya::maps::Array::try_from(
+        aya::maps::Map::Array(aya::maps::MapData::from_pin(pins.join("maps/PROXY")).unwrap()),
+    )
+    .unwrap();
+    let saved = proxy.get(&0, 0).unwrap();
+    assert_eq!(saved.enabled, 1, "{saved:?}");
+    proxy
+        .set(0, governance_common::ProxyAddr::default(), 0)
+        .unwrap();
+    let got = drill(false);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for (line, want) in got.iter().zip([
+        "drill-http/large http POST pay.drill.example/v1/refunds {\"amount\":101} passed=false got=HTTP 403 by builtin:identity (",
+        "default http GET governance-drill.invalid/ passed=false got=HTTP 403 by builtin:identity (",
+    ]) {
+        assert!(line.starts_with(want), "{line}\n{got:#?}");
+    }
+
+    // Restored: it passes again.
+    proxy.set(0, saved, 0).unwrap();
+    assert_eq!(drill(true), passing);
+    daemon.stop();
 }

@@ -4549,7 +4549,9 @@ fn file_opens_are_counted_and_the_count_records_add_up() {
 
 /// A drill against the shipped example policies (policies/examples), from the daemon's canary:
 /// the exec and file checks are enforced by the LSM hooks (refused, passed), as are the network
-/// ones; HTTP checks are reported skipped, never passed; nothing fails; nothing is left behind.
+/// ones, the Unix default by the unix_stream_connect hook, and the HTTP ones by the proxy (the
+/// canary's requests sent to it); only the sequence rule is skipped; nothing fails; nothing is
+/// left behind.
 /// The file rules' objects are made first (the rules name files under /home/agent), so that
 /// they can be probed.
 #[test]
@@ -4646,12 +4648,23 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     };
     assert!(default("exec").contains("passed=true"), "{lines:#?}");
     assert!(default("file").contains("passed=true"), "{lines:#?}");
+    // Unix: the daemon listens on an abstract name no rule covers; the canary's connect is
+    // refused by the unix_stream_connect hook.
+    assert!(default("unix").contains("passed=true"), "{lines:#?}");
+    // HTTP: every block rule's request and the default probes, refused by the proxy.
+    let http: Vec<&String> = lines.iter().filter(|l| l.contains(" http ")).collect();
+    assert_eq!(http.len(), 8, "{lines:#?}");
     assert!(
-        lines
-            .iter()
-            .filter(|l| l.contains(" http "))
-            .all(|l| l.contains("passed=false") && !l.contains("skipped=-")),
-        "HTTP checks are skipped, never passed: {lines:#?}"
+        http.iter()
+            .all(|l| l.contains(" refused (") && l.contains("passed=true")),
+        "{http:#?}"
+    );
+    // The only check not run: the sequence rule (the drill reads no classified data).
+    let skipped: Vec<&String> = lines.iter().filter(|l| !l.ends_with("skipped=-")).collect();
+    assert_eq!(skipped.len(), 1, "{skipped:#?}");
+    assert!(
+        skipped[0].starts_with("support-db/no-exfil-after-pii sequence"),
+        "{skipped:#?}"
     );
     let canaries: Vec<&str> = std::fs::read_dir(&root)
         .unwrap()

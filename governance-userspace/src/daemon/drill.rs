@@ -10,7 +10,9 @@
 //! a stop request is served once it has cleaned up (a drill's probes are bounded in time).
 //!
 //! Harm a broken enforcement could do: a connect probe that is not refused reaches the rule's
-//! destination with a TCP handshake (or a UDP connect, which sends nothing), closed at once.
+//! destination with a TCP handshake (or a UDP connect, which sends nothing), closed at once; a
+//! Unix probe connects and closes. HTTP probes go to the proxy, which never forwards a
+//! canary's request ([`Proxy::set_canary`]): they leave the node in no case.
 
 use std::{
     ffi::CString,
@@ -35,8 +37,8 @@ use crate::{
     drill::{self, CANARY_LABEL, Check, Drill, Planned, Probe},
     events::AgentInfo,
     kernel::{self, Enforcer},
-    policy::Access,
-    policy::PolicySet,
+    policy::{Access, PolicySet, UnixTarget},
+    proxy::{self, Proxy},
 };
 
 /// Class numbers of the canary's classes start after this (the generation's own are numbered
@@ -45,6 +47,10 @@ const CANARY_FIRST_CLASS: u32 = 0xc000;
 
 /// How long one connect probe waits for an answer the kernel did not refuse.
 const CONNECT_WAIT: Duration = Duration::from_secs(1);
+/// How long an HTTP probe waits for the proxy's answer (it decides without going upstream).
+const ANSWER_WAIT: Duration = Duration::from_secs(5);
+/// The most of an answer an HTTP probe reads (its head and a refusal's JSON body fit).
+const ANSWER_MAX: usize = 4096;
 
 /// What a drill needs from the daemon.
 pub(super) struct DrillRun<'a> {
@@ -56,6 +62,8 @@ pub(super) struct DrillRun<'a> {
     pub generation: u32,
     /// The live agents of the generation.
     pub agents: &'a [AgentCgroup],
+    /// The HTTP policy proxy and where it listens (None: `--no-proxy`).
+    pub proxy: Option<(&'a Arc<Proxy>, SocketAddr)>,
 }
 
 static DRILLS: AtomicU64 = AtomicU64::new(0);
@@ -130,6 +138,8 @@ fn canary(
         tables: None,
         child: None,
         scratch: Vec::new(),
+        proxy: None,
+        listeners: Vec::new(),
     };
     if let Err(e) = std::fs::create_dir(dir) {
         let held = crate::privilege::held();
@@ -164,6 +174,15 @@ fn canary(
         pod: None,
     };
     name_canary(r, &agent, policy);
+    if let Some((p, _)) = r.proxy {
+        // The proxy decides the canary's requests by the policy under drill alone.
+        let engine = crate::engine::Engine::new(drill::canary_set(r.set, policy), r.generation);
+        p.set_canary(Some(proxy::Canary {
+            cgroup_id,
+            engine: Arc::new(engine),
+        }));
+        guard.proxy = Some(p);
+    }
     let live = r.agents.iter().find(|a| {
         let governing: Vec<&str> = r
             .set
@@ -246,7 +265,7 @@ fn run_probes(
                         };
                         out[i].object = format!("{how} {}", path.to_string_lossy());
                     }
-                    Prepared::Connect { .. } => {}
+                    Prepared::Connect { .. } | Prepared::Http { .. } => {}
                 }
                 prepared.push((i, prep));
             }
@@ -259,16 +278,54 @@ fn run_probes(
     let results = probe(dir, &prepared, guard)?;
     for ((i, prep), result) in prepared.iter().zip(results) {
         let c = &mut out[*i];
-        if let Some(code) = result.filter(|c| *c <= SOCKET_FAILED) {
-            c.skipped_why = Some(format!(
-                "no such socket here ({}): nothing was attempted",
-                std::io::Error::from_raw_os_error(SOCKET_FAILED - code)
-            ));
-            continue;
-        }
-        (c.passed, c.got) = match result {
-            Some(code) => verdict(prep, code),
-            None => (false, "no result: the probe process ended early".into()),
+        (c.passed, c.got) = match (prep, result) {
+            (_, Some(Got::Code(code))) if code <= SOCKET_FAILED => {
+                c.skipped_why = Some(format!(
+                    "no such socket here ({}): nothing was attempted",
+                    std::io::Error::from_raw_os_error(SOCKET_FAILED - code)
+                ));
+                continue;
+            }
+            (
+                Prepared::Connect {
+                    family: libc::AF_UNIX,
+                    ..
+                },
+                Some(Got::Code(libc::ECONNREFUSED)),
+            ) => {
+                c.skipped_why = Some(
+                    "nothing listens on that socket here: the hook decides only a connect to a \
+                     listening socket; not probed, not passed"
+                        .into(),
+                );
+                continue;
+            }
+            (Prepared::Http { .. }, Some(Got::Answer(answer))) => {
+                let Some(Probe::Http(h)) = &planned[*i].probe else {
+                    continue;
+                };
+                match drill::judge(h, &c.rule, &answer) {
+                    Ok(got) => (true, got),
+                    Err(got) => (false, got),
+                }
+            }
+            (Prepared::Http { .. }, Some(Got::Code(code))) if code > NOT_JOINED => (
+                false,
+                match code {
+                    TIMED_OUT => format!(
+                        "no answer from the proxy within {} s",
+                        ANSWER_WAIT.as_secs()
+                    ),
+                    c => format!(
+                        "the request did not reach the proxy: {}",
+                        std::io::Error::from_raw_os_error(c)
+                    ),
+                },
+            ),
+            (_, Some(Got::Code(code))) => verdict(prep, code),
+            (_, Some(Got::Answer(_))) | (_, None) => {
+                (false, "no result: the probe process ended early".into())
+            }
         };
     }
     Ok(out)
@@ -308,6 +365,16 @@ const NOT_TRACED: i32 = -3;
 const NOT_JOINED: i32 = -1000;
 /// SOCKET_FAILED - errno: no socket of that family here (no IPv6, say): nothing was attempted.
 const SOCKET_FAILED: i32 = -2000;
+/// An HTTP probe's answer follows (a u32 length, then that many bytes).
+const ANSWERED: i32 = -3000;
+
+/// What a probe reported.
+enum Got {
+    /// A result code (above).
+    Code(i32),
+    /// The proxy's answer to an HTTP probe, as read (at most [`ANSWER_MAX`] bytes).
+    Answer(Vec<u8>),
+}
 
 fn verdict(p: &Prepared, code: i32) -> (bool, String) {
     match code {
@@ -320,6 +387,7 @@ fn verdict(p: &Prepared, code: i32) -> (bool, String) {
                                            was stopped before its first instruction and killed)"
                     .into(),
                 Prepared::Open { .. } => "not refused: opened".into(),
+                Prepared::Http { .. } => "not refused".into(),
             },
         ),
         TIMED_OUT => (
@@ -373,6 +441,36 @@ enum Prepared {
         path: CString,
         flags: libc::c_int,
     },
+    /// A connect to the proxy (as [`Prepared::Connect`], TCP), `request` written, the answer
+    /// read.
+    Http {
+        addr: libc::sockaddr_storage,
+        len: libc::socklen_t,
+        family: libc::c_int,
+        request: Vec<u8>,
+    },
+}
+
+/// A socket address as the probe process passes it to connect(2).
+fn storage(sa: &impl nix::sys::socket::SockaddrLike) -> (libc::sockaddr_storage, libc::socklen_t) {
+    let len = sa.len();
+    // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough for any.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            sa.as_ptr().cast::<u8>(),
+            (&raw mut storage).cast::<u8>(),
+            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+        );
+    }
+    (storage, len)
+}
+
+fn family(addr: &SocketAddr) -> libc::c_int {
+    match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    }
 }
 
 /// Whether the kernel at hand enforces `hook` (the BPF LSM program is attached): Err(why not).
@@ -412,25 +510,65 @@ fn prepare(
             } else {
                 libc::SOCK_STREAM
             };
-            let sa: nix::sys::socket::SockaddrStorage = (*addr).into();
-            let len = nix::sys::socket::SockaddrLike::len(&sa);
-            // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough.
-            let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    nix::sys::socket::SockaddrLike::as_ptr(&sa).cast::<u8>(),
-                    (&raw mut storage).cast::<u8>(),
-                    len as usize,
-                );
-            }
+            let (addr_storage, len) = storage(&nix::sys::socket::SockaddrStorage::from(*addr));
             Ok(Prepared::Connect {
-                addr: storage,
+                addr: addr_storage,
                 len,
-                family: match addr {
-                    SocketAddr::V4(_) => libc::AF_INET,
-                    SocketAddr::V6(_) => libc::AF_INET6,
-                },
+                family: family(addr),
                 ty,
+            })
+        }
+        Probe::Http(h) => {
+            let Some((_, at)) = r.proxy else {
+                return Err(
+                    "no HTTP policy proxy runs here (--no-proxy): HTTP requests are not \
+                            decided; not probed, not passed"
+                        .into(),
+                );
+            };
+            let (addr, len) = storage(&nix::sys::socket::SockaddrStorage::from(at));
+            Ok(Prepared::Http {
+                addr,
+                len,
+                family: family(&at),
+                request: h.wire(),
+            })
+        }
+        Probe::Unix(target) => {
+            enforced(r, &governance_common::programs::UNIX_CONNECT)?;
+            let addr = match target {
+                UnixTarget::Path(p) => {
+                    use std::os::unix::fs::FileTypeExt as _;
+                    if !std::fs::metadata(p).is_ok_and(|m| m.file_type().is_socket()) {
+                        return Err(format!(
+                            "no socket at {} here: nothing to connect to",
+                            p.display()
+                        ));
+                    }
+                    nix::sys::socket::UnixAddr::new(p.as_path())
+                }
+                UnixTarget::Abstract(name) => {
+                    // Listen on it for the probe, unless something does.
+                    use std::os::linux::net::SocketAddrExt as _;
+                    let at = std::os::unix::net::SocketAddr::from_abstract_name(name)
+                        .map_err(|e| format!("the abstract name: {e}"))?;
+                    match std::os::unix::net::UnixListener::bind_addr(&at) {
+                        Ok(l) => guard.listeners.push(l),
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+                        Err(e) => {
+                            return Err(format!("listening on {}: {e}", target.display()));
+                        }
+                    }
+                    nix::sys::socket::UnixAddr::new_abstract(name)
+                }
+            }
+            .map_err(|e| format!("{}: {e}", target.display()))?;
+            let (addr, len) = storage(&addr);
+            Ok(Prepared::Connect {
+                addr,
+                len,
+                family: libc::AF_UNIX,
+                ty: libc::SOCK_STREAM,
             })
         }
         Probe::Exec { paths } => {
@@ -524,13 +662,22 @@ fn probe(
     dir: &Path,
     probes: &[(usize, Prepared)],
     guard: &mut CanaryGuard,
-) -> anyhow::Result<Vec<Option<i32>>> {
+) -> anyhow::Result<Vec<Option<Got>>> {
     let procs = File::options()
         .write(true)
         .open(dir.join("cgroup.procs"))
         .with_context(|| format!("opening {}/cgroup.procs", dir.display()))?;
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("a pipe")?;
     let wait_ms = CONNECT_WAIT.as_millis() as libc::c_int;
+    // What the probes may take: a connect's wait each, and an answer's for HTTP.
+    let budget = probes
+        .iter()
+        .map(|(_, p)| match p {
+            Prepared::Http { .. } => CONNECT_WAIT + ANSWER_WAIT,
+            _ => CONNECT_WAIT,
+        })
+        .sum::<Duration>()
+        + 2 * CONNECT_WAIT;
     // SAFETY: the child only makes system calls on memory prepared before the fork, then
     // _exits: no allocation, no lock, no destructor.
     let pid = unsafe { libc::fork() };
@@ -543,7 +690,7 @@ fn probe(
     guard.child = Some(pid);
     drop(wr);
     drop(procs);
-    let results = read_results(rd, probes.len());
+    let results = read_results(rd, probes.len(), budget);
     guard.reap();
     Ok(results)
 }
@@ -575,6 +722,32 @@ unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: lib
                     ty,
                 } => connect_probe(addr, *len, *family, *ty, wait_ms),
                 Prepared::Exec { path } => exec_probe(path),
+                Prepared::Http {
+                    addr,
+                    len,
+                    family,
+                    request,
+                } => {
+                    let mut buf = [0u8; 12 + ANSWER_MAX];
+                    match http_probe(addr, *len, *family, request, &mut buf[12..]) {
+                        Ok(n) => {
+                            buf[..4].copy_from_slice(&(i as u32).to_ne_bytes());
+                            buf[4..8].copy_from_slice(&ANSWERED.to_ne_bytes());
+                            buf[8..12].copy_from_slice(&(n as u32).to_ne_bytes());
+                            // One writer: the message is not interleaved with another.
+                            let mut off = 0;
+                            while off < 12 + n {
+                                let w = libc::write(out, buf[off..].as_ptr().cast(), 12 + n - off);
+                                if w <= 0 {
+                                    break;
+                                }
+                                off += w as usize;
+                            }
+                            continue;
+                        }
+                        Err(code) => code,
+                    }
+                }
                 Prepared::Open { path, flags } => {
                     let fd = libc::open(
                         path.as_ptr(),
@@ -643,6 +816,68 @@ unsafe fn connect_probe(
     }
 }
 
+/// In the probe process: connect to the proxy, send `request`, read its answer into `buf`
+/// until it closes (the request says `Connection: close`), `buf` is full or
+/// [`ANSWER_WAIT`] passes: Ok(bytes read), or Err(result code).
+unsafe fn http_probe(
+    addr: &libc::sockaddr_storage,
+    len: libc::socklen_t,
+    family: libc::c_int,
+    request: &[u8],
+    buf: &mut [u8],
+) -> Result<usize, i32> {
+    unsafe {
+        let errno = || *libc::__errno_location();
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(SOCKET_FAILED - errno());
+        }
+        // Bounds connect, each write and each read.
+        let tv = libc::timeval {
+            tv_sec: ANSWER_WAIT.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        let fail = |code: i32| {
+            libc::close(fd);
+            Err(code)
+        };
+        if libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return fail(errno());
+        }
+        let mut off = 0;
+        while off < request.len() {
+            let n = libc::write(fd, request[off..].as_ptr().cast(), request.len() - off);
+            if n <= 0 {
+                return fail(errno());
+            }
+            off += n as usize;
+        }
+        let mut got = 0;
+        while got < buf.len() {
+            let n = libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got);
+            if n < 0 && got == 0 {
+                let e = errno();
+                return fail(if e == libc::EAGAIN { TIMED_OUT } else { e });
+            }
+            if n <= 0 {
+                break;
+            }
+            got += n as usize;
+        }
+        libc::close(fd);
+        Ok(got)
+    }
+}
+
 /// In the probe process: exec `path` in a traced child. A traced process that execs stops
 /// (SIGTRAP) before the new program's first instruction: if it stops, the exec was not refused,
 /// and it is killed there. A refused exec returns its errno, which the child exits with.
@@ -681,11 +916,11 @@ unsafe fn exec_probe(path: &CString) -> i32 {
     }
 }
 
-/// Read (index, code) pairs until the probe process closes the pipe, or the time its probes
-/// may take has passed.
-fn read_results(rd: OwnedFd, n: usize) -> Vec<Option<i32>> {
-    let mut out = vec![None; n];
-    let deadline = Instant::now() + CONNECT_WAIT * (n as u32 + 2);
+/// Read (index, code) pairs, and the answers that follow [`ANSWERED`], until the probe process
+/// closes the pipe, or `budget` (what its probes may take) has passed.
+fn read_results(rd: OwnedFd, n: usize, budget: Duration) -> Vec<Option<Got>> {
+    let mut out: Vec<Option<Got>> = (0..n).map(|_| None).collect();
+    let deadline = Instant::now() + budget;
     let mut file = File::from(rd);
     let mut buf = [0u8; 8];
     loop {
@@ -703,8 +938,22 @@ fn read_results(rd: OwnedFd, n: usize) -> Vec<Option<i32>> {
             Ok(()) => {
                 let i = u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize;
                 let code = i32::from_ne_bytes(buf[4..].try_into().unwrap_or_default());
+                let got = if code == ANSWERED {
+                    let mut len = [0u8; 4];
+                    if std::io::Read::read_exact(&mut file, &mut len).is_err() {
+                        break;
+                    }
+                    let len = (u32::from_ne_bytes(len) as usize).min(ANSWER_MAX);
+                    let mut answer = vec![0u8; len];
+                    if std::io::Read::read_exact(&mut file, &mut answer).is_err() {
+                        break;
+                    }
+                    Got::Answer(answer)
+                } else {
+                    Got::Code(code)
+                };
                 if let Some(slot) = out.get_mut(i) {
-                    *slot = Some(code);
+                    *slot = Some(got);
                 }
             }
             Err(_) => break,
@@ -722,6 +971,10 @@ struct CanaryGuard<'a> {
     child: Option<libc::pid_t>,
     /// Scratch files of write and create probes.
     scratch: Vec<PathBuf>,
+    /// The proxy, told of the canary (told it is gone when the guard drops).
+    proxy: Option<&'a Arc<Proxy>>,
+    /// Abstract Unix sockets listened on for the probes (closed when the guard drops).
+    listeners: Vec<std::os::unix::net::UnixListener>,
 }
 
 impl CanaryGuard<'_> {
@@ -741,6 +994,10 @@ impl Drop for CanaryGuard<'_> {
         self.reap();
         for f in self.scratch.drain(..) {
             let _ = std::fs::remove_file(f);
+        }
+        self.listeners.clear();
+        if let Some(p) = self.proxy.take() {
+            p.set_canary(None);
         }
         if let Some(dir) = &self.dir
             && let Ok(mut f) = File::options().write(true).open(dir.join("cgroup.kill"))
@@ -796,6 +1053,7 @@ impl super::serve::Daemon<'_> {
             set: engine.policies(),
             generation: self.current,
             agents: &self.agents_now,
+            proxy: self.proxy.as_ref().map(|(p, at)| (p, SocketAddr::V4(*at))),
         };
         let d = run(&r, only).map_err(|e| format!("{e:#}"))?;
         let ok = d.ok();

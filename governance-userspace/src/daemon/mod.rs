@@ -302,6 +302,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         last_failed: false,
         failures: 0,
         dropped: 0,
+        proxy: None,
         netns: None,
         pods,
         counts: Default::default(),
@@ -318,6 +319,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut n = netns::NetnsListeners::new(p.clone(), *v4.ip(), v4.port());
         n.sync(&daemon.agents_now);
         daemon.netns = Some(n);
+        daemon.proxy = Some((p.clone(), *v4));
     }
     let proxy = proxy.map(|(p, _)| p);
     // A handover from another build's pins: this build enforces the policy now (and its proxy

@@ -73,6 +73,8 @@ pub(super) struct Daemon<'a> {
     pub failures: u64,
     /// The kernel's drop counter, as last told.
     pub dropped: u64,
+    /// The HTTP policy proxy and its `--proxy-listen` address (None: no proxy).
+    pub proxy: Option<(Arc<crate::proxy::Proxy>, std::net::SocketAddrV4)>,
     /// The proxy's listeners in agents' network namespaces (None: no proxy).
     pub netns: Option<NetnsListeners>,
     /// Kubernetes: the pods of this node, as the API server told them (`--kubernetes`).

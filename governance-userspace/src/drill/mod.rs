@@ -2,8 +2,8 @@
 //! Block". This module plans them (pure: policy set → checks); the daemon runs them from a
 //! canary agent of its own (`daemon::drill`).
 //!
-//! For each enforcing policy, the checks are every block rule's object and one probe per kind
-//! whose default is block. Each is first decided by the policy engine for the canary (which
+//! For each enforcing policy, the checks are every block rule's object (an HTTP rule's request
+//! made up from it: `http.rs`) and one probe per kind whose default is block. Each is first decided by the policy engine for the canary (which
 //! only that policy governs): a rule whose object a more specific rule decides otherwise
 //! cannot be probed through that object and is reported `skipped` with why, never passed.
 
@@ -20,9 +20,13 @@ use crate::{
     engine::{Action, AgentRef, Engine},
     policy::{
         Access, Kind, Matcher, Mode, PathMatch, Policy, PolicySet, Posture, Protocol, Selector,
-        Verdict,
+        UnixTarget, Verdict,
     },
 };
+
+mod http;
+
+pub use self::http::{HttpProbe, judge};
 
 /// The label the canary agent carries (in the policy set the drill decides with, and in events).
 pub const CANARY_LABEL: &str = "governance-drill-canary";
@@ -122,7 +126,18 @@ pub enum Probe {
     /// opens a scratch file the drill creates in that directory and removes; `create` creates
     /// that scratch file (removed after).
     Open { paths: Vec<PathBuf>, access: Access },
+    /// An HTTP request sent through the proxy (explicit use: to the proxy's own address, so
+    /// the kernel records the canary as its caller). The proxy never forwards a canary's
+    /// request: one it would let through is answered `X-Governance-Drill: not forwarded`.
+    Http(HttpProbe),
+    /// A stream connect to a Unix socket: a filesystem socket that exists here, or an abstract
+    /// name (the daemon listens on it for the probe when nothing does; the hook decides only
+    /// when there is a socket to connect to).
+    Unix(UnixTarget),
 }
+
+/// The abstract socket of the default-deny Unix probe (the daemon listens on it meanwhile).
+pub const DEFAULT_UNIX: &[u8] = b"governance-drill-default";
 
 /// Binaries tried, in order, for the default-deny exec probe: the first that no rule covers.
 const DEFAULT_EXEC: [&str; 5] = [
@@ -352,9 +367,42 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     Err(why) => out.push(skip(c, why)),
                 }
             }
-            other => {
-                let c = check(&rule.id, kind, crate::capabilities::object(other));
-                out.push(skip(c, not_probed(kind)));
+            Matcher::Http(m) => {
+                let mut c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
+                let probe = HttpProbe::for_rule(m)
+                    .and_then(|p| decided(&Action::Http(p.request()), Some(&rule.id)).map(|()| p));
+                match probe {
+                    Ok(p) => {
+                        c.object = p.object();
+                        out.push(Planned {
+                            check: c,
+                            probe: Some(Probe::Http(p)),
+                        });
+                    }
+                    Err(why) => out.push(skip(c, format!("the request made up for it: {why}"))),
+                }
+            }
+            Matcher::Unix(target) => {
+                let c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
+                let action = Action::Unix {
+                    target: target.clone(),
+                };
+                match decided(&action, Some(&rule.id)) {
+                    Ok(()) => out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::Unix(target.clone())),
+                    }),
+                    Err(why) => out.push(skip(c, why)),
+                }
+            }
+            Matcher::Sequence(_) => {
+                let c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
+                out.push(skip(
+                    c,
+                    "a sequence rule is armed by what the agent read; the drill does not read \
+                     classified data"
+                        .into(),
+                ));
             }
         }
     }
@@ -436,9 +484,36 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     }
                 });
             }
+            Kind::Http => {
+                let p = HttpProbe::default_deny();
+                let c = check("default", *kind, p.object());
+                match decided(&Action::Http(p.request()), None) {
+                    Ok(()) => out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::Http(p)),
+                    }),
+                    Err(why) => out.push(skip(c, why)),
+                }
+            }
+            Kind::Unix => {
+                let target = UnixTarget::Abstract(DEFAULT_UNIX.to_vec());
+                let c = check("default", *kind, format!("connect {}", target.display()));
+                match decided(
+                    &Action::Unix {
+                        target: target.clone(),
+                    },
+                    None,
+                ) {
+                    Ok(()) => out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::Unix(target)),
+                    }),
+                    Err(why) => out.push(skip(c, why)),
+                }
+            }
             _ => out.push(skip(
                 check("default", *kind, "an object no rule covers".into()),
-                not_probed(*kind),
+                format!("{} checks are not probed by the drill", kind.as_str()),
             )),
         }
     }
@@ -490,14 +565,6 @@ fn access_name(a: Access) -> &'static str {
         Access::Truncate => "truncate",
         Access::Exec => "exec",
     }
-}
-
-/// Why a kind is not probed (yet).
-fn not_probed(kind: Kind) -> String {
-    format!(
-        "{} checks are not probed by this build of the drill",
-        kind.as_str()
-    )
 }
 
 /// The last address of `addr`/`prefix`.

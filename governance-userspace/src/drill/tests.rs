@@ -26,6 +26,12 @@ fn lines(set: &PolicySet) -> Vec<String> {
                 (Some(Probe::Open { paths, access }), _) => {
                     format!("open the first of {paths:?} for {access:?}")
                 }
+                (Some(Probe::Http(h)), _) => format!(
+                    "send through the proxy{}: {}",
+                    if h.mcp { " (MCP)" } else { "" },
+                    String::from_utf8_lossy(&h.wire()).replace("\r\n", " | ")
+                ),
+                (Some(Probe::Unix(t)), _) => format!("connect unix {}", t.display()),
                 (None, Some(why)) => format!("skipped: {why}"),
                 (None, None) => "nothing".into(),
             };
@@ -83,4 +89,106 @@ fn the_canary_set_keeps_every_rule_in_place_and_governs_the_canary_by_one_policy
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(governing, ["devops-agent"]);
+}
+
+/// A rule's body conditions get a body that meets them (checked by the conditions
+/// themselves); one no simple value meets is named.
+#[test]
+fn made_up_bodies_meet_their_rules_conditions() {
+    use serde_json::json;
+    let body = |conds: &[&str]| -> Result<serde_json::Value, String> {
+        let m = crate::policy::HttpMatcher {
+            host: crate::policy::HostMatch::Exact("h.example".into()),
+            methods: vec![],
+            path: None,
+            headers: vec![],
+            body: conds.iter().map(|c| c.parse().unwrap()).collect(),
+            mcp: None,
+        };
+        HttpProbe::for_rule(&m).map(|p| serde_json::from_str(&p.body.unwrap()).unwrap())
+    };
+    for (conds, want) in [
+        (&["$.amount > 1000"][..], json!({"amount": 1001})),
+        (
+            &["$.amount > 100", "$.amount <= 1000"],
+            json!({"amount": 101}),
+        ),
+        (&["$.amount < 0.5"], json!({"amount": -0.5})),
+        (
+            &["$.items[1].sku == \"X\""],
+            json!({"items": [null, {"sku": "X"}]}),
+        ),
+        (&["$.query contains \"DROP\""], json!({"query": "DROP"})),
+        (&["$.tags contains 7"], json!({"tags": [7]})),
+        (
+            &["$.sql matches \"DELETE *\""],
+            json!({"sql": "DELETE drill"}),
+        ),
+        (&["$.mode in [\"a\", \"b\"]"], json!({"mode": "a"})),
+        (
+            &["$.dry_run exists", "$.n != 3"],
+            json!({"dry_run": true, "n": 4}),
+        ),
+    ] {
+        assert_eq!(body(conds), Ok(want), "{conds:?}");
+    }
+    let none = body(&["$.s < \"\""]).unwrap_err();
+    assert!(none.contains("`$.s < \"\"`"), "{none}");
+    let clash = body(&["$.n > 5", "$.n < 3"]).unwrap_err();
+    assert!(clash.contains("$.n"), "{clash}");
+}
+
+/// Only a refusal by the rule under drill passes: not another rule's, not a built-in refusal,
+/// not the proxy's "not forwarded" answer to a canary, not an upstream's answer, not silence.
+#[test]
+fn the_judge_passes_only_a_refusal_by_the_rule_under_drill() {
+    let probe = HttpProbe::default_deny();
+    let refusal = |status: &str, rule: &str, extra: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nx-governance-rule: {rule}\r\n{extra}\r\n{{\"reason\":\"why\"}}"
+        )
+    };
+    let judge = |answer: &str| super::judge(&probe, "p/r", answer.as_bytes());
+    assert_eq!(
+        judge(&refusal("403 Forbidden", "p/r", "")),
+        Ok("refused (HTTP 403, rule p/r)".into())
+    );
+    assert_eq!(
+        judge(&refusal("403 Forbidden", "p/other", "")),
+        Err("HTTP 403 by p/other (why), not a refusal by the rule under drill".into())
+    );
+    assert_eq!(
+        judge(&refusal(
+            "409 Conflict",
+            "p/r",
+            "x-governance-drill: the policy allows it by p/r\r\n"
+        )),
+        Err("not refused: the policy allows it by p/r".into())
+    );
+    assert_eq!(
+        judge("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        Err("HTTP 200 from the proxy, no rule named".into())
+    );
+    assert_eq!(
+        judge(""),
+        Err("no answer: the proxy closed the connection".into())
+    );
+    let mcp = HttpProbe {
+        mcp: true,
+        ..HttpProbe::default_deny()
+    };
+    let rpc = |body: &str| {
+        super::judge(
+            &mcp,
+            "p/r",
+            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{body}").as_bytes(),
+        )
+    };
+    assert_eq!(
+        rpc(
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32001,"message":"blocked","data":{"rule":"p/r"}}}"#
+        ),
+        Ok("refused (JSON-RPC error -32001, rule p/r)".into())
+    );
+    assert!(rpc(r#"{"jsonrpc":"2.0","id":1,"result":{}}"#).is_err());
 }

@@ -320,6 +320,69 @@ impl Condition {
         matches!(self.path.first(), Some(Step::Index(_)))
     }
 
+    /// Write into `doc` a value at the condition's path that makes it hold (objects and arrays
+    /// made on the way; what was there is replaced), for a drill's synthesised request. False
+    /// when no value is found (`< ""`, a path through a value of another kind). The caller
+    /// checks the result with [`Condition::eval`]: a glob instance, say, is a best guess.
+    pub fn satisfy(&self, doc: &mut Value) -> bool {
+        let Some(value) = self.example() else {
+            return false;
+        };
+        let mut v = doc;
+        for step in &self.path {
+            v = match step {
+                Step::Key(k) => {
+                    if !v.is_object() {
+                        *v = Value::Object(Default::default());
+                    }
+                    let Value::Object(map) = v else { return false };
+                    map.entry(k.clone()).or_insert(Value::Null)
+                }
+                Step::Index(i) => {
+                    if !v.is_array() {
+                        *v = Value::Array(Vec::new());
+                    }
+                    let Value::Array(items) = v else { return false };
+                    if items.len() <= *i {
+                        items.resize(i + 1, Value::Null);
+                    }
+                    &mut items[*i]
+                }
+            };
+        }
+        *v = value;
+        true
+    }
+
+    /// A value for which the condition holds, if one is easily found.
+    fn example(&self) -> Option<Value> {
+        let step = |n: &serde_json::Number, up: bool| -> Option<Value> {
+            let d = if up { 1 } else { -1 };
+            match (n.as_i64(), n.as_f64()) {
+                (Some(i), _) => i.checked_add(d).map(Value::from),
+                (None, Some(f)) => serde_json::Number::from_f64(f + d as f64).map(Value::Number),
+                _ => None,
+            }
+        };
+        let v = &self.value;
+        match (self.op, v) {
+            (Op::Exists, _) => Some(Value::Bool(true)),
+            (Op::Eq | Op::Le | Op::Ge, _) => Some(v.clone()),
+            (Op::Ne | Op::Gt, Value::Number(n)) => step(n, true),
+            (Op::Lt, Value::Number(n)) => step(n, false),
+            (Op::Ne | Op::Gt, Value::String(s)) => Some(Value::String(format!("{s}~"))),
+            (Op::Lt, Value::String(s)) if !s.is_empty() => Some(Value::String(String::new())),
+            (Op::Ne, Value::Bool(b)) => Some(Value::Bool(!b)),
+            (Op::In, Value::Array(list)) => list.first().cloned(),
+            (Op::Contains, Value::String(_)) => Some(v.clone()),
+            (Op::Contains, _) => Some(Value::Array(vec![v.clone()])),
+            (Op::Matches, Value::String(glob)) => {
+                Some(Value::String(glob.replace('*', "drill").replace('?', "x")))
+            }
+            _ => None,
+        }
+    }
+
     /// Does the condition hold for `doc`?
     pub fn eval(&self, doc: &Value) -> bool {
         let Some(v) = self.lookup(doc) else {

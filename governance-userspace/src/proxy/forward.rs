@@ -44,6 +44,14 @@ impl Proxy {
         wait: Option<Duration>,
         busy: io::Busy,
     ) -> Response<Body> {
+        // Not reached for a drill's canary (its verdicts never forward): never sent.
+        if let Some(c) = conn.client.as_ref().filter(|c| self.is_canary(c)) {
+            let why = format!(
+                "{} is a drill's canary: its requests never leave the node",
+                c.agent.name
+            );
+            return respond::not_forwarded("-", &why);
+        }
         let bad_gateway =
             |reason: String| respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &reason, None);
         let (addr, authority, path) = match &to {

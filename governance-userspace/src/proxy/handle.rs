@@ -138,7 +138,7 @@ impl Proxy {
             Ok(d) => d,
             Err(resp) => return resp,
         };
-        let engine = self.engine.load_full();
+        let engine = self.engine_for(client);
         let view = self.view(Some(conn), &engine, &client.agent);
         let (parts, body) = req.into_parts();
         let limit = view.max_body().unwrap_or(self.cfg.max_body);
@@ -178,7 +178,7 @@ impl Proxy {
             http,
             ..
         } = ev;
-        if dest.is_none() && forwards(&decision.outcome) {
+        if dest.is_none() && forwards(&decision.outcome) && !self.is_canary(client) {
             dest = match self.destination(conn, client, &head, Lookup::Resolve).await {
                 Ok(d) => d,
                 Err(resp) => return resp,

@@ -85,7 +85,7 @@ pub use self::{
     config::{HostCheck, ProxyConfig},
     decide::{McpCall, decide_request, parse_json},
     preauth::{DecideAction, DecideResponse, HttpAction},
-    respond::McpIds,
+    respond::{MCP_BLOCKED, McpIds},
 };
 
 use self::{
@@ -181,6 +181,14 @@ struct ViewCache {
     views: HashMap<AgentRef, Arc<AgentRules>>,
 }
 
+/// A drill's canary agent (see `daemon::drill`) while the drill runs: its requests are
+/// decided by the drill's engine (the policy under drill alone), and never leave the node.
+pub struct Canary {
+    /// The canary's agent cgroup.
+    pub cgroup_id: u64,
+    pub engine: Arc<Engine>,
+}
+
 /// Agents' rule views cached per generation (the cache starts over when it is full).
 const VIEWS_MAX: usize = 1024;
 
@@ -208,6 +216,8 @@ pub struct Proxy {
     /// The proxy's own threads, where identified connections are served (none: the current
     /// runtime's). See [`Proxy::serve_on`].
     threads: std::sync::OnceLock<Threads>,
+    /// The canary of the drill that runs, if one does.
+    canary: arc_swap::ArcSwapOption<Canary>,
 }
 
 /// The proxy's own threads (a runtime of its own): they hold no capability, and everything an
@@ -276,6 +286,7 @@ impl Proxy {
             sessions: Arc::new(sse::Sessions::default()),
             hasher: RandomState::new(),
             threads: std::sync::OnceLock::new(),
+            canary: arc_swap::ArcSwapOption::empty(),
         })
     }
 
@@ -298,6 +309,31 @@ impl Proxy {
     /// Tasks that panicked (each dropped its connection; the proxy went on). Tests assert 0.
     pub fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
+    }
+
+    /// A drill's canary from now on (None: the drill is over).
+    pub fn set_canary(&self, canary: Option<Canary>) {
+        self.canary.store(canary.map(Arc::new));
+    }
+
+    /// The engine that decides for `client`: the drill's for its canary, else the generation's.
+    fn engine_for(&self, client: &Client) -> Arc<Engine> {
+        match &*self.canary.load() {
+            Some(c) if c.cgroup_id == client.info.cgroup_id => c.engine.clone(),
+            _ => self.engine.load_full(),
+        }
+    }
+
+    /// Whether `client` is a drill's canary, whose requests are never forwarded: the canary of
+    /// the drill that runs, or any agent with the label only canaries carry (one still
+    /// connected after its drill ended, say).
+    fn is_canary(&self, client: &Client) -> bool {
+        client.agent.label.as_deref() == Some(crate::drill::CANARY_LABEL)
+            || self
+                .canary
+                .load()
+                .as_ref()
+                .is_some_and(|c| c.cgroup_id == client.info.cgroup_id)
     }
 
     /// The agent's rules under `engine`, cached per connection and per generation.

@@ -211,7 +211,7 @@ impl Proxy {
         client: &Client,
         action: DecideAction,
     ) -> Result<DecideResponse, String> {
-        let engine = self.engine.load_full();
+        let engine = self.engine_for(client);
         let view = self.view(None, &engine, &client.agent);
         let limit = view.max_body().unwrap_or(self.cfg.max_body);
         let json_type = |headers: &mut HeaderMap| {

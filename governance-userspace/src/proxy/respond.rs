@@ -92,6 +92,19 @@ pub fn refusal(r: &Refusal<'_>, mcp: Option<&McpIds>) -> Response<Body> {
     resp
 }
 
+/// A drill's canary request that the policy did not refuse: 409, `{"error": "drill", "rule",
+/// "reason"}` and `X-Governance-Drill: <reason>`, never forwarded.
+pub fn not_forwarded(rule: &str, reason: &str) -> Response<Body> {
+    let mut resp = json_response(
+        StatusCode::CONFLICT,
+        &json!({ "error": "drill", "rule": rule, "reason": reason }),
+    );
+    let h = resp.headers_mut();
+    h.insert("x-governance-drill", header_value(reason));
+    h.insert("x-governance-rule", header_value(rule));
+    resp
+}
+
 /// A protocol or upstream error: `{"error": what, "reason": reason}` (and the decision id
 /// when there was a decision).
 pub fn error(

@@ -2130,3 +2130,99 @@ async fn an_armed_sequence_rule_refuses_requests_outside_its_hosts() {
     assert_eq!(rec.armed_by, None);
     h.assert_no_panics();
 }
+
+/// A drill's canary: its requests are decided by the drill's engine (the policy under drill
+/// alone), a refusal is what the drill's judge passes, and a request the policy would let
+/// through (allow, escalate) is answered 409 `X-Governance-Drill` at once: nothing reaches
+/// the upstream, nothing waits for a human, by cgroup while the drill runs and by the canary
+/// label after. Control: a real agent's allowed refund is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_canary_is_decided_by_the_drill_and_never_forwarded() {
+    use crate::drill::{self, CANARY_LABEL, HttpProbe};
+    let up = upstream("payments").await;
+    let set = examples();
+    let h = start(config(), set.clone(), Limits::default()).await;
+    let canary = h.agent("governance-drill-1-0", Some(CANARY_LABEL), Some(up.addr));
+    let drill_engine = |set: &policy::PolicySet| {
+        Some(Canary {
+            // The cgroup id every harness agent has.
+            cgroup_id: 77,
+            engine: Arc::new(Engine::new(drill::canary_set(set, "refund-agent"), 1)),
+        })
+    };
+    let probe_of = |set: &policy::PolicySet, rule: &str| {
+        let r = set
+            .policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .find(|r| r.id == rule)
+            .unwrap();
+        let policy::Matcher::Http(m) = &r.matcher else {
+            panic!("{rule} is not an http rule")
+        };
+        HttpProbe::for_rule(m).unwrap()
+    };
+
+    // The policy under drill refuses: a 403 by the rule, which the judge passes.
+    h.proxy.set_canary(drill_engine(&set));
+    let large = probe_of(&set, "refund-agent/refund-large");
+    let answer = h.raw(canary, &large.wire()).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(
+        drill::judge(&large, "refund-agent/refund-large", answer.as_bytes()),
+        Ok("refused (HTTP 403, rule refund-agent/refund-large)".into())
+    );
+    // Refused by another rule: not passed.
+    assert!(drill::judge(&large, "refund-agent/other", answer.as_bytes()).is_err());
+
+    // Weakened: the same rule allows. Not forwarded (explicit or transparent), not passed.
+    let weak = parse(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../policies/examples/refund-agent.yaml"),
+        )
+        .unwrap()
+        .replace("    verdict: block\n", "    verdict: allow\n"),
+    );
+    h.proxy.set_canary(drill_engine(&weak));
+    let answer = h.raw(canary, &large.wire()).await;
+    assert!(answer.starts_with("HTTP/1.1 409"), "{answer}");
+    let got = drill::judge(&large, "refund-agent/refund-large", answer.as_bytes()).unwrap_err();
+    assert!(
+        got.starts_with("not refused: the policy allows it by refund-agent/refund-large"),
+        "{got}"
+    );
+    let r = h.send(canary, refund(5000)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(r.body["error"], "drill");
+    // Escalated: answered at once, no approval asked of anyone.
+    let r = h.send(canary, refund(500)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.header("x-governance-drill").contains("escalates"),
+        "{:?}",
+        r.headers
+    );
+    assert!(h.approvals.list().is_empty());
+    // After the drill: the canary label alone keeps it from going out.
+    h.proxy.set_canary(None);
+    let r = h.send(canary, refund(50)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert_eq!(
+        up.accepted.load(Ordering::Relaxed),
+        0,
+        "a canary request reached the upstream"
+    );
+    let rec = h.records.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        rec.object.detail.get("drill").map(String::as_str),
+        Some("not forwarded")
+    );
+
+    // Control: a real agent's allowed refund goes out.
+    let me = h.agent("agents/refund-1", None, Some(up.addr));
+    let r = h.send(me, refund(50)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+    h.assert_no_panics();
+}

@@ -79,7 +79,7 @@ impl Proxy {
                 None,
             );
         }
-        let engine = self.engine.load_full();
+        let engine = self.engine_for(client);
         let view = self.view(Some(conn), &engine, &client.agent);
         let decided = !view.intercepts_tls(&head.host);
         if decided
@@ -195,7 +195,7 @@ impl Proxy {
             absolute: false,
             tls: Some(Tls::Spliced),
         };
-        let engine = self.engine.load_full();
+        let engine = self.engine_for(&client);
         let view = self.view(Some(&conn), &engine, &client.agent);
         // The server name must name where the connection goes: the host check, or the host of
         // the CONNECT (a refusal is reported there). An intercepted host is named by the
@@ -225,7 +225,7 @@ impl Proxy {
         let decided = matches!(conn.mode, Mode::Tunnel { decided: true, .. });
         if !decided {
             let (http, decision) = self.host_decision(&engine, &view, &head, None);
-            if addr.is_none() && forwards(&decision.outcome) {
+            if addr.is_none() && forwards(&decision.outcome) && !self.is_canary(&client) {
                 addr = match self
                     .destination(&conn, &client, &head, Lookup::Resolve)
                     .await
@@ -258,6 +258,10 @@ impl Proxy {
     /// Splice an allowed TLS connection to `addr`, until both sides close or it is idle for
     /// `idle_timeout`.
     async fn splice(&self, conn: &Conn, io: Box<dyn ClientIo>, addr: SocketAddr) {
+        // Not reached for a drill's canary (its verdicts never forward): never spliced.
+        if conn.client.as_ref().is_some_and(|c| self.is_canary(c)) {
+            return refuse_tls(io).await;
+        }
         let connect = TcpStream::connect(addr);
         let upstream = match tokio::time::timeout(self.cfg.upstream_connect_timeout, connect).await
         {

@@ -103,6 +103,29 @@ impl Proxy {
                 ids,
             ))
         };
+        if self.is_canary(client)
+            && matches!(
+                decision.outcome,
+                Outcome::Allow
+                    | Outcome::Escalate { .. }
+                    | Outcome::Sandbox(SandboxTarget::Upstream(_))
+            )
+        {
+            // A drill's request: what would go out (or wait for a human) is answered here.
+            let why = format!(
+                "the policy {} it by {rule}; a drill's request is never forwarded",
+                match decision.outcome {
+                    Outcome::Allow => "allows",
+                    Outcome::Escalate { .. } => "escalates",
+                    _ => "sandboxes",
+                }
+            );
+            rec.object
+                .detail
+                .insert("drill".into(), "not forwarded".into());
+            (self.sink)(rec);
+            return Then::Respond(respond::not_forwarded(&rule, &why));
+        }
         match &decision.outcome {
             Outcome::Allow => {
                 (self.sink)(rec);
