@@ -1016,4 +1016,5 @@ mod pod {
     unsafe impl aya::Pod for super::sequence::SeqList {}
     unsafe impl aya::Pod for super::sequence::SeqStateKey {}
     unsafe impl aya::Pod for super::sequence::SeqArmed {}
+    unsafe impl aya::Pod for super::sequence::SeqEgressKey {}
 }

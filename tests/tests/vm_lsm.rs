@@ -4550,8 +4550,9 @@ fn file_opens_are_counted_and_the_count_records_add_up() {
 /// A drill against the shipped example policies (policies/examples), from the daemon's canary:
 /// the exec and file checks are enforced by the LSM hooks (refused, passed), as are the network
 /// ones, the Unix default by the unix_stream_connect hook, and the HTTP ones by the proxy (the
-/// canary's requests sent to it); only the sequence rule is skipped; nothing fails; nothing is
-/// left behind.
+/// canary's requests sent to it), and the sequence rule by the connect hook once the canary
+/// has opened a file under its prefix; nothing is skipped; nothing fails; nothing is left
+/// behind.
 /// The file rules' objects are made first (the rules name files under /home/agent), so that
 /// they can be probed.
 #[test]
@@ -4593,6 +4594,11 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     }
     std::fs::write(home.join(".ssh/id_ed25519"), "not a key").unwrap();
     std::fs::write(home.join(".aws/credentials"), "not a credential").unwrap();
+    // What support-db/no-exfil-after-pii is armed by.
+    let pii = Path::new("/srv/support/pii");
+    let made_pii = !pii.exists();
+    std::fs::create_dir_all(pii).unwrap();
+    std::fs::write(pii.join("customers.csv"), "not personal data").unwrap();
     let root = governance::agents::cgroup2_mount().unwrap();
     let made_agents = !root.join("agents").exists();
     let pins = pin_dir("drill");
@@ -4653,19 +4659,23 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     assert!(default("unix").contains("passed=true"), "{lines:#?}");
     // HTTP: every block rule's request and the default probes, refused by the proxy.
     let http: Vec<&String> = lines.iter().filter(|l| l.contains(" http ")).collect();
-    assert_eq!(http.len(), 8, "{lines:#?}");
+    assert_eq!(http.len(), 7, "{lines:#?}");
     assert!(
         http.iter()
             .all(|l| l.contains(" refused (") && l.contains("passed=true")),
         "{http:#?}"
     );
-    // The only check not run: the sequence rule (the drill reads no classified data).
-    let skipped: Vec<&String> = lines.iter().filter(|l| !l.ends_with("skipped=-")).collect();
-    assert_eq!(skipped.len(), 1, "{skipped:#?}");
+    // The sequence rule: the connect goes out before the canary opens a file under the
+    // classified prefix, and is refused after.
     assert!(
-        skipped[0].starts_with("support-db/no-exfil-after-pii sequence"),
-        "{skipped:#?}"
+        lines.iter().any(|l| l.starts_with(
+            "support-db/no-exfil-after-pii sequence read /srv/support/pii/customers.csv, then tcp \
+             192.0.2.1:9 refused (EPERM) passed=true"
+        )),
+        "{lines:#?}"
     );
+    let skipped: Vec<&String> = lines.iter().filter(|l| !l.ends_with("skipped=-")).collect();
+    assert_eq!(skipped, Vec::<&String>::new(), "every check ran");
     let canaries: Vec<&str> = std::fs::read_dir(&root)
         .unwrap()
         .filter_map(Result::ok)
@@ -4677,6 +4687,16 @@ fn a_drill_of_the_shipped_example_policies_passes() {
         .map(|_| "canary")
         .collect();
     assert!(canaries.is_empty(), "no canary cgroup is left");
+    // The sequence probe armed the rule for the canary only, and that state went with it.
+    let armed: aya::maps::HashMap<
+        _,
+        governance_common::sequence::SeqStateKey,
+        governance_common::sequence::SeqArmed,
+    > = aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+        aya::maps::MapData::from_pin(pins.join("maps/SEQ_STATE")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(armed.keys().count(), 0, "armed state left behind");
     daemon.stop();
     drop(daemon);
     for d in ["agents/coder", "agents/devops"] {
@@ -4684,6 +4704,11 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     }
     if made_agents {
         let _ = std::fs::remove_dir(root.join("agents"));
+    }
+    if made_pii {
+        let _ = std::fs::remove_dir_all("/srv/support");
+    } else {
+        let _ = std::fs::remove_file(pii.join("customers.csv"));
     }
     if made_home {
         let _ = std::fs::remove_dir_all(home);

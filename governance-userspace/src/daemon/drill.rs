@@ -265,6 +265,13 @@ fn run_probes(
                         };
                         out[i].object = format!("{how} {}", path.to_string_lossy());
                     }
+                    Prepared::Sequence { arm, .. } => {
+                        out[i].object = format!(
+                            "read {}, then {}",
+                            arm.to_string_lossy(),
+                            out[i].object.rsplit_once(", then ").map_or("", |(_, t)| t)
+                        );
+                    }
                     Prepared::Connect { .. } | Prepared::Http { .. } => {}
                 }
                 prepared.push((i, prep));
@@ -279,7 +286,7 @@ fn run_probes(
     for ((i, prep), result) in prepared.iter().zip(results) {
         let c = &mut out[*i];
         (c.passed, c.got) = match (prep, result) {
-            (_, Some(Got::Code(code))) if code <= SOCKET_FAILED => {
+            (_, Some(Got::Code(code))) if (SOCKET_FAILED - 999..=SOCKET_FAILED).contains(&code) => {
                 c.skipped_why = Some(format!(
                     "no such socket here ({}): nothing was attempted",
                     std::io::Error::from_raw_os_error(SOCKET_FAILED - code)
@@ -298,6 +305,22 @@ fn run_probes(
                      listening socket; not probed, not passed"
                         .into(),
                 );
+                continue;
+            }
+            (Prepared::Sequence { .. }, Some(Got::Code(code))) if code <= ARM_FAILED => {
+                c.skipped_why = Some(format!(
+                    "the arming open was refused ({}): the rule cannot be armed here; not \
+                     probed, not passed",
+                    errno_name(ARM_FAILED - code)
+                ));
+                continue;
+            }
+            (Prepared::Sequence { .. }, Some(Got::Code(code))) if code <= REFUSED_UNARMED => {
+                c.skipped_why = Some(format!(
+                    "the connect was refused before the arming open too ({}): not a test of \
+                     the rule; not probed, not passed",
+                    errno_name(REFUSED_UNARMED - code)
+                ));
                 continue;
             }
             (Prepared::Http { .. }, Some(Got::Answer(answer))) => {
@@ -367,6 +390,11 @@ const NOT_JOINED: i32 = -1000;
 const SOCKET_FAILED: i32 = -2000;
 /// An HTTP probe's answer follows (a u32 length, then that many bytes).
 const ANSWERED: i32 = -3000;
+/// A sequence probe's first connect (before the arming open) was refused with EPERM/EACCES:
+/// REFUSED_UNARMED - errno.
+const REFUSED_UNARMED: i32 = -4000;
+/// A sequence probe's arming open failed: ARM_FAILED - errno.
+const ARM_FAILED: i32 = -5000;
 
 /// What a probe reported.
 enum Got {
@@ -388,6 +416,7 @@ fn verdict(p: &Prepared, code: i32) -> (bool, String) {
                     .into(),
                 Prepared::Open { .. } => "not refused: opened".into(),
                 Prepared::Http { .. } => "not refused".into(),
+                Prepared::Sequence { .. } => "not refused: connected after the arming open".into(),
             },
         ),
         TIMED_OUT => (
@@ -440,6 +469,13 @@ enum Prepared {
     Open {
         path: CString,
         flags: libc::c_int,
+    },
+    /// A TCP connect, an open of `arm` (read-only, nothing read) and the connect again.
+    Sequence {
+        arm: CString,
+        addr: libc::sockaddr_storage,
+        len: libc::socklen_t,
+        family: libc::c_int,
     },
     /// A connect to the proxy (as [`Prepared::Connect`], TCP), `request` written, the answer
     /// read.
@@ -532,6 +568,39 @@ fn prepare(
                 len,
                 family: family(&at),
                 request: h.wire(),
+            })
+        }
+        Probe::Sequence { arm, addr } => {
+            // Armed by the file hook.
+            enforced(r, &governance_common::programs::FILE)?;
+            let file = if arm.is_dir() {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(arm)
+                    .map_err(|e| format!("{}: {e}: nothing to arm the rule with", arm.display()))?
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+                    .collect();
+                files.sort();
+                files.into_iter().next().ok_or_else(|| {
+                    format!(
+                        "no file directly in {} here: nothing to arm the rule with",
+                        arm.display()
+                    )
+                })?
+            } else if arm.is_file() {
+                arm.clone()
+            } else {
+                return Err(format!(
+                    "{} does not exist here: nothing to arm the rule with",
+                    arm.display()
+                ));
+            };
+            let (addr_storage, len) = storage(&nix::sys::socket::SockaddrStorage::from(*addr));
+            Ok(Prepared::Sequence {
+                arm: cpath(&file)?,
+                addr: addr_storage,
+                len,
+                family: family(addr),
             })
         }
         Probe::Unix(target) => {
@@ -674,6 +743,7 @@ fn probe(
         .iter()
         .map(|(_, p)| match p {
             Prepared::Http { .. } => CONNECT_WAIT + ANSWER_WAIT,
+            Prepared::Sequence { .. } => 2 * CONNECT_WAIT,
             _ => CONNECT_WAIT,
         })
         .sum::<Duration>()
@@ -722,6 +792,28 @@ unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: lib
                     ty,
                 } => connect_probe(addr, *len, *family, *ty, wait_ms),
                 Prepared::Exec { path } => exec_probe(path),
+                Prepared::Sequence {
+                    arm,
+                    addr,
+                    len,
+                    family,
+                } => {
+                    let before = connect_probe(addr, *len, *family, libc::SOCK_STREAM, wait_ms);
+                    if before == libc::EPERM || before == libc::EACCES {
+                        REFUSED_UNARMED - before
+                    } else {
+                        let fd = libc::open(
+                            arm.as_ptr(),
+                            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+                        );
+                        if fd < 0 {
+                            ARM_FAILED - errno()
+                        } else {
+                            libc::close(fd);
+                            connect_probe(addr, *len, *family, libc::SOCK_STREAM, wait_ms)
+                        }
+                    }
+                }
                 Prepared::Http {
                     addr,
                     len,

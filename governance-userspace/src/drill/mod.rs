@@ -134,6 +134,10 @@ pub enum Probe {
     /// name (the daemon listens on it for the probe when nothing does; the hook decides only
     /// when there is a socket to connect to).
     Unix(UnixTarget),
+    /// A sequence rule armed by reads: a TCP connect to `addr` (which the rule does not
+    /// except) before and after opening, read-only and reading nothing, `arm` (the rule's
+    /// file, or the first file directly in its directory): refused after, not before.
+    Sequence { arm: PathBuf, addr: SocketAddr },
 }
 
 /// The abstract socket of the default-deny Unix probe (the daemon listens on it meanwhile).
@@ -395,14 +399,54 @@ pub fn plan(set: &PolicySet, policy: &Policy) -> Vec<Planned> {
                     Err(why) => out.push(skip(c, why)),
                 }
             }
-            Matcher::Sequence(_) => {
-                let c = check(&rule.id, kind, crate::capabilities::object(&rule.matcher));
-                out.push(skip(
-                    c,
-                    "a sequence rule is armed by what the agent read; the drill does not read \
-                     classified data"
-                        .into(),
-                ));
+            Matcher::Sequence(seq) => {
+                let addr = IpAddr::V4(DEFAULT_DENY_ADDR);
+                let (arm, shown) = match &seq.after {
+                    PathMatch::Exact(p) => (p.clone(), p.display().to_string()),
+                    PathMatch::Prefix(d) => (
+                        d.clone(),
+                        format!("{}/*", d.display().to_string().trim_end_matches('/')),
+                    ),
+                };
+                let c = check(
+                    &rule.id,
+                    kind,
+                    format!("read {shown}, then tcp {}", sock(addr, ANY_PORT)),
+                );
+                let action = Action::Network {
+                    addr,
+                    port: ANY_PORT,
+                    protocol: Protocol::Tcp,
+                };
+                let before = engine.decide(&view, &action, now);
+                if !(seq.after_access.is_empty() || seq.after_access.contains(&Access::Read)) {
+                    out.push(skip(c, "only a rule that reads arm is probed".into()));
+                } else if seq.allows_addr(addr, ANY_PORT) {
+                    out.push(skip(
+                        c,
+                        format!(
+                            "the rule excepts {}: nothing to probe",
+                            sock(addr, ANY_PORT)
+                        ),
+                    ));
+                } else if before.verdict() == Verdict::Block {
+                    out.push(skip(
+                        c,
+                        format!(
+                            "the engine refuses the connect before arming too (by {}): not a \
+                             test of the rule",
+                            before.rule.as_deref().unwrap_or("default")
+                        ),
+                    ));
+                } else {
+                    out.push(Planned {
+                        check: c,
+                        probe: Some(Probe::Sequence {
+                            arm,
+                            addr: SocketAddr::new(addr, ANY_PORT),
+                        }),
+                    });
+                }
             }
         }
     }

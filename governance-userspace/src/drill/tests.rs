@@ -32,6 +32,12 @@ fn lines(set: &PolicySet) -> Vec<String> {
                     String::from_utf8_lossy(&h.wire()).replace("\r\n", " | ")
                 ),
                 (Some(Probe::Unix(t)), _) => format!("connect unix {}", t.display()),
+                (Some(Probe::Sequence { arm, addr }), _) => {
+                    format!(
+                        "connect {addr}, open {} read-only, connect again",
+                        arm.display()
+                    )
+                }
                 (None, Some(why)) => format!("skipped: {why}"),
                 (None, None) => "nothing".into(),
             };

@@ -123,7 +123,7 @@ impl Enforcer {
     }
 
     /// Remove every entry [`Enforcer::add_canary`] wrote, and what the canary's processes left
-    /// keyed by its cgroup (throttle buckets, files it wrote).
+    /// keyed by its cgroup (throttle buckets, files it wrote, sequence rules it armed).
     pub fn remove_canary(&mut self, canary: &Canary) -> Result<(), KernelError> {
         let ours = |id: u32| canary.classes.contains(&id) || canary.builtins.contains(&id);
         macro_rules! remove {
@@ -205,6 +205,22 @@ impl Enforcer {
                 map.remove(&key)
                     .map_err(|source| KernelError::Map { name, source })?;
             }
+            // What a sequence probe armed, and its refused packets' report times.
+            remove!(
+                maps::SEQ_STATE,
+                HashMap,
+                governance_common::sequence::SeqStateKey,
+                governance_common::sequence::SeqArmed,
+                |k: &governance_common::sequence::SeqStateKey| k.agent_cgroup == canary.cgroup_id
+            );
+            // An LRU hash: aya reads and removes it as a HashMap.
+            remove!(
+                maps::SEQ_EGRESS_REPORTED,
+                HashMap,
+                governance_common::sequence::SeqEgressKey,
+                u64,
+                |k: &governance_common::sequence::SeqEgressKey| k.agent_cgroup == canary.cgroup_id
+            );
         }
         Ok(())
     }
