@@ -17,6 +17,10 @@ pub const DISCOVER_WINDOW_NS: u64 = 1_000_000_000;
 
 /// [`DiscoverEvent::kind`]: a TLS ClientHello (TCP payload `16 03 xx LL LL 01`).
 pub const DISCOVER_TLS: u8 = 1;
+/// The `discover` program's read-only global: 1 when the kernel lets cgroup_skb programs call
+/// `bpf_get_current_pid_tgid` and `bpf_get_current_comm` (probed by the loader; 6.1 does not,
+/// and the evidence is then attributed to the socket's cgroup).
+pub const TASK_HELPERS_GLOBAL: &str = "DISCOVER_TASK_HELPERS";
 /// [`DiscoverEvent::kind`]: a DNS query (UDP to port 53).
 pub const DISCOVER_DNS: u8 = 2;
 

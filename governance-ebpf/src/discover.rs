@@ -6,6 +6,8 @@
 //!
 //! The common path (every other packet) reads the IP and transport headers and a few payload
 //! bytes; the agent lookup, the budget and the copy happen only for a ClientHello or a query.
+//! A TCP packet too short to carry a ClientHello's first bytes (SYN, RST, ACK, FIN) ends on the
+//! packet's length, before the reads it cannot need: each helper call counts on this path.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
@@ -30,12 +32,23 @@ use governance_common::{
 
 use crate::maps::{AGENTS, DISCOVER, DISCOVER_STATS, STATE};
 
+/// 1 when this kernel lets cgroup_skb programs call `bpf_get_current_pid_tgid` and
+/// `bpf_get_current_comm` (6.1 does not: the verifier refuses the program), set by the loader
+/// from a probe ([`governance_common::discover::TASK_HELPERS_GLOBAL`]). In .rodata, frozen: the
+/// verifier sees a constant and never walks the calls where it is 0; the daemon then attributes
+/// the evidence to the socket's cgroup.
+#[unsafe(no_mangle)]
+static DISCOVER_TASK_HELPERS: u64 = 0;
+
 const PASS: i32 = 1;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const DNS_PORT: u16 = 53;
+/// What is read of a TCP payload to recognise a ClientHello: the record header (5 bytes) and
+/// the handshake message type.
+const CLIENT_HELLO_HEAD: usize = 6;
 
 #[cgroup_skb(egress)]
 pub fn discover(ctx: SkBuffContext) -> i32 {
@@ -67,13 +80,21 @@ fn transport(ctx: &SkBuffContext) -> Option<(usize, u8)> {
 #[inline(always)]
 fn try_discover(ctx: &SkBuffContext) -> Option<()> {
     let (l4, protocol) = transport(ctx)?;
+    let len = ctx.len() as usize;
     let (kind, payload, port) = if protocol == IPPROTO_TCP {
+        // No room for a TCP header (20 bytes) and a record's first 6 bytes: no ClientHello.
+        if len < l4 + 20 + CLIENT_HELLO_HEAD {
+            return None;
+        }
         // Ports, sequence and acknowledgment numbers, data offset (12): one copy.
         let t: [u8; 13] = ctx.load(l4).ok()?;
         let payload = l4 + usize::from(t[12] >> 4) * 4;
+        // Options but no payload (a SYN, an ACK with timestamps): ends here.
+        if len < payload + CLIENT_HELLO_HEAD {
+            return None;
+        }
         // A TLS handshake record (0x16), version 3.x, whose first message is a ClientHello (1).
-        // (Fails, and so ends here, on a packet without payload: SYN, ACK, FIN.)
-        let head: [u8; 6] = ctx.load(payload).ok()?;
+        let head: [u8; CLIENT_HELLO_HEAD] = ctx.load(payload).ok()?;
         if head[0] != 0x16 || head[1] != 0x03 || head[5] != 0x01 {
             return None;
         }
@@ -118,9 +139,14 @@ fn try_discover(ctx: &SkBuffContext) -> Option<()> {
     unsafe {
         (*ev).cgroup_id = bpf_skb_cgroup_id(skb);
         (*ev).cookie = bpf_get_socket_cookie(skb.cast());
-        (*ev).pid_tgid = bpf_get_current_pid_tgid();
         (*ev).time_ns = bpf_ktime_get_ns();
-        (*ev).comm = bpf_get_current_comm().unwrap_or_default();
+        if crate::kernel::off(&DISCOVER_TASK_HELPERS) != 0 {
+            (*ev).pid_tgid = bpf_get_current_pid_tgid();
+            (*ev).comm = bpf_get_current_comm().unwrap_or_default();
+        } else {
+            (*ev).pid_tgid = 0;
+            (*ev).comm = [0; 16];
+        }
         (*ev).kind = kind;
         (*ev)._pad = [0];
         (*ev).port = port;

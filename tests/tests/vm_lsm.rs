@@ -5071,3 +5071,109 @@ fn sequence_rule_drops_sends_on_connections_made_before_the_read() {
     println!("redteam: control {tcp}");
     println!("redteam: control {udp}");
 }
+
+/// Discovery on this kernel (Debian's 6.1, whose cgroup_skb programs may not call
+/// `bpf_get_current_pid_tgid`): the `discover` program loads (the loader's probe leaves the task
+/// helpers out) and is attached; a TLS ClientHello for `api.openai.com` (a built-in LLM host)
+/// sent from a cgroup outside every agent makes that cgroup a candidate, attributed to the
+/// cgroup. Control: the same from inside an agent is no candidate.
+#[test]
+fn discovery_loads_and_finds_candidates_on_this_kernel() {
+    require_root();
+    let agent = TestCgroup::new("disc-agent");
+    let outside = TestCgroup::new("disc-outside");
+    let dir = PathBuf::from(format!("/tmp/governance-disc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "name: disc\nagents: {{ cgroup: {} }}\ndefaults: {{ network: allow }}\n",
+            agent.rel.display()
+        ),
+    )
+    .unwrap();
+    let pins = pin_dir("disc");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (mut daemon, _) = start_daemon(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let out = daemon.cli(&["status", "-o", "json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let state = status["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["program"] == "discover")
+        .map(|h| h["state"].clone());
+    assert_eq!(state, Some("attached".into()), "{status:#}");
+    // A listener that takes the ClientHello and closes.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in server.incoming() {
+            let Ok(mut c) = c else { return };
+            let mut buf = [0u8; 512];
+            let _ = std::io::Read::read(&mut c, &mut buf);
+        }
+    });
+    let hello = |cgroup: &Path| {
+        let client = r#"
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+try:
+    ctx.wrap_socket(s, server_hostname="api.openai.com")
+except (ssl.SSLError, OSError):
+    pass
+print("sent")
+"#;
+        let out = governance_tests::command_in(
+            Some(cgroup),
+            "python3",
+            &["-c", client, &port.to_string()],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(text(&out.stdout).trim(), "sent", "{out:?}");
+    };
+    hello(&agent.path);
+    hello(&outside.path);
+    let candidates = || -> Vec<serde_json::Value> {
+        let out = daemon.cli(&["discover", "-o", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["evidence"].as_array().unwrap().clone())
+            .collect()
+    };
+    let cg = format!("/{}", outside.rel.display());
+    let e = governance_tests::wait_for_value(
+        "the candidate in `governance discover`",
+        Duration::from_secs(20),
+        || {
+            candidates()
+                .into_iter()
+                .find(|e| e["cgroup"] == cg.as_str() && e["what"] == "sni")
+        },
+    );
+    assert_eq!(e["value"], "api.openai.com", "{e}");
+    assert_eq!(e["attributed"], "cgroup", "no task helpers here: {e}");
+    let inside = format!("/{}", agent.rel.display());
+    assert!(
+        candidates().iter().all(|e| e["cgroup"] != inside.as_str()),
+        "an agent's own traffic is no candidate"
+    );
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -270,6 +270,10 @@ impl Enforcer {
             for (global, strukt) in offsets::SIZES {
                 values.push((global, kbtf.struct_size(strukt)?));
             }
+            values.push((
+                governance_common::discover::TASK_HELPERS_GLOBAL,
+                u64::from(discover_task_helpers()),
+            ));
             values
         };
         let mut ebpf = {
@@ -821,3 +825,19 @@ impl Enforcer {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether cgroup_skb programs may call `bpf_get_current_pid_tgid` and `bpf_get_current_comm`
+/// here (the `discover` program names the sending process only then; see its
+/// `DISCOVER_TASK_HELPERS`). A probe that cannot run counts as no.
+fn discover_task_helpers() -> bool {
+    use aya::{
+        programs::ProgramType,
+        sys::{BpfHelper, is_helper_supported},
+    };
+    [
+        BpfHelper::BPF_FUNC_get_current_pid_tgid,
+        BpfHelper::BPF_FUNC_get_current_comm,
+    ]
+    .into_iter()
+    .all(|h| is_helper_supported(ProgramType::CgroupSkb, h).unwrap_or(false))
+}
