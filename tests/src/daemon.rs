@@ -169,6 +169,39 @@ impl Daemon {
         self.child.id()
     }
 
+    /// The state `governance status` gives a program's hook (`attached`, `NOT AVAILABLE: ...`).
+    pub fn hook_state(&self, program: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["status", "-o", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status["hooks"]
+            .as_array()?
+            .iter()
+            .find(|h| h["program"] == program)
+            .map(|h| h["state"].clone())
+    }
+
+    /// `governance discover -o json`'s evidence, flattened with each group's selector.
+    pub fn discovered(&self) -> Vec<(serde_json::Value, String)> {
+        let out = self.cli(&["discover", "-o", "json"]);
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["enabled"], true, "{v}");
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| {
+                let sel = g["suggested_selector"].as_str().unwrap_or("").to_owned();
+                g["evidence"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |e| (e.clone(), sel.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Its last `n` stderr lines.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let lines = lock(&self.lines);

@@ -3260,28 +3260,6 @@ sys.stdin.read()
     child
 }
 
-/// `governance discover -o json`'s evidence, flattened with each group's selector.
-fn discovered(daemon: &governance_tests::Daemon) -> Vec<(serde_json::Value, String)> {
-    let out = daemon.cli(&["discover", "-o", "json"]);
-    assert!(out.status.success(), "{out:?}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["enabled"], true, "{v}");
-    v["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|g| {
-            let sel = g["suggested_selector"].as_str().unwrap_or("").to_owned();
-            g["evidence"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(move |e| (e.clone(), sel.clone()))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Discovery: a process outside every agent that talks TLS to an LLM provider's host (a
 /// stand-in on loopback; the client sends the server name `api.openai.com`) is a candidate
 /// agent, listed by `governance discover` with its evidence and a selector for its cgroup, and
@@ -3314,19 +3292,7 @@ fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
         ],
         &dir,
     );
-    let out = daemon.cli(&["status", "-o", "json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let hook = status["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["program"] == "discover")
-        .cloned();
-    assert_eq!(
-        hook.as_ref().map(|h| h["state"].clone()),
-        Some("attached".into()),
-        "{status}"
-    );
+    assert_eq!(daemon.hook_state("discover"), Some("attached".into()));
     let (_server, port, tmp) = stand_in_llm_host("disc");
 
     // Controls first: another name outside, and the LLM host's name inside an agent.
@@ -3339,7 +3305,8 @@ fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
         "the candidate in `governance discover`",
         Duration::from_secs(20),
         || {
-            discovered(&daemon)
+            daemon
+                .discovered()
                 .into_iter()
                 .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "sni")
         },
@@ -3372,7 +3339,7 @@ fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
     drop(again);
     // The controls are not candidates (their ClientHellos were sent before the candidate's, so
     // the daemon has read them).
-    let all = discovered(&daemon);
+    let all = daemon.discovered();
     for (e, _) in &all {
         assert_ne!(
             e["cgroup"],
@@ -3486,7 +3453,8 @@ fn discovery_finds_agent_frameworks_and_mcp_servers_outside_agents() {
     );
     let cg = format!("/{}", outside.rel.display());
     let find = |what: &str, pid: u32| {
-        discovered(&daemon)
+        daemon
+            .discovered()
             .into_iter()
             .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == what && e["pid"] == pid)
     };
@@ -3509,7 +3477,7 @@ fn discovery_finds_agent_frameworks_and_mcp_servers_outside_agents() {
             .starts_with("runs MCP server pid "),
         "{e}"
     );
-    let all = discovered(&daemon);
+    let all = daemon.discovered();
     assert!(
         all.iter().any(|(e, _)| e["what"] == "mcp"
             && e["value"] == "mcp"
@@ -3609,7 +3577,8 @@ fn discovery_finds_dns_queries_for_llm_hosts() {
     let cg = format!("/{}", outside.rel.display());
     let mut found = None;
     poll_until(Duration::from_secs(20), || {
-        found = discovered(&daemon)
+        found = daemon
+            .discovered()
             .into_iter()
             .find(|(e, _)| e["cgroup"] == cg.as_str() && e["what"] == "dns");
         found.is_some()
@@ -3626,7 +3595,7 @@ fn discovery_finds_dns_queries_for_llm_hosts() {
     assert_eq!(e["value"], "api.anthropic.com", "{e}");
     assert_eq!(e["attributed"], "pid", "{e}");
     assert_eq!(e["comm"], "python3", "{e}");
-    let all = discovered(&daemon);
+    let all = daemon.discovered();
     assert!(
         !all.iter()
             .any(|(e, _)| e["cgroup"] == format!("/{}", other.rel.display()).as_str()),

@@ -5105,15 +5105,7 @@ fn discovery_loads_and_finds_candidates_on_this_kernel() {
         ],
         &dir,
     );
-    let out = daemon.cli(&["status", "-o", "json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let state = status["hooks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["program"] == "discover")
-        .map(|h| h["state"].clone());
-    assert_eq!(state, Some("attached".into()), "{status:#}");
+    assert_eq!(daemon.hook_state("discover"), Some("attached".into()));
     // A listener that takes the ClientHello and closes.
     let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = server.local_addr().unwrap().port();
@@ -5146,17 +5138,8 @@ print("sent")
     };
     hello(&agent.path);
     hello(&outside.path);
-    let candidates = || -> Vec<serde_json::Value> {
-        let out = daemon.cli(&["discover", "-o", "json"]);
-        assert!(out.status.success(), "{out:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["evidence"].as_array().unwrap().clone())
-            .collect()
-    };
+    let candidates =
+        || -> Vec<serde_json::Value> { daemon.discovered().into_iter().map(|(e, _)| e).collect() };
     let cg = format!("/{}", outside.rel.display());
     let e = governance_tests::wait_for_value(
         "the candidate in `governance discover`",
