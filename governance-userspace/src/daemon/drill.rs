@@ -295,7 +295,11 @@ fn run_probes(
             }
             (
                 Prepared::Connect {
-                    family: libc::AF_UNIX,
+                    to:
+                        Dest {
+                            family: libc::AF_UNIX,
+                            ..
+                        },
                     ..
                 },
                 Some(Got::Code(libc::ECONNREFUSED)),
@@ -458,9 +462,7 @@ fn errno_name(code: i32) -> String {
 /// A probe made concrete before the fork (the probe process allocates nothing).
 enum Prepared {
     Connect {
-        addr: libc::sockaddr_storage,
-        len: libc::socklen_t,
-        family: libc::c_int,
+        to: Dest,
         ty: libc::c_int,
     },
     Exec {
@@ -473,39 +475,44 @@ enum Prepared {
     /// A TCP connect, an open of `arm` (read-only, nothing read) and the connect again.
     Sequence {
         arm: CString,
-        addr: libc::sockaddr_storage,
-        len: libc::socklen_t,
-        family: libc::c_int,
+        to: Dest,
     },
     /// A connect to the proxy (as [`Prepared::Connect`], TCP), `request` written, the answer
     /// read.
     Http {
-        addr: libc::sockaddr_storage,
-        len: libc::socklen_t,
-        family: libc::c_int,
+        to: Dest,
         request: Vec<u8>,
     },
 }
 
-/// A socket address as the probe process passes it to connect(2).
-fn storage(sa: &impl nix::sys::socket::SockaddrLike) -> (libc::sockaddr_storage, libc::socklen_t) {
-    let len = sa.len();
-    // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough for any.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            sa.as_ptr().cast::<u8>(),
-            (&raw mut storage).cast::<u8>(),
-            (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
-        );
-    }
-    (storage, len)
+/// Where a probe connects, as the probe process passes it to socket(2) and connect(2).
+struct Dest {
+    addr: libc::sockaddr_storage,
+    len: libc::socklen_t,
+    family: libc::c_int,
 }
 
-fn family(addr: &SocketAddr) -> libc::c_int {
-    match addr {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
+impl Dest {
+    fn inet(addr: &SocketAddr) -> Dest {
+        let family = match addr {
+            SocketAddr::V4(_) => libc::AF_INET,
+            SocketAddr::V6(_) => libc::AF_INET6,
+        };
+        Dest::of(&nix::sys::socket::SockaddrStorage::from(*addr), family)
+    }
+
+    fn of(sa: &impl nix::sys::socket::SockaddrLike, family: libc::c_int) -> Dest {
+        let len = sa.len();
+        // SAFETY: `sa` holds `len` bytes of a socket address; storage is large enough for any.
+        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sa.as_ptr().cast::<u8>(),
+                (&raw mut addr).cast::<u8>(),
+                (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>()),
+            );
+        }
+        Dest { addr, len, family }
     }
 }
 
@@ -546,11 +553,8 @@ fn prepare(
             } else {
                 libc::SOCK_STREAM
             };
-            let (addr_storage, len) = storage(&nix::sys::socket::SockaddrStorage::from(*addr));
             Ok(Prepared::Connect {
-                addr: addr_storage,
-                len,
-                family: family(addr),
+                to: Dest::inet(addr),
                 ty,
             })
         }
@@ -562,11 +566,8 @@ fn prepare(
                         .into(),
                 );
             };
-            let (addr, len) = storage(&nix::sys::socket::SockaddrStorage::from(at));
             Ok(Prepared::Http {
-                addr,
-                len,
-                family: family(&at),
+                to: Dest::inet(&at),
                 request: h.wire(),
             })
         }
@@ -595,12 +596,9 @@ fn prepare(
                     arm.display()
                 ));
             };
-            let (addr_storage, len) = storage(&nix::sys::socket::SockaddrStorage::from(*addr));
             Ok(Prepared::Sequence {
                 arm: cpath(&file)?,
-                addr: addr_storage,
-                len,
-                family: family(addr),
+                to: Dest::inet(addr),
             })
         }
         Probe::Unix(target) => {
@@ -632,11 +630,8 @@ fn prepare(
                 }
             }
             .map_err(|e| format!("{}: {e}", target.display()))?;
-            let (addr, len) = storage(&addr);
             Ok(Prepared::Connect {
-                addr,
-                len,
-                family: libc::AF_UNIX,
+                to: Dest::of(&addr, libc::AF_UNIX),
                 ty: libc::SOCK_STREAM,
             })
         }
@@ -785,20 +780,10 @@ unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: lib
         }
         for (i, (_, p)) in probes.iter().enumerate() {
             let code = match p {
-                Prepared::Connect {
-                    addr,
-                    len,
-                    family,
-                    ty,
-                } => connect_probe(addr, *len, *family, *ty, wait_ms),
+                Prepared::Connect { to, ty } => connect_probe(to, *ty, wait_ms),
                 Prepared::Exec { path } => exec_probe(path),
-                Prepared::Sequence {
-                    arm,
-                    addr,
-                    len,
-                    family,
-                } => {
-                    let before = connect_probe(addr, *len, *family, libc::SOCK_STREAM, wait_ms);
+                Prepared::Sequence { arm, to } => {
+                    let before = connect_probe(to, libc::SOCK_STREAM, wait_ms);
                     if before == libc::EPERM || before == libc::EACCES {
                         REFUSED_UNARMED - before
                     } else {
@@ -810,18 +795,13 @@ unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: lib
                             ARM_FAILED - errno()
                         } else {
                             libc::close(fd);
-                            connect_probe(addr, *len, *family, libc::SOCK_STREAM, wait_ms)
+                            connect_probe(to, libc::SOCK_STREAM, wait_ms)
                         }
                     }
                 }
-                Prepared::Http {
-                    addr,
-                    len,
-                    family,
-                    request,
-                } => {
+                Prepared::Http { to, request } => {
                     let mut buf = [0u8; 12 + ANSWER_MAX];
-                    match http_probe(addr, *len, *family, request, &mut buf[12..]) {
+                    match http_probe(to, request, &mut buf[12..]) {
                         Ok(n) => {
                             buf[..4].copy_from_slice(&(i as u32).to_ne_bytes());
                             buf[4..8].copy_from_slice(&ANSWERED.to_ne_bytes());
@@ -864,20 +844,14 @@ unsafe fn child(procs: i32, out: i32, probes: &[(usize, Prepared)], wait_ms: lib
 }
 
 /// In the probe process: a non-blocking connect, waiting [`CONNECT_WAIT`] for an answer.
-unsafe fn connect_probe(
-    addr: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-    family: libc::c_int,
-    ty: libc::c_int,
-    wait_ms: libc::c_int,
-) -> i32 {
+unsafe fn connect_probe(to: &Dest, ty: libc::c_int, wait_ms: libc::c_int) -> i32 {
     unsafe {
         let errno = || *libc::__errno_location();
-        let fd = libc::socket(family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(to.family, ty | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return SOCKET_FAILED - errno();
         }
-        let r = libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len);
+        let r = libc::connect(fd, (&raw const to.addr).cast(), to.len);
         let code = if r == 0 {
             0
         } else if errno() == libc::EINPROGRESS {
@@ -911,16 +885,10 @@ unsafe fn connect_probe(
 /// In the probe process: connect to the proxy, send `request`, read its answer into `buf`
 /// until it closes (the request says `Connection: close`), `buf` is full or
 /// [`ANSWER_WAIT`] passes: Ok(bytes read), or Err(result code).
-unsafe fn http_probe(
-    addr: &libc::sockaddr_storage,
-    len: libc::socklen_t,
-    family: libc::c_int,
-    request: &[u8],
-    buf: &mut [u8],
-) -> Result<usize, i32> {
+unsafe fn http_probe(to: &Dest, request: &[u8], buf: &mut [u8]) -> Result<usize, i32> {
     unsafe {
         let errno = || *libc::__errno_location();
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let fd = libc::socket(to.family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
             return Err(SOCKET_FAILED - errno());
         }
@@ -942,7 +910,7 @@ unsafe fn http_probe(
             libc::close(fd);
             Err(code)
         };
-        if libc::connect(fd, (addr as *const libc::sockaddr_storage).cast(), len) != 0 {
+        if libc::connect(fd, (&raw const to.addr).cast(), to.len) != 0 {
             return fail(errno());
         }
         let mut off = 0;
