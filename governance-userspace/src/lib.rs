@@ -30,6 +30,7 @@ pub mod export;
 pub mod kernel;
 pub mod kubernetes;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod ocsf;
 pub mod peer;

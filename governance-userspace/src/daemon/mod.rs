@@ -216,6 +216,9 @@ pub struct RunArgs {
 const API_DRAIN: Duration = Duration::from_secs(5);
 
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The start (the policy parsed twice, the programs loaded, the first generation built)
+    // frees far more than the daemon then keeps: hand it back as it is freed.
+    let start = crate::memory::Burst::start();
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
@@ -310,6 +313,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
     }
+    drop(start);
 
     // The HTTP policy proxy.
     let mut tasks = Vec::new();

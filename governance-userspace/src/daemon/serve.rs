@@ -383,6 +383,8 @@ impl Daemon<'_> {
     /// Build and install the next generation; on failure the current one keeps enforcing and
     /// the failure is counted and reported.
     fn reload(&mut self, why: &str) -> Result<u32, String> {
+        // The build and the previous generation, freed as the new one takes over.
+        let _burst = crate::memory::Burst::start();
         let next = self.current + 1;
         let result = match build(
             next,
