@@ -82,9 +82,12 @@ pub const DISCOVER_STATS: &str = "DISCOVER_STATS";
 /// LRU hash of [`crate::sequence::SeqEgressKey`] → u64 (`bpf_ktime_get_ns()`): when the
 /// `sequence_egress` program last reported a refused packet for that agent and destination.
 pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
+/// Array of u32 indexed by slot: 1 when that slot's generation has any sequence rule. Without
+/// it, `sequence_egress` passes a packet without walking its socket's cgroups.
+pub const SEQ_ANY: &str = "SEQ_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 28] = [
+pub const ALL: [&str; 29] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -113,4 +116,5 @@ pub const ALL: [&str; 28] = [
     DISCOVER,
     DISCOVER_STATS,
     SEQ_EGRESS_REPORTED,
+    SEQ_ANY,
 ];

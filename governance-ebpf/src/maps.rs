@@ -108,6 +108,9 @@ pub(crate) static COUNTS: PerCpuHashMap<CountKey, u64> =
 #[map]
 pub(crate) static SEQ_CLASSES: HashMap<u32, SeqList> =
     HashMap::with_max_entries(MAX_SEQ_CLASSES, BPF_F_NO_PREALLOC);
+/// Per slot, 1 when its generation has any sequence rule (see governance_common::maps).
+#[map]
+pub(crate) static SEQ_ANY: Array<u32> = Array::with_max_entries(2, 0);
 /// The sequence rules each agent has armed. Preallocated: an arming must not fail for want of
 /// memory when the table has room.
 #[map]

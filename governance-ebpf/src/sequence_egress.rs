@@ -15,8 +15,8 @@
 //! current-task helpers to this program type before Linux 6.10, its events carry no process
 //! (pid, comm 0) and are written here rather than by `decide::emit`.
 //!
-//! Not an agent's packet, or an agent with no sequence rule: passed after the walk, before the
-//! headers are read.
+//! No sequence rule in the active generation: passed after two array reads. Not an agent's packet,
+//! or an agent with no sequence rule: passed after the walk, before the headers are read.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
@@ -33,7 +33,7 @@ use governance_common::{
 use crate::{
     decide::{count, now, verdict_of},
     kernel::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    maps::{AGENTS, EVENTS, GRANTS, PROXY, SEQ_CLASSES, SEQ_EGRESS_REPORTED, STATE},
+    maps::{AGENTS, EVENTS, GRANTS, PROXY, SEQ_ANY, SEQ_CLASSES, SEQ_EGRESS_REPORTED, STATE},
     net::is_proxy,
     sequence,
 };
@@ -48,7 +48,9 @@ pub fn sequence_egress(ctx: SkBuffContext) -> i32 {
     decide(&ctx)
 }
 
-/// The agent the packet's socket belongs to: (agent root, class, generation).
+/// The agent the packet's socket belongs to: (agent root, class, generation). None at once
+/// when the active generation has no sequence rule at all (`SEQ_ANY`, an array: no hash): no
+/// walk.
 #[inline(always)]
 fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
     let generation = STATE.get(0).copied().unwrap_or(0);
@@ -56,6 +58,9 @@ fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
         return None;
     }
     let slot = slot(generation);
+    if SEQ_ANY.get(slot).copied().unwrap_or(0) == 0 {
+        return None;
+    }
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: the helper takes the program's own context.

@@ -626,7 +626,7 @@ impl Enforcer {
             }
         }
         self.write_unix(policy, &mut skipped, written)?;
-        self.write_sequences(policy)?;
+        self.write_sequences(policy, slot)?;
         {
             let name = maps::IDENT_RULES;
             let mut idents: HashMap<_, IdentKey, IdentValue> =

@@ -8,12 +8,17 @@
 //! unarmed, and an agent whose cgroup went away leaves nothing behind. The table is bounded
 //! ([`MAX_SEQ_STATE`]); when it is full an arming open is refused (fail closed).
 
+use aya::maps::Array;
 use governance_common::sequence::{MAX_SEQ_STATE, SeqArmed, SeqList, SeqStateKey};
 
 use super::*;
 
 impl Enforcer {
-    pub(super) fn write_sequences(&mut self, policy: &KernelPolicy) -> Result<(), KernelError> {
+    pub(super) fn write_sequences(
+        &mut self,
+        policy: &KernelPolicy,
+        slot: u32,
+    ) -> Result<(), KernelError> {
         let name = maps::SEQ_CLASSES;
         let mut lists: HashMap<_, u32, SeqList> = HashMap::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
@@ -22,10 +27,24 @@ impl Enforcer {
                 .insert(class, list, 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
+        // Set, never cleared here: a drill's canary adds its lists to the active slot.
+        if !policy.sequences.is_empty() {
+            self.set_seq_any(slot, 1)?;
+        }
         Ok(())
     }
 
+    /// `sequence_egress` walks a packet's cgroups only while its slot's flag is set.
+    fn set_seq_any(&mut self, slot: u32, value: u32) -> Result<(), KernelError> {
+        let name = maps::SEQ_ANY;
+        let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        any.set(slot, value, 0)
+            .map_err(|source| KernelError::Map { name, source })
+    }
+
     pub(super) fn clear_sequences(&mut self, slot: u32) -> Result<(), KernelError> {
+        self.set_seq_any(slot, 0)?;
         let name = maps::SEQ_CLASSES;
         let mut lists: HashMap<_, u32, SeqList> = HashMap::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
