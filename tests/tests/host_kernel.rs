@@ -3871,6 +3871,97 @@ fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
     ));
 }
 
+/// `sequence_egress` skips its cgroup walk while the active generation has no sequence rule
+/// (`SEQ_ANY`, set per slot with the slot's tables). The flag follows the generation: a
+/// reload that adds a sequence rule makes the packets of connections made before both the
+/// reload and the arming droppable; a reload that removes it clears the flag. Controls: with
+/// no sequence rule the same connections send, before and after.
+#[test]
+fn sequence_egress_flag_follows_the_generation_across_reloads() {
+    use aya::maps::{Array, HashMap, Map, MapData};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    require_root();
+    let a = TestCgroup::new("seqany-agent");
+    let glob = format!("governance-test-{}-*-seqany-agent", std::process::id());
+    let plain = format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-pii-writes\n    file: {{ prefix: /data/pii, access: [write] }}\n    verdict: block\n    reason: read only\n"
+    );
+    let sequence = format!(
+        "name: seq\nagents: {{ cgroup: '{glob}' }}\nrules:\n\
+         \x20 - id: no-exfil-after-pii\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n    verdict: block\n    reason: no exfiltration after PII\n"
+    );
+    let mut k = load(&plain);
+    k.require("sequence_egress");
+    let maps = k.pins.join(governance_common::pins::MAPS);
+    let flags_now = || -> [u32; 2] {
+        let map = Map::from_map_data(MapData::from_pin(maps.join("SEQ_ANY")).unwrap()).unwrap();
+        let any: Array<_, u32> = Array::try_from(map).unwrap();
+        [any.get(&0, 0).unwrap(), any.get(&1, 0).unwrap()]
+    };
+    assert_eq!(flags_now(), [0, 0], "no sequence rule: no slot flagged");
+    let mut conn = Established::start(Some(&a.path), None);
+    assert_eq!(conn.send_after(), "ok", "control: no sequence rule");
+    assert!(Established::tcp_got_after(
+        &conn.out,
+        Duration::from_secs(5)
+    ));
+    assert!(conn.udp_got_after(Duration::from_secs(5)));
+
+    k.reload(&sequence);
+    let slot = governance_common::slot(k.generation) as usize;
+    let mut want = [0, 0];
+    want[slot] = 1;
+    assert_eq!(
+        flags_now(),
+        want,
+        "the active slot flagged, the old one cleared"
+    );
+    {
+        let map = Map::from_map_data(MapData::from_pin(maps.join("SEQ_STATE")).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: a.id(),
+            state: kernel::bucket_id("seq/no-exfil-after-pii"),
+        };
+        let value = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: conn.child.id(),
+            rule_id: k.rule(1),
+        };
+        state.insert(key, value, 0).unwrap();
+    }
+    assert_eq!(
+        conn.send_after(),
+        "EPERM",
+        "a connection made before the reload and the arming is refused after both"
+    );
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == a.id()
+            && e.port == conn.out_port
+            && Kind::from_u8(e.kind) == Some(Kind::Send)
+            && e.flags & flags::DENIED != 0
+            && e.flags & flags::SEQUENCE != 0
+    });
+    assert_eq!(ev.rule_id, k.rule(1));
+    assert!(
+        !Established::tcp_got_after(&conn.out, Duration::from_millis(500)),
+        "the listener got the data"
+    );
+
+    k.reload(&plain);
+    assert_eq!(
+        flags_now(),
+        [0, 0],
+        "the sequence rule gone: no slot flagged"
+    );
+    assert_eq!(conn.send_after(), "ok", "control: the rule removed");
+    assert!(
+        conn.udp_got_after(Duration::from_secs(5)),
+        "control: the datagram arrives"
+    );
+}
+
 /// A drill's HTTP checks go through the proxy, from the canary: a block rule's request (made up
 /// from its host, method, path and body condition) and the default-deny probe are refused by
 /// the proxy, naming the rule: passed. With the kernel's record of where the proxy listens

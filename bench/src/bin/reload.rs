@@ -26,7 +26,7 @@
 //! Usage:
 //!   governance-bench-reload reload --governance PATH [--rounds N] [--e2e-rounds N]
 //!                                  [--no-e2e] [--only 0|1] [--label TEXT]
-//!   governance-bench-reload rss --governance PATH [--runs N] [--label TEXT]
+//!   governance-bench-reload rss --governance PATH [--runs N] [--reloads N] [--label TEXT]
 
 use std::{
     ffi::OsString,
@@ -87,6 +87,8 @@ struct Opts {
     e2e_rounds: usize,
     e2e: bool,
     runs: usize,
+    /// `rss`: reloads before the second reading.
+    reloads: u32,
     /// Only this case (its index in [`CASES`]), for profiling.
     only: Option<usize>,
     label: String,
@@ -94,7 +96,7 @@ struct Opts {
 
 fn parse_opts(args: &[String]) -> Res<Opts> {
     let usage = "usage: governance-bench-reload reload|rss --governance PATH [--rounds N] \
-                 [--e2e-rounds N] [--no-e2e] [--only CASE] [--runs N] [--label TEXT]";
+                 [--e2e-rounds N] [--no-e2e] [--only CASE] [--runs N] [--reloads N] [--label TEXT]";
     let mut o = Opts {
         mode: String::new(),
         governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
@@ -102,6 +104,7 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
         e2e_rounds: 8,
         e2e: true,
         runs: 3,
+        reloads: 10,
         only: None,
         label: String::new(),
     };
@@ -113,6 +116,7 @@ fn parse_opts(args: &[String]) -> Res<Opts> {
             "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
             "--e2e-rounds" => o.e2e_rounds = ctx(value(a)?.parse(), "--e2e-rounds")?,
             "--runs" => o.runs = ctx(value(a)?.parse(), "--runs")?,
+            "--reloads" => o.reloads = ctx(value(a)?.parse(), "--reloads")?,
             "--no-e2e" => o.e2e = false,
             "--only" => o.only = Some(ctx(value(a)?.parse(), "--only")?),
             "--label" => o.label = value(a)?,
@@ -585,7 +589,7 @@ fn memory(pid: u32) -> Res<(f64, f64, f64)> {
 }
 
 fn rss(o: &Opts, env: &Env) -> Res<()> {
-    let reloads = 10;
+    let reloads = o.reloads;
     let cases = [
         Case {
             title: "1 agent x 10 rules (baseline)",
