@@ -15,8 +15,9 @@
 //! current-task helpers to this program type before Linux 6.10, its events carry no process
 //! (pid, comm 0) and are written here rather than by `decide::emit`.
 //!
-//! No sequence rule in the active generation: passed after two array reads. Not an agent's packet,
-//! or an agent with no sequence rule: passed after the walk, before the headers are read.
+//! No sequence rule in the active generation: passed after two array reads. Not an agent's
+//! packet, or an agent with no sequence rule: passed after the walk, before the headers are
+//! read.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},

@@ -1271,6 +1271,30 @@ impl Loaded {
         governance_common::class_id(self.generation, n)
     }
 
+    /// Arm the sequence rule `<policy>/<rule>` (the policy's n-th rule) for the agent rooted at
+    /// cgroup `agent`, armed by process `tgid`: what the file hook writes in `SEQ_STATE` on the
+    /// first classified read (see governance-ebpf's sequence.rs).
+    pub fn arm_sequence(&self, agent: u64, name: &str, n: u32, tgid: u32) {
+        use aya::maps::{HashMap, Map};
+        use governance_common::sequence::{SeqArmed, SeqStateKey};
+        let pin = self
+            .pins
+            .join(governance_common::pins::MAPS)
+            .join("SEQ_STATE");
+        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: agent,
+            state: kernel::bucket_id(name),
+        };
+        let armed = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid,
+            rule_id: self.rule(n),
+        };
+        state.insert(key, armed, 0).unwrap();
+    }
+
     /// Wait (up to 5 s) for the event emitted for process `pid`, skipping others.
     pub fn event_for(&mut self, pid: u32) -> Event {
         self.try_event_for(pid, Duration::from_secs(5))

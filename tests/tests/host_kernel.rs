@@ -3070,8 +3070,6 @@ fn drills_run_on_a_schedule() {
 /// second agent under the same policy with no state.
 #[test]
 fn sequence_rule_state_refuses_direct_egress_and_reaches_the_proxy() {
-    use aya::maps::{HashMap, Map, MapData};
-    use governance_common::sequence::{SeqArmed, SeqStateKey};
     require_root();
     let a = TestCgroup::new("seq-agent-a");
     let b = TestCgroup::new("seq-agent-b");
@@ -3086,22 +3084,8 @@ fn sequence_rule_state_refuses_direct_egress_and_reaches_the_proxy() {
         k.require(hook);
     }
     let rule = "seq/no-exfil-after-pii";
-    // What the file hook writes on the first classified read (see governance-ebpf's sequence.rs).
-    {
-        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
-        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
-        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: a.id(),
-            state: kernel::bucket_id(rule),
-        };
-        let armed = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid: std::process::id(),
-            rule_id: governance_common::class_id(k.generation, 1),
-        };
-        state.insert(key, armed, 0).unwrap();
-    }
+    // What the file hook writes on the first classified read.
+    k.arm_sequence(a.id(), rule, 1, std::process::id());
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", out_addr.port())
         .parse()
         .unwrap();
@@ -3733,8 +3717,6 @@ fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
 /// LSM): by writing SEQ_STATE.
 #[test]
 fn sequence_rule_drops_packets_of_connections_made_before_the_arming() {
-    use aya::maps::{HashMap, Map, MapData};
-    use governance_common::sequence::{SeqArmed, SeqStateKey};
     require_root();
     let a = TestCgroup::new("seqpkt-agent-a");
     let b = TestCgroup::new("seqpkt-agent-b");
@@ -3748,21 +3730,7 @@ fn sequence_rule_drops_packets_of_connections_made_before_the_arming() {
     let mut unarmed = Established::start(Some(&b.path), None);
     let mut outside = Established::start(None, None);
     let rule = "seq/no-exfil-after-pii";
-    {
-        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
-        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
-        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: a.id(),
-            state: kernel::bucket_id(rule),
-        };
-        let value = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid: armed.child.id(),
-            rule_id: k.rule(1),
-        };
-        state.insert(key, value, 0).unwrap();
-    }
+    k.arm_sequence(a.id(), rule, 1, armed.child.id());
     let case = "sequence: send on a TCP connection made before the arming (host)";
     redteam(case, "tried");
     let udp_result = armed.send_after();
@@ -3824,8 +3792,6 @@ fn sequence_rule_drops_packets_of_connections_made_before_the_arming() {
 /// (`SHADOW`, `SEQUENCE`, not denied) and still delivered.
 #[test]
 fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
-    use aya::maps::{HashMap, Map, MapData};
-    use governance_common::sequence::{SeqArmed, SeqStateKey};
     require_root();
     let a = TestCgroup::new("seqshadow-agent");
     let glob = format!("governance-test-{}-*-seqshadow-agent", std::process::id());
@@ -3835,21 +3801,7 @@ fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
     ));
     k.require("sequence_egress");
     let mut armed = Established::start(Some(&a.path), None);
-    {
-        let pin = k.pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
-        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
-        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: a.id(),
-            state: kernel::bucket_id("seq/no-exfil-after-pii"),
-        };
-        let value = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid: armed.child.id(),
-            rule_id: k.rule(1),
-        };
-        state.insert(key, value, 0).unwrap();
-    }
+    k.arm_sequence(a.id(), "seq/no-exfil-after-pii", 1, armed.child.id());
     assert_eq!(armed.send_after(), "ok", "a shadow rule refuses nothing");
     let ev = k.event_where(|e| {
         e.agent_cgroup == a.id()
@@ -3878,8 +3830,7 @@ fn shadow_sequence_rule_reports_packets_of_old_connections_and_drops_nothing() {
 /// no sequence rule the same connections send, before and after.
 #[test]
 fn sequence_egress_flag_follows_the_generation_across_reloads() {
-    use aya::maps::{Array, HashMap, Map, MapData};
-    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    use aya::maps::{Array, Map, MapData};
     require_root();
     let a = TestCgroup::new("seqany-agent");
     let glob = format!("governance-test-{}-*-seqany-agent", std::process::id());
@@ -3917,20 +3868,7 @@ fn sequence_egress_flag_follows_the_generation_across_reloads() {
         want,
         "the active slot flagged, the old one cleared"
     );
-    {
-        let map = Map::from_map_data(MapData::from_pin(maps.join("SEQ_STATE")).unwrap()).unwrap();
-        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: a.id(),
-            state: kernel::bucket_id("seq/no-exfil-after-pii"),
-        };
-        let value = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid: conn.child.id(),
-            rule_id: k.rule(1),
-        };
-        state.insert(key, value, 0).unwrap();
-    }
+    k.arm_sequence(a.id(), "seq/no-exfil-after-pii", 1, conn.child.id());
     assert_eq!(
         conn.send_after(),
         "EPERM",

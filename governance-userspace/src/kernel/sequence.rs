@@ -8,7 +8,6 @@
 //! unarmed, and an agent whose cgroup went away leaves nothing behind. The table is bounded
 //! ([`MAX_SEQ_STATE`]); when it is full an arming open is refused (fail closed).
 
-use aya::maps::Array;
 use governance_common::sequence::{MAX_SEQ_STATE, SeqArmed, SeqList, SeqStateKey};
 
 use super::*;
