@@ -537,22 +537,28 @@ pub const SCOPE_BELOW: u32 = 1;
 /// the most severe of those rules). Renaming it would move the rule's path away from the
 /// object, and the next generation would not find it: refused to agents.
 pub const SCOPE_HOLDS: u32 = 2;
+/// [`IdentKey::scope`]: a device's marker (`ino` 0), see [`IdentKey`].
+pub const SCOPE_DEVICE: u32 = 3;
 
 /// Key of [`maps::IDENT_RULES`]: a class and the identity of a file or directory a file rule
 /// named when the generation was loaded (device in the kernel `dev_t` encoding, as
 /// [`ExecKey`]), and whether the rules are for the object itself, for what is below it, or for
 /// the objects named below it (see the scopes).
 ///
-/// `dev` 0 and `ino` 0 is the class's marker (no object has it): present when the class has
-/// identity rules, its [`IdentValue`] slot `i` present when some identity rule of the class
-/// refuses (or limits) access letter `i`. Agents whose class has none skip the walk.
+/// `ino` 0 with [`SCOPE_DEVICE`] is a device's marker: its [`IdentValue`] slot `i` is present
+/// when some identity rule of the class refuses (or limits) access letter `i` and the class has
+/// an entry for that letter on this device. A walk stays on the device of the object it starts
+/// from (every key it looks up has that `dev`), so on a device without a marker, or for a
+/// letter its marker lacks, the walk could find nothing, and the kernel skips it: an agent's
+/// opens on a filesystem where no identity rule names anything (a container's overlay, a
+/// tmpfs, /proc) cost no walk.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentKey {
     pub class: u32,
     pub dev: u32,
     pub ino: u64,
-    /// [`SCOPE_SELF`], [`SCOPE_BELOW`] or [`SCOPE_HOLDS`].
+    /// [`SCOPE_SELF`], [`SCOPE_BELOW`], [`SCOPE_HOLDS`] or [`SCOPE_DEVICE`].
     pub scope: u32,
     pub _pad: u32,
 }

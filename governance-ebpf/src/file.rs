@@ -15,7 +15,7 @@ use governance_common::{
 use crate::{
     decide::{Agent, Decision, apply, count, current_agent, emit, lsm_ret},
     exec::file_identity,
-    identity::{class_letters, walk},
+    identity::{device_letters, walk},
     kernel::{
         FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
         OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV,
@@ -261,36 +261,40 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
     }
     // The same object by any other name: a hard link, a renamed directory, a bind mount,
-    // another namespace's view. Skipped (one lookup) for classes without identity rules.
-    let want = class_letters(agent.value.class) & asked;
-    if want != 0 {
-        // SAFETY: see read_at.
-        let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
-            .map_err(|_| Cause::Unreadable)
-            .and_then(|dentry| walk(0, agent.value.class, dentry, want));
-        match ident {
-            Ok(a) => {
-                if a.found() & 1 != 0 {
-                    worst = more_severe(worst, Some(a.read), default, &mut matched);
-                }
-                if a.found() & 2 != 0 {
-                    worst = more_severe(worst, Some(a.write), default, &mut matched);
-                }
-                if a.found() & 4 != 0 {
-                    worst = more_severe(worst, Some(a.create), default, &mut matched);
-                }
-                if a.found() & 8 != 0 {
-                    worst = more_severe(worst, Some(a.truncate), default, &mut matched);
-                }
+    // another namespace's view. Skipped (two reads and a lookup) where no identity rule of the
+    // class could answer: on a device without one, or for letters none restricts.
+    // SAFETY: see read_at.
+    let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
+        .map_err(|_| Cause::Unreadable)
+        .and_then(
+            |dentry| match device_letters(agent.value.class, dentry)? & asked {
+                0 => Ok(None),
+                want => walk(0, agent.value.class, dentry, want).map(Some),
+            },
+        );
+    match ident {
+        Ok(None) => {}
+        Ok(Some(a)) => {
+            if a.found() & 1 != 0 {
+                worst = more_severe(worst, Some(a.read), default, &mut matched);
             }
-            Err(cause) => {
-                let d = Decision::fail_closed(Kind::File, cause);
-                emit(&agent, &d, |ev| {
-                    ev.detail = asked;
-                    copy_path(ev, &key.data.path);
-                });
-                return lsm_ret(&d);
+            if a.found() & 2 != 0 {
+                worst = more_severe(worst, Some(a.write), default, &mut matched);
             }
+            if a.found() & 4 != 0 {
+                worst = more_severe(worst, Some(a.create), default, &mut matched);
+            }
+            if a.found() & 8 != 0 {
+                worst = more_severe(worst, Some(a.truncate), default, &mut matched);
+            }
+        }
+        Err(cause) => {
+            let d = Decision::fail_closed(Kind::File, cause);
+            emit(&agent, &d, |ev| {
+                ev.detail = asked;
+                copy_path(ev, &key.data.path);
+            });
+            return lsm_ret(&d);
         }
     }
     let object = hash_path(&key.data.path);

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use governance_common::{
     Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME,
     LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef,
-    SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Verdict,
+    SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Verdict,
 };
 
 use crate::{
@@ -132,19 +132,26 @@ impl Answer {
     }
 }
 
-/// The letters for which some identity rule of `class` restricts access (its marker entry);
-/// 0 when the class has none, and agents of that class skip the walk.
+/// The letters a walk from `dentry` is for: those its device's marker holds (see
+/// governance_common::IdentKey). 0 when no identity rule of `class` could answer on that
+/// device (or the class has none): the walk is skipped.
 #[inline(always)]
-pub(crate) fn class_letters(class: u32) -> u8 {
+pub(crate) fn device_letters(class: u32, dentry: u64) -> Result<u8, Cause> {
+    // SAFETY: see read_at.
+    let dev = unsafe {
+        read_at::<u64>(dentry, off(&OFF_DENTRY_SB))
+            .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV)))
+    }
+    .map_err(|_| Cause::Unreadable)?;
     let key = IdentKey {
         class,
-        dev: 0,
+        dev,
         ino: 0,
-        scope: SCOPE_SELF,
+        scope: SCOPE_DEVICE,
         _pad: 0,
     };
     // SAFETY: the value is read immediately.
-    match unsafe { IDENT_RULES.get(&key) } {
+    Ok(match unsafe { IDENT_RULES.get(&key) } {
         Some(v) => {
             u8::from(v.rules[0].enforce.present != 0)
                 | u8::from(v.rules[1].enforce.present != 0) << 1
@@ -152,7 +159,7 @@ pub(crate) fn class_letters(class: u32) -> u8 {
                 | u8::from(v.rules[3].enforce.present != 0) << 3
         }
         None => 0,
-    }
+    })
 }
 
 #[inline(always)]
@@ -558,11 +565,13 @@ fn new_name(old: u64, new: u64, op: u8) -> i32 {
         return 0;
     };
     let class = agent.value.class;
-    let letters = class_letters(class);
-    if letters == 0 {
-        return 0;
-    }
-    match judge(class, old, new, letters) {
+    // The old and the new name are on one filesystem (links and renames do not cross them).
+    let judged = match device_letters(class, old) {
+        Ok(0) => return 0,
+        Ok(letters) => judge(class, old, new, letters),
+        Err(cause) => Err(cause),
+    };
+    match judged {
         Ok(0) => 0,
         judged => refuse(&agent, judged.map(|r| r as u32), old, object_of(old), op),
     }
@@ -606,7 +615,10 @@ fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
     };
     let class = agent.value.class;
     let asked = if truncate { 2 | 8 } else { 2 };
-    let want = class_letters(class) & asked;
+    let want = match device_letters(class, dentry) {
+        Ok(letters) => letters & asked,
+        Err(cause) => return refuse(&agent, Err(cause), dentry, object_of(dentry), op),
+    };
     if want == 0 {
         return 0;
     }
@@ -681,7 +693,10 @@ fn new_entry(dentry: u64, op: u8) -> i32 {
         return 0;
     };
     let class = agent.value.class;
-    let want = class_letters(class) & 4;
+    let want = match device_letters(class, dentry) {
+        Ok(letters) => letters & 4,
+        Err(cause) => return refuse(&agent, Err(cause), dentry, 0, op),
+    };
     if want == 0 {
         return 0;
     }

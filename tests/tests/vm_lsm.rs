@@ -3380,11 +3380,23 @@ fn names_cases() {
     ] {
         std::fs::create_dir_all(fx.p(dir)).unwrap();
     }
+    // A second filesystem, with a protected directory and a hard link out of it made before
+    // the load: the kernel walks a device only where its marker says an entry could answer,
+    // so the compiler must mark each device that has entries, not only the first.
+    let other = mount_point(&fx, "other-fs");
+    mount_tmpfs(&other);
+    for dir in ["locked", "open"] {
+        std::fs::create_dir_all(other.join(dir)).unwrap();
+    }
+    std::fs::write(other.join("locked/doc"), "doc").unwrap();
+    std::fs::write(other.join("open/plain"), "plain").unwrap();
+    std::fs::hard_link(other.join("locked/doc"), other.join("open/doc-link")).unwrap();
     let d = fx.dir.display();
     let extra = format!(
         "\x20 - {{ id: apikey, file: {{ path: {d}/apikey.txt }}, verdict: block, reason: api key }}\n\
          \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n\
          \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n\
+         \x20 - {{ id: other-fs, file: {{ prefix: {d}/other-fs/locked }}, verdict: block, reason: other filesystem }}\n\
          kernel: {{ allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_READ_SEARCH], allow_mounts: true }}\n"
     );
     // The agent gets back what the views it makes need (chroot, its own mounts, opens by
@@ -3393,7 +3405,7 @@ fn names_cases() {
     k.require("inode_link");
     k.require("inode_rename");
     let (secrets, readonly) = (k.rule(6), k.rule(7));
-    let (apikey, vault, deep) = (k.rule(14), k.rule(15), k.rule(16));
+    let (apikey, vault, deep, other_fs) = (k.rule(14), k.rule(15), k.rule(16), k.rule(17));
 
     /// An open refused in the agent by `rule`, through `path`, a name no path rule names.
     fn denied_open(k: &mut Loaded, fx: &Fixture, case: &str, path: &Path, rule: u32) -> Event {
@@ -3760,6 +3772,21 @@ fn names_cases() {
     // may not plant a file in the protected directory, rename within it, or replace a
     // write-protected file by renaming another over it.
     std::fs::write(fx.p("tmp/ws/replacement"), "not read only").unwrap();
+    // The same on the second filesystem (its own device marker); beside it, a file no rule
+    // protects opens.
+    denied_open(
+        &mut k,
+        &fx,
+        "22 hard link on a second filesystem",
+        &other.join("open/doc-link"),
+        other_fs,
+    );
+    passes(
+        &mut k,
+        &fx,
+        "22 unprotected file on the second filesystem",
+        &Attempt::open(&other.join("open/plain"), rd),
+    );
     for (case, attempt, rule, op) in [
         (
             "23 agent links a file into the protected directory",
@@ -3819,6 +3846,8 @@ fn names_cases() {
         &late_link,
         secrets,
     );
+    drop(k);
+    unmount(&other);
 }
 
 /// An object changed where it is, without an open: removed (`unlink`) or truncated

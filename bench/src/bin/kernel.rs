@@ -1,8 +1,10 @@
 //! `cargo xtask bench kernel`: what the kernel hooks cost the processes they watch, as
 //! throughput ratios measured side by side in one run.
 //!
-//! Three loops, each timed for a fixed duration:
+//! Four loops, each timed for a fixed duration:
 //! - openat: open + close of an existing file;
+//! - open-fs: the same on a file in a tmpfs the benchmark mounts, a filesystem where no rule
+//!   names anything (as a container's overlay), where the kernel skips the identity walk;
 //! - execve: fork + execve of `/bin/busybox` as `true` + waitpid;
 //! - connect: socket + connect to a closed loopback port (ECONNREFUSED) + close;
 //!
@@ -66,16 +68,23 @@ const REPORT_BEGIN: &str = "==> kernel hook overhead";
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Workload {
     Open,
+    OpenOwnFs,
     Exec,
     Connect,
 }
 
 impl Workload {
-    const ALL: [Workload; 3] = [Workload::Open, Workload::Exec, Workload::Connect];
+    const ALL: [Workload; 4] = [
+        Workload::Open,
+        Workload::OpenOwnFs,
+        Workload::Exec,
+        Workload::Connect,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Workload::Open => "openat",
+            Workload::OpenOwnFs => "open-fs",
             Workload::Exec => "execve",
             Workload::Connect => "connect",
         }
@@ -88,7 +97,7 @@ impl Workload {
     /// Targets for (2)/(1) and (3)/(1).
     fn targets(self) -> Option<(f64, f64)> {
         match self {
-            Workload::Open | Workload::Connect => Some((0.98, 0.90)),
+            Workload::Open | Workload::OpenOwnFs | Workload::Connect => Some((0.98, 0.90)),
             Workload::Exec => None,
         }
     }
@@ -193,7 +202,7 @@ fn worker(args: &[String]) -> Res<()> {
     let file = PathBuf::from(file);
     wait_for_go()?;
     match kind {
-        Workload::Open => timed(ms, || {
+        Workload::Open | Workload::OpenOwnFs => timed(ms, || {
             ctx(
                 std::fs::File::open(&file),
                 format_args!("open {}", file.display()),
@@ -267,6 +276,9 @@ struct Env {
     tmp: PathBuf,
     policy_dir: PathBuf,
     file: PathBuf,
+    /// A tmpfs mounted for the open-fs loop, and its file.
+    fs: PathBuf,
+    fs_file: PathBuf,
     port: u16,
     cgroup: PathBuf,
     /// The agent cgroup relative to the cgroup2 mount, as the policy names it.
@@ -286,6 +298,10 @@ impl Drop for Env {
         }
         // The workers have exited.
         remove_cgroup(&self.cgroup);
+        if let Ok(fs) = CString::new(self.fs.as_os_str().as_encoded_bytes()) {
+            // SAFETY: a valid C string; detached, in case something still uses it.
+            unsafe { libc::umount2(fs.as_ptr(), libc::MNT_DETACH) };
+        }
         let _ = std::fs::remove_dir_all(&self.tmp);
         let _ = std::fs::remove_dir(&self.pins);
     }
@@ -346,6 +362,8 @@ impl Env {
             ms: opts.ms,
             policy_dir: tmp.join("policy"),
             file: tmp.join("target.txt"),
+            fs: tmp.join("fs"),
+            fs_file: tmp.join("fs/target.txt"),
             tmp,
             port: 0,
             cgroup: root.join(&cgroup_rel),
@@ -361,6 +379,32 @@ impl Env {
         ctx(
             std::fs::write(&env.file, "governance kernel benchmark\n"),
             format_args!("writing {}", env.file.display()),
+        )?;
+        ctx(
+            std::fs::create_dir(&env.fs),
+            format_args!("creating {}", env.fs.display()),
+        )?;
+        let fs = CString::new(env.fs.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: valid C strings; a tmpfs mounted by the benchmark, unmounted on drop.
+        if unsafe {
+            libc::mount(
+                c"governance-bench".as_ptr(),
+                fs.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        } != 0
+        {
+            return Err(format!(
+                "mounting a tmpfs at {}: {}",
+                env.fs.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        ctx(
+            std::fs::write(&env.fs_file, "governance kernel benchmark\n"),
+            format_args!("writing {}", env.fs_file.display()),
         )?;
         let policy = env.policy_dir.join("bench.yaml");
         ctx(
@@ -415,7 +459,11 @@ impl Env {
                 .arg("--worker")
                 .arg(w.name())
                 .arg(budget.arg())
-                .arg(&self.file)
+                .arg(if w == Workload::OpenOwnFs {
+                    &self.fs_file
+                } else {
+                    &self.file
+                })
                 .arg(self.port.to_string()),
         )?;
         if in_agent {
@@ -550,7 +598,7 @@ fn near_policy_yaml(cgroup_rel: &str, n: usize, dir: &str, bin_dir: &str) -> Str
 /// fiftieth as many execs (each exec costs a fork and a process).
 fn pass_budget(w: Workload, calls: u64) -> u64 {
     match w {
-        Workload::Open => calls,
+        Workload::Open | Workload::OpenOwnFs => calls,
         Workload::Connect => (calls / 5).max(10),
         Workload::Exec => (calls / 50).max(10),
     }

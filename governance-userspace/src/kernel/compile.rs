@@ -30,8 +30,8 @@ use std::{
 
 use governance_common::{
     AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
-    RulePair, RuleRef, SCOPE_BELOW, SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access,
-    allow, class_id, id_number, proto,
+    RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Throttle,
+    Verdict as KVerdict, access, allow, class_id, id_number, proto,
 };
 
 use crate::{
@@ -66,8 +66,8 @@ pub struct Class {
     /// Unix sockets → rules: the loader turns a path into the socket file's identity.
     pub unix: BTreeMap<UnixTarget, RulePair>,
     /// File rules by identity: (kernel device, inode, scope) → rules per access letter
-    /// ([`IDENT_LETTERS`]); (0, 0, [`SCOPE_SELF`]) is the class's marker, whose slots say
-    /// which letters some identity rule restricts (see governance_common::IdentKey).
+    /// ([`IDENT_LETTERS`]); (device, 0, [`SCOPE_DEVICE`]) is a device's marker, whose slots say
+    /// which letters a walk on that device is for (see governance_common::IdentKey).
     pub idents: BTreeMap<(u32, u64, u32), IdentValue>,
 }
 

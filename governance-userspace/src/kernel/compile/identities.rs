@@ -254,10 +254,26 @@ impl Identities {
                 }
             }
         }
-        let mut marker = IdentValue::default();
+        // The letters some identity rule of the class restricts: the only ones a walk is for.
+        let mut restricted = [false; 4];
         for v in c.idents.values() {
-            for (m, r) in marker.rules.iter_mut().zip(&v.rules) {
-                if restricts(r) {
+            for (m, r) in restricted.iter_mut().zip(&v.rules) {
+                *m |= restricts(r);
+            }
+        }
+        if !restricted.contains(&true) {
+            // Nothing restricts: the answers could never change a decision; the kernel skips
+            // the walk for this class.
+            c.idents.clear();
+            return;
+        }
+        // Each device's marker: the restricted letters the class has entries for on it (see
+        // governance_common::IdentKey). A walk never leaves its object's device.
+        let mut markers: BTreeMap<u32, IdentValue> = BTreeMap::new();
+        for (&(dev, _, _), v) in &c.idents {
+            let marker = markers.entry(dev).or_default();
+            for ((m, r), &restricted) in marker.rules.iter_mut().zip(&v.rules).zip(&restricted) {
+                if restricted && has(r) {
                     *m = RulePair {
                         enforce: rule_ref(NO_RULE, KVerdict::Block, 0),
                         shadow: RuleRef::default(),
@@ -265,12 +281,10 @@ impl Identities {
                 }
             }
         }
-        if marker.rules.iter().any(has) {
-            c.idents.insert((0, 0, SCOPE_SELF), marker);
-        } else {
-            // Nothing restricts: the answers could never change a decision; the kernel skips
-            // the walk for this class.
-            c.idents.clear();
+        for (dev, marker) in markers {
+            if marker.rules.iter().any(has) {
+                c.idents.insert((dev, 0, SCOPE_DEVICE), marker);
+            }
         }
     }
 }

@@ -645,9 +645,12 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     );
     // Allow rules are resolved too (the first entry met decides a letter).
     assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_BELOW), all(4, a));
-    // The marker: some identity rule restricts every letter.
-    let marker = &c.idents[&(0, 0, SCOPE_SELF)];
+    // The device's marker: some identity rule restricts every letter, and this device has
+    // entries for each.
+    let here = ident(&d).0;
+    let marker = &c.idents[&(here, 0, SCOPE_DEVICE)];
     assert!(marker.rules.iter().all(restricts));
+    device_markers_agree(c);
     // The directories above restricting rules' objects hold them (renaming one would move
     // a rule's path away): the most severe rule below, per letter. `secrets` holds `pub`.
     let held = |p: &Path| verdicts(c, ident(p), SCOPE_HOLDS).map(|v| v.map(|r| r.map(|r| r.1)));
@@ -665,8 +668,7 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     let holders = d.ancestors().count();
     // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
     // below them, has identities of its own, on other filesystems.)
-    let here = ident(&d).0;
-    let ours = c.idents.keys().filter(|k| k.0 == here || k.0 == 0).count();
+    let ours = c.idents.keys().filter(|k| k.0 == here).count();
     assert_eq!(ours, 8 + 1 + holders, "{:?}", c.idents.keys());
 
     // A class whose identity rules all allow needs no walk: no entries at all.
@@ -715,9 +717,31 @@ fn identities_of_built_in_protections_and_write_only_marker() {
     assert_eq!(verdicts(c, ident(&cg.join("a/one")), SCOPE_BELOW), w(a));
     assert_eq!(verdicts(c, ident(&d.join("policy")), SCOPE_BELOW), w(b));
     // Only writes are restricted: reads skip the walk.
-    let marker = c.idents[&(0, 0, SCOPE_SELF)];
+    let marker = c.idents[&(ident(&d).0, 0, SCOPE_DEVICE)];
     assert_eq!(
         marker.rules.map(|r| restricts(&r)),
         [false, true, true, true]
     );
+    device_markers_agree(c);
+}
+
+/// Every device with identity entries has a marker whose letters are exactly those that some
+/// entry of the class restricts (on any device) and some entry on that device answers, and
+/// no other device has one: the kernel walks only where an entry could answer.
+fn device_markers_agree(c: &Class) {
+    let has = |r: &RulePair| r.enforce.present != 0 || r.shadow.present != 0;
+    let entries = || c.idents.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE);
+    let restricted: Vec<bool> = (0..4)
+        .map(|i| entries().any(|(_, v)| restricts(&v.rules[i])))
+        .collect();
+    let devs: BTreeSet<u32> = c.idents.keys().map(|k| k.0).collect();
+    for dev in devs {
+        let want: Vec<bool> = (0..4)
+            .map(|i| restricted[i] && entries().any(|(k, v)| k.0 == dev && has(&v.rules[i])))
+            .collect();
+        match c.idents.get(&(dev, 0, SCOPE_DEVICE)) {
+            Some(m) => assert_eq!(m.rules.map(|r| restricts(&r)).to_vec(), want, "dev {dev}"),
+            None => assert!(!want.contains(&true), "dev {dev}: no marker"),
+        }
+    }
 }
