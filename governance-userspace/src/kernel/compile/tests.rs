@@ -729,7 +729,7 @@ fn identities_of_built_in_protections_and_write_only_marker() {
 /// entry of the class restricts (on any device) and some entry on that device answers, and
 /// no other device has one: the kernel walks only where an entry could answer.
 fn device_markers_agree(c: &Class) {
-    let has = |r: &RulePair| r.enforce.present != 0 || r.shadow.present != 0;
+    let has = super::identities::has;
     let entries = || c.idents.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE);
     let restricted: Vec<bool> = (0..4)
         .map(|i| entries().any(|(_, v)| restricts(&v.rules[i])))
