@@ -47,8 +47,9 @@ impl Reals {
 }
 
 /// One policy document (YAML) for the agent cgroup `cgroup_rel` with `rules` rules, numbered
-/// from `first` (so that different agents' rules differ). `note` goes in the description, so
-/// that rewriting a file with another note changes it.
+/// from `first` (so that different agents' rules differ). `note` goes in the description, and
+/// `change` is added to the port of rule 5 (a network rule): rewriting a file with another
+/// `change` changes one rule in the kernel's tables.
 pub fn policy_doc(
     name: &str,
     cgroup_rel: &str,
@@ -56,6 +57,7 @@ pub fn policy_doc(
     rules: usize,
     reals: &Reals,
     note: &str,
+    change: u16,
 ) -> String {
     let mut y = format!(
         "name: {name}\n\
@@ -103,10 +105,11 @@ pub fn policy_doc(
             4 => (format!("exec: {{ prefix: /opt/bench/{k} }}"), "block"),
             5 => (
                 format!(
-                    "network: {{ cidr: 10.{}.{}.{}/32, ports: 443, protocol: tcp }}",
+                    "network: {{ cidr: 10.{}.{}.{}/32, ports: {}, protocol: tcp }}",
                     k / 65536 % 256 + 1,
                     k / 256 % 256,
-                    k % 256
+                    k % 256,
+                    if i == 5 { 443 + change } else { 443 }
                 ),
                 if k % 100 == 0 { "throttle" } else { "block" },
             ),
@@ -208,6 +211,7 @@ pub fn policy_file(
     rules: usize,
     reals: &Reals,
     note: &str,
+    change: u16,
 ) -> String {
     let mut out = String::new();
     for a in 0..agents {
@@ -221,6 +225,7 @@ pub fn policy_file(
             rules,
             reals,
             note,
+            change,
         ));
     }
     out

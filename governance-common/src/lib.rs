@@ -340,7 +340,7 @@ pub const COUNTERS_LEN: u32 = 4;
 
 /// One side of a decision: the rule (or default) and its verdict.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RuleRef {
     /// Kernel rule id; [`NO_RULE`] for a default.
     pub rule_id: u32,
@@ -357,7 +357,7 @@ pub struct RuleRef {
 /// What applies to an object: the enforcing rule and, if a shadow rule ranks above it, that
 /// one (reported as "would have", never enforced).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RulePair {
     pub enforce: RuleRef,
     pub shadow: RuleRef,
@@ -503,7 +503,7 @@ pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
 
 /// Value of [`maps::AGENTS`]: the agent's class and its defaults.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AgentValue {
     /// Class id ([`class_id`]): whose rule tables apply.
     pub class: u32,
@@ -567,7 +567,7 @@ pub struct IdentKey {
 /// [`IDENT_LETTERS`] (the bits of [`Event::detail`]); a slot with neither side present has no
 /// rule here, and the next directory up decides that letter.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IdentValue {
     pub rules: [RulePair; 4],
 }
@@ -618,7 +618,7 @@ pub mod proto {
 
 /// One port/protocol alternative at a destination prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NetEntry {
     pub rule: RuleRef,
     pub port_lo: u16,
@@ -636,7 +636,7 @@ pub struct NetEntry {
 /// compiler pushes rules of shorter prefixes down into longer ones, so one lookup suffices).
 /// The first matching enforcing entry decides; a shadow entry before it is reported.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NetValue {
     pub len: u32,
     pub _pad: u32,
@@ -724,7 +724,7 @@ pub struct Bucket {
 
 /// Value of [`maps::THROTTLES`]: a throttle rule's rate in one generation.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Throttle {
     /// Burst: the most tokens a bucket holds.
     pub capacity: u64,

@@ -160,6 +160,9 @@ pub fn discover(
             }
         }
     }
+    // A cgroup's label (an xattr read) is needed to match only when a selector names one;
+    // otherwise it is read for the agents found alone (it names them).
+    let by_label = set.policies.iter().any(|p| p.selector.label.is_some());
     let mut found = Vec::new();
     let mut stack = vec![(root.to_owned(), 0u32)];
     while let Some((dir, depth)) = stack.pop() {
@@ -178,7 +181,7 @@ pub fn discover(
                 .unwrap_or(&child)
                 .to_string_lossy()
                 .into_owned();
-            let label = label(&child);
+            let mut label = if by_label { label(&child) } else { None };
             let pod = pods.and_then(|ids| {
                 let pc = crate::kubernetes::cgroup::parse(&rel).filter(|p| p.pod_path == rel)?;
                 live_pods.insert(pc.uid.clone());
@@ -189,6 +192,9 @@ pub fn discover(
                 .iter()
                 .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
             {
+                if !by_label {
+                    label = self::label(&child);
+                }
                 let id = match cgroup_id(&child) {
                     Ok(id) => id,
                     // Removed since the directory was read: not an agent any more (its removal

@@ -2977,16 +2977,24 @@ fn a_drill_passes_fails_against_a_weakened_kernel_map_and_passes_after_a_reload(
         "the drill record is in the hash chain: {verify:?}"
     );
 
-    // 3. A reload writes the maps again: it passes.
-    let out = daemon.cli(&["policy", "reload"]);
-    assert!(out.status.success(), "{out:?}");
-    let v = drill(true);
-    assert!(drill_checks(&v)[0].contains("passed=true"), "{v:#}");
-    assert_eq!(metric("governance_drill_last_passed"), Some(1));
-    assert_eq!(
-        metric("governance_drills_total{result=\"passed\"}"),
-        Some(2)
-    );
+    // 3. A reload writes the maps again: it passes. The weakening deleted the entries of both
+    // generation slots, and a reload writes only what differs from what it recorded, so the
+    // failed drill made the daemon forget what the slots hold: each of the next two reloads
+    // (one per slot) reads its slot back and mends it.
+    for (reload, passed) in [(1, 2), (2, 3)] {
+        let out = daemon.cli(&["policy", "reload"]);
+        assert!(out.status.success(), "{out:?}");
+        let v = drill(true);
+        assert!(
+            drill_checks(&v)[0].contains("passed=true"),
+            "after reload {reload}: {v:#}"
+        );
+        assert_eq!(metric("governance_drill_last_passed"), Some(1));
+        assert_eq!(
+            metric("governance_drills_total{result=\"passed\"}"),
+            Some(passed)
+        );
+    }
     nothing_left("after the reload's drill");
 
     // 4. Stopped during a drill (the weakened rule's probe waits for an answer): the daemon
@@ -3655,13 +3663,14 @@ fn no_discover_detaches_the_discovery_program() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// Issue 17 item 3, reload: clearing a generation's slot deletes exactly the entries written
-/// into it (recorded when written, not found by walking every table), and a restarted daemon,
-/// which adopts pins a previous process wrote, learns both slots by one walk and then clears the
-/// previous process's generation exactly. After each install the tables hold exactly what was
-/// recorded for the new slot, and nothing in the other.
+/// Issue 17 item 3, reload: a generation is written over the slot retired at the previous flip
+/// by writing only what differs from what that slot holds (recorded as written, not found by
+/// walking every table). After each install both slots hold exactly what was recorded for them
+/// (keys and values): the new generation in its slot, the one before in the other. The same
+/// policy again writes nothing; a one-rule change writes only that rule's entries. A restarted
+/// daemon, which adopts pins a previous process wrote, learns both slots by one walk.
 #[test]
-fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
+fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
     require_root();
     let agent = TestCgroup::new("slots");
     let yaml = |cidr: &str, file: &str| {
@@ -3673,21 +3682,18 @@ fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
     let mut k = load(&yaml("127.0.0.1/32", "/tmp"));
     let root = agents::cgroup2_mount().unwrap();
     let check = |e: &mut kernel::Enforcer, generation: u32| {
-        let slot = governance_common::slot(generation);
         let walked = e.walk_slots().unwrap();
-        let recorded = e.recorded_slot(slot).expect("the slot is known").clone();
-        assert!(recorded.len() > 3, "{recorded:?}");
-        assert_eq!(
-            walked[slot as usize].clone().normalized(),
-            recorded.normalized(),
-            "generation {generation}: the tables hold what was recorded"
-        );
-        assert!(
-            walked[(slot ^ 1) as usize].is_empty(),
-            "generation {generation}: the other slot is empty: {:?}",
-            walked[(slot ^ 1) as usize]
-        );
-        assert!(e.recorded_slot(slot ^ 1).is_some_and(|s| s.is_empty()));
+        for slot in [0, 1] {
+            let recorded = e.recorded_slot(slot).expect("the slot is known").clone();
+            assert_eq!(
+                walked[slot as usize], recorded,
+                "generation {generation}: slot {slot} holds what was recorded"
+            );
+        }
+        let active = e
+            .recorded_slot(governance_common::slot(generation))
+            .unwrap();
+        assert!(active.len() > 3, "{active:?}");
         assert_eq!(e.generation().unwrap(), generation);
     };
     check(&mut k.enforcer, 1);
@@ -3696,19 +3702,43 @@ fn a_slot_is_cleared_of_exactly_its_recorded_entries_also_after_a_restart() {
         let found = agents::discover(&root, &set, false, None).unwrap();
         let compiled = kernel::compile(&set, &found, generation, &kernel::Protect::default());
         e.install(&compiled).unwrap();
+        e.last_install()
     };
-    // Different entries in each generation: every key of the old one must go.
-    install(&mut k.enforcer, 2, yaml("127.0.0.2/32", "/var/tmp"));
+    // Different entries in each generation: every key of the slot's old one must go.
+    let second = install(&mut k.enforcer, 2, yaml("127.0.0.2/32", "/var/tmp"));
     check(&mut k.enforcer, 2);
-    install(&mut k.enforcer, 3, yaml("10.0.0.0/8", "/srv"));
+    let third = install(&mut k.enforcer, 3, yaml("10.0.0.0/8", "/srv"));
     check(&mut k.enforcer, 3);
+    assert_eq!(second.deleted, 0, "slot 0 was empty: {second:?}");
+    assert!(third.deleted > 0 && third.written > 0, "{third:?}");
+    // The policy of generation 2 again, into its slot: nothing to write.
+    let same = install(&mut k.enforcer, 4, yaml("127.0.0.2/32", "/var/tmp"));
+    check(&mut k.enforcer, 4);
+    assert_eq!(same, kernel::Written::default(), "the same policy again");
+    let same = install(&mut k.enforcer, 5, yaml("10.0.0.0/8", "/srv"));
+    check(&mut k.enforcer, 5);
+    assert_eq!(same, kernel::Written::default(), "the same policy again");
+    // One rule changed (its CIDR): one network entry goes, one comes.
+    let one = install(&mut k.enforcer, 6, yaml("127.0.0.3/32", "/var/tmp"));
+    check(&mut k.enforcer, 6);
+    assert_eq!(
+        one,
+        kernel::Written {
+            written: 1,
+            deleted: 1
+        },
+        "one network rule changed"
+    );
     // A restart: a new process adopts the pins and knows nothing of what they hold.
     let mut adopted = kernel::Enforcer::adopt(&k.pins).unwrap();
     assert!(adopted.recorded_slot(0).is_none() && adopted.recorded_slot(1).is_none());
-    install(&mut adopted, 4, yaml("192.168.0.0/16", "/opt"));
-    check(&mut adopted, 4);
-    install(&mut adopted, 5, yaml("127.0.0.1/32", "/tmp"));
-    check(&mut adopted, 5);
+    let learned = install(&mut adopted, 7, yaml("10.0.0.0/8", "/srv"));
+    check(&mut adopted, 7);
+    assert_eq!(learned, kernel::Written::default(), "learned by the walk");
+    install(&mut adopted, 8, yaml("192.168.0.0/16", "/opt"));
+    check(&mut adopted, 8);
+    install(&mut adopted, 9, yaml("127.0.0.1/32", "/tmp"));
+    check(&mut adopted, 9);
 }
 
 /// The bypass of connect-time checks: a connection made before the arming read keeps sending.

@@ -185,18 +185,30 @@ impl Env {
     }
 
     /// A policy directory holding the case's policy file.
-    fn policy_dir(&self, name: &str, case: &Case, note: &str) -> Res<PathBuf> {
+    fn policy_dir(&self, name: &str, case: &Case, note: &str, change: u16) -> Res<PathBuf> {
         let dir = self.tmp.join(name);
         ctx(
             std::fs::create_dir_all(&dir),
             format_args!("creating {}", dir.display()),
         )?;
-        let text = policy_file(&self.cgroups, case.agents, case.rules, &self.reals, note);
+        let text = self.policy_text(case, note, change);
         ctx(
             std::fs::write(dir.join(POLICY_FILE), text),
             "writing the policy",
         )?;
         Ok(dir)
+    }
+
+    /// The case's policy file; `change` sets one network rule's port.
+    fn policy_text(&self, case: &Case, note: &str, change: u16) -> String {
+        policy_file(
+            &self.cgroups,
+            case.agents,
+            case.rules,
+            &self.reals,
+            note,
+            change,
+        )
     }
 }
 
@@ -278,6 +290,7 @@ impl FlipWatch {
 /// The daemon's generation build, phase by phase, `rounds` times.
 fn in_process(
     env: &Env,
+    case: &Case,
     enforcer: &mut Enforcer,
     watch: &FlipWatch,
     dir: &Path,
@@ -291,9 +304,19 @@ fn in_process(
         no_access: vec![env.tmp.join("audit"), env.tmp.join("ca")],
     };
     let mut out = Vec::new();
+    let mut writes = Vec::new();
     for round in 0..rounds {
         *generation += 1;
         let g = *generation;
+        // The change: one rule of the file differs from the previous round's (one network
+        // rule's port), as when one rule of a policy is edited.
+        ctx(
+            std::fs::write(
+                dir.join(POLICY_FILE),
+                env.policy_text(case, "in process", round as u16 + 1),
+            ),
+            "writing the policy",
+        )?;
         let t0 = Instant::now();
         let set = ctx(policy::load_dir(dir), "loading the policy")?;
         let t1 = Instant::now();
@@ -310,6 +333,7 @@ fn in_process(
         ctx(watch.tell.send(g), "the flip watcher")?;
         let skipped = ctx(enforcer.install(&compiled), "installing")?;
         let t4 = Instant::now();
+        writes.push(enforcer.last_install());
         let flip = ctx(watch.seen.recv(), "the flip watcher")??;
         let _names = names(&set, &found);
         let rules = set.rule_count();
@@ -341,6 +365,14 @@ fn in_process(
             all: ms(t5 - t0),
         });
     }
+    let shown: Vec<String> = writes
+        .iter()
+        .map(|w| format!("{}+{}", w.written, w.deleted))
+        .collect();
+    summary.push(format!(
+        "  entries written+deleted by each round's install (the first writes over an empty or another case's slot): {}",
+        shown.join(" ")
+    ));
     Ok(out)
 }
 
@@ -402,18 +434,10 @@ fn start_daemon(o: &Opts, env: &Env, dir: &Path, tag: &str) -> Res<Started> {
 }
 
 fn end_to_end(o: &Opts, env: &Env, case: &Case, tag: &str) -> Res<EndToEnd> {
-    let dir = env.policy_dir(&format!("policy-{tag}"), case, "round 0")?;
+    let dir = env.policy_dir(&format!("policy-{tag}"), case, "round 0", 0)?;
     let started = start_daemon(o, env, &dir, tag)?;
     let daemon = &started.daemon;
-    let text = |r: usize| {
-        policy_file(
-            &env.cgroups,
-            case.agents,
-            case.rules,
-            &env.reals,
-            &format!("round {r}"),
-        )
-    };
+    let text = |r: usize| env.policy_text(case, &format!("round {r}"), r as u16);
     // The daemon watches the directory from its loop, which starts after the first generation
     // (and after its control API, which Daemon::start waits for): a SIGHUP answered means the
     // loop, and so the watch, is running.
@@ -484,10 +508,11 @@ fn reload(o: &Opts, env: &Env) -> Res<()> {
         let mut generation = 0;
         for (i, case) in cases.iter().enumerate() {
             eprintln!("bench: in process, {}: {} rounds", case.title, o.rounds);
-            let dir = env.policy_dir(&format!("in-process-{i}"), case, "in process")?;
+            let dir = env.policy_dir(&format!("in-process-{i}"), case, "in process", 0)?;
             summary.push(format!("{}:", case.title));
             let phases = in_process(
                 env,
+                case,
                 &mut enforcer,
                 &watch,
                 &dir,
@@ -609,7 +634,7 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
     for run in 1..=o.runs {
         for (i, case) in cases.iter().enumerate() {
             let tag = format!("rss-{i}-{run}");
-            let dir = env.policy_dir(&format!("policy-{tag}"), case, "rss")?;
+            let dir = env.policy_dir(&format!("policy-{tag}"), case, "rss", 0)?;
             let started = start_daemon(o, env, &dir, &tag)?;
             let daemon = &started.daemon;
             let a = memory(daemon.pid())?;

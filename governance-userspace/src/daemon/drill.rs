@@ -1122,6 +1122,12 @@ impl super::serve::Daemon<'_> {
             crate::say!("{message}");
         } else {
             tracing::error!("{message}");
+            // The tables may not hold what was written (a reload writes only what differs
+            // from what it recorded): the next reload reads them back and mends them.
+            match self.enforcer.lock() {
+                Ok(mut e) => e.forget_slots(),
+                Err(_) => tracing::error!("drill: the kernel state lock is poisoned"),
+            }
         }
         let mut rec =
             super::serve::lifecycle(if ok { "drill.passed" } else { "drill.failed" }, message);

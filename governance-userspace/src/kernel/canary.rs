@@ -9,12 +9,14 @@ use governance_common::{
     NetKey, NetValue, PathKey, RulePair, maps,
 };
 
-use super::{Enforcer, KernelError, KernelPolicy};
+use super::{Enforcer, KernelError, KernelPolicy, SlotEntries, slots::Table};
 
 /// What a canary added to the maps, to be removed by [`Enforcer::remove_canary`].
 #[derive(Debug, Default)]
 pub struct Canary {
     pub cgroup_id: u64,
+    /// The active slot when it was added.
+    slot: u32,
     /// The canary's class ids (its own and its sandbox profiles').
     classes: Vec<u32>,
     /// Built-in path classes no live agent used, written for the canary.
@@ -43,6 +45,7 @@ impl Enforcer {
         let existing = self.builtin_classes()?;
         let canary = Canary {
             cgroup_id: policy.agents.first().map_or(0, |(id, _)| *id),
+            slot,
             classes: policy.classes.iter().map(|c| c.id).collect(),
             builtins: policy
                 .builtins
@@ -65,11 +68,12 @@ impl Enforcer {
                 }))
                 .collect(),
         };
-        let mut written = super::SlotKeys::default();
-        let result = self.write(policy, slot, &mut written);
-        // Recorded with the slot's own entries: should the canary's removal fail, the slot's
-        // clear after the next flip removes them (a key already removed is no error there).
-        self.record_in_slot(slot, written);
+        let (entries, _) = self.entries(policy);
+        let result = self.apply(slot, &SlotEntries::default(), &entries);
+        // Recorded with the slot's own entries: should the canary's removal fail, the next
+        // install into this slot deletes them (a key already removed is no error there).
+        self.record_in_slot(slot, entries);
+        let result = result.and_then(|_| self.write_sequences(policy, slot));
         if let Err(e) = result {
             let _ = self.remove_canary(&canary);
             return Err(e);
@@ -94,10 +98,18 @@ impl Enforcer {
         let name = maps::AGENTS;
         let mut map: HashMap<_, AgentKey, AgentValue> = HashMap::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
-        map.insert(key, value, 0)
-            .map_err(|source| KernelError::Map { name, source })?;
+        let written = map.insert(key, value, 0);
+        self.record_in_slot(
+            slot,
+            SlotEntries {
+                agents: Table::from_writes(vec![((cgroup_id, 0), value)]),
+                ..Default::default()
+            },
+        );
+        written.map_err(|source| KernelError::Map { name, source })?;
         Ok(Canary {
             cgroup_id,
+            slot,
             agents: vec![key],
             ..Default::default()
         })
@@ -126,6 +138,19 @@ impl Enforcer {
     /// keyed by its cgroup (throttle buckets, files it wrote, sequence rules it armed).
     pub fn remove_canary(&mut self, canary: &Canary) -> Result<(), KernelError> {
         let ours = |id: u32| canary.classes.contains(&id) || canary.builtins.contains(&id);
+        let result = self.remove_canary_entries(canary, &ours);
+        // What the slot is known to hold: without the canary's entries, or, if a removal
+        // failed half-way, unknown (the next install into it walks the tables).
+        let deleted: Option<&dyn Fn(u32) -> bool> = result.is_ok().then_some(&ours);
+        self.forget_in_slot(canary.slot, deleted, &canary.agents);
+        result
+    }
+
+    fn remove_canary_entries(
+        &mut self,
+        canary: &Canary,
+        ours: &dyn Fn(u32) -> bool,
+    ) -> Result<(), KernelError> {
         macro_rules! remove {
             ($name:expr, $ty:ident, $k:ty, $v:ty, $pred:expr) => {{
                 let name = $name;

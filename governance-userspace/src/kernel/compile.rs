@@ -470,6 +470,8 @@ pub fn compile_from(
                         PathMatch::Exact(p) => (p, true),
                         PathMatch::Prefix(p) => (p, false),
                     };
+                    // Resolved once for every letter (each spelling is a canonicalize).
+                    let spelled = spellings(path);
                     for letter in letters(access) {
                         if letter == access::EXEC {
                             unenforceable.insert(why(
@@ -477,9 +479,9 @@ pub fn compile_from(
                             ));
                             continue;
                         }
-                        for spelled in spellings(path) {
+                        for path in &spelled {
                             let node = Node {
-                                path: spelled,
+                                path: path.clone(),
                                 exact,
                             };
                             rules.paths.entry(letter).or_default().push((node, ranked));

@@ -15,7 +15,7 @@ mod report;
 mod sequence;
 pub use report::count_keys;
 mod slots;
-pub use slots::SlotKeys;
+pub use slots::{SlotEntries, Written};
 pub mod unix;
 
 use std::{
@@ -29,15 +29,14 @@ use std::collections::BTreeMap;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSockAddr, Lsm, ProgramError, RawTracePoint, SockOps, links::FdLink,
     },
 };
 use governance_common::{
-    AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, IdentKey,
-    IdentValue, NET_SLOTS, NetEntry, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair,
-    Throttle, maps, offsets, pins,
+    AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, NET_SLOTS,
+    NetEntry, NetValue, OrigDst, ProxyAddr, maps, offsets, pins,
     programs::{self, Attach, Program},
 };
 
@@ -162,7 +161,9 @@ pub struct Enforcer {
     pub handover_from: Option<PathBuf>,
     /// The entries each generation slot holds (see [`slots`]); None: unknown (pins adopted
     /// from a previous process, or a clear that failed half-way).
-    slots: [Option<SlotKeys>; 2],
+    slots: [Option<SlotEntries>; 2],
+    /// What the last install wrote and deleted.
+    last_install: Written,
 }
 
 /// Where a new build stages its pins beside a previous build's (below the pin directory).
@@ -368,7 +369,7 @@ impl Enforcer {
         enforcer.hooks = hooks;
         enforcer.adopted = false;
         // The maps were created just now: both slots are empty.
-        enforcer.slots = [Some(SlotKeys::default()), Some(SlotKeys::default())];
+        enforcer.slots = [Some(SlotEntries::default()), Some(SlotEntries::default())];
         Ok(enforcer)
     }
 
@@ -419,6 +420,7 @@ impl Enforcer {
             unix_targets: unix::UnixTargets::default(),
             handover_from: None,
             slots: [None, None],
+            last_install: Written::default(),
         })
     }
 
@@ -462,10 +464,12 @@ impl Enforcer {
         self.state(STATE_GENERATION)
     }
 
-    /// Install a compiled generation: clear its slot, write every table, flip the active
-    /// generation (one 32-bit store the programs read once per decision), then clear the other
-    /// slot. Until the flip the previous generation enforces alone; after it, this one. A clear
-    /// deletes exactly the entries recorded for the slot when they were written (see [`slots`]).
+    /// Install a compiled generation: write its slot, flip the active generation (one 32-bit
+    /// store the programs read once per decision). Until the flip the previous generation
+    /// enforces alone; after it, this one. The slot written is the one retired at the previous
+    /// flip, which still holds the generation before that: only the entries that differ are
+    /// written and deleted (see [`slots`]), so after the writes the slot holds exactly this
+    /// generation's tables.
     ///
     /// Throttle buckets are not per slot: both generations' rules lead to the same bucket for
     /// the same rule and agent (see [`compile::bucket_id`]), so they carry over as they are.
@@ -483,14 +487,16 @@ impl Enforcer {
         self.set_loaders(&loader_identities())?;
         let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
         self.set_raw_devices(&raw_device_majors(&devices))?;
-        // Empty already unless a previous install failed half-way (or this process adopted
-        // pins it has not written yet: then both slots are learned by one walk of the tables).
-        self.clear_slot(slot)?;
-        let mut written = SlotKeys::default();
-        let result = self.write(policy, slot, &mut written);
-        // What was written, or attempted, is what the next clear of this slot deletes.
-        self.slots[slot as usize] = Some(written);
-        let skipped = result?;
+        // Both slots known (after a restart: one walk of the tables).
+        self.learn()?;
+        let (new, skipped) = self.entries(policy);
+        let old = self.slots[slot as usize].take().unwrap_or_default();
+        let result = self.apply(slot, &old, &new);
+        // A slot whose writes failed half-way is unknown: the next install walks it.
+        self.slots[slot as usize] = result.is_ok().then_some(new);
+        self.last_install = result?;
+        self.clear_sequences(slot)?;
+        self.write_sequences(policy, slot)?;
         self.protect_runtime_sockets()?;
         {
             let name = maps::STATE;
@@ -501,12 +507,18 @@ impl Enforcer {
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         // Decisions that read the old generation just before the flip finish within
-        // microseconds; give them far more before their tables go.
+        // microseconds; give them far more before state they could still touch goes, and
+        // before the next install may write their slot.
         std::thread::sleep(std::time::Duration::from_millis(5));
-        self.clear_slot(slot ^ 1)?;
+        self.clear_sequences(slot ^ 1)?;
         self.prune_buckets(policy)?;
         self.prune_sequences(policy)?;
         Ok(skipped)
+    }
+
+    /// How many entries the last install wrote and deleted in its slot's tables.
+    pub fn last_install(&self) -> slots::Written {
+        self.last_install
     }
 
     /// Delete the buckets of agents and rules that `policy` (the active generation) does not
@@ -545,130 +557,65 @@ impl Enforcer {
         Ok(buckets.iter().filter_map(Result::ok).collect())
     }
 
-    fn write(
-        &mut self,
-        policy: &KernelPolicy,
-        slot: u32,
-        written: &mut SlotKeys,
-    ) -> Result<Vec<KernelError>, KernelError> {
+    /// The entries of `policy`'s tables (for either slot), and what was skipped (an
+    /// executable or a socket file that does not exist).
+    pub(super) fn entries(&mut self, policy: &KernelPolicy) -> (SlotEntries, Vec<KernelError>) {
         let mut skipped = Vec::new();
-        {
-            let name = maps::EXEC_RULES;
-            let mut exec: HashMap<_, ExecKey, RulePair> = HashMap::try_from(self.map_mut(name)?)
-                .map_err(|source| KernelError::Map { name, source })?;
-            for class in &policy.classes {
-                for (path, value) in &class.exec {
-                    let (dev, ino) = match exec_identity(path) {
-                        Ok(id) => id,
-                        Err(source) => {
-                            skipped.push(KernelError::ExecTarget {
-                                path: path.clone(),
-                                source,
-                            });
-                            continue;
-                        }
-                    };
-                    let key = ExecKey {
-                        class: class.id,
-                        dev,
-                        ino,
-                    };
-                    written.exec.push((class.id, dev, ino));
-                    exec.insert(key, value, 0)
-                        .map_err(|source| KernelError::Map { name, source })?;
+        let mut w = slots::Writes::default();
+        let count = |f: fn(&Class) -> usize| policy.classes.iter().map(f).sum::<usize>();
+        w.exec.reserve(count(|c| c.exec.len()));
+        w.paths.reserve(
+            count(|c| c.paths.len()) + policy.builtins.iter().map(|c| c.paths.len()).sum::<usize>(),
+        );
+        w.net.reserve(count(|c| c.net.len()));
+        w.idents.reserve(count(|c| c.idents.len()));
+        for class in &policy.classes {
+            for (path, value) in &class.exec {
+                match exec_identity(path) {
+                    Ok((dev, ino)) => w.exec.push(((class.id, dev, ino), *value)),
+                    Err(source) => skipped.push(KernelError::ExecTarget {
+                        path: path.clone(),
+                        source,
+                    }),
                 }
             }
         }
-        {
-            let name = maps::PATH_RULES;
-            let mut trie: LpmTrie<_, PathKey, RulePair> = LpmTrie::try_from(self.map_mut(name)?)
-                .map_err(|source| KernelError::Map { name, source })?;
-            for class in policy.classes.iter().chain(&policy.builtins) {
-                for ((access, bytes), value) in &class.paths {
-                    let key = slots::path_key(class.id, *access, bytes);
-                    written
-                        .paths
-                        .push((class.id, *access, bytes.as_slice().into()));
-                    trie.insert(&key, value, 0)
-                        .map_err(|source| KernelError::Map { name, source })?;
-                }
+        for class in policy.classes.iter().chain(&policy.builtins) {
+            for ((access, bytes), value) in &class.paths {
+                w.paths
+                    .push(((class.id, *access, bytes.as_slice().into()), *value));
             }
         }
-        {
-            let name = maps::NET_RULES;
-            let mut trie: LpmTrie<_, NetKey, NetValue> = LpmTrie::try_from(self.map_mut(name)?)
-                .map_err(|source| KernelError::Map { name, source })?;
-            for class in &policy.classes {
-                for ((bits, addr), list) in &class.net {
-                    let mut value = NetValue {
-                        len: list.len() as u32,
-                        _pad: 0,
-                        entries: [NetEntry::default(); NET_SLOTS],
-                    };
-                    value.entries[..list.len()].copy_from_slice(list);
-                    let key = slots::net_key(class.id, *bits, *addr);
-                    written.net.push((class.id, *bits, *addr));
-                    trie.insert(&key, value, 0)
-                        .map_err(|source| KernelError::Map { name, source })?;
-                }
+        for class in &policy.classes {
+            for ((bits, addr), list) in &class.net {
+                let mut value = NetValue {
+                    len: list.len() as u32,
+                    _pad: 0,
+                    entries: [NetEntry::default(); NET_SLOTS],
+                };
+                value.entries[..list.len()].copy_from_slice(list);
+                w.net.push(((class.id, *bits, *addr), value));
             }
         }
-        {
-            let name = maps::THROTTLES;
-            let mut throttles: HashMap<_, u32, Throttle> =
-                HashMap::try_from(self.map_mut(name)?)
-                    .map_err(|source| KernelError::Map { name, source })?;
-            for (rule_id, throttle) in &policy.throttles {
-                written.throttles.push(*rule_id);
-                throttles
-                    .insert(rule_id, throttle, 0)
-                    .map_err(|source| KernelError::Map { name, source })?;
+        for (rule_id, throttle) in &policy.throttles {
+            w.throttles.push((*rule_id, *throttle));
+        }
+        self.unix_entries(policy, &mut skipped, &mut w);
+        for class in &policy.classes {
+            for (&(dev, ino, scope), value) in &class.idents {
+                w.idents.push(((class.id, dev, ino, scope), *value));
             }
         }
-        self.write_unix(policy, &mut skipped, written)?;
-        self.write_sequences(policy, slot)?;
-        {
-            let name = maps::IDENT_RULES;
-            let mut idents: HashMap<_, IdentKey, IdentValue> =
-                HashMap::try_from(self.map_mut(name)?)
-                    .map_err(|source| KernelError::Map { name, source })?;
-            for class in &policy.classes {
-                for (&(dev, ino, scope), value) in &class.idents {
-                    let key = IdentKey {
-                        class: class.id,
-                        dev,
-                        ino,
-                        scope,
-                        _pad: 0,
-                    };
-                    written.idents.push((class.id, dev, ino, scope));
-                    idents
-                        .insert(key, value, 0)
-                        .map_err(|source| KernelError::Map { name, source })?;
-                }
-            }
-        }
-        let name = maps::AGENTS;
-        let mut agents: HashMap<_, AgentKey, AgentValue> =
-            HashMap::try_from(self.map_mut(name)?)
-                .map_err(|source| KernelError::Map { name, source })?;
         let roots = policy
             .agents
             .iter()
             .map(|(cgroup_id, i)| (*cgroup_id, 0, *i));
         let profiles = policy.profiles.iter().map(|(n, i)| (0, *n, *i));
         for (cgroup_id, profile, i) in roots.chain(profiles) {
-            let key = AgentKey {
-                cgroup_id,
-                slot,
-                profile,
-            };
-            written.agents.push((cgroup_id, profile));
-            agents
-                .insert(key, policy.classes[i].value, 0)
-                .map_err(|source| KernelError::Map { name, source })?;
+            w.agents
+                .push(((cgroup_id, profile), policy.classes[i].value));
         }
-        Ok(skipped)
+        (w.into(), skipped)
     }
 
     /// The dynamic loaders' identities (see [`loader_identities`]): the map is set to exactly

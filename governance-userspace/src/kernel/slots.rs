@@ -1,17 +1,24 @@
-//! What each generation slot of the rule tables holds, remembered in user space.
+//! What each generation slot of the rule tables holds, remembered in user space, and the
+//! writes that turn it into the next generation.
 //!
-//! A generation is written into its slot (the slot bit of its class and rule ids) and the slot
-//! of the generation before it is cleared after the flip. Finding a slot's entries by walking
-//! the tables costs every key of every table, and the LPM tries' `get_next_key` is linear, so
-//! the walk was quadratic in the entries (most of an install's time). Instead, [`write`]
-//! records each key it writes, and clearing a slot deletes exactly those.
+//! A generation is written into the slot the kernel does not read (the slot bit of its class
+//! and rule ids) and then flipped to. The retired slot keeps its entries: the generation after
+//! next is written over them, and only what differs is written ([`changes`]): entries that are
+//! new or whose value changed, and deletes of keys the new generation does not have. A reload
+//! that changes one rule writes a few entries instead of every entry of every agent (each a
+//! syscall, and the LPM tries' inserts and deletes walk the trie).
 //!
-//! A daemon that adopts pinned maps (a restart) does not know what a previous process wrote:
-//! both slots are unknown, and the first install walks the tables once ([`Enforcer::learn`]),
-//! recording the entries of both slots; from then on every clear is exact. A slot whose clear
-//! failed half-way is unknown again (the next install walks once more).
+//! Finding a slot's entries by walking the tables costs every key of every table, and the LPM
+//! tries' `get_next_key` is linear, so the walk is quadratic in the entries. So every entry is
+//! recorded as it is written. A daemon that adopts pinned maps (a restart) does not know what a
+//! previous process wrote: both slots are unknown, and the first install walks the tables
+//! once ([`Enforcer::learn`]), recording both slots with their values; from then on every write
+//! is exact. A slot whose writes failed half-way is unknown again (the next install walks once
+//! more), and so is one whose entries were changed outside an install without being recorded.
 //!
 //! [`write`]: Enforcer::install
+
+use std::hash::Hash;
 
 use aya::maps::{HashMap, LpmTrie, MapError, lpm_trie::Key};
 use governance_common::{
@@ -21,27 +28,200 @@ use governance_common::{
 
 use super::{Enforcer, KernelError};
 
-/// The keys of one slot, in a compact form (a path key is 260 bytes in the kernel; here, its
-/// bytes only).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SlotKeys {
-    /// (cgroup id, profile); the slot is the slot's.
-    pub agents: Vec<(u64, u32)>,
-    /// (class, device, inode).
-    pub exec: Vec<(u32, u32, u64)>,
-    /// (class, access letter, node bytes).
-    pub paths: Vec<(u32, u8, Box<[u8]>)>,
-    /// (class, prefix length over 128 bits, address).
-    pub net: Vec<(u32, u32, [u8; 16])>,
-    /// Kernel rule ids.
-    pub throttles: Vec<u32>,
-    /// (class, device, inode).
-    pub unix: Vec<(u32, u32, u64)>,
-    /// (class, device, inode, scope).
-    pub idents: Vec<(u32, u32, u64, u32)>,
+/// One table's entries in a slot: key → value, sorted by key, one entry per key, with each
+/// distinct value stored once (a thousand agents' built-in identity entries hold a handful of
+/// distinct values).
+#[derive(Debug, Clone)]
+pub struct Table<K, V> {
+    /// (key, index into `values`).
+    entries: Vec<(K, u32)>,
+    values: Vec<V>,
 }
 
-impl SlotKeys {
+impl<K, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Table {
+            entries: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
+/// A [`Table`] as its entries are gathered, in the order they are written: each value is
+/// stored once as it comes (no list of full entries is ever held).
+pub(super) struct TableBuilder<K, V> {
+    entries: Vec<(K, u32)>,
+    values: Vec<V>,
+    index: std::collections::HashMap<V, u32>,
+}
+
+impl<K, V> Default for TableBuilder<K, V> {
+    fn default() -> Self {
+        TableBuilder {
+            entries: Vec::new(),
+            values: Vec::new(),
+            index: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<K: Ord, V: Copy + Eq + Hash> TableBuilder<K, V> {
+    pub(super) fn push(&mut self, (key, value): (K, V)) {
+        let i = *self.index.entry(value).or_insert_with(|| {
+            self.values.push(value);
+            (self.values.len() - 1) as u32
+        });
+        self.entries.push((key, i));
+    }
+
+    /// Room for `n` more entries (a slot's tables are thousands of entries: no doubling).
+    pub(super) fn reserve(&mut self, n: usize) {
+        self.entries.reserve_exact(n);
+    }
+
+    /// Sorted by key; a key written twice keeps its last value, as the kernel's map does.
+    pub(super) fn finish(self) -> Table<K, V> {
+        let mut entries = self.entries;
+        // Latest write first, then a stable sort: of one key's writes the latest comes first
+        // and is the one `dedup_by` keeps. All in place.
+        entries.reverse();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| later.0 == kept.0);
+        entries.shrink_to_fit();
+        Table {
+            entries,
+            values: self.values,
+        }
+    }
+}
+
+impl<K: Ord, V: Copy + Eq + Hash> Table<K, V> {
+    /// From (key, value) writes in the order made (see [`TableBuilder::finish`]).
+    pub fn from_writes(writes: Vec<(K, V)>) -> Self {
+        let mut b = TableBuilder::default();
+        for w in writes {
+            b.push(w);
+        }
+        b.finish()
+    }
+
+    /// These entries, then `later`'s (which win where both have a key).
+    fn merged(self, later: Self) -> Self {
+        let mut writes = self.into_writes();
+        writes.extend(later.into_writes());
+        Self::from_writes(writes)
+    }
+
+    fn into_writes(self) -> Vec<(K, V)> {
+        let values = self.values;
+        self.entries
+            .into_iter()
+            .map(|(k, i)| (k, values[i as usize]))
+            .collect()
+    }
+}
+
+impl<K, V> Table<K, V> {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entries, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries
+            .iter()
+            .map(|(k, i)| (k, &self.values[*i as usize]))
+    }
+
+    /// Forget the entries whose key `keep` refuses (they were deleted from the table).
+    fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.entries.retain(|(k, _)| keep(k));
+    }
+}
+
+impl<K: PartialEq, V: PartialEq> PartialEq for Table<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Eq, V: Eq> Eq for Table<K, V> {}
+
+/// What turns `old` into `new`: the entries to write (new keys and changed values) and the
+/// keys to delete. One merge of the two sorted lists.
+pub(super) fn changes<'a, K: Ord, V: Eq>(
+    old: &'a Table<K, V>,
+    new: &'a Table<K, V>,
+) -> (Vec<(&'a K, &'a V)>, Vec<&'a K>) {
+    let (mut write, mut delete) = (Vec::new(), Vec::new());
+    let mut old = old.iter().peekable();
+    for (k, v) in new.iter() {
+        while let Some((ok, _)) = old.next_if(|(ok, _)| *ok < k) {
+            delete.push(ok);
+        }
+        match old.next_if(|(ok, _)| *ok == k) {
+            Some((_, ov)) if ov == v => {}
+            _ => write.push((k, v)),
+        }
+    }
+    delete.extend(old.map(|(k, _)| k));
+    (write, delete)
+}
+
+/// A path entry's key: (class, access letter, node bytes).
+pub type PathAt = (u32, u8, Box<[u8]>);
+/// A network entry's key: (class, prefix length over 128 bits, address).
+pub type NetAt = (u32, u32, [u8; 16]);
+
+/// The entries of one slot, in a compact form (a path key is 260 bytes in the kernel; here, its
+/// bytes only).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SlotEntries {
+    /// (cgroup id, profile); the slot is the slot's.
+    pub agents: Table<(u64, u32), AgentValue>,
+    /// (class, device, inode).
+    pub exec: Table<(u32, u32, u64), RulePair>,
+    pub paths: Table<PathAt, RulePair>,
+    pub net: Table<NetAt, NetValue>,
+    /// Kernel rule ids.
+    pub throttles: Table<u32, Throttle>,
+    /// (class, device, inode).
+    pub unix: Table<(u32, u32, u64), RulePair>,
+    /// (class, device, inode, scope).
+    pub idents: Table<(u32, u32, u64, u32), IdentValue>,
+}
+
+/// A slot's entries as they are gathered, in the order they would be written.
+#[derive(Default)]
+pub(super) struct Writes {
+    pub agents: TableBuilder<(u64, u32), AgentValue>,
+    pub exec: TableBuilder<(u32, u32, u64), RulePair>,
+    pub paths: TableBuilder<PathAt, RulePair>,
+    pub net: TableBuilder<NetAt, NetValue>,
+    pub throttles: TableBuilder<u32, Throttle>,
+    pub unix: TableBuilder<(u32, u32, u64), RulePair>,
+    pub idents: TableBuilder<(u32, u32, u64, u32), IdentValue>,
+}
+
+impl From<Writes> for SlotEntries {
+    fn from(w: Writes) -> Self {
+        SlotEntries {
+            agents: w.agents.finish(),
+            exec: w.exec.finish(),
+            paths: w.paths.finish(),
+            net: w.net.finish(),
+            throttles: w.throttles.finish(),
+            unix: w.unix.finish(),
+            idents: w.idents.finish(),
+        }
+    }
+}
+
+impl SlotEntries {
     /// How many entries.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -57,21 +237,25 @@ impl SlotKeys {
         self.len() == 0
     }
 
-    /// Sorted and without duplicates (a key written twice is one entry), for comparison.
-    pub fn normalized(mut self) -> Self {
-        fn norm<T: Ord>(v: &mut Vec<T>) {
-            v.sort();
-            v.dedup();
+    /// These entries and `later`'s (which win where both have a key).
+    fn merged(self, later: SlotEntries) -> SlotEntries {
+        SlotEntries {
+            agents: self.agents.merged(later.agents),
+            exec: self.exec.merged(later.exec),
+            paths: self.paths.merged(later.paths),
+            net: self.net.merged(later.net),
+            throttles: self.throttles.merged(later.throttles),
+            unix: self.unix.merged(later.unix),
+            idents: self.idents.merged(later.idents),
         }
-        norm(&mut self.agents);
-        norm(&mut self.exec);
-        norm(&mut self.paths);
-        norm(&mut self.net);
-        norm(&mut self.throttles);
-        norm(&mut self.unix);
-        norm(&mut self.idents);
-        self
     }
+}
+
+/// How many entries an install wrote and deleted in the tables of its slot.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub written: usize,
+    pub deleted: usize,
 }
 
 pub(super) fn path_key(class: u32, access: u8, bytes: &[u8]) -> Key<PathKey> {
@@ -119,16 +303,17 @@ impl Enforcer {
 
     /// Every entry of both slots, read from the tables (a walk of every key). For a restart,
     /// and for tests, which compare it with what was recorded.
-    pub fn walk_slots(&mut self) -> Result<[SlotKeys; 2], KernelError> {
-        let mut out: [SlotKeys; 2] = Default::default();
+    pub fn walk_slots(&mut self) -> Result<[SlotEntries; 2], KernelError> {
+        let mut out: [Writes; 2] = Default::default();
         macro_rules! walk {
             ($name:expr, $ty:ident, $k:ty, $v:ty, |$key:ident| $slot:expr => $field:ident $rec:expr) => {{
                 let name = $name;
                 let map: $ty<_, $k, $v> = $ty::try_from(self.map_mut(name)?)
                     .map_err(|source| KernelError::Map { name, source })?;
-                for $key in map.keys() {
-                    let $key = $key.map_err(|source| KernelError::Map { name, source })?;
-                    out[($slot & 1) as usize].$field.push($rec);
+                for entry in map.iter() {
+                    let ($key, value) =
+                        entry.map_err(|source| KernelError::Map { name, source })?;
+                    out[($slot & 1) as usize].$field.push(($rec, value));
                 }
             }};
         }
@@ -145,80 +330,99 @@ impl Enforcer {
         walk!(maps::THROTTLES, HashMap, u32, Throttle, |k| of(k) => throttles k);
         walk!(maps::UNIX_RULES, HashMap, UnixKey, RulePair, |k| of(k.class) => unix (k.class, k.dev, k.ino));
         walk!(maps::IDENT_RULES, HashMap, IdentKey, IdentValue, |k| of(k.class) => idents (k.class, k.dev, k.ino, k.scope));
-        Ok(out)
+        Ok(out.map(SlotEntries::from))
+    }
+
+    /// Forget what both slots hold: the next install reads the tables back (one walk) before it
+    /// writes what differs. For when they may not hold what was recorded: a drill found the
+    /// kernel deciding otherwise than the policy says.
+    pub fn forget_slots(&mut self) {
+        self.slots = [None, None];
     }
 
     /// What this process recorded for `slot` (None: unknown, after a restart until the first
     /// install), for tests.
-    pub fn recorded_slot(&self, slot: u32) -> Option<&SlotKeys> {
+    pub fn recorded_slot(&self, slot: u32) -> Option<&SlotEntries> {
         self.slots[(slot & 1) as usize].as_ref()
     }
 
-    /// Add `keys` to what `slot` is known to hold (entries written beside a generation's own,
-    /// a drill's canary): the slot's clear removes them too. An unknown slot stays unknown (its
-    /// clear walks the tables).
-    pub(super) fn record_in_slot(&mut self, slot: u32, keys: SlotKeys) {
-        if let Some(known) = self.slots[(slot & 1) as usize].as_mut() {
-            known.agents.extend(keys.agents);
-            known.exec.extend(keys.exec);
-            known.paths.extend(keys.paths);
-            known.net.extend(keys.net);
-            known.throttles.extend(keys.throttles);
-            known.unix.extend(keys.unix);
-            known.idents.extend(keys.idents);
+    /// Add `entries`, written beside a generation's own (a drill's canary), to what `slot` is
+    /// known to hold. An unknown slot stays unknown.
+    pub(super) fn record_in_slot(&mut self, slot: u32, entries: SlotEntries) {
+        let i = (slot & 1) as usize;
+        if let Some(known) = self.slots[i].take() {
+            self.slots[i] = Some(known.merged(entries));
         }
     }
 
-    /// Remove exactly the recorded entries of `slot` (see [`Enforcer::learn`]). If a delete
-    /// fails, the slot is unknown again.
-    pub(super) fn clear_slot(&mut self, slot: u32) -> Result<(), KernelError> {
-        // The sequence lists are few (at most `MAX_SEQ_CLASSES`): their own table is walked.
-        self.clear_sequences(slot)?;
+    /// Forget the entries of `slot` that were deleted outside an install (a canary's), or,
+    /// when `deleted` is None (a removal that failed half-way), everything: the slot is
+    /// unknown, and the next install into it walks the tables.
+    pub(super) fn forget_in_slot(
+        &mut self,
+        slot: u32,
+        deleted: Option<&dyn Fn(u32) -> bool>,
+        agents: &[AgentKey],
+    ) {
         let i = (slot & 1) as usize;
-        let Some(keys) = self.slots[i].take() else {
-            self.learn()?;
-            return self.clear_slot(slot);
+        let (Some(known), Some(class)) = (self.slots[i].as_mut(), deleted) else {
+            self.slots[i] = None;
+            return;
         };
-        let result = self.remove_keys(slot, &keys);
-        self.slots[i] = match result {
-            Ok(()) => Some(SlotKeys::default()),
-            Err(_) => None,
-        };
-        result
+        known.agents.retain(|&(cgroup_id, profile)| {
+            !agents.contains(&AgentKey {
+                cgroup_id,
+                slot,
+                profile,
+            })
+        });
+        known.exec.retain(|k| !class(k.0));
+        known.paths.retain(|k| !class(k.0));
+        known.net.retain(|k| !class(k.0));
+        known.unix.retain(|k| !class(k.0));
+        known.idents.retain(|k| !class(k.0));
     }
 
-    fn remove_keys(&mut self, slot: u32, keys: &SlotKeys) -> Result<(), KernelError> {
-        macro_rules! remove {
+    /// Make the tables' `slot` hold `new` instead of `old` (what it holds now): deletes first
+    /// (they make room), then the writes of new and changed entries.
+    pub(super) fn apply(
+        &mut self,
+        slot: u32,
+        old: &SlotEntries,
+        new: &SlotEntries,
+    ) -> Result<Written, KernelError> {
+        let mut done = Written::default();
+        macro_rules! apply {
             ($name:expr, $ty:ident, $k:ty, $v:ty, $field:ident, |$e:ident| $key:expr) => {{
-                if !keys.$field.is_empty() {
+                let (write, delete) = changes(&old.$field, &new.$field);
+                if !write.is_empty() || !delete.is_empty() {
                     let name = $name;
                     let mut map: $ty<_, $k, $v> = $ty::try_from(self.map_mut(name)?)
                         .map_err(|source| KernelError::Map { name, source })?;
-                    for $e in &keys.$field {
+                    for $e in delete {
                         absent_ok(map.remove(&$key))
                             .map_err(|source| KernelError::Map { name, source })?;
+                        done.deleted += 1;
+                    }
+                    for ($e, value) in write {
+                        map.insert(&$key, value, 0)
+                            .map_err(|source| KernelError::Map { name, source })?;
+                        done.written += 1;
                     }
                 }
             }};
         }
-        remove!(maps::AGENTS, HashMap, AgentKey, AgentValue, agents, |e| {
-            AgentKey {
-                cgroup_id: e.0,
-                slot,
-                profile: e.1,
-            }
-        });
-        remove!(maps::EXEC_RULES, HashMap, ExecKey, RulePair, exec, |e| {
+        apply!(maps::EXEC_RULES, HashMap, ExecKey, RulePair, exec, |e| {
             ExecKey {
                 class: e.0,
                 dev: e.1,
                 ino: e.2,
             }
         });
-        remove!(maps::PATH_RULES, LpmTrie, PathKey, RulePair, paths, |e| {
+        apply!(maps::PATH_RULES, LpmTrie, PathKey, RulePair, paths, |e| {
             path_key(e.0, e.1, &e.2)
         });
-        remove!(
+        apply!(
             maps::NET_RULES,
             LpmTrie,
             NetKey,
@@ -226,15 +430,15 @@ impl Enforcer {
             net,
             |e| net_key(e.0, e.1, e.2)
         );
-        remove!(maps::THROTTLES, HashMap, u32, Throttle, throttles, |e| *e);
-        remove!(maps::UNIX_RULES, HashMap, UnixKey, RulePair, unix, |e| {
+        apply!(maps::THROTTLES, HashMap, u32, Throttle, throttles, |e| *e);
+        apply!(maps::UNIX_RULES, HashMap, UnixKey, RulePair, unix, |e| {
             UnixKey {
                 class: e.0,
                 dev: e.1,
                 ino: e.2,
             }
         });
-        remove!(
+        apply!(
             maps::IDENT_RULES,
             HashMap,
             IdentKey,
@@ -248,6 +452,47 @@ impl Enforcer {
                 _pad: 0,
             }
         );
-        Ok(())
+        // The agents last: an agent entry leads to its class's tables, complete by now.
+        apply!(maps::AGENTS, HashMap, AgentKey, AgentValue, agents, |e| {
+            AgentKey {
+                cgroup_id: e.0,
+                slot,
+                profile: e.1,
+            }
+        });
+        Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_keeps_the_last_write_of_a_key_and_each_value_once() {
+        let t = Table::from_writes(vec![(3, 'c'), (1, 'a'), (3, 'x'), (2, 'a'), (1, 'b')]);
+        let got: Vec<(i32, char)> = t.iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(got, [(1, 'b'), (2, 'a'), (3, 'x')]);
+        assert_eq!(t.values.len(), 4, "c, a, x, b: each distinct value once");
+    }
+
+    #[test]
+    fn changes_write_new_and_changed_entries_and_delete_the_rest() {
+        let old = Table::from_writes(vec![(1, 'a'), (2, 'b'), (3, 'c'), (5, 'e')]);
+        let new = Table::from_writes(vec![(2, 'b'), (3, 'd'), (4, 'e'), (6, 'f')]);
+        let (write, delete) = changes(&old, &new);
+        let write: Vec<(i32, char)> = write.into_iter().map(|(k, v)| (*k, *v)).collect();
+        let delete: Vec<i32> = delete.into_iter().copied().collect();
+        assert_eq!(write, [(3, 'd'), (4, 'e'), (6, 'f')]);
+        assert_eq!(delete, [1, 5]);
+        let (write, delete) = changes(&new, &new);
+        assert!(write.is_empty() && delete.is_empty(), "the same: nothing");
+        let empty = Table::default();
+        let (write, delete) = changes(&empty, &new);
+        assert_eq!(
+            (write.len(), delete.len()),
+            (4, 0),
+            "into an empty slot: all"
+        );
     }
 }

@@ -16,9 +16,7 @@ use std::{
 };
 
 use aya::maps::{Array, HashMap};
-use governance_common::{
-    ApiAddr, RulePair, UNIX_ABSTRACT_DEV, UnixId, UnixKey, maps, unix_name_hash, unix_protected,
-};
+use governance_common::{ApiAddr, UNIX_ABSTRACT_DEV, UnixId, maps, unix_name_hash, unix_protected};
 
 use super::{Enforcer, KernelError, KernelPolicy, kernel_dev};
 use crate::policy::UnixTarget;
@@ -239,15 +237,13 @@ impl Enforcer {
     /// Write a generation's Unix-socket rules: a path becomes the socket file's identity (a
     /// socket that does not exist is reported and skipped: nothing to connect to; the daemon
     /// installs the next generation when it appears), an abstract name its hash.
-    pub(super) fn write_unix(
+    /// The Unix-socket entries of `policy`, with the socket files resolved now.
+    pub(super) fn unix_entries(
         &mut self,
         policy: &KernelPolicy,
         skipped: &mut Vec<KernelError>,
-        written: &mut super::SlotKeys,
-    ) -> Result<(), KernelError> {
-        let name = maps::UNIX_RULES;
-        let mut map: HashMap<_, UnixKey, RulePair> = HashMap::try_from(self.map_mut(name)?)
-            .map_err(|source| KernelError::Map { name, source })?;
+        w: &mut super::slots::Writes,
+    ) {
         let mut resolved: BTreeMap<PathBuf, Option<(u32, u64)>> = BTreeMap::new();
         for class in &policy.classes {
             for (target, value) in &class.unix {
@@ -272,19 +268,11 @@ impl Enforcer {
                         }
                     }
                 };
-                let key = UnixKey {
-                    class: class.id,
-                    dev,
-                    ino,
-                };
-                written.unix.push((class.id, dev, ino));
-                map.insert(key, value, 0)
-                    .map_err(|source| KernelError::Map { name, source })?;
+                w.unix.push(((class.id, dev, ino), *value));
             }
         }
         self.unix_targets.paths = resolved.into_iter().collect();
         self.unix_targets.seen = self.unix_targets.paths.clone();
-        Ok(())
     }
 }
 
