@@ -130,6 +130,7 @@ pub fn of_agent(set: &PolicySet, agent: &AgentRef, selector: &str) -> AgentCapab
     let governing: Vec<&Policy> = set
         .policies
         .iter()
+        .map(|p| &**p)
         .filter(|p| {
             p.selector
                 .matches(&agent.cgroup, agent.label.as_deref(), agent.pod.as_ref())
@@ -162,6 +163,7 @@ pub fn by_selector(set: &PolicySet) -> Vec<AgentCapabilities> {
             let governing: Vec<&Policy> = set
                 .policies
                 .iter()
+                .map(|p| &**p)
                 .filter(|p| {
                     p.selector.to_string() == sel
                         || (p.selector.pod.is_none()

@@ -4,7 +4,8 @@
 //! `reload` (one run measures all of it, side by side):
 //! 1. *In process*, the daemon's own code path for a generation (what
 //!    `governance::daemon::generation::build` does, step by step, with a timer around each):
-//!    read and validate the policy directory (`policy::load_dir`), find the agent cgroups
+//!    read and validate the policy directory (`policy::load_dir_hashed`, re-using the
+//!    unchanged documents of the previous round's read, as the daemon does), find the agent cgroups
 //!    (`agents::discover`), compile (`kernel::compile`, which also resolves file identities),
 //!    install (`Enforcer::install`: write the generation's slot, flip, clear the other slot),
 //!    then the names and the HTTP engine. "Enforcing in the kernel" is the moment the kernel's
@@ -305,6 +306,8 @@ fn in_process(
     };
     let mut out = Vec::new();
     let mut writes = Vec::new();
+    // As the daemon keeps it: the documents of the previous read.
+    let mut parsed = policy::Parsed::default();
     for round in 0..rounds {
         *generation += 1;
         let g = *generation;
@@ -318,7 +321,10 @@ fn in_process(
             "writing the policy",
         )?;
         let t0 = Instant::now();
-        let set = ctx(policy::load_dir(dir), "loading the policy")?;
+        let (set, _) = ctx(
+            policy::load_dir_hashed(dir, &mut parsed),
+            "loading the policy",
+        )?;
         let t1 = Instant::now();
         let found = ctx(
             agents::discover(&env.root, &set, false, None),
@@ -530,7 +536,7 @@ fn reload(o: &Opts, env: &Env) -> Res<()> {
     ));
     // Which step is what (docs/benchmarks.md, "Policy reload", says the same).
     for step in [
-        "  load+validate: policy::load_dir (read, parse, validate every policy file)",
+        "  load+validate: policy::load_dir_hashed (read every policy file, parse and validate the documents that changed)",
         "  find agents: agents::discover (the cgroup tree)",
         "  compile: kernel::compile (the generation's tables, file identities resolved)",
         "  install→flip: Enforcer::install up to the flip (node tables, the new slot written, runtime sockets refused, the flip)",

@@ -47,8 +47,9 @@ pub(super) fn build(
     enforcer: &Mutex<Enforcer>,
     root: &Path,
     pods: Option<&crate::kubernetes::Identities>,
+    parsed: &mut policy::Parsed,
 ) -> anyhow::Result<Option<Built>> {
-    let (set, content_hash) = policy::load_dir_hashed(&args.policy)?;
+    let (set, content_hash) = policy::load_dir_hashed(&args.policy, parsed)?;
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
     {

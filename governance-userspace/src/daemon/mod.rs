@@ -309,6 +309,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         netns: None,
         pods,
         counts: Default::default(),
+        parsed: Default::default(),
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));

@@ -81,6 +81,8 @@ pub(super) struct Daemon<'a> {
     pub pods: Option<Arc<crate::kubernetes::Identities>>,
     /// The kernel's counts of allowed actions, as taken so far.
     pub counts: super::counts::Counts,
+    /// The policy documents of the last read (a reload parses only those that changed).
+    pub parsed: crate::policy::Parsed,
 }
 
 impl Daemon<'_> {
@@ -95,6 +97,7 @@ impl Daemon<'_> {
             &self.enforcer,
             self.root,
             self.pods.as_deref(),
+            &mut self.parsed,
         ) {
             Ok(Some(b)) => {
                 let message = format!(
@@ -392,6 +395,7 @@ impl Daemon<'_> {
             &self.enforcer,
             self.root,
             self.pods.as_deref(),
+            &mut self.parsed,
         ) {
             Ok(Some(mut b)) => {
                 // The kernel's buckets carried over with the flip; the HTTP engine's carry

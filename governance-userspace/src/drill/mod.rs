@@ -173,7 +173,7 @@ pub struct Planned {
 pub fn canary_set(set: &PolicySet, policy: &str) -> PolicySet {
     let mut out = set.clone();
     for p in &mut out.policies {
-        p.selector = Selector {
+        std::sync::Arc::make_mut(p).selector = Selector {
             cgroup: None,
             label: Some(if p.name == policy {
                 CANARY_LABEL.into()
@@ -201,6 +201,7 @@ pub fn canary_ref(cgroup: &str) -> AgentRef {
 pub fn policies<'a>(set: &'a PolicySet, only: Option<&str>) -> Vec<&'a Policy> {
     set.policies
         .iter()
+        .map(|p| &**p)
         .filter(|p| p.mode == Mode::Enforce && only.is_none_or(|o| o == p.name))
         .collect()
 }

@@ -291,7 +291,7 @@ pub(crate) fn governing<'a>(
     set: &'a PolicySet,
     agent: &'a AgentCgroup,
 ) -> impl Iterator<Item = &'a Policy> + Clone {
-    set.policies.iter().filter(|p| {
+    set.policies.iter().map(|p| &**p).filter(|p| {
         p.mode == Mode::Enforce
             && p.selector
                 .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
@@ -399,7 +399,7 @@ pub fn compile_from(
         // Those in enforce mode (see `governing`).
         let governing: Vec<&Policy> = matching
             .iter()
-            .map(|&i| &set.policies[i])
+            .map(|&i| &*set.policies[i])
             .filter(|p| p.mode == Mode::Enforce)
             .collect();
         for (p, rule, n) in &selected {

@@ -53,14 +53,19 @@ pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyEr
 
 /// Load and validate every policy file below `dir`.
 pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
-    load_dir_hashed(dir).map(|(set, _)| set)
+    load_dir_hashed(dir, &mut Parsed::default()).map(|(set, _)| set)
 }
 
 /// [`load_dir`], and the policy's content hash (64 hex digits) of the very bytes it read:
 /// SHA-256 over one line per policy file, in the order read (sorted by path),
 /// `<SHA-256 of the file, hex>  <path relative to dir>\n` (what `sha256sum` prints for
 /// each file, so `cd DIR && sha256sum FILES... | sha256sum` reproduces it).
-pub fn load_dir_hashed(dir: &Path) -> Result<(PolicySet, String), PolicyError> {
+/// The documents that did not change since `parsed` was filled are not parsed again (see
+/// [`Parsed`]).
+pub fn load_dir_hashed(
+    dir: &Path,
+    parsed: &mut Parsed,
+) -> Result<(PolicySet, String), PolicyError> {
     use sha2::{Digest, Sha256};
     let (files, _) = policy_files(dir)?;
     if files.is_empty() {
@@ -86,7 +91,7 @@ pub fn load_dir_hashed(dir: &Path) -> Result<(PolicySet, String), PolicyError> {
         manifest.update(line.as_bytes());
     }
     let hash = hex(&manifest.finalize());
-    match parse(&sources) {
+    match parse_reusing(&sources, parsed) {
         Ok(set) if problems.is_empty() => Ok((set, hash)),
         Ok(_) => Err(PolicyError::Invalid(problems)),
         Err(PolicyError::Invalid(more)) => {
@@ -119,34 +124,56 @@ pub(super) fn documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
+/// A policy document: its file, its first line, and the SHA-256 of its text.
+type DocKey = (PathBuf, usize, [u8; 32]);
+
+/// The policies of the documents a previous read validated without a problem, kept by a
+/// daemon between reloads ([`load_dir_hashed`], [`parse_reusing`]). Reading and validating a
+/// document depends on nothing but its text and where it is (no file system, no clock), so a
+/// reload that finds the same text at the same place takes the policy from here: only the
+/// documents that changed are parsed again. The policies are shared with the sets that hold
+/// them, not copied.
+#[derive(Debug, Default)]
+pub struct Parsed(BTreeMap<DocKey, std::sync::Arc<Policy>>);
+
 /// Parse and validate policy texts, given as (file name, contents).
 pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
+    parse_reusing(sources, &mut Parsed::default())
+}
+
+/// [`parse`], taking the policies of unchanged documents from `parsed`, which is left holding
+/// this read's.
+pub fn parse_reusing(
+    sources: &[(PathBuf, String)],
+    parsed: &mut Parsed,
+) -> Result<PolicySet, PolicyError> {
+    use sha2::{Digest, Sha256};
     let mut set = PolicySet::default();
     let mut problems = Vec::new();
     let mut names: BTreeMap<String, Location> = BTreeMap::new();
+    let mut earlier = std::mem::take(&mut parsed.0);
     for (file, text) in sources {
         for (offset, doc) in documents(text) {
-            let mut cx = Cx {
-                file,
-                offset,
-                problems: &mut problems,
-            };
-            let node = match marked_yaml::parse_yaml_with_options(
-                0,
-                &doc,
-                marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
-            ) {
-                Ok(node) => node,
-                Err(e) => {
-                    // Broken YAML: nothing after the first error can be trusted.
-                    let (at, msg) = yaml_error(&e);
-                    cx.problem_at(at, msg);
-                    continue;
+            let key: DocKey = (file.clone(), offset, Sha256::digest(doc.as_bytes()).into());
+            // (the policy, whether the document had no problem: only those are kept)
+            let (policy, clean) = match earlier.remove(&key) {
+                Some(policy) => (policy, true),
+                None => {
+                    let before = problems.len();
+                    let mut cx = Cx {
+                        file,
+                        offset,
+                        problems: &mut problems,
+                    };
+                    let Some(policy) = parse_document(&mut cx, &doc) else {
+                        continue;
+                    };
+                    (std::sync::Arc::new(policy), problems.len() == before)
                 }
             };
-            let Some(policy) = cx.document(node) else {
-                continue;
-            };
+            if clean {
+                parsed.0.insert(key, policy.clone());
+            }
             if let Some(first) = names.get(&policy.name) {
                 problems.push(Problem {
                     file: file.clone(),
@@ -174,6 +201,24 @@ pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
     } else {
         Err(PolicyError::Invalid(problems))
     }
+}
+
+/// One YAML document read and validated; None if it had problems (recorded in `cx`).
+fn parse_document(cx: &mut Cx, doc: &str) -> Option<Policy> {
+    let node = match marked_yaml::parse_yaml_with_options(
+        0,
+        doc,
+        marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+    ) {
+        Ok(node) => node,
+        Err(e) => {
+            // Broken YAML: nothing after the first error can be trusted.
+            let (at, msg) = yaml_error(&e);
+            cx.problem_at(at, msg);
+            return None;
+        }
+    };
+    cx.document(node)
 }
 
 pub(crate) fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {

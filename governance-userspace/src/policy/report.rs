@@ -201,7 +201,7 @@ mod tests {
         ))
         .unwrap();
         let c = one(HEAD).unwrap();
-        let (a, b, c) = (&a.policies[0], &b.policies[0], &c.policies[0]);
+        let (a, b, c) = (&*a.policies[0], &*b.policies[0], &*c.policies[0]);
         assert_eq!(super::of_default([b, c], Kind::File), Report::Sample(5));
         assert_eq!(super::of_default([a, b, c], Kind::File), Report::Every);
         assert_eq!(super::of_default([c], Kind::File), Report::Count);

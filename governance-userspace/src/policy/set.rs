@@ -361,10 +361,11 @@ pub struct Policy {
     pub allow_system_files: Option<bool>,
 }
 
-/// Every policy of a directory.
+/// Every policy of a directory. Each policy is shared (`Arc`): the daemon's views of the
+/// enforcing set and the parse of the next reload hold the same policies, not copies.
 #[derive(Clone, Debug, Default)]
 pub struct PolicySet {
-    pub policies: Vec<Policy>,
+    pub policies: Vec<std::sync::Arc<Policy>>,
 }
 
 impl PolicySet {
@@ -381,13 +382,16 @@ impl PolicySet {
     pub fn numbered(&self) -> impl Iterator<Item = (&Policy, &Rule, u32)> {
         self.policies
             .iter()
-            .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+            .flat_map(|p| p.rules.iter().map(move |r| (&**p, r)))
             .zip(1u32..)
             .map(|((p, r), n)| (p, r, n))
     }
 
     /// The policies that select agents by Kubernetes identity (they need `run --kubernetes`).
     pub fn kubernetes_policies(&self) -> impl Iterator<Item = &Policy> {
-        self.policies.iter().filter(|p| p.selector.pod.is_some())
+        self.policies
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| p.selector.pod.is_some())
     }
 }

@@ -379,7 +379,8 @@ fn the_content_hash_is_reproducible_with_sha256sum() {
     std::fs::write(dir.path().join("a.yaml"), &a).unwrap();
     std::fs::write(dir.path().join("sub/b.yml"), &b).unwrap();
     std::fs::write(dir.path().join("a.tests.yaml"), "not a policy").unwrap();
-    let (_, hash) = load_dir_hashed(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+    let (_, hash) =
+        load_dir_hashed(dir.path(), &mut Parsed::default()).unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg("sha256sum a.yaml sub/b.yml | sha256sum")
@@ -393,5 +394,78 @@ fn the_content_hash_is_reproducible_with_sha256sum() {
         a.replace("reason: r", "reason: s"),
     )
     .unwrap();
-    assert_ne!(load_dir_hashed(dir.path()).unwrap().1, hash);
+    assert_ne!(
+        load_dir_hashed(dir.path(), &mut Parsed::default())
+            .unwrap()
+            .1,
+        hash
+    );
+}
+
+/// Issue 17, reload: a daemon re-reading its policies parses only the documents whose text or
+/// place changed; the others are the very policies of the previous read.
+#[test]
+fn a_reread_reuses_unchanged_documents_and_reads_changed_and_moved_ones() {
+    use std::sync::Arc;
+    let doc = |name: &str, exec: &str, extra: &str| {
+        format!(
+            "name: {name}\nagents: {{ cgroup: agents/{name} }}\n{extra}rules:\n  - {{ id: r, exec: {{ path: {exec} }}, verdict: block, reason: r }}\n"
+        )
+    };
+    let file = |a: &str, b: &str| vec![(PathBuf::from("p.yaml"), format!("{a}---\n{b}"))];
+    let mut parsed = Parsed::default();
+    let read = |sources: Vec<(PathBuf, String)>, parsed: &mut Parsed| {
+        parse_reusing(&sources, parsed).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = read(
+        file(&doc("a", "/bin/x", ""), &doc("b", "/bin/y", "")),
+        &mut parsed,
+    );
+    // b's rule changed: b is read again, a is reused.
+    let second = read(
+        file(&doc("a", "/bin/x", ""), &doc("b", "/bin/z", "")),
+        &mut parsed,
+    );
+    assert!(
+        Arc::ptr_eq(&first.policies[0], &second.policies[0]),
+        "a unchanged"
+    );
+    assert!(
+        !Arc::ptr_eq(&first.policies[1], &second.policies[1]),
+        "b changed"
+    );
+    assert!(
+        matches!(&second.policies[1].rules[0].matcher, Matcher::Exec(PathMatch::Exact(p)) if p == Path::new("/bin/z"))
+    );
+    // a grows by a line: b's text is the same but it moved, so it is read again and its
+    // positions follow.
+    let third = read(
+        file(
+            &doc("a", "/bin/x", "description: d\n"),
+            &doc("b", "/bin/z", ""),
+        ),
+        &mut parsed,
+    );
+    assert!(
+        !Arc::ptr_eq(&second.policies[1], &third.policies[1]),
+        "b moved"
+    );
+    assert_eq!(third.policies[1].at.line, second.policies[1].at.line + 1);
+    assert_eq!(
+        third.policies[1].rules[0].at.line,
+        second.policies[1].rules[0].at.line + 1
+    );
+    // A document with a problem is not kept: it is reported at every read.
+    let bad = file(&doc("a", "/bin/x", ""), "name: c\nrules: 5\n");
+    for _ in 0..2 {
+        assert!(parse_reusing(&bad, &mut parsed).is_err());
+    }
+    // The same document under another file name is read again (its problems name the file).
+    let other = vec![(
+        PathBuf::from("q.yaml"),
+        format!("{}---\n{}", doc("a", "/bin/x", ""), doc("b", "/bin/z", "")),
+    )];
+    let fourth = read(other, &mut parsed);
+    assert!(!Arc::ptr_eq(&first.policies[0], &fourth.policies[0]));
+    assert_eq!(fourth.policies[0].file, Path::new("q.yaml"));
 }

@@ -79,7 +79,7 @@ impl Selectors {
         matching: &'a [usize],
     ) -> impl Iterator<Item = (&'a Policy, &'a crate::policy::Rule, u32)> + 'a {
         matching.iter().flat_map(move |&i| {
-            let p = &set.policies[i];
+            let p = &*set.policies[i];
             p.rules
                 .iter()
                 .zip(self.first_rule[i]..)
@@ -148,7 +148,7 @@ mod tests {
                 .collect();
             let want: Vec<_> = numbered
                 .iter()
-                .filter(|(p, _, _)| found.iter().any(|&i| std::ptr::eq(&set.policies[i], *p)))
+                .filter(|(p, _, _)| found.iter().any(|&i| std::ptr::eq(&*set.policies[i], *p)))
                 .cloned()
                 .collect();
             assert_eq!(rules, want, "agent {}", agent.rel);
