@@ -7,7 +7,7 @@
 //!    read and validate the policy directory (`policy::load_dir_hashed`, re-using the
 //!    unchanged documents of the previous round's read, as the daemon does), find the agent cgroups
 //!    (`agents::discover`), compile (`kernel::compile`, which also resolves file identities),
-//!    install (`Enforcer::install`: write the generation's slot, flip, clear the other slot),
+//!    install (`Enforcer::install`: write what differs into the generation's slot, flip),
 //!    then the names and the HTTP engine. "Enforcing in the kernel" is the moment the kernel's
 //!    active generation changes, seen by a second handle on the pinned maps polling it.
 //! 2. *End to end*, a `governance run` we start: the policy file replaced (renamed into the
@@ -291,14 +291,14 @@ impl FlipWatch {
 /// The daemon's generation build, phase by phase, `rounds` times.
 fn in_process(
     env: &Env,
-    case: &Case,
+    (i, case): (usize, &Case),
     enforcer: &mut Enforcer,
     watch: &FlipWatch,
-    dir: &Path,
     generation: &mut u32,
     rounds: usize,
     summary: &mut Vec<String>,
 ) -> Res<Vec<Phases>> {
+    let dir = &env.policy_dir(&format!("in-process-{i}"), case, "in process", 0)?;
     let protect = Protect {
         cgroup_root: env.root.clone(),
         no_write: vec![dir.to_owned(), env.pins.clone()],
@@ -514,14 +514,12 @@ fn reload(o: &Opts, env: &Env) -> Res<()> {
         let mut generation = 0;
         for (i, case) in cases.iter().enumerate() {
             eprintln!("bench: in process, {}: {} rounds", case.title, o.rounds);
-            let dir = env.policy_dir(&format!("in-process-{i}"), case, "in process", 0)?;
             summary.push(format!("{}:", case.title));
             let phases = in_process(
                 env,
-                case,
+                (i, case),
                 &mut enforcer,
                 &watch,
-                &dir,
                 &mut generation,
                 o.rounds,
                 &mut summary,
@@ -539,8 +537,8 @@ fn reload(o: &Opts, env: &Env) -> Res<()> {
         "  load+validate: policy::load_dir_hashed (read every policy file, parse and validate the documents that changed)",
         "  find agents: agents::discover (the cgroup tree)",
         "  compile: kernel::compile (the generation's tables, file identities resolved)",
-        "  install→flip: Enforcer::install up to the flip (node tables, the new slot written, runtime sockets refused, the flip)",
-        "  after flip: the rest of install (5 ms for decisions in flight, the old slot's recorded keys deleted, stale buckets)",
+        "  install→flip: Enforcer::install up to the flip (node tables, the entries of the new slot that differ from what it held written, runtime sockets refused, the flip)",
+        "  after flip: the rest of install (5 ms for decisions in flight, the old slot's sequence lists cleared, stale buckets)",
         "  names+HTTP engine: built after the kernel enforces (event names, the proxy's engine)",
     ] {
         lines.push(step.into());
