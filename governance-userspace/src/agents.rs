@@ -35,12 +35,24 @@ pub fn cgroup2_mount() -> Result<PathBuf, AgentsError> {
 }
 
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
+    mounts_of(mountinfo, "cgroup2").next()
+}
+
+/// The mount points of the cgroup v1 hierarchies (a hybrid layout's `cpu`, `memory`,
+/// `systemd`, ...), where container runtimes with the cgroupfs driver mirror a cgroup's path.
+pub fn cgroup_v1_mounts() -> Vec<PathBuf> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|text| mounts_of(&text, "cgroup").collect())
+        .unwrap_or_default()
+}
+
+fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
+    mountinfo.lines().filter_map(move |line| {
         // id parent major:minor root mount-point options [optional...] - fstype source super-options
         let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split_whitespace().next()?;
+        let kind = right.split_whitespace().next()?;
         let mount_point = left.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        (kind == fstype).then(|| PathBuf::from(unescape_mountinfo(mount_point)))
     })
 }
 
@@ -275,6 +287,8 @@ mod tests {
         assert_eq!(find_cgroup2(info), Some("/sys/fs/cgroup/unified".into()));
         assert_eq!(find_cgroup2("32 31 0:27 / /x rw - cgroup cgroup rw"), None);
         assert_eq!(find_cgroup2("garbage\n\n - \n"), None);
+        let v1: Vec<PathBuf> = mounts_of(info, "cgroup").collect();
+        assert_eq!(v1, [PathBuf::from("/sys/fs/cgroup/cpu")]);
     }
 
     #[test]

@@ -64,30 +64,43 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        // Children first; the processes we forked have all been reaped by now.
-        let mut dirs = vec![self.path.clone()];
-        let mut i = 0;
-        while i < dirs.len() {
-            if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
-                for e in rd.flatten() {
-                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                        dirs.push(e.path());
-                    }
+        remove_cgroup_tree(&self.path);
+        // A container runtime with the cgroupfs driver (podman with runc, in a hybrid layout)
+        // makes the same path below every v1 hierarchy too.
+        for v1 in agents::cgroup_v1_mounts() {
+            let mirror = v1.join(&self.rel);
+            if mirror.exists() {
+                remove_cgroup_tree(&mirror);
+            }
+        }
+    }
+}
+
+/// Remove cgroup `top` and every cgroup below it, children first.
+fn remove_cgroup_tree(top: &Path) {
+    // Children first; the processes we forked have all been reaped by now.
+    let mut dirs = vec![top.to_path_buf()];
+    let mut i = 0;
+    while i < dirs.len() {
+        if let Ok(rd) = std::fs::read_dir(&dirs[i]) {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    dirs.push(e.path());
                 }
             }
-            i += 1;
         }
-        // A cgroup stays busy for a moment after its last task exits (the kernel releases it
-        // asynchronously, with nothing to wait on): retry the removal itself, for up to 2 s.
-        for d in dirs.iter().rev() {
-            let removed = poll_until(Duration::from_secs(2), || {
-                let busy = libc::EBUSY;
-                !matches!(std::fs::remove_dir(d), Err(e) if e.raw_os_error() == Some(busy))
-            });
-            if !removed {
-                // Not a panic: this runs on drop, possibly while a failed test unwinds.
-                eprintln!("cgroup {} still busy after 2 s; left behind", d.display());
-            }
+        i += 1;
+    }
+    // A cgroup stays busy for a moment after its last task exits (the kernel releases it
+    // asynchronously, with nothing to wait on): retry the removal itself, for up to 2 s.
+    for d in dirs.iter().rev() {
+        let removed = poll_until(Duration::from_secs(2), || {
+            let busy = libc::EBUSY;
+            !matches!(std::fs::remove_dir(d), Err(e) if e.raw_os_error() == Some(busy))
+        });
+        if !removed {
+            // Not a panic: this runs on drop, possibly while a failed test unwinds.
+            eprintln!("cgroup {} still busy after 2 s; left behind", d.display());
         }
     }
 }
