@@ -193,7 +193,7 @@ pub fn discover(
                 .unwrap_or(&child)
                 .to_string_lossy()
                 .into_owned();
-            let mut label = if by_label { label(&child) } else { None };
+            let label = if by_label { label(&child) } else { None };
             let pod = pods.and_then(|ids| {
                 let pc = crate::kubernetes::cgroup::parse(&rel).filter(|p| p.pod_path == rel)?;
                 live_pods.insert(pc.uid.clone());
@@ -204,9 +204,7 @@ pub fn discover(
                 .iter()
                 .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
             {
-                if !by_label {
-                    label = self::label(&child);
-                }
+                let label = if by_label { label } else { self::label(&child) };
                 let id = match cgroup_id(&child) {
                     Ok(id) => id,
                     // Removed since the directory was read: not an agent any more (its removal

@@ -139,10 +139,12 @@ impl Enforcer {
     pub fn remove_canary(&mut self, canary: &Canary) -> Result<(), KernelError> {
         let ours = |id: u32| canary.classes.contains(&id) || canary.builtins.contains(&id);
         let result = self.remove_canary_entries(canary, &ours);
-        // What the slot is known to hold: without the canary's entries, or, if a removal
-        // failed half-way, unknown (the next install into it walks the tables).
-        let deleted: Option<&dyn Fn(u32) -> bool> = result.is_ok().then_some(&ours);
-        self.forget_in_slot(canary.slot, deleted, &canary.agents);
+        match result {
+            Ok(()) => self.forget_in_slot(canary.slot, &ours, &canary.agents),
+            // Removed half-way: what the slot holds is unknown (the next install into it walks
+            // the tables).
+            Err(_) => self.slots[(canary.slot & 1) as usize] = None,
+        }
         result
     }
 

@@ -160,7 +160,7 @@ pub struct Enforcer {
     /// [`Enforcer::finish_handover`].
     pub handover_from: Option<PathBuf>,
     /// The entries each generation slot holds (see [`slots`]); None: unknown (pins adopted
-    /// from a previous process, or a clear that failed half-way).
+    /// from a previous process, writes that failed half-way, or a drill that failed).
     slots: [Option<SlotEntries>; 2],
     /// What the last install wrote and deleted.
     last_install: Written,

@@ -15,8 +15,6 @@
 //! once ([`Enforcer::learn`]), recording both slots with their values; from then on every write
 //! is exact. A slot whose writes failed half-way is unknown again (the next install walks once
 //! more), and so is one whose entries were changed outside an install without being recorded.
-//!
-//! [`write`]: Enforcer::install
 
 use std::hash::Hash;
 
@@ -355,18 +353,15 @@ impl Enforcer {
         }
     }
 
-    /// Forget the entries of `slot` that were deleted outside an install (a canary's), or,
-    /// when `deleted` is None (a removal that failed half-way), everything: the slot is
-    /// unknown, and the next install into it walks the tables.
+    /// Forget the entries of `slot` that were deleted outside an install (a canary's): those
+    /// of the classes `class` accepts and the agent entries `agents`.
     pub(super) fn forget_in_slot(
         &mut self,
         slot: u32,
-        deleted: Option<&dyn Fn(u32) -> bool>,
+        class: &dyn Fn(u32) -> bool,
         agents: &[AgentKey],
     ) {
-        let i = (slot & 1) as usize;
-        let (Some(known), Some(class)) = (self.slots[i].as_mut(), deleted) else {
-            self.slots[i] = None;
+        let Some(known) = self.slots[(slot & 1) as usize].as_mut() else {
             return;
         };
         known.agents.retain(|&(cgroup_id, profile)| {

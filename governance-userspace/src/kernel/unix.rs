@@ -234,10 +234,9 @@ impl Enforcer {
             .map_err(|source| KernelError::Map { name, source })
     }
 
-    /// Write a generation's Unix-socket rules: a path becomes the socket file's identity (a
-    /// socket that does not exist is reported and skipped: nothing to connect to; the daemon
-    /// installs the next generation when it appears), an abstract name its hash.
-    /// The Unix-socket entries of `policy`, with the socket files resolved now.
+    /// A generation's Unix-socket entries: a path becomes the socket file's identity, resolved
+    /// now (a socket that does not exist is reported and skipped: nothing to connect to; the
+    /// daemon installs the next generation when it appears), an abstract name its hash.
     pub(super) fn unix_entries(
         &mut self,
         policy: &KernelPolicy,
