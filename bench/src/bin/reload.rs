@@ -39,7 +39,7 @@ use std::{
 
 use governance::{
     agents,
-    daemon::generation::names,
+    daemon::generation::{names, selected},
     engine::Engine,
     kernel::{self, Enforcer, Protect},
     policy,
@@ -341,7 +341,7 @@ fn in_process(
         let t4 = Instant::now();
         writes.push(enforcer.last_install());
         let flip = ctx(watch.seen.recv(), "the flip watcher")??;
-        let _names = names(&set, &found);
+        let _names = names(&set, &found, &selected(&set, &found));
         let rules = set.rule_count();
         let _engine = Engine::new(set, g);
         let t5 = Instant::now();

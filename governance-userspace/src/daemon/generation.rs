@@ -118,10 +118,12 @@ pub(super) fn build(
             a.cgroup_id
         );
     }
-    let names = names(&set, &found);
+    let matching = selected(&set, &found);
+    let names = names(&set, &found, &matching);
     let agents = found
         .iter()
-        .map(|a| AgentView {
+        .zip(&matching)
+        .map(|(a, matching)| AgentView {
             name: a.name.clone(),
             cgroup: a.rel.clone(),
             cgroup_id: a.cgroup_id,
@@ -130,14 +132,9 @@ pub(super) fn build(
                 .get(&a.cgroup_id)
                 .map(|i| i.selector.clone())
                 .unwrap_or_default(),
-            policies: set
-                .policies
+            policies: matching
                 .iter()
-                .filter(|p| {
-                    p.selector
-                        .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
-                })
-                .map(|p| p.name.clone())
+                .map(|&i| set.policies[i].name.clone())
                 .collect(),
             agent_ref: a.agent_ref(),
         })
@@ -180,19 +177,25 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
     }
 }
 
-/// What the kernel ids of one generation stand for.
-pub fn names(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Names {
+/// The indices of the policies that select each agent of `found`, each policy matched once
+/// per agent at most (see `kernel::Selectors`).
+pub fn selected(set: &policy::PolicySet, found: &[agents::AgentCgroup]) -> Vec<Vec<usize>> {
+    let selectors = kernel::Selectors::new(set);
+    found.iter().map(|a| selectors.matching(set, a)).collect()
+}
+
+/// What the kernel ids of one generation stand for. `matching`: [`selected`].
+pub fn names(
+    set: &policy::PolicySet,
+    found: &[agents::AgentCgroup],
+    matching: &[Vec<usize>],
+) -> Names {
     let mut agents = HashMap::new();
     let mut refs = HashMap::new();
-    for a in found {
-        let selector = set
-            .policies
+    for (a, matching) in found.iter().zip(matching) {
+        let selector = matching
             .iter()
-            .filter(|p| {
-                p.selector
-                    .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
-            })
-            .map(|p| p.selector.to_string())
+            .map(|&i| set.policies[i].selector.to_string())
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect::<Vec<_>>()

@@ -22,7 +22,7 @@
 //! the daemon can refuse to claim enforcement it does not have.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -49,7 +49,8 @@ mod selectors;
 mod sequence;
 
 pub use self::builtins::*;
-use self::{class::*, identities::*, selectors::Selectors};
+pub(crate) use self::selectors::Selectors;
+use self::{class::*, identities::*};
 
 /// One class: the tables of one agent root (or of one sandbox profile of it).
 #[derive(Debug, Default)]
@@ -171,17 +172,6 @@ impl Node {
         }
         b
     }
-
-    /// Does a rule at `self` cover the node `other`?
-    fn covers(&self, other: &Node) -> bool {
-        if self.exact {
-            return other.exact && other.path == self.path;
-        }
-        let dir = &self.path;
-        other.path == *dir
-            || (other.path.starts_with(dir)
-                && (dir.last() == Some(&b'/') || other.path.get(dir.len()) == Some(&b'/')))
-    }
 }
 
 fn path_bytes(p: &Path) -> Vec<u8> {
@@ -227,49 +217,48 @@ const WRITE_LETTERS: [u8; 3] = [access::WRITE, access::CREATE, access::TRUNCATE]
 /// A destination rule: (prefix128, masked address, rank, port lo, port hi, protocol, via proxy).
 type NetRule = (u32, [u8; 16], Ranked, u16, u16, u8, bool);
 
-/// Path rules of one access letter by node, so the rules covering a node are found with one
-/// lookup per directory level instead of a scan.
+/// Path rules of one access letter by node (path, exact), so the rules covering a node are
+/// found with one lookup per directory level instead of a scan.
 struct NodeIndex<'a> {
-    by_node: BTreeMap<&'a Node, Vec<&'a Ranked>>,
+    /// (Hashed with foldhash: this and the identities' cache are most of a compile's lookups.)
+    by_node: foldhash::HashMap<(&'a [u8], bool), Vec<&'a Ranked>>,
 }
 
 impl<'a> NodeIndex<'a> {
     fn new(list: &'a [(Node, Ranked)]) -> Self {
-        let mut by_node: BTreeMap<&Node, Vec<&Ranked>> = BTreeMap::new();
+        let mut by_node: foldhash::HashMap<(&[u8], bool), Vec<&Ranked>> = Default::default();
         for (n, r) in list {
-            by_node.entry(n).or_default().push(r);
+            by_node.entry((&n.path, n.exact)).or_default().push(r);
         }
         Self { by_node }
     }
 
-    /// Rules at `node` itself and at every directory prefix that covers it.
-    fn covering(&self, node: &Node) -> impl Iterator<Item = &'a Ranked> + '_ {
-        let path = &node.path;
-        // The directories that contain `path` (and `path` itself, as a directory).
-        let mut dirs: Vec<Vec<u8>> = vec![b"/".to_vec()];
-        for (i, c) in path.iter().enumerate() {
-            if *c == b'/' && i > 0 {
-                dirs.push(path[..i].to_vec());
-                dirs.push(path[..=i].to_vec());
-            }
-        }
-        dirs.push(path.clone());
-        let mut keys: Vec<Node> = dirs
+    /// Rules at `node` itself and at every directory prefix that covers it: `/`, then at each
+    /// later `/` the directory without and with it, then the path itself as a directory, then
+    /// the exact node. That is shortest first, the order of the nodes as [`Node`]s, which
+    /// decides between rules that rank alike (see [`pair_of`]). Allocates nothing: it runs for
+    /// every node of every class.
+    fn covering<'n>(&'n self, node: &'n Node) -> impl Iterator<Item = &'a Ranked> + 'n {
+        let path = &node.path[..];
+        let dirs = path
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, c)| **c == b'/')
+            .flat_map(|(i, _)| [i, i + 1]);
+        let mut last = None;
+        path.starts_with(b"/")
+            .then_some(1)
             .into_iter()
-            .map(|path| Node { path, exact: false })
-            .collect();
-        if node.exact {
-            keys.push(node.clone());
-        }
-        keys.sort();
-        keys.dedup();
-        keys.into_iter()
-            .filter(|k| k.covers(node))
+            .chain(dirs)
+            .chain([path.len()])
+            // Lengths only grow; a path ending in `/` names its last directory twice.
+            .filter(move |&n| last.replace(n) != Some(n))
+            .map(|n| (&path[..n], false))
+            .chain(node.exact.then_some((path, true)))
             .filter_map(|k| self.by_node.get(&k))
             .flatten()
             .copied()
-            .collect::<Vec<_>>()
-            .into_iter()
     }
 }
 
@@ -604,7 +593,8 @@ pub fn compile_from(
         // Writing one needs an open for write, so one exact rule per file, on `w`, is enough.
         {
             let list = rules.paths.entry(access::WRITE).or_default();
-            for file in root_interface_files(&agent.path) {
+            for (file, found) in root_interface_files(&agent.path) {
+                identities.found_in(&agent.path, &file, found);
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = [1, 0, u32::MAX, 0];
                 list.push((

@@ -46,6 +46,7 @@ pub use self::{
 };
 
 pub use canary::Canary;
+pub(crate) use compile::Selectors;
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile, compile_from};
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.

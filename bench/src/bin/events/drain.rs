@@ -59,7 +59,8 @@ pub(super) fn drain_bench(env: &Env, rounds: usize) -> Res<DrainResult> {
         return Err(format!("compiling the policy: {:?}", compiled.errors));
     }
     ctx(enforcer.install(&compiled), "installing the policy")?;
-    let names = governance::daemon::generation::names(&set, &found);
+    let matching = governance::daemon::generation::selected(&set, &found);
+    let names = governance::daemon::generation::names(&set, &found, &matching);
     let clock = Clock::now();
     let mut ring = ctx(enforcer.take_events(), "taking the event ring")?;
     let counters = |e: &Enforcer| -> Res<(u64, u64)> {

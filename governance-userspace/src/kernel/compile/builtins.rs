@@ -28,17 +28,17 @@ pub(super) const DELEGATED: [&str; 3] =
 /// (read-only statistics need no rule) except what delegation grants, `cgroup.kill` (it only
 /// kills the agent) and the `*.pressure` files (writing one sets a PSI trigger for the reader).
 /// None if the directory cannot be read.
-pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<PathBuf> {
+///
+/// Each with its identity, from the directory listing itself (see [`Identities::found_in`]): a
+/// thousand agents have tens of thousands of these files, and resolving each by its path again
+/// was a third of compiling a generation.
+pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<(PathBuf, Found)> {
     use std::os::unix::fs::PermissionsExt as _;
     let Ok(dir) = std::fs::read_dir(root) else {
         return Vec::new();
     };
-    let mut files: Vec<PathBuf> = dir
+    let mut files: Vec<(PathBuf, Found)> = dir
         .flatten()
-        .filter(|e| {
-            e.metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o200 != 0)
-        })
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
@@ -46,7 +46,14 @@ pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<PathBuf> {
                 && name != "cgroup.kill"
                 && !name.ends_with(".pressure")
         })
-        .map(|e| e.path())
+        .filter_map(|e| {
+            // Not followed: a regular file here is not a symlink.
+            let m = e.metadata().ok()?;
+            (m.is_file() && m.permissions().mode() & 0o200 != 0).then(|| {
+                let found = (crate::kernel::kernel_dev(m.dev()), m.ino(), false);
+                (e.path(), found)
+            })
+        })
         .collect();
     files.sort();
     files

@@ -68,12 +68,16 @@ pub(super) fn build_class(
         let nodes: BTreeSet<Node> = index
             .by_node
             .keys()
-            .flat_map(|n| {
-                let dir = (!n.exact && n.path.last() != Some(&b'/')).then(|| Node {
-                    path: n.path.clone(),
+            .flat_map(|&(path, exact)| {
+                let dir = (!exact && path.last() != Some(&b'/')).then(|| Node {
+                    path: path.to_vec(),
                     exact: true,
                 });
-                std::iter::once((*n).clone()).chain(dir)
+                std::iter::once(Node {
+                    path: path.to_vec(),
+                    exact,
+                })
+                .chain(dir)
             })
             .collect();
         for node in &nodes {

@@ -30,8 +30,8 @@ pub(super) type Found = (u32, u64, bool);
 /// Paths that do not exist when the generation is built have no identity (their path rules
 /// still apply). Results are cached for the generation: agents share policies.
 pub(crate) struct Identities {
-    pub(super) stat: HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
-    pub(super) below: HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub(super) stat: foldhash::HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
+    pub(super) below: foldhash::HashMap<Vec<u8>, Vec<Vec<u8>>>,
     pub(super) budget: usize,
     pub(super) skip: Vec<Vec<u8>>,
     pub(crate) notes: BTreeSet<String>,
@@ -72,8 +72,8 @@ pub(super) fn severer(a: RulePair, b: RulePair) -> RulePair {
 impl Identities {
     pub(crate) fn new(protect: &Protect) -> Self {
         Self {
-            stat: HashMap::new(),
-            below: HashMap::new(),
+            stat: Default::default(),
+            below: Default::default(),
             budget: ENUMERATION_BUDGET,
             // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
             // its own protections), and the kernel settings' pseudo filesystems (hard links and
@@ -91,22 +91,38 @@ impl Identities {
     /// The canonical path and identity of `path`, if it exists.
     pub(super) fn find(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found)> {
         use std::os::unix::ffi::OsStrExt as _;
-        self.stat
-            .entry(path.to_vec())
-            .or_insert_with(|| {
-                let p = Path::new(std::ffi::OsStr::from_bytes(path));
-                let real = std::fs::canonicalize(p).ok()?;
-                let meta = std::fs::metadata(&real).ok()?;
-                Some((
-                    path_bytes(&real),
-                    (
-                        crate::kernel::kernel_dev(meta.dev()),
-                        meta.ino(),
-                        meta.is_dir(),
-                    ),
-                ))
-            })
-            .clone()
+        if let Some(known) = self.stat.get(path) {
+            return known.clone();
+        }
+        let p = Path::new(std::ffi::OsStr::from_bytes(path));
+        let found = std::fs::canonicalize(p).ok().and_then(|real| {
+            let meta = std::fs::metadata(&real).ok()?;
+            Some((
+                path_bytes(&real),
+                (
+                    crate::kernel::kernel_dev(meta.dev()),
+                    meta.ino(),
+                    meta.is_dir(),
+                ),
+            ))
+        });
+        self.stat.insert(path.to_vec(), found.clone());
+        found
+    }
+
+    /// Record what [`find`](Self::find) would answer for `file`, a directory entry of `dir`
+    /// that is not a symlink and whose identity the listing gave: its canonical path is that of
+    /// `dir` and its name.
+    pub(super) fn found_in(&mut self, dir: &Path, file: &Path, found: Found) {
+        let (Some((mut real, _)), Some(name)) = (self.find(&path_bytes(dir)), file.file_name())
+        else {
+            return;
+        };
+        if real.last() != Some(&b'/') {
+            real.push(b'/');
+        }
+        real.extend_from_slice(name.as_encoded_bytes());
+        self.stat.insert(path_bytes(file), Some((real, found)));
     }
 
     /// Below directory `dir` (canonical): files with more than one name, and mount points.

@@ -52,6 +52,65 @@ fn decided(k: &KernelPolicy, c: &Class, letter: u8, path: &str) -> Option<RulePa
     }
 }
 
+/// Does a rule at node `rule` cover the node `other`? (The definition `NodeIndex::covering`
+/// implements with one lookup per directory level.)
+fn covers(rule: &Node, other: &Node) -> bool {
+    if rule.exact {
+        return other.exact && other.path == rule.path;
+    }
+    let dir = &rule.path;
+    other.path == *dir
+        || (other.path.starts_with(dir)
+            && (dir.last() == Some(&b'/') || other.path.get(dir.len()) == Some(&b'/')))
+}
+
+/// `covering` yields the rules of exactly the nodes that cover the one asked about, in the
+/// nodes' order (which decides between rules that rank alike): for exact and prefix nodes,
+/// trailing and doubled slashes, the root, and paths that share a prefix but not a directory.
+#[test]
+fn covering_is_every_covering_node_in_node_order() {
+    let paths = [
+        "/", "/a", "/a/", "/a/b", "/a/b/", "/a/bc", "/a/b/c", "/ab", "//a", "/a//b", "a/b",
+    ];
+    let nodes: Vec<Node> = paths
+        .iter()
+        .flat_map(|p| {
+            [false, true].map(|exact| Node {
+                path: p.as_bytes().to_vec(),
+                exact,
+            })
+        })
+        .collect();
+    // Two rules per node, so the order within a node is checked too.
+    let list: Vec<(Node, Ranked)> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| {
+            [0, 1].map(|j| {
+                let r = Ranked {
+                    specificity: [0; 4],
+                    rule: rule_ref(2 * i as u32 + j, KVerdict::Block, 0),
+                    shadow: false,
+                };
+                (n.clone(), r)
+            })
+        })
+        .collect();
+    let index = NodeIndex::new(&list);
+    let mut sorted = nodes.clone();
+    sorted.sort();
+    for node in &nodes {
+        let got: Vec<u32> = index.covering(node).map(|r| r.rule.rule_id).collect();
+        let want: Vec<u32> = sorted
+            .iter()
+            .filter(|k| covers(k, node))
+            .flat_map(|k| list.iter().filter(move |(n, _)| n == k))
+            .map(|(_, r)| r.rule.rule_id)
+            .collect();
+        assert_eq!(got, want, "{node:?}");
+    }
+}
+
 #[test]
 fn path_rules_push_down_so_the_longest_match_is_the_best_rule() {
     let set = parse(&[(
