@@ -469,3 +469,36 @@ fn a_reread_reuses_unchanged_documents_and_reads_changed_and_moved_ones() {
     assert!(!Arc::ptr_eq(&first.policies[0], &fourth.policies[0]));
     assert_eq!(fourth.policies[0].file, Path::new("q.yaml"));
 }
+
+/// Documents are split at `---` lines (trailing blanks allowed), each with the number of its
+/// first line; comment-only documents are dropped. A file with CRLF line ends reads as the same
+/// policies, at the same positions, and its problems are reported at the same places.
+#[test]
+fn documents_split_at_marker_lines_and_crlf_reads_the_same() {
+    let text = "# head\n---\nname: a\n---  \n# only a comment\n---\nname: b\nx: |\n  ---\n";
+    let docs = super::load::documents(text);
+    let firsts: Vec<usize> = docs.iter().map(|d| d.0).collect();
+    assert_eq!(firsts, [2, 6], "{docs:?}");
+    assert_eq!(docs[0].1, "name: a\n");
+    assert_eq!(docs[1].1, "name: b\nx: |\n  ---\n");
+    let lf = "name: a\nagents: { cgroup: agents/a }\nrules:\n  - { id: r, exec: { path: /bin/x }, verdict: block, reason: r }\n---\nname: b\nagents: { cgroup: agents/b }\nrules:\n  - id: s\n    exec: { path: /bin/y }\n    verdict: allow\n    reason: |\n      two\n      lines\n";
+    let crlf = lf.replace('\n', "\r\n");
+    let read = |t: &str| parse(&[(PathBuf::from("p.yaml"), t.to_owned())]);
+    let (a, b) = (read(lf).unwrap(), read(&crlf).unwrap());
+    assert_eq!(a.policies.len(), 2);
+    for (p, q) in a.policies.iter().zip(&b.policies) {
+        assert_eq!(p.name, q.name);
+        assert_eq!(p.at, q.at);
+        for (r, s) in p.rules.iter().zip(&q.rules) {
+            assert_eq!((&r.id, &r.at, &r.reason), (&s.id, &s.at, &s.reason));
+        }
+    }
+    assert!(b.policies[1].rules[0].reason.starts_with("two\nlines"));
+    let bad = lf.replace("verdict: allow", "verdict: maybe");
+    let (e1, e2) = (
+        read(&bad).unwrap_err().to_string(),
+        read(&bad.replace('\n', "\r\n")).unwrap_err().to_string(),
+    );
+    assert_eq!(e1, e2);
+    assert!(e1.contains("p.yaml:11:"), "{e1}");
+}
