@@ -374,7 +374,14 @@ pub fn compile_from(
     let mut identities = Identities::new(protect);
     // The same for every agent: resolved once (each spelling is a canonicalize).
     let cgroup_root = spellings(&protect.cgroup_root);
-    let mut shared_by: BTreeMap<u32, Vec<(u8, Node, Ranked)>> = BTreeMap::new();
+    // Per combination of relaxations: the shared built-ins, and their keys in a class's table.
+    type Shared = (Vec<(u8, Node, Ranked)>, Vec<(u8, Vec<u8>)>);
+    let mut shared_by: BTreeMap<u32, Shared> = BTreeMap::new();
+    let shared_of = |relaxed| {
+        let shared = shared_denied(protect, relaxed);
+        let keys = shared_keys(&shared);
+        (shared, keys)
+    };
     let mut seq_classes = Vec::new();
     let selectors = Selectors::new(set);
     for agent in agents {
@@ -549,16 +556,15 @@ pub fn compile_from(
         };
         let reports = super::report::default_aux_of(&governing);
         let relaxations = relaxations(&governing);
-        let shared = shared_by
+        let (shared, shared_keys) = &*shared_by
             .entry(relaxations)
-            .or_insert_with(|| shared_denied(protect, relaxations))
-            .clone();
+            .or_insert_with(|| shared_of(relaxations));
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
             // The shared built-ins are in the class too, for the identity resolution and so
             // the rules below them are pushed down right; their own nodes are stored once, in
             // the built-in class (see `builtin_classes`).
-            for (l, node, r) in &shared {
+            for (l, node, r) in shared {
                 if *l == letter {
                     list.push((node.clone(), *r));
                 }
@@ -610,7 +616,7 @@ pub fn compile_from(
         c.value.class = class;
         super::report::set_defaults(&mut c.value, reports);
         identities.resolve(&mut c);
-        drop_shared(&mut c, &shared);
+        drop_shared(&mut c, shared_keys);
         c.value.allow |= relaxations;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
@@ -701,7 +707,7 @@ pub fn compile_from(
             c.value.class = pc;
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
-            drop_shared(&mut c, &shared);
+            drop_shared(&mut c, shared_keys);
             if let Some(list) = seq_list {
                 out.sequences.push((pc, list));
             }
@@ -716,9 +722,9 @@ pub fn compile_from(
         .collect();
     for relaxed in combos {
         let mut rules = Rules::default();
-        let shared = shared_by
+        let (shared, _) = shared_by
             .entry(relaxed)
-            .or_insert_with(|| shared_denied(protect, relaxed));
+            .or_insert_with(|| shared_of(relaxed));
         for (letter, node, r) in shared.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }

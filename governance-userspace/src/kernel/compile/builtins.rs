@@ -158,15 +158,25 @@ pub(super) fn shared_denied(protect: &Protect, relaxed: u32) -> Vec<(u8, Node, R
     out
 }
 
-/// Leave the shared built-ins' own nodes to the built-in class (their answer there is the
-/// same: a built-in outranks every rule).
-pub(super) fn drop_shared(c: &mut Class, shared: &[(u8, Node, Ranked)]) {
-    for (letter, node, _) in shared {
-        c.paths.remove(&(*letter, node.bytes()));
-        let exact = Node {
-            path: node.path.clone(),
-            exact: true,
-        };
-        c.paths.remove(&(*letter, exact.bytes()));
+/// The keys of the shared built-ins' own nodes in a class's path table, as a prefix and as the
+/// exact node a prefix also stores (see [`drop_shared`]).
+pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> Vec<(u8, Vec<u8>)> {
+    shared
+        .iter()
+        .flat_map(|(letter, node, _)| {
+            let exact = Node {
+                path: node.path.clone(),
+                exact: true,
+            };
+            [(*letter, node.bytes()), (*letter, exact.bytes())]
+        })
+        .collect()
+}
+
+/// Leave the shared built-ins' own nodes ([`shared_keys`]) to the built-in class (their answer
+/// there is the same: a built-in outranks every rule).
+pub(super) fn drop_shared(c: &mut Class, keys: &[(u8, Vec<u8>)]) {
+    for key in keys {
+        c.paths.remove(key);
     }
 }
