@@ -31,7 +31,7 @@ pub(super) const DELEGATED: [&str; 3] =
 ///
 /// Each with its identity, from the directory listing itself (see [`Identities::found_in`]): a
 /// thousand agents have tens of thousands of these files, and resolving each by its path again
-/// was a third of compiling a generation.
+/// (a `readlink` per component, then a `statx`) was a sixth of compiling their generation.
 pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<(PathBuf, Found)> {
     use std::os::unix::fs::PermissionsExt as _;
     let Ok(dir) = std::fs::read_dir(root) else {
