@@ -57,9 +57,16 @@ fn build() -> Result<(), String> {
     .arg(&target_dir)
     .current_dir(workspace)
     // debuginfo makes the linker emit BTF, which the kernel needs for the maps.
+    // --disable-expand-memcpy-in-order: by default bpf-linker has LLVM keep every memset as a
+    // call to a byte-at-a-time memset subprogram (every zeroed field run, e.g. a key's padding,
+    // 4 to 26 calls per program), which the verifier walks byte by byte on every path that
+    // reaches it; without it, LLVM writes the zeroes as plain stores.
     .env(
         "CARGO_ENCODED_RUSTFLAGS",
-        format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+        format!(
+            "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f\
+             -Clink-arg=--disable-expand-memcpy-in-order"
+        ),
     );
     // The outer build's compiler settings must not leak into the nightly build.
     for key in [

@@ -1,8 +1,9 @@
 //! Helpers for the kernel integration tests: real cgroups, real forked processes, real eBPF.
 //!
-//! Each test makes its own cgroups (removed on drop), loads its own copy of the programs with its
-//! own maps, and runs each attempt in a freshly forked child, so tests do not share state and a
-//! denial is always paired with a control run of the same attempt outside the agent.
+//! Each test makes its own cgroups (removed on drop), installs its own policy (on its own copy of
+//! the programs with [`load`], or as the next generation on the process's one copy with
+//! [`install`]), and runs each attempt in a freshly forked child, so a denial is always paired
+//! with a control run of the same attempt outside the agent.
 
 use std::{
     ffi::CString,
@@ -1190,15 +1191,26 @@ pub struct Loaded {
 
 /// A pin directory unique to this process and call, unloaded when dropped so that a failing
 /// test leaves nothing attached (declare it before the daemon that uses it: locals drop in
-/// reverse order, so the daemon is gone first).
-pub struct PinDir(PathBuf);
+/// reverse order, so the daemon is gone first). The process's shared one ([`install`]) is
+/// unloaded when the process exits instead.
+pub struct PinDir(PathBuf, Unload);
+
+/// When a [`PinDir`] is unloaded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unload {
+    OnDrop,
+    AtExit,
+}
 
 pub fn pin_dir(label: &str) -> PinDir {
-    PinDir(PathBuf::from(format!(
-        "/sys/fs/bpf/governance-test-{}-{}-{label}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )))
+    PinDir(
+        PathBuf::from(format!(
+            "/sys/fs/bpf/governance-test-{}-{}-{label}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )),
+        Unload::OnDrop,
+    )
 }
 
 impl std::ops::Deref for PinDir {
@@ -1216,16 +1228,48 @@ impl AsRef<std::ffi::OsStr> for PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if self.0.exists() {
+        if self.1 == Unload::OnDrop && self.0.exists() {
             let _ = kernel::unload(&self.0);
         }
     }
 }
 
 /// Parse `yaml`, resolve its agents (cgroups must exist), attach every program this kernel
-/// allows (with the degraded exec fallback where the LSM is refused) and install the policy.
-/// Tests check the hooks they need with [`Loaded::require`].
+/// allows (with the degraded exec fallback where the LSM is refused) and install the policy,
+/// all under a pin directory of its own. Tests check the hooks they need with
+/// [`Loaded::require`].
 pub fn load(yaml: &str) -> Loaded {
+    load_under(yaml, pin_dir("load"))
+}
+
+/// The pin directory [`install`] shares within this process.
+static SHARED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+extern "C" fn unload_shared() {
+    if let Some(pins) = SHARED.get() {
+        let _ = kernel::unload(pins);
+    }
+}
+
+/// As [`load`], but on this process's one set of programs: the first call loads and attaches
+/// them, and every call installs `yaml` on them as the next generation, as a daemon's reload
+/// does (the previous test's agents and tables are replaced, the counters carry on). Loading
+/// costs about a minute of verifier time under emulation, which the VM suite would otherwise
+/// pay once per test. What an earlier test left in the event ring is dropped first. The
+/// programs are unloaded when the process exits.
+pub fn install(yaml: &str) -> Loaded {
+    let pins = SHARED.get_or_init(|| {
+        // SAFETY: registers a function without arguments, run once at exit.
+        unsafe { libc::atexit(unload_shared) };
+        PathBuf::from(format!(
+            "/sys/fs/bpf/governance-test-{}-shared",
+            std::process::id()
+        ))
+    });
+    load_under(yaml, PinDir(pins.clone(), Unload::AtExit))
+}
+
+fn load_under(yaml: &str, pins: PinDir) -> Loaded {
     let policy = policy::parse(&[("test-policy.yaml".into(), yaml.to_owned())])
         .unwrap_or_else(|e| panic!("{e}"));
     let root = agents::cgroup2_mount().unwrap();
@@ -1234,10 +1278,9 @@ pub fn load(yaml: &str) -> Loaded {
         !agents.is_empty(),
         "the test policy's agent cgroup was not found"
     );
-    let pins = pin_dir("load");
     let mut enforcer =
         Enforcer::start(&pins, &root, true).unwrap_or_else(|e| panic!("loading eBPF: {e}"));
-    let generation = 1;
+    let generation = enforcer.generation().unwrap() + 1;
     let protect = kernel::Protect {
         cgroup_root: root.clone(),
         no_write: vec![pins.to_path_buf()],
@@ -1254,7 +1297,8 @@ pub fn load(yaml: &str) -> Loaded {
         .install(&compiled)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
-    let events = enforcer.take_events().unwrap();
+    let mut events = enforcer.take_events().unwrap();
+    while events.next().is_some() {}
     Loaded {
         enforcer,
         agents,
