@@ -1203,7 +1203,6 @@ enum Unload {
 }
 
 pub fn pin_dir(label: &str) -> PinDir {
-    release_shared();
     PinDir(
         PathBuf::from(format!(
             "/sys/fs/bpf/governance-test-{}-{}-{label}",
@@ -1243,19 +1242,12 @@ pub fn load(yaml: &str) -> Loaded {
     load_under(yaml, pin_dir("load"))
 }
 
-/// The pin directory [`install`] shares within this process, while its programs are loaded.
-static SHARED: std::sync::Mutex<Option<PathBuf>> = std::sync::Mutex::new(None);
+/// The pin directory [`install`] shares within this process.
+static SHARED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 extern "C" fn unload_shared() {
-    release_shared();
-}
-
-/// Unload the programs [`install`] shares, if they are loaded: a test that loads its own (with
-/// a daemon, under a [`pin_dir`]) then runs with those alone, as on a node.
-fn release_shared() {
-    let taken = SHARED.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(pins) = taken {
-        let _ = kernel::unload(&pins);
+    if let Some(pins) = SHARED.get() {
+        let _ = kernel::unload(pins);
     }
 }
 
@@ -1264,24 +1256,17 @@ fn release_shared() {
 /// does (the previous test's agents and tables are replaced, the counters carry on). Loading
 /// costs about a minute of verifier time under emulation, which the VM suite would otherwise
 /// pay once per test. What an earlier test left in the event ring is dropped first. The
-/// programs are unloaded when the process exits, or before a test makes a [`pin_dir`] of its own.
+/// programs are unloaded when the process exits.
 pub fn install(yaml: &str) -> Loaded {
-    static AT_EXIT: std::sync::Once = std::sync::Once::new();
-    // SAFETY: registers a function without arguments, run once at exit.
-    AT_EXIT.call_once(|| unsafe {
-        libc::atexit(unload_shared);
+    let pins = SHARED.get_or_init(|| {
+        // SAFETY: registers a function without arguments, run once at exit.
+        unsafe { libc::atexit(unload_shared) };
+        PathBuf::from(format!(
+            "/sys/fs/bpf/governance-test-{}-shared",
+            std::process::id()
+        ))
     });
-    let pins = SHARED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(|| {
-            PathBuf::from(format!(
-                "/sys/fs/bpf/governance-test-{}-shared",
-                std::process::id()
-            ))
-        })
-        .clone();
-    load_under(yaml, PinDir(pins, Unload::AtExit))
+    load_under(yaml, PinDir(pins.clone(), Unload::AtExit))
 }
 
 fn load_under(yaml: &str, pins: PinDir) -> Loaded {
