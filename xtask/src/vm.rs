@@ -76,7 +76,14 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
         .arg(&spec.kernel)
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"])
+        // A guest that locks up panics (softlockup_panic), printing every CPU's stack at
+        // loglevel 5, instead of hanging until the deadline; watchdog_thresh=60 reports a CPU
+        // only after 120 s without scheduling, which a busy host does not cause.
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=5 watchdog_thresh=60 softlockup_panic=1 \
+             softlockup_all_cpu_backtrace=1 rdinit=/init",
+        ])
         .args([
             "-m",
             &spec.memory_mib.to_string(),
@@ -104,7 +111,18 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
         .stderr(Stdio::piped());
     // Software emulation by default: nested KVM on these machines exposes /dev/kvm but aborts
     // at the first vCPU setup. GOVERNANCE_VM_ACCEL=kvm opts in where KVM works.
-    let accel = std::env::var("GOVERNANCE_VM_ACCEL").unwrap_or_else(|_| "tcg".into());
+    //
+    // One host thread runs both vCPUs (thread=single). With a thread per vCPU, qemu 7.2
+    // (Debian 12's) can keep executing a stale translation of kernel code that another vCPU
+    // has just rewritten: attaching or detaching a BPF LSM program rewrites the hook
+    // function's first instruction (text_poke_bp: int3, then the call), and a vCPU caught in
+    // the middle ran the int3 forever (the kernel's int3 handler finds the call in memory and
+    // sends it back to re-run it). The guest locked up with `RIP: bpf_lsm_mmap_file+0x0`, its
+    // code bytes showing the call, in two of seven runs of the suite (or part of it) and
+    // within five minutes of loading and unloading the programs while processes exec. A
+    // single thread cannot translate while another vCPU writes. The suite takes about a fifth
+    // longer this way. On hardware (and KVM) the CPU keeps cross-modified code coherent.
+    let accel = std::env::var("GOVERNANCE_VM_ACCEL").unwrap_or_else(|_| "tcg,thread=single".into());
     cmd.args(["-accel", &accel]);
     progress(&format!(
         "booting {} in {} (timeout {:?})",
