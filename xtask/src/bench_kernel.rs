@@ -253,6 +253,7 @@ fn in_vm(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>> 
         script,
         timeout: b.vm_timeout,
         memory_mib: 1536,
+        one_thread: false,
     };
     // Its own work directory, so that a `cargo xtask test` at the same time keeps its image.
     let work = target_dir().join("governance-vm-bench");

@@ -173,6 +173,7 @@ pub(super) fn boot(
         script,
         timeout,
         memory_mib: 1536,
+        one_thread: true,
     };
     let work = target_dir().join("governance-vm");
     std::fs::create_dir_all(&work)?;
