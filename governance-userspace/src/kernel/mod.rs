@@ -181,14 +181,20 @@ const STATE_BUILD: u32 = 1;
 /// present different builds, so the handover runs between two real daemons. The handover
 /// never reads the previous build's maps beyond its build id, so the salt changes nothing else
 /// it does.
+///
+/// Computed once: reading the object again would bring its pages back into the resident set
+/// (see [`Enforcer::start`]).
 pub fn build_id() -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    let salt = std::env::var("GOVERNANCE_TEST_BUILD_SALT").unwrap_or_default();
-    for b in EBPF_OBJECT.iter().chain(salt.as_bytes()) {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h.max(1)
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let mut h: u32 = 0x811c_9dc5;
+        let salt = std::env::var("GOVERNANCE_TEST_BUILD_SALT").unwrap_or_default();
+        for b in EBPF_OBJECT.iter().chain(salt.as_bytes()) {
+            h ^= u32::from(*b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h.max(1)
+    })
 }
 
 impl Enforcer {
@@ -204,7 +210,20 @@ impl Enforcer {
     /// program at `cgroup_root` (the cgroup2 root: the programs themselves decide who is an
     /// agent) and pin maps and links. With `degraded_exec`, a kernel that refuses the exec LSM
     /// gets the kill-after-exec tracepoint instead.
+    ///
+    /// Then the embedded object (3.9 MB, read whole to load it and to compute [`build_id`]) is
+    /// taken out of the daemon's resident set: nothing reads it again.
     pub fn start(
+        pin_dir: &Path,
+        cgroup_root: &Path,
+        degraded_exec: bool,
+    ) -> Result<Self, KernelError> {
+        let started = Self::load_or_adopt(pin_dir, cgroup_root, degraded_exec);
+        crate::memory::page_out(EBPF_OBJECT);
+        started
+    }
+
+    fn load_or_adopt(
         pin_dir: &Path,
         cgroup_root: &Path,
         degraded_exec: bool,
