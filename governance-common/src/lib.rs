@@ -552,6 +552,16 @@ pub const SCOPE_DEVICE: u32 = 3;
 /// letter its marker lacks, the walk could find nothing, and the kernel skips it: an agent's
 /// opens on a filesystem where no identity rule names anything (a container's overlay, a
 /// tmpfs, /proc) cost no walk.
+///
+/// Shared entries: most of a class's entries are those of the built-in protections (the
+/// daemon's files, the kernel's settings, the system files), the same in every class of a
+/// generation with the same relaxations. They are stored once, under the class
+/// [`builtin_class`] gives (as the shared built-in path rules are), and each class keeps only
+/// the entries in which it differs: a key the class lacks is looked up in its shared class.
+/// An entry with no slot present stands for "none here" where the shared class has one. The
+/// markers are never shared: each class keeps its own, which also says whether the class has
+/// entries of its own on the device ([`IdentValue::own_entries`]); where it has none, the walk
+/// reads the shared class only, one lookup per level as before.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdentKey {
@@ -570,6 +580,20 @@ pub struct IdentKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct IdentValue {
     pub rules: [RulePair; 4],
+}
+
+impl IdentValue {
+    /// For a device's marker: does the class have entries of its own on the device (see
+    /// [`IdentKey`], shared entries)? Kept in the first slot's shadow side, which a marker
+    /// does not otherwise use.
+    pub const fn own_entries(&self) -> bool {
+        self.rules[0].shadow.present != 0
+    }
+
+    /// Set [`own_entries`](Self::own_entries) of a marker.
+    pub const fn set_own_entries(&mut self, own: bool) {
+        self.rules[0].shadow.present = own as u8;
+    }
 }
 
 /// The access letters of [`IdentValue::rules`], in order.

@@ -266,12 +266,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     // SAFETY: see read_at.
     let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
         .map_err(|_| Cause::Unreadable)
-        .and_then(
-            |dentry| match device_letters(agent.value.class, dentry)? & asked {
-                0 => Ok(None),
-                want => walk(0, agent.value.class, dentry, want).map(Some),
-            },
-        );
+        .and_then(|dentry| match device_letters(&agent.value, dentry)? {
+            (letters, tables) if letters & asked != 0 => {
+                walk(0, tables, dentry, letters & asked).map(Some)
+            }
+            _ => Ok(None),
+        });
     match ident {
         Ok(None) => {}
         Ok(Some(a)) => {

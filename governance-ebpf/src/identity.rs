@@ -16,9 +16,9 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME,
-    LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef,
-    SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Verdict,
+    AgentValue, Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD,
+    LINK_OP_RENAME, LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE,
+    RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class,
 };
 
 use crate::{
@@ -132,47 +132,79 @@ impl Answer {
     }
 }
 
-/// The letters a walk from `dentry` is for: those its device's marker holds (see
-/// governance_common::IdentKey). 0 when no identity rule of `class` could answer on that
-/// device (or the class has none): the walk is skipped.
+/// The identity tables of an agent (or sandbox profile) on one device: its class's own entries,
+/// then, for a key they lack, the shared built-in entries of its relaxations (see
+/// governance_common::IdentKey, shared entries). `own` is 0 where the class has no entries of
+/// its own on the device (class numbers start at 1): one lookup per key, in the shared class.
+#[derive(Clone, Copy)]
+pub(crate) struct Tables {
+    own: u32,
+    shared: u32,
+}
+
+impl Tables {
+    #[inline(always)]
+    fn get(self, dev: u32, ino: u64, scope: u32) -> Option<&'static IdentValue> {
+        let key = |class| IdentKey {
+            class,
+            dev,
+            ino,
+            scope,
+            _pad: 0,
+        };
+        if self.own != 0 {
+            // SAFETY: values are plain data, read by the caller before the program returns.
+            if let Some(v) = unsafe { IDENT_RULES.get(&key(self.own)) } {
+                return Some(v);
+            }
+        }
+        // SAFETY: as above.
+        unsafe { IDENT_RULES.get(&key(self.shared)) }
+    }
+}
+
+/// The letters a walk from `dentry` is for, and the tables it reads: the letters its device's
+/// marker holds (see governance_common::IdentKey; a class's markers are always its own, one
+/// lookup). 0 when no identity rule of the class could answer on that device (or the class
+/// has none): the walk is skipped.
 #[inline(always)]
-pub(crate) fn device_letters(class: u32, dentry: u64) -> Result<u8, Cause> {
+pub(crate) fn device_letters(value: &AgentValue, dentry: u64) -> Result<(u8, Tables), Cause> {
     // SAFETY: see read_at.
     let dev = unsafe {
         read_at::<u64>(dentry, off(&OFF_DENTRY_SB))
             .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV)))
     }
     .map_err(|_| Cause::Unreadable)?;
-    let key = IdentKey {
-        class,
+    let mut tables = Tables {
+        own: value.class,
+        shared: builtin_class(value.class, value.allow),
+    };
+    let marker = IdentKey {
+        class: value.class,
         dev,
         ino: 0,
         scope: SCOPE_DEVICE,
         _pad: 0,
     };
     // SAFETY: the value is read immediately.
-    Ok(match unsafe { IDENT_RULES.get(&key) } {
+    Ok(match unsafe { IDENT_RULES.get(&marker) } {
         Some(v) => {
-            u8::from(v.rules[0].enforce.present != 0)
+            if !v.own_entries() {
+                tables.own = 0;
+            }
+            let letters = u8::from(v.rules[0].enforce.present != 0)
                 | u8::from(v.rules[1].enforce.present != 0) << 1
                 | u8::from(v.rules[2].enforce.present != 0) << 2
-                | u8::from(v.rules[3].enforce.present != 0) << 3
+                | u8::from(v.rules[3].enforce.present != 0) << 3;
+            (letters, tables)
         }
-        None => 0,
+        None => (0, tables),
     })
 }
 
 #[inline(always)]
-fn look(answer: &mut Answer, class: u32, dev: u32, ino: u64, scope: u32, want: u8) {
-    let key = IdentKey {
-        class,
-        dev,
-        ino,
-        scope,
-        _pad: 0,
-    };
-    // SAFETY: the value is read within this call.
-    if let Some(v) = unsafe { IDENT_RULES.get(&key) } {
+fn look(answer: &mut Answer, tables: Tables, dev: u32, ino: u64, scope: u32, want: u8) {
+    if let Some(v) = tables.get(dev, ino, scope) {
         answer.take(v, want);
     }
 }
@@ -208,9 +240,14 @@ fn parent_of(dentry: u64) -> Result<u64, Cause> {
 /// The identity rules for the letters in `want` that apply to the object `obj` (a dentry) where
 /// it is: `obj` itself, then every directory above it (see `walk_up`).
 #[inline(always)]
-pub(crate) fn walk(slot: u32, class: u32, obj: u64, want: u8) -> Result<&'static Answer, Cause> {
-    look_self(scratch(slot)?, class, obj, want)?;
-    walk_up(slot, class, obj, obj, want)?;
+pub(crate) fn walk(
+    slot: u32,
+    tables: Tables,
+    obj: u64,
+    want: u8,
+) -> Result<&'static Answer, Cause> {
+    look_self(scratch(slot)?, tables, obj, want)?;
+    walk_up(slot, tables, obj, obj, want)?;
     answer(slot)
 }
 
@@ -223,9 +260,9 @@ fn answer(slot: u32) -> Result<&'static Answer, Cause> {
 
 /// The rules of `obj` itself (its own identity entry), for the letters in `want`.
 #[inline(always)]
-fn look_self(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), Cause> {
+fn look_self(answer: &mut Answer, tables: Tables, obj: u64, want: u8) -> Result<(), Cause> {
     let (dev, ino) = identity(obj)?;
-    look(answer, class, dev, ino, SCOPE_SELF, want);
+    look(answer, tables, dev, ino, SCOPE_SELF, want);
     Ok(())
 }
 
@@ -233,8 +270,9 @@ fn look_self(answer: &mut Answer, class: u32, obj: u64, want: u8) -> Result<(), 
 /// stack).
 #[repr(C)]
 struct Walk {
-    class: u32,
+    tables: Tables,
     dev: u32,
+    _pad0: u32,
     root: u64,
     /// The last dentry looked at; its parent is next.
     child: u64,
@@ -286,7 +324,7 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
                 Ok(DONE)
             };
         }
-        look(answer, w.class, w.dev, ino_of(dir)?, SCOPE_BELOW, want);
+        look(answer, w.tables, w.dev, ino_of(dir)?, SCOPE_BELOW, want);
         w.child = dir;
         Ok(WALKING)
     })();
@@ -308,7 +346,7 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
 /// name is not cached: its directories are unknown) and past `MAX_IDENT_DEPTH` levels.
 /// Pseudo files (pipes, sockets, memfd) have no directory: only their own identity applies.
 #[inline(always)]
-fn walk_up(slot: u32, class: u32, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
+fn walk_up(slot: u32, tables: Tables, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
     // SAFETY: see read_at.
     let (dev, root) = unsafe {
         read_at::<u64>(obj, off(&OFF_DENTRY_SB)).and_then(|sb| {
@@ -320,8 +358,9 @@ fn walk_up(slot: u32, class: u32, obj: u64, child: u64, want: u8) -> Result<(), 
     }
     .map_err(|_| Cause::Unreadable)?;
     let mut w = Walk {
-        class,
+        tables,
         dev,
+        _pad0: 0,
         root,
         child,
         slot,
@@ -407,17 +446,9 @@ fn lost(src: &Answer, dst: &Answer, letters: u8) -> u64 {
 /// Is `obj` a directory above an object a restricting rule names (`SCOPE_HOLDS`)? 0, or
 /// `REFUSE | rule_id` of the first letter in `letters` held.
 #[inline(always)]
-fn holds(class: u32, obj: u64, letters: u8) -> Result<u64, Cause> {
+fn holds(tables: Tables, obj: u64, letters: u8) -> Result<u64, Cause> {
     let (dev, ino) = identity(obj)?;
-    let key = IdentKey {
-        class,
-        dev,
-        ino,
-        scope: SCOPE_HOLDS,
-        _pad: 0,
-    };
-    // SAFETY: the value is read within this call.
-    let Some(v) = (unsafe { IDENT_RULES.get(&key) }) else {
+    let Some(v) = tables.get(dev, ino, SCOPE_HOLDS) else {
         return Ok(0);
     };
     let rule = if letters & 1 != 0 && restricts(&v.rules[0]) {
@@ -460,19 +491,19 @@ fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
 /// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
 /// new name's), each one `bpf_loop`.
 #[inline(always)]
-fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
-    look_self(scratch(0)?, class, old, letters)?;
+fn judge(tables: Tables, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
+    look_self(scratch(0)?, tables, old, letters)?;
     let own = restricted(answer(0)?);
     if own != 0 {
         return Ok(first_rule(answer(0)?, own));
     }
-    let held = holds(class, old, letters)?;
+    let held = holds(tables, old, letters)?;
     if held != 0 {
         return Ok(held);
     }
     // The new name's directories (into slot 1, emptied first).
     scratch(1)?;
-    walk_up(1, class, old, new, letters)?;
+    walk_up(1, tables, old, new, letters)?;
     let dst = answer(1)?;
     // A new name is a create in its directory: refused where creating is.
     if restricted(dst) & 4 != 0 {
@@ -482,7 +513,7 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     let replaced: u64 =
         unsafe { read_at(new, off(&OFF_DENTRY_INODE)) }.map_err(|_| Cause::Unreadable)?;
     if replaced != 0 {
-        look_self(scratch(2)?, class, new, letters & (2 | 8))?;
+        look_self(scratch(2)?, tables, new, letters & (2 | 8))?;
         let refused = replacing(answer(2)?, dst, letters);
         if refused != 0 {
             return Ok(refused);
@@ -491,7 +522,7 @@ fn judge(class: u32, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);
     }
-    walk_up(0, class, old, old, letters)?;
+    walk_up(0, tables, old, old, letters)?;
     let src = answer(0)?;
     let kept = restricted(src);
     if kept == 0 {
@@ -564,11 +595,10 @@ fn new_name(old: u64, new: u64, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let class = agent.value.class;
     // The old and the new name are on one filesystem (links and renames do not cross them).
-    let judged = match device_letters(class, old) {
-        Ok(0) => return 0,
-        Ok(letters) => judge(class, old, new, letters),
+    let judged = match device_letters(&agent.value, old) {
+        Ok((0, _)) => return 0,
+        Ok((letters, tables)) => judge(tables, old, new, letters),
         Err(cause) => Err(cause),
     };
     match judged {
@@ -613,16 +643,15 @@ fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let class = agent.value.class;
     let asked = if truncate { 2 | 8 } else { 2 };
-    let want = match device_letters(class, dentry) {
-        Ok(letters) => letters & asked,
+    let (want, tables) = match device_letters(&agent.value, dentry) {
+        Ok((letters, tables)) => (letters & asked, tables),
         Err(cause) => return refuse(&agent, Err(cause), dentry, object_of(dentry), op),
     };
     if want == 0 {
         return 0;
     }
-    let refusal = match walk(0, class, dentry, want) {
+    let refusal = match walk(0, tables, dentry, want) {
         Ok(a) => {
             if want & 2 != 0 && a.found() & 2 != 0 && restricts(&a.write) {
                 Ok(a.write.enforce.rule_id)
@@ -692,9 +721,8 @@ fn new_entry(dentry: u64, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let class = agent.value.class;
-    let want = match device_letters(class, dentry) {
-        Ok(letters) => letters & 4,
+    let (want, tables) = match device_letters(&agent.value, dentry) {
+        Ok((letters, tables)) => (letters & 4, tables),
         Err(cause) => return refuse(&agent, Err(cause), dentry, 0, op),
     };
     if want == 0 {
@@ -702,7 +730,7 @@ fn new_entry(dentry: u64, op: u8) -> i32 {
     }
     let judged = (|| -> Result<u64, Cause> {
         scratch(1)?;
-        walk_up(1, class, dentry, dentry, want)?;
+        walk_up(1, tables, dentry, dentry, want)?;
         let dir = answer(1)?;
         Ok(if restricted(dir) & 4 != 0 {
             first_rule(dir, 4)

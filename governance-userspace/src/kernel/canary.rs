@@ -68,7 +68,12 @@ impl Enforcer {
                 }))
                 .collect(),
         };
-        let (entries, _) = self.entries(policy);
+        let (mut entries, _) = self.entries(policy);
+        // The shared built-in classes already in the slot are the generation's, which its
+        // agents' own identity entries were made against: the canary reads them as they are
+        // and never rewrites them.
+        entries.paths.retain(|k| !existing.contains(&k.0));
+        entries.idents.retain(|k| !existing.contains(&k.0));
         let result = self.apply(slot, &SlotEntries::default(), &entries);
         // Recorded with the slot's own entries: should the canary's removal fail, the next
         // install into this slot deletes them (a key already removed is no error there).

@@ -26,6 +26,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
+    rc::Rc,
 };
 
 use governance_common::{
@@ -375,13 +376,14 @@ pub fn compile_from(
     // The same for every agent: resolved once (each spelling is a canonicalize).
     let cgroup_root = spellings(&protect.cgroup_root);
     // Per combination of relaxations: the shared built-ins, and their keys in a class's table.
-    type Shared = (Vec<(u8, Node, Ranked)>, Vec<(u8, Vec<u8>)>);
-    let mut shared_by: BTreeMap<u32, Shared> = BTreeMap::new();
+    let mut shared_by: BTreeMap<u32, Rc<Shared>> = BTreeMap::new();
     let shared_of = |relaxed| {
         let shared = shared_denied(protect, relaxed);
         let keys = shared_keys(&shared);
-        (shared, keys)
+        Rc::new((shared, keys))
     };
+    // And their class (path rules and identity entries), built when a class first needs it.
+    let mut builtin_by: BTreeMap<u32, Class> = BTreeMap::new();
     let mut seq_classes = Vec::new();
     let selectors = Selectors::new(set);
     for agent in agents {
@@ -556,9 +558,12 @@ pub fn compile_from(
         };
         let reports = super::report::default_aux_of(&governing);
         let relaxations = relaxations(&governing);
-        let (shared, shared_keys) = &*shared_by
-            .entry(relaxations)
-            .or_insert_with(|| shared_of(relaxations));
+        let shared_here = Rc::clone(
+            shared_by
+                .entry(relaxations)
+                .or_insert_with(|| shared_of(relaxations)),
+        );
+        let (shared, shared_keys) = &*shared_here;
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
             // The shared built-ins are in the class too, for the identity resolution and so
@@ -648,6 +653,16 @@ pub fn compile_from(
         if let Some(first) = lists.first() {
             c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
         }
+        share_with_builtin(
+            &mut c,
+            &mut builtin_by,
+            &mut shared_by,
+            &shared_of,
+            &mut identities,
+            &mut out.errors,
+            &cgroup_root,
+            generation,
+        );
         let seq_list = sequence::classes(
             &sequences,
             &mut new_class,
@@ -708,6 +723,16 @@ pub fn compile_from(
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, shared_keys);
+            share_with_builtin(
+                &mut c,
+                &mut builtin_by,
+                &mut shared_by,
+                &shared_of,
+                &mut identities,
+                &mut out.errors,
+                &cgroup_root,
+                generation,
+            );
             if let Some(list) = seq_list {
                 out.sequences.push((pc, list));
             }
@@ -715,17 +740,64 @@ pub fn compile_from(
             out.classes.push(c);
         }
     }
-    let combos: BTreeSet<u32> = out
+    // Every class has its built-in class (made by share_with_builtin).
+    out.builtins = builtin_by.into_values().collect();
+    // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
+    out.classes.extend(seq_classes);
+    let entries: usize = out
         .classes
         .iter()
-        .map(|c| c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES))
-        .collect();
-    for relaxed in combos {
-        let mut rules = Rules::default();
-        let (shared, _) = shared_by
+        .chain(&out.builtins)
+        .map(|c| c.paths.len())
+        .sum();
+    if entries > (governance_common::MAX_PATH_RULES / 2) as usize {
+        out.errors.push(format!(
+            "{entries} path rule entries; the kernel table holds {} per generation",
+            governance_common::MAX_PATH_RULES / 2
+        ));
+    }
+    out.unenforceable = unenforceable.into_iter().collect();
+    out.notes = identities.notes.into_iter().collect();
+    let idents: usize = out
+        .classes
+        .iter()
+        .chain(&out.builtins)
+        .map(|c| c.idents.len())
+        .sum();
+    if idents > (governance_common::MAX_IDENT_RULES / 2) as usize {
+        out.errors.push(format!(
+            "{idents} identity entries; the kernel table holds {} per generation",
+            governance_common::MAX_IDENT_RULES / 2
+        ));
+    }
+    out
+}
+
+/// The built-in path rules of one combination of relaxations and what they protect, shared by
+/// the classes with those relaxations (see [`governance_common::builtin_class`]).
+type Shared = (Vec<(u8, Node, Ranked)>, Vec<(u8, Vec<u8>)>);
+
+/// Keep in class `c` only the identity entries in which it differs from the shared built-in
+/// class of its relaxations (see governance_common::IdentKey, shared entries), making that
+/// class on first use: its path rules and their identity entries.
+#[allow(clippy::too_many_arguments)]
+fn share_with_builtin(
+    c: &mut Class,
+    builtin_by: &mut BTreeMap<u32, Class>,
+    shared_by: &mut BTreeMap<u32, Rc<Shared>>,
+    shared_of: &impl Fn(u32) -> Rc<Shared>,
+    identities: &mut Identities,
+    errors: &mut Vec<String>,
+    cgroup_root: &[Vec<u8>],
+    generation: u32,
+) {
+    let relaxed = c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES);
+    let builtin = builtin_by.entry(relaxed).or_insert_with(|| {
+        let shared = shared_by
             .entry(relaxed)
             .or_insert_with(|| shared_of(relaxed));
-        for (letter, node, r) in shared.iter().cloned() {
+        let mut rules = Rules::default();
+        for (letter, node, r) in shared.0.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }
         // The cgroup tree is the classes' own (each agent's subtree is writable): a hole in
@@ -748,33 +820,11 @@ pub fn compile_from(
             }
         }
         let id = governance_common::builtin_class(class_id(generation, 0), relaxed);
-        let c = build_class(id, &rules, &mut out.errors, "(built-in)");
-        out.builtins.push(c);
-    }
-    // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
-    out.classes.extend(seq_classes);
-    let entries: usize = out
-        .classes
-        .iter()
-        .chain(&out.builtins)
-        .map(|c| c.paths.len())
-        .sum();
-    if entries > (governance_common::MAX_PATH_RULES / 2) as usize {
-        out.errors.push(format!(
-            "{entries} path rule entries; the kernel table holds {} per generation",
-            governance_common::MAX_PATH_RULES / 2
-        ));
-    }
-    out.unenforceable = unenforceable.into_iter().collect();
-    out.notes = identities.notes.into_iter().collect();
-    let idents: usize = out.classes.iter().map(|c| c.idents.len()).sum();
-    if idents > (governance_common::MAX_IDENT_RULES / 2) as usize {
-        out.errors.push(format!(
-            "{idents} identity entries; the kernel table holds {} per generation",
-            governance_common::MAX_IDENT_RULES / 2
-        ));
-    }
-    out
+        let mut b = build_class(id, &rules, errors, "(built-in)");
+        identities.resolve(&mut b);
+        b
+    });
+    share(c, &builtin.idents);
 }
 
 #[cfg(test)]

@@ -588,7 +588,14 @@ impl Enforcer {
             count(|c| c.paths.len()) + policy.builtins.iter().map(|c| c.paths.len()).sum::<usize>(),
         );
         w.net.reserve(count(|c| c.net.len()));
-        w.idents.reserve(count(|c| c.idents.len()));
+        w.idents.reserve(
+            count(|c| c.idents.len())
+                + policy
+                    .builtins
+                    .iter()
+                    .map(|c| c.idents.len())
+                    .sum::<usize>(),
+        );
         for class in &policy.classes {
             for (path, value) in &class.exec {
                 match exec_identity(path) {
@@ -621,7 +628,7 @@ impl Enforcer {
             w.throttles.push((*rule_id, *throttle));
         }
         self.unix_entries(policy, &mut skipped, &mut w);
-        for class in &policy.classes {
+        for class in policy.classes.iter().chain(&policy.builtins) {
             for (&(dev, ino, scope), value) in &class.idents {
                 w.idents.push(((class.id, dev, ino, scope), *value));
             }

@@ -136,7 +136,7 @@ impl<K, V> Table<K, V> {
     }
 
     /// Forget the entries whose key `keep` refuses (they were deleted from the table).
-    fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.entries.retain(|(k, _)| keep(k));
     }
 }

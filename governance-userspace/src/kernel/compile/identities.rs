@@ -304,3 +304,42 @@ impl Identities {
         }
     }
 }
+
+/// Keep in `c` only the identity entries in which it differs from `shared`, the entries of its
+/// shared built-in class, which the kernel reads for every key the class lacks (see
+/// governance_common::IdentKey, shared entries):
+///
+/// - an entry equal to the shared one is dropped;
+/// - a key only the shared class has gets an entry with no slot present ("none here");
+/// - the device markers stay the class's own (the kernel reads no other, so a device the class
+///   has no marker for costs one lookup, as before), flagged ([`IdentValue::own_entries`]) on
+///   the devices where the class keeps entries of its own; elsewhere the kernel reads the
+///   shared class alone.
+///
+/// For every key, what the kernel then finds is what the class's whole table held, or an
+/// entry with no slot present where it held none (which reads as none).
+pub(super) fn share(c: &mut Class, shared: &BTreeMap<(u32, u64, u32), IdentValue>) {
+    for (key, value) in shared.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE) {
+        match c.idents.entry(*key) {
+            std::collections::btree_map::Entry::Occupied(own) => {
+                if own.get() == value {
+                    own.remove();
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(none) => {
+                none.insert(IdentValue::default());
+            }
+        }
+    }
+    let own_devices: BTreeSet<u32> = c
+        .idents
+        .keys()
+        .filter(|k| k.2 != SCOPE_DEVICE)
+        .map(|k| k.0)
+        .collect();
+    for dev in own_devices {
+        if let Some(marker) = c.idents.get_mut(&(dev, 0, SCOPE_DEVICE)) {
+            marker.set_own_entries(true);
+        }
+    }
+}

@@ -623,9 +623,121 @@ fn ident(p: &Path) -> (u32, u64) {
     (crate::kernel::kernel_dev(m.dev()), m.ino())
 }
 
+/// The identity entries the kernel finds for class `c` of `k`: its own, and for a key it lacks
+/// its shared built-in class's; an entry with no slot present reads as none, and a marker's
+/// flag for the class's own entries is cleared (what the entries say, not where they are).
+fn whole(k: &KernelPolicy, c: &Class) -> Idents {
+    let shared = governance_common::builtin_class(c.id, c.value.allow);
+    let builtin = k
+        .builtins
+        .iter()
+        .find(|b| b.id == shared)
+        .expect("its built-in class");
+    let mut out: Idents = builtin
+        .idents
+        .iter()
+        .filter(|(k, _)| k.2 != SCOPE_DEVICE)
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    out.extend(c.idents.iter().map(|(k, v)| (*k, *v)));
+    for v in out.values_mut() {
+        v.set_own_entries(false);
+    }
+    out.retain(|_, v| v.rules.iter().any(super::identities::has));
+    out
+}
+
+/// What the kernel (`identity::device_letters` and `Tables`) finds for `key` (device `key.0`),
+/// given a class's own entries and its shared class's: the class's own marker; else, if the
+/// marker says the class has entries of its own on the device, its own entry, else the shared
+/// one. (Without a marker there is no walk, and nothing else is looked up on the device.)
+fn kernel_finds(
+    own: &Idents,
+    shared: &Idents,
+    key: (u32, u64, u32),
+) -> Option<governance_common::IdentValue> {
+    let marker = own.get(&(key.0, 0, SCOPE_DEVICE));
+    if key.2 == SCOPE_DEVICE {
+        return marker.copied();
+    }
+    marker?;
+    if marker.is_some_and(|m| m.own_entries())
+        && let Some(v) = own.get(&key)
+    {
+        return Some(*v);
+    }
+    shared.get(&key).copied()
+}
+
+#[test]
+fn shared_identity_entries_leave_every_lookup_as_the_whole_table_had_it() {
+    use governance_common::IdentValue;
+    // Generated tables over a few devices, inodes and scopes, with values from a small set, so
+    // that the class and its shared class overlap in every way: equal, different, only one.
+    let mut seed = 0x2545_f491_u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let values: Vec<IdentValue> = (0..4u8)
+        .map(|i| {
+            let mut v = IdentValue::default();
+            v.rules[usize::from(i)] = RulePair {
+                enforce: rule_ref(u32::from(i), KVerdict::Block, 0),
+                shadow: RuleRef::default(),
+            };
+            v
+        })
+        .collect();
+    for round in 0..200 {
+        let mut table = |n| {
+            let mut t = Idents::new();
+            for _ in 0..n {
+                let dev = next(3) as u32 + 1;
+                let (ino, scope) = match next(4) {
+                    0 => (0, SCOPE_DEVICE),
+                    s => (next(6) + 1, s as u32 - 1),
+                };
+                t.insert((dev, ino, scope), values[next(4) as usize]);
+            }
+            t
+        };
+        let (whole_class, shared) = (table(12), table(12));
+        let mut c = Class {
+            idents: whole_class.clone(),
+            ..Default::default()
+        };
+        super::identities::share(&mut c, &shared);
+        let keys: BTreeSet<_> = whole_class.keys().chain(shared.keys()).copied().collect();
+        for key in keys {
+            // Without a marker the kernel walks nowhere on the device.
+            if !whole_class.contains_key(&(key.0, 0, SCOPE_DEVICE)) {
+                continue;
+            }
+            let found = kernel_finds(&c.idents, &shared, key).filter(|v| {
+                let mut v = *v;
+                v.set_own_entries(false);
+                v.rules.iter().any(super::identities::has)
+            });
+            let found = found.map(|mut v| {
+                v.set_own_entries(false);
+                v
+            });
+            assert_eq!(
+                found,
+                whole_class.get(&key).copied(),
+                "round {round}, key {key:?}: own {:?}, shared {shared:?}, whole {whole_class:?}",
+                c.idents
+            );
+        }
+    }
+}
+
+type Idents = BTreeMap<(u32, u64, u32), governance_common::IdentValue>;
+
 /// Verdict per letter (r, w, c, t) of an identity entry; None where the slot is empty.
-fn verdicts(c: &Class, id: (u32, u64), scope: u32) -> Option<[Option<(u32, u8)>; 4]> {
-    c.idents.get(&(id.0, id.1, scope)).map(|v| {
+fn verdicts(c: &Idents, id: (u32, u64), scope: u32) -> Option<[Option<(u32, u8)>; 4]> {
+    c.get(&(id.0, id.1, scope)).map(|v| {
         v.rules.map(|r| {
             (r.enforce.present != 0).then_some((r.enforce.rule_id & 0xffff, r.enforce.verdict))
         })
@@ -672,7 +784,7 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     };
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
     assert!(k.errors.is_empty() && k.notes.is_empty(), "{k:?}");
-    let c = &k.classes[0];
+    let c = &whole(&k, &k.classes[0]);
     let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
     let all = |rule, v| Some([Some((rule, v)); 4]);
     // The directory itself, and everything below it, whatever it is called later.
@@ -707,7 +819,7 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     // The device's marker: some identity rule restricts every letter, and this device has
     // entries for each.
     let here = ident(&d).0;
-    let marker = &c.idents[&(here, 0, SCOPE_DEVICE)];
+    let marker = &c[&(here, 0, SCOPE_DEVICE)];
     assert!(marker.rules.iter().all(restricts));
     device_markers_agree(c);
     // The directories above restricting rules' objects hold them (renaming one would move
@@ -727,8 +839,8 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     let holders = d.ancestors().count();
     // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
     // below them, has identities of its own, on other filesystems.)
-    let ours = c.idents.keys().filter(|k| k.0 == here).count();
-    assert_eq!(ours, 8 + 1 + holders, "{:?}", c.idents.keys());
+    let ours = c.keys().filter(|k| k.0 == here).count();
+    assert_eq!(ours, 8 + 1 + holders, "{:?}", c.keys());
 
     // A class whose identity rules all allow needs no walk: no entries at all.
     let set = parse(&[(
@@ -742,11 +854,8 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     .unwrap();
     // (The kernel settings' and system files' built-ins relaxed: nothing restricts.)
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
-    assert!(
-        k.classes[0].idents.is_empty(),
-        "{:?}",
-        k.classes[0].idents.keys()
-    );
+    let c = whole(&k, &k.classes[0]);
+    assert!(c.is_empty(), "{:?}", c.keys());
 }
 
 #[test]
@@ -769,14 +878,14 @@ fn identities_of_built_in_protections_and_write_only_marker() {
     let mut one = agent(0, "a/one", None);
     one.path = cg.join("a/one");
     let k = compile(&set, &[one], 1, &protect);
-    let c = &k.classes[0];
+    let c = &whole(&k, &k.classes[0]);
     let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
     let w = |v| Some([None, Some((0, v)), Some((0, v)), Some((0, v))]);
     assert_eq!(verdicts(c, ident(&cg), SCOPE_BELOW), w(b));
     assert_eq!(verdicts(c, ident(&cg.join("a/one")), SCOPE_BELOW), w(a));
     assert_eq!(verdicts(c, ident(&d.join("policy")), SCOPE_BELOW), w(b));
     // Only writes are restricted: reads skip the walk.
-    let marker = c.idents[&(ident(&d).0, 0, SCOPE_DEVICE)];
+    let marker = c[&(ident(&d).0, 0, SCOPE_DEVICE)];
     assert_eq!(
         marker.rules.map(|r| restricts(&r)),
         [false, true, true, true]
@@ -787,18 +896,18 @@ fn identities_of_built_in_protections_and_write_only_marker() {
 /// Every device with identity entries has a marker whose letters are exactly those that some
 /// entry of the class restricts (on any device) and some entry on that device answers, and
 /// no other device has one: the kernel walks only where an entry could answer.
-fn device_markers_agree(c: &Class) {
+fn device_markers_agree(c: &Idents) {
     let has = super::identities::has;
-    let entries = || c.idents.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE);
+    let entries = || c.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE);
     let restricted: Vec<bool> = (0..4)
         .map(|i| entries().any(|(_, v)| restricts(&v.rules[i])))
         .collect();
-    let devs: BTreeSet<u32> = c.idents.keys().map(|k| k.0).collect();
+    let devs: BTreeSet<u32> = c.keys().map(|k| k.0).collect();
     for dev in devs {
         let want: Vec<bool> = (0..4)
             .map(|i| restricted[i] && entries().any(|(k, v)| k.0 == dev && has(&v.rules[i])))
             .collect();
-        match c.idents.get(&(dev, 0, SCOPE_DEVICE)) {
+        match c.get(&(dev, 0, SCOPE_DEVICE)) {
             Some(m) => assert_eq!(m.rules.map(|r| restricts(&r)).to_vec(), want, "dev {dev}"),
             None => assert!(!want.contains(&true), "dev {dev}: no marker"),
         }
