@@ -375,15 +375,13 @@ pub fn compile_from(
     let mut identities = Identities::new(protect);
     // The same for every agent: resolved once (each spelling is a canonicalize).
     let cgroup_root = spellings(&protect.cgroup_root);
-    // Per combination of relaxations: the shared built-ins, and their keys in a class's table.
-    let mut shared_by: BTreeMap<u32, Rc<Shared>> = BTreeMap::new();
-    let shared_of = |relaxed| {
-        let shared = shared_denied(protect, relaxed);
-        let keys = shared_keys(&shared);
-        Rc::new((shared, keys))
+    let mut builtins = Builtins {
+        protect,
+        cgroup_root: &cgroup_root,
+        generation,
+        shared: BTreeMap::new(),
+        classes: BTreeMap::new(),
     };
-    // And their class (path rules and identity entries), built when a class first needs it.
-    let mut builtin_by: BTreeMap<u32, Class> = BTreeMap::new();
     let mut seq_classes = Vec::new();
     let selectors = Selectors::new(set);
     for agent in agents {
@@ -558,11 +556,7 @@ pub fn compile_from(
         };
         let reports = super::report::default_aux_of(&governing);
         let relaxations = relaxations(&governing);
-        let shared_here = Rc::clone(
-            shared_by
-                .entry(relaxations)
-                .or_insert_with(|| shared_of(relaxations)),
-        );
+        let shared_here = builtins.shared(relaxations);
         let (shared, shared_keys) = &*shared_here;
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
@@ -653,16 +647,7 @@ pub fn compile_from(
         if let Some(first) = lists.first() {
             c.value.allow_caps = lists.iter().fold(*first, |all, l| all & l);
         }
-        share_with_builtin(
-            &mut c,
-            &mut builtin_by,
-            &mut shared_by,
-            &shared_of,
-            &mut identities,
-            &mut out.errors,
-            &cgroup_root,
-            generation,
-        );
+        builtins.share(&mut c, &mut identities, &mut out.errors);
         let seq_list = sequence::classes(
             &sequences,
             &mut new_class,
@@ -723,16 +708,7 @@ pub fn compile_from(
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, shared_keys);
-            share_with_builtin(
-                &mut c,
-                &mut builtin_by,
-                &mut shared_by,
-                &shared_of,
-                &mut identities,
-                &mut out.errors,
-                &cgroup_root,
-                generation,
-            );
+            builtins.share(&mut c, &mut identities, &mut out.errors);
             if let Some(list) = seq_list {
                 out.sequences.push((pc, list));
             }
@@ -740,71 +716,91 @@ pub fn compile_from(
             out.classes.push(c);
         }
     }
-    // Every class has its built-in class (made by share_with_builtin).
-    out.builtins = builtin_by.into_values().collect();
+    // Every class has its built-in class (made by `Builtins::share`).
+    out.builtins = builtins.classes.into_values().collect();
     // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
     out.classes.extend(seq_classes);
-    let entries: usize = out
-        .classes
-        .iter()
-        .chain(&out.builtins)
-        .map(|c| c.paths.len())
-        .sum();
-    if entries > (governance_common::MAX_PATH_RULES / 2) as usize {
-        out.errors.push(format!(
-            "{entries} path rule entries; the kernel table holds {} per generation",
-            governance_common::MAX_PATH_RULES / 2
-        ));
-    }
     out.unenforceable = unenforceable.into_iter().collect();
     out.notes = identities.notes.into_iter().collect();
-    let idents: usize = out
-        .classes
-        .iter()
-        .chain(&out.builtins)
-        .map(|c| c.idents.len())
-        .sum();
-    if idents > (governance_common::MAX_IDENT_RULES / 2) as usize {
-        out.errors.push(format!(
-            "{idents} identity entries; the kernel table holds {} per generation",
-            governance_common::MAX_IDENT_RULES / 2
-        ));
+    let count =
+        |f: fn(&Class) -> usize| -> usize { out.classes.iter().chain(&out.builtins).map(f).sum() };
+    let sizes = [
+        (
+            count(|c| c.paths.len()),
+            "path rule",
+            governance_common::MAX_PATH_RULES,
+        ),
+        (
+            count(|c| c.idents.len()),
+            "identity",
+            governance_common::MAX_IDENT_RULES,
+        ),
+    ];
+    for (entries, what, max) in sizes {
+        if entries > (max / 2) as usize {
+            out.errors.push(format!(
+                "{entries} {what} entries; the kernel table holds {} per generation",
+                max / 2
+            ));
+        }
     }
     out
 }
 
-/// The built-in path rules of one combination of relaxations and what they protect, shared by
-/// the classes with those relaxations (see [`governance_common::builtin_class`]).
+/// The built-in path rules of one combination of relaxations and their keys in a class's
+/// table, shared by the classes with those relaxations (see
+/// [`governance_common::builtin_class`]).
 type Shared = (Vec<(u8, Node, Ranked)>, Vec<(u8, Vec<u8>)>);
 
-/// Keep in class `c` only the identity entries in which it differs from the shared built-in
-/// class of its relaxations (see governance_common::IdentKey, shared entries), making that
-/// class on first use: its path rules and their identity entries.
-#[allow(clippy::too_many_arguments)]
-fn share_with_builtin(
-    c: &mut Class,
-    builtin_by: &mut BTreeMap<u32, Class>,
-    shared_by: &mut BTreeMap<u32, Rc<Shared>>,
-    shared_of: &impl Fn(u32) -> Rc<Shared>,
-    identities: &mut Identities,
-    errors: &mut Vec<String>,
-    cgroup_root: &[Vec<u8>],
+/// A generation's shared built-ins, per combination of relaxations in use: their rules, and
+/// their class (path rules and identity entries), each made on first use.
+struct Builtins<'a> {
+    protect: &'a Protect,
+    /// Every spelling of the cgroup2 root.
+    cgroup_root: &'a [Vec<u8>],
     generation: u32,
-) {
-    let relaxed = c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES);
-    let builtin = builtin_by.entry(relaxed).or_insert_with(|| {
-        let shared = shared_by
-            .entry(relaxed)
-            .or_insert_with(|| shared_of(relaxed));
+    shared: BTreeMap<u32, Rc<Shared>>,
+    classes: BTreeMap<u32, Class>,
+}
+
+impl Builtins<'_> {
+    /// The shared built-in rules of the relaxations `relaxed`.
+    fn shared(&mut self, relaxed: u32) -> Rc<Shared> {
+        let protect = self.protect;
+        Rc::clone(self.shared.entry(relaxed).or_insert_with(|| {
+            let shared = shared_denied(protect, relaxed);
+            let keys = shared_keys(&shared);
+            Rc::new((shared, keys))
+        }))
+    }
+
+    /// Keep in class `c` only the identity entries in which it differs from the shared
+    /// built-in class of its relaxations (see governance_common::IdentKey, shared entries).
+    fn share(&mut self, c: &mut Class, identities: &mut Identities, errors: &mut Vec<String>) {
+        let relaxed = c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES);
+        if !self.classes.contains_key(&relaxed) {
+            let class = self.class(relaxed, identities, errors);
+            self.classes.insert(relaxed, class);
+        }
+        identities::share(c, &self.classes[&relaxed].idents);
+    }
+
+    /// The shared built-in class of the relaxations `relaxed`.
+    fn class(
+        &mut self,
+        relaxed: u32,
+        identities: &mut Identities,
+        errors: &mut Vec<String>,
+    ) -> Class {
         let mut rules = Rules::default();
-        for (letter, node, r) in shared.0.iter().cloned() {
+        for (letter, node, r) in self.shared(relaxed).0.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }
         // The cgroup tree is the classes' own (each agent's subtree is writable): a hole in
         // the kernel settings' `/sys` here, so this class says nothing there.
         if relaxed & allow::KERNEL_SETTINGS == 0 {
             for letter in WRITE_LETTERS {
-                for dir in cgroup_root.iter().cloned() {
+                for dir in self.cgroup_root.iter().cloned() {
                     rules.paths.entry(letter).or_default().push((
                         Node {
                             path: dir,
@@ -819,12 +815,11 @@ fn share_with_builtin(
                 }
             }
         }
-        let id = governance_common::builtin_class(class_id(generation, 0), relaxed);
-        let mut b = build_class(id, &rules, errors, "(built-in)");
-        identities.resolve(&mut b);
-        b
-    });
-    share(c, &builtin.idents);
+        let id = governance_common::builtin_class(class_id(self.generation, 0), relaxed);
+        let mut class = build_class(id, &rules, errors, "(built-in)");
+        identities.resolve(&mut class);
+        class
+    }
 }
 
 #[cfg(test)]
