@@ -1293,9 +1293,7 @@ fn load_under(yaml: &str, pins: PinDir) -> Loaded {
         compiled.unenforceable,
         compiled.errors
     );
-    let skipped = enforcer
-        .install(&compiled)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let skipped = enforcer.install(compiled).unwrap_or_else(|e| panic!("{e}"));
     assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
     let mut events = enforcer.take_events().unwrap();
     while events.next().is_some() {}
@@ -1598,7 +1596,7 @@ impl Loaded {
         );
         let skipped = self
             .enforcer
-            .install(&compiled)
+            .install(compiled)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
         self.generation = generation;

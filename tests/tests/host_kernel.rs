@@ -518,7 +518,7 @@ fn a_thousand_reloads_under_traffic_never_mix_generations() {
             generation,
             &kernel::Protect::default(),
         );
-        k.enforcer.install(&compiled).unwrap();
+        k.enforcer.install(compiled).unwrap();
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let attempts = traffic.join().unwrap();
@@ -574,7 +574,7 @@ fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
         governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap_or_else(|e| panic!("{e}"));
     let found = agents::discover(&root, &set, false, None).unwrap();
     let compiled = kernel::compile(&set, &found, 2, &kernel::Protect::default());
-    let err = k.enforcer.install(&compiled).unwrap_err();
+    let err = k.enforcer.install(compiled).unwrap_err();
     assert!(err.to_string().contains("NET_RULES"), "{err}");
     assert_eq!(k.enforcer.generation().unwrap(), 1);
     assert_eq!(
@@ -3701,7 +3701,7 @@ fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
         let set = governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap();
         let found = agents::discover(&root, &set, false, None).unwrap();
         let compiled = kernel::compile(&set, &found, generation, &kernel::Protect::default());
-        e.install(&compiled).unwrap();
+        e.install(compiled).unwrap();
         e.last_install()
     };
     // Different entries in each generation: every key of the slot's old one must go.

@@ -4935,7 +4935,7 @@ fn sequence_rule_refuses_egress_after_a_classified_read() {
     let generation = k.generation + 1;
     let compiled = governance::kernel::compile(&policy, &agents, generation, &protect);
     assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
-    k.enforcer.install(&compiled).unwrap();
+    k.enforcer.install(compiled).unwrap();
     k.generation = generation;
     let (pid, outcome) = run_in(Some(&a.path), "agent", &connect_out);
     assert_eq!(
@@ -4957,7 +4957,7 @@ fn sequence_rule_refuses_egress_after_a_classified_read() {
     )])
     .unwrap();
     k.enforcer
-        .install(&governance::kernel::compile(
+        .install(governance::kernel::compile(
             &without,
             &agents,
             generation + 1,

@@ -336,8 +336,27 @@ fn in_process(
         if !compiled.errors.is_empty() {
             return Err(format!("the policy does not fit: {:?}", compiled.errors));
         }
+        // Counted before the install, which takes the tables.
+        let count = |f: fn(&kernel::Class) -> usize| {
+            (
+                compiled.classes.iter().map(f).sum::<usize>(),
+                compiled.builtins.iter().map(f).sum::<usize>(),
+            )
+        };
+        let (paths, idents) = (count(|c| c.paths.len()), count(|c| c.idents.len()));
+        let tables = format!(
+            "{} classes; entries: {} path (+{} in the shared built-in classes), {} exec, {} network, {} identity (+{} shared); {} throttles",
+            compiled.classes.len(),
+            paths.0,
+            paths.1,
+            count(|c| c.exec.len()).0,
+            count(|c| c.net.len()).0,
+            idents.0,
+            idents.1,
+            compiled.throttles.len(),
+        );
         ctx(watch.tell.send(g), "the flip watcher")?;
-        let skipped = ctx(enforcer.install(&compiled), "installing")?;
+        let skipped = ctx(enforcer.install(compiled), "installing")?;
         let t4 = Instant::now();
         writes.push(enforcer.last_install());
         let flip = ctx(watch.seen.recv(), "the flip watcher")??;
@@ -346,17 +365,9 @@ fn in_process(
         let _engine = Engine::new(set, g);
         let t5 = Instant::now();
         if round == 0 {
-            let count =
-                |f: fn(&kernel::Class) -> usize| compiled.classes.iter().map(f).sum::<usize>();
             summary.push(format!(
-                "  {rules} rules, {} agents → {} classes; entries: {} path, {} exec, {} network, {} identity; {} throttles; {} exec paths skipped (missing)",
+                "  {rules} rules, {} agents → {tables}; {} exec paths skipped (missing)",
                 found.len(),
-                compiled.classes.len(),
-                count(|c| c.paths.len()),
-                count(|c| c.exec.len()),
-                count(|c| c.net.len()),
-                count(|c| c.idents.len()),
-                compiled.throttles.len(),
                 skipped.len(),
             ));
         }

@@ -226,7 +226,7 @@ fn canary(
     }
     guard.tables = Some(
         lock(r.enforcer)?
-            .add_canary(&compiled)
+            .add_canary(compiled)
             .context("writing the canary into the kernel maps")?,
     );
     let checks = run_probes(r, policy, dir, planned, &mut guard)?;

@@ -88,7 +88,7 @@ pub(super) fn build(
         return Ok(None);
     }
     for skipped in enforcer
-        .install(&compiled)
+        .install(compiled)
         .context("writing the policy into the kernel maps")?
     {
         match skipped {

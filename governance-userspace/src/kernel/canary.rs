@@ -33,7 +33,7 @@ impl Enforcer {
     /// Write `policy` (compiled for the canary alone, for the active generation, with class
     /// numbers after the generation's own) into the active slot. On error, what was written is
     /// removed before returning.
-    pub fn add_canary(&mut self, policy: &KernelPolicy) -> Result<Canary, KernelError> {
+    pub fn add_canary(&mut self, mut policy: KernelPolicy) -> Result<Canary, KernelError> {
         let active = self.generation()?;
         if active != policy.generation {
             return Err(KernelError::Canary(format!(
@@ -68,7 +68,7 @@ impl Enforcer {
                 }))
                 .collect(),
         };
-        let (mut entries, _) = self.entries(policy);
+        let (mut entries, _) = self.entries(&mut policy);
         // The shared built-in classes already in the slot are the generation's, which its
         // agents' own identity entries were made against: the canary reads them as they are
         // and never rewrites them.
@@ -78,7 +78,7 @@ impl Enforcer {
         // Recorded with the slot's own entries: should the canary's removal fail, the next
         // install into this slot deletes them (a key already removed is no error there).
         self.record_in_slot(slot, entries);
-        let result = result.and_then(|_| self.write_sequences(policy, slot));
+        let result = result.and_then(|_| self.write_sequences(&policy, slot));
         if let Err(e) = result {
             let _ = self.remove_canary(&canary);
             return Err(e);

@@ -98,6 +98,12 @@ pub struct KernelPolicy {
     pub sequences: Vec<(u32, governance_common::sequence::SeqList)>,
 }
 
+/// Rank of the built-in refusal of writes to the cgroup tree: below an agent's own subtree.
+const CGROUP_TREE: [u32; 4] = [1, 0, u32::MAX - 1, 0];
+/// Rank of an agent's own cgroup subtree (writable) and of its root's interface files (not):
+/// above the refusal of the rest of the cgroup tree.
+const OWN_SUBTREE: [u32; 4] = [1, 0, u32::MAX, 0];
+
 /// A rule as the compiler ranks it.
 #[derive(Clone, Copy, Debug)]
 struct Ranked {
@@ -573,7 +579,7 @@ pub fn compile_from(
             }
             for dir in cgroup_root.iter().cloned() {
                 let mut r = builtin(KVerdict::Block);
-                r.specificity = [1, 0, u32::MAX - 1, 0];
+                r.specificity = CGROUP_TREE;
                 list.push((
                     Node {
                         path: dir,
@@ -583,7 +589,7 @@ pub fn compile_from(
                 ));
             }
             let mut own = builtin(KVerdict::Allow);
-            own.specificity = [1, 0, u32::MAX, 0];
+            own.specificity = OWN_SUBTREE;
             own.rule.aux = reports[1];
             list.push((
                 Node {
@@ -601,7 +607,7 @@ pub fn compile_from(
             for (file, found) in root_interface_files(&agent.path) {
                 identities.found_in(&agent.path, &file, found);
                 let mut r = builtin(KVerdict::Block);
-                r.specificity = [1, 0, u32::MAX, 0];
+                r.specificity = OWN_SUBTREE;
                 list.push((
                     Node {
                         path: path_bytes(&file),
@@ -796,28 +802,52 @@ impl Builtins<'_> {
         for (letter, node, r) in self.shared(relaxed).0.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }
-        // The cgroup tree is the classes' own (each agent's subtree is writable): a hole in
+        // The identity entries are looked up in this class only where an agent's class has
+        // none of its own (see `identities::share`), so they are those every class has: the
+        // cgroup tree refused for writes, as in each class (which allows its own subtree).
+        let mut every_class = rules.clone();
+        let cgroup_tree = |path: Vec<u8>, rule: RuleRef, specificity| {
+            (
+                Node { path, exact: false },
+                Ranked {
+                    specificity,
+                    rule,
+                    shadow: false,
+                },
+            )
+        };
+        for letter in WRITE_LETTERS {
+            for dir in self.cgroup_root.iter().cloned() {
+                every_class
+                    .paths
+                    .entry(letter)
+                    .or_default()
+                    .push(cgroup_tree(
+                        dir,
+                        rule_ref(NO_RULE, KVerdict::Block, 0),
+                        CGROUP_TREE,
+                    ));
+            }
+        }
+        // The path rules are looked up beside each class's, the most severe answer winning:
+        // the cgroup tree is the classes' own (each agent's subtree is writable), a hole in
         // the kernel settings' `/sys` here, so this class says nothing there.
         if relaxed & allow::KERNEL_SETTINGS == 0 {
             for letter in WRITE_LETTERS {
                 for dir in self.cgroup_root.iter().cloned() {
-                    rules.paths.entry(letter).or_default().push((
-                        Node {
-                            path: dir,
-                            exact: false,
-                        },
-                        Ranked {
-                            specificity: [1, 0, u32::MAX, 0],
-                            rule: RuleRef::default(),
-                            shadow: false,
-                        },
+                    rules.paths.entry(letter).or_default().push(cgroup_tree(
+                        dir,
+                        RuleRef::default(),
+                        OWN_SUBTREE,
                     ));
                 }
             }
         }
         let id = governance_common::builtin_class(class_id(self.generation, 0), relaxed);
         let mut class = build_class(id, &rules, errors, "(built-in)");
-        identities.resolve(&mut class);
+        let mut idents = build_class(id, &every_class, errors, "(built-in)");
+        identities.resolve(&mut idents);
+        class.idents = idents.idents;
         class
     }
 }

@@ -500,7 +500,7 @@ impl Enforcer {
     /// does not exist (the daemon installs the next generation when it appears). The runtime
     /// sockets that exist now are refused (see [`unix`]). Any map error aborts before the
     /// flip, so the previous generation keeps enforcing.
-    pub fn install(&mut self, policy: &KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
+    pub fn install(&mut self, mut policy: KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
         let slot = governance_common::slot(policy.generation);
         // The node's own tables (not per generation): what a later package upgrade or module
         // load changed is picked up by every reload.
@@ -509,14 +509,14 @@ impl Enforcer {
         self.set_raw_devices(&raw_device_majors(&devices))?;
         // Both slots known (after a restart: one walk of the tables).
         self.learn()?;
-        let (new, skipped) = self.entries(policy);
+        let (new, skipped) = self.entries(&mut policy);
         let old = self.slots[slot as usize].take().unwrap_or_default();
         let result = self.apply(slot, &old, &new);
         // A slot whose writes failed half-way is unknown: the next install walks it.
         self.slots[slot as usize] = result.is_ok().then_some(new);
         self.last_install = result?;
         self.clear_sequences(slot)?;
-        self.write_sequences(policy, slot)?;
+        self.write_sequences(&policy, slot)?;
         self.protect_runtime_sockets()?;
         {
             let name = maps::STATE;
@@ -531,8 +531,8 @@ impl Enforcer {
         // before the next install may write their slot.
         std::thread::sleep(std::time::Duration::from_millis(5));
         self.clear_sequences(slot ^ 1)?;
-        self.prune_buckets(policy)?;
-        self.prune_sequences(policy)?;
+        self.prune_buckets(&policy)?;
+        self.prune_sequences(&policy)?;
         Ok(skipped)
     }
 
@@ -578,8 +578,9 @@ impl Enforcer {
     }
 
     /// The entries of `policy`'s tables (for either slot), and what was skipped (an
-    /// executable or a socket file that does not exist).
-    pub(super) fn entries(&mut self, policy: &KernelPolicy) -> (SlotEntries, Vec<KernelError>) {
+    /// executable or a socket file that does not exist). The classes' tables are taken out of
+    /// `policy` as they are gathered, so the generation is never held twice.
+    pub(super) fn entries(&mut self, policy: &mut KernelPolicy) -> (SlotEntries, Vec<KernelError>) {
         let mut skipped = Vec::new();
         let mut w = slots::Writes::default();
         let count = |f: fn(&Class) -> usize| policy.classes.iter().map(f).sum::<usize>();
@@ -596,41 +597,37 @@ impl Enforcer {
                     .map(|c| c.idents.len())
                     .sum::<usize>(),
         );
-        for class in &policy.classes {
-            for (path, value) in &class.exec {
-                match exec_identity(path) {
-                    Ok((dev, ino)) => w.exec.push(((class.id, dev, ino), *value)),
-                    Err(source) => skipped.push(KernelError::ExecTarget {
-                        path: path.clone(),
-                        source,
-                    }),
+        for class in &mut policy.classes {
+            for (path, value) in std::mem::take(&mut class.exec) {
+                match exec_identity(&path) {
+                    Ok((dev, ino)) => w.exec.push(((class.id, dev, ino), value)),
+                    Err(source) => skipped.push(KernelError::ExecTarget { path, source }),
                 }
             }
         }
-        for class in policy.classes.iter().chain(&policy.builtins) {
-            for ((access, bytes), value) in &class.paths {
-                w.paths
-                    .push(((class.id, *access, bytes.as_slice().into()), *value));
+        for class in policy.classes.iter_mut().chain(&mut policy.builtins) {
+            for ((access, bytes), value) in std::mem::take(&mut class.paths) {
+                w.paths.push(((class.id, access, bytes.into()), value));
             }
         }
-        for class in &policy.classes {
-            for ((bits, addr), list) in &class.net {
+        for class in &mut policy.classes {
+            for ((bits, addr), list) in std::mem::take(&mut class.net) {
                 let mut value = NetValue {
                     len: list.len() as u32,
                     _pad: 0,
                     entries: [NetEntry::default(); NET_SLOTS],
                 };
-                value.entries[..list.len()].copy_from_slice(list);
-                w.net.push(((class.id, *bits, *addr), value));
+                value.entries[..list.len()].copy_from_slice(&list);
+                w.net.push(((class.id, bits, addr), value));
             }
         }
         for (rule_id, throttle) in &policy.throttles {
             w.throttles.push((*rule_id, *throttle));
         }
         self.unix_entries(policy, &mut skipped, &mut w);
-        for class in policy.classes.iter().chain(&policy.builtins) {
-            for (&(dev, ino, scope), value) in &class.idents {
-                w.idents.push(((class.id, dev, ino, scope), *value));
+        for class in policy.classes.iter_mut().chain(&mut policy.builtins) {
+            for ((dev, ino, scope), value) in std::mem::take(&mut class.idents) {
+                w.idents.push(((class.id, dev, ino, scope), value));
             }
         }
         let roots = policy

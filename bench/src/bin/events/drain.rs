@@ -58,7 +58,7 @@ pub(super) fn drain_bench(env: &Env, rounds: usize) -> Res<DrainResult> {
     if !compiled.errors.is_empty() {
         return Err(format!("compiling the policy: {:?}", compiled.errors));
     }
-    ctx(enforcer.install(&compiled), "installing the policy")?;
+    ctx(enforcer.install(compiled), "installing the policy")?;
     let matching = governance::daemon::generation::selected(&set, &found);
     let names = governance::daemon::generation::names(&set, &found, &matching);
     let clock = Clock::now();
