@@ -136,6 +136,7 @@ impl Answer {
 /// then, for a key they lack, the shared built-in entries of its relaxations (see
 /// governance_common::IdentKey, shared entries). `own` is 0 where the class has no entries of
 /// its own on the device (class numbers start at 1): one lookup per key, in the shared class.
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub(crate) struct Tables {
     own: u32,
