@@ -400,7 +400,8 @@ pub mod allow {
 /// protected paths (the daemon's files, the kernel's settings, the system files) are the same
 /// for every agent, so they are stored once per generation and combination of the relaxations
 /// that change them, not once per agent. `file_open` looks them up beside the agent's own
-/// class, and the most severe answer wins (a policy rule never outranks a built-in).
+/// class, and the most severe answer wins (a policy rule never outranks a built-in). Their
+/// identity entries are shared under the same class (see [`IdentKey`], shared entries).
 pub const BUILTIN_CLASS_BASE: u32 = 0x7fff_ff00;
 
 /// The class of the shared built-in path rules for an agent of class `class` (slot bit

@@ -82,8 +82,8 @@ pub struct KernelPolicy {
     /// Sandbox profile classes: (profile class number, index into `classes`).
     pub profiles: Vec<(u32, usize)>,
     pub classes: Vec<Class>,
-    /// The shared built-in path rules, one class per combination of relaxations in use (see
-    /// [`governance_common::builtin_class`]): path rules only.
+    /// The shared built-ins, one class per combination of relaxations in use (see
+    /// [`governance_common::builtin_class`]): path rules and identity entries only.
     pub builtins: Vec<Class>,
     /// Throttle rules: (kernel rule id, rate and bucket id). See [`bucket_id`].
     pub throttles: Vec<(u32, Throttle)>,

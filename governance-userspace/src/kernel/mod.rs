@@ -583,20 +583,13 @@ impl Enforcer {
     pub(super) fn entries(&mut self, policy: &mut KernelPolicy) -> (SlotEntries, Vec<KernelError>) {
         let mut skipped = Vec::new();
         let mut w = slots::Writes::default();
-        let count = |f: fn(&Class) -> usize| policy.classes.iter().map(f).sum::<usize>();
+        let count = |f: fn(&Class) -> usize| -> usize {
+            policy.classes.iter().chain(&policy.builtins).map(f).sum()
+        };
         w.exec.reserve(count(|c| c.exec.len()));
-        w.paths.reserve(
-            count(|c| c.paths.len()) + policy.builtins.iter().map(|c| c.paths.len()).sum::<usize>(),
-        );
+        w.paths.reserve(count(|c| c.paths.len()));
         w.net.reserve(count(|c| c.net.len()));
-        w.idents.reserve(
-            count(|c| c.idents.len())
-                + policy
-                    .builtins
-                    .iter()
-                    .map(|c| c.idents.len())
-                    .sum::<usize>(),
-        );
+        w.idents.reserve(count(|c| c.idents.len()));
         for class in &mut policy.classes {
             for (path, value) in std::mem::take(&mut class.exec) {
                 match exec_identity(&path) {

@@ -714,15 +714,13 @@ fn shared_identity_entries_leave_every_lookup_as_the_whole_table_had_it() {
             if !whole_class.contains_key(&(key.0, 0, SCOPE_DEVICE)) {
                 continue;
             }
-            let found = kernel_finds(&c.idents, &shared, key).filter(|v| {
-                let mut v = *v;
-                v.set_own_entries(false);
-                v.rules.iter().any(super::identities::has)
-            });
-            let found = found.map(|mut v| {
-                v.set_own_entries(false);
-                v
-            });
+            // As `whole` reads it: the marker's flag cleared, an empty entry as none.
+            let found = kernel_finds(&c.idents, &shared, key)
+                .map(|mut v| {
+                    v.set_own_entries(false);
+                    v
+                })
+                .filter(|v| v.rules.iter().any(super::identities::has));
             assert_eq!(
                 found,
                 whole_class.get(&key).copied(),
