@@ -452,7 +452,7 @@ pub fn compile_from(
                         PathMatch::Exact(p) => (p, true),
                         PathMatch::Prefix(p) => (p, false),
                     };
-                    for spelled in spellings(path) {
+                    for spelled in identities.spellings(path) {
                         let node = Node {
                             path: spelled,
                             exact,
@@ -472,8 +472,8 @@ pub fn compile_from(
                         PathMatch::Exact(p) => (p, true),
                         PathMatch::Prefix(p) => (p, false),
                     };
-                    // Resolved once for every letter (each spelling is a canonicalize).
-                    let spelled = spellings(path);
+                    // Resolved once for every letter.
+                    let spelled = identities.spellings(path);
                     for letter in letters(access) {
                         if letter == access::EXEC {
                             unenforceable.insert(why(

@@ -272,6 +272,12 @@ pub(super) fn recover<T: serde::de::DeserializeOwned>(
     mut node: marked_yaml::Node,
 ) -> (Option<T>, Vec<Found>) {
     use marked_yaml::Error;
+    // Most parts are clean: read them without tracking serde's path (`from_node` tracks it
+    // for every field, which was about half of the deserializing), and read a part with a
+    // problem again through `from_node`, for the problem with its path.
+    if let Ok(value) = T::deserialize(marked_yaml::spanned_serde::NodeDeserializer::new(&node)) {
+        return (Some(value), Vec::new());
+    }
     let mut found: Vec<Found> = Vec::new();
     while found.len() < MAX_PART_PROBLEMS {
         let e = match marked_yaml::from_node::<T>(&node) {

@@ -58,7 +58,7 @@ impl Cx<'_> {
         let top_clean = top.is_empty();
         let top_unknown_only = top.iter().all(|f| f.unknown_field);
         self.found(top, "");
-        let mut rules = Vec::new();
+        let mut rules = Vec::with_capacity(rule_nodes.len());
         let mut rules_clean = true;
         for (i, rule) in rule_nodes.into_iter().enumerate() {
             match recover::<model::RuleDoc>(rule) {
@@ -122,7 +122,7 @@ impl Cx<'_> {
         docs: Vec<model::RuleDoc>,
     ) -> Vec<Rule> {
         let mut ids: BTreeMap<String, Location> = BTreeMap::new();
-        let mut rules = Vec::new();
+        let mut rules = Vec::with_capacity(docs.len());
         for r in docs {
             let at = self.loc(r.id.span());
             if let Some(first) = ids.get(r.id.as_str()) {

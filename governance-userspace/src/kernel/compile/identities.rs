@@ -88,26 +88,70 @@ impl Identities {
         }
     }
 
-    /// The canonical path and identity of `path`, if it exists.
+    /// The canonical path and identity of `path`, if it exists: what `canonicalize` and `stat`
+    /// answer.
     pub(super) fn find(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found)> {
-        use std::os::unix::ffi::OsStrExt as _;
         if let Some(known) = self.stat.get(path) {
             return known.clone();
         }
-        let p = Path::new(std::ffi::OsStr::from_bytes(path));
-        let found = std::fs::canonicalize(p).ok().and_then(|real| {
-            let meta = std::fs::metadata(&real).ok()?;
-            Some((
-                path_bytes(&real),
-                (
-                    crate::kernel::kernel_dev(meta.dev()),
-                    meta.ino(),
-                    meta.is_dir(),
-                ),
-            ))
-        });
+        let found = self.look_up(path);
         self.stat.insert(path.to_vec(), found.clone());
         found
+    }
+
+    /// [`spellings`] of a rule's path, resolved through [`find`](Self::find): rules share
+    /// directories, and agents share policies.
+    pub(super) fn spellings(&mut self, p: &Path) -> Vec<Vec<u8>> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut out = vec![path_bytes(p)];
+        if let Some((real, _)) = self.find(&out[0])
+            && Path::new(std::ffi::OsStr::from_bytes(&real)) != p
+        {
+            out.push(real);
+        }
+        out
+    }
+
+    /// [`find`](Self::find) without the cache. A path `parent/name` (a plain name) is found from
+    /// its parent's answer, itself cached: `canonicalize` resolves a path's components from the
+    /// root, so a parent that cannot be resolved, or is not a directory, leaves nothing to find
+    /// below it, and a name that is not a symlink in the parent's canonical path is its own
+    /// canonical name. Rules share directories (and the directories of missing paths are
+    /// missing too), so this takes a `readlink` per component of every path down to an `lstat`
+    /// per path.
+    fn look_up(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found)> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let found = |real: &Path, meta: std::fs::Metadata| {
+            let id = (
+                crate::kernel::kernel_dev(meta.dev()),
+                meta.ino(),
+                meta.is_dir(),
+            );
+            Some((path_bytes(real), id))
+        };
+        let whole = Path::new(std::ffi::OsStr::from_bytes(path));
+        if let Some(i) = path.iter().rposition(|&b| b == b'/')
+            && i > 0
+            && !matches!(&path[i + 1..], b"" | b"." | b"..")
+        {
+            let (real, (_, _, is_dir)) = self.find(&path[..i])?;
+            if !is_dir {
+                return None;
+            }
+            let mut real = real;
+            if real.last() != Some(&b'/') {
+                real.push(b'/');
+            }
+            real.extend_from_slice(&path[i + 1..]);
+            let real = Path::new(std::ffi::OsStr::from_bytes(&real));
+            let meta = std::fs::symlink_metadata(real).ok()?;
+            if !meta.file_type().is_symlink() {
+                return found(real, meta);
+            }
+        }
+        let real = std::fs::canonicalize(whole).ok()?;
+        let meta = std::fs::metadata(&real).ok()?;
+        found(&real, meta)
     }
 
     /// Record what [`find`](Self::find) would answer for `file`, a directory entry of `dir`

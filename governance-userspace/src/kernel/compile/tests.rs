@@ -911,3 +911,77 @@ fn device_markers_agree(c: &Idents) {
         }
     }
 }
+
+/// `Identities::find` answers every path as `canonicalize` and `stat` do, though it finds a
+/// path from its parent's cached answer, and a rule's spellings through it are those of
+/// `spellings`: over files, directories, missing names, names below a file or a missing
+/// directory, symlinks (to a directory, a file, up the tree, absolute, dangling, in a loop),
+/// doubled and trailing slashes, `.` and `..`.
+#[test]
+fn find_answers_as_canonicalize_and_stat() {
+    use std::os::unix::{fs::MetadataExt as _, fs::symlink};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(d.join("a/b/c")).unwrap();
+    std::fs::write(d.join("a/b/file"), "x").unwrap();
+    symlink(d.join("a/b"), d.join("abs")).unwrap();
+    symlink("b/c", d.join("a/rel")).unwrap();
+    symlink("../file", d.join("a/b/c/up")).unwrap();
+    symlink("file", d.join("a/b/tofile")).unwrap();
+    symlink("missing", d.join("a/dangling")).unwrap();
+    symlink("loop2", d.join("a/loop1")).unwrap();
+    symlink("loop1", d.join("a/loop2")).unwrap();
+    symlink("/", d.join("a/root")).unwrap();
+    let names = [
+        "",
+        "a",
+        "a/b",
+        "a/b/c",
+        "a/b/file",
+        "a/b/file/x",
+        "a/none",
+        "a/none/x/y",
+        "abs",
+        "abs/c",
+        "abs/file",
+        "abs/c/up",
+        "a/rel",
+        "a/rel/up",
+        "a/rel/up/x",
+        "a/b/tofile",
+        "a/dangling",
+        "a/dangling/x",
+        "a/loop1",
+        "a/loop1/x",
+        "a/root",
+        "a/root/etc",
+        "a/root/etc/hostname",
+        "a//b",
+        "a/b/",
+        "a/b/c/",
+        "a/./b",
+        "a/b/..",
+        "a/b/../b/file",
+        "a/rel/../file",
+        "abs/c/up/..",
+    ];
+    // Each path asked of a fresh cache, and of one that all the paths before it went through.
+    let mut shared = Identities::new(&protect());
+    for name in names.iter().chain(names.iter().rev()) {
+        let path = format!("{}/{name}", d.display());
+        let want = std::fs::canonicalize(&path).ok().and_then(|real| {
+            let meta = std::fs::metadata(&real).ok()?;
+            let id = (
+                crate::kernel::kernel_dev(meta.dev()),
+                meta.ino(),
+                meta.is_dir(),
+            );
+            Some((path_bytes(&real), id))
+        });
+        let fresh = Identities::new(&protect()).find(path.as_bytes());
+        assert_eq!(fresh, want, "{path}");
+        assert_eq!(shared.find(path.as_bytes()), want, "{path}");
+        let p = Path::new(&path);
+        assert_eq!(shared.spellings(p), spellings(p), "{path}");
+    }
+}
