@@ -151,7 +151,9 @@ pub fn label(dir: &Path) -> Option<String> {
 /// are gone are forgotten. With `create`, the cgroups named literally by selectors without a label are created first,
 /// so an agent placed there later is governed from its first instruction (the daemon never
 /// removes them: they may hold processes). The walk stops descending at an agent root: its
-/// descendants are part of it (the outermost agent wins, as in the kernel).
+/// descendants are part of it (the outermost agent wins, as in the kernel). When every
+/// selector names one cgroup by its path, those cgroups are looked up instead of walking the
+/// tree, with the same result.
 pub fn discover(
     root: &Path,
     set: &PolicySet,
@@ -176,64 +178,62 @@ pub fn discover(
     // otherwise it is read for the agents found alone (it names them).
     let by_label = set.policies.iter().any(|p| p.selector.label.is_some());
     let mut found = Vec::new();
-    let mut stack = vec![(root.to_owned(), 0u32)];
-    while let Some((dir, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut children: Vec<PathBuf> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect();
-        children.sort();
-        for child in children.into_iter().rev() {
-            let rel = child
-                .strip_prefix(root)
-                .unwrap_or(&child)
-                .to_string_lossy()
-                .into_owned();
-            let label = if by_label { label(&child) } else { None };
-            let pod = pods.and_then(|ids| {
-                let pc = crate::kubernetes::cgroup::parse(&rel).filter(|p| p.pod_path == rel)?;
-                live_pods.insert(pc.uid.clone());
-                ids.pod(&pc.uid)
-            });
-            if set
-                .policies
-                .iter()
-                .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
+    if let Some(literals) = literal_roots(set, pods.is_some()) {
+        // Every selector names one cgroup: the walk would find exactly those of them that are
+        // directories, less those below another one found (an agent root's descendants are
+        // part of it; in component order a cgroup's ancestors come first). One `lstat` per
+        // selector instead of reading every cgroup directory of the node.
+        let mut roots = std::collections::HashSet::new();
+        for rel in literals {
+            let child = root.join(rel);
+            if Path::new(rel).ancestors().any(|a| roots.contains(a))
+                || !std::fs::symlink_metadata(&child).is_ok_and(|m| m.is_dir())
             {
-                let label = if by_label { label } else { self::label(&child) };
-                let id = match cgroup_id(&child) {
-                    Ok(id) => id,
-                    // Removed since the directory was read: not an agent any more (its removal
-                    // is a change the daemon's watch sees).
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(source) => {
-                        return Err(AgentsError::Cgroup {
-                            agent: rel.clone(),
-                            path: child.clone(),
-                            source,
-                        });
-                    }
-                };
-                let name = match (&label, &pod) {
-                    (Some(l), _) => l.clone(),
-                    (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
-                    (None, None) => rel.clone(),
-                };
-                found.push(AgentCgroup {
-                    index: 0,
-                    name,
-                    rel,
-                    label,
-                    cgroup_id: id,
-                    path: child,
-                    pod,
+                continue;
+            }
+            roots.insert(Path::new(rel));
+            let label = label(&child);
+            if let Some(agent) = agent_root(child, rel.to_owned(), label, None)? {
+                found.push(agent);
+            }
+        }
+    } else {
+        let mut stack = vec![(root.to_owned(), 0u32)];
+        while let Some((dir, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let mut children: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            children.sort();
+            for child in children.into_iter().rev() {
+                let rel = child
+                    .strip_prefix(root)
+                    .unwrap_or(&child)
+                    .to_string_lossy()
+                    .into_owned();
+                let label = if by_label { label(&child) } else { None };
+                let pod = pods.and_then(|ids| {
+                    let pc =
+                        crate::kubernetes::cgroup::parse(&rel).filter(|p| p.pod_path == rel)?;
+                    live_pods.insert(pc.uid.clone());
+                    ids.pod(&pc.uid)
                 });
-            } else if depth + 1 < governance_common::MAX_CGROUP_DEPTH {
-                stack.push((child, depth + 1));
+                if set
+                    .policies
+                    .iter()
+                    .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
+                {
+                    let label = if by_label { label } else { self::label(&child) };
+                    if let Some(agent) = agent_root(child, rel, label, pod)? {
+                        found.push(agent);
+                    }
+                } else if depth + 1 < governance_common::MAX_CGROUP_DEPTH {
+                    stack.push((child, depth + 1));
+                }
             }
         }
     }
@@ -245,6 +245,68 @@ pub fn discover(
         a.index = i;
     }
     Ok(found)
+}
+
+/// The cgroups the selectors name, in component order (a cgroup before its descendants), if
+/// every selector names one cgroup by its path alone (no glob, label or pod) and the names are
+/// as validation leaves them (relative, no empty, `.` or `..` segment, within the depth the
+/// walk looks); None otherwise, and then [`discover`] walks the tree.
+fn literal_roots(set: &PolicySet, pods: bool) -> Option<Vec<&str>> {
+    if pods {
+        return None;
+    }
+    let mut rels = set
+        .policies
+        .iter()
+        .map(|p| {
+            let s = &p.selector;
+            let rel = s
+                .literal_cgroup()
+                .filter(|_| s.label.is_none() && s.pod.is_none())?;
+            let segments = rel.split('/');
+            (segments.clone().all(|seg| !matches!(seg, "" | "." | ".."))
+                && segments.count() < governance_common::MAX_CGROUP_DEPTH as usize)
+                .then_some(rel)
+        })
+        .collect::<Option<Vec<&str>>>()?;
+    rels.sort_by(|a, b| Path::new(a).cmp(Path::new(b)));
+    rels.dedup();
+    Some(rels)
+}
+
+/// The agent root at `path` (`rel` below the cgroup2 root), which a selector matched; None if
+/// it was removed since it was found (its removal is a change the daemon's watch sees).
+fn agent_root(
+    path: PathBuf,
+    rel: String,
+    label: Option<String>,
+    pod: Option<crate::policy::PodIdentity>,
+) -> Result<Option<AgentCgroup>, AgentsError> {
+    let cgroup_id = match cgroup_id(&path) {
+        Ok(id) => id,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AgentsError::Cgroup {
+                agent: rel,
+                path,
+                source,
+            });
+        }
+    };
+    let name = match (&label, &pod) {
+        (Some(l), _) => l.clone(),
+        (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
+        (None, None) => rel.clone(),
+    };
+    Ok(Some(AgentCgroup {
+        index: 0,
+        name,
+        rel,
+        label,
+        cgroup_id,
+        path,
+        pod,
+    }))
 }
 
 /// Every cgroup below `root`, by id (for naming cgroup ids in reports).
@@ -293,6 +355,51 @@ mod tests {
     fn unescapes_mount_points() {
         assert_eq!(unescape_mountinfo(r"/mnt/my\040cg"), "/mnt/my cg");
         assert_eq!(unescape_mountinfo(r"/a\\b\0"), r"/a\\b\0");
+    }
+
+    /// Selectors that each name one cgroup are looked up directly; the agents found are those
+    /// the walk finds: existing directories only, none below another agent root, each once.
+    /// (The walk is forced by one more policy whose glob matches nothing.)
+    #[test]
+    fn named_cgroups_are_found_as_the_walk_finds_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["a/b/c", "a-b/c", "d/e/f/g", "h"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::write(root.join("file"), "").unwrap();
+        let policies = |cgroups: &[&str], walk: bool| {
+            let mut text = String::new();
+            let globs = walk.then_some("nothing/*");
+            for (i, c) in cgroups.iter().chain(&globs).enumerate() {
+                text.push_str(&format!("---\nname: p{i}\nagents: {{ cgroup: '{c}' }}\n"));
+            }
+            crate::policy::parse(&[("p.yaml".into(), text)]).unwrap()
+        };
+        let cases: [&[&str]; 6] = [
+            &[
+                "a",
+                "a/b/c",
+                "a-b/c",
+                "d/e/f",
+                "h",
+                "file",
+                "missing",
+                "missing/x",
+            ],
+            &["a/b/c", "a/b", "d/e/f/g", "d/e"],
+            &["h", "h", "a-b", "a"],
+            &["d/e/f/g"],
+            &["missing"],
+            &["a/b", "a-b/c/x", "d"],
+        ];
+        for cgroups in cases {
+            let named = discover(root, &policies(cgroups, false), false, None).unwrap();
+            let walked = discover(root, &policies(cgroups, true), false, None).unwrap();
+            assert_eq!(named, walked, "{cgroups:?}");
+            assert!(literal_roots(&policies(cgroups, false), false).is_some());
+            assert!(literal_roots(&policies(cgroups, true), false).is_none());
+        }
     }
 
     #[test]
