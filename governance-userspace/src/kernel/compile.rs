@@ -188,16 +188,6 @@ fn path_bytes(p: &Path) -> Vec<u8> {
 
 /// The names a path rule must be stored under: as written, and where it resolves to now
 /// (the kernel reports resolved paths: a rule on a symlink means the file behind it).
-fn spellings(p: &Path) -> Vec<Vec<u8>> {
-    let mut out = vec![path_bytes(p)];
-    if let Ok(real) = std::fs::canonicalize(p)
-        && real != p
-    {
-        out.push(path_bytes(&real));
-    }
-    out
-}
-
 fn letters(access: &[Access]) -> Vec<u8> {
     if access.is_empty() {
         return vec![
@@ -379,8 +369,8 @@ pub fn compile_from(
         ));
     }
     let mut identities = Identities::new(protect);
-    // The same for every agent: resolved once (each spelling is a canonicalize).
-    let cgroup_root = spellings(&protect.cgroup_root);
+    // The same for every agent: resolved once.
+    let cgroup_root = identities.spellings(&protect.cgroup_root);
     let mut builtins = Builtins {
         protect,
         cgroup_root: &cgroup_root,
@@ -562,7 +552,7 @@ pub fn compile_from(
         };
         let reports = super::report::default_aux_of(&governing);
         let relaxations = relaxations(&governing);
-        let shared_here = builtins.shared(relaxations);
+        let shared_here = builtins.shared(relaxations, &mut identities);
         let (shared, shared_keys) = &*shared_here;
         for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
             let list = rules.paths.entry(letter).or_default();
@@ -656,6 +646,7 @@ pub fn compile_from(
         builtins.share(&mut c, &mut identities, &mut out.errors);
         let seq_list = sequence::classes(
             &sequences,
+            &mut identities,
             &mut new_class,
             &mut seq_classes,
             &mut out.errors,
@@ -771,10 +762,10 @@ struct Builtins<'a> {
 
 impl Builtins<'_> {
     /// The shared built-in rules of the relaxations `relaxed`.
-    fn shared(&mut self, relaxed: u32) -> Rc<Shared> {
+    fn shared(&mut self, relaxed: u32, identities: &mut Identities) -> Rc<Shared> {
         let protect = self.protect;
         Rc::clone(self.shared.entry(relaxed).or_insert_with(|| {
-            let shared = shared_denied(protect, relaxed);
+            let shared = shared_denied(protect, relaxed, identities);
             let keys = shared_keys(&shared);
             Rc::new((shared, keys))
         }))
@@ -799,7 +790,7 @@ impl Builtins<'_> {
         errors: &mut Vec<String>,
     ) -> Class {
         let mut rules = Rules::default();
-        for (letter, node, r) in self.shared(relaxed).0.iter().cloned() {
+        for (letter, node, r) in self.shared(relaxed, identities).0.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
         }
         // The identity entries are looked up in this class only where an agent's class has

@@ -133,7 +133,11 @@ pub(super) fn relaxations(governing: &[&Policy]) -> u32 {
 /// as resolved now (a relative or symlinked --policy means the same directory as the kernel's
 /// resolved path); a prefix node covers the path itself too (a file: the executable, the
 /// token, the shell startup files).
-pub(super) fn shared_denied(protect: &Protect, relaxed: u32) -> Vec<(u8, Node, Ranked)> {
+pub(super) fn shared_denied(
+    protect: &Protect,
+    relaxed: u32,
+    identities: &mut Identities,
+) -> Vec<(u8, Node, Ranked)> {
     let r = Ranked {
         specificity: [1, 0, u32::MAX - 1, 0],
         rule: rule_ref(NO_RULE, KVerdict::Block, 0),
@@ -151,8 +155,10 @@ pub(super) fn shared_denied(protect: &Protect, relaxed: u32) -> Vec<(u8, Node, R
                 denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
             }
         }
-        for path in denied.iter().flat_map(|d| spellings(d)) {
-            out.push((letter, Node { path, exact: false }, r));
+        for d in &denied {
+            for path in identities.spellings(d) {
+                out.push((letter, Node { path, exact: false }, r));
+            }
         }
     }
     out

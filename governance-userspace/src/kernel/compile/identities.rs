@@ -71,7 +71,7 @@ pub(super) fn severer(a: RulePair, b: RulePair) -> RulePair {
 
 impl Identities {
     pub(crate) fn new(protect: &Protect) -> Self {
-        Self {
+        let mut identities = Self {
             stat: Default::default(),
             below: Default::default(),
             budget: ENUMERATION_BUDGET,
@@ -82,10 +82,14 @@ impl Identities {
             skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
                 .into_iter()
                 .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
-                .chain(NOT_ENUMERATED.iter().flat_map(|p| spellings(Path::new(p))))
                 .collect(),
             notes: BTreeSet::new(),
+        };
+        for p in NOT_ENUMERATED {
+            let spelled = identities.spellings(Path::new(p));
+            identities.skip.extend(spelled);
         }
+        identities
     }
 
     /// The canonical path and identity of `path`, if it exists: what `canonicalize` and `stat`
@@ -99,8 +103,10 @@ impl Identities {
         found
     }
 
-    /// [`spellings`] of a rule's path, resolved through [`find`](Self::find): rules share
-    /// directories, and agents share policies.
+    /// A rule's path as written, and where it resolves now if that is another path (a
+    /// relative or symlinked path means the object the kernel sees by its resolved name),
+    /// resolved through [`find`](Self::find): rules share directories, and agents share
+    /// policies.
     pub(super) fn spellings(&mut self, p: &Path) -> Vec<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt as _;
         let mut out = vec![path_bytes(p)];

@@ -11,6 +11,7 @@ use crate::policy::Sequence;
 /// its matcher), appended to `classes`, and the list its classes carry; None without any.
 pub(super) fn classes(
     rules: &[(&Rule, u32, &Sequence)],
+    identities: &mut Identities,
     new_class: &mut impl FnMut() -> u32,
     classes: &mut Vec<Class>,
     errors: &mut Vec<String>,
@@ -43,7 +44,7 @@ pub(super) fn classes(
             PathMatch::Prefix(p) => (p, false),
         };
         for letter in letters(&seq.after_access) {
-            for spelled in spellings(path) {
+            for spelled in identities.spellings(path) {
                 tables.paths.entry(letter).or_default().push((
                     Node {
                         path: spelled,
