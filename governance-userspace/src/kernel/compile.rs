@@ -186,8 +186,6 @@ fn path_bytes(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
-/// The names a path rule must be stored under: as written, and where it resolves to now
-/// (the kernel reports resolved paths: a rule on a symlink means the file behind it).
 fn letters(access: &[Access]) -> Vec<u8> {
     if access.is_empty() {
         return vec![

@@ -103,10 +103,10 @@ impl Identities {
         found
     }
 
-    /// A rule's path as written, and where it resolves now if that is another path (a
-    /// relative or symlinked path means the object the kernel sees by its resolved name),
-    /// resolved through [`find`](Self::find): rules share directories, and agents share
-    /// policies.
+    /// The names a path rule must be stored under: as written, and where it resolves now if
+    /// that is another path (the kernel reports resolved paths: a rule on a symlink means the
+    /// file behind it). Resolved through [`find`](Self::find): rules share directories, and
+    /// agents share policies.
     pub(super) fn spellings(&mut self, p: &Path) -> Vec<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt as _;
         let mut out = vec![path_bytes(p)];

@@ -914,9 +914,9 @@ fn device_markers_agree(c: &Idents) {
 
 /// `Identities::find` answers every path as `canonicalize` and `stat` do, though it finds a
 /// path from its parent's cached answer, and a rule's spellings through it are the path and
-/// its `canonicalize`d form where that differs: over files, directories, missing names, names below a file or a missing
-/// directory, symlinks (to a directory, a file, up the tree, absolute, dangling, in a loop),
-/// doubled and trailing slashes, `.` and `..`.
+/// its `canonicalize`d form where that differs: over files, directories, missing names, names
+/// below a file or a missing directory, symlinks (to a directory, a file, up the tree,
+/// absolute, dangling, in a loop), doubled and trailing slashes, `.` and `..`.
 #[test]
 fn find_answers_as_canonicalize_and_stat() {
     use std::os::unix::{fs::MetadataExt as _, fs::symlink};
