@@ -83,7 +83,9 @@ pub const DISCOVER_STATS: &str = "DISCOVER_STATS";
 /// `sequence_egress` program last reported a refused packet for that agent and destination.
 pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 /// Array of u32 indexed by slot: 1 when that slot's generation has any sequence rule. Without
-/// it, `sequence_egress` passes a packet without walking its socket's cgroups.
+/// it, opens arm nothing and connects are restricted by nothing without looking up their
+/// class's sequence rules, and `sequence_egress` passes a packet without walking its socket's
+/// cgroups.
 pub const SEQ_ANY: &str = "SEQ_ANY";
 
 /// Every map, in pin order.

@@ -17,9 +17,9 @@ use crate::{
     exec::file_identity,
     identity::{device_letters, walk},
     kernel::{
-        FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC, OFF_FILE_FLAGS,
-        OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_RDEV,
-        OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off, read_at,
+        Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC,
+        OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
+        OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off,
     },
     maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, WRITTEN},
     sequence,
@@ -128,18 +128,15 @@ fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
 /// in RAW_DEVICES)? Reading a disk directly bypasses every file rule and needs no capability
 /// (only the device node's permissions, which root has). /dev/mem, /dev/port and /proc/kcore
 /// are refused by their open's CAP_SYS_RAWIO check (caps.rs). An unreadable mode counts as
-/// raw (only agents are affected, and only when the kernel object cannot be read).
+/// raw (only agents are affected, and only when the file has no inode to read).
 #[inline(always)]
-fn raw_device(file: u64) -> bool {
-    // SAFETY: see read_at.
-    let (mode, rdev) = unsafe {
-        match read_at::<u64>(file, off(&OFF_FILE_INODE)) {
-            Ok(inode) => (
-                read_at::<u16>(inode, off(&OFF_INODE_MODE)).unwrap_or(S_IFBLK),
-                read_at::<u32>(inode, off(&OFF_INODE_RDEV)).unwrap_or(0),
-            ),
-            Err(_) => (S_IFBLK, 0),
-        }
+fn raw_device(file: Btf) -> bool {
+    let (mode, rdev) = match file.ptr(off(&OFF_FILE_INODE)) {
+        Ok(inode) => (
+            inode.get::<u16>(off(&OFF_INODE_MODE)),
+            inode.get::<u32>(off(&OFF_INODE_RDEV)),
+        ),
+        Err(_) => (S_IFBLK, 0),
     };
     match mode & S_IFMT {
         S_IFBLK => true,
@@ -154,8 +151,8 @@ fn raw_device(file: u64) -> bool {
 /// full: the open is then refused, since a write that is not remembered could be mapped
 /// executable later.
 #[inline(always)]
-fn remember_written(agent: &Agent, file: u64) -> bool {
-    match file_identity(file) {
+fn remember_written(agent: &Agent, file: Btf) -> bool {
+    match file_identity(file.addr()) {
         Ok((dev, ino)) => WRITTEN
             .insert(&ExecKey { class: 0, dev, ino }, &agent.root, 0)
             .is_ok(),
@@ -177,21 +174,12 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let file: u64 = ctx.arg(0);
-    // SAFETY: see read_at.
-    let (fmode, fflags) = unsafe {
-        match (
-            read_at::<u32>(file, off(&OFF_FILE_MODE)),
-            read_at::<u32>(file, off(&OFF_FILE_FLAGS)),
-        ) {
-            (Ok(m), Ok(f)) => (m, f),
-            _ => {
-                let d = Decision::fail_closed(Kind::File, Cause::Unreadable);
-                emit(&agent, &d, |_| {});
-                return lsm_ret(&d);
-            }
-        }
-    };
+    // The file being opened: the hook's argument, which cannot fault (see kernel::Btf).
+    let file = Btf::arg(&ctx, 0);
+    let (fmode, fflags) = (
+        file.get::<u32>(off(&OFF_FILE_MODE)),
+        file.get::<u32>(off(&OFF_FILE_FLAGS)),
+    );
     // Opens for exec (the binary, a #! interpreter) are decided by the exec hook. The open
     // flag (__FMODE_EXEC) is what this kernel's open_exec sets; FMODE_EXEC may come later.
     if fmode & FMODE_EXEC != 0 || fflags & FMODE_EXEC_FLAG != 0 {
@@ -207,13 +195,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         let d = Decision::builtin(Kind::File, true);
         emit(&agent, &d, |ev| {
             ev.detail = asked | FILE_DETAIL_RAW_DEVICE;
-            if let Ok(key) = resolve_path(file, agent.value.class) {
+            if let Ok(key) = resolve_path(file.addr(), agent.value.class) {
                 copy_path(ev, &key.data.path);
             }
         });
         return lsm_ret(&d);
     }
-    let key = match resolve_path(file, agent.value.class) {
+    let key = match resolve_path(file.addr(), agent.value.class) {
         Ok(key) => key,
         Err(cause) => {
             let d = Decision::fail_closed(Kind::File, cause);
@@ -263,9 +251,8 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     // The same object by any other name: a hard link, a renamed directory, a bind mount,
     // another namespace's view. Skipped (two reads and a lookup) where no identity rule of the
     // class could answer: on a device without one, or for letters none restricts.
-    // SAFETY: see read_at.
-    let ident = unsafe { read_at::<u64>(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) }
-        .map_err(|_| Cause::Unreadable)
+    let ident = file
+        .ptr(off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY))
         .and_then(|dentry| match device_letters(&agent.value, dentry)? {
             (letters, tables) if letters & asked != 0 => {
                 walk(0, tables, dentry, letters & asked).map(Some)

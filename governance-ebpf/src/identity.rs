@@ -24,9 +24,9 @@ use governance_common::{
 use crate::{
     decide::{Agent, Decision, current_agent, emit, lsm_ret},
     kernel::{
-        BPF_FS_MAGIC, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE, OFF_DENTRY_NAME,
-        OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_DENTRY,
-        OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
+        BPF_FS_MAGIC, Btf, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE,
+        OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB,
+        OFF_PATH_DENTRY, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
     },
     maps::{IDENT_RULES, IDENT_SCRATCH},
 };
@@ -169,13 +169,8 @@ impl Tables {
 /// lookup). 0 when no identity rule of the class could answer on that device (or the class
 /// has none): the walk is skipped.
 #[inline(always)]
-pub(crate) fn device_letters(value: &AgentValue, dentry: u64) -> Result<(u8, Tables), Cause> {
-    // SAFETY: see read_at.
-    let dev = unsafe {
-        read_at::<u64>(dentry, off(&OFF_DENTRY_SB))
-            .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV)))
-    }
-    .map_err(|_| Cause::Unreadable)?;
+pub(crate) fn device_letters(value: &AgentValue, dentry: Btf) -> Result<(u8, Tables), Cause> {
+    let dev = dev_of(dentry)?;
     let mut tables = Tables {
         own: value.class,
         shared: builtin_class(value.class, value.allow),
@@ -210,32 +205,27 @@ fn look(answer: &mut Answer, tables: Tables, dev: u32, ino: u64, scope: u32, wan
     }
 }
 
-/// Inode number of a dentry's inode.
+/// Inode number of a dentry's inode (a negative dentry has none: unreadable).
 #[inline(always)]
-fn ino_of(dentry: u64) -> Result<u64, Cause> {
-    // SAFETY: see read_at.
-    unsafe {
-        let inode: u64 = read_at(dentry, off(&OFF_DENTRY_INODE)).map_err(|_| Cause::Unreadable)?;
-        read_at(inode, off(&OFF_INODE_INO)).map_err(|_| Cause::Unreadable)
-    }
+fn ino_of(dentry: Btf) -> Result<u64, Cause> {
+    Ok(dentry.ptr(off(&OFF_DENTRY_INODE))?.get(off(&OFF_INODE_INO)))
+}
+
+/// The device of a dentry's filesystem, as the identity keys hold it.
+#[inline(always)]
+fn dev_of(dentry: Btf) -> Result<u32, Cause> {
+    Ok(dentry.ptr(off(&OFF_DENTRY_SB))?.get(off(&OFF_SB_DEV)))
 }
 
 /// (device, inode) of a dentry's object, as the identity keys hold it.
 #[inline(always)]
-fn identity(dentry: u64) -> Result<(u32, u64), Cause> {
-    // SAFETY: see read_at.
-    let dev = unsafe {
-        read_at::<u64>(dentry, off(&OFF_DENTRY_SB))
-            .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV)))
-    }
-    .map_err(|_| Cause::Unreadable)?;
-    Ok((dev, ino_of(dentry)?))
+fn identity(dentry: Btf) -> Result<(u32, u64), Cause> {
+    Ok((dev_of(dentry)?, ino_of(dentry)?))
 }
 
 #[inline(always)]
-fn parent_of(dentry: u64) -> Result<u64, Cause> {
-    // SAFETY: see read_at.
-    unsafe { read_at(dentry, off(&OFF_DENTRY_PARENT)) }.map_err(|_| Cause::Unreadable)
+fn parent_of(dentry: Btf) -> Result<Btf, Cause> {
+    dentry.ptr(off(&OFF_DENTRY_PARENT))
 }
 
 /// The identity rules for the letters in `want` that apply to the object `obj` (a dentry) where
@@ -244,7 +234,7 @@ fn parent_of(dentry: u64) -> Result<u64, Cause> {
 pub(crate) fn walk(
     slot: u32,
     tables: Tables,
-    obj: u64,
+    obj: Btf,
     want: u8,
 ) -> Result<&'static Answer, Cause> {
     look_self(scratch(slot)?, tables, obj, want)?;
@@ -261,22 +251,24 @@ fn answer(slot: u32) -> Result<&'static Answer, Cause> {
 
 /// The rules of `obj` itself (its own identity entry), for the letters in `want`.
 #[inline(always)]
-fn look_self(answer: &mut Answer, tables: Tables, obj: u64, want: u8) -> Result<(), Cause> {
+fn look_self(answer: &mut Answer, tables: Tables, obj: Btf, want: u8) -> Result<(), Cause> {
     let (dev, ino) = identity(obj)?;
     look(answer, tables, dev, ino, SCOPE_SELF, want);
     Ok(())
 }
 
 /// One walk, between levels: `bpf_loop` hands the callback a pointer to it (on the caller's
-/// stack).
+/// stack). The dentries are kept as whole 8-byte words: the verifier keeps the type of a
+/// pointer spilled that way, which the callback's loads through `child` need.
 #[repr(C)]
 struct Walk {
     tables: Tables,
     dev: u32,
     _pad0: u32,
+    /// The filesystem's root dentry (compared, never read through).
     root: u64,
     /// The last dentry looked at; its parent is next.
-    child: u64,
+    child: Btf,
     /// The `IDENT_SCRATCH` slot of the answer.
     slot: u32,
     want: u32,
@@ -313,12 +305,10 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
     let step = (|| {
         let dir = parent_of(child)?;
         if dir == child {
-            if child == w.root {
+            if child.addr() == w.root {
                 return Ok(DONE);
             }
-            // SAFETY: see read_at.
-            let flags: u32 =
-                unsafe { read_at(child, off(&OFF_DENTRY_FLAGS)) }.map_err(|_| Cause::Unreadable)?;
+            let flags: u32 = child.get(off(&OFF_DENTRY_FLAGS));
             return if flags & DCACHE_DISCONNECTED != 0 {
                 Err(Cause::Unreadable)
             } else {
@@ -347,17 +337,12 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
 /// name is not cached: its directories are unknown) and past `MAX_IDENT_DEPTH` levels.
 /// Pseudo files (pipes, sockets, memfd) have no directory: only their own identity applies.
 #[inline(always)]
-fn walk_up(slot: u32, tables: Tables, obj: u64, child: u64, want: u8) -> Result<(), Cause> {
-    // SAFETY: see read_at.
-    let (dev, root) = unsafe {
-        read_at::<u64>(obj, off(&OFF_DENTRY_SB)).and_then(|sb| {
-            Ok((
-                read_at::<u32>(sb, off(&OFF_SB_DEV))?,
-                read_at::<u64>(sb, off(&OFF_SB_ROOT))?,
-            ))
-        })
-    }
-    .map_err(|_| Cause::Unreadable)?;
+fn walk_up(slot: u32, tables: Tables, obj: Btf, child: Btf, want: u8) -> Result<(), Cause> {
+    let sb = obj.ptr(off(&OFF_DENTRY_SB))?;
+    let (dev, root) = (
+        sb.get::<u32>(off(&OFF_SB_DEV)),
+        sb.get::<u64>(off(&OFF_SB_ROOT)),
+    );
     let mut w = Walk {
         tables,
         dev,
@@ -447,7 +432,7 @@ fn lost(src: &Answer, dst: &Answer, letters: u8) -> u64 {
 /// Is `obj` a directory above an object a restricting rule names (`SCOPE_HOLDS`)? 0, or
 /// `REFUSE | rule_id` of the first letter in `letters` held.
 #[inline(always)]
-fn holds(tables: Tables, obj: u64, letters: u8) -> Result<u64, Cause> {
+fn holds(tables: Tables, obj: Btf, letters: u8) -> Result<u64, Cause> {
     let (dev, ino) = identity(obj)?;
     let Some(v) = tables.get(dev, ino, SCOPE_HOLDS) else {
         return Ok(0);
@@ -492,7 +477,7 @@ fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
 /// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
 /// new name's), each one `bpf_loop`.
 #[inline(always)]
-fn judge(tables: Tables, old: u64, new: u64, letters: u8) -> Result<u64, Cause> {
+fn judge(tables: Tables, old: Btf, new: Btf, letters: u8) -> Result<u64, Cause> {
     look_self(scratch(0)?, tables, old, letters)?;
     let own = restricted(answer(0)?);
     if own != 0 {
@@ -510,9 +495,7 @@ fn judge(tables: Tables, old: u64, new: u64, letters: u8) -> Result<u64, Cause> 
     if restricted(dst) & 4 != 0 {
         return Ok(first_rule(dst, 4));
     }
-    // SAFETY: see read_at.
-    let replaced: u64 =
-        unsafe { read_at(new, off(&OFF_DENTRY_INODE)) }.map_err(|_| Cause::Unreadable)?;
+    let replaced: u64 = new.get(off(&OFF_DENTRY_INODE));
     if replaced != 0 {
         look_self(scratch(2)?, tables, new, letters & (2 | 8))?;
         let refused = replacing(answer(2)?, dst, letters);
@@ -534,7 +517,7 @@ fn judge(tables: Tables, old: u64, new: u64, letters: u8) -> Result<u64, Cause> 
 
 /// The (device, inode) of `dentry` in one number, for the record; 0 when unreadable.
 #[inline(always)]
-fn object_of(dentry: u64) -> u64 {
+fn object_of(dentry: Btf) -> u64 {
     identity(dentry).map_or(0, |(dev, ino)| (u64::from(dev) << 32) ^ ino)
 }
 
@@ -542,7 +525,7 @@ fn object_of(dentry: u64) -> u64 {
 /// (a built-in one when it has no rule number), or failing closed with its cause. The record
 /// names `dentry` by its last component.
 #[inline(always)]
-fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: u64, object: u64, op: u8) -> i32 {
+fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: Btf, object: u64, op: u8) -> i32 {
     let d = match judged {
         Ok(rule_id) => Decision {
             kind: Kind::Link,
@@ -565,7 +548,7 @@ fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: u64, object: u64, o
         ev.detail = op;
         // SAFETY: see read_at; the copy is bounded by the destination buffer.
         unsafe {
-            match read_at::<u64>(dentry, off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
+            match read_at::<u64>(dentry.addr(), off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME)) {
                 Ok(name) => {
                     if bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path).is_err() {
                         ev.path[0] = 0;
@@ -592,7 +575,7 @@ fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: u64, object: u64, o
 ///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
 ///   as severe for those accesses; not elsewhere.
 #[inline(always)]
-fn new_name(old: u64, new: u64, op: u8) -> i32 {
+fn new_name(old: Btf, new: Btf, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -617,7 +600,7 @@ pub fn inode_link(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_name(ctx.arg(0), ctx.arg(2), LINK_OP_LINK)
+    new_name(Btf::arg(&ctx, 0), Btf::arg(&ctx, 2), LINK_OP_LINK)
 }
 
 /// Renames: moving an object protected by identity (or a directory above one) out of the rule.
@@ -630,7 +613,7 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_name(ctx.arg(1), ctx.arg(3), LINK_OP_RENAME)
+    new_name(Btf::arg(&ctx, 1), Btf::arg(&ctx, 3), LINK_OP_RENAME)
 }
 
 /// An object changed where it is, without an open that file_open decides: removed (`unlink`:
@@ -640,7 +623,7 @@ pub fn inode_rename(ctx: LsmContext) -> i32 {
 /// truncate for a truncate; only refusals are reported. An object no identity rule restricts
 /// passes at once.
 #[inline(always)]
-fn changed_in_place(dentry: u64, truncate: bool, op: u8) -> i32 {
+fn changed_in_place(dentry: Btf, truncate: bool, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -685,7 +668,7 @@ pub fn unlink_protected(ctx: LsmContext) -> i32 {
     if magic.is_ok_and(|m| m & 0xffff_ffff == BPF_FS_MAGIC) {
         return 0;
     }
-    changed_in_place(ctx.arg(1), false, LINK_OP_UNLINK)
+    changed_in_place(Btf::arg(&ctx, 1), false, LINK_OP_UNLINK)
 }
 
 /// truncate(2) and ftruncate(2) of an object the identity rules protect from writing or
@@ -697,9 +680,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let path: u64 = ctx.arg(0);
-    // SAFETY: see read_at.
-    match unsafe { read_at::<u64>(path, off(&OFF_PATH_DENTRY)) } {
+    match Btf::arg(&ctx, 0).ptr(off(&OFF_PATH_DENTRY)) {
         Ok(dentry) => changed_in_place(dentry, true, LINK_OP_TRUNCATE),
         Err(_) => match current_agent() {
             Some(agent) => {
@@ -718,7 +699,7 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 /// in its directory: refused where the identity rules of the directories above it refuse
 /// creating (one walk, from the new entry's directory).
 #[inline(always)]
-fn new_entry(dentry: u64, op: u8) -> i32 {
+fn new_entry(dentry: Btf, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -753,7 +734,7 @@ pub fn inode_symlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_entry(ctx.arg(1), LINK_OP_SYMLINK)
+    new_entry(Btf::arg(&ctx, 1), LINK_OP_SYMLINK)
 }
 
 #[lsm(hook = "inode_mkdir")]
@@ -763,7 +744,7 @@ pub fn inode_mkdir(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_entry(ctx.arg(1), LINK_OP_MKDIR)
+    new_entry(Btf::arg(&ctx, 1), LINK_OP_MKDIR)
 }
 
 #[lsm(hook = "inode_mknod")]
@@ -773,5 +754,5 @@ pub fn inode_mknod(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_entry(ctx.arg(1), LINK_OP_MKNOD)
+    new_entry(Btf::arg(&ctx, 1), LINK_OP_MKNOD)
 }

@@ -1,7 +1,8 @@
 //! What the programs know of the kernel: the byte offsets of the kernel struct fields they read
 //! (set by the loader), how to read through them, and the kernel's own constants (errno, file
 //! mode and open flags, socket families, magic numbers, BPF helper flags).
-use aya_ebpf::{bindings, helpers::bpf_probe_read_kernel};
+use aya_ebpf::{bindings, helpers::bpf_probe_read_kernel, programs::LsmContext};
+use governance_common::Cause;
 
 // Byte offsets of kernel struct fields, written by the loader from the running kernel's BTF
 // (see governance_common::offsets). They live in .rodata, which the loader freezes, so the
@@ -73,6 +74,51 @@ pub(crate) fn off(global: &u64) -> u64 {
 pub(crate) unsafe fn read_at<T>(base: u64, off: u64) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel validates the address; a bad one returns an error.
     unsafe { bpf_probe_read_kernel((base + off) as *const T) }
+}
+
+/// A pointer to a kernel object whose type the verifier knows from BTF: an LSM hook's argument,
+/// or a pointer field loaded through one. Its fields are read with plain loads, which the JIT
+/// emits as guarded loads (`BPF_PROBE_MEM`: a fault reads as 0) of a few instructions, where
+/// `read_at` is a `bpf_probe_read_kernel` call: about 110 ns each under the VM's emulation, a
+/// third of an allowed open's time in an agent (docs/benchmarks.md). A pointer read with
+/// `read_at`, or from a context the verifier does not type (a raw tracepoint), is a plain
+/// number to the verifier, which refuses a load through it: those stay with `read_at`.
+///
+/// Offsets must be the loader's constants (`off`): the verifier checks each load against the
+/// BTF field at that offset, and refuses one it cannot place.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub(crate) struct Btf(u64);
+
+impl Btf {
+    /// The `n`th argument of an LSM hook, a pointer to a kernel struct.
+    #[inline(always)]
+    pub(crate) fn arg(ctx: &LsmContext, n: usize) -> Self {
+        Self(ctx.arg(n))
+    }
+
+    /// The address, for a helper or a `read_at` (which take plain numbers).
+    #[inline(always)]
+    pub(crate) fn addr(self) -> u64 {
+        self.0
+    }
+
+    /// The field of type `T` at `off`: a scalar field (a pointer field through `ptr`). A fault
+    /// reads as 0.
+    #[inline(always)]
+    pub(crate) fn get<T: Copy>(self, off: u64) -> T {
+        // SAFETY: a guarded load (see the type); the verifier checked it against BTF.
+        unsafe { core::ptr::read_volatile((self.0 + off) as *const T) }
+    }
+
+    /// The pointer field at `off`; NULL (or a fault) is an unreadable object.
+    #[inline(always)]
+    pub(crate) fn ptr(self, off: u64) -> Result<Self, Cause> {
+        match self.get::<u64>(off) {
+            0 => Err(Cause::Unreadable),
+            p => Ok(Self(p)),
+        }
+    }
 }
 
 // What the kernel's UAPI headers define (errno, open flags, socket families): not in

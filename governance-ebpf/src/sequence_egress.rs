@@ -34,7 +34,7 @@ use governance_common::{
 use crate::{
     decide::{count, now, verdict_of},
     kernel::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    maps::{AGENTS, EVENTS, GRANTS, PROXY, SEQ_ANY, SEQ_CLASSES, SEQ_EGRESS_REPORTED, STATE},
+    maps::{AGENTS, EVENTS, GRANTS, PROXY, SEQ_CLASSES, SEQ_EGRESS_REPORTED, STATE},
     net::is_proxy,
     sequence,
 };
@@ -59,7 +59,7 @@ fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
         return None;
     }
     let slot = slot(generation);
-    if SEQ_ANY.get(slot).copied().unwrap_or(0) == 0 {
+    if !sequence::any(slot) {
         return None;
     }
     let mut level = 1;
