@@ -12,8 +12,8 @@ use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
     file::{path_rules, resolve_path},
     kernel::{
-        OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_SB_DEV,
-        SIGKILL, off, read_at,
+        Btf, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB,
+        OFF_SB_DEV, SIGKILL, off, read_at,
     },
     maps::{EXEC_RULES, LOADERS},
 };
@@ -35,11 +35,10 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let bprm: u64 = ctx.arg(0);
-    // A direct load from the BTF-typed `bprm`, so the verifier types `file` as a
+    let bprm = Btf::arg(&ctx, 0);
+    // A load through the BTF-typed `bprm` (see kernel::Btf), so the verifier types `file` as a
     // `struct file *` (bpf_d_path needs that; bpf_probe_read would give a plain number).
-    // SAFETY: the verifier turns this into a fault-tolerant kernel load.
-    let file: u64 = unsafe { core::ptr::read_volatile((bprm + off(&OFF_BPRM_FILE)) as *const u64) };
+    let file: u64 = bprm.get(off(&OFF_BPRM_FILE));
     let loader = agent.value.allow & allow::LOADER_EXEC == 0 && is_loader(file);
     let d = if loader {
         Decision::builtin(Kind::Exec, true)
@@ -52,7 +51,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
         }
         // The name the exec was asked for, for the record; the decision used the file.
         // SAFETY: see read_at.
-        if let Ok(name) = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILENAME)) } {
+        if let Ok(name) = unsafe { read_at::<u64>(bprm.addr(), off(&OFF_BPRM_FILENAME)) } {
             // SAFETY: bounded by the destination buffer; errors leave path empty.
             if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path) }.is_err()
             {
