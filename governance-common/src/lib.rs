@@ -574,6 +574,29 @@ pub struct IdentKey {
     pub _pad: u32,
 }
 
+/// Bits in each slot's identity filter ([`maps::IDENT_FILTER`]): with the 15,000 identities of
+/// 1,000 agents, about 3 % of the bits are set.
+pub const IDENT_FILTER_BITS: u32 = 1 << 19;
+/// 64-bit words in one slot's identity filter.
+pub const IDENT_FILTER_WORDS: usize = (IDENT_FILTER_BITS / 64) as usize;
+/// One slot's identity filter (64 KiB): bit [`ident_filter_bit`] is set for the identity and
+/// scope of every [`IdentKey`] in the slot, whatever its class.
+pub type IdentFilter = [u64; IDENT_FILTER_WORDS];
+
+/// The bit of (`dev`, `ino`, `scope`) in an [`IdentFilter`] (multiplicative hashing). With the
+/// scope: the directories above a protected object have [`SCOPE_HOLDS`] entries, which a walk
+/// (looking for [`SCOPE_BELOW`]) never reads. The kernel and the daemon both compute it here.
+pub const fn ident_filter_bit(dev: u32, ino: u64, scope: u32) -> u32 {
+    let key = ino ^ ((dev as u64) << 32) ^ ((scope as u64) << 60);
+    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - IDENT_FILTER_BITS.trailing_zeros())) as u32
+}
+const _: () = assert!(
+    IDENT_FILTER_BITS.is_power_of_two()
+        && ident_filter_bit(u32::MAX, u64::MAX, SCOPE_DEVICE) < IDENT_FILTER_BITS
+        && ident_filter_bit(8, 2, SCOPE_SELF) != ident_filter_bit(8, 3, SCOPE_SELF)
+        && ident_filter_bit(8, 2, SCOPE_BELOW) != ident_filter_bit(8, 2, SCOPE_HOLDS)
+);
+
 /// Value of [`maps::IDENT_RULES`]: the rules per access letter, in the order of
 /// [`IDENT_LETTERS`] (the bits of [`Event::detail`]); a slot with neither side present has no
 /// rule here, and the next directory up decides that letter.
@@ -784,7 +807,8 @@ pub struct Event {
     pub cgroup_id: u64,
     /// cgroup v2 id of the agent root the task belongs to.
     pub agent_cgroup: u64,
-    /// The object identity for an escalation grant ([`GrantKey::object`]).
+    /// The object identity for an escalation grant ([`GrantKey::object`]). For a file open,
+    /// only when an escalate rule or default decides it (0 otherwise: nothing else reads it).
     pub object: u64,
     /// Thread id (kernel `pid`).
     pub pid: u32,

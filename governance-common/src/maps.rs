@@ -20,6 +20,10 @@ pub const THROTTLES: &str = "THROTTLES";
 pub const GRANTS: &str = "GRANTS";
 /// tgid (u32) → class id (u32): processes running under a sandbox profile.
 pub const SANDBOXED: &str = "SANDBOXED";
+/// Array[1] of u32: 1 once the kernel has marked any process in [`SANDBOXED`] (set before the
+/// mark, never cleared; each build's maps start empty). Until then, no decision looks its
+/// process up there, and no fork or exit touches the table.
+pub const SANDBOX_ANY: &str = "SANDBOX_ANY";
 /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
 /// proxy).
 pub const PROTECTED: &str = "PROTECTED";
@@ -61,6 +65,12 @@ pub const RAW_DEVICES: &str = "RAW_DEVICES";
 /// [`crate::IdentKey`] → [`crate::IdentValue`]: file rules by the identity of the objects
 /// their paths named at load (files, and directories for what is below them).
 pub const IDENT_RULES: &str = "IDENT_RULES";
+/// Array[2], one per slot, of [`crate::IdentFilter`]: the bit ([`crate::ident_filter_bit`]) of
+/// the identity and scope of every key in the slot's part of [`IDENT_RULES`]. A walk looks a
+/// level up only where its bit is set. The daemon sets a key's bit before it writes
+/// the key; it makes a slot's filter anew (exactly the bits of the slot's entries) only before
+/// an install writes that slot, which no decision reads then. Each build's maps start empty.
+pub const IDENT_FILTER: &str = "IDENT_FILTER";
 
 /// Per-CPU hash of [`crate::CountKey`] → u64: allowed actions counted rather than
 /// reported (see [`crate::report`]).
@@ -89,7 +99,7 @@ pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 pub const SEQ_ANY: &str = "SEQ_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 31] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -99,6 +109,7 @@ pub const ALL: [&str; 29] = [
     THROTTLES,
     GRANTS,
     SANDBOXED,
+    SANDBOX_ANY,
     PROTECTED,
     PROXY,
     ORIG_DST,
@@ -112,6 +123,7 @@ pub const ALL: [&str; 29] = [
     LOADERS,
     RAW_DEVICES,
     IDENT_RULES,
+    IDENT_FILTER,
     COUNTS,
     SEQ_CLASSES,
     SEQ_STATE,

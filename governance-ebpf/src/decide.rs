@@ -23,7 +23,7 @@ use crate::{
         OFF_TASK_GROUP_LEADER, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, OFF_TASK_THREAD_PID,
         OFF_UPID_NR, SIZE_UPID, off, read_at,
     },
-    maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOXED, STATE, THROTTLES},
+    maps::{AGENTS, BUCKETS, COUNTERS, EVENTS, GRANTS, SANDBOX_ANY, SANDBOXED, STATE, THROTTLES},
     report::Report,
 };
 
@@ -39,6 +39,27 @@ pub(crate) fn count(counter: Counter) {
 pub(crate) fn now() -> u64 {
     // SAFETY: helper call without pointer arguments.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Has the kernel marked any process as sandboxed since this build's maps were made (see
+/// governance_common::maps::SANDBOX_ANY)? Until then no process has a mark to look up: a
+/// decision, a fork and an exit each skip the `SANDBOXED` lookup (an array load here).
+#[inline(always)]
+pub(crate) fn any_sandboxed() -> bool {
+    SANDBOX_ANY.get(0).is_some_and(|any| *any != 0)
+}
+
+/// Mark process `tgid` as running under sandbox profile `profile`; false if the mark could not
+/// be stored. The flag is set before the mark: a task that finds the mark finds the flag too
+/// (the map update publishes the entry after the store).
+#[inline(always)]
+pub(crate) fn mark_sandboxed(tgid: u32, profile: u32) -> bool {
+    let Some(any) = SANDBOX_ANY.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: the one element of an array map; every writer stores the same value.
+    unsafe { core::ptr::write_volatile(any, 1) };
+    SANDBOXED.insert(&tgid, &profile, 0).is_ok()
 }
 
 /// The agent the current task belongs to.
@@ -99,8 +120,13 @@ pub(crate) fn current_agent() -> Option<Agent> {
                 tgid,
                 sandboxed: false,
             };
-            // SAFETY: as above.
-            if let Some(profile) = unsafe { SANDBOXED.get(&tgid) } {
+            let mark = if any_sandboxed() {
+                // SAFETY: as above.
+                unsafe { SANDBOXED.get(&tgid) }
+            } else {
+                None
+            };
+            if let Some(profile) = mark {
                 agent.sandboxed = true;
                 let key = AgentKey {
                     cgroup_id: 0,
@@ -234,18 +260,7 @@ pub(crate) fn apply(
     default: RulePair,
     object: u64,
 ) -> Decision {
-    let (pair, cause) = match rules {
-        Some(p) if p.enforce.present != 0 => (p, Cause::Rule),
-        // Only a shadow rule matched: the default enforces, the shadow rule is reported.
-        Some(p) => (
-            RulePair {
-                enforce: default.enforce,
-                shadow: p.shadow,
-            },
-            Cause::Default,
-        ),
-        None => (default, Cause::Default),
-    };
+    let (pair, cause) = deciding(rules, default);
     let rule = pair.enforce;
     let verdict = verdict_of(rule.verdict);
     let mut d = Decision {
@@ -275,7 +290,7 @@ pub(crate) fn apply(
             // Marked from now on, children included (sched_process_fork). If the mark cannot
             // be stored, the action is refused rather than run unconstrained.
             let profile = u32::from(rule.aux);
-            if SANDBOXED.insert(&agent.tgid, &profile, 0).is_err() {
+            if !mark_sandboxed(agent.tgid, profile) {
                 count(Counter::MapFull);
                 d.denied = true;
             }
@@ -295,6 +310,23 @@ pub(crate) fn apply(
         }
     }
     d
+}
+
+/// The rule pair that decides, and why: the enforcing rule found, else the default (beside a
+/// shadow rule found, which is reported).
+#[inline(always)]
+pub(crate) fn deciding(rules: Option<RulePair>, default: RulePair) -> (RulePair, Cause) {
+    match rules {
+        Some(p) if p.enforce.present != 0 => (p, Cause::Rule),
+        Some(p) => (
+            RulePair {
+                enforce: default.enforce,
+                shadow: p.shadow,
+            },
+            Cause::Default,
+        ),
+        None => (default, Cause::Default),
+    }
 }
 
 /// What `apply` needs to decide as it does for `None` (no rule), as a defined value: `found`

@@ -9,11 +9,11 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey,
-    RulePair, access, builtin_class, flags, report,
+    RulePair, Verdict, access, builtin_class, flags, report,
 };
 
 use crate::{
-    decide::{Agent, Decision, apply, count, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, apply, count, current_agent, deciding, emit, lsm_ret},
     exec::file_identity,
     identity::{device_letters, walk},
     kernel::{
@@ -106,7 +106,7 @@ pub(crate) fn copy_path(ev: &mut Event, path: &[u8; PATH_MAX]) {
     }
 }
 
-/// FNV-1a of the resolved path (see governance_common::path_hash).
+/// FNV-1a of the resolved path (see governance_common::path_hash): an escalation grant's object.
 #[inline(always)]
 fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -284,9 +284,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
             return lsm_ret(&d);
         }
     }
-    let object = hash_path(&key.data.path);
     let rules = if matched { worst } else { None };
-    let mut d = apply(Kind::File, &agent, rules, agent.value.file_default, object);
+    // The path's hash is the object of an escalation's grant, and nothing else reads it: the
+    // loop over the path's bytes is skipped for every other open (most of them).
+    let object = if deciding(rules, default).0.enforce.verdict == Verdict::Escalate as u8 {
+        hash_path(&key.data.path)
+    } else {
+        0
+    };
+    let mut d = apply(Kind::File, &agent, rules, default, object);
     if !d.denied && (write || create || truncate) && !remember_written(&agent, file) {
         count(Counter::MapFull);
         d = Decision::fail_closed(Kind::File, Cause::MapFull);

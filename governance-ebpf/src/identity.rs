@@ -16,9 +16,10 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    AgentValue, Cause, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD,
-    LINK_OP_RENAME, LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE,
-    RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class,
+    AgentValue, Cause, IDENT_FILTER_WORDS, IdentKey, IdentValue, Kind, LINK_OP_LINK, LINK_OP_MKDIR,
+    LINK_OP_MKNOD, LINK_OP_RENAME, LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK,
+    MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS,
+    SCOPE_SELF, Verdict, builtin_class, ident_filter_bit,
 };
 
 use crate::{
@@ -28,7 +29,7 @@ use crate::{
         OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB,
         OFF_PATH_DENTRY, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
     },
-    maps::{IDENT_RULES, IDENT_SCRATCH},
+    maps::{IDENT_FILTER, IDENT_RULES, IDENT_SCRATCH},
 };
 
 /// What the identity rules say, per access letter (bits as in `Event::detail`: r=1 w=2 c=4
@@ -146,6 +147,10 @@ pub(crate) struct Tables {
 impl Tables {
     #[inline(always)]
     fn get(self, dev: u32, ino: u64, scope: u32) -> Option<&'static IdentValue> {
+        // Both classes are of one slot (its bit is the class's top bit).
+        if !may_have(self.shared >> 31, dev, ino, scope) {
+            return None;
+        }
         let key = |class| IdentKey {
             class,
             dev,
@@ -162,6 +167,21 @@ impl Tables {
         // SAFETY: as above.
         unsafe { IDENT_RULES.get(&key(self.shared)) }
     }
+}
+
+/// May slot `slot`'s identity tables have a key for (`dev`, `ino`, `scope`)? Its bit in the
+/// slot's filter (see governance_common::maps::IDENT_FILTER): clear, no key of the slot is that
+/// one, and the lookups are skipped (most levels of most walks). A filter that cannot be read
+/// says yes: the lookups decide.
+#[inline(always)]
+fn may_have(slot: u32, dev: u32, ino: u64, scope: u32) -> bool {
+    let Some(filter) = IDENT_FILTER.get(slot) else {
+        return true;
+    };
+    let bit = ident_filter_bit(dev, ino, scope);
+    // Masked, not only checked: the verifier then sees the load inside the value.
+    let word = filter[(bit as usize / 64) & (IDENT_FILTER_WORDS - 1)];
+    word & (1 << (bit % 64)) != 0
 }
 
 /// The letters a walk from `dentry` is for, and the tables it reads: the letters its device's

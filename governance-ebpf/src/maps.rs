@@ -16,10 +16,10 @@ use governance_common::sequence::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES, MAX_GRANTS,
-    MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_LOADERS, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED,
-    MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue,
-    OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
+    GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES,
+    MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_LOADERS, MAX_NET_RULES, MAX_PATH_RULES,
+    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN,
+    NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 use governance_common::{CountKey, MAX_COUNTS};
@@ -45,6 +45,9 @@ pub(crate) static THROTTLES: HashMap<u32, Throttle> = HashMap::with_max_entries(
 pub(crate) static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX_GRANTS, 0);
 #[map]
 pub(crate) static SANDBOXED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SANDBOXED, 0);
+/// 1 once any process was marked in `SANDBOXED` (see governance_common::maps).
+#[map]
+pub(crate) static SANDBOX_ANY: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
 #[map]
@@ -95,6 +98,9 @@ pub(crate) static RAW_DEVICES: HashMap<u32, u32> = HashMap::with_max_entries(MAX
 #[map]
 pub(crate) static IDENT_RULES: HashMap<IdentKey, IdentValue> =
     HashMap::with_max_entries(MAX_IDENT_RULES, BPF_F_NO_PREALLOC);
+/// Per slot, the identities that have a key in `IDENT_RULES` (see governance_common::maps).
+#[map]
+pub(crate) static IDENT_FILTER: Array<IdentFilter> = Array::with_max_entries(2, 0);
 /// Per-CPU scratch for identity answers (see `identity::Answer`): the object, the new name, the
 /// object a rename replaces.
 #[map]

@@ -3688,7 +3688,8 @@ fn no_discover_detaches_the_discovery_program() {
 /// walking every table). After each install both slots hold exactly what was recorded for them
 /// (keys and values): the new generation in its slot, the one before in the other. The same
 /// policy again writes nothing; a one-rule change writes only that rule's entries. A restarted
-/// daemon, which adopts pins a previous process wrote, learns both slots by one walk.
+/// daemon, which adopts pins a previous process wrote, learns both slots by one walk. Each
+/// slot's identity filter has exactly the bits of the identities the slot holds.
 #[test]
 fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
     require_root();
@@ -3709,11 +3710,26 @@ fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
                 walked[slot as usize], recorded,
                 "generation {generation}: slot {slot} holds what was recorded"
             );
+            // The walks skip a level whose bit is clear: every identity in the slot has its
+            // bit, and (written for the slot's generation) nothing else does.
+            let mut want = vec![0u64; governance_common::IDENT_FILTER_WORDS];
+            for ((_, dev, ino, scope), _) in walked[slot as usize].idents.iter() {
+                let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
+                want[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+            assert!(
+                e.ident_filter(slot).unwrap()[..] == want[..],
+                "generation {generation}: slot {slot}'s identity filter is not exactly its identities"
+            );
         }
         let active = e
             .recorded_slot(governance_common::slot(generation))
             .unwrap();
         assert!(active.len() > 3, "{active:?}");
+        assert!(
+            !active.idents.is_empty(),
+            "the file rule's identities: {active:?}"
+        );
         assert_eq!(e.generation().unwrap(), generation);
     };
     check(&mut k.enforcer, 1);
@@ -3759,6 +3775,69 @@ fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
     check(&mut adopted, 8);
     install(&mut adopted, 9, yaml("127.0.0.1/32", "/tmp"));
     check(&mut adopted, 9);
+}
+
+/// Issue 17, the identity filter with a drill's canary: the canary's identity entries go into
+/// the active slot, beside the generation's, and the walks there skip a level whose bit is
+/// clear. The slot's filter gains the canary's identities (and keeps every bit it had) before
+/// the entries are written.
+#[test]
+fn a_canary_s_identities_are_added_to_the_active_slot_s_filter() {
+    require_root();
+    let agent = TestCgroup::new("filter-agent");
+    let canary = TestCgroup::new("filter-canary");
+    let yaml = |cgroup: &TestCgroup, prefix: &str| {
+        format!(
+            "name: f\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: file, file: {{ prefix: {prefix} }}, verdict: block, reason: test }}\n",
+            cgroup.rel.display()
+        )
+    };
+    let mut k = load(&yaml(&agent, "/tmp"));
+    let slot = governance_common::slot(k.generation);
+    let before = k.enforcer.ident_filter(slot).unwrap();
+    let set = governance::policy::parse(&[("c.yaml".into(), yaml(&canary, "/var/tmp"))]).unwrap();
+    let root = agents::cgroup2_mount().unwrap();
+    let found = agents::discover(&root, &set, false, None).unwrap();
+    let first_class = 0xc000;
+    let compiled = kernel::compile_from(
+        &set,
+        &found,
+        k.generation,
+        &kernel::Protect::default(),
+        first_class,
+    );
+    assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+    let written = k.enforcer.add_canary(compiled).unwrap();
+    let after = k.enforcer.ident_filter(slot).unwrap();
+    let walked = k.enforcer.walk_slots().unwrap();
+    let canary_idents: Vec<_> = walked[slot as usize]
+        .idents
+        .iter()
+        .filter(|((class, ..), _)| governance_common::id_number(*class) >= first_class)
+        .map(|((_, dev, ino, scope), _)| (*dev, *ino, *scope))
+        .collect();
+    assert!(
+        !canary_idents.is_empty(),
+        "the canary's file rule has identities"
+    );
+    for (dev, ino, scope) in &canary_idents {
+        let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
+        assert!(
+            after[(bit / 64) as usize] & (1 << (bit % 64)) != 0,
+            "the canary's identity ({dev}, {ino}, scope {scope}) has no bit in the active slot's filter"
+        );
+    }
+    assert!(
+        canary_idents.iter().any(|(dev, ino, scope)| {
+            let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
+            before[(bit / 64) as usize] & (1 << (bit % 64)) == 0
+        }),
+        "some identity of the canary was new to the slot's filter"
+    );
+    for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+        assert_eq!(b & a, *b, "word {i}: the active slot's filter lost bits");
+    }
+    k.enforcer.remove_canary(&written).unwrap();
 }
 
 /// The bypass of connect-time checks: a connection made before the arming read keeps sending.

@@ -74,7 +74,10 @@ impl Enforcer {
         // and never rewrites them.
         entries.paths.retain(|k| !existing.contains(&k.0));
         entries.idents.retain(|k| !existing.contains(&k.0));
-        let result = self.apply(slot, &SlotEntries::default(), &entries);
+        // The active slot's filter gains the canary's identities before they are written.
+        let result = self
+            .write_ident_filter(slot, super::ident_filter::filter_of(&entries.idents), true)
+            .and_then(|()| self.apply(slot, &SlotEntries::default(), &entries));
         // Recorded with the slot's own entries: should the canary's removal fail, the next
         // install into this slot deletes them (a key already removed is no error there).
         self.record_in_slot(slot, entries);

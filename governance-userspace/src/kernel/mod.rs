@@ -9,6 +9,7 @@ mod compile;
 mod discover;
 mod facts;
 mod host_files;
+mod ident_filter;
 pub mod probe;
 mod proxy_conns;
 mod report;
@@ -511,7 +512,10 @@ impl Enforcer {
         self.learn()?;
         let (new, skipped) = self.entries(&mut policy);
         let old = self.slots[slot as usize].take().unwrap_or_default();
-        let result = self.apply(slot, &old, &new);
+        // The slot's identity filter first: exactly the identities the slot is to hold.
+        let result = self
+            .write_ident_filter(slot, ident_filter::filter_of(&new.idents), false)
+            .and_then(|()| self.apply(slot, &old, &new));
         // A slot whose writes failed half-way is unknown: the next install walks it.
         self.slots[slot as usize] = result.is_ok().then_some(new);
         self.last_install = result?;
