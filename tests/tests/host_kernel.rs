@@ -3820,18 +3820,18 @@ fn a_canary_s_identities_are_added_to_the_active_slot_s_filter() {
         !canary_idents.is_empty(),
         "the canary's file rule has identities"
     );
-    for (dev, ino, scope) in &canary_idents {
-        let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
+    let has = |filter: &[u64], &(dev, ino, scope): &(u32, u64, u32)| {
+        let bit = governance_common::ident_filter_bit(dev, ino, scope);
+        filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    };
+    for id in &canary_idents {
         assert!(
-            after[(bit / 64) as usize] & (1 << (bit % 64)) != 0,
-            "the canary's identity ({dev}, {ino}, scope {scope}) has no bit in the active slot's filter"
+            has(&after[..], id),
+            "the canary's identity {id:?} (device, inode, scope) has no bit in the active slot's filter"
         );
     }
     assert!(
-        canary_idents.iter().any(|(dev, ino, scope)| {
-            let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
-            before[(bit / 64) as usize] & (1 << (bit % 64)) == 0
-        }),
+        canary_idents.iter().any(|id| !has(&before[..], id)),
         "some identity of the canary was new to the slot's filter"
     );
     for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {

@@ -8,20 +8,12 @@ use super::{Enforcer, KernelError, slots::Table};
 
 /// The filter of the identities of `idents`, a slot's identity entries.
 pub(super) fn filter_of(idents: &Table<(u32, u32, u64, u32), IdentValue>) -> Box<IdentFilter> {
-    let mut filter = empty();
+    let mut filter = Box::new([0; IDENT_FILTER_WORDS]);
     for ((_, dev, ino, scope), _) in idents.iter() {
         let bit = ident_filter_bit(*dev, *ino, *scope);
         filter[(bit / 64) as usize] |= 1 << (bit % 64);
     }
     filter
-}
-
-/// A filter with no bit set, on the heap (64 KiB).
-fn empty() -> Box<IdentFilter> {
-    vec![0; IDENT_FILTER_WORDS]
-        .into_boxed_slice()
-        .try_into()
-        .unwrap_or_else(|_| unreachable!("a vector of IDENT_FILTER_WORDS words"))
 }
 
 impl Enforcer {
