@@ -94,6 +94,27 @@ pub const MAX_IDENT_RULES: u32 = 262_144;
 /// most 125 levels of `/x`) is within it.
 pub const MAX_IDENT_DEPTH: u32 = 128;
 
+/// The layout of the runtime tables a handover carries from one build to the next
+/// ([`maps::SANDBOXED`] with [`maps::SANDBOX_ANY`], [`maps::SEQ_STATE`], [`maps::WRITTEN`],
+/// [`maps::GRANTS`], [`maps::BUCKETS`]) and of the [`Event`] records the new build reads from
+/// the previous build's [`maps::EVENTS`]: their key and value types and what the values mean.
+/// Kept in [`maps::STATE`] at [`STATE_LAYOUT`]; a change to any of those types, or to how their
+/// values are computed, must bump it (and teach the handover the previous one).
+///
+/// 0 is the builds before the number was kept (no [`STATE_LAYOUT`] entry): the same types, but
+/// a sandbox mark was a class number that other agents' profiles shifted, so their marks are
+/// carried as a profile no generation has (the process then has every action refused).
+pub const RUNTIME_LAYOUT: u32 = 1;
+/// Index in [`maps::STATE`] of the active generation (0: none loaded yet).
+pub const STATE_GENERATION: u32 = 0;
+/// Index in [`maps::STATE`] of the build id of the object that pinned the maps.
+pub const STATE_BUILD: u32 = 1;
+/// Index in [`maps::STATE`] of the [`RUNTIME_LAYOUT`] of the build that pinned the maps.
+pub const STATE_LAYOUT: u32 = 2;
+/// A sandbox mark no generation has a class for ([`AgentKey::profile`] is 16 bits): what a
+/// handover carries for a mark whose profile it cannot tell. Every action is then refused.
+pub const UNKNOWN_PROFILE: u32 = u32::MAX;
+
 /// The class id of class number `n` (1-based) in the generation `generation`: the slot is the
 /// top bit, so a generation's tables never collide with the other slot's.
 pub const fn class_id(generation: u32, n: u32) -> u32 {
@@ -348,7 +369,7 @@ pub struct RuleRef {
     pub verdict: u8,
     /// 1 if this slot is in use.
     pub present: u8,
-    /// Sandbox verdict: the class number (within the slot) of the sandbox profile.
+    /// Sandbox verdict: the profile's mark (see [`AgentKey::profile`]).
     /// Throttle verdict: whose bucket (see [`BucketKey`]). Allow verdict: how the allowed
     /// action is reported (see [`report`]).
     pub aux: u16,
@@ -371,8 +392,9 @@ pub struct AgentKey {
     pub cgroup_id: u64,
     /// Generation slot (0 or 1).
     pub slot: u32,
-    /// 0 for an agent root; for a sandbox profile's class, `cgroup_id` is 0 and this is the
-    /// profile's class number.
+    /// 0 for an agent root's class; for the class of one of its sandbox profiles, the mark
+    /// [`maps::SANDBOXED`] holds for it: a hash of the profile's `<policy>/<profile>` name, the
+    /// same in every generation and build (`kernel::compile::profile_key` in the daemon).
     pub profile: u32,
 }
 

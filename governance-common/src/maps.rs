@@ -1,5 +1,6 @@
-/// Array[2] of u32: the active generation (0: none loaded yet), and the build id of the
-/// object that pinned the maps.
+/// Array[3] of u32: the active generation (0: none loaded yet), the build id of the object
+/// that pinned the maps and its [`crate::RUNTIME_LAYOUT`] (indices `crate::STATE_*`; builds
+/// before the layout was kept have two entries).
 pub const STATE: &str = "STATE";
 /// [`crate::AgentKey`] → [`crate::AgentValue`]: the cgroups that are agent roots.
 pub const AGENTS: &str = "AGENTS";
@@ -18,7 +19,8 @@ pub const BUCKETS: &str = "BUCKETS";
 pub const THROTTLES: &str = "THROTTLES";
 /// [`crate::GrantKey`] → expiry (u64, CLOCK_MONOTONIC ns): approved escalations.
 pub const GRANTS: &str = "GRANTS";
-/// tgid (u32) → class id (u32): processes running under a sandbox profile.
+/// tgid (u32) → profile mark (u32, [`crate::AgentKey::profile`]): processes running under a
+/// sandbox profile of their agent.
 pub const SANDBOXED: &str = "SANDBOXED";
 /// Array[1] of u32: 1 once the kernel has marked any process in [`SANDBOXED`] (set before the
 /// mark, never cleared; each build's maps start empty). Until then, no decision looks its

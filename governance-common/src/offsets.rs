@@ -47,6 +47,9 @@ pub const TASK_THREAD_PID: &str = "OFF_TASK_THREAD_PID";
 pub const PID_LEVEL: &str = "OFF_PID_LEVEL";
 pub const PID_NUMBERS: &str = "OFF_PID_NUMBERS";
 pub const UPID_NR: &str = "OFF_UPID_NR";
+pub const TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
+/// `signal_struct.live` (an `atomic_t`): the thread group's threads that have not exited.
+pub const SIGNAL_LIVE: &str = "OFF_SIGNAL_LIVE";
 /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
@@ -54,7 +57,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 48] = [
+pub const ALL: [(&str, &str, &str); 50] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -103,4 +106,6 @@ pub const ALL: [(&str, &str, &str); 48] = [
     (PID_LEVEL, "pid", "level"),
     (PID_NUMBERS, "pid", "numbers"),
     (UPID_NR, "upid", "nr"),
+    (TASK_SIGNAL, "task_struct", "signal"),
+    (SIGNAL_LIVE, "signal_struct", "live"),
 ];

@@ -128,8 +128,9 @@ pub(crate) fn current_agent() -> Option<Agent> {
             };
             if let Some(profile) = mark {
                 agent.sandboxed = true;
+                // Under its own agent root: a mark never reaches another agent's profile.
                 let key = AgentKey {
-                    cgroup_id: 0,
+                    cgroup_id: id,
                     slot,
                     profile: *profile,
                 };

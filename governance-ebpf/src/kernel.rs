@@ -60,6 +60,8 @@ offsets!(
     OFF_PID_LEVEL,
     OFF_PID_NUMBERS,
     OFF_UPID_NR,
+    OFF_TASK_SIGNAL,
+    OFF_SIGNAL_LIVE,
     SIZE_UPID
 );
 

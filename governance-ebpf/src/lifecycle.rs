@@ -1,13 +1,15 @@
 //! Process lifecycle: the sandbox mark follows a process across fork and is dropped at exit.
 //! Both return at once while no process was ever marked (`any_sandboxed`).
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_current_task},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use governance_common::Counter;
 
 use crate::{
     decide::{any_sandboxed, count, mark_sandboxed},
-    kernel::{OFF_TASK_TGID, off, read_at},
+    kernel::{OFF_SIGNAL_LIVE, OFF_TASK_SIGNAL, OFF_TASK_TGID, off, read_at},
     maps::SANDBOXED,
 };
 
@@ -36,15 +38,24 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Forget a sandboxed process when it exits, so its pid cannot pass the mark on.
+/// Forget a sandboxed process when its last thread exits, so its pid cannot pass the mark on.
+///
+/// Not when its main thread exits: `pthread_exit` in the main thread ends that thread alone and
+/// the others run on under the same tgid, marked. The tracepoint fires after the exiting thread
+/// was taken off `signal->live`, so the last thread of the group reads 0 there; a group whose
+/// count cannot be read keeps its mark (stale, never missing).
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     if !any_sandboxed() {
         return 0;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if pid_tgid as u32 == (pid_tgid >> 32) as u32 {
-        let _ = SANDBOXED.remove(&((pid_tgid >> 32) as u32));
+    // SAFETY: helper call without pointer arguments; reads go through probe_read.
+    let live = unsafe {
+        read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_SIGNAL))
+            .and_then(|signal| read_at::<i32>(signal, off(&OFF_SIGNAL_LIVE)))
+    };
+    if live == Ok(0) {
+        let _ = SANDBOXED.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     }
     0
 }

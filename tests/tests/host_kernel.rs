@@ -4098,3 +4098,356 @@ fn a_drill_sends_http_checks_through_the_proxy_and_fails_when_the_kernel_loses_i
     assert_eq!(drill(true), passing);
     daemon.stop();
 }
+
+/// A process of an agent that connects where it is told, for the sandbox tests: the kernel's
+/// mark is per process, so the connects that mark it and those that probe it must come from
+/// the same process. A python3 whose second thread serves lines of stdin: `HOST PORT` connects
+/// and answers `ok` or `errno N`; `leave` makes the main thread exit by itself (the raw `exit`
+/// syscall, x86_64's number, as `pthread_exit` does); `exec HOST PORT` makes the serving thread
+/// exec a python3 that makes that connect and answers the same way.
+struct Connector(
+    governance_tests::Reaped,
+    std::io::BufReader<std::process::ChildStdout>,
+);
+
+const CONNECTOR: &str = "import ctypes, os, socket, sys, threading\n\
+    leave = threading.Event()\n\
+    def connect(host, port):\n\
+    \x20   s = socket.socket()\n\
+    \x20   try:\n\
+    \x20       s.connect((host, int(port)))\n\
+    \x20       return 'ok'\n\
+    \x20   except OSError as e:\n\
+    \x20       return 'errno %d' % e.errno\n\
+    \x20   finally:\n\
+    \x20       s.close()\n\
+    def serve():\n\
+    \x20   for line in sys.stdin:\n\
+    \x20       cmd = line.split()\n\
+    \x20       if cmd[0] == 'leave':\n\
+    \x20           leave.set()\n\
+    \x20       elif cmd[0] == 'exec':\n\
+    \x20           code = 'import socket\\ns = socket.socket()\\ntry:\\n    s.connect((%r, %s)); print(\"ok\")\\nexcept OSError as e:\\n    print(\"errno\", e.errno)' % (cmd[1], cmd[2])\n\
+    \x20           os.execv(sys.executable, [sys.executable, '-c', code])\n\
+    \x20       else:\n\
+    \x20           print(connect(*cmd), flush=True)\n\
+    threading.Thread(target=serve, daemon=True).start()\n\
+    print('ready', flush=True)\n\
+    leave.wait()\n\
+    ctypes.CDLL(None).syscall(60, 0)\n";
+
+impl Connector {
+    fn start(cgroup: &Path) -> Self {
+        let mut child = python_in(cgroup, &["-c", CONNECTOR], &[]);
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Self(child, out)
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Send one command line.
+    fn send(&mut self, line: &str) {
+        use std::io::Write as _;
+        let stdin = self.0.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// The next answer.
+    fn answer(&mut self) -> String {
+        let mut line = String::new();
+        self.1.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+
+    /// Connect to `addr`: "ok" or "errno N".
+    fn connect(&mut self, addr: SocketAddr) -> String {
+        self.send(&format!("{} {}", addr.ip(), addr.port()));
+        self.answer()
+    }
+}
+
+/// The policy of the sandbox-mark tests: connecting to `enter` sandboxes the process under
+/// `jail` (no network). With `other`, a second profile (`open`, network through the proxy)
+/// and a rule using it come first, which numbers the profiles' classes differently.
+fn marks_policy(agent: &TestCgroup, enter: SocketAddr, other: Option<SocketAddr>) -> String {
+    let mut doc = format!(
+        "name: marks\nagents: {{ cgroup: {} }}\nsandbox_profiles:\n  jail: {{ network: none }}\n",
+        agent.rel.display()
+    );
+    if other.is_some() {
+        doc.push_str("  open: { network: proxy }\n");
+    }
+    doc.push_str("rules:\n");
+    if let Some(o) = other {
+        doc.push_str(&format!(
+            "  - {{ id: other, network: {{ cidr: {}/32 }}, verdict: sandbox, sandbox: {{ profile: open }}, reason: test }}\n",
+            o.ip()
+        ));
+    }
+    doc.push_str(&format!(
+        "  - {{ id: enter, network: {{ cidr: {}/32 }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: test }}\n",
+        enter.ip()
+    ));
+    doc
+}
+
+/// A sandboxed process stays under its own profile when a reload changes which profiles the
+/// generation has: a process that `jail` (no network) holds must not find itself under
+/// another profile (here `open`, network through the proxy, which lets its connect through)
+/// because a profile was added before it. The mark names the profile (a hash of its name,
+/// looked up under the process's own agent), not its position. Controls: before the mark and
+/// in a sibling process that was never marked, the same connect goes through.
+#[test]
+fn a_sandbox_mark_keeps_its_profile_across_a_reload_that_adds_profiles() {
+    require_root();
+    let agent = TestCgroup::new("marks");
+    let (_enter_l, enter) = listener([127, 0, 0, 21]);
+    let (_probe_l, probe) = listener([127, 0, 0, 22]);
+    let other = SocketAddr::from(([127, 0, 0, 23], 9));
+    let dir = policy_dir("marks", &marks_policy(&agent, enter, None));
+    let pins = pin_dir("marks");
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(seen.contains("as generation 1"), "{seen}");
+    let mut marked = Connector::start(&agent.path);
+    assert_eq!(marked.connect(probe), "ok", "control: before the mark");
+    assert_eq!(
+        marked.connect(enter),
+        "ok",
+        "a sandbox verdict lets the action go on"
+    );
+    assert_eq!(
+        marked.connect(probe),
+        format!("errno {}", libc::EPERM),
+        "jail: no network"
+    );
+    std::fs::write(dir.join("p.yaml"), marks_policy(&agent, enter, Some(other))).unwrap();
+    daemon.wait_for("generation 2 is enforcing");
+    redteam("sandbox mark across a reload that adds a profile", "tried");
+    assert_eq!(
+        marked.connect(probe),
+        format!("errno {}", libc::EPERM),
+        "still jail after the reload, not the profile that took its place"
+    );
+    redteam("sandbox mark across a reload that adds a profile", "denied");
+    let mut sibling = Connector::start(&agent.path);
+    assert_eq!(
+        sibling.connect(probe),
+        "ok",
+        "control: a process never marked"
+    );
+    redteam(
+        "sandbox mark across a reload that adds a profile",
+        "control",
+    );
+    drop((marked, sibling));
+    stop_daemon(daemon);
+    unload(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rolling upgrade carries the kernel's runtime state to the new build (its maps start
+/// empty): a process sandboxed under the old build stays under its profile under the new one
+/// alone, and a throttle bucket the old build drained stays drained (one connect per hour).
+/// A denial the old build's programs made while no daemon ran reaches the new build's audit
+/// log (from the old build's ring).
+/// Controls: a process never marked connects under the new build, and a connect the throttle
+/// rule does not cover goes through.
+#[test]
+fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
+    require_root();
+    let agent = TestCgroup::new("carry");
+    let (_enter_l, enter) = listener([127, 0, 0, 24]);
+    let (_probe_l, probe) = listener([127, 0, 0, 25]);
+    let (_slow_l, slow) = listener([127, 0, 0, 26]);
+    let policy = format!(
+        "{}  - {{ id: slow, network: {{ cidr: {}/32 }}, verdict: throttle, throttle: {{ rate: 1, per: 1h }}, reason: test }}\n",
+        marks_policy(&agent, enter, None),
+        slow.ip()
+    );
+    let dir = policy_dir("carry", &policy);
+    let pins = pin_dir("carry");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = [
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--quiet",
+        "--pins",
+        &pins_arg,
+    ];
+    let start = |salt: &str| start_daemon_of_build(&args, &dir, salt);
+    let (old, _) = start("old build");
+    let mut marked = Connector::start(&agent.path);
+    let mut other = Connector::start(&agent.path);
+    assert_eq!(marked.connect(enter), "ok");
+    let refused = format!("errno {}", libc::EPERM);
+    assert_eq!(marked.connect(probe), refused, "jail under the old build");
+    assert_eq!(other.connect(slow), "ok", "the bucket's one token");
+    assert_eq!(
+        other.connect(slow),
+        refused,
+        "throttled under the old build"
+    );
+    stop_daemon(old);
+    // Decided by the old build's programs while no daemon runs: the event waits in its ring.
+    let (_downtime_l, downtime) = listener([127, 0, 0, 28]);
+    assert_eq!(marked.connect(downtime), refused, "jail with no daemon");
+    let (new, seen) = start("new build");
+    assert!(
+        seen.contains("handed over")
+            && seen.contains("carried over: 1 sandboxed processes (0 with a profile")
+            && seen.contains("1 throttle buckets"),
+        "the new build handed over and carried the mark and the bucket:\n{seen}"
+    );
+    let dest = downtime.to_string();
+    let record = wait_for_value(
+        "the denial made while no daemon ran, in the new build's audit log",
+        Duration::from_secs(10),
+        || {
+            audit_records(&new.audit())
+                .into_iter()
+                .find(|r| r["outcome"] == "block" && r["object"]["dest"] == dest.as_str())
+        },
+    );
+    assert_eq!(
+        record["cgroup"]["path"],
+        agent.rel.to_str().unwrap(),
+        "{record:#}"
+    );
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("previous build"),
+        "{record:#}"
+    );
+    redteam(
+        "sandbox mark and throttle bucket across a rolling upgrade",
+        "tried",
+    );
+    assert_eq!(
+        marked.connect(probe),
+        refused,
+        "still jail under the new build alone"
+    );
+    assert_eq!(
+        other.connect(slow),
+        refused,
+        "still throttled under the new build alone"
+    );
+    redteam(
+        "sandbox mark and throttle bucket across a rolling upgrade",
+        "denied",
+    );
+    assert_eq!(
+        other.connect(probe),
+        "ok",
+        "control: a process never marked"
+    );
+    let (_free_l, free) = listener([127, 0, 0, 27]);
+    assert_eq!(other.connect(free), "ok", "control: not throttled");
+    redteam(
+        "sandbox mark and throttle bucket across a rolling upgrade",
+        "control",
+    );
+    drop((marked, other));
+    stop_daemon(new);
+    unload(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sandboxed process keeps its mark while any of its threads runs: its main thread ending
+/// alone (the raw `exit` syscall, as `pthread_exit` does) leaves the other threads under the
+/// same tgid, and an exec from another thread kills the main thread on the way (`de_thread`).
+/// Neither may drop the mark: after each, the process's next connect is still the profile's
+/// (refused). Control: a process of the same agent that was never marked connects.
+#[test]
+fn a_sandbox_mark_outlives_the_main_thread() {
+    require_root();
+    assert_eq!(
+        std::env::consts::ARCH,
+        "x86_64",
+        "the script calls exit by its x86_64 number"
+    );
+    let agent = TestCgroup::new("threads");
+    let (_enter_l, enter) = listener([127, 0, 0, 31]);
+    let (_probe_l, probe) = listener([127, 0, 0, 32]);
+    let dir = policy_dir("threads", &marks_policy(&agent, enter, None));
+    let pins = pin_dir("threads");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let refused = format!("errno {}", libc::EPERM);
+    let case = "a sandboxed process whose main thread ends, or which execs from another thread";
+    for variant in ["main thread exits", "exec from a second thread"] {
+        let mut child = Connector::start(&agent.path);
+        let pid = child.pid();
+        assert_eq!(child.connect(enter), "ok", "{variant}: sandboxed");
+        assert_eq!(child.connect(probe), refused, "{variant}: jail");
+        println!("redteam: tried {case}: {variant}");
+        if variant == "main thread exits" {
+            child.send("leave");
+            wait_until(
+                "the main thread to end alone",
+                Duration::from_secs(10),
+                || {
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit(')')
+                            .next()
+                            .is_some_and(|r| r.trim_start().starts_with('Z'))
+                    })
+                },
+            );
+            assert_eq!(child.connect(probe), refused, "{variant}: still jail");
+        } else {
+            child.send(&format!("exec {} {}", probe.ip(), probe.port()));
+            assert_eq!(child.answer(), refused, "{variant}: still jail");
+        }
+        println!("redteam: denied {case}: {variant}");
+        // The mark dies with the process's last thread.
+        let marks: aya::maps::HashMap<_, u32, u32> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                aya::maps::MapData::from_pin(pins.join("maps/SANDBOXED")).unwrap(),
+            ))
+            .unwrap();
+        assert!(
+            marks.get(&pid, 0).is_ok(),
+            "{variant}: marked while it runs"
+        );
+        drop(child);
+        wait_until(
+            "the mark of the ended process to go",
+            Duration::from_secs(10),
+            || marks.get(&pid, 0).is_err(),
+        );
+    }
+    let mut never = Connector::start(&agent.path);
+    assert_eq!(
+        never.connect(probe),
+        "ok",
+        "control: a process never marked"
+    );
+    println!("redteam: control {case}");
+    drop(never);
+    stop_daemon(daemon);
+    unload(&pins);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -4371,6 +4371,26 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
     let case = "14.8 denied exec and open across a rolling upgrade (LSM)";
     let (old, _) = start_daemon_of_build(&args, &dir, "old build");
     controls("before");
+    // Runtime state the new build must carry over (its maps start empty): a file the agent
+    // wrote under the old build stays a file it may not map executable under the allowlist.
+    let (written, unwritten) = (fx.p("tmp/written"), fx.p("tmp/unwritten"));
+    for f in [&written, &unwritten] {
+        std::fs::copy(BUSYBOX, f).unwrap();
+    }
+    let map_exec = |path: &Path| Attempt::MapExec {
+        path: cstr(path),
+        mprotect: false,
+    };
+    let in_agent = |attempt: &Attempt| run_in(Some(&fx.agent.path), "agent", attempt).1;
+    assert_eq!(
+        in_agent(&Attempt::open(&written, libc::O_WRONLY)),
+        Outcome::Exited(0)
+    );
+    assert_eq!(
+        in_agent(&map_exec(&written)),
+        Outcome::Errno(libc::EPERM),
+        "a file the agent wrote, under the old build"
+    );
     println!("redteam: tried {case}");
     let looper = AttemptLoop::start(
         &fx.agent.path,
@@ -4423,6 +4443,21 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
     println!("redteam: denied {case}");
     controls("after");
     println!("redteam: control {case}");
+    let carried = "14.8 a file the agent wrote, mapped executable after a rolling upgrade (LSM)";
+    println!("redteam: tried {carried}");
+    assert!(seen.contains("carried over:"), "{seen}");
+    assert_eq!(
+        in_agent(&map_exec(&written)),
+        Outcome::Errno(libc::EPERM),
+        "the file the agent wrote under the old build, under the new build alone"
+    );
+    println!("redteam: denied {carried}");
+    assert_eq!(
+        in_agent(&map_exec(&unwritten)),
+        Outcome::Exited(0),
+        "control: a file no agent wrote"
+    );
+    println!("redteam: control {carried}");
     // The new build reports a container's process end to end: its audit record of a denial
     // by the container's first process carries the node's pid and the pid inside (1).
     let c = Container::new(&fx.p("allowed"), &fx.p("tmp"), &[]);

@@ -2,6 +2,7 @@
 //! the approval queue.
 
 use std::{
+    collections::BTreeMap,
     os::fd::{AsFd as _, AsRawFd},
     sync::{
         Arc,
@@ -69,41 +70,91 @@ impl Drainer {
     /// Publish what is in the ring now (in batches); how many events.
     fn drain(&mut self) -> usize {
         let names = self.names.read().map(|n| n.clone()).unwrap_or_default();
-        let unknown = Names::default();
-        let mut total = 0;
-        loop {
-            let mut batch = Vec::with_capacity(PUBLISH_CHUNK);
-            while batch.len() < PUBLISH_CHUNK {
-                let Some(item) = self.ring.next() else { break };
-                let Some(ev) = events::parse(&item) else {
-                    tracing::warn!(
-                        len = item.len(),
-                        "ignoring a ring-buffer record of unexpected size"
-                    );
-                    continue;
-                };
-                drop(item);
-                let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
-                let mut r = Record::from_kernel(&ev, n, &self.clock);
-                events::sequence::name(&ev, &mut r);
-                match GrantRequest::of(&ev) {
-                    // An escalation is reported when the approval queue takes it, with its
-                    // approval id, just before the request: what came before it goes first.
-                    Some(g) => {
-                        total += batch.len();
-                        self.publisher.publish_batch(std::mem::take(&mut batch));
-                        escalate(&self.approvals, &self.publisher, r, g, n, ev.rule_id);
-                        total += 1;
-                    }
-                    None => batch.push(r),
+        let Self {
+            ring,
+            clock,
+            publisher,
+            approvals,
+            ..
+        } = self;
+        publish_ring(ring, &names, u64::MAX, clock, publisher, approvals, None)
+    }
+}
+
+/// After a handover: publish the events of the previous build's `ring` decided before
+/// `until` (when this build's first generation was installed: before it, the previous build
+/// alone decided, after its daemon had stopped; after it, this build's programs decided too and
+/// reported it). Named by rule id only: the previous build's generations are not this
+/// daemon's. How many.
+pub(super) fn publish_previous(
+    mut ring: RingBuf<MapData>,
+    until: u64,
+    clock: &Clock,
+    publisher: &Publisher,
+    approvals: &Approvals,
+) -> usize {
+    publish_ring(
+        &mut ring,
+        &BTreeMap::new(),
+        until,
+        clock,
+        publisher,
+        approvals,
+        Some(" (decided by the previous build's programs while no daemon read its events)"),
+    )
+}
+
+/// Publish what is in `ring` now (in batches) that was decided before `until`, with `note`
+/// after each reason; how many events.
+fn publish_ring(
+    ring: &mut RingBuf<MapData>,
+    names: &BTreeMap<u32, Arc<Names>>,
+    until: u64,
+    clock: &Clock,
+    publisher: &Publisher,
+    approvals: &Approvals,
+    note: Option<&str>,
+) -> usize {
+    let unknown = Names::default();
+    let mut total = 0;
+    loop {
+        let mut batch = Vec::with_capacity(PUBLISH_CHUNK);
+        while batch.len() < PUBLISH_CHUNK {
+            let Some(item) = ring.next() else { break };
+            let Some(ev) = events::parse(&item) else {
+                tracing::warn!(
+                    len = item.len(),
+                    "ignoring a ring-buffer record of unexpected size"
+                );
+                continue;
+            };
+            drop(item);
+            if ev.time_ns >= until {
+                continue;
+            }
+            let n = names.get(&ev.generation).map_or(&unknown, |n| n.as_ref());
+            let mut r = Record::from_kernel(&ev, n, clock);
+            events::sequence::name(&ev, &mut r);
+            if let Some(note) = note {
+                r.reason.push_str(note);
+            }
+            match GrantRequest::of(&ev) {
+                // An escalation is reported when the approval queue takes it, with its
+                // approval id, just before the request: what came before it goes first.
+                Some(g) => {
+                    total += batch.len();
+                    publisher.publish_batch(std::mem::take(&mut batch));
+                    escalate(approvals, publisher, r, g, n, ev.rule_id);
+                    total += 1;
                 }
+                None => batch.push(r),
             }
-            if batch.is_empty() {
-                return total;
-            }
-            total += batch.len();
-            self.publisher.publish_batch(batch);
         }
+        if batch.is_empty() {
+            return total;
+        }
+        total += batch.len();
+        publisher.publish_batch(batch);
     }
 }
 

@@ -329,14 +329,27 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let proxy = proxy.map(|(p, _)| p);
     // A handover from another build's pins: this build enforces the policy now (and its proxy
     // address is set), so the previous build's programs go.
-    if enforcer
-        .lock()
-        .map_err(|_| anyhow::anyhow!("lock"))?
-        .finish_handover()
-        .context("detaching the previous build's programs")?
-    {
+    let (previous_events, handed) = {
+        let mut e = enforcer.lock().map_err(|_| anyhow::anyhow!("lock"))?;
+        // Opened while its pin is there; read once this build's maps hold the carried state.
+        let previous = e
+            .previous_events()
+            .context("opening the previous build's event ring")?;
+        let handed = e
+            .finish_handover()
+            .context("taking over from the previous build's programs (they stay attached)")?;
+        (previous.zip(e.enforcing_since()), handed)
+    };
+    if let Some(carried) = handed {
+        tracing::info!(%carried, "carried over the previous build's runtime state");
         eprintln!(
-            "governance: handed over from the previous build's programs (now detached); this build enforces"
+            "governance: handed over from the previous build's programs (now detached); this build enforces; carried over: {carried}"
+        );
+    }
+    if let Some((ring, until)) = previous_events {
+        let n = drain::publish_previous(ring, until, &Clock::now(), &publisher, &approvals);
+        eprintln!(
+            "governance: recorded {n} events the previous build decided while no daemon read them"
         );
     }
 

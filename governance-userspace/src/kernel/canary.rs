@@ -61,11 +61,16 @@ impl Enforcer {
                     slot,
                     profile: 0,
                 })
-                .chain(policy.profiles.iter().map(|(n, _)| AgentKey {
-                    cgroup_id: 0,
-                    slot,
-                    profile: *n,
-                }))
+                .chain(
+                    policy
+                        .profiles
+                        .iter()
+                        .map(|&(cgroup_id, profile, _)| AgentKey {
+                            cgroup_id,
+                            slot,
+                            profile,
+                        }),
+                )
                 .collect(),
         };
         let (mut entries, _) = self.entries(&mut policy);

@@ -32,7 +32,7 @@ use std::{
 use governance_common::{
     AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
     RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Throttle,
-    Verdict as KVerdict, access, allow, class_id, id_number, proto,
+    Verdict as KVerdict, access, allow, class_id, proto,
 };
 
 use crate::{
@@ -79,8 +79,9 @@ pub struct KernelPolicy {
     pub generation: u32,
     /// Agent roots: (cgroup id, index into `classes`).
     pub agents: Vec<(u64, usize)>,
-    /// Sandbox profile classes: (profile class number, index into `classes`).
-    pub profiles: Vec<(u32, usize)>,
+    /// Sandbox profile classes: (agent root cgroup id, [`profile_key`], index into
+    /// `classes`).
+    pub profiles: Vec<(u64, u32, usize)>,
     pub classes: Vec<Class>,
     /// The shared built-ins, one class per combination of relaxations in use (see
     /// [`governance_common::builtin_class`]): path rules and identity entries only.
@@ -308,6 +309,17 @@ pub fn bucket_id(rule: &str) -> u64 {
     h.max(1)
 }
 
+/// The number a sandbox mark holds for profile `profile` of policy `policy`: a hash of its
+/// `<policy>/<profile>` name (never 0, which means the agent's own class). The kernel looks a
+/// marked process's class up under its own agent root and this number, so a mark means the
+/// same profile of the same agent in every generation and every build, whatever other agents
+/// and profiles come and go (a class number is an index, which they shift).
+pub fn profile_key(policy: &str, profile: &str) -> u16 {
+    let h = bucket_id(&format!("{policy}/{profile}"));
+    let folded = (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16;
+    folded.max(1)
+}
+
 pub fn compile(
     set: &PolicySet,
     agents: &[AgentCgroup],
@@ -381,7 +393,7 @@ pub fn compile_from(
     for agent in agents {
         let class = new_class();
         let mut rules = Rules::default();
-        let mut profiles: Vec<(String, &Policy, u32)> = Vec::new();
+        let mut profiles: Vec<(String, &Policy, u32, u16)> = Vec::new();
         let mut sequences = Vec::new();
         // The policies that select this agent, each matched once (see `selectors`).
         let matching = selectors.matching(set, agent);
@@ -398,18 +410,25 @@ pub fn compile_from(
             match rule.verdict {
                 Verdict::Sandbox => match &rule.sandbox {
                     Some(crate::policy::SandboxTarget::Profile(name)) => {
-                        let pc = match profiles
+                        aux = match profiles
                             .iter()
-                            .find(|(pn, pp, _)| pn == name && std::ptr::eq(*pp, *p))
+                            .find(|(pn, pp, _, _)| pn == name && std::ptr::eq(*pp, *p))
                         {
-                            Some((_, _, c)) => *c,
+                            Some((_, _, _, key)) => *key,
                             None => {
-                                let c = new_class();
-                                profiles.push((name.clone(), p, c));
-                                c
+                                let key = profile_key(&p.name, name);
+                                if let Some((other, op, _, _)) =
+                                    profiles.iter().find(|(_, _, _, k)| *k == key)
+                                {
+                                    out.errors.push(format!(
+                                        "sandbox profiles {}/{other} and {}/{name} would share one mark in agent {} (their names hash alike); rename one",
+                                        op.name, p.name, agent.name
+                                    ));
+                                }
+                                profiles.push((name.clone(), p, new_class(), key));
+                                key
                             }
                         };
-                        aux = (pc & 0xffff) as u16;
                     }
                     _ if rule.matcher.kind() != Kind::Http => {
                         unenforceable.insert(why(
@@ -655,7 +674,7 @@ pub fn compile_from(
         }
         out.agents.push((agent.cgroup_id, out.classes.len()));
         out.classes.push(c);
-        for (name, p, pc) in profiles {
+        for (name, p, pc, key) in profiles {
             let profile = &p.sandbox_profiles[&name];
             let mut constrained = rules.clone();
             // No network at all, or TCP only through the policy proxy: the agent's own network
@@ -707,7 +726,8 @@ pub fn compile_from(
             if let Some(list) = seq_list {
                 out.sequences.push((pc, list));
             }
-            out.profiles.push((id_number(pc), out.classes.len()));
+            out.profiles
+                .push((agent.cgroup_id, u32::from(key), out.classes.len()));
             out.classes.push(c);
         }
     }

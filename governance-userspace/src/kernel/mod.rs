@@ -8,6 +8,7 @@ mod canary;
 mod compile;
 mod discover;
 mod facts;
+mod handover;
 mod host_files;
 mod ident_filter;
 pub mod probe;
@@ -37,8 +38,10 @@ use aya::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, NET_SLOTS,
-    NetEntry, NetValue, OrigDst, ProxyAddr, maps, offsets, pins,
+    NetEntry, NetValue, OrigDst, ProxyAddr, STATE_BUILD, STATE_GENERATION, STATE_LAYOUT,
+    UNKNOWN_PROFILE, maps, offsets, pins,
     programs::{self, Attach, Program},
+    sequence::{SeqArmed, SeqStateKey},
 };
 
 use self::attach::*;
@@ -49,6 +52,7 @@ pub use self::{
 pub use canary::Canary;
 pub(crate) use compile::Selectors;
 pub use compile::{Class, KernelPolicy, Protect, bucket_id, compile, compile_from};
+pub use handover::Carried;
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.
 pub(crate) static EBPF_OBJECT: &[u8] =
@@ -166,22 +170,20 @@ pub struct Enforcer {
     slots: [Option<SlotEntries>; 2],
     /// What the last install wrote and deleted.
     last_install: Written,
+    /// When (CLOCK_MONOTONIC ns) this process first flipped a generation in.
+    enforcing_since: Option<u64>,
 }
 
 /// Where a new build stages its pins beside a previous build's (below the pin directory).
 pub const HANDOVER_DIR: &str = "handover"; // (bpffs refuses dots in names)
 
-/// Index of the build id in [`maps::STATE`].
-const STATE_GENERATION: u32 = 0;
-const STATE_BUILD: u32 = 1;
-
 /// An identity of the embedded eBPF object, kept in the pins, so a daemon of another build
 /// does not adopt programs whose maps it would misread (it hands over from them instead).
 ///
 /// `GOVERNANCE_TEST_BUILD_SALT` (tests only) is mixed in: two daemons of one binary then
-/// present different builds, so the handover runs between two real daemons. The handover
-/// never reads the previous build's maps beyond its build id, so the salt changes nothing else
-/// it does.
+/// present different builds, so the handover runs between two real daemons. Beyond the build
+/// id, a handover reads only the previous build's runtime tables, by their layout number (see
+/// [`handover`]), which the salt does not change.
 ///
 /// Computed once: reading the object again would bring its pages back into the resident set
 /// (see [`Enforcer::start`]).
@@ -326,6 +328,7 @@ impl Enforcer {
                 Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
             state
                 .set(STATE_BUILD, build_id(), 0)
+                .and_then(|()| state.set(STATE_LAYOUT, governance_common::RUNTIME_LAYOUT, 0))
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         let kernel_btf = aya::Btf::from_sys_fs().ok();
@@ -442,20 +445,36 @@ impl Enforcer {
             handover_from: None,
             slots: [None, None],
             last_install: Written::default(),
+            enforcing_since: None,
         })
     }
 
     /// End a handover (see [`Enforcer::start`]): this build's programs enforce a policy, so
     /// the previous build's are detached and this build's pins move into the pin directory.
     /// Until now both builds' programs ran on every hook (each may refuse: the stricter wins).
-    /// Returns whether there was a handover.
-    pub fn finish_handover(&mut self) -> Result<bool, KernelError> {
+    /// First the previous build's runtime state is copied into this build's maps (see
+    /// [`handover`]); if that fails, the previous build stays attached beside this one.
+    /// Returns what was carried over, None if there was no handover.
+    pub fn finish_handover(&mut self) -> Result<Option<Carried>, KernelError> {
         let Some(old) = self.handover_from.take() else {
-            return Ok(false);
+            return Ok(None);
+        };
+        let carried = match self.carry_over(&old) {
+            Ok(carried) => carried,
+            Err(e) => {
+                self.handover_from = Some(old);
+                return Err(e);
+            }
         };
         promote(&old, &self.pin_dir)?;
         self.pin_dir = old;
-        Ok(true)
+        Ok(Some(carried))
+    }
+
+    /// When this process first installed a generation (CLOCK_MONOTONIC ns, taken just
+    /// before the flip), if it has.
+    pub fn enforcing_since(&self) -> Option<u64> {
+        self.enforcing_since
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, KernelError> {
@@ -526,9 +545,11 @@ impl Enforcer {
             let name = maps::STATE;
             let mut state: Array<_, u32> = Array::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
+            let now = crate::events::monotonic_ns();
             state
                 .set(STATE_GENERATION, policy.generation, 0)
                 .map_err(|source| KernelError::Map { name, source })?;
+            self.enforcing_since.get_or_insert(now);
         }
         // Decisions that read the old generation just before the flip finish within
         // microseconds; give them far more before state they could still touch goes, and
@@ -631,7 +652,7 @@ impl Enforcer {
             .agents
             .iter()
             .map(|(cgroup_id, i)| (*cgroup_id, 0, *i));
-        let profiles = policy.profiles.iter().map(|(n, i)| (0, *n, *i));
+        let profiles = policy.profiles.iter().copied();
         for (cgroup_id, profile, i) in roots.chain(profiles) {
             w.agents
                 .push(((cgroup_id, profile), policy.classes[i].value));

@@ -383,7 +383,7 @@ fn unix_rules_are_one_entry_per_socket_with_the_best_rule() {
     // Nothing relaxed: the runtime sockets stay refused.
     assert_eq!(c.value.allow & governance_common::allow::RUNTIME_SOCKETS, 0);
     // The sandbox profile reaches no named socket: no rules, the default blocks.
-    let jail = &k.classes[k.profiles[0].1];
+    let jail = &k.classes[k.profiles[0].2];
     assert!(jail.unix.is_empty());
     assert_eq!(
         jail.value.unix_default.enforce.verdict,
@@ -990,4 +990,95 @@ fn find_answers_as_canonicalize_and_stat() {
         }
         assert_eq!(shared.spellings(p), spelled, "{path}");
     }
+}
+
+/// A sandbox mark names its profile, not its position: the rule's mark and the profile's
+/// AGENTS key are the hash of `<policy>/<profile>` under the agent's own root, the same when
+/// other profiles and agents come before it (which shift every class number).
+#[test]
+fn a_sandbox_mark_is_the_profile_s_name_under_its_agent() {
+    let doc = |other: bool| {
+        let mut d = String::from(
+            "name: p\nagents: { label: bot }\nsandbox_profiles:\n  jail: { network: none }\n  open: { network: proxy }\nrules:\n",
+        );
+        if other {
+            d.push_str("  - { id: first, exec: { path: /bin/y }, verdict: sandbox, sandbox: { profile: open }, reason: r }\n");
+        }
+        d.push_str("  - { id: tool, exec: { path: /bin/x }, verdict: sandbox, sandbox: { profile: jail }, reason: r }\n");
+        parse(&[("p.yaml".into(), d)]).unwrap()
+    };
+    let jail = u32::from(profile_key("p", "jail"));
+    let mark_of = |k: &KernelPolicy, cgroup: u64| {
+        let (_, key, i) = k
+            .profiles
+            .iter()
+            .find(|(c, key, _)| *c == cgroup && *key == jail)?;
+        let rule = k.classes[*i].value.class;
+        Some((*key, rule))
+    };
+    let one = compile(&doc(false), &[agent(0, "x", Some("bot"))], 1, &protect());
+    let two = compile(
+        &doc(true),
+        &[agent(0, "w", Some("bot")), agent(1, "x", Some("bot"))],
+        2,
+        &protect(),
+    );
+    assert!(
+        one.errors.is_empty() && two.errors.is_empty(),
+        "{:?}{:?}",
+        one.errors,
+        two.errors
+    );
+    // The class numbers moved; the mark did not.
+    let (k1, c1) = mark_of(&one, 1000).expect("jail of agent x");
+    let (k2, c2) = mark_of(&two, 1001).expect("jail of agent x, after agent w and profile open");
+    assert_eq!(k1, k2);
+    assert_ne!(
+        governance_common::id_number(c1),
+        governance_common::id_number(c2)
+    );
+    // Each agent's profiles are its own: agent w has its own jail under its own root.
+    assert!(mark_of(&two, 1000).is_some());
+    assert_eq!(two.profiles.len(), 4, "{:?}", two.profiles);
+    // The rules carry the same mark as their profile's key.
+    let x = &two.classes[two.agents.iter().find(|(c, _)| *c == 1001).unwrap().1];
+    let marks: Vec<u16> = x
+        .exec
+        .values()
+        .chain(x.paths.values())
+        .filter(|r| r.enforce.verdict == KVerdict::Sandbox as u8)
+        .map(|r| r.enforce.aux)
+        .collect();
+    assert!(marks.contains(&(jail as u16)), "{marks:?}");
+}
+
+/// Two profiles of one agent whose names hash to the same mark: the generation is refused
+/// with both names (a mark must name exactly one profile).
+#[test]
+fn profiles_whose_marks_collide_are_refused() {
+    let mut seen = std::collections::HashMap::new();
+    let (a, b) = (0..5000)
+        .map(|i| format!("s{i}"))
+        .find_map(|n| {
+            seen.insert(profile_key("p", &n), n.clone())
+                .map(|other| (other, n))
+        })
+        .expect("a collision among 5,000 16-bit hashes");
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ label: bot }}\nsandbox_profiles:\n  {a}: {{ network: none }}\n  {b}: {{ network: none }}\nrules:\n\
+             \x20 - {{ id: one, exec: {{ path: /bin/x }}, verdict: sandbox, sandbox: {{ profile: {a} }}, reason: r }}\n\
+             \x20 - {{ id: two, exec: {{ path: /bin/y }}, verdict: sandbox, sandbox: {{ profile: {b} }}, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect());
+    assert!(
+        k.errors
+            .iter()
+            .any(|e| e.contains(&format!("p/{a} and p/{b} would share one mark"))),
+        "{:?}",
+        k.errors
+    );
 }

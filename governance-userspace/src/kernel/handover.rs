@@ -1,0 +1,221 @@
+//! What a new build takes over from the previous build's maps when it hands over (see
+//! [`Enforcer::finish_handover`]): the state the programs keep between decisions, which no
+//! policy holds and a new build's empty maps would otherwise forget. Sandbox marks (a marked
+//! process would run under its agent's policy instead of its profile), armed sequence rules,
+//! the files agents wrote (which an exec allowlist keeps from being mapped executable), approved
+//! grants and throttle buckets.
+//!
+//! Both builds' programs run on every hook until the previous build's links go, so what the
+//! previous build records meanwhile is decided by both; the copy is made in that window, after
+//! this build enforces its first generation and before the previous build is detached.
+
+use super::*;
+
+/// What one handover carried, table by table (entries written into this build's maps).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Carried {
+    /// The [`governance_common::RUNTIME_LAYOUT`] of the previous build (0: before it was kept).
+    pub layout: u32,
+    pub sandboxed: usize,
+    /// Marks carried as [`UNKNOWN_PROFILE`]: their profile could not be told.
+    pub unknown_profiles: usize,
+    pub sequences: usize,
+    pub written: usize,
+    pub grants: usize,
+    pub buckets: usize,
+    /// Tables not carried (a layout this build cannot read), for the operator.
+    pub not_carried: Vec<&'static str>,
+}
+
+impl fmt::Display for Carried {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} sandboxed processes ({} with a profile this build cannot tell, every action refused), {} armed sequence rules, {} files agents wrote, {} grants, {} throttle buckets",
+            self.sandboxed,
+            self.unknown_profiles,
+            self.sequences,
+            self.written,
+            self.grants,
+            self.buckets
+        )?;
+        if !self.not_carried.is_empty() {
+            write!(
+                f,
+                "; not carried (the previous build's layout {} is newer than this build's {}): {}",
+                self.layout,
+                governance_common::RUNTIME_LAYOUT,
+                self.not_carried.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The previous build's map `name`, opened from its pin.
+fn open_old(old_pins: &Path, name: &'static str) -> Result<Map, KernelError> {
+    let data = MapData::from_pin(old_pins.join(pins::MAPS).join(name))
+        .map_err(|source| KernelError::Map { name, source })?;
+    Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })
+}
+
+/// The previous build's runtime layout: its [`STATE_LAYOUT`] entry, 0 where it has none.
+fn old_layout(old_pins: &Path) -> Result<u32, KernelError> {
+    let name = maps::STATE;
+    let map = open_old(old_pins, name)?;
+    let state: Array<_, u32> =
+        Array::try_from(&map).map_err(|source| KernelError::Map { name, source })?;
+    match state.get(&STATE_LAYOUT, 0) {
+        Ok(layout) => Ok(layout),
+        Err(aya::maps::MapError::OutOfBounds { .. }) => Ok(0),
+        Err(source) => Err(KernelError::Map { name, source }),
+    }
+}
+
+impl Enforcer {
+    /// Copy the runtime tables of the build whose pins are under `old_pins` into this build's
+    /// (see the module). An entry this build already made is kept, except a throttle bucket,
+    /// which keeps the lower level of the two. A sandbox mark whose meaning the previous
+    /// build's layout does not give is carried as [`UNKNOWN_PROFILE`]: fail closed.
+    pub(super) fn carry_over(&mut self, old_pins: &Path) -> Result<Carried, KernelError> {
+        let layout = old_layout(old_pins)?;
+        let known = layout == governance_common::RUNTIME_LAYOUT;
+        let mut carried = Carried {
+            layout,
+            ..Default::default()
+        };
+        // Marks first (the flag before them, as the kernel sets it).
+        let marks: Vec<(u32, u32)> =
+            entries(&open_old(old_pins, maps::SANDBOXED)?, maps::SANDBOXED)?;
+        if !marks.is_empty() {
+            let name = maps::SANDBOX_ANY;
+            let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            any.set(0, 1, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+        }
+        let marks: Vec<(u32, u32)> = marks
+            .into_iter()
+            .map(|(tgid, mark)| (tgid, if known { mark } else { UNKNOWN_PROFILE }))
+            .collect();
+        carried.unknown_profiles = marks.iter().filter(|(_, m)| *m == UNKNOWN_PROFILE).count();
+        carried.sandboxed = self.merge(maps::SANDBOXED, &marks, |_, _| false)?;
+        // A process that exited while its mark was copied: the exit hook of this build may
+        // have run before the mark was written (only where this daemon sees the node's pids).
+        if sees_node_pids() {
+            let name = maps::SANDBOXED;
+            let mut map: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            for (tgid, _) in &marks {
+                if !Path::new("/proc").join(tgid.to_string()).exists() {
+                    let _ = map.remove(tgid);
+                }
+            }
+        }
+        // Builds before the layout was kept have the same types for these (see
+        // `RUNTIME_LAYOUT`); a newer layout cannot be read.
+        if layout > governance_common::RUNTIME_LAYOUT {
+            carried.not_carried = vec![maps::SEQ_STATE, maps::WRITTEN, maps::GRANTS, maps::BUCKETS];
+            return Ok(carried);
+        }
+        let seq: Vec<(SeqStateKey, SeqArmed)> =
+            entries(&open_old(old_pins, maps::SEQ_STATE)?, maps::SEQ_STATE)?;
+        carried.sequences = self.merge(maps::SEQ_STATE, &seq, |_, _| false)?;
+        let written: Vec<(ExecKey, u64)> =
+            entries(&open_old(old_pins, maps::WRITTEN)?, maps::WRITTEN)?;
+        carried.written = self.merge(maps::WRITTEN, &written, |_, _| false)?;
+        let grants: Vec<(GrantKey, u64)> =
+            entries(&open_old(old_pins, maps::GRANTS)?, maps::GRANTS)?;
+        carried.grants = self.merge(maps::GRANTS, &grants, |_, _| false)?;
+        let buckets: Vec<(BucketKey, Bucket)> =
+            entries(&open_old(old_pins, maps::BUCKETS)?, maps::BUCKETS)?;
+        carried.buckets = self.merge(maps::BUCKETS, &buckets, |old: &Bucket, mine: &Bucket| {
+            old.tokens < mine.tokens
+        })?;
+        Ok(carried)
+    }
+
+    /// Write `from` into this build's map `name`: a key it lacks gets the entry, a key it
+    /// has keeps its value unless `replace(carried, mine)`. Returns the entries written.
+    fn merge<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        from: &[(K, V)],
+        replace: impl Fn(&V, &V) -> bool,
+    ) -> Result<usize, KernelError> {
+        let mut map: HashMap<_, K, V> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let mut written = 0;
+        for (k, v) in from {
+            let write = match map.get(k, 0) {
+                Ok(mine) => replace(v, &mine),
+                Err(aya::maps::MapError::KeyNotFound) => true,
+                Err(source) => return Err(KernelError::Map { name, source }),
+            };
+            if write {
+                map.insert(k, v, 0)
+                    .map_err(|source| KernelError::Map { name, source })?;
+                written += 1;
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// Every entry of hash map `map` (a table both builds' programs change meanwhile: a key
+/// removed while it is read is skipped; the walk is bounded by twice the capacity).
+fn entries<K: aya::Pod, V: aya::Pod>(
+    map: &Map,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, KernelError> {
+    let map: HashMap<_, K, V> =
+        HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+    let bound = 2 * map_capacity(name) as usize;
+    let mut out = Vec::new();
+    for entry in map.iter().take(bound) {
+        match entry {
+            Ok(kv) => out.push(kv),
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(KernelError::Map { name, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// The capacity of a carried table.
+fn map_capacity(name: &str) -> u32 {
+    match name {
+        maps::SANDBOXED => governance_common::MAX_SANDBOXED,
+        maps::SEQ_STATE => governance_common::sequence::MAX_SEQ_STATE,
+        maps::WRITTEN => governance_common::MAX_WRITTEN,
+        maps::GRANTS => governance_common::MAX_GRANTS,
+        _ => governance_common::MAX_BUCKETS,
+    }
+}
+
+/// Does this process see the node's process ids (the initial PID namespace: one `NSpid`)?
+fn sees_node_pids() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| ids.split_whitespace().count() == 1)
+    })
+}
+
+impl Enforcer {
+    /// During a handover, the previous build's event ring (what it decided after its daemon
+    /// stopped is still in it), if its layout is one this build reads: see
+    /// [`governance_common::RUNTIME_LAYOUT`].
+    pub fn previous_events(&self) -> Result<Option<RingBuf<MapData>>, KernelError> {
+        let Some(old) = &self.handover_from else {
+            return Ok(None);
+        };
+        if old_layout(old)? > governance_common::RUNTIME_LAYOUT {
+            return Ok(None);
+        }
+        let name = maps::EVENTS;
+        let ring = RingBuf::try_from(open_old(old, name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        Ok(Some(ring))
+    }
+}
