@@ -55,6 +55,12 @@ pub const MAX_BUCKETS: u32 = 16384;
 pub const MAX_THROTTLES: u32 = 8192;
 pub const MAX_GRANTS: u32 = 16384;
 pub const MAX_SANDBOXED: u32 = 16384;
+/// Marks [`maps::SANDBOXED`] keeps free for forks in flight: a sandboxed process may not fork
+/// (`task_alloc` refuses it, [`Cause::MapFull`]) once the table holds `MAX_SANDBOXED` minus
+/// this many, so the child's mark always finds room (a child without its mark would run
+/// under its agent's policy, not the profile). Far above the forks one CPU can have between
+/// that check and the mark.
+pub const SANDBOX_RESERVE: u32 = 1024;
 pub const MAX_PROTECTED: u32 = 64;
 /// Capacity of [`maps::WRITTEN`]: files agents wrote, across agents, until unlinked. Allocated
 /// as it fills (a million entries would be ~100 MiB preallocated). When full, an agent's open

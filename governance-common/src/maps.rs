@@ -22,9 +22,11 @@ pub const GRANTS: &str = "GRANTS";
 /// tgid (u32) → profile mark (u32, [`crate::AgentKey::profile`]): processes running under a
 /// sandbox profile of their agent.
 pub const SANDBOXED: &str = "SANDBOXED";
-/// Array[1] of u32: 1 once the kernel has marked any process in [`SANDBOXED`] (set before the
-/// mark, never cleared; each build's maps start empty). Until then, no decision looks its
-/// process up there, and no fork or exit touches the table.
+/// Array[2] of u32: at 0, 1 once the kernel has marked any process in [`SANDBOXED`] (set
+/// before the mark, never cleared; each build's maps start empty). Until then, no decision
+/// looks its process up there, and no fork or exit touches the table. At 1, how many marks
+/// [`SANDBOXED`] holds (the kernel counts what it adds and removes; a handover sets it to what
+/// it carried), for [`crate::SANDBOX_RESERVE`].
 pub const SANDBOX_ANY: &str = "SANDBOX_ANY";
 /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
 /// proxy).

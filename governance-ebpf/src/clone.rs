@@ -12,14 +12,17 @@
 //! user namespace the policy lets it make (created by the same clone, or the one it is in).
 //! CLONE_NEWUSER itself is decided by `userns_create`.
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
-use governance_common::{Kind, allow, caps};
+use governance_common::{Cause, Counter, Kind, allow, caps};
 
 use crate::{
-    decide::{Agent, Decision, current_agent, emit, lsm_ret},
+    decide::{
+        Agent, Decision, any_sandboxed, count, current_agent, emit, lsm_ret,
+        sandbox_table_nearly_full,
+    },
     kernel::{
         CLONE_INTO_CGROUP, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
-        CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, OFF_CRED_USER_NS, OFF_TASK_REAL_CRED,
-        OFF_USERNS_LEVEL, off, read_at,
+        CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_THREAD, OFF_CRED_USER_NS,
+        OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL, off, read_at,
     },
 };
 
@@ -61,6 +64,19 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
     }
     // Every fork and thread on the node comes here: the flags first, one comparison.
     let flags: u64 = ctx.arg(1);
+    // A sandboxed process's new process needs a mark (sched_process_fork): refused while the
+    // table has no room to spare (an array load for everyone else; see SANDBOX_RESERVE).
+    if flags & CLONE_THREAD == 0
+        && any_sandboxed()
+        && sandbox_table_nearly_full()
+        && let Some(agent) = current_agent()
+        && agent.sandboxed
+    {
+        count(Counter::MapFull);
+        let d = Decision::fail_closed(Kind::Clone, Cause::MapFull);
+        emit(&agent, &d, |ev| ev.object = flags);
+        return lsm_ret(&d);
+    }
     if flags & (CLONE_INTO_CGROUP | NEW_NAMESPACES) == 0 {
         return 0;
     }

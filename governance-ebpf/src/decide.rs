@@ -12,12 +12,13 @@ use aya_ebpf::helpers::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, Cause, Counter, EVENTS_RING_BYTES, Event, GrantKey,
-    Kind, MAX_CGROUP_DEPTH, NO_RULE, RulePair, RuleRef, Verdict, flags, report, slot,
+    Kind, MAX_CGROUP_DEPTH, MAX_SANDBOXED, NO_RULE, RulePair, RuleRef, SANDBOX_RESERVE, Verdict,
+    flags, report, slot,
 };
 
 use crate::{
     kernel::{
-        BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
+        BPF_EXIST, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
         MAX_PID_NS_LEVEL, OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL,
         OFF_CSS_SET_DFL_CGRP, OFF_KERNFS_NODE_ID, OFF_PID_LEVEL, OFF_PID_NUMBERS, OFF_TASK_CGROUPS,
         OFF_TASK_GROUP_LEADER, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, OFF_TASK_THREAD_PID,
@@ -51,15 +52,50 @@ pub(crate) fn any_sandboxed() -> bool {
 
 /// Mark process `tgid` as running under sandbox profile `profile`; false if the mark could not
 /// be stored. The flag is set before the mark: a task that finds the mark finds the flag too
-/// (the map update publishes the entry after the store).
+/// (the map update publishes the entry after the store). A new mark is counted (see
+/// `sandbox_table_nearly_full`); a process marked again keeps its one count.
 #[inline(always)]
 pub(crate) fn mark_sandboxed(tgid: u32, profile: u32) -> bool {
     let Some(any) = SANDBOX_ANY.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: the one element of an array map; every writer stores the same value.
+    // SAFETY: an element of an array map; every writer stores the same value.
     unsafe { core::ptr::write_volatile(any, 1) };
-    SANDBOXED.insert(&tgid, &profile, 0).is_ok()
+    if SANDBOXED.insert(&tgid, &profile, BPF_NOEXIST).is_ok() {
+        count_marks(1);
+        return true;
+    }
+    // Already marked (a table that is full refuses a new key here too).
+    SANDBOXED.insert(&tgid, &profile, BPF_EXIST).is_ok()
+}
+
+/// Add `delta` (1, or u32::MAX for -1) to the count of marks, atomically.
+#[inline(always)]
+pub(crate) fn count_marks(delta: u32) {
+    if let Some(n) = SANDBOX_ANY.get_ptr_mut(1) {
+        // The BPF target has no atomic types (only loads and stores): the intrinsic is one
+        // BPF_ATOMIC add, which the verifier accepts on a map value.
+        // SAFETY: an element of an array map, aligned, written only atomically.
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::intrinsics::atomic_xadd::<u32, u32, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                n, delta,
+            )
+        };
+        // (The host build of this crate, for checks and its tests.)
+        // SAFETY: as above.
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe { core::sync::atomic::AtomicU32::from_ptr(n) }
+            .fetch_add(delta, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Does the table of marks have fewer than `SANDBOX_RESERVE` free entries left?
+#[inline(always)]
+pub(crate) fn sandbox_table_nearly_full() -> bool {
+    SANDBOX_ANY
+        .get(1)
+        .is_some_and(|n| *n >= MAX_SANDBOXED - SANDBOX_RESERVE)
 }
 
 /// The agent the current task belongs to.

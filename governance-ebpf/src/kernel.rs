@@ -145,6 +145,7 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;
+pub(crate) const BPF_EXIST: u64 = bindings::BPF_EXIST as u64;
 pub(crate) const BPF_F_NO_PREALLOC: u32 = bindings::BPF_F_NO_PREALLOC;
 pub(crate) const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 =
     bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB;
@@ -172,6 +173,8 @@ pub(crate) const CLONE_NEWPID: u64 = 0x2000_0000;
 pub(crate) const CLONE_NEWNET: u64 = 0x4000_0000;
 /// clone3 only: start the child in the cgroup of the given directory fd.
 pub(crate) const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// A new thread of the same process (no new mark to make).
+pub(crate) const CLONE_THREAD: u64 = 0x0001_0000;
 /// `d_flags` bit of a dentry that may not be connected to its filesystem's root (what
 /// open_by_handle_at can return for a file whose name is not in the dentry cache).
 pub(crate) const DCACHE_DISCONNECTED: u32 = 0x20;

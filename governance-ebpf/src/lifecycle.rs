@@ -8,7 +8,7 @@ use aya_ebpf::{
 use governance_common::Counter;
 
 use crate::{
-    decide::{any_sandboxed, count, mark_sandboxed},
+    decide::{any_sandboxed, count, count_marks, mark_sandboxed},
     kernel::{OFF_SIGNAL_LIVE, OFF_TASK_SIGNAL, OFF_TASK_TGID, off, read_at},
     maps::SANDBOXED,
 };
@@ -54,8 +54,12 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_SIGNAL))
             .and_then(|signal| read_at::<i32>(signal, off(&OFF_SIGNAL_LIVE)))
     };
-    if live == Ok(0) {
-        let _ = SANDBOXED.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    if live == Ok(0)
+        && SANDBOXED
+            .remove(&((bpf_get_current_pid_tgid() >> 32) as u32))
+            .is_ok()
+    {
+        count_marks(u32::MAX);
     }
     0
 }

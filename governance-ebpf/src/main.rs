@@ -27,6 +27,12 @@
 //! matter, but renaming one does.
 #![no_std]
 #![no_main]
+// An atomic add on a map value (`decide::count_marks`): the BPF target has no atomic types.
+#![cfg_attr(
+    target_arch = "bpf",
+    feature(core_intrinsics),
+    allow(internal_features)
+)]
 // Map keys are passed by reference on purpose: one stack slot, no copies for the verifier to track.
 #![allow(clippy::needless_borrows_for_generic_args)]
 

@@ -47,7 +47,7 @@ pub(crate) static GRANTS: HashMap<GrantKey, u64> = HashMap::with_max_entries(MAX
 pub(crate) static SANDBOXED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_SANDBOXED, 0);
 /// 1 once any process was marked in `SANDBOXED` (see governance_common::maps).
 #[map]
-pub(crate) static SANDBOX_ANY: Array<u32> = Array::with_max_entries(1, 0);
+pub(crate) static SANDBOX_ANY: Array<u32> = Array::with_max_entries(2, 0);
 #[map]
 pub(crate) static PROTECTED: HashMap<u32, u32> = HashMap::with_max_entries(MAX_PROTECTED, 0);
 #[map]

@@ -13,7 +13,7 @@ use crate::{
         OFF_INODE_NLINK, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_DGRAM,
         SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
     },
-    maps::{PROTECTED, WRITTEN},
+    maps::{PROTECTED, SANDBOXED, WRITTEN},
 };
 
 /// Built-in: agents get only the sockets the network hooks decide on (Unix, and TCP and UDP over
@@ -141,10 +141,29 @@ pub fn task_kill(ctx: LsmContext) -> i32 {
     lsm_ret(&d)
 }
 
+/// For a sandboxed process: a target that is not under the same sandbox mark (its tgid, for
+/// the event). Tracing a process of its agent that is not confined (attaching, writing its
+/// memory, taking its descriptors) would act through it outside the profile.
+#[inline(always)]
+fn outside_sandbox(agent: &Agent, task: u64) -> Option<u32> {
+    if !agent.sandboxed {
+        return None;
+    }
+    // SAFETY: see read_at.
+    let tgid: u32 = unsafe { read_at(task, off(&OFF_TASK_TGID)) }.unwrap_or(0);
+    // SAFETY: the values are Copy and read at once.
+    let (mine, theirs) = unsafe { (SANDBOXED.get(&agent.tgid), SANDBOXED.get(&tgid)) };
+    match (mine, theirs) {
+        (Some(m), Some(t)) if m == t => None,
+        _ => Some(tgid),
+    }
+}
+
 /// `PTRACE_MODE_NOAUDIT`: the caller only probes (procfs deciding which fields to show).
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
 
-/// Built-in: agents may not trace or inspect processes outside their own subtree. Every
+/// Built-in: agents may not trace or inspect processes outside their own subtree, nor may a
+/// sandboxed process trace one that is not under its sandbox mark. Every
 /// ptrace_may_access() check comes here: ptrace attach, /proc/PID/mem, environ, fd/, root and
 /// cwd (another process's files and mount namespace), pidfd_getfd (taking its descriptors),
 /// process_vm_readv/writev, kcmp, perf events on a task. Refused regardless; reported unless
@@ -159,7 +178,8 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let Some(target) = out_of_reach(&agent, ctx.arg(0)) else {
+    let task: u64 = ctx.arg(0);
+    let Some(target) = out_of_reach(&agent, task).or_else(|| outside_sandbox(&agent, task)) else {
         return 0;
     };
     let mode: u32 = ctx.arg(1);

@@ -4310,6 +4310,16 @@ fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
             && seen.contains("1 throttle buckets"),
         "the new build handed over and carried the mark and the bucket:\n{seen}"
     );
+    // The kernel counts the marks it makes; the carried one was counted by the handover.
+    let any: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(
+        aya::maps::MapData::from_pin(pins.join("maps/SANDBOX_ANY")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(
+        (any.get(&0, 0).unwrap(), any.get(&1, 0).unwrap()),
+        (1, 1),
+        "the new build's sandbox flag and count of marks"
+    );
     let dest = downtime.to_string();
     let record = wait_for_value(
         "the denial made while no daemon ran, in the new build's audit log",
@@ -4428,16 +4438,23 @@ fn a_sandbox_mark_outlives_the_main_thread() {
                 aya::maps::MapData::from_pin(pins.join("maps/SANDBOXED")).unwrap(),
             ))
             .unwrap();
+        // ... and so does its count (which keeps room for forks: see SANDBOX_RESERVE).
+        let any: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(
+            aya::maps::MapData::from_pin(pins.join("maps/SANDBOX_ANY")).unwrap(),
+        ))
+        .unwrap();
         assert!(
             marks.get(&pid, 0).is_ok(),
             "{variant}: marked while it runs"
         );
+        assert_eq!(any.get(&1, 0).unwrap(), 1, "{variant}: one mark counted");
         drop(child);
         wait_until(
             "the mark of the ended process to go",
             Duration::from_secs(10),
             || marks.get(&pid, 0).is_err(),
         );
+        assert_eq!(any.get(&1, 0).unwrap(), 0, "{variant}: no mark counted");
     }
     let mut never = Connector::start(&agent.path);
     assert_eq!(

@@ -743,6 +743,49 @@ fn verdicts_shadow_throttle_sandbox_escalate() {
         "no\n"
     );
     println!("redteam: control sandbox confines the process and its children");
+    // Nor may it reach into an unconfined process of its agent (attach, its memory, its
+    // descriptors, its environment: every ptrace_may_access check), which would act outside
+    // the profile through it.
+    let sibling = governance_tests::Reaped(
+        governance_tests::command_in(Some(&fx.agent.path), BUSYBOX, &["sleep", "120"])
+            .spawn()
+            .unwrap(),
+    );
+    let sibling_pid = sibling.id();
+    // (No redirection: the profile allows no write outside scratch/, /dev/null included.)
+    let peek = format!("wc -c /proc/{sibling_pid}/environ");
+    let case = "a sandboxed process reads an unconfined process of its agent";
+    println!("redteam: tried {case}");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::exec_args(
+            &fx.p("allowed/sandboxme"),
+            &["sh", "-c", &format!("! {peek}")],
+        ),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "sandboxed: the read is refused"
+    );
+    let ev = k.event_where(|e| {
+        Kind::from_u8(e.kind) == Some(Kind::Ptrace) && e.object == u64::from(sibling_pid)
+    });
+    assert!(ev.flags & flags::SANDBOXED != 0 && ev.flags & flags::DENIED != 0);
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::exec_args(&fx.p("allowed/sh"), &["sh", "-c", &peek]),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control: an unconfined process of the agent reads it"
+    );
+    println!("redteam: control {case}");
+    drop(sibling);
     // Escalate: refused now with an approval request; approved; the retry passes.
     let a = Attempt::open(&fx.p("approve-me.txt"), rd);
     let ev = deny(
@@ -5277,4 +5320,74 @@ fn every_program_verifies_well_within_the_budget() {
     }
     let over: Vec<_> = counts.iter().filter(|(_, n)| *n > 500_000).collect();
     assert!(over.is_empty(), "over half the verifier's budget: {over:?}");
+}
+
+/// The marks of sandboxed processes are a table of fixed size: a child the kernel could not
+/// mark would run under its agent's policy instead of the profile. So once the table has no
+/// room to spare (`SANDBOX_RESERVE`), a sandboxed process may not make a new process at all
+/// (`task_alloc`: EPERM, a `MapFull` clone event). The table is filled here by writing
+/// placeholder marks (tgids no process can have) into the pinned map, as 15,000 sandboxed
+/// processes would (too many to start under emulation), and the count the kernel keeps is set to
+/// match, as a handover sets it. Control: with the placeholders gone, the same sandboxed
+/// process forks.
+#[test]
+fn a_sandboxed_process_may_not_fork_when_its_child_could_not_be_marked() {
+    use governance_common::{MAX_SANDBOXED, SANDBOX_RESERVE};
+    require_root();
+    let fx = Fixture::new("marks-full");
+    let mut k = fx.load("");
+    k.require("task_alloc");
+    let open = |name: &str| aya::maps::MapData::from_pin(k.pins.join("maps").join(name)).unwrap();
+    let mut marks: aya::maps::HashMap<_, u32, u32> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open("SANDBOXED"))).unwrap();
+    let mut any: aya::maps::Array<_, u32> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(open("SANDBOX_ANY"))).unwrap();
+    /// Removes the placeholders and their count whatever happens.
+    struct Placeholders<'a> {
+        marks: &'a mut aya::maps::HashMap<aya::maps::MapData, u32, u32>,
+        any: &'a mut aya::maps::Array<aya::maps::MapData, u32>,
+        n: u32,
+    }
+    impl Drop for Placeholders<'_> {
+        fn drop(&mut self) {
+            for i in 0..self.n {
+                let _ = self.marks.remove(&(0x4000_0000 + i));
+            }
+            let held = self.any.get(&1, 0).unwrap_or(0);
+            let _ = self.any.set(1, held.saturating_sub(self.n), 0);
+            self.n = 0;
+        }
+    }
+    let held = any.get(&1, 0).unwrap();
+    let n = MAX_SANDBOXED - SANDBOX_RESERVE - held;
+    for i in 0..n {
+        // Above PID_MAX_LIMIT (2^22): no process has these.
+        marks.insert(0x4000_0000 + i, 0, 0).unwrap();
+    }
+    any.set(0, 1, 0).unwrap();
+    any.set(1, held + n, 0).unwrap();
+    let full = Placeholders {
+        marks: &mut marks,
+        any: &mut any,
+        n,
+    };
+    // The sandboxed shell runs `true` as a new process: 3 if it ran, 0 if it could not fork.
+    let script = format!(
+        "if {}; then exit 3; fi; exit 0",
+        fx.p("allowed/true").display()
+    );
+    let forks = Attempt::exec_args(&fx.p("allowed/sandboxme"), &["sh", "-c", &script]);
+    let case = "a sandboxed process forks while the table of marks is full";
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &forks);
+    // (busybox sh exits 2 when it cannot fork.)
+    assert_eq!(outcome, Outcome::Exited(2), "the fork was refused");
+    let ev = k.event_where(|e| e.tgid == pid && Kind::from_u8(e.kind) == Some(Kind::Clone));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::MapFull));
+    assert!(ev.flags & flags::SANDBOXED != 0 && ev.flags & flags::DENIED != 0);
+    println!("redteam: denied {case}");
+    drop(full);
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &forks);
+    assert_eq!(outcome, Outcome::Exited(3), "control: with room, it forks");
+    println!("redteam: control {case}");
 }

@@ -112,6 +112,7 @@ impl Enforcer {
                 }
             }
         }
+        self.recount_marks()?;
         // Builds before the layout was kept have the same types for these (see
         // `RUNTIME_LAYOUT`); a newer layout cannot be read.
         if layout > governance_common::RUNTIME_LAYOUT {
@@ -133,6 +134,20 @@ impl Enforcer {
             old.tokens < mine.tokens
         })?;
         Ok(carried)
+    }
+
+    /// Set the count of marks ([`maps::SANDBOX_ANY`] at 1) to what [`maps::SANDBOXED`] holds
+    /// now: the kernel counts only the marks it makes and removes, not those written here.
+    fn recount_marks(&mut self) -> Result<(), KernelError> {
+        let name = maps::SANDBOXED;
+        let marks: HashMap<_, u32, u32> = HashMap::try_from(self.map(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let held = marks.keys().filter(Result::is_ok).count() as u32;
+        let name = maps::SANDBOX_ANY;
+        let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        any.set(1, held, 0)
+            .map_err(|source| KernelError::Map { name, source })
     }
 
     /// Write `from` into this build's map `name`: a key it lacks gets the entry, a key it
