@@ -142,7 +142,14 @@ impl Enforcer {
         let name = maps::SANDBOXED;
         let marks: HashMap<_, u32, u32> = HashMap::try_from(self.map(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
-        let held = marks.keys().filter(Result::is_ok).count() as u32;
+        // (A walk the kernel's changes restart may see a key twice: counted once.)
+        let bound = 2 * map_capacity(name) as usize;
+        let held = marks
+            .keys()
+            .take(bound)
+            .filter_map(Result::ok)
+            .collect::<std::collections::BTreeSet<u32>>()
+            .len() as u32;
         let name = maps::SANDBOX_ANY;
         let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
