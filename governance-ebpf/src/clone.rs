@@ -15,10 +15,7 @@ use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::
 use governance_common::{Cause, Counter, Kind, allow, caps};
 
 use crate::{
-    decide::{
-        Agent, Decision, any_sandboxed, count, current_agent, emit, lsm_ret,
-        sandbox_table_nearly_full,
-    },
+    decide::{Agent, Decision, count, current_agent, emit, lsm_ret, sandbox_table_nearly_full},
     kernel::{
         CLONE_INTO_CGROUP, CLONE_NEWCGROUP, CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
         CLONE_NEWTIME, CLONE_NEWUSER, CLONE_NEWUTS, CLONE_THREAD, OFF_CRED_USER_NS,
@@ -65,9 +62,9 @@ pub fn task_alloc(ctx: LsmContext) -> i32 {
     // Every fork and thread on the node comes here: the flags first, one comparison.
     let flags: u64 = ctx.arg(1);
     // A sandboxed process's new process needs a mark (sched_process_fork): refused while the
-    // table has no room to spare (an array load for everyone else; see SANDBOX_RESERVE).
+    // table has no room to spare (an array load for everyone else; see SANDBOX_RESERVE; a
+    // count above 0 means the kernel has marked a process, so no `any_sandboxed` first).
     if flags & CLONE_THREAD == 0
-        && any_sandboxed()
         && sandbox_table_nearly_full()
         && let Some(agent) = current_agent()
         && agent.sandboxed

@@ -43,10 +43,16 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 /// Not when its main thread exits: `pthread_exit` in the main thread ends that thread alone and
 /// the others run on under the same tgid, marked. The tracepoint fires after the exiting thread
 /// was taken off `signal->live`, so the last thread of the group reads 0 there; a group whose
-/// count cannot be read keeps its mark (stale, never missing).
+/// count cannot be read keeps its mark (stale, never missing). Only a marked process's threads
+/// read it: every other exit is one lookup.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     if !any_sandboxed() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is not used.
+    if unsafe { SANDBOXED.get(&tgid) }.is_none() {
         return 0;
     }
     // SAFETY: helper call without pointer arguments; reads go through probe_read.
@@ -54,11 +60,7 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
         read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_SIGNAL))
             .and_then(|signal| read_at::<i32>(signal, off(&OFF_SIGNAL_LIVE)))
     };
-    if live == Ok(0)
-        && SANDBOXED
-            .remove(&((bpf_get_current_pid_tgid() >> 32) as u32))
-            .is_ok()
-    {
+    if live == Ok(0) && SANDBOXED.remove(&tgid).is_ok() {
         count_marks(u32::MAX);
     }
     0

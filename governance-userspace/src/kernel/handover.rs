@@ -53,10 +53,14 @@ impl fmt::Display for Carried {
 }
 
 /// The previous build's map `name`, opened from its pin.
+fn open_old_data(old_pins: &Path, name: &'static str) -> Result<MapData, KernelError> {
+    MapData::from_pin(old_pins.join(pins::MAPS).join(name))
+        .map_err(|source| KernelError::Map { name, source })
+}
+
 fn open_old(old_pins: &Path, name: &'static str) -> Result<Map, KernelError> {
-    let data = MapData::from_pin(old_pins.join(pins::MAPS).join(name))
-        .map_err(|source| KernelError::Map { name, source })?;
-    Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })
+    Map::from_map_data(open_old_data(old_pins, name)?)
+        .map_err(|source| KernelError::Map { name, source })
 }
 
 /// The previous build's runtime layout: its [`STATE_LAYOUT`] entry, 0 where it has none.
@@ -85,8 +89,7 @@ impl Enforcer {
             ..Default::default()
         };
         // Marks first (the flag before them, as the kernel sets it).
-        let marks: Vec<(u32, u32)> =
-            entries(&open_old(old_pins, maps::SANDBOXED)?, maps::SANDBOXED)?;
+        let marks: Vec<(u32, u32)> = entries(old_pins, maps::SANDBOXED)?;
         if !marks.is_empty() {
             let name = maps::SANDBOX_ANY;
             let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
@@ -119,17 +122,13 @@ impl Enforcer {
             carried.not_carried = vec![maps::SEQ_STATE, maps::WRITTEN, maps::GRANTS, maps::BUCKETS];
             return Ok(carried);
         }
-        let seq: Vec<(SeqStateKey, SeqArmed)> =
-            entries(&open_old(old_pins, maps::SEQ_STATE)?, maps::SEQ_STATE)?;
+        let seq: Vec<(SeqStateKey, SeqArmed)> = entries(old_pins, maps::SEQ_STATE)?;
         carried.sequences = self.merge(maps::SEQ_STATE, &seq, |_, _| false)?;
-        let written: Vec<(ExecKey, u64)> =
-            entries(&open_old(old_pins, maps::WRITTEN)?, maps::WRITTEN)?;
+        let written: Vec<(ExecKey, u64)> = entries(old_pins, maps::WRITTEN)?;
         carried.written = self.merge(maps::WRITTEN, &written, |_, _| false)?;
-        let grants: Vec<(GrantKey, u64)> =
-            entries(&open_old(old_pins, maps::GRANTS)?, maps::GRANTS)?;
+        let grants: Vec<(GrantKey, u64)> = entries(old_pins, maps::GRANTS)?;
         carried.grants = self.merge(maps::GRANTS, &grants, |_, _| false)?;
-        let buckets: Vec<(BucketKey, Bucket)> =
-            entries(&open_old(old_pins, maps::BUCKETS)?, maps::BUCKETS)?;
+        let buckets: Vec<(BucketKey, Bucket)> = entries(old_pins, maps::BUCKETS)?;
         carried.buckets = self.merge(maps::BUCKETS, &buckets, |old: &Bucket, mine: &Bucket| {
             old.tokens < mine.tokens
         })?;
@@ -143,7 +142,7 @@ impl Enforcer {
         let marks: HashMap<_, u32, u32> = HashMap::try_from(self.map(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
         // (A walk the kernel's changes restart may see a key twice: counted once.)
-        let bound = 2 * map_capacity(name) as usize;
+        let bound = 2 * governance_common::MAX_SANDBOXED as usize;
         let held = marks
             .keys()
             .take(bound)
@@ -184,15 +183,22 @@ impl Enforcer {
     }
 }
 
-/// Every entry of hash map `map` (a table both builds' programs change meanwhile: a key
-/// removed while it is read is skipped; the walk is bounded by twice the capacity).
+/// Every entry of the previous build's hash map `name` (a table both builds' programs change
+/// meanwhile: a key removed while it is read is skipped; the walk is bounded by twice the
+/// map's capacity).
 fn entries<K: aya::Pod, V: aya::Pod>(
-    map: &Map,
+    old_pins: &Path,
     name: &'static str,
 ) -> Result<Vec<(K, V)>, KernelError> {
+    let data = open_old_data(old_pins, name)?;
+    let bound = data
+        .info()
+        .map_err(|source| KernelError::Map { name, source })?
+        .max_entries() as usize
+        * 2;
+    let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
     let map: HashMap<_, K, V> =
-        HashMap::try_from(map).map_err(|source| KernelError::Map { name, source })?;
-    let bound = 2 * map_capacity(name) as usize;
+        HashMap::try_from(&map).map_err(|source| KernelError::Map { name, source })?;
     let mut out = Vec::new();
     for entry in map.iter().take(bound) {
         match entry {
@@ -202,17 +208,6 @@ fn entries<K: aya::Pod, V: aya::Pod>(
         }
     }
     Ok(out)
-}
-
-/// The capacity of a carried table.
-fn map_capacity(name: &str) -> u32 {
-    match name {
-        maps::SANDBOXED => governance_common::MAX_SANDBOXED,
-        maps::SEQ_STATE => governance_common::sequence::MAX_SEQ_STATE,
-        maps::WRITTEN => governance_common::MAX_WRITTEN,
-        maps::GRANTS => governance_common::MAX_GRANTS,
-        _ => governance_common::MAX_BUCKETS,
-    }
 }
 
 /// Does this process see the node's process ids (the initial PID namespace: one `NSpid`)?
