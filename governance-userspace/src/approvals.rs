@@ -576,13 +576,13 @@ impl Approvals {
             reason: e.req.reason.clone(),
             agent: Some(e.req.agent.clone()),
             object: e.req.object.clone(),
-            approval: Some(ApprovalInfo {
+            approval: Some(Box::new(ApprovalInfo {
                 id: id.to_owned(),
                 state: e.state.to_owned(),
                 by: e.by.clone(),
                 deadline: rfc3339(e.deadline),
                 reason: e.denial.clone(),
-            }),
+            })),
             message: format!("{} request for {}", e.req.kind, e.req.agent.name),
             ..Default::default()
         });

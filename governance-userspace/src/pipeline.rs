@@ -62,8 +62,8 @@ pub const MAX_BACKLOG: usize = 256 * 1024;
 pub struct Delivered {
     pub seq: u64,
     pub record: Arc<Record>,
-    /// The record as JSON (`serde_json`, fields in declaration order), as the audit log holds
-    /// it (a counted slice of its batch's buffer); empty when it was not serialised (then
+    /// The record as JSON (the bytes `serde_json` writes: fields in declaration order), as the
+    /// audit log holds it (a counted slice of its batch's buffer); empty when it was not serialised (then
     /// serialise `record`).
     pub json: Bytes,
 }
@@ -502,7 +502,7 @@ impl Worker {
             }
             let start = out.len();
             let encoded =
-                (self.audit.is_some() || keep) && serde_json::to_writer(&mut *out, &*r).is_ok();
+                (self.audit.is_some() || keep) && crate::events::json::write(r, out).is_ok();
             if !encoded {
                 out.truncate(start);
             }
@@ -612,11 +612,11 @@ impl Worker {
     fn stream_record(&self, kind: &str, message: String, filter: &Filter, next_seq: u64) -> Record {
         let mut r = Record::daemon(RecordType::Lifecycle, kind, message);
         r.node.clone_from(&self.node);
-        r.stream = Some(StreamInfo {
+        r.stream = Some(Box::new(StreamInfo {
             filter: filter.clone(),
             after_id: self.last_id.clone(),
             next_seq,
-        });
+        }));
         r
     }
 

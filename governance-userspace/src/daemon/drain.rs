@@ -185,7 +185,7 @@ fn escalate(
     let mut pending = Some(r);
     let queued = approvals.request_grant(req, g, &mut |info| {
         if let Some(mut r) = pending.take() {
-            r.approval = Some(info.clone());
+            r.approval = Some(Box::new(info.clone()));
             publisher.publish(r);
         }
     });

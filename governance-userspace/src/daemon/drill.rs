@@ -1140,7 +1140,7 @@ impl super::serve::Daemon<'_> {
         ] {
             rec.counts.insert(k.into(), v as u64);
         }
-        rec.drill = Some(d.clone());
+        rec.drill = Some(Box::new(d.clone()));
         self.publisher.publish(rec);
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)

@@ -205,6 +205,6 @@ pub fn record(e: &Evidence) -> Record {
         p.exe = e.exe.clone();
         r.process = Some(p);
     }
-    r.candidate = Some(e.clone());
+    r.candidate = Some(Box::new(e.clone()));
     r
 }

@@ -13,10 +13,12 @@
 //! - [`kernel`]: ring-buffer records → [`Record`]s, and the grants kernel escalations ask for;
 //! - [`display`]: the readable line;
 //! - [`filter`]: what a subscriber selects, and a live stream's own records;
+//! - [`json`]: a record as JSON, written directly for the pipeline (the bytes `serde_json` writes);
 //! - [`time`]: the kernel's clock, RFC 3339.
 
 pub mod display;
 pub mod filter;
+pub mod json;
 pub mod kernel;
 pub mod record;
 pub mod sequence;

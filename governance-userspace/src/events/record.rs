@@ -79,7 +79,7 @@ pub struct Record {
     pub object: Object,
     /// The approval this record opened or settled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalInfo>,
+    pub approval: Option<Box<ApprovalInfo>>,
     /// Free text for policy and lifecycle records.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -88,19 +88,19 @@ pub struct Record {
     pub counts: std::collections::BTreeMap<String, u64>,
     /// On a live stream's own records (`stream.subscribed`, `stream.ended`): the subscription.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<StreamInfo>,
+    pub stream: Option<Box<StreamInfo>>,
     /// On a drill record (`drill.passed`, `drill.failed`): its checks (see docs/operations.md,
     /// "Drills").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<crate::drill::Drill>,
+    pub drill: Option<Box<crate::drill::Drill>>,
     /// A sequence rule's decisions: the earlier action that armed the rule (on the record of
     /// that action itself too, whose `rule` is then the sequence rule it armed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub armed_by: Option<super::sequence::ArmedBy>,
+    pub armed_by: Option<Box<super::sequence::ArmedBy>>,
     /// On a `discovery` record: the candidate agent (a process outside every agent that
     /// behaves like one) and its evidence. Never enforced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub candidate: Option<crate::discovery::Evidence>,
+    pub candidate: Option<Box<crate::discovery::Evidence>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

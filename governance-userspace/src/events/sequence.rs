@@ -87,14 +87,14 @@ impl Armings {
                 self.by.clear();
             }
             self.by.insert(key, armed.clone());
-            r.armed_by = Some(armed);
+            r.armed_by = Some(Box::new(armed));
         } else if ev.flags & flags::SEQUENCE != 0 {
             let rule = match &r.shadow {
                 // A shadow sequence rule: the decision stands, the shadow names the rule.
                 Some(s) if ev.flags & flags::DENIED == 0 => s.rule.clone(),
                 _ => r.rule.clone(),
             };
-            r.armed_by = Some(
+            r.armed_by = Some(Box::new(
                 self.by
                     .get(&(ev.agent_cgroup, rule.clone()))
                     .cloned()
@@ -103,7 +103,7 @@ impl Armings {
                         kind: "unknown: armed before the daemon started".into(),
                         ..Default::default()
                     }),
-            );
+            ));
         }
     }
 }

@@ -807,12 +807,15 @@ fn approval(kind: &str, state: &str) -> Record {
             path: "/tmp/secret".into(),
             ..Default::default()
         },
-        approval: Some(ApprovalInfo {
-            id: "ab12cd34".into(),
-            state: state.into(),
-            deadline: "2026-01-01T00:00:00Z".into(),
-            ..Default::default()
-        }),
+        approval: Some(
+            ApprovalInfo {
+                id: "ab12cd34".into(),
+                state: state.into(),
+                deadline: "2026-01-01T00:00:00Z".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         message: "file request for bot".into(),
         ..Default::default()
     }

@@ -126,10 +126,13 @@ fn counts_records() {
     m.observe(&Record {
         ty: RecordType::Approval,
         kind: "approval.approved".into(),
-        approval: Some(ApprovalInfo {
-            state: "approved".into(),
-            ..Default::default()
-        }),
+        approval: Some(
+            ApprovalInfo {
+                state: "approved".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ..Default::default()
     });
     m.observe(&Record {

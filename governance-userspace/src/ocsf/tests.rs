@@ -201,11 +201,14 @@ fn file_network_http_kernel_and_process_targets() {
         },
     );
     r.source = Source::Proxy;
-    r.approval = Some(ApprovalInfo {
-        id: "ap-1".into(),
-        state: "pending".into(),
-        ..Default::default()
-    });
+    r.approval = Some(
+        ApprovalInfo {
+            id: "ap-1".into(),
+            state: "pending".into(),
+            ..Default::default()
+        }
+        .into(),
+    );
     let http = to_ocsf(&r);
     assert_eq!(ids(&http), (4002, 6, 400206, Some(14)));
     let req = &http["http_request"];
@@ -343,13 +346,16 @@ fn approvals_policy_and_lifecycle() {
             path: "/usr/bin/wget".into(),
             ..Default::default()
         },
-        approval: Some(ApprovalInfo {
-            id: "ap-1".into(),
-            state: state.into(),
-            by: if state == "pending" { "" } else { "alice" }.into(),
-            reason: if state == "denied" { "no" } else { "" }.into(),
-            ..Default::default()
-        }),
+        approval: Some(
+            ApprovalInfo {
+                id: "ap-1".into(),
+                state: state.into(),
+                by: if state == "pending" { "" } else { "alice" }.into(),
+                reason: if state == "denied" { "no" } else { "" }.into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ..Default::default()
     };
     let requested = to_ocsf(&approval("approval.requested", "pending"));

@@ -389,7 +389,7 @@ impl Proxy {
                         .request_action(req, key, on_approve, announce)
                     {
                         Ok(id) => {
-                            rec.approval = info;
+                            rec.approval = info.map(Box::new);
                             resp.approval_id = Some(id);
                         }
                         Err(full) => {

@@ -194,7 +194,8 @@ impl Proxy {
         rec.armed_by = d
             .armed_by
             .clone()
-            .or_else(|| d.shadow.as_ref().and_then(|s| s.armed_by.clone()));
+            .or_else(|| d.shadow.as_ref().and_then(|s| s.armed_by.clone()))
+            .map(Box::new);
         rec
     }
 

@@ -246,7 +246,7 @@ impl Proxy {
         let mut pending = Some(rec);
         let held = self.approvals.hold_announced(req, &mut |info| {
             if let Some(mut rec) = pending.take() {
-                rec.approval = Some(info.clone());
+                rec.approval = Some(Box::new(info.clone()));
                 (self.sink)(rec);
             }
         });

@@ -94,13 +94,16 @@ fn approval(secs: u64, id: &str, state: &str, by: &str, why: &str) -> Record {
             path: "/usr/bin/curl".into(),
             ..Default::default()
         },
-        approval: Some(ApprovalInfo {
-            id: id.into(),
-            state: state.into(),
-            by: by.into(),
-            reason: why.into(),
-            ..Default::default()
-        }),
+        approval: Some(
+            ApprovalInfo {
+                id: id.into(),
+                state: state.into(),
+                by: by.into(),
+                reason: why.into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }
