@@ -4259,22 +4259,33 @@ fn a_sandbox_mark_keeps_its_profile_across_a_reload_that_adds_profiles() {
 
 /// A rolling upgrade carries the kernel's runtime state to the new build (its maps start
 /// empty): a process sandboxed under the old build stays under its profile under the new one
-/// alone, and a throttle bucket the old build drained stays drained (one connect per hour).
+/// alone, a throttle bucket the old build drained stays drained (one connect per hour), an
+/// escalation a human approved under the old build stays approved (its grant), and an agent
+/// whose sequence rule the old build armed stays restricted (its armed state).
 /// A denial the old build's programs made while no daemon ran reaches the new build's audit
 /// log (from the old build's ring).
-/// Controls: a process never marked connects under the new build, and a connect the throttle
-/// rule does not cover goes through.
+/// Controls: a process never marked connects under the new build, a connect the throttle rule
+/// does not cover goes through, an escalated destination nobody approved stays refused, and
+/// the armed agent still reaches the destination its sequence rule allows.
 #[test]
-fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
+fn a_new_build_carries_the_kernel_s_runtime_state_over() {
     require_root();
     let agent = TestCgroup::new("carry");
     let (_enter_l, enter) = listener([127, 0, 0, 24]);
     let (_probe_l, probe) = listener([127, 0, 0, 25]);
     let (_slow_l, slow) = listener([127, 0, 0, 26]);
+    let (_ask_l, ask) = listener([127, 0, 0, 30]);
+    let (_unasked_l, unasked) = listener([127, 0, 0, 31]);
+    let seq_agent = TestCgroup::new("carry-seq");
+    let (_except_l, except) = listener([127, 0, 0, 2]);
     let policy = format!(
-        "{}  - {{ id: slow, network: {{ cidr: {}/32 }}, verdict: throttle, throttle: {{ rate: 1, per: 1h }}, reason: test }}\n",
+        "{}  - {{ id: slow, network: {{ cidr: {}/32 }}, verdict: throttle, throttle: {{ rate: 1, per: 1h }}, reason: test }}\n\
+         \x20 - {{ id: ask, network: {{ cidr: 127.0.0.30/31 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: test }}\n\
+         ---\nname: seq\nagents: {{ cgroup: {} }}\nrules:\n\
+         \x20 - id: no-exfil\n    sequence:\n      after: {{ file: {{ prefix: /data/pii, access: [read] }} }}\n      then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n    verdict: block\n    reason: test\n",
         marks_policy(&agent, enter, None),
-        slow.ip()
+        slow.ip(),
+        seq_agent.rel.display()
     );
     let dir = policy_dir("carry", &policy);
     let pins = pin_dir("carry");
@@ -4299,6 +4310,52 @@ fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
         refused,
         "throttled under the old build"
     );
+    // An escalation, approved: the grant lets the retry through.
+    assert_eq!(other.connect(ask), refused, "escalated under the old build");
+    let id = wait_for_value(
+        "the escalated connect to be pending approval",
+        Duration::from_secs(10),
+        || {
+            let out = old.cli(&["approvals", "-o", "json"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            Some(v["pending"][0]["id"].as_str()?.to_owned())
+        },
+    );
+    assert!(
+        old.cli(&["approve", &id, "--as", "tester"])
+            .status
+            .success()
+    );
+    assert_eq!(other.connect(ask), "ok", "approved under the old build");
+    // An armed sequence rule (the host has no file hook to arm it: armed in the pinned table,
+    // as the old build's file_open would).
+    let seq = Some(seq_agent.path.as_path());
+    let (_, outcome) = run_in(seq, "carry-seq-before", &Attempt::connect(probe));
+    assert_eq!(outcome, Outcome::Exited(0), "not armed yet");
+    {
+        use governance_common::sequence::{SeqArmed, SeqStateKey};
+        let mut state: aya::maps::HashMap<_, SeqStateKey, SeqArmed> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
+                aya::maps::MapData::from_pin(pins.join("maps/SEQ_STATE")).unwrap(),
+            ))
+            .unwrap();
+        let key = SeqStateKey {
+            agent_cgroup: seq_agent.id(),
+            state: governance::kernel::bucket_id("seq/no-exfil"),
+        };
+        let armed = SeqArmed {
+            armed_ns: governance::events::monotonic_ns(),
+            tgid: std::process::id(),
+            rule_id: 0,
+        };
+        state.insert(key, armed, 0).unwrap();
+    }
+    let (_, outcome) = run_in(seq, "carry-seq-armed", &Attempt::connect(probe));
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "armed under the old build"
+    );
     stop_daemon(old);
     // Decided by the old build's programs while no daemon runs: the event waits in its ring.
     let (_downtime_l, downtime) = listener([127, 0, 0, 28]);
@@ -4309,6 +4366,10 @@ fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
             && seen.contains("carried over: 1 sandboxed processes (0 with a profile")
             && seen.contains("1 throttle buckets"),
         "the new build handed over and carried the mark and the bucket:\n{seen}"
+    );
+    assert!(
+        seen.contains("1 armed sequence rules") && seen.contains("1 grants"),
+        "the new build carried the grant and the armed state:\n{seen}"
     );
     // The kernel counts the marks it makes; the carried one was counted by the handover.
     let any: aya::maps::Array<_, u32> = aya::maps::Array::try_from(aya::maps::Map::Array(
@@ -4356,9 +4417,31 @@ fn a_new_build_carries_sandbox_marks_and_throttle_buckets_over() {
         refused,
         "still throttled under the new build alone"
     );
+    let (_, outcome) = run_in(seq, "carry-seq-after", &Attempt::connect(probe));
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "still armed under the new build alone"
+    );
     redteam(
         "sandbox mark and throttle bucket across a rolling upgrade",
         "denied",
+    );
+    assert_eq!(
+        other.connect(ask),
+        "ok",
+        "still approved under the new build alone"
+    );
+    assert_eq!(
+        other.connect(unasked),
+        refused,
+        "control: an escalated destination nobody approved"
+    );
+    let (_, outcome) = run_in(seq, "carry-seq-except", &Attempt::connect(except));
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control: the armed agent reaches what its sequence rule allows"
     );
     assert_eq!(
         other.connect(probe),
