@@ -203,7 +203,7 @@ pub struct Approvals {
     sink: Sink,
     grant: Grant,
     ids: Arc<Ids>,
-    node: String,
+    node: &'static str,
     state: Mutex<State>,
 }
 
@@ -568,10 +568,10 @@ impl Approvals {
         (self.sink)(Record {
             id: self.ids.next(),
             time: rfc3339(e.settled.unwrap_or(e.created)),
-            node: self.node.clone(),
+            node: self.node.into(),
             ty: RecordType::Approval,
             source,
-            kind: format!("approval.{what}"),
+            kind: format!("approval.{what}").into(),
             rule: e.req.rule.clone(),
             reason: e.req.reason.clone(),
             agent: Some(e.req.agent.clone()),

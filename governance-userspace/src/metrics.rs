@@ -453,7 +453,7 @@ impl Metrics {
                     .inc();
             }
             RecordType::Policy => {
-                let (result, ok) = match r.kind.as_str() {
+                let (result, ok) = match r.kind.as_ref() {
                     "policy.reloaded" => ("success", 1),
                     "policy.reload_failed" => ("failure", 0),
                     _ => return,

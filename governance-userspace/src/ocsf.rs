@@ -166,7 +166,7 @@ const LIFECYCLE: &str = "Application Lifecycle";
 
 fn class_of(r: &Record) -> Class {
     match r.ty {
-        RecordType::Decision => match r.kind.as_str() {
+        RecordType::Decision => match r.kind.as_ref() {
             "exec" => Class::new(1007, PROCESS, 1, "Launch"),
             "ptrace" => Class::new(1007, PROCESS, 3, "Open"),
             "signal" if matches!(r.object.signal, 9 | 15) => {
@@ -212,7 +212,7 @@ fn class_of(r: &Record) -> Class {
             }
             _ => Class::other(3004, ENTITY, &r.kind),
         },
-        RecordType::Policy | RecordType::Lifecycle => match r.kind.as_str() {
+        RecordType::Policy | RecordType::Lifecycle => match r.kind.as_ref() {
             "daemon.started" => Class::new(6002, LIFECYCLE, 3, "Start"),
             "daemon.stopping" | "daemon.stopped" => Class::new(6002, LIFECYCLE, 4, "Stop"),
             "policy.loaded" | "policy.reloaded" | "policy.reload_failed" => {
@@ -241,7 +241,7 @@ fn approval_state(r: &Record) -> &str {
 /// let through.
 fn shadow_refusal(r: &Record) -> bool {
     let would = if r.mode == "shadow" {
-        r.verdict.as_str()
+        r.verdict.as_ref()
     } else {
         r.shadow.as_ref().map_or("allow", |s| s.verdict.as_str())
     };
@@ -253,13 +253,13 @@ fn decision_rating(r: &Record) -> (u32, u32) {
     if shadow_refusal(r) {
         return (2, 15);
     }
-    match r.outcome.as_str() {
+    match r.outcome.as_ref() {
         "allow" => (1, 1),
         "granted" => (1, 8),
         "sandbox" => (1, 4),
         "escalate" => (2, 14),
         "throttle" => (2, 2),
-        "block" if matches!(r.kind.as_str(), "signal" | "ptrace" | "bpf" | "unlink") => (4, 2),
+        "block" if matches!(r.kind.as_ref(), "signal" | "ptrace" | "bpf" | "unlink") => (4, 2),
         "block" => (3, 2),
         "kill" => (4, 2),
         _ if r.denied => (3, 2),
@@ -494,7 +494,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         1007 => json!({ "process": { "pid": o.target_pid } }),
         1001 => json!({ "file": file(&o.path, 0) }),
         1003 => {
-            let kernel = match r.kind.as_str() {
+            let kernel = match r.kind.as_ref() {
                 "userns" => json!({ "name": "user namespace", "type_id": 99, "type": "Other" }),
                 "capability" => json!({
                     "name": o.detail.get("capability").map_or("capability", String::as_str),
@@ -509,7 +509,7 @@ pub fn to_ocsf(r: &Record) -> Value {
                         } else {
                             "via"
                         })
-                        .map_or(r.kind.as_str(), String::as_str);
+                        .map_or(r.kind.as_ref(), String::as_str);
                     json!({
                         "name": call,
                         "type_id": 2,
@@ -621,7 +621,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         "type": r.ty.as_str(),
         "kind": r.kind,
         // The base event has no device: keep the node with the rest.
-        "node": if class.uid == 0 { r.node.as_str() } else { "" },
+        "node": if class.uid == 0 { r.node.as_ref() } else { "" },
         "agent": val(&r.agent),
         "rule": r.rule,
         "verdict": r.verdict,
@@ -633,7 +633,7 @@ pub fn to_ocsf(r: &Record) -> Value {
         "cgroup": val(&r.cgroup),
         "counts": val(&r.counts),
         "armed_by": val(&r.armed_by),
-        "enrichment": r.process.as_ref().map(|p| p.enrichment.as_str()),
+        "enrichment": r.process.as_ref().map(|p| p.enrichment.as_ref()),
         "object": if object_mapped { Value::Null } else { val(o) },
         "access": if object_mapped { o.access.as_str() } else { "" },
         "mcp_tool": if object_mapped { o.mcp_tool.as_str() } else { "" },

@@ -196,7 +196,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     };
     let audit_health = match &mut audit {
         Some(a) => {
-            a.set_gap_record(gap_record(ids.clone(), node.clone()));
+            a.set_gap_record(gap_record(ids.clone(), node));
             a.health()
         }
         None => Arc::new(AuditHealth::new(OnFailure::Continue)),
@@ -248,7 +248,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
 
 /// Gap records as event records (`lifecycle`, kind `audit.gap`, the counts in `counts`), with
 /// the [`crate::audit::Gap`] as `audit_gap`.
-fn gap_record(ids: Arc<Ids>, node: String) -> crate::audit::GapRecord {
+fn gap_record(ids: Arc<Ids>, node: &'static str) -> crate::audit::GapRecord {
     Box::new(move |gap| {
         let mut r = Record::daemon(
             RecordType::Lifecycle,
@@ -260,7 +260,7 @@ fn gap_record(ids: Arc<Ids>, node: String) -> crate::audit::GapRecord {
             ),
         );
         r.id = ids.next();
-        r.node.clone_from(&node);
+        r.node = node.into();
         r.counts.insert("lost".into(), gap.lost);
         r.counts.insert("failures".into(), gap.failures);
         let mut v = serde_json::to_value(&r).unwrap_or_default();
@@ -283,7 +283,7 @@ struct Worker {
     audit: Option<AuditLog>,
     cfg: Config,
     ids: Arc<Ids>,
-    node: String,
+    node: &'static str,
     subs: Vec<Sub>,
     enricher: Enricher,
     counts: AgentCounts,
@@ -484,7 +484,7 @@ impl Worker {
                 r.id = self.ids.next();
             }
             if r.node.is_empty() {
-                r.node.clone_from(&self.node);
+                r.node = self.node.into();
             }
             if r.time.is_empty() {
                 r.time = rfc3339(std::time::SystemTime::now());
@@ -598,10 +598,10 @@ impl Worker {
                     Some(o) => o,
                     None => counts.entry(a.name.clone()).or_default(),
                 };
-                match outcomes.get_mut(&r.outcome) {
+                match outcomes.get_mut(&*r.outcome) {
                     Some(c) => *c += 1,
                     None => {
-                        outcomes.insert(r.outcome.clone(), 1);
+                        outcomes.insert(r.outcome.to_string(), 1);
                     }
                 }
             }
@@ -609,9 +609,15 @@ impl Worker {
     }
 
     /// A record about a live stream itself (never in the audit log).
-    fn stream_record(&self, kind: &str, message: String, filter: &Filter, next_seq: u64) -> Record {
+    fn stream_record(
+        &self,
+        kind: &'static str,
+        message: String,
+        filter: &Filter,
+        next_seq: u64,
+    ) -> Record {
         let mut r = Record::daemon(RecordType::Lifecycle, kind, message);
-        r.node.clone_from(&self.node);
+        r.node = self.node.into();
         r.stream = Some(Box::new(StreamInfo {
             filter: filter.clone(),
             after_id: self.last_id.clone(),
@@ -638,7 +644,7 @@ impl Worker {
                         lost - s.reported
                     ),
                 );
-                notice.node.clone_from(node);
+                notice.node = (*node).into();
                 notice.counts.insert("lost".into(), lost - s.reported);
                 notice.counts.insert("lost_total".into(), lost);
                 match s.tx.try_send(Delivered {
@@ -800,8 +806,8 @@ mod tests {
         Record {
             ty: RecordType::Decision,
             source: Source::Proxy,
-            kind: kind.into(),
-            outcome: outcome.into(),
+            kind: kind.to_owned().into(),
+            outcome: outcome.to_owned().into(),
             denied: outcome == "block",
             agent: Some(AgentInfo {
                 name: agent.into(),
@@ -1001,7 +1007,7 @@ mod tests {
             true
         })
         .unwrap();
-        assert_eq!(kinds[3], ("audit.gap".to_string(), Some(4)));
+        assert_eq!(kinds[3], ("audit.gap".into(), Some(4)));
         assert_eq!(kinds.len(), 5);
     }
 

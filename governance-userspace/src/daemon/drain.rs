@@ -174,7 +174,7 @@ fn escalate(
         .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
     let req = approvals::Request {
         agent: r.agent.clone().unwrap_or_default(),
-        kind: r.kind.clone(),
+        kind: r.kind.to_string(),
         object: r.object.clone(),
         rule: r.rule.clone(),
         reason: r.reason.clone(),

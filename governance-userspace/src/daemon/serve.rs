@@ -471,6 +471,6 @@ impl Daemon<'_> {
     }
 }
 
-pub(super) fn lifecycle(kind: &str, message: impl Into<String>) -> Record {
+pub(super) fn lifecycle(kind: &'static str, message: impl Into<String>) -> Record {
     Record::daemon(RecordType::Lifecycle, kind, message)
 }

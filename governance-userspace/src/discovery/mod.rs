@@ -185,7 +185,7 @@ pub fn record(e: &Evidence) -> Record {
     };
     let mut r = Record::daemon(
         RecordType::Discovery,
-        &format!("candidate.{}", e.what),
+        format!("candidate.{}", e.what),
         format!(
             "candidate agent: {who} outside every agent: {what}; matches {} (seen {} times; not enforced: label it to govern it)",
             e.matched, e.count

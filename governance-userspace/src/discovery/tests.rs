@@ -170,7 +170,7 @@ fn one_record_per_candidate_and_evidence_per_interval() {
     assert_eq!(t.list().len(), 3);
     let rec = record(&r);
     assert_eq!(
-        (rec.ty, rec.kind.as_str()),
+        (rec.ty, rec.kind.as_ref()),
         (RecordType::Discovery, "candidate.sni")
     );
     assert!(!rec.denied);

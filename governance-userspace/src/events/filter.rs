@@ -42,7 +42,7 @@ impl Filter {
         {
             return false;
         }
-        if !self.kinds.is_empty() && !self.kinds.contains(&r.kind) {
+        if !self.kinds.is_empty() && !self.kinds.iter().any(|k| *k == r.kind) {
             return false;
         }
         self.types.is_empty() || self.types.contains(&r.ty)

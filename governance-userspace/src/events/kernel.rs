@@ -437,10 +437,13 @@ impl Record {
         Record {
             id: String::new(),
             time: rfc3339(clock.wall(ev.time_ns)),
-            node: String::new(),
+            node: "".into(),
             ty: RecordType::Decision,
             source: Source::Kernel,
-            kind: kind.map_or_else(|| format!("unknown:{}", ev.kind), |k| k.as_str().into()),
+            kind: kind.map_or_else(
+                || format!("unknown:{}", ev.kind).into(),
+                |k| k.as_str().into(),
+            ),
             outcome: outcome_of(ev, verdict, cause).into(),
             denied: ev.flags & flags::DENIED != 0,
             sampled: ev.flags & flags::SAMPLED != 0,

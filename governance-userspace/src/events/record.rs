@@ -16,6 +16,10 @@ use super::{StreamInfo, rfc3339, time::put_digits};
 /// Where records are reported: every decision of the proxy, and every approval change.
 pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 
+/// A record's text that is most often one of a few fixed words (a kind, an outcome, a
+/// verdict, a mode): those are borrowed, not allocated for each event.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// One event: a decision, an approval, a policy change or a lifecycle step.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Record {
@@ -25,7 +29,7 @@ pub struct Record {
     /// RFC 3339, UTC, nanoseconds.
     pub time: String,
     /// The node's hostname.
-    pub node: String,
+    pub node: Text,
     /// What the record is about.
     #[serde(rename = "type")]
     pub ty: RecordType,
@@ -36,11 +40,11 @@ pub struct Record {
     /// API), capability, mount, clone, exec_map, task, guard, ipc, link (a hard link or rename
     /// refused: `object.detail.op`), http. For other types, a short event name
     /// (`approval.granted`, `policy.reloaded`, `daemon.started`, ...).
-    pub kind: String,
+    pub kind: Text,
     /// What happened to the action: allow, block, throttle, sandbox, escalate, granted, kill
     /// (degraded exec: the process was killed after its exec). Empty for non-decisions.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub outcome: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub outcome: Text,
     /// Whether the action was refused.
     #[serde(default)]
     pub denied: bool,
@@ -49,11 +53,11 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sampled: bool,
     /// The verdict of the deciding rule or default (allow, block, throttle, sandbox, escalate).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub verdict: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub verdict: Text,
     /// `enforce`, or `shadow` when only a shadow rule or policy would have decided this way.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub mode: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub mode: Text,
     /// `<policy>/<rule id>`, `default` (no rule matched: the default posture), `builtin:<what>`
     /// (a built-in protection) or `fail-closed:<why>`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -212,8 +216,8 @@ pub struct ProcessInfo {
     /// argv for exec; comm, ppid and uid for HTTP, where the proxy knows only the pid), `gone`
     /// when the process had exited before it could be read (best effort: those fields are then
     /// empty), `none` when enrichment was not attempted.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub enrichment: String,
+    #[serde(default, skip_serializing_if = "str::is_empty")]
+    pub enrichment: Text,
 }
 
 /// What an action was about. Only the fields that apply to its kind are set.
@@ -320,17 +324,21 @@ impl Default for Ids {
     }
 }
 
-/// This node's name, for records.
-pub fn node_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "unknown".into())
+/// This node's name, for records: the hostname when it is first asked for (read once, so that
+/// every record shares it instead of allocating it).
+pub fn node_name() -> &'static str {
+    static NODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".into())
+    })
 }
 
 impl Record {
     /// A policy or lifecycle record from the daemon.
-    pub fn daemon(ty: RecordType, kind: &str, message: impl Into<String>) -> Self {
+    pub fn daemon(ty: RecordType, kind: impl Into<Text>, message: impl Into<String>) -> Self {
         Record {
             time: rfc3339(SystemTime::now()),
             ty,
@@ -422,6 +430,6 @@ mod tests {
         assert_eq!(p.ns_pid, 0, "in the node's PID namespace");
         // pid_max is at most 2^22: this pid cannot exist.
         let gone = ProcessInfo::from_procfs(1 << 23);
-        assert_eq!((gone.comm.as_str(), gone.enrichment.as_str()), ("", "gone"));
+        assert_eq!((gone.comm.as_str(), gone.enrichment.as_ref()), ("", "gone"));
     }
 }

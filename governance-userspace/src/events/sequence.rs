@@ -77,7 +77,7 @@ impl Armings {
         if ev.flags & flags::ARMED != 0 {
             let armed = ArmedBy {
                 rule: r.rule.clone(),
-                kind: r.kind.clone(),
+                kind: r.kind.to_string(),
                 object: r.object.path.clone(),
                 access: r.object.access.clone(),
                 pid: ev.tgid,

@@ -58,7 +58,7 @@ fn decodes_a_block_with_its_rule() {
     assert_eq!(r.agent.as_ref().unwrap().name, "bot");
     assert_eq!(r.object.path, "/usr/bin/wget");
     assert_eq!(r.rule, "bot/no-wget");
-    assert_eq!((r.outcome.as_str(), r.denied), ("block", true));
+    assert_eq!((r.outcome.as_ref(), r.denied), ("block", true));
     let p = r.process.as_ref().unwrap();
     assert_eq!((p.pid, p.tid, p.ppid), (10, 11, 9));
     let line = r.to_string();
@@ -207,7 +207,7 @@ fn decodes_a_refused_link_or_rename() {
     ev.path = [0; governance_common::EVENT_PATH_LEN];
     ev.path[..3].copy_from_slice(b"key");
     let r = Record::from_kernel(&ev, &names(), &Clock::now());
-    assert_eq!((r.kind.as_str(), r.outcome.as_str()), ("link", "block"));
+    assert_eq!((r.kind.as_ref(), r.outcome.as_ref()), ("link", "block"));
     assert_eq!(r.object.path, "key");
     assert_eq!(r.object.detail["op"], "rename");
     assert_eq!(r.rule, "bot/no-wget");

@@ -166,7 +166,7 @@ pub fn log_record(r: &Record, json: &[u8]) -> LogRecord {
         severity_text: severity_text.into(),
         body: Some(string(&r.to_string())),
         attributes,
-        event_name: r.kind.clone(),
+        event_name: r.kind.to_string(),
         ..Default::default()
     }
 }

@@ -62,10 +62,10 @@ fn pipeline() -> (pipeline::Handles, Arc<Metrics>) {
 fn decision(n: usize, kind: &str, outcome: &str) -> Record {
     Record {
         ty: RecordType::Decision,
-        kind: kind.into(),
-        outcome: outcome.into(),
+        kind: kind.to_owned().into(),
+        outcome: outcome.to_owned().into(),
         denied: outcome == "block",
-        verdict: outcome.into(),
+        verdict: outcome.to_owned().into(),
         rule: "p/r".into(),
         reason: format!("reason \"{n}\""),
         agent: Some(AgentInfo {
@@ -796,7 +796,7 @@ async fn escalations_are_notified_in_slack_form() {
 fn approval(kind: &str, state: &str) -> Record {
     Record {
         ty: RecordType::Approval,
-        kind: kind.into(),
+        kind: kind.to_owned().into(),
         rule: "p/ask".into(),
         reason: "needs a human".into(),
         agent: Some(AgentInfo {

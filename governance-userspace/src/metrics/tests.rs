@@ -3,8 +3,8 @@ use crate::events::{AgentInfo, ApprovalInfo, Shadow};
 
 fn decision(kind: &str, outcome: &str, agent: &str) -> Record {
     Record {
-        kind: kind.into(),
-        outcome: outcome.into(),
+        kind: kind.to_owned().into(),
+        outcome: outcome.to_owned().into(),
         agent: Some(AgentInfo {
             name: agent.into(),
             ..Default::default()

@@ -6,10 +6,10 @@ fn decision(kind: &str, outcome: &str, object: Object) -> Record {
         id: "18f-00000001".into(),
         time: "2026-01-02T03:04:05.678901234Z".into(),
         node: "node-1".into(),
-        kind: kind.into(),
-        outcome: outcome.into(),
+        kind: kind.to_owned().into(),
+        outcome: outcome.to_owned().into(),
         denied: !matches!(outcome, "allow" | "granted" | "sandbox"),
-        verdict: outcome.into(),
+        verdict: outcome.to_owned().into(),
         mode: "enforce".into(),
         rule: "bot/no-wget".into(),
         reason: "no downloads".into(),
@@ -336,7 +336,7 @@ fn outcomes_set_disposition_and_severity() {
 fn approvals_policy_and_lifecycle() {
     let approval = |kind: &str, state: &str| Record {
         ty: RecordType::Approval,
-        kind: kind.into(),
+        kind: kind.to_owned().into(),
         node: "node-1".into(),
         agent: Some(AgentInfo {
             name: "bot".into(),

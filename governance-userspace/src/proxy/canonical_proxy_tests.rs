@@ -282,7 +282,7 @@ async fn proxy_verdict(h: &Harness, me: IpAddr, req: &[u8]) -> (String, String) 
     until("the proxy's decision record", || decided().is_some()).await;
     drop(s);
     let rec = decided().unwrap();
-    (rec.verdict, rec.rule)
+    (rec.verdict.into_owned(), rec.rule)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,7 +359,7 @@ async fn the_decision_api_and_the_proxy_agree_on_hostile_inputs() {
         };
         let d = h.proxy.preauthorize(&client_of(&h, agent), action);
         assert_eq!(
-            (d.verdict.as_str(), d.rule.as_str()),
+            (d.verdict.as_ref(), d.rule.as_str()),
             (proxied.0.as_str(), proxied.1.as_str()),
             "{method} {host}{path} {headers:?} {}: {}",
             String::from_utf8_lossy(&body),
@@ -438,7 +438,7 @@ async fn names_the_agent_chose_are_not_looked_up_before_a_decision() {
     assert_eq!(r.as_bytes(), ACCESS_DENIED);
     let rec = h.last_record(|r| r.object.url.contains("exfil-4"));
     assert_eq!(
-        (rec.verdict.as_str(), rec.rule.as_str()),
+        (rec.verdict.as_ref(), rec.rule.as_str()),
         ("block", "default")
     );
     let looked = h.proxy.upstream.looked_up();

@@ -200,7 +200,7 @@ pub struct Proxy {
     approvals: Arc<Approvals>,
     sink: Sink,
     ids: Arc<Ids>,
-    node: String,
+    node: &'static str,
     upstream: Upstream,
     views: Mutex<ViewCache>,
     conns: Arc<Mutex<HashMap<String, usize>>>,

@@ -332,7 +332,7 @@ impl Proxy {
         let rule = decision.rule.clone().unwrap_or_else(|| "default".into());
         let mut resp = DecideResponse {
             decision_id: rec.id.clone(),
-            verdict: rec.verdict.clone(),
+            verdict: rec.verdict.to_string(),
             allowed: false,
             rule: rule.clone(),
             reason: decision.reason.clone(),

@@ -550,7 +550,7 @@ async fn refund_agent_allow_escalate_approve_deny_block() {
     assert_eq!(r.header("x-governance-rule"), "refund-agent/refund-large");
     let rec = h.record(id);
     assert_eq!(
-        (rec.outcome.as_str(), rec.denied, rec.rule.as_str()),
+        (rec.outcome.as_ref(), rec.denied, rec.rule.as_str()),
         ("block", true, "refund-agent/refund-large")
     );
     assert_eq!(rec.source, Source::Proxy);
@@ -1201,7 +1201,7 @@ async fn preauthorize_tools_without_a_server_counts_throttles() {
     };
     let d = h.proxy.preauthorize(&c, tool("run_shell"));
     assert_eq!(
-        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        (d.verdict.as_ref(), d.allowed, d.rule.as_str()),
         ("block", false, "search/no-shell")
     );
     let rec = h.record(&d.decision_id);
@@ -1211,14 +1211,14 @@ async fn preauthorize_tools_without_a_server_counts_throttles() {
     );
     let d = h.proxy.preauthorize(&c, tool("list_tools"));
     assert_eq!(
-        (d.verdict.as_str(), d.allowed, d.rule.as_str()),
+        (d.verdict.as_ref(), d.allowed, d.rule.as_str()),
         ("allow", true, "default")
     );
     for _ in 0..3 {
         assert!(h.proxy.preauthorize(&c, tool("web_search")).allowed);
     }
     let d = h.proxy.preauthorize(&c, tool("web_search"));
-    assert_eq!((d.verdict.as_str(), d.allowed), ("throttle", false));
+    assert_eq!((d.verdict.as_ref(), d.allowed), ("throttle", false));
     assert!(d.retry_after_secs.unwrap() >= 1);
     let d = h.proxy.preauthorize(&c, tool("fetch_url"));
     assert_eq!(
@@ -1237,7 +1237,7 @@ async fn preauthorize_tools_without_a_server_counts_throttles() {
     };
     let d = h.proxy.preauthorize(&c, bad);
     assert_eq!(
-        (d.verdict.as_str(), d.rule.as_str()),
+        (d.verdict.as_ref(), d.rule.as_str()),
         ("block", "builtin:request")
     );
 }
@@ -1296,7 +1296,7 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
         },
     };
     let d = h.proxy.preauthorize(&c, action());
-    assert_eq!((d.verdict.as_str(), d.allowed), ("escalate", false));
+    assert_eq!((d.verdict.as_ref(), d.allowed), ("escalate", false));
     let id = d.approval_id.clone().unwrap();
     assert_eq!(
         h.proxy.preauthorize(&c, action()).approval_id.as_deref(),
@@ -1592,7 +1592,7 @@ async fn transparent_tls_is_decided_on_the_server_name_and_spliced() {
     let rec = h.last_record(|r| r.rule == "tls/payments");
     assert_eq!(
         (
-            rec.outcome.as_str(),
+            rec.outcome.as_ref(),
             rec.object.method.as_str(),
             rec.object.url.as_str()
         ),
@@ -1612,7 +1612,7 @@ async fn transparent_tls_is_decided_on_the_server_name_and_spliced() {
     assert!(err.to_string().contains("AccessDenied"), "{err}");
     let rec = h.last_record(|r| r.object.url.contains("mcp.search.example"));
     assert_eq!(
-        (rec.outcome.as_str(), rec.rule.as_str(), rec.denied),
+        (rec.outcome.as_ref(), rec.rule.as_str(), rec.denied),
         ("block", "default", true)
     );
     assert_eq!(rec.object.url, format!("https://mcp.search.example:{port}"));
@@ -1712,7 +1712,7 @@ async fn escalated_tls_is_held_and_a_sandbox_verdict_blocks() {
         .unwrap_err();
     assert!(err.to_string().contains("AccessDenied"), "{err}");
     let rec = h.last_record(|r| r.rule == "tls/sandboxed");
-    assert_eq!((rec.outcome.as_str(), rec.denied), ("block", true));
+    assert_eq!((rec.outcome.as_ref(), rec.denied), ("block", true));
     assert!(rec.reason.contains("sandbox upstream"), "{}", rec.reason);
     assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
     h.assert_no_panics();
@@ -1805,7 +1805,7 @@ async fn intercepted_tls_gets_request_level_decisions() {
     assert!(r.body["body"].as_str().unwrap().contains("\"amount\":50"));
     let rec = h.last_record(|r| r.rule == "refund-agent/refund-small");
     assert_eq!(
-        (rec.outcome.as_str(), rec.object.url.as_str()),
+        (rec.outcome.as_ref(), rec.object.url.as_str()),
         ("allow", "https://api.payments.example/v1/refunds")
     );
     assert_eq!(rec.object.detail["tls"], "intercepted");
@@ -2113,7 +2113,7 @@ async fn an_armed_sequence_rule_refuses_requests_outside_its_hosts() {
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
     let rec = h.records.lock().unwrap().last().cloned().unwrap();
     assert_eq!(
-        (rec.rule.as_str(), rec.outcome.as_str()),
+        (rec.rule.as_str(), rec.outcome.as_ref()),
         ("seq/no-exfil-after-pii", "block")
     );
     let by = rec.armed_by.expect("the refusal names the arming");

@@ -455,7 +455,7 @@ pub fn build(o: &Options) -> Result<Report, ReportError> {
             .get_or_insert_with(|| at.clone());
         r.verification.last_record = Some(at);
         if acc.nodes.len() < 8 && !rec.node.is_empty() {
-            acc.nodes.insert(rec.node.clone());
+            acc.nodes.insert(rec.node.to_string());
         }
         let agent = rec.agent.as_ref();
         let mine = o
@@ -514,7 +514,7 @@ pub fn build(o: &Options) -> Result<Report, ReportError> {
     }
     r.generations = gens;
     r.node = if acc.nodes.is_empty() {
-        crate::events::node_name()
+        crate::events::node_name().to_owned()
     } else {
         acc.nodes.iter().cloned().collect::<Vec<_>>().join(", ")
     };

@@ -43,8 +43,8 @@ fn decision(secs: u64, who: &str, outcome: &str, rule: &str) -> Record {
         node: "node-1".into(),
         ty: RecordType::Decision,
         kind: "connect".into(),
-        outcome: outcome.into(),
-        verdict: outcome.into(),
+        outcome: outcome.to_owned().into(),
+        verdict: outcome.to_owned().into(),
         denied: outcome != "allow",
         rule: rule.into(),
         agent: agent(who),
@@ -62,7 +62,7 @@ fn daemon(secs: u64, ty: RecordType, kind: &str) -> Record {
         node: "node-1".into(),
         ty,
         source: crate::events::Source::Daemon,
-        kind: kind.into(),
+        kind: kind.to_owned().into(),
         ..Default::default()
     }
 }
@@ -87,7 +87,7 @@ fn approval(secs: u64, id: &str, state: &str, by: &str, why: &str) -> Record {
         time: at(secs),
         node: "node-1".into(),
         ty: RecordType::Approval,
-        kind,
+        kind: kind.into(),
         rule: "p/ask".into(),
         agent: agent("coder"),
         object: Object {
