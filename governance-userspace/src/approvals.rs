@@ -574,7 +574,7 @@ impl Approvals {
             kind: format!("approval.{what}").into(),
             rule: e.req.rule.clone(),
             reason: e.req.reason.clone(),
-            agent: Some(e.req.agent.clone()),
+            agent: Some(e.req.agent.clone().into()),
             object: e.req.object.clone(),
             approval: Some(Box::new(ApprovalInfo {
                 id: id.to_owned(),

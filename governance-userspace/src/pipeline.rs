@@ -730,22 +730,18 @@ const CACHE_MAX: usize = 16_384;
 impl Enricher {
     fn enrich(&mut self, r: &mut Record, root: &std::path::Path) {
         let pid = r.process.as_ref().map_or(0, |p| p.pid);
-        let agent_root = r
-            .agent
-            .as_ref()
-            .map(|a| a.cgroup.clone())
-            .unwrap_or_default();
+        let agent_root = r.agent.as_ref().map_or("", |a| a.cgroup.as_str());
         if let Some(c) = r.cgroup.as_mut()
             && c.path.is_empty()
         {
-            c.path = self.cgroup_path(c.id, pid, root, &agent_root);
+            c.path = self.cgroup_path(c.id, pid, root, agent_root);
         }
         // The container the process runs in, from its cgroup (the kubelet's layout).
         if let (Some(c), Some(a)) = (&r.cgroup, r.agent.as_mut())
             && a.container.is_empty()
             && let Some(k) = crate::kubernetes::cgroup::parse(&c.path).and_then(|p| p.container)
         {
-            a.container = k.id;
+            std::sync::Arc::make_mut(a).container = k.id;
         }
         if r.kind != "exec" {
             return;
@@ -809,11 +805,14 @@ mod tests {
             kind: kind.to_owned().into(),
             outcome: outcome.to_owned().into(),
             denied: outcome == "block",
-            agent: Some(AgentInfo {
-                name: agent.into(),
-                cgroup: format!("agents/{agent}"),
-                ..Default::default()
-            }),
+            agent: Some(
+                AgentInfo {
+                    name: agent.into(),
+                    cgroup: format!("agents/{agent}"),
+                    ..Default::default()
+                }
+                .into(),
+            ),
             ..Default::default()
         }
     }

@@ -90,7 +90,8 @@ impl Identify for Everyone {
             info: AgentInfo {
                 name: "bench".into(),
                 ..Default::default()
-            },
+            }
+            .into(),
             cgroup_id: 1,
             process: None,
             original_dst: Some(self.0),

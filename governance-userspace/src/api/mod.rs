@@ -318,12 +318,15 @@ async fn refuse_agents(
         ..Default::default()
     };
     r.time = crate::events::rfc3339(SystemTime::now());
-    r.agent = agent.as_ref().map(|a| crate::events::AgentInfo {
-        name: a.name.clone(),
-        selector: a.selector.clone(),
-        cgroup_id: a.cgroup_id,
-        cgroup: a.cgroup.clone(),
-        ..Default::default()
+    r.agent = agent.as_ref().map(|a| {
+        crate::events::AgentInfo {
+            name: a.name.clone(),
+            selector: a.selector.clone(),
+            cgroup_id: a.cgroup_id,
+            cgroup: a.cgroup.clone(),
+            ..Default::default()
+        }
+        .into()
     });
     if let Some(pid) = peer.pid {
         let mut p = crate::events::ProcessInfo::from_procfs(pid);
@@ -901,7 +904,8 @@ async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
                 .map(|p| p.namespace.clone())
                 .unwrap_or_default(),
             ..Default::default()
-        },
+        }
+        .into(),
         cgroup_id: agent.cgroup_id,
         process: None,
         original_dst: None,

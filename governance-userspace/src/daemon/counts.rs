@@ -47,15 +47,20 @@ pub(super) struct Counts {
 type Counted = BTreeMap<String, u64>;
 
 /// Who and what a counter counts: the agent, its rule (`default`: none matched), the kind.
-fn describe(names: &BTreeMap<u32, std::sync::Arc<Names>>, key: &CountKey) -> (AgentInfo, String) {
+fn describe(
+    names: &BTreeMap<u32, std::sync::Arc<Names>>,
+    key: &CountKey,
+) -> (std::sync::Arc<AgentInfo>, String) {
     let gen_names = names.get(&key.generation);
     let agent = gen_names
         .and_then(|n| n.agents.get(&key.agent))
         .cloned()
-        .unwrap_or_else(|| AgentInfo {
-            name: format!("cgroup {}", key.agent),
-            cgroup_id: key.agent,
-            ..Default::default()
+        .unwrap_or_else(|| {
+            std::sync::Arc::new(AgentInfo {
+                name: format!("cgroup {}", key.agent),
+                cgroup_id: key.agent,
+                ..Default::default()
+            })
         });
     let rule = if key.rule_id == governance_common::NO_RULE {
         "default".to_owned()
@@ -172,7 +177,8 @@ impl Counts {
         self.last_record = Some(Instant::now());
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
         // One record per agent and rule, whatever generations counted.
-        let mut by: BTreeMap<(u64, String), (AgentInfo, u32, Counted)> = BTreeMap::new();
+        let mut by: BTreeMap<(u64, String), (std::sync::Arc<AgentInfo>, u32, Counted)> =
+            BTreeMap::new();
         for (key, n) in std::mem::take(&mut self.pending) {
             let (agent, rule) = describe(&names, &key);
             let entry = by

@@ -173,7 +173,7 @@ fn escalate(
         .and_then(|n| n.escalate)
         .unwrap_or((Duration::from_secs(300), policy::Posture::Block));
     let req = approvals::Request {
-        agent: r.agent.clone().unwrap_or_default(),
+        agent: r.agent.as_deref().cloned().unwrap_or_default(),
         kind: r.kind.to_string(),
         object: r.object.clone(),
         rule: r.rule.clone(),

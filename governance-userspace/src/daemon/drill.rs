@@ -371,7 +371,8 @@ fn name_canary(r: &DrillRun, agent: &AgentCgroup, policy: &str) {
                 cgroup_id: agent.cgroup_id,
                 cgroup: agent.rel.clone(),
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         n.refs
             .insert(agent.cgroup_id, drill::canary_ref(&agent.rel));

@@ -214,7 +214,8 @@ pub fn names(
                     .map(|p| p.namespace.clone())
                     .unwrap_or_default(),
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         refs.insert(a.cgroup_id, a.agent_ref());
     }

@@ -430,15 +430,18 @@ mod tests {
                 verdict: t(),
                 rule: t(),
             }),
-            agent: Some(AgentInfo {
-                name: t(),
-                selector: t(),
-                cgroup_id: u64::from(n) << 20,
-                cgroup: t(),
-                pod: t(),
-                namespace: t(),
-                container: t(),
-            }),
+            agent: Some(
+                AgentInfo {
+                    name: t(),
+                    selector: t(),
+                    cgroup_id: u64::from(n) << 20,
+                    cgroup: t(),
+                    pod: t(),
+                    namespace: t(),
+                    container: t(),
+                }
+                .into(),
+            ),
             cgroup: Some(CgroupInfo {
                 id: u64::MAX - u64::from(n),
                 path: t(),
@@ -505,7 +508,7 @@ mod tests {
                 kind: "connect".into(),
                 outcome: "block".into(),
                 denied: true,
-                agent: Some(AgentInfo::default()),
+                agent: Some(Default::default()),
                 process: Some(ProcessInfo::default()),
                 cgroup: Some(CgroupInfo::default()),
                 ..Default::default()

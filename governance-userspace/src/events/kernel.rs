@@ -1,7 +1,7 @@
 //! Ring-buffer records → [`Record`]s: decoded with the names of the generation that decided
 //! them, and the grant a kernel escalation asks for.
 
-use std::{net::Ipv6Addr, time::Duration};
+use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
     Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN, Verdict,
@@ -30,7 +30,7 @@ pub fn parse(bytes: &[u8]) -> Option<Event> {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Names {
     /// Agent root cgroup id → the agent.
-    pub agents: std::collections::HashMap<u64, AgentInfo>,
+    pub agents: std::collections::HashMap<u64, Arc<AgentInfo>>,
     /// Agent root cgroup id → the agent as the policy engine knows it.
     pub refs: std::collections::HashMap<u64, crate::engine::AgentRef>,
     /// Kernel rule number n (rule id without the slot bit) is `rules[n - 1]`.
@@ -310,10 +310,12 @@ impl Record {
             .agents
             .get(&ev.agent_cgroup)
             .cloned()
-            .unwrap_or_else(|| AgentInfo {
-                name: format!("cgroup:{}", ev.agent_cgroup),
-                cgroup_id: ev.agent_cgroup,
-                ..Default::default()
+            .unwrap_or_else(|| {
+                Arc::new(AgentInfo {
+                    name: format!("cgroup:{}", ev.agent_cgroup),
+                    cgroup_id: ev.agent_cgroup,
+                    ..Default::default()
+                })
             });
         let mut object = Object::default();
         match kind {

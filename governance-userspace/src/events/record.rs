@@ -72,7 +72,7 @@ pub struct Record {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Shadow>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<AgentInfo>,
+    pub agent: Option<Arc<AgentInfo>>,
     /// The acting task's own cgroup (the agent root or a descendant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<CgroupInfo>,

@@ -16,7 +16,8 @@ fn names() -> Names {
                 cgroup_id: 4000,
                 cgroup: "agents/bot".into(),
                 ..Default::default()
-            },
+            }
+            .into(),
         )]
         .into(),
         refs: Default::default(),

@@ -68,10 +68,13 @@ fn decision(n: usize, kind: &str, outcome: &str) -> Record {
         verdict: outcome.to_owned().into(),
         rule: "p/r".into(),
         reason: format!("reason \"{n}\""),
-        agent: Some(AgentInfo {
-            name: "bot".into(),
-            ..Default::default()
-        }),
+        agent: Some(
+            AgentInfo {
+                name: "bot".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         object: Object {
             path: format!("/tmp/file-{n}"),
             ..Default::default()
@@ -799,10 +802,13 @@ fn approval(kind: &str, state: &str) -> Record {
         kind: kind.to_owned().into(),
         rule: "p/ask".into(),
         reason: "needs a human".into(),
-        agent: Some(AgentInfo {
-            name: "bot".into(),
-            ..Default::default()
-        }),
+        agent: Some(
+            AgentInfo {
+                name: "bot".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         object: Object {
             path: "/tmp/secret".into(),
             ..Default::default()

@@ -5,10 +5,13 @@ fn decision(kind: &str, outcome: &str, agent: &str) -> Record {
     Record {
         kind: kind.to_owned().into(),
         outcome: outcome.to_owned().into(),
-        agent: Some(AgentInfo {
-            name: agent.into(),
-            ..Default::default()
-        }),
+        agent: Some(
+            AgentInfo {
+                name: agent.into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         ..Default::default()
     }
 }

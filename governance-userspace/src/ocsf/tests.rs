@@ -14,11 +14,14 @@ fn decision(kind: &str, outcome: &str, object: Object) -> Record {
         rule: "bot/no-wget".into(),
         reason: "no downloads".into(),
         generation: 3,
-        agent: Some(AgentInfo {
-            name: "bot".into(),
-            cgroup_id: 4000,
-            ..Default::default()
-        }),
+        agent: Some(
+            AgentInfo {
+                name: "bot".into(),
+                cgroup_id: 4000,
+                ..Default::default()
+            }
+            .into(),
+        ),
         cgroup: Some(CgroupInfo {
             id: 4242,
             path: String::new(),
@@ -52,7 +55,7 @@ fn ids(e: &Value) -> (u64, u64, u64, Option<u64>) {
 #[test]
 fn containers_in_pods_have_the_container_profile() {
     let mut r = decision("exec", "block", Object::default());
-    if let Some(a) = r.agent.as_mut() {
+    if let Some(a) = r.agent.as_mut().map(std::sync::Arc::make_mut) {
         a.pod = "coding-agent-7d9f8b6c5-x2x4k".into();
         a.namespace = "agents".into();
         a.container = "8e1f2c3d".into();
@@ -338,10 +341,13 @@ fn approvals_policy_and_lifecycle() {
         ty: RecordType::Approval,
         kind: kind.to_owned().into(),
         node: "node-1".into(),
-        agent: Some(AgentInfo {
-            name: "bot".into(),
-            ..Default::default()
-        }),
+        agent: Some(
+            AgentInfo {
+                name: "bot".into(),
+                ..Default::default()
+            }
+            .into(),
+        ),
         object: Object {
             path: "/usr/bin/wget".into(),
             ..Default::default()

@@ -113,7 +113,7 @@ pub trait Identify: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct Client {
     pub agent: AgentRef,
-    pub info: AgentInfo,
+    pub info: std::sync::Arc<AgentInfo>,
     /// The connecting task's own cgroup.
     pub cgroup_id: u64,
     /// The connecting process (pid from the kernel, the rest from procfs), if known.

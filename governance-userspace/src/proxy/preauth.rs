@@ -367,7 +367,7 @@ impl Proxy {
                     let grants = self.grants.clone();
                     let agent = client.agent.name.clone();
                     let req = approvals::Request {
-                        agent: client.info.clone(),
+                        agent: (*client.info).clone(),
                         kind: "http".into(),
                         object: rec.object.clone(),
                         rule: rule.clone(),

@@ -258,7 +258,8 @@ impl Harness {
                     cgroup: cgroup.into(),
                     cgroup_id: 77,
                     ..Default::default()
-                },
+                }
+                .into(),
                 cgroup_id: 78,
                 process: Some(ProcessInfo {
                     pid: 4242,

@@ -215,7 +215,7 @@ impl Proxy {
         mcp: Option<&McpIds>,
     ) -> Then {
         let req = approvals::Request {
-            agent: client.info.clone(),
+            agent: (*client.info).clone(),
             kind: "http".into(),
             object: rec.object.clone(),
             rule: rule.to_owned(),

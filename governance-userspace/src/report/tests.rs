@@ -27,13 +27,16 @@ fn at(secs: u64) -> String {
 const H: u64 = 3600;
 const D: u64 = 86400;
 
-fn agent(name: &str) -> Option<AgentInfo> {
-    Some(AgentInfo {
-        name: name.into(),
-        cgroup: format!("agents/{name}"),
-        cgroup_id: 42,
-        ..Default::default()
-    })
+fn agent(name: &str) -> Option<std::sync::Arc<AgentInfo>> {
+    Some(
+        AgentInfo {
+            name: name.into(),
+            cgroup: format!("agents/{name}"),
+            cgroup_id: 42,
+            ..Default::default()
+        }
+        .into(),
+    )
 }
 
 fn decision(secs: u64, who: &str, outcome: &str, rule: &str) -> Record {
