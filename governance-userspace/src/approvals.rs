@@ -203,7 +203,6 @@ pub struct Approvals {
     sink: Sink,
     grant: Grant,
     ids: Arc<Ids>,
-    node: &'static str,
     state: Mutex<State>,
 }
 
@@ -220,7 +219,6 @@ impl Approvals {
             sink,
             grant,
             ids,
-            node: crate::events::node_name(),
             state: Mutex::new(State::default()),
         })
     }
@@ -568,7 +566,7 @@ impl Approvals {
         (self.sink)(Record {
             id: self.ids.next(),
             time: rfc3339(e.settled.unwrap_or(e.created)),
-            node: self.node.into(),
+            node: crate::events::node_name().into(),
             ty: RecordType::Approval,
             source,
             kind: format!("approval.{what}").into(),

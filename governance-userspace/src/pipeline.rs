@@ -63,8 +63,8 @@ pub struct Delivered {
     pub seq: u64,
     pub record: Arc<Record>,
     /// The record as JSON (the bytes `serde_json` writes: fields in declaration order), as the
-    /// audit log holds it (a counted slice of its batch's buffer); empty when it was not serialised (then
-    /// serialise `record`).
+    /// audit log holds it (a counted slice of its batch's buffer); empty when it was not
+    /// serialised (then serialise `record`).
     pub json: Bytes,
 }
 
@@ -189,14 +189,13 @@ pub struct Handles {
 /// dropped, then flushes and closes the audit log.
 pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     let ids = Arc::new(Ids::new());
-    let node = crate::events::node_name();
     let mut audit = match &cfg.audit {
         Some((dir, opts)) => Some(AuditLog::open(dir, opts.clone())?),
         None => None,
     };
     let audit_health = match &mut audit {
         Some(a) => {
-            a.set_gap_record(gap_record(ids.clone(), node));
+            a.set_gap_record(gap_record(ids.clone()));
             a.health()
         }
         None => Arc::new(AuditHealth::new(OnFailure::Continue)),
@@ -211,7 +210,6 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         audit,
         cfg,
         ids: ids.clone(),
-        node,
         subs: Vec::new(),
         enricher: Enricher::default(),
         counts: counts.clone(),
@@ -248,7 +246,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
 
 /// Gap records as event records (`lifecycle`, kind `audit.gap`, the counts in `counts`), with
 /// the [`crate::audit::Gap`] as `audit_gap`.
-fn gap_record(ids: Arc<Ids>, node: &'static str) -> crate::audit::GapRecord {
+fn gap_record(ids: Arc<Ids>) -> crate::audit::GapRecord {
     Box::new(move |gap| {
         let mut r = Record::daemon(
             RecordType::Lifecycle,
@@ -260,7 +258,6 @@ fn gap_record(ids: Arc<Ids>, node: &'static str) -> crate::audit::GapRecord {
             ),
         );
         r.id = ids.next();
-        r.node = node.into();
         r.counts.insert("lost".into(), gap.lost);
         r.counts.insert("failures".into(), gap.failures);
         let mut v = serde_json::to_value(&r).unwrap_or_default();
@@ -283,7 +280,6 @@ struct Worker {
     audit: Option<AuditLog>,
     cfg: Config,
     ids: Arc<Ids>,
-    node: &'static str,
     subs: Vec<Sub>,
     enricher: Enricher,
     counts: AgentCounts,
@@ -484,7 +480,7 @@ impl Worker {
                 r.id = self.ids.next();
             }
             if r.node.is_empty() {
-                r.node = self.node.into();
+                r.node = crate::events::node_name().into();
             }
             if r.time.is_empty() {
                 r.time = rfc3339(std::time::SystemTime::now());
@@ -617,7 +613,6 @@ impl Worker {
         next_seq: u64,
     ) -> Record {
         let mut r = Record::daemon(RecordType::Lifecycle, kind, message);
-        r.node = self.node.into();
         r.stream = Some(Box::new(StreamInfo {
             filter: filter.clone(),
             after_id: self.last_id.clone(),
@@ -627,7 +622,6 @@ impl Worker {
     }
 
     fn deliver(&mut self, d: Delivered) {
-        let node = &self.node;
         let metrics = &self.cfg.metrics;
         let seq = d.seq;
         self.subs.retain_mut(|s| {
@@ -644,7 +638,6 @@ impl Worker {
                         lost - s.reported
                     ),
                 );
-                notice.node = (*node).into();
                 notice.counts.insert("lost".into(), lost - s.reported);
                 notice.counts.insert("lost_total".into(), lost);
                 match s.tx.try_send(Delivered {

@@ -1330,24 +1330,7 @@ impl Loaded {
     /// cgroup `agent`, armed by process `tgid`: what the file hook writes in `SEQ_STATE` on the
     /// first classified read (see governance-ebpf's sequence.rs).
     pub fn arm_sequence(&self, agent: u64, name: &str, n: u32, tgid: u32) {
-        use aya::maps::{HashMap, Map};
-        use governance_common::sequence::{SeqArmed, SeqStateKey};
-        let pin = self
-            .pins
-            .join(governance_common::pins::MAPS)
-            .join("SEQ_STATE");
-        let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
-        let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: agent,
-            state: kernel::bucket_id(name),
-        };
-        let armed = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid,
-            rule_id: self.rule(n),
-        };
-        state.insert(key, armed, 0).unwrap();
+        arm_sequence_at(&self.pins, agent, name, self.rule(n), tgid);
     }
 
     /// Wait (up to 5 s) for the event emitted for process `pid`, skipping others.
@@ -1895,4 +1878,25 @@ for _ in sys.stdin:
             Err(e) => panic!("recv: {e}"),
         }
     }
+}
+
+/// Arm sequence rule `name` (`<policy>/<rule id>`) for the agent rooted at cgroup `agent` in
+/// the pinned `SEQ_STATE` under `pins`, as `file_open` does on a matching read (hosts without
+/// BPF LSM have no file hook to arm it), by process `tgid`, naming kernel rule `rule_id`.
+pub fn arm_sequence_at(pins: &Path, agent: u64, name: &str, rule_id: u32, tgid: u32) {
+    use aya::maps::{HashMap, Map};
+    use governance_common::sequence::{SeqArmed, SeqStateKey};
+    let pin = pins.join(governance_common::pins::MAPS).join("SEQ_STATE");
+    let map = Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap();
+    let mut state: HashMap<_, SeqStateKey, SeqArmed> = HashMap::try_from(map).unwrap();
+    let key = SeqStateKey {
+        agent_cgroup: agent,
+        state: kernel::bucket_id(name),
+    };
+    let armed = SeqArmed {
+        armed_ns: governance::events::monotonic_ns(),
+        tgid,
+        rule_id,
+    };
+    state.insert(key, armed, 0).unwrap();
 }

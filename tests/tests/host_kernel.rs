@@ -4332,24 +4332,7 @@ fn a_new_build_carries_the_kernel_s_runtime_state_over() {
     let seq = Some(seq_agent.path.as_path());
     let (_, outcome) = run_in(seq, "carry-seq-before", &Attempt::connect(probe));
     assert_eq!(outcome, Outcome::Exited(0), "not armed yet");
-    {
-        use governance_common::sequence::{SeqArmed, SeqStateKey};
-        let mut state: aya::maps::HashMap<_, SeqStateKey, SeqArmed> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
-                aya::maps::MapData::from_pin(pins.join("maps/SEQ_STATE")).unwrap(),
-            ))
-            .unwrap();
-        let key = SeqStateKey {
-            agent_cgroup: seq_agent.id(),
-            state: governance::kernel::bucket_id("seq/no-exfil"),
-        };
-        let armed = SeqArmed {
-            armed_ns: governance::events::monotonic_ns(),
-            tgid: std::process::id(),
-            rule_id: 0,
-        };
-        state.insert(key, armed, 0).unwrap();
-    }
+    governance_tests::arm_sequence_at(&pins, seq_agent.id(), "seq/no-exfil", 0, std::process::id());
     let (_, outcome) = run_in(seq, "carry-seq-armed", &Attempt::connect(probe));
     assert_eq!(
         outcome,

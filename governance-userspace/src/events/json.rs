@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use super::record::{AgentInfo, CgroupInfo, Object, ProcessInfo, Record, Shadow, Source};
+use super::record::{AgentInfo, CgroupInfo, Object, ProcessInfo, Record, Shadow};
 
 /// Append `r` as one JSON object to `out`. On an error (only from the parts `serde_json`
 /// writes) `out` may hold part of the object: truncate it.
@@ -21,7 +21,7 @@ pub fn write(r: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
     o.str("time", &r.time);
     o.str("node", &r.node);
     o.raw_str("type", r.ty.as_str());
-    o.raw_str("source", source(r.source));
+    o.raw_str("source", r.source.as_str());
     o.str("kind", &r.kind);
     o.str_nonempty("outcome", &r.outcome);
     o.bool("denied", r.denied);
@@ -63,8 +63,7 @@ pub fn write(r: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
         let mut m = Obj::open(o.out);
         for (k, v) in &r.counts {
             m.data_key(k);
-            m.out
-                .extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+            number(m.out, *v);
         }
         m.close();
     }
@@ -86,15 +85,6 @@ pub fn write(r: &Record, out: &mut Vec<u8>) -> serde_json::Result<()> {
     }
     o.close();
     Ok(())
-}
-
-fn source(s: Source) -> &'static str {
-    match s {
-        Source::Kernel => "kernel",
-        Source::Proxy => "proxy",
-        Source::Api => "api",
-        Source::Daemon => "daemon",
-    }
 }
 
 fn shadow(out: &mut Vec<u8>, s: &Shadow) {
@@ -233,8 +223,7 @@ impl<'a> Obj<'a> {
 
     fn num(&mut self, k: &str, v: u64) {
         self.key(k);
-        self.out
-            .extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+        number(self.out, v);
     }
 
     fn num_nonzero(&mut self, k: &str, v: u32) {
@@ -248,6 +237,10 @@ impl<'a> Obj<'a> {
         self.out
             .extend_from_slice(if v { b"true" } else { b"false" });
     }
+}
+
+fn number(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// A JSON string, escaped as `serde_json` escapes it: `"`, `\` and the control characters
@@ -396,7 +389,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::events::{ApprovalInfo, RecordType, StreamInfo, sequence::ArmedBy};
+    use crate::events::{ApprovalInfo, RecordType, Source, StreamInfo, sequence::ArmedBy};
 
     fn serde(r: &Record) -> String {
         serde_json::to_string(r).unwrap()

@@ -17,7 +17,7 @@ use super::{StreamInfo, rfc3339, time::put_digits};
 pub type Sink = Arc<dyn Fn(Record) + Send + Sync>;
 
 /// A record's text that is most often one of a few fixed words (a kind, an outcome, a
-/// verdict, a mode): those are borrowed, not allocated for each event.
+/// verdict, a mode) or the node's name: those are borrowed, not allocated for each event.
 pub type Text = std::borrow::Cow<'static, str>;
 
 /// One event: a decision, an approval, a policy change or a lifecycle step.
@@ -120,6 +120,7 @@ pub enum RecordType {
 }
 
 impl RecordType {
+    /// The name `serde` writes.
     pub fn as_str(self) -> &'static str {
         match self {
             RecordType::Decision => "decision",
@@ -143,6 +144,18 @@ pub enum Source {
     Api,
     /// The daemon itself.
     Daemon,
+}
+
+impl Source {
+    /// The name `serde` writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Kernel => "kernel",
+            Source::Proxy => "proxy",
+            Source::Api => "api",
+            Source::Daemon => "daemon",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -341,6 +354,7 @@ impl Record {
     pub fn daemon(ty: RecordType, kind: impl Into<Text>, message: impl Into<String>) -> Self {
         Record {
             time: rfc3339(SystemTime::now()),
+            node: node_name().into(),
             ty,
             source: Source::Daemon,
             kind: kind.into(),

@@ -148,7 +148,7 @@ impl Proxy {
         Record {
             id: self.ids.next(),
             time: rfc3339(SystemTime::now()),
-            node: self.node.into(),
+            node: crate::events::node_name().into(),
             ty: RecordType::Decision,
             source,
             kind: "http".into(),
