@@ -937,6 +937,9 @@ pub mod unix_hook {
     pub const CONNECT: u16 = 1;
     /// A datagram `sendmsg()`/`connect()` (`unix_may_send`).
     pub const SEND: u16 = 2;
+    /// A send on a stream or seqpacket socket a sandboxed process already held when it was
+    /// sandboxed (`socket_sendmsg`, `file_permission`): decided as a connect to its peer.
+    pub const HELD: u16 = 3;
 }
 
 /// Where the daemon's TCP control API listens, for [`maps::API_ADDR`].

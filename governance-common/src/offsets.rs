@@ -50,6 +50,14 @@ pub const UPID_NR: &str = "OFF_UPID_NR";
 pub const TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
 /// `signal_struct.live` (an `atomic_t`): the thread group's threads that have not exited.
 pub const SIGNAL_LIVE: &str = "OFF_SIGNAL_LIVE";
+pub const SOCKET_TYPE: &str = "OFF_SOCKET_TYPE";
+pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
+pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
+pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
+pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
+pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
+pub const UNIX_SOCK_PEER: &str = "OFF_UNIX_SOCK_PEER";
+pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
 /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
@@ -57,7 +65,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 50] = [
+pub const ALL: [(&str, &str, &str); 58] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -108,4 +116,13 @@ pub const ALL: [(&str, &str, &str); 50] = [
     (UPID_NR, "upid", "nr"),
     (TASK_SIGNAL, "task_struct", "signal"),
     (SIGNAL_LIVE, "signal_struct", "live"),
+    (SOCKET_TYPE, "socket", "type"),
+    // `struct sock` begins with its `sock_common` (`__sk_common`): these are offsets in both.
+    (SOCK_FAMILY, "sock_common", "skc_family"),
+    (SOCK_DADDR, "sock_common", "skc_daddr"),
+    (SOCK_V6_DADDR, "sock_common", "skc_v6_daddr"),
+    (SOCK_DPORT, "sock_common", "skc_dport"),
+    (SOCK_PROTOCOL, "sock", "sk_protocol"),
+    (UNIX_SOCK_PEER, "unix_sock", "peer"),
+    (MSGHDR_NAME, "msghdr", "msg_name"),
 ];

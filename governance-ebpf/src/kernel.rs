@@ -62,6 +62,14 @@ offsets!(
     OFF_UPID_NR,
     OFF_TASK_SIGNAL,
     OFF_SIGNAL_LIVE,
+    OFF_SOCKET_TYPE,
+    OFF_SOCK_FAMILY,
+    OFF_SOCK_DADDR,
+    OFF_SOCK_V6_DADDR,
+    OFF_SOCK_DPORT,
+    OFF_SOCK_PROTOCOL,
+    OFF_UNIX_SOCK_PEER,
+    OFF_MSGHDR_NAME,
     SIZE_UPID
 );
 
@@ -97,6 +105,13 @@ impl Btf {
     #[inline(always)]
     pub(crate) fn arg(ctx: &LsmContext, n: usize) -> Self {
         Self(ctx.arg(n))
+    }
+
+    /// A typed pointer a helper returned (`bpf_sock_from_file`'s `struct socket *`), checked
+    /// for NULL by the caller.
+    #[inline(always)]
+    pub(crate) fn of(p: u64) -> Self {
+        Self(p)
     }
 
     /// The address, for a helper or a `read_at` (which take plain numbers).
@@ -141,6 +156,8 @@ pub(crate) const AF_INET_I32: i32 = 2;
 pub(crate) const AF_INET6_I32: i32 = 10;
 pub(crate) const IPPROTO_TCP: i32 = 6;
 pub(crate) const IPPROTO_UDP: i32 = 17;
+/// `file_permission`'s mask bit of a write (`MAY_WRITE`).
+pub(crate) const MAY_WRITE: i32 = 0x2;
 pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const SIGKILL: u32 = 9;

@@ -24,7 +24,7 @@ use crate::{
 /// longest-prefix lookup yields every rule that covers the address, most specific first; the
 /// first whose port and protocol match decides.
 #[inline(always)]
-fn net_decision(
+pub(crate) fn net_decision(
     kind: Kind,
     agent: &Agent,
     addr: [u8; 16],
@@ -80,7 +80,7 @@ fn net_decision(
 }
 
 #[inline(always)]
-fn mapped4(ip4_be: u32) -> [u8; 16] {
+pub(crate) fn mapped4(ip4_be: u32) -> [u8; 16] {
     let b = ip4_be.to_ne_bytes(); // user_ip4 holds the address in network byte order.
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
@@ -119,7 +119,7 @@ pub(crate) fn is_proxy(p: &ProxyAddr, addr: &[u8; 16], port: u16) -> bool {
 /// Is `addr:port` where the daemon's TCP control API listens? (Every address of the port when
 /// it listens on all of them.) Compared word by word, as `is_proxy`.
 #[inline(always)]
-fn is_api(a: &ApiAddr, addr: &[u8; 16], port: u16) -> bool {
+pub(crate) fn is_api(a: &ApiAddr, addr: &[u8; 16], port: u16) -> bool {
     if a.enabled == 0 || a.port != port {
         return false;
     }

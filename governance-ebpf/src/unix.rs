@@ -42,9 +42,11 @@ fn copy_name(dst: *mut u8, src: u64, n: u32) -> bool {
 }
 
 /// The decision on sending to or connecting to the socket `sk` (a `struct sock *` of
-/// `AF_UNIX`), for the hook `hook` ([`unix_hook`]). 0 lets it go on, -EPERM refuses it.
+/// `AF_UNIX`), for the hook `hook` ([`unix_hook`]). 0 lets it go on, -EPERM refuses it. A send
+/// on a held stream (`unix_hook::HELD`, see held.rs) is an event only when it is refused (or
+/// a shadow rule would refuse it).
 #[inline(always)]
-fn unix_decision(sk: u64, hook: u16) -> i32 {
+pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
     // SAFETY: see read_at.
     let addr = unsafe { read_at::<u64>(sk, off(&OFF_UNIX_SOCK_ADDR)) };
     // An unnamed socket: nothing outside the agent is named by it (a socketpair, or a
@@ -158,6 +160,9 @@ fn unix_decision(sk: u64, hook: u16) -> i32 {
         default,
         object,
     );
+    if hook == unix_hook::HELD && !d.denied && d.shadow.present == 0 {
+        return 0;
+    }
     emit(&agent, &d, |ev| fill(ev, detail));
     lsm_ret(&d)
 }

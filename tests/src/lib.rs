@@ -1458,6 +1458,35 @@ pub fn command_in(cgroup: Option<&Path>, program: &str, args: &[&str]) -> std::p
     cmd
 }
 
+/// Spawn `cmd` with its stdin and stdout piped, and return once its first line of output is
+/// `ready` (`what` names it if it is not). The line is read a byte at a time, so the rest of
+/// its output stays in `child.stdout` for the caller.
+pub fn spawn_ready(cmd: &mut std::process::Command, what: &str) -> Reaped {
+    use std::io::Read as _;
+    let mut child = Reaped(
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+    );
+    let (mut line, mut byte) = (Vec::new(), [0u8]);
+    let out = child.stdout.as_mut().unwrap();
+    while line.len() < 64 {
+        out.read_exact(&mut byte)
+            .unwrap_or_else(|e| panic!("{what} ended before `ready`: {e}"));
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&line),
+        "ready",
+        "{what} did not start"
+    );
+    child
+}
+
 /// A child process of ours that is killed (by its pid) and reaped when dropped, so a failing
 /// test leaves no subscriber or server behind.
 pub struct Reaped(pub std::process::Child);
@@ -1784,21 +1813,15 @@ for _ in sys.stdin:
             udp_port.to_string(),
             read.map(|p| p.display().to_string()).unwrap_or_default(),
         ];
-        let mut child = Reaped(
-            command_in(
+        let mut child = spawn_ready(
+            &mut command_in(
                 cgroup,
                 "python3",
                 &["-c", script, &ports[0], &ports[1], &ports[2], &ports[3]],
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3"),
+            ),
+            "the sender",
         );
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the sender did not start");
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap());
         // Both connections are established (in the listeners' queues) once it is ready.
         let (out, _) = out_l.accept().unwrap();
         let (ok, _) = ok_l.accept().unwrap();

@@ -3411,20 +3411,10 @@ fn discovery_daemon(
 /// A python3 process in `cgroup` running `code` with `env`, that prints `ready` and then waits
 /// for its stdin to close.
 fn python_in(cgroup: &Path, args: &[&str], env: &[(&str, &Path)]) -> governance_tests::Reaped {
-    let mut child = governance_tests::Reaped(
-        governance_tests::command_in(Some(cgroup), "python3", args)
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "{args:?}");
-    child
+    governance_tests::spawn_ready(
+        governance_tests::command_in(Some(cgroup), "python3", args).envs(env.iter().copied()),
+        &format!("python3 {args:?}"),
+    )
 }
 
 /// Discovery from /proc: a python process outside every agent that runs a module named like a
@@ -3552,8 +3542,8 @@ fn discovery_finds_dns_queries_for_llm_hosts() {
     )
     .unwrap();
     let run = |cg: &TestCgroup, name: &str| {
-        let mut child = governance_tests::Reaped(
-            governance_tests::command_in(
+        governance_tests::spawn_ready(
+            &mut governance_tests::command_in(
                 Some(&cg.path),
                 "unshare",
                 &[
@@ -3567,22 +3557,9 @@ fn discovery_finds_dns_queries_for_llm_hosts() {
                     script.to_str().unwrap(),
                     name,
                 ],
-            )
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-        );
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "the query was answered (never refused)"
-        );
-        child
+            ),
+            "the query was answered (never refused), so the resolver",
+        )
     };
     let control = run(&other, "example.org");
     let candidate = run(&outside, "api.anthropic.com");

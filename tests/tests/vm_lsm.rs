@@ -5391,3 +5391,327 @@ fn a_sandboxed_process_may_not_fork_when_its_child_could_not_be_marked() {
     assert_eq!(outcome, Outcome::Exited(3), "control: with room, it forks");
     println!("redteam: control {case}");
 }
+
+/// What the sandboxed process of [`a_sandboxed_process_may_not_send_on_sockets_it_held`] holds
+/// and does. It connects a TCP socket, a dual-stack IPv6 TCP socket (to an IPv4 address), a
+/// connected UDP socket and a Unix stream to the test's listeners, and makes a socketpair and
+/// a netlink socket (whose peer is the kernel; the policy relaxes `allow_raw_sockets`);
+/// sends `before` on each; waits for a line; reads the trigger file (the sandbox verdict) if it
+/// is given; then sends `leak\n` on each by every way Python has (send, sendto to the peer,
+/// sendmsg, write, writev, sendfile, splice), printing `LABEL WAY OUTCOME`, and execs the
+/// helper for the ways it has not (io_uring, sendmmsg), printing `fd N LABEL` first.
+const HELD_SENDER: &str = r#"
+import errno, os, socket, sys
+tcp_port, tcp6_port, udp_port, unix_path, trigger, payload, helper = sys.argv[1:8]
+tcp = socket.create_connection(("127.0.0.1", int(tcp_port)))
+tcp6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+tcp6.connect(("::ffff:127.0.0.1", int(tcp6_port)))
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.connect(("127.0.0.1", int(udp_port)))
+unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+unix.connect(unix_path)
+pair, peer = socket.socketpair()
+netlink = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+netlink.bind((0, 0))
+held = {"tcp": tcp, "tcp6": tcp6, "udp": udp, "unix": unix, "pair": pair, "netlink": netlink}
+for s in held.values():
+    s.send(b"before\n")
+src = os.open(payload, os.O_RDONLY)
+pipes = {label: os.pipe() for label in held}
+print("ready", flush=True)
+sys.stdin.readline()
+if trigger:
+    open(trigger).read()
+def splice(label, s):
+    r, w = pipes[label]
+    os.write(w, b"leak\n")
+    os.splice(r, s.fileno(), 5)
+ways = [
+    ("send", lambda label, s: s.send(b"leak\n")),
+    ("sendto", lambda label, s: s.sendto(b"leak\n", s.getpeername())),
+    ("sendmsg", lambda label, s: s.sendmsg([b"leak\n"])),
+    ("write", lambda label, s: os.write(s.fileno(), b"leak\n")),
+    ("writev", lambda label, s: os.writev(s.fileno(), [b"leak\n"])),
+    ("sendfile", lambda label, s: os.sendfile(s.fileno(), src, 0, 5)),
+    ("splice", splice),
+]
+for label, s in held.items():
+    for way, how in ways:
+        if way == "sendto" and s.family in (socket.AF_UNIX, socket.AF_NETLINK):
+            continue  # a Unix stream takes no address (nor is one needed for the kernel)
+        try:
+            how(label, s)
+            out = "ok"
+        except OSError as e:
+            out = errno.errorcode.get(e.errno, str(e.errno))
+        print(label, way, out, flush=True)
+for label, s in held.items():
+    print("fd", s.fileno(), label, flush=True)
+    os.set_inheritable(s.fileno(), True)
+os.set_inheritable(peer.fileno(), True)  # the socketpair's other end stays open
+os.execv(helper, [helper, "held-sends"] + [str(s.fileno()) for s in held.values()])
+"#;
+
+/// One run of [`HELD_SENDER`].
+struct HeldRun {
+    /// (socket, way) → `ok` or the errno's name.
+    outcomes: std::collections::BTreeMap<(String, String), String>,
+    /// How many `leak\n` each held socket's peer received after `before`.
+    leaked: std::collections::BTreeMap<String, usize>,
+    /// The listeners' ports, by socket.
+    ports: std::collections::BTreeMap<String, u16>,
+}
+
+/// Run [`HELD_SENDER`] in `cgroup`, sandboxed by reading `trigger` when it is not empty.
+fn held_sends(cgroup: &Path, dir: &Path, trigger: &str) -> HeldRun {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let tcp_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp6_l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let unix_path = dir.join("service.sock");
+    let _ = std::fs::remove_file(&unix_path);
+    let unix_l = unix_listener(&unix_path);
+    let ports: std::collections::BTreeMap<String, u16> = [
+        ("tcp", tcp_l.local_addr().unwrap().port()),
+        ("tcp6", tcp6_l.local_addr().unwrap().port()),
+        ("udp", udp.local_addr().unwrap().port()),
+    ]
+    .into_iter()
+    .map(|(l, p)| (l.to_owned(), p))
+    .collect();
+    let payload = dir.join("payload");
+    std::fs::write(&payload, "leak\n").unwrap();
+    let args = [
+        ports["tcp"].to_string(),
+        ports["tcp6"].to_string(),
+        ports["udp"].to_string(),
+        unix_path.display().to_string(),
+        trigger.to_owned(),
+        payload.display().to_string(),
+        HELPER.to_owned(),
+    ];
+    let mut argv = vec!["-c", HELD_SENDER];
+    argv.extend(args.iter().map(String::as_str));
+    let mut child = governance_tests::spawn_ready(
+        &mut governance_tests::command_in(Some(cgroup), "python3", &argv),
+        "the sender",
+    );
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut streams = std::collections::BTreeMap::new();
+    for (label, s) in [
+        ("tcp", tcp_l.accept().unwrap().0),
+        ("tcp6", tcp6_l.accept().unwrap().0),
+    ] {
+        streams.insert(label.to_owned(), Box::new(s) as Box<dyn std::io::Read>);
+    }
+    let (u, _) = unix_l.accept().unwrap();
+    streams.insert("unix".to_owned(), Box::new(u));
+    for (label, s) in &mut streams {
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"before\n", "{label}");
+    }
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = udp.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"before\n");
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut fds = std::collections::BTreeMap::new();
+    for line in lines.lines() {
+        let line = line.unwrap();
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w[..] {
+            ["fd", fd, label] => {
+                fds.insert(fd.to_owned(), label.to_owned());
+            }
+            [who, way, ref out @ ..] => {
+                let label = fds.get(who).cloned().unwrap_or_else(|| who.to_owned());
+                outcomes.insert((label, way.to_owned()), out.join(" "));
+            }
+            _ => panic!("unexpected line from the sender: {line}"),
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the sender failed: {status:?}; {outcomes:?}"
+    );
+    // What reached each peer after `before`: the streams to their end (the sender has exited),
+    // the datagrams up to a marker the test sends itself after the sender exited.
+    let mut leaked = std::collections::BTreeMap::new();
+    for (label, mut s) in streams {
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap();
+        leaked.insert(label, rest.len() / 5);
+    }
+    udp.send_to(b"end\n", udp.local_addr().unwrap()).unwrap();
+    let mut n_udp = 0;
+    loop {
+        let n = udp.recv(&mut buf).unwrap();
+        if &buf[..n] == b"end\n" {
+            break;
+        }
+        n_udp += n / 5;
+    }
+    leaked.insert("udp".to_owned(), n_udp);
+    HeldRun {
+        outcomes,
+        leaked,
+        ports,
+    }
+}
+
+/// A process sandboxed after it connected keeps its sockets, but not the right to send on
+/// them: each send is decided as a connect to the socket's peer under its profile
+/// (`socket_sendmsg`, `file_permission`; see governance-ebpf's held.rs). Variants: TCP, a
+/// dual-stack IPv6 socket to an IPv4 address, connected UDP and a Unix stream to a named
+/// socket, each by send, sendto, sendmsg, write, writev, sendfile, splice, io_uring SEND,
+/// WRITE, SENDMSG and SEND_ZC, and sendmmsg; a profile with no network (refused by its
+/// default) and one with the network only through the proxy (the direct connection is
+/// refused, `no_proxy`). Controls: the same process unsandboxed sends by every way (and its
+/// peers receive it all); inside the sandbox, its socketpair stays usable.
+#[test]
+fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
+    require_root();
+    let fx = Fixture::new("held");
+    let agent = TestCgroup::new("held-agent");
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: held\n\
+         agents: {{ cgroup: {agent} }}\n\
+         kernel: {{ allow_raw_sockets: true }}\n\
+         sandbox_profiles:\n\
+         \x20 jail: {{ network: none, writable: [{d}/scratch] }}\n\
+         \x20 proxied: {{ network: proxy, writable: [{d}/scratch] }}\n\
+         rules:\n\
+         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n\
+         \x20 - {{ id: proxied, file: {{ path: {d}/proxied }}, verdict: sandbox, sandbox: {{ profile: proxied }}, reason: untrusted step }}\n",
+        agent = agent.rel.display(),
+    ));
+    for hook in ["socket_sendmsg", "file_permission", "file_open"] {
+        k.require(hook);
+    }
+    for trigger in ["jail", "proxied"] {
+        std::fs::write(fx.p(trigger), "").unwrap();
+    }
+    let held = ["tcp", "tcp6", "udp", "unix"];
+    // Control: unsandboxed, every way sends, and the peers receive every send.
+    let HeldRun {
+        outcomes: control,
+        leaked,
+        ..
+    } = held_sends(&agent.path, &fx.dir, "");
+    let works: Vec<(String, String)> = control
+        .iter()
+        .filter(|(_, out)| *out == "ok")
+        .map(|(key, _)| key.clone())
+        .collect();
+    for label in held.iter().chain(&["pair"]) {
+        for way in [
+            "send",
+            "sendmsg",
+            "write",
+            "writev",
+            "sendfile",
+            "splice",
+            "uring-send",
+            "uring-write",
+            "uring-sendmsg",
+            "sendmmsg",
+        ] {
+            assert!(
+                works.contains(&(label.to_string(), way.to_owned())),
+                "control: {label} {way} sends unsandboxed: {control:?}"
+            );
+        }
+    }
+    assert!(
+        works.contains(&("netlink".to_owned(), "send".to_owned())),
+        "control: netlink send unsandboxed: {control:?}"
+    );
+    for label in held {
+        let sent = works.iter().filter(|(l, _)| l == label).count();
+        assert_eq!(
+            leaked[label], sent,
+            "control: {label}'s peer got every send"
+        );
+    }
+    for (trigger, cause) in [("jail", Cause::Default), ("proxied", Cause::NoProxy)] {
+        let HeldRun {
+            outcomes,
+            leaked,
+            ports,
+        } = held_sends(&agent.path, &fx.dir, &fx.p(trigger).display().to_string());
+        for label in held {
+            let case = format!("a process sandboxed ({trigger}) sends on a {label} socket it held");
+            println!("redteam: tried {case}");
+            for key in works.iter().filter(|(l, _)| l == label) {
+                assert_eq!(
+                    outcomes[key], "EPERM",
+                    "{case}: {} refused; {outcomes:?}",
+                    key.1
+                );
+            }
+            assert_eq!(leaked[label], 0, "{case}: nothing reached the peer");
+            println!("redteam: denied {case}");
+            println!("redteam: control {case}");
+        }
+        // Another family (the kernel is the peer): refused, as making one would be.
+        let case = format!("a process sandboxed ({trigger}) sends on a netlink socket it held");
+        println!("redteam: tried {case}");
+        for key in works.iter().filter(|(l, _)| l == "netlink") {
+            assert_eq!(
+                outcomes[key], "EPERM",
+                "{case}: {} refused; {outcomes:?}",
+                key.1
+            );
+        }
+        println!("redteam: denied {case}");
+        println!("redteam: control {case}");
+        for key in works.iter().filter(|(l, _)| l == "pair") {
+            assert_eq!(
+                outcomes[key], "ok",
+                "control ({trigger}): the sandboxed process's socketpair stays usable ({})",
+                key.1
+            );
+        }
+        // One event at least per held socket: a denied send of a sandboxed process, by the
+        // peer's port (the Unix stream: by its hook).
+        let seen = std::cell::RefCell::new(Vec::new());
+        let wanted = |e: &Event, label: &str| {
+            if e.flags & flags::DENIED == 0 || e.flags & flags::SANDBOXED == 0 {
+                return false;
+            }
+            match label {
+                "unix" => {
+                    Kind::from_u8(e.kind) == Some(Kind::Unix)
+                        && e.port == governance_common::unix_hook::HELD
+                }
+                "netlink" => {
+                    Kind::from_u8(e.kind) == Some(Kind::Socket)
+                        && u32::from(e.detail) == libc::AF_NETLINK as u32
+                }
+                _ => Kind::from_u8(e.kind) == Some(Kind::Send) && e.port == ports[label],
+            }
+        };
+        let _ = k.try_event_where(Duration::from_secs(20), |e| {
+            let mut seen = seen.borrow_mut();
+            seen.push(*e);
+            held.iter()
+                .chain(&["netlink"])
+                .all(|l| seen.iter().any(|e| wanted(e, l)))
+        });
+        let seen = seen.into_inner();
+        for label in held.iter().chain(&["netlink"]) {
+            let ev = seen
+                .iter()
+                .find(|e| wanted(e, label))
+                .unwrap_or_else(|| panic!("{trigger}: no refusal event for the {label} socket"));
+            if *label == "tcp" {
+                assert_eq!(Cause::from_u8(ev.cause), Some(cause), "{trigger}: {ev:?}");
+                assert_eq!(ev.detail, governance_common::proto::TCP);
+            }
+        }
+    }
+}

@@ -7,6 +7,9 @@
 //!   names anything (as a container's overlay), where the kernel skips the identity walk;
 //! - execve: fork + execve of `/bin/busybox` as `true` + waitpid;
 //! - connect: socket + connect to a closed loopback port (ECONNREFUSED) + close;
+//! - write: one byte to `/dev/null`, opened once before the loop (every read and write on the
+//!   node passes the `file_permission` program, which decides a sandboxed process's writes to
+//!   the sockets it held);
 //!
 //! in three configurations, interleaved round by round (odd rounds in this order, even rounds
 //! in reverse):
@@ -25,7 +28,7 @@
 //! outside every agent, in the agent under the 1,000-rule policy above, and in the agent under
 //! policies of 10, 100, 1,000 and 10,000 rules next to what the loops do (see
 //! `near_policy_yaml`), swapped by reloads of one daemon; a fixed number of calls per pass
-//! (--stats-calls opens, a fifth as many connects, a fiftieth as many execs), --stats-rounds
+//! (--stats-calls opens and writes, a fifth as many connects, a fiftieth as many execs), --stats-rounds
 //! times over. It shows what the hooks cost per decision and whether that grows with the rules.
 //!
 //! Needs root. Usage:
@@ -71,14 +74,16 @@ enum Workload {
     OpenOwnFs,
     Exec,
     Connect,
+    Write,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 5] = [
         Workload::Open,
         Workload::OpenOwnFs,
         Workload::Exec,
         Workload::Connect,
+        Workload::Write,
     ];
 
     fn name(self) -> &'static str {
@@ -87,6 +92,7 @@ impl Workload {
             Workload::OpenOwnFs => "open-fs",
             Workload::Exec => "execve",
             Workload::Connect => "connect",
+            Workload::Write => "write",
         }
     }
 
@@ -97,7 +103,9 @@ impl Workload {
     /// Targets for (2)/(1) and (3)/(1).
     fn targets(self) -> Option<(f64, f64)> {
         match self {
-            Workload::Open | Workload::OpenOwnFs | Workload::Connect => Some((0.98, 0.90)),
+            Workload::Open | Workload::OpenOwnFs | Workload::Connect | Workload::Write => {
+                Some((0.98, 0.90))
+            }
             Workload::Exec => None,
         }
     }
@@ -194,7 +202,9 @@ fn timed(budget: Budget, mut op: impl FnMut() -> Res<()>) -> Res<()> {
 /// the agent cgroup first), then run the loop.
 fn worker(args: &[String]) -> Res<()> {
     let [kind, ms, file, port] = args else {
-        return Err("usage: --worker openat|execve|connect MS|xCALLS FILE PORT".into());
+        return Err(
+            "usage: --worker openat|open-fs|execve|connect|write MS|xCALLS FILE PORT".into(),
+        );
     };
     let kind = Workload::parse(kind).ok_or_else(|| format!("unknown workload {kind}"))?;
     let ms = Budget::parse(ms)?;
@@ -239,6 +249,15 @@ fn worker(args: &[String]) -> Res<()> {
                     ));
                 }
                 Ok(())
+            })
+        }
+        Workload::Write => {
+            let null = ctx(
+                std::fs::OpenOptions::new().write(true).open("/dev/null"),
+                "open /dev/null",
+            )?;
+            timed(ms, || {
+                ctx(std::io::Write::write(&mut &null, b"x"), "write /dev/null").map(drop)
             })
         }
         Workload::Connect => {
@@ -598,7 +617,7 @@ fn near_policy_yaml(cgroup_rel: &str, n: usize, dir: &str, bin_dir: &str) -> Str
 /// fiftieth as many execs (each exec costs a fork and a process).
 fn pass_budget(w: Workload, calls: u64) -> u64 {
     match w {
-        Workload::Open | Workload::OpenOwnFs => calls,
+        Workload::Open | Workload::OpenOwnFs | Workload::Write => calls,
         Workload::Connect => (calls / 5).max(10),
         Workload::Exec => (calls / 50).max(10),
     }
@@ -725,6 +744,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
                         if name.starts_with("file_open")
                             || name.starts_with("bprm_check")
                             || name.starts_with("connect4")
+                            || name.starts_with("file_permission")
                         {
                             line.push_str(&format!("  {} {name} {v:.0} ns/run", w.name()));
                         }
@@ -744,7 +764,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
     }
     let mut rows = vec![format!(
         "per program, ns/run (run_time_ns / run_cnt with kernel.bpf_stats_enabled=1), median [min-max] over {rounds} rounds; \
-         {} opens, {} connects, {} execs per pass, each in a fresh worker; {:.0} s for the pass",
+         {} opens and writes, {} connects, {} execs per pass, each in a fresh worker; {:.0} s for the pass",
         pass_budget(Workload::Open, calls),
         pass_budget(Workload::Connect, calls),
         pass_budget(Workload::Exec, calls),

@@ -231,7 +231,7 @@ fn unix_object(ev: &Event, object: &mut Object) {
         _ => {}
     }
     object.protocol = match ev.port {
-        unix_hook::CONNECT => "unix-stream".into(),
+        unix_hook::CONNECT | unix_hook::HELD => "unix-stream".into(),
         unix_hook::SEND => "unix-dgram".into(),
         _ => "unix".into(),
     };

@@ -17,6 +17,9 @@
 //! - `uring-personality`: register this process's credentials as an io_uring personality and
 //!   run a NOP under it; exits 0 when the NOP completes, 100 + errno when it is refused (the
 //!   tests' ERRNO_BASE convention), 2 when io_uring itself fails.
+//! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
+//!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC`, and `sendmmsg`. Prints
+//!   `FD WAY OUTCOME` lines (`ok`, `EPERM` or `errno N`).
 
 use std::{
     ffi::CString,
@@ -29,7 +32,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | held-sends FD..."
     );
     std::process::exit(64)
 }
@@ -229,87 +232,208 @@ fn main() {
                 2
             }
         }),
+        ["held-sends", ref fds @ ..] if !fds.is_empty() => {
+            let fds: Vec<i32> = fds
+                .iter()
+                .map(|f| f.parse().unwrap_or_else(|_| usage()))
+                .collect();
+            held_sends(&fds);
+        }
         _ => usage(),
     }
 }
 
-/// Set up a one-entry io_uring, register a personality, submit a NOP under it and return the
-/// completion's result (0, or -errno).
-fn uring_personality() -> std::io::Result<i32> {
-    use std::io::Error;
-    let os = |r: libc::c_long| {
-        if r < 0 {
-            Err(Error::last_os_error())
-        } else {
-            Ok(r)
-        }
-    };
-    // struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (40 bytes
-    // each): 120 bytes.
-    let mut params = [0u32; 30];
-    // SAFETY: raw syscalls on buffers of the sizes the kernel reads and writes.
-    unsafe {
-        let fd = os(libc::syscall(
-            libc::SYS_io_uring_setup,
-            1,
-            params.as_mut_ptr(),
-        ))? as i32;
-        let (sq_entries, cq_entries) = (params[0] as usize, params[1] as usize);
-        let sq_off = &params[10..20];
-        let cq_off = &params[20..30];
-        let map = |len: usize, offset: i64| {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+/// A one-entry io_uring: one request submitted and completed at a time.
+struct Ring {
+    fd: i32,
+    sq: *mut u8,
+    cq: *mut u8,
+    sqes: *mut u8,
+    /// io_sqring_offsets and io_cqring_offsets, as the kernel filled them.
+    sq_off: [u32; 10],
+    cq_off: [u32; 10],
+}
+
+/// A raw syscall's result, or the errno it set.
+fn os(r: libc::c_long) -> std::io::Result<libc::c_long> {
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Ring {
+    fn new() -> std::io::Result<Self> {
+        // struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (40
+        // bytes each): 120 bytes.
+        let mut params = [0u32; 30];
+        // SAFETY: raw syscalls on buffers of the sizes the kernel reads and writes.
+        unsafe {
+            let fd = os(libc::syscall(
+                libc::SYS_io_uring_setup,
+                1,
+                params.as_mut_ptr(),
+            ))? as i32;
+            let (sq_entries, cq_entries) = (params[0] as usize, params[1] as usize);
+            let mut sq_off = [0u32; 10];
+            let mut cq_off = [0u32; 10];
+            sq_off.copy_from_slice(&params[10..20]);
+            cq_off.copy_from_slice(&params[20..30]);
+            let map = |len: usize, offset: i64| {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_POPULATE,
+                    fd,
+                    offset,
+                );
+                if p == libc::MAP_FAILED {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(p.cast::<u8>())
+                }
+            };
+            Ok(Self {
                 fd,
-                offset,
-            );
-            if p == libc::MAP_FAILED {
-                Err(Error::last_os_error())
-            } else {
-                Ok(p.cast::<u8>())
-            }
-        };
-        let sq = map(sq_off[6] as usize + sq_entries * 4, 0)?;
-        let cq = map(cq_off[5] as usize + cq_entries * 16, 0x800_0000)?;
-        let sqes = map(sq_entries * 64, 0x1000_0000)?;
-        // IORING_REGISTER_PERSONALITY: this process's credentials, by id.
-        let personality = os(libc::syscall(
+                sq: map(sq_off[6] as usize + sq_entries * 4, 0)?,
+                cq: map(cq_off[5] as usize + cq_entries * 16, 0x800_0000)?,
+                sqes: map(sq_entries * 64, 0x1000_0000)?,
+                sq_off,
+                cq_off,
+            })
+        }
+    }
+
+    /// Submit one request (its 64-byte SQE) and return the result of its first completion
+    /// (a count, or -errno). One request per ring: a later completion of the same request (a
+    /// zero-copy send's notification) is never mistaken for another's.
+    fn run(&self, sqe: &[u8; 64]) -> std::io::Result<i32> {
+        // SAFETY: the rings were mapped by `new` with the sizes the kernel gave.
+        unsafe {
+            std::ptr::copy_nonoverlapping(sqe.as_ptr(), self.sqes, 64);
+            let tail = self.sq.add(self.sq_off[1] as usize).cast::<u32>();
+            let mask = *self.sq.add(self.sq_off[2] as usize).cast::<u32>();
+            let t = std::ptr::read_volatile(tail);
+            *self
+                .sq
+                .add(self.sq_off[6] as usize)
+                .cast::<u32>()
+                .add((t & mask) as usize) = 0;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            std::ptr::write_volatile(tail, t.wrapping_add(1));
+            // io_uring_enter(fd, to_submit 1, min_complete 1, IORING_ENTER_GETEVENTS).
+            os(libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                1,
+                1,
+                1,
+                std::ptr::null::<u8>(),
+                0,
+            ))?;
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+            let head = std::ptr::read_volatile(self.cq.add(self.cq_off[0] as usize).cast::<u32>());
+            let cmask = *self.cq.add(self.cq_off[2] as usize).cast::<u32>();
+            // struct io_uring_cqe { u64 user_data; i32 res; u32 flags; }
+            let cqe = self
+                .cq
+                .add(self.cq_off[5] as usize + (head & cmask) as usize * 16);
+            Ok(cqe.add(8).cast::<i32>().read())
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor (the mappings go with the process).
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+/// An SQE: opcode at byte 0, fd at 4, off at 8, addr at 16, len at 24, the op's flags at 28,
+/// personality at 42.
+fn sqe(opcode: u8, fd: i32, addr: u64, len: u32) -> [u8; 64] {
+    let mut e = [0u8; 64];
+    e[0] = opcode;
+    e[4..8].copy_from_slice(&fd.to_ne_bytes());
+    e[16..24].copy_from_slice(&addr.to_ne_bytes());
+    e[24..28].copy_from_slice(&len.to_ne_bytes());
+    e
+}
+
+/// Register this process's credentials as an io_uring personality, submit a NOP under it and
+/// return the completion's result (0, or -errno).
+fn uring_personality() -> std::io::Result<i32> {
+    let ring = Ring::new()?;
+    // IORING_REGISTER_PERSONALITY: this process's credentials, by id.
+    // SAFETY: a raw syscall without buffers.
+    let personality = os(unsafe {
+        libc::syscall(
             libc::SYS_io_uring_register,
-            fd,
+            ring.fd,
             9,
             std::ptr::null::<u8>(),
             0,
-        ))? as u16;
-        // One SQE: IORING_OP_NOP (0), personality at byte 42.
-        std::ptr::write_bytes(sqes, 0, 64);
-        sqes.add(42).cast::<u16>().write_unaligned(personality);
-        let tail = sq.add(sq_off[1] as usize).cast::<u32>();
-        let mask = *sq.add(sq_off[2] as usize).cast::<u32>();
-        let t = std::ptr::read_volatile(tail);
-        *sq.add(sq_off[6] as usize)
-            .cast::<u32>()
-            .add((t & mask) as usize) = 0;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        std::ptr::write_volatile(tail, t.wrapping_add(1));
-        // io_uring_enter(fd, to_submit 1, min_complete 1, IORING_ENTER_GETEVENTS).
-        os(libc::syscall(
-            libc::SYS_io_uring_enter,
-            fd,
-            1,
-            1,
-            1,
-            std::ptr::null::<u8>(),
-            0,
-        ))?;
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
-        let head = std::ptr::read_volatile(cq.add(cq_off[0] as usize).cast::<u32>());
-        let cmask = *cq.add(cq_off[2] as usize).cast::<u32>();
-        // struct io_uring_cqe { u64 user_data; i32 res; u32 flags; }
-        let cqe = cq.add(cq_off[5] as usize + (head & cmask) as usize * 16);
-        Ok(cqe.add(8).cast::<i32>().read())
+        )
+    })? as u16;
+    // IORING_OP_NOP (0) under the personality.
+    let mut nop = sqe(0, -1, 0, 0);
+    nop[42..44].copy_from_slice(&personality.to_ne_bytes());
+    ring.run(&nop)
+}
+
+/// The outcome of a send: `ok`, or the errno's name.
+fn outcome(res: std::io::Result<i32>) -> String {
+    let errno = match res {
+        Ok(n) if n >= 0 => return "ok".into(),
+        Ok(n) => -n,
+        Err(e) => e.raw_os_error().unwrap_or(0),
+    };
+    match errno {
+        libc::EPERM => "EPERM".into(),
+        n => format!("errno {n}"),
+    }
+}
+
+/// Each way of sending that takes no Python: io_uring's SEND, WRITE, SENDMSG and SEND_ZC, and
+/// sendmmsg(2), five bytes each, on every descriptor in `fds`. Prints `FD NAME OUTCOME` lines.
+fn held_sends(fds: &[i32]) {
+    let data = *b"leak\n";
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the one iovec outlives every use below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let addr = data.as_ptr() as u64;
+    for &fd in fds {
+        // IORING_OP_SEND 26, IORING_OP_WRITE 23, IORING_OP_SENDMSG 9, IORING_OP_SEND_ZC 47.
+        for (name, op, a, len) in [
+            ("uring-send", 26u8, addr, 5u32),
+            ("uring-write", 23, addr, 5),
+            ("uring-sendmsg", 9, &msg as *const libc::msghdr as u64, 1),
+            ("uring-send-zc", 47, addr, 5),
+        ] {
+            // A ring per request (see `Ring::run`).
+            let res = Ring::new().and_then(|ring| ring.run(&sqe(op, fd, a, len)));
+            println!("{fd} {name} {}", outcome(res));
+        }
+        let mut mm = libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        };
+        // SAFETY: one valid mmsghdr.
+        let n = unsafe { libc::sendmmsg(fd, &mut mm, 1, 0) };
+        let res = if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n)
+        };
+        println!("{fd} sendmmsg {}", outcome(res));
     }
 }
 
