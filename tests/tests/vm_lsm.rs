@@ -5566,10 +5566,11 @@ fn held_sends(cgroup: &Path, dir: &Path, trigger: &str) -> HeldRun {
 /// them: each send is decided as a connect to the socket's peer under its profile
 /// (`socket_sendmsg`, `file_permission`; see governance-ebpf's held.rs). Variants: TCP, a
 /// dual-stack IPv6 socket to an IPv4 address, connected UDP and a Unix stream to a named
-/// socket, each by send, sendto, sendmsg, write, writev, sendfile, splice, io_uring SEND,
-/// WRITE, SENDMSG and SEND_ZC, and sendmmsg; a profile with no network (refused by its
-/// default) and one with the network only through the proxy (the direct connection is
-/// refused, `no_proxy`). Controls: the same process unsandboxed sends by every way (and its
+/// socket, and a netlink socket, each by send, sendto, sendmsg, write, writev, sendfile,
+/// splice, io_uring SEND, WRITE, SENDMSG and SEND_ZC, SEND from an io-wq worker (IOSQE_ASYNC)
+/// and from a polling kernel thread (IORING_SETUP_SQPOLL), io_uring SPLICE, a Linux AIO
+/// PWRITE, and sendmmsg; a profile with no network (refused by its default) and one with the
+/// network only through the proxy (the direct connection is refused, `no_proxy`). Controls: the same process unsandboxed sends by every way (and its
 /// peers receive it all); inside the sandbox, its socketpair stays usable.
 #[test]
 fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
@@ -5618,6 +5619,10 @@ fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
             "uring-send",
             "uring-write",
             "uring-sendmsg",
+            "uring-send-async",
+            "uring-send-sqpoll",
+            "uring-splice",
+            "aio-pwrite",
             "sendmmsg",
         ] {
             assert!(

@@ -18,7 +18,10 @@
 //!   run a NOP under it; exits 0 when the NOP completes, 100 + errno when it is refused (the
 //!   tests' ERRNO_BASE convention), 2 when io_uring itself fails.
 //! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
-//!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC`, and `sendmmsg`. Prints
+//!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC` (submitted by this thread),
+//!   `SEND` forced to a worker thread (`IOSQE_ASYNC`) and `SEND` on a ring whose kernel thread
+//!   submits it (`IORING_SETUP_SQPOLL`), io_uring `SPLICE` from a pipe, a Linux AIO `PWRITE`,
+//!   and `sendmmsg`. Prints
 //!   `FD WAY OUTCOME` lines (`ok`, `EPERM` or `errno N`).
 
 use std::{
@@ -252,6 +255,8 @@ struct Ring {
     /// io_sqring_offsets and io_cqring_offsets, as the kernel filled them.
     sq_off: [u32; 10],
     cq_off: [u32; 10],
+    /// The ring was set up with IORING_SETUP_SQPOLL: its own kernel thread submits.
+    sqpoll: bool,
 }
 
 /// A raw syscall's result, or the errno it set.
@@ -264,10 +269,16 @@ fn os(r: libc::c_long) -> std::io::Result<libc::c_long> {
 }
 
 impl Ring {
-    fn new() -> std::io::Result<Self> {
-        // struct io_uring_params: 10 u32, then io_sqring_offsets and io_cqring_offsets (40
-        // bytes each): 120 bytes.
+    /// A ring of one entry; with `sqpoll`, a kernel thread of this process submits its
+    /// requests (IORING_SETUP_SQPOLL), idling for a second before it sleeps.
+    fn new(sqpoll: bool) -> std::io::Result<Self> {
+        // struct io_uring_params: 10 u32 (sq_entries, cq_entries, flags, sq_thread_cpu,
+        // sq_thread_idle, ...), then io_sqring_offsets and io_cqring_offsets (40 bytes each).
         let mut params = [0u32; 30];
+        if sqpoll {
+            params[2] = 1 << 1;
+            params[4] = 1000;
+        }
         // SAFETY: raw syscalls on buffers of the sizes the kernel reads and writes.
         unsafe {
             let fd = os(libc::syscall(
@@ -302,6 +313,7 @@ impl Ring {
                 sqes: map(sq_entries * 64, 0x1000_0000)?,
                 sq_off,
                 cq_off,
+                sqpoll,
             })
         }
     }
@@ -323,13 +335,15 @@ impl Ring {
                 .add((t & mask) as usize) = 0;
             std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
             std::ptr::write_volatile(tail, t.wrapping_add(1));
-            // io_uring_enter(fd, to_submit 1, min_complete 1, IORING_ENTER_GETEVENTS).
+            // io_uring_enter(fd, to_submit 1, min_complete 1, IORING_ENTER_GETEVENTS, and
+            // IORING_ENTER_SQ_WAKEUP for a polled ring, whose thread may be asleep).
+            let flags = if self.sqpoll { 1 | 2 } else { 1 };
             os(libc::syscall(
                 libc::SYS_io_uring_enter,
                 self.fd,
                 1,
                 1,
-                1,
+                flags,
                 std::ptr::null::<u8>(),
                 0,
             ))?;
@@ -366,7 +380,7 @@ fn sqe(opcode: u8, fd: i32, addr: u64, len: u32) -> [u8; 64] {
 /// Register this process's credentials as an io_uring personality, submit a NOP under it and
 /// return the completion's result (0, or -errno).
 fn uring_personality() -> std::io::Result<i32> {
-    let ring = Ring::new()?;
+    let ring = Ring::new(false)?;
     // IORING_REGISTER_PERSONALITY: this process's credentials, by id.
     // SAFETY: a raw syscall without buffers.
     let personality = os(unsafe {
@@ -410,18 +424,28 @@ fn held_sends(fds: &[i32]) {
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     let addr = data.as_ptr() as u64;
+    let msg_addr = &msg as *const libc::msghdr as u64;
     for &fd in fds {
-        // IORING_OP_SEND 26, IORING_OP_WRITE 23, IORING_OP_SENDMSG 9, IORING_OP_SEND_ZC 47.
-        for (name, op, a, len) in [
-            ("uring-send", 26u8, addr, 5u32),
-            ("uring-write", 23, addr, 5),
-            ("uring-sendmsg", 9, &msg as *const libc::msghdr as u64, 1),
-            ("uring-send-zc", 47, addr, 5),
+        // IORING_OP_SEND 26, IORING_OP_WRITE 23, IORING_OP_SENDMSG 9, IORING_OP_SEND_ZC 47;
+        // the SQE's flags byte (1): IOSQE_ASYNC (1 << 4), run by an io-wq worker thread.
+        for (name, op, a, len, async_, sqpoll) in [
+            ("uring-send", 26u8, addr, 5u32, false, false),
+            ("uring-write", 23, addr, 5, false, false),
+            ("uring-sendmsg", 9, msg_addr, 1, false, false),
+            ("uring-send-zc", 47, addr, 5, false, false),
+            ("uring-send-async", 26, addr, 5, true, false),
+            ("uring-send-sqpoll", 26, addr, 5, false, true),
         ] {
+            let mut e = sqe(op, fd, a, len);
+            if async_ {
+                e[1] = 1 << 4;
+            }
             // A ring per request (see `Ring::run`).
-            let res = Ring::new().and_then(|ring| ring.run(&sqe(op, fd, a, len)));
+            let res = Ring::new(sqpoll).and_then(|ring| ring.run(&e));
             println!("{fd} {name} {}", outcome(res));
         }
+        println!("{fd} uring-splice {}", outcome(uring_splice(fd, &data)));
+        println!("{fd} aio-pwrite {}", outcome(aio_pwrite(fd, &data)));
         let mut mm = libc::mmsghdr {
             msg_hdr: msg,
             msg_len: 0,
@@ -434,6 +458,61 @@ fn held_sends(fds: &[i32]) {
             Ok(n)
         };
         println!("{fd} sendmmsg {}", outcome(res));
+    }
+}
+
+/// Move `data` into `fd` by io_uring `SPLICE` (30) from a pipe it was written to.
+fn uring_splice(fd: i32, data: &[u8]) -> std::io::Result<i32> {
+    let mut pipe = [0i32; 2];
+    // SAFETY: a pipe into a local array, written from a live buffer, closed once used.
+    unsafe {
+        os(libc::pipe(pipe.as_mut_ptr()).into())?;
+        let res = os(libc::write(pipe[1], data.as_ptr().cast(), data.len()) as libc::c_long)
+            .and_then(|_| {
+                // The SQE: off (the output's offset) at 8 and splice_off_in at 16, both -1 (none:
+                // a socket and a pipe have no position), len at 24, splice_fd_in (i32) at 44.
+                let mut e = sqe(30, fd, u64::MAX, data.len() as u32);
+                e[8..16].copy_from_slice(&u64::MAX.to_ne_bytes());
+                e[44..48].copy_from_slice(&pipe[0].to_ne_bytes());
+                Ring::new(false)?.run(&e)
+            });
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+        res
+    }
+}
+
+/// Write `data` to `fd` by Linux AIO (io_setup, io_submit of one IOCB_CMD_PWRITE at offset 0,
+/// io_getevents): the write's result, or the errno io_submit refused it with.
+fn aio_pwrite(fd: i32, data: &[u8]) -> std::io::Result<i32> {
+    let mut ctx: libc::c_ulong = 0;
+    // SAFETY: raw syscalls on a context, an iocb and an event that outlive them.
+    unsafe {
+        os(libc::syscall(libc::SYS_io_setup, 1, &mut ctx))?;
+        // struct iocb (64 bytes): aio_data at 0, aio_key and aio_rw_flags at 8 and 12,
+        // aio_lio_opcode (u16) at 16, aio_fildes (u32) at 20, aio_buf at 24, aio_nbytes at 32,
+        // aio_offset at 40.
+        let mut iocb = [0u8; 64];
+        iocb[16..18].copy_from_slice(&1u16.to_ne_bytes()); // IOCB_CMD_PWRITE
+        iocb[20..24].copy_from_slice(&fd.to_ne_bytes());
+        iocb[24..32].copy_from_slice(&(data.as_ptr() as u64).to_ne_bytes());
+        iocb[32..40].copy_from_slice(&(data.len() as u64).to_ne_bytes());
+        let list = [iocb.as_mut_ptr()];
+        let submitted = os(libc::syscall(libc::SYS_io_submit, ctx, 1, list.as_ptr()));
+        // struct io_event { u64 data; u64 obj; i64 res; i64 res2; }
+        let mut event = [0i64; 4];
+        let res = submitted.and_then(|_| {
+            os(libc::syscall(
+                libc::SYS_io_getevents,
+                ctx,
+                1,
+                1,
+                event.as_mut_ptr(),
+                std::ptr::null::<u8>(),
+            ))
+        });
+        libc::syscall(libc::SYS_io_destroy, ctx);
+        res.map(|_| event[2] as i32)
     }
 }
 
