@@ -62,6 +62,11 @@ pub const MAX_SANDBOXED: u32 = 16384;
 /// that check and the mark.
 pub const SANDBOX_RESERVE: u32 = 1024;
 pub const MAX_PROTECTED: u32 = 64;
+/// Capacity of [`maps::SANDBOX_FILES`]: the files sandboxed processes hold open for writing
+/// under their profiles, across the node. Allocated as it fills. When full, a sandboxed
+/// process's open for writing is refused ([`Cause::MapFull`]): a descriptor that is not
+/// remembered could not be written through.
+pub const MAX_SANDBOX_FILES: u32 = 65536;
 /// Capacity of [`maps::WRITTEN`]: files agents wrote, across agents, until unlinked. Allocated
 /// as it fills (a million entries would be ~100 MiB preallocated). When full, an agent's open
 /// for writing is refused ([`Cause::MapFull`]): a write that cannot be remembered could
@@ -529,6 +534,10 @@ pub const EXEC_DETAIL_LOADER: u8 = 1;
 /// [`Event::detail`] of a [`Kind::File`] decision with [`Cause::Builtin`]: a raw storage
 /// device (block device, or a character device of [`maps::RAW_DEVICES`]).
 pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
+/// [`Event::detail`] of a [`Kind::File`] decision with [`Cause::Builtin`]: a sandboxed
+/// process wrote (or mapped shared and writable) a file through a descriptor it did not open
+/// under its profile (one it held before its sandbox verdict, or was passed).
+pub const FILE_DETAIL_HELD: u8 = 0x40;
 
 /// Value of [`maps::AGENTS`]: the agent's class and its defaults.
 #[repr(C)]

@@ -28,6 +28,11 @@ pub const SANDBOXED: &str = "SANDBOXED";
 /// [`SANDBOXED`] holds (the kernel counts what it adds and removes; a handover sets it to what
 /// it carried), for [`crate::SANDBOX_RESERVE`].
 pub const SANDBOX_ANY: &str = "SANDBOX_ANY";
+/// `struct file` address (u64) → profile mark (u32): the regular files sandboxed processes
+/// opened for writing under that profile (`file_open` adds, `file_free_security` removes).
+/// A sandboxed process writes a regular file only through a descriptor found here with its
+/// own mark (see [`crate::FILE_DETAIL_HELD`]).
+pub const SANDBOX_FILES: &str = "SANDBOX_FILES";
 /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
 /// proxy).
 pub const PROTECTED: &str = "PROTECTED";
@@ -103,7 +108,7 @@ pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 pub const SEQ_ANY: &str = "SEQ_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 31] = [
+pub const ALL: [&str; 32] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -114,6 +119,7 @@ pub const ALL: [&str; 31] = [
     GRANTS,
     SANDBOXED,
     SANDBOX_ANY,
+    SANDBOX_FILES,
     PROTECTED,
     PROXY,
     ORIG_DST,

@@ -21,6 +21,7 @@ pub const INODE_MODE: &str = "OFF_INODE_MODE";
 pub const INODE_RDEV: &str = "OFF_INODE_RDEV";
 pub const INODE_NLINK: &str = "OFF_INODE_NLINK";
 pub const VMA_FILE: &str = "OFF_VMA_FILE";
+pub const VMA_FLAGS: &str = "OFF_VMA_FLAGS";
 pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
 pub const CGROUP_LEVEL: &str = "OFF_CGROUP_LEVEL";
 pub const CGROUP_ANCESTORS: &str = "OFF_CGROUP_ANCESTORS";
@@ -65,7 +66,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 58] = [
+pub const ALL: [(&str, &str, &str); 59] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -89,6 +90,7 @@ pub const ALL: [(&str, &str, &str); 58] = [
     (INODE_RDEV, "inode", "i_rdev"),
     (INODE_NLINK, "inode", "i_nlink"),
     (VMA_FILE, "vm_area_struct", "vm_file"),
+    (VMA_FLAGS, "vm_area_struct", "vm_flags"),
     (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),
     (CGROUP_LEVEL, "cgroup", "level"),
     (CGROUP_ANCESTORS, "cgroup", "ancestors"),

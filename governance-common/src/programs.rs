@@ -117,12 +117,17 @@ pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
 pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
 pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
 pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
-/// A sandboxed process's sends on the sockets it held before its sandbox verdict (see
-/// governance-ebpf's held.rs): two hooks, as no one hook sees every way of sending.
+/// A sandboxed process's sends on the sockets it held before its sandbox verdict, and its
+/// writes to files it did not open under its profile (see governance-ebpf's held.rs): two
+/// hooks, as no one hook sees every way of sending, and the end of a file's life.
 pub const HELD_SENDMSG: Program = lsm("socket_sendmsg", "sandboxed sends on held sockets");
 pub const HELD_WRITE: Program = lsm(
     "file_permission",
-    "sandboxed writes, sendfile and splice to held sockets",
+    "sandboxed writes to held files, sendfile and splice to held sockets",
+);
+pub const HELD_FILE_FREE: Program = lsm(
+    "file_free_security",
+    "forgets the files sandboxed processes opened for writing",
 );
 /// Sequence rules, per packet: an armed agent's connections made before the arming (TCP,
 /// connected UDP) are held to the rule's allowlist too (see governance-ebpf's
@@ -173,7 +178,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 59] = [
+pub const ALL: [Program; 60] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -214,6 +219,7 @@ pub const ALL: [Program; 59] = [
     UNIX_SEND,
     HELD_SENDMSG,
     HELD_WRITE,
+    HELD_FILE_FREE,
     CAPABLE,
     URING_CREDS,
     SB_MOUNT,

@@ -21,7 +21,7 @@ use crate::{
         OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
         OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off,
     },
-    maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, WRITTEN},
+    maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN},
     sequence,
 };
 
@@ -160,6 +160,18 @@ fn remember_written(agent: &Agent, file: Btf) -> bool {
     }
 }
 
+/// Remember that a sandboxed process opened `file` for writing under its profile: the one
+/// kind of descriptor it may write a regular file through (see held.rs). False if the table
+/// is full: the open is then refused.
+#[inline(always)]
+fn remember_sandbox_file(agent: &Agent, file: Btf) -> bool {
+    // SAFETY: the value is copied out.
+    match unsafe { SANDBOXED.get(&agent.tgid) }.copied() {
+        Some(mark) => SANDBOX_FILES.insert(&file.addr(), &mark, 0).is_ok(),
+        None => true,
+    }
+}
+
 /// File opens: the resolved path of the opened file against the class's path rules, once per
 /// access the open asks for (read, write, create, truncate), and, when the class has identity
 /// rules for those accesses, the opened object and the directories above it against them
@@ -293,7 +305,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         0
     };
     let mut d = apply(Kind::File, &agent, rules, default, object);
-    if !d.denied && (write || create || truncate) && !remember_written(&agent, file) {
+    // One refusal for both tables: a second branch of its own doubled the paths the verifier
+    // walks after it (file_open's count rose by three quarters).
+    if !d.denied
+        && (write || create || truncate)
+        && (!remember_written(&agent, file)
+            || (write && agent.sandboxed && !remember_sandbox_file(&agent, file)))
+    {
         count(Counter::MapFull);
         d = Decision::fail_closed(Kind::File, Cause::MapFull);
         d.object = object;

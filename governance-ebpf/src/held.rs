@@ -1,8 +1,19 @@
-//! Sends of a sandboxed process on the sockets it already held when it was sandboxed: the
-//! `socket_sendmsg` and `file_permission` LSM hooks. The connect and sendmsg programs decide a
-//! connection once, when it is made; a TCP connection (or connected UDP socket, or Unix stream)
-//! made before the sandbox verdict never passes them again. So each send of a sandboxed process
-//! is decided here as a connect to the socket's peer would be under its profile.
+//! What a sandboxed process does through descriptors it already held when it was sandboxed:
+//! the `socket_sendmsg`, `file_permission` and `file_free_security` LSM hooks. The connect and
+//! sendmsg programs decide a connection once, when it is made; a TCP connection (or connected
+//! UDP socket, or Unix stream) made before the sandbox verdict never passes them again. So each
+//! send of a sandboxed process is decided here as a connect to the socket's peer would be under
+//! its profile.
+//!
+//! Files likewise: `file_open` decides a write once, at the open, and a file opened for
+//! writing before the verdict would stay writable. A path cannot be resolved here
+//! (`bpf_d_path` is refused to `file_permission`), so the profile's own opens are remembered
+//! instead: `file_open` adds each file a sandboxed process opens for writing to
+//! `SANDBOX_FILES` with its profile mark, `file_free_security` removes it when the file goes,
+//! and a sandboxed process writes a regular file (or maps it shared and writable, see
+//! mapping.rs, or truncates it, see identity.rs) only through a descriptor found there with
+//! its own mark. Pipes, terminals,
+//! devices and the kernel's internal files (memfd, SysV shared memory) are written as before.
 //!
 //! Two hooks, because no one hook sees every way of sending:
 //! - `socket_sendmsg` (`sock_sendmsg`): `send`, `sendto`, `sendmsg`, `sendmmsg`, `write` and
@@ -25,18 +36,20 @@
 //! Only refusals (and shadow "would refuse") are events: an allowed send is a packet of a
 //! connection, not a decision. Processes that are not sandboxed pass after one array read
 //! (`SANDBOX_ANY`, until the first sandbox verdict) or one hash lookup of their tgid; a
-//! `file_permission` call that is not a write to a socket passes before either.
+//! `file_permission` call that is not a write passes before either.
 use aya_ebpf::{helpers::generated::bpf_sock_from_file, macros::lsm, programs::LsmContext};
-use governance_common::{Cause, Kind, allow, proto, unix_hook};
+use governance_common::{Cause, FILE_DETAIL_HELD, Kind, allow, proto, unix_hook};
 
 use crate::{
     decide::{Decision, any_sandboxed, current_agent, emit, lsm_ret},
     kernel::{
-        AF_INET, AF_INET6, AF_UNIX, Btf, EPERM, MAY_WRITE, OFF_MSGHDR_NAME, OFF_SOCK_DADDR,
-        OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_PROTOCOL, OFF_SOCK_V6_DADDR, OFF_SOCKET_SK,
-        OFF_SOCKET_TYPE, OFF_UNIX_SOCK_PEER, SOCK_DGRAM, off, read_at,
+        AF_INET, AF_INET6, AF_UNIX, Btf, EPERM, MAY_WRITE, OFF_DENTRY_INODE, OFF_FILE_INODE,
+        OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_SB, OFF_MSGHDR_NAME, OFF_PATH_DENTRY,
+        OFF_SB_FLAGS, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_PROTOCOL,
+        OFF_SOCK_V6_DADDR, OFF_SOCKET_SK, OFF_SOCKET_TYPE, OFF_UNIX_SOCK_PEER, S_IFMT, S_IFREG,
+        SB_KERNMOUNT, SOCK_DGRAM, off, read_at,
     },
-    maps::{API_ADDR, PROXY, SANDBOXED},
+    maps::{API_ADDR, PROXY, SANDBOX_FILES, SANDBOXED},
     net::{is_api, is_proxy, mapped4, net_decision},
     unix::unix_decision,
 };
@@ -70,9 +83,89 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
     // SAFETY: the hook's own `struct file *` argument, which the helper takes.
     let sock = unsafe { bpf_sock_from_file(ctx.arg(0)) };
     if sock.is_null() {
-        return 0;
+        return held_write(ctx.arg(0));
     }
     held_send(Btf::of(sock as u64), false)
+}
+
+#[lsm(hook = "file_free_security")]
+pub fn file_free_security(ctx: LsmContext) -> i32 {
+    // void file_free_security(struct file *file): the file's last reference is gone, and its
+    // address may be reused for another file.
+    if any_sandboxed() {
+        let file: u64 = ctx.arg(0);
+        let _ = SANDBOX_FILES.remove(&file);
+    }
+    0
+}
+
+/// The decision on a write by the current task to `file` (a `struct file *` that is not a
+/// socket), or on mapping it shared and writable. 0 lets it go on, -EPERM refuses it.
+#[inline(always)]
+pub(crate) fn held_write(file: u64) -> i32 {
+    // SAFETY: see read_at.
+    let inode = unsafe { read_at::<u64>(file, off(&OFF_FILE_INODE)) };
+    // The access letters of a file event: write (see file::file_open).
+    held_file(file, inode, 2)
+}
+
+/// The decision on truncate(2) or ftruncate(2) of `path` (a `struct path *`) by the current
+/// task. ftruncate's path is its file's own `f_path`, so the file it belongs to is found by
+/// subtracting the field's offset (an address compared, never read); truncate(2) names a path
+/// that belongs to no file, so a sandboxed process truncates by descriptor only.
+#[inline(always)]
+pub(crate) fn held_truncate(path: u64) -> i32 {
+    if !any_sandboxed() {
+        return 0;
+    }
+    // SAFETY: see read_at.
+    let inode = unsafe {
+        read_at::<u64>(path, off(&OFF_PATH_DENTRY))
+            .and_then(|dentry| read_at::<u64>(dentry, off(&OFF_DENTRY_INODE)))
+    };
+    // Write and truncate.
+    held_file(path.wrapping_sub(off(&OFF_FILE_PATH)), inode, 2 | 8)
+}
+
+/// A sandboxed process changes a regular file (`inode`, as read) only through `file`, a
+/// descriptor it opened under its profile; `letters`: the file event's access letters.
+#[inline(always)]
+fn held_file(file: u64, inode: Result<u64, i32>, letters: u8) -> i32 {
+    // SAFETY: helper call without pointer arguments.
+    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: the value is copied out.
+    let Some(mark) = (unsafe { SANDBOXED.get(&tgid) }).copied() else {
+        return 0;
+    };
+    let (mode, sb_flags) = match inode {
+        // SAFETY: see read_at.
+        Ok(inode) => unsafe {
+            (
+                read_at::<u16>(inode, off(&OFF_INODE_MODE)).unwrap_or(S_IFREG),
+                read_at::<u64>(inode, off(&OFF_INODE_SB))
+                    .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_FLAGS)))
+                    .unwrap_or(0),
+            )
+        },
+        // Unreadable: decided as a regular file (fail closed).
+        Err(_) => (S_IFREG, 0),
+    };
+    if mode & S_IFMT != S_IFREG || sb_flags & SB_KERNMOUNT != 0 {
+        return 0;
+    }
+    // SAFETY: the value is compared, not kept.
+    if unsafe { SANDBOX_FILES.get(&file) } == Some(&mark) {
+        return 0;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    if !agent.sandboxed {
+        return 0;
+    }
+    let d = Decision::builtin(Kind::File, true);
+    emit(&agent, &d, |ev| ev.detail = letters | FILE_DETAIL_HELD);
+    lsm_ret(&d)
 }
 
 /// The decision on a send by the current task on `sock` (a `struct socket *`); `named`: the

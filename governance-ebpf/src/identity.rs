@@ -24,6 +24,7 @@ use governance_common::{
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, lsm_ret},
+    held::held_truncate,
     kernel::{
         BPF_FS_MAGIC, Btf, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE,
         OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB,
@@ -699,6 +700,11 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     let previous: i32 = ctx.arg(1);
     if previous != 0 {
         return previous;
+    }
+    // A sandboxed process's, only through a descriptor it opened under its profile.
+    let held = held_truncate(ctx.arg(0));
+    if held != 0 {
+        return held;
     }
     match Btf::arg(&ctx, 0).ptr(off(&OFF_PATH_DENTRY)) {
         Ok(dentry) => changed_in_place(dentry, true, LINK_OP_TRUNCATE),

@@ -35,6 +35,7 @@ offsets!(
     OFF_INODE_RDEV,
     OFF_INODE_NLINK,
     OFF_VMA_FILE,
+    OFF_VMA_FLAGS,
     OFF_CSS_SET_DFL_CGRP,
     OFF_CGROUP_LEVEL,
     OFF_CGROUP_ANCESTORS,
@@ -174,7 +175,13 @@ pub(crate) const BPF_RB_AVAIL_DATA: u64 = bindings::BPF_RB_AVAIL_DATA as u64;
 /// capable(): `opts` bit of a check that is not to be audited (a probe: "would I have it?").
 pub(crate) const CAP_OPT_NOAUDIT: u32 = 1 << 1;
 pub(crate) const PROT_EXEC: u64 = 0x4;
+pub(crate) const PROT_WRITE: u64 = 0x2;
+/// mmap flags: a shared mapping (MAP_SHARED_VALIDATE has the bit too), whose writes reach the
+/// file; vm_flags: the same of a mapping.
+pub(crate) const MAP_SHARED: u64 = 0x1;
+pub(crate) const VM_SHARED: u64 = 0x8;
 pub(crate) const S_IFMT: u16 = 0o170000;
+pub(crate) const S_IFREG: u16 = 0o100000;
 pub(crate) const S_IFBLK: u16 = 0o060000;
 pub(crate) const S_IFCHR: u16 = 0o020000;
 /// super_block.s_flags of a kernel-internal mount (kern_mount: memfd and SysV shm live there).

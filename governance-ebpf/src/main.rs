@@ -15,7 +15,8 @@
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
-//! `held` (a sandboxed process's sends on the sockets it held before its sandbox verdict),
+//! `held` (a sandboxed process's sends on the sockets, and writes to the files, it held before its
+//! sandbox verdict),
 //! `lifecycle` (fork and exit), `sequence` (sequence rules: arming, and the connect-time
 //! check) and `sequence_egress` (their per-packet check, for connections made before the
 //! arming), `discover` (TLS server names and DNS queries of processes

@@ -35,12 +35,13 @@ use aya_ebpf::{
 use governance_common::{Cause, ExecKey, GrantKey, Kind, RuleRef, Verdict, access, exec_map};
 
 use crate::{
-    decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, any_sandboxed, apply, current_agent, emit, lsm_ret},
     exec::file_identity,
     file::{copy_path, path_rules, resolve_path},
+    held::held_write,
     kernel::{
-        OFF_FILE_INODE, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM, OFF_VMA_FILE,
-        PROT_EXEC, SB_KERNMOUNT, off, read_at,
+        MAP_SHARED, OFF_FILE_INODE, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM,
+        OFF_VMA_FILE, OFF_VMA_FLAGS, PROT_EXEC, PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
     },
     maps::{EXEC_RULES, GRANTS, WRITTEN},
 };
@@ -176,6 +177,15 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     // `prot`, not `reqprot`: what the mapping will be (READ_IMPLIES_EXEC adds PROT_EXEC).
     let prot: u64 = ctx.arg(2);
     let file: u64 = ctx.arg(0);
+    let flags: u64 = ctx.arg(3);
+    // A shared writable mapping writes the file: a sandboxed process's, only of a file it
+    // opened under its profile (see held.rs).
+    if prot & PROT_WRITE != 0 && flags & MAP_SHARED != 0 && file != 0 && any_sandboxed() {
+        let held = held_write(file);
+        if held != 0 {
+            return held;
+        }
+    }
     if prot & PROT_EXEC == 0 || file == 0 {
         return 0;
     }
@@ -206,10 +216,26 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
         return previous;
     }
     let prot: u64 = ctx.arg(2);
+    let vma: u64 = ctx.arg(0);
+    // Making a shared mapping writable writes its file (see mmap_file).
+    if prot & PROT_WRITE != 0 && any_sandboxed() {
+        // SAFETY: see read_at.
+        let (file, vm_flags) = unsafe {
+            (
+                read_at::<u64>(vma, off(&OFF_VMA_FILE)).unwrap_or(0),
+                read_at::<u64>(vma, off(&OFF_VMA_FLAGS)).unwrap_or(VM_SHARED),
+            )
+        };
+        if file != 0 && vm_flags & VM_SHARED != 0 {
+            let held = held_write(file);
+            if held != 0 {
+                return held;
+            }
+        }
+    }
     if prot & PROT_EXEC == 0 {
         return 0;
     }
-    let vma: u64 = ctx.arg(0);
     // SAFETY: see read_at.
     let file = unsafe { read_at::<u64>(vma, off(&OFF_VMA_FILE)) }.unwrap_or(0);
     if file == 0 {

@@ -18,8 +18,8 @@ use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
     GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES,
     MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_LOADERS, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN,
-    NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
+    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOX_FILES, MAX_SANDBOXED,
+    MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 use governance_common::{CountKey, MAX_COUNTS};
@@ -84,6 +84,11 @@ pub(crate) static API_ADDR: Array<ApiAddr> = Array::with_max_entries(1, 0);
 /// length fits: more than the unix programs' stack can spare beside the event and the decision).
 #[map]
 pub(crate) static UNIX_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+/// `struct file` address → profile mark: files sandboxed processes opened for writing under
+/// their profile (see held.rs).
+#[map]
+pub(crate) static SANDBOX_FILES: HashMap<u64, u32> =
+    HashMap::with_max_entries(MAX_SANDBOX_FILES, BPF_F_NO_PREALLOC);
 /// Files agents wrote (identity, class 0) → the agent root that wrote one last.
 #[map]
 pub(crate) static WRITTEN: HashMap<ExecKey, u64> =

@@ -5720,3 +5720,253 @@ fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
         }
     }
 }
+
+/// [`a_sandboxed_process_may_not_write_files_it_held`]'s process: opens `outside.txt` and
+/// `scratch/inside.txt` read-write, becomes sandboxed by reading `trigger` (when not empty),
+/// then tries each way of writing through those descriptors and prints `LABEL WAY OUTCOME`
+/// lines, then the controls, then execs the helper for io_uring and AIO (`FD WAY OUTCOME`,
+/// after `fd N LABEL` lines).
+const HELD_WRITER: &str = r#"
+import ctypes, errno, mmap, os, sys
+d, trigger, helper = sys.argv[1:4]
+held = {
+    "outside": os.open(f"{d}/outside.txt", os.O_RDWR),
+    "inside": os.open(f"{d}/scratch/inside.txt", os.O_RDWR),
+}
+src = os.open(f"{d}/source.txt", os.O_RDONLY)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+def mprotect(fd):
+    # A shared read-only mapping made writable afterwards.
+    addr = libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap")
+    try:
+        if libc.mprotect(addr, 4096, mmap.PROT_READ | mmap.PROT_WRITE) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect")
+    finally:
+        libc.munmap(addr, 4096)
+def shared_map(fd):
+    mmap.mmap(fd, 1, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE).close()
+ways = {
+    "write": lambda fd: os.write(fd, b"x"),
+    "pwrite": lambda fd: os.pwrite(fd, b"x", 0),
+    "writev": lambda fd: os.writev(fd, [b"x"]),
+    "fallocate": lambda fd: os.posix_fallocate(fd, 0, 64),
+    "ftruncate": lambda fd: os.ftruncate(fd, 3),
+    "sendfile": lambda fd: os.sendfile(fd, src, 0, 1),
+    "copy_file_range": lambda fd: os.copy_file_range(src, fd, 1, 0, 0),
+    "mmap-shared": shared_map,
+    "mprotect-shared": mprotect,
+}
+def attempt(label, way, f):
+    try:
+        f()
+        out = "ok"
+    except OSError as e:
+        out = errno.errorcode.get(e.errno, str(e.errno))
+    print(label, way, out, flush=True)
+if trigger:
+    open(trigger).read()
+for label, fd in held.items():
+    for way, f in ways.items():
+        attempt(label, way, lambda: f(fd))
+# Controls: a file opened under the profile (and a child's write through it), a pipe, a memfd.
+def reopened():
+    fd = os.open(f"{d}/scratch/inside.txt", os.O_WRONLY | os.O_APPEND)
+    os.write(fd, b"y")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(fd, b"c")
+            os._exit(0)
+        except OSError as e:
+            os._exit(e.errno)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise OSError(os.waitstatus_to_exitcode(status), "child")
+attempt("reopened", "write", reopened)
+r, w = os.pipe()
+attempt("pipe", "write", lambda: os.write(w, b"z"))
+m = os.memfd_create("scratch")
+attempt("memfd", "write", lambda: os.write(m, b"z"))
+attempt("memfd", "ftruncate", lambda: os.ftruncate(m, 4096))
+# truncate(2) names a path, not a descriptor: a sandboxed process truncates by descriptor only.
+attempt("outside", "truncate-by-name", lambda: os.truncate(f"{d}/outside.txt", 3))
+for label, fd in held.items():
+    print("fd", fd, label, flush=True)
+    os.set_inheritable(fd, True)
+os.execv(helper, [helper, "held-sends"] + [str(fd) for fd in held.values()])
+"#;
+
+/// A process sandboxed after it opened files for writing keeps the descriptors, but not the
+/// right to write through them: a sandboxed process writes a regular file only through a
+/// descriptor it opened under its profile (`file_open` remembers it, `file_permission`,
+/// `mmap_file` and `file_mprotect` decide; see governance-ebpf's held.rs). Variants: a file
+/// outside the profile's writable directories and one inside them, each by write, pwrite,
+/// writev, fallocate, ftruncate (`path_truncate`), sendfile and copy_file_range into it, a shared writable mapping, a
+/// shared mapping made writable by mprotect, io_uring WRITE and SPLICE, and a Linux AIO
+/// PWRITE; and truncate(2) by name. Controls: unsandboxed, every way writes; sandboxed, a
+/// file it reopens in its writable directory (and its child's write through it), a pipe and a
+/// memfd (written and truncated) stay writable; the held files' contents are unchanged.
+#[test]
+fn a_sandboxed_process_may_not_write_files_it_held() {
+    use governance_common::FILE_DETAIL_HELD;
+    require_root();
+    let fx = Fixture::new("heldfile");
+    let agent = TestCgroup::new("heldfile-agent");
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: heldfile\n\
+         agents: {{ cgroup: {agent} }}\n\
+         sandbox_profiles:\n\
+         \x20 jail: {{ network: none, writable: [{d}/scratch] }}\n\
+         rules:\n\
+         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n",
+        agent = agent.rel.display(),
+    ));
+    for hook in [
+        "file_permission",
+        "file_free_security",
+        "mmap_file",
+        "file_mprotect",
+    ] {
+        k.require(hook);
+    }
+    std::fs::write(fx.p("jail"), "").unwrap();
+    std::fs::write(fx.p("source.txt"), "s").unwrap();
+    std::fs::create_dir_all(fx.dir.join("scratch")).unwrap();
+    let original = "original\n";
+    let run = |trigger: &str| {
+        std::fs::write(fx.p("outside.txt"), original).unwrap();
+        std::fs::write(fx.dir.join("scratch/inside.txt"), original).unwrap();
+        let out = governance_tests::command_in(
+            Some(&agent.path),
+            "python3",
+            &["-c", HELD_WRITER, &d.to_string(), trigger, HELPER],
+        )
+        .output()
+        .expect("python3");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "the writer failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut fds = std::collections::BTreeMap::new();
+        let mut outcomes = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["fd", fd, label] => {
+                    fds.insert(fd.to_owned(), label.to_owned());
+                }
+                [who, way, outcome] => {
+                    let who = fds.get(who).cloned().unwrap_or_else(|| who.to_owned());
+                    outcomes.insert((who, way.to_owned()), outcome.to_owned());
+                }
+                // The helper's `errno N` outcomes.
+                [who, way, "errno", n] => {
+                    let who = fds.get(who).cloned().unwrap_or_else(|| who.to_owned());
+                    outcomes.insert((who, way.to_owned()), format!("errno {n}"));
+                }
+                _ => panic!("unexpected line {line:?} in {text}"),
+            }
+        }
+        outcomes
+    };
+    let held = ["outside", "inside"];
+    let ways = [
+        "write",
+        "pwrite",
+        "writev",
+        "fallocate",
+        "ftruncate",
+        "sendfile",
+        "copy_file_range",
+        "mmap-shared",
+        "mprotect-shared",
+        "uring-write",
+        "uring-splice",
+        "aio-pwrite",
+    ];
+    let controls = [
+        ("reopened", "write"),
+        ("pipe", "write"),
+        ("memfd", "write"),
+        ("memfd", "ftruncate"),
+    ];
+    // Control: unsandboxed, every way writes.
+    let control = run("");
+    for label in held {
+        for way in ways {
+            assert_eq!(
+                control
+                    .get(&(label.to_owned(), way.to_owned()))
+                    .map(String::as_str),
+                Some("ok"),
+                "control: {label} {way} writes unsandboxed: {control:?}"
+            );
+        }
+    }
+    let by_name = ("outside".to_owned(), "truncate-by-name".to_owned());
+    assert_eq!(control[&by_name], "ok", "control: truncate(2) unsandboxed");
+    assert_ne!(
+        std::fs::read_to_string(fx.p("outside.txt")).unwrap(),
+        original,
+        "control: the writes reached the file"
+    );
+    let jailed = run(&fx.p("jail").display().to_string());
+    for label in held {
+        let case =
+            format!("a process sandboxed writes a file ({label} its writable directory) it held");
+        println!("redteam: tried {case}");
+        for way in ways {
+            assert_eq!(
+                jailed
+                    .get(&(label.to_owned(), way.to_owned()))
+                    .map(String::as_str),
+                Some("EPERM"),
+                "{case}: {way} refused; {jailed:?}"
+            );
+        }
+        println!("redteam: denied {case}");
+        println!("redteam: control {case}");
+    }
+    let case = "a process sandboxed truncates a file outside its writable directory by name";
+    println!("redteam: tried {case}");
+    assert_eq!(jailed[&by_name], "EPERM", "{case}: {jailed:?}");
+    println!("redteam: denied {case}");
+    println!("redteam: control {case}");
+    assert_eq!(
+        std::fs::read_to_string(fx.p("outside.txt")).unwrap(),
+        original,
+        "nothing reached the file outside"
+    );
+    for (who, way) in controls {
+        assert_eq!(
+            jailed
+                .get(&(who.to_owned(), way.to_owned()))
+                .map(String::as_str),
+            Some("ok"),
+            "control: a sandboxed {who} {way} stays usable; {jailed:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(fx.dir.join("scratch/inside.txt")).unwrap(),
+        format!("{original}yc"),
+        "only the reopened file's writes (the process's and its child's) reached the file inside"
+    );
+    let ev = k
+        .try_event_where(Duration::from_secs(20), |e| {
+            Kind::from_u8(e.kind) == Some(Kind::File)
+                && e.detail & FILE_DETAIL_HELD != 0
+                && e.flags & flags::DENIED != 0
+                && e.flags & flags::SANDBOXED != 0
+        })
+        .expect("a refusal event for a held file");
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{ev:?}");
+    assert_eq!(ev.detail & 2, 2, "a write: {ev:?}");
+}

@@ -4,8 +4,9 @@
 use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
-    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN, Verdict,
-    c_str_len, caps, exec_map, flags, id_number, mount_op, unix_detail, unix_hook, unix_protected,
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN,
+    Verdict, c_str_len, caps, exec_map, flags, id_number, mount_op, unix_detail, unix_hook,
+    unix_protected,
 };
 
 use super::{
@@ -138,6 +139,10 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         Some(Kind::File) if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 => (
             "raw-device",
             "no raw storage devices for agents (block devices, SCSI and NVMe generic)",
+        ),
+        Some(Kind::File) if ev.detail & FILE_DETAIL_HELD != 0 => (
+            "held-file",
+            "a sandboxed process writes files only through descriptors it opened under its profile",
         ),
         Some(Kind::Capability) if ev.detail == URING_PERSONALITY => (
             "capability",
@@ -286,8 +291,8 @@ impl Record {
             ),
             (Some(Cause::MapFull), _) => (
                 "fail-closed:map-full".into(),
-                "the kernel's table of files agents wrote is full; a write it cannot remember \
-                 is refused"
+                "the kernel's table of files agents wrote (or of files sandboxed processes opened \
+                 for writing) is full; a write it cannot remember is refused"
                     .into(),
             ),
             (Some(Cause::NoProxy), _) => (
@@ -345,6 +350,11 @@ impl Record {
                 }
                 if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 {
                     object.detail.insert("device".into(), "raw storage".into());
+                }
+                if ev.detail & FILE_DETAIL_HELD != 0 {
+                    object
+                        .detail
+                        .insert("descriptor".into(), "not opened under the profile".into());
                 }
             }
             Some(Kind::Exec) => object.path = text(&ev.path),

@@ -1,7 +1,8 @@
 //! What a new build takes over from the previous build's maps when it hands over (see
 //! [`Enforcer::finish_handover`]): the state the programs keep between decisions, which no
 //! policy holds and a new build's empty maps would otherwise forget. Sandbox marks (a marked
-//! process would run under its agent's policy instead of its profile), armed sequence rules,
+//! process would run under its agent's policy instead of its profile) and the files those
+//! processes opened for writing under their profiles, armed sequence rules,
 //! the files agents wrote (which an exec allowlist keeps from being mapped executable), approved
 //! grants and throttle buckets.
 //!
@@ -21,6 +22,8 @@ pub struct Carried {
     pub unknown_profiles: usize,
     pub sequences: usize,
     pub written: usize,
+    /// Files sandboxed processes opened for writing under their profiles.
+    pub sandbox_files: usize,
     pub grants: usize,
     pub buckets: usize,
     /// Tables not carried (a layout this build cannot read), for the operator.
@@ -31,9 +34,10 @@ impl fmt::Display for Carried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} sandboxed processes ({} with a profile this build cannot tell, every action refused), {} armed sequence rules, {} files agents wrote, {} grants, {} throttle buckets",
+            "{} sandboxed processes ({} with a profile this build cannot tell, every action refused), {} files they opened for writing, {} armed sequence rules, {} files agents wrote, {} grants, {} throttle buckets",
             self.sandboxed,
             self.unknown_profiles,
+            self.sandbox_files,
             self.sequences,
             self.written,
             self.grants,
@@ -116,6 +120,13 @@ impl Enforcer {
             }
         }
         self.recount_marks()?;
+        // The files the marked processes opened for writing under their profiles, with the
+        // same marks; a build before this table has none to give (writes through those
+        // descriptors are then refused: fail closed).
+        if known && old_pins.join(pins::MAPS).join(maps::SANDBOX_FILES).exists() {
+            let files: Vec<(u64, u32)> = entries(old_pins, maps::SANDBOX_FILES)?;
+            carried.sandbox_files = self.merge(maps::SANDBOX_FILES, &files, |_, _| false)?;
+        }
         // Builds before the layout was kept have the same types for these (see
         // `RUNTIME_LAYOUT`); a newer layout cannot be read.
         if layout > governance_common::RUNTIME_LAYOUT {
