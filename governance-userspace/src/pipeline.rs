@@ -68,9 +68,20 @@ pub struct Delivered {
     pub json: Bytes,
 }
 
-/// A live subscription.
-pub struct Subscription {
-    pub rx: mpsc::Receiver<Delivered>,
+/// Records as the NDJSON lines of a live stream (a [`Publisher::subscribe_lines`]
+/// subscription): each record's JSON, as [`Delivered::json`], and a newline. Consecutive
+/// records the subscriber gets are one counted slice of the pipeline's buffer: nothing is
+/// allocated, copied or freed per record on their way to the client.
+#[derive(Clone, Debug)]
+pub struct Lines {
+    /// Records in `bytes`.
+    pub records: usize,
+    pub bytes: Bytes,
+}
+
+/// A live subscription: records ([`Delivered`]) or their lines ([`Lines`]).
+pub struct Subscription<T = Delivered> {
+    pub rx: mpsc::Receiver<T>,
     /// Records this subscriber lost because its queue was full.
     pub lost: Arc<AtomicU64>,
     /// The audit sequence number of the first record it can receive: records before it are in
@@ -79,6 +90,24 @@ pub struct Subscription {
     /// The stream's first record (`stream.subscribed`): the subscription is registered, with
     /// its filters and the last record before it.
     pub subscribed: Record,
+    /// Records queued in `rx` (its capacity is counted in records, not messages).
+    queued: Arc<AtomicUsize>,
+}
+
+impl Subscription<Lines> {
+    /// The next lines, in order; None when the stream has ended.
+    pub async fn recv(&mut self) -> Option<Lines> {
+        let lines = self.rx.recv().await?;
+        self.queued.fetch_sub(lines.records, Ordering::Relaxed);
+        Some(lines)
+    }
+
+    /// The next lines if some are queued.
+    pub fn try_recv(&mut self) -> Option<Lines> {
+        let lines = self.rx.try_recv().ok()?;
+        self.queued.fetch_sub(lines.records, Ordering::Relaxed);
+        Some(lines)
+    }
 }
 
 enum Msg {
@@ -86,12 +115,18 @@ enum Msg {
     Subscribe {
         filter: Filter,
         capacity: usize,
-        reply: oneshot::Sender<Subscription>,
+        reply: Reply,
     },
     /// Answered once everything sent before it is written (for orderly stops and tests).
     Flush(std_mpsc::Sender<()>),
     /// Write everything sent before it, close the audit log, end every subscription, stop.
     Stop,
+}
+
+/// Where a new subscription goes: what its subscriber gets.
+enum Reply {
+    Records(oneshot::Sender<Subscription<Delivered>>),
+    Lines(oneshot::Sender<Subscription<Lines>>),
 }
 
 /// Where records enter the pipeline. Cheap to clone; never blocks.
@@ -100,13 +135,36 @@ pub struct Publisher {
     tx: std_mpsc::Sender<Msg>,
     backlog: Arc<AtomicUsize>,
     audit: Arc<AuditHealth>,
+    spares: Spares,
 }
+
+/// Emptied batches the pipeline hands back for reuse: a batch of kernel records is a few
+/// hundred KB, and one freshly allocated for every publish is memory the kernel must fault
+/// in again (`cargo xtask bench events`, docs/benchmarks.md).
+type Spares = Arc<Mutex<Vec<Vec<Record>>>>;
+
+/// Emptied batches kept for reuse, at most.
+const SPARES: usize = 8;
+/// Batches smaller than this (in records) are not worth keeping.
+const SPARE_MIN: usize = 64;
 
 impl Publisher {
     /// The audit log's state: whether it is written, its failures and losses, and (under
     /// `--audit-on-failure block`) whether governed actions must be refused.
     pub fn audit_health(&self) -> &Arc<AuditHealth> {
         &self.audit
+    }
+
+    /// An empty batch with room for `capacity` records, reused when one is spare.
+    pub fn batch(&self, capacity: usize) -> Vec<Record> {
+        let spare = self.spares.lock().ok().and_then(|mut s| s.pop());
+        match spare {
+            Some(mut b) => {
+                b.reserve(capacity);
+                b
+            }
+            None => Vec::with_capacity(capacity),
+        }
     }
 
     pub fn publish(&self, r: Record) {
@@ -132,14 +190,30 @@ impl Publisher {
     /// `capacity` records.
     pub async fn subscribe(&self, filter: Filter, capacity: usize) -> Option<Subscription> {
         let (reply, rx) = oneshot::channel();
+        self.send_subscribe(filter, capacity, Reply::Records(reply))?;
+        rx.await.ok()
+    }
+
+    /// As [`Publisher::subscribe`], for a subscriber that wants only the records' NDJSON lines
+    /// (a live JSON stream): they come in runs, without the records themselves.
+    pub async fn subscribe_lines(
+        &self,
+        filter: Filter,
+        capacity: usize,
+    ) -> Option<Subscription<Lines>> {
+        let (reply, rx) = oneshot::channel();
+        self.send_subscribe(filter, capacity, Reply::Lines(reply))?;
+        rx.await.ok()
+    }
+
+    fn send_subscribe(&self, filter: Filter, capacity: usize, reply: Reply) -> Option<()> {
         self.tx
             .send(Msg::Subscribe {
                 filter,
                 capacity: capacity.max(1),
                 reply,
             })
-            .ok()?;
-        rx.await.ok()
+            .ok()
     }
 
     /// Stop the pipeline once everything published before this call is written: the audit log
@@ -206,6 +280,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
     let counts = AgentCounts::default();
     let next_seq = Arc::new(AtomicU64::new(audit.as_ref().map_or(0, |a| a.next_seq())));
     let stdout = if cfg.stdout { Stdout::start() } else { None };
+    let spares = Spares::default();
     let mut worker = Worker {
         audit,
         cfg,
@@ -215,6 +290,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
         counts: counts.clone(),
         next_seq: next_seq.clone(),
         backlog: backlog.clone(),
+        spares: spares.clone(),
         appended: 0,
         stdout,
         scratch: Vec::new(),
@@ -235,6 +311,7 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
             tx,
             backlog,
             audit: audit_health.clone(),
+            spares,
         },
         counts,
         next_seq,
@@ -270,10 +347,22 @@ fn gap_record(ids: Arc<Ids>) -> crate::audit::GapRecord {
 
 struct Sub {
     filter: Filter,
-    tx: mpsc::Sender<Delivered>,
+    out: SubOut,
     lost: Arc<AtomicU64>,
     /// Losses already reported to the subscriber.
     reported: u64,
+}
+
+/// What a subscriber is sent.
+enum SubOut {
+    /// One message per record; the queue holds `capacity` of them.
+    Records(mpsc::Sender<Delivered>),
+    /// Runs of lines; `queued` records of them wait in the queue, at most `capacity`.
+    Lines {
+        tx: mpsc::Sender<Lines>,
+        queued: Arc<AtomicUsize>,
+        capacity: usize,
+    },
 }
 
 struct Worker {
@@ -285,10 +374,11 @@ struct Worker {
     counts: AgentCounts,
     next_seq: Arc<AtomicU64>,
     backlog: Arc<AtomicUsize>,
+    spares: Spares,
     /// Records the audit log took (counted in the metrics once flushed).
     appended: u64,
     stdout: Option<Stdout>,
-    /// Where each record is serialised (reused; subscribers get an exact-size copy).
+    /// Where each record is serialised when nobody subscribes (reused).
     scratch: Vec<u8>,
     /// The id of the last record processed (a new subscription's starting point).
     last_id: String,
@@ -391,35 +481,7 @@ impl Worker {
                         // the ones processed after it. Process what is queued first so that
                         // the boundary is exact.
                         self.process(&mut batch);
-                        let (tx, rx) = mpsc::channel(capacity);
-                        let lost = Arc::new(AtomicU64::new(0));
-                        let from_seq = self.next_seq.load(Ordering::Relaxed);
-                        let sub = Subscription {
-                            rx,
-                            lost: lost.clone(),
-                            from_seq,
-                            subscribed: self.stream_record(
-                                "stream.subscribed",
-                                format!(
-                                    "subscribed: live records follow {}",
-                                    if self.last_id.is_empty() {
-                                        "from the first record"
-                                    } else {
-                                        self.last_id.as_str()
-                                    }
-                                ),
-                                &filter,
-                                from_seq,
-                            ),
-                        };
-                        if reply.send(sub).is_ok() {
-                            self.subs.push(Sub {
-                                filter,
-                                tx,
-                                lost,
-                                reported: 0,
-                            });
-                        }
+                        self.subscribe(filter, capacity, reply);
                     }
                     Msg::Flush(done) => flushes.push(done),
                 }
@@ -446,11 +508,19 @@ impl Worker {
                 &s.filter,
                 seq,
             );
-            let _ = s.tx.try_send(Delivered {
-                seq,
-                record: Arc::new(end),
-                json: Bytes::new(),
-            });
+            match &s.out {
+                SubOut::Records(tx) => {
+                    let _ = tx.try_send(Delivered {
+                        seq,
+                        record: Arc::new(end),
+                        json: Bytes::new(),
+                    });
+                }
+                SubOut::Lines { tx, queued, .. } => {
+                    queued.fetch_add(1, Ordering::Relaxed);
+                    let _ = tx.try_send(line_of(&end));
+                }
+            }
         }
         if let Some(audit) = self.audit.take()
             && let Err(e) = audit.close()
@@ -502,9 +572,15 @@ impl Worker {
             if !encoded {
                 out.truncate(start);
             }
-            let seq = self.append(r, encoded.then_some(&out[start..]));
+            let end = out.len();
+            let seq = self.append(r, encoded.then_some(&out[start..end]));
             if keep {
-                delivering.push((seq, chunks.len(), start..out.len()));
+                // Each record's line ends in a newline, so that lines subscribers get runs
+                // of consecutive records as one slice; the JSON is `start..end`.
+                if encoded {
+                    out.push(b'\n');
+                }
+                delivering.push((seq, chunks.len(), start..end));
             }
         }
         self.scratch = json;
@@ -529,15 +605,49 @@ impl Worker {
             out.print(lines);
         }
         // Nobody to deliver to when `delivering` is empty (a subscriber that came meanwhile
-        // starts after this batch).
-        let records = std::mem::take(&mut batch.chunks).into_iter().flatten();
-        for (r, (seq, chunk, range)) in records.zip(delivering) {
-            self.deliver(Delivered {
-                seq,
-                record: Arc::new(r),
-                json: chunks[chunk].slice(range),
-            });
+        // starts after this batch). Records go into shared references only when a subscriber
+        // takes records; lines subscribers get slices of `chunks`.
+        let mut records = std::mem::take(&mut batch.chunks);
+        if !delivering.is_empty() {
+            let shared: Vec<Delivered> = if self
+                .subs
+                .iter()
+                .any(|s| matches!(s.out, SubOut::Records(_)))
+            {
+                records
+                    .iter_mut()
+                    .flat_map(|c| c.drain(..))
+                    .zip(&delivering)
+                    .map(|(r, (seq, chunk, range))| Delivered {
+                        seq: *seq,
+                        record: Arc::new(r),
+                        json: chunks[*chunk].slice(range.clone()),
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            if self
+                .subs
+                .iter()
+                .any(|s| matches!(s.out, SubOut::Lines { .. }))
+            {
+                let refs: Vec<&Record> = if shared.is_empty() {
+                    records.iter().flatten().collect()
+                } else {
+                    shared.iter().map(|d| &*d.record).collect()
+                };
+                let metrics = &self.cfg.metrics;
+                self.subs.retain_mut(|s| {
+                    !matches!(s.out, SubOut::Lines { .. })
+                        || deliver_lines(s, &refs, &delivering, &chunks, metrics)
+                });
+            }
+            for d in shared {
+                self.deliver(d);
+            }
         }
+        self.recycle(records);
         batch.len = 0;
         self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
@@ -604,6 +714,78 @@ impl Worker {
         }
     }
 
+    /// Drop the batches' records and keep the larger emptied batches for reuse.
+    fn recycle(&self, chunks: Vec<Vec<Record>>) {
+        let Ok(mut spares) = self.spares.lock() else {
+            return;
+        };
+        for mut c in chunks {
+            c.clear();
+            if spares.len() < SPARES && c.capacity() >= SPARE_MIN {
+                spares.push(c);
+            }
+        }
+    }
+
+    /// Register a subscriber: it gets the records processed from now on.
+    fn subscribe(&mut self, filter: Filter, capacity: usize, reply: Reply) {
+        let lost = Arc::new(AtomicU64::new(0));
+        let from_seq = self.next_seq.load(Ordering::Relaxed);
+        let subscribed = self.stream_record(
+            "stream.subscribed",
+            format!(
+                "subscribed: live records follow {}",
+                if self.last_id.is_empty() {
+                    "from the first record"
+                } else {
+                    self.last_id.as_str()
+                }
+            ),
+            &filter,
+            from_seq,
+        );
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (out, sent) = match reply {
+            Reply::Records(reply) => {
+                let (tx, rx) = mpsc::channel(capacity);
+                let sub = Subscription {
+                    rx,
+                    lost: lost.clone(),
+                    from_seq,
+                    subscribed,
+                    queued,
+                };
+                (SubOut::Records(tx), reply.send(sub).is_ok())
+            }
+            Reply::Lines(reply) => {
+                // Every message holds at least one record: a queue of `capacity` messages
+                // never fills before `capacity` records do.
+                let (tx, rx) = mpsc::channel(capacity);
+                let sub = Subscription {
+                    rx,
+                    lost: lost.clone(),
+                    from_seq,
+                    subscribed,
+                    queued: queued.clone(),
+                };
+                let out = SubOut::Lines {
+                    tx,
+                    queued,
+                    capacity,
+                };
+                (out, reply.send(sub).is_ok())
+            }
+        };
+        if sent {
+            self.subs.push(Sub {
+                filter,
+                out,
+                lost,
+                reported: 0,
+            });
+        }
+    }
+
     /// A record about a live stream itself (never in the audit log).
     fn stream_record(
         &self,
@@ -621,26 +803,21 @@ impl Worker {
         r
     }
 
+    /// Hand one record to every records subscriber whose filter matches.
     fn deliver(&mut self, d: Delivered) {
         let metrics = &self.cfg.metrics;
         let seq = d.seq;
         self.subs.retain_mut(|s| {
+            let SubOut::Records(tx) = &s.out else {
+                return true;
+            };
             if !s.filter.matches(&d.record) {
-                return !s.tx.is_closed();
+                return !tx.is_closed();
             }
             let lost = s.lost.load(Ordering::Relaxed);
             if lost > s.reported {
-                let mut notice = Record::daemon(
-                    RecordType::Lifecycle,
-                    "subscriber.lost",
-                    format!(
-                        "this subscriber's queue was full: {} records were not delivered to it",
-                        lost - s.reported
-                    ),
-                );
-                notice.counts.insert("lost".into(), lost - s.reported);
-                notice.counts.insert("lost_total".into(), lost);
-                match s.tx.try_send(Delivered {
+                let notice = lost_notice(lost - s.reported, lost);
+                match tx.try_send(Delivered {
                     seq,
                     record: Arc::new(notice),
                     json: Bytes::new(),
@@ -655,7 +832,7 @@ impl Worker {
                 }
             }
             // Two counted references: the record and its bytes are shared, not copied.
-            match s.tx.try_send(d.clone()) {
+            match tx.try_send(d.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lost.fetch_add(1, Ordering::Relaxed);
@@ -666,6 +843,120 @@ impl Worker {
             }
         });
     }
+}
+
+/// The record that tells a subscriber how many records it lost.
+fn lost_notice(lost: u64, lost_total: u64) -> Record {
+    let mut notice = Record::daemon(
+        RecordType::Lifecycle,
+        "subscriber.lost",
+        format!("this subscriber's queue was full: {lost} records were not delivered to it"),
+    );
+    notice.counts.insert("lost".into(), lost);
+    notice.counts.insert("lost_total".into(), lost_total);
+    notice
+}
+
+/// One record as a line of its own (a record of the stream itself, or one that was not
+/// serialised with its batch).
+fn line_of(r: &Record) -> Lines {
+    let mut json = Vec::new();
+    if crate::events::json::write(r, &mut json).is_err() {
+        json = serde_json::to_vec(r).unwrap_or_else(|_| b"null".to_vec());
+    }
+    json.push(b'\n');
+    Lines {
+        records: 1,
+        bytes: Bytes::from(json),
+    }
+}
+
+/// Hand a batch to a lines subscriber (`s.out` is [`SubOut::Lines`]): the records its filter
+/// matches, as runs of consecutive lines, as far as its queue has room; the rest are lost,
+/// counted, and told (a `subscriber.lost` record) once it has room again. `records[i]` is
+/// serialised at `chunks[delivering[i].1]`, `delivering[i].2` (empty if it was not), its
+/// newline after it. False when the subscriber has gone.
+fn deliver_lines(
+    s: &mut Sub,
+    records: &[&Record],
+    delivering: &[(u64, usize, std::ops::Range<usize>)],
+    chunks: &[Bytes],
+    metrics: &Metrics,
+) -> bool {
+    let SubOut::Lines {
+        tx,
+        queued,
+        capacity,
+    } = &s.out
+    else {
+        return true;
+    };
+    // Sends one message; false when the subscriber has gone.
+    let send = |lines: Lines| -> bool {
+        queued.fetch_add(lines.records, Ordering::Relaxed);
+        match tx.try_send(lines) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(l)) => {
+                // Not reached (see `subscribe`), but never silent.
+                queued.fetch_sub(l.records, Ordering::Relaxed);
+                s.lost.fetch_add(l.records as u64, Ordering::Relaxed);
+                metrics.inc_subscriber_events_lost(l.records as u64);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    };
+    let mut room = capacity.saturating_sub(queued.load(Ordering::Relaxed));
+    // The run being gathered: its chunk, its bytes, its records.
+    let mut run: Option<(usize, std::ops::Range<usize>, usize)> = None;
+    let flush = |run: &mut Option<(usize, std::ops::Range<usize>, usize)>| -> bool {
+        match run.take() {
+            Some((chunk, range, records)) => send(Lines {
+                records,
+                bytes: chunks[chunk].slice(range),
+            }),
+            None => true,
+        }
+    };
+    for (r, (_, chunk, json)) in records.iter().zip(delivering) {
+        if !s.filter.matches(r) {
+            continue;
+        }
+        let lost = s.lost.load(Ordering::Relaxed);
+        if lost > s.reported && room > 0 {
+            if !flush(&mut run) || !send(line_of(&lost_notice(lost - s.reported, lost))) {
+                return false;
+            }
+            s.reported = lost;
+            room -= 1;
+        }
+        if room == 0 {
+            s.lost.fetch_add(1, Ordering::Relaxed);
+            metrics.inc_subscriber_events_lost(1);
+            continue;
+        }
+        room -= 1;
+        if json.is_empty() {
+            if !flush(&mut run) || !send(line_of(r)) {
+                return false;
+            }
+            continue;
+        }
+        let line = json.start..json.end + 1;
+        match &mut run {
+            Some((c, range, n)) if *c == *chunk && range.end == line.start => {
+                range.end = line.end;
+                *n += 1;
+            }
+            _ => {
+                if !flush(&mut run) {
+                    return false;
+                }
+                run = Some((*chunk, line, 1));
+            }
+        }
+    }
+    flush(&mut run) && !tx.is_closed()
 }
 
 /// The audit log reports its outages itself (once, and when it is written again); anything
@@ -891,6 +1182,120 @@ mod tests {
         thread.join().unwrap();
         let report = crate::audit::verify(&[dir.path().to_owned()], None).unwrap();
         assert_eq!(report.records, N as u64 + 1);
+    }
+
+    /// Lines subscribers get what records subscribers get, as NDJSON lines: every record
+    /// their filter matches, in order, the bytes `serde_json` writes plus a newline, in runs
+    /// of consecutive records; losses are counted and told as for records subscribers; the
+    /// stream ends with `stream.ended`.
+    #[tokio::test]
+    async fn lines_subscribers_get_the_same_records_as_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = start_in(dir.path());
+        let mut records = h
+            .publisher
+            .subscribe(Filter::default(), 100_000)
+            .await
+            .unwrap();
+        let mut steady = h
+            .publisher
+            .subscribe_lines(Filter::default(), 100_000)
+            .await
+            .unwrap();
+        let blocks = Filter {
+            outcomes: vec!["block".into()],
+            ..Default::default()
+        };
+        let mut filtered = h.publisher.subscribe_lines(blocks, 100_000).await.unwrap();
+        let mut slow = h
+            .publisher
+            .subscribe_lines(Filter::default(), 16)
+            .await
+            .unwrap();
+        let dead = h
+            .publisher
+            .subscribe_lines(Filter::default(), 16)
+            .await
+            .unwrap();
+        drop(dead);
+        const N: usize = 10_000;
+        // Every third record is a block: the filtered subscriber's runs are broken up.
+        let outcome = |i: usize| {
+            if i.is_multiple_of(3) {
+                "block"
+            } else {
+                "allow"
+            }
+        };
+        for i in 0..N {
+            let mut r = decision("a", outcome(i), "exec");
+            r.message = i.to_string();
+            h.publisher.publish(r);
+        }
+        h.publisher.flush();
+        let mut expected = Vec::new();
+        let mut expected_blocks = Vec::new();
+        for i in 0..N {
+            let d = records.rx.recv().await.unwrap();
+            assert_eq!(d.record.message, i.to_string());
+            let mut line = serde_json::to_vec(&*d.record).unwrap();
+            line.push(b'\n');
+            if i.is_multiple_of(3) {
+                expected_blocks.extend_from_slice(&line);
+            }
+            expected.extend_from_slice(&line);
+        }
+        // Takes lines until `len` bytes have come; how many messages they came in.
+        async fn take(sub: &mut Subscription<Lines>, len: usize) -> (Vec<u8>, usize, usize) {
+            let (mut got, mut messages, mut records) = (Vec::new(), 0, 0);
+            while got.len() < len {
+                let l = sub.recv().await.unwrap();
+                assert_eq!(l.bytes.iter().filter(|&&b| b == b'\n').count(), l.records);
+                got.extend_from_slice(&l.bytes);
+                messages += 1;
+                records += l.records;
+            }
+            (got, messages, records)
+        }
+        let (got, messages, n) = take(&mut steady, expected.len()).await;
+        assert!(got == expected, "the same bytes, in order");
+        assert_eq!(n, N);
+        assert!(
+            messages < N / 10,
+            "in runs, not a message per record: {messages}"
+        );
+        let (got, _, n) = take(&mut filtered, expected_blocks.len()).await;
+        assert!(got == expected_blocks, "only the blocks, in order");
+        assert_eq!(n, N.div_ceil(3));
+        assert_eq!(steady.lost.load(Ordering::Relaxed), 0);
+        assert_eq!(filtered.lost.load(Ordering::Relaxed), 0);
+        assert_eq!(slow.lost.load(Ordering::Relaxed), (N - 16) as u64);
+        let (got, _, n) = take(&mut slow, 1).await;
+        let mut first = got;
+        let mut n_slow = n;
+        while n_slow < 16 {
+            let (more, _, n) = take(&mut slow, 1).await;
+            first.extend_from_slice(&more);
+            n_slow += n;
+        }
+        assert_eq!(n_slow, 16);
+        assert!(first == expected[..first.len()], "the first 16 records");
+        assert!(slow.try_recv().is_none());
+        // Room again: the next record comes after a notice of the loss.
+        h.publisher.publish(decision("a", "allow", "exec"));
+        h.publisher.flush();
+        let notice: Record = serde_json::from_slice(&slow.recv().await.unwrap().bytes).unwrap();
+        assert_eq!(notice.kind, "subscriber.lost");
+        assert_eq!(notice.counts["lost"], (N - 16) as u64);
+        let next: Record = serde_json::from_slice(&slow.recv().await.unwrap().bytes).unwrap();
+        assert_eq!(next.outcome, "allow");
+        // Stopping ends the stream with a record that says why, then the end.
+        h.publisher.stop();
+        let (_, _, _) = take(&mut steady, 1).await; // the last allow
+        let ended: Record = serde_json::from_slice(&steady.recv().await.unwrap().bytes).unwrap();
+        assert_eq!(ended.kind, "stream.ended");
+        assert!(steady.recv().await.is_none());
+        h.thread.join().unwrap();
     }
 
     /// Replay from the audit log stops where a live subscription starts: nothing is missed or

@@ -58,7 +58,7 @@ use crate::{
     events::{Filter, Record, RecordType, parse_rfc3339},
     kernel::Enforcer,
     metrics::Metrics,
-    pipeline::{AgentCounts, Delivered, Publisher},
+    pipeline::{AgentCounts, Delivered, Lines, Publisher, Subscription},
 };
 
 /// Default queue length of a live event subscriber (records); beyond it, it loses records
@@ -657,6 +657,49 @@ async fn pump<T>(
     true
 }
 
+/// A live stream's subscription.
+enum Live {
+    Records(Subscription),
+    Lines(Subscription<Lines>),
+}
+
+impl Live {
+    fn first_seq(&self) -> u64 {
+        match self {
+            Live::Records(s) => s.from_seq,
+            Live::Lines(s) => s.from_seq,
+        }
+    }
+
+    fn subscribed(&self) -> &Record {
+        match self {
+            Live::Records(s) => &s.subscribed,
+            Live::Lines(s) => &s.subscribed,
+        }
+    }
+}
+
+/// Send a lines subscription's runs to the client: a run of at least half a
+/// [`STREAM_CHUNK`] as it is, smaller ones gathered with what else is queued.
+async fn pump_lines(sub: &mut Subscription<Lines>, tx: &mpsc::Sender<Bytes>) {
+    while let Some(first) = sub.recv().await {
+        let chunk = if first.bytes.len() >= STREAM_CHUNK / 2 {
+            first.bytes
+        } else {
+            let mut out = Vec::with_capacity(STREAM_CHUNK + 4096);
+            out.extend_from_slice(&first.bytes);
+            while out.len() < STREAM_CHUNK {
+                let Some(next) = sub.try_recv() else { break };
+                out.extend_from_slice(&next.bytes);
+            }
+            Bytes::from(out)
+        };
+        if tx.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn events(
     State(st): State<Arc<ApiState>>,
     headers: HeaderMap,
@@ -700,15 +743,26 @@ async fn events(
             format!("queue: between 1 and {MAX_SUBSCRIBER_QUEUE} records"),
         );
     }
-    let sub = if follow {
-        match st.publisher.subscribe(filter.clone(), queue).await {
-            Some(s) => Some(s),
-            None => return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
-        }
-    } else {
-        None
+    // A live JSON stream takes the lines the pipeline serialised, in runs; OCSF and SSE
+    // render each record.
+    let lines = !ocsf && !sse;
+    let sub = match (follow, lines) {
+        (false, _) => None,
+        (true, false) => st
+            .publisher
+            .subscribe(filter.clone(), queue)
+            .await
+            .map(Live::Records),
+        (true, true) => st
+            .publisher
+            .subscribe_lines(filter.clone(), queue)
+            .await
+            .map(Live::Lines),
     };
-    let until_seq = sub.as_ref().map_or(u64::MAX, |s| s.from_seq);
+    if follow && sub.is_none() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
+    }
+    let until_seq = sub.as_ref().map_or(u64::MAX, Live::first_seq);
     // Chunks of up to STREAM_CHUNK bytes on their way to the client; the subscription's own
     // queue is where records wait.
     let (tx, rx) = mpsc::channel::<Bytes>(8);
@@ -728,7 +782,7 @@ async fn events(
     // nothing, so a client can wait for it before it acts (then replay, then live records).
     if let Some(s) = &sub {
         let mut first = Vec::new();
-        frame(&mut first, &render(&s.subscribed, ocsf));
+        frame(&mut first, &render(s.subscribed(), ocsf));
         if tx.try_send(Bytes::from(first)).is_err() {
             return error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping");
         }
@@ -750,17 +804,23 @@ async fn events(
                 return;
             }
         }
-        let Some(mut sub) = sub else { return };
-        // The record as the pipeline serialised it for the audit log, else rendered here.
-        let put = |out: &mut Vec<u8>, d: &Delivered| {
-            if ocsf || d.json.is_empty() {
-                frame(out, &render(&d.record, ocsf));
-            } else {
-                frame(out, &d.json);
-            }
-        };
         // Ends when the client goes away: dropping the receiver unsubscribes.
-        pump(&mut sub.rx, &tx, put).await;
+        match sub {
+            None => {}
+            Some(Live::Lines(mut sub)) => pump_lines(&mut sub, &tx).await,
+            Some(Live::Records(mut sub)) => {
+                // The record as the pipeline serialised it for the audit log, else rendered
+                // here.
+                let put = |out: &mut Vec<u8>, d: &Delivered| {
+                    if ocsf || d.json.is_empty() {
+                        frame(out, &render(&d.record, ocsf));
+                    } else {
+                        frame(out, &d.json);
+                    }
+                };
+                pump(&mut sub.rx, &tx, put).await;
+            }
+        }
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))

@@ -118,7 +118,7 @@ fn publish_ring(
     let unknown = Names::default();
     let mut total = 0;
     loop {
-        let mut batch = Vec::with_capacity(PUBLISH_CHUNK);
+        let mut batch = publisher.batch(PUBLISH_CHUNK);
         while batch.len() < PUBLISH_CHUNK {
             let Some(item) = ring.next() else { break };
             let Some(ev) = events::parse(&item) else {
@@ -143,7 +143,10 @@ fn publish_ring(
                 // approval id, just before the request: what came before it goes first.
                 Some(g) => {
                     total += batch.len();
-                    publisher.publish_batch(std::mem::take(&mut batch));
+                    publisher.publish_batch(std::mem::replace(
+                        &mut batch,
+                        publisher.batch(PUBLISH_CHUNK),
+                    ));
                     escalate(approvals, publisher, r, g, n, ev.rule_id);
                     total += 1;
                 }

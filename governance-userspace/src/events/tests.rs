@@ -239,3 +239,25 @@ mod schema_tests {
         );
     }
 }
+
+proptest::proptest! {
+    /// A connect's destination is written as `core::fmt` writes the address and port.
+    #[test]
+    fn a_destination_is_written_as_fmt_writes_it(v4: u32, v6: u128, port: u16, mapped: bool) {
+        let ip = if mapped {
+            std::net::Ipv4Addr::from(v4).to_ipv6_mapped()
+        } else {
+            std::net::Ipv6Addr::from(v6)
+        };
+        let mut ev = event();
+        ev.kind = Kind::Connect as u8;
+        ev.addr = ip.octets();
+        ev.port = port;
+        let r = Record::from_kernel(&ev, &names(), &Clock::now());
+        let expected = match ip.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{port}"),
+            None => format!("[{ip}]:{port}"),
+        };
+        proptest::prop_assert_eq!(r.object.dest, expected);
+    }
+}
