@@ -90,7 +90,8 @@ pub struct Subscription<T = Delivered> {
     /// The stream's first record (`stream.subscribed`): the subscription is registered, with
     /// its filters and the last record before it.
     pub subscribed: Record,
-    /// Records queued in `rx` (its capacity is counted in records, not messages).
+    /// Lines subscriptions: records queued in `rx`, whose capacity is counted in records, not
+    /// messages (a records subscription's queue holds one record per message: always 0).
     queued: Arc<AtomicUsize>,
 }
 
