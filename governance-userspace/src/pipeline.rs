@@ -79,9 +79,10 @@ pub struct Lines {
     pub bytes: Bytes,
 }
 
-/// A live subscription: records ([`Delivered`]) or their lines ([`Lines`]).
-pub struct Subscription<T = Delivered> {
-    pub rx: mpsc::Receiver<T>,
+/// A live subscription: records ([`Delivered`], one per message) or their lines
+/// ([`LinesRx`]).
+pub struct Subscription<R = mpsc::Receiver<Delivered>> {
+    pub rx: R,
     /// Records this subscriber lost because its queue was full.
     pub lost: Arc<AtomicU64>,
     /// The audit sequence number of the first record it can receive: records before it are in
@@ -90,12 +91,16 @@ pub struct Subscription<T = Delivered> {
     /// The stream's first record (`stream.subscribed`): the subscription is registered, with
     /// its filters and the last record before it.
     pub subscribed: Record,
-    /// Lines subscriptions: records queued in `rx`, whose capacity is counted in records, not
-    /// messages (a records subscription's queue holds one record per message: always 0).
+}
+
+/// A lines subscription's queue: its capacity is counted in records, not messages.
+pub struct LinesRx {
+    rx: mpsc::Receiver<Lines>,
+    /// Records queued in `rx`.
     queued: Arc<AtomicUsize>,
 }
 
-impl Subscription<Lines> {
+impl LinesRx {
     /// The next lines, in order; None when the stream has ended.
     pub async fn recv(&mut self) -> Option<Lines> {
         let lines = self.rx.recv().await?;
@@ -126,8 +131,8 @@ enum Msg {
 
 /// Where a new subscription goes: what its subscriber gets.
 enum Reply {
-    Records(oneshot::Sender<Subscription<Delivered>>),
-    Lines(oneshot::Sender<Subscription<Lines>>),
+    Records(oneshot::Sender<Subscription>),
+    Lines(oneshot::Sender<Subscription<LinesRx>>),
 }
 
 /// Where records enter the pipeline. Cheap to clone; never blocks.
@@ -201,7 +206,7 @@ impl Publisher {
         &self,
         filter: Filter,
         capacity: usize,
-    ) -> Option<Subscription<Lines>> {
+    ) -> Option<Subscription<LinesRx>> {
         let (reply, rx) = oneshot::channel();
         self.send_subscribe(filter, capacity, Reply::Lines(reply))?;
         rx.await.ok()
@@ -639,10 +644,8 @@ impl Worker {
                     shared.iter().map(|d| &*d.record).collect()
                 };
                 let metrics = &self.cfg.metrics;
-                self.subs.retain_mut(|s| {
-                    !matches!(s.out, SubOut::Lines { .. })
-                        || deliver_lines(s, &refs, &delivering, &chunks, metrics)
-                });
+                self.subs
+                    .retain_mut(|s| deliver_lines(s, &refs, &delivering, &chunks, metrics));
             }
             for d in shared {
                 self.deliver(d);
@@ -745,7 +748,6 @@ impl Worker {
             &filter,
             from_seq,
         );
-        let queued = Arc::new(AtomicUsize::new(0));
         let (out, sent) = match reply {
             Reply::Records(reply) => {
                 let (tx, rx) = mpsc::channel(capacity);
@@ -754,7 +756,6 @@ impl Worker {
                     lost: lost.clone(),
                     from_seq,
                     subscribed,
-                    queued,
                 };
                 (SubOut::Records(tx), reply.send(sub).is_ok())
             }
@@ -762,12 +763,15 @@ impl Worker {
                 // Every message holds at least one record: a queue of `capacity` messages
                 // never fills before `capacity` records do.
                 let (tx, rx) = mpsc::channel(capacity);
+                let queued = Arc::new(AtomicUsize::new(0));
                 let sub = Subscription {
-                    rx,
+                    rx: LinesRx {
+                        rx,
+                        queued: queued.clone(),
+                    },
                     lost: lost.clone(),
                     from_seq,
                     subscribed,
-                    queued: queued.clone(),
                 };
                 let out = SubOut::Lines {
                     tx,
@@ -861,10 +865,7 @@ fn lost_notice(lost: u64, lost_total: u64) -> Record {
 /// One record as a line of its own (a record of the stream itself, or one that was not
 /// serialised with its batch).
 fn line_of(r: &Record) -> Lines {
-    let mut json = Vec::new();
-    if crate::events::json::write(r, &mut json).is_err() {
-        json = serde_json::to_vec(r).unwrap_or_else(|_| b"null".to_vec());
-    }
+    let mut json = serde_json::to_vec(r).unwrap_or_else(|_| b"null".to_vec());
     json.push(b'\n');
     Lines {
         records: 1,
@@ -872,7 +873,7 @@ fn line_of(r: &Record) -> Lines {
     }
 }
 
-/// Hand a batch to a lines subscriber (`s.out` is [`SubOut::Lines`]): the records its filter
+/// Hand a batch to a lines subscriber (others are left alone): the records its filter
 /// matches, as runs of consecutive lines, as far as its queue has room; the rest are lost,
 /// counted, and told (a `subscriber.lost` record) once it has room again. `records[i]` is
 /// serialised at `chunks[delivering[i].1]`, `delivering[i].2` (empty if it was not), its
@@ -1247,7 +1248,7 @@ mod tests {
             expected.extend_from_slice(&line);
         }
         // Takes lines until `len` bytes have come; how many messages they came in.
-        async fn take(sub: &mut Subscription<Lines>, len: usize) -> (Vec<u8>, usize, usize) {
+        async fn take(sub: &mut LinesRx, len: usize) -> (Vec<u8>, usize, usize) {
             let (mut got, mut messages, mut records) = (Vec::new(), 0, 0);
             while got.len() < len {
                 let l = sub.recv().await.unwrap();
@@ -1258,44 +1259,44 @@ mod tests {
             }
             (got, messages, records)
         }
-        let (got, messages, n) = take(&mut steady, expected.len()).await;
+        let (got, messages, n) = take(&mut steady.rx, expected.len()).await;
         assert!(got == expected, "the same bytes, in order");
         assert_eq!(n, N);
         assert!(
             messages < N / 10,
             "in runs, not a message per record: {messages}"
         );
-        let (got, _, n) = take(&mut filtered, expected_blocks.len()).await;
+        let (got, _, n) = take(&mut filtered.rx, expected_blocks.len()).await;
         assert!(got == expected_blocks, "only the blocks, in order");
         assert_eq!(n, N.div_ceil(3));
         assert_eq!(steady.lost.load(Ordering::Relaxed), 0);
         assert_eq!(filtered.lost.load(Ordering::Relaxed), 0);
         assert_eq!(slow.lost.load(Ordering::Relaxed), (N - 16) as u64);
-        let (got, _, n) = take(&mut slow, 1).await;
+        let (got, _, n) = take(&mut slow.rx, 1).await;
         let mut first = got;
         let mut n_slow = n;
         while n_slow < 16 {
-            let (more, _, n) = take(&mut slow, 1).await;
+            let (more, _, n) = take(&mut slow.rx, 1).await;
             first.extend_from_slice(&more);
             n_slow += n;
         }
         assert_eq!(n_slow, 16);
         assert!(first == expected[..first.len()], "the first 16 records");
-        assert!(slow.try_recv().is_none());
+        assert!(slow.rx.try_recv().is_none());
         // Room again: the next record comes after a notice of the loss.
         h.publisher.publish(decision("a", "allow", "exec"));
         h.publisher.flush();
-        let notice: Record = serde_json::from_slice(&slow.recv().await.unwrap().bytes).unwrap();
+        let notice: Record = serde_json::from_slice(&slow.rx.recv().await.unwrap().bytes).unwrap();
         assert_eq!(notice.kind, "subscriber.lost");
         assert_eq!(notice.counts["lost"], (N - 16) as u64);
-        let next: Record = serde_json::from_slice(&slow.recv().await.unwrap().bytes).unwrap();
+        let next: Record = serde_json::from_slice(&slow.rx.recv().await.unwrap().bytes).unwrap();
         assert_eq!(next.outcome, "allow");
         // Stopping ends the stream with a record that says why, then the end.
         h.publisher.stop();
-        let (_, _, _) = take(&mut steady, 1).await; // the last allow
-        let ended: Record = serde_json::from_slice(&steady.recv().await.unwrap().bytes).unwrap();
+        let (_, _, _) = take(&mut steady.rx, 1).await; // the last allow
+        let ended: Record = serde_json::from_slice(&steady.rx.recv().await.unwrap().bytes).unwrap();
         assert_eq!(ended.kind, "stream.ended");
-        assert!(steady.recv().await.is_none());
+        assert!(steady.rx.recv().await.is_none());
         h.thread.join().unwrap();
     }
 

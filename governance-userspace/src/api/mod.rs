@@ -58,7 +58,7 @@ use crate::{
     events::{Filter, Record, RecordType, parse_rfc3339},
     kernel::Enforcer,
     metrics::Metrics,
-    pipeline::{AgentCounts, Delivered, Lines, Publisher, Subscription},
+    pipeline::{AgentCounts, Delivered, LinesRx, Publisher, Subscription},
 };
 
 /// Default queue length of a live event subscriber (records); beyond it, it loses records
@@ -660,7 +660,7 @@ async fn pump<T>(
 /// A live stream's subscription.
 enum Live {
     Records(Subscription),
-    Lines(Subscription<Lines>),
+    Lines(Subscription<LinesRx>),
 }
 
 impl Live {
@@ -681,7 +681,7 @@ impl Live {
 
 /// Send a lines subscription's runs to the client: a run of at least half a
 /// [`STREAM_CHUNK`] as it is, smaller ones gathered with what else is queued.
-async fn pump_lines(sub: &mut Subscription<Lines>, tx: &mpsc::Sender<Bytes>) {
+async fn pump_lines(sub: &mut LinesRx, tx: &mpsc::Sender<Bytes>) {
     while let Some(first) = sub.recv().await {
         let chunk = if first.bytes.len() >= STREAM_CHUNK / 2 {
             first.bytes
@@ -807,7 +807,7 @@ async fn events(
         // Ends when the client goes away: dropping the receiver unsubscribes.
         match sub {
             None => {}
-            Some(Live::Lines(mut sub)) => pump_lines(&mut sub, &tx).await,
+            Some(Live::Lines(mut sub)) => pump_lines(&mut sub.rx, &tx).await,
             Some(Live::Records(mut sub)) => {
                 // The record as the pipeline serialised it for the audit log, else rendered
                 // here.
