@@ -135,8 +135,15 @@ type DocKey = (PathBuf, usize, [u8; 32]);
 /// reload that finds the same text at the same place takes the policy from here: only the
 /// documents that changed are parsed again. The policies are shared with the sets that hold
 /// them, not copied.
+///
+/// A large document that changed keeps its rules too, each by its line and text
+/// ([`super::items`]): only the rules that changed are parsed again.
 #[derive(Debug, Default)]
-pub struct Parsed(BTreeMap<DocKey, std::sync::Arc<Policy>>);
+pub struct Parsed {
+    docs: BTreeMap<DocKey, std::sync::Arc<Policy>>,
+    /// By file and first line of the document.
+    items: BTreeMap<(PathBuf, usize), items::Items>,
+}
 
 /// Parse and validate policy texts, given as (file name, contents).
 pub fn parse(sources: &[(PathBuf, String)]) -> Result<PolicySet, PolicyError> {
@@ -153,13 +160,20 @@ pub fn parse_reusing(
     let mut set = PolicySet::default();
     let mut problems = Vec::new();
     let mut names: BTreeMap<String, Location> = BTreeMap::new();
-    let mut earlier = std::mem::take(&mut parsed.0);
+    let mut earlier = std::mem::take(&mut parsed.docs);
+    let mut earlier_items = std::mem::take(&mut parsed.items);
     for (file, text) in sources {
         for (offset, doc) in documents(text) {
             let key: DocKey = (file.clone(), offset, Sha256::digest(doc.as_bytes()).into());
+            let items_key = (file.clone(), offset);
             // (the policy, whether the document had no problem: only those are kept)
             let (policy, clean) = match earlier.remove(&key) {
-                Some(policy) => (policy, true),
+                Some(policy) => {
+                    if let Some(items) = earlier_items.remove(&items_key) {
+                        parsed.items.insert(items_key, items);
+                    }
+                    (policy, true)
+                }
                 None => {
                     let before = problems.len();
                     let mut cx = Cx {
@@ -167,14 +181,19 @@ pub fn parse_reusing(
                         offset,
                         problems: &mut problems,
                     };
-                    let Some(policy) = parse_document(&mut cx, doc) else {
+                    let was = earlier_items.remove(&items_key);
+                    let (Some(policy), items) = parse_document(&mut cx, doc, was) else {
                         continue;
                     };
-                    (std::sync::Arc::new(policy), problems.len() == before)
+                    let clean = problems.len() == before;
+                    if let (true, Some(items)) = (clean, items) {
+                        parsed.items.insert(items_key, items);
+                    }
+                    (std::sync::Arc::new(policy), clean)
                 }
             };
             if clean {
-                parsed.0.insert(key, policy.clone());
+                parsed.docs.insert(key, policy.clone());
             }
             if let Some(first) = names.get(&policy.name) {
                 problems.push(Problem {
@@ -205,8 +224,20 @@ pub fn parse_reusing(
     }
 }
 
-/// One YAML document read and validated; None if it had problems (recorded in `cx`).
-fn parse_document(cx: &mut Cx, doc: &str) -> Option<Policy> {
+/// One YAML document read and validated; None if it had problems (recorded in `cx`). With
+/// it, the rules of a large document by their line and text, for its next read; `was` are
+/// those of its previous read (see [`super::items`]).
+fn parse_document(
+    cx: &mut Cx,
+    doc: &str,
+    was: Option<items::Items>,
+) -> (Option<Policy>, Option<items::Items>) {
+    let split = items::split(doc).filter(|s| s.items.len() >= items::MIN_ITEMS);
+    if let (Some(split), Some(was)) = (&split, was)
+        && let Some((policy, items)) = items::reread(cx, split, was)
+    {
+        return (Some(policy), Some(items));
+    }
     let node = match marked_yaml::parse_yaml_with_options(
         0,
         doc,
@@ -217,10 +248,15 @@ fn parse_document(cx: &mut Cx, doc: &str) -> Option<Policy> {
             // Broken YAML: nothing after the first error can be trusted.
             let (at, msg) = yaml_error(&e);
             cx.problem_at(at, msg);
-            return None;
+            return (None, None);
         }
     };
-    cx.document(node)
+    let before = cx.problems.len();
+    let parts = cx.parts(node);
+    let items = split
+        .filter(|_| parts.clean() && cx.problems.len() == before)
+        .and_then(|s| items::keep(&s, &parts.rules));
+    (cx.finish(parts, before), items)
 }
 
 pub(crate) fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {

@@ -24,6 +24,7 @@ pub use model::{Access, Mode, Posture, Protocol, SandboxNetwork, ThrottleKey, Ve
 use self::cond::Condition;
 
 mod error;
+mod items;
 mod load;
 mod sequence;
 mod set;

@@ -61,7 +61,7 @@ impl JsonSchema for OneOrMany {
 pub type List = Spanned<OneOrMany>;
 
 /// One policy document.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     /// Unique name of the policy; rule ids are quoted as `<name>/<rule id>`.
@@ -99,7 +99,7 @@ pub struct PolicyDoc {
 
 /// Built-in protections are on for every agent; a policy may relax them. A relaxation applies
 /// when an enforcing policy of the agent sets it `true` and none sets it `false`.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelDoc {
     /// Let the agent create raw (`SOCK_RAW`), packet (`AF_PACKET`) and netlink sockets, which
@@ -150,7 +150,7 @@ pub struct KernelDoc {
     pub allow_system_files: Option<bool>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyDoc {
     /// Largest request body the proxy buffers when a rule needs the body (`256KiB`, `1MiB`,
@@ -185,7 +185,7 @@ pub enum Mode {
     Shadow,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSelector {
     /// Glob over cgroup paths relative to the cgroup2 mount: `*` within one path segment,
@@ -219,7 +219,7 @@ pub struct AgentSelector {
 
 /// A Kubernetes label selector: every `matchLabels` pair and every `matchExpressions`
 /// requirement must hold.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
     /// Labels that must have exactly these values.
@@ -230,7 +230,7 @@ pub struct LabelSelector {
 }
 
 /// One requirement of a label selector.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelRequirement {
     pub key: String,
@@ -252,7 +252,7 @@ pub enum LabelOperator {
     DoesNotExist,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     #[schemars(with = "Option<Posture>")]
@@ -286,7 +286,7 @@ pub enum Report {
 }
 
 /// `defaults.report`: per kind of kernel action.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportDefaults {
     #[schemars(with = "Option<Report>")]
@@ -333,7 +333,7 @@ pub enum SandboxNetwork {
 /// The optional parts are boxed: with their spans inline a rule was 2,912 bytes, copied at each
 /// step of deserializing and validating it (a tenth of reading 10,000 rules); now it is 544.
 /// The schema is the same.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleDoc {
     /// Stable id, unique within the policy; events quote it.
@@ -403,7 +403,7 @@ impl Verdict {
     }
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecMatch {
     /// An executable, by absolute path.
@@ -416,7 +416,7 @@ pub struct ExecMatch {
     pub prefix: Option<Str>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FileMatch {
     #[serde(default)]
@@ -440,7 +440,7 @@ pub enum Access {
     Exec,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkMatch {
     /// Destination networks (IPv4 or IPv6 CIDR, or single addresses); one or a list.
@@ -463,7 +463,7 @@ pub struct NetworkMatch {
 /// decides on the socket itself: a `path` rule is resolved to the socket file's identity when
 /// the policy is loaded (and again whenever the file is re-created), so every name of that
 /// socket (a hard link, a bind mount, `/proc/self/root/...`, a relative path) is covered.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnixMatch {
     /// A filesystem socket, by absolute path (`/run/user/1000/bus`).
@@ -485,7 +485,7 @@ pub enum Protocol {
     Any,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpMatch {
     /// Exact host (`api.stripe.com`) or wildcard (`*.stripe.com`: any subdomain).
@@ -514,7 +514,7 @@ pub struct HttpMatch {
 }
 
 /// `sequence:`: what arms the rule, what stays allowed once it is armed, and for how long.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceDoc {
     /// The earlier action that arms the rule: `{ file: { prefix: /data/pii/, access: read } }`
@@ -532,7 +532,7 @@ pub struct SequenceDoc {
 }
 
 /// The arming action of a sequence rule.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceAfter {
     /// A file open, matched as a `file` rule matches (`path` or `prefix`, `access`).
@@ -540,7 +540,7 @@ pub struct SequenceAfter {
 }
 
 /// The allowlists of an armed sequence rule.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceThen {
     /// Connections and datagrams that go out directly (not through the HTTP proxy).
@@ -551,7 +551,7 @@ pub struct SequenceThen {
     pub http: Option<SequenceHttp>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceNetwork {
     /// The destinations that stay reachable directly.
@@ -560,7 +560,7 @@ pub struct SequenceNetwork {
 }
 
 /// Destinations: an address in one of `cidr` and a port in `ports` (any port when omitted).
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceNetExcept {
     #[serde(default)]
@@ -571,7 +571,7 @@ pub struct SequenceNetExcept {
     pub ports: Option<List>,
 }
 
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceHttp {
     /// Hosts (`api.internal.example`, `*.internal.example`) the proxy still lets requests go to.
@@ -580,7 +580,7 @@ pub struct SequenceHttp {
     pub except_hosts: Vec<Str>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct McpMatch {
     /// Tool name (glob).
@@ -592,7 +592,7 @@ pub struct McpMatch {
     pub arguments: Vec<Str>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ThrottleDoc {
     /// Requests allowed per `per`.
@@ -615,7 +615,7 @@ pub enum ThrottleKey {
     AgentRule,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EscalateDoc {
     /// How long to wait for a human: `30s`, `15m`.
@@ -627,7 +627,7 @@ pub struct EscalateDoc {
     pub on_timeout: Option<Posture>,
 }
 
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxDoc {
     /// A profile from `sandbox_profiles` (exec, file, network rules).

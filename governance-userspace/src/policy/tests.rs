@@ -502,3 +502,235 @@ fn documents_split_at_marker_lines_and_crlf_reads_the_same() {
     assert_eq!(e1, e2);
     assert!(e1.contains("p.yaml:11:"), "{e1}");
 }
+
+/// A document of `n` rules in every style the format allows (flow and block mappings, folded
+/// and literal reasons, quoted and plain strings, comments and blank lines between and inside
+/// items, nested sequences), with the `rules:` items at `indent` spaces.
+fn many_rules(n: usize, indent: usize, seed: u64) -> String {
+    let pad = " ".repeat(indent);
+    let mut y = String::from(
+        "# generated\nname: big\ndescription: many rules\nagents: { cgroup: agents/big }\ndefaults: { exec: allow, file: allow, network: allow, http: block }\nrules:  # the rules\n",
+    );
+    for i in 0..n {
+        let k = (i as u64).wrapping_mul(seed | 1) % 7;
+        let item = match k {
+            0 => format!(
+                "- {{ id: r{i}, exec: {{ path: /opt/x/{i} }}, verdict: block, reason: r{i} }}\n"
+            ),
+            1 => format!(
+                "- id: r{i}\n  file: {{ path: /srv/d/{i}.txt, access: [read, write] }}\n  verdict: block\n  reason: \"quoted # not a comment {i}\"\n"
+            ),
+            2 => format!(
+                "- id: r{i}\n  network:\n    cidr: 10.0.{k}.0/24\n    ports: [443, 8000-8999]\n    protocol: tcp\n  verdict: allow\n  reason: |\n    literal {i}\n    - not an item\n\n    rules: not a key\n"
+            ),
+            3 => format!(
+                "# a comment before r{i}\n\n- id: r{i}\n  http: {{ host: api{i}.example, method: POST, path: /v1/*, body: ['$.amount > {i}'] }}\n  verdict: escalate\n  escalate: {{ timeout: 10m, on_timeout: block }}\n  reason: >\n    folded\n    reason {i}\n"
+            ),
+            4 => format!(
+                "-\n  id: r{i}\n  exec: {{ prefix: /opt/p/{i} }}\n  verdict: block\n  reason: 'single ''quoted'' {i}'\n"
+            ),
+            5 => format!(
+                "- id: r{i}   # trailing comment\n  network: {{ cidr: 'fd00::{i:x}/128', ports: 53, protocol: udp }}\n  verdict: throttle\n  throttle: {{ rate: 60, per: 1m, key: agent }}\n  reason: \"two\n    lines {i}\"\n"
+            ),
+            _ => format!(
+                "- id: r{i}\n  file:\n    prefix: /srv/t/{i}\n    access:\n      - read\n      - exec\n  verdict: block\n  reason: plain\n    continued {i}\n"
+            ),
+        };
+        for line in item.split_inclusive('\n') {
+            if line.trim().is_empty() || line.starts_with('#') {
+                y.push_str(line);
+            } else {
+                y.push_str(&pad);
+                y.push_str(line);
+            }
+        }
+    }
+    y.push_str("# after the rules\nmode: enforce\n");
+    y
+}
+
+/// A small deterministic generator (xorshift), so that each case can be named by its number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// One edit of `text`: the usual ones (a value changed, an item added, removed or moved) and
+/// hostile ones (lines that look like items or keys, quotes and brackets left open, indentation
+/// changed, tabs, anchors, duplicate keys, document markers, bytes anywhere).
+fn edit(text: &str, rng: &mut Rng) -> String {
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    let at = rng.below(lines.len());
+    let inserted = [
+        "  - { id: added, exec: { path: /opt/added }, verdict: block, reason: added }\n",
+        "  - not a rule\n",
+        "- { id: outdented, exec: { path: /opt/o }, verdict: block, reason: o }\n",
+        "    reason: \"left open\n",
+        "    reason: [left, open\n",
+        "  - \"closes a string\"\n",
+        "rules:\n",
+        "rules :\n",
+        "---\n",
+        "...\n",
+        "x: 1\n",
+        "# a comment at column 0\n",
+        "\t- { id: tab, exec: { path: /opt/t }, verdict: block, reason: t }\n",
+        "  - &anchor { id: a, exec: { path: /opt/a }, verdict: block, reason: a }\n",
+        "  - *anchor\n",
+        "    verdict: allow\n",
+        "    id: duplicate\n",
+        "    reason: |\n",
+        "      indented text\n",
+        "\n",
+        "description: \"open\n",
+        "  - !tag { id: g, exec: { path: /opt/g }, verdict: block, reason: g }\n",
+    ];
+    match rng.below(8) {
+        // A value changed: a digit, a verdict, a path.
+        0 | 1 => {
+            let line = &mut lines[at];
+            for (from, to) in [
+                ("443", "8443"),
+                ("block", "allow"),
+                ("/opt", "/usr"),
+                ("1", "7"),
+            ] {
+                if line.contains(from) {
+                    *line = line.replacen(from, to, 1);
+                    break;
+                }
+            }
+        }
+        2 | 3 => lines.insert(at, inserted[rng.below(inserted.len())].to_owned()),
+        4 => {
+            lines.remove(at);
+        }
+        5 => {
+            // Indentation changed by one or two spaces.
+            let line = &mut lines[at];
+            match rng.below(3) {
+                0 => line.insert(0, ' '),
+                1 => line.insert_str(0, "  "),
+                _ => {
+                    if line.starts_with(' ') {
+                        line.remove(0);
+                    }
+                }
+            }
+        }
+        6 => {
+            // A line moved elsewhere.
+            let line = lines.remove(at);
+            let to = rng.below(lines.len() + 1);
+            lines.insert(to, line);
+        }
+        _ => {
+            // A byte anywhere.
+            let line = &mut lines[at];
+            let pos = rng.below(line.len() + 1);
+            let pos = (0..=pos)
+                .rev()
+                .find(|&p| line.is_char_boundary(p))
+                .unwrap_or(0);
+            let c = [
+                '"', '\'', '[', '{', ']', '}', ':', '#', '-', ' ', '|', '>', '&', '*', '!', '\t',
+                '\n', 'x', '%', '@', '`',
+            ][rng.below(21)];
+            line.insert(pos, c);
+        }
+    }
+    lines.concat()
+}
+
+/// What a read gives, to compare two reads: the policies (every rule, with its position) or
+/// the problems.
+fn outcome(r: Result<PolicySet, PolicyError>) -> String {
+    match r {
+        Ok(set) => format!("{:?}", set.policies),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A large document read again after an edit, with the rules of its previous read kept by
+/// their line and text (`policy::items`), reads as the edited document read from nothing: the
+/// same policy, every rule at its line, or the same problems. Edits of every kind, one to three
+/// at a time, over documents whose items sit at 0, 2 and 4 spaces, with LF and CRLF line ends;
+/// and the kept rules are used (a rule changed in place is read from them), or the test would
+/// show nothing.
+#[test]
+fn a_reread_of_changed_items_reads_as_the_whole_document() {
+    let file = PathBuf::from("big.yaml");
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut reused = 0;
+    let cases = 250;
+    for case in 0..cases {
+        let indent = [0, 2, 4][case % 3];
+        let base = many_rules(items::MIN_ITEMS + rng.below(12), indent, rng.next());
+        // Every fourth with CRLF line ends.
+        let base = if case % 4 == 3 {
+            base.replace('\n', "\r\n")
+        } else {
+            base
+        };
+        let mut parsed = Parsed::default();
+        let first = parse_reusing(&[(file.clone(), base.clone())], &mut parsed);
+        assert!(
+            first.is_ok(),
+            "case {case}: the generated document: {first:?}"
+        );
+        let mut text = base.clone();
+        for _ in 0..1 + rng.below(3) {
+            text = edit(&text, &mut rng);
+        }
+        let before = items::REREAD.load(std::sync::atomic::Ordering::Relaxed);
+        let again = outcome(parse_reusing(&[(file.clone(), text.clone())], &mut parsed));
+        reused += items::REREAD.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let whole = outcome(parse(&[(file.clone(), text.clone())]));
+        assert_eq!(again, whole, "case {case}: edited document:\n{text}");
+        // And once more, from what that read kept.
+        let third = edit(&text, &mut rng);
+        let again = outcome(parse_reusing(&[(file.clone(), third.clone())], &mut parsed));
+        let whole = outcome(parse(&[(file.clone(), third.clone())]));
+        assert_eq!(again, whole, "case {case}: edited twice:\n{third}");
+        // A rule of the generated document changed in place (a path, a reason): read from the
+        // kept rules, the one changed parsed alone.
+        let mut parsed = Parsed::default();
+        parse_reusing(&[(file.clone(), base.clone())], &mut parsed).unwrap();
+        let rule = rng.below(base.matches("id: r").count());
+        // Its id, `id: r<n>` followed by anything but a digit, made `id: q<n>`.
+        let id = format!("id: r{rule}");
+        let at = base
+            .match_indices(&id)
+            .map(|(at, _)| at)
+            .find(|&at| !base[at + id.len()..].starts_with(|c: char| c.is_ascii_digit()))
+            .expect("every rule has an id");
+        let changed = format!("{}id: q{}", &base[..at], &base[at + "id: q".len()..]);
+        let before = items::REREAD.load(std::sync::atomic::Ordering::Relaxed);
+        let again = outcome(parse_reusing(
+            &[(file.clone(), changed.clone())],
+            &mut parsed,
+        ));
+        assert_eq!(
+            items::REREAD.load(std::sync::atomic::Ordering::Relaxed),
+            before + 1,
+            "case {case}: rule r{rule} changed in place was not read from the kept rules"
+        );
+        assert_eq!(
+            again,
+            outcome(parse(&[(file.clone(), changed.clone())])),
+            "case {case}: rule r{rule} changed"
+        );
+        reused += 1;
+    }
+    assert!(reused > 0);
+}

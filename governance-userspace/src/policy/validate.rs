@@ -10,6 +10,27 @@ pub(super) struct Cx<'a> {
     pub(super) problems: &'a mut Vec<Problem>,
 }
 
+/// A document read into its parts ([`Cx::parts`]), before validation ([`Cx::finish`]).
+pub(super) struct Parts {
+    /// The policy without its rules (they are in `rules`).
+    pub(super) doc: Option<model::PolicyDoc>,
+    /// Whether it was read without a problem.
+    pub(super) top_clean: bool,
+    /// Whether its only problems were unknown fields.
+    pub(super) top_unknown_only: bool,
+    /// The rules read without a problem, in order.
+    pub(super) rules: Vec<model::RuleDoc>,
+    /// Whether every rule was.
+    pub(super) rules_clean: bool,
+}
+
+impl Parts {
+    /// Read without a problem: every rule of the document is in `rules`.
+    pub(super) fn clean(&self) -> bool {
+        self.doc.is_some() && self.top_clean && self.rules_clean
+    }
+}
+
 impl Cx<'_> {
     pub(super) fn loc(&self, span: &Span) -> Location {
         let (line, column) = span.start().map_or((self.offset + 1, 1), |m| {
@@ -41,15 +62,14 @@ impl Cx<'_> {
         }
     }
 
-    /// Read and validate one policy document (a parsed YAML tree); None if it had problems
-    /// (recorded, in the order they appear).
+    /// A document's tree (parsed YAML) read into its parts: the policy without its rules, and
+    /// the rules, each on its own (problems recorded; [`Cx::finish`] validates them).
     ///
     /// Every problem a document has is found, not just the first: the rules are read one by
     /// one, and a part with a problem is read again without the entry at fault (see
     /// [`recover`]). The parts read cleanly are then validated as usual; a part that had a
     /// problem is not, since what is left of it would report problems that are not there.
-    pub(super) fn document(&mut self, mut node: marked_yaml::Node) -> Option<Policy> {
-        let before = self.problems.len();
+    pub(super) fn parts(&mut self, mut node: marked_yaml::Node) -> Parts {
         let rule_nodes = match node.as_mapping_mut().and_then(|m| m.get_mut("rules")) {
             Some(marked_yaml::Node::Sequence(seq)) => std::mem::take(&mut **seq),
             _ => Vec::new(),
@@ -69,6 +89,25 @@ impl Cx<'_> {
                 }
             }
         }
+        Parts {
+            doc,
+            top_clean,
+            top_unknown_only,
+            rules,
+            rules_clean,
+        }
+    }
+
+    /// Validate a document's parts; None if it had problems (recorded since `before`, then put
+    /// in the order they appear).
+    pub(super) fn finish(&mut self, parts: Parts, before: usize) -> Option<Policy> {
+        let Parts {
+            doc,
+            top_clean,
+            top_unknown_only,
+            rules,
+            rules_clean,
+        } = parts;
         let policy = doc.and_then(|mut doc| {
             doc.rules = rules;
             if top_clean {

@@ -332,6 +332,11 @@ impl PipelineRun {
         self.decisions as f64 / self.flood.elapsed.as_secs_f64()
     }
 
+    /// The producers' CPU per decision, in ns.
+    pub(super) fn producer_ns(&self) -> f64 {
+        self.flood.cpu.as_secs_f64() * 1e9 / self.flood.attempts.max(1) as f64
+    }
+
     /// Decision records through the whole pipeline per second.
     pub(super) fn rate(&self) -> f64 {
         if self.through.is_zero() {

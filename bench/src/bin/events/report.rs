@@ -290,6 +290,40 @@ pub(super) fn report(
                 median(&total)
             ));
         }
+        // What the producers cost, per decision: with the daemon on the same two cores, the
+        // two share them, and the target is a budget for both. (A decision the ring had no room
+        // for costs its producer less: no record is written.)
+        r.push(
+            "   producer CPU per decision (user and system: its connect or open, the kernel's programs, the ring buffer's wakeups), median over the runs:"
+                .into(),
+        );
+        for &p in &opts.producers {
+            let of: Vec<&PipelineRun> = runs.iter().filter(|x| x.producers == p).collect();
+            let producer: Vec<f64> = of.iter().map(|x| x.producer_ns()).collect();
+            let daemon: Vec<f64> = of
+                .iter()
+                .map(|x| x.cpu_total().as_secs_f64() * 1e9 / x.recorded.max(1) as f64)
+                .collect();
+            let budget = 2e9 / PIPELINE_TARGET;
+            let left = budget - median(&producer);
+            let (lo, hi) = min_max(&producer);
+            r.push(format!(
+                "     {p} producer(s): {:.0} ns [{lo:.0}-{hi:.0}]; at {}/s two cores give {budget:.0} ns per event, {} for the daemon, which took {:.0} ns{}",
+                median(&producer),
+                ops(PIPELINE_TARGET),
+                if left > 0.0 {
+                    format!("{left:.0} ns left")
+                } else {
+                    "nothing left".into()
+                },
+                median(&daemon),
+                if left > 0.0 {
+                    format!(" ({:.1}x its budget)", median(&daemon) / left)
+                } else {
+                    String::new()
+                }
+            ));
+        }
         let verified = runs
             .iter()
             .filter(|x| matches!(&x.verify, Ok(t) if t != "not run"))

@@ -7,7 +7,8 @@ use super::*;
 
 /// `--worker connect ADDR|open PATH COUNT MS`: after the start line on stdin, make attempts
 /// until COUNT were made (0: no limit) or MS milliseconds passed (0: no limit). Prints
-/// "<attempts> <denied> <nanoseconds>".
+/// "<attempts> <denied> <nanoseconds> <CPU nanoseconds>" (its CPU time over the attempts, user
+/// and system: the system calls, the kernel's programs and the ring buffer's wakeups).
 pub(super) fn worker(args: &[String]) -> Res<()> {
     let [kind, target, count, ms] = args else {
         return Err("usage: --worker connect ADDR|open PATH COUNT MS".into());
@@ -65,6 +66,7 @@ pub(super) fn worker(args: &[String]) -> Res<()> {
         other => return Err(format!("unknown worker kind {other}")),
     };
     wait_for_go()?;
+    let cpu_start = own_cpu();
     let start = Instant::now();
     let (mut n, mut denied) = (0u64, 0u64);
     loop {
@@ -82,8 +84,21 @@ pub(super) fn worker(args: &[String]) -> Res<()> {
             break;
         }
     }
-    println!("{n} {denied} {}", start.elapsed().as_nanos());
+    let elapsed = start.elapsed();
+    let cpu = own_cpu().saturating_sub(cpu_start);
+    println!("{n} {denied} {} {}", elapsed.as_nanos(), cpu.as_nanos());
     Ok(())
+}
+
+/// This process's CPU time so far, user and system.
+fn own_cpu() -> Duration {
+    // SAFETY: getrusage(2) fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
 pub(super) struct Flood {
@@ -91,6 +106,8 @@ pub(super) struct Flood {
     pub(super) denied: u64,
     /// The longest worker's time.
     pub(super) elapsed: Duration,
+    /// The workers' CPU time, together.
+    pub(super) cpu: Duration,
 }
 
 /// Start `n` workers, place them in `cgroup`, start them together; wait for them all.
@@ -121,6 +138,7 @@ pub(super) fn flood(
         attempts: 0,
         denied: 0,
         elapsed: Duration::ZERO,
+        cpu: Duration::ZERO,
     };
     for w in workers {
         let out = w.finish()?;
@@ -128,12 +146,13 @@ pub(super) fn flood(
             .split_whitespace()
             .map(|w| w.parse().unwrap_or(0))
             .collect();
-        let [a, d, ns] = v[..] else {
+        let [a, d, ns, cpu] = v[..] else {
             return Err(format!("unexpected worker output {out:?}"));
         };
         f.attempts += a;
         f.denied += d;
         f.elapsed = f.elapsed.max(Duration::from_nanos(ns));
+        f.cpu += Duration::from_nanos(cpu);
     }
     if f.denied != f.attempts {
         return Err(format!(
