@@ -125,16 +125,30 @@ pub(super) fn split(doc: &str) -> Option<Split<'_>> {
 }
 
 /// The items of a document read whole, to keep for the next read: `rules` are its rules as
-/// read, one per item of `split` (None if they are not).
-pub(super) fn keep(split: &Split, rules: &[model::RuleDoc]) -> Option<Items> {
-    (split.items.len() == rules.len()).then(|| {
+/// read, starting at `lines` (0-based). Kept only when each rule is the item the lines found:
+/// one rule per item, each starting on its item's first line (or, after a `-` alone on that
+/// line, further down the item). Otherwise an item the lines found could be part of a string
+/// or a rule that started above it, and its text would not be what the rule kept under it was.
+pub(super) fn keep(split: &Split, rules: &[model::RuleDoc], lines: &[usize]) -> Option<Items> {
+    if split.items.len() != rules.len() || rules.len() != lines.len() {
+        return None;
+    }
+    let within = |n: usize, at: usize| {
+        let (first, text) = split.items[n];
+        let next = split.items.get(n + 1).map_or(usize::MAX, |i| i.0);
+        at == first || (at > first && at < next && text.lines().next().map(str::trim) == Some("-"))
+    };
+    if !lines.iter().enumerate().all(|(n, &at)| within(n, at)) {
+        return None;
+    }
+    Some(
         split
             .items
             .iter()
             .zip(rules)
             .map(|(&(line, text), rule)| (line, (text.into(), rule.clone())))
-            .collect()
-    })
+            .collect(),
+    )
 }
 
 /// Read a document from `split` and the items of its previous read: the rest of the policy

@@ -255,7 +255,7 @@ fn parse_document(
     let parts = cx.parts(node);
     let items = split
         .filter(|_| parts.clean() && cx.problems.len() == before)
-        .and_then(|s| items::keep(&s, &parts.rules));
+        .and_then(|s| items::keep(&s, &parts.rules, &parts.rule_lines));
     (cx.finish(parts, before), items)
 }
 

@@ -734,3 +734,52 @@ fn a_reread_of_changed_items_reads_as_the_whole_document() {
     }
     assert!(reused > 0);
 }
+/// A document read whole keeps its rules under the items its lines found only when each rule
+/// starts on its item's first line (or below a `-` alone on that line): a rule that started
+/// elsewhere would be kept under text that is not its own.
+#[test]
+fn rules_are_kept_only_under_the_items_they_start_in() {
+    let doc = many_rules(items::MIN_ITEMS, 2, 3);
+    let split = items::split(&doc).expect("the generated document's items");
+    let rules: Vec<model::RuleDoc> = {
+        let node = marked_yaml::parse_yaml_with_options(
+            0,
+            doc.as_str(),
+            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        let mut cx = Cx {
+            file: Path::new("big.yaml"),
+            offset: 0,
+            problems: &mut problems,
+        };
+        let parts = cx.parts(node);
+        assert!(parts.clean(), "{problems:?}");
+        let lines = parts.rule_lines.clone();
+        assert!(
+            items::keep(&split, &parts.rules, &lines).is_some(),
+            "as read"
+        );
+        let mut off = lines.clone();
+        off[1] += 1;
+        assert!(
+            items::keep(&split, &parts.rules, &off).is_none(),
+            "a rule one line down"
+        );
+        let shifted: Vec<usize> = [lines[0]]
+            .into_iter()
+            .chain(lines[..lines.len() - 1].iter().copied())
+            .collect();
+        assert!(
+            items::keep(&split, &parts.rules, &shifted).is_none(),
+            "each rule one item down"
+        );
+        assert!(
+            items::keep(&split, &parts.rules[1..], &lines[1..]).is_none(),
+            "a rule fewer"
+        );
+        parts.rules
+    };
+    assert_eq!(rules.len(), split.items.len());
+}

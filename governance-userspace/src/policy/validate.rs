@@ -20,6 +20,8 @@ pub(super) struct Parts {
     pub(super) top_unknown_only: bool,
     /// The rules read without a problem, in order.
     pub(super) rules: Vec<model::RuleDoc>,
+    /// The line (0-based, in the document) where each of them starts.
+    pub(super) rule_lines: Vec<usize>,
     /// Whether every rule was.
     pub(super) rules_clean: bool,
 }
@@ -79,10 +81,18 @@ impl Cx<'_> {
         let top_unknown_only = top.iter().all(|f| f.unknown_field);
         self.found(top, "");
         let mut rules = Vec::with_capacity(rule_nodes.len());
+        let mut rule_lines = Vec::with_capacity(rule_nodes.len());
         let mut rules_clean = true;
         for (i, rule) in rule_nodes.into_iter().enumerate() {
+            let line = rule
+                .span()
+                .start()
+                .map_or(0, |m| m.line().saturating_sub(1));
             match recover::<model::RuleDoc>(rule) {
-                (Some(rule), found) if found.is_empty() => rules.push(rule),
+                (Some(rule), found) if found.is_empty() => {
+                    rules.push(rule);
+                    rule_lines.push(line);
+                }
                 (_, found) => {
                     rules_clean = false;
                     self.found(found, &format!("rules[{i}]"));
@@ -94,6 +104,7 @@ impl Cx<'_> {
             top_clean,
             top_unknown_only,
             rules,
+            rule_lines,
             rules_clean,
         }
     }
@@ -107,6 +118,7 @@ impl Cx<'_> {
             top_unknown_only,
             rules,
             rules_clean,
+            ..
         } = parts;
         let policy = doc.and_then(|mut doc| {
             doc.rules = rules;
