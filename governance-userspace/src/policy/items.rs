@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 
-use super::{validate::Parts, *};
+use super::*;
 
 /// Documents with fewer rules are read whole every time (and keep nothing).
 pub(super) const MIN_ITEMS: usize = 64;
@@ -156,8 +156,7 @@ pub(super) fn keep(split: &Split, rules: &[model::RuleDoc], lines: &[usize]) -> 
 /// then validated as a whole. None (nothing recorded in `cx`) when it cannot be read this way
 /// or has any problem: the caller reads the whole document, for the messages.
 pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(Policy, Items)> {
-    let options = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
-    let head = marked_yaml::parse_yaml_with_options(0, split.head.as_str(), options).ok()?;
+    let head = marked_yaml::parse_yaml_with_options(0, split.head.as_str(), yaml_options()).ok()?;
     // `rules` is the key on the line found, and its value the `[]` written there: the line was
     // not inside a string of the rest of the document.
     let mapping = head.as_mapping()?;
@@ -191,7 +190,7 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
         offset: cx.offset,
         problems: &mut problems,
     };
-    let mut parts: Parts = quiet.parts(head);
+    let mut parts = quiet.parts(head);
     if !parts.clean() || !parts.rules.is_empty() {
         return None;
     }
@@ -210,9 +209,7 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
 fn alone(line: usize, text: &str) -> Option<model::RuleDoc> {
     let mut yaml = "\n".repeat(line);
     yaml.push_str(text);
-    let options = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .toplevel_sequence();
+    let options = yaml_options().toplevel_sequence();
     let node = marked_yaml::parse_yaml_with_options(0, yaml, options).ok()?;
     let mut entries = match node {
         marked_yaml::Node::Sequence(s) if s.len() == 1 => s,

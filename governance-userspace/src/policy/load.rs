@@ -238,11 +238,7 @@ fn parse_document(
     {
         return (Some(policy), Some(items));
     }
-    let node = match marked_yaml::parse_yaml_with_options(
-        0,
-        doc,
-        marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
-    ) {
+    let node = match marked_yaml::parse_yaml_with_options(0, doc, yaml_options()) {
         Ok(node) => node,
         Err(e) => {
             // Broken YAML: nothing after the first error can be trusted.
@@ -257,6 +253,11 @@ fn parse_document(
         .filter(|_| parts.clean() && cx.problems.len() == before)
         .and_then(|s| items::keep(&s, &parts.rules, &parts.rule_lines));
     (cx.finish(parts, before), items)
+}
+
+/// How a policy document is read: a key given twice is an error.
+pub(super) fn yaml_options() -> marked_yaml::LoaderOptions {
+    marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true)
 }
 
 pub(crate) fn yaml_error(le: &marked_yaml::LoadError) -> (Option<Marker>, String) {

@@ -332,6 +332,11 @@ impl PipelineRun {
         self.decisions as f64 / self.flood.elapsed.as_secs_f64()
     }
 
+    /// The daemon's CPU (all threads) per recorded event, in ns.
+    pub(super) fn daemon_ns(&self) -> f64 {
+        self.cpu_total().as_secs_f64() * 1e9 / self.recorded.max(1) as f64
+    }
+
     /// The producers' CPU per decision, in ns.
     pub(super) fn producer_ns(&self) -> f64 {
         self.flood.cpu.as_secs_f64() * 1e9 / self.flood.attempts.max(1) as f64

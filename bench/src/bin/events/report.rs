@@ -283,7 +283,7 @@ pub(super) fn report(
                     (median(&v) >= 10.0).then(|| format!("{n} {:.0} ns", median(&v)))
                 })
                 .collect();
-            let total: Vec<f64> = of.iter().map(|x| per_event(x, x.cpu_total())).collect();
+            let total: Vec<f64> = of.iter().map(|x| x.daemon_ns()).collect();
             r.push(format!(
                 "     {p} producer(s): {}; all threads {:.0} ns",
                 cells.join(", "),
@@ -300,10 +300,7 @@ pub(super) fn report(
         for &p in &opts.producers {
             let of: Vec<&PipelineRun> = runs.iter().filter(|x| x.producers == p).collect();
             let producer: Vec<f64> = of.iter().map(|x| x.producer_ns()).collect();
-            let daemon: Vec<f64> = of
-                .iter()
-                .map(|x| x.cpu_total().as_secs_f64() * 1e9 / x.recorded.max(1) as f64)
-                .collect();
+            let daemon: Vec<f64> = of.iter().map(|x| x.daemon_ns()).collect();
             let budget = 2e9 / PIPELINE_TARGET;
             let left = budget - median(&producer);
             let (lo, hi) = min_max(&producer);
