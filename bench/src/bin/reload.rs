@@ -5,8 +5,10 @@
 //! 1. *In process*, the daemon's own code path for a generation (what
 //!    `governance::daemon::generation::build` does, step by step, with a timer around each):
 //!    read and validate the policy directory (`policy::load_dir_hashed`, re-using the
-//!    unchanged documents of the previous round's read, as the daemon does), find the agent cgroups
-//!    (`agents::discover`), compile (`kernel::compile`, which also resolves file identities),
+//!    unchanged documents of the previous round's read, as the daemon does, while a thread lists
+//!    the built-in protected directories, `kernel::ReadAhead`), find the agent cgroups
+//!    (`agents::discover`), compile (`kernel::compile_ahead`, which also resolves file
+//!    identities),
 //!    install (`Enforcer::install`: write what differs into the generation's slot, flip),
 //!    then the names and the HTTP engine. "Enforcing in the kernel" is the moment the kernel's
 //!    active generation changes, seen by a second handle on the pinned maps polling it.
@@ -321,6 +323,7 @@ fn in_process(
             "writing the policy",
         )?;
         let t0 = Instant::now();
+        let ahead = ctx(kernel::ReadAhead::start(&protect), "listing ahead")?;
         let (set, _) = ctx(
             policy::load_dir_hashed(dir, &mut parsed),
             "loading the policy",
@@ -331,7 +334,7 @@ fn in_process(
             "finding agents",
         )?;
         let t2 = Instant::now();
-        let compiled = kernel::compile(&set, &found, g, &protect);
+        let compiled = kernel::compile_ahead(&set, &found, g, &protect, ahead);
         let t3 = Instant::now();
         if !compiled.errors.is_empty() {
             return Err(format!("the policy does not fit: {:?}", compiled.errors));

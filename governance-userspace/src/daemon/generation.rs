@@ -49,6 +49,17 @@ pub(super) fn build(
     pods: Option<&crate::kubernetes::Identities>,
     parsed: &mut policy::Parsed,
 ) -> anyhow::Result<Option<Built>> {
+    let pin_dir = enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?
+        .pin_dir
+        .clone();
+    let protect = protect(args, root, &pin_dir);
+    // Listing the built-in protected directories does not depend on the policy: it runs
+    // while the policy is read.
+    let ahead = kernel::ReadAhead::start(&protect)
+        .inspect_err(|e| tracing::warn!("listing the protected directories ahead: {e}"))
+        .ok();
     let (set, content_hash) = policy::load_dir_hashed(&args.policy, parsed)?;
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
@@ -63,8 +74,10 @@ pub(super) fn build(
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
-    let protect = protect(args, root, &enforcer.pin_dir);
-    let compiled = kernel::compile(&set, &found, number, &protect);
+    let compiled = match ahead {
+        Some(ahead) => kernel::compile_ahead(&set, &found, number, &protect, ahead),
+        None => kernel::compile(&set, &found, number, &protect),
+    };
     if !compiled.errors.is_empty() {
         anyhow::bail!(
             "the policy does not fit the kernel tables:\n  {}",
@@ -100,7 +113,6 @@ pub(super) fn build(
             ),
         }
     }
-    let pin_dir = enforcer.pin_dir.clone();
     drop(enforcer);
     crate::say!(
         "enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",

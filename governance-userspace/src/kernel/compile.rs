@@ -50,6 +50,7 @@ mod selectors;
 mod sequence;
 
 pub use self::builtins::*;
+pub use self::identities::ReadAhead;
 pub(crate) use self::selectors::Selectors;
 use self::{class::*, identities::*};
 
@@ -329,6 +330,20 @@ pub fn compile(
     compile_from(set, agents, generation, protect, 0)
 }
 
+/// [`compile`], with the built-in protected directories listed ahead ([`ReadAhead`], started
+/// with the same `protect`).
+pub fn compile_ahead(
+    set: &PolicySet,
+    agents: &[AgentCgroup],
+    generation: u32,
+    protect: &Protect,
+    ahead: ReadAhead,
+) -> KernelPolicy {
+    let mut identities = Identities::new(protect);
+    identities.ahead = ahead.join();
+    compile_with(set, agents, generation, protect, 0, identities)
+}
+
 /// [`compile`], numbering the classes after `first_class` (a drill's canary is added beside
 /// the generation's own classes, which are numbered from 1: see [`crate::drill`]).
 pub fn compile_from(
@@ -337,6 +352,18 @@ pub fn compile_from(
     generation: u32,
     protect: &Protect,
     first_class: u32,
+) -> KernelPolicy {
+    let identities = Identities::new(protect);
+    compile_with(set, agents, generation, protect, first_class, identities)
+}
+
+fn compile_with(
+    set: &PolicySet,
+    agents: &[AgentCgroup],
+    generation: u32,
+    protect: &Protect,
+    first_class: u32,
+    mut identities: Identities,
 ) -> KernelPolicy {
     let mut out = KernelPolicy {
         generation,
@@ -378,7 +405,6 @@ pub fn compile_from(
             MAX_THROTTLES / 2
         ));
     }
-    let mut identities = Identities::new(protect);
     // The same for every agent: resolved once.
     let cgroup_root = identities.spellings(&protect.cgroup_root);
     let mut builtins = Builtins {

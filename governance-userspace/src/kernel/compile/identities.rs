@@ -31,7 +31,9 @@ pub(super) type Found = (u32, u64, bool);
 /// still apply). Results are cached for the generation: agents share policies.
 pub(crate) struct Identities {
     pub(super) stat: foldhash::HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
-    pub(super) below: foldhash::HashMap<Vec<u8>, Vec<Vec<u8>>>,
+    pub(super) below: foldhash::HashMap<Vec<u8>, Listing>,
+    /// Listings read ahead of the compile ([`ReadAhead`]), taken as they are needed.
+    pub(super) ahead: foldhash::HashMap<Vec<u8>, Listing>,
     pub(super) budget: usize,
     pub(super) skip: Vec<Vec<u8>>,
     pub(crate) notes: BTreeSet<String>,
@@ -74,6 +76,7 @@ impl Identities {
         let mut identities = Self {
             stat: Default::default(),
             below: Default::default(),
+            ahead: Default::default(),
             budget: ENUMERATION_BUDGET,
             // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
             // its own protections), and the kernel settings' pseudo filesystems (hard links and
@@ -176,49 +179,78 @@ impl Identities {
     }
 
     /// Below directory `dir` (canonical): files with more than one name, and mount points.
+    ///
+    /// Listed once per generation, charged to the generation's budget: from the listing read
+    /// ahead of the compile ([`ReadAhead`]) if it has one, from a complete listing of a
+    /// directory above that went through `dir` (the same walk, below `dir`), or read now.
     pub(super) fn enumerate(&mut self, dir: &[u8]) -> Vec<Vec<u8>> {
-        use std::os::unix::ffi::OsStrExt as _;
         if self.skip.iter().any(|s| s == dir) {
             return Vec::new();
         }
-        if let Some(found) = self.below.get(dir) {
-            return found.clone();
+        if let Some(listed) = self.below.get(dir) {
+            return listed.found.clone();
         }
-        let mut found = Vec::new();
-        let root = Path::new(std::ffi::OsStr::from_bytes(dir));
-        let Ok(top) = std::fs::symlink_metadata(root) else {
-            return found;
+        let listed = match self.ahead.remove(dir) {
+            Some(ahead) if ahead.read <= self.budget => ahead,
+            _ => self
+                .within_listed(dir)
+                .unwrap_or_else(|| Listing::read(dir, self.budget)),
         };
-        let mut stack = vec![root.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else {
+        self.budget -= listed.read;
+        if !listed.complete {
+            self.notes.insert(format!(
+                "identity: stopped looking below {} after {ENUMERATION_BUDGET} entries; \
+                 hard links made before this load to files further below, and filesystems \
+                 mounted further below, are decided by their paths only",
+                String::from_utf8_lossy(dir)
+            ));
+        }
+        let found = listed.found.clone();
+        self.below.insert(dir.to_vec(), listed);
+        found
+    }
+
+    /// `dir`'s listing taken from a complete listing of a directory above it whose walk went
+    /// through `dir` (so `dir` is on that directory's filesystem, as everything the walk met
+    /// below it): the entries found below `dir`. Nothing is read, so nothing is charged.
+    fn within_listed(&self, dir: &[u8]) -> Option<Listing> {
+        let mut above = dir;
+        while let Some(i) = above.iter().rposition(|&b| b == b'/') {
+            if i == 0 {
+                return None;
+            }
+            above = &above[..i];
+            let Some(listed) = self.below.get(above).or_else(|| self.ahead.get(above)) else {
                 continue;
             };
-            for e in entries.flatten() {
-                if self.budget == 0 {
-                    self.notes.insert(format!(
-                        "identity: stopped looking below {} after {ENUMERATION_BUDGET} entries;                          hard links made before this load to files further below, and                          filesystems mounted further below, are decided by their paths only",
-                        root.display()
-                    ));
-                    self.below.insert(dir.to_vec(), found.clone());
-                    return found;
-                }
-                self.budget -= 1;
-                let Ok(meta) = e.metadata() else { continue };
-                let path = e.path();
-                if meta.is_dir() {
-                    if meta.dev() != top.dev() {
-                        found.push(path_bytes(&path));
-                    } else {
-                        stack.push(path);
-                    }
-                } else if !meta.file_type().is_symlink() && meta.nlink() > 1 {
-                    found.push(path_bytes(&path));
-                }
+            if !listed.complete
+                || listed
+                    .dirs
+                    .binary_search_by(|d| d.as_slice().cmp(dir))
+                    .is_err()
+            {
+                return None;
             }
+            let mut prefix = dir.to_vec();
+            prefix.push(b'/');
+            let below = |paths: &[Vec<u8>]| -> Vec<Vec<u8>> {
+                paths
+                    .iter()
+                    .filter(|p| p.starts_with(&prefix))
+                    .cloned()
+                    .collect()
+            };
+            return Some(Listing {
+                found: below(&listed.found),
+                read: 0,
+                complete: true,
+                dirs: [dir.to_vec()]
+                    .into_iter()
+                    .chain(below(&listed.dirs))
+                    .collect(),
+            });
         }
-        self.below.insert(dir.to_vec(), found.clone());
-        found
+        None
     }
 
     /// Resolve the class's file rules (and what they protect) into `c.idents`.
@@ -352,6 +384,115 @@ impl Identities {
                 c.idents.insert((dev, 0, SCOPE_DEVICE), marker);
             }
         }
+    }
+}
+
+/// What one walk below a directory found ([`Identities::enumerate`]).
+pub(super) struct Listing {
+    /// Files with more than one name, and mount points.
+    pub(super) found: Vec<Vec<u8>>,
+    /// The entries it read (charged to the budget).
+    pub(super) read: usize,
+    /// It read everything below (it did not stop at the budget).
+    pub(super) complete: bool,
+    /// The directories it went into, sorted.
+    pub(super) dirs: Vec<Vec<u8>>,
+}
+
+impl Listing {
+    /// Walk below `dir` (canonical), reading at most `budget` entries: a directory on another
+    /// device is a mount point (not walked into), and a file that is not a symlink with a link
+    /// count above 1 has another name.
+    pub(super) fn read(dir: &[u8], budget: usize) -> Listing {
+        use std::os::unix::ffi::OsStrExt as _;
+        let mut out = Listing {
+            found: Vec::new(),
+            read: 0,
+            complete: true,
+            dirs: Vec::new(),
+        };
+        let root = Path::new(std::ffi::OsStr::from_bytes(dir));
+        let Ok(top) = std::fs::symlink_metadata(root) else {
+            return out;
+        };
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            out.dirs.push(path_bytes(&d));
+            for e in entries.flatten() {
+                if out.read == budget {
+                    out.complete = false;
+                    return out;
+                }
+                out.read += 1;
+                let Ok(meta) = e.metadata() else { continue };
+                let path = e.path();
+                if meta.is_dir() {
+                    if meta.dev() != top.dev() {
+                        out.found.push(path_bytes(&path));
+                    } else {
+                        stack.push(path);
+                    }
+                } else if !meta.file_type().is_symlink() && meta.nlink() > 1 {
+                    out.found.push(path_bytes(&path));
+                }
+            }
+        }
+        out.dirs.sort();
+        out
+    }
+}
+
+/// The built-in protected directories (every relaxation's: the daemon's, the kernel settings'
+/// and the system files' that are listed at all) listed on a thread of their own while the
+/// daemon reads the policy: they do not depend on it, and listing them is most of resolving a
+/// generation's identities (thousands of `statx`). Each listing is what the compile would read
+/// itself a few milliseconds later, and a listing the walk cut short is read again by it.
+pub struct ReadAhead(std::thread::JoinHandle<foldhash::HashMap<Vec<u8>, Listing>>);
+
+impl ReadAhead {
+    pub fn start(protect: &Protect) -> std::io::Result<ReadAhead> {
+        let protect = protect.clone();
+        let thread = std::thread::Builder::new()
+            .name("read-ahead".into())
+            .spawn(move || {
+                let mut identities = Identities::new(&protect);
+                let dirs = protect
+                    .no_access
+                    .iter()
+                    .chain(&protect.no_write)
+                    .cloned()
+                    .chain(
+                        KERNEL_SETTINGS
+                            .iter()
+                            .chain(&SYSTEM_FILES)
+                            .map(PathBuf::from),
+                    );
+                let mut out = foldhash::HashMap::default();
+                for dir in dirs {
+                    for spelled in identities.spellings(&dir) {
+                        let Some((real, (_, _, true))) = identities.find(&spelled) else {
+                            continue;
+                        };
+                        if identities.skip.contains(&real) || out.contains_key(&real) {
+                            continue;
+                        }
+                        let listed = Listing::read(&real, ENUMERATION_BUDGET);
+                        if listed.complete {
+                            out.insert(real, listed);
+                        }
+                    }
+                }
+                out
+            })?;
+        Ok(ReadAhead(thread))
+    }
+
+    /// The listings, for the compile to take (none if the thread failed).
+    pub(super) fn join(self) -> foldhash::HashMap<Vec<u8>, Listing> {
+        self.0.join().unwrap_or_default()
     }
 }
 

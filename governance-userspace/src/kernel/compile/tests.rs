@@ -992,6 +992,113 @@ fn find_answers_as_canonicalize_and_stat() {
     }
 }
 
+/// A tree of directories with files that have other names outside it (hard links), for the
+/// listings: `top/{a, a/b, a/b/c}`, each with a file linked from `out/`, and plain files.
+fn linked_tree() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    for sub in ["top/a/b/c", "out", "rules/x"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    for (i, dir) in ["top", "top/a", "top/a/b", "top/a/b/c", "rules", "rules/x"]
+        .iter()
+        .enumerate()
+    {
+        std::fs::write(d.join(dir).join("plain"), "x").unwrap();
+        std::fs::write(d.join(dir).join("linked"), "x").unwrap();
+        std::fs::hard_link(d.join(dir).join("linked"), d.join(format!("out/{i}"))).unwrap();
+    }
+    (tmp, d)
+}
+
+/// The built-in protected directories listed ahead of the compile (`ReadAhead`), and listings
+/// taken from a listing above, leave the generation as the compile reading each itself.
+#[test]
+fn listings_read_ahead_leave_the_generation_as_it_was() {
+    let (_tmp, d) = linked_tree();
+    let protect = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![d.join("top")],
+        no_access: vec![d.join("top/a/b")],
+    };
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+             kernel: {{ allow_system_files: true, allow_kernel_settings: true }}\nrules:\n\
+             \x20 - {{ id: a, file: {{ prefix: {ds}/top/a, access: [read] }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: c, file: {{ prefix: {ds}/top/a/b/c }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: x, file: {{ prefix: {ds}/rules/x }}, verdict: block, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let agents = [agent(0, "a/one", None)];
+    let itself = compile(&set, &agents, 1, &protect);
+    let ahead = compile_ahead(
+        &set,
+        &agents,
+        1,
+        &protect,
+        ReadAhead::start(&protect).unwrap(),
+    );
+    assert!(
+        itself.errors.is_empty() && itself.notes.is_empty(),
+        "{itself:?}"
+    );
+    assert_eq!(format!("{ahead:?}"), format!("{itself:?}"));
+    // Not vacuous: the other names of the files below the protected directories carry their
+    // directories' answers, in the class (its rules) and in the built-ins (the protections).
+    // (`rules` itself is not: its file, out/4, has none.)
+    let c = &whole(&itself, &itself.classes[0]);
+    for i in 0..6 {
+        let other = verdicts(c, ident(&d.join(format!("out/{i}"))), SCOPE_SELF);
+        assert_eq!(other.is_some(), i != 4, "out/{i}: {:?}", c.keys());
+    }
+}
+
+/// A directory's listing is taken from a complete listing of a directory above it (charging
+/// nothing), and from one read ahead only within the budget; otherwise it is read.
+#[test]
+fn a_listing_comes_from_above_only_when_that_one_is_complete() {
+    let (_tmp, d) = linked_tree();
+    let bytes = |p: &str| path_bytes(&d.join(p));
+    let read = |p: &str| Listing::read(&bytes(p), ENUMERATION_BUDGET);
+    let full = read("top").read;
+    assert!(read("top").complete && full > 10);
+    // Below a complete listing: the same entries as reading it, nothing charged.
+    let mut ids = Identities::new(&protect());
+    assert_eq!(ids.enumerate(&bytes("top")), read("top").found);
+    assert_eq!(ids.budget, ENUMERATION_BUDGET - full);
+    for sub in ["top/a", "top/a/b", "top/a/b/c"] {
+        let want = read(sub).found;
+        assert!(!want.is_empty(), "{sub}");
+        assert_eq!(ids.enumerate(&bytes(sub)), want, "{sub}");
+    }
+    assert_eq!(ids.budget, ENUMERATION_BUDGET - full);
+    // Below a listing cut short by the budget: read again.
+    let mut ids = Identities::new(&protect());
+    ids.budget = 3;
+    ids.enumerate(&bytes("top"));
+    assert_eq!(ids.budget, 0);
+    assert_eq!(ids.notes.len(), 1);
+    ids.budget = ENUMERATION_BUDGET;
+    assert_eq!(ids.enumerate(&bytes("top/a/b")), read("top/a/b").found);
+    assert_eq!(ids.budget, ENUMERATION_BUDGET - read("top/a/b").read);
+    // Read ahead: taken (and charged) when the budget holds it, else read now, and cut.
+    for (budget, taken) in [(full, true), (full - 1, false)] {
+        let mut ids = Identities::new(&protect());
+        let mut stale = read("top");
+        stale.found.push(b"/read/ahead".to_vec());
+        ids.ahead.insert(bytes("top"), stale);
+        ids.budget = budget;
+        let found = ids.enumerate(&bytes("top"));
+        assert_eq!(found.contains(&b"/read/ahead".to_vec()), taken, "{budget}");
+        assert_eq!(ids.budget, 0);
+        assert_eq!(ids.notes.is_empty(), taken);
+    }
+}
+
 /// A sandbox mark names its profile, not its position: the rule's mark and the profile's
 /// AGENTS key are the hash of `<policy>/<profile>` under the agent's own root, the same when
 /// other profiles and agents come before it (which shift every class number).
