@@ -13,7 +13,7 @@
 //! `policy::tests::a_reread_of_changed_items_reads_as_the_whole_document` holds the two ways
 //! to the same policy and problems over generated documents and edits, hostile ones included.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::*;
 
@@ -28,8 +28,14 @@ const MAX_CHANGED: usize = 32;
 #[cfg(test)]
 pub(super) static REREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// A document's rules: by their first line, their text and what it read as.
-pub(super) type Items = HashMap<usize, (Box<str>, model::RuleDoc), foldhash::fast::RandomState>;
+/// A document's rules as validated: by their first line and their text, and what they were
+/// validated against (a rule's meaning depends on its policy's name, mode and sandbox
+/// profiles, besides its own text and place).
+#[derive(Debug)]
+pub(super) struct Items {
+    context: RuleContext,
+    rules: HashMap<usize, (Box<str>, Rule), foldhash::fast::RandomState>,
+}
 
 /// A document's `rules:` sequence, found from its lines.
 #[derive(Debug)]
@@ -124,12 +130,14 @@ pub(super) fn split(doc: &str) -> Option<Split<'_>> {
     })
 }
 
-/// The items of a document read whole, to keep for the next read: `rules` are its rules as
-/// read, starting at `lines` (0-based). Kept only when each rule is the item the lines found:
-/// one rule per item, each starting on its item's first line (or, after a `-` alone on that
-/// line, further down the item). Otherwise an item the lines found could be part of a string
-/// or a rule that started above it, and its text would not be what the rule kept under it was.
-pub(super) fn keep(split: &Split, rules: &[model::RuleDoc], lines: &[usize]) -> Option<Items> {
+/// The items of a document read whole and validated without a problem, to keep for the next
+/// read: `policy` is what it read as, its rules starting at `lines` (0-based). Kept only when
+/// each rule is the item the lines found: one rule per item, each starting on its item's first
+/// line (or, after a `-` alone on that line, further down the item). Otherwise an item the
+/// lines found could be part of a string or a rule that started above it, and its text would
+/// not be what the rule kept under it was.
+pub(super) fn keep(split: &Split, policy: &Policy, lines: &[usize]) -> Option<Items> {
+    let rules = &policy.rules;
     if split.items.len() != rules.len() || rules.len() != lines.len() {
         return None;
     }
@@ -141,20 +149,23 @@ pub(super) fn keep(split: &Split, rules: &[model::RuleDoc], lines: &[usize]) -> 
     if !lines.iter().enumerate().all(|(n, &at)| within(n, at)) {
         return None;
     }
-    Some(
-        split
+    Some(Items {
+        context: RuleContext::of(policy),
+        rules: split
             .items
             .iter()
             .zip(rules)
             .map(|(&(line, text), rule)| (line, (text.into(), rule.clone())))
             .collect(),
-    )
+    })
 }
 
 /// Read a document from `split` and the items of its previous read: the rest of the policy
-/// parsed, the items that changed parsed each on its own, the others taken from `earlier`;
-/// then validated as a whole. None (nothing recorded in `cx`) when it cannot be read this way
-/// or has any problem: the caller reads the whole document, for the messages.
+/// parsed and validated, the items that changed parsed and validated each on its own, the
+/// others taken from `earlier` as they were validated (when the policy's name, mode and
+/// sandbox profiles are those they were validated against). None (nothing recorded in `cx`)
+/// when it cannot be read this way or has any problem: the caller reads the whole document,
+/// for the messages.
 pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(Policy, Items)> {
     let head = marked_yaml::parse_yaml_with_options(0, split.head.as_str(), yaml_options()).ok()?;
     // `rules` is the key on the line found, and its value the `[]` written there: the line was
@@ -167,41 +178,57 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
     {
         return None;
     }
-    let mut rules = Vec::with_capacity(split.items.len());
-    let mut kept = Items::default();
-    let mut changed = 0;
-    for &(line, text) in &split.items {
-        let (text, rule) = match earlier.remove(&line) {
-            Some((was, rule)) if *was == *text => (was, rule),
-            _ => {
-                changed += 1;
-                if changed > MAX_CHANGED {
-                    return None;
-                }
-                (text.into(), alone(line, text)?)
-            }
-        };
-        rules.push(rule.clone());
-        kept.insert(line, (text, rule));
-    }
     let mut problems = Vec::new();
     let mut quiet = Cx {
         file: cx.file,
         offset: cx.offset,
         problems: &mut problems,
     };
-    let mut parts = quiet.parts(head);
+    let parts = quiet.parts(head);
     if !parts.clean() || !parts.rules.is_empty() {
         return None;
     }
-    parts.rules = rules;
-    let policy = quiet.finish(parts, 0)?;
+    let mut kept = None;
+    let policy = quiet.policy_with(parts.doc?, |cx, context, _| {
+        if *context != earlier.context {
+            return None;
+        }
+        let mut rules = Vec::with_capacity(split.items.len());
+        let mut items = HashMap::with_capacity_and_hasher(split.items.len(), Default::default());
+        let mut changed = 0;
+        for &(line, text) in &split.items {
+            let (text, rule) = match earlier.rules.remove(&line) {
+                Some((was, rule)) if *was == *text => (was, rule),
+                _ => {
+                    changed += 1;
+                    if changed > MAX_CHANGED {
+                        return None;
+                    }
+                    let doc = alone(line, text)?;
+                    let rule = cx.rule(&context.name, context.mode, &context.profiles, doc)?;
+                    (text.into(), rule)
+                }
+            };
+            rules.push(rule.clone());
+            items.insert(line, (text, rule));
+        }
+        // A duplicate id: the whole read says where.
+        let mut ids: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        if !rules.iter().all(|r| ids.insert(&r.id)) {
+            return None;
+        }
+        kept = Some(Items {
+            context: earlier.context,
+            rules: items,
+        });
+        Some(rules)
+    })?;
     if !problems.is_empty() {
         return None;
     }
     #[cfg(test)]
     REREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Some((policy, kept))
+    Some((policy, kept?))
 }
 
 /// One item, parsed on its own at its line (after that many empty lines): exactly one entry,

@@ -248,11 +248,14 @@ fn parse_document(
         }
     };
     let before = cx.problems.len();
-    let parts = cx.parts(node);
+    let mut parts = cx.parts(node);
+    let lines = std::mem::take(&mut parts.rule_lines);
+    let policy = cx.finish(parts, before);
     let items = split
-        .filter(|_| parts.clean() && cx.problems.len() == before)
-        .and_then(|s| items::keep(&s, &parts.rules, &parts.rule_lines));
-    (cx.finish(parts, before), items)
+        .zip(policy.as_ref())
+        .filter(|_| cx.problems.len() == before)
+        .and_then(|(s, policy)| items::keep(&s, policy, &lines));
+    (policy, items)
 }
 
 /// How a policy document is read: a key given twice is an error.

@@ -509,8 +509,10 @@ fn documents_split_at_marker_lines_and_crlf_reads_the_same() {
 fn many_rules(n: usize, indent: usize, seed: u64) -> String {
     let pad = " ".repeat(indent);
     let mut y = String::from(
-        "# generated\nname: big\ndescription: many rules\nagents: { cgroup: agents/big }\ndefaults: { exec: allow, file: allow, network: allow, http: block }\nrules:  # the rules\n",
+        "# generated\nname: big\ndescription: many rules\nagents: { cgroup: agents/big }\ndefaults: { exec: allow, file: allow, network: allow, http: block }\nsandbox_profiles:\n  jail: { network: none }\nrules:  # the rules\n",
     );
+    y.push_str(&pad);
+    y.push_str("- { id: jailed, exec: { prefix: /opt/jailed }, verdict: sandbox, sandbox: { profile: jail }, reason: j }\n");
     for i in 0..n {
         let k = (i as u64).wrapping_mul(seed | 1) % 7;
         let item = match k {
@@ -731,6 +733,26 @@ fn a_reread_of_changed_items_reads_as_the_whole_document() {
             "case {case}: rule r{rule} changed"
         );
         reused += 1;
+        // The rest of the document changed what the rules mean: the policy's name (each rule's
+        // id), its mode (the rules' own) or its sandbox profiles (the one a rule names gone):
+        // the kept rules are validated again.
+        for (from, to) in [
+            ("name: big", "name: bog"),
+            ("mode: enforce", "mode: shadow"),
+            ("  jail: {", "  cell: {"),
+        ] {
+            let mut parsed = Parsed::default();
+            parse_reusing(&[(file.clone(), base.clone())], &mut parsed).unwrap();
+            let edited = base.replacen(from, to, 1);
+            assert_eq!(
+                outcome(parse_reusing(
+                    &[(file.clone(), edited.clone())],
+                    &mut parsed
+                )),
+                outcome(parse(&[(file.clone(), edited.clone())])),
+                "case {case}: {from} → {to}"
+            );
+        }
     }
     assert!(reused > 0);
 }
@@ -741,45 +763,40 @@ fn a_reread_of_changed_items_reads_as_the_whole_document() {
 fn rules_are_kept_only_under_the_items_they_start_in() {
     let doc = many_rules(items::MIN_ITEMS, 2, 3);
     let split = items::split(&doc).expect("the generated document's items");
-    let rules: Vec<model::RuleDoc> = {
-        let node = marked_yaml::parse_yaml_with_options(
-            0,
-            doc.as_str(),
-            marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
-        )
-        .unwrap();
-        let mut problems = Vec::new();
-        let mut cx = Cx {
-            file: Path::new("big.yaml"),
-            offset: 0,
-            problems: &mut problems,
-        };
-        let parts = cx.parts(node);
-        assert!(parts.clean(), "{problems:?}");
-        let lines = parts.rule_lines.clone();
-        assert!(
-            items::keep(&split, &parts.rules, &lines).is_some(),
-            "as read"
-        );
-        let mut off = lines.clone();
-        off[1] += 1;
-        assert!(
-            items::keep(&split, &parts.rules, &off).is_none(),
-            "a rule one line down"
-        );
-        let shifted: Vec<usize> = [lines[0]]
-            .into_iter()
-            .chain(lines[..lines.len() - 1].iter().copied())
-            .collect();
-        assert!(
-            items::keep(&split, &parts.rules, &shifted).is_none(),
-            "each rule one item down"
-        );
-        assert!(
-            items::keep(&split, &parts.rules[1..], &lines[1..]).is_none(),
-            "a rule fewer"
-        );
-        parts.rules
+    let node = marked_yaml::parse_yaml_with_options(0, doc.as_str(), load::yaml_options()).unwrap();
+    let mut problems = Vec::new();
+    let mut cx = Cx {
+        file: Path::new("big.yaml"),
+        offset: 0,
+        problems: &mut problems,
     };
-    assert_eq!(rules.len(), split.items.len());
+    let parts = cx.parts(node);
+    assert!(parts.clean());
+    let lines = parts.rule_lines.clone();
+    let policy = cx
+        .finish(parts, 0)
+        .expect("the generated document's policy");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(policy.rules.len(), split.items.len());
+    assert!(items::keep(&split, &policy, &lines).is_some(), "as read");
+    let mut off = lines.clone();
+    off[1] += 1;
+    assert!(
+        items::keep(&split, &policy, &off).is_none(),
+        "a rule one line down"
+    );
+    let shifted: Vec<usize> = [lines[0]]
+        .into_iter()
+        .chain(lines[..lines.len() - 1].iter().copied())
+        .collect();
+    assert!(
+        items::keep(&split, &policy, &shifted).is_none(),
+        "each rule one item down"
+    );
+    let mut fewer = policy.clone();
+    fewer.rules.remove(0);
+    assert!(
+        items::keep(&split, &fewer, &lines[1..]).is_none(),
+        "a rule fewer"
+    );
 }

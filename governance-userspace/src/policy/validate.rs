@@ -10,6 +10,26 @@ pub(super) struct Cx<'a> {
     pub(super) problems: &'a mut Vec<Problem>,
 }
 
+/// What a policy's rules are validated against, besides their own text and place: the
+/// policy's name (the rules' ids are `<policy>/<id>`), its mode and its sandbox profiles.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct RuleContext {
+    pub(super) name: String,
+    pub(super) mode: Mode,
+    pub(super) profiles: BTreeMap<String, model::SandboxProfile>,
+}
+
+impl RuleContext {
+    /// The context `policy`'s rules were validated against.
+    pub(super) fn of(policy: &Policy) -> RuleContext {
+        RuleContext {
+            name: policy.name.clone(),
+            mode: policy.mode,
+            profiles: policy.sandbox_profiles.clone(),
+        }
+    }
+}
+
 /// A document read into its parts ([`Cx::parts`]), before validation ([`Cx::finish`]).
 pub(super) struct Parts {
     /// The policy without its rules (they are in `rules`).
@@ -193,6 +213,19 @@ impl Cx<'_> {
 
     /// Validate one policy document; None if it had problems (already recorded).
     pub(super) fn policy(&mut self, doc: model::PolicyDoc) -> Option<Policy> {
+        self.policy_with(doc, |cx, context, docs| {
+            Some(cx.rules(&context.name, context.mode, &context.profiles, docs))
+        })
+    }
+
+    /// [`policy`](Self::policy), its rules made by `rules` from its own (which it may leave
+    /// aside: a re-read takes the rules that did not change as they were validated, see
+    /// `items`); None if `rules` gave none.
+    pub(super) fn policy_with(
+        &mut self,
+        mut doc: model::PolicyDoc,
+        rules: impl FnOnce(&mut Self, &RuleContext, Vec<model::RuleDoc>) -> Option<Vec<Rule>>,
+    ) -> Option<Policy> {
         let before = self.problems.len();
         let name = doc.name.trim().to_owned();
         if !valid_name(&name) {
@@ -216,8 +249,17 @@ impl Cx<'_> {
             }
         }
         let report_defaults = self.report_defaults(&doc.defaults.report);
-        let profiles = self.profiles(&doc.sandbox_profiles);
-        let rules = self.rules(&name, mode, &profiles, doc.rules);
+        let context = RuleContext {
+            name,
+            mode,
+            profiles: self.profiles(&doc.sandbox_profiles),
+        };
+        let rules = rules(self, &context, std::mem::take(&mut doc.rules))?;
+        let RuleContext {
+            name,
+            mode,
+            profiles,
+        } = context;
         let max_body = doc
             .proxy
             .as_ref()
