@@ -3,7 +3,9 @@
 //! target for a change to be enforcing is 20 ms, `cargo xtask bench reload`). When its `rules:`
 //! is a block sequence whose items can be told apart by their lines alone ([`split`]), a
 //! re-read parses the rest of the document and the items that changed, each on its own at its
-//! own line, and takes the others from the previous read ([`reread`]).
+//! own line, and takes the others from the previous read as they were validated ([`reread`]):
+//! validating a rule depends on its text and place and on its policy's name, mode and sandbox
+//! profiles ([`RuleContext`]), and the kept rules are used only while those are the same.
 //!
 //! What makes an item's meaning its own: a block sequence's entries are delimited by
 //! indentation; the YAML this module reads refuses anchors, aliases and tags (an error, so
