@@ -50,7 +50,8 @@ impl<K, V> Default for Table<K, V> {
 pub(super) struct TableBuilder<K, V> {
     entries: Vec<(K, u32)>,
     values: Vec<V>,
-    index: std::collections::HashMap<V, u32>,
+    /// (foldhash, not SipHash: every entry of a generation hashes its value here.)
+    index: foldhash::HashMap<V, u32>,
 }
 
 impl<K, V> Default for TableBuilder<K, V> {
@@ -58,7 +59,7 @@ impl<K, V> Default for TableBuilder<K, V> {
         TableBuilder {
             entries: Vec::new(),
             values: Vec::new(),
-            index: std::collections::HashMap::new(),
+            index: foldhash::HashMap::default(),
         }
     }
 }

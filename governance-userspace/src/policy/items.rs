@@ -195,12 +195,12 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
         if *context != earlier.context {
             return None;
         }
+        // The kept rules are updated in place: only the changed items' are written.
         let mut rules = Vec::with_capacity(split.items.len());
-        let mut items = HashMap::with_capacity_and_hasher(split.items.len(), Default::default());
         let mut changed = 0;
         for &(line, text) in &split.items {
-            let (text, rule) = match earlier.rules.remove(&line) {
-                Some((was, rule)) if *was == *text => (was, rule),
+            match earlier.rules.get(&line) {
+                Some((was, rule)) if **was == *text => rules.push(rule.clone()),
                 _ => {
                     changed += 1;
                     if changed > MAX_CHANGED {
@@ -208,21 +208,23 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
                     }
                     let doc = alone(line, text)?;
                     let rule = cx.rule(&context.name, context.mode, &context.profiles, doc)?;
-                    (text.into(), rule)
+                    rules.push(rule.clone());
+                    earlier.rules.insert(line, (text.into(), rule));
                 }
-            };
-            rules.push(rule.clone());
-            items.insert(line, (text, rule));
+            }
         }
         // A duplicate id: the whole read says where.
         let mut ids: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
         if !rules.iter().all(|r| ids.insert(&r.id)) {
             return None;
         }
-        kept = Some(Items {
-            context: earlier.context,
-            rules: items,
-        });
+        // The rules of lines that no longer start an item.
+        if earlier.rules.len() != split.items.len() {
+            let lines: HashSet<usize, foldhash::fast::RandomState> =
+                split.items.iter().map(|&(line, _)| line).collect();
+            earlier.rules.retain(|line, _| lines.contains(line));
+        }
+        kept = Some(earlier);
         Some(rules)
     })?;
     if !problems.is_empty() {

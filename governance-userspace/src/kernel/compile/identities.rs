@@ -427,6 +427,11 @@ impl Listing {
                     return out;
                 }
                 out.read += 1;
+                // A symlink is neither walked into nor another name of a file: no `statx` (the
+                // listing's type, when the filesystem gives one).
+                if e.file_type().is_ok_and(|t| t.is_symlink()) {
+                    continue;
+                }
                 let Ok(meta) = e.metadata() else { continue };
                 let path = e.path();
                 if meta.is_dir() {
