@@ -323,7 +323,7 @@ fn in_process(
             "writing the policy",
         )?;
         let t0 = Instant::now();
-        let ahead = ctx(kernel::ReadAhead::start(&protect), "listing ahead")?;
+        let ahead = kernel::ReadAhead::start(protect.clone());
         let (set, _) = ctx(
             policy::load_dir_hashed(dir, &mut parsed),
             "loading the policy",
@@ -334,7 +334,7 @@ fn in_process(
             "finding agents",
         )?;
         let t2 = Instant::now();
-        let compiled = kernel::compile_ahead(&set, &found, g, &protect, ahead);
+        let compiled = kernel::compile_ahead(&set, &found, g, ahead);
         let t3 = Instant::now();
         if !compiled.errors.is_empty() {
             return Err(format!("the policy does not fit: {:?}", compiled.errors));

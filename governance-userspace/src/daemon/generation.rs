@@ -54,12 +54,9 @@ pub(super) fn build(
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?
         .pin_dir
         .clone();
-    let protect = protect(args, root, &pin_dir);
     // Listing the built-in protected directories does not depend on the policy: it runs
     // while the policy is read.
-    let ahead = kernel::ReadAhead::start(&protect)
-        .inspect_err(|e| tracing::warn!("listing the protected directories ahead: {e}"))
-        .ok();
+    let ahead = kernel::ReadAhead::start(protect(args, root, &pin_dir));
     let (set, content_hash) = policy::load_dir_hashed(&args.policy, parsed)?;
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
@@ -74,10 +71,7 @@ pub(super) fn build(
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
-    let compiled = match ahead {
-        Some(ahead) => kernel::compile_ahead(&set, &found, number, &protect, ahead),
-        None => kernel::compile(&set, &found, number, &protect),
-    };
+    let compiled = kernel::compile_ahead(&set, &found, number, ahead);
     if !compiled.errors.is_empty() {
         anyhow::bail!(
             "the policy does not fit the kernel tables:\n  {}",

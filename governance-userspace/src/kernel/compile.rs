@@ -330,18 +330,17 @@ pub fn compile(
     compile_from(set, agents, generation, protect, 0)
 }
 
-/// [`compile`], with the built-in protected directories listed ahead ([`ReadAhead`], started
-/// with the same `protect`).
+/// [`compile`] for what `ahead` protects, with the built-in protected directories listed
+/// ahead ([`ReadAhead`]).
 pub fn compile_ahead(
     set: &PolicySet,
     agents: &[AgentCgroup],
     generation: u32,
-    protect: &Protect,
-    ahead: ReadAhead,
+    mut ahead: ReadAhead,
 ) -> KernelPolicy {
-    let mut identities = Identities::new(protect);
+    let mut identities = Identities::new(&ahead.protect);
     identities.ahead = ahead.join();
-    compile_with(set, agents, generation, protect, 0, identities)
+    compile_with(set, agents, generation, &ahead.protect, 0, identities)
 }
 
 /// [`compile`], numbering the classes after `first_class` (a drill's canary is added beside

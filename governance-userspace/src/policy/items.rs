@@ -190,7 +190,6 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
     if !parts.clean() || !parts.rules.is_empty() {
         return None;
     }
-    let mut kept = None;
     let policy = quiet.policy_with(parts.doc?, |cx, context, _| {
         if *context != earlier.context {
             return None;
@@ -224,7 +223,6 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
                 split.items.iter().map(|&(line, _)| line).collect();
             earlier.rules.retain(|line, _| lines.contains(line));
         }
-        kept = Some(earlier);
         Some(rules)
     })?;
     if !problems.is_empty() {
@@ -232,7 +230,7 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
     }
     #[cfg(test)]
     REREAD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Some((policy, kept?))
+    Some((policy, earlier))
 }
 
 /// One item, parsed on its own at its line (after that many empty lines): exactly one entry,

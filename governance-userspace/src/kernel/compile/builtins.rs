@@ -145,23 +145,31 @@ pub(super) fn shared_denied(
     };
     let mut out = Vec::new();
     for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
-        let mut denied: Vec<PathBuf> = protect.no_access.clone();
-        if letter != access::READ {
-            denied.extend(protect.no_write.iter().cloned());
-            if relaxed & allow::KERNEL_SETTINGS == 0 {
-                denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
-            }
-            if relaxed & allow::SYSTEM_FILES == 0 {
-                denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
-            }
-        }
-        for d in &denied {
+        for d in &denied_dirs(protect, relaxed, letter) {
             for path in identities.spellings(d) {
                 out.push((letter, Node { path, exact: false }, r));
             }
         }
     }
     out
+}
+
+/// The paths the built-ins refuse access letter `letter` below, with the relaxations
+/// `relaxed`: the daemon's secrets, and for writes also the policy, the pins, the daemon's
+/// executable, the kernel's settings and the system files (each unless relaxed). With no
+/// relaxation, a write letter's are every built-in path.
+pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<PathBuf> {
+    let mut denied: Vec<PathBuf> = protect.no_access.clone();
+    if letter != access::READ {
+        denied.extend(protect.no_write.iter().cloned());
+        if relaxed & allow::KERNEL_SETTINGS == 0 {
+            denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
+        }
+        if relaxed & allow::SYSTEM_FILES == 0 {
+            denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+        }
+    }
+    denied
 }
 
 /// The keys of the shared built-ins' own nodes in a class's path table, as a prefix and as the

@@ -455,28 +455,22 @@ impl Listing {
 /// daemon reads the policy: they do not depend on it, and listing them is most of resolving a
 /// generation's identities (thousands of `statx`). Each listing is what the compile would read
 /// itself a few milliseconds later, and a listing the walk cut short is read again by it.
-pub struct ReadAhead(std::thread::JoinHandle<foldhash::HashMap<Vec<u8>, Listing>>);
+pub struct ReadAhead {
+    /// What the generation protects: the compile's too ([`super::compile_ahead`]).
+    pub(super) protect: Protect,
+    /// None if the thread could not be started: the compile lists everything itself.
+    thread: Option<std::thread::JoinHandle<foldhash::HashMap<Vec<u8>, Listing>>>,
+}
 
 impl ReadAhead {
-    pub fn start(protect: &Protect) -> std::io::Result<ReadAhead> {
-        let protect = protect.clone();
+    pub fn start(protect: Protect) -> ReadAhead {
+        let listed = protect.clone();
         let thread = std::thread::Builder::new()
             .name("read-ahead".into())
             .spawn(move || {
-                let mut identities = Identities::new(&protect);
-                let dirs = protect
-                    .no_access
-                    .iter()
-                    .chain(&protect.no_write)
-                    .cloned()
-                    .chain(
-                        KERNEL_SETTINGS
-                            .iter()
-                            .chain(&SYSTEM_FILES)
-                            .map(PathBuf::from),
-                    );
+                let mut identities = Identities::new(&listed);
                 let mut out = foldhash::HashMap::default();
-                for dir in dirs {
+                for dir in denied_dirs(&listed, 0, access::WRITE) {
                     for spelled in identities.spellings(&dir) {
                         let Some((real, (_, _, true))) = identities.find(&spelled) else {
                             continue;
@@ -484,20 +478,25 @@ impl ReadAhead {
                         if identities.skip.contains(&real) || out.contains_key(&real) {
                             continue;
                         }
-                        let listed = Listing::read(&real, ENUMERATION_BUDGET);
-                        if listed.complete {
-                            out.insert(real, listed);
+                        let listing = Listing::read(&real, ENUMERATION_BUDGET);
+                        if listing.complete {
+                            out.insert(real, listing);
                         }
                     }
                 }
                 out
-            })?;
-        Ok(ReadAhead(thread))
+            })
+            .inspect_err(|e| tracing::warn!("listing the protected directories ahead: {e}"))
+            .ok();
+        ReadAhead { protect, thread }
     }
 
     /// The listings, for the compile to take (none if the thread failed).
-    pub(super) fn join(self) -> foldhash::HashMap<Vec<u8>, Listing> {
-        self.0.join().unwrap_or_default()
+    pub(super) fn join(&mut self) -> foldhash::HashMap<Vec<u8>, Listing> {
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
     }
 }
 

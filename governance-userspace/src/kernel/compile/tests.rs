@@ -1035,13 +1035,7 @@ fn listings_read_ahead_leave_the_generation_as_it_was() {
     .unwrap();
     let agents = [agent(0, "a/one", None)];
     let itself = compile(&set, &agents, 1, &protect);
-    let ahead = compile_ahead(
-        &set,
-        &agents,
-        1,
-        &protect,
-        ReadAhead::start(&protect).unwrap(),
-    );
+    let ahead = compile_ahead(&set, &agents, 1, ReadAhead::start(protect.clone()));
     assert!(
         itself.errors.is_empty() && itself.notes.is_empty(),
         "{itself:?}"
