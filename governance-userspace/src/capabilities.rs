@@ -196,7 +196,10 @@ fn build(
             if block { "block" } else { "allow" }.into(),
         );
     }
-    let mut rules: Vec<&Rule> = governing.iter().flat_map(|p| p.rules.iter()).collect();
+    let mut rules: Vec<&Rule> = governing
+        .iter()
+        .flat_map(|p| p.rules.iter().map(|r| &**r))
+        .collect();
     // Per kind, in the engine's precedence order (stable: set order among equals).
     rules.sort_by(|a, b| {
         a.matcher

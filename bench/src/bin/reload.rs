@@ -310,6 +310,9 @@ fn in_process(
     let mut writes = Vec::new();
     // As the daemon keeps it: the documents of the previous read.
     let mut parsed = policy::Parsed::default();
+    // As the daemon holds it while the next generation is built: the enforcing one's engine
+    // and policies (freed after the new one replaces it, off the measured path).
+    let mut enforcing = None;
     for round in 0..rounds {
         *generation += 1;
         let g = *generation;
@@ -365,8 +368,9 @@ fn in_process(
         let flip = ctx(watch.seen.recv(), "the flip watcher")??;
         let _names = names(&set, &found, &selected(&set, &found));
         let rules = set.rule_count();
-        let _engine = Engine::new(set, g);
+        let engine = Engine::new(set, g);
         let t5 = Instant::now();
+        drop(enforcing.replace(engine));
         if round == 0 {
             summary.push(format!(
                 "  {rules} rules, {} agents → {tables}; {} exec paths skipped (missing)",

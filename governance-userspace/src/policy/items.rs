@@ -36,7 +36,7 @@ pub(super) static REREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::At
 #[derive(Debug)]
 pub(super) struct Items {
     context: RuleContext,
-    rules: HashMap<usize, (Box<str>, Rule), foldhash::fast::RandomState>,
+    rules: HashMap<usize, (Box<str>, Arc<Rule>), foldhash::fast::RandomState>,
 }
 
 /// A document's `rules:` sequence, found from its lines.
@@ -206,7 +206,8 @@ pub(super) fn reread(cx: &mut Cx, split: &Split, mut earlier: Items) -> Option<(
                         return None;
                     }
                     let doc = alone(line, text)?;
-                    let rule = cx.rule(&context.name, context.mode, &context.profiles, doc)?;
+                    let rule =
+                        Arc::new(cx.rule(&context.name, context.mode, &context.profiles, doc)?);
                     rules.push(rule.clone());
                     earlier.rules.insert(line, (text.into(), rule));
                 }

@@ -335,7 +335,8 @@ pub struct Policy {
     pub report_defaults: BTreeMap<Kind, report::Report>,
     /// The sandbox profiles as written; validation checked every `writable` prefix.
     pub sandbox_profiles: BTreeMap<String, model::SandboxProfile>,
-    pub rules: Vec<Rule>,
+    /// Shared: a re-read keeps the rules that did not change (see `items`).
+    pub rules: Vec<Arc<Rule>>,
     /// `proxy.max_body`: the largest body the HTTP proxy buffers for this policy's agents.
     pub max_body: Option<usize>,
     /// `proxy.intercept_tls`: hosts whose TLS the proxy intercepts for this policy's agents.
@@ -374,7 +375,9 @@ impl PolicySet {
     }
 
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
-        self.policies.iter().flat_map(|p| p.rules.iter())
+        self.policies
+            .iter()
+            .flat_map(|p| p.rules.iter().map(|r| &**r))
     }
 
     /// Every rule with its policy and its kernel rule number: 1, 2, ... in set order. The one
@@ -382,7 +385,7 @@ impl PolicySet {
     pub fn numbered(&self) -> impl Iterator<Item = (&Policy, &Rule, u32)> {
         self.policies
             .iter()
-            .flat_map(|p| p.rules.iter().map(move |r| (&**p, r)))
+            .flat_map(|p| p.rules.iter().map(move |r| (&**p, &**r)))
             .zip(1u32..)
             .map(|((p, r), n)| (p, r, n))
     }

@@ -214,7 +214,8 @@ impl Cx<'_> {
     /// Validate one policy document; None if it had problems (already recorded).
     pub(super) fn policy(&mut self, doc: model::PolicyDoc) -> Option<Policy> {
         self.policy_with(doc, |cx, context, docs| {
-            Some(cx.rules(&context.name, context.mode, &context.profiles, docs))
+            let rules = cx.rules(&context.name, context.mode, &context.profiles, docs);
+            Some(rules.into_iter().map(Arc::new).collect())
         })
     }
 
@@ -224,7 +225,7 @@ impl Cx<'_> {
     pub(super) fn policy_with(
         &mut self,
         mut doc: model::PolicyDoc,
-        rules: impl FnOnce(&mut Self, &RuleContext, Vec<model::RuleDoc>) -> Option<Vec<Rule>>,
+        rules: impl FnOnce(&mut Self, &RuleContext, Vec<model::RuleDoc>) -> Option<Vec<Arc<Rule>>>,
     ) -> Option<Policy> {
         let before = self.problems.len();
         let name = doc.name.trim().to_owned();

@@ -83,7 +83,7 @@ impl Selectors {
             p.rules
                 .iter()
                 .zip(self.first_rule[i]..)
-                .map(move |(r, n)| (p, r, n))
+                .map(move |(r, n)| (p, &**r, n))
         })
     }
 }
