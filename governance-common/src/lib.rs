@@ -372,7 +372,7 @@ pub const COUNTERS_LEN: u32 = 4;
 
 /// One side of a decision: the rule (or default) and its verdict.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleRef {
     /// Kernel rule id; [`NO_RULE`] for a default.
     pub rule_id: u32,
@@ -384,6 +384,19 @@ pub struct RuleRef {
     /// Throttle verdict: whose bucket (see [`BucketKey`]). Allow verdict: how the allowed
     /// action is reported (see [`report`]).
     pub aux: u16,
+}
+
+/// Hashed as one word, not field by field: the daemon hashes the value of every entry of a
+/// generation when it installs one.
+impl core::hash::Hash for RuleRef {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(
+            u64::from(self.rule_id)
+                | u64::from(self.verdict) << 32
+                | u64::from(self.present) << 40
+                | u64::from(self.aux) << 48,
+        );
+    }
 }
 
 /// What applies to an object: the enforcing rule and, if a shadow rule ranks above it, that

@@ -55,7 +55,7 @@ pub(super) fn build(
         .pin_dir
         .clone();
     // Listing the built-in protected directories does not depend on the policy: it runs
-    // while the policy is read.
+    // while the policy is read and compiled, up to the first listing the compile needs.
     let ahead = kernel::ReadAhead::start(protect(args, root, &pin_dir));
     let (set, content_hash) = policy::load_dir_hashed(&args.policy, parsed)?;
     if pods.is_none()

@@ -123,19 +123,38 @@ impl Ranked {
 
 /// The best enforcing rule and, if it ranks above that one, the best shadow rule.
 fn pair_of<'a>(covering: impl Iterator<Item = &'a Ranked>) -> Option<RulePair> {
-    let mut enforce: Option<&Ranked> = None;
-    let mut shadow: Option<&Ranked> = None;
-    for r in covering {
-        let slot = if r.shadow { &mut shadow } else { &mut enforce };
+    let mut best = Best::default();
+    covering.for_each(|r| best.add(r));
+    best.pair()
+}
+
+/// [`pair_of`] as a fold: the rules seen so far, the first of equal rank kept.
+#[derive(Clone, Copy, Default)]
+struct Best<'a> {
+    enforce: Option<&'a Ranked>,
+    shadow: Option<&'a Ranked>,
+}
+
+impl<'a> Best<'a> {
+    fn add(&mut self, r: &'a Ranked) {
+        let slot = if r.shadow {
+            &mut self.shadow
+        } else {
+            &mut self.enforce
+        };
         if slot.is_none_or(|s| r.key() > s.key()) {
             *slot = Some(r);
         }
     }
-    let shadow = shadow.filter(|s| enforce.is_none_or(|e| s.key() > e.key()));
-    (enforce.is_some() || shadow.is_some()).then(|| RulePair {
-        enforce: enforce.map(|r| r.rule).unwrap_or_default(),
-        shadow: shadow.map(|r| r.rule).unwrap_or_default(),
-    })
+
+    fn pair(self) -> Option<RulePair> {
+        let Best { enforce, shadow } = self;
+        let shadow = shadow.filter(|s| enforce.is_none_or(|e| s.key() > e.key()));
+        (enforce.is_some() || shadow.is_some()).then(|| RulePair {
+            enforce: enforce.map(|r| r.rule).unwrap_or_default(),
+            shadow: shadow.map(|r| r.rule).unwrap_or_default(),
+        })
+    }
 }
 
 fn kverdict(v: Verdict) -> KVerdict {
@@ -172,9 +191,11 @@ struct Node {
 }
 
 impl Node {
-    fn bytes(&self) -> Vec<u8> {
-        let mut b = self.path.clone();
-        if self.exact {
+    /// The node as the kernel's trie holds it: the path and NUL (exact) or `/` (a prefix).
+    fn bytes_of(path: &[u8], exact: bool) -> Vec<u8> {
+        let mut b = Vec::with_capacity(path.len() + 1);
+        b.extend_from_slice(path);
+        if exact {
             b.push(0);
         } else if b.last() != Some(&b'/') {
             b.push(b'/');
@@ -213,51 +234,6 @@ const WRITE_LETTERS: [u8; 3] = [access::WRITE, access::CREATE, access::TRUNCATE]
 
 /// A destination rule: (prefix128, masked address, rank, port lo, port hi, protocol, via proxy).
 type NetRule = (u32, [u8; 16], Ranked, u16, u16, u8, bool);
-
-/// Path rules of one access letter by node (path, exact), so the rules covering a node are
-/// found with one lookup per directory level instead of a scan.
-struct NodeIndex<'a> {
-    /// (Hashed with foldhash: this and the identities' cache are most of a compile's lookups.)
-    by_node: foldhash::HashMap<(&'a [u8], bool), Vec<&'a Ranked>>,
-}
-
-impl<'a> NodeIndex<'a> {
-    fn new(list: &'a [(Node, Ranked)]) -> Self {
-        let mut by_node: foldhash::HashMap<(&[u8], bool), Vec<&Ranked>> = Default::default();
-        for (n, r) in list {
-            by_node.entry((&n.path, n.exact)).or_default().push(r);
-        }
-        Self { by_node }
-    }
-
-    /// Rules at `node` itself and at every directory prefix that covers it: `/`, then at each
-    /// later `/` the directory without and with it, then the path itself as a directory, then
-    /// the exact node. That is shortest first, the order of the nodes as [`Node`]s, which
-    /// decides between rules that rank alike (see [`pair_of`]). Allocates nothing: it runs for
-    /// every node of every class.
-    fn covering<'n>(&'n self, node: &'n Node) -> impl Iterator<Item = &'a Ranked> + 'n {
-        let path = &node.path[..];
-        let dirs = path
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter(|(_, c)| **c == b'/')
-            .flat_map(|(i, _)| [i, i + 1]);
-        let mut last = None;
-        path.starts_with(b"/")
-            .then_some(1)
-            .into_iter()
-            .chain(dirs)
-            .chain([path.len()])
-            // Lengths only grow; a path ending in `/` names its last directory twice.
-            .filter(move |&n| last.replace(n) != Some(n))
-            .map(|n| (&path[..n], false))
-            .chain(node.exact.then_some((path, true)))
-            .filter_map(|k| self.by_node.get(&k))
-            .flatten()
-            .copied()
-    }
-}
 
 /// Everything a class is built from, before push-down.
 #[derive(Default, Clone)]
@@ -339,7 +315,7 @@ pub fn compile_ahead(
     mut ahead: ReadAhead,
 ) -> KernelPolicy {
     let mut identities = Identities::new(&ahead.protect);
-    identities.ahead = ahead.join();
+    identities.listing = ahead.thread.take();
     compile_with(set, agents, generation, &ahead.protect, 0, identities)
 }
 
@@ -761,7 +737,7 @@ fn compile_with(
     // After the built-in classes: a sequence class relaxes nothing and holds no built-ins.
     out.classes.extend(seq_classes);
     out.unenforceable = unenforceable.into_iter().collect();
-    out.notes = identities.notes.into_iter().collect();
+    out.notes = std::mem::take(&mut identities.notes).into_iter().collect();
     let count =
         |f: fn(&Class) -> usize| -> usize { out.classes.iter().chain(&out.builtins).map(f).sum() };
     let sizes = [

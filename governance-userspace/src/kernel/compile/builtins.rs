@@ -178,11 +178,10 @@ pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> Vec<(u8, Vec<u8>)> {
     shared
         .iter()
         .flat_map(|(letter, node, _)| {
-            let exact = Node {
-                path: node.path.clone(),
-                exact: true,
-            };
-            [(*letter, node.bytes()), (*letter, exact.bytes())]
+            [
+                (*letter, Node::bytes_of(&node.path, node.exact)),
+                (*letter, Node::bytes_of(&node.path, true)),
+            ]
         })
         .collect()
 }

@@ -7,10 +7,15 @@ use super::*;
 /// the longest node of letter `letter` that `query` starts with.
 pub(super) fn answer(c: &Class, letter: u8, query: &[u8]) -> Option<RulePair> {
     // Nodes end in `/` (directories) or NUL (exact paths): only those prefixes can match.
+    let mut key = (letter, Vec::with_capacity(query.len()));
     (1..=query.len())
         .rev()
         .filter(|&n| n == query.len() || query[n - 1] == b'/')
-        .find_map(|n| c.paths.get(&(letter, query[..n].to_vec())).copied())
+        .find_map(|n| {
+            key.1.clear();
+            key.1.extend_from_slice(&query[..n]);
+            c.paths.get(&key).copied()
+        })
 }
 
 /// A name inside directory `dir`, as a path-lookup query.
@@ -31,6 +36,83 @@ pub(super) fn masked(addr: [u8; 16], bits: u32) -> [u8; 16] {
         u128::MAX << (128 - bits.min(128))
     };
     (v & mask).to_be_bytes()
+}
+
+/// Every node of one letter's path rules, with the answer the kernel's longest match must find
+/// there: the best ([`pair_of`]) of the rules at the node and at every prefix node that covers
+/// it, taken in the nodes' order (shortest first, then the exact node), which decides between
+/// rules that rank alike. A prefix rule for `/d` covers `/d` itself too, so it gets an exact
+/// node as well.
+///
+/// One sweep instead of a lookup per directory level of every node: in the order where `/`
+/// sorts below every other byte, the nodes a prefix covers come right after it and before
+/// anything else, so while the nodes are visited in that order the prefixes covering the one
+/// visited are exactly a stack of those not yet left behind, shortest at the bottom, each
+/// holding the best of itself and those below it.
+pub(super) fn pushed_down(list: &[(Node, Ranked)]) -> Vec<(&[u8], bool, Option<RulePair>)> {
+    /// A rule at its node, or (no rule) the exact node a prefix also stores.
+    struct Visit<'a> {
+        /// The node's path in the sweep's order: in `keys`, `/` mapped to 0 (a path has no NUL).
+        key: std::ops::Range<usize>,
+        exact: bool,
+        path: &'a [u8],
+        rule: Option<&'a Ranked>,
+    }
+    let mut keys: Vec<u8> = Vec::with_capacity(list.iter().map(|(n, _)| n.path.len()).sum());
+    let mut order: Vec<Visit> = Vec::with_capacity(list.len() * 2);
+    for (node, rule) in list {
+        let start = keys.len();
+        keys.extend(node.path.iter().map(|&b| if b == b'/' { 0 } else { b }));
+        let key = start..keys.len();
+        let path = &node.path[..];
+        if !node.exact && path.last() != Some(&b'/') {
+            order.push(Visit {
+                key: key.clone(),
+                exact: true,
+                path,
+                rule: None,
+            });
+        }
+        order.push(Visit {
+            key,
+            exact: node.exact,
+            path,
+            rule: Some(rule),
+        });
+    }
+    // Stable: a node's rules stay in the list's order.
+    order.sort_by(|a, b| (&keys[a.key.clone()], a.exact).cmp(&(&keys[b.key.clone()], b.exact)));
+    let mut out = Vec::new();
+    let mut open: Vec<(&[u8], Best)> = Vec::new();
+    let mut visits = order.iter().peekable();
+    while let Some(first) = visits.peek() {
+        let (exact, path) = (first.exact, first.path);
+        while open
+            .last()
+            .is_some_and(|(dir, _)| !prefix_covers(dir, path))
+        {
+            open.pop();
+        }
+        let mut best = open.last().map(|(_, b)| *b).unwrap_or_default();
+        while let Some(v) = visits.next_if(|v| v.exact == exact && v.path == path) {
+            if let Some(r) = v.rule {
+                best.add(r);
+            }
+        }
+        if !exact {
+            open.push((path, best));
+        }
+        out.push((path, exact, best.pair()));
+    }
+    out
+}
+
+/// Does a prefix rule at `dir` cover `path`: the directory itself, or a name below it?
+pub(super) fn prefix_covers(dir: &[u8], path: &[u8]) -> bool {
+    path.starts_with(dir)
+        && (path.len() == dir.len()
+            || (!dir.is_empty()
+                && (dir.last() == Some(&b'/') || path.get(dir.len()) == Some(&b'/'))))
 }
 
 pub(super) fn build_class(
@@ -62,46 +144,52 @@ pub(super) fn build_class(
         unix_default: default(rules.defaults[3]),
         allow_caps: 0,
     };
-    for (letter, list) in &rules.paths {
-        let index = NodeIndex::new(list);
-        // A prefix rule for `/d` covers `/d` itself too: store that as an exact node.
-        let nodes: BTreeSet<Node> = index
-            .by_node
-            .keys()
-            .flat_map(|&(path, exact)| {
-                let dir = (!exact && path.last() != Some(&b'/')).then(|| Node {
-                    path: path.to_vec(),
-                    exact: true,
-                });
-                std::iter::once(Node {
-                    path: path.to_vec(),
-                    exact,
-                })
-                .chain(dir)
-            })
-            .collect();
-        for node in &nodes {
-            let bytes = node.bytes();
+    let mut paths = Vec::new();
+    for (&letter, list) in &rules.paths {
+        let answers = pushed_down(list);
+        let mut long: Vec<(&[u8], bool)> = Vec::new();
+        for &(path, exact, pair) in &answers {
+            let bytes = Node::bytes_of(path, exact);
             if bytes.len() > PATH_MAX {
-                errors.push(format!(
-                    "agent {agent}: path {} is longer than the kernel can match ({} bytes)",
-                    String::from_utf8_lossy(&node.path),
-                    PATH_MAX - 2
-                ));
+                long.push((path, exact));
                 continue;
             }
-            if let Some(pair) = pair_of(index.covering(node)) {
-                c.paths.insert((*letter, bytes), pair);
+            if let Some(pair) = pair {
+                paths.push(((letter, bytes), pair));
             }
         }
-        if *letter == access::EXEC {
+        long.sort();
+        for (path, _) in long {
+            errors.push(format!(
+                "agent {agent}: path {} is longer than the kernel can match ({} bytes)",
+                String::from_utf8_lossy(path),
+                PATH_MAX - 2
+            ));
+        }
+        if letter == access::EXEC {
+            let exact: foldhash::HashMap<&[u8], RulePair> = answers
+                .iter()
+                .filter(|(_, exact, _)| *exact)
+                .filter_map(|&(path, _, pair)| Some((path, pair?)))
+                .collect();
             for (path, node) in &rules.exec_exact {
-                if let Some(pair) = pair_of(index.covering(node)) {
-                    c.exec.insert(path.clone(), pair);
+                if let Some(pair) = exact.get(&node.path[..]) {
+                    c.exec.insert(path.clone(), *pair);
                 }
             }
         }
     }
+    // Two prefix nodes, `/d` and `/d/`, store one entry: the later's (it covers `/d` too, so it
+    // holds the better of the two). A stable sort keeps the sweep's order among equal keys.
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut deduped: Vec<((u8, Vec<u8>), RulePair)> = Vec::with_capacity(paths.len());
+    for entry in paths {
+        match deduped.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => deduped.push(entry),
+        }
+    }
+    c.paths = deduped.into_iter().collect();
     let mut by_socket: BTreeMap<&UnixTarget, Vec<&Ranked>> = BTreeMap::new();
     for (target, r) in &rules.unix {
         by_socket.entry(target).or_default().push(r);

@@ -33,7 +33,10 @@ pub(crate) struct Identities {
     pub(super) stat: foldhash::HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
     pub(super) below: foldhash::HashMap<Vec<u8>, Listing>,
     /// Listings read ahead of the compile ([`ReadAhead`]), taken as they are needed.
-    pub(super) ahead: foldhash::HashMap<Vec<u8>, Listing>,
+    pub(super) ahead: Listings,
+    /// The thread still listing them: joined when the first listing is needed, so that the
+    /// compile resolves its rules' paths and builds its tables meanwhile.
+    pub(super) listing: Option<std::thread::JoinHandle<Listings>>,
     pub(super) budget: usize,
     pub(super) skip: Vec<Vec<u8>>,
     pub(crate) notes: BTreeSet<String>,
@@ -77,6 +80,7 @@ impl Identities {
             stat: Default::default(),
             below: Default::default(),
             ahead: Default::default(),
+            listing: None,
             budget: ENUMERATION_BUDGET,
             // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
             // its own protections), and the kernel settings' pseudo filesystems (hard links and
@@ -190,6 +194,9 @@ impl Identities {
         if let Some(listed) = self.below.get(dir) {
             return listed.found.clone();
         }
+        if let Some(thread) = self.listing.take() {
+            self.ahead = thread.join().unwrap_or_default();
+        }
         let listed = match self.ahead.remove(dir) {
             Some(ahead) if ahead.read <= self.budget => ahead,
             _ => self
@@ -257,22 +264,22 @@ impl Identities {
     pub(crate) fn resolve(&mut self, c: &mut Class) {
         let letters = IDENT_LETTERS;
         // The paths the class's file rules name (exec rules have their own identities).
-        let named: BTreeSet<Vec<u8>> = c
+        let mut named: Vec<&[u8]> = c
             .paths
             .keys()
             .filter(|(l, _)| letters.contains(l))
-            .map(|(_, node)| {
-                let mut p = node.clone();
-                if p.last() == Some(&0) || (p.len() > 1 && p.last() == Some(&b'/')) {
-                    p.pop();
-                }
-                p
+            .map(|(_, node)| match node.split_last() {
+                Some((0, p)) => p,
+                Some((b'/', p)) if !p.is_empty() => p,
+                _ => node,
             })
             .collect();
+        named.sort_unstable();
+        named.dedup();
         let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
         let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
-        for path in &named {
+        for path in named {
             let Some((real, found)) = self.find(path) else {
                 continue;
             };
@@ -387,6 +394,19 @@ impl Identities {
     }
 }
 
+impl Drop for Identities {
+    /// A compile that needed no listing still waits for the thread listing them: it leaves
+    /// nothing running behind it.
+    fn drop(&mut self) {
+        if let Some(thread) = self.listing.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Listings by directory (canonical).
+pub(super) type Listings = foldhash::HashMap<Vec<u8>, Listing>;
+
 /// What one walk below a directory found ([`Identities::enumerate`]).
 pub(super) struct Listing {
     /// Files with more than one name, and mount points.
@@ -452,14 +472,15 @@ impl Listing {
 
 /// The built-in protected directories (every relaxation's: the daemon's, the kernel settings'
 /// and the system files' that are listed at all) listed on a thread of their own while the
-/// daemon reads the policy: they do not depend on it, and listing them is most of resolving a
-/// generation's identities (thousands of `statx`). Each listing is what the compile would read
-/// itself a few milliseconds later, and a listing the walk cut short is read again by it.
+/// daemon reads the policy and compiles it up to the first listing it needs: they do not depend
+/// on the policy, and listing them is most of resolving a generation's identities (thousands of
+/// `statx`). Each listing is what the compile would read itself a few milliseconds later, and a
+/// listing the walk cut short is read again by it.
 pub struct ReadAhead {
     /// What the generation protects: the compile's too ([`super::compile_ahead`]).
     pub(super) protect: Protect,
     /// None if the thread could not be started: the compile lists everything itself.
-    thread: Option<std::thread::JoinHandle<foldhash::HashMap<Vec<u8>, Listing>>>,
+    pub(super) thread: Option<std::thread::JoinHandle<Listings>>,
 }
 
 impl ReadAhead {
@@ -489,14 +510,6 @@ impl ReadAhead {
             .inspect_err(|e| tracing::warn!("listing the protected directories ahead: {e}"))
             .ok();
         ReadAhead { protect, thread }
-    }
-
-    /// The listings, for the compile to take (none if the thread failed).
-    pub(super) fn join(&mut self) -> foldhash::HashMap<Vec<u8>, Listing> {
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .unwrap_or_default()
     }
 }
 

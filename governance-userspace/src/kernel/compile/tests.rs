@@ -64,15 +64,92 @@ fn covers(rule: &Node, other: &Node) -> bool {
             && (dir.last() == Some(&b'/') || other.path.get(dir.len()) == Some(&b'/')))
 }
 
-/// `covering` yields the rules of exactly the nodes that cover the one asked about, in the
-/// nodes' order (which decides between rules that rank alike): for exact and prefix nodes,
-/// trailing and doubled slashes, the root, and paths that share a prefix but not a directory.
+/// What `build_class` must store for one letter's rules, by the definition: every node (and the
+/// exact node a prefix not ending in `/` also stores), in the nodes' order, holds the best of
+/// the rules of every node that covers it, taken in the nodes' order; of two nodes with one key
+/// (`/d` and `/d/`), the later. The straightforward way: every node against every node.
+fn reference_paths(list: &[(Node, Ranked)]) -> BTreeMap<Vec<u8>, RulePair> {
+    let mut nodes: BTreeSet<Node> = BTreeSet::new();
+    for (n, _) in list {
+        nodes.insert(n.clone());
+        if !n.exact && n.path.last() != Some(&b'/') {
+            nodes.insert(Node {
+                path: n.path.clone(),
+                exact: true,
+            });
+        }
+    }
+    let mut out = BTreeMap::new();
+    for node in &nodes {
+        let covering = nodes
+            .iter()
+            .filter(|k| covers(k, node))
+            .flat_map(|k| list.iter().filter(move |(n, _)| n == k))
+            .map(|(_, r)| r);
+        if let Some(pair) = pair_of(covering) {
+            out.insert(Node::bytes_of(&node.path, node.exact), pair);
+        }
+    }
+    out
+}
+
+/// One letter's rules as `build_class` stores them, and its exact exec rules.
+fn built(list: &[(Node, Ranked)]) -> (BTreeMap<Vec<u8>, RulePair>, BTreeMap<PathBuf, RulePair>) {
+    let exec_exact: Vec<(PathBuf, Node)> = list
+        .iter()
+        .filter(|(n, _)| n.exact)
+        .map(|(n, _)| {
+            (
+                PathBuf::from(String::from_utf8_lossy(&n.path).into_owned()),
+                n.clone(),
+            )
+        })
+        .collect();
+    let rules = Rules {
+        paths: [(access::EXEC, list.to_vec())].into(),
+        exec_exact,
+        ..Default::default()
+    };
+    let mut errors = Vec::new();
+    let c = build_class(1, &rules, &mut errors, "test");
+    assert!(errors.is_empty(), "{errors:?}");
+    let paths = c
+        .paths
+        .into_iter()
+        .map(|((l, bytes), pair)| {
+            assert_eq!(l, access::EXEC);
+            (bytes, pair)
+        })
+        .collect();
+    (paths, c.exec)
+}
+
+/// The exact exec rules' answers, by the definition: the answer at their exact node.
+fn reference_exec(list: &[(Node, Ranked)]) -> BTreeMap<PathBuf, RulePair> {
+    let paths = reference_paths(list);
+    list.iter()
+        .filter(|(n, _)| n.exact)
+        .filter_map(|(n, _)| {
+            let pair = paths.get(&Node::bytes_of(&n.path, true))?;
+            Some((
+                PathBuf::from(String::from_utf8_lossy(&n.path).into_owned()),
+                *pair,
+            ))
+        })
+        .collect()
+}
+
+/// The sweep (`pushed_down`) stores what the definition does: for exact and prefix nodes,
+/// trailing and doubled slashes, the root, and paths that share a prefix but not a directory
+/// (`/a/b-c` sorts between `/a/b` and `/a/b/c` by bytes). Two rules per node, of one rank, so the
+/// order within a node and between nodes is checked too.
 #[test]
-fn covering_is_every_covering_node_in_node_order() {
+fn path_tables_hold_the_best_covering_rule_of_every_node() {
     let paths = [
-        "/", "/a", "/a/", "/a/b", "/a/b/", "/a/bc", "/a/b/c", "/ab", "//a", "/a//b", "a/b",
+        "/", "/a", "/a/", "/a/b", "/a/b/", "/a/bc", "/a/b-c", "/a/b.c/d", "/a/b/c", "/ab", "//a",
+        "/a//b", "a/b", "a",
     ];
-    let nodes: Vec<Node> = paths
+    let list: Vec<(Node, Ranked)> = paths
         .iter()
         .flat_map(|p| {
             [false, true].map(|exact| Node {
@@ -80,34 +157,93 @@ fn covering_is_every_covering_node_in_node_order() {
                 exact,
             })
         })
-        .collect();
-    // Two rules per node, so the order within a node is checked too.
-    let list: Vec<(Node, Ranked)> = nodes
-        .iter()
         .enumerate()
         .flat_map(|(i, n)| {
             [0, 1].map(|j| {
+                // Later nodes rank higher, `/a/b` and `/a/b/` above all; a node's two alike.
+                let rank = if n.path.starts_with(b"/a/b") && n.path.len() <= 5 {
+                    100
+                } else {
+                    i as u32
+                };
                 let r = Ranked {
-                    specificity: [0; 4],
+                    specificity: [rank, 0, 0, 0],
                     rule: rule_ref(2 * i as u32 + j, KVerdict::Block, 0),
-                    shadow: false,
+                    shadow: j == 1 && i % 3 == 0,
                 };
                 (n.clone(), r)
             })
         })
         .collect();
-    let index = NodeIndex::new(&list);
-    let mut sorted = nodes.clone();
-    sorted.sort();
-    for node in &nodes {
-        let got: Vec<u32> = index.covering(node).map(|r| r.rule.rule_id).collect();
-        let want: Vec<u32> = sorted
-            .iter()
-            .filter(|k| covers(k, node))
-            .flat_map(|k| list.iter().filter(move |(n, _)| n == k))
-            .map(|(_, r)| r.rule.rule_id)
-            .collect();
-        assert_eq!(got, want, "{node:?}");
+    let (paths, exec) = built(&list);
+    assert_eq!(paths, reference_paths(&list));
+    assert_eq!(exec, reference_exec(&list));
+    // Not vacuous. `/a/b/c` is below `/a/b` and `/a/b/`, which rank alike: the first rule of
+    // the first node (`/a/b`, a prefix: rule 12) decides. `/a/b-c` is not below them: its own
+    // exact node's first rule (26) decides.
+    assert_eq!(paths[&b"/a/b/c\0"[..]].enforce.rule_id, 12);
+    assert_eq!(paths[&b"/a/b-c\0"[..]].enforce.rule_id, 26);
+}
+
+mod sweep {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn node() -> impl Strategy<Value = Node> {
+        let part = prop::sample::select(vec!["a", "b", "a-b", "a.b", "ab", "", " "]);
+        (
+            prop::collection::vec(part, 0..5),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(parts, relative, slash, exact)| {
+                let mut path = if relative { String::new() } else { "/".into() };
+                path.push_str(&parts.join("/"));
+                if slash && !path.ends_with('/') {
+                    path.push('/');
+                }
+                if path.is_empty() {
+                    path.push('a');
+                }
+                Node {
+                    path: path.into_bytes(),
+                    exact,
+                }
+            })
+    }
+
+    fn ranked() -> impl Strategy<Value = (u32, u8, bool)> {
+        (0..3u32, 0..3u8, any::<bool>())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// The sweep against the definition, over generated rule lists: ranks that tie, shadow
+        /// rules, and names that sort between a directory and what is below it.
+        #[test]
+        fn generated_path_tables_match_the_definition(
+            rules in prop::collection::vec((node(), ranked()), 1..40)
+        ) {
+            let verdicts = [KVerdict::Allow, KVerdict::Block, KVerdict::Escalate];
+            let list: Vec<(Node, Ranked)> = rules
+                .into_iter()
+                .enumerate()
+                .map(|(i, (n, (spec, v, shadow)))| {
+                    let r = Ranked {
+                        specificity: [spec, 0, 0, 0],
+                        rule: rule_ref(i as u32 + 1, verdicts[v as usize], 0),
+                        shadow,
+                    };
+                    (n, r)
+                })
+                .collect();
+            let (paths, exec) = built(&list);
+            prop_assert_eq!(paths, reference_paths(&list));
+            prop_assert_eq!(exec, reference_exec(&list));
+        }
     }
 }
 
