@@ -84,14 +84,16 @@ pub fn load_dir_hashed(
         }
     }
     let mut manifest = Sha256::new();
+    let mut digests = Vec::with_capacity(sources.len());
     for (file, text) in &sources {
         let relative = file.strip_prefix(dir).unwrap_or(file);
-        let digest = Sha256::digest(text.as_bytes());
+        let digest: [u8; 32] = Sha256::digest(text.as_bytes()).into();
         let line = format!("{}  {}\n", hex(&digest), relative.display());
         manifest.update(line.as_bytes());
+        digests.push(digest);
     }
     let hash = hex(&manifest.finalize());
-    match parse_reusing(&sources, parsed) {
+    match parse_hashed(&sources, Some(&digests), parsed) {
         Ok(set) if problems.is_empty() => Ok((set, hash)),
         Ok(_) => Err(PolicyError::Invalid(problems)),
         Err(PolicyError::Invalid(more)) => {
@@ -156,15 +158,29 @@ pub fn parse_reusing(
     sources: &[(PathBuf, String)],
     parsed: &mut Parsed,
 ) -> Result<PolicySet, PolicyError> {
+    parse_hashed(sources, None, parsed)
+}
+
+/// [`parse_reusing`], given the SHA-256 of each source's text if already computed (a document
+/// that is its whole file has that hash).
+fn parse_hashed(
+    sources: &[(PathBuf, String)],
+    digests: Option<&[[u8; 32]]>,
+    parsed: &mut Parsed,
+) -> Result<PolicySet, PolicyError> {
     use sha2::{Digest, Sha256};
     let mut set = PolicySet::default();
     let mut problems = Vec::new();
     let mut names: BTreeMap<String, Location> = BTreeMap::new();
     let mut earlier = std::mem::take(&mut parsed.docs);
     let mut earlier_items = std::mem::take(&mut parsed.items);
-    for (file, text) in sources {
+    for (n, (file, text)) in sources.iter().enumerate() {
         for (offset, doc) in documents(text) {
-            let key: DocKey = (file.clone(), offset, Sha256::digest(doc.as_bytes()).into());
+            let digest = match digests.and_then(|d| d.get(n)) {
+                Some(whole) if doc.len() == text.len() => *whole,
+                _ => Sha256::digest(doc.as_bytes()).into(),
+            };
+            let key: DocKey = (file.clone(), offset, digest);
             let items_key = (file.clone(), offset);
             // (the policy, whether the document had no problem: only those are kept)
             let (policy, clean) = match earlier.remove(&key) {

@@ -404,6 +404,35 @@ fn the_content_hash_is_reproducible_with_sha256sum() {
 
 /// Issue 17, reload: a daemon re-reading its policies parses only the documents whose text or
 /// place changed; the others are the very policies of the previous read.
+/// A file that is one document: `load_dir_hashed` knows the document by the file's hash (it
+/// hashed the file already), the same key as the document's own hash: reused when unchanged,
+/// read again when changed.
+#[test]
+fn a_document_that_is_its_whole_file_is_known_by_the_file_hash() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.yaml");
+    let text = |exec: &str| {
+        format!(
+            "name: a\nagents: {{ cgroup: agents/a }}\nrules:\n  - {{ id: r, exec: {{ path: {exec} }}, verdict: block, reason: r }}\n"
+        )
+    };
+    std::fs::write(&file, text("/bin/x")).unwrap();
+    let mut parsed = Parsed::default();
+    // Read first as `parse` does (hashing the document), then as the daemon does.
+    let first = parse_reusing(&[(file.clone(), text("/bin/x"))], &mut parsed).unwrap();
+    let (second, _) = load_dir_hashed(dir.path(), &mut parsed).unwrap();
+    assert!(Arc::ptr_eq(&first.policies[0], &second.policies[0]));
+    std::fs::write(&file, text("/bin/y")).unwrap();
+    let (third, _) = load_dir_hashed(dir.path(), &mut parsed).unwrap();
+    assert!(!Arc::ptr_eq(&second.policies[0], &third.policies[0]));
+    assert!(
+        matches!(&third.policies[0].rules[0].matcher, Matcher::Exec(PathMatch::Exact(p)) if p == Path::new("/bin/y"))
+    );
+    let (fourth, _) = load_dir_hashed(dir.path(), &mut parsed).unwrap();
+    assert!(Arc::ptr_eq(&third.policies[0], &fourth.policies[0]));
+}
+
 #[test]
 fn a_reread_reuses_unchanged_documents_and_reads_changed_and_moved_ones() {
     use std::sync::Arc;
