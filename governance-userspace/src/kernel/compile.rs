@@ -54,14 +54,19 @@ pub use self::identities::ReadAhead;
 pub(crate) use self::selectors::Selectors;
 use self::{class::*, identities::*};
 
+/// What an exact exec rule's path names when the generation is compiled: (kernel device,
+/// inode), if it exists.
+pub type ExecIdentity = Option<(u32, u64)>;
+
 /// One class: the tables of one agent root (or of one sandbox profile of it).
 #[derive(Debug, Default)]
 pub struct Class {
     /// Kernel class id (slot bit included).
     pub id: u32,
     pub value: AgentValue,
-    /// Exact exec rules: the loader turns each path into (device, inode).
-    pub exec: BTreeMap<PathBuf, RulePair>,
+    /// Exact exec rules, with the (device, inode) their path names now, as the compile found it
+    /// (None: not found; the install looks again, and says why it skips the rule).
+    pub exec: BTreeMap<PathBuf, (RulePair, ExecIdentity)>,
     /// (access letter, node bytes) → rules. Node bytes end in `/` (prefix) or NUL (exact).
     pub paths: BTreeMap<(u8, Vec<u8>), RulePair>,
     /// (prefix length over 128 bits, IPv6 address) → alternatives, best first.
@@ -240,7 +245,9 @@ type NetRule = (u32, [u8; 16], Ranked, u16, u16, u8, bool);
 struct Rules {
     /// (letter, node) → rules stored there.
     paths: BTreeMap<u8, Vec<(Node, Ranked)>>,
-    exec_exact: Vec<(PathBuf, Node)>,
+    /// Exact exec rules: the path as written, a node it is stored under, and what it names now
+    /// (kernel device, inode), if it exists.
+    exec_exact: Vec<(PathBuf, Node, ExecIdentity)>,
     net: Vec<NetRule>,
     /// Exec, file, network, unix.
     defaults: [(Option<KVerdict>, Option<KVerdict>); 4],
@@ -460,13 +467,19 @@ fn compile_with(
                         PathMatch::Exact(p) => (p, true),
                         PathMatch::Prefix(p) => (p, false),
                     };
-                    for spelled in identities.spellings(path) {
+                    let spellings = identities.spellings(path);
+                    // What the path names now (just resolved for its spellings).
+                    let id = exact
+                        .then(|| identities.find(&spellings[0]))
+                        .flatten()
+                        .map(|(_, (dev, ino, _))| (dev, ino));
+                    for spelled in spellings {
                         let node = Node {
                             path: spelled,
                             exact,
                         };
                         if exact {
-                            rules.exec_exact.push((path.clone(), node.clone()));
+                            rules.exec_exact.push((path.clone(), node.clone(), id));
                         }
                         rules
                             .paths

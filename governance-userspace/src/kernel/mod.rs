@@ -618,8 +618,8 @@ impl Enforcer {
         w.net.reserve(count(|c| c.net.len()));
         w.idents.reserve(count(|c| c.idents.len()));
         for class in &mut policy.classes {
-            for (path, value) in std::mem::take(&mut class.exec) {
-                match exec_identity(&path) {
+            for (path, (value, found)) in std::mem::take(&mut class.exec) {
+                match found.map_or_else(|| exec_identity(&path), Ok) {
                     Ok((dev, ino)) => w.exec.push(((class.id, dev, ino), value)),
                     Err(source) => skipped.push(KernelError::ExecTarget { path, source }),
                 }

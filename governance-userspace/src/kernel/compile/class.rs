@@ -115,6 +115,74 @@ pub(super) fn prefix_covers(dir: &[u8], path: &[u8]) -> bool {
                 && (dir.last() == Some(&b'/') || path.get(dir.len()) == Some(&b'/'))))
 }
 
+/// One letter's path table ([`pushed_down`]): its entries sorted by key, one per key; the
+/// nodes too long for the kernel, as errors; for exec, the exact exec rules' answers.
+struct LetterTable {
+    entries: Vec<((u8, Vec<u8>), RulePair)>,
+    errors: Vec<String>,
+    exec: Vec<(PathBuf, (RulePair, ExecIdentity))>,
+}
+
+fn letter_table(
+    letter: u8,
+    list: &[(Node, Ranked)],
+    exec_exact: &[(PathBuf, Node, ExecIdentity)],
+    agent: &str,
+) -> LetterTable {
+    let answers = pushed_down(list);
+    let mut entries = Vec::with_capacity(answers.len());
+    let mut long: Vec<(&[u8], bool)> = Vec::new();
+    for &(path, exact, pair) in &answers {
+        let bytes = Node::bytes_of(path, exact);
+        if bytes.len() > PATH_MAX {
+            long.push((path, exact));
+            continue;
+        }
+        if let Some(pair) = pair {
+            entries.push(((letter, bytes), pair));
+        }
+    }
+    long.sort();
+    let errors = long
+        .into_iter()
+        .map(|(path, _)| {
+            format!(
+                "agent {agent}: path {} is longer than the kernel can match ({} bytes)",
+                String::from_utf8_lossy(path),
+                PATH_MAX - 2
+            )
+        })
+        .collect();
+    let mut exec = Vec::new();
+    if letter == access::EXEC {
+        let exact: foldhash::HashMap<&[u8], RulePair> = answers
+            .iter()
+            .filter(|(_, exact, _)| *exact)
+            .filter_map(|&(path, _, pair)| Some((path, pair?)))
+            .collect();
+        for (path, node, id) in exec_exact {
+            if let Some(pair) = exact.get(&node.path[..]) {
+                exec.push((path.clone(), (*pair, *id)));
+            }
+        }
+    }
+    // Two prefix nodes, `/d` and `/d/`, store one entry: the later's (it covers `/d` too, so it
+    // holds the better of the two). A stable sort keeps the sweep's order among equal keys.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut deduped: Vec<((u8, Vec<u8>), RulePair)> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match deduped.last_mut() {
+            Some(last) if last.0 == entry.0 => *last = entry,
+            _ => deduped.push(entry),
+        }
+    }
+    LetterTable {
+        entries: deduped,
+        errors,
+        exec,
+    }
+}
+
 pub(super) fn build_class(
     class: u32,
     rules: &Rules,
@@ -144,52 +212,19 @@ pub(super) fn build_class(
         unix_default: default(rules.defaults[3]),
         allow_caps: 0,
     };
+    let tables = rules
+        .paths
+        .iter()
+        .map(|(&letter, list)| letter_table(letter, list, &rules.exec_exact, agent));
+    // In letter order: the keys start with the letter, so the tables' entries, each sorted, are
+    // sorted together.
     let mut paths = Vec::new();
-    for (&letter, list) in &rules.paths {
-        let answers = pushed_down(list);
-        let mut long: Vec<(&[u8], bool)> = Vec::new();
-        for &(path, exact, pair) in &answers {
-            let bytes = Node::bytes_of(path, exact);
-            if bytes.len() > PATH_MAX {
-                long.push((path, exact));
-                continue;
-            }
-            if let Some(pair) = pair {
-                paths.push(((letter, bytes), pair));
-            }
-        }
-        long.sort();
-        for (path, _) in long {
-            errors.push(format!(
-                "agent {agent}: path {} is longer than the kernel can match ({} bytes)",
-                String::from_utf8_lossy(path),
-                PATH_MAX - 2
-            ));
-        }
-        if letter == access::EXEC {
-            let exact: foldhash::HashMap<&[u8], RulePair> = answers
-                .iter()
-                .filter(|(_, exact, _)| *exact)
-                .filter_map(|&(path, _, pair)| Some((path, pair?)))
-                .collect();
-            for (path, node) in &rules.exec_exact {
-                if let Some(pair) = exact.get(&node.path[..]) {
-                    c.exec.insert(path.clone(), *pair);
-                }
-            }
-        }
+    for t in tables {
+        paths.extend(t.entries);
+        errors.extend(t.errors);
+        c.exec.extend(t.exec);
     }
-    // Two prefix nodes, `/d` and `/d/`, store one entry: the later's (it covers `/d` too, so it
-    // holds the better of the two). A stable sort keeps the sweep's order among equal keys.
-    paths.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut deduped: Vec<((u8, Vec<u8>), RulePair)> = Vec::with_capacity(paths.len());
-    for entry in paths {
-        match deduped.last_mut() {
-            Some(last) if last.0 == entry.0 => *last = entry,
-            _ => deduped.push(entry),
-        }
-    }
-    c.paths = deduped.into_iter().collect();
+    c.paths = paths.into_iter().collect();
     let mut by_socket: BTreeMap<&UnixTarget, Vec<&Ranked>> = BTreeMap::new();
     for (target, r) in &rules.unix {
         by_socket.entry(target).or_default().push(r);

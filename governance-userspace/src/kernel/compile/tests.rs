@@ -95,14 +95,12 @@ fn reference_paths(list: &[(Node, Ranked)]) -> BTreeMap<Vec<u8>, RulePair> {
 
 /// One letter's rules as `build_class` stores them, and its exact exec rules.
 fn built(list: &[(Node, Ranked)]) -> (BTreeMap<Vec<u8>, RulePair>, BTreeMap<PathBuf, RulePair>) {
-    let exec_exact: Vec<(PathBuf, Node)> = list
+    let exec_exact: Vec<(PathBuf, Node, ExecIdentity)> = list
         .iter()
         .filter(|(n, _)| n.exact)
         .map(|(n, _)| {
-            (
-                PathBuf::from(String::from_utf8_lossy(&n.path).into_owned()),
-                n.clone(),
-            )
+            let written = PathBuf::from(String::from_utf8_lossy(&n.path).into_owned());
+            (written, n.clone(), None)
         })
         .collect();
     let rules = Rules {
@@ -121,7 +119,8 @@ fn built(list: &[(Node, Ranked)]) -> (BTreeMap<Vec<u8>, RulePair>, BTreeMap<Path
             (bytes, pair)
         })
         .collect();
-    (paths, c.exec)
+    let exec = c.exec.into_iter().map(|(p, (pair, _))| (p, pair)).collect();
+    (paths, exec)
 }
 
 /// The exact exec rules' answers, by the definition: the answer at their exact node.
@@ -183,6 +182,37 @@ fn path_tables_hold_the_best_covering_rule_of_every_node() {
     // exact node's first rule (26) decides.
     assert_eq!(paths[&b"/a/b/c\0"[..]].enforce.rule_id, 12);
     assert_eq!(paths[&b"/a/b-c\0"[..]].enforce.rule_id, 26);
+}
+
+/// An exact exec rule carries the identity of what its path names when the generation is
+/// compiled, as `stat` answers (through a symlink, the file behind it), for the install to
+/// write; a missing path carries none (the install looks again and says why it skips it).
+#[test]
+fn exact_exec_rules_carry_what_their_path_names_now() {
+    use std::os::unix::fs::MetadataExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::write(d.join("tool"), "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink(d.join("tool"), d.join("alias")).unwrap();
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n\
+             \x20 - {{ id: t, exec: {{ path: {ds}/tool }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: a, exec: {{ path: {ds}/alias }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: m, exec: {{ path: {ds}/missing }}, verdict: block, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+    let exec = &k.classes[0].exec;
+    let meta = std::fs::metadata(d.join("tool")).unwrap();
+    let tool = Some((crate::kernel::kernel_dev(meta.dev()), meta.ino()));
+    assert_eq!(exec[&d.join("tool")].1, tool);
+    assert_eq!(exec[&d.join("alias")].1, tool);
+    assert_eq!(exec[&d.join("missing")].1, None);
+    assert_eq!(exec[&d.join("missing")].0.enforce.rule_id, class_id(1, 3));
 }
 
 mod sweep {
@@ -1282,6 +1312,7 @@ fn a_sandbox_mark_is_the_profile_s_name_under_its_agent() {
     let marks: Vec<u16> = x
         .exec
         .values()
+        .map(|(pair, _)| pair)
         .chain(x.paths.values())
         .filter(|r| r.enforce.verdict == KVerdict::Sandbox as u8)
         .map(|r| r.enforce.aux)
