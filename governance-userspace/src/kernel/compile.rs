@@ -196,7 +196,9 @@ struct Node {
 }
 
 impl Node {
-    /// The node as the kernel's trie holds it: the path and NUL (exact) or `/` (a prefix).
+    /// The node as the kernel's trie holds it: the path and NUL (exact) or `/` (a prefix). The
+    /// same bytes are the lookup's query for the object at `path` itself (exact) or for a name
+    /// inside directory `path`.
     fn bytes_of(path: &[u8], exact: bool) -> Vec<u8> {
         let mut b = Vec::with_capacity(path.len() + 1);
         b.extend_from_slice(path);

@@ -18,15 +18,6 @@ pub(super) fn answer(c: &Class, letter: u8, query: &[u8]) -> Option<RulePair> {
         })
 }
 
-/// A name inside directory `dir`, as a path-lookup query.
-pub(super) fn below_query(dir: &[u8]) -> Vec<u8> {
-    let mut q = dir.to_vec();
-    if q.last() != Some(&b'/') {
-        q.push(b'/');
-    }
-    q
-}
-
 /// Zero the bits of `addr` past `bits`.
 pub(super) fn masked(addr: [u8; 16], bits: u32) -> [u8; 16] {
     let v = u128::from_be_bytes(addr);

@@ -295,11 +295,9 @@ impl Identities {
                         .unwrap_or_default()
                 })
             };
-            let mut exact = real.clone();
-            exact.push(0);
-            let mut held = restricting(&exact);
+            let mut held = restricting(&Node::bytes_of(&real, true));
             if found.2 {
-                let below = restricting(&below_query(&real));
+                let below = restricting(&Node::bytes_of(&real, false));
                 if below.iter().any(has) {
                     protected_dirs.push(real.clone());
                 }
@@ -324,11 +322,9 @@ impl Identities {
         objects.sort();
         objects.dedup();
         for (real, (dev, ino, is_dir)) in objects {
-            let mut exact = real.clone();
-            exact.push(0);
-            let mut scopes = vec![(SCOPE_SELF, exact)];
+            let mut scopes = vec![(SCOPE_SELF, Node::bytes_of(&real, true))];
             if is_dir {
-                scopes.push((SCOPE_BELOW, below_query(&real)));
+                scopes.push((SCOPE_BELOW, Node::bytes_of(&real, false)));
             }
             for (scope, query) in scopes {
                 let rules = letters.map(|l| answer(c, l, &query).unwrap_or_default());
