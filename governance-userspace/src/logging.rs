@@ -31,11 +31,26 @@ pub fn init_logging(filter: &str, format: LogFormat) {
 /// One line of the daemon's log: `governance: …` on stderr, or an info event with
 /// `--log-format json`. Use [`say!`](crate::say).
 pub fn say(message: std::fmt::Arguments<'_>) {
+    say_all([message]);
+}
+
+/// Lines of the daemon's log ([`say`]) written together. In text, one write for all of them:
+/// a long list (a policy's `NOT ENFORCED` lines, on every reload) costs one system call, where
+/// `eprintln!` makes several per line. A log that cannot be written (stderr closed) loses the
+/// lines, never the daemon.
+pub fn say_all<T: std::fmt::Display>(lines: impl IntoIterator<Item = T>) {
+    use std::{fmt::Write as _, io::Write as _};
     if log_json() {
-        tracing::info!("{message}");
-    } else {
-        eprintln!("governance: {message}");
+        for line in lines {
+            tracing::info!("{line}");
+        }
+        return;
     }
+    let mut text = String::new();
+    for line in lines {
+        let _ = writeln!(text, "governance: {line}");
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 pub fn log_json() -> bool {

@@ -543,6 +543,75 @@ fn a_thousand_reloads_under_traffic_never_mix_generations() {
     assert_eq!(k.enforcer.generation().unwrap(), 1001);
 }
 
+/// A flip enforces the new generation at once; the cleanup after the generation it retired
+/// (here: deleting the throttle bucket of a rule the new generation does not have) waits for
+/// [`kernel::Enforcer::settle`], which waits for an RCU grace period first. A settle for a flip
+/// that is no longer the last one does nothing, and a flip made before the previous one was
+/// settled settles it first. Controls: the bucket exists while unsettled, and the throttled
+/// generation allows the agent's connects.
+#[test]
+fn a_flip_enforces_at_once_and_its_cleanup_waits_to_be_settled() {
+    require_root();
+    let agent = TestCgroup::new("settle");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let yaml = |rule: &str| {
+        format!(
+            "name: settle\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.1/32 }}, {rule}, reason: test }}\n",
+            agent.rel.display()
+        )
+    };
+    let metered = yaml("verdict: throttle, throttle: { rate: 100, per: 1h }");
+    let mut k = load(&metered);
+    let root = agents::cgroup2_mount().unwrap();
+    let sets = [metered, yaml("verdict: block")]
+        .map(|y| governance::policy::parse(&[("p.yaml".into(), y)]).unwrap());
+    let found = agents::discover(&root, &sets[0], false, None).unwrap();
+    let compiled = |set: usize, generation: u32| {
+        kernel::compile(&sets[set], &found, generation, &kernel::Protect::default())
+    };
+    let connect = || run_in(Some(&agent.path), "settle", &Attempt::connect(addr)).1;
+    let key = governance_common::BucketKey {
+        owner: agents::cgroup_id(&agent.path).unwrap(),
+        rule: kernel::bucket_id("settle/lo"),
+    };
+    let bucket =
+        |k: &governance_tests::Loaded| k.enforcer.buckets().unwrap().iter().any(|(b, _)| *b == key);
+    // Control: metered, the connect is allowed and takes from the bucket.
+    assert_eq!(connect(), Outcome::Exited(0));
+    assert!(bucket(&k), "the metered connect made the bucket");
+
+    let g = k.enforcer.generation().unwrap();
+    k.enforcer.flip(compiled(1, g + 1)).unwrap();
+    assert_eq!(k.enforcer.generation().unwrap(), g + 1);
+    assert_eq!(connect(), Outcome::Errno(libc::EPERM), "the flip enforces");
+    assert_eq!(k.enforcer.unsettled(), Some(g + 1));
+    assert!(bucket(&k), "nothing is deleted before the flip has settled");
+    // A settle for another flip than the last one does nothing.
+    k.enforcer.settle_waited(g).unwrap();
+    assert_eq!(k.enforcer.unsettled(), Some(g + 1));
+    assert!(bucket(&k));
+    k.enforcer.settle().unwrap();
+    assert_eq!(k.enforcer.unsettled(), None);
+    assert!(!bucket(&k), "settled: the bucket no rule leads to is gone");
+
+    // Metered again (a new bucket), then two flips without a settle between them: the second
+    // settles the first before it writes anything.
+    k.enforcer.install(compiled(0, g + 2)).unwrap();
+    assert_eq!(connect(), Outcome::Exited(0));
+    assert!(bucket(&k));
+    k.enforcer.flip(compiled(1, g + 3)).unwrap();
+    assert!(bucket(&k));
+    k.enforcer.flip(compiled(1, g + 4)).unwrap();
+    assert!(
+        !bucket(&k),
+        "the flip to {} settled the one before it",
+        g + 4
+    );
+    assert_eq!(k.enforcer.unsettled(), Some(g + 4));
+    assert_eq!(connect(), Outcome::Errno(libc::EPERM));
+    k.enforcer.settle().unwrap();
+}
+
 /// Reliability fault 5: tables that do not fit. The install fails before the flip, names the
 /// map, and the previous generation keeps enforcing.
 #[test]
@@ -798,6 +867,7 @@ fn throttles_survive_child_cgroups_and_reloads() {
 
     // The agent goes (its last process has exited; the cgroup may stay busy a moment): its
     // bucket goes with the next generation; the others stay as they were.
+    let gone = bucket_key(&c);
     governance_tests::wait_until(
         "the gone agent's cgroup to be removable (EBUSY until its last task is reaped)",
         Duration::from_secs(10),
@@ -808,6 +878,13 @@ fn throttles_survive_child_cgroups_and_reloads() {
         },
     );
     daemon.wait_for("generation 5 is enforcing");
+    // The daemon deletes it once the flip has settled (an RCU grace period after it, off the
+    // daemon's loop): wait for that, not for a time.
+    governance_tests::wait_until(
+        "the gone agent's bucket to be deleted after generation 5 settled",
+        Duration::from_secs(10),
+        || !buckets().contains_key(&gone),
+    );
     let left = buckets();
     assert_eq!(left.get(&bucket_key(&a)), Some(&0), "{left:?}");
     assert_eq!(left.len(), 1, "only agent a's bucket: {left:?}");

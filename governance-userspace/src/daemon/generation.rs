@@ -68,9 +68,6 @@ pub(super) fn build(
         );
     }
     let found = agents::discover(root, &set, !args.no_create_cgroups, pods)?;
-    let mut enforcer = enforcer
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     let compiled = kernel::compile_ahead(&set, &found, number, ahead);
     if !compiled.errors.is_empty() {
         anyhow::bail!(
@@ -78,12 +75,20 @@ pub(super) fn build(
             compiled.errors.join("\n  ")
         );
     }
-    for line in &compiled.unenforceable {
-        crate::say!("NOT ENFORCED: {line}");
-    }
+    crate::logging::say_all(
+        compiled
+            .unenforceable
+            .iter()
+            .map(|line| format!("NOT ENFORCED: {line}")),
+    );
     for line in &compiled.notes {
         tracing::warn!("{line}");
     }
+    // The kernel state from here to the flip (the compile needs none of it: a cleanup after
+    // the previous flip may hold it meanwhile).
+    let mut enforcer = enforcer
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         crate::say!(
@@ -94,8 +99,10 @@ pub(super) fn build(
         );
         return Ok(None);
     }
+    // Up to the flip; what is left after it is settled once the new generation is in place
+    // everywhere (see `Daemon::settle_later`).
     for skipped in enforcer
-        .install(compiled)
+        .flip(compiled)
         .context("writing the policy into the kernel maps")?
     {
         match skipped {
@@ -108,7 +115,7 @@ pub(super) fn build(
         }
     }
     drop(enforcer);
-    crate::say!(
+    let enforcing = format!(
         "enforcing {} as generation {number} ({} policies, {} rules, {} agents){}",
         args.policy.display(),
         set.policies.len(),
@@ -116,14 +123,14 @@ pub(super) fn build(
         found.len(),
         if complete { "" } else { " DEGRADED" }
     );
-    for a in &found {
-        crate::say!(
+    crate::logging::say_all(std::iter::once(enforcing).chain(found.iter().map(|a| {
+        format!(
             "agent {} = cgroup {} (id {})",
             a.name,
             a.path.display(),
             a.cgroup_id
-        );
-    }
+        )
+    })));
     let matching = selected(&set, &found);
     let names = names(&set, &found, &matching);
     let agents = found

@@ -169,6 +169,38 @@ impl Daemon<'_> {
         self.metrics.set_generation(g);
     }
 
+    /// The cleanup after the generation the last flip retired ([`Enforcer::settle`]) waits
+    /// for an RCU grace period (several ms): it runs off the daemon's loop and without the
+    /// kernel state, so that a change or signal that comes meanwhile is not kept waiting. A
+    /// next flip made before it is done settles first itself (and this one then finds nothing
+    /// to do, see [`Enforcer::settle_waited`]).
+    fn settle_later(&self) {
+        let g = self.current;
+        let enforcer = Arc::clone(&self.enforcer);
+        let Some(unsettled) = enforcer.lock().ok().and_then(|e| e.unsettled()) else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("settle".into())
+            .spawn(move || {
+                kernel::grace_period();
+                let settled = match enforcer.lock() {
+                    Ok(mut e) => e.settle_waited(unsettled).map_err(|e| e.to_string()),
+                    Err(_) => Err("the kernel state lock is poisoned".to_owned()),
+                };
+                if let Err(e) = settled {
+                    tracing::warn!(
+                        "cleaning up after the generation before {g}: {e}; the next reload tries again first"
+                    );
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                "cleaning up after the generation before {g}: {e}; the next reload does it first"
+            );
+        }
+    }
+
     /// Wait for changes and reload on each, until SIGINT or SIGTERM.
     pub async fn serve(
         &mut self,
@@ -177,6 +209,7 @@ impl Daemon<'_> {
         drill_rx: &mut mpsc::Receiver<api::DrillRequest>,
     ) -> anyhow::Result<()> {
         let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
+        self.settle_later();
         let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
         let mut pods_changed = self.pods.as_ref().map(|p| p.subscribe());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -193,9 +226,12 @@ impl Daemon<'_> {
             .ok()
             .and_then(|e| e.counter(Counter::EventsDropped).ok())
             .unwrap_or_default();
+        // Whether the cgroup tree changed since its watch was made. Until it does, that watch
+        // covers every directory of the tree: each one was either there when the watch was
+        // made (added, then listed) or created since, which the watch on its parent reports.
+        let mut cgroups_changed = false;
         loop {
             let mut reply = None;
-            let mut cgroups_watched = false;
             let why = tokio::select! {
                 _ = tick.tick() => {
                     if self.tick() {
@@ -213,6 +249,7 @@ impl Daemon<'_> {
                 }
                 r = watch::changed(&mut watches.cgroups) => {
                     r?;
+                    cgroups_changed = true;
                     let due = tokio::time::Instant::now() + Duration::from_millis(50);
                     cgroup_due.get_or_insert(due);
                     continue;
@@ -248,7 +285,7 @@ impl Daemon<'_> {
                         // generation is exactly what a rebuild would make: keep it. (Watch the
                         // new directories first, so a cgroup made meanwhile is seen next time.)
                         watches.cgroups = watch::watch_cgroups(self.root)?;
-                        cgroups_watched = true;
+                        cgroups_changed = false;
                         if self.same_agents() {
                             crate::say!(
                                 "the cgroup tree changed, the agents did not; generation {} stays",
@@ -290,15 +327,19 @@ impl Daemon<'_> {
             crate::say!("{why}; reloading");
             // Watch before the build reads the tree and the directory: a change made while it
             // builds (a slow build of many agents) is then seen and leads to the next reload.
-            // A watch made after the build would miss it.
+            // A watch made after the build would miss it. The cgroup tree is watched anew only
+            // if it changed: a watch of every directory of a large tree takes tens of
+            // milliseconds, and the one there still covers an unchanged tree.
             watches.policy = watch::watch_policy(&self.args.policy)?;
-            if !cgroups_watched {
+            if cgroups_changed {
                 watches.cgroups = watch::watch_cgroups(self.root)?;
+                cgroups_changed = false;
             }
             let result = self.reload(why);
             if result.is_ok() {
                 // The sockets the new generation's rules name.
                 watches.sockets = watch::watch_sockets(&self.enforcer)?;
+                self.settle_later();
             }
             if let Some(reply) = reply {
                 let _ = reply.send(result);

@@ -174,6 +174,35 @@ pub struct Enforcer {
     last_install: Written,
     /// When (CLOCK_MONOTONIC ns) this process first flipped a generation in.
     enforcing_since: Option<u64>,
+    /// The generation the last flip made active, until [`Enforcer::settle`] has cleaned up
+    /// after the one it retired (its tables were taken by the install).
+    unsettled: Option<KernelPolicy>,
+}
+
+/// Wait until every program run that began before the call has ended: an RCU grace period.
+/// Each program runs inside an RCU read-side critical section (none is sleepable: the LSM
+/// trampolines, the cgroup program arrays and the tracepoints all take `rcu_read_lock` around
+/// a run), and `membarrier(MEMBARRIER_CMD_GLOBAL)` is `synchronize_rcu()` (kernel/sched/
+/// membarrier.c; the BPF selftests' `kern_sync_rcu` waits the same way). It holds however long
+/// a run was delayed (an interrupt storm, a preempted vCPU), which no fixed wait does. On a
+/// kernel that refuses it (`nohz_full` CPUs: EINVAL; no membarrier: ENOSYS) the wait falls
+/// back to 50 ms, far longer than a run, and says so once.
+pub fn grace_period() {
+    /// `MEMBARRIER_CMD_GLOBAL` (include/uapi/linux/membarrier.h; the libc crate names none).
+    const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+    // SAFETY: membarrier takes no pointers; flags 0 is the only value this command accepts.
+    let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if rc != 0 {
+        static SAID: std::sync::Once = std::sync::Once::new();
+        let error = std::io::Error::last_os_error();
+        SAID.call_once(|| {
+            tracing::warn!(
+                %error,
+                "the kernel offers no RCU grace period to wait on (membarrier); a retired generation's cleanup waits 50 ms instead"
+            );
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Where a new build stages its pins beside a previous build's (below the pin directory).
@@ -448,6 +477,7 @@ impl Enforcer {
             slots: [None, None],
             last_install: Written::default(),
             enforcing_since: None,
+            unsettled: None,
         })
     }
 
@@ -522,7 +552,19 @@ impl Enforcer {
     /// does not exist (the daemon installs the next generation when it appears). The runtime
     /// sockets that exist now are refused (see [`unix`]). Any map error aborts before the
     /// flip, so the previous generation keeps enforcing.
-    pub fn install(&mut self, mut policy: KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
+    pub fn install(&mut self, policy: KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
+        let skipped = self.flip(policy)?;
+        self.settle()?;
+        Ok(skipped)
+    }
+
+    /// [`install`](Self::install) up to the flip: when this returns Ok, the kernel enforces
+    /// the new generation. What is left ([`settle`](Self::settle)) waits until no decision
+    /// can still be reading the generation the flip retired; the caller may first say that
+    /// the new one enforces. A flip settles the previous one first, so the slot it writes is
+    /// never one that a decision still reads.
+    pub fn flip(&mut self, mut policy: KernelPolicy) -> Result<Vec<KernelError>, KernelError> {
+        self.settle()?;
         let slot = governance_common::slot(policy.generation);
         // The node's own tables (not per generation): what a later package upgrade or module
         // load changed is picked up by every reload.
@@ -553,14 +595,50 @@ impl Enforcer {
                 .map_err(|source| KernelError::Map { name, source })?;
             self.enforcing_since.get_or_insert(now);
         }
-        // Decisions that read the old generation just before the flip finish within
-        // microseconds; give them far more before state they could still touch goes, and
-        // before the next install may write their slot.
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        self.clear_sequences(slot ^ 1)?;
-        self.prune_buckets(&policy)?;
-        self.prune_sequences(&policy)?;
+        self.unsettled = Some(policy);
         Ok(skipped)
+    }
+
+    /// After a [`flip`](Self::flip): once every decision that read the retired generation has
+    /// finished (an RCU grace period, [`grace_period`]), clear its sequence lists and delete
+    /// the throttle buckets and sequence state the new generation does not lead to. Nothing to
+    /// do if the last flip was settled. A failure leaves it to the next settle (and so the
+    /// next flip fails before it writes anything).
+    pub fn settle(&mut self) -> Result<(), KernelError> {
+        match self.unsettled() {
+            Some(generation) => {
+                grace_period();
+                self.settle_waited(generation)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The generation whose flip is not settled yet, if any.
+    pub fn unsettled(&self) -> Option<u32> {
+        self.unsettled.as_ref().map(|p| p.generation)
+    }
+
+    /// [`settle`](Self::settle) for a caller that has waited for a [`grace_period`] which began
+    /// after the flip to `generation` (it read [`unsettled`](Self::unsettled) after that flip):
+    /// so it can wait without holding the kernel state. Nothing to do if that flip was settled
+    /// meanwhile or a later one made (that one waits for its own grace period).
+    pub fn settle_waited(&mut self, generation: u32) -> Result<(), KernelError> {
+        if self.unsettled() != Some(generation) {
+            return Ok(());
+        }
+        let Some(policy) = self.unsettled.take() else {
+            return Ok(());
+        };
+        let retired = governance_common::slot(policy.generation) ^ 1;
+        let result = self
+            .clear_sequences(retired)
+            .and_then(|()| self.prune_buckets(&policy))
+            .and_then(|()| self.prune_sequences(&policy));
+        if result.is_err() {
+            self.unsettled = Some(policy);
+        }
+        result
     }
 
     /// How many entries the last install wrote and deleted in its slot's tables.
