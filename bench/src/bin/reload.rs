@@ -9,8 +9,9 @@
 //!    the built-in protected directories, `kernel::ReadAhead`), find the agent cgroups
 //!    (`agents::discover`), compile (`kernel::compile_ahead`, which also resolves file
 //!    identities),
-//!    install (`Enforcer::install`: write what differs into the generation's slot, flip),
-//!    then the names and the HTTP engine. "Enforcing in the kernel" is the moment the kernel's
+//!    install (`Enforcer::flip`: write what differs into the generation's slot, flip),
+//!    then the names and the HTTP engine, then (outside both totals) `Enforcer::settle`.
+//!    "Enforcing in the kernel" is the moment the kernel's
 //!    active generation changes, seen by a second handle on the pinned maps polling it.
 //! 2. *End to end*, a `governance run` we start: the policy file replaced (renamed into the
 //!    directory) → the daemon's inotify → "…; reloading" → "enforcing … as generation N (…)"
@@ -244,8 +245,9 @@ struct Phases {
     compile: f64,
     /// From the start of `install` to the kernel's flip.
     to_flip: f64,
-    /// The rest of `install` (the grace period for decisions in flight, the old slot cleared).
+    /// The rest of `Enforcer::flip`, until it returns.
     after_flip: f64,
+    /// `Enforcer::settle`, after the engine: the grace period, then the retired slot cleaned up.
     settle: f64,
     /// Names and the HTTP engine.
     engine: f64,
