@@ -624,10 +624,7 @@ impl Enforcer {
     /// so it can wait without holding the kernel state. Nothing to do if that flip was settled
     /// meanwhile or a later one made (that one waits for its own grace period).
     pub fn settle_waited(&mut self, generation: u32) -> Result<(), KernelError> {
-        if self.unsettled() != Some(generation) {
-            return Ok(());
-        }
-        let Some(policy) = self.unsettled.take() else {
+        let Some(policy) = self.unsettled.take_if(|p| p.generation == generation) else {
             return Ok(());
         };
         let retired = governance_common::slot(policy.generation) ^ 1;
