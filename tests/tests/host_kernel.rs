@@ -940,7 +940,7 @@ fn health_endpoints_need_no_token_and_serve_nothing_else() {
         l.local_addr().unwrap()
     };
     let pins = pin_dir("health");
-    let (_daemon, _) = start_daemon(
+    let (daemon, _) = start_daemon(
         &[
             "--allow-degraded",
             "--no-create-cgroups",
@@ -988,6 +988,8 @@ fn health_endpoints_need_no_token_and_serve_nothing_else() {
         let r = get(method, path);
         assert!(r.starts_with("HTTP/1.1 404"), "{method} {path}: {r}");
     }
+    // A test's daemon is not stopped when dropped: stop it, or it outlives the test.
+    stop_daemon(daemon);
 }
 
 #[test]
