@@ -24,7 +24,8 @@
 //!
 //! `rss`: a `governance run` (with its HTTP proxy) governing 1,000 agent cgroups with 10 rules
 //! each: VmRSS and VmHWM after the first generation and after 10 reloads, against the same
-//! daemon governing one agent with 10 rules.
+//! daemon governing one agent with 10 rules, and where its resident set is (/proc/PID/smaps:
+//! the executable's code, the BPF maps mapped into it, the heap).
 //!
 //! Needs root (eBPF, cgroups). On the host kernel the LSM programs do not load; the maps, the
 //! compiler and the install path are the same, so the reload is measured as it is.
@@ -666,6 +667,56 @@ fn memory(pid: u32) -> Res<(f64, f64, f64)> {
     Ok((field("VmRSS:")?, field("VmHWM:")?, field("RssAnon:")?))
 }
 
+/// Where `pid`'s resident set is, from /proc/PID/smaps, in MiB: the executable's code (its
+/// mapping with `x`), the rest of the executable (read-only data, relocated data), the BPF maps
+/// mapped into it (the event ring: its data pages are mapped twice), other files (libc), and
+/// anonymous memory (heap and stacks). A line for the report.
+fn resident_by_mapping(pid: u32) -> Res<String> {
+    let exe = ctx(
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        "reading the daemon's executable",
+    )?;
+    let exe = exe.to_string_lossy().into_owned();
+    let smaps = ctx(
+        std::fs::read_to_string(format!("/proc/{pid}/smaps")),
+        "reading the daemon's smaps",
+    )?;
+    // [code, other executable, bpf maps, other files, anonymous], in KiB.
+    let mut kib = [0u64; 5];
+    let mut class = 4;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first == "Rss:" {
+            kib[class] += fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        } else if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping's header: range, perms, offset, dev, inode, [path].
+            let perms = fields.next().unwrap_or_default();
+            let path = fields.nth(3).unwrap_or_default();
+            class = if path == exe && perms.contains('x') {
+                0
+            } else if path == exe {
+                1
+            } else if path.starts_with("anon_inode:bpf") {
+                2
+            } else if path.starts_with('/') {
+                3
+            } else {
+                4
+            };
+        }
+    }
+    let mib = |k: u64| k as f64 / 1024.0;
+    Ok(format!(
+        "executable code {:.1}, executable data {:.1}, BPF maps {:.1}, other files {:.1}, anonymous {:.1} MiB",
+        mib(kib[0]),
+        mib(kib[1]),
+        mib(kib[2]),
+        mib(kib[3]),
+        mib(kib[4])
+    ))
+}
+
 fn rss(o: &Opts, env: &Env) -> Res<()> {
     let reloads = o.reloads;
     let cases = [
@@ -684,6 +735,8 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
     type Mem = (f64, f64, f64);
     let mut first: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
     let mut last: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
+    // Where the last daemon of each case had its resident set after the reloads.
+    let mut resident: Vec<String> = vec![String::new(); cases.len()];
     for run in 1..=o.runs {
         for (i, case) in cases.iter().enumerate() {
             let tag = format!("rss-{i}-{run}");
@@ -706,9 +759,10 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
                 )?;
             }
             let b = memory(daemon.pid())?;
+            resident[i] = resident_by_mapping(daemon.pid())?;
             eprintln!(
-                "bench: run {run}/{}, {}: first generation VmRSS {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}); after {reloads} reloads {:.1} MiB (VmHWM {:.1}, RssAnon {:.1})",
-                o.runs, case.title, a.0, a.1, a.2, b.0, b.1, b.2
+                "bench: run {run}/{}, {}: first generation VmRSS {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}); after {reloads} reloads {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}): {}",
+                o.runs, case.title, a.0, a.1, a.2, b.0, b.1, b.2, resident[i]
             );
             first[i].push(a);
             last[i].push(b);
@@ -735,6 +789,12 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
             col(&last[i], |x| x.0),
             col(&last[i], |x| x.1),
             col(&last[i], |x| x.2),
+        ));
+    }
+    for (case, where_) in cases.iter().zip(&resident) {
+        lines.push(format!(
+            "{}, the last daemon after {reloads} reloads: {where_}",
+            case.title
         ));
     }
     let hwm = median(&last[1].iter().map(|x| x.1).collect::<Vec<_>>());

@@ -256,19 +256,6 @@ struct Rules {
     unix: Vec<(UnixTarget, Ranked)>,
 }
 
-/// The policies that govern `agent`: those in enforce mode whose selector matches it (a shadow
-/// policy decides nothing, so it relaxes and reports nothing either).
-pub(crate) fn governing<'a>(
-    set: &'a PolicySet,
-    agent: &'a AgentCgroup,
-) -> impl Iterator<Item = &'a Policy> + Clone {
-    set.policies.iter().map(|p| &**p).filter(|p| {
-        p.mode == Mode::Enforce
-            && p.selector
-                .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref())
-    })
-}
-
 /// The id of a throttle rule's buckets ([`governance_common::BucketKey::rule`]): FNV-1a of its
 /// `<policy>/<rule>` name, never 0.
 ///
@@ -408,12 +395,7 @@ fn compile_with(
         // The policies that select this agent, each matched once (see `selectors`).
         let matching = selectors.matching(set, agent);
         let selected: Vec<(&Policy, &Rule, u32)> = selectors.rules(set, &matching).collect();
-        // Those in enforce mode (see `governing`).
-        let governing: Vec<&Policy> = matching
-            .iter()
-            .map(|&i| &*set.policies[i])
-            .filter(|p| p.mode == Mode::Enforce)
-            .collect();
+        let governing = Selectors::enforcing(set, &matching);
         for (p, rule, n) in &selected {
             let why = |what: &str| format!("rule {} ({}): {what}", rule.id, rule.at);
             let mut aux = 0u16;

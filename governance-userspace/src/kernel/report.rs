@@ -12,14 +12,8 @@ use crate::{
     policy::{Kind, Mode, PolicySet, Verdict, report},
 };
 
-/// The report encodings of an agent's default-allowed exec, file, network and unix actions:
-/// the most verbose its enforcing policies ask for.
-pub(crate) fn default_aux(set: &PolicySet, agent: &AgentCgroup) -> [u16; 4] {
-    let governing: Vec<_> = super::compile::governing(set, agent).collect();
-    default_aux_of(&governing)
-}
-
-/// [`default_aux`] of an agent's governing policies.
+/// The report encodings of an agent's default-allowed exec, file, network and unix actions,
+/// from the policies that govern it: the most verbose they ask for.
 pub(crate) fn default_aux_of(governing: &[&crate::policy::Policy]) -> [u16; 4] {
     [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
         .map(|k| report::of_default(governing.iter().copied(), k).aux())
@@ -55,6 +49,10 @@ pub fn count_keys(
             keys.push(key);
         }
     };
+    // Each agent's policies are found through the compiler's selector index, as the compiler
+    // finds them: matching every policy against every agent was agents × policies glob
+    // matches (a million for 1,000 agents with a policy each), after every reload.
+    let selectors = super::compile::Selectors::new(set);
     for agent in agents {
         let key = |rule_id: u32, kind: governance_common::Kind| CountKey {
             agent: agent.cgroup_id,
@@ -63,25 +61,19 @@ pub fn count_keys(
             kind: kind as u8,
             _pad: [0; 7],
         };
-        let mut n = 0u32;
-        for p in &set.policies {
-            let governs =
-                p.selector
-                    .matches(&agent.rel, agent.label.as_deref(), agent.pod.as_ref());
-            for rule in &p.rules {
-                n += 1;
-                if !governs || rule.mode != Mode::Enforce || rule.verdict != Verdict::Allow {
-                    continue;
-                }
-                if report::of_rule(p, rule) == report::Report::Every {
-                    continue;
-                }
-                for k in kernel_kinds(rule.matcher.kind()) {
-                    push(key(governance_common::class_id(generation, n), *k));
-                }
+        let matching = selectors.matching(set, agent);
+        for (p, rule, n) in selectors.rules(set, &matching) {
+            if rule.mode != Mode::Enforce || rule.verdict != Verdict::Allow {
+                continue;
+            }
+            if report::of_rule(p, rule) == report::Report::Every {
+                continue;
+            }
+            for k in kernel_kinds(rule.matcher.kind()) {
+                push(key(governance_common::class_id(generation, n), *k));
             }
         }
-        let aux = default_aux(set, agent);
+        let aux = default_aux_of(&super::compile::Selectors::enforcing(set, &matching));
         for (i, kind) in [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
             .into_iter()
             .enumerate()
@@ -245,12 +237,98 @@ mod tests {
                 .all(|k| k.agent == a.cgroup_id && k.generation == 3)
         );
         assert_eq!(
-            default_aux(&set, &a),
+            default_aux_of(&[&*set.policies[0]]),
             [enc::COUNT, enc::COUNT, enc::EVERY, enc::EVERY]
         );
         // A cgroup no enforcing policy governs has the built-in defaults: file opens counted.
         let (keys, _) = count_keys(&set, &[agent(1, "other")], 3);
         assert_eq!(keys.len(), 1);
         assert_eq!((keys[0].rule_id, keys[0].kind), (NO_RULE, K::File as u8));
+    }
+
+    /// The counters found through the selector index are the ones found by matching every
+    /// policy against every agent (what `count_keys` did before): literal, globbed, label and
+    /// shadow policies, rules in shadow mode, and each report mode, over 300 agents.
+    #[test]
+    fn counters_found_through_the_index_are_those_of_every_policy() {
+        let mut yaml = String::new();
+        for i in 0..30 {
+            let agents = match i % 5 {
+                0 => format!("{{ cgroup: agents/a{i} }}"),
+                1 => "{ cgroup: 'agents/a1*' }".to_owned(),
+                2 => "{ label: red }".to_owned(),
+                3 => format!("{{ cgroup: agents/a{}, label: red }}", i + 1),
+                _ => format!("{{ cgroup: agents/a{} }}", i + 200),
+            };
+            // A shadow policy's defaults would count what no enforcing policy counts.
+            let (mode, counted) = if i % 7 == 3 {
+                ("mode: shadow\n", "exec: count, unix: count")
+            } else {
+                ("", "network: count")
+            };
+            let report = ["every", "count", "{ sample: 10 }"][i % 3];
+            yaml.push_str(&format!(
+                "---\nname: p{i}\nagents: {agents}\n{mode}defaults: {{ report: {{ {counted} }} }}\nrules:\n\
+                 \x20 - {{ id: a, network: {{ cidr: 10.0.0.{i}/32 }}, verdict: allow, reason: t, report: count }}\n\
+                 \x20 - {{ id: b, file: {{ path: /x{i} }}, verdict: allow, reason: t, mode: shadow }}\n\
+                 \x20 - {{ id: c, exec: {{ path: /bin/c{i} }}, verdict: allow, reason: t, report: {report} }}\n\
+                 \x20 - {{ id: d, file: {{ path: /y{i} }}, verdict: block, reason: t }}\n"
+            ));
+        }
+        let set = parse(&[(PathBuf::from("p.yaml"), yaml)]).unwrap_or_else(|e| panic!("{e}"));
+        let agents: Vec<AgentCgroup> = (0..300)
+            .map(|i| {
+                let mut a = agent(i, &format!("agents/a{i}"));
+                a.label = (i % 4 == 0).then(|| "red".to_owned());
+                a
+            })
+            .collect();
+        let (keys, wanted) = count_keys(&set, &agents, 5);
+        let mut plain = Vec::new();
+        for a in &agents {
+            let key = |rule_id, kind: governance_common::Kind| (a.cgroup_id, rule_id, kind as u8);
+            let matches = |p: &crate::policy::Policy| {
+                p.selector
+                    .matches(&a.rel, a.label.as_deref(), a.pod.as_ref())
+            };
+            for (p, rule, n) in set.numbered() {
+                if matches(p)
+                    && rule.mode == Mode::Enforce
+                    && rule.verdict == Verdict::Allow
+                    && report::of_rule(p, rule) != report::Report::Every
+                {
+                    for k in kernel_kinds(rule.matcher.kind()) {
+                        plain.push(key(class_id(5, n), *k));
+                    }
+                }
+            }
+            let governing: Vec<&crate::policy::Policy> = set
+                .policies
+                .iter()
+                .map(|p| &**p)
+                .filter(|p| p.mode == Mode::Enforce && matches(p))
+                .collect();
+            let aux = default_aux_of(&governing);
+            for (i, kind) in [Kind::Exec, Kind::File, Kind::Network, Kind::Unix]
+                .into_iter()
+                .enumerate()
+            {
+                if aux[i] != enc::EVERY {
+                    for k in kernel_kinds(kind) {
+                        plain.push(key(NO_RULE, *k));
+                    }
+                }
+            }
+        }
+        let got: Vec<(u64, u32, u8)> = keys.iter().map(|k| (k.agent, k.rule_id, k.kind)).collect();
+        assert_eq!(got, plain);
+        assert_eq!(wanted, plain.len());
+        // The cases are all there: rule counters, default counters, agents with none.
+        let rules = got.iter().filter(|k| k.1 != NO_RULE).count();
+        assert!(
+            rules > 100 && got.len() > rules + 300,
+            "{rules} of {}",
+            got.len()
+        );
     }
 }

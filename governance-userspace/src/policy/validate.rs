@@ -191,8 +191,11 @@ impl Cx<'_> {
         mode: Mode,
         profiles: &BTreeMap<String, model::SandboxProfile>,
         docs: Vec<model::RuleDoc>,
-    ) -> Vec<Rule> {
+    ) -> Vec<Arc<Rule>> {
         let mut ids: BTreeMap<String, Location> = BTreeMap::new();
+        // Each rule goes into its `Arc` as it is made. (Mapping a `Vec<Rule>` into `Arc`s
+        // afterwards collects in place: the policy would keep the rules' whole buffer, a few
+        // hundred bytes per rule, as the capacity of its list of pointers.)
         let mut rules = Vec::with_capacity(docs.len());
         for r in docs {
             let at = self.loc(r.id.span());
@@ -205,7 +208,7 @@ impl Cx<'_> {
             }
             ids.insert(r.id.to_string(), at);
             if let Some(rule) = self.rule(name, mode, profiles, r) {
-                rules.push(rule);
+                rules.push(Arc::new(rule));
             }
         }
         rules
@@ -214,8 +217,7 @@ impl Cx<'_> {
     /// Validate one policy document; None if it had problems (already recorded).
     pub(super) fn policy(&mut self, doc: model::PolicyDoc) -> Option<Policy> {
         self.policy_with(doc, |cx, context, docs| {
-            let rules = cx.rules(&context.name, context.mode, &context.profiles, docs);
-            Some(rules.into_iter().map(Arc::new).collect())
+            Some(cx.rules(&context.name, context.mode, &context.profiles, docs))
         })
     }
 

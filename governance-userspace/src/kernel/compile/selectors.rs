@@ -71,6 +71,16 @@ impl Selectors {
         out
     }
 
+    /// Of the policies `matching`, those that govern the agent: the ones in enforce mode (a
+    /// shadow policy decides nothing, so it relaxes and reports nothing either).
+    pub(crate) fn enforcing<'a>(set: &'a PolicySet, matching: &[usize]) -> Vec<&'a Policy> {
+        matching
+            .iter()
+            .map(|&i| &*set.policies[i])
+            .filter(|p| p.mode == crate::policy::Mode::Enforce)
+            .collect()
+    }
+
     /// The rules of the policies `matching`, each with its number, in set order (what
     /// `PolicySet::numbered` yields for these policies).
     pub(crate) fn rules<'a>(
