@@ -25,7 +25,8 @@
 //! `rss`: a `governance run` (with its HTTP proxy) governing 1,000 agent cgroups with 10 rules
 //! each: VmRSS and VmHWM after the first generation and after 10 reloads, against the same
 //! daemon governing one agent with 10 rules, and where its resident set is (/proc/PID/smaps:
-//! the executable's code, the BPF maps mapped into it, the heap).
+//! the executable's code, the BPF maps mapped into it, the heap); then the daemon's CPU while
+//! idle, over 10 s.
 //!
 //! Needs root (eBPF, cgroups). On the host kernel the LSM programs do not load; the maps, the
 //! compiler and the install path are the same, so the reload is measured as it is.
@@ -718,6 +719,39 @@ fn resident_by_mapping(pid: u32) -> Res<String> {
     ))
 }
 
+/// CPU time (user and system, all threads) `pid` has used, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Res<Duration> {
+    let stat = ctx(
+        std::fs::read_to_string(format!("/proc/{pid}/stat")),
+        "reading the daemon's stat",
+    )?;
+    // After the name (in parentheses, which may hold spaces): state is field 3, utime 14,
+    // stime 15.
+    let fields: Vec<&str> = stat
+        .rfind(')')
+        .map_or("", |i| &stat[i + 1..])
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Res<u64> {
+        ctx(
+            fields
+                .get(i - 3)
+                .copied()
+                .unwrap_or_default()
+                .parse::<u64>(),
+            format!("field {i} of /proc/{pid}/stat"),
+        )
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64(
+        (ticks(14)? + ticks(15)?) as f64 / hz,
+    ))
+}
+
+/// How long the daemon's idle CPU is measured for, after the reloads.
+const IDLE_WINDOW: Duration = Duration::from_secs(10);
+
 fn rss(o: &Opts, env: &Env) -> Res<()> {
     let reloads = o.reloads;
     let cases = [
@@ -746,6 +780,8 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
     type Mem = (f64, f64, f64);
     let mut first: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
     let mut last: Vec<Vec<Mem>> = vec![Vec::new(); cases.len()];
+    // Per case: the daemon's CPU while idle after the reloads, in % of one CPU.
+    let mut idle: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     // Where the last daemon of each case had its resident set after the reloads.
     let mut resident: Vec<String> = vec![String::new(); cases.len()];
     for run in 1..=o.runs {
@@ -775,6 +811,18 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
                 "bench: run {run}/{}, {}: first generation VmRSS {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}); after {reloads} reloads {:.1} MiB (VmHWM {:.1}, RssAnon {:.1}): {}",
                 o.runs, case.title, a.0, a.1, a.2, b.0, b.1, b.2, resident[i]
             );
+            // Idle: no agent acts, no policy changes; what the daemon's own once-a-second
+            // work costs (agent processes' network namespaces, counters, socket files). A
+            // measurement over a fixed window, not a wait for something.
+            let (t0, c0) = (Instant::now(), cpu_time(daemon.pid())?);
+            std::thread::sleep(IDLE_WINDOW);
+            let used = cpu_time(daemon.pid())?.saturating_sub(c0);
+            let cpu = 100.0 * used.as_secs_f64() / t0.elapsed().as_secs_f64();
+            eprintln!(
+                "bench: run {run}/{}, {}: CPU while idle {cpu:.2} % of one CPU",
+                o.runs, case.title
+            );
+            idle[i].push(cpu);
             first[i].push(a);
             last[i].push(b);
             drop(started);
@@ -800,6 +848,14 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
             col(&last[i], |x| x.0),
             col(&last[i], |x| x.1),
             col(&last[i], |x| x.2),
+        ));
+    }
+    for (case, cpu) in cases.iter().zip(&idle) {
+        lines.push(format!(
+            "{}, CPU while idle after the reloads ({} s): {} % of one CPU",
+            case.title,
+            IDLE_WINDOW.as_secs(),
+            cell(cpu)
         ));
     }
     for (case, where_) in cases.iter().zip(&resident) {
