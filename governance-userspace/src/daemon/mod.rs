@@ -18,6 +18,7 @@
 //! When the daemon stops (or dies), the programs stay attached with the last generation:
 //! enforcement fails closed. `governance unload` (or `run --detach-on-exit`) removes them.
 
+mod burst;
 mod counts;
 mod discover;
 mod drain;

@@ -16,7 +16,7 @@ use tokio::{
 };
 
 use super::{
-    RunArgs,
+    RunArgs, burst,
     generation::{Built, SharedNames, build, install_names},
     netns::NetnsListeners,
     watch::{self, Watches},
@@ -210,7 +210,8 @@ impl Daemon<'_> {
     ) -> anyhow::Result<()> {
         let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
         self.settle_later();
-        let (mut policy_due, mut cgroup_due, mut socket_due) = (None, None, None);
+        let (mut cgroup_due, mut socket_due) = (None, None);
+        let mut policy = burst::Burst::default();
         let mut pods_changed = self.pods.as_ref().map(|p| p.subscribe());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,14 +240,15 @@ impl Daemon<'_> {
                     }
                     continue;
                 }
-                // A burst of changes (an editor saving, a tree of cgroups appearing) settles
-                // before the reload: the first change sets the due time, later ones ride along.
-                r = watch::changed(&mut watches.policy) => {
-                    r?;
-                    let due = tokio::time::Instant::now() + Duration::from_millis(300);
-                    policy_due.get_or_insert(due);
+                // A burst of changes to the policy directory (an editor saving, a tool writing
+                // several files) is over before the reload, and no file is read half-written
+                // (see `burst`).
+                r = watch::policy_changes(&mut watches.policy) => {
+                    policy.note(r?, tokio::time::Instant::now());
                     continue;
                 }
+                // A tree of cgroups appearing settles before the reload: the first change sets
+                // the due time, later ones ride along.
                 r = watch::changed(&mut watches.cgroups) => {
                     r?;
                     cgroups_changed = true;
@@ -270,15 +272,27 @@ impl Daemon<'_> {
                     watches.sockets = watch::watch_sockets(&self.enforcer)?;
                     continue;
                 }
-                _ = watch::until(watch::earliest(watch::earliest(policy_due, cgroup_due), socket_due)) => {
-                    let policy_changed = policy_due.is_some();
+                _ = watch::until(policy.due()) => {
+                    match policy.fire() {
+                        burst::Due::Reload => "the policy directory changed",
+                        burst::Due::Waiting(files) => {
+                            let files: Vec<String> =
+                                files.iter().map(|f| f.display().to_string()).collect();
+                            crate::say!(
+                                "the policy directory changed; waiting for {} to be closed before \
+                                 reloading (a file half-written is never read; SIGHUP or \
+                                 `governance reload` reloads now)",
+                                files.join(", ")
+                            );
+                            continue;
+                        }
+                    }
+                }
+                _ = watch::until(watch::earliest(cgroup_due, socket_due)) => {
                     let socket_changed = socket_due.is_some();
-                    policy_due = None;
                     cgroup_due = None;
                     socket_due = None;
-                    if policy_changed {
-                        "the policy directory changed"
-                    } else if socket_changed {
+                    if socket_changed {
                         "a Unix socket a rule names was created or re-created"
                     } else {
                         // Only cgroups changed. If the agents are the same ones, the current
@@ -330,6 +344,13 @@ impl Daemon<'_> {
             // A watch made after the build would miss it. The cgroup tree is watched anew only
             // if it changed: a watch of every directory of a large tree takes tens of
             // milliseconds, and the one there still covers an unchanged tree.
+            // What the old watch still holds goes to the burst first: a file still open for
+            // writing keeps its place there until its close, which the new watch reports.
+            policy.note(
+                watch::pending_policy_changes(&watches.policy),
+                tokio::time::Instant::now(),
+            );
+            policy.reloaded();
             watches.policy = watch::watch_policy(&self.args.policy)?;
             if cgroups_changed {
                 watches.cgroups = watch::watch_cgroups(self.root)?;

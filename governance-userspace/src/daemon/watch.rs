@@ -2,37 +2,58 @@
 //! Unix sockets the kernel decides on by identity (inotify, for tokio).
 
 use std::{
-    os::fd::{AsFd as _, AsRawFd, RawFd},
+    collections::HashMap,
+    os::{
+        fd::{AsFd as _, AsRawFd, RawFd},
+        unix::fs::MetadataExt as _,
+    },
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
 use anyhow::Context as _;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, InotifyEvent, WatchDescriptor};
 use tokio::io::unix::AsyncFd;
 
+use super::burst::Change;
 use crate::kernel::{self, Enforcer};
 
 /// inotify for tokio.
-pub(super) struct Watch(Inotify);
+pub(super) struct Watch {
+    inotify: Inotify,
+    /// The directory of each watch, where the events' names are wanted (the policy
+    /// directory's; empty for the others).
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+}
 
 impl AsRawFd for Watch {
     fn as_raw_fd(&self) -> RawFd {
-        self.0.as_fd().as_raw_fd()
+        self.inotify.as_fd().as_raw_fd()
     }
 }
 
-/// Watch `dir` and its subdirectories (down to `depth` levels).
-fn watch(dir: &Path, flags: AddWatchFlags, depth: u32) -> anyhow::Result<AsyncFd<Watch>> {
+/// Watch `dir` and its subdirectories (down to `depth` levels), keeping each watch's directory
+/// if `named`.
+fn watch(
+    dir: &Path,
+    flags: AddWatchFlags,
+    depth: u32,
+    named: bool,
+) -> anyhow::Result<AsyncFd<Watch>> {
     let inotify =
         Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
+    let mut names = HashMap::new();
     let mut dirs: Vec<(PathBuf, u32)> = vec![(dir.to_owned(), 0)];
     while let Some((d, level)) = dirs.pop() {
-        if let Err(e) = inotify.add_watch(&d, flags) {
-            if level == 0 {
+        match inotify.add_watch(&d, flags) {
+            Ok(wd) if named => {
+                names.insert(wd, d.clone());
+            }
+            Ok(_) => {}
+            Err(e) if level == 0 => {
                 return Err(e).with_context(|| format!("watching {}", d.display()));
             }
-            continue; // removed meanwhile
+            Err(_) => continue, // removed meanwhile
         }
         if level < depth
             && let Ok(rd) = std::fs::read_dir(&d)
@@ -44,8 +65,12 @@ fn watch(dir: &Path, flags: AddWatchFlags, depth: u32) -> anyhow::Result<AsyncFd
             );
         }
     }
+    let w = Watch {
+        inotify,
+        dirs: names,
+    };
     // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
-    unsafe { AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE) }
+    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching {}: {}", dir.display(), e.into_parts().1))
 }
 
@@ -67,8 +92,12 @@ pub(super) fn watch_sockets(enforcer: &Mutex<Enforcer>) -> anyhow::Result<AsyncF
         // A directory removed meanwhile: the once-a-second check covers it.
         let _ = inotify.add_watch(&dir, flags);
     }
+    let w = Watch {
+        inotify,
+        dirs: HashMap::new(),
+    };
     // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
-    unsafe { AsyncFd::register_with_interest(Watch(inotify), tokio::io::Interest::READABLE) }
+    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow::anyhow!("watching the socket directories: {}", e.into_parts().1))
 }
 
@@ -93,13 +122,16 @@ pub(super) fn sockets_changed(enforcer: &Mutex<Enforcer>) -> bool {
     }
 }
 
+/// The policy directory and its subdirectories, with what tells a file being written
+/// (`IN_MODIFY` until `IN_CLOSE_WRITE`, see [`super::burst`]).
 pub(super) fn watch_policy(dir: &Path) -> anyhow::Result<AsyncFd<Watch>> {
     let flags = AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_MOVED_FROM
         | AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE;
-    watch(dir, flags, 16)
+    watch(dir, flags, 16, true)
 }
 
 /// cgroups appearing, going, or getting a label (an xattr change is IN_ATTRIB).
@@ -108,16 +140,74 @@ pub(super) fn watch_cgroups(root: &Path) -> anyhow::Result<AsyncFd<Watch>> {
         | AddWatchFlags::IN_DELETE
         | AddWatchFlags::IN_ATTRIB
         | AddWatchFlags::IN_ONLYDIR;
-    watch(root, flags, governance_common::MAX_CGROUP_DEPTH)
+    watch(root, flags, governance_common::MAX_CGROUP_DEPTH, false)
 }
 
 /// Wait until `w` is readable and swallow what it says. Cancel-safe: nothing is consumed
 /// unless the future completes, so a select! arm can be dropped without losing a change.
 pub(super) async fn changed(w: &mut AsyncFd<Watch>) -> anyhow::Result<()> {
+    events(w).await.map(drop)
+}
+
+/// Wait until `w` is readable and take what it says (cancel-safe, as [`changed`]).
+async fn events(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<InotifyEvent>> {
     let mut guard = w.readable_mut().await.context("inotify")?;
-    let _ = guard.get_inner().0.read_events();
+    let events = guard.get_inner().inotify.read_events().unwrap_or_default();
     guard.clear_ready();
-    Ok(())
+    Ok(events)
+}
+
+/// The policy directory's changes ([`watch_policy`]), as the burst takes them.
+pub(super) async fn policy_changes(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<Change>> {
+    let events = events(w).await?;
+    let dirs = &w.get_ref().dirs;
+    Ok(events.iter().map(|e| change(dirs, e)).collect())
+}
+
+/// The policy directory's changes already reported and not yet taken (none: nothing waits).
+pub(super) fn pending_policy_changes(w: &AsyncFd<Watch>) -> Vec<Change> {
+    let w = w.get_ref();
+    let events = w.inotify.read_events().unwrap_or_default();
+    events.iter().map(|e| change(&w.dirs, e)).collect()
+}
+
+/// What one event of the policy directory's watch says.
+fn change(dirs: &HashMap<WatchDescriptor, PathBuf>, e: &InotifyEvent) -> Change {
+    let m = e.mask;
+    if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+        return Change::Unsure;
+    }
+    let (Some(dir), Some(name)) = (dirs.get(&e.wd), &e.name) else {
+        return Change::Other;
+    };
+    let path = dir.join(name);
+    if m.contains(AddWatchFlags::IN_CREATE) {
+        if m.contains(AddWatchFlags::IN_ISDIR) {
+            // Not watched until the reload: what is written into it meanwhile is not seen.
+            return Change::Unsure;
+        }
+        // A regular file with one name and nothing in it yet was just created by its writer
+        // (`generate > policy.yaml`: the shell makes the file, the program writes it later).
+        // Written already, its writes follow as IN_MODIFY; a symlink or a hard link is whole
+        // as made.
+        return match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_file() && m.nlink() == 1 && m.len() == 0 => {
+                Change::Writing(path)
+            }
+            _ => Change::Other,
+        };
+    }
+    if m.contains(AddWatchFlags::IN_MODIFY) {
+        Change::Writing(path)
+    } else if m.contains(AddWatchFlags::IN_CLOSE_WRITE) {
+        Change::Closed(path)
+    } else if m.intersects(AddWatchFlags::IN_DELETE | AddWatchFlags::IN_MOVED_FROM) {
+        Change::Gone(path)
+    } else if m.contains(AddWatchFlags::IN_MOVED_TO) {
+        Change::MovedIn(path)
+    } else {
+        Change::Other
+    }
 }
 
 /// The daemon's three watches.
@@ -208,7 +298,7 @@ mod tests {
         let seen = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let mut guard = w.readable_mut().await.unwrap();
-                let events = guard.get_inner().0.read_events().unwrap_or_default();
+                let events = guard.get_inner().inotify.read_events().unwrap_or_default();
                 guard.clear_ready();
                 if events.iter().any(|e| {
                     e.mask.contains(AddWatchFlags::IN_MOVED_TO)
@@ -223,5 +313,67 @@ mod tests {
         let set = crate::policy::load_dir(dir).unwrap();
         let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["new"]);
+    }
+
+    /// Read the watch until `done` holds for the burst, or fail after 10 s.
+    async fn until_burst(
+        w: &mut AsyncFd<Watch>,
+        b: &mut super::super::burst::Burst,
+        done: impl Fn(&super::super::burst::Burst) -> bool,
+        what: &str,
+    ) {
+        let r = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(b) {
+                let c = policy_changes(w).await.unwrap();
+                b.note(c, tokio::time::Instant::now());
+            }
+        })
+        .await;
+        assert!(r.is_ok(), "{what}: not seen within 10 s; the burst: {b:?}");
+    }
+
+    /// Through a real inotify: a file the shell made for a generator's output holds the reload
+    /// (it is empty, then half-written) until its writer closes it; a file written elsewhere
+    /// and renamed in is due after the quiet at once.
+    #[tokio::test]
+    async fn a_policy_file_is_read_only_once_its_writer_has_closed_it() {
+        use std::io::Write as _;
+
+        use super::super::burst::{Burst, Due, NOTE_AFTER};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut w = watch_policy(dir).unwrap();
+        let mut b = Burst::default();
+        let holds = |b: &Burst| {
+            b.due()
+                .is_some_and(|d| d >= tokio::time::Instant::now() + NOTE_AFTER / 2)
+        };
+
+        // Created empty, nothing written yet: held.
+        let mut f = std::fs::File::create(dir.join("gen.yaml")).unwrap();
+        until_burst(&mut w, &mut b, holds, "the creation").await;
+        // Half a policy written: still held.
+        f.write_all(b"name: half\n").unwrap();
+        until_burst(&mut w, &mut b, holds, "the first write").await;
+        // Closed: due after the quiet.
+        f.write_all(b"agents: { cgroup: agents/bot }\n").unwrap();
+        drop(f);
+        until_burst(
+            &mut w,
+            &mut b,
+            |b| b.due().is_some() && !holds(b),
+            "the close",
+        )
+        .await;
+        assert_eq!(b.fire(), Due::Reload);
+
+        // Written elsewhere, renamed in: due after the quiet, never held.
+        let staged = tmp.path().join("..staged");
+        std::fs::write(&staged, POLICY.replace("NAME", "whole")).unwrap();
+        let mut w = watch_policy(dir).unwrap();
+        let mut b = Burst::default();
+        std::fs::rename(&staged, dir.join("whole.yaml")).unwrap();
+        until_burst(&mut w, &mut b, |b| b.due().is_some(), "the rename").await;
+        assert!(!holds(&b), "a renamed file is whole: {b:?}");
     }
 }
