@@ -4,7 +4,7 @@
 //! being written: created or modified and not closed yet (inotify's `IN_CREATE`/`IN_MODIFY`
 //! without the `IN_CLOSE_WRITE`). A half-written file is never read on purpose: YAML cut at a
 //! line end can parse as a smaller policy (rules missing), so the reload waits for the close,
-//! however long, and says so after [`NOTE_AFTER`] (SIGHUP or `governance reload` reloads at
+//! however long, and says so after [`NOTE_AFTER`] (SIGHUP or `governance policy reload` reloads at
 //! once). What the watch cannot follow waits [`WINDOW`] after the burst's first change instead:
 //! a directory created in place (the files written into it before it is watched are not seen)
 //! and a lost inotify queue. A rename into the directory publishes what it moves whole (the

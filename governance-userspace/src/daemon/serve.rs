@@ -281,7 +281,7 @@ impl Daemon<'_> {
                             crate::say!(
                                 "the policy directory changed; waiting for {} to be closed before \
                                  reloading (a file half-written is never read; SIGHUP or \
-                                 `governance reload` reloads now)",
+                                 `governance policy reload` reloads now)",
                                 files.join(", ")
                             );
                             continue;
