@@ -7,7 +7,8 @@
 //! however long, and says so after [`NOTE_AFTER`] (SIGHUP or `governance policy reload` reloads at
 //! once). What the watch cannot follow waits [`WINDOW`] after the burst's first change instead:
 //! a directory created in place (the files written into it before it is watched are not seen)
-//! and a lost inotify queue. A rename into the directory publishes what it moves whole (the
+//! and a lost inotify queue (which forgets the files open for writing: their closes may be
+//! lost with it). A rename into the directory publishes what it moves whole (the
 //! kubelet's `..data` swap, `mv` of a file or directory written elsewhere), so it ends that
 //! doubt.
 
@@ -38,8 +39,11 @@ pub(super) enum Change {
     Gone(PathBuf),
     /// A name moved in.
     MovedIn(PathBuf),
-    /// A directory created in place, a lost queue: what happened is not all known.
+    /// A directory created in place: what is written into it is not seen.
     Unsure,
+    /// The watch's queue overflowed: closes may be lost with the rest, so nothing is known to
+    /// be open for writing any more.
+    Lost,
     /// Anything else: a symlink or a hard link made (whole as made).
     Other,
 }
@@ -79,6 +83,10 @@ impl Burst {
                     self.unsure = false;
                 }
                 Change::Unsure => self.unsure = true,
+                Change::Lost => {
+                    self.writing.clear();
+                    self.unsure = true;
+                }
                 Change::Other => {}
             }
             self.first.get_or_insert(now);
@@ -115,11 +123,10 @@ impl Burst {
     /// A reload read the directory (for this burst or another reason): the burst is over,
     /// except for the files still open for writing, whose close starts the next one.
     pub fn reloaded(&mut self) {
-        let writing = std::mem::take(&mut self.writing);
-        *self = Self::default();
-        if !writing.is_empty() {
-            self.writing = writing;
-        }
+        *self = Self {
+            writing: std::mem::take(&mut self.writing),
+            ..Self::default()
+        };
     }
 }
 
@@ -216,6 +223,17 @@ mod tests {
             t + Duration::from_millis(1),
         );
         assert_eq!(b.due(), Some(t + Duration::from_millis(1) + QUIET));
+    }
+
+    #[test]
+    fn a_lost_queue_forgets_the_writes_and_waits_the_window() {
+        let t = Instant::now();
+        let mut b = Burst::default();
+        b.note([Change::Writing(p("/p/a.yaml"))], t);
+        // The close may be among the lost events: the reload must not wait for it.
+        b.note([Change::Lost], t + Duration::from_millis(1));
+        assert_eq!(b.due(), Some(t + WINDOW));
+        assert_eq!(b.fire(), Due::Reload);
     }
 
     #[test]

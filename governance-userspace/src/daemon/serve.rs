@@ -339,11 +339,6 @@ impl Daemon<'_> {
                 _ = signals.term.recv() => break,
             };
             crate::say!("{why}; reloading");
-            // Watch before the build reads the tree and the directory: a change made while it
-            // builds (a slow build of many agents) is then seen and leads to the next reload.
-            // A watch made after the build would miss it. The cgroup tree is watched anew only
-            // if it changed: a watch of every directory of a large tree takes tens of
-            // milliseconds, and the one there still covers an unchanged tree.
             // What the old watch still holds goes to the burst first: a file still open for
             // writing keeps its place there until its close, which the new watch reports.
             policy.note(
@@ -351,6 +346,11 @@ impl Daemon<'_> {
                 tokio::time::Instant::now(),
             );
             policy.reloaded();
+            // Watch before the build reads the tree and the directory: a change made while it
+            // builds (a slow build of many agents) is then seen and leads to the next reload.
+            // A watch made after the build would miss it. The cgroup tree is watched anew only
+            // if it changed: a watch of every directory of a large tree takes tens of
+            // milliseconds, and the one there still covers an unchanged tree.
             watches.policy = watch::watch_policy(&self.args.policy)?;
             if cgroups_changed {
                 watches.cgroups = watch::watch_cgroups(self.root)?;

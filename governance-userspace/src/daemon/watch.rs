@@ -160,22 +160,27 @@ async fn events(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<InotifyEvent>> {
 /// The policy directory's changes ([`watch_policy`]), as the burst takes them.
 pub(super) async fn policy_changes(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<Change>> {
     let events = events(w).await?;
-    let dirs = &w.get_ref().dirs;
-    Ok(events.iter().map(|e| change(dirs, e)).collect())
+    Ok(w.get_ref().changes(&events))
 }
 
 /// The policy directory's changes already reported and not yet taken (none: nothing waits).
 pub(super) fn pending_policy_changes(w: &AsyncFd<Watch>) -> Vec<Change> {
     let w = w.get_ref();
-    let events = w.inotify.read_events().unwrap_or_default();
-    events.iter().map(|e| change(&w.dirs, e)).collect()
+    w.changes(&w.inotify.read_events().unwrap_or_default())
+}
+
+impl Watch {
+    /// What the policy directory's events say.
+    fn changes(&self, events: &[InotifyEvent]) -> Vec<Change> {
+        events.iter().map(|e| change(&self.dirs, e)).collect()
+    }
 }
 
 /// What one event of the policy directory's watch says.
 fn change(dirs: &HashMap<WatchDescriptor, PathBuf>, e: &InotifyEvent) -> Change {
     let m = e.mask;
     if m.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-        return Change::Unsure;
+        return Change::Lost;
     }
     let (Some(dir), Some(name)) = (dirs.get(&e.wd), &e.name) else {
         return Change::Other;
