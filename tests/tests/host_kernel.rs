@@ -480,6 +480,118 @@ fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A reload for the agents' sake (a cgroup appeared) reads no policy file half-written and
+/// leaves no new agent unenforced because the directory does not read: an agent that appears
+/// beside a broken file, or while a file is open for writing (a file cut mid-write can parse as
+/// a weaker policy), gets the policy the current generation enforces. Controls: a cgroup the
+/// selector does not match stays ungoverned, and once the writer closes the file the directory
+/// is read and its policy (which allows) enforces.
+#[test]
+fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_in_force() {
+    require_root();
+    let parent = TestCgroup::new("appear");
+    let first = parent.child("agent-1");
+    let (_l, addr) = listener([127, 0, 0, 1]);
+    let attempt = Attempt::connect(addr);
+    let blocking = format!(
+        "name: appear\nagents: {{ cgroup: \"{}/agent-*\" }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
+        parent.rel.display()
+    );
+    let dir = policy_dir("appear", &blocking);
+    let policy = dir.join("p.yaml");
+    let pins = pin_dir("appear");
+    let (mut daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(seen.contains("as generation 1"), "{seen}");
+    let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
+    let blocked = |cgroup: &Path, stdout: &mut std::io::BufReader<_>, generation: u32| {
+        assert_eq!(
+            run_in(Some(cgroup), "appear", &attempt).1,
+            Outcome::Errno(libc::EPERM),
+            "{}",
+            cgroup.display()
+        );
+        let line = next_line(stdout);
+        assert!(
+            line.contains(" BLOCK    connect ") && line.contains(&format!(" gen={generation} ")),
+            "{line}"
+        );
+    };
+    blocked(&first, &mut stdout, 1);
+
+    // A broken file: its reload fails and generation 1 keeps enforcing.
+    std::fs::write(
+        &policy,
+        "name: appear\nagents: { cgroup: x }\nrules:\n  - { id: a, verdict: deny }\n",
+    )
+    .unwrap();
+    let seen = daemon.wait_for("p.yaml:4:");
+    assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
+    // An agent appears: the directory still does not read, and the agent gets generation 1's
+    // policy in generation 2.
+    let second = parent.child("agent-2");
+    let seen = daemon.wait_for("generation 2 is enforcing");
+    assert!(
+        seen.contains("the policy generation 1 enforced: the policy directory does not read"),
+        "{seen}"
+    );
+    blocked(&second, &mut stdout, 2);
+    blocked(&first, &mut stdout, 2);
+    // The status still says the directory does not read.
+    let status: serde_json::Value =
+        serde_json::from_slice(&daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(status["generation"], 2, "{status}");
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("p.yaml:4:"),
+        "{status}"
+    );
+    // Control: a cgroup the selector does not match is no agent.
+    let other = parent.child("other");
+    daemon.wait_for("the cgroup tree changed, the agents did not; generation 2 stays");
+    assert_eq!(
+        run_in(Some(&other), "appear", &attempt).1,
+        Outcome::Exited(0)
+    );
+
+    // A writer has the file open: a policy that allows, written but not closed.
+    let allowing = blocking.replace("verdict: block", "verdict: allow");
+    let mut writer = std::fs::File::create(&policy).unwrap();
+    std::io::Write::write_all(&mut writer, allowing.as_bytes()).unwrap();
+    let third = parent.child("agent-3");
+    let seen = daemon.wait_for("generation 3 is enforcing");
+    assert!(
+        seen.contains("the policy generation 2 enforced: a policy file is being written"),
+        "{seen}"
+    );
+    blocked(&third, &mut stdout, 3);
+    // Closed: the directory is read, and its policy allows.
+    drop(writer);
+    daemon.wait_for("generation 4 is enforcing (the policy directory changed)");
+    assert_eq!(
+        run_in(Some(&third), "appear", &attempt).1,
+        Outcome::Exited(0)
+    );
+    let line = next_line(&mut stdout);
+    assert!(
+        line.contains(" ALLOW    connect ") && line.contains(" gen=4 "),
+        "{line}"
+    );
+    stop_daemon(daemon);
+    assert!(!pins.exists(), "--detach-on-exit removes the pins");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Reliability fault 3: 1,000 generation flips while connects run. Odd generations block,
 /// even ones allow; every decision matches the generation its event names, so no decision saw
 /// half of one generation and half of another.

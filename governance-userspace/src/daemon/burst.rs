@@ -120,6 +120,12 @@ impl Burst {
         }
     }
 
+    /// Whether the directory is as its writers left it: no burst in progress and no file open
+    /// for writing (a reload for another reason may read it then).
+    pub fn settled(&self) -> bool {
+        self.first.is_none() && self.writing.is_empty()
+    }
+
     /// A reload read the directory (for this burst or another reason): the burst is over,
     /// except for the files still open for writing, whose close starts the next one.
     pub fn reloaded(&mut self) {
@@ -234,6 +240,24 @@ mod tests {
         b.note([Change::Lost], t + Duration::from_millis(1));
         assert_eq!(b.due(), Some(t + WINDOW));
         assert_eq!(b.fire(), Due::Reload);
+    }
+
+    #[test]
+    fn the_directory_is_settled_only_between_bursts_with_no_file_open() {
+        let t = Instant::now();
+        let mut b = Burst::default();
+        assert!(b.settled());
+        b.note([Change::MovedIn(p("/p/a.yaml"))], t);
+        assert!(!b.settled(), "changes not yet quiet");
+        assert_eq!(b.fire(), Due::Reload);
+        assert!(b.settled());
+        b.note([Change::Writing(p("/p/a.yaml"))], t);
+        b.reloaded();
+        assert!(!b.settled(), "a file still open for writing");
+        b.note([Change::Closed(p("/p/a.yaml"))], t);
+        assert!(!b.settled(), "its close starts a burst");
+        assert_eq!(b.fire(), Due::Reload);
+        assert!(b.settled());
     }
 
     #[test]

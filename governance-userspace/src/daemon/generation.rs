@@ -38,7 +38,16 @@ pub(super) struct Built {
     pub content_hash: String,
 }
 
-/// Validate the policy directory, find the agents, and install generation `number`.
+/// Where a build takes its policy from.
+pub(super) enum Source<'a> {
+    /// The policy directory, read now (a document that did not change comes from `Parsed`).
+    Read(&'a mut policy::Parsed),
+    /// A policy read before, and its content hash: the one the current generation enforces,
+    /// for a reload for the agents' sake while the directory is being written or does not read.
+    Kept(policy::PolicySet, String),
+}
+
+/// Validate the policy (from `source`), find the agents, and install generation `number`.
 /// Ok(None): it compiled, but some of it cannot be enforced here and degraded mode was not
 /// accepted; nothing changed.
 pub(super) fn build(
@@ -47,7 +56,7 @@ pub(super) fn build(
     enforcer: &Mutex<Enforcer>,
     root: &Path,
     pods: Option<&crate::kubernetes::Identities>,
-    parsed: &mut policy::Parsed,
+    source: Source<'_>,
 ) -> anyhow::Result<Option<Built>> {
     let pin_dir = enforcer
         .lock()
@@ -57,7 +66,10 @@ pub(super) fn build(
     // Listing the built-in protected directories does not depend on the policy: it runs
     // while the policy is read and compiled, up to the first listing the compile needs.
     let ahead = kernel::ReadAhead::start(protect(args, root, &pin_dir));
-    let (set, content_hash) = policy::load_dir_hashed(&args.policy, parsed)?;
+    let (set, content_hash) = match source {
+        Source::Read(parsed) => policy::load_dir_hashed(&args.policy, parsed)?,
+        Source::Kept(set, hash) => (set, hash),
+    };
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
     {

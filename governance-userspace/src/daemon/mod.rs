@@ -311,6 +311,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         pods,
         counts: Default::default(),
         parsed: Default::default(),
+        content_hash: None,
     };
     if !daemon.first_generation(adopted)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));

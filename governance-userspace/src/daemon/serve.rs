@@ -17,7 +17,7 @@ use tokio::{
 
 use super::{
     RunArgs, burst,
-    generation::{Built, SharedNames, build, install_names},
+    generation::{Built, SharedNames, Source, build, install_names},
     netns::NetnsListeners,
     watch::{self, Watches},
 };
@@ -83,6 +83,24 @@ pub(super) struct Daemon<'a> {
     pub counts: super::counts::Counts,
     /// The policy documents of the last read (a reload parses only those that changed).
     pub parsed: crate::policy::Parsed,
+    /// The content hash of the policy the current generation enforces (None until this run
+    /// built a generation).
+    pub content_hash: Option<String>,
+}
+
+/// Where a reload takes its policy from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PolicyFrom {
+    /// The policy directory, read now: the policy changed, or a reload was asked for.
+    Read,
+    /// A reload for the agents' sake (a cgroup, a pod, a socket) while the directory is
+    /// settled: read it, and if it does not read, the agents as they are now get the policy
+    /// the current generation enforces (a broken file keeps no new agent unenforced).
+    ReadOrKeep,
+    /// A reload for the agents' sake while a burst of changes to the directory is in progress
+    /// (a file open for writing, changes not yet quiet): the policy the current generation
+    /// enforces, and the directory is read when its burst is over.
+    Keep,
 }
 
 impl Daemon<'_> {
@@ -97,7 +115,7 @@ impl Daemon<'_> {
             &self.enforcer,
             self.root,
             self.pods.as_deref(),
-            &mut self.parsed,
+            Source::Read(&mut self.parsed),
         ) {
             Ok(Some(b)) => {
                 let message = format!(
@@ -153,6 +171,7 @@ impl Daemon<'_> {
         }
         self.last_failed = false;
         self.current = g;
+        self.content_hash = Some(b.content_hash.clone());
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         s.generation = g;
         s.agents = b.agents;
@@ -233,7 +252,7 @@ impl Daemon<'_> {
         let mut cgroups_changed = false;
         loop {
             let mut reply = None;
-            let why = tokio::select! {
+            let (why, mut from) = tokio::select! {
                 _ = tick.tick() => {
                     if self.tick() {
                         socket_due.get_or_insert(tokio::time::Instant::now());
@@ -274,7 +293,7 @@ impl Daemon<'_> {
                 }
                 _ = watch::until(policy.due()) => {
                     match policy.fire() {
-                        burst::Due::Reload => "the policy directory changed",
+                        burst::Due::Reload => ("the policy directory changed", PolicyFrom::Read),
                         burst::Due::Waiting(files) => {
                             let files: Vec<String> =
                                 files.iter().map(|f| f.display().to_string()).collect();
@@ -293,7 +312,7 @@ impl Daemon<'_> {
                     cgroup_due = None;
                     socket_due = None;
                     if socket_changed {
-                        "a Unix socket a rule names was created or re-created"
+                        ("a Unix socket a rule names was created or re-created", PolicyFrom::ReadOrKeep)
                     } else {
                         // Only cgroups changed. If the agents are the same ones, the current
                         // generation is exactly what a rebuild would make: keep it. (Watch the
@@ -307,7 +326,7 @@ impl Daemon<'_> {
                             );
                             continue;
                         }
-                        "the agent cgroups changed"
+                        ("the agent cgroups changed", PolicyFrom::ReadOrKeep)
                     }
                 }
                 // A drill runs here, between reloads: the generation does not change under it,
@@ -332,9 +351,9 @@ impl Daemon<'_> {
                 }
                 r = reload_rx.recv() => {
                     reply = r;
-                    "a reload was requested through the API"
+                    ("a reload was requested through the API", PolicyFrom::Read)
                 }
-                _ = signals.hup.recv() => "SIGHUP",
+                _ = signals.hup.recv() => ("SIGHUP", PolicyFrom::Read),
                 _ = signals.int.recv() => break,
                 _ = signals.term.recv() => break,
             };
@@ -345,18 +364,24 @@ impl Daemon<'_> {
                 watch::pending_policy_changes(&watches.policy),
                 tokio::time::Instant::now(),
             );
-            policy.reloaded();
-            // Watch before the build reads the tree and the directory: a change made while it
-            // builds (a slow build of many agents) is then seen and leads to the next reload.
-            // A watch made after the build would miss it. The cgroup tree is watched anew only
-            // if it changed: a watch of every directory of a large tree takes tens of
-            // milliseconds, and the one there still covers an unchanged tree.
-            watches.policy = watch::watch_policy(&self.args.policy)?;
+            if from == PolicyFrom::ReadOrKeep && !policy.settled() {
+                from = PolicyFrom::Keep;
+            }
+            if from != PolicyFrom::Keep {
+                policy.reloaded();
+                // Watch before the build reads the tree and the directory: a change made while
+                // it builds (a slow build of many agents) is then seen and leads to the next
+                // reload. A watch made after the build would miss it.
+                watches.policy = watch::watch_policy(&self.args.policy)?;
+            }
+            // The cgroup tree is watched anew only if it changed: a watch of every directory
+            // of a large tree takes tens of milliseconds, and the one there still covers an
+            // unchanged tree.
             if cgroups_changed {
                 watches.cgroups = watch::watch_cgroups(self.root)?;
                 cgroups_changed = false;
             }
-            let result = self.reload(why);
+            let result = self.reload(why, from);
             if result.is_ok() {
                 // The sockets the new generation's rules name.
                 watches.sockets = watch::watch_sockets(&self.enforcer)?;
@@ -445,26 +470,85 @@ impl Daemon<'_> {
             .is_ok_and(|found| found == self.agents_now)
     }
 
-    /// Build and install the next generation; on failure the current one keeps enforcing and
-    /// the failure is counted and reported.
-    fn reload(&mut self, why: &str) -> Result<u32, String> {
-        // The build and the previous generation, freed as the new one takes over.
-        let _burst = crate::memory::Burst::start();
-        let next = self.current + 1;
-        let result = match build(
+    /// Build generation `next` from the policy directory, or from `kept` (a policy read
+    /// before and its content hash).
+    fn build(
+        &mut self,
+        next: u32,
+        kept: Option<(crate::policy::PolicySet, String)>,
+    ) -> anyhow::Result<Option<Built>> {
+        let source = match kept {
+            Some((set, hash)) => Source::Kept(set, hash),
+            None => Source::Read(&mut self.parsed),
+        };
+        build(
             next,
             self.args,
             &self.enforcer,
             self.root,
             self.pods.as_deref(),
-            &mut self.parsed,
-        ) {
+            source,
+        )
+    }
+
+    /// Build and install the next generation, its policy taken as `from` says; on failure the
+    /// current one keeps enforcing and the failure is counted and reported.
+    fn reload(&mut self, why: &str, from: PolicyFrom) -> Result<u32, String> {
+        // The build and the previous generation, freed as the new one takes over.
+        let _burst = crate::memory::Burst::start();
+        let (current, next) = (self.current, self.current + 1);
+        // The policy the current generation enforces (none before this run built one: then
+        // the directory is read, whatever the reason).
+        let kept = self
+            .content_hash
+            .clone()
+            .map(|hash| (self.engine.load().policies().clone(), hash));
+        // Why the policy was kept, and the directory's read error if it did not read.
+        let (built, kept) = match (from, kept) {
+            (PolicyFrom::Keep, Some(kept)) => (
+                self.build(next, Some(kept)),
+                Some(("a policy file is being written", None)),
+            ),
+            (PolicyFrom::ReadOrKeep, Some(kept)) => match self.build(next, None) {
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    crate::say!(
+                        "the policy directory does not read; the agents as they are now get the \
+                         policy generation {current} enforces:\n{e}"
+                    );
+                    let built = self.build(next, Some(kept)).map_err(|again| {
+                        anyhow::anyhow!(
+                            "{e}\nwith the policy generation {current} enforces: {again:#}"
+                        )
+                    });
+                    (built, Some(("the policy directory does not read", Some(e))))
+                }
+                built => (built, None),
+            },
+            _ => (self.build(next, None), None),
+        };
+        let result = match built {
             Ok(Some(mut b)) => {
                 // The kernel's buckets carried over with the flip; the HTTP engine's carry
                 // over before it decides anything.
                 b.engine.carry_buckets(&self.engine.load(), Instant::now());
-                crate::say!("generation {next} is enforcing");
+                let why = match &kept {
+                    Some((because, _)) => {
+                        format!("{why}; the policy generation {current} enforced: {because}")
+                    }
+                    None => why.to_owned(),
+                };
+                crate::say!("generation {next} is enforcing ({why})");
+                let error = self.snapshot_error();
                 self.enforce(next, b, format!("generation {next} is enforcing ({why})"));
+                // A kept policy leaves the directory's error standing: what was read last
+                // still did not load.
+                if let Some((_, read_error)) = kept {
+                    self.snapshot
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .last_error = read_error.or(error);
+                }
                 Ok(next)
             }
             Ok(None) => Err(
@@ -477,7 +561,7 @@ impl Daemon<'_> {
         if let Err(e) = &result {
             self.failures += 1;
             self.last_failed = true;
-            let (current, failures) = (self.current, self.failures);
+            let failures = self.failures;
             crate::say!(
                 "reload failed ({failures} failed so far); generation {current} keeps enforcing:\n{e}"
             );
@@ -493,6 +577,15 @@ impl Daemon<'_> {
             s.last_error = Some(e.clone());
         }
         result
+    }
+
+    /// The error `governance status` shows.
+    fn snapshot_error(&self) -> Option<String> {
+        self.snapshot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_error
+            .clone()
     }
 
     /// The `daemon.stopped` record, with the kernel's counters (also said on stderr).
