@@ -17,7 +17,7 @@ use governance_tests::{
     require_root, run_in, signal, start_daemon, start_daemon_of_build, stop_daemon, text,
     wait_for_value, wait_until,
 };
-use governance_tests::{Established, audit_records, metric_value, scrape_metrics};
+use governance_tests::{Daemon, Established, PinDir, audit_records, metric_value, scrape_metrics};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
@@ -404,80 +404,124 @@ fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> Stri
     }
 }
 
+/// A daemon reloading the policy `p.yaml` of a directory of its own, which blocks loopback
+/// connects for the agents a cgroup selector names (`--detach-on-exit`, pins of its own); its
+/// decision lines on `stdout`.
+struct LoopbackReloads {
+    daemon: Daemon,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The policy that blocks.
+    blocking: String,
+    dir: PathBuf,
+    policy: PathBuf,
+    /// After the daemon: fields drop in order, so the daemon is gone before its pins.
+    pins: PinDir,
+    attempt: Attempt,
+    comm: &'static str,
+    _listener: TcpListener,
+}
+
+impl LoopbackReloads {
+    fn start(comm: &'static str, cgroup: &str) -> Self {
+        let (listener, addr) = listener([127, 0, 0, 1]);
+        let blocking = format!(
+            "name: {comm}\nagents: {{ cgroup: \"{cgroup}\" }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n"
+        );
+        let dir = policy_dir(comm, &blocking);
+        let pins = pin_dir(comm);
+        let (mut daemon, seen) = start_daemon(
+            &[
+                "--allow-degraded",
+                "--no-create-cgroups",
+                "--detach-on-exit",
+                "--pins",
+                pins.to_str().unwrap(),
+            ],
+            &dir,
+        );
+        assert!(seen.contains("as generation 1"), "{seen}");
+        let stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
+        Self {
+            daemon,
+            stdout,
+            blocking,
+            policy: dir.join("p.yaml"),
+            dir,
+            pins,
+            attempt: Attempt::connect(addr),
+            comm,
+            _listener: listener,
+        }
+    }
+
+    /// The policy with its rule's verdict `allow`.
+    fn allowing(&self) -> String {
+        self.blocking.replace("verdict: block", "verdict: allow")
+    }
+
+    /// A policy file that does not read (line 4: no such verdict).
+    fn break_policy(&self) {
+        std::fs::write(
+            &self.policy,
+            format!(
+                "name: {}\nagents: {{ cgroup: x }}\nrules:\n  - {{ id: a, verdict: deny }}\n",
+                self.comm
+            ),
+        )
+        .unwrap();
+    }
+
+    fn connect(&self, cgroup: &Path) -> Outcome {
+        run_in(Some(cgroup), self.comm, &self.attempt).1
+    }
+
+    /// A connect from `cgroup` is refused, and its event names `verdict` and `generation`.
+    fn decided(&mut self, cgroup: &Path, verdict: &str, generation: u32) {
+        let expected = if verdict == "BLOCK" {
+            Outcome::Errno(libc::EPERM)
+        } else {
+            Outcome::Exited(0)
+        };
+        assert_eq!(self.connect(cgroup), expected, "{}", cgroup.display());
+        let line = next_line(&mut self.stdout);
+        assert!(
+            line.contains(&format!(" {verdict:<8} connect "))
+                && line.contains(&format!(" gen={generation} ")),
+            "{line}"
+        );
+    }
+
+    fn stop(self) {
+        stop_daemon(self.daemon);
+        assert!(!self.pins.exists(), "--detach-on-exit removes the pins");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running daemon reloads: a broken policy keeps generation N enforcing, a good one becomes
 /// N+1, and events say which generation decided.
 #[test]
 fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one() {
     require_root();
     let agent = TestCgroup::new("reload");
-    let (_l, addr) = listener([127, 0, 0, 1]);
-    let attempt = Attempt::connect(addr);
-    let blocking = format!(
-        "name: reload\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
-        agent.rel.display()
-    );
-    let dir = policy_dir("reload", &blocking);
-    let policy = dir.join("p.yaml");
-    let pins = pin_dir("reload");
-    let (mut daemon, seen) = start_daemon(
-        &[
-            "--allow-degraded",
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--pins",
-            pins.to_str().unwrap(),
-        ],
-        &dir,
-    );
-    assert!(seen.contains("as generation 1"), "{seen}");
-    let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
-    assert_eq!(
-        run_in(Some(&agent.path), "reload", &attempt).1,
-        Outcome::Errno(libc::EPERM)
-    );
-    let line = next_line(&mut stdout);
-    assert!(
-        line.contains(" BLOCK    connect ") && line.contains(" gen=1 "),
-        "{line}"
-    );
+    let mut r = LoopbackReloads::start("reload", &agent.rel.display().to_string());
+    r.decided(&agent.path, "BLOCK", 1);
 
     // A broken file: the reload fails, names the place, and generation 1 keeps enforcing.
-    std::fs::write(
-        &policy,
-        "name: reload\nagents: { cgroup: x }\nrules:\n  - { id: a, verdict: deny }\n",
-    )
-    .unwrap();
-    let seen = daemon.wait_for("p.yaml:4:");
+    r.break_policy();
+    let seen = r.daemon.wait_for("p.yaml:4:");
     assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
-    assert_eq!(
-        run_in(Some(&agent.path), "reload", &attempt).1,
-        Outcome::Errno(libc::EPERM)
-    );
-    assert!(next_line(&mut stdout).contains(" gen=1 "));
+    r.decided(&agent.path, "BLOCK", 1);
 
     // A good file: generation 2 allows, and says so.
-    std::fs::write(
-        &policy,
-        blocking.replace("verdict: block", "verdict: allow"),
-    )
-    .unwrap();
-    daemon.wait_for("generation 2 is enforcing");
-    assert_eq!(
-        run_in(Some(&agent.path), "reload", &attempt).1,
-        Outcome::Exited(0)
-    );
-    let line = next_line(&mut stdout);
-    assert!(
-        line.contains(" ALLOW    connect ") && line.contains(" gen=2 "),
-        "{line}"
-    );
+    std::fs::write(&r.policy, r.allowing()).unwrap();
+    r.daemon.wait_for("generation 2 is enforcing");
+    r.decided(&agent.path, "ALLOW", 2);
 
     // SIGHUP reloads too.
-    signal(&daemon, nix::sys::signal::SIGHUP);
-    daemon.wait_for("generation 3 is enforcing");
-    stop_daemon(daemon);
-    assert!(!pins.exists(), "--detach-on-exit removes the pins");
-    let _ = std::fs::remove_dir_all(&dir);
+    signal(&r.daemon, nix::sys::signal::SIGHUP);
+    r.daemon.wait_for("generation 3 is enforcing");
+    r.stop();
 }
 
 /// A reload for the agents' sake (a cgroup appeared) reads no policy file half-written and
@@ -491,63 +535,26 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     require_root();
     let parent = TestCgroup::new("appear");
     let first = parent.child("agent-1");
-    let (_l, addr) = listener([127, 0, 0, 1]);
-    let attempt = Attempt::connect(addr);
-    let blocking = format!(
-        "name: appear\nagents: {{ cgroup: \"{}/agent-*\" }}\nrules:\n  - {{ id: no-loopback, network: {{ cidr: 127.0.0.1/32 }}, verdict: block, reason: test }}\n",
-        parent.rel.display()
-    );
-    let dir = policy_dir("appear", &blocking);
-    let policy = dir.join("p.yaml");
-    let pins = pin_dir("appear");
-    let (mut daemon, seen) = start_daemon(
-        &[
-            "--allow-degraded",
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--pins",
-            pins.to_str().unwrap(),
-        ],
-        &dir,
-    );
-    assert!(seen.contains("as generation 1"), "{seen}");
-    let mut stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
-    let blocked = |cgroup: &Path, stdout: &mut std::io::BufReader<_>, generation: u32| {
-        assert_eq!(
-            run_in(Some(cgroup), "appear", &attempt).1,
-            Outcome::Errno(libc::EPERM),
-            "{}",
-            cgroup.display()
-        );
-        let line = next_line(stdout);
-        assert!(
-            line.contains(" BLOCK    connect ") && line.contains(&format!(" gen={generation} ")),
-            "{line}"
-        );
-    };
-    blocked(&first, &mut stdout, 1);
+    let mut r = LoopbackReloads::start("appear", &format!("{}/agent-*", parent.rel.display()));
+    r.decided(&first, "BLOCK", 1);
 
     // A broken file: its reload fails and generation 1 keeps enforcing.
-    std::fs::write(
-        &policy,
-        "name: appear\nagents: { cgroup: x }\nrules:\n  - { id: a, verdict: deny }\n",
-    )
-    .unwrap();
-    let seen = daemon.wait_for("p.yaml:4:");
+    r.break_policy();
+    let seen = r.daemon.wait_for("p.yaml:4:");
     assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
     // An agent appears: the directory still does not read, and the agent gets generation 1's
     // policy in generation 2.
     let second = parent.child("agent-2");
-    let seen = daemon.wait_for("generation 2 is enforcing");
+    let seen = r.daemon.wait_for("generation 2 is enforcing");
     assert!(
         seen.contains("the policy generation 1 enforced: the policy directory does not read"),
         "{seen}"
     );
-    blocked(&second, &mut stdout, 2);
-    blocked(&first, &mut stdout, 2);
+    r.decided(&second, "BLOCK", 2);
+    r.decided(&first, "BLOCK", 2);
     // The status still says the directory does not read.
     let status: serde_json::Value =
-        serde_json::from_slice(&daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
+        serde_json::from_slice(&r.daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
     assert_eq!(status["generation"], 2, "{status}");
     assert!(
         status["last_error"]
@@ -558,38 +565,26 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     );
     // Control: a cgroup the selector does not match is no agent.
     let other = parent.child("other");
-    daemon.wait_for("the cgroup tree changed, the agents did not; generation 2 stays");
-    assert_eq!(
-        run_in(Some(&other), "appear", &attempt).1,
-        Outcome::Exited(0)
-    );
+    r.daemon
+        .wait_for("the cgroup tree changed, the agents did not; generation 2 stays");
+    assert_eq!(r.connect(&other), Outcome::Exited(0));
 
     // A writer has the file open: a policy that allows, written but not closed.
-    let allowing = blocking.replace("verdict: block", "verdict: allow");
-    let mut writer = std::fs::File::create(&policy).unwrap();
-    std::io::Write::write_all(&mut writer, allowing.as_bytes()).unwrap();
+    let mut writer = std::fs::File::create(&r.policy).unwrap();
+    std::io::Write::write_all(&mut writer, r.allowing().as_bytes()).unwrap();
     let third = parent.child("agent-3");
-    let seen = daemon.wait_for("generation 3 is enforcing");
+    let seen = r.daemon.wait_for("generation 3 is enforcing");
     assert!(
         seen.contains("the policy generation 2 enforced: a policy file is being written"),
         "{seen}"
     );
-    blocked(&third, &mut stdout, 3);
+    r.decided(&third, "BLOCK", 3);
     // Closed: the directory is read, and its policy allows.
     drop(writer);
-    daemon.wait_for("generation 4 is enforcing (the policy directory changed)");
-    assert_eq!(
-        run_in(Some(&third), "appear", &attempt).1,
-        Outcome::Exited(0)
-    );
-    let line = next_line(&mut stdout);
-    assert!(
-        line.contains(" ALLOW    connect ") && line.contains(" gen=4 "),
-        "{line}"
-    );
-    stop_daemon(daemon);
-    assert!(!pins.exists(), "--detach-on-exit removes the pins");
-    let _ = std::fs::remove_dir_all(&dir);
+    r.daemon
+        .wait_for("generation 4 is enforcing (the policy directory changed)");
+    r.decided(&third, "ALLOW", 4);
+    r.stop();
 }
 
 /// Reliability fault 3: 1,000 generation flips while connects run. Odd generations block,
