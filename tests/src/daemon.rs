@@ -19,9 +19,11 @@ use std::{
 
 use crate::{SEQ, governance_bin};
 
-/// Its control socket, audit log and CA, below its state directory.
+/// Its control socket, audit log, CA and copy of the policy in force, below its state
+/// directory.
 pub const SOCKET: &str = "governance.sock";
 pub const AUDIT: &str = "audit";
+pub const POLICY_IN_FORCE: &str = "policy-in-force.json";
 
 /// How long [`Daemon::wait_for`] waits. Loading and verifying every program takes 25 s in the
 /// emulated VM, and past 90 s when the test's own processes (an attempt loop) share the one
@@ -126,6 +128,7 @@ impl Daemon {
             ("--socket", SOCKET),
             ("--audit-dir", AUDIT),
             ("--ca-dir", "ca"),
+            ("--policy-in-force", POLICY_IN_FORCE),
         ] {
             args.push(flag.into());
             args.push(state.join(name).into());
@@ -380,6 +383,7 @@ fn start_daemon_with(
         ("--socket", SOCKET),
         ("--audit-dir", AUDIT),
         ("--ca-dir", "ca"),
+        ("--policy-in-force", POLICY_IN_FORCE),
     ] {
         if !given(flag) {
             all.push(flag.into());

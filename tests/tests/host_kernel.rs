@@ -405,15 +405,18 @@ fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> Stri
 }
 
 /// A daemon reloading the policy `p.yaml` of a directory of its own, which blocks loopback
-/// connects for the agents a cgroup selector names (`--detach-on-exit`, pins of its own); its
-/// decision lines on `stdout`.
+/// connects for the agents a cgroup selector names (`--detach-on-exit`; pins and a state
+/// directory of its own); its decision lines on `stdout`.
 struct LoopbackReloads {
-    daemon: Daemon,
+    /// None only while [`restart`](Self::restart) replaces it.
+    daemon: Option<Daemon>,
     stdout: std::io::BufReader<std::process::ChildStdout>,
     /// The policy that blocks.
     blocking: String,
     dir: PathBuf,
     policy: PathBuf,
+    /// Its audit log, socket, CA and copy of the policy in force.
+    state: PathBuf,
     /// After the daemon: fields drop in order, so the daemon is gone before its pins.
     pins: PinDir,
     attempt: Attempt,
@@ -429,7 +432,34 @@ impl LoopbackReloads {
         );
         let dir = policy_dir(comm, &blocking);
         let pins = pin_dir(comm);
-        let (mut daemon, seen) = start_daemon(
+        let state = dir.with_extension("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let (daemon, stdout, seen) = Self::launch(&dir, &pins, &state);
+        assert!(seen.contains("as generation 1"), "{seen}");
+        Self {
+            daemon: Some(daemon),
+            stdout,
+            blocking,
+            policy: dir.join("p.yaml"),
+            dir,
+            state,
+            pins,
+            attempt: Attempt::connect(addr),
+            comm,
+            _listener: listener,
+        }
+    }
+
+    fn launch(
+        dir: &Path,
+        pins: &Path,
+        state: &Path,
+    ) -> (
+        Daemon,
+        std::io::BufReader<std::process::ChildStdout>,
+        String,
+    ) {
+        let (mut daemon, seen) = governance_tests::start_daemon_in(
             &[
                 "--allow-degraded",
                 "--no-create-cgroups",
@@ -437,21 +467,31 @@ impl LoopbackReloads {
                 "--pins",
                 pins.to_str().unwrap(),
             ],
-            &dir,
-        );
-        assert!(seen.contains("as generation 1"), "{seen}");
-        let stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
-        Self {
-            daemon,
-            stdout,
-            blocking,
-            policy: dir.join("p.yaml"),
             dir,
-            pins,
-            attempt: Attempt::connect(addr),
-            comm,
-            _listener: listener,
-        }
+            state.to_owned(),
+        );
+        let stdout = std::io::BufReader::new(daemon.child.stdout.take().unwrap());
+        (daemon, stdout, seen)
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("a daemon")
+    }
+
+    /// `governance status -o json`.
+    fn status(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.daemon().cli(&["status", "-o", "json"]).stdout).unwrap()
+    }
+
+    /// Stop the daemon (its programs detach) and start another on the same policy directory,
+    /// pins and state; what it said up to its control API.
+    fn restart(&mut self) -> String {
+        stop_daemon(self.daemon.take().expect("a daemon"));
+        assert!(!self.pins.exists(), "--detach-on-exit removes the pins");
+        let (daemon, stdout, seen) = Self::launch(&self.dir, &self.pins, &self.state);
+        self.daemon = Some(daemon);
+        self.stdout = stdout;
+        seen
     }
 
     /// The policy with its rule's verdict `allow`.
@@ -491,10 +531,11 @@ impl LoopbackReloads {
         );
     }
 
-    fn stop(self) {
-        stop_daemon(self.daemon);
+    fn stop(mut self) {
+        stop_daemon(self.daemon.take().expect("a daemon"));
         assert!(!self.pins.exists(), "--detach-on-exit removes the pins");
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.state);
     }
 }
 
@@ -509,18 +550,18 @@ fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one()
 
     // A broken file: the reload fails, names the place, and generation 1 keeps enforcing.
     r.break_policy();
-    let seen = r.daemon.wait_for("p.yaml:4:");
+    let seen = r.daemon().wait_for("p.yaml:4:");
     assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
     r.decided(&agent.path, "BLOCK", 1);
 
     // A good file: generation 2 allows, and says so.
     std::fs::write(&r.policy, r.allowing()).unwrap();
-    r.daemon.wait_for("generation 2 is enforcing");
+    r.daemon().wait_for("generation 2 is enforcing");
     r.decided(&agent.path, "ALLOW", 2);
 
     // SIGHUP reloads too.
-    signal(&r.daemon, nix::sys::signal::SIGHUP);
-    r.daemon.wait_for("generation 3 is enforcing");
+    signal(r.daemon(), nix::sys::signal::SIGHUP);
+    r.daemon().wait_for("generation 3 is enforcing");
     r.stop();
 }
 
@@ -540,12 +581,12 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
 
     // A broken file: its reload fails and generation 1 keeps enforcing.
     r.break_policy();
-    let seen = r.daemon.wait_for("p.yaml:4:");
+    let seen = r.daemon().wait_for("p.yaml:4:");
     assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
     // An agent appears: the directory still does not read, and the agent gets generation 1's
     // policy in generation 2.
     let second = parent.child("agent-2");
-    let seen = r.daemon.wait_for("generation 2 is enforcing");
+    let seen = r.daemon().wait_for("generation 2 is enforcing");
     assert!(
         seen.contains("the policy generation 1 enforced: the policy directory does not read"),
         "{seen}"
@@ -553,8 +594,7 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     r.decided(&second, "BLOCK", 2);
     r.decided(&first, "BLOCK", 2);
     // The status still says the directory does not read.
-    let status: serde_json::Value =
-        serde_json::from_slice(&r.daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
+    let status = r.status();
     assert_eq!(status["generation"], 2, "{status}");
     assert!(
         status["last_error"]
@@ -565,7 +605,7 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     );
     // Control: a cgroup the selector does not match is no agent.
     let other = parent.child("other");
-    r.daemon
+    r.daemon()
         .wait_for("the cgroup tree changed, the agents did not; generation 2 stays");
     assert_eq!(r.connect(&other), Outcome::Exited(0));
 
@@ -573,7 +613,7 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     let mut writer = std::fs::File::create(&r.policy).unwrap();
     std::io::Write::write_all(&mut writer, r.allowing().as_bytes()).unwrap();
     let third = parent.child("agent-3");
-    let seen = r.daemon.wait_for("generation 3 is enforcing");
+    let seen = r.daemon().wait_for("generation 3 is enforcing");
     assert!(
         seen.contains("the policy generation 2 enforced: a policy file is being written"),
         "{seen}"
@@ -581,9 +621,74 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     r.decided(&third, "BLOCK", 3);
     // Closed: the directory is read, and its policy allows.
     drop(writer);
-    r.daemon
+    r.daemon()
         .wait_for("generation 4 is enforcing (the policy directory changed)");
     r.decided(&third, "ALLOW", 4);
+    r.stop();
+}
+
+/// A restart that finds the policy directory broken (a typo pushed before a restart or an
+/// upgrade) enforces the copy of the policy in force the last daemon kept, instead of exiting
+/// and leaving every agent that appears meanwhile ungoverned; it says so (the log, the status)
+/// and reads the directory again once it is fixed. Control: a start with no copy exits 1 and
+/// names the place, as before.
+#[test]
+fn a_restart_on_a_broken_policy_enforces_the_copy_of_the_policy_in_force() {
+    require_root();
+    let parent = TestCgroup::new("restart");
+    let first = parent.child("agent-1");
+    let mut r = LoopbackReloads::start("restart", &format!("{}/agent-*", parent.rel.display()));
+    r.decided(&first, "BLOCK", 1);
+    r.break_policy();
+    r.daemon().wait_for("p.yaml:4:");
+
+    // Control: with no copy of the policy in force, `run` refuses to start, naming the place.
+    let out = Command::new(governance_bin())
+        .args(["run", "--allow-degraded", "--no-create-cgroups", "--pins"])
+        .arg(r.state.join("no-pins"))
+        .arg("--policy-in-force")
+        .arg(r.state.join("no-copy.json"))
+        .arg("--policy")
+        .arg(&r.dir)
+        .env("GOVERNANCE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("p.yaml:4:"), "{stderr}");
+
+    // The restart finds the directory broken and enforces the copy the first daemon kept.
+    let seen = r.restart();
+    assert!(seen.contains("p.yaml:4:"), "{seen}");
+    assert!(
+        seen.contains("does not read: enforcing the copy of the policy in force saved at"),
+        "{seen}"
+    );
+    r.decided(&first, "BLOCK", 1);
+    let status = r.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("p.yaml:4:"),
+        "{status}"
+    );
+    // An agent that appears meanwhile is governed by it.
+    let second = parent.child("agent-2");
+    let seen = r.daemon().wait_for("generation 2 is enforcing");
+    assert!(
+        seen.contains("the policy directory does not read"),
+        "{seen}"
+    );
+    r.decided(&second, "BLOCK", 2);
+
+    // Fixed: the directory is read again, its policy (which allows) enforces, the error is gone.
+    std::fs::write(&r.policy, r.allowing()).unwrap();
+    r.daemon()
+        .wait_for("generation 3 is enforcing (the policy directory changed)");
+    r.decided(&second, "ALLOW", 3);
+    let status = r.status();
+    assert!(status["last_error"].is_null(), "{status}");
     r.stop();
 }
 

@@ -1247,6 +1247,41 @@ fn daemon_events_and_approvals() {
         assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
         println!("redteam: control {case}");
     }
+    // The copy of the policy in force a start falls back on is not the agent's to write (a
+    // weaker policy planted there would be enforced by the next start that finds the policy
+    // directory broken), nor is the file it is staged in; outside the agent, it is.
+    let copy = daemon.state.join(governance_tests::POLICY_IN_FORCE);
+    governance_tests::wait_until(
+        "the daemon to keep a copy of the policy in force",
+        Duration::from_secs(60),
+        || copy.exists(),
+    );
+    let mut staging = copy.clone().into_os_string();
+    staging.push(".new");
+    for (case, path, flags) in [
+        (
+            "39 write the copy of the policy in force",
+            copy.clone(),
+            libc::O_WRONLY,
+        ),
+        (
+            "39 stage a copy of the policy in force",
+            PathBuf::from(staging),
+            libc::O_WRONLY | libc::O_CREAT,
+        ),
+    ] {
+        println!("redteam: tried {case}");
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::open(&path, flags));
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        println!("redteam: denied {case}");
+        let (_, outcome) = run_in(
+            Some(&fx.outsider.path),
+            "outsider",
+            &Attempt::open(&copy, libc::O_WRONLY),
+        );
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        println!("redteam: control {case}");
+    }
     // A stopping daemon ends the stream with a record that says why and a proper end of
     // body: the follower exits 0 (a cut mid-chunk would make it fail).
     governance_tests::stop_daemon(daemon);

@@ -36,6 +36,8 @@ pub(super) struct Built {
     pub rules: usize,
     /// The policy's content hash ([`policy::load_dir_hashed`]).
     pub content_hash: String,
+    /// What was read from the policy directory (None: a kept policy).
+    pub sources: Option<policy::Sources>,
 }
 
 /// Where a build takes its policy from.
@@ -66,9 +68,12 @@ pub(super) fn build(
     // Listing the built-in protected directories does not depend on the policy: it runs
     // while the policy is read and compiled, up to the first listing the compile needs.
     let ahead = kernel::ReadAhead::start(protect(args, root, &pin_dir));
-    let (set, content_hash) = match source {
-        Source::Read(parsed) => policy::load_dir_hashed(&args.policy, parsed)?,
-        Source::Kept(set, hash) => (set, hash),
+    let (set, content_hash, sources) = match source {
+        Source::Read(parsed) => {
+            let (set, sources) = policy::load_sources(&args.policy, parsed)?;
+            (set, sources.hash.clone(), Some(sources))
+        }
+        Source::Kept(set, hash) => (set, hash, None),
     };
     if pods.is_none()
         && let Some(p) = set.kubernetes_policies().next()
@@ -172,6 +177,7 @@ pub(super) fn build(
         found,
         rules,
         content_hash,
+        sources,
     }))
 }
 
@@ -179,11 +185,17 @@ pub(super) fn build(
 pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
     Protect {
         cgroup_root: root.to_owned(),
-        // The policy, the pins, and the daemon's own executable (what the next start runs).
-        no_write: [args.policy.clone(), pin_dir.to_owned()]
-            .into_iter()
-            .chain(std::env::current_exe().ok())
-            .collect(),
+        // The policy (and the copy of it a start may enforce), the pins, and the daemon's own
+        // executable (what the next start runs).
+        no_write: [
+            args.policy.clone(),
+            args.policy_in_force.clone(),
+            super::in_force::staging(&args.policy_in_force),
+            pin_dir.to_owned(),
+        ]
+        .into_iter()
+        .chain(std::env::current_exe().ok())
+        .collect(),
         // The daemon's secrets: the audit log, the CA, the API's tokens and TLS key, and the
         // exporters' and notifier's signing keys.
         no_access: [

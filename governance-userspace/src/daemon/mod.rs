@@ -25,6 +25,7 @@ mod drain;
 mod drill;
 pub mod generation;
 mod identify;
+mod in_force;
 mod netns;
 mod notify;
 mod serve;
@@ -86,6 +87,15 @@ pub struct RunArgs {
         default_value = "/etc/governance/policies"
     )]
     pub policy: PathBuf,
+    /// Where the daemon keeps a copy of the policy in force (written after each generation
+    /// read from the policy directory). A start whose policy directory does not read enforces
+    /// this copy, and says so, instead of exiting; without one it exits 1.
+    #[arg(
+        long,
+        env = "GOVERNANCE_POLICY_IN_FORCE",
+        default_value = "/var/lib/governance/policy-in-force.json"
+    )]
+    pub policy_in_force: PathBuf,
     /// Keep running when some hooks cannot be attached (for example exec enforcement on a
     /// kernel without BPF LSM), enforcing only what the kernel allows; exec then falls back to
     /// killing a process right after a blocked exec.
@@ -213,6 +223,31 @@ pub struct RunArgs {
     pub no_discover: bool,
 }
 
+/// The policy directory does not read (`error`): the copy of the policy in force, said loudly,
+/// or the error (then `run` exits 1, as `policy check` does).
+fn policy_in_force(
+    args: &RunArgs,
+    error: policy::PolicyError,
+) -> anyhow::Result<(in_force::Kept, String)> {
+    let path = &args.policy_in_force;
+    match in_force::load(path, &args.policy) {
+        Ok(Some(kept)) => {
+            crate::say!(
+                "{error}\nthe policy directory {} does not read: enforcing the copy of the policy \
+                 in force saved at {} ({}) until it does",
+                args.policy.display(),
+                kept.saved,
+                path.display()
+            );
+            Ok((kept, error.to_string()))
+        }
+        Ok(None) => Err(error.into()),
+        Err(copy) => Err(anyhow::anyhow!(
+            "{error}\nand the copy of the policy in force is no use: {copy:#}"
+        )),
+    }
+}
+
 /// How long a stopping daemon lets open API connections (event streams) finish.
 const API_DRAIN: Duration = Duration::from_secs(5);
 
@@ -223,7 +258,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
-    policy::load_dir(&args.policy)?;
+    // A directory that does not read falls back on the copy of the policy in force, if there
+    // is one (see `in_force`).
+    let kept = match policy::load_dir(&args.policy) {
+        Ok(_) => None,
+        Err(e) => Some(policy_in_force(&args, e)?),
+    };
     // Before anything is attached, so a stop or reload request is never lost.
     let mut signals = Signals::new()?;
     let probe = Probe::run();
@@ -311,9 +351,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         pods,
         counts: Default::default(),
         parsed: Default::default(),
+        in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,
     };
-    if !daemon.first_generation(adopted)? {
+    if !daemon.first_generation(adopted, kept)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
     }
     drop(start);

@@ -83,6 +83,8 @@ pub(super) struct Daemon<'a> {
     pub counts: super::counts::Counts,
     /// The policy documents of the last read (a reload parses only those that changed).
     pub parsed: crate::policy::Parsed,
+    /// Writes the copy of the policy in force.
+    pub in_force: super::in_force::Saver,
     /// The content hash of the policy the current generation enforces (None until this run
     /// built a generation).
     pub content_hash: Option<String>,
@@ -107,22 +109,54 @@ impl Daemon<'_> {
     /// Generation 1 (or the one after what was pinned). Ok(false): some of the policy cannot
     /// be enforced here and degraded mode was not accepted. Without pinned programs to fall
     /// back on, nothing this run attached is left behind when it fails.
-    pub fn first_generation(&mut self, adopted: bool) -> anyhow::Result<bool> {
+    pub fn first_generation(
+        &mut self,
+        adopted: bool,
+        kept: Option<(super::in_force::Kept, String)>,
+    ) -> anyhow::Result<bool> {
         let next = self.current + 1;
+        let (source, read_error) = match kept {
+            Some((k, error)) => (Source::Kept(k.set, k.content_hash), Some((k.saved, error))),
+            None => (Source::Read(&mut self.parsed), None),
+        };
         match build(
             next,
             self.args,
             &self.enforcer,
             self.root,
             self.pods.as_deref(),
-            Source::Read(&mut self.parsed),
+            source,
         ) {
             Ok(Some(b)) => {
-                let message = format!(
-                    "generation {next} is enforcing {}",
-                    self.args.policy.display()
+                let policy = self.args.policy.display();
+                let Some((saved, error)) = read_error else {
+                    self.enforce(next, b, format!("generation {next} is enforcing {policy}"));
+                    return Ok(true);
+                };
+                let copy = self.args.policy_in_force.display();
+                self.enforce(
+                    next,
+                    b,
+                    format!(
+                        "generation {next} is enforcing the copy of the policy in force saved at \
+                         {saved} ({copy}): {policy} does not read"
+                    ),
                 );
-                self.enforce(next, b, message);
+                // Said as a failed read, and shown by the status, until the directory reads.
+                let mut r = Record::daemon(
+                    RecordType::Policy,
+                    "policy.reload_failed",
+                    format!(
+                        "{policy} does not read; generation {next} enforces the copy of the \
+                         policy in force saved at {saved}: {error}"
+                    ),
+                );
+                r.generation = next;
+                self.publisher.publish(r);
+                self.snapshot
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .last_error = Some(error);
                 Ok(true)
             }
             Ok(None) => {
@@ -184,8 +218,13 @@ impl Daemon<'_> {
         // What it enforces: the policy directory and its content hash.
         r.object.path = self.args.policy.display().to_string();
         r.object.detail.insert("sha256".into(), b.content_hash);
+        drop(s);
         self.publisher.publish(r);
         self.metrics.set_generation(g);
+        // What was read from the directory, kept for a start that finds it broken.
+        if let Some(sources) = b.sources {
+            self.in_force.keep(sources);
+        }
     }
 
     /// The cleanup after the generation the last flip retired ([`Enforcer::settle`]) waits

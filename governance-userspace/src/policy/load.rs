@@ -56,16 +56,19 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, PolicyError> {
     load_dir_hashed(dir, &mut Parsed::default()).map(|(set, _)| set)
 }
 
-/// [`load_dir`], and the policy's content hash (64 hex digits) of the very bytes it read:
-/// SHA-256 over one line per policy file, in the order read (sorted by path),
-/// `<SHA-256 of the file, hex>  <path relative to dir>\n` (what `sha256sum` prints for
-/// each file, so `cd DIR && sha256sum FILES... | sha256sum` reproduces it).
-/// The documents that did not change since `parsed` was filled are not parsed again (see
-/// [`Parsed`]).
-pub fn load_dir_hashed(
-    dir: &Path,
-    parsed: &mut Parsed,
-) -> Result<(PolicySet, String), PolicyError> {
+/// The policy files of a directory as read: each file's path and text, in the order read
+/// (sorted by path), their SHA-256s, and the policy's content hash of those very bytes (see
+/// [`load_dir_hashed`]).
+pub struct Sources {
+    pub files: Vec<(PathBuf, String)>,
+    digests: Vec<[u8; 32]>,
+    pub hash: String,
+    /// The files that could not be read.
+    unreadable: Vec<Problem>,
+}
+
+/// Read the policy files below `dir` (no parsing).
+pub fn read_dir(dir: &Path) -> Result<Sources, PolicyError> {
     use sha2::{Digest, Sha256};
     let (files, _) = policy_files(dir)?;
     if files.is_empty() {
@@ -92,9 +95,34 @@ pub fn load_dir_hashed(
         manifest.update(line.as_bytes());
         digests.push(digest);
     }
-    let hash = hex(&manifest.finalize());
-    match parse_hashed(&sources, Some(&digests), parsed) {
-        Ok(set) if problems.is_empty() => Ok((set, hash)),
+    Ok(Sources {
+        files: sources,
+        digests,
+        hash: hex(&manifest.finalize()),
+        unreadable: problems,
+    })
+}
+
+/// [`load_dir`], and the policy's content hash (64 hex digits) of the very bytes it read:
+/// SHA-256 over one line per policy file, in the order read (sorted by path),
+/// `<SHA-256 of the file, hex>  <path relative to dir>\n` (what `sha256sum` prints for
+/// each file, so `cd DIR && sha256sum FILES... | sha256sum` reproduces it).
+/// The documents that did not change since `parsed` was filled are not parsed again (see
+/// [`Parsed`]).
+pub fn load_dir_hashed(
+    dir: &Path,
+    parsed: &mut Parsed,
+) -> Result<(PolicySet, String), PolicyError> {
+    let (set, sources) = load_sources(dir, parsed)?;
+    Ok((set, sources.hash))
+}
+
+/// [`load_dir_hashed`], with the sources it read.
+pub fn load_sources(dir: &Path, parsed: &mut Parsed) -> Result<(PolicySet, Sources), PolicyError> {
+    let mut sources = read_dir(dir)?;
+    let mut problems = std::mem::take(&mut sources.unreadable);
+    match parse_hashed(&sources.files, Some(&sources.digests), parsed) {
+        Ok(set) if problems.is_empty() => Ok((set, sources)),
         Ok(_) => Err(PolicyError::Invalid(problems)),
         Err(PolicyError::Invalid(more)) => {
             problems.extend(more);

@@ -1,0 +1,222 @@
+//! A copy of the policy in force, kept in a file (`run --policy-in-force`) for a start whose
+//! policy directory does not read.
+//!
+//! After each generation it read from the policy directory, the daemon writes the very texts it
+//! parsed there. A later start that finds the directory broken (a typo pushed before a
+//! restart, a bad ConfigMap rolled out with a new build) enforces this copy instead of exiting,
+//! so agents that appear meanwhile are governed, and says so (the log, a `policy.reload_failed`
+//! record, `governance status`) until the directory reads again. A copy made from another
+//! policy directory is never used. Agents may not write it (a built-in protection, as for the
+//! policy directory).
+
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{self, PolicySet, Sources};
+
+/// The file as written.
+#[derive(Serialize, Deserialize)]
+struct Saved<'a> {
+    /// The policy directory it was read from.
+    policy_dir: PathBuf,
+    /// The policy's content hash ([`policy::load_dir_hashed`]).
+    content_hash: String,
+    /// When it was written (RFC 3339).
+    saved: String,
+    /// Each policy file's path and text, as read.
+    files: std::borrow::Cow<'a, [(PathBuf, String)]>,
+}
+
+/// A copy read back and parsed.
+pub(super) struct Kept {
+    pub set: PolicySet,
+    pub content_hash: String,
+    /// When it was written.
+    pub saved: String,
+}
+
+/// Where the copy is written first, then renamed over `path` (protected with it).
+pub(super) fn staging(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".new");
+    PathBuf::from(s)
+}
+
+/// Write the copy of `sources`, read from `policy_dir`, to `path`: whole or not at all (a
+/// file beside it renamed over it, both synced), readable by root alone.
+pub(super) fn save(path: &Path, policy_dir: &Path, sources: &Sources) -> anyhow::Result<()> {
+    let copy = Saved {
+        policy_dir: policy_dir.to_owned(),
+        content_hash: sources.hash.clone(),
+        saved: crate::events::rfc3339(SystemTime::now()),
+        files: std::borrow::Cow::Borrowed(&sources.files),
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let staging = staging(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&staging)
+        .with_context(|| format!("creating {}", staging.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
+    serde_json::to_writer(&mut w, &copy)?;
+    w.flush()?;
+    drop(w);
+    f.sync_all()
+        .with_context(|| format!("syncing {}", staging.display()))?;
+    std::fs::rename(&staging, path)
+        .with_context(|| format!("renaming {} to {}", staging.display(), path.display()))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Writes the copies off the daemon's loop (a large policy's copy and its syncs take
+/// milliseconds), one at a time and in order, skipping to the latest when several wait. A
+/// daemon that stops waits for the one being written.
+pub(super) struct Saver {
+    tx: Option<std::sync::mpsc::Sender<Sources>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Saver {
+    pub fn start(path: PathBuf, policy_dir: PathBuf) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Sources>();
+        let thread = std::thread::Builder::new()
+            .name("policy-in-force".into())
+            .spawn(move || {
+                // Said when saving starts to fail, not at every reload.
+                let mut failing = false;
+                while let Ok(mut sources) = rx.recv() {
+                    while let Ok(newer) = rx.try_recv() {
+                        sources = newer;
+                    }
+                    match save(&path, &policy_dir, &sources) {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            crate::say!(
+                                "could not keep a copy of the policy in force ({e:#}); a start \
+                                 whose policy directory does not read exits instead of \
+                                 enforcing it"
+                            );
+                        }
+                        Err(e) => tracing::debug!("keeping the policy in force: {e:#}"),
+                    }
+                }
+            });
+        match thread {
+            Ok(thread) => Self {
+                tx: Some(tx),
+                thread: Some(thread),
+            },
+            Err(e) => {
+                crate::say!("could not start the thread that keeps the policy in force: {e}");
+                Self {
+                    tx: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+
+    /// Keep `sources`, read from the policy directory, as the policy in force.
+    pub fn keep(&self, sources: Sources) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(sources);
+        }
+    }
+}
+
+impl Drop for Saver {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The copy at `path`, if there is one and it was made from `policy_dir`. An error: a copy
+/// that does not read or parse (it was whole when written: something else changed it).
+pub(super) fn load(path: &Path, policy_dir: &Path) -> anyhow::Result<Option<Kept>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let copy: Saved =
+        serde_json::from_slice(&text).with_context(|| format!("reading {}", path.display()))?;
+    if copy.policy_dir != policy_dir {
+        return Ok(None);
+    }
+    let set = policy::parse(&copy.files)
+        .with_context(|| format!("the copy of the policy in force in {}", path.display()))?;
+    Ok(Some(Kept {
+        set,
+        content_hash: copy.content_hash,
+        saved: copy.saved,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = "name: kept\nagents: { cgroup: kept }\nrules:\n  - { id: no-loopback, network: { cidr: 127.0.0.1/32 }, verdict: block, reason: test }\n";
+
+    #[test]
+    fn a_copy_reads_back_as_the_policy_it_was_made_from_and_only_for_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(policies.join("p.yaml"), POLICY).unwrap();
+        let (set, sources) =
+            policy::load_sources(&policies, &mut policy::Parsed::default()).unwrap();
+        let copy = dir.path().join("state/policy-in-force.json");
+        save(&copy, &policies, &sources).unwrap();
+        assert!(!staging(&copy).exists(), "renamed over the copy");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        // The directory breaks: the copy still has what was read.
+        std::fs::write(policies.join("p.yaml"), "name: [").unwrap();
+        let kept = load(&copy, &policies)
+            .unwrap()
+            .expect("a copy of this directory");
+        assert_eq!(kept.content_hash, sources.hash);
+        assert_eq!(kept.set.policies.len(), set.policies.len());
+        assert_eq!(kept.set.policies[0].name, "kept");
+        assert_eq!(kept.set.rule_count(), 1);
+
+        // Another directory's start does not use it; no copy is none.
+        assert!(load(&copy, &dir.path().join("other")).unwrap().is_none());
+        assert!(
+            load(&dir.path().join("none.json"), &policies)
+                .unwrap()
+                .is_none()
+        );
+
+        // A copy changed behind the daemon's back is an error, never a policy.
+        std::fs::write(&copy, b"{\"policy_dir\":").unwrap();
+        let e = load(&copy, &policies).err().expect("a broken copy");
+        assert!(format!("{e:#}").contains("policy-in-force.json"), "{e:#}");
+    }
+}
