@@ -23,7 +23,7 @@ use crate::{SEQ, governance_bin};
 /// directory.
 pub const SOCKET: &str = "governance.sock";
 pub const AUDIT: &str = "audit";
-pub const POLICY_IN_FORCE: &str = "policy-in-force.json";
+pub const POLICY_IN_FORCE: &str = "policy-in-force";
 
 /// How long [`Daemon::wait_for`] waits. Loading and verifying every program takes 25 s in the
 /// emulated VM, and past 90 s when the test's own processes (an attempt loop) share the one

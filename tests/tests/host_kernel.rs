@@ -494,6 +494,44 @@ impl LoopbackReloads {
         seen
     }
 
+    /// [`start`](Self::start) for the agents `agent-*` of a parent cgroup, with `agent-1` there
+    /// and blocked by generation 1: the parent, `agent-1`, the daemon.
+    fn start_for_agents(comm: &'static str) -> (TestCgroup, PathBuf, Self) {
+        let parent = TestCgroup::new(comm);
+        let first = parent.child("agent-1");
+        let mut r = Self::start(comm, &format!("{}/agent-*", parent.rel.display()));
+        r.decided(&first, "BLOCK", 1);
+        (parent, first, r)
+    }
+
+    /// An agent `name` appears below `parent` while the policy directory does not read: it
+    /// is blocked by `generation`, made with the policy of the generation before.
+    fn appears_while_broken(
+        &mut self,
+        parent: &TestCgroup,
+        name: &str,
+        generation: u32,
+    ) -> PathBuf {
+        let agent = parent.child(name);
+        let seen = self
+            .daemon()
+            .wait_for(&format!("generation {generation} is enforcing"));
+        let kept = format!(
+            "the policy generation {} enforced: the policy directory does not read",
+            generation - 1
+        );
+        assert!(seen.contains(&kept), "{seen}");
+        self.decided(&agent, "BLOCK", generation);
+        agent
+    }
+
+    /// Whether `status` shows the broken file's error ([`break_policy`](Self::break_policy)).
+    fn says_the_directory_does_not_read(&self, status: &serde_json::Value) -> bool {
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("p.yaml:4:"))
+    }
+
     /// The policy with its rule's verdict `allow`.
     fn allowing(&self) -> String {
         self.blocking.replace("verdict: block", "verdict: allow")
@@ -574,10 +612,7 @@ fn reload_keeps_the_generation_on_a_broken_policy_and_moves_on_with_a_good_one()
 #[test]
 fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_in_force() {
     require_root();
-    let parent = TestCgroup::new("appear");
-    let first = parent.child("agent-1");
-    let mut r = LoopbackReloads::start("appear", &format!("{}/agent-*", parent.rel.display()));
-    r.decided(&first, "BLOCK", 1);
+    let (parent, first, mut r) = LoopbackReloads::start_for_agents("appear");
 
     // A broken file: its reload fails and generation 1 keeps enforcing.
     r.break_policy();
@@ -585,24 +620,12 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     assert!(seen.contains("generation 1 keeps enforcing"), "{seen}");
     // An agent appears: the directory still does not read, and the agent gets generation 1's
     // policy in generation 2.
-    let second = parent.child("agent-2");
-    let seen = r.daemon().wait_for("generation 2 is enforcing");
-    assert!(
-        seen.contains("the policy generation 1 enforced: the policy directory does not read"),
-        "{seen}"
-    );
-    r.decided(&second, "BLOCK", 2);
+    r.appears_while_broken(&parent, "agent-2", 2);
     r.decided(&first, "BLOCK", 2);
     // The status still says the directory does not read.
     let status = r.status();
     assert_eq!(status["generation"], 2, "{status}");
-    assert!(
-        status["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("p.yaml:4:"),
-        "{status}"
-    );
+    assert!(r.says_the_directory_does_not_read(&status), "{status}");
     // Control: a cgroup the selector does not match is no agent.
     let other = parent.child("other");
     r.daemon()
@@ -635,10 +658,7 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
 #[test]
 fn a_restart_on_a_broken_policy_enforces_the_copy_of_the_policy_in_force() {
     require_root();
-    let parent = TestCgroup::new("restart");
-    let first = parent.child("agent-1");
-    let mut r = LoopbackReloads::start("restart", &format!("{}/agent-*", parent.rel.display()));
-    r.decided(&first, "BLOCK", 1);
+    let (parent, first, mut r) = LoopbackReloads::start_for_agents("restart");
     r.break_policy();
     r.daemon().wait_for("p.yaml:4:");
 
@@ -647,7 +667,7 @@ fn a_restart_on_a_broken_policy_enforces_the_copy_of_the_policy_in_force() {
         .args(["run", "--allow-degraded", "--no-create-cgroups", "--pins"])
         .arg(r.state.join("no-pins"))
         .arg("--policy-in-force")
-        .arg(r.state.join("no-copy.json"))
+        .arg(r.state.join("no-copy"))
         .arg("--policy")
         .arg(&r.dir)
         .env("GOVERNANCE_LOG", "warn")
@@ -666,21 +686,9 @@ fn a_restart_on_a_broken_policy_enforces_the_copy_of_the_policy_in_force() {
     );
     r.decided(&first, "BLOCK", 1);
     let status = r.status();
-    assert!(
-        status["last_error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("p.yaml:4:"),
-        "{status}"
-    );
+    assert!(r.says_the_directory_does_not_read(&status), "{status}");
     // An agent that appears meanwhile is governed by it.
-    let second = parent.child("agent-2");
-    let seen = r.daemon().wait_for("generation 2 is enforcing");
-    assert!(
-        seen.contains("the policy directory does not read"),
-        "{seen}"
-    );
-    r.decided(&second, "BLOCK", 2);
+    let second = r.appears_while_broken(&parent, "agent-2", 2);
 
     // Fixed: the directory is read again, its policy (which allows) enforces, the error is gone.
     std::fs::write(&r.policy, r.allowing()).unwrap();

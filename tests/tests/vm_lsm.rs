@@ -1249,37 +1249,47 @@ fn daemon_events_and_approvals() {
     }
     // The copy of the policy in force a start falls back on is not the agent's to write (a
     // weaker policy planted there would be enforced by the next start that finds the policy
-    // directory broken), nor is the file it is staged in; outside the agent, it is.
-    let copy = daemon.state.join(governance_tests::POLICY_IN_FORCE);
+    // directory broken): not by its name, not by a file staged beside it, not through a hard
+    // link made elsewhere (each copy is a new file: the directory's identity covers it). Outside
+    // the agent, each is made.
+    let dir = daemon.state.join(governance_tests::POLICY_IN_FORCE);
+    let copy = dir.join("policy.json");
     governance_tests::wait_until(
         "the daemon to keep a copy of the policy in force",
         Duration::from_secs(60),
         || copy.exists(),
     );
-    let mut staging = copy.clone().into_os_string();
-    staging.push(".new");
-    for (case, path, flags) in [
+    let (staged, linked) = (dir.join("planted.json"), daemon.state.join("copy-link"));
+    for (case, attempt, made) in [
         (
             "39 write the copy of the policy in force",
-            copy.clone(),
-            libc::O_WRONLY,
+            Attempt::open(&copy, libc::O_WRONLY),
+            None,
         ),
         (
-            "39 stage a copy of the policy in force",
-            PathBuf::from(staging),
-            libc::O_WRONLY | libc::O_CREAT,
+            "39 stage a file beside the copy of the policy in force",
+            Attempt::open(&staged, libc::O_WRONLY | libc::O_CREAT),
+            Some(&staged),
+        ),
+        (
+            "39 hard-link the copy of the policy in force out of its directory",
+            Attempt::link(&copy, &linked),
+            Some(&linked),
         ),
     ] {
         println!("redteam: tried {case}");
-        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::open(&path, flags));
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
         assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
         println!("redteam: denied {case}");
-        let (_, outcome) = run_in(
-            Some(&fx.outsider.path),
-            "outsider",
-            &Attempt::open(&copy, libc::O_WRONLY),
-        );
+        // A refused create may leave its empty file behind (see docs/limits.md).
+        if let Some(made) = made {
+            let _ = std::fs::remove_file(made);
+        }
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
         assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        if let Some(made) = made {
+            std::fs::remove_file(made).unwrap();
+        }
         println!("redteam: control {case}");
     }
     // A stopping daemon ends the stream with a record that says why and a proper end of

@@ -465,7 +465,7 @@ fn start_daemon(governance: &Path, env: &Env, dir: &Path, tag: &str) -> Res<Star
         ("--socket", "governance.sock"),
         ("--audit-dir", "audit"),
         ("--ca-dir", "ca"),
-        ("--policy-in-force", "policy-in-force.json"),
+        ("--policy-in-force", "policy-in-force"),
     ] {
         args.push(flag.into());
         args.push(state.join(name).into());

@@ -190,7 +190,6 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         no_write: [
             args.policy.clone(),
             args.policy_in_force.clone(),
-            super::in_force::staging(&args.policy_in_force),
             pin_dir.to_owned(),
         ]
         .into_iter()

@@ -1,13 +1,15 @@
-//! A copy of the policy in force, kept in a file (`run --policy-in-force`) for a start whose
-//! policy directory does not read.
+//! A copy of the policy in force, kept in a directory of its own (`run --policy-in-force`,
+//! the file `policy.json`) for a start whose policy directory does not read.
 //!
 //! After each generation it read from the policy directory, the daemon writes the very texts it
 //! parsed there. A later start that finds the directory broken (a typo pushed before a
 //! restart, a bad ConfigMap rolled out with a new build) enforces this copy instead of exiting,
 //! so agents that appear meanwhile are governed, and says so (the log, a `policy.reload_failed`
 //! record, `governance status`) until the directory reads again. A copy made from another
-//! policy directory is never used. Agents may not write it (a built-in protection, as for the
-//! policy directory).
+//! policy directory is never used. Agents may not write below the directory (a built-in
+//! protection, as for the policy directory). A directory, not a file: each copy replaces the
+//! file (a new inode), while the directory keeps the identity the kernel's identity rules were
+//! compiled with, so a hard link or another name for the file stays under its protection.
 
 use std::{
     io::Write as _,
@@ -42,28 +44,37 @@ pub(super) struct Kept {
     pub saved: String,
 }
 
-/// Where the copy is written first, then renamed over `path` (protected with it).
-pub(super) fn staging(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".new");
-    PathBuf::from(s)
+/// The copy in the directory `dir`.
+pub(super) fn file(dir: &Path) -> PathBuf {
+    dir.join("policy.json")
 }
 
-/// Write the copy of `sources`, read from `policy_dir`, to `path`: whole or not at all (a
+/// Where the copy is written first, then renamed over [`file`].
+fn staging(dir: &Path) -> PathBuf {
+    dir.join("policy.json.new")
+}
+
+/// Make the directory `dir` (0700) if it is not there: before the first generation is
+/// compiled, so that its identity rules hold the directory from the start.
+pub(super) fn prepare(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Write the copy of `sources`, read from `policy_dir`, into `dir`: whole or not at all (a
 /// file beside it renamed over it, both synced), readable by root alone.
-pub(super) fn save(path: &Path, policy_dir: &Path, sources: &Sources) -> anyhow::Result<()> {
+pub(super) fn save(dir: &Path, policy_dir: &Path, sources: &Sources) -> anyhow::Result<()> {
     let copy = Saved {
         policy_dir: policy_dir.to_owned(),
         content_hash: sources.hash.clone(),
         saved: crate::events::rfc3339(SystemTime::now()),
         files: std::borrow::Cow::Borrowed(&sources.files),
     };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let staging = staging(path);
+    prepare(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (path, staging) = (file(dir), staging(dir));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -77,7 +88,7 @@ pub(super) fn save(path: &Path, policy_dir: &Path, sources: &Sources) -> anyhow:
     drop(w);
     f.sync_all()
         .with_context(|| format!("syncing {}", staging.display()))?;
-    std::fs::rename(&staging, path)
+    std::fs::rename(&staging, &path)
         .with_context(|| format!("renaming {} to {}", staging.display(), path.display()))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -151,9 +162,10 @@ impl Drop for Saver {
     }
 }
 
-/// The copy at `path`, if there is one and it was made from `policy_dir`. An error: a copy
-/// that does not read or parse (it was whole when written: something else changed it).
-pub(super) fn load(path: &Path, policy_dir: &Path) -> anyhow::Result<Option<Kept>> {
+/// The copy in `dir`, if there is one and it was made from `policy_dir`. An error: a copy that
+/// does not read or parse (it was whole when written: something else changed it).
+pub(super) fn load(dir: &Path, policy_dir: &Path) -> anyhow::Result<Option<Kept>> {
+    let path = &file(dir);
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -187,14 +199,13 @@ mod tests {
         std::fs::write(policies.join("p.yaml"), POLICY).unwrap();
         let (set, sources) =
             policy::load_sources(&policies, &mut policy::Parsed::default()).unwrap();
-        let copy = dir.path().join("state/policy-in-force.json");
+        let copy = dir.path().join("state/policy-in-force");
         save(&copy, &policies, &sources).unwrap();
         assert!(!staging(&copy).exists(), "renamed over the copy");
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(
-            std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file(&copy)), 0o600);
+        assert_eq!(mode(&copy), 0o700);
 
         // The directory breaks: the copy still has what was read.
         std::fs::write(policies.join("p.yaml"), "name: [").unwrap();
@@ -208,15 +219,14 @@ mod tests {
 
         // Another directory's start does not use it; no copy is none.
         assert!(load(&copy, &dir.path().join("other")).unwrap().is_none());
-        assert!(
-            load(&dir.path().join("none.json"), &policies)
-                .unwrap()
-                .is_none()
-        );
+        assert!(load(&dir.path().join("none"), &policies).unwrap().is_none());
 
         // A copy changed behind the daemon's back is an error, never a policy.
-        std::fs::write(&copy, b"{\"policy_dir\":").unwrap();
+        std::fs::write(file(&copy), b"{\"policy_dir\":").unwrap();
         let e = load(&copy, &policies).err().expect("a broken copy");
-        assert!(format!("{e:#}").contains("policy-in-force.json"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("policy-in-force/policy.json"),
+            "{e:#}"
+        );
     }
 }

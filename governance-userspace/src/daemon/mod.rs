@@ -87,13 +87,15 @@ pub struct RunArgs {
         default_value = "/etc/governance/policies"
     )]
     pub policy: PathBuf,
-    /// Where the daemon keeps a copy of the policy in force (written after each generation
-    /// read from the policy directory). A start whose policy directory does not read enforces
-    /// this copy, and says so, instead of exiting; without one it exits 1.
+    /// The directory where the daemon keeps a copy of the policy in force (`policy.json`,
+    /// written after each generation read from the policy directory). A start whose policy
+    /// directory does not read enforces this copy, and says so, instead of exiting; without
+    /// one it exits 1.
     #[arg(
         long,
+        value_name = "DIR",
         env = "GOVERNANCE_POLICY_IN_FORCE",
-        default_value = "/var/lib/governance/policy-in-force.json"
+        default_value = "/var/lib/governance/policy-in-force"
     )]
     pub policy_in_force: PathBuf,
     /// Keep running when some hooks cannot be attached (for example exec enforcement on a
@@ -237,7 +239,7 @@ fn policy_in_force(
                  in force saved at {} ({}) until it does",
                 args.policy.display(),
                 kept.saved,
-                path.display()
+                in_force::file(path).display()
             );
             Ok((kept, error.to_string()))
         }
@@ -264,6 +266,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => None,
         Err(e) => Some(policy_in_force(&args, e)?),
     };
+    if let Err(e) = in_force::prepare(&args.policy_in_force) {
+        crate::say!(
+            "could not make {} for the copy of the policy in force: {e}",
+            args.policy_in_force.display()
+        );
+    }
     // Before anything is attached, so a stop or reload request is never lost.
     let mut signals = Signals::new()?;
     let probe = Probe::run();

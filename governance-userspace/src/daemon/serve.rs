@@ -133,7 +133,8 @@ impl Daemon<'_> {
                     self.enforce(next, b, format!("generation {next} is enforcing {policy}"));
                     return Ok(true);
                 };
-                let copy = self.args.policy_in_force.display();
+                let copy = super::in_force::file(&self.args.policy_in_force);
+                let copy = copy.display();
                 self.enforce(
                     next,
                     b,
