@@ -110,6 +110,7 @@ impl Saver {
         let thread = std::thread::Builder::new()
             .name("policy-in-force".into())
             .spawn(move || {
+                crate::privilege::thread_started();
                 // Said when saving starts to fail, not at every reload.
                 let mut failing = false;
                 while let Ok(mut sources) = rx.recv() {
