@@ -266,12 +266,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(_) => None,
         Err(e) => Some(policy_in_force(&args, e)?),
     };
-    if let Err(e) = in_force::prepare(&args.policy_in_force) {
-        crate::say!(
-            "could not make {} for the copy of the policy in force: {e}",
-            args.policy_in_force.display()
-        );
-    }
     // Before anything is attached, so a stop or reload request is never lost.
     let mut signals = Signals::new()?;
     let probe = Probe::run();
@@ -362,6 +356,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,
     };
+    // The copy's directory, before the first generation is compiled (see `in_force`); not
+    // before: a start refused on the way (exit 3) leaves nothing behind.
+    if let Err(e) = in_force::prepare(&args.policy_in_force) {
+        crate::say!(
+            "could not make {} for the copy of the policy in force: {e}",
+            args.policy_in_force.display()
+        );
+    }
     if !daemon.first_generation(adopted, kept)? {
         return Ok(ExitCode::from(EXIT_CANNOT_ENFORCE));
     }
