@@ -544,7 +544,7 @@ impl Daemon<'_> {
             .clone()
             .map(|hash| (self.engine.load().policies().clone(), hash));
         // Why the policy was kept, and the directory's read error if it did not read.
-        let (built, kept) = match (from, kept) {
+        let (built, kept_because) = match (from, kept) {
             (PolicyFrom::Keep, Some(kept)) => (
                 self.build(next, Some(kept)),
                 Some(("a policy file is being written", None)),
@@ -572,7 +572,7 @@ impl Daemon<'_> {
                 // The kernel's buckets carried over with the flip; the HTTP engine's carry
                 // over before it decides anything.
                 b.engine.carry_buckets(&self.engine.load(), Instant::now());
-                let why = match &kept {
+                let why = match &kept_because {
                     Some((because, _)) => {
                         format!("{why}; the policy generation {current} enforced: {because}")
                     }
@@ -583,7 +583,7 @@ impl Daemon<'_> {
                 self.enforce(next, b, format!("generation {next} is enforcing ({why})"));
                 // A kept policy leaves the directory's error standing: what was read last
                 // still did not load.
-                if let Some((_, read_error)) = kept {
+                if let Some((_, read_error)) = kept_because {
                     self.snapshot
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

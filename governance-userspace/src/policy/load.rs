@@ -68,7 +68,7 @@ pub struct Sources {
 }
 
 /// Read the policy files below `dir` (no parsing).
-pub fn read_dir(dir: &Path) -> Result<Sources, PolicyError> {
+fn read_dir(dir: &Path) -> Result<Sources, PolicyError> {
     use sha2::{Digest, Sha256};
     let (files, _) = policy_files(dir)?;
     if files.is_empty() {
