@@ -8,8 +8,10 @@ use std::{
     collections::BTreeMap,
     fmt::Display,
     io::{Read as _, Write as _},
+    num::ParseIntError,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
+    str::FromStr,
     time::Duration,
 };
 
@@ -203,20 +205,30 @@ pub fn parse_stopping(line: &str) -> Option<(u64, u64, u64)> {
 }
 
 /// `main` of a benchmark that measures in worker processes of its own binary: `--worker ARGS`
-/// runs one measurement, anything else the benchmark. Exits 1 with the error.
-pub fn run_main(
+/// runs one measurement (its arguments are the worker's own, not parsed by clap), anything else
+/// the benchmark, with its options `O` parsed by clap (which exits 2 on a usage error). Exits 1
+/// with the error.
+pub fn run_main<O: clap::Parser>(
     name: &str,
     worker: fn(&[String]) -> Res<()>,
-    bench: impl FnOnce(&[String]) -> Res<()>,
+    bench: impl FnOnce(O) -> Res<()>,
 ) {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (who, result) = match args.split_first() {
         Some((first, rest)) if first == "--worker" => ("bench worker", worker(rest)),
-        _ => (name, bench(&args)),
+        _ => (name, bench(O::parse())),
     };
     if let Err(e) = result {
         eprintln!("{who}: error: {e}");
         std::process::exit(1);
+    }
+}
+
+/// A clap value parser for a count: a whole number, at least 1.
+pub fn positive<T: FromStr<Err = ParseIntError> + Default + PartialEq>(s: &str) -> Res<T> {
+    match s.trim().parse::<T>() {
+        Ok(n) if n == T::default() => Err("must be at least 1".into()),
+        r => r.map_err(|e| e.to_string()),
     }
 }
 

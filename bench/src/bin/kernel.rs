@@ -46,9 +46,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{ArgAction, Parser};
 use governance_bench::{
-    Daemon, Res, Worker, cgroup2_mount, ctx, median, min_max, ops, parse_stopping, read_trim,
-    remove_cgroup, wait_for_go,
+    Daemon, Res, Worker, cgroup2_mount, ctx, median, min_max, ops, parse_stopping, positive,
+    read_trim, remove_cgroup, wait_for_go,
 };
 
 const FILE_RULES: usize = 400;
@@ -819,57 +820,44 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
 // ---------------------------------------------------------------------------------------------
 // The benchmark.
 
+/// What the kernel hooks cost the processes they watch, as throughput ratios measured side by
+/// side in one run: open, exec, connect and write loops with no governance programs loaded, with
+/// `governance run` enforcing (the loop outside every agent), and in an agent cgroup under 1,000
+/// rules that never match; then (unless --no-stats) each program's run time per call. Every
+/// measurement runs in a fresh worker process. Needs root; run by `cargo xtask bench kernel`.
+#[derive(Parser)]
+#[command(name = "governance-bench-kernel")]
 struct Opts {
+    /// The governance binary to start as the daemon.
+    #[arg(long, env = "GOVERNANCE_BIN", value_name = "PATH")]
     governance: PathBuf,
+    /// Milliseconds per timed loop (three times as long for execve; +10% warm-up).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = positive::<u64>)]
     ms: u64,
+    /// Rounds of the three configurations (odd rounds in order, even rounds in reverse).
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive::<usize>)]
     rounds: usize,
+    /// Pass --allow-degraded to `governance run` (where BPF LSM programs do not load).
+    #[arg(long)]
     allow_degraded: bool,
+    /// A label for the report's first line (none by default).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
     label: String,
+    /// Skip the per-program statistics pass (kernel.bpf_stats_enabled, bpftool).
+    #[arg(long = "no-stats", action = ArgAction::SetFalse)]
     stats: bool,
-    /// Opens per pass of the per-program pass (see [`pass_budget`]).
+    /// Opens and writes per pass of the per-program statistics pass (a fifth as many connects,
+    /// a fiftieth as many execs).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive::<u64>)]
     stats_calls: u64,
+    /// Rounds of the per-program statistics pass.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = positive::<usize>)]
     stats_rounds: usize,
-}
-
-fn parse_opts(args: &[String]) -> Res<Opts> {
-    let mut o = Opts {
-        governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
-        ms: 500,
-        rounds: 5,
-        allow_degraded: false,
-        label: String::new(),
-        stats: true,
-        stats_calls: 10_000,
-        stats_rounds: 3,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--governance" => o.governance = value(a)?.into(),
-            "--ms" => o.ms = ctx(value(a)?.parse(), "--ms")?,
-            "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
-            "--label" => o.label = value(a)?,
-            "--allow-degraded" => o.allow_degraded = true,
-            "--no-stats" => o.stats = false,
-            "--stats-calls" => o.stats_calls = ctx(value(a)?.parse(), "--stats-calls")?,
-            "--stats-rounds" => o.stats_rounds = ctx(value(a)?.parse(), "--stats-rounds")?,
-            _ => {
-                return Err(format!(
-                    "unknown argument {a}; usage: governance-bench-kernel [--governance PATH] \
-                     [--ms N] [--rounds N] [--allow-degraded] [--label TEXT] [--no-stats] \
-                     [--stats-calls N] [--stats-rounds N]"
-                ));
-            }
-        }
-    }
-    if o.governance.as_os_str().is_empty() {
-        return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
-    }
-    if o.rounds == 0 || o.ms == 0 || o.stats_calls == 0 || o.stats_rounds == 0 {
-        return Err("--rounds, --ms, --stats-calls and --stats-rounds must be positive".into());
-    }
-    Ok(o)
 }
 
 fn ratio_cell(r: &[f64], target: Option<f64>) -> String {
@@ -1024,7 +1012,5 @@ fn bench(opts: Opts) -> Res<()> {
 }
 
 fn main() {
-    governance_bench::run_main("governance-bench-kernel", worker, |args| {
-        parse_opts(args).and_then(bench)
-    });
+    governance_bench::run_main("governance-bench-kernel", worker, bench);
 }

@@ -43,6 +43,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{ArgAction, Parser, ValueEnum, builder::RangedU64ValueParser};
 use governance::{
     agents,
     daemon::generation::{names, selected},
@@ -53,6 +54,7 @@ use governance::{
 use governance_bench::{
     Daemon, Res, cgroup2_mount, ctx, median, min_max,
     policies::{AgentCgroups, Reals, policy_file, replace_file},
+    positive,
 };
 
 /// The daemon's allocator (governance-userspace's main.rs): the compiler allocates a lot, and
@@ -87,78 +89,88 @@ const CASES: [Case; 2] = [
     },
 ];
 
+/// How long a policy change takes to enforce, and how much memory the daemon holds, with
+/// thousands of rules and agents (10,000 rules of one agent; 1,000 agents with 10 rules each).
+/// `reload`: the daemon's generation code path timed step by step in process, and end to end
+/// through a `governance run` (policy file replaced, SIGHUP). `rss`: the daemon's resident
+/// memory after the first generation and after reloads, and its idle CPU. Needs root; run by
+/// `cargo xtask bench reload` and `cargo xtask bench rss`.
+#[derive(Parser)]
+#[command(name = "governance-bench-reload")]
 struct Opts {
-    mode: String,
-    governance: PathBuf,
+    /// What to measure.
+    #[arg(value_enum)]
+    mode: Mode,
+    /// The governance binary to start as the daemon (`reload --no-e2e` does without).
+    #[arg(
+        long,
+        env = "GOVERNANCE_BIN",
+        value_name = "PATH",
+        required_if_eq("mode", "rss"),
+        required_unless_present = "e2e"
+    )]
+    governance: Option<PathBuf>,
+    /// `reload`: rounds of the in-process generation, per case.
+    #[arg(long, value_name = "N", default_value_t = 15, value_parser = positive::<usize>)]
     rounds: usize,
+    /// `reload`: end-to-end rounds (a file replaced, then a SIGHUP), per case.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = positive::<usize>)]
     e2e_rounds: usize,
+    /// `reload`: skip the end-to-end measurement.
+    #[arg(long = "no-e2e", action = ArgAction::SetFalse)]
     e2e: bool,
+    /// `rss`: daemons started per case.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = positive::<usize>)]
     runs: usize,
     /// `rss`: reloads before the second reading.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     reloads: u32,
-    /// Only this case (its index in [`CASES`]), for profiling.
+    /// `reload`: only this case, for profiling: 0 (10,000 rules, 1 agent) or 1 (1,000 agents x
+    /// 10 rules); both by default.
+    #[arg(
+        long,
+        value_name = "CASE",
+        value_parser = RangedU64ValueParser::<usize>::from(0..CASES.len() as u64)
+    )]
     only: Option<usize>,
+    /// A label for the report's first line (none by default).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
     label: String,
 }
 
-fn parse_opts(args: &[String]) -> Res<Opts> {
-    let usage = "usage: governance-bench-reload reload|rss --governance PATH [--rounds N] \
-                 [--e2e-rounds N] [--no-e2e] [--only CASE] [--runs N] [--reloads N] [--label TEXT]";
-    let mut o = Opts {
-        mode: String::new(),
-        governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
-        rounds: 15,
-        e2e_rounds: 8,
-        e2e: true,
-        runs: 3,
-        reloads: 10,
-        only: None,
-        label: String::new(),
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--governance" => o.governance = value(a)?.into(),
-            "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
-            "--e2e-rounds" => o.e2e_rounds = ctx(value(a)?.parse(), "--e2e-rounds")?,
-            "--runs" => o.runs = ctx(value(a)?.parse(), "--runs")?,
-            "--reloads" => o.reloads = ctx(value(a)?.parse(), "--reloads")?,
-            "--no-e2e" => o.e2e = false,
-            "--only" => o.only = Some(ctx(value(a)?.parse(), "--only")?),
-            "--label" => o.label = value(a)?,
-            "reload" | "rss" if o.mode.is_empty() => o.mode = a.clone(),
-            _ => return Err(format!("unknown argument {a}; {usage}")),
-        }
-    }
-    if !matches!(o.mode.as_str(), "reload" | "rss") {
-        return Err(usage.into());
-    }
-    if o.governance.as_os_str().is_empty() && (o.mode == "rss" || o.e2e) {
-        return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
-    }
-    if o.rounds == 0 || o.e2e_rounds == 0 || o.runs == 0 {
-        return Err("--rounds, --e2e-rounds and --runs must be positive".into());
-    }
-    Ok(o)
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// The time from a policy change to enforcing.
+    Reload,
+    /// The daemon's memory and idle CPU.
+    Rss,
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse_opts(&args).and_then(|o| {
-        if !governance_bench::is_root() {
-            return Err("needs root: it loads eBPF programs and creates cgroups".into());
-        }
-        let env = Env::new()?;
-        if o.mode == "reload" {
-            reload(&o, &env)
-        } else {
-            rss(&o, &env)
-        }
-    });
+    let o = Opts::parse();
+    let result = if !governance_bench::is_root() {
+        Err("needs root: it loads eBPF programs and creates cgroups".into())
+    } else {
+        Env::new().and_then(|env| match o.mode {
+            Mode::Reload => reload(&o, &env),
+            Mode::Rss => rss(&o, &env),
+        })
+    };
     if let Err(e) = result {
         eprintln!("governance-bench-reload: error: {e}");
         std::process::exit(1);
+    }
+}
+
+impl Opts {
+    /// The governance binary (clap requires it wherever it is used).
+    fn governance(&self) -> &Path {
+        self.governance.as_deref().unwrap_or(Path::new(""))
     }
 }
 
@@ -486,7 +498,7 @@ fn start_daemon(governance: &Path, env: &Env, dir: &Path, tag: &str) -> Res<Star
 
 fn end_to_end(o: &Opts, env: &Env, case: &Case, tag: &str) -> Res<EndToEnd> {
     let dir = env.policy_dir(&format!("policy-{tag}"), case, "round 0", 0)?;
-    let started = start_daemon(&o.governance, env, &dir, tag)?;
+    let started = start_daemon(o.governance(), env, &dir, tag)?;
     let daemon = &started.daemon;
     let text = |r: usize| env.policy_text(case, &format!("round {r}"), r as u16);
     // The daemon watches the directory from its loop, which starts after the first generation
@@ -774,7 +786,7 @@ fn rss(o: &Opts, env: &Env) -> Res<()> {
     // for a file written in large writes). This measures the larger.
     let installed = env.tmp.join("governance");
     ctx(
-        std::fs::copy(&o.governance, &installed),
+        std::fs::copy(o.governance(), &installed),
         "copying the governance executable",
     )?;
     // Per case: (rss, hwm, anon) after the first generation, and after the reloads.

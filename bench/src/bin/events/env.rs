@@ -37,7 +37,7 @@ impl Env {
         let cgroup_root = cgroup2_mount()?;
         let cgroup_rel = format!("governance-bench-events-{pid}");
         let mut env = Env {
-            governance: opts.governance.clone(),
+            governance: opts.governance.clone().unwrap_or_default(),
             self_exe: ctx(std::env::current_exe(), "finding this executable")?,
             policy_dir: tmp.join("policy"),
             tmp,
@@ -56,9 +56,9 @@ impl Env {
             std::fs::create_dir(&env.cgroup),
             format_args!("creating the cgroup {}", env.cgroup.display()),
         )?;
-        let lsm = opts.workload == "auto" && env.file_hook_attaches()?;
-        env.workload = match (opts.workload.as_str(), lsm) {
-            ("open", _) | ("auto", true) => {
+        let lsm = opts.workload == WorkloadChoice::Auto && env.file_hook_attaches()?;
+        env.workload = match (opts.workload, lsm) {
+            (WorkloadChoice::Open, _) | (WorkloadChoice::Auto, true) => {
                 let file = env.tmp.join("flood-target.txt");
                 ctx(
                     std::fs::write(&file, "every open of this file is denied\n"),

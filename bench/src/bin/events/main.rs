@@ -48,6 +48,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use clap::{ArgAction, Parser, ValueEnum};
 use governance::{
     agents,
     events::{self, Clock, Record},
@@ -55,7 +56,7 @@ use governance::{
     policy,
 };
 use governance_bench::{
-    Daemon, Res, Worker, cgroup2_mount, ctx, is_root, median, min_max, ops, read_trim,
+    Daemon, Res, Worker, cgroup2_mount, ctx, is_root, median, min_max, ops, positive, read_trim,
     remove_cgroup, wait_for_go,
 };
 use governance_common::{Counter, EVENTS_RING_BYTES, Event};
@@ -121,7 +122,5 @@ impl Workload {
 }
 
 fn main() {
-    governance_bench::run_main("governance-bench-events", worker, |args| {
-        parse_opts(args).and_then(bench)
-    });
+    governance_bench::run_main("governance-bench-events", worker, bench);
 }

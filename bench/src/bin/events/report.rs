@@ -5,71 +5,74 @@ use super::*;
 // ---------------------------------------------------------------------------------------------
 // The benchmark and its report.
 
+/// How many decision events per second get from the kernel to the audit log and a live
+/// subscriber, and what happens to the ones that do not: a flood of denied actions from an agent
+/// cgroup, measured at the ring buffer (drained in this process) and through a real `governance
+/// run` (audit log, metrics, one subscriber), with 1, 2 or 4 producers; every lost event must
+/// be counted. Needs root; run by `cargo xtask bench events`.
+#[derive(Parser)]
+#[command(name = "governance-bench-events")]
 pub(super) struct Opts {
-    pub(super) governance: PathBuf,
+    /// The governance binary to start as the daemon (not needed with --skip-pipeline).
+    #[arg(
+        long,
+        env = "GOVERNANCE_BIN",
+        value_name = "PATH",
+        required_unless_present = "pipeline"
+    )]
+    pub(super) governance: Option<PathBuf>,
+    /// Rounds of the full pipeline, each over every producer count.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive::<usize>)]
     pub(super) rounds: usize,
+    /// Rounds of the ring-buffer drain (raw and decoded alternate).
+    #[arg(long, value_name = "N", default_value_t = 7, value_parser = positive::<usize>)]
     pub(super) drain_rounds: usize,
+    /// Seconds each pipeline flood lasts.
+    #[arg(long, value_name = "S", default_value_t = 3, value_parser = positive::<u64>)]
     pub(super) secs: u64,
+    /// Producer processes in the agent cgroup, one pipeline run per count, comma-separated.
+    #[arg(
+        long,
+        value_name = "N,...",
+        value_delimiter = ',',
+        default_value = "1,2,4",
+        value_parser = positive::<usize>
+    )]
     pub(super) producers: Vec<usize>,
-    pub(super) workload: String,
+    /// What the producers flood with.
+    #[arg(long, value_enum, default_value_t = WorkloadChoice::Auto)]
+    pub(super) workload: WorkloadChoice,
+    /// Pass --allow-degraded to `governance run` (where BPF LSM programs do not load).
+    #[arg(long)]
     pub(super) allow_degraded: bool,
+    /// A label for the report's first line (none by default).
+    #[arg(
+        long,
+        value_name = "TEXT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub(super) label: String,
+    /// Skip the ring-buffer drain measurement.
+    #[arg(long = "skip-drain", action = ArgAction::SetFalse)]
     pub(super) drain: bool,
+    /// Skip the full pipeline measurement.
+    #[arg(long = "skip-pipeline", action = ArgAction::SetFalse)]
     pub(super) pipeline: bool,
+    /// Skip `governance audit verify` on the audit log after each pipeline run.
+    #[arg(long = "no-verify", action = ArgAction::SetFalse)]
     pub(super) verify: bool,
 }
 
-pub(super) const USAGE: &str = "usage: governance-bench-events [--governance PATH] [--rounds N] \
-    [--drain-rounds N] [--secs S] [--producers 1,2,4] [--workload auto|connect|open] \
-    [--allow-degraded] [--label TEXT] [--skip-drain] [--skip-pipeline] [--no-verify]";
-
-pub(super) fn parse_opts(args: &[String]) -> Res<Opts> {
-    let mut o = Opts {
-        governance: std::env::var_os("GOVERNANCE_BIN").map_or_else(PathBuf::new, PathBuf::from),
-        rounds: 5,
-        drain_rounds: 7,
-        secs: 3,
-        producers: vec![1, 2, 4],
-        workload: "auto".into(),
-        allow_degraded: false,
-        label: String::new(),
-        drain: true,
-        pipeline: true,
-        verify: true,
-    };
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or(format!("{name} needs a value"));
-        match a.as_str() {
-            "--governance" => o.governance = value(a)?.into(),
-            "--rounds" => o.rounds = ctx(value(a)?.parse(), "--rounds")?,
-            "--drain-rounds" => o.drain_rounds = ctx(value(a)?.parse(), "--drain-rounds")?,
-            "--secs" => o.secs = ctx(value(a)?.parse(), "--secs")?,
-            "--producers" => {
-                o.producers = value(a)?
-                    .split(',')
-                    .map(|p| ctx(p.trim().parse::<usize>(), "--producers"))
-                    .collect::<Res<_>>()?
-            }
-            "--workload" => o.workload = value(a)?,
-            "--label" => o.label = value(a)?,
-            "--allow-degraded" => o.allow_degraded = true,
-            "--skip-drain" => o.drain = false,
-            "--skip-pipeline" => o.pipeline = false,
-            "--no-verify" => o.verify = false,
-            _ => return Err(format!("unknown argument {a}; {USAGE}")),
-        }
-    }
-    if !["auto", "connect", "open"].contains(&o.workload.as_str()) {
-        return Err(format!("--workload {}: auto, connect or open", o.workload));
-    }
-    if o.pipeline && o.governance.as_os_str().is_empty() {
-        return Err("give the governance binary with --governance PATH or GOVERNANCE_BIN".into());
-    }
-    if o.rounds == 0 || o.drain_rounds == 0 || o.secs == 0 || o.producers.contains(&0) {
-        return Err("--rounds, --drain-rounds, --secs and --producers must be positive".into());
-    }
-    Ok(o)
+/// --workload.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum WorkloadChoice {
+    /// Denied opens where the file_open LSM program attaches, else denied connects.
+    Auto,
+    /// Denied TCP connects to a loopback port (cgroup/connect4).
+    Connect,
+    /// Denied opens of a file (lsm/file_open).
+    Open,
 }
 
 /// "1.23M/s [1.10M-1.31M]"
