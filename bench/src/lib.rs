@@ -3,6 +3,7 @@
 //! cgroup before they start, and a `governance run` daemon started and stopped by pid.
 
 pub mod policies;
+pub mod tetragon;
 
 use std::{
     collections::BTreeMap,

@@ -125,7 +125,9 @@ pub fn run_host(b: &RootBench) -> Result<()> {
     Ok(())
 }
 
-pub fn run(b: &RootBench) -> Result<()> {
+/// Run `b` on the host and in the VM, and print both reports again at the end. `tetragon`:
+/// the kernel benchmark's peer (a directory with `tetragon` and `objs/`), for the VM run.
+pub fn run(b: &RootBench, tetragon: Option<&Path>) -> Result<()> {
     setup::ensure()?;
     if !setup::is_root() {
         bail!(
@@ -157,7 +159,7 @@ pub fn run(b: &RootBench) -> Result<()> {
         b.vm_label,
         b.vm_args.join(" ")
     ));
-    let guest = in_vm(b, &bench, &governance);
+    let guest = in_vm(b, &bench, &governance, tetragon);
     if let Err(e) = &guest {
         progress(&format!("the VM run failed: {e:#}"));
     }
@@ -223,7 +225,15 @@ fn on_host(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>
     report(b, &output)
 }
 
-fn in_vm(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>> {
+/// Where the peer's files go in the VM.
+const GUEST_TETRAGON: &str = "/peer/tetragon";
+
+fn in_vm(
+    b: &RootBench,
+    bench: &Path,
+    governance: &Path,
+    tetragon: Option<&Path>,
+) -> Result<Vec<String>> {
     let guest_bench = format!("/governance/bin/{}", b.bin);
     let mut files = vec![
         (
@@ -238,10 +248,22 @@ fn in_vm(b: &RootBench, bench: &Path, governance: &Path) -> Result<Vec<String>> 
     {
         files.push((bpftool.into(), "/usr/sbin/bpftool".into()));
     }
+    let mut args: Vec<&str> = b.vm_args.to_vec();
+    if let Some(dir) = tetragon {
+        files.push((dir.join("tetragon"), format!("{GUEST_TETRAGON}/tetragon")));
+        let objs = dir.join("objs");
+        for entry in
+            std::fs::read_dir(&objs).with_context(|| format!("reading {}", objs.display()))?
+        {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            files.push((path.clone(), format!("{GUEST_TETRAGON}/objs/{name}")));
+        }
+        args.extend(["--tetragon", GUEST_TETRAGON]);
+    }
     let script = format!(
         "{guest_bench} --governance /governance/bin/governance {} --label {}\n",
-        b.vm_args
-            .iter()
+        args.iter()
             .map(|a| vm::shell_quote(a))
             .collect::<Vec<_>>()
             .join(" "),

@@ -100,6 +100,11 @@ enum Cmd {
         /// Which benchmark.
         #[arg(value_parser = ["policy", "kernel", "http", "events", "reload", "rss"])]
         which: String,
+        /// `kernel` only: also run the per-program pass for Tetragon, in the VM (the host has
+        /// no kprobes), from DIR/tetragon with its BPF objects in DIR/objs; see
+        /// docs/benchmarks.md#peers for how to build them.
+        #[arg(long, value_name = "DIR")]
+        tetragon: Option<PathBuf>,
     },
     /// Boot the VM, start `governance run` with the shipped policies, and let a scripted
     /// agent try allowed and blocked actions; the decisions appear as they happen.
@@ -189,19 +194,22 @@ fn real_main() -> Result<ExitCode> {
         Cmd::Image { tag, archive } => {
             image::image(&tag, archive.as_deref()).map(|()| ExitCode::SUCCESS)
         }
-        Cmd::Bench { which } if which == "kernel" => {
-            bench_kernel::run(&bench_kernel::KERNEL)?;
+        Cmd::Bench { which, tetragon } if which == "kernel" => {
+            bench_kernel::run(&bench_kernel::KERNEL, tetragon.as_deref())?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { which } if which == "events" => {
-            bench_kernel::run(&bench_events::EVENTS)?;
+        Cmd::Bench {
+            tetragon: Some(_), ..
+        } => bail!("--tetragon goes with `cargo xtask bench kernel` only"),
+        Cmd::Bench { which, .. } if which == "events" => {
+            bench_kernel::run(&bench_events::EVENTS, None)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { which } if which == "reload" || which == "rss" => {
+        Cmd::Bench { which, .. } if which == "reload" || which == "rss" => {
             bench_kernel::run_host(&bench_kernel::reload(&which))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { which } if which == "http" => {
+        Cmd::Bench { which, .. } if which == "http" => {
             progress("building the HTTP proxy benchmark (release)");
             // Not --quiet: a first release build takes minutes, and cargo's "Compiling" lines
             // are what shows it is moving.
@@ -215,7 +223,7 @@ fn real_main() -> Result<ExitCode> {
             ]))?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Bench { which } => {
+        Cmd::Bench { which, .. } => {
             progress("building the benchmarks (release)");
             run(Command::new("cargo")
                 .args(["run", "--release", "-p", "governance-bench", "--"])

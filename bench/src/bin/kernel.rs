@@ -49,7 +49,9 @@ use std::{
 use clap::{ArgAction, Parser};
 use governance_bench::{
     Daemon, Res, Worker, cgroup2_mount, ctx, median, min_max, ops, parse_stopping, positive,
-    read_trim, remove_cgroup, wait_for_go,
+    read_trim, remove_cgroup,
+    tetragon::{self, Rules, Tetragon},
+    wait_for_go,
 };
 
 const FILE_RULES: usize = 400;
@@ -327,6 +329,30 @@ impl Drop for Env {
     }
 }
 
+/// The benchmark policy's rules, which the loops never match: file and exec rules (half exact
+/// paths, half prefixes) and network /32s.
+fn far_rules() -> (Rules, Rules, Vec<String>) {
+    let split =
+        |n: usize, exact: &dyn Fn(usize) -> String, prefix: &dyn Fn(usize) -> String| Rules {
+            exact: (0..n).step_by(2).map(exact).collect(),
+            prefix: (1..n).step_by(2).map(prefix).collect(),
+        };
+    let files = split(
+        FILE_RULES,
+        &|i| format!("/nonexistent-bench/files/{i}/data.txt"),
+        &|i| format!("/nonexistent-bench/dirs/{i}"),
+    );
+    let execs = split(
+        EXEC_RULES,
+        &|i| format!("/nonexistent-bench/bin/tool-{i}"),
+        &|i| format!("/nonexistent-bench/opt/{i}"),
+    );
+    let nets = (0..NET_RULES)
+        .map(|i| format!("10.{}.{}.{}/32", i / 65536 + 1, (i / 256) % 256, i % 256))
+        .collect();
+    (files, execs, nets)
+}
+
 /// The benchmark policy: 1,000 rules the loops never match; defaults allow them.
 fn policy_yaml(cgroup_rel: &str) -> String {
     let mut y = format!(
@@ -337,35 +363,28 @@ fn policy_yaml(cgroup_rel: &str) -> String {
          defaults: {{ exec: allow, file: allow, network: allow }}\n\
          rules:\n"
     );
-    let rule = |y: &mut String, id: String, what: String| {
+    let mut rule = |id: String, what: String| {
         y.push_str(&format!(
             "  - {{ id: {id}, {what}, verdict: block, reason: bench }}\n"
         ));
     };
-    for i in 0..FILE_RULES {
-        let what = if i % 2 == 0 {
-            format!("file: {{ path: /nonexistent-bench/files/{i}/data.txt }}")
-        } else {
-            format!("file: {{ prefix: /nonexistent-bench/dirs/{i} }}")
-        };
-        rule(&mut y, format!("file-{i}"), what);
+    let (files, execs, nets) = far_rules();
+    for (kind, rules) in [("file", files), ("exec", execs)] {
+        for (i, p) in rules.exact.iter().enumerate() {
+            rule(
+                format!("{kind}-path-{i}"),
+                format!("{kind}: {{ path: {p} }}"),
+            );
+        }
+        for (i, p) in rules.prefix.iter().enumerate() {
+            rule(
+                format!("{kind}-prefix-{i}"),
+                format!("{kind}: {{ prefix: {p} }}"),
+            );
+        }
     }
-    for i in 0..EXEC_RULES {
-        let what = if i % 2 == 0 {
-            format!("exec: {{ path: /nonexistent-bench/bin/tool-{i} }}")
-        } else {
-            format!("exec: {{ prefix: /nonexistent-bench/opt/{i} }}")
-        };
-        rule(&mut y, format!("exec-{i}"), what);
-    }
-    for i in 0..NET_RULES {
-        let what = format!(
-            "network: {{ cidr: [10.{}.{}.{}/32] }}",
-            i / 65536 + 1,
-            (i / 256) % 256,
-            i % 256
-        );
-        rule(&mut y, format!("net-{i}"), what);
+    for (i, cidr) in nets.iter().enumerate() {
+        rule(format!("net-{i}"), format!("network: {{ cidr: [{cidr}] }}"));
     }
     y
 }
@@ -474,20 +493,61 @@ impl Env {
 
     /// Run one loop in a fresh worker for `budget`; ops per second.
     fn measure_for(&self, w: Workload, in_agent: bool, budget: Budget) -> Res<f64> {
+        let cgroup = in_agent.then_some(self.cgroup.as_path());
+        self.run_worker(&self.self_exe, w, budget, self.loop_file(w), cgroup)
+    }
+
+    /// Turn on kernel.bpf_stats_enabled until [`Env::restore_stats`] (or the drop).
+    fn enable_stats(&mut self) -> Res<()> {
+        let old = ctx(
+            std::fs::read_to_string(STATS_SYSCTL),
+            format_args!("reading {STATS_SYSCTL}"),
+        )?;
+        self.restore_stats.get_or_insert(old.trim().to_owned());
+        ctx(
+            std::fs::write(STATS_SYSCTL, "1"),
+            "enabling kernel.bpf_stats_enabled",
+        )
+    }
+
+    fn restore_stats(&mut self) -> Res<()> {
+        match self.restore_stats.take() {
+            Some(old) => ctx(
+                std::fs::write(STATS_SYSCTL, &old),
+                "restoring kernel.bpf_stats_enabled",
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// The file a loop opens.
+    fn loop_file(&self, w: Workload) -> &Path {
+        if w == Workload::OpenOwnFs {
+            &self.fs_file
+        } else {
+            &self.file
+        }
+    }
+
+    /// Run one loop of `exe --worker` on `file`, in `cgroup` if given; ops per second.
+    fn run_worker(
+        &self,
+        exe: &Path,
+        w: Workload,
+        budget: Budget,
+        file: &Path,
+        cgroup: Option<&Path>,
+    ) -> Res<f64> {
         let mut worker = Worker::spawn(
-            Command::new(&self.self_exe)
+            Command::new(exe)
                 .arg("--worker")
                 .arg(w.name())
                 .arg(budget.arg())
-                .arg(if w == Workload::OpenOwnFs {
-                    &self.fs_file
-                } else {
-                    &self.file
-                })
+                .arg(file)
                 .arg(self.port.to_string()),
         )?;
-        if in_agent {
-            worker.place(&self.cgroup)?;
+        if let Some(cgroup) = cgroup {
+            worker.place(cgroup)?;
         }
         worker.go()?;
         let out = worker.finish()?;
@@ -561,6 +621,14 @@ fn bpftool_progs() -> Res<Vec<serde_json::Value>> {
     Ok(v.as_array().cloned().unwrap_or_default())
 }
 
+/// The ids of the programs loaded now.
+fn prog_ids() -> Res<BTreeSet<u64>> {
+    Ok(bpftool_progs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
 /// Rule counts of the per-program pass.
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 
@@ -624,6 +692,117 @@ fn pass_budget(w: Workload, calls: u64) -> u64 {
     }
 }
 
+/// Per-program costs measured in a pass: (workload, program) → column → ns/run, one per
+/// round; and runs per call, last seen.
+#[derive(Default)]
+struct Cells {
+    ns: BTreeMap<(Workload, String), BTreeMap<usize, Vec<f64>>>,
+    per_call: BTreeMap<(Workload, String), f64>,
+}
+
+impl Cells {
+    /// Record, in column `c`, the programs that ran between `last` and `now` at least once every
+    /// other call of a worker that made `n` calls of `w` (the loop's programs, not the worker's
+    /// own start and exit; the warm-up adds a tenth). Notes the hooks the loops are about in
+    /// `line`.
+    fn add(
+        &mut self,
+        w: Workload,
+        c: usize,
+        n: u64,
+        last: &BTreeMap<String, (u64, u64)>,
+        now: &BTreeMap<String, (u64, u64)>,
+        line: &mut String,
+    ) {
+        for (name, &(ns, cnt)) in now {
+            let (ns0, cnt0) = last.get(name).copied().unwrap_or((0, 0));
+            let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
+            if dcnt < n / 2 {
+                continue;
+            }
+            let v = dns as f64 / dcnt as f64;
+            let key = (w, name.clone());
+            self.ns
+                .entry(key.clone())
+                .or_default()
+                .entry(c)
+                .or_default()
+                .push(v);
+            self.per_call.insert(key, dcnt as f64 / (n + n / 10) as f64);
+            if [
+                "file_open",
+                "bprm_check",
+                "connect4",
+                "file_permission",
+                "generic_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            {
+                line.push_str(&format!("  {} {name} {v:.0} ns/run", w.name()));
+            }
+        }
+    }
+
+    /// The table: a row per (loop, program), a column per `titles`, median [min-max] over the
+    /// rounds, and the costliest column against the first (outside every agent).
+    fn rows(&self, titles: &[&str], whose: &str) -> Vec<String> {
+        let mut rows = Vec::new();
+        let width = self
+            .ns
+            .keys()
+            .map(|(_, p)| p.len())
+            .max()
+            .unwrap_or(0)
+            .max(19);
+        let mut head = format!("  {:<8} {:<width$} {:>9}", "loop", "program", "runs/call");
+        for t in titles {
+            head.push_str(&format!(" {t:>22}"));
+        }
+        head.push_str(&format!(" {:>9}", "max/out"));
+        rows.push(head);
+        for ((w, name), by_col) in &self.ns {
+            let mut line = format!(
+                "  {:<8} {:<width$} {:>9.1}",
+                w.name(),
+                name,
+                self.per_call
+                    .get(&(*w, name.clone()))
+                    .copied()
+                    .unwrap_or(0.0)
+            );
+            let mut outside = None;
+            let mut worst: f64 = 0.0;
+            for c in 0..titles.len() {
+                match by_col.get(&c) {
+                    Some(v) => {
+                        let (lo, hi) = min_max(v);
+                        let med = median(v);
+                        if c == 0 {
+                            outside = Some(med);
+                        } else {
+                            worst = worst.max(med);
+                        }
+                        line.push_str(&format!(" {:>22}", format!("{med:.0} [{lo:.0}-{hi:.0}]")));
+                    }
+                    None => line.push_str(&format!(" {:>22}", "-")),
+                }
+            }
+            match outside {
+                Some(o) if o > 0.0 && worst > 0.0 => {
+                    line.push_str(&format!(" {:>8.1}x", worst / o))
+                }
+                _ => line.push_str(&format!(" {:>9}", "-")),
+            }
+            rows.push(line);
+        }
+        if self.ns.is_empty() {
+            rows.push(format!("  (bpftool reported no runs of {whose} programs)"));
+        }
+        rows
+    }
+}
+
 /// One column of the per-program table: where the loop runs, under which policy.
 struct Column {
     title: String,
@@ -638,19 +817,8 @@ struct Column {
 /// runs a fixed number of calls in a fresh worker; policies are swapped by replacing the policy
 /// file (the daemon reloads), `rounds` times over. Returns the report's lines.
 fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
-    let old = ctx(
-        std::fs::read_to_string(STATS_SYSCTL),
-        format_args!("reading {STATS_SYSCTL}"),
-    )?;
-    let before: BTreeSet<u64> = bpftool_progs()?
-        .iter()
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
-    env.restore_stats = Some(old.trim().to_owned());
-    ctx(
-        std::fs::write(STATS_SYSCTL, "1"),
-        "enabling kernel.bpf_stats_enabled",
-    )?;
+    let before = prog_ids()?;
+    env.enable_stats()?;
     let dir = env
         .file
         .parent()
@@ -698,10 +866,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
         "SIGHUP",
     )?;
     daemon.wait_line(from, "generation 2 is enforcing", Duration::from_secs(120))?;
-    // (workload, program) → column → ns/run, one per round.
-    let mut cells: BTreeMap<(Workload, String), BTreeMap<usize, Vec<f64>>> = BTreeMap::new();
-    // (workload, program) → runs per call, last seen.
-    let mut per_call: BTreeMap<(Workload, String), f64> = BTreeMap::new();
+    let mut cells = Cells::default();
     let mut last = prog_stats(pid, &before)?;
     for round in 1..=rounds {
         for (c, col) in columns.iter_mut().enumerate() {
@@ -728,41 +893,14 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
                 let n = pass_budget(w, calls);
                 env.measure_for(w, col.in_agent, Budget::Calls(n))?;
                 let now = prog_stats(pid, &before)?;
-                for (name, &(ns, cnt)) in &now {
-                    let (ns0, cnt0) = last.get(name).copied().unwrap_or((0, 0));
-                    let (dns, dcnt) = (ns.saturating_sub(ns0), cnt.saturating_sub(cnt0));
-                    // At least once every other call (the warm-up adds a tenth): the loop's
-                    // programs, not the worker's own start and exit.
-                    if dcnt >= n / 2 {
-                        let v = dns as f64 / dcnt as f64;
-                        cells
-                            .entry((w, name.clone()))
-                            .or_default()
-                            .entry(c)
-                            .or_default()
-                            .push(v);
-                        per_call.insert((w, name.clone()), dcnt as f64 / (n + n / 10) as f64);
-                        if name.starts_with("file_open")
-                            || name.starts_with("bprm_check")
-                            || name.starts_with("connect4")
-                            || name.starts_with("file_permission")
-                        {
-                            line.push_str(&format!("  {} {name} {v:.0} ns/run", w.name()));
-                        }
-                    }
-                }
+                cells.add(w, c, n, &last, &now, &mut line);
                 last = now;
             }
             eprintln!("{line}  ({:.0} s so far)", started.elapsed().as_secs_f64());
         }
     }
     daemon.stop();
-    if let Some(old) = env.restore_stats.take() {
-        ctx(
-            std::fs::write(STATS_SYSCTL, &old),
-            "restoring kernel.bpf_stats_enabled",
-        )?;
-    }
+    env.restore_stats()?;
     let mut rows = vec![format!(
         "per program, ns/run (run_time_ns / run_cnt with kernel.bpf_stats_enabled=1), median [min-max] over {rounds} rounds; \
          {} opens and writes, {} connects, {} execs per pass, each in a fresh worker; {:.0} s for the pass",
@@ -775,45 +913,124 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
         "  columns: outside every agent; in the agent with the {RULES}-rule policy above (far from the loops); \
          in the agent with N rules next to the loops (file rules in {dir}, exec rules in {bin_dir}, /32s in 127.0.0.0/8; none match)"
     ));
-    let mut head = format!("  {:<8} {:<19} {:>9}", "loop", "program", "runs/call");
-    for col in &columns {
-        head.push_str(&format!(" {:>22}", col.title));
+    let titles: Vec<&str> = columns.iter().map(|c| c.title.as_str()).collect();
+    rows.extend(cells.rows(&titles, "the daemon's"));
+    Ok(rows)
+}
+
+/// The peer's pass (`--tetragon DIR`): Tetragon enforcing the benchmark policy's rules (see
+/// `governance_bench::tetragon`), each of its programs' ns/run per loop outside its selectors
+/// and inside them (the workers run from the copy of this binary its policies select), as
+/// [`stats_pass`] measures ours: the same loops and calls, `rounds` times. Runs after it, with
+/// no governance programs loaded. Returns the report's lines.
+fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Vec<String>> {
+    let before = prog_ids()?;
+    env.enable_stats()?;
+    let mkdir = |d: &Path| {
+        ctx(
+            std::fs::create_dir_all(d),
+            format_args!("creating {}", d.display()),
+        )
+    };
+    // The executable its policies select, standing for the agent: a copy of this one.
+    let agent_dir = env.tmp.join("tetragon-agent");
+    mkdir(&agent_dir)?;
+    let agent_exe = agent_dir.join("governance-bench-kernel");
+    ctx(
+        std::fs::copy(&env.self_exe, &agent_exe),
+        format_args!("copying this binary to {}", agent_exe.display()),
+    )?;
+    // A file its file_open policy refuses the agent, to check that it enforces.
+    let blocked_dir = env.tmp.join("tetragon-blocked");
+    mkdir(&blocked_dir)?;
+    let blocked = blocked_dir.join("f");
+    ctx(
+        std::fs::write(&blocked, "x\n"),
+        format_args!("writing {}", blocked.display()),
+    )?;
+    let (mut files, execs, nets) = far_rules();
+    files.prefix.push(blocked_dir.display().to_string());
+    let policy_dir = env.tmp.join("tetragon-policy");
+    mkdir(&policy_dir)?;
+    for (name, yaml) in tetragon::policies(&agent_exe, &files, &execs, &nets) {
+        let path = policy_dir.join(name);
+        ctx(
+            std::fs::write(&path, yaml),
+            format_args!("writing {}", path.display()),
+        )?;
     }
-    head.push_str(&format!(" {:>9}", "max/out"));
-    rows.push(head);
-    for ((w, name), by_col) in &cells {
-        let mut line = format!(
-            "  {:<8} {:<19} {:>9.1}",
-            w.name(),
-            name,
-            per_call.get(&(*w, name.clone())).copied().unwrap_or(0.0)
-        );
-        let mut outside = None;
-        let mut worst: f64 = 0.0;
-        for c in 0..columns.len() {
-            match by_col.get(&c) {
-                Some(v) => {
-                    let (lo, hi) = min_max(v);
-                    let med = median(v);
-                    if c == 0 {
-                        outside = Some(med);
-                    } else {
-                        worst = worst.max(med);
-                    }
-                    line.push_str(&format!(" {:>22}", format!("{med:.0} [{lo:.0}-{hi:.0}]")));
-                }
-                None => line.push_str(&format!(" {:>22}", "-")),
+    let bpf_dir = format!("governance-bench-tetragon-{}", std::process::id());
+    let started = Instant::now();
+    let mut peer = Tetragon::start(
+        dir,
+        &policy_dir,
+        &bpf_dir,
+        &env.tmp.join("tetragon-events.json"),
+    )?;
+    eprintln!(
+        "bench: tetragon enforcing its 3 policies after {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    // Measurement settling, not synchronisation: see SETTLE.
+    std::thread::sleep(SETTLE);
+    let (outside, inside) = (env.self_exe.clone(), agent_exe);
+    let one = Budget::Calls(1);
+    if let Err(e) = env.run_worker(&outside, Workload::Open, one, &blocked, None) {
+        return Err(format!(
+            "outside tetragon's selectors, opening {} failed: {e}",
+            blocked.display()
+        ));
+    }
+    eprintln!(
+        "bench: the agent's open of {} must fail next (a check that tetragon enforces):",
+        blocked.display()
+    );
+    if env
+        .run_worker(&inside, Workload::Open, one, &blocked, None)
+        .is_ok()
+    {
+        return Err(format!(
+            "tetragon let the agent open {}, which its policy refuses: the comparison would be void; its last lines:\n{}",
+            blocked.display(),
+            peer.tail(15)
+        ));
+    }
+    let pid = peer.pid();
+    let titles = ["outside", "in its selectors"];
+    let mut cells = Cells::default();
+    let mut last = prog_stats(pid, &before)?;
+    for round in 1..=rounds {
+        for (c, exe) in [&outside, &inside].into_iter().enumerate() {
+            let mut line = format!("bench: tetragon round {round}/{rounds}, {}:", titles[c]);
+            for w in Workload::ALL {
+                let n = pass_budget(w, calls);
+                env.run_worker(exe, w, Budget::Calls(n), env.loop_file(w), None)?;
+                let now = prog_stats(pid, &before)?;
+                cells.add(w, c, n, &last, &now, &mut line);
+                last = now;
             }
+            eprintln!("{line}  ({:.0} s so far)", started.elapsed().as_secs_f64());
         }
-        match outside {
-            Some(o) if o > 0.0 && worst > 0.0 => line.push_str(&format!(" {:>8.1}x", worst / o)),
-            _ => line.push_str(&format!(" {:>9}", "-")),
-        }
-        rows.push(line);
     }
-    if cells.is_empty() {
-        rows.push("  (bpftool reported no runs of the daemon's programs)".into());
-    }
+    peer.stop();
+    // It removes its pins as it stops; in case it did not.
+    let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&bpf_dir));
+    env.restore_stats()?;
+    let mut rows = vec![
+        format!(
+            "peer: Tetragon ({}), per program, ns/run as above, median [min-max] over {rounds} rounds, the same loops and calls; {:.0} s for the pass",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ),
+        format!(
+            "  its policies: the {RULES} rules above ({} file paths and prefixes on the file_open LSM hook, {} exec on bprm_check_security, with Override; {NET_RULES} /32s on a tcp_connect kprobe, with Sigkill), \
+             each selecting one executable (matchBinaries: Tetragon has no cgroup selector outside Kubernetes); checked: it refused that executable's open under a prefix and allowed this one's",
+            FILE_RULES + 1,
+            EXEC_RULES
+        ),
+        "  columns: outside its selectors (this binary); in its selectors (the copy its policies select)".to_owned(),
+    ];
+    rows.extend(cells.rows(&titles, "Tetragon's"));
     Ok(rows)
 }
 
@@ -858,6 +1075,15 @@ struct Opts {
     /// Rounds of the per-program statistics pass.
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = positive::<usize>)]
     stats_rounds: usize,
+    /// After the per-program pass, the same pass for a peer: Tetragon enforcing the benchmark
+    /// policy's 1,000 rules on its own hooks, run from DIR/tetragon with its BPF objects in
+    /// DIR/objs (docs/benchmarks.md#peers says how to build them). Needs BPF LSM and kprobes.
+    #[arg(long, value_name = "DIR", value_parser = tetragon_dir, conflicts_with = "stats")]
+    tetragon: Option<PathBuf>,
+}
+
+fn tetragon_dir(s: &str) -> Res<PathBuf> {
+    tetragon::check_dir(Path::new(s))
 }
 
 fn ratio_cell(r: &[f64], target: Option<f64>) -> String {
@@ -940,7 +1166,23 @@ fn bench(opts: Opts) -> Res<()> {
             && Path::new(STATS_SYSCTL).exists()
         {
             eprintln!("bench: per-program statistics pass (kernel.bpf_stats_enabled=1)");
-            Some(stats_pass(&mut env, opts.stats_calls, opts.stats_rounds))
+            let ours = stats_pass(&mut env, opts.stats_calls, opts.stats_rounds);
+            match (ours, &opts.tetragon) {
+                (Ok(mut rows), Some(dir)) => {
+                    eprintln!(
+                        "bench: the peer's per-program pass: tetragon from {}",
+                        dir.display()
+                    );
+                    rows.extend(tetragon_pass(
+                        &mut env,
+                        dir,
+                        opts.stats_calls,
+                        opts.stats_rounds,
+                    )?);
+                    Some(Ok(rows))
+                }
+                (ours, _) => Some(ours),
+            }
         } else {
             Some(Err(
                 "bpftool or kernel.bpf_stats_enabled is not available".into()
