@@ -126,6 +126,8 @@ pub fn policies(
 pub struct Tetragon {
     child: Child,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Its pins' directory, removed after it stops (it removes its pins itself as it stops).
+    pins: PathBuf,
 }
 
 impl Tetragon {
@@ -160,7 +162,11 @@ impl Tetragon {
                 }
             });
         }
-        let mut t = Tetragon { child, lines };
+        let mut t = Tetragon {
+            child,
+            lines,
+            pins: Path::new("/sys/fs/bpf").join(bpf_dir),
+        };
         let started = Instant::now();
         loop {
             let (ready, added) = {
@@ -200,8 +206,15 @@ impl Tetragon {
     }
 
     /// SIGTERM, and wait for it to unload its programs and remove its pins; SIGKILL after
-    /// [`STOP_DEADLINE`].
+    /// [`STOP_DEADLINE`]. Then whatever it left under its pins' directory is removed.
     pub fn stop(&mut self) {
+        self.terminate();
+        if self.pins.exists() {
+            let _ = std::fs::remove_dir_all(&self.pins);
+        }
+    }
+
+    fn terminate(&mut self) {
         if !matches!(self.child.try_wait(), Ok(None)) {
             return;
         }

@@ -31,10 +31,11 @@
 //! (--stats-calls opens and writes, a fifth as many connects, a fiftieth as many execs), --stats-rounds
 //! times over. It shows what the hooks cost per decision and whether that grows with the rules.
 //!
-//! Needs root. Usage:
-//!   governance-bench-kernel [--governance PATH] [--ms N] [--rounds N] [--allow-degraded]
-//!                           [--label TEXT] [--no-stats] [--stats-calls N] [--stats-rounds N]
-//! The governance binary is --governance, else $GOVERNANCE_BIN.
+//! With --tetragon DIR, the same pass for a peer follows (see `tetragon_pass`): Tetragon
+//! enforcing the 1,000 rules on its own hooks, outside and inside its selectors.
+//!
+//! Needs root; `--help` lists the options. The governance binary is --governance, else
+//! $GOVERNANCE_BIN.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -1013,8 +1014,6 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
         }
     }
     peer.stop();
-    // It removes its pins as it stops; in case it did not.
-    let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf").join(&bpf_dir));
     env.restore_stats()?;
     let mut rows = vec![
         format!(
