@@ -128,6 +128,18 @@ pub fn run_host(b: &RootBench) -> Result<()> {
 /// Run `b` on the host and in the VM, and print both reports again at the end. `tetragon`:
 /// the kernel benchmark's peer (a directory with `tetragon` and `objs/`), for the VM run.
 pub fn run(b: &RootBench, tetragon: Option<&Path>) -> Result<()> {
+    // Before the builds and the host run, not after them in the VM.
+    if let Some(dir) = tetragon {
+        for need in ["tetragon", "objs"] {
+            if !dir.join(need).exists() {
+                bail!(
+                    "--tetragon {}: {need} is missing there; bench/peers/build-tetragon.sh SRC DIR builds \
+                     DIR/tetragon and DIR/objs (docs/benchmarks.md#tetragon-side-by-side)",
+                    dir.display()
+                );
+            }
+        }
+    }
     setup::ensure()?;
     if !setup::is_root() {
         bail!(
