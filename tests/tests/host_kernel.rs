@@ -1210,6 +1210,7 @@ fn health_endpoints_need_no_token_and_serve_nothing_else() {
     }
     // A test's daemon is not stopped when dropped: stop it, or it outlives the test.
     stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -4373,6 +4374,7 @@ fn a_drill_sends_http_checks_through_the_proxy_and_fails_when_the_kernel_loses_i
     proxy.set(0, saved, 0).unwrap();
     assert_eq!(drill(true), passing);
     daemon.stop();
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A process of an agent that connects where it is told, for the sandbox tests: the kernel's

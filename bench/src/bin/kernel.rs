@@ -953,7 +953,7 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
     files.prefix.push(blocked_dir.display().to_string());
     let policy_dir = env.tmp.join("tetragon-policy");
     mkdir(&policy_dir)?;
-    for (name, yaml) in tetragon::policies(&agent_exe, &files, &execs, &nets) {
+    for (name, yaml) in tetragon::policies(&agent_exe, &files, &execs, &nets)? {
         let path = policy_dir.join(name);
         ctx(
             std::fs::write(&path, yaml),
