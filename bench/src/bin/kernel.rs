@@ -804,6 +804,48 @@ impl Cells {
     }
 }
 
+/// A per-program pass over the programs `pid` holds that were loaded after `before`.
+struct Pass {
+    pid: u32,
+    before: BTreeSet<u64>,
+    /// Their counters, last read.
+    last: BTreeMap<String, (u64, u64)>,
+    cells: Cells,
+}
+
+impl Pass {
+    fn new(pid: u32, before: BTreeSet<u64>) -> Res<Pass> {
+        let last = prog_stats(pid, &before)?;
+        Ok(Pass {
+            pid,
+            before,
+            last,
+            cells: Cells::default(),
+        })
+    }
+
+    /// Column `c`: each loop's fixed number of calls ([`pass_budget`]) in a fresh worker run
+    /// from `exe`, in `cgroup` if given, and the program runs each caused.
+    fn column(
+        &mut self,
+        env: &Env,
+        exe: &Path,
+        cgroup: Option<&Path>,
+        calls: u64,
+        c: usize,
+        line: &mut String,
+    ) -> Res<()> {
+        for w in Workload::ALL {
+            let n = pass_budget(w, calls);
+            env.run_worker(exe, w, Budget::Calls(n), env.loop_file(w), cgroup)?;
+            let now = prog_stats(self.pid, &self.before)?;
+            self.cells.add(w, c, n, &self.last, &now, line);
+            self.last = now;
+        }
+        Ok(())
+    }
+}
+
 /// One column of the per-program table: where the loop runs, under which policy.
 struct Column {
     title: String,
@@ -867,8 +909,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
         "SIGHUP",
     )?;
     daemon.wait_line(from, "generation 2 is enforcing", Duration::from_secs(120))?;
-    let mut cells = Cells::default();
-    let mut last = prog_stats(pid, &before)?;
+    let mut pass = Pass::new(pid, before)?;
     for round in 1..=rounds {
         for (c, col) in columns.iter_mut().enumerate() {
             if let Some(policy) = &col.policy {
@@ -890,13 +931,8 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
                 std::thread::sleep(SETTLE);
             }
             let mut line = format!("bench: stats round {round}/{rounds}, {}:", col.title);
-            for w in Workload::ALL {
-                let n = pass_budget(w, calls);
-                env.measure_for(w, col.in_agent, Budget::Calls(n))?;
-                let now = prog_stats(pid, &before)?;
-                cells.add(w, c, n, &last, &now, &mut line);
-                last = now;
-            }
+            let cgroup = col.in_agent.then_some(env.cgroup.as_path());
+            pass.column(env, &env.self_exe, cgroup, calls, c, &mut line)?;
             eprintln!("{line}  ({:.0} s so far)", started.elapsed().as_secs_f64());
         }
     }
@@ -915,7 +951,7 @@ fn stats_pass(env: &mut Env, calls: u64, rounds: usize) -> Res<Vec<String>> {
          in the agent with N rules next to the loops (file rules in {dir}, exec rules in {bin_dir}, /32s in 127.0.0.0/8; none match)"
     ));
     let titles: Vec<&str> = columns.iter().map(|c| c.title.as_str()).collect();
-    rows.extend(cells.rows(&titles, "the daemon's"));
+    rows.extend(pass.cells.rows(&titles, "the daemon's"));
     Ok(rows)
 }
 
@@ -998,18 +1034,11 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
     }
     let pid = peer.pid();
     let titles = ["outside", "in its selectors"];
-    let mut cells = Cells::default();
-    let mut last = prog_stats(pid, &before)?;
+    let mut pass = Pass::new(pid, before)?;
     for round in 1..=rounds {
         for (c, exe) in [&outside, &inside].into_iter().enumerate() {
             let mut line = format!("bench: tetragon round {round}/{rounds}, {}:", titles[c]);
-            for w in Workload::ALL {
-                let n = pass_budget(w, calls);
-                env.run_worker(exe, w, Budget::Calls(n), env.loop_file(w), None)?;
-                let now = prog_stats(pid, &before)?;
-                cells.add(w, c, n, &last, &now, &mut line);
-                last = now;
-            }
+            pass.column(env, exe, None, calls, c, &mut line)?;
             eprintln!("{line}  ({:.0} s so far)", started.elapsed().as_secs_f64());
         }
     }
@@ -1029,7 +1058,7 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
         ),
         "  columns: outside its selectors (this binary); in its selectors (the copy its policies select)".to_owned(),
     ];
-    rows.extend(cells.rows(&titles, "Tetragon's"));
+    rows.extend(pass.cells.rows(&titles, "Tetragon's"));
     Ok(rows)
 }
 
