@@ -142,10 +142,16 @@ pub struct Tetragon {
 }
 
 impl Tetragon {
-    /// Start `<dir>/tetragon` with its BPF objects in `<dir>/objs`, the policies in
+    /// Start `<dir>/tetragon` with its BPF objects in `<dir>/objs`, the `policies` policies in
     /// `policy_dir`, its pins under /sys/fs/bpf/`bpf_dir` and its events exported to
     /// `events`, and wait until it enforces them all.
-    pub fn start(dir: &Path, policy_dir: &Path, bpf_dir: &str, events: &Path) -> Res<Tetragon> {
+    pub fn start(
+        dir: &Path,
+        policy_dir: &Path,
+        policies: usize,
+        bpf_dir: &str,
+        events: &Path,
+    ) -> Res<Tetragon> {
         let bin = dir.join("tetragon");
         let mut child = ctx(
             Command::new(&bin)
@@ -187,7 +193,7 @@ impl Tetragon {
                     lines.iter().filter(|l| l.contains(ADDED)).count(),
                 )
             };
-            if ready && added == 3 {
+            if ready && added == policies {
                 return Ok(t);
             }
             let exited = matches!(t.child.try_wait(), Ok(Some(_)));
@@ -195,7 +201,7 @@ impl Tetragon {
                 let why = if exited {
                     "exited".to_owned()
                 } else if ready {
-                    format!("loaded {added} of its 3 policies")
+                    format!("loaded {added} of its {policies} policies")
                 } else {
                     format!("was not ready after {} s", START_DEADLINE.as_secs())
                 };

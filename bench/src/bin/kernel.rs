@@ -989,7 +989,8 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
     files.prefix.push(blocked_dir.display().to_string());
     let policy_dir = env.tmp.join("tetragon-policy");
     mkdir(&policy_dir)?;
-    for (name, yaml) in tetragon::policies(&agent_exe, &files, &execs, &nets)? {
+    let policies = tetragon::policies(&agent_exe, &files, &execs, &nets)?;
+    for (name, yaml) in &policies {
         let path = policy_dir.join(name);
         ctx(
             std::fs::write(&path, yaml),
@@ -1001,11 +1002,13 @@ fn tetragon_pass(env: &mut Env, dir: &Path, calls: u64, rounds: usize) -> Res<Ve
     let mut peer = Tetragon::start(
         dir,
         &policy_dir,
+        policies.len(),
         &bpf_dir,
         &env.tmp.join("tetragon-events.json"),
     )?;
     eprintln!(
-        "bench: tetragon enforcing its 3 policies after {:.0} s",
+        "bench: tetragon enforcing its {} policies after {:.0} s",
+        policies.len(),
         started.elapsed().as_secs_f64()
     );
     // Measurement settling, not synchronisation: see SETTLE.
