@@ -13,13 +13,12 @@
 //! (`tcp-connect-only-private-addrs.yaml`) with `Sigkill`.
 
 use std::{
-    io::BufRead as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use governance_tests::StderrLog;
 use serde_json::{Value, json};
 
 use crate::{Res, ctx};
@@ -136,7 +135,7 @@ pub fn policies(
 /// A Tetragon we started, stopped by its pid on drop.
 pub struct Tetragon {
     child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    stderr: StderrLog,
     /// Its pins' directory, removed after it stops (it removes its pins itself as it stops).
     pins: PathBuf,
 }
@@ -169,48 +168,26 @@ impl Tetragon {
                 .spawn(),
             format_args!("starting {}", bin.display()),
         )?;
-        let stderr = std::io::BufReader::new(child.stderr.take().ok_or("tetragon's stderr")?);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in stderr.lines().map_while(Result::ok) {
-                    lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        let mut t = Tetragon {
+        let stderr = StderrLog::follow("tetragon", &mut child)?;
+        let t = Tetragon {
             child,
-            lines,
+            stderr,
             pins: Path::new("/sys/fs/bpf").join(bpf_dir),
         };
-        let started = Instant::now();
-        loop {
-            let (ready, added) = {
-                let lines = t.lines.lock().unwrap_or_else(|e| e.into_inner());
-                (
-                    lines.iter().any(|l| l.contains(READY)),
-                    lines.iter().filter(|l| l.contains(ADDED)).count(),
-                )
-            };
-            if ready && added == policies {
-                return Ok(t);
-            }
-            let exited = matches!(t.child.try_wait(), Ok(Some(_)));
-            if ready || exited || started.elapsed() > START_DEADLINE {
-                let why = if exited {
-                    "exited".to_owned()
-                } else if ready {
-                    format!("loaded {added} of its {policies} policies")
-                } else {
-                    format!("was not ready after {} s", START_DEADLINE.as_secs())
-                };
-                return Err(format!("tetragon {why}; its last lines:\n{}", t.tail(15)));
-            }
-            // Polling its log, with the deadline above: Tetragon has no readiness signal
-            // without its gRPC server.
-            std::thread::sleep(Duration::from_millis(100));
+        // It loads the policies in its directory before it listens (Tetragon has no readiness
+        // signal without its gRPC server).
+        let (ready, _) = t.stderr.wait_line(&t.child, 0, READY, START_DEADLINE)?;
+        let added = t.stderr.lines()[..ready]
+            .iter()
+            .filter(|(_, l)| l.contains(ADDED))
+            .count();
+        if added != policies {
+            return Err(format!(
+                "tetragon loaded {added} of its {policies} policies; its last lines:\n{}",
+                t.tail(15)
+            ));
         }
+        Ok(t)
     }
 
     pub fn pid(&self) -> u32 {
@@ -218,41 +195,15 @@ impl Tetragon {
     }
 
     pub fn tail(&self, n: usize) -> String {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.stderr.tail(n).join("\n")
     }
 
     /// SIGTERM, and wait for it to unload its programs and remove its pins; SIGKILL after
     /// [`STOP_DEADLINE`]. Then whatever it left under its pins' directory is removed.
     pub fn stop(&mut self) {
-        self.terminate();
+        self.stderr.stop(&mut self.child, STOP_DEADLINE);
         if self.pins.exists() {
             let _ = std::fs::remove_dir_all(&self.pins);
-        }
-    }
-
-    fn terminate(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        // Our own child, by its pid.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::SIGTERM,
-        );
-        let asked = Instant::now();
-        while matches!(self.child.try_wait(), Ok(None)) {
-            if asked.elapsed() > STOP_DEADLINE {
-                eprintln!(
-                    "bench: tetragon did not stop in {} s; killing it",
-                    STOP_DEADLINE.as_secs()
-                );
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return;
-            }
-            // Waiting for our child's exit, with the deadline above.
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -1,23 +1,18 @@
 //! A `governance run` we started: the one harness of the kernel tests and the benchmarks.
 //!
-//! Its stderr is read by a thread into a log of (arrival time, line). Tests wait on it with
-//! [`Daemon::wait_for`] (which panics at its deadline: a test fails loudly); benchmarks with
-//! [`Daemon::wait_line`] (which returns an error and the arrival time they measure with).
+//! Its stderr is read into a [`StderrLog`]. Tests wait on it with [`Daemon::wait_for`] (which
+//! panics at its deadline: a test fails loudly); benchmarks with [`Daemon::wait_line`] (which
+//! returns an error and the arrival time they measure with).
 
 use std::{
     ffi::OsString,
-    io::BufRead as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    thread::JoinHandle,
+    sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
-use crate::{SEQ, governance_bin};
+use crate::{SEQ, StderrLog, governance_bin};
 
 /// Its control socket, audit log, CA and copy of the policy in force, below its state
 /// directory.
@@ -33,9 +28,7 @@ const WAIT_FOR: Duration = Duration::from_secs(300);
 /// A `governance run` we started.
 pub struct Daemon {
     pub child: Child,
-    /// Its stderr lines, each with when it arrived.
-    lines: Arc<Mutex<Vec<(Instant, String)>>>,
-    reader: Option<JoinHandle<()>>,
+    stderr: StderrLog,
     /// Where [`Daemon::wait_for`] goes on reading.
     read: AtomicUsize,
     /// Its state directory: control socket, audit log, node CA.
@@ -66,20 +59,10 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let stderr = std::io::BufReader::new(child.stderr.take().ok_or("the daemon's stderr")?);
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in stderr.lines().map_while(Result::ok) {
-                    lock(&lines).push((Instant::now(), line));
-                }
-            })
-        };
+        let stderr = StderrLog::follow("the daemon", &mut child)?;
         Ok(Daemon {
             child,
-            lines,
-            reader: Some(reader),
+            stderr,
             read: AtomicUsize::new(0),
             state: PathBuf::new(),
             owned: false,
@@ -98,7 +81,7 @@ impl Daemon {
         let from = 0;
         match d.wait_line(from, "governance: control API on", Duration::from_secs(180)) {
             Ok((at, _)) => {
-                d.enforcing = lock(&d.lines)[..at]
+                d.enforcing = d.stderr.lines()[..at]
                     .iter()
                     .rev()
                     .find(|(_, l)| l.contains("governance: enforcing"))
@@ -208,16 +191,12 @@ impl Daemon {
 
     /// Its last `n` stderr lines.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        let lines = lock(&self.lines);
-        lines[lines.len().saturating_sub(n)..]
-            .iter()
-            .map(|(_, l)| l.clone())
-            .collect()
+        self.stderr.tail(n)
     }
 
     /// How many stderr lines it has printed so far.
     pub fn line_count(&self) -> usize {
-        lock(&self.lines).len()
+        self.stderr.lines().len()
     }
 
     /// The first stderr line from number `from` on that contains `text`: its number and when
@@ -228,25 +207,7 @@ impl Daemon {
         text: &str,
         timeout: Duration,
     ) -> Result<(usize, Instant), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let lines = lock(&self.lines);
-                if let Some(i) = lines.iter().skip(from).position(|(_, l)| l.contains(text)) {
-                    return Ok((from + i, lines[from + i].0));
-                }
-            }
-            let exited = !matches!(self.child_running(), Some(true));
-            if Instant::now() > deadline || (exited && self.reader_done()) {
-                let why = if exited { "it exited" } else { "timed out" };
-                return Err(format!(
-                    "the daemon did not print {text:?} within {timeout:?} ({why}); its stderr:\n  {}",
-                    self.tail(30).join("\n  ")
-                ));
-            }
-            // Poll interval: a line's arrival time is stamped by the reader, not here.
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.stderr.wait_line(&self.child, from, text, timeout)
     }
 
     /// Read stderr on from where the last call stopped until a line contains `needle` (up to
@@ -256,7 +217,7 @@ impl Daemon {
         match self.wait_line(from, needle, WAIT_FOR) {
             Ok((at, _)) => {
                 self.read.store(at + 1, Ordering::Relaxed);
-                let lines = lock(&self.lines);
+                let lines = self.stderr.lines();
                 let mut seen = String::new();
                 for (_, l) in &lines[from..=at] {
                     seen.push_str(l);
@@ -271,24 +232,7 @@ impl Daemon {
     /// SIGTERM, wait (60 s, then SIGKILL), then `governance unload` of the pins it was started
     /// with. Returns its "governance: stopping; ..." line, if it printed one.
     pub fn stop(&mut self) -> Option<String> {
-        if matches!(self.child_running(), Some(true)) {
-            // Our own child, by its pid.
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while matches!(self.child_running(), Some(true)) && Instant::now() < deadline {
-                // Poll interval; the deadline above bounds the wait for its exit.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if matches!(self.child_running(), Some(true)) {
-                eprintln!("governance run ignored SIGTERM for 60 s; killing it");
-                let _ = self.child.kill();
-            }
-        }
-        let _ = self.child.wait();
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
+        self.stderr.stop(&mut self.child, Duration::from_secs(60));
         if let Some((governance, pins)) = self.stop_on_drop.take() {
             let _ = Command::new(governance)
                 .arg("unload")
@@ -298,25 +242,11 @@ impl Daemon {
                 .stderr(Stdio::null())
                 .status();
         }
-        lock(&self.lines)
+        self.stderr
+            .lines()
             .iter()
             .find(|(_, l)| l.contains("governance: stopping;"))
             .map(|(_, l)| l.clone())
-    }
-
-    fn child_running(&self) -> Option<bool> {
-        // try_wait needs &mut; the pid is ours and not yet reaped, so /proc tells.
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        Some(
-            !stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|s| s.trim_start().starts_with('Z')),
-        )
-    }
-
-    fn reader_done(&self) -> bool {
-        self.reader.as_ref().is_none_or(|r| r.is_finished())
     }
 }
 
@@ -329,10 +259,6 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(&self.state);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn fresh_state() -> PathBuf {

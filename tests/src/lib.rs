@@ -23,7 +23,9 @@ use governance::{
 use governance_common::Event;
 
 mod daemon;
+mod stderr_log;
 pub use daemon::*;
+pub use stderr_log::StderrLog;
 
 /// Exit status a child uses to report that its syscall failed: `ERRNO_BASE + errno`.
 pub const ERRNO_BASE: i32 = 100;
