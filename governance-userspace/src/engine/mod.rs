@@ -344,10 +344,16 @@ impl Engine {
             .any(|h| !h.body.is_empty() || h.mcp.is_some())
     }
 
-    /// Whether some HTTP rule that could match `host` (lowercase) has header conditions (the
-    /// proxy copies the headers for the engine only then).
-    pub fn needs_headers(&self, view: &AgentRules, host: &str) -> bool {
-        self.http_rules(view, host).any(|h| !h.headers.is_empty())
+    /// The header names the HTTP rules that could match `host` (lowercase) read, lowercase
+    /// (the proxy copies the headers for the engine only when there are some).
+    pub fn headers_read(&self, view: &AgentRules, host: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .http_rules(view, host)
+            .flat_map(|h| h.headers.iter().map(|(n, _)| n.to_ascii_lowercase()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Whether some MCP rule of the agent could match `host` (lowercase), whatever the path.

@@ -264,14 +264,26 @@ impl Condition {
         for v in values {
             if numeric {
                 match v {
-                    Value::Number(_) => {}
-                    Value::String(s) => {
-                        if let NumericString::Ambiguous(why) = numeric_string(s) {
+                    Value::Number(n) => {
+                        if let Num::Int(i) = Num::of(n)
+                            && i.unsigned_abs() > MAX_SAFE_INTEGER
+                        {
+                            return Some(format!("`{path}` is {n}, {BEYOND_SAFE}"));
+                        }
+                    }
+                    Value::String(s) => match numeric_string(s) {
+                        NumericString::Ambiguous(why) => {
                             return Some(format!(
                                 "`{path}` is the string {s:?} where the rule compares a number: {why}"
                             ));
                         }
-                    }
+                        NumericString::Decimal(Num::Int(i))
+                            if i.unsigned_abs() > MAX_SAFE_INTEGER =>
+                        {
+                            return Some(format!("`{path}` is the string {s:?}, {BEYOND_SAFE}"));
+                        }
+                        _ => {}
+                    },
                     Value::Array(_) | Value::Object(_) if self.op == Op::Contains => {}
                     other => {
                         return Some(format!(
@@ -295,6 +307,50 @@ impl Condition {
             }
         }
         None
+    }
+
+    /// Why an MCP tool's `arguments` could be read in more than one way where this condition
+    /// looks, beyond [`Condition::ambiguity`]: the MCP Python SDK parses a string argument of a
+    /// parameter that is not typed `str` as JSON before the tool sees it (`pre_parse_json`), so
+    /// `{"payment": "{\"amount\": 5000}"}` reaches the tool as an object. A string on the
+    /// condition's way that holds JSON is refused when the condition answers differently on
+    /// the string and on what it spells.
+    pub fn json_text_ambiguity(&self, args: &Value) -> Option<String> {
+        let mut v = args;
+        for (i, step) in self.path.iter().enumerate() {
+            let next = match (step, v) {
+                (Step::Key(k), Value::Object(map)) => map.get(k.as_str()),
+                (Step::Index(i), Value::Array(items)) => items.get(*i),
+                (_, Value::String(s)) => {
+                    // The condition reads into a string: nothing on the string itself, but
+                    // perhaps something on the JSON it holds.
+                    let parsed = json_text(s)?;
+                    let inner = Condition {
+                        path: self.path[i..].to_vec(),
+                        ..self.clone()
+                    };
+                    return inner.eval(&parsed).then(|| {
+                        format!(
+                            "`{}` reads into a string that holds JSON, which the MCP SDK parses before the tool reads it",
+                            self.path()
+                        )
+                    });
+                }
+                _ => None,
+            };
+            v = next?;
+        }
+        let Value::String(s) = v else {
+            return None;
+        };
+        let parsed = json_text(s)?;
+        (self.test(v) != self.test(&parsed)).then(|| {
+            format!(
+                "`{}` is a string that holds JSON ({}), which the MCP SDK parses before the tool reads it, and the rule answers differently on the two",
+                self.path(),
+                kind_name(&parsed)
+            )
+        })
     }
 
     /// Whether the condition compares the value with a number (`> 100`, `in [1, 2]`).
@@ -385,9 +441,11 @@ impl Condition {
 
     /// Does the condition hold for `doc`?
     pub fn eval(&self, doc: &Value) -> bool {
-        let Some(v) = self.lookup(doc) else {
-            return false;
-        };
+        self.lookup(doc).is_some_and(|v| self.test(v))
+    }
+
+    /// The condition on the value at its path.
+    fn test(&self, v: &Value) -> bool {
         match self.op {
             Op::Exists => true,
             Op::Eq => equal(v, &self.value),
@@ -484,6 +542,11 @@ fn number(v: &Value) -> Option<Num> {
     }
 }
 
+/// The largest integer every JSON reader takes exactly: JavaScript's numbers are doubles, so
+/// `9007199254740993` is `9007199254740992` to Express and itself to Python.
+const MAX_SAFE_INTEGER: u128 = 1 << 53;
+const BEYOND_SAFE: &str = "an integer beyond 2^53, which JavaScript rounds and Python does not";
+
 /// How a string reads as a number.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum NumericString {
@@ -556,6 +619,19 @@ pub fn numeric_string(s: &str) -> NumericString {
     match t.trim_start_matches('+').parse::<f64>() {
         Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
         _ => Ambiguous("out of range"),
+    }
+}
+
+/// What the MCP Python SDK makes of a string argument before a tool whose parameter is not a
+/// `str` reads it: the object, array, boolean or null it spells as JSON (a number or string it
+/// spells stays the string). None: it stays a string for every parameter.
+fn json_text(s: &str) -> Option<Value> {
+    if !s.trim_start().starts_with(['{', '[', 't', 'f', 'n']) {
+        return None;
+    }
+    match serde_json::from_str::<Value>(s) {
+        Ok(v @ (Value::Object(_) | Value::Array(_) | Value::Bool(_) | Value::Null)) => Some(v),
+        _ => None,
     }
 }
 

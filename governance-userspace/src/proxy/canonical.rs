@@ -82,6 +82,8 @@ pub enum Refused {
     QueryField(String),
     #[error("more than one {0} header")]
     Headers(&'static str),
+    #[error("{0}")]
+    Header(String),
     #[error(
         "Content-Encoding `{0}` is not decoded by the policy proxy (identity, gzip and deflate are)"
     )]
@@ -131,9 +133,10 @@ impl Refused {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported media type",
             StatusCode::PAYLOAD_TOO_LARGE => "body too large",
             _ => match self {
-                Refused::MethodOverride(_) | Refused::QueryField(_) | Refused::Ambiguous(_) => {
-                    "ambiguous request"
-                }
+                Refused::MethodOverride(_)
+                | Refused::QueryField(_)
+                | Refused::Ambiguous(_)
+                | Refused::Header(_) => "ambiguous request",
                 _ => "bad body",
             },
         }
@@ -142,7 +145,9 @@ impl Refused {
     /// The rule quoted in the record and the answer.
     pub fn rule(&self) -> &'static str {
         match self {
-            Refused::MethodOverride(_) | Refused::Headers(_) => "builtin:request",
+            Refused::MethodOverride(_) | Refused::Headers(_) | Refused::Header(_) => {
+                "builtin:request"
+            }
             Refused::Json(_) => "builtin:invalid-json",
             Refused::JsonRpc(_) => "builtin:jsonrpc",
             _ => "builtin:body",
@@ -212,8 +217,8 @@ pub fn evaluate(
     } else {
         body.and_then(|b| parse_json(b).ok())
     };
-    let want_headers = engine.needs_headers(view, &head.host);
-    let mut http = super::request::to_engine(head, want_headers.then_some(headers), None);
+    let headers = rule_headers(engine, view, &head.host, headers)?;
+    let mut http = super::request::to_engine(head, headers.as_ref(), None);
     let (decision, mcp) = decide_request(engine, view, &mut http, json);
     Ok(Evaluated {
         decision,
@@ -221,6 +226,46 @@ pub fn evaluate(
         http,
         mcp_endpoint,
     })
+}
+
+/// The headers the rules of `host` decide on, when some rule reads headers: those the
+/// upstream will get. Hop-by-hop headers and the ones `Connection` names are removed first, as
+/// they are before forwarding (`Connection: x-dry-run` would otherwise let a rule read a header
+/// the upstream never sees). A header a rule reads must come at most once and under its own
+/// name: two copies (Express joins them, Starlette takes the first) or a spelling with `_` for
+/// `-` (CGI and WSGI servers read `X_Dry_Run` as `X-Dry-Run`; nginx drops it) are refused.
+pub fn rule_headers(
+    engine: &Engine,
+    view: &AgentRules,
+    host: &str,
+    headers: &HeaderMap,
+) -> Result<Option<HeaderMap>, Refused> {
+    let read = engine.headers_read(view, host);
+    if read.is_empty() {
+        return Ok(None);
+    }
+    let mut sent = headers.clone();
+    super::request::strip_hop_by_hop(&mut sent);
+    for name in &read {
+        let want = name.replace('_', "-");
+        let mut copies = sent
+            .iter()
+            .filter(|(n, _)| n.as_str().replace('_', "-") == want);
+        let Some((first, _)) = copies.next() else {
+            continue;
+        };
+        if copies.next().is_some() {
+            return Err(Refused::Header(format!(
+                "more than one `{name}` header (a rule reads it; upstreams differ on which copy counts)"
+            )));
+        }
+        if first.as_str() != name {
+            return Err(Refused::Header(format!(
+                "the header `{first}` is `{name}` to servers that read `_` as `-` (a rule reads `{name}`)"
+            )));
+        }
+    }
+    Ok(Some(sent))
 }
 
 /// The checks of an MCP `tools/call` that names no server (the decision API): its arguments
@@ -673,6 +718,9 @@ fn check_conditions(v: &Value, route: &BodyRoute<'_>) -> Result<(), Refused> {
                 if glob::simple(glob_, tool) {
                     for c in conds.iter() {
                         ambiguous(c, args)?;
+                        if let Some(why) = c.json_text_ambiguity(args) {
+                            return Err(Refused::Ambiguous(why));
+                        }
                     }
                 }
             }

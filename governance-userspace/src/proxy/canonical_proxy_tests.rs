@@ -600,3 +600,60 @@ async fn framing_tricks_are_refused_on_any_request_of_a_connection() {
     assert_eq!(up.seen.lock().unwrap().len(), 6);
     h.assert_no_panics();
 }
+
+/// Header rules through the proxy's socket: the upstream gets exactly the headers the rule
+/// was decided on. A header `Connection` names is removed before forwarding, so it is not
+/// decided on either; a repeated header, or one spelled with `_`, is refused and never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_decide_on_the_headers_the_upstream_gets() {
+    let up = upstream("payments").await;
+    let policy = parse(
+        r#"
+name: deploys
+agents: { cgroup: agents/deployer }
+rules:
+  - id: dry-run-only
+    http: { host: api.payments.example, method: POST, path: /v1/deploy, headers: { x-dry-run: "true" } }
+    verdict: allow
+    reason: dry runs are fine
+  - id: real-deploys
+    http: { host: api.payments.example, method: POST, path: /v1/deploy }
+    verdict: block
+    reason: real deploys are not
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/deployer", None, Some(up.addr));
+    let host = ("host", "api.payments.example");
+    let cases = [
+        ("control", vec![host, ("x-dry-run", "true")], "200 "),
+        (
+            "named by Connection",
+            vec![host, ("x-dry-run", "true"), ("connection", "x-dry-run")],
+            "403 ",
+        ),
+        (
+            "twice",
+            vec![host, ("x-dry-run", "true"), ("x-dry-run", "false")],
+            "400 ",
+        ),
+        ("underscores", vec![host, ("X_Dry_Run", "true")], "400 "),
+        (
+            "underscores beside it",
+            vec![host, ("x-dry-run", "true"), ("x_dry_run", "false")],
+            "400 ",
+        ),
+    ];
+    for (what, headers, status) in cases {
+        let answer = h.raw(me, &raw("POST", "/v1/deploy", &headers, b"")).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+    }
+    // Only the control reached the upstream, with the header it was decided on.
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["headers"]["x-dry-run"], "true");
+    h.assert_no_panics();
+}

@@ -514,6 +514,245 @@ fn tool_calls_without_a_server_are_checked_too() {
     assert_eq!(check_tool_call(&engine, &view, &call), Ok(()));
 }
 
+/// Rules from the red team's findings of 2026-12-04 (none of them in the shipped examples).
+const FOUND: &str = r#"
+name: found
+agents: { cgroup: agents/found }
+rules:
+  - id: dry-run-only
+    http: { host: api.example, method: POST, path: /v1/deploy, headers: { x-dry-run: "true" } }
+    verdict: allow
+    reason: dry runs are fine
+  - id: real-deploys
+    http: { host: api.example, method: POST, path: /v1/deploy }
+    verdict: block
+    reason: real deploys are not
+  - id: protected-user
+    http: { host: api.example, method: POST, path: /v1/users/delete, body: ['$.user_id == 9007199254740992'] }
+    verdict: block
+    reason: this user is protected
+  - id: big-transfer
+    http: { host: mcp.example, path: /mcp, mcp: { tool: transfer, arguments: ['$.payment.amount > 1000'] } }
+    verdict: block
+    reason: no big transfers
+  - id: no-ceo
+    http: { host: mcp.example, path: /mcp, mcp: { tool: notify, arguments: ['$.recipients contains "ceo@corp.example"'] } }
+    verdict: block
+    reason: never mail the CEO
+  - id: no-loopback-by-ip
+    http: { host: 127.0.0.1 }
+    verdict: block
+    reason: not by its address
+"#;
+
+fn found(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(String, String), Refused> {
+    let engine = Engine::new(
+        policy::parse(&[("found.yaml".into(), FOUND.to_owned())]).unwrap(),
+        1,
+    );
+    let view = engine.agent(&AgentRef {
+        name: "agents/found".into(),
+        cgroup: "agents/found".into(),
+        label: None,
+        pod: None,
+    });
+    eval(&engine, &view, method, target, headers, body)
+}
+
+/// A header a rule reads is decided as the upstream gets it: not when `Connection` names it
+/// (it is removed before forwarding), and only when it comes once, under its own name.
+#[test]
+fn header_conditions_read_what_is_forwarded_once_and_by_its_name() {
+    let deploy = |headers: &[(&str, &str)]| {
+        let mut all = vec![("host", "api.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", "/v1/deploy", &all, b""))
+    };
+    assert_eq!(deploy(&[("x-dry-run", "true")]), "allow found/dry-run-only");
+    assert_eq!(deploy(&[]), "block found/real-deploys");
+    assert_eq!(
+        deploy(&[("x-dry-run", "false")]),
+        "block found/real-deploys"
+    );
+    // Named by Connection: the upstream never gets it, so it is a real deploy.
+    for connection in ["x-dry-run", "keep-alive, X-Dry-Run", "close,x-dry-run "] {
+        assert_eq!(
+            deploy(&[("x-dry-run", "true"), ("connection", connection)]),
+            "block found/real-deploys",
+            "Connection: {connection}"
+        );
+    }
+    // Two copies (Express joins them, Starlette takes the first), either order.
+    for pair in [["true", "false"], ["false", "true"], ["true", "true"]] {
+        assert_eq!(
+            deploy(&[("x-dry-run", pair[0]), ("x-dry-run", pair[1])]),
+            "refused 400 builtin:request",
+            "{pair:?}"
+        );
+    }
+    // `_` for `-`: the same header to CGI and WSGI servers.
+    assert_eq!(
+        deploy(&[("x_dry_run", "true")]),
+        "refused 400 builtin:request"
+    );
+    assert_eq!(
+        deploy(&[("x-dry-run", "true"), ("x_dry-run", "false")]),
+        "refused 400 builtin:request"
+    );
+    // Headers no rule reads are not judged.
+    assert_eq!(
+        deploy(&[
+            ("x-dry-run", "true"),
+            ("x_other", "1"),
+            ("accept", "a"),
+            ("accept", "b")
+        ]),
+        "allow found/dry-run-only"
+    );
+}
+
+/// Integers beyond 2^53 are one number to Python and another to JavaScript: refused where a
+/// rule compares a number, as JSON numbers and as numeric strings.
+#[test]
+fn integers_javascript_rounds_are_refused_where_compared() {
+    let delete = |body: &str| {
+        verdict(found(
+            "POST",
+            "/v1/users/delete",
+            &[("host", "api.example"), JSON],
+            body.as_bytes(),
+        ))
+    };
+    assert_eq!(
+        delete(r#"{"user_id": 9007199254740992}"#),
+        "block found/protected-user"
+    );
+    assert_eq!(delete(r#"{"user_id": 42}"#), "allow default");
+    for body in [
+        r#"{"user_id": 9007199254740993}"#,
+        r#"{"user_id": -9007199254740993}"#,
+        r#"{"user_id": 18446744073709551615}"#,
+        r#"{"user_id": "9007199254740993"}"#,
+    ] {
+        assert_eq!(delete(body), "refused 400 builtin:body", "{body}");
+    }
+    // 2^53 itself is exact everywhere.
+    assert_eq!(
+        delete(r#"{"user_id": "9007199254740992"}"#),
+        "block found/protected-user"
+    );
+}
+
+/// The MCP Python SDK parses a string argument as JSON when the tool's parameter is not a
+/// `str`: a condition is refused when it answers differently on the string and on its JSON.
+#[test]
+fn mcp_arguments_holding_json_text_are_read_as_the_sdk_reads_them() {
+    let call = |tool: &str, arguments: serde_json::Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        verdict(found(
+            "POST",
+            "/mcp",
+            &[("host", "mcp.example"), JSON],
+            body.to_string().as_bytes(),
+        ))
+    };
+    assert_eq!(
+        call("transfer", json!({"payment": {"amount": 5000}})),
+        "block found/big-transfer"
+    );
+    assert_eq!(
+        call(
+            "transfer",
+            json!({"payment": "{\"amount\": 5000, \"to\": \"x\"}"})
+        ),
+        "refused 400 builtin:body"
+    );
+    assert_eq!(
+        call("transfer", json!({"payment": " {\"amount\": 5000}"})),
+        "refused 400 builtin:body"
+    );
+    // Its JSON says the same as the rule's answer on the string: decided.
+    assert_eq!(
+        call("transfer", json!({"payment": "{\"amount\": 5}"})),
+        "allow default"
+    );
+    assert_eq!(
+        call("transfer", json!({"payment": "not json"})),
+        "allow default"
+    );
+    assert_eq!(
+        call("notify", json!({"recipients": ["ceo@corp.example"]})),
+        "block found/no-ceo"
+    );
+    assert_eq!(
+        call(
+            "notify",
+            json!({"recipients": "[\"ce\\u006f@corp.example\"]"})
+        ),
+        "refused 400 builtin:body"
+    );
+    assert_eq!(
+        call("notify", json!({"recipients": "[\"team@corp.example\"]"})),
+        "allow default"
+    );
+}
+
+/// A host that is an IP address is decided in one spelling; numeric hosts in the forms
+/// resolvers differ on are refused before any rule.
+#[test]
+fn ip_literal_hosts_are_canonical_or_refused() {
+    let get = |host: &str| verdict(found("GET", "/", &[("host", host)], b""));
+    for same in [
+        "127.0.0.1",
+        "127.0.0.1.",
+        "[::ffff:127.0.0.1]",
+        "[::FFFF:7f00:1]",
+    ] {
+        assert_eq!(get(same), "block found/no-loopback-by-ip", "{same}");
+    }
+    for host in [
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "0X7F.0.0.1",
+        "0177.0.0.1",
+        "127.0.0.01",
+        "127.0.1",
+        "example.123",
+    ] {
+        let head = request::target(
+            &Method::GET,
+            &"/".parse::<Uri>().unwrap(),
+            Version::HTTP_11,
+            &[(hyper::header::HOST, HeaderValue::from_str(host).unwrap())]
+                .into_iter()
+                .collect(),
+        );
+        assert!(
+            matches!(head, Err(request::Reject::Target(_))),
+            "{host}: {head:?}"
+        );
+    }
+    // Names, and addresses in their one spelling, pass as they are.
+    for (host, as_decided) in [
+        ("api.example", "api.example"),
+        ("1.example", "1.example"),
+        ("10.1.2.3", "10.1.2.3"),
+        ("[2001:DB8:0:0::1]", "2001:db8::1"),
+    ] {
+        assert_eq!(
+            request::ip_literal(request::normalise_host(host)).unwrap(),
+            as_decided
+        );
+    }
+}
+
 /// Property tests: whatever the body, headers and query, `evaluate` answers without panicking,
 /// and the framing follower takes any bytes.
 mod props {

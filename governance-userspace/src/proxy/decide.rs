@@ -37,8 +37,15 @@ impl Proxy {
         head: &Head,
         headers: Option<&hyper::HeaderMap>,
     ) -> (HttpRequest, Decision) {
-        let headers = headers.filter(|_| engine.needs_headers(view, &head.host));
-        let http = request::to_engine(head, headers, None);
+        // The tunnel's own headers go nowhere; hop-by-hop ones are left out as everywhere.
+        let headers = headers
+            .filter(|_| !engine.headers_read(view, &head.host).is_empty())
+            .map(|h| {
+                let mut h = h.clone();
+                request::strip_hop_by_hop(&mut h);
+                h
+            });
+        let http = request::to_engine(head, headers.as_ref(), None);
         let mut decision = engine.decide(view, &Action::Http(http.clone()), Instant::now());
         if let Outcome::Sandbox(SandboxTarget::Upstream(url)) = &decision.outcome {
             decision.reason = format!(
