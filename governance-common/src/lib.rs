@@ -496,6 +496,13 @@ pub mod guard {
     /// the agent, as root: `dns_resolver` (a DNS query for a name of the agent's choice, past
     /// its network rules), the NFS and CIFS upcalls, and every type not known to be local.
     pub const KEY_UPCALL: u8 = 5;
+    /// A write permission on a cgroup outside the agent's subtree: moving a process across
+    /// its border (pulling one in through a `cgroup.procs` the agent owns), making or removing
+    /// a cgroup there, writing its interface files.
+    pub const CGROUP_BORDER: u8 = 6;
+    /// A source route (an IPv4 source-route option, an IPv6 routing header) on a socket or a
+    /// datagram: the packet would go on past the address the network rules decided on.
+    pub const SOURCE_ROUTE: u8 = 7;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -505,6 +512,8 @@ pub mod guard {
             SIGNAL_OWNER => "signal ownership to another process",
             LABEL => "the agent label",
             KEY_UPCALL => "a key whose construction runs a program outside the agent",
+            CGROUP_BORDER => "a cgroup outside the agent (a process moved across its border)",
+            SOURCE_ROUTE => "a source route (past the destination the network rules decided on)",
             _ => "?",
         }
     }

@@ -59,6 +59,11 @@ pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
 pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
 pub const UNIX_SOCK_PEER: &str = "OFF_UNIX_SOCK_PEER";
 pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
+pub const MSGHDR_CONTROL: &str = "OFF_MSGHDR_CONTROL";
+pub const MSGHDR_CONTROLLEN: &str = "OFF_MSGHDR_CONTROLLEN";
+pub const INODE_PRIVATE: &str = "OFF_INODE_PRIVATE";
+pub const KERNFS_NODE_PARENT: &str = "OFF_KERNFS_NODE_PARENT";
+pub const KERNFS_NODE_PRIV: &str = "OFF_KERNFS_NODE_PRIV";
 /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
@@ -66,7 +71,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 59] = [
+pub const ALL: [(&str, &str, &str); 64] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -127,4 +132,11 @@ pub const ALL: [(&str, &str, &str); 59] = [
     (SOCK_PROTOCOL, "sock", "sk_protocol"),
     (UNIX_SOCK_PEER, "unix_sock", "peer"),
     (MSGHDR_NAME, "msghdr", "msg_name"),
+    (MSGHDR_CONTROL, "msghdr", "msg_control"),
+    (MSGHDR_CONTROLLEN, "msghdr", "msg_controllen"),
+    // A kernfs inode's node (cgroup2 files and directories), its directory, and a directory's
+    // cgroup.
+    (INODE_PRIVATE, "inode", "i_private"),
+    (KERNFS_NODE_PARENT, "kernfs_node", "parent|__parent"),
+    (KERNFS_NODE_PRIV, "kernfs_node", "priv"),
 ];

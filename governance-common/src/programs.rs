@@ -76,6 +76,11 @@ pub const MOVEMEMORY: Program = lsm(
 );
 pub const MODULE_REQUEST: Program = lsm("kernel_module_request", "module autoloading");
 pub const KEY_ALLOC: Program = lsm("key_alloc", "keys whose construction runs a program");
+pub const SETSOCKOPT: Program = lsm("socket_setsockopt", "source routes");
+pub const CGROUP_BORDER: Program = lsm(
+    "inode_permission",
+    "processes moved into the agent, cgroups outside it",
+);
 pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
 pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
 pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
@@ -120,7 +125,10 @@ pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and conn
 /// A sandboxed process's sends on the sockets it held before its sandbox verdict, and its
 /// writes to files it did not open under its profile (see governance-ebpf's held.rs): two
 /// hooks, as no one hook sees every way of sending, and the end of a file's life.
-pub const HELD_SENDMSG: Program = lsm("socket_sendmsg", "sandboxed sends on held sockets");
+pub const HELD_SENDMSG: Program = lsm(
+    "socket_sendmsg",
+    "sandboxed sends on held sockets, source routes on datagrams",
+);
 pub const HELD_WRITE: Program = lsm(
     "file_permission",
     "sandboxed writes to held files, sendfile and splice to held sockets",
@@ -178,7 +186,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 60] = [
+pub const ALL: [Program; 62] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -239,4 +247,6 @@ pub const ALL: [Program; 60] = [
     MKDIR,
     MKNOD,
     KEY_ALLOC,
+    CGROUP_BORDER,
+    SETSOCKOPT,
 ];

@@ -184,9 +184,8 @@ pub(crate) fn current_agent() -> Option<Agent> {
 }
 
 /// Whether `task` (a `struct task_struct *`) runs inside `agent`'s subtree: its cgroup2 cgroup
-/// is the agent root or a descendant, i.e. the task's cgroup's ancestor at the agent root's
-/// level is the agent root (`task->cgroups->dfl_cgrp->ancestors[level]->kn->id`). A task the
-/// program cannot place counts as outside (fail closed: only agents are refused).
+/// (`task->cgroups->dfl_cgrp`) is in it ([`cgroup_in_subtree`]). A task the program cannot
+/// place counts as outside (fail closed: only agents are refused).
 #[inline(always)]
 pub(crate) fn in_subtree(agent: &Agent, task: u64) -> bool {
     // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
@@ -197,6 +196,17 @@ pub(crate) fn in_subtree(agent: &Agent, task: u64) -> bool {
         let Ok(cgrp) = read_at::<u64>(cset, off(&OFF_CSS_SET_DFL_CGRP)) else {
             return false;
         };
+        cgroup_in_subtree(agent, cgrp)
+    }
+}
+
+/// Whether the cgroup2 cgroup `cgrp` (a `struct cgroup *`) is `agent`'s root or one of its
+/// descendants: its ancestor at the agent root's level is the agent root
+/// (`cgrp->ancestors[level]->kn->id`). One that cannot be read counts as outside.
+#[inline(always)]
+pub(crate) fn cgroup_in_subtree(agent: &Agent, cgrp: u64) -> bool {
+    // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
+    unsafe {
         let Ok(level) = read_at::<i32>(cgrp, off(&OFF_CGROUP_LEVEL)) else {
             return false;
         };

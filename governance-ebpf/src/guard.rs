@@ -1,9 +1,9 @@
 //! Built-ins against getting something outside the agent to act for it, or changing what makes
 //! it an agent: the kernel loading a module on the agent's behalf (modprobe runs outside, as
 //! root), input pushed into a terminal another process reads, signal ownership of a file handed
-//! to a process outside the agent, and the agent label on cgroups. Refused to agents whatever the
-//! policy says. (Renaming a cgroup, which would make a path selector miss it, the kernel refuses
-//! on cgroup2 itself.)
+//! to a process outside the agent, the agent label on cgroups, and a process moved into the
+//! agent from outside. Refused to agents whatever the policy says. (Renaming a cgroup, which
+//! would make a path selector miss it, the kernel refuses on cgroup2 itself.)
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
     macros::lsm,
@@ -12,13 +12,17 @@ use aya_ebpf::{
 use governance_common::{Kind, guard};
 
 use crate::{
-    decide::{Decision, current_agent, emit, lsm_ret},
-    kernel::{OFF_KEY_TYPE, OFF_KEY_TYPE_NAME, off, read_at},
+    decide::{Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
+    kernel::{
+        Btf, CGROUP2_SUPER_MAGIC, MAY_WRITE, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
+        OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
+        OFF_KEY_TYPE_NAME, OFF_SB_MAGIC, S_IFDIR, S_IFMT, off, read_at,
+    },
 };
 
 /// Refuse the current task if it belongs to an agent, reporting `what` (governance_common::guard).
 #[inline(always)]
-fn refuse(what: u8, object: u64) -> i32 {
+pub(crate) fn refuse(what: u8, object: u64) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -203,4 +207,67 @@ pub fn key_alloc(ctx: LsmContext) -> i32 {
     } else {
         refuse(guard::KEY_UPCALL, 0)
     }
+}
+
+/// `inode_permission`'s mask bit of an open (`MAY_OPEN`): opens are decided by `file_open`.
+const MAY_OPEN: i32 = 0x20;
+
+/// Built-in: no write permission for agents on a cgroup outside their subtree, asked other than
+/// by an open (opens of the cgroup tree are `file_open`'s, whose built-in rules refuse it).
+/// Moving a process checks write permission on the `cgroup.procs` of the common ancestor of its
+/// old and new cgroups (`cgroup_procs_write_permission`), and nothing else an LSM sees: an agent
+/// writing the pid of a process from outside into a `cgroup.procs` it owns would pull that
+/// process in (then take its descriptors through `pidfd_getfd`, or freeze the daemon with
+/// `cgroup.freeze`, which no signal hook sees). That ancestor is outside the agent, so the move
+/// is refused; a move within the agent's subtree has its ancestor inside and passes. The same
+/// check refuses making, removing or renaming cgroups outside, and changing their files'
+/// attributes. Every other write permission passes at once, before the agent lookup: this hook
+/// runs for every permission check of the node.
+#[lsm(hook = "inode_permission")]
+pub fn inode_permission(ctx: LsmContext) -> i32 {
+    // int inode_permission(struct inode *inode, int mask)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let mask: i32 = ctx.arg(1);
+    if mask & MAY_WRITE == 0 || mask & MAY_OPEN != 0 {
+        return 0;
+    }
+    let inode = Btf::arg(&ctx, 0);
+    let magic = match inode.ptr(off(&OFF_INODE_SB)) {
+        Ok(sb) => sb.get::<u64>(off(&OFF_SB_MAGIC)),
+        Err(_) => return 0,
+    };
+    if magic != CGROUP2_SUPER_MAGIC {
+        return 0;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    // The cgroup: a directory's kernfs node holds it; a file's, its directory's. `i_private`
+    // is a `void *` to the verifier, so the nodes are read with `read_at`.
+    let dir = inode.get::<u16>(off(&OFF_INODE_MODE)) & S_IFMT == S_IFDIR;
+    let kn: u64 = inode.get(off(&OFF_INODE_PRIVATE));
+    // SAFETY: see read_at.
+    let (cgrp, id) = unsafe {
+        let node = if dir {
+            Ok(kn)
+        } else {
+            read_at::<u64>(kn, off(&OFF_KERNFS_NODE_PARENT))
+        };
+        let cgrp = node.and_then(|n| read_at::<u64>(n, off(&OFF_KERNFS_NODE_PRIV)));
+        let id = node.and_then(|n| read_at::<u64>(n, off(&OFF_KERNFS_NODE_ID)));
+        (cgrp.unwrap_or(0), id.unwrap_or(0))
+    };
+    // Unreadable: outside (fail closed).
+    if cgrp != 0 && cgroup_in_subtree(&agent, cgrp) {
+        return 0;
+    }
+    let d = Decision::builtin(Kind::Guard, true);
+    emit(&agent, &d, |ev| {
+        ev.detail = guard::CGROUP_BORDER;
+        ev.object = id;
+    });
+    lsm_ret(&d)
 }

@@ -61,6 +61,10 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    // Every agent's datagrams: no source route (route.rs).
+    if let Some(refused) = crate::route::datagram_route(Btf::arg(&ctx, 1)) {
+        return refused;
+    }
     if !any_sandboxed() {
         return 0;
     }

@@ -71,6 +71,11 @@ offsets!(
     OFF_SOCK_PROTOCOL,
     OFF_UNIX_SOCK_PEER,
     OFF_MSGHDR_NAME,
+    OFF_MSGHDR_CONTROL,
+    OFF_MSGHDR_CONTROLLEN,
+    OFF_INODE_PRIVATE,
+    OFF_KERNFS_NODE_PARENT,
+    OFF_KERNFS_NODE_PRIV,
     SIZE_UPID
 );
 
@@ -161,6 +166,8 @@ pub(crate) const IPPROTO_UDP: i32 = 17;
 pub(crate) const MAY_WRITE: i32 = 0x2;
 pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+pub(crate) const S_IFDIR: u16 = 0o040000;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;
 pub(crate) const BPF_EXIST: u64 = bindings::BPF_EXIST as u64;

@@ -56,6 +56,7 @@ mod mount;
 mod net;
 mod protect;
 mod report;
+mod route;
 mod sequence;
 mod sequence_egress;
 mod unix;

@@ -87,6 +87,37 @@ pub(crate) fn mapped4(ip4_be: u32) -> [u8; 16] {
     ]
 }
 
+/// The unspecified address is the local host to connect() and sendmsg() (the kernel routes
+/// `0.0.0.0` to 127.0.0.1, or to the socket's bound address, and `::` to ::1): the destination
+/// is rewritten to loopback before anything is decided, so a rule on loopback holds for it and
+/// what is decided is where it goes. The rewrite is made in the context and read back from it,
+/// not kept in a variable: a loopback constant beside the unknown address would have the
+/// verifier walk everything after this once per branch (`connect6` went from 145,000 to
+/// 483,000 instructions that way).
+#[inline(always)]
+fn to_loopback_if_unspecified(sa: *mut bpf_sock_addr, v6: bool) {
+    // SAFETY: the context pointer is valid for the program's run; connect and sendmsg
+    // programs may store to the destination (4-byte stores).
+    unsafe {
+        if !v6 {
+            if core::ptr::read_volatile(&(*sa).user_ip4) == 0 {
+                core::ptr::write_volatile(&mut (*sa).user_ip4, u32::from_ne_bytes([127, 0, 0, 1]));
+            }
+            return;
+        }
+        let w = user_ip6(sa);
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        if w[0] != 0 || w[1] != 0 || w[3] != 0 || (w[2] != 0 && w[2] != mapped) {
+            return;
+        }
+        if w[2] == 0 {
+            set_ip6(sa, [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])]);
+        } else {
+            set_ip6(sa, [0, 0, mapped, u32::from_ne_bytes([127, 0, 0, 1])]);
+        }
+    }
+}
+
 #[inline(always)]
 fn ip6(words: [u32; 4]) -> [u8; 16] {
     let mut a = [0u8; 16];
@@ -182,12 +213,14 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         return 1;
     };
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
-    // SAFETY: the context pointer is valid for the program's run; these are plain ctx loads.
+    to_loopback_if_unspecified(sa, v6);
+    // SAFETY: the context pointer is valid for the program's run; these are plain ctx loads,
+    // volatile so that they read what `to_loopback_if_unspecified` may have stored (see there).
     let (addr, port_be, protocol) = unsafe {
         let addr = if v6 {
-            ip6((*sa).user_ip6)
+            ip6(user_ip6(sa))
         } else {
-            mapped4((*sa).user_ip4)
+            mapped4(core::ptr::read_volatile(&(*sa).user_ip4))
         };
         (addr, (*sa).user_port, (*sa).protocol)
     };
@@ -200,7 +233,9 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     // One decision and one report for every branch: a second inlined `emit` would not fit the
     // stack budget the verifier counts across the whole program.
     let api = API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port));
-    let to_proxy = !api && is_proxy(proxy, &addr, port);
+    // The proxy serves TCP: a datagram to its address is decided by the network rules like any
+    // other (with a source route, its address is only the first hop).
+    let to_proxy = !api && tcp_connect && is_proxy(proxy, &addr, port);
     let (mut d, via_proxy) = if api {
         (Decision::builtin(kind, true), false)
     } else if to_proxy {
@@ -250,6 +285,20 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         ev.detail = protocol;
     });
     if d.denied { 0 } else { 1 }
+}
+
+/// Read `user_ip6`, one volatile 4-byte load per word (the context allows no wider load).
+#[inline(always)]
+unsafe fn user_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: the caller's context pointer; constant indexes within the array.
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*sa).user_ip6[0]),
+            core::ptr::read_volatile(&(*sa).user_ip6[1]),
+            core::ptr::read_volatile(&(*sa).user_ip6[2]),
+            core::ptr::read_volatile(&(*sa).user_ip6[3]),
+        ]
+    }
 }
 
 /// Rewrite `user_ip6`. One 4-byte store per word: an array assignment compiles to a byte copy,

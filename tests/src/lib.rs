@@ -135,6 +135,22 @@ pub enum Attempt {
     /// TCP Fast Open: sendto(MSG_FASTOPEN) of one byte on an unconnected TCP socket (the
     /// connect happens inside the send).
     FastOpen { addr: std::net::SocketAddr },
+    /// sendmsg() of one UDP datagram to `addr` with one control message (`level`, `ty`, `data`
+    /// of at most 96 bytes).
+    SendMsgCmsg {
+        addr: std::net::SocketAddr,
+        level: i32,
+        ty: i32,
+        data: Vec<u8>,
+    },
+    /// socket(family, type, 0), then setsockopt(level, name, value).
+    SetSockOpt {
+        family: i32,
+        ty: i32,
+        level: i32,
+        name: i32,
+        value: Vec<u8>,
+    },
     /// socket(family, type, protocol).
     Socket { family: i32, ty: i32, protocol: i32 },
     /// unshare(flags).
@@ -560,9 +576,10 @@ pub fn run_in_namespaces(
         _ => Vec::new(),
     };
     let sa = match attempt {
-        Attempt::Connect { addr, .. } | Attempt::SendTo { addr } | Attempt::FastOpen { addr } => {
-            Some(sockaddr(addr))
-        }
+        Attempt::Connect { addr, .. }
+        | Attempt::SendTo { addr }
+        | Attempt::FastOpen { addr }
+        | Attempt::SendMsgCmsg { addr, .. } => Some(sockaddr(addr)),
         _ => None,
     };
     let un = match attempt {
@@ -683,6 +700,53 @@ pub fn run_in_namespaces(
                         libc::MSG_FASTOPEN,
                         (&sa as *const libc::sockaddr_in6).cast(),
                         len,
+                    ) as libc::c_long);
+                }
+                Attempt::SendMsgCmsg {
+                    level, ty, data, ..
+                } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let s = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    // One cmsghdr (len, level, type), its data, padded to 8 bytes.
+                    let mut control = [0u64; 14];
+                    let n = data.len().min(96);
+                    control[0] = (16 + n) as u64;
+                    control[1] = u64::from(*level as u32) | u64::from(*ty as u32) << 32;
+                    let bytes = control.as_mut_ptr().cast::<u8>().add(16);
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), bytes, n);
+                    let mut iov = libc::iovec {
+                        iov_base: b"q".as_ptr() as *mut libc::c_void,
+                        iov_len: 1,
+                    };
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_name = (&sa as *const libc::sockaddr_in6) as *mut libc::c_void;
+                    msg.msg_namelen = len;
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = control.as_mut_ptr().cast();
+                    msg.msg_controllen = 16 + n.div_ceil(8) * 8;
+                    check(libc::sendmsg(s, &msg, 0) as libc::c_long);
+                }
+                Attempt::SetSockOpt {
+                    family,
+                    ty,
+                    level,
+                    name,
+                    value,
+                } => {
+                    let s = libc::socket(*family, *ty | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::setsockopt(
+                        s,
+                        *level,
+                        *name,
+                        value.as_ptr().cast(),
+                        value.len() as u32,
                     ) as libc::c_long);
                 }
                 Attempt::SendTo { .. } => {

@@ -466,6 +466,27 @@ fn network_cases() {
         Kind::Connect,
         Control::NotEperm,
     );
+    // The unspecified address is the local host to connect(): decided as loopback.
+    for (case, addr) in [
+        (
+            "16 connect to 0.0.0.0 (the local host)",
+            v4([0, 0, 0, 0], port),
+        ),
+        (
+            "16 connect to ::ffff:0.0.0.0 (the local host)",
+            format!("[::ffff:0.0.0.0]:{port}").parse().unwrap(),
+        ),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::connect(addr),
+            Kind::Connect,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.rule_id, k.rule(14), "{case}");
+    }
     let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{port}").parse().unwrap();
     deny(
         &mut k,
@@ -1415,6 +1436,146 @@ fn processes_outside_the_agent_are_out_of_reach() {
     }
     let _ = bystander.kill();
     let _ = bystander.wait();
+}
+
+/// An agent may not pull a process from outside into its subtree (then take its descriptors,
+/// or freeze the daemon through `cgroup.freeze`, which no signal hook sees), nor make cgroups
+/// outside it; it may not give its packets a source route past the network rules. Each refusal
+/// has its control outside the agent; moving its own processes, and control messages that route
+/// nothing, still work.
+#[test]
+fn processes_pulled_in_and_source_routes_are_refused() {
+    require_root();
+    let fx = Fixture::new("border");
+    let mut k = fx.load("");
+    for hook in ["inode_permission", "socket_setsockopt", "socket_sendmsg"] {
+        k.require(hook);
+    }
+    // A process outside every agent, in the outsider cgroup.
+    let victim = outside_process(&["sleep", "600"]);
+    let victim_pid = victim.id().to_string();
+    let put_outside = || {
+        std::fs::write(fx.outsider.path.join("cgroup.procs"), &victim_pid).unwrap();
+    };
+    put_outside();
+    let child = fx.agent.child("pulled");
+    for (case, procs) in [
+        (
+            "39 pull an outside process into the agent's cgroup.procs",
+            fx.agent.path.join("cgroup.procs"),
+        ),
+        (
+            "39 pull an outside process into a child cgroup of the agent",
+            child.join("cgroup.procs"),
+        ),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::write(&procs, &victim_pid),
+            Kind::Guard,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.detail, governance_common::guard::CGROUP_BORDER, "{case}");
+        // The control moved it in from outside: back out for the next case.
+        put_outside();
+    }
+    // The victim never ran under the agent's policy by the agent's doing, and stays outside.
+    let cgroup = std::fs::read_to_string(format!("/proc/{victim_pid}/cgroup")).unwrap();
+    assert!(
+        cgroup
+            .trim_end()
+            .ends_with(fx.outsider.rel.to_str().unwrap()),
+        "{cgroup}"
+    );
+    // Its own processes move within the agent as before.
+    allow(
+        &mut k,
+        &fx,
+        "39 move itself into its own child cgroup",
+        &Attempt::write(&child.join("cgroup.procs"), "0"),
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "39 make a cgroup outside the agent",
+        &Attempt::Mkdir {
+            path: cstr(&fx.outsider.path.join("made")),
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::CGROUP_BORDER);
+    assert_eq!(ev.object, fx.outsider.id());
+    let _ = std::fs::remove_dir(fx.outsider.path.join("made"));
+
+    // Source routes: the packet would go on from the decided address to the route's last hop.
+    let local = |p: u16| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p));
+    // IPOPT_LSRR, length 7, pointer 4, one hop (10.0.0.1), then the end of options.
+    let lsrr = vec![131, 7, 4, 10, 0, 0, 1, 0];
+    let cases = [
+        (
+            "40 setsockopt(IP_OPTIONS) with a loose source route",
+            Attempt::SetSockOpt {
+                family: libc::AF_INET,
+                ty: libc::SOCK_DGRAM,
+                level: libc::IPPROTO_IP,
+                name: libc::IP_OPTIONS,
+                value: lsrr.clone(),
+            },
+            Control::Succeeds,
+        ),
+        (
+            "40 setsockopt(IPV6_RTHDR) with a routing header",
+            Attempt::SetSockOpt {
+                family: libc::AF_INET6,
+                ty: libc::SOCK_DGRAM,
+                level: libc::IPPROTO_IPV6,
+                name: libc::IPV6_RTHDR,
+                // Type 2, one segment left, then the address (::1).
+                value: [&[0u8, 2, 2, 1, 0, 0, 0, 0][..], &[0; 15], &[1]].concat(),
+            },
+            Control::NotEperm,
+        ),
+        (
+            "40 sendmsg with an IP_RETOPTS source route",
+            Attempt::SendMsgCmsg {
+                addr: local(9),
+                level: libc::IPPROTO_IP,
+                ty: libc::IP_RETOPTS,
+                data: lsrr.clone(),
+            },
+            Control::NotEperm,
+        ),
+        (
+            "40 sendmsg with an IPV6_RTHDR routing header",
+            Attempt::SendMsgCmsg {
+                addr: "[::1]:9".parse().unwrap(),
+                level: libc::IPPROTO_IPV6,
+                ty: libc::IPV6_RTHDR,
+                data: [&[0u8, 2, 2, 1, 0, 0, 0, 0][..], &[0; 15], &[1]].concat(),
+            },
+            Control::NotEperm,
+        ),
+    ];
+    for (case, attempt, control) in &cases {
+        let ev = deny(&mut k, &fx, case, attempt, Kind::Guard, *control);
+        assert_eq!(ev.detail, governance_common::guard::SOURCE_ROUTE, "{case}");
+    }
+    // A control message that routes nothing (the datagram's TOS) goes out from the agent.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::SendMsgCmsg {
+            addr: local(9),
+            level: libc::IPPROTO_IP,
+            ty: libc::IP_TOS,
+            data: 16i32.to_ne_bytes().to_vec(),
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "a TOS control message");
+    drop(victim);
 }
 
 /// Built-ins against others acting for an agent, and against changing what makes it one; and

@@ -241,7 +241,10 @@ impl Btf {
             .structs_by_name
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
-        let (bits, bitfield) = self.find(id, field, 0).ok_or_else(|| BtfError::NoField {
+        // `a|b`: the field's names across kernel versions (kernfs_node's `parent` is `__parent`
+        // from 6.15 on), the first that exists.
+        let found = field.split('|').find_map(|f| self.find(id, f, 0));
+        let (bits, bitfield) = found.ok_or_else(|| BtfError::NoField {
             strukt: strukt.into(),
             field: field.into(),
         })?;

@@ -112,6 +112,10 @@ pub enum Refused {
     Array,
     #[error("invalid JSON-RPC: {0}")]
     JsonRpc(String),
+    #[error(
+        "the POST names the live MCP session whose stream announced `{0}`, and its server takes the session's messages whatever the path: post them to that endpoint"
+    )]
+    Session(String),
 }
 
 impl Refused {
@@ -136,7 +140,8 @@ impl Refused {
                 Refused::MethodOverride(_)
                 | Refused::QueryField(_)
                 | Refused::Ambiguous(_)
-                | Refused::Header(_) => "ambiguous request",
+                | Refused::Header(_)
+                | Refused::Session(_) => "ambiguous request",
                 _ => "bad body",
             },
         }
@@ -145,9 +150,10 @@ impl Refused {
     /// The rule quoted in the record and the answer.
     pub fn rule(&self) -> &'static str {
         match self {
-            Refused::MethodOverride(_) | Refused::Headers(_) | Refused::Header(_) => {
-                "builtin:request"
-            }
+            Refused::MethodOverride(_)
+            | Refused::Headers(_)
+            | Refused::Header(_)
+            | Refused::Session(_) => "builtin:request",
             Refused::Json(_) => "builtin:invalid-json",
             Refused::JsonRpc(_) => "builtin:jsonrpc",
             _ => "builtin:body",
@@ -307,7 +313,7 @@ fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
 
 /// A query string's (name, value) pairs, percent-decoded (`+` is a space), split on `&` and
 /// `;` (older Python splits on both).
-fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+pub(super) fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split(['&', ';']).filter(|p| !p.is_empty()).map(|p| {
         let (n, v) = p.split_once('=').unwrap_or((p, ""));
         (decode_component(n), decode_component(v))

@@ -158,6 +158,24 @@ impl Proxy {
             };
             body = ReqBody::Read(bytes.clone().unwrap_or_default());
         }
+        // A POST to a legacy SSE session away from the endpoint its stream announced would be
+        // decided by that path's rules while the server acts on it as the session's (see
+        // `sse::Sessions::misrouted`).
+        if head.method == "POST"
+            && let Some(endpoint) = self.sessions.misrouted(
+                &client.agent.name,
+                &head.host,
+                &head.path,
+                head.query.as_deref(),
+            )
+        {
+            return self.refuse_unreadable(
+                client,
+                &head,
+                &canonical::Refused::Session(endpoint),
+                true,
+            );
+        }
         let ev = match canonical::evaluate(
             &engine,
             &view,

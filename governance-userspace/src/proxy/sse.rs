@@ -67,6 +67,44 @@ impl Sessions {
         tx.try_send(event(message)).is_ok()
     }
 
+    /// The endpoint (path and query) of the agent's live session on `host` that a POST to
+    /// `path` `?query` names by its `session_id` parameter, when the POST is not to that
+    /// endpoint. The MCP SDK's server takes a session's messages at any path under where it
+    /// mounted them (`/messages/x?session_id=...` is `/messages/?session_id=...`'s session), so
+    /// rules on the announced path would not see such a POST: the caller refuses it.
+    pub fn misrouted(
+        &self,
+        agent: &str,
+        host: &str,
+        path: &str,
+        query: Option<&str>,
+    ) -> Option<String> {
+        let named: Vec<String> = super::canonical::query_pairs(query?)
+            .filter(|(k, _)| k == "session_id")
+            .map(|(_, v)| v)
+            .collect();
+        if named.is_empty() {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.keys()
+            .filter(|(a, h, _, _)| a == agent && h == host)
+            .find(|(_, _, p, q)| {
+                let theirs = q.as_deref().map_or(Vec::new(), |q| {
+                    super::canonical::query_pairs(q)
+                        .filter(|(k, _)| k == "session_id")
+                        .map(|(_, v)| v)
+                        .collect()
+                });
+                named.iter().any(|n| theirs.contains(n))
+                    && (p.as_str() != path || q.as_deref() != query)
+            })
+            .map(|(_, _, p, q)| match q {
+                Some(q) => format!("{p}?{q}"),
+                None => p.clone(),
+            })
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()

@@ -418,6 +418,28 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     let resp = posts.send_request(other).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert!(body_text(resp).await.unwrap().contains("-32001"));
+    // The same session named at another path, where the SDK's server would take it too (it
+    // routes by `session_id` under where it mounted the endpoint): refused, never forwarded,
+    // however the parameter is spelled.
+    for path in [
+        "/messages/x?session_id=s1",
+        "/messages?session_id=s1",
+        "/messages/x?session%5Fid=s1",
+        "/messages/?session_id=s1&also=1",
+    ] {
+        posts.ready().await.unwrap();
+        let resp = posts
+            .send_request(request("POST", host, path, Some(call(11, "run_shell"))))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{path}");
+        let text = body_text(resp).await.unwrap();
+        assert!(
+            text.contains("-32600") && text.contains("/messages/?session_id=s1"),
+            "{path}: {text}"
+        );
+    }
+    assert!(!seen.contains("\"id\":11"), "{seen}");
     // The session ends with its stream.
     // (A valid JSON-RPC notification: the proxy refuses anything else on an MCP endpoint.)
     let end = request(

@@ -1,0 +1,93 @@
+//! Source routes: an IPv4 loose or strict source route (`IP_OPTIONS` on the socket, or
+//! `IP_RETOPTS` with one datagram) and an IPv6 routing header (`IPV6_RTHDR` or
+//! `IPV6_2292PKTOPTIONS` on the socket, `IPV6_RTHDR` or `IPV6_2292RTHDR` with one datagram) send
+//! a packet on to the route's last hop, while the connect and sendmsg programs decided on its
+//! first (`udp_sendmsg` and `tcp_v4_connect` replace the destination after the cgroup hook
+//! ran). No flag a program could read is left on the socket, so agents get no source route at
+//! all, whatever the policy says: the `socket_setsockopt` hook refuses setting one, and
+//! `socket_sendmsg` (held.rs) asks [`datagram_route`] about the datagram's control messages.
+use aya_ebpf::{macros::lsm, programs::LsmContext};
+use governance_common::guard;
+
+use crate::{
+    guard::refuse,
+    kernel::{Btf, OFF_MSGHDR_CONTROL, OFF_MSGHDR_CONTROLLEN, off, read_at},
+};
+
+const SOL_IP: i32 = 0;
+const IP_OPTIONS: i32 = 4;
+const IP_RETOPTS: i32 = 7;
+const SOL_IPV6: i32 = 41;
+const IPV6_2292RTHDR: i32 = 5;
+const IPV6_2292PKTOPTIONS: i32 = 6;
+const IPV6_RTHDR: i32 = 57;
+/// `sizeof(struct cmsghdr)`: `size_t cmsg_len; int cmsg_level; int cmsg_type;`.
+const CMSG_HDR: u64 = 16;
+/// How many control messages of one datagram are read; a datagram with more is refused to an
+/// agent (the loop's bound, for the verifier).
+const MAX_CMSGS: u32 = 16;
+
+/// Built-in: agents may not give a socket a source route.
+#[lsm(hook = "socket_setsockopt")]
+pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
+    // int socket_setsockopt(struct socket *sock, int level, int optname)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    let (level, name): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    let route = (level == SOL_IP && name == IP_OPTIONS)
+        || (level == SOL_IPV6 && (name == IPV6_RTHDR || name == IPV6_2292PKTOPTIONS));
+    if !route {
+        return 0;
+    }
+    refuse(guard::SOURCE_ROUTE, ((level as u64) << 32) | name as u64)
+}
+
+/// For `socket_sendmsg`: the refusal when `msg` (a `struct msghdr *`) carries a source route
+/// in its control messages and the sender is an agent; None otherwise. The control messages
+/// are the kernel's copy by then (`____sys_sendmsg` copies them before `sock_sendmsg`), walked
+/// as `for_each_cmsghdr` walks them; a malformed one ends the walk (the kernel refuses the send
+/// itself: `CMSG_OK`), an unreadable one or more than [`MAX_CMSGS`] count as a route.
+#[inline(always)]
+pub(crate) fn datagram_route(msg: Btf) -> Option<i32> {
+    let len: u64 = msg.get(off(&OFF_MSGHDR_CONTROLLEN));
+    if len < CMSG_HDR {
+        return None;
+    }
+    let control: u64 = msg.get(off(&OFF_MSGHDR_CONTROL));
+    let mut at: u64 = 0;
+    let mut found: Option<u64> = None;
+    let mut i = 0;
+    while i < MAX_CMSGS {
+        if at + CMSG_HDR > len {
+            break;
+        }
+        // SAFETY: see read_at.
+        let Ok(hdr) = (unsafe { read_at::<[u64; 2]>(control, at) }) else {
+            found = Some(0);
+            break;
+        };
+        let cmsg_len = hdr[0];
+        if cmsg_len < CMSG_HDR || cmsg_len > len - at {
+            break;
+        }
+        let (level, ty) = (hdr[1] as u32 as i32, (hdr[1] >> 32) as u32 as i32);
+        if (level == SOL_IP && ty == IP_RETOPTS)
+            || (level == SOL_IPV6 && (ty == IPV6_RTHDR || ty == IPV6_2292RTHDR))
+        {
+            found = Some(((level as u64) << 32) | ty as u64);
+            break;
+        }
+        at += (cmsg_len + 7) & !7;
+        i += 1;
+    }
+    if i == MAX_CMSGS && at + CMSG_HDR <= len {
+        found = Some(0);
+    }
+    let what = found?;
+    match refuse(guard::SOURCE_ROUTE, what) {
+        0 => None,
+        ret => Some(ret),
+    }
+}
