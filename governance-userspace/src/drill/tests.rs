@@ -107,6 +107,7 @@ fn made_up_bodies_meet_their_rules_conditions() {
             host: crate::policy::HostMatch::Exact("h.example".into()),
             methods: vec![],
             path: None,
+            path_exact: None,
             headers: vec![],
             body: conds.iter().map(|c| c.parse().unwrap()).collect(),
             mcp: None,

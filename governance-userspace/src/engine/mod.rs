@@ -356,6 +356,49 @@ impl Engine {
         names
     }
 
+    /// The enforcing allow rule that could match a request to `host` (lowercase), `method` and
+    /// `path` only because rule paths match in any case: its path spelt otherwise than the
+    /// request's (`/files/public.txt` for `/files/PUBLIC.TXT`, which a case-sensitive upstream
+    /// serves as another resource). The proxy refuses such a request rather than allow it, or
+    /// let it fall through to a broader rule.
+    pub fn allowed_in_another_case(
+        &self,
+        view: &AgentRules,
+        host: &str,
+        method: &str,
+        path: &str,
+    ) -> Option<String> {
+        let folded = match_path(path);
+        let exact = glob::trim_slash(path);
+        let exact_host = view.http_exact.get(host).map_or(&[][..], Vec::as_slice);
+        exact_host
+            .iter()
+            .chain(&view.http_suffix)
+            .chain(&view.http_any)
+            .map(|&i| (i, self.rule(i)))
+            .find(|(_, rule)| {
+                let Matcher::Http(h) = &rule.matcher else {
+                    return false;
+                };
+                rule.mode == Mode::Enforce
+                    && rule.verdict == Verdict::Allow
+                    && h.path.is_some()
+                    && h.host.matches(host)
+                    && (h.methods.is_empty()
+                        || h.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                    && path_matches(h.path.as_deref(), &folded)
+                    && !path_matches(h.path_exact.as_deref(), exact)
+            })
+            .map(|(_, rule)| rule.id.clone())
+    }
+
+    /// Whether some HTTP rule that could match `host` (lowercase) names methods. A POST's body
+    /// may then override its method (`_method`, which Rails, Laravel and Express's
+    /// `method-override` read): the proxy reads POST bodies to that host to check.
+    pub fn names_methods(&self, view: &AgentRules, host: &str) -> bool {
+        self.http_rules(view, host).any(|h| !h.methods.is_empty())
+    }
+
     /// Whether some MCP rule of the agent could match `host` (lowercase), whatever the path.
     pub fn has_mcp_rules(&self, view: &AgentRules, host: &str) -> bool {
         self.http_rules(view, host).any(|h| h.mcp.is_some())
@@ -442,10 +485,11 @@ impl Engine {
         self.decide_among(view, Kind::Http, candidates, now, |rule| {
             match &rule.matcher {
                 Matcher::Http(h) => {
+                    let fold_case = rule.verdict != Verdict::Allow;
                     h.mcp.is_some()
                         && h.headers.is_empty()
-                        && h.body.iter().all(|c| c.eval(call))
-                        && mcp_matches(h.mcp.as_ref(), Some(call))
+                        && h.body.iter().all(|c| c.holds(call, fold_case))
+                        && mcp_matches(h.mcp.as_ref(), Some(call), fold_case)
                 }
                 _ => false,
             }
@@ -725,6 +769,11 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                 && (*protocol == Protocol::Any || protocol == p)
         }
         (Matcher::Http(h), Action::Http(req)) => {
+            // A rule that restricts reads strings as every upstream might, in any ASCII case
+            // (URL schemes and SQL keywords have none); an allow rule, only as it spells them.
+            // (Paths match in any case; an allow rule's path in another case is refused
+            // before: `Engine::allowed_in_another_case`.)
+            let allows = rule.verdict == Verdict::Allow;
             h.host.matches(&req.host)
                 && (h.methods.is_empty()
                     || h.methods
@@ -740,8 +789,8 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                     || req
                         .body
                         .as_ref()
-                        .is_some_and(|b| h.body.iter().all(|c| c.eval(b))))
-                && mcp_matches(h.mcp.as_ref(), req.body.as_ref())
+                        .is_some_and(|b| h.body.iter().all(|c| c.holds(b, !allows))))
+                && mcp_matches(h.mcp.as_ref(), req.body.as_ref(), !allows)
         }
         (Matcher::Unix(t), Action::Unix { target }) => t == target,
         _ => false,
@@ -763,6 +812,7 @@ fn path_matches(rule: Option<&str>, path: &str) -> bool {
 fn mcp_matches(
     mcp: Option<&(String, Vec<crate::policy::cond::Condition>)>,
     body: Option<&Value>,
+    fold_case: bool,
 ) -> bool {
     mcp.is_none_or(|(tool, args)| {
         let Some(body) = body else { return false };
@@ -771,9 +821,12 @@ fn mcp_matches(
                 .pointer("/params/name")
                 .and_then(Value::as_str)
                 .is_some_and(|name| glob::simple(tool, name))
-            && args
-                .iter()
-                .all(|c| c.eval(body.pointer("/params/arguments").unwrap_or(&Value::Null)))
+            && args.iter().all(|c| {
+                c.holds(
+                    body.pointer("/params/arguments").unwrap_or(&Value::Null),
+                    fold_case,
+                )
+            })
     })
 }
 

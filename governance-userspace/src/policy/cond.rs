@@ -441,7 +441,35 @@ impl Condition {
 
     /// Does the condition hold for `doc`?
     pub fn eval(&self, doc: &Value) -> bool {
-        self.lookup(doc).is_some_and(|v| self.test(v))
+        self.holds(doc, false)
+    }
+
+    /// [`Condition::eval`], with string comparisons that find a match (`==`, `in`, `contains`,
+    /// `matches`) ignoring ASCII case when `fold_case`: how a rule that restricts reads the
+    /// document, since the upstream may take `HTTP://x` for `http://x` or `DROP TABLE` for `drop
+    /// table`. (`!=` and ordering stay exact: folding would make them match less.)
+    pub fn holds(&self, doc: &Value, fold_case: bool) -> bool {
+        self.lookup(doc).is_some_and(|v| {
+            if fold_case && let Some(folded) = self.folded() {
+                return folded.test(&lowercase_strings(v));
+            }
+            self.test(v)
+        })
+    }
+
+    /// This condition with its string literal lowercased, when case folding changes what it
+    /// finds: `==`, `in`, `contains` and `matches` against strings.
+    fn folded(&self) -> Option<Condition> {
+        if !matches!(self.op, Op::Eq | Op::In | Op::Contains | Op::Matches) {
+            return None;
+        }
+        let value = lowercase_strings(&self.value);
+        (value != self.value || self.value.is_string() || self.value.is_array()).then(|| {
+            Condition {
+                value,
+                ..self.clone()
+            }
+        })
     }
 
     /// The condition on the value at its path.
@@ -619,6 +647,15 @@ pub fn numeric_string(s: &str) -> NumericString {
     match t.trim_start_matches('+').parse::<f64>() {
         Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
         _ => Ambiguous("out of range"),
+    }
+}
+
+/// `v` with every string in it (not object keys) ASCII-lowercased.
+fn lowercase_strings(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(s.to_ascii_lowercase()),
+        Value::Array(items) => Value::Array(items.iter().map(lowercase_strings).collect()),
+        other => other.clone(),
     }
 }
 

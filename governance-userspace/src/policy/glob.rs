@@ -72,16 +72,21 @@ pub fn is_glob(pattern: &str) -> bool {
 /// Starlette's redirect treat `/v1/refunds/` as `/v1/refunds`). Rule paths are stored in this
 /// form (policy compilation); the path forwarded upstream keeps its case.
 pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let p = if path.len() > 1 {
-        let t = path.trim_end_matches('/');
-        if t.is_empty() { "/" } else { t }
-    } else {
-        path
-    };
+    let p = trim_slash(path);
     if p.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(p.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(p)
+    }
+}
+
+/// `path` without its trailing slashes (`/` stays `/`).
+pub fn trim_slash(path: &str) -> &str {
+    if path.len() > 1 {
+        let t = path.trim_end_matches('/');
+        if t.is_empty() { "/" } else { t }
+    } else {
+        path
     }
 }
 

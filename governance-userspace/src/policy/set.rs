@@ -163,7 +163,12 @@ pub struct HttpMatcher {
     pub host: HostMatch,
     /// Uppercase methods; empty means any.
     pub methods: Vec<String>,
+    /// In the form requests are matched in by rules that restrict (lowercase, no trailing
+    /// slash).
     pub path: Option<String>,
+    /// The same with its case kept, for an allow rule: a case-sensitive upstream serves
+    /// `/files/PUBLIC.TXT` as another resource than `/files/public.txt`.
+    pub path_exact: Option<String>,
     /// (lowercase name, value glob)
     pub headers: Vec<(String, String)>,
     pub body: Vec<Condition>,

@@ -645,7 +645,10 @@ impl Cx<'_> {
                 return None;
             }
             match crate::proxy::request::normalise_path(p) {
-                Ok(n) => Some(glob::match_path(&n).into_owned()),
+                Ok(n) => Some((
+                    glob::match_path(&n).into_owned(),
+                    glob::trim_slash(&n).to_owned(),
+                )),
                 Err(e) => {
                     self.problem(
                         p.span(),
@@ -665,10 +668,12 @@ impl Cx<'_> {
             .mcp
             .as_ref()
             .map(|m| (m.tool.to_string(), self.conditions(&m.arguments)));
+        let (path, path_exact) = path.unzip();
         Some(Matcher::Http(HttpMatcher {
             host,
             methods,
             path,
+            path_exact,
             headers,
             body,
             mcp,

@@ -7,7 +7,8 @@
 //!
 //! - **Method overrides**: `X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`
 //!   headers, or a `_method` query parameter, naming a method other than the request's (Express's
-//!   `method-override`, Rails, Laravel act on them): 400.
+//!   `method-override`, Rails, Laravel act on them): 400. On a host whose rules name methods, the
+//!   same in a POST's body (`body_method_override`).
 //!
 //! On a *body-governed route*, one where an enforcing rule that could match the host, method
 //! and path has body or MCP conditions ([`Engine::body_route`]), and on MCP endpoints, the body
@@ -50,7 +51,7 @@ use serde_json::Value;
 
 use super::{McpCall, decide::tool_call, decide_request, parse_json, request::Head};
 use crate::{
-    engine::{AgentRules, BodyRoute, Decision, Engine, HttpRequest},
+    engine::{AgentRules, BodyRoute, Decision, Engine, HttpRequest, Outcome},
     policy::{
         cond::{Condition, kind_name},
         glob,
@@ -84,6 +85,10 @@ pub enum Refused {
     Headers(&'static str),
     #[error("{0}")]
     Header(String),
+    #[error(
+        "the path `{0}` is allowed by `{1}` only in another case, and a case-sensitive upstream serves it as another resource"
+    )]
+    PathCase(String, String),
     #[error(
         "Content-Encoding `{0}` is not decoded by the policy proxy (identity, gzip and deflate are)"
     )]
@@ -141,6 +146,7 @@ impl Refused {
                 | Refused::QueryField(_)
                 | Refused::Ambiguous(_)
                 | Refused::Header(_)
+                | Refused::PathCase(..)
                 | Refused::Session(_) => "ambiguous request",
                 _ => "bad body",
             },
@@ -153,6 +159,7 @@ impl Refused {
             Refused::MethodOverride(_)
             | Refused::Headers(_)
             | Refused::Header(_)
+            | Refused::PathCase(..)
             | Refused::Session(_) => "builtin:request",
             Refused::Json(_) => "builtin:invalid-json",
             Refused::JsonRpc(_) => "builtin:jsonrpc",
@@ -190,6 +197,12 @@ pub fn evaluate(
     limit: usize,
 ) -> Result<Evaluated, Refused> {
     method_override(head, headers)?;
+    if head.method == "POST"
+        && let Some(bytes) = body
+        && engine.names_methods(view, &head.host)
+    {
+        body_method_override(head, headers, bytes)?;
+    }
     // A body is only looked at when a rule of the host could read it (as the proxy reads it).
     let needs_body = engine.needs_body(view, &head.host);
     let body = body.filter(|_| needs_body);
@@ -226,6 +239,17 @@ pub fn evaluate(
     let headers = rule_headers(engine, view, &head.host, headers)?;
     let mut http = super::request::to_engine(head, headers.as_ref(), None);
     let (decision, mcp) = decide_request(engine, view, &mut http, json);
+    // Allowed by a rule whose path matched only in another case: refused (a case-sensitive
+    // upstream serves `/files/PUBLIC.TXT` as another resource than the rule's).
+    if matches!(decision.outcome, Outcome::Allow)
+        && let Some(rule) = &decision.rule
+        && engine
+            .allowed_in_another_case(view, &head.host, &head.method, &head.path)
+            .as_ref()
+            == Some(rule)
+    {
+        return Err(Refused::PathCase(head.path.clone(), rule.clone()));
+    }
     Ok(Evaluated {
         decision,
         mcp,
@@ -309,6 +333,56 @@ fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
         }
     }
     Ok(())
+}
+
+/// A `_method` in a POST's body naming another method: Rack's `MethodOverride` (Rails) reads
+/// it from form bodies, Laravel from form and JSON input, Express's `method-override` wherever
+/// the application's getter says. Checked in form bodies (its pairs), JSON objects (a top-level
+/// member) and, when the body names `_method` at all, refused in any other body (multipart,
+/// text), which the proxy does not parse.
+fn body_method_override(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Refused> {
+    let names = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    if !(names(b"_method") || names(b"%5fmethod")) {
+        return Ok(());
+    }
+    let overrides = |value: &str| !value.trim().eq_ignore_ascii_case(&head.method);
+    let refused =
+        |value: &str| Refused::MethodOverride(format!("_method={} in the body", value.trim()));
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| {
+            t.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if form && let Ok(text) = std::str::from_utf8(bytes) {
+        return match query_pairs(text)
+            .find(|(k, v)| k.eq_ignore_ascii_case("_method") && overrides(v))
+        {
+            Some((_, v)) => Err(refused(&v)),
+            None => Ok(()),
+        };
+    }
+    if let Ok(Value::Object(map)) = parse_json(bytes) {
+        for (k, v) in &map {
+            if k.eq_ignore_ascii_case("_method") {
+                match v.as_str() {
+                    Some(m) if !overrides(m) => {}
+                    Some(m) => return Err(refused(m)),
+                    None => return Err(refused(&v.to_string())),
+                }
+            }
+        }
+        return Ok(());
+    }
+    Err(Refused::MethodOverride(
+        "`_method` in a body the proxy does not parse".into(),
+    ))
 }
 
 /// A query string's (name, value) pairs, percent-decoded (`+` is a space), split on `&` and

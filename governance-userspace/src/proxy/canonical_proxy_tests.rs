@@ -657,3 +657,49 @@ rules:
     assert_eq!(seen[0]["headers"]["x-dry-run"], "true");
     h.assert_no_panics();
 }
+
+/// A POST to a host whose rules name methods is read for a `_method` override in its body,
+/// though no rule reads bodies there: refused and never sent when it names another method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_overrides_in_bodies_are_read_and_refused() {
+    let up = upstream("payments").await;
+    let policy = parse(
+        r#"
+name: repos
+agents: { cgroup: agents/repos }
+rules:
+  - id: no-repo-delete
+    http: { host: api.payments.example, method: DELETE, path: "/v1/repos/*" }
+    verdict: block
+    reason: agents never delete repos
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/repos", None, Some(up.addr));
+    let host = ("host", "api.payments.example");
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let json = ("content-type", "application/json");
+    let cases = [
+        ("control", form, b"name=x".as_slice(), "200 "),
+        ("form override", form, b"_method=DELETE".as_slice(), "400 "),
+        (
+            "JSON override",
+            json,
+            br#"{"_method":"DELETE"}"#.as_slice(),
+            "400 ",
+        ),
+    ];
+    for (what, ctype, body, status) in cases {
+        let answer = h
+            .raw(me, &raw("POST", "/v1/repos/prod", &[host, ctype], body))
+            .await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["body"], "name=x");
+    h.assert_no_panics();
+}

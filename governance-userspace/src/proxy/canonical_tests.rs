@@ -543,6 +543,26 @@ rules:
     http: { host: 127.0.0.1 }
     verdict: block
     reason: not by its address
+  - id: no-repo-delete
+    http: { host: api.example, method: DELETE, path: "/v1/repos/*" }
+    verdict: block
+    reason: agents never delete repos
+  - id: public-file
+    http: { host: files.example, method: GET, path: /files/public.txt }
+    verdict: allow
+    reason: the public file
+  - id: other-files
+    http: { host: files.example, path: "/files/*" }
+    verdict: block
+    reason: only the public file
+  - id: plain-http
+    http: { host: mcp.example, path: /mcp, mcp: { tool: fetch_url, arguments: ['$.url matches "http://*"'] } }
+    verdict: block
+    reason: no plain-http fetches
+  - id: no-drops
+    http: { host: mcp.example, path: /mcp, mcp: { tool: sql, arguments: ['$.query contains "drop table"', '$.db in ["prod"]'] } }
+    verdict: block
+    reason: no drops in prod
 "#;
 
 fn found(
@@ -751,6 +771,117 @@ fn ip_literal_hosts_are_canonical_or_refused() {
             as_decided
         );
     }
+}
+
+/// A POST whose body overrides its method (`_method`, which Rails, Laravel and Express's
+/// `method-override` act on) is refused on a host whose rules name methods.
+#[test]
+fn method_overrides_in_bodies_are_refused() {
+    let post = |ctype: &str, body: &str| {
+        verdict(found(
+            "POST",
+            "/v1/repos/prod",
+            &[("host", "api.example"), ("content-type", ctype)],
+            body.as_bytes(),
+        ))
+    };
+    let form = "application/x-www-form-urlencoded";
+    let json = "application/json";
+    assert_eq!(
+        verdict(found(
+            "DELETE",
+            "/v1/repos/prod",
+            &[("host", "api.example")],
+            b""
+        )),
+        "block found/no-repo-delete"
+    );
+    for (ctype, body) in [
+        (form, "_method=DELETE"),
+        (form, "name=x&_METHOD=delete"),
+        (form, "%5Fmethod=DELETE"),
+        (json, r#"{"_method": "DELETE"}"#),
+        (json, r#"{"_method": ["DELETE"]}"#),
+        (
+            "multipart/form-data; boundary=b",
+            "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ),
+    ] {
+        assert_eq!(post(ctype, body), "refused 400 builtin:request", "{body}");
+    }
+    // No override, or one naming the request's own method: decided as ever.
+    for (ctype, body) in [
+        (form, "name=x"),
+        (form, "_method=POST"),
+        (json, r#"{"name": "x", "nested": {"_method": "DELETE"}}"#),
+    ] {
+        assert_eq!(post(ctype, body), "allow default", "{body}");
+    }
+}
+
+/// Paths match rules in any case; an allow rule's only as it spells them, so a request that
+/// only another case lets through is refused (a case-sensitive upstream serves another file).
+#[test]
+fn allow_rules_allow_only_the_case_they_name() {
+    let get = |path: &str| verdict(found("GET", path, &[("host", "files.example")], b""));
+    assert_eq!(get("/files/public.txt"), "allow found/public-file");
+    assert_eq!(get("/files/public.txt/"), "allow found/public-file");
+    for path in [
+        "/files/PUBLIC.TXT",
+        "/Files/public.txt",
+        "/files/Public.txt/",
+    ] {
+        assert_eq!(get(path), "refused 400 builtin:request", "{path}");
+    }
+    for path in ["/files/secret.txt", "/FILES/Secret.txt"] {
+        assert_eq!(get(path), "block found/other-files", "{path}");
+    }
+}
+
+/// A rule that restricts reads an argument's strings in any ASCII case (`HTTP://` is `http://`
+/// to every URL parser, `DROP TABLE` is `drop table` to SQL).
+#[test]
+fn restricting_rules_read_strings_in_any_case() {
+    let call = |tool: &str, arguments: serde_json::Value| {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        verdict(found(
+            "POST",
+            "/mcp",
+            &[("host", "mcp.example"), JSON],
+            body.to_string().as_bytes(),
+        ))
+    };
+    for url in [
+        "http://x.example/",
+        "HTTP://x.example/",
+        "Http://x.example/",
+    ] {
+        assert_eq!(
+            call("fetch_url", json!({"url": url})),
+            "block found/plain-http",
+            "{url}"
+        );
+    }
+    assert_eq!(
+        call("fetch_url", json!({"url": "https://x.example/"})),
+        "allow default"
+    );
+    for (query, db) in [
+        ("drop table users", "prod"),
+        ("DROP TABLE users", "PROD"),
+        ("Drop Table users", "Prod"),
+    ] {
+        assert_eq!(
+            call("sql", json!({"query": query, "db": db})),
+            "block found/no-drops",
+            "{query} {db}"
+        );
+    }
+    assert_eq!(
+        call("sql", json!({"query": "DROP TABLE users", "db": "staging"})),
+        "allow default"
+    );
 }
 
 /// Property tests: whatever the body, headers and query, `evaluate` answers without panicking,

@@ -144,7 +144,9 @@ impl Proxy {
         let limit = view.max_body().unwrap_or(self.cfg.max_body);
         let mut body = ReqBody::Stream(body);
         let mut bytes = None;
-        if engine.needs_body(&view, &head.host) {
+        if engine.needs_body(&view, &head.host)
+            || (head.method == "POST" && engine.names_methods(&view, &head.host))
+        {
             match self
                 .read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit)
                 .await
