@@ -220,9 +220,9 @@ const MAY_OPEN: i32 = 0x20;
 /// process in (then take its descriptors through `pidfd_getfd`, or freeze the daemon with
 /// `cgroup.freeze`, which no signal hook sees). That ancestor is outside the agent, so the move
 /// is refused; a move within the agent's subtree has its ancestor inside and passes. The same
-/// check refuses making, removing or renaming cgroups outside, and changing their files'
-/// attributes. Every other write permission passes at once, before the agent lookup: this hook
-/// runs for every permission check of the node.
+/// check refuses making, removing or renaming cgroups outside (the parent directory's write
+/// permission). Every other write permission passes at once, before the agent lookup: this
+/// hook runs for every permission check of the node.
 #[lsm(hook = "inode_permission")]
 pub fn inode_permission(ctx: LsmContext) -> i32 {
     // int inode_permission(struct inode *inode, int mask)

@@ -1,5 +1,6 @@
 // Express 5 upstream of the HTTP compatibility suite: node server.js HOST PORT
-// (NODE_PATH points at the suite's node_modules). The same routes as the FastAPI one.
+// (NODE_PATH points at the suite's node_modules). The same routes as the FastAPI one, and the
+// same record of what the canonical cases' routes acted on (GET /compat/seen).
 'use strict';
 const express = require('express');
 
@@ -30,6 +31,29 @@ app.get('/v1/events', async (req, res) => {
     if (i < n) await new Promise((r) => setTimeout(r, gap));
   }
   res.end();
+});
+
+const seen = []; // what the routes below acted on
+const saw = (req, what) => seen.push({ method: req.method, path: req.path, ...what });
+
+app.post('/v1/deploy', (req, res) => {
+  const dryRun = req.get('x-dry-run') ?? null;
+  saw(req, { x_dry_run: dryRun });
+  res.json({ real_deploy: dryRun !== 'true', server: 'express' });
+});
+
+app.post('/v1/repos/:name', (req, res) => {
+  saw(req, {});
+  res.json({ updated: req.params.name, method: req.method, server: 'express' });
+});
+
+app.get('/files/:name', (req, res) => {
+  saw(req, {});
+  res.json({ file: req.params.name, server: 'express' });
+});
+
+app.get('/compat/seen', (req, res) => {
+  res.json(seen);
 });
 
 app.listen(Number(port), host);

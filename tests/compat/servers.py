@@ -5,6 +5,8 @@
                                           #   streamable HTTP at /mcp, legacy SSE at /sse
 
 The refunds API is the README's: POST /v1/refunds reads a pydantic model with `amount: int`.
+The canonical cases' routes (deploys, repositories, files) say what they acted on, and record
+it: GET /compat/seen lists it, for the suite to ask directly, outside every agent.
 """
 
 import asyncio
@@ -15,7 +17,7 @@ import uvicorn
 
 
 def fastapi_app():
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
     from pydantic import BaseModel
 
@@ -41,6 +43,31 @@ def fastapi_app():
                     await asyncio.sleep(gap_ms / 1000)
 
         return StreamingResponse(stream(), media_type="text/event-stream")
+
+    seen = []  # what the routes below acted on
+
+    def saw(request, **what):
+        seen.append({"method": request.method, "path": request.url.path, **what})
+
+    @app.post("/v1/deploy")
+    def deploy(request: Request):
+        dry_run = request.headers.get("x-dry-run")
+        saw(request, x_dry_run=dry_run)
+        return {"real_deploy": dry_run != "true", "server": "fastapi"}
+
+    @app.post("/v1/repos/{name}")
+    def update_repo(name: str, request: Request):
+        saw(request)
+        return {"updated": name, "method": request.method, "server": "fastapi"}
+
+    @app.get("/files/{name}")
+    def file(name: str, request: Request):
+        saw(request)
+        return {"file": name, "server": "fastapi"}
+
+    @app.get("/compat/seen")
+    def what_was_seen():
+        return seen
 
     return app
 

@@ -6,7 +6,11 @@
 //! cgroup of its own (its own throttle buckets): curl, Python requests, httpx over HTTP/1.1 and
 //! over h2c, aiohttp, Node's fetch, and the MCP SDK's client over both transports. Each client
 //! meets each verdict: allow, block (the JSON reason), escalate then approve (from outside the
-//! agent), throttle (429), and a streamed response read to its end.
+//! agent), throttle (429), and a streamed response read to its end. Then curl sends what
+//! the two frameworks could read otherwise than the proxy decides (a header `Connection`
+//! names, a header twice or with `_` for `-`, a `_method` override in a POST body, an allowed
+//! path in another case: see docs/http.md, "Canonical interpretation"), each beside the
+//! request it disguises, which the framework acts on as decided.
 //!
 //! The scripts are in tests/compat/; `cargo xtask setup` installs their packages at the
 //! versions pinned there. Missing packages fail the suite, never skip it. One line per case
@@ -37,6 +41,7 @@ const MCP_HOST: &str = "mcp.tools.example";
 
 const LARGE_REASON: &str = "Refunds over $1,000 are never issued by an agent.";
 const SHELL_REASON: &str = "No shell tool for agents.";
+const DEPLOY_REASON: &str = "Agents deploy only as a dry run.";
 
 /// The HTTP clients (each also an agent cgroup's name), and the MCP SDK's transports.
 const HTTP_CLIENTS: &[&str] = &[
@@ -123,6 +128,13 @@ enum Op {
     Stream {
         url: String,
     },
+    /// A request with exactly these headers and this body (curl only).
+    Raw {
+        method: &'static str,
+        url: String,
+        headers: &'static [&'static str],
+        body: Option<&'static str>,
+    },
     Mcp {
         tool: &'static str,
         arguments: Value,
@@ -194,6 +206,21 @@ impl Suite {
                     }
                     Op::Stream { url } => {
                         args.extend(["-N", "--max-time", "90"].map(String::from));
+                        args.push(url.clone());
+                    }
+                    Op::Raw {
+                        method,
+                        url,
+                        headers,
+                        body,
+                    } => {
+                        args.extend(["--max-time", "60", "-X", method].map(String::from));
+                        for h in *headers {
+                            args.extend(["-H".into(), (*h).to_owned()]);
+                        }
+                        if let Some(b) = body {
+                            args.extend(["--data-binary".into(), (*b).to_owned()]);
+                        }
                         args.push(url.clone());
                     }
                     Op::Mcp { .. } => unreachable!("curl is not an MCP client here"),
@@ -335,6 +362,43 @@ impl Suite {
         })
     }
 
+    /// What the upstream behind `host` says its canonical cases' routes acted on, asked
+    /// directly (from outside every agent, past the proxy).
+    fn upstream_saw(&self, host: &str) -> Result<Vec<Value>, String> {
+        let addr = self
+            .resolve
+            .iter()
+            .find(|(h, _)| *h == host)
+            .expect("an upstream per host")
+            .1;
+        let ask = || -> std::io::Result<String> {
+            let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+            std::io::Write::write_all(
+                &mut conn,
+                format!("GET /compat/seen HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )?;
+            let mut answer = String::new();
+            std::io::Read::read_to_string(&mut conn, &mut answer)?;
+            Ok(answer)
+        };
+        let answer = ask().map_err(|e| format!("asking {host}'s upstream what it saw: {e}"))?;
+        answer
+            .split_once("\r\n\r\n")
+            .and_then(|(_, body)| serde_json::from_str(body).ok())
+            .ok_or_else(|| format!("{host}'s upstream said what it saw as no JSON list: {answer}"))
+    }
+
+    /// Run `op` with `client`: what it saw, and what the upstream behind `host` acted on
+    /// meanwhile.
+    fn run_seen(&self, client: &str, host: &str, op: &Op) -> Result<(Value, Vec<Value>), String> {
+        let before = self.upstream_saw(host)?.len();
+        let v = self.run(client, op)?;
+        let mut saw = self.upstream_saw(host)?;
+        Ok((v, saw.split_off(before.min(saw.len()))))
+    }
+
     /// The HTTP decisions of `client`'s agent: (method, url, outcome, rule).
     fn decisions(&self, client: &str) -> Vec<(String, String, String, String)> {
         let rel = self.agent_rel(client);
@@ -367,6 +431,7 @@ fn op_args(op: &Op) -> Vec<String> {
             a
         }
         Op::Stream { url } => vec!["stream".into(), url.clone()],
+        Op::Raw { .. } => unreachable!("only curl sends raw requests here"),
         Op::Mcp { .. } => unreachable!(),
     }
 }
@@ -583,6 +648,171 @@ fn http_cases(s: &mut Suite, client: &'static str, framework: &'static str, base
     });
 }
 
+/// A refusal of the proxy's own: `status`, the JSON `error` and `rule` and the rule's header,
+/// and nothing reaching the upstream.
+fn expect_refused(
+    v: &Value,
+    saw: &[Value],
+    status: u16,
+    error: &str,
+    rule: &str,
+) -> Result<String, String> {
+    let body = body_json(v)?;
+    check(
+        v["status"] == status
+            && body["error"] == error
+            && body["rule"] == rule
+            && body["decision_id"].as_str().is_some_and(|d| !d.is_empty())
+            && header(v, "x-governance-rule") == rule,
+        || {
+            format!(
+                "want {status} {error:?} by {rule}, got {} {body}",
+                v["status"]
+            )
+        },
+    )?;
+    check(saw.is_empty(), || {
+        format!("refused with {status}, yet the upstream acted on {saw:?}")
+    })?;
+    Ok(format!(
+        "{status} rule={} reason={}, upstream untouched",
+        body["rule"], body["reason"]
+    ))
+}
+
+/// An answer of the upstream itself: 200, `want` in its JSON, and `acted` (method and path,
+/// and what else the route records) as the one thing it acted on.
+fn expect_acted(v: &Value, saw: &[Value], want: &Value, acted: &Value) -> Result<String, String> {
+    let body = body_json(v)?;
+    let has = want.as_object().unwrap().iter().all(|(k, w)| &body[k] == w);
+    check(v["status"] == 200 && has, || {
+        format!("want 200 with {want}, got {} {body}", v["status"])
+    })?;
+    check(saw == [acted.clone()], || {
+        format!("want the upstream to act on {acted} once, it acted on {saw:?}")
+    })?;
+    Ok(format!("200 {body}"))
+}
+
+/// What a framework could read otherwise than the proxy decides (docs/http.md, "Canonical
+/// interpretation"), sent by curl, each after the request it would disguise, which the
+/// framework acts on as decided.
+fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
+    let (host, up) = if framework == "fastapi" {
+        (FASTAPI_HOST, "FastAPI")
+    } else {
+        (EXPRESS_HOST, "Express")
+    };
+    let client = "curl";
+    let deploy = |headers: &'static [&'static str]| Op::Raw {
+        method: "POST",
+        url: format!("{base}/v1/deploy"),
+        headers,
+        body: None,
+    };
+    let form_type: &[&str] = &["content-type: application/x-www-form-urlencoded"];
+    let json_type: &[&str] = &["content-type: application/json"];
+    let repo = |headers: &'static [&'static str], body: &'static str| Op::Raw {
+        method: "POST",
+        url: format!("{base}/v1/repos/prod"),
+        headers,
+        body: Some(body),
+    };
+    let file = |name: &str| Op::Raw {
+        method: "GET",
+        url: format!("{base}/files/{name}"),
+        headers: &[],
+        body: None,
+    };
+    let deploy_rule = format!("compat/deploy-{framework}");
+    let server = framework;
+
+    // Header rules: an allow rule reads `x-dry-run: true`; every other deploy is blocked.
+    s.case(client, up, "dry-run", |s| {
+        let (v, saw) = s.run_seen(client, host, &deploy(&["x-dry-run: true"]))?;
+        let detail = expect_acted(
+            &v,
+            &saw,
+            &json!({"real_deploy": false, "server": server}),
+            &json!({"method": "POST", "path": "/v1/deploy", "x_dry_run": "true"}),
+        )?;
+        let (v, saw) = s.run_seen(client, host, &deploy(&[]))?;
+        let body = body_json(&v)?;
+        check(
+            v["status"] == 403 && body["reason"] == DEPLOY_REASON,
+            || {
+                format!(
+                    "want a real deploy blocked for its reason, got {} {body}",
+                    v["status"]
+                )
+            },
+        )?;
+        expect_refused(&v, &saw, 403, "blocked", &deploy_rule)?;
+        Ok(format!(
+            "{detail}; without the header 403 rule={}",
+            body["rule"]
+        ))
+    });
+    s.case(client, up, "connection", |s| {
+        // The proxy drops the header `Connection` names before forwarding: a real deploy.
+        let (v, saw) = s.run_seen(
+            client,
+            host,
+            &deploy(&["x-dry-run: true", "Connection: x-dry-run"]),
+        )?;
+        expect_refused(&v, &saw, 403, "blocked", &deploy_rule)
+    });
+    s.case(client, up, "hdr-twice", |s| {
+        // Starlette takes the first copy, Express joins them ("true, false").
+        let (v, saw) = s.run_seen(
+            client,
+            host,
+            &deploy(&["x-dry-run: true", "x-dry-run: false"]),
+        )?;
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+    });
+    s.case(client, up, "hdr-under_", |s| {
+        // `X_Dry_Run` is `X-Dry-Run` to CGI and WSGI servers.
+        let (v, saw) = s.run_seen(client, host, &deploy(&["X_Dry_Run: true"]))?;
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+    });
+
+    // Method overrides: POST to a repository is allowed, DELETE is blocked.
+    s.case(client, up, "repo-post", |s| {
+        let (v, saw) = s.run_seen(client, host, &repo(form_type, "name=x"))?;
+        expect_acted(
+            &v,
+            &saw,
+            &json!({"updated": "prod", "method": "POST", "server": server}),
+            &json!({"method": "POST", "path": "/v1/repos/prod"}),
+        )
+    });
+    s.case(client, up, "_method", |s| {
+        let (v, saw) = s.run_seen(client, host, &repo(form_type, "_method=DELETE"))?;
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+    });
+    s.case(client, up, "_method-js", |s| {
+        let (v, saw) = s.run_seen(client, host, &repo(json_type, r#"{"_method":"DELETE"}"#))?;
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+    });
+
+    // Path case: only /files/public.txt is allowed; to a case-sensitive upstream
+    // /files/PUBLIC.TXT is another file.
+    s.case(client, up, "file", |s| {
+        let (v, saw) = s.run_seen(client, host, &file("public.txt"))?;
+        expect_acted(
+            &v,
+            &saw,
+            &json!({"file": "public.txt", "server": server}),
+            &json!({"method": "GET", "path": "/files/public.txt"}),
+        )
+    });
+    s.case(client, up, "file-case", |s| {
+        let (v, saw) = s.run_seen(client, host, &file("PUBLIC.TXT"))?;
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+    });
+}
+
 fn mcp_error<'a>(v: &'a Value, code: i64, rule: &str) -> Result<&'a Value, String> {
     let e = &v["error"];
     check(
@@ -769,7 +999,13 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
              \x20 - {{ id: refund-medium-{fw}, http: {{ host: {host}, method: POST, path: /v1/refunds, body: ['$.amount > 100', '$.amount <= 1000'] }}, verdict: escalate, escalate: {{ timeout: 60s, on_timeout: block }}, reason: Refunds between $100 and $1000 need a human. }}\n\
              \x20 - {{ id: refund-large-{fw}, http: {{ host: {host}, method: POST, path: /v1/refunds, body: ['$.amount > 1000'] }}, verdict: block, reason: '{LARGE_REASON}' }}\n\
              \x20 - {{ id: quota-{fw}, http: {{ host: {host}, method: GET, path: /v1/quota }}, verdict: throttle, throttle: {{ rate: 1, per: 1h, key: agent_rule }}, reason: One quota check an hour. }}\n\
-             \x20 - {{ id: events-{fw}, http: {{ host: {host}, method: GET, path: /v1/events }}, verdict: allow, reason: The event stream. }}\n"
+             \x20 - {{ id: events-{fw}, http: {{ host: {host}, method: GET, path: /v1/events }}, verdict: allow, reason: The event stream. }}\n\
+             \x20 - {{ id: deploy-dry-run-{fw}, http: {{ host: {host}, method: POST, path: /v1/deploy, headers: {{ x-dry-run: 'true' }} }}, verdict: allow, reason: Dry runs are routine. }}\n\
+             \x20 - {{ id: deploy-{fw}, http: {{ host: {host}, method: POST, path: /v1/deploy }}, verdict: block, reason: '{DEPLOY_REASON}' }}\n\
+             \x20 - {{ id: repo-update-{fw}, http: {{ host: {host}, method: POST, path: '/v1/repos/*' }}, verdict: allow, reason: Agents update repositories. }}\n\
+             \x20 - {{ id: repo-delete-{fw}, http: {{ host: {host}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n\
+             \x20 - {{ id: public-file-{fw}, http: {{ host: {host}, method: GET, path: /files/public.txt }}, verdict: allow, reason: The public file. }}\n\
+             \x20 - {{ id: other-files-{fw}, http: {{ host: {host}, path: '/files/*' }}, verdict: block, reason: Only the public file. }}\n"
         ));
     }
     rules.push_str(&format!(
@@ -851,6 +1087,9 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         http_cases(&mut s, client, "fastapi", fastapi);
         http_cases(&mut s, client, "express", express);
     }
+    let (fastapi, express) = (s.urls.fastapi.clone(), s.urls.express.clone());
+    canonical_cases(&mut s, "fastapi", fastapi);
+    canonical_cases(&mut s, "express", express);
     for client in MCP_CLIENTS {
         mcp_cases(&mut s, client);
     }

@@ -1865,11 +1865,30 @@ fn unix_runtime_sockets_are_refused_by_identity() {
     let fx = Fixture::new("runtime");
     let sock = Path::new("/run/containerd/containerd.sock");
     let listener = unix_listener(sock);
+    // A terminal multiplexer's server (tmux) runs whatever an attached client types into a
+    // session, outside the agent.
+    let tmux_dir = PathBuf::from(format!(
+        "/tmp/tmux-{}",
+        40_000 + std::process::id() % 10_000
+    ));
+    let tmux = tmux_dir.join("default");
+    let tmux_listener = unix_listener(&tmux);
     let mut k = fx.load("");
     for hook in ["unix_stream_connect", "unix_may_send"] {
         k.require(hook);
     }
     let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix connect to a tmux server's socket",
+        &connect(&tmux),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), RUNTIME);
+    drop(tmux_listener);
+    let _ = std::fs::remove_dir_all(&tmux_dir);
     let ev = deny(
         &mut k,
         &fx,

@@ -38,6 +38,16 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     "/run/dbus/system_bus_socket",
     "/var/run/dbus/system_bus_socket",
     "/run/snapd.socket",
+    // Virtual machines and system containers.
+    "/run/libvirt/libvirt-sock",
+    "/run/libvirt/virtqemud-sock",
+    "/run/libvirt/virtproxyd-sock",
+    "/var/snap/lxd/common/lxd/unix.socket",
+    "/var/lib/lxd/unix.socket",
+    "/var/lib/incus/unix.socket",
+    // Process supervisors.
+    "/run/supervisor.sock",
+    "/var/run/supervisor.sock",
 ];
 
 /// The same, per user, below `/run/user/<uid>/` (a user's systemd manager, session bus,
@@ -50,14 +60,37 @@ pub const USER_RUNTIME_SOCKETS: &[&str] = &[
 ];
 
 /// Directories every socket of which is a runtime's: containerd's shims (their task API execs
-/// processes in containers).
-pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s"];
+/// processes in containers), and PHP-FPM's pools (FastCGI runs the script a request names).
+pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php"];
+
+/// Directories in which every subdirectory named with the prefix holds runtime sockets:
+/// terminal multiplexers' servers (tmux's `/tmp/tmux-<uid>/`, screen's `/run/screen/S-<user>/`),
+/// which run whatever an attached client types into a session, outside the agent. (A server
+/// whose `TMUX_TMPDIR` is elsewhere is not found.)
+pub const RUNTIME_SOCKET_SUBDIRS: &[(&str, &str)] = &[
+    ("/tmp", "tmux-"),
+    ("/run/screen", "S-"),
+    ("/var/run/screen", "S-"),
+];
 
 /// Every runtime socket path to look at now (`/run/user/*` and [`RUNTIME_SOCKET_DIRS`]
 /// expanded).
 pub fn runtime_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = RUNTIME_SOCKETS.iter().map(PathBuf::from).collect();
-    for dir in RUNTIME_SOCKET_DIRS {
+    let mut dirs: Vec<PathBuf> = RUNTIME_SOCKET_DIRS.iter().map(PathBuf::from).collect();
+    for (parent, prefix) in RUNTIME_SOCKET_SUBDIRS {
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            let mut subdirs: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            subdirs.sort();
+            dirs.extend(subdirs);
+        }
+    }
+    for dir in dirs {
         if let Ok(entries) = std::fs::read_dir(dir) {
             let mut socks: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
             socks.sort();
@@ -108,10 +141,12 @@ pub fn socket_dirs(rule_paths: &[PathBuf]) -> Vec<PathBuf> {
     }
     if Path::new("/run/user").is_dir() {
         dirs.insert("/run/user".into());
-        for p in runtime_socket_paths() {
-            if let Some(dir) = p.parent().filter(|d| d.is_dir()) {
-                dirs.insert(dir.to_owned());
-            }
+    }
+    // The directories of the sockets found now (per user, per multiplexer session); one made
+    // later is found by the once-a-second look.
+    for p in runtime_socket_paths() {
+        if let Some(dir) = p.parent().filter(|d| d.is_dir()) {
+            dirs.insert(dir.to_owned());
         }
     }
     dirs.into_iter().collect()
@@ -315,8 +350,33 @@ mod tests {
             "/run/buildkit/buildkitd.sock",
             "/run/systemd/private",
             "/run/dbus/system_bus_socket",
+            "/run/libvirt/libvirt-sock",
+            "/var/lib/incus/unix.socket",
+            "/run/supervisor.sock",
         ] {
             assert!(RUNTIME_SOCKETS.contains(&s), "{s}");
         }
+    }
+
+    /// Every socket in a tmux server's directory (`/tmp/tmux-<uid>/`) is a runtime's: it runs
+    /// what a client types into a session.
+    #[test]
+    fn a_tmux_server_s_sockets_are_runtime_sockets() {
+        let dir = PathBuf::from(format!(
+            "/tmp/tmux-{}",
+            50_000 + std::process::id() % 10_000
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("default");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(runtime_socket_paths().contains(&sock));
+        assert!(
+            resolve_runtime_sockets()
+                .values()
+                .any(|p| p.contains(&sock))
+        );
+        assert!(socket_dirs(&[]).contains(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
