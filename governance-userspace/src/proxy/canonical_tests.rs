@@ -584,6 +584,18 @@ fn found(
     eval(&engine, &view, method, target, headers, body)
 }
 
+/// An MCP `tools/call` of `tool` with `arguments` to the `found` policy's MCP endpoint.
+fn found_tool_call(tool: &str, arguments: serde_json::Value) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments}});
+    verdict(found(
+        "POST",
+        "/mcp",
+        &[("host", "mcp.example"), JSON],
+        body.to_string().as_bytes(),
+    ))
+}
+
 /// A header a rule reads is decided as the upstream gets it: not when `Connection` names it
 /// (it is removed before forwarding), and only when it comes once, under its own name.
 #[test]
@@ -672,16 +684,7 @@ fn integers_javascript_rounds_are_refused_where_compared() {
 /// `str`: a condition is refused when it answers differently on the string and on its JSON.
 #[test]
 fn mcp_arguments_holding_json_text_are_read_as_the_sdk_reads_them() {
-    let call = |tool: &str, arguments: serde_json::Value| {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}});
-        verdict(found(
-            "POST",
-            "/mcp",
-            &[("host", "mcp.example"), JSON],
-            body.to_string().as_bytes(),
-        ))
-    };
+    let call = found_tool_call;
     assert_eq!(
         call("transfer", json!({"payment": {"amount": 5000}})),
         "block found/big-transfer"
@@ -842,16 +845,7 @@ fn allow_rules_allow_only_the_case_they_name() {
 /// to every URL parser, `DROP TABLE` is `drop table` to SQL).
 #[test]
 fn restricting_rules_read_strings_in_any_case() {
-    let call = |tool: &str, arguments: serde_json::Value| {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}});
-        verdict(found(
-            "POST",
-            "/mcp",
-            &[("host", "mcp.example"), JSON],
-            body.to_string().as_bytes(),
-        ))
-    };
+    let call = found_tool_call;
     for url in [
         "http://x.example/",
         "HTTP://x.example/",
