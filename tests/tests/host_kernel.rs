@@ -4405,7 +4405,7 @@ const CONNECTOR: &str = "import ctypes, os, socket, sys, threading\n\
     \x20       if cmd[0] == 'leave':\n\
     \x20           leave.set()\n\
     \x20       elif cmd[0] == 'exec':\n\
-    \x20           code = 'import socket\\ns = socket.socket()\\ntry:\\n    s.connect((%r, %s)); print(\"ok\")\\nexcept OSError as e:\\n    print(\"errno\", e.errno)' % (cmd[1], cmd[2])\n\
+    \x20           code = 'import socket, sys\\ns = socket.socket()\\ntry:\\n    s.connect((%r, %s)); print(\"ok\", flush=True)\\nexcept OSError as e:\\n    print(\"errno\", e.errno, flush=True)\\nsys.stdin.read()' % (cmd[1], cmd[2])\n\
     \x20           os.execv(sys.executable, [sys.executable, '-c', code])\n\
     \x20       else:\n\
     \x20           print(connect(*cmd), flush=True)\n\
