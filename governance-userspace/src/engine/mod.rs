@@ -344,12 +344,12 @@ impl Engine {
             .any(|h| !h.body.is_empty() || h.mcp.is_some())
     }
 
-    /// The header names the HTTP rules that could match `host` (lowercase) read, lowercase
-    /// (the proxy copies the headers for the engine only when there are some).
-    pub fn headers_read(&self, view: &AgentRules, host: &str) -> Vec<String> {
-        let mut names: Vec<String> = self
+    /// The header names (lowercase, as compiled) the HTTP rules that could match `host`
+    /// (lowercase) read (the proxy copies the headers for the engine only when there are some).
+    pub fn headers_read<'a>(&'a self, view: &'a AgentRules, host: &'a str) -> Vec<&'a str> {
+        let mut names: Vec<&str> = self
             .http_rules(view, host)
-            .flat_map(|h| h.headers.iter().map(|(n, _)| n.to_ascii_lowercase()))
+            .flat_map(|h| h.headers.iter().map(|(n, _)| n.as_str()))
             .collect();
         names.sort_unstable();
         names.dedup();

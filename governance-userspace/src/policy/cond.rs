@@ -45,6 +45,9 @@ pub struct Condition {
     path: Vec<Step>,
     op: Op,
     value: Value,
+    /// `value` with its strings lowercased, for a rule that restricts (see
+    /// [`Condition::holds`]): only for `==`, `in`, `contains` and `matches` against strings.
+    folded: Option<Value>,
 }
 
 impl fmt::Display for Condition {
@@ -106,11 +109,15 @@ impl std::str::FromStr for Condition {
             }
             _ => {}
         }
+        let folded = (matches!(op, Op::Eq | Op::In | Op::Contains | Op::Matches)
+            && (value.is_string() || value.is_array()))
+        .then(|| lowercase_strings(&value));
         Ok(Condition {
             text: s.to_owned(),
             path,
             op,
             value,
+            folded,
         })
     }
 }
@@ -180,14 +187,7 @@ impl Condition {
 
     /// The value at the condition's path in `doc`, if there is one.
     pub fn lookup<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
-        let mut v = doc;
-        for step in &self.path {
-            v = match step {
-                Step::Key(k) => v.get(k.as_str()),
-                Step::Index(i) => v.get(*i),
-            }?;
-        }
-        Some(v)
+        walk(&self.path, doc)
     }
 
     /// Why `doc` could be read in more than one way where this condition looks, if it could
@@ -325,11 +325,8 @@ impl Condition {
                     // The condition reads into a string: nothing on the string itself, but
                     // perhaps something on the JSON it holds.
                     let parsed = json_text(s)?;
-                    let inner = Condition {
-                        path: self.path[i..].to_vec(),
-                        ..self.clone()
-                    };
-                    return inner.eval(&parsed).then(|| {
+                    let holds = walk(&self.path[i..], &parsed).is_some_and(|x| self.test(x));
+                    return holds.then(|| {
                         format!(
                             "`{}` reads into a string that holds JSON, which the MCP SDK parses before the tool reads it",
                             self.path()
@@ -449,52 +446,39 @@ impl Condition {
     /// document, since the upstream may take `HTTP://x` for `http://x` or `DROP TABLE` for `drop
     /// table`. (`!=` and ordering stay exact: folding would make them match less.)
     pub fn holds(&self, doc: &Value, fold_case: bool) -> bool {
-        self.lookup(doc).is_some_and(|v| {
-            if fold_case && let Some(folded) = self.folded() {
-                return folded.test(&lowercase_strings(v));
-            }
-            self.test(v)
-        })
-    }
-
-    /// This condition with its string literal lowercased, when case folding changes what it
-    /// finds: `==`, `in`, `contains` and `matches` against strings.
-    fn folded(&self) -> Option<Condition> {
-        if !matches!(self.op, Op::Eq | Op::In | Op::Contains | Op::Matches) {
-            return None;
-        }
-        let value = lowercase_strings(&self.value);
-        (value != self.value || self.value.is_string() || self.value.is_array()).then(|| {
-            Condition {
-                value,
-                ..self.clone()
-            }
+        self.lookup(doc).is_some_and(|v| match &self.folded {
+            Some(literal) if fold_case => self.test_with(&lowercase_strings(v), literal),
+            _ => self.test(v),
         })
     }
 
     /// The condition on the value at its path.
     fn test(&self, v: &Value) -> bool {
+        self.test_with(v, &self.value)
+    }
+
+    /// The condition's operator on `v` against `literal` (its value, or that folded).
+    fn test_with(&self, v: &Value, literal: &Value) -> bool {
         match self.op {
             Op::Exists => true,
-            Op::Eq => equal(v, &self.value),
-            Op::Ne => match &self.value {
-                Value::Number(_) => number(v).is_some() && !equal(v, &self.value),
+            Op::Eq => equal(v, literal),
+            Op::Ne => match literal {
+                Value::Number(_) => number(v).is_some() && !equal(v, literal),
                 lit => !equal(v, lit) && same_kind(v, lit),
             },
-            Op::Lt => order(v, &self.value).is_some_and(|o| o.is_lt()),
-            Op::Le => order(v, &self.value).is_some_and(|o| o.is_le()),
-            Op::Gt => order(v, &self.value).is_some_and(|o| o.is_gt()),
-            Op::Ge => order(v, &self.value).is_some_and(|o| o.is_ge()),
-            Op::In => self
-                .value
+            Op::Lt => order(v, literal).is_some_and(|o| o.is_lt()),
+            Op::Le => order(v, literal).is_some_and(|o| o.is_le()),
+            Op::Gt => order(v, literal).is_some_and(|o| o.is_gt()),
+            Op::Ge => order(v, literal).is_some_and(|o| o.is_ge()),
+            Op::In => literal
                 .as_array()
                 .is_some_and(|list| list.iter().any(|x| equal(v, x))),
-            Op::Contains => match (v, &self.value) {
+            Op::Contains => match (v, literal) {
                 (Value::String(s), Value::String(needle)) => s.contains(needle.as_str()),
                 (Value::Array(items), x) => items.iter().any(|i| equal(i, x)),
                 _ => false,
             },
-            Op::Matches => match (v, &self.value) {
+            Op::Matches => match (v, literal) {
                 (Value::String(s), Value::String(glob)) => super::glob::simple(glob, s),
                 _ => false,
             },
@@ -648,6 +632,18 @@ pub fn numeric_string(s: &str) -> NumericString {
         Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
         _ => Ambiguous("out of range"),
     }
+}
+
+/// The value at `steps` in `doc`, if there is one.
+fn walk<'a>(steps: &[Step], doc: &'a Value) -> Option<&'a Value> {
+    let mut v = doc;
+    for step in steps {
+        v = match step {
+            Step::Key(k) => v.get(k.as_str()),
+            Step::Index(i) => v.get(*i),
+        }?;
+    }
+    Some(v)
 }
 
 /// `v` with every string in it (not object keys) ASCII-lowercased.

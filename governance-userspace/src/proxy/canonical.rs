@@ -276,7 +276,7 @@ pub fn rule_headers(
     }
     let mut sent = headers.clone();
     super::request::strip_hop_by_hop(&mut sent);
-    for name in &read {
+    for &name in &read {
         let want = name.replace('_', "-");
         let mut copies = sent
             .iter()

@@ -79,7 +79,12 @@ impl Sessions {
         path: &str,
         query: Option<&str>,
     ) -> Option<String> {
-        let named: Vec<String> = super::canonical::query_pairs(query?)
+        let query_text = query?;
+        // Cheap first, as for method overrides: `session_id` spelled plainly or with escapes.
+        if !(query_text.contains('%') || query_text.contains("session_id")) {
+            return None;
+        }
+        let named: Vec<String> = super::canonical::query_pairs(query_text)
             .filter(|(k, _)| k == "session_id")
             .map(|(_, v)| v)
             .collect();
