@@ -503,6 +503,11 @@ pub mod guard {
     /// A source route (an IPv4 source-route option, an IPv6 routing header) on a socket or a
     /// datagram: the packet would go on past the address the network rules decided on.
     pub const SOURCE_ROUTE: u8 = 7;
+    /// A write to a `/proc/PID/` file of a process outside the agent's subtree that procfs
+    /// does not guard with a ptrace check: its OOM score (`oom_score_adj`: the daemon first to
+    /// go under memory pressure), fault injection (`make-it-fail`), `clear_refs`,
+    /// `coredump_filter`, `timerslack_ns`, its autogroup's priority.
+    pub const PROC_OF_OUTSIDE: u8 = 8;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -514,6 +519,7 @@ pub mod guard {
             KEY_UPCALL => "a key whose construction runs a program outside the agent",
             CGROUP_BORDER => "a cgroup outside the agent (a process moved across its border)",
             SOURCE_ROUTE => "a source route (past the destination the network rules decided on)",
+            PROC_OF_OUTSIDE => "a /proc file of a process outside the agent",
             _ => "?",
         }
     }

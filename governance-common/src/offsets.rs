@@ -35,6 +35,10 @@ pub const DENTRY_INODE: &str = "OFF_DENTRY_INODE";
 pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
 pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
+pub const PROC_INODE_PID: &str = "OFF_PROC_INODE_PID";
+pub const PROC_INODE_VFS_INODE: &str = "OFF_PROC_INODE_VFS_INODE";
+pub const PID_TASKS: &str = "OFF_PID_TASKS";
+pub const TASK_PID_LINKS: &str = "OFF_TASK_PID_LINKS";
 pub const DENTRY_PARENT: &str = "OFF_DENTRY_PARENT";
 pub const DENTRY_SB: &str = "OFF_DENTRY_SB";
 pub const DENTRY_FLAGS: &str = "OFF_DENTRY_FLAGS";
@@ -71,7 +75,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 64] = [
+pub const ALL: [(&str, &str, &str); 68] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -139,4 +143,10 @@ pub const ALL: [(&str, &str, &str); 64] = [
     (INODE_PRIVATE, "inode", "i_private"),
     (KERNFS_NODE_PARENT, "kernfs_node", "parent|__parent"),
     (KERNFS_NODE_PRIV, "kernfs_node", "priv"),
+    // A procfs inode's process: `PROC_I(inode)->pid`, then `pid_task(pid, PIDTYPE_PID)`
+    // (`pid->tasks[PIDTYPE_PID].first`, a task's `pid_links[PIDTYPE_PID]`; PIDTYPE_PID is 0).
+    (PROC_INODE_PID, "proc_inode", "pid"),
+    (PROC_INODE_VFS_INODE, "proc_inode", "vfs_inode"),
+    (PID_TASKS, "pid", "tasks"),
+    (TASK_PID_LINKS, "task_struct", "pid_links"),
 ];

@@ -79,7 +79,7 @@ pub const KEY_ALLOC: Program = lsm("key_alloc", "keys whose construction runs a 
 pub const SETSOCKOPT: Program = lsm("socket_setsockopt", "source routes");
 pub const CGROUP_BORDER: Program = lsm(
     "inode_permission",
-    "processes moved into the agent, cgroups outside it",
+    "processes moved into the agent, cgroups outside it, /proc files of processes outside",
 );
 pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
 pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");

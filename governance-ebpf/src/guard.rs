@@ -12,22 +12,29 @@ use aya_ebpf::{
 use governance_common::{Kind, guard};
 
 use crate::{
-    decide::{Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
+    decide::{Agent, Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
     kernel::{
         Btf, CGROUP2_SUPER_MAGIC, MAY_WRITE, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
         OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
-        OFF_KEY_TYPE_NAME, OFF_SB_MAGIC, S_IFDIR, S_IFMT, off, read_at,
+        OFF_KEY_TYPE_NAME, OFF_SB_MAGIC, PROC_SUPER_MAGIC, S_IFDIR, S_IFMT, off, read_at,
     },
+    protect::proc_owner_out_of_reach,
 };
 
 /// Refuse the current task if it belongs to an agent, reporting `what` (governance_common::guard).
 #[inline(always)]
 pub(crate) fn refuse(what: u8, object: u64) -> i32 {
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
+    match current_agent() {
+        Some(agent) => refuse_for(&agent, what, object),
+        None => 0,
+    }
+}
+
+/// Refuse `agent`'s current task, reporting `what` (governance_common::guard).
+#[inline(always)]
+fn refuse_for(agent: &Agent, what: u8, object: u64) -> i32 {
     let d = Decision::builtin(Kind::Guard, true);
-    emit(&agent, &d, |ev| {
+    emit(agent, &d, |ev| {
         ev.detail = what;
         ev.object = object;
     });
@@ -212,17 +219,16 @@ pub fn key_alloc(ctx: LsmContext) -> i32 {
 /// `inode_permission`'s mask bit of an open (`MAY_OPEN`): opens are decided by `file_open`.
 const MAY_OPEN: i32 = 0x20;
 
-/// Built-in: no write permission for agents on a cgroup outside their subtree, asked other than
-/// by an open (opens of the cgroup tree are `file_open`'s, whose built-in rules refuse it).
-/// Moving a process checks write permission on the `cgroup.procs` of the common ancestor of its
-/// old and new cgroups (`cgroup_procs_write_permission`), and nothing else an LSM sees: an agent
-/// writing the pid of a process from outside into a `cgroup.procs` it owns would pull that
-/// process in (then take its descriptors through `pidfd_getfd`, or freeze the daemon with
-/// `cgroup.freeze`, which no signal hook sees). That ancestor is outside the agent, so the move
-/// is refused; a move within the agent's subtree has its ancestor inside and passes. The same
-/// check refuses making, removing or renaming cgroups outside (the parent directory's write
-/// permission). Every other write permission passes at once, before the agent lookup: this
-/// hook runs for every permission check of the node.
+/// Built-in write permissions for agents, on the two filesystems where a write acts on
+/// something outside the agent that no other hook sees:
+///
+/// - cgroup2, asked other than by an open ([`cgroup_border`]; opens of the cgroup tree are
+///   `file_open`'s, whose built-in rules refuse them);
+/// - procfs: a `/proc/PID/` file of a process outside the agent
+///   ([`crate::protect::proc_owner_out_of_reach`]).
+///
+/// Every other permission check passes at once, before the agent lookup: this hook runs for
+/// every permission check of the node, each component of a path walk included.
 #[lsm(hook = "inode_permission")]
 pub fn inode_permission(ctx: LsmContext) -> i32 {
     // int inode_permission(struct inode *inode, int mask)
@@ -231,7 +237,7 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         return previous;
     }
     let mask: i32 = ctx.arg(1);
-    if mask & MAY_WRITE == 0 || mask & MAY_OPEN != 0 {
+    if mask & MAY_WRITE == 0 {
         return 0;
     }
     let inode = Btf::arg(&ctx, 0);
@@ -239,9 +245,23 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         Ok(sb) => sb.get::<u64>(off(&OFF_SB_MAGIC)),
         Err(_) => return 0,
     };
-    if magic != CGROUP2_SUPER_MAGIC {
-        return 0;
+    match magic {
+        CGROUP2_SUPER_MAGIC if mask & MAY_OPEN == 0 => cgroup_border(inode),
+        PROC_SUPER_MAGIC => proc_of_outside(inode),
+        _ => 0,
     }
+}
+
+/// No write permission for agents on a cgroup outside their subtree. Moving a process checks
+/// write permission on the `cgroup.procs` of the common ancestor of its old and new cgroups
+/// (`cgroup_procs_write_permission`), and nothing else an LSM sees: an agent writing the pid of
+/// a process from outside into a `cgroup.procs` it owns would pull that process in (then take
+/// its descriptors through `pidfd_getfd`, or freeze the daemon with `cgroup.freeze`, which no
+/// signal hook sees). That ancestor is outside the agent, so the move is refused; a move within
+/// the agent's subtree has its ancestor inside and passes. The same check refuses making,
+/// removing or renaming cgroups outside (the parent directory's write permission).
+#[inline(always)]
+fn cgroup_border(inode: Btf) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
@@ -264,10 +284,22 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
     if cgrp != 0 && cgroup_in_subtree(&agent, cgrp) {
         return 0;
     }
-    let d = Decision::builtin(Kind::Guard, true);
-    emit(&agent, &d, |ev| {
-        ev.detail = guard::CGROUP_BORDER;
-        ev.object = id;
-    });
-    lsm_ret(&d)
+    refuse_for(&agent, guard::CGROUP_BORDER, id)
+}
+
+/// No write for agents to a `/proc/PID/` file of a process outside their subtree (or, for a
+/// sandboxed process, outside its sandbox), opens included: procfs guards some of those files
+/// with a ptrace check (`mem`, `attr`), which `ptrace_access_check` refuses, but not all
+/// (`oom_score_adj`, `make-it-fail`, `clear_refs`, `coredump_filter`, `sched_autogroup`).
+/// procfs files that belong to no process (`/proc/sys`, `/proc/sysrq-trigger`) are
+/// `file_open`'s built-in rules'.
+#[inline(always)]
+fn proc_of_outside(inode: Btf) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    match proc_owner_out_of_reach(&agent, inode.addr()) {
+        Some(tgid) => refuse_for(&agent, guard::PROC_OF_OUTSIDE, u64::from(tgid)),
+        None => 0,
+    }
 }

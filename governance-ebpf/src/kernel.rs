@@ -76,6 +76,10 @@ offsets!(
     OFF_INODE_PRIVATE,
     OFF_KERNFS_NODE_PARENT,
     OFF_KERNFS_NODE_PRIV,
+    OFF_PROC_INODE_PID,
+    OFF_PROC_INODE_VFS_INODE,
+    OFF_PID_TASKS,
+    OFF_TASK_PID_LINKS,
     SIZE_UPID
 );
 
@@ -167,6 +171,7 @@ pub(crate) const MAY_WRITE: i32 = 0x2;
 pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+pub(crate) const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 pub(crate) const S_IFDIR: u16 = 0o040000;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;

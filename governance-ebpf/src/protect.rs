@@ -1,8 +1,8 @@
 //! Built-in protections, which hold whatever the policy says (or unless it explicitly allows
 //! them): no sockets the network hooks do not decide on (raw, packet, netlink, other families
 //! and protocols), no new user namespaces, no bpf(), no pin removal,
-//! and no signal, ptrace or resource change aimed at a process outside the agent's own subtree
-//! (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
+//! and no signal, ptrace, resource change or `/proc/PID/` write aimed at a process outside the
+//! agent's own subtree (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use governance_common::{ExecKey, Kind, allow, task_change};
 
@@ -10,8 +10,9 @@ use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
         AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, IPPROTO_TCP, IPPROTO_UDP, OFF_INODE_INO,
-        OFF_INODE_NLINK, OFF_INODE_SB, OFF_SB_DEV, OFF_SB_MAGIC, OFF_TASK_TGID, SOCK_DGRAM,
-        SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
+        OFF_INODE_NLINK, OFF_INODE_SB, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
+        OFF_SB_DEV, OFF_SB_MAGIC, OFF_TASK_PID_LINKS, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM,
+        SOCK_TYPE_MASK, off, read_at,
     },
     maps::{PROTECTED, SANDBOXED, WRITTEN},
 };
@@ -98,6 +99,32 @@ fn protected(task: u64) -> Option<u32> {
     let tgid: u32 = unsafe { read_at(task, off(&OFF_TASK_TGID)) }.ok()?;
     // SAFETY: the value is not used.
     unsafe { PROTECTED.get(&tgid) }.map(|_| tgid)
+}
+
+/// For a procfs inode of a `/proc/PID/` entry (`inode`, a `struct inode *`): its process, if
+/// `agent` may not act on it ([`out_of_reach`], [`outside_sandbox`]); its tgid, for the event.
+/// Other procfs inodes (no process: `PROC_I(inode)->pid` is NULL) are `None`. A process that
+/// is gone, or a pointer that does not read, counts as out of reach (fail closed).
+#[inline(always)]
+pub(crate) fn proc_owner_out_of_reach(agent: &Agent, inode: u64) -> Option<u32> {
+    // PROC_I(inode): every procfs inode is the `vfs_inode` of a `struct proc_inode`.
+    let proc_inode = inode.wrapping_sub(off(&OFF_PROC_INODE_VFS_INODE));
+    // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
+    unsafe {
+        let Ok(pid) = read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_PID)) else {
+            return Some(0);
+        };
+        if pid == 0 {
+            return None;
+        }
+        // pid_task(pid, PIDTYPE_PID): the first of `pid->tasks[0]`, a task's `pid_links[0]`.
+        let first = read_at::<u64>(pid, off(&OFF_PID_TASKS)).unwrap_or(0);
+        if first == 0 {
+            return Some(0);
+        }
+        let task = first.wrapping_sub(off(&OFF_TASK_PID_LINKS));
+        out_of_reach(agent, task).or_else(|| outside_sandbox(agent, task))
+    }
 }
 
 /// A process an agent may not act on: the daemon or the proxy (protected), or any process

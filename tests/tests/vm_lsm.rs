@@ -1357,7 +1357,9 @@ fn processes_outside_the_agent_are_out_of_reach() {
     );
     let maps = std::fs::read_to_string(format!("/proc/{bpid}/maps")).unwrap();
     let addr = u64::from_str_radix(maps.split('-').next().unwrap(), 16).unwrap();
-    let cases: [(&str, Attempt, i32, Kind); 8] = [
+    let proc_file =
+        |name: &str| Attempt::open(Path::new(&format!("/proc/{bpid}/{name}")), libc::O_WRONLY);
+    let cases: [(&str, Attempt, i32, Kind); 11] = [
         (
             "30 signal 0 to a process outside the agent",
             Attempt::Kill { pid: bpid, sig: 0 },
@@ -1409,11 +1411,37 @@ fn processes_outside_the_agent_are_out_of_reach() {
             libc::EPERM,
             Kind::Task,
         ),
+        // procfs asks no ptrace check for these: root may write them for any process.
+        (
+            "30 /proc/PID/oom_score_adj: the daemon first to go under memory pressure",
+            proc_file("oom_score_adj"),
+            libc::EPERM,
+            Kind::Guard,
+        ),
+        (
+            "30 /proc/PID/task/TID/oom_score_adj: the same by the thread's name",
+            proc_file(&format!("task/{bpid}/oom_score_adj")),
+            libc::EPERM,
+            Kind::Guard,
+        ),
+        (
+            "30 /proc/PID/coredump_filter of a process outside the agent",
+            proc_file("coredump_filter"),
+            libc::EPERM,
+            Kind::Guard,
+        ),
     ];
     for (case, attempt, errno, kind) in &cases {
         let ev = deny_errno(&mut k, &fx, case, attempt, *errno, *kind, Control::Succeeds);
         assert_eq!(ev.object, bpid as u64, "{case}: the target in the event");
         assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        if *kind == Kind::Guard {
+            assert_eq!(
+                ev.detail,
+                governance_common::guard::PROC_OF_OUTSIDE,
+                "{case}"
+            );
+        }
     }
     // Within its own subtree the agent keeps job control and `ps`.
     for (case, script) in [
@@ -1425,6 +1453,11 @@ fn processes_outside_the_agent_are_out_of_reach() {
         (
             "renice of its own child",
             "sleep 30 & renice -n 5 -p $! >/dev/null; kill $!",
+        ),
+        (
+            "its own and its child's OOM score",
+            "echo 500 > /proc/$$/oom_score_adj || exit 1; sleep 30 & echo 600 > /proc/$!/oom_score_adj \
+             && grep -qx 600 /proc/$!/oom_score_adj; r=$?; kill $!; exit $r",
         ),
     ] {
         let (_, outcome) = run_in(
