@@ -123,10 +123,13 @@ fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
     h
 }
 
-/// Is `file` a raw view of storage: a block device, or a character device whose driver
-/// passes commands to a disk (SCSI generic, bsg, NVMe generic: the daemon lists their majors
-/// in RAW_DEVICES)? Reading a disk directly bypasses every file rule and needs no capability
-/// (only the device node's permissions, which root has). /dev/mem, /dev/port and /proc/kcore
+/// Is `file` a device that reaches past the rules: a block device, or a character device the
+/// daemon lists in RAW_DEVICES (drivers that pass commands to a disk, SCSI generic, bsg, NVMe
+/// generic; and those that reach a network with no socket, take or make input, or show other
+/// terminals: tun, macvtap, ipvtap, PPP, uinput, uhid, input, hidraw, vcs, uio, usbmon,
+/// vhost-vsock; see `host_files.rs`)? Reading a disk directly bypasses every file rule and
+/// needs no capability (only the device node's permissions, which root has); so does attaching
+/// to an existing tap. /dev/mem, /dev/port and /proc/kcore
 /// are refused by their open's CAP_SYS_RAWIO check (caps.rs). An unreadable mode counts as
 /// raw (only agents are affected, and only when the file has no inode to read).
 #[inline(always)]
@@ -140,9 +143,12 @@ fn raw_device(file: Btf) -> bool {
     };
     match mode & S_IFMT {
         S_IFBLK => true,
-        // The kernel's dev_t: major in the top 12 bits.
-        // SAFETY: the value is not used.
-        S_IFCHR => unsafe { RAW_DEVICES.get(&(rdev >> 20)) }.is_some(),
+        // The kernel's dev_t: major in the top 12 bits. A driver's every device by its major,
+        // a single one by its whole dev_t (at least 1 << 20, so never a major).
+        // SAFETY: the values are not used.
+        S_IFCHR => unsafe {
+            RAW_DEVICES.get(&(rdev >> 20)).is_some() || RAW_DEVICES.get(&rdev).is_some()
+        },
         _ => false,
     }
 }

@@ -1,6 +1,7 @@
 //! Source routes: an IPv4 loose or strict source route (`IP_OPTIONS` on the socket, or
 //! `IP_RETOPTS` with one datagram) and an IPv6 routing header (`IPV6_RTHDR` or
-//! `IPV6_2292PKTOPTIONS` on the socket, `IPV6_RTHDR` or `IPV6_2292RTHDR` with one datagram) send
+//! `IPV6_2292PKTOPTIONS` on the socket, `IPV6_RTHDR` or `IPV6_2292RTHDR` with one datagram, or a
+//! flow label made with one, `IPV6_FLOWLABEL_MGR`) send
 //! a packet on to the route's last hop, while the connect and sendmsg programs decided on its
 //! first (`udp_sendmsg` and `tcp_v4_connect` replace the destination after the cgroup hook
 //! ran). No flag a program could read is left on the socket, so agents get no source route at
@@ -21,6 +22,12 @@ const SOL_IPV6: i32 = 41;
 const IPV6_2292RTHDR: i32 = 5;
 const IPV6_2292PKTOPTIONS: i32 = 6;
 const IPV6_RTHDR: i32 = 57;
+/// Flow label management: a label is made with options (`fl_create` takes a routing header
+/// among them, `ip6_datagram_send_ctl`), which each datagram sent with that label carries
+/// (`fl6_merge_options`, then `fl6_update_dst` replaces the destination after the sendmsg6
+/// program decided). A socket uses only labels it got through this option, so refusing it
+/// refuses every label's options.
+const IPV6_FLOWLABEL_MGR: i32 = 32;
 /// `sizeof(struct cmsghdr)`: `size_t cmsg_len; int cmsg_level; int cmsg_type;`.
 const CMSG_HDR: u64 = 16;
 /// How many control messages of one datagram are read; a datagram with more is refused to an
@@ -37,7 +44,8 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
     }
     let (level, name): (i32, i32) = (ctx.arg(1), ctx.arg(2));
     let route = (level == SOL_IP && name == IP_OPTIONS)
-        || (level == SOL_IPV6 && (name == IPV6_RTHDR || name == IPV6_2292PKTOPTIONS));
+        || (level == SOL_IPV6
+            && (name == IPV6_RTHDR || name == IPV6_2292PKTOPTIONS || name == IPV6_FLOWLABEL_MGR));
     if !route {
         return 0;
     }

@@ -126,8 +126,9 @@ pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
         }
     };
     // Built-in: the control socket always, runtime sockets unless relaxed (a sandboxed
-    // process's class relaxes nothing). A relaxed runtime socket goes on to the rules.
-    if detail == unix_detail::PATH {
+    // process's class relaxes nothing). A relaxed runtime socket goes on to the rules. Path
+    // sockets by identity, abstract names (an X display, a containerd shim) by their hash.
+    {
         let id = UnixId { dev, _pad: 0, ino };
         // SAFETY: the value is copied immediately.
         if let Some(why) = unsafe { UNIX_PROTECTED.get(&id) }.copied() {

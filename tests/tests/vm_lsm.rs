@@ -1591,6 +1591,29 @@ fn processes_pulled_in_and_source_routes_are_refused() {
             },
             Control::NotEperm,
         ),
+        (
+            // A flow label made with options (a routing header among them) carries them on
+            // every datagram sent with it; refused whatever the request asks.
+            "40 setsockopt(IPV6_FLOWLABEL_MGR): a flow label, which can carry a routing header",
+            Attempt::SetSockOpt {
+                family: libc::AF_INET6,
+                ty: libc::SOCK_DGRAM,
+                level: libc::IPPROTO_IPV6,
+                name: 32, // IPV6_FLOWLABEL_MGR
+                // struct in6_flowlabel_req: ::1, label 0x12345, IPV6_FL_A_GET,
+                // IPV6_FL_S_EXCL, IPV6_FL_F_CREATE, expires and linger 0, padding.
+                value: [
+                    &[0u8; 15][..],
+                    &[1],
+                    &0x0001_2345u32.to_be_bytes(),
+                    &[0, 1],
+                    &1u16.to_ne_bytes(),
+                    &[0; 8],
+                ]
+                .concat(),
+            },
+            Control::NotEperm,
+        ),
     ];
     for (case, attempt, control) in &cases {
         let ev = deny(&mut k, &fx, case, attempt, Kind::Guard, *control);
@@ -1922,6 +1945,54 @@ fn unix_runtime_sockets_are_refused_by_identity() {
     assert_eq!(unix_builtin(&ev), RUNTIME);
     drop(tmux_listener);
     let _ = std::fs::remove_dir_all(&tmux_dir);
+    // An X server (a client types into any window: XTEST) at its path, and at its abstract
+    // name, which is refused whether or not a server listened when the policy was loaded; and a
+    // containerd shim of before 1.5 at its abstract name, found among the listening sockets.
+    let x11 = Path::new("/tmp/.X11-unix/X77");
+    let x11_listener = unix_listener(x11);
+    k.reload(&fx.policy(""));
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix connect to an X server's socket",
+        &connect(x11),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), RUNTIME);
+    drop(x11_listener);
+    let _ = std::fs::remove_file(x11);
+    {
+        use std::os::linux::net::SocketAddrExt as _;
+        let abstract_listener = |name: &str| {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+            std::os::unix::net::UnixListener::bind_addr(&addr).unwrap()
+        };
+        let shim = format!("/containerd-shim/gov-test-{}/shim.sock", std::process::id());
+        let _shim_listener = abstract_listener(&shim);
+        k.reload(&fx.policy(""));
+        let display = "/tmp/.X11-unix/X9";
+        let _display_listener = abstract_listener(display);
+        for (case, name) in [
+            (
+                "unix connect to a containerd shim's abstract socket",
+                shim.as_str(),
+            ),
+            ("unix connect to an X display's abstract name", display),
+        ] {
+            let ev = deny(
+                &mut k,
+                &fx,
+                case,
+                &Attempt::UnixConnectAbstract {
+                    name: name.as_bytes().to_vec(),
+                },
+                Kind::Unix,
+                Control::Succeeds,
+            );
+            assert_eq!(unix_builtin(&ev), RUNTIME, "{case}");
+        }
+    }
     let ev = deny(
         &mut k,
         &fx,
@@ -2710,6 +2781,55 @@ fn root_facilities_are_refused_to_agents() {
         assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
         assert_ne!(ev.detail & FILE_DETAIL_RAW_DEVICE, 0, "{case}");
         assert_eq!(text(&ev.path), dev, "{case}");
+    }
+    // Devices that reach past the rules otherwise: refused at the open, before the driver's
+    // own (so whether its module is loaded does not matter). Nodes made outside the agent.
+    for (case, name, major, minor) in [
+        (
+            "12 attach to an existing tun or tap (/dev/net/tun)",
+            "tun",
+            10,
+            200,
+        ),
+        ("12 a made-up keyboard (/dev/uinput)", "uinput", 10, 223),
+        ("12 a made-up HID device (/dev/uhid)", "uhid", 10, 239),
+        (
+            "12 a guest's vsock to the host (/dev/vhost-vsock)",
+            "vhost-vsock",
+            10,
+            241,
+        ),
+        (
+            "12 every key typed on the node (/dev/input/event0)",
+            "event0",
+            13,
+            64,
+        ),
+        ("12 another terminal's screen (/dev/vcs1)", "vcs1", 7, 1),
+        ("12 frames onto a PPP unit (/dev/ppp)", "ppp", 108, 0),
+    ] {
+        let node = fx.p(&format!("tmp/{name}"));
+        let _ = std::fs::remove_file(&node);
+        // SAFETY: plain mknod(2) of a path we own.
+        let made = unsafe {
+            libc::mknod(
+                cstr(&node).as_ptr(),
+                libc::S_IFCHR | 0o666,
+                libc::makedev(major, minor),
+            )
+        };
+        assert_eq!(made, 0, "{case}: mknod outside the agent");
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::open(&node, libc::O_RDWR),
+            Kind::File,
+            Control::NotEperm,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        assert_ne!(ev.detail & FILE_DETAIL_RAW_DEVICE, 0, "{case}");
+        let _ = std::fs::remove_file(&node);
     }
     for (case, path) in [
         ("12 read /dev/mem", "/dev/mem"),
@@ -4226,9 +4346,17 @@ fn system_files_are_refused() {
         "/etc/systemd/system/multi-user.target.wants",
         "/root/.ssh",
         "/gov-rt-src",
+        "/home/gov-rt-user/.ssh",
     ] {
         std::fs::create_dir_all(dir).unwrap();
     }
+    // Another user, whose logins run their home's startup files outside every agent.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    std::fs::write(
+        "/etc/passwd",
+        format!("{passwd}gov-rt-user:x:4242:4242::/home/gov-rt-user:/bin/sh\n"),
+    )
+    .unwrap();
     let conf = Path::new("/etc/gov-rt.conf");
     let job = Path::new("/gov-rt-src/job");
     let reset = || {
@@ -4352,6 +4480,26 @@ fn system_files_are_refused() {
             "/root/.profile",
         ),
         (
+            "45 another user's SSH keys written",
+            Attempt::Open {
+                path: c("/home/gov-rt-user/.ssh/authorized_keys"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/home/gov-rt-user/.ssh/authorized_keys",
+        ),
+        (
+            "45 another user's shell startup file written",
+            Attempt::Open {
+                path: c("/home/gov-rt-user/.bashrc"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/home/gov-rt-user/.bashrc",
+        ),
+        (
             "45 truncate(2) of a file in /etc",
             Attempt::Truncate { path: cstr(conf) },
             Kind::Link,
@@ -4409,6 +4557,12 @@ fn system_files_are_refused() {
         let _ = std::fs::remove_file(p);
     }
     let _ = std::fs::remove_dir("/gov-rt-src");
+    if passwd.is_empty() {
+        let _ = std::fs::remove_file("/etc/passwd");
+    } else {
+        std::fs::write("/etc/passwd", passwd).unwrap();
+    }
+    let _ = std::fs::remove_dir_all("/home/gov-rt-user");
 }
 
 /// Issue 12, class 4 (others acting for the agent), by reading the kernel's usermode helpers:

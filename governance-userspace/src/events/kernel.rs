@@ -138,7 +138,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         }
         Some(Kind::File) if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 => (
             "raw-device",
-            "no raw storage devices for agents (block devices, SCSI and NVMe generic)",
+            "no devices that reach past the rules for agents (raw storage; tun, tap and PPP; input devices; other terminals' screens)",
         ),
         Some(Kind::File) if ev.detail & FILE_DETAIL_HELD != 0 => (
             "held-file",
@@ -364,7 +364,9 @@ impl Record {
                     }
                 }
                 if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 {
-                    object.detail.insert("device".into(), "raw storage".into());
+                    object
+                        .detail
+                        .insert("device".into(), "bypasses the rules".into());
                 }
                 if ev.detail & FILE_DETAIL_HELD != 0 {
                     object

@@ -66,13 +66,38 @@ pub fn loader_identities() -> Vec<(u32, u64)> {
 /// Character-device drivers that pass commands to a disk (raw reads with no file rule on the
 /// way): SCSI generic, block SCSI generic, NVMe generic, MTD (raw flash).
 pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd"];
+/// Character-device drivers that reach past the rules otherwise, by their name in
+/// /proc/devices (their majors are given out at load): frames written onto a network with no
+/// socket (macvtap, ipvtap), raw HID reports (hidraw: a keyboard's keys read), device
+/// registers mapped (uio), USB traffic read (usbmon).
+pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &["macvtap", "ipvtap", "hidraw", "uio", "usbmon"];
+/// Fixed character majors of the same kind: the consoles' screens (vcs, vcsa: read and write
+/// another terminal's contents), input devices (every key typed on the node, and events
+/// written into it), PPP (frames onto a PPP unit, no socket).
+pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 108];
+/// Single devices (misc, major 10), in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): the tun
+/// device (`TUNSETIFF` attaches to an existing tun or tap, whose frames no network hook sees:
+/// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
+/// uhid (a keyboard made up, typing into a shell outside the agent), vhost-vsock (a guest's
+/// vsock to the host's services).
+pub(super) const BYPASS_MISC_DEVICES: &[u32] = &[
+    10 << 20 | 200,
+    10 << 20 | 223,
+    10 << 20 | 239,
+    10 << 20 | 241,
+];
 /// SCSI generic's fixed major, refused even before its module is loaded.
 pub(super) const SCSI_GENERIC_MAJOR: u32 = 21;
 
-/// The majors of [`RAW_CHAR_DRIVERS`] in /proc/devices' "Character devices" section (the
-/// drivers loaded now: a later module load is picked up by the next reload).
+/// The character devices agents may not open, as RAW_DEVICES keys: the majors of
+/// [`RAW_CHAR_DRIVERS`] and [`BYPASS_CHAR_DRIVERS`] in /proc/devices' "Character devices"
+/// section (the drivers loaded now: a later module load is picked up by the next reload), the
+/// fixed majors, and [`BYPASS_MISC_DEVICES`] (whole `dev_t`s, which no major, below 4096,
+/// equals).
 pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
     let mut majors = vec![SCSI_GENERIC_MAJOR];
+    majors.extend(BYPASS_CHAR_MAJORS);
+    majors.extend(BYPASS_MISC_DEVICES);
     let mut in_char = false;
     for line in proc_devices.lines() {
         let line = line.trim();
@@ -81,7 +106,8 @@ pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
             continue;
         }
         if let (true, Some((major, name))) = (in_char, line.split_once(char::is_whitespace))
-            && RAW_CHAR_DRIVERS.contains(&name.trim())
+            && (RAW_CHAR_DRIVERS.contains(&name.trim())
+                || BYPASS_CHAR_DRIVERS.contains(&name.trim()))
             && let Ok(major) = major.parse::<u32>()
         {
             majors.push(major);

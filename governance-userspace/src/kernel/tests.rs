@@ -22,11 +22,31 @@ fn the_loader_is_found_from_an_executables_program_header() {
 }
 
 #[test]
-fn raw_storage_drivers_are_read_from_proc_devices() {
-    let devices = "Character devices:\n  1 mem\n 21 sg\n246 nvme-generic\n247 nvme\n249 bsg\n\n\
-                   Block devices:\n  8 sd\n259 blkext\n";
-    assert_eq!(raw_device_majors(devices), [21, 246, 249]);
-    assert_eq!(raw_device_majors(""), [21]);
+fn devices_refused_to_agents_are_read_from_proc_devices() {
+    let devices = "Character devices:\n  1 mem\n 21 sg\n240 macvtap\n241 hidraw\n246 nvme-generic\n\
+                   247 nvme\n249 bsg\n\nBlock devices:\n  8 sd\n240 macvtap-not-char\n259 blkext\n";
+    let misc = |minor: u32| 10 << 20 | minor;
+    assert_eq!(
+        raw_device_majors(devices),
+        [
+            7,
+            13,
+            21,
+            108,
+            240,
+            241,
+            246,
+            249,
+            misc(200),
+            misc(223),
+            misc(239),
+            misc(241)
+        ]
+    );
+    assert_eq!(
+        raw_device_majors(""),
+        [7, 13, 21, 108, misc(200), misc(223), misc(239), misc(241)]
+    );
 }
 
 #[test]

@@ -29,6 +29,10 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     "/run/containerd/containerd.sock.ttrpc",
     "/run/docker/containerd/containerd.sock",
     "/run/k3s/containerd/containerd.sock",
+    "/run/k0s/containerd.sock",
+    "/var/snap/microk8s/common/run/containerd.sock",
+    "/run/cri-dockerd.sock",
+    "/var/run/cri-dockerd.sock",
     "/run/docker.sock",
     "/var/run/docker.sock",
     "/run/crio/crio.sock",
@@ -57,11 +61,31 @@ pub const USER_RUNTIME_SOCKETS: &[&str] = &[
     "bus",
     "podman/podman.sock",
     "docker.sock",
+    "buildkit/buildkitd.sock",
+    "libvirt/libvirt-sock",
+    "libvirt/virtqemud-sock",
+    // Wayland compositors (some let any client make a virtual keyboard).
+    "wayland-0",
+    "wayland-1",
 ];
 
 /// Directories every socket of which is a runtime's: containerd's shims (their task API execs
 /// processes in containers), and PHP-FPM's pools (FastCGI runs the script a request names).
-pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php"];
+pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php", X11_DIR];
+
+/// The X servers' sockets: a client of an X server types into any window on it (XTEST), a
+/// terminal's shell outside the agent among them. They listen at a path here and at the same
+/// name in the abstract namespace.
+const X11_DIR: &str = "/tmp/.X11-unix";
+
+/// Abstract socket names of runtime servers, by prefix, found among the listening sockets in
+/// /proc/net/unix: the X servers' (above), and containerd's shims before 1.5 (their task API
+/// runs processes in containers, as root on the node for a privileged one).
+const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &["/tmp/.X11-unix/", "/containerd-shim/"];
+
+/// X displays refused by their abstract name whether or not a server listens now (one that
+/// starts later is found by the once-a-second look at /proc/net/unix).
+const X11_DISPLAYS: u32 = 16;
 
 /// Directories in which every subdirectory named with the prefix holds runtime sockets:
 /// terminal multiplexers' servers (tmux's `/tmp/tmux-<uid>/`, screen's `/run/screen/S-<user>/`),
@@ -69,6 +93,8 @@ pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php"];
 /// whose `TMUX_TMPDIR` is elsewhere is not found.)
 pub const RUNTIME_SOCKET_SUBDIRS: &[(&str, &str)] = &[
     ("/tmp", "tmux-"),
+    // Emacs's server (`emacsclient --eval` runs Lisp in the editor's process).
+    ("/tmp", "emacs"),
     ("/run/screen", "S-"),
     ("/var/run/screen", "S-"),
 ];
@@ -125,7 +151,41 @@ pub fn resolve_runtime_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
             out.entry(id).or_default().push(path);
         }
     }
+    let listening = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    for name in runtime_abstract_names(&listening) {
+        out.entry((UNIX_ABSTRACT_DEV, unix_name_hash(name.as_bytes())))
+            .or_default()
+            .push(format!("@{name}").into());
+    }
     out
+}
+
+/// The abstract names of runtime servers: the X displays' whatever listens, and the listening
+/// sockets of `proc_net_unix` (the text of /proc/net/unix) whose abstract name starts with one
+/// of [`RUNTIME_ABSTRACT_PREFIXES`].
+fn runtime_abstract_names(proc_net_unix: &str) -> BTreeSet<String> {
+    /// `__SO_ACCEPTCON` in the Flags column: a listening socket.
+    const ACCEPTING: u32 = 0x10000;
+    let mut names: BTreeSet<String> = (0..X11_DISPLAYS)
+        .map(|n| format!("{X11_DIR}/X{n}"))
+        .collect();
+    for line in proc_net_unix.lines().skip(1) {
+        // Num RefCount Protocol Flags Type St Inode Path
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (Some(flags), Some(path)) = (cols.get(3), cols.get(7)) else {
+            continue;
+        };
+        let listening = u32::from_str_radix(flags, 16).is_ok_and(|f| f & ACCEPTING != 0);
+        if let Some(name) = path.strip_prefix('@')
+            && listening
+            && RUNTIME_ABSTRACT_PREFIXES
+                .iter()
+                .any(|p| name.starts_with(p))
+        {
+            names.insert(name.to_owned());
+        }
+    }
+    names
 }
 
 /// The directories whose changes may re-create a socket the kernel decides on: those of the
@@ -378,5 +438,42 @@ mod tests {
         );
         assert!(socket_dirs(&[]).contains(&dir));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn listening_abstract_sockets_of_runtimes_and_x_displays_are_runtime_sockets() {
+        let text = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1001 @/tmp/.X11-unix/X42\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1002 @/containerd-shim/k8s.io/abc/shim.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 1003 @/containerd-shim/k8s.io/abc/client\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1004 @/other/listener\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1005 /run/some.sock\n";
+        let names = runtime_abstract_names(text);
+        assert!(
+            names.contains("/tmp/.X11-unix/X0"),
+            "a display not listening yet"
+        );
+        assert!(names.contains("/tmp/.X11-unix/X42"));
+        assert!(names.contains("/containerd-shim/k8s.io/abc/shim.sock"));
+        assert!(
+            !names.contains("/containerd-shim/k8s.io/abc/client"),
+            "not listening"
+        );
+        assert!(!names.contains("/other/listener"));
+        assert_eq!(names.len(), X11_DISPLAYS as usize + 2);
+
+        // A real listener, found in this host's /proc/net/unix.
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!(
+            "/containerd-shim/governance-test-{}/shim.sock",
+            std::process::id()
+        );
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        let id = (UNIX_ABSTRACT_DEV, unix_name_hash(name.as_bytes()));
+        assert_eq!(
+            resolve_runtime_sockets().get(&id),
+            Some(&vec![PathBuf::from(format!("@{name}"))])
+        );
     }
 }

@@ -77,7 +77,7 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// the binaries and libraries root runs. A root agent that writes one of them has code run for
 /// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Agents
 /// may not write, create, truncate or name anything there unless a policy allows system files.
-pub(super) const SYSTEM_FILES: [&str; 21] = [
+pub(super) const SYSTEM_FILES: [&str; 22] = [
     "/etc",
     "/usr",
     "/bin",
@@ -88,6 +88,7 @@ pub(super) const SYSTEM_FILES: [&str; 21] = [
     "/libx32",
     "/boot",
     "/var/spool/cron",
+    "/var/spool/at",
     "/var/lib/dpkg/info",
     "/run/systemd",
     "/run/udev",
@@ -100,6 +101,50 @@ pub(super) const SYSTEM_FILES: [&str; 21] = [
     "/root/.config/systemd",
     "/root/.config/autostart",
 ];
+
+/// The files in a user's home that the node runs as that user, outside every agent: the login
+/// shells' startup files, the X session's, SSH's authorized keys (a login, then anything), and
+/// the user's systemd units and desktop autostart entries (at the next login, or at once for a
+/// lingering user). Refused in every home /etc/passwd names (root's are in [`SYSTEM_FILES`]
+/// too), as system files are.
+pub(super) const LOGIN_FILES: [&str; 17] = [
+    ".ssh",
+    ".profile",
+    ".bashrc",
+    ".bash_profile",
+    ".bash_login",
+    ".bash_logout",
+    ".zshenv",
+    ".zprofile",
+    ".zshrc",
+    ".zlogin",
+    ".config/fish",
+    ".config/systemd",
+    ".config/autostart",
+    ".xinitrc",
+    ".xsession",
+    ".xprofile",
+    ".pam_environment",
+];
+
+/// At most this many homes get [`LOGIN_FILES`] (a directory service can list thousands of
+/// users; the first in /etc/passwd order).
+const MAX_HOMES: usize = 256;
+
+/// [`LOGIN_FILES`] in each home directory `passwd` (the text of /etc/passwd) names.
+pub(super) fn login_files(passwd: &str) -> Vec<PathBuf> {
+    let mut homes: Vec<&str> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(5))
+        .filter(|h| h.starts_with('/'))
+        .collect();
+    homes.dedup();
+    homes.truncate(MAX_HOMES);
+    homes
+        .iter()
+        .flat_map(|h| LOGIN_FILES.iter().map(move |f| Path::new(h).join(f)))
+        .collect()
+}
 
 /// Built-in directories whose entries the identity resolution does not enumerate (for other
 /// names and mount points made before the load): too big to read on every reload.
@@ -167,6 +212,8 @@ pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<Pa
         }
         if relaxed & allow::SYSTEM_FILES == 0 {
             denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            denied.extend(login_files(&passwd));
         }
     }
     denied
@@ -191,5 +238,39 @@ pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> Vec<(u8, Vec<u8>)> {
 pub(super) fn drop_shared(c: &mut Class, keys: &[(u8, Vec<u8>)]) {
     for key in keys {
         c.paths.remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_home_in_passwd_gets_its_login_files() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
+                      alice:x:1000:1000:Alice:/home/alice:/bin/zsh\n\
+                      broken line\n\
+                      svc:x:999:999::relative/home:/bin/sh\n";
+        let files = login_files(passwd);
+        for f in [
+            "/home/alice/.ssh",
+            "/home/alice/.bashrc",
+            "/home/alice/.zshrc",
+            "/home/alice/.config/systemd",
+            "/root/.zshenv",
+            "/usr/sbin/.profile",
+        ] {
+            assert!(files.contains(&PathBuf::from(f)), "{f}");
+        }
+        assert_eq!(
+            files.len(),
+            3 * LOGIN_FILES.len(),
+            "no relative home, no broken line"
+        );
+        let many: String = (0..1000)
+            .map(|i| format!("u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n"))
+            .collect();
+        assert_eq!(login_files(&many).len(), MAX_HOMES * LOGIN_FILES.len());
     }
 }
