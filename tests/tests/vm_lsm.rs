@@ -2807,6 +2807,13 @@ fn root_facilities_are_refused_to_agents() {
         ),
         ("12 another terminal's screen (/dev/vcs1)", "vcs1", 7, 1),
         ("12 frames onto a PPP unit (/dev/ppp)", "ppp", 108, 0),
+        (
+            "12 a USB device driven from user space (/dev/bus/usb/001/001)",
+            "usb",
+            189,
+            0,
+        ),
+        ("12 an I2C bus (/dev/i2c-0)", "i2c-0", 89, 0),
     ] {
         let node = fx.p(&format!("tmp/{name}"));
         let _ = std::fs::remove_file(&node);

@@ -69,18 +69,32 @@ pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd
 /// Character-device drivers that reach past the rules otherwise, by their name in
 /// /proc/devices (their majors are given out at load): frames written onto a network with no
 /// socket (macvtap, ipvtap), raw HID reports (hidraw: a keyboard's keys read), device
-/// registers mapped (uio), USB traffic read (usbmon).
-pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &["macvtap", "ipvtap", "hidraw", "uio", "usbmon"];
+/// registers mapped (uio), USB traffic read (usbmon) and USB devices driven from user space
+/// (usb_device: a USB network adapter's frames, a keyboard's keys), the I2C buses and the
+/// BMC (i2c, ipmidev: the node's firmware, power and console), watchdogs (an open left
+/// unclosed reboots the node).
+pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
+    "macvtap",
+    "ipvtap",
+    "hidraw",
+    "uio",
+    "usbmon",
+    "usb_device",
+    "i2c",
+    "ipmidev",
+    "watchdog",
+];
 /// Fixed character majors of the same kind: the consoles' screens (vcs, vcsa: read and write
 /// another terminal's contents), input devices (every key typed on the node, and events
-/// written into it), PPP (frames onto a PPP unit, no socket).
-pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 108];
+/// written into it), I2C (89), PPP (frames onto a PPP unit, no socket), USB devices (189).
+pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 89, 108, 189];
 /// Single devices (misc, major 10), in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): the tun
 /// device (`TUNSETIFF` attaches to an existing tun or tap, whose frames no network hook sees:
 /// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
 /// uhid (a keyboard made up, typing into a shell outside the agent), vhost-vsock (a guest's
-/// vsock to the host's services).
+/// vsock to the host's services), the legacy watchdog.
 pub(super) const BYPASS_MISC_DEVICES: &[u32] = &[
+    10 << 20 | 130,
     10 << 20 | 200,
     10 << 20 | 223,
     10 << 20 | 239,
