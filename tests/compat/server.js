@@ -6,7 +6,19 @@ const express = require('express');
 
 const [host, port] = process.argv.slice(2);
 const app = express();
+// JSON and form bodies, inflated when gzip- or deflate-coded (body-parser's default).
 app.use(express.json());
+app.use(express.urlencoded({ extended: false }));
+// A `_method` in a POST body overrides the method: the body getter of the method-override
+// middleware's README, which Express applications use for HTML forms.
+app.use((req, res, next) => {
+  if (req.method === 'POST' && req.body && typeof req.body === 'object' && '_method' in req.body) {
+    const method = String(req.body._method).toUpperCase();
+    delete req.body._method;
+    if (require('http').METHODS.includes(method)) req.method = method;
+  }
+  next();
+});
 
 app.post('/v1/refunds', (req, res) => {
   const amount = req.body && req.body.amount;
@@ -44,7 +56,19 @@ app.post('/v1/deploy', (req, res) => {
 
 app.post('/v1/repos/:name', (req, res) => {
   saw(req, {});
-  res.json({ updated: req.params.name, method: req.method, server: 'express' });
+  const name = (req.body && req.body.name) ?? null;
+  res.json({ updated: req.params.name, method: req.method, name, server: 'express' });
+});
+
+app.delete('/v1/repos/:name', (req, res) => {
+  saw(req, {});
+  res.json({ deleted: req.params.name, server: 'express' });
+});
+
+// A GET route: Express runs it for HEAD too (and drops the body of its answer).
+app.get('/v1/export/:kind', (req, res) => {
+  saw(req, {});
+  res.json({ exported: req.params.kind, server: 'express' });
 });
 
 app.get('/files/:name', (req, res) => {

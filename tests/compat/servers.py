@@ -1,6 +1,6 @@
 """Upstreams of the HTTP compatibility suite, on loopback, outside every agent.
 
-    python servers.py fastapi HOST PORT   # FastAPI on uvicorn
+    python servers.py fastapi HOST PORT [NAME]  # FastAPI on uvicorn (NAME: its `server`)
     python servers.py mcp HOST PORT NAME  # the MCP SDK's server, both transports:
                                           #   streamable HTTP at /mcp, legacy SSE at /sse
 
@@ -16,9 +16,9 @@ import sys
 import uvicorn
 
 
-def fastapi_app():
+def fastapi_app(server="fastapi"):
     from fastapi import FastAPI, Request
-    from fastapi.responses import StreamingResponse
+    from fastapi.responses import JSONResponse, StreamingResponse
     from pydantic import BaseModel
 
     class Refund(BaseModel):
@@ -28,11 +28,11 @@ def fastapi_app():
 
     @app.post("/v1/refunds")
     def refund(r: Refund):
-        return {"refunded": r.amount, "server": "fastapi"}
+        return {"refunded": r.amount, "server": server}
 
     @app.get("/v1/quota")
     def quota():
-        return {"quota": "ok", "server": "fastapi"}
+        return {"quota": "ok", "server": server}
 
     @app.get("/v1/events")
     async def events(n: int = 5, gap_ms: int = 20):
@@ -53,17 +53,25 @@ def fastapi_app():
     def deploy(request: Request):
         dry_run = request.headers.get("x-dry-run")
         saw(request, x_dry_run=dry_run)
-        return {"real_deploy": dry_run != "true", "server": "fastapi"}
+        return {"real_deploy": dry_run != "true", "server": server}
 
     @app.post("/v1/repos/{name}")
     def update_repo(name: str, request: Request):
         saw(request)
-        return {"updated": name, "method": request.method, "server": "fastapi"}
+        return {"updated": name, "method": request.method, "server": server}
 
     @app.get("/files/{name}")
     def file(name: str, request: Request):
         saw(request)
-        return {"file": name, "server": "fastapi"}
+        return {"file": name, "server": server}
+
+    # A Starlette route (FastAPI's own `@app.get` routes answer HEAD 405): Starlette runs a
+    # GET route's endpoint for HEAD too.
+    def export(request):
+        saw(request)
+        return JSONResponse({"exported": request.path_params["kind"], "server": server})
+
+    app.add_route("/v1/export/{kind}", export, methods=["GET"])
 
     @app.get("/compat/seen")
     def what_was_seen():
@@ -125,7 +133,7 @@ def mcp_app(name):
 def main():
     kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kind == "fastapi":
-        app = fastapi_app()
+        app = fastapi_app(*sys.argv[4:5])
     elif kind == "mcp":
         app = mcp_app(sys.argv[4])
     else:

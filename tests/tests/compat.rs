@@ -8,9 +8,10 @@
 //! meets each verdict: allow, block (the JSON reason), escalate then approve (from outside the
 //! agent), throttle (429), and a streamed response read to its end. Then curl sends what
 //! the two frameworks could read otherwise than the proxy decides (a header `Connection`
-//! names, a header twice or with `_` for `-`, a `_method` override in a POST body, an allowed
-//! path in another case: see docs/http.md, "Canonical interpretation"), each beside the
-//! request it disguises, which the framework acts on as decided.
+//! names, a header twice or with `_` for `-`, a `_method` override in a POST body in any
+//! spelling or content coding, an allowed path in another case, a HEAD to a GET route, a Host
+//! naming another service on the same address: see docs/http.md, "Canonical interpretation"),
+//! each beside the request it disguises, which the framework acts on as decided.
 //!
 //! The scripts are in tests/compat/; `cargo xtask setup` installs their packages at the
 //! versions pinned there. Missing packages fail the suite, never skip it. One line per case
@@ -38,6 +39,10 @@ const MCP_IP: [u8; 4] = [127, 0, 0, 23];
 const FASTAPI_HOST: &str = "api.fastapi.example";
 const EXPRESS_HOST: &str = "api.express.example";
 const MCP_HOST: &str = "mcp.tools.example";
+/// Another service on Express's address (a FastAPI app on a port of its own), which the policy
+/// lets no agent reach: a Host naming Express on a connection to it must not be decided as
+/// Express.
+const INTERNAL_HOST: &str = "internal.express.example";
 
 const LARGE_REASON: &str = "Refunds over $1,000 are never issued by an agent.";
 const SHELL_REASON: &str = "No shell tool for agents.";
@@ -128,12 +133,13 @@ enum Op {
     Stream {
         url: String,
     },
-    /// A request with exactly these headers and this body (curl only).
+    /// A request with exactly these headers and this body (curl only; `@FILE` sends the
+    /// file's bytes). A HEAD is sent as one (`curl -I`), which reads no body.
     Raw {
         method: &'static str,
         url: String,
-        headers: &'static [&'static str],
-        body: Option<&'static str>,
+        headers: Vec<String>,
+        body: Option<String>,
     },
     Mcp {
         tool: &'static str,
@@ -148,6 +154,8 @@ struct Suite {
     urls: Urls,
     agents: Vec<(String, PathBuf)>,
     daemon: Daemon,
+    /// Request bodies curl sends from files (`@FILE`: bytes no argument carries).
+    bodies: PathBuf,
     passed: u32,
     failed: u32,
 }
@@ -155,6 +163,8 @@ struct Suite {
 struct Urls {
     fastapi: String,
     express: String,
+    /// The other service on Express's address.
+    internal: String,
     mcp_port: u16,
 }
 
@@ -214,12 +224,17 @@ impl Suite {
                         headers,
                         body,
                     } => {
-                        args.extend(["--max-time", "60", "-X", method].map(String::from));
-                        for h in *headers {
-                            args.extend(["-H".into(), (*h).to_owned()]);
+                        args.extend(["--max-time", "60"].map(String::from));
+                        if *method == "HEAD" {
+                            args.push("-I".into());
+                        } else {
+                            args.extend(["-X", method].map(String::from));
+                        }
+                        for h in headers {
+                            args.extend(["-H".into(), h.clone()]);
                         }
                         if let Some(b) = body {
-                            args.extend(["--data-binary".into(), (*b).to_owned()]);
+                            args.extend(["--data-binary".into(), b.clone()]);
                         }
                         args.push(url.clone());
                     }
@@ -694,6 +709,69 @@ fn expect_acted(v: &Value, saw: &[Value], want: &Value, acted: &Value) -> Result
     Ok(format!("200 {body}"))
 }
 
+/// A refusal of a HEAD (an answer without a body): `status` and the rule's header, a decision
+/// id, and nothing reaching the upstream.
+fn expect_refused_head(
+    v: &Value,
+    saw: &[Value],
+    status: u16,
+    rule: &str,
+) -> Result<String, String> {
+    check(
+        v["status"] == status
+            && header(v, "x-governance-rule") == rule
+            && !header(v, "x-governance-decision").is_empty(),
+        || format!("want {status} by {rule}, got {v}"),
+    )?;
+    check(saw.is_empty(), || {
+        format!("refused with {status}, yet the upstream acted on {saw:?}")
+    })?;
+    Ok(format!("{status} rule={rule}, upstream untouched"))
+}
+
+/// `data` as a gzip member, as a client sends a body with `Content-Encoding: gzip`: one
+/// deflate block of literals in the fixed Huffman codes (RFC 1951, 3.2.6), so that no byte of
+/// `data` shows as itself in what is sent.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    let (mut acc, mut used) = (0u32, 0u32);
+    // Bits go out least significant first; a Huffman code, most significant first.
+    let mut put = |out: &mut Vec<u8>, value: u32, len: u32| {
+        acc |= value << used;
+        used += len;
+        while used >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            used -= 8;
+        }
+    };
+    let code = |c: u32, len: u32| c.reverse_bits() >> (32 - len);
+    put(&mut out, 0b011, 3); // the final block, fixed codes
+    for &b in data {
+        let (c, len) = match u32::from(b) {
+            b @ 0..=143 => (0x30 + b, 8),
+            b => (0x190 + b - 144, 9),
+        };
+        put(&mut out, code(c, len), len);
+    }
+    put(&mut out, 0, 7); // end of block
+    put(&mut out, 0, 7); // (flush the last byte)
+    let crc = !data.iter().fold(!0u32, |mut c, &b| {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+        c
+    });
+    out.extend(crc.to_le_bytes());
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
 /// What a framework could read otherwise than the proxy decides (docs/http.md, "Canonical
 /// interpretation"), sent by curl, each after the request it would disguise, which the
 /// framework acts on as decided.
@@ -704,24 +782,31 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
         (EXPRESS_HOST, "Express")
     };
     let client = "curl";
-    let deploy = |headers: &'static [&'static str]| Op::Raw {
+    let strings = |headers: &[&str]| headers.iter().map(|h| (*h).to_owned()).collect();
+    let deploy = |headers: &[&str]| Op::Raw {
         method: "POST",
         url: format!("{base}/v1/deploy"),
-        headers,
+        headers: strings(headers),
         body: None,
     };
     let form_type: &[&str] = &["content-type: application/x-www-form-urlencoded"];
     let json_type: &[&str] = &["content-type: application/json"];
-    let repo = |headers: &'static [&'static str], body: &'static str| Op::Raw {
+    let repo = |headers: &[&str], body: &str| Op::Raw {
         method: "POST",
         url: format!("{base}/v1/repos/prod"),
-        headers,
-        body: Some(body),
+        headers: strings(headers),
+        body: Some(body.to_owned()),
     };
     let file = |name: &str| Op::Raw {
         method: "GET",
         url: format!("{base}/files/{name}"),
-        headers: &[],
+        headers: Vec::new(),
+        body: None,
+    };
+    let export = |method: &'static str, kind: &str| Op::Raw {
+        method,
+        url: format!("{base}/v1/export/{kind}"),
+        headers: Vec::new(),
         body: None,
     };
     let deploy_rule = format!("compat/deploy-{framework}");
@@ -795,6 +880,46 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
         let (v, saw) = s.run_seen(client, host, &repo(json_type, r#"{"_method":"DELETE"}"#))?;
         expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
     });
+    if framework == "express" {
+        // Express reads `_method` (tests/compat/server.js) from the body as body-parser
+        // decodes it: JSON escapes, and gzip or deflate codings inflated.
+        let gz_form = |s: &Suite, name: &str, body: &str| {
+            let path = s.bodies.join(name);
+            std::fs::write(&path, gzip(body.as_bytes())).unwrap();
+            Op::Raw {
+                method: "POST",
+                url: format!("{base}/v1/repos/prod"),
+                headers: strings(&[
+                    "content-type: application/x-www-form-urlencoded",
+                    "content-encoding: gzip",
+                ]),
+                body: Some(format!("@{}", path.display())),
+            }
+        };
+        s.case(client, up, "repo-gz", |s| {
+            // The control: a gzip-coded form, inflated and acted on as the POST it is.
+            let (v, saw) = s.run_seen(client, host, &gz_form(s, "name.gz", "name=x"))?;
+            expect_acted(
+                &v,
+                &saw,
+                &json!({"updated": "prod", "method": "POST", "name": "x", "server": server}),
+                &json!({"method": "POST", "path": "/v1/repos/prod"}),
+            )
+        });
+        s.case(client, up, "_method-gz", |s| {
+            let op = gz_form(s, "method.gz", "_method=DELETE");
+            let (v, saw) = s.run_seen(client, host, &op)?;
+            expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+        });
+        s.case(client, up, "_method-\\u", |s| {
+            let (v, saw) = s.run_seen(
+                client,
+                host,
+                &repo(json_type, r#"{"\u005fmethod":"DELETE"}"#),
+            )?;
+            expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
+        });
+    }
 
     // Path case: only /files/public.txt is allowed; to a case-sensitive upstream
     // /files/PUBLIC.TXT is another file.
@@ -811,6 +936,72 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
         let (v, saw) = s.run_seen(client, host, &file("PUBLIC.TXT"))?;
         expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
     });
+
+    // HEAD: the framework runs a GET route's handler for it. Exports are allowed, whatever
+    // the method; GET /v1/export/full is blocked, and so its HEAD.
+    let export_rule = format!("compat/export-full-{framework}");
+    s.case(client, up, "head", |s| {
+        let (v, saw) = s.run_seen(client, host, &export("HEAD", "summary"))?;
+        check(v["status"] == 200, || format!("want 200, got {v}"))?;
+        let acted = json!({"method": "HEAD", "path": "/v1/export/summary"});
+        check(saw == [acted.clone()], || {
+            format!("want the upstream to act on {acted} once, it acted on {saw:?}")
+        })?;
+        Ok(format!("200, the upstream ran its GET route for {acted}"))
+    });
+    s.case(client, up, "head-get", |s| {
+        let (v, saw) = s.run_seen(client, host, &export("GET", "full"))?;
+        expect_refused(&v, &saw, 403, "blocked", &export_rule)?;
+        let (v, saw) = s.run_seen(client, host, &export("HEAD", "full"))?;
+        let detail = expect_refused_head(&v, &saw, 403, &export_rule)?;
+        Ok(format!("GET 403, HEAD {detail}"))
+    });
+
+    if framework == "express" {
+        // Another service on Express's address: a Host naming Express (its port, or none) on
+        // a connection to that service's port is refused, not decided by Express's rules.
+        let public = |base: &str, host: Option<String>| Op::Raw {
+            method: "GET",
+            url: format!("{base}/files/public.txt"),
+            headers: host.into_iter().collect(),
+            body: None,
+        };
+        s.case(client, up, "host-port", |s| {
+            let express_host = s.urls.express.trim_start_matches("http://").to_owned();
+            let internal_port = s.urls.internal.rsplit(':').next().unwrap().to_owned();
+            let mut details = Vec::new();
+            for (named, port) in [
+                (
+                    express_host.clone(),
+                    express_host.rsplit(':').next().unwrap().to_owned(),
+                ),
+                (EXPRESS_HOST.to_owned(), "80".to_owned()),
+            ] {
+                let op = public(&s.urls.internal, Some(format!("Host: {named}")));
+                let (v, saw) = s.run_seen(client, INTERNAL_HOST, &op)?;
+                let detail = expect_refused(&v, &saw, 403, "blocked", "builtin:host-check")?;
+                let body = body_json(&v)?;
+                let want =
+                    format!("Host names port {port}, on a connection to port {internal_port}");
+                check(body["reason"] == want.as_str(), || {
+                    format!("want the reason {want:?}, got {body}")
+                })?;
+                details.push(format!("Host: {named}: {detail}"));
+            }
+            // Controls: the same request to Express itself is acted on; the other service's
+            // own name is decided by its rules (none: the default).
+            let (v, saw) = s.run_seen(client, host, &public(&s.urls.express, None))?;
+            expect_acted(
+                &v,
+                &saw,
+                &json!({"file": "public.txt", "server": server}),
+                &json!({"method": "GET", "path": "/files/public.txt"}),
+            )?;
+            let (v, saw) = s.run_seen(client, INTERNAL_HOST, &public(&s.urls.internal, None))?;
+            expect_refused(&v, &saw, 403, "blocked", "default")?;
+            Ok(details.join("; "))
+        });
+    }
 }
 
 fn mcp_error<'a>(v: &'a Value, code: i64, rule: &str) -> Result<&'a Value, String> {
@@ -951,6 +1142,13 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         free_port(EXPRESS_IP),
         free_port(MCP_IP),
     );
+    // (Another port of Express's address than Express's own.)
+    let internal_addr = loop {
+        let p = free_port(EXPRESS_IP);
+        if p != ports.1 {
+            break SocketAddr::from((EXPRESS_IP, p));
+        }
+    };
     let addr = |ip: [u8; 4], port| SocketAddr::from((ip, port));
     let (fastapi_addr, express_addr, mcp_addr) = (
         addr(FASTAPI_IP, ports.0),
@@ -982,6 +1180,16 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         &mut py(&["mcp", &ip(mcp_addr), &port(mcp_addr), MCP_HOST]),
         mcp_addr,
     );
+    let _internal = serve(
+        "internal FastAPI",
+        &mut py(&[
+            "fastapi",
+            &ip(internal_addr),
+            &port(internal_addr),
+            "internal",
+        ]),
+        internal_addr,
+    );
 
     // An agent per client: its own throttle buckets, its own approvals.
     let parent = TestCgroup::new("compat");
@@ -1005,7 +1213,9 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
              \x20 - {{ id: repo-update-{fw}, http: {{ host: {host}, method: POST, path: '/v1/repos/*' }}, verdict: allow, reason: Agents update repositories. }}\n\
              \x20 - {{ id: repo-delete-{fw}, http: {{ host: {host}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n\
              \x20 - {{ id: public-file-{fw}, http: {{ host: {host}, method: GET, path: /files/public.txt }}, verdict: allow, reason: The public file. }}\n\
-             \x20 - {{ id: other-files-{fw}, http: {{ host: {host}, path: '/files/*' }}, verdict: block, reason: Only the public file. }}\n"
+             \x20 - {{ id: other-files-{fw}, http: {{ host: {host}, path: '/files/*' }}, verdict: block, reason: Only the public file. }}\n\
+             \x20 - {{ id: exports-{fw}, http: {{ host: {host}, path: '/v1/export/*' }}, verdict: allow, reason: Reports are exported. }}\n\
+             \x20 - {{ id: export-full-{fw}, http: {{ host: {host}, method: GET, path: /v1/export/full }}, verdict: block, reason: No full exports. }}\n"
         ));
     }
     rules.push_str(&format!(
@@ -1032,6 +1242,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         format!("{FASTAPI_HOST}={}", fastapi_addr.ip()),
         format!("{EXPRESS_HOST}={}", express_addr.ip()),
         format!("{MCP_HOST}={}", mcp_addr.ip()),
+        format!("{INTERNAL_HOST}={}", internal_addr.ip()),
     ];
     let (daemon, _) = start_daemon(
         &[
@@ -1047,9 +1258,17 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             &hosts[1],
             "--proxy-host",
             &hosts[2],
+            "--proxy-host",
+            &hosts[3],
         ],
         &policy_dir,
     );
+    let bodies = std::env::temp_dir().join(format!(
+        "governance-test-compat-bodies-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&bodies);
+    std::fs::create_dir_all(&bodies).unwrap();
     let mut s = Suite {
         python,
         node_modules,
@@ -1057,20 +1276,23 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             (FASTAPI_HOST, fastapi_addr),
             (EXPRESS_HOST, express_addr),
             (MCP_HOST, mcp_addr),
+            (INTERNAL_HOST, internal_addr),
         ],
         urls: Urls {
             fastapi: format!("http://{FASTAPI_HOST}:{}", ports.0),
             express: format!("http://{EXPRESS_HOST}:{}", ports.1),
+            internal: format!("http://{INTERNAL_HOST}:{}", internal_addr.port()),
             mcp_port: ports.2,
         },
         agents,
         daemon,
+        bodies,
         passed: 0,
         failed: 0,
     };
     println!(
-        "compat: upstreams FastAPI {fastapi_addr}, Express {express_addr}, MCP SDK {mcp_addr}; \
-         {} clients, each in its own agent",
+        "compat: upstreams FastAPI {fastapi_addr}, Express {express_addr}, MCP SDK {mcp_addr}, \
+         internal FastAPI {internal_addr}; {} clients, each in its own agent",
         HTTP_CLIENTS.len() + MCP_CLIENTS.len()
     );
 
@@ -1141,6 +1363,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         started.elapsed()
     );
     let failed = s.failed;
+    let _ = std::fs::remove_dir_all(&s.bodies);
     stop_daemon(s.daemon);
     let _ = std::fs::remove_dir_all(&policy_dir);
     assert_eq!(failed, 0, "{failed} compatibility cases failed (see above)");

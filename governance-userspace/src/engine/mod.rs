@@ -384,8 +384,7 @@ impl Engine {
                     && rule.verdict == Verdict::Allow
                     && h.path.is_some()
                     && h.host.matches(host)
-                    && (h.methods.is_empty()
-                        || h.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                    && h.covers_method(method)
                     && path_matches(h.path.as_deref(), &folded)
                     && !path_matches(h.path_exact.as_deref(), exact)
             })
@@ -433,8 +432,7 @@ impl Engine {
             };
             if rule.mode != Mode::Enforce
                 || !h.host.matches(host)
-                || !(h.methods.is_empty()
-                    || h.methods.iter().any(|m| m.eq_ignore_ascii_case(method)))
+                || !h.covers_method(method)
                 || !path_matches(h.path.as_deref(), &path)
             {
                 continue;
@@ -775,10 +773,7 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
             // before: `Engine::allowed_in_another_case`.)
             let allows = rule.verdict == Verdict::Allow;
             h.host.matches(&req.host)
-                && (h.methods.is_empty()
-                    || h.methods
-                        .iter()
-                        .any(|m| m.eq_ignore_ascii_case(&req.method)))
+                && h.covers_method(&req.method)
                 && path_matches(h.path.as_deref(), path)
                 && h.headers.iter().all(|(name, value)| {
                     req.headers

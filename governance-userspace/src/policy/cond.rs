@@ -324,7 +324,11 @@ impl Condition {
                 (_, Value::String(s)) => {
                     // The condition reads into a string: nothing on the string itself, but
                     // perhaps something on the JSON it holds.
-                    let parsed = json_text(s)?;
+                    let parsed = match json_text(s) {
+                        JsonText::No => return None,
+                        JsonText::Yes(v) => v,
+                        JsonText::Unreadable => return Some(self.unreadable_json_text()),
+                    };
                     let holds = walk(&self.path[i..], &parsed).is_some_and(|x| self.test(x));
                     return holds.then(|| {
                         format!(
@@ -340,7 +344,11 @@ impl Condition {
         let Value::String(s) = v else {
             return None;
         };
-        let parsed = json_text(s)?;
+        let parsed = match json_text(s) {
+            JsonText::No => return None,
+            JsonText::Yes(v) => v,
+            JsonText::Unreadable => return Some(self.unreadable_json_text()),
+        };
         (self.test(v) != self.test(&parsed)).then(|| {
             format!(
                 "`{}` is a string that holds JSON ({}), which the MCP SDK parses before the tool reads it, and the rule answers differently on the two",
@@ -348,6 +356,13 @@ impl Condition {
                 kind_name(&parsed)
             )
         })
+    }
+
+    fn unreadable_json_text(&self) -> String {
+        format!(
+            "`{}` reads a string holding text that the MCP SDK may parse as JSON (NaN, Infinity, an out-of-range number, a lone surrogate, deep nesting) and the proxy cannot",
+            self.path()
+        )
     }
 
     /// Whether the condition compares the value with a number (`> 100`, `in [1, 2]`).
@@ -656,15 +671,37 @@ fn lowercase_strings(v: &Value) -> Value {
 }
 
 /// What the MCP Python SDK makes of a string argument before a tool whose parameter is not a
-/// `str` reads it: the object, array, boolean or null it spells as JSON (a number or string it
-/// spells stays the string). None: it stays a string for every parameter.
-fn json_text(s: &str) -> Option<Value> {
-    if !s.trim_start().starts_with(['{', '[', 't', 'f', 'n']) {
-        return None;
+/// `str` reads it (`json.loads`, keeping what is not a number or a string).
+enum JsonText {
+    /// It stays a string for every parameter.
+    No,
+    /// The object, array, boolean or null it spells as JSON.
+    Yes(Value),
+    /// Text that Python's `json` may parse and the proxy's strict parser does not: `NaN` and
+    /// `Infinity`, a number beyond a double's range, a lone surrogate escape, nesting deeper
+    /// than the parser's limit. Whole-value text only (an object or array from end to end,
+    /// as `json.loads` needs), so prose that starts with a bracket stays a string.
+    Unreadable,
+}
+
+fn json_text(s: &str) -> JsonText {
+    // JSON's (and Python's `json`'s) whitespace, no other.
+    let t = s.trim_matches([' ', '\t', '\n', '\r']);
+    if !t.starts_with(['{', '[', 't', 'f', 'n']) {
+        return JsonText::No;
     }
-    match serde_json::from_str::<Value>(s) {
-        Ok(v @ (Value::Object(_) | Value::Array(_) | Value::Bool(_) | Value::Null)) => Some(v),
-        _ => None,
+    match serde_json::from_str::<Value>(t) {
+        Ok(v @ (Value::Object(_) | Value::Array(_) | Value::Bool(_) | Value::Null)) => {
+            JsonText::Yes(v)
+        }
+        Ok(_) => JsonText::No,
+        Err(_)
+            if (t.starts_with('{') && t.ends_with('}'))
+                || (t.starts_with('[') && t.ends_with(']')) =>
+        {
+            JsonText::Unreadable
+        }
+        Err(_) => JsonText::No,
     }
 }
 
@@ -816,6 +853,82 @@ mod tests {
         assert_eq!(c("$.amount > 100").ambiguity(&json!({})), None);
         assert_eq!(
             c(r#"$.tags contains "x""#).ambiguity(&json!({"tags": ["x"]})),
+            None
+        );
+    }
+
+    /// What the MCP Python SDK's `json.loads` makes of a string argument: JSON it spells (an
+    /// object, array, boolean or null), a string still (numbers, strings, prose), or text that
+    /// Python reads and serde_json does not, from end to end an object or array.
+    #[test]
+    fn json_text_reads_what_python_reads_and_names_what_it_cannot() {
+        let yes = |s: &str| match json_text(s) {
+            JsonText::Yes(v) => v,
+            JsonText::No => panic!("{s:?}: read as a string"),
+            JsonText::Unreadable => panic!("{s:?}: unreadable"),
+        };
+        assert_eq!(yes(r#"{"a": 1}"#), json!({"a": 1}));
+        assert_eq!(yes(" \t[1, 2]\r\n"), json!([1, 2]));
+        assert_eq!(yes("true"), json!(true));
+        assert_eq!(yes("null"), json!(null));
+        for s in [
+            "5",
+            "1e400",
+            r#""x""#,
+            "NaN",
+            "Infinity",
+            "nope",
+            "",
+            "[WIP] fix",
+            "{draft} reply",
+            "[1] and [2",
+            "\u{a0}[1]",
+            "\u{feff}[1]",
+        ] {
+            assert!(matches!(json_text(s), JsonText::No), "{s:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for s in [
+            r#"{"a": NaN}"#,
+            "[Infinity]",
+            "[-Infinity]",
+            r#"{"a": 1e400}"#,
+            r#"["\ud800"]"#,
+            r#"{"a": "\udc00x"}"#,
+            " {\"a\": NaN}\n",
+            &deep,
+        ] {
+            assert!(matches!(json_text(s), JsonText::Unreadable), "{s:?}");
+        }
+    }
+
+    /// A condition reading text it cannot parse is ambiguous; one reading prose is not
+    /// (the red team's round 2 arguments).
+    #[test]
+    fn unreadable_json_text_is_ambiguous_where_a_condition_reads_it() {
+        let amount = c("$.payment.amount > 1000");
+        let why = amount
+            .json_text_ambiguity(&json!({"payment": r#"{"amount": 5000, "to": "x", "pad": NaN}"#}))
+            .expect("NaN text is ambiguous");
+        assert!(why.contains("`$.payment.amount`"), "{why}");
+        let ceo = c(r#"$.recipients contains "ceo@corp.example""#);
+        assert!(
+            ceo.json_text_ambiguity(
+                &json!({"recipients": r#"["ceo@corp.exampl\u0065", "\ud800"]"#})
+            )
+            .is_some()
+        );
+        // Controls.
+        assert_eq!(
+            amount.json_text_ambiguity(&json!({"payment": r#"{"amount": 5}"#})),
+            None
+        );
+        assert_eq!(
+            amount.json_text_ambiguity(&json!({"payment": {"amount": 5}, "memo": "[NaN]"})),
+            None
+        );
+        assert_eq!(
+            ceo.json_text_ambiguity(&json!({"recipients": "[WIP] fix"})),
             None
         );
     }

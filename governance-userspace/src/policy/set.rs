@@ -176,6 +176,20 @@ pub struct HttpMatcher {
     pub mcp: Option<(String, Vec<Condition>)>,
 }
 
+impl HttpMatcher {
+    /// Whether the rule covers a request's `method`: it names none, or names it in any case. A
+    /// rule naming `GET` covers `HEAD` too: Express, Starlette, Flask, Rails and Django run a
+    /// GET route's handler for a HEAD (and drop the body of its answer), so the action is the
+    /// GET's.
+    pub fn covers_method(&self, method: &str) -> bool {
+        self.methods.is_empty()
+            || self.methods.iter().any(|m| {
+                m.eq_ignore_ascii_case(method)
+                    || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+            })
+    }
+}
+
 /// The Unix socket a `unix` rule is about.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UnixTarget {

@@ -201,7 +201,7 @@ pub fn evaluate(
         && let Some(bytes) = body
         && engine.names_methods(view, &head.host)
     {
-        body_method_override(head, headers, bytes)?;
+        body_method_override(head, headers, bytes, limit)?;
     }
     // A body is only looked at when a rule of the host could read it (as the proxy reads it).
     let needs_body = engine.needs_body(view, &head.host);
@@ -312,9 +312,16 @@ const OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// An override header naming another method, under any name a server reads as one of
+/// [`OVERRIDE_HEADERS`] (CGI and WSGI servers read `_` as `-`: `X_HTTP_Method_Override`).
 fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
-    for name in OVERRIDE_HEADERS {
-        for v in headers.get_all(name) {
+    for (name, v) in headers {
+        let name = name.as_str();
+        if !(name.starts_with("x-") || name.starts_with("x_")) {
+            continue;
+        }
+        let dashed = name.replace('_', "-");
+        if OVERRIDE_HEADERS.contains(&dashed.as_str()) {
             let v = String::from_utf8_lossy(v.as_bytes());
             if !v.trim().eq_ignore_ascii_case(&head.method) {
                 return Err(Refused::MethodOverride(format!("{name}: {}", v.trim())));
@@ -337,17 +344,29 @@ fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
 
 /// A `_method` in a POST's body naming another method: Rack's `MethodOverride` (Rails) reads
 /// it from form bodies, Laravel from form and JSON input, Express's `method-override` wherever
-/// the application's getter says. Checked in form bodies (its pairs), JSON objects (a top-level
-/// member) and, when the body names `_method` at all, refused in any other body (multipart,
-/// text), which the proxy does not parse.
-fn body_method_override(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Refused> {
-    let names = |needle: &[u8]| {
-        bytes
-            .windows(needle.len())
-            .any(|w| w.eq_ignore_ascii_case(needle))
-    };
-    if !(names(b"_method") || names(b"%5fmethod")) {
-        return Ok(());
+/// the application's getter says. The body is read as those frameworks read it: its content
+/// coding undone (Express inflates gzip and deflate; a coding the proxy cannot undo is
+/// refused, and so is a charset that is not ASCII-compatible), a form's pairs percent-decoded, a JSON object's members with their escapes
+/// decoded. In any other body (multipart, text), which the proxy does not parse, a `_method`
+/// in any spelling a parser could decode is refused ([`names_method_field`]).
+fn body_method_override(
+    head: &Head,
+    headers: &HeaderMap,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(), Refused> {
+    let bytes = decoded(headers, bytes, limit)?;
+    // Text in another encoding (Express reads JSON in UTF-16 and UTF-32) would hide the name
+    // from the byte-wise reads below: only ASCII-compatible charsets are read.
+    if let Some(c) = single(headers, header::CONTENT_TYPE, "Content-Type")?
+        .map(|v| MediaType::parse(&v))
+        .transpose()?
+        .and_then(|m| m.charset)
+        && !["utf-8", "utf8", "us-ascii", "iso-8859-1", "latin1"]
+            .iter()
+            .any(|ok| c.eq_ignore_ascii_case(ok))
+    {
+        return Err(Refused::Charset(c));
     }
     let overrides = |value: &str| !value.trim().eq_ignore_ascii_case(&head.method);
     let refused =
@@ -360,7 +379,7 @@ fn body_method_override(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Resul
                 .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         });
-    if form && let Ok(text) = std::str::from_utf8(bytes) {
+    if form && let Ok(text) = std::str::from_utf8(&bytes) {
         return match query_pairs(text)
             .find(|(k, v)| k.eq_ignore_ascii_case("_method") && overrides(v))
         {
@@ -368,21 +387,72 @@ fn body_method_override(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Resul
             None => Ok(()),
         };
     }
-    if let Ok(Value::Object(map)) = parse_json(bytes) {
-        for (k, v) in &map {
-            if k.eq_ignore_ascii_case("_method") {
-                match v.as_str() {
-                    Some(m) if !overrides(m) => {}
-                    Some(m) => return Err(refused(m)),
-                    None => return Err(refused(&v.to_string())),
+    match parse_json(&bytes) {
+        Ok(Value::Object(map)) => {
+            for (k, v) in &map {
+                if k.eq_ignore_ascii_case("_method") {
+                    match v.as_str() {
+                        Some(m) if !overrides(m) => {}
+                        Some(m) => return Err(refused(m)),
+                        None => return Err(refused(&v.to_string())),
+                    }
                 }
             }
+            Ok(())
         }
-        return Ok(());
+        // Other JSON has no members a framework reads as the method.
+        Ok(_) => Ok(()),
+        Err(_) if names_method_field(&bytes) => Err(Refused::MethodOverride(
+            "`_method` in a body the proxy does not parse".into(),
+        )),
+        Err(_) => Ok(()),
     }
-    Err(Refused::MethodOverride(
-        "`_method` in a body the proxy does not parse".into(),
-    ))
+}
+
+/// Whether a body the proxy does not parse could name a `_method` field to a parser that
+/// does: `_method` in any case once percent escapes (RFC 2231's `name*=UTF-8''%5Fmethod` of a
+/// multipart part), JSON's `\u` escapes (JSON the proxy's strict parser refuses and
+/// JavaScript's accepts: `{"\u005fmethod": "DELETE", "x": "\ud800"}`) and backslash escapes
+/// (a quoted `name="\_method"`) are undone; or a multipart part's name in a form the proxy
+/// does not decode (RFC 2231 continuations `name*0=`, RFC 2047 encoded words `=?`).
+fn names_method_field(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let plain: String = json_unescaped(&decode_component(&text))
+        .chars()
+        .filter(|&c| c != '\\')
+        .flat_map(char::to_lowercase)
+        .collect();
+    if plain.contains("_method") {
+        return true;
+    }
+    plain.lines().any(|l| {
+        l.trim_start().starts_with("content-disposition:") && (l.contains("*0") || l.contains("=?"))
+    })
+}
+
+/// `text` with each `\uXXXX` escape replaced by its character (U+FFFD for a surrogate), the
+/// rest as it is.
+fn json_unescaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\\u") {
+        out.push_str(&rest[..at]);
+        let hex = rest
+            .get(at + 2..at + 6)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match hex.and_then(|h| u32::from_str_radix(h, 16).ok()) {
+            Some(code) => {
+                out.push(char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER));
+                rest = &rest[at + 6..];
+            }
+            None => {
+                out.push_str("\\u");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A query string's (name, value) pairs, percent-decoded (`+` is a space), split on `&` and
@@ -440,11 +510,25 @@ fn query_fields(head: &Head, route: &BodyRoute<'_>) -> Result<(), Refused> {
     Ok(())
 }
 
-/// A request body's content coding.
-enum Coding {
-    Identity,
-    Gzip,
-    Deflate,
+/// A request body with its content coding (`Content-Encoding`) undone, at most `limit` bytes
+/// and `MAX_RATIO` times its coded size; a coding other than gzip and deflate is refused.
+fn decoded<'a>(
+    headers: &HeaderMap,
+    bytes: &'a [u8],
+    limit: usize,
+) -> Result<std::borrow::Cow<'a, [u8]>, Refused> {
+    let coding = single(headers, header::CONTENT_ENCODING, "Content-Encoding")?;
+    let coding = coding.as_deref().map(str::trim).unwrap_or("");
+    let cap = limit.min(bytes.len().saturating_mul(MAX_RATIO));
+    Ok(match coding.to_ascii_lowercase().as_str() {
+        _ if bytes.is_empty() => bytes.into(),
+        "" | "identity" => bytes.into(),
+        "gzip" | "x-gzip" => gunzip(bytes, cap)?.into(),
+        "deflate" => inflate(bytes, miniz_oxide::DataFormat::Zlib, cap, "deflate")?
+            .0
+            .into(),
+        _ => return Err(Refused::Encoding(coding.to_owned())),
+    })
 }
 
 /// The one value of a header, if any; two → refused.
@@ -505,15 +589,6 @@ const MAX_RATIO: usize = 100;
 
 /// The JSON a body certainly is, or None for an empty one; see the module documentation.
 fn read_json(headers: &HeaderMap, bytes: &[u8], limit: usize) -> Result<Option<Value>, Refused> {
-    let coding = match single(headers, header::CONTENT_ENCODING, "Content-Encoding")? {
-        None => Coding::Identity,
-        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "" | "identity" => Coding::Identity,
-            "gzip" | "x-gzip" => Coding::Gzip,
-            "deflate" => Coding::Deflate,
-            _ => return Err(Refused::Encoding(v.trim().to_owned())),
-        },
-    };
     let media = single(headers, header::CONTENT_TYPE, "Content-Type")?
         .map(|v| MediaType::parse(&v))
         .transpose()?;
@@ -525,19 +600,8 @@ fn read_json(headers: &HeaderMap, bytes: &[u8], limit: usize) -> Result<Option<V
     if bytes.is_empty() {
         return Ok(None);
     }
-    let cap = limit.min(bytes.len().saturating_mul(MAX_RATIO));
-    let decoded;
-    let bytes = match coding {
-        Coding::Identity => bytes,
-        Coding::Gzip => {
-            decoded = gunzip(bytes, cap)?;
-            &decoded[..]
-        }
-        Coding::Deflate => {
-            decoded = inflate(bytes, miniz_oxide::DataFormat::Zlib, cap, "deflate")?.0;
-            &decoded[..]
-        }
-    };
+    let bytes = decoded(headers, bytes, limit)?;
+    let bytes = &bytes[..];
     if bytes.is_empty() {
         return Ok(None);
     }

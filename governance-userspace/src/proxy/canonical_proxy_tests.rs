@@ -292,8 +292,13 @@ async fn the_decision_api_and_the_proxy_agree_on_hostile_inputs() {
     let refunds = h.agent("agents/refund-c2", None, Some(up.addr));
     let searcher = h.agent("agents/r-c2", Some("research-agent"), Some(up.addr));
     let json = ("content-type", "application/json");
-    let pay = "api.payments.example";
-    let mcp = "mcp.search.example";
+    // The agents' connections go to the upstream's port, which their Hosts (and the URLs the
+    // decision API is asked about) name.
+    let (pay, mcp) = (
+        format!("api.payments.example:{}", up.addr.port()),
+        format!("mcp.search.example:{}", up.addr.port()),
+    );
+    let (pay, mcp) = (pay.as_str(), mcp.as_str());
     let call = |tool: &str, method: &str| {
         format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"name":"{tool}","arguments":{{"url":"http://x"}}}}}}"#
@@ -570,15 +575,25 @@ async fn framing_tricks_are_refused_on_any_request_of_a_connection() {
     let up = upstream("payments").await;
     let h = start(config(), examples(), Limits::default()).await;
     let me = h.agent("agents/refund-c3", None, Some(up.addr));
-    let ok = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{\"amount\": 50}";
-    let get = "GET /v1/x HTTP/1.1\r\nHost: api.payments.example\r\n\r\n";
-    let smuggle = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-    let two_cl = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 14\r\nContent-Length: 14\r\n\r\n{\"amount\": 50}";
-    let cl_list = "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nContent-Length: 14, 14\r\n\r\n{\"amount\": 50}";
+    // The Host names the port the connection goes to.
+    let host = format!("api.payments.example:{}", up.addr.port());
+    let ok = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 14\r\n\r\n{{\"amount\": 50}}"
+    );
+    let get = format!("GET /v1/x HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let smuggle = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    let two_cl = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: {host}\r\nContent-Length: 14\r\nContent-Length: 14\r\n\r\n{{\"amount\": 50}}"
+    );
+    let cl_list = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: {host}\r\nContent-Length: 14, 14\r\n\r\n{{\"amount\": 50}}"
+    );
     for (what, second) in [
-        ("CL+TE", smuggle),
-        ("two equal Content-Lengths", two_cl),
-        ("a Content-Length list", cl_list),
+        ("CL+TE", &smuggle),
+        ("two equal Content-Lengths", &two_cl),
+        ("a Content-Length list", &cl_list),
     ] {
         // The second request of a keep-alive connection, after an answered first one.
         let mut s = h.connect(me).await;
@@ -701,5 +716,351 @@ rules:
     let seen = up.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["body"], "name=x");
+    h.assert_no_panics();
+}
+
+/// Method overrides the red team got past (round 2), through the proxy's socket: a `_method`
+/// the body spells with percent or `\u` escapes, or under a gzip or deflate coding, and
+/// override headers spelled with `_`. Refused and never sent; the same requests without an
+/// override are forwarded as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encoded_method_overrides_are_refused_and_never_sent() {
+    let up = upstream("payments").await;
+    let policy = parse(
+        r#"
+name: repos
+agents: { cgroup: agents/repos-2 }
+rules:
+  - id: no-repo-delete
+    http: { host: api.payments.example, method: DELETE, path: "/v1/repos/*" }
+    verdict: block
+    reason: agents never delete repos
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/repos-2", None, Some(up.addr));
+    let host = ("host", "api.payments.example");
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let json = ("content-type", "application/json");
+    let gz = ("content-encoding", "gzip");
+    let deflate = ("content-encoding", "deflate");
+    // (what, headers besides the Host, body, the status the proxy answers)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, &'a str);
+    let cases: Vec<Case<'_>> = vec![
+        ("control", vec![form], b"name=x".to_vec(), "200 "),
+        (
+            "form, escaped letter",
+            vec![form],
+            b"_%6Dethod=DELETE".to_vec(),
+            "400 ",
+        ),
+        (
+            "form, escaped",
+            vec![form],
+            b"%5F%6Dethod=DELETE".to_vec(),
+            "400 ",
+        ),
+        (
+            "JSON, escaped `_`",
+            vec![json],
+            br#"{"\u005fmethod":"DELETE"}"#.to_vec(),
+            "400 ",
+        ),
+        (
+            "JSON, escaped `m`",
+            vec![json],
+            br#"{"_\u006dethod":"DELETE"}"#.to_vec(),
+            "400 ",
+        ),
+        ("gzip form", vec![form, gz], gzip(b"_method=DELETE"), "400 "),
+        (
+            "deflate JSON",
+            vec![json, deflate],
+            zlib(br#"{"_method":"DELETE"}"#),
+            "400 ",
+        ),
+        (
+            "X_HTTP_Method_Override",
+            vec![form, ("X_HTTP_Method_Override", "DELETE")],
+            b"name=x".to_vec(),
+            "400 ",
+        ),
+        (
+            "X-HTTP_Method-Override",
+            vec![form, ("X-HTTP_Method-Override", "DELETE")],
+            b"name=x".to_vec(),
+            "400 ",
+        ),
+        ("gzip control", vec![form, gz], gzip(b"name=y"), "200 "),
+    ];
+    for (what, headers, body, status) in cases {
+        let mut all = vec![host];
+        all.extend(headers);
+        let answer = h.raw(me, &raw("POST", "/v1/repos/prod", &all, &body)).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{what}: {answer}"
+        );
+        if status == "400 " {
+            assert!(answer.contains("builtin:request"), "{what}: {answer}");
+        }
+    }
+    // Only the controls reached the upstream, the coded one as it was sent.
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0]["body"], "name=x");
+    assert_eq!(seen[1]["headers"]["content-encoding"], "gzip");
+    assert!(seen.iter().all(|s| s["method"] == "POST"), "{seen:?}");
+    h.assert_no_panics();
+}
+
+/// A HEAD runs a GET route's handler: a rule blocking GET on a path blocks HEAD there too;
+/// a HEAD elsewhere is forwarded as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_decided_by_the_get_rules_of_its_path() {
+    let up = upstream("reports").await;
+    let policy = parse(
+        r#"
+name: heads
+agents: { cgroup: agents/heads }
+rules:
+  - id: no-export
+    http: { host: api.payments.example, method: GET, path: /v1/export }
+    verdict: block
+    reason: no bulk exports
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/heads", None, Some(up.addr));
+    let host = ("host", "api.payments.example");
+    for (method, path, status) in [
+        ("GET", "/v1/export", "403 "),
+        ("HEAD", "/v1/export", "403 "),
+        ("HEAD", "/v1/balance", "200 "),
+        ("GET", "/v1/balance", "200 "),
+    ] {
+        let answer = h.raw(me, &raw(method, path, &[host], b"")).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{method} {path}: {answer}"
+        );
+        if status == "403 " {
+            let rec = h.last_record(|r| r.kind == "http");
+            assert_eq!(
+                (rec.object.method.as_str(), rec.rule.as_str()),
+                (method, "heads/no-export")
+            );
+        }
+    }
+    let seen = up.seen.lock().unwrap().clone();
+    let seen: Vec<(&str, &str)> = seen
+        .iter()
+        .map(|s| (s["method"].as_str().unwrap(), s["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [("HEAD", "/v1/balance"), ("GET", "/v1/balance")]);
+    h.assert_no_panics();
+}
+
+/// MCP arguments holding JSON text that the SDK's `json.loads` reads and the proxy's parser
+/// does not (NaN, a lone surrogate): refused where a rule's condition reads them, with a
+/// JSON-RPC error; prose that starts with a bracket, and readable text, are decided as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_arguments_holding_json_text_the_proxy_cannot_read_are_refused() {
+    let up = upstream("mcp").await;
+    let policy = parse(
+        r#"
+name: texts
+agents: { cgroup: agents/texts }
+rules:
+  - id: big-transfer
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: transfer, arguments: ['$.payment.amount > 1000'] } }
+    verdict: block
+    reason: no big transfers
+  - id: no-ceo
+    http: { host: mcp.search.example, path: /mcp, mcp: { tool: notify, arguments: ['$.recipients contains "ceo@corp.example"'] } }
+    verdict: block
+    reason: never mail the CEO
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/texts", None, Some(up.addr));
+    for (tool, arguments) in [
+        (
+            "transfer",
+            json!({"payment": r#"{"amount": 5000, "to": "x", "pad": NaN}"#}),
+        ),
+        (
+            "transfer",
+            json!({"payment": r#"{"amount": 5000, "pad": 1e400}"#}),
+        ),
+        (
+            "notify",
+            json!({"recipients": r#"["ceo@corp.exampl\u0065", "\ud800"]"#}),
+        ),
+    ] {
+        let r = h.send(me, tool_call(1, tool, arguments.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{arguments}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], -32600, "{arguments}: {}", r.body);
+        assert_eq!(
+            r.body["error"]["data"]["rule"], "builtin:body",
+            "{}",
+            r.body
+        );
+    }
+    assert!(up.seen.lock().unwrap().is_empty());
+    // Controls: the object itself is decided by the rule; prose and small amounts pass.
+    let r = h
+        .send(
+            me,
+            tool_call(2, "transfer", json!({"payment": {"amount": 5000}})),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["data"]["rule"], "texts/big-transfer",
+        "{}",
+        r.body
+    );
+    for (tool, arguments) in [
+        ("notify", json!({"recipients": "[WIP] fix"})),
+        ("transfer", json!({"payment": r#"{"amount": 5}"#})),
+    ] {
+        let r = h.send(me, tool_call(3, tool, arguments.clone())).await;
+        assert_eq!(r.body["upstream"], "mcp", "{arguments}: {}", r.body);
+    }
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+    h.assert_no_panics();
+}
+
+const PORTS_POLICY: &str = r#"
+name: ports
+agents: { cgroup: agents/ports-* }
+defaults: { http: block }
+rules:
+  - { id: payments, http: { host: api.payments.example }, verdict: allow, reason: the payments API }
+  - { id: tunnels, http: { host: api.payments.example, method: CONNECT }, verdict: allow, reason: tunnels }
+"#;
+
+/// Two services on one address, each on its own port: a request whose Host names one of them
+/// (by its port, or by none: 80) on a connection to the other is refused by the host check,
+/// not decided by the named service's rules (red team round 2). In transparent mode, h2c and
+/// CONNECT tunnels alike; a Host naming the port the connection goes to is decided as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_naming_another_port_is_refused() {
+    let payments = upstream("payments").await;
+    let other = upstream("other").await;
+    let h = start(config(), parse(PORTS_POLICY), Limits::default()).await;
+    let (pay_port, other_port) = (payments.addr.port(), other.addr.port());
+    // The agent's connections go to the other service.
+    let me = h.agent("agents/ports-1", None, Some(other.addr));
+    let get = |host: &str| {
+        format!("GET /v1/balance HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+    };
+    for (host, named) in [
+        (format!("api.payments.example:{pay_port}"), pay_port),
+        ("api.payments.example".to_owned(), 80),
+        ("api.payments.example:80".to_owned(), 80),
+        (format!("API.payments.example.:{pay_port}"), pay_port),
+    ] {
+        // (The harness's `raw` adds the destination's port to a Host without one.)
+        let mut s = h.connect(me).await;
+        s.write_all(get(&host).as_bytes()).await.unwrap();
+        let r = read_all(&mut s, Duration::from_secs(10)).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{host}: {r}");
+        assert!(r.contains("builtin:host-check"), "{host}: {r}");
+        assert!(
+            r.contains(&format!(
+                "Host names port {named}, on a connection to port {other_port}"
+            )),
+            "{host}: {r}"
+        );
+    }
+    // h2c: the :authority's port.
+    let stream = h.connect(me).await;
+    let (mut tx, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for (authority, status) in [
+        (
+            format!("api.payments.example:{pay_port}"),
+            StatusCode::FORBIDDEN,
+        ),
+        ("api.payments.example".to_owned(), StatusCode::FORBIDDEN),
+        (format!("api.payments.example:{other_port}"), StatusCode::OK),
+    ] {
+        tx.ready().await.unwrap();
+        let req = Request::get(format!("http://{authority}/v1/balance"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let r = Reply::read(tx.send_request(req).await.unwrap()).await;
+        assert_eq!(r.status, status, "h2c {authority}: {}", r.body);
+    }
+    assert!(payments.seen.lock().unwrap().is_empty());
+    assert_eq!(other.seen.lock().unwrap().len(), 1, "the h2c control");
+
+    // Control: a Host naming the port the connection goes to is decided by its rules.
+    let r = h
+        .raw(
+            me,
+            get(&format!("api.payments.example:{other_port}")).as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = h
+        .raw(
+            me,
+            get(&format!("mcp.search.example:{other_port}")).as_bytes(),
+        )
+        .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("\"rule\":\"default\""),
+        "{r}"
+    );
+    let direct = h.agent("agents/ports-2", None, Some(payments.addr));
+    let r = h
+        .raw(
+            direct,
+            get(&format!("api.payments.example:{pay_port}")).as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(payments.seen.lock().unwrap().len(), 1);
+
+    // Inside a CONNECT tunnel: the tunnel's port (80 for a Host without one).
+    let explicit = h.agent("agents/ports-3", None, None);
+    let mut s = h.connect(explicit).await;
+    s.write_all(
+        format!("CONNECT api.payments.example:{pay_port} HTTP/1.1\r\nHost: api.payments.example:{pay_port}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let connected = read_response(&mut s).await;
+    assert!(connected.starts_with("HTTP/1.1 200"), "{connected}");
+    s.write_all(b"GET /v1/balance HTTP/1.1\r\nHost: api.payments.example\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(
+        r.contains(&format!(
+            "Host names port 80, on a connection to port {pay_port}"
+        )),
+        "{r}"
+    );
+    let mut s = tunnel(&h, explicit, &format!("api.payments.example:{pay_port}")).await;
+    s.write_all(
+        format!("GET /v1/balance HTTP/1.1\r\nHost: api.payments.example:{pay_port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let r = read_all(&mut s, Duration::from_secs(10)).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(payments.seen.lock().unwrap().len(), 2);
+    assert_eq!(other.seen.lock().unwrap().len(), 2);
     h.assert_no_panics();
 }

@@ -563,6 +563,14 @@ rules:
     http: { host: mcp.example, path: /mcp, mcp: { tool: sql, arguments: ['$.query contains "drop table"', '$.db in ["prod"]'] } }
     verdict: block
     reason: no drops in prod
+  - id: no-export
+    http: { host: reports.example, method: GET, path: /v1/export }
+    verdict: block
+    reason: no bulk exports
+  - id: no-probe
+    http: { host: reports.example, method: HEAD, path: /v1/probe }
+    verdict: block
+    reason: not probed
 "#;
 
 fn found(
@@ -820,6 +828,316 @@ fn method_overrides_in_bodies_are_refused() {
     ] {
         assert_eq!(post(ctype, body), "allow default", "{body}");
     }
+}
+
+/// A `_method` in a POST's body is found however the framework decodes it (red team round 2):
+/// a form's percent-escapes, a JSON member's `\u` escapes, a gzip or deflate content coding;
+/// in a body the proxy does not parse, escaped spellings and multipart names it cannot decode.
+#[test]
+fn method_overrides_in_bodies_are_found_in_any_spelling_and_coding() {
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        let mut all = vec![("host", "api.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", "/v1/repos/prod", &all, body))
+    };
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let multipart = ("content-type", "multipart/form-data; boundary=b");
+    let text = ("content-type", "text/plain");
+    let gz = ("content-encoding", "gzip");
+    let deflate = ("content-encoding", "deflate");
+    let part = |disposition: &str| {
+        format!("--b\r\nContent-Disposition: form-data; {disposition}\r\n\r\nDELETE\r\n--b--\r\n")
+            .into_bytes()
+    };
+    for (what, headers, body) in [
+        (
+            "form, an escaped letter",
+            vec![form],
+            b"_%6Dethod=DELETE".to_vec(),
+        ),
+        (
+            "form, all escaped",
+            vec![form],
+            b"%5F%6D%65thod=DELETE".to_vec(),
+        ),
+        (
+            "form, escaped value",
+            vec![form],
+            b"name=x&_method=DEL%45TE".to_vec(),
+        ),
+        (
+            "JSON, escaped `_`",
+            vec![JSON],
+            br#"{"\u005fmethod":"DELETE"}"#.to_vec(),
+        ),
+        (
+            "JSON, escaped `m`",
+            vec![JSON],
+            br#"{"_\u006dethod":"DELETE"}"#.to_vec(),
+        ),
+        (
+            "JSON, escaped value",
+            vec![JSON],
+            br#"{"_method":"\u0044ELETE"}"#.to_vec(),
+        ),
+        ("gzip form", vec![form, gz], gzip(b"_method=DELETE")),
+        (
+            "gzip form, escaped",
+            vec![form, ("content-encoding", "GZIP")],
+            gzip(b"%5Fmethod=DELETE"),
+        ),
+        (
+            "x-gzip JSON",
+            vec![JSON, ("content-encoding", "x-gzip")],
+            gzip(br#"{"_method":"DELETE"}"#),
+        ),
+        ("deflate form", vec![form, deflate], zlib(b"_method=DELETE")),
+        (
+            "deflate JSON, escaped",
+            vec![JSON, deflate],
+            zlib(br#"{"\u005fmethod":"DELETE"}"#),
+        ),
+        (
+            "gzip multipart",
+            vec![multipart, gz],
+            gzip(&part("name=\"_method\"")),
+        ),
+        // JSON the proxy's strict parser refuses and JavaScript's `JSON.parse` reads (a
+        // repeated key, the last of which counts; a lone surrogate; a number past a double).
+        (
+            "JSON, escaped, repeated key",
+            vec![JSON],
+            br#"{"\u005fmethod":"POST","\u005fmethod":"DELETE"}"#.to_vec(),
+        ),
+        (
+            "JSON, escaped, lone surrogate",
+            vec![JSON],
+            br#"{"\u005fmethod":"DELETE","x":"\ud800"}"#.to_vec(),
+        ),
+        (
+            "JSON, escaped, 1e400",
+            vec![JSON],
+            br#"{"_\u006dethod":"DELETE","x":1e400}"#.to_vec(),
+        ),
+        ("text, escaped", vec![text], b"%5f%6dethod=DELETE".to_vec()),
+        (
+            "text, backslashes",
+            vec![text],
+            br"_\method=DELETE".to_vec(),
+        ),
+        (
+            "multipart, RFC 2231 name",
+            vec![multipart],
+            part("name*=UTF-8''%5Fmethod"),
+        ),
+        (
+            "multipart, RFC 2231 continuation",
+            vec![multipart],
+            part("name*0=\"_me\"; name*1=\"thod\""),
+        ),
+        (
+            "multipart, RFC 2047 word",
+            vec![multipart],
+            part("name=\"=?utf-8?q?=5Fmethod?=\""),
+        ),
+        (
+            "multipart, quoted-pair",
+            vec![multipart],
+            part("name=\"_\\m\\ethod\""),
+        ),
+    ] {
+        assert_eq!(
+            post(&headers, &body),
+            "refused 400 builtin:request",
+            "{what}"
+        );
+    }
+    // A coding the proxy cannot undo, or a corrupt one: refused, whatever the body says.
+    assert_eq!(
+        post(&[form, ("content-encoding", "br")], b"\x0b\x02\x80"),
+        "refused 415 builtin:body"
+    );
+    assert_eq!(
+        post(&[form, gz], b"_method=DELETE"),
+        "refused 400 builtin:body"
+    );
+    // Text in a charset that is not ASCII-compatible (Express reads JSON in UTF-16).
+    let utf16: Vec<u8> =
+        r#"{"_method":"DELETE"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    assert_eq!(
+        post(
+            &[("content-type", "application/json; charset=utf-16le")],
+            &utf16
+        ),
+        "refused 415 builtin:body"
+    );
+    // Controls: bodies without an override (or naming the request's own method), coded or
+    // not, are decided as ever.
+    for (what, headers, body) in [
+        ("form", vec![form], b"name=x".to_vec()),
+        ("form, escapes", vec![form], b"na%6De=x%5Fmethod".to_vec()),
+        (
+            "identity form",
+            vec![form, ("content-encoding", "identity")],
+            b"name=x".to_vec(),
+        ),
+        ("gzip form", vec![form, gz], gzip(b"name=x")),
+        (
+            "deflate JSON",
+            vec![JSON, deflate],
+            zlib(br#"{"name": "x"}"#),
+        ),
+        (
+            "gzip form, own method",
+            vec![form, gz],
+            gzip(b"_method=POST"),
+        ),
+        (
+            "JSON, escaped, own method",
+            vec![JSON],
+            br#"{"\u005fmethod":"POST"}"#.to_vec(),
+        ),
+        (
+            "JSON, nested",
+            vec![JSON],
+            br#"{"x": {"\u005fmethod": "DELETE"}}"#.to_vec(),
+        ),
+        ("multipart", vec![multipart], part("name=\"title\"")),
+        (
+            "multipart file",
+            vec![multipart],
+            part("name=\"f\"; filename=\"a.txt\""),
+        ),
+        ("text", vec![text], b"delete the method".to_vec()),
+        (
+            "JSON, UTF-8 named",
+            vec![("content-type", "application/json; charset=UTF-8")],
+            br#"{"name": "x"}"#.to_vec(),
+        ),
+        ("empty", vec![form, ("content-encoding", "br")], Vec::new()),
+    ] {
+        assert_eq!(post(&headers, &body), "allow default", "{what}");
+    }
+}
+
+/// Override headers under the names CGI and WSGI servers read as theirs (`_` for `-`, as
+/// `HTTP_X_HTTP_METHOD_OVERRIDE`), in any case.
+#[test]
+fn method_override_headers_are_read_under_any_underscore_spelling() {
+    let post = |headers: &[(&str, &str)]| {
+        let mut all = vec![("host", "api.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", "/v1/repos/prod", &all, b""))
+    };
+    for name in [
+        "X_HTTP_Method_Override",
+        "X-HTTP_Method-Override",
+        "x_http_method_override",
+        "X_HTTP_METHOD",
+        "x_method-override",
+    ] {
+        assert_eq!(
+            post(&[(name, "DELETE")]),
+            "refused 400 builtin:request",
+            "{name}"
+        );
+    }
+    // Controls: no override, one naming the request's own method, other x_ headers.
+    assert_eq!(post(&[]), "allow default");
+    assert_eq!(post(&[("X_HTTP_Method_Override", "POST")]), "allow default");
+    assert_eq!(post(&[("X_Other_Override", "DELETE")]), "allow default");
+    assert_eq!(
+        post(&[("X_HTTP_Method_Overrides", "DELETE")]),
+        "allow default"
+    );
+}
+
+/// A HEAD runs the GET route's handler (Express, Starlette, Flask, Rails, Django): a rule
+/// naming GET decides it, blocking or allowing; a rule naming only HEAD decides only HEAD.
+#[test]
+fn get_rules_decide_head_too() {
+    let req = |method: &str, path: &str| {
+        verdict(found(method, path, &[("host", "reports.example")], b""))
+    };
+    assert_eq!(req("GET", "/v1/export"), "block found/no-export");
+    assert_eq!(req("HEAD", "/v1/export"), "block found/no-export");
+    assert_eq!(req("HEAD", "/V1/Export/"), "block found/no-export");
+    // Controls: a HEAD no GET rule names, and other methods, are decided as before.
+    assert_eq!(req("HEAD", "/v1/other"), "allow default");
+    assert_eq!(req("POST", "/v1/export"), "allow default");
+    assert_eq!(req("OPTIONS", "/v1/export"), "allow default");
+    // A rule naming HEAD only.
+    assert_eq!(req("HEAD", "/v1/probe"), "block found/no-probe");
+    assert_eq!(req("GET", "/v1/probe"), "allow default");
+    // An allow rule naming GET allows the HEAD of its resource, in its own case only.
+    let file =
+        |method: &str, path: &str| verdict(found(method, path, &[("host", "files.example")], b""));
+    assert_eq!(file("HEAD", "/files/public.txt"), "allow found/public-file");
+    assert_eq!(
+        file("HEAD", "/files/PUBLIC.TXT"),
+        "refused 400 builtin:request"
+    );
+    assert_eq!(file("HEAD", "/files/secret.txt"), "block found/other-files");
+}
+
+/// JSON text the MCP SDK's `json.loads` reads and serde_json does not (NaN, Infinity, a
+/// number beyond a double, a lone surrogate, nesting past 128): refused where a condition
+/// reads it; prose that only starts with a bracket stays a string (red team round 2).
+#[test]
+fn mcp_arguments_holding_json_text_the_proxy_cannot_read_are_refused() {
+    let call = found_tool_call;
+    let deep = format!(
+        "{{\"amount\": 5000, \"pad\": {}{}}}",
+        "[".repeat(200),
+        "]".repeat(200)
+    );
+    for text in [
+        r#"{"amount": 5000, "to": "x", "pad": NaN}"#,
+        r#"{"amount": 5000, "pad": Infinity}"#,
+        r#"{"amount": 5000, "pad": -Infinity}"#,
+        r#"{"amount": 5000, "pad": 1e400}"#,
+        r#"{"amount": 5000, "to": "\ud800"}"#,
+        " {\"amount\": NaN}\r\n",
+        &deep,
+    ] {
+        assert_eq!(
+            call("transfer", json!({ "payment": text })),
+            "refused 400 builtin:body",
+            "{text}"
+        );
+    }
+    assert_eq!(
+        call(
+            "notify",
+            json!({"recipients": r#"["ceo@corp.exampl\u0065", "\ud800"]"#})
+        ),
+        "refused 400 builtin:body"
+    );
+    // Controls: readable JSON text is decided on what it says; prose, and text no condition
+    // reads, pass.
+    assert_eq!(
+        call("transfer", json!({"payment": r#"{"amount": 5}"#})),
+        "allow default"
+    );
+    assert_eq!(call("transfer", json!({"payment": "NaN"})), "allow default");
+    assert_eq!(
+        call(
+            "transfer",
+            json!({"payment": {"amount": 5}, "memo": r#"{"x": NaN}"#})
+        ),
+        "allow default"
+    );
+    for prose in ["[WIP] fix", "{draft} reply", "[1, 2] and then", "nope"] {
+        assert_eq!(
+            call("notify", json!({ "recipients": prose })),
+            "allow default",
+            "{prose}"
+        );
+    }
+    assert_eq!(
+        call("notify", json!({"recipients": "[WIP] ceo@corp.example"})),
+        "block found/no-ceo"
+    );
 }
 
 /// Paths match rules in any case; an allow rule's only as it spells them, so a request that

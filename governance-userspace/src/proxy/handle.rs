@@ -359,6 +359,29 @@ impl Proxy {
         } else {
             "Host"
         };
+        // The Host's port (or its scheme's default) must be the one the connection goes to:
+        // another port of the address is another service (two names on one IP, each with a
+        // port of its own), which rules naming the Host's name do not decide. (A TLS server
+        // name has no port.)
+        let connected = match &conn.mode {
+            Mode::Transparent(dst) if !head.absolute => Some((dst, 80)),
+            Mode::Tunnel { addr, .. } => Some((addr, 80)),
+            Mode::Intercepted { addr, .. } => Some((addr, 443)),
+            _ => None,
+        };
+        if what == "Host"
+            && let Some((dst, default)) = connected
+            && head.port.unwrap_or(default) != dst.port()
+        {
+            return Err(mismatch(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "Host names port {}, on a connection to port {}",
+                    head.port.unwrap_or(default),
+                    dst.port()
+                ),
+            ));
+        }
         match &conn.mode {
             Mode::Tunnel { host, addr, .. } => {
                 if head.host != *host {

@@ -84,10 +84,13 @@ impl Sessions {
         if !(query_text.contains('%') || query_text.contains("session_id")) {
             return None;
         }
-        let named: Vec<String> = super::canonical::query_pairs(query_text)
-            .filter(|(k, _)| k == "session_id")
-            .map(|(_, v)| v)
-            .collect();
+        let session_ids = |q: &str| -> Vec<SessionId> {
+            super::canonical::query_pairs(q)
+                .filter(|(k, _)| k == "session_id")
+                .map(|(_, v)| SessionId::of(v))
+                .collect()
+        };
+        let named = session_ids(query_text);
         if named.is_empty() {
             return None;
         }
@@ -95,13 +98,8 @@ impl Sessions {
         map.keys()
             .filter(|(a, h, _, _)| a == agent && h == host)
             .find(|(_, _, p, q)| {
-                let theirs = q.as_deref().map_or(Vec::new(), |q| {
-                    super::canonical::query_pairs(q)
-                        .filter(|(k, _)| k == "session_id")
-                        .map(|(_, v)| v)
-                        .collect()
-                });
-                named.iter().any(|n| theirs.contains(n))
+                let theirs = q.as_deref().map_or(Vec::new(), session_ids);
+                named.iter().any(|n| n.names(&theirs))
                     && (p.as_str() != path || q.as_deref() != query)
             })
             .map(|(_, _, p, q)| match q {
@@ -113,6 +111,48 @@ impl Sessions {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A session named by a `session_id` parameter, as the server that reads it names it: the MCP
+/// Python SDK takes `UUID(hex=session_id)`, which reads one session under many spellings
+/// (any case, dashes, braces, `urn:uuid:`, and what Python's `int(_, 16)` accepts: blanks
+/// around the digits, a `+`, `0x`, `_` between digits). Other text stays as it is. Text that is
+/// not ASCII cannot be told from a live session (`int` also reads every script's decimal
+/// digits, `７` and `٧` for `7`), and names them all.
+#[derive(Debug, PartialEq, Eq)]
+enum SessionId {
+    Uuid(u128),
+    Text(String),
+    Unreadable,
+}
+
+impl SessionId {
+    /// Whether a POST naming `self` may reach the session a stream announced as `theirs`.
+    fn names(&self, theirs: &[SessionId]) -> bool {
+        *self == SessionId::Unreadable && !theirs.is_empty() || theirs.contains(self)
+    }
+
+    fn of(v: String) -> Self {
+        if !v.is_ascii() {
+            return Self::Unreadable;
+        }
+        let hex = v.replace("urn:", "").replace("uuid:", "");
+        let hex = hex.trim_matches(['{', '}']).replace('-', "");
+        if hex.chars().count() != 32 {
+            return Self::Text(v);
+        }
+        let t = hex.trim();
+        let t = t.strip_prefix('+').unwrap_or(t);
+        let t = t
+            .strip_prefix("0x")
+            .or_else(|| t.strip_prefix("0X"))
+            .unwrap_or(t);
+        let digits: String = t.chars().filter(|&c| c != '_').collect();
+        match u128::from_str_radix(&digits, 16) {
+            Ok(n) if !digits.starts_with('+') => Self::Uuid(n),
+            _ => Self::Text(v),
+        }
     }
 }
 

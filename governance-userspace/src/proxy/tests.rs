@@ -287,8 +287,21 @@ impl Harness {
         sock.connect(self.addr).await.unwrap()
     }
 
+    /// The port of the destination an agent's connections were redirected from: clients name
+    /// it in `Host` when it is not their scheme's default (RFC 9110 §7.2), and the proxy
+    /// refuses a Host naming another port. The harness's upstreams listen on ephemeral ports,
+    /// so requests written with a bare host name get that port added ([`Harness::send`],
+    /// [`Harness::raw`]).
+    fn redirected_port(&self, from: IpAddr) -> Option<u16> {
+        let table = self.identify.0.lock().unwrap();
+        table.get(&from)?.original_dst.map(|d| d.port())
+    }
+
     /// Send one request on a fresh connection.
-    async fn send(&self, from: IpAddr, req: Request<Full<Bytes>>) -> Reply {
+    async fn send(&self, from: IpAddr, mut req: Request<Full<Bytes>>) -> Reply {
+        if let Some(port) = self.redirected_port(from) {
+            req = host_with_port(req, port);
+        }
         let stream = self.connect(from).await;
         let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -304,13 +317,56 @@ impl Harness {
     /// Raw bytes in, raw response text out (until the proxy closes or 10 s pass).
     async fn raw(&self, from: IpAddr, bytes: &[u8]) -> String {
         let mut stream = self.connect(from).await;
-        let _ = stream.write_all(bytes).await;
+        let bytes = match self.redirected_port(from) {
+            Some(port) => with_host_port(bytes, port),
+            None => bytes.to_vec(),
+        };
+        let _ = stream.write_all(&bytes).await;
         read_all(&mut stream, Duration::from_secs(10)).await
     }
 
     fn assert_no_panics(&self) {
         assert_eq!(self.proxy.panics(), 0, "a proxy task panicked");
     }
+}
+
+/// `req` with `port` added to its Host if that names none.
+fn host_with_port<B>(mut req: Request<B>, port: u16) -> Request<B> {
+    if let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok())
+        && !host.contains(':')
+    {
+        let with_port = format!("{host}:{port}").parse().unwrap();
+        req.headers_mut().insert("host", with_port);
+    }
+    req
+}
+
+/// `bytes` with `port` added to each `Host: name` header line (the name in any case) that
+/// names no port.
+fn with_host_port(bytes: &[u8], port: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 16);
+    let mut rest = bytes;
+    while let Some(at) = rest
+        .windows(7)
+        .position(|w| w.eq_ignore_ascii_case(b"\r\nhost:"))
+    {
+        let (head, tail) = rest.split_at(at + 7);
+        out.extend_from_slice(head);
+        let end = tail
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .unwrap_or(tail.len());
+        let value = &tail[..end];
+        let name = value.trim_ascii_end();
+        out.extend_from_slice(name);
+        if !name.trim_ascii().is_empty() && !name.contains(&b':') {
+            out.extend_from_slice(format!(":{port}").as_bytes());
+        }
+        out.extend_from_slice(&value[name.len()..]);
+        rest = &tail[end..];
+    }
+    out.extend_from_slice(rest);
+    out
 }
 
 async fn read_all(stream: &mut TcpStream, limit: Duration) -> String {
@@ -491,7 +547,11 @@ async fn refund_agent_allow_escalate_approve_deny_block() {
     let r = h.send(me, refund(50)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["path"], "/v1/refunds");
-    assert_eq!(r.body["headers"]["host"], "api.payments.example");
+    // The Host as the agent sent it (with the destination's port, as clients name it).
+    assert_eq!(
+        r.body["headers"]["host"],
+        format!("api.payments.example:{}", up.addr.port())
+    );
     assert!(r.body["body"].as_str().unwrap().contains("\"amount\":50"));
     assert_eq!(up.seen.lock().unwrap().len(), 1);
 
@@ -556,7 +616,10 @@ async fn refund_agent_allow_escalate_approve_deny_block() {
     );
     assert_eq!(rec.source, Source::Proxy);
     assert_eq!(rec.object.method, "POST");
-    assert_eq!(rec.object.url, "http://api.payments.example/v1/refunds");
+    assert_eq!(
+        rec.object.url,
+        format!("http://api.payments.example:{}/v1/refunds", up.addr.port())
+    );
     assert_eq!(rec.object.detail["body $.amount"], "5000");
     assert_eq!(rec.agent.as_ref().unwrap().name, "agents/refund-1");
     assert_eq!(rec.process.as_ref().unwrap().pid, 4242);
@@ -977,8 +1040,10 @@ async fn h2c_prior_knowledge_is_decided_like_http1() {
     .await
     .unwrap();
     tokio::spawn(conn);
+    // The :authority names the destination's port, as a client's does for a non-default one.
+    let authority = format!("api.payments.example:{}", up.addr.port());
     let mk = |amount: u64| {
-        Request::post("http://api.payments.example/v1/refunds")
+        Request::post(format!("http://{authority}/v1/refunds"))
             .body(Full::new(Bytes::from(
                 json!({"amount": amount}).to_string(),
             )))
@@ -986,7 +1051,7 @@ async fn h2c_prior_knowledge_is_decided_like_http1() {
     };
     let r = Reply::read(tx.send_request(mk(50)).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!(r.body["headers"]["host"], "api.payments.example");
+    assert_eq!(r.body["headers"]["host"], authority.as_str());
     tx.ready().await.unwrap();
     let r = Reply::read(tx.send_request(mk(5000)).await.unwrap()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
@@ -1346,8 +1411,9 @@ async fn idle_connections_are_closed_but_held_requests_are_not() {
     .await
     .unwrap();
     let conn = tokio::spawn(conn);
+    let url = format!("http://mcp.search.example:{}/mcp", up.addr.port());
     let req = |tool: &str| {
-        Request::post("http://mcp.search.example/mcp")
+        Request::post(&url)
             .body(Full::new(Bytes::from(
                 json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":tool}})
                     .to_string(),
@@ -1792,6 +1858,9 @@ async fn intercepted_tls_gets_request_level_decisions() {
     let me = h.agent("agents/refund-tls", None, Some(up.addr));
     // Agents trust <ca_dir>/ca.crt.
     let trust = trusting(&node.path().join("ca.crt"));
+    // The upstream is not on 443: the agent's Host names its port.
+    let port = up.addr.port();
+    let refund = |amount| host_with_port(refund(amount), port);
 
     let tls = handshake(&trust, "api.payments.example", h.connect(me).await)
         .await
@@ -1807,7 +1876,10 @@ async fn intercepted_tls_gets_request_level_decisions() {
     let rec = h.last_record(|r| r.rule == "refund-agent/refund-small");
     assert_eq!(
         (rec.outcome.as_ref(), rec.object.url.as_str()),
-        ("allow", "https://api.payments.example/v1/refunds")
+        (
+            "allow",
+            format!("https://api.payments.example:{port}/v1/refunds").as_str()
+        )
     );
     assert_eq!(rec.object.detail["tls"], "intercepted");
 
@@ -1819,7 +1891,10 @@ async fn intercepted_tls_gets_request_level_decisions() {
         (&json!("blocked"), &json!("refund-agent/refund-large"))
     );
     let rec = h.record(r.body["decision_id"].as_str().unwrap());
-    assert_eq!(rec.object.url, "https://api.payments.example/v1/refunds");
+    assert_eq!(
+        rec.object.url,
+        format!("https://api.payments.example:{port}/v1/refunds")
+    );
     assert_eq!(rec.object.detail["tls"], "intercepted");
     assert_eq!(rec.object.detail["body $.amount"], "5000");
 
@@ -1831,9 +1906,18 @@ async fn intercepted_tls_gets_request_level_decisions() {
     assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
 
     // A request for another host on this connection.
-    let r = get(&mut tx, "elsewhere.example").await;
+    let r = get(&mut tx, &format!("elsewhere.example:{port}")).await;
     assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{}", r.body);
     assert_eq!(r.body["rule"], "builtin:host-check");
+    assert_eq!(up.seen.lock().unwrap().len(), 2);
+    // A Host without a port names 443, not the port this connection goes to.
+    let r = get(&mut tx, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["rule"], "builtin:host-check");
+    assert_eq!(
+        r.body["reason"],
+        format!("Host names port 443, on a connection to port {port}")
+    );
     assert_eq!(up.seen.lock().unwrap().len(), 2);
 
     // Through the proxy explicitly: a CONNECT to an intercepted host is not decided at host

@@ -39,8 +39,8 @@ fn two_chunks(first: &'static str, second: &'static str, gap: Duration) -> BoxBo
 /// - `GET /sse?gap=MS`: an event stream of two events, MS apart; `/plain?gap=MS` the same as
 ///   text/plain;
 /// - `GET /legacy`: a legacy MCP SSE stream: an `endpoint` event naming
-///   `/messages/?session_id=s1`, then a `message` event per call POSTed there (each POST is
-///   answered 202), until a POST to `/messages/?end`;
+///   `/messages/?session_id=s1` (`/legacy?session=ID`: `session_id=ID`), then a `message`
+///   event per call POSTed there (each POST is answered 202), until a POST to `/messages/?end`;
 /// - anything else: 200 with `{"method", "path", "body"}`.
 struct StreamUpstream {
     addr: SocketAddr,
@@ -105,9 +105,10 @@ async fn answer(
         ("GET", "/plain") => typed("text/plain", two_chunks("one\n", "two\n", gap)),
         ("GET", "/legacy") => {
             let (tx, rx) = mpsc::channel(8);
-            tx.send(Bytes::from_static(
-                b"event: endpoint\r\ndata: /messages/?session_id=s1\r\n\r\n",
-            ))
+            let id = query.strip_prefix("session=").unwrap_or("s1");
+            tx.send(Bytes::from(format!(
+                "event: endpoint\r\ndata: /messages/?session_id={id}\r\n\r\n"
+            )))
             .await
             .unwrap();
             *session.lock().unwrap() = Some(tx);
@@ -184,6 +185,37 @@ fn stream_config() -> ProxyConfig {
 }
 
 /// An HTTP/1 connection of the agent `me` to the proxy.
+/// An event stream's body, read as it arrives.
+struct Reader {
+    body: hyper::body::Incoming,
+    seen: String,
+}
+
+impl Reader {
+    fn new(body: hyper::body::Incoming) -> Self {
+        Self {
+            body,
+            seen: String::new(),
+        }
+    }
+
+    /// Read the stream until it holds `what` (10 s at most); all it held so far.
+    async fn until(&mut self, what: &str) -> String {
+        let (body, seen) = (&mut self.body, &mut self.seen);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !seen.contains(what) {
+                let frame = body.frame().await.expect("the stream ended").unwrap();
+                if let Some(d) = frame.data_ref() {
+                    seen.push_str(&String::from_utf8_lossy(d));
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never saw {what:?} on the stream; saw {:?}", self.seen));
+        self.seen.clone()
+    }
+}
+
 async fn open(h: &Harness, me: IpAddr) -> hyper::client::conn::http1::SendRequest<BoxBody> {
     let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(h.connect(me).await))
         .await
@@ -235,7 +267,9 @@ async fn event_streams_outlive_the_upstream_timeout_and_policies_limit_them_per_
     };
     let h = start(cfg, parse(STREAMS), Limits::default()).await;
     let me = h.agent("agents/stream", Some("streamer"), Some(up.addr));
-    let get = |host: &str, path: &str| request("GET", host, path, None);
+    // The Host names the port the connection goes to.
+    let get =
+        |host: &str, path: &str| request("GET", &format!("{host}:{}", up.addr.port()), path, None);
 
     // An event stream quiet for longer than the upstream timeout is relayed whole.
     let mut tx = open(&h, me).await;
@@ -316,11 +350,12 @@ async fn bodiless_get_and_delete_on_an_mcp_endpoint_meet_the_host_rules() {
     let up = stream_upstream().await;
     let h = start(stream_config(), parse(STREAMS), Limits::default()).await;
     let me = h.agent("agents/mcp-get", Some("streamer"), Some(up.addr));
+    let host = &format!("mcp.search.example:{}", up.addr.port());
     let mut tx = open(&h, me).await;
     for method in ["GET", "DELETE"] {
         tx.ready().await.unwrap();
         let resp = tx
-            .send_request(request(method, "mcp.search.example", "/mcp", None))
+            .send_request(request(method, host, "/mcp", None))
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "{method}");
@@ -330,7 +365,7 @@ async fn bodiless_get_and_delete_on_an_mcp_endpoint_meet_the_host_rules() {
     // Method and path rules still apply.
     tx.ready().await.unwrap();
     let resp = tx
-        .send_request(request("DELETE", "mcp.search.example", "/forbidden", None))
+        .send_request(request("DELETE", host, "/forbidden", None))
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
@@ -351,30 +386,15 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     let up = stream_upstream().await;
     let h = start(stream_config(), parse(STREAMS), Limits::default()).await;
     let me = h.agent("agents/legacy", Some("streamer"), Some(up.addr));
-    let host = "mcp.search.example";
+    let host = &format!("mcp.search.example:{}", up.addr.port());
     let mut events = open(&h, me).await;
     let resp = events
         .send_request(request("GET", host, "/legacy", None))
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let mut stream = resp.into_body();
-    let mut seen = String::new();
-    // Read the stream until it holds `what` (10 s at most).
-    let mut read_until = async |what: &str| {
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !seen.contains(what) {
-                let frame = stream.frame().await.expect("the stream ended").unwrap();
-                if let Some(d) = frame.data_ref() {
-                    seen.push_str(&String::from_utf8_lossy(d));
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("never saw {what:?} on the stream; saw {seen:?}"));
-        seen.clone()
-    };
-    read_until("session_id=s1").await;
+    let mut stream = Reader::new(resp.into_body());
+    stream.until("session_id=s1").await;
 
     let mut posts = open(&h, me).await;
     let call = |id: u64, tool: &str| {
@@ -393,7 +413,7 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     let resp = post(call(7, "run_shell")).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(resp.headers()["x-governance-rule"], "streams/shell");
-    let text = read_until("\"id\":7").await;
+    let text = stream.until("\"id\":7").await;
     let ev = text.rsplit("data: ").next().unwrap().trim();
     let err: Value = serde_json::from_str(ev).unwrap();
     assert_eq!(err["error"]["code"], -32001, "{err}");
@@ -401,11 +421,11 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     // Allowed: the server's own reply, on the stream as ever.
     let resp = post(call(8, "search")).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    read_until("\"id\":8").await;
+    stream.until("\"id\":8").await;
     // Throttled: the same way as blocked.
     let resp = post(call(9, "search")).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let text = read_until("\"id\":9").await;
+    let text = stream.until("\"id\":9").await;
     assert!(text.contains("-32002"), "{text}");
     // Another session's endpoint (or another agent) gets the refusal in the response.
     let other = request(
@@ -439,7 +459,7 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
             "{path}: {text}"
         );
     }
-    assert!(!seen.contains("\"id\":11"), "{seen}");
+    assert!(!stream.seen.contains("\"id\":11"), "{}", stream.seen);
     // The session ends with its stream.
     // (A valid JSON-RPC notification: the proxy refuses anything else on an MCP endpoint.)
     let end = request(
@@ -451,7 +471,7 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
     posts.ready().await.unwrap();
     posts.send_request(end).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(f) = stream.frame().await {
+        while let Some(f) = stream.body.frame().await {
             f.unwrap();
         }
     })
@@ -462,5 +482,103 @@ async fn legacy_sse_sessions_get_their_refusals_on_the_stream() {
         h.proxy.sessions.len() == 0
     })
     .await;
+    h.assert_no_panics();
+}
+
+/// The MCP Python SDK finds a legacy session by `UUID(hex=session_id)`, which reads one session
+/// under many spellings: any case, dashes, braces, `urn:uuid:`, and what Python's `int(_, 16)`
+/// takes (blanks around the digits, `+`, `0x`, `_` between digits). Each names the live
+/// session at another path (or in another spelling at its own): refused, never forwarded (red
+/// team round 2). The announced endpoint is decided by its rules as ever, and another
+/// session's id is not the session's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_sse_sessions_are_known_under_every_spelling_of_their_uuid() {
+    let up = stream_upstream().await;
+    let h = start(stream_config(), parse(STREAMS), Limits::default()).await;
+    let me = h.agent("agents/legacy-uuid", Some("streamer"), Some(up.addr));
+    let host = &format!("mcp.search.example:{}", up.addr.port());
+    // Leading zeros, so that `0x`, `+`, a blank and `_` keep the 32 characters UUID needs.
+    let id = "00c75454a1b24f4e9d3c0e5b6a7f8091";
+    let dashed = "00c75454-a1b2-4f4e-9d3c-0e5b6a7f8091";
+    let mut events = open(&h, me).await;
+    let resp = events
+        .send_request(request("GET", host, &format!("/legacy?session={id}"), None))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = Reader::new(resp.into_body());
+    stream.until(id).await;
+    let announced = format!("/messages/?session_id={id}");
+
+    let mut posts = open(&h, me).await;
+    let call = |n: u64, tool: &str| {
+        json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
+               "params": {"name": tool, "arguments": {}}})
+    };
+    for spelled in [
+        "00C75454A1B24F4E9D3C0E5B6A7F8091".to_owned(),
+        dashed.to_owned(),
+        dashed.to_uppercase(),
+        format!("%7B{dashed}%7D"),
+        format!("{{{dashed}}}"),
+        format!("urn:uuid:{dashed}"),
+        "0xc75454a1b24f4e9d3c0e5b6a7f8091".to_owned(),
+        "%2B0c75454a1b24f4e9d3c0e5b6a7f8091".to_owned(),
+        "%200c75454a1b24f4e9d3c0e5b6a7f8091".to_owned(),
+        "0c75454a1b24f4e9d3c0e5b6a7f8091+".to_owned(),
+        "0_c75454a1b24f4e9d3c0e5b6a7f8091".to_owned(),
+        // Python's int() reads every script's decimal digits: a fullwidth 1 (U+FF11) and an
+        // Arabic-Indic 7 (U+0667).
+        "00c75454a1b24f4e9d3c0e5b6a7f809%EF%BC%91".to_owned(),
+        "00c%D9%A75454a1b24f4e9d3c0e5b6a7f8091".to_owned(),
+    ] {
+        for path in ["/messages/x", "/messages/"] {
+            let target = format!("{path}?session_id={spelled}");
+            posts.ready().await.unwrap();
+            let resp = posts
+                .send_request(request("POST", host, &target, Some(call(11, "run_shell"))))
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{target}");
+            let text = body_text(resp).await.unwrap();
+            assert!(
+                text.contains("-32600") && text.contains(&announced),
+                "{target}: {text}"
+            );
+        }
+    }
+    // Controls: the announced endpoint is decided by its rules (a blocked call's error on
+    // the stream, an allowed one forwarded)...
+    let mut post = async |target: &str, body: Value| {
+        posts.ready().await.unwrap();
+        posts
+            .send_request(request("POST", host, target, Some(body)))
+            .await
+            .unwrap()
+    };
+    let resp = post(&announced, call(7, "run_shell")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert_eq!(resp.headers()["x-governance-rule"], "streams/shell");
+    stream.until("\"id\":7").await;
+    let resp = post(&announced, call(8, "search")).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    stream.until("\"id\":8").await;
+    // ...and another session's id, in any spelling, is not this session's.
+    for other in [
+        "00c75454a1b24f4e9d3c0e5b6a7f8092",
+        "00c75454-a1b2-4f4e-9d3c-0e5b6a7f8092",
+        "0xc75454a1b24f4e9d3c0e5b6a7f8092",
+    ] {
+        let resp = post(
+            &format!("/messages/x?session_id={other}"),
+            call(10, "run_shell"),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK, "{other}");
+        let text = body_text(resp).await.unwrap();
+        assert!(text.contains("-32001"), "{other}: {text}");
+    }
+    assert!(!stream.seen.contains("\"id\":11"), "{}", stream.seen);
+    assert!(!stream.seen.contains("\"id\":10"), "{}", stream.seen);
     h.assert_no_panics();
 }
