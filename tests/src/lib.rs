@@ -1268,6 +1268,19 @@ enum Unload {
     AtExit,
 }
 
+/// Whether the network namespace of `pid` has a TCP listener on `port` (its /proc/PID/net
+/// views that namespace).
+pub fn listens_in(pid: &str, port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    ["tcp", "tcp6"].iter().any(|f| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
+            t.lines()
+                .skip(1)
+                .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
+        })
+    })
+}
+
 pub fn pin_dir(label: &str) -> PinDir {
     PinDir(
         PathBuf::from(format!(

@@ -14,7 +14,7 @@ use std::{
 };
 
 use governance_tests::{
-    Reaped, TestCgroup, pin_dir, require_root, start_daemon, stop_daemon, wait_until,
+    Reaped, TestCgroup, listens_in, pin_dir, require_root, start_daemon, stop_daemon, wait_until,
 };
 
 /// A test-made containers.conf and root filesystem, removed on drop.
@@ -127,19 +127,6 @@ impl Drop for Container<'_> {
     fn drop(&mut self) {
         let _ = self.podman.cmd(&["rm", "-f", "-t", "0", &self.id]).output();
     }
-}
-
-/// Whether the network namespace of `pid` has a TCP listener on `port` (its /proc/PID/net
-/// views that namespace).
-fn listens_in(pid: &str, port: u16) -> bool {
-    let want = format!(":{port:04X} ");
-    ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
-            t.lines()
-                .skip(1)
-                .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
-        })
-    })
 }
 
 /// Network block, an HTTP block through the proxy from the container's own network

@@ -17,7 +17,9 @@ use governance_tests::{
     require_root, run_in, signal, start_daemon, start_daemon_of_build, stop_daemon, text,
     wait_for_value, wait_until,
 };
-use governance_tests::{Daemon, Established, PinDir, audit_records, metric_value, scrape_metrics};
+use governance_tests::{
+    Daemon, Established, PinDir, Reaped, audit_records, listens_in, metric_value, scrape_metrics,
+};
 
 /// A loopback listener on an address of the 127/8 range.
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
@@ -4811,4 +4813,97 @@ fn a_sandbox_mark_outlives_the_main_thread() {
     stop_daemon(daemon);
     unload(&pins);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The proxy listens in an agent's own network namespace as soon as a process in it arrives in
+/// the agent (the agent root's `cgroup.events` says its subtree became populated), not at the
+/// next periodic look (every 10 s); and stops listening there once the process has gone.
+#[test]
+fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent() {
+    require_root();
+    let agent = TestCgroup::new("netns-join");
+    let dir = policy_dir(
+        "netns-join",
+        &format!(
+            "name: netns-join\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: web, network: {{ cidr: 127.0.0.4/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("netns-join");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--quiet",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let proxy_port: u16 = seen
+        .lines()
+        .find_map(|l| l.split("HTTP policy proxy on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the proxy's port:\n{seen}"));
+    // A process in a network namespace of its own, made outside the agent, then moved in (as
+    // a container runtime does), into an agent that had no process.
+    let mut outside = Reaped(
+        Command::new("unshare")
+            .args(["-n", "sleep", "120"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = outside.id().to_string();
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_until(
+        "the process's own network namespace",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|n| n != own)
+                && std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|e| e.ends_with("sleep"))
+        },
+    );
+    assert!(!listens_in(&pid, proxy_port), "no listener before it joins");
+    std::fs::write(agent.path.join("cgroup.procs"), &pid).unwrap();
+    // Well within the periodic look's 10 s: the watch told.
+    wait_until(
+        "the proxy to listen in the process's network namespace",
+        Duration::from_secs(4),
+        || listens_in(&pid, proxy_port),
+    );
+    // The namespace, held open here: once its process has gone, the listener goes too (it
+    // would keep the namespace alive).
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+    let ns_path = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&ns)
+    );
+    let listening_in_ns = || {
+        let out = Command::new("nsenter")
+            .args([
+                &format!("--net={ns_path}"),
+                "cat",
+                "/proc/net/tcp",
+                "/proc/net/tcp6",
+            ])
+            .output()
+            .unwrap();
+        let want = format!(":{proxy_port:04X} ");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
+    };
+    assert!(listening_in_ns(), "seen through the namespace itself");
+    let _ = outside.kill();
+    let _ = outside.wait();
+    wait_until(
+        "the proxy to stop listening in the namespace its process left",
+        Duration::from_secs(4),
+        || !listening_in_ns(),
+    );
+    stop_daemon(daemon);
 }

@@ -355,6 +355,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         parsed: Default::default(),
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,
+        ticks: 0,
     };
     // The copy's directory, before the first generation is compiled (see `in_force`); not
     // before: a start refused on the way (exit 3) leaves nothing behind.

@@ -6,7 +6,9 @@
 //! same ports are told apart (see docs/kernel.md, the proxy redirect).
 //!
 //! The namespaces are found from the agents' processes (every cgroup.procs of each agent's
-//! subtree), after each generation and once a second. A namespace no agent process is in any
+//! subtree), after each generation, whenever an agent's subtree becomes populated or empty
+//! (its root's `cgroup.events`, watched), and every 10 seconds (a process joining an agent
+//! that already had some). A namespace no agent process is in any
 //! more loses its listener (a listening socket would keep the namespace alive). Until its
 //! listener is open, an agent's redirected connect is refused (nothing listens there): closed,
 //! never direct.

@@ -88,7 +88,13 @@ pub(super) struct Daemon<'a> {
     /// The content hash of the policy the current generation enforces (None until this run
     /// built a generation).
     pub content_hash: Option<String>,
+    /// Once-a-second ticks so far.
+    pub ticks: u64,
 }
+
+/// How many ticks apart the proxy's listeners are matched against every agent process's
+/// network namespace, besides when an agent's subtree becomes populated or empty.
+const NETNS_RESCAN_TICKS: u64 = 10;
 
 /// Where a reload takes its policy from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,6 +274,15 @@ impl Daemon<'_> {
         drill_rx: &mut mpsc::Receiver<api::DrillRequest>,
     ) -> anyhow::Result<()> {
         let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
+        // The agents' processes coming and going, for the proxy's listeners in their network
+        // namespaces (remade with each generation's agents).
+        let populated_watch = |d: &Self| {
+            d.netns
+                .as_ref()
+                .map(|_| watch::watch_populated(&d.agents_now))
+                .transpose()
+        };
+        let mut populated = populated_watch(self)?;
         self.settle_later();
         let (mut cgroup_due, mut socket_due) = (None, None);
         let mut policy = burst::Burst::default();
@@ -323,6 +338,13 @@ impl Daemon<'_> {
                 }
                 // A socket re-created: a runtime socket is refused again at once, a rule's
                 // socket with the next generation.
+                r = watch::changed_if(&mut populated) => {
+                    r?;
+                    if let Some(n) = &mut self.netns {
+                        n.sync(&self.agents_now);
+                    }
+                    continue;
+                }
                 r = watch::changed(&mut watches.sockets) => {
                     r?;
                     if watch::sockets_changed(&self.enforcer) {
@@ -423,8 +445,9 @@ impl Daemon<'_> {
             }
             let result = self.reload(why, from);
             if result.is_ok() {
-                // The sockets the new generation's rules name.
+                // The sockets the new generation's rules name, and its agents.
                 watches.sockets = watch::watch_sockets(&self.enforcer)?;
+                populated = populated_watch(self)?;
                 self.settle_later();
             }
             if let Some(reply) = reply {
@@ -438,8 +461,13 @@ impl Daemon<'_> {
     /// changed, the next generation is due), and tell the kernel's dropped events.
     fn tick(&mut self) -> bool {
         self.approvals.expire_due(SystemTime::now());
-        // Agent processes that entered network namespaces of their own since.
-        if let Some(n) = &mut self.netns {
+        // Agent processes that entered network namespaces of their own since, where the
+        // agents' `cgroup.events` watch did not tell (a process joining an agent that already
+        // had some): looked at every NETNS_RESCAN_TICKS seconds.
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(NETNS_RESCAN_TICKS)
+            && let Some(n) = &mut self.netns
+        {
             n.sync(&self.agents_now);
         }
         // Socket files re-created where no directory watch saw it (a directory that did not

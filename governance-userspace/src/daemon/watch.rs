@@ -143,6 +143,35 @@ pub(super) fn watch_cgroups(root: &Path) -> anyhow::Result<AsyncFd<Watch>> {
     watch(root, flags, governance_common::MAX_CGROUP_DEPTH, false)
 }
 
+/// The agents' processes coming and going: each agent root's `cgroup.events`, which the kernel
+/// modifies when its subtree becomes populated or empty (the proxy's listeners in the agents'
+/// network namespaces follow their processes, see `netns`). An agent cgroup gone meanwhile is
+/// left out.
+pub(super) fn watch_populated(
+    agents: &[crate::agents::AgentCgroup],
+) -> anyhow::Result<AsyncFd<Watch>> {
+    let inotify =
+        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
+    for a in agents {
+        let _ = inotify.add_watch(&a.path.join("cgroup.events"), AddWatchFlags::IN_MODIFY);
+    }
+    let w = Watch {
+        inotify,
+        dirs: HashMap::new(),
+    };
+    // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
+    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow::anyhow!("watching the agents' cgroup.events: {}", e.into_parts().1))
+}
+
+/// [`changed`] of a watch there may not be (None: never).
+pub(super) async fn changed_if(w: &mut Option<AsyncFd<Watch>>) -> anyhow::Result<()> {
+    match w {
+        Some(w) => changed(w).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Wait until `w` is readable and swallow what it says. Cancel-safe: nothing is consumed
 /// unless the future completes, so a select! arm can be dropped without losing a change.
 pub(super) async fn changed(w: &mut AsyncFd<Watch>) -> anyhow::Result<()> {

@@ -145,19 +145,35 @@ pub fn socket_identity(path: &Path) -> std::io::Result<(u32, u64)> {
 
 /// The runtime sockets that exist now: identity → the paths that name it.
 pub fn resolve_runtime_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
+    resolve_runtime_sockets_with(&listening_abstract_names())
+}
+
+/// [`resolve_runtime_sockets`], with the abstract names `abstract_names` (found earlier).
+fn resolve_runtime_sockets_with(
+    abstract_names: &BTreeSet<String>,
+) -> BTreeMap<(u32, u64), Vec<PathBuf>> {
     let mut out: BTreeMap<(u32, u64), Vec<PathBuf>> = BTreeMap::new();
     for path in runtime_socket_paths() {
         if let Ok(id) = socket_identity(&path) {
             out.entry(id).or_default().push(path);
         }
     }
-    let listening = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    for name in runtime_abstract_names(&listening) {
+    for name in abstract_names {
         out.entry((UNIX_ABSTRACT_DEV, unix_name_hash(name.as_bytes())))
             .or_default()
             .push(format!("@{name}").into());
     }
     out
+}
+
+/// How often the once-a-second look at the runtime sockets also reads /proc/net/unix for
+/// abstract names (every socket of the node's namespace: thousands of lines on a busy node).
+/// Each reload reads it too.
+const ABSTRACT_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The runtime servers' abstract names listening now ([`runtime_abstract_names`]).
+fn listening_abstract_names() -> BTreeSet<String> {
+    runtime_abstract_names(&std::fs::read_to_string("/proc/net/unix").unwrap_or_default())
 }
 
 /// The abstract names of runtime servers: the X displays' whatever listens, and the listening
@@ -222,6 +238,8 @@ pub struct UnixTargets {
     pub seen: Vec<(PathBuf, Option<(u32, u64)>)>,
     /// The runtime sockets refused now.
     pub runtime: BTreeSet<(u32, u64)>,
+    /// The runtime servers' abstract names last found listening, and when.
+    pub abstract_names: Option<(BTreeSet<String>, std::time::Instant)>,
 }
 
 /// What changed since the maps were last written (see [`Enforcer::unix_sockets_changed`]).
@@ -275,7 +293,13 @@ impl Enforcer {
     /// Refuse the runtime sockets that exist now (and forget those that went). Whether the
     /// set changed.
     pub fn protect_runtime_sockets(&mut self) -> Result<bool, KernelError> {
-        let ids: BTreeSet<(u32, u64)> = resolve_runtime_sockets().into_keys().collect();
+        let names = listening_abstract_names();
+        let ids = resolve_runtime_sockets_with(&names).into_keys().collect();
+        self.unix_targets.abstract_names = Some((names, std::time::Instant::now()));
+        self.protect_runtime(ids)
+    }
+
+    fn protect_runtime(&mut self, ids: BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
         let changed = self.set_protected(unix_protected::RUNTIME, &ids)?;
         self.unix_targets.runtime = ids;
         Ok(changed)
@@ -284,8 +308,14 @@ impl Enforcer {
     /// Have the sockets the kernel decides on changed since the maps were written? Re-refuses
     /// the runtime sockets at once when they have.
     pub fn unix_sockets_changed(&mut self) -> Result<SocketsChanged, KernelError> {
-        let now: BTreeSet<(u32, u64)> = resolve_runtime_sockets().into_keys().collect();
-        let runtime = now != self.unix_targets.runtime && self.protect_runtime_sockets()?;
+        let names = match self.unix_targets.abstract_names.take() {
+            Some((names, at)) if at.elapsed() < ABSTRACT_RESCAN => (names, at),
+            _ => (listening_abstract_names(), std::time::Instant::now()),
+        };
+        let now: BTreeSet<(u32, u64)> =
+            resolve_runtime_sockets_with(&names.0).into_keys().collect();
+        self.unix_targets.abstract_names = Some(names);
+        let runtime = now != self.unix_targets.runtime && self.protect_runtime(now)?;
         let seen: Vec<(PathBuf, Option<(u32, u64)>)> = self
             .unix_targets
             .paths

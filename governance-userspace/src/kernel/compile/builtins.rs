@@ -131,15 +131,18 @@ pub(super) const LOGIN_FILES: [&str; 17] = [
 /// users; the first in /etc/passwd order).
 const MAX_HOMES: usize = 256;
 
-/// [`LOGIN_FILES`] in each home directory `passwd` (the text of /etc/passwd) names.
+/// [`LOGIN_FILES`] in each home directory `passwd` (the text of /etc/passwd) names, once each,
+/// but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`: covered whole already).
 pub(super) fn login_files(passwd: &str) -> Vec<PathBuf> {
-    let mut homes: Vec<&str> = passwd
+    let mut seen = std::collections::HashSet::new();
+    let homes: Vec<&str> = passwd
         .lines()
         .filter_map(|l| l.split(':').nth(5))
         .filter(|h| h.starts_with('/'))
+        .filter(|h| !SYSTEM_FILES.iter().any(|s| Path::new(h).starts_with(s)))
+        .filter(|h| seen.insert(*h))
+        .take(MAX_HOMES)
         .collect();
-    homes.dedup();
-    homes.truncate(MAX_HOMES);
     homes
         .iter()
         .flat_map(|h| LOGIN_FILES.iter().map(move |f| Path::new(h).join(f)))
@@ -259,14 +262,19 @@ mod tests {
             "/home/alice/.zshrc",
             "/home/alice/.config/systemd",
             "/root/.zshenv",
-            "/usr/sbin/.profile",
         ] {
             assert!(files.contains(&PathBuf::from(f)), "{f}");
         }
         assert_eq!(
             files.len(),
-            3 * LOGIN_FILES.len(),
-            "no relative home, no broken line"
+            2 * LOGIN_FILES.len(),
+            "no relative home, no broken line, none inside the system files (/usr/sbin)"
+        );
+        let twice = format!("{passwd}alice2:x:1001:1001::/home/alice:/bin/sh\n");
+        assert_eq!(
+            login_files(&twice),
+            files,
+            "a home shared by two users, once"
         );
         let many: String = (0..1000)
             .map(|i| format!("u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n"))
