@@ -2987,19 +2987,34 @@ fn leaving_the_subtree_is_refused() {
         Control::Succeeds,
     );
     assert_eq!(ev.object, pid as u64);
-    // /proc/PID/mem: the kernel turns the refused attach into EACCES.
-    let case = "2 open /proc/PID/mem of a process outside the agent";
-    let mem = Attempt::open(&PathBuf::from(format!("/proc/{pid}/mem")), libc::O_RDWR);
-    println!("redteam: tried {case}");
-    let (child, outcome) = run_in(Some(&fx.agent.path), "agent", &mem);
-    assert_eq!(outcome, Outcome::Errno(libc::EACCES), "{case}");
-    let ev = k.event_where(|e| e.tgid == child && e.flags & flags::DENIED != 0);
-    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Ptrace), "{case}");
-    assert_eq!(ev.object, pid as u64, "{case}");
-    println!("redteam: denied {case}");
-    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &mem);
-    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
-    println!("redteam: control {case}");
+    // /proc/PID/mem: read, the kernel turns the refused attach into EACCES; written, the
+    // write permission on another process's /proc file is refused first (EPERM).
+    for (case, flags, errno, kind) in [
+        (
+            "2 open /proc/PID/mem of a process outside the agent",
+            libc::O_RDONLY,
+            libc::EACCES,
+            Kind::Ptrace,
+        ),
+        (
+            "2 open /proc/PID/mem of a process outside the agent, to write",
+            libc::O_RDWR,
+            libc::EPERM,
+            Kind::Guard,
+        ),
+    ] {
+        let mem = Attempt::open(&PathBuf::from(format!("/proc/{pid}/mem")), flags);
+        println!("redteam: tried {case}");
+        let (child, outcome) = run_in(Some(&fx.agent.path), "agent", &mem);
+        assert_eq!(outcome, Outcome::Errno(errno), "{case}");
+        let ev = k.event_where(|e| e.tgid == child && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(kind), "{case}");
+        assert_eq!(ev.object, pid as u64, "{case}");
+        println!("redteam: denied {case}");
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &mem);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        println!("redteam: control {case}");
+    }
 }
 
 /// Class 3: code that runs without an exec of it. A blocked binary's code mapped executable
