@@ -4906,4 +4906,5 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
         || !listening_in_ns(),
     );
     stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }
