@@ -128,20 +128,18 @@ pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
     // Built-in: the control socket always, runtime sockets unless relaxed (a sandboxed
     // process's class relaxes nothing). A relaxed runtime socket goes on to the rules. Path
     // sockets by identity, abstract names (an X display, a containerd shim) by their hash.
-    {
-        let id = UnixId { dev, _pad: 0, ino };
-        // SAFETY: the value is copied immediately.
-        if let Some(why) = unsafe { UNIX_PROTECTED.get(&id) }.copied() {
-            let relaxed =
-                why == unix_protected::RUNTIME && agent.value.allow & allow::RUNTIME_SOCKETS != 0;
-            if !relaxed {
-                let mut d = Decision::builtin(Kind::Unix, true);
-                d.object = object;
-                // Which built-in, in the high nibble of the detail.
-                let detail = detail | ((why as u8 & 0xf) << unix_detail::PROTECTED_SHIFT);
-                emit(&agent, &d, |ev| fill(ev, detail));
-                return lsm_ret(&d);
-            }
+    let id = UnixId { dev, _pad: 0, ino };
+    // SAFETY: the value is copied immediately.
+    if let Some(why) = unsafe { UNIX_PROTECTED.get(&id) }.copied() {
+        let relaxed =
+            why == unix_protected::RUNTIME && agent.value.allow & allow::RUNTIME_SOCKETS != 0;
+        if !relaxed {
+            let mut d = Decision::builtin(Kind::Unix, true);
+            d.object = object;
+            // Which built-in, in the high nibble of the detail.
+            let detail = detail | ((why as u8 & 0xf) << unix_detail::PROTECTED_SHIFT);
+            emit(&agent, &d, |ev| fill(ev, detail));
+            return lsm_ret(&d);
         }
     }
     let key = UnixKey {

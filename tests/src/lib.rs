@@ -1271,14 +1271,26 @@ enum Unload {
 /// Whether the network namespace of `pid` has a TCP listener on `port` (its /proc/PID/net
 /// views that namespace).
 pub fn listens_in(pid: &str, port: u16) -> bool {
-    let want = format!(":{port:04X} ");
     ["tcp", "tcp6"].iter().any(|f| {
-        std::fs::read_to_string(format!("/proc/{pid}/net/{f}")).is_ok_and(|t| {
-            t.lines()
-                .skip(1)
-                .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
-        })
+        std::fs::read_to_string(format!("/proc/{pid}/net/{f}"))
+            .is_ok_and(|t| tcp_table_listens(&t, port))
     })
+}
+
+/// Whether `table` (the text of /proc/net/tcp or tcp6) has a socket listening on `port`.
+pub fn tcp_table_listens(table: &str, port: u16) -> bool {
+    let want = format!(":{port:04X} ");
+    table
+        .lines()
+        .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
+}
+
+/// The port of the daemon's HTTP policy proxy, from what it said at start.
+pub fn proxy_port(seen: &str) -> u16 {
+    seen.lines()
+        .find_map(|l| l.split("HTTP policy proxy on 127.0.0.1:").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the proxy's port:\n{seen}"))
 }
 
 pub fn pin_dir(label: &str) -> PinDir {

@@ -14,7 +14,8 @@ use std::{
 };
 
 use governance_tests::{
-    Reaped, TestCgroup, listens_in, pin_dir, require_root, start_daemon, stop_daemon, wait_until,
+    Reaped, TestCgroup, listens_in, pin_dir, proxy_port, require_root, start_daemon, stop_daemon,
+    wait_until,
 };
 
 /// A test-made containers.conf and root filesystem, removed on drop.
@@ -200,11 +201,7 @@ fn containers_are_agents() {
         ],
         &dir,
     );
-    let proxy_port: u16 = seen
-        .lines()
-        .find_map(|l| l.split("HTTP policy proxy on 127.0.0.1:").nth(1))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("the proxy's port:\n{seen}"));
+    let proxy_port = proxy_port(&seen);
 
     // The agent is the container's cgroup.
     let cgroup = agent.inspect("{{.State.CgroupPath}}");

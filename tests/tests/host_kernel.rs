@@ -18,7 +18,8 @@ use governance_tests::{
     wait_for_value, wait_until,
 };
 use governance_tests::{
-    Daemon, Established, PinDir, Reaped, audit_records, listens_in, metric_value, scrape_metrics,
+    Daemon, Established, PinDir, Reaped, audit_records, listens_in, metric_value, proxy_port,
+    scrape_metrics, tcp_table_listens,
 };
 
 /// A loopback listener on an address of the 127/8 range.
@@ -4842,11 +4843,7 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
         ],
         &dir,
     );
-    let proxy_port: u16 = seen
-        .lines()
-        .find_map(|l| l.split("HTTP policy proxy on 127.0.0.1:").nth(1))
-        .and_then(|r| r.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("the proxy's port:\n{seen}"));
+    let proxy_port = proxy_port(&seen);
     // A process in a network namespace of its own, made outside the agent, then moved in (as
     // a container runtime does), into an agent that had no process.
     let mut outside = Reaped(
@@ -4892,10 +4889,7 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
             ])
             .output()
             .unwrap();
-        let want = format!(":{proxy_port:04X} ");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
+        tcp_table_listens(&String::from_utf8_lossy(&out.stdout), proxy_port)
     };
     assert!(listening_in_ns(), "seen through the namespace itself");
     let _ = outside.kill();

@@ -358,27 +358,22 @@ fn body_method_override(
     let bytes = decoded(headers, bytes, limit)?;
     // Text in another encoding (Express reads JSON in UTF-16 and UTF-32) would hide the name
     // from the byte-wise reads below: only ASCII-compatible charsets are read.
-    if let Some(c) = single(headers, header::CONTENT_TYPE, "Content-Type")?
+    let media = single(headers, header::CONTENT_TYPE, "Content-Type")?
         .map(|v| MediaType::parse(&v))
-        .transpose()?
-        .and_then(|m| m.charset)
+        .transpose()?;
+    if let Some(c) = media.as_ref().and_then(|m| m.charset.as_deref())
         && !["utf-8", "utf8", "us-ascii", "iso-8859-1", "latin1"]
             .iter()
             .any(|ok| c.eq_ignore_ascii_case(ok))
     {
-        return Err(Refused::Charset(c));
+        return Err(Refused::Charset(c.to_owned()));
     }
     let overrides = |value: &str| !value.trim().eq_ignore_ascii_case(&head.method);
     let refused =
         |value: &str| Refused::MethodOverride(format!("_method={} in the body", value.trim()));
-    let form = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| {
-            t.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
+    let form = media
+        .as_ref()
+        .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"));
     if form && let Ok(text) = std::str::from_utf8(&bytes) {
         return match query_pairs(text)
             .find(|(k, v)| k.eq_ignore_ascii_case("_method") && overrides(v))

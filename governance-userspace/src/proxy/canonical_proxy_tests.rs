@@ -975,14 +975,7 @@ async fn a_host_naming_another_port_is_refused() {
         );
     }
     // h2c: the :authority's port.
-    let stream = h.connect(me).await;
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = h.h2c(me).await;
     for (authority, status) in [
         (
             format!("api.payments.example:{pay_port}"),

@@ -354,11 +354,8 @@ impl Proxy {
             ));
         }
         // What names the destination: the request's Host, or a TLS server name.
-        let what = if head.tls == Some(Tls::Spliced) {
-            "SNI"
-        } else {
-            "Host"
-        };
+        let spliced = head.tls == Some(Tls::Spliced);
+        let what = if spliced { "SNI" } else { "Host" };
         // The Host's port (or its scheme's default) must be the one the connection goes to:
         // another port of the address is another service (two names on one IP, each with a
         // port of its own), which rules naming the Host's name do not decide. (A TLS server
@@ -369,7 +366,7 @@ impl Proxy {
             Mode::Intercepted { addr, .. } => Some((addr, 443)),
             _ => None,
         };
-        if what == "Host"
+        if !spliced
             && let Some((dst, default)) = connected
             && head.port.unwrap_or(default) != dst.port()
         {

@@ -281,6 +281,23 @@ impl Harness {
             .unwrap_or_else(|| panic!("no record {id}"))
     }
 
+    /// An HTTP/2 connection with prior knowledge (h2c) from `from`, and its driving task.
+    async fn h2c(
+        &self,
+        from: IpAddr,
+    ) -> (
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        JoinHandle<hyper::Result<()>>,
+    ) {
+        let (tx, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(self.connect(from).await),
+        )
+        .await
+        .unwrap();
+        (tx, tokio::spawn(conn))
+    }
+
     async fn connect(&self, from: IpAddr) -> TcpStream {
         let sock = TcpSocket::new_v4().unwrap();
         sock.bind(SocketAddr::new(from, 0)).unwrap();
@@ -1032,14 +1049,7 @@ async fn h2c_prior_knowledge_is_decided_like_http1() {
     let up = upstream("payments").await;
     let h = start(config(), examples(), Limits::default()).await;
     let me = h.agent("agents/refund-6", None, Some(up.addr));
-    let stream = h.connect(me).await;
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let (mut tx, _conn) = h.h2c(me).await;
     // The :authority names the destination's port, as a client's does for a non-default one.
     let authority = format!("api.payments.example:{}", up.addr.port());
     let mk = |amount: u64| {
@@ -1403,14 +1413,7 @@ async fn idle_connections_are_closed_but_held_requests_are_not() {
     let h = start(cfg, search_policy(up.addr), Limits::default()).await;
     let me = h.agent("agents/idle", Some("searcher"), Some(up.addr));
     // HTTP/2 (HTTP/1 keep-alive connections also end at the header timeout).
-    let stream = h.connect(me).await;
-    let (mut tx, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut tx, conn) = h.h2c(me).await;
     let url = format!("http://mcp.search.example:{}/mcp", up.addr.port());
     let req = |tool: &str| {
         Request::post(&url)
