@@ -6,9 +6,10 @@ const express = require('express');
 
 const [host, port] = process.argv.slice(2);
 const app = express();
-// JSON and form bodies, inflated when gzip- or deflate-coded (body-parser's default).
+// JSON and form bodies, inflated when gzip- or deflate-coded (body-parser's default); forms
+// read by `qs` (`extended`), which reads `[_method]` and `_method[]` as `_method`.
 app.use(express.json());
-app.use(express.urlencoded({ extended: false }));
+app.use(express.urlencoded({ extended: true }));
 // A `_method` in a POST body overrides the method: the body getter of the method-override
 // middleware's README, which Express applications use for HTML forms.
 app.use((req, res, next) => {

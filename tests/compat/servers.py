@@ -73,6 +73,13 @@ def fastapi_app(server="fastapi"):
 
     app.add_route("/v1/export/{kind}", export, methods=["GET"])
 
+    # A custom method after a colon (the style of Google's APIs): Starlette matches routes on
+    # the decoded path, so /v1/jobs/nightly%3Acancel runs `cancel`.
+    @app.post("/v1/jobs/{job}:{action}")
+    def job_action(job: str, action: str, request: Request):
+        saw(request, job=job, action=action)
+        return {"job": job, "action": action, "server": server}
+
     @app.get("/compat/seen")
     def what_was_seen():
         return seen

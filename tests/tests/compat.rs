@@ -911,6 +911,22 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
             let (v, saw) = s.run_seen(client, host, &op)?;
             expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
         });
+        s.case(client, up, "_method-qs", |s| {
+            // `qs` (the `extended` form parser) reads these names as `_method`.
+            let mut details = Vec::new();
+            for body in [
+                "[_method]=DELETE",
+                "_method[]=DELETE",
+                "%5B_method%5D=DELETE",
+            ] {
+                let (v, saw) = s.run_seen(client, host, &repo(form_type, body))?;
+                details.push(format!(
+                    "{body}: {}",
+                    expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")?
+                ));
+            }
+            Ok(details.join("; "))
+        });
         s.case(client, up, "_method-\\u", |s| {
             let (v, saw) = s.run_seen(
                 client,
@@ -956,6 +972,37 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
         let detail = expect_refused_head(&v, &saw, 403, &export_rule)?;
         Ok(format!("GET 403, HEAD {detail}"))
     });
+
+    if framework == "fastapi" {
+        // Reserved characters in a rule's path: Starlette routes on the decoded path, so a
+        // rule blocking `/v1/jobs/*:cancel` must block `/v1/jobs/nightly%3Acancel` too.
+        let job = |path: &str| Op::Raw {
+            method: "POST",
+            url: format!("{base}/v1/jobs/{path}"),
+            headers: Vec::new(),
+            body: None,
+        };
+        let cancel_rule = format!("compat/job-cancel-{framework}");
+        s.case(client, up, "path-%3A", |s| {
+            let mut details = Vec::new();
+            for path in ["nightly:cancel", "nightly%3Acancel", "nightly%3acancel"] {
+                let (v, saw) = s.run_seen(client, host, &job(path))?;
+                details.push(format!(
+                    "{path}: {}",
+                    expect_refused(&v, &saw, 403, "blocked", &cancel_rule)?
+                ));
+            }
+            // The control: another action, escaped, is run (decoded) by the upstream.
+            let (v, saw) = s.run_seen(client, host, &job("nightly%3Arun"))?;
+            details.push(expect_acted(
+                &v,
+                &saw,
+                &json!({"job": "nightly", "action": "run", "server": server}),
+                &json!({"method": "POST", "path": "/v1/jobs/nightly:run", "job": "nightly", "action": "run"}),
+            )?);
+            Ok(details.join("; "))
+        });
+    }
 
     if framework == "express" {
         // Another service on Express's address: a Host naming Express (its port, or none) on
@@ -1215,7 +1262,9 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
              \x20 - {{ id: public-file-{fw}, http: {{ host: {host}, method: GET, path: /files/public.txt }}, verdict: allow, reason: The public file. }}\n\
              \x20 - {{ id: other-files-{fw}, http: {{ host: {host}, path: '/files/*' }}, verdict: block, reason: Only the public file. }}\n\
              \x20 - {{ id: exports-{fw}, http: {{ host: {host}, path: '/v1/export/*' }}, verdict: allow, reason: Reports are exported. }}\n\
-             \x20 - {{ id: export-full-{fw}, http: {{ host: {host}, method: GET, path: /v1/export/full }}, verdict: block, reason: No full exports. }}\n"
+             \x20 - {{ id: export-full-{fw}, http: {{ host: {host}, method: GET, path: /v1/export/full }}, verdict: block, reason: No full exports. }}\n\
+             \x20 - {{ id: jobs-{fw}, http: {{ host: {host}, method: POST, path: '/v1/jobs/*' }}, verdict: allow, reason: Agents run jobs. }}\n\
+             \x20 - {{ id: job-cancel-{fw}, http: {{ host: {host}, method: POST, path: '/v1/jobs/*:cancel' }}, verdict: block, reason: Jobs run to the end. }}\n"
         ));
     }
     rules.push_str(&format!(

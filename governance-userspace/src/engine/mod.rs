@@ -369,7 +369,7 @@ impl Engine {
         path: &str,
     ) -> Option<String> {
         let folded = match_path(path);
-        let exact = glob::trim_slash(path);
+        let exact = glob::exact_path(path);
         let exact_host = view.http_exact.get(host).map_or(&[][..], Vec::as_slice);
         exact_host
             .iter()
@@ -386,7 +386,7 @@ impl Engine {
                     && h.host.matches(host)
                     && h.covers_method(method)
                     && path_matches(h.path.as_deref(), &folded)
-                    && !path_matches(h.path_exact.as_deref(), exact)
+                    && !path_matches(h.path_exact.as_deref(), &exact)
             })
             .map(|(_, rule)| rule.id.clone())
     }

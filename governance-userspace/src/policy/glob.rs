@@ -1,5 +1,7 @@
 //! Glob matching for names and paths, without regex and without backtracking blow-ups.
 
+use std::borrow::Cow;
+
 /// `*` matches any run of characters, `?` any one character. The classic two-pointer
 /// algorithm: at most O(len(pattern) × len(text)).
 pub fn simple(pattern: &str, text: &str) -> bool {
@@ -67,17 +69,57 @@ pub fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?'])
 }
 
-/// The form of a request path that HTTP rules match: ASCII letters lowercased (Express routes
-/// case-insensitively by default) and without a trailing slash (Express in non-strict mode and
-/// Starlette's redirect treat `/v1/refunds/` as `/v1/refunds`). Rule paths are stored in this
+/// The form of a request path that HTTP rules match: [`exact_path`], with ASCII letters
+/// lowercased (Express routes case-insensitively by default). Rule paths are stored in this
 /// form (policy compilation); the path forwarded upstream keeps its case.
-pub fn match_path(path: &str) -> std::borrow::Cow<'_, str> {
-    let p = trim_slash(path);
+pub fn match_path(path: &str) -> Cow<'_, str> {
+    let p = exact_path(path);
     if p.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(p.to_ascii_lowercase())
+        Cow::Owned(p.to_ascii_lowercase())
     } else {
-        std::borrow::Cow::Borrowed(p)
+        p
     }
+}
+
+/// A path (normalised as the proxy normalises request paths) in the form rules compare it,
+/// case kept: without a trailing slash (Express in non-strict mode and Starlette's redirect
+/// treat `/v1/refunds/` as `/v1/refunds`), and with the escapes of printable ASCII characters
+/// other than `/`, `\` and `%` decoded. The proxy's normal form keeps the escapes of reserved
+/// characters (`%3A`, `%40`), which Starlette, Werkzeug, Django and Go route on decoded while
+/// Express routes on them as written: a rule's `/v1/jobs/*:cancel` or `/v1/users/@me` must
+/// match both spellings. (In a rule's own path, an escaped `*` or `?` becomes a wildcard.)
+pub fn exact_path(path: &str) -> Cow<'_, str> {
+    let p = trim_slash(path);
+    if !p.contains('%') {
+        return Cow::Borrowed(p);
+    }
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let decoded = (b[i] == b'%')
+            .then(|| {
+                Some((
+                    char::from(*b.get(i + 1)?).to_digit(16)?,
+                    char::from(*b.get(i + 2)?).to_digit(16)?,
+                ))
+            })
+            .flatten()
+            .map(|(h, l)| (h * 16 + l) as u8)
+            .filter(|c| (0x20..0x7f).contains(c) && !matches!(c, b'/' | b'\\' | b'%'));
+        match decoded {
+            Some(c) => {
+                out.push(c);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    // Only ASCII bytes were decoded: the rest of the path is as it was.
+    Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| p.to_owned()))
 }
 
 /// `path` without its trailing slashes (`/` stays `/`).

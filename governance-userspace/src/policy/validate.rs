@@ -647,7 +647,7 @@ impl Cx<'_> {
             match crate::proxy::request::normalise_path(p) {
                 Ok(n) => Some((
                     glob::match_path(&n).into_owned(),
-                    glob::trim_slash(&n).to_owned(),
+                    glob::exact_path(&n).into_owned(),
                 )),
                 Err(e) => {
                     self.problem(

@@ -262,8 +262,9 @@ pub fn evaluate(
 /// upstream will get. Hop-by-hop headers and the ones `Connection` names are removed first, as
 /// they are before forwarding (`Connection: x-dry-run` would otherwise let a rule read a header
 /// the upstream never sees). A header a rule reads must come at most once and under its own
-/// name: two copies (Express joins them, Starlette takes the first) or a spelling with `_` for
-/// `-` (CGI and WSGI servers read `X_Dry_Run` as `X-Dry-Run`; nginx drops it) are refused.
+/// name: two copies (Express joins them, Starlette takes the first) or another spelling a
+/// server reads as it ([`header_key`]: CGI and WSGI servers read `X_Dry_Run` as `X-Dry-Run`,
+/// PHP reads `X.Dry.Run` as it too) are refused.
 pub fn rule_headers(
     engine: &Engine,
     view: &AgentRules,
@@ -277,10 +278,8 @@ pub fn rule_headers(
     let mut sent = headers.clone();
     super::request::strip_hop_by_hop(&mut sent);
     for &name in &read {
-        let want = name.replace('_', "-");
-        let mut copies = sent
-            .iter()
-            .filter(|(n, _)| n.as_str().replace('_', "-") == want);
+        let want = header_key(name);
+        let mut copies = sent.iter().filter(|(n, _)| header_key(n.as_str()) == want);
         let Some((first, _)) = copies.next() else {
             continue;
         };
@@ -291,7 +290,7 @@ pub fn rule_headers(
         }
         if first.as_str() != name {
             return Err(Refused::Header(format!(
-                "the header `{first}` is `{name}` to servers that read `_` as `-` (a rule reads `{name}`)"
+                "the header `{first}` is `{name}` to servers that read `_` or `.` as `-` (a rule reads `{name}`)"
             )));
         }
     }
@@ -312,16 +311,63 @@ const OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
+/// A header name as the servers that read the most spellings as one name read it: lowercase,
+/// and every character other than a letter or digit a `-` (CGI and WSGI servers read `_` as
+/// `-`, PHP's `$_SERVER` reads `.` as `_` as well: `X.HTTP.Method.Override` is
+/// `HTTP_X_HTTP_METHOD_OVERRIDE`).
+fn header_key(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The top-level fields a form or query parameter named `name` sets, as the web's parsers
+/// read it: the name itself; `qs` (Express's `extended` parser) and Rack (Rails) read `a[b]`
+/// and `a[]` as `a`, and `[a]` as `a`; `qs` with `allowDots` reads `a.b` as `a`; PHP (and so
+/// Symfony and Laravel) drops leading spaces, ends the name at a `[` that a `]` follows, and
+/// turns `.`, spaces and an unmatched `[` into `_` (`.method` and ` _method` are `_method`).
+fn field_names(name: &str) -> [String; 4] {
+    let bracketed = match name.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => name.split('[').next().unwrap_or(name),
+    };
+    let dotted = bracketed.split('.').next().unwrap_or(bracketed);
+    let php = name.trim_start_matches(' ');
+    let php = match php.find('[') {
+        Some(i) if php[i..].contains(']') => &php[..i],
+        _ => php,
+    };
+    let php = php.replace(['.', ' ', '['], "_");
+    [
+        name.to_owned(),
+        bracketed.to_owned(),
+        dotted.to_owned(),
+        php,
+    ]
+}
+
+/// Whether some parser reads a parameter named `name` as `_method` (any case, [`field_names`]).
+fn is_method_field(name: &str) -> bool {
+    field_names(name)
+        .iter()
+        .any(|n| n.trim().eq_ignore_ascii_case("_method"))
+}
+
 /// An override header naming another method, under any name a server reads as one of
-/// [`OVERRIDE_HEADERS`] (CGI and WSGI servers read `_` as `-`: `X_HTTP_Method_Override`).
+/// [`OVERRIDE_HEADERS`] ([`header_key`]: `X_HTTP_Method_Override`, `X.HTTP.Method.Override`).
 fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
     for (name, v) in headers {
         let name = name.as_str();
-        if !(name.starts_with("x-") || name.starts_with("x_")) {
+        if !name.starts_with('x') {
             continue;
         }
-        let dashed = name.replace('_', "-");
-        if OVERRIDE_HEADERS.contains(&dashed.as_str()) {
+        if OVERRIDE_HEADERS.contains(&header_key(name).as_str()) {
             let v = String::from_utf8_lossy(v.as_bytes());
             if !v.trim().eq_ignore_ascii_case(&head.method) {
                 return Err(Refused::MethodOverride(format!("{name}: {}", v.trim())));
@@ -329,13 +375,12 @@ fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
         }
     }
     let query = head.query.as_deref().unwrap_or("");
-    // Cheap first: `_method` spelled plainly or with escapes.
-    if !(query.contains('%') || query.to_ascii_lowercase().contains("_method")) {
+    // Cheap first: `method` spelled plainly or with escapes.
+    if !(query.contains('%') || query.to_ascii_lowercase().contains("method")) {
         return Ok(());
     }
     for (name, value) in query_pairs(query) {
-        if name.eq_ignore_ascii_case("_method") && !value.trim().eq_ignore_ascii_case(&head.method)
-        {
+        if is_method_field(&name) && !value.trim().eq_ignore_ascii_case(&head.method) {
             return Err(Refused::MethodOverride(format!("_method={}", value.trim())));
         }
     }
@@ -375,9 +420,7 @@ fn body_method_override(
         .as_ref()
         .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"));
     if form && let Ok(text) = std::str::from_utf8(&bytes) {
-        return match query_pairs(text)
-            .find(|(k, v)| k.eq_ignore_ascii_case("_method") && overrides(v))
-        {
+        return match query_pairs(text).find(|(k, v)| is_method_field(k) && overrides(v)) {
             Some((_, v)) => Err(refused(&v)),
             None => Ok(()),
         };
@@ -408,7 +451,8 @@ fn body_method_override(
 /// does: `_method` in any case once percent escapes (RFC 2231's `name*=UTF-8''%5Fmethod` of a
 /// multipart part), JSON's `\u` escapes (JSON the proxy's strict parser refuses and
 /// JavaScript's accepts: `{"\u005fmethod": "DELETE", "x": "\ud800"}`) and backslash escapes
-/// (a quoted `name="\_method"`) are undone; or a multipart part's name in a form the proxy
+/// (a quoted `name="\_method"`) are undone; or a multipart part named so that a parser reads
+/// it as `_method` (PHP's `.method`, [`is_method_field`]); or a part's name in a form the proxy
 /// does not decode (RFC 2231 continuations `name*0=`, RFC 2047 encoded words `=?`).
 fn names_method_field(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(bytes);
@@ -421,7 +465,16 @@ fn names_method_field(bytes: &[u8]) -> bool {
         return true;
     }
     plain.lines().any(|l| {
-        l.trim_start().starts_with("content-disposition:") && (l.contains("*0") || l.contains("=?"))
+        let Some(params) = l.trim_start().strip_prefix("content-disposition:") else {
+            return false;
+        };
+        l.contains("*0")
+            || l.contains("=?")
+            || params.split(';').any(|p| {
+                p.trim()
+                    .strip_prefix("name=")
+                    .is_some_and(|n| is_method_field(n.trim().trim_matches('"')))
+            })
     })
 }
 
@@ -497,8 +550,11 @@ fn query_fields(head: &Head, route: &BodyRoute<'_>) -> Result<(), Refused> {
         return Ok(());
     }
     for (name, _) in query_pairs(query) {
-        let base = name.split(['[', '.']).next().unwrap_or("").trim();
-        if let Some(f) = fields.iter().find(|f| f.eq_ignore_ascii_case(base)) {
+        let names = field_names(&name);
+        if let Some(f) = fields
+            .iter()
+            .find(|f| names.iter().any(|n| f.eq_ignore_ascii_case(n.trim())))
+        {
             return Err(Refused::QueryField((*f).to_owned()));
         }
     }

@@ -852,6 +852,29 @@ rules:
             );
         }
     }
+    // Over h2c too; the refusal of a HEAD has no content (red team round 3: hyper's HTTP/2
+    // server sent the refusal's JSON after `content-length: 0`, a protocol error to clients).
+    let (mut tx, _conn) = h.h2c(me).await;
+    let port = up.addr.port();
+    for method in [hyper::Method::HEAD, hyper::Method::GET] {
+        tx.ready().await.unwrap();
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(format!("http://api.payments.example:{port}/v1/export"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = tx.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "h2c {method}");
+        let body = resp.into_body().collect().await.map(|c| c.to_bytes());
+        match body {
+            Ok(b) => assert_eq!(
+                b.is_empty(),
+                method == hyper::Method::HEAD,
+                "h2c {method}: {b:?}"
+            ),
+            Err(e) => panic!("h2c {method}: the refusal is not a valid response: {e}"),
+        }
+    }
     let seen = up.seen.lock().unwrap().clone();
     let seen: Vec<(&str, &str)> = seen
         .iter()

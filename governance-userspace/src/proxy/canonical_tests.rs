@@ -571,6 +571,22 @@ rules:
     http: { host: reports.example, method: HEAD, path: /v1/probe }
     verdict: block
     reason: not probed
+  - id: no-job-cancel
+    http: { host: jobs.example, method: POST, path: "/v1/jobs/*:cancel" }
+    verdict: block
+    reason: jobs run to the end
+  - id: no-self-delete
+    http: { host: jobs.example, method: DELETE, path: "/v1/users/@me" }
+    verdict: block
+    reason: agents keep their account
+  - id: encoded-in-rule
+    http: { host: jobs.example, method: GET, path: "/v1/tags/a%2Bb" }
+    verdict: block
+    reason: written escaped in the rule
+  - id: public-colon
+    http: { host: files.example, method: GET, path: "/files/report:2026.txt" }
+    verdict: allow
+    reason: the public report
 "#;
 
 fn found(
@@ -642,6 +658,19 @@ fn header_conditions_read_what_is_forwarded_once_and_by_its_name() {
     );
     assert_eq!(
         deploy(&[("x-dry-run", "true"), ("x_dry-run", "false")]),
+        "refused 400 builtin:request"
+    );
+    // `.` for `-`: the same header to PHP (red team round 3: PHP's built-in server kept the
+    // last copy and Symfony read `false`).
+    for other in ["x.dry.run", "x-dry.run", "x.dry-run"] {
+        assert_eq!(
+            deploy(&[("x-dry-run", "true"), (other, "false")]),
+            "refused 400 builtin:request",
+            "{other}"
+        );
+    }
+    assert_eq!(
+        deploy(&[("x.dry.run", "true")]),
         "refused 400 builtin:request"
     );
     // Headers no rule reads are not judged.
@@ -1020,8 +1049,127 @@ fn method_overrides_in_bodies_are_found_in_any_spelling_and_coding() {
     }
 }
 
+/// A `_method` under a name a parser reads as `_method` (red team round 3): `qs` (Express's
+/// `extended` forms) and Rack read `[_method]` and `_method[]`; PHP (Symfony, Laravel) reads
+/// `.method`, ` _method` and `+_method`, in forms, queries and multipart part names.
+#[test]
+fn method_overrides_under_names_parsers_read_as_method_are_refused() {
+    let post = |target: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let mut all = vec![("host", "api.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", target, &all, body))
+    };
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    let multipart = ("content-type", "multipart/form-data; boundary=b");
+    let part = |name: &str| {
+        format!("--b\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\nDELETE\r\n--b--\r\n")
+            .into_bytes()
+    };
+    let refused = "refused 400 builtin:request";
+    for name in [
+        "[_method]",
+        "%5B_method%5D",
+        "_method[]",
+        "_method%5B%5D",
+        "_method[0]",
+        "_method.x",
+        ".method",
+        "%2Emethod",
+        "+_method",
+        "%20_method",
+        " .method",
+        "[method",
+    ] {
+        assert_eq!(
+            post(
+                "/v1/repos/prod",
+                &[form],
+                format!("{name}=DELETE").as_bytes()
+            ),
+            refused,
+            "form {name}"
+        );
+        let query = name
+            .replace(' ', "%20")
+            .replace('[', "%5B")
+            .replace(']', "%5D");
+        assert_eq!(
+            post(&format!("/v1/repos/prod?{query}=DELETE"), &[], b""),
+            refused,
+            "query {name}"
+        );
+    }
+    for name in [".method", " _method", "[_method]", "_method[]"] {
+        assert_eq!(
+            post("/v1/repos/prod", &[multipart], &part(name)),
+            refused,
+            "multipart {name}"
+        );
+    }
+    // Controls: names no parser reads as `_method`, and an override naming the request's own
+    // method.
+    for body in [
+        "payment[method]=card",
+        "a.method=x",
+        "methods=DELETE",
+        "x_method_name=DELETE",
+        "[_method]=POST",
+    ] {
+        assert_eq!(
+            post("/v1/repos/prod", &[form], body.as_bytes()),
+            "allow default",
+            "{body}"
+        );
+    }
+    assert_eq!(
+        post("/v1/repos/prod?payment%5Bmethod%5D=card", &[], b""),
+        "allow default"
+    );
+    assert_eq!(
+        post("/v1/repos/prod", &[multipart], &part("payment[method]")),
+        "allow default"
+    );
+}
+
+/// A rule's path matches a request's whatever escapes of printable characters either
+/// spells (red team round 3: Starlette routes `/v1/jobs/nightly%3Acancel` as
+/// `/v1/jobs/nightly:cancel`).
+#[test]
+fn rule_paths_match_escaped_and_plain_reserved_characters_alike() {
+    let req =
+        |method: &str, path: &str| verdict(found(method, path, &[("host", "jobs.example")], b""));
+    for path in [
+        "/v1/jobs/nightly:cancel",
+        "/v1/jobs/nightly%3Acancel",
+        "/v1/jobs/nightly%3acancel",
+        "/v1/jobs/nightly%3ACANCEL",
+    ] {
+        assert_eq!(req("POST", path), "block found/no-job-cancel", "{path}");
+    }
+    for path in ["/v1/users/@me", "/v1/users/%40me", "/v1/users/%40ME/"] {
+        assert_eq!(req("DELETE", path), "block found/no-self-delete", "{path}");
+    }
+    // A rule written with an escape matches the plain spelling too.
+    for path in ["/v1/tags/a+b", "/v1/tags/a%2Bb", "/v1/tags/a%2bb"] {
+        assert_eq!(req("GET", path), "block found/encoded-in-rule", "{path}");
+    }
+    // An allow rule allows its own resource in either spelling, in its own case only.
+    let file = |path: &str| verdict(found("GET", path, &[("host", "files.example")], b""));
+    assert_eq!(file("/files/report:2026.txt"), "allow found/public-colon");
+    assert_eq!(file("/files/report%3A2026.txt"), "allow found/public-colon");
+    assert_eq!(
+        file("/files/REPORT%3A2026.txt"),
+        "refused 400 builtin:request"
+    );
+    // Controls: other jobs' paths and other characters.
+    assert_eq!(req("POST", "/v1/jobs/nightly%3Arun"), "allow default");
+    assert_eq!(req("POST", "/v1/jobs/nightly"), "allow default");
+    assert_eq!(req("DELETE", "/v1/users/%40you"), "allow default");
+    assert_eq!(req("GET", "/v1/tags/a%20b"), "allow default");
+}
+
 /// Override headers under the names CGI and WSGI servers read as theirs (`_` for `-`, as
-/// `HTTP_X_HTTP_METHOD_OVERRIDE`), in any case.
+/// `HTTP_X_HTTP_METHOD_OVERRIDE`), in any case, and PHP's (`.` for `-`).
 #[test]
 fn method_override_headers_are_read_under_any_underscore_spelling() {
     let post = |headers: &[(&str, &str)]| {
@@ -1035,6 +1183,9 @@ fn method_override_headers_are_read_under_any_underscore_spelling() {
         "x_http_method_override",
         "X_HTTP_METHOD",
         "x_method-override",
+        "X.HTTP.Method.Override",
+        "X-HTTP.Method-Override",
+        "x.method.override",
     ] {
         assert_eq!(
             post(&[(name, "DELETE")]),

@@ -150,7 +150,16 @@ impl Proxy {
             let c = conn.clone();
             let svc = service_fn(move |req| {
                 let (this, conn) = (this.clone(), c.clone());
-                async move { Ok::<_, Infallible>(this.handle(&conn, req).await) }
+                async move {
+                    let head = req.method() == hyper::Method::HEAD;
+                    let mut resp = this.handle(&conn, req).await;
+                    // A response to HEAD has no content (RFC 9110 §9.3.2); hyper's HTTP/2
+                    // server would send the proxy's own refusal body after `content-length: 0`.
+                    if head {
+                        *resp.body_mut() = super::upstream::Body::empty();
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let idle = self.cfg.idle_timeout;
             let result = match proto {

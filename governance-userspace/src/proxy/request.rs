@@ -14,8 +14,9 @@
 //!   ones), `%2F` (an encoded `/`), `%5C` and raw `\`, encoded control characters (`%00`...),
 //!   `%25` followed by two hex digits (double encoding), escapes that decode to bytes that are
 //!   not UTF-8 (overlong `%C0%AE`), `;` (path parameters, which some servers strip), segments
-//!   that end in `.` or a space (which Windows servers strip), and bad escapes. Rules match the path ASCII-lowercased and without a trailing slash
-//!   ([`crate::policy::glob::match_path`]); the path forwarded keeps its case.
+//!   that end in `.` or a space (which Windows servers strip), and bad escapes. Rules match the path ASCII-lowercased, without a trailing slash
+//!   and with the escapes of other printable characters decoded
+//!   ([`crate::policy::glob::match_path`]); the path forwarded keeps its case and escapes.
 //! - **Framing** ([`check_framing`]): more than one `Content-Length` (also equal ones, and a
 //!   list `5, 5`), a `Transfer-Encoding` other than exactly `chunked`, or `Content-Length`
 //!   together with `Transfer-Encoding` → 400 and the connection is closed, on any request of a
