@@ -4361,22 +4361,38 @@ fn unlink_and_truncate_are_decided_on_the_object() {
 fn system_files_are_refused() {
     require_root();
     let fx = Fixture::new("system");
+    let made_local = !Path::new("/root/.local").exists();
+    let made_cni = !Path::new("/opt/cni").exists();
     // Made before the load, outside the agent: the directories the cases write into, and the
     // files they truncate, remove, link and move (on the root filesystem: /tmp is its own).
     for dir in [
         "/etc/cron.d",
         "/etc/systemd/system/multi-user.target.wants",
         "/root/.ssh",
+        "/root/.local/lib/python3.11/site-packages",
+        "/opt/cni/bin",
         "/gov-rt-src",
         "/home/gov-rt-user/.ssh",
+        "/home/gov-rt-user/.local/bin",
+        "/home/gov-rt-user/.config/git",
     ] {
         std::fs::create_dir_all(dir).unwrap();
     }
-    // Another user, whose logins run their home's startup files outside every agent.
+    // Another user, whose logins and programs run their home's startup and configuration files
+    // outside every agent; and one whose home does not exist.
+    // (The VM's image has no /etc/passwd: root's line too, as every node has it.)
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let root = if passwd.lines().any(|l| l.starts_with("root:")) {
+        ""
+    } else {
+        "root:x:0:0:root:/root:/bin/sh\n"
+    };
     std::fs::write(
         "/etc/passwd",
-        format!("{passwd}gov-rt-user:x:4242:4242::/home/gov-rt-user:/bin/sh\n"),
+        format!(
+            "{passwd}{root}gov-rt-user:x:4242:4242::/home/gov-rt-user:/bin/sh\n\
+             gov-rt-absent:x:4243:4243::/home/gov-rt-absent:/bin/sh\n"
+        ),
     )
     .unwrap();
     let conf = Path::new("/etc/gov-rt.conf");
@@ -4387,6 +4403,8 @@ fn system_files_are_refused() {
     };
     reset();
     let mut k = fx.load("");
+    // Made after the load (as an agent may make it): refused whole, by its path.
+    std::fs::create_dir_all("/home/gov-rt-absent").unwrap();
     for hook in [
         "inode_symlink",
         "inode_mkdir",
@@ -4522,6 +4540,66 @@ fn system_files_are_refused() {
             "/home/gov-rt-user/.bashrc",
         ),
         (
+            "45 a .pth file in root's Python user site (it runs in every Python started)",
+            Attempt::Open {
+                path: c("/root/.local/lib/python3.11/site-packages/gov-rt.pth"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/root/.local/lib/python3.11/site-packages/gov-rt.pth",
+        ),
+        (
+            "45 root's git configuration written (core.fsmonitor runs at the next git status)",
+            Attempt::Open {
+                path: c("/root/.gitconfig"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/root/.gitconfig",
+        ),
+        (
+            "45 another user's git configuration in ~/.config written",
+            Attempt::Open {
+                path: c("/home/gov-rt-user/.config/git/config"),
+                flags: create | libc::O_APPEND,
+            },
+            Kind::File,
+            None,
+            "/home/gov-rt-user/.config/git/config",
+        ),
+        (
+            "45 a program put first on another user's PATH (~/.local/bin)",
+            Attempt::Open {
+                path: c("/home/gov-rt-user/.local/bin/ls"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/home/gov-rt-user/.local/bin/ls",
+        ),
+        (
+            "45 a CNI plugin written into /opt/cni/bin (run as root for every pod)",
+            Attempt::Open {
+                path: c("/opt/cni/bin/gov-rt"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/opt/cni/bin/gov-rt",
+        ),
+        (
+            "45 a startup file in a home /etc/passwd named but nobody had made at the load",
+            Attempt::Open {
+                path: c("/home/gov-rt-absent/.bashrc"),
+                flags: create,
+            },
+            Kind::File,
+            None,
+            "/home/gov-rt-absent/.bashrc",
+        ),
+        (
             "45 truncate(2) of a file in /etc",
             Attempt::Truncate { path: cstr(conf) },
             Kind::Link,
@@ -4564,6 +4642,23 @@ fn system_files_are_refused() {
         },
     );
     assert_eq!(outcome, Outcome::Exited(0), "reading /etc stays allowed");
+    // The rest of a home stays writable (work files, caches).
+    for path in ["/home/gov-rt-user/notes.txt", "/root/.gov-rt-cache"] {
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::Open {
+                path: c(path),
+                flags: create,
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{path}: a home's other files stay writable"
+        );
+        let _ = std::fs::remove_file(path);
+    }
     // A policy that allows system files gives all of it back.
     k.reload(&fx.policy("kernel: { allow_system_files: true }\n"));
     for (case, attempt, _, _, made) in &cases {
@@ -4585,6 +4680,13 @@ fn system_files_are_refused() {
         std::fs::write("/etc/passwd", passwd).unwrap();
     }
     let _ = std::fs::remove_dir_all("/home/gov-rt-user");
+    let _ = std::fs::remove_dir("/home/gov-rt-absent");
+    if made_local {
+        let _ = std::fs::remove_dir_all("/root/.local");
+    }
+    if made_cni {
+        let _ = std::fs::remove_dir_all("/opt/cni");
+    }
 }
 
 /// Issue 12, class 4 (others acting for the agent), by reading the kernel's usermode helpers:

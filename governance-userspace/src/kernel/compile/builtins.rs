@@ -74,12 +74,14 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// every agent: the schedulers (cron, at), the service manager's units (in /etc, /usr/lib and
 /// /run/systemd), the loader's preload list and library paths, logins (shell startup files,
 /// PAM, sudo, SSH keys), udev rules, modprobe's `install` lines, dpkg's maintainer scripts, and
-/// the binaries and libraries root runs. A root agent that writes one of them has code run for
+/// the binaries and libraries root runs, including add-on software in /opt (container
+/// runtimes run the CNI plugins in /opt/cni/bin as root for every pod). A root agent that writes one of them has code run for
 /// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Agents
 /// may not write, create, truncate or name anything there unless a policy allows system files.
-pub(super) const SYSTEM_FILES: [&str; 22] = [
+pub(super) const SYSTEM_FILES: [&str; 23] = [
     "/etc",
     "/usr",
+    "/opt",
     "/bin",
     "/sbin",
     "/lib",
@@ -102,29 +104,76 @@ pub(super) const SYSTEM_FILES: [&str; 22] = [
     "/root/.config/autostart",
 ];
 
-/// The files in a user's home that the node runs as that user, outside every agent: the login
-/// shells' startup files, the X session's, SSH's authorized keys (a login, then anything), and
-/// the user's systemd units and desktop autostart entries (at the next login, or at once for a
-/// lingering user). Refused in every home /etc/passwd names (root's are in [`SYSTEM_FILES`]
-/// too), as system files are.
-pub(super) const LOGIN_FILES: [&str; 17] = [
+/// The files in a user's home that run as that user, outside every agent, as code or as
+/// commands: the login shells' startup files (and what they source), the X session's, SSH's
+/// authorized keys and client configuration (a login, then anything; `ProxyCommand`); the
+/// directories the user's `PATH` and Python's user site put first (`~/bin`, `~/.local/bin`,
+/// `~/.local/lib`: a `.pth` file runs in every Python); the whole XDG configuration directory
+/// (user units, autostart entries, git's and pip's configuration, fish); and the configuration
+/// of tools that run commands from it (git's `core.fsmonitor`, kubectl's and the AWS CLI's
+/// credential programs, Docker's credential helpers, npm's `script-shell`, cargo, gpg, editors,
+/// debuggers, terminals' multiplexers, mailcap, REPLs' startup files, build tools' init
+/// scripts, coding agents' hooks). Refused in every home /etc/passwd names (root's partly in
+/// [`SYSTEM_FILES`] too), as system files are; a home that does not exist at the reload is
+/// refused whole (whatever is written into it once someone makes it).
+pub(super) const LOGIN_FILES: [&str; 57] = [
     ".ssh",
     ".profile",
     ".bashrc",
     ".bash_profile",
     ".bash_login",
     ".bash_logout",
+    ".bash_aliases",
+    ".inputrc",
     ".zshenv",
     ".zprofile",
     ".zshrc",
     ".zlogin",
-    ".config/fish",
-    ".config/systemd",
-    ".config/autostart",
+    ".zlogout",
+    ".kshrc",
+    ".mkshrc",
+    ".cshrc",
+    ".tcshrc",
+    ".login",
+    ".logout",
     ".xinitrc",
     ".xsession",
+    ".xsessionrc",
     ".xprofile",
     ".pam_environment",
+    "bin",
+    ".local/bin",
+    ".local/lib",
+    ".config",
+    ".gitconfig",
+    ".kube",
+    ".aws",
+    ".docker",
+    ".npmrc",
+    ".yarnrc",
+    ".pip",
+    ".pydistutils.cfg",
+    ".cargo",
+    ".gnupg",
+    ".vimrc",
+    ".vim",
+    ".exrc",
+    ".emacs",
+    ".emacs.d",
+    ".gdbinit",
+    ".tmux.conf",
+    ".screenrc",
+    ".mailcap",
+    ".ipython",
+    ".psqlrc",
+    ".Rprofile",
+    ".irbrc",
+    ".gradle",
+    ".m2",
+    ".ansible.cfg",
+    ".claude",
+    ".vscode-server",
+    ".wgetrc",
 ];
 
 /// At most this many homes get [`LOGIN_FILES`] (a directory service can list thousands of
@@ -132,8 +181,9 @@ pub(super) const LOGIN_FILES: [&str; 17] = [
 const MAX_HOMES: usize = 256;
 
 /// [`LOGIN_FILES`] in each home directory `passwd` (the text of /etc/passwd) names, once each,
-/// but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`: covered whole already).
-pub(super) fn login_files(passwd: &str) -> Vec<PathBuf> {
+/// but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`: covered whole already); a home
+/// that `exists` says is not there, whole.
+pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     let homes: Vec<&str> = passwd
         .lines()
@@ -143,16 +193,21 @@ pub(super) fn login_files(passwd: &str) -> Vec<PathBuf> {
         .filter(|h| seen.insert(*h))
         .take(MAX_HOMES)
         .collect();
-    homes
-        .iter()
-        .flat_map(|h| LOGIN_FILES.iter().map(move |f| Path::new(h).join(f)))
-        .collect()
+    let mut files = Vec::new();
+    for home in homes.iter().map(Path::new) {
+        if exists(home) {
+            files.extend(LOGIN_FILES.iter().map(|f| home.join(f)));
+        } else {
+            files.push(home.to_path_buf());
+        }
+    }
+    files
 }
 
 /// Built-in directories whose entries the identity resolution does not enumerate (for other
 /// names and mount points made before the load): too big to read on every reload.
-pub(super) const NOT_ENUMERATED: [&str; 8] = [
-    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+pub(super) const NOT_ENUMERATED: [&str; 9] = [
+    "/usr", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
 ];
 
 /// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
@@ -216,7 +271,7 @@ pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<Pa
         if relaxed & allow::SYSTEM_FILES == 0 {
             denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-            denied.extend(login_files(&passwd));
+            denied.extend(login_files(&passwd, Path::exists));
         }
     }
     denied
@@ -255,12 +310,15 @@ mod tests {
                       alice:x:1000:1000:Alice:/home/alice:/bin/zsh\n\
                       broken line\n\
                       svc:x:999:999::relative/home:/bin/sh\n";
-        let files = login_files(passwd);
+        let all = |_: &Path| true;
+        let files = login_files(passwd, all);
         for f in [
             "/home/alice/.ssh",
             "/home/alice/.bashrc",
             "/home/alice/.zshrc",
-            "/home/alice/.config/systemd",
+            "/home/alice/.config",
+            "/home/alice/.gitconfig",
+            "/root/.local/lib",
             "/root/.zshenv",
         ] {
             assert!(files.contains(&PathBuf::from(f)), "{f}");
@@ -272,13 +330,17 @@ mod tests {
         );
         let twice = format!("{passwd}alice2:x:1001:1001::/home/alice:/bin/sh\n");
         assert_eq!(
-            login_files(&twice),
+            login_files(&twice, all),
             files,
             "a home shared by two users, once"
         );
+        // A home that does not exist: refused whole, so that it is not made with them in it.
+        let missing = login_files(passwd, |h| h != Path::new("/home/alice"));
+        assert!(missing.contains(&PathBuf::from("/home/alice")));
+        assert_eq!(missing.len(), LOGIN_FILES.len() + 1);
         let many: String = (0..1000)
             .map(|i| format!("u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n"))
             .collect();
-        assert_eq!(login_files(&many).len(), MAX_HOMES * LOGIN_FILES.len());
+        assert_eq!(login_files(&many, all).len(), MAX_HOMES * LOGIN_FILES.len());
     }
 }
