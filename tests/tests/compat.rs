@@ -36,9 +36,11 @@ use serde_json::{Value, json};
 const FASTAPI_IP: [u8; 4] = [127, 0, 0, 21];
 const EXPRESS_IP: [u8; 4] = [127, 0, 0, 22];
 const MCP_IP: [u8; 4] = [127, 0, 0, 23];
+const SYMFONY_IP: [u8; 4] = [127, 0, 0, 24];
 const FASTAPI_HOST: &str = "api.fastapi.example";
 const EXPRESS_HOST: &str = "api.express.example";
 const MCP_HOST: &str = "mcp.tools.example";
+const SYMFONY_HOST: &str = "api.symfony.example";
 /// Another service on Express's address (a FastAPI app on a port of its own), which the policy
 /// lets no agent reach: a Host naming Express on a connection to it must not be decided as
 /// Express.
@@ -163,6 +165,7 @@ struct Suite {
 struct Urls {
     fastapi: String,
     express: String,
+    symfony: String,
     /// The other service on Express's address.
     internal: String,
     mcp_port: u16,
@@ -1051,6 +1054,87 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
     }
 }
 
+/// PHP's own reading of a request, behind Symfony's method override (tests/compat/server.php):
+/// PHP turns `.` and a leading space in a parameter's name into `_` and drops leading spaces
+/// (`.method` is `_method`), and reads `X.HTTP.Method.Override` as `X-HTTP-Method-Override`;
+/// a header a rule reads, sent again under a `.` spelling, is the same header to it.
+fn php_cases(s: &mut Suite, base: String) {
+    let (host, up, client) = (SYMFONY_HOST, "Symfony", "curl");
+    let strings = |headers: &[&str]| headers.iter().map(|h| (*h).to_owned()).collect();
+    let repo = |query: &str, headers: &[&str], body: &str| Op::Raw {
+        method: "POST",
+        url: format!("{base}/v1/repos/prod{query}"),
+        headers: strings(headers),
+        body: Some(body.to_owned()),
+    };
+    let form = "content-type: application/x-www-form-urlencoded";
+    s.case(client, up, "repo-post", |s| {
+        // The control: a form POST is acted on as the POST it is.
+        let (v, saw) = s.run_seen(client, host, &repo("", &[form], "name=x"))?;
+        expect_acted(
+            &v,
+            &saw,
+            &json!({"updated": "prod", "method": "POST", "server": "symfony"}),
+            &json!({"method": "POST", "path": "/v1/repos/prod"}),
+        )
+    });
+    s.case(client, up, "_method-php", |s| {
+        let part =
+            "--b\r\nContent-Disposition: form-data; name=\".method\"\r\n\r\nDELETE\r\n--b--\r\n";
+        let mut details = Vec::new();
+        for (what, op) in [
+            ("form .method", repo("", &[form], ".method=DELETE")),
+            ("form +_method", repo("", &[form], "+_method=DELETE")),
+            ("query .method", repo("?.method=DELETE", &[form], "name=x")),
+            (
+                "query %20_method",
+                repo("?%20_method=DELETE", &[form], "name=x"),
+            ),
+            (
+                "multipart .method",
+                repo("", &["content-type: multipart/form-data; boundary=b"], part),
+            ),
+            (
+                "header X.HTTP.Method.Override",
+                repo("", &[form, "X.HTTP.Method.Override: DELETE"], "name=x"),
+            ),
+        ] {
+            let (v, saw) = s.run_seen(client, host, &op)?;
+            details.push(format!(
+                "{what}: {}",
+                expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")?
+            ));
+        }
+        Ok(details.join("; "))
+    });
+    s.case(client, up, "hdr-dot", |s| {
+        let deploy = |headers: &[&str]| Op::Raw {
+            method: "POST",
+            url: format!("{base}/v1/deploy"),
+            headers: strings(headers),
+            body: None,
+        };
+        // The control: a dry run is allowed and acted on as one.
+        let (v, saw) = s.run_seen(client, host, &deploy(&["x-dry-run: true"]))?;
+        let detail = expect_acted(
+            &v,
+            &saw,
+            &json!({"real_deploy": false, "server": "symfony"}),
+            &json!({"method": "POST", "path": "/v1/deploy", "x_dry_run": "true"}),
+        )?;
+        // PHP keeps the last of `X-Dry-Run` and `X.Dry.Run`: a real deploy.
+        let (v, saw) = s.run_seen(
+            client,
+            host,
+            &deploy(&["x-dry-run: true", "X.Dry.Run: false"]),
+        )?;
+        let refused = expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")?;
+        Ok(format!(
+            "dry run {detail}; with X.Dry.Run: false, {refused}"
+        ))
+    });
+}
+
 fn mcp_error<'a>(v: &'a Value, code: i64, rule: &str) -> Result<&'a Value, String> {
     let e = &v["error"];
     check(
@@ -1202,6 +1286,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         addr(EXPRESS_IP, ports.1),
         addr(MCP_IP, ports.2),
     );
+    let symfony_addr = addr(SYMFONY_IP, free_port(SYMFONY_IP));
     let py = |args: &[&str]| {
         let mut c = Command::new(&python);
         c.arg(scripts.join("servers.py")).args(args);
@@ -1227,6 +1312,21 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         &mut py(&["mcp", &ip(mcp_addr), &port(mcp_addr), MCP_HOST]),
         mcp_addr,
     );
+    // PHP reads request parameters and headers its own way (Debian's php-cli and Symfony
+    // HttpFoundation, installed by the setup).
+    let symfony_seen =
+        std::env::temp_dir().join(format!("governance-test-compat-php-{}", std::process::id()));
+    let _ = std::fs::remove_file(&symfony_seen);
+    let _symfony = serve(
+        "Symfony (PHP's built-in server)",
+        Command::new("php")
+            .arg("-S")
+            .arg(symfony_addr.to_string())
+            .arg(scripts.join("server.php"))
+            .env("GOVERNANCE_COMPAT_SEEN", &symfony_seen)
+            .stderr(Stdio::null()),
+        symfony_addr,
+    );
     let _internal = serve(
         "internal FastAPI",
         &mut py(&[
@@ -1246,7 +1346,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         .map(|c| ((*c).to_owned(), parent.child(c)))
         .collect();
     let mut rules = String::from(
-        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
+        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32, 127.0.0.24/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
     );
     for (fw, host) in [("fastapi", FASTAPI_HOST), ("express", EXPRESS_HOST)] {
         rules.push_str(&format!(
@@ -1267,6 +1367,12 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
              \x20 - {{ id: job-cancel-{fw}, http: {{ host: {host}, method: POST, path: '/v1/jobs/*:cancel' }}, verdict: block, reason: Jobs run to the end. }}\n"
         ));
     }
+    rules.push_str(&format!(
+        "  - {{ id: deploy-dry-run-symfony, http: {{ host: {SYMFONY_HOST}, method: POST, path: /v1/deploy, headers: {{ x-dry-run: 'true' }} }}, verdict: allow, reason: Dry runs are routine. }}\n\
+         \x20 - {{ id: deploy-symfony, http: {{ host: {SYMFONY_HOST}, method: POST, path: /v1/deploy }}, verdict: block, reason: '{DEPLOY_REASON}' }}\n\
+         \x20 - {{ id: repo-update-symfony, http: {{ host: {SYMFONY_HOST}, method: POST, path: '/v1/repos/*' }}, verdict: allow, reason: Agents update repositories. }}\n\
+         \x20 - {{ id: repo-delete-symfony, http: {{ host: {SYMFONY_HOST}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
+    ));
     rules.push_str(&format!(
         "  - {{ id: mcp-server, http: {{ host: {MCP_HOST} }}, verdict: allow, reason: 'The MCP server: sessions, lists, streams.' }}\n\
          \x20 - {{ id: mcp-shell, http: {{ host: {MCP_HOST}, mcp: {{ tool: run_shell }} }}, verdict: block, reason: '{SHELL_REASON}' }}\n\
@@ -1292,6 +1398,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         format!("{EXPRESS_HOST}={}", express_addr.ip()),
         format!("{MCP_HOST}={}", mcp_addr.ip()),
         format!("{INTERNAL_HOST}={}", internal_addr.ip()),
+        format!("{SYMFONY_HOST}={}", symfony_addr.ip()),
     ];
     let (daemon, _) = start_daemon(
         &[
@@ -1309,6 +1416,8 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             &hosts[2],
             "--proxy-host",
             &hosts[3],
+            "--proxy-host",
+            &hosts[4],
         ],
         &policy_dir,
     );
@@ -1326,10 +1435,12 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             (EXPRESS_HOST, express_addr),
             (MCP_HOST, mcp_addr),
             (INTERNAL_HOST, internal_addr),
+            (SYMFONY_HOST, symfony_addr),
         ],
         urls: Urls {
             fastapi: format!("http://{FASTAPI_HOST}:{}", ports.0),
             express: format!("http://{EXPRESS_HOST}:{}", ports.1),
+            symfony: format!("http://{SYMFONY_HOST}:{}", symfony_addr.port()),
             internal: format!("http://{INTERNAL_HOST}:{}", internal_addr.port()),
             mcp_port: ports.2,
         },
@@ -1341,7 +1452,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     };
     println!(
         "compat: upstreams FastAPI {fastapi_addr}, Express {express_addr}, MCP SDK {mcp_addr}, \
-         internal FastAPI {internal_addr}; {} clients, each in its own agent",
+         internal FastAPI {internal_addr}, Symfony {symfony_addr}; {} clients, each in its own agent",
         HTTP_CLIENTS.len() + MCP_CLIENTS.len()
     );
 
@@ -1361,6 +1472,8 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     let (fastapi, express) = (s.urls.fastapi.clone(), s.urls.express.clone());
     canonical_cases(&mut s, "fastapi", fastapi);
     canonical_cases(&mut s, "express", express);
+    let symfony = s.urls.symfony.clone();
+    php_cases(&mut s, symfony);
     for client in MCP_CLIENTS {
         mcp_cases(&mut s, client);
     }

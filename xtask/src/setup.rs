@@ -49,6 +49,10 @@ const APT_PACKAGES: &[&str] = &[
     "iptables",
     // The compliance report rendered by a real browser (the report test place).
     "chromium",
+    // The HTTP compatibility suite's PHP upstream: PHP's built-in server and Symfony's
+    // request parsing (tests/compat/server.php).
+    "php-cli",
+    "php-symfony-http-foundation",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -119,7 +123,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()
