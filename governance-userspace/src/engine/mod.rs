@@ -574,6 +574,61 @@ impl Engine {
         self.decide_armed(view, action, now, &armed)
     }
 
+    /// The decision of a TCP/UDP connection to `port` when it is the same for every address
+    /// (no enforcing `network` rule of the agent that covers the port and protocol names
+    /// addresses before one that names none, or the default posture): what the proxy knows
+    /// without resolving a name. None: the decision depends on the address. Sequence rules are
+    /// not consulted (as for the proxy's own connects: they decide by host, `then.http`).
+    pub fn network_without_address(
+        &self,
+        view: &AgentRules,
+        port: u16,
+        protocol: Protocol,
+        now: Instant,
+    ) -> Option<Decision> {
+        let rules = view
+            .by_kind
+            .get(&Kind::Network)
+            .map_or(&[][..], Vec::as_slice);
+        for &i in rules {
+            let rule = self.rule(i);
+            let Matcher::Network {
+                nets,
+                ports,
+                protocol: p,
+                ..
+            } = &rule.matcher
+            else {
+                continue;
+            };
+            let covers = (ports.is_empty()
+                || ports.iter().any(|(lo, hi)| (lo..=hi).contains(&&port)))
+                && (*p == Protocol::Any || *p == protocol);
+            if !covers || rule.mode != Mode::Enforce {
+                continue;
+            }
+            if !nets.is_empty() {
+                return None;
+            }
+            return Some(self.apply(i, &view.agent, now, false));
+        }
+        Some(self.default(view.defaults.get(&Kind::Network), Kind::Network))
+    }
+
+    /// Whether a rule of the agent names `host` (lowercase): an `http` rule for that host or
+    /// a `*.suffix` of it, or `proxy.intercept_tls`; a rule for any host (`*`) names none. The
+    /// proxy looks such a name up in DNS for the agent: the policy chose it, not the agent.
+    pub fn names_host(&self, view: &AgentRules, host: &str) -> bool {
+        let http = view.http_exact.contains_key(host)
+            || view.http_suffix.iter().any(
+                |&i| matches!(&self.rule(i).matcher, Matcher::Http(h) if h.host.matches(host)),
+            );
+        http || view
+            .intercept_tls
+            .iter()
+            .any(|m| !matches!(m, HostMatch::Any) && m.matches(host))
+    }
+
     /// [`Engine::decide`] without sequence rules.
     fn decide_plain(&self, view: &AgentRules, action: &Action, now: Instant) -> Decision {
         let kind = action.kind();

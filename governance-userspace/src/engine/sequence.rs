@@ -101,6 +101,52 @@ impl Engine {
         source(&view.agent, &ids)
     }
 
+    /// The refusal that an enforcing sequence rule the agent has armed now (the engine's
+    /// source) makes of `action`, if any (the most severe): what a connection opened before
+    /// the arming meets when the proxy re-checks it. Nothing else is decided (no token of a
+    /// throttle rule is taken).
+    pub fn armed_refusal(
+        &self,
+        view: &AgentRules,
+        action: &Action,
+        now: Instant,
+    ) -> Option<Decision> {
+        let armed = self.armed_now(view);
+        if armed.is_empty() {
+            return None;
+        }
+        let mut worst: Option<Decision> = None;
+        for (i, rule, s) in self.sequences(view) {
+            if rule.mode != Mode::Enforce {
+                continue;
+            }
+            let Some(a) = armed
+                .iter()
+                .filter(|a| a.rule == rule.id)
+                .min_by_key(|a| a.at)
+            else {
+                continue;
+            };
+            let outside = s.in_force(a.at, now)
+                && match action {
+                    Action::Network { addr, port, .. } => !s.allows_addr(*addr, *port),
+                    Action::Http(req) => !s.allows_host(&req.host),
+                    _ => false,
+                };
+            if !outside {
+                continue;
+            }
+            let mut d = self.apply(i, &view.agent, now, false);
+            d.armed_by = Some(a.by.clone());
+            if d.outcome != super::Outcome::Allow
+                && worst.as_ref().is_none_or(|w| d.verdict() > w.verdict())
+            {
+                worst = Some(d);
+            }
+        }
+        worst
+    }
+
     /// Decide `action` for an agent that has armed the sequence rules in `armed` (earlier
     /// armings of a rule count from the first: a window is not extended by a second read).
     pub fn decide_armed(

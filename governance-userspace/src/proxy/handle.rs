@@ -410,7 +410,19 @@ impl Proxy {
                         Some(r) => r,
                         None => return Ok(None),
                     },
-                    Lookup::Resolve => self.upstream.host_names(&head.host, *dst).await,
+                    // A name the agent chose is looked up only if it may be (see
+                    // `Proxy::may_look_up`); otherwise the check fails without a lookup.
+                    Lookup::Resolve => match self.upstream.host_names_local(&head.host, *dst) {
+                        Some(r) => r,
+                        None => {
+                            let engine = self.engine_for(client);
+                            let view = self.view(Some(conn), &engine, &client.agent);
+                            match self.may_look_up(&engine, &view, &head.host) {
+                                Ok(()) => self.upstream.host_names(&head.host, *dst).await,
+                                Err(why) => Err(why),
+                            }
+                        }
+                    },
                 };
                 match checked {
                     Ok(()) => Ok(Some(Dest::Addr(*dst))),

@@ -21,6 +21,9 @@
 //! is made at once only when it needs no lookup (an IP literal, a static address, a cached
 //! answer); otherwise only after the decision, and only for a request that is to go to its
 //! destination: a name the agent chose is never resolved for a request the policy refuses.
+//! Where the address decides (the host check, `network` rules that open a port for some
+//! addresses), a name is looked up only if a rule names it or the agent may query DNS itself
+//! (`Proxy::may_look_up`); a `network` decision the same for every address is made unresolved.
 //!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
 //!

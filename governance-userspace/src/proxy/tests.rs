@@ -1839,6 +1839,193 @@ async fn connect_tunnels_carry_tls_for_their_own_host_only() {
     h.assert_no_panics();
 }
 
+const SEQ_TLS_POLICY: &str = r#"
+name: seqtls
+agents: { cgroup: agents/seqtls-* }
+rules:
+  - id: no-exfil-after-pii
+    sequence:
+      after: { file: { prefix: /data/pii } }
+      then: { http: { except_hosts: [api.internal] } }
+    verdict: block
+    reason: No exfiltration after PII.
+"#;
+
+/// An armed-state source standing in for the kernel's table: the agents (by cgroup) in
+/// `armed` have armed every sequence rule they have.
+fn armed_source(armed: Arc<Mutex<Vec<String>>>) -> crate::engine::ArmedSource {
+    Arc::new(move |agent: &AgentRef, rules: &[&str]| {
+        if !armed.lock().unwrap().contains(&agent.cgroup) {
+            return Vec::new();
+        }
+        rules
+            .iter()
+            .map(|r| crate::engine::Armed {
+                rule: r.to_string(),
+                at: std::time::Instant::now(),
+                by: crate::events::sequence::ArmedBy {
+                    rule: r.to_string(),
+                    kind: "file".into(),
+                    object: "/data/pii/customers.csv".into(),
+                    access: "r".into(),
+                    pid: 31,
+                    time: String::new(),
+                },
+            })
+            .collect()
+    })
+}
+
+/// An HTTP/1 client connection over `stream`, and the task that drives it (it ends when the
+/// proxy closes the connection).
+async fn http1_conn<S>(
+    stream: S,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    JoinHandle<hyper::Result<()>>,
+)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    (tx, tokio::spawn(conn))
+}
+
+/// Whether the connection that `conn` drives ends within `limit`.
+async fn ends_within(conn: &mut JoinHandle<hyper::Result<()>>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, conn).await.is_ok()
+}
+
+/// A sequence rule armed after a spliced TLS connection (transparent, or through a CONNECT
+/// tunnel) was opened cuts it: the kernel lets packets to the proxy through, so the proxy
+/// re-checks its spliced connections when the drainer reports an arming (and on a timer, for
+/// events the ring buffer drops). The cut is reported as a denial by the sequence rule,
+/// naming the arming. Controls: another agent's spliced connection goes on; and requests on
+/// a kept-alive plain connection are decided one by one, so the next one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spliced_connections_are_cut_when_a_sequence_rule_arms() {
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let plain = upstream("plain").await;
+    let set = parse(SEQ_TLS_POLICY);
+    let mut cfg = tls_config(&up_ca, None);
+    cfg.host_addresses.insert(
+        "plain.example".into(),
+        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+    );
+    let h = start(cfg, set.clone(), Limits::default()).await;
+    let armed = Arc::new(Mutex::new(Vec::<String>::new()));
+    h.engine.store(Arc::new(
+        Engine::new(set, 2).with_armed_source(armed_source(armed.clone())),
+    ));
+    let reader = h.agent("agents/seqtls-reader", None, Some(up.addr));
+    let explicit = h.agent("agents/seqtls-reader", None, None);
+    let keepalive = h.agent("agents/seqtls-reader", None, Some(plain.addr));
+    let other = h.agent("agents/seqtls-other", None, Some(up.addr));
+    let trust = trusting(up_ca.ca.cert_path());
+    let authority = format!("api.payments.example:{}", up.addr.port());
+
+    // Unarmed: everything is spliced (or forwarded) and answers.
+    let (mut spliced, mut spliced_conn) = http1_conn(
+        handshake(&trust, "api.payments.example", h.connect(reader).await)
+            .await
+            .expect("spliced"),
+    )
+    .await;
+    let (mut tunneled, mut tunneled_conn) = http1_conn(
+        handshake(
+            &trust,
+            "api.payments.example",
+            tunnel(&h, explicit, &authority).await,
+        )
+        .await
+        .expect("spliced through the tunnel"),
+    )
+    .await;
+    let mut control = http1(
+        handshake(&trust, "api.payments.example", h.connect(other).await)
+            .await
+            .expect("spliced"),
+    )
+    .await;
+    let mut kept = http1(h.connect(keepalive).await).await;
+    let host = format!("plain.example:{}", plain.addr.port());
+    for tx in [&mut spliced, &mut tunneled, &mut control] {
+        let r = get(tx, "api.payments.example").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = get(&mut kept, &host).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // The agent reads the file: the kernel arms the rule, the drainer reports it.
+    armed.lock().unwrap().push("agents/seqtls-reader".into());
+    crate::events::sequence::armed_changed();
+    assert!(
+        ends_within(&mut spliced_conn, Duration::from_secs(10)).await,
+        "the spliced connection was cut"
+    );
+    assert!(
+        ends_within(&mut tunneled_conn, Duration::from_secs(10)).await,
+        "the tunnel was cut"
+    );
+    let cuts: Vec<Record> = h
+        .records
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.reason.contains("before the sequence rule was armed"))
+        .cloned()
+        .collect();
+    assert_eq!(cuts.len(), 2, "{cuts:?}");
+    for rec in &cuts {
+        assert_eq!(
+            (
+                rec.rule.as_str(),
+                rec.outcome.as_ref(),
+                rec.denied,
+                rec.object.method.as_str()
+            ),
+            ("seqtls/no-exfil-after-pii", "block", true, "CONNECT")
+        );
+        assert!(rec.object.url.contains("api.payments.example"), "{rec:?}");
+        assert_eq!(rec.object.detail["tls"], "spliced");
+        let by = rec.armed_by.as_ref().expect("the cut names the arming");
+        assert_eq!(by.object, "/data/pii/customers.csv");
+    }
+    // The kept-alive connection's next request is decided anew, and refused.
+    let r = get(&mut kept, &host).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    assert_eq!(r.body["rule"], "seqtls/no-exfil-after-pii");
+    // Another agent's spliced connection goes on.
+    let r = get(&mut control, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Without the event (the ring buffer dropped it), the timer finds the arming.
+    let late = h.agent("agents/seqtls-late", None, Some(up.addr));
+    let (mut tx, mut conn) = http1_conn(
+        handshake(&trust, "api.payments.example", h.connect(late).await)
+            .await
+            .expect("spliced"),
+    )
+    .await;
+    let r = get(&mut tx, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    armed.lock().unwrap().push("agents/seqtls-late".into());
+    assert!(
+        ends_within(&mut conn, Duration::from_secs(10)).await,
+        "cut by the periodic re-check"
+    );
+    let rec = h.last_record(|r| r.reason.contains("before the sequence rule was armed"));
+    assert_eq!(rec.rule, "seqtls/no-exfil-after-pii");
+    assert_eq!(rec.agent.as_ref().unwrap().cgroup, "agents/seqtls-late");
+    // The control, still.
+    let r = get(&mut control, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    h.assert_no_panics();
+}
+
 fn refund_intercepted() -> policy::PolicySet {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies/examples/refund-agent.yaml");

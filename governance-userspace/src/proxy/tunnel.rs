@@ -17,7 +17,8 @@
 //!
 //! - *spliced* (the default): decided like a CONNECT (method `CONNECT`, host = SNI, empty path;
 //!   in a tunnel the CONNECT was that decision), then relayed byte for byte to the destination
-//!   until both sides close or it is idle for `idle_timeout`. The record's URL is
+//!   until both sides close or it is idle for `idle_timeout`, or cut (and reported as the
+//!   rule's denial) once a sequence rule the agent arms refuses its host. The record's URL is
 //!   `https://<sni>:<port>`, with detail `tls: spliced`. allow → spliced; block and throttle →
 //!   closed; escalate → held in the approval queue while the agent's handshake waits (a client
 //!   with a short handshake timeout gives up; the approval then stays until its own timeout);
@@ -38,7 +39,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -55,10 +56,14 @@ use super::{
     handle::{Dest, Lookup, ReqBody, forwards},
     io::{self, ClientIo, Prefixed, Proto, Tracked},
     listen::until_idle,
-    request::{Head, Tls},
+    request::{self, Head, Tls},
     respond,
     tls::{self, SniResult},
     upstream::Body,
+};
+use crate::{
+    engine::{Action, Decision, Outcome},
+    events::Source,
 };
 
 impl Proxy {
@@ -252,12 +257,13 @@ impl Proxy {
                 _ => return refuse_tls(io).await,
             },
         };
-        self.splice(&conn, io, addr).await;
+        self.splice(&conn, io, addr, &head).await;
     }
 
-    /// Splice an allowed TLS connection to `addr`, until both sides close or it is idle for
-    /// `idle_timeout`.
-    async fn splice(&self, conn: &Conn, io: Box<dyn ClientIo>, addr: SocketAddr) {
+    /// Splice an allowed TLS connection (decided as `head`) to `addr`, until both sides
+    /// close, it is idle for `idle_timeout`, or a sequence rule the agent arms since refuses
+    /// it (see [`Proxy::until_armed_refusal`]).
+    async fn splice(&self, conn: &Conn, io: Box<dyn ClientIo>, addr: SocketAddr, head: &Head) {
         // Not reached for a drill's canary (its verdicts never forward): never spliced.
         if conn.client.as_ref().is_some_and(|c| self.is_canary(c)) {
             return refuse_tls(io).await;
@@ -286,7 +292,57 @@ impl Proxy {
             () = until_idle(&conn.activity, self.cfg.idle_timeout) => {
                 tracing::debug!(peer = %conn.peer, %addr, "proxy: spliced connection idle, closed");
             }
+            d = self.until_armed_refusal(conn, head) => {
+                // Dropping both sides closes them: nothing more passes either way.
+                self.cut(conn, head, addr, d);
+            }
         }
+    }
+
+    /// Wait until a sequence rule that the agent of `conn` has armed refuses `head` (a
+    /// spliced connection's host-level action): at once, then whenever the kernel reports an
+    /// arming ([`crate::events::sequence::armings`]), and every [`REARM_CHECK`] (ring-buffer
+    /// events can be dropped; the armed state is read where the engine reads it, the kernel's
+    /// table). The engine is the one in force then. Never, for a connection without an agent.
+    async fn until_armed_refusal(&self, conn: &Conn, head: &Head) -> Decision {
+        let Some(client) = &conn.client else {
+            return std::future::pending().await;
+        };
+        let mut armings = crate::events::sequence::armings();
+        let mut tick = tokio::time::interval(REARM_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let action = Action::Http(request::to_engine(head, None, None));
+        loop {
+            tokio::select! {
+                // Never an error: the sender is static.
+                _ = armings.changed() => {}
+                _ = tick.tick() => {}
+            }
+            let engine = self.engine_for(client);
+            let view = self.view(Some(conn), &engine, &client.agent);
+            if let Some(d) = engine.armed_refusal(&view, &action, Instant::now()) {
+                return d;
+            }
+        }
+    }
+
+    /// Report the cut of a spliced connection that an armed sequence rule refuses: a
+    /// denial by that rule, naming the arming, as a new connection's refusal is.
+    fn cut(&self, conn: &Conn, head: &Head, addr: SocketAddr, mut d: Decision) {
+        let Some(client) = &conn.client else { return };
+        if !matches!(d.outcome, Outcome::Block | Outcome::Throttle { .. }) {
+            // A connection under way cannot be held for a human or sent elsewhere.
+            d.outcome = Outcome::Block;
+        }
+        d.reason = format!(
+            "{} (a connection opened before the sequence rule was armed: cut)",
+            d.reason
+        );
+        tracing::info!(agent = %client.info.name, %addr, rule = ?d.rule, "proxy: spliced connection cut by an armed sequence rule");
+        let mut rec = self.decision_record(client, head, &d, Source::Proxy);
+        rec.object.dest = addr.to_string();
+        rec.object.protocol = "tcp".into();
+        (self.sink)(rec);
     }
 
     /// Terminate the agent's TLS with the node CA's certificate for the server name and serve
@@ -326,6 +382,10 @@ impl Proxy {
         self.clone().serve_http(inner, stream, Proto::Http1).await;
     }
 }
+
+/// How often a spliced connection re-reads its agent's armed state between the arming
+/// events that wake it (a backstop for events the ring buffer drops).
+const REARM_CHECK: Duration = Duration::from_secs(1);
 
 /// A connection whose first byte is a TLS handshake record.
 pub(crate) enum TlsIo {

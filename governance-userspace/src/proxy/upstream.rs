@@ -148,6 +148,28 @@ impl HttpBody for Body {
 
 use std::future::Future as _;
 
+/// The `nameserver` addresses of a resolv.conf (none listed: the local one, as the C
+/// library's resolver assumes).
+pub fn nameservers(conf: &str) -> Vec<IpAddr> {
+    let listed: Vec<IpAddr> = conf
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver"))
+                .then(|| words.next()?.split('%').next()?.parse().ok())
+                .flatten()
+        })
+        .collect();
+    if listed.is_empty() {
+        vec![
+            IpAddr::from([127, 0, 0, 1]),
+            IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ]
+    } else {
+        listed
+    }
+}
+
 /// Why a name could not be resolved.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("cannot resolve `{host}`: {why}")]
@@ -170,6 +192,8 @@ pub struct Upstream {
     overrides: HashMap<String, Vec<IpAddr>>,
     ttl: Duration,
     lookup_timeout: Duration,
+    /// Where lookups go (see [`ProxyConfig::dns_servers`]).
+    pub servers: Vec<IpAddr>,
     cache: Mutex<Cache>,
     #[cfg(test)]
     looked_up: Mutex<Vec<String>>,
@@ -196,6 +220,9 @@ impl Upstream {
                 .map(|(k, v)| (super::request::normalise_host(k), v.clone()))
                 .collect(),
             ttl: cfg.dns_ttl,
+            servers: cfg.dns_servers.clone().unwrap_or_else(|| {
+                nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+            }),
             lookup_timeout: cfg.upstream_connect_timeout,
             cache: Mutex::new(HashMap::new()),
             #[cfg(test)]
