@@ -41,6 +41,12 @@ pub const MAX_CGROUP_DEPTH: u32 = 32;
 /// System V IPC objects made by agents that the kernel programs remember (an agent whose
 /// object cannot be recorded is refused the creation).
 pub const MAX_IPC_OBJECTS: u32 = 16384;
+/// Keys and keyrings made by agents that the kernel programs remember (an agent whose key cannot
+/// be recorded is refused the key).
+pub const MAX_KEYS: u32 = 16384;
+/// POSIX message queues made by agents that the kernel programs remember (a queue that cannot be
+/// recorded is out of its own agent's reach: fail closed).
+pub const MAX_MQUEUES: u32 = 8192;
 /// Capacity of [`maps::AGENTS`] (both slots).
 pub const MAX_AGENTS: u32 = 8192;
 /// Capacity of [`maps::EXEC_RULES`].
@@ -172,8 +178,9 @@ pub enum Kind {
     /// A built-in guard (see [`guard`], in the event's `detail`): module autoloading, terminal
     /// input, signal ownership, the agent label.
     Guard = 18,
-    /// A System V IPC object (message queue, semaphore set, shared memory segment) another
-    /// subtree made.
+    /// An IPC object another subtree made ([`Event::port`]: [`ipc_object`]): a System V
+    /// message queue, semaphore set or shared memory segment, a key or keyring, a POSIX message
+    /// queue.
     Ipc = 19,
     /// A connect to (stream, seqpacket) or a datagram sent to a named Unix socket.
     Unix = 11,
@@ -460,6 +467,47 @@ const _: () = assert!(
     builtin_class(class_id(1, 7), allow::SYSTEM_FILES) == class_id(1, BUILTIN_CLASS_BASE | 2)
         && builtin_class(class_id(2, 7), allow::LOADER_EXEC) == class_id(2, BUILTIN_CLASS_BASE)
 );
+
+/// What a [`Kind::Ipc`] event is about (its `port`), and what its `detail` then holds.
+pub mod ipc_object {
+    /// A System V IPC object; `detail`: the `ipc_permission` flag (0: a control operation).
+    pub const SYSV: u16 = 0;
+    /// A key or keyring (`object`: its serial); `detail`: the permission the kernel asked for
+    /// (`enum key_need_perm`, see [`key_need`]).
+    pub const KEY: u16 = 1;
+    /// A POSIX message queue (`object`: its inode number); `detail`: the open's accesses
+    /// ([`crate::access`] letters as bits, as a file open's), or [`MQUEUE_UNLINK`].
+    pub const MQUEUE: u16 = 2;
+    /// [`MQUEUE`] detail: `mq_unlink`.
+    pub const MQUEUE_UNLINK: u8 = 0x80;
+
+    /// The name of an IPC object kind, for events.
+    pub const fn name(port: u16) -> &'static str {
+        match port {
+            SYSV => "System V IPC",
+            KEY => "key",
+            MQUEUE => "POSIX message queue",
+            _ => "?",
+        }
+    }
+
+    /// The kernel's `enum key_need_perm` (6.1), by name.
+    pub const fn key_need(need: u8) -> &'static str {
+        match need {
+            1 => "view",
+            2 => "read",
+            3 => "write",
+            4 => "search",
+            5 => "link",
+            6 => "setattr",
+            7 => "unlink",
+            8 => "sysadmin override",
+            9 => "authtoken override",
+            10 => "deferred (lookup)",
+            _ => "?",
+        }
+    }
+}
 
 /// What a [`Kind::Task`] event refused to change in another process (its `detail`).
 pub mod task_change {

@@ -47,6 +47,10 @@ pub const QSTR_NAME: &str = "OFF_QSTR_NAME";
 pub const SB_ROOT: &str = "OFF_SB_ROOT";
 pub const KEY_TYPE: &str = "OFF_KEY_TYPE";
 pub const KEY_TYPE_NAME: &str = "OFF_KEY_TYPE_NAME";
+/// `key.serial`: the key's number, for events.
+pub const KEY_SERIAL: &str = "OFF_KEY_SERIAL";
+/// `key.flags`: whether the key counts against a user's quota (`KEY_FLAG_IN_QUOTA`).
+pub const KEY_FLAGS: &str = "OFF_KEY_FLAGS";
 pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
 pub const TASK_THREAD_PID: &str = "OFF_TASK_THREAD_PID";
 pub const PID_LEVEL: &str = "OFF_PID_LEVEL";
@@ -75,7 +79,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 68] = [
+pub const ALL: [(&str, &str, &str); 70] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -120,6 +124,8 @@ pub const ALL: [(&str, &str, &str); 68] = [
     (SB_ROOT, "super_block", "s_root"),
     (KEY_TYPE, "key", "type"),
     (KEY_TYPE_NAME, "key_type", "name"),
+    (KEY_SERIAL, "key", "serial"),
+    (KEY_FLAGS, "key", "flags"),
     (TASK_GROUP_LEADER, "task_struct", "group_leader"),
     (TASK_THREAD_PID, "task_struct", "thread_pid"),
     (PID_LEVEL, "pid", "level"),

@@ -42,7 +42,7 @@ const fn sock(name: &'static str, what: &'static str) -> Program {
 }
 
 pub const EXEC: Program = lsm("bprm_check_security", "exec");
-pub const FILE: Program = lsm("file_open", "file open");
+pub const FILE: Program = lsm("file_open", "file open, POSIX message queues of others");
 pub const SOCKET_CREATE: Program = lsm("socket_create", "raw/packet/netlink sockets");
 pub const USERNS: Program = lsm("userns_create", "new user namespaces");
 pub const BPF: Program = lsm("bpf", "bpf() syscall");
@@ -51,7 +51,10 @@ pub const PTRACE: Program = lsm(
     "ptrace_access_check",
     "ptrace and /proc access outside the agent",
 );
-pub const UNLINK: Program = lsm("inode_unlink", "removing pins");
+pub const UNLINK: Program = lsm(
+    "inode_unlink",
+    "removing pins, POSIX message queues of others",
+);
 /// A second program on `inode_unlink`: named for what it guards.
 pub const UNLINK_PROTECTED: Program = Program {
     name: "unlink_protected",
@@ -75,7 +78,14 @@ pub const MOVEMEMORY: Program = lsm(
     "memory placement of processes outside the agent",
 );
 pub const MODULE_REQUEST: Program = lsm("kernel_module_request", "module autoloading");
-pub const KEY_ALLOC: Program = lsm("key_alloc", "keys whose construction runs a program");
+pub const KEY_ALLOC: Program = lsm(
+    "key_alloc",
+    "keys whose construction runs a program; who made each key",
+);
+pub const KEY_PERMISSION: Program = lsm("key_permission", "keys and keyrings of others");
+pub const KEY_FREE: Program = lsm("key_free", "keys and keyrings of others (bookkeeping)");
+/// Records who made each POSIX message queue (the hook where a new queue's inode is known).
+pub const MQUEUE_MADE: Program = lsm("d_instantiate", "POSIX message queue owners");
 pub const SETSOCKOPT: Program = lsm("socket_setsockopt", "source routes");
 pub const CGROUP_BORDER: Program = lsm(
     "inode_permission",
@@ -107,7 +117,10 @@ pub const TASK_ALLOC: Program = lsm("task_alloc", "clone: other cgroups, namespa
 pub const MMAP_FILE: Program = lsm("mmap_file", "code mapped executable (mmap)");
 pub const FILE_MPROTECT: Program = lsm("file_mprotect", "code mapped executable (mprotect)");
 /// Forget the files agents wrote once they are deleted (see [`crate::maps::WRITTEN`]).
-pub const INODE_FREE: Program = lsm("inode_free_security", "bookkeeping of agent-written files");
+pub const INODE_FREE: Program = lsm(
+    "inode_free_security",
+    "bookkeeping of agent-written files and agents' message queues",
+);
 pub const LINK: Program = lsm("inode_link", "hard links of protected files");
 pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
 pub const SYMLINK: Program = lsm("inode_symlink", "symlinks where creating is refused");
@@ -186,7 +199,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 62] = [
+pub const ALL: [Program; 65] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -247,6 +260,9 @@ pub const ALL: [Program; 62] = [
     MKDIR,
     MKNOD,
     KEY_ALLOC,
+    KEY_PERMISSION,
+    KEY_FREE,
+    MQUEUE_MADE,
     CGROUP_BORDER,
     SETSOCKOPT,
 ];

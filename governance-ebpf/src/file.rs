@@ -219,6 +219,15 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         });
         return lsm_ret(&d);
     }
+    // Another subtree's POSIX message queue (mqueue.rs): refused whatever the rules say.
+    if let Ok(inode) = file.ptr(off(&OFF_FILE_INODE))
+        && crate::mqueue::is_queue(inode)
+    {
+        let ret = crate::mqueue::reach(&agent, inode, asked);
+        if ret != 0 {
+            return ret;
+        }
+    }
     let key = match resolve_path(file.addr(), agent.value.class) {
         Ok(key) => key,
         Err(cause) => {

@@ -178,7 +178,8 @@ fn same(name: &[u8; 24], t: &[u8]) -> bool {
 /// kernel run /sbin/key.dns_resolver, outside every cgroup, which asks the node's resolver for
 /// NAME: a DNS channel past the agent's network rules. The NFS and CIFS types are upcalls too.
 /// The key is refused where it is made (`key_alloc`), before any upcall; a type the kernel
-/// does not know yet needs a module, which agents may not load either.
+/// does not know yet needs a module, which agents may not load either. A key allowed is
+/// recorded as its agent's (keys.rs).
 #[lsm(hook = "key_alloc")]
 pub fn key_alloc(ctx: LsmContext) -> i32 {
     // int key_alloc(struct key *key, const struct cred *cred, unsigned long flags)
@@ -186,11 +187,12 @@ pub fn key_alloc(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    // Most keys are made outside agents: the agent lookup first.
-    if current_agent().is_none() {
-        return 0;
-    }
     let key: u64 = ctx.arg(0);
+    // Most keys are made outside agents: the agent lookup first.
+    let Some(agent) = current_agent() else {
+        crate::keys::made_outside(key);
+        return 0;
+    };
     let mut name = [0u8; 24];
     // SAFETY: see read_at; the copy is bounded by the buffer.
     let read = unsafe {
@@ -210,9 +212,10 @@ pub fn key_alloc(ctx: LsmContext) -> i32 {
         _ => false,
     };
     if local {
-        0
+        // Who made it: agents reach only their own keys (keys.rs).
+        crate::keys::made(&agent, key, ctx.arg(2))
     } else {
-        refuse(guard::KEY_UPCALL, 0)
+        refuse_for(&agent, guard::KEY_UPCALL, 0)
     }
 }
 

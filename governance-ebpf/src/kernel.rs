@@ -56,6 +56,8 @@ offsets!(
     OFF_SB_ROOT,
     OFF_KEY_TYPE,
     OFF_KEY_TYPE_NAME,
+    OFF_KEY_SERIAL,
+    OFF_KEY_FLAGS,
     OFF_TASK_GROUP_LEADER,
     OFF_TASK_THREAD_PID,
     OFF_PID_LEVEL,
@@ -172,6 +174,9 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 pub(crate) const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+/// The kernel-internal mount of POSIX message queues (one per IPC namespace; /dev/mqueue is
+/// the same superblock).
+pub(crate) const MQUEUE_MAGIC: u64 = 0x1980_0202;
 pub(crate) const S_IFDIR: u16 = 0o040000;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;

@@ -11,7 +11,9 @@
 //! One file per hook family, in the manner of Tetragon: `exec` (the exec hook and its degraded
 //! tracepoint), `file` (opens), `net` (connect, sendmsg, sock_ops), `protect` (the built-in
 //! protections), `guard` (built-ins against others acting for an agent, and against changing
-//! what makes it one), `ipc` (System V IPC: only the agent's own objects), `unix` (Unix-socket
+//! what makes it one), `ipc` (System V IPC: only the agent's own objects), `keys` (keys and
+//! keyrings: only the agent's own), `mqueue` (POSIX message queues: only the agent's own; their
+//! makers, at `d_instantiate`), `unix` (Unix-socket
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
@@ -49,10 +51,12 @@ mod held;
 mod identity;
 mod ipc;
 mod kernel;
+mod keys;
 mod lifecycle;
 mod mapping;
 mod maps;
 mod mount;
+mod mqueue;
 mod net;
 mod protect;
 mod report;

@@ -17,9 +17,10 @@ use governance_common::sequence::{
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
     GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES,
-    MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_LOADERS, MAX_NET_RULES, MAX_PATH_RULES,
-    MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES, MAX_SANDBOX_FILES, MAX_SANDBOXED,
-    MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst, PathKey, ProxyAddr, RulePair, Throttle,
+    MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_KEYS, MAX_LOADERS, MAX_MQUEUES,
+    MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES,
+    MAX_SANDBOX_FILES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst,
+    PathKey, ProxyAddr, RulePair, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 use governance_common::{CountKey, MAX_COUNTS};
@@ -72,6 +73,15 @@ pub(crate) static PATH_SCRATCH: PerCpuArray<Key<PathKey>> = PerCpuArray::with_ma
 /// object; objects made outside every agent are not here.
 #[map]
 pub(crate) static IPC_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_IPC_OBJECTS, 0);
+/// `struct key *` (u64) → the agent root (cgroup id) that made that key or keyring; keys made
+/// outside every agent (and the per-uid keyrings, and keys outside every quota) are not here.
+/// Preallocated, like `IPC_OWNERS`: a key's record must not fail for want of memory.
+#[map]
+pub(crate) static KEY_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_KEYS, 0);
+/// `struct inode *` (u64) of a POSIX message queue → the agent root that made it; queues made
+/// outside every agent are not here.
+#[map]
+pub(crate) static MQ_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_MQUEUES, 0);
 #[map]
 pub(crate) static UNIX_RULES: HashMap<UnixKey, RulePair> =
     HashMap::with_max_entries(MAX_UNIX_RULES, 0);

@@ -4,15 +4,15 @@
 //! and no signal, ptrace, resource change or `/proc/PID/` write aimed at a process outside the
 //! agent's own subtree (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use governance_common::{ExecKey, Kind, allow, task_change};
+use governance_common::{ExecKey, Kind, allow, ipc_object, task_change};
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
-        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, IPPROTO_TCP, IPPROTO_UDP, OFF_INODE_INO,
-        OFF_INODE_NLINK, OFF_INODE_SB, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE,
-        OFF_SB_DEV, OFF_SB_MAGIC, OFF_TASK_PID_LINKS, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM,
-        SOCK_TYPE_MASK, off, read_at,
+        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, Btf, IPPROTO_TCP, IPPROTO_UDP,
+        MQUEUE_MAGIC, OFF_DENTRY_INODE, OFF_INODE_INO, OFF_INODE_NLINK, OFF_INODE_SB,
+        OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_SB_DEV, OFF_SB_MAGIC,
+        OFF_TASK_PID_LINKS, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
     },
     maps::{PROTECTED, SANDBOXED, WRITTEN},
 };
@@ -308,6 +308,16 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
         read_at::<u64>(dir, off(&OFF_INODE_SB))
             .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_MAGIC)))
     };
+    // `mq_unlink`, or unlink(2) below /dev/mqueue: only the agent's own queues (mqueue.rs).
+    if magic == Ok(MQUEUE_MAGIC) {
+        let Some(agent) = current_agent() else {
+            return 0;
+        };
+        return match Btf::arg(&ctx, 1).ptr(off(&OFF_DENTRY_INODE)) {
+            Ok(inode) => crate::mqueue::reach(&agent, inode, ipc_object::MQUEUE_UNLINK),
+            Err(_) => 0,
+        };
+    }
     let on_bpffs = match magic {
         Ok(m) => m & 0xffff_ffff == BPF_FS_MAGIC,
         Err(_) => true, // cannot tell: treat as a pin (only agents are affected)
@@ -332,6 +342,12 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
 pub fn inode_free_security(ctx: LsmContext) -> i32 {
     // void inode_free_security(struct inode *inode)
     let inode: u64 = ctx.arg(0);
+    // A message queue's record (mqueue.rs): guarded loads, a map deletion only for queues.
+    let typed = Btf::arg(&ctx, 0);
+    if crate::mqueue::is_queue(typed) {
+        crate::mqueue::freed(typed);
+        return 0;
+    }
     // SAFETY: see read_at.
     unsafe {
         if read_at::<u32>(inode, off(&OFF_INODE_NLINK)) != Ok(0) {

@@ -108,6 +108,18 @@ fn remove_cgroup_tree(top: &Path) {
     }
 }
 
+/// keyctl(2) commands and special keyring ids (linux/keyctl.h).
+pub const KEYCTL_UPDATE: libc::c_long = 2;
+pub const KEYCTL_SETPERM: libc::c_long = 5;
+pub const KEYCTL_LINK: libc::c_long = 8;
+pub const KEYCTL_SEARCH: libc::c_long = 10;
+pub const KEYCTL_READ: libc::c_long = 11;
+pub const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+pub const KEYCTL_INVALIDATE: libc::c_long = 21;
+pub const KEY_SPEC_PROCESS_KEYRING: i32 = -2;
+pub const KEY_SPEC_SESSION_KEYRING: i32 = -3;
+pub const KEY_SPEC_USER_KEYRING: i32 = -4;
+
 /// What a forked child does once it is in its cgroup. Everything it needs is prepared before
 /// the fork: after fork, in a multithreaded test process, the child may only make raw syscalls.
 pub enum Attempt {
@@ -269,6 +281,26 @@ pub enum Attempt {
     RequestKey { ty: CString, description: CString },
     /// add_key(ty, description, "v", 1, KEY_SPEC_PROCESS_KEYRING).
     AddKey { ty: CString, description: CString },
+    /// keyctl(KEYCTL_READ, id) into a buffer.
+    KeyRead { id: i32 },
+    /// keyctl(KEYCTL_UPDATE, id, "changed").
+    KeyUpdate { id: i32 },
+    /// keyctl(KEYCTL_SEARCH, keyring, "user", description, 0).
+    KeySearch { keyring: i32, description: CString },
+    /// keyctl(KEYCTL_LINK, id, KEY_SPEC_PROCESS_KEYRING): into a keyring of its own.
+    KeyLink { id: i32 },
+    /// Keys of its own: add_key(user) to its process keyring, read, update, read; then a new
+    /// session keyring (KEYCTL_JOIN_SESSION_KEYRING), a key added to it, read.
+    KeyOwn,
+    /// mq_open(name, flags) (the syscall's name: no leading `/`).
+    MqOpen { name: CString, flags: i32 },
+    /// mq_open(name, O_WRONLY | O_NONBLOCK), then mq_timedsend of one byte.
+    MqSend { name: CString },
+    /// mq_unlink(name).
+    MqUnlink { name: CString },
+    /// A queue of its own: mq_open(name, O_CREAT | O_EXCL | O_RDWR), send, receive, open again
+    /// (read), mq_unlink.
+    MqOwn { name: CString },
     /// symlink(target, path).
     Symlink { target: CString, path: CString },
     /// mkdir(path, 0755).
@@ -1085,6 +1117,144 @@ pub fn run_in_namespaces(
                     1usize,
                     -2i32,
                 )),
+                Attempt::KeyRead { id } => {
+                    let mut buf = [0u8; 64];
+                    check(libc::syscall(
+                        libc::SYS_keyctl,
+                        KEYCTL_READ,
+                        *id,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                    ));
+                }
+                Attempt::KeyUpdate { id } => check(libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_UPDATE,
+                    *id,
+                    b"changed".as_ptr(),
+                    7usize,
+                )),
+                Attempt::KeySearch {
+                    keyring,
+                    description,
+                } => check(libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_SEARCH,
+                    *keyring,
+                    c"user".as_ptr(),
+                    description.as_ptr(),
+                    0,
+                )),
+                Attempt::KeyLink { id } => check(libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_LINK,
+                    *id,
+                    KEY_SPEC_PROCESS_KEYRING,
+                )),
+                Attempt::KeyOwn => {
+                    let mut buf = [0u8; 16];
+                    for keyring in [KEY_SPEC_PROCESS_KEYRING, KEY_SPEC_SESSION_KEYRING] {
+                        if keyring == KEY_SPEC_SESSION_KEYRING {
+                            check(libc::syscall(
+                                libc::SYS_keyctl,
+                                KEYCTL_JOIN_SESSION_KEYRING,
+                                0usize,
+                            ));
+                        }
+                        let id = libc::syscall(
+                            libc::SYS_add_key,
+                            c"user".as_ptr(),
+                            c"own".as_ptr(),
+                            b"v".as_ptr(),
+                            1usize,
+                            keyring,
+                        );
+                        check(id);
+                        let read = |buf: &mut [u8; 16]| {
+                            libc::syscall(libc::SYS_keyctl, KEYCTL_READ, id, buf.as_mut_ptr(), 16)
+                        };
+                        check(read(&mut buf));
+                        check(libc::syscall(
+                            libc::SYS_keyctl,
+                            KEYCTL_UPDATE,
+                            id,
+                            b"w".as_ptr(),
+                            1usize,
+                        ));
+                        if read(&mut buf) != 1 || buf[0] != b'w' {
+                            libc::_exit(97);
+                        }
+                    }
+                }
+                Attempt::MqOpen { name, flags } => check(libc::syscall(
+                    libc::SYS_mq_open,
+                    name.as_ptr(),
+                    *flags,
+                    0o600,
+                    0usize,
+                )),
+                Attempt::MqSend { name } => {
+                    let mqd = libc::syscall(
+                        libc::SYS_mq_open,
+                        name.as_ptr(),
+                        libc::O_WRONLY | libc::O_NONBLOCK,
+                        0o600,
+                        0usize,
+                    );
+                    check(mqd);
+                    check(libc::syscall(
+                        libc::SYS_mq_timedsend,
+                        mqd,
+                        b"m".as_ptr(),
+                        1usize,
+                        0u32,
+                        0usize,
+                    ));
+                }
+                Attempt::MqUnlink { name } => {
+                    check(libc::syscall(libc::SYS_mq_unlink, name.as_ptr()))
+                }
+                Attempt::MqOwn { name } => {
+                    // The default attributes (10 messages of 8192 bytes): attributes of its
+                    // own make the kernel probe CAP_SYS_RESOURCE, which agents are refused.
+                    let mqd = libc::syscall(
+                        libc::SYS_mq_open,
+                        name.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_RDWR | libc::O_NONBLOCK,
+                        0o600,
+                        0usize,
+                    );
+                    check(mqd);
+                    check(libc::syscall(
+                        libc::SYS_mq_timedsend,
+                        mqd,
+                        b"m".as_ptr(),
+                        1usize,
+                        0u32,
+                        0usize,
+                    ));
+                    let mut buf = [0u8; 8192];
+                    let got = libc::syscall(
+                        libc::SYS_mq_timedreceive,
+                        mqd,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                        0usize,
+                        0usize,
+                    );
+                    if got != 1 || buf[0] != b'm' {
+                        libc::_exit(97);
+                    }
+                    let again = libc::syscall(
+                        libc::SYS_mq_open,
+                        name.as_ptr(),
+                        libc::O_RDONLY,
+                        0o600,
+                        0usize,
+                    );
+                    check(again);
+                    check(libc::syscall(libc::SYS_mq_unlink, name.as_ptr()));
+                }
                 Attempt::Symlink { target, path } => {
                     check(libc::symlink(target.as_ptr(), path.as_ptr()).into())
                 }

@@ -1894,6 +1894,168 @@ fn system_v_ipc_of_others_is_out_of_reach() {
     assert_eq!(outcome, Outcome::Exited(0), "the agent's own shared memory");
 }
 
+/// Red team 3, F3: keys in the per-uid keyrings are the kernel's, shared by every process of the
+/// uid. A key another process made (a service's database password in `@u`) is out of the
+/// agent's reach, whatever its permission bits say: read, update, search, link refused
+/// (`key_permission`), with an event; the agent's own keys (its process keyring, a session
+/// keyring of its own) work as usual.
+#[test]
+fn keys_of_others_are_out_of_reach() {
+    use governance_common::ipc_object;
+    use governance_tests::{KEY_SPEC_USER_KEYRING, KEYCTL_INVALIDATE, KEYCTL_SETPERM};
+    require_root();
+    let fx = Fixture::new("keyring");
+    let mut k = fx.load("");
+    for hook in ["key_alloc", "key_permission", "key_free"] {
+        k.require(hook);
+    }
+    // Made by the test, outside every agent, in the user keyring; every permission bit for its
+    // possessor and its user, so the kernel's own check passes and ours decides.
+    let description = std::ffi::CString::new("rt3-db-password").unwrap();
+    // SAFETY: add_key and keyctl with valid pointers.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            description.as_ptr(),
+            b"hunter2".as_ptr(),
+            7usize,
+            KEY_SPEC_USER_KEYRING,
+        )
+    };
+    assert!(id > 0, "add_key: {}", std::io::Error::last_os_error());
+    let id = id as i32;
+    // SAFETY: as above.
+    let set = unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SETPERM, id, 0x3f3f_0000u32) };
+    assert_eq!(set, 0, "keyctl setperm");
+    // keyctl_read_key() reports a refused lookup as ENOKEY; the others return our EPERM.
+    for (case, attempt, errno) in [
+        (
+            "48 read another process's key",
+            Attempt::KeyRead { id },
+            libc::ENOKEY,
+        ),
+        (
+            "48 update another process's key",
+            Attempt::KeyUpdate { id },
+            libc::EPERM,
+        ),
+        (
+            "48 search the user keyring for another process's key",
+            Attempt::KeySearch {
+                keyring: KEY_SPEC_USER_KEYRING,
+                description: description.clone(),
+            },
+            // The key is refused to the search, which then finds nothing.
+            libc::ENOKEY,
+        ),
+        (
+            "48 link another process's key into a keyring of its own",
+            Attempt::KeyLink { id },
+            libc::EPERM,
+        ),
+    ] {
+        let ev = deny_errno(
+            &mut k,
+            &fx,
+            case,
+            &attempt,
+            errno,
+            Kind::Ipc,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.port, ipc_object::KEY, "{case}: a key");
+    }
+    // The key is as the outside made it (the control updated it: outside every agent).
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::KeyRead { id },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "the key is still readable outside"
+    );
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id) };
+    // Its own keys: made, read and updated in the agent, in its process keyring and in a
+    // session keyring of its own.
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::KeyOwn);
+    assert_eq!(outcome, Outcome::Exited(0), "the agent's own keys");
+    assert!(
+        k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
+            && e.flags & flags::DENIED != 0
+            && e.kind == Kind::Ipc as u8)
+            .is_none(),
+        "the agent's own keys: no denial"
+    );
+}
+
+/// Red team 3, F4: another service's POSIX message queue is out of the agent's reach, like its
+/// System V queues: opening it to send or to receive, and removing it, refused (`file_open`,
+/// `inode_unlink`) with an event; a queue of the agent's own works (made, sent to, received
+/// from, opened again, removed).
+#[test]
+fn posix_message_queues_of_others_are_out_of_reach() {
+    use governance_common::ipc_object;
+    require_root();
+    let fx = Fixture::new("mqueue");
+    let mut k = fx.load("");
+    for hook in ["d_instantiate", "file_open", "inode_unlink"] {
+        k.require(hook);
+    }
+    let name = std::ffi::CString::new(format!("gov-rt-{}", std::process::id())).unwrap();
+    // Made by the test, outside every agent.
+    // SAFETY: mq_open with a valid name and no attributes.
+    let mqd = unsafe {
+        libc::syscall(
+            libc::SYS_mq_open,
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_RDWR,
+            0o600,
+            0usize,
+        )
+    };
+    assert!(mqd >= 0, "mq_open: {}", std::io::Error::last_os_error());
+    for (case, attempt) in [
+        (
+            "49 open another service's message queue to send to it",
+            Attempt::MqSend { name: name.clone() },
+        ),
+        (
+            "49 open another service's message queue to read it",
+            Attempt::MqOpen {
+                name: name.clone(),
+                flags: libc::O_RDONLY,
+            },
+        ),
+        // Last: the control removes it.
+        (
+            "49 remove another service's message queue",
+            Attempt::MqUnlink { name: name.clone() },
+        ),
+    ] {
+        let ev = deny(&mut k, &fx, case, &attempt, Kind::Ipc, Control::Succeeds);
+        assert_eq!(ev.port, ipc_object::MQUEUE, "{case}: a POSIX message queue");
+    }
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(mqd as i32) };
+    // Its own queue.
+    let own = std::ffi::CString::new(format!("gov-rt-own-{}", std::process::id())).unwrap();
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::MqOwn { name: own });
+    assert_eq!(outcome, Outcome::Exited(0), "the agent's own message queue");
+    // (A queue's creation probes CAP_SYS_RESOURCE, refused to agents without failing it.)
+    let denied = k.try_event_where(Duration::from_millis(200), |e| {
+        e.tgid == pid && e.flags & flags::DENIED != 0 && e.kind == Kind::Ipc as u8
+    });
+    assert!(
+        denied.is_none(),
+        "the agent's own message queue: no denial, got {:?}",
+        denied.map(|e| (e.kind, e.port, e.detail, e.cause, text(&e.path)))
+    );
+}
+
 /// A Unix stream listener at `path` (replacing a stale socket file), and the directory made.
 fn unix_listener(path: &Path) -> std::os::unix::net::UnixListener {
     if let Some(dir) = path.parent() {
@@ -4725,15 +4887,27 @@ fn key_upcalls_are_refused() {
         let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
         // ENOKEY: the type is not registered; EINVAL: the type refuses to be requested.
         if let Outcome::Errno(e @ (libc::ENOKEY | libc::EINVAL)) = outcome {
+            // (Its search of keyrings from outside is refused: keys of others.)
             assert!(
-                k.try_event_for(pid, Duration::from_millis(100)).is_none(),
+                k.try_event_where(Duration::from_millis(100), |e| e.tgid == pid
+                    && e.kind != Kind::Ipc as u8)
+                    .is_none(),
                 "{case}: no key, no decision"
             );
             println!("key type {ty}: errno {e} before any key is made: no upcall");
             continue;
         }
-        let ev = deny(&mut k, &fx, &case, &attempt, Kind::Guard, Control::NotEperm);
+        // The request's search of keyrings from outside (the test's session keyring) is
+        // refused first (keys of others, `key_permission`): the key guard's event is looked for.
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+        let ev = k.event_where(|e| {
+            e.tgid == pid && e.flags & flags::DENIED != 0 && e.kind == Kind::Guard as u8
+        });
         assert_eq!(ev.detail, governance_common::guard::KEY_UPCALL, "{case}");
+        assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
+        assert_ne!(outcome, Outcome::Errno(libc::EPERM), "{case}: control");
+        println!("redteam: denied {case}");
         by_key_guard.push(ty);
     }
     assert!(

@@ -5,8 +5,8 @@ use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
     Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN,
-    Verdict, c_str_len, caps, exec_map, flags, id_number, mount_op, unix_detail, unix_hook,
-    unix_protected,
+    Verdict, c_str_len, caps, exec_map, flags, id_number, ipc_object, mount_op, unix_detail,
+    unix_hook, unix_protected,
 };
 
 use super::{
@@ -121,10 +121,21 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         ),
         Some(Kind::Unlink) => ("unlink", "the pins are protected"),
         Some(Kind::Guard) => ("guard", governance_common::guard::name(ev.detail)),
-        Some(Kind::Ipc) => (
-            "ipc",
-            "System V IPC objects made outside the agent are out of its reach",
-        ),
+        Some(Kind::Ipc) => match ev.port {
+            ipc_object::KEY => (
+                "key",
+                "keys and keyrings made outside the agent (the per-uid keyrings, a session \
+                 keyring from outside, keys made before the daemon) are out of its reach",
+            ),
+            ipc_object::MQUEUE => (
+                "mqueue",
+                "POSIX message queues made outside the agent are out of its reach",
+            ),
+            _ => (
+                "ipc",
+                "System V IPC objects made outside the agent are out of its reach",
+            ),
+        },
         Some(Kind::Connect | Kind::Send) => (
             kind.map_or("?", Kind::as_str),
             "connections to the policy proxy are let through",
@@ -404,7 +415,31 @@ impl Record {
                 object.detail.insert("cmd".into(), ev.detail.to_string());
             }
             Some(Kind::Ipc) => {
-                object.detail.insert("flag".into(), ev.detail.to_string());
+                let what = ipc_object::name(ev.port);
+                object.detail.insert("object".into(), what.into());
+                match ev.port {
+                    ipc_object::KEY => {
+                        object.detail.insert("key".into(), ev.object.to_string());
+                        let need = ipc_object::key_need(ev.detail);
+                        object.detail.insert("permission".into(), need.into());
+                    }
+                    ipc_object::MQUEUE => {
+                        object.detail.insert("inode".into(), ev.object.to_string());
+                        if ev.detail == ipc_object::MQUEUE_UNLINK {
+                            object.detail.insert("op".into(), "unlink".into());
+                        } else {
+                            object.detail.insert("op".into(), "open".into());
+                            for (bit, c) in [(1, 'r'), (2, 'w'), (4, 'c'), (8, 't')] {
+                                if ev.detail & bit != 0 {
+                                    object.access.push(c);
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        object.detail.insert("flag".into(), ev.detail.to_string());
+                    }
+                }
             }
             Some(Kind::Unix) => unix_object(ev, &mut object),
             Some(Kind::Capability) => {
