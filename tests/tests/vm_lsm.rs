@@ -4542,17 +4542,12 @@ fn system_files_are_refused() {
     }
     // Another user, whose logins and programs run their home's startup and configuration files
     // outside every agent; and one whose home does not exist.
-    // (The VM's image has no /etc/passwd: root's line too, as every node has it.)
+    // (The VM's image has no /etc/passwd: root's home is protected without root's line.)
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let root = if passwd.lines().any(|l| l.starts_with("root:")) {
-        ""
-    } else {
-        "root:x:0:0:root:/root:/bin/sh\n"
-    };
     std::fs::write(
         "/etc/passwd",
         format!(
-            "{passwd}{root}gov-rt-user:x:4242:4242::/home/gov-rt-user:/bin/sh\n\
+            "{passwd}gov-rt-user:x:4242:4242::/home/gov-rt-user:/bin/sh\n\
              gov-rt-absent:x:4243:4243::/home/gov-rt-absent:/bin/sh\n"
         ),
     )

@@ -180,14 +180,14 @@ pub(super) const LOGIN_FILES: [&str; 57] = [
 /// users; the first in /etc/passwd order).
 const MAX_HOMES: usize = 256;
 
-/// [`LOGIN_FILES`] in each home directory `passwd` (the text of /etc/passwd) names, once each,
-/// but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`: covered whole already); a home
-/// that `exists` says is not there, whole.
+/// [`LOGIN_FILES`] in root's home and in each home directory `passwd` (the text of
+/// /etc/passwd) names, once each, but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`:
+/// covered whole already); a home that `exists` says is not there, whole. Root's is `/root`
+/// whatever `passwd` says (a node image without root's line still runs root's programs).
 pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
-    let homes: Vec<&str> = passwd
-        .lines()
-        .filter_map(|l| l.split(':').nth(5))
+    let homes: Vec<&str> = std::iter::once("/root")
+        .chain(passwd.lines().filter_map(|l| l.split(':').nth(5)))
         .filter(|h| h.starts_with('/'))
         .filter(|h| !SYSTEM_FILES.iter().any(|s| Path::new(h).starts_with(s)))
         .filter(|h| seen.insert(*h))
@@ -342,5 +342,9 @@ mod tests {
             .map(|i| format!("u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n"))
             .collect();
         assert_eq!(login_files(&many, all).len(), MAX_HOMES * LOGIN_FILES.len());
+        // Root's home without root's line (a node image with a minimal /etc/passwd, or none).
+        let none = login_files("", all);
+        assert_eq!(none.len(), LOGIN_FILES.len());
+        assert!(none.contains(&PathBuf::from("/root/.local/lib")));
     }
 }
