@@ -580,6 +580,21 @@ unsafe fn enter_container(c: &Container, pid_out: i32) {
     }
 }
 
+/// One one-byte message sent to the POSIX queue `mqd` (`mq_timedsend`, no timeout).
+fn mq_send_one(mqd: libc::c_long) -> libc::c_long {
+    // SAFETY: the message outlives the call; a bad descriptor fails with EBADF.
+    unsafe {
+        libc::syscall(
+            libc::SYS_mq_timedsend,
+            mqd,
+            b"m".as_ptr(),
+            1usize,
+            0u32,
+            0usize,
+        )
+    }
+}
+
 /// [`run_in`], in a container's namespaces when `container` is given: the attempt is made by
 /// the container's first process (pid 1 inside), and the pid returned is that process's pid as
 /// the node numbers it.
@@ -1202,14 +1217,7 @@ pub fn run_in_namespaces(
                         0usize,
                     );
                     check(mqd);
-                    check(libc::syscall(
-                        libc::SYS_mq_timedsend,
-                        mqd,
-                        b"m".as_ptr(),
-                        1usize,
-                        0u32,
-                        0usize,
-                    ));
+                    check(mq_send_one(mqd));
                 }
                 Attempt::MqUnlink { name } => {
                     check(libc::syscall(libc::SYS_mq_unlink, name.as_ptr()))
@@ -1225,14 +1233,7 @@ pub fn run_in_namespaces(
                         0usize,
                     );
                     check(mqd);
-                    check(libc::syscall(
-                        libc::SYS_mq_timedsend,
-                        mqd,
-                        b"m".as_ptr(),
-                        1usize,
-                        0u32,
-                        0usize,
-                    ));
+                    check(mq_send_one(mqd));
                     let mut buf = [0u8; 8192];
                     let got = libc::syscall(
                         libc::SYS_mq_timedreceive,

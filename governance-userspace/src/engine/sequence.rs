@@ -120,11 +120,7 @@ impl Engine {
             if rule.mode != Mode::Enforce {
                 continue;
             }
-            let Some(a) = armed
-                .iter()
-                .filter(|a| a.rule == rule.id)
-                .min_by_key(|a| a.at)
-            else {
+            let Some(a) = first_arming(&armed, &rule.id) else {
                 continue;
             };
             let outside = s.in_force(a.at, now)
@@ -177,11 +173,7 @@ impl Engine {
                 })
             });
         for (i, rule, s) in self.sequences(view) {
-            let Some(a) = armed
-                .iter()
-                .filter(|a| a.rule == rule.id)
-                .min_by_key(|a| a.at)
-            else {
+            let Some(a) = first_arming(armed, &rule.id) else {
                 continue;
             };
             if !s.in_force(a.at, now) {
@@ -209,6 +201,11 @@ impl Engine {
         }
         decision
     }
+}
+
+/// The first arming of sequence rule `rule` among `armed` (its window runs from it).
+fn first_arming<'a>(armed: &'a [Armed], rule: &str) -> Option<&'a Armed> {
+    armed.iter().filter(|a| a.rule == rule).min_by_key(|a| a.at)
 }
 
 #[cfg(test)]

@@ -2354,26 +2354,7 @@ async fn an_armed_sequence_rule_refuses_requests_outside_its_hosts() {
          \x20 - id: no-exfil-after-pii\n    sequence:\n      after: { file: { prefix: /data/pii } }\n      then: { http: { except_hosts: [api.payments.example] } }\n    verdict: block\n    reason: no exfiltration after PII\n",
     );
     let h = start(config(), set.clone(), Limits::default()).await;
-    let source: crate::engine::ArmedSource = Arc::new(|agent: &AgentRef, rules: &[&str]| {
-        if agent.cgroup != "agents/seq-armed" {
-            return Vec::new();
-        }
-        rules
-            .iter()
-            .map(|r| crate::engine::Armed {
-                rule: r.to_string(),
-                at: std::time::Instant::now(),
-                by: crate::events::sequence::ArmedBy {
-                    rule: r.to_string(),
-                    kind: "file".into(),
-                    object: "/data/pii/customers.csv".into(),
-                    access: "r".into(),
-                    pid: 31,
-                    time: String::new(),
-                },
-            })
-            .collect()
-    });
+    let source = armed_source(Arc::new(Mutex::new(vec!["agents/seq-armed".to_owned()])));
     h.engine
         .store(Arc::new(Engine::new(set, 2).with_armed_source(source)));
     let armed = h.agent("agents/seq-armed", None, Some(up.addr));
