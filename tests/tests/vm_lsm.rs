@@ -5896,6 +5896,164 @@ fn sequence_rule_drops_sends_on_connections_made_before_the_read() {
     println!("redteam: control {udp}");
 }
 
+/// A sequence rule is armed by the path an open resolves to, so an agent may not give a
+/// classified object a name outside the arming prefix (third red team, F1: a hard link out, read,
+/// sent out unarmed; the arming directory renamed away and back): a hard link out, a rename of
+/// the file out, of a directory below the prefix out, of the arming directory itself, and of a
+/// directory above it are refused, each reported as the sequence rule's refusal, and nothing is
+/// armed by them. Controls: a link and a move within the prefix, a link and rename of an
+/// unclassified file, the same link out by a process outside every agent; egress before any
+/// read; the classified read by its own name still arms the rule and the connect after it is
+/// refused.
+#[test]
+fn sequence_rule_keeps_classified_names() {
+    require_root();
+    let fx = Fixture::new("seqnames");
+    std::fs::create_dir_all(fx.p("data/pii/sub")).unwrap();
+    std::fs::create_dir_all(fx.p("work")).unwrap();
+    std::fs::write(fx.p("data/pii/customers.csv"), "id,email\n1,a@b.example\n").unwrap();
+    std::fs::write(fx.p("data/pii/sub/deep.csv"), "id\n2\n").unwrap();
+    std::fs::write(fx.p("work/plain.txt"), "plain").unwrap();
+    let outside = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = outside.local_addr().unwrap().port();
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: seqnames\n\
+         agents: {{ cgroup: '{}' }}\n\
+         rules:\n\
+         \x20 - id: no-exfil-after-pii\n\
+         \x20   sequence:\n\
+         \x20     after: {{ file: {{ prefix: {d}/data/pii, access: [read] }} }}\n\
+         \x20     then: {{ network: {{ except: {{ cidr: 127.0.0.2/32 }} }} }}\n\
+         \x20   verdict: block\n\
+         \x20   reason: no exfiltration after reading PII\n",
+        fx.agent.path.file_name().unwrap().to_str().unwrap()
+    ));
+    for hook in ["file_open", "connect4", "inode_link", "inode_rename"] {
+        k.require(hook);
+    }
+    let rule_id = governance_common::class_id(k.generation, 1);
+    let connect_out = Attempt::connect(SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(127, 0, 0, 1),
+        port,
+    )));
+    let ok = |case: &str, cgroup: &Path, attempt: &Attempt| {
+        let (_, outcome) = run_in(Some(cgroup), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}");
+        println!("redteam: control {case}");
+    };
+    ok("egress before any read", &fx.agent.path, &connect_out);
+    let refused = |k: &mut Loaded, case: &str, attempt: &Attempt, op: u8| {
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Link), "{case}: kind");
+        assert_eq!(ev.detail, op, "{case}: link or rename");
+        assert_eq!(ev.rule_id, rule_id, "{case}: the sequence rule");
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}: cause");
+        assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block), "{case}");
+        assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: the agent");
+        println!("redteam: denied {case}");
+    };
+    let (link_op, rename_op) = (
+        governance_common::LINK_OP_LINK,
+        governance_common::LINK_OP_RENAME,
+    );
+    let csv = fx.p("data/pii/customers.csv");
+    refused(
+        &mut k,
+        "sequence: hard link of the classified file out of the prefix",
+        &Attempt::link(&csv, &fx.p("work/notes.txt")),
+        link_op,
+    );
+    refused(
+        &mut k,
+        "sequence: rename of the classified file out of the prefix",
+        &Attempt::rename(&csv, &fx.p("work/notes.txt")),
+        rename_op,
+    );
+    refused(
+        &mut k,
+        "sequence: rename of a directory below the prefix out of it",
+        &Attempt::rename(&fx.p("data/pii/sub"), &fx.p("work/sub")),
+        rename_op,
+    );
+    refused(
+        &mut k,
+        "sequence: rename of the arming directory in place",
+        &Attempt::rename(&fx.p("data/pii"), &fx.p("data/archive")),
+        rename_op,
+    );
+    refused(
+        &mut k,
+        "sequence: rename of a directory above the arming directory",
+        &Attempt::rename(&fx.p("data"), &fx.p("data-moved")),
+        rename_op,
+    );
+    for (case, gone) in [
+        ("no name was made outside", fx.p("work/notes.txt")),
+        ("the directory below stayed", fx.p("work/sub")),
+        ("the arming directory stayed", fx.p("data/archive")),
+        ("the directory above stayed", fx.p("data-moved")),
+    ] {
+        assert!(!gone.exists(), "{case}: {}", gone.display());
+    }
+    assert!(
+        k.enforcer.armed().unwrap().is_empty(),
+        "nothing armed by the refusals"
+    );
+    // Controls: names within the prefix, an unclassified file, and the same link from outside
+    // every agent.
+    let a = &fx.agent.path;
+    ok(
+        "a hard link within the arming directory",
+        a,
+        &Attempt::link(&csv, &fx.p("data/pii/copy.csv")),
+    );
+    ok(
+        "a move to a directory below the arming directory",
+        a,
+        &Attempt::rename(&fx.p("data/pii/copy.csv"), &fx.p("data/pii/sub/copy.csv")),
+    );
+    ok(
+        "a hard link of an unclassified file",
+        a,
+        &Attempt::link(&fx.p("work/plain.txt"), &fx.p("work/plain-link")),
+    );
+    ok(
+        "a rename of an unclassified file",
+        a,
+        &Attempt::rename(&fx.p("work/plain-link"), &fx.p("data/plain-moved")),
+    );
+    ok(
+        "outside: the hard link out",
+        &fx.outsider.path,
+        &Attempt::link(&csv, &fx.p("work/outsider-link")),
+    );
+    std::fs::remove_file(fx.p("work/outsider-link")).unwrap();
+    assert!(k.enforcer.armed().unwrap().is_empty(), "nothing armed yet");
+    ok("egress still allowed", a, &connect_out);
+    // The classified read by its own name arms the rule; the connect after it is refused.
+    let (reader, outcome) = run_in(Some(a), "reader", &Attempt::open(&csv, libc::O_RDONLY));
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "the classified read is allowed"
+    );
+    let ev = k.event_where(|e| e.tgid == reader && e.flags & flags::ARMED != 0);
+    assert_eq!(ev.rule_id, rule_id, "the read armed the rule");
+    let (pid, outcome) = run_in(Some(a), "agent", &connect_out);
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "connect after the read"
+    );
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(ev.rule_id, rule_id, "the sequence rule refused the connect");
+    assert_ne!(ev.flags & flags::SEQUENCE, 0);
+}
+
 /// Discovery on this kernel (Debian's 6.1, whose cgroup_skb programs may not call
 /// `bpf_get_current_pid_tgid`): the `discover` program loads (the loader's probe leaves the task
 /// helpers out) and is attached; a TLS ClientHello for `api.openai.com` (a built-in LLM host)

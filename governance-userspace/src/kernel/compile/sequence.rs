@@ -1,6 +1,13 @@
 //! Sequence rules → kernel tables: one sequence class per rule and agent (its arming paths as
 //! path rules, its direct-egress allowlist as destination rules; see
 //! governance_common::sequence), and the agent class's list of its sequence rules.
+//!
+//! An enforcing rule's class also holds its arming paths by identity (resolved as file rules'
+//! paths are, see [`Identities::resolve`]), restricting the arming accesses: arming is by the
+//! opened path, so the kernel's `inode_link` and `inode_rename` refuse an agent a new name that
+//! would take a classified object out of the arming paths (a hard link elsewhere, a move out,
+//! a rename of the arming directory or of a directory above it). Only those hooks read them:
+//! `file_open` reads the agent class's identities, never a sequence class's.
 
 use governance_common::sequence::{MAX_SEQ_RULES, SeqEntry, SeqList};
 
@@ -34,6 +41,13 @@ pub(super) fn classes(
     for (i, (rule, rule_id, seq)) in rules.iter().enumerate() {
         let class = new_class();
         let mut tables = Rules::default();
+        // The arming paths as restricting rules, for the identity resolution only.
+        let mut names = Rules::default();
+        let held = Ranked {
+            specificity: [0; 4],
+            rule: rule_ref(*rule_id, KVerdict::Block, 0),
+            shadow: false,
+        };
         let arming = Ranked {
             specificity: [0; 4],
             rule: rule_ref(*rule_id, KVerdict::Allow, 0),
@@ -45,13 +59,16 @@ pub(super) fn classes(
         };
         for letter in letters(&seq.after_access) {
             for spelled in identities.spellings(path) {
-                tables.paths.entry(letter).or_default().push((
-                    Node {
-                        path: spelled,
-                        exact,
-                    },
-                    arming,
-                ));
+                let node = Node {
+                    path: spelled,
+                    exact,
+                };
+                names
+                    .paths
+                    .entry(letter)
+                    .or_default()
+                    .push((node.clone(), held));
+                tables.paths.entry(letter).or_default().push((node, arming));
             }
         }
         let ranges = if seq.ports_except.is_empty() {
@@ -76,7 +93,16 @@ pub(super) fn classes(
                 ));
             }
         }
-        classes.push(build_class(class, &tables, errors, agent));
+        let mut c = build_class(class, &tables, errors, agent);
+        // A shadow rule restricts nothing, so it keeps no name from the agent either.
+        if rule.mode != Mode::Shadow {
+            // Its path tables are the class's own again (the errors too): only the identities
+            // are kept.
+            let mut named = build_class(class, &names, &mut Vec::new(), agent);
+            identities.resolve(&mut named);
+            c.idents = named.idents;
+        }
+        classes.push(c);
         list.entries[i] = SeqEntry {
             state: bucket_id(&rule.id),
             window_ns: seq
@@ -151,5 +177,75 @@ mod tests {
                 .keys()
                 .all(|(_, p)| !p.starts_with(b"/data/pii"))
         );
+    }
+
+    #[test]
+    fn an_enforcing_sequence_rule_holds_its_arming_paths_by_identity() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = std::env::temp_dir().join(format!("seq-ident-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("pii")).unwrap();
+        std::fs::write(dir.join("pii/x.csv"), "x").unwrap();
+        let d = dir.display();
+        let set = crate::policy::parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: agents/a }}\nrules:\n\
+                 \x20 - id: pii\n    sequence: {{ after: {{ file: {{ prefix: {d}/pii, access: [read] }} }} }}\n    verdict: block\n    reason: r\n\
+                 \x20 - id: watched\n    mode: shadow\n    sequence: {{ after: {{ file: {{ prefix: {d}/pii, access: [read] }} }} }}\n    verdict: block\n    reason: r\n"
+            ),
+        )])
+        .unwrap();
+        let agent = AgentCgroup {
+            index: 0,
+            name: "a".into(),
+            rel: "agents/a".into(),
+            label: None,
+            path: "/sys/fs/cgroup/agents/a".into(),
+            cgroup_id: 42,
+            pod: None,
+        };
+        let protect = Protect {
+            cgroup_root: "/sys/fs/cgroup".into(),
+            no_write: vec![],
+            no_access: vec![],
+        };
+        let k = compile(&set, &[agent], 3, &protect);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(k.errors.is_empty(), "{:?}", k.errors);
+        let list = k.sequences[0].1;
+        let class = |i: usize| {
+            k.classes
+                .iter()
+                .find(|c| c.id == list.entries[i].class)
+                .expect("its class")
+        };
+        let meta = std::fs::metadata(std::env::temp_dir()).unwrap();
+        let (dev, above) = (crate::kernel::kernel_dev(meta.dev()), meta.ino());
+        let enforcing = class(0);
+        let pii = enforcing
+            .idents
+            .iter()
+            .find(|(k, _)| k.2 == SCOPE_SELF)
+            .map(|(_, v)| v)
+            .expect("the arming directory by identity");
+        assert_eq!(pii.rules[0].enforce.rule_id, list.entries[0].rule_id);
+        assert!(identities::restricts(&pii.rules[0]), "restricts the read");
+        assert!(!has(&pii.rules[1]), "and no other access");
+        assert!(
+            enforcing.idents.contains_key(&(dev, above, SCOPE_HOLDS)),
+            "the directories above it keep their names"
+        );
+        assert!(enforcing.idents.contains_key(&(dev, 0, SCOPE_DEVICE)));
+        // The arming itself is still by path, allowing: the open is not decided by it.
+        assert_eq!(
+            answer(
+                enforcing,
+                access::READ,
+                format!("{d}/pii/x.csv\0").as_bytes()
+            )
+            .map(|p| p.enforce.verdict),
+            Some(KVerdict::Allow as u8)
+        );
+        assert!(class(1).idents.is_empty(), "a shadow rule keeps no name");
     }
 }
