@@ -1528,5 +1528,6 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     let _ = std::fs::remove_dir_all(&s.bodies);
     stop_daemon(s.daemon);
     let _ = std::fs::remove_dir_all(&policy_dir);
+    let _ = std::fs::remove_file(&symfony_seen);
     assert_eq!(failed, 0, "{failed} compatibility cases failed (see above)");
 }
