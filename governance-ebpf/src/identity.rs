@@ -495,18 +495,25 @@ fn replacing(target: &Answer, dir: &Answer, letters: u8) -> u64 {
     }
 }
 
-/// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
-/// new name's), each one `bpf_loop`.
+/// The first two points of `new_name`: an object that carries a restricting rule itself, or a
+/// directory above such an object, keeps its name. 0, or `REFUSE | rule_id`.
 #[inline(always)]
-fn judge(tables: Tables, old: Btf, new: Btf, letters: u8) -> Result<u64, Cause> {
+fn named_or_held(tables: Tables, old: Btf, letters: u8) -> Result<u64, Cause> {
     look_self(scratch(0)?, tables, old, letters)?;
     let own = restricted(answer(0)?);
     if own != 0 {
         return Ok(first_rule(answer(0)?, own));
     }
-    let held = holds(tables, old, letters)?;
-    if held != 0 {
-        return Ok(held);
+    holds(tables, old, letters)
+}
+
+/// See `new_name`: 0, or `REFUSE | rule_id`. Two walks at most (the object's directories, the
+/// new name's), each one `bpf_loop`.
+#[inline(always)]
+fn judge(tables: Tables, old: Btf, new: Btf, letters: u8) -> Result<u64, Cause> {
+    let refused = named_or_held(tables, old, letters)?;
+    if refused != 0 {
+        return Ok(refused);
     }
     // The new name's directories (into slot 1, emptied first).
     scratch(1)?;
@@ -741,14 +748,9 @@ extern "C" fn arming_rule(index: u32, ctx: *mut c_void) -> i64 {
 /// `judge` without the create and replace checks (see `arming_names`).
 #[inline(always)]
 fn keeps_out(tables: Tables, old: Btf, new: Btf, letters: u8) -> Result<u64, Cause> {
-    look_self(scratch(0)?, tables, old, letters)?;
-    let own = restricted(answer(0)?);
-    if own != 0 {
-        return Ok(first_rule(answer(0)?, own));
-    }
-    let held = holds(tables, old, letters)?;
-    if held != 0 {
-        return Ok(held);
+    let refused = named_or_held(tables, old, letters)?;
+    if refused != 0 {
+        return Ok(refused);
     }
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);

@@ -94,20 +94,16 @@ pub fn exact_path(path: &str) -> Cow<'_, str> {
         return Cow::Borrowed(p);
     }
     let b = p.as_bytes();
+    // What the escape at `i` stands for, if it is one this form decodes.
+    let escaped = |i: usize| {
+        let digit = |j: usize| char::from(*b.get(j)?).to_digit(16);
+        let c = (digit(i + 1)? * 16 + digit(i + 2)?) as u8;
+        ((0x20..0x7f).contains(&c) && !matches!(c, b'/' | b'\\' | b'%')).then_some(c)
+    };
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let decoded = (b[i] == b'%')
-            .then(|| {
-                Some((
-                    char::from(*b.get(i + 1)?).to_digit(16)?,
-                    char::from(*b.get(i + 2)?).to_digit(16)?,
-                ))
-            })
-            .flatten()
-            .map(|(h, l)| (h * 16 + l) as u8)
-            .filter(|c| (0x20..0x7f).contains(c) && !matches!(c, b'/' | b'\\' | b'%'));
-        match decoded {
+        match (b[i] == b'%').then(|| escaped(i)).flatten() {
             Some(c) => {
                 out.push(c);
                 i += 3;

@@ -46,6 +46,8 @@
 //! Elsewhere (no rule of the route reads the body) a body that is not JSON is decided as having
 //! no JSON, as before: no rule looks at it.
 
+use std::borrow::Cow;
+
 use hyper::{HeaderMap, StatusCode, header};
 use serde_json::Value;
 
@@ -263,7 +265,7 @@ pub fn evaluate(
 /// they are before forwarding (`Connection: x-dry-run` would otherwise let a rule read a header
 /// the upstream never sees). A header a rule reads must come at most once and under its own
 /// name: two copies (Express joins them, Starlette takes the first) or another spelling a
-/// server reads as it ([`header_key`]: CGI and WSGI servers read `X_Dry_Run` as `X-Dry-Run`,
+/// server reads as it ([`same_header`]: CGI and WSGI servers read `X_Dry_Run` as `X-Dry-Run`,
 /// PHP reads `X.Dry.Run` as it too) are refused.
 pub fn rule_headers(
     engine: &Engine,
@@ -278,8 +280,7 @@ pub fn rule_headers(
     let mut sent = headers.clone();
     super::request::strip_hop_by_hop(&mut sent);
     for &name in &read {
-        let want = header_key(name);
-        let mut copies = sent.iter().filter(|(n, _)| header_key(n.as_str()) == want);
+        let mut copies = sent.iter().filter(|(n, _)| same_header(n.as_str(), name));
         let Some((first, _)) = copies.next() else {
             continue;
         };
@@ -311,20 +312,19 @@ const OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-/// A header name as the servers that read the most spellings as one name read it: lowercase,
-/// and every character other than a letter or digit a `-` (CGI and WSGI servers read `_` as
-/// `-`, PHP's `$_SERVER` reads `.` as `_` as well: `X.HTTP.Method.Override` is
-/// `HTTP_X_HTTP_METHOD_OVERRIDE`).
-fn header_key(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect()
+/// Whether two header names are one to the servers that read the most spellings as one name:
+/// ASCII case aside, every character other than a letter or digit is a `-` (CGI and WSGI
+/// servers read `_` as `-`, PHP's `$_SERVER` reads `.` as `_` as well: `X.HTTP.Method.Override`
+/// is `HTTP_X_HTTP_METHOD_OVERRIDE`). Compared in place: every header of a request may be.
+fn same_header(a: &str, b: &str) -> bool {
+    let key = |c: u8| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            b'-'
+        }
+    };
+    a.len() == b.len() && a.bytes().map(key).eq(b.bytes().map(key))
 }
 
 /// The top-level fields a form or query parameter named `name` sets, as the web's parsers
@@ -332,7 +332,7 @@ fn header_key(name: &str) -> String {
 /// and `a[]` as `a`, and `[a]` as `a`; `qs` with `allowDots` reads `a.b` as `a`; PHP (and so
 /// Symfony and Laravel) drops leading spaces, ends the name at a `[` that a `]` follows, and
 /// turns `.`, spaces and an unmatched `[` into `_` (`.method` and ` _method` are `_method`).
-fn field_names(name: &str) -> [String; 4] {
+fn field_names(name: &str) -> [Cow<'_, str>; 4] {
     let bracketed = match name.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => name.split('[').next().unwrap_or(name),
@@ -343,13 +343,12 @@ fn field_names(name: &str) -> [String; 4] {
         Some(i) if php[i..].contains(']') => &php[..i],
         _ => php,
     };
-    let php = php.replace(['.', ' ', '['], "_");
-    [
-        name.to_owned(),
-        bracketed.to_owned(),
-        dotted.to_owned(),
-        php,
-    ]
+    let php = if php.contains(['.', ' ', '[']) {
+        Cow::Owned(php.replace(['.', ' ', '['], "_"))
+    } else {
+        Cow::Borrowed(php)
+    };
+    [name.into(), bracketed.into(), dotted.into(), php]
 }
 
 /// Whether some parser reads a parameter named `name` as `_method` (any case, [`field_names`]).
@@ -360,14 +359,14 @@ fn is_method_field(name: &str) -> bool {
 }
 
 /// An override header naming another method, under any name a server reads as one of
-/// [`OVERRIDE_HEADERS`] ([`header_key`]: `X_HTTP_Method_Override`, `X.HTTP.Method.Override`).
+/// [`OVERRIDE_HEADERS`] ([`same_header`]: `X_HTTP_Method_Override`, `X.HTTP.Method.Override`).
 fn method_override(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
     for (name, v) in headers {
         let name = name.as_str();
         if !name.starts_with('x') {
             continue;
         }
-        if OVERRIDE_HEADERS.contains(&header_key(name).as_str()) {
+        if OVERRIDE_HEADERS.iter().any(|o| same_header(name, o)) {
             let v = String::from_utf8_lossy(v.as_bytes());
             if !v.trim().eq_ignore_ascii_case(&head.method) {
                 return Err(Refused::MethodOverride(format!("{name}: {}", v.trim())));

@@ -123,16 +123,8 @@ mod tests {
     use super::*;
     use crate::kernel::compile::class::answer;
 
-    #[test]
-    fn a_sequence_rule_gets_its_own_class_and_a_stable_state_id() {
-        let set = crate::policy::parse(&[(
-            "p.yaml".into(),
-            "name: p\nagents: { cgroup: agents/a }\nrules:\n\
-             \x20 - { id: x, file: { prefix: /data }, verdict: allow, reason: r }\n\
-             \x20 - id: pii\n    sequence:\n      after: { file: { prefix: /data/pii, access: [read] } }\n      then: { network: { except: { cidr: 10.0.0.0/8, ports: 443 } } }\n      for: 2s\n    verdict: block\n    reason: r\n"
-                .into(),
-        )])
-        .unwrap();
+    /// `set` compiled as generation 3 for one agent, `agents/a`, with no daemon files.
+    fn compiled(set: &crate::policy::PolicySet) -> KernelPolicy {
         let agent = AgentCgroup {
             index: 0,
             name: "a".into(),
@@ -147,7 +139,20 @@ mod tests {
             no_write: vec![],
             no_access: vec![],
         };
-        let k = compile(&set, &[agent], 3, &protect);
+        compile(set, &[agent], 3, &protect)
+    }
+
+    #[test]
+    fn a_sequence_rule_gets_its_own_class_and_a_stable_state_id() {
+        let set = crate::policy::parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: agents/a }\nrules:\n\
+             \x20 - { id: x, file: { prefix: /data }, verdict: allow, reason: r }\n\
+             \x20 - id: pii\n    sequence:\n      after: { file: { prefix: /data/pii, access: [read] } }\n      then: { network: { except: { cidr: 10.0.0.0/8, ports: 443 } } }\n      for: 2s\n    verdict: block\n    reason: r\n"
+                .into(),
+        )])
+        .unwrap();
+        let k = compiled(&set);
         assert!(k.errors.is_empty(), "{:?}", k.errors);
         let (class, list) = k.sequences[0];
         assert_eq!(class, k.classes[0].id);
@@ -195,21 +200,7 @@ mod tests {
             ),
         )])
         .unwrap();
-        let agent = AgentCgroup {
-            index: 0,
-            name: "a".into(),
-            rel: "agents/a".into(),
-            label: None,
-            path: "/sys/fs/cgroup/agents/a".into(),
-            cgroup_id: 42,
-            pod: None,
-        };
-        let protect = Protect {
-            cgroup_root: "/sys/fs/cgroup".into(),
-            no_write: vec![],
-            no_access: vec![],
-        };
-        let k = compile(&set, &[agent], 3, &protect);
+        let k = compiled(&set);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(k.errors.is_empty(), "{:?}", k.errors);
         let list = k.sequences[0].1;
