@@ -1081,6 +1081,9 @@ fn php_cases(s: &mut Suite, base: String) {
     s.case(client, up, "_method-php", |s| {
         let part =
             "--b\r\nContent-Disposition: form-data; name=\".method\"\r\n\r\nDELETE\r\n--b--\r\n";
+        let multipart = "content-type: multipart/form-data; boundary=b";
+        let quoted = part.replace("\".method\"", "'.method'");
+        let folded = part.replace(" name=", "\r\n name=");
         let mut details = Vec::new();
         for (what, op) in [
             ("form .method", repo("", &[form], ".method=DELETE")),
@@ -1090,10 +1093,17 @@ fn php_cases(s: &mut Suite, base: String) {
                 "query %20_method",
                 repo("?%20_method=DELETE", &[form], "name=x"),
             ),
+            ("multipart .method", repo("", &[multipart], part)),
+            // Round 4: PHP ends a name at a NUL, and reads part names quoted with `'` or on a
+            // folded header line.
+            ("form _method%00x", repo("", &[form], "_method%00x=DELETE")),
+            ("form .method%00", repo("", &[form], ".method%00=DELETE")),
             (
-                "multipart .method",
-                repo("", &["content-type: multipart/form-data; boundary=b"], part),
+                "query _method%00",
+                repo("?_method%00=DELETE", &[form], "name=x"),
             ),
+            ("multipart '.method'", repo("", &[multipart], &quoted)),
+            ("multipart folded", repo("", &[multipart], &folded)),
             (
                 "header X.HTTP.Method.Override",
                 repo("", &[form, "X.HTTP.Method.Override: DELETE"], "name=x"),

@@ -332,7 +332,10 @@ fn same_header(a: &str, b: &str) -> bool {
 /// and `a[]` as `a`, and `[a]` as `a`; `qs` with `allowDots` reads `a.b` as `a`; PHP (and so
 /// Symfony and Laravel) drops leading spaces, ends the name at a `[` that a `]` follows, and
 /// turns `.`, spaces and an unmatched `[` into `_` (`.method` and ` _method` are `_method`).
+/// PHP also ends a name at its first NUL (it measures names as C strings: `_method%00x` is
+/// `_method`); every reading here does, which refuses more, never less.
 fn field_names(name: &str) -> [Cow<'_, str>; 4] {
+    let name = name.split('\0').next().unwrap_or(name);
     let bracketed = match name.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => name.split('[').next().unwrap_or(name),
@@ -418,8 +421,11 @@ fn body_method_override(
     let form = media
         .as_ref()
         .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"));
-    if form && let Ok(text) = std::str::from_utf8(&bytes) {
-        return match query_pairs(text).find(|(k, v)| is_method_field(k) && overrides(v)) {
+    // PHP reads a form's bytes whatever their encoding: names are read the same in a body
+    // that is not UTF-8 (its other bytes as U+FFFD).
+    if form {
+        let text = String::from_utf8_lossy(&bytes);
+        return match query_pairs(&text).find(|(k, v)| is_method_field(k) && overrides(v)) {
             Some((_, v)) => Err(refused(&v)),
             None => Ok(()),
         };
@@ -452,7 +458,9 @@ fn body_method_override(
 /// JavaScript's accepts: `{"\u005fmethod": "DELETE", "x": "\ud800"}`) and backslash escapes
 /// (a quoted `name="\_method"`) are undone; or a multipart part named so that a parser reads
 /// it as `_method` (PHP's `.method`, [`is_method_field`]); or a part's name in a form the proxy
-/// does not decode (RFC 2231 continuations `name*0=`, RFC 2047 encoded words `=?`).
+/// does not decode (RFC 2231 continuations `name*0=`, RFC 2047 encoded words `=?`). Part
+/// headers are read as PHP's multipart parser reads them: a line that starts with a space or a
+/// tab continues the one before, and a name may be quoted with `"` or `'`, or end at a space.
 fn names_method_field(bytes: &[u8]) -> bool {
     let text = String::from_utf8_lossy(bytes);
     let plain: String = json_unescaped(&decode_component(&text))
@@ -463,16 +471,24 @@ fn names_method_field(bytes: &[u8]) -> bool {
     if plain.contains("_method") {
         return true;
     }
-    plain.lines().any(|l| {
+    let unfolded = plain.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let unfolded = unfolded.replace("\n ", " ").replace("\n\t", " ");
+    unfolded.lines().any(|l| {
         let Some(params) = l.trim_start().strip_prefix("content-disposition:") else {
             return false;
         };
         l.contains("*0")
             || l.contains("=?")
             || params.split(';').any(|p| {
-                p.trim()
-                    .strip_prefix("name=")
-                    .is_some_and(|n| is_method_field(n.trim().trim_matches('"')))
+                let Some(value) = p.trim().strip_prefix("name=") else {
+                    return false;
+                };
+                let value = value.trim();
+                let php = match value.chars().next() {
+                    Some(q @ ('"' | '\'')) => value[1..].split(q).next().unwrap_or(""),
+                    _ => value.split(char::is_whitespace).next().unwrap_or(""),
+                };
+                is_method_field(value.trim_matches(['"', '\''])) || is_method_field(php)
             })
     })
 }

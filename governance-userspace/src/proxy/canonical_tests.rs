@@ -1052,6 +1052,8 @@ fn method_overrides_in_bodies_are_found_in_any_spelling_and_coding() {
 /// A `_method` under a name a parser reads as `_method` (red team round 3): `qs` (Express's
 /// `extended` forms) and Rack read `[_method]` and `_method[]`; PHP (Symfony, Laravel) reads
 /// `.method`, ` _method` and `+_method`, in forms, queries and multipart part names.
+/// Round 4: what PHP reads as `_method` after a NUL, in a form that is not UTF-8, and in a
+/// part's header as PHP's multipart parser reads it.
 #[test]
 fn method_overrides_under_names_parsers_read_as_method_are_refused() {
     let post = |target: &str, headers: &[(&str, &str)], body: &[u8]| {
@@ -1106,6 +1108,50 @@ fn method_overrides_under_names_parsers_read_as_method_are_refused() {
             "multipart {name}"
         );
     }
+    // Red team round 4: PHP ends a name at a NUL, reads a form's bytes whatever their
+    // encoding, and reads a part's name quoted with `'` or on a folded header line.
+    for body in [
+        &b"_method%00x=DELETE"[..],
+        b".method%00=DELETE",
+        b".method\0=DELETE",
+        b".method=DELETE&x=\xff\xfe",
+        b"\xff=1&%2Emethod=DELETE",
+    ] {
+        assert_eq!(
+            post("/v1/repos/prod", &[form], body),
+            refused,
+            "form {}",
+            body.escape_ascii()
+        );
+    }
+    assert_eq!(
+        post("/v1/repos/prod?_method%00=DELETE", &[form], b"x=1"),
+        refused
+    );
+    let raw_part = |disposition: &str| {
+        format!("--b\r\nContent-Disposition: {disposition}\r\n\r\nDELETE\r\n--b--\r\n").into_bytes()
+    };
+    for disposition in [
+        "form-data; name='.method'",
+        "form-data;\r\n name=\".method\"",
+        "form-data;\r\n\tname=.method",
+        "form-data; name=\".method\0\"",
+        "form-data; name=.method x",
+    ] {
+        assert_eq!(
+            post("/v1/repos/prod", &[multipart], &raw_part(disposition)),
+            refused,
+            "multipart {disposition:?}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/v1/repos/prod",
+            &[multipart],
+            &raw_part("form-data;\r\n name='payment[method]'")
+        ),
+        "allow default"
+    );
     // Controls: names no parser reads as `_method`, and an override naming the request's own
     // method.
     for body in [
