@@ -109,6 +109,14 @@ pub enum Refused {
     NotUtf8,
     #[error("`{0}` bodies are not decided on: the rules of this route read JSON")]
     Form(String),
+    #[error(
+        "Content-Type `{0}` is not one media type with plain parameters: servers disagree on what it names"
+    )]
+    ContentType(String),
+    #[error(
+        "the body also reads as a form carrying `{0}`, a field the rules of this route decide on (servers read a body without a JSON Content-Type as a form)"
+    )]
+    FormField(String),
     #[error("Content-Type `{0}` with a body that is not JSON: the rules of this route read JSON")]
     MediaType(String),
     #[error("invalid JSON: {0}")]
@@ -132,6 +140,7 @@ impl Refused {
             | Refused::Charset(_)
             | Refused::Bom(_)
             | Refused::Form(_)
+            | Refused::ContentType(_)
             | Refused::MediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refused::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::BAD_REQUEST,
@@ -146,6 +155,7 @@ impl Refused {
             _ => match self {
                 Refused::MethodOverride(_)
                 | Refused::QueryField(_)
+                | Refused::FormField(_)
                 | Refused::Ambiguous(_)
                 | Refused::Header(_)
                 | Refused::PathCase(..)
@@ -180,6 +190,7 @@ impl Refused {
             | Refused::Encoding(_)
             | Refused::Corrupt(..)
             | Refused::MediaType(_)
+            | Refused::ContentType(_)
             | Refused::Form(_) => -32700,
             _ => -32600,
         }
@@ -219,7 +230,7 @@ pub fn evaluate(
     let json = if route.governed || mcp_endpoint {
         query_fields(head, &route)?;
         let json = match body {
-            Some(bytes) => read_json(headers, bytes, limit)?,
+            Some(bytes) => read_json(headers, bytes, limit, &route)?,
             None => None,
         };
         // An MCP message is a POST with a JSON-RPC body: an empty POST is invalid JSON there.
@@ -329,18 +340,26 @@ fn same_header(a: &str, b: &str) -> bool {
 
 /// The top-level fields a form or query parameter named `name` sets, as the web's parsers
 /// read it: the name itself; `qs` (Express's `extended` parser) and Rack (Rails) read `a[b]`
-/// and `a[]` as `a`, and `[a]` as `a`; `qs` with `allowDots` reads `a.b` as `a`; PHP (and so
+/// and `a[]` as `a`, and `[a]` as `a`, Rack 2 also `]]a` and `a]`; `qs` with `allowDots` reads
+/// `a.b` and `.a` as `a`; PHP (and so
 /// Symfony and Laravel) drops leading spaces, ends the name at a `[` that a `]` follows, and
 /// turns `.`, spaces and an unmatched `[` into `_` (`.method` and ` _method` are `_method`).
 /// PHP also ends a name at its first NUL (it measures names as C strings: `_method%00x` is
 /// `_method`); every reading here does, which refuses more, never less.
-fn field_names(name: &str) -> [Cow<'_, str>; 4] {
+fn field_names(name: &str) -> [Cow<'_, str>; 5] {
     let name = name.split('\0').next().unwrap_or(name);
     let bracketed = match name.strip_prefix('[') {
         Some(rest) => rest.split(']').next().unwrap_or(rest),
         None => name.split('[').next().unwrap_or(name),
     };
-    let dotted = bracketed.split('.').next().unwrap_or(bracketed);
+    let dotted = bracketed
+        .split('.')
+        .find(|s| !s.is_empty())
+        .unwrap_or(bracketed);
+    // Rack 2's `normalize_params`: leading brackets skipped, the name up to the next bracket
+    // (`]]amount`, `[[amount`, `amount]` are `amount`).
+    let rack = name.trim_start_matches(['[', ']']);
+    let rack = rack.split(['[', ']']).next().unwrap_or(rack);
     let php = name.trim_start_matches(' ');
     let php = match php.find('[') {
         Some(i) if php[i..].contains(']') => &php[..i],
@@ -351,7 +370,13 @@ fn field_names(name: &str) -> [Cow<'_, str>; 4] {
     } else {
         Cow::Borrowed(php)
     };
-    [name.into(), bracketed.into(), dotted.into(), php]
+    [
+        name.into(),
+        bracketed.into(),
+        dotted.into(),
+        rack.into(),
+        php,
+    ]
 }
 
 /// Whether some parser reads a parameter named `name` as `_method` (any case, [`field_names`]).
@@ -418,17 +443,21 @@ fn body_method_override(
     let overrides = |value: &str| !value.trim().eq_ignore_ascii_case(&head.method);
     let refused =
         |value: &str| Refused::MethodOverride(format!("_method={} in the body", value.trim()));
-    let form = media
-        .as_ref()
-        .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"));
-    // PHP reads a form's bytes whatever their encoding: names are read the same in a body
-    // that is not UTF-8 (its other bytes as U+FFFD).
-    if form {
+    // A body that is not typed JSON may be read as a form: Rack reads a POST without a
+    // Content-Type as one, whatever it holds (`{"x":"&_method=DELETE&"}`). PHP reads a form's
+    // bytes whatever their encoding: names are read the same in a body that is not UTF-8 (its
+    // other bytes as U+FFFD).
+    if !media.as_ref().is_some_and(MediaType::is_json) {
         let text = String::from_utf8_lossy(&bytes);
-        return match query_pairs(&text).find(|(k, v)| is_method_field(k) && overrides(v)) {
-            Some((_, v)) => Err(refused(&v)),
-            None => Ok(()),
-        };
+        if let Some((_, v)) = query_pairs(&text).find(|(k, v)| is_method_field(k) && overrides(v)) {
+            return Err(refused(&v));
+        }
+    }
+    if media
+        .as_ref()
+        .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"))
+    {
+        return Ok(());
     }
     match parse_json(&bytes) {
         Ok(Value::Object(map)) => {
@@ -557,23 +586,26 @@ fn hex(b: u8) -> Option<u8> {
 /// Refuse a query parameter named like a field the route's body rules read (`amount`,
 /// `amount[]`, `Amount`).
 fn query_fields(head: &Head, route: &BodyRoute<'_>) -> Result<(), Refused> {
-    let Some(query) = head.query.as_deref() else {
-        return Ok(());
-    };
+    match head.query.as_deref().and_then(|q| carried_field(route, q)) {
+        Some(f) => Err(Refused::QueryField(f.to_owned())),
+        None => Ok(()),
+    }
+}
+
+/// The first field the route's body rules read that `pairs` (a query string or a body read as
+/// a form) carries under a name some parser reads as it ([`field_names`]).
+fn carried_field<'r>(route: &'r BodyRoute<'_>, pairs: &str) -> Option<&'r str> {
     let fields: Vec<&str> = route.body.iter().filter_map(|c| c.top_key()).collect();
     if fields.is_empty() {
-        return Ok(());
+        return None;
     }
-    for (name, _) in query_pairs(query) {
+    query_pairs(pairs).find_map(|(name, _)| {
         let names = field_names(&name);
-        if let Some(f) = fields
+        fields
             .iter()
             .find(|f| names.iter().any(|n| f.eq_ignore_ascii_case(n.trim())))
-        {
-            return Err(Refused::QueryField((*f).to_owned()));
-        }
-    }
-    Ok(())
+            .copied()
+    })
 }
 
 /// A request body with its content coding (`Content-Encoding`) undone, at most `limit` bytes
@@ -618,19 +650,64 @@ struct MediaType {
 }
 
 impl MediaType {
+    /// RFC 9110's `type "/" subtype *( OWS ";" OWS token "=" ( token / quoted-string ) )`, and
+    /// nothing else: servers read what lies outside it differently (Rack and Fetch split types
+    /// on `,`, aiohttp decodes RFC 2047 words and drops comments, and joins RFC 2231's
+    /// `charset*0=` continuations), so a Content-Type outside it is refused, and so is a
+    /// parameter name with a `*`.
     fn parse(v: &str) -> Result<MediaType, Refused> {
-        let mut parts = v.split(';');
-        let essence = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let malformed = || Refused::ContentType(v.to_owned());
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        let (essence, mut rest) = v.split_once(';').unwrap_or((v, ""));
+        let essence = essence.trim_matches([' ', '\t']).to_ascii_lowercase();
+        match essence.split_once('/') {
+            Some((t, sub)) if token(t) && token(sub) => {}
+            _ => return Err(malformed()),
+        }
         let mut charset = None;
-        for p in parts {
-            let Some((k, val)) = p.split_once('=') else {
-                continue;
+        loop {
+            // Empty parameters (`a/b;`, `a/b; ;c=d`) are allowed.
+            rest = rest.trim_start_matches([' ', '\t', ';']);
+            if rest.is_empty() {
+                break;
+            }
+            let (name, after) = rest.split_once('=').ok_or_else(malformed)?;
+            if !token(name) || name.contains('*') {
+                return Err(malformed());
+            }
+            let (value, after) = if let Some(quoted) = after.strip_prefix('"') {
+                // A quoted string: `\` escapes the next character.
+                let mut value = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next().ok_or_else(malformed)? {
+                        (i, '"') => break i + 1,
+                        (_, '\\') => value.push(chars.next().ok_or_else(malformed)?.1),
+                        (_, c) => value.push(c),
+                    }
+                };
+                (value, &quoted[end..])
+            } else {
+                let end = after.find(';').unwrap_or(after.len());
+                let value = after[..end].trim_end_matches([' ', '\t']);
+                if !token(value) {
+                    return Err(malformed());
+                }
+                (value.to_owned(), &after[end..])
             };
-            if k.trim().eq_ignore_ascii_case("charset") {
+            rest = match after.trim_start_matches([' ', '\t']) {
+                "" => "",
+                more => more.strip_prefix(';').ok_or_else(malformed)?,
+            };
+            if name.eq_ignore_ascii_case("charset") {
                 if charset.is_some() {
                     return Err(Refused::Charset("(given twice)".into()));
                 }
-                charset = Some(val.trim().trim_matches('"').to_owned());
+                charset = Some(value);
             }
         }
         Ok(MediaType { essence, charset })
@@ -644,8 +721,10 @@ impl MediaType {
             || (e.starts_with("application/") && e.ends_with("+json"))
     }
 
+    /// A form, as the most lenient servers tell one (Tornado: any type that starts so).
     fn is_form(&self) -> bool {
-        self.essence == "application/x-www-form-urlencoded"
+        self.essence
+            .starts_with("application/x-www-form-urlencoded")
             || self.essence.starts_with("multipart/")
     }
 }
@@ -654,7 +733,12 @@ impl MediaType {
 const MAX_RATIO: usize = 100;
 
 /// The JSON a body certainly is, or None for an empty one; see the module documentation.
-fn read_json(headers: &HeaderMap, bytes: &[u8], limit: usize) -> Result<Option<Value>, Refused> {
+fn read_json(
+    headers: &HeaderMap,
+    bytes: &[u8],
+    limit: usize,
+    route: &BodyRoute<'_>,
+) -> Result<Option<Value>, Refused> {
     let media = single(headers, header::CONTENT_TYPE, "Content-Type")?
         .map(|v| MediaType::parse(&v))
         .transpose()?;
@@ -679,8 +763,15 @@ fn read_json(headers: &HeaderMap, bytes: &[u8], limit: usize) -> Result<Option<V
     {
         return Err(Refused::Form(m.essence.clone()));
     }
-    if std::str::from_utf8(bytes).is_err() {
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return Err(Refused::NotUtf8);
+    };
+    // Without a JSON type, a server may read the body as a form (Rack does when there is no
+    // Content-Type): its pairs must not carry a field the rules read.
+    if !media.as_ref().is_some_and(MediaType::is_json) {
+        if let Some(f) = carried_field(route, text) {
+            return Err(Refused::FormField(f.to_owned()));
+        }
     }
     match parse_json(bytes) {
         Ok(v) => Ok(Some(v)),

@@ -1457,3 +1457,125 @@ mod props {
         }
     }
 }
+
+/// Red team round 4: a JSON body whose bytes also read as a form carrying a field the rules
+/// decide on (`{"amount":50,"x":"&amount=99999&"}`), sent with a Content-Type that some server
+/// reads as a form: none (Rack), a list of types (Rack, Fetch), a type that only starts like a
+/// form's (Tornado), an RFC 2047 word (aiohttp); and a charset that aiohttp finds where the
+/// proxy did not (an RFC 2231 continuation, a comment). Rack 2's parameter names (`]]amount`,
+/// `_method]`) too.
+#[test]
+fn bodies_servers_read_as_forms_and_content_types_they_read_otherwise_are_refused() {
+    let smuggled = br#"{"amount":50,"x":"&amount=99999&"}"#;
+    assert_eq!(
+        verdict(refund(smuggled, &[])),
+        "refused 400 builtin:body",
+        "no Content-Type: Rack reads a form"
+    );
+    for ctype in [
+        "",
+        "application/x-www-form-urlencoded, application/json",
+        "application/json, application/x-www-form-urlencoded",
+        "text/plain, application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded,x",
+        "=?utf-8?q?application/x-www-form-urlencoded?=",
+        "application/json; charset*0=utf-7",
+        "application/json; charset*=utf-7",
+        "application/json; (c)charset=utf-7",
+        "application/json; charset(c)=utf-7",
+        "application/json; charset=\"utf-8",
+        "application/json; charset",
+        "application/json (c)",
+        "application",
+    ] {
+        assert_eq!(
+            verdict(refund(smuggled, &[("content-type", ctype)])),
+            "refused 415 builtin:body",
+            "{ctype:?}"
+        );
+    }
+    assert_eq!(
+        verdict(refund(
+            smuggled,
+            &[("content-type", "application/x-www-form-urlencodedX")]
+        )),
+        "refused 415 builtin:body",
+        "Tornado reads any type that starts as a form's"
+    );
+    assert_eq!(
+        verdict(refund(smuggled, &[("content-type", "text/plain")])),
+        "refused 400 builtin:body"
+    );
+    // Rack 2's names, in the query.
+    for name in [
+        "]]amount", "[[amount", "]amount", "amount]", "[]amount", ".amount",
+    ] {
+        let (engine, view) = engine_for("agents/refund-1", None);
+        let target = format!(
+            "/v1/refunds?{}=99999",
+            name.replace('[', "%5B").replace(']', "%5D")
+        );
+        assert_eq!(
+            verdict(eval(
+                &engine,
+                &view,
+                "POST",
+                &target,
+                &[HOST, JSON],
+                br#"{"amount":50}"#
+            )),
+            "refused 400 builtin:body",
+            "{name}"
+        );
+    }
+    // Controls: the same JSON under its own type is one object with amount 50, and the
+    // spellings of a JSON type that are one media type.
+    for ctype in [
+        "application/json",
+        "application/json;charset=UTF-8",
+        "application/json;",
+        "application/json; ; charset=utf-8",
+        "application/json; charset=\"utf-8\"",
+        "Application/JSON ; charset=utf-8",
+        "application/merge-patch+json",
+    ] {
+        assert_eq!(
+            verdict(refund(smuggled, &[("content-type", ctype)])),
+            "allow refund-agent/refund-small",
+            "{ctype:?}"
+        );
+    }
+    assert_eq!(
+        verdict(refund(br#"{"amount":50,"note":"a&b=c"}"#, &[])),
+        "allow refund-agent/refund-small"
+    );
+    // Rack 2's names and a form read from a body without a type, for `_method`.
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        let mut all = vec![("host", "api.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", "/v1/repos/prod", &all, body))
+    };
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    for name in [
+        "_method]",
+        "]]_method",
+        "[[_method",
+        "]_method",
+        "[]_method",
+    ] {
+        assert_eq!(
+            post(&[form], format!("{name}=DELETE").as_bytes()),
+            "refused 400 builtin:request",
+            "{name}"
+        );
+    }
+    assert_eq!(
+        post(&[], br#"{"note":"x","x":"&_method=DELETE&"}"#),
+        "refused 400 builtin:request"
+    );
+    assert_eq!(
+        post(&[JSON], br#"{"note":"x","x":"&_method=DELETE&"}"#),
+        "allow default",
+        "typed JSON is read as JSON"
+    );
+}
