@@ -768,10 +768,10 @@ fn read_json(
     };
     // Without a JSON type, a server may read the body as a form (Rack does when there is no
     // Content-Type): its pairs must not carry a field the rules read.
-    if !media.as_ref().is_some_and(MediaType::is_json) {
-        if let Some(f) = carried_field(route, text) {
-            return Err(Refused::FormField(f.to_owned()));
-        }
+    if !media.as_ref().is_some_and(MediaType::is_json)
+        && let Some(f) = carried_field(route, text)
+    {
+        return Err(Refused::FormField(f.to_owned()));
     }
     match parse_json(bytes) {
         Ok(v) => Ok(Some(v)),
