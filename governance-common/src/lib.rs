@@ -47,6 +47,11 @@ pub const MAX_KEYS: u32 = 16384;
 /// POSIX message queues made by agents that the kernel programs remember (a queue that cannot be
 /// recorded is out of its own agent's reach: fail closed).
 pub const MAX_MQUEUES: u32 = 8192;
+/// Files on which an agent turned on asynchronous notification (`O_ASYNC`, `FIOASYNC`) or
+/// chose its signal (`F_SETSIG`), that the kernel programs remember until the file is freed
+/// (see [`SigioOwner`]). Preallocated; when full, the enabling `fcntl` or `ioctl` is refused
+/// ([`Cause::MapFull`]): a file not remembered could signal a process outside the agent.
+pub const MAX_SIGIO_FILES: u32 = 4096;
 /// Capacity of [`maps::AGENTS`] (both slots).
 pub const MAX_AGENTS: u32 = 8192;
 /// Capacity of [`maps::EXEC_RULES`].
@@ -614,6 +619,33 @@ pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
 /// process wrote (or mapped shared and writable) a file through a descriptor it did not open
 /// under its profile (one it held before its sandbox verdict, or was passed).
 pub const FILE_DETAIL_HELD: u8 = 0x40;
+
+/// [`Event::detail`] of a [`Kind::Signal`] refusal: the signal was the kernel's SIGIO or SIGURG
+/// for a file an agent armed (`send_sigio`, `send_sigurg`), refused in
+/// `file_send_sigiotask`. The event names the agent's process that armed the file (its pid,
+/// comm and uid then), not the task whose I/O raised the signal.
+pub const SIGNAL_DETAIL_SIGIO: u8 = 1;
+
+/// Value of [`maps::SIGIO_OWNERS`]: the agent whose process turned on asynchronous
+/// notification on a file, or chose its signal, as it was then: where its subtree is (the
+/// agent root and its level, for `file_send_sigiotask`, which runs in whichever task raised
+/// the I/O) and what the refusal's event says of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SigioOwner {
+    /// cgroup id of the agent root.
+    pub root: u64,
+    /// cgroup id of the process that armed the file.
+    pub cgroup: u64,
+    pub tgid: u32,
+    /// The agent root's level in the cgroup2 hierarchy.
+    pub level: u32,
+    pub uid: u32,
+    pub class: u32,
+    pub generation: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
 
 /// Value of [`maps::AGENTS`]: the agent's class and its defaults.
 #[repr(C)]

@@ -33,6 +33,14 @@ pub const SANDBOX_ANY: &str = "SANDBOX_ANY";
 /// A sandboxed process writes a regular file only through a descriptor found here with its
 /// own mark (see [`crate::FILE_DETAIL_HELD`]).
 pub const SANDBOX_FILES: &str = "SANDBOX_FILES";
+/// `struct file` address (u64) → [`crate::SigioOwner`]: files on which an agent turned on
+/// asynchronous notification (`F_SETFL` with `O_ASYNC`, `FIOASYNC`) or chose the signal
+/// (`F_SETSIG`); `file_send_sigiotask` refuses their SIGIO and SIGURG to any task outside that
+/// agent's subtree, `file_free_security` forgets the file.
+pub const SIGIO_OWNERS: &str = "SIGIO_OWNERS";
+/// Array[1] of u32: 1 once any file was recorded in [`SIGIO_OWNERS`] (never cleared): until
+/// then, freeing a file does not look there.
+pub const SIGIO_ANY: &str = "SIGIO_ANY";
 /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
 /// proxy).
 pub const PROTECTED: &str = "PROTECTED";

@@ -4,6 +4,9 @@ pub const FILE_INODE: &str = "OFF_FILE_INODE";
 pub const FILE_PATH: &str = "OFF_FILE_PATH";
 pub const FILE_MODE: &str = "OFF_FILE_MODE";
 pub const FILE_FLAGS: &str = "OFF_FILE_FLAGS";
+/// `file.f_owner`: the `struct fown_struct` that `file_send_sigiotask` is given is this field
+/// of its file (embedded in `struct file` up to Linux 6.11).
+pub const FILE_F_OWNER: &str = "OFF_FILE_F_OWNER";
 pub const INODE_INO: &str = "OFF_INODE_INO";
 pub const INODE_SB: &str = "OFF_INODE_SB";
 pub const SB_DEV: &str = "OFF_SB_DEV";
@@ -79,13 +82,14 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 70] = [
+pub const ALL: [(&str, &str, &str); 71] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
     (FILE_PATH, "file", "f_path"),
     (FILE_MODE, "file", "f_mode"),
     (FILE_FLAGS, "file", "f_flags"),
+    (FILE_F_OWNER, "file", "f_owner"),
     (INODE_INO, "inode", "i_ino"),
     (INODE_SB, "inode", "i_sb"),
     (SB_DEV, "super_block", "s_dev"),

@@ -92,7 +92,16 @@ pub const CGROUP_BORDER: Program = lsm(
     "processes moved into the agent, cgroups outside it, /proc files of processes outside",
 );
 pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
-pub const FCNTL: Program = lsm("file_fcntl", "signal ownership (F_SETOWN)");
+pub const FCNTL: Program = lsm(
+    "file_fcntl",
+    "signal ownership (F_SETOWN); files armed for SIGIO (O_ASYNC, F_SETSIG)",
+);
+/// The kernel's SIGIO and SIGURG for a file an agent armed: none to a task outside the agent
+/// (see governance-ebpf's sigio.rs).
+pub const SIGIOTASK: Program = lsm(
+    "file_send_sigiotask",
+    "SIGIO/SIGURG from files agents armed, to processes outside the agent",
+);
 pub const SETXATTR: Program = lsm("inode_setxattr", "the agent label");
 pub const REMOVEXATTR: Program = lsm("inode_removexattr", "the agent label");
 pub const MSG_ALLOC: Program = lsm("msg_queue_alloc_security", "System V IPC owners");
@@ -148,7 +157,7 @@ pub const HELD_WRITE: Program = lsm(
 );
 pub const HELD_FILE_FREE: Program = lsm(
     "file_free_security",
-    "forgets the files sandboxed processes opened for writing",
+    "forgets the files sandboxed processes opened for writing, and files agents armed for SIGIO",
 );
 /// Sequence rules, per packet: an armed agent's connections made before the arming (TCP,
 /// connected UDP) are held to the rule's allowlist too (see governance-ebpf's
@@ -199,7 +208,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 65] = [
+pub const ALL: [Program; 66] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -224,6 +233,7 @@ pub const ALL: [Program; 65] = [
     MODULE_REQUEST,
     IOCTL,
     FCNTL,
+    SIGIOTASK,
     SETXATTR,
     REMOVEXATTR,
     MSG_ALLOC,

@@ -57,11 +57,13 @@ const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541c;
 const FIOSETOWN: u32 = 0x8901;
 const SIOCSPGRP: u32 = 0x8902;
+const FIOASYNC: u32 = 0x5452;
 
 /// Built-in: agents may not push input into a terminal (TIOCSTI: the next reader of the tty,
 /// often a shell outside the agent, runs it; TIOCLINUX: console selection paste), nor hand a
 /// file's signal ownership to another process by ioctl (FIOSETOWN, SIOCSPGRP: the argument is
-/// in user memory, so it is refused outright rather than read). Other ioctls pass at once,
+/// in user memory, so it is refused outright rather than read). `FIOASYNC` (asynchronous
+/// notification on or off) records the file as the agent's (sigio.rs). Other ioctls pass at once,
 /// before the agent lookup: this hook runs for every ioctl on the node.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
@@ -74,16 +76,30 @@ pub fn file_ioctl(ctx: LsmContext) -> i32 {
     let what = match cmd {
         TIOCSTI | TIOCLINUX => guard::TERMINAL_INPUT,
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
+        // On or off (the flag is in user memory, not read): the file is the agent's (sigio.rs).
+        FIOASYNC => {
+            return match current_agent() {
+                Some(agent) => crate::sigio::armed(&agent, ctx.arg(0)),
+                None => 0,
+            };
+        }
         _ => return 0,
     };
     refuse(what, u64::from(cmd))
 }
 
+const F_SETFL: u32 = 4;
 const F_SETOWN: u32 = 8;
+const F_SETSIG: u32 = 10;
 const F_SETOWN_EX: u32 = 15;
+/// `O_ASYNC` (`FASYNC`) in `F_SETFL`'s flags.
+const O_ASYNC: u64 = 0o20000;
 
 /// Built-in: F_SETOWN makes the kernel signal the owner when I/O is possible (any signal, with
 /// F_SETSIG): an agent may name only itself. F_SETOWN_EX's target is in user memory: refused.
+/// Turning on `O_ASYNC` (`F_SETFL`) or choosing the signal (`F_SETSIG`) records the file as
+/// the agent's (sigio.rs): a terminal makes its foreground group the owner by itself. Other
+/// commands, and `F_SETFL` without `O_ASYNC`, pass before the agent lookup.
 #[lsm(hook = "file_fcntl")]
 pub fn file_fcntl(ctx: LsmContext) -> i32 {
     // int file_fcntl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -103,6 +119,16 @@ pub fn file_fcntl(ctx: LsmContext) -> i32 {
             refuse(guard::SIGNAL_OWNER, owner as u64)
         }
         F_SETOWN_EX => refuse(guard::SIGNAL_OWNER, 0),
+        F_SETFL | F_SETSIG => {
+            let arg: u64 = ctx.arg(2);
+            if cmd == F_SETFL && arg & O_ASYNC == 0 {
+                return 0;
+            }
+            match current_agent() {
+                Some(agent) => crate::sigio::armed(&agent, ctx.arg(0)),
+                None => 0,
+            }
+        }
         _ => 0,
     }
 }

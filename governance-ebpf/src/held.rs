@@ -96,10 +96,12 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
 pub fn file_free_security(ctx: LsmContext) -> i32 {
     // void file_free_security(struct file *file): the file's last reference is gone, and its
     // address may be reused for another file.
+    let file: u64 = ctx.arg(0);
     if any_sandboxed() {
-        let file: u64 = ctx.arg(0);
         let _ = SANDBOX_FILES.remove(&file);
     }
+    // The files agents armed for SIGIO (sigio.rs).
+    crate::sigio::forget(file);
     0
 }
 

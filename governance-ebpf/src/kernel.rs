@@ -18,6 +18,7 @@ offsets!(
     OFF_FILE_PATH,
     OFF_FILE_MODE,
     OFF_FILE_FLAGS,
+    OFF_FILE_F_OWNER,
     OFF_INODE_INO,
     OFF_INODE_SB,
     OFF_SB_DEV,

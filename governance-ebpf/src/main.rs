@@ -17,6 +17,7 @@
 //! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
+//! `sigio` (the kernel's SIGIO and SIGURG from files agents armed),
 //! `held` (a sandboxed process's sends on the sockets, and writes to the files, it held before its
 //! sandbox verdict),
 //! `lifecycle` (fork and exit), `sequence` (sequence rules: arming, and the connect-time
@@ -63,6 +64,7 @@ mod report;
 mod route;
 mod sequence;
 mod sequence_egress;
+mod sigio;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

@@ -19,8 +19,8 @@ use governance_common::{
     GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES,
     MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_KEYS, MAX_LOADERS, MAX_MQUEUES,
     MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES,
-    MAX_SANDBOX_FILES, MAX_SANDBOXED, MAX_THROTTLES, MAX_WRITTEN, NetKey, NetValue, OrigDst,
-    PathKey, ProxyAddr, RulePair, Throttle,
+    MAX_SANDBOX_FILES, MAX_SANDBOXED, MAX_SIGIO_FILES, MAX_THROTTLES, MAX_WRITTEN, NetKey,
+    NetValue, OrigDst, PathKey, ProxyAddr, RulePair, SigioOwner, Throttle,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 use governance_common::{CountKey, MAX_COUNTS};
@@ -82,6 +82,14 @@ pub(crate) static KEY_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_
 /// outside every agent are not here.
 #[map]
 pub(crate) static MQ_OWNERS: HashMap<u64, u64> = HashMap::with_max_entries(MAX_MQUEUES, 0);
+/// `struct file *` (u64) → the agent that armed it for SIGIO (see sigio.rs). Preallocated: a
+/// record must not fail for want of memory when the table has room.
+#[map]
+pub(crate) static SIGIO_OWNERS: HashMap<u64, SigioOwner> =
+    HashMap::with_max_entries(MAX_SIGIO_FILES, 0);
+/// 1 once a file was recorded in `SIGIO_OWNERS` (see governance_common::maps).
+#[map]
+pub(crate) static SIGIO_ANY: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub(crate) static UNIX_RULES: HashMap<UnixKey, RulePair> =
     HashMap::with_max_entries(MAX_UNIX_RULES, 0);

@@ -130,7 +130,7 @@ pub(crate) fn proc_owner_out_of_reach(agent: &Agent, inode: u64) -> Option<u32> 
 /// A process an agent may not act on: the daemon or the proxy (protected), or any process
 /// outside the agent's own subtree. Returns the target's tgid, for the event.
 #[inline(always)]
-fn out_of_reach(agent: &Agent, task: u64) -> Option<u32> {
+pub(crate) fn out_of_reach(agent: &Agent, task: u64) -> Option<u32> {
     if let Some(tgid) = protected(task) {
         return Some(tgid);
     }

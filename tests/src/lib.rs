@@ -229,6 +229,24 @@ pub enum Attempt {
     Ioctl { path: CString, cmd: u64, byte: u8 },
     /// fcntl(pipe's read end, F_SETOWN, pid); pid 0 means the process itself.
     SetOwn { pid: i32 },
+    /// The red team's terminal SIGIO: fd = open(slave, O_RDWR | O_NOCTTY | O_NONBLOCK),
+    /// fcntl(fd, F_SETSIG, sig), then asynchronous notification on (`ioctl(FIOASYNC)` when
+    /// `fioasync`, else `fcntl(F_SETFL, O_ASYNC)`: the terminal makes its foreground group the
+    /// file's owner), then "x\n" written to `master` (an inherited descriptor of the pty's
+    /// master), which a kworker delivers to the slave: its SIGIO goes to that group. The
+    /// descriptor is held for a second (closing it turns the notification off), then exit 0.
+    TtySigio {
+        slave: CString,
+        master: i32,
+        sig: i32,
+        fioasync: bool,
+    },
+    /// Asynchronous notification to the process itself, SIGIO blocked and waited for (5 s):
+    /// on a pipe (`F_SETOWN` to itself, `O_ASYNC` on the read end, a write), or, with `ptmx`,
+    /// on a terminal of its own (a new session, a pty whose slave it makes its controlling
+    /// terminal, `O_ASYNC` on the slave: owned by its own foreground group, input written to
+    /// the master). Exit 0 once SIGIO arrived, 95 when it did not.
+    SelfSigio { ptmx: Option<CString> },
     /// setxattr(path, name, value).
     SetXattr {
         path: CString,
@@ -973,6 +991,83 @@ pub fn run_in_namespaces(
                     }
                     let owner = if *pid == 0 { libc::getpid() } else { *pid };
                     check(libc::fcntl(fds[0], libc::F_SETOWN, owner).into());
+                }
+                Attempt::TtySigio {
+                    slave,
+                    master,
+                    sig,
+                    fioasync,
+                } => {
+                    let fd = libc::open(
+                        slave.as_ptr(),
+                        libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK,
+                    );
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    // F_SETSIG (10): not in the libc crate for glibc.
+                    check(libc::fcntl(fd, 10, *sig).into());
+                    if *fioasync {
+                        let on: libc::c_int = 1;
+                        check(libc::ioctl(fd, libc::FIOASYNC, &on).into());
+                    } else {
+                        let fl = libc::fcntl(fd, libc::F_GETFL);
+                        check(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_ASYNC).into());
+                    }
+                    if libc::write(*master, b"x\n".as_ptr().cast(), 2) != 2 {
+                        libc::_exit(97);
+                    }
+                    let t = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    libc::nanosleep(&t, std::ptr::null_mut());
+                }
+                Attempt::SelfSigio { ptmx } => {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, libc::SIGIO);
+                    if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                        libc::_exit(98);
+                    }
+                    // (descriptor armed, descriptor written)
+                    let (armed, written) = match ptmx {
+                        None => {
+                            let mut fds = [0; 2];
+                            if libc::pipe(fds.as_mut_ptr()) != 0 {
+                                libc::_exit(98);
+                            }
+                            check(libc::fcntl(fds[0], libc::F_SETOWN, libc::getpid()).into());
+                            (fds[0], fds[1])
+                        }
+                        Some(ptmx) => {
+                            let mut unlock: libc::c_int = 0;
+                            let m = libc::open(ptmx.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                            if libc::setsid() < 0
+                                || m < 0
+                                || libc::ioctl(m, libc::TIOCSPTLCK, &mut unlock) != 0
+                            {
+                                libc::_exit(98);
+                            }
+                            let s = libc::ioctl(m, libc::TIOCGPTPEER, libc::O_RDWR);
+                            if s < 0 || libc::ioctl(s, libc::TIOCSCTTY, 0) != 0 {
+                                libc::_exit(98);
+                            }
+                            (s, m)
+                        }
+                    };
+                    let fl = libc::fcntl(armed, libc::F_GETFL);
+                    check(libc::fcntl(armed, libc::F_SETFL, fl | libc::O_ASYNC).into());
+                    if libc::write(written, b"x\n".as_ptr().cast(), 2) != 2 {
+                        libc::_exit(97);
+                    }
+                    let t = libc::timespec {
+                        tv_sec: 5,
+                        tv_nsec: 0,
+                    };
+                    if libc::sigtimedwait(&set, std::ptr::null_mut(), &t) != libc::SIGIO {
+                        libc::_exit(95);
+                    }
                 }
                 Attempt::SetXattr { path, name, value } => check(
                     libc::setxattr(

@@ -1682,29 +1682,8 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
     println!("redteam: control 32 module autoload by opening an unclaimed device");
 
     // Terminal input injection into a tty someone else reads.
-    if !Path::new("/dev/pts/ptmx").exists() {
-        std::fs::create_dir_all("/dev/pts").unwrap();
-        let rc = unsafe {
-            libc::mount(
-                c"devpts".as_ptr(),
-                c"/dev/pts".as_ptr(),
-                c"devpts".as_ptr(),
-                0,
-                c"ptmxmode=0666".as_ptr().cast(),
-            )
-        };
-        assert_eq!(rc, 0, "mount devpts");
-    }
-    let master = unsafe { libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
-    assert!(master >= 0, "open ptmx");
-    let mut n: libc::c_int = 0;
-    let mut unlock: libc::c_int = 0;
-    assert_eq!(unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) }, 0);
-    assert_eq!(
-        unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &mut unlock) },
-        0
-    );
-    let slave = PathBuf::from(format!("/dev/pts/{n}"));
+    let (master, slave) = pty();
+    let slave = PathBuf::from(slave.to_str().unwrap());
     deny(
         &mut k,
         &fx,
@@ -1849,6 +1828,194 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
 
 /// System V IPC objects made outside the agent (a database's shared memory, a service's message
 /// queue) are out of its reach, root or not; its own objects work as usual.
+/// A new pseudo-terminal: its master (a descriptor children inherit) and its slave's path.
+/// Mounts devpts at /dev/pts first if the VM has none.
+fn pty() -> (i32, std::ffi::CString) {
+    if !Path::new("/dev/pts/ptmx").exists() {
+        std::fs::create_dir_all("/dev/pts").unwrap();
+        let rc = unsafe {
+            libc::mount(
+                c"devpts".as_ptr(),
+                c"/dev/pts".as_ptr(),
+                c"devpts".as_ptr(),
+                0,
+                c"ptmxmode=0666".as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount devpts");
+    }
+    let master = unsafe { libc::open(c"/dev/pts/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY) };
+    assert!(master >= 0, "open ptmx");
+    let mut n: libc::c_int = 0;
+    let mut unlock: libc::c_int = 0;
+    assert_eq!(unsafe { libc::ioctl(master, libc::TIOCGPTN, &mut n) }, 0);
+    assert_eq!(
+        unsafe { libc::ioctl(master, libc::TIOCSPTLCK, &mut unlock) },
+        0
+    );
+    (
+        master,
+        std::ffi::CString::new(format!("/dev/pts/{n}")).unwrap(),
+    )
+}
+
+/// A process outside every agent, in a session of its own whose controlling terminal is
+/// `slave`: the terminal's foreground process group (a shell's job, or the daemon started
+/// from a terminal).
+fn tty_foreground(slave: &std::ffi::CString) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let slave = slave.clone();
+    let mut cmd = std::process::Command::new(BUSYBOX);
+    cmd.args(["sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    // SAFETY: raw syscalls only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session leader without a terminal takes the first it opens: the slave.
+            if libc::setsid() < 0 || libc::open(slave.as_ptr(), libc::O_RDWR) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// A process's state letter in /proc/PID/stat (R, S, T, Z...), or '-' once it is gone.
+fn proc_state(pid: u32) -> char {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let after = &s[s.rfind(')')? + 1..];
+            after.trim_start().chars().next()
+        })
+        .unwrap_or('-')
+}
+
+/// Whether `child` ended (killed) or stopped within 5 s.
+fn killed_or_stopped(child: &mut std::process::Child) -> bool {
+    for _ in 0..50 {
+        if child.try_wait().unwrap().is_some() || proc_state(child.id()) == 'T' {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The red team's terminal SIGIO (round 4): an agent opens a terminal whose foreground group is
+/// outside it, chooses SIGKILL or SIGSTOP for its SIGIO (`F_SETSIG`) and turns on asynchronous
+/// notification (`O_ASYNC`, or `ioctl(FIOASYNC)`): the terminal makes its foreground group the
+/// file's owner (`__tty_fasync`), and the kernel's SIGIO for the next input, sent from a
+/// kworker, asks no `task_kill`. Refused in `file_send_sigiotask`, decided on the file the
+/// agent armed; the victim lives. The control (the same from outside the agent) kills or stops
+/// its own victim: the path is real. An agent's own asynchronous notification, on a pipe and on
+/// a terminal of its own, still reaches it.
+#[test]
+fn sigio_of_files_agents_armed_reaches_no_process_outside() {
+    require_root();
+    let fx = Fixture::new("sigio");
+    let mut k = fx.load("");
+    for hook in [
+        "file_fcntl",
+        "file_ioctl",
+        "file_send_sigiotask",
+        "file_free_security",
+    ] {
+        k.require(hook);
+    }
+    let (master, slave) = pty();
+    let mut victim = tty_foreground(&slave);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(proc_state(victim.id()), 'S', "the victim sleeps");
+    for (case, fioasync, sig) in [
+        (
+            "36 SIGKILL through a terminal's SIGIO owner (O_ASYNC)",
+            false,
+            libc::SIGKILL,
+        ),
+        (
+            "36 SIGKILL through a terminal's SIGIO owner (FIOASYNC)",
+            true,
+            libc::SIGKILL,
+        ),
+        (
+            "36 SIGSTOP through a terminal's SIGIO owner (O_ASYNC)",
+            false,
+            libc::SIGSTOP,
+        ),
+    ] {
+        println!("redteam: tried {case}");
+        let attempt = Attempt::TtySigio {
+            slave: slave.clone(),
+            master,
+            sig,
+            fioasync,
+        };
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+        // Arming passes (the agent may use SIGIO itself); the signal outside does not.
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: in the agent");
+        let ev = k.event_where(|e| {
+            e.tgid == pid
+                && e.flags & flags::DENIED != 0
+                && Kind::from_u8(e.kind) == Some(Kind::Signal)
+        });
+        assert_eq!(ev.object, u64::from(victim.id()), "{case}: event target");
+        assert_eq!(i32::from(ev.port), sig, "{case}: event signal");
+        assert_eq!(ev.detail, governance_common::SIGNAL_DETAIL_SIGIO, "{case}");
+        assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+        assert_eq!(ev.cgroup_id, fx.agent.id(), "{case}: event cgroup");
+        assert_eq!(ev.generation, k.generation, "{case}: event generation");
+        assert_eq!(text(&ev.comm), "agent", "{case}: comm");
+        assert!(
+            victim.try_wait().unwrap().is_none(),
+            "{case}: victim killed"
+        );
+        assert_eq!(proc_state(victim.id()), 'S', "{case}: victim stopped");
+        println!("redteam: denied {case}");
+        // The control: the same from outside the agent, on a terminal of its own.
+        let (m, s) = pty();
+        let mut own = tty_foreground(&s);
+        std::thread::sleep(Duration::from_millis(300));
+        let attempt = Attempt::TtySigio {
+            slave: s,
+            master: m,
+            sig,
+            fioasync,
+        };
+        let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        assert!(killed_or_stopped(&mut own), "{case}: control's signal");
+        assert!(
+            k.try_event_for(pid, Duration::from_millis(100)).is_none(),
+            "{case}: no event outside the agent"
+        );
+        let _ = own.kill();
+        let _ = own.wait();
+        unsafe { libc::close(m) };
+        println!("redteam: control {case}");
+    }
+    let _ = victim.kill();
+    let _ = victim.wait();
+    unsafe { libc::close(master) };
+    // The agent's own SIGIO: a pipe, and a terminal whose foreground group is its own.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::SelfSigio { ptmx: None },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "SIGIO of its own pipe");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::SelfSigio {
+            ptmx: Some(c"/dev/pts/ptmx".to_owned()),
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "SIGIO of its own terminal");
+}
+
 #[test]
 fn system_v_ipc_of_others_is_out_of_reach() {
     require_root();

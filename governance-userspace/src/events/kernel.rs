@@ -4,9 +4,9 @@
 use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
-    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, Kind, SUN_PATH_LEN,
-    Verdict, c_str_len, caps, exec_map, flags, id_number, ipc_object, mount_op, unix_detail,
-    unix_hook, unix_protected,
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, Kind,
+    SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps, exec_map, flags, id_number,
+    ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
 };
 
 use super::{
@@ -392,6 +392,12 @@ impl Record {
             Some(Kind::Signal) => {
                 object.target_pid = ev.object as u32;
                 object.signal = u32::from(ev.port);
+                if ev.detail == SIGNAL_DETAIL_SIGIO {
+                    object.detail.insert(
+                        "via".into(),
+                        "SIGIO/SIGURG of a file the agent armed (O_ASYNC, F_SETSIG)".into(),
+                    );
+                }
             }
             Some(Kind::Ptrace) => {
                 object.target_pid = ev.object as u32;
