@@ -3,10 +3,17 @@
     python servers.py fastapi HOST PORT [NAME]  # FastAPI on uvicorn (NAME: its `server`)
     python servers.py mcp HOST PORT NAME  # the MCP SDK's server, both transports:
                                           #   streamable HTTP at /mcp, legacy SSE at /sse
+    python servers.py tornado HOST PORT   # Tornado's own server
+    python servers.py aiohttp HOST PORT   # aiohttp's own server
 
 The refunds API is the README's: POST /v1/refunds reads a pydantic model with `amount: int`.
 The canonical cases' routes (deploys, repositories, files) say what they acted on, and record
 it: GET /compat/seen lists it, for the suite to ask directly, outside every agent.
+
+Tornado and aiohttp read a refund's `amount` from a form as each does (Tornado reads any
+Content-Type that starts as a form's as one; aiohttp decodes RFC 2047 words in it and finds a
+charset in a comment or an RFC 2231 continuation), else from the JSON body; their
+repositories' routes are POST (update) and DELETE (delete). They record what they acted on too.
 """
 
 import asyncio
@@ -137,12 +144,102 @@ def mcp_app(name):
     return app
 
 
+def tornado_serve(host, port):
+    import json
+
+    import tornado.ioloop
+    import tornado.web
+
+    seen = []
+
+    class Handler(tornado.web.RequestHandler):
+        def saw(self, **what):
+            seen.append({"method": self.request.method, "path": self.request.path, **what})
+
+        def answer(self, **what):
+            self.write({**what, "server": "tornado"})
+
+    class Refund(Handler):
+        def post(self):
+            amount = self.get_body_argument("amount", None)  # a form's
+            if amount is None:
+                amount = json.loads(self.request.body).get("amount")
+            self.saw(amount=amount)
+            self.answer(refunded=amount)
+
+    class Repo(Handler):
+        def post(self, name):
+            self.saw()
+            self.answer(updated=name, method=self.request.method)
+
+        def delete(self, name):
+            self.saw()
+            self.answer(deleted=name)
+
+    class Seen(Handler):
+        def get(self):
+            self.set_header("content-type", "application/json")
+            self.write(json.dumps(seen))
+
+    app = tornado.web.Application(
+        [(r"/v1/refunds", Refund), (r"/v1/repos/([^/]+)", Repo), (r"/compat/seen", Seen)]
+    )
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)
+    app.listen(port, host)
+    tornado.ioloop.IOLoop.current().start()
+
+
+def aiohttp_serve(host, port):
+    from aiohttp import web
+
+    seen = []
+
+    def saw(request, **what):
+        seen.append({"method": request.method, "path": request.path, **what})
+
+    def answer(**what):
+        return web.json_response({**what, "server": "aiohttp"})
+
+    async def refund(request):
+        amount = (await request.post()).get("amount")  # a form's
+        if amount is None:
+            amount = (await request.json()).get("amount")
+        saw(request, amount=amount)
+        return answer(refunded=amount)
+
+    async def repo_post(request):
+        saw(request)
+        return answer(updated=request.match_info["name"], method=request.method)
+
+    async def repo_delete(request):
+        saw(request)
+        return answer(deleted=request.match_info["name"])
+
+    async def what_was_seen(request):
+        return web.json_response(seen)
+
+    app = web.Application()
+    app.add_routes(
+        [
+            web.post("/v1/refunds", refund),
+            web.post("/v1/repos/{name}", repo_post),
+            web.delete("/v1/repos/{name}", repo_delete),
+            web.get("/compat/seen", what_was_seen),
+        ]
+    )
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
 def main():
     kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kind == "fastapi":
         app = fastapi_app(*sys.argv[4:5])
     elif kind == "mcp":
         app = mcp_app(sys.argv[4])
+    elif kind == "tornado":
+        return tornado_serve(host, port)
+    elif kind == "aiohttp":
+        return aiohttp_serve(host, port)
     else:
         sys.exit(f"unknown server {kind}")
     uvicorn.run(app, host=host, port=port, log_level="warning")

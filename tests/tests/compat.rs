@@ -1,17 +1,20 @@
 //! HTTP compatibility: real clients against real frameworks, through the kernel redirect and
 //! the policy proxy, on the host kernel.
 //!
-//! Upstreams on loopback, outside every agent: FastAPI on uvicorn, Express 5, and the MCP
-//! SDK's server (streamable HTTP and the legacy SSE transport). Clients, each in an agent
-//! cgroup of its own (its own throttle buckets): curl, Python requests, httpx over HTTP/1.1 and
-//! over h2c, aiohttp, Node's fetch, and the MCP SDK's client over both transports. Each client
-//! meets each verdict: allow, block (the JSON reason), escalate then approve (from outside the
-//! agent), throttle (429), and a streamed response read to its end. Then curl sends what
+//! Upstreams on loopback, outside every agent: FastAPI on uvicorn, Express 5, the MCP SDK's
+//! server (streamable HTTP and the legacy SSE transport), Symfony on PHP's built-in server,
+//! Sinatra on Rack 2.2, Tornado and aiohttp. Clients, each in an agent cgroup of its own (its
+//! own throttle buckets): curl, Python requests, httpx over HTTP/1.1 and over h2c, aiohttp,
+//! Node's fetch, and the MCP SDK's client over both transports. Each client meets each verdict
+//! on FastAPI and Express: allow, block (the JSON reason), escalate then approve (from outside
+//! the agent), throttle (429), and a streamed response read to its end. Then curl sends what
 //! the two frameworks could read otherwise than the proxy decides (a header `Connection`
 //! names, a header twice or with `_` for `-`, a `_method` override in a POST body in any
 //! spelling or content coding, an allowed path in another case, a HEAD to a GET route, a Host
 //! naming another service on the same address: see docs/http.md, "Canonical interpretation"),
-//! each beside the request it disguises, which the framework acts on as decided.
+//! each beside the request it disguises, which the framework acts on as decided; and to
+//! Symfony, Sinatra, Tornado and aiohttp, the names, Content-Types and untyped bodies each
+//! reads its own way (PHP's parameter names, JSON bodies read as forms, charsets aiohttp finds).
 //!
 //! The scripts are in tests/compat/; `cargo xtask setup` installs their packages at the
 //! versions pinned there. Missing packages fail the suite, never skip it. One line per case
@@ -37,10 +40,16 @@ const FASTAPI_IP: [u8; 4] = [127, 0, 0, 21];
 const EXPRESS_IP: [u8; 4] = [127, 0, 0, 22];
 const MCP_IP: [u8; 4] = [127, 0, 0, 23];
 const SYMFONY_IP: [u8; 4] = [127, 0, 0, 24];
+const SINATRA_IP: [u8; 4] = [127, 0, 0, 25];
+const TORNADO_IP: [u8; 4] = [127, 0, 0, 26];
+const AIOHTTP_IP: [u8; 4] = [127, 0, 0, 27];
 const FASTAPI_HOST: &str = "api.fastapi.example";
 const EXPRESS_HOST: &str = "api.express.example";
 const MCP_HOST: &str = "mcp.tools.example";
 const SYMFONY_HOST: &str = "api.symfony.example";
+const SINATRA_HOST: &str = "api.sinatra.example";
+const TORNADO_HOST: &str = "api.tornado.example";
+const AIOHTTP_HOST: &str = "api.aiohttp.example";
 /// Another service on Express's address (a FastAPI app on a port of its own), which the policy
 /// lets no agent reach: a Host naming Express on a connection to it must not be decided as
 /// Express.
@@ -136,7 +145,9 @@ enum Op {
         url: String,
     },
     /// A request with exactly these headers and this body (curl only; `@FILE` sends the
-    /// file's bytes). A HEAD is sent as one (`curl -I`), which reads no body.
+    /// file's bytes; a header `name:` with no value removes one curl would add, such as the
+    /// form Content-Type of `--data-binary`). A HEAD is sent as one (`curl -I`), which reads no
+    /// body.
     Raw {
         method: &'static str,
         url: String,
@@ -166,6 +177,9 @@ struct Urls {
     fastapi: String,
     express: String,
     symfony: String,
+    sinatra: String,
+    tornado: String,
+    aiohttp: String,
     /// The other service on Express's address.
     internal: String,
     mcp_port: u16,
@@ -227,7 +241,8 @@ impl Suite {
                         headers,
                         body,
                     } => {
-                        args.extend(["--max-time", "60"].map(String::from));
+                        // `-g`: `[` and `]` in the URL are sent as they are, never globbed.
+                        args.extend(["--max-time", "60", "-g"].map(String::from));
                         if *method == "HEAD" {
                             args.push("-I".into());
                         } else {
@@ -1145,6 +1160,206 @@ fn php_cases(s: &mut Suite, base: String) {
     });
 }
 
+/// A JSON refund whose bytes also read as a form carrying a larger `amount`.
+const SMUGGLED: &str = r#"{"amount":1,"x":"&amount=99999&"}"#;
+/// `{"amount":1,...}` in UTF-8; in UTF-7, its `x` holds `","amount":99999,"y":"`, so the
+/// object's last `amount` is 99999 (red team round 4).
+const UTF7_SMUGGLED: &str =
+    r#"{"amount":1,"x":"+ACIALAAiAGEAbQBvAHUAbgB0ACIAOgA5ADkAOQA5ADkALAAiAHkAIgA6ACI-"}"#;
+
+/// Servers that read a JSON body as a form, or a Content-Type otherwise than the proxy did
+/// before (red team round 4; docs/http.md, "Canonical interpretation"): Sinatra on Rack 2.2
+/// (a POST without a Content-Type or with a list of types is a form; Rack 2 reads `]]amount`
+/// as `amount` and `_method]` as `_method`), Tornado (any type that starts as a form's is a
+/// form) and aiohttp (RFC 2047 words in a Content-Type; a charset in a comment or an RFC 2231
+/// continuation). Each refund route reads `amount` from a form as its framework does, else from
+/// the JSON body (tests/compat/server.rb, servers.py): every disguise below made it act on
+/// 99999, or delete, before the proxy refused them.
+fn form_reading_cases(s: &mut Suite, framework: &'static str, base: String) {
+    let (host, up) = match framework {
+        "sinatra" => (SINATRA_HOST, "Sinatra"),
+        "tornado" => (TORNADO_HOST, "Tornado"),
+        _ => (AIOHTTP_HOST, "aiohttp"),
+    };
+    let client = "curl";
+    let post = |path: &str, headers: &[&str], body: &str| Op::Raw {
+        method: "POST",
+        url: format!("{base}{path}"),
+        headers: headers.iter().map(|h| (*h).to_owned()).collect(),
+        body: Some(body.to_owned()),
+    };
+    let refund = |ctype: &str, body: &str| post("/v1/refunds", &[ctype], body);
+    let json_type = "content-type: application/json";
+    // Each refused with `status` by the proxy's own rule, the upstream untouched: every one is
+    // sent, and each that is not refused is named.
+    let refused = |s: &Suite, ops: Vec<(&str, Op, u16, &str)>| -> Result<String, String> {
+        let (mut details, mut failed) = (Vec::new(), false);
+        for (what, op, status, rule) in ops {
+            let error = if status == 415 {
+                "unsupported media type"
+            } else {
+                "ambiguous request"
+            };
+            let outcome = s
+                .run_seen(client, host, &op)
+                .and_then(|(v, saw)| expect_refused(&v, &saw, status, error, rule));
+            failed |= outcome.is_err();
+            details.push(format!("{what}: {}", outcome.unwrap_or_else(|e| e)));
+        }
+        let details = details.join("; ");
+        if failed { Err(details) } else { Ok(details) }
+    };
+    let acted_refund = |v: &Value, saw: &[Value]| {
+        expect_acted(
+            v,
+            saw,
+            &json!({"refunded": 1, "server": framework}),
+            &json!({"method": "POST", "path": "/v1/refunds", "amount": 1}),
+        )
+    };
+    // The control: a JSON refund of 1 under its own type, acted on as 1.
+    s.case(client, up, "refund", |s| {
+        let (v, saw) = s.run_seen(client, host, &refund(json_type, r#"{"amount":1}"#))?;
+        acted_refund(&v, &saw)
+    });
+    let list = "content-type: application/x-www-form-urlencoded, application/json";
+    match framework {
+        "sinatra" => {
+            let repo = |headers: &[&str], body: &str| post("/v1/repos/prod", headers, body);
+            let form = "content-type: application/x-www-form-urlencoded";
+            s.case(client, up, "repo-post", |s| {
+                // The control: a form POST is acted on as the POST it is.
+                let (v, saw) = s.run_seen(client, host, &repo(&[form], "name=x"))?;
+                expect_acted(
+                    &v,
+                    &saw,
+                    &json!({"updated": "prod", "method": "POST", "server": "sinatra"}),
+                    &json!({"method": "POST", "path": "/v1/repos/prod"}),
+                )
+            });
+            s.case(client, up, "ct-none", |s| {
+                // Rack reads a POST without a Content-Type as a form: `amount=99999`, and a
+                // `_method=DELETE` that Rack::MethodOverride acts on.
+                refused(
+                    s,
+                    vec![
+                        (
+                            "refund",
+                            refund("content-type:", SMUGGLED),
+                            400,
+                            "builtin:body",
+                        ),
+                        (
+                            "repo _method",
+                            repo(&["content-type:"], r#"{"note":"x","x":"&_method=DELETE&"}"#),
+                            400,
+                            "builtin:request",
+                        ),
+                    ],
+                )
+            });
+            s.case(client, up, "ct-list", |s| {
+                // Rack takes the first of a list of types: a form.
+                refused(
+                    s,
+                    vec![("refund", refund(list, SMUGGLED), 415, "builtin:body")],
+                )
+            });
+            s.case(client, up, "rack-names", |s| {
+                // Rack 2 reads `]]amount` as `amount`, `_method]` and `]]_method` as `_method`.
+                let query = |q: &str| {
+                    post(
+                        &format!("/v1/refunds?{q}=99999"),
+                        &[json_type],
+                        r#"{"amount":1}"#,
+                    )
+                };
+                refused(
+                    s,
+                    vec![
+                        ("query ]]amount", query("]]amount"), 400, "builtin:body"),
+                        (
+                            "query %5D%5Damount",
+                            query("%5D%5Damount"),
+                            400,
+                            "builtin:body",
+                        ),
+                        (
+                            "form _method]",
+                            repo(&[form], "_method]=DELETE"),
+                            400,
+                            "builtin:request",
+                        ),
+                        (
+                            "form ]]_method",
+                            repo(&[form], "]]_method=DELETE"),
+                            400,
+                            "builtin:request",
+                        ),
+                    ],
+                )
+            });
+        }
+        "tornado" => {
+            s.case(client, up, "ct-prefix", |s| {
+                // Tornado reads any type that starts as a form's as a form.
+                let ctype = "content-type: application/x-www-form-urlencodedX";
+                refused(
+                    s,
+                    vec![("refund", refund(ctype, SMUGGLED), 415, "builtin:body")],
+                )
+            });
+            s.case(client, up, "ct-list", |s| {
+                refused(
+                    s,
+                    vec![("refund", refund(list, SMUGGLED), 415, "builtin:body")],
+                )
+            });
+        }
+        _ => {
+            s.case(client, up, "ct-2047", |s| {
+                // aiohttp decodes an RFC 2047 word in the Content-Type: a form.
+                let ctype = "content-type: =?utf-8?q?application/x-www-form-urlencoded?=";
+                refused(
+                    s,
+                    vec![("refund", refund(ctype, SMUGGLED), 415, "builtin:body")],
+                )
+            });
+            s.case(client, up, "charset", |s| {
+                // The control: the body under a plain JSON type is UTF-8 to both, amount 1.
+                let (v, saw) = s.run_seen(client, host, &refund(json_type, UTF7_SMUGGLED))?;
+                let control = acted_refund(&v, &saw)?;
+                // aiohttp finds `charset=utf-7` in an RFC 2231 continuation and behind a
+                // comment, and decodes the body as UTF-7.
+                let refusals = refused(
+                    s,
+                    vec![
+                        (
+                            "charset*0=utf-7",
+                            refund(
+                                "content-type: application/json; charset*0=utf-7",
+                                UTF7_SMUGGLED,
+                            ),
+                            415,
+                            "builtin:body",
+                        ),
+                        (
+                            "(c)charset=utf-7",
+                            refund(
+                                "content-type: application/json; (c)charset=utf-7",
+                                UTF7_SMUGGLED,
+                            ),
+                            415,
+                            "builtin:body",
+                        ),
+                    ],
+                )?;
+                Ok(format!("plain JSON {control}; {refusals}"))
+            });
+        }
+    }
+}
+
 fn mcp_error<'a>(v: &'a Value, code: i64, rule: &str) -> Result<&'a Value, String> {
     let e = &v["error"];
     check(
@@ -1297,6 +1512,9 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         addr(MCP_IP, ports.2),
     );
     let symfony_addr = addr(SYMFONY_IP, free_port(SYMFONY_IP));
+    let sinatra_addr = addr(SINATRA_IP, free_port(SINATRA_IP));
+    let tornado_addr = addr(TORNADO_IP, free_port(TORNADO_IP));
+    let aiohttp_addr = addr(AIOHTTP_IP, free_port(AIOHTTP_IP));
     let py = |args: &[&str]| {
         let mut c = Command::new(&python);
         c.arg(scripts.join("servers.py")).args(args);
@@ -1337,6 +1555,26 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             .stderr(Stdio::null()),
         symfony_addr,
     );
+    // Servers that read JSON bodies as forms under Content-Types the proxy read otherwise
+    // (red team round 4): Sinatra on Rack 2.2 (Debian's, installed by the setup), Tornado and
+    // aiohttp (pinned in requirements.txt).
+    let _sinatra = serve(
+        "Sinatra (WEBrick)",
+        Command::new("ruby")
+            .arg(scripts.join("server.rb"))
+            .args([ip(sinatra_addr), port(sinatra_addr)]),
+        sinatra_addr,
+    );
+    let _tornado = serve(
+        "Tornado",
+        &mut py(&["tornado", &ip(tornado_addr), &port(tornado_addr)]),
+        tornado_addr,
+    );
+    let _aiohttp = serve(
+        "aiohttp",
+        &mut py(&["aiohttp", &ip(aiohttp_addr), &port(aiohttp_addr)]),
+        aiohttp_addr,
+    );
     let _internal = serve(
         "internal FastAPI",
         &mut py(&[
@@ -1356,7 +1594,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         .map(|c| ((*c).to_owned(), parent.child(c)))
         .collect();
     let mut rules = String::from(
-        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32, 127.0.0.24/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
+        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32, 127.0.0.24/32, 127.0.0.25/32, 127.0.0.26/32, 127.0.0.27/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
     );
     for (fw, host) in [("fastapi", FASTAPI_HOST), ("express", EXPRESS_HOST)] {
         rules.push_str(&format!(
@@ -1383,6 +1621,18 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
          \x20 - {{ id: repo-update-symfony, http: {{ host: {SYMFONY_HOST}, method: POST, path: '/v1/repos/*' }}, verdict: allow, reason: Agents update repositories. }}\n\
          \x20 - {{ id: repo-delete-symfony, http: {{ host: {SYMFONY_HOST}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
     ));
+    for (fw, host) in [
+        ("sinatra", SINATRA_HOST),
+        ("tornado", TORNADO_HOST),
+        ("aiohttp", AIOHTTP_HOST),
+    ] {
+        rules.push_str(&format!(
+            "  - {{ id: refund-small-{fw}, http: {{ host: {host}, method: POST, path: /v1/refunds, body: ['$.amount <= 100'] }}, verdict: allow, reason: Refunds up to $100 are routine. }}\n\
+             \x20 - {{ id: refund-large-{fw}, http: {{ host: {host}, method: POST, path: /v1/refunds, body: ['$.amount > 100'] }}, verdict: block, reason: Refunds over $100 are never issued by an agent. }}\n\
+             \x20 - {{ id: repo-update-{fw}, http: {{ host: {host}, method: POST, path: '/v1/repos/*' }}, verdict: allow, reason: Agents update repositories. }}\n\
+             \x20 - {{ id: repo-delete-{fw}, http: {{ host: {host}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
+        ));
+    }
     rules.push_str(&format!(
         "  - {{ id: mcp-server, http: {{ host: {MCP_HOST} }}, verdict: allow, reason: 'The MCP server: sessions, lists, streams.' }}\n\
          \x20 - {{ id: mcp-shell, http: {{ host: {MCP_HOST}, mcp: {{ tool: run_shell }} }}, verdict: block, reason: '{SHELL_REASON}' }}\n\
@@ -1409,28 +1659,22 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         format!("{MCP_HOST}={}", mcp_addr.ip()),
         format!("{INTERNAL_HOST}={}", internal_addr.ip()),
         format!("{SYMFONY_HOST}={}", symfony_addr.ip()),
+        format!("{SINATRA_HOST}={}", sinatra_addr.ip()),
+        format!("{TORNADO_HOST}={}", tornado_addr.ip()),
+        format!("{AIOHTTP_HOST}={}", aiohttp_addr.ip()),
     ];
-    let (daemon, _) = start_daemon(
-        &[
-            "--allow-degraded",
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--quiet",
-            "--pins",
-            &pins_arg,
-            "--proxy-host",
-            &hosts[0],
-            "--proxy-host",
-            &hosts[1],
-            "--proxy-host",
-            &hosts[2],
-            "--proxy-host",
-            &hosts[3],
-            "--proxy-host",
-            &hosts[4],
-        ],
-        &policy_dir,
-    );
+    let mut args = vec![
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--detach-on-exit",
+        "--quiet",
+        "--pins",
+        &pins_arg,
+    ];
+    for h in &hosts {
+        args.extend(["--proxy-host", h]);
+    }
+    let (daemon, _) = start_daemon(&args, &policy_dir);
     let bodies = std::env::temp_dir().join(format!(
         "governance-test-compat-bodies-{}",
         std::process::id()
@@ -1446,11 +1690,17 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             (MCP_HOST, mcp_addr),
             (INTERNAL_HOST, internal_addr),
             (SYMFONY_HOST, symfony_addr),
+            (SINATRA_HOST, sinatra_addr),
+            (TORNADO_HOST, tornado_addr),
+            (AIOHTTP_HOST, aiohttp_addr),
         ],
         urls: Urls {
             fastapi: format!("http://{FASTAPI_HOST}:{}", ports.0),
             express: format!("http://{EXPRESS_HOST}:{}", ports.1),
             symfony: format!("http://{SYMFONY_HOST}:{}", symfony_addr.port()),
+            sinatra: format!("http://{SINATRA_HOST}:{}", sinatra_addr.port()),
+            tornado: format!("http://{TORNADO_HOST}:{}", tornado_addr.port()),
+            aiohttp: format!("http://{AIOHTTP_HOST}:{}", aiohttp_addr.port()),
             internal: format!("http://{INTERNAL_HOST}:{}", internal_addr.port()),
             mcp_port: ports.2,
         },
@@ -1462,7 +1712,8 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     };
     println!(
         "compat: upstreams FastAPI {fastapi_addr}, Express {express_addr}, MCP SDK {mcp_addr}, \
-         internal FastAPI {internal_addr}, Symfony {symfony_addr}; {} clients, each in its own agent",
+         internal FastAPI {internal_addr}, Symfony {symfony_addr}, Sinatra {sinatra_addr}, \
+         Tornado {tornado_addr}, aiohttp {aiohttp_addr}; {} clients, each in its own agent",
         HTTP_CLIENTS.len() + MCP_CLIENTS.len()
     );
 
@@ -1484,6 +1735,13 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     canonical_cases(&mut s, "express", express);
     let symfony = s.urls.symfony.clone();
     php_cases(&mut s, symfony);
+    for (framework, base) in [
+        ("sinatra", s.urls.sinatra.clone()),
+        ("tornado", s.urls.tornado.clone()),
+        ("aiohttp", s.urls.aiohttp.clone()),
+    ] {
+        form_reading_cases(&mut s, framework, base);
+    }
     for client in MCP_CLIENTS {
         mcp_cases(&mut s, client);
     }

@@ -53,6 +53,11 @@ const APT_PACKAGES: &[&str] = &[
     // request parsing (tests/compat/server.php).
     "php-cli",
     "php-symfony-http-foundation",
+    // Its Sinatra upstream: Ruby, Sinatra 3 on Rack 2.2, on WEBrick (tests/compat/server.rb).
+    "ruby",
+    "ruby-rack",
+    "ruby-sinatra",
+    "ruby-webrick",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -123,7 +128,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation, Ruby with Sinatra; VM kernel {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         vm_kernel()?.0.display(),
         compat_dir().display()
@@ -572,9 +577,9 @@ fn compat_stamp(scripts: &Path) -> Result<String> {
 }
 
 /// Install the HTTP compatibility suite's packages at the versions pinned in tests/compat:
-/// Python (FastAPI, uvicorn, requests, httpx with h2, aiohttp, the MCP SDK) into a venv, and
-/// Node (Express 5) with `npm ci`, both under [`compat_dir`]. Nothing is done when the stamp
-/// says the pins are installed; a changed pin installs again.
+/// Python (FastAPI, uvicorn, requests, httpx with h2, aiohttp, the MCP SDK, Tornado) into a
+/// venv, and Node (Express 5) with `npm ci`, both under [`compat_dir`]. Nothing is done when
+/// the stamp says the pins are installed; a changed pin installs again.
 fn compat_packages() -> Result<bool> {
     let scripts = Path::new(COMPAT_SCRIPTS);
     let dir = compat_dir();
