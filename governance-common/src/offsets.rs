@@ -7,6 +7,10 @@ pub const FILE_FLAGS: &str = "OFF_FILE_FLAGS";
 /// `file.f_owner`: the `struct fown_struct` that `file_send_sigiotask` is given is this field
 /// of its file (embedded in `struct file` up to Linux 6.11).
 pub const FILE_F_OWNER: &str = "OFF_FILE_F_OWNER";
+/// 1 when `file.f_owner` is the `struct fown_struct` itself (up to Linux 6.11), so that
+/// `file_send_sigiotask` can tell the file from its `fown`; 0 when it is a pointer (6.12 on),
+/// and agents may then not arm files for SIGIO at all (sigio.rs: fail closed).
+pub const FILE_F_OWNER_EMBEDDED: &str = "FILE_F_OWNER_EMBEDDED";
 pub const INODE_INO: &str = "OFF_INODE_INO";
 pub const INODE_SB: &str = "OFF_INODE_SB";
 pub const SB_DEV: &str = "OFF_SB_DEV";

@@ -25,7 +25,7 @@ use governance_common::{AgentValue, Cause, Counter, Kind, SIGNAL_DETAIL_SIGIO, S
 
 use crate::{
     decide::{Agent, Decision, count, emit, lsm_ret},
-    kernel::{OFF_FILE_F_OWNER, off},
+    kernel::{FILE_F_OWNER_EMBEDDED, OFF_FILE_F_OWNER, off},
     maps::{SIGIO_ANY, SIGIO_OWNERS},
     protect::out_of_reach,
 };
@@ -38,6 +38,13 @@ const SIGIO: i32 = 29;
 /// it is refused (a file not remembered could signal outside the agent: fail closed, counted).
 #[inline(always)]
 pub(crate) fn armed(agent: &Agent, file: u64) -> i32 {
+    // From Linux 6.12 `file.f_owner` is a pointer, and `file_send_sigiotask` could not find
+    // the file from its `fown`: no file is armed by an agent there (fail closed).
+    if off(&FILE_F_OWNER_EMBEDDED) == 0 {
+        let d = Decision::builtin(Kind::Guard, true);
+        emit(agent, &d, |ev| ev.detail = guard::SIGNAL_OWNER);
+        return lsm_ret(&d);
+    }
     let owner = SigioOwner {
         root: agent.root,
         cgroup: agent.cgroup,

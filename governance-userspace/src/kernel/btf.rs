@@ -27,6 +27,7 @@ pub enum BtfError {
 }
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
@@ -55,6 +56,7 @@ enum Type {
     Alias(u32),
     /// A function (`FUNC`), by name: what tracing and LSM programs attach to.
     Func(u32),
+    Pointer,
     Other,
 }
 
@@ -140,6 +142,7 @@ impl Btf {
                     Type::Alias(size_or_type)
                 }
                 KIND_FUNC => Type::Func(name),
+                KIND_PTR => Type::Pointer,
                 _ => Type::Other,
             };
             at += match kind {
@@ -204,23 +207,44 @@ impl Btf {
 
     /// Bit offset of `field` inside the composite type `id`, looking through anonymous
     /// struct/union members (as C does).
-    fn find(&self, id: u32, field: &str, depth: u32) -> Option<(u32, bool)> {
+    fn find(&self, id: u32, field: &str, depth: u32) -> Option<(u32, &Member)> {
         let Some(Type::Composite { members, .. }) = self.resolve(id) else {
             return None;
         };
         for m in members {
             let name = self.string(m.name);
             if name == field {
-                return Some((m.bit_offset, m.bitfield));
+                return Some((m.bit_offset, m));
             }
             if name.is_empty()
                 && depth < 8
-                && let Some((inner, bitfield)) = self.find(m.type_id, field, depth + 1)
+                && let Some((inner, found)) = self.find(m.type_id, field, depth + 1)
             {
-                return Some((m.bit_offset + inner, bitfield));
+                return Some((m.bit_offset + inner, found));
             }
         }
         None
+    }
+
+    /// Whether `strukt.field` is a pointer (`struct file`'s `f_owner` became one in 6.12).
+    pub fn field_is_pointer(&self, strukt: &str, field: &str) -> Result<bool, BtfError> {
+        let (_, member) = self.member(strukt, field)?;
+        Ok(matches!(self.resolve(member.type_id), Some(Type::Pointer)))
+    }
+
+    /// `strukt.field`'s bit offset and member, under the first of its `a|b` names that exists.
+    fn member(&self, strukt: &str, field: &str) -> Result<(u32, &Member), BtfError> {
+        let id = *self
+            .structs_by_name
+            .get(strukt)
+            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        field
+            .split('|')
+            .find_map(|f| self.find(id, f, 0))
+            .ok_or_else(|| BtfError::NoField {
+                strukt: strukt.into(),
+                field: field.into(),
+            })
     }
 
     /// `sizeof(struct strukt)`.
@@ -237,18 +261,10 @@ impl Btf {
 
     /// Byte offset of `strukt.field`.
     pub fn field_offset(&self, strukt: &str, field: &str) -> Result<u64, BtfError> {
-        let id = *self
-            .structs_by_name
-            .get(strukt)
-            .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
         // `a|b`: the field's names across kernel versions (kernfs_node's `parent` is `__parent`
         // from 6.15 on), the first that exists.
-        let found = field.split('|').find_map(|f| self.find(id, f, 0));
-        let (bits, bitfield) = found.ok_or_else(|| BtfError::NoField {
-            strukt: strukt.into(),
-            field: field.into(),
-        })?;
-        if bitfield || bits % 8 != 0 {
+        let (bits, member) = self.member(strukt, field)?;
+        if member.bitfield || bits % 8 != 0 {
             return Err(BtfError::Bitfield {
                 strukt: strukt.into(),
                 field: field.into(),
@@ -264,7 +280,7 @@ mod tests {
 
     /// Build a BTF blob: one `struct outer { int a; union { long b; }; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0outer\0a\0b\0int\0".to_vec();
+        let strings = b"\0outer\0a\0b\0int\0ptrs\0p\0".to_vec();
         let mut types = Vec::new();
         let mut ty = |words: &[u32]| {
             for w in words {
@@ -279,6 +295,10 @@ mod tests {
         ty(&[1, (4 << 24) | 2, 16, 7, 1, 0, 0, 2, 64]);
         // 4: function `a` (a FUNC has no payload; its type would be a FUNC_PROTO)
         ty(&[7, 12 << 24, 0]);
+        // 5: int *
+        ty(&[0, 2 << 24, 1]);
+        // 6: struct ptrs { p: int * @0 }
+        ty(&[15, (4 << 24) | 1, 8, 20, 5, 0]);
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]); // version, flags
@@ -298,6 +318,9 @@ mod tests {
         assert_eq!(btf.field_offset("outer", "a").unwrap(), 0);
         assert_eq!(btf.field_offset("outer", "b").unwrap(), 8);
         assert_eq!(btf.struct_size("outer").unwrap(), 16);
+        assert!(btf.field_is_pointer("ptrs", "p").unwrap());
+        assert!(!btf.field_is_pointer("outer", "a").unwrap());
+        assert!(!btf.field_is_pointer("outer", "b").unwrap());
         assert!(matches!(
             btf.field_offset("outer", "c"),
             Err(BtfError::NoField { .. })

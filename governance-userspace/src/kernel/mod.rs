@@ -325,6 +325,13 @@ impl Enforcer {
             for (global, strukt) in offsets::SIZES {
                 values.push((global, kbtf.struct_size(strukt)?));
             }
+            let embedded = !kbtf.field_is_pointer("file", "f_owner")?;
+            if !embedded {
+                tracing::warn!(
+                    "this kernel's file.f_owner is a pointer (Linux 6.12 or later): agents may not arm files for SIGIO (O_ASYNC, FIOASYNC, F_SETSIG)"
+                );
+            }
+            values.push((offsets::FILE_F_OWNER_EMBEDDED, u64::from(embedded)));
             values.push((
                 governance_common::discover::TASK_HELPERS_GLOBAL,
                 u64::from(discover_task_helpers()),
