@@ -203,7 +203,7 @@ pub fn identify(fd: RawFd, pid: Option<i32>, uid: u32, root: Option<&Path>) -> L
         let root = root.ok_or(PeerError::NoCgroup2)?;
         let pidfd = peer_pidfd(fd, pid)?;
         let text =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| PeerError::Os {
+            crate::procfs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| PeerError::Os {
                 what: format!("reading /proc/{pid}/cgroup"),
                 errno: e.raw_os_error().unwrap_or(0),
             })?;
