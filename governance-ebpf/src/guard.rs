@@ -81,9 +81,14 @@ pub fn file_ioctl(ctx: LsmContext) -> i32 {
 
 const F_SETOWN: u32 = 8;
 const F_SETOWN_EX: u32 = 15;
+const F_SETLEASE: u32 = 1024;
+const F_UNLCK: i64 = 2;
 
 /// Built-in: F_SETOWN makes the kernel signal the owner when I/O is possible (any signal, with
 /// F_SETSIG): an agent may name only itself. F_SETOWN_EX's target is in user memory: refused.
+/// F_SETLEASE (but for letting one go): a lease makes every other process's open of the file
+/// wait up to the lease break time (45 s), the daemon's reads of the agent's own procfs files
+/// for each proxied connection and of the policy on reload among them (see guard::LEASE).
 #[lsm(hook = "file_fcntl")]
 pub fn file_fcntl(ctx: LsmContext) -> i32 {
     // int file_fcntl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -103,6 +108,13 @@ pub fn file_fcntl(ctx: LsmContext) -> i32 {
             refuse(guard::SIGNAL_OWNER, owner as u64)
         }
         F_SETOWN_EX => refuse(guard::SIGNAL_OWNER, 0),
+        F_SETLEASE => {
+            let kind: i64 = ctx.arg(2);
+            if kind == F_UNLCK {
+                return 0;
+            }
+            refuse(guard::LEASE, kind as u64)
+        }
         _ => 0,
     }
 }
