@@ -257,6 +257,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The start (the policy parsed twice, the programs loaded, the first generation built)
     // frees far more than the daemon then keeps: hand it back as it is freed.
     let start = crate::memory::Burst::start();
+    // Before anything else is allocated: the OOM killer must never pick the daemon.
+    if let Err(e) = never_oom_killed() {
+        crate::say!(
+            "WARNING: could not set the daemon's oom_score_adj to {OOM_SCORE_ADJ} ({e}): under memory pressure the kernel's OOM killer may pick the daemon, and an agent can make that pressure (set OOMScoreAdjust=-1000 in its unit, or give it CAP_SYS_RESOURCE)"
+        );
+    }
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
@@ -820,6 +826,22 @@ async fn start_proxy(
         .unwrap_or_else(|e| e.into_inner())
         .proxy = Some(v4.to_string());
     Ok(Some((p, v4)))
+}
+
+/// The daemon's `oom_score_adj`: never chosen by the OOM killer.
+pub const OOM_SCORE_ADJ: i32 = -1000;
+
+/// Keep the OOM killer off the daemon: an agent that fills memory with many processes, each
+/// smaller than the daemon, would otherwise have the kernel kill the daemon first (agents may
+/// not write its `oom_score_adj`: the `inode_permission` guard). Lowering it needs
+/// CAP_SYS_RESOURCE; under systemd the unit's `OOMScoreAdjust=-1000` has set it already.
+fn never_oom_killed() -> std::io::Result<()> {
+    let path = "/proc/self/oom_score_adj";
+    let now = crate::procfs::read_to_string(path)?;
+    if now.trim().parse::<i32>().ok() == Some(OOM_SCORE_ADJ) {
+        return Ok(());
+    }
+    std::fs::write(path, OOM_SCORE_ADJ.to_string())
 }
 
 /// The control API's servers, and how to stop them gracefully.
