@@ -30,7 +30,8 @@ pub enum AgentsError {
 /// The mount point of the cgroup2 filesystem, from `/proc/self/mountinfo` (hybrid layouts
 /// mount it somewhere below /sys/fs/cgroup, so never assume).
 pub fn cgroup2_mount() -> Result<PathBuf, AgentsError> {
-    let text = crate::procfs::read_to_string("/proc/self/mountinfo").map_err(AgentsError::Mountinfo)?;
+    let text =
+        crate::procfs::read_to_string("/proc/self/mountinfo").map_err(AgentsError::Mountinfo)?;
     find_cgroup2(&text).ok_or(AgentsError::NoCgroup2)
 }
 

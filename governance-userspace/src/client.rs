@@ -101,9 +101,15 @@ fn verify_server(s: &tokio::net::UnixStream, socket: &std::path::Path) -> anyhow
                 .map(|c| c.trim_end().to_owned())
                 .unwrap_or_default();
             let cgroup = crate::discovery::procs::cgroup_of(pid).unwrap_or_default();
-            format!("process {pid} ({comm}, cgroup {cgroup}, uid {})", cred.uid())
+            format!(
+                "process {pid} ({comm}, cgroup {cgroup}, uid {})",
+                cred.uid()
+            )
         }
-        None => format!("a process not visible in this PID namespace (uid {})", cred.uid()),
+        None => format!(
+            "a process not visible in this PID namespace (uid {})",
+            cred.uid()
+        ),
     };
     let refuse = |why: &str| {
         anyhow::anyhow!(
