@@ -561,6 +561,11 @@ pub mod guard {
     /// go under memory pressure), fault injection (`make-it-fail`), `clear_refs`,
     /// `coredump_filter`, `timerslack_ns`, its autogroup's priority.
     pub const PROC_OF_OUTSIDE: u8 = 8;
+    /// A file lease (`F_SETLEASE` with `F_RDLCK` or `F_WRLCK`): every open of the file by
+    /// another process waits until the holder lets go or the lease break time (45 s) passes,
+    /// the daemon's reads of the agent's `/proc/PID/status` (for each proxied connection) and
+    /// of files it may read (the policy) among them.
+    pub const LEASE: u8 = 9;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -573,6 +578,7 @@ pub mod guard {
             CGROUP_BORDER => "a cgroup outside the agent (a process moved across its border)",
             SOURCE_ROUTE => "a source route (past the destination the network rules decided on)",
             PROC_OF_OUTSIDE => "a /proc file of a process outside the agent",
+            LEASE => "a file lease (others' opens of the file would wait for it)",
             _ => "?",
         }
     }

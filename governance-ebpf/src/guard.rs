@@ -94,12 +94,17 @@ const F_SETSIG: u32 = 10;
 const F_SETOWN_EX: u32 = 15;
 /// `O_ASYNC` (`FASYNC`) in `F_SETFL`'s flags.
 const O_ASYNC: u64 = 0o20000;
+const F_SETLEASE: u32 = 1024;
+const F_UNLCK: i64 = 2;
 
 /// Built-in: F_SETOWN makes the kernel signal the owner when I/O is possible (any signal, with
 /// F_SETSIG): an agent may name only itself. F_SETOWN_EX's target is in user memory: refused.
 /// Turning on `O_ASYNC` (`F_SETFL`) or choosing the signal (`F_SETSIG`) records the file as
-/// the agent's (sigio.rs): a terminal makes its foreground group the owner by itself. Other
-/// commands, and `F_SETFL` without `O_ASYNC`, pass before the agent lookup.
+/// the agent's (sigio.rs): a terminal makes its foreground group the owner by itself.
+/// F_SETLEASE (but for letting one go): a lease makes every other process's open of the file
+/// wait up to the lease break time (45 s), the daemon's reads of the agent's own procfs files
+/// for each proxied connection and of the policy on reload among them (see guard::LEASE).
+/// Other commands, and `F_SETFL` without `O_ASYNC`, pass before the agent lookup.
 #[lsm(hook = "file_fcntl")]
 pub fn file_fcntl(ctx: LsmContext) -> i32 {
     // int file_fcntl(struct file *file, unsigned int cmd, unsigned long arg)
@@ -128,6 +133,13 @@ pub fn file_fcntl(ctx: LsmContext) -> i32 {
                 Some(agent) => crate::sigio::armed(&agent, ctx.arg(0)),
                 None => 0,
             }
+        }
+        F_SETLEASE => {
+            let kind: i64 = ctx.arg(2);
+            if kind == F_UNLCK {
+                return 0;
+            }
+            refuse(guard::LEASE, kind as u64)
         }
         _ => 0,
     }

@@ -30,7 +30,8 @@ pub enum AgentsError {
 /// The mount point of the cgroup2 filesystem, from `/proc/self/mountinfo` (hybrid layouts
 /// mount it somewhere below /sys/fs/cgroup, so never assume).
 pub fn cgroup2_mount() -> Result<PathBuf, AgentsError> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(AgentsError::Mountinfo)?;
+    let text =
+        crate::procfs::read_to_string("/proc/self/mountinfo").map_err(AgentsError::Mountinfo)?;
     find_cgroup2(&text).ok_or(AgentsError::NoCgroup2)
 }
 
@@ -41,7 +42,7 @@ fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
 /// The mount points of the cgroup v1 hierarchies (a hybrid layout's `cpu`, `memory`,
 /// `systemd`, ...), where container runtimes with the cgroupfs driver mirror a cgroup's path.
 pub fn cgroup_v1_mounts() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
+    crate::procfs::read_to_string("/proc/self/mountinfo")
         .map(|text| mounts_of(&text, "cgroup").collect())
         .unwrap_or_default()
 }

@@ -77,10 +77,66 @@ async fn connect(args: &ApiArgs) -> anyhow::Result<Sender> {
                         args.socket.display()
                     )
                 })?;
+            verify_server(&s, &args.socket)?;
             handshake(s).await?
         }
     };
     Ok(sender)
+}
+
+/// The process behind the control socket must be the daemon, before anything is sent: a
+/// process that took the socket's name (an agent, were the name free) would read the
+/// administrator's requests (an approval) and answer in the daemon's place. It must run as root
+/// and be a process the kernel programs protect from agents (its pid in their pinned
+/// `PROTECTED` map, which only the daemon that loaded them writes and no agent may reach:
+/// agents are refused bpf()); checked by `SO_PEERCRED`, whatever the socket's path.
+fn verify_server(s: &tokio::net::UnixStream, socket: &std::path::Path) -> anyhow::Result<()> {
+    let cred = s
+        .peer_cred()
+        .context("reading who serves the control socket (SO_PEERCRED)")?;
+    let pid = cred.pid().filter(|p| *p > 0).map(|p| p as u32);
+    let who = match pid {
+        Some(pid) => {
+            let comm = crate::procfs::read_to_string(format!("/proc/{pid}/comm"))
+                .map(|c| c.trim_end().to_owned())
+                .unwrap_or_default();
+            let cgroup = crate::discovery::procs::cgroup_of(pid).unwrap_or_default();
+            format!(
+                "process {pid} ({comm}, cgroup {cgroup}, uid {})",
+                cred.uid()
+            )
+        }
+        None => format!(
+            "a process not visible in this PID namespace (uid {})",
+            cred.uid()
+        ),
+    };
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "refusing the server at {}: {who} {why}. It may be an agent's own server put at the \
+             socket's name to read what you send (an approval) and answer in the daemon's \
+             place; nothing was sent. Check `ls -l {}` and which process listens there (`ss -xlp`)",
+            socket.display(),
+            socket.display()
+        )
+    };
+    if cred.uid() != 0 {
+        return Err(refuse("does not run as root, as the daemon does"));
+    }
+    let Some(pid) = pid else {
+        return Err(refuse("cannot be checked"));
+    };
+    let extra = std::env::var_os("GOVERNANCE_PINS").map(PathBuf::from);
+    match crate::kernel::protected_by_kernel(pid, extra.as_deref()) {
+        Some(true) => Ok(()),
+        Some(false) => Err(refuse(
+            "is not the governance daemon: the kernel programs protect no such process",
+        )),
+        None => Err(refuse(
+            "cannot be checked: no pinned governance programs were found below /sys/fs/bpf \
+             (set GOVERNANCE_PINS to the daemon's --pins)",
+        )),
+    }
 }
 
 async fn handshake<S>(io: S) -> anyhow::Result<Sender>

@@ -37,6 +37,7 @@ pub mod peer;
 pub mod pipeline;
 pub mod policy;
 pub mod privilege;
+pub mod procfs;
 pub mod proxy;
 pub mod report;
 pub mod version;

@@ -750,7 +750,7 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
 
 /// utime + stime of /proc/self/stat (fields 14 and 15), in seconds.
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let stat = crate::procfs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces and parentheses: count from its closing one.
     let rest = &stat[stat.rfind(')')? + 1..];
     let mut fields = rest.split_whitespace().skip(11);
@@ -761,7 +761,7 @@ fn cpu_seconds() -> Option<f64> {
 
 /// Resident pages of /proc/self/statm (field 2), in bytes.
 fn resident_bytes() -> Option<i64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let statm = crate::procfs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     i64::try_from(pages.checked_mul(sysconf(libc::_SC_PAGESIZE)?)?).ok()
 }

@@ -202,11 +202,12 @@ pub fn identify(fd: RawFd, pid: Option<i32>, uid: u32, root: Option<&Path>) -> L
         let pid = pid.filter(|p| *p > 0).ok_or(PeerError::NoPid)?;
         let root = root.ok_or(PeerError::NoCgroup2)?;
         let pidfd = peer_pidfd(fd, pid)?;
-        let text =
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| PeerError::Os {
+        let text = crate::procfs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+            PeerError::Os {
                 what: format!("reading /proc/{pid}/cgroup"),
                 errno: e.raw_os_error().unwrap_or(0),
-            })?;
+            }
+        })?;
         let rel = cgroup_v2_path(&text)
             .ok_or(PeerError::NoCgroupLine(pid))?
             .to_owned();

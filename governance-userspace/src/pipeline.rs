@@ -1034,7 +1034,7 @@ impl Enricher {
         }
         let Some(p) = r.process.as_mut() else { return };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"));
+        let cmdline = crate::procfs::read(format!("/proc/{pid}/cmdline"));
         match (exe, cmdline) {
             (Ok(exe), Ok(cmdline)) => {
                 p.exe = exe.to_string_lossy().into_owned();
@@ -1055,7 +1055,7 @@ impl Enricher {
         }
         // The process's cgroup (v2 line `0::/path`), checked against the id: the process may
         // have moved since.
-        let found = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        let found = crate::procfs::read_to_string(format!("/proc/{pid}/cgroup"))
             .ok()
             .and_then(|text| {
                 text.lines()

@@ -257,6 +257,10 @@ pub enum Attempt {
     RemoveXattr { path: CString, name: CString },
     /// rename(from, to).
     Rename { from: CString, to: CString },
+    /// socket(AF_UNIX, SOCK_STREAM), bind(path), listen: a listener of its own at `path`.
+    UnixBind { path: CString },
+    /// open(path, O_RDONLY), then fcntl(F_SETLEASE, kind) (F_RDLCK or F_WRLCK), SIGIO ignored.
+    Lease { path: CString, kind: i32 },
     /// shmat(id, NULL, SHM_RDONLY).
     ShmAttach { id: i32 },
     /// msgsnd(id, one byte, IPC_NOWAIT).
@@ -652,6 +656,7 @@ pub fn run_in_namespaces(
             Some(sockaddr_un(path.as_bytes(), false))
         }
         Attempt::UnixConnectAbstract { name } => Some(sockaddr_un(name, true)),
+        Attempt::UnixBind { path } => Some(sockaddr_un(path.as_bytes(), false)),
         Attempt::UnixConnectRelative { name, .. } => Some(sockaddr_un(name.as_bytes(), false)),
         _ => None,
     };
@@ -1081,6 +1086,23 @@ pub fn run_in_namespaces(
                 ),
                 Attempt::RemoveXattr { path, name } => {
                     check(libc::removexattr(path.as_ptr(), name.as_ptr()).into());
+                }
+                Attempt::UnixBind { .. } => {
+                    let (sa, len) = un.unwrap();
+                    let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::bind(s, (&sa as *const libc::sockaddr_un).cast(), len).into());
+                    check(libc::listen(s, 1).into());
+                }
+                Attempt::Lease { path, kind } => {
+                    libc::signal(libc::SIGIO, libc::SIG_IGN);
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    check(libc::fcntl(fd, libc::F_SETLEASE, *kind).into());
                 }
                 Attempt::Rename { from, to } => {
                     check(libc::rename(from.as_ptr(), to.as_ptr()).into());

@@ -2812,6 +2812,343 @@ fn unix_control_plane_is_refused_to_agents() {
     governance_tests::stop_daemon(daemon);
 }
 
+/// The records of the daemon's audit log about process `pid` that `pred` accepts, waited for
+/// (the log is written as the events drain).
+fn audited(
+    daemon: &governance_tests::Daemon,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    governance_tests::wait_for_value(what, Duration::from_secs(60), || {
+        governance_tests::audit_records(&daemon.audit())
+            .into_iter()
+            .find(|v| pred(v))
+    })
+}
+
+/// Red team round 4, F4: the control socket's name is the daemon's. An agent that could
+/// unlink it and bind a listener of its own there would get the administrator's
+/// `governance approve` and answer in the daemon's place. The socket's directory is refused to
+/// agents' writes by identity: no unlink or rename of the socket, no rename over it, no new
+/// socket (or other name) in the directory; each with its event, each made outside the agent
+/// (on a spare name: the socket itself stays). And the CLI checks who serves a socket before it
+/// sends anything: a server an agent runs, wherever its socket is, is refused with a message
+/// that names the danger, and the server got nothing.
+#[test]
+fn the_control_socket_name_cannot_be_taken_over() {
+    require_root();
+    let fx = Fixture::new("sockname");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("sockname");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let socket = daemon.socket();
+    let sockdir = socket.parent().unwrap().to_owned();
+    let spare = sockdir.join("spare");
+    let made = sockdir.join("agent.sock");
+    let denied = |case: &str, attempt: &Attempt, op: &str, errno: i32| {
+        println!("redteam: tried {case}");
+        std::fs::write(&spare, "spare").unwrap();
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Errno(errno), "{case}: in the agent");
+        if errno == libc::EPERM {
+            let v = audited(&daemon, case, |v| {
+                v["type"] == "decision" && v["denied"] == true && v["process"]["pid"] == pid
+            });
+            assert_eq!(v["kind"], "link", "{case}: {v}");
+            assert_eq!(v["rule"], "builtin:protected-path", "{case}: {v}");
+            assert_eq!(v["object"]["detail"]["op"], op, "{case}: {v}");
+            assert_eq!(v["agent"]["cgroup_id"], fx.agent.id(), "{case}: {v}");
+        }
+        assert!(
+            socket.exists(),
+            "{case}: the daemon's socket is still there"
+        );
+        println!("redteam: denied {case}");
+    };
+    let control = |case: &str, attempt: &Attempt| {
+        std::fs::write(&spare, "spare").unwrap();
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        let _ = std::fs::remove_file(&made);
+        println!("redteam: control {case}");
+    };
+    let unlink = |p: &Path| Attempt::Unlink { path: cstr(p) };
+    let bind = |p: &Path| Attempt::UnixBind { path: cstr(p) };
+    let case = "F4 unlink the control socket";
+    denied(case, &unlink(&socket), "unlink", libc::EPERM);
+    control(case, &unlink(&spare));
+    let case = "F4 rename the control socket away";
+    denied(
+        case,
+        &Attempt::rename(&socket, &fx.p("tmp/moved.sock")),
+        "rename",
+        libc::EPERM,
+    );
+    control(case, &Attempt::rename(&spare, &made));
+    let case = "F4 rename a file over the control socket";
+    denied(
+        case,
+        &Attempt::rename(&spare, &socket),
+        "rename",
+        libc::EPERM,
+    );
+    control(case, &Attempt::rename(&spare, &made));
+    let case = "F4 bind a socket of its own in the control socket's directory";
+    denied(case, &bind(&made), "mknod", libc::EPERM);
+    control(case, &bind(&made));
+    // At the socket's own name the bind finds the name taken (it could not be unlinked).
+    let case = "F4 bind a listener at the control socket's name";
+    denied(case, &bind(&socket), "", libc::EADDRINUSE);
+    control(case, &bind(&made));
+    let _ = std::fs::remove_file(&spare);
+    let status = daemon.cli(&["status"]);
+    assert!(
+        status.status.success(),
+        "the daemon still answers on its socket: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+
+    // A server an agent runs, at a name the daemon does not protect (the administrator given
+    // another --socket, or a name taken while no daemon ran): the CLI refuses it unsent.
+    let fake = fx.p("tmp/fake.sock");
+    let case = "F4 the admin's CLI talks to an agent's server";
+    println!("redteam: tried {case}");
+    let mut server = governance_tests::Reaped(
+        governance_tests::command_in(
+            Some(&fx.agent.path),
+            HELPER,
+            &["unix-serve", fake.to_str().unwrap()],
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    governance_tests::wait_until("the agent's server", Duration::from_secs(30), || {
+        fake.exists()
+    });
+    let out = std::process::Command::new(governance_bin())
+        .args(["approve", "1", "--socket"])
+        .arg(&fake)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{case}: must fail");
+    assert!(err.contains("refusing the server at"), "{case}: {err}");
+    assert!(err.contains("not the governance daemon"), "{case}: {err}");
+    assert!(err.contains("nothing was sent"), "{case}: {err}");
+    assert!(
+        err.contains(&fx.agent.rel.display().to_string()),
+        "{case}: names its cgroup: {err}"
+    );
+    let served = {
+        use std::io::Read as _;
+        let mut s = String::new();
+        server
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        s
+    };
+    assert!(
+        served.contains("got 0 bytes"),
+        "{case}: the agent's server got nothing: {served}"
+    );
+    println!("redteam: denied {case}");
+    // The control: the daemon itself, through the same check.
+    let out = daemon.cli(&["approvals"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("redteam: control {case}");
+    governance_tests::stop_daemon(daemon);
+}
+
+/// Red team round 4, F5: a file lease held on an agent's own `/proc/PID/status` made the
+/// proxy's read of it (once per connection) wait the lease break time, 45 s, and every other
+/// agent's requests with it. Agents are refused leases (the `file_fcntl` guard, with its
+/// event; outside an agent one is taken); a lease taken before the process became an agent is
+/// not waited for: its connection is refused at once, and another agent's request through the
+/// proxy meanwhile is answered well within the deadline (a bound, not a sleep).
+#[test]
+fn a_file_lease_never_stalls_the_proxy() {
+    require_root();
+    let fx = Fixture::new("lease");
+    let other = governance_tests::TestCgroup::new("agent2");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    std::fs::write(
+        dir.join("second.yaml"),
+        format!(
+            "name: second\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: meta, network: {{ cidr: 169.254.169.254/32 }}, verdict: block, reason: metadata }}\n",
+            other.rel.display()
+        ),
+    )
+    .unwrap();
+    let pins = pin_dir("lease");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let proxy = seen
+        .lines()
+        .find_map(|l| l.split("HTTP policy proxy on ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the proxy's address on the daemon's stderr")
+        .to_owned();
+
+    // A lease taken outside, kept into the agent, then a request through the proxy.
+    let case = "F5 a lease held on the agent's /proc/PID/status stalls the proxy";
+    println!("redteam: tried {case}");
+    let procs = fx.agent.path.join("cgroup.procs");
+    let started = std::time::Instant::now();
+    let mut holder = governance_tests::Reaped(
+        std::process::Command::new(HELPER)
+            .args(["lease-then-join", procs.to_str().unwrap(), &proxy])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut holder_out = std::io::BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut holder_out, &mut line).unwrap();
+    assert_eq!(line.trim(), "lease ok", "the lease outside the agent");
+    // Another agent's request meanwhile: answered, well before the lease break time (45 s).
+    let deadline = Duration::from_secs(15);
+    let t = std::time::Instant::now();
+    let out = governance_tests::command_in(Some(&other.path), HELPER, &["http-get", &proxy])
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("answer HTTP/1.1"), "{case}: {answer}");
+    assert!(
+        took < deadline,
+        "{case}: the other agent waited {took:?}: {answer}"
+    );
+    // The holder's own connection: refused at once, not held for the lease.
+    let ended =
+        governance_tests::poll_until(deadline, || holder.try_wait().ok().flatten().is_some());
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut holder_out, &mut rest);
+    assert!(
+        ended,
+        "{case}: the lease holder's own request still waits after {:?}",
+        started.elapsed()
+    );
+    assert!(!rest.contains("answer HTTP/1.1 200"), "{case}: {rest}");
+    println!(
+        "other agent answered in {took:?}; the lease holder: {}",
+        rest.trim()
+    );
+    println!("redteam: denied {case}");
+    println!("redteam: control {case}");
+    // In the agent: no lease, on its own files or any other.
+    let case = "F5 a write lease on its own /proc/self/status";
+    println!("redteam: tried {case}");
+    let lease = Attempt::Lease {
+        path: cstr(Path::new("/proc/self/status")),
+        kind: libc::F_WRLCK,
+    };
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &lease);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let v = audited(&daemon, case, |v| {
+        v["type"] == "decision" && v["denied"] == true && v["process"]["pid"] == pid
+    });
+    assert_eq!(v["kind"], "guard", "{case}: {v}");
+    assert_eq!(v["rule"], "builtin:guard", "{case}: {v}");
+    assert!(
+        v["object"]["detail"]["guard"]
+            .as_str()
+            .is_some_and(|g| g.contains("file lease")),
+        "{case}: {v}"
+    );
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &lease);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
+
+    governance_tests::stop_daemon(daemon);
+}
+
+/// Red team round 4, F6: the OOM killer picked the daemon (oom_score_adj 0) when an agent
+/// filled memory with many processes each smaller than it. The daemon sets its own
+/// oom_score_adj to -1000 at start; agents may not change it (the `inode_permission` guard).
+#[test]
+fn the_daemon_is_never_the_oom_killers_choice() {
+    require_root();
+    let fx = Fixture::new("oom");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    let pins = pin_dir("oom");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--no-proxy",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let adj = Path::new("/proc")
+        .join(daemon.pid().to_string())
+        .join("oom_score_adj");
+    assert_eq!(std::fs::read_to_string(&adj).unwrap().trim(), "-1000");
+    let case = "F6 raise the daemon's oom_score_adj";
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::Write {
+            path: cstr(&adj),
+            data: b"1000".to_vec(),
+        },
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let v = audited(&daemon, case, |v| {
+        v["type"] == "decision" && v["denied"] == true && v["process"]["pid"] == pid
+    });
+    assert_eq!(v["kind"], "guard", "{case}: {v}");
+    assert_eq!(std::fs::read_to_string(&adj).unwrap().trim(), "-1000");
+    println!("redteam: denied {case}");
+    // Outside, root may (writing the value it has).
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::Write {
+            path: cstr(&adj),
+            data: b"-1000".to_vec(),
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
+    governance_tests::stop_daemon(daemon);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Root facilities, leaving the subtree, code that runs without an exec of it (issue 12).
 // ---------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -185,12 +185,15 @@ pub(super) fn build(
 pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
     Protect {
         cgroup_root: root.to_owned(),
-        // The policy (and the copy of it a start may enforce), the pins, and the daemon's own
-        // executable (what the next start runs).
+        // The policy (and the copy of it a start may enforce), the pins, the control socket's
+        // directory (no agent may unlink or rename the socket, nor bind one of its own at its
+        // name: see `control_socket_dir`), and the daemon's own executable (what the next start
+        // runs).
         no_write: [
             args.policy.clone(),
             args.policy_in_force.clone(),
             pin_dir.to_owned(),
+            socket_dir(&args.socket),
         ]
         .into_iter()
         .chain(std::env::current_exe().ok())
@@ -210,6 +213,15 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .cloned()
         .chain(crate::export::secret_files(&args.exports))
         .collect(),
+    }
+}
+
+/// The directory the control socket is named in (see `super::control_socket_dir`).
+pub(super) fn socket_dir(socket: &Path) -> PathBuf {
+    match socket.parent() {
+        Some(d) if d.as_os_str().is_empty() => PathBuf::from("."),
+        Some(d) => d.to_owned(),
+        None => PathBuf::from("/"),
     }
 }
 

@@ -34,13 +34,29 @@ impl proxy::Identify for KernelIdentify {
                 None => SocketAddr::V6(SocketAddrV6::new(ip, orig.port, 0, 0)),
             }
         });
+        // Read while the client is connected, so it is alive (procfs read once per connection,
+        // not per request), never waiting: a lease on the client's status file (which the
+        // agent owns) would hold the read, and this task, for the lease break time. A client
+        // whose file is leased is not identified: its connection is refused.
+        let process = match orig.tgid {
+            0 => None,
+            tgid => match ProcessInfo::read_procfs(tgid) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(
+                        pid = tgid,
+                        agent = %info.name,
+                        "proxy: refusing a connection whose process cannot be read ({e}: a lease on /proc/{tgid}/status)"
+                    );
+                    return None;
+                }
+            },
+        };
         Some(proxy::Client {
             agent,
             info,
             cgroup_id: orig.cgroup_id,
-            // Read while the client is connected, so it is alive (procfs read once per
-            // connection, not per request).
-            process: (orig.tgid != 0).then(|| ProcessInfo::from_procfs(orig.tgid)),
+            process,
             original_dst,
         })
     }

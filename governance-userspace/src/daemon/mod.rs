@@ -257,6 +257,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // The start (the policy parsed twice, the programs loaded, the first generation built)
     // frees far more than the daemon then keeps: hand it back as it is freed.
     let start = crate::memory::Burst::start();
+    // Before anything else is allocated: the OOM killer must never pick the daemon.
+    if let Err(e) = never_oom_killed() {
+        crate::say!(
+            "WARNING: could not set the daemon's oom_score_adj to {OOM_SCORE_ADJ} ({e}): under memory pressure the kernel's OOM killer may pick the daemon, and an agent can make that pressure (set OOMScoreAdjust=-1000 in its unit, or give it CAP_SYS_RESOURCE)"
+        );
+    }
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
@@ -357,6 +363,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         content_hash: None,
         ticks: 0,
     };
+    // The control socket's directory, before the first generation is compiled: its identity
+    // rules then hold it from the start (agents may not unlink, rename or bind a socket there).
+    control_socket_dir(&args.socket)?;
     // The copy's directory, before the first generation is compiled (see `in_force`); not
     // before: a start refused on the way (exit 3) leaves nothing behind.
     if let Err(e) = in_force::prepare(&args.policy_in_force) {
@@ -820,6 +829,51 @@ async fn start_proxy(
         .unwrap_or_else(|e| e.into_inner())
         .proxy = Some(v4.to_string());
     Ok(Some((p, v4)))
+}
+
+/// The control socket's directory (the directory `socket` names its socket in), made 0700 if
+/// it is not there. It is the daemon's own: agents may create, remove or rename nothing in it
+/// (see `generation::protect`), so none can take the socket's name over (unlink it, bind a
+/// listener of its own there, and answer the administrator's `governance approve`). A shared
+/// directory (`/`, or one anyone may write, as /tmp) cannot be refused to agents whole, and a
+/// name in it is free whenever the socket is not there: refused.
+pub(super) fn control_socket_dir(socket: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = generation::socket_dir(socket);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating the control socket's directory {}", dir.display()))?;
+    let shared = dir.canonicalize().is_ok_and(|d| d == Path::new("/"))
+        || std::fs::metadata(&dir).is_ok_and(|m| m.permissions().mode() & 0o1002 != 0);
+    if shared {
+        anyhow::bail!(
+            "the control socket {} is in a shared directory ({}: the root, world-writable or sticky): \
+             agents could take its name over while it is not there; give it a directory of its own \
+             (the default is {})",
+            socket.display(),
+            dir.display(),
+            crate::client::DEFAULT_SOCKET
+        );
+    }
+    Ok(dir)
+}
+
+/// The daemon's `oom_score_adj`: never chosen by the OOM killer.
+pub const OOM_SCORE_ADJ: i32 = -1000;
+
+/// Keep the OOM killer off the daemon: an agent that fills memory with many processes, each
+/// smaller than the daemon, would otherwise have the kernel kill the daemon first (agents may
+/// not write its `oom_score_adj`: the `inode_permission` guard). Lowering it needs
+/// CAP_SYS_RESOURCE; under systemd the unit's `OOMScoreAdjust=-1000` has set it already.
+fn never_oom_killed() -> std::io::Result<()> {
+    let path = "/proc/self/oom_score_adj";
+    let now = crate::procfs::read_to_string(path)?;
+    if now.trim().parse::<i32>().ok() == Some(OOM_SCORE_ADJ) {
+        return Ok(());
+    }
+    std::fs::write(path, OOM_SCORE_ADJ.to_string())
 }
 
 /// The control API's servers, and how to stop them gracefully.

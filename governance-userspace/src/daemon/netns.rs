@@ -144,7 +144,7 @@ fn listen_in(
     id: NsId,
     addrs: &[SocketAddr],
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    let ns = crate::procfs::open(format!("/proc/{pid}/ns/net"))?;
     // The process may have moved on between the scan and the open: the namespace must be the
     // one found.
     let m = ns.metadata()?;

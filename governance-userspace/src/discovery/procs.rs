@@ -53,7 +53,7 @@ pub struct ProcInfo {
 
 /// `pid`'s cgroup v2 path (`0::/path` of /proc/PID/cgroup).
 pub fn cgroup_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let text = crate::procfs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("0::"))
         .map(|p| p.trim().to_owned())
@@ -72,7 +72,7 @@ pub fn cgroup_id(root: &Path, path: &str) -> Option<u64> {
 
 pub fn proc_info(root: &Path, pid: u32) -> Option<ProcInfo> {
     let cgroup = cgroup_of(pid)?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let comm = crate::procfs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
@@ -87,7 +87,7 @@ pub fn proc_info(root: &Path, pid: u32) -> Option<ProcInfo> {
 }
 
 pub fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
+    crate::procfs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             b.split(|c| *c == 0)
                 .filter(|a| !a.is_empty())
@@ -132,7 +132,7 @@ pub fn scan(pid: u32) -> Vec<Hit> {
             hits.push(h);
         }
     };
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let maps = crate::procfs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
     for line in maps.lines() {
         let Some(path) = line.split_whitespace().nth(5) else {
             continue;
@@ -169,7 +169,7 @@ pub fn scan_cmdline(pid: u32) -> Vec<Hit> {
 
 /// `pid`'s parent.
 pub fn ppid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::procfs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // After the `(comm)`, which may hold spaces and parentheses: state, then ppid.
     stat.rsplit_once(')')?
         .1

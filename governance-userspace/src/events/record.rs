@@ -228,7 +228,8 @@ pub struct ProcessInfo {
     /// `procfs` when what the kernel does not report was read from the live process (exe and
     /// argv for exec; comm, ppid and uid for HTTP, where the proxy knows only the pid), `gone`
     /// when the process had exited before it could be read (best effort: those fields are then
-    /// empty), `none` when enrichment was not attempted.
+    /// empty), `leased` when its status file was held by a file lease (never waited for),
+    /// `none` when enrichment was not attempted.
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub enrichment: Text,
 }
@@ -368,13 +369,29 @@ impl ProcessInfo {
     /// A live process as procfs describes it (`/proc/PID/status`: comm, ppid, real uid, its pid
     /// in its own PID namespace), for
     /// a decision the kernel did not report itself (the proxy knows only the client's pid).
-    /// Marked `gone` when the process has already exited.
+    /// Marked `gone` when the process has already exited, `leased` when someone holds a lease
+    /// on its status file (never waited for: see [`crate::procfs`]).
     pub fn from_procfs(pid: u32) -> ProcessInfo {
+        Self::read_procfs(pid).unwrap_or_else(|_| ProcessInfo {
+            pid,
+            enrichment: "leased".into(),
+            ..Default::default()
+        })
+    }
+
+    /// [`from_procfs`](Self::from_procfs), but a lease on the process's status file is an
+    /// error (`EWOULDBLOCK`), for a caller that must fail closed on it (the proxy's
+    /// identification of a client).
+    pub fn read_procfs(pid: u32) -> std::io::Result<ProcessInfo> {
         let mut p = ProcessInfo {
             pid,
             ..Default::default()
         };
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let status = match crate::procfs::read_to_string(format!("/proc/{pid}/status")) {
+            Ok(s) => s,
+            Err(e) if crate::procfs::leased(&e) => return Err(e),
+            Err(_) => String::new(),
+        };
         let field = |name: &str| {
             status
                 .lines()
@@ -404,7 +421,7 @@ impl ProcessInfo {
         if let [_, .., own] = ns[..] {
             p.ns_pid = own;
         }
-        p
+        Ok(p)
     }
 }
 

@@ -113,3 +113,38 @@ pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
     std::fs::remove_dir(staged).map_err(io(staged))?;
     Ok(())
 }
+
+/// The processes the kernel programs pinned under `pin_dir` protect ([`maps::PROTECTED`]: the
+/// daemon that loaded them), read from the pin. None if nothing readable is pinned there.
+fn pinned_protected(pin_dir: &Path) -> Option<Vec<u32>> {
+    let path = pin_dir.join(pins::MAPS).join(maps::PROTECTED);
+    if !path.exists() {
+        return None;
+    }
+    let map = Map::from_map_data(MapData::from_pin(&path).ok()?).ok()?;
+    let protected: HashMap<_, u32, u32> = HashMap::try_from(map).ok()?;
+    Some(protected.keys().filter_map(Result::ok).collect())
+}
+
+/// Is `pid` a process the kernel protects from agents (a governance daemon: its tgid is in the
+/// [`maps::PROTECTED`] of some pinned set of programs)? Looks in `extra` (`GOVERNANCE_PINS`),
+/// the default pin directory and each directory directly below /sys/fs/bpf. None if no pinned
+/// programs were found at all (nothing enforces on this node, or they are pinned elsewhere).
+pub fn protected_by_kernel(pid: u32, extra: Option<&Path>) -> Option<bool> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    let mut dirs: Vec<PathBuf> = extra.into_iter().map(Path::to_owned).collect();
+    dirs.push(PathBuf::from(pins::DIR));
+    if let Ok(entries) = std::fs::read_dir(bpffs) {
+        dirs.extend(entries.flatten().map(|e| e.path()).take(256));
+    }
+    let mut found = false;
+    for dir in dirs {
+        if let Some(pids) = pinned_protected(&dir) {
+            if pids.contains(&pid) {
+                return Some(true);
+            }
+            found = true;
+        }
+    }
+    found.then_some(false)
+}

@@ -33,7 +33,7 @@ impl Probe {
             lockdown: std::fs::read_to_string(LOCKDOWN)
                 .ok()
                 .map(|s| s.trim().to_owned()),
-            caps: std::fs::read_to_string("/proc/self/status")
+            caps: crate::procfs::read_to_string("/proc/self/status")
                 .ok()
                 .and_then(|s| Caps::from_status(&s)),
             cgroup2: crate::agents::cgroup2_mount().ok(),

@@ -223,7 +223,7 @@ fn entries<K: aya::Pod, V: aya::Pod>(
 
 /// Does this process see the node's process ids (the initial PID namespace: one `NSpid`)?
 fn sees_node_pids() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+    crate::procfs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find_map(|l| l.strip_prefix("NSpid:"))
             .is_some_and(|ids| ids.split_whitespace().count() == 1)

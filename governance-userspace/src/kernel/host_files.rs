@@ -48,7 +48,7 @@ pub fn elf_interpreter(elf: &[u8]) -> Option<PathBuf> {
 /// elsewhere (a Nix store, a conda environment) is not known; exec rules decide on it.
 pub fn loader_identities() -> Vec<(u32, u64)> {
     // The program headers and the interpreter's name sit at the start of the file.
-    let own = std::fs::File::open("/proc/self/exe").ok().and_then(|f| {
+    let own = crate::procfs::open("/proc/self/exe").ok().and_then(|f| {
         let mut head = Vec::new();
         std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
         elf_interpreter(&head)

@@ -576,7 +576,7 @@ impl Enforcer {
         // The node's own tables (not per generation): what a later package upgrade or module
         // load changed is picked up by every reload.
         self.set_loaders(&loader_identities())?;
-        let devices = std::fs::read_to_string("/proc/devices").unwrap_or_default();
+        let devices = crate::procfs::read_to_string("/proc/devices").unwrap_or_default();
         self.set_raw_devices(&raw_device_majors(&devices))?;
         // Both slots known (after a restart: one walk of the tables).
         self.learn()?;

@@ -173,7 +173,7 @@ const ABSTRACT_RESCAN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The runtime servers' abstract names listening now ([`runtime_abstract_names`]).
 fn listening_abstract_names() -> BTreeSet<String> {
-    runtime_abstract_names(&std::fs::read_to_string("/proc/net/unix").unwrap_or_default())
+    runtime_abstract_names(&crate::procfs::read_to_string("/proc/net/unix").unwrap_or_default())
 }
 
 /// The abstract names of runtime servers: the X displays' whatever listens, and the listening

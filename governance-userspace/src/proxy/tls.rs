@@ -646,7 +646,7 @@ fn create(
         path: dir.to_owned(),
         source,
     })?;
-    let hostname = fs::read_to_string("/proc/sys/kernel/hostname")
+    let hostname = crate::procfs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default();
     let hostname = if hostname.is_empty() {

@@ -23,6 +23,16 @@
 //!   submits it (`IORING_SETUP_SQPOLL`), io_uring `SPLICE` from a pipe, a Linux AIO `PWRITE`,
 //!   and `sendmmsg`. Prints
 //!   `FD WAY OUTCOME` lines (`ok`, `EPERM` or `errno N`).
+//! - `lease-then-join PROCS ADDR`: take a write lease on its own `/proc/self/status` (before
+//!   it is an agent: agents are refused leases), move itself into the cgroup whose
+//!   `cgroup.procs` is PROCS, then make an explicit proxy request to ADDR (see `http-get`)
+//!   while holding the lease: the daemon's read of that file for the connection would wait for
+//!   the lease. Prints `lease ok` first.
+//! - `unix-serve PATH`: a Unix listener at PATH (what an agent would put at a control socket's
+//!   name); prints `listening`, then for the one connection it accepts, the bytes the client
+//!   sent (`got N bytes: ...`; 0 when the client hung up first) after answering a fake status.
+//! - `http-get ADDR`: one `GET http://example.invalid/` to the proxy at ADDR; prints the
+//!   answer's status line (or `closed`, or the error) and the seconds it took.
 
 use std::{
     ffi::CString,
@@ -35,7 +45,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | held-sends FD..."
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -242,8 +252,70 @@ fn main() {
                 .collect();
             held_sends(&fds);
         }
+        ["lease-then-join", procs, addr] => {
+            // SAFETY: ignoring SIGIO (the lease break's signal) and a lease on our own file.
+            unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+            let f = std::fs::File::open("/proc/self/status").expect("/proc/self/status");
+            use std::os::fd::AsRawFd as _;
+            // SAFETY: fcntl on our own descriptor.
+            let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+            if r != 0 {
+                println!("lease failed: {}", std::io::Error::last_os_error());
+                std::process::exit(2);
+            }
+            println!("lease ok");
+            std::fs::write(procs, "0\n").expect("joining the cgroup");
+            http_get(addr);
+            drop(f);
+        }
+        ["http-get", addr] => http_get(addr),
+        ["unix-serve", path] => {
+            use std::io::{Read as _, Write as _};
+            let l = std::os::unix::net::UnixListener::bind(path).expect("binding");
+            println!("listening");
+            let (mut c, _) = l.accept().expect("accepting");
+            c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 512];
+            let n = c.read(&mut buf).unwrap_or(0);
+            let body = b"{\"generation\":1}";
+            let _ = c.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = c.write_all(body);
+            println!("got {n} bytes: {:?}", String::from_utf8_lossy(&buf[..n]));
+            let _ = std::fs::remove_file(path);
+        }
         _ => usage(),
     }
+}
+
+/// `GET http://example.invalid/` through the proxy at `addr`; print the status line (or how
+/// it ended) and the seconds it took.
+fn http_get(addr: &str) {
+    use std::io::{Read as _, Write as _};
+    let started = std::time::Instant::now();
+    let answer = (|| -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        s.write_all(b"GET http://example.invalid/ HTTP/1.1\r\nHost: example.invalid\r\nConnection: close\r\n\r\n")?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf)?;
+        Ok(if n == 0 {
+            "closed".into()
+        } else {
+            String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()
+        })
+    })()
+    .unwrap_or_else(|e| format!("error {e}"));
+    println!(
+        "answer {answer} after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A one-entry io_uring: one request submitted and completed at a time.
