@@ -657,7 +657,7 @@ pub const SCOPE_DEVICE: u32 = 3;
 /// letters it restricts: what its path rules say for a name no more specific rule covers (a
 /// rule on `/`, such as a sandbox profile's refusal of writes outside its writable
 /// directories, else the class's file default). A walk that finds no entry for such a letter
-/// takes this answer when a new name (link, rename), a new entry or a removal is judged: on
+/// takes this answer when a new name (link, rename), a removal or a truncate is judged: on
 /// the object's old name and on its new one alike, so that a name given where an allow rule's
 /// directory is cannot loosen what the object's old place refused. Opens are decided by their
 /// path, which says the same, and do not read it.
