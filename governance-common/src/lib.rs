@@ -691,6 +691,21 @@ pub const SCOPE_BELOW: u32 = 1;
 pub const SCOPE_HOLDS: u32 = 2;
 /// [`IdentKey::scope`]: a device's marker (`ino` 0), see [`IdentKey`].
 pub const SCOPE_DEVICE: u32 = 3;
+/// [`IdentKey::scope`]: a class's answer outside every entry (`dev` 0, `ino` 0), for the
+/// letters it restricts: what its path rules say for a name no more specific rule covers (a
+/// rule on `/`, such as a sandbox profile's refusal of writes outside its writable
+/// directories, else the class's file default). A walk that finds no entry for such a letter
+/// takes this answer when a new name (link, rename), a removal or a truncate is judged: on
+/// the object's old name and on its new one alike, so that a name given where an allow rule's
+/// directory is cannot loosen what the object's old place refused. Opens are decided by their
+/// path, which says the same, and do not read it.
+pub const SCOPE_FILL: u32 = 4;
+/// The rule id of a [`SCOPE_FILL`] answer that is the class's file default (reported as the
+/// default posture).
+pub const FILL_DEFAULT: u32 = 0x7fff_fffe;
+/// The rule id of a [`SCOPE_FILL`] answer that is a built-in rule on `/` (a sandbox profile's
+/// writable directories: reported as the built-in rule it is).
+pub const FILL_BUILTIN: u32 = 0x7fff_fffd;
 
 /// Key of [`maps::IDENT_RULES`]: a class and the identity of a file or directory a file rule
 /// named when the generation was loaded (device in the kernel `dev_t` encoding, as
@@ -720,7 +735,7 @@ pub struct IdentKey {
     pub class: u32,
     pub dev: u32,
     pub ino: u64,
-    /// [`SCOPE_SELF`], [`SCOPE_BELOW`], [`SCOPE_HOLDS`] or [`SCOPE_DEVICE`].
+    /// [`SCOPE_SELF`], [`SCOPE_BELOW`], [`SCOPE_HOLDS`], [`SCOPE_DEVICE`] or [`SCOPE_FILL`].
     pub scope: u32,
     pub _pad: u32,
 }

@@ -282,7 +282,7 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         .ptr(off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY))
         .and_then(|dentry| match device_letters(&agent.value, dentry)? {
             (letters, tables) if letters & asked != 0 => {
-                walk(0, tables, dentry, letters & asked).map(Some)
+                walk(0, tables, dentry, letters & asked, (0, 0)).map(Some)
             }
             _ => Ok(None),
         });

@@ -261,6 +261,16 @@ pub enum Attempt {
     UnixBind { path: CString },
     /// open(path, O_RDONLY), then fcntl(F_SETLEASE, kind) (F_RDLCK or F_WRLCK), SIGIO ignored.
     Lease { path: CString, kind: i32 },
+    /// First, when `trigger` is set, open(trigger, O_RDONLY) (a file rule with the sandbox
+    /// verdict marks the process); then a new name for `from` at `to`: `op` 0 link(2), 1
+    /// rename(2), 2 renameat2(RENAME_EXCHANGE), 3 linkat(2) of "/proc/self/fd/N" for an O_PATH
+    /// descriptor of `from` (AT_SYMLINK_FOLLOW).
+    NewName {
+        trigger: Option<CString>,
+        op: u8,
+        from: CString,
+        to: CString,
+    },
     /// shmat(id, NULL, SHM_RDONLY).
     ShmAttach { id: i32 },
     /// msgsnd(id, one byte, IPC_NOWAIT).
@@ -1106,6 +1116,47 @@ pub fn run_in_namespaces(
                 }
                 Attempt::Rename { from, to } => {
                     check(libc::rename(from.as_ptr(), to.as_ptr()).into());
+                }
+                Attempt::NewName {
+                    trigger,
+                    op,
+                    from,
+                    to,
+                } => {
+                    if let Some(trigger) = trigger
+                        && libc::open(trigger.as_ptr(), libc::O_RDONLY) < 0
+                    {
+                        libc::_exit(96);
+                    }
+                    let (from, to) = (from.as_ptr(), to.as_ptr());
+                    let r = match op {
+                        0 => libc::link(from, to).into(),
+                        1 => libc::rename(from, to).into(),
+                        2 => libc::syscall(
+                            libc::SYS_renameat2,
+                            libc::AT_FDCWD,
+                            from,
+                            libc::AT_FDCWD,
+                            to,
+                            libc::RENAME_EXCHANGE,
+                        ),
+                        _ => {
+                            let fd = libc::open(from, libc::O_PATH);
+                            if fd < 0 {
+                                libc::_exit(98);
+                            }
+                            proc_self_fd(&mut proc_fd, fd);
+                            libc::linkat(
+                                libc::AT_FDCWD,
+                                proc_fd.as_ptr().cast(),
+                                libc::AT_FDCWD,
+                                to,
+                                libc::AT_SYMLINK_FOLLOW,
+                            )
+                            .into()
+                        }
+                    };
+                    check(r);
                 }
                 Attempt::ShmAttach { id } => {
                     let at = libc::shmat(*id, std::ptr::null(), libc::SHM_RDONLY);

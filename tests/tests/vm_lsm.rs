@@ -7337,3 +7337,325 @@ fn a_sandboxed_process_may_not_write_files_it_held() {
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{ev:?}");
     assert_eq!(ev.detail & 2, 2, "a write: {ev:?}");
 }
+
+/// A new name (`Attempt::NewName`) refused in `fx`'s agent with EPERM and a `Kind::Link`
+/// record for `op` (`cause`, no rule number: the default, or the sandbox profile's built-in),
+/// leaving `unchanged` as it was and `absent` absent.
+#[allow(clippy::too_many_arguments)]
+fn denied_new_name(
+    k: &mut Loaded,
+    fx: &Fixture,
+    case: &str,
+    attempt: &Attempt,
+    op: u8,
+    cause: Cause,
+    sandboxed: bool,
+    absent: &Path,
+) {
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+    let ev = k.event_where(|e| {
+        e.tgid == pid && e.flags & flags::DENIED != 0 && Kind::from_u8(e.kind) == Some(Kind::Link)
+    });
+    assert_eq!(ev.detail, op, "{case}: link or rename");
+    assert_eq!(Cause::from_u8(ev.cause), Some(cause), "{case}: cause");
+    assert_eq!(
+        governance_common::id_number(ev.rule_id),
+        0,
+        "{case}: no rule number"
+    );
+    assert_eq!(
+        ev.flags & flags::SANDBOXED != 0,
+        sandboxed,
+        "{case}: sandboxed flag"
+    );
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+    assert!(!absent.exists(), "{case}: {} made", absent.display());
+    println!("redteam: denied {case}");
+}
+
+/// A new name that must pass in `fx`'s agent.
+fn allowed_new_name(fx: &Fixture, case: &str, attempt: &Attempt) {
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: allowed in the agent");
+}
+
+fn new_name(trigger: Option<&Path>, op: u8, from: &Path, to: &Path) -> Attempt {
+    Attempt::NewName {
+        trigger: trigger.map(cstr),
+        op,
+        from: cstr(from),
+        to: cstr(to),
+    }
+}
+
+/// Red team round 4, F2: a sandbox profile's writable directories are a path rule (writes
+/// refused below `/`, allowed below each writable directory), which the kernel decides by the
+/// path an open names. A new name may not carry an object from outside the writable
+/// directories into them (a hard link, a rename of a directory above it, linkat through
+/// /proc/self/fd, RENAME_EXCHANGE), nor create a name outside them (a rename out): each
+/// refused with the profile's built-in rule. Inside them, links and renames work; the same
+/// operations by the agent when it is not sandboxed work.
+#[test]
+fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
+    require_root();
+    let fx = Fixture::new("sbnames");
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: sbnames\n\
+         agents: {{ cgroup: {agent} }}\n\
+         sandbox_profiles:\n\
+         \x20 jail: {{ network: none, writable: [{d}/scratch] }}\n\
+         rules:\n\
+         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n",
+        agent = fx.agent.rel.display(),
+    ));
+    k.require("inode_link");
+    k.require("inode_rename");
+    std::fs::write(fx.p("jail"), "").unwrap();
+    std::fs::write(fx.p("victim.txt"), "original\n").unwrap();
+    std::fs::create_dir_all(fx.p("workspace")).unwrap();
+    std::fs::write(fx.p("workspace/main.py"), "print(1)\n").unwrap();
+    std::fs::create_dir_all(fx.p("scratch/sub")).unwrap();
+    std::fs::write(fx.p("scratch/dropper.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::write(fx.p("scratch/a.txt"), "a").unwrap();
+    let jail = fx.p("jail");
+    let sb = Some(jail.as_path());
+    let (link, rename, exchange, fd_link) = (0, 1, 2, 3);
+    let (link_op, rename_op) = (
+        governance_common::LINK_OP_LINK,
+        governance_common::LINK_OP_RENAME,
+    );
+    for (case, op, from, to, record, absent) in [
+        (
+            "F2 a sandboxed process hard-links a file from outside into its writable directory",
+            link,
+            "victim.txt",
+            "scratch/v",
+            link_op,
+            "scratch/v",
+        ),
+        (
+            "F2 a sandboxed process links a file from outside in through /proc/self/fd",
+            fd_link,
+            "victim.txt",
+            "scratch/v2",
+            link_op,
+            "scratch/v2",
+        ),
+        (
+            "F2 a sandboxed process renames a directory from outside into its writable directory",
+            rename,
+            "workspace",
+            "scratch/ws",
+            rename_op,
+            "scratch/ws",
+        ),
+        (
+            "F2 a sandboxed process renames a file out of its writable directory",
+            rename,
+            "scratch/dropper.sh",
+            "dropped.sh",
+            rename_op,
+            "dropped.sh",
+        ),
+        (
+            "F2 a sandboxed process hard-links a file outside to a new name outside",
+            link,
+            "victim.txt",
+            "victim-2.txt",
+            link_op,
+            "victim-2.txt",
+        ),
+        (
+            "F2 a sandboxed process exchanges a file of its writable directory with one outside",
+            exchange,
+            "scratch/a.txt",
+            "victim.txt",
+            rename_op,
+            "scratch/nothing",
+        ),
+    ] {
+        denied_new_name(
+            &mut k,
+            &fx,
+            case,
+            &new_name(sb, op, &fx.p(from), &fx.p(to)),
+            record,
+            Cause::Rule,
+            true,
+            &fx.p(absent),
+        );
+        // The control: the agent, not sandboxed, may (and each goes back).
+        allowed_new_name(&fx, case, &new_name(None, op, &fx.p(from), &fx.p(to)));
+        match op {
+            0 | 3 => std::fs::remove_file(fx.p(to)).unwrap(),
+            _ => allowed_new_name(&fx, case, &new_name(None, op, &fx.p(to), &fx.p(from))),
+        }
+        println!("redteam: control {case}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(fx.p("victim.txt")).unwrap(),
+        "original\n"
+    );
+    assert_eq!(std::fs::read_to_string(fx.p("scratch/a.txt")).unwrap(), "a");
+    assert!(fx.p("workspace/main.py").exists() && fx.p("scratch/dropper.sh").exists());
+    // Inside the writable directory the sandboxed process names what it likes.
+    for (case, op, from, to) in [
+        (
+            "link inside scratch",
+            link,
+            "scratch/a.txt",
+            "scratch/sub/b",
+        ),
+        (
+            "rename inside scratch",
+            rename,
+            "scratch/sub/b",
+            "scratch/c",
+        ),
+        (
+            "rename a directory inside scratch",
+            rename,
+            "scratch/sub",
+            "scratch/sub2",
+        ),
+        (
+            "exchange inside scratch",
+            exchange,
+            "scratch/c",
+            "scratch/dropper.sh",
+        ),
+    ] {
+        allowed_new_name(&fx, case, &new_name(sb, op, &fx.p(from), &fx.p(to)));
+    }
+    assert_eq!(
+        std::fs::read_to_string(fx.p("scratch/dropper.sh")).unwrap(),
+        "a"
+    );
+}
+
+/// Red team round 4, F3: an agent whose files are an allowlist (`defaults: { file: block }`)
+/// may not give an object the default refuses a name below an allowed directory: a hard link
+/// (also through /proc/self/fd), a rename of the file or of its directory, RENAME_EXCHANGE.
+/// Each is refused as the default. Within the allowed directory links and renames work; outside
+/// the agent all of them work.
+#[test]
+fn a_file_allowlist_agent_may_not_name_blocked_objects_into_allowed_directories() {
+    require_root();
+    let fx = Fixture::new("allownames");
+    // Before the load: an allowed directory's identity is what the new names are judged by.
+    std::fs::create_dir_all(fx.p("private")).unwrap();
+    std::fs::write(fx.p("private/db.txt"), "customer-db\n").unwrap();
+    std::fs::create_dir_all(fx.p("work/sub")).unwrap();
+    std::fs::write(fx.p("work/mine.txt"), "mine").unwrap();
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: allownames\n\
+         agents: {{ cgroup: {agent} }}\n\
+         defaults: {{ file: block }}\n\
+         rules:\n\
+         \x20 - {{ id: work, file: {{ prefix: {d}/work }}, verdict: allow, reason: the workspace }}\n",
+        agent = fx.agent.rel.display(),
+    ));
+    k.require("inode_link");
+    k.require("inode_rename");
+    let (link, rename, exchange, fd_link) = (0, 1, 2, 3);
+    let (link_op, rename_op) = (
+        governance_common::LINK_OP_LINK,
+        governance_common::LINK_OP_RENAME,
+    );
+    // The default refuses the open.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&fx.p("private/db.txt"), libc::O_RDONLY),
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "the default refuses");
+    for (case, op, from, to, record, absent) in [
+        (
+            "F3 a file-allowlist agent hard-links a blocked file into an allowed directory",
+            link,
+            "private/db.txt",
+            "work/x",
+            link_op,
+            "work/x",
+        ),
+        (
+            "F3 a file-allowlist agent links a blocked file in through /proc/self/fd",
+            fd_link,
+            "private/db.txt",
+            "work/x2",
+            link_op,
+            "work/x2",
+        ),
+        (
+            "F3 a file-allowlist agent renames a blocked file into an allowed directory",
+            rename,
+            "private/db.txt",
+            "work/db.txt",
+            rename_op,
+            "work/db.txt",
+        ),
+        (
+            "F3 a file-allowlist agent renames a blocked directory into an allowed directory",
+            rename,
+            "private",
+            "work/p",
+            rename_op,
+            "work/p",
+        ),
+        (
+            "F3 a file-allowlist agent exchanges an allowed file with a blocked one",
+            exchange,
+            "work/mine.txt",
+            "private/db.txt",
+            rename_op,
+            "work/nothing",
+        ),
+    ] {
+        let attempt = new_name(None, op, &fx.p(from), &fx.p(to));
+        denied_new_name(
+            &mut k,
+            &fx,
+            case,
+            &attempt,
+            record,
+            Cause::Default,
+            false,
+            &fx.p(absent),
+        );
+        // The control: outside the agent (and each goes back).
+        let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+        match op {
+            0 | 3 => std::fs::remove_file(fx.p(to)).unwrap(),
+            _ => {
+                let back = new_name(None, op, &fx.p(to), &fx.p(from));
+                let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &back);
+                assert_eq!(outcome, Outcome::Exited(0), "{case}: back");
+            }
+        }
+        println!("redteam: control {case}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(fx.p("private/db.txt")).unwrap(),
+        "customer-db\n"
+    );
+    // Within the allowed directory the agent names what it likes.
+    for (case, op, from, to) in [
+        ("link inside work", link, "work/mine.txt", "work/sub/link"),
+        ("rename inside work", rename, "work/sub/link", "work/moved"),
+        (
+            "rename a directory inside work",
+            rename,
+            "work/sub",
+            "work/sub2",
+        ),
+        ("exchange inside work", exchange, "work/moved", "work/sub2"),
+    ] {
+        allowed_new_name(&fx, case, &new_name(None, op, &fx.p(from), &fx.p(to)));
+    }
+}

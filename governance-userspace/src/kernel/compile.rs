@@ -30,9 +30,9 @@ use std::{
 };
 
 use governance_common::{
-    AgentValue, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS, NO_RULE, NetEntry, PATH_MAX,
-    RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_HOLDS, SCOPE_SELF, Throttle,
-    Verdict as KVerdict, access, allow, class_id, proto,
+    AgentValue, FILL_BUILTIN, FILL_DEFAULT, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS,
+    NO_RULE, NetEntry, PATH_MAX, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_FILL,
+    SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access, allow, class_id, proto,
 };
 
 use crate::{

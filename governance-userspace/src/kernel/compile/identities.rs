@@ -362,7 +362,11 @@ impl Identities {
                 *m |= restricts(r);
             }
         }
-        if !restricted.contains(&true) {
+        // The class's answer outside every entry, for the letters it restricts (see
+        // governance_common::SCOPE_FILL): a new name is judged with it on both sides.
+        let fill = fill_of(c);
+        let filled = fill.iter().any(has);
+        if !restricted.contains(&true) && !filled {
             // Nothing restricts: the answers could never change a decision; the kernel skips
             // the walk for this class.
             c.idents.clear();
@@ -383,11 +387,43 @@ impl Identities {
             }
         }
         for (dev, marker) in markers {
-            if marker.rules.iter().any(has) {
+            // With a fill, every device the class has entries on is judged (for the letters
+            // of the fill) even when no entry there restricts: its allow entries are what a
+            // new name must not reach from outside them.
+            if filled || marker.rules.iter().any(has) {
                 c.idents.insert((dev, 0, SCOPE_DEVICE), marker);
             }
         }
+        if filled {
+            c.idents
+                .insert((0, 0, SCOPE_FILL), IdentValue { rules: fill });
+        }
     }
+}
+
+/// A class's [`SCOPE_FILL`] answer, per letter of [`IDENT_LETTERS`]: what its path rules say
+/// for a name only `/` covers (a rule on `/`, else the file default), where that restricts.
+/// Reported as the rule on `/`, or as the built-in or the default it is ([`FILL_BUILTIN`],
+/// [`FILL_DEFAULT`]).
+pub(super) fn fill_of(c: &Class) -> [RulePair; 4] {
+    IDENT_LETTERS.map(|l| {
+        let (rule, default) = match answer(c, l, b"/").filter(|p| p.enforce.present != 0) {
+            Some(p) => (p.enforce, false),
+            None => (c.value.file_default.enforce, true),
+        };
+        if rule.present == 0 || rule.verdict == KVerdict::Allow as u8 {
+            return RulePair::default();
+        }
+        let rule_id = match (default, rule.rule_id) {
+            (true, _) => FILL_DEFAULT,
+            (false, NO_RULE) => FILL_BUILTIN,
+            (false, id) => id,
+        };
+        RulePair {
+            enforce: RuleRef { rule_id, ..rule },
+            shadow: RuleRef::default(),
+        }
+    })
 }
 
 impl Drop for Identities {

@@ -1350,3 +1350,59 @@ fn profiles_whose_marks_collide_are_refused() {
         k.errors
     );
 }
+
+/// Red team round 4 (F2, F3): a class whose path rules restrict a letter outside every more
+/// specific rule (its file default, or a sandbox profile's refusal of writes below `/`) has
+/// that answer as its fill, and a marker on every device it has entries on, so that a new name
+/// is judged on that device (see governance_common::SCOPE_FILL).
+#[test]
+fn restrictive_defaults_and_sandbox_profiles_have_a_fill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    for sub in ["work", "scratch"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\ndefaults: {{ file: block }}\n\
+             sandbox_profiles:\n  jail: {{ network: none, writable: [{ds}/scratch] }}\n\
+             rules:\n\
+             \x20 - {{ id: work, file: {{ prefix: {ds}/work }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: sb, exec: {{ path: /bin/true }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let none = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![],
+        no_access: vec![],
+    };
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+    assert!(k.errors.is_empty(), "{k:?}");
+    let here = ident(&d).0;
+    let b = KVerdict::Block as u8;
+    let fill = |c: &Class| {
+        c.idents.get(&(0, 0, SCOPE_FILL)).map(|v| {
+            v.rules
+                .map(|r| (r.enforce.present != 0).then_some((r.enforce.rule_id, r.enforce.verdict)))
+        })
+    };
+    // The agent: every letter is the default's.
+    let agent = &k.classes[0];
+    assert_eq!(fill(agent), Some([Some((FILL_DEFAULT, b)); 4]));
+    assert!(agent.idents.contains_key(&(here, 0, SCOPE_DEVICE)));
+    // Its profile: writes are the built-in rule on `/`; reads the agent's default.
+    let profile = &k.classes[1];
+    assert_eq!(
+        fill(profile),
+        Some([
+            Some((FILL_DEFAULT, b)),
+            Some((FILL_BUILTIN, b)),
+            Some((FILL_BUILTIN, b)),
+            Some((FILL_BUILTIN, b))
+        ])
+    );
+    assert!(profile.idents.contains_key(&(here, 0, SCOPE_DEVICE)));
+}
