@@ -67,7 +67,11 @@ fn build() -> Result<(), String> {
             "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f\
              -Clink-arg=--disable-expand-memcpy-in-order"
         ),
-    );
+    )
+    // The workspace's release profile is the daemon's (whole-program LTO); the eBPF object is
+    // linked by bpf-linker as it always was.
+    .env("CARGO_PROFILE_RELEASE_LTO", "false")
+    .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
     // The outer build's compiler settings must not leak into the nightly build.
     for key in [
         "RUSTC",
