@@ -500,8 +500,8 @@ fn names_method_field(bytes: &[u8]) -> bool {
     if plain.contains("_method") {
         return true;
     }
-    let unfolded = plain.replace("\r\n ", " ").replace("\r\n\t", " ");
-    let unfolded = unfolded.replace("\n ", " ").replace("\n\t", " ");
+    // A `\r` left inside an unfolded line is trimmed with the parameter it precedes.
+    let unfolded = plain.replace("\n ", " ").replace("\n\t", " ");
     unfolded.lines().any(|l| {
         let Some(params) = l.trim_start().strip_prefix("content-disposition:") else {
             return false;
