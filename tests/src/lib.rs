@@ -234,7 +234,7 @@ pub enum Attempt {
     /// `fioasync`, else `fcntl(F_SETFL, O_ASYNC)`: the terminal makes its foreground group the
     /// file's owner), then "x\n" written to `master` (an inherited descriptor of the pty's
     /// master), which a kworker delivers to the slave: its SIGIO goes to that group. The
-    /// descriptor is held until the input is readable (the signal was tried), then exit 0.
+    /// descriptor is held for a second (closing it turns the notification off), then exit 0.
     TtySigio {
         slave: CString,
         master: i32,
@@ -1032,17 +1032,11 @@ pub fn run_in_namespaces(
                     if libc::write(*master, b"x\n".as_ptr().cast(), 2) != 2 {
                         libc::_exit(97);
                     }
-                    // Hold the descriptor (closing it turns the notification off) until the
-                    // line discipline has the input: it raises SIGIO (`kill_fasync`) before
-                    // it wakes readers, so readable means the signal was tried. 20 s deadline.
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
+                    let t = libc::timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
                     };
-                    if libc::poll(&mut pfd, 1, 20_000) != 1 {
-                        libc::_exit(96);
-                    }
+                    libc::nanosleep(&t, std::ptr::null_mut());
                 }
                 Attempt::SelfSigio { ptmx } => {
                     let mut set: libc::sigset_t = std::mem::zeroed();
