@@ -229,12 +229,13 @@ pub enum Attempt {
     Ioctl { path: CString, cmd: u64, byte: u8 },
     /// fcntl(pipe's read end, F_SETOWN, pid); pid 0 means the process itself.
     SetOwn { pid: i32 },
-    /// The red team's terminal SIGIO: fd = open(slave, O_RDWR | O_NOCTTY | O_NONBLOCK),
-    /// fcntl(fd, F_SETSIG, sig), then asynchronous notification on (`ioctl(FIOASYNC)` when
+    /// The red team's terminal SIGIO: fd = open(slave, O_RDWR | O_NOCTTY | O_NONBLOCK), its
+    /// input flushed (`tcflush(TCIFLUSH)`), fcntl(fd, F_SETSIG, sig), then asynchronous notification on (`ioctl(FIOASYNC)` when
     /// `fioasync`, else `fcntl(F_SETFL, O_ASYNC)`: the terminal makes its foreground group the
     /// file's owner), then "x\n" written to `master` (an inherited descriptor of the pty's
     /// master), which a kworker delivers to the slave: its SIGIO goes to that group. The
-    /// descriptor is held for a second (closing it turns the notification off), then exit 0.
+    /// descriptor is held until the input is readable and the line discipline is done with it
+    /// (the signal was tried; a second flush), then exit 0; 96 when no input came in 20 s.
     TtySigio {
         slave: CString,
         master: i32,
@@ -1020,6 +1021,8 @@ pub fn run_in_namespaces(
                     if fd < 0 {
                         libc::_exit(98);
                     }
+                    // A readable terminal below must mean this attempt's own input.
+                    check(libc::tcflush(fd, libc::TCIFLUSH).into());
                     // F_SETSIG (10): not in the libc crate for glibc.
                     check(libc::fcntl(fd, 10, *sig).into());
                     if *fioasync {
@@ -1032,11 +1035,22 @@ pub fn run_in_namespaces(
                     if libc::write(*master, b"x\n".as_ptr().cast(), 2) != 2 {
                         libc::_exit(97);
                     }
-                    let t = libc::timespec {
-                        tv_sec: 1,
-                        tv_nsec: 0,
+                    // Hold the descriptor (closing it turns the notification off) until the
+                    // line discipline has the input: it raises SIGIO (`kill_fasync`) before
+                    // it wakes readers, so readable means the signal was tried. 20 s deadline.
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
                     };
-                    libc::nanosleep(&t, std::ptr::null_mut());
+                    if libc::poll(&mut pfd, 1, 20_000) != 1 {
+                        libc::_exit(96);
+                    }
+                    // The input is visible before `kill_fasync` runs, and a flush waits for
+                    // the line discipline's receive to end (its termios lock, taken for
+                    // writing): past it, the signal was tried. It also leaves the terminal
+                    // empty for the next attempt.
+                    check(libc::tcflush(fd, libc::TCIFLUSH).into());
                 }
                 Attempt::SelfSigio { ptmx } => {
                     let mut set: libc::sigset_t = std::mem::zeroed();

@@ -1893,15 +1893,11 @@ fn proc_state(pid: u32) -> char {
         .unwrap_or('-')
 }
 
-/// Whether `child` ended (killed) or stopped within 5 s.
+/// Whether `child` ended (killed) or stopped within 20 s.
 fn killed_or_stopped(child: &mut std::process::Child) -> bool {
-    for _ in 0..50 {
-        if child.try_wait().unwrap().is_some() || proc_state(child.id()) == 'T' {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    governance_tests::poll_until(Duration::from_secs(20), || {
+        child.try_wait().unwrap().is_some() || proc_state(child.id()) == 'T'
+    })
 }
 
 /// The red team's terminal SIGIO (round 4): an agent opens a terminal whose foreground group is
@@ -1927,8 +1923,9 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
     }
     let (master, slave) = pty();
     let mut victim = tty_foreground(&slave);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(proc_state(victim.id()), 'S', "the victim sleeps");
+    governance_tests::wait_until("the victim to sleep", Duration::from_secs(20), || {
+        proc_state(victim.id()) == 'S'
+    });
     for (case, fioasync, sig) in [
         (
             "36 SIGKILL through a terminal's SIGIO owner (O_ASYNC)",
@@ -1976,8 +1973,8 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
         println!("redteam: denied {case}");
         // The control: the same from outside the agent, on a terminal of its own.
         let (m, s) = pty();
+        // `spawn` returns after the exec: it holds the terminal by then.
         let mut own = tty_foreground(&s);
-        std::thread::sleep(Duration::from_millis(300));
         let attempt = Attempt::TtySigio {
             slave: s,
             master: m,
