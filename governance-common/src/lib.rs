@@ -202,7 +202,7 @@ pub enum Kind {
     /// it, an unlink or truncate of such an object, or a new entry made without an open where
     /// creating is refused ([`Event::detail`]: [`LINK_OP_LINK`], [`LINK_OP_RENAME`],
     /// [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`], [`LINK_OP_SYMLINK`], [`LINK_OP_MKDIR`],
-    /// [`LINK_OP_MKNOD`]).
+    /// [`LINK_OP_MKNOD`], [`LINK_OP_RMDIR`]).
     Link = 16,
 }
 
@@ -220,6 +220,8 @@ pub const LINK_OP_SYMLINK: u8 = 5;
 pub const LINK_OP_MKDIR: u8 = 6;
 /// [`Kind::Link`] detail: a device node, FIFO, socket or empty file made there by mknod(2).
 pub const LINK_OP_MKNOD: u8 = 7;
+/// [`Kind::Link`] detail: a directory removed, as an unlink is decided.
+pub const LINK_OP_RMDIR: u8 = 8;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {

@@ -138,6 +138,7 @@ pub const MKNOD: Program = lsm(
     "inode_mknod",
     "device nodes, FIFOs where creating is refused",
 );
+pub const RMDIR: Program = lsm("inode_rmdir", "removing protected directories");
 pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
 pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
 pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
@@ -208,7 +209,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 66] = [
+pub const ALL: [Program; 67] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -269,6 +270,7 @@ pub const ALL: [Program; 66] = [
     SYMLINK,
     MKDIR,
     MKNOD,
+    RMDIR,
     KEY_ALLOC,
     KEY_PERMISSION,
     KEY_FREE,

@@ -17,9 +17,9 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentValue, Cause, FILL_BUILTIN, FILL_DEFAULT, IDENT_FILTER_WORDS, IdentKey, IdentValue, Kind,
-    LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME, LINK_OP_SYMLINK, LINK_OP_TRUNCATE,
-    LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE,
-    SCOPE_FILL, SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit,
+    LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME, LINK_OP_RMDIR, LINK_OP_SYMLINK,
+    LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW,
+    SCOPE_DEVICE, SCOPE_FILL, SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit,
     sequence::MAX_SEQ_RULES,
 };
 
@@ -986,22 +986,40 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 /// anywhere: a symlink in a unit directory is how a service is enabled, one at a preload list
 /// makes the loader read a file of the agent's), a directory, or what mknod(2) makes. A create
 /// in its directory: refused where the identity rules of the directories above it refuse
-/// creating (one walk, from the new entry's directory).
+/// creating (one walk, from the new entry's directory), or, where no entry answers, the class's
+/// fill does (a sandboxed process's new entry outside its writable directories).
 #[inline(always)]
 fn new_entry(dentry: Btf, op: u8) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let (want, tables) = match device_letters(&agent.value, dentry) {
-        Ok((letters, tables)) => (letters & 4, tables),
-        Err(cause) => return refuse(&agent, Err(cause), dentry, 0, op),
-    };
-    if want == 0 {
-        return 0;
+    match judge_new_entry(&agent.value, dentry) {
+        0 => 0,
+        judged if judged & JUDGED_FAILED != 0 => {
+            let cause = Cause::from_u8(judged as u8).unwrap_or(Cause::Unreadable);
+            refuse_new_entry(&agent, Err(cause), dentry, op)
+        }
+        judged => refuse_new_entry(&agent, Ok(judged as u32), dentry, op),
     }
+}
+
+/// A judgement that failed (`JUDGED_FAILED | cause`), beside 0 and `REFUSE | rule_id`.
+const JUDGED_FAILED: u64 = 1 << 33;
+
+/// `new_entry`'s judgement: 0, `REFUSE | rule_id`, or `JUDGED_FAILED | cause`. In a frame of
+/// its own, as is the refusal: inlined, the program's frame (408 bytes in inode_symlink) with
+/// the walk's callback and its callee below it came to 544, over the verifier's 512 for a chain
+/// of calls.
+#[inline(never)]
+fn judge_new_entry(value: &AgentValue, dentry: Btf) -> u64 {
     let judged = (|| -> Result<u64, Cause> {
+        let (letters, fill, tables) = name_letters(value, dentry)?;
+        let want = letters & 4;
+        if want == 0 {
+            return Ok(0);
+        }
         scratch(1)?;
-        walk_up(1, tables, dentry, dentry, want, (0, 0))?;
+        walk_up(1, tables, dentry, dentry, want, (fill & 4, value.class))?;
         let dir = answer(1)?;
         Ok(if restricted(dir) & 4 != 0 {
             first_rule(dir, 4)
@@ -1010,10 +1028,15 @@ fn new_entry(dentry: Btf, op: u8) -> i32 {
         })
     })();
     match judged {
-        Ok(0) => 0,
-        // The new entry has no object yet.
-        judged => refuse(&agent, judged.map(|r| r as u32), dentry, 0, op),
+        Ok(judged) => judged,
+        Err(cause) => JUDGED_FAILED | cause as u64,
     }
+}
+
+/// `refuse` for a new entry, which has no object yet.
+#[inline(never)]
+fn refuse_new_entry(agent: &Agent, judged: Result<u32, Cause>, dentry: Btf, op: u8) -> i32 {
+    refuse(agent, judged, dentry, 0, op)
 }
 
 #[lsm(hook = "inode_symlink")]
@@ -1044,4 +1067,16 @@ pub fn inode_mknod(ctx: LsmContext) -> i32 {
         return previous;
     }
     new_entry(Btf::arg(&ctx, 1), LINK_OP_MKNOD)
+}
+
+/// Removing a directory (empty: what a rule names, or a directory below a protected one),
+/// decided as an unlink is.
+#[lsm(hook = "inode_rmdir")]
+pub fn inode_rmdir(ctx: LsmContext) -> i32 {
+    // int inode_rmdir(struct inode *dir, struct dentry *dentry)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    changed_in_place(Btf::arg(&ctx, 1), false, LINK_OP_RMDIR)
 }

@@ -265,7 +265,8 @@ pub enum Attempt {
     /// First, when `trigger` is set, open(trigger, O_RDONLY) (a file rule with the sandbox
     /// verdict marks the process); then a new name for `from` at `to`: `op` 0 link(2), 1
     /// rename(2), 2 renameat2(RENAME_EXCHANGE), 3 linkat(2) of "/proc/self/fd/N" for an O_PATH
-    /// descriptor of `from` (AT_SYMLINK_FOLLOW).
+    /// descriptor of `from` (AT_SYMLINK_FOLLOW); or a new entry or a removal: 4 symlink(from,
+    /// to), 5 mkdir(to), 6 mknod(to, a FIFO), 7 rmdir(from).
     NewName {
         trigger: Option<CString>,
         op: u8,
@@ -1154,6 +1155,10 @@ pub fn run_in_namespaces(
                             to,
                             libc::RENAME_EXCHANGE,
                         ),
+                        4 => libc::symlink(from, to).into(),
+                        5 => libc::mkdir(to, 0o755).into(),
+                        6 => libc::mknod(to, libc::S_IFIFO | 0o600, 0).into(),
+                        7 => libc::rmdir(from).into(),
                         _ => {
                             let fd = libc::open(from, libc::O_PATH);
                             if fd < 0 {

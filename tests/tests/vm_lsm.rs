@@ -5058,6 +5058,7 @@ fn system_files_are_refused() {
     let reset = || {
         std::fs::write(conf, "setting\n").unwrap();
         std::fs::write(job, "* * * * * root /gov-rt-src/x\n").unwrap();
+        let _ = std::fs::create_dir("/etc/cron.d/gov-rt-empty");
     };
     reset();
     let mut k = fx.load("");
@@ -5071,6 +5072,7 @@ fn system_files_are_refused() {
         "inode_rename",
         "unlink_protected",
         "path_truncate",
+        "inode_rmdir",
     ] {
         k.require(hook);
     }
@@ -5269,6 +5271,18 @@ fn system_files_are_refused() {
             Attempt::Unlink { path: cstr(conf) },
             Kind::Link,
             Some(governance_common::LINK_OP_UNLINK),
+            "",
+        ),
+        (
+            "R5 an empty directory removed from /etc/cron.d",
+            new_name(
+                None,
+                7,
+                Path::new("/etc/cron.d/gov-rt-empty"),
+                Path::new("/"),
+            ),
+            Kind::Link,
+            Some(governance_common::LINK_OP_RMDIR),
             "",
         ),
     ];
@@ -7392,8 +7406,9 @@ fn new_name(trigger: Option<&Path>, op: u8, from: &Path, to: &Path) -> Attempt {
 /// path an open names. A new name may not carry an object from outside the writable
 /// directories into them (a hard link, a rename of a directory above it, linkat through
 /// /proc/self/fd, RENAME_EXCHANGE), nor create a name outside them (a rename out): each
-/// refused with the profile's built-in rule. Inside them, links and renames work; the same
-/// operations by the agent when it is not sandboxed work.
+/// refused with the profile's built-in rule. Nor may it make a symlink, a directory or a FIFO
+/// outside them, or remove a directory there (round 5). Inside them, all of these work; the
+/// same operations by the agent when it is not sandboxed work.
 #[test]
 fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
     require_root();
@@ -7408,9 +7423,18 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
          \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n",
         agent = fx.agent.rel.display(),
     ));
-    k.require("inode_link");
-    k.require("inode_rename");
+    for hook in [
+        "inode_link",
+        "inode_rename",
+        "inode_symlink",
+        "inode_mkdir",
+        "inode_mknod",
+        "inode_rmdir",
+    ] {
+        k.require(hook);
+    }
     std::fs::write(fx.p("jail"), "").unwrap();
+    std::fs::create_dir_all(fx.p("empty")).unwrap();
     std::fs::write(fx.p("victim.txt"), "original\n").unwrap();
     std::fs::create_dir_all(fx.p("workspace")).unwrap();
     std::fs::write(fx.p("workspace/main.py"), "print(1)\n").unwrap();
@@ -7420,11 +7444,44 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
     let jail = fx.p("jail");
     let sb = Some(jail.as_path());
     let (link, rename, exchange, fd_link) = (0, 1, 2, 3);
+    let (symlink, mkdir, mkfifo, rmdir) = (4, 5, 6, 7);
     let (link_op, rename_op) = (
         governance_common::LINK_OP_LINK,
         governance_common::LINK_OP_RENAME,
     );
     for (case, op, from, to, record, absent) in [
+        (
+            "R5 a sandboxed process makes a symlink outside its writable directory",
+            symlink,
+            "scratch/a.txt",
+            "link-out",
+            governance_common::LINK_OP_SYMLINK,
+            "link-out",
+        ),
+        (
+            "R5 a sandboxed process makes a directory outside its writable directory",
+            mkdir,
+            "scratch",
+            "dir-out",
+            governance_common::LINK_OP_MKDIR,
+            "dir-out",
+        ),
+        (
+            "R5 a sandboxed process makes a FIFO outside its writable directory",
+            mkfifo,
+            "scratch",
+            "fifo-out",
+            governance_common::LINK_OP_MKNOD,
+            "fifo-out",
+        ),
+        (
+            "R5 a sandboxed process removes a directory outside its writable directory",
+            rmdir,
+            "empty",
+            "scratch",
+            governance_common::LINK_OP_RMDIR,
+            "scratch/nothing",
+        ),
         (
             "F2 a sandboxed process hard-links a file from outside into its writable directory",
             link,
@@ -7484,10 +7541,13 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
             true,
             &fx.p(absent),
         );
+        assert!(fx.p("empty").is_dir(), "{case}: the directory is gone");
         // The control: the agent, not sandboxed, may (and each goes back).
         allowed_new_name(&fx, case, &new_name(None, op, &fx.p(from), &fx.p(to)));
         match op {
-            0 | 3 => std::fs::remove_file(fx.p(to)).unwrap(),
+            0 | 3 | 4 | 6 => std::fs::remove_file(fx.p(to)).unwrap(),
+            5 => std::fs::remove_dir(fx.p(to)).unwrap(),
+            7 => std::fs::create_dir(fx.p(from)).unwrap(),
             _ => allowed_new_name(&fx, case, &new_name(None, op, &fx.p(to), &fx.p(from))),
         }
         println!("redteam: control {case}");
@@ -7524,6 +7584,10 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
             "scratch/c",
             "scratch/dropper.sh",
         ),
+        ("symlink inside scratch", symlink, "a.txt", "scratch/l"),
+        ("mkdir inside scratch", mkdir, "scratch", "scratch/d"),
+        ("mkfifo inside scratch", mkfifo, "scratch", "scratch/f"),
+        ("rmdir inside scratch", rmdir, "scratch/d", "scratch"),
     ] {
         allowed_new_name(&fx, case, &new_name(sb, op, &fx.p(from), &fx.p(to)));
     }

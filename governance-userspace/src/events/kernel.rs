@@ -497,6 +497,7 @@ impl Record {
                     governance_common::LINK_OP_SYMLINK => "symlink",
                     governance_common::LINK_OP_MKDIR => "mkdir",
                     governance_common::LINK_OP_MKNOD => "mknod",
+                    governance_common::LINK_OP_RMDIR => "rmdir",
                     _ => "?",
                 };
                 object.detail.insert("op".into(), op.into());
