@@ -391,7 +391,8 @@ fn run_refuses_without_lsm_unless_degraded_is_accepted() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The next decision line the daemon prints (policy and lifecycle lines are skipped).
+/// The next decision line the daemon prints (policy, lifecycle, approval and discovery lines are
+/// skipped).
 fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> String {
     loop {
         let mut line = String::new();
@@ -401,7 +402,9 @@ fn next_line(stdout: &mut std::io::BufReader<std::process::ChildStdout>) -> Stri
             "the daemon's stdout ended"
         );
         let head = line.split_whitespace().nth(1).unwrap_or("");
-        if !["LIFECYCLE", "POLICY", "APPROVAL"].contains(&head) {
+        // Discovery reports whatever else runs on the machine (an MCP server outside every
+        // agent): not this test's.
+        if !["LIFECYCLE", "POLICY", "APPROVAL", "DISCOVERY"].contains(&head) {
             return line;
         }
     }
