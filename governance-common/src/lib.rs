@@ -117,8 +117,10 @@ pub const MAX_IDENT_RULES: u32 = 262_144;
 pub const MAX_IDENT_DEPTH: u32 = 128;
 
 /// The layout of the runtime tables a handover carries from one build to the next
-/// ([`maps::SANDBOXED`] with [`maps::SANDBOX_ANY`], [`maps::SEQ_STATE`], [`maps::WRITTEN`],
-/// [`maps::GRANTS`], [`maps::BUCKETS`]) and of the [`Event`] records the new build reads from
+/// ([`maps::SANDBOXED`] with [`maps::SANDBOX_ANY`], [`maps::SANDBOX_FILES`],
+/// [`maps::SIGIO_OWNERS`] with [`maps::SIGIO_ANY`], [`maps::IPC_OWNERS`], [`maps::KEY_OWNERS`],
+/// [`maps::MQ_OWNERS`], [`maps::SEQ_STATE`], [`maps::WRITTEN`], [`maps::GRANTS`],
+/// [`maps::BUCKETS`]) and of the [`Event`] records the new build reads from
 /// the previous build's [`maps::EVENTS`]: their key and value types and what the values mean.
 /// Kept in [`maps::STATE`] at [`STATE_LAYOUT`]; a change to any of those types, or to how their
 /// values are computed, must bump it (and teach the handover the previous one).
@@ -1213,6 +1215,7 @@ impl CountKey {
     };
 }
 const _: () = assert!(core::mem::size_of::<CountKey>() == 24);
+const _: () = assert!(core::mem::size_of::<SigioOwner>() == 40 + COMM_LEN);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -1239,6 +1242,7 @@ mod pod {
     unsafe impl aya::Pod for super::IdentKey {}
     unsafe impl aya::Pod for super::IdentValue {}
     unsafe impl aya::Pod for super::CountKey {}
+    unsafe impl aya::Pod for super::SigioOwner {}
     unsafe impl aya::Pod for super::sequence::SeqList {}
     unsafe impl aya::Pod for super::sequence::SeqStateKey {}
     unsafe impl aya::Pod for super::sequence::SeqArmed {}

@@ -38,6 +38,14 @@ pub const SANDBOX_FILES: &str = "SANDBOX_FILES";
 /// (`F_SETSIG`); `file_send_sigiotask` refuses their SIGIO and SIGURG to any task outside that
 /// agent's subtree, `file_free_security` forgets the file.
 pub const SIGIO_OWNERS: &str = "SIGIO_OWNERS";
+/// Kernel address (u64) of a System V IPC object's `kern_ipc_perm` → the cgroup id (u64) of the
+/// agent root whose process made it (agents reach only their own; alloc adds, free removes).
+pub const IPC_OWNERS: &str = "IPC_OWNERS";
+/// Kernel address (u64) of a `struct key` → the agent root that made it (as [`IPC_OWNERS`]).
+pub const KEY_OWNERS: &str = "KEY_OWNERS";
+/// Kernel address (u64) of a POSIX message queue's inode → the agent root that made it (as
+/// [`IPC_OWNERS`]).
+pub const MQ_OWNERS: &str = "MQ_OWNERS";
 /// Array[1] of u32: 1 once any file was recorded in [`SIGIO_OWNERS`] (never cleared): until
 /// then, freeing a file does not look there.
 pub const SIGIO_ANY: &str = "SIGIO_ANY";
@@ -116,7 +124,7 @@ pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 pub const SEQ_ANY: &str = "SEQ_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 32] = [
+pub const ALL: [&str; 37] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -128,6 +136,11 @@ pub const ALL: [&str; 32] = [
     SANDBOXED,
     SANDBOX_ANY,
     SANDBOX_FILES,
+    SIGIO_OWNERS,
+    SIGIO_ANY,
+    IPC_OWNERS,
+    KEY_OWNERS,
+    MQ_OWNERS,
     PROTECTED,
     PROXY,
     ORIG_DST,

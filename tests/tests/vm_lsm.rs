@@ -1893,6 +1893,43 @@ fn proc_state(pid: u32) -> char {
         .unwrap_or('-')
 }
 
+/// Arms the terminal `argv[1]` for SIGIO with signal `argv[2]` (`F_SETSIG`, `O_ASYNC`: the
+/// terminal's foreground group becomes the file's owner), says `ready`, and holds it until its
+/// stdin ends.
+const ARM_SIGIO: &str = "import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+fcntl.fcntl(fd, 10, int(sys.argv[2]))
+fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+print('ready', flush=True)
+sys.stdin.read()
+";
+
+/// Input for the terminal `slave` (written to its `master`), waited for until the line
+/// discipline is done with it: readable, then a flush, which waits for the receive (and the
+/// SIGIO it raises) to end, and empties it.
+fn raise_tty_input(master: i32, slave: &std::ffi::CString) {
+    let fd = unsafe {
+        libc::open(
+            slave.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    };
+    assert!(fd >= 0, "open {slave:?}");
+    assert_eq!(unsafe { libc::write(master, b"x\n".as_ptr().cast(), 2) }, 2);
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    assert_eq!(
+        unsafe { libc::poll(&mut pfd, 1, 20_000) },
+        1,
+        "input on {slave:?}"
+    );
+    assert_eq!(unsafe { libc::tcflush(fd, libc::TCIFLUSH) }, 0);
+    unsafe { libc::close(fd) };
+}
+
 /// Whether `child` ended (killed) or stopped within 20 s.
 fn killed_or_stopped(child: &mut std::process::Child) -> bool {
     governance_tests::poll_until(Duration::from_secs(20), || {
@@ -5619,7 +5656,13 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
     let fx = Fixture::new("upgrade");
     let dir = fx.p("policies");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        fx.policy(
+            "  - { id: python, exec: { path: /usr/bin/python3 }, verdict: allow, reason: arms a terminal }\n",
+        ),
+    )
+    .unwrap();
     let pins = pin_dir("upgrade");
     let pins_arg = pins.to_str().unwrap().to_owned();
     let args = ["--no-create-cgroups", "--quiet", "--pins", &pins_arg];
@@ -5654,6 +5697,24 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
         Outcome::Errno(libc::EPERM),
         "a file the agent wrote, under the old build"
     );
+    // And a terminal the agent armed for SIGIO (SIGKILL, `F_SETSIG`) whose foreground group is
+    // outside it, held open across the upgrade; one armed from outside the agent, the control.
+    let armed = |cgroup: &Path, what: &str| {
+        let (master, slave) = pty();
+        let victim = tty_foreground(&slave);
+        governance_tests::wait_until("the victim to sleep", Duration::from_secs(20), || {
+            proc_state(victim.id()) == 'S'
+        });
+        let mut cmd = governance_tests::command_in(
+            Some(cgroup),
+            "/usr/bin/python3",
+            &["-c", ARM_SIGIO, slave.to_str().unwrap(), "9"],
+        );
+        let holder = governance_tests::spawn_ready(&mut cmd, what);
+        (master, slave, victim, holder)
+    };
+    let sigio = armed(&fx.agent.path, "the agent's armed terminal");
+    let sigio_control = armed(&fx.outsider.path, "the outsider's armed terminal");
     println!("redteam: tried {case}");
     let looper = AttemptLoop::start(
         &fx.agent.path,
@@ -5721,6 +5782,37 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
         "control: a file no agent wrote"
     );
     println!("redteam: control {carried}");
+    let carried = "R5 SIGKILL through a terminal the agent armed before a rolling upgrade";
+    println!("redteam: tried {carried}");
+    let (master, slave, mut victim, holder) = sigio;
+    raise_tty_input(master, &slave);
+    assert!(
+        seen.contains("1 files agents armed for SIGIO"),
+        "{carried}: the new build carried the armed file:\n{seen}"
+    );
+    // Refused in `file_send_sigiotask`, inside the flush: the victim was never signalled.
+    assert!(
+        victim.try_wait().unwrap().is_none() && proc_state(victim.id()) == 'S',
+        "{carried}: the victim outside the agent lives (state {})",
+        proc_state(victim.id())
+    );
+    println!("redteam: denied {carried}");
+    let (m, s, mut own, control_holder) = sigio_control;
+    raise_tty_input(m, &s);
+    assert!(
+        killed_or_stopped(&mut own),
+        "{carried}: the outsider's terminal kills its own foreground group"
+    );
+    println!("redteam: control {carried}");
+    drop((holder, control_holder));
+    for mut child in [victim, own] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    unsafe {
+        libc::close(master);
+        libc::close(m);
+    }
     // The new build reports a container's process end to end: its audit record of a denial
     // by the container's first process carries the node's pid and the pid inside (1).
     let c = Container::new(&fx.p("allowed"), &fx.p("tmp"), &[]);

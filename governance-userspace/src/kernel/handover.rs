@@ -4,7 +4,9 @@
 //! process would run under its agent's policy instead of its profile) and the files those
 //! processes opened for writing under their profiles, armed sequence rules,
 //! the files agents wrote (which an exec allowlist keeps from being mapped executable), approved
-//! grants and throttle buckets.
+//! grants and throttle buckets; and the kernel objects agents made or armed, by address: the
+//! files armed for SIGIO (whose signal to a process outside the agent is refused), and the
+//! System V IPC objects, keys and message queues an agent reaches because it made them.
 //!
 //! Both builds' programs run on every hook until the previous build's links go, so what the
 //! previous build records meanwhile is decided by both; the copy is made in that window, after
@@ -26,6 +28,10 @@ pub struct Carried {
     pub sandbox_files: usize,
     pub grants: usize,
     pub buckets: usize,
+    /// Files agents armed for SIGIO.
+    pub sigio_files: usize,
+    /// System V IPC objects, keys and message queues agents made.
+    pub owned_objects: usize,
     /// Tables not carried (a layout this build cannot read), for the operator.
     pub not_carried: Vec<&'static str>,
 }
@@ -34,14 +40,16 @@ impl fmt::Display for Carried {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} sandboxed processes ({} with a profile this build cannot tell, every action refused), {} files they opened for writing, {} armed sequence rules, {} files agents wrote, {} grants, {} throttle buckets",
+            "{} sandboxed processes ({} with a profile this build cannot tell, every action refused), {} files they opened for writing, {} armed sequence rules, {} files agents wrote, {} grants, {} throttle buckets, {} files agents armed for SIGIO, {} IPC objects, keys and message queues agents made",
             self.sandboxed,
             self.unknown_profiles,
             self.sandbox_files,
             self.sequences,
             self.written,
             self.grants,
-            self.buckets
+            self.buckets,
+            self.sigio_files,
+            self.owned_objects
         )?;
         if !self.not_carried.is_empty() {
             write!(
@@ -123,9 +131,22 @@ impl Enforcer {
         // The files the marked processes opened for writing under their profiles, with the
         // same marks; a build before this table has none to give (writes through those
         // descriptors are then refused: fail closed).
-        if known && old_pins.join(pins::MAPS).join(maps::SANDBOX_FILES).exists() {
-            let files: Vec<(u64, u32)> = entries(old_pins, maps::SANDBOX_FILES)?;
-            carried.sandbox_files = self.merge(maps::SANDBOX_FILES, &files, |_, _| false)?;
+        if known {
+            carried.sandbox_files = self.carry_objects::<u32>(old_pins, maps::SANDBOX_FILES)?;
+            // The flag first, as the kernel sets it: this build's `file_free_security` then
+            // forgets a carried file once it is freed.
+            if old_pins.join(pins::MAPS).join(maps::SIGIO_OWNERS).exists() {
+                let name = maps::SIGIO_ANY;
+                let mut any: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+                    .map_err(|source| KernelError::Map { name, source })?;
+                any.set(0, 1, 0)
+                    .map_err(|source| KernelError::Map { name, source })?;
+            }
+            carried.sigio_files =
+                self.carry_objects::<governance_common::SigioOwner>(old_pins, maps::SIGIO_OWNERS)?;
+            for name in [maps::IPC_OWNERS, maps::KEY_OWNERS, maps::MQ_OWNERS] {
+                carried.owned_objects += self.carry_objects::<u64>(old_pins, name)?;
+            }
         }
         // Builds before the layout was kept have the same types for these (see
         // `RUNTIME_LAYOUT`); a newer layout cannot be read.
@@ -165,6 +186,53 @@ impl Enforcer {
             .map_err(|source| KernelError::Map { name, source })?;
         any.set(1, held, 0)
             .map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// Carry the previous build's map `name` of kernel objects by address (a `struct file`, an
+    /// IPC object, a key, an inode) into this build's; 0 where that build had no such table.
+    /// An object freed while it was copied would leave its address behind, for the next object
+    /// the kernel puts there: the previous build's free hook removes the entry from its own map
+    /// (this build's finds none yet to remove), so each entry carried is looked up there again
+    /// after the copy and dropped here if it is gone. An object freed later is this build's
+    /// free hook's. Returns the entries kept.
+    fn carry_objects<V: aya::Pod>(
+        &mut self,
+        old_pins: &Path,
+        name: &'static str,
+    ) -> Result<usize, KernelError> {
+        if !old_pins.join(pins::MAPS).join(name).exists() {
+            return Ok(0);
+        }
+        let objects: Vec<(u64, V)> = entries(old_pins, name)?;
+        let mut map: HashMap<_, u64, V> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let mut written = Vec::new();
+        for (k, v) in &objects {
+            match map.get(k, 0) {
+                Ok(_) => continue,
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(KernelError::Map { name, source }),
+            }
+            map.insert(k, v, 0)
+                .map_err(|source| KernelError::Map { name, source })?;
+            written.push(*k);
+        }
+        let old = Map::from_map_data(open_old_data(old_pins, name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        let old: HashMap<_, u64, V> =
+            HashMap::try_from(&old).map_err(|source| KernelError::Map { name, source })?;
+        let mut kept = written.len();
+        for k in &written {
+            match old.get(k, 0) {
+                Ok(_) => {}
+                Err(aya::maps::MapError::KeyNotFound) => {
+                    let _ = map.remove(k);
+                    kept -= 1;
+                }
+                Err(source) => return Err(KernelError::Map { name, source }),
+            }
+        }
+        Ok(kept)
     }
 
     /// Write `from` into this build's map `name`: a key it lacks gets the entry, a key it
