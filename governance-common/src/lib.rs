@@ -204,7 +204,8 @@ pub enum Kind {
     /// it, an unlink or truncate of such an object, or a new entry made without an open where
     /// creating is refused ([`Event::detail`]: [`LINK_OP_LINK`], [`LINK_OP_RENAME`],
     /// [`LINK_OP_UNLINK`], [`LINK_OP_TRUNCATE`], [`LINK_OP_SYMLINK`], [`LINK_OP_MKDIR`],
-    /// [`LINK_OP_MKNOD`], [`LINK_OP_RMDIR`]).
+    /// [`LINK_OP_MKNOD`], [`LINK_OP_RMDIR`], [`LINK_OP_CHMOD`], [`LINK_OP_CHOWN`],
+    /// [`LINK_OP_CREATE`]).
     Link = 16,
 }
 
@@ -224,6 +225,13 @@ pub const LINK_OP_MKDIR: u8 = 6;
 pub const LINK_OP_MKNOD: u8 = 7;
 /// [`Kind::Link`] detail: a directory removed, as an unlink is decided.
 pub const LINK_OP_RMDIR: u8 = 8;
+/// [`Kind::Link`] detail: a chmod of an object the identity rules protect from writing.
+pub const LINK_OP_CHMOD: u8 = 9;
+/// [`Kind::Link`] detail: a chown of such an object.
+pub const LINK_OP_CHOWN: u8 = 10;
+/// [`Kind::Link`] detail: a regular file made where an identity rule blocks creating, refused
+/// before it exists (mknod(2), or an open's O_CREAT).
+pub const LINK_OP_CREATE: u8 = 11;
 
 impl Kind {
     pub const fn from_u8(v: u8) -> Option<Self> {

@@ -135,9 +135,11 @@ pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
 pub const SYMLINK: Program = lsm("inode_symlink", "symlinks where creating is refused");
 pub const MKDIR: Program = lsm("inode_mkdir", "directories where creating is refused");
 pub const MKNOD: Program = lsm(
-    "inode_mknod",
-    "device nodes, FIFOs where creating is refused",
+    "path_mknod",
+    "files, device nodes, FIFOs made by mknod where creating is refused",
 );
+pub const CHMOD: Program = lsm("path_chmod", "chmod of protected files");
+pub const CHOWN: Program = lsm("path_chown", "chown of protected files");
 pub const RMDIR: Program = lsm("inode_rmdir", "removing protected directories");
 pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
 pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
@@ -209,7 +211,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 67] = [
+pub const ALL: [Program; 69] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -271,6 +273,8 @@ pub const ALL: [Program; 67] = [
     MKDIR,
     MKNOD,
     RMDIR,
+    CHMOD,
+    CHOWN,
     KEY_ALLOC,
     KEY_PERMISSION,
     KEY_FREE,

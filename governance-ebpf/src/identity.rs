@@ -17,10 +17,10 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentValue, Cause, FILL_BUILTIN, FILL_DEFAULT, IDENT_FILTER_WORDS, IdentKey, IdentValue, Kind,
-    LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD, LINK_OP_RENAME, LINK_OP_RMDIR, LINK_OP_SYMLINK,
-    LINK_OP_TRUNCATE, LINK_OP_UNLINK, MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW,
-    SCOPE_DEVICE, SCOPE_FILL, SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit,
-    sequence::MAX_SEQ_RULES,
+    LINK_OP_CHMOD, LINK_OP_CHOWN, LINK_OP_CREATE, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD,
+    LINK_OP_RENAME, LINK_OP_RMDIR, LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK,
+    MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_FILL,
+    SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit, sequence::MAX_SEQ_RULES,
 };
 
 use crate::{
@@ -29,7 +29,8 @@ use crate::{
     kernel::{
         BPF_FS_MAGIC, Btf, DCACHE_DISCONNECTED, OFF_DENTRY_FLAGS, OFF_DENTRY_INODE,
         OFF_DENTRY_NAME, OFF_DENTRY_PARENT, OFF_DENTRY_SB, OFF_INODE_INO, OFF_INODE_SB,
-        OFF_PATH_DENTRY, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, off, read_at,
+        OFF_PATH_DENTRY, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, S_IFMT, S_IFREG,
+        off, read_at,
     },
     maps::{IDENT_FILTER, IDENT_RULES, IDENT_SCRATCH, SEQ_CLASSES},
 };
@@ -969,17 +970,48 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     if held != 0 {
         return held;
     }
-    match Btf::arg(&ctx, 0).ptr(off(&OFF_PATH_DENTRY)) {
-        Ok(dentry) => changed_in_place(dentry, true, LINK_OP_TRUNCATE),
+    path_changed(Btf::arg(&ctx, 0), true, LINK_OP_TRUNCATE)
+}
+
+/// `changed_in_place` for the object a `struct path` names (failing closed for an agent when
+/// the path cannot be read).
+#[inline(always)]
+fn path_changed(path: Btf, truncate: bool, op: u8) -> i32 {
+    match path.ptr(off(&OFF_PATH_DENTRY)) {
+        Ok(dentry) => changed_in_place(dentry, truncate, op),
         Err(_) => match current_agent() {
             Some(agent) => {
                 let d = Decision::fail_closed(Kind::Link, Cause::Unreadable);
-                emit(&agent, &d, |ev| ev.detail = LINK_OP_TRUNCATE);
+                emit(&agent, &d, |ev| ev.detail = op);
                 lsm_ret(&d)
             }
             None => 0,
         },
     }
+}
+
+/// chmod(2), fchmod(2), fchmodat(2) of an object the identity rules protect from writing:
+/// a mode of 0 on the daemon's program stops its next start, a mode of 1777 on its socket
+/// directory makes the directory shared (red team round 5). Decided as an unlink is.
+#[lsm(hook = "path_chmod")]
+pub fn path_chmod(ctx: LsmContext) -> i32 {
+    // int path_chmod(const struct path *path, umode_t mode)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    path_changed(Btf::arg(&ctx, 0), false, LINK_OP_CHMOD)
+}
+
+/// chown(2) and its siblings, likewise.
+#[lsm(hook = "path_chown")]
+pub fn path_chown(ctx: LsmContext) -> i32 {
+    // int path_chown(const struct path *path, kuid_t uid, kgid_t gid)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    path_changed(Btf::arg(&ctx, 0), false, LINK_OP_CHOWN)
 }
 
 /// A new entry made without an open, which file_open never sees: a symlink (a name pointing
@@ -988,12 +1020,17 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
 /// in its directory: refused where the identity rules of the directories above it refuse
 /// creating (one walk, from the new entry's directory), or, where no entry answers, the class's
 /// fill does (a sandboxed process's new entry outside its writable directories).
+///
+/// A regular file (`file`: mknod(2) of one, or an open's O_CREAT, which asks the same hook
+/// before the file exists) is refused here only where an identity rule blocks creating, without
+/// the fill: what else a create's rules say (escalate and its approved retry, throttle, the
+/// sandbox's writable directories named by path) is file_open's to decide, on the path.
 #[inline(always)]
-fn new_entry(dentry: Btf, op: u8) -> i32 {
+fn new_entry(dentry: Btf, op: u8, file: bool) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    match judge_new_entry(&agent.value, dentry) {
+    match judge_new_entry(&agent.value, dentry, file) {
         0 => 0,
         judged if judged & JUDGED_FAILED != 0 => {
             let cause = Cause::from_u8(judged as u8).unwrap_or(Cause::Unreadable);
@@ -1011,21 +1048,20 @@ const JUDGED_FAILED: u64 = 1 << 33;
 /// the walk's callback and its callee below it came to 544, over the verifier's 512 for a chain
 /// of calls.
 #[inline(never)]
-fn judge_new_entry(value: &AgentValue, dentry: Btf) -> u64 {
+fn judge_new_entry(value: &AgentValue, dentry: Btf, file: bool) -> u64 {
     let judged = (|| -> Result<u64, Cause> {
         let (letters, fill, tables) = name_letters(value, dentry)?;
         let want = letters & 4;
         if want == 0 {
             return Ok(0);
         }
+        let fill = if file { 0 } else { fill & 4 };
         scratch(1)?;
-        walk_up(1, tables, dentry, dentry, want, (fill & 4, value.class))?;
+        walk_up(1, tables, dentry, dentry, want, (fill, value.class))?;
         let dir = answer(1)?;
-        Ok(if restricted(dir) & 4 != 0 {
-            first_rule(dir, 4)
-        } else {
-            0
-        })
+        let refused = restricted(dir) & 4 != 0
+            && (!file || dir.create.enforce.verdict == Verdict::Block as u8);
+        Ok(if refused { first_rule(dir, 4) } else { 0 })
     })();
     match judged {
         Ok(judged) => judged,
@@ -1046,7 +1082,7 @@ pub fn inode_symlink(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_entry(Btf::arg(&ctx, 1), LINK_OP_SYMLINK)
+    new_entry(Btf::arg(&ctx, 1), LINK_OP_SYMLINK, false)
 }
 
 #[lsm(hook = "inode_mkdir")]
@@ -1056,17 +1092,29 @@ pub fn inode_mkdir(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    new_entry(Btf::arg(&ctx, 1), LINK_OP_MKDIR)
+    new_entry(Btf::arg(&ctx, 1), LINK_OP_MKDIR, false)
 }
 
-#[lsm(hook = "inode_mknod")]
-pub fn inode_mknod(ctx: LsmContext) -> i32 {
-    // int inode_mknod(struct inode *dir, struct dentry *dentry, umode_t mode, dev_t dev)
+/// mknod(2) of every type, and an open's O_CREAT (`may_o_create`), before the entry exists:
+/// `path_mknod`, not `inode_mknod`, which a regular file (mode S_IFREG or 0) never reaches
+/// (`vfs_create` asks `inode_create`): an empty file made that way in a unit directory masks
+/// the unit, in the audit directory stops the daemon's next start (red team round 5).
+#[lsm(hook = "path_mknod")]
+pub fn path_mknod(ctx: LsmContext) -> i32 {
+    // int path_mknod(const struct path *dir, struct dentry *dentry, umode_t mode,
+    //                unsigned int dev)
     let previous: i32 = ctx.arg(4);
     if previous != 0 {
         return previous;
     }
-    new_entry(Btf::arg(&ctx, 1), LINK_OP_MKNOD)
+    // umode_t: 16 bits.
+    let mode: u64 = ctx.arg(2);
+    let fmt = (mode as u16) & S_IFMT;
+    if fmt == 0 || fmt == S_IFREG {
+        new_entry(Btf::arg(&ctx, 1), LINK_OP_CREATE, true)
+    } else {
+        new_entry(Btf::arg(&ctx, 1), LINK_OP_MKNOD, false)
+    }
 }
 
 /// Removing a directory (empty: what a rule names, or a directory below a protected one),

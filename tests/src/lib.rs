@@ -266,7 +266,8 @@ pub enum Attempt {
     /// verdict marks the process); then a new name for `from` at `to`: `op` 0 link(2), 1
     /// rename(2), 2 renameat2(RENAME_EXCHANGE), 3 linkat(2) of "/proc/self/fd/N" for an O_PATH
     /// descriptor of `from` (AT_SYMLINK_FOLLOW); or a new entry or a removal: 4 symlink(from,
-    /// to), 5 mkdir(to), 6 mknod(to, a FIFO), 7 rmdir(from).
+    /// to), 5 mkdir(to), 6 mknod(to, a FIFO), 7 rmdir(from); or a change of attributes: 8
+    /// chmod(from, 04777), 9 chown(from, 4242, 4242).
     NewName {
         trigger: Option<CString>,
         op: u8,
@@ -310,6 +311,10 @@ pub enum Attempt {
     OpenByHandle { path: CString, mount_dir: CString },
     /// mknod(path, mode, dev).
     Mknod { path: CString, mode: u32, dev: u64 },
+    /// chmod(path, mode).
+    Chmod { path: CString, mode: u32 },
+    /// chown(path, uid, gid).
+    Chown { path: CString, uid: u32, gid: u32 },
     /// request_key(ty, description, "callout", KEY_SPEC_PROCESS_KEYRING): with callout data,
     /// so a key not found is constructed (the upcall).
     RequestKey { ty: CString, description: CString },
@@ -1159,6 +1164,8 @@ pub fn run_in_namespaces(
                         5 => libc::mkdir(to, 0o755).into(),
                         6 => libc::mknod(to, libc::S_IFIFO | 0o600, 0).into(),
                         7 => libc::rmdir(from).into(),
+                        8 => libc::chmod(from, 0o4777).into(),
+                        9 => libc::chown(from, 4242, 4242).into(),
                         _ => {
                             let fd = libc::open(from, libc::O_PATH);
                             if fd < 0 {
@@ -1303,6 +1310,10 @@ pub fn run_in_namespaces(
                 }
                 Attempt::Mknod { path, mode, dev } => {
                     check(libc::mknod(path.as_ptr(), *mode, *dev).into())
+                }
+                Attempt::Chmod { path, mode } => check(libc::chmod(path.as_ptr(), *mode).into()),
+                Attempt::Chown { path, uid, gid } => {
+                    check(libc::chown(path.as_ptr(), *uid, *gid).into())
                 }
                 Attempt::RequestKey { ty, description } => check(libc::syscall(
                     libc::SYS_request_key,

@@ -5104,12 +5104,14 @@ fn system_files_are_refused() {
     for hook in [
         "inode_symlink",
         "inode_mkdir",
-        "inode_mknod",
+        "path_mknod",
         "inode_link",
         "inode_rename",
         "unlink_protected",
         "path_truncate",
         "inode_rmdir",
+        "path_chmod",
+        "path_chown",
     ] {
         k.require(hook);
     }
@@ -5122,8 +5124,8 @@ fn system_files_are_refused() {
                 path: c("/etc/cron.d/gov-rt"),
                 flags: create,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/etc/cron.d/gov-rt",
         ),
         (
@@ -5132,8 +5134,8 @@ fn system_files_are_refused() {
                 path: c("/etc/ld.so.preload"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/etc/ld.so.preload",
         ),
         (
@@ -5192,8 +5194,8 @@ fn system_files_are_refused() {
                 path: c("/usr/bin/gov-rt"),
                 flags: create,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/usr/bin/gov-rt",
         ),
         (
@@ -5202,8 +5204,8 @@ fn system_files_are_refused() {
                 path: c("/root/.ssh/authorized_keys"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/root/.ssh/authorized_keys",
         ),
         (
@@ -5222,8 +5224,8 @@ fn system_files_are_refused() {
                 path: c("/home/gov-rt-user/.ssh/authorized_keys"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/home/gov-rt-user/.ssh/authorized_keys",
         ),
         (
@@ -5242,8 +5244,8 @@ fn system_files_are_refused() {
                 path: c("/root/.local/lib/python3.11/site-packages/gov-rt.pth"),
                 flags: create,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/root/.local/lib/python3.11/site-packages/gov-rt.pth",
         ),
         (
@@ -5262,8 +5264,8 @@ fn system_files_are_refused() {
                 path: c("/home/gov-rt-user/.config/git/config"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/home/gov-rt-user/.config/git/config",
         ),
         (
@@ -5272,8 +5274,8 @@ fn system_files_are_refused() {
                 path: c("/home/gov-rt-user/.local/bin/ls"),
                 flags: create,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/home/gov-rt-user/.local/bin/ls",
         ),
         (
@@ -5282,8 +5284,8 @@ fn system_files_are_refused() {
                 path: c("/opt/cni/bin/gov-rt"),
                 flags: create,
             },
-            Kind::File,
-            None,
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/opt/cni/bin/gov-rt",
         ),
         (
@@ -5308,6 +5310,38 @@ fn system_files_are_refused() {
             Attempt::Unlink { path: cstr(conf) },
             Kind::Link,
             Some(governance_common::LINK_OP_UNLINK),
+            "",
+        ),
+        (
+            "R5 an empty regular file made in /etc/cron.d by mknod",
+            Attempt::Mknod {
+                path: c("/etc/cron.d/gov-rt-regular"),
+                mode: libc::S_IFREG | 0o600,
+                dev: 0,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
+            "/etc/cron.d/gov-rt-regular",
+        ),
+        (
+            "R5 chmod of a file in /etc",
+            Attempt::Chmod {
+                path: cstr(conf),
+                mode: 0o4777,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CHMOD),
+            "",
+        ),
+        (
+            "R5 chown of a file in /etc",
+            Attempt::Chown {
+                path: cstr(conf),
+                uid: 4242,
+                gid: 4242,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CHOWN),
             "",
         ),
         (
@@ -7520,8 +7554,10 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
         "inode_rename",
         "inode_symlink",
         "inode_mkdir",
-        "inode_mknod",
+        "path_mknod",
         "inode_rmdir",
+        "path_chmod",
+        "path_chown",
     ] {
         k.require(hook);
     }
@@ -7536,7 +7572,7 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
     let jail = fx.p("jail");
     let sb = Some(jail.as_path());
     let (link, rename, exchange, fd_link) = (0, 1, 2, 3);
-    let (symlink, mkdir, mkfifo, rmdir) = (4, 5, 6, 7);
+    let (symlink, mkdir, mkfifo, rmdir, chmod, chown) = (4, 5, 6, 7, 8, 9);
     let (link_op, rename_op) = (
         governance_common::LINK_OP_LINK,
         governance_common::LINK_OP_RENAME,
@@ -7572,6 +7608,22 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
             "empty",
             "scratch",
             governance_common::LINK_OP_RMDIR,
+            "scratch/nothing",
+        ),
+        (
+            "R5 a sandboxed process chmods a file outside its writable directory",
+            chmod,
+            "victim.txt",
+            "scratch",
+            governance_common::LINK_OP_CHMOD,
+            "scratch/nothing",
+        ),
+        (
+            "R5 a sandboxed process chowns a file outside its writable directory",
+            chown,
+            "victim.txt",
+            "scratch",
+            governance_common::LINK_OP_CHOWN,
             "scratch/nothing",
         ),
         (
@@ -7640,6 +7692,7 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
             0 | 3 | 4 | 6 => std::fs::remove_file(fx.p(to)).unwrap(),
             5 => std::fs::remove_dir(fx.p(to)).unwrap(),
             7 => std::fs::create_dir(fx.p(from)).unwrap(),
+            8 | 9 => {}
             _ => allowed_new_name(&fx, case, &new_name(None, op, &fx.p(to), &fx.p(from))),
         }
         println!("redteam: control {case}");
@@ -7680,6 +7733,8 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
         ("mkdir inside scratch", mkdir, "scratch", "scratch/d"),
         ("mkfifo inside scratch", mkfifo, "scratch", "scratch/f"),
         ("rmdir inside scratch", rmdir, "scratch/d", "scratch"),
+        ("chmod inside scratch", chmod, "scratch/a.txt", "scratch"),
+        ("chown inside scratch", chown, "scratch/a.txt", "scratch"),
     ] {
         allowed_new_name(&fx, case, &new_name(sb, op, &fx.p(from), &fx.p(to)));
     }

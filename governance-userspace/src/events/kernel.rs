@@ -498,6 +498,9 @@ impl Record {
                     governance_common::LINK_OP_MKDIR => "mkdir",
                     governance_common::LINK_OP_MKNOD => "mknod",
                     governance_common::LINK_OP_RMDIR => "rmdir",
+                    governance_common::LINK_OP_CHMOD => "chmod",
+                    governance_common::LINK_OP_CHOWN => "chown",
+                    governance_common::LINK_OP_CREATE => "create",
                     _ => "?",
                 };
                 object.detail.insert("op".into(), op.into());
