@@ -24,8 +24,10 @@
 //!
 //! What is decided, by the socket's family:
 //! - TCP and UDP over IPv4 and IPv6: the peer address and port against the profile's network
-//!   table (`net::net_decision`); a `via_proxy` answer refuses (the connection is direct); the
-//!   policy proxy's own address passes (it decides each request), the control API is refused.
+//!   table (`net::net_decision`); a `via_proxy` answer refuses (the connection is direct); a
+//!   TCP connection to the policy proxy passes (it decides each request) when the profile has
+//!   the proxy's reach (`network: proxy`; under `network: none` the table refuses it), the
+//!   control API is refused.
 //!   An unconnected socket passes: nothing goes out of it, or the datagram names an address,
 //!   which the `sendmsg4/6` programs decide.
 //! - Unix streams and seqpackets: the peer as `unix_stream_connect` decides it (datagrams:
@@ -221,7 +223,12 @@ fn held_send(sock: Btf, named: bool) -> i32 {
         let Some(proxy) = PROXY.get(0) else {
             return -EPERM; // the map always has its one entry; fail closed if not
         };
-        if is_proxy(proxy, &addr, port) {
+        // The proxy: a TCP connection to it, for a class with the proxy's reach (not a
+        // `network: none` profile's, whose send the network table below refuses).
+        if protocol == proto::TCP
+            && agent.value.allow & allow::PROXY != 0
+            && is_proxy(proxy, &addr, port)
+        {
             return 0;
         }
         let d = if API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port)) {

@@ -627,7 +627,8 @@ fn compile_with(
         super::report::set_defaults(&mut c.value, reports);
         identities.resolve(&mut c);
         drop_shared(&mut c, shared_keys);
-        c.value.allow |= relaxations;
+        // Every agent reaches the policy proxy (which decides each of its requests).
+        c.value.allow |= relaxations | allow::PROXY;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
         let relaxed = |get: fn(&Policy) -> Option<bool>| {
@@ -717,6 +718,11 @@ fn compile_with(
             }
             let mut c = build_class(pc, &constrained, &mut out.errors, &agent.name);
             c.value.class = pc;
+            // The proxy itself only under `network: proxy` (none: not even the proxy, through
+            // which the process would reach what the proxy does; red team round 5, F1).
+            if profile.network == Some(SandboxNetwork::Proxy) {
+                c.value.allow |= allow::PROXY;
+            }
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, shared_keys);
