@@ -464,6 +464,12 @@ pub mod allow {
     pub const KERNEL_SETTINGS: u32 = 32;
     /// Writing the node's system files: selects the shared built-in path rules without them.
     pub const SYSTEM_FILES: u32 = 64;
+    /// The policy proxy itself: a TCP connect to its address, and sends on a connection to
+    /// it. Not a relaxation but a reach the class has: every agent's class and a `network:
+    /// proxy` sandbox profile's have it; a `network: none` profile's, and the class of a mark
+    /// whose profile is gone, do not (their connect to the proxy is decided by the network
+    /// table, which refuses it).
+    pub const PROXY: u32 = 128;
 }
 
 /// First class number of the shared built-in path rules (after the slot bit): the node's

@@ -73,7 +73,6 @@ pub const SOCK_V6_DADDR: &str = "OFF_SOCK_V6_DADDR";
 pub const SOCK_DPORT: &str = "OFF_SOCK_DPORT";
 pub const SOCK_PROTOCOL: &str = "OFF_SOCK_PROTOCOL";
 pub const UNIX_SOCK_PEER: &str = "OFF_UNIX_SOCK_PEER";
-pub const MSGHDR_NAME: &str = "OFF_MSGHDR_NAME";
 pub const MSGHDR_CONTROL: &str = "OFF_MSGHDR_CONTROL";
 pub const MSGHDR_CONTROLLEN: &str = "OFF_MSGHDR_CONTROLLEN";
 pub const INODE_PRIVATE: &str = "OFF_INODE_PRIVATE";
@@ -86,7 +85,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 71] = [
+pub const ALL: [(&str, &str, &str); 70] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -149,7 +148,6 @@ pub const ALL: [(&str, &str, &str); 71] = [
     (SOCK_DPORT, "sock_common", "skc_dport"),
     (SOCK_PROTOCOL, "sock", "sk_protocol"),
     (UNIX_SOCK_PEER, "unix_sock", "peer"),
-    (MSGHDR_NAME, "msghdr", "msg_name"),
     (MSGHDR_CONTROL, "msghdr", "msg_control"),
     (MSGHDR_CONTROLLEN, "msghdr", "msg_controllen"),
     // A kernfs inode's node (cgroup2 files and directories), its directory, and a directory's

@@ -24,10 +24,13 @@
 //!
 //! What is decided, by the socket's family:
 //! - TCP and UDP over IPv4 and IPv6: the peer address and port against the profile's network
-//!   table (`net::net_decision`); a `via_proxy` answer refuses (the connection is direct); the
-//!   policy proxy's own address passes (it decides each request), the control API is refused.
-//!   An unconnected socket passes: nothing goes out of it, or the datagram names an address,
-//!   which the `sendmsg4/6` programs decide.
+//!   table (`net::net_decision`); a `via_proxy` answer refuses (the connection is direct); a
+//!   TCP connection to the policy proxy passes (it decides each request) when the profile has
+//!   the proxy's reach (`network: proxy`; under `network: none` the table refuses it), the
+//!   control API is refused. A connected socket is decided on its peer whatever address the
+//!   message names (an IPv6 UDP socket sends an AF_UNSPEC-named datagram to its peer, with no
+//!   `sendmsg6` run). An unconnected socket passes: nothing goes out of it, or the datagram
+//!   names an address, which the `sendmsg4/6` programs decide.
 //! - Unix streams and seqpackets: the peer as `unix_stream_connect` decides it (datagrams:
 //!   `unix_may_send` decides every one). An unnamed peer (a socketpair) passes.
 //! - Every other family or protocol: refused, as `socket_create` refuses making one (a
@@ -44,10 +47,10 @@ use crate::{
     decide::{Decision, any_sandboxed, current_agent, emit, lsm_ret},
     kernel::{
         AF_INET, AF_INET6, AF_UNIX, Btf, EPERM, MAY_WRITE, OFF_DENTRY_INODE, OFF_FILE_INODE,
-        OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_SB, OFF_MSGHDR_NAME, OFF_PATH_DENTRY,
-        OFF_SB_FLAGS, OFF_SOCK_DADDR, OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_PROTOCOL,
-        OFF_SOCK_V6_DADDR, OFF_SOCKET_SK, OFF_SOCKET_TYPE, OFF_UNIX_SOCK_PEER, S_IFMT, S_IFREG,
-        SB_KERNMOUNT, SOCK_DGRAM, off, read_at,
+        OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_SB_FLAGS, OFF_SOCK_DADDR,
+        OFF_SOCK_DPORT, OFF_SOCK_FAMILY, OFF_SOCK_PROTOCOL, OFF_SOCK_V6_DADDR, OFF_SOCKET_SK,
+        OFF_SOCKET_TYPE, OFF_UNIX_SOCK_PEER, S_IFMT, S_IFREG, SB_KERNMOUNT, SOCK_DGRAM, off,
+        read_at,
     },
     maps::{API_ADDR, PROXY, SANDBOX_FILES, SANDBOXED},
     net::{is_api, is_proxy, mapped4, net_decision},
@@ -68,8 +71,7 @@ pub fn socket_sendmsg(ctx: LsmContext) -> i32 {
     if !any_sandboxed() {
         return 0;
     }
-    let named = Btf::arg(&ctx, 1).get::<u64>(off(&OFF_MSGHDR_NAME)) != 0;
-    held_send(Btf::arg(&ctx, 0), named)
+    held_send(Btf::arg(&ctx, 0))
 }
 
 #[lsm(hook = "file_permission")]
@@ -89,7 +91,7 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
     if sock.is_null() {
         return held_write(ctx.arg(0));
     }
-    held_send(Btf::of(sock as u64), false)
+    held_send(Btf::of(sock as u64))
 }
 
 #[lsm(hook = "file_free_security")]
@@ -174,10 +176,10 @@ fn held_file(file: u64, inode: Result<u64, i32>, letters: u8) -> i32 {
     lsm_ret(&d)
 }
 
-/// The decision on a send by the current task on `sock` (a `struct socket *`); `named`: the
-/// message names a destination address. 0 lets it go on, -EPERM refuses it.
+/// The decision on a send by the current task on `sock` (a `struct socket *`). 0 lets it go
+/// on, -EPERM refuses it.
 #[inline(always)]
-fn held_send(sock: Btf, named: bool) -> i32 {
+fn held_send(sock: Btf) -> i32 {
     // SAFETY: helper call without pointer arguments.
     let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: only presence is read.
@@ -198,10 +200,6 @@ fn held_send(sock: Btf, named: bool) -> i32 {
     let inet = family == AF_INET || family == AF_INET6;
     if inet && (protocol == u16::from(proto::TCP) || protocol == u16::from(proto::UDP)) {
         let protocol = protocol as u8;
-        // A datagram to a named address: the sendmsg4/6 programs decide that address.
-        if named && protocol == proto::UDP {
-            return 0;
-        }
         let addr = if family == AF_INET {
             mapped4(sk.get::<u32>(off(&OFF_SOCK_DADDR)))
         } else {
@@ -213,7 +211,12 @@ fn held_send(sock: Btf, named: bool) -> i32 {
                 lo[4], lo[5], lo[6], lo[7],
             ]
         };
-        // Not connected: nothing goes out (TCP: EPIPE; UDP without an address: EDESTADDRREQ).
+        // Not connected: nothing goes out but a datagram to an address the message names,
+        // which the sendmsg4/6 programs decide (TCP: EPIPE; UDP without one: EDESTADDRREQ).
+        // Connected, every send is decided on the peer, whether or not the message names an
+        // address: the kernel sends to the connected peer, with no sendmsg program run, for
+        // names it reads as none (`udpv6_sendmsg`: an AF_UNSPEC name; red team round 5, F4),
+        // and a named datagram on a connected socket is decided here and by sendmsg4/6 alike.
         if addr == [0; 16] || addr == mapped4(0) {
             return 0;
         }
@@ -221,7 +224,12 @@ fn held_send(sock: Btf, named: bool) -> i32 {
         let Some(proxy) = PROXY.get(0) else {
             return -EPERM; // the map always has its one entry; fail closed if not
         };
-        if is_proxy(proxy, &addr, port) {
+        // The proxy: a TCP connection to it, for a class with the proxy's reach (not a
+        // `network: none` profile's, whose send the network table below refuses).
+        if protocol == proto::TCP
+            && agent.value.allow & allow::PROXY != 0
+            && is_proxy(proxy, &addr, port)
+        {
             return 0;
         }
         let d = if API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port)) {

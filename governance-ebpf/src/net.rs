@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    ApiAddr, Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, flags,
+    ApiAddr, Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, allow, flags,
     net_object, proto,
 };
 
@@ -202,8 +202,10 @@ fn record_for_proxy(
 /// Built-in, before everything: the daemon's TCP control API is refused to agents, whatever
 /// the policy says (it approves escalations and reloads policy).
 ///
-/// An agent's TCP connect to the proxy itself is always let through (it is governed there) and
-/// recorded, so the proxy can tell which agent is calling. A `via_proxy` rule sends the connect
+/// An agent's TCP connect to the proxy itself is let through (it is governed there) and
+/// recorded, so the proxy can tell which agent is calling, when its class has the proxy's
+/// reach (`allow::PROXY`: every agent's, not a `network: none` sandbox profile's, whose connect
+/// to the proxy the network table decides like any other). A `via_proxy` rule sends the connect
 /// to the proxy instead: the destination is rewritten and the original recorded. Whatever
 /// cannot go through the proxy (UDP, no proxy listening, no room to record) is refused: a
 /// `via_proxy` action never goes out direct.
@@ -234,8 +236,12 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     // stack budget the verifier counts across the whole program.
     let api = API_ADDR.get(0).is_some_and(|a| is_api(a, &addr, port));
     // The proxy serves TCP: a datagram to its address is decided by the network rules like any
-    // other (with a source route, its address is only the first hop).
-    let to_proxy = !api && tcp_connect && is_proxy(proxy, &addr, port);
+    // other (with a source route, its address is only the first hop). A class without the
+    // proxy's reach (a `network: none` sandbox profile, a mark whose profile is gone) has its
+    // connect to the proxy decided by its network table too, which refuses it: through the
+    // proxy it would reach everything the proxy does (red team round 5, F1).
+    let reach_proxy = agent.value.allow & allow::PROXY != 0;
+    let to_proxy = !api && tcp_connect && reach_proxy && is_proxy(proxy, &addr, port);
     let (mut d, via_proxy) = if api {
         (Decision::builtin(kind, true), false)
     } else if to_proxy {
@@ -249,7 +255,7 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         net_decision(kind, &agent, addr, port, protocol)
     };
     if via_proxy && !d.denied {
-        if proxy.enabled == 0 || !tcp_connect {
+        if proxy.enabled == 0 || !tcp_connect || !reach_proxy {
             d = Decision::fail_closed(kind, Cause::NoProxy);
         } else if !record_for_proxy(ctx, &agent, &addr, port, true) {
             count(Counter::MapFull);

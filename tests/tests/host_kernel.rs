@@ -4541,6 +4541,174 @@ fn a_sandbox_mark_keeps_its_profile_across_a_reload_that_adds_profiles() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Red team round 5, F1: a process sandboxed under `network: none` may not reach the policy
+/// proxy either: through it, it would reach everything the proxy does (an explicit
+/// `GET http://…` or `CONNECT` was answered 200). Its connect to the proxy's address is decided
+/// by its profile's network table, which refuses it, and reported as the profile's refusal.
+/// Controls: the same process reaches the proxy before its verdict; a sibling never sandboxed
+/// and a process sandboxed under `network: proxy` reach it after.
+#[test]
+fn a_network_none_sandbox_may_not_reach_the_proxy() {
+    require_root();
+    let agent = TestCgroup::new("sbx-none");
+    let (proxy, proxy_addr) = listener([127, 0, 0, 41]);
+    let (_jail_l, jail) = listener([127, 0, 0, 42]);
+    let (_proxied_l, proxied) = listener([127, 0, 0, 43]);
+    proxy.set_nonblocking(true).unwrap();
+    let mut k = load(&format!(
+        "name: sbxnone\nagents: {{ cgroup: {} }}\nsandbox_profiles:\n\
+         \x20 jail: {{ network: none }}\n\
+         \x20 proxied: {{ network: proxy }}\nrules:\n\
+         \x20 - {{ id: jail, network: {{ cidr: {}/32 }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: test }}\n\
+         \x20 - {{ id: proxied, network: {{ cidr: {}/32 }}, verdict: sandbox, sandbox: {{ profile: proxied }}, reason: test }}\n",
+        agent.rel.display(),
+        jail.ip(),
+        proxied.ip(),
+    ));
+    k.require("sock_ops");
+    let SocketAddr::V4(p4) = proxy_addr else {
+        unreachable!()
+    };
+    k.enforcer
+        .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
+        .unwrap();
+    let accepted = |l: &TcpListener| accept_within(l, Duration::from_secs(5));
+    let queued = |l: &TcpListener| accept_within(l, Duration::ZERO);
+    let refused = format!("errno {}", libc::EPERM);
+    let mut jailed = Connector::start(&agent.path);
+    assert_eq!(
+        jailed.connect(proxy_addr),
+        "ok",
+        "control: before the verdict"
+    );
+    assert!(accepted(&proxy).is_some());
+    assert_eq!(
+        jailed.connect(jail),
+        "ok",
+        "a sandbox verdict lets the action go on"
+    );
+    let case = "F1 a network:none sandboxed process connects to the policy proxy (host)";
+    redteam(case, "tried");
+    assert_eq!(jailed.connect(proxy_addr), refused, "{case}");
+    assert!(
+        queued(&proxy).is_none(),
+        "{case}: nothing reached the proxy"
+    );
+    let pid = jailed.pid();
+    let ev = k.event_where(|e| {
+        e.tgid == pid && e.port == proxy_addr.port() && e.flags & flags::DENIED != 0
+    });
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect));
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default), "{ev:?}");
+    assert_ne!(ev.flags & flags::SANDBOXED, 0);
+    redteam(case, "denied");
+    let mut sibling = Connector::start(&agent.path);
+    assert_eq!(
+        sibling.connect(proxy_addr),
+        "ok",
+        "control: a process never sandboxed"
+    );
+    assert!(accepted(&proxy).is_some());
+    let mut through = Connector::start(&agent.path);
+    assert_eq!(through.connect(proxied), "ok");
+    assert_eq!(
+        through.connect(proxy_addr),
+        "ok",
+        "control: sandboxed under network: proxy"
+    );
+    assert!(accepted(&proxy).is_some());
+    redteam(case, "control");
+}
+
+/// Red team round 5, F5: a `network: proxy` sandbox is never looser than its agent. A
+/// destination the agent's own `block` rule refuses (a stand-in for the cloud metadata
+/// service) stays refused, by that rule, to a sandboxed process; it used to be sent to the
+/// proxy, which in transparent mode applies only HTTP rules and answered 200. Controls: the
+/// agent refuses it unsandboxed too; a destination the agent allows goes direct unsandboxed and
+/// through the proxy sandboxed.
+#[test]
+fn a_proxy_sandbox_keeps_its_agent_s_network_blocks() {
+    require_root();
+    let agent = TestCgroup::new("sbx-proxy");
+    let (proxy, proxy_addr) = listener([127, 0, 0, 44]);
+    let (blocked_l, blocked) = listener([127, 0, 0, 45]);
+    let (open_l, open) = listener([127, 0, 0, 46]);
+    let (_enter_l, enter) = listener([127, 0, 0, 47]);
+    for l in [&proxy, &blocked_l, &open_l] {
+        l.set_nonblocking(true).unwrap();
+    }
+    let mut k = load(&format!(
+        "name: sbxproxy\nagents: {{ cgroup: {} }}\nsandbox_profiles:\n\
+         \x20 proxied: {{ network: proxy }}\nrules:\n\
+         \x20 - {{ id: metadata, network: {{ cidr: {}/32 }}, verdict: block, reason: no process of the agent may reach it }}\n\
+         \x20 - {{ id: enter, network: {{ cidr: {}/32 }}, verdict: sandbox, sandbox: {{ profile: proxied }}, reason: test }}\n",
+        agent.rel.display(),
+        blocked.ip(),
+        enter.ip(),
+    ));
+    k.require("sock_ops");
+    let SocketAddr::V4(p4) = proxy_addr else {
+        unreachable!()
+    };
+    k.enforcer
+        .set_proxy(Some((*p4.ip(), std::net::Ipv6Addr::LOCALHOST, p4.port())))
+        .unwrap();
+    let accepted = |l: &TcpListener| accept_within(l, Duration::from_secs(5));
+    let queued = |l: &TcpListener| accept_within(l, Duration::ZERO);
+    let refused = format!("errno {}", libc::EPERM);
+    let mut marked = Connector::start(&agent.path);
+    assert_eq!(
+        marked.connect(blocked),
+        refused,
+        "control: the agent's block"
+    );
+    assert_eq!(marked.connect(open), "ok", "control: unsandboxed, direct");
+    assert!(accepted(&open_l).is_some() && queued(&proxy).is_none());
+    assert_eq!(
+        marked.connect(enter),
+        "ok",
+        "a sandbox verdict lets the action go on"
+    );
+    let case = "F5 a network:proxy sandboxed process connects where its agent's rule blocks (host)";
+    redteam(case, "tried");
+    assert_eq!(marked.connect(blocked), refused, "{case}");
+    assert!(
+        queued(&proxy).is_none() && queued(&blocked_l).is_none(),
+        "{case}: nothing reached the proxy or the destination"
+    );
+    let pid = marked.pid();
+    let ev = k.event_where(|e| {
+        e.tgid == pid && e.port == blocked.port() && e.flags & flags::SANDBOXED != 0
+    });
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Connect));
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Block));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule));
+    assert_eq!(ev.rule_id, k.rule(1), "the agent's own rule refuses it");
+    assert_ne!(ev.flags & flags::DENIED, 0);
+    redteam(case, "denied");
+    assert_eq!(
+        marked.connect(open),
+        "ok",
+        "control: sandboxed, an allowed destination"
+    );
+    assert!(
+        accepted(&proxy).is_some() && queued(&open_l).is_none(),
+        "control: through the proxy, not direct"
+    );
+    let ev = k.event_where(|e| e.tgid == pid && e.port == open.port());
+    assert_ne!(ev.flags & flags::PROXIED, 0, "{ev:?}");
+    let mut sibling = Connector::start(&agent.path);
+    assert_eq!(
+        sibling.connect(blocked),
+        refused,
+        "control: the agent's block"
+    );
+    assert_eq!(sibling.connect(open), "ok");
+    assert!(accepted(&open_l).is_some(), "control: unsandboxed, direct");
+    redteam(case, "control");
+}
+
 /// A rolling upgrade carries the kernel's runtime state to the new build (its maps start
 /// empty): a process sandboxed under the old build stays under its profile under the new one
 /// alone, a throttle bucket the old build drained stays drained (one connect per hour), an

@@ -7225,6 +7225,211 @@ fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
     }
 }
 
+/// [`a_sandboxed_process_may_not_send_around_its_profile`]'s process: holds a TCP connection
+/// to the policy proxy, a connected UDP/IPv6 and UDP/IPv4 socket and a socketpair, becomes
+/// sandboxed by reading `trigger` (when not empty), then tries each way and prints
+/// `WAY OUTCOME` lines. `unspec`: sendto with an AF_UNSPEC name (28 bytes; the IPv4 socket's
+/// with a port, which `udp_sendmsg` wants), which `udpv6_sendmsg` reads as no name at all.
+const AROUND_SENDER: &str = r#"
+import ctypes, errno, socket, sys
+pport, p6, p4, trigger = sys.argv[1:5]
+libc = ctypes.CDLL(None, use_errno=True)
+def unspec(s, port):
+    sa = (ctypes.c_ubyte * 28)()
+    sa[2], sa[3] = port >> 8, port & 0xff
+    if libc.sendto(s.fileno(), b"unspec\n", 7, 0, ctypes.byref(sa), 28) < 0:
+        raise OSError(ctypes.get_errno(), "sendto")
+t = socket.create_connection(("127.0.0.1", int(pport)))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+u6.connect(("::1", int(p6)))
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u4.connect(("127.0.0.1", int(p4)))
+a, b = socket.socketpair()
+def attempt(way, f):
+    try:
+        f()
+        out = "ok"
+    except OSError as e:
+        out = errno.errorcode.get(e.errno, str(e.errno))
+    print(way, out, flush=True)
+if trigger:
+    open(trigger).read()
+attempt("proxy-send", lambda: t.send(b"proxy\n"))
+attempt("proxy-connect", lambda: socket.create_connection(("127.0.0.1", int(pport))).close())
+attempt("u6-send", lambda: u6.send(b"send\n"))
+attempt("u6-unspec", lambda: unspec(u6, 0))
+attempt("u6-named", lambda: u6.sendto(b"named\n", ("::1", int(p6))))
+attempt("u4-unspec", lambda: unspec(u4, int(p4)))
+attempt("pair", lambda: a.send(b"x"))
+"#;
+
+/// Red team round 5, F1 and F4: a sandboxed process sends around its profile on sockets it
+/// held. F4: on a connected UDP/IPv6 socket, a datagram "named" AF_UNSPEC goes to the
+/// connected peer with no `sendmsg6` program run (`udpv6_sendmsg` reads the name as none),
+/// while `socket_sendmsg` passed every named UDP send: a connected socket's send is now decided
+/// on its peer, whatever the message names. F1: under `network: none`, the connection it held
+/// to the policy proxy (and a new connect to it) is refused: through the proxy it would reach
+/// everything the proxy does. Controls: unsandboxed, every way sends and the peers receive it
+/// all; under `network: proxy`, the proxy stays reachable (held and new) while the UDP sends
+/// stay refused; in both sandboxes the socketpair stays usable.
+#[test]
+fn a_sandboxed_process_may_not_send_around_its_profile() {
+    use std::io::Read as _;
+    require_root();
+    let fx = Fixture::new("around");
+    let agent = TestCgroup::new("around-agent");
+    let d = fx.dir.display();
+    let mut k = install(&format!(
+        "name: around\n\
+         agents: {{ cgroup: {agent} }}\n\
+         sandbox_profiles:\n\
+         \x20 jail: {{ network: none, writable: [{d}/scratch] }}\n\
+         \x20 proxied: {{ network: proxy, writable: [{d}/scratch] }}\n\
+         rules:\n\
+         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n\
+         \x20 - {{ id: proxied, file: {{ path: {d}/proxied }}, verdict: sandbox, sandbox: {{ profile: proxied }}, reason: untrusted step }}\n",
+        agent = agent.rel.display(),
+    ));
+    for hook in ["socket_sendmsg", "file_open", "connect6", "sendmsg6"] {
+        k.require(hook);
+    }
+    for trigger in ["jail", "proxied"] {
+        std::fs::write(fx.p(trigger), "").unwrap();
+    }
+    // The policy proxy: a listener here, its address in the kernel's PROXY map for this test
+    // only (the programs are shared with the other tests of this process).
+    let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let pport = proxy.local_addr().unwrap().port();
+    struct NoProxy(Loaded);
+    impl Drop for NoProxy {
+        fn drop(&mut self) {
+            let _ = self.0.enforcer.set_proxy(None);
+        }
+    }
+    k.enforcer
+        .set_proxy(Some((
+            Ipv4Addr::LOCALHOST,
+            std::net::Ipv6Addr::LOCALHOST,
+            pport,
+        )))
+        .unwrap();
+    let _reset = NoProxy(k);
+    let run = |trigger: &str| {
+        let u6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let u4 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let args = [
+            pport.to_string(),
+            u6.local_addr().unwrap().port().to_string(),
+            u4.local_addr().unwrap().port().to_string(),
+            trigger.to_owned(),
+        ];
+        let mut argv = vec!["-c", AROUND_SENDER];
+        argv.extend(args.iter().map(String::as_str));
+        let out = governance_tests::command_in(Some(&agent.path), "python3", &argv)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "the sender failed: {out:?}");
+        let outcomes: std::collections::BTreeMap<String, String> =
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(w, o)| (w.to_owned(), o.to_owned()))
+                .collect();
+        // What reached each peer: the held connection's bytes (the sender has exited), the
+        // new connection's count, and the datagrams queued.
+        let mut got = std::collections::BTreeMap::new();
+        proxy.set_nonblocking(true).unwrap();
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = proxy.accept() {
+            conns.push(c);
+        }
+        let mut bytes = Vec::new();
+        for mut c in conns.iter().take(1) {
+            c.set_nonblocking(false).unwrap();
+            c.read_to_end(&mut bytes).unwrap();
+        }
+        got.insert("proxy-send", usize::from(bytes == b"proxy\n"));
+        got.insert("proxy-connect", conns.len().saturating_sub(1));
+        for (label, u) in [("u6", &u6), ("u4", &u4)] {
+            u.set_nonblocking(true).unwrap();
+            let mut n = 0;
+            let mut buf = [0u8; 64];
+            while u.recv(&mut buf).is_ok() {
+                n += 1;
+            }
+            got.insert(label, n);
+        }
+        (outcomes, got)
+    };
+    let all = [
+        "proxy-send",
+        "proxy-connect",
+        "u6-send",
+        "u6-unspec",
+        "u6-named",
+        "u4-unspec",
+        "pair",
+    ];
+    let (control, got) = run("");
+    for way in all {
+        assert_eq!(
+            control[way], "ok",
+            "control: {way} unsandboxed: {control:?}"
+        );
+    }
+    assert_eq!(
+        (
+            got["proxy-send"],
+            got["proxy-connect"],
+            got["u6"],
+            got["u4"]
+        ),
+        (1, 1, 3, 1),
+        "control: the peers got every send: {got:?}"
+    );
+    let eperm = "EPERM".to_owned();
+    for trigger in ["jail", "proxied"] {
+        let case = format!(
+            "F4 a process sandboxed ({trigger}) sends on a connected UDP socket by an AF_UNSPEC name"
+        );
+        println!("redteam: tried {case}");
+        let (outcomes, got) = run(&fx.p(trigger).display().to_string());
+        for way in ["u6-send", "u6-unspec", "u6-named", "u4-unspec"] {
+            assert_eq!(outcomes[way], eperm, "{case}: {way}: {outcomes:?}");
+        }
+        assert_eq!(
+            (got["u6"], got["u4"]),
+            (0, 0),
+            "{case}: nothing reached the peers"
+        );
+        println!("redteam: denied {case}");
+        assert_eq!(
+            outcomes["pair"], "ok",
+            "control ({trigger}): the socketpair"
+        );
+        println!("redteam: control {case}");
+        let case = format!("F1 a process sandboxed ({trigger}) sends to the policy proxy");
+        println!("redteam: tried {case}");
+        if trigger == "jail" {
+            for way in ["proxy-send", "proxy-connect"] {
+                assert_eq!(outcomes[way], eperm, "{case}: {way}: {outcomes:?}");
+            }
+            assert_eq!(
+                (got["proxy-send"], got["proxy-connect"]),
+                (0, 0),
+                "{case}: nothing reached the proxy"
+            );
+            println!("redteam: denied {case}");
+        } else {
+            for way in ["proxy-send", "proxy-connect"] {
+                assert_eq!(outcomes[way], "ok", "control: {case}: {way}: {outcomes:?}");
+            }
+            assert_eq!((got["proxy-send"], got["proxy-connect"]), (1, 1));
+            println!("redteam: control {case}");
+        }
+    }
+}
+
 /// [`a_sandboxed_process_may_not_write_files_it_held`]'s process: opens `outside.txt` and
 /// `scratch/inside.txt` read-write, becomes sandboxed by reading `trigger` (when not empty),
 /// then tries each way of writing through those descriptors and prints `LABEL WAY OUTCOME`

@@ -627,7 +627,8 @@ fn compile_with(
         super::report::set_defaults(&mut c.value, reports);
         identities.resolve(&mut c);
         drop_shared(&mut c, shared_keys);
-        c.value.allow |= relaxations;
+        // Every agent reaches the policy proxy (which decides each of its requests).
+        c.value.allow |= relaxations | allow::PROXY;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
         // sandbox profile's class keeps every protection.)
         let relaxed = |get: fn(&Policy) -> Option<bool>| {
@@ -675,21 +676,12 @@ fn compile_with(
         for (name, p, pc, key) in profiles {
             let profile = &p.sandbox_profiles[&name];
             let mut constrained = rules.clone();
-            // No network at all, or TCP only through the policy proxy: the agent's own network
-            // rules do not apply inside the sandbox.
-            constrained.net.clear();
-            constrained.defaults[2] = (Some(KVerdict::Block), None);
+            let through_proxy = profile.network == Some(SandboxNetwork::Proxy);
+            constrained_network(&mut constrained, through_proxy, builtin(KVerdict::Allow));
             // Nor named Unix sockets: a local service is outside the sandbox just as the
             // network is (unnamed socketpairs stay usable).
             constrained.unix.clear();
             constrained.defaults[3] = (Some(KVerdict::Block), None);
-            if profile.network == Some(SandboxNetwork::Proxy) {
-                let mut r = builtin(KVerdict::Allow);
-                r.specificity = [0; 4];
-                constrained
-                    .net
-                    .push((0, [0; 16], r, 0, u16::MAX, proto::TCP, true));
-            }
             // Writes only below the writable directories, whatever the agent's rules say.
             for letter in WRITE_LETTERS {
                 let list = constrained.paths.entry(letter).or_default();
@@ -717,6 +709,11 @@ fn compile_with(
             }
             let mut c = build_class(pc, &constrained, &mut out.errors, &agent.name);
             c.value.class = pc;
+            // The proxy itself only under `network: proxy` (none: not even the proxy, through
+            // which the process would reach what the proxy does; red team round 5, F1).
+            if through_proxy {
+                c.value.allow |= allow::PROXY;
+            }
             super::report::set_defaults(&mut c.value, reports);
             identities.resolve(&mut c);
             drop_shared(&mut c, shared_keys);
@@ -758,6 +755,43 @@ fn compile_with(
         }
     }
     out
+}
+
+/// The network of a sandbox profile's class, from its agent's rules (`rules`, changed in place).
+///
+/// `network: none` (`through_proxy` false): no destination at all, whatever the agent's rules
+/// say (its rules go, its default blocks).
+///
+/// `network: proxy`: the agent's own rules, each of them, with every rule that may let a connect
+/// go on (`allow`, `throttle`, `sandbox`, a granted `escalate`) made `via_proxy`, so that what
+/// goes on goes to the proxy; `block` and the refusals of `escalate` and `throttle` stay
+/// (IPv4 and IPv6 alike, shadow rules as they were). What the agent's default allows goes to
+/// the proxy too (`allow_all`, TCP, below every rule); what it blocks stays blocked. UDP has
+/// no proxy: a `via_proxy` datagram is refused (`no_proxy`), and one no rule covers meets the
+/// default, which blocks. So a sandboxed process never reaches what its agent may not, and
+/// reaches the rest only through the proxy (red team round 5, F5: the profile used to be one
+/// catch-all rule to the proxy, which dropped the agent's blocks, and the proxy applies only
+/// HTTP rules to what the kernel sends it).
+fn constrained_network(rules: &mut Rules, through_proxy: bool, mut allow_all: Ranked) {
+    let agent_default = rules.defaults[2];
+    if !through_proxy {
+        rules.net.clear();
+        rules.defaults[2] = (Some(KVerdict::Block), None);
+        return;
+    }
+    for rule in &mut rules.net {
+        // (A block refuses before any redirect.)
+        if rule.2.rule.verdict != KVerdict::Block as u8 {
+            rule.6 = true;
+        }
+    }
+    rules.defaults[2] = (Some(KVerdict::Block), agent_default.1);
+    if agent_default.0.unwrap_or(KVerdict::Allow) != KVerdict::Block {
+        allow_all.specificity = [0; 4];
+        rules
+            .net
+            .push((0, [0; 16], allow_all, 0, u16::MAX, proto::TCP, true));
+    }
 }
 
 /// The built-in path rules of one combination of relaxations and their keys in a class's

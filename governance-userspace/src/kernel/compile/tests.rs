@@ -400,9 +400,11 @@ fn built_in_protections_are_relaxed_only_when_no_policy_objects() {
     };
     let bits = |docs: Vec<(std::path::PathBuf, String)>| {
         let set = parse(&docs).unwrap();
+        // (Every agent reaches the proxy: not a relaxation.)
         compile(&set, &[agent(0, "x", Some("bot"))], 1, &protect()).classes[0]
             .value
             .allow
+            & !governance_common::allow::PROXY
     };
     use governance_common::allow::{LOADER_EXEC, MOUNTS, RAW_SOCKETS, USER_NAMESPACES};
     assert_eq!(bits(vec![doc("a", "")]), 0);
@@ -576,6 +578,7 @@ fn runtime_sockets_are_relaxed_like_the_other_built_ins() {
         .classes[0]
             .value
             .allow
+            & !governance_common::allow::PROXY
     };
     use governance_common::allow::RUNTIME_SOCKETS;
     assert_eq!(bits(doc("")), 0);
@@ -661,6 +664,149 @@ fn via_proxy_rules_are_enforced_and_gaps_are_reported() {
         .octets();
     let entries = &k.classes[0].net[&(128, mapped)];
     assert_eq!(entries[0].via_proxy, 1, "{entries:?}");
+}
+
+/// What the kernel's `net_decision` finds in class `c` for `addr:port` over `protocol`: the
+/// enforcing entry of the longest prefix that covers the address whose ports and protocol
+/// match (None: the class's default decides).
+fn net_lookup(c: &Class, addr: &str, port: u16, protocol: u8) -> Option<NetEntry> {
+    let ip = match addr.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+    .octets();
+    let (_, entries) = c
+        .net
+        .iter()
+        .filter(|((bits, prefix), _)| class::masked(ip, *bits) == *prefix)
+        .max_by_key(|((bits, _), _)| *bits)?;
+    entries
+        .iter()
+        .find(|e| {
+            e.shadow == 0
+                && (e.port_lo..=e.port_hi).contains(&port)
+                && (e.proto == proto::ANY || e.proto == protocol)
+        })
+        .copied()
+}
+
+/// A sandbox profile is never looser than its agent (red team round 5, F5): `network: proxy`
+/// keeps each of the agent's network rules (IPv4 and IPv6), with what goes on sent through the
+/// proxy (`via_proxy`: allow, throttle, escalate; UDP then refused by the kernel), and what
+/// the agent's default allows through the proxy too; a blocked destination stays blocked, and
+/// an agent whose default blocks keeps that default in the profile. `network: none` keeps no
+/// rule. Only the agent's and the `proxy` profile's classes reach the proxy itself (F1).
+#[test]
+fn a_proxy_sandbox_keeps_its_agent_s_network_rules() {
+    let doc = |default: &str| {
+        format!(
+            "name: p\nagents: {{ label: bot }}\n{default}\
+             sandbox_profiles:\n  jail: {{ network: none }}\n  proxied: {{ network: proxy }}\nrules:\n\
+             \x20 - {{ id: metadata, network: {{ cidr: 169.254.169.254/32 }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: ula, network: {{ cidr: 'fd00::/8' }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: api, network: {{ cidr: 10.0.0.0/8, ports: [443] }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: dns, network: {{ ports: [53], protocol: udp }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: ask, network: {{ cidr: 10.1.0.0/16 }}, verdict: escalate, escalate: {{ timeout: 1m }}, reason: r }}\n\
+             \x20 - {{ id: slow, network: {{ cidr: 10.2.0.0/16 }}, verdict: throttle, throttle: {{ rate: 5, per: 1m }}, reason: r }}\n\
+             \x20 - {{ id: tool, exec: {{ path: /bin/x }}, verdict: sandbox, sandbox: {{ profile: proxied }}, reason: r }}\n\
+             \x20 - {{ id: tool2, exec: {{ path: /bin/y }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: r }}\n"
+        )
+    };
+    use governance_common::allow::PROXY;
+    let profile = |k: &KernelPolicy, name: &str| {
+        let key = u32::from(profile_key("p", name));
+        let (_, _, i) = k.profiles.iter().find(|(_, k, _)| *k == key).unwrap();
+        *i
+    };
+    let verdict = |e: Option<NetEntry>| e.map(|e| (e.rule.verdict, e.via_proxy));
+    let (tcp, udp) = (proto::TCP, proto::UDP);
+    let [block, allow_, throttle, escalate] = [
+        KVerdict::Block,
+        KVerdict::Allow,
+        KVerdict::Throttle,
+        KVerdict::Escalate,
+    ]
+    .map(|v| v as u8);
+    // The agent's default allows.
+    let k = compile(
+        &parse(&[("p.yaml".into(), doc(""))]).unwrap(),
+        &[agent(0, "x", Some("bot"))],
+        1,
+        &protect(),
+    );
+    assert!(k.errors.is_empty() && k.unenforceable.is_empty(), "{k:?}");
+    let own = &k.classes[k.agents[0].1];
+    let proxied = &k.classes[profile(&k, "proxied")];
+    let jail = &k.classes[profile(&k, "jail")];
+    // Negative control: the agent itself, direct.
+    assert_eq!(
+        verdict(net_lookup(own, "169.254.169.254", 80, tcp)),
+        Some((block, 0))
+    );
+    assert_eq!(
+        verdict(net_lookup(own, "10.0.0.1", 443, tcp)),
+        Some((allow_, 0))
+    );
+    assert_eq!(net_lookup(own, "1.1.1.1", 443, tcp), None);
+    // The profile: the agent's blocks hold (IPv4 and IPv6), by the agent's rule.
+    let metadata = net_lookup(proxied, "169.254.169.254", 80, tcp).unwrap();
+    assert_eq!(
+        (metadata.rule.verdict, metadata.rule.rule_id),
+        (block, class_id(1, 1))
+    );
+    assert_eq!(
+        verdict(net_lookup(proxied, "fd00::1", 443, tcp)),
+        Some((block, 0))
+    );
+    assert_eq!(
+        verdict(net_lookup(proxied, "fd00::1", 53, udp)),
+        Some((block, 0))
+    );
+    // What goes on goes through the proxy.
+    for (addr, port, protocol, v) in [
+        ("10.0.0.1", 443, tcp, allow_),
+        ("10.1.0.1", 80, tcp, escalate),
+        ("10.2.0.1", 80, tcp, throttle),
+        ("8.8.8.8", 53, udp, allow_),
+        ("1.1.1.1", 443, tcp, allow_),
+        ("2001:db8::1", 443, tcp, allow_),
+    ] {
+        assert_eq!(
+            verdict(net_lookup(proxied, addr, port, protocol)),
+            Some((v, 1)),
+            "{addr}:{port}/{protocol}"
+        );
+    }
+    // UDP no rule covers: the default, which blocks.
+    assert_eq!(net_lookup(proxied, "1.1.1.1", 123, udp), None);
+    assert_eq!(proxied.value.net_default.enforce.verdict, block);
+    assert!(jail.net.is_empty(), "{:?}", jail.net);
+    assert_eq!(jail.value.net_default.enforce.verdict, block);
+    // The proxy itself: the agent and `proxy`, not `none`.
+    assert_ne!(own.value.allow & PROXY, 0);
+    assert_ne!(proxied.value.allow & PROXY, 0);
+    assert_eq!(jail.value.allow & PROXY, 0);
+    // The agent's default blocks: so does the profile's, and only the agent's allows go on,
+    // through the proxy.
+    let k = compile(
+        &parse(&[("p.yaml".into(), doc("defaults: { network: block }\n"))]).unwrap(),
+        &[agent(0, "x", Some("bot"))],
+        1,
+        &protect(),
+    );
+    let own = &k.classes[k.agents[0].1];
+    let proxied = &k.classes[profile(&k, "proxied")];
+    assert_eq!(own.value.net_default.enforce.verdict, block);
+    assert_eq!(net_lookup(proxied, "1.1.1.1", 443, tcp), None);
+    assert_eq!(proxied.value.net_default.enforce.verdict, block);
+    assert_eq!(
+        verdict(net_lookup(proxied, "10.0.0.1", 443, tcp)),
+        Some((allow_, 1))
+    );
+    assert_eq!(
+        verdict(net_lookup(proxied, "169.254.169.254", 80, tcp)),
+        Some((block, 0))
+    );
 }
 
 /// The bucket the programs take a token from when agent `cgroup` connects to `ip` (a /32
