@@ -4619,6 +4619,35 @@ fn a_network_none_sandbox_may_not_reach_the_proxy() {
     );
     assert!(accepted(&proxy).is_some());
     redteam(case, "control");
+    // A process under one profile is not moved to another by a second sandbox verdict (the
+    // way from `none` to `proxy` through a file rule): the action is refused, and the process
+    // keeps the profile it has.
+    let case = "R5 a sandboxed process triggers another profile's sandbox rule";
+    redteam(case, "tried");
+    assert_eq!(through.connect(jail), refused, "{case}");
+    let pid = through.pid();
+    let ev =
+        k.event_where(|e| e.tgid == pid && e.port == jail.port() && e.flags & flags::DENIED != 0);
+    assert_eq!(
+        Verdict::from_u8(ev.verdict),
+        Some(Verdict::Sandbox),
+        "{ev:?}"
+    );
+    assert_ne!(ev.flags & flags::SANDBOXED, 0);
+    assert_eq!(
+        through.connect(proxy_addr),
+        "ok",
+        "{case}: the process keeps its own profile"
+    );
+    assert!(accepted(&proxy).is_some());
+    redteam(case, "denied");
+    let mut fresh = Connector::start(&agent.path);
+    assert_eq!(
+        fresh.connect(jail),
+        "ok",
+        "control: a first sandbox verdict"
+    );
+    redteam(case, "control");
 }
 
 /// Red team round 5, F5: a `network: proxy` sandbox is never looser than its agent. A
