@@ -1081,10 +1081,12 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
 /// (`.method` is `_method`), and reads `X.HTTP.Method.Override` as `X-HTTP-Method-Override`;
 /// a header a rule reads, sent again under a `.` spelling, is the same header to it.
 /// F1 of red team round 5: a crafted TLS ClientHello to a plaintext server (Sinatra on
-/// WEBrick, which reads it as a request head and acts on a DELETE inside its padding) under a
-/// name allowed at host level whose rules look inside requests: never spliced, refused with a
-/// TLS alert, the upstream untouched. Controls: the same DELETE in plain HTTP is refused by
-/// the rule, and a POST in plain HTTP is acted on.
+/// WEBrick, which reads it as a request head; the red team's app then acted on a DELETE inside
+/// its padding, this one answers the head 500 and closes) under a name allowed at host level
+/// whose rules look inside requests: never spliced, refused with a TLS alert, the upstream
+/// untouched. Before the fix the proxy spliced it and WEBrick's plaintext answer came back.
+/// Controls: the same DELETE in plain HTTP is refused by the rule, and a POST in plain HTTP is
+/// acted on.
 fn tls_splice_cases(s: &mut Suite, sinatra: SocketAddr) {
     let (host, up, client) = (OPEN_SINATRA_HOST, "Sinatra", "curl");
     let base = format!("http://{host}:{}", sinatra.port());
