@@ -14,7 +14,9 @@
 //! naming another service on the same address: see docs/http.md, "Canonical interpretation"),
 //! each beside the request it disguises, which the framework acts on as decided; and to
 //! Symfony, Sinatra, Tornado and aiohttp, the names, Content-Types and untyped bodies each
-//! reads its own way (PHP's parameter names, JSON bodies read as forms, charsets aiohttp finds).
+//! reads its own way (PHP's parameter names, JSON bodies read as forms, charsets aiohttp finds),
+//! and (red team round 5) a crafted TLS ClientHello to Sinatra's plaintext port, a `Connection`
+//! naming `Content-Type`, and a `_method` in a gzip header's comment to PHP.
 //!
 //! The scripts are in tests/compat/; `cargo xtask setup` installs their packages at the
 //! versions pinned there. Missing packages fail the suite, never skip it. One line per case
@@ -50,6 +52,9 @@ const SYMFONY_HOST: &str = "api.symfony.example";
 const SINATRA_HOST: &str = "api.sinatra.example";
 const TORNADO_HOST: &str = "api.tornado.example";
 const AIOHTTP_HOST: &str = "api.aiohttp.example";
+/// Sinatra again, under a name the policy allows at host level with finer blocks (a DELETE of a
+/// repository): TLS to it must not be spliced (red team round 5, F1).
+const OPEN_SINATRA_HOST: &str = "open.sinatra.example";
 /// Another service on Express's address (a FastAPI app on a port of its own), which the policy
 /// lets no agent reach: a Host naming Express on a connection to it must not be decided as
 /// Express.
@@ -857,13 +862,15 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
         ))
     });
     s.case(client, up, "connection", |s| {
-        // The proxy drops the header `Connection` names before forwarding: a real deploy.
+        // The proxy drops the header `Connection` names before forwarding: a Connection naming
+        // anything but hop-by-hop headers and connection options is refused (red team round
+        // 5, F3).
         let (v, saw) = s.run_seen(
             client,
             host,
             &deploy(&["x-dry-run: true", "Connection: x-dry-run"]),
         )?;
-        expect_refused(&v, &saw, 403, "blocked", &deploy_rule)
+        expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")
     });
     s.case(client, up, "hdr-twice", |s| {
         // Starlette takes the first copy, Express joins them ("true, false").
@@ -1073,6 +1080,88 @@ fn canonical_cases(s: &mut Suite, framework: &'static str, base: String) {
 /// PHP turns `.` and a leading space in a parameter's name into `_` and drops leading spaces
 /// (`.method` is `_method`), and reads `X.HTTP.Method.Override` as `X-HTTP-Method-Override`;
 /// a header a rule reads, sent again under a `.` spelling, is the same header to it.
+/// F1 of red team round 5: a crafted TLS ClientHello to a plaintext server (Sinatra on
+/// WEBrick, which reads it as a request head; the red team's app then acted on a DELETE inside
+/// its padding, this one answers the head 500 and closes) under a name allowed at host level
+/// whose rules look inside requests: never spliced, refused with a TLS alert, the upstream
+/// untouched. Before the fix the proxy spliced it and WEBrick's plaintext answer came back.
+/// Controls: the same DELETE in plain HTTP is refused by the rule, and a POST in plain HTTP is
+/// acted on.
+fn tls_splice_cases(s: &mut Suite, sinatra: SocketAddr) {
+    let (host, up, client) = (OPEN_SINATRA_HOST, "Sinatra", "curl");
+    let base = format!("http://{host}:{}", sinatra.port());
+    s.case(client, up, "tls-splice", |s| {
+        let (v, saw) = s.run_seen(
+            client,
+            host,
+            &Op::Raw {
+                method: "POST",
+                url: format!("{base}/v1/repos/prod"),
+                headers: vec!["content-type: application/x-www-form-urlencoded".into()],
+                body: Some("name=x".into()),
+            },
+        )?;
+        let control = expect_acted(
+            &v,
+            &saw,
+            &json!({"updated": "prod", "method": "POST", "server": "sinatra"}),
+            &json!({"method": "POST", "path": "/v1/repos/prod"}),
+        )?;
+        let (v, saw) = s.run_seen(
+            client,
+            host,
+            &Op::Raw {
+                method: "DELETE",
+                url: format!("{base}/v1/repos/plain"),
+                headers: vec![],
+                body: None,
+            },
+        )?;
+        check(
+            v["status"] == 403 && header(&v, "x-governance-rule") == "compat/open-sinatra-nodelete",
+            || format!("want the plain DELETE refused by the rule, got {v}"),
+        )?;
+        check(saw.is_empty(), || format!("the plain DELETE was acted on: {saw:?}"))?;
+        let before = s.upstream_saw(host)?.len();
+        let script = scripts().join("tls_splice.py");
+        let inner = format!(
+            "DELETE /v1/repos/inner HTTP/1.1\\r\\nHost: {host}\\r\\nContent-Length: 0\\r\\n\\r\\n"
+        );
+        let out = command_in(
+            Some(s.agent(client)),
+            s.python.to_str().unwrap(),
+            &[
+                script.to_str().unwrap(),
+                host,
+                &sinatra.ip().to_string(),
+                &sinatra.port().to_string(),
+                &inner,
+            ],
+        )
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("starting tls_splice.py: {e}"))?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "tls_splice.py said no JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        let mut saw = s.upstream_saw(host)?;
+        let saw = saw.split_off(before.min(saw.len()));
+        check(v["alert"] == true, || {
+            format!("want a TLS alert from the proxy, got {v}")
+        })?;
+        check(saw.is_empty(), || {
+            format!("refused, yet the upstream acted on {saw:?}")
+        })?;
+        Ok(format!(
+            "plain POST {control}; plain DELETE 403; the ClientHello refused with a TLS alert, upstream untouched"
+        ))
+    });
+}
+
 fn php_cases(s: &mut Suite, base: String) {
     let (host, up, client) = (SYMFONY_HOST, "Symfony", "curl");
     let strings = |headers: &[&str]| headers.iter().map(|h| (*h).to_owned()).collect();
@@ -1131,6 +1220,39 @@ fn php_cases(s: &mut Suite, base: String) {
             ));
         }
         Ok(details.join("; "))
+    });
+    s.case(client, up, "gzip-comment", |s| {
+        // Red team round 5, F4: PHP does not inflate request bodies and reads the gzip bytes
+        // as the form, `_method` in the gzip header's comment (FCOMMENT) included.
+        let gz = |name: &str, comment: &str| {
+            let mut member = gzip(b"name=x");
+            member[3] = 0x10;
+            let mut rest = member.split_off(10);
+            member.extend_from_slice(comment.as_bytes());
+            member.push(0);
+            member.append(&mut rest);
+            let path = s.bodies.join(name);
+            std::fs::write(&path, member).unwrap();
+            Op::Raw {
+                method: "POST",
+                url: format!("{base}/v1/repos/prod"),
+                headers: strings(&[form, "content-encoding: gzip"]),
+                body: Some(format!("@{}", path.display())),
+            }
+        };
+        // The control: the same gzip member with a harmless comment, acted on as a POST.
+        let (v, saw) = s.run_seen(client, host, &gz("php-plain.gz", "a comment"))?;
+        let control = expect_acted(
+            &v,
+            &saw,
+            &json!({"updated": "prod", "method": "POST", "server": "symfony"}),
+            &json!({"method": "POST", "path": "/v1/repos/prod"}),
+        )?;
+        let (v, saw) = s.run_seen(client, host, &gz("php-method.gz", "&_method=DELETE&"))?;
+        let refused = expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")?;
+        Ok(format!(
+            "control {control}; _method in the comment: {refused}"
+        ))
     });
     s.case(client, up, "hdr-dot", |s| {
         let deploy = |headers: &[&str]| Op::Raw {
@@ -1257,6 +1379,42 @@ fn form_reading_cases(s: &mut Suite, framework: &'static str, base: String) {
                         ),
                     ],
                 )
+            });
+            s.case(client, up, "conn-strip", |s| {
+                // Red team round 5, F3: `Connection: Content-Type` had the proxy remove the
+                // JSON type after deciding on it; Rack then read the body as a form. The
+                // control: the same body with its type kept is acted on as the JSON it is.
+                let (v, saw) = s.run_seen(
+                    client,
+                    host,
+                    &post("/v1/refunds", &[json_type, "connection: close"], SMUGGLED),
+                )?;
+                let control = acted_refund(&v, &saw)?;
+                let refusals = refused(
+                    s,
+                    vec![
+                        (
+                            "refund",
+                            post(
+                                "/v1/refunds",
+                                &[json_type, "connection: content-type"],
+                                SMUGGLED,
+                            ),
+                            400,
+                            "builtin:request",
+                        ),
+                        (
+                            "repo _method",
+                            repo(
+                                &[json_type, "connection: Content-Type"],
+                                r#"{"note":"x","x":"&_method=DELETE&"}"#,
+                            ),
+                            400,
+                            "builtin:request",
+                        ),
+                    ],
+                )?;
+                Ok(format!("control {control}; {refusals}"))
             });
             s.case(client, up, "ct-list", |s| {
                 // Rack takes the first of a list of types: a form.
@@ -1634,6 +1792,10 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         ));
     }
     rules.push_str(&format!(
+        "  - {{ id: open-sinatra, http: {{ host: {OPEN_SINATRA_HOST} }}, verdict: allow, reason: The host. }}\n\
+         \x20 - {{ id: open-sinatra-nodelete, http: {{ host: {OPEN_SINATRA_HOST}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
+    ));
+    rules.push_str(&format!(
         "  - {{ id: mcp-server, http: {{ host: {MCP_HOST} }}, verdict: allow, reason: 'The MCP server: sessions, lists, streams.' }}\n\
          \x20 - {{ id: mcp-shell, http: {{ host: {MCP_HOST}, mcp: {{ tool: run_shell }} }}, verdict: block, reason: '{SHELL_REASON}' }}\n\
          \x20 - {{ id: mcp-refund, http: {{ host: {MCP_HOST}, mcp: {{ tool: refund, arguments: ['$.amount > 100'] }} }}, verdict: escalate, escalate: {{ timeout: 60s, on_timeout: block }}, reason: Refunds over $100 need a human. }}\n\
@@ -1660,6 +1822,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         format!("{INTERNAL_HOST}={}", internal_addr.ip()),
         format!("{SYMFONY_HOST}={}", symfony_addr.ip()),
         format!("{SINATRA_HOST}={}", sinatra_addr.ip()),
+        format!("{OPEN_SINATRA_HOST}={}", sinatra_addr.ip()),
         format!("{TORNADO_HOST}={}", tornado_addr.ip()),
         format!("{AIOHTTP_HOST}={}", aiohttp_addr.ip()),
     ];
@@ -1691,6 +1854,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             (INTERNAL_HOST, internal_addr),
             (SYMFONY_HOST, symfony_addr),
             (SINATRA_HOST, sinatra_addr),
+            (OPEN_SINATRA_HOST, sinatra_addr),
             (TORNADO_HOST, tornado_addr),
             (AIOHTTP_HOST, aiohttp_addr),
         ],
@@ -1735,6 +1899,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     canonical_cases(&mut s, "express", express);
     let symfony = s.urls.symfony.clone();
     php_cases(&mut s, symfony);
+    tls_splice_cases(&mut s, sinatra_addr);
     for (framework, base) in [
         ("sinatra", s.urls.sinatra.clone()),
         ("tornado", s.urls.tornado.clone()),

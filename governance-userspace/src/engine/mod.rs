@@ -398,6 +398,38 @@ impl Engine {
         self.http_rules(view, host).any(|h| !h.methods.is_empty())
     }
 
+    /// The first enforcing HTTP rule that could match `host` (lowercase) and decides by what
+    /// is inside its requests: a method (other than `CONNECT`, which is the tunnel's own),
+    /// a path, headers, body or MCP conditions. A TLS connection to such a host cannot be
+    /// spliced: its decision could depend on bytes the proxy never reads (the server name
+    /// is all it sees), and a server on the other end may read those bytes as requests (a
+    /// plaintext server parses a crafted ClientHello as one). The proxy refuses it unless
+    /// the host is intercepted. Shadow rules never refuse: they are not counted.
+    pub fn looks_inside(&self, view: &AgentRules, host: &str) -> Option<&str> {
+        let exact = view.http_exact.get(host).map_or(&[][..], Vec::as_slice);
+        exact
+            .iter()
+            .chain(&view.http_suffix)
+            .chain(&view.http_any)
+            .map(|&i| self.rule(i))
+            .find(|rule| {
+                let Matcher::Http(h) = &rule.matcher else {
+                    return false;
+                };
+                let connect_only = !h.methods.is_empty()
+                    && h.methods.iter().all(|m| m.eq_ignore_ascii_case("CONNECT"));
+                rule.mode == Mode::Enforce
+                    && h.host.matches(host)
+                    && !connect_only
+                    && (!h.methods.is_empty()
+                        || h.path.is_some()
+                        || !h.headers.is_empty()
+                        || !h.body.is_empty()
+                        || h.mcp.is_some())
+            })
+            .map(|rule| rule.id.as_str())
+    }
+
     /// Whether some MCP rule of the agent could match `host` (lowercase), whatever the path.
     pub fn has_mcp_rules(&self, view: &AgentRules, host: &str) -> bool {
         self.http_rules(view, host).any(|h| h.mcp.is_some())

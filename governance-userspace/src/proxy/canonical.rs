@@ -131,6 +131,18 @@ pub enum Refused {
         "the POST names the live MCP session whose stream announced `{0}`, and its server takes the session's messages whatever the path: post them to that endpoint"
     )]
     Session(String),
+    #[error(
+        "`Connection: {0}` names a header that is not hop-by-hop: the proxy removes what Connection names before forwarding, so the upstream would read the request otherwise than it was decided"
+    )]
+    Connection(String),
+    #[error(
+        "a JSON-RPC (MCP) message to `{0}`, a path the MCP rules of this host do not name: its server acts on it whatever the path, so the MCP rules must decide it (write them for every path the server takes messages at)"
+    )]
+    McpPath(String),
+    #[error(
+        "the body reads differently with its Content-Encoding undone and without it ({0}): an upstream that does not decode it (PHP) reads the coded bytes"
+    )]
+    Coding(String),
 }
 
 impl Refused {
@@ -159,7 +171,10 @@ impl Refused {
                 | Refused::Ambiguous(_)
                 | Refused::Header(_)
                 | Refused::PathCase(..)
-                | Refused::Session(_) => "ambiguous request",
+                | Refused::Session(_)
+                | Refused::Connection(_)
+                | Refused::McpPath(_)
+                | Refused::Coding(_) => "ambiguous request",
                 _ => "bad body",
             },
         }
@@ -172,7 +187,10 @@ impl Refused {
             | Refused::Headers(_)
             | Refused::Header(_)
             | Refused::PathCase(..)
-            | Refused::Session(_) => "builtin:request",
+            | Refused::Session(_)
+            | Refused::Connection(_)
+            | Refused::Coding(_) => "builtin:request",
+            Refused::McpPath(_) => "builtin:jsonrpc",
             Refused::Json(_) => "builtin:invalid-json",
             Refused::JsonRpc(_) => "builtin:jsonrpc",
             _ => "builtin:body",
@@ -209,6 +227,14 @@ pub fn evaluate(
     body: Option<&[u8]>,
     limit: usize,
 ) -> Result<Evaluated, Refused> {
+    // Decided on exactly the headers that are forwarded: hop-by-hop ones and what
+    // `Connection` names are removed first, and `Connection` may name only hop-by-hop
+    // headers and connection options (`Connection: Content-Type` would remove, after the
+    // decision, a header the decision relied on).
+    connection_options(headers)?;
+    let mut sent = headers.clone();
+    super::request::strip_hop_by_hop(&mut sent);
+    let headers = &sent;
     method_override(head, headers)?;
     if head.method == "POST"
         && let Some(bytes) = body
@@ -227,6 +253,14 @@ pub fn evaluate(
     } else {
         (BodyRoute::default(), false)
     };
+    if let Some(bytes) = body
+        && !mcp_endpoint
+        && !bytes.is_empty()
+        && engine.has_mcp_rules(view, &head.host)
+        && is_jsonrpc(headers, bytes, limit)
+    {
+        return Err(Refused::McpPath(head.path.clone()));
+    }
     let json = if route.governed || mcp_endpoint {
         query_fields(head, &route)?;
         let json = match body {
@@ -315,6 +349,72 @@ pub fn check_tool_call(engine: &Engine, view: &AgentRules, call: &Value) -> Resu
     let route = engine.mcp_route(view);
     validate_request(call).map_err(Refused::JsonRpc)?;
     check_conditions(call, &route)
+}
+
+/// What `Connection` may name: the hop-by-hop headers (RFC 9110 §7.6.1, and those the
+/// proxy removes anyway) and connection options. Anything else is refused: the proxy removes
+/// what `Connection` names, so naming an end-to-end header (`Content-Type`,
+/// `Content-Encoding`, a header a rule reads) would change the request after its decision.
+const CONNECTION_OPTIONS: [&str; 12] = [
+    "close",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "trailers",
+    "transfer-encoding",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "http2-settings",
+    "expect",
+];
+
+/// Refuse a `Connection` header naming anything but [`CONNECTION_OPTIONS`].
+fn connection_options(headers: &HeaderMap) -> Result<(), Refused> {
+    for v in headers.get_all(header::CONNECTION) {
+        let v = String::from_utf8_lossy(v.as_bytes());
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            if !CONNECTION_OPTIONS
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(name))
+            {
+                return Err(Refused::Connection(name.to_owned()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a body could be a JSON-RPC message (MCP) to a server: as sent, and with its
+/// content coding undone (a coding the proxy cannot undo counts as such a body). Parsed
+/// strictly, an object (or an array holding one) with a `jsonrpc` or `method` member in any
+/// case; a body the strict parser refuses, if `jsonrpc` appears in it in any spelling a
+/// lenient parser could read (JSON's `\u` escapes and percent escapes undone, any case).
+fn is_jsonrpc(headers: &HeaderMap, bytes: &[u8], limit: usize) -> bool {
+    fn one(bytes: &[u8]) -> bool {
+        let member = |v: &Value| {
+            v.as_object().is_some_and(|o| {
+                o.keys()
+                    .any(|k| k.eq_ignore_ascii_case("jsonrpc") || k.eq_ignore_ascii_case("method"))
+            })
+        };
+        match parse_json(bytes) {
+            Ok(Value::Array(items)) => items.iter().any(member),
+            Ok(v) => member(&v),
+            Err(_) => {
+                let text = String::from_utf8_lossy(bytes);
+                json_unescaped(&decode_component(&text))
+                    .to_ascii_lowercase()
+                    .contains("jsonrpc")
+            }
+        }
+    }
+    one(bytes)
+        || match decoded(headers, bytes, limit) {
+            Ok(d) => one(&d),
+            Err(_) => true,
+        }
 }
 
 const OVERRIDE_HEADERS: [&str; 3] = [
@@ -427,7 +527,17 @@ fn body_method_override(
     bytes: &[u8],
     limit: usize,
 ) -> Result<(), Refused> {
-    let bytes = decoded(headers, bytes, limit)?;
+    let decoded = decoded(headers, bytes, limit)?;
+    // An upstream that does not undo the content coding (PHP) reads the coded bytes: both
+    // readings are checked.
+    if decoded[..] != *bytes {
+        body_names_method(head, headers, bytes)?;
+    }
+    body_names_method(head, headers, &decoded)
+}
+
+/// [`body_method_override`] on one reading of the body.
+fn body_names_method(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Result<(), Refused> {
     // Text in another encoding (Express reads JSON in UTF-16 and UTF-32) would hide the name
     // from the byte-wise reads below: only ASCII-compatible charsets are read.
     let media = single(headers, header::CONTENT_TYPE, "Content-Type")?
@@ -448,7 +558,7 @@ fn body_method_override(
     // bytes whatever their encoding: names are read the same in a body that is not UTF-8 (its
     // other bytes as U+FFFD).
     if !media.as_ref().is_some_and(MediaType::is_json) {
-        let text = String::from_utf8_lossy(&bytes);
+        let text = String::from_utf8_lossy(bytes);
         if let Some((_, v)) = query_pairs(&text).find(|(k, v)| is_method_field(k) && overrides(v)) {
             return Err(refused(&v));
         }
@@ -459,7 +569,7 @@ fn body_method_override(
     {
         return Ok(());
     }
-    match parse_json(&bytes) {
+    match parse_json(bytes) {
         Ok(Value::Object(map)) => {
             for (k, v) in &map {
                 if k.eq_ignore_ascii_case("_method") {
@@ -474,7 +584,7 @@ fn body_method_override(
         }
         // Other JSON has no members a framework reads as the method.
         Ok(_) => Ok(()),
-        Err(_) if names_method_field(&bytes) => Err(Refused::MethodOverride(
+        Err(_) if names_method_field(bytes) => Err(Refused::MethodOverride(
             "`_method` in a body the proxy does not parse".into(),
         )),
         Err(_) => Ok(()),
@@ -716,9 +826,12 @@ impl MediaType {
     /// `application/json`, `application/*+json`, `text/json`.
     fn is_json(&self) -> bool {
         let e = self.essence.as_str();
-        e == "application/json"
-            || e == "text/json"
-            || (e.starts_with("application/") && e.ends_with("+json"))
+        // `application/x-www-form-urlencoded+json` is a form to the servers that read a type
+        // by its prefix (Tornado): a form, never JSON.
+        !self.is_form()
+            && (e == "application/json"
+                || e == "text/json"
+                || (e.starts_with("application/") && e.ends_with("+json")))
     }
 
     /// A form, as the most lenient servers tell one (Tornado: any type that starts so).
@@ -750,8 +863,18 @@ fn read_json(
     if bytes.is_empty() {
         return Ok(None);
     }
+    let raw = bytes;
     let bytes = decoded(headers, bytes, limit)?;
     let bytes = &bytes[..];
+    // A coded body is read as it is by an upstream that does not undo the coding (PHP, Rack):
+    // as a form, those bytes must not carry a field the rules read.
+    if bytes != raw
+        && let Some(f) = carried_field(route, &String::from_utf8_lossy(raw))
+    {
+        return Err(Refused::Coding(format!(
+            "the coded bytes read as a form carrying `{f}`"
+        )));
+    }
     if bytes.is_empty() {
         return Ok(None);
     }

@@ -845,7 +845,7 @@ rules:
         (
             "named by Connection",
             vec![host, ("x-dry-run", "true"), ("connection", "x-dry-run")],
-            "403 ",
+            "400 ",
         ),
         (
             "twice",

@@ -635,14 +635,20 @@ fn header_conditions_read_what_is_forwarded_once_and_by_its_name() {
         deploy(&[("x-dry-run", "false")]),
         "block found/real-deploys"
     );
-    // Named by Connection: the upstream never gets it, so it is a real deploy.
+    // Named by Connection: the upstream would never get it; a Connection naming anything but
+    // hop-by-hop headers and connection options is refused (F3, red team round 5).
     for connection in ["x-dry-run", "keep-alive, X-Dry-Run", "close,x-dry-run "] {
         assert_eq!(
             deploy(&[("x-dry-run", "true"), ("connection", connection)]),
-            "block found/real-deploys",
+            "refused 400 builtin:request",
             "Connection: {connection}"
         );
     }
+    // Control: connection options only.
+    assert_eq!(
+        deploy(&[("x-dry-run", "true"), ("connection", "keep-alive, TE")]),
+        "allow found/dry-run-only"
+    );
     // Two copies (Express joins them, Starlette takes the first), either order.
     for pair in [["true", "false"], ["false", "true"], ["true", "true"]] {
         assert_eq!(
@@ -1577,5 +1583,186 @@ fn bodies_servers_read_as_forms_and_content_types_they_read_otherwise_are_refuse
         post(&[JSON], br#"{"note":"x","x":"&_method=DELETE&"}"#),
         "allow default",
         "typed JSON is read as JSON"
+    );
+}
+
+/// A gzip member of `data` whose header carries `comment` (FCOMMENT): decoders skip it, an
+/// upstream that does not decode (PHP) reads it with the rest of the coded bytes.
+fn gzip_commented(data: &[u8], comment: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0x10, 0, 0, 0, 0, 0, 255];
+    out.extend_from_slice(comment);
+    out.push(0);
+    out.extend(miniz_oxide::deflate::compress_to_vec(data, 6));
+    out.extend(crc32fast::hash(data).to_le_bytes());
+    out.extend((data.len() as u32).to_le_bytes());
+    out
+}
+
+/// F3 (red team round 5): `Connection` naming an end-to-end header (`Content-Type`,
+/// `Content-Encoding`) would have the proxy remove it after deciding on it; a Connection
+/// naming anything but hop-by-hop headers and connection options is refused.
+#[test]
+fn connection_may_name_only_hop_by_hop_headers() {
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    for connection in ["Content-Type", "close, content-encoding", "content-length"] {
+        assert_eq!(
+            verdict(refund(
+                br#"{"amount": 50}"#,
+                &[JSON, ("connection", connection)]
+            )),
+            "refused 400 builtin:request",
+            "Connection: {connection}"
+        );
+        // Also where no rule reads the body (the upstream's reading of it changes).
+        assert_eq!(
+            verdict(found(
+                "POST",
+                "/v1/repos/x",
+                &[("host", "api.example"), form, ("connection", connection)],
+                b"name=x"
+            )),
+            "refused 400 builtin:request",
+            "Connection: {connection}"
+        );
+    }
+    // Controls: connection options.
+    for connection in [
+        "close",
+        "keep-alive",
+        "Keep-Alive, TE",
+        "upgrade",
+        "trailers",
+    ] {
+        assert_eq!(
+            verdict(refund(
+                br#"{"amount": 50}"#,
+                &[JSON, ("connection", connection)]
+            )),
+            "allow refund-agent/refund-small",
+            "Connection: {connection}"
+        );
+    }
+}
+
+/// F4 (red team round 5): the proxy undoes gzip for its checks, PHP does not inflate request
+/// bodies and reads the coded bytes as the form: a `_method` in the gzip header's comment is
+/// refused, and so is a field the rules read; a type that is a form by its prefix is read as a
+/// form (`application/x-www-form-urlencoded+json`). Controls: the same bodies without them.
+#[test]
+fn coded_bodies_are_read_as_coded_and_as_decoded() {
+    let repo = |ctype: &str, coding: Option<&str>, body: &[u8]| {
+        let mut headers = vec![("host", "api.example"), ("content-type", ctype)];
+        if let Some(c) = coding {
+            headers.push(("content-encoding", c));
+        }
+        verdict(found("POST", "/v1/repos/x", &headers, body))
+    };
+    let form = "application/x-www-form-urlencoded";
+    for ctype in [form, "application/json", "text/plain"] {
+        assert_eq!(
+            repo(
+                ctype,
+                Some("gzip"),
+                &gzip_commented(b"name=x", b"&_method=DELETE&")
+            ),
+            "refused 400 builtin:request",
+            "{ctype}"
+        );
+        assert_eq!(
+            repo(
+                ctype,
+                Some("gzip"),
+                &gzip_commented(b"name=x", b"a comment")
+            ),
+            "allow default",
+            "{ctype}"
+        );
+    }
+    assert_eq!(
+        repo(form, Some("gzip"), &gzip(b"name=x&_method=DELETE")),
+        "refused 400 builtin:request"
+    );
+    // A form by its prefix, whatever its suffix says.
+    assert_eq!(
+        repo(
+            "application/x-www-form-urlencoded+json",
+            None,
+            b"_method=DELETE"
+        ),
+        "refused 400 builtin:request"
+    );
+    assert_eq!(
+        repo("application/x-www-form-urlencoded+json", None, b"name=x"),
+        "allow default"
+    );
+    // On a body route: the coded bytes read as a form must not carry a field the rules read.
+    let coded = gzip_commented(br#"{"amount": 50}"#, b"&amount=99999&");
+    for extra in [
+        vec![("content-encoding", "gzip")],
+        vec![JSON, ("content-encoding", "gzip")],
+    ] {
+        assert_eq!(
+            verdict(refund(&coded, &extra)),
+            "refused 400 builtin:request",
+            "{extra:?}"
+        );
+    }
+    assert_eq!(
+        verdict(refund(
+            &gzip_commented(br#"{"amount": 50}"#, b"a comment"),
+            &[JSON, ("content-encoding", "gzip")]
+        )),
+        "allow refund-agent/refund-small"
+    );
+}
+
+/// F2 (red team round 5): an MCP server takes messages at paths its MCP rules may not name
+/// (the legacy SSE transport's `/messages/`): on a host with MCP rules, a JSON-RPC body at a
+/// path no MCP rule names is refused rather than decided by the host's other rules, in any
+/// spelling a lenient parser reads. Controls: the same call at the MCP endpoint is decided by
+/// the MCP rules; a JSON body that is not JSON-RPC elsewhere on the host is not refused.
+#[test]
+fn mcp_messages_off_the_mcp_paths_are_refused() {
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "transfer", "arguments": {"payment": {"amount": 5000}}}});
+    let post = |target: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let mut all = vec![("host", "mcp.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", target, &all, body))
+    };
+    let body = call.to_string();
+    for target in ["/messages/?session_id=abc", "/sse", "/mcp/x", "/"] {
+        assert_eq!(
+            post(target, &[JSON], body.as_bytes()),
+            "refused 400 builtin:jsonrpc",
+            "{target}"
+        );
+    }
+    let batch = format!("[{body}]");
+    let initialize = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}"#;
+    let escaped = r#"{"\u006asonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"transfer","arguments":{}},"x":NaN}"#;
+    for body in [batch.as_str(), initialize, escaped] {
+        assert_eq!(
+            post("/messages/?session_id=abc", &[JSON], body.as_bytes()),
+            "refused 400 builtin:jsonrpc",
+            "{body}"
+        );
+    }
+    assert_eq!(
+        post(
+            "/messages/?session_id=abc",
+            &[JSON, ("content-encoding", "gzip")],
+            &gzip(body.as_bytes())
+        ),
+        "refused 400 builtin:jsonrpc"
+    );
+    // Controls.
+    assert_eq!(
+        post("/mcp", &[JSON], body.as_bytes()),
+        "block found/big-transfer"
+    );
+    assert_eq!(
+        post("/v1/upload", &[JSON], br#"{"name": "report"}"#),
+        "allow default"
     );
 }

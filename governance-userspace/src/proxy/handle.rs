@@ -188,7 +188,8 @@ impl Proxy {
         ) {
             Ok(ev) => ev,
             Err(why) => {
-                let mcp = engine.is_mcp_endpoint(&view, &head.host, &head.path);
+                let mcp = engine.is_mcp_endpoint(&view, &head.host, &head.path)
+                    || matches!(why, canonical::Refused::McpPath(_));
                 return self.refuse_unreadable(client, &head, &why, mcp);
             }
         };

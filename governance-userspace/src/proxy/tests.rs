@@ -1704,6 +1704,71 @@ async fn transparent_tls_is_decided_on_the_server_name_and_spliced() {
     h.assert_no_panics();
 }
 
+/// F1 (red team round 5): a spliced stream is only its server name to the proxy, and a server
+/// that is not TLS reads a crafted ClientHello's bytes as requests the proxy never decides.
+/// TLS to a host whose rules look inside requests (here a method-less allow with a DELETE
+/// block) is refused, transparently and inside a CONNECT tunnel, before any byte reaches the
+/// upstream. Control: a host whose rules are host-level only (`method: CONNECT`) is spliced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_host_whose_rules_look_inside_requests_is_not_spliced() {
+    const POLICY: &str = r#"
+name: tls
+agents: { cgroup: agents/tls-* }
+defaults: { http: block }
+rules:
+  - id: payments
+    http: { host: api.payments.example, method: CONNECT }
+    verdict: allow
+    reason: TLS to the payments API.
+  - id: search
+    http: { host: mcp.search.example }
+    verdict: allow
+    reason: The host.
+  - id: search-no-delete
+    http: { host: mcp.search.example, method: DELETE }
+    verdict: block
+    reason: No deletes.
+"#;
+    let up_ca = test_ca();
+    let up = tls_upstream_for("payments", &up_ca, "api.payments.example").await;
+    let h = start(tls_config(&up_ca, None), parse(POLICY), Limits::default()).await;
+    let me = h.agent("agents/tls-1", None, Some(up.addr));
+    let explicit = h.agent("agents/tls-2", None, None);
+    let trust = trusting(up_ca.ca.cert_path());
+    let authority = format!("mcp.search.example:{}", up.addr.port());
+
+    let err = handshake(&trust, "mcp.search.example", h.connect(me).await)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    let rec = h.last_record(|r| r.object.url.contains("mcp.search.example"));
+    assert_eq!((rec.rule.as_str(), rec.denied), ("builtin:tls", true));
+    assert!(
+        rec.reason.contains("tls/search-no-delete"),
+        "{}",
+        rec.reason
+    );
+    // The same inside a CONNECT tunnel (the CONNECT itself is allowed at host level).
+    let err = handshake(
+        &trust,
+        "mcp.search.example",
+        tunnel(&h, explicit, &authority).await,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("AccessDenied"), "{err}");
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 0, "never spliced");
+
+    // Control: host-level rules only.
+    let tls = handshake(&trust, "api.payments.example", h.connect(me).await)
+        .await
+        .expect("spliced to the upstream");
+    let r = get(&mut http1(tls).await, "api.payments.example").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(up.accepted.load(Ordering::Relaxed), 1);
+    h.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_spliced_connections_are_closed() {
     let up_ca = test_ca();

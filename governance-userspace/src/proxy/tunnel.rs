@@ -15,7 +15,11 @@
 //! `original_dst` (the host check), in a tunnel it must be the CONNECT's host (a tunnel to an IP
 //! address carries none; that is accepted). Then one of two ways:
 //!
-//! - *spliced* (the default): decided like a CONNECT (method `CONNECT`, host = SNI, empty path;
+//! - *spliced* (the default), only to a host none of whose enforcing rules looks inside
+//!   requests ([`crate::engine::Engine::looks_inside`]: a method other than `CONNECT`, a path,
+//!   headers, body or MCP conditions; otherwise refused with rule `builtin:tls`, also inside a
+//!   `CONNECT` tunnel: a server that is not TLS reads a crafted ClientHello as requests the
+//!   proxy never decides): decided like a CONNECT (method `CONNECT`, host = SNI, empty path;
 //!   in a tunnel the CONNECT was that decision), then relayed byte for byte to the destination
 //!   until both sides close or it is idle for `idle_timeout`, or cut (and reported as the
 //!   rule's denial) once a sequence rule the agent arms refuses its host. The record's URL is
@@ -226,6 +230,17 @@ impl Proxy {
                 return refuse_tls(io).await;
             };
             return self.intercept(&conn, &client, io, &head, addr).await;
+        }
+        // A spliced stream is only the server name to the proxy: it may carry anything, and a
+        // server that is not TLS reads a crafted ClientHello's bytes as requests. Where the
+        // host's rules look inside requests, nothing the proxy sees could decide them: refused
+        // (also inside a CONNECT tunnel, whose CONNECT was decided at host level only).
+        if let Some(rule) = engine.looks_inside(&view, &sni) {
+            let reason = format!(
+                "TLS to `{sni}` would be spliced unread, but rule `{rule}` decides requests to it by what is inside them (method, path, headers, body or MCP): intercept its TLS (proxy.intercept_tls) or use plain HTTP"
+            );
+            self.tls_refused(&client, &conn, Some(&head), &reason);
+            return refuse_tls(io).await;
         }
         let decided = matches!(conn.mode, Mode::Tunnel { decided: true, .. });
         if !decided {
