@@ -470,6 +470,8 @@ pub mod allow {
     /// whose profile is gone, do not (their connect to the proxy is decided by the network
     /// table, which refuses it).
     pub const PROXY: u32 = 128;
+    /// Name-service sockets (nscd, systemd-resolved, sssd: see [`crate::unix_protected`]).
+    pub const NAME_SERVICE_SOCKETS: u32 = 256;
 }
 
 /// First class number of the shared built-in path rules (after the slot bit): the node's
@@ -1075,6 +1077,12 @@ pub mod unix_protected {
     /// processes outside the agent. Refused unless the policy sets
     /// `kernel: { allow_runtime_sockets: true }` ([`crate::allow::RUNTIME_SOCKETS`]).
     pub const RUNTIME: u32 = 2;
+    /// A name-service socket (nscd's, systemd-resolved's, sssd's NSS pipe): the service looks
+    /// names up for its client, so an agent that asks it for `<data>.attacker.example` sends a
+    /// DNS query out that its own network rules would refuse. Refused unless the policy sets
+    /// `kernel: { allow_name_service_sockets: true }` ([`crate::allow::NAME_SERVICE_SOCKETS`]);
+    /// the C library then resolves itself, as its network rules decide.
+    pub const NAME_SERVICE: u32 = 3;
 }
 
 /// [`Event::detail`] of a [`Kind::Unix`] decision: what the target socket's address is.

@@ -8,7 +8,8 @@
 //!
 //! Before the policy: the built-in refusals of [`UNIX_PROTECTED`] (the daemon's control
 //! socket, always; container-runtime and service-manager sockets unless the policy relaxes
-//! them with `allow_runtime_sockets`).
+//! them with `allow_runtime_sockets`; name-service sockets unless it relaxes them with
+//! `allow_name_service_sockets`).
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use governance_common::{
     Cause, Kind, RulePair, SUN_PATH_LEN, UNIX_ABSTRACT_DEV, UnixId, UnixKey, allow, unix_detail,
@@ -125,14 +126,16 @@ pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
             ev.path[0] = 0;
         }
     };
-    // Built-in: the control socket always, runtime sockets unless relaxed (a sandboxed
+    // Built-in: the control socket always, runtime and name-service sockets unless relaxed (a sandboxed
     // process's class relaxes nothing). A relaxed runtime socket goes on to the rules. Path
     // sockets by identity, abstract names (an X display, a containerd shim) by their hash.
     let id = UnixId { dev, _pad: 0, ino };
     // SAFETY: the value is copied immediately.
     if let Some(why) = unsafe { UNIX_PROTECTED.get(&id) }.copied() {
-        let relaxed =
-            why == unix_protected::RUNTIME && agent.value.allow & allow::RUNTIME_SOCKETS != 0;
+        let relaxed = (why == unix_protected::RUNTIME
+            && agent.value.allow & allow::RUNTIME_SOCKETS != 0)
+            || (why == unix_protected::NAME_SERVICE
+                && agent.value.allow & allow::NAME_SERVICE_SOCKETS != 0);
         if !relaxed {
             let mut d = Decision::builtin(Kind::Unix, true);
             d.object = object;

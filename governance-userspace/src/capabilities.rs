@@ -68,7 +68,7 @@ pub struct Builtin {
 
 /// The built-ins a policy may relax: (setting, what it refuses, the setting's value).
 type Relaxable = (&'static str, &'static str, fn(&Policy) -> Option<bool>);
-const RELAXABLE: [Relaxable; 7] = [
+const RELAXABLE: [Relaxable; 8] = [
     (
         "allow_raw_sockets",
         "sockets other than Unix, TCP and UDP (raw, packet, netlink)",
@@ -81,6 +81,11 @@ const RELAXABLE: [Relaxable; 7] = [
         "allow_runtime_sockets",
         "container-runtime and service-manager sockets",
         |p| p.allow_runtime_sockets,
+    ),
+    (
+        "allow_name_service_sockets",
+        "name-service sockets (nscd, systemd-resolved, sssd): lookups past the network rules",
+        |p| p.allow_name_service_sockets,
     ),
     ("allow_mounts", "mounts", |p| p.allow_mounts),
     (
@@ -515,7 +520,7 @@ pub fn render(c: &AgentCapabilities, out: &mut String) {
         } else {
             "refused".into()
         };
-        let _ = writeln!(out, "    {:<22} {state}: {}", b.name, b.refuses);
+        let _ = writeln!(out, "    {:<26} {state}: {}", b.name, b.refuses);
     }
 }
 

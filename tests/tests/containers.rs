@@ -131,22 +131,31 @@ impl Drop for Container<'_> {
 }
 
 /// Network block, an HTTP block through the proxy from the container's own network
-/// namespace, an allowed request (the original destination recovered exactly: the upstream on
-/// the host at the address and port the container asked for), each with a control container
-/// outside the agent.
+/// namespace, an allowed request (the original destination recovered exactly: the upstream at
+/// the address and port the container asked for, connected from the container's namespace),
+/// each with a control container outside the agent.
 #[test]
 fn containers_are_agents() {
     require_root();
     let podman = Podman::new();
     let agents = TestCgroup::new("containers");
     let outside = TestCgroup::new("containers-outside");
-    // The upstream, on the host's loopback. In a container, 127.0.0.5 is the container's own
-    // loopback, where nothing listens: only the redirect can reach the host's.
+    // Containers first: the bridge's gateway (the host, as containers reach it) is known once
+    // one runs.
+    let agent = podman.start(&agents.rel);
+    let control = podman.start(&outside.rel);
+    let gateway = agent.inspect("{{.NetworkSettings.Gateway}}");
+    assert!(!gateway.is_empty(), "the container has a bridge network");
+    let blocked = TcpListener::bind((gateway.as_str(), 0)).expect("a listener on the bridge");
+    let blocked_port = blocked.local_addr().unwrap().port();
+    // The upstream, on the host's bridge address: where the container reaches the host (the
+    // proxy connects from the container's namespace; the host's loopback is not the
+    // container's).
     let port = {
-        let l = TcpListener::bind("127.0.0.5:0").unwrap();
+        let l = TcpListener::bind((gateway.as_str(), 0)).unwrap();
         l.local_addr().unwrap().port()
     };
-    let upstream_addr = format!("127.0.0.5:{port}");
+    let upstream_addr = format!("{gateway}:{port}");
     let mut upstream = Reaped(
         Command::new(env!("CARGO_BIN_EXE_redteam-helper"))
             .args(["http-upstream", &upstream_addr, "payments"])
@@ -161,15 +170,6 @@ fn containers_are_agents() {
         std::net::TcpStream::connect(&upstream_addr).is_ok()
     });
 
-    // Containers first: the bridge's gateway (the host, as containers reach it) is known once
-    // one runs.
-    let agent = podman.start(&agents.rel);
-    let control = podman.start(&outside.rel);
-    let gateway = agent.inspect("{{.NetworkSettings.Gateway}}");
-    assert!(!gateway.is_empty(), "the container has a bridge network");
-    let blocked = TcpListener::bind((gateway.as_str(), 0)).expect("a listener on the bridge");
-    let blocked_port = blocked.local_addr().unwrap().port();
-
     let dir = PathBuf::from(format!(
         "/tmp/governance-test-containers-{}",
         std::process::id()
@@ -181,7 +181,7 @@ fn containers_are_agents() {
         format!(
             "name: containers\nagents: {{ cgroup: '{}/*' }}\ndefaults: {{ http: block }}\nrules:\n\
              \x20 - {{ id: node, network: {{ cidr: {gateway}/32 }}, verdict: block, reason: not the node }}\n\
-             \x20 - {{ id: api, network: {{ cidr: 127.0.0.5/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n\
+             \x20 - {{ id: api, network: {{ cidr: {gateway}/32, ports: [{port}], via_proxy: true }}, verdict: allow, reason: through the engine }}\n\
              \x20 - {{ id: ok, http: {{ path: /allowed }}, verdict: allow, reason: fine }}\n\
              \x20 - {{ id: no, http: {{ path: /refunds }}, verdict: block, reason: never from a container }}\n",
             agents.rel.display()
@@ -266,15 +266,7 @@ fn containers_are_agents() {
     }
     let http = |c: &Container<'_>, path: &str| {
         let script = format!("/bin/get-{}", path.trim_start_matches('/'));
-        c.exec(&[
-            "nc",
-            "-w",
-            "20",
-            "127.0.0.5",
-            &port.to_string(),
-            "-e",
-            &script,
-        ])
+        c.exec(&["nc", "-w", "20", &gateway, &port.to_string(), "-e", &script])
     };
     let (ok, out) = http(&agent, "/allowed");
     assert!(
@@ -288,11 +280,13 @@ fn containers_are_agents() {
         out.contains("HTTP/1.1 403") && !out.contains("\"upstream\""),
         "blocked by the proxy: {out}"
     );
-    // Control: outside the agent nothing is redirected; 127.0.0.5 is the container's own
-    // loopback, where nothing listens.
-    let (ok, out) = http(&control, "/refunds");
+    // Control: outside the agent nothing is redirected: the upstream answers what the proxy
+    // refuses, undecided.
+    let (_, out) = http(&control, "/refunds");
     assert!(
-        !ok && out.contains("refused") && !out.contains("403"),
+        out.contains("HTTP/1.1 200")
+            && out.contains("\"upstream\":\"payments\"")
+            && out.contains("\"path\":\"/refunds\""),
         "control: {out}"
     );
 

@@ -5102,3 +5102,174 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Red team round 5, F2: an agent in a network namespace of its own (a container, a pod) must
+/// not reach the node's loopback services through the proxy, which listens in the agent's
+/// namespace but used to connect upstream from the node's. The node runs HTTP services at
+/// 127.0.0.9 and 127.0.0.7 (the agent's rules allow 127.0.0.0/8: its own local servers; its
+/// connects to 127.0.0.7 go `via_proxy`). From the agent's namespace, where nothing listens at
+/// those addresses yet: a direct connect is refused (the control: the agent cannot reach them
+/// itself), and through the proxy an absolute-form request, one by a name the proxy resolves
+/// (`--proxy-host`), a CONNECT tunnel and a transparently redirected request all fail (502:
+/// the upstream connection is made in the agent's namespace), none answered by the node's
+/// services. Then the same services started in the agent's namespace (same addresses and
+/// ports) answer all four: the agent's own upstreams are reached. A process of the same agent
+/// in the node's namespace still reaches the node's services through the proxy (unchanged).
+#[test]
+fn an_agent_in_its_own_network_namespace_reaches_through_the_proxy_only_what_it_reaches_itself() {
+    require_root();
+    let agent = TestCgroup::new("netns-reach");
+    let helper = env!("CARGO_BIN_EXE_redteam-helper");
+    let named = listener([127, 0, 0, 9]).1;
+    let redirected = listener([127, 0, 0, 7]).1;
+    let serve = |ns: Option<&str>, addr: SocketAddr, name: &str| {
+        let mut cmd = match ns {
+            Some(pid) => {
+                let mut c = Command::new("nsenter");
+                c.args(["-t", pid, "-n", helper]);
+                c
+            }
+            None => Command::new(helper),
+        };
+        let mut up = Reaped(
+            cmd.args(["http-upstream", &addr.to_string(), name])
+                .spawn()
+                .unwrap(),
+        );
+        wait_until(
+            &format!("the {name} upstream to listen on {addr}"),
+            Duration::from_secs(10),
+            || {
+                assert!(matches!(up.try_wait(), Ok(None)), "the upstream exited");
+                match ns {
+                    Some(pid) => listens_in(pid, addr.port()),
+                    None => std::net::TcpStream::connect(addr).is_ok(),
+                }
+            },
+        );
+        up
+    };
+    let _node_services = [serve(None, named, "node"), serve(None, redirected, "node")];
+    let dir = policy_dir(
+        "netns-reach",
+        &format!(
+            "name: netns-reach\nagents: {{ cgroup: {cg} }}\ndefaults: {{ network: block }}\nrules:\n\
+             \x20 - {{ id: own-loopback, network: {{ cidr: 127.0.0.0/8 }}, verdict: allow, reason: the agent's own local servers }}\n\
+             \x20 - {{ id: web, network: {{ cidr: 127.0.0.7/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("netns-reach");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--quiet",
+            "--pins",
+            &pins_arg,
+            "--proxy-host",
+            "node-svc.test=127.0.0.9",
+        ],
+        &dir,
+    );
+    let proxy_port = proxy_port(&seen);
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    // The pod: a network namespace with its loopback up, made outside the agent, then moved
+    // in (as a runtime does).
+    let pod = Reaped(
+        Command::new("unshare")
+            .args(["-n", "sh", "-c", "ip link set lo up && exec sleep 300"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = pod.id().to_string();
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_until(
+        "the pod's network namespace",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|n| n != own)
+                && std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|e| e.ends_with("sleep"))
+        },
+    );
+    std::fs::write(agent.path.join("cgroup.procs"), &pid).unwrap();
+    wait_until(
+        "the proxy to listen in the pod's network namespace",
+        Duration::from_secs(20),
+        || listens_in(&pid, proxy_port),
+    );
+    // curl as the agent: in the pod's namespace (nsenter) or the node's, joined to the agent.
+    let procs = agent.path.join("cgroup.procs");
+    let curl = |in_pod: bool, args: &[&str]| -> (bool, String) {
+        let script = format!(
+            "echo $$ > {} && exec curl -sS -i --max-time 20 \"$@\"",
+            procs.display()
+        );
+        let mut cmd = if in_pod {
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &pid, "-n", "sh", "-c", &script, "sh"]);
+            c
+        } else {
+            let mut c = Command::new("sh");
+            c.args(["-c", &script, "sh"]);
+            c
+        };
+        let out = cmd.args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let n_url = format!("http://{named}/abs");
+    let name_url = format!("http://node-svc.test:{}/name", named.port());
+    let t_url = format!("http://{named}/tun");
+    let r_url = format!("http://{redirected}/tr");
+    let through: [(&str, Vec<&str>); 4] = [
+        ("absolute-form", vec!["-x", &proxy, &n_url]),
+        ("a name the proxy resolves", vec!["-x", &proxy, &name_url]),
+        ("CONNECT", vec!["-p", "-x", &proxy, &t_url]),
+        ("transparent", vec![&r_url]),
+    ];
+
+    // The control: the node's service is not the agent's to reach directly.
+    let (ok, out) = curl(true, &["--noproxy", "*", &format!("http://{named}/direct")]);
+    assert!(
+        !ok && (out.contains("refused") || out.contains("Couldn't connect")),
+        "direct: {out}"
+    );
+    // Nor through the proxy, any way.
+    for (what, args) in &through {
+        let (_, out) = curl(true, args);
+        assert!(
+            out.contains(" 502") && !out.contains("\"upstream\":\"node\""),
+            "{what}: the node's service must not answer the pod: {out}"
+        );
+    }
+    // The pod's own services at the same addresses: reached through the proxy every way.
+    let _pod_services = [
+        serve(Some(&pid), named, "pod"),
+        serve(Some(&pid), redirected, "pod"),
+    ];
+    for (what, args) in &through {
+        let (ok, out) = curl(true, args);
+        assert!(
+            ok && out.contains(" 200") && out.contains("\"upstream\":\"pod\""),
+            "{what}: the pod's own service answers: {out}"
+        );
+    }
+    // The same agent on the node (no namespace of its own): the node's services, as before.
+    for (what, args) in &through {
+        let (ok, out) = curl(false, args);
+        assert!(
+            ok && out.contains(" 200") && out.contains("\"upstream\":\"node\""),
+            "{what}, from the node: {out}"
+        );
+    }
+    drop(pod);
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2465,6 +2465,85 @@ fn unix_runtime_sockets_are_refused_by_identity() {
     let _ = std::fs::remove_file(sock);
 }
 
+/// Red team round 5, F3: a name service looks names up for its clients (glibc asks nscd first),
+/// so an agent whose own DNS is refused could have `<data>.attacker.example` resolved by nscd,
+/// outside the agent, and the query would leave the node. Name-service sockets (nscd's,
+/// systemd-resolved's varlink sockets, sssd's NSS pipe), bound here before the load, outside
+/// the agent, are refused to the agent by identity (`builtin:name-service-socket`); the control
+/// outside the agent connects. A restarted service's new socket is refused again once looked
+/// at. `allow_runtime_sockets` does not relax them; `allow_name_service_sockets` does.
+#[test]
+fn name_service_sockets_are_refused_unless_relaxed() {
+    use governance_common::unix_protected::NAME_SERVICE;
+    require_root();
+    let fx = Fixture::new("nss");
+    let nscd = Path::new("/run/nscd/socket");
+    let resolved = Path::new("/run/systemd/resolve/io.systemd.Resolve");
+    let sssd = Path::new("/var/lib/sss/pipes/nss");
+    let listeners: Vec<_> = [nscd, resolved, sssd]
+        .iter()
+        .map(|p| unix_listener(p))
+        .collect();
+    let mut k = fx.load("");
+    k.require("unix_stream_connect");
+    let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
+    for (case, path) in [
+        ("unix connect to nscd's socket", nscd),
+        (
+            "unix connect to systemd-resolved's varlink socket",
+            resolved,
+        ),
+        ("unix connect to sssd's NSS pipe", sssd),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &connect(path),
+            Kind::Unix,
+            Control::Succeeds,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        assert_eq!(unix_builtin(&ev), NAME_SERVICE, "{case}");
+        assert_eq!(text(&ev.path), path.to_str().unwrap(), "{case}");
+    }
+    // nscd restarts: a new socket file, refused again once looked at.
+    drop(listeners);
+    let _nscd = unix_listener(nscd);
+    let changed = k.enforcer.unix_sockets_changed().unwrap();
+    assert!(changed.runtime, "the re-created socket is noticed");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix connect to nscd's re-created socket",
+        &connect(nscd),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), NAME_SERVICE);
+    drop(k);
+    // The runtime sockets' relaxation is not this one.
+    let mut k = fx.load("kernel: { allow_runtime_sockets: true }\n");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "unix connect to nscd's socket with runtime sockets allowed",
+        &connect(nscd),
+        Kind::Unix,
+        Control::Succeeds,
+    );
+    assert_eq!(unix_builtin(&ev), NAME_SERVICE);
+    drop(k);
+    // Relaxed: the agent gets it (the default decides).
+    let mut k = fx.load("kernel: { allow_name_service_sockets: true }\n");
+    let ev = allow(&mut k, &fx, "relaxed name-service socket", &connect(nscd));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    drop(k);
+    for p in [nscd, resolved, sssd] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// Unix-socket rules: by the socket file (its identity) or the abstract name, each verdict,
 /// datagrams as well as connects, shadow mode; unrelated sockets stay usable.
 #[test]

@@ -12,6 +12,12 @@
 //! more loses its listener (a listening socket would keep the namespace alive). Until its
 //! listener is open, an agent's redirected connect is refused (nothing listens there): closed,
 //! never direct.
+//!
+//! The thread that opened a namespace's listeners stays there, holding no capability, and
+//! makes the TCP sockets of the upstream connections the proxy makes for that namespace's
+//! clients (`proxy/origin.rs`): an upstream is connected from the agent's namespace, with the
+//! agent's reach (its loopback, routes and firewall), never from the node's. It ends with the
+//! namespace's listeners and the last connection that uses it.
 
 use std::{
     collections::BTreeMap,
@@ -21,7 +27,10 @@ use std::{
     sync::Arc,
 };
 
-use crate::{agents::AgentCgroup, proxy::Proxy};
+use crate::{
+    agents::AgentCgroup,
+    proxy::{Proxy, SocketMaker},
+};
 
 /// A network namespace, by its nsfs identity (device, inode).
 type NsId = (u64, u64);
@@ -81,21 +90,7 @@ impl NetnsListeners {
                 continue;
             }
             let tasks = match listen_in(pid, id, &self.addrs) {
-                Ok(listeners) => listeners
-                    .into_iter()
-                    .filter_map(|l| {
-                        let l = l.set_nonblocking(true).and_then(|()| {
-                            tokio::net::TcpListener::from_std(l)
-                        });
-                        match l {
-                            Ok(l) => Some(tokio::spawn(self.proxy.clone().serve(l))),
-                            Err(e) => {
-                                tracing::warn!(pid, error = %e, "proxy: a listener in an agent's network namespace cannot be served");
-                                None
-                            }
-                        }
-                    })
-                    .collect(),
+                Ok((listeners, maker)) => self.serve(pid, listeners, maker),
                 Err(e) => {
                     eprintln!(
                         "governance: the proxy cannot listen in the network namespace of agent process {pid} ({e}); its via_proxy connects are refused"
@@ -108,6 +103,34 @@ impl NetnsListeners {
             }
             self.open.insert(id, tasks);
         }
+    }
+}
+
+impl NetnsListeners {
+    /// Serve the listeners opened in an agent's namespace; their clients' upstream connections
+    /// are made there, with sockets from `maker`.
+    fn serve(
+        &self,
+        pid: u32,
+        listeners: Vec<std::net::TcpListener>,
+        maker: SocketMaker,
+    ) -> Vec<tokio::task::JoinHandle<std::io::Result<()>>> {
+        let origin = self.proxy.origin(maker);
+        let mut tasks = Vec::new();
+        for l in listeners {
+            let l = l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(l));
+            match l {
+                Ok(l) => tasks.push(tokio::spawn(
+                    self.proxy.clone().serve_from(l, Some(origin.clone())),
+                )),
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "proxy: a listener in an agent's network namespace cannot be served")
+                }
+            }
+        }
+        tasks
     }
 }
 
@@ -137,13 +160,14 @@ fn procs_below(dir: &Path) -> Vec<u32> {
 }
 
 /// Listen on `addrs` inside the network namespace of `pid` (expected to be `id`). A thread of
-/// its own enters the namespace and ends there; the sockets it made stay in that namespace.
-/// The IPv6 listener is optional (a namespace without IPv6).
+/// its own enters the namespace; the sockets it made stay in that namespace. The IPv6
+/// listener is optional (a namespace without IPv6). The thread then drops every capability and
+/// stays, making the sockets the returned [`SocketMaker`] asks for, until no maker is left.
 fn listen_in(
     pid: u32,
     id: NsId,
     addrs: &[SocketAddr],
-) -> std::io::Result<Vec<std::net::TcpListener>> {
+) -> std::io::Result<(Vec<std::net::TcpListener>, SocketMaker)> {
     let ns = crate::procfs::open(format!("/proc/{pid}/ns/net"))?;
     // The process may have moved on between the scan and the open: the namespace must be the
     // one found.
@@ -152,19 +176,38 @@ fn listen_in(
         return Err(std::io::Error::other("the process left the namespace"));
     }
     let addrs = addrs.to_vec();
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)?;
-        let mut out = Vec::new();
-        for (i, a) in addrs.iter().enumerate() {
-            match std::net::TcpListener::bind(a) {
-                Ok(l) => out.push(l),
-                Err(e) if i == 0 => return Err(e),
-                Err(e) => tracing::debug!(addr = %a, error = %e, "proxy: no IPv6 listener in an agent's network namespace"),
+    let (maker, requests) = crate::proxy::socket_channel();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("gov-netns".into())
+        .spawn(move || {
+            let listened = (|| {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                drop(ns);
+                let mut out = Vec::new();
+                for (i, a) in addrs.iter().enumerate() {
+                    match std::net::TcpListener::bind(a) {
+                        Ok(l) => out.push(l),
+                        Err(e) if i == 0 => return Err(e),
+                        Err(e) => tracing::debug!(addr = %a, error = %e, "proxy: no IPv6 listener in an agent's network namespace"),
+                    }
+                }
+                Ok(out)
+            })();
+            let ok = listened.is_ok();
+            if tx.send(listened).is_err() || !ok {
+                return;
             }
-        }
-        Ok(out)
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("the listener thread panicked"))?
+            // What is left to do (socket(2)) needs no capability; a thread that keeps none
+            // cannot leave the namespace either.
+            if let Err(e) = crate::privilege::limit_thread(&caps::CapsHashSet::new()) {
+                tracing::warn!(error = %e, "proxy: the socket thread of an agent's network namespace could not drop its capabilities");
+            }
+            crate::proxy::serve_sockets(requests);
+        })?;
+    let listeners = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the listener thread panicked"))??;
+    Ok((listeners, maker))
 }

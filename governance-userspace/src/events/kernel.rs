@@ -106,6 +106,12 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
                 "container-runtime and service-manager sockets start processes outside the \
                  agent: refused unless the policy sets kernel.allow_runtime_sockets",
             ),
+            unix_protected::NAME_SERVICE => (
+                "name-service-socket",
+                "name-service sockets (nscd, systemd-resolved, sssd) look names up outside the \
+                 agent, past its network rules: refused unless the policy sets \
+                 kernel.allow_name_service_sockets",
+            ),
             _ => ("unix", "Unix sockets"),
         },
         Some(Kind::Socket) => (

@@ -176,6 +176,11 @@ fn decodes_unix_sockets_and_names_their_built_ins() {
     let r = Record::from_kernel(&ev, &names(), &clock);
     assert_eq!(r.rule, "builtin:runtime-socket");
     assert!(r.reason.contains("allow_runtime_sockets"), "{r}");
+    ev.detail =
+        unix_detail::PATH | (unix_protected::NAME_SERVICE as u8) << unix_detail::PROTECTED_SHIFT;
+    let r = Record::from_kernel(&ev, &names(), &clock);
+    assert_eq!(r.rule, "builtin:name-service-socket");
+    assert!(r.reason.contains("allow_name_service_sockets"), "{r}");
     // An abstract name, with a NUL inside, sent a datagram: as `ss` shows it.
     ev.detail = unix_detail::ABSTRACT;
     ev.port = unix_hook::SEND;

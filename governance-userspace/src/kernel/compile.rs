@@ -644,6 +644,9 @@ fn compile_with(
         if relaxed(|p| p.allow_runtime_sockets) {
             c.value.allow |= governance_common::allow::RUNTIME_SOCKETS;
         }
+        if relaxed(|p| p.allow_name_service_sockets) {
+            c.value.allow |= governance_common::allow::NAME_SERVICE_SOCKETS;
+        }
         if relaxed(|p| p.allow_mounts) {
             c.value.allow |= governance_common::allow::MOUNTS;
         }

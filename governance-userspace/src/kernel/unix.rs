@@ -1,5 +1,5 @@
 //! Unix sockets in the maps: the built-in refusals (the daemon's control socket; container-
-//! runtime and service-manager sockets), a generation's Unix-socket rules (a path resolved to
+//! runtime and service-manager sockets; name-service sockets), a generation's Unix-socket rules (a path resolved to
 //! the socket file's identity, an abstract name hashed), and where the TCP control API listens.
 //!
 //! The kernel decides on a socket file's identity (device, inode), which a server changes
@@ -98,6 +98,47 @@ pub const RUNTIME_SOCKET_SUBDIRS: &[(&str, &str)] = &[
     ("/run/screen", "S-"),
     ("/var/run/screen", "S-"),
 ];
+
+/// Sockets of services that look names up for their clients: nscd's (glibc asks it first for
+/// hosts, users and groups; unscd and nsncd use the same path), sssd's NSS pipe. A name an
+/// agent makes up (`<data>.attacker.example`) would be resolved by the service, outside the
+/// agent, as a DNS query its network rules refuse. Refused to agents unless a policy sets
+/// `kernel: { allow_name_service_sockets: true }`; refused, the C library falls back to its
+/// own lookups (files, then its own DNS queries, which the network rules decide).
+pub const NAME_SERVICE_SOCKETS: &[&str] = &[
+    "/run/nscd/socket",
+    "/var/run/nscd/socket",
+    "/var/lib/sss/pipes/nss",
+];
+
+/// Directories every socket of which is a name service's: systemd-resolved's varlink sockets
+/// (`io.systemd.Resolve`, which nss-resolve asks, and its siblings).
+pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &["/run/systemd/resolve"];
+
+/// Every name-service socket path to look at now ([`NAME_SERVICE_SOCKET_DIRS`] expanded).
+pub fn name_service_socket_paths() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = NAME_SERVICE_SOCKETS.iter().map(PathBuf::from).collect();
+    for dir in NAME_SERVICE_SOCKET_DIRS {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut socks: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+            socks.sort();
+            out.extend(socks);
+        }
+    }
+    out
+}
+
+/// The name-service sockets that exist now: identity → the paths that name it (files that are
+/// not sockets, the resolver's `resolv.conf` among them, have none).
+pub fn resolve_name_service_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
+    let mut out: BTreeMap<(u32, u64), Vec<PathBuf>> = BTreeMap::new();
+    for path in name_service_socket_paths() {
+        if let Ok(id) = socket_identity(&path) {
+            out.entry(id).or_default().push(path);
+        }
+    }
+    out
+}
 
 /// Every runtime socket path to look at now (`/run/user/*` and [`RUNTIME_SOCKET_DIRS`]
 /// expanded).
@@ -208,8 +249,14 @@ fn runtime_abstract_names(proc_net_unix: &str) -> BTreeSet<String> {
 /// runtime sockets and of `rule_paths` that exist (the nearest existing ancestor otherwise).
 pub fn socket_dirs(rule_paths: &[PathBuf]) -> Vec<PathBuf> {
     let mut dirs = BTreeSet::new();
-    let runtime = RUNTIME_SOCKETS.iter().map(PathBuf::from);
-    let in_dirs = RUNTIME_SOCKET_DIRS.iter().map(|d| Path::new(d).join("x"));
+    let runtime = RUNTIME_SOCKETS
+        .iter()
+        .chain(NAME_SERVICE_SOCKETS)
+        .map(PathBuf::from);
+    let in_dirs = RUNTIME_SOCKET_DIRS
+        .iter()
+        .chain(NAME_SERVICE_SOCKET_DIRS)
+        .map(|d| Path::new(d).join("x"));
     for p in runtime.chain(in_dirs).chain(rule_paths.iter().cloned()) {
         if let Some(dir) = p.ancestors().skip(1).find(|d| d.is_dir()) {
             dirs.insert(dir.to_owned());
@@ -238,6 +285,8 @@ pub struct UnixTargets {
     pub seen: Vec<(PathBuf, Option<(u32, u64)>)>,
     /// The runtime sockets refused now.
     pub runtime: BTreeSet<(u32, u64)>,
+    /// The name-service sockets refused now.
+    pub name_service: BTreeSet<(u32, u64)>,
     /// The runtime servers' abstract names last found listening, and when.
     pub abstract_names: Option<(BTreeSet<String>, std::time::Instant)>,
 }
@@ -245,7 +294,8 @@ pub struct UnixTargets {
 /// What changed since the maps were last written (see [`Enforcer::unix_sockets_changed`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SocketsChanged {
-    /// A runtime socket appeared, went or was re-created: refused again already.
+    /// A runtime or name-service socket appeared, went or was re-created: refused again
+    /// already.
     pub runtime: bool,
     /// A socket a `unix` rule names did: the rules need the next generation.
     pub rules: bool,
@@ -290,18 +340,32 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Refuse the runtime sockets that exist now (and forget those that went). Whether the
-    /// set changed.
+    /// Refuse the runtime and name-service sockets that exist now (and forget those that
+    /// went). Whether the set changed.
     pub fn protect_runtime_sockets(&mut self) -> Result<bool, KernelError> {
         let names = listening_abstract_names();
         let ids = resolve_runtime_sockets_with(&names).into_keys().collect();
         self.unix_targets.abstract_names = Some((names, std::time::Instant::now()));
-        self.protect_runtime(ids)
+        let runtime = self.protect_runtime(ids)?;
+        let name_service = resolve_name_service_sockets().into_keys().collect();
+        Ok(self.protect_name_service(name_service)? || runtime)
     }
 
     fn protect_runtime(&mut self, ids: BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
         let changed = self.set_protected(unix_protected::RUNTIME, &ids)?;
         self.unix_targets.runtime = ids;
+        Ok(changed)
+    }
+
+    /// Name-service sockets: one that is also a runtime socket (a link between the lists)
+    /// stays a runtime one, as the control socket stays the control socket.
+    fn protect_name_service(&mut self, ids: BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
+        let ids: BTreeSet<(u32, u64)> = ids
+            .difference(&self.unix_targets.runtime)
+            .copied()
+            .collect();
+        let changed = self.set_protected(unix_protected::NAME_SERVICE, &ids)?;
+        self.unix_targets.name_service = ids;
         Ok(changed)
     }
 
@@ -316,6 +380,13 @@ impl Enforcer {
             resolve_runtime_sockets_with(&names.0).into_keys().collect();
         self.unix_targets.abstract_names = Some(names);
         let runtime = now != self.unix_targets.runtime && self.protect_runtime(now)?;
+        let name_service: BTreeSet<(u32, u64)> = resolve_name_service_sockets()
+            .into_keys()
+            .filter(|id| !self.unix_targets.runtime.contains(id))
+            .collect();
+        let name_service = name_service != self.unix_targets.name_service
+            && self.protect_name_service(name_service)?;
+        let runtime = runtime || name_service;
         let seen: Vec<(PathBuf, Option<(u32, u64)>)> = self
             .unix_targets
             .paths
@@ -445,6 +516,25 @@ mod tests {
             "/run/supervisor.sock",
         ] {
             assert!(RUNTIME_SOCKETS.contains(&s), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_name_service_list_names_nscd_resolved_and_sssd() {
+        for s in [
+            "/run/nscd/socket",
+            "/var/run/nscd/socket",
+            "/var/lib/sss/pipes/nss",
+        ] {
+            assert!(NAME_SERVICE_SOCKETS.contains(&s), "{s}");
+            assert!(!RUNTIME_SOCKETS.contains(&s), "{s}");
+        }
+        assert!(NAME_SERVICE_SOCKET_DIRS.contains(&"/run/systemd/resolve"));
+        // Watched: a service that starts (or restarts) later is refused at once.
+        let dirs = socket_dirs(&[]);
+        for s in NAME_SERVICE_SOCKETS {
+            let near = Path::new(s).ancestors().skip(1).find(|d| d.is_dir());
+            assert!(near.is_none_or(|d| dirs.contains(&d.to_owned())), "{s}");
         }
     }
 

@@ -117,6 +117,14 @@ pub struct KernelDoc {
     /// socket stays refused whatever this says.
     #[serde(default)]
     pub allow_runtime_sockets: Option<bool>,
+    /// Let the agent connect to name-service sockets (nscd's, systemd-resolved's varlink
+    /// sockets, sssd's NSS pipe), which are refused by default: the service resolves names for
+    /// whoever asks, so a name the agent makes up would leave the node as a DNS query its own
+    /// network rules refuse. Refused, the C library resolves names itself (its own DNS
+    /// queries, decided by the agent's `network` rules). `unix` rules and the `unix` default
+    /// still decide.
+    #[serde(default)]
+    pub allow_name_service_sockets: Option<bool>,
     /// Give the agent back capabilities that agents never get by default (`CAP_NET_ADMIN`,
     /// `CAP_SYS_ADMIN`, ...: see docs/policy.md for the list and why each is refused). A
     /// capability is given back when an enforcing policy of the agent lists it and every other

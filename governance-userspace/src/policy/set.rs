@@ -368,6 +368,8 @@ pub struct Policy {
     pub allow_user_namespaces: Option<bool>,
     /// `kernel.allow_runtime_sockets`, as written.
     pub allow_runtime_sockets: Option<bool>,
+    /// `kernel.allow_name_service_sockets`, as written.
+    pub allow_name_service_sockets: Option<bool>,
     /// `kernel.allow_capabilities`, as written: a mask of capability numbers (bit n:
     /// capability n), each one that agents are refused by default.
     pub allow_capabilities: Option<u64>,

@@ -319,6 +319,7 @@ impl Cx<'_> {
             allow_raw_sockets: kernel.allow_raw_sockets,
             allow_user_namespaces: kernel.allow_user_namespaces,
             allow_runtime_sockets: kernel.allow_runtime_sockets,
+            allow_name_service_sockets: kernel.allow_name_service_sockets,
             allow_capabilities,
             allow_mounts: kernel.allow_mounts,
             allow_loader_exec: kernel.allow_loader_exec,

@@ -665,6 +665,135 @@ async fn names_are_not_looked_up_for_an_agent_whose_network_refuses_them() {
     h.assert_no_panics();
 }
 
+/// A client in a network namespace of its own (served by a listener opened there, with the
+/// namespace's [`Origin`]) has every upstream connection made from that namespace: here the
+/// origin's socket thread stands in for it. One whose thread is gone gets 502 for an absolute-form
+/// request, a CONNECT and a transparent request alike: never a connection from the proxy's own
+/// namespace instead. The node's resolver at a loopback address is not one the agent's rules
+/// for that address let it query from its namespace: a name it chose is not looked up for it
+/// (`builtin:dns`), while a client in the proxy's namespace under the same policy has it looked
+/// up as before. Controls: the live origin reaches the upstream every way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_in_another_namespace_is_connected_from_it_or_not_at_all() {
+    let up = upstream("wiki").await;
+    let port = up.addr.port();
+    let cfg = ProxyConfig {
+        dns_servers: Some(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]),
+        ..config()
+    };
+    // The rules open the upstream's address and port, and let the agent query the resolver
+    // at 127.0.0.1 itself.
+    let policy = format!(
+        "{DNS_OWN_POLICY}  - id: wiki\n    network: {{ cidr: [\"127.0.0.1/32\"], ports: {port} }}\n    verdict: allow\n    reason: The wiki.\n"
+    );
+    let h = start(cfg, parse(&policy), Limits::default()).await;
+    // Listeners standing for two namespaces' own: one whose socket thread serves, one whose
+    // thread is gone.
+    let serve = |origin: Arc<Origin>| async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        (
+            addr,
+            tokio::spawn(h.proxy.clone().serve_from(l, Some(origin))),
+        )
+    };
+    let (maker, requests) = super::origin::socket_channel();
+    // (Ends with its last maker; not waited for.)
+    std::thread::spawn(move || super::origin::serve_sockets(requests));
+    let (live, live_task) = serve(h.proxy.origin(maker)).await;
+    let (maker, requests) = super::origin::socket_channel();
+    drop(requests);
+    let (dead, dead_task) = serve(h.proxy.origin(maker)).await;
+    let ask = |listener: SocketAddr, from: IpAddr, bytes: Vec<u8>| async move {
+        let sock = TcpSocket::new_v4().unwrap();
+        sock.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut s = sock.connect(listener).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        read_all(&mut s, Duration::from_secs(10)).await
+    };
+    let explicit = h.agent("agents/dnsown-ns", None, None);
+    let transparent = h.agent("agents/dnsown-ns-t", None, Some(up.addr));
+    let get = format!(
+        "GET http://127.0.0.1:{port}/abs HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let connect = format!(
+        "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\nGET /tun HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    );
+    let plain = format!("GET /tr HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    for (what, from, req) in [
+        ("absolute-form", explicit, &get),
+        ("CONNECT", explicit, &connect),
+        ("transparent", transparent, &plain),
+    ] {
+        // (A CONNECT is answered 200 before its first request goes upstream.)
+        let r = ask(dead, from, req.clone().into_bytes()).await;
+        assert!(
+            r.contains("HTTP/1.1 502") && r.contains("no socket thread") && !r.contains("wiki"),
+            "{what}, origin gone: {r}"
+        );
+        let r = ask(live, from, req.clone().into_bytes()).await;
+        assert!(
+            r.contains("HTTP/1.1 200") && r.contains("\"upstream\":\"wiki\""),
+            "{what}, from the namespace: {r}"
+        );
+    }
+    let seen: Vec<String> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(seen, ["/abs", "/tun", "/tr"], "only the live origin's");
+
+    // DNS: the node's resolver at 127.0.0.1 is not the one the agent's rule for 127.0.0.1
+    // reaches from its namespace.
+    let r = ask(
+        live,
+        explicit,
+        b"CONNECT n-c2VjcmV0.exfil-ns.invalid:443 HTTP/1.1\r\nHost: n-c2VjcmV0.exfil-ns.invalid:443\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"builtin:dns\""), "{r}");
+    assert!(h.proxy.upstream.looked_up().is_empty());
+    // Control: the same from the proxy's own namespace is looked up (the agent may query that
+    // resolver itself); the address is then refused by the default.
+    let r = h
+        .raw(
+            explicit,
+            b"CONNECT localhost:443 HTTP/1.1\r\nHost: localhost:443\r\n\r\n",
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(r.contains("\"rule\":\"default\""), "{r}");
+    assert_eq!(h.proxy.upstream.looked_up(), vec!["localhost".to_owned()]);
+    h.assert_no_panics();
+    live_task.abort();
+    dead_task.abort();
+}
+
+/// The addresses that mean the namespace they are used in.
+#[test]
+fn node_local_addresses() {
+    use super::decide::node_local;
+    for a in [
+        "127.0.0.53",
+        "0.0.0.0",
+        "169.254.169.254",
+        "::1",
+        "::",
+        "fe80::1",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.0.1",
+    ] {
+        assert!(node_local(a.parse().unwrap()), "{a}");
+    }
+    for a in ["10.96.0.10", "8.8.8.8", "2001:db8::1", "::ffff:10.0.0.1"] {
+        assert!(!node_local(a.parse().unwrap()), "{a}");
+    }
+}
+
 const NET_POLICY: &str = r#"
 name: net
 agents: { cgroup: agents/net-* }

@@ -113,9 +113,13 @@ impl Proxy {
     /// made without a lookup; one that depends on the address looks up only a name
     /// [`Proxy::may_look_up`] allows. A name that needs no lookup (an IP literal, a static
     /// address, a cached answer) is decided on its address.
+    ///
+    /// `foreign`: the client is in a network namespace other than the proxy's (see
+    /// [`Proxy::may_look_up`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn explicit_target(
         &self,
+        foreign: bool,
         client: &Client,
         engine: &Engine,
         view: &AgentRules,
@@ -147,7 +151,7 @@ impl Proxy {
                 {
                     Some(d) => (None, d),
                     None => {
-                        if let Err(why) = self.may_look_up(engine, view, host) {
+                        if let Err(why) = self.may_look_up(engine, view, host, foreign) {
                             return Err(self.not_looked_up(client, head, &why));
                         }
                         let ips = self.upstream.resolve(host).await.map_err(bad_gateway)?;
@@ -230,17 +234,26 @@ impl Proxy {
     /// itself (the lookup opens no way out that it does not have). Otherwise a name the agent
     /// chose would carry what it encodes to the resolver, and on to the name's servers, for
     /// an agent whose own DNS is refused. Err says why not.
+    ///
+    /// `foreign`: the agent is in a network namespace of its own. The proxy's DNS servers are
+    /// the node's; one at a loopback, unspecified or link-local address is a server of the
+    /// node's namespace that the same address in the agent's namespace does not reach (the
+    /// agent's own `127.0.0.53` is not the node's resolver), so the agent's rules for that
+    /// address do not let it query this server, and it does not count.
     pub(super) fn may_look_up(
         &self,
         engine: &Engine,
         view: &AgentRules,
         host: &str,
+        foreign: bool,
     ) -> Result<(), String> {
         if engine.names_host(view, host) {
             return Ok(());
         }
         let now = Instant::now();
-        let own_dns = self.upstream.servers.iter().any(|ip| {
+        let servers = self.upstream.servers.iter();
+        let mut servers = servers.filter(|ip| !(foreign && node_local(**ip)));
+        let own_dns = servers.any(|ip| {
             let query = Action::Network {
                 addr: *ip,
                 port: 53,
@@ -319,6 +332,17 @@ impl Proxy {
                 &serde_json::to_value(&r).unwrap_or(Value::Null),
             ),
             Err(e) => respond::error(StatusCode::BAD_REQUEST, "bad request", &e, None),
+        }
+    }
+}
+
+/// An address that names something of the network namespace it is used in, not a place both
+/// namespaces reach alike: loopback, unspecified, link-local (IPv4-mapped forms included).
+pub(super) fn node_local(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || v6.is_unicast_link_local()
         }
     }
 }

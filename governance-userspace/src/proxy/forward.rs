@@ -143,7 +143,12 @@ impl Proxy {
                 }
             }
             None => {
-                let sent = self.upstream.client.request(req);
+                // A sandbox upstream (the policy's) from the proxy's namespace; the request's
+                // destination from the client's (see `origin.rs`).
+                let sent = match (&conn.origin, &to) {
+                    (Some(origin), To::Upstream(_)) => origin.client.request(req),
+                    _ => self.upstream.client.request(req),
+                };
                 match tokio::time::timeout(head_wait, sent).await {
                     Err(_) => return gateway_timeout(),
                     Ok(Err(e)) => {
@@ -208,7 +213,8 @@ impl Proxy {
         let mut sender = match ready {
             Some(s) => s,
             None => {
-                let stream = tls::connect_upstream(&interception.upstream, addr, name)
+                let tcp = self.dial(conn, addr);
+                let stream = tls::connect_upstream_via(&interception.upstream, addr, name, tcp)
                     .await
                     .map_err(|e| e.to_string())?;
                 let (s, connection) =

@@ -251,7 +251,17 @@ impl Proxy {
             (_, Some(url)) => To::Sandbox { rule, url },
             (Some(Dest::Addr(addr)), None) => To::Upstream(addr),
             (Some(Dest::Name(host, port)), None) => match self
-                .explicit_target(client, &engine, &view, &head, &host, port, &mut body, limit)
+                .explicit_target(
+                    conn.origin.is_some(),
+                    client,
+                    &engine,
+                    &view,
+                    &head,
+                    &host,
+                    port,
+                    &mut body,
+                    limit,
+                )
                 .await
             {
                 Ok(to) => to,
@@ -418,7 +428,12 @@ impl Proxy {
                         None => {
                             let engine = self.engine_for(client);
                             let view = self.view(Some(conn), &engine, &client.agent);
-                            match self.may_look_up(&engine, &view, &head.host) {
+                            match self.may_look_up(
+                                &engine,
+                                &view,
+                                &head.host,
+                                conn.origin.is_some(),
+                            ) {
                                 Ok(()) => self.upstream.host_names(&head.host, *dst).await,
                                 Err(why) => Err(why),
                             }

@@ -26,6 +26,16 @@ use super::{
 impl Proxy {
     /// Accept and serve connections until the task is aborted.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        self.serve_from(listener, None).await
+    }
+
+    /// [`Proxy::serve`] for a listener in another network namespace: its clients' upstream
+    /// connections are made from `origin` (that namespace), never from the proxy's.
+    pub async fn serve_from(
+        self: Arc<Self>,
+        listener: TcpListener,
+        origin: Option<Arc<super::Origin>>,
+    ) -> std::io::Result<()> {
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -37,14 +47,19 @@ impl Proxy {
                 }
             };
             let this = self.clone();
-            io::spawn(
-                &self.panics,
-                async move { this.connection(stream, peer).await },
-            );
+            let origin = origin.clone();
+            io::spawn(&self.panics, async move {
+                this.connection(stream, peer, origin).await
+            });
         }
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn connection(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        origin: Option<Arc<super::Origin>>,
+    ) {
         let _ = stream.set_nodelay(true);
         let Ok(local) = stream.local_addr() else {
             return;
@@ -66,7 +81,7 @@ impl Proxy {
             let _in = rt.enter();
             io::spawn(&self.panics, async move {
                 match TcpStream::from_std(stream) {
-                    Ok(stream) => this.identified(stream, peer, local, client).await,
+                    Ok(stream) => this.identified(stream, peer, local, client, origin).await,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "proxy: handing a connection over failed")
                     }
@@ -74,7 +89,7 @@ impl Proxy {
             });
             return;
         }
-        self.identified(stream, peer, local, client).await;
+        self.identified(stream, peer, local, client, origin).await;
     }
 
     /// Serve an identified connection.
@@ -84,6 +99,7 @@ impl Proxy {
         peer: SocketAddr,
         local: SocketAddr,
         client: Option<super::Client>,
+        origin: Option<Arc<super::Origin>>,
     ) {
         // Unidentified connections share one budget.
         let key = client
@@ -103,7 +119,7 @@ impl Proxy {
             Some(d) if !self.is_self(d, local) => Mode::Transparent(d),
             _ => Mode::Explicit,
         };
-        let conn = Conn::new(client, peer, local, mode);
+        let conn = Conn::new(client, peer, local, mode, origin);
         // Audit log down under `block`: no TLS (spliced TLS is decided before any request).
         if matches!(proto, Proto::Tls) && self.audit_refusal().is_some() {
             return super::tunnel::refuse_tls(Box::new(stream)).await;

@@ -25,6 +25,13 @@
 //! addresses), a name is looked up only if a rule names it or the agent may query DNS itself
 //! (`Proxy::may_look_up`); a `network` decision the same for every address is made unresolved.
 //!
+//! **Where upstream connections come from.** For a client in the proxy's own network namespace,
+//! the proxy's. For a client in a namespace of its own (a container, a pod: served by a
+//! listener the daemon opened there), that namespace's (`origin.rs`): every address means what
+//! it would mean to the agent's own connect (`127.0.0.1` is the pod's loopback), so an upstream
+//! has no more reach than the agent. A sandbox upstream, which the policy names, is connected
+//! from the proxy's namespace.
+//!
 //! HTTP/1.1 and h2c (prior knowledge) from clients; HTTP/1.1 to upstreams.
 //!
 //! **TLS** is decided on the server name of the ClientHello, then spliced, or intercepted for
@@ -63,6 +70,7 @@ mod forward;
 mod handle;
 mod io;
 mod listen;
+mod origin;
 mod preauth;
 mod record;
 mod respond;
@@ -87,6 +95,7 @@ use arc_swap::ArcSwap;
 pub use self::{
     config::{HostCheck, ProxyConfig},
     decide::{McpCall, decide_request, parse_json},
+    origin::{Origin, SocketMaker, SocketRequests, serve_sockets, socket_channel},
     preauth::{DecideAction, DecideResponse, HttpAction},
     respond::{MCP_BLOCKED, McpIds},
 };
@@ -155,12 +164,21 @@ struct Conn {
     view: Mutex<Option<(Arc<Engine>, Arc<AgentRules>)>>,
     /// Intercepted: the TLS connection to the upstream, kept between requests.
     tls_upstream: Mutex<Option<UpstreamTls>>,
+    /// Where its upstream connections come from: the client's own network namespace when it
+    /// is not the proxy's (see `origin.rs`); None: the proxy's.
+    origin: Option<Arc<Origin>>,
 }
 
 type UpstreamTls = hyper::client::conn::http1::SendRequest<UpBody>;
 
 impl Conn {
-    fn new(client: Option<Client>, peer: SocketAddr, local: SocketAddr, mode: Mode) -> Arc<Conn> {
+    fn new(
+        client: Option<Client>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        mode: Mode,
+        origin: Option<Arc<Origin>>,
+    ) -> Arc<Conn> {
         Arc::new(Conn {
             client,
             peer,
@@ -169,12 +187,19 @@ impl Conn {
             activity: Activity::new(),
             view: Mutex::new(None),
             tls_upstream: Mutex::new(None),
+            origin,
         })
     }
 
     /// The same agent's traffic inside a tunnel or an intercepted TLS connection.
     fn inner(&self, mode: Mode) -> Arc<Conn> {
-        Conn::new(self.client.clone(), self.peer, self.local, mode)
+        Conn::new(
+            self.client.clone(),
+            self.peer,
+            self.local,
+            mode,
+            self.origin.clone(),
+        )
     }
 }
 
@@ -335,6 +360,16 @@ impl Proxy {
                 .load()
                 .as_ref()
                 .is_some_and(|c| c.cgroup_id == client.info.cgroup_id)
+    }
+
+    /// A TCP connection to `addr` for the client of `conn`, from its network namespace
+    /// ([`Origin`]) or, for a client in the proxy's own, from the proxy's. Not timed: the
+    /// caller's timeout applies.
+    async fn dial(&self, conn: &Conn, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+        match &conn.origin {
+            Some(o) => o.connect(addr).await,
+            None => tokio::net::TcpStream::connect(addr).await,
+        }
     }
 
     /// The agent's rules under `engine`, cached per connection and per generation.

@@ -778,10 +778,21 @@ pub async fn connect_upstream(
     addr: SocketAddr,
     server_name: &str,
 ) -> Result<client::TlsStream<TcpStream>, TlsError> {
+    connect_upstream_via(config, addr, server_name, TcpStream::connect(addr)).await
+}
+
+/// [`connect_upstream`] over the TCP connection `tcp` makes (to `addr`: from the client's
+/// network namespace, say).
+pub async fn connect_upstream_via(
+    config: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    server_name: &str,
+    tcp: impl std::future::Future<Output = io::Result<TcpStream>>,
+) -> Result<client::TlsStream<TcpStream>, TlsError> {
     let name = ServerName::try_from(server_name.to_owned())
         .map_err(|_| TlsError::InvalidHost(server_name.to_owned()))?;
     let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "timed out");
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp)
         .await
         .unwrap_or_else(|_| Err(timed_out()))
         .map_err(|source| TlsError::Connect { addr, source })?;

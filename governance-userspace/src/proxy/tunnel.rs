@@ -102,7 +102,15 @@ impl Proxy {
         let mut none = ReqBody::Read(Bytes::new());
         let addr = match self
             .explicit_target(
-                client, &engine, &view, &head, &head.host, port, &mut none, 0,
+                conn.origin.is_some(),
+                client,
+                &engine,
+                &view,
+                &head,
+                &head.host,
+                port,
+                &mut none,
+                0,
             )
             .await
         {
@@ -283,7 +291,8 @@ impl Proxy {
         if conn.client.as_ref().is_some_and(|c| self.is_canary(c)) {
             return refuse_tls(io).await;
         }
-        let connect = TcpStream::connect(addr);
+        // From the client's network namespace (see `origin.rs`).
+        let connect = self.dial(conn, addr);
         let upstream = match tokio::time::timeout(self.cfg.upstream_connect_timeout, connect).await
         {
             Ok(Ok(s)) => s,

@@ -592,6 +592,18 @@ fn runtime_sockets_are_relaxed_like_the_other_built_ins() {
         "name: b\nagents: { label: bot }\nkernel: { allow_runtime_sockets: false }\n".into(),
     ));
     assert_eq!(bits(both), 0);
+    // Name-service sockets have a relaxation of their own: neither implies the other.
+    use governance_common::allow::NAME_SERVICE_SOCKETS;
+    assert_eq!(
+        bits(doc("kernel: { allow_name_service_sockets: true }")),
+        NAME_SERVICE_SOCKETS
+    );
+    let mut both = doc("kernel: { allow_name_service_sockets: true }");
+    both.push((
+        "b.yaml".into(),
+        "name: b\nagents: { label: bot }\nkernel: { allow_name_service_sockets: false }\n".into(),
+    ));
+    assert_eq!(bits(both), 0);
 }
 
 #[test]
