@@ -727,6 +727,8 @@ fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: Btf, object: u64, o
 ///   the rule's path away from the object.
 /// - A new name is a create in its directory, and a rename over an object replaces it: refused
 ///   where the rules refuse creating there, or writing (truncating) the object replaced.
+///   The name itself first: where a protected path was missing at the load, the name it would
+///   have in its deepest existing directory has an entry of its own (`name_refusal`).
 /// - An object below a directory with a restricting rule may be renamed within its directory
 ///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
 ///   as severe for those accesses; not elsewhere.
