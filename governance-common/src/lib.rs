@@ -720,6 +720,18 @@ pub const SCOPE_DEVICE: u32 = 3;
 /// directory is cannot loosen what the object's old place refused. Opens are decided by their
 /// path, which says the same, and do not read it.
 pub const SCOPE_FILL: u32 = 4;
+/// [`IdentKey::scope`]: a name in a directory, for a protected path that did not exist when
+/// the generation was loaded (`dev` and `ino`: the deepest directory on the path that did;
+/// [`IdentKey::name`]: [`name_hash`] of the path's next component). Its create slot holds what
+/// making that name would be refused as: the path rules' answer for the protected path for
+/// creating, else for writing (a name made by a rename, a link or a symlink has content the
+/// agent chose). A directory on the way to the protected path is refused whole: a new
+/// directory there would make the protected path. `inode_link`, `inode_rename` (the new name),
+/// `inode_symlink`, `inode_mkdir` and `inode_mknod` look it up for the new dentry (its parent's
+/// identity and its name's hash) and refuse where it restricts; opens are decided by their path.
+/// Its [`IDENT_FILTER`](maps::IDENT_FILTER) bit is the directory's (the name left out), so the
+/// kernel hashes a name only in a directory that has such entries.
+pub const SCOPE_NAME: u32 = 5;
 /// The rule id of a [`SCOPE_FILL`] answer that is the class's file default (reported as the
 /// default posture).
 pub const FILL_DEFAULT: u32 = 0x7fff_fffe;
@@ -755,10 +767,42 @@ pub struct IdentKey {
     pub class: u32,
     pub dev: u32,
     pub ino: u64,
-    /// [`SCOPE_SELF`], [`SCOPE_BELOW`], [`SCOPE_HOLDS`], [`SCOPE_DEVICE`] or [`SCOPE_FILL`].
+    /// [`SCOPE_SELF`], [`SCOPE_BELOW`], [`SCOPE_HOLDS`], [`SCOPE_DEVICE`], [`SCOPE_FILL`] or
+    /// [`SCOPE_NAME`].
     pub scope: u32,
-    pub _pad: u32,
+    /// With [`SCOPE_NAME`], [`name_hash`] of the name in directory (`dev`, `ino`); else 0.
+    pub name: u32,
 }
+
+/// Longest name of one directory entry (Linux's `NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// FNV-1a (32-bit) offset basis: [`name_hash`] of the empty name.
+pub const NAME_HASH_SEED: u32 = 0x811c_9dc5;
+
+/// One byte of [`name_hash`] (FNV-1a, 32-bit): the kernel's hash loop takes it byte by byte.
+#[inline(always)]
+pub const fn name_hash_step(hash: u32, byte: u8) -> u32 {
+    (hash ^ byte as u32).wrapping_mul(0x0100_0193)
+}
+
+/// The hash of a directory entry's name (its first [`NAME_MAX`] bytes) that [`SCOPE_NAME`]
+/// keys hold. The kernel's own `d_name.hash` is salted by the parent dentry's address, so the
+/// programs compute this one over the name's bytes, with [`name_hash_step`].
+pub const fn name_hash(name: &[u8]) -> u32 {
+    let mut h = NAME_HASH_SEED;
+    let mut i = 0;
+    while i < name.len() && i < NAME_MAX {
+        h = name_hash_step(h, name[i]);
+        i += 1;
+    }
+    h
+}
+// FNV-1a 32-bit test vectors.
+const _: () = assert!(
+    name_hash(b"") == 0x811c_9dc5
+        && name_hash(b"a") == 0xe40c_292c
+        && name_hash(b"foobar") == 0xbf9c_f968
+);
 
 /// Bits in each slot's identity filter ([`maps::IDENT_FILTER`]): with the 15,000 identities of
 /// 1,000 agents, about 3 % of the bits are set.
@@ -771,7 +815,8 @@ pub type IdentFilter = [u64; IDENT_FILTER_WORDS];
 
 /// The bit of (`dev`, `ino`, `scope`) in an [`IdentFilter`] (multiplicative hashing). With the
 /// scope: the directories above a protected object have [`SCOPE_HOLDS`] entries, which a walk
-/// (looking for [`SCOPE_BELOW`]) never reads. The kernel and the daemon both compute it here.
+/// (looking for [`SCOPE_BELOW`]) never reads. A [`SCOPE_NAME`] key's bit is its directory's,
+/// without the name. The kernel and the daemon both compute it here.
 pub const fn ident_filter_bit(dev: u32, ino: u64, scope: u32) -> u32 {
     let key = ino ^ ((dev as u64) << 32) ^ ((scope as u64) << 60);
     (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - IDENT_FILTER_BITS.trailing_zeros())) as u32

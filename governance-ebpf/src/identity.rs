@@ -8,7 +8,9 @@
 //! the dentries above the object are the same. `file_open` folds the answer into the path
 //! decision (the most severe wins). `inode_link` and `inode_rename` refuse what would take an
 //! object out of the directory whose identity protects it (a new hard link elsewhere, a move
-//! out): after that no ancestor of the new name carries the rule.
+//! out): after that no ancestor of the new name carries the rule. A protected path missing at
+//! the load has an entry for the name it would have in its deepest existing directory
+//! (`SCOPE_NAME`), which every new name (link, rename, symlink, mkdir, mknod) is looked up in.
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_loop},
@@ -19,8 +21,9 @@ use governance_common::{
     AgentValue, Cause, FILL_BUILTIN, FILL_DEFAULT, IDENT_FILTER_WORDS, IdentKey, IdentValue, Kind,
     LINK_OP_CHMOD, LINK_OP_CHOWN, LINK_OP_CREATE, LINK_OP_LINK, LINK_OP_MKDIR, LINK_OP_MKNOD,
     LINK_OP_RENAME, LINK_OP_RMDIR, LINK_OP_SYMLINK, LINK_OP_TRUNCATE, LINK_OP_UNLINK,
-    MAX_IDENT_DEPTH, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_FILL,
-    SCOPE_HOLDS, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit, sequence::MAX_SEQ_RULES,
+    MAX_IDENT_DEPTH, NAME_HASH_SEED, NO_RULE, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE,
+    SCOPE_FILL, SCOPE_HOLDS, SCOPE_NAME, SCOPE_SELF, Verdict, builtin_class, ident_filter_bit,
+    name_hash_step, sequence::MAX_SEQ_RULES,
 };
 
 use crate::{
@@ -32,7 +35,7 @@ use crate::{
         OFF_PATH_DENTRY, OFF_QSTR_NAME, OFF_SB_DEV, OFF_SB_MAGIC, OFF_SB_ROOT, S_IFMT, S_IFREG,
         off, read_at,
     },
-    maps::{IDENT_FILTER, IDENT_RULES, IDENT_SCRATCH, SEQ_CLASSES},
+    maps::{IDENT_FILTER, IDENT_RULES, IDENT_SCRATCH, NAME_BUF, NAME_SCRATCH, SEQ_CLASSES},
 };
 
 /// What the identity rules say, per access letter (bits as in `Event::detail`: r=1 w=2 c=4
@@ -158,12 +161,18 @@ impl Tables {
         if !may_have(self.shared >> 31, dev, ino, scope) {
             return None;
         }
+        self.entry(dev, ino, scope, 0)
+    }
+
+    /// The entry for the key, the filter not asked (the caller did).
+    #[inline(always)]
+    fn entry(self, dev: u32, ino: u64, scope: u32, name: u32) -> Option<&'static IdentValue> {
         let key = |class| IdentKey {
             class,
             dev,
             ino,
             scope,
-            _pad: 0,
+            name,
         };
         if self.own != 0 {
             // SAFETY: values are plain data, read by the caller before the program returns.
@@ -219,7 +228,7 @@ fn fill_of(class: u32) -> Option<&'static IdentValue> {
         dev: 0,
         ino: 0,
         scope: SCOPE_FILL,
-        _pad: 0,
+        name: 0,
     };
     // SAFETY: values are plain data, read by the caller before the program returns.
     unsafe { IDENT_RULES.get(&key) }
@@ -281,7 +290,7 @@ fn marked(value: &AgentValue, dentry: Btf) -> Result<Option<(u8, Tables)>, Cause
         dev,
         ino: 0,
         scope: SCOPE_DEVICE,
-        _pad: 0,
+        name: 0,
     };
     // SAFETY: the value is read immediately.
     Ok(match unsafe { IDENT_RULES.get(&marker) } {
@@ -621,6 +630,16 @@ fn judge(
     if refused != 0 {
         return Ok(refused);
     }
+    // The new name itself, where a protected path was missing at the load.
+    if letters & 4 != 0 {
+        let named = name_refusal(tables.own, tables.shared, new);
+        if named & JUDGED_FAILED != 0 {
+            return Err(Cause::from_u8(named as u8).unwrap_or(Cause::Unreadable));
+        }
+        if named != 0 {
+            return Ok(named);
+        }
+    }
     // The new name's directories (into slot 1, emptied first).
     scratch(1)?;
     walk_up(1, tables, old, new, letters, (fill, class))?;
@@ -710,6 +729,8 @@ fn refuse(agent: &Agent, judged: Result<u32, Cause>, dentry: Btf, object: u64, o
 ///   the rule's path away from the object.
 /// - A new name is a create in its directory, and a rename over an object replaces it: refused
 ///   where the rules refuse creating there, or writing (truncating) the object replaced.
+///   The name itself first: where a protected path was missing at the load, the name it would
+///   have in its deepest existing directory has an entry of its own (`name_refusal`).
 /// - An object below a directory with a restricting rule may be renamed within its directory
 ///   (it keeps every ancestor) or moved, or linked, below directories whose rules are at least
 ///   as severe for those accesses; not elsewhere.
@@ -822,7 +843,7 @@ extern "C" fn arming_rule(index: u32, ctx: *mut c_void) -> i64 {
         dev: a.dev,
         ino: 0,
         scope: SCOPE_DEVICE,
-        _pad: 0,
+        name: 0,
     };
     // SAFETY: the value is read immediately.
     let letters = match unsafe { IDENT_RULES.get(&marker) } {
@@ -1030,7 +1051,17 @@ fn new_entry(dentry: Btf, op: u8, file: bool) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    match judge_new_entry(&agent.value, dentry, file) {
+    // Its name first, where a protected path was missing at the load (see `entry_name`), then
+    // its directories. A regular file's name is file_open's, on the path.
+    let judged = match if file {
+        0
+    } else {
+        entry_name(&agent.value, dentry)
+    } {
+        0 => judge_new_entry(&agent.value, dentry, file),
+        named => named,
+    };
+    match judged {
         0 => 0,
         judged if judged & JUDGED_FAILED != 0 => {
             let cause = Cause::from_u8(judged as u8).unwrap_or(Cause::Unreadable);
@@ -1067,6 +1098,119 @@ fn judge_new_entry(value: &AgentValue, dentry: Btf, file: bool) -> u64 {
         Ok(judged) => judged,
         Err(cause) => JUDGED_FAILED | cause as u64,
     }
+}
+
+/// A new name judged by the name itself (see governance_common::SCOPE_NAME): where a protected
+/// path did not exist when the generation was loaded, the daemon wrote an entry for the name
+/// that path would have in its deepest directory that did (the path's own name, or the
+/// directory on the way to it). Looked up under the new dentry's parent (device, inode) and
+/// the hash of its name: 0, `REFUSE | rule_id` where its create slot restricts, or
+/// `JUDGED_FAILED | cause`. The filter bit of the directory first (the name left out): in a
+/// directory with no such entry (most), no name is read or hashed.
+///
+/// In a frame of its own (with the hash loop's context), as `judge_new_entry`'s: inode_link
+/// and inode_rename call it from their judgement, inlined in the program; new entries through
+/// `entry_name`.
+#[inline(never)]
+fn name_refusal(own: u32, shared: u32, dentry: Btf) -> u64 {
+    match named(Tables { own, shared }, dentry) {
+        Ok(judged) => judged,
+        Err(cause) => JUDGED_FAILED | cause as u64,
+    }
+}
+
+/// `name_refusal` for a new entry (symlink, mkdir, mknod), its tables found from the device's
+/// marker (no marker, or one without the create letter: no name entry on the device). Called
+/// from the program, beside `judge_new_entry`, not inside it: that chain of frames (the
+/// program's, the judgement's, this one's and the hash loop's callback) came to 544 bytes of
+/// stack, over the verifier's 512.
+#[inline(never)]
+fn entry_name(value: &AgentValue, dentry: Btf) -> u64 {
+    let judged = (|| -> Result<u64, Cause> {
+        match marked(value, dentry)? {
+            Some((letters, tables)) if letters & 4 != 0 => named(tables, dentry),
+            _ => Ok(0),
+        }
+    })();
+    match judged {
+        Ok(judged) => judged,
+        Err(cause) => JUDGED_FAILED | cause as u64,
+    }
+}
+
+/// See `name_refusal`: 0, or `REFUSE | rule_id`.
+#[inline(always)]
+fn named(tables: Tables, dentry: Btf) -> Result<u64, Cause> {
+    let (dev, dir) = identity(parent_of(dentry)?)?;
+    if !may_have(tables.shared >> 31, dev, dir, SCOPE_NAME) {
+        return Ok(0);
+    }
+    let hash = hash_name(dentry)?;
+    Ok(match tables.entry(dev, dir, SCOPE_NAME, hash) {
+        Some(v) if restricts(&v.rules[2]) => REFUSE | u64::from(v.rules[2].enforce.rule_id),
+        _ => 0,
+    })
+}
+
+/// governance_common::name_hash of `dentry`'s name: read into per-CPU scratch, then hashed by
+/// a `bpf_loop` callback, one byte a call (the verifier checks its body once).
+#[inline(always)]
+fn hash_name(dentry: Btf) -> Result<u32, Cause> {
+    let buf = NAME_SCRATCH.get_ptr_mut(0).ok_or(Cause::Unreadable)?;
+    let name: u64 = dentry.get(off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME));
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs; the copy is bounded by
+    // it, and the helper validates the source address.
+    let len = unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut *buf) }
+        .map_err(|_| Cause::Unreadable)?
+        .len();
+    let mut h = NameHash {
+        hash: NAME_HASH_SEED,
+        len: len as u32,
+        failed: 0,
+        _pad: 0,
+    };
+    // SAFETY: the callback is a function of this program; the context outlives the call.
+    let n = unsafe {
+        bpf_loop(
+            NAME_BUF as u32,
+            hash_byte as *mut c_void,
+            (&mut h as *mut NameHash).cast(),
+            0,
+        )
+    };
+    if n < 0 || h.failed != 0 {
+        return Err(Cause::Unreadable);
+    }
+    Ok(h.hash)
+}
+
+/// `hash_name` between bytes.
+#[repr(C)]
+struct NameHash {
+    hash: u32,
+    /// The name's length (without its NUL).
+    len: u32,
+    /// The scratch could not be read: the hash is not the name's.
+    failed: u32,
+    _pad: u32,
+}
+
+/// One byte of `hash_name`; 1 ends the loop (past the name).
+#[inline(never)]
+extern "C" fn hash_byte(index: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `NameHash` that `hash_name` passed to bpf_loop, on its stack.
+    let h = unsafe { &mut *ctx.cast::<NameHash>() };
+    if index >= h.len {
+        return 1;
+    }
+    let Some(buf) = NAME_SCRATCH.get_ptr(0) else {
+        h.failed = 1;
+        return 1;
+    };
+    // SAFETY: per-CPU scratch; masked, so inside it (NAME_BUF is a power of two).
+    let byte = unsafe { (*buf)[index as usize & (NAME_BUF - 1)] };
+    h.hash = name_hash_step(h.hash, byte);
+    0
 }
 
 /// `refuse` for a new entry, which has no object yet.

@@ -128,6 +128,13 @@ pub(crate) static IDENT_FILTER: Array<IdentFilter> = Array::with_max_entries(2, 
 /// object a rename replaces.
 #[map]
 pub(crate) static IDENT_SCRATCH: PerCpuArray<Answer> = PerCpuArray::with_max_entries(3, 0);
+/// Per-CPU scratch for a new directory entry's name (NAME_MAX bytes and its NUL), hashed for
+/// its `SCOPE_NAME` entry (see `identity::name_refusal`).
+#[map]
+pub(crate) static NAME_SCRATCH: PerCpuArray<[u8; NAME_BUF]> = PerCpuArray::with_max_entries(1, 0);
+/// The size of `NAME_SCRATCH`: a power of two, so that a masked index stays inside it.
+pub(crate) const NAME_BUF: usize = governance_common::NAME_MAX + 1;
+const _: () = assert!(NAME_BUF.is_power_of_two());
 /// Allowed actions counted rather than reported (see `report`). Not preallocated: per-CPU
 /// values for every possible entry would be large on big machines.
 #[map]

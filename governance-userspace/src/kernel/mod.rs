@@ -728,8 +728,8 @@ impl Enforcer {
         }
         self.unix_entries(policy, &mut skipped, &mut w);
         for class in policy.classes.iter_mut().chain(&mut policy.builtins) {
-            for ((dev, ino, scope), value) in std::mem::take(&mut class.idents) {
-                w.idents.push(((class.id, dev, ino, scope), value));
+            for ((dev, ino, scope, name), value) in std::mem::take(&mut class.idents) {
+                w.idents.push(((class.id, dev, ino, scope, name), value));
             }
         }
         let roots = policy

@@ -190,8 +190,8 @@ pub struct SlotEntries {
     pub throttles: Table<u32, Throttle>,
     /// (class, device, inode).
     pub unix: Table<(u32, u32, u64), RulePair>,
-    /// (class, device, inode, scope).
-    pub idents: Table<(u32, u32, u64, u32), IdentValue>,
+    /// (class, device, inode, scope, name hash).
+    pub idents: Table<(u32, u32, u64, u32, u32), IdentValue>,
 }
 
 /// A slot's entries as they are gathered, in the order they would be written.
@@ -203,7 +203,7 @@ pub(super) struct Writes {
     pub net: TableBuilder<NetAt, NetValue>,
     pub throttles: TableBuilder<u32, Throttle>,
     pub unix: TableBuilder<(u32, u32, u64), RulePair>,
-    pub idents: TableBuilder<(u32, u32, u64, u32), IdentValue>,
+    pub idents: TableBuilder<(u32, u32, u64, u32, u32), IdentValue>,
 }
 
 impl From<Writes> for SlotEntries {
@@ -328,7 +328,7 @@ impl Enforcer {
             (u32::from_be_bytes(k.data().class_be), k.prefix_len() - 32, k.data().addr));
         walk!(maps::THROTTLES, HashMap, u32, Throttle, |k| of(k) => throttles k);
         walk!(maps::UNIX_RULES, HashMap, UnixKey, RulePair, |k| of(k.class) => unix (k.class, k.dev, k.ino));
-        walk!(maps::IDENT_RULES, HashMap, IdentKey, IdentValue, |k| of(k.class) => idents (k.class, k.dev, k.ino, k.scope));
+        walk!(maps::IDENT_RULES, HashMap, IdentKey, IdentValue, |k| of(k.class) => idents (k.class, k.dev, k.ino, k.scope, k.name));
         Ok(out.map(SlotEntries::from))
     }
 
@@ -445,7 +445,7 @@ impl Enforcer {
                 dev: e.1,
                 ino: e.2,
                 scope: e.3,
-                _pad: 0,
+                name: e.4,
             }
         );
         // The agents last: an agent entry leads to its class's tables, complete by now.

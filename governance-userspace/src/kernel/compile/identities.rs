@@ -27,8 +27,15 @@ pub(super) type Found = (u32, u64, bool);
 /// And every directory above a restricting rule's object (scope `SCOPE_HOLDS`): an agent may not
 /// rename it, since the next generation would look for the object at the old path.
 ///
-/// Paths that do not exist when the generation is built have no identity (their path rules
-/// still apply). Results are cached for the generation: agents share policies.
+/// A path that does not exist when the generation is built, and whose rules restrict creating
+/// (or writing) it, has no identity, but its name does (scope `SCOPE_NAME`): the name it would
+/// have in its deepest directory that exists (the path's own last component, or the first
+/// missing directory on the way to it, refused whole: a new directory there would make the
+/// path), with the path's answer for creating (else for writing) in the create slot. Every new
+/// name the kernel judges (link, rename, symlink, mkdir, mknod) is looked up by its directory's
+/// identity and its name's hash; opens are decided by their path, as before. That directory
+/// and those above it hold it (`SCOPE_HOLDS`), as for an object: renamed, the name would be
+/// somewhere else. Results are cached for the generation: agents share policies.
 pub(crate) struct Identities {
     pub(super) stat: foldhash::HashMap<Vec<u8>, Option<(Vec<u8>, Found)>>,
     pub(super) below: foldhash::HashMap<Vec<u8>, Listing>,
@@ -279,8 +286,10 @@ impl Identities {
         let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
         let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
+        let mut missing: Vec<Vec<u8>> = Vec::new();
         for path in named {
             let Some((real, found)) = self.find(path) else {
+                missing.push(path.to_vec());
                 continue;
             };
             // The rules that restrict access to the object itself, or below it.
@@ -331,11 +340,28 @@ impl Identities {
                 if !rules.iter().any(has) {
                     continue;
                 }
-                let entry = c.idents.entry((dev, ino, scope)).or_default();
+                let entry = c.idents.entry((dev, ino, scope, 0)).or_default();
                 for (slot, r) in entry.rules.iter_mut().zip(rules) {
                     *slot = severer(*slot, r);
                 }
             }
+        }
+        // The protected paths missing now: the names they would have (see above).
+        for path in missing {
+            let Some((real, name, rule)) = self.missing_name(c, &path) else {
+                continue;
+            };
+            let ((dev, ino, _), hash) = (real.1, name_hash(&name));
+            let entry = c.idents.entry((dev, ino, SCOPE_NAME, hash)).or_default();
+            entry.rules[2] = severer(entry.rules[2], rule);
+            let mut named = real.0;
+            if named.last() != Some(&b'/') {
+                named.push(b'/');
+            }
+            named.extend_from_slice(&name);
+            let mut held = [RulePair::default(); 4];
+            held[2] = rule;
+            holders.push((named, held));
         }
         // The directories above a restricting rule's object: renaming one moves the rule's path
         // away from the object.
@@ -349,7 +375,7 @@ impl Identities {
                 let Some((_, (dev, ino, _))) = self.find(dir) else {
                     break;
                 };
-                let entry = c.idents.entry((dev, ino, SCOPE_HOLDS)).or_default();
+                let entry = c.idents.entry((dev, ino, SCOPE_HOLDS, 0)).or_default();
                 for (slot, r) in entry.rules.iter_mut().zip(held) {
                     *slot = severer(*slot, r);
                 }
@@ -375,7 +401,7 @@ impl Identities {
         // Each device's marker: the restricted letters the class has entries for on it (see
         // governance_common::IdentKey). A walk never leaves its object's device.
         let mut markers: BTreeMap<u32, IdentValue> = BTreeMap::new();
-        for (&(dev, _, _), v) in &c.idents {
+        for (&(dev, _, _, _), v) in &c.idents {
             let marker = markers.entry(dev).or_default();
             for ((m, r), &restricted) in marker.rules.iter_mut().zip(&v.rules).zip(&restricted) {
                 if restricted && has(r) {
@@ -391,12 +417,51 @@ impl Identities {
             // of the fill) even when no entry there restricts: its allow entries are what a
             // new name must not reach from outside them.
             if filled || marker.rules.iter().any(has) {
-                c.idents.insert((dev, 0, SCOPE_DEVICE), marker);
+                c.idents.insert((dev, 0, SCOPE_DEVICE, 0), marker);
             }
         }
         if filled {
             c.idents
-                .insert((0, 0, SCOPE_FILL), IdentValue { rules: fill });
+                .insert((0, 0, SCOPE_FILL, 0), IdentValue { rules: fill });
+        }
+    }
+}
+
+/// What [`Identities::missing_name`] finds: the directory (canonical path and identity), the
+/// name in it, and the rule that name is refused by.
+type MissingName = ((Vec<u8>, Found), Vec<u8>, RulePair);
+
+impl Identities {
+    /// For `path`, a rule's path that does not exist now: its deepest directory that does
+    /// (canonical path and identity), the name of `path`'s next component there, and the rule
+    /// that name is refused by (the path's answer for creating, else for writing), if one
+    /// restricts.
+    fn missing_name(&mut self, c: &Class, path: &[u8]) -> Option<MissingName> {
+        let query = Node::bytes_of(path, true);
+        let restricting = |letter| answer(c, letter, &query).filter(restricts);
+        let rule = restricting(access::CREATE).or_else(|| restricting(access::WRITE))?;
+        let rule = RulePair {
+            enforce: rule.enforce,
+            shadow: RuleRef::default(),
+        };
+        if path.first() != Some(&b'/') {
+            return None;
+        }
+        let mut end = path.len();
+        loop {
+            let i = path[..end].iter().rposition(|&b| b == b'/')?;
+            let dir = if i == 0 { &path[..1] } else { &path[..i] };
+            if let Some(found) = self.find(dir) {
+                let name = path[i + 1..].split(|&b| b == b'/').next()?;
+                if matches!(name, b"" | b"." | b"..") || !found.1.2 {
+                    return None;
+                }
+                return Some((found, name.to_vec(), rule));
+            }
+            if i == 0 {
+                return None;
+            }
+            end = i;
         }
     }
 }
@@ -558,7 +623,7 @@ impl ReadAhead {
 ///
 /// For every key, what the kernel then finds is what the class's whole table held, or an
 /// entry with no slot present where it held none (which reads as none).
-pub(super) fn share(c: &mut Class, shared: &BTreeMap<(u32, u64, u32), IdentValue>) {
+pub(super) fn share(c: &mut Class, shared: &BTreeMap<IdentAt, IdentValue>) {
     for (key, value) in shared.iter().filter(|(k, _)| k.2 != SCOPE_DEVICE) {
         match c.idents.entry(*key) {
             std::collections::btree_map::Entry::Occupied(own) => {
@@ -578,7 +643,7 @@ pub(super) fn share(c: &mut Class, shared: &BTreeMap<(u32, u64, u32), IdentValue
         .map(|k| k.0)
         .collect();
     for dev in own_devices {
-        if let Some(marker) = c.idents.get_mut(&(dev, 0, SCOPE_DEVICE)) {
+        if let Some(marker) = c.idents.get_mut(&(dev, 0, SCOPE_DEVICE, 0)) {
             marker.set_own_entries(true);
         }
     }

@@ -223,10 +223,10 @@ mod tests {
         assert!(identities::restricts(&pii.rules[0]), "restricts the read");
         assert!(!has(&pii.rules[1]), "and no other access");
         assert!(
-            enforcing.idents.contains_key(&(dev, above, SCOPE_HOLDS)),
+            enforcing.idents.contains_key(&(dev, above, SCOPE_HOLDS, 0)),
             "the directories above it keep their names"
         );
-        assert!(enforcing.idents.contains_key(&(dev, 0, SCOPE_DEVICE)));
+        assert!(enforcing.idents.contains_key(&(dev, 0, SCOPE_DEVICE, 0)));
         // The arming itself is still by path, allowing: the open is not decided by it.
         assert_eq!(
             answer(

@@ -978,9 +978,9 @@ fn whole(k: &KernelPolicy, c: &Class) -> Idents {
 fn kernel_finds(
     own: &Idents,
     shared: &Idents,
-    key: (u32, u64, u32),
+    key: IdentAt,
 ) -> Option<governance_common::IdentValue> {
-    let marker = own.get(&(key.0, 0, SCOPE_DEVICE));
+    let marker = own.get(&(key.0, 0, SCOPE_DEVICE, 0));
     if key.2 == SCOPE_DEVICE {
         return marker.copied();
     }
@@ -1022,7 +1022,7 @@ fn shared_identity_entries_leave_every_lookup_as_the_whole_table_had_it() {
                     0 => (0, SCOPE_DEVICE),
                     s => (next(6) + 1, s as u32 - 1),
                 };
-                t.insert((dev, ino, scope), values[next(4) as usize]);
+                t.insert((dev, ino, scope, 0), values[next(4) as usize]);
             }
             t
         };
@@ -1035,7 +1035,7 @@ fn shared_identity_entries_leave_every_lookup_as_the_whole_table_had_it() {
         let keys: BTreeSet<_> = whole_class.keys().chain(shared.keys()).copied().collect();
         for key in keys {
             // Without a marker the kernel walks nowhere on the device.
-            if !whole_class.contains_key(&(key.0, 0, SCOPE_DEVICE)) {
+            if !whole_class.contains_key(&(key.0, 0, SCOPE_DEVICE, 0)) {
                 continue;
             }
             // As `whole` reads it: the marker's flag cleared, an empty entry as none.
@@ -1055,11 +1055,11 @@ fn shared_identity_entries_leave_every_lookup_as_the_whole_table_had_it() {
     }
 }
 
-type Idents = BTreeMap<(u32, u64, u32), governance_common::IdentValue>;
+type Idents = BTreeMap<IdentAt, governance_common::IdentValue>;
 
 /// Verdict per letter (r, w, c, t) of an identity entry; None where the slot is empty.
 fn verdicts(c: &Idents, id: (u32, u64), scope: u32) -> Option<[Option<(u32, u8)>; 4]> {
-    c.get(&(id.0, id.1, scope)).map(|v| {
+    c.get(&(id.0, id.1, scope, 0)).map(|v| {
         v.rules.map(|r| {
             (r.enforce.present != 0).then_some((r.enforce.rule_id & 0xffff, r.enforce.verdict))
         })
@@ -1141,7 +1141,7 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     // The device's marker: some identity rule restricts every letter, and this device has
     // entries for each.
     let here = ident(&d).0;
-    let marker = &c[&(here, 0, SCOPE_DEVICE)];
+    let marker = &c[&(here, 0, SCOPE_DEVICE, 0)];
     assert!(marker.rules.iter().all(restricts));
     device_markers_agree(c);
     // The directories above restricting rules' objects hold them (renaming one would move
@@ -1161,8 +1161,13 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     let holders = d.ancestors().count();
     // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
     // below them, has identities of its own, on other filesystems.)
+    // `gone`, missing, has its name in the temporary directory instead, as has the missing
+    // cgroup root's built-in refusal (see missing_protected_paths_are_refused_by_their_names).
     let ours = c.keys().filter(|k| k.0 == here).count();
-    assert_eq!(ours, 8 + 1 + holders, "{:?}", c.keys());
+    assert_eq!(ours, 8 + 1 + holders + 2, "{:?}", c.keys());
+    for missing in [&b"not-there"[..], b"no-cgroup-root"] {
+        assert!(c.contains_key(&(here, ident(&d).1, SCOPE_NAME, name_hash(missing))));
+    }
 
     // A class whose identity rules all allow needs no walk: no entries at all.
     let set = parse(&[(
@@ -1174,10 +1179,20 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
         ),
     )])
     .unwrap();
-    // (The kernel settings' and system files' built-ins relaxed: nothing restricts.)
+    // (The kernel settings' and system files' built-ins relaxed: nothing restricts, but the
+    // cgroup tree's refusal, here at a path that does not exist: its name, the directories
+    // holding it, and with a restricting entry, the allow rule's.)
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
     let c = whole(&k, &k.classes[0]);
-    assert!(c.is_empty(), "{:?}", c.keys());
+    let cgroup_root = (here, ident(&d).1, SCOPE_NAME, name_hash(b"no-cgroup-root"));
+    let work = ident(&d.join("work"));
+    assert!(
+        c.keys().all(|k| *k == cgroup_root
+            || (k.0, k.1) == work
+            || [SCOPE_DEVICE, SCOPE_HOLDS].contains(&k.2)),
+        "{:?}",
+        c.keys()
+    );
 }
 
 #[test]
@@ -1207,7 +1222,7 @@ fn identities_of_built_in_protections_and_write_only_marker() {
     assert_eq!(verdicts(c, ident(&cg.join("a/one")), SCOPE_BELOW), w(a));
     assert_eq!(verdicts(c, ident(&d.join("policy")), SCOPE_BELOW), w(b));
     // Only writes are restricted: reads skip the walk.
-    let marker = c[&(ident(&d).0, 0, SCOPE_DEVICE)];
+    let marker = c[&(ident(&d).0, 0, SCOPE_DEVICE, 0)];
     assert_eq!(
         marker.rules.map(|r| restricts(&r)),
         [false, true, true, true]
@@ -1229,7 +1244,7 @@ fn device_markers_agree(c: &Idents) {
         let want: Vec<bool> = (0..4)
             .map(|i| restricted[i] && entries().any(|(k, v)| k.0 == dev && has(&v.rules[i])))
             .collect();
-        match c.get(&(dev, 0, SCOPE_DEVICE)) {
+        match c.get(&(dev, 0, SCOPE_DEVICE, 0)) {
             Some(m) => assert_eq!(m.rules.map(|r| restricts(&r)).to_vec(), want, "dev {dev}"),
             None => assert!(!want.contains(&true), "dev {dev}: no marker"),
         }
@@ -1542,7 +1557,7 @@ fn restrictive_defaults_and_sandbox_profiles_have_a_fill() {
     let here = ident(&d).0;
     let b = KVerdict::Block as u8;
     let fill = |c: &Class| {
-        c.idents.get(&(0, 0, SCOPE_FILL)).map(|v| {
+        c.idents.get(&(0, 0, SCOPE_FILL, 0)).map(|v| {
             v.rules
                 .map(|r| (r.enforce.present != 0).then_some((r.enforce.rule_id, r.enforce.verdict)))
         })
@@ -1550,7 +1565,7 @@ fn restrictive_defaults_and_sandbox_profiles_have_a_fill() {
     // The agent: every letter is the default's.
     let agent = &k.classes[0];
     assert_eq!(fill(agent), Some([Some((FILL_DEFAULT, b)); 4]));
-    assert!(agent.idents.contains_key(&(here, 0, SCOPE_DEVICE)));
+    assert!(agent.idents.contains_key(&(here, 0, SCOPE_DEVICE, 0)));
     // Its profile: writes are the built-in rule on `/`; reads the agent's default.
     let profile = &k.classes[1];
     assert_eq!(
@@ -1562,5 +1577,96 @@ fn restrictive_defaults_and_sandbox_profiles_have_a_fill() {
             Some((FILL_BUILTIN, b))
         ])
     );
-    assert!(profile.idents.contains_key(&(here, 0, SCOPE_DEVICE)));
+    assert!(profile.idents.contains_key(&(here, 0, SCOPE_DEVICE, 0)));
+}
+
+/// Red team round 5, F1: a protected path that does not exist when the generation is loaded has
+/// no identity, so a new name made there by a link, a rename, a symlink or mkdir was judged by
+/// the directories above it only (`/root`, where `/root/.profile` was missing, has no rule).
+/// Its name has an entry instead (`SCOPE_NAME`): under the deepest directory that exists, the
+/// hash of the next component, with the path's answer for creating (else for writing) in the
+/// create slot; a missing directory on the way is refused whole. That directory and those
+/// above it hold the name (renamed, it would be elsewhere), and the device's marker has the
+/// create letter, so the kernel looks the name up.
+#[test]
+fn missing_protected_paths_are_refused_by_their_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(d.join("home")).unwrap();
+    std::fs::write(d.join("home/.bashrc"), "x").unwrap();
+    std::os::unix::fs::symlink(d.join("home"), d.join("home-link")).unwrap();
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\n\
+             kernel: {{ allow_system_files: true }}\nrules:\n\
+             \x20 - {{ id: profile, file: {{ path: {ds}/home/.profile }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: deep, file: {{ prefix: {ds}/gone/deeper/cfg }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: wonly, file: {{ path: {ds}/w.txt, access: [write] }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: ronly, file: {{ path: {ds}/r.txt, access: [read] }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: ok, file: {{ prefix: {ds}/ok }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: bashrc, file: {{ path: {ds}/home/.bashrc }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: linked, file: {{ path: {ds}/home-link/.zshrc }}, verdict: block, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let protect = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![d.join("policy-missing")],
+        no_access: vec![],
+    };
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect);
+    assert!(k.errors.is_empty(), "{k:?}");
+    let c = &whole(&k, &k.classes[0]);
+    let b = KVerdict::Block as u8;
+    let (dev, top) = ident(&d);
+    let home = ident(&d.join("home"));
+    let name = |dir: (u32, u64), n: &str| {
+        let v = c.get(&(dir.0, dir.1, SCOPE_NAME, name_hash(n.as_bytes())))?;
+        let present = v.rules.map(|r| r.enforce.present != 0);
+        assert_eq!(
+            present,
+            [false, false, true, false],
+            "{n}: the create slot only"
+        );
+        Some((
+            v.rules[2].enforce.rule_id & 0xffff,
+            v.rules[2].enforce.verdict,
+        ))
+    };
+    // The missing file in an existing directory: its own name, its own rule.
+    assert_eq!(name(home, ".profile"), Some((1, b)));
+    // A missing directory on the way to a protected path: refused whole.
+    assert_eq!(name((dev, top), "gone"), Some((2, b)));
+    assert_eq!(name((dev, top), "deeper"), None);
+    // A rule on writing only: a new name there has content the agent chose.
+    assert_eq!(name((dev, top), "w.txt"), Some((3, b)));
+    // Reading only, or allowed: no name entry.
+    assert_eq!(name((dev, top), "r.txt"), None);
+    assert_eq!(name((dev, top), "ok"), None);
+    // An existing file is its own identity, not a name.
+    assert_eq!(name(home, ".bashrc"), None);
+    let bashrc = ident(&d.join("home/.bashrc"));
+    assert!(c.contains_key(&(bashrc.0, bashrc.1, SCOPE_SELF, 0)));
+    // Through a symlinked directory: the name in the directory it leads to.
+    assert_eq!(name(home, ".zshrc"), Some((7, b)));
+    // A built-in protection's missing path: in the shared built-in class, as a built-in.
+    assert_eq!(name((dev, top), "policy-missing"), Some((0, b)));
+    let shared = governance_common::builtin_class(k.classes[0].id, k.classes[0].value.allow);
+    let builtin = k.builtins.iter().find(|c| c.id == shared).unwrap();
+    let key = (dev, top, SCOPE_NAME, name_hash(b"policy-missing"));
+    assert!(builtin.idents.contains_key(&key));
+    assert!(
+        !k.classes[0].idents.contains_key(&key),
+        "shared, not the class's own"
+    );
+    // The directories holding the names keep theirs (renamed, the name would be elsewhere).
+    let held = |p: &Path| verdicts(c, ident(p), SCOPE_HOLDS).map(|v| v[2].map(|r| r.1));
+    assert_eq!(held(&d.join("home")), Some(Some(b)));
+    assert_eq!(held(&d), Some(Some(b)));
+    assert_eq!(held(Path::new("/")), Some(Some(b)));
+    // The device's marker has the create letter: the kernel looks names up there.
+    assert!(restricts(&c[&(dev, 0, SCOPE_DEVICE, 0)].rules[2]));
+    device_markers_agree(c);
 }
