@@ -305,7 +305,7 @@ pub fn evaluate(
     })
 }
 
-/// The headers the rules of `host` decide on, when some rule reads headers: those the
+/// The headers the rules of `host` decide on, when some rule reads headers: those of them the
 /// upstream will get. Hop-by-hop headers and the ones `Connection` names are removed first, as
 /// they are before forwarding (`Connection: x-dry-run` would otherwise let a rule read a header
 /// the upstream never sees). A header a rule reads must come at most once and under its own
@@ -340,7 +340,14 @@ pub fn rule_headers(
             )));
         }
     }
-    Ok(Some(sent))
+    // The engine and a grant's key see only what the rules read.
+    let mut read_only = HeaderMap::new();
+    for (name, value) in &sent {
+        if read.contains(&name.as_str()) {
+            read_only.append(name.clone(), value.clone());
+        }
+    }
+    Ok(Some(read_only))
 }
 
 /// The checks of an MCP `tools/call` that names no server (the decision API): its arguments

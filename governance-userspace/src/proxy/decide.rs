@@ -195,7 +195,7 @@ impl Proxy {
         rec.object.protocol = "tcp".into();
         let http = request::to_engine(head, None, None);
         match self
-            .respond_to(client, rec, &http, &d, None, body, limit)
+            .respond_to(client, rec, head, &http, &d, None, body, limit)
             .await
         {
             Then::Forward => {

@@ -31,8 +31,8 @@
 //! - **Escalate** puts a request in the approval queue and returns its `approval_id`
 //!   (asking again for the same action while it is pending returns the same id). When a human
 //!   approves, the proxy remembers a grant for that action (agent, rule, and the tool and
-//!   arguments of an MCP call, or method, host, path and body otherwise) for the approval's
-//!   duration: the retry, pre-authorized or proxied, is then allowed (`allowed: true`, record
+//!   arguments of an MCP call, or method, host, path, query, the headers the rules read and
+//!   the body otherwise: [`Proxy::grant_key`]) for the approval's duration: the retry, pre-authorized or proxied, is then allowed (`allowed: true`, record
 //!   outcome `granted`). Denied or expired requests grant nothing.
 //! - **Sandbox**: `allowed: false` with `sandbox_upstream`: the action may only go to that
 //!   upstream (through the proxy it is sent there automatically).
@@ -222,8 +222,9 @@ impl Proxy {
                 );
             }
         };
-        // (head, what the engine decided, MCP tools) or the refusal of an ambiguous request.
-        let (head, evaluated, server_less) = match action {
+        // (head, what the engine decided or the refusal of an ambiguous request, whether the
+        // call names no server, the body's bytes).
+        let (head, evaluated, server_less, bytes) = match action {
             DecideAction::Http { http } => {
                 let (head, mut headers) = http_head(&http.method, &http.url, &http.headers)?;
                 let bytes = match (http.body, http.body_base64) {
@@ -237,15 +238,9 @@ impl Proxy {
                     (None, Some(b)) => Some(base64_decode(&b)?),
                     (None, None) => None,
                 };
-                let ev = canonical::evaluate(
-                    &engine,
-                    &view,
-                    &head,
-                    &headers,
-                    Some(bytes.as_deref().unwrap_or_default()),
-                    limit,
-                );
-                (head, ev, false)
+                let bytes = bytes.unwrap_or_default();
+                let ev = canonical::evaluate(&engine, &view, &head, &headers, Some(&bytes), limit);
+                (head, ev, false, bytes)
             }
             DecideAction::Tool {
                 tool,
@@ -271,7 +266,7 @@ impl Proxy {
                             Some(&bytes),
                             limit,
                         );
-                        (head, ev, false)
+                        (head, ev, false, bytes)
                     }
                     None => {
                         let head = request::Head {
@@ -302,7 +297,7 @@ impl Proxy {
                                 mcp_endpoint: true,
                             }
                         });
-                        (head, ev, true)
+                        (head, ev, true, Vec::new())
                     }
                 }
             }
@@ -357,7 +352,8 @@ impl Proxy {
                 timeout,
                 on_timeout,
             } => {
-                let key = self.grant_key(&rule, &http);
+                super::verdict::show_query(&mut rec, &head);
+                let key = self.grant_key(&rule, &head, &http, &bytes);
                 if self.granted(&client.agent.name, key) {
                     rec.outcome = "granted".into();
                     rec.message = "pre-authorized by an approval".into();

@@ -1403,6 +1403,105 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
     assert_eq!(h.send(me, refund(501)).await.status, StatusCode::FORBIDDEN);
 }
 
+/// A grant covers the request it was approved for and nothing the upstream would read
+/// otherwise: another query, body or value of a header a rule reads is held for its own
+/// approval, even where no rule reads the body (the grant's key then takes the body's bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_covers_only_the_request_it_was_approved_for() {
+    let up = upstream("bank").await;
+    let policy = parse(
+        r#"
+name: bank
+agents: { cgroup: agents/bank-* }
+defaults: { http: block }
+rules:
+  - id: transfer
+    http:
+      host: api.payments.example
+      method: POST
+      path: /v1/transfers
+      headers: { x-account: "acct-*" }
+    verdict: escalate
+    escalate: { timeout: 10m, on_timeout: block }
+    reason: Transfers need a human.
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/bank-1", None, Some(up.addr));
+    let c = client_of(&h, me);
+    let d = h.proxy.preauthorize(
+        &c,
+        DecideAction::Http {
+            http: HttpAction {
+                method: "POST".into(),
+                url: "https://api.payments.example/v1/transfers?to=alice".into(),
+                headers: [("x-account".to_owned(), "acct-1".to_owned())].into(),
+                body: Some(json!({"amount": 5})),
+                body_base64: None,
+            },
+        },
+    );
+    assert_eq!((d.verdict.as_ref(), d.allowed), ("escalate", false));
+    let pending = h.approvals.list();
+    assert_eq!(
+        pending[0].object.detail.get("query").map(String::as_str),
+        Some("to=alice"),
+        "the approver sees the query: {pending:?}"
+    );
+    h.approvals
+        .approve(&d.approval_id.unwrap(), "alice", Duration::from_secs(60))
+        .unwrap();
+    let transfer = |query: &str, account: &str, body: &str| {
+        Request::post(format!("/v1/transfers{query}"))
+            .header("host", "api.payments.example")
+            .header("content-type", "application/json")
+            .header("x-account", account)
+            .header("user-agent", "any client")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap()
+    };
+    // The same action, as a client writes it (other spacing, headers no rule reads): granted.
+    let r = h
+        .send(me, transfer("?to=alice", "acct-1", r#"{ "amount": 5 }"#))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(h.approvals.list().is_empty());
+    // Anything else is held for its own approval (denied here): nothing reaches the upstream.
+    let forwarded = up.seen.lock().unwrap().len();
+    for (query, account, body, what) in [
+        ("?to=mallory", "acct-1", r#"{"amount": 5}"#, "another query"),
+        ("", "acct-1", r#"{"amount": 5}"#, "no query"),
+        (
+            "?to=alice",
+            "acct-2",
+            r#"{"amount": 5}"#,
+            "another value of a header a rule reads",
+        ),
+        ("?to=alice", "acct-1", r#"{"amount": 5000}"#, "another body"),
+        (
+            "?to=alice",
+            "acct-1",
+            r#"{"amount": 5000, "amount": 5}"#,
+            "a duplicate key that one parser reads as the approved body",
+        ),
+        ("?to=alice", "acct-1", "amount=5", "a body that is not JSON"),
+    ] {
+        let approvals = h.approvals.clone();
+        let denier = tokio::spawn(async move {
+            until("the request to be held for approval", || {
+                approvals.list().len() == 1
+            })
+            .await;
+            let id = approvals.list()[0].id.clone();
+            approvals.deny(&id, "bob", "no").unwrap();
+        });
+        let r = h.send(me, transfer(query, account, body)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.body);
+        denier.await.unwrap();
+    }
+    assert_eq!(up.seen.lock().unwrap().len(), forwarded);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_but_held_requests_are_not() {
     let up = upstream("mcp").await;

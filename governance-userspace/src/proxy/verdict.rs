@@ -27,7 +27,7 @@ use serde_json::Value;
 
 use super::{
     Client, McpIds, Proxy,
-    decide::{McpCall, tool_call},
+    decide::{McpCall, parse_json, tool_call},
     handle::ReqBody,
     record::body_fields,
     request::Head,
@@ -70,7 +70,7 @@ impl Proxy {
         rec.object
             .detail
             .extend(body_fields(engine, decision, http.body.as_ref()));
-        self.respond_to(client, rec, http, decision, mcp, body, limit)
+        self.respond_to(client, rec, head, http, decision, mcp, body, limit)
             .await
     }
 
@@ -80,6 +80,7 @@ impl Proxy {
         &self,
         client: &Client,
         mut rec: Record,
+        head: &Head,
         http: &HttpRequest,
         decision: &Decision,
         mcp: Option<&McpCall>,
@@ -164,15 +165,8 @@ impl Proxy {
                 timeout,
                 on_timeout,
             } => {
-                let key = self.grant_key(&rule, http);
-                if self.granted(&client.agent.name, key) {
-                    rec.outcome = "granted".into();
-                    rec.denied = false;
-                    rec.message = "pre-authorized by an approval".into();
-                    (self.sink)(rec);
-                    return Then::Forward;
-                }
-                // A held request keeps its body.
+                // A held request keeps its body, and a grant covers only the body it was
+                // given for: read before either.
                 let bytes = match std::mem::replace(body, ReqBody::Read(Bytes::new())) {
                     ReqBody::Read(b) => b,
                     stream @ ReqBody::Stream(_) => {
@@ -186,6 +180,15 @@ impl Proxy {
                     }
                 };
                 *body = ReqBody::Read(bytes.clone());
+                show_query(&mut rec, head);
+                let key = self.grant_key(&rule, head, http, &bytes);
+                if self.granted(&client.agent.name, key) {
+                    rec.outcome = "granted".into();
+                    rec.denied = false;
+                    rec.message = "pre-authorized by an approval".into();
+                    (self.sink)(rec);
+                    return Then::Forward;
+                }
                 self.hold(
                     client,
                     rec,
@@ -288,22 +291,48 @@ impl Proxy {
     }
 
     /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
-    /// arguments), any other request by (rule, method, host, path, body).
-    pub(super) fn grant_key(&self, rule: &str, http: &HttpRequest) -> u64 {
-        let body = http.body.as_ref();
-        match body.and_then(tool_call) {
-            Some((tool, args)) => {
-                self.hasher
-                    .hash_one((rule, "tool", tool, args.map(Value::to_string)))
-            }
-            None => self.hasher.hash_one((
-                rule,
-                http.method.to_ascii_uppercase(),
-                http.host.to_ascii_lowercase(),
-                &http.path,
-                body.map(Value::to_string),
-            )),
+    /// arguments); any other request by everything in it that an upstream acts on and a rule
+    /// could tell apart: rule, method, host, path, query, the headers the host's rules read
+    /// (`http.headers`, see [`super::canonical::rule_headers`]) and the body. The body is
+    /// compared as its JSON value when it is JSON (read strictly: a duplicate key is not JSON
+    /// here), so a client that writes the same value with other spacing matches a grant asked
+    /// for through the decision API, and byte for byte otherwise. A request that differs in
+    /// any of these is another action, held for its own approval.
+    pub(super) fn grant_key(
+        &self,
+        rule: &str,
+        head: &Head,
+        http: &HttpRequest,
+        bytes: &[u8],
+    ) -> u64 {
+        let parsed = match &http.body {
+            Some(_) => None,
+            None if bytes.is_empty() => None,
+            None => parse_json(bytes).ok(),
+        };
+        let json = http.body.as_ref().or(parsed.as_ref());
+        if let Some((tool, args)) = json.and_then(tool_call) {
+            return self
+                .hasher
+                .hash_one((rule, "tool", tool, args.map(Value::to_string)));
         }
+        let mut headers: Vec<(String, &str)> = http
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.as_str()))
+            .collect();
+        headers.sort_unstable();
+        let raw = if json.is_some() { &[][..] } else { bytes };
+        self.hasher.hash_one((
+            rule,
+            http.method.to_ascii_uppercase(),
+            http.host.to_ascii_lowercase(),
+            &http.path,
+            head.query.as_deref(),
+            headers,
+            json.map(Value::to_string),
+            raw,
+        ))
     }
 
     pub(super) fn granted(&self, agent: &str, key: u64) -> bool {
@@ -311,6 +340,14 @@ impl Proxy {
         let now = Instant::now();
         grants.retain(|_, until| *until > now);
         grants.contains_key(&(agent.to_owned(), key))
+    }
+}
+
+/// An escalation's record, and so the approval a human decides on, shows the request's query:
+/// the URL in records is without it, and an approver must see what the grant lets through.
+pub(super) fn show_query(rec: &mut Record, head: &Head) {
+    if let Some(q) = &head.query {
+        rec.object.detail.insert("query".into(), q.clone());
     }
 }
 
