@@ -960,10 +960,14 @@ pub struct OrigDst {
     pub _pad2: u32,
 }
 
-/// Key of [`maps::PROXY_CONNS`]: the client side of a connection to the proxy.
+/// Key of [`maps::PROXY_CONNS`]: the client side of a connection to the proxy, its address as
+/// well as its port: two sockets may share a source port on different addresses (127.0.0.1
+/// and 127.0.0.2, the node's address), and each must find its own record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnKey {
+    /// The client's source address as on the wire, IPv4 as IPv4-mapped IPv6.
+    pub addr: [u8; 16],
     /// The client's source port, host byte order.
     pub port: u32,
     /// AF_INET (2) or AF_INET6 (10), as on the wire: a dual-stack socket connected to an
@@ -1205,7 +1209,7 @@ const _: () = assert!(core::mem::size_of::<Throttle>() == 24);
 const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
-const _: () = assert!(core::mem::size_of::<ConnKey>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 32);
 const _: () = assert!(core::mem::size_of::<UnixKey>() == 16);
 const _: () = assert!(core::mem::size_of::<UnixId>() == 16);
 const _: () = assert!(core::mem::size_of::<ApiAddr>() == 24);

@@ -58,7 +58,7 @@ pub const PROXY: &str = "PROXY";
 /// proxy, between connect() and the handshake.
 pub const ORIG_DST: &str = "ORIG_DST";
 /// LRU hash, [`crate::ConnKey`] → [`crate::OrigDst`]: established agent connections to the
-/// proxy, by the client's source port; the proxy takes (reads and deletes) an entry when it
+/// proxy, by the client's source address and port; the proxy takes (reads and deletes) an entry when it
 /// accepts the connection.
 pub const PROXY_CONNS: &str = "PROXY_CONNS";
 /// Ring buffer of [`crate::Event`] records.

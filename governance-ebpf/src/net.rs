@@ -336,19 +336,42 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     };
     // The family on the wire, as the proxy sees its peer: a dual-stack socket talking to an
     // IPv4-mapped address is IPv4.
+    // The source address as the proxy sees its peer's, IPv4 as IPv4-mapped IPv6 (the words
+    // are in network byte order, so their in-memory bytes are the wire's).
+    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let mut family = ctx.family();
-    if family == AF_INET6 {
+    let local = if family == AF_INET6 {
         let r = ctx.remote_ip6();
-        if r[0] == 0 && r[1] == 0 && r[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]) {
+        if r[0] == 0 && r[1] == 0 && r[2] == mapped {
             family = AF_INET;
         }
-    }
+        // One volatile 4-byte load per word: the context allows no wider load, which a copy
+        // of the array into bytes would otherwise become.
+        // SAFETY: the program's own context; constant indexes within the array.
+        unsafe {
+            let ops = ctx.ops;
+            [
+                core::ptr::read_volatile(&(*ops).local_ip6[0]),
+                core::ptr::read_volatile(&(*ops).local_ip6[1]),
+                core::ptr::read_volatile(&(*ops).local_ip6[2]),
+                core::ptr::read_volatile(&(*ops).local_ip6[3]),
+            ]
+        }
+    } else {
+        [0, 0, mapped, ctx.local_ip4()]
+    };
+    let [a, b, c, d] = local.map(u32::to_ne_bytes);
+    let addr = [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ];
     // The namespace too: agents in their own network namespaces (pods) reach a proxy
     // listener in their namespace (see docs/kernel.md, the proxy redirect) from source ports
     // that other namespaces use as well.
     // SAFETY: the helper takes the program's own context (sock_ops since Linux 5.15).
     let netns = unsafe { bpf_get_netns_cookie(ctx.ops.cast()) };
     let key = ConnKey {
+        addr,
         port: ctx.local_port(),
         family,
         netns,

@@ -1760,6 +1760,144 @@ fn http_verdicts_through_the_kernel_redirect() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The kernel files an agent's connection to the proxy under its source address *and* port:
+/// two agents' connections from the same port on different loopback addresses, both
+/// established before the proxy accepts either (the daemon stopped), are each judged by their
+/// own agent's rules. Keyed by the port alone, the second record was filed over the first, and
+/// the strict agent's request was judged by the loose agent's policy.
+#[test]
+fn proxy_connections_are_told_apart_by_source_address() {
+    use std::io::{Read as _, Write as _};
+    require_root();
+    let strict = TestCgroup::new("conn-strict");
+    let loose = TestCgroup::new("conn-loose");
+    let helper = env!("CARGO_BIN_EXE_redteam-helper");
+    let api_port = listener([127, 0, 0, 5]).1.port();
+    let api = format!("127.0.0.5:{api_port}");
+    let mut upstream = Reaped(
+        Command::new(helper)
+            .args(["http-upstream", &api, "payments"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the upstream to listen", Duration::from_secs(10), || {
+        assert!(
+            matches!(upstream.try_wait(), Ok(None)),
+            "the upstream exited"
+        );
+        std::net::TcpStream::connect(&api).is_ok()
+    });
+    let policy = |name: &str, cg: &Path, paths: &str| {
+        format!(
+            "name: {name}\nagents: {{ cgroup: {cg} }}\ndefaults: {{ http: block }}\nrules:\n\
+             \x20 - {{ id: api, network: {{ cidr: 127.0.0.5/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n\
+             \x20 - {{ id: read, http: {{ host: api.payments.example, method: GET, path: '{paths}' }}, verdict: allow, reason: reads }}\n",
+            cg = cg.display()
+        )
+    };
+    let dir = policy_dir("conn-strict", &policy("strict", &strict.rel, "/public"));
+    std::fs::write(dir.join("loose.yaml"), policy("loose", &loose.rel, "/**")).unwrap();
+    let pins = pin_dir("conn");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--pins",
+            &pins_arg,
+            "--proxy-host",
+            "api.payments.example=127.0.0.5",
+        ],
+        &dir,
+    );
+    // A source port free on both addresses.
+    let port = loop {
+        let p = listener([127, 0, 0, 1]).1.port();
+        if TcpListener::bind(("127.0.0.2", p)).is_ok() {
+            break p;
+        }
+    };
+    // A client that binds SRC:PORT, connects (redirected to the proxy), says `ready`, and on a
+    // line from us sends `GET /secret` and prints the answer.
+    let client = |cg: &Path, src: &str| {
+        let script = format!(
+            "import socket,sys\n\
+             s=socket.socket()\n\
+             s.bind(('{src}',{port}))\n\
+             s.settimeout(30)\n\
+             s.connect(('127.0.0.5',{api_port}))\n\
+             print('ready',flush=True)\n\
+             sys.stdin.readline()\n\
+             s.sendall(b'GET /secret HTTP/1.1\\r\\nHost: api.payments.example:{api_port}\\r\\nConnection: close\\r\\n\\r\\n')\n\
+             d=b''\n\
+             while True:\n\
+             \x20   try: c=s.recv(4096)\n\
+             \x20   except OSError: break\n\
+             \x20   if not c: break\n\
+             \x20   d+=c\n\
+             print(d.decode(errors='replace') or 'closed',flush=True)\n"
+        );
+        governance_tests::spawn_ready(
+            &mut governance_tests::command_in(Some(cg), "python3", &["-c", &script]),
+            &format!("the client on {src}:{port}"),
+        )
+    };
+    // Both handshakes complete (the kernel's, into the listener's backlog) while the proxy
+    // cannot accept: the strict agent's first, then the loose agent's from the same port.
+    signal(&daemon, nix::sys::signal::Signal::SIGSTOP);
+    struct Resume<'a>(&'a Daemon);
+    impl Drop for Resume<'_> {
+        fn drop(&mut self) {
+            signal(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(&daemon);
+    let mut a = client(&strict.path, "127.0.0.1");
+    let mut b = client(&loose.path, "127.0.0.2");
+    drop(resume);
+    let answer = |c: &mut Reaped| {
+        c.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let mut out = String::new();
+        c.stdout.as_mut().unwrap().read_to_string(&mut out).unwrap();
+        out.trim().to_owned()
+    };
+    let (got_a, got_b) = (answer(&mut a), answer(&mut b));
+    assert!(
+        got_a.starts_with("HTTP/1.1 403") && got_a.contains("x-governance-rule: default"),
+        "the strict agent's request is judged by its own rules (not as the loose agent's, nor as no agent's): {got_a}"
+    );
+    // The control: the loose agent's, from the same port, by its own.
+    assert!(
+        got_b.starts_with("HTTP/1.1 200"),
+        "the loose agent's request is judged by its own rules: {got_b}"
+    );
+    let record = |agent: &TestCgroup| {
+        let cg = agent.rel.to_str().unwrap();
+        wait_for_value(
+            &format!("{cg}'s decision on /secret in the audit log"),
+            Duration::from_secs(10),
+            || {
+                audit_records(&daemon.audit()).into_iter().find(|r| {
+                    r["cgroup"]["path"] == cg
+                        && r["object"]["url"]
+                            .as_str()
+                            .is_some_and(|u| u.ends_with("/secret"))
+                })
+            },
+        )
+    };
+    let (ra, rb) = (record(&strict), record(&loose));
+    assert_eq!(ra["outcome"], "block", "{ra:#}");
+    assert_ne!(ra["rule"], "loose/read", "{ra:#}");
+    assert_eq!(rb["outcome"], "allow", "{rb:#}");
+    assert_eq!(rb["rule"], "loose/read", "{rb:#}");
+    stop_daemon(daemon);
+    drop(upstream); // ours: killed by pid and reaped
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Reliability fault 7: the proxy is killed (with the daemon, by SIGKILL). The programs stay
 /// attached and keep sending `via_proxy` connects to the proxy's address, where nothing
 /// listens: the agent's connects fail. There is no fallback to direct egress.

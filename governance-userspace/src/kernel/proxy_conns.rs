@@ -28,7 +28,12 @@ impl ProxyConns {
             SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => libc::AF_INET,
             SocketAddr::V6(_) => libc::AF_INET6,
         } as u32;
+        let addr = match peer {
+            SocketAddr::V4(a) => a.ip().to_ipv6_mapped().octets(),
+            SocketAddr::V6(a) => a.ip().octets(),
+        };
         let key = ConnKey {
+            addr,
             port: u32::from(peer.port()),
             family,
             netns,
