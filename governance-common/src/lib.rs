@@ -586,6 +586,11 @@ pub mod guard {
     /// the daemon's reads of the agent's `/proc/PID/status` (for each proxied connection) and
     /// of files it may read (the policy) among them.
     pub const LEASE: u8 = 9;
+    /// A bind to the port the policy proxy or the daemon's TCP control API listens on, on
+    /// any address ([`crate::Event::object`]: the port): while the daemon restarts, or before
+    /// it opens its listener in a new network namespace, the agent's socket would take the
+    /// connections the kernel sends to the proxy (other agents' requests among them).
+    pub const DAEMON_PORT: u8 = 10;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -599,6 +604,7 @@ pub mod guard {
             SOURCE_ROUTE => "a source route (past the destination the network rules decided on)",
             PROC_OF_OUTSIDE => "a /proc file of a process outside the agent",
             LEASE => "a file lease (others' opens of the file would wait for it)",
+            DAEMON_PORT => "the policy proxy's or the control API's port (bind)",
             _ => "?",
         }
     }

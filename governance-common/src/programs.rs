@@ -145,6 +145,8 @@ pub const CONNECT4: Program = sock("connect4", "IPv4 connect");
 pub const CONNECT6: Program = sock("connect6", "IPv6 connect");
 pub const SENDMSG4: Program = sock("sendmsg4", "IPv4 UDP sendto");
 pub const SENDMSG6: Program = sock("sendmsg6", "IPv6 UDP sendto");
+pub const BIND4: Program = sock("bind4", "the daemon's ports (IPv4 bind)");
+pub const BIND6: Program = sock("bind6", "the daemon's ports (IPv6 bind)");
 pub const UNIX_CONNECT: Program = lsm("unix_stream_connect", "Unix stream/seqpacket connect");
 pub const UNIX_SEND: Program = lsm("unix_may_send", "Unix datagram send and connect");
 /// A sandboxed process's sends on the sockets it held before its sandbox verdict, and its
@@ -171,7 +173,8 @@ pub const SEQUENCE_EGRESS: Program = Program {
     what: "sequence rules on established connections (per packet)",
     required: true,
 };
-/// Tie an agent's connection to the proxy to its original destination, by source port.
+/// Tie an agent's connection to the proxy to its original destination, by source address and
+/// port.
 pub const SOCK_OPS: Program = Program {
     name: "sock_ops",
     attach: Attach::SockOps,
@@ -211,7 +214,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 69] = [
+pub const ALL: [Program; 71] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -219,6 +222,8 @@ pub const ALL: [Program; 69] = [
     CONNECT6,
     SENDMSG4,
     SENDMSG6,
+    BIND4,
+    BIND6,
     SEQUENCE_EGRESS,
     EXEC,
     FILE,

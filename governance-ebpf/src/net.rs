@@ -1,6 +1,7 @@
 //! Network: the cgroup socket-address programs (connect4/6, sendmsg4/6), which decide on a
-//! destination and may send a connect through the policy proxy, and the `sock_ops` program
-//! that files each proxied connection's record under its source port for the proxy.
+//! destination and may send a connect through the policy proxy, bind4/6, which keep agents off
+//! the daemon's ports, and the `sock_ops` program that files each proxied connection's record
+//! under its source address and port for the proxy.
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
@@ -10,7 +11,7 @@ use aya_ebpf::{
 };
 use governance_common::{
     ApiAddr, Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, allow, flags,
-    net_object, proto,
+    guard, net_object, proto,
 };
 
 use crate::{
@@ -360,11 +361,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     } else {
         [0, 0, mapped, ctx.local_ip4()]
     };
-    let [a, b, c, d] = local.map(u32::to_ne_bytes);
-    let addr = [
-        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
-        d[3],
-    ];
+    let addr = ip6(local);
     // The namespace too: agents in their own network namespaces (pods) reach a proxy
     // listener in their namespace (see docs/kernel.md, the proxy redirect) from source ports
     // that other namespaces use as well.
@@ -382,6 +379,61 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     }
     let _ = ORIG_DST.remove(&cookie);
     1
+}
+
+/// Built-in: an agent never binds the port the policy proxy or the daemon's TCP control API
+/// listens on, on any address (a wildcard bind takes a loopback address's connections when
+/// nothing else holds them) and in any network namespace (the daemon's listener in a pod's
+/// namespace has the same port). While the daemon restarts, or before it opens its listener in
+/// a new namespace, the agent's socket would take the connections the kernel sends to the
+/// proxy: other agents' requests, their credentials among them, and the daemon's own bind.
+/// The port is compared before the agent lookup: every bind on the node runs this.
+#[inline(always)]
+fn bind(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    // SAFETY: the program's own context; plain 4-byte loads.
+    let port = u16::from_be(unsafe { (*sa).user_port } as u16);
+    if port == 0 {
+        return 1;
+    }
+    let proxy = PROXY
+        .get(0)
+        .is_some_and(|p| p.port != 0 && p.port == u32::from(port.to_be()));
+    let api = API_ADDR
+        .get(0)
+        .is_some_and(|a| a.enabled != 0 && a.port == port);
+    if !proxy && !api {
+        return 1;
+    }
+    let Some(agent) = current_agent() else {
+        return 1;
+    };
+    // SAFETY: as above (volatile, one word at a time, as the context requires).
+    let addr = unsafe {
+        if v6 {
+            ip6(user_ip6(sa))
+        } else {
+            mapped4(core::ptr::read_volatile(&(*sa).user_ip4))
+        }
+    };
+    let d = Decision::builtin(Kind::Guard, true);
+    emit(&agent, &d, |ev| {
+        ev.detail = guard::DAEMON_PORT;
+        ev.object = u64::from(port);
+        ev.addr = addr;
+        ev.port = port;
+    });
+    0
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn bind4(ctx: SockAddrContext) -> i32 {
+    bind(&ctx, false)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn bind6(ctx: SockAddrContext) -> i32 {
+    bind(&ctx, true)
 }
 
 #[cgroup_sock_addr(connect4)]

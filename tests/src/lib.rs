@@ -260,6 +260,8 @@ pub enum Attempt {
     Rename { from: CString, to: CString },
     /// socket(AF_UNIX, SOCK_STREAM), bind(path), listen: a listener of its own at `path`.
     UnixBind { path: CString },
+    /// socket(family of `addr`, SOCK_STREAM), bind(addr), listen: a TCP listener of its own.
+    Bind { addr: std::net::SocketAddr },
     /// open(path, O_RDONLY), then fcntl(F_SETLEASE, kind) (F_RDLCK or F_WRLCK), SIGIO ignored.
     Lease { path: CString, kind: i32 },
     /// First, when `trigger` is set, open(trigger, O_RDONLY) (a file rule with the sandbox
@@ -665,7 +667,8 @@ pub fn run_in_namespaces(
         Attempt::Connect { addr, .. }
         | Attempt::SendTo { addr }
         | Attempt::FastOpen { addr }
-        | Attempt::SendMsgCmsg { addr, .. } => Some(sockaddr(addr)),
+        | Attempt::SendMsgCmsg { addr, .. }
+        | Attempt::Bind { addr } => Some(sockaddr(addr)),
         _ => None,
     };
     let un = match attempt {
@@ -1116,6 +1119,15 @@ pub fn run_in_namespaces(
                 ),
                 Attempt::RemoveXattr { path, name } => {
                     check(libc::removexattr(path.as_ptr(), name.as_ptr()).into());
+                }
+                Attempt::Bind { .. } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let s = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+                    if s < 0 {
+                        libc::_exit(97);
+                    }
+                    check(libc::bind(s, (&sa as *const libc::sockaddr_in6).cast(), len).into());
+                    check(libc::listen(s, 1).into());
                 }
                 Attempt::UnixBind { .. } => {
                     let (sa, len) = un.unwrap();

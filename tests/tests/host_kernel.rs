@@ -1760,6 +1760,107 @@ fn http_verdicts_through_the_kernel_redirect() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Agents never bind the daemon's ports (the policy proxy's, the TCP control API's), on any
+/// address: while the daemon is down (a restart, an upgrade), a socket of the agent's on
+/// 127.0.0.1 at the proxy's port would take every connection the kernel sends to the proxy,
+/// other agents' requests and their credentials among them, and keep the daemon from
+/// listening again. Controls: another port in the agent, the same ports outside it.
+#[test]
+fn agents_cannot_bind_the_daemon_s_ports() {
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    require_root();
+    let agent = TestCgroup::new("bind");
+    let dir = policy_dir(
+        "bind",
+        &format!(
+            "name: bind\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: lo, network: {{ cidr: 127.0.0.0/8 }}, verdict: allow, reason: loopback }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let api_port = listener([127, 0, 0, 1]).1.port();
+    let api_arg = format!("127.0.0.1:{api_port}");
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let pins = pin_dir("bind");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--pins",
+            &pins_arg,
+            "--api-listen",
+            &api_arg,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let proxy = proxy_port(&seen);
+    let ag = Some(agent.path.as_path());
+    let bind = |cg: Option<&Path>, addr: SocketAddr| run_in(cg, "binder", &Attempt::Bind { addr });
+    let v4 = |ip: [u8; 4], port: u16| SocketAddr::from((Ipv4Addr::from(ip), port));
+    let v6 = |ip: Ipv6Addr, port: u16| SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0));
+    for port in [proxy, api_port] {
+        for addr in [
+            v4([127, 0, 0, 2], port),
+            v4([0, 0, 0, 0], port),
+            v6(Ipv6Addr::UNSPECIFIED, port),
+            v6(Ipv4Addr::new(127, 0, 0, 2).to_ipv6_mapped(), port),
+        ] {
+            let case = format!("bind {addr} (a daemon port) in an agent");
+            redteam(&case, "tried");
+            let (pid, outcome) = bind(ag, addr);
+            assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+            let v = wait_for_value(
+                &format!("the refusal of {case} in the audit log"),
+                Duration::from_secs(10),
+                || {
+                    audit_records(&daemon.audit())
+                        .into_iter()
+                        .find(|r| r["process"]["pid"] == pid && r["kind"] == "guard")
+                },
+            );
+            assert_eq!(v["denied"], true, "{case}: {v}");
+            assert_eq!(v["rule"], "builtin:guard", "{case}: {v}");
+            assert_eq!(
+                v["object"]["detail"]["arg"],
+                port.to_string(),
+                "{case}: {v}"
+            );
+            assert!(
+                v["object"]["detail"]["guard"]
+                    .as_str()
+                    .is_some_and(|g| g.contains("port")),
+                "{case}: {v}"
+            );
+            redteam(&case, "denied");
+        }
+        // Controls: the same bind outside every agent (another address than the daemon's).
+        assert_eq!(bind(None, v4([127, 0, 0, 2], port)).1, Outcome::Exited(0));
+    }
+    // Controls: other ports in the agent, an explicit one and one the kernel picks.
+    let free = listener([127, 0, 0, 2]).1.port();
+    assert_eq!(bind(ag, v4([127, 0, 0, 2], free)).1, Outcome::Exited(0));
+    assert_eq!(bind(ag, v4([127, 0, 0, 2], 0)).1, Outcome::Exited(0));
+    // The daemon stops (its programs stay pinned and enforcing, as when it is restarted or
+    // crashes; the pins go when `pins` is dropped): the proxy's own address and port are
+    // free, and still refused to agents; outside agents the bind works.
+    stop_daemon(daemon);
+    let case = "bind the proxy's address and port while the daemon is down";
+    redteam(case, "tried");
+    assert_eq!(
+        bind(ag, v4([127, 0, 0, 1], proxy)).1,
+        Outcome::Errno(libc::EPERM),
+        "{case}"
+    );
+    redteam(case, "denied");
+    assert_eq!(bind(None, v4([127, 0, 0, 1], proxy)).1, Outcome::Exited(0));
+    redteam(case, "control");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The kernel files an agent's connection to the proxy under its source address *and* port:
 /// two agents' connections from the same port on different loopback addresses, both
 /// established before the proxy accepts either (the daemon stopped), are each judged by their
