@@ -863,9 +863,16 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                 && h.covers_method(&req.method)
                 && path_matches(h.path.as_deref(), path)
                 && h.headers.iter().all(|(name, value)| {
-                    req.headers
-                        .iter()
-                        .any(|(n, v)| n.eq_ignore_ascii_case(name) && glob::simple(value, v))
+                    // A restricting rule reads a value in any ASCII case, as servers read auth
+                    // schemes and media types (`bearer`, `Application/JSON`).
+                    req.headers.iter().any(|(n, v)| {
+                        n.eq_ignore_ascii_case(name)
+                            && if allows {
+                                glob::simple(value, v)
+                            } else {
+                                glob::simple(&value.to_ascii_lowercase(), &v.to_ascii_lowercase())
+                            }
+                    })
                 })
                 && (h.body.is_empty()
                     || req

@@ -257,7 +257,7 @@ pub fn evaluate(
         && !mcp_endpoint
         && !bytes.is_empty()
         && engine.has_mcp_rules(view, &head.host)
-        && is_jsonrpc(headers, bytes, limit)
+        && (is_jsonrpc(headers, bytes, limit) || json_not_utf8(headers, bytes))
     {
         return Err(Refused::McpPath(head.path.clone()));
     }
@@ -285,7 +285,7 @@ pub fn evaluate(
     };
     let headers = rule_headers(engine, view, &head.host, headers)?;
     let mut http = super::request::to_engine(head, headers.as_ref(), None);
-    let (decision, mcp) = decide_request(engine, view, &mut http, json);
+    let (decision, mcp) = decide_request(engine, view, &mut http, json, route.array_docs);
     // Allowed by a rule whose path matched only in another case: refused (a case-sensitive
     // upstream serves `/files/PUBLIC.TXT` as another resource than the rule's).
     if matches!(decision.outcome, Outcome::Allow)
@@ -340,11 +340,25 @@ pub fn rule_headers(
             )));
         }
     }
-    // The engine and a grant's key see only what the rules read.
+    // The engine and a grant's key see only what the rules read, and without the whitespace
+    // around a value, which HTTP/1 servers trim (an HTTP/2 field may carry it, and is
+    // forwarded with it).
     let mut read_only = HeaderMap::new();
     for (name, value) in &sent {
         if read.contains(&name.as_str()) {
-            read_only.append(name.clone(), value.clone());
+            let v = value.as_bytes();
+            let start = v
+                .iter()
+                .position(|&b| b != b' ' && b != b'\t')
+                .unwrap_or(v.len());
+            let end = v
+                .iter()
+                .rposition(|&b| b != b' ' && b != b'\t')
+                .map_or(start, |e| e + 1);
+            let trimmed = hyper::header::HeaderValue::from_bytes(&v[start..end]).map_err(|_| {
+                Refused::Header(format!("the value of `{name}` is not a header value"))
+            })?;
+            read_only.append(name.clone(), trimmed);
         }
     }
     Ok(Some(read_only))
@@ -422,6 +436,28 @@ fn is_jsonrpc(headers: &HeaderMap, bytes: &[u8], limit: usize) -> bool {
             Ok(d) => one(&d),
             Err(_) => true,
         }
+}
+
+/// Whether a body is JSON by its `Content-Type` but not UTF-8 text as sent: another charset
+/// (an MCP SDK server decodes `charset=base64`, `hex` or `utf-16le` into a JSON-RPC message
+/// that none of [`is_jsonrpc`]'s readings finds), a byte-order mark, bytes that are not UTF-8,
+/// or a `Content-Type` that cannot be read.
+fn json_not_utf8(headers: &HeaderMap, bytes: &[u8]) -> bool {
+    let media = match single(headers, header::CONTENT_TYPE, "Content-Type") {
+        Ok(Some(v)) => match MediaType::parse(&v) {
+            Ok(m) => m,
+            Err(_) => return true,
+        },
+        Ok(None) => return false,
+        Err(_) => return true,
+    };
+    let json = media.essence == "application/json" || media.essence.ends_with("+json");
+    json && (media
+        .charset
+        .as_deref()
+        .is_some_and(|c| !(c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8")))
+        || bom(bytes).is_some()
+        || std::str::from_utf8(bytes).is_err())
 }
 
 const OVERRIDE_HEADERS: [&str; 3] = [

@@ -583,6 +583,19 @@ rules:
     http: { host: jobs.example, method: GET, path: "/v1/tags/a%2Bb" }
     verdict: block
     reason: written escaped in the rule
+  - id: prod-env
+    http: { host: api.example, method: POST, path: /v1/env, headers: { x-env: production } }
+    verdict: block
+    reason: production is not the agent's
+  - id: bulk-refund
+    http: { host: api.example, method: POST, path: /v1/refunds/bulk, body: ['$[0].amount > 100'] }
+    verdict: block
+    reason: no large bulk refunds
+  - id: pay-approval
+    http: { host: mcp.example, path: /mcp, mcp: { tool: pay, arguments: ['$.amount > 100'] } }
+    verdict: escalate
+    escalate: { timeout: 1m, on_timeout: allow }
+    reason: a human approves payments
   - id: public-colon
     http: { host: files.example, method: GET, path: "/files/report:2026.txt" }
     verdict: allow
@@ -1765,4 +1778,126 @@ fn mcp_messages_off_the_mcp_paths_are_refused() {
         post("/v1/upload", &[JSON], br#"{"name": "report"}"#),
         "allow default"
     );
+}
+
+/// Red team round 6: a JSON-RPC message in another charset to an MCP host, off its MCP path
+/// (an MCP SDK server decodes `charset=base64`, `hex` or `utf-16le` bodies), is refused like
+/// one in UTF-8; other bodies to the host's other paths are not.
+#[test]
+fn json_in_another_charset_is_refused_on_mcp_hosts() {
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        let mut all = vec![("host", "mcp.example")];
+        all.extend_from_slice(headers);
+        verdict(found("POST", "/messages?sessionId=abc", &all, body))
+    };
+    let b64 = b"eyJqc29ucnBjIjoiMi4wIiwiaWQiOjMsIm1ldGhvZCI6InRvb2xzL2NhbGwiLCJwYXJhbXMiOnsibmFtZSI6InRyYW5zZmVyIiwiYXJndW1lbnRzIjp7InBheW1lbnQiOnsiYW1vdW50Ijo1MDAwfX19fQ==";
+    let call = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"transfer","arguments":{"payment":{"amount":5000}}}}"#;
+    let utf16: Vec<u8> = call.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    let hex: String = call.bytes().map(|b| format!("{b:02x}")).collect();
+    for (charset, body) in [
+        ("base64", &b64[..]),
+        ("utf-16le", &utf16[..]),
+        ("hex", hex.as_bytes()),
+    ] {
+        let ct = format!("application/json; charset={charset}");
+        assert_eq!(
+            post(&[("content-type", &ct)], body),
+            "refused 400 builtin:jsonrpc",
+            "{charset}"
+        );
+    }
+    // A byte-order mark, or bytes that are not UTF-8, under a JSON type.
+    let bom = [&[0xef, 0xbb, 0xbf][..], call.as_bytes()].concat();
+    assert_eq!(post(&[JSON], &bom), "refused 400 builtin:jsonrpc");
+    let latin1 = [call.as_bytes(), &[0xe9][..]].concat();
+    assert_eq!(post(&[JSON], &latin1), "refused 400 builtin:jsonrpc");
+    // Controls: JSON that is not JSON-RPC, and bytes that are not JSON by their type.
+    assert_eq!(post(&[JSON], br#"{"name": "report"}"#), "allow default");
+    assert_eq!(
+        post(
+            &[("content-type", "image/png")],
+            &[0x89, b'P', b'N', b'G', 0xff, 0xfe]
+        ),
+        "allow default"
+    );
+}
+
+/// Red team round 6: a batch of more than one message is never held for a human (the approval
+/// and its timeout's posture would cover calls the approver was not shown): refused; one call
+/// on its own, or in a batch of one, is held.
+#[test]
+fn batches_are_not_held_for_a_human() {
+    let pay = |id: u64, amount: u64| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "pay", "arguments": {"amount": amount}}})
+    };
+    let list = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"});
+    let run = |body: serde_json::Value| {
+        verdict(found(
+            "POST",
+            "/mcp",
+            &[("host", "mcp.example"), JSON],
+            body.to_string().as_bytes(),
+        ))
+    };
+    assert_eq!(run(pay(1, 500)), "escalate found/pay-approval");
+    assert_eq!(run(json!([pay(1, 500)])), "escalate found/pay-approval");
+    for batch in [
+        json!([pay(1, 500), pay(2, 900_000)]),
+        json!([list, pay(2, 500)]),
+    ] {
+        assert_eq!(run(batch.clone()), "block found/pay-approval", "{batch}");
+    }
+    // Control: a batch nothing in which needs a human.
+    assert_eq!(run(json!([list, pay(2, 50)])), "allow default");
+}
+
+/// Red team round 6: an array document read by `$[N]` rules is decided as one document even
+/// when its elements look like JSON-RPC messages.
+#[test]
+fn array_documents_are_read_whole_when_their_elements_look_like_json_rpc() {
+    let bulk = |body: &str| {
+        verdict(found(
+            "POST",
+            "/v1/refunds/bulk",
+            &[("host", "api.example"), JSON],
+            body.as_bytes(),
+        ))
+    };
+    assert_eq!(bulk(r#"[{"amount": 5000}]"#), "block found/bulk-refund");
+    assert_eq!(
+        bulk(r#"[{"jsonrpc": "2.0", "method": "x", "charge": "ch_1", "amount": 5000}]"#),
+        "block found/bulk-refund"
+    );
+    // Controls.
+    assert_eq!(bulk(r#"[{"amount": 50}]"#), "allow default");
+    assert_eq!(
+        bulk(r#"[{"jsonrpc": "2.0", "method": "x", "amount": 50}]"#),
+        "allow default"
+    );
+}
+
+/// Red team round 6: a header a restricting rule reads is matched without the whitespace
+/// around it (an HTTP/2 field may carry it; HTTP/1 servers trim it) and in any ASCII case.
+#[test]
+fn restricting_header_rules_read_values_as_servers_do() {
+    let env = |value: &str| {
+        verdict(found(
+            "POST",
+            "/v1/env",
+            &[("host", "api.example"), ("x-env", value)],
+            b"",
+        ))
+    };
+    for value in [
+        "production",
+        " production",
+        "production\t",
+        "PRODUCTION",
+        "Production ",
+    ] {
+        assert_eq!(env(value), "block found/prod-env", "{value:?}");
+    }
+    // Control.
+    assert_eq!(env("staging"), "allow default");
 }

@@ -387,16 +387,26 @@ fn decide_one(
 }
 
 /// Decide a request (each call of a JSON-RPC batch, the most severe winning). `http.body`
-/// holds the JSON body afterwards (the deciding call, for a batch).
+/// holds the JSON body afterwards (the deciding call, for a batch). `array_docs`: some rule of
+/// the route reads an array document (`$[0].amount`), which then decides a batch-shaped array
+/// as one document as well: elements that look like JSON-RPC messages do not hide it from
+/// those rules.
+///
+/// A batch of more than one message is never held for a human: an approval (and a timeout's
+/// posture, and a grant) would cover the calls the approver was not shown. Its escalation is
+/// refused, with a reason that says to send the call on its own.
 pub fn decide_request(
     engine: &Engine,
     view: &AgentRules,
     http: &mut HttpRequest,
     json: Option<Value>,
+    array_docs: bool,
 ) -> (Decision, Option<McpCall>) {
     let now = Instant::now();
     match json {
         Some(Value::Array(calls)) if is_batch(&calls) => {
+            let messages = calls.len();
+            let whole = array_docs.then(|| Value::Array(calls.clone()));
             let mut worst: Option<(Decision, Value)> = None;
             let mut tools = Vec::new();
             let mut ids = Vec::new();
@@ -415,10 +425,28 @@ pub fn decide_request(
                     worst = Some((d, call));
                 }
             }
-            let (d, call) = match worst {
+            if let Some(doc) = whole {
+                http.body = Some(doc);
+                let d = decide_one(engine, view, http, now);
+                let doc = http.body.take().unwrap_or(Value::Null);
+                if worst
+                    .as_ref()
+                    .is_none_or(|(w, _)| d.verdict() > w.verdict())
+                {
+                    worst = Some((d, doc));
+                }
+            }
+            let (mut d, call) = match worst {
                 Some(w) => w,
                 None => (decide_one(engine, view, http, now), Value::Null),
             };
+            if messages > 1 && matches!(d.outcome, Outcome::Escalate { .. }) {
+                d.outcome = Outcome::Block;
+                d.reason = format!(
+                    "{} (in a JSON-RPC batch of {messages} messages: a human approves one call at a time; send it on its own)",
+                    d.reason
+                );
+            }
             http.body = Some(call);
             let mcp = (!tools.is_empty()).then_some(McpCall {
                 tools,

@@ -822,7 +822,10 @@ fn decide(set: &PolicySet, c: &Canon, r: &Reading) -> Outcome {
         headers: vec![],
         body: None,
     };
-    let (d, _) = decide_request(&engine, &view, &mut http, r.body.clone());
+    let array_docs = engine
+        .body_route(&view, &c.host, &r.method, &c.path)
+        .array_docs;
+    let (d, _) = decide_request(&engine, &view, &mut http, r.body.clone(), array_docs);
     Outcome::Decided(d.verdict(), d.rule.unwrap_or_else(|| "default".into()))
 }
 

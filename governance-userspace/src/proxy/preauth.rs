@@ -32,7 +32,7 @@
 //!   (asking again for the same action while it is pending returns the same id). When a human
 //!   approves, the proxy remembers a grant for that action (agent, rule, and the tool and
 //!   arguments of an MCP call, or method, host, path, query, the headers the rules read and
-//!   the body otherwise: [`Proxy::grant_key`]) for the approval's duration: the retry, pre-authorized or proxied, is then allowed (`allowed: true`, record
+//!   the body otherwise: [`Proxy::grant_keys`]) for the approval's duration: the retry, pre-authorized or proxied, is then allowed (`allowed: true`, record
 //!   outcome `granted`). Denied or expired requests grant nothing.
 //! - **Sandbox**: `allowed: false` with `sandbox_upstream`: the action may only go to that
 //!   upstream (through the proxy it is sent there automatically).
@@ -353,8 +353,9 @@ impl Proxy {
                 on_timeout,
             } => {
                 super::verdict::show_query(&mut rec, &head);
-                let key = self.grant_key(&rule, &head, &http, &bytes);
-                if self.granted(&client.agent.name, key) {
+                let keys = self.grant_keys(&rule, &head, &http, &bytes);
+                let key = keys.0;
+                if self.granted(&client.agent.name, keys) {
                     rec.outcome = "granted".into();
                     rec.message = "pre-authorized by an approval".into();
                     resp.allowed = true;

@@ -1502,6 +1502,99 @@ rules:
     assert_eq!(up.seen.lock().unwrap().len(), forwarded);
 }
 
+/// An MCP grant covers the call at the server it was approved for (or at any server, when
+/// approved with none named), and never a batch: a batch of more than one message is refused
+/// rather than held (red team round 6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_grant_covers_its_server_and_never_a_batch() {
+    let up = upstream("mcp").await;
+    let policy = parse(
+        r#"
+name: ops
+agents: { cgroup: agents/ops-* }
+rules:
+  - id: deploys
+    http: { host: "*.example", path: /mcp, mcp: { tool: deploy } }
+    verdict: escalate
+    escalate: { timeout: 10m, on_timeout: block }
+    reason: deploys need a human
+"#,
+    );
+    let h = start(config(), policy, Limits::default()).await;
+    let me = h.agent("agents/ops-1", None, Some(up.addr));
+    let c = client_of(&h, me);
+    let approve = |target: &str, server: Option<&str>| {
+        let d = h.proxy.preauthorize(
+            &c,
+            DecideAction::Tool {
+                tool: "deploy".into(),
+                arguments: json!({"env": target}),
+                server: server.map(Into::into),
+            },
+        );
+        assert_eq!(d.verdict, "escalate", "{d:?}");
+        h.approvals
+            .approve(&d.approval_id.unwrap(), "alice", Duration::from_secs(60))
+            .unwrap();
+    };
+    let call_at = |host: &str, body: Value| {
+        Request::post("/mcp")
+            .header("host", host)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let deploy = |id: u64, env: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "deploy", "arguments": {"env": env}}})
+    };
+    approve("staging", Some("http://mcp.search.example/mcp"));
+    approve("qa", None);
+    let forwarded = || up.seen.lock().unwrap().len();
+    // At the server it was approved for: granted.
+    let before = forwarded();
+    let r = h
+        .send(me, call_at("mcp.search.example", deploy(1, "staging")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(forwarded(), before + 1);
+    // Approved with no server named: at any server.
+    let r = h
+        .send(me, call_at("api.payments.example", deploy(2, "qa")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // At another server: held (denied here).
+    let approvals = h.approvals.clone();
+    let denier = tokio::spawn(async move {
+        until("the call to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    });
+    let before = forwarded();
+    let r = h
+        .send(me, call_at("api.payments.example", deploy(3, "staging")))
+        .await;
+    assert!(r.body.to_string().contains("denied by bob"), "{}", r.body);
+    denier.await.unwrap();
+    // A batch with the granted call and another: refused, not held, not forwarded.
+    let r = h
+        .send(
+            me,
+            call_at(
+                "mcp.search.example",
+                json!([deploy(4, "staging"), deploy(5, "production")]),
+            ),
+        )
+        .await;
+    assert!(r.body.to_string().contains("JSON-RPC batch"), "{}", r.body);
+    assert!(h.approvals.list().is_empty());
+    assert_eq!(forwarded(), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_closed_but_held_requests_are_not() {
     let up = upstream("mcp").await;

@@ -181,8 +181,8 @@ impl Proxy {
                 };
                 *body = ReqBody::Read(bytes.clone());
                 show_query(&mut rec, head);
-                let key = self.grant_key(&rule, head, http, &bytes);
-                if self.granted(&client.agent.name, key) {
+                let keys = self.grant_keys(&rule, head, http, &bytes);
+                if self.granted(&client.agent.name, keys) {
                     rec.outcome = "granted".into();
                     rec.denied = false;
                     rec.message = "pre-authorized by an approval".into();
@@ -291,20 +291,25 @@ impl Proxy {
     }
 
     /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
-    /// arguments); any other request by everything in it that an upstream acts on and a rule
-    /// could tell apart: rule, method, host, path, query, the headers the host's rules read
-    /// (`http.headers`, see [`super::canonical::rule_headers`]) and the body. The body is
-    /// compared as its JSON value when it is JSON (read strictly: a duplicate key is not JSON
-    /// here), so a client that writes the same value with other spacing matches a grant asked
-    /// for through the decision API, and byte for byte otherwise. A request that differs in
-    /// any of these is another action, held for its own approval.
-    pub(super) fn grant_key(
+    /// arguments, and the server: host, path and query); any other request by everything in
+    /// it that an upstream acts on and a rule could tell apart: rule, method, host, path,
+    /// query, the headers the host's rules read (`http.headers`, see
+    /// [`super::canonical::rule_headers`]) and the body. The body is compared as its JSON
+    /// value when it is JSON (read strictly: a duplicate key is not JSON here), so a client
+    /// that writes the same value with other spacing matches a grant asked for through the
+    /// decision API, and byte for byte otherwise. A request that differs in any of these is
+    /// another action, held for its own approval.
+    ///
+    /// The second key, for an MCP call to a server: the same call approved through the
+    /// decision API with no server named (what its approver saw: any server the agent's MCP
+    /// rules cover).
+    pub(super) fn grant_keys(
         &self,
         rule: &str,
         head: &Head,
         http: &HttpRequest,
         bytes: &[u8],
-    ) -> u64 {
+    ) -> (u64, Option<u64>) {
         let parsed = match &http.body {
             Some(_) => None,
             None if bytes.is_empty() => None,
@@ -312,9 +317,21 @@ impl Proxy {
         };
         let json = http.body.as_ref().or(parsed.as_ref());
         if let Some((tool, args)) = json.and_then(tool_call) {
-            return self
-                .hasher
-                .hash_one((rule, "tool", tool, args.map(Value::to_string)));
+            let args = args.map(Value::to_string);
+            let any_server = self.hasher.hash_one((rule, "tool", tool, &args));
+            if http.host.is_empty() {
+                return (any_server, None);
+            }
+            let server = self.hasher.hash_one((
+                rule,
+                "tool",
+                tool,
+                &args,
+                http.host.to_ascii_lowercase(),
+                &http.path,
+                head.query.as_deref(),
+            ));
+            return (server, Some(any_server));
         }
         let mut headers: Vec<(String, &str)> = http
             .headers
@@ -323,7 +340,7 @@ impl Proxy {
             .collect();
         headers.sort_unstable();
         let raw = if json.is_some() { &[][..] } else { bytes };
-        self.hasher.hash_one((
+        let key = self.hasher.hash_one((
             rule,
             http.method.to_ascii_uppercase(),
             http.host.to_ascii_lowercase(),
@@ -332,14 +349,17 @@ impl Proxy {
             headers,
             json.map(Value::to_string),
             raw,
-        ))
+        ));
+        (key, None)
     }
 
-    pub(super) fn granted(&self, agent: &str, key: u64) -> bool {
+    /// Whether `agent` holds a live grant for either key.
+    pub(super) fn granted(&self, agent: &str, (key, also): (u64, Option<u64>)) -> bool {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         grants.retain(|_, until| *until > now);
-        grants.contains_key(&(agent.to_owned(), key))
+        let has = |k: u64| grants.contains_key(&(agent.to_owned(), k));
+        has(key) || also.is_some_and(has)
     }
 }
 
