@@ -92,6 +92,30 @@ pub const CGROUP_BORDER: Program = lsm(
     "processes moved into the agent, cgroups outside it, /proc files of processes outside",
 );
 pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
+/// The 32-bit ioctl entry's hook (Linux 6.8, and the stable kernels it was backported to:
+/// 6.1.75, 6.6.14, ...); before it, 32-bit ioctls reach `file_ioctl`. See [`WHERE_PRESENT`].
+pub const IOCTL_COMPAT: Program = where_present(
+    "file_ioctl_compat",
+    "terminal input injection, signal ownership (32-bit ioctl)",
+);
+/// ACLs set and removed through the ACL interface, which Linux 6.2 and later use instead of
+/// `inode_setxattr`.
+pub const SET_ACL: Program = where_present("inode_set_acl", "ACLs of protected files");
+pub const REMOVE_ACL: Program = where_present("inode_remove_acl", "ACLs of protected files");
+
+const fn where_present(name: &'static str, what: &'static str) -> Program {
+    Program {
+        name,
+        attach: Attach::Lsm(name),
+        what,
+        required: false,
+    }
+}
+
+/// LSM hooks that only some kernels have, attached after [`ALL`]: part of full enforcement
+/// where the kernel has the hook (`bpf_lsm_<hook>` in its BTF), and not needed where it has
+/// not (what they see goes through another hook there).
+pub const WHERE_PRESENT: [Program; 3] = [IOCTL_COMPAT, SET_ACL, REMOVE_ACL];
 pub const FCNTL: Program = lsm(
     "file_fcntl",
     "signal ownership (F_SETOWN); files armed for SIGIO (O_ASYNC, F_SETSIG)",

@@ -67,7 +67,21 @@ const FIOASYNC: u32 = 0x5452;
 /// before the agent lookup: this hook runs for every ioctl on the node.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
-    // int file_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+    ioctl(&ctx)
+}
+
+/// The same for the 32-bit ioctl entry (`int $0x80`, 32-bit programs), which asks this hook
+/// instead of `file_ioctl` since Linux 6.8 and the stable kernels it was backported to (6.1.75,
+/// 6.6.14, ...): the commands it refuses have the same numbers there.
+#[lsm(hook = "file_ioctl_compat")]
+pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
+    ioctl(&ctx)
+}
+
+#[inline(always)]
+fn ioctl(ctx: &LsmContext) -> i32 {
+    // int file_ioctl(struct file *file, unsigned int cmd, unsigned long arg), and
+    // file_ioctl_compat with the same arguments
     let previous: i32 = ctx.arg(3);
     if previous != 0 {
         return previous;
@@ -148,19 +162,49 @@ pub fn file_fcntl(ctx: LsmContext) -> i32 {
 /// The agent label's xattr namespace (governance-userspace's agents::LABEL_XATTR lives in it).
 const LABEL_PREFIX: &[u8; 16] = b"user.governance.";
 
-/// Whether the xattr name at `name` (a kernel string) is in the label's namespace.
+/// The xattrs that change what an object lets others do, or what running it grants: POSIX ACLs
+/// (an ACL rewrites the mode: `u::---` is a chmod to 0) and file capabilities
+/// (`security.capability` on a program gives whoever runs it root's powers).
+const ACL_PREFIX: &[u8] = b"system.posix_acl_";
+const CAPABILITY: &[u8] = b"security.capability\0";
+
+/// Whether the kernel string at `name` (at most 31 bytes read) starts with `prefix`. Byte by
+/// byte with constant bounds, as `same`.
 #[inline(always)]
-fn is_label(name: u64) -> bool {
-    let mut buf = [0u8; 17];
-    // SAFETY: bounded by the buffer; a failed read counts as a label (fail closed).
-    match unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) } {
-        Ok(s) => s.len() >= 16 && &s[..16] == LABEL_PREFIX,
-        Err(_) => true,
+fn xattr_is(name: &[u8; 32], prefix: &[u8]) -> bool {
+    let mut i = 0;
+    while i < prefix.len() && i < name.len() {
+        if name[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
     }
+    true
+}
+
+/// A change of an xattr named `name` on `dentry`: the agent label is refused everywhere (see
+/// `inode_setxattr`); an ACL or file capabilities on an object the identity rules protect from
+/// writing, as a chmod is (`path_chmod`: the daemon's program, its socket directory, the
+/// node's system files such as an interpreter in /usr/bin).
+#[inline(always)]
+fn xattr_changed(dentry: Btf, name: u64) -> i32 {
+    let mut buf = [0u8; 32];
+    // SAFETY: bounded by the buffer; a failed read counts as a label (fail closed).
+    if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }.is_err() {
+        return refuse(guard::LABEL, 0);
+    }
+    if xattr_is(&buf, LABEL_PREFIX) {
+        return refuse(guard::LABEL, 0);
+    }
+    if xattr_is(&buf, ACL_PREFIX) || xattr_is(&buf, CAPABILITY) {
+        return crate::identity::mode_changed(dentry);
+    }
+    0
 }
 
 /// Built-in: agents may not set the agent label (`user.governance.*`) anywhere: relabelling its
-/// own cgroup would change which policy governs it, or make it no agent at all.
+/// own cgroup would change which policy governs it, or make it no agent at all. Nor an ACL or
+/// file capabilities where a chmod is refused (see `xattr_changed`).
 #[lsm(hook = "inode_setxattr")]
 pub fn inode_setxattr(ctx: LsmContext) -> i32 {
     // int inode_setxattr(struct user_namespace *mnt_userns, struct dentry *dentry,
@@ -169,13 +213,35 @@ pub fn inode_setxattr(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    if !is_label(ctx.arg(2)) {
-        return 0;
-    }
-    refuse(guard::LABEL, 0)
+    xattr_changed(Btf::arg(&ctx, 1), ctx.arg(2))
 }
 
-/// Built-in: nor remove it.
+/// An ACL set through the ACL interface, which Linux 6.2 and later use for ACLs instead of
+/// `inode_setxattr` (`vfs_set_acl`). Attached where the kernel has the hook.
+#[lsm(hook = "inode_set_acl")]
+pub fn inode_set_acl(ctx: LsmContext) -> i32 {
+    // int inode_set_acl(struct mnt_idmap *idmap, struct dentry *dentry,
+    //                   const char *acl_name, struct posix_acl *kacl)
+    let previous: i32 = ctx.arg(4);
+    if previous != 0 {
+        return previous;
+    }
+    crate::identity::mode_changed(Btf::arg(&ctx, 1))
+}
+
+/// An ACL removed through the ACL interface (Linux 6.2 and later), likewise.
+#[lsm(hook = "inode_remove_acl")]
+pub fn inode_remove_acl(ctx: LsmContext) -> i32 {
+    // int inode_remove_acl(struct mnt_idmap *idmap, struct dentry *dentry,
+    //                      const char *acl_name)
+    let previous: i32 = ctx.arg(3);
+    if previous != 0 {
+        return previous;
+    }
+    crate::identity::mode_changed(Btf::arg(&ctx, 1))
+}
+
+/// Built-in: nor remove it (nor an ACL or file capabilities where a chmod is refused).
 #[lsm(hook = "inode_removexattr")]
 pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     // int inode_removexattr(struct user_namespace *mnt_userns, struct dentry *dentry,
@@ -184,10 +250,7 @@ pub fn inode_removexattr(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    if !is_label(ctx.arg(2)) {
-        return 0;
-    }
-    refuse(guard::LABEL, 0)
+    xattr_changed(Btf::arg(&ctx, 1), ctx.arg(2))
 }
 
 /// Key types agents may make: keyrings, the plain payload types, and the authorisation key

@@ -630,14 +630,18 @@ fn judge(
     if refused != 0 {
         return Ok(refused);
     }
-    // The new name itself, where a protected path was missing at the load.
+    // The names themselves, where a protected path was missing at the load: the new one (a
+    // link or rename into it), and the old one (an object made there since, by whoever, keeps
+    // the name: linked or renamed elsewhere, it would be written under a name no rule reads).
     if letters & 4 != 0 {
-        let named = name_refusal(tables.own, tables.shared, new);
-        if named & JUDGED_FAILED != 0 {
-            return Err(Cause::from_u8(named as u8).unwrap_or(Cause::Unreadable));
-        }
-        if named != 0 {
-            return Ok(named);
+        for name in [new, old] {
+            let named = name_refusal(tables.own, tables.shared, name);
+            if named & JUDGED_FAILED != 0 {
+                return Err(Cause::from_u8(named as u8).unwrap_or(Cause::Unreadable));
+            }
+            if named != 0 {
+                return Ok(named);
+            }
         }
     }
     // The new name's directories (into slot 1, emptied first).
@@ -994,6 +998,12 @@ pub fn path_truncate(ctx: LsmContext) -> i32 {
     path_changed(Btf::arg(&ctx, 0), true, LINK_OP_TRUNCATE)
 }
 
+/// An ACL or file capabilities set on, or removed from, `dentry` (guard.rs): decided as a chmod.
+#[inline(always)]
+pub(crate) fn mode_changed(dentry: Btf) -> i32 {
+    changed_in_place(dentry, false, LINK_OP_CHMOD)
+}
+
 /// `changed_in_place` for the object a `struct path` names (failing closed for an agent when
 /// the path cannot be read).
 #[inline(always)]
@@ -1052,12 +1062,10 @@ fn new_entry(dentry: Btf, op: u8, file: bool) -> i32 {
         return 0;
     };
     // Its name first, where a protected path was missing at the load (see `entry_name`), then
-    // its directories. A regular file's name is file_open's, on the path.
-    let judged = match if file {
-        0
-    } else {
-        entry_name(&agent.value, dentry)
-    } {
+    // its directories. A regular file's name is refused here where its rule blocks creating
+    // (an empty file at a missing login file's name, linked elsewhere, would be written there
+    // and run at the next login); what else its rules say is file_open's, on the path.
+    let judged = match entry_name(&agent.value, dentry, file) {
         0 => judge_new_entry(&agent.value, dentry, file),
         named => named,
     };
@@ -1113,7 +1121,7 @@ fn judge_new_entry(value: &AgentValue, dentry: Btf, file: bool) -> u64 {
 /// `entry_name`.
 #[inline(never)]
 fn name_refusal(own: u32, shared: u32, dentry: Btf) -> u64 {
-    match named(Tables { own, shared }, dentry) {
+    match named(Tables { own, shared }, dentry, false) {
         Ok(judged) => judged,
         Err(cause) => JUDGED_FAILED | cause as u64,
     }
@@ -1125,10 +1133,10 @@ fn name_refusal(own: u32, shared: u32, dentry: Btf) -> u64 {
 /// program's, the judgement's, this one's and the hash loop's callback) came to 544 bytes of
 /// stack, over the verifier's 512.
 #[inline(never)]
-fn entry_name(value: &AgentValue, dentry: Btf) -> u64 {
+fn entry_name(value: &AgentValue, dentry: Btf, block_only: bool) -> u64 {
     let judged = (|| -> Result<u64, Cause> {
         match marked(value, dentry)? {
-            Some((letters, tables)) if letters & 4 != 0 => named(tables, dentry),
+            Some((letters, tables)) if letters & 4 != 0 => named(tables, dentry, block_only),
             _ => Ok(0),
         }
     })();
@@ -1138,16 +1146,22 @@ fn entry_name(value: &AgentValue, dentry: Btf) -> u64 {
     }
 }
 
-/// See `name_refusal`: 0, or `REFUSE | rule_id`.
+/// See `name_refusal`: 0, or `REFUSE | rule_id` (with `block_only`, only where the create slot
+/// blocks).
 #[inline(always)]
-fn named(tables: Tables, dentry: Btf) -> Result<u64, Cause> {
+fn named(tables: Tables, dentry: Btf, block_only: bool) -> Result<u64, Cause> {
     let (dev, dir) = identity(parent_of(dentry)?)?;
     if !may_have(tables.shared >> 31, dev, dir, SCOPE_NAME) {
         return Ok(0);
     }
     let hash = hash_name(dentry)?;
     Ok(match tables.entry(dev, dir, SCOPE_NAME, hash) {
-        Some(v) if restricts(&v.rules[2]) => REFUSE | u64::from(v.rules[2].enforce.rule_id),
+        Some(v)
+            if restricts(&v.rules[2])
+                && (!block_only || v.rules[2].enforce.verdict == Verdict::Block as u8) =>
+        {
+            REFUSE | u64::from(v.rules[2].enforce.rule_id)
+        }
         _ => 0,
     })
 }

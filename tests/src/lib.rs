@@ -227,6 +227,10 @@ pub enum Attempt {
     Ftruncate { path: CString },
     /// fd = open(path, O_RDWR | O_NOCTTY), ioctl(fd, cmd, &byte) (TIOCSTI pushes `byte`).
     Ioctl { path: CString, cmd: u64, byte: u8 },
+    /// The same through the 32-bit system call entry (`int $0x80`, ioctl is 54 there), its
+    /// argument in memory below 4 GiB: the kernel asks `file_ioctl_compat`, not `file_ioctl`
+    /// (Linux 6.8, and the stable kernels it was backported to).
+    IoctlCompat { path: CString, cmd: u64, byte: u8 },
     /// fcntl(pipe's read end, F_SETOWN, pid); pid 0 means the process itself.
     SetOwn { pid: i32 },
     /// The red team's terminal SIGIO: fd = open(slave, O_RDWR | O_NOCTTY | O_NONBLOCK), its
@@ -1008,6 +1012,42 @@ pub fn run_in_namespaces(
                         libc::_exit(98);
                     }
                     check(libc::ioctl(fd, *cmd as _, byte as *const u8).into());
+                }
+                Attempt::IoctlCompat { path, cmd, byte } => {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    let low = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                        -1,
+                        0,
+                    );
+                    if low == libc::MAP_FAILED {
+                        libc::_exit(96);
+                    }
+                    *low.cast::<u8>() = *byte;
+                    let ret: i64;
+                    // rbx is LLVM's: the first argument goes through it by exchange. The
+                    // compat entry does not keep r8-r15.
+                    std::arch::asm!(
+                        "xchg {fd}, rbx",
+                        "int 0x80",
+                        "xchg {fd}, rbx",
+                        fd = inout(reg) fd as u64 => _,
+                        inlateout("rax") 54i64 => ret,
+                        in("rcx") *cmd,
+                        in("rdx") low as u64,
+                        out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                        out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+                    );
+                    // The 32-bit entry returns a 32-bit result.
+                    if (ret as i32) < 0 {
+                        libc::_exit(ERRNO_BASE - ret as i32);
+                    }
                 }
                 Attempt::SetOwn { pid } => {
                     let mut fds = [0; 2];

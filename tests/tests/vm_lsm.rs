@@ -1696,6 +1696,21 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         Kind::Guard,
         Control::Succeeds,
     );
+    // The same through the 32-bit entry, which asks file_ioctl_compat (red team round 6).
+    k.require("file_ioctl_compat");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R6 TIOCSTI into a terminal through the 32-bit ioctl entry",
+        &Attempt::IoctlCompat {
+            path: cstr(&slave),
+            cmd: libc::TIOCSTI,
+            byte: b'x',
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::TERMINAL_INPUT);
     unsafe { libc::close(master) };
 
     // Signal ownership handed to a process outside the agent.
@@ -5293,8 +5308,9 @@ fn system_files_are_refused() {
                 path: c("/root/.profile"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            // Missing at the load: refused by its name before it exists (round 6).
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/root/.profile",
         ),
         (
@@ -5313,8 +5329,9 @@ fn system_files_are_refused() {
                 path: c("/home/gov-rt-user/.bashrc"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            // Missing at the load: refused by its name before it exists (round 6).
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/home/gov-rt-user/.bashrc",
         ),
         (
@@ -5333,8 +5350,9 @@ fn system_files_are_refused() {
                 path: c("/root/.gitconfig"),
                 flags: create | libc::O_APPEND,
             },
-            Kind::File,
-            None,
+            // Missing at the load: refused by its name before it exists (round 6).
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
             "/root/.gitconfig",
         ),
         (
@@ -5421,6 +5439,43 @@ fn system_files_are_refused() {
             },
             Kind::Link,
             Some(governance_common::LINK_OP_CHOWN),
+            "",
+        ),
+        (
+            "R6 an ACL that takes every permission from a file in /etc (a chmod to 0)",
+            Attempt::SetXattr {
+                path: cstr(conf),
+                name: c"system.posix_acl_access".to_owned(),
+                // version 2; USER_OBJ, GROUP_OBJ, OTHER, each with no permission.
+                value: [
+                    &2u32.to_le_bytes()[..],
+                    &[1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+                    &[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+                    &[0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff],
+                ]
+                .concat(),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CHMOD),
+            "",
+        ),
+        (
+            "R6 file capabilities on a file in /etc (whoever runs it gets them)",
+            Attempt::SetXattr {
+                path: cstr(conf),
+                name: c"security.capability".to_owned(),
+                // VFS_CAP_REVISION_2, effective; CAP_SETUID permitted.
+                value: [
+                    &0x0200_0001u32.to_le_bytes()[..],
+                    &(1u32 << 7).to_le_bytes(),
+                    &0u32.to_le_bytes(),
+                    &0u32.to_le_bytes(),
+                    &0u32.to_le_bytes(),
+                ]
+                .concat(),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CHMOD),
             "",
         ),
         (
@@ -5581,8 +5636,8 @@ fn missing_protected_names_are_refused_by_their_names() {
         k.require(hook);
     }
     use governance_common::{
-        LINK_OP_LINK as LINK, LINK_OP_MKDIR as MKDIR, LINK_OP_MKNOD as MKNOD,
-        LINK_OP_RENAME as RENAME, LINK_OP_SYMLINK as SYMLINK,
+        LINK_OP_CREATE as CREATE, LINK_OP_LINK as LINK, LINK_OP_MKDIR as MKDIR,
+        LINK_OP_MKNOD as MKNOD, LINK_OP_RENAME as RENAME, LINK_OP_SYMLINK as SYMLINK,
     };
     let c = |p: &str| cstr(Path::new(p));
     let rename = |from: &Path, to: &str| Attempt::Rename {
@@ -5665,6 +5720,25 @@ fn missing_protected_names_are_refused_by_their_names() {
             "/home/gov-rt-named/.config".into(),
         ),
         (
+            "R6 an empty regular file made by mknod at root's missing .bash_profile (then linked out and written)",
+            Attempt::Mknod {
+                path: c("/root/.bash_profile"),
+                mode: libc::S_IFREG | 0o644,
+                dev: 0,
+            },
+            CREATE,
+            "/root/.bash_profile".into(),
+        ),
+        (
+            "R6 root's missing .zshenv created by an open's O_CREAT (refused before it exists)",
+            Attempt::Open {
+                path: c("/root/.zshenv"),
+                flags: libc::O_WRONLY | libc::O_CREAT,
+            },
+            CREATE,
+            "/root/.zshenv".into(),
+        ),
+        (
             "R5 F1 the agent's directory renamed to a home /etc/passwd names (missing)",
             rename(&dir, nohome),
             RENAME,
@@ -5700,6 +5774,30 @@ fn missing_protected_names_are_refused_by_their_names() {
             let _ = std::fs::remove_file(p);
         }
         reset();
+    }
+    // A file made at a missing protected name since the load (here by a process outside the
+    // agent) keeps that name: linked or renamed elsewhere by the agent, it would be written
+    // under a name no rule reads (red team round 6).
+    // (On the same filesystem as /root: a link across filesystems fails with EXDEV first.)
+    let out = Path::new("/root/gov-rt-linked-out");
+    for (case, attempt) in [
+        (
+            "R6 root's .bash_profile, made since the load, hard-linked out",
+            Attempt::Link {
+                from: c("/root/.bash_profile"),
+                to: cstr(out),
+            },
+        ),
+        (
+            "R6 root's .bash_profile, made since the load, renamed out",
+            rename(Path::new("/root/.bash_profile"), out.to_str().unwrap()),
+        ),
+    ] {
+        std::fs::write("/root/.bash_profile", "").unwrap();
+        let ev = deny(&mut k, &fx, case, &attempt, Kind::Link, Control::Succeeds);
+        assert_eq!(ev.cause, Cause::Builtin as u8, "{case}: a built-in refusal");
+        let _ = std::fs::remove_file("/root/.bash_profile");
+        let _ = std::fs::remove_file(out);
     }
     // A policy rule's missing path: refused as the rule.
     let ev = deny(
@@ -7155,7 +7253,7 @@ fn every_program_verifies_well_within_the_budget() {
         };
         let ours = programs::ALL
             .iter()
-            .chain([&programs::DISCOVER])
+            .chain([&programs::DISCOVER, &programs::IOCTL_COMPAT])
             .any(|p| kernel_name(p.name) == name);
         if ours && !counts.iter().any(|(seen, _)| seen == name) {
             counts.push((name.to_owned(), n));
@@ -7165,7 +7263,8 @@ fn every_program_verifies_well_within_the_budget() {
     for (name, n) in &counts {
         println!("verified instructions: {name:<16} {n:>7}");
     }
-    for p in programs::ALL {
+    // (The 32-bit ioctl hook too: this kernel, Debian's 6.1, has it.)
+    for p in programs::ALL.iter().chain([&programs::IOCTL_COMPAT]) {
         assert!(
             counts.iter().any(|(name, _)| *name == kernel_name(p.name)),
             "{} is not loaded",

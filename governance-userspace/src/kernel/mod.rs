@@ -387,6 +387,37 @@ impl Enforcer {
                 ),
             ));
         }
+        // Hooks only some kernels have: part of full enforcement where the kernel has them;
+        // elsewhere what they see goes through another hook.
+        for program in programs::WHERE_PRESENT {
+            let present = kernel_btf.as_ref().is_some_and(|b| {
+                b.id_by_type_name_kind(
+                    &format!("bpf_lsm_{}", program.name),
+                    aya_obj::btf::BtfKind::Func,
+                )
+                .is_ok()
+            });
+            if !present {
+                continue;
+            }
+            let result = attach(
+                &mut ebpf,
+                program,
+                cgroup_root,
+                kernel_btf.as_ref(),
+                pin_dir,
+            );
+            hooks.push((
+                programs::Program {
+                    required: true,
+                    ..program
+                },
+                result.as_ref().map_or_else(
+                    |e| HookState::Unavailable(explain(e)),
+                    |()| HookState::Attached,
+                ),
+            ));
+        }
         // Discovery (never enforcement): attached when the kernel allows, its failure only
         // reported.
         let result = attach(
@@ -459,6 +490,7 @@ impl Enforcer {
         }
         let hooks = programs::ALL
             .iter()
+            .chain(&programs::WHERE_PRESENT)
             .chain([&programs::EXEC_KILL, &programs::DISCOVER])
             .filter_map(|p| {
                 let pinned = pin_dir.join(pins::LINKS).join(p.name);
