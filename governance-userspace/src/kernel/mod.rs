@@ -370,22 +370,20 @@ impl Enforcer {
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         let kernel_btf = aya::Btf::from_sys_fs().ok();
+        // Attach one program: its state for the operator.
+        let attach_one = |ebpf: &mut aya::Ebpf, program| match attach(
+            ebpf,
+            program,
+            cgroup_root,
+            kernel_btf.as_ref(),
+            pin_dir,
+        ) {
+            Ok(()) => HookState::Attached,
+            Err(e) => HookState::Unavailable(explain(&e)),
+        };
         let mut hooks = Vec::new();
         for program in programs::ALL {
-            let result = attach(
-                &mut ebpf,
-                program,
-                cgroup_root,
-                kernel_btf.as_ref(),
-                pin_dir,
-            );
-            hooks.push((
-                program,
-                result.as_ref().map_or_else(
-                    |e| HookState::Unavailable(explain(e)),
-                    |()| HookState::Attached,
-                ),
-            ));
+            hooks.push((program, attach_one(&mut ebpf, program)));
         }
         // Hooks only some kernels have: part of full enforcement where the kernel has them;
         // elsewhere what they see goes through another hook.
@@ -397,61 +395,27 @@ impl Enforcer {
                 )
                 .is_ok()
             });
-            if !present {
-                continue;
-            }
-            let result = attach(
-                &mut ebpf,
-                program,
-                cgroup_root,
-                kernel_btf.as_ref(),
-                pin_dir,
-            );
-            hooks.push((
-                programs::Program {
+            if present {
+                let required = programs::Program {
                     required: true,
                     ..program
-                },
-                result.as_ref().map_or_else(
-                    |e| HookState::Unavailable(explain(e)),
-                    |()| HookState::Attached,
-                ),
-            ));
+                };
+                hooks.push((required, attach_one(&mut ebpf, program)));
+            }
         }
         // Discovery (never enforcement): attached when the kernel allows, its failure only
         // reported.
-        let result = attach(
-            &mut ebpf,
-            programs::DISCOVER,
-            cgroup_root,
-            kernel_btf.as_ref(),
-            pin_dir,
-        );
         hooks.push((
             programs::DISCOVER,
-            result.as_ref().map_or_else(
-                |e| HookState::Unavailable(explain(e)),
-                |()| HookState::Attached,
-            ),
+            attach_one(&mut ebpf, programs::DISCOVER),
         ));
         let exec_missing = hooks
             .iter()
             .any(|(p, h)| *p == programs::EXEC && !matches!(h, HookState::Attached));
         if degraded_exec && exec_missing {
-            let program = programs::EXEC_KILL;
-            let result = attach(
-                &mut ebpf,
-                program,
-                cgroup_root,
-                kernel_btf.as_ref(),
-                pin_dir,
-            );
             hooks.push((
-                program,
-                result.as_ref().map_or_else(
-                    |e| HookState::Unavailable(explain(e)),
-                    |()| HookState::Attached,
-                ),
+                programs::EXEC_KILL,
+                attach_one(&mut ebpf, programs::EXEC_KILL),
             ));
         }
         // The programs stay attached through their pinned links; the maps are used through
