@@ -805,7 +805,7 @@ fn constrained_network(rules: &mut Rules, through_proxy: bool, mut allow_all: Ra
 /// The built-in path rules of one combination of relaxations and their keys in a class's
 /// table, shared by the classes with those relaxations (see
 /// [`governance_common::builtin_class`]).
-type Shared = (Vec<(u8, Node, Ranked)>, Vec<(u8, Vec<u8>)>);
+type Shared = (Vec<(u8, Node, Ranked)>, builtins::SharedKeys);
 
 /// A generation's shared built-ins, per combination of relaxations in use: their rules, and
 /// their class (path rules and identity entries), each made on first use.

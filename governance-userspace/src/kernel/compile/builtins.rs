@@ -279,7 +279,7 @@ pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<Pa
 
 /// The keys of the shared built-ins' own nodes in a class's path table, as a prefix and as the
 /// exact node a prefix also stores (see [`drop_shared`]).
-pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> Vec<(u8, Vec<u8>)> {
+pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> SharedKeys {
     shared
         .iter()
         .flat_map(|(letter, node, _)| {
@@ -291,12 +291,15 @@ pub(super) fn shared_keys(shared: &[(u8, Node, Ranked)]) -> Vec<(u8, Vec<u8>)> {
         .collect()
 }
 
+/// [`shared_keys`]: a set, since every class is looked up in it.
+pub(super) type SharedKeys = foldhash::HashSet<(u8, Vec<u8>)>;
+
 /// Leave the shared built-ins' own nodes ([`shared_keys`]) to the built-in class (their answer
-/// there is the same: a built-in outranks every rule).
-pub(super) fn drop_shared(c: &mut Class, keys: &[(u8, Vec<u8>)]) {
-    for key in keys {
-        c.paths.remove(key);
-    }
+/// there is the same: a built-in outranks every rule). One pass over the class's table with a
+/// hash lookup per entry: a removal per shared key (thousands, with every home's login files)
+/// compared long keys in the table's tree for every class, a sixth of a 1,000-agent compile.
+pub(super) fn drop_shared(c: &mut Class, keys: &SharedKeys) {
+    c.paths.retain(|k, _| !keys.contains(k));
 }
 
 #[cfg(test)]
