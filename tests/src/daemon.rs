@@ -252,7 +252,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.stop_on_drop.is_some() {
+        // Also a daemon still running when its handle goes (a test that failed before stopping
+        // it, or one that ends with `drop`): ours, stopped by its pid. `try_wait` knows a child
+        // already reaped (by `stop_daemon`) without looking its pid up again.
+        if self.stop_on_drop.is_some() || matches!(self.child.try_wait(), Ok(None)) {
             self.stop();
         }
         if self.owned {
