@@ -168,20 +168,6 @@ const LABEL_PREFIX: &[u8; 16] = b"user.governance.";
 const ACL_PREFIX: &[u8] = b"system.posix_acl_";
 const CAPABILITY: &[u8] = b"security.capability\0";
 
-/// Whether the kernel string at `name` (at most 31 bytes read) starts with `prefix`. Byte by
-/// byte with constant bounds, as `same`.
-#[inline(always)]
-fn xattr_is(name: &[u8; 32], prefix: &[u8]) -> bool {
-    let mut i = 0;
-    while i < prefix.len() && i < name.len() {
-        if name[i] != prefix[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}
-
 /// A change of an xattr named `name` on `dentry`: the agent label is refused everywhere (see
 /// `inode_setxattr`); an ACL or file capabilities on an object the identity rules protect from
 /// writing, as a chmod is (`path_chmod`: the daemon's program, its socket directory, the
@@ -193,10 +179,10 @@ fn xattr_changed(dentry: Btf, name: u64) -> i32 {
     if unsafe { bpf_probe_read_kernel_str_bytes(name as *const u8, &mut buf) }.is_err() {
         return refuse(guard::LABEL, 0);
     }
-    if xattr_is(&buf, LABEL_PREFIX) {
+    if same(&buf, LABEL_PREFIX) {
         return refuse(guard::LABEL, 0);
     }
-    if xattr_is(&buf, ACL_PREFIX) || xattr_is(&buf, CAPABILITY) {
+    if same(&buf, ACL_PREFIX) || same(&buf, CAPABILITY) {
         return crate::identity::mode_changed(dentry);
     }
     0
@@ -264,7 +250,7 @@ const LOCAL_KEY_TYPES: [&[u8]; 4] = [b"keyring\0", b"user\0", b"logon\0", b".req
 /// does not)? Byte by byte, with constant bounds: a slice comparison would call memcmp, which
 /// BPF has not.
 #[inline(always)]
-fn same(name: &[u8; 24], t: &[u8]) -> bool {
+fn same<const N: usize>(name: &[u8; N], t: &[u8]) -> bool {
     let mut i = 0;
     while i < t.len() && i < name.len() {
         if name[i] != t[i] {

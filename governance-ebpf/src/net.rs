@@ -217,16 +217,11 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     };
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
     to_loopback_if_unspecified(sa, v6);
-    // SAFETY: the context pointer is valid for the program's run; these are plain ctx loads,
-    // volatile so that they read what `to_loopback_if_unspecified` may have stored (see there).
-    let (addr, port_be, protocol) = unsafe {
-        let addr = if v6 {
-            ip6(user_ip6(sa))
-        } else {
-            mapped4(core::ptr::read_volatile(&(*sa).user_ip4))
-        };
-        (addr, (*sa).user_port, (*sa).protocol)
-    };
+    // Read after the rewrite: `user_addr`'s loads are volatile, so they see what
+    // `to_loopback_if_unspecified` may have stored (see there).
+    let addr = user_addr(sa, v6);
+    // SAFETY: the context pointer is valid for the program's run; plain ctx loads.
+    let (port_be, protocol) = unsafe { ((*sa).user_port, (*sa).protocol) };
     let port = u16::from_be(port_be as u16);
     let protocol = protocol as u8;
     let tcp_connect = kind == Kind::Connect && protocol == proto::TCP;
@@ -294,6 +289,21 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     if d.denied { 0 } else { 1 }
 }
 
+/// The context's address (IPv4 as IPv4-mapped IPv6), read with volatile 4-byte loads (the
+/// context allows no wider one), so that it is what `to_loopback_if_unspecified` may have
+/// stored.
+#[inline(always)]
+fn user_addr(sa: *mut bpf_sock_addr, v6: bool) -> [u8; 16] {
+    // SAFETY: the caller's context pointer; plain 4-byte context loads.
+    unsafe {
+        if v6 {
+            ip6(user_ip6(sa))
+        } else {
+            mapped4(core::ptr::read_volatile(&(*sa).user_ip4))
+        }
+    }
+}
+
 /// Read `user_ip6`, one volatile 4-byte load per word (the context allows no wider load).
 #[inline(always)]
 unsafe fn user_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
@@ -335,10 +345,9 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     let Some(orig) = (unsafe { ORIG_DST.get(&cookie) }).copied() else {
         return 1;
     };
-    // The family on the wire, as the proxy sees its peer: a dual-stack socket talking to an
-    // IPv4-mapped address is IPv4.
-    // The source address as the proxy sees its peer's, IPv4 as IPv4-mapped IPv6 (the words
-    // are in network byte order, so their in-memory bytes are the wire's).
+    // The family on the wire, as the proxy sees its peer (a dual-stack socket talking to an
+    // IPv4-mapped address is IPv4), and the source address as the proxy sees its peer's, IPv4
+    // as IPv4-mapped IPv6 (the words are in network byte order: their bytes are the wire's).
     let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let mut family = ctx.family();
     let local = if family == AF_INET6 {
@@ -398,7 +407,7 @@ fn bind(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     let proxy = PROXY
         .get(0)
-        .is_some_and(|p| p.port != 0 && p.port == u32::from(port.to_be()));
+        .is_some_and(|p| p.port == u32::from(port.to_be()));
     let api = API_ADDR
         .get(0)
         .is_some_and(|a| a.enabled != 0 && a.port == port);
@@ -408,14 +417,7 @@ fn bind(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(agent) = current_agent() else {
         return 1;
     };
-    // SAFETY: as above (volatile, one word at a time, as the context requires).
-    let addr = unsafe {
-        if v6 {
-            ip6(user_ip6(sa))
-        } else {
-            mapped4(core::ptr::read_volatile(&(*sa).user_ip4))
-        }
-    };
+    let addr = user_addr(sa, v6);
     let d = Decision::builtin(Kind::Guard, true);
     emit(&agent, &d, |ev| {
         ev.detail = guard::DAEMON_PORT;

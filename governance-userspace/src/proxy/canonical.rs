@@ -346,18 +346,11 @@ pub fn rule_headers(
     let mut read_only = HeaderMap::new();
     for (name, value) in &sent {
         if read.contains(&name.as_str()) {
-            let v = value.as_bytes();
-            let start = v
-                .iter()
-                .position(|&b| b != b' ' && b != b'\t')
-                .unwrap_or(v.len());
-            let end = v
-                .iter()
-                .rposition(|&b| b != b' ' && b != b'\t')
-                .map_or(start, |e| e + 1);
-            let trimmed = hyper::header::HeaderValue::from_bytes(&v[start..end]).map_err(|_| {
-                Refused::Header(format!("the value of `{name}` is not a header value"))
-            })?;
+            // (A header value holds no other ASCII whitespace than SP and HTAB.)
+            let trimmed = hyper::header::HeaderValue::from_bytes(value.as_bytes().trim_ascii())
+                .map_err(|_| {
+                    Refused::Header(format!("the value of `{name}` is not a header value"))
+                })?;
             read_only.append(name.clone(), trimmed);
         }
     }
@@ -438,6 +431,11 @@ fn is_jsonrpc(headers: &HeaderMap, bytes: &[u8], limit: usize) -> bool {
         }
 }
 
+/// Whether a `charset` parameter names UTF-8.
+fn is_utf8(charset: &str) -> bool {
+    charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+}
+
 /// Whether a body is JSON by its `Content-Type` but not UTF-8 text as sent: another charset
 /// (an MCP SDK server decodes `charset=base64`, `hex` or `utf-16le` into a JSON-RPC message
 /// that none of [`is_jsonrpc`]'s readings finds), a byte-order mark, bytes that are not UTF-8,
@@ -452,10 +450,7 @@ fn json_not_utf8(headers: &HeaderMap, bytes: &[u8]) -> bool {
         Err(_) => return true,
     };
     let json = media.essence == "application/json" || media.essence.ends_with("+json");
-    json && (media
-        .charset
-        .as_deref()
-        .is_some_and(|c| !(c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8")))
+    json && (media.charset.as_deref().is_some_and(|c| !is_utf8(c))
         || bom(bytes).is_some()
         || std::str::from_utf8(bytes).is_err())
 }
@@ -899,7 +894,7 @@ fn read_json(
         .map(|v| MediaType::parse(&v))
         .transpose()?;
     if let Some(c) = media.as_ref().and_then(|m| m.charset.as_deref())
-        && !(c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8"))
+        && !is_utf8(c)
     {
         return Err(Refused::Charset(c.to_owned()));
     }

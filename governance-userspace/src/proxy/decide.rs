@@ -418,23 +418,13 @@ pub fn decide_request(
                 http.body = Some(call);
                 let d = decide_one(engine, view, http, now);
                 let call = http.body.take().unwrap_or(Value::Null);
-                if worst
-                    .as_ref()
-                    .is_none_or(|(w, _)| d.verdict() > w.verdict())
-                {
-                    worst = Some((d, call));
-                }
+                keep_worse(&mut worst, d, call);
             }
             if let Some(doc) = whole {
                 http.body = Some(doc);
                 let d = decide_one(engine, view, http, now);
                 let doc = http.body.take().unwrap_or(Value::Null);
-                if worst
-                    .as_ref()
-                    .is_none_or(|(w, _)| d.verdict() > w.verdict())
-                {
-                    worst = Some((d, doc));
-                }
+                keep_worse(&mut worst, d, doc);
             }
             let (mut d, call) = match worst {
                 Some(w) => w,
@@ -467,6 +457,17 @@ pub fn decide_request(
             http.body = json;
             (decide_one(engine, view, http, now), mcp)
         }
+    }
+}
+
+/// Keep `d` (decided on `body`) if it is more severe than what `worst` holds (the first of
+/// equals stays).
+fn keep_worse(worst: &mut Option<(Decision, Value)>, d: Decision, body: Value) {
+    if worst
+        .as_ref()
+        .is_none_or(|(w, _)| d.verdict() > w.verdict())
+    {
+        *worst = Some((d, body));
     }
 }
 
