@@ -180,21 +180,11 @@ pub(super) const LOGIN_FILES: [&str; 57] = [
 /// users; the first in /etc/passwd order).
 const MAX_HOMES: usize = 256;
 
-/// [`LOGIN_FILES`] in root's home and in each home directory `passwd` (the text of
-/// /etc/passwd) names, once each, but for homes inside [`SYSTEM_FILES`] (`/bin`, `/usr/sbin`:
-/// covered whole already); a home that `exists` says is not there, whole. Root's is `/root`
-/// whatever `passwd` says (a node image without root's line still runs root's programs).
+/// [`LOGIN_FILES`] in each of the [`homes`] of `passwd` (the text of /etc/passwd); a home that
+/// `exists` says is not there, whole.
 pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<PathBuf> {
-    let mut seen = std::collections::HashSet::new();
-    let homes: Vec<&str> = std::iter::once("/root")
-        .chain(passwd.lines().filter_map(|l| l.split(':').nth(5)))
-        .filter(|h| h.starts_with('/'))
-        .filter(|h| !SYSTEM_FILES.iter().any(|s| Path::new(h).starts_with(s)))
-        .filter(|h| seen.insert(*h))
-        .take(MAX_HOMES)
-        .collect();
     let mut files = Vec::new();
-    for home in homes.iter().map(Path::new) {
+    for home in homes(passwd) {
         if exists(home) {
             files.extend(LOGIN_FILES.iter().map(|f| home.join(f)));
         } else {
@@ -204,11 +194,51 @@ pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<P
     files
 }
 
+/// The homes that get [`LOGIN_FILES`]: root's, and each home directory `passwd` names, once
+/// each, in its order, at most [`MAX_HOMES`], but for homes inside [`SYSTEM_FILES`] (`/bin`,
+/// `/usr/sbin`: covered whole already). Root's is `/root` whatever `passwd` says (a node image
+/// without root's line still runs root's programs).
+fn homes(passwd: &str) -> Vec<&Path> {
+    let mut seen = std::collections::HashSet::new();
+    std::iter::once("/root")
+        .chain(passwd.lines().filter_map(|l| l.split(':').nth(5)))
+        .filter(|h| h.starts_with('/'))
+        .filter(|h| !SYSTEM_FILES.iter().any(|s| Path::new(h).starts_with(s)))
+        .filter(|h| seen.insert(*h))
+        .take(MAX_HOMES)
+        .map(Path::new)
+        .collect()
+}
+
 /// Built-in directories whose entries the identity resolution does not enumerate (for other
 /// names and mount points made before the load): too big to read on every reload.
 pub(super) const NOT_ENUMERATED: [&str; 9] = [
     "/usr", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
 ];
+
+/// [`LOGIN_FILES`] that are package caches and toolchains (tens of thousands of entries on a
+/// developer's or a CI runner's machine: `~/.cargo` alone held 29,581 on the development host,
+/// and listing it on every reload made a 10,000-rule reload 4× slower): not enumerated either,
+/// as [`NOT_ENUMERATED`]. Writing below them stays refused by path and by the directory's
+/// identity; a hard link made *before the load* from elsewhere to a file below them is decided
+/// by its path only, as one to a file of `/usr` is.
+pub(super) const NOT_ENUMERATED_IN_HOMES: [&str; 5] =
+    [".cargo", ".m2", ".gradle", ".vscode-server", ".local/lib"];
+
+/// Every directory [`NOT_ENUMERATED`] and [`NOT_ENUMERATED_IN_HOMES`] name, with the homes of
+/// `passwd` (the text of /etc/passwd).
+pub(super) fn not_enumerated(passwd: &str) -> Vec<PathBuf> {
+    let in_homes = homes(passwd).into_iter().flat_map(|home| {
+        NOT_ENUMERATED_IN_HOMES
+            .iter()
+            .map(move |cache| home.join(cache))
+    });
+    NOT_ENUMERATED
+        .iter()
+        .map(PathBuf::from)
+        .chain(in_homes)
+        .collect()
+}
 
 /// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
 /// none?
@@ -349,5 +379,27 @@ mod tests {
         let none = login_files("", all);
         assert_eq!(none.len(), LOGIN_FILES.len());
         assert!(none.contains(&PathBuf::from("/root/.local/lib")));
+    }
+
+    #[test]
+    fn package_caches_in_every_home_are_not_enumerated() {
+        let passwd = "alice:x:1000:1000:Alice:/home/alice:/bin/zsh\n\
+                      daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n";
+        let skipped = not_enumerated(passwd);
+        for d in [
+            "/usr",
+            "/root/.cargo",
+            "/home/alice/.m2",
+            "/home/alice/.local/lib",
+        ] {
+            assert!(skipped.contains(&PathBuf::from(d)), "{d}");
+        }
+        assert!(!skipped.contains(&PathBuf::from("/usr/sbin/.cargo")));
+        // What is enumerated still: the login files' directories that are configuration.
+        assert!(
+            !skipped
+                .iter()
+                .any(|d| d.ends_with(".config") || d.ends_with(".ssh"))
+        );
     }
 }
