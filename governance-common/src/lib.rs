@@ -591,6 +591,13 @@ pub mod guard {
     /// it opens its listener in a new network namespace, the agent's socket would take the
     /// connections the kernel sends to the proxy (other agents' requests among them).
     pub const DAEMON_PORT: u8 = 10;
+    /// A write to a procfs file that belongs to no process and is no sysctl (those are
+    /// `file_open`'s built-in rules'): the kernel's and devices' settings procfs keeps beside
+    /// /proc/sys, such as a PCI device's configuration space (`/proc/bus/pci`: its command
+    /// register cleared, the node's disk or network controller stops), interrupt affinities
+    /// (`/proc/irq`), SCSI devices removed (`/proc/scsi/scsi`), ACPI wake-up (red team round 7).
+    /// Refused unless a policy allows kernel settings.
+    pub const KERNEL_PROC: u8 = 11;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -605,6 +612,7 @@ pub mod guard {
             PROC_OF_OUTSIDE => "a /proc file of a process outside the agent",
             LEASE => "a file lease (others' opens of the file would wait for it)",
             DAEMON_PORT => "the policy proxy's or the control API's port (bind)",
+            KERNEL_PROC => "a kernel or device setting in /proc (outside /proc/sys)",
             _ => "?",
         }
     }

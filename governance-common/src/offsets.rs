@@ -19,6 +19,8 @@ pub const TASK_TGID: &str = "OFF_TASK_TGID";
 pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
 pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
 pub const TASK_REAL_CRED: &str = "OFF_TASK_REAL_CRED";
+/// `task_struct.flags`: `PF_IO_WORKER` (an io_uring worker thread; caps.rs).
+pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
 pub const TASK_MM: &str = "OFF_TASK_MM";
 pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
 pub const CRED_USER_NS: &str = "OFF_CRED_USER_NS";
@@ -43,6 +45,8 @@ pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
 pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
 pub const PROC_INODE_PID: &str = "OFF_PROC_INODE_PID";
+/// `proc_inode.sysctl`: set on the files below /proc/sys.
+pub const PROC_INODE_SYSCTL: &str = "OFF_PROC_INODE_SYSCTL";
 pub const PROC_INODE_VFS_INODE: &str = "OFF_PROC_INODE_VFS_INODE";
 pub const PID_TASKS: &str = "OFF_PID_TASKS";
 pub const TASK_PID_LINKS: &str = "OFF_TASK_PID_LINKS";
@@ -85,7 +89,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 70] = [
+pub const ALL: [(&str, &str, &str); 72] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -101,6 +105,7 @@ pub const ALL: [(&str, &str, &str); 70] = [
     (TASK_REAL_PARENT, "task_struct", "real_parent"),
     (TASK_CGROUPS, "task_struct", "cgroups"),
     (TASK_REAL_CRED, "task_struct", "real_cred"),
+    (TASK_FLAGS, "task_struct", "flags"),
     (TASK_MM, "task_struct", "mm"),
     (MM_EXE_FILE, "mm_struct", "exe_file"),
     (CRED_USER_NS, "cred", "user_ns"),
@@ -158,6 +163,7 @@ pub const ALL: [(&str, &str, &str); 70] = [
     // A procfs inode's process: `PROC_I(inode)->pid`, then `pid_task(pid, PIDTYPE_PID)`
     // (`pid->tasks[PIDTYPE_PID].first`, a task's `pid_links[PIDTYPE_PID]`; PIDTYPE_PID is 0).
     (PROC_INODE_PID, "proc_inode", "pid"),
+    (PROC_INODE_SYSCTL, "proc_inode", "sysctl"),
     (PROC_INODE_VFS_INODE, "proc_inode", "vfs_inode"),
     (PID_TASKS, "pid", "tasks"),
     (TASK_PID_LINKS, "task_struct", "pid_links"),

@@ -12,18 +12,40 @@ use governance_common::{Kind, allow, caps};
 
 use crate::{
     decide::{Decision, current_agent, emit, lsm_ret},
-    kernel::{CAP_OPT_NOAUDIT, OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL, off, read_at},
+    kernel::{CAP_OPT_NOAUDIT, OFF_TASK_FLAGS, OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL, off, read_at},
 };
+
+/// `task_struct.flags`: an io_uring worker (io-wq or SQPOLL thread; include/linux/sched.h).
+const PF_IO_WORKER: u32 = 0x10;
 
 /// [`governance_common::Event::detail`] of a refused io_uring personality (no capability has
 /// this number).
 const URING_PERSONALITY: u8 = 255;
 
-/// The current task's own credentials (`current->real_cred`), 0 if unreadable.
+/// Is `cred` the current task's own for the capability hook: its `real_cred`, or any
+/// credentials at all in an io_uring worker? True if unreadable (decide: fail closed).
+///
+/// A worker runs each request under the credentials of the task that queued it (`req->creds`,
+/// taken when the request was prepared), while its own `real_cred` are the ones that task had
+/// when the worker was made. An agent that changed its credentials in between (any `setuid`,
+/// `capset`, even an unprivileged `prctl(PR_SET_KEEPCAPS)` makes new ones) would have its
+/// requests' checks look borrowed, and an `IORING_OP_OPENAT` of `/proc/kcore` or `/dev/mem`
+/// pass its `CAP_SYS_RAWIO` check (red team round 7). In an agent's worker every credential
+/// the io_uring code runs under was queued by the agent (personalities are refused below), so
+/// the check is the agent's; a subsystem that borrows credentials inside a worker (overlayfs
+/// copying a file up for an open queued to io_uring) is decided as the agent's too.
 #[inline(always)]
-fn own_cred() -> u64 {
-    // SAFETY: helper call without pointer arguments; the read goes through probe_read.
-    unsafe { read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_REAL_CRED)) }.unwrap_or(0)
+fn own(cred: u64) -> bool {
+    // SAFETY: helper call without pointer arguments; the reads go through probe_read.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: see read_at.
+    let (Ok(real), Ok(flags)) = (
+        unsafe { read_at::<u64>(task, off(&OFF_TASK_REAL_CRED)) },
+        unsafe { read_at::<u32>(task, off(&OFF_TASK_FLAGS)) },
+    ) else {
+        return true;
+    };
+    real == cred || flags & PF_IO_WORKER != 0
 }
 
 /// Capabilities: refuse the ones agents never get.
@@ -33,12 +55,12 @@ fn own_cred() -> u64 {
 /// capabilities agents keep, and cost one comparison), then the agent walk (a few map
 /// lookups, and only for the refused capabilities), then the credentials.
 ///
-/// Only a check on the task's own credentials is the agent's: when a subsystem acts with
-/// borrowed credentials (overlayfs does its work on the lower and upper layers with the
+/// Only a check on the task's own credentials is the agent's ([`own`]): when a subsystem acts
+/// with borrowed credentials (overlayfs does its work on the lower and upper layers with the
 /// mounter's, `access()` with the real uid's, `has_capability()` asks about another task),
 /// `cred` is not `current->real_cred`, and refusing would break that subsystem, not the agent.
 /// io_uring personalities, which would let an agent pick such credentials itself, are refused
-/// below.
+/// below, and in io_uring's workers every check is the agent's.
 #[lsm(hook = "capable")]
 pub fn capable(ctx: LsmContext) -> i32 {
     // int capable(const struct cred *cred, struct user_namespace *ns, int cap,
@@ -54,10 +76,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    let cred: u64 = ctx.arg(0);
-    let own = own_cred();
-    // Unreadable (0): decide, as for the agent's own (fail closed).
-    if own != 0 && own != cred {
+    if !own(ctx.arg(0)) {
         return 0;
     }
     let opts: u32 = ctx.arg(3);

@@ -127,10 +127,10 @@ fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
 /// daemon lists in RAW_DEVICES (drivers that pass commands to a disk, SCSI generic, bsg, NVMe
 /// generic; and those that reach a network with no socket, take or make input, or show other
 /// terminals: tun, macvtap, ipvtap, PPP, uinput, uhid, input, hidraw, vcs, uio, usbmon,
-/// vhost-vsock; see `host_files.rs`)? Reading a disk directly bypasses every file rule and
-/// needs no capability (only the device node's permissions, which root has); so does attaching
-/// to an existing tap. /dev/mem, /dev/port and /proc/kcore
-/// are refused by their open's CAP_SYS_RAWIO check (caps.rs). An unreadable mode counts as
+/// vhost-vsock, /dev/mem, /dev/port, MSRs; see `host_files.rs`)? Reading a disk directly
+/// bypasses every file rule and needs no capability (only the device node's permissions, which
+/// root has); so does attaching to an existing tap. /proc/kcore is refused by its open's
+/// CAP_SYS_RAWIO check (caps.rs), as /dev/mem and /dev/port are too. An unreadable mode counts as
 /// raw (only agents are affected, and only when the file has no inode to read).
 #[inline(always)]
 fn raw_device(file: Btf) -> bool {

@@ -9,14 +9,15 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use governance_common::{Kind, guard};
+use governance_common::{Kind, allow, guard};
 
 use crate::{
     decide::{Agent, Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
     kernel::{
         Btf, CGROUP2_SUPER_MAGIC, MAY_WRITE, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
         OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
-        OFF_KEY_TYPE_NAME, OFF_SB_MAGIC, PROC_SUPER_MAGIC, S_IFDIR, S_IFMT, off, read_at,
+        OFF_KEY_TYPE_NAME, OFF_PROC_INODE_PID, OFF_PROC_INODE_SYSCTL, OFF_PROC_INODE_VFS_INODE,
+        OFF_SB_MAGIC, PROC_SUPER_MAGIC, S_IFDIR, S_IFMT, off, read_at,
     },
     protect::proc_owner_out_of_reach,
 };
@@ -315,7 +316,8 @@ const MAY_OPEN: i32 = 0x20;
 /// - cgroup2, asked other than by an open ([`cgroup_border`]; opens of the cgroup tree are
 ///   `file_open`'s, whose built-in rules refuse them);
 /// - procfs: a `/proc/PID/` file of a process outside the agent
-///   ([`crate::protect::proc_owner_out_of_reach`]).
+///   ([`crate::protect::proc_owner_out_of_reach`]), and the kernel's settings outside
+///   /proc/sys ([`kernel_proc_file`]).
 ///
 /// Every other permission check passes at once, before the agent lookup: this hook runs for
 /// every permission check of the node, each component of a path walk included.
@@ -340,6 +342,21 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         PROC_SUPER_MAGIC => proc_of_outside(inode),
         _ => 0,
     }
+}
+
+/// Is procfs inode `inode` a file of no process outside /proc/sys: `PROC_I(inode)->pid` and
+/// `->sysctl` both NULL? True if unreadable (refused: fail closed).
+#[inline(always)]
+fn kernel_proc_file(inode: u64) -> bool {
+    let proc_inode = inode.wrapping_sub(off(&OFF_PROC_INODE_VFS_INODE));
+    // SAFETY: see read_at.
+    let (pid, sysctl) = unsafe {
+        (
+            read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_PID)),
+            read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_SYSCTL)),
+        )
+    };
+    !matches!((pid, sysctl), (Ok(p), Ok(s)) if p != 0 || s != 0)
 }
 
 /// No write permission for agents on a cgroup outside their subtree. Moving a process checks
@@ -381,13 +398,18 @@ fn cgroup_border(inode: Btf) -> i32 {
 /// sandboxed process, outside its sandbox), opens included: procfs guards some of those files
 /// with a ptrace check (`mem`, `attr`), which `ptrace_access_check` refuses, but not all
 /// (`oom_score_adj`, `make-it-fail`, `clear_refs`, `coredump_filter`, `sched_autogroup`).
-/// procfs files that belong to no process (`/proc/sys`, `/proc/sysrq-trigger`) are
-/// `file_open`'s built-in rules'.
+/// The procfs files that belong to no process are the kernel's and the devices' settings:
+/// below /proc/sys they are `file_open`'s built-in rules' (by path, with the policy's
+/// relaxation); the others (`/proc/sysrq-trigger`, `/proc/bus/pci`, `/proc/irq`, ...) are
+/// refused here, unless a policy allows kernel settings ([`kernel_proc_file`]).
 #[inline(always)]
 fn proc_of_outside(inode: Btf) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
+    if agent.value.allow & allow::KERNEL_SETTINGS == 0 && kernel_proc_file(inode.addr()) {
+        return refuse_for(&agent, guard::KERNEL_PROC, 0);
+    }
     match proc_owner_out_of_reach(&agent, inode.addr()) {
         Some(tgid) => refuse_for(&agent, guard::PROC_OF_OUTSIDE, u64::from(tgid)),
         None => 0,

@@ -3608,6 +3608,9 @@ fn root_facilities_are_refused_to_agents() {
             0,
         ),
         ("12 an I2C bus (/dev/i2c-0)", "i2c-0", 89, 0),
+        ("12 physical memory (/dev/mem)", "mem", 1, 1),
+        ("12 I/O ports (/dev/port)", "port", 1, 4),
+        ("12 a processor's MSRs (/dev/cpu/0/msr)", "msr", 202, 0),
     ] {
         let node = fx.p(&format!("tmp/{name}"));
         let _ = std::fs::remove_file(&node);
@@ -3632,19 +3635,14 @@ fn root_facilities_are_refused_to_agents() {
         assert_ne!(ev.detail & FILE_DETAIL_RAW_DEVICE, 0, "{case}");
         let _ = std::fs::remove_file(&node);
     }
-    for (case, path) in [
-        ("12 read /dev/mem", "/dev/mem"),
-        ("12 read /proc/kcore", "/proc/kcore"),
-    ] {
-        deny_cap(
-            &mut k,
-            &fx,
-            case,
-            &Attempt::open(Path::new(path), libc::O_RDONLY),
-            caps::SYS_RAWIO,
-            Control::Succeeds,
-        );
-    }
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 read /proc/kcore",
+        &Attempt::open(Path::new("/proc/kcore"), libc::O_RDONLY),
+        caps::SYS_RAWIO,
+        Control::Succeeds,
+    );
     // Kernel code and the kernel itself.
     deny_cap(
         &mut k,
@@ -3688,6 +3686,27 @@ fn root_facilities_are_refused_to_agents() {
     let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &uring);
     assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
     assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+    println!("redteam: control {case}");
+    // An io_uring worker runs a request under the credentials its submitter had when it queued
+    // it, and has its own from when it was made: after any change of the submitter's
+    // credentials (an unprivileged prctl(PR_SET_KEEPCAPS) makes new ones) the two differ, as
+    // they do when a subsystem borrows credentials (red team round 7). The helper opens
+    // /dev/null in a worker, changes its credentials, opens /dev/null again there (it must
+    // work: io_uring stays usable) and then PATH.
+    let case = "12 open /proc/kcore from an io_uring worker after a credential change";
+    let kcore = Attempt::exec_args(
+        Path::new(HELPER),
+        &["redteam-helper", "uring-after-keepcaps", "/proc/kcore"],
+    );
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &kcore);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Capability), "{case}");
+    assert_eq!(ev.detail, caps::SYS_RAWIO as u8, "{case}");
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &kcore);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
     println!("redteam: control {case}");
 }
 
@@ -3768,6 +3787,47 @@ fn leaving_the_subtree_is_refused() {
             "{case}: a built-in path rule"
         );
     }
+    // procfs's other settings, files of no process outside /proc/sys, which root opens for
+    // writing with no capability (red team round 7): a PCI device's configuration space (its
+    // command register cleared stops the node's disk or network controller), the interrupts'
+    // affinity, the SysRq trigger. Opened for writing only: nothing is written, outside either.
+    let pci = std::fs::read_dir("/proc/bus/pci/00")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.path());
+    for (case, setting) in [
+        (
+            "2 open /proc/irq/default_smp_affinity to write",
+            Some(PathBuf::from("/proc/irq/default_smp_affinity")),
+        ),
+        (
+            "2 open /proc/sysrq-trigger to write",
+            Some(PathBuf::from("/proc/sysrq-trigger")),
+        ),
+        (
+            "2 open a PCI device's /proc/bus/pci configuration to write",
+            pci,
+        ),
+    ] {
+        let setting = setting.unwrap_or_else(|| panic!("{case}: no such file in this VM"));
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::open(&setting, libc::O_WRONLY),
+            Kind::Guard,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.detail, governance_common::guard::KERNEL_PROC, "{case}");
+    }
+    // The agent's own /proc files stay writable.
+    allow(
+        &mut k,
+        &fx,
+        "2 its own /proc/self/comm",
+        &Attempt::write(Path::new("/proc/self/comm"), "renamed"),
+    );
     // A root process outside, with the same capabilities as a root agent: attaching needs no
     // capability, and code injected there would run outside the agent.
     let target = outside_process(&["sleep", "120"]);
@@ -4176,6 +4236,12 @@ fn policy_relaxes_root_facility_protections() {
             &fx,
             "kernel.core_pattern with allow_kernel_settings",
             &Attempt::write(setting, &value),
+        );
+        allow(
+            &mut k,
+            &fx,
+            "/proc/irq/default_smp_affinity opened to write with allow_kernel_settings",
+            &Attempt::open(Path::new("/proc/irq/default_smp_affinity"), libc::O_WRONLY),
         );
     }
     // The loader as a program: allowed, and then the mapping rules decide what it loads.

@@ -86,14 +86,22 @@ pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
 ];
 /// Fixed character majors of the same kind: the consoles' screens (vcs, vcsa: read and write
 /// another terminal's contents), input devices (every key typed on the node, and events
-/// written into it), I2C (89), PPP (frames onto a PPP unit, no socket), USB devices (189).
-pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 89, 108, 189];
-/// Single devices (misc, major 10), in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): the tun
+/// written into it), I2C (89), PPP (frames onto a PPP unit, no socket), USB devices (189),
+/// the processors' model-specific registers and CPUID (202, 203: an MSR write runs kernel code).
+pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 89, 108, 189, 202, 203];
+/// Single devices, in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): physical memory, kernel
+/// memory and I/O ports (`/dev/mem`, `/dev/kmem`, `/dev/port`: every secret on the node read,
+/// PCI configuration and a reset written; their opens also check CAP_SYS_RAWIO, which agents
+/// never get, but the device is refused whatever credentials the check is given); and misc
+/// devices (major 10): the tun
 /// device (`TUNSETIFF` attaches to an existing tun or tap, whose frames no network hook sees:
 /// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
 /// uhid (a keyboard made up, typing into a shell outside the agent), vhost-vsock (a guest's
 /// vsock to the host's services), the legacy watchdog.
-pub(super) const BYPASS_MISC_DEVICES: &[u32] = &[
+pub(super) const BYPASS_DEVICES: &[u32] = &[
+    1 << 20 | 1,
+    1 << 20 | 2,
+    1 << 20 | 4,
     10 << 20 | 130,
     10 << 20 | 200,
     10 << 20 | 223,
@@ -106,12 +114,12 @@ pub(super) const SCSI_GENERIC_MAJOR: u32 = 21;
 /// The character devices agents may not open, as RAW_DEVICES keys: the majors of
 /// [`RAW_CHAR_DRIVERS`] and [`BYPASS_CHAR_DRIVERS`] in /proc/devices' "Character devices"
 /// section (the drivers loaded now: a later module load is picked up by the next reload), the
-/// fixed majors, and [`BYPASS_MISC_DEVICES`] (whole `dev_t`s, which no major, below 4096,
+/// fixed majors, and [`BYPASS_DEVICES`] (whole `dev_t`s, which no major, below 4096,
 /// equals).
 pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
     let mut majors = vec![SCSI_GENERIC_MAJOR];
     majors.extend(BYPASS_CHAR_MAJORS);
-    majors.extend(BYPASS_MISC_DEVICES);
+    majors.extend(BYPASS_DEVICES);
     let mut in_char = false;
     for line in proc_devices.lines() {
         let line = line.trim();

@@ -26,8 +26,18 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
     let devices = "Character devices:\n  1 mem\n 21 sg\n240 macvtap\n241 hidraw\n246 nvme-generic\n\
                    247 nvme\n249 bsg\n\nBlock devices:\n  8 sd\n240 macvtap-not-char\n259 blkext\n";
     let misc = |minor: u32| 10 << 20 | minor;
-    let fixed = [7, 13, 21, 89, 108, 189];
-    let misc_devices = [misc(130), misc(200), misc(223), misc(239), misc(241)];
+    let fixed = [7, 13, 21, 89, 108, 189, 202, 203];
+    let memory = |minor: u32| 1 << 20 | minor;
+    let misc_devices = [
+        memory(1),
+        memory(2),
+        memory(4),
+        misc(130),
+        misc(200),
+        misc(223),
+        misc(239),
+        misc(241),
+    ];
     let loaded = [240, 241, 246, 249];
     assert_eq!(
         raw_device_majors(devices),

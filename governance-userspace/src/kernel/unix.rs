@@ -52,6 +52,9 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     // Process supervisors.
     "/run/supervisor.sock",
     "/var/run/supervisor.sock",
+    // udev's control socket: `--property=LD_PRELOAD=...` goes into the environment of every
+    // program a udev rule runs, as root, outside the agent (and `--exit` stops device events).
+    "/run/udev/control",
 ];
 
 /// The same, per user, below `/run/user/<uid>/` (a user's systemd manager, session bus,

@@ -17,6 +17,10 @@
 //! - `uring-personality`: register this process's credentials as an io_uring personality and
 //!   run a NOP under it; exits 0 when the NOP completes, 100 + errno when it is refused (the
 //!   tests' ERRNO_BASE convention), 2 when io_uring itself fails.
+//! - `uring-after-keepcaps PATH`: open /dev/null by io_uring in a worker thread
+//!   (`IOSQE_ASYNC`), change this process's credentials (`prctl(PR_SET_KEEPCAPS)`), open
+//!   /dev/null there again (exits 3 if that fails), then PATH; exits 0 when PATH opened, 100 +
+//!   errno when it was refused, 2 when io_uring itself fails.
 //! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
 //!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC` (submitted by this thread),
 //!   `SEND` forced to a worker thread (`IOSQE_ASYNC`) and `SEND` on a ring whose kernel thread
@@ -45,7 +49,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -245,6 +249,7 @@ fn main() {
                 2
             }
         }),
+        ["uring-after-keepcaps", path] => std::process::exit(uring_after_keepcaps(path)),
         ["held-sends", ref fds @ ..] if !fds.is_empty() => {
             let fds: Vec<i32> = fds
                 .iter()
@@ -391,8 +396,8 @@ impl Ring {
     }
 
     /// Submit one request (its 64-byte SQE) and return the result of its first completion
-    /// (a count, or -errno). One request per ring: a later completion of the same request (a
-    /// zero-copy send's notification) is never mistaken for another's.
+    /// (a count, or -errno). One request at a time: a ring that runs a request that completes
+    /// twice (a zero-copy send, and its notification) runs no other.
     fn run(&self, sqe: &[u8; 64]) -> std::io::Result<i32> {
         // SAFETY: the rings were mapped by `new` with the sizes the kernel gave.
         unsafe {
@@ -426,7 +431,14 @@ impl Ring {
             let cqe = self
                 .cq
                 .add(self.cq_off[5] as usize + (head & cmask) as usize * 16);
-            Ok(cqe.add(8).cast::<i32>().read())
+            let res = cqe.add(8).cast::<i32>().read();
+            // Consumed: the next request's completion is read next (a ring that runs one).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            std::ptr::write_volatile(
+                self.cq.add(self.cq_off[0] as usize).cast::<u32>(),
+                head.wrapping_add(1),
+            );
+            Ok(res)
         }
     }
 }
@@ -468,6 +480,47 @@ fn uring_personality() -> std::io::Result<i32> {
     let mut nop = sqe(0, -1, 0, 0);
     nop[42..44].copy_from_slice(&personality.to_ne_bytes());
     ring.run(&nop)
+}
+
+/// Open `path` read-only by io_uring `OPENAT` (18) forced to a worker thread (`IOSQE_ASYNC`):
+/// the descriptor, or -errno.
+fn uring_open_async(ring: &Ring, path: &CString) -> std::io::Result<i32> {
+    let mut open = sqe(18, libc::AT_FDCWD, path.as_ptr() as u64, 0);
+    open[1] = 1 << 4;
+    open[28..32].copy_from_slice(&(libc::O_RDONLY as u32).to_ne_bytes());
+    ring.run(&open)
+}
+
+/// See `uring-after-keepcaps` in the module's documentation.
+fn uring_after_keepcaps(path: &str) -> i32 {
+    let null = CString::new("/dev/null").unwrap();
+    let Ok(target) = CString::new(path) else {
+        return 64;
+    };
+    let Ok(ring) = Ring::new(false) else {
+        return 2;
+    };
+    // The worker is made now, with this process's credentials of now.
+    match uring_open_async(&ring, &null) {
+        Ok(fd) if fd >= 0 => unsafe { libc::close(fd) },
+        _ => return 2,
+    };
+    // SAFETY: plain prctl(2); new credentials for this process, the same capabilities.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return 2;
+    }
+    match uring_open_async(&ring, &null) {
+        Ok(fd) if fd >= 0 => unsafe { libc::close(fd) },
+        _ => return 3,
+    };
+    match uring_open_async(&ring, &target) {
+        Ok(fd) if fd >= 0 => {
+            println!("opened {path}");
+            0
+        }
+        Ok(errno) => 100 - errno,
+        Err(_) => 2,
+    }
 }
 
 /// The outcome of a send: `ok`, or the errno's name.
