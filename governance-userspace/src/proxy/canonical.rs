@@ -401,12 +401,16 @@ fn connection_options(headers: &HeaderMap) -> Result<(), Refused> {
 }
 
 /// Whether a body could be a JSON-RPC message (MCP) to a server: as sent, and with its
-/// content coding undone (a coding the proxy cannot undo counts as such a body). Parsed
+/// content coding undone (a coding the proxy cannot undo counts as such a body), each also as
+/// the UTF-16 or UTF-32 text Python's `json.loads` reads it as ([`wide_json_text`]). Parsed
 /// strictly, an object (or an array holding one) with a `jsonrpc` or `method` member in any
 /// case; a body the strict parser refuses, if `jsonrpc` appears in it in any spelling a
 /// lenient parser could read (JSON's `\u` escapes and percent escapes undone, any case).
 fn is_jsonrpc(headers: &HeaderMap, bytes: &[u8], limit: usize) -> bool {
     fn one(bytes: &[u8]) -> bool {
+        narrow(bytes) || wide_json_text(bytes).is_some_and(|t| narrow(t.as_bytes()))
+    }
+    fn narrow(bytes: &[u8]) -> bool {
         let member = |v: &Value| {
             v.as_object().is_some_and(|o| {
                 o.keys()
@@ -431,28 +435,67 @@ fn is_jsonrpc(headers: &HeaderMap, bytes: &[u8], limit: usize) -> bool {
         }
 }
 
+/// The text Python's `json.loads` reads from bytes in UTF-32 or UTF-16 (`json.detect_encoding`:
+/// by a byte-order mark, else by which of the first bytes are NUL, since JSON text starts with
+/// an ASCII character), decoded leniently; None for bytes it reads as UTF-8. The MCP Python
+/// SDK's streamable HTTP server hands the request's bytes to `json.loads` whatever their
+/// `Content-Type` says (red team round 7: a BOM-less UTF-16LE `tools/call` off the MCP path).
+fn wide_json_text(b: &[u8]) -> Option<String> {
+    let (unit, big_endian, skip) = match b {
+        [0, 0, 0xfe, 0xff, ..] => (4, true, 4),
+        [0xff, 0xfe, 0, 0, ..] => (4, false, 4),
+        [0xfe, 0xff, ..] => (2, true, 2),
+        [0xff, 0xfe, ..] => (2, false, 2),
+        [0, 0, _, _, ..] => (4, true, 0),
+        [0, _, _, _, ..] | [0, _] => (2, true, 0),
+        [_, 0, 0, 0, ..] => (4, false, 0),
+        [_, 0, _, _, ..] | [_, 0] => (2, false, 0),
+        _ => return None,
+    };
+    let units = b[skip..].chunks(unit).map(|c| {
+        let mut word = [0u8; 4];
+        word[..c.len()].copy_from_slice(c);
+        match (unit, big_endian) {
+            (2, true) => u32::from(u16::from_be_bytes([word[0], word[1]])),
+            (2, false) => u32::from(u16::from_le_bytes([word[0], word[1]])),
+            (_, true) => u32::from_be_bytes(word),
+            (_, false) => u32::from_le_bytes(word),
+        }
+    });
+    Some(if unit == 2 {
+        char::decode_utf16(units.map(|u| u as u16))
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect()
+    } else {
+        units
+            .map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect()
+    })
+}
+
 /// Whether a `charset` parameter names UTF-8.
 fn is_utf8(charset: &str) -> bool {
     charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
 }
 
-/// Whether a body is JSON by its `Content-Type` but not UTF-8 text as sent: another charset
-/// (an MCP SDK server decodes `charset=base64`, `hex` or `utf-16le` into a JSON-RPC message
-/// that none of [`is_jsonrpc`]'s readings finds), a byte-order mark, bytes that are not UTF-8,
-/// or a `Content-Type` that cannot be read.
+/// Whether a body is not UTF-8 text as sent where a server could read it as JSON: a charset
+/// other than UTF-8 whatever the type (an MCP SDK server decodes `charset=base64`, `hex` or
+/// `utf-16le` into a JSON-RPC message that none of [`is_jsonrpc`]'s readings finds; older
+/// TypeScript SDKs take any `Content-Type` that merely contains `application/json`), or, with
+/// `json` anywhere in the `Content-Type`, a byte-order mark or bytes that are not UTF-8; or a
+/// `Content-Type` that cannot be read.
 fn json_not_utf8(headers: &HeaderMap, bytes: &[u8]) -> bool {
-    let media = match single(headers, header::CONTENT_TYPE, "Content-Type") {
+    let (raw, media) = match single(headers, header::CONTENT_TYPE, "Content-Type") {
         Ok(Some(v)) => match MediaType::parse(&v) {
-            Ok(m) => m,
+            Ok(m) => (v, m),
             Err(_) => return true,
         },
         Ok(None) => return false,
         Err(_) => return true,
     };
-    let json = media.essence == "application/json" || media.essence.ends_with("+json");
-    json && (media.charset.as_deref().is_some_and(|c| !is_utf8(c))
-        || bom(bytes).is_some()
-        || std::str::from_utf8(bytes).is_err())
+    let json = raw.to_ascii_lowercase().contains("json");
+    media.charset.as_deref().is_some_and(|c| !is_utf8(c))
+        || json && (bom(bytes).is_some() || std::str::from_utf8(bytes).is_err())
 }
 
 const OVERRIDE_HEADERS: [&str; 3] = [

@@ -1811,12 +1811,64 @@ fn json_in_another_charset_is_refused_on_mcp_hosts() {
     assert_eq!(post(&[JSON], &bom), "refused 400 builtin:jsonrpc");
     let latin1 = [call.as_bytes(), &[0xe9][..]].concat();
     assert_eq!(post(&[JSON], &latin1), "refused 400 builtin:jsonrpc");
-    // Controls: JSON that is not JSON-RPC, and bytes that are not JSON by their type.
+    // Red team round 7: UTF-16 and UTF-32 with no byte-order mark and no charset, which
+    // Python's `json.loads` (the MCP Python SDK's streamable HTTP server) tells by the NUL
+    // bytes, under any type or none; and a charset other than UTF-8 under a type that only
+    // contains `json` or none at all (older TypeScript SDKs decode the body by the charset).
+    let wide = |unit: usize, big: bool| -> Vec<u8> {
+        call.chars()
+            .flat_map(|c| {
+                let b = if unit == 2 {
+                    (c as u16).to_be_bytes().to_vec()
+                } else {
+                    (c as u32).to_be_bytes().to_vec()
+                };
+                if big {
+                    b
+                } else {
+                    b.into_iter().rev().collect()
+                }
+            })
+            .collect()
+    };
+    for (case, body) in [
+        ("utf-16le", wide(2, false)),
+        ("utf-16be", wide(2, true)),
+        ("utf-32le", wide(4, false)),
+        ("utf-32be", wide(4, true)),
+    ] {
+        for headers in [&[JSON][..], &[][..], &[("content-type", "text/plain")][..]] {
+            assert_eq!(
+                post(headers, &body),
+                "refused 400 builtin:jsonrpc",
+                "{case} {headers:?}"
+            );
+        }
+    }
+    for ct in [
+        "application/json-rpc; charset=utf-16le",
+        "text/plain; charset=base64",
+    ] {
+        assert_eq!(
+            post(&[("content-type", ct)], &b64[..]),
+            "refused 400 builtin:jsonrpc",
+            "{ct}"
+        );
+    }
+    // Controls: JSON that is not JSON-RPC, and bytes that are not JSON by their type (also
+    // with NUL bytes where UTF-16 would have them: a video's header).
     assert_eq!(post(&[JSON], br#"{"name": "report"}"#), "allow default");
     assert_eq!(
         post(
             &[("content-type", "image/png")],
             &[0x89, b'P', b'N', b'G', 0xff, 0xfe]
+        ),
+        "allow default"
+    );
+    assert_eq!(
+        post(
+            &[("content-type", "video/mp4")],
+            b"\0\0\0\x18ftypmp42\0\0\0\0"
         ),
         "allow default"
     );

@@ -424,6 +424,10 @@ fn http_head(
     }
     let method = Method::from_bytes(m.as_bytes()).map_err(|e| e.to_string())?;
     // The scheme does not change the decision; `target` reads absolute-form http:// targets.
+    // It does choose the port a grant is keyed on (see `Proxy::grant_keys`).
+    let https = uri
+        .scheme_str()
+        .is_some_and(|s| s.eq_ignore_ascii_case("https"));
     let uri = Uri::builder()
         .scheme("http")
         .authority(authority.as_str())
@@ -439,10 +443,13 @@ fn http_head(
     }
     // The URL names the host, as an absolute-form request does.
     map.remove(header::HOST);
-    let head = request::target(&method, &uri, Version::HTTP_11, &map).map_err(|e| match e {
+    let mut head = request::target(&method, &uri, Version::HTTP_11, &map).map_err(|e| match e {
         request::Reject::Target(why) => format!("url `{url}`: {why}"),
         other => other.to_string(),
     })?;
+    if https {
+        head.port = head.port.or(Some(443));
+    }
     Ok((head, map))
 }
 

@@ -285,6 +285,12 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// The characters outside ASCII whose simple upper or lower case is an ASCII letter: the
+/// Kelvin sign (k), the long s (S), the dotless i (I) and the capital I with a dot (i).
+fn folds_to_ascii(c: char) -> bool {
+    matches!(c, '\u{212a}' | '\u{17f}' | '\u{131}' | '\u{130}')
+}
+
 /// See the module documentation. Borrowed when the path is already normal.
 pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     if !raw.starts_with('/') {
@@ -303,15 +309,23 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     let mut out = Vec::with_capacity(bytes.len() + 8);
     // Consecutive escaped bytes of 0x80 and above: they must spell UTF-8.
     let mut run: Vec<u8> = Vec::new();
+    // And none of them may spell a character whose case mapping is ASCII: a router that
+    // matches paths in any case (find-my-way with `caseSensitive: false`, `(?i)` patterns,
+    // `equalsIgnoreCase`) reads `/v1/tas%E2%84%AAs` (the Kelvin sign) as `/v1/tasks`, which
+    // no path rule names (red team round 7).
     let check_run = |run: &mut Vec<u8>| {
-        let ok = std::str::from_utf8(run).is_ok();
+        let text = std::str::from_utf8(run).map(|t| t.chars().any(folds_to_ascii));
         run.clear();
-        if ok {
-            Ok(())
-        } else {
-            Err(Reject::Path(
+        match text {
+            Ok(false) => Ok(()),
+            Ok(true) => Err(Reject::Path(
+                "a character whose upper or lower case is an ASCII letter (the Kelvin sign, the long \
+                 s, a dotless or dotted i): routers that ignore case read it as a letter no rule \
+                 names",
+            )),
+            Err(_) => Err(Reject::Path(
                 "percent-escapes that are not UTF-8 (overlong or invalid sequences)",
-            ))
+            )),
         }
     };
     let push_escape = |out: &mut Vec<u8>, c: u8| {
@@ -367,6 +381,12 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
             i += 3;
             continue;
         }
+        if b >= 0x80 {
+            run.push(b);
+            push_escape(&mut out, b);
+            i += 1;
+            continue;
+        }
         check_run(&mut run)?;
         match b {
             b';' => {
@@ -376,7 +396,6 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
             }
             b'\\' => return Err(Reject::Path("a backslash: some servers read it as `/`")),
             0..=0x20 | 0x7f => return Err(Reject::Path("a control character or space")),
-            0x80.. => push_escape(&mut out, b),
             b'/' if out.last() == Some(&b'/') => {}
             _ => out.push(b),
         }
@@ -539,9 +558,21 @@ mod tests {
             "/v1/%C0%AE%C0%AE/admin",
             "/v1/%c3",
             "/v1/%252e%252e/admin",
+            // Red team round 7: characters a case-insensitive router reads as ASCII letters
+            // (`/v1/tasks`, `/v1/refunds`, `/admin`), escaped or raw.
+            "/v1/tas%E2%84%AAs",
+            "/v1/refund%C5%BF",
+            "/adm%C4%B1n",
+            "/%C4%B0ndex",
+            "/v1/tas\u{212a}s",
         ] {
             assert!(normalise_path(bad).is_err(), "{bad}");
         }
+        // Other letters outside ASCII stay (their cases are not ASCII).
+        assert_eq!(
+            normalise_path("/%C3%85ngstr%C3%B6m").unwrap(),
+            "/%C3%85ngstr%C3%B6m"
+        );
         assert_eq!(normalise_path("/a/.b/c.d").unwrap(), "/a/.b/c.d");
         for bad in ["/a/b.", "/a/c../d", "/a/b%20", "/a/b%20/c", "/a/b%2e"] {
             assert!(normalise_path(bad).is_err(), "{bad}");

@@ -1429,28 +1429,46 @@ rules:
     let h = start(config(), policy, Limits::default()).await;
     let me = h.agent("agents/bank-1", None, Some(up.addr));
     let c = client_of(&h, me);
-    let d = h.proxy.preauthorize(
-        &c,
-        DecideAction::Http {
-            http: HttpAction {
-                method: "POST".into(),
-                url: "https://api.payments.example/v1/transfers?to=alice".into(),
-                headers: [("x-account".to_owned(), "acct-1".to_owned())].into(),
-                body: Some(json!({"amount": 5})),
-                body_base64: None,
+    // The upstream's port, which the agent's connections go to (the Host names it).
+    let port = up.addr.port();
+    let approve = |url: String, query: &str| {
+        let d = h.proxy.preauthorize(
+            &c,
+            DecideAction::Http {
+                http: HttpAction {
+                    method: "POST".into(),
+                    url,
+                    headers: [("x-account".to_owned(), "acct-1".to_owned())].into(),
+                    body: Some(json!({"amount": 5})),
+                    body_base64: None,
+                },
             },
-        },
+        );
+        assert_eq!((d.verdict.as_ref(), d.allowed), ("escalate", false));
+        let pending = h.approvals.list();
+        assert_eq!(
+            pending[0].object.detail.get("query").map(String::as_str),
+            Some(query),
+            "the approver sees the query: {pending:?}"
+        );
+        h.approvals
+            .approve(&d.approval_id.unwrap(), "alice", Duration::from_secs(60))
+            .unwrap();
+    };
+    approve(
+        format!("http://api.payments.example:{port}/v1/transfers?to=alice"),
+        "to=alice",
     );
-    assert_eq!((d.verdict.as_ref(), d.allowed), ("escalate", false));
-    let pending = h.approvals.list();
-    assert_eq!(
-        pending[0].object.detail.get("query").map(String::as_str),
-        Some("to=alice"),
-        "the approver sees the query: {pending:?}"
+    // Approved at another port of the host, or by its https:// URL (port 443): another
+    // service, never this one (red team round 7).
+    approve(
+        "http://api.payments.example:8443/v1/transfers?to=carol".into(),
+        "to=carol",
     );
-    h.approvals
-        .approve(&d.approval_id.unwrap(), "alice", Duration::from_secs(60))
-        .unwrap();
+    approve(
+        "https://api.payments.example/v1/transfers?to=dave".into(),
+        "to=dave",
+    );
     let transfer = |query: &str, account: &str, body: &str| {
         Request::post(format!("/v1/transfers{query}"))
             .header("host", "api.payments.example")
@@ -1485,6 +1503,18 @@ rules:
             "a duplicate key that one parser reads as the approved body",
         ),
         ("?to=alice", "acct-1", "amount=5", "a body that is not JSON"),
+        (
+            "?to=carol",
+            "acct-1",
+            r#"{"amount": 5}"#,
+            "approved at another port",
+        ),
+        (
+            "?to=dave",
+            "acct-1",
+            r#"{"amount": 5}"#,
+            "approved at https's port",
+        ),
     ] {
         let approvals = h.approvals.clone();
         let denier = tokio::spawn(async move {
@@ -1549,7 +1579,10 @@ rules:
         json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
                "params": {"name": "deploy", "arguments": {"env": env}}})
     };
-    approve("staging", Some("http://mcp.search.example/mcp"));
+    let server = format!("http://mcp.search.example:{}/mcp", up.addr.port());
+    approve("staging", Some(&server));
+    // The same call approved at another port of the server: another service.
+    approve("canary", Some("http://mcp.search.example:8443/mcp"));
     approve("qa", None);
     let forwarded = || up.seen.lock().unwrap().len();
     // At the server it was approved for: granted.
@@ -1577,6 +1610,21 @@ rules:
     let before = forwarded();
     let r = h
         .send(me, call_at("api.payments.example", deploy(3, "staging")))
+        .await;
+    assert!(r.body.to_string().contains("denied by bob"), "{}", r.body);
+    denier.await.unwrap();
+    // At the server's other port than the one approved: held too.
+    let approvals = h.approvals.clone();
+    let denier = tokio::spawn(async move {
+        until("the call to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    });
+    let r = h
+        .send(me, call_at("mcp.search.example", deploy(6, "canary")))
         .await;
     assert!(r.body.to_string().contains("denied by bob"), "{}", r.body);
     denier.await.unwrap();

@@ -291,9 +291,10 @@ impl Proxy {
     }
 
     /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
-    /// arguments, and the server: host, path and query); any other request by everything in
-    /// it that an upstream acts on and a rule could tell apart: rule, method, host, path,
-    /// query, the headers the host's rules read (`http.headers`, see
+    /// arguments, and the server: host, port, path and query); any other request by everything
+    /// in it that an upstream acts on and a rule could tell apart: rule, method, host, port
+    /// (as written, else its scheme's: another port is another service), path, query, the
+    /// headers the host's rules read (`http.headers`, see
     /// [`super::canonical::rule_headers`]) and the body. The body is compared as its JSON
     /// value when it is JSON (read strictly: a duplicate key is not JSON here), so a client
     /// that writes the same value with other spacing matches a grant asked for through the
@@ -316,6 +317,9 @@ impl Proxy {
             None => parse_json(bytes).ok(),
         };
         let json = http.body.as_ref().or(parsed.as_ref());
+        let port = head
+            .port
+            .unwrap_or(if head.tls.is_some() { 443 } else { 80 });
         if let Some((tool, args)) = json.and_then(tool_call) {
             let args = args.map(Value::to_string);
             let any_server = self.hasher.hash_one((rule, "tool", tool, &args));
@@ -328,6 +332,7 @@ impl Proxy {
                 tool,
                 &args,
                 http.host.to_ascii_lowercase(),
+                port,
                 &http.path,
                 head.query.as_deref(),
             ));
@@ -344,6 +349,7 @@ impl Proxy {
             rule,
             http.method.to_ascii_uppercase(),
             http.host.to_ascii_lowercase(),
+            port,
             &http.path,
             head.query.as_deref(),
             headers,
