@@ -1362,10 +1362,12 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
     let h = start(config(), examples(), Limits::default()).await;
     let me = h.agent("agents/refund-9", None, Some(up.addr));
     let c = client_of(&h, me);
+    // The port the agent's connections go to (a grant is for one port of the host).
+    let url = format!("http://api.payments.example:{}/v1/refunds", up.addr.port());
     let action = || DecideAction::Http {
         http: HttpAction {
             method: "POST".into(),
-            url: "https://api.payments.example/v1/refunds".into(),
+            url: url.clone(),
             headers: Default::default(),
             body: Some(json!({"amount": 500, "currency": "usd", "customer_age_days": 400})),
             body_base64: None,
