@@ -53,6 +53,7 @@ pub const SYS_PTRACE: u32 = 19;
 pub const SYS_PACCT: u32 = 20;
 pub const SYS_ADMIN: u32 = 21;
 pub const SYS_BOOT: u32 = 22;
+pub const SYS_NICE: u32 = 23;
 pub const SYS_RESOURCE: u32 = 24;
 pub const SYS_TIME: u32 = 25;
 pub const SYS_TTY_CONFIG: u32 = 26;
@@ -101,13 +102,16 @@ const fn bit(cap: u32) -> u64 {
 ///   disk space that keep one tenant from exhausting the node.
 /// - `CAP_SYS_PACCT`: process accounting (switching it off, or writing it to a file).
 /// - `CAP_SYS_TTY_CONFIG`: vhangup and console key maps (commands typed at the console).
+/// - `CAP_SYS_NICE`: real-time scheduling and I/O classes (`SCHED_FIFO`, `SCHED_DEADLINE`,
+///   `IOPRIO_CLASS_RT`), which cgroup v2's CPU limits do not hold: one busy real-time thread
+///   per CPU starves every other process of the node, the daemon and the proxy among them
+///   (red team round 8). Lowering one's own priority needs no capability.
 ///
 /// Kept: `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID` (files, as the file
 /// rules decide), `CAP_SETUID`, `CAP_SETGID`, `CAP_SETPCAP`, `CAP_SETFCAP` (sudo-like
 /// tools, dropping privilege), `CAP_KILL` (signals to the daemon are refused by their own
 /// hook), `CAP_NET_BIND_SERVICE`, `CAP_NET_BROADCAST`, `CAP_NET_RAW` (raw sockets are
-/// decided by `socket_create`), `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_SYS_NICE`,
-/// `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_WAKE_ALARM`,
+/// decided by `socket_create`), `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_WAKE_ALARM`,
 /// `CAP_BLOCK_SUSPEND`.
 pub const REFUSED: u64 = bit(SYS_ADMIN)
     | bit(SYS_MODULE)
@@ -129,7 +133,8 @@ pub const REFUSED: u64 = bit(SYS_ADMIN)
     | bit(CHECKPOINT_RESTORE)
     | bit(SYS_RESOURCE)
     | bit(SYS_PACCT)
-    | bit(SYS_TTY_CONFIG);
+    | bit(SYS_TTY_CONFIG)
+    | bit(SYS_NICE);
 
 /// The number of a capability name (`CAP_NET_ADMIN`, `net_admin`, any case).
 pub fn by_name(name: &str) -> Option<u32> {

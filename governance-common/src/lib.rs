@@ -598,6 +598,12 @@ pub mod guard {
     /// (`/proc/irq`), SCSI devices removed (`/proc/scsi/scsi`), ACPI wake-up (red team round 7).
     /// Refused unless a policy allows kernel settings.
     pub const KERNEL_PROC: u8 = 11;
+    /// An open of a pty another session holds (its controlling terminal, a session leader
+    /// outside the agent: an administrator's shell, a tmux pane): reading it races the shell
+    /// for every line typed (passwords included); writing it puts text on their screen. The
+    /// agent's own controlling terminal, and ptys no session holds or that a session of the
+    /// agent holds (what `pexpect` and `script` make), stay open to it.
+    pub const OTHER_TERMINAL: u8 = 12;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -613,6 +619,7 @@ pub mod guard {
             LEASE => "a file lease (others' opens of the file would wait for it)",
             DAEMON_PORT => "the policy proxy's or the control API's port (bind)",
             KERNEL_PROC => "a kernel or device setting in /proc (outside /proc/sys)",
+            OTHER_TERMINAL => "a terminal another session holds",
             _ => "?",
         }
     }

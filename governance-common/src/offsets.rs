@@ -70,6 +70,13 @@ pub const UPID_NR: &str = "OFF_UPID_NR";
 pub const TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
 /// `signal_struct.live` (an `atomic_t`): the thread group's threads that have not exited.
 pub const SIGNAL_LIVE: &str = "OFF_SIGNAL_LIVE";
+/// `signal_struct.tty`: the thread group's controlling terminal.
+pub const SIGNAL_TTY: &str = "OFF_SIGNAL_TTY";
+/// `dentry.d_fsdata`: on devpts, a pty slave's `struct tty_struct`.
+pub const DENTRY_FSDATA: &str = "OFF_DENTRY_FSDATA";
+/// `tty_struct.session`: the `struct pid` of the session the terminal is the controlling
+/// terminal of, NULL if none.
+pub const TTY_SESSION: &str = "OFF_TTY_SESSION";
 pub const SOCKET_TYPE: &str = "OFF_SOCKET_TYPE";
 pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
 pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
@@ -89,7 +96,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 72] = [
+pub const ALL: [(&str, &str, &str); 75] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -145,6 +152,10 @@ pub const ALL: [(&str, &str, &str); 72] = [
     (UPID_NR, "upid", "nr"),
     (TASK_SIGNAL, "task_struct", "signal"),
     (SIGNAL_LIVE, "signal_struct", "live"),
+    (SIGNAL_TTY, "signal_struct", "tty"),
+    (DENTRY_FSDATA, "dentry", "d_fsdata"),
+    // In `ctrl` since Linux 5.13 (directly in the struct before).
+    (TTY_SESSION, "tty_struct", "ctrl.session|session"),
     (SOCKET_TYPE, "socket", "type"),
     // `struct sock` begins with its `sock_common` (`__sk_common`): these are offsets in both.
     (SOCK_FAMILY, "sock_common", "skc_family"),

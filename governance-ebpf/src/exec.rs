@@ -63,7 +63,7 @@ pub fn bprm_check_security(ctx: LsmContext) -> i32 {
 }
 
 #[inline(always)]
-fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decision {
+pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decision {
     let class = agent.value.class;
     let default = agent.value.exec_default;
     let (dev, ino) = match file_identity(file) {
@@ -96,7 +96,7 @@ fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decision {
 /// ld.so without this hook, so those programs are not affected. The daemon puts the loaders'
 /// identities in LOADERS (its own PT_INTERP and the usual paths).
 #[inline(always)]
-fn is_loader(file: u64) -> bool {
+pub(crate) fn is_loader(file: u64) -> bool {
     match file_identity(file) {
         // SAFETY: the value is not used.
         Ok((dev, ino)) => unsafe { LOADERS.get(&ExecKey { class: 0, dev, ino }) }.is_some(),

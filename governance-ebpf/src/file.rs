@@ -219,6 +219,11 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         });
         return lsm_ret(&d);
     }
+    // A terminal another session holds (guard.rs): refused whatever the rules say.
+    let ret = crate::guard::other_terminal(&agent, file);
+    if ret != 0 {
+        return ret;
+    }
     // Another subtree's POSIX message queue (mqueue.rs): refused whatever the rules say.
     if let Ok(inode) = file.ptr(off(&OFF_FILE_INODE))
         && crate::mqueue::is_queue(inode)

@@ -5,7 +5,7 @@
 //! agent from outside. Refused to agents whatever the policy says. (Renaming a cgroup, which
 //! would make a path selector miss it, the kernel refuses on cgroup2 itself.)
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel_str_bytes},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::lsm,
     programs::LsmContext,
 };
@@ -14,10 +14,12 @@ use governance_common::{Kind, allow, guard};
 use crate::{
     decide::{Agent, Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
     kernel::{
-        Btf, CGROUP2_SUPER_MAGIC, MAY_WRITE, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
-        OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
-        OFF_KEY_TYPE_NAME, OFF_PROC_INODE_PID, OFF_PROC_INODE_SYSCTL, OFF_PROC_INODE_VFS_INODE,
-        OFF_SB_MAGIC, PROC_SUPER_MAGIC, S_IFDIR, S_IFMT, off, read_at,
+        Btf, CGROUP2_SUPER_MAGIC, DEVPTS_SUPER_MAGIC, MAY_WRITE, OFF_DENTRY_FSDATA, OFF_FILE_INODE,
+        OFF_FILE_PATH, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB, OFF_KERNFS_NODE_ID,
+        OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE, OFF_KEY_TYPE_NAME,
+        OFF_PATH_DENTRY, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_SYSCTL,
+        OFF_PROC_INODE_VFS_INODE, OFF_SB_MAGIC, OFF_SIGNAL_TTY, OFF_TASK_PID_LINKS,
+        OFF_TASK_SIGNAL, OFF_TTY_SESSION, PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR, S_IFMT, off, read_at,
     },
     protect::proc_owner_out_of_reach,
 };
@@ -40,6 +42,56 @@ fn refuse_for(agent: &Agent, what: u8, object: u64) -> i32 {
         ev.object = object;
     });
     lsm_ret(&d)
+}
+
+/// Built-in: no open of a pty another session holds (governance_common::guard::OTHER_TERMINAL),
+/// from `file_open`: a pty slave on devpts whose `tty_struct` (the dentry's `d_fsdata`) is the
+/// controlling terminal of a session whose leader is outside the agent, unless it is the
+/// opener's own controlling terminal. A pty no session holds (just made, or left) and one a
+/// session of the agent holds pass. A leader that cannot be found or read counts as outside.
+#[inline(always)]
+pub(crate) fn other_terminal(agent: &Agent, file: Btf) -> i32 {
+    let Ok(inode) = file.ptr(off(&OFF_FILE_INODE)) else {
+        return 0;
+    };
+    if inode.get::<u16>(off(&OFF_INODE_MODE)) & S_IFMT != S_IFCHR {
+        return 0;
+    }
+    match inode.ptr(off(&OFF_INODE_SB)) {
+        Ok(sb) if sb.get::<u64>(off(&OFF_SB_MAGIC)) == DEVPTS_SUPER_MAGIC => {}
+        _ => return 0,
+    }
+    // `d_fsdata` is a `void *` to the verifier: the terminal is read with `read_at`.
+    let tty: u64 = match file.ptr(off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY)) {
+        Ok(dentry) => dentry.get(off(&OFF_DENTRY_FSDATA)),
+        Err(_) => return 0,
+    };
+    // devpts's `ptmx` node: a new pty.
+    if tty == 0 {
+        return 0;
+    }
+    // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
+    unsafe {
+        let task = bpf_get_current_task();
+        let own = read_at::<u64>(task, off(&OFF_TASK_SIGNAL))
+            .and_then(|signal| read_at::<u64>(signal, off(&OFF_SIGNAL_TTY)));
+        if own == Ok(tty) {
+            return 0;
+        }
+        let session = match read_at::<u64>(tty, off(&OFF_TTY_SESSION)) {
+            Ok(0) => return 0,
+            Ok(session) => session,
+            Err(_) => return refuse_for(agent, guard::OTHER_TERMINAL, 0),
+        };
+        // The session's leader: `pid_task(session, PIDTYPE_PID)`, as for procfs (protect.rs).
+        let first = read_at::<u64>(session, off(&OFF_PID_TASKS)).unwrap_or(0);
+        if first != 0
+            && crate::decide::in_subtree(agent, first.wrapping_sub(off(&OFF_TASK_PID_LINKS)))
+        {
+            return 0;
+        }
+    }
+    refuse_for(agent, guard::OTHER_TERMINAL, 0)
 }
 
 /// Built-in: no module autoloading for agents. `request_module()` (an unknown socket family, a

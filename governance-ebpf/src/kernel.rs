@@ -68,6 +68,9 @@ offsets!(
     OFF_UPID_NR,
     OFF_TASK_SIGNAL,
     OFF_SIGNAL_LIVE,
+    OFF_SIGNAL_TTY,
+    OFF_DENTRY_FSDATA,
+    OFF_TTY_SESSION,
     OFF_SOCKET_TYPE,
     OFF_SOCK_FAMILY,
     OFF_SOCK_DADDR,
@@ -177,6 +180,7 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 pub(crate) const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+pub(crate) const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 /// The kernel-internal mount of POSIX message queues (one per IPC namespace; /dev/mqueue is
 /// the same superblock).
 pub(crate) const MQUEUE_MAGIC: u64 = 0x1980_0202;

@@ -9,15 +9,21 @@
 //!    not decided again: the kernel's ELF loader maps it right after the exec, past the point
 //!    where a refusal could still fail the exec cleanly (the process would be killed).
 //!    Changing `exe_file` needs CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which agents do not get.
-//! 2. Exact exec rules, by the file's identity (as the exec hook decides): `block` refuses the
+//! 2. A file the kernel opened for an exec that is not the exec's own file: the interpreter
+//!    an ELF names (`PT_INTERP`) when it is not the dynamic loader, and `uselib`'s library.
+//!    The exec hook never sees it, so it is decided here as an exec is, by its identity, its
+//!    path and the default (red team round 8: an allowed program naming a blocked one as its
+//!    interpreter ran it, even one whose contents the agent may not read). A refusal comes
+//!    past the exec's point of no return: the process is killed.
+//! 3. Exact exec rules, by the file's identity (as the exec hook decides): `block` refuses the
 //!    mapping; `escalate` refuses it unless the exec (or this mapping) was approved; `sandbox`
 //!    puts the mapping process under the rule's profile, as running the file would; `allow`
 //!    and `throttle` let it map (a throttle counts execs, not mappings).
-//! 3. The default posture does not apply: every dynamically linked program maps libc, ld.so
+//! 4. The default posture does not apply: every dynamically linked program maps libc, ld.so
 //!    and more, which an exec allowlist never names. Prefix rules do not apply either:
 //!    `file_mprotect` cannot resolve a path, so they could be sidestepped by mapping without
 //!    PROT_EXEC and adding it later.
-//! 4. Under an exec allowlist (default `block`), two kinds of file are refused: files an
+//! 5. Under an exec allowlist (default `block`), two kinds of file are refused: files an
 //!    agent wrote (`WRITTEN`, filled by `file_open`), which stops "copy the blocked binary and
 //!    map the copy", and files with no name on any mount (memfd, SysV shared memory), which
 //!    an agent fills with code the same way. An exec rule that allows the written file by
@@ -40,8 +46,9 @@ use crate::{
     file::{copy_path, path_rules, resolve_path},
     held::held_write,
     kernel::{
-        MAP_SHARED, OFF_FILE_INODE, OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM,
-        OFF_VMA_FILE, OFF_VMA_FLAGS, PROT_EXEC, PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
+        FMODE_EXEC, FMODE_EXEC_FLAG, MAP_SHARED, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE,
+        OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM, OFF_VMA_FILE, OFF_VMA_FLAGS,
+        PROT_EXEC, PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
     },
     maps::{EXEC_RULES, GRANTS, WRITTEN},
 };
@@ -54,6 +61,22 @@ fn is_program_image(file: u64) -> bool {
         read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_MM))
             .and_then(|mm| read_at::<u64>(mm, off(&OFF_MM_EXE_FILE)))
             .is_ok_and(|exe| exe == file)
+    }
+}
+
+/// Did the kernel open `file` for an exec (`__FMODE_EXEC`, which user space cannot ask for)?
+/// Unreadable counts as opened for an exec (decided: fail closed).
+#[inline(always)]
+fn opened_for_exec(file: u64) -> bool {
+    // SAFETY: see read_at.
+    unsafe {
+        match (
+            read_at::<u32>(file, off(&OFF_FILE_MODE)),
+            read_at::<u32>(file, off(&OFF_FILE_FLAGS)),
+        ) {
+            (Ok(mode), Ok(flags)) => mode & FMODE_EXEC != 0 || flags & FMODE_EXEC_FLAG != 0,
+            _ => true,
+        }
     }
 }
 
@@ -111,6 +134,13 @@ fn by_rule(rule: RuleRef, object: u64) -> Decision {
 fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, u16)> {
     if is_program_image(file) {
         return None;
+    }
+    // An interpreter the exec hook did not see (2. above): mmap only, where the path resolves.
+    if with_path && opened_for_exec(file) && !crate::exec::is_loader(file) {
+        let mut d = crate::exec::exec_decision(agent, file, true);
+        // (Decided, and any approval looked up, as an exec; reported as the mapping.)
+        d.kind = Kind::ExecMap;
+        return Some((d, 0));
     }
     let Ok((dev, ino)) = file_identity(file) else {
         return Some((Decision::fail_closed(Kind::ExecMap, Cause::Unreadable), 0));

@@ -217,6 +217,8 @@ pub enum Attempt {
     Prlimit { pid: i32 },
     /// setpriority(PRIO_PROCESS, pid, 0).
     SetPriority { pid: i32 },
+    /// sched_setscheduler(0, SCHED_FIFO, priority 1): real-time scheduling for itself.
+    SchedFifo,
     /// process_vm_readv of one byte at `addr` in `pid`.
     ProcessVmRead { pid: i32, addr: u64 },
     /// pidfd_getfd(pidfd_open(pid), fd): take a copy of another process's descriptor.
@@ -985,6 +987,10 @@ pub fn run_in_namespaces(
                 }
                 Attempt::SetPriority { pid } => {
                     check(libc::setpriority(libc::PRIO_PROCESS, *pid as libc::id_t, 0).into());
+                }
+                Attempt::SchedFifo => {
+                    let param = libc::sched_param { sched_priority: 1 };
+                    check(libc::sched_setscheduler(0, libc::SCHED_FIFO, &param).into());
                 }
                 Attempt::ProcessVmRead { pid, addr } => {
                     let mut byte = 0u8;

@@ -314,6 +314,50 @@ fn exec_cases() {
         }
     }
 
+    // R8: a program the allowlist allows (by its prefix) that names, as its ELF interpreter
+    // (PT_INTERP), one the allowlist does not: the kernel opens and maps the interpreter with
+    // no exec hook, and it ran (here a copy of the dynamic loader, which is no loader the
+    // daemon knows by its identity, and which runs the program). Decided as an exec now:
+    // refused past the exec's point of no return, so the process is killed.
+    let unlisted = fx.p("unlisted/ld");
+    std::fs::create_dir_all(unlisted.parent().unwrap()).unwrap();
+    std::fs::copy(loader(), &unlisted).unwrap();
+    let wrapper = fx.p("allowed/wrapper");
+    let run = Attempt::exec_args(&wrapper, &["redteam-helper", "dlopen", "libm.so.6", "cos"]);
+    let interp = Path::new("/tmp/gov-rt-interp");
+    let _ = std::fs::remove_file(interp);
+    std::os::unix::fs::symlink(&unlisted, interp).unwrap();
+    std::fs::write(
+        &wrapper,
+        with_interpreter(&std::fs::read(HELPER).unwrap(), interp),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let case = "R8 an allowed program whose ELF interpreter is an unlisted program";
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &run);
+    assert!(
+        matches!(outcome, Outcome::Signaled(_)),
+        "{case}: killed past the point of no return, got {outcome:?}"
+    );
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::ExecMap), "{case}");
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default), "{case}");
+    assert_eq!(text(&ev.path), unlisted.to_str().unwrap(), "{case}");
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &run);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "{case}: control (the program ran)"
+    );
+    println!("redteam: control {case}");
+    let _ = std::fs::remove_file(interp);
+
     // The allow-list itself works, and is reported.
     let ev = allow(
         &mut k,
@@ -1712,6 +1756,50 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
     );
     assert_eq!(ev.detail, governance_common::guard::TERMINAL_INPUT);
     unsafe { libc::close(master) };
+
+    // A terminal another session holds: an administrator's shell, whose every typed line
+    // (a password among them) an agent that opened it would race the shell for (red team round
+    // 6, K4). A session leader outside the agent takes the pty as its controlling terminal;
+    // the agent may not open it, anyone outside may. (The pty above, which no session holds,
+    // the agent opened for its TIOCSTI: a pty it made itself, or one no session holds, stays
+    // open to it.)
+    let (admin_master, admin_slave) = pty();
+    let admin_slave = PathBuf::from(admin_slave.to_str().unwrap());
+    let admin = outside_process(&[
+        "setsid",
+        "sh",
+        "-c",
+        &format!(
+            "exec 0<>{} 1>&0 2>&0; exec sleep 600",
+            admin_slave.display()
+        ),
+    ]);
+    let stat = format!("/proc/{}/stat", admin.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&stat)
+        .ok()
+        .and_then(|s| s.rsplit(')').next().map(str::to_owned))
+        .and_then(|s| s.split_whitespace().nth(4).map(str::to_owned))
+        .is_none_or(|tty| tty == "0")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the outside shell took {} as its controlling terminal within 10 s",
+            admin_slave.display()
+        );
+        std::thread::yield_now();
+    }
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R7 open a terminal another session holds (an administrator's shell)",
+        &Attempt::open(&admin_slave, libc::O_RDONLY | libc::O_NOCTTY),
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::OTHER_TERMINAL);
+    drop(admin);
+    unsafe { libc::close(admin_master) };
 
     // Signal ownership handed to a process outside the agent.
     let mut bystander = std::process::Command::new(BUSYBOX)
@@ -3368,6 +3456,29 @@ fn loader() -> PathBuf {
     governance::kernel::elf_interpreter(&elf).expect("the helper is dynamically linked")
 }
 
+/// An ELF64 program whose interpreter (`PT_INTERP`) is `interp` instead of its own (which must
+/// be at least as long: the path is written in place).
+fn with_interpreter(elf: &[u8], interp: &Path) -> Vec<u8> {
+    let mut out = elf.to_vec();
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let phdr = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .find(|&at| u32::from_le_bytes(elf[at..at + 4].try_into().unwrap()) == 3)
+        .expect("a dynamically linked program has a PT_INTERP");
+    let (offset, size) = (u64_at(phdr + 8), u64_at(phdr + 32));
+    let name = interp.as_os_str().as_encoded_bytes();
+    assert!(
+        name.len() < size,
+        "{} fits in {size} bytes",
+        interp.display()
+    );
+    out[offset..offset + size].fill(0);
+    out[offset..offset + name.len()].copy_from_slice(name);
+    out
+}
+
 /// A process outside every agent, killed and reaped on drop.
 fn outside_process(args: &[&str]) -> governance_tests::Reaped {
     governance_tests::Reaped(
@@ -3611,6 +3722,9 @@ fn root_facilities_are_refused_to_agents() {
         ("12 physical memory (/dev/mem)", "mem", 1, 1),
         ("12 I/O ports (/dev/port)", "port", 1, 4),
         ("12 a processor's MSRs (/dev/cpu/0/msr)", "msr", 202, 0),
+        ("12 the node's serial console (/dev/ttyS0)", "ttyS0", 4, 64),
+        ("12 a virtual console (/dev/tty1)", "tty1", 4, 1),
+        ("12 the system console (/dev/console)", "console", 5, 1),
     ] {
         let node = fx.p(&format!("tmp/{name}"));
         let _ = std::fs::remove_file(&node);
@@ -3635,6 +3749,16 @@ fn root_facilities_are_refused_to_agents() {
         assert_ne!(ev.detail & FILE_DETAIL_RAW_DEVICE, 0, "{case}");
         let _ = std::fs::remove_file(&node);
     }
+    // Real-time scheduling, which cgroup v2's CPU limits do not hold: a busy SCHED_FIFO
+    // thread per CPU starves the node, the daemon among it (red team round 8).
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 SCHED_FIFO for itself",
+        &Attempt::SchedFifo,
+        caps::SYS_NICE,
+        Control::Succeeds,
+    );
     deny_cap(
         &mut k,
         &fx,
@@ -5223,9 +5347,16 @@ fn system_files_are_refused() {
     let fx = Fixture::new("system");
     let made_local = !Path::new("/root/.local").exists();
     let made_cni = !Path::new("/opt/cni").exists();
+    let made_containers = !Path::new("/var/lib/containers").exists();
+    // modprobe's runtime configuration directory is made by the case (and its control), in
+    // /run (which the VM's initramfs does not have).
+    let made_run = !Path::new("/run").exists();
+    std::fs::create_dir_all("/run").unwrap();
+    let _ = std::fs::remove_dir_all("/run/modprobe.d");
     // Made before the load, outside the agent: the directories the cases write into, and the
     // files they truncate, remove, link and move (on the root filesystem: /tmp is its own).
     for dir in [
+        "/var/lib/containers/storage/overlay/gov-rt/merged/bin",
         "/etc/cron.d",
         "/etc/systemd/system/multi-user.target.wants",
         "/root/.ssh",
@@ -5545,6 +5676,26 @@ fn system_files_are_refused() {
             "",
         ),
         (
+            "R8 modprobe's runtime configuration made (/run/modprobe.d: install lines run at \
+             the next module load, by anyone)",
+            Attempt::Mkdir {
+                path: c("/run/modprobe.d"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_MKDIR),
+            "/run/modprobe.d",
+        ),
+        (
+            "R8 a program written into another container's root filesystem",
+            Attempt::Open {
+                path: c("/var/lib/containers/storage/overlay/gov-rt/merged/bin/sh"),
+                flags: create,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
+            "/var/lib/containers/storage/overlay/gov-rt/merged/bin/sh",
+        ),
+        (
             "R5 an empty directory removed from /etc/cron.d",
             new_name(
                 None,
@@ -5629,6 +5780,12 @@ fn system_files_are_refused() {
     }
     if made_cni {
         let _ = std::fs::remove_dir_all("/opt/cni");
+    }
+    if made_containers {
+        let _ = std::fs::remove_dir_all("/var/lib/containers");
+    }
+    if made_run {
+        let _ = std::fs::remove_dir("/run");
     }
 }
 

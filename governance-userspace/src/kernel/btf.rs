@@ -232,15 +232,24 @@ impl Btf {
         Ok(matches!(self.resolve(member.type_id), Some(Type::Pointer)))
     }
 
-    /// `strukt.field`'s bit offset and member, under the first of its `a|b` names that exists.
+    /// `strukt.field`'s bit offset and member, under the first of its `a|b` names that exists;
+    /// a name `a.b` is member `b` of member `a` (`tty_struct`'s `ctrl.session`).
     fn member(&self, strukt: &str, field: &str) -> Result<(u32, &Member), BtfError> {
         let id = *self
             .structs_by_name
             .get(strukt)
             .ok_or_else(|| BtfError::NoStruct(strukt.into()))?;
+        let nested = |dotted: &str| {
+            let (mut bits, mut id, mut found) = (0, id, None);
+            for name in dotted.split('.') {
+                let (at, m) = self.find(id, name, 0)?;
+                (bits, id, found) = (bits + at, m.type_id, Some(m));
+            }
+            found.map(|m| (bits, m))
+        };
         field
             .split('|')
-            .find_map(|f| self.find(id, f, 0))
+            .find_map(nested)
             .ok_or_else(|| BtfError::NoField {
                 strukt: strukt.into(),
                 field: field.into(),
@@ -280,7 +289,7 @@ mod tests {
 
     /// Build a BTF blob: one `struct outer { int a; union { long b; }; }`.
     fn blob() -> Vec<u8> {
-        let strings = b"\0outer\0a\0b\0int\0ptrs\0p\0".to_vec();
+        let strings = b"\0outer\0a\0b\0int\0ptrs\0p\0nest\0q\0".to_vec();
         let mut types = Vec::new();
         let mut ty = |words: &[u32]| {
             for w in words {
@@ -299,6 +308,8 @@ mod tests {
         ty(&[0, 2 << 24, 1]);
         // 6: struct ptrs { p: int * @0 }
         ty(&[15, (4 << 24) | 1, 8, 20, 5, 0]);
+        // 7: struct nest { a: struct outer @0, q: struct outer @128 bits }
+        ty(&[22, (4 << 24) | 2, 32, 7, 3, 0, 27, 3, 128]);
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&[1, 0]); // version, flags
@@ -328,6 +339,14 @@ mod tests {
         assert!(matches!(
             btf.field_offset("inner", "a"),
             Err(BtfError::NoStruct(_))
+        ));
+        // Members of named members, and the alternatives.
+        assert_eq!(btf.field_offset("nest", "q.b").unwrap(), 24);
+        assert_eq!(btf.field_offset("nest", "q.a").unwrap(), 16);
+        assert_eq!(btf.field_offset("nest", "x.b|q.b").unwrap(), 24);
+        assert!(matches!(
+            btf.field_offset("nest", "q.c"),
+            Err(BtfError::NoField { .. })
         ));
     }
 

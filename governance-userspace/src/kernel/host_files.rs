@@ -73,7 +73,16 @@ pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd
 /// (usb_device: a USB network adapter's frames, a keyboard's keys), the I2C buses and the
 /// BMC (i2c, ipmidev: the node's firmware, power and console), watchdogs (an open left
 /// unclosed reboots the node).
+/// Also RDMA's verbs and management devices (`/dev/infiniband/uverbs*`, `umad*`: queue pairs
+/// the NIC itself sends from, to any address, with no socket; raw Ethernet frames with
+/// CAP_NET_RAW), a device driven from user space (vfio groups, vhost-vdpa) and raw persistent
+/// memory (device-dax) (red team round 8).
 pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
+    "infiniband_verbs",
+    "infiniband_mad",
+    "vfio",
+    "vhost-vdpa",
+    "dax",
     "macvtap",
     "ipvtap",
     "hidraw",
@@ -84,15 +93,23 @@ pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
     "ipmidev",
     "watchdog",
 ];
-/// Fixed character majors of the same kind: the consoles' screens (vcs, vcsa: read and write
+/// Fixed character majors of the same kind: the virtual consoles and serial lines (4: `tty1`,
+/// `ttyS0`, where an administrator logs in at the node's console; typed lines raced for, as on
+/// another session's pty), the consoles' screens (vcs, vcsa: read and write
 /// another terminal's contents), input devices (every key typed on the node, and events
 /// written into it), I2C (89), PPP (frames onto a PPP unit, no socket), USB devices (189),
-/// the processors' model-specific registers and CPUID (202, 203: an MSR write runs kernel code).
-pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[7, 13, 89, 108, 189, 202, 203];
+/// the processors' model-specific registers and CPUID (202, 203: an MSR write runs kernel code),
+/// USB modems (ttyACM 166, ttyUSB 188: a mobile network no hook sees), RDMA (231).
+pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[4, 7, 13, 89, 108, 166, 188, 189, 202, 203, 231];
+/// Misc devices with a minor given out at load, by their name in /proc/misc: RDMA's connection
+/// manager (`/dev/infiniband/rdma_cm`, mode 0666: connections to any address the NIC makes,
+/// no socket) and VFIO's container (`/dev/vfio/vfio`).
+pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio"];
 /// Single devices, in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): physical memory, kernel
 /// memory and I/O ports (`/dev/mem`, `/dev/kmem`, `/dev/port`: every secret on the node read,
 /// PCI configuration and a reset written; their opens also check CAP_SYS_RAWIO, which agents
-/// never get, but the device is refused whatever credentials the check is given); and misc
+/// never get, but the device is refused whatever credentials the check is given); the system
+/// console (`/dev/console`, 5:1: the kernel's console, a terminal of the node's); and misc
 /// devices (major 10): the tun
 /// device (`TUNSETIFF` attaches to an existing tun or tap, whose frames no network hook sees:
 /// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
@@ -102,6 +119,7 @@ pub(super) const BYPASS_DEVICES: &[u32] = &[
     1 << 20 | 1,
     1 << 20 | 2,
     1 << 20 | 4,
+    5 << 20 | 1,
     10 << 20 | 130,
     10 << 20 | 200,
     10 << 20 | 223,
@@ -114,12 +132,18 @@ pub(super) const SCSI_GENERIC_MAJOR: u32 = 21;
 /// The character devices agents may not open, as RAW_DEVICES keys: the majors of
 /// [`RAW_CHAR_DRIVERS`] and [`BYPASS_CHAR_DRIVERS`] in /proc/devices' "Character devices"
 /// section (the drivers loaded now: a later module load is picked up by the next reload), the
-/// fixed majors, and [`BYPASS_DEVICES`] (whole `dev_t`s, which no major, below 4096,
-/// equals).
-pub fn raw_device_majors(proc_devices: &str) -> Vec<u32> {
+/// fixed majors, [`BYPASS_DEVICES`] and the [`BYPASS_MISC_DRIVERS`] in `/proc/misc` (whole
+/// `dev_t`s, which no major, below 4096, equals).
+pub fn raw_device_majors(proc_devices: &str, proc_misc: &str) -> Vec<u32> {
     let mut majors = vec![SCSI_GENERIC_MAJOR];
     majors.extend(BYPASS_CHAR_MAJORS);
     majors.extend(BYPASS_DEVICES);
+    // /proc/misc: "MINOR NAME" lines; misc is major 10.
+    majors.extend(proc_misc.lines().filter_map(|line| {
+        let (minor, name) = line.trim().split_once(char::is_whitespace)?;
+        let minor: u32 = minor.parse().ok()?;
+        (BYPASS_MISC_DRIVERS.contains(&name.trim()) && minor < 1 << 20).then_some(10 << 20 | minor)
+    }));
     let mut in_char = false;
     for line in proc_devices.lines() {
         let line = line.trim();

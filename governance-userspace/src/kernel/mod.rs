@@ -573,7 +573,8 @@ impl Enforcer {
         // load changed is picked up by every reload.
         self.set_loaders(&loader_identities())?;
         let devices = crate::procfs::read_to_string("/proc/devices").unwrap_or_default();
-        self.set_raw_devices(&raw_device_majors(&devices))?;
+        let misc = crate::procfs::read_to_string("/proc/misc").unwrap_or_default();
+        self.set_raw_devices(&raw_device_majors(&devices, &misc))?;
         // Both slots known (after a restart: one walk of the tables).
         self.learn()?;
         let (new, skipped) = self.entries(&mut policy);

@@ -36,6 +36,10 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     "/run/docker.sock",
     "/var/run/docker.sock",
     "/run/crio/crio.sock",
+    // NRI (containerd 2, CRI-O): a plugin adjusts every new container, OCI hooks included,
+    // which the runtime runs as root on the node.
+    "/run/nri/nri.sock",
+    "/var/run/nri/nri.sock",
     "/run/podman/podman.sock",
     "/run/buildkit/buildkitd.sock",
     "/run/systemd/private",
@@ -510,6 +514,10 @@ mod tests {
             "/run/docker.sock",
             "/var/run/docker.sock",
             "/run/crio/crio.sock",
+            // NRI (containerd 2, CRI-O): a plugin adjusts every new container, OCI hooks included,
+            // which the runtime runs as root on the node.
+            "/run/nri/nri.sock",
+            "/var/run/nri/nri.sock",
             "/run/podman/podman.sock",
             "/run/buildkit/buildkitd.sock",
             "/run/systemd/private",

@@ -76,9 +76,15 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// PAM, sudo, SSH keys), udev rules, modprobe's `install` lines, dpkg's maintainer scripts, and
 /// the binaries and libraries root runs, including add-on software in /opt (container
 /// runtimes run the CNI plugins in /opt/cni/bin as root for every pod). A root agent that writes one of them has code run for
-/// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Agents
-/// may not write, create, truncate or name anything there unless a policy allows system files.
-pub(super) const SYSTEM_FILES: [&str; 23] = [
+/// it outside its cgroup (by cron within a minute, by the next login, by the next boot). Also
+/// the runtime configuration directories the same tools read besides /etc (modprobe's
+/// `install` lines in /run/modprobe.d run at the next module load by anyone; sysctl.d,
+/// binfmt.d, tmpfiles.d, modules-load.d; systemd-sysext's extension images), and the other
+/// containers' files: their images' layers and root filesystems, and pods' volumes (what the
+/// next `kubectl exec`, probe or restart runs there, in that container's cgroup; red team round
+/// 8). Agents may not write, create, truncate or name anything there unless a policy allows
+/// system files.
+pub(super) const SYSTEM_FILES: [&str; 38] = [
     "/etc",
     "/usr",
     "/opt",
@@ -94,6 +100,21 @@ pub(super) const SYSTEM_FILES: [&str; 23] = [
     "/var/lib/dpkg/info",
     "/run/systemd",
     "/run/udev",
+    "/run/modprobe.d",
+    "/run/sysctl.d",
+    "/run/binfmt.d",
+    "/run/tmpfiles.d",
+    "/run/modules-load.d",
+    "/var/lib/extensions",
+    "/var/lib/confexts",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/var/lib/kubelet",
+    "/var/lib/rancher",
+    "/run/containerd",
+    "/run/containers",
+    "/run/k3s",
     "/root/.ssh",
     "/root/.profile",
     "/root/.bashrc",
@@ -212,8 +233,24 @@ fn homes(passwd: &str) -> Vec<&Path> {
 
 /// Built-in directories whose entries the identity resolution does not enumerate (for other
 /// names and mount points made before the load): too big to read on every reload.
-pub(super) const NOT_ENUMERATED: [&str; 9] = [
-    "/usr", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot",
+pub(super) const NOT_ENUMERATED: [&str; 17] = [
+    "/usr",
+    "/opt",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/var/lib/docker",
+    "/var/lib/containerd",
+    "/var/lib/containers",
+    "/var/lib/kubelet",
+    "/var/lib/rancher",
+    "/run/containerd",
+    "/run/containers",
+    "/run/k3s",
 ];
 
 /// [`LOGIN_FILES`] that are package caches and toolchains (tens of thousands of entries on a
