@@ -468,6 +468,20 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out after 10 s waiting for {what}");
 }
 
+/// Deny (as bob) the approval the request under test will be held for, once it is the one
+/// pending.
+fn deny_when_held(approvals: &Arc<Approvals>) -> tokio::task::JoinHandle<()> {
+    let approvals = approvals.clone();
+    tokio::spawn(async move {
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    })
+}
+
 /// Escalations reach humans: a held request's approval request goes through the event
 /// pipeline to the `--notify-webhook` notifier, which posts a Slack-compatible message (to a
 /// real HTTP receiver) within a second, with the id and the commands that decide it.
@@ -1393,15 +1407,7 @@ async fn an_approved_preauthorization_lets_the_retry_through() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(h.approvals.list().is_empty());
     // A different amount is a different action.
-    let approvals = h.approvals.clone();
-    tokio::spawn(async move {
-        until("the request to be held for approval", || {
-            approvals.list().len() == 1
-        })
-        .await;
-        let id = approvals.list()[0].id.clone();
-        approvals.deny(&id, "bob", "no").unwrap();
-    });
+    deny_when_held(&h.approvals);
     assert_eq!(h.send(me, refund(501)).await.status, StatusCode::FORBIDDEN);
 }
 
@@ -1518,15 +1524,7 @@ rules:
             "approved at https's port",
         ),
     ] {
-        let approvals = h.approvals.clone();
-        let denier = tokio::spawn(async move {
-            until("the request to be held for approval", || {
-                approvals.list().len() == 1
-            })
-            .await;
-            let id = approvals.list()[0].id.clone();
-            approvals.deny(&id, "bob", "no").unwrap();
-        });
+        let denier = deny_when_held(&h.approvals);
         let r = h.send(me, transfer(query, account, body)).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{what}: {}", r.body);
         denier.await.unwrap();
@@ -1600,15 +1598,7 @@ rules:
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // At another server: held (denied here).
-    let approvals = h.approvals.clone();
-    let denier = tokio::spawn(async move {
-        until("the call to be held for approval", || {
-            approvals.list().len() == 1
-        })
-        .await;
-        let id = approvals.list()[0].id.clone();
-        approvals.deny(&id, "bob", "no").unwrap();
-    });
+    let denier = deny_when_held(&h.approvals);
     let before = forwarded();
     let r = h
         .send(me, call_at("api.payments.example", deploy(3, "staging")))
@@ -1616,15 +1606,7 @@ rules:
     assert!(r.body.to_string().contains("denied by bob"), "{}", r.body);
     denier.await.unwrap();
     // At the server's other port than the one approved: held too.
-    let approvals = h.approvals.clone();
-    let denier = tokio::spawn(async move {
-        until("the call to be held for approval", || {
-            approvals.list().len() == 1
-        })
-        .await;
-        let id = approvals.list()[0].id.clone();
-        approvals.deny(&id, "bob", "no").unwrap();
-    });
+    let denier = deny_when_held(&h.approvals);
     let r = h
         .send(me, call_at("mcp.search.example", deploy(6, "canary")))
         .await;

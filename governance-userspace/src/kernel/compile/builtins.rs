@@ -83,18 +83,9 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// containers' files: their images' layers and root filesystems, and pods' volumes (what the
 /// next `kubectl exec`, probe or restart runs there, in that container's cgroup; red team round
 /// 8). Agents may not write, create, truncate or name anything there unless a policy allows
-/// system files.
-pub(super) const SYSTEM_FILES: [&str; 38] = [
+/// system files. (With the big directories of [`NOT_ENUMERATED`].)
+pub(super) const SYSTEM_FILES: [&str; 21] = [
     "/etc",
-    "/usr",
-    "/opt",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/boot",
     "/var/spool/cron",
     "/var/spool/at",
     "/var/lib/dpkg/info",
@@ -107,14 +98,6 @@ pub(super) const SYSTEM_FILES: [&str; 38] = [
     "/run/modules-load.d",
     "/var/lib/extensions",
     "/var/lib/confexts",
-    "/var/lib/docker",
-    "/var/lib/containerd",
-    "/var/lib/containers",
-    "/var/lib/kubelet",
-    "/var/lib/rancher",
-    "/run/containerd",
-    "/run/containers",
-    "/run/k3s",
     "/root/.ssh",
     "/root/.profile",
     "/root/.bashrc",
@@ -215,6 +198,11 @@ pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<P
     files
 }
 
+/// Every system file: [`SYSTEM_FILES`] and [`NOT_ENUMERATED`].
+fn system_files() -> impl Iterator<Item = &'static str> {
+    SYSTEM_FILES.iter().chain(&NOT_ENUMERATED).copied()
+}
+
 /// The homes that get [`LOGIN_FILES`]: root's, and each home directory `passwd` names, once
 /// each, in its order, at most [`MAX_HOMES`], but for homes inside [`SYSTEM_FILES`] (`/bin`,
 /// `/usr/sbin`: covered whole already). Root's is `/root` whatever `passwd` says (a node image
@@ -224,15 +212,16 @@ fn homes(passwd: &str) -> Vec<&Path> {
     std::iter::once("/root")
         .chain(passwd.lines().filter_map(|l| l.split(':').nth(5)))
         .filter(|h| h.starts_with('/'))
-        .filter(|h| !SYSTEM_FILES.iter().any(|s| Path::new(h).starts_with(s)))
+        .filter(|h| !system_files().any(|s| Path::new(h).starts_with(s)))
         .filter(|h| seen.insert(*h))
         .take(MAX_HOMES)
         .map(Path::new)
         .collect()
 }
 
-/// Built-in directories whose entries the identity resolution does not enumerate (for other
-/// names and mount points made before the load): too big to read on every reload.
+/// The system files in directories too big to read on every reload: [`SYSTEM_FILES`] too, but
+/// their entries are not enumerated by the identity resolution (for other names and mount
+/// points made before the load). The installed software, and the other containers' storage.
 pub(super) const NOT_ENUMERATED: [&str; 17] = [
     "/usr",
     "/opt",
@@ -336,7 +325,7 @@ pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<Pa
             denied.extend(KERNEL_SETTINGS.iter().map(PathBuf::from));
         }
         if relaxed & allow::SYSTEM_FILES == 0 {
-            denied.extend(SYSTEM_FILES.iter().map(PathBuf::from));
+            denied.extend(system_files().map(PathBuf::from));
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
             denied.extend(login_files(&passwd, Path::exists));
         }
