@@ -608,7 +608,7 @@ impl Engine {
 
     /// The decision of a TCP/UDP connection to `port` when it is the same for every address
     /// (no enforcing `network` rule of the agent that covers the port and protocol names
-    /// addresses before one that names none, or the default posture): what the proxy knows
+    /// addresses: the first that names none, or the default posture): what the proxy knows
     /// without resolving a name. None: the decision depends on the address. Sequence rules are
     /// not consulted (as for the proxy's own connects: they decide by host, `then.http`).
     pub fn network_without_address(
@@ -622,6 +622,10 @@ impl Engine {
             .by_kind
             .get(&Kind::Network)
             .map_or(&[][..], Vec::as_slice);
+        // Any enforcing rule that names addresses and covers the port may decide (a rule ranks
+        // by the prefix that matched: `Engine::decide_armed`), so the address is needed;
+        // otherwise the first rule that names none, or the default.
+        let mut first = None;
         for &i in rules {
             let rule = self.rule(i);
             let Matcher::Network {
@@ -642,9 +646,12 @@ impl Engine {
             if !nets.is_empty() {
                 return None;
             }
-            return Some(self.apply(i, &view.agent, now, false));
+            first = first.or(Some(i));
         }
-        Some(self.default(view.defaults.get(&Kind::Network), Kind::Network))
+        Some(match first {
+            Some(i) => self.apply(i, &view.agent, now, false),
+            None => self.default(view.defaults.get(&Kind::Network), Kind::Network),
+        })
     }
 
     /// Whether a rule of the agent names `host` (lowercase): an `http` rule for that host or
@@ -685,6 +692,22 @@ impl Engine {
             None => (view.by_kind.get(&kind).map_or(&[], Vec::as_slice), &[], &[]),
         };
         let candidates = first.iter().chain(suffix).chain(any_host).copied();
+        // Network rules rank by the prefix and port range that matched, not by the rule's
+        // broadest (as the kernel's entries do, one per prefix and range).
+        if let Action::Network { addr, port, .. } = action {
+            let mut matched: Vec<(usize, [u32; 4])> = candidates
+                .filter(|&i| matches(self.rule(i), action, ""))
+                .filter_map(|i| Some((i, self.rule(i).matcher.specificity_at(*addr, *port)?)))
+                .collect();
+            matched.sort_by(|(a, sa), (b, sb)| {
+                sb.cmp(sa)
+                    .then(self.rule(*b).verdict.cmp(&self.rule(*a).verdict))
+                    .then(a.cmp(b))
+            });
+            return self.decide_among(view, kind, matched.into_iter().map(|(i, _)| i), now, |_| {
+                true
+            });
+        }
         let path = match action {
             Action::Http(r) => match_path(&r.path),
             _ => std::borrow::Cow::Borrowed(""),

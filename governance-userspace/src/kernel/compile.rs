@@ -529,11 +529,17 @@ fn compile_with(
                     } else {
                         ports.clone()
                     };
+                    // Each entry ranks by its own prefix and range, not by the rule's broadest
+                    // (as the engine does: `Matcher::specificity_at`).
                     for (bits, addr) in targets {
-                        for (lo, hi) in &ranges {
+                        for &(lo, hi) in &ranges {
+                            let ranked = Ranked {
+                                specificity: crate::policy::network_specificity(bits, (lo, hi)),
+                                ..ranked
+                            };
                             rules
                                 .net
-                                .push((bits, addr, ranked, *lo, *hi, proto, *via_proxy));
+                                .push((bits, addr, ranked, lo, hi, proto, *via_proxy));
                         }
                     }
                 }

@@ -204,12 +204,10 @@ impl Condition {
         for step in &self.path {
             v = match (step, v) {
                 (Step::Key(k), Value::Object(map)) => {
-                    let other = map
-                        .keys()
-                        .find(|x| x.as_str() != k && x.eq_ignore_ascii_case(k));
+                    let other = map.keys().find(|x| x.as_str() != k && alike(x, k));
                     if let Some(other) = other {
                         return Some(format!(
-                            "`{}`: the body has the key `{other}`, which frameworks that match names case-insensitively read as `{k}`",
+                            "`{}`: the body has the key `{other}`, which frameworks that match names loosely (in any case, without `_` or `-`) read as `{k}`",
                             self.path()
                         ));
                     }
@@ -265,9 +263,13 @@ impl Condition {
             if numeric {
                 match v {
                     Value::Number(n) => {
-                        if let Num::Int(i) = Num::of(n)
-                            && i.unsigned_abs() > MAX_SAFE_INTEGER
-                        {
+                        // An integer past 2^64 is a float to the parser: a whole one that
+                        // large is an integer to Python and pydantic (red team round 9).
+                        let beyond = match Num::of(n) {
+                            Num::Int(i) => i.unsigned_abs() > MAX_SAFE_INTEGER,
+                            Num::Float(f) => f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64,
+                        };
+                        if beyond {
                             return Some(format!("`{path}` is {n}, {BEYOND_SAFE}"));
                         }
                     }
@@ -523,6 +525,32 @@ fn order(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     }
 }
 
+/// The ASCII letter whose case a character outside ASCII is: the Kelvin sign (k), the long s
+/// (S), the dotless i (I) and the capital I with a dot (i). Routers and binders that ignore
+/// case read them as those letters.
+pub fn ascii_case_of(c: char) -> Option<char> {
+    match c {
+        '\u{212a}' => Some('k'),
+        '\u{17f}' => Some('s'),
+        '\u{131}' | '\u{130}' => Some('i'),
+        _ => None,
+    }
+}
+
+/// Whether two names are one to the binders that match names the most loosely: in any case
+/// ([`ascii_case_of`] included: Go's `encoding/json` folds the Kelvin sign to `k`, .NET's
+/// case-insensitive binding the long s to `S`; red team round 9), and with `_` and `-` ignored
+/// (Go's `case:ignore`, camelCase alias generators: `dryRun` is `dry_run`).
+pub fn alike(a: &str, b: &str) -> bool {
+    let loose = |s: &str| {
+        s.chars()
+            .filter(|c| !matches!(c, '_' | '-'))
+            .map(|c| ascii_case_of(c).unwrap_or(c.to_ascii_lowercase()))
+            .collect::<Vec<char>>()
+    };
+    loose(a) == loose(b)
+}
+
 /// A number, exact for integers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Num {
@@ -752,6 +780,37 @@ mod tests {
         assert!(c(r#"$.currency matches "u*""#).eval(&doc));
         assert!(c(r#"$.meta["a b"] exists"#).eval(&doc));
         assert!(c("$ exists").eval(&doc));
+    }
+
+    /// Red team round 9: what binders read as the rule's key (Go folds the Kelvin sign and
+    /// the long s, alias generators drop `_`), integers past 2^64 (floats to the parser, exact
+    /// integers to Python), and decimals just past a bound (rounded to it by a fast parser).
+    #[test]
+    fn loose_names_huge_integers_and_close_decimals() {
+        let age = c("$.customer_age_days < 7");
+        for body in [
+            r#"{"customer_age_days": 400, "customer_age_day\u017f": 1}"#,
+            r#"{"customer_age_days": 400, "CUSTOMER_AGE_DAY\u017f": 1}"#,
+            r#"{"customer_age_days": 400, "customerAgeDays": 1}"#,
+            r#"{"customer_age_days": 400, "customer-age-days": 1}"#,
+            r#"{"cu\u017ftomer_age_days": 1}"#,
+        ] {
+            let doc: Value = serde_json::from_str(body).unwrap();
+            assert!(age.ambiguity(&doc).is_some(), "{body}");
+        }
+        let plain: Value = serde_json::from_str(r#"{"customer_age_days": 400}"#).unwrap();
+        assert_eq!(age.ambiguity(&plain), None);
+        let id = c("$.account_id == 18446744073709551616");
+        let huge: Value = serde_json::from_str(r#"{"account_id": 18446744073709551617}"#).unwrap();
+        assert!(id.ambiguity(&huge).is_some());
+        let small = c("$.amount <= 100");
+        let close: Value = serde_json::from_str(r#"{"amount": 100.00000000000001}"#).unwrap();
+        assert!(
+            !small.eval(&close),
+            "read as above 100, as Python and JavaScript read it"
+        );
+        assert!(alike("dry_run", "DryRun") && !alike("dry_run", "dry_runs"));
+        assert!(alike("task", "tas\u{212a}") && alike("id", "\u{131}d"));
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl IpNet {
         }
     }
 
-    pub(super) fn prefix128(&self) -> u32 {
+    pub fn prefix128(&self) -> u32 {
         u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 }
     }
 
@@ -242,6 +242,35 @@ impl Matcher {
         }
     }
 
+    /// The specificity of a network rule where it matched `addr` and `port`: that of its
+    /// longest prefix holding the address and its narrowest range holding the port (a rule
+    /// listing `10.20.0.5/32` beside `10.0.0.0/8` is a /32 rule at 10.20.0.5, not a /8 one;
+    /// red team round 9). None if it does not match them; the rule's [`Self::specificity`] for
+    /// other kinds.
+    pub fn specificity_at(&self, addr: IpAddr, port: u16) -> Option<[u32; 4]> {
+        let Matcher::Network { nets, ports, .. } = self else {
+            return Some(self.specificity());
+        };
+        let prefix = if nets.is_empty() {
+            0
+        } else {
+            nets.iter()
+                .filter(|n| n.contains(addr))
+                .map(|n| n.prefix128())
+                .max()?
+        };
+        let range = if ports.is_empty() {
+            (0, u16::MAX)
+        } else {
+            ports
+                .iter()
+                .copied()
+                .filter(|(lo, hi)| (*lo..=*hi).contains(&port))
+                .min_by_key(|(lo, hi)| hi - lo)?
+        };
+        Some(network_specificity(prefix, range))
+    }
+
     /// Specificity, compared lexicographically; higher wins. See docs/policy.md, precedence.
     pub(super) fn specificity(&self) -> [u32; 4] {
         let path = |p: &PathMatch| match p {
@@ -259,12 +288,12 @@ impl Matcher {
             }
             Matcher::Network { nets, ports, .. } => {
                 let prefix = nets.iter().map(|n| n.prefix128()).min().unwrap_or(0);
-                let narrow = ports
+                let range = ports
                     .iter()
-                    .map(|(a, b)| 65536 - (u32::from(*b) - u32::from(*a) + 1))
-                    .min()
-                    .unwrap_or(0);
-                [prefix, narrow, 0, 0]
+                    .copied()
+                    .max_by_key(|(a, b)| b - a)
+                    .unwrap_or((0, u16::MAX));
+                network_specificity(prefix, range)
             }
             Matcher::Http(h) => {
                 let host = match &h.host {
@@ -418,4 +447,11 @@ impl PolicySet {
             .map(|p| &**p)
             .filter(|p| p.selector.pod.is_some())
     }
+}
+
+/// The specificity of a network rule's entry for a prefix of `prefix128` bits (IPv4 as
+/// IPv4-mapped: 96 + its length; 0 for every address) and a port range: the longer prefix,
+/// then the narrower range, wins (docs/policy.md, precedence).
+pub fn network_specificity(prefix128: u32, (lo, hi): (u16, u16)) -> [u32; 4] {
+    [prefix128, 65536 - (u32::from(hi) - u32::from(lo) + 1), 0, 0]
 }

@@ -794,7 +794,11 @@ fn carried_field<'r>(route: &'r BodyRoute<'_>, pairs: &str) -> Option<&'r str> {
         let names = field_names(&name);
         fields
             .iter()
-            .find(|f| names.iter().any(|n| f.eq_ignore_ascii_case(n.trim())))
+            .find(|f| {
+                names
+                    .iter()
+                    .any(|n| crate::policy::cond::alike(f, n.trim()))
+            })
             .copied()
     })
 }

@@ -285,12 +285,6 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// The characters outside ASCII whose simple upper or lower case is an ASCII letter: the
-/// Kelvin sign (k), the long s (S), the dotless i (I) and the capital I with a dot (i).
-fn folds_to_ascii(c: char) -> bool {
-    matches!(c, '\u{212a}' | '\u{17f}' | '\u{131}' | '\u{130}')
-}
-
 /// See the module documentation. Borrowed when the path is already normal.
 pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     if !raw.starts_with('/') {
@@ -314,7 +308,10 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     // `equalsIgnoreCase`) reads `/v1/tas%E2%84%AAs` (the Kelvin sign) as `/v1/tasks`, which
     // no path rule names (red team round 7).
     let check_run = |run: &mut Vec<u8>| {
-        let text = std::str::from_utf8(run).map(|t| t.chars().any(folds_to_ascii));
+        let text = std::str::from_utf8(run).map(|t| {
+            t.chars()
+                .any(|c| crate::policy::cond::ascii_case_of(c).is_some())
+        });
         run.clear();
         match text {
             Ok(false) => Ok(()),

@@ -892,6 +892,56 @@ async fn held_requests_are_bounded_and_withdrawn_when_the_client_leaves() {
     h.assert_no_panics();
 }
 
+/// The unspecified address is the loopback to the kernel (a connect to `0.0.0.0` reaches
+/// 127.0.0.1), and to the proxy's decisions too: a request to `0.0.0.0` or `[::ffff:0.0.0.0]`
+/// through the proxy meets the rules of the loopback (red team round 9: it went past a rule
+/// blocking the node's loopback services).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unspecified_address_is_decided_as_the_loopback() {
+    let up = upstream("docker-api").await;
+    let other = upstream("open").await;
+    let yaml = format!(
+        r#"
+name: loopback
+agents: {{ cgroup: agents/loopback }}
+rules:
+  - {{ id: local-api, network: {{ cidr: 127.0.0.0/8, ports: {} }}, verdict: block, reason: the node's local API }}
+"#,
+        up.addr.port()
+    );
+    let h = start(config(), parse(&yaml), Limits::default()).await;
+    let me = h.agent("agents/loopback", None, None);
+    let get = |url: String| Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let port = up.addr.port();
+    for url in [
+        format!("http://0.0.0.0:{port}/containers/json"),
+        format!("http://[::ffff:0.0.0.0]:{port}/containers/json"),
+        format!("http://127.0.0.1:{port}/containers/json"),
+    ] {
+        let r = h.send(me, get(url.clone())).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{url}: {}", r.body);
+        assert_eq!(r.body["rule"], "loopback/local-api", "{url}");
+    }
+    let r = h
+        .raw(
+            me,
+            format!("CONNECT 0.0.0.0:{port} HTTP/1.1\r\nHost: 0.0.0.0:{port}\r\n\r\n").as_bytes(),
+        )
+        .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    assert!(
+        up.seen.lock().unwrap().is_empty(),
+        "nothing reached the blocked service"
+    );
+    // Control: the loopback's other ports, by the same spelling, are reached.
+    let r = h
+        .send(me, get(format!("http://0.0.0.0:{}/x", other.addr.port())))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["upstream"], "open");
+    h.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicit_proxy_absolute_form_and_connect() {
     let up = upstream("payments").await;

@@ -234,10 +234,10 @@ impl Upstream {
     /// literal, the static override, or a cached answer. None: it would take a lookup.
     pub fn resolve_local(&self, host: &str) -> Option<Result<Arc<[IpAddr]>, ResolveError>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
-            return Some(Ok(Arc::from([ip])));
+            return Some(Ok(Arc::from([connected(ip)])));
         }
         if let Some(list) = self.overrides.get(host) {
-            return Some(Ok(Arc::from(list.as_slice())));
+            return Some(Ok(list.iter().copied().map(connected).collect()));
         }
         let err = |why: String| ResolveError {
             host: host.to_owned(),
@@ -253,7 +253,8 @@ impl Upstream {
         }
     }
 
-    /// The addresses of `host` (lowercase): an IP literal, the static override, or DNS.
+    /// The addresses of `host` (lowercase): an IP literal, the static override, or DNS; each
+    /// as the kernel connects to it ([`connected`]).
     pub async fn resolve(&self, host: &str) -> Result<Arc<[IpAddr]>, ResolveError> {
         if let Some(known) = self.resolve_local(host) {
             return known;
@@ -277,7 +278,7 @@ impl Upstream {
             Err(_) => Err("lookup timed out".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Ok(Ok(addrs)) => {
-                let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip().to_canonical()).collect();
+                let mut ips: Vec<IpAddr> = addrs.map(|a| connected(a.ip())).collect();
                 ips.dedup();
                 if ips.is_empty() {
                     Err("no addresses".into())
@@ -337,5 +338,18 @@ impl Upstream {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// The address the kernel connects to for `ip`: IPv4-mapped addresses as IPv4, and the
+/// unspecified address as the loopback (`ip_route_output_key_hash_rcu`, `tcp_v6_connect`), as
+/// the kernel's programs decide an agent's own connect (net.rs). Decided on as written, a
+/// request to `0.0.0.0` went past a rule blocking `127.0.0.0/8` to the node's loopback
+/// services (red team round 9).
+pub(super) fn connected(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
     }
 }

@@ -681,6 +681,62 @@ fn via_proxy_rules_are_enforced_and_gaps_are_reported() {
 /// What the kernel's `net_decision` finds in class `c` for `addr:port` over `protocol`: the
 /// enforcing entry of the longest prefix that covers the address whose ports and protocol
 /// match (None: the class's default decides).
+/// A network rule listing several prefixes or ranges ranks, at each, by that prefix and range,
+/// as the engine decides (red team round 9: a rule blocking `[10.20.0.5/32, 10.0.0.0/8]` ranked
+/// as a /8 rule everywhere, and a /16 allow beat its /32 block); the kernel's lookup and the
+/// engine agree at every address and port.
+#[test]
+fn a_rule_s_prefixes_and_ranges_each_rank_by_their_own_length() {
+    let yaml = "name: p\nagents: { label: bot }\nrules:\n\
+         \x20 - { id: internal, network: { cidr: [10.20.0.5/32, 10.0.0.0/8] }, verdict: block, reason: r }\n\
+         \x20 - { id: apps, network: { cidr: 10.20.0.0/16 }, verdict: allow, reason: r }\n\
+         \x20 - { id: db, network: { cidr: 192.168.0.0/16, ports: [5432, 1024-65535] }, verdict: block, reason: r }\n\
+         \x20 - { id: web, network: { cidr: 192.168.0.0/16, ports: 5000-5500 }, verdict: allow, reason: r }\n";
+    let set = parse(&[("p.yaml".into(), yaml.into())]).unwrap();
+    let k = compile(&set, &[agent(0, "x", Some("bot"))], 2, &protect());
+    let engine = crate::engine::Engine::new(set.clone(), 2);
+    let view = engine.agent(&crate::engine::AgentRef {
+        name: "x".into(),
+        cgroup: "x".into(),
+        label: Some("bot".into()),
+        pod: None,
+    });
+    for (addr, port, want) in [
+        ("10.20.0.5", 8200, Some("internal")),
+        ("10.20.1.1", 8200, Some("apps")),
+        ("10.99.0.1", 80, Some("internal")),
+        ("192.168.1.1", 5432, Some("db")),
+        ("192.168.1.1", 5100, Some("web")),
+        ("192.168.1.1", 6000, Some("db")),
+        ("172.16.0.1", 80, None),
+    ] {
+        let rule =
+            net_lookup(&k.classes[0], addr, port, proto::TCP).map(|e| e.rule.rule_id & 0xffff);
+        // Rule ids in the kernel: the rule's place in the document, from 1.
+        let id = |name: &str| match name {
+            "internal" => 1,
+            "apps" => 2,
+            "db" => 3,
+            _ => 4,
+        };
+        assert_eq!(rule, want.map(id), "kernel: {addr}:{port}");
+        let d = engine.decide(
+            &view,
+            &crate::engine::Action::Network {
+                addr: addr.parse().unwrap(),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            std::time::Instant::now(),
+        );
+        assert_eq!(
+            d.rule.as_deref(),
+            want.map(|w| format!("p/{w}")).as_deref(),
+            "engine: {addr}:{port}"
+        );
+    }
+}
+
 fn net_lookup(c: &Class, addr: &str, port: u16, protocol: u8) -> Option<NetEntry> {
     let ip = match addr.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => a.to_ipv6_mapped(),
