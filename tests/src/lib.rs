@@ -235,7 +235,9 @@ pub enum Attempt {
     IoctlCompat { path: CString, cmd: u64, byte: u8 },
     /// fcntl(pipe's read end, F_SETOWN, pid); pid 0 means the process itself.
     SetOwn { pid: i32 },
-    /// The red team's terminal SIGIO: fd = open(slave, O_RDWR | O_NOCTTY | O_NONBLOCK), its
+    /// The red team's terminal SIGIO: `tty`, an inherited descriptor of a pty's slave (as an
+    /// agent started from a terminal holds it; an agent may not open a terminal another
+    /// session holds, see `guard::OTHER_TERMINAL`), opened O_RDWR | O_NOCTTY | O_NONBLOCK, its
     /// input flushed (`tcflush(TCIFLUSH)`), fcntl(fd, F_SETSIG, sig), then asynchronous notification on (`ioctl(FIOASYNC)` when
     /// `fioasync`, else `fcntl(F_SETFL, O_ASYNC)`: the terminal makes its foreground group the
     /// file's owner), then "x\n" written to `master` (an inherited descriptor of the pty's
@@ -243,7 +245,7 @@ pub enum Attempt {
     /// descriptor is held until the input is readable and the line discipline is done with it
     /// (the signal was tried; a second flush), then exit 0; 96 when no input came in 20 s.
     TtySigio {
-        slave: CString,
+        tty: i32,
         master: i32,
         sig: i32,
         fioasync: bool,
@@ -1064,18 +1066,12 @@ pub fn run_in_namespaces(
                     check(libc::fcntl(fds[0], libc::F_SETOWN, owner).into());
                 }
                 Attempt::TtySigio {
-                    slave,
+                    tty: fd,
                     master,
                     sig,
                     fioasync,
                 } => {
-                    let fd = libc::open(
-                        slave.as_ptr(),
-                        libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK,
-                    );
-                    if fd < 0 {
-                        libc::_exit(98);
-                    }
+                    let fd = *fd;
                     // A readable terminal below must mean this attempt's own input.
                     check(libc::tcflush(fd, libc::TCIFLUSH).into());
                     // F_SETSIG (10): not in the libc crate for glibc.

@@ -2000,17 +2000,16 @@ fn proc_state(pid: u32) -> char {
 /// terminal's foreground group becomes the file's owner), says `ready`, and holds it until its
 /// stdin ends.
 const ARM_SIGIO: &str = "import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+fd = int(sys.argv[1])
 fcntl.fcntl(fd, 10, int(sys.argv[2]))
 fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
 print('ready', flush=True)
 sys.stdin.read()
 ";
 
-/// Input for the terminal `slave` (written to its `master`), waited for until the line
-/// discipline is done with it: readable, then a flush, which waits for the receive (and the
-/// SIGIO it raises) to end, and empties it.
-fn raise_tty_input(master: i32, slave: &std::ffi::CString) {
+/// A descriptor of the terminal `slave` (O_RDWR | O_NOCTTY | O_NONBLOCK), opened here, outside
+/// every agent, and inherited by the processes the test starts (no O_CLOEXEC).
+fn open_tty(slave: &std::ffi::CString) -> i32 {
     let fd = unsafe {
         libc::open(
             slave.as_ptr(),
@@ -2018,6 +2017,14 @@ fn raise_tty_input(master: i32, slave: &std::ffi::CString) {
         )
     };
     assert!(fd >= 0, "open {slave:?}");
+    fd
+}
+
+/// Input for the terminal `slave` (written to its `master`), waited for until the line
+/// discipline is done with it: readable, then a flush, which waits for the receive (and the
+/// SIGIO it raises) to end, and empties it.
+fn raise_tty_input(master: i32, slave: &std::ffi::CString) {
+    let fd = open_tty(slave);
     assert_eq!(unsafe { libc::write(master, b"x\n".as_ptr().cast(), 2) }, 2);
     let mut pfd = libc::pollfd {
         fd,
@@ -2084,13 +2091,17 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
         ),
     ] {
         println!("redteam: tried {case}");
+        // The terminal handed to the agent (inherited), as an agent started from a shell's
+        // terminal holds it: an agent may not open it by its name (`OTHER_TERMINAL`).
+        let tty = open_tty(&slave);
         let attempt = Attempt::TtySigio {
-            slave: slave.clone(),
+            tty,
             master,
             sig,
             fioasync,
         };
         let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+        unsafe { libc::close(tty) };
         // Arming passes (the agent may use SIGIO itself); the signal outside does not.
         assert_eq!(outcome, Outcome::Exited(0), "{case}: in the agent");
         let ev = k.event_where(|e| {
@@ -2115,13 +2126,15 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
         let (m, s) = pty();
         // `spawn` returns after the exec: it holds the terminal by then.
         let mut own = tty_foreground(&s);
+        let tty = open_tty(&s);
         let attempt = Attempt::TtySigio {
-            slave: s,
+            tty,
             master: m,
             sig,
             fioasync,
         };
         let (pid, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
+        unsafe { libc::close(tty) };
         assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
         assert!(killed_or_stopped(&mut own), "{case}: control's signal");
         assert!(
@@ -6410,12 +6423,16 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
         governance_tests::wait_until("the victim to sleep", Duration::from_secs(20), || {
             proc_state(victim.id()) == 'S'
         });
+        // The terminal handed to the process (inherited), as in
+        // `sigio_of_files_agents_armed_reaches_no_process_outside`.
+        let tty = open_tty(&slave);
         let mut cmd = governance_tests::command_in(
             Some(cgroup),
             "/usr/bin/python3",
-            &["-c", ARM_SIGIO, slave.to_str().unwrap(), "9"],
+            &["-c", ARM_SIGIO, &tty.to_string(), "9"],
         );
         let holder = governance_tests::spawn_ready(&mut cmd, what);
+        unsafe { libc::close(tty) };
         (master, slave, victim, holder)
     };
     let sigio = armed(&fx.agent.path, "the agent's armed terminal");
