@@ -53,6 +53,12 @@ pub const SYS_PTRACE: u32 = 19;
 pub const SYS_PACCT: u32 = 20;
 pub const SYS_ADMIN: u32 = 21;
 pub const SYS_BOOT: u32 = 22;
+/// [`crate::Event::detail`] of a capability event for a refused io_uring personality (no
+/// capability has this number).
+pub const URING_PERSONALITY: u8 = 255;
+/// [`crate::Event::detail`] of a capability event for a refused io_uring polling thread.
+pub const URING_SQPOLL: u8 = 254;
+
 pub const SYS_NICE: u32 = 23;
 pub const SYS_RESOURCE: u32 = 24;
 pub const SYS_TIME: u32 = 25;

@@ -141,6 +141,7 @@ pub const SEMCTL: Program = lsm("sem_semctl", "System V IPC of others");
 
 pub const CAPABLE: Program = lsm("capable", "capabilities agents never get");
 pub const URING_CREDS: Program = lsm("uring_override_creds", "io_uring personalities");
+pub const URING_SQPOLL: Program = lsm("uring_sqpoll", "io_uring polling threads");
 pub const SB_MOUNT: Program = lsm("sb_mount", "mount");
 pub const SB_UMOUNT: Program = lsm("sb_umount", "umount");
 pub const SB_REMOUNT: Program = lsm("sb_remount", "remount");
@@ -238,7 +239,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 71] = [
+pub const ALL: [Program; 72] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -285,6 +286,7 @@ pub const ALL: [Program; 71] = [
     HELD_FILE_FREE,
     CAPABLE,
     URING_CREDS,
+    URING_SQPOLL,
     SB_MOUNT,
     SB_UMOUNT,
     SB_REMOUNT,

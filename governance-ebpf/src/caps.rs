@@ -8,7 +8,10 @@
 //! the capabilities of `governance_common::caps::REFUSED` to every task of an agent (see there
 //! for why each), whatever its uid, unless the policy gives one back (`allow_capabilities`).
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
-use governance_common::{Kind, allow, caps};
+use governance_common::{
+    Kind, allow, caps,
+    caps::{URING_PERSONALITY, URING_SQPOLL},
+};
 
 use crate::{
     decide::{Decision, current_agent, emit, lsm_ret},
@@ -17,10 +20,6 @@ use crate::{
 
 /// `task_struct.flags`: an io_uring worker (io-wq or SQPOLL thread; include/linux/sched.h).
 const PF_IO_WORKER: u32 = 0x10;
-
-/// [`governance_common::Event::detail`] of a refused io_uring personality (no capability has
-/// this number).
-const URING_PERSONALITY: u8 = 255;
 
 /// Is `cred` the current task's own for the capability hook: its `real_cred`, or any
 /// credentials at all in an io_uring worker? True if unreadable (decide: fail closed).
@@ -104,6 +103,26 @@ pub fn capable(ctx: LsmContext) -> i32 {
             ev.object = cap as u64;
         });
     }
+    lsm_ret(&d)
+}
+
+/// io_uring polling threads (`IORING_SETUP_SQPOLL`): refused to agents. The thread submits the
+/// requests of whoever writes the ring's shared memory, and is the process that made the ring
+/// to every hook (its tgid, its mark): a sandboxed process forked from it, or handed the ring,
+/// had its requests run as the unmarked maker's, outside its sandbox (red team round 10). A
+/// ring without the thread works as before (its requests are the submitter's, or its workers').
+#[lsm(hook = "uring_sqpoll")]
+pub fn uring_sqpoll(ctx: LsmContext) -> i32 {
+    // int uring_sqpoll(void)
+    let previous: i32 = ctx.arg(0);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let d = Decision::builtin(Kind::Capability, true);
+    emit(&agent, &d, |ev| ev.detail = URING_SQPOLL);
     lsm_ret(&d)
 }
 

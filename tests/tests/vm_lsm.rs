@@ -3824,6 +3824,22 @@ fn root_facilities_are_refused_to_agents() {
     assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
     assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
     println!("redteam: control {case}");
+    // An io_uring polling thread submits whoever's requests reach its ring, as the process
+    // that made it: refused to agents (red team round 10: a sandboxed child's requests ran as
+    // its unmarked parent's).
+    k.require("uring_sqpoll");
+    let case = "R10 an io_uring with a polling kernel thread (IORING_SETUP_SQPOLL)";
+    let sqpoll = Attempt::exec_args(Path::new(HELPER), &["redteam-helper", "uring-sqpoll"]);
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &sqpoll);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Capability), "{case}");
+    assert_eq!(ev.detail, caps::URING_SQPOLL, "{case}");
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &sqpoll);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
     // An io_uring worker runs a request under the credentials its submitter had when it queued
     // it, and has its own from when it was made: after any change of the submitter's
     // credentials (an unprivileged prctl(PR_SET_KEEPCAPS) makes new ones) the two differ, as
@@ -7813,7 +7829,6 @@ fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
             "uring-write",
             "uring-sendmsg",
             "uring-send-async",
-            "uring-send-sqpoll",
             "uring-splice",
             "aio-pwrite",
             "sendmmsg",
@@ -7828,6 +7843,15 @@ fn a_sandboxed_process_may_not_send_on_sockets_it_held() {
         works.contains(&("netlink".to_owned(), "send".to_owned())),
         "control: netlink send unsandboxed: {control:?}"
     );
+    // A polling thread is refused to every agent (`uring_sqpoll`): it would submit a sandboxed
+    // process's requests as its maker's.
+    for label in held {
+        assert_eq!(
+            control[&(label.to_string(), "uring-send-sqpoll".to_owned())],
+            "EPERM",
+            "an agent's SQPOLL ring: {control:?}"
+        );
+    }
     for label in held {
         let sent = works.iter().filter(|(l, _)| l == label).count();
         assert_eq!(

@@ -198,10 +198,13 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .into_iter()
         .chain(std::env::current_exe().ok())
         .collect(),
-        // The daemon's secrets: the audit log, the CA, the API's tokens and TLS key, and the
-        // exporters' and notifier's signing keys.
+        // The daemon's secrets: the audit log and the key that seals it (read, an agent could
+        // re-seal a rewritten log; replaced, the next start seals with its key: red team round
+        // 10), the CA, the API's tokens and TLS key, and the exporters' and notifier's signing
+        // keys.
         no_access: [
             Some(&args.audit_dir),
+            args.audit_signing_key.as_ref(),
             Some(&args.ca_dir),
             args.api_token_file.as_ref(),
             args.api_tokens.as_ref(),
@@ -212,8 +215,49 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .flatten()
         .cloned()
         .chain(crate::export::secret_files(&args.exports))
+        .chain(swap_files(
+            &crate::procfs::read_to_string("/proc/swaps").unwrap_or_default(),
+        ))
         .collect(),
     }
+}
+
+/// The swap files in use, from /proc/swaps (`Filename Type ...`, the name with `\ooo` escapes
+/// for spaces, tabs, newlines and backslashes): every process's swapped-out memory, the
+/// daemon's keys and tokens among it, is readable there by root with no capability (a swap
+/// partition is a block device, refused as raw storage; red team round 10).
+fn swap_files(proc_swaps: &str) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    proc_swaps
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (name, kind) = (fields.next()?, fields.next()?);
+            (kind == "file").then_some(name)
+        })
+        .map(|name| {
+            let b = name.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                let octal = b
+                    .get(i + 1..i + 4)
+                    .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+                match octal {
+                    Some(d) => {
+                        out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
+                        i += 4;
+                    }
+                    None => {
+                        out.push(b[i]);
+                        i += 1;
+                    }
+                }
+            }
+            PathBuf::from(std::ffi::OsString::from_vec(out))
+        })
+        .collect()
 }
 
 /// The directory the control socket is named in (see `super::control_socket_dir`).
@@ -313,6 +357,62 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Every secret the daemon is given is one agents may not read or write: the audit
+    /// log's signing key too (red team round 10: it was left out).
+    #[test]
+    fn every_secret_of_the_daemon_is_out_of_agents_reach() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: RunArgs,
+        }
+        let secrets = [
+            ("--audit-dir", "/s/audit"),
+            ("--audit-signing-key", "/s/audit-signing.key"),
+            ("--ca-dir", "/s/ca"),
+            ("--api-token-file", "/s/api-token"),
+            ("--notify-secret", "/s/notify.key"),
+        ];
+        // (`--notify-secret` goes with a webhook.)
+        let mut argv = vec![
+            "run",
+            "--policy",
+            "/p",
+            "--notify-webhook",
+            "http://127.0.0.1:9/",
+        ];
+        for (flag, path) in &secrets {
+            argv.extend([*flag, *path]);
+        }
+        let args = Cli::try_parse_from(argv).unwrap().args;
+        let protect = protect(
+            &args,
+            Path::new("/sys/fs/cgroup"),
+            Path::new("/sys/fs/bpf/g"),
+        );
+        for (flag, path) in secrets {
+            assert!(
+                protect.no_access.contains(&PathBuf::from(path)),
+                "{flag}: {:?}",
+                protect.no_access
+            );
+        }
+    }
+
+    #[test]
+    fn swap_files_are_read_from_proc_swaps() {
+        let swaps = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n\
+                     /swap.img                               file\t\t2097148\t\t0\t\t-2\n\
+                     /dev/sda3                               partition\t1048572\t\t0\t\t-3\n\
+                     /var/swap\\040file                       file\t\t1024\t\t0\t\t-4\n";
+        assert_eq!(
+            swap_files(swaps),
+            [PathBuf::from("/swap.img"), PathBuf::from("/var/swap file")]
+        );
+        assert!(swap_files("").is_empty());
     }
 
     /// Equal names are shared with the generation before; changed ones are not, and only the

@@ -80,8 +80,6 @@ impl GrantRequest {
     }
 }
 
-/// [`Event::detail`] of a capability event for a refused io_uring personality.
-const URING_PERSONALITY: u8 = 255;
 /// clone3's CLONE_INTO_CGROUP.
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -161,9 +159,13 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
             "held-file",
             "a sandboxed process writes files only through descriptors it opened under its profile",
         ),
-        Some(Kind::Capability) if ev.detail == URING_PERSONALITY => (
+        Some(Kind::Capability) if ev.detail == caps::URING_PERSONALITY => (
             "capability",
             "no io_uring personalities for agents (credentials other than their own)",
+        ),
+        Some(Kind::Capability) if ev.detail == caps::URING_SQPOLL => (
+            "capability",
+            "no io_uring polling threads for agents (they submit whoever's requests reach the ring)",
         ),
         Some(Kind::Capability) => ("capability", "a capability agents never get"),
         Some(Kind::Mount) => ("mount", "no mounts for agents"),
@@ -455,10 +457,10 @@ impl Record {
             }
             Some(Kind::Unix) => unix_object(ev, &mut object),
             Some(Kind::Capability) => {
-                let what = if ev.detail == URING_PERSONALITY {
-                    "io_uring personality".into()
-                } else {
-                    caps::name(u32::from(ev.detail)).to_owned()
+                let what = match ev.detail {
+                    caps::URING_PERSONALITY => "io_uring personality".into(),
+                    caps::URING_SQPOLL => "io_uring polling thread".into(),
+                    cap => caps::name(u32::from(cap)).to_owned(),
                 };
                 object.detail.insert("capability".into(), what);
             }

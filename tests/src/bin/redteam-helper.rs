@@ -17,6 +17,8 @@
 //! - `uring-personality`: register this process's credentials as an io_uring personality and
 //!   run a NOP under it; exits 0 when the NOP completes, 100 + errno when it is refused (the
 //!   tests' ERRNO_BASE convention), 2 when io_uring itself fails.
+//! - `uring-sqpoll`: set up an io_uring with a polling kernel thread (`IORING_SETUP_SQPOLL`);
+//!   exits 0 when it was made, 100 + errno when it was refused, 2 when io_uring itself fails.
 //! - `uring-after-keepcaps PATH`: open /dev/null by io_uring in a worker thread
 //!   (`IOSQE_ASYNC`), change this process's credentials (`prctl(PR_SET_KEEPCAPS)`), open
 //!   /dev/null there again (exits 3 if that fails), then PATH; exits 0 when PATH opened, 100 +
@@ -49,7 +51,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -250,6 +252,10 @@ fn main() {
             }
         }),
         ["uring-after-keepcaps", path] => std::process::exit(uring_after_keepcaps(path)),
+        ["uring-sqpoll"] => std::process::exit(match Ring::new(true) {
+            Ok(_) => 0,
+            Err(e) => e.raw_os_error().map_or(2, |errno| 100 + errno),
+        }),
         ["held-sends", ref fds @ ..] if !fds.is_empty() => {
             let fds: Vec<i32> = fds
                 .iter()
