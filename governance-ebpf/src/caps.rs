@@ -114,16 +114,7 @@ pub fn capable(ctx: LsmContext) -> i32 {
 #[lsm(hook = "uring_sqpoll")]
 pub fn uring_sqpoll(ctx: LsmContext) -> i32 {
     // int uring_sqpoll(void)
-    let previous: i32 = ctx.arg(0);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
-    let d = Decision::builtin(Kind::Capability, true);
-    emit(&agent, &d, |ev| ev.detail = URING_SQPOLL);
-    lsm_ret(&d)
+    refuse_uring(ctx.arg(0), URING_SQPOLL)
 }
 
 /// io_uring personalities: an agent may not run io_uring requests under credentials it
@@ -132,7 +123,13 @@ pub fn uring_sqpoll(ctx: LsmContext) -> i32 {
 #[lsm(hook = "uring_override_creds")]
 pub fn uring_override_creds(ctx: LsmContext) -> i32 {
     // int uring_override_creds(const struct cred *new)
-    let previous: i32 = ctx.arg(1);
+    refuse_uring(ctx.arg(1), URING_PERSONALITY)
+}
+
+/// An io_uring facility refused to agents (`previous`: the BPF programs' return before this
+/// one, never overturned), reported as a capability event with `marker` for its detail.
+#[inline(always)]
+fn refuse_uring(previous: i32, marker: u8) -> i32 {
     if previous != 0 {
         return previous;
     }
@@ -140,6 +137,6 @@ pub fn uring_override_creds(ctx: LsmContext) -> i32 {
         return 0;
     };
     let d = Decision::builtin(Kind::Capability, true);
-    emit(&agent, &d, |ev| ev.detail = URING_PERSONALITY);
+    emit(&agent, &d, |ev| ev.detail = marker);
     lsm_ret(&d)
 }
