@@ -1775,20 +1775,23 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         ),
     ]);
     let stat = format!("/proc/{}/stat", admin.id());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&stat)
-        .ok()
-        .and_then(|s| s.rsplit(')').next().map(str::to_owned))
-        .and_then(|s| s.split_whitespace().nth(4).map(str::to_owned))
-        .is_none_or(|tty| tty == "0")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the outside shell took {} as its controlling terminal within 10 s",
-            admin_slave.display()
-        );
-        std::thread::yield_now();
-    }
+    governance_tests::wait_until(
+        "the outside shell to take the pty as its controlling terminal",
+        Duration::from_secs(10),
+        || {
+            // tty_nr, the 5th field after the command's `)`.
+            std::fs::read_to_string(&stat)
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()?
+                        .split_whitespace()
+                        .nth(4)
+                        .map(str::to_owned)
+                })
+                .is_some_and(|tty| tty != "0")
+        },
+    );
     let ev = deny(
         &mut k,
         &fx,
