@@ -128,7 +128,11 @@ pub const MAX_IDENT_DEPTH: u32 = 128;
 /// 0 is the builds before the number was kept (no [`STATE_LAYOUT`] entry): the same types, but
 /// a sandbox mark was a class number that other agents' profiles shifted, so their marks are
 /// carried as a profile no generation has (the process then has every action refused).
-pub const RUNTIME_LAYOUT: u32 = 1;
+///
+/// 1 keyed a destination's grant on [`net_object`] alone and a file's on its path alone, which
+/// other destinations and other accesses share: its grants are not carried (what they
+/// approved is asked again).
+pub const RUNTIME_LAYOUT: u32 = 2;
 /// Index in [`maps::STATE`] of the active generation (0: none loaded yet).
 pub const STATE_GENERATION: u32 = 0;
 /// Index in [`maps::STATE`] of the build id of the object that pinned the maps.
@@ -1038,7 +1042,9 @@ pub struct Throttle {
     pub bucket: u64,
 }
 
-/// Key of [`maps::GRANTS`]: what an approved escalation lets through again.
+/// Key of [`maps::GRANTS`]: what an approved escalation lets through again. Built by
+/// [`GrantKey::new`] and its refinements in the kernel, and from the escalation's [`Event`] by
+/// [`GrantKey::of_event`] in the daemon, so that a grant is looked up exactly as it was asked.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GrantKey {
@@ -1046,11 +1052,73 @@ pub struct GrantKey {
     pub cgroup_id: u64,
     /// [`Kind`] as u8.
     pub kind: u8,
-    pub _pad: [u8; 7],
-    /// The object: (dev << 32 ^ ino) for exec, FNV-1a of the path for file, address and port
-    /// for connect; for unix, (dev << 32 ^ ino) of the socket file or the name's
+    /// File: the accesses the open asked for ([`Event::detail`]'s access bits: a grant to read
+    /// is not one to write); connect and send: the protocol; otherwise 0.
+    pub detail: u8,
+    /// Connect and send: the destination port; otherwise 0.
+    pub port: u16,
+    pub _pad: [u8; 4],
+    /// The object: (dev << 32 ^ ino) for exec, FNV-1a of the path for file, [`net_object`]
+    /// for connect and send; for unix, (dev << 32 ^ ino) of the socket file or the name's
     /// [`unix_name_hash`].
     pub object: u64,
+    /// Connect and send: the destination address, exactly (IPv4 mapped); otherwise zero. A
+    /// 64-bit fold of a destination is shared by other destinations (red team round 11: 2^16
+    /// IPv4 address and port pairs per value of [`net_object`]).
+    pub addr: [u8; 16],
+}
+
+/// [`Event::detail`]'s access bits of a [`Kind::File`] decision (read 1, write 2, create 4,
+/// truncate 8); its other bits are the decision's own.
+pub const FILE_DETAIL_ACCESSES: u8 = 0x0f;
+
+impl GrantKey {
+    /// The grant of `object` of kind `kind` to the agent `cgroup_id`.
+    pub const fn new(cgroup_id: u64, kind: Kind, object: u64) -> Self {
+        GrantKey {
+            cgroup_id,
+            kind: kind as u8,
+            detail: 0,
+            port: 0,
+            _pad: [0; 4],
+            object,
+            addr: [0; 16],
+        }
+    }
+
+    /// A file's grant, for exactly the accesses `asked` ([`FILE_DETAIL_ACCESSES`] bits).
+    pub const fn accesses(mut self, asked: u8) -> Self {
+        self.detail = asked & FILE_DETAIL_ACCESSES;
+        self
+    }
+
+    /// A destination's grant: exactly this address, port and protocol.
+    pub const fn destination(mut self, addr: [u8; 16], port: u16, protocol: u8) -> Self {
+        self.addr = addr;
+        self.port = port;
+        self.detail = protocol;
+        self
+    }
+
+    /// The grant the kernel looks up for the action `ev` reports (an escalation's event).
+    pub const fn of_event(ev: &Event) -> Self {
+        let key = GrantKey {
+            cgroup_id: ev.agent_cgroup,
+            kind: ev.kind,
+            detail: 0,
+            port: 0,
+            _pad: [0; 4],
+            object: ev.object,
+            addr: [0; 16],
+        };
+        if ev.kind == Kind::File as u8 {
+            key.accesses(ev.detail)
+        } else if ev.kind == Kind::Connect as u8 || ev.kind == Kind::Send as u8 {
+            key.destination(ev.addr, ev.port, ev.detail)
+        } else {
+            key
+        }
+    }
 }
 
 /// One decision, as the kernel reports it through [`maps::EVENTS`].
@@ -1227,7 +1295,7 @@ const _: () = assert!(core::mem::size_of::<NetValue>() == 8 + 16 * NET_SLOTS);
 const _: () = assert!(core::mem::size_of::<BucketKey>() == 16);
 const _: () = assert!(core::mem::size_of::<Bucket>() == 16);
 const _: () = assert!(core::mem::size_of::<Throttle>() == 24);
-const _: () = assert!(core::mem::size_of::<GrantKey>() == 24);
+const _: () = assert!(core::mem::size_of::<GrantKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ProxyAddr>() == 28);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 48);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 32);

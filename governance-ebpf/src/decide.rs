@@ -325,7 +325,7 @@ pub(crate) fn apply(
     agent: &Agent,
     rules: Option<RulePair>,
     default: RulePair,
-    object: u64,
+    grant: GrantKey,
 ) -> Decision {
     let (pair, cause) = deciding(rules, default);
     let rule = pair.enforce;
@@ -341,7 +341,7 @@ pub(crate) fn apply(
         } else {
             RuleRef::default()
         },
-        object,
+        object: grant.object,
         extra_flags: 0,
         report: if verdict == Verdict::Allow {
             rule.aux
@@ -371,14 +371,8 @@ pub(crate) fn apply(
             }
         }
         Verdict::Escalate => {
-            let key = GrantKey {
-                cgroup_id: agent.root,
-                kind: kind as u8,
-                _pad: [0; 7],
-                object,
-            };
             // SAFETY: the value is read immediately.
-            match unsafe { GRANTS.get(&key) } {
+            match unsafe { GRANTS.get(&grant) } {
                 Some(expiry) if *expiry > now() => d.cause = Cause::Granted,
                 _ => d.denied = true,
             }

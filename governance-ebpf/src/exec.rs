@@ -6,7 +6,7 @@ use aya_ebpf::{
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
-use governance_common::{Cause, EXEC_DETAIL_LOADER, ExecKey, Kind, access, allow, flags};
+use governance_common::{Cause, EXEC_DETAIL_LOADER, ExecKey, GrantKey, Kind, access, allow, flags};
 
 use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
@@ -15,7 +15,7 @@ use crate::{
         Btf, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB,
         OFF_SB_DEV, SIGKILL, off, read_at,
     },
-    maps::{EXEC_RULES, LOADERS},
+    maps::{EXEC_RULES, LOADERS, WRITTEN},
 };
 
 /// Exec: decide on the file the kernel is about to execute (`bprm->file`), never the name.
@@ -70,19 +70,25 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
         Ok(id) => id,
         Err(_) => return Decision::fail_closed(Kind::Exec, Cause::Unreadable),
     };
-    let object = ((dev as u64) << 32) ^ ino;
+    let grant = GrantKey::new(agent.root, Kind::Exec, ((dev as u64) << 32) ^ ino);
     let key = ExecKey { class, dev, ino };
-    // SAFETY: the value is read immediately.
-    if let Some(rules) = unsafe { EXEC_RULES.get(&key) } {
-        return apply(Kind::Exec, agent, Some(*rules), default, object);
+    // A file an agent wrote is not taken for the program an exact rule named by its identity:
+    // an inode number freed by an outside upgrade and given again to a file an agent made
+    // would run as that program (red team round 11). Its path decides, below (the exact
+    // rule's path is in the path table too).
+    // SAFETY: the values are read immediately.
+    if let Some(rules) = unsafe { EXEC_RULES.get(&key) }
+        && unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_none()
+    {
+        return apply(Kind::Exec, agent, Some(*rules), default, grant);
     }
     if !with_path {
-        return apply(Kind::Exec, agent, None, default, object);
+        return apply(Kind::Exec, agent, None, default, grant);
     }
     match resolve_path(file, class) {
         Ok(key) => {
             let rules = path_rules(key, access::EXEC);
-            apply(Kind::Exec, agent, rules, default, object)
+            apply(Kind::Exec, agent, rules, default, grant)
         }
         Err(cause) => Decision::fail_closed(Kind::Exec, cause),
     }

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, Kind, PATH_MAX, PathKey,
-    RulePair, Verdict, access, builtin_class, flags, report,
+    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind, PATH_MAX,
+    PathKey, RulePair, Verdict, access, builtin_class, flags, report,
 };
 
 use crate::{
@@ -17,7 +17,7 @@ use crate::{
     exec::file_identity,
     identity::{device_letters, walk},
     kernel::{
-        Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_CREAT, O_TRUNC,
+        Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_ACCMODE, O_CREAT, O_TRUNC,
         OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
         OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off,
     },
@@ -203,8 +203,13 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     if fmode & FMODE_EXEC != 0 || fflags & FMODE_EXEC_FLAG != 0 {
         return 0;
     }
-    let read = fmode & FMODE_READ != 0;
-    let write = fmode & FMODE_WRITE != 0;
+    // Access mode 3 opens a descriptor for ioctls only (no FMODE_READ or FMODE_WRITE), which
+    // the kernel permits as reading and writing: decided as both (red team round 11: with
+    // neither, no rule was looked up and the default decided, so a `/dev/kvm` or camera
+    // blocked by path was usable, and a no-access secret could be ioctl'd).
+    let ioctl_only = fflags & O_ACCMODE == O_ACCMODE;
+    let read = fmode & FMODE_READ != 0 || ioctl_only;
+    let write = fmode & FMODE_WRITE != 0 || ioctl_only;
     let create = fflags & O_CREAT != 0;
     let truncate = fflags & O_TRUNC != 0;
     let asked =
@@ -324,7 +329,8 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     } else {
         0
     };
-    let mut d = apply(Kind::File, &agent, rules, default, object);
+    let grant = GrantKey::new(agent.root, Kind::File, object).accesses(asked);
+    let mut d = apply(Kind::File, &agent, rules, default, grant);
     // One refusal for both tables: a second branch of its own doubled the paths the verifier
     // walks after it (file_open's count rose by three quarters).
     if !d.denied

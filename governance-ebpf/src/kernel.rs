@@ -166,6 +166,10 @@ pub(crate) const FMODE_WRITE: u32 = 0x2;
 pub(crate) const FMODE_EXEC: u32 = 0x20;
 pub(crate) const FMODE_EXEC_FLAG: u32 = 0x20; // __FMODE_EXEC, in f_flags
 pub(crate) const O_CREAT: u32 = 0o100;
+/// `O_ACCMODE`, and its value 3, which asks no mode of the file (`OPEN_FMODE(3)` is 0) while
+/// the kernel checks both read and write permission for it (`ACC_MODE(3)`): an ioctl-only
+/// descriptor.
+pub(crate) const O_ACCMODE: u32 = 0o3;
 pub(crate) const O_TRUNC: u32 = 0o1000;
 pub(crate) const SOCK_STREAM: i32 = 1;
 pub(crate) const SOCK_DGRAM: i32 = 2;

@@ -98,12 +98,7 @@ fn is_nameless(file: u64) -> bool {
 fn granted(agent: &Agent, object: u64) -> bool {
     // SAFETY: helper call without pointer arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut key = GrantKey {
-        cgroup_id: agent.root,
-        kind: Kind::Exec as u8,
-        _pad: [0; 7],
-        object,
-    };
+    let mut key = GrantKey::new(agent.root, Kind::Exec, object);
     // SAFETY: the values are read immediately.
     if unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > now) {
         return true;
@@ -163,7 +158,7 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
                     agent,
                     Some(rules),
                     agent.value.exec_default,
-                    object,
+                    GrantKey::new(agent.root, Kind::ExecMap, object),
                 );
                 return Some((d, 0));
             }

@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    ApiAddr, Cause, ConnKey, Counter, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair, allow, flags,
-    guard, net_object, proto,
+    ApiAddr, Cause, ConnKey, Counter, GrantKey, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair,
+    allow, flags, guard, net_object, proto,
 };
 
 use crate::{
@@ -68,14 +68,15 @@ pub(crate) fn net_decision(
             i += 1;
         }
     }
-    let object = net_object(&addr, port);
+    let grant =
+        GrantKey::new(agent.root, kind, net_object(&addr, port)).destination(addr, port, protocol);
     let default = agent.value.net_default;
     let d = apply(
         kind,
         agent,
         Some(or_no_rule(pair, &default)),
         default,
-        object,
+        grant,
     );
     (d, via_proxy)
 }
@@ -279,7 +280,7 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     // Armed sequence rules decide what goes out directly; what goes to the proxy (addressed
     // to it, or sent there above) is decided there, per request.
     if !d.denied && !to_proxy && d.extra_flags & flags::PROXIED == 0 {
-        sequence::restrict(&agent, &mut d, &addr, port);
+        sequence::restrict(&agent, &mut d, &addr, port, protocol);
     }
     emit(&agent, &d, |ev| {
         ev.addr = addr;

@@ -160,7 +160,7 @@ pub(crate) fn outside(
 /// refused unless an approved grant covers this destination (as `apply` does). A shadow rule
 /// is reported beside the decision instead. Only called for decisions that allow.
 #[inline(always)]
-pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u16) {
+pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u16, protocol: u8) {
     if !any(slot(agent.generation)) {
         return;
     }
@@ -185,12 +185,8 @@ pub(crate) fn restrict(agent: &Agent, d: &mut Decision, addr: &[u8; 16], port: u
         d.extra_flags |= flags::SEQUENCE;
         d.denied = true;
         if d.verdict == Verdict::Escalate {
-            let key = GrantKey {
-                cgroup_id: agent.root,
-                kind: d.kind as u8,
-                _pad: [0; 7],
-                object: d.object,
-            };
+            let key =
+                GrantKey::new(agent.root, d.kind, d.object).destination(*addr, port, protocol);
             // SAFETY: the value is read immediately.
             if unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > t) {
                 d.cause = Cause::Granted;

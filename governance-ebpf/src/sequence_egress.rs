@@ -156,7 +156,10 @@ fn decide(ctx: &SkBuffContext) -> i32 {
     }
     let mut denied = rule_id != 0;
     let mut cause = Cause::Rule;
-    if denied && verdict_of(verdict) == Verdict::Escalate && granted(root, object, t) {
+    if denied
+        && verdict_of(verdict) == Verdict::Escalate
+        && granted(root, object, &addr, port, protocol, t)
+    {
         denied = false;
         cause = Cause::Granted;
     }
@@ -205,13 +208,8 @@ fn decide(ctx: &SkBuffContext) -> i32 {
 
 /// An approved escalation for this destination: a grant for a connect or a datagram to it.
 #[inline(always)]
-fn granted(root: u64, object: u64, t: u64) -> bool {
-    let mut key = GrantKey {
-        cgroup_id: root,
-        kind: Kind::Connect as u8,
-        _pad: [0; 7],
-        object,
-    };
+fn granted(root: u64, object: u64, addr: &[u8; 16], port: u16, protocol: u8, t: u64) -> bool {
+    let mut key = GrantKey::new(root, Kind::Connect, object).destination(*addr, port, protocol);
     // SAFETY: the value is read immediately.
     if unsafe { GRANTS.get(&key) }.is_some_and(|expiry| *expiry > t) {
         return true;

@@ -12,8 +12,8 @@
 //! `allow_name_service_sockets`).
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, macros::lsm, programs::LsmContext};
 use governance_common::{
-    Cause, Kind, RulePair, SUN_PATH_LEN, UNIX_ABSTRACT_DEV, UnixId, UnixKey, allow, unix_detail,
-    unix_hook, unix_protected,
+    Cause, GrantKey, Kind, RulePair, SUN_PATH_LEN, UNIX_ABSTRACT_DEV, UnixId, UnixKey, allow,
+    unix_detail, unix_hook, unix_protected,
 };
 
 use crate::{
@@ -160,7 +160,7 @@ pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
         &agent,
         Some(or_no_rule(found, &default)),
         default,
-        object,
+        GrantKey::new(agent.root, Kind::Unix, object),
     );
     if hook == unix_hook::HELD && !d.denied && d.shadow.present == 0 {
         return 0;

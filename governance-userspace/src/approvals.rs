@@ -7,7 +7,7 @@
 //!   timeout → the rule's `on_timeout`; the client going away → `withdrawn`.
 //! - **Kernel escalations** ([`Approvals::request_grant`]): the kernel already refused the
 //!   action (EPERM) and reported it; approving calls the daemon's [`Grant`] (a kernel map
-//!   write) so the agent's retry passes for `grant_for`. The same [`GrantRequest`] pending twice
+//!   write) so the agent's retry passes for `grant_for`. The same [`GrantKey`] pending twice
 //!   (the agent retrying) reuses the pending id.
 //! - **Pre-authorizations** ([`Approvals::request_action`]): the decision API answered
 //!   `escalate`; approving runs the caller's callback (the proxy records a time-bounded grant
@@ -28,14 +28,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use governance_common::GrantKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::{
-    events::{
-        AgentInfo, ApprovalInfo, GrantRequest, Ids, Object, Record, RecordType, Sink, Source,
-        rfc3339,
-    },
+    events::{AgentInfo, ApprovalInfo, Ids, Object, Record, RecordType, Sink, Source, rfc3339},
     policy::Posture,
 };
 
@@ -87,8 +85,8 @@ pub enum Resolution {
     Withdrawn,
 }
 
-/// The daemon's kernel map write: let `GrantRequest` through for this long.
-pub type Grant = Arc<dyn Fn(GrantRequest, Duration) -> Result<(), String> + Send + Sync>;
+/// The daemon's kernel map write: let the [`GrantKey`] through for this long.
+pub type Grant = Arc<dyn Fn(GrantKey, Duration) -> Result<(), String> + Send + Sync>;
 
 /// What approving a pre-authorization does (the proxy records a grant for the action).
 pub type OnApprove = Box<dyn FnOnce(Duration) + Send>;
@@ -152,14 +150,14 @@ pub struct PendingView {
 /// What approving does.
 enum Waiter {
     Hold(oneshot::Sender<Resolution>),
-    Kernel(GrantRequest),
+    Kernel(GrantKey),
     Action(OnApprove),
 }
 
 /// Identifies a repeated request so it reuses its pending id.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Dedup {
-    Kernel(GrantRequest),
+    Kernel(GrantKey),
     Action(String, u64),
 }
 
@@ -191,7 +189,7 @@ struct State {
     /// Approved kernel escalations whose grant is still running: (approval id, until when).
     /// A refusal the kernel reported just before the grant landed (the agent's retry racing the
     /// approval) belongs to that approval, not to a new request.
-    granted: HashMap<GrantRequest, (String, SystemTime)>,
+    granted: HashMap<GrantKey, (String, SystemTime)>,
 }
 
 /// How many settled requests are remembered.
@@ -253,12 +251,12 @@ impl Approvals {
     }
 
     /// Kernel: the action was already refused; approving calls `grant`. The same
-    /// `GrantRequest` pending twice reuses the pending id (and emits no new request).
+    /// `GrantKey` pending twice reuses the pending id (and emits no new request).
     /// `announce` as for [`Approvals::hold_announced`] (also called for a reused id).
     pub fn request_grant(
         &self,
         req: Request,
-        grant: GrantRequest,
+        grant: GrantKey,
         announce: &mut dyn FnMut(&ApprovalInfo),
     ) -> Result<String, Full> {
         self.insert(
@@ -649,7 +647,7 @@ mod tests {
     struct Fixture {
         q: Arc<Approvals>,
         records: Arc<Mutex<Vec<Record>>>,
-        grants: Arc<Mutex<Vec<(GrantRequest, Duration)>>>,
+        grants: Arc<Mutex<Vec<(GrantKey, Duration)>>>,
     }
 
     fn fixture(limits: Limits) -> Fixture {
@@ -825,11 +823,7 @@ mod tests {
     #[test]
     fn kernel_escalations_reuse_the_pending_id_and_grant_on_approval() {
         let f = fixture(Limits::default());
-        let g = GrantRequest {
-            cgroup_id: 7,
-            kind: 1,
-            object: 42,
-        };
+        let g = GrantKey::new(7, governance_common::Kind::Exec, 42);
         let mut req = request("a", 0);
         req.kind = "exec".into();
         let id = f.q.request_grant(req.clone(), g, &mut |_| {}).unwrap();
@@ -863,11 +857,7 @@ mod tests {
             Arc::new(|_| {}),
             Arc::new(|_, _| Err("map full".into())),
         );
-        let g = GrantRequest {
-            cgroup_id: 1,
-            kind: 1,
-            object: 1,
-        };
+        let g = GrantKey::new(1, governance_common::Kind::Exec, 1);
         let id = q.request_grant(request("a", 0), g, &mut |_| {}).unwrap();
         let e = q.approve(&id, "alice", Duration::ZERO).unwrap_err();
         assert!(e.to_string().contains("map full"), "{e}");

@@ -2466,6 +2466,98 @@ fn a_kernel_escalation_is_notified_within_a_second() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A kernel grant covers the destination a human approved and no other (red team round 11):
+/// grants were keyed on a 64-bit fold of the address and port (`net_object`) that 2^16 IPv4
+/// destinations share, so approving 127.0.0.8:P let 127.0.1.40:P through as granted, and its
+/// escalation was folded into the approved request. Now the grant is keyed on the exact
+/// address, port and protocol: the twin is refused and asks on its own. The control: the
+/// approved destination passes.
+#[test]
+fn a_kernel_grant_covers_only_the_destination_approved() {
+    require_root();
+    let agent = TestCgroup::new("grant-dest");
+    let (_approved_l, approved) = listener([127, 0, 0, 8]);
+    let port = approved.port();
+    let twin_ip = Ipv4Addr::new(127, 0, 1, 40);
+    let twin_l = TcpListener::bind(SocketAddrV4::new(twin_ip, port)).unwrap();
+    let twin = twin_l.local_addr().unwrap();
+    let folded = |ip: Ipv4Addr| governance_common::net_object(&ip.to_ipv6_mapped().octets(), port);
+    assert_eq!(
+        folded(Ipv4Addr::new(127, 0, 0, 8)),
+        folded(twin_ip),
+        "the two destinations fold alike"
+    );
+    let dir = policy_dir(
+        "grant-dest",
+        &format!(
+            "name: grant-dest\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: ask, network: {{ cidr: 127.0.0.0/16 }}, verdict: escalate, escalate: {{ timeout: 5m }}, reason: a human decides }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("grant-dest");
+    // (Removed with --detach-on-exit when the daemon stops.)
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let ag = Some(agent.path.as_path());
+    let pending = |daemon: &Daemon| -> Vec<serde_json::Value> {
+        let out = daemon.cli(&["approvals", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["pending"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let (_, outcome) = run_in(ag, "grant-ask", &Attempt::connect(approved));
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "escalated connect");
+    let id = wait_for_value(
+        "the escalated connect to be pending approval",
+        Duration::from_secs(10),
+        || Some(pending(&daemon).first()?["id"].as_str()?.to_owned()),
+    );
+    let out = daemon.cli(&["approve", &id, "--as", "alice"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (_, outcome) = run_in(ag, "grant-retry", &Attempt::connect(approved));
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control: the approved destination"
+    );
+    redteam("grant of a destination that folds alike", "tried");
+    let (_, outcome) = run_in(ag, "grant-twin", &Attempt::connect(twin));
+    assert_eq!(
+        outcome,
+        Outcome::Errno(libc::EPERM),
+        "a destination the approval did not name"
+    );
+    redteam("grant of a destination that folds alike", "denied");
+    // A request of its own, naming the twin.
+    let twin_request = wait_for_value(
+        "the twin's own approval request",
+        Duration::from_secs(10),
+        || {
+            pending(&daemon)
+                .into_iter()
+                .find(|p| p["id"].as_str() != Some(id.as_str()))
+        },
+    );
+    assert!(
+        twin_request.to_string().contains("127.0.1.40"),
+        "{twin_request}"
+    );
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The TCP API (issue 15, part 3): per-user tokens (`--api-tokens`), TLS (`--api-tls-cert`,
 /// `--api-tls-key`), and the token's user recorded as the approver, in the approval and in the
 /// audit log; a name claimed with `--as` is recorded beside it, never instead. Controls: no

@@ -404,6 +404,26 @@ fn file_cases() {
         );
         assert_eq!(ev.detail, 1, "{case}: read access");
     }
+    // Access mode 3 (O_RDWR|O_WRONLY): a descriptor for ioctls, with neither read nor write
+    // mode, which the kernel permits as both; decided as both (red team round 11: the default
+    // decided it). Control: the same open of an unruled file passes.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "open with access mode 3",
+        &Attempt::open(&key, libc::O_RDWR | libc::O_WRONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, 3, "read and write asked");
+    let plain = fx.p("tmp/mode3-control");
+    std::fs::write(&plain, "x").unwrap();
+    allow(
+        &mut k,
+        &fx,
+        "access mode 3 of an unruled file",
+        &Attempt::open(&plain, libc::O_RDWR | libc::O_WRONLY),
+    );
     // 8. O_PATH is not an open the LSM sees; re-opening it through /proc/self/fd/N is.
     deny(
         &mut k,
@@ -864,20 +884,23 @@ fn verdicts_shadow_throttle_sandbox_escalate() {
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
     // Approval through the daemon is tested in `daemon_events_and_approvals`; here the grant
     // is written straight into the map, as the daemon's approval does.
-    let g = governance::events::GrantRequest::of(&ev).expect("an approval request");
+    let g = governance::events::requested_grant(&ev).expect("an approval request");
     k.enforcer
-        .grant(
-            governance_common::GrantKey {
-                cgroup_id: g.cgroup_id,
-                kind: g.kind,
-                _pad: [0; 7],
-                object: g.object,
-            },
-            governance::events::monotonic_ns() + 60_000_000_000,
-        )
+        .grant(g, governance::events::monotonic_ns() + 60_000_000_000)
         .unwrap();
     let ev = allow(&mut k, &fx, "escalate retried after approval", &a);
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Granted));
+    // The grant is for the accesses approved: reading is not writing (red team round 11: a
+    // grant was keyed on the path alone).
+    let ev = deny(
+        &mut k,
+        &fx,
+        "escalate grant is per access",
+        &Attempt::open(&fx.p("approve-me.txt"), libc::O_RDWR),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
     // The grant is for that object only.
     deny(
         &mut k,
@@ -887,6 +910,55 @@ fn verdicts_shadow_throttle_sandbox_escalate() {
         Kind::File,
         Control::Succeeds,
     );
+}
+
+/// A file an agent wrote is not taken for the program an exact exec rule names by its
+/// identity (red team round 11): an inode number freed by an outside upgrade (dpkg renames the
+/// new binary over the old) and handed again to a file the agent made would have run as the
+/// allowed program. Modelled by a hard link: the same identity under another name, which the
+/// agent then writes to. Before the write the identity decides; after it, the path (refused by
+/// the allowlist's default). Controls: the rule's own path still runs, and the twin runs
+/// outside the agent.
+#[test]
+fn a_file_an_agent_wrote_is_not_taken_for_an_exact_rule_s_program() {
+    require_root();
+    let fx = Fixture::new("reuse");
+    let tool = fx.p("tmp/exact-tool");
+    std::fs::copy(BUSYBOX, &tool).unwrap();
+    let twin = fx.p("tmp/twin");
+    std::fs::hard_link(&tool, &twin).unwrap();
+    let mut k = fx.load(&format!(
+        "\x20 - {{ id: exact-tool, exec: {{ path: {} }}, verdict: allow, reason: one program }}\n",
+        tool.display()
+    ));
+    let ev = allow(
+        &mut k,
+        &fx,
+        "the same identity under another name",
+        &Attempt::exec_args(&twin, &["true"]),
+    );
+    assert_eq!(ev.rule_id, k.rule(14));
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&twin, libc::O_WRONLY),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "the agent writes to it");
+    deny(
+        &mut k,
+        &fx,
+        "exec of an agent-written file by an exact rule's identity",
+        &Attempt::exec_args(&twin, &["true"]),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    let ev = allow(
+        &mut k,
+        &fx,
+        "the exact rule's own path",
+        &Attempt::exec_args(&tool, &["true"]),
+    );
+    assert_eq!(ev.rule_id, k.rule(14));
 }
 
 /// Red-team case 21, the Phantom race: the path buffer flips between an allowed and a denied file while the
@@ -2775,17 +2847,9 @@ fn unix_socket_rules_decide_each_verdict() {
         Control::Succeeds,
     );
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Escalate));
-    let g = governance::events::GrantRequest::of(&ev).expect("an approval request");
+    let g = governance::events::requested_grant(&ev).expect("an approval request");
     k.enforcer
-        .grant(
-            governance_common::GrantKey {
-                cgroup_id: g.cgroup_id,
-                kind: g.kind,
-                _pad: [0; 7],
-                object: g.object,
-            },
-            governance::events::monotonic_ns() + 60_000_000_000,
-        )
+        .grant(g, governance::events::monotonic_ns() + 60_000_000_000)
         .unwrap();
     let ev = allow(
         &mut k,
@@ -4835,6 +4899,10 @@ fn names_cases() {
     std::fs::write(fx.p("vault/doc"), "doc").unwrap();
     std::fs::create_dir_all(fx.p("outer/inner/deep")).unwrap();
     std::fs::write(fx.p("outer/inner/deep/f"), "deep").unwrap();
+    // A rule's path through a symlink (as merged /usr's /bin is to /usr/bin).
+    std::fs::create_dir_all(fx.p("link-target/inner")).unwrap();
+    std::fs::write(fx.p("link-target/inner/doc"), "doc").unwrap();
+    std::os::unix::fs::symlink(fx.p("link-target"), fx.p("via-link")).unwrap();
     for dir in [
         "tmp/ws/objects",
         "tmp/ws/sub",
@@ -4862,6 +4930,7 @@ fn names_cases() {
          \x20 - {{ id: vault, file: {{ prefix: {d}/vault }}, verdict: block, reason: vault }}\n\
          \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n\
          \x20 - {{ id: other-fs, file: {{ prefix: {d}/other-fs/locked }}, verdict: block, reason: other filesystem }}\n\
+         \x20 - {{ id: linked, file: {{ prefix: {d}/via-link/inner }}, verdict: block, reason: through a symlink }}\n\
          kernel: {{ allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_READ_SEARCH], allow_mounts: true }}\n"
     );
     // The agent gets back what the views it makes need (chroot, its own mounts, opens by
@@ -4871,6 +4940,7 @@ fn names_cases() {
     k.require("inode_rename");
     let (secrets, readonly) = (k.rule(6), k.rule(7));
     let (apikey, vault, deep, other_fs) = (k.rule(14), k.rule(15), k.rule(16), k.rule(17));
+    let linked = k.rule(18);
 
     /// An open refused in the agent by `rule`, through `path`, a name no path rule names.
     fn denied_open(k: &mut Loaded, fx: &Fixture, case: &str, path: &Path, rule: u32) -> Event {
@@ -5027,6 +5097,74 @@ fn names_cases() {
         );
         std::fs::rename(fx.p(to), fx.p(from)).unwrap();
     }
+    // A symlink on the way to a rule's path: renamed, replaced or removed, the rule's path
+    // would name something else (red team round 11: `mv -T /tmp/evil /bin` on merged /usr).
+    // The control renames it away and back; replacing and removing are controlled on a symlink
+    // no rule's path goes through, then, last, on this one.
+    denied_name(
+        &mut k,
+        &fx,
+        "23 agent renames a symlink on a rule's path away",
+        &Attempt::rename(&fx.p("via-link"), &fx.p("tmp/via-away")),
+        linked,
+        rename_op,
+    );
+    std::fs::rename(fx.p("tmp/via-away"), fx.p("via-link")).unwrap();
+    let evil = fx.p("tmp/evil-target");
+    std::fs::create_dir_all(evil.join("inner")).unwrap();
+    let plain = fx.p("tmp/plain-link");
+    for (case, attempt, unruled, op) in [
+        (
+            "23 agent replaces a symlink on a rule's path",
+            Attempt::rename(&fx.p("tmp/evil-link"), &fx.p("via-link")),
+            Attempt::rename(&fx.p("tmp/evil-link"), &plain),
+            rename_op,
+        ),
+        (
+            "23 agent removes a symlink on a rule's path",
+            Attempt::Unlink {
+                path: cstr(&fx.p("via-link")),
+            },
+            Attempt::Unlink { path: cstr(&plain) },
+            governance_common::LINK_OP_UNLINK,
+        ),
+    ] {
+        for link in [fx.p("tmp/evil-link"), plain.clone()] {
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&evil, &link).unwrap();
+        }
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Link), "{case}: kind");
+        assert_eq!((ev.rule_id, ev.detail), (linked, op), "{case}: rule and op");
+        assert_eq!(
+            std::fs::read_link(fx.p("via-link")).unwrap(),
+            fx.p("link-target"),
+            "{case}: the link still points where it did"
+        );
+        println!("redteam: denied {case}");
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &unruled);
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{case}: a symlink no rule uses"
+        );
+        println!("redteam: control {case}");
+    }
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::Unlink {
+            path: cstr(&fx.p("via-link")),
+        },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "control: removed outside the agent"
+    );
 
     // 24. Views: a bind mount of the protected directory made outside (a file made in it after
     // the load too), another mount namespace's view through /proc/PID/root, a chroot, and the

@@ -811,6 +811,29 @@ fn policy_diff(old: &Path, new: &Path, output: &str) -> anyhow::Result<ExitCode>
     })
 }
 
+/// `s` with its control and bidirectional-override characters escaped (`\u{1b}`, `\n`,
+/// `\u{202e}`): a path or URL an agent chose must not move the approver's cursor or redraw
+/// the line a grant is approved from (red team round 11).
+fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// The readable object of an approval: method and URL, MCP tool, path, destination.
 fn object_of(o: &Object) -> String {
     [&o.method, &o.url, &o.mcp_tool, &o.path, &o.dest]
@@ -834,16 +857,16 @@ async fn approvals(api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
     for a in pending {
         println!(
             "{}  {:<8} agent={} {} rule={} deadline={}\n    reason: {}",
-            a.id,
-            a.kind,
-            a.agent.name,
-            object_of(&a.object),
-            a.rule,
-            a.deadline,
-            a.reason,
+            printable(&a.id),
+            printable(&a.kind),
+            printable(&a.agent.name),
+            printable(&object_of(&a.object)),
+            printable(&a.rule),
+            printable(&a.deadline),
+            printable(&a.reason),
         );
         for (k, v) in &a.object.detail {
-            println!("    {k} = {v}");
+            println!("    {} = {}", printable(k), printable(v));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -943,6 +966,20 @@ fn audit_verify(paths: &[PathBuf], public_key: Option<&str>) -> anyhow::Result<E
 mod tests {
     use super::*;
     use crate::policy::parse_size;
+
+    /// What an agent put in an approval's object is shown escaped, never run by the
+    /// terminal; plain text is shown as it is.
+    #[test]
+    fn approvals_show_control_characters_escaped() {
+        let hostile = "/w/x\r\u{1b}[2K/usr/bin/make\u{202e}fdp.exe";
+        let shown = printable(hostile);
+        assert_eq!(shown, "/w/x\\u{d}\\u{1b}[2K/usr/bin/make\\u{202e}fdp.exe");
+        assert!(!shown.chars().any(char::is_control));
+        assert!(matches!(
+            printable("/data/ré port.csv"),
+            std::borrow::Cow::Borrowed("/data/ré port.csv")
+        ));
+    }
 
     #[test]
     fn sizes() {

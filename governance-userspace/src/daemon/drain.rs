@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use super::generation::SharedNames;
 use crate::{
     approvals::{self, Approvals},
-    events::{self, Clock, GrantRequest, Names, Record},
+    events::{self, Clock, Names, Record},
     pipeline::{self, Publisher},
     policy,
 };
@@ -138,7 +138,7 @@ fn publish_ring(
             if let Some(note) = note {
                 r.reason.push_str(note);
             }
-            match GrantRequest::of(&ev) {
+            match events::requested_grant(&ev) {
                 // An escalation is reported when the approval queue takes it, with its
                 // approval id, just before the request: what came before it goes first.
                 Some(g) => {
@@ -167,7 +167,7 @@ fn escalate(
     approvals: &Approvals,
     publisher: &Publisher,
     r: Record,
-    g: GrantRequest,
+    g: governance_common::GrantKey,
     names: &Names,
     rule_id: u32,
 ) {

@@ -59,7 +59,7 @@ use crate::{
     audit::AuditOptions,
     client,
     engine::Engine,
-    events::{self, Clock, GrantRequest, Ids, Record, Sink, rfc3339},
+    events::{self, Clock, Ids, Record, Sink, rfc3339},
     kernel::{
         self, Enforcer, Probe, ProxyConns,
         probe::{EXIT_CANNOT_ENFORCE, report},
@@ -729,15 +729,10 @@ fn approvals(
     };
     let grant: approvals::Grant = {
         let e = enforcer.clone();
-        Arc::new(move |g: GrantRequest, d: Duration| {
+        Arc::new(move |g: governance_common::GrantKey, d: Duration| {
             let mut e = e.lock().map_err(|_| "the kernel state lock is poisoned")?;
             e.grant(
-                governance_common::GrantKey {
-                    cgroup_id: g.cgroup_id,
-                    kind: g.kind,
-                    _pad: [0; 7],
-                    object: g.object,
-                },
+                g,
                 events::monotonic_ns().saturating_add(d.as_nanos() as u64),
             )
             .map_err(|e| e.to_string())

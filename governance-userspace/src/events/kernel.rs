@@ -4,7 +4,7 @@
 use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
-    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, Kind,
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind,
     SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps, exec_map, flags, id_number,
     ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
 };
@@ -57,27 +57,13 @@ impl Names {
     }
 }
 
-/// What a kernel escalation asks to let through: the agent, the kind and the object identity
-/// (see governance_common::GrantKey).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GrantRequest {
-    pub cgroup_id: u64,
-    pub kind: u8,
-    pub object: u64,
-}
-
-impl GrantRequest {
-    /// The grant an escalation event asks for, if it is one (refused, escalate verdict, a rule).
-    pub fn of(ev: &Event) -> Option<Self> {
-        let escalation = ev.flags & flags::DENIED != 0
-            && Verdict::from_u8(ev.verdict) == Some(Verdict::Escalate)
-            && Cause::from_u8(ev.cause) == Some(Cause::Rule);
-        escalation.then_some(Self {
-            cgroup_id: ev.agent_cgroup,
-            kind: ev.kind,
-            object: ev.object,
-        })
-    }
+/// The grant a kernel escalation asks for, if `ev` is one (refused, escalate verdict, a rule):
+/// the key the kernel looks the same action up by.
+pub fn requested_grant(ev: &Event) -> Option<GrantKey> {
+    let escalation = ev.flags & flags::DENIED != 0
+        && Verdict::from_u8(ev.verdict) == Some(Verdict::Escalate)
+        && Cause::from_u8(ev.cause) == Some(Cause::Rule);
+    escalation.then(|| GrantKey::of_event(ev))
 }
 
 /// clone3's CLONE_INTO_CGROUP.

@@ -25,7 +25,7 @@ pub mod sequence;
 pub mod time;
 
 pub use filter::{Filter, StreamInfo};
-pub use kernel::{GrantRequest, Names, RuleName, parse};
+pub use kernel::{Names, RuleName, parse, requested_grant};
 pub use record::{
     AgentInfo, ApprovalInfo, CgroupInfo, Ids, Object, ProcessInfo, Record, RecordType, Shadow,
     Sink, Source, node_name,

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use governance_common::{Cause, Event, Kind, Verdict, flags};
+use governance_common::{Cause, Event, GrantKey, Kind, Verdict, flags};
 
 use super::*;
 
@@ -103,15 +103,11 @@ fn escalations_name_the_grant_they_ask_for() {
     let r = Record::from_kernel(&ev, &names(), &Clock::now());
     assert_eq!(r.outcome, "escalate");
     assert_eq!(
-        GrantRequest::of(&ev),
-        Some(GrantRequest {
-            cgroup_id: 4000,
-            kind: Kind::Exec as u8,
-            object: 0xabc
-        })
+        requested_grant(&ev),
+        Some(GrantKey::new(4000, Kind::Exec, 0xabc))
     );
     ev.flags = 0;
-    assert_eq!(GrantRequest::of(&ev), None);
+    assert_eq!(requested_grant(&ev), None);
 }
 
 #[test]

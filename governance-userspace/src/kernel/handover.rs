@@ -52,9 +52,14 @@ impl fmt::Display for Carried {
             self.owned_objects
         )?;
         if !self.not_carried.is_empty() {
+            let why = if self.layout > governance_common::RUNTIME_LAYOUT {
+                "is newer than"
+            } else {
+                "keyed grants more broadly than"
+            };
             write!(
                 f,
-                "; not carried (the previous build's layout {} is newer than this build's {}): {}",
+                "; not carried (the previous build's layout {} {why} this build's {}): {}",
                 self.layout,
                 governance_common::RUNTIME_LAYOUT,
                 self.not_carried.join(", ")
@@ -95,7 +100,8 @@ impl Enforcer {
     /// build's layout does not give is carried as [`UNKNOWN_PROFILE`]: fail closed.
     pub(super) fn carry_over(&mut self, old_pins: &Path) -> Result<Carried, KernelError> {
         let layout = old_layout(old_pins)?;
-        let known = layout == governance_common::RUNTIME_LAYOUT;
+        // Layout 1 has this layout's marks and objects (only its grants differ, below).
+        let known = (1..=governance_common::RUNTIME_LAYOUT).contains(&layout);
         let mut carried = Carried {
             layout,
             ..Default::default()
@@ -158,8 +164,14 @@ impl Enforcer {
         carried.sequences = self.merge(maps::SEQ_STATE, &seq, |_, _| false)?;
         let written: Vec<(ExecKey, u64)> = entries(old_pins, maps::WRITTEN)?;
         carried.written = self.merge(maps::WRITTEN, &written, |_, _| false)?;
-        let grants: Vec<(GrantKey, u64)> = entries(old_pins, maps::GRANTS)?;
-        carried.grants = self.merge(maps::GRANTS, &grants, |_, _| false)?;
+        // Before layout 2 a grant's key was too broad to carry (see `RUNTIME_LAYOUT`): what it
+        // approved is asked again.
+        if layout == governance_common::RUNTIME_LAYOUT {
+            let grants: Vec<(GrantKey, u64)> = entries(old_pins, maps::GRANTS)?;
+            carried.grants = self.merge(maps::GRANTS, &grants, |_, _| false)?;
+        } else {
+            carried.not_carried.push(maps::GRANTS);
+        }
         let buckets: Vec<(BucketKey, Bucket)> = entries(old_pins, maps::BUCKETS)?;
         carried.buckets = self.merge(maps::BUCKETS, &buckets, |old: &Bucket, mine: &Bucket| {
             old.tokens < mine.tokens

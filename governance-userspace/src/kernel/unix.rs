@@ -46,6 +46,10 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     "/run/dbus/system_bus_socket",
     "/var/run/dbus/system_bus_socket",
     "/run/snapd.socket",
+    // chronyd's command socket: `chronyc add server <name>` has it resolve the name and send
+    // to it, outside the agent (red team round 11).
+    "/run/chrony/chronyd.sock",
+    "/var/run/chrony/chronyd.sock",
     // Virtual machines and system containers.
     "/run/libvirt/libvirt-sock",
     "/run/libvirt/virtqemud-sock",
@@ -71,6 +75,8 @@ pub const USER_RUNTIME_SOCKETS: &[&str] = &[
     "buildkit/buildkitd.sock",
     "libvirt/libvirt-sock",
     "libvirt/virtqemud-sock",
+    // GnuPG's dirmngr fetches the keyserver and WKD URLs a client names (red team round 11).
+    "gnupg/S.dirmngr",
     // Wayland compositors (some let any client make a virtual keyboard).
     "wayland-0",
     "wayland-1",
@@ -86,9 +92,11 @@ pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php", X11_
 const X11_DIR: &str = "/tmp/.X11-unix";
 
 /// Abstract socket names of runtime servers, by prefix, found among the listening sockets in
-/// /proc/net/unix: the X servers' (above), and containerd's shims before 1.5 (their task API
-/// runs processes in containers, as root on the node for a privileged one).
-const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &["/tmp/.X11-unix/", "/containerd-shim/"];
+/// /proc/net/unix: the X servers' (above), containerd's shims before 1.5 (their task API
+/// runs processes in containers, as root on the node for a privileged one), and the session
+/// buses `dbus-launch` starts (`@/tmp/dbus-*`: a session's services run what it asks; red
+/// team round 11).
+const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &["/tmp/.X11-unix/", "/containerd-shim/", "/tmp/dbus-"];
 
 /// X displays refused by their abstract name whether or not a server listens now (one that
 /// starts later is found by the once-a-second look at /proc/net/unix).

@@ -27,8 +27,9 @@
 //!   and FastAPI's `Form()` read fields from them) → 415. A body that parses as JSON is decided
 //!   on whatever its content type says (Starlette's `request.json()` ignores it); one that does
 //!   not → 400 under a JSON content type or none, 415 under another.
-//! - JSON: duplicate keys anywhere (parsers disagree on which one wins) or nesting deeper than
-//!   128 → 400. A field a rule reads that is present in several cases, or whose value could be
+//! - JSON: duplicate keys anywhere (parsers disagree on which one wins), a `__proto__` key
+//!   anywhere (JavaScript parsers that copy keys by assignment make it the object's prototype,
+//!   so its members read as the object's own) or nesting deeper than 128 → 400. A field a rule reads that is present in several cases, or whose value could be
 //!   read as different numbers or booleans ([`Condition::ambiguity`]) → 400. A query-string
 //!   parameter named like the first key of a body condition (frameworks that merge query and
 //!   body) → 400.

@@ -127,6 +127,17 @@ async fn hostile_bodies_and_paths_are_refused_or_decided_as_canonical() {
             "builtin:invalid-json",
         ),
         (
+            "a __proto__ key, escaped (red team round 11)",
+            raw(
+                "POST",
+                "/v1/refunds",
+                &[host, json],
+                br#"{"\u005f_proto__": {"amount": 5000}}"#,
+            ),
+            400,
+            "builtin:invalid-json",
+        ),
+        (
             "numeric string",
             raw(
                 "POST",
@@ -1259,6 +1270,19 @@ rules:
             r.body
         );
     }
+    // Arguments behind `params.__proto__`: the MCP TypeScript SDK (zod's loose objects copy
+    // keys by assignment) reads them as `params.arguments`; here there would be none (red
+    // team round 11).
+    let hidden = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {
+        "name": "transfer", "__proto__": {"arguments": {"payment": {"amount": 5000}}}}});
+    let r = h.send(me, post("mcp.search.example", "/mcp", hidden)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], -32700, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["data"]["rule"], "builtin:invalid-json",
+        "{}",
+        r.body
+    );
     assert!(up.seen.lock().unwrap().is_empty());
     // Controls: the object itself is decided by the rule; prose and small amounts pass.
     let r = h

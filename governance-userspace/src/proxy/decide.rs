@@ -472,7 +472,8 @@ fn keep_worse(worst: &mut Option<(Decision, Value)>, d: Decision, body: Value) {
 }
 
 /// Parse a body as JSON, refusing duplicate object keys (a parser differential: upstreams
-/// disagree on which one wins). Depth is bounded by serde_json (128).
+/// disagree on which one wins) and `__proto__` keys (JavaScript reads them as the prototype).
+/// Depth is bounded by serde_json (128).
 pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let StrictJson(v) = serde_json::from_slice(bytes)?;
     Ok(v)
@@ -530,6 +531,15 @@ impl<'de> serde::Deserialize<'de> for StrictJson {
             ) -> Result<StrictJson, A::Error> {
                 let mut out = serde_json::Map::new();
                 while let Some(k) = map.next_key::<String>()? {
+                    // JavaScript parsers that copy keys by assignment (zod's loose objects in
+                    // the MCP TypeScript SDK) make `__proto__` the object's prototype, whose
+                    // members then read as the object's own: `params.__proto__.arguments` is
+                    // the tool's arguments there and none here (red team round 11).
+                    if k == "__proto__" {
+                        return Err(serde::de::Error::custom(
+                            "the key `__proto__` (a JavaScript parser reads it as the object's prototype)",
+                        ));
+                    }
                     let StrictJson(v) = map.next_value()?;
                     if out.insert(k.clone(), v).is_some() {
                         return Err(serde::de::Error::custom(format!("duplicate key `{k}`")));

@@ -10,6 +10,10 @@ pub(super) const ENUMERATION_BUDGET: usize = 50_000;
 /// An object found on this host: kernel device, inode, directory or not.
 pub(super) type Found = (u32, u64, bool);
 
+/// A symlink on a rule's path: its own name (its directory's canonical path and its name) and
+/// its own identity.
+type Link = (Vec<u8>, Found);
+
 /// Resolves a class's file rules to the identity of what their paths name now, into
 /// [`Class::idents`]. Each object gets exactly the answer the path rules give its canonical
 /// name: `self` is the answer for the path itself, `below` (directories) the answer for a name
@@ -288,6 +292,8 @@ impl Identities {
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
         let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
         let mut missing: Vec<Vec<u8>> = Vec::new();
+        // (a symlink's own name and identity, the answers it holds)
+        let mut links: Vec<(Link, [RulePair; 4])> = Vec::new();
         for path in named {
             let Some((real, found)) = self.find(path) else {
                 missing.push(path.to_vec());
@@ -317,6 +323,7 @@ impl Identities {
             }
             if held.iter().any(has) {
                 holders.push((real.clone(), held));
+                links.extend(self.links_on(path).into_iter().map(|l| (l, held)));
             }
             objects.push((real, found));
         }
@@ -346,6 +353,17 @@ impl Identities {
                     *slot = severer(*slot, r);
                 }
             }
+        }
+        // The symlinks on the way to a restricting rule's object (merged /usr's `/bin`, a
+        // dotfile manager's `~/.bashrc`): each is held as the object is, so that it is not
+        // replaced, removed or renamed to point the rule's path elsewhere, and the directories
+        // above it hold it (red team round 11: `mv -T /tmp/evil /bin` was allowed).
+        for ((link, (dev, ino, _)), held) in links {
+            let entry = c.idents.entry((dev, ino, SCOPE_SELF, 0)).or_default();
+            for (slot, r) in entry.rules.iter_mut().zip(held) {
+                *slot = severer(*slot, r);
+            }
+            holders.push((link, held));
         }
         // The protected paths missing now: the names they would have (see above).
         for path in missing {
@@ -425,6 +443,51 @@ impl Identities {
             c.idents
                 .insert((0, 0, SCOPE_FILL, 0), IdentValue { rules: fill });
         }
+    }
+}
+
+impl Identities {
+    /// The symlinks among `path`'s components (as written), each by its own name (its
+    /// directory's canonical path and its name) and its own identity (`lstat`). A component
+    /// is a symlink when its canonical path is not its directory's and its name; both come
+    /// from [`find`](Self::find)'s cache, so only a link costs an `lstat`.
+    fn links_on(&mut self, path: &[u8]) -> Vec<Link> {
+        use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+        let mut out = Vec::new();
+        if path.first() != Some(&b'/') {
+            return out;
+        }
+        let mut end = 0;
+        while end < path.len() {
+            let next = path[end + 1..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(path.len(), |i| end + 1 + i);
+            let (dir, name) = (&path[..end.max(1)], &path[end + 1..next]);
+            end = next;
+            if matches!(name, b"" | b"." | b"..") {
+                continue;
+            }
+            let (Some((mut own, _)), Some((real, _))) = (self.find(dir), self.find(&path[..next]))
+            else {
+                break;
+            };
+            if own.last() != Some(&b'/') {
+                own.push(b'/');
+            }
+            own.extend_from_slice(name);
+            if real == own {
+                continue;
+            }
+            let Ok(meta) = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own)) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
+                out.push((own, id));
+            }
+        }
+        out
     }
 }
 

@@ -1192,6 +1192,14 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
         verdicts(c, ident(&d.join("ro.txt")), SCOPE_SELF),
         Some([None, Some((3, b)), None, Some((3, b))])
     );
+    // And the symlink itself is held as that file is: replaced or removed, the rule's path
+    // would name another file (red team round 11).
+    let link = std::fs::symlink_metadata(d.join("ro-link")).unwrap();
+    let link = (crate::kernel::kernel_dev(link.dev()), link.ino());
+    assert_eq!(
+        verdicts(c, link, SCOPE_SELF),
+        Some([None, Some((3, b)), None, Some((3, b))])
+    );
     // Allow rules are resolved too (the first entry met decides a letter).
     assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_BELOW), all(4, a));
     // The device's marker: some identity rule restricts every letter, and this device has
@@ -1212,15 +1220,15 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
     assert_eq!(verdicts(c, ident(&d.join("work")), SCOPE_HOLDS), None);
     // A path that does not exist has no identity (its path rule still applies); nothing
     // else is in the table: the marker, secrets and work (each itself and below), the
-    // linked file, pub, ro.txt, and the directories holding them (secrets, and each
-    // directory from the temporary one up to the root).
+    // linked file, pub, ro.txt and the symlink to it, and the directories holding them
+    // (secrets, and each directory from the temporary one up to the root).
     let holders = d.ancestors().count();
     // (The kernel settings' built-in protection, /proc/sys and /sys and what is mounted
     // below them, has identities of its own, on other filesystems.)
     // `gone`, missing, has its name in the temporary directory instead, as has the missing
     // cgroup root's built-in refusal (see missing_protected_paths_are_refused_by_their_names).
     let ours = c.keys().filter(|k| k.0 == here).count();
-    assert_eq!(ours, 8 + 1 + holders + 2, "{:?}", c.keys());
+    assert_eq!(ours, 8 + 1 + 1 + holders + 2, "{:?}", c.keys());
     for missing in [&b"not-there"[..], b"no-cgroup-root"] {
         assert!(c.contains_key(&(here, ident(&d).1, SCOPE_NAME, name_hash(missing))));
     }
