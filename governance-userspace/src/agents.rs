@@ -47,6 +47,19 @@ pub fn cgroup_v1_mounts() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Every mount point of this mount namespace, from `/proc/self/mountinfo` (none if it cannot
+/// be read).
+pub fn mount_points() -> Vec<PathBuf> {
+    crate::procfs::read_to_string("/proc/self/mountinfo")
+        .map(|text| {
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(4))
+                .map(|m| PathBuf::from(unescape_mountinfo(m)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
     mountinfo.lines().filter_map(move |line| {
         // id parent major:minor root mount-point options [optional...] - fstype source super-options

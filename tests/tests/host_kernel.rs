@@ -2558,6 +2558,70 @@ fn a_kernel_grant_covers_only_the_destination_approved() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A filesystem mounted below a directory the identity resolution does not list (container
+/// storage: a container's root filesystem, a pod's volume) gets identity entries from the next
+/// generation, which the daemon builds within seconds of the mount, and again when it goes
+/// (red team round 11: such mounts had none, so unlink, truncate and chmod there went by the
+/// agent's default). The refusals those entries make are `vm_lsm::system_files_are_refused`'s;
+/// here, that the mount alone makes a generation. Control: the daemon built none before it.
+#[test]
+fn a_mount_below_container_storage_makes_a_generation() {
+    require_root();
+    let agent = TestCgroup::new("mounts");
+    let dir = policy_dir(
+        "mounts",
+        &format!(
+            "name: mounts\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: meta, network: {{ cidr: 169.254.169.254/32 }}, verdict: block, reason: metadata }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("mounts");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--no-proxy",
+            "--pins",
+            pins.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let made_storage = !Path::new("/var/lib/containers").exists();
+    let volume = PathBuf::from(format!(
+        "/var/lib/containers/gov-ht-volume-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&volume).unwrap();
+    let because = "a filesystem was mounted or unmounted below a protected directory";
+    assert!(
+        daemon.tail(usize::MAX).iter().all(|l| !l.contains(because)),
+        "control: no such generation before the mount"
+    );
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(&volume)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount tmpfs at {}", volume.display());
+    let from = daemon.line_count();
+    let mounted = daemon.wait_line(from, because, Duration::from_secs(30));
+    let status = Command::new("umount").arg(&volume).status().unwrap();
+    assert!(status.success(), "umount {}", volume.display());
+    let from = daemon.line_count();
+    let unmounted = daemon.wait_line(from, because, Duration::from_secs(30));
+    let _ = std::fs::remove_dir(&volume);
+    if made_storage {
+        let _ = std::fs::remove_dir_all("/var/lib/containers");
+    }
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+    mounted.expect("a generation for the mount");
+    unmounted.expect("a generation for the unmount");
+}
+
 /// The TCP API (issue 15, part 3): per-user tokens (`--api-tokens`), TLS (`--api-tls-cert`,
 /// `--api-tls-key`), and the token's user recorded as the approver, in the approval and in the
 /// audit log; a name claimed with `--as` is recorded beside it, never instead. Controls: no

@@ -362,6 +362,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,
         ticks: 0,
+        mounts: crate::kernel::unlisted_mounts(),
     };
     // The control socket's directory, before the first generation is compiled: its identity
     // rules then hold it from the start (agents may not unlink, rename or bind a socket there).

@@ -90,6 +90,9 @@ pub(super) struct Daemon<'a> {
     pub content_hash: Option<String>,
     /// Once-a-second ticks so far.
     pub ticks: u64,
+    /// The filesystems mounted below directories the identity resolution does not list, as
+    /// last looked at ([`crate::kernel::unlisted_mounts`]).
+    pub mounts: Vec<Vec<u8>>,
 }
 
 /// How many ticks apart the proxy's listeners are matched against every agent process's
@@ -374,7 +377,11 @@ impl Daemon<'_> {
                     cgroup_due = None;
                     socket_due = None;
                     if socket_changed {
-                        ("a Unix socket a rule names was created or re-created", PolicyFrom::ReadOrKeep)
+                        (
+                            "a Unix socket a rule names was created or re-created, or a \
+                             filesystem was mounted or unmounted below a protected directory",
+                            PolicyFrom::ReadOrKeep,
+                        )
                     } else {
                         // Only cgroups changed. If the agents are the same ones, the current
                         // generation is exactly what a rebuild would make: keep it. (Watch the
@@ -457,8 +464,9 @@ impl Daemon<'_> {
         Ok(())
     }
 
-    /// Once a second: expire approvals, look at the sockets again (true: a rule's socket
-    /// changed, the next generation is due), and tell the kernel's dropped events.
+    /// Once a second: expire approvals, look at the sockets and the mounts below unlisted
+    /// directories again (true: one changed, the next generation is due), and tell the
+    /// kernel's dropped events.
     fn tick(&mut self) -> bool {
         self.approvals.expire_due(SystemTime::now());
         // Agent processes that entered network namespaces of their own since, where the
@@ -473,6 +481,14 @@ impl Daemon<'_> {
         // Socket files re-created where no directory watch saw it (a directory that did not
         // exist yet): looked at once a second.
         let sockets = watch::sockets_changed(&self.enforcer);
+        // A filesystem mounted or unmounted below them (a container started, a pod's volume):
+        // the next generation gives it identity entries.
+        let mounts = crate::kernel::unlisted_mounts();
+        let remounted = mounts != self.mounts;
+        if remounted {
+            tracing::debug!("filesystems mounted below unlisted directories changed");
+            self.mounts = mounts;
+        }
         self.count_tick(false);
         // The kernel's drop counter, told as a record when it moves.
         let now = self
@@ -494,7 +510,7 @@ impl Daemon<'_> {
             self.publisher.publish(r);
             self.dropped = now;
         }
-        sockets
+        sockets || remounted
     }
 
     /// Read the kernel's counts of allowed actions; publish count records if due (or `now`).

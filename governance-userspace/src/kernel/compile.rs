@@ -51,7 +51,7 @@ mod selectors;
 mod sequence;
 
 pub use self::builtins::*;
-pub use self::identities::ReadAhead;
+pub use self::identities::{ReadAhead, unlisted_mounts};
 pub(crate) use self::selectors::Selectors;
 use self::{class::*, identities::*};
 

@@ -53,6 +53,7 @@ pub use canary::Canary;
 pub(crate) use compile::Selectors;
 pub use compile::{
     Class, KernelPolicy, Protect, ReadAhead, bucket_id, compile, compile_ahead, compile_from,
+    unlisted_mounts,
 };
 pub use handover::Carried;
 

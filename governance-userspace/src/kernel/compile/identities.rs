@@ -50,6 +50,11 @@ pub(crate) struct Identities {
     pub(super) listing: Option<std::thread::JoinHandle<Listings>>,
     pub(super) budget: usize,
     pub(super) skip: Vec<Vec<u8>>,
+    /// Directories not listed ([`not_enumerated`]), every spelling: below them only the mount
+    /// points are looked for, in the mount table.
+    pub(super) unlisted: Vec<Vec<u8>>,
+    /// The mount table's mount points, read on first use.
+    pub(super) mounts: Option<Vec<Vec<u8>>>,
     pub(crate) notes: BTreeSet<String>,
 }
 
@@ -101,12 +106,14 @@ impl Identities {
                 .into_iter()
                 .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
                 .collect(),
+            unlisted: Vec::new(),
+            mounts: None,
             notes: BTreeSet::new(),
         };
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         for p in not_enumerated(&passwd) {
             let spelled = identities.spellings(&p);
-            identities.skip.extend(spelled);
+            identities.unlisted.extend(spelled);
         }
         identities
     }
@@ -202,6 +209,18 @@ impl Identities {
     pub(super) fn enumerate(&mut self, dir: &[u8]) -> Vec<Vec<u8>> {
         if self.skip.iter().any(|s| s == dir) {
             return Vec::new();
+        }
+        // Too big to list, but what is mounted inside them (a running container's rootfs, a
+        // pod's volumes, `/boot/efi`) is in the mount table: without entries of their own,
+        // those filesystems' names would go by the agent's default (red team round 11).
+        if self.unlisted.iter().any(|s| s == dir) {
+            let mounts = self.mounts.get_or_insert_with(|| {
+                crate::agents::mount_points()
+                    .iter()
+                    .map(|m| path_bytes(m))
+                    .collect()
+            });
+            return below(mounts, dir);
         }
         if let Some(listed) = self.below.get(dir) {
             return listed.found.clone();
@@ -489,6 +508,34 @@ impl Identities {
         }
         out
     }
+}
+
+/// The paths of `paths` strictly below directory `dir`.
+fn below(paths: &[Vec<u8>], dir: &[u8]) -> Vec<Vec<u8>> {
+    paths
+        .iter()
+        .filter(|p| p.len() > dir.len() && p.starts_with(dir) && p[dir.len()] == b'/')
+        .cloned()
+        .collect()
+}
+
+/// The filesystems mounted below the directories that are not listed ([`not_enumerated`],
+/// each where it resolves now), by mount point: a generation gives them identity entries, so
+/// a change (a container started, a volume mounted) is worth the next one. Sorted.
+pub fn unlisted_mounts() -> Vec<Vec<u8>> {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let dirs: Vec<Vec<u8>> = not_enumerated(&passwd)
+        .iter()
+        .map(|p| path_bytes(&std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .collect();
+    let mounts: Vec<Vec<u8>> = crate::agents::mount_points()
+        .iter()
+        .map(|m| path_bytes(m))
+        .collect();
+    let mut out: Vec<Vec<u8>> = dirs.iter().flat_map(|d| below(&mounts, d)).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// What [`Identities::missing_name`] finds: the directory (canonical path and identity), the
