@@ -47,5 +47,16 @@ pub fn suggest(e: &Evidence) -> String {
              process in a cgroup of its own (e.g. `systemd-run --scope --unit=my-agent CMD`) and select that\nagents:\n  cgroup: {path}"
         );
     }
+    if let Some(unit) = path.rsplit('/').next().filter(|l| l.ends_with(".service")) {
+        // systemd removes a service's cgroup when it stops and makes a new one when it starts
+        // again; the new one is governed from the reload that finds it, and a service that
+        // restarts itself (Restart=) runs its start ungoverned until then (red team round 11).
+        let name = unit.trim_end_matches(".service");
+        return format!(
+            "# {unit}'s cgroup is made again each time it restarts, and governed only from the \
+             reload that finds it: put the unit in a slice of its own (Slice={name}-agent.slice in \
+             its [Service] section) and select the slice instead\nagents:\n  cgroup: {path}"
+        );
+    }
     format!("agents:\n  cgroup: {path}")
 }

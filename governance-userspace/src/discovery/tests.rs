@@ -199,9 +199,16 @@ fn the_table_is_bounded() {
 #[test]
 fn suggested_selectors() {
     let e = |cgroup: &str| sni_evidence(1, cgroup, "api.openai.com");
+    let s = suggest(&e("/system.slice/support-bot.service"));
+    assert!(
+        s.starts_with("# support-bot.service's cgroup is made again each time it restarts")
+            && s.contains("Slice=support-bot-agent.slice")
+            && s.ends_with("agents:\n  cgroup: system.slice/support-bot.service"),
+        "{s}"
+    );
     assert_eq!(
-        suggest(&e("/system.slice/support-bot.service")),
-        "agents:\n  cgroup: system.slice/support-bot.service"
+        suggest(&e("/agents.slice/support-bot.scope")),
+        "agents:\n  cgroup: agents.slice/support-bot.scope"
     );
     let s = suggest(&e("/"));
     assert!(
