@@ -488,13 +488,17 @@ pub const BUILTIN_CLASS_BASE: u32 = 0x7fff_ff00;
 
 /// The class of the shared built-in path rules for an agent of class `class` (slot bit
 /// included) whose [`allow`] bits are `allow`.
+/// (Kernel settings 1, system files 2, runtime sockets 4: the orchestrator's credentials.)
 pub const fn builtin_class(class: u32, allow: u32) -> u32 {
-    let relaxed = (allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES)) >> 5;
+    let relaxed = ((allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES)) >> 5)
+        | (allow & allow::RUNTIME_SOCKETS);
     (class & (1 << 31)) | BUILTIN_CLASS_BASE | relaxed
 }
 const _: () = assert!(
     builtin_class(class_id(1, 7), allow::SYSTEM_FILES) == class_id(1, BUILTIN_CLASS_BASE | 2)
         && builtin_class(class_id(2, 7), allow::LOADER_EXEC) == class_id(2, BUILTIN_CLASS_BASE)
+        && builtin_class(class_id(2, 7), allow::RUNTIME_SOCKETS | allow::SYSTEM_FILES)
+            == class_id(2, BUILTIN_CLASS_BASE | 6)
 );
 
 /// What a [`Kind::Ipc`] event is about (its `port`), and what its `detail` then holds.

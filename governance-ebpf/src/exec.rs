@@ -6,7 +6,9 @@ use aya_ebpf::{
     macros::{lsm, raw_tracepoint},
     programs::{LsmContext, RawTracePointContext},
 };
-use governance_common::{Cause, EXEC_DETAIL_LOADER, ExecKey, GrantKey, Kind, access, allow, flags};
+use governance_common::{
+    Cause, EXEC_DETAIL_LOADER, ExecKey, GrantKey, Kind, Verdict, access, allow, flags,
+};
 
 use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
@@ -72,13 +74,15 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
     };
     let grant = GrantKey::new(agent.root, Kind::Exec, ((dev as u64) << 32) ^ ino);
     let key = ExecKey { class, dev, ino };
-    // A file an agent wrote is not taken for the program an exact rule named by its identity:
-    // an inode number freed by an outside upgrade and given again to a file an agent made
-    // would run as that program (red team round 11). Its path decides, below (the exact
-    // rule's path is in the path table too).
+    // A file an agent wrote is not taken for the program an exact rule allows by its
+    // identity: an inode number freed by an outside upgrade and given again to a file an agent
+    // made would run as that program (red team round 11). Its path decides, below (the exact
+    // rule's path is in the path table too). A restricting identity rule still holds for it
+    // (a hard link the agent made to a blocked binary it wrote to).
     // SAFETY: the values are read immediately.
     if let Some(rules) = unsafe { EXEC_RULES.get(&key) }
-        && unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_none()
+        && (rules.enforce.present != 0 && rules.enforce.verdict != Verdict::Allow as u8
+            || unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_none())
     {
         return apply(Kind::Exec, agent, Some(*rules), default, grant);
     }

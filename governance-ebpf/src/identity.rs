@@ -1284,5 +1284,39 @@ pub fn inode_rmdir(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    changed_in_place(Btf::arg(&ctx, 1), false, LINK_OP_RMDIR)
+    let dentry = Btf::arg(&ctx, 1);
+    let ret = changed_in_place(dentry, false, LINK_OP_RMDIR);
+    if ret != 0 {
+        return ret;
+    }
+    held_dir(dentry)
+}
+
+/// A directory above a protected object or a protected name that is missing (`SCOPE_HOLDS`,
+/// as a rename of it is refused): removed, its name could be made again as a symlink or a
+/// directory moved in from elsewhere, and the protected paths below it would lead there (red
+/// team round 12: `~/.local` emptied, removed and made a symlink, then `~/.local/bin`).
+#[inline(always)]
+fn held_dir(dentry: Btf) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    let (letters, tables) = match name_letters(&agent.value, dentry) {
+        Ok((letters, _, tables)) => (letters & (2 | 4), tables),
+        Err(cause) => return refuse(&agent, Err(cause), dentry, object_of(dentry), LINK_OP_RMDIR),
+    };
+    if letters == 0 {
+        return 0;
+    }
+    match holds(tables, dentry, letters) {
+        Ok(0) => 0,
+        Ok(r) => refuse(
+            &agent,
+            Ok(r as u32),
+            dentry,
+            object_of(dentry),
+            LINK_OP_RMDIR,
+        ),
+        Err(cause) => refuse(&agent, Err(cause), dentry, object_of(dentry), LINK_OP_RMDIR),
+    }
 }

@@ -30,9 +30,16 @@ pub enum AgentsError {
 /// The mount point of the cgroup2 filesystem, from `/proc/self/mountinfo` (hybrid layouts
 /// mount it somewhere below /sys/fs/cgroup, so never assume).
 pub fn cgroup2_mount() -> Result<PathBuf, AgentsError> {
-    let text =
-        crate::procfs::read_to_string("/proc/self/mountinfo").map_err(AgentsError::Mountinfo)?;
+    let text = mountinfo_text().map_err(AgentsError::Mountinfo)?;
     find_cgroup2(&text).ok_or(AgentsError::NoCgroup2)
+}
+
+/// `/proc/self/mountinfo` as text, bytes that are not UTF-8 replaced: a mount point below a
+/// directory whose name is not UTF-8 (an agent may rename a mount point's ancestor so) must
+/// not make the table unreadable (red team round 12: the daemon did not start, and the mounts
+/// below unlisted directories were all dropped).
+fn mountinfo_text() -> std::io::Result<String> {
+    crate::procfs::read("/proc/self/mountinfo").map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
@@ -42,22 +49,26 @@ fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
 /// The mount points of the cgroup v1 hierarchies (a hybrid layout's `cpu`, `memory`,
 /// `systemd`, ...), where container runtimes with the cgroupfs driver mirror a cgroup's path.
 pub fn cgroup_v1_mounts() -> Vec<PathBuf> {
-    crate::procfs::read_to_string("/proc/self/mountinfo")
+    mountinfo_text()
         .map(|text| mounts_of(&text, "cgroup").collect())
         .unwrap_or_default()
 }
 
-/// Every mount point of this mount namespace, from `/proc/self/mountinfo` (none if it cannot
-/// be read).
+/// Every mount point of this mount namespace, from `/proc/self/mountinfo`, byte for byte (a
+/// name need not be UTF-8); none if it cannot be read.
 pub fn mount_points() -> Vec<PathBuf> {
-    crate::procfs::read_to_string("/proc/self/mountinfo")
-        .map(|text| {
-            text.lines()
-                .filter_map(|line| line.split_whitespace().nth(4))
-                .map(|m| PathBuf::from(unescape_mountinfo(m)))
-                .collect()
-        })
+    crate::procfs::read("/proc/self/mountinfo")
+        .map(|text| mount_points_of(&text))
         .unwrap_or_default()
+}
+
+fn mount_points_of(mountinfo: &[u8]) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStringExt as _;
+    mountinfo
+        .split(|&b| b == b'\n')
+        .filter_map(|line| line.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(m))))
+        .collect()
 }
 
 fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
@@ -66,14 +77,17 @@ fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = Pa
         let (left, right) = line.split_once(" - ")?;
         let kind = right.split_whitespace().next()?;
         let mount_point = left.split_whitespace().nth(4)?;
-        (kind == fstype).then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+        (kind == fstype).then(|| {
+            PathBuf::from(
+                String::from_utf8_lossy(&unescape_mountinfo(mount_point.as_bytes())).into_owned(),
+            )
+        })
     })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let b = s.as_bytes();
+fn unescape_mountinfo(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let octal = b.get(i + 1..i + 4).and_then(|d| {
@@ -92,7 +106,7 @@ fn unescape_mountinfo(s: &str) -> String {
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number (what
@@ -367,8 +381,17 @@ mod tests {
 
     #[test]
     fn unescapes_mount_points() {
-        assert_eq!(unescape_mountinfo(r"/mnt/my\040cg"), "/mnt/my cg");
-        assert_eq!(unescape_mountinfo(r"/a\\b\0"), r"/a\\b\0");
+        assert_eq!(unescape_mountinfo(br"/mnt/my\040cg"), b"/mnt/my cg");
+        // A name that is not UTF-8 is kept byte for byte, and hides no other mount.
+        let info = b"40 1 0:50 / /home/\xff/remote rw - fuse.sshfs x rw\n41 1 0:51 / /var/lib/docker/overlay2/a/merged rw - overlay overlay rw\n";
+        let points = mount_points_of(info);
+        use std::os::unix::ffi::OsStrExt as _;
+        assert_eq!(points[0].as_os_str().as_bytes(), b"/home/\xff/remote");
+        assert_eq!(
+            points[1],
+            PathBuf::from("/var/lib/docker/overlay2/a/merged")
+        );
+        assert_eq!(unescape_mountinfo(br"/a\\b\0"), br"/a\\b\0");
     }
 
     /// Selectors that each name one cgroup are looked up directly; the agents found are those

@@ -959,6 +959,26 @@ fn a_file_an_agent_wrote_is_not_taken_for_an_exact_rule_s_program() {
         &Attempt::exec_args(&tool, &["true"]),
     );
     assert_eq!(ev.rule_id, k.rule(14));
+    // A restricting identity rule still holds for a file an agent wrote: a hard link to the
+    // blocked binary, written to by the agent, is refused by the binary's own rule (red team
+    // round 12: only allows are not trusted for written files).
+    let blocked_link = fx.p("tmp/blocked-link");
+    std::fs::hard_link(fx.p("blocked/true"), &blocked_link).unwrap();
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&blocked_link, libc::O_WRONLY),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "the agent writes to it");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "exec of a blocked binary the agent wrote to, by another name",
+        &Attempt::exec(&blocked_link, "true"),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(4));
 }
 
 /// Red-team case 21, the Phantom race: the path buffer flips between an allowed and a denied file while the
@@ -5556,6 +5576,11 @@ fn system_files_are_refused() {
     // A filesystem mounted below container storage (a pod's volume, a container's rootfs),
     // which the identity resolution does not list: found in the mount table (red team round
     // 11: unlink, truncate, chmod there went by the agent's default).
+    // The orchestrator's credentials (a kubeadm node's admin kubeconfig).
+    let made_kube = !Path::new("/etc/kubernetes").exists();
+    let admin = Path::new("/etc/kubernetes/gov-rt-admin.conf");
+    std::fs::create_dir_all("/etc/kubernetes").unwrap();
+    std::fs::write(admin, "apiVersion: v1\nkind: Config\n").unwrap();
     let volume = Path::new("/var/lib/containers/storage/gov-rt-volume");
     std::fs::create_dir_all(volume).unwrap();
     mount_tmpfs(volume);
@@ -5955,6 +5980,43 @@ fn system_files_are_refused() {
         );
         let _ = std::fs::remove_file(path);
     }
+    // A directory that holds protected names (root's ~/.local holds ~/.local/lib and the
+    // missing ~/.local/bin) may not be removed: emptied and removed, it could be made again as
+    // a symlink to anywhere (red team round 12). Refused before the filesystem looks whether
+    // it is empty; the control gets ENOTEMPTY.
+    let ev = deny_errno(
+        &mut k,
+        &fx,
+        "R12 rmdir of a directory holding protected names",
+        &new_name(None, 7, Path::new("/root/.local"), Path::new("/")),
+        libc::EPERM,
+        Kind::Link,
+        Control::NotEperm,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_RMDIR);
+    assert!(Path::new("/root/.local").is_dir());
+    // The orchestrator's credentials are refused for reading (red team round 11: with them
+    // the API server runs a pod outside the agent), unless a policy allows runtime sockets.
+    let read_admin = Attempt::Open {
+        path: cstr(admin),
+        flags: libc::O_RDONLY,
+    };
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R11 the orchestrator's admin credentials read",
+        &read_admin,
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(governance_common::id_number(ev.rule_id), 0, "a built-in");
+    k.reload(&fx.policy("kernel: { allow_runtime_sockets: true }\n"));
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &read_admin);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "read when runtime sockets are allowed"
+    );
     // One mounted after the load is covered from the next generation on (the daemon builds
     // one when the mounts below unlisted directories change).
     let later = Path::new("/var/lib/containers/storage/gov-rt-later");
@@ -5999,6 +6061,10 @@ fn system_files_are_refused() {
     }
     if made_cni {
         let _ = std::fs::remove_dir_all("/opt/cni");
+    }
+    let _ = std::fs::remove_file(admin);
+    if made_kube {
+        let _ = std::fs::remove_dir("/etc/kubernetes");
     }
     for mounted in [volume, later] {
         unmount(mounted);

@@ -263,6 +263,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "WARNING: could not set the daemon's oom_score_adj to {OOM_SCORE_ADJ} ({e}): under memory pressure the kernel's OOM killer may pick the daemon, and an agent can make that pressure (set OOMScoreAdjust=-1000 in its unit, or give it CAP_SYS_RESOURCE)"
         );
     }
+    if let Some(why) = own_mount_namespace() {
+        crate::say!("WARNING: {why}");
+    }
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
@@ -715,6 +718,24 @@ fn started(previous: u32, adopted: bool, complete: bool) -> Record {
         ));
     }
     started
+}
+
+/// Whether the daemon runs in a mount namespace of its own (a container, a Kubernetes
+/// DaemonSet), and what that means: the node's files it protects by identity (the system
+/// files, the homes, exact exec rules, the mounts below container storage) are resolved in its
+/// own root, not the node's. Agents in their own mount namespaces cannot reach the node's
+/// files, but an agent pod given a hostPath volume of a node path can, unprotected by those
+/// identities (red team round 12). None where both are the same, or the node's is not visible.
+fn own_mount_namespace() -> Option<String> {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok()?;
+    let node = std::fs::read_link("/proc/1/ns/mnt").ok()?;
+    (ours != node).then(|| {
+        "the daemon runs in a mount namespace of its own (a container): the node's files it \
+         protects by identity (system files, homes, exact exec rules, container storage) are \
+         resolved in the daemon's root, not the node's; give agent pods and containers no \
+         hostPath or bind mounts of node paths (docs/limits.md)"
+            .to_owned()
+    })
 }
 
 /// The approval queue (HTTP holds, and kernel escalations approved by a time-bounded grant)

@@ -838,7 +838,7 @@ impl Builtins<'_> {
     /// Keep in class `c` only the identity entries in which it differs from the shared
     /// built-in class of its relaxations (see governance_common::IdentKey, shared entries).
     fn share(&mut self, c: &mut Class, identities: &mut Identities, errors: &mut Vec<String>) {
-        let relaxed = c.value.allow & (allow::KERNEL_SETTINGS | allow::SYSTEM_FILES);
+        let relaxed = c.value.allow & builtins::SHARED_RELAXATIONS;
         if !self.classes.contains_key(&relaxed) {
             let class = self.class(relaxed, identities, errors);
             self.classes.insert(relaxed, class);

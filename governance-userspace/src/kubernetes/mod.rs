@@ -190,7 +190,16 @@ impl Identities {
 
 fn pod_meta(p: &Pod) -> Option<(String, PodMeta)> {
     let m = &p.metadata;
-    let uid = m.uid.clone().filter(|u| !u.is_empty())?;
+    // A static pod's cgroup carries the kubelet's hash of its manifest, which the API's mirror
+    // pod keeps in this annotation (its own uid is another): keyed by it, or the pod would
+    // match no cgroup and go ungoverned (red team round 12).
+    let mirror = m
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("kubernetes.io/config.mirror"))
+        .filter(|h| !h.is_empty())
+        .cloned();
+    let uid = mirror.or_else(|| m.uid.clone().filter(|u| !u.is_empty()))?;
     Some((
         uid,
         PodMeta {

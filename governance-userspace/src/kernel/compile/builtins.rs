@@ -198,6 +198,34 @@ pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<P
     files
 }
 
+/// The orchestrator's credentials on a node: with them an agent has the API server run a pod
+/// (or anything) outside it, as a runtime socket would (red team round 11). Refused for reading
+/// unless a policy allows runtime sockets: kubeadm's kubeconfigs and PKI, the kubelet's client
+/// certificate and every pod's secrets and service-account tokens, k3s's, RKE2's, k0s's and
+/// MicroK8s's. Each home's `.kube` (users' kubeconfigs) too, see [`orchestrator_credentials`].
+pub(super) const ORCHESTRATOR_CREDENTIALS: [&str; 11] = [
+    "/etc/kubernetes",
+    "/var/lib/kubelet/pki",
+    "/var/lib/kubelet/kubeconfig",
+    "/var/lib/kubelet/pods",
+    "/etc/rancher",
+    "/var/lib/rancher/k3s/server",
+    "/var/lib/rancher/k3s/agent",
+    "/var/lib/rancher/rke2/server",
+    "/var/lib/rancher/rke2/agent",
+    "/var/lib/k0s/pki",
+    "/var/snap/microk8s/current/credentials",
+];
+
+/// [`ORCHESTRATOR_CREDENTIALS`], and `.kube` in each of the [`homes`] of `passwd`.
+pub(super) fn orchestrator_credentials(passwd: &str) -> Vec<PathBuf> {
+    ORCHESTRATOR_CREDENTIALS
+        .iter()
+        .map(PathBuf::from)
+        .chain(homes(passwd).into_iter().map(|h| h.join(".kube")))
+        .collect()
+}
+
 /// Every system file: [`SYSTEM_FILES`] and [`NOT_ENUMERATED`].
 fn system_files() -> impl Iterator<Item = &'static str> {
     SYSTEM_FILES.iter().chain(&NOT_ENUMERATED).copied()
@@ -266,6 +294,11 @@ pub(super) fn not_enumerated(passwd: &str) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The [`allow`] bits that change the shared built-in path rules (see
+/// [`governance_common::builtin_class`]).
+pub(super) const SHARED_RELAXATIONS: u32 =
+    allow::KERNEL_SETTINGS | allow::SYSTEM_FILES | allow::RUNTIME_SOCKETS;
+
 /// Is a built-in relaxed for `agent`: set true by an enforcing policy of the agent, false by
 /// none?
 pub(super) fn relaxed_for(governing: &[&Policy], get: fn(&Policy) -> Option<bool>) -> bool {
@@ -274,7 +307,8 @@ pub(super) fn relaxed_for(governing: &[&Policy], get: fn(&Policy) -> Option<bool
 }
 
 /// The [`allow`] bits of the built-ins a policy relaxed for `agent` that change the shared
-/// built-in path rules (kernel settings, system files).
+/// built-in path rules (kernel settings, system files, runtime sockets: the orchestrator's
+/// credentials).
 pub(super) fn relaxations(governing: &[&Policy]) -> u32 {
     let mut bits = 0;
     if relaxed_for(governing, |p| p.allow_kernel_settings) {
@@ -282,6 +316,9 @@ pub(super) fn relaxations(governing: &[&Policy]) -> u32 {
     }
     if relaxed_for(governing, |p| p.allow_system_files) {
         bits |= allow::SYSTEM_FILES;
+    }
+    if relaxed_for(governing, |p| p.allow_runtime_sockets) {
+        bits |= allow::RUNTIME_SOCKETS;
     }
     bits
 }
@@ -314,11 +351,16 @@ pub(super) fn shared_denied(
 }
 
 /// The paths the built-ins refuse access letter `letter` below, with the relaxations
-/// `relaxed`: the daemon's secrets, and for writes also the policy, the pins, the daemon's
+/// `relaxed`: the daemon's secrets, for reads the orchestrator's credentials (unless relaxed),
+/// and for writes also the policy, the pins, the daemon's
 /// executable, the kernel's settings and the system files (each unless relaxed). With no
 /// relaxation, a write letter's are every built-in path.
 pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<PathBuf> {
     let mut denied: Vec<PathBuf> = protect.no_access.clone();
+    if letter == access::READ && relaxed & allow::RUNTIME_SOCKETS == 0 {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+        denied.extend(orchestrator_credentials(&passwd));
+    }
     if letter != access::READ {
         denied.extend(protect.no_write.iter().cloned());
         if relaxed & allow::KERNEL_SETTINGS == 0 {

@@ -501,7 +501,38 @@ fn system_files_are_refused_unless_a_policy_allows_them() {
         "{:?}",
         k.classes[0].paths.keys()
     );
+    // The orchestrator's credentials are refused for reading too (red team round 11: with
+    // them the API server runs a pod outside the agent), unless runtime sockets are allowed;
+    // the rest of /etc and the kubelet's other files stay readable.
+    for path in [
+        "/etc/kubernetes/admin.conf",
+        "/var/lib/kubelet/pki/kubelet-client-current.pem",
+        "/var/lib/kubelet/pods/0a1b/volumes/kubernetes.io~secret/db/password",
+        "/etc/rancher/k3s/k3s.yaml",
+        "/root/.kube/config",
+    ] {
+        assert!(refused(&k, access::READ, path), "{path}");
+    }
+    for path in ["/etc/hosts", "/var/lib/kubelet/config.yaml"] {
+        assert!(!refused(&k, access::READ, path), "{path}");
+    }
+    let runtimes = class("kernel: { allow_runtime_sockets: true }");
+    assert!(!refused(
+        &runtimes,
+        access::READ,
+        "/etc/kubernetes/admin.conf"
+    ));
+    assert!(refused(
+        &runtimes,
+        access::WRITE,
+        "/etc/kubernetes/admin.conf"
+    ));
     let relaxed = class("kernel: { allow_system_files: true }");
+    assert!(refused(
+        &relaxed,
+        access::READ,
+        "/etc/kubernetes/admin.conf"
+    ));
     assert!(!refused(&relaxed, access::WRITE, "/etc/cron.d/job"));
     assert!(!refused(&relaxed, access::CREATE, "/usr/local/lib/x.so"));
     // The daemon's own files are never relaxed.
