@@ -4923,6 +4923,13 @@ fn names_cases() {
     std::fs::create_dir_all(fx.p("link-target/inner")).unwrap();
     std::fs::write(fx.p("link-target/inner/doc"), "doc").unwrap();
     std::os::unix::fs::symlink(fx.p("link-target"), fx.p("via-link")).unwrap();
+    // A chain (a dotfile manager's `~/.bashrc → ~/dotfiles/bashrc`, `~/dotfiles → ~/Sync/…`),
+    // and a dangling link at a rule's path (its target's directory missing).
+    std::fs::create_dir_all(fx.p("sync/dots")).unwrap();
+    std::fs::write(fx.p("sync/dots/rc"), "rc").unwrap();
+    std::os::unix::fs::symlink(fx.p("sync/dots"), fx.p("dots")).unwrap();
+    std::os::unix::fs::symlink(fx.p("dots/rc"), fx.p("dot-rc")).unwrap();
+    std::os::unix::fs::symlink(fx.p("not-made/rc"), fx.p("dangle-rc")).unwrap();
     for dir in [
         "tmp/ws/objects",
         "tmp/ws/sub",
@@ -4951,6 +4958,8 @@ fn names_cases() {
          \x20 - {{ id: deep, file: {{ prefix: {d}/outer/inner/deep }}, verdict: block, reason: deep }}\n\
          \x20 - {{ id: other-fs, file: {{ prefix: {d}/other-fs/locked }}, verdict: block, reason: other filesystem }}\n\
          \x20 - {{ id: linked, file: {{ prefix: {d}/via-link/inner }}, verdict: block, reason: through a symlink }}\n\
+         \x20 - {{ id: chained, file: {{ path: {d}/dot-rc }}, verdict: block, reason: through a chain of symlinks }}\n\
+         \x20 - {{ id: dangling, file: {{ path: {d}/dangle-rc }}, verdict: block, reason: through a dangling symlink }}\n\
          kernel: {{ allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT, CAP_DAC_READ_SEARCH], allow_mounts: true }}\n"
     );
     // The agent gets back what the views it makes need (chroot, its own mounts, opens by
@@ -4960,7 +4969,7 @@ fn names_cases() {
     k.require("inode_rename");
     let (secrets, readonly) = (k.rule(6), k.rule(7));
     let (apikey, vault, deep, other_fs) = (k.rule(14), k.rule(15), k.rule(16), k.rule(17));
-    let linked = k.rule(18);
+    let (linked, chained, dangling) = (k.rule(18), k.rule(19), k.rule(20));
 
     /// An open refused in the agent by `rule`, through `path`, a name no path rule names.
     fn denied_open(k: &mut Loaded, fx: &Fixture, case: &str, path: &Path, rule: u32) -> Event {
@@ -5185,6 +5194,44 @@ fn names_cases() {
         Outcome::Exited(0),
         "control: removed outside the agent"
     );
+    // A chain's middle link is held too (red team round 12): replaced, `dot-rc` would lead
+    // into the agent's directory. The control renames it away and back.
+    denied_name(
+        &mut k,
+        &fx,
+        "23 agent renames the middle link of a chain on a rule's path away",
+        &Attempt::rename(&fx.p("dots"), &fx.p("tmp/dots-away")),
+        chained,
+        rename_op,
+    );
+    std::fs::rename(fx.p("tmp/dots-away"), fx.p("dots")).unwrap();
+    // A dangling link at a rule's path: the directory it leads into may not be made, and what
+    // an open through it would create is the rule's (red team round 12: the agent made the
+    // directory and wrote through the link to a path no rule named). The control makes the
+    // directory; then the agent's write through the link is refused by the rule's path.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "23 agent makes the directory a dangling link on a rule's path leads into",
+        &Attempt::Mkdir {
+            path: cstr(&fx.p("not-made")),
+        },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, dangling);
+    let ev = deny(
+        &mut k,
+        &fx,
+        "23 agent writes through a dangling link on a rule's path",
+        &Attempt::Open {
+            path: cstr(&fx.p("dangle-rc")),
+            flags: libc::O_WRONLY | libc::O_CREAT,
+        },
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, dangling);
 
     // 24. Views: a bind mount of the protected directory made outside (a file made in it after
     // the load too), another mount namespace's view through /proc/PID/root, a chroot, and the

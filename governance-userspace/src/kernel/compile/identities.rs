@@ -136,10 +136,21 @@ impl Identities {
     pub(super) fn spellings(&mut self, p: &Path) -> Vec<Vec<u8>> {
         use std::os::unix::ffi::OsStrExt as _;
         let mut out = vec![path_bytes(p)];
-        if let Some((real, _)) = self.find(&out[0])
-            && Path::new(std::ffi::OsStr::from_bytes(&real)) != p
-        {
-            out.push(real);
+        match self.find(&out[0]) {
+            Some((real, _)) => {
+                if Path::new(std::ffi::OsStr::from_bytes(&real)) != p {
+                    out.push(real);
+                }
+            }
+            // Missing: where a symlink on the way leads (a dangling link at the path: what an
+            // open through it creates), if one does.
+            None => {
+                if let Some(led) = self.lead(&out[0])
+                    && led != out[0]
+                {
+                    out.push(led);
+                }
+            }
         }
         out
     }
@@ -373,17 +384,6 @@ impl Identities {
                 }
             }
         }
-        // The symlinks on the way to a restricting rule's object (merged /usr's `/bin`, a
-        // dotfile manager's `~/.bashrc`): each is held as the object is, so that it is not
-        // replaced, removed or renamed to point the rule's path elsewhere, and the directories
-        // above it hold it (red team round 11: `mv -T /tmp/evil /bin` was allowed).
-        for ((link, (dev, ino, _)), held) in links {
-            let entry = c.idents.entry((dev, ino, SCOPE_SELF, 0)).or_default();
-            for (slot, r) in entry.rules.iter_mut().zip(held) {
-                *slot = severer(*slot, r);
-            }
-            holders.push((link, held));
-        }
         // The protected paths missing now: the names they would have (see above).
         for path in missing {
             let Some((real, name, rule)) = self.missing_name(c, &path) else {
@@ -400,6 +400,20 @@ impl Identities {
             let mut held = [RulePair::default(); 4];
             held[2] = rule;
             holders.push((named, held));
+            // A symlink on the way (a dangling one at the path itself) is not replaced either.
+            let linked = [RulePair::default(), rule, rule, rule];
+            links.extend(self.links_on(&path).into_iter().map(|l| (l, linked)));
+        }
+        // The symlinks on the way to a restricting rule's object (merged /usr's `/bin`, a
+        // dotfile manager's `~/.bashrc`): each is held as the object is, so that it is not
+        // replaced, removed or renamed to point the rule's path elsewhere, and the directories
+        // above it hold it (red team round 11: `mv -T /tmp/evil /bin` was allowed).
+        for ((link, (dev, ino, _)), held) in links {
+            let entry = c.idents.entry((dev, ino, SCOPE_SELF, 0)).or_default();
+            for (slot, r) in entry.rules.iter_mut().zip(held) {
+                *slot = severer(*slot, r);
+            }
+            holders.push((link, held));
         }
         // The directories above a restricting rule's object: renaming one moves the rule's path
         // away from the object.
@@ -465,16 +479,54 @@ impl Identities {
     }
 }
 
+/// How many symlinks [`Identities::links_on`] and [`Identities::lead`] follow in a row (the
+/// kernel's own limit is 40).
+const MAX_LINK_HOPS: u32 = 8;
+
 impl Identities {
-    /// The symlinks among `path`'s components (as written), each by its own name (its
-    /// directory's canonical path and its name) and its own identity (`lstat`). A component
-    /// is a symlink when its canonical path is not its directory's and its name; both come
-    /// from [`find`](Self::find)'s cache, so only a link costs an `lstat`.
+    /// The symlinks on `path` (as written), each by its own name (its directory's canonical
+    /// path and its name) and its own identity (`lstat`), and those on each link's target
+    /// (with the rest of `path` after the link): a chain's middle link (`~/dotfiles` in
+    /// `~/.bashrc → ~/dotfiles/bashrc`) replaced would point the path elsewhere too, and a
+    /// link whose target is missing is held as well. A component is a symlink when its
+    /// canonical path is not its directory's and its name; both come from
+    /// [`find`](Self::find)'s cache, so only a link (or a missing name) costs an `lstat`.
     fn links_on(&mut self, path: &[u8]) -> Vec<Link> {
-        use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
         let mut out = Vec::new();
+        self.links_into(path, MAX_LINK_HOPS, &mut out);
+        out
+    }
+
+    fn links_into(&mut self, path: &[u8], hops: u32, out: &mut Vec<Link>) {
+        if let Some((link, id, target)) = self.first_link(path) {
+            out.push((link, id));
+            if hops > 0 {
+                self.links_into(&target, hops - 1, out);
+            }
+        }
+    }
+
+    /// Where `path` leads when it does not resolve: its first symlink followed as the kernel
+    /// would, again up to [`MAX_LINK_HOPS`], the missing rest kept (a dangling `~/.gitconfig →
+    /// ~/dots/gitconfig` leads to `~/dots/gitconfig`, a name the agent could make). None if no
+    /// symlink is on the way.
+    pub(super) fn lead(&mut self, path: &[u8]) -> Option<Vec<u8>> {
+        let mut led = self.first_link(path)?.2;
+        for _ in 0..MAX_LINK_HOPS {
+            match self.first_link(&led) {
+                Some((_, _, next)) => led = next,
+                None => break,
+            }
+        }
+        Some(led)
+    }
+
+    /// The first symlink among `path`'s components: its own name and identity, and the path
+    /// it leads to (its target, made absolute and plain, with the rest of `path`).
+    fn first_link(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found, Vec<u8>)> {
+        use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
         if path.first() != Some(&b'/') {
-            return out;
+            return None;
         }
         let mut end = 0;
         while end < path.len() {
@@ -487,27 +539,61 @@ impl Identities {
             if matches!(name, b"" | b"." | b"..") {
                 continue;
             }
-            let (Some((mut own, _)), Some((real, _))) = (self.find(dir), self.find(&path[..next]))
-            else {
-                break;
-            };
+            let (mut own, _) = self.find(dir)?;
             if own.last() != Some(&b'/') {
                 own.push(b'/');
             }
             own.extend_from_slice(name);
-            if real == own {
+            if self
+                .find(&path[..next])
+                .is_some_and(|(real, _)| real == own)
+            {
                 continue;
             }
-            let Ok(meta) = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own)) else {
+            // Another canonical path, or none: a symlink (dangling or not), or missing.
+            let meta = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own)).ok()?;
+            if !meta.file_type().is_symlink() {
                 continue;
+            }
+            let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
+            let target = std::fs::read_link(std::ffi::OsStr::from_bytes(&own)).ok()?;
+            let target = target.as_os_str().as_bytes();
+            let mut led = if target.first() == Some(&b'/') {
+                Vec::new()
+            } else {
+                own[..own.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec()
             };
-            if meta.file_type().is_symlink() {
-                let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
-                out.push((own, id));
-            }
+            led.push(b'/');
+            led.extend_from_slice(target);
+            led.extend_from_slice(&path[next..]);
+            return Some((own, id, plain(&led)));
         }
-        out
+        None
     }
+}
+
+/// `path` with `.`, `..` and repeated slashes taken out by name (a link's target read from a
+/// canonical directory: `..` leaves that directory).
+fn plain(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for part in path.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// The paths of `paths` strictly below directory `dir`.

@@ -1348,7 +1348,8 @@ fn device_markers_agree(c: &Idents) {
 
 /// `Identities::find` answers every path as `canonicalize` and `stat` do, though it finds a
 /// path from its parent's cached answer, and a rule's spellings through it are the path and
-/// its `canonicalize`d form where that differs: over files, directories, missing names, names
+/// its `canonicalize`d form where that differs (and, for a missing path, where its symlinks
+/// lead): over files, directories, missing names, names
 /// below a file or a missing directory, symlinks (to a directory, a file, up the tree,
 /// absolute, dangling, in a loop), doubled and trailing slashes, `.` and `..`.
 #[test]
@@ -1422,8 +1423,26 @@ fn find_answers_as_canonicalize_and_stat() {
         {
             spelled.push(path_bytes(&real));
         }
-        assert_eq!(shared.spellings(p), spelled, "{path}");
+        // A missing path adds where a symlink on the way leads, if one does (below).
+        let got = shared.spellings(p);
+        assert_eq!(got[..spelled.len()], spelled[..], "{path}");
+        assert!(got.len() == spelled.len() || spelled.len() == 1, "{path}");
     }
+    // Where missing paths lead through their symlinks: a dangling link to its target, a
+    // chain followed to the end with the rest kept; a path with no link on the way, nothing.
+    let mut led = |name: &str| -> Vec<String> {
+        shared
+            .spellings(&d.join(name))
+            .iter()
+            .skip(1)
+            .map(|s| String::from_utf8_lossy(s).replace(d.to_str().unwrap(), ""))
+            .collect()
+    };
+    assert_eq!(led("a/dangling"), ["/a/missing"]);
+    assert_eq!(led("a/dangling/x"), ["/a/missing/x"]);
+    assert_eq!(led("a/rel/up/x"), ["/a/b/file/x"]);
+    assert!(led("a/none/x/y").is_empty());
+    assert!(led("a/b/file/x").is_empty());
 }
 
 /// A tree of directories with files that have other names outside it (hard links), for the
