@@ -100,7 +100,27 @@ impl Proxy {
             Ok(u) => u,
             Err(e) => return bad_gateway(format!("cannot build the upstream request: {e}")),
         };
+        // A body on a method that usually has none (GET, HEAD, DELETE, OPTIONS): an upstream
+        // that ignores it reads it as the next request on the connection, one the proxy never
+        // decided (red team round 13). Such a connection is not kept for another request.
+        let unusual_body = matches!(
+            parts.method,
+            http::Method::GET
+                | http::Method::HEAD
+                | http::Method::DELETE
+                | http::Method::OPTIONS
+                | http::Method::TRACE
+        ) && (parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
         request::strip_hop_by_hop(&mut parts.headers);
+        if unusual_body {
+            parts
+                .headers
+                .insert(header::CONNECTION, request::header_value("close"));
+        }
         let host_value = if authority.is_empty() {
             addr.to_string()
         } else {
@@ -145,8 +165,12 @@ impl Proxy {
             None => {
                 // A sandbox upstream (the policy's) from the proxy's namespace; the request's
                 // destination from the client's (see `origin.rs`).
-                let sent = match (&conn.origin, &to) {
-                    (Some(origin), To::Upstream(_)) => origin.client.request(req),
+                let sent = match (&conn.origin, &to, &conn.client) {
+                    (Some(origin), To::Upstream(_), _) => origin.client.request(req),
+                    (_, _, Some(c)) => self
+                        .upstream
+                        .client_of(c.info.cgroup_id, &c.agent.name)
+                        .request(req),
                     _ => self.upstream.client.request(req),
                 };
                 match tokio::time::timeout(head_wait, sent).await {

@@ -208,7 +208,13 @@ pub fn target(
         if a.port().is_some() && a.port_u16().is_none() {
             return Err(Reject::Target("bad port".into()));
         }
-        (ip_literal(normalise_host(a.host()))?, a.port_u16())
+        let host = normalise_host(a.host());
+        // An empty label (`api.example.com..`, `.api.example.com`): a name resolvers may read
+        // as the one without it, which rules would not (red team round 13).
+        if host.starts_with('.') || host.ends_with('.') || host.contains("..") {
+            return Err(Reject::Target(format!("`{}` has an empty label", a.host())));
+        }
+        (ip_literal(host)?, a.port_u16())
     };
     let (path, query) = if method == Method::CONNECT {
         (String::new(), None)
@@ -523,6 +529,18 @@ mod tests {
         assert_eq!((h.host.as_str(), h.absolute), ("::1", true));
         assert!(head("GET", "/", Some("u@h")).is_err());
         assert!(head("GET", "https://h/", None).is_err());
+        // An empty label: resolvers may read it as the name without it (red team round 13).
+        for host in [
+            "api.payments.example..",
+            ".api.payments.example",
+            "api..payments.example",
+        ] {
+            assert!(head("GET", "/", Some(host)).is_err(), "{host}");
+            assert!(
+                head("CONNECT", &format!("{host}:443"), None).is_err(),
+                "{host}"
+            );
+        }
         let h = head("CONNECT", "api.example:443", None).unwrap();
         assert_eq!(
             (h.host.as_str(), h.port, h.path.as_str()),

@@ -568,6 +568,55 @@ async fn a_throttle_stays_spent_across_a_reload() {
     h.assert_no_panics();
 }
 
+/// Kept-alive upstream connections are each agent's own (red team round 13): one opened for an
+/// agent's request was reused for another agent's, carrying a connection-bound login or what
+/// the first request left unread into the second's. And a body on a GET closes its upstream
+/// connection after the answer (an upstream that ignores it would read it as a request the
+/// proxy never decided). Control: an agent's own requests share a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_never_shared_between_agents() {
+    let up = upstream("payments").await;
+    let yaml = "name: pool\nagents: { cgroup: 'agents/*' }\nrules:\n\
+                \x20 - { id: search, http: { host: api.payments.example, path: /search }, verdict: allow, reason: r }\n";
+    let h = start(config(), parse(yaml), Limits::default()).await;
+    let me = h.agent("agents/pool-1", None, Some(up.addr));
+    let other = h.agent("agents/pool-2", None, Some(up.addr));
+    let search = || post("api.payments.example", "/search", json!({}));
+    let accepted = || up.accepted.load(Ordering::Relaxed);
+    for _ in 0..2 {
+        let r = h.send(me, search()).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert_eq!(
+        accepted(),
+        1,
+        "control: one agent's requests share a connection"
+    );
+    let r = h.send(other, search()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        accepted(),
+        2,
+        "another agent's request on a connection of its own"
+    );
+    let r = h.send(me, search()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(accepted(), 2);
+    // A GET with a body: answered, and its connection is not kept.
+    let get = Request::get("/search")
+        .header("host", "api.payments.example")
+        .body(Full::new(Bytes::from_static(
+            b"DELETE /admin HTTP/1.1\r\nx: ",
+        )))
+        .unwrap();
+    let r = h.send(me, get).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h.send(me, search()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(accepted(), 3, "a new connection after the GET with a body");
+    h.assert_no_panics();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refund_agent_allow_escalate_approve_deny_block() {
     let up = upstream("payments").await;

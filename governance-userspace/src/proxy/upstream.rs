@@ -186,8 +186,19 @@ const CACHE_MAX: usize = 4096;
 /// How long a failed lookup is remembered.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// Most agents with upstream connections of their own kept at once (the table starts over
+/// when full: their idle connections close).
+const CLIENTS_MAX: usize = 1024;
+
 pub struct Upstream {
+    /// For requests of no agent (a drill's canary, tests).
     pub client: Client<HttpConnector, UpBody>,
+    /// Each agent's (by agent root and name): an upstream connection kept alive for one
+    /// agent's requests is never reused for another's, which would carry a connection-bound
+    /// login (NTLM, Negotiate) or what one agent's request left unread on it into the other's
+    /// (red team round 13).
+    clients: Mutex<HashMap<(u64, String), Client<HttpConnector, UpBody>>>,
+    connect_timeout: Duration,
     host_check: HostCheck,
     overrides: HashMap<String, Vec<IpAddr>>,
     ttl: Duration,
@@ -199,20 +210,38 @@ pub struct Upstream {
     looked_up: Mutex<Vec<String>>,
 }
 
+/// An HTTP client with a pool of kept-alive upstream connections.
+fn pooled(connect_timeout: Duration) -> Client<HttpConnector, UpBody> {
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .set_host(false)
+        .build(http)
+}
+
 impl Upstream {
+    /// The client of the agent whose root is `root` and whose name is `name` (see `clients`).
+    pub fn client_of(&self, root: u64, name: &str) -> Client<HttpConnector, UpBody> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if clients.len() >= CLIENTS_MAX && !clients.contains_key(&(root, name.to_owned())) {
+            clients.clear();
+        }
+        clients
+            .entry((root, name.to_owned()))
+            .or_insert_with(|| pooled(self.connect_timeout))
+            .clone()
+    }
+
     pub fn new(cfg: &ProxyConfig) -> Self {
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(cfg.upstream_connect_timeout));
-        http.set_nodelay(true);
-        http.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .set_host(false)
-            .build(http);
         Self {
-            client,
+            client: pooled(cfg.upstream_connect_timeout),
+            clients: Mutex::new(HashMap::new()),
+            connect_timeout: cfg.upstream_connect_timeout,
             host_check: cfg.host_check,
             overrides: cfg
                 .host_addresses
