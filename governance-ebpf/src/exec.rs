@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext},
 };
 use governance_common::{
-    Cause, EXEC_DETAIL_LOADER, ExecKey, GrantKey, Kind, Verdict, access, allow, flags,
+    Cause, EXEC_DETAIL_LOADER, ExecKey, GrantKey, Kind, RulePair, access, allow, flags,
 };
 
 use crate::{
@@ -74,24 +74,55 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
     };
     let grant = GrantKey::new(agent.root, Kind::Exec, ((dev as u64) << 32) ^ ino);
     let key = ExecKey { class, dev, ino };
-    // A file an agent wrote is not taken for the program an exact rule allows by its
+    // A hit and its rules, never an `Option` whose `None` leaves the payload undefined: the
+    // verifier refused the merged branches reading it (`R3 !read_ok`).
+    // SAFETY: the value is copied immediately.
+    let (hit, found) = match unsafe { EXEC_RULES.get(&key) } {
+        Some(r) => (true, *r),
+        None => (false, RulePair::default()),
+    };
+    // A file an agent wrote is not simply taken for the program an exact rule names by its
     // identity: an inode number freed by an outside upgrade and given again to a file an agent
-    // made would run as that program (red team round 11). Its path decides, below (the exact
-    // rule's path is in the path table too). A restricting identity rule still holds for it
-    // (a hard link the agent made to a blocked binary it wrote to).
-    // SAFETY: the values are read immediately.
-    if let Some(rules) = unsafe { EXEC_RULES.get(&key) }
-        && (rules.enforce.present != 0 && rules.enforce.verdict != Verdict::Allow as u8
-            || unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_none())
-    {
-        return apply(Kind::Exec, agent, Some(*rules), default, grant);
+    // made would run as that program (red team round 11). It gets the more severe of the
+    // identity's answer and its path's, the identity's on a tie (round 14: a throttled or
+    // sandboxed program's number would still beat an allowlist's default); the exact rule's
+    // path is in the path table too, so the program itself is decided as before.
+    let mut written = false;
+    if hit {
+        // SAFETY: only presence is read.
+        written = unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some();
     }
+    // Through the stack as a plain flag: derived from the lookup's pointer, the verifier
+    // refused the flag's use (`bitwise operator &= on pointer prohibited`).
+    // SAFETY: a local variable.
+    let written = unsafe { core::ptr::read_volatile(&written) };
+    if hit && !written {
+        return apply(Kind::Exec, agent, Some(found), default, grant);
+    }
+    // The verdict the identity's answer gives (the default's where it has no enforcing rule).
+    let by_identity = if found.enforce.present != 0 {
+        found.enforce.verdict
+    } else {
+        default.enforce.verdict
+    };
     if !with_path {
+        if written && by_identity >= default.enforce.verdict {
+            return apply(Kind::Exec, agent, Some(found), default, grant);
+        }
         return apply(Kind::Exec, agent, None, default, grant);
     }
     match resolve_path(file, class) {
         Ok(key) => {
             let rules = path_rules(key, access::EXEC);
+            if written {
+                let by_path = match rules {
+                    Some(p) if p.enforce.present != 0 => p.enforce.verdict,
+                    _ => default.enforce.verdict,
+                };
+                if by_identity >= by_path {
+                    return apply(Kind::Exec, agent, Some(found), default, grant);
+                }
+            }
             apply(Kind::Exec, agent, rules, default, grant)
         }
         Err(cause) => Decision::fail_closed(Kind::Exec, cause),

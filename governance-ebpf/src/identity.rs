@@ -659,6 +659,13 @@ fn judge(
         if refused != 0 {
             return Ok(refused);
         }
+        // A directory that holds protected paths or names is not replaced either (red team
+        // round 14: `mv -T ~/w/x ~/.local` over an emptied `~/.local`, as `held_dir` refuses
+        // its rmdir).
+        let held = holds(tables, new, letters & (2 | 4))?;
+        if held != 0 {
+            return Ok(held);
+        }
     }
     if parent_of(old)? == parent_of(new)? {
         return Ok(0);

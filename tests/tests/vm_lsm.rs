@@ -927,9 +927,15 @@ fn a_file_an_agent_wrote_is_not_taken_for_an_exact_rule_s_program() {
     std::fs::copy(BUSYBOX, &tool).unwrap();
     let twin = fx.p("tmp/twin");
     std::fs::hard_link(&tool, &twin).unwrap();
+    let metered = fx.p("tmp/metered-tool");
+    std::fs::copy(BUSYBOX, &metered).unwrap();
+    let metered_twin = fx.p("tmp/metered-twin");
+    std::fs::hard_link(&metered, &metered_twin).unwrap();
     let mut k = fx.load(&format!(
-        "\x20 - {{ id: exact-tool, exec: {{ path: {} }}, verdict: allow, reason: one program }}\n",
-        tool.display()
+        "\x20 - {{ id: exact-tool, exec: {{ path: {} }}, verdict: allow, reason: one program }}\n\
+         \x20 - {{ id: metered-tool, exec: {{ path: {} }}, verdict: throttle, throttle: {{ rate: 100, per: 1m }}, reason: metered }}\n",
+        tool.display(),
+        metered.display()
     ));
     let ev = allow(
         &mut k,
@@ -979,6 +985,30 @@ fn a_file_an_agent_wrote_is_not_taken_for_an_exact_rule_s_program() {
         Control::Succeeds,
     );
     assert_eq!(ev.rule_id, k.rule(4));
+    // Nor does a throttle (or sandbox, or escalate) rule's identity beat the allowlist's
+    // default for a file the agent wrote (red team round 14): the more severe answer holds.
+    // Control: the metered program by its own path runs, metered.
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&metered_twin, libc::O_WRONLY),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "the agent writes to it");
+    deny(
+        &mut k,
+        &fx,
+        "exec of an agent-written file by a throttle rule's identity",
+        &Attempt::exec_args(&metered_twin, &["true"]),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    let ev = allow(
+        &mut k,
+        &fx,
+        "the metered program by its own path",
+        &Attempt::exec_args(&metered, &["true"]),
+    );
+    assert_eq!(ev.rule_id, k.rule(15));
 }
 
 /// Red-team case 21, the Phantom race: the path buffer flips between an allowed and a denied file while the
@@ -6042,6 +6072,21 @@ fn system_files_are_refused() {
     );
     assert_eq!(ev.detail, governance_common::LINK_OP_RMDIR);
     assert!(Path::new("/root/.local").is_dir());
+    // Nor replaced by a directory renamed over it (red team round 14: `mv -T ~/w/x ~/.local`
+    // over an emptied one). The control gets ENOTEMPTY.
+    let over = Path::new("/root/gov-rt-over");
+    std::fs::create_dir_all(over.join("bin")).unwrap();
+    let ev = deny_errno(
+        &mut k,
+        &fx,
+        "R14 a directory renamed over a directory holding protected names",
+        &Attempt::rename(over, Path::new("/root/.local")),
+        libc::EPERM,
+        Kind::Link,
+        Control::NotEperm,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_RENAME);
+    let _ = std::fs::remove_dir_all(over);
     // The orchestrator's credentials are refused for reading (red team round 11: with them
     // the API server runs a pod outside the agent), unless a policy allows runtime sockets.
     let read_admin = Attempt::Open {

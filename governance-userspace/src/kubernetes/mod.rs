@@ -190,16 +190,11 @@ impl Identities {
 
 fn pod_meta(p: &Pod) -> Option<(String, PodMeta)> {
     let m = &p.metadata;
-    // A static pod's cgroup carries the kubelet's hash of its manifest, which the API's mirror
-    // pod keeps in this annotation (its own uid is another): keyed by it, or the pod would
-    // match no cgroup and go ungoverned (red team round 12).
-    let mirror = m
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get("kubernetes.io/config.mirror"))
-        .filter(|h| !h.is_empty())
-        .cloned();
-    let uid = mirror.or_else(|| m.uid.clone().filter(|u| !u.is_empty()))?;
+    // (A static pod's cgroup carries the kubelet's hash of its manifest, which its mirror pod
+    // keeps in the `kubernetes.io/config.mirror` annotation; anyone who may create pods may
+    // set that annotation, so it is not trusted as a key: static pods are selected by their
+    // cgroup instead. Red team rounds 12 and 14.)
+    let uid = m.uid.clone().filter(|u| !u.is_empty())?;
     Some((
         uid,
         PodMeta {

@@ -350,34 +350,42 @@ fn pod_cgroups_in_both_layouts_are_agent_roots() {
     assert!(!root.join(&base).exists(), "the test's cgroups are removed");
 }
 
-/// A static pod is known by the hash its cgroup carries (the mirror pod's
-/// `kubernetes.io/config.mirror` annotation), not by the mirror pod's own uid (red team round
-/// 12: it matched no cgroup). Control: an ordinary pod is known by its uid.
+/// A pod is known by its own uid only: a `kubernetes.io/config.mirror` annotation, which
+/// anyone who may create pods may set, does not make a pod another pod's cgroup (red team
+/// round 14: a decoy pod naming the agent pod's uid took its identity). Control: the agent pod
+/// is known by its uid.
 #[test]
-fn static_pods_are_known_by_their_cgroup_s_hash() {
-    let pod = |uid: &str, mirror: Option<&str>| -> Pod {
+fn a_mirror_annotation_takes_no_other_pod_s_identity() {
+    let pod = |uid: &str, labels: serde_json::Value, mirror: Option<&str>| -> Pod {
         let mut v = serde_json::json!({
-            "metadata": {"name": "etcd-node-1", "namespace": "kube-system", "uid": uid,
-                          "labels": {"governance.example.com/agent": "true"}},
+            "metadata": {"name": format!("pod-{uid}"), "namespace": "agents", "uid": uid,
+                          "labels": labels},
             "spec": {"containers": []}
         });
-        if let Some(hash) = mirror {
-            v["metadata"]["annotations"] = serde_json::json!({"kubernetes.io/config.mirror": hash});
+        if let Some(key) = mirror {
+            v["metadata"]["annotations"] = serde_json::json!({"kubernetes.io/config.mirror": key});
         }
         serde_json::from_value(v).unwrap()
     };
     let ids = Identities::default();
-    let hash = "3f2d8c1a9b7e6d5c4b3a29181f0e0d0c";
+    let agent = "0a1b2c3d-0000-4000-8000-00000000abcd";
     ids.pod_event(Event::Apply(pod(
-        "0a1b2c3d-0000-4000-8000-00000000abcd",
-        Some(hash),
+        agent,
+        serde_json::json!({"governance.example.com/agent": "true"}),
+        None,
     )));
+    ids.pod_event(Event::Apply(pod(
+        "5e6f7a8b-0000-4000-8000-00000000beef",
+        serde_json::json!({"app": "decoy"}),
+        Some(agent),
+    )));
+    let known = ids.pod(agent).expect("the agent pod");
+    assert_eq!(known.name, format!("pod-{agent}"));
     assert_eq!(
-        ids.pod(hash).map(|p| p.name),
-        Some("etcd-node-1".to_owned())
+        known
+            .labels
+            .get("governance.example.com/agent")
+            .map(String::as_str),
+        Some("true")
     );
-    assert!(ids.pod("0a1b2c3d-0000-4000-8000-00000000abcd").is_none());
-    let uid = "5e6f7a8b-0000-4000-8000-00000000beef";
-    ids.pod_event(Event::Apply(pod(uid, None)));
-    assert!(ids.pod(uid).is_some());
 }

@@ -114,7 +114,12 @@ impl Proxy {
             || parts
                 .headers
                 .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0"));
+                .is_some_and(|v| v.as_bytes() != b"0")
+            // (HTTP/2 DATA frames need neither header: round 14.)
+            || match &body {
+                ReqBody::Read(b) => !b.is_empty(),
+                ReqBody::Stream(s) => !hyper::body::Body::is_end_stream(s),
+            });
         request::strip_hop_by_hop(&mut parts.headers);
         if unusual_body {
             parts

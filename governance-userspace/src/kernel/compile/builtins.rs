@@ -203,10 +203,14 @@ pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<P
 /// unless a policy allows runtime sockets: kubeadm's kubeconfigs and PKI, the kubelet's client
 /// certificate and every pod's secrets and service-account tokens, k3s's, RKE2's, k0s's and
 /// MicroK8s's. Each home's `.kube` (users' kubeconfigs) too, see [`orchestrator_credentials`].
-pub(super) const ORCHESTRATOR_CREDENTIALS: [&str; 11] = [
+pub(super) const ORCHESTRATOR_CREDENTIALS: [&str; 14] = [
     "/etc/kubernetes",
+    // A control-plane node's etcd: every Secret of the cluster.
+    "/var/lib/etcd",
     "/var/lib/kubelet/pki",
     "/var/lib/kubelet/kubeconfig",
+    // A bootstrap token gets a node's client certificate (AKS, GKE).
+    "/var/lib/kubelet/bootstrap-kubeconfig",
     "/var/lib/kubelet/pods",
     "/etc/rancher",
     "/var/lib/rancher/k3s/server",
@@ -215,6 +219,8 @@ pub(super) const ORCHESTRATOR_CREDENTIALS: [&str; 11] = [
     "/var/lib/rancher/rke2/agent",
     "/var/lib/k0s/pki",
     "/var/snap/microk8s/current/credentials",
+    // MicroK8s's CA key signs a client certificate of any group.
+    "/var/snap/microk8s/current/certs",
 ];
 
 /// [`ORCHESTRATOR_CREDENTIALS`], and `.kube` in each of the [`homes`] of `passwd`.
