@@ -55,6 +55,9 @@ pub(crate) struct Identities {
     pub(super) unlisted: Vec<Vec<u8>>,
     /// The mount table's mount points, read on first use.
     pub(super) mounts: Option<Vec<Vec<u8>>>,
+    /// [`links_on`](Self::links_on)'s answers: agents share policies, so most paths are asked
+    /// once per class.
+    pub(super) links: foldhash::HashMap<Vec<u8>, Vec<Link>>,
     pub(crate) notes: BTreeSet<String>,
 }
 
@@ -108,6 +111,7 @@ impl Identities {
                 .collect(),
             unlisted: Vec::new(),
             mounts: None,
+            links: Default::default(),
             notes: BTreeSet::new(),
         };
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -492,8 +496,12 @@ impl Identities {
     /// canonical path is not its directory's and its name; both come from
     /// [`find`](Self::find)'s cache, so only a link (or a missing name) costs an `lstat`.
     fn links_on(&mut self, path: &[u8]) -> Vec<Link> {
+        if let Some(known) = self.links.get(path) {
+            return known.clone();
+        }
         let mut out = Vec::new();
         self.links_into(path, MAX_LINK_HOPS, &mut out);
+        self.links.insert(path.to_vec(), out.clone());
         out
     }
 
