@@ -798,7 +798,12 @@ impl ReadAhead {
                         let Some((real, (_, _, true))) = identities.find(&spelled) else {
                             continue;
                         };
-                        if identities.skip.contains(&real) || out.contains_key(&real) {
+                        // (Neither the skipped directories nor the unlisted ones, whose mount
+                        // points come from the mount table.)
+                        if identities.skip.contains(&real)
+                            || identities.unlisted.contains(&real)
+                            || out.contains_key(&real)
+                        {
                             continue;
                         }
                         let listing = Listing::read(&real, ENUMERATION_BUDGET);
