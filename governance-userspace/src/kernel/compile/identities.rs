@@ -10,6 +10,9 @@ pub(super) const ENUMERATION_BUDGET: usize = 50_000;
 /// An object found on this host: kernel device, inode, directory or not.
 pub(super) type Found = (u32, u64, bool);
 
+/// What `lstat` says of a name: its identity, and its target if it is a symlink.
+type Lstat = (Found, Option<Vec<u8>>);
+
 /// A symlink on a rule's path: its own name (its directory's canonical path and its name) and
 /// its own identity.
 type Link = (Vec<u8>, Found);
@@ -58,6 +61,9 @@ pub(crate) struct Identities {
     /// [`links_on`](Self::links_on)'s answers: agents share policies, so most paths are asked
     /// once per class.
     pub(super) links: foldhash::HashMap<Vec<u8>, Vec<Link>>,
+    /// What `lstat` said of a name [`first_link`](Self::first_link) looked at: its identity and
+    /// a symlink's target, or None where it is missing.
+    pub(super) symlinks: foldhash::HashMap<Vec<u8>, Option<Lstat>>,
     pub(crate) notes: BTreeSet<String>,
 }
 
@@ -112,6 +118,7 @@ impl Identities {
             unlisted: Vec::new(),
             mounts: None,
             links: Default::default(),
+            symlinks: Default::default(),
             notes: BTreeSet::new(),
         };
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
@@ -532,7 +539,10 @@ impl Identities {
     /// The first symlink among `path`'s components: its own name and identity, and the path
     /// it leads to (its target, made absolute and plain, with the rest of `path`).
     fn first_link(&mut self, path: &[u8]) -> Option<(Vec<u8>, Found, Vec<u8>)> {
-        use std::os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _};
+        use std::os::unix::{
+            ffi::{OsStrExt as _, OsStringExt as _},
+            fs::MetadataExt as _,
+        };
         if path.first() != Some(&b'/') {
             return None;
         }
@@ -558,21 +568,38 @@ impl Identities {
             {
                 continue;
             }
-            // Another canonical path, or none: a symlink (dangling or not), or missing.
-            let meta = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own)).ok()?;
-            if !meta.file_type().is_symlink() {
+            // Another canonical path, or none: a symlink (dangling or not), or missing. Asked
+            // once per name for the generation (rules share their missing directories).
+            let looked = match self.symlinks.get(&own) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own))
+                        .map(|meta| {
+                            let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
+                            let target = meta
+                                .file_type()
+                                .is_symlink()
+                                .then(|| std::fs::read_link(std::ffi::OsStr::from_bytes(&own)))
+                                .and_then(Result::ok)
+                                .map(|t| t.into_os_string().into_vec());
+                            (id, target)
+                        })
+                        .ok();
+                    self.symlinks.insert(own.clone(), found.clone());
+                    found
+                }
+            };
+            let (id, target) = looked?;
+            let Some(target) = target else {
                 continue;
-            }
-            let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
-            let target = std::fs::read_link(std::ffi::OsStr::from_bytes(&own)).ok()?;
-            let target = target.as_os_str().as_bytes();
+            };
             let mut led = if target.first() == Some(&b'/') {
                 Vec::new()
             } else {
                 own[..own.iter().rposition(|&b| b == b'/').unwrap_or(0)].to_vec()
             };
             led.push(b'/');
-            led.extend_from_slice(target);
+            led.extend_from_slice(&target);
             led.extend_from_slice(&path[next..]);
             return Some((own, id, plain(&led)));
         }
