@@ -67,7 +67,7 @@ fn mount_points_of(mountinfo: &[u8]) -> Vec<PathBuf> {
     mountinfo
         .split(|&b| b == b'\n')
         .filter_map(|line| line.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(4))
-        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(unescape_mountinfo(m))))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(crate::procfs::unescape(m))))
         .collect()
 }
 
@@ -79,34 +79,11 @@ fn mounts_of<'a>(mountinfo: &'a str, fstype: &'a str) -> impl Iterator<Item = Pa
         let mount_point = left.split_whitespace().nth(4)?;
         (kind == fstype).then(|| {
             PathBuf::from(
-                String::from_utf8_lossy(&unescape_mountinfo(mount_point.as_bytes())).into_owned(),
+                String::from_utf8_lossy(&crate::procfs::unescape(mount_point.as_bytes()))
+                    .into_owned(),
             )
         })
     })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal `\NNN`.
-fn unescape_mountinfo(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (b[i], octal) {
-            (b'\\', Some(v)) => {
-                out.push(v);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number (what
@@ -381,7 +358,7 @@ mod tests {
 
     #[test]
     fn unescapes_mount_points() {
-        assert_eq!(unescape_mountinfo(br"/mnt/my\040cg"), b"/mnt/my cg");
+        assert_eq!(crate::procfs::unescape(br"/mnt/my\040cg"), b"/mnt/my cg");
         // A name that is not UTF-8 is kept byte for byte, and hides no other mount.
         let info = b"40 1 0:50 / /home/\xff/remote rw - fuse.sshfs x rw\n41 1 0:51 / /var/lib/docker/overlay2/a/merged rw - overlay overlay rw\n";
         let points = mount_points_of(info);
@@ -391,7 +368,7 @@ mod tests {
             points[1],
             PathBuf::from("/var/lib/docker/overlay2/a/merged")
         );
-        assert_eq!(unescape_mountinfo(br"/a\\b\0"), br"/a\\b\0");
+        assert_eq!(crate::procfs::unescape(br"/a\\b\0"), br"/a\\b\0");
     }
 
     /// Selectors that each name one cgroup are looked up directly; the agents found are those

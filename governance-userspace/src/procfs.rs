@@ -38,6 +38,31 @@ pub fn read_to_string(path: impl AsRef<Path>) -> io::Result<String> {
     Ok(s)
 }
 
+/// A name as procfs's seq files print it (`/proc/self/mountinfo`, `/proc/swaps`), its space,
+/// tab, newline and backslash escaped as octal `\NNN`, back to its bytes.
+pub fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Did the read fail because someone holds a lease on the file?
 pub fn leased(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock

@@ -237,25 +237,9 @@ fn swap_files(proc_swaps: &str) -> Vec<PathBuf> {
             (kind == "file").then_some(name)
         })
         .map(|name| {
-            let b = name.as_bytes();
-            let mut out = Vec::with_capacity(b.len());
-            let mut i = 0;
-            while i < b.len() {
-                let octal = b
-                    .get(i + 1..i + 4)
-                    .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-                match octal {
-                    Some(d) => {
-                        out.push(d.iter().fold(0u8, |v, c| v.wrapping_mul(8) + (c - b'0')));
-                        i += 4;
-                    }
-                    None => {
-                        out.push(b[i]);
-                        i += 1;
-                    }
-                }
-            }
-            PathBuf::from(std::ffi::OsString::from_vec(out))
+            PathBuf::from(std::ffi::OsString::from_vec(crate::procfs::unescape(
+                name.as_bytes(),
+            )))
         })
         .collect()
 }

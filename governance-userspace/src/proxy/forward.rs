@@ -110,16 +110,12 @@ impl Proxy {
                 | http::Method::DELETE
                 | http::Method::OPTIONS
                 | http::Method::TRACE
-        ) && (parts.headers.contains_key(header::TRANSFER_ENCODING)
-            || parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0")
-            // (HTTP/2 DATA frames need neither header: round 14.)
-            || match &body {
-                ReqBody::Read(b) => !b.is_empty(),
-                ReqBody::Stream(s) => !hyper::body::Body::is_end_stream(s),
-            });
+        ) && match &body {
+            // Decided on the body itself, whatever the headers say (HTTP/2 DATA frames need
+            // neither Content-Length nor Transfer-Encoding: round 14).
+            ReqBody::Read(b) => !b.is_empty(),
+            ReqBody::Stream(s) => !hyper::body::Body::is_end_stream(s),
+        };
         request::strip_hop_by_hop(&mut parts.headers);
         if unusual_body {
             parts
