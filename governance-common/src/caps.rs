@@ -46,6 +46,7 @@ pub const NAMES: [&str; 41] = [
 pub const DAC_READ_SEARCH: u32 = 2;
 pub const LINUX_IMMUTABLE: u32 = 9;
 pub const NET_ADMIN: u32 = 12;
+pub const NET_RAW: u32 = 13;
 pub const SYS_MODULE: u32 = 16;
 pub const SYS_RAWIO: u32 = 17;
 pub const SYS_CHROOT: u32 = 18;
@@ -92,8 +93,13 @@ const fn bit(cap: u32) -> u64 {
 /// - `CAP_MKNOD`: device nodes (a disk, memory) under a name no rule expects.
 /// - `CAP_SYS_CHROOT`: chroot, and entering other mount namespaces (setns): other views
 ///   of the file system than the one the path rules describe.
-/// - `CAP_NET_ADMIN`: routes, firewall, interfaces, marks: rewiring the network around the
+/// - `CAP_NET_ADMIN`: routes, firewall, interfaces: rewiring the network around the
 ///   connect rules and the proxy (ioctls need no netlink socket).
+/// - `CAP_NET_RAW`: besides raw and packet sockets (refused by `socket_create` too), a
+///   socket's or a datagram's mark (`SO_MARK`, which the kernel grants for `CAP_NET_RAW` before
+///   it asks for `CAP_NET_ADMIN`, since 5.17) and transparent sockets (`IP_TRANSPARENT`): a
+///   mark chooses the node's routing table and firewall treatment (a VPN's bypass mark, a
+///   firewall's accept mark), so an allowed address would lead elsewhere (red team round 15).
 /// - `CAP_SYS_TIME`: the clock (certificate and token validity, audit timestamps).
 /// - `CAP_LINUX_IMMUTABLE`: append-only and immutable files (locking or unlocking logs
 ///   and configuration).
@@ -116,8 +122,7 @@ const fn bit(cap: u32) -> u64 {
 /// Kept: `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID` (files, as the file
 /// rules decide), `CAP_SETUID`, `CAP_SETGID`, `CAP_SETPCAP`, `CAP_SETFCAP` (sudo-like
 /// tools, dropping privilege), `CAP_KILL` (signals to the daemon are refused by their own
-/// hook), `CAP_NET_BIND_SERVICE`, `CAP_NET_BROADCAST`, `CAP_NET_RAW` (raw sockets are
-/// decided by `socket_create`), `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_WAKE_ALARM`,
+/// hook), `CAP_NET_BIND_SERVICE`, `CAP_NET_BROADCAST`, `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_READ`, `CAP_WAKE_ALARM`,
 /// `CAP_BLOCK_SUSPEND`.
 pub const REFUSED: u64 = bit(SYS_ADMIN)
     | bit(SYS_MODULE)
@@ -128,6 +133,7 @@ pub const REFUSED: u64 = bit(SYS_ADMIN)
     | bit(MKNOD)
     | bit(SYS_CHROOT)
     | bit(NET_ADMIN)
+    | bit(NET_RAW)
     | bit(SYS_TIME)
     | bit(LINUX_IMMUTABLE)
     | bit(MAC_ADMIN)

@@ -612,6 +612,12 @@ pub mod guard {
     /// agent's own controlling terminal, and ptys no session holds or that a session of the
     /// agent holds (what `pexpect` and `script` make), stay open to it.
     pub const OTHER_TERMINAL: u8 = 12;
+    /// A multicast group joined or its source filter set (`IP_ADD_MEMBERSHIP`, `IP_MSFILTER`,
+    /// `MCAST_JOIN_SOURCE_GROUP`, `IPV6_JOIN_GROUP`, …): the kernel then sends IGMP or MLD
+    /// reports onto the link that carry the group and every source address the agent chose, on
+    /// a packet no socket owns, which no connect, sendmsg or egress program sees (red team
+    /// round 15).
+    pub const MULTICAST: u8 = 13;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -628,6 +634,7 @@ pub mod guard {
             DAEMON_PORT => "the policy proxy's or the control API's port (bind)",
             KERNEL_PROC => "a kernel or device setting in /proc (outside /proc/sys)",
             OTHER_TERMINAL => "a terminal another session holds",
+            MULTICAST => "a multicast membership (its reports carry what the agent chose)",
             _ => "?",
         }
     }

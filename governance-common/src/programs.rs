@@ -102,6 +102,11 @@ pub const IOCTL_COMPAT: Program = where_present(
 /// `inode_setxattr`.
 pub const SET_ACL: Program = where_present("inode_set_acl", "ACLs of protected files");
 pub const REMOVE_ACL: Program = where_present("inode_remove_acl", "ACLs of protected files");
+/// ftruncate(2), which Linux 6.2 and later decide here instead of at `path_truncate`.
+pub const FILE_TRUNCATE: Program = where_present(
+    "file_truncate",
+    "ftruncate(2) of protected files and of files a sandboxed process held",
+);
 
 const fn where_present(name: &'static str, what: &'static str) -> Program {
     Program {
@@ -115,7 +120,7 @@ const fn where_present(name: &'static str, what: &'static str) -> Program {
 /// LSM hooks that only some kernels have, attached after [`ALL`]: part of full enforcement
 /// where the kernel has the hook (`bpf_lsm_<hook>` in its BTF), and not needed where it has
 /// not (what they see goes through another hook there).
-pub const WHERE_PRESENT: [Program; 3] = [IOCTL_COMPAT, SET_ACL, REMOVE_ACL];
+pub const WHERE_PRESENT: [Program; 4] = [IOCTL_COMPAT, SET_ACL, REMOVE_ACL, FILE_TRUNCATE];
 pub const FCNTL: Program = lsm(
     "file_fcntl",
     "signal ownership (F_SETOWN); files armed for SIGIO (O_ASYNC, F_SETSIG)",

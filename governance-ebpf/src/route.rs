@@ -7,6 +7,7 @@
 //! ran). No flag a program could read is left on the socket, so agents get no source route at
 //! all, whatever the policy says: the `socket_setsockopt` hook refuses setting one, and
 //! `socket_sendmsg` (held.rs) asks [`datagram_route`] about the datagram's control messages.
+//! The same hook refuses multicast memberships (see [`socket_setsockopt`]).
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use governance_common::guard;
 
@@ -34,7 +35,16 @@ const CMSG_HDR: u64 = 16;
 /// agent (the loop's bound, for the verifier).
 const MAX_CMSGS: u32 = 16;
 
-/// Built-in: agents may not give a socket a source route.
+/// `IP_ADD_MEMBERSHIP` (35) to `IP_MSFILTER` (41) and the protocol-independent `MCAST_JOIN_GROUP`
+/// (42) to `MCAST_MSFILTER` (48), at either level; `IPV6_ADD_MEMBERSHIP`, `IPV6_DROP_MEMBERSHIP`
+/// (20, 21) and the anycast joins (27, 28) at `SOL_IPV6`.
+const IP_MEMBERSHIP: core::ops::RangeInclusive<i32> = 35..=41;
+const MCAST_MEMBERSHIP: core::ops::RangeInclusive<i32> = 42..=48;
+const IPV6_MEMBERSHIP: [i32; 4] = [20, 21, 27, 28];
+
+/// Built-in: agents may not give a socket a source route, nor join a multicast group (the
+/// kernel's IGMP and MLD reports, sent on the node's behalf, carry the group and the source
+/// filter the agent chose: data out past every network rule).
 #[lsm(hook = "socket_setsockopt")]
 pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
     // int socket_setsockopt(struct socket *sock, int level, int optname)
@@ -43,13 +53,20 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
         return previous;
     }
     let (level, name): (i32, i32) = (ctx.arg(1), ctx.arg(2));
+    let what = ((level as u64) << 32) | name as u32 as u64;
     let route = (level == SOL_IP && name == IP_OPTIONS)
         || (level == SOL_IPV6
             && (name == IPV6_RTHDR || name == IPV6_2292PKTOPTIONS || name == IPV6_FLOWLABEL_MGR));
-    if !route {
-        return 0;
+    if route {
+        return refuse(guard::SOURCE_ROUTE, what);
     }
-    refuse(guard::SOURCE_ROUTE, ((level as u64) << 32) | name as u64)
+    let multicast = (level == SOL_IP && IP_MEMBERSHIP.contains(&name))
+        || ((level == SOL_IP || level == SOL_IPV6) && MCAST_MEMBERSHIP.contains(&name))
+        || (level == SOL_IPV6 && IPV6_MEMBERSHIP.contains(&name));
+    if multicast {
+        return refuse(guard::MULTICAST, what);
+    }
+    0
 }
 
 /// For `socket_sendmsg`: the refusal when `msg` (a `struct msghdr *`) carries a source route

@@ -1785,6 +1785,74 @@ fn processes_pulled_in_and_source_routes_are_refused() {
         let ev = deny(&mut k, &fx, case, attempt, Kind::Guard, *control);
         assert_eq!(ev.detail, governance_common::guard::SOURCE_ROUTE, "{case}");
     }
+    // Multicast memberships: the kernel's IGMP and MLD reports carry the group and the sources
+    // the agent chose onto the link, on packets no socket owns (red team round 15).
+    let v4 = |a: [u8; 4]| a.to_vec();
+    let ipv6_group: Vec<u8> = [0xff0e_u16, 0, 0, 0, 0, 0x5345, 0x4352, 0x4554]
+        .iter()
+        .flat_map(|w| w.to_be_bytes())
+        .collect();
+    // struct group_req: the interface, padding, then a sockaddr_storage (sockaddr_in6).
+    let mut group_req = vec![0u8; 136];
+    group_req[..4].copy_from_slice(&1u32.to_ne_bytes());
+    group_req[8..10].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+    group_req[16..32].copy_from_slice(&ipv6_group);
+    let cases = [
+        (
+            "40 setsockopt(IP_ADD_MEMBERSHIP): join a multicast group",
+            libc::AF_INET,
+            libc::IPPROTO_IP,
+            libc::IP_ADD_MEMBERSHIP,
+            // struct ip_mreqn: the group, any local address, the loopback's index.
+            [v4([239, 1, 2, 3]), v4([0; 4]), 1i32.to_ne_bytes().to_vec()].concat(),
+        ),
+        (
+            "40 setsockopt(IP_ADD_SOURCE_MEMBERSHIP): sources of the agent's choosing",
+            libc::AF_INET,
+            libc::IPPROTO_IP,
+            libc::IP_ADD_SOURCE_MEMBERSHIP,
+            // struct ip_mreq_source: the group, the interface, a "source" ("SECR").
+            [v4([239, 1, 2, 3]), v4([127, 0, 0, 1]), v4(*b"SECR")].concat(),
+        ),
+        (
+            "40 setsockopt(IPV6_ADD_MEMBERSHIP): join an IPv6 group (112 bits chosen)",
+            libc::AF_INET6,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_ADD_MEMBERSHIP,
+            [ipv6_group.clone(), 1i32.to_ne_bytes().to_vec()].concat(),
+        ),
+        (
+            "40 setsockopt(MCAST_JOIN_GROUP) at the IPv6 level",
+            libc::AF_INET6,
+            libc::IPPROTO_IPV6,
+            42, // MCAST_JOIN_GROUP
+            group_req,
+        ),
+    ];
+    for (case, family, level, name, value) in cases {
+        let attempt = Attempt::SetSockOpt {
+            family,
+            ty: libc::SOCK_DGRAM,
+            level,
+            name,
+            value,
+        };
+        let ev = deny(&mut k, &fx, case, &attempt, Kind::Guard, Control::NotEperm);
+        assert_eq!(ev.detail, governance_common::guard::MULTICAST, "{case}");
+    }
+    // Control in the agent: a multicast option that joins nothing (the TTL of its sends).
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET,
+            ty: libc::SOCK_DGRAM,
+            level: libc::IPPROTO_IP,
+            name: libc::IP_MULTICAST_TTL,
+            value: 4i32.to_ne_bytes().to_vec(),
+        },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "IP_MULTICAST_TTL in the agent");
     // A control message that routes nothing (the datagram's TOS) goes out from the agent.
     let (_, outcome) = run_in(
         Some(&fx.agent.path),
@@ -3760,6 +3828,22 @@ fn root_facilities_are_refused_to_agents() {
         Control::Succeeds,
     );
     drop(other);
+    // A socket's mark chooses the node's routing table and firewall treatment (a VPN's bypass
+    // mark): the kernel grants it for CAP_NET_RAW (red team round 15).
+    deny_cap(
+        &mut k,
+        &fx,
+        "12 setsockopt(SO_MARK)",
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET,
+            ty: libc::SOCK_STREAM,
+            level: libc::SOL_SOCKET,
+            name: libc::SO_MARK,
+            value: 51820i32.to_ne_bytes().to_vec(),
+        },
+        caps::NET_RAW,
+        Control::Succeeds,
+    );
     deny_cap(
         &mut k,
         &fx,
@@ -5964,6 +6048,25 @@ fn system_files_are_refused() {
             Kind::Link,
             Some(governance_common::LINK_OP_MKDIR),
             "/run/modprobe.d",
+        ),
+        (
+            "R15 cloud-init's state made (/var/lib/cloud: per-boot scripts run as root at the \
+             next boot)",
+            Attempt::Mkdir {
+                path: c("/var/lib/cloud"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_MKDIR),
+            "/var/lib/cloud",
+        ),
+        (
+            "R15 snapd's state made (/var/lib/snapd: its images are mounted and run at boot)",
+            Attempt::Mkdir {
+                path: c("/var/lib/snapd"),
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_MKDIR),
+            "/var/lib/snapd",
         ),
         (
             "R8 a program written into another container's root filesystem",
@@ -9136,4 +9239,160 @@ fn a_file_allowlist_agent_may_not_name_blocked_objects_into_allowed_directories(
     ] {
         allowed_new_name(&fx, case, &new_name(None, op, &fx.p(from), &fx.p(to)));
     }
+}
+
+/// A process in a cgroup that takes every inotify instance its user may still have, each time
+/// it is told to, and holds them until dropped (a root agent using up root's per-user count).
+struct InotifyHolder {
+    pid: libc::pid_t,
+    cmd: std::fs::File,
+    counts: std::fs::File,
+}
+
+impl InotifyHolder {
+    fn start(cgroup: &Path) -> Self {
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _};
+        let procs = cstr(&cgroup.join("cgroup.procs"));
+        let (cmd_r, cmd_w) = nix::unistd::pipe().unwrap();
+        let (cnt_r, cnt_w) = nix::unistd::pipe().unwrap();
+        let (cmd_r, cnt_w) = (cmd_r.as_raw_fd(), cnt_w.as_raw_fd());
+        // SAFETY: the child makes only async-signal-safe calls (open, write, read,
+        // inotify_init1, _exit) on what was made before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    libc::_exit(2);
+                }
+                libc::close(fd);
+                let mut byte = 0u8;
+                while libc::read(cmd_r, (&raw mut byte).cast(), 1) == 1 {
+                    let mut n: u32 = 0;
+                    while libc::inotify_init1(libc::IN_CLOEXEC) >= 0 {
+                        n += 1;
+                    }
+                    let errno = *libc::__errno_location() as u32;
+                    let report = [n.to_ne_bytes(), errno.to_ne_bytes()].concat();
+                    libc::write(cnt_w, report.as_ptr().cast(), report.len());
+                }
+                libc::_exit(0);
+            }
+        }
+        Self {
+            pid,
+            cmd: std::fs::File::from(cmd_w),
+            // SAFETY: the read end is ours alone from here.
+            counts: unsafe { std::fs::File::from_raw_fd(cnt_r.into_raw_fd()) },
+        }
+    }
+
+    /// Take what is left: (instances taken, the errno that stopped it).
+    fn grab(&mut self) -> (u32, i32) {
+        use std::io::{Read as _, Write as _};
+        self.cmd.write_all(b"g").unwrap();
+        let mut report = [0u8; 8];
+        self.counts.read_exact(&mut report).unwrap();
+        let n = u32::from_ne_bytes(report[..4].try_into().unwrap());
+        let errno = u32::from_ne_bytes(report[4..].try_into().unwrap());
+        (n, errno as i32)
+    }
+}
+
+impl Drop for InotifyHolder {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::SIGKILL,
+        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+    }
+}
+
+/// Red team round 15: inotify instances are counted per user, so an agent running as root that
+/// held every one root may have (128 by default) left the daemon none; the next cgroup change
+/// made it watch the tree anew, that failed, and the error stopped the daemon, leaving every
+/// agent made afterwards ungoverned. Now the daemon keeps its watches' instances (a cgroup made
+/// while an agent holds the rest is seen as before), and a start that can make none looks at
+/// the tree once a second instead. Each new agent's blocked exec is refused, with its event;
+/// control: a cgroup the selector does not match runs it.
+#[test]
+fn an_agent_holding_every_inotify_instance_does_not_stop_the_daemon() {
+    require_root();
+    let fx = Fixture::new("inotify");
+    let parent = TestCgroup::new("inotify");
+    let dir = fx.p("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("p.yaml"),
+        format!(
+            "name: inotify\n\
+             agents: {{ cgroup: {}/agent-* }}\n\
+             rules:\n\
+             \x20 - {{ id: exfil, exec: {{ path: {} }}, verdict: block, reason: exfiltration tool }}\n",
+            parent.rel.display(),
+            fx.p("blocked/true").display()
+        ),
+    )
+    .unwrap();
+    let first = parent.child("agent-1");
+    let mut holder = InotifyHolder::start(&first);
+    let pins = pin_dir("inotify");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let args = [
+        "--no-create-cgroups",
+        "--detach-on-exit",
+        "--pins",
+        pins_arg.as_str(),
+    ];
+    let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
+    let refused_in = |daemon: &governance_tests::Daemon, cgroup: &Path, case: &str| {
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(Some(cgroup), "agent", &blocked);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let record = governance_tests::wait_for_value(
+            &format!("{case}: the decision in the audit log"),
+            Duration::from_secs(60),
+            || {
+                governance_tests::audit_records(&daemon.audit())
+                    .into_iter()
+                    .find(|r| r["process"]["pid"] == pid)
+            },
+        );
+        assert_eq!(record["outcome"], "block", "{case}: {record:#}");
+        assert_eq!(record["rule"], "inotify/exfil", "{case}: {record:#}");
+        println!("redteam: denied {case}");
+    };
+    let (daemon, _) = start_daemon(&args, &dir);
+    let (taken, errno) = holder.grab();
+    assert_eq!(errno, libc::EMFILE, "the agent took {taken} instances");
+    assert!(taken > 0);
+    // A cgroup change while the agent holds every instance left: the daemon stays, and the
+    // new agent is governed.
+    let second = parent.child("agent-2");
+    daemon.wait_for("generation 2 is enforcing");
+    refused_in(
+        &daemon,
+        &second,
+        "R15 a new agent while another holds root's inotify instances",
+    );
+    let other = parent.child("other");
+    let (_, outcome) = run_in(Some(&other), "other", &blocked);
+    assert_eq!(outcome, Outcome::Exited(0), "control: no agent");
+    stop_daemon(daemon);
+    // A start while the agent holds them all (those the stopped daemon let go of too).
+    let (taken, errno) = holder.grab();
+    assert_eq!(errno, libc::EMFILE, "the agent took {taken} more instances");
+    let (daemon, _) = start_daemon(&args, &dir);
+    daemon.wait_for("watching the cgroup tree: inotify_init");
+    let third = parent.child("agent-3");
+    daemon.wait_for("is enforcing (the agent cgroups changed)");
+    refused_in(
+        &daemon,
+        &third,
+        "R15 a new agent after a start that could make no watch",
+    );
+    drop(holder);
+    stop_daemon(daemon);
 }

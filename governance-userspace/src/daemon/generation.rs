@@ -181,21 +181,37 @@ pub(super) fn build(
     }))
 }
 
+/// The systemd units that start the daemon and the directories of their drop-ins (an
+/// `ExecStart=` there names what runs).
+const SERVICE_UNITS: [&str; 6] = [
+    "/etc/systemd/system/governance.service",
+    "/etc/systemd/system/governance.service.d",
+    "/run/systemd/system/governance.service",
+    "/run/systemd/system/governance.service.d",
+    "/usr/lib/systemd/system/governance.service",
+    "/lib/systemd/system/governance.service",
+];
+
 /// What agents may not touch, whatever their policy says (see [`Protect`]).
 pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
     Protect {
         cgroup_root: root.to_owned(),
         // The policy (and the copy of it a start may enforce), the pins, the control socket's
         // directory (no agent may unlink or rename the socket, nor bind one of its own at its
-        // name: see `control_socket_dir`), and the daemon's own executable (what the next start
-        // runs).
+        // name: see `control_socket_dir`), the daemon's own executable, and what sets how the
+        // next start runs: the config file (the one named and the default, which a start reads
+        // if it exists) and the service's units (red team round 15: under `allow_system_files`
+        // an agent could otherwise name its own policy for the next start).
         no_write: [
             args.policy.clone(),
             args.policy_in_force.clone(),
             pin_dir.to_owned(),
             socket_dir(&args.socket),
+            PathBuf::from(crate::cli::config::DEFAULT_PATH),
         ]
         .into_iter()
+        .chain(args.config.clone())
+        .chain(SERVICE_UNITS.iter().map(PathBuf::from))
         .chain(std::env::current_exe().ok())
         .collect(),
         // The daemon's secrets: the audit log and the key that seals it (read, an agent could
@@ -365,6 +381,8 @@ mod tests {
             "run",
             "--policy",
             "/p",
+            "--config",
+            "/c/config.yaml",
             "--notify-webhook",
             "http://127.0.0.1:9/",
         ];
@@ -382,6 +400,19 @@ mod tests {
                 protect.no_access.contains(&PathBuf::from(path)),
                 "{flag}: {:?}",
                 protect.no_access
+            );
+        }
+        // What the next start runs and with which flags (red team round 15).
+        for path in [
+            "/p",
+            "/c/config.yaml",
+            crate::cli::config::DEFAULT_PATH,
+            "/etc/systemd/system/governance.service.d",
+        ] {
+            assert!(
+                protect.no_write.contains(&PathBuf::from(path)),
+                "{path}: {:?}",
+                protect.no_write
             );
         }
     }

@@ -458,9 +458,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         daemon.current
     ));
 
-    daemon
+    // An error while serving stops the daemon like a signal, with an exit status of its own
+    // (`EXIT_FAILED_SERVING`): the service manager restarts it, where an invalid policy or
+    // config (1) or a kernel that cannot enforce (3) would fail the same way again.
+    let served = daemon
         .serve(&mut signals, &mut reload_rx, &mut drill_rx)
-        .await?;
+        .await;
+    if let Err(e) = &served {
+        tracing::error!("stopping on an error: {e:#}");
+    }
     notify::notify("STOPPING=1");
 
     // Stop: no new connections, the last events recorded, then the pipeline closes the log.
@@ -500,8 +506,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.pins.display()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::from(EXIT_FAILED_SERVING),
+    })
 }
+
+/// The exit status of a daemon that stopped on an error after it started enforcing (see
+/// `packaging/governance.service`: restarted, unlike 1 and 3).
+pub const EXIT_FAILED_SERVING: u8 = 4;
 
 /// With `--kubernetes`: the pods of this node and the namespaces, watched from now on (the
 /// first list is awaited a while, so the first generation knows the pods already there).

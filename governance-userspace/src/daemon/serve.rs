@@ -276,16 +276,18 @@ impl Daemon<'_> {
         reload_rx: &mut mpsc::Receiver<api::ReloadReply>,
         drill_rx: &mut mpsc::Receiver<api::DrillRequest>,
     ) -> anyhow::Result<()> {
-        let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer)?;
+        let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer);
         // The agents' processes coming and going, for the proxy's listeners in their network
-        // namespaces (remade with each generation's agents).
-        let populated_watch = |d: &Self| {
-            d.netns
-                .as_ref()
-                .map(|_| watch::watch_populated(&d.agents_now))
-                .transpose()
+        // namespaces (added with each generation's agents).
+        let mut populated = watch::Kept::new("the agents' cgroup.events");
+        let populated_watch = |d: &Self, w: &mut watch::Kept| {
+            if d.netns.is_some() {
+                watch::watch_populated(w, &d.agents_now);
+            }
         };
-        let mut populated = populated_watch(self)?;
+        populated_watch(self, &mut populated);
+        // A blind policy watch's last look (see `watch::Kept`).
+        let mut policy_print = None;
         self.settle_later();
         let (mut cgroup_due, mut socket_due) = (None, None);
         let mut policy = burst::Burst::default();
@@ -312,8 +314,29 @@ impl Daemon<'_> {
             let mut reply = None;
             let (why, mut from) = tokio::select! {
                 _ = tick.tick() => {
+                    let now = tokio::time::Instant::now();
                     if self.tick() {
-                        socket_due.get_or_insert(tokio::time::Instant::now());
+                        socket_due.get_or_insert(now);
+                    }
+                    // What a blind watch would have reported, looked for (see `watch::Kept`).
+                    if watches.cgroups.blind() {
+                        watch::watch_cgroups(&mut watches.cgroups, self.root);
+                        if self.agents_changed() {
+                            cgroup_due.get_or_insert(now);
+                        }
+                    }
+                    if watches.policy.blind() {
+                        watch::watch_policy(&mut watches.policy, &self.args.policy);
+                        let print = watch::policy_fingerprint(&self.args.policy);
+                        if policy_print.is_some_and(|p| p != print) {
+                            policy.note(vec![burst::Change::Other], now);
+                        }
+                        policy_print = Some(print);
+                    } else {
+                        policy_print = None;
+                    }
+                    if watches.sockets.blind() {
+                        watch::watch_sockets(&mut watches.sockets, &self.enforcer);
                     }
                     continue;
                 }
@@ -326,7 +349,7 @@ impl Daemon<'_> {
                 }
                 // A tree of cgroups appearing settles before the reload: the first change sets
                 // the due time, later ones ride along.
-                r = watch::changed(&mut watches.cgroups) => {
+                r = watches.cgroups.changed() => {
                     r?;
                     cgroups_changed = true;
                     let due = tokio::time::Instant::now() + Duration::from_millis(50);
@@ -341,19 +364,19 @@ impl Daemon<'_> {
                 }
                 // A socket re-created: a runtime socket is refused again at once, a rule's
                 // socket with the next generation.
-                r = watch::changed_if(&mut populated) => {
+                r = populated.changed() => {
                     r?;
                     if let Some(n) = &mut self.netns {
                         n.sync(&self.agents_now);
                     }
                     continue;
                 }
-                r = watch::changed(&mut watches.sockets) => {
+                r = watches.sockets.changed() => {
                     r?;
                     if watch::sockets_changed(&self.enforcer) {
                         socket_due.get_or_insert(tokio::time::Instant::now());
                     }
-                    watches.sockets = watch::watch_sockets(&self.enforcer)?;
+                    watch::watch_sockets(&mut watches.sockets, &self.enforcer);
                     continue;
                 }
                 _ = watch::until(policy.due()) => {
@@ -386,7 +409,7 @@ impl Daemon<'_> {
                         // Only cgroups changed. If the agents are the same ones, the current
                         // generation is exactly what a rebuild would make: keep it. (Watch the
                         // new directories first, so a cgroup made meanwhile is seen next time.)
-                        watches.cgroups = watch::watch_cgroups(self.root)?;
+                        watch::watch_cgroups(&mut watches.cgroups, self.root);
                         cgroups_changed = false;
                         if self.same_agents() {
                             crate::say!(
@@ -441,20 +464,20 @@ impl Daemon<'_> {
                 // Watch before the build reads the tree and the directory: a change made while
                 // it builds (a slow build of many agents) is then seen and leads to the next
                 // reload. A watch made after the build would miss it.
-                watches.policy = watch::watch_policy(&self.args.policy)?;
+                watch::watch_policy(&mut watches.policy, &self.args.policy);
             }
             // The cgroup tree is watched anew only if it changed: a watch of every directory
             // of a large tree takes tens of milliseconds, and the one there still covers an
             // unchanged tree.
             if cgroups_changed {
-                watches.cgroups = watch::watch_cgroups(self.root)?;
+                watch::watch_cgroups(&mut watches.cgroups, self.root);
                 cgroups_changed = false;
             }
             let result = self.reload(why, from);
             if result.is_ok() {
                 // The sockets the new generation's rules name, and its agents.
-                watches.sockets = watch::watch_sockets(&self.enforcer)?;
-                populated = populated_watch(self)?;
+                watch::watch_sockets(&mut watches.sockets, &self.enforcer);
+                populated_watch(self, &mut populated);
                 self.settle_later();
             }
             if let Some(reply) = reply {
@@ -543,6 +566,18 @@ impl Daemon<'_> {
 
     /// Whether the cgroup tree still holds the agents of the current generation (and it did
     /// not fail to build).
+    /// Whether the agents found now differ from the generation's (a blind cgroup watch's
+    /// once-a-second look).
+    fn agents_changed(&self) -> bool {
+        agents::discover(
+            self.root,
+            self.engine.load().policies(),
+            !self.args.no_create_cgroups,
+            self.pods.as_deref(),
+        )
+        .is_ok_and(|found| found != self.agents_now)
+    }
+
     fn same_agents(&self) -> bool {
         !self.last_failed
             && agents::discover(

@@ -32,73 +32,146 @@ impl AsRawFd for Watch {
     }
 }
 
-/// Watch `dir` and its subdirectories (down to `depth` levels), keeping each watch's directory
-/// if `named`.
-fn watch(
-    dir: &Path,
-    flags: AddWatchFlags,
-    depth: u32,
-    named: bool,
-) -> anyhow::Result<AsyncFd<Watch>> {
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
-    let mut names = HashMap::new();
-    let mut dirs: Vec<(PathBuf, u32)> = vec![(dir.to_owned(), 0)];
-    while let Some((d, level)) = dirs.pop() {
-        match inotify.add_watch(&d, flags) {
-            Ok(wd) if named => {
-                names.insert(wd, d.clone());
-            }
-            Ok(_) => {}
-            Err(e) if level == 0 => {
-                return Err(e).with_context(|| format!("watching {}", d.display()));
-            }
-            Err(_) => continue, // removed meanwhile
-        }
-        if level < depth
-            && let Ok(rd) = std::fs::read_dir(&d)
-        {
-            dirs.extend(
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| (e.path(), level + 1)),
-            );
+/// One of the daemon's watches, kept for its life: the inotify instance is made once and its
+/// directories are added again on the same instance when they may have changed. An agent
+/// running as root shares root's per-user inotify limits with the daemon (128 instances, a
+/// number of watches), so a watch made anew on every change was refused once an agent held
+/// them all, and the error stopped the daemon (red team round 15). A watch that has no instance
+/// (none could be made, or tokio could not register it) or that could not add a directory of
+/// its tree is *blind*; the daemon then looks for itself once a second.
+pub(super) struct Kept {
+    fd: Option<AsyncFd<Watch>>,
+    /// Every directory asked for was added (or was gone meanwhile).
+    complete: bool,
+    /// What is watched, for the log.
+    what: &'static str,
+    /// That it is blind was logged.
+    told: bool,
+}
+
+impl Kept {
+    pub(super) fn new(what: &'static str) -> Self {
+        Self {
+            fd: None,
+            complete: false,
+            what,
+            told: false,
         }
     }
-    let w = Watch {
-        inotify,
-        dirs: names,
-    };
-    // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
-    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching {}: {}", dir.display(), e.into_parts().1))
+
+    /// Whether something it should report could go unseen.
+    pub fn blind(&self) -> bool {
+        self.fd.is_none() || !self.complete
+    }
+
+    /// Add `dirs` (each with its subdirectories down to `depth` levels, keeping each watch's
+    /// directory if `named`), on the instance there is, else on a new one. Says once when the
+    /// watch goes blind, and when it sees again.
+    fn add(&mut self, dirs: &[PathBuf], flags: AddWatchFlags, depth: u32, named: bool) {
+        let why = match self.add_dirs(dirs, flags, depth, named) {
+            Ok(()) if self.complete => None,
+            Ok(()) => Some("a directory could not be added".to_owned()),
+            Err(e) => Some(e),
+        };
+        match why {
+            Some(why) if !self.told => {
+                self.told = true;
+                tracing::error!(
+                    "watching {}: {why}; looked at once a second instead until a watch can be \
+                     made (an agent running as root shares root's inotify limits: \
+                     fs.inotify.max_user_instances, max_user_watches)",
+                    self.what
+                );
+            }
+            None if self.told => {
+                self.told = false;
+                tracing::info!("watching {} again", self.what);
+            }
+            _ => {}
+        }
+    }
+
+    fn add_dirs(
+        &mut self,
+        dirs: &[PathBuf],
+        flags: AddWatchFlags,
+        depth: u32,
+        named: bool,
+    ) -> Result<(), String> {
+        self.complete = false;
+        if self.fd.is_none() {
+            let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+                .map_err(|e| format!("inotify_init: {e}"))?;
+            let w = Watch {
+                inotify,
+                dirs: HashMap::new(),
+            };
+            // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
+            let fd = unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
+                .map_err(|e| format!("registering with the runtime: {}", e.into_parts().1))?;
+            self.fd = Some(fd);
+        }
+        let Some(fd) = self.fd.as_mut() else {
+            return Ok(());
+        };
+        let w = fd.get_mut();
+        w.dirs.clear();
+        let mut complete = true;
+        let mut todo: Vec<(PathBuf, u32)> = dirs.iter().map(|d| (d.clone(), 0)).collect();
+        while let Some((d, level)) = todo.pop() {
+            match w.inotify.add_watch(&d, flags) {
+                Ok(wd) if named => {
+                    w.dirs.insert(wd, d.clone());
+                }
+                Ok(_) => {}
+                // Removed meanwhile (or not there yet: a socket directory made later, which
+                // the once-a-second look covers).
+                Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => continue,
+                Err(_) => {
+                    complete = false;
+                    continue;
+                }
+            }
+            if level < depth
+                && let Ok(rd) = std::fs::read_dir(&d)
+            {
+                todo.extend(
+                    rd.flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| (e.path(), level + 1)),
+                );
+            }
+        }
+        self.complete = complete;
+        Ok(())
+    }
+
+    /// Wait until it reports something and swallow it (never, without an instance).
+    /// Cancel-safe, as [`changed`].
+    pub async fn changed(&mut self) -> anyhow::Result<()> {
+        match &mut self.fd {
+            Some(w) => changed(w).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// The directories of the Unix sockets the kernel decides on by identity (runtime sockets, the
-/// sockets `unix` rules name): a socket re-created there has a new identity.
-pub(super) fn watch_sockets(enforcer: &Mutex<Enforcer>) -> anyhow::Result<AsyncFd<Watch>> {
+/// sockets `unix` rules name): a socket re-created there has a new identity. Added again after
+/// each generation (its rules may name other sockets); one that does not exist is covered by
+/// the once-a-second look.
+pub(super) fn watch_sockets(w: &mut Kept, enforcer: &Mutex<Enforcer>) {
     let rule_paths = enforcer
         .lock()
         .map(|e| e.unix_rule_paths())
         .unwrap_or_default();
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
     let flags = AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_MOVED_FROM
         | AddWatchFlags::IN_ATTRIB;
-    for dir in kernel::unix::socket_dirs(&rule_paths) {
-        // A directory removed meanwhile: the once-a-second check covers it.
-        let _ = inotify.add_watch(&dir, flags);
-    }
-    let w = Watch {
-        inotify,
-        dirs: HashMap::new(),
-    };
-    // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
-    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the socket directories: {}", e.into_parts().1))
+    let dirs: Vec<PathBuf> = kernel::unix::socket_dirs(&rule_paths).into_iter().collect();
+    w.add(&dirs, flags, 0, false);
 }
 
 /// Look at the sockets the kernel decides on by identity again: a runtime socket that
@@ -124,52 +197,40 @@ pub(super) fn sockets_changed(enforcer: &Mutex<Enforcer>) -> bool {
 
 /// The policy directory and its subdirectories, with what tells a file being written
 /// (`IN_MODIFY` until `IN_CLOSE_WRITE`, see [`super::burst`]).
-pub(super) fn watch_policy(dir: &Path) -> anyhow::Result<AsyncFd<Watch>> {
+pub(super) fn watch_policy(w: &mut Kept, dir: &Path) {
     let flags = AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_MODIFY
         | AddWatchFlags::IN_MOVED_TO
         | AddWatchFlags::IN_MOVED_FROM
         | AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE;
-    watch(dir, flags, 16, true)
+    w.add(&[dir.to_owned()], flags, 16, true);
 }
 
 /// cgroups appearing, going, or getting a label (an xattr change is IN_ATTRIB).
-pub(super) fn watch_cgroups(root: &Path) -> anyhow::Result<AsyncFd<Watch>> {
+pub(super) fn watch_cgroups(w: &mut Kept, root: &Path) {
     let flags = AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE
         | AddWatchFlags::IN_ATTRIB
         | AddWatchFlags::IN_ONLYDIR;
-    watch(root, flags, governance_common::MAX_CGROUP_DEPTH, false)
+    w.add(
+        &[root.to_owned()],
+        flags,
+        governance_common::MAX_CGROUP_DEPTH,
+        false,
+    );
 }
 
 /// The agents' processes coming and going: each agent root's `cgroup.events`, which the kernel
 /// modifies when its subtree becomes populated or empty (the proxy's listeners in the agents'
 /// network namespaces follow their processes, see `netns`). An agent cgroup gone meanwhile is
 /// left out.
-pub(super) fn watch_populated(
-    agents: &[crate::agents::AgentCgroup],
-) -> anyhow::Result<AsyncFd<Watch>> {
-    let inotify =
-        Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("inotify_init")?;
-    for a in agents {
-        let _ = inotify.add_watch(&a.path.join("cgroup.events"), AddWatchFlags::IN_MODIFY);
-    }
-    let w = Watch {
-        inotify,
-        dirs: HashMap::new(),
-    };
-    // SAFETY: Watch owns the inotify fd for as long as the AsyncFd owns the Watch.
-    unsafe { AsyncFd::register_with_interest(w, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow::anyhow!("watching the agents' cgroup.events: {}", e.into_parts().1))
-}
-
-/// [`changed`] of a watch there may not be (None: never).
-pub(super) async fn changed_if(w: &mut Option<AsyncFd<Watch>>) -> anyhow::Result<()> {
-    match w {
-        Some(w) => changed(w).await,
-        None => std::future::pending().await,
-    }
+pub(super) fn watch_populated(w: &mut Kept, agents: &[crate::agents::AgentCgroup]) {
+    let files: Vec<PathBuf> = agents
+        .iter()
+        .map(|a| a.path.join("cgroup.events"))
+        .collect();
+    w.add(&files, AddWatchFlags::IN_MODIFY, 0, false);
 }
 
 /// Wait until `w` is readable and swallow what it says. Cancel-safe: nothing is consumed
@@ -186,16 +247,58 @@ async fn events(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<InotifyEvent>> {
     Ok(events)
 }
 
-/// The policy directory's changes ([`watch_policy`]), as the burst takes them.
-pub(super) async fn policy_changes(w: &mut AsyncFd<Watch>) -> anyhow::Result<Vec<Change>> {
+/// The policy directory's changes ([`watch_policy`]), as the burst takes them (never, without
+/// an instance).
+pub(super) async fn policy_changes(w: &mut Kept) -> anyhow::Result<Vec<Change>> {
+    let Some(w) = &mut w.fd else {
+        return std::future::pending().await;
+    };
     let events = events(w).await?;
     Ok(w.get_ref().changes(&events))
 }
 
 /// The policy directory's changes already reported and not yet taken (none: nothing waits).
-pub(super) fn pending_policy_changes(w: &AsyncFd<Watch>) -> Vec<Change> {
+pub(super) fn pending_policy_changes(w: &Kept) -> Vec<Change> {
+    let Some(w) = &w.fd else {
+        return Vec::new();
+    };
     let w = w.get_ref();
     w.changes(&w.inotify.read_events().unwrap_or_default())
+}
+
+/// What the policy directory holds, for a blind policy watch's once-a-second look: each
+/// entry's name, inode, size and modification time, down to the depth the watch goes
+/// (through symlinks, as the policy is read: a ConfigMap's `..data`).
+pub(super) fn policy_fingerprint(dir: &Path) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut todo = vec![(dir.to_owned(), 0u32)];
+    let mut seen = 0usize;
+    while let Some((d, level)) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        let mut entries: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            seen += 1;
+            if seen > 100_000 {
+                return h.finish();
+            }
+            let Ok(m) = std::fs::metadata(&p) else {
+                continue;
+            };
+            h.write(p.as_os_str().as_encoded_bytes());
+            h.write_u64(m.ino());
+            h.write_u64(m.len());
+            h.write_i64(m.mtime());
+            h.write_i64(m.mtime_nsec());
+            if m.is_dir() && level < 16 {
+                todo.push((p, level + 1));
+            }
+        }
+    }
+    h.finish()
 }
 
 impl Watch {
@@ -246,20 +349,24 @@ fn change(dirs: &HashMap<WatchDescriptor, PathBuf>, e: &InotifyEvent) -> Change 
 
 /// The daemon's three watches.
 pub(super) struct Watches {
-    pub policy: AsyncFd<Watch>,
-    pub cgroups: AsyncFd<Watch>,
-    pub sockets: AsyncFd<Watch>,
+    pub policy: Kept,
+    pub cgroups: Kept,
+    pub sockets: Kept,
 }
 
 impl Watches {
-    /// Watch the policy directory, the cgroup tree below `root`, and the socket directories
-    /// (again after a new generation: its directories and sockets may be new).
-    pub fn new(policy: &Path, root: &Path, enforcer: &Mutex<Enforcer>) -> anyhow::Result<Self> {
-        Ok(Self {
-            policy: watch_policy(policy)?,
-            cgroups: watch_cgroups(root)?,
-            sockets: watch_sockets(enforcer)?,
-        })
+    /// Watch the policy directory, the cgroup tree below `root`, and the socket directories.
+    /// Never fails: a watch that cannot be made is blind (see [`Kept`]).
+    pub fn new(policy: &Path, root: &Path, enforcer: &Mutex<Enforcer>) -> Self {
+        let mut w = Self {
+            policy: Kept::new("the policy directory"),
+            cgroups: Kept::new("the cgroup tree"),
+            sockets: Kept::new("the runtime sockets' directories"),
+        };
+        watch_policy(&mut w.policy, policy);
+        watch_cgroups(&mut w.cgroups, root);
+        watch_sockets(&mut w.sockets, enforcer);
+        w
     }
 }
 
@@ -323,7 +430,10 @@ mod tests {
             "old"
         );
 
-        let mut w = watch_policy(dir).unwrap();
+        let mut kept = Kept::new("the test's policy directory");
+        watch_policy(&mut kept, dir);
+        assert!(!kept.blind());
+        let w = kept.fd.as_mut().unwrap();
         configmap_version(dir, "..2026_11_30_07_05_00.000000002", "new");
         symlink("..2026_11_30_07_05_00.000000002", dir.join("..data_tmp")).unwrap();
         std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
@@ -351,7 +461,7 @@ mod tests {
 
     /// Read the watch until `done` holds for the burst, or fail after 10 s.
     async fn until_burst(
-        w: &mut AsyncFd<Watch>,
+        w: &mut Kept,
         b: &mut super::super::burst::Burst,
         done: impl Fn(&super::super::burst::Burst) -> bool,
         what: &str,
@@ -376,7 +486,8 @@ mod tests {
         use super::super::burst::{Burst, Due, NOTE_AFTER};
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut w = watch_policy(dir).unwrap();
+        let mut w = Kept::new("the test's policy directory");
+        watch_policy(&mut w, dir);
         let mut b = Burst::default();
         let holds = |b: &Burst| {
             b.due()
@@ -404,7 +515,8 @@ mod tests {
         // Written elsewhere, renamed in: due after the quiet, never held.
         let staged = tmp.path().join("..staged");
         std::fs::write(&staged, POLICY.replace("NAME", "whole")).unwrap();
-        let mut w = watch_policy(dir).unwrap();
+        let mut w = Kept::new("the test's policy directory");
+        watch_policy(&mut w, dir);
         let mut b = Burst::default();
         std::fs::rename(&staged, dir.join("whole.yaml")).unwrap();
         until_burst(&mut w, &mut b, |b| b.due().is_some(), "the rename").await;

@@ -1538,7 +1538,7 @@ rules:
     let c = client_of(&h, me);
     // The upstream's port, which the agent's connections go to (the Host names it).
     let port = up.addr.port();
-    let approve = |url: String, query: &str| {
+    let approve_body = |url: String, query: &str, body: Value| {
         let d = h.proxy.preauthorize(
             &c,
             DecideAction::Http {
@@ -1546,7 +1546,7 @@ rules:
                     method: "POST".into(),
                     url,
                     headers: [("x-account".to_owned(), "acct-1".to_owned())].into(),
-                    body: Some(json!({"amount": 5})),
+                    body: Some(body),
                     body_base64: None,
                 },
             },
@@ -1562,6 +1562,7 @@ rules:
             .approve(&d.approval_id.unwrap(), "alice", Duration::from_secs(60))
             .unwrap();
     };
+    let approve = |url: String, query: &str| approve_body(url, query, json!({"amount": 5}));
     approve(
         format!("http://api.payments.example:{port}/v1/transfers?to=alice"),
         "to=alice",
@@ -1591,6 +1592,25 @@ rules:
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(h.approvals.list().is_empty());
+    // A body that looks like an MCP `tools/call` on a host with no MCP rules is keyed on all
+    // of it, as any other body: approving 5 does not grant 5000 (red team round 15). Control:
+    // the same body, with another JSON-RPC id, is granted.
+    approve_body(
+        format!("http://api.payments.example:{port}/v1/transfers?to=bob"),
+        "to=bob",
+        json!({"amount": 5, "method": "tools/call", "params": {"name": "x"}, "id": 1}),
+    );
+    let r = h
+        .send(
+            me,
+            transfer(
+                "?to=bob",
+                "acct-1",
+                r#"{"amount": 5, "method": "tools/call", "params": {"name": "x"}, "id": 7}"#,
+            ),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Anything else is held for its own approval (denied here): nothing reaches the upstream.
     let forwarded = up.seen.lock().unwrap().len();
     for (query, account, body, what) in [
@@ -1610,6 +1630,18 @@ rules:
             "a duplicate key that one parser reads as the approved body",
         ),
         ("?to=alice", "acct-1", "amount=5", "a body that is not JSON"),
+        (
+            "?to=bob",
+            "acct-2",
+            r#"{"amount": 5000, "method": "tools/call", "params": {"name": "x"}}"#,
+            "a body shaped like the approved MCP call, with another amount and header",
+        ),
+        (
+            "?to=bob",
+            "acct-1",
+            r#"{"amount": 5000, "method": "tools/call", "params": {"name": "x"}, "id": 2}"#,
+            "a body shaped like the approved MCP call, with another amount",
+        ),
         (
             "?to=carol",
             "acct-1",

@@ -290,16 +290,20 @@ impl Proxy {
         }
     }
 
-    /// What identifies an action for a pre-authorization grant: an MCP call by (rule, tool,
-    /// arguments, and the server: host, port, path and query); any other request by everything
-    /// in it that an upstream acts on and a rule could tell apart: rule, method, host, port
-    /// (as written, else its scheme's: another port is another service), path, query, the
-    /// headers the host's rules read (`http.headers`, see
-    /// [`super::canonical::rule_headers`]) and the body. The body is compared as its JSON
-    /// value when it is JSON (read strictly: a duplicate key is not JSON here), so a client
-    /// that writes the same value with other spacing matches a grant asked for through the
-    /// decision API, and byte for byte otherwise. A request that differs in any of these is
-    /// another action, held for its own approval.
+    /// What identifies an action for a pre-authorization grant: everything in the request that
+    /// an upstream acts on and a rule could tell apart: rule, method, host, port (as written,
+    /// else its scheme's: another port is another service), path, query, the headers the
+    /// host's rules read (`http.headers`, see [`super::canonical::rule_headers`]) and the body.
+    /// The body is compared as its JSON value when it is JSON (read strictly: a duplicate key
+    /// is not JSON here), so a client that writes the same value with other spacing matches a
+    /// grant asked for through the decision API, and byte for byte otherwise. A request that
+    /// differs in any of these is another action, held for its own approval.
+    ///
+    /// An MCP call is compared without what names the message rather than the action (its
+    /// JSON-RPC `id` and `params._meta.progressToken`, new on every retry): every other member
+    /// counts, so a body that only looks like a `tools/call` (a refund with `method` and
+    /// `params` members added, on a host with no MCP rules) is keyed on its amount like any
+    /// other body (red team round 15).
     ///
     /// The second key, for an MCP call to a server: the same call approved through the
     /// decision API with no server named (what its approver saw: any server the agent's MCP
@@ -317,27 +321,21 @@ impl Proxy {
             None => parse_json(bytes).ok(),
         };
         let json = http.body.as_ref().or(parsed.as_ref());
+        let call = json
+            .filter(|v| tool_call(v).is_some())
+            .map(without_message_ids);
+        let json = call.as_ref().or(json).map(Value::to_string);
+        let any_server = call
+            .is_some()
+            .then(|| self.hasher.hash_one((rule, "tool", &json)));
+        if let Some(key) = any_server
+            && http.host.is_empty()
+        {
+            return (key, None);
+        }
         let port = head
             .port
             .unwrap_or(if head.tls.is_some() { 443 } else { 80 });
-        if let Some((tool, args)) = json.and_then(tool_call) {
-            let args = args.map(Value::to_string);
-            let any_server = self.hasher.hash_one((rule, "tool", tool, &args));
-            if http.host.is_empty() {
-                return (any_server, None);
-            }
-            let server = self.hasher.hash_one((
-                rule,
-                "tool",
-                tool,
-                &args,
-                http.host.to_ascii_lowercase(),
-                port,
-                &http.path,
-                head.query.as_deref(),
-            ));
-            return (server, Some(any_server));
-        }
         let mut headers: Vec<(String, &str)> = http
             .headers
             .iter()
@@ -353,10 +351,10 @@ impl Proxy {
             &http.path,
             head.query.as_deref(),
             headers,
-            json.map(Value::to_string),
+            json,
             raw,
         ));
-        (key, None)
+        (key, any_server)
     }
 
     /// Whether `agent` holds a live grant for either key.
@@ -367,6 +365,24 @@ impl Proxy {
         let has = |k: u64| grants.contains_key(&(agent.to_owned(), k));
         has(key) || also.is_some_and(has)
     }
+}
+
+/// An MCP call without its JSON-RPC `id` and `params._meta.progressToken`: what a retry of the
+/// same call changes.
+fn without_message_ids(call: &Value) -> Value {
+    let mut call = call.clone();
+    if let Some(o) = call.as_object_mut() {
+        o.remove("id");
+    }
+    if let Some(params) = call.get_mut("params").and_then(Value::as_object_mut)
+        && let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut)
+    {
+        meta.remove("progressToken");
+        if meta.is_empty() {
+            params.remove("_meta");
+        }
+    }
+    call
 }
 
 /// An escalation's record, and so the approval a human decides on, shows the request's query:

@@ -82,10 +82,15 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// binfmt.d, tmpfiles.d, modules-load.d; systemd-sysext's extension images), and the other
 /// containers' files: their images' layers and root filesystems, and pods' volumes (what the
 /// next `kubectl exec`, probe or restart runs there, in that container's cgroup; red team round
-/// 8). Agents may not write, create, truncate or name anything there unless a policy allows
-/// system files. (With the big directories of [`NOT_ENUMERATED`].)
-pub(super) const SYSTEM_FILES: [&str; 21] = [
+/// 8). Also what runs as root at the next boot or kernel upgrade: cloud-init's per-boot scripts
+/// and the instance object it unpickles (`/var/lib/cloud`), DKMS's module sources (built as
+/// root for every new kernel; red team round 15). Agents may not write, create, truncate or
+/// name anything there unless a policy allows system files. (With the big directories of
+/// [`NOT_ENUMERATED`].)
+pub(super) const SYSTEM_FILES: [&str; 23] = [
     "/etc",
+    "/var/lib/cloud",
+    "/var/lib/dkms",
     "/var/spool/cron",
     "/var/spool/at",
     "/var/lib/dpkg/info",
@@ -255,8 +260,11 @@ fn homes(passwd: &str) -> Vec<&Path> {
 
 /// The system files in directories too big to read on every reload: [`SYSTEM_FILES`] too, but
 /// their entries are not enumerated by the identity resolution (for other names and mount
-/// points made before the load). The installed software, and the other containers' storage.
-pub(super) const NOT_ENUMERATED: [&str; 17] = [
+/// points made before the load). The installed software, and the other containers' storage
+/// (with snapd's images and services' data, which the node mounts and runs as root at boot, and
+/// LXC's, LXD's, Incus's and systemd-nspawn's containers and their configurations, whose hooks
+/// run on the node as root; red team round 15).
+pub(super) const NOT_ENUMERATED: [&str; 24] = [
     "/usr",
     "/opt",
     "/bin",
@@ -274,6 +282,13 @@ pub(super) const NOT_ENUMERATED: [&str; 17] = [
     "/run/containerd",
     "/run/containers",
     "/run/k3s",
+    "/var/lib/snapd",
+    "/var/snap",
+    "/var/lib/lxc",
+    "/var/lib/lxd",
+    "/var/lib/incus",
+    "/var/lib/machines",
+    "/var/lib/portables",
 ];
 
 /// [`LOGIN_FILES`] that are package caches and toolchains (tens of thousands of entries on a
