@@ -681,6 +681,11 @@ pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
 /// process wrote (or mapped shared and writable) a file through a descriptor it did not open
 /// under its profile (one it held before its sandbox verdict, or was passed).
 pub const FILE_DETAIL_HELD: u8 = 0x40;
+/// [`Event::detail`] of a [`Kind::File`] decision with [`Cause::Builtin`]: an agent whose exec
+/// default blocks opened for writing a file some process has mapped, and not shared and
+/// writable: a library or program a process runs (its private mappings read the page cache the
+/// write changes, so the write would change running code; red team round 15).
+pub const FILE_DETAIL_MAPPED: u8 = 0x20;
 
 /// [`Event::detail`] of a [`Kind::Signal`] refusal: the signal was the kernel's SIGIO or SIGURG
 /// for a file an agent armed (`send_sigio`, `send_sigurg`), refused in

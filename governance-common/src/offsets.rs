@@ -11,6 +11,11 @@ pub const FILE_F_OWNER: &str = "OFF_FILE_F_OWNER";
 /// `file_send_sigiotask` can tell the file from its `fown`; 0 when it is a pointer (6.12 on),
 /// and agents may then not arm files for SIGIO at all (sigio.rs: fail closed).
 pub const FILE_F_OWNER_EMBEDDED: &str = "FILE_F_OWNER_EMBEDDED";
+/// Where `file.f_owner` is a pointer (6.12 on): the offset of `fown_struct.file`, the owner's
+/// pointer back to its file, or [`NO_FIELD`] where the kernel has none.
+pub const FOWN_FILE: &str = "OFF_FOWN_FILE";
+/// The value of an offset whose field this kernel does not have.
+pub const NO_FIELD: u64 = u64::MAX;
 pub const INODE_INO: &str = "OFF_INODE_INO";
 pub const INODE_SB: &str = "OFF_INODE_SB";
 pub const SB_DEV: &str = "OFF_SB_DEV";
@@ -29,6 +34,12 @@ pub const SB_FLAGS: &str = "OFF_SB_FLAGS";
 pub const INODE_MODE: &str = "OFF_INODE_MODE";
 pub const INODE_RDEV: &str = "OFF_INODE_RDEV";
 pub const INODE_NLINK: &str = "OFF_INODE_NLINK";
+/// `inode.i_mapping`, and its `address_space`'s mappings (`i_mmap`, an interval tree whose
+/// first word is its root node: NULL when nothing maps the file) and count of shared writable
+/// ones (`i_mmap_writable`).
+pub const INODE_MAPPING: &str = "OFF_INODE_MAPPING";
+pub const MAPPING_I_MMAP: &str = "OFF_MAPPING_I_MMAP";
+pub const MAPPING_I_MMAP_WRITABLE: &str = "OFF_MAPPING_I_MMAP_WRITABLE";
 pub const VMA_FILE: &str = "OFF_VMA_FILE";
 pub const VMA_FLAGS: &str = "OFF_VMA_FLAGS";
 pub const CSS_SET_DFL_CGRP: &str = "OFF_CSS_SET_DFL_CGRP";
@@ -96,7 +107,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 75] = [
+pub const ALL: [(&str, &str, &str); 78] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -121,6 +132,9 @@ pub const ALL: [(&str, &str, &str); 75] = [
     (INODE_MODE, "inode", "i_mode"),
     (INODE_RDEV, "inode", "i_rdev"),
     (INODE_NLINK, "inode", "i_nlink"),
+    (INODE_MAPPING, "inode", "i_mapping"),
+    (MAPPING_I_MMAP, "address_space", "i_mmap"),
+    (MAPPING_I_MMAP_WRITABLE, "address_space", "i_mmap_writable"),
     (VMA_FILE, "vm_area_struct", "vm_file"),
     (VMA_FLAGS, "vm_area_struct", "vm_flags"),
     (CSS_SET_DFL_CGRP, "css_set", "dfl_cgrp"),

@@ -83,7 +83,13 @@ pub const KEY_ALLOC: Program = lsm(
     "keys whose construction runs a program; who made each key",
 );
 pub const KEY_PERMISSION: Program = lsm("key_permission", "keys and keyrings of others");
-pub const KEY_FREE: Program = lsm("key_free", "keys and keyrings of others (bookkeeping)");
+/// Forgets a freed key. Linux 6.10 and later have no such hook (the LSM framework frees the
+/// key's blob itself): there a key's record stays until another key is made at its address
+/// (`key_alloc` writes or removes the record of every key made), so no key is taken for
+/// another; the table fills only with keys agents made, and a full table refuses the next
+/// (fail closed). See [`WHERE_PRESENT`].
+pub const KEY_FREE: Program =
+    where_present("key_free", "keys and keyrings of others (bookkeeping)");
 /// Records who made each POSIX message queue (the hook where a new queue's inode is known).
 pub const MQUEUE_MADE: Program = lsm("d_instantiate", "POSIX message queue owners");
 pub const SETSOCKOPT: Program = lsm("socket_setsockopt", "source routes");
@@ -119,8 +125,9 @@ const fn where_present(name: &'static str, what: &'static str) -> Program {
 
 /// LSM hooks that only some kernels have, attached after [`ALL`]: part of full enforcement
 /// where the kernel has the hook (`bpf_lsm_<hook>` in its BTF), and not needed where it has
-/// not (what they see goes through another hook there).
-pub const WHERE_PRESENT: [Program; 4] = [IOCTL_COMPAT, SET_ACL, REMOVE_ACL, FILE_TRUNCATE];
+/// not (what they see goes through another hook there; `key_free` has nothing to do there).
+pub const WHERE_PRESENT: [Program; 5] =
+    [IOCTL_COMPAT, SET_ACL, REMOVE_ACL, FILE_TRUNCATE, KEY_FREE];
 pub const FCNTL: Program = lsm(
     "file_fcntl",
     "signal ownership (F_SETOWN); files armed for SIGIO (O_ASYNC, F_SETSIG)",
@@ -244,7 +251,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 72] = [
+pub const ALL: [Program; 71] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -313,7 +320,6 @@ pub const ALL: [Program; 72] = [
     CHOWN,
     KEY_ALLOC,
     KEY_PERMISSION,
-    KEY_FREE,
     MQUEUE_MADE,
     CGROUP_BORDER,
     SETSOCKOPT,

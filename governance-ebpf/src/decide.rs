@@ -595,5 +595,11 @@ fn ns_tgid() -> u32 {
 /// LSM return for a decision: 0 lets the action go on, -EPERM refuses it.
 #[inline(always)]
 pub(crate) fn lsm_ret(d: &Decision) -> i32 {
-    if d.denied { -EPERM } else { 0 }
+    // Linux 6.10 and later load an LSM program only if the verifier can show every value it
+    // returns lies in [-4095, 0]. Written plainly, the compiler negates the flag (`r0 = -r0`),
+    // of which those verifiers keep no range; the flag read back from the stack as a byte and
+    // compared makes each path return a constant.
+    // SAFETY: a read of a local.
+    let denied = unsafe { core::ptr::read_volatile(&u8::from(d.denied)) };
+    if denied != 0 { -EPERM } else { 0 }
 }

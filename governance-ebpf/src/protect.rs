@@ -78,11 +78,10 @@ pub fn userns_create(ctx: LsmContext) -> i32 {
 /// Built-in: agents may not use bpf() at all (no loading programs, no opening the pins).
 #[lsm(hook = "bpf")]
 pub fn bpf(ctx: LsmContext) -> i32 {
-    // int bpf(int cmd, union bpf_attr *attr, unsigned int size)
-    let previous: i32 = ctx.arg(3);
-    if previous != 0 {
-        return previous;
-    }
+    // int bpf(int cmd, union bpf_attr *attr, unsigned int size), and from Linux 6.14 a fourth
+    // argument (`bool kernel`) before the return value of the programs that ran before: the
+    // slot that holds that value elsewhere is not read here (a program that refused ends the
+    // hook's programs anyway: the trampoline stops at the first that returns non-zero).
     let Some(agent) = current_agent() else {
         return 0;
     };

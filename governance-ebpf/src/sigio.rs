@@ -25,10 +25,12 @@ use governance_common::{AgentValue, Cause, Counter, Kind, SIGNAL_DETAIL_SIGIO, S
 
 use crate::{
     decide::{Agent, Decision, count, emit, lsm_ret},
-    kernel::{FILE_F_OWNER_EMBEDDED, OFF_FILE_F_OWNER, off},
+    kernel::{FILE_F_OWNER_EMBEDDED, OFF_FILE_F_OWNER, OFF_FOWN_FILE, off, read_at},
     maps::{SIGIO_ANY, SIGIO_OWNERS},
     protect::out_of_reach,
 };
+
+use governance_common::offsets::NO_FIELD;
 
 /// SIGIO's number: what `send_sigio` sends when the file's signal is 0 (none chosen).
 const SIGIO: i32 = 29;
@@ -38,9 +40,10 @@ const SIGIO: i32 = 29;
 /// it is refused (a file not remembered could signal outside the agent: fail closed, counted).
 #[inline(always)]
 pub(crate) fn armed(agent: &Agent, file: u64) -> i32 {
-    // From Linux 6.12 `file.f_owner` is a pointer, and `file_send_sigiotask` could not find
-    // the file from its `fown`: no file is armed by an agent there (fail closed).
-    if off(&FILE_F_OWNER_EMBEDDED) == 0 {
+    // From Linux 6.12 `file.f_owner` is a pointer, and `file_send_sigiotask` finds the file
+    // through the owner's pointer back to it; a kernel with neither: no file is armed by an
+    // agent there (fail closed).
+    if off(&FILE_F_OWNER_EMBEDDED) == 0 && off(&OFF_FOWN_FILE) == NO_FIELD {
         let d = Decision::builtin(Kind::Guard, true);
         emit(agent, &d, |ev| ev.detail = guard::SIGNAL_OWNER);
         return lsm_ret(&d);
@@ -87,9 +90,16 @@ pub fn file_send_sigiotask(ctx: LsmContext) -> i32 {
         return previous;
     }
     // `fown` is the file's own `f_owner` field: the file is found by subtracting the field's
-    // offset (an address used as a key, never read).
+    // offset (an address used as a key, never read). From 6.12 it is allocated apart and
+    // points back to its file.
     let fown: u64 = ctx.arg(1);
-    let file = fown.wrapping_sub(off(&OFF_FILE_F_OWNER));
+    let file = if off(&FILE_F_OWNER_EMBEDDED) != 0 {
+        fown.wrapping_sub(off(&OFF_FILE_F_OWNER))
+    } else {
+        // SAFETY: see read_at. Unreadable: no file, so no agent's (this signal is not one an
+        // agent armed a file for, as far as can be told).
+        unsafe { read_at::<u64>(fown, off(&OFF_FOWN_FILE)) }.unwrap_or(0)
+    };
     // SAFETY: the value is copied out at once.
     let Some(owner) = (unsafe { SIGIO_OWNERS.get(&file) }).copied() else {
         return 0;

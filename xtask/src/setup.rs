@@ -90,9 +90,37 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// cargo-deb, for `cargo xtask deb`.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
-/// The VM kernel: Debian's 6.1 cloud kernel, whose built-in LSM list ends in `bpf`.
-const KERNEL_PACKAGE_PREFIX: &str = "linux-image-6.1.0-";
-const KERNEL_PACKAGE_SUFFIX: &str = "-cloud-amd64-unsigned";
+/// A kernel the VM tests boot: one of Debian 12's cloud kernels, whose built-in LSM lists have
+/// `bpf`. Packages are `<prefix>N<suffix>`, images `vmlinuz-<series>N...`; the largest N is
+/// the newest.
+pub struct VmKernel {
+    /// What the test summary calls it.
+    pub label: &'static str,
+    /// The package name up to the number that grows with each release.
+    prefix: &'static str,
+    suffix: &'static str,
+    /// The image's file name up to that number (after `vmlinuz-`).
+    series: &'static str,
+}
+
+/// Debian 12's own 6.1 (where the suite was first written) and its 6.12 (the kernel of
+/// Debian 13, RHEL 10 and most current distributions: it calls other hooks for some
+/// operations, `file_truncate` for ftruncate(2) from 6.2, and its verifier checks what LSM
+/// programs return, from 6.10).
+pub const VM_KERNELS: [VmKernel; 2] = [
+    VmKernel {
+        label: "kernel tests, VM 6.1 (BPF LSM)",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-cloud-amd64-unsigned",
+        series: "6.1.0-",
+    },
+    VmKernel {
+        label: "kernel tests, VM 6.12 (BPF LSM)",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb12-cloud-amd64-unsigned",
+        series: "6.12.",
+    },
+];
 
 /// Where downloaded artefacts live, shared by every clone on the machine.
 pub fn cache_dir() -> PathBuf {
@@ -112,7 +140,10 @@ pub fn ensure() -> Result<()> {
     did |= heartbeat("installing rust-src", nightly_rust_src)?;
     did |= heartbeat("building bpf-linker", bpf_linker)?;
     did |= heartbeat("building cargo-deb", cargo_deb)?;
-    did |= heartbeat("downloading the VM kernel", vm_kernel).map(|(_, installed)| installed)?;
+    for k in &VM_KERNELS {
+        did |= heartbeat("downloading the VM kernels", || vm_kernel_of(k))
+            .map(|(_, installed)| installed)?;
+    }
     did |= heartbeat(
         "installing the HTTP compatibility suite's packages",
         compat_packages,
@@ -128,9 +159,13 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation, Ruby with Sinatra; VM kernel {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation, Ruby with Sinatra; VM kernels {}; the compatibility suite's packages in {}",
         qemu().program.display(),
-        vm_kernel()?.0.display(),
+        VM_KERNELS
+            .iter()
+            .map(|k| vm_kernel_of(k).map(|(p, _)| p.display().to_string()))
+            .collect::<Result<Vec<_>>>()?
+            .join(" and "),
         compat_dir().display()
     ));
     Ok(())
@@ -753,22 +788,30 @@ fn bpf_linker() -> Result<bool> {
     Ok(true)
 }
 
-/// The VM kernel image, downloading it if needed. Returns (path, whether it was installed now).
+/// The first of [`VM_KERNELS`] (6.1), downloading it if needed: the kernel `cargo xtask vm`
+/// and the benchmarks boot unless told another. Returns (path, whether it was installed now).
 pub fn vm_kernel() -> Result<(PathBuf, bool)> {
+    vm_kernel_of(&VM_KERNELS[0])
+}
+
+/// `k`'s newest image, downloading it if needed. Returns (path, whether it was installed now).
+pub fn vm_kernel_of(k: &VmKernel) -> Result<(PathBuf, bool)> {
     let dir = cache_dir().join("kernel");
-    if let Some(existing) = cached_kernel(&dir) {
+    if let Some(existing) = cached_kernel(&dir, k) {
         return Ok((existing, false));
     }
     // apt-cache only knows the packages after an update; a fresh machine may have no lists.
-    let mut package = newest_kernel_package()?;
+    let mut package = newest_kernel_package(k)?;
     if package.is_none() && is_root() {
         run(Command::new("apt-get").args(["update", "-q"]))?;
-        package = newest_kernel_package()?;
+        package = newest_kernel_package(k)?;
     }
     let Some(package) = package else {
         bail!(
-            "no {KERNEL_PACKAGE_PREFIX}N{KERNEL_PACKAGE_SUFFIX} package is known to apt; \
-             run apt-get update, or pass --kernel PATH to a kernel with BPF LSM"
+            "no {}N{} package is known to apt; run apt-get update, or pass --kernel PATH to a \
+             kernel with BPF LSM",
+            k.prefix,
+            k.suffix
         );
     };
     progress(&format!("downloading the VM kernel: {package}"));
@@ -801,39 +844,50 @@ pub fn vm_kernel() -> Result<(PathBuf, bool)> {
     Ok((dest, true))
 }
 
-fn cached_kernel(dir: &Path) -> Option<PathBuf> {
+fn cached_kernel(dir: &Path, k: &VmKernel) -> Option<PathBuf> {
+    let image = format!("vmlinuz-{}", k.series);
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-6.1.0-"))
+                .is_some_and(|n| n.to_string_lossy().starts_with(&image))
         })
         .collect();
-    found.sort_by_key(|p| kernel_abi(&p.to_string_lossy()));
+    found.sort_by_key(|p| release(&p.to_string_lossy(), k.series));
     found.pop()
 }
 
-/// The `N` of `...6.1.0-N-cloud...`, for picking the newest.
-fn kernel_abi(name: &str) -> u32 {
-    name.split("6.1.0-")
+/// The number after `series` in a package's or an image's name (`56` of
+/// `linux-image-6.1.0-56-cloud-amd64-unsigned`, `118` of `vmlinuz-6.12.118+deb12-cloud-amd64`),
+/// for picking the newest.
+fn release(name: &str, series: &str) -> u32 {
+    name.split(series)
         .nth(1)
-        .and_then(|rest| rest.split('-').next())
+        .map(|rest| {
+            rest.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 
-fn newest_kernel_package() -> Result<Option<String>> {
+fn newest_kernel_package(k: &VmKernel) -> Result<Option<String>> {
     let out = capture(Command::new("apt-cache").args([
         "search",
         "--names-only",
-        &format!("^{KERNEL_PACKAGE_PREFIX}[0-9]+{KERNEL_PACKAGE_SUFFIX}$"),
+        &format!(
+            "^{}[0-9]+{}$",
+            k.prefix.replace('.', "\\."),
+            k.suffix.replace('.', "\\.").replace('+', "\\+")
+        ),
     ]))?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .max_by_key(|p| kernel_abi(p))
+        .max_by_key(|p| release(p, k.series))
         .map(str::to_owned))
 }
 
@@ -895,8 +949,20 @@ Conf qemu-system-common (1:7.2+dfsg-7+deb12u18+b3 Debian:12.13/stable [amd64])
 
     #[test]
     fn picks_the_newest_kernel_abi() {
-        assert_eq!(kernel_abi("linux-image-6.1.0-56-cloud-amd64-unsigned"), 56);
-        assert_eq!(kernel_abi("vmlinuz-6.1.0-9-cloud-amd64"), 9);
-        assert_eq!(kernel_abi("garbage"), 0);
+        let [old, new] = &VM_KERNELS;
+        assert_eq!(
+            release("linux-image-6.1.0-56-cloud-amd64-unsigned", old.series),
+            56
+        );
+        assert_eq!(release("vmlinuz-6.1.0-9-cloud-amd64", old.series), 9);
+        assert_eq!(
+            release(
+                "linux-image-6.12.118+deb12-cloud-amd64-unsigned",
+                new.series
+            ),
+            118
+        );
+        assert_eq!(release("vmlinuz-6.12.41+deb12-cloud-amd64", new.series), 41);
+        assert_eq!(release("garbage", old.series), 0);
     }
 }

@@ -196,33 +196,48 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
         c.as_cases(),
     ));
 
-    progress("kernel tests in the VM (BPF LSM)");
-    // The guest prints each test as it starts and ends (--nocapture, one thread); vm::boot
-    // says when the guest has been quiet for a while.
-    let script = "export RUST_BACKTRACE=1 GOVERNANCE_BIN=/governance/bin/governance\n\
-                  rc=0\n\
-                  for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
-                  exit $rc\n";
     // The whole suite took 14 minutes from a fresh clone on a 2-core machine (qemu emulation,
     // one thread for both vCPUs: see `vm::boot`), where loading the programs is most of a
     // test's cost: each test process loads them once (see `governance_tests::install`), and
     // only the daemon tests load their own. The deadline leaves two and a half times that for
-    // a slower machine, and the whole run under an hour.
-    let vm = steps.time("kernel tests, VM", || {
-        boot(kernel, &b, script.into(), Duration::from_secs(2100))
-    });
-    let (ok, c) = match &vm {
-        Ok(out) => {
-            let mut c = Counts::default();
-            out.output.iter().for_each(|l| c.add_line(l));
-            (out.status == 0, c)
-        }
-        Err(e) => {
-            eprintln!("xtask: VM tests could not run: {e:#}");
-            (false, Counts::default())
-        }
+    // a slower machine. Once per kernel of `setup::VM_KERNELS` (a kernel named with --kernel:
+    // that one alone).
+    let kernels: Vec<(&str, Option<PathBuf>)> = match kernel {
+        Some(k) => vec![("kernel tests, VM (BPF LSM)", Some(k))],
+        None => setup::VM_KERNELS
+            .iter()
+            .map(|k| (k.label, setup::vm_kernel_of(k).ok().map(|(p, _)| p)))
+            .collect(),
     };
-    places.push(("kernel tests, VM (BPF LSM)", ok, c));
+    for (label, kernel) in kernels {
+        progress(label);
+        // The guest prints each test as it starts and ends (--nocapture, one thread);
+        // vm::boot says when the guest has been quiet for a while.
+        let script = "export RUST_BACKTRACE=1 GOVERNANCE_BIN=/governance/bin/governance\n\
+                      rc=0\n\
+                      for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
+                      exit $rc\n";
+        let vm = match kernel {
+            Some(kernel) => steps.time(label, || {
+                boot(Some(kernel), &b, script.into(), Duration::from_secs(2100))
+            }),
+            None => Err(anyhow::anyhow!(
+                "the kernel could not be downloaded (see setup)"
+            )),
+        };
+        let (ok, c) = match &vm {
+            Ok(out) => {
+                let mut c = Counts::default();
+                out.output.iter().for_each(|l| c.add_line(l));
+                (out.status == 0, c)
+            }
+            Err(e) => {
+                eprintln!("xtask: VM tests could not run: {e:#}");
+                (false, Counts::default())
+            }
+        };
+        places.push((label, ok, c));
+    }
 
     println!();
     println!("test summary");

@@ -40,8 +40,20 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     })
 }
 
-/// Remove the pins below `pin_dir`: links first (which detaches the programs), then maps.
-/// Returns the names removed.
+/// Remove a pinned link, and detach its program before returning. The pin is opened first
+/// and closed after it is gone: from Linux 6.12 the kernel frees a link whose last reference
+/// was its pin later, from a work queue (`bpf_link_put`), so its program could still decide
+/// for a while after the unlink; closing a descriptor frees it at once
+/// (`bpf_link_put_direct`). A pin that is not a link is removed as a file.
+fn remove_link(path: &Path) -> std::io::Result<()> {
+    match aya::programs::links::PinnedLink::from_pin(path) {
+        Ok(link) => link.unpin().map(drop),
+        Err(_) => std::fs::remove_file(path),
+    }
+}
+
+/// Remove the pins below `pin_dir`: links first (which detaches the programs, by the time this
+/// returns), then maps. Returns the names removed.
 pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     let mut removed = Vec::new();
     // A handover's staged pins first (both builds' programs go).
@@ -59,7 +71,11 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
             continue;
         };
         for e in entries.flatten() {
-            std::fs::remove_file(e.path())?;
+            if sub == pins::LINKS {
+                remove_link(&e.path())?;
+            } else {
+                std::fs::remove_file(e.path())?;
+            }
             removed.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
         }
         std::fs::remove_dir(&dir)?;
@@ -101,7 +117,12 @@ pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
         let old = dir.join(sub);
         if let Ok(entries) = std::fs::read_dir(&old) {
             for e in entries.flatten() {
-                std::fs::remove_file(e.path()).map_err(io(&e.path()))?;
+                let removed = if sub == pins::LINKS {
+                    remove_link(&e.path())
+                } else {
+                    std::fs::remove_file(e.path())
+                };
+                removed.map_err(io(&e.path()))?;
             }
             std::fs::remove_dir(&old).map_err(io(&old))?;
         }

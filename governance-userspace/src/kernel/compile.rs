@@ -23,7 +23,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     rc::Rc,
@@ -515,13 +514,8 @@ fn compile_with(
                         vec![(0, [0; 16])]
                     } else {
                         nets.iter()
-                            .map(|n| {
-                                let (bits, addr) = match n.addr {
-                                    IpAddr::V4(a) => (96 + u32::from(n.prefix), a.to_ipv6_mapped()),
-                                    IpAddr::V6(a) => (u32::from(n.prefix), a),
-                                };
-                                (bits, masked(addr.octets(), bits))
-                            })
+                            .flat_map(|n| n.ipv6_networks())
+                            .map(|(bits, addr)| (bits, masked(addr.octets(), bits)))
                             .collect()
                     };
                     let ranges = if ports.is_empty() {

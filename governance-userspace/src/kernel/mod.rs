@@ -327,12 +327,20 @@ impl Enforcer {
                 values.push((global, kbtf.struct_size(strukt)?));
             }
             let embedded = !kbtf.field_is_pointer("file", "f_owner")?;
-            if !embedded {
+            // From 6.12 the owner is allocated apart and points back to its file.
+            let back = if embedded {
+                offsets::NO_FIELD
+            } else {
+                kbtf.field_offset("fown_struct", "file")
+                    .unwrap_or(offsets::NO_FIELD)
+            };
+            if !embedded && back == offsets::NO_FIELD {
                 tracing::warn!(
-                    "this kernel's file.f_owner is a pointer (Linux 6.12 or later): agents may not arm files for SIGIO (O_ASYNC, FIOASYNC, F_SETSIG)"
+                    "this kernel's file.f_owner is a pointer with no way back to its file: agents may not arm files for SIGIO (O_ASYNC, FIOASYNC, F_SETSIG)"
                 );
             }
             values.push((offsets::FILE_F_OWNER_EMBEDDED, u64::from(embedded)));
+            values.push((offsets::FOWN_FILE, back));
             values.push((
                 governance_common::discover::TASK_HELPERS_GLOBAL,
                 u64::from(discover_task_helpers()),

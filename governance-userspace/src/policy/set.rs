@@ -62,6 +62,10 @@ impl PathMatch {
     }
 }
 
+/// The well-known NAT64 prefix, `64:ff9b::/96` (RFC 6052).
+pub const NAT64_PREFIX: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+
 /// An IP network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IpNet {
@@ -79,11 +83,40 @@ impl IpNet {
         }
     }
 
+    /// The IPv6 networks the kernel's tables key this network on (prefix length, address): an
+    /// IPv6 network itself; an IPv4 network as IPv4-mapped IPv6 and under the NAT64 prefix
+    /// `64:ff9b::/96` (RFC 6052), which an IPv6 network with NAT64 (DNS64 answers, IPv6-only
+    /// clusters) routes to the same IPv4 host (red team round 15: a rule on an IPv4 address
+    /// did not hold for its NAT64 spelling).
+    pub fn ipv6_networks(&self) -> impl Iterator<Item = (u32, std::net::Ipv6Addr)> {
+        let (v6, nat64) = match self.addr {
+            IpAddr::V4(a) => {
+                let bits = 96 + u32::from(self.prefix);
+                let nat64 = u128::from(NAT64_PREFIX) | u128::from(u32::from(a));
+                (
+                    (bits, a.to_ipv6_mapped()),
+                    Some((bits, std::net::Ipv6Addr::from(nat64))),
+                )
+            }
+            IpAddr::V6(a) => ((u32::from(self.prefix), a), None),
+        };
+        std::iter::once(v6).chain(nat64)
+    }
+
     pub fn prefix128(&self) -> u32 {
         u32::from(self.prefix) + if self.addr.is_ipv4() { 96 } else { 0 }
     }
 
     pub fn contains(&self, addr: IpAddr) -> bool {
+        // An IPv4 network holds the NAT64 spelling of its addresses (see `ipv6_networks`).
+        let addr = match addr {
+            IpAddr::V6(a)
+                if self.addr.is_ipv4() && u128::from(a) >> 32 == u128::from(NAT64_PREFIX) >> 32 =>
+            {
+                IpAddr::V4(std::net::Ipv4Addr::from(u128::from(a) as u32))
+            }
+            a => a,
+        };
         let len = self.prefix128();
         let mask = if len == 0 {
             0

@@ -84,13 +84,17 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// next `kubectl exec`, probe or restart runs there, in that container's cgroup; red team round
 /// 8). Also what runs as root at the next boot or kernel upgrade: cloud-init's per-boot scripts
 /// and the instance object it unpickles (`/var/lib/cloud`), DKMS's module sources (built as
-/// root for every new kernel; red team round 15). Agents may not write, create, truncate or
+/// root for every new kernel), logind's linger list (a user's service manager started at boot),
+/// the container device specifications (`/run/cdi`: a hook there runs as root for the next
+/// container that asks for the device; red team round 15). Agents may not write, create, truncate or
 /// name anything there unless a policy allows system files. (With the big directories of
 /// [`NOT_ENUMERATED`].)
-pub(super) const SYSTEM_FILES: [&str; 23] = [
+pub(super) const SYSTEM_FILES: [&str; 25] = [
     "/etc",
     "/var/lib/cloud",
     "/var/lib/dkms",
+    "/var/lib/systemd/linger",
+    "/run/cdi",
     "/var/spool/cron",
     "/var/spool/at",
     "/var/lib/dpkg/info",
@@ -122,10 +126,12 @@ pub(super) const SYSTEM_FILES: [&str; 23] = [
 /// of tools that run commands from it (git's `core.fsmonitor`, kubectl's and the AWS CLI's
 /// credential programs, Docker's credential helpers, npm's `script-shell`, cargo, gpg, editors,
 /// debuggers, terminals' multiplexers, mailcap, REPLs' startup files, build tools' init
-/// scripts, coding agents' hooks). Refused in every home /etc/passwd names (root's partly in
+/// scripts, coding agents' hooks); the toolchain managers whose shims and init scripts the
+/// startup files run (rustup's, nvm's, pyenv's, SDKMAN!'s; red team round 15), and
+/// [`DATA_FILES`]. Refused in every home /etc/passwd names (root's partly in
 /// [`SYSTEM_FILES`] too), as system files are; a home that does not exist at the reload is
 /// refused whole (whatever is written into it once someone makes it).
-pub(super) const LOGIN_FILES: [&str; 57] = [
+pub(super) const LOGIN_FILES: [&str; 61] = [
     ".ssh",
     ".profile",
     ".bashrc",
@@ -163,6 +169,10 @@ pub(super) const LOGIN_FILES: [&str; 57] = [
     ".pip",
     ".pydistutils.cfg",
     ".cargo",
+    ".rustup",
+    ".nvm",
+    ".pyenv",
+    ".sdkman",
     ".gnupg",
     ".vimrc",
     ".vim",
@@ -185,6 +195,13 @@ pub(super) const LOGIN_FILES: [&str; 57] = [
     ".wgetrc",
 ];
 
+/// What the user's service manager and session bus start, and shells and editors load, from
+/// `~/.local/share` (user units, D-Bus services, Neovim's site plugins, completions; red team
+/// round 15): refused where `~/.local/share` exists at the reload. Where it does not, these
+/// are not named at all: a missing directory on the way to a protected path is refused whole,
+/// and `~/.local/share` is where uv, pipx, Jupyter and podman keep an agent's own data.
+pub(super) const DATA_FILES: [&str; 4] = ["systemd", "dbus-1", "nvim/site", "bash-completion"];
+
 /// At most this many homes get [`LOGIN_FILES`] (a directory service can list thousands of
 /// users; the first in /etc/passwd order).
 const MAX_HOMES: usize = 256;
@@ -196,6 +213,10 @@ pub(super) fn login_files(passwd: &str, exists: impl Fn(&Path) -> bool) -> Vec<P
     for home in homes(passwd) {
         if exists(home) {
             files.extend(LOGIN_FILES.iter().map(|f| home.join(f)));
+            let data = home.join(".local/share");
+            if exists(&data) {
+                files.extend(DATA_FILES.iter().map(|f| data.join(f)));
+            }
         } else {
             files.push(home.to_path_buf());
         }
@@ -297,8 +318,17 @@ pub(super) const NOT_ENUMERATED: [&str; 24] = [
 /// as [`NOT_ENUMERATED`]. Writing below them stays refused by path and by the directory's
 /// identity; a hard link made *before the load* from elsewhere to a file below them is decided
 /// by its path only, as one to a file of `/usr` is.
-pub(super) const NOT_ENUMERATED_IN_HOMES: [&str; 5] =
-    [".cargo", ".m2", ".gradle", ".vscode-server", ".local/lib"];
+pub(super) const NOT_ENUMERATED_IN_HOMES: [&str; 9] = [
+    ".cargo",
+    ".rustup",
+    ".nvm",
+    ".pyenv",
+    ".sdkman",
+    ".m2",
+    ".gradle",
+    ".vscode-server",
+    ".local/lib",
+];
 
 /// Every directory [`NOT_ENUMERATED`] and [`NOT_ENUMERATED_IN_HOMES`] name, with the homes of
 /// `passwd` (the text of /etc/passwd).
@@ -447,7 +477,7 @@ mod tests {
         }
         assert_eq!(
             files.len(),
-            2 * LOGIN_FILES.len(),
+            2 * (LOGIN_FILES.len() + DATA_FILES.len()),
             "no relative home, no broken line, none inside the system files (/usr/sbin)"
         );
         let twice = format!("{passwd}alice2:x:1001:1001::/home/alice:/bin/sh\n");
@@ -459,14 +489,29 @@ mod tests {
         // A home that does not exist: refused whole, so that it is not made with them in it.
         let missing = login_files(passwd, |h| h != Path::new("/home/alice"));
         assert!(missing.contains(&PathBuf::from("/home/alice")));
-        assert_eq!(missing.len(), LOGIN_FILES.len() + 1);
+        assert_eq!(missing.len(), LOGIN_FILES.len() + DATA_FILES.len() + 1);
         let many: String = (0..1000)
             .map(|i| format!("u{i}:x:{i}:{i}::/home/u{i}:/bin/sh\n"))
             .collect();
-        assert_eq!(login_files(&many, all).len(), MAX_HOMES * LOGIN_FILES.len());
+        assert_eq!(
+            login_files(&many, all).len(),
+            MAX_HOMES * (LOGIN_FILES.len() + DATA_FILES.len())
+        );
+        // `~/.local/share`'s files where it exists; nothing below it where it does not.
+        let bare = login_files(passwd, |p| !p.ends_with(".local/share"));
+        assert!(
+            !bare
+                .iter()
+                .any(|f| f.to_string_lossy().contains(".local/share"))
+        );
+        assert!(
+            files
+                .iter()
+                .any(|f| f == Path::new("/home/alice/.local/share/systemd"))
+        );
         // Root's home without root's line (a node image with a minimal /etc/passwd, or none).
         let none = login_files("", all);
-        assert_eq!(none.len(), LOGIN_FILES.len());
+        assert_eq!(none.len(), LOGIN_FILES.len() + DATA_FILES.len());
         assert!(none.contains(&PathBuf::from("/root/.local/lib")));
     }
 

@@ -76,11 +76,7 @@ pub(super) fn classes(
         } else {
             seq.ports_except.clone()
         };
-        for n in &seq.network_except {
-            let (bits, addr) = match n.addr {
-                IpAddr::V4(a) => (96 + u32::from(n.prefix), a.to_ipv6_mapped()),
-                IpAddr::V6(a) => (u32::from(n.prefix), a),
-            };
+        for (bits, addr) in seq.network_except.iter().flat_map(|n| n.ipv6_networks()) {
             for (lo, hi) in &ranges {
                 tables.net.push((
                     bits,

@@ -1,5 +1,6 @@
 use super::*;
 use crate::policy::parse;
+use std::net::IpAddr;
 
 fn agent(index: usize, rel: &str, label: Option<&str>) -> AgentCgroup {
     AgentCgroup {
@@ -715,7 +716,7 @@ fn via_proxy_rules_are_enforced_and_gaps_are_reported() {
 /// A network rule listing several prefixes or ranges ranks, at each, by that prefix and range,
 /// as the engine decides (red team round 9: a rule blocking `[10.20.0.5/32, 10.0.0.0/8]` ranked
 /// as a /8 rule everywhere, and a /16 allow beat its /32 block); the kernel's lookup and the
-/// engine agree at every address and port.
+/// engine agree at every address and port, IPv4 addresses also in their NAT64 spelling.
 #[test]
 fn a_rule_s_prefixes_and_ranges_each_rank_by_their_own_length() {
     let yaml = "name: p\nagents: { label: bot }\nrules:\n\
@@ -740,6 +741,12 @@ fn a_rule_s_prefixes_and_ranges_each_rank_by_their_own_length() {
         ("192.168.1.1", 5100, Some("web")),
         ("192.168.1.1", 6000, Some("db")),
         ("172.16.0.1", 80, None),
+        // The NAT64 spellings of the same addresses (red team round 15).
+        ("64:ff9b::a14:5", 8200, Some("internal")),
+        ("64:ff9b::a14:101", 8200, Some("apps")),
+        ("64:ff9b::c0a8:101", 5432, Some("db")),
+        ("64:ff9b::ac10:1", 80, None),
+        ("64:ff9c::a14:5", 8200, None),
     ] {
         let rule =
             net_lookup(&k.classes[0], addr, port, proto::TCP).map(|e| e.rule.rule_id & 0xffff);
