@@ -618,6 +618,18 @@ pub mod guard {
     /// a packet no socket owns, which no connect, sendmsg or egress program sees (red team
     /// round 15).
     pub const MULTICAST: u8 = 13;
+    /// A write open of a process's memory (`/proc/PID/mem`, the agent's own included) under
+    /// an exec allowlist: a write there reaches read-only text, which runs code no exec or
+    /// mapping decision saw (red team round 16).
+    pub const PROC_MEM: u8 = 14;
+    /// A socket's or a datagram's mark (`SO_MARK`) or a transparent socket: the node's routing
+    /// tables and firewall act on a mark (a VPN's bypass mark), so an allowed address would
+    /// lead elsewhere (red team rounds 15 and 16).
+    pub const PACKET_MARK: u8 = 15;
+    /// Under an exec allowlist, a write to a file some process maps (and none maps shared and
+    /// writable): a library or program it runs, whose code the write would change (red team
+    /// round 15).
+    pub const MAPPED_CODE: u8 = 16;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -635,6 +647,9 @@ pub mod guard {
             KERNEL_PROC => "a kernel or device setting in /proc (outside /proc/sys)",
             OTHER_TERMINAL => "a terminal another session holds",
             MULTICAST => "a multicast membership (its reports carry what the agent chose)",
+            PROC_MEM => "a process's memory written (/proc/PID/mem) under an exec allowlist",
+            PACKET_MARK => "a packet mark or transparent socket (routing and firewalls act on it)",
+            MAPPED_CODE => "a write to a file a process maps as code, under an exec allowlist",
             _ => "?",
         }
     }
@@ -681,11 +696,6 @@ pub const FILE_DETAIL_RAW_DEVICE: u8 = 0x80;
 /// process wrote (or mapped shared and writable) a file through a descriptor it did not open
 /// under its profile (one it held before its sandbox verdict, or was passed).
 pub const FILE_DETAIL_HELD: u8 = 0x40;
-/// [`Event::detail`] of a [`Kind::File`] decision with [`Cause::Builtin`]: an agent whose exec
-/// default blocks opened for writing a file some process has mapped, and not shared and
-/// writable: a library or program a process runs (its private mappings read the page cache the
-/// write changes, so the write would change running code; red team round 15).
-pub const FILE_DETAIL_MAPPED: u8 = 0x20;
 
 /// [`Event::detail`] of a [`Kind::Signal`] refusal: the signal was the kernel's SIGIO or SIGURG
 /// for a file an agent armed (`send_sigio`, `send_sigurg`), refused in

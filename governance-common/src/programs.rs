@@ -51,6 +51,7 @@ pub const PTRACE: Program = lsm(
     "ptrace_access_check",
     "ptrace and /proc access outside the agent",
 );
+pub const TRACEME: Program = lsm("ptrace_traceme", "PTRACE_TRACEME under an exec allowlist");
 pub const UNLINK: Program = lsm(
     "inode_unlink",
     "removing pins, POSIX message queues of others",
@@ -251,7 +252,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 71] = [
+pub const ALL: [Program; 72] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -269,6 +270,7 @@ pub const ALL: [Program; 71] = [
     BPF,
     TASK_KILL,
     PTRACE,
+    TRACEME,
     UNLINK,
     SETRLIMIT,
     SETNICE,

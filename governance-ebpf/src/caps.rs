@@ -81,7 +81,10 @@ pub fn capable(ctx: LsmContext) -> i32 {
     let opts: u32 = ctx.arg(3);
     let audited = opts & CAP_OPT_NOAUDIT == 0;
     let mut d = Decision::builtin(Kind::Capability, true);
-    if agent.value.allow_caps & (1u64 << cap) != 0 {
+    // A policy that allows raw sockets gives back what the kernel asks to make one
+    // (`CAP_NET_RAW`); the marks it would also grant stay refused (route.rs).
+    let raw = cap == caps::NET_RAW as i32 && agent.value.allow & allow::RAW_SOCKETS != 0;
+    if agent.value.allow_caps & (1u64 << cap) != 0 || raw {
         d = Decision::builtin(Kind::Capability, false);
     } else if agent.value.allow & allow::USER_NAMESPACES != 0 {
         // A policy that lets the agent make user namespaces lets it hold capabilities inside

@@ -8,8 +8,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_MAPPED, FILE_DETAIL_RAW_DEVICE,
-    GrantKey, Kind, PATH_MAX, PathKey, RulePair, Verdict, access, builtin_class, flags, report,
+    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind, PATH_MAX,
+    PathKey, RulePair, Verdict, access, builtin_class, flags, report,
 };
 
 use crate::{
@@ -18,9 +18,8 @@ use crate::{
     identity::{device_letters, walk},
     kernel::{
         Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_ACCMODE, O_CREAT, O_TRUNC,
-        OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MAPPING,
-        OFF_INODE_MODE, OFF_INODE_RDEV, OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE,
-        OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off,
+        OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
+        OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, off,
     },
     maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN},
     sequence,
@@ -133,28 +132,6 @@ fn hash_path(path: &[u8; PATH_MAX]) -> u64 {
 /// root has); so does attaching to an existing tap. /proc/kcore is refused by its open's
 /// CAP_SYS_RAWIO check (caps.rs), as /dev/mem and /dev/port are too. An unreadable mode counts as
 /// raw (only agents are affected, and only when the file has no inode to read).
-/// Is `file` a regular file some process has mapped, with no shared writable mapping (a
-/// library or a program it runs)? See file_open.
-#[inline(always)]
-fn mapped_code(file: Btf) -> bool {
-    let Ok(inode) = file.ptr(off(&OFF_FILE_INODE)) else {
-        return true;
-    };
-    if inode.get::<u16>(off(&OFF_INODE_MODE)) & S_IFMT != S_IFREG {
-        return false;
-    }
-    // Typed loads through the inode (see kernel::Btf): a read into a stack buffer here took
-    // file_open's stack past the verifier's 512 bytes. An unreadable mapping counts as mapped
-    // (only agents with an exec allowlist opening a file for writing are affected).
-    let Ok(mapping) = inode.ptr(off(&OFF_INODE_MAPPING)) else {
-        return true;
-    };
-    let root: u64 = mapping.get(off(&OFF_MAPPING_I_MMAP));
-    let writable: i32 = mapping.get(off(&OFF_MAPPING_I_MMAP_WRITABLE));
-    root != 0 && writable <= 0
-}
-
-/// Is `file` a raw device?
 #[inline(always)]
 fn raw_device(file: Btf) -> bool {
     let (mode, rdev) = match file.ptr(off(&OFF_FILE_INODE)) {
@@ -237,27 +214,10 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     let truncate = fflags & O_TRUNC != 0;
     let asked =
         u8::from(read) | u8::from(write) << 1 | u8::from(create) << 2 | u8::from(truncate) << 3;
-    // A raw device; and a program's code, mapped: under an exec allowlist the agent's written
-    // files never run (mapping.rs refuses mapping them), so a file mapped already is not
-    // written either. A private mapping reads the page cache until a page is copied, so
-    // writing a library a process runs changes the code it runs (red team round 15: mapped by
-    // an allowed program with LD_PRELOAD, then written). Shared writable mappings (a
-    // database's, SQLite's `-shm`) are data, and pass. One refusal for both: an event of its
-    // own for each took file_open's stack past the verifier's 512 bytes (Linux 6.12).
-    let builtin = if raw_device(file) {
-        FILE_DETAIL_RAW_DEVICE
-    } else if (write || truncate)
-        && agent.value.exec_default.enforce.verdict == Verdict::Block as u8
-        && mapped_code(file)
-    {
-        FILE_DETAIL_MAPPED
-    } else {
-        0
-    };
-    if builtin != 0 {
+    if raw_device(file) {
         let d = Decision::builtin(Kind::File, true);
         emit(&agent, &d, |ev| {
-            ev.detail = asked | builtin;
+            ev.detail = asked | FILE_DETAIL_RAW_DEVICE;
             if let Ok(key) = resolve_path(file.addr(), agent.value.class) {
                 copy_path(ev, &key.data.path);
             }

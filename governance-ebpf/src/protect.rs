@@ -4,7 +4,7 @@
 //! and no signal, ptrace, resource change or `/proc/PID/` write aimed at a process outside the
 //! agent's own subtree (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use governance_common::{ExecKey, Kind, allow, ipc_object, task_change};
+use governance_common::{ExecKey, Kind, Verdict, allow, ipc_object, task_change};
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
@@ -187,6 +187,44 @@ fn outside_sandbox(agent: &Agent, task: u64) -> Option<u32> {
 
 /// `PTRACE_MODE_NOAUDIT`: the caller only probes (procfs deciding which fields to show).
 const PTRACE_MODE_NOAUDIT: u32 = 0x04;
+/// `PTRACE_MODE_ATTACH`: the caller may change the target (ptrace attach, `/proc/PID/mem`,
+/// `process_vm_writev`).
+const PTRACE_MODE_ATTACH: u32 = 0x02;
+
+/// Under an exec allowlist: a target of its own agent the caller would attach to (its tgid,
+/// for the event). A tracer writes any code into an allowed program (`PTRACE_POKETEXT`,
+/// `/proc/PID/mem`, which write read-only text), past every exec and mapping decision (red
+/// team round 16); debuggers and tracers under an allowlist are refused with it.
+#[inline(always)]
+fn injects_code(agent: &Agent, task: u64, mode: u32) -> Option<u32> {
+    if mode & PTRACE_MODE_ATTACH == 0
+        || agent.value.exec_default.enforce.verdict != Verdict::Block as u8
+    {
+        return None;
+    }
+    // SAFETY: see read_at.
+    Some(unsafe { read_at(task, off(&OFF_TASK_TGID)) }.unwrap_or(0))
+}
+
+/// Under an exec allowlist, no `PTRACE_TRACEME`: the parent would attach to its child, as
+/// `injects_code` refuses (red team round 16).
+#[lsm(hook = "ptrace_traceme")]
+pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
+    // int ptrace_traceme(struct task_struct *parent)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+        return 0;
+    }
+    let d = Decision::builtin(Kind::Ptrace, true);
+    emit(&agent, &d, |ev| ev.detail = PTRACE_MODE_ATTACH as u8);
+    lsm_ret(&d)
+}
 
 /// Built-in: agents may not trace or inspect processes outside their own subtree, nor may a
 /// sandboxed process trace one that is not under its sandbox mark. Every
@@ -205,10 +243,13 @@ pub fn ptrace_access_check(ctx: LsmContext) -> i32 {
         return 0;
     };
     let task: u64 = ctx.arg(0);
-    let Some(target) = out_of_reach(&agent, task).or_else(|| outside_sandbox(&agent, task)) else {
+    let mode: u32 = ctx.arg(1);
+    let target = out_of_reach(&agent, task)
+        .or_else(|| outside_sandbox(&agent, task))
+        .or_else(|| injects_code(&agent, task, mode));
+    let Some(target) = target else {
         return 0;
     };
-    let mode: u32 = ctx.arg(1);
     let d = Decision::builtin(Kind::Ptrace, true);
     if mode & PTRACE_MODE_NOAUDIT == 0 {
         emit(&agent, &d, |ev| {

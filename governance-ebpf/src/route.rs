@@ -17,6 +17,14 @@ use crate::{
 };
 
 const SOL_IP: i32 = 0;
+const SOL_SOCKET: i32 = 1;
+/// A socket's or a datagram's mark, and transparent sockets (`IP_TRANSPARENT`,
+/// `IPV6_TRANSPARENT`): `CAP_NET_RAW` grants them, which agents have only under
+/// `allow_raw_sockets` (caps.rs); refused here then (a mark picks the node's routing table and
+/// firewall treatment; red team rounds 15 and 16).
+const SO_MARK: i32 = 36;
+const IP_TRANSPARENT: i32 = 19;
+const IPV6_TRANSPARENT: i32 = 75;
 const IP_OPTIONS: i32 = 4;
 const IP_RETOPTS: i32 = 7;
 const SOL_IPV6: i32 = 41;
@@ -60,6 +68,12 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
     if route {
         return refuse(guard::SOURCE_ROUTE, what);
     }
+    let marks = (level == SOL_SOCKET && name == SO_MARK)
+        || (level == SOL_IP && name == IP_TRANSPARENT)
+        || (level == SOL_IPV6 && name == IPV6_TRANSPARENT);
+    if marks {
+        return refuse(guard::PACKET_MARK, what);
+    }
     let multicast = (level == SOL_IP && IP_MEMBERSHIP.contains(&name))
         || ((level == SOL_IP || level == SOL_IPV6) && MCAST_MEMBERSHIP.contains(&name))
         || (level == SOL_IPV6 && IPV6_MEMBERSHIP.contains(&name));
@@ -100,6 +114,7 @@ pub(crate) fn datagram_route(msg: Btf) -> Option<i32> {
         let (level, ty) = (hdr[1] as u32 as i32, (hdr[1] >> 32) as u32 as i32);
         if (level == SOL_IP && ty == IP_RETOPTS)
             || (level == SOL_IPV6 && (ty == IPV6_RTHDR || ty == IPV6_2292RTHDR))
+            || (level == SOL_SOCKET && ty == SO_MARK)
         {
             found = Some(((level as u64) << 32) | ty as u64);
             break;

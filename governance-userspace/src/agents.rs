@@ -19,6 +19,8 @@ pub enum AgentsError {
         "no cgroup2 filesystem is mounted; mount one (mount -t cgroup2 none /sys/fs/cgroup) or boot with cgroup v2"
     )]
     NoCgroup2,
+    #[error("listing the cgroup tree at {path}: {source}")]
+    Walk { path: PathBuf, source: io::Error },
     #[error("agent `{agent}`: cgroup {path}: {source}")]
     Cgroup {
         agent: String,
@@ -205,8 +207,18 @@ pub fn discover(
     } else {
         let mut stack = vec![(root.to_owned(), 0u32)];
         while let Some((dir, depth)) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
+            // A cgroup removed meanwhile has no agents; any other error (out of descriptors,
+            // memory) is no answer: the walk fails, and the generation in force stays (red team
+            // round 16: an empty walk dropped every agent).
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(AgentsError::Walk {
+                        path: dir.clone(),
+                        source,
+                    });
+                }
             };
             let mut children: Vec<PathBuf> = entries
                 .flatten()
@@ -414,6 +426,29 @@ mod tests {
             assert!(literal_roots(&policies(cgroups, false), false).is_some());
             assert!(literal_roots(&policies(cgroups, true), false).is_none());
         }
+    }
+
+    /// A tree that does not read is no answer, never "no agents" (red team round 16: a daemon
+    /// out of descriptors read the tree as empty, and the reload dropped every agent). A
+    /// cgroup removed meanwhile is fine. (A root that is not a directory stands in for a
+    /// listing that fails: EMFILE cannot be made here without starving the test runner.)
+    #[test]
+    fn a_tree_that_does_not_list_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-directory");
+        std::fs::write(&file, "").unwrap();
+        let set = crate::policy::parse(&[(
+            "p.yaml".into(),
+            "name: p\nagents: { cgroup: 'agents/*' }\n".into(),
+        )])
+        .unwrap();
+        let err = discover(&file, &set, false, None).unwrap_err();
+        assert!(matches!(err, AgentsError::Walk { .. }), "{err}");
+        assert!(
+            discover(&tmp.path().join("gone"), &set, false, None)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

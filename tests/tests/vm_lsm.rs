@@ -1267,6 +1267,13 @@ fn policy_relaxes_built_in_protections() {
             ty: libc::SOCK_RAW,
             protocol: libc::NETLINK_ROUTE,
         },
+        // A packet socket also needs CAP_NET_RAW, which allowing raw sockets gives back (red
+        // team round 16; marks stay refused: root_facilities_are_refused_to_agents).
+        Attempt::Socket {
+            family: libc::AF_PACKET,
+            ty: libc::SOCK_RAW,
+            protocol: 0,
+        },
         Attempt::Unshare {
             flags: libc::CLONE_NEWUSER,
         },
@@ -3843,8 +3850,9 @@ fn root_facilities_are_refused_to_agents() {
     );
     drop(other);
     // A socket's mark chooses the node's routing table and firewall treatment (a VPN's bypass
-    // mark): the kernel grants it for CAP_NET_RAW (red team round 15).
-    deny_cap(
+    // mark): the kernel grants it for CAP_NET_RAW (red team round 15), which agents may have
+    // with raw sockets allowed, so the option itself is refused (round 16).
+    let ev = deny(
         &mut k,
         &fx,
         "12 setsockopt(SO_MARK)",
@@ -3855,9 +3863,10 @@ fn root_facilities_are_refused_to_agents() {
             name: libc::SO_MARK,
             value: 51820i32.to_ne_bytes().to_vec(),
         },
-        caps::NET_RAW,
+        Kind::Guard,
         Control::Succeeds,
     );
+    assert_eq!(ev.detail, governance_common::guard::PACKET_MARK);
     deny_cap(
         &mut k,
         &fx,
@@ -4382,12 +4391,21 @@ fn code_mapped_executable_is_decided() {
         &fx,
         "R15 a library a process runs, written in place under an allowlist",
         &Attempt::open(&lib, libc::O_WRONLY),
-        Kind::File,
+        Kind::Guard,
         Control::Succeeds,
     );
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
-    assert_ne!(ev.detail & governance_common::FILE_DETAIL_MAPPED, 0);
-    assert_eq!(text(&ev.path), lib.to_str().unwrap());
+    assert_eq!(ev.detail, governance_common::guard::MAPPED_CODE);
+    // truncate(2) by name too (the same write permission).
+    deny(
+        &mut k,
+        &fx,
+        "R15 a library a process runs, truncated by name under an allowlist",
+        &Attempt::Truncate { path: cstr(&lib) },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    std::fs::copy(BUSYBOX, &lib).unwrap();
     // Controls: data in a shared writable mapping (a database's, SQLite's `-shm`) is written;
     // the library, once nothing maps it, too.
     let shm = fx.p("tmp/db-shm");
@@ -4414,6 +4432,19 @@ fn code_mapped_executable_is_decided() {
         &Attempt::open(&lib, libc::O_WRONLY),
     );
     assert_eq!(outcome, Outcome::Exited(0), "the library, mapped no more");
+    // A process's own memory written through procfs (`/proc/self/mem` reaches read-only text):
+    // a shell writes a loader into itself and runs any program (DDexec; red team round 16).
+    // The kernel asks no security module when a process opens its own; the write permission
+    // on the file is refused. Control: outside the agent, the same open succeeds.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R16 the process's own memory opened for writing (/proc/self/mem) under an allowlist",
+        &Attempt::open(Path::new("/proc/self/mem"), libc::O_WRONLY),
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::PROC_MEM);
     // ld.so as the program: refused whatever the rules say of ld.so.
     let ld = loader();
     let ld_argv0 = ld.to_str().unwrap().to_owned();
@@ -4485,19 +4516,29 @@ fn legitimate_work_keeps_running_in_an_agent() {
             );
             println!("legitimate work runs in an agent, {policy}: {case}");
         }
-        // A debugger on the agent's own process.
+        // A debugger on the agent's own process: under an exec allowlist it could write any
+        // code into an allowed program (`PTRACE_POKETEXT`), so it is refused there, with an
+        // event (red team round 16); with exec allowed by default it runs.
         let mut own = governance_tests::Reaped(
             governance_tests::command_in(Some(&fx.agent.path), BUSYBOX, &["sleep", "120"])
                 .spawn()
                 .unwrap(),
         );
         let pid = own.id() as i32;
-        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::PtraceSeize { pid });
-        assert_eq!(
-            outcome,
-            Outcome::Exited(0),
-            "{policy}: ptrace of a process of the agent itself"
-        );
+        let (tracer, outcome) =
+            run_in(Some(&fx.agent.path), "agent", &Attempt::PtraceSeize { pid });
+        if policy == "exec allowlist" {
+            assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{policy}: ptrace");
+            let ev = k.event_where(|e| e.tgid == tracer && e.flags & flags::DENIED != 0);
+            assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Ptrace), "{policy}");
+            assert_eq!(ev.object, pid as u64, "{policy}");
+        } else {
+            assert_eq!(
+                outcome,
+                Outcome::Exited(0),
+                "{policy}: ptrace of a process of the agent itself"
+            );
+        }
         let _ = own.kill();
     };
     {

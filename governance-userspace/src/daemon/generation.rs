@@ -65,6 +65,14 @@ pub(super) fn build(
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?
         .pin_dir
         .clone();
+    // A generation is built from files that must read (the cgroup tree, /etc/passwd, the
+    // mount table, /proc/devices); several of them read as "nothing there" when missing.
+    // A daemon out of descriptors would read them all as missing and build a generation that
+    // protects less: refuse to build then, and the generation in force stays (red team round
+    // 16: an agent's proxy tunnels held every descriptor, and a reload dropped every agent).
+    if let Err(e) = std::fs::File::open("/proc/self/status") {
+        anyhow::bail!("the daemon cannot open files ({e}); not building a generation");
+    }
     // Listing the built-in protected directories does not depend on the policy: it runs
     // while the policy is read and compiled, up to the first listing the compile needs.
     let ahead = kernel::ReadAhead::start(protect(args, root, &pin_dir));

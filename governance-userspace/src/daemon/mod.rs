@@ -266,6 +266,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(why) = own_mount_namespace() {
         crate::say!("WARNING: {why}");
     }
+    if let Err(e) = most_descriptors() {
+        crate::say!("WARNING: could not raise the daemon's open-file limit: {e}");
+    }
     // The policy first, before the kernel is probed or anything is loaded: a typo or a missing
     // directory is reported with its place, and the exit status is that of `policy check`
     // (1), not 3 ("cannot enforce").
@@ -510,6 +513,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::from(EXIT_FAILED_SERVING),
     })
+}
+
+/// Raise the soft limit on open files to the hard one: the proxy holds two descriptors for
+/// each connection an agent keeps open (a tunnel lives as long as it sends), and a daemon
+/// that cannot open a file cannot build a generation (red team round 16: a root agent with a
+/// few hundred tunnels reached the default soft limit of 1,024).
+fn most_descriptors() -> nix::Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(())
 }
 
 /// The exit status of a daemon that stopped on an error after it started enforcing (see

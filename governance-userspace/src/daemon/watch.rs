@@ -132,14 +132,17 @@ impl Kept {
                     continue;
                 }
             }
-            if level < depth
-                && let Ok(rd) = std::fs::read_dir(&d)
-            {
-                todo.extend(
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| (e.path(), level + 1)),
-                );
+            if level < depth {
+                match std::fs::read_dir(&d) {
+                    Ok(rd) => todo.extend(
+                        rd.flatten()
+                            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                            .map(|e| (e.path(), level + 1)),
+                    ),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    // Its subdirectories are not watched (out of descriptors, say).
+                    Err(_) => complete = false,
+                }
             }
         }
         self.complete = complete;

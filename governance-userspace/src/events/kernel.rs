@@ -4,9 +4,9 @@
 use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
-    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_MAPPED, FILE_DETAIL_RAW_DEVICE,
-    GrantKey, Kind, SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps, exec_map, flags,
-    id_number, ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
+    Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind,
+    SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps, exec_map, flags, id_number,
+    ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
 };
 
 use super::{
@@ -140,10 +140,6 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         Some(Kind::File) if ev.detail & FILE_DETAIL_RAW_DEVICE != 0 => (
             "raw-device",
             "no devices that reach past the rules for agents (raw storage; tun, tap and PPP; input devices; other terminals' screens)",
-        ),
-        Some(Kind::File) if ev.detail & FILE_DETAIL_MAPPED != 0 => (
-            "mapped-code",
-            "under an exec allowlist, no writes to a file a process has mapped (a library or program it runs)",
         ),
         Some(Kind::File) if ev.detail & FILE_DETAIL_HELD != 0 => (
             "held-file",
@@ -376,11 +372,6 @@ impl Record {
                     object
                         .detail
                         .insert("device".into(), "bypasses the rules".into());
-                }
-                if ev.detail & FILE_DETAIL_MAPPED != 0 {
-                    object
-                        .detail
-                        .insert("mapped".into(), "as a process's code".into());
                 }
                 if ev.detail & FILE_DETAIL_HELD != 0 {
                     object
