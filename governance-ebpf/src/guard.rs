@@ -500,6 +500,9 @@ fn proc_of_outside(inode: Btf) -> i32 {
     if agent.value.allow & allow::KERNEL_SETTINGS == 0 && kernel_proc_file(inode.addr()) {
         return refuse_for(&agent, guard::KERNEL_PROC, 0);
     }
+    if let Some(tgid) = proc_owner_out_of_reach(&agent, inode.addr()) {
+        return refuse_for(&agent, guard::PROC_OF_OUTSIDE, u64::from(tgid));
+    }
     // A process's memory (`/proc/PID/mem`, the one file of a process's directory with mode
     // 0600) under an exec allowlist: its writes reach read-only text, so a shell writes a
     // loader into itself and runs any program (DDexec; red team round 16). Its own process's
@@ -510,8 +513,5 @@ fn proc_of_outside(inode: Btf) -> i32 {
     {
         return refuse_for(&agent, guard::PROC_MEM, 0);
     }
-    match proc_owner_out_of_reach(&agent, inode.addr()) {
-        Some(tgid) => refuse_for(&agent, guard::PROC_OF_OUTSIDE, u64::from(tgid)),
-        None => 0,
-    }
+    0
 }

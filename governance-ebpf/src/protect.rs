@@ -206,26 +206,6 @@ fn injects_code(agent: &Agent, task: u64, mode: u32) -> Option<u32> {
     Some(unsafe { read_at(task, off(&OFF_TASK_TGID)) }.unwrap_or(0))
 }
 
-/// Under an exec allowlist, no `PTRACE_TRACEME`: the parent would attach to its child, as
-/// `injects_code` refuses (red team round 16).
-#[lsm(hook = "ptrace_traceme")]
-pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
-    // int ptrace_traceme(struct task_struct *parent)
-    let previous: i32 = ctx.arg(1);
-    if previous != 0 {
-        return previous;
-    }
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
-    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
-        return 0;
-    }
-    let d = Decision::builtin(Kind::Ptrace, true);
-    emit(&agent, &d, |ev| ev.detail = PTRACE_MODE_ATTACH as u8);
-    lsm_ret(&d)
-}
-
 /// Built-in: agents may not trace or inspect processes outside their own subtree, nor may a
 /// sandboxed process trace one that is not under its sandbox mark. Every
 /// ptrace_may_access() check comes here: ptrace attach, /proc/PID/mem, environ, fd/, root and

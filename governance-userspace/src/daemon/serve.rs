@@ -290,6 +290,12 @@ impl Daemon<'_> {
         let mut policy_print = None;
         self.settle_later();
         let (mut cgroup_due, mut socket_due) = (None, None);
+        // A cgroup made between the first generation's walk of the tree and these watches was
+        // reported by none of them: look once, now that they are in place (an agent made then
+        // waited for the next change to the tree).
+        if self.agents_changed() {
+            cgroup_due = Some(tokio::time::Instant::now());
+        }
         let mut policy = burst::Burst::default();
         let mut pods_changed = self.pods.as_ref().map(|p| p.subscribe());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
