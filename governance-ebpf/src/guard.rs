@@ -386,8 +386,12 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
         return 0;
     }
     let inode = Btf::arg(&ctx, 0);
+    // (A refusal only: a mapped file of cgroup2 or procfs still meets their checks below.)
     if mapped_code(inode) {
-        return mapped_code_written();
+        let ret = mapped_code_written();
+        if ret != 0 {
+            return ret;
+        }
     }
     let magic = match inode.ptr(off(&OFF_INODE_SB)) {
         Ok(sb) => sb.get::<u64>(off(&OFF_SB_MAGIC)),

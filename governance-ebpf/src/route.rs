@@ -84,7 +84,7 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
 }
 
 /// For `socket_sendmsg`: the refusal when `msg` (a `struct msghdr *`) carries a source route
-/// in its control messages and the sender is an agent; None otherwise. The control messages
+/// or a mark in its control messages and the sender is an agent; None otherwise. The control messages
 /// are the kernel's copy by then (`____sys_sendmsg` copies them before `sock_sendmsg`), walked
 /// as `for_each_cmsghdr` walks them; a malformed one ends the walk (the kernel refuses the send
 /// itself: `CMSG_OK`), an unreadable one or more than [`MAX_CMSGS`] count as a route.
@@ -126,7 +126,14 @@ pub(crate) fn datagram_route(msg: Btf) -> Option<i32> {
         found = Some(0);
     }
     let what = found?;
-    match refuse(guard::SOURCE_ROUTE, what) {
+    // A mark is reported as setsockopt reports it; a route, or a message that does not read,
+    // as a source route.
+    let detail = if (what >> 32) as i32 == SOL_SOCKET {
+        guard::PACKET_MARK
+    } else {
+        guard::SOURCE_ROUTE
+    };
+    match refuse(detail, what) {
         0 => None,
         ret => Some(ret),
     }

@@ -30,8 +30,6 @@ use crate::{
     protect::out_of_reach,
 };
 
-use governance_common::offsets::NO_FIELD;
-
 /// SIGIO's number: what `send_sigio` sends when the file's signal is 0 (none chosen).
 const SIGIO: i32 = 29;
 
@@ -43,7 +41,9 @@ pub(crate) fn armed(agent: &Agent, file: u64) -> i32 {
     // From Linux 6.12 `file.f_owner` is a pointer, and `file_send_sigiotask` finds the file
     // through the owner's pointer back to it; a kernel with neither: no file is armed by an
     // agent there (fail closed).
-    if off(&FILE_F_OWNER_EMBEDDED) == 0 && off(&OFF_FOWN_FILE) == NO_FIELD {
+    if off(&FILE_F_OWNER_EMBEDDED) == 0
+        && off(&OFF_FOWN_FILE) == governance_common::offsets::NO_FIELD
+    {
         let d = Decision::builtin(Kind::Guard, true);
         emit(agent, &d, |ev| ev.detail = guard::SIGNAL_OWNER);
         return lsm_ret(&d);

@@ -570,29 +570,32 @@ impl Daemon<'_> {
         }
     }
 
-    /// Whether the cgroup tree still holds the agents of the current generation (and it did
-    /// not fail to build).
-    /// Whether the agents found now differ from the generation's (a blind cgroup watch's
-    /// once-a-second look).
-    fn agents_changed(&self) -> bool {
+    /// The agents the cgroup tree holds now, under the current generation's policies (None:
+    /// the tree did not read).
+    fn discovered(&self) -> Option<Vec<agents::AgentCgroup>> {
         agents::discover(
             self.root,
             self.engine.load().policies(),
             !self.args.no_create_cgroups,
             self.pods.as_deref(),
         )
-        .is_ok_and(|found| found != self.agents_now)
+        .ok()
     }
 
+    /// Whether the agents found now differ from the generation's (the look once the watches
+    /// are in place, and a blind cgroup watch's once a second).
+    fn agents_changed(&self) -> bool {
+        self.discovered()
+            .is_some_and(|found| found != self.agents_now)
+    }
+
+    /// Whether the cgroup tree still holds the agents of the current generation (and it did
+    /// not fail to build).
     fn same_agents(&self) -> bool {
         !self.last_failed
-            && agents::discover(
-                self.root,
-                self.engine.load().policies(),
-                !self.args.no_create_cgroups,
-                self.pods.as_deref(),
-            )
-            .is_ok_and(|found| found == self.agents_now)
+            && self
+                .discovered()
+                .is_some_and(|found| found == self.agents_now)
     }
 
     /// Build generation `next` from the policy directory, or from `kept` (a policy read
