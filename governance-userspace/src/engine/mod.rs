@@ -331,7 +331,7 @@ impl Engine {
             .chain(&view.http_suffix)
             .chain(&view.http_any)
             .filter_map(move |&i| match &self.rule(i).matcher {
-                Matcher::Http(h) if h.host.matches(host) => Some(h),
+                Matcher::Http(h) if h.host.matches(host) => Some(&**h),
                 _ => None,
             })
     }

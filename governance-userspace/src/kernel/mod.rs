@@ -713,9 +713,17 @@ impl Enforcer {
                 }
             }
         }
+        // A node's bytes shared with the other slot's record where it has the same entry
+        // (a reload keeps most of them): the two slots' records hold one copy.
+        let slot = governance_common::slot(policy.generation);
+        let other = &self.slots[(slot ^ 1) as usize];
+        let empty = slots::Table::default();
         for class in policy.classes.iter_mut().chain(&mut policy.builtins) {
+            let mut twins = other.as_ref().map_or(&empty, |s| &s.paths).twins(class.id);
+            // In key order, as `twins` asks.
             for ((access, bytes), value) in std::mem::take(&mut class.paths) {
-                w.paths.push(((class.id, access, bytes.into()), value));
+                let bytes = twins.bytes(access, bytes);
+                w.paths.push(((class.id, access, bytes), value));
             }
         }
         for class in &mut policy.classes {

@@ -16,7 +16,7 @@
 //! is exact. A slot whose writes failed half-way is unknown again (the next install walks once
 //! more), and so is one whose entries were changed outside an install without being recorded.
 
-use std::hash::Hash;
+use std::{hash::Hash, sync::Arc};
 
 use aya::maps::{HashMap, LpmTrie, MapError, lpm_trie::Key};
 use governance_common::{
@@ -142,6 +142,39 @@ impl<K, V> Table<K, V> {
     }
 }
 
+impl<V> Table<PathAt, V> {
+    /// This table's entries for the twin of `class` (its id with the slot bit flipped: the
+    /// same class in the other slot), to share their bytes ([`Twins`]).
+    pub(super) fn twins(&self, class: u32) -> Twins<'_> {
+        let twin = class ^ (1 << 31);
+        let from = self.entries.partition_point(|((c, _, _), _)| *c < twin);
+        let to = self.entries.partition_point(|((c, _, _), _)| *c <= twin);
+        Twins {
+            rest: &self.entries[from..to],
+        }
+    }
+}
+
+/// One class's path entries in the other slot, walked beside the class's own in key order: a
+/// node both have is stored once.
+pub(super) struct Twins<'a> {
+    rest: &'a [(PathAt, u32)],
+}
+
+impl Twins<'_> {
+    /// The node's bytes: the twin's where it has the node, else `bytes`. Asked in key order.
+    pub(super) fn bytes(&mut self, access: u8, bytes: Vec<u8>) -> Arc<[u8]> {
+        let passed = self
+            .rest
+            .partition_point(|((_, a, b), _)| (*a, &b[..]) < (access, &bytes[..]));
+        self.rest = &self.rest[passed..];
+        match self.rest.first() {
+            Some(((_, a, b), _)) if *a == access && b[..] == bytes[..] => Arc::clone(b),
+            _ => bytes.into(),
+        }
+    }
+}
+
 impl<K: PartialEq, V: PartialEq> PartialEq for Table<K, V> {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.iter().eq(other.iter())
@@ -171,8 +204,11 @@ pub(super) fn changes<'a, K: Ord, V: Eq>(
     (write, delete)
 }
 
-/// A path entry's key: (class, access letter, node bytes).
-pub type PathAt = (u32, u8, Box<[u8]>);
+/// A path entry's key: (class, access letter, node bytes). The bytes are shared with the
+/// other slot's entry for the same class and node, which most of them have (see
+/// [`Table::bytes_of_twin`]): both slots are recorded, and a path's bytes are most of a slot's
+/// memory.
+pub type PathAt = (u32, u8, Arc<[u8]>);
 /// A network entry's key: (class, prefix length over 128 bits, address).
 pub type NetAt = (u32, u32, [u8; 16]);
 
@@ -490,5 +526,32 @@ mod tests {
             (4, 0),
             "into an empty slot: all"
         );
+    }
+    #[test]
+    fn a_path_s_bytes_are_shared_with_the_other_slot_s_entry_of_the_same_class() {
+        let (class, twin) = (7, 7 | (1 << 31));
+        let pair = RulePair::default();
+        let at = |class, access, path: &str| -> PathAt { (class, access, path.as_bytes().into()) };
+        let other = Table::from_writes(vec![
+            (at(twin, 2, "/etc/"), pair),
+            (at(twin, 2, "/home/a/"), pair),
+            (at(twin, 4, "/home/a/"), pair),
+            (at(class, 2, "/srv/"), pair),
+            (at(8 | (1 << 31), 2, "/srv/"), pair),
+        ]);
+        let shares = |got: &Arc<[u8]>| other.iter().any(|((_, _, b), _)| Arc::ptr_eq(got, b));
+        let mut twins = other.twins(class);
+        // Asked in key order, as the class's own table is walked.
+        for (access, path, shared) in [
+            (2, "/a/", false),
+            (2, "/home/a/", true),
+            (2, "/srv/", false), // the same slot's class, and another class's twin
+            (4, "/home/a/", true),
+            (4, "/z/", false),
+        ] {
+            let got = twins.bytes(access, path.as_bytes().to_vec());
+            assert_eq!(&got[..], path.as_bytes());
+            assert_eq!(shares(&got), shared, "{access} {path}");
+        }
     }
 }

@@ -5,7 +5,8 @@ use super::*;
 /// Where something was written.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Location {
-    pub file: PathBuf,
+    /// Shared by every location in the file (one path per file, not per rule).
+    pub file: Arc<Path>,
     pub line: usize,
     pub column: usize,
 }

@@ -202,14 +202,17 @@ fn parse_hashed(
     let mut names: BTreeMap<String, Location> = BTreeMap::new();
     let mut earlier = std::mem::take(&mut parsed.docs);
     let mut earlier_items = std::mem::take(&mut parsed.items);
-    for (n, (file, text)) in sources.iter().enumerate() {
+    for (n, (path, text)) in sources.iter().enumerate() {
+        // One copy of the file's name for every location in it.
+        let file: Arc<Path> = Arc::from(path.as_path());
+        let file = &file;
         for (offset, doc) in documents(text) {
             let digest = match digests.and_then(|d| d.get(n)) {
                 Some(whole) if doc.len() == text.len() => *whole,
                 _ => Sha256::digest(doc.as_bytes()).into(),
             };
-            let key: DocKey = (file.clone(), offset, digest);
-            let items_key = (file.clone(), offset);
+            let key: DocKey = (path.clone(), offset, digest);
+            let items_key = (path.clone(), offset);
             // (the policy, whether the document had no problem: only those are kept)
             let (policy, clean) = match earlier.remove(&key) {
                 Some(policy) => {
@@ -241,7 +244,7 @@ fn parse_hashed(
             }
             if let Some(first) = names.get(&policy.name) {
                 problems.push(Problem {
-                    file: file.clone(),
+                    file: path.clone(),
                     at: Some((policy.at.line, policy.at.column)),
                     message: format!("policy `{}` is already defined at {first}", policy.name),
                 });

@@ -258,7 +258,9 @@ pub enum Matcher {
         protocol: Protocol,
         via_proxy: bool,
     },
-    Http(HttpMatcher),
+    /// Boxed: an HTTP matcher is four times the size of the others, and every rule's matcher
+    /// would otherwise take its room (10,000 rules: 1.3 MiB; docs/benchmarks.md, Daemon memory).
+    Http(Box<HttpMatcher>),
     Unix(UnixTarget),
     Sequence(Box<Sequence>),
 }

@@ -4,7 +4,7 @@ use super::*;
 
 /// Validation context for one document.
 pub(super) struct Cx<'a> {
-    pub(super) file: &'a Path,
+    pub(super) file: &'a Arc<Path>,
     /// Line offset of the document in its file.
     pub(super) offset: usize,
     pub(super) problems: &'a mut Vec<Problem>,
@@ -59,7 +59,7 @@ impl Cx<'_> {
             (m.line() + self.offset, m.column())
         });
         Location {
-            file: self.file.to_owned(),
+            file: Arc::clone(self.file),
             line,
             column,
         }
@@ -67,7 +67,7 @@ impl Cx<'_> {
 
     pub(super) fn problem_at(&mut self, at: Option<Marker>, message: String) {
         self.problems.push(Problem {
-            file: self.file.to_owned(),
+            file: self.file.to_path_buf(),
             at: at.map(|m| (m.line() + self.offset, m.column())),
             message,
         });
@@ -331,7 +331,7 @@ impl Cx<'_> {
                 .description
                 .map(|d| d.trim().to_owned())
                 .unwrap_or_default(),
-            file: self.file.to_owned(),
+            file: self.file.to_path_buf(),
             mode,
             selector: selector.unwrap_or_default(),
             defaults,
@@ -670,7 +670,7 @@ impl Cx<'_> {
             .as_ref()
             .map(|m| (m.tool.to_string(), self.conditions(&m.arguments)));
         let (path, path_exact) = path.unzip();
-        Some(Matcher::Http(HttpMatcher {
+        Some(Matcher::Http(Box::new(HttpMatcher {
             host,
             methods,
             path,
@@ -678,7 +678,7 @@ impl Cx<'_> {
             headers,
             body,
             mcp,
-        }))
+        })))
     }
 
     pub(super) fn rule(
