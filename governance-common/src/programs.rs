@@ -252,7 +252,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 71] = [
+pub const ALL: [Program; 72] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -270,6 +270,7 @@ pub const ALL: [Program; 71] = [
     BPF,
     TASK_KILL,
     PTRACE,
+    TRACEME,
     UNLINK,
     SETRLIMIT,
     SETNICE,

@@ -206,6 +206,34 @@ fn injects_code(agent: &Agent, task: u64, mode: u32) -> Option<u32> {
     Some(unsafe { read_at(task, off(&OFF_TASK_TGID)) }.unwrap_or(0))
 }
 
+/// Under an exec allowlist, no `PTRACE_TRACEME`: a child that asks to be traced gives its
+/// parent in the agent what [`injects_code`] refuses an attach (`PTRACE_POKETEXT` into the
+/// allowed program it then runs; red team round 16). The daemon's drill confines its exec
+/// probe with seccomp instead of tracing it. Reported with the would-be tracer's tgid.
+#[lsm(hook = "ptrace_traceme")]
+pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
+    // int ptrace_traceme(struct task_struct *parent)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+        return 0;
+    }
+    let parent: u64 = ctx.arg(0);
+    // SAFETY: see read_at.
+    let tracer = unsafe { read_at::<u32>(parent, off(&OFF_TASK_TGID)) }.unwrap_or(0);
+    let d = Decision::builtin(Kind::Ptrace, true);
+    emit(&agent, &d, |ev| {
+        ev.object = u64::from(tracer);
+        ev.detail = PTRACE_MODE_ATTACH as u8;
+    });
+    lsm_ret(&d)
+}
+
 /// Built-in: agents may not trace or inspect processes outside their own subtree, nor may a
 /// sandboxed process trace one that is not under its sandbox mark. Every
 /// ptrace_may_access() check comes here: ptrace attach, /proc/PID/mem, environ, fd/, root and

@@ -173,6 +173,8 @@ pub enum Attempt {
     Kill { pid: i32, sig: i32 },
     /// ptrace(PTRACE_SEIZE, pid) (detached again when the child exits).
     PtraceSeize { pid: i32 },
+    /// ptrace(PTRACE_TRACEME): the attempt's parent (the test) would trace it.
+    PtraceTraceme,
     /// open(path, O_WRONLY) and write(data).
     Write { path: CString, data: Vec<u8> },
     /// unlink(path).
@@ -883,6 +885,12 @@ pub fn run_in_namespaces(
                 Attempt::PtraceSeize { pid } => check(libc::ptrace(
                     libc::PTRACE_SEIZE,
                     *pid,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    std::ptr::null_mut::<libc::c_void>(),
+                )),
+                Attempt::PtraceTraceme => check(libc::ptrace(
+                    libc::PTRACE_TRACEME,
+                    0,
                     std::ptr::null_mut::<libc::c_void>(),
                     std::ptr::null_mut::<libc::c_void>(),
                 )),

@@ -4527,17 +4527,33 @@ fn legitimate_work_keeps_running_in_an_agent() {
         let pid = own.id() as i32;
         let (tracer, outcome) =
             run_in(Some(&fx.agent.path), "agent", &Attempt::PtraceSeize { pid });
+        // Nor may a child ask its parent to trace it (`PTRACE_TRACEME`), which gives the
+        // parent the same (here the parent is the test; in an attack, a process of the agent).
+        let (tracee, asked) = run_in(Some(&fx.agent.path), "agent", &Attempt::PtraceTraceme);
         if policy == "exec allowlist" {
             assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{policy}: ptrace");
             let ev = k.event_where(|e| e.tgid == tracer && e.flags & flags::DENIED != 0);
             assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Ptrace), "{policy}");
             assert_eq!(ev.object, pid as u64, "{policy}");
+            assert_eq!(
+                asked,
+                Outcome::Errno(libc::EPERM),
+                "{policy}: PTRACE_TRACEME"
+            );
+            let ev = k.event_where(|e| e.tgid == tracee && e.flags & flags::DENIED != 0);
+            assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Ptrace), "{policy}");
+            assert_eq!(
+                ev.object,
+                u64::from(std::process::id()),
+                "{policy}: the tracer"
+            );
         } else {
             assert_eq!(
                 outcome,
                 Outcome::Exited(0),
                 "{policy}: ptrace of a process of the agent itself"
             );
+            assert_eq!(asked, Outcome::Exited(0), "{policy}: PTRACE_TRACEME");
         }
         let _ = own.kill();
     };

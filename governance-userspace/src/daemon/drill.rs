@@ -389,7 +389,9 @@ fn lock(m: &Mutex<Enforcer>) -> anyhow::Result<std::sync::MutexGuard<'_, Enforce
 /// these; [`NOT_JOINED`] - errno when the process could not join the canary.
 const TIMED_OUT: i32 = -1;
 const KILLED_AFTER_EXEC: i32 = -2;
-const NOT_TRACED: i32 = -3;
+const NOT_CONFINED: i32 = -3;
+/// The exec probe's child could not install its filter (see [`exec_probe`]).
+const NOT_CONFINED_EXIT: i32 = 254;
 const NOT_JOINED: i32 = -1000;
 /// SOCKET_FAILED - errno: no socket of that family here (no IPv6, say): nothing was attempted.
 const SOCKET_FAILED: i32 = -2000;
@@ -434,9 +436,9 @@ fn verdict(p: &Prepared, code: i32) -> (bool, String) {
              (degraded exec enforcement)"
                 .into(),
         ),
-        NOT_TRACED => (
+        NOT_CONFINED => (
             false,
-            "the exec probe could not trace itself (PTRACE_TRACEME refused): not run".into(),
+            "the exec probe could not confine its child (seccomp refused): not run".into(),
         ),
         c if c <= NOT_JOINED => (
             false,
@@ -939,41 +941,109 @@ unsafe fn http_probe(to: &Dest, request: &[u8], buf: &mut [u8]) -> Result<usize,
     }
 }
 
-/// In the probe process: exec `path` in a traced child. A traced process that execs stops
-/// (SIGTRAP) before the new program's first instruction: if it stops, the exec was not refused,
-/// and it is killed there. A refused exec returns its errno, which the child exits with.
+/// The seccomp architecture of this build (`AUDIT_ARCH_*`): a system call of another ABI is
+/// refused by [`exec_probe`]'s filter.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
+/// In the probe process: exec `path` in a child whose every system call after the exec kills
+/// it. The child installs a seccomp filter that lets through only `execve`, a `write` to the
+/// report pipe (closed by the exec) and the exits: a refused exec returns its errno, which the
+/// child writes to the pipe; an exec that was not refused starts the program, whose first
+/// system call (the loader's, before any of the program's code) kills it with `SIGSYS`. The
+/// drill used to trace the child (`PTRACE_TRACEME`), which agents under an exec allowlist may
+/// not do (red team round 16).
 unsafe fn exec_probe(path: &CString) -> i32 {
     unsafe {
+        let errno = || *libc::__errno_location();
+        let mut report = [0i32; 2];
+        if libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return errno();
+        }
+        let [rd, wr] = report;
+        let stmt = |code: u32, k: u32| libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        };
+        let jeq = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        };
+        let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
+        let ret = |k: u32| stmt(libc::BPF_RET | libc::BPF_K, k);
+        // seccomp_data: nr at 0, arch at 4, args from 16 (the first argument's low word on a
+        // little-endian machine).
+        // (Jumps count the instructions skipped: to KILL at 10, to ALLOW at 11.)
+        let filter = [
+            /* 0 */ load(4),
+            /* 1 */ jeq(AUDIT_ARCH, 1, 0),
+            /* 2 */ ret(libc::SECCOMP_RET_KILL_PROCESS),
+            /* 3 */ load(0),
+            /* 4 */ jeq(libc::SYS_execve as u32, 6, 0),
+            /* 5 */ jeq(libc::SYS_exit_group as u32, 5, 0),
+            /* 6 */ jeq(libc::SYS_exit as u32, 4, 0),
+            /* 7 */ jeq(libc::SYS_write as u32, 0, 2),
+            /* 8 */ load(16),
+            /* 9 */ jeq(wr as u32, 1, 0),
+            /* 10 */ ret(libc::SECCOMP_RET_KILL_PROCESS),
+            /* 11 */ ret(libc::SECCOMP_RET_ALLOW),
+        ];
+        let prog = libc::sock_fprog {
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
+        };
         let pid = libc::fork();
         if pid < 0 {
-            return *libc::__errno_location();
+            let e = errno();
+            libc::close(rd);
+            libc::close(wr);
+            return e;
         }
         if pid == 0 {
-            if libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) != 0 {
-                libc::_exit(255);
+            libc::close(rd);
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0,
+                    &prog as *const libc::sock_fprog,
+                ) != 0
+            {
+                libc::_exit(NOT_CONFINED_EXIT);
             }
             let argv = [path.as_ptr(), std::ptr::null()];
             let envp = [std::ptr::null::<libc::c_char>()];
             libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(*libc::__errno_location() & 0xff);
+            let e = errno();
+            libc::write(wr, (&raw const e).cast(), 4);
+            libc::_exit(0);
         }
+        libc::close(wr);
         let mut status = 0;
-        if libc::waitpid(pid, &mut status, 0) != pid {
+        let reaped = libc::waitpid(pid, &mut status, 0) == pid;
+        let mut refused = 0i32;
+        let got = libc::read(rd, (&raw mut refused).cast(), 4);
+        libc::close(rd);
+        if !reaped {
             libc::kill(pid, libc::SIGKILL);
-            return NOT_TRACED;
+            return NOT_CONFINED;
         }
-        if libc::WIFSTOPPED(status) {
-            libc::kill(pid, libc::SIGKILL);
-            libc::waitpid(pid, &mut status, 0);
-            return 0;
+        if got == 4 {
+            return refused;
         }
-        if libc::WIFEXITED(status) {
-            return match libc::WEXITSTATUS(status) {
-                255 => NOT_TRACED,
-                e => e,
-            };
+        match (libc::WIFEXITED(status), libc::WIFSIGNALED(status)) {
+            (true, _) if libc::WEXITSTATUS(status) == NOT_CONFINED_EXIT => NOT_CONFINED,
+            // Killed at its first system call, or a program that made none but its exit.
+            (true, _) => 0,
+            (_, true) if libc::WTERMSIG(status) == libc::SIGSYS => 0,
+            _ => KILLED_AFTER_EXEC,
         }
-        KILLED_AFTER_EXEC
     }
 }
 
@@ -1149,5 +1219,39 @@ impl super::serve::Daemon<'_> {
             .as_secs();
         self.metrics.set_drill(ok, now);
         Ok(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The exec probe tells an exec that was refused (its errno) from one that was not, and the
+    /// program it started never runs a system call of its own: a program that would write a
+    /// file is killed first.
+    #[test]
+    fn the_exec_probe_stops_a_program_at_its_first_system_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let script = dir.path().join("writes");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\necho ran > {}\n", marker.display()),
+        )
+        .unwrap();
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, "data").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let probe = |p: &Path| {
+            let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+            // SAFETY: the probe forks a child that makes only system calls.
+            unsafe { exec_probe(&c) }
+        };
+        assert_eq!(probe(Path::new("/bin/true")), 0, "not refused");
+        assert_eq!(probe(&script), 0, "not refused");
+        assert!(!marker.exists(), "the started program ran no system call");
+        assert_eq!(probe(&dir.path().join("missing")), libc::ENOENT);
+        assert_eq!(probe(&plain), libc::EACCES);
     }
 }
