@@ -4525,6 +4525,100 @@ fn a_canary_s_identities_are_added_to_the_active_slot_s_filter() {
     k.enforcer.remove_canary(&written).unwrap();
 }
 
+/// Red team round 17: one file or socket named by two exact rules (hard links) gets the more
+/// severe answer, whichever name sorts last (the later name's used to win); and a drill's
+/// canary leaves the sockets the daemon follows as the generation's, so a rule's socket bound
+/// again after a drill still asks for the next generation (the canary's install used to take
+/// the list over).
+#[test]
+fn one_object_named_twice_gets_the_severer_rule_and_a_canary_keeps_the_followed_sockets() {
+    require_root();
+    let agent = TestCgroup::new("twice-agent");
+    let canary = TestCgroup::new("twice-canary");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    // Each pair is one file: blocked by the name that sorts first, then by the one that sorts
+    // last.
+    for (first, second) in [("a-blocked", "b-allowed"), ("c-allowed", "d-blocked")] {
+        std::fs::write(dir.path().join(first), "#!/bin/sh\n").unwrap();
+        std::fs::hard_link(dir.path().join(first), dir.path().join(second)).unwrap();
+    }
+    let sock = dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::hard_link(&sock, dir.path().join("t.sock")).unwrap();
+    let rule = |id: &str, what: &str, verdict: &str| {
+        format!("  - {{ id: {id}, {what}, verdict: {verdict}, reason: test }}\n")
+    };
+    let yaml = format!(
+        "name: twice\nagents: {{ cgroup: {} }}\nrules:\n{}{}{}{}{}{}",
+        agent.rel.display(),
+        rule("a", &format!("exec: {{ path: {d}/a-blocked }}"), "block"),
+        rule("b", &format!("exec: {{ path: {d}/b-allowed }}"), "allow"),
+        rule("c", &format!("exec: {{ path: {d}/c-allowed }}"), "allow"),
+        rule("d", &format!("exec: {{ path: {d}/d-blocked }}"), "block"),
+        rule("s", &format!("unix: {{ path: {d}/s.sock }}"), "block"),
+        rule("t", &format!("unix: {{ path: {d}/t.sock }}"), "allow"),
+    );
+    let mut k = load(&yaml);
+    let slot = governance_common::slot(k.generation);
+    let walked = k.enforcer.walk_slots().unwrap();
+    let walked = &walked[slot as usize];
+    let verdicts = |pairs: Vec<&governance_common::RulePair>| {
+        pairs
+            .into_iter()
+            .map(|v| Verdict::from_u8(v.enforce.verdict))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        verdicts(walked.exec.iter().map(|(_, v)| v).collect()),
+        [Some(Verdict::Block); 2],
+        "each file blocked, whichever of its names sorts last"
+    );
+    assert_eq!(
+        verdicts(walked.unix.iter().map(|(_, v)| v).collect()),
+        [Some(Verdict::Block)],
+        "the socket blocked"
+    );
+    // A drill's canary, governed by a policy without `unix` rules.
+    let followed = k.enforcer.unix_rule_paths();
+    assert_eq!(followed, [sock.clone(), dir.path().join("t.sock")]);
+    let set = governance::policy::parse(&[(
+        "c.yaml".into(),
+        format!(
+            "name: c\nagents: {{ cgroup: {} }}\nrules:\n{}",
+            canary.rel.display(),
+            rule("x", "network: { cidr: 192.0.2.0/24 }", "block")
+        ),
+    )])
+    .unwrap();
+    let root = agents::cgroup2_mount().unwrap();
+    let found = agents::discover(&root, &set, false, None).unwrap();
+    let compiled = kernel::compile_from(
+        &set,
+        &found,
+        k.generation,
+        &kernel::Protect::default(),
+        0xc000,
+    );
+    assert!(compiled.errors.is_empty(), "{:?}", compiled.errors);
+    let written = k.enforcer.add_canary(compiled).unwrap();
+    assert_eq!(
+        k.enforcer.unix_rule_paths(),
+        followed,
+        "the canary's install left the followed sockets"
+    );
+    k.enforcer.remove_canary(&written).unwrap();
+    assert!(!k.enforcer.unix_sockets_changed().unwrap().rules);
+    // The socket's server binds it again: a new socket file the next generation must name.
+    drop(listener);
+    std::fs::remove_file(&sock).unwrap();
+    let _again = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    assert!(
+        k.enforcer.unix_sockets_changed().unwrap().rules,
+        "a rule's socket bound again asks for the next generation"
+    );
+}
+
 /// The bypass of connect-time checks: a connection made before the arming read keeps sending.
 /// `sequence_egress` (cgroup_skb/egress) drops each packet of an armed agent outside the
 /// allowlist, on connections of any age. Armed as the file hook arms (the host kernel has no

@@ -582,9 +582,12 @@ pub fn exec_allowed_files(set: &PolicySet, policy: &str) -> Vec<PathBuf> {
 }
 
 /// The first executable regular file directly in `dir` (by name) that `rule` of `policy`
-/// decides for the canary: what an [`Probe::ExecUnder`] runs.
+/// decides for the canary: what an [`Probe::ExecUnder`] runs. Neither a symlink nor a file
+/// with another name: the kernel decides the file that runs, which another name (planted by an
+/// agent that may write `dir`: a link to an allowed `/bin/sh`) may rightly let run, and the
+/// drill would report a broken enforcement (red team round 17).
 pub fn exec_under(set: &PolicySet, policy: &str, rule: &str, dir: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let engine = Engine::new(canary_set(set, policy), 0);
     let view = engine.agent(&canary_ref(""));
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -592,7 +595,8 @@ pub fn exec_under(set: &PolicySet, policy: &str, rule: &str, dir: &Path) -> Opti
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            std::fs::symlink_metadata(p)
+                .is_ok_and(|m| m.is_file() && m.nlink() == 1 && m.permissions().mode() & 0o111 != 0)
         })
         .collect();
     files.sort();

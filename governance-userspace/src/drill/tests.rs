@@ -53,6 +53,36 @@ fn the_shipped_examples_plan_exactly_these_checks() {
     assert_eq!(got, want, "got:\n{}", got.join("\n"));
 }
 
+/// An exec check runs a file of the blocked directory that has no other name: a symlink or a
+/// hard link there may be another name of an allowed program, which the kernel rightly runs.
+#[test]
+fn an_exec_check_runs_no_other_name_of_a_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tools = dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    let exe = |name: &str| {
+        let p = tools.join(name);
+        std::fs::write(&p, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    std::os::unix::fs::symlink("/bin/sh", tools.join("0")).unwrap();
+    std::fs::hard_link(exe("1"), tools.join("2")).unwrap();
+    let own = exe("3");
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        format!(
+            "name: p\nagents: {{ cgroup: a }}\nrules:\n  \
+             - {{ id: tools, exec: {{ prefix: {} }}, verdict: block, reason: r }}\n",
+            tools.display()
+        ),
+    )
+    .unwrap();
+    let set = crate::policy::load_dir(dir.path()).unwrap();
+    assert_eq!(exec_under(&set, "p", "p/tools", &tools), Some(own));
+}
+
 #[test]
 fn a_block_rule_probes_where_it_decides_and_is_skipped_where_it_never_does() {
     let dir = tempfile::tempdir().unwrap();

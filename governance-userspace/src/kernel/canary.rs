@@ -73,7 +73,8 @@ impl Enforcer {
                 )
                 .collect(),
         };
-        let (mut entries, _) = self.entries(&mut policy);
+        // (Its socket files are not the generation's: the daemon keeps following those.)
+        let mut entries = self.entries(&mut policy).entries;
         // The shared built-in classes already in the slot are the generation's, which its
         // agents' own identity entries were made against: the canary reads them as they are
         // and never rewrites them.
@@ -171,7 +172,13 @@ impl Enforcer {
                 let name = $name;
                 let mut map: $ty<_, $k, $v> = $ty::try_from(self.map_mut(name)?)
                     .map_err(|source| KernelError::Map { name, source })?;
-                let stale: Vec<_> = map.keys().filter_map(Result::ok).filter($pred).collect();
+                // An error ends the walk: never taken for "no more keys" (red team round 17:
+                // a short list of built-in classes would take the generation's for the canary's).
+                let keys: Vec<_> = map
+                    .keys()
+                    .collect::<Result<_, _>>()
+                    .map_err(|source| KernelError::Map { name, source })?;
+                let stale: Vec<_> = keys.into_iter().filter($pred).collect();
                 for key in stale {
                     map.remove(&key)
                         .map_err(|source| KernelError::Map { name, source })?;
@@ -235,9 +242,12 @@ impl Enforcer {
             let name = maps::WRITTEN;
             let mut map: HashMap<_, ExecKey, u64> = HashMap::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
-            let stale: Vec<ExecKey> = map
+            let entries: Vec<(ExecKey, u64)> = map
                 .iter()
-                .filter_map(Result::ok)
+                .collect::<Result<_, _>>()
+                .map_err(|source| KernelError::Map { name, source })?;
+            let stale: Vec<ExecKey> = entries
+                .into_iter()
                 .filter(|(_, owner)| *owner == canary.cgroup_id)
                 .map(|(k, _)| k)
                 .collect();
@@ -270,9 +280,12 @@ impl Enforcer {
         let name = maps::PATH_RULES;
         let map: LpmTrie<_, PathKey, RulePair> = LpmTrie::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
-        let mut out: Vec<u32> = map
+        let keys: Vec<_> = map
             .keys()
-            .filter_map(Result::ok)
+            .collect::<Result<_, _>>()
+            .map_err(|source| KernelError::Map { name, source })?;
+        let mut out: Vec<u32> = keys
+            .into_iter()
             .map(|k| class_of(k.data().class_be))
             .filter(|c| governance_common::id_number(*c) >= BUILTIN_CLASS_BASE)
             .collect();

@@ -50,6 +50,7 @@ mod selectors;
 mod sequence;
 
 pub use self::builtins::*;
+pub(crate) use self::identities::severer;
 pub use self::identities::{ReadAhead, unlisted_mounts};
 pub(crate) use self::selectors::Selectors;
 use self::{class::*, identities::*};

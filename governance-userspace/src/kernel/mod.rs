@@ -232,6 +232,14 @@ pub fn build_id() -> u32 {
     })
 }
 
+/// What [`Enforcer::entries`] gathers from a compiled generation.
+pub(super) struct Gathered {
+    pub entries: SlotEntries,
+    pub skipped: Vec<KernelError>,
+    /// The socket files its `unix` rules name, as resolved.
+    pub unix_paths: Vec<(PathBuf, Option<(u32, u64)>)>,
+}
+
 impl Enforcer {
     /// Are all the hooks of full enforcement attached?
     pub fn fully_attached(&self) -> bool {
@@ -586,7 +594,11 @@ impl Enforcer {
         self.set_raw_devices(&raw_device_majors(&devices, &misc))?;
         // Both slots known (after a restart: one walk of the tables).
         self.learn()?;
-        let (new, skipped) = self.entries(&mut policy);
+        let Gathered {
+            entries: new,
+            skipped,
+            unix_paths,
+        } = self.entries(&mut policy);
         let old = self.slots[slot as usize].take().unwrap_or_default();
         // The slot's identity filter first: exactly the identities the slot is to hold.
         let result = self
@@ -608,6 +620,9 @@ impl Enforcer {
                 .map_err(|source| KernelError::Map { name, source })?;
             self.enforcing_since.get_or_insert(now);
         }
+        // Only now: until the flip the generation before enforces, and its sockets are the
+        // ones to follow.
+        self.set_unix_rule_paths(unix_paths);
         self.unsettled = Some(policy);
         Ok(skipped)
     }
@@ -692,10 +707,11 @@ impl Enforcer {
         Ok(buckets.iter().filter_map(Result::ok).collect())
     }
 
-    /// The entries of `policy`'s tables (for either slot), and what was skipped (an
-    /// executable or a socket file that does not exist). The classes' tables are taken out of
-    /// `policy` as they are gathered, so the generation is never held twice.
-    pub(super) fn entries(&mut self, policy: &mut KernelPolicy) -> (SlotEntries, Vec<KernelError>) {
+    /// The entries of `policy`'s tables (for either slot), what was skipped (an executable or
+    /// a socket file that does not exist), and the socket files its `unix` rules name, as
+    /// resolved. The classes' tables are taken out of `policy` as they are gathered, so the
+    /// generation is never held twice.
+    pub(super) fn entries(&mut self, policy: &mut KernelPolicy) -> Gathered {
         let mut skipped = Vec::new();
         let mut w = slots::Writes::default();
         let count = |f: fn(&Class) -> usize| -> usize {
@@ -706,11 +722,21 @@ impl Enforcer {
         w.net.reserve(count(|c| c.net.len()));
         w.idents.reserve(count(|c| c.idents.len()));
         for class in &mut policy.classes {
+            // Two exact rules that name one file (hard links: `/usr/bin/perl` and
+            // `/usr/bin/perl5.36.0`) give it the more severe answer, as two names of one object
+            // do everywhere (red team round 17: the later name's used to win).
+            let mut by_file: BTreeMap<(u32, u64), governance_common::RulePair> = BTreeMap::new();
             for (path, (value, found)) in std::mem::take(&mut class.exec) {
                 match found.map_or_else(|| exec_identity(&path), Ok) {
-                    Ok((dev, ino)) => w.exec.push(((class.id, dev, ino), value)),
+                    Ok(id) => {
+                        let merged = by_file.entry(id).or_default();
+                        *merged = compile::severer(*merged, value);
+                    }
                     Err(source) => skipped.push(KernelError::ExecTarget { path, source }),
                 }
+            }
+            for ((dev, ino), value) in by_file {
+                w.exec.push(((class.id, dev, ino), value));
             }
         }
         // A node's bytes shared with the other slot's record where it has the same entry
@@ -740,7 +766,7 @@ impl Enforcer {
         for (rule_id, throttle) in &policy.throttles {
             w.throttles.push((*rule_id, *throttle));
         }
-        self.unix_entries(policy, &mut skipped, &mut w);
+        let unix_paths = Self::unix_entries(policy, &mut skipped, &mut w);
         for class in policy.classes.iter_mut().chain(&mut policy.builtins) {
             for ((dev, ino, scope, name), value) in std::mem::take(&mut class.idents) {
                 w.idents.push(((class.id, dev, ino, scope, name), value));
@@ -755,7 +781,11 @@ impl Enforcer {
             w.agents
                 .push(((cgroup_id, profile), policy.classes[i].value));
         }
-        (w.into(), skipped)
+        Gathered {
+            entries: w.into(),
+            skipped,
+            unix_paths,
+        }
     }
 
     /// The dynamic loaders' identities (see [`loader_identities`]): the map is set to exactly

@@ -447,15 +447,18 @@ impl Enforcer {
 
     /// A generation's Unix-socket entries: a path becomes the socket file's identity, resolved
     /// now (a socket that does not exist is reported and skipped: nothing to connect to; the
-    /// daemon installs the next generation when it appears), an abstract name its hash.
+    /// daemon installs the next generation when it appears), an abstract name its hash. Two
+    /// rules that name one socket (a hard link) give it the more severe answer. Returns the
+    /// paths as resolved, for [`UnixTargets::paths`] once the generation is in force (a drill's
+    /// canary is never: red team round 17).
     pub(super) fn unix_entries(
-        &mut self,
         policy: &KernelPolicy,
         skipped: &mut Vec<KernelError>,
         w: &mut super::slots::Writes,
-    ) {
+    ) -> Vec<(PathBuf, Option<(u32, u64)>)> {
         let mut resolved: BTreeMap<PathBuf, Option<(u32, u64)>> = BTreeMap::new();
         for class in &policy.classes {
+            let mut by_socket: BTreeMap<(u32, u64), governance_common::RulePair> = BTreeMap::new();
             for (target, value) in &class.unix {
                 let (dev, ino) = match target {
                     UnixTarget::Abstract(n) => (UNIX_ABSTRACT_DEV, unix_name_hash(n)),
@@ -478,11 +481,20 @@ impl Enforcer {
                         }
                     }
                 };
-                w.unix.push(((class.id, dev, ino), *value));
+                let merged = by_socket.entry((dev, ino)).or_default();
+                *merged = super::compile::severer(*merged, *value);
+            }
+            for ((dev, ino), value) in by_socket {
+                w.unix.push(((class.id, dev, ino), value));
             }
         }
-        self.unix_targets.paths = resolved.into_iter().collect();
-        self.unix_targets.seen = self.unix_targets.paths.clone();
+        resolved.into_iter().collect()
+    }
+
+    /// The socket files of the generation now in force, as its install resolved them.
+    pub(super) fn set_unix_rule_paths(&mut self, paths: Vec<(PathBuf, Option<(u32, u64)>)>) {
+        self.unix_targets.seen = paths.clone();
+        self.unix_targets.paths = paths;
     }
 }
 

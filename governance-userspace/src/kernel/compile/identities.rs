@@ -76,7 +76,7 @@ pub(super) fn has(p: &RulePair) -> bool {
 }
 
 /// The more severe of two answers for one letter (the same object named twice: deny wins).
-pub(super) fn severer(a: RulePair, b: RulePair) -> RulePair {
+pub(crate) fn severer(a: RulePair, b: RulePair) -> RulePair {
     if !has(&a) {
         return b;
     }
