@@ -135,6 +135,16 @@ pub(crate) struct Agent {
     // minutes for the larger programs. `protect::in_agent` finds the level itself.
 }
 
+impl Agent {
+    /// Does its exec default block (an exec allowlist)? Then no code may run that an exec rule
+    /// did not decide: what the built-ins refuse besides (mapped code written, process memory,
+    /// tracers) is refused only to these agents.
+    #[inline(always)]
+    pub(crate) fn exec_allowlist(&self) -> bool {
+        self.value.exec_default.enforce.verdict == Verdict::Block as u8
+    }
+}
+
 /// The agent of the current task, or None for tasks outside every agent.
 ///
 /// Walks the cgroup ancestry top-down (level 1 is the first level below the root) and stops at

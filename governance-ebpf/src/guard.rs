@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use governance_common::{Kind, Verdict, allow, guard};
+use governance_common::{Kind, allow, guard};
 
 use crate::{
     decide::{Agent, Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
@@ -432,7 +432,7 @@ fn mapped_code_written() -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+    if !agent.exec_allowlist() {
         return 0;
     }
     refuse_for(&agent, guard::MAPPED_CODE, 0)
@@ -512,9 +512,7 @@ fn proc_of_outside(inode: Btf) -> i32 {
     // loader into itself and runs any program (DDexec; red team round 16). Its own process's
     // never reaches `ptrace_access_check` (the kernel lets a process introspect itself before
     // asking a security module).
-    if inode.get::<u16>(off(&OFF_INODE_MODE)) == S_IFREG | 0o600
-        && agent.value.exec_default.enforce.verdict == Verdict::Block as u8
-    {
+    if inode.get::<u16>(off(&OFF_INODE_MODE)) == S_IFREG | 0o600 && agent.exec_allowlist() {
         return refuse_for(&agent, guard::PROC_MEM, 0);
     }
     0

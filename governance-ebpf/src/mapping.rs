@@ -166,7 +166,7 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
             _ => return Some((by_rule(rules.enforce, object), 0)),
         }
     }
-    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+    if !agent.exec_allowlist() {
         return None;
     }
     let why = if is_nameless(file) {

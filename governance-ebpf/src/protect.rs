@@ -4,7 +4,7 @@
 //! and no signal, ptrace, resource change or `/proc/PID/` write aimed at a process outside the
 //! agent's own subtree (the daemon and the proxy above all). Also the bookkeeping of WRITTEN when a file is gone.
 use aya_ebpf::{macros::lsm, programs::LsmContext};
-use governance_common::{ExecKey, Kind, Verdict, allow, ipc_object, task_change};
+use governance_common::{ExecKey, Kind, allow, ipc_object, task_change};
 
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
@@ -197,9 +197,7 @@ const PTRACE_MODE_ATTACH: u32 = 0x02;
 /// team round 16); debuggers and tracers under an allowlist are refused with it.
 #[inline(always)]
 fn injects_code(agent: &Agent, task: u64, mode: u32) -> Option<u32> {
-    if mode & PTRACE_MODE_ATTACH == 0
-        || agent.value.exec_default.enforce.verdict != Verdict::Block as u8
-    {
+    if mode & PTRACE_MODE_ATTACH == 0 || !agent.exec_allowlist() {
         return None;
     }
     // SAFETY: see read_at.
@@ -220,7 +218,7 @@ pub fn ptrace_traceme(ctx: LsmContext) -> i32 {
     let Some(agent) = current_agent() else {
         return 0;
     };
-    if agent.value.exec_default.enforce.verdict != Verdict::Block as u8 {
+    if !agent.exec_allowlist() {
         return 0;
     }
     let parent: u64 = ctx.arg(0);

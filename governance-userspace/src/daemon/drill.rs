@@ -1037,12 +1037,18 @@ unsafe fn exec_probe(path: &CString) -> i32 {
         if got == 4 {
             return refused;
         }
-        match (libc::WIFEXITED(status), libc::WIFSIGNALED(status)) {
-            (true, _) if libc::WEXITSTATUS(status) == NOT_CONFINED_EXIT => NOT_CONFINED,
-            // Killed at its first system call, or a program that made none but its exit.
-            (true, _) => 0,
-            (_, true) if libc::WTERMSIG(status) == libc::SIGSYS => 0,
-            _ => KILLED_AFTER_EXEC,
+        // Not refused: killed at its first system call, or a program that made none but its
+        // exit. Killed otherwise: by the degraded exec enforcement.
+        if libc::WIFEXITED(status) {
+            if libc::WEXITSTATUS(status) == NOT_CONFINED_EXIT {
+                NOT_CONFINED
+            } else {
+                0
+            }
+        } else if libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSYS {
+            0
+        } else {
+            KILLED_AFTER_EXEC
         }
     }
 }

@@ -206,7 +206,7 @@ pub(super) fn changes<'a, K: Ord, V: Eq>(
 
 /// A path entry's key: (class, access letter, node bytes). The bytes are shared with the
 /// other slot's entry for the same class and node, which most of them have (see
-/// [`Table::bytes_of_twin`]): both slots are recorded, and a path's bytes are most of a slot's
+/// [`Table::twins`]): both slots are recorded, and a path's bytes are most of a slot's
 /// memory.
 pub type PathAt = (u32, u8, Arc<[u8]>);
 /// A network entry's key: (class, prefix length over 128 bits, address).
@@ -527,6 +527,7 @@ mod tests {
             "into an empty slot: all"
         );
     }
+
     #[test]
     fn a_path_s_bytes_are_shared_with_the_other_slot_s_entry_of_the_same_class() {
         let (class, twin) = (7, 7 | (1 << 31));
