@@ -43,7 +43,12 @@ pub const NAMES: [&str; 41] = [
     "CAP_CHECKPOINT_RESTORE",
 ];
 
+pub const CHOWN: u32 = 0;
+pub const DAC_OVERRIDE: u32 = 1;
 pub const DAC_READ_SEARCH: u32 = 2;
+pub const FOWNER: u32 = 3;
+pub const SETUID: u32 = 7;
+pub const SETPCAP: u32 = 8;
 pub const LINUX_IMMUTABLE: u32 = 9;
 pub const NET_ADMIN: u32 = 12;
 pub const NET_RAW: u32 = 13;
@@ -76,6 +81,15 @@ pub const CHECKPOINT_RESTORE: u32 = 40;
 const fn bit(cap: u32) -> u64 {
     1 << cap
 }
+
+/// The capabilities with which a process may write files only root may write, or make itself
+/// their owner: write without permission, own any file (and then `chmod` it), change owners,
+/// become root, raise capabilities it may pass on. A process with one of them (in its
+/// effective or permitted set), or running as root, could have changed any root-owned file;
+/// under an exec allowlist such a process maps code only from files its policy keeps it from
+/// writing, or that a read-only filesystem holds (see the eBPF `mapping.rs`).
+pub const WRITE_ROOT_FILES: u64 =
+    bit(CHOWN) | bit(DAC_OVERRIDE) | bit(FOWNER) | bit(SETUID) | bit(SETPCAP);
 
 /// The capabilities agents never get, each for the facility it opens around the policy:
 ///

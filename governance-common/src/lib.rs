@@ -132,7 +132,31 @@ pub const MAX_IDENT_DEPTH: u32 = 128;
 /// 1 keyed a destination's grant on [`net_object`] alone and a file's on its path alone, which
 /// other destinations and other accesses share: its grants are not carried (what they
 /// approved is asked again).
-pub const RUNTIME_LAYOUT: u32 = 2;
+///
+/// 2 kept only the writing agent's root in [`maps::WRITTEN`]; 3 keeps a [`Written`], with the
+/// inode the entry was made for. Entries of layouts before 3 are carried with no inode
+/// ([`Written::inode`] 0: kept until the node restarts).
+pub const RUNTIME_LAYOUT: u32 = 3;
+
+/// Value of [`maps::WRITTEN`]: who wrote a file first, and which inode the entry is for.
+///
+/// An entry is keyed by (device, inode number), which some filesystems do not keep unique or
+/// stable: btrfs subvolumes share a device and number their inodes each from its own counter
+/// (a snapshot's copies keep the numbers), an overlay's layers may share numbers, vfat gives
+/// an inode a new number when it is read back. So an entry is removed only when the inode it
+/// was made for (`inode`, its `struct inode` address) is destroyed with no link left; another
+/// inode with the same key being destroyed leaves it (red team round 18). `inode` is 0 once
+/// two inodes have written under one key, or the inode left the cache while its file lives
+/// on (when it is read back it is another `struct inode`): such an entry stays until the node
+/// restarts, which refuses more, never less.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// cgroup id of the agent root whose process wrote the file first.
+    pub owner: u64,
+    /// The `struct inode` the entry was made for; 0: none (kept for good).
+    pub inode: u64,
+}
 /// Index in [`maps::STATE`] of the active generation (0: none loaded yet).
 pub const STATE_GENERATION: u32 = 0;
 /// Index in [`maps::STATE`] of the build id of the object that pinned the maps.
@@ -630,6 +654,14 @@ pub mod guard {
     /// writable): a library or program it runs, whose code the write would change (red team
     /// round 15).
     pub const MAPPED_CODE: u8 = 16;
+    /// A filesystem's own ioctl that changes files or the namespace past the hooks that decide
+    /// opens, writes, creations and removals (red team round 19): a btrfs or bcachefs
+    /// subvolume or snapshot made, removed, made writable or made the default (a tree of files
+    /// appears under any name, `/etc` or `/usr` among them, with no create or write the hooks
+    /// see, or leaves with no unlink), and the extent moves and swaps of ext4, XFS and F2FS (a
+    /// file's contents replaced by another's with no write). [`crate::Event::object`]: the
+    /// command.
+    pub const FILESYSTEM_IOCTL: u8 = 17;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -650,6 +682,7 @@ pub mod guard {
             PROC_MEM => "a process's memory written (/proc/PID/mem) under an exec allowlist",
             PACKET_MARK => "a packet mark or transparent socket (routing and firewalls act on it)",
             MAPPED_CODE => "a write to a file a process maps as code, under an exec allowlist",
+            FILESYSTEM_IOCTL => "a filesystem ioctl past the file hooks (subvolumes, extent moves)",
             _ => "?",
         }
     }
@@ -684,6 +717,11 @@ pub mod exec_map {
     /// port, with [`crate::Cause::Builtin`]: the file has no name on any mount (memfd, SysV
     /// shared memory; allowlist agents).
     pub const NAMELESS: u16 = 2;
+    /// port, with [`crate::Cause::Builtin`]: an agent could have changed the file: it is not
+    /// on a read-only filesystem, and someone other than root may write it, or the mapping
+    /// process may write root's files and its policy does not keep it from writing the file's
+    /// path (allowlist agents).
+    pub const WRITABLE: u16 = 3;
 }
 
 /// [`Event::detail`] of a [`Kind::Exec`] decision with [`Cause::Builtin`]: the dynamic loader
@@ -1410,6 +1448,7 @@ mod pod {
     unsafe impl aya::Pod for super::AgentKey {}
     unsafe impl aya::Pod for super::AgentValue {}
     unsafe impl aya::Pod for super::ExecKey {}
+    unsafe impl aya::Pod for super::Written {}
     unsafe impl aya::Pod for super::RulePair {}
     unsafe impl aya::Pod for super::PathKey {}
     unsafe impl aya::Pod for super::NetKey {}

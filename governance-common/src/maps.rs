@@ -75,9 +75,10 @@ pub const UNIX_PROTECTED: &str = "UNIX_PROTECTED";
 /// (`enabled` 0: nowhere); agents' connects to it are refused.
 pub const API_ADDR: &str = "API_ADDR";
 
-/// [`crate::ExecKey`] (class 0: the file's identity) → agent root cgroup id (u64): files
-/// an agent opened for writing, creating or truncating. Under an exec allowlist they are
-/// never mapped executable (see [`crate::MAX_WRITTEN`]).
+/// [`crate::ExecKey`] (class 0: the file's identity) → [`crate::Written`]: files an agent
+/// opened for writing, creating or truncating, and (under an exec allowlist) wrote through any
+/// descriptor or mapped shared and writable. Under an exec allowlist they are never mapped
+/// executable (see [`crate::MAX_WRITTEN`]).
 pub const WRITTEN: &str = "WRITTEN";
 /// [`crate::ExecKey`] (class 0) → u32 (unused): the dynamic loaders of this node, which an
 /// agent may not run as a program (`ld.so /usr/bin/nc`). Written by the daemon.
@@ -122,9 +123,13 @@ pub const SEQ_EGRESS_REPORTED: &str = "SEQ_EGRESS_REPORTED";
 /// class's sequence rules, and `sequence_egress` passes a packet without walking its socket's
 /// cgroups.
 pub const SEQ_ANY: &str = "SEQ_ANY";
+/// Array of u32 indexed by slot: 1 when that slot's generation has a class whose exec default
+/// blocks (an exec allowlist). Without it, writes through descriptors are not looked at (see
+/// [`WRITTEN`]).
+pub const ALLOWLIST_ANY: &str = "ALLOWLIST_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 37] = [
+pub const ALL: [&str; 38] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -162,4 +167,5 @@ pub const ALL: [&str; 37] = [
     DISCOVER_STATS,
     SEQ_EGRESS_REPORTED,
     SEQ_ANY,
+    ALLOWLIST_ANY,
 ];

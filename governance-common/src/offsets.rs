@@ -24,6 +24,15 @@ pub const TASK_TGID: &str = "OFF_TASK_TGID";
 pub const TASK_REAL_PARENT: &str = "OFF_TASK_REAL_PARENT";
 pub const TASK_CGROUPS: &str = "OFF_TASK_CGROUPS";
 pub const TASK_REAL_CRED: &str = "OFF_TASK_REAL_CRED";
+/// `task_struct.cred`: the credentials the task acts with (what the kernel's permission
+/// checks read), and in them the filesystem uid and two capability sets (mapping.rs).
+pub const TASK_CRED: &str = "OFF_TASK_CRED";
+pub const CRED_UID: &str = "OFF_CRED_UID";
+pub const CRED_EUID: &str = "OFF_CRED_EUID";
+pub const CRED_SUID: &str = "OFF_CRED_SUID";
+pub const CRED_FSUID: &str = "OFF_CRED_FSUID";
+pub const CRED_CAP_EFFECTIVE: &str = "OFF_CRED_CAP_EFFECTIVE";
+pub const CRED_CAP_PERMITTED: &str = "OFF_CRED_CAP_PERMITTED";
 /// `task_struct.flags`: `PF_IO_WORKER` (an io_uring worker thread; caps.rs).
 pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
 pub const TASK_MM: &str = "OFF_TASK_MM";
@@ -34,6 +43,8 @@ pub const SB_FLAGS: &str = "OFF_SB_FLAGS";
 pub const INODE_MODE: &str = "OFF_INODE_MODE";
 pub const INODE_RDEV: &str = "OFF_INODE_RDEV";
 pub const INODE_NLINK: &str = "OFF_INODE_NLINK";
+/// `inode.i_uid`: the owner (a `kuid_t`, the uid in the initial user namespace).
+pub const INODE_UID: &str = "OFF_INODE_UID";
 /// `inode.i_mapping`, and its `address_space`'s mappings (`i_mmap`, an interval tree whose
 /// first word is its root node: NULL when nothing maps the file) and count of shared writable
 /// ones (`i_mmap_writable`).
@@ -107,7 +118,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 78] = [
+pub const ALL: [(&str, &str, &str); 86] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -123,6 +134,13 @@ pub const ALL: [(&str, &str, &str); 78] = [
     (TASK_REAL_PARENT, "task_struct", "real_parent"),
     (TASK_CGROUPS, "task_struct", "cgroups"),
     (TASK_REAL_CRED, "task_struct", "real_cred"),
+    (TASK_CRED, "task_struct", "cred"),
+    (CRED_UID, "cred", "uid"),
+    (CRED_EUID, "cred", "euid"),
+    (CRED_SUID, "cred", "suid"),
+    (CRED_FSUID, "cred", "fsuid"),
+    (CRED_CAP_EFFECTIVE, "cred", "cap_effective"),
+    (CRED_CAP_PERMITTED, "cred", "cap_permitted"),
     (TASK_FLAGS, "task_struct", "flags"),
     (TASK_MM, "task_struct", "mm"),
     (MM_EXE_FILE, "mm_struct", "exe_file"),
@@ -132,6 +150,7 @@ pub const ALL: [(&str, &str, &str); 78] = [
     (INODE_MODE, "inode", "i_mode"),
     (INODE_RDEV, "inode", "i_rdev"),
     (INODE_NLINK, "inode", "i_nlink"),
+    (INODE_UID, "inode", "i_uid"),
     (INODE_MAPPING, "inode", "i_mapping"),
     (MAPPING_I_MMAP, "address_space", "i_mmap"),
     (MAPPING_I_MMAP_WRITABLE, "address_space", "i_mmap_writable"),

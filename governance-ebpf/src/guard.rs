@@ -116,7 +116,8 @@ const FIOASYNC: u32 = 0x5452;
 /// Built-in: agents may not push input into a terminal (TIOCSTI: the next reader of the tty,
 /// often a shell outside the agent, runs it; TIOCLINUX: console selection paste), nor hand a
 /// file's signal ownership to another process by ioctl (FIOSETOWN, SIOCSPGRP: the argument is
-/// in user memory, so it is refused outright rather than read). `FIOASYNC` (asynchronous
+/// in user memory, so it is refused outright rather than read), nor use a filesystem's ioctls
+/// that change files past the file hooks ([`past_file_hooks`]). `FIOASYNC` (asynchronous
 /// notification on or off) records the file as the agent's (sigio.rs). Other ioctls pass at once,
 /// before the agent lookup: this hook runs for every ioctl on the node.
 #[lsm(hook = "file_ioctl")]
@@ -132,6 +133,45 @@ pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
     ioctl(&ctx)
 }
 
+/// The ioctl type (magic) of btrfs's commands (and of the VFS's FICLONE, FICLONERANGE and
+/// FIDEDUPERANGE, which go through the write hooks and pass).
+const BTRFS_IOCTL: u32 = 0x94;
+/// btrfs: SNAP_CREATE, SUBVOL_CREATE, SNAP_DESTROY, DEFAULT_SUBVOL, SNAP_CREATE_V2,
+/// SUBVOL_CREATE_V2, SUBVOL_SETFLAGS (read-only off), SNAP_DESTROY_V2.
+const BTRFS_SUBVOLUME: [u32; 8] = [1, 14, 15, 19, 23, 24, 26, 63];
+/// bcachefs: SUBVOLUME_CREATE, SUBVOLUME_DESTROY, and their `_v2` (29, 30).
+const BCACHEFS_IOCTL: u32 = 0xbc;
+const BCACHEFS_SUBVOLUME: [u32; 4] = [16, 17, 29, 30];
+/// ext4: MOVE_EXT ('f' 15: the extents of a donor file into this one) and SWAP_BOOT ('f' 17:
+/// this file's blocks swapped with the boot loader's inode).
+const EXT4_IOCTL: u32 = b'f' as u32;
+const EXT4_MOVES: [u32; 2] = [15, 17];
+/// XFS: SWAPEXT ('X' 109, `xfs_fsr`'s extent swap of two files named in user memory).
+const XFS_IOCTL: u32 = b'X' as u32;
+const XFS_SWAPEXT: u32 = 109;
+/// F2FS: MOVE_RANGE (0xf5 9, blocks moved into a file named in user memory).
+const F2FS_IOCTL: u32 = 0xf5;
+const F2FS_MOVE_RANGE: u32 = 9;
+
+/// Does `cmd` change files or the namespace without the hooks that decide opens, writes,
+/// creations and removals (guard::FILESYSTEM_IOCTL)? Matched by type and number, whatever the
+/// argument's size (32-bit callers and the commands' versions differ there). Read in the
+/// kernels' sources: `btrfs_mksubvol` checks only `inode_permission` on the parent (no
+/// `inode_mkdir` hook, no open), `ext4_move_extents`, `xfs_swap_extents` and
+/// `f2fs_move_file_range` no `file_permission`.
+#[inline(always)]
+fn past_file_hooks(cmd: u32) -> bool {
+    let (kind, nr) = ((cmd >> 8) & 0xff, cmd & 0xff);
+    match kind {
+        BTRFS_IOCTL => BTRFS_SUBVOLUME.contains(&nr),
+        BCACHEFS_IOCTL => BCACHEFS_SUBVOLUME.contains(&nr),
+        EXT4_IOCTL => EXT4_MOVES.contains(&nr),
+        XFS_IOCTL => nr == XFS_SWAPEXT,
+        F2FS_IOCTL => nr == F2FS_MOVE_RANGE,
+        _ => false,
+    }
+}
+
 #[inline(always)]
 fn ioctl(ctx: &LsmContext) -> i32 {
     // int file_ioctl(struct file *file, unsigned int cmd, unsigned long arg), and
@@ -144,6 +184,7 @@ fn ioctl(ctx: &LsmContext) -> i32 {
     let what = match cmd {
         TIOCSTI | TIOCLINUX => guard::TERMINAL_INPUT,
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
+        _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,
         // On or off (the flag is in user memory, not read): the file is the agent's (sigio.rs).
         FIOASYNC => {
             return match current_agent() {

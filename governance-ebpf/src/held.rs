@@ -82,7 +82,16 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         return previous;
     }
     let mask: i32 = ctx.arg(1);
-    if mask & MAY_WRITE == 0 || !any_sandboxed() {
+    if mask & MAY_WRITE == 0 {
+        return 0;
+    }
+    // A write through a descriptor the agent may not have opened itself (file.rs).
+    // (No path: `bpf_d_path` is not allowed in this hook.)
+    let ret = crate::file::written_through(ctx.arg(0), false);
+    if ret != 0 {
+        return ret;
+    }
+    if !any_sandboxed() {
         return 0;
     }
     // The kernel's own test (`f_op == &socket_file_ops`): NULL for every other file.

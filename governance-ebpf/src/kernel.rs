@@ -28,6 +28,13 @@ offsets!(
     OFF_TASK_TGID,
     OFF_TASK_REAL_PARENT,
     OFF_TASK_REAL_CRED,
+    OFF_TASK_CRED,
+    OFF_CRED_UID,
+    OFF_CRED_EUID,
+    OFF_CRED_SUID,
+    OFF_CRED_FSUID,
+    OFF_CRED_CAP_EFFECTIVE,
+    OFF_CRED_CAP_PERMITTED,
     OFF_TASK_FLAGS,
     OFF_TASK_MM,
     OFF_TASK_CGROUPS,
@@ -38,6 +45,7 @@ offsets!(
     OFF_INODE_MODE,
     OFF_INODE_RDEV,
     OFF_INODE_NLINK,
+    OFF_INODE_UID,
     OFF_INODE_MAPPING,
     OFF_MAPPING_I_MMAP,
     OFF_MAPPING_I_MMAP_WRITABLE,
@@ -192,6 +200,9 @@ pub(crate) const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 /// The kernel-internal mount of POSIX message queues (one per IPC namespace; /dev/mqueue is
 /// the same superblock).
 pub(crate) const MQUEUE_MAGIC: u64 = 0x1980_0202;
+/// The filesystems with snapshots: a file's copy under the same (device, inode number).
+pub(crate) const BTRFS_MAGIC: u64 = 0x9123_683e;
+pub(crate) const BCACHEFS_MAGIC: u64 = 0xca45_1a4e;
 pub(crate) const S_IFDIR: u16 = 0o040000;
 pub(crate) const SIGKILL: u32 = 9;
 pub(crate) const BPF_NOEXIST: u64 = bindings::BPF_NOEXIST as u64;

@@ -23,12 +23,26 @@
 //!    and more, which an exec allowlist never names. Prefix rules do not apply either:
 //!    `file_mprotect` cannot resolve a path, so they could be sidestepped by mapping without
 //!    PROT_EXEC and adding it later.
-//! 5. Under an exec allowlist (default `block`), two kinds of file are refused: files an
-//!    agent wrote (`WRITTEN`, filled by `file_open`), which stops "copy the blocked binary and
-//!    map the copy", and files with no name on any mount (memfd, SysV shared memory), which
-//!    an agent fills with code the same way. An exec rule that allows the written file by
-//!    path (a prefix such as a virtualenv the agent installs into) lets `mmap` map it; the
-//!    path is resolved only then, and only `mmap_file` can.
+//! 5. Under an exec allowlist (default `block`), code maps executable only from files no agent
+//!    could have put it in, decided by what the file and the process are now, never by a
+//!    history of writes alone (red team round 17: a history kept in memory is gone after a
+//!    reboot, holds nothing another node of shared storage wrote, and is keyed by an inode
+//!    number a btrfs subvolume or vfat does not keep). Refused:
+//!    - files with no name on any mount (memfd, SysV shared memory), which an agent fills with
+//!      code as it would a file (`NAMELESS`);
+//!    - files an agent's process opened to change, wrote through any descriptor, or mapped
+//!      shared from a descriptor open for writing, since the daemon ran (`WRITTEN`, filled by
+//!      `file_open` and `file::written_through`), whoever owns them now;
+//!    - every other file, unless it is root-only ([`root_only`]: root's, writable by no one
+//!      else, on a local filesystem not backed by a loop or network device) and either the
+//!      process can write no root file (no root uid, none of `caps::WRITE_ROOT_FILES`), or
+//!      (mmap only, where the path resolves) it has one name and the agent's policy refuses
+//!      it writing that path (`WRITABLE`). So a root agent maps the system's libraries where
+//!      the built-in protection of system files keeps it from writing them.
+//!
+//!    An exec rule that allows the file by path (a prefix such as a virtualenv the agent
+//!    installs into) lets `mmap` map a written or writable file; the path is resolved only
+//!    then, and only `mmap_file` can.
 //!
 //! Anonymous memory is not decided (JIT compilers need it): a program allowed to run can still
 //! copy code it can read into anonymous memory and run it. Keep a blocked binary's contents
@@ -38,17 +52,20 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use governance_common::{Cause, ExecKey, GrantKey, Kind, RuleRef, Verdict, access, exec_map};
+use governance_common::{Cause, ExecKey, GrantKey, Kind, RuleRef, Verdict, access, caps, exec_map};
 
 use crate::{
     decide::{Agent, Decision, any_sandboxed, apply, current_agent, emit, lsm_ret},
     exec::file_identity,
-    file::{copy_path, path_rules, resolve_path},
+    file::{copy_path, path_rules, resolve_path, write_refused},
     held::held_write,
     kernel::{
-        FMODE_EXEC, FMODE_EXEC_FLAG, MAP_SHARED, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE,
-        OFF_INODE_SB, OFF_MM_EXE_FILE, OFF_SB_FLAGS, OFF_TASK_MM, OFF_VMA_FILE, OFF_VMA_FLAGS,
-        PROT_EXEC, PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
+        BCACHEFS_MAGIC, BTRFS_MAGIC, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_WRITE, MAP_SHARED,
+        OFF_CRED_CAP_EFFECTIVE, OFF_CRED_CAP_PERMITTED, OFF_CRED_EUID, OFF_CRED_FSUID,
+        OFF_CRED_SUID, OFF_CRED_UID, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_INODE_MODE,
+        OFF_INODE_NLINK, OFF_INODE_SB, OFF_INODE_UID, OFF_MM_EXE_FILE, OFF_SB_DEV, OFF_SB_FLAGS,
+        OFF_SB_MAGIC, OFF_TASK_CRED, OFF_TASK_MM, OFF_VMA_FILE, OFF_VMA_FLAGS, PROT_EXEC,
+        PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
     },
     maps::{EXEC_RULES, GRANTS, WRITTEN},
 };
@@ -78,6 +95,14 @@ fn opened_for_exec(file: u64) -> bool {
             _ => true,
         }
     }
+}
+
+/// Was `file` opened for writing (`FMODE_WRITE`)? Unreadable counts as opened for writing.
+#[inline(always)]
+fn opened_for_writing(file: u64) -> bool {
+    // SAFETY: see read_at.
+    unsafe { read_at::<u32>(file, off(&OFF_FILE_MODE)) }
+        .map_or(true, |mode| mode & FMODE_WRITE != 0)
 }
 
 /// Does `file` live on a kernel-internal mount (no name on any mount a path could reach)?
@@ -172,22 +197,137 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
     let why = if is_nameless(file) {
         exec_map::NAMELESS
     } else if unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some() {
-        // An exec rule may allow the agent's own code by path (mmap only).
-        if with_path
-            && let Ok(k) = resolve_path(file, agent.value.class)
-            && let Some(p) = path_rules(k, access::EXEC)
+        exec_map::WRITTEN
+    } else if root_only(file) && !may_write_root_files() {
+        return None;
+    } else {
+        exec_map::WRITABLE
+    };
+    // By path (mmap only): an exec rule allowing the file, or a root-only file with one name
+    // that the agent may not write.
+    if why != exec_map::NAMELESS
+        && with_path
+        && let Ok(k) = resolve_path(file, agent.value.class)
+    {
+        if let Some(p) = path_rules(k, access::EXEC)
             && p.enforce.present != 0
             && p.enforce.verdict == Verdict::Allow as u8
         {
             return None;
         }
-        exec_map::WRITTEN
-    } else {
-        return None;
-    };
+        if why == exec_map::WRITABLE
+            && root_only(file)
+            && one_name(file)
+            && write_refused(k, &agent.value)
+        {
+            return None;
+        }
+    }
     let mut d = Decision::builtin(Kind::ExecMap, true);
     d.object = object;
     Some((d, why))
+}
+
+/// Could only a process that may write root's files have changed `file`? Owned by root, with
+/// no write permission for its group or others (an ACL granting write shows in the group
+/// bits, as its mask), on a local filesystem whose owners and modes are the kernel's own
+/// ([`LOCAL_FILESYSTEMS`]), not on a loop or network block device (whose backing file or
+/// server others may write). False if unreadable (decided: fail closed).
+#[inline(always)]
+fn root_only(file: u64) -> bool {
+    // SAFETY: see read_at.
+    unsafe {
+        let Ok(inode) = read_at::<u64>(file, off(&OFF_FILE_INODE)) else {
+            return false;
+        };
+        let Ok(sb) = read_at::<u64>(inode, off(&OFF_INODE_SB)) else {
+            return false;
+        };
+        let (Ok(magic), Ok(dev)) = (
+            read_at::<u64>(sb, off(&OFF_SB_MAGIC)),
+            read_at::<u32>(sb, off(&OFF_SB_DEV)),
+        ) else {
+            return false;
+        };
+        if !local(magic & 0xffff_ffff) || BACKED_DEVICES.contains(&(dev >> 20)) {
+            return false;
+        }
+        matches!(
+            (
+                read_at::<u32>(inode, off(&OFF_INODE_UID)),
+                read_at::<u16>(inode, off(&OFF_INODE_MODE)),
+            ),
+            (Ok(0), Ok(mode)) if mode & 0o022 == 0
+        )
+    }
+}
+
+/// The filesystems whose files' owners and modes say who may write them: the kernel checks
+/// them against the writer's credentials, and nothing but this kernel writes them. Not NFS,
+/// CIFS, Ceph, 9p or FUSE (their servers take writes from elsewhere, and CIFS and FUSE make
+/// owners and modes up), nor vfat (owners are a mount option).
+#[inline(always)]
+fn local(magic: u64) -> bool {
+    matches!(
+        magic,
+        0xef53 // ext2, ext3, ext4
+            | 0x5846_5342 // XFS
+            | BTRFS_MAGIC
+            | 0x0102_1994 // tmpfs
+            | 0x8584_58f6 // ramfs (the initramfs)
+            | 0x794c_7630 // overlayfs
+            | 0x7371_7368 // squashfs
+            | 0xe0f5_e1e2 // EROFS
+            | 0xf2f5_2010 // F2FS
+            | BCACHEFS_MAGIC
+    )
+}
+
+/// Block device majors whose contents another file or machine holds: loop (7), NBD (43). A
+/// filesystem on one changes when its backing file or server is written, which no rule of the
+/// filesystem sees.
+const BACKED_DEVICES: [u32; 2] = [7, 43];
+
+/// May the current process write files only root may write (or own them): root by any of its
+/// user ids (real, effective, saved: `setresuid` back to one of them needs no capability; and
+/// filesystem), or holding one of `caps::WRITE_ROOT_FILES` in its effective or permitted set?
+/// The credentials it acts with (`current->cred`), as the kernel's permission checks read
+/// them. True if unreadable (decided: fail closed).
+#[inline(always)]
+fn may_write_root_files() -> bool {
+    // SAFETY: helper call without pointer arguments; the reads go through probe_read.
+    unsafe {
+        let Ok(cred) = read_at::<u64>(bpf_get_current_task(), off(&OFF_TASK_CRED)) else {
+            return true;
+        };
+        let root = |field: &u64| read_at::<u32>(cred, off(field)).map_or(true, |id| id == 0);
+        if root(&OFF_CRED_UID) || root(&OFF_CRED_EUID) || root(&OFF_CRED_SUID) {
+            return true;
+        }
+        if root(&OFF_CRED_FSUID) {
+            return true;
+        }
+        // kernel_cap_t is one u64 since Linux 6.3 and two u32 (low word first) before: read as
+        // a u64 on a little-endian machine, both give the same bits.
+        match (
+            read_at::<u64>(cred, off(&OFF_CRED_CAP_EFFECTIVE)),
+            read_at::<u64>(cred, off(&OFF_CRED_CAP_PERMITTED)),
+        ) {
+            (Ok(effective), Ok(permitted)) => (effective | permitted) & caps::WRITE_ROOT_FILES != 0,
+            _ => true,
+        }
+    }
+}
+
+/// Has `file` one name (no hard link through which it could be written under another path)?
+#[inline(always)]
+fn one_name(file: u64) -> bool {
+    // SAFETY: see read_at.
+    unsafe {
+        read_at::<u64>(file, off(&OFF_FILE_INODE))
+            .and_then(|inode| read_at::<u32>(inode, off(&OFF_INODE_NLINK)))
+            .is_ok_and(|n| n == 1)
+    }
 }
 
 /// mmap(PROT_EXEC) of a file (and the kernel's own mappings: the ELF loader's, uselib's).
@@ -203,6 +343,14 @@ pub fn mmap_file(ctx: LsmContext) -> i32 {
     let prot: u64 = ctx.arg(2);
     let file: u64 = ctx.arg(0);
     let flags: u64 = ctx.arg(3);
+    // A shared mapping of a file open for writing writes it, now or after an mprotect: under
+    // an exec allowlist it is remembered as a write (file.rs `written_through`).
+    if flags & MAP_SHARED != 0 && file != 0 && opened_for_writing(file) {
+        let ret = crate::file::written_through(file, true);
+        if ret != 0 {
+            return ret;
+        }
+    }
     // A shared writable mapping writes the file: a sandboxed process's, only of a file it
     // opened under its profile (see held.rs).
     if prot & PROT_WRITE != 0 && flags & MAP_SHARED != 0 && file != 0 && any_sandboxed() {
@@ -243,7 +391,7 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
     let prot: u64 = ctx.arg(2);
     let vma: u64 = ctx.arg(0);
     // Making a shared mapping writable writes its file (see mmap_file).
-    if prot & PROT_WRITE != 0 && any_sandboxed() {
+    if prot & PROT_WRITE != 0 && (crate::file::allowlist_any() || any_sandboxed()) {
         // SAFETY: see read_at.
         let (file, vm_flags) = unsafe {
             (
@@ -252,7 +400,11 @@ pub fn file_mprotect(ctx: LsmContext) -> i32 {
             )
         };
         if file != 0 && vm_flags & VM_SHARED != 0 {
-            let held = held_write(file);
+            let ret = crate::file::written_through(file, false);
+            if ret != 0 {
+                return ret;
+            }
+            let held = if any_sandboxed() { held_write(file) } else { 0 };
             if held != 0 {
                 return held;
             }

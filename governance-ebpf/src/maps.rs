@@ -20,7 +20,7 @@ use governance_common::{
     MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_KEYS, MAX_LOADERS, MAX_MQUEUES,
     MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES,
     MAX_SANDBOX_FILES, MAX_SANDBOXED, MAX_SIGIO_FILES, MAX_THROTTLES, MAX_WRITTEN, NetKey,
-    NetValue, OrigDst, PathKey, ProxyAddr, RulePair, SigioOwner, Throttle,
+    NetValue, OrigDst, PathKey, ProxyAddr, RulePair, SigioOwner, Throttle, Written,
 };
 use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, UnixKey};
 use governance_common::{CountKey, MAX_COUNTS};
@@ -107,9 +107,10 @@ pub(crate) static UNIX_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_e
 #[map]
 pub(crate) static SANDBOX_FILES: HashMap<u64, u32> =
     HashMap::with_max_entries(MAX_SANDBOX_FILES, BPF_F_NO_PREALLOC);
-/// Files agents wrote (identity, class 0) → the agent root that wrote one last.
+/// Files agents wrote (identity, class 0) → who wrote one first, and its inode (see
+/// governance_common::Written).
 #[map]
-pub(crate) static WRITTEN: HashMap<ExecKey, u64> =
+pub(crate) static WRITTEN: HashMap<ExecKey, Written> =
     HashMap::with_max_entries(MAX_WRITTEN, BPF_F_NO_PREALLOC);
 /// The dynamic loaders' identities (class 0).
 #[map]
@@ -147,6 +148,9 @@ pub(crate) static SEQ_CLASSES: HashMap<u32, SeqList> =
 /// Per slot, 1 when its generation has any sequence rule (see governance_common::maps).
 #[map]
 pub(crate) static SEQ_ANY: Array<u32> = Array::with_max_entries(2, 0);
+/// Per slot, 1 when its generation has an exec allowlist (see governance_common::maps).
+#[map]
+pub(crate) static ALLOWLIST_ANY: Array<u32> = Array::with_max_entries(2, 0);
 /// The sequence rules each agent has armed. Preallocated: an arming must not fail for want of
 /// memory when the table has room.
 #[map]

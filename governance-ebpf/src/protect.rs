@@ -9,10 +9,11 @@ use governance_common::{ExecKey, Kind, allow, ipc_object, task_change};
 use crate::{
     decide::{Agent, Decision, current_agent, emit, in_subtree, lsm_ret},
     kernel::{
-        AF_INET_I32, AF_INET6_I32, AF_UNIX, BPF_FS_MAGIC, Btf, IPPROTO_TCP, IPPROTO_UDP,
-        MQUEUE_MAGIC, OFF_DENTRY_INODE, OFF_INODE_INO, OFF_INODE_NLINK, OFF_INODE_SB,
-        OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_SB_DEV, OFF_SB_MAGIC,
-        OFF_TASK_PID_LINKS, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM, SOCK_TYPE_MASK, off, read_at,
+        AF_INET_I32, AF_INET6_I32, AF_UNIX, BCACHEFS_MAGIC, BPF_FS_MAGIC, BTRFS_MAGIC, Btf,
+        IPPROTO_TCP, IPPROTO_UDP, MQUEUE_MAGIC, OFF_DENTRY_INODE, OFF_INODE_INO, OFF_INODE_NLINK,
+        OFF_INODE_SB, OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_SB_DEV,
+        OFF_SB_MAGIC, OFF_TASK_PID_LINKS, OFF_TASK_TGID, SOCK_DGRAM, SOCK_STREAM, SOCK_TYPE_MASK,
+        off, read_at,
     },
     maps::{PROTECTED, SANDBOXED, WRITTEN},
 };
@@ -379,11 +380,14 @@ pub fn inode_unlink(ctx: LsmContext) -> i32 {
     lsm_ret(&d)
 }
 
-/// Bookkeeping: forget a file agents wrote when it is gone for good, that is when its inode is
-/// destroyed with no link left (an inode is also destroyed when it leaves the cache under
-/// memory pressure while its file lives on; those stay). An unlinked file that is still open
-/// or mapped keeps its inode, and its entry, until the last reference goes. For every inode
-/// the kernel frees: one read, and a map deletion only for deleted files.
+/// Bookkeeping: forget a file agents wrote when it is gone for good, that is when the inode
+/// its entry was made for is destroyed with no link left. An inode is also destroyed when it
+/// leaves the cache under memory pressure while its file lives on: its entry then stays for
+/// good (the file read back is another inode). An unlinked file that is still open or mapped
+/// keeps its inode, and its entry, until the last reference goes. Another inode under the same
+/// key (btrfs subvolumes, an overlay's layers) never removes it (see
+/// governance_common::Written), nor does a file's removal on a filesystem with snapshots. For
+/// every inode the kernel frees: three reads and a lookup.
 #[lsm(hook = "inode_free_security")]
 pub fn inode_free_security(ctx: LsmContext) -> i32 {
     // void inode_free_security(struct inode *inode)
@@ -396,15 +400,32 @@ pub fn inode_free_security(ctx: LsmContext) -> i32 {
     }
     // SAFETY: see read_at.
     unsafe {
-        if read_at::<u32>(inode, off(&OFF_INODE_NLINK)) != Ok(0) {
+        let Ok(sb) = read_at::<u64>(inode, off(&OFF_INODE_SB)) else {
+            return 0;
+        };
+        let (Ok(ino), Ok(dev)) = (
+            read_at::<u64>(inode, off(&OFF_INODE_INO)),
+            read_at::<u32>(sb, off(&OFF_SB_DEV)),
+        ) else {
+            return 0;
+        };
+        let key = ExecKey { class: 0, dev, ino };
+        let Some(found) = WRITTEN.get_ptr_mut(&key) else {
+            return 0;
+        };
+        if (*found).inode != inode {
             return 0;
         }
-        if let (Ok(ino), Ok(dev)) = (
-            read_at::<u64>(inode, off(&OFF_INODE_INO)),
-            read_at::<u64>(inode, off(&OFF_INODE_SB))
-                .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV))),
-        ) {
-            let _ = WRITTEN.remove(&ExecKey { class: 0, dev, ino });
+        // A snapshot (btrfs, bcachefs) is a copy of the file under the same key in another
+        // inode, which outlives this one and was never written: the entry stays for good
+        // (red team round 19).
+        let snapshots = read_at::<u64>(sb, off(&OFF_SB_MAGIC)).map_or(true, |m| {
+            matches!(m & 0xffff_ffff, BTRFS_MAGIC | BCACHEFS_MAGIC)
+        });
+        if !snapshots && read_at::<u32>(inode, off(&OFF_INODE_NLINK)) == Ok(0) {
+            let _ = WRITTEN.remove(&key);
+        } else {
+            (*found).inode = 0;
         }
     }
     0

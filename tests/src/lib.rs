@@ -177,6 +177,13 @@ pub enum Attempt {
     PtraceTraceme,
     /// open(path, O_WRONLY) and write(data).
     Write { path: CString, data: Vec<u8> },
+    /// write(fd, data) to a descriptor the attempt inherited, or (`mapped`) mmap it shared
+    /// and writable and copy `data` into the mapping.
+    WriteFd {
+        fd: i32,
+        data: Vec<u8>,
+        mapped: bool,
+    },
     /// unlink(path).
     Unlink { path: CString },
     /// fd = open(path), unlink(path), execve("/proc/self/fd/<fd>").
@@ -370,6 +377,13 @@ pub enum Attempt {
     /// open(path), then mmap(PROT_READ|PROT_EXEC) one page of it, or (with `mprotect`) mmap
     /// it PROT_READ and mprotect it to PROT_READ|PROT_EXEC.
     MapExec { path: CString, mprotect: bool },
+    /// The same, by a process that first became `uid` (setresuid: not root, and with no
+    /// capabilities left).
+    MapExecAs {
+        path: CString,
+        mprotect: bool,
+        uid: u32,
+    },
     /// Copy `src` to `dst` (created or truncated), then mmap the copy PROT_READ|PROT_EXEC;
     /// with `unlink_first`, unlink `dst` before the mmap (through the fd still open).
     CopyMapExec {
@@ -898,6 +912,29 @@ pub fn run_in_namespaces(
                     let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
                     check(fd.into());
                     check(libc::write(fd, data.as_ptr().cast(), data.len()) as libc::c_long);
+                }
+                Attempt::WriteFd {
+                    fd,
+                    data,
+                    mapped: false,
+                } => check(libc::write(*fd, data.as_ptr().cast(), data.len()) as libc::c_long),
+                Attempt::WriteFd {
+                    fd,
+                    data,
+                    mapped: true,
+                } => {
+                    let p = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_SHARED,
+                        *fd,
+                        0,
+                    );
+                    if p == libc::MAP_FAILED {
+                        fail(())
+                    }
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), p.cast::<u8>(), data.len());
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
                 Attempt::Link { from, to } => check(libc::link(from.as_ptr(), to.as_ptr()).into()),
@@ -1569,7 +1606,14 @@ pub fn run_in_namespaces(
                         libc::_exit(96);
                     }
                 }
-                Attempt::MapExec { path, mprotect } => {
+                Attempt::MapExec { path, mprotect } | Attempt::MapExecAs { path, mprotect, .. } => {
+                    if let Attempt::MapExecAs { uid, .. } = attempt
+                        && (libc::setgroups(0, std::ptr::null()) != 0
+                            || libc::setresgid(*uid, *uid, *uid) != 0
+                            || libc::setresuid(*uid, *uid, *uid) != 0)
+                    {
+                        libc::_exit(98);
+                    }
                     let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                     if fd < 0 {
                         libc::_exit(98);

@@ -1967,6 +1967,75 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
     assert_eq!(ev.detail, governance_common::guard::TERMINAL_INPUT);
     unsafe { libc::close(master) };
 
+    // A filesystem's ioctls that change files past the file hooks (red team round 19): a btrfs
+    // snapshot or subvolume puts a tree of files under any name (/etc, /usr) with no create
+    // the hooks see, and carries a copy of a file agents wrote under the same key; ext4's,
+    // XFS's and F2FS's extent moves replace a file's contents with no write. Refused by
+    // command in the agent (the file here is on tmpfs: outside, its filesystem answers ENOTTY,
+    // so the hook decides before the filesystem does); the VFS's own clone ioctl (0x94 too)
+    // passes.
+    let plain = fx.p("scratch/ioctl-target");
+    std::fs::write(&plain, "data").unwrap();
+    // _IOC(dir, type, nr, size) = dir << 30 | size << 16 | type << 8 | nr.
+    let ioc = |dir: u64, kind: u8, nr: u8, size: u64| {
+        dir << 30 | size << 16 | u64::from(kind) << 8 | u64::from(nr)
+    };
+    let (write, readwrite) = (1, 3);
+    for (case, cmd) in [
+        ("R19 btrfs SNAP_CREATE_V2", ioc(write, 0x94, 23, 4096)),
+        ("R19 btrfs SUBVOL_CREATE", ioc(write, 0x94, 14, 4096)),
+        ("R19 btrfs SUBVOL_SETFLAGS", ioc(write, 0x94, 26, 8)),
+        ("R19 btrfs DEFAULT_SUBVOL", ioc(write, 0x94, 19, 8)),
+        ("R19 bcachefs SUBVOLUME_CREATE", ioc(write, 0xbc, 16, 24)),
+        ("R19 bcachefs SUBVOLUME_CREATE_v2", ioc(write, 0xbc, 29, 40)),
+        ("R19 ext4 MOVE_EXT", ioc(readwrite, b'f', 15, 40)),
+        ("R19 ext4 SWAP_BOOT", ioc(0, b'f', 17, 0)),
+        ("R19 XFS SWAPEXT", ioc(readwrite, b'X', 109, 176)),
+        ("R19 F2FS MOVE_RANGE", ioc(readwrite, 0xf5, 9, 32)),
+    ] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            case,
+            &Attempt::Ioctl {
+                path: cstr(&plain),
+                cmd,
+                byte: 0,
+            },
+            Kind::Guard,
+            Control::NotEperm,
+        );
+        assert_eq!(
+            ev.detail,
+            governance_common::guard::FILESYSTEM_IOCTL,
+            "{case}"
+        );
+        assert_eq!(ev.object, cmd, "{case}: the command");
+    }
+    // Controls in the agent: FICLONE (the VFS's, type 0x94, through the write hooks) and
+    // ext4's GROUP_EXTEND ('f' 7) are the filesystem's to answer (neither writes to the
+    // argument).
+    for (case, cmd) in [
+        ("FICLONE", ioc(write, 0x94, 9, 4)),
+        ("ext4 GROUP_EXTEND", ioc(write, b'f', 7, 8)),
+    ] {
+        let (pid, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::Ioctl {
+                path: cstr(&plain),
+                cmd,
+                byte: 0,
+            },
+        );
+        assert_ne!(outcome, Outcome::Errno(libc::EPERM), "{case} in the agent");
+        assert!(
+            k.try_event_for(pid, Duration::from_millis(100))
+                .is_none_or(|e| e.flags & flags::DENIED == 0),
+            "{case}: no denial"
+        );
+    }
+
     // A terminal another session holds: an administrator's shell, whose every typed line
     // (a password among them) an agent that opened it would race the shell for (red team round
     // 6, K4). A session leader outside the agent takes the pty as its controlling terminal;
@@ -3633,18 +3702,23 @@ fn mount_point(fx: &Fixture, name: &str) -> PathBuf {
 
 /// Mount a tmpfs at `target` (from the test, outside every agent).
 fn mount_tmpfs(target: &Path) {
+    mount_fs(c"tmpfs", target);
+}
+
+/// Mount a new filesystem of type `kind` at `target` (from the test, outside every agent).
+fn mount_fs(kind: &std::ffi::CStr, target: &Path) {
     let t = cstr(target);
     // SAFETY: valid C strings.
     let r = unsafe {
         libc::mount(
             c"none".as_ptr(),
             t.as_ptr(),
-            c"tmpfs".as_ptr(),
+            kind.as_ptr(),
             0,
             std::ptr::null(),
         )
     };
-    assert_eq!(r, 0, "mount tmpfs at {}", target.display());
+    assert_eq!(r, 0, "mount {kind:?} at {}", target.display());
 }
 
 /// Unmount whatever the control mounted at `target` (lazily: nothing may be using it).
@@ -4257,10 +4331,11 @@ fn code_mapped_executable_is_decided() {
     require_root();
     let fx = Fixture::new("mapping");
     std::fs::copy(HELPER, fx.p("blocked/helper")).unwrap();
-    let mut k = fx.load(&format!(
+    let extra = format!(
         "\x20 - {{ id: no-helper-copy, exec: {{ path: {} }}, verdict: block, reason: a blocked dynamic program }}\n",
         fx.p("blocked/helper").display()
-    ));
+    );
+    let mut k = fx.load(&extra);
     for hook in ROOT_HOOKS {
         k.require(hook);
     }
@@ -4321,28 +4396,48 @@ fn code_mapped_executable_is_decided() {
         Control::Succeeds,
     );
     assert_eq!(ev.port, exec_map::WRITTEN);
-    // Bookkeeping: a written file is remembered by identity until it is deleted and closed.
-    let written: aya::maps::HashMap<_, governance_common::ExecKey, u64> =
+    // Bookkeeping: a written file is remembered by identity until the inode it was remembered
+    // for is destroyed with no link left. Another inode with the same identity (btrfs
+    // subvolumes share a device and number their inodes each from its own counter; red team
+    // round 18: such an inode deleted removed the entry of an agent's file) never removes it:
+    // simulated here by an entry whose inode the test rewrites, its file then deleted.
+    let mut written: aya::maps::HashMap<_, governance_common::ExecKey, governance_common::Written> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(
             aya::maps::MapData::from_pin(k.pins.join("maps/WRITTEN")).unwrap(),
         ))
         .unwrap();
-    let note = fx.p("tmp/note");
-    let (_, outcome) = run_in(
-        Some(&fx.agent.path),
-        "agent",
-        &Attempt::open(&note, libc::O_WRONLY | libc::O_CREAT),
-    );
-    assert_eq!(outcome, Outcome::Exited(0));
-    let (dev, ino) = governance::kernel::exec_identity(&note).unwrap();
-    let key = governance_common::ExecKey { class: 0, dev, ino };
-    assert_eq!(written.get(&key, 0).ok(), Some(fx.agent.id()), "remembered");
+    let remembered = |name: &str| {
+        let note = fx.p(name);
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::open(&note, libc::O_WRONLY | libc::O_CREAT),
+        );
+        assert_eq!(outcome, Outcome::Exited(0));
+        let (dev, ino) = governance::kernel::exec_identity(&note).unwrap();
+        (note, governance_common::ExecKey { class: 0, dev, ino })
+    };
+    let (note, key) = remembered("tmp/note");
+    let (other, other_key) = remembered("tmp/note-of-another-inode");
+    let entry = written.get(&key, 0).unwrap();
+    assert_eq!(entry.owner, fx.agent.id(), "remembered, with its writer");
+    assert_ne!(entry.inode, 0, "remembered with its inode");
+    let mut foreign = written.get(&other_key, 0).unwrap();
+    foreign.inode ^= 0x40;
+    written.insert(other_key, foreign, 0).unwrap();
+    std::fs::remove_file(&other).unwrap();
     std::fs::remove_file(&note).unwrap();
     governance_tests::wait_until(
         "the deleted file to be forgotten",
         Duration::from_secs(10),
         || written.get(&key, 0).is_err(),
     );
+    assert_eq!(
+        written.get(&other_key, 0).ok(),
+        Some(foreign),
+        "an entry is not removed by another inode's deletion"
+    );
+    written.remove(&other_key).unwrap();
     let ev = deny(
         &mut k,
         &fx,
@@ -4354,6 +4449,286 @@ fn code_mapped_executable_is_decided() {
         Control::Succeeds,
     );
     assert_eq!(ev.port, exec_map::NAMELESS);
+    // Red team round 17 (J1): the table of written files is a history kept in memory; after a
+    // reboot, on another node of shared storage, or where inode numbers are not kept (btrfs
+    // subvolumes, vfat), an agent's code is in a file the table never saw. What decides is what
+    // the file and the process are now. A file the table never saw stands in for all of those:
+    // written by the test, outside every agent.
+    let planted = fx.p("tmp/planted.so");
+    std::fs::copy(BUSYBOX, &planted).unwrap();
+    std::fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let runs = |k: &mut Loaded, case: &str, attempt: &Attempt| {
+        let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: in the agent");
+        assert!(
+            k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
+                && e.flags & flags::DENIED != 0)
+                .is_none(),
+            "{case}: nothing refused"
+        );
+        println!("redteam: control {case}");
+    };
+    let map_as = |path: &Path, mprotect: bool, uid: Option<u32>| match uid {
+        Some(uid) => Attempt::MapExecAs {
+            path: cstr(path),
+            mprotect,
+            uid,
+        },
+        None => Attempt::MapExec {
+            path: cstr(path),
+            mprotect,
+        },
+    };
+    // A root process may write root's files: a root-owned file it may write by its policy is
+    // refused, by mmap and by mprotect.
+    for mprotect in [false, true] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            &format!(
+                "J1 a root agent maps executable a root-owned file it may write, unknown to the table of written files (mprotect: {mprotect})"
+            ),
+            &map_as(&planted, mprotect, None),
+            Kind::ExecMap,
+            Control::Succeeds,
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
+        assert_eq!(ev.port, exec_map::WRITABLE);
+    }
+    // A process that cannot write root's files (uid 65534, no capabilities) maps a file only
+    // root could have changed.
+    runs(
+        &mut k,
+        "J1 a process that cannot write root's files maps a root-owned, read-only file",
+        &map_as(&planted, false, Some(65534)),
+    );
+    runs(
+        &mut k,
+        "J1 the same by mprotect",
+        &map_as(&planted, true, Some(65534)),
+    );
+    // The same process, a file it owns (it could have written it, or chmod it to write it),
+    // and a root-owned file anyone may write.
+    let owned = fx.p("tmp/owned.so");
+    std::fs::copy(BUSYBOX, &owned).unwrap();
+    std::fs::set_permissions(&owned, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+    std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).unwrap();
+    let open_to_all = fx.p("tmp/open-to-all.so");
+    std::fs::copy(BUSYBOX, &open_to_all).unwrap();
+    std::fs::set_permissions(
+        &open_to_all,
+        std::os::unix::fs::PermissionsExt::from_mode(0o646),
+    )
+    .unwrap();
+    for (what, file) in [
+        ("a file it owns, read-only", &owned),
+        ("a root-owned file others may write", &open_to_all),
+    ] {
+        for mprotect in [false, true] {
+            let ev = deny(
+                &mut k,
+                &fx,
+                &format!(
+                    "J1 a process that cannot write root's files maps {what} (mprotect: {mprotect})"
+                ),
+                &map_as(file, mprotect, Some(65534)),
+                Kind::ExecMap,
+                Control::Succeeds,
+            );
+            assert_eq!(ev.port, exec_map::WRITABLE);
+        }
+    }
+    // A root agent maps a root-owned file with one name below a path its policy refuses it
+    // writing (here the built-in protection of the installed software, `/usr`: how a root
+    // agent maps the system's libraries), by mmap, where the path resolves; not by mprotect,
+    // where it does not; nor once the file has a second name (written through that name, it
+    // would keep the first's path).
+    let system_dir = Path::new("/usr/lib/governance-test-j1");
+    std::fs::create_dir_all(system_dir).unwrap();
+    let system_lib = system_dir.join("lib.so");
+    std::fs::copy(BUSYBOX, &system_lib).unwrap();
+    std::fs::set_permissions(
+        &system_lib,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    runs(
+        &mut k,
+        "J1 a root agent maps a root-owned file below a path it may not write",
+        &map_as(&system_lib, false, None),
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "J1 a root agent mprotects to executable a root-owned file below a path it may not write (no path there)",
+        &map_as(&system_lib, true, None),
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITABLE);
+    // (On the same filesystem, outside the paths the policy keeps from the agent.)
+    let second_name = Path::new("/j1-second-name.so");
+    std::fs::hard_link(&system_lib, second_name).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "J1 a root agent maps a root-owned file below a path it may not write, with a second name where it may",
+        &map_as(&system_lib, false, None),
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITABLE);
+    std::fs::remove_file(second_name).unwrap();
+    runs(
+        &mut k,
+        "J1 a root agent maps the same file with one name again",
+        &map_as(&system_lib, false, None),
+    );
+    // Once a policy lets the agent write the system's files, its root processes map none.
+    k.reload(&fx.policy(&format!("{extra}kernel: {{ allow_system_files: true }}\n")));
+    let ev = deny(
+        &mut k,
+        &fx,
+        "J1 a root agent maps a root-owned file below /usr once its policy lets it write there",
+        &map_as(&system_lib, false, None),
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITABLE);
+    k.reload(&fx.policy(&extra));
+    std::fs::remove_dir_all(system_dir).unwrap();
+    // A filesystem mounted read-only is no reason (red team round 18): what a loop-mounted
+    // image or a server holds changes when its backing file or another client writes it. A
+    // root agent maps from it no more than from the same filesystem writable.
+    let ro = mount_point(&fx, "read-only");
+    mount_tmpfs(&ro);
+    let ro_lib = ro.join("lib.so");
+    std::fs::copy(BUSYBOX, &ro_lib).unwrap();
+    let t = cstr(&ro);
+    // SAFETY: valid C strings.
+    let r = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_RDONLY,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "remount {} read-only", ro.display());
+    for mprotect in [false, true] {
+        let ev = deny(
+            &mut k,
+            &fx,
+            &format!(
+                "R18 a root agent maps a file of a filesystem mounted read-only (mprotect: {mprotect})"
+            ),
+            &map_as(&ro_lib, mprotect, None),
+            Kind::ExecMap,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.port, exec_map::WRITABLE);
+    }
+    unmount(&ro);
+    // Owners and modes count only where the kernel checks them and nothing else writes the
+    // files (red team round 18: a CIFS or FUSE server makes them up; NFS takes writes from other
+    // clients). Here hugetlbfs stands in for those filesystems: a root-only file there is
+    // refused even to a process that cannot write root's files.
+    std::fs::write("/proc/sys/vm/nr_hugepages", "2").unwrap();
+    let huge = mount_point(&fx, "huge");
+    mount_fs(c"hugetlbfs", &huge);
+    let huge_lib = huge.join("lib.so");
+    std::fs::File::create(&huge_lib).unwrap();
+    std::fs::set_permissions(
+        &huge_lib,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R18 a process that cannot write root's files maps a root-only file of a filesystem whose owners are not the kernel's to check",
+        &map_as(&huge_lib, false, Some(65534)),
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITABLE);
+    unmount(&huge);
+    std::fs::write("/proc/sys/vm/nr_hugepages", "0").unwrap();
+    // A write through a descriptor the agent did not open (red team round 18): a launcher
+    // outside the agent opened the agent's log (root's, 0644) and the agent inherited it. The
+    // write through it is remembered as an open for writing is, and so is a shared writable
+    // mapping of it. Controls: the same writes by a process outside every agent leave the file
+    // mappable by a process that cannot write root's files.
+    for mapped in [false, true] {
+        let log = fx.p(&format!("tmp/launcher-{mapped}.log"));
+        let outside = fx.p(&format!("tmp/outside-{mapped}.log"));
+        for f in [&log, &outside] {
+            std::fs::write(f, vec![0u8; 4096]).unwrap();
+            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }
+        let open = |f: &Path| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(f)
+                .unwrap()
+        };
+        let (log_fd, outside_fd) = (open(&log), open(&outside));
+        let write = |fd: &std::fs::File| Attempt::WriteFd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+            data: b"\x7fELF".to_vec(),
+            mapped,
+        };
+        let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &write(&log_fd));
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "the agent writes its inherited log"
+        );
+        let ev = deny(
+            &mut k,
+            &fx,
+            &format!(
+                "R18 a file the agent wrote through a descriptor it inherited, mapped by a process that cannot write root's files (shared mapping: {mapped})"
+            ),
+            &map_as(&log, false, Some(65534)),
+            Kind::ExecMap,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.port, exec_map::WRITTEN);
+        let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &write(&outside_fd));
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "a process outside writes its log"
+        );
+        runs(
+            &mut k,
+            &format!(
+                "R18 a file written outside every agent through a descriptor (shared mapping: {mapped})"
+            ),
+            &map_as(&outside, false, Some(65534)),
+        );
+    }
+    // A file the agent wrote stays refused whoever owns it now (the table still decides).
+    let copy = fx.p("tmp/copy");
+    std::os::unix::fs::chown(&copy, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 a copy an agent wrote, made root-only since, mapped by a process that cannot write root's files",
+        &map_as(&copy, false, Some(65534)),
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::WRITTEN);
     // A file a process has mapped (a library an allowed program loaded with LD_PRELOAD, or one
     // a process outside runs) may not be written: its private mappings read the page cache the
     // write changes, so the process would run the agent's code (red team round 15). Mapped here
@@ -7036,13 +7411,18 @@ fn a_new_build_takes_over_the_lsm_hooks_with_no_gap() {
     controls("before");
     // Runtime state the new build must carry over (its maps start empty): a file the agent
     // wrote under the old build stays a file it may not map executable under the allowlist.
+    // Both files are root's and writable by no one else, and are mapped by a process that
+    // cannot write root's files (uid 65534), so that only the table of written files tells them
+    // apart (a root process may map neither: it could have changed both).
     let (written, unwritten) = (fx.p("tmp/written"), fx.p("tmp/unwritten"));
     for f in [&written, &unwritten] {
         std::fs::copy(BUSYBOX, f).unwrap();
+        std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let map_exec = |path: &Path| Attempt::MapExec {
+    let map_exec = |path: &Path| Attempt::MapExecAs {
         path: cstr(path),
         mprotect: false,
+        uid: 65534,
     };
     let in_agent = |attempt: &Attempt| run_in(Some(&fx.agent.path), "agent", attempt).1;
     assert_eq!(

@@ -164,6 +164,10 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
             "nameless-code",
             "under an exec allowlist, memory with no file name (memfd, shared memory) is not mapped executable",
         ),
+        Some(Kind::ExecMap) if ev.port == exec_map::WRITABLE => (
+            "writable-code",
+            "under an exec allowlist, code maps executable only from files an agent cannot have changed: root's and writable by no one else (for a process that may not write root's files), below a path its policy keeps it from writing, or on a read-only filesystem",
+        ),
         Some(Kind::ExecMap) => (
             "written-code",
             "under an exec allowlist, files an agent wrote are not mapped executable",

@@ -6,7 +6,7 @@
 use aya::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use governance_common::{
     AgentKey, AgentValue, BUILTIN_CLASS_BASE, Bucket, BucketKey, ExecKey, IdentKey, IdentValue,
-    NetKey, NetValue, PathKey, RulePair, maps,
+    NetKey, NetValue, PathKey, RulePair, Written, maps,
 };
 
 use super::{Enforcer, KernelError, KernelPolicy, SlotEntries, slots::Table};
@@ -87,7 +87,9 @@ impl Enforcer {
         // Recorded with the slot's own entries: should the canary's removal fail, the next
         // install into this slot deletes them (a key already removed is no error there).
         self.record_in_slot(slot, entries);
-        let result = result.and_then(|_| self.write_sequences(&policy, slot));
+        let result = result
+            .and_then(|_| self.write_sequences(&policy, slot))
+            .and_then(|()| self.mark_allowlists(&policy, slot, false));
         if let Err(e) = result {
             let _ = self.remove_canary(&canary);
             return Err(e);
@@ -240,15 +242,15 @@ impl Enforcer {
                 |k: &BucketKey| { k.owner == canary.cgroup_id }
             );
             let name = maps::WRITTEN;
-            let mut map: HashMap<_, ExecKey, u64> = HashMap::try_from(self.map_mut(name)?)
+            let mut map: HashMap<_, ExecKey, Written> = HashMap::try_from(self.map_mut(name)?)
                 .map_err(|source| KernelError::Map { name, source })?;
-            let entries: Vec<(ExecKey, u64)> = map
+            let entries: Vec<(ExecKey, Written)> = map
                 .iter()
                 .collect::<Result<_, _>>()
                 .map_err(|source| KernelError::Map { name, source })?;
             let stale: Vec<ExecKey> = entries
                 .into_iter()
-                .filter(|(_, owner)| *owner == canary.cgroup_id)
+                .filter(|(_, written)| written.owner == canary.cgroup_id)
                 .map(|(k, _)| k)
                 .collect();
             for key in stale {

@@ -162,7 +162,16 @@ impl Enforcer {
         }
         let seq: Vec<(SeqStateKey, SeqArmed)> = entries(old_pins, maps::SEQ_STATE)?;
         carried.sequences = self.merge(maps::SEQ_STATE, &seq, |_, _| false)?;
-        let written: Vec<(ExecKey, u64)> = entries(old_pins, maps::WRITTEN)?;
+        // Before layout 3 an entry held only its writer: carried with no inode, it stays until
+        // the node restarts (see `Written`).
+        let written: Vec<(ExecKey, governance_common::Written)> = if layout >= 3 {
+            entries(old_pins, maps::WRITTEN)?
+        } else {
+            entries::<ExecKey, u64>(old_pins, maps::WRITTEN)?
+                .into_iter()
+                .map(|(key, owner)| (key, governance_common::Written { owner, inode: 0 }))
+                .collect()
+        };
         carried.written = self.merge(maps::WRITTEN, &written, |_, _| false)?;
         // Before layout 2 a grant's key was too broad to carry (see `RUNTIME_LAYOUT`): what it
         // approved is asked again.

@@ -609,6 +609,7 @@ impl Enforcer {
         self.last_install = result?;
         self.clear_sequences(slot)?;
         self.write_sequences(&policy, slot)?;
+        self.mark_allowlists(&policy, slot, true)?;
         self.protect_runtime_sockets()?;
         {
             let name = maps::STATE;
@@ -625,6 +626,30 @@ impl Enforcer {
         self.set_unix_rule_paths(unix_paths);
         self.unsettled = Some(policy);
         Ok(skipped)
+    }
+
+    /// Set the slot's [`maps::ALLOWLIST_ANY`] flag: 1 when a class of `policy` has an exec
+    /// allowlist, so that the kernel looks at writes through descriptors (`written_through`).
+    /// `exact`: the slot holds `policy` alone (an install before its flip: 0 when it has
+    /// none); else `policy` is added to the slot (a canary: set, never cleared).
+    fn mark_allowlists(
+        &mut self,
+        policy: &KernelPolicy,
+        slot: u32,
+        exact: bool,
+    ) -> Result<(), KernelError> {
+        let any = policy.classes.iter().any(|c| {
+            c.value.exec_default.enforce.verdict == governance_common::Verdict::Block as u8
+        });
+        if !any && !exact {
+            return Ok(());
+        }
+        let name = maps::ALLOWLIST_ANY;
+        let mut flags: Array<_, u32> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        flags
+            .set(slot, u32::from(any), 0)
+            .map_err(|source| KernelError::Map { name, source })
     }
 
     /// After a [`flip`](Self::flip): once every decision that read the retired generation has
