@@ -658,9 +658,10 @@ pub mod guard {
     /// opens, writes, creations and removals (red team round 19): a btrfs or bcachefs
     /// subvolume or snapshot made, removed, made writable or made the default (a tree of files
     /// appears under any name, `/etc` or `/usr` among them, with no create or write the hooks
-    /// see, or leaves with no unlink), and the extent moves and swaps of ext4, XFS and F2FS (a
-    /// file's contents replaced by another's with no write). [`crate::Event::object`]: the
-    /// command.
+    /// see, or leaves with no unlink), the extent moves and swaps of ext4, XFS and F2FS (a
+    /// file's contents replaced by another's with no write), OCFS2's reflink (a new name with
+    /// no create), fscrypt's encryption policy on a directory, FAT's attributes (a chmod with
+    /// no `path_chmod`; round 20). [`crate::Event::object`]: the command.
     pub const FILESYSTEM_IOCTL: u8 = 17;
 
     /// The name of a guard, for events.

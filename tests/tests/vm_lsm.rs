@@ -1992,6 +1992,9 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         ("R19 ext4 SWAP_BOOT", ioc(0, b'f', 17, 0)),
         ("R19 XFS SWAPEXT", ioc(readwrite, b'X', 109, 176)),
         ("R19 F2FS MOVE_RANGE", ioc(readwrite, 0xf5, 9, 32)),
+        ("R20 fscrypt SET_ENCRYPTION_POLICY", ioc(2, b'f', 19, 12)),
+        ("R20 OCFS2 REFLINK", ioc(write, b'o', 4, 24)),
+        ("R20 FAT SET_ATTRIBUTES", ioc(write, b'r', 0x11, 4)),
     ] {
         let ev = deny(
             &mut k,
@@ -4238,6 +4241,23 @@ fn leaving_the_subtree_is_refused() {
             "{case}: a built-in path rule"
         );
     }
+    // A filesystem mounted below /sys (tracefs here; efivarfs, configfs, pstore alike) is a
+    // device of its own, whose names no open decides: a new entry there, or a removal (a
+    // firmware boot variable on efivarfs), is decided by its identity entries (red team round
+    // 20: it had none). The VM mounts tracefs at boot, before the load.
+    let instance = Path::new("/sys/kernel/tracing/instances/gov-rt20");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R20 a tracing instance made on tracefs below /sys",
+        &Attempt::Mkdir {
+            path: cstr(instance),
+        },
+        Kind::Link,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::LINK_OP_MKDIR);
+    std::fs::remove_dir(instance).expect("the control's tracing instance removed");
     // procfs's other settings, files of no process outside /proc/sys, which root opens for
     // writing with no capability (red team round 7): a PCI device's configuration space (its
     // command register cleared stops the node's disk or network controller), the interrupts'

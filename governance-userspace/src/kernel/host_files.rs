@@ -64,8 +64,10 @@ pub fn loader_identities() -> Vec<(u32, u64)> {
 }
 
 /// Character-device drivers that pass commands to a disk (raw reads with no file rule on the
-/// way): SCSI generic, block SCSI generic, NVMe generic, MTD (raw flash).
-pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "mtd"];
+/// way): SCSI generic, block SCSI generic, NVMe generic, NVMe controllers (`/dev/nvme0`: since
+/// Linux 6.2 a descriptor open for writing sends read and write commands to the controller's
+/// namespace with no capability; red team round 20), MTD (raw flash).
+pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "nvme", "mtd"];
 /// Character-device drivers that reach past the rules otherwise, by their name in
 /// /proc/devices (their majors are given out at load): frames written onto a network with no
 /// socket (macvtap, ipvtap), raw HID reports (hidraw: a keyboard's keys read), device

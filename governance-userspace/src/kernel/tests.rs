@@ -42,7 +42,7 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
         misc(239),
         misc(241),
     ];
-    let loaded = [240, 241, 246, 249];
+    let loaded = [240, 241, 246, 247, 249];
     assert_eq!(
         raw_device_majors(devices, proc_misc),
         [&fixed[..], &loaded, &misc_devices].concat()

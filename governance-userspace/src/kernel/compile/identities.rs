@@ -108,14 +108,17 @@ impl Identities {
             listing: None,
             budget: ENUMERATION_BUDGET,
             // Not enumerated: the root and the cgroup tree (too big, and the cgroup tree has
-            // its own protections), and the kernel settings' pseudo filesystems (hard links and
-            // bind mounts there need capabilities agents do not get; walking /sys on every
-            // reload would make reloads slow).
-            skip: [b"/".to_vec(), path_bytes(&protect.cgroup_root)]
-                .into_iter()
-                .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
+            // its own protections).
+            skip: vec![b"/".to_vec(), path_bytes(&protect.cgroup_root)],
+            // The kernel settings' pseudo filesystems are not listed (hard links there need
+            // capabilities agents do not get; walking /sys on every reload would make reloads
+            // slow), but what is mounted below them is (red team round 20: efivarfs, tracefs,
+            // configfs, pstore had no entries, so a root agent removed a firmware variable or
+            // made a tracing instance with no rule asked).
+            unlisted: KERNEL_SETTINGS
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
                 .collect(),
-            unlisted: Vec::new(),
             mounts: None,
             links: Default::default(),
             symlinks: Default::default(),
@@ -242,7 +245,14 @@ impl Identities {
                     .map(|m| path_bytes(m))
                     .collect()
             });
-            return below(mounts, dir);
+            // (Not the cgroup tree's mounts: agents manage their own cgroups.)
+            return below(mounts, dir)
+                .into_iter()
+                .filter(|m| {
+                    !within(m, CGROUP_MOUNTS.as_bytes())
+                        && !self.skip.iter().any(|s| s != b"/" && within(m, s))
+                })
+                .collect();
         }
         if let Some(listed) = self.below.get(dir) {
             return listed.found.clone();
@@ -640,20 +650,35 @@ fn below(paths: &[Vec<u8>], dir: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The filesystems mounted below the directories that are not listed ([`not_enumerated`],
-/// each where it resolves now), by mount point: a generation gives them identity entries, so
-/// a change (a container started, a volume mounted) is worth the next one. Sorted.
+/// `path` is `dir` or below it.
+fn within(path: &[u8], dir: &[u8]) -> bool {
+    path == dir || (path.starts_with(dir) && path.get(dir.len()) == Some(&b'/'))
+}
+
+/// Where cgroup hierarchies are mounted (cgroup2, and a hybrid layout's v1 hierarchies):
+/// not given identity entries below [`KERNEL_SETTINGS`].
+const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
+
+/// The filesystems mounted below the directories that are not listed ([`not_enumerated`] and
+/// [`KERNEL_SETTINGS`], each where it resolves now; not the cgroup tree's), by mount point: a
+/// generation gives them identity entries, so a change (a container started, a volume
+/// mounted, tracefs mounted on first use) is worth the next one. Sorted.
 pub fn unlisted_mounts() -> Vec<Vec<u8>> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let dirs: Vec<Vec<u8>> = not_enumerated(&passwd)
         .iter()
         .map(|p| path_bytes(&std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
+        .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
         .collect();
     let mounts: Vec<Vec<u8>> = crate::agents::mount_points()
         .iter()
         .map(|m| path_bytes(m))
         .collect();
-    let mut out: Vec<Vec<u8>> = dirs.iter().flat_map(|d| below(&mounts, d)).collect();
+    let mut out: Vec<Vec<u8>> = dirs
+        .iter()
+        .flat_map(|d| below(&mounts, d))
+        .filter(|m| !within(m, CGROUP_MOUNTS.as_bytes()))
+        .collect();
     out.sort();
     out.dedup();
     out
