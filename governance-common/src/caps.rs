@@ -87,7 +87,7 @@ const fn bit(cap: u32) -> u64 {
 /// become root, raise capabilities it may pass on. A process with one of them (in its
 /// effective or permitted set), or running as root, could have changed any root-owned file;
 /// under an exec allowlist such a process maps code only from files its policy keeps it from
-/// writing, or that a read-only filesystem holds (see the eBPF `mapping.rs`).
+/// writing (see the eBPF `mapping.rs`).
 pub const WRITE_ROOT_FILES: u64 =
     bit(CHOWN) | bit(DAC_OVERRIDE) | bit(FOWNER) | bit(SETUID) | bit(SETPCAP);
 

@@ -719,9 +719,9 @@ pub mod exec_map {
     /// shared memory; allowlist agents).
     pub const NAMELESS: u16 = 2;
     /// port, with [`crate::Cause::Builtin`]: an agent could have changed the file: it is not
-    /// on a read-only filesystem, and someone other than root may write it, or the mapping
-    /// process may write root's files and its policy does not keep it from writing the file's
-    /// path (allowlist agents).
+    /// root-only (root's, writable by no one else, on a local filesystem not backed by a loop or
+    /// network device), or the mapping process may write root's files and its policy does not
+    /// keep it from writing the file's path (allowlist agents).
     pub const WRITABLE: u16 = 3;
 }
 
@@ -778,6 +778,16 @@ pub struct AgentValue {
     pub unix_default: RulePair,
     /// Capabilities of [`caps::REFUSED`] the policy gives back (bit n: capability n).
     pub allow_caps: u64,
+}
+
+impl AgentValue {
+    /// Does its exec default block (an exec allowlist)? Then no code may run that an exec rule
+    /// did not decide: what the built-ins refuse besides (mapped code written, process memory,
+    /// tracers) is refused only to these agents.
+    #[inline(always)]
+    pub fn exec_allowlist(&self) -> bool {
+        self.exec_default.enforce.verdict == Verdict::Block as u8
+    }
 }
 
 /// Key of [`maps::EXEC_RULES`]: a class and the identity of an executable, as the kernel holds

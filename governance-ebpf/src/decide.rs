@@ -136,12 +136,10 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
-    /// Does its exec default block (an exec allowlist)? Then no code may run that an exec rule
-    /// did not decide: what the built-ins refuse besides (mapped code written, process memory,
-    /// tracers) is refused only to these agents.
+    /// [`AgentValue::exec_allowlist`] of its class.
     #[inline(always)]
     pub(crate) fn exec_allowlist(&self) -> bool {
-        self.value.exec_default.enforce.verdict == Verdict::Block as u8
+        self.value.exec_allowlist()
     }
 }
 

@@ -194,13 +194,17 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
     if !agent.exec_allowlist() {
         return None;
     }
+    // `root`: the file is root-only (so `why` is WRITABLE only for the process's credentials).
+    let mut root = false;
     let why = if is_nameless(file) {
         exec_map::NAMELESS
     } else if unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some() {
         exec_map::WRITTEN
-    } else if root_only(file) && !may_write_root_files() {
-        return None;
     } else {
+        root = root_only(file);
+        if root && !may_write_root_files() {
+            return None;
+        }
         exec_map::WRITABLE
     };
     // By path (mmap only): an exec rule allowing the file, or a root-only file with one name
@@ -215,11 +219,7 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
         {
             return None;
         }
-        if why == exec_map::WRITABLE
-            && root_only(file)
-            && one_name(file)
-            && write_refused(k, &agent.value)
-        {
+        if root && one_name(file) && write_refused(k, &agent.value) {
             return None;
         }
     }

@@ -166,7 +166,7 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         ),
         Some(Kind::ExecMap) if ev.port == exec_map::WRITABLE => (
             "writable-code",
-            "under an exec allowlist, code maps executable only from files an agent cannot have changed: root's and writable by no one else (for a process that may not write root's files), below a path its policy keeps it from writing, or on a read-only filesystem",
+            "under an exec allowlist, code maps executable only from files an agent cannot have changed: root's and writable by no one else on a local filesystem, for a process that may not write root's files, or below a path its policy keeps it from writing",
         ),
         Some(Kind::ExecMap) => (
             "written-code",

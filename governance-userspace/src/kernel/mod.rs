@@ -638,9 +638,7 @@ impl Enforcer {
         slot: u32,
         exact: bool,
     ) -> Result<(), KernelError> {
-        let any = policy.classes.iter().any(|c| {
-            c.value.exec_default.enforce.verdict == governance_common::Verdict::Block as u8
-        });
+        let any = policy.classes.iter().any(|c| c.value.exec_allowlist());
         if !any && !exact {
             return Ok(());
         }
