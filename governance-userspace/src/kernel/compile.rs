@@ -573,21 +573,11 @@ fn compile_with(
         };
         let reports = super::report::default_aux_of(&governing);
         let relaxations = relaxations(&governing);
-        let shared_here = builtins.shared(relaxations, &mut identities);
-        let (shared, shared_keys) = &*shared_here;
-        for letter in WRITE_LETTERS.into_iter().chain([access::READ]) {
+        // The shared built-ins' nodes are not the class's: it is decided beside their table
+        // (`class::beside`), and their own entries are stored once, in the built-in class.
+        let shared = builtins.shared(relaxations, &mut identities, &mut out.errors);
+        for letter in WRITE_LETTERS {
             let list = rules.paths.entry(letter).or_default();
-            // The shared built-ins are in the class too, for the identity resolution and so
-            // the rules below them are pushed down right; their own nodes are stored once, in
-            // the built-in class (see `builtin_classes`).
-            for (l, node, r) in shared {
-                if *l == letter {
-                    list.push((node.clone(), *r));
-                }
-            }
-            if letter == access::READ {
-                continue;
-            }
             for dir in cgroup_root.iter().cloned() {
                 let mut r = builtin(KVerdict::Block);
                 r.specificity = CGROUP_TREE;
@@ -631,8 +621,9 @@ fn compile_with(
         let mut c = build_class(class, &rules, &mut out.errors, &agent.name);
         c.value.class = class;
         super::report::set_defaults(&mut c.value, reports);
-        identities.resolve(&mut c);
-        drop_shared(&mut c, shared_keys);
+        identities.resolve(&mut c, &shared.table);
+        beside_builtins(&mut c, &shared.table);
+        drop_shared(&mut c, &shared.keys);
         // Every agent reaches the policy proxy (which decides each of its requests).
         c.value.allow |= relaxations | allow::PROXY;
         // Relaxed built-ins: set true by an enforcing policy of the agent, false by none. (A
@@ -724,8 +715,9 @@ fn compile_with(
                 c.value.allow |= allow::PROXY;
             }
             super::report::set_defaults(&mut c.value, reports);
-            identities.resolve(&mut c);
-            drop_shared(&mut c, shared_keys);
+            identities.resolve(&mut c, &shared.table);
+            beside_builtins(&mut c, &shared.table);
+            drop_shared(&mut c, &shared.keys);
             builtins.share(&mut c, &mut identities, &mut out.errors);
             if let Some(list) = seq_list {
                 out.sequences.push((pc, list));
@@ -803,10 +795,17 @@ fn constrained_network(rules: &mut Rules, through_proxy: bool, mut allow_all: Ra
     }
 }
 
-/// The built-in path rules of one combination of relaxations and their keys in a class's
-/// table, shared by the classes with those relaxations (see
-/// [`governance_common::builtin_class`]).
-type Shared = (Vec<(u8, Node, Ranked)>, builtins::SharedKeys);
+/// The built-in path rules of one combination of relaxations, shared by the classes with those
+/// relaxations (see [`governance_common::builtin_class`]).
+struct Shared {
+    nodes: Vec<(u8, Node, Ranked)>,
+    /// Their keys in a class's table ([`shared_keys`]).
+    keys: builtins::SharedKeys,
+    /// With the refusal of the cgroup tree every class has (each allows its own subtree).
+    every_class: Rules,
+    /// `every_class`'s path table: what each class is decided beside ([`class::beside`]).
+    table: Class,
+}
 
 /// A generation's shared built-ins, per combination of relaxations in use: their rules, and
 /// their class (path rules and identity entries), each made on first use.
@@ -821,12 +820,43 @@ struct Builtins<'a> {
 
 impl Builtins<'_> {
     /// The shared built-in rules of the relaxations `relaxed`.
-    fn shared(&mut self, relaxed: u32, identities: &mut Identities) -> Rc<Shared> {
-        let protect = self.protect;
+    fn shared(
+        &mut self,
+        relaxed: u32,
+        identities: &mut Identities,
+        errors: &mut Vec<String>,
+    ) -> Rc<Shared> {
+        let (protect, cgroup_root) = (self.protect, self.cgroup_root);
+        let id = governance_common::builtin_class(class_id(self.generation, 0), relaxed);
         Rc::clone(self.shared.entry(relaxed).or_insert_with(|| {
-            let shared = shared_denied(protect, relaxed, identities);
-            let keys = shared_keys(&shared);
-            Rc::new((shared, keys))
+            let nodes = shared_denied(protect, relaxed, identities);
+            let keys = shared_keys(&nodes);
+            let mut every_class = Rules::default();
+            for (letter, node, r) in nodes.iter().cloned() {
+                every_class.paths.entry(letter).or_default().push((node, r));
+            }
+            for letter in WRITE_LETTERS {
+                for dir in cgroup_root.iter().cloned() {
+                    every_class.paths.entry(letter).or_default().push((
+                        Node {
+                            path: dir,
+                            exact: false,
+                        },
+                        Ranked {
+                            specificity: CGROUP_TREE,
+                            rule: rule_ref(NO_RULE, KVerdict::Block, 0),
+                            shadow: false,
+                        },
+                    ));
+                }
+            }
+            let table = build_class(id, &every_class, errors, "(built-in)");
+            Rc::new(Shared {
+                nodes,
+                keys,
+                every_class,
+                table,
+            })
         }))
     }
 
@@ -848,36 +878,10 @@ impl Builtins<'_> {
         identities: &mut Identities,
         errors: &mut Vec<String>,
     ) -> Class {
+        let shared = self.shared(relaxed, identities, errors);
         let mut rules = Rules::default();
-        for (letter, node, r) in self.shared(relaxed, identities).0.iter().cloned() {
+        for (letter, node, r) in shared.nodes.iter().cloned() {
             rules.paths.entry(letter).or_default().push((node, r));
-        }
-        // The identity entries are looked up in this class only where an agent's class has
-        // none of its own (see `identities::share`), so they are those every class has: the
-        // cgroup tree refused for writes, as in each class (which allows its own subtree).
-        let mut every_class = rules.clone();
-        let cgroup_tree = |path: Vec<u8>, rule: RuleRef, specificity| {
-            (
-                Node { path, exact: false },
-                Ranked {
-                    specificity,
-                    rule,
-                    shadow: false,
-                },
-            )
-        };
-        for letter in WRITE_LETTERS {
-            for dir in self.cgroup_root.iter().cloned() {
-                every_class
-                    .paths
-                    .entry(letter)
-                    .or_default()
-                    .push(cgroup_tree(
-                        dir,
-                        rule_ref(NO_RULE, KVerdict::Block, 0),
-                        CGROUP_TREE,
-                    ));
-            }
         }
         // The path rules are looked up beside each class's, the most severe answer winning:
         // the cgroup tree is the classes' own (each agent's subtree is writable), a hole in
@@ -885,18 +889,26 @@ impl Builtins<'_> {
         if relaxed & allow::KERNEL_SETTINGS == 0 {
             for letter in WRITE_LETTERS {
                 for dir in self.cgroup_root.iter().cloned() {
-                    rules.paths.entry(letter).or_default().push(cgroup_tree(
-                        dir,
-                        RuleRef::default(),
-                        OWN_SUBTREE,
+                    rules.paths.entry(letter).or_default().push((
+                        Node {
+                            path: dir,
+                            exact: false,
+                        },
+                        Ranked {
+                            specificity: OWN_SUBTREE,
+                            rule: RuleRef::default(),
+                            shadow: false,
+                        },
                     ));
                 }
             }
         }
         let id = governance_common::builtin_class(class_id(self.generation, 0), relaxed);
         let mut class = build_class(id, &rules, errors, "(built-in)");
-        let mut idents = build_class(id, &every_class, errors, "(built-in)");
-        identities.resolve(&mut idents);
+        // The identity entries are looked up in this class only where an agent's class has
+        // none of its own (see `identities::share`), so they are those every class has.
+        let mut idents = build_class(id, &shared.every_class, errors, "(built-in)");
+        identities.resolve(&mut idents, &Class::default());
         class.idents = idents.idents;
         class
     }

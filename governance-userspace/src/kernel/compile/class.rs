@@ -18,6 +18,51 @@ pub(super) fn answer(c: &Class, letter: u8, query: &[u8]) -> Option<RulePair> {
         })
 }
 
+/// What one table holding both a class's own path nodes and its shared built-ins' (`builtin`,
+/// see `Builtins`) would answer for `query`: a class is built from its own nodes only, and
+/// decided beside the built-ins' table as if they were one ([`beside`]).
+pub(super) fn answer_with(
+    c: &Class,
+    builtin: &Class,
+    letter: u8,
+    query: &[u8],
+) -> Option<RulePair> {
+    beside(answer(c, letter, query), || answer(builtin, letter, query))
+}
+
+/// A node's answer among a class's own rules (`own`) and the shared built-ins' (`builtin`), as
+/// [`pushed_down`] would give it in one table holding both. Every rule of a class outranks
+/// every shared built-in (a built-in ranks as the refusal of the cgroup tree, [`CGROUP_TREE`];
+/// a rule's path, an agent's own subtree and a sandbox profile's directories rank above it),
+/// and the refusals of the cgroup tree, which rank alike, are the same rule in both. So the
+/// built-ins decide only where no enforcing rule of the class covers the node: then their
+/// refusal enforces, and the class's shadow rule, which outranks it, stays beside it.
+pub(super) fn beside(
+    own: Option<RulePair>,
+    builtin: impl FnOnce() -> Option<RulePair>,
+) -> Option<RulePair> {
+    match own {
+        Some(o) if o.enforce.present != 0 => Some(o),
+        Some(o) => Some(builtin().map_or(o, |b| RulePair {
+            enforce: b.enforce,
+            shadow: o.shadow,
+        })),
+        None => builtin(),
+    }
+}
+
+/// Class `c`'s path entries as one table with its shared built-ins' nodes would hold them
+/// ([`beside`]): only an entry with no enforcing rule of its own can change.
+pub(super) fn beside_builtins(c: &mut Class, builtin: &Class) {
+    for ((letter, node), pair) in c.paths.iter_mut() {
+        if pair.enforce.present == 0
+            && let Some(b) = answer(builtin, *letter, node)
+        {
+            pair.enforce = b.enforce;
+        }
+    }
+}
+
 /// Zero the bits of `addr` past `bits`.
 pub(super) fn masked(addr: [u8; 16], bits: u32) -> [u8; 16] {
     let v = u128::from_be_bytes(addr);

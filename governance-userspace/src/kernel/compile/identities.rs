@@ -324,12 +324,14 @@ impl Identities {
     }
 
     /// Resolve the class's file rules (and what they protect) into `c.idents`.
-    pub(crate) fn resolve(&mut self, c: &mut Class) {
+    pub(crate) fn resolve(&mut self, c: &mut Class, builtin: &Class) {
         let letters = IDENT_LETTERS;
-        // The paths the class's file rules name (exec rules have their own identities).
+        // The paths the class's file rules and its shared built-ins name (exec rules have
+        // their own identities).
         let mut named: Vec<&[u8]> = c
             .paths
             .keys()
+            .chain(builtin.paths.keys())
             .filter(|(l, _)| letters.contains(l))
             .map(|(_, node)| match node.split_last() {
                 Some((0, p)) => p,
@@ -353,7 +355,7 @@ impl Identities {
             // The rules that restrict access to the object itself, or below it.
             let restricting = |query: &[u8]| {
                 letters.map(|l| {
-                    answer(c, l, query)
+                    answer_with(c, builtin, l, query)
                         .filter(restricts)
                         .map(|p| RulePair {
                             enforce: p.enforce,
@@ -395,7 +397,7 @@ impl Identities {
                 scopes.push((SCOPE_BELOW, Node::bytes_of(&real, false)));
             }
             for (scope, query) in scopes {
-                let rules = letters.map(|l| answer(c, l, &query).unwrap_or_default());
+                let rules = letters.map(|l| answer_with(c, builtin, l, &query).unwrap_or_default());
                 if !rules.iter().any(has) {
                     continue;
                 }
@@ -407,7 +409,7 @@ impl Identities {
         }
         // The protected paths missing now: the names they would have (see above).
         for path in missing {
-            let Some((real, name, rule)) = self.missing_name(c, &path) else {
+            let Some((real, name, rule)) = self.missing_name(c, builtin, &path) else {
                 continue;
             };
             let ((dev, ino, _), hash) = (real.1, name_hash(&name));
@@ -463,7 +465,7 @@ impl Identities {
         }
         // The class's answer outside every entry, for the letters it restricts (see
         // governance_common::SCOPE_FILL): a new name is judged with it on both sides.
-        let fill = fill_of(c);
+        let fill = fill_of(c, builtin);
         let filled = fill.iter().any(has);
         if !restricted.contains(&true) && !filled {
             // Nothing restricts: the answers could never change a decision; the kernel skips
@@ -693,9 +695,9 @@ impl Identities {
     /// (canonical path and identity), the name of `path`'s next component there, and the rule
     /// that name is refused by (the path's answer for creating, else for writing), if one
     /// restricts.
-    fn missing_name(&mut self, c: &Class, path: &[u8]) -> Option<MissingName> {
+    fn missing_name(&mut self, c: &Class, builtin: &Class, path: &[u8]) -> Option<MissingName> {
         let query = Node::bytes_of(path, true);
-        let restricting = |letter| answer(c, letter, &query).filter(restricts);
+        let restricting = |letter| answer_with(c, builtin, letter, &query).filter(restricts);
         let rule = restricting(access::CREATE).or_else(|| restricting(access::WRITE))?;
         let rule = RulePair {
             enforce: rule.enforce,
@@ -727,12 +729,13 @@ impl Identities {
 /// for a name only `/` covers (a rule on `/`, else the file default), where that restricts.
 /// Reported as the rule on `/`, or as the built-in or the default it is ([`FILL_BUILTIN`],
 /// [`FILL_DEFAULT`]).
-pub(super) fn fill_of(c: &Class) -> [RulePair; 4] {
+pub(super) fn fill_of(c: &Class, builtin: &Class) -> [RulePair; 4] {
     IDENT_LETTERS.map(|l| {
-        let (rule, default) = match answer(c, l, b"/").filter(|p| p.enforce.present != 0) {
-            Some(p) => (p.enforce, false),
-            None => (c.value.file_default.enforce, true),
-        };
+        let (rule, default) =
+            match answer_with(c, builtin, l, b"/").filter(|p| p.enforce.present != 0) {
+                Some(p) => (p.enforce, false),
+                None => (c.value.file_default.enforce, true),
+            };
         if rule.present == 0 || rule.verdict == KVerdict::Allow as u8 {
             return RulePair::default();
         }
