@@ -40,6 +40,22 @@ pub fn read_to_string(path: impl AsRef<Path>) -> io::Result<String> {
 
 /// A name as procfs's seq files print it (`/proc/self/mountinfo`, `/proc/swaps`), its space,
 /// tab, newline and backslash escaped as octal `\NNN`, back to its bytes.
+/// When process `pid` started (`/proc/PID/stat`'s `starttime`, in clock ticks since boot): with
+/// its pid, it names one process, where a pid alone may be given to another after it exits.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis (the command may hold spaces and parentheses):
+    // state is field 3, starttime field 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// [`start_time`] as the kernel's table of the daemon's processes keeps it
+/// ([`governance_common::maps::PROTECTED`]'s value): its low 32 bits, never 0 (0: not known).
+pub fn start_stamp(pid: u32) -> u32 {
+    start_time(pid).map_or(0, |t| (t as u32).max(1))
+}
+
 pub fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

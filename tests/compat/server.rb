@@ -31,6 +31,13 @@ def answer(what)
   JSON.generate(what.merge('server' => 'sinatra'))
 end
 
+# Another tenant's refunds, on the same server: Sinatra's `host_name` condition reads
+# `request.host`, which Rack takes from `X-Forwarded-Host` whoever sends it.
+post '/v1/refunds', host_name: 'tenant-b.example' do
+  saw('tenant' => 'b')
+  answer('refunded' => 'tenant b')
+end
+
 # `amount` as Sinatra reads a form (params: the query and a form body), else from the JSON
 # body.
 post '/v1/refunds' do

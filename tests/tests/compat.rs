@@ -1416,6 +1416,37 @@ fn form_reading_cases(s: &mut Suite, framework: &'static str, base: String) {
                 )?;
                 Ok(format!("control {control}; {refusals}"))
             });
+            s.case(client, up, "forwarded-host", |s| {
+                // Red team round 21: Rack takes a request's host from `X-Forwarded-Host` (and
+                // Rack 3 from `Forwarded: host=`) whoever sends it, so tenant B's refund route
+                // (a `host_name` condition, tests/compat/server.rb) acted on a request decided
+                // for this host. The control is the `refund` case above.
+                let tenant_b =
+                    |header: &str| post("/v1/refunds", &[json_type, header], r#"{"amount":1}"#);
+                refused(
+                    s,
+                    vec![
+                        (
+                            "X-Forwarded-Host",
+                            tenant_b("x-forwarded-host: tenant-b.example"),
+                            400,
+                            "builtin:request",
+                        ),
+                        (
+                            "X_Forwarded_Host",
+                            tenant_b("x_forwarded_host: tenant-b.example"),
+                            400,
+                            "builtin:request",
+                        ),
+                        (
+                            "Forwarded host",
+                            tenant_b("forwarded: for=192.0.2.1;host=tenant-b.example"),
+                            400,
+                            "builtin:request",
+                        ),
+                    ],
+                )
+            });
             s.case(client, up, "ct-list", |s| {
                 // Rack takes the first of a list of types: a form.
                 refused(

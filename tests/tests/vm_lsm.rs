@@ -2669,6 +2669,17 @@ fn unix_listener(path: &Path) -> std::os::unix::net::UnixListener {
         .unwrap_or_else(|e| panic!("binding {}: {e}", path.display()))
 }
 
+/// [`deny`] of a Unix attempt, refused as a runtime socket.
+fn deny_runtime(k: &mut Loaded, fx: &Fixture, case: &str, attempt: &Attempt) -> Event {
+    let ev = deny(k, fx, case, attempt, Kind::Unix, Control::Succeeds);
+    assert_eq!(
+        unix_builtin(&ev),
+        governance_common::unix_protected::RUNTIME,
+        "{case}"
+    );
+    ev
+}
+
 /// The built-in refusal a Unix decision names (`governance_common::unix_protected`).
 fn unix_builtin(ev: &Event) -> u32 {
     u32::from(ev.detail >> governance_common::unix_detail::PROTECTED_SHIFT)
@@ -2681,7 +2692,7 @@ fn unix_builtin(ev: &Event) -> u32 {
 /// relaxes them, never the daemon's control socket.
 #[test]
 fn unix_runtime_sockets_are_refused_by_identity() {
-    use governance_common::unix_protected::{CONTROL, RUNTIME};
+    use governance_common::unix_protected::CONTROL;
     require_root();
     let fx = Fixture::new("runtime");
     let sock = Path::new("/run/containerd/containerd.sock");
@@ -2699,32 +2710,69 @@ fn unix_runtime_sockets_are_refused_by_identity() {
         k.require(hook);
     }
     let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
-    let ev = deny(
+    deny_runtime(
         &mut k,
         &fx,
         "unix connect to a tmux server's socket",
         &connect(&tmux),
-        Kind::Unix,
-        Control::Succeeds,
     );
-    assert_eq!(unix_builtin(&ev), RUNTIME);
     drop(tmux_listener);
     let _ = std::fs::remove_dir_all(&tmux_dir);
+    // Red team round 21: key agents (ssh-agent's and sshd's forwarded ones in /tmp, OpenSSH's
+    // in ~/.ssh/agent, GnuPG's in ~/.gnupg), journald's stream socket, CUPS, lvmpolld; and
+    // systemd's notification socket, a datagram (`MAINPID=` from root makes any process a
+    // service's main one, which PID 1 then signals).
+    let ssh_dir = PathBuf::from(format!("/tmp/ssh-gov{}", std::process::id()));
+    let made_gnupg = !Path::new("/root/.gnupg").exists();
+    let made_root_ssh_agent = !Path::new("/root/.ssh/agent").exists();
+    let streams = [
+        ssh_dir.join("agent.7"),
+        PathBuf::from("/root/.ssh/agent/s.gov-rt"),
+        PathBuf::from("/root/.gnupg/S.gpg-agent"),
+        PathBuf::from("/run/systemd/journal/stdout"),
+        PathBuf::from("/run/cups/cups.sock"),
+        PathBuf::from("/run/lvm/lvmpolld.socket"),
+    ];
+    let stream_listeners: Vec<_> = streams.iter().map(|p| unix_listener(p)).collect();
+    let notify = Path::new("/run/systemd/notify");
+    std::fs::create_dir_all("/run/systemd").unwrap();
+    let _ = std::fs::remove_file(notify);
+    let notify_socket = std::os::unix::net::UnixDatagram::bind(notify).unwrap();
+    k.reload(&fx.policy(""));
+    for path in &streams {
+        let case = format!("R21 unix connect to {}", path.display());
+        deny_runtime(&mut k, &fx, &case, &connect(path));
+    }
+    let ev = deny_runtime(
+        &mut k,
+        &fx,
+        "R21 a datagram to systemd's notification socket",
+        &Attempt::UnixSendTo { path: cstr(notify) },
+    );
+    assert_eq!(ev.port, governance_common::unix_hook::SEND);
+    drop((stream_listeners, notify_socket));
+    for path in streams.iter().map(PathBuf::as_path).chain([notify]) {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_dir_all(&ssh_dir);
+    if made_gnupg {
+        let _ = std::fs::remove_dir_all("/root/.gnupg");
+    }
+    if made_root_ssh_agent {
+        let _ = std::fs::remove_dir_all("/root/.ssh/agent");
+    }
     // An X server (a client types into any window: XTEST) at its path, and at its abstract
     // name, which is refused whether or not a server listened when the policy was loaded; and a
     // containerd shim of before 1.5 at its abstract name, found among the listening sockets.
     let x11 = Path::new("/tmp/.X11-unix/X77");
     let x11_listener = unix_listener(x11);
     k.reload(&fx.policy(""));
-    let ev = deny(
+    deny_runtime(
         &mut k,
         &fx,
         "unix connect to an X server's socket",
         &connect(x11),
-        Kind::Unix,
-        Control::Succeeds,
     );
-    assert_eq!(unix_builtin(&ev), RUNTIME);
     drop(x11_listener);
     let _ = std::fs::remove_file(x11);
     {
@@ -2745,29 +2793,23 @@ fn unix_runtime_sockets_are_refused_by_identity() {
             ),
             ("unix connect to an X display's abstract name", display),
         ] {
-            let ev = deny(
+            deny_runtime(
                 &mut k,
                 &fx,
                 case,
                 &Attempt::UnixConnectAbstract {
                     name: name.as_bytes().to_vec(),
                 },
-                Kind::Unix,
-                Control::Succeeds,
             );
-            assert_eq!(unix_builtin(&ev), RUNTIME, "{case}");
         }
     }
-    let ev = deny(
+    let ev = deny_runtime(
         &mut k,
         &fx,
         "unix connect to containerd.sock",
         &connect(sock),
-        Kind::Unix,
-        Control::Succeeds,
     );
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
-    assert_eq!(unix_builtin(&ev), RUNTIME);
     assert_eq!(
         ev.port,
         governance_common::unix_hook::CONNECT,
@@ -2805,15 +2847,7 @@ fn unix_runtime_sockets_are_refused_by_identity() {
             proc_root.as_path(),
         ),
     ] {
-        let ev = deny(
-            &mut k,
-            &fx,
-            case,
-            &connect(path),
-            Kind::Unix,
-            Control::Succeeds,
-        );
-        assert_eq!(unix_builtin(&ev), RUNTIME, "{case}");
+        deny_runtime(&mut k, &fx, case, &connect(path));
     }
     deny(
         &mut k,
@@ -2835,15 +2869,12 @@ fn unix_runtime_sockets_are_refused_by_identity() {
     let listener = unix_listener(sock);
     let changed = k.enforcer.unix_sockets_changed().unwrap();
     assert!(changed.runtime, "the re-created socket is noticed");
-    let ev = deny(
+    deny_runtime(
         &mut k,
         &fx,
         "unix re-created runtime socket",
         &connect(sock),
-        Kind::Unix,
-        Control::Succeeds,
     );
-    assert_eq!(unix_builtin(&ev), RUNTIME);
     drop(k);
 
     // Relaxed by the policy: the agent gets the runtime socket (the default decides), but the
@@ -2882,10 +2913,14 @@ fn name_service_sockets_are_refused_unless_relaxed() {
     let nscd = Path::new("/run/nscd/socket");
     let resolved = Path::new("/run/systemd/resolve/io.systemd.Resolve");
     let sssd = Path::new("/var/lib/sss/pipes/nss");
-    let listeners: Vec<_> = [nscd, resolved, sssd]
-        .iter()
-        .map(|p| unix_listener(p))
-        .collect();
+    // Red team round 21: avahi (nss-mdns: a multicast DNS query on the LAN), nslcd and winbind
+    // (the directory servers), sssd's other responders (its PAM pipe: Kerberos requests).
+    let avahi = Path::new("/run/avahi-daemon/socket");
+    let nslcd = Path::new("/run/nslcd/socket");
+    let winbind = Path::new("/run/samba/winbindd/pipe");
+    let sssd_pam = Path::new("/var/lib/sss/pipes/pam");
+    let all = [nscd, resolved, sssd, avahi, nslcd, winbind, sssd_pam];
+    let listeners: Vec<_> = all.iter().map(|p| unix_listener(p)).collect();
     let mut k = fx.load("");
     k.require("unix_stream_connect");
     let connect = |p: &Path| Attempt::UnixConnect { path: cstr(p) };
@@ -2896,6 +2931,10 @@ fn name_service_sockets_are_refused_unless_relaxed() {
             resolved,
         ),
         ("unix connect to sssd's NSS pipe", sssd),
+        ("R21 unix connect to avahi's socket", avahi),
+        ("R21 unix connect to nslcd's socket", nslcd),
+        ("R21 unix connect to winbind's pipe", winbind),
+        ("R21 unix connect to sssd's PAM pipe", sssd_pam),
     ] {
         let ev = deny(
             &mut k,
@@ -2941,7 +2980,7 @@ fn name_service_sockets_are_refused_unless_relaxed() {
     let ev = allow(&mut k, &fx, "relaxed name-service socket", &connect(nscd));
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
     drop(k);
-    for p in [nscd, resolved, sssd] {
+    for p in all {
         let _ = std::fs::remove_file(p);
     }
 }
@@ -3431,19 +3470,24 @@ fn the_control_socket_name_cannot_be_taken_over() {
     let fake = fx.p("tmp/fake.sock");
     let case = "F4 the admin's CLI talks to an agent's server";
     println!("redteam: tried {case}");
-    let mut server = governance_tests::Reaped(
-        governance_tests::command_in(
-            Some(&fx.agent.path),
-            HELPER,
-            &["unix-serve", fake.to_str().unwrap()],
-        )
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
-    governance_tests::wait_until("the agent's server", Duration::from_secs(30), || {
-        fake.exists()
-    });
+    // A listener in the agent at `path`, serving one connection (what it got on its stdout).
+    let agent_server = |path: &Path| {
+        let server = governance_tests::Reaped(
+            governance_tests::command_in(
+                Some(&fx.agent.path),
+                HELPER,
+                &["unix-serve", path.to_str().unwrap()],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+        );
+        governance_tests::wait_until("the agent's server", Duration::from_secs(30), || {
+            path.exists()
+        });
+        server
+    };
+    let mut server = agent_server(&fake);
     let out = std::process::Command::new(governance_bin())
         .args(["approve", "1", "--socket"])
         .arg(&fake)
@@ -3482,6 +3526,33 @@ fn the_control_socket_name_cannot_be_taken_over() {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("redteam: control {case}");
+    // Red team round 22: a process given a stopped daemon's pid, whose entry in the programs'
+    // table of the daemon's processes is left behind, is not the daemon: the entry holds the
+    // daemon's start stamp, not the process's.
+    let case = "R22 the admin's CLI talks to a server holding a stale daemon entry's pid";
+    println!("redteam: tried {case}");
+    let stale = fx.p("tmp/stale.sock");
+    let server = agent_server(&stale);
+    let protected_path = pins
+        .join(governance_common::pins::MAPS)
+        .join(governance_common::maps::PROTECTED);
+    let mut protected: aya::maps::HashMap<_, u32, u32> = aya::maps::HashMap::try_from(
+        aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&protected_path).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    protected.insert(server.id(), 1, 0).unwrap();
+    let out = std::process::Command::new(governance_bin())
+        .args(["approve", "1", "--socket"])
+        .arg(&stale)
+        .output()
+        .unwrap();
+    let _ = protected.remove(&server.id());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{case}: must fail");
+    assert!(err.contains("not the governance daemon"), "{case}: {err}");
+    println!("redteam: denied {case}");
+    drop(server);
     governance_tests::stop_daemon(daemon);
 }
 
@@ -4013,6 +4084,12 @@ fn root_facilities_are_refused_to_agents() {
         ("12 a made-up keyboard (/dev/uinput)", "uinput", 10, 223),
         ("12 a made-up HID device (/dev/uhid)", "uhid", 10, 239),
         (
+            "R21 a character device served by the agent (/dev/cuse)",
+            "cuse",
+            10,
+            203,
+        ),
+        (
             "12 a guest's vsock to the host (/dev/vhost-vsock)",
             "vhost-vsock",
             10,
@@ -4258,6 +4335,22 @@ fn leaving_the_subtree_is_refused() {
     );
     assert_eq!(ev.detail, governance_common::LINK_OP_MKDIR);
     std::fs::remove_dir(instance).expect("the control's tracing instance removed");
+    // The kernel's log: a line written there reaches the node's consoles, escape sequences and
+    // all, with no capability asked (red team round 21).
+    assert!(Path::new("/dev/kmsg").exists(), "the VM has no /dev/kmsg");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R21 open /dev/kmsg to write",
+        &Attempt::open(Path::new("/dev/kmsg"), libc::O_WRONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        governance_common::id_number(ev.rule_id),
+        0,
+        "/dev/kmsg: a built-in path rule"
+    );
     // procfs's other settings, files of no process outside /proc/sys, which root opens for
     // writing with no capability (red team round 7): a PCI device's configuration space (its
     // command register cleared stops the node's disk or network controller), the interrupts'
@@ -6281,6 +6374,17 @@ fn system_files_are_refused() {
     let volume = Path::new("/var/lib/containers/storage/gov-rt-volume");
     std::fs::create_dir_all(volume).unwrap();
     mount_tmpfs(volume);
+    // Root services' command FIFOs (systemd's initctl, dmeventd's), made before the load as
+    // their socket units make them, and a mail system's queue (red team round 21).
+    let fifos = [Path::new("/run/initctl"), Path::new("/run/dmeventd-client")];
+    for fifo in fifos {
+        let _ = std::fs::remove_file(fifo);
+        nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    let made_postfix = !Path::new("/var/spool/postfix").exists();
+    std::fs::create_dir_all("/var/spool/postfix/maildrop").unwrap();
+    let made_apt = !Path::new("/var/lib/apt").exists();
+    std::fs::create_dir_all("/var/lib/apt/lists").unwrap();
     let data = volume.join("data");
     let reset = || {
         std::fs::write(conf, "setting\n").unwrap();
@@ -6623,6 +6727,47 @@ fn system_files_are_refused() {
             "/var/lib/snapd",
         ),
         (
+            "R21 a runlevel written to systemd's /run/initctl FIFO",
+            Attempt::Open {
+                path: c("/run/initctl"),
+                // (A FIFO opened for reading and writing does not wait for a reader.)
+                flags: libc::O_RDWR,
+            },
+            Kind::File,
+            None,
+            "",
+        ),
+        (
+            "R21 a registration written to dmeventd's FIFO (it loads the library it names)",
+            Attempt::Open {
+                path: c("/run/dmeventd-client"),
+                flags: libc::O_RDWR,
+            },
+            Kind::File,
+            None,
+            "",
+        ),
+        (
+            "R21 a message queued for the mail system (/var/spool/postfix/maildrop)",
+            Attempt::Open {
+                path: c("/var/spool/postfix/maildrop/gov-rt"),
+                flags: create,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
+            "/var/spool/postfix/maildrop/gov-rt",
+        ),
+        (
+            "R21 a package list planted for apt (/var/lib/apt/lists)",
+            Attempt::Open {
+                path: c("/var/lib/apt/lists/gov-rt_Packages"),
+                flags: create,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
+            "/var/lib/apt/lists/gov-rt_Packages",
+        ),
+        (
             "R8 a program written into another container's root filesystem",
             Attempt::Open {
                 path: c("/var/lib/containers/storage/overlay/gov-rt/merged/bin/sh"),
@@ -6823,6 +6968,15 @@ fn system_files_are_refused() {
     let _ = std::fs::remove_file(admin);
     if made_kube {
         let _ = std::fs::remove_dir("/etc/kubernetes");
+    }
+    for fifo in fifos {
+        let _ = std::fs::remove_file(fifo);
+    }
+    if made_postfix {
+        let _ = std::fs::remove_dir_all("/var/spool/postfix");
+    }
+    if made_apt {
+        let _ = std::fs::remove_dir_all("/var/lib/apt");
     }
     for mounted in [volume, later] {
         unmount(mounted);

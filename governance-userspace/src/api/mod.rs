@@ -1001,8 +1001,18 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
+    // Whatever is at the name goes: a stale socket, or anything else put there while no daemon
+    // ran (a directory there made every start fail; red team round 22). The directory is the
+    // daemon's own.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            tracing::warn!(
+                "removing the directory at the control socket's name {}",
+                path.display()
+            );
+            std::fs::remove_dir_all(path)?;
+        }
+        Ok(_) => std::fs::remove_file(path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -1018,6 +1028,35 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever was put at the socket's name while no daemon ran (a directory, with something
+    /// in it; a file) does not keep the daemon from binding it (red team round 22).
+    #[tokio::test]
+    async fn the_socket_is_bound_over_whatever_is_at_its_name() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/governance.sock");
+        std::fs::create_dir_all(socket.join("inside")).unwrap();
+        std::fs::write(socket.join("inside/file"), "x").unwrap();
+        drop(bind_socket(&socket).expect("bound over a directory"));
+        assert!(
+            std::fs::symlink_metadata(&socket)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        std::fs::remove_file(&socket).unwrap();
+        std::fs::write(&socket, "a file").unwrap();
+        drop(bind_socket(&socket).expect("bound over a file"));
+        assert!(
+            std::fs::symlink_metadata(&socket)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        // And over a stale socket, as before.
+        drop(bind_socket(&socket).expect("bound over a stale socket"));
+    }
 
     #[test]
     fn since_is_a_time_or_a_duration_back() {

@@ -242,9 +242,15 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .chain(swap_files(
             &crate::procfs::read_to_string("/proc/swaps").unwrap_or_default(),
         ))
+        .chain(CORE_DUMPS.iter().map(PathBuf::from))
         .collect(),
     }
 }
+
+/// Where the node keeps core dumps (systemd-coredump's, apport's): a process's memory, the
+/// daemon's keys and tokens among it if it ever crashed, and other services' secrets (red team
+/// round 22). The daemon also makes itself not dumpable at start.
+pub(super) const CORE_DUMPS: [&str; 2] = ["/var/lib/systemd/coredump", "/var/crash"];
 
 /// The swap files in use, from /proc/swaps (`Filename Type ...`, the name with `\ooo` escapes
 /// for spaces, tabs, newlines and backslashes): every process's swapped-out memory, the
@@ -403,7 +409,10 @@ mod tests {
             Path::new("/sys/fs/cgroup"),
             Path::new("/sys/fs/bpf/g"),
         );
-        for (flag, path) in secrets {
+        for (flag, path) in secrets
+            .into_iter()
+            .chain(CORE_DUMPS.map(|d| ("core dumps", d)))
+        {
             assert!(
                 protect.no_access.contains(&PathBuf::from(path)),
                 "{flag}: {:?}",

@@ -263,6 +263,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             "WARNING: could not set the daemon's oom_score_adj to {OOM_SCORE_ADJ} ({e}): under memory pressure the kernel's OOM killer may pick the daemon, and an agent can make that pressure (set OOMScoreAdjust=-1000 in its unit, or give it CAP_SYS_RESOURCE)"
         );
     }
+    // No core dump of the daemon: its memory holds the audit signing key, the CA's key and the
+    // API's tokens (red team round 22; the unit also sets LimitCORE=0).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        crate::say!("WARNING: could not make the daemon not dumpable: {e}");
+    }
     if let Some(why) = own_mount_namespace() {
         crate::say!("WARNING: {why}");
     }

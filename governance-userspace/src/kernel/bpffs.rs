@@ -137,18 +137,19 @@ pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
 
 /// The processes the kernel programs pinned under `pin_dir` protect ([`maps::PROTECTED`]: the
 /// daemon that loaded them), read from the pin. None if nothing readable is pinned there.
-fn pinned_protected(pin_dir: &Path) -> Option<Vec<u32>> {
+fn pinned_protected(pin_dir: &Path) -> Option<Vec<(u32, u32)>> {
     let path = pin_dir.join(pins::MAPS).join(maps::PROTECTED);
     if !path.exists() {
         return None;
     }
     let map = Map::from_map_data(MapData::from_pin(&path).ok()?).ok()?;
     let protected: HashMap<_, u32, u32> = HashMap::try_from(map).ok()?;
-    Some(protected.keys().filter_map(Result::ok).collect())
+    Some(protected.iter().filter_map(Result::ok).collect())
 }
 
 /// Is `pid` a process the kernel protects from agents (a governance daemon: its tgid is in the
-/// [`maps::PROTECTED`] of some pinned set of programs)? Looks in `extra` (`GOVERNANCE_PINS`),
+/// [`maps::PROTECTED`] of some pinned set of programs, with the start stamp it has now, so that a
+/// process given a stopped daemon's pid is not taken for it; red team round 22)? Looks in `extra` (`GOVERNANCE_PINS`),
 /// the default pin directory and each directory directly below /sys/fs/bpf. None if no pinned
 /// programs were found at all (nothing enforces on this node, or they are pinned elsewhere).
 pub fn protected_by_kernel(pid: u32, extra: Option<&Path>) -> Option<bool> {
@@ -161,7 +162,8 @@ pub fn protected_by_kernel(pid: u32, extra: Option<&Path>) -> Option<bool> {
     let mut found = false;
     for dir in dirs {
         if let Some(pids) = pinned_protected(&dir) {
-            if pids.contains(&pid) {
+            let stamp = crate::procfs::start_stamp(pid);
+            if pids.contains(&(pid, stamp)) && stamp != 0 {
                 return Some(true);
             }
             found = true;

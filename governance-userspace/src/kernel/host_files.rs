@@ -116,7 +116,8 @@ pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio"];
 /// device (`TUNSETIFF` attaches to an existing tun or tap, whose frames no network hook sees:
 /// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
 /// uhid (a keyboard made up, typing into a shell outside the agent), vhost-vsock (a guest's
-/// vsock to the host's services), the legacy watchdog.
+/// vsock to the host's services), the legacy watchdog, CUSE (`/dev/cuse`: a character device
+/// of any name served by the agent, which root services then open; red team round 21).
 pub(super) const BYPASS_DEVICES: &[u32] = &[
     1 << 20 | 1,
     1 << 20 | 2,
@@ -124,6 +125,7 @@ pub(super) const BYPASS_DEVICES: &[u32] = &[
     5 << 20 | 1,
     10 << 20 | 130,
     10 << 20 | 200,
+    10 << 20 | 203,
     10 << 20 | 223,
     10 << 20 | 239,
     10 << 20 | 241,

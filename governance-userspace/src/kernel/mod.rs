@@ -856,7 +856,9 @@ impl Enforcer {
         Ok(())
     }
 
-    /// Processes agents may not signal or trace: the map is reset to exactly these.
+    /// Processes agents may not signal or trace: the map is reset to exactly these, each with
+    /// its start stamp ([`crate::procfs::start_stamp`]), by which the CLI tells the daemon from
+    /// a process given its pid after it exited.
     pub fn protect(&mut self, pids: &[u32]) -> Result<(), KernelError> {
         let name = maps::PROTECTED;
         let mut map: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(name)?)
@@ -866,7 +868,7 @@ impl Enforcer {
             let _ = map.remove(pid);
         }
         for pid in pids {
-            map.insert(pid, 0, 0)
+            map.insert(pid, crate::procfs::start_stamp(*pid), 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
         Ok(())

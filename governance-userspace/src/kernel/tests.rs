@@ -38,6 +38,7 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
         misc(130),
         misc(196),
         misc(200),
+        misc(203),
         misc(223),
         misc(239),
         misc(241),

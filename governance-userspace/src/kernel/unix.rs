@@ -63,6 +63,20 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     // udev's control socket: `--property=LD_PRELOAD=...` goes into the environment of every
     // program a udev rule runs, as root, outside the agent (and `--exit` stops device events).
     "/run/udev/control",
+    // lvmpolld runs `lvm lvpoll` as root with the configuration directory a client names.
+    "/run/lvm/lvmpolld.socket",
+    // systemd's notification socket: a root sender's `MAINPID=` makes any process its
+    // service's main one, which the service manager then signals (`WATCHDOG=trigger`: this
+    // daemon killed by PID 1; red team round 21). Refused unless runtime sockets are allowed
+    // (an agent that is a `Type=notify` service needs that).
+    "/run/systemd/notify",
+    // journald's stream socket: a new stream names its own unit and asks for its lines on the
+    // node's console (a stream systemd set up as a service's output was connected before the
+    // agent ran and is not affected).
+    "/run/systemd/journal/stdout",
+    // CUPS: a queue pointed at `ipp://<anywhere>` and a job sent to it, by cupsd.
+    "/run/cups/cups.sock",
+    "/var/run/cups/cups.sock",
 ];
 
 /// The same, per user, below `/run/user/<uid>/` (a user's systemd manager, session bus,
@@ -77,10 +91,33 @@ pub const USER_RUNTIME_SOCKETS: &[&str] = &[
     "libvirt/virtqemud-sock",
     // GnuPG's dirmngr fetches the keyserver and WKD URLs a client names (red team round 11).
     "gnupg/S.dirmngr",
+    // Key agents: they sign and decrypt with the user's keys for any client (red team round
+    // 21).
+    "gnupg/S.gpg-agent",
+    "gnupg/S.gpg-agent.ssh",
+    "gnupg/S.gpg-agent.extra",
+    "gnupg/S.gpg-agent.browser",
+    "openssh_agent",
+    "keyring/ssh",
+    "gcr/ssh",
     // Wayland compositors (some let any client make a virtual keyboard).
     "wayland-0",
     "wayland-1",
 ];
+
+/// The same, below each home /etc/passwd names: GnuPG's agent and dirmngr where the user has no
+/// runtime directory (their sockets are then in `~/.gnupg`).
+pub const HOME_RUNTIME_SOCKETS: &[&str] = &[
+    ".gnupg/S.gpg-agent",
+    ".gnupg/S.gpg-agent.ssh",
+    ".gnupg/S.gpg-agent.extra",
+    ".gnupg/S.gpg-agent.browser",
+    ".gnupg/S.dirmngr",
+];
+
+/// Directories below each home every socket of which is a runtime's: OpenSSH's agents (10.1
+/// and later put them in `~/.ssh/agent/`).
+pub const HOME_RUNTIME_SOCKET_DIRS: &[&str] = &[".ssh/agent"];
 
 /// Directories every socket of which is a runtime's: containerd's shims (their task API execs
 /// processes in containers), and PHP-FPM's pools (FastCGI runs the script a request names).
@@ -112,6 +149,9 @@ pub const RUNTIME_SOCKET_SUBDIRS: &[(&str, &str)] = &[
     ("/tmp", "emacs"),
     ("/run/screen", "S-"),
     ("/var/run/screen", "S-"),
+    // ssh-agent's and sshd's forwarded agents (`/tmp/ssh-XXXX/agent.N`): signatures with a
+    // user's keys (red team round 21).
+    ("/tmp", "ssh-"),
 ];
 
 /// Sockets of services that look names up for their clients: nscd's (glibc asks it first for
@@ -124,11 +164,25 @@ pub const NAME_SERVICE_SOCKETS: &[&str] = &[
     "/run/nscd/socket",
     "/var/run/nscd/socket",
     "/var/lib/sss/pipes/nss",
+    // nss-mdns asks avahi (a name made up goes out as a multicast DNS query), nss-ldapd's
+    // nslcd and winbind ask the directory servers (red team round 21).
+    "/run/avahi-daemon/socket",
+    "/var/run/avahi-daemon/socket",
+    "/run/nslcd/socket",
+    "/var/run/nslcd/socket",
+    "/run/samba/winbindd/pipe",
+    "/var/run/samba/winbindd/pipe",
+    "/var/lib/samba/winbindd_privileged/pipe",
 ];
 
 /// Directories every socket of which is a name service's: systemd-resolved's varlink sockets
-/// (`io.systemd.Resolve`, which nss-resolve asks, and its siblings).
-pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &["/run/systemd/resolve"];
+/// (`io.systemd.Resolve`, which nss-resolve asks, and its siblings), and sssd's responders
+/// (NSS, PAM's Kerberos requests, SSH keys, sudo rules, autofs maps).
+pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &[
+    "/run/systemd/resolve",
+    "/var/lib/sss/pipes",
+    "/var/lib/sss/pipes/private",
+];
 
 /// Every name-service socket path to look at now ([`NAME_SERVICE_SOCKET_DIRS`] expanded).
 pub fn name_service_socket_paths() -> Vec<PathBuf> {
@@ -160,6 +214,10 @@ pub fn resolve_name_service_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
 pub fn runtime_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = RUNTIME_SOCKETS.iter().map(PathBuf::from).collect();
     let mut dirs: Vec<PathBuf> = RUNTIME_SOCKET_DIRS.iter().map(PathBuf::from).collect();
+    for home in homes(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()) {
+        out.extend(HOME_RUNTIME_SOCKETS.iter().map(|s| home.join(s)));
+        dirs.extend(HOME_RUNTIME_SOCKET_DIRS.iter().map(|d| home.join(d)));
+    }
     for (parent, prefix) in RUNTIME_SOCKET_SUBDIRS {
         if let Ok(entries) = std::fs::read_dir(parent) {
             let mut subdirs: Vec<PathBuf> = entries
@@ -187,6 +245,18 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The home directories `passwd` (the text of /etc/passwd) names, absolute ones, once each, `/`
+/// aside; and root's, `/root`, whether or not it has a line.
+fn homes(passwd: &str) -> BTreeSet<PathBuf> {
+    passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(5))
+        .filter(|h| h.starts_with('/') && *h != "/")
+        .chain(["/root"])
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// The identity the kernel sees for the socket file at `path` (symlinks followed, as connect()

@@ -185,6 +185,46 @@ impl Condition {
         out
     }
 
+    /// Why `doc` could be read with its top-level members wrapped in one object, or unwrapped,
+    /// where this condition looks, if it could. Rails' `ParamsWrapper` (on for JSON by
+    /// default) copies a body's top-level members into `params[<controller>]` when the body has
+    /// no member of that name, and scaffolded controllers read only that: so `{"amount": 1}` is
+    /// `refund.amount` to a `RefundsController`, and `{"refund": {"amount": 1}}` holds the
+    /// `amount` it acts on one level down. Ambiguous: a path `$.k…` whose `k` the body lacks at
+    /// the top but has in an object one level down, and a path `$.w.k…` whose `w` the body
+    /// lacks while it has `k` at the top (each in any spelling [`alike`] reads as it; red team
+    /// round 21). For request bodies (an MCP tool's arguments are not wrapped).
+    pub fn wrapped(&self, doc: &Value) -> Option<String> {
+        let Value::Object(top) = doc else {
+            return None;
+        };
+        let key = |i: usize| match self.path.get(i) {
+            Some(Step::Key(k)) => Some(k.as_str()),
+            _ => None,
+        };
+        let has = |map: &serde_json::Map<String, Value>, k: &str| map.keys().any(|x| alike(x, k));
+        let first = key(0)?;
+        if has(top, first) {
+            return None;
+        }
+        if let Some((outer, _)) = top
+            .iter()
+            .find(|(_, v)| v.as_object().is_some_and(|inner| has(inner, first)))
+        {
+            return Some(format!(
+                "`{}`: the body has no `{first}` but `{outer}` holds one, and Rails reads a body's members wrapped in an object of the controller's name",
+                self.path()
+            ));
+        }
+        let second = key(1)?;
+        has(top, second).then(|| {
+            format!(
+                "`{}`: the body has no `{first}` but has `{second}` at the top, which Rails wraps in an object of the controller's name",
+                self.path()
+            )
+        })
+    }
+
     /// The value at the condition's path in `doc`, if there is one.
     pub fn lookup<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
         walk(&self.path, doc)
@@ -672,9 +712,53 @@ pub fn numeric_string(s: &str) -> NumericString {
         return Decimal(Num::Int(n));
     }
     match t.trim_start_matches('+').parse::<f64>() {
+        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() > MAX_SAFE_INTEGER as f64 => {
+            // `"9007199254740993.0"`: 9007199254740993 to Python's `int()` and pydantic.
+            Ambiguous("a whole number beyond 2^53, which JavaScript rounds and Python does not")
+        }
+        Ok(_) if !exact_as_double(t) => Ambiguous(INEXACT),
         Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
         _ => Ambiguous("out of range"),
     }
+}
+
+/// Why a decimal with more digits than a double holds is refused where a rule compares it.
+pub const INEXACT: &str = "more digits than a double holds: readers of doubles (JavaScript, Python's float) round it, readers of decimals (pydantic's Decimal, BigDecimal) do not";
+
+/// Whether the plain decimal number `text` (as JSON writes numbers; a `+` allowed) is exactly the
+/// double it parses to: `0.1` and `0.30000000000000004` are (a double's shortest spelling),
+/// `100.000000000000001` is not (100 as a double, above 100 as a decimal; red team round 22).
+pub fn exact_as_double(text: &str) -> bool {
+    let t = text.trim();
+    match t.trim_start_matches('+').parse::<f64>() {
+        Ok(f) if f.is_finite() => decimal_parts(t) == decimal_parts(&format!("{f:e}")),
+        _ => false,
+    }
+}
+
+/// A plain decimal number's sign, significant digits (no leading or trailing zeros) and the
+/// power of ten of its last digit; zero is `(false, "", 0)`. An exponent past `i64` reads as 0
+/// (such a number is no double: [`exact_as_double`] refuses it first).
+fn decimal_parts(t: &str) -> (bool, String, i64) {
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.trim_start_matches('+')),
+    };
+    let (mantissa, exponent) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().unwrap_or(0)),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let significant = digits.trim_start_matches('0').trim_end_matches('0');
+    if significant.is_empty() {
+        return (false, String::new(), 0);
+    }
+    let trailing = digits.len() - digits.trim_end_matches('0').len();
+    let last = exponent
+        .saturating_sub(i64::try_from(frac.len()).unwrap_or(i64::MAX))
+        .saturating_add(i64::try_from(trailing).unwrap_or(0));
+    (negative, significant.to_owned(), last)
 }
 
 /// The value at `steps` in `doc`, if there is one.

@@ -9,6 +9,12 @@
 //!   headers, or a `_method` query parameter, naming a method other than the request's (Express's
 //!   `method-override`, Rails, Laravel act on them): 400. On a host whose rules name methods, the
 //!   same in a POST's body (`body_method_override`).
+//! - **Forwarded targets**: `X-Forwarded-Host`, `X-Forwarded-Server`, `X-Original-Host`,
+//!   `X-Host` or `Forwarded: host=` naming another host or port than the request's,
+//!   `X-Forwarded-Port` naming another port, and `X-Original-URL` or `X-Rewrite-URL` naming
+//!   another path (Rack and Rails take the host from `X-Forwarded-Host` unconditionally, Express
+//!   with `trust proxy`, Werkzeug's `ProxyFix`; IIS and older Symfony the path from the others):
+//!   400 ([`forwarded_target`]).
 //!
 //! On a *body-governed route*, one where an enforcing rule that could match the host, method
 //! and path has body or MCP conditions ([`Engine::body_route`]), and on MCP endpoints, the body
@@ -84,6 +90,10 @@ pub enum Refused {
         "the query string carries `{0}`, a field that body rules of this route decide on (frameworks that merge query and body read it)"
     )]
     QueryField(String),
+    #[error(
+        "`{0}` names another target than the request's: upstreams behind proxies act on it, the proxy decides on the request's own host, port and path"
+    )]
+    Forwarded(String),
     #[error("more than one {0} header")]
     Headers(&'static str),
     #[error("{0}")]
@@ -167,6 +177,7 @@ impl Refused {
             StatusCode::PAYLOAD_TOO_LARGE => "body too large",
             _ => match self {
                 Refused::MethodOverride(_)
+                | Refused::Forwarded(_)
                 | Refused::QueryField(_)
                 | Refused::FormField(_)
                 | Refused::Ambiguous(_)
@@ -185,6 +196,7 @@ impl Refused {
     pub fn rule(&self) -> &'static str {
         match self {
             Refused::MethodOverride(_)
+            | Refused::Forwarded(_)
             | Refused::Headers(_)
             | Refused::Header(_)
             | Refused::PathCase(..)
@@ -237,6 +249,7 @@ pub fn evaluate(
     super::request::strip_hop_by_hop(&mut sent);
     let headers = &sent;
     method_override(head, headers)?;
+    forwarded_target(head, headers)?;
     if head.method == "POST"
         && let Some(bytes) = body
         && engine.names_methods(view, &head.host)
@@ -267,6 +280,10 @@ pub fn evaluate(
         let json = match body {
             Some(bytes) => read_json(headers, bytes, limit, &route)?,
             None => None,
+        };
+        let json = match json {
+            Some(v) if mcp_endpoint => Some(sampled_tool_uses(v)?),
+            json => json,
         };
         // An MCP message is a POST with a JSON-RPC body: an empty POST is invalid JSON there.
         // (A GET or DELETE without a body is the transport's own: its event stream, the end of
@@ -561,6 +578,77 @@ fn field_names(name: &str) -> [Cow<'_, str>; 5] {
     ]
 }
 
+/// Headers from which servers behind a proxy take the request's host, and its port when one
+/// is written (a comma-separated list: Rails reads the last element, Express the first).
+const FORWARDED_HOSTS: [&str; 4] = [
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-original-host",
+    "x-host",
+];
+
+/// Headers from which some servers take the request's path (IIS's URL Rewrite, Symfony
+/// before 2018, Zend).
+const REWRITTEN_PATHS: [&str; 2] = ["x-original-url", "x-rewrite-url"];
+
+/// A header naming another host, port or path than the request's own, under any name a server
+/// reads as one of [`FORWARDED_HOSTS`], `Forwarded` (its `host=` parameters),
+/// `X-Forwarded-Port` or [`REWRITTEN_PATHS`] ([`same_header`]): the agent is not a proxy, so
+/// the upstream would act on a target the proxy did not decide (red team round 21: Rack took
+/// `X-Forwarded-Host: tenant-b` on a request allowed for `Host: tenant-a`). One that names the
+/// request's own target passes.
+fn forwarded_target(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
+    let port = head
+        .port
+        .unwrap_or(if head.tls.is_some() { 443 } else { 80 });
+    // `host[:port]` as written in a header, quotes and whitespace aside: the request's own?
+    let own = |authority: &str| {
+        let a = authority.trim().trim_matches('"');
+        let (host, written_port) = match a.strip_prefix('[') {
+            Some(rest) => match rest.split_once(']') {
+                Some((h, tail)) => (h, tail.strip_prefix(':')),
+                None => return false,
+            },
+            None => match a.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') => (h, Some(p)),
+                _ => (a, None),
+            },
+        };
+        let host = host.strip_suffix('.').unwrap_or(host);
+        host.eq_ignore_ascii_case(&head.host)
+            && written_port.is_none_or(|p| p.trim().parse::<u16>() == Ok(port))
+    };
+    for (name, v) in headers {
+        let name = name.as_str();
+        let value = String::from_utf8_lossy(v.as_bytes());
+        let refused = if FORWARDED_HOSTS.iter().any(|h| same_header(name, h)) {
+            !value.split(',').all(own)
+        } else if same_header(name, "forwarded") {
+            value
+                .split([',', ';'])
+                .filter_map(|pair| pair.split_once('='))
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
+                .any(|(_, h)| !own(h))
+        } else if same_header(name, "x-forwarded-port") {
+            !value
+                .split(',')
+                .all(|p| p.trim().parse::<u16>() == Ok(port))
+        } else if REWRITTEN_PATHS.iter().any(|h| same_header(name, h)) {
+            let target = match &head.query {
+                Some(q) => format!("{}?{q}", head.path),
+                None => head.path.clone(),
+            };
+            value.trim() != head.path && value.trim() != target
+        } else {
+            false
+        };
+        if refused {
+            return Err(Refused::Forwarded(format!("{name}: {}", value.trim())));
+        }
+    }
+    Ok(())
+}
+
 /// Whether some parser reads a parameter named `name` as `_method` (any case, [`field_names`]).
 fn is_method_field(name: &str) -> bool {
     field_names(name)
@@ -793,12 +881,20 @@ fn carried_field<'r>(route: &'r BodyRoute<'_>, pairs: &str) -> Option<&'r str> {
     }
     query_pairs(pairs).find_map(|(name, _)| {
         let names = field_names(&name);
+        // `refund[amount]` carries `amount` one level down: where the body does not name
+        // `refund`, Rails reads it as the wrapped body's `amount` (see `Condition::wrapped`).
+        let inner = name
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map(|(inner, _)| inner);
         fields
             .iter()
             .find(|f| {
                 names
                     .iter()
-                    .any(|n| crate::policy::cond::alike(f, n.trim()))
+                    .map(|n| n.trim())
+                    .chain(inner)
+                    .any(|n| crate::policy::cond::alike(f, n))
             })
             .copied()
     })
@@ -983,12 +1079,47 @@ fn read_json(
         return Err(Refused::FormField(f.to_owned()));
     }
     match parse_json(bytes) {
+        Ok(_) if let Some(n) = inexact_number(text) => Err(Refused::Ambiguous(format!(
+            "the number {n} has {}",
+            crate::policy::cond::INEXACT
+        ))),
         Ok(v) => Ok(Some(v)),
         Err(e) => match &media {
             Some(m) if !m.is_json() => Err(Refused::MediaType(m.essence.clone())),
             _ => Err(Refused::Json(e.to_string())),
         },
     }
+}
+
+/// The first number of the JSON `text` (valid JSON) that is not exactly the double the parser
+/// reads ([`crate::policy::cond::exact_as_double`]): the parser keeps the double, a server that
+/// reads decimals keeps the digits. Integers are read exactly (past 2^64 they are doubles, whole
+/// ones, refused where a rule compares them).
+fn inexact_number(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let (mut i, mut in_string) = (0, false);
+    while i < b.len() {
+        match (in_string, b[i]) {
+            (true, b'\\') => i += 2,
+            (true, b'"') | (false, b'"') => {
+                in_string = !in_string;
+                i += 1;
+            }
+            (false, b'-' | b'0'..=b'9') => {
+                let start = i;
+                while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    i += 1;
+                }
+                let n = &text[start..i];
+                if n.contains(['.', 'e', 'E']) && !crate::policy::cond::exact_as_double(n) {
+                    return Some(n);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 fn bom(b: &[u8]) -> Option<&'static str> {
@@ -1152,6 +1283,44 @@ fn check_structure(v: &Value, route: &BodyRoute<'_>, mcp_endpoint: bool) -> Resu
     }
 }
 
+/// A JSON-RPC response that carries tool uses (a sampling result whose model asked for tools,
+/// `"stopReason": "toolUse"`), as the `tools/call`s the server runs for them: an MCP server that
+/// samples with tools runs each `tool_use` block of the answer (its `input` as the arguments), so
+/// the agent's answer is a tool call of its own, decided by the MCP rules like a batch of calls
+/// (red team round 22). Any other message is returned as it is.
+fn sampled_tool_uses(v: Value) -> Result<Value, Refused> {
+    let blocks = match v.get("result").and_then(|r| r.get("content")) {
+        Some(Value::Array(blocks)) if v.get("method").is_none() => blocks.iter().collect(),
+        Some(block @ Value::Object(_)) if v.get("method").is_none() => vec![block],
+        _ => return Ok(v),
+    };
+    let mut calls = Vec::new();
+    for block in blocks {
+        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+            continue;
+        }
+        let (Some(name), Some(input @ Value::Object(_))) = (
+            block.get("name").and_then(Value::as_str),
+            block.get("input"),
+        ) else {
+            return Err(Refused::JsonRpc(
+                "a tool_use without a `name` string and an `input` object".into(),
+            ));
+        };
+        calls.push(serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": v.get("id").cloned().unwrap_or(Value::Null),
+            "method": "tools/call",
+            "params": {"name": name, "arguments": input},
+        }));
+    }
+    Ok(if calls.is_empty() {
+        v
+    } else {
+        Value::Array(calls)
+    })
+}
+
 fn has_edge_noise(s: &str) -> bool {
     s.trim() != s || s.chars().any(char::is_control)
 }
@@ -1218,6 +1387,9 @@ fn check_conditions(v: &Value, route: &BodyRoute<'_>) -> Result<(), Refused> {
     for doc in docs {
         for c in &route.body {
             ambiguous(c, doc)?;
+            if let Some(why) = c.wrapped(doc) {
+                return Err(Refused::Ambiguous(why));
+            }
         }
         if route.arguments.is_empty() {
             continue;

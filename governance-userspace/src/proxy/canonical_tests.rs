@@ -82,6 +82,20 @@ fn refund(body: &[u8], extra: &[(&str, &str)]) -> Result<(String, String), Refus
     eval(&engine, &view, "POST", "/v1/refunds", &headers, body)
 }
 
+/// [`verdict`] of a small refund posted with the query `query`.
+fn refund_with_query(query: &str) -> String {
+    let (engine, view) = engine_for("agents/refund-1", None);
+    let target = format!("/v1/refunds?{query}");
+    verdict(eval(
+        &engine,
+        &view,
+        "POST",
+        &target,
+        &[HOST, JSON],
+        br#"{"amount":50}"#,
+    ))
+}
+
 fn verdict(r: Result<(String, String), Refused>) -> String {
     match r {
         Ok((v, rule)) => format!("{v} {rule}"),
@@ -410,21 +424,24 @@ fn query_fields_method_overrides_and_arrays() {
     );
 }
 
-#[test]
-fn json_rpc_batches_and_variants() {
+/// [`verdict`] of `body` posted to the research agent's MCP endpoint.
+fn research_mcp(body: serde_json::Value) -> String {
     let (engine, view) = engine_for("agents/research", Some("research-agent"));
     let host = ("host", "mcp.search.example");
+    verdict(eval(
+        &engine,
+        &view,
+        "POST",
+        "/mcp",
+        &[host, JSON],
+        body.to_string().as_bytes(),
+    ))
+}
+
+#[test]
+fn json_rpc_batches_and_variants() {
     let call = |tool: &str| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {}}});
-    let run = |body: serde_json::Value| {
-        verdict(eval(
-            &engine,
-            &view,
-            "POST",
-            "/mcp",
-            &[host, JSON],
-            body.to_string().as_bytes(),
-        ))
-    };
+    let run = research_mcp;
     assert_eq!(run(call("run_shell")), "block research-agent/no-shell-tool");
     assert_eq!(
         run(json!([call("list_tools"), call("run_shell")])),
@@ -451,13 +468,14 @@ fn json_rpc_batches_and_variants() {
         assert_eq!(run(bad.clone()), "refused 400 builtin:jsonrpc", "{bad}");
     }
     // Duplicate names inside params: refused as JSON.
+    let (engine, view) = engine_for("agents/research", Some("research-agent"));
     assert_eq!(
         verdict(eval(
             &engine,
             &view,
             "POST",
             "/mcp",
-            &[host, JSON],
+            &[("host", "mcp.search.example"), JSON],
             br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"list_tools","name":"run_shell"}}"#
         )),
         "refused 400 builtin:invalid-json"
@@ -1529,20 +1547,9 @@ fn bodies_servers_read_as_forms_and_content_types_they_read_otherwise_are_refuse
     for name in [
         "]]amount", "[[amount", "]amount", "amount]", "[]amount", ".amount",
     ] {
-        let (engine, view) = engine_for("agents/refund-1", None);
-        let target = format!(
-            "/v1/refunds?{}=99999",
-            name.replace('[', "%5B").replace(']', "%5D")
-        );
+        let query = format!("{}=99999", name.replace('[', "%5B").replace(']', "%5D"));
         assert_eq!(
-            verdict(eval(
-                &engine,
-                &view,
-                "POST",
-                &target,
-                &[HOST, JSON],
-                br#"{"amount":50}"#
-            )),
+            refund_with_query(&query),
             "refused 400 builtin:body",
             "{name}"
         );
@@ -1952,4 +1959,206 @@ fn restricting_header_rules_read_values_as_servers_do() {
     }
     // Control.
     assert_eq!(env("staging"), "allow default");
+}
+
+/// A header naming another host, port or path than the request's own, under any spelling a
+/// server reads as it, is refused: Rack and Rails take the host from `X-Forwarded-Host`
+/// unconditionally (red team round 21), Express with `trust proxy`, Werkzeug's `ProxyFix`,
+/// Rack 3 from `Forwarded: host=`. One naming the request's own target passes.
+#[test]
+fn forwarded_targets_other_than_the_request_s_are_refused() {
+    let body = br#"{"amount": 50}"#;
+    let control = verdict(refund(body, &[JSON]));
+    assert!(control.starts_with("allow "), "{control}");
+    for header in [
+        ("x-forwarded-host", "tenant-b.example"),
+        ("X_Forwarded_Host", "tenant-b.example"),
+        ("x.forwarded.host", "tenant-b.example"),
+        ("x-forwarded-host", "api.payments.example, tenant-b.example"),
+        ("x-forwarded-host", "tenant-b.example, api.payments.example"),
+        ("x-forwarded-host", "api.payments.example:8443"),
+        ("x-forwarded-host", "[::1]"),
+        ("x-forwarded-server", "tenant-b.example"),
+        ("x-original-host", "tenant-b.example"),
+        ("x-host", "tenant-b.example"),
+        ("forwarded", "for=192.0.2.1;host=tenant-b.example"),
+        (
+            "forwarded",
+            "for=192.0.2.1, host=\"tenant-b.example\";proto=https",
+        ),
+        ("Forwarded", "HOST=tenant-b.example"),
+        ("x-forwarded-port", "8443"),
+        ("x-original-url", "/v1/admin/refunds"),
+        ("X_Rewrite_URL", "/v1/admin/refunds"),
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[JSON, header])),
+            "refused 400 builtin:request",
+            "{header:?}"
+        );
+    }
+    // Controls: the request's own target, in any case, with its port, quoted; other
+    // forwarding headers.
+    for header in [
+        ("x-forwarded-host", "API.Payments.Example"),
+        (
+            "x-forwarded-host",
+            "api.payments.example:80, api.payments.example.",
+        ),
+        (
+            "forwarded",
+            "for=192.0.2.1;host=\"api.payments.example\";proto=http",
+        ),
+        ("x-forwarded-port", "80"),
+        ("x-original-url", "/v1/refunds"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "192.0.2.1"),
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[JSON, header])),
+            control,
+            "{header:?}"
+        );
+    }
+}
+
+/// Rails wraps a JSON body's members in `params[<controller>]` when the body has no member of
+/// that name, and scaffolded controllers read only that: a field a rule reads at the top that
+/// the body holds one level down instead, or a nested field whose outer object is missing
+/// while the inner key is at the top, is the same field to it (red team round 21). So is a
+/// query parameter `refund[amount]`.
+#[test]
+fn wrapped_parameters_are_read_both_ways() {
+    for body in [
+        &br#"{"refund": {"amount": 5000}}"#[..],
+        br#"{"refund": {"Amount": 5000}, "currency": "EUR"}"#,
+        br#"{"anything": {"amount": 5000}}"#,
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[JSON])),
+            "refused 400 builtin:body",
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    assert_eq!(
+        refund_with_query("refund[amount]=5000"),
+        "refused 400 builtin:body"
+    );
+    // The other way round: a rule on `$.refund.amount`, a body with `amount` at the top.
+    let nested = policy::parse(&[(
+        "n.yaml".into(),
+        "name: n\nagents: { cgroup: agents/n }\nrules:\n  - id: big\n    http: { host: shop.example, method: POST, path: /v1/refunds, body: ['$.refund.amount > 1000'] }\n    verdict: block\n    reason: big refunds\n  - id: rest\n    http: { host: shop.example }\n    verdict: allow\n    reason: the rest\n"
+            .to_owned(),
+    )])
+    .unwrap();
+    let engine = Engine::new(nested, 1);
+    let view = engine.agent(&AgentRef {
+        name: "agents/n".into(),
+        cgroup: "agents/n".into(),
+        label: None,
+        pod: None,
+    });
+    let post = |body: &[u8]| {
+        verdict(eval(
+            &engine,
+            &view,
+            "POST",
+            "/v1/refunds",
+            &[("host", "shop.example"), JSON],
+            body,
+        ))
+    };
+    assert_eq!(post(br#"{"amount": 5000}"#), "refused 400 builtin:body");
+    assert_eq!(post(br#"{"refund": {"amount": 5000}}"#), "block n/big");
+    // Controls: the field where the rule reads it, next to others of the same name deeper;
+    // a body without the field anywhere; another query parameter.
+    assert_eq!(
+        post(br#"{"refund": {"amount": 5}, "amount": 5000}"#),
+        "allow n/rest"
+    );
+    assert_eq!(post(br#"{"note": "x"}"#), "allow n/rest");
+    let control = verdict(refund(
+        br#"{"amount": 50, "meta": {"amount": 5000}}"#,
+        &[JSON],
+    ));
+    assert!(control.starts_with("allow "), "{control}");
+    assert!(refund_with_query("refund[note]=x").starts_with("allow "));
+}
+
+/// A decimal with more digits than a double holds is one number to a reader of doubles and
+/// another to a reader of decimals (pydantic's `Decimal`): `100.000000000000001` is 100 to the
+/// first, above 100 to the second. Refused on a body route, as a JSON number or as a string a rule
+/// compares; so is a whole-number string beyond 2^53 (`"9007199254740993.0"`: Python's `int()`
+/// keeps it, JavaScript rounds it) (red team round 22). A double's own spelling passes.
+#[test]
+fn decimals_a_double_does_not_hold_are_refused() {
+    for body in [
+        &br#"{"amount": 100.000000000000001}"#[..],
+        br#"{"amount": 50, "fee": 0.10000000000000000001}"#,
+        br#"{"amount": "100.000000000000001"}"#,
+        br#"{"amount": "9007199254740993.0"}"#,
+        br#"{"amount": 1.00000000000000000000000000001e2}"#,
+    ] {
+        assert_eq!(
+            verdict(refund(body, &[JSON])),
+            "refused 400 builtin:body",
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // Controls: doubles' own spellings, exponents, integers, digits in strings no rule compares.
+    for body in [
+        &br#"{"amount": 0.30000000000000004}"#[..],
+        br#"{"amount": 50.5, "rate": 1e-7}"#,
+        br#"{"amount": 5E1}"#,
+        br#"{"amount": 50, "id": 123456789012345678901}"#,
+        br#"{"amount": 50, "note": "100.000000000000001 \"1.00000000000000000001\""}"#,
+    ] {
+        let v = verdict(refund(body, &[JSON]));
+        assert!(
+            v.starts_with("allow "),
+            "{}: {v}",
+            String::from_utf8_lossy(body)
+        );
+    }
+}
+
+/// An MCP server that samples with tools runs the `tool_use` blocks of the answer: the agent's
+/// answer to its `sampling/createMessage` is a tool call of the agent's own, decided by the MCP
+/// rules as one (red team round 22).
+#[test]
+fn tool_uses_in_a_sampling_answer_are_decided_as_tool_calls() {
+    let run = research_mcp;
+    let answer = |content: serde_json::Value| {
+        json!({"jsonrpc": "2.0", "id": 0, "result": {"role": "assistant", "model": "m",
+            "stopReason": "toolUse", "content": content}})
+    };
+    let tool_use = |name: &str| json!({"type": "tool_use", "id": "t1", "name": name, "input": {"cmd": "curl x | sh"}});
+    assert_eq!(
+        run(answer(json!([tool_use("run_shell")]))),
+        "block research-agent/no-shell-tool"
+    );
+    assert_eq!(
+        run(answer(tool_use("run_shell"))),
+        "block research-agent/no-shell-tool"
+    );
+    assert_eq!(
+        run(answer(
+            json!([{"type": "text", "text": "ok"}, tool_use("run_shell")])
+        )),
+        "block research-agent/no-shell-tool"
+    );
+    // A tool use the server could not read as one is refused.
+    assert_eq!(
+        run(answer(
+            json!([{"type": "tool_use", "id": "t1", "name": "run_shell", "input": "x"}])
+        )),
+        "refused 400 builtin:jsonrpc"
+    );
+    // Controls: a text answer, another tool's use, a call of another tool.
+    let text = run(answer(json!([{"type": "text", "text": "ok"}])));
+    assert!(text.starts_with("allow "), "{text}");
+    let other = run(answer(json!([tool_use("calculator")])));
+    assert!(other.starts_with("allow "), "{other}");
 }

@@ -65,10 +65,13 @@ pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<(PathBuf, Foun
 /// `kernel.modprobe` (on any unknown module request), binfmt_misc (an interpreter for every
 /// exec of a matching file, mounted at /proc/sys/fs/binfmt_misc), `/sys/kernel/uevent_helper`
 /// (on every device event). The rest reconfigure the node under the policy (sysctls, device and
-/// driver attributes in sysfs) or stop it (`/proc/sysrq-trigger`). Agents may not write them
+/// driver attributes in sysfs) or stop it (`/proc/sysrq-trigger`); and the kernel's log
+/// (`/dev/kmsg`, written with no capability: lines that reach the node's consoles, escape
+/// sequences and all; red team round 21). Agents may not write them
 /// unless a policy allows kernel settings; their own cgroup subtree (below /sys/fs/cgroup) is
 /// more specific and stays writable.
-pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger", "/sys"];
+pub(super) const KERNEL_SETTINGS: [&str; 4] =
+    ["/proc/sys", "/proc/sysrq-trigger", "/sys", "/dev/kmsg"];
 
 /// The node's own programs, and the files that make the node run a program as root outside
 /// every agent: the schedulers (cron, at), the service manager's units (in /etc, /usr/lib and
@@ -86,11 +89,30 @@ pub(super) const KERNEL_SETTINGS: [&str; 3] = ["/proc/sys", "/proc/sysrq-trigger
 /// and the instance object it unpickles (`/var/lib/cloud`), DKMS's module sources (built as
 /// root for every new kernel), logind's linger list (a user's service manager started at boot),
 /// the container device specifications (`/run/cdi`: a hook there runs as root for the next
-/// container that asks for the device; red team round 15). Agents may not write, create, truncate or
+/// container that asks for the device; red team round 15). Also the FIFOs root services read
+/// commands from, from any writer (red team round 21): dmeventd's (`dlopen` of the library a
+/// registration names, as root) and systemd's `/run/initctl` (a runlevel: power off, reboot,
+/// rescue mode with every service stopped, this daemon's included); the mail and print spools
+/// (a message queued in `/var/spool/postfix` or `exim4` is sent by the mail system, outside
+/// the agent, wherever it names); and apt's lists, downloaded packages and debconf answers (what
+/// the next `apt upgrade` installs, as root). Agents may not write, create, truncate or
 /// name anything there unless a policy allows system files. (With the big directories of
 /// [`NOT_ENUMERATED`].)
-pub(super) const SYSTEM_FILES: [&str; 25] = [
+pub(super) const SYSTEM_FILES: [&str; 38] = [
     "/etc",
+    "/run/dmeventd-client",
+    "/run/dmeventd-server",
+    "/run/initctl",
+    "/var/spool/postfix",
+    "/var/spool/exim4",
+    "/var/spool/mqueue",
+    "/var/spool/clientmqueue",
+    "/var/spool/nullmailer",
+    "/var/spool/dma",
+    "/var/spool/cups",
+    "/var/lib/apt",
+    "/var/cache/apt",
+    "/var/cache/debconf",
     "/var/lib/cloud",
     "/var/lib/dkms",
     "/var/lib/systemd/linger",
