@@ -38,8 +38,6 @@ pub fn read_to_string(path: impl AsRef<Path>) -> io::Result<String> {
     Ok(s)
 }
 
-/// A name as procfs's seq files print it (`/proc/self/mountinfo`, `/proc/swaps`), its space,
-/// tab, newline and backslash escaped as octal `\NNN`, back to its bytes.
 /// When process `pid` started (`/proc/PID/stat`'s `starttime`, in clock ticks since boot): with
 /// its pid, it names one process, where a pid alone may be given to another after it exits.
 pub fn start_time(pid: u32) -> Option<u64> {
@@ -56,6 +54,8 @@ pub fn start_stamp(pid: u32) -> u32 {
     start_time(pid).map_or(0, |t| (t as u32).max(1))
 }
 
+/// A name as procfs's seq files print it (`/proc/self/mountinfo`, `/proc/swaps`), its space,
+/// tab, newline and backslash escaped as octal `\NNN`, back to its bytes.
 pub fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

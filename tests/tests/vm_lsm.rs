@@ -1536,13 +1536,20 @@ fn processes_outside_the_agent_are_out_of_reach() {
         .unwrap();
     let bpid = bystander.id() as i32;
     // Its own image, not the test's it was forked from: the address read below must stay mapped.
+    // A mapping of busybox itself, once the exec has made it (`/proc/PID/exe` names the new
+    // program before its segments are mapped: an address read then may be gone a moment later).
+    let busybox_mapping = || {
+        let maps = std::fs::read_to_string(format!("/proc/{bpid}/maps")).ok()?;
+        maps.lines()
+            .find(|l| l.ends_with(BUSYBOX))
+            .and_then(|l| u64::from_str_radix(l.split('-').next()?, 16).ok())
+    };
     governance_tests::wait_until(
-        "the bystander to have exec'd busybox",
+        "the bystander to have mapped busybox",
         Duration::from_secs(20),
-        || std::fs::read_link(format!("/proc/{bpid}/exe")).is_ok_and(|e| e == Path::new(BUSYBOX)),
+        || busybox_mapping().is_some(),
     );
-    let maps = std::fs::read_to_string(format!("/proc/{bpid}/maps")).unwrap();
-    let addr = u64::from_str_radix(maps.split('-').next().unwrap(), 16).unwrap();
+    let addr = busybox_mapping().expect("busybox mapped");
     let proc_file =
         |name: &str| Attempt::open(Path::new(&format!("/proc/{bpid}/{name}")), libc::O_WRONLY);
     let cases: [(&str, Attempt, i32, Kind); 11] = [

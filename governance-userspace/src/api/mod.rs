@@ -1002,15 +1002,17 @@ pub fn bind_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixLi
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     // Whatever is at the name goes: a stale socket, or anything else put there while no daemon
-    // ran (a directory there made every start fail; red team round 22). The directory is the
-    // daemon's own.
+    // ran (a directory there made every start fail; red team round 22). A directory is moved
+    // aside, not removed: what is below it (a mount, another's files) is left as it is.
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
+            let aside = path.with_extension(format!("stale-{}", std::process::id()));
             tracing::warn!(
-                "removing the directory at the control socket's name {}",
-                path.display()
+                "moving the directory at the control socket's name {} aside, to {}",
+                path.display(),
+                aside.display()
             );
-            std::fs::remove_dir_all(path)?;
+            std::fs::rename(path, &aside)?;
         }
         Ok(_) => std::fs::remove_file(path)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -188,11 +188,7 @@ pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &[
 pub fn name_service_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = NAME_SERVICE_SOCKETS.iter().map(PathBuf::from).collect();
     for dir in NAME_SERVICE_SOCKET_DIRS {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            let mut socks: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            socks.sort();
-            out.extend(socks);
-        }
+        out.extend(sockets_in(Path::new(dir)));
     }
     out
 }
@@ -215,7 +211,12 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = RUNTIME_SOCKETS.iter().map(PathBuf::from).collect();
     let mut dirs: Vec<PathBuf> = RUNTIME_SOCKET_DIRS.iter().map(PathBuf::from).collect();
     for home in homes(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()) {
-        out.extend(HOME_RUNTIME_SOCKETS.iter().map(|s| home.join(s)));
+        out.extend(
+            HOME_RUNTIME_SOCKETS
+                .iter()
+                .map(|s| home.join(s))
+                .filter(|p| !is_symlink(p)),
+        );
         dirs.extend(HOME_RUNTIME_SOCKET_DIRS.iter().map(|d| home.join(d)));
     }
     for (parent, prefix) in RUNTIME_SOCKET_SUBDIRS {
@@ -231,20 +232,43 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
         }
     }
     for dir in dirs {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            let mut socks: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-            socks.sort();
-            out.extend(socks);
-        }
+        out.extend(sockets_in(&dir));
     }
     if let Ok(users) = std::fs::read_dir("/run/user") {
         let mut dirs: Vec<PathBuf> = users.flatten().map(|e| e.path()).collect();
         dirs.sort();
         for dir in dirs {
-            out.extend(USER_RUNTIME_SOCKETS.iter().map(|s| dir.join(s)));
+            out.extend(
+                USER_RUNTIME_SOCKETS
+                    .iter()
+                    .map(|s| dir.join(s))
+                    .filter(|p| !is_symlink(p)),
+            );
         }
     }
     out
+}
+
+/// The sockets in `dir`, sorted: socket files only, never a symlink (in a directory a user
+/// writes, `/tmp/ssh-*` or a home's, a link would have the daemon refuse whatever it points to
+/// as this kind of socket, another kind's or a service's every agent uses; round 23).
+fn sockets_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut socks: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.path())
+        .collect();
+    socks.sort();
+    socks
+}
+
+/// `path` is a symlink (its own name, not followed).
+fn is_symlink(path: &Path) -> bool {
+    path.symlink_metadata()
+        .is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// The home directories `passwd` (the text of /etc/passwd) names, absolute ones, once each, `/`
@@ -571,6 +595,22 @@ impl Enforcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Listed directories give their socket files only: a symlink there (in `/tmp/ssh-*`, a
+    /// home) would have the daemon refuse what it points to as this kind of socket (round 23).
+    #[test]
+    fn listed_directories_give_sockets_not_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let real = dir.path().join("agent.1");
+        let _real = std::os::unix::net::UnixListener::bind(&real).unwrap();
+        let elsewhere = other.path().join("service.sock");
+        let _elsewhere = std::os::unix::net::UnixListener::bind(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("agent.2")).unwrap();
+        std::fs::write(dir.path().join("notes"), "x").unwrap();
+        assert_eq!(sockets_in(dir.path()), [real]);
+        assert!(is_symlink(&dir.path().join("agent.2")));
+    }
 
     #[test]
     fn socket_identity_is_the_socket_file_whatever_names_it() {

@@ -204,17 +204,19 @@ impl Condition {
         };
         let has = |map: &serde_json::Map<String, Value>, k: &str| map.keys().any(|x| alike(x, k));
         let first = key(0)?;
-        if has(top, first) {
-            return None;
-        }
+        // Held one level down too, with or without one at the top: where the body names the
+        // controller's object, Rails does not wrap and reads the field inside it (round 23).
         if let Some((outer, _)) = top
             .iter()
             .find(|(_, v)| v.as_object().is_some_and(|inner| has(inner, first)))
         {
             return Some(format!(
-                "`{}`: the body has no `{first}` but `{outer}` holds one, and Rails reads a body's members wrapped in an object of the controller's name",
+                "`{}`: `{outer}` holds a `{first}` too, and Rails reads a body's members wrapped in an object of the controller's name",
                 self.path()
             ));
+        }
+        if has(top, first) {
+            return None;
         }
         let second = key(1)?;
         has(top, second).then(|| {

@@ -624,11 +624,18 @@ fn forwarded_target(head: &Head, headers: &HeaderMap) -> Result<(), Refused> {
         let refused = if FORWARDED_HOSTS.iter().any(|h| same_header(name, h)) {
             !value.split(',').all(own)
         } else if same_header(name, "forwarded") {
-            value
-                .split([',', ';'])
-                .filter_map(|pair| pair.split_once('='))
-                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("host"))
-                .any(|(_, h)| !own(h))
+            // Every `host=` in the value, wherever it starts: Spring, Reactor Netty and Vert.x
+            // find one with an unanchored pattern (`xhost=`, inside a quoted `by=`; round 23).
+            let lower = value.to_ascii_lowercase();
+            lower.match_indices("host=").any(|(i, _)| {
+                let rest = &value[i + "host=".len()..];
+                let end = rest
+                    .char_indices()
+                    .skip(usize::from(rest.starts_with('"')))
+                    .find(|&(_, c)| matches!(c, ';' | ',' | '"'))
+                    .map_or(rest.len(), |(j, _)| j);
+                !own(&rest[..end])
+            })
         } else if same_header(name, "x-forwarded-port") {
             !value
                 .split(',')
@@ -883,10 +890,18 @@ fn carried_field<'r>(route: &'r BodyRoute<'_>, pairs: &str) -> Option<&'r str> {
         let names = field_names(&name);
         // `refund[amount]` carries `amount` one level down: where the body does not name
         // `refund`, Rails reads it as the wrapped body's `amount` (see `Condition::wrapped`).
-        let inner = name
-            .split_once('[')
-            .and_then(|(_, rest)| rest.split_once(']'))
-            .map(|(inner, _)| inner);
+        // As Rack 2 reads it, step by step: the first name after any leading brackets, then
+        // the next one after the brackets that follow it (`[refund][amount]`,
+        // `refund[[amount]]`: round 23).
+        let inner = {
+            let rest = name.trim_start_matches(['[', ']']);
+            let first = rest.split(['[', ']']).next().unwrap_or("");
+            rest[first.len()..]
+                .trim_start_matches(['[', ']'])
+                .split(['[', ']'])
+                .next()
+                .filter(|n| !n.is_empty())
+        };
         fields
             .iter()
             .find(|f| {
@@ -1283,42 +1298,59 @@ fn check_structure(v: &Value, route: &BodyRoute<'_>, mcp_endpoint: bool) -> Resu
     }
 }
 
-/// A JSON-RPC response that carries tool uses (a sampling result whose model asked for tools,
-/// `"stopReason": "toolUse"`), as the `tools/call`s the server runs for them: an MCP server that
-/// samples with tools runs each `tool_use` block of the answer (its `input` as the arguments), so
-/// the agent's answer is a tool call of its own, decided by the MCP rules like a batch of calls
-/// (red team round 22). Any other message is returned as it is.
+/// A message that carries tool uses the server runs, as the `tools/call`s of those tools: the
+/// answer to a server's sampling request whose model asked for tools (a JSON-RPC response whose
+/// `result.content` holds `tool_use` blocks), and, from the 2026-07-28 protocol on, the same
+/// answers carried inside a retried request's `params.inputResponses` (red team rounds 22 and
+/// 23). An MCP server that samples with tools runs each block (its `input` as the arguments),
+/// so the message is decided as a batch of calls: the request itself, if it is one, and a call
+/// per block. A block with no `type` is a tool use to the Python SDK (`ToolUseContent`'s type
+/// defaults to it) when it has a `name` or an `input`. Any other message is returned as it is.
 fn sampled_tool_uses(v: Value) -> Result<Value, Refused> {
-    let blocks = match v.get("result").and_then(|r| r.get("content")) {
-        Some(Value::Array(blocks)) if v.get("method").is_none() => blocks.iter().collect(),
-        Some(block @ Value::Object(_)) if v.get("method").is_none() => vec![block],
-        _ => return Ok(v),
-    };
-    let mut calls = Vec::new();
-    for block in blocks {
-        if block.get("type").and_then(Value::as_str) != Some("tool_use") {
-            continue;
-        }
-        let (Some(name), Some(input @ Value::Object(_))) = (
-            block.get("name").and_then(Value::as_str),
-            block.get("input"),
-        ) else {
-            return Err(Refused::JsonRpc(
-                "a tool_use without a `name` string and an `input` object".into(),
-            ));
-        };
-        calls.push(serde_json::json!({
-            "jsonrpc": "2.0",
-            "id": v.get("id").cloned().unwrap_or(Value::Null),
-            "method": "tools/call",
-            "params": {"name": name, "arguments": input},
-        }));
+    let mut results: Vec<&Value> = Vec::new();
+    if v.get("method").is_none() {
+        results.extend(v.get("result"));
+    } else if let Some(Value::Object(answers)) = v.pointer("/params/inputResponses") {
+        results.extend(answers.values());
     }
-    Ok(if calls.is_empty() {
-        v
-    } else {
-        Value::Array(calls)
-    })
+    let mut calls = Vec::new();
+    for result in results {
+        let blocks: Vec<&Value> = match result.get("content") {
+            Some(Value::Array(blocks)) => blocks.iter().collect(),
+            Some(block @ Value::Object(_)) => vec![block],
+            _ => continue,
+        };
+        for block in blocks {
+            let tool_use = match block.get("type") {
+                Some(t) => t.as_str() == Some("tool_use"),
+                None => block.get("name").is_some() || block.get("input").is_some(),
+            };
+            if !tool_use {
+                continue;
+            }
+            let (Some(name), Some(input @ Value::Object(_))) = (
+                block.get("name").and_then(Value::as_str),
+                block.get("input"),
+            ) else {
+                return Err(Refused::JsonRpc(
+                    "a tool_use without a `name` string and an `input` object".into(),
+                ));
+            };
+            calls.push(serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": v.get("id").cloned().unwrap_or(Value::Null),
+                "method": "tools/call",
+                "params": {"name": name, "arguments": input},
+            }));
+        }
+    }
+    if calls.is_empty() {
+        return Ok(v);
+    }
+    if v.get("method").is_some() {
+        calls.insert(0, v);
+    }
+    Ok(Value::Array(calls))
 }
 
 fn has_edge_noise(s: &str) -> bool {

@@ -1987,6 +1987,9 @@ fn forwarded_targets_other_than_the_request_s_are_refused() {
             "for=192.0.2.1, host=\"tenant-b.example\";proto=https",
         ),
         ("Forwarded", "HOST=tenant-b.example"),
+        // Found wherever it starts by Spring, Reactor Netty and Vert.x (round 23).
+        ("forwarded", "for=192.0.2.1;xhost=tenant-b.example"),
+        ("forwarded", "by=\"host=tenant-b.example\";for=192.0.2.1"),
         ("x-forwarded-port", "8443"),
         ("x-original-url", "/v1/admin/refunds"),
         ("X_Rewrite_URL", "/v1/admin/refunds"),
@@ -2033,6 +2036,9 @@ fn wrapped_parameters_are_read_both_ways() {
         &br#"{"refund": {"amount": 5000}}"#[..],
         br#"{"refund": {"Amount": 5000}, "currency": "EUR"}"#,
         br#"{"anything": {"amount": 5000}}"#,
+        // With a decoy at the top: the body names the controller's object, Rails does not
+        // wrap and reads the one inside (round 23).
+        br#"{"amount": 1, "refund": {"amount": 5000}}"#,
     ] {
         assert_eq!(
             verdict(refund(body, &[JSON])),
@@ -2041,10 +2047,18 @@ fn wrapped_parameters_are_read_both_ways() {
             String::from_utf8_lossy(body)
         );
     }
-    assert_eq!(
-        refund_with_query("refund[amount]=5000"),
-        "refused 400 builtin:body"
-    );
+    for query in [
+        "refund[amount]=5000",
+        // Rack 2 reads both as `refund[amount]` (round 23).
+        "[refund][amount]=5000",
+        "refund[[amount]]=5000",
+    ] {
+        assert_eq!(
+            refund_with_query(query),
+            "refused 400 builtin:body",
+            "{query}"
+        );
+    }
     // The other way round: a rule on `$.refund.amount`, a body with `amount` at the top.
     let nested = policy::parse(&[(
         "n.yaml".into(),
@@ -2078,10 +2092,7 @@ fn wrapped_parameters_are_read_both_ways() {
         "allow n/rest"
     );
     assert_eq!(post(br#"{"note": "x"}"#), "allow n/rest");
-    let control = verdict(refund(
-        br#"{"amount": 50, "meta": {"amount": 5000}}"#,
-        &[JSON],
-    ));
+    let control = verdict(refund(br#"{"amount": 50, "meta": {"note": "x"}}"#, &[JSON]));
     assert!(control.starts_with("allow "), "{control}");
     assert!(refund_with_query("refund[note]=x").starts_with("allow "));
 }
@@ -2149,6 +2160,26 @@ fn tool_uses_in_a_sampling_answer_are_decided_as_tool_calls() {
         )),
         "block research-agent/no-shell-tool"
     );
+    // A block with no `type` is a tool use to the Python SDK (round 23).
+    assert_eq!(
+        run(answer(
+            json!([{"id": "t1", "name": "run_shell", "input": {"cmd": "x"}}])
+        )),
+        "block research-agent/no-shell-tool"
+    );
+    // From the 2026-07-28 protocol on, the answer comes back inside the retried request
+    // (`params.inputResponses`): the request and the tool uses are decided (round 23).
+    let retried = |tool: &str| {
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "calculator",
+            "arguments": {}, "inputResponses": {"s1": {"role": "assistant", "model": "m",
+            "stopReason": "toolUse", "content": [tool_use(tool)]}}}})
+    };
+    assert_eq!(
+        run(retried("run_shell")),
+        "block research-agent/no-shell-tool"
+    );
+    let other = run(retried("calculator"));
+    assert!(other.starts_with("allow "), "{other}");
     // A tool use the server could not read as one is refused.
     assert_eq!(
         run(answer(
