@@ -159,10 +159,10 @@ pub fn protected_by_kernel(pid: u32, extra: Option<&Path>) -> Option<bool> {
     if let Ok(entries) = std::fs::read_dir(bpffs) {
         dirs.extend(entries.flatten().map(|e| e.path()).take(256));
     }
+    let stamp = crate::procfs::start_stamp(pid);
     let mut found = false;
     for dir in dirs {
         if let Some(pids) = pinned_protected(&dir) {
-            let stamp = crate::procfs::start_stamp(pid);
             if pids.contains(&(pid, stamp)) && stamp != 0 {
                 return Some(true);
             }

@@ -49,6 +49,7 @@ mod identities;
 mod selectors;
 mod sequence;
 
+pub(crate) use self::builtins::homes;
 pub use self::builtins::*;
 pub(crate) use self::identities::severer;
 pub use self::identities::{ReadAhead, unlisted_mounts};

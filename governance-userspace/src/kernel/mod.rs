@@ -50,11 +50,11 @@ pub use self::{
 };
 
 pub use canary::Canary;
-pub(crate) use compile::Selectors;
 pub use compile::{
     Class, KernelPolicy, Protect, ReadAhead, bucket_id, compile, compile_ahead, compile_from,
     unlisted_mounts,
 };
+pub(crate) use compile::{Selectors, homes};
 pub use handover::Carried;
 
 /// The eBPF object, built by build.rs from governance-ebpf for this very build.

@@ -210,7 +210,8 @@ pub fn resolve_name_service_sockets() -> BTreeMap<(u32, u64), Vec<PathBuf>> {
 pub fn runtime_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = RUNTIME_SOCKETS.iter().map(PathBuf::from).collect();
     let mut dirs: Vec<PathBuf> = RUNTIME_SOCKET_DIRS.iter().map(PathBuf::from).collect();
-    for home in homes(&std::fs::read_to_string("/etc/passwd").unwrap_or_default()) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for home in super::homes(&passwd) {
         out.extend(
             HOME_RUNTIME_SOCKETS
                 .iter()
@@ -269,18 +270,6 @@ fn sockets_in(dir: &Path) -> Vec<PathBuf> {
 fn is_symlink(path: &Path) -> bool {
     path.symlink_metadata()
         .is_ok_and(|m| m.file_type().is_symlink())
-}
-
-/// The home directories `passwd` (the text of /etc/passwd) names, absolute ones, once each, `/`
-/// aside; and root's, `/root`, whether or not it has a line.
-fn homes(passwd: &str) -> BTreeSet<PathBuf> {
-    passwd
-        .lines()
-        .filter_map(|l| l.split(':').nth(5))
-        .filter(|h| h.starts_with('/') && *h != "/")
-        .chain(["/root"])
-        .map(PathBuf::from)
-        .collect()
 }
 
 /// The identity the kernel sees for the socket file at `path` (symlinks followed, as connect()

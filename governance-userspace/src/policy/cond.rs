@@ -718,7 +718,7 @@ pub fn numeric_string(s: &str) -> NumericString {
             // `"9007199254740993.0"`: 9007199254740993 to Python's `int()` and pydantic.
             Ambiguous("a whole number beyond 2^53, which JavaScript rounds and Python does not")
         }
-        Ok(_) if !exact_as_double(t) => Ambiguous(INEXACT),
+        Ok(f) if !is_double(t, f) => Ambiguous(INEXACT),
         Ok(f) if f.is_finite() => Decimal(Num::Float(f)),
         _ => Ambiguous("out of range"),
     }
@@ -732,10 +732,14 @@ pub const INEXACT: &str = "more digits than a double holds: readers of doubles (
 /// `100.000000000000001` is not (100 as a double, above 100 as a decimal; red team round 22).
 pub fn exact_as_double(text: &str) -> bool {
     let t = text.trim();
-    match t.trim_start_matches('+').parse::<f64>() {
-        Ok(f) if f.is_finite() => decimal_parts(t) == decimal_parts(&format!("{f:e}")),
-        _ => false,
-    }
+    t.trim_start_matches('+')
+        .parse::<f64>()
+        .is_ok_and(|f| is_double(t, f))
+}
+
+/// [`exact_as_double`], with `f` the double `t` parses to.
+fn is_double(t: &str, f: f64) -> bool {
+    f.is_finite() && decimal_parts(t) == decimal_parts(&format!("{f:e}"))
 }
 
 /// A plain decimal number's sign, significant digits (no leading or trailing zeros) and the

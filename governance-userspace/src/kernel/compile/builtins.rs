@@ -289,7 +289,7 @@ fn system_files() -> impl Iterator<Item = &'static str> {
 /// each, in its order, at most [`MAX_HOMES`], but for homes inside [`SYSTEM_FILES`] (`/bin`,
 /// `/usr/sbin`: covered whole already). Root's is `/root` whatever `passwd` says (a node image
 /// without root's line still runs root's programs).
-fn homes(passwd: &str) -> Vec<&Path> {
+pub(crate) fn homes(passwd: &str) -> Vec<&Path> {
     let mut seen = std::collections::HashSet::new();
     std::iter::once("/root")
         .chain(passwd.lines().filter_map(|l| l.split(':').nth(5)))
