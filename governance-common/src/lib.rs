@@ -510,6 +510,12 @@ pub mod allow {
 /// identity entries are shared under the same class (see [`IdentKey`], shared entries).
 pub const BUILTIN_CLASS_BASE: u32 = 0x7fff_ff00;
 
+/// The class number of an agent root the daemon found while it could not build a generation
+/// (a policy that does not fit the kernel's tables, say): no tables of its own and every
+/// default refusing, so everything it does is refused until a generation governs it
+/// ([`AgentValue::refusing_everything`]). Below the built-in classes; no compiled class reaches it.
+pub const QUARANTINE_CLASS: u32 = BUILTIN_CLASS_BASE - 1;
+
 /// The class of the shared built-in path rules for an agent of class `class` (slot bit
 /// included) whose [`allow`] bits are `allow`.
 /// (Kernel settings 1, system files 2, runtime sockets 4: the orchestrator's credentials.)
@@ -663,6 +669,11 @@ pub mod guard {
     /// no create), fscrypt's encryption policy on a directory, FAT's attributes (a chmod with
     /// no `path_chmod`; round 20). [`crate::Event::object`]: the command.
     pub const FILESYSTEM_IOCTL: u8 = 17;
+    /// An upper-layer protocol put on a TCP socket (`TCP_ULP`): `smc` moves the connection's
+    /// data to SMC-R or SMC-D (loopback on 6.12), which no packet program sees, on a socket
+    /// made without `socket_create` (red team round 24); kTLS (`tls`) falls back to TLS in
+    /// user space. [`crate::Event::object`]: (level << 32) | option.
+    pub const SOCKET_ULP: u8 = 18;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -684,6 +695,7 @@ pub mod guard {
             PACKET_MARK => "a packet mark or transparent socket (routing and firewalls act on it)",
             MAPPED_CODE => "a write to a file a process maps as code, under an exec allowlist",
             FILESYSTEM_IOCTL => "a filesystem ioctl past the file hooks (subvolumes, extent moves)",
+            SOCKET_ULP => "an upper-layer protocol on a TCP socket (TCP_ULP)",
             _ => "?",
         }
     }
@@ -781,6 +793,35 @@ pub struct AgentValue {
 }
 
 impl AgentValue {
+    /// Class `class` with no relaxation, no capability, and exec, files, the network and Unix
+    /// sockets refused by default: a sandboxed process whose profile is gone, an agent root
+    /// under quarantine ([`QUARANTINE_CLASS`]).
+    pub const fn refusing_everything(class: u32) -> Self {
+        let block = RulePair {
+            enforce: RuleRef {
+                rule_id: NO_RULE,
+                verdict: Verdict::Block as u8,
+                present: 1,
+                aux: 0,
+            },
+            shadow: RuleRef {
+                rule_id: 0,
+                verdict: 0,
+                present: 0,
+                aux: 0,
+            },
+        };
+        AgentValue {
+            class,
+            allow: 0,
+            exec_default: block,
+            file_default: block,
+            net_default: block,
+            unix_default: block,
+            allow_caps: 0,
+        }
+    }
+
     /// Does its exec default block (an exec allowlist)? Then no code may run that an exec rule
     /// did not decide: what the built-ins refuse besides (mapped code written, process memory,
     /// tracers) is refused only to these agents.
@@ -1137,9 +1178,11 @@ pub struct GrantKey {
     /// for connect and send; for unix, (dev << 32 ^ ino) of the socket file or the name's
     /// [`unix_name_hash`].
     pub object: u64,
-    /// Connect and send: the destination address, exactly (IPv4 mapped); otherwise zero. A
-    /// 64-bit fold of a destination is shared by other destinations (red team round 11: 2^16
-    /// IPv4 address and port pairs per value of [`net_object`]).
+    /// Connect and send: the destination address, exactly (IPv4 mapped). File: the opened
+    /// object's device and inode ([`GrantKey::identity`]). Otherwise zero. A 64-bit fold of a
+    /// destination is shared by other destinations (red team round 11: 2^16 IPv4 address and
+    /// port pairs per value of [`net_object`]), and a path's hash by paths an agent can make
+    /// (round 24).
     pub addr: [u8; 16],
 }
 
@@ -1167,6 +1210,15 @@ impl GrantKey {
         self
     }
 
+    /// A file's grant, for exactly this object: its device (the first four bytes, native
+    /// order) and inode number (the last eight) in [`addr`](Self::addr), beside the path's
+    /// hash in [`object`](Self::object). The file program writes the same bytes into its
+    /// event's `addr`.
+    pub const fn identity(mut self, addr: [u8; 16]) -> Self {
+        self.addr = addr;
+        self
+    }
+
     /// A destination's grant: exactly this address, port and protocol.
     pub const fn destination(mut self, addr: [u8; 16], port: u16, protocol: u8) -> Self {
         self.addr = addr;
@@ -1187,7 +1239,7 @@ impl GrantKey {
             addr: [0; 16],
         };
         if ev.kind == Kind::File as u8 {
-            key.accesses(ev.detail)
+            key.accesses(ev.detail).identity(ev.addr)
         } else if ev.kind == Kind::Connect as u8 || ev.kind == Kind::Send as u8 {
             key.destination(ev.addr, ev.port, ev.detail)
         } else {

@@ -35,6 +35,9 @@ pub const CRED_CAP_EFFECTIVE: &str = "OFF_CRED_CAP_EFFECTIVE";
 pub const CRED_CAP_PERMITTED: &str = "OFF_CRED_CAP_PERMITTED";
 /// `task_struct.flags`: `PF_IO_WORKER` (an io_uring worker thread; caps.rs).
 pub const TASK_FLAGS: &str = "OFF_TASK_FLAGS";
+/// `task_struct.io_uring`: the task's io_uring context, set once it has submitted to a ring
+/// (caps.rs), or [`NO_FIELD`] where the kernel is built without io_uring.
+pub const TASK_IO_URING: &str = "OFF_TASK_IO_URING";
 pub const TASK_MM: &str = "OFF_TASK_MM";
 pub const MM_EXE_FILE: &str = "OFF_MM_EXE_FILE";
 pub const CRED_USER_NS: &str = "OFF_CRED_USER_NS";

@@ -11,6 +11,8 @@ pub enum Attach {
     SockOps,
     /// cgroup_skb/egress at the cgroup2 root.
     SkbEgress,
+    /// cgroup/sock_create (a cgroup_sock program) at the cgroup2 root.
+    SockCreate,
 }
 
 /// A program of the object.
@@ -211,6 +213,15 @@ pub const SEQUENCE_EGRESS: Program = Program {
     what: "sequence rules on established connections (per packet)",
     required: true,
 };
+/// New IPv4 and IPv6 sockets other than TCP and UDP, refused to agents in the network stack
+/// (see governance-ebpf's sock_create.rs): the `socket_create` LSM hook's decision, on kernels
+/// without BPF LSM too.
+pub const SOCK_CREATE: Program = Program {
+    name: "sock_create",
+    attach: Attach::SockCreate,
+    what: "ping, raw, SCTP, MPTCP and UDP-Lite sockets",
+    required: true,
+};
 /// Tie an agent's connection to the proxy to its original destination, by source address and
 /// port.
 pub const SOCK_OPS: Program = Program {
@@ -252,7 +263,7 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 72] = [
+pub const ALL: [Program; 73] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -263,6 +274,7 @@ pub const ALL: [Program; 72] = [
     BIND4,
     BIND6,
     SEQUENCE_EGRESS,
+    SOCK_CREATE,
     EXEC,
     FILE,
     SOCKET_CREATE,

@@ -11,11 +11,15 @@ use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::
 use governance_common::{
     Kind, allow, caps,
     caps::{URING_PERSONALITY, URING_SQPOLL},
+    offsets::NO_FIELD,
 };
 
 use crate::{
     decide::{Decision, current_agent, emit, lsm_ret},
-    kernel::{CAP_OPT_NOAUDIT, OFF_TASK_FLAGS, OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL, off, read_at},
+    kernel::{
+        CAP_OPT_NOAUDIT, OFF_TASK_FLAGS, OFF_TASK_IO_URING, OFF_TASK_REAL_CRED, OFF_USERNS_LEVEL,
+        off, read_at,
+    },
 };
 
 /// `task_struct.flags`: an io_uring worker (io-wq or SQPOLL thread; include/linux/sched.h).
@@ -33,6 +37,13 @@ const PF_IO_WORKER: u32 = 0x10;
 /// the io_uring code runs under was queued by the agent (personalities are refused below), so
 /// the check is the agent's; a subsystem that borrows credentials inside a worker (overlayfs
 /// copying a file up for an open queued to io_uring) is decided as the agent's too.
+///
+/// The same holds in any task that has submitted to a ring (`task_struct.io_uring` set): a
+/// request linked behind one that went to a worker takes the submitter's credentials of that
+/// moment, and when the head completes by a poll, the linked request runs in the submitter
+/// itself, under those credentials (`io_issue_sqe`'s `override_creds`), not in a worker. After
+/// a credential change in between, its `/dev/kmsg` open, `SCM_CREDENTIALS` of another pid or
+/// socket command passed checks the agent's own credentials fail (red team round 24).
 #[inline(always)]
 fn own(cred: u64) -> bool {
     // SAFETY: helper call without pointer arguments; the reads go through probe_read.
@@ -44,7 +55,13 @@ fn own(cred: u64) -> bool {
     ) else {
         return true;
     };
-    real == cred || flags & PF_IO_WORKER != 0
+    if real == cred || flags & PF_IO_WORKER != 0 {
+        return true;
+    }
+    let uring = off(&OFF_TASK_IO_URING);
+    // Unreadable reads as set (fail closed).
+    // SAFETY: see read_at.
+    uring != NO_FIELD && !matches!(unsafe { read_at::<u64>(task, uring) }, Ok(0))
 }
 
 /// Capabilities: refuse the ones agents never get.

@@ -257,24 +257,7 @@ pub(crate) fn cgroup_in_subtree(agent: &Agent, cgrp: u64) -> bool {
 /// The class of a sandboxed process whose profile is gone: no rules, every default blocks.
 #[inline(always)]
 fn no_profile() -> AgentValue {
-    let block = RulePair {
-        enforce: RuleRef {
-            rule_id: NO_RULE,
-            verdict: Verdict::Block as u8,
-            present: 1,
-            aux: 0,
-        },
-        shadow: RuleRef::default(),
-    };
-    AgentValue {
-        class: 0,
-        allow: 0,
-        exec_default: block,
-        file_default: block,
-        net_default: block,
-        unix_default: block,
-        allow_caps: 0,
-    }
+    AgentValue::refusing_everything(0)
 }
 
 /// A decision, before it is reported.

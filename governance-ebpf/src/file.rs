@@ -21,7 +21,9 @@ use crate::{
         O_TRUNC, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
         OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off, read_at,
     },
-    maps::{PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN},
+    maps::{
+        GRANT_SCRATCH, PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN,
+    },
     sequence,
 };
 
@@ -417,14 +419,24 @@ pub fn file_open(ctx: LsmContext) -> i32 {
         }
     }
     let rules = if matched { worst } else { None };
-    // The path's hash is the object of an escalation's grant, and nothing else reads it: the
-    // loop over the path's bytes is skipped for every other open (most of them).
-    let object = if deciding(rules, default).0.enforce.verdict == Verdict::Escalate as u8 {
+    // An escalation's grant is of the path (its hash) and of the object opened (its device and
+    // inode): a path whose 64-bit hash an agent made equal to another's (a second preimage of
+    // FNV-1a takes minutes) is another object (red team round 24). Nothing else reads either:
+    // the loop over the path's bytes and the reads are skipped for every other open.
+    let escalate = deciding(rules, default).0.enforce.verdict == Verdict::Escalate as u8;
+    let object = if escalate {
         hash_path(&key.data.path)
     } else {
         0
     };
-    let grant = GrantKey::new(agent.root, Kind::File, object).accesses(asked);
+    let Some(identity) = grant_identity(file.addr(), escalate) else {
+        let d = Decision::fail_closed(Kind::File, Cause::Unreadable);
+        emit(&agent, &d, |ev| ev.detail = asked);
+        return lsm_ret(&d);
+    };
+    let grant = GrantKey::new(agent.root, Kind::File, object)
+        .accesses(asked)
+        .identity(*identity);
     let mut d = apply(Kind::File, &agent, rules, default, grant);
     // One refusal for both tables: a second branch of its own doubled the paths the verifier
     // walks after it (file_open's count rose by three quarters).
@@ -458,7 +470,31 @@ pub fn file_open(ctx: LsmContext) -> i32 {
     }
     emit(&agent, &d, |ev| {
         ev.detail = asked;
+        ev.addr = *identity;
         copy_path(ev, &key.data.path);
     });
     lsm_ret(&d)
+}
+
+/// The opened object in a file grant's key ([`GrantKey::identity`]) where an escalation
+/// decides (zero elsewhere): the device in the first four bytes, the inode number in the last
+/// eight, as a Unix event's address holds them; zero if unreadable (the path's hash alone, as
+/// the event then says too). None only if the per-CPU scratch is missing (fail closed).
+///
+/// Verifier: built on the stack only where an escalation decides, the bytes split every path
+/// after it in two (known zeros beside unknown bytes), and `file_open` went past the
+/// verifier's million instructions. Written into a map value and read from there (into the
+/// grant's key and the event, with no copy of their own on the stack, which has no 16 bytes to
+/// spare), they are unknown bytes on every path, which prunes as one.
+#[inline(always)]
+fn grant_identity(file: u64, escalate: bool) -> Option<&'static [u8; 16]> {
+    let at = GRANT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: per-CPU scratch, exclusively ours while the program runs.
+    let at = unsafe { &mut *at };
+    *at = [0; 16];
+    if escalate && let Ok((dev, ino)) = file_identity(file) {
+        at[..4].copy_from_slice(&dev.to_ne_bytes());
+        at[8..].copy_from_slice(&ino.to_ne_bytes());
+    }
+    Some(at)
 }

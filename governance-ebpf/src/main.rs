@@ -65,6 +65,7 @@ mod route;
 mod sequence;
 mod sequence_egress;
 mod sigio;
+mod sock_create;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

@@ -102,6 +102,11 @@ pub(crate) static API_ADDR: Array<ApiAddr> = Array::with_max_entries(1, 0);
 /// length fits: more than the unix programs' stack can spare beside the event and the decision).
 #[map]
 pub(crate) static UNIX_SCRATCH: PerCpuArray<[u8; 128]> = PerCpuArray::with_max_entries(1, 0);
+/// The object of the open `file_open` decides, for an escalation's grant (file.rs): device and
+/// inode, written where an escalation decides and zero elsewhere. Through a map value, not the
+/// stack: see `file::grant_identity`.
+#[map]
+pub(crate) static GRANT_SCRATCH: PerCpuArray<[u8; 16]> = PerCpuArray::with_max_entries(1, 0);
 /// `struct file` address → profile mark: files sandboxed processes opened for writing under
 /// their profile (see held.rs).
 #[map]

@@ -33,29 +33,39 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if kern != 0 {
         return 0;
     }
-    // What the network hooks see: Unix sockets (their own hooks), and TCP and UDP over IPv4
-    // and IPv6 (cgroup connect and sendmsg). Every other family (vsock to the host, packet,
-    // netlink, SCTP-capable, AF_ALG, ...) and every other protocol (ICMP ping sockets, SCTP,
-    // MPTCP, UDP-Lite, DCCP, raw) would be egress the policy never decides on.
-    let kind = ty & SOCK_TYPE_MASK;
     let protocol: i32 = ctx.arg(2);
-    let ordinary = family == AF_UNIX
-        || ((family == AF_INET_I32 || family == AF_INET6_I32)
-            && ((kind == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
-                || (kind == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))));
-    if ordinary {
+    if ordinary_socket(family, ty, protocol) {
         return 0;
     }
     let Some(agent) = current_agent() else {
         return 0;
     };
+    lsm_ret(&socket_decision(&agent, family, ty, protocol))
+}
+
+/// A socket the network hooks decide on: Unix sockets (their own hooks), and TCP and UDP over
+/// IPv4 and IPv6 (cgroup connect and sendmsg). Every other family (vsock to the host, packet,
+/// netlink, SCTP-capable, AF_ALG, ...) and every other protocol (ICMP ping sockets, SCTP,
+/// MPTCP, UDP-Lite, DCCP, raw) would be egress the policy never decides on.
+#[inline(always)]
+pub(crate) fn ordinary_socket(family: i32, ty: i32, protocol: i32) -> bool {
+    let kind = ty & SOCK_TYPE_MASK;
+    family == AF_UNIX
+        || ((family == AF_INET_I32 || family == AF_INET6_I32)
+            && ((kind == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP))
+                || (kind == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP))))
+}
+
+/// The event of a socket refused (or allowed by `allow_raw_sockets`).
+#[inline(always)]
+pub(crate) fn socket_decision(agent: &Agent, family: i32, ty: i32, protocol: i32) -> Decision {
     let d = Decision::builtin(Kind::Socket, agent.value.allow & allow::RAW_SOCKETS == 0);
-    emit(&agent, &d, |ev| {
+    emit(agent, &d, |ev| {
         ev.detail = family as u8;
         ev.port = ty as u16;
         ev.object = protocol as u64;
     });
-    lsm_ret(&d)
+    d
 }
 
 /// Built-in: agents get no new user namespace unless the policy allows it.

@@ -18,6 +18,15 @@
 //! No sequence rule in the active generation: passed after two array reads. Not an agent's
 //! packet, or an agent with no sequence rule: passed after the walk, before the headers are
 //! read.
+//!
+//! First, every packet is looked at for a source route (an IPv6 routing header, an IPv4 loose
+//! or strict source route option), which sends it on past the destination the connect and
+//! sendmsg programs decided: an agent's such packet is dropped and reported as the guard
+//! `source-route`. The LSM hooks (route.rs) refuse setting one, but not every way reaches them:
+//! `sendmmsg` asks `socket_sendmsg` about its first message only and about each later one to a
+//! new address, so a routing header in a later message to the same address went out, and in
+//! degraded mode no hook refuses them at all (red team round 24). A packet with no extension
+//! header and no IPv4 option (nearly all) passes this check after one load.
 use aya_ebpf::{
     bindings::__sk_buff,
     helpers::generated::{bpf_get_socket_uid, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
@@ -26,7 +35,7 @@ use aya_ebpf::{
 };
 use governance_common::{
     AgentKey, COMM_LEN, Cause, Counter, EVENTS_RING_BYTES, Event, GrantKey, Kind, MAX_CGROUP_DEPTH,
-    NO_RULE, Verdict, flags, net_object, proto,
+    NO_RULE, Verdict, flags, guard, net_object, proto,
     sequence::{SEQ_EGRESS_REPORT_NS, SeqEgressKey},
     slot,
 };
@@ -46,7 +55,123 @@ const ETH_P_IPV6: u16 = 0x86dd;
 
 #[cgroup_skb(egress)]
 pub fn sequence_egress(ctx: SkBuffContext) -> i32 {
+    if let Some(what) = source_route(&ctx) {
+        return refuse_source_route(&ctx, what);
+    }
     decide(&ctx)
+}
+
+/// IPv6 extension headers: hop-by-hop options, routing, destination options.
+const IPV6_HOPOPTS: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_DSTOPTS: u8 = 60;
+/// How many extension headers are walked to find a routing header; a packet with more is
+/// taken for a source-routed one (the loop's bound, for the verifier).
+const MAX_EXT_HEADERS: u32 = 4;
+/// IPv4 options: end of list, no operation, loose and strict source route.
+const IPOPT_END: u8 = 0;
+const IPOPT_NOOP: u8 = 1;
+const IPOPT_LSRR: u8 = 131;
+const IPOPT_SSRR: u8 = 137;
+/// The most option bytes an IPv4 header has (its 60 bytes, less the fixed 20).
+const MAX_IPV4_OPTIONS: usize = 40;
+
+/// Whether the packet carries a source route, as route.rs names it: (level << 32) | option of
+/// the socket option that would set it (`SOL_IPV6`/`IPV6_RTHDR`, `SOL_IP`/`IP_OPTIONS`). A
+/// header that cannot be read counts as one (only an agent's packet is then dropped).
+#[inline(always)]
+fn source_route(ctx: &SkBuffContext) -> Option<u64> {
+    const IPV6_RTHDR: u64 = (41 << 32) | 57;
+    const IP_OPTIONS: u64 = 4;
+    let family = u16::from_be(ctx.skb.protocol() as u16);
+    if family == ETH_P_IPV6 {
+        let Ok(mut next) = ctx.load::<u8>(6) else {
+            return Some(IPV6_RTHDR);
+        };
+        let mut at = 40usize;
+        for _ in 0..MAX_EXT_HEADERS {
+            match next {
+                IPV6_ROUTING => return Some(IPV6_RTHDR),
+                IPV6_HOPOPTS | IPV6_DSTOPTS => {
+                    // Next header, then the length in 8-byte units past the first 8.
+                    let Ok(h) = ctx.load::<[u8; 2]>(at) else {
+                        return Some(IPV6_RTHDR);
+                    };
+                    next = h[0];
+                    at += (usize::from(h[1]) + 1) * 8;
+                }
+                _ => return None,
+            }
+        }
+        return matches!(next, IPV6_ROUTING | IPV6_HOPOPTS | IPV6_DSTOPTS).then_some(IPV6_RTHDR);
+    }
+    if family != ETH_P_IP {
+        return None;
+    }
+    let Ok(first) = ctx.load::<u8>(0) else {
+        return Some(IP_OPTIONS);
+    };
+    let end = usize::from(first & 0x0f) * 4;
+    let mut at = 20usize;
+    // Each option is one byte at least: at most MAX_IPV4_OPTIONS steps.
+    for _ in 0..MAX_IPV4_OPTIONS {
+        if at >= end {
+            return None;
+        }
+        let Ok(kind) = ctx.load::<u8>(at) else {
+            return Some(IP_OPTIONS);
+        };
+        match kind {
+            IPOPT_END => return None,
+            IPOPT_NOOP => at += 1,
+            IPOPT_LSRR | IPOPT_SSRR => return Some(IP_OPTIONS),
+            _ => {
+                let Ok(len) = ctx.load::<u8>(at + 1) else {
+                    return Some(IP_OPTIONS);
+                };
+                if len < 2 {
+                    return Some(IP_OPTIONS);
+                }
+                at += usize::from(len);
+            }
+        }
+    }
+    None
+}
+
+/// Drop an agent's source-routed packet and report it (the guard `source-route`, at most once
+/// a second per agent and option); pass anyone else's.
+#[inline(always)]
+fn refuse_source_route(ctx: &SkBuffContext, what: u64) -> i32 {
+    let skb: *mut __sk_buff = ctx.skb.skb;
+    let Some((root, class, generation)) = agent_of(skb) else {
+        return PASS;
+    };
+    count(Counter::Decisions);
+    count(Counter::Denials);
+    let t = now();
+    if first_this_second(root, what, t) {
+        report(
+            skb,
+            &Report {
+                root,
+                class,
+                generation,
+                rule_id: NO_RULE,
+                verdict: Verdict::Block,
+                cause: Cause::Builtin,
+                flags: flags::DENIED,
+                shadow_id: 0,
+                shadow_verdict: 0,
+                object: what,
+                addr: [0; 16],
+                port: 0,
+                kind: Kind::Guard,
+                detail: guard::SOURCE_ROUTE,
+            },
+        );
+    }
+    DROP
 }
 
 /// The agent the packet's socket belongs to: (agent root, class, generation). None at once
@@ -58,10 +183,20 @@ fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
     if generation == 0 {
         return None;
     }
-    let slot = slot(generation);
-    if !sequence::any(slot) {
+    if !sequence::any(slot(generation)) {
         return None;
     }
+    agent_of(skb)
+}
+
+/// The agent the packet's socket belongs to in the active generation, whatever its rules.
+#[inline(always)]
+fn agent_of(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
+    let generation = STATE.get(0).copied().unwrap_or(0);
+    if generation == 0 {
+        return None;
+    }
+    let slot = slot(generation);
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: the helper takes the program's own context.
@@ -182,25 +317,25 @@ fn decide(ctx: &SkBuffContext) -> i32 {
             } else {
                 (NO_RULE, Verdict::Allow, Cause::Default)
             };
-            // SAFETY: the helper takes the program's own context.
-            let (cgroup, uid) = unsafe { (bpf_skb_cgroup_id(skb), bpf_get_socket_uid(skb)) };
-            report(&Report {
-                root,
-                cgroup,
-                uid,
-                class,
-                generation,
-                rule_id,
-                verdict,
-                cause,
-                flags: f,
-                shadow_id,
-                shadow_verdict,
-                object,
-                addr,
-                port,
-                protocol,
-            });
+            report(
+                skb,
+                &Report {
+                    root,
+                    class,
+                    generation,
+                    rule_id,
+                    verdict,
+                    cause,
+                    flags: f,
+                    shadow_id,
+                    shadow_verdict,
+                    object,
+                    addr,
+                    port,
+                    kind: Kind::Send,
+                    detail: protocol,
+                },
+            );
         }
     }
     if denied { DROP } else { PASS }
@@ -244,8 +379,6 @@ fn first_this_second(root: u64, object: u64, t: u64) -> bool {
 /// What a refused (or, for a shadow rule, would-be refused) packet's event says.
 struct Report {
     root: u64,
-    cgroup: u64,
-    uid: u32,
     class: u32,
     generation: u32,
     rule_id: u32,
@@ -257,13 +390,16 @@ struct Report {
     object: u64,
     addr: [u8; 16],
     port: u16,
-    protocol: u8,
+    kind: Kind,
+    detail: u8,
 }
 
-/// The event of a packet decision: kind `send`, as `decide::emit` writes it, without the
-/// process (see the module's comment).
+/// The event of a packet decision (kind `send`, or a guard's), as `decide::emit` writes it,
+/// without the process (see the module's comment).
 #[inline(always)]
-fn report(r: &Report) {
+fn report(skb: *mut __sk_buff, r: &Report) {
+    // SAFETY: the helper takes the program's own context.
+    let (cgroup, uid) = unsafe { (bpf_skb_cgroup_id(skb), bpf_get_socket_uid(skb)) };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count(Counter::EventsDropped);
         return;
@@ -272,7 +408,7 @@ fn report(r: &Report) {
     // Every field is written before submit, except the tail of `path` past its NUL.
     let ev = unsafe { &mut *entry.as_mut_ptr() };
     ev.time_ns = now();
-    ev.cgroup_id = r.cgroup;
+    ev.cgroup_id = cgroup;
     ev.agent_cgroup = r.root;
     ev.object = r.object;
     ev.pid = 0;
@@ -280,17 +416,17 @@ fn report(r: &Report) {
     ev.ppid = 0;
     ev.ns_pid = 0;
     ev._reserved = 0;
-    ev.uid = r.uid;
+    ev.uid = uid;
     ev.class = r.class;
     ev.rule_id = r.rule_id;
     ev.shadow_rule_id = r.shadow_id;
     ev.generation = r.generation;
-    ev.kind = Kind::Send as u8;
+    ev.kind = r.kind as u8;
     ev.verdict = r.verdict as u8;
     ev.cause = r.cause as u8;
     ev.flags = r.flags;
     ev.shadow_verdict = r.shadow_verdict;
-    ev.detail = r.protocol;
+    ev.detail = r.detail;
     ev.port = r.port;
     ev.addr = r.addr;
     ev.comm = [0; COMM_LEN];

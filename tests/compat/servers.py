@@ -17,6 +17,7 @@ repositories' routes are POST (update) and DELETE (delete). They record what the
 """
 
 import asyncio
+import json
 import logging
 import sys
 
@@ -230,6 +231,46 @@ def aiohttp_serve(host, port):
     web.run_app(app, host=host, port=port, print=None, access_log=None)
 
 
+def stdlib_serve(host, port):
+    """Python's own `http.server`, HTTP/1.1 with keep-alive. Its ping route answers without
+    reading the request's body, and the server then reads that body as the next request on
+    the connection (red team round 24): a refund hidden in a ping's body was acted on."""
+    import http.server
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def answer(self, what):
+            data = json.dumps(what).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):
+            if self.path == "/v1/ping":
+                return self.answer({"pong": True, "server": "stdlib"})
+            if self.path == "/v1/refunds":
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"{}")
+                seen.append({"route": "refund", "amount": body.get("amount")})
+                return self.answer({"refunded": body.get("amount"), "server": "stdlib"})
+            self.send_error(404)
+
+        def do_GET(self):
+            if self.path == "/compat/seen":
+                return self.answer(seen)
+            self.send_error(404)
+
+    http.server.ThreadingHTTPServer((host, port), Handler).serve_forever()
+
+
 def main():
     kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if kind == "fastapi":
@@ -240,6 +281,8 @@ def main():
         return tornado_serve(host, port)
     elif kind == "aiohttp":
         return aiohttp_serve(host, port)
+    elif kind == "stdlib":
+        return stdlib_serve(host, port)
     else:
         sys.exit(f"unknown server {kind}")
     uvicorn.run(app, host=host, port=port, log_level="warning")

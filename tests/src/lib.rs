@@ -30,6 +30,25 @@ pub use stderr_log::StderrLog;
 /// Exit status a child uses to report that its syscall failed: `ERRNO_BASE + errno`.
 pub const ERRNO_BASE: i32 = 100;
 
+/// In a forked child: `socket(family, ty)` given `setsockopt(level, name, value)`. Exits 97 if
+/// the socket cannot be made, [`ERRNO_BASE`] + errno if the option is refused.
+///
+/// # Safety
+/// Raw syscalls; for the child of a fork (async-signal-safe calls only).
+unsafe fn socket_with_opt(family: i32, ty: i32, level: i32, name: i32, value: &[u8]) -> i32 {
+    // SAFETY: raw syscalls on a buffer of `value.len()` bytes.
+    unsafe {
+        let s = libc::socket(family, ty | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            libc::_exit(97);
+        }
+        if libc::setsockopt(s, level, name, value.as_ptr().cast(), value.len() as u32) < 0 {
+            libc::_exit(ERRNO_BASE + *libc::__errno_location());
+        }
+        s
+    }
+}
+
 /// A cgroup made for one test, removed (with its children) when dropped.
 pub struct TestCgroup {
     /// Path relative to the cgroup2 mount.
@@ -148,12 +167,23 @@ pub enum Attempt {
     /// connect happens inside the send).
     FastOpen { addr: std::net::SocketAddr },
     /// sendmsg() of one UDP datagram to `addr` with one control message (`level`, `ty`, `data`
-    /// of at most 96 bytes).
+    /// of at most 96 bytes). With `after_plain`, sendmmsg() of two datagrams to `addr`, the
+    /// first without the control message: the kernel asks the LSM about the first only. The
+    /// kernel drops a later message's error, so "only the first sent" is reported as EPERM.
     SendMsgCmsg {
         addr: std::net::SocketAddr,
         level: i32,
         ty: i32,
         data: Vec<u8>,
+        after_plain: bool,
+    },
+    /// A UDP socket given setsockopt(level, name, value), then sendto() of one datagram to
+    /// `addr` (an option that changes where the datagram goes).
+    SendToWithOpt {
+        addr: std::net::SocketAddr,
+        level: i32,
+        name: i32,
+        value: Vec<u8>,
     },
     /// socket(family, type, 0), then setsockopt(level, name, value).
     SetSockOpt {
@@ -393,6 +423,9 @@ pub enum Attempt {
     },
     /// memfd_create, copy `src` into it, mmap it PROT_READ|PROT_EXEC.
     MemfdMapExec { src: CString },
+    /// A private System V shared memory segment (mode 0700) attached, executable with `exec`
+    /// (`SHM_EXEC`), then removed.
+    ShmExec { exec: bool },
 }
 
 /// A `sockaddr_un` and its length: a path, or an abstract name (a NUL, then the name).
@@ -692,6 +725,7 @@ pub fn run_in_namespaces(
         | Attempt::SendTo { addr }
         | Attempt::FastOpen { addr }
         | Attempt::SendMsgCmsg { addr, .. }
+        | Attempt::SendToWithOpt { addr, .. }
         | Attempt::Bind { addr } => Some(sockaddr(addr)),
         _ => None,
     };
@@ -817,7 +851,11 @@ pub fn run_in_namespaces(
                     ) as libc::c_long);
                 }
                 Attempt::SendMsgCmsg {
-                    level, ty, data, ..
+                    level,
+                    ty,
+                    data,
+                    after_plain,
+                    ..
                 } => {
                     let (sa, len, family) = sa.unwrap();
                     let s = libc::socket(family, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
@@ -842,7 +880,34 @@ pub fn run_in_namespaces(
                     msg.msg_iovlen = 1;
                     msg.msg_control = control.as_mut_ptr().cast();
                     msg.msg_controllen = 16 + n.div_ceil(8) * 8;
+                    if *after_plain {
+                        let mut plain = msg;
+                        plain.msg_control = std::ptr::null_mut();
+                        plain.msg_controllen = 0;
+                        let mut msgs: [libc::mmsghdr; 2] = std::mem::zeroed();
+                        msgs[0].msg_hdr = plain;
+                        msgs[1].msg_hdr = msg;
+                        match libc::sendmmsg(s, msgs.as_mut_ptr(), 2, 0) {
+                            2 => libc::_exit(0),
+                            1 => libc::_exit(ERRNO_BASE + libc::EPERM),
+                            r => check(r as libc::c_long),
+                        }
+                    }
                     check(libc::sendmsg(s, &msg, 0) as libc::c_long);
+                }
+                Attempt::SendToWithOpt {
+                    level, name, value, ..
+                } => {
+                    let (sa, len, family) = sa.unwrap();
+                    let s = socket_with_opt(family, libc::SOCK_DGRAM, *level, *name, value);
+                    check(libc::sendto(
+                        s,
+                        b"q".as_ptr().cast(),
+                        1,
+                        0,
+                        (&sa as *const libc::sockaddr_in6).cast(),
+                        len,
+                    ) as libc::c_long);
                 }
                 Attempt::SetSockOpt {
                     family,
@@ -851,17 +916,7 @@ pub fn run_in_namespaces(
                     name,
                     value,
                 } => {
-                    let s = libc::socket(*family, *ty | libc::SOCK_CLOEXEC, 0);
-                    if s < 0 {
-                        libc::_exit(97);
-                    }
-                    check(libc::setsockopt(
-                        s,
-                        *level,
-                        *name,
-                        value.as_ptr().cast(),
-                        value.len() as u32,
-                    ) as libc::c_long);
+                    socket_with_opt(*family, *ty, *level, *name, value);
                 }
                 Attempt::SendTo { .. } => {
                     let (sa, len, family) = sa.unwrap();
@@ -1658,6 +1713,19 @@ pub fn run_in_namespaces(
                     );
                     if p == libc::MAP_FAILED {
                         fail(())
+                    }
+                }
+                Attempt::ShmExec { exec } => {
+                    let id = libc::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o700);
+                    if id < 0 {
+                        libc::_exit(98);
+                    }
+                    let flags = if *exec { libc::SHM_EXEC } else { 0 };
+                    let p = libc::shmat(id, std::ptr::null(), flags);
+                    let errno = *libc::__errno_location();
+                    libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut());
+                    if p as isize == -1 {
+                        libc::_exit(ERRNO_BASE + errno);
                     }
                 }
                 Attempt::MemfdMapExec { src } => {

@@ -45,6 +45,7 @@ const SYMFONY_IP: [u8; 4] = [127, 0, 0, 24];
 const SINATRA_IP: [u8; 4] = [127, 0, 0, 25];
 const TORNADO_IP: [u8; 4] = [127, 0, 0, 26];
 const AIOHTTP_IP: [u8; 4] = [127, 0, 0, 27];
+const STDLIB_IP: [u8; 4] = [127, 0, 0, 28];
 const FASTAPI_HOST: &str = "api.fastapi.example";
 const EXPRESS_HOST: &str = "api.express.example";
 const MCP_HOST: &str = "mcp.tools.example";
@@ -52,6 +53,8 @@ const SYMFONY_HOST: &str = "api.symfony.example";
 const SINATRA_HOST: &str = "api.sinatra.example";
 const TORNADO_HOST: &str = "api.tornado.example";
 const AIOHTTP_HOST: &str = "api.aiohttp.example";
+/// Python's `http.server`: a route that answers without reading the request's body.
+const STDLIB_HOST: &str = "api.stdlib.example";
 /// Sinatra again, under a name the policy allows at host level with finer blocks (a DELETE of a
 /// repository): TLS to it must not be spliced (red team round 5, F1).
 const OPEN_SINATRA_HOST: &str = "open.sinatra.example";
@@ -185,6 +188,7 @@ struct Urls {
     sinatra: String,
     tornado: String,
     aiohttp: String,
+    stdlib: String,
     /// The other service on Express's address.
     internal: String,
     mcp_port: u16,
@@ -1282,6 +1286,54 @@ fn php_cases(s: &mut Suite, base: String) {
     });
 }
 
+/// A body the upstream leaves unread is the next request on its connection to it (red team
+/// round 24): Python's `http.server` answers the ping route without reading the body, then
+/// read a refund of 5000 hidden there as a request the proxy never decided. The proxy does not
+/// keep such a connection: the refund is never acted on.
+fn unread_body_cases(s: &mut Suite, base: String) {
+    let post = |path: &str, ctype: &str, body: &str| Op::Raw {
+        method: "POST",
+        url: format!("{base}{path}"),
+        headers: vec![format!("content-type: {ctype}")],
+        body: Some(body.to_owned()),
+    };
+    s.case("curl", "http.server", "unread-body", |s| {
+        // Controls: a refund of 1 is acted on, one of 5000 refused.
+        let (v, saw) = s.run_seen(
+            "curl",
+            STDLIB_HOST,
+            &post("/v1/refunds", "application/json", r#"{"amount":1}"#),
+        )?;
+        check(
+            v["status"] == 200 && saw == [json!({"route": "refund", "amount": 1})],
+            || format!("want the refund of 1 acted on, got {} {saw:?}", v["status"]),
+        )?;
+        let (v, saw) = s.run_seen(
+            "curl",
+            STDLIB_HOST,
+            &post("/v1/refunds", "application/json", r#"{"amount":5000}"#),
+        )?;
+        expect_refused(&v, &saw, 403, "blocked", "compat/refund-large-stdlib")?;
+        let hidden = format!(
+            "POST /v1/refunds HTTP/1.1\r\nHost: {STDLIB_HOST}\r\nContent-Type: application/json\r\n\
+             Content-Length: 15\r\n\r\n{{\"amount\":5000}}"
+        );
+        let (v, saw) = s.run_seen(
+            "curl",
+            STDLIB_HOST,
+            &post("/v1/ping", "text/plain", &hidden),
+        )?;
+        let body = body_json(&v)?;
+        check(v["status"] == 200 && body["pong"] == true, || {
+            format!("want the ping answered, got {} {body}", v["status"])
+        })?;
+        check(saw.is_empty(), || {
+            format!("the upstream acted on the refund hidden in the ping's body: {saw:?}")
+        })?;
+        Ok("a refund hidden in an unread body is never read as a request".into())
+    });
+}
+
 /// A JSON refund whose bytes also read as a form carrying a larger `amount`.
 const SMUGGLED: &str = r#"{"amount":1,"x":"&amount=99999&"}"#;
 /// `{"amount":1,...}` in UTF-8; in UTF-7, its `x` holds `","amount":99999,"y":"`, so the
@@ -1704,6 +1756,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     let sinatra_addr = addr(SINATRA_IP, free_port(SINATRA_IP));
     let tornado_addr = addr(TORNADO_IP, free_port(TORNADO_IP));
     let aiohttp_addr = addr(AIOHTTP_IP, free_port(AIOHTTP_IP));
+    let stdlib_addr = addr(STDLIB_IP, free_port(STDLIB_IP));
     let py = |args: &[&str]| {
         let mut c = Command::new(&python);
         c.arg(scripts.join("servers.py")).args(args);
@@ -1764,6 +1817,11 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         &mut py(&["aiohttp", &ip(aiohttp_addr), &port(aiohttp_addr)]),
         aiohttp_addr,
     );
+    let _stdlib = serve(
+        "http.server",
+        &mut py(&["stdlib", &ip(stdlib_addr), &port(stdlib_addr)]),
+        stdlib_addr,
+    );
     let _internal = serve(
         "internal FastAPI",
         &mut py(&[
@@ -1783,7 +1841,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         .map(|c| ((*c).to_owned(), parent.child(c)))
         .collect();
     let mut rules = String::from(
-        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32, 127.0.0.24/32, 127.0.0.25/32, 127.0.0.26/32, 127.0.0.27/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
+        "  - id: upstreams\n    network: { cidr: [127.0.0.21/32, 127.0.0.22/32, 127.0.0.23/32, 127.0.0.24/32, 127.0.0.25/32, 127.0.0.26/32, 127.0.0.27/32, 127.0.0.28/32], via_proxy: true }\n    verdict: allow\n    reason: The upstreams are reached only through the HTTP policy engine.\n",
     );
     for (fw, host) in [("fastapi", FASTAPI_HOST), ("express", EXPRESS_HOST)] {
         rules.push_str(&format!(
@@ -1814,6 +1872,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         ("sinatra", SINATRA_HOST),
         ("tornado", TORNADO_HOST),
         ("aiohttp", AIOHTTP_HOST),
+        ("stdlib", STDLIB_HOST),
     ] {
         rules.push_str(&format!(
             "  - {{ id: refund-small-{fw}, http: {{ host: {host}, method: POST, path: /v1/refunds, body: ['$.amount <= 100'] }}, verdict: allow, reason: Refunds up to $100 are routine. }}\n\
@@ -1822,6 +1881,9 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
              \x20 - {{ id: repo-delete-{fw}, http: {{ host: {host}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
         ));
     }
+    rules.push_str(&format!(
+        "  - {{ id: ping-stdlib, http: {{ host: {STDLIB_HOST}, method: POST, path: /v1/ping }}, verdict: allow, reason: Agents ping. }}\n"
+    ));
     rules.push_str(&format!(
         "  - {{ id: open-sinatra, http: {{ host: {OPEN_SINATRA_HOST} }}, verdict: allow, reason: The host. }}\n\
          \x20 - {{ id: open-sinatra-nodelete, http: {{ host: {OPEN_SINATRA_HOST}, method: DELETE, path: '/v1/repos/*' }}, verdict: block, reason: Agents never delete repositories. }}\n"
@@ -1856,6 +1918,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
         format!("{OPEN_SINATRA_HOST}={}", sinatra_addr.ip()),
         format!("{TORNADO_HOST}={}", tornado_addr.ip()),
         format!("{AIOHTTP_HOST}={}", aiohttp_addr.ip()),
+        format!("{STDLIB_HOST}={}", stdlib_addr.ip()),
     ];
     let mut args = vec![
         "--allow-degraded",
@@ -1888,6 +1951,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             (OPEN_SINATRA_HOST, sinatra_addr),
             (TORNADO_HOST, tornado_addr),
             (AIOHTTP_HOST, aiohttp_addr),
+            (STDLIB_HOST, stdlib_addr),
         ],
         urls: Urls {
             fastapi: format!("http://{FASTAPI_HOST}:{}", ports.0),
@@ -1896,6 +1960,7 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
             sinatra: format!("http://{SINATRA_HOST}:{}", sinatra_addr.port()),
             tornado: format!("http://{TORNADO_HOST}:{}", tornado_addr.port()),
             aiohttp: format!("http://{AIOHTTP_HOST}:{}", aiohttp_addr.port()),
+            stdlib: format!("http://{STDLIB_HOST}:{}", stdlib_addr.port()),
             internal: format!("http://{INTERNAL_HOST}:{}", internal_addr.port()),
             mcp_port: ports.2,
         },
@@ -1908,7 +1973,8 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     println!(
         "compat: upstreams FastAPI {fastapi_addr}, Express {express_addr}, MCP SDK {mcp_addr}, \
          internal FastAPI {internal_addr}, Symfony {symfony_addr}, Sinatra {sinatra_addr}, \
-         Tornado {tornado_addr}, aiohttp {aiohttp_addr}; {} clients, each in its own agent",
+         Tornado {tornado_addr}, aiohttp {aiohttp_addr}, http.server {stdlib_addr}; {} clients, \
+         each in its own agent",
         HTTP_CLIENTS.len() + MCP_CLIENTS.len()
     );
 
@@ -1938,6 +2004,8 @@ fn real_clients_and_frameworks_through_the_kernel_redirect() {
     ] {
         form_reading_cases(&mut s, framework, base);
     }
+    let stdlib = s.urls.stdlib.clone();
+    unread_body_cases(&mut s, stdlib);
     for client in MCP_CLIENTS {
         mcp_cases(&mut s, client);
     }

@@ -145,6 +145,85 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
     let ev = k.event_for(pid);
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    // A source route sends the packet on past the destination the sendmsg program decided on.
+    // An unprivileged socket may give its datagrams an IPv6 segment routing header, and without
+    // BPF LSM no hook refuses the option: the packet is the agent's to refuse (sequence_egress; red
+    // team round 24). Its event has no process (a packet program runs in no task of its own).
+    k.require("sequence_egress");
+    // Type 4, one segment left (the next hop, segments[1]), two segments (::1, ::1).
+    let srh = [
+        &[0u8, 4, 4, 1, 1, 0, 0, 0][..],
+        &[0; 15],
+        &[1],
+        &[0; 15],
+        &[1],
+    ]
+    .concat();
+    let case = "40 sendto with an IPv6 segment routing header (host, degraded)";
+    let attempt = Attempt::SendToWithOpt {
+        addr: "[::1]:9".parse().unwrap(),
+        level: libc::IPPROTO_IPV6,
+        name: libc::IPV6_RTHDR,
+        value: srh,
+    };
+    redteam(case, "tried");
+    let (_, outcome) = run_in(Some(&agent.path), "net-agent", &attempt);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == agent.id()
+            && e.tgid == 0
+            && Kind::from_u8(e.kind) == Some(Kind::Guard)
+            && e.detail == governance_common::guard::SOURCE_ROUTE
+    });
+    assert_ne!(ev.flags & flags::DENIED, 0, "{case}");
+    redteam(case, "denied");
+    let (_, outcome) = run_in(Some(&outsider.path), "net-outsider", &attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    redteam(case, "control");
+    // IP sockets the connect and sendmsg programs never see (ICMP, raw, SCTP, MPTCP, UDP-Lite)
+    // are refused in the network stack, without BPF LSM too (sock_create; red team round 24:
+    // an agent's ping socket sent data past every network rule).
+    k.require("sock_create");
+    for (case, family, protocol) in [
+        (
+            "37 raw ICMP socket (host, degraded)",
+            libc::AF_INET,
+            libc::IPPROTO_ICMP,
+        ),
+        (
+            "37 raw ICMPv6 socket (host, degraded)",
+            libc::AF_INET6,
+            libc::IPPROTO_ICMPV6,
+        ),
+    ] {
+        let attempt = Attempt::Socket {
+            family,
+            ty: libc::SOCK_RAW,
+            protocol,
+        };
+        redteam(case, "tried");
+        let (pid, outcome) = run_in(Some(&agent.path), "net-agent", &attempt);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_for(pid);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Socket), "{case}");
+        assert_eq!(ev.object, protocol as u64, "{case}");
+        assert_ne!(ev.flags & flags::DENIED, 0, "{case}");
+        redteam(case, "denied");
+        let (pid, outcome) = run_in(Some(&outsider.path), "net-outsider", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+        redteam(case, "control");
+    }
+    // TCP and UDP sockets are the connect and sendmsg programs' to decide: made.
+    for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
+        let attempt = Attempt::Socket {
+            family: libc::AF_INET6,
+            ty,
+            protocol: 0,
+        };
+        let (_, outcome) = run_in(Some(&agent.path), "net-agent", &attempt);
+        assert_eq!(outcome, Outcome::Exited(0), "socket type {ty}");
+    }
 }
 
 /// Red-team case 11 and the "via proxy" route: an agent's TCP connect to a destination under a
@@ -656,6 +735,63 @@ fn an_agent_that_appears_beside_a_broken_or_half_written_policy_gets_the_policy_
     r.stop();
 }
 
+/// A policy that reads but cannot be built (more than the kernel's tables hold; red team round
+/// 24: an agent could make the built-in identity tables overflow with hard links) leaves the
+/// generation in force enforcing, and an agent that appears meanwhile is in none of its
+/// tables: it is refused everything (the quarantine class) until a generation governs it.
+/// Controls: the agent the generation holds keeps its policy, a cgroup no selector matches is
+/// no agent, and a policy that fits governs the quarantined agent as it says.
+#[test]
+fn an_agent_that_appears_while_no_generation_can_be_built_is_refused_everything() {
+    require_root();
+    let (_open, open_addr) = listener([127, 0, 0, 2]);
+    let (parent, first, mut r) = LoopbackReloads::start_for_agents("quarantine");
+    let open = Attempt::connect(open_addr);
+    // A connect to the open address from `cgroup`: its outcome, and its event's verdict and
+    // generation (the next line the daemon prints).
+    let connects = |r: &mut LoopbackReloads, cgroup: &Path, verdict: &str, generation: u32| {
+        let expected = if verdict == "BLOCK" {
+            Outcome::Errno(libc::EPERM)
+        } else {
+            Outcome::Exited(0)
+        };
+        assert_eq!(run_in(Some(cgroup), "quarantine", &open).1, expected);
+        let line = next_line(&mut r.stdout);
+        assert!(
+            line.contains(&format!(" {verdict:<8} connect "))
+                && line.contains(&format!(" gen={generation} ")),
+            "{line}"
+        );
+    };
+    connects(&mut r, &first, "ALLOW", 1);
+    std::fs::write(&r.policy, beyond_net_rules(r.blocking.clone())).unwrap();
+    r.daemon().wait_for("generation 1 keeps enforcing");
+    let case = "quarantine: an agent that appears while no generation can be built";
+    redteam(case, "tried");
+    let second = parent.child("agent-2");
+    let seen = r
+        .daemon()
+        .wait_for("appeared while no generation can be built");
+    assert!(seen.contains("agent-2"), "{seen}");
+    connects(&mut r, &second, "BLOCK", 1);
+    redteam(case, "denied");
+    // Controls: the agent generation 1 holds keeps its policy; a cgroup no selector matches
+    // is no agent.
+    connects(&mut r, &first, "ALLOW", 1);
+    let other = parent.child("other");
+    assert_eq!(
+        run_in(Some(&other), "quarantine", &open).1,
+        Outcome::Exited(0)
+    );
+    redteam(case, "control");
+    // A policy that fits: generation 2 governs the agent as it says.
+    std::fs::write(&r.policy, &r.blocking).unwrap();
+    r.daemon().wait_for("generation 2 is enforcing");
+    connects(&mut r, &second, "ALLOW", 2);
+    r.decided(&second, "BLOCK", 2);
+    r.stop();
+}
+
 /// A restart that finds the policy directory broken (a typo pushed before a restart or an
 /// upgrade) enforces the copy of the policy in force the last daemon kept, instead of exiting
 /// and leaving every agent that appears meanwhile ungoverned; it says so (the log, the status)
@@ -850,21 +986,10 @@ fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
         agent.rel.display()
     ));
     let root = agents::cgroup2_mount().unwrap();
-    // More destination prefixes than NET_RULES holds, in few rules.
-    let n = governance_common::MAX_NET_RULES as usize + 10;
-    let mut yaml = format!(
+    let yaml = beyond_net_rules(format!(
         "name: full\nagents: {{ cgroup: {} }}\nrules:\n",
         agent.rel.display()
-    );
-    for chunk in 0..n.div_ceil(1000) {
-        let cidrs: Vec<String> = (chunk * 1000..((chunk + 1) * 1000).min(n))
-            .map(|i| format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))
-            .collect();
-        yaml.push_str(&format!(
-            "  - {{ id: r{chunk}, network: {{ cidr: [{}] }}, verdict: block, reason: test }}\n",
-            cidrs.join(", ")
-        ));
-    }
+    ));
     let set =
         governance::policy::parse(&[("p.yaml".into(), yaml)]).unwrap_or_else(|e| panic!("{e}"));
     let found = agents::discover(&root, &set, false, None).unwrap();
@@ -876,6 +1001,22 @@ fn a_full_map_fails_the_install_and_the_previous_generation_keeps_enforcing() {
         run_in(Some(&agent.path), "full", &Attempt::connect(addr)).1,
         Outcome::Errno(libc::EPERM)
     );
+}
+
+/// `policy` (ending in its rules) with more destination prefixes than NET_RULES holds, in few
+/// rules: a policy that reads and does not fit the kernel's tables.
+fn beyond_net_rules(mut policy: String) -> String {
+    let n = governance_common::MAX_NET_RULES as usize + 10;
+    for chunk in 0..n.div_ceil(1000) {
+        let cidrs: Vec<String> = (chunk * 1000..((chunk + 1) * 1000).min(n))
+            .map(|i| format!("10.{}.{}.{}/32", i >> 16, (i >> 8) & 255, i & 255))
+            .collect();
+        policy.push_str(&format!(
+            "  - {{ id: r{chunk}, network: {{ cidr: [{}] }}, verdict: block, reason: test }}\n",
+            cidrs.join(", ")
+        ));
+    }
+    policy
 }
 
 /// Red-team 22 and agent discovery: 1,000 agent cgroups created and removed while the daemon

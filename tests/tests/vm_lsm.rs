@@ -1771,6 +1771,7 @@ fn processes_pulled_in_and_source_routes_are_refused() {
                 level: libc::IPPROTO_IP,
                 ty: libc::IP_RETOPTS,
                 data: lsrr.clone(),
+                after_plain: false,
             },
             Control::NotEperm,
         ),
@@ -1781,6 +1782,7 @@ fn processes_pulled_in_and_source_routes_are_refused() {
                 level: libc::IPPROTO_IPV6,
                 ty: libc::IPV6_RTHDR,
                 data: [&[0u8, 2, 2, 1, 0, 0, 0, 0][..], &[0; 15], &[1]].concat(),
+                after_plain: false,
             },
             Control::NotEperm,
         ),
@@ -1812,6 +1814,51 @@ fn processes_pulled_in_and_source_routes_are_refused() {
         let ev = deny(&mut k, &fx, case, attempt, Kind::Guard, *control);
         assert_eq!(ev.detail, governance_common::guard::SOURCE_ROUTE, "{case}");
     }
+    // An upper-layer protocol on a TCP socket: SMC moves the data where no packet program
+    // sees it (round 24). The control's `tls` on an unconnected socket is refused by the
+    // kernel itself (ENOTCONN, or ENOENT without the module), never EPERM.
+    let case = "40 setsockopt(TCP_ULP): an upper-layer protocol on a TCP socket";
+    let ev = deny(
+        &mut k,
+        &fx,
+        case,
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET,
+            ty: libc::SOCK_STREAM,
+            level: libc::IPPROTO_TCP,
+            name: 31, // TCP_ULP
+            value: b"tls\0".to_vec(),
+        },
+        Kind::Guard,
+        Control::NotEperm,
+    );
+    assert_eq!(ev.detail, governance_common::guard::SOCKET_ULP, "{case}");
+    // sendmmsg asks socket_sendmsg about its first message only, and about a later one only
+    // when its address differs: a routing header on the second datagram to the same address
+    // is the packet's to refuse (sequence_egress; red team round 24). The packet's event has
+    // no process (the packet program runs in no task of its own).
+    let case = "40 sendmmsg: a routing header on the second datagram to the same address";
+    let attempt = Attempt::SendMsgCmsg {
+        addr: "[::1]:9".parse().unwrap(),
+        level: libc::IPPROTO_IPV6,
+        ty: libc::IPV6_RTHDR,
+        data: [&[0u8, 2, 2, 1, 0, 0, 0, 0][..], &[0; 15], &[1]].concat(),
+        after_plain: true,
+    };
+    println!("redteam: tried {case}");
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &attempt);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == fx.agent.id()
+            && e.tgid == 0
+            && Kind::from_u8(e.kind) == Some(Kind::Guard)
+            && e.detail == governance_common::guard::SOURCE_ROUTE
+    });
+    assert_eq!(ev.flags & flags::DENIED, flags::DENIED, "{case}");
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
     // Multicast memberships: the kernel's IGMP and MLD reports carry the group and the sources
     // the agent chose onto the link, on packets no socket owns (red team round 15).
     let v4 = |a: [u8; 4]| a.to_vec();
@@ -1889,6 +1936,7 @@ fn processes_pulled_in_and_source_routes_are_refused() {
             level: libc::IPPROTO_IP,
             ty: libc::IP_TOS,
             data: 16i32.to_ne_bytes().to_vec(),
+            after_plain: false,
         },
     );
     assert_eq!(outcome, Outcome::Exited(0), "a TOS control message");
@@ -4246,6 +4294,30 @@ fn root_facilities_are_refused_to_agents() {
     let (_, outcome) = run_in(Some(&fx.outsider.path), "outsider", &kcore);
     assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
     println!("redteam: control {case}");
+    // A request linked behind one sent to a worker keeps the credentials the submitter had
+    // then; when the head completes by a poll, the linked request runs in the submitter itself
+    // (not a worker) under them, after the submitter changed its own (red team round 24). Here
+    // an open of /dev/kmsg, which with dmesg_restrict needs CAP_SYSLOG.
+    let restrict = Path::new("/proc/sys/kernel/dmesg_restrict");
+    let before = std::fs::read_to_string(restrict).expect("dmesg_restrict");
+    std::fs::write(restrict, "1").expect("set dmesg_restrict");
+    let case =
+        "12 open /dev/kmsg linked behind an io_uring worker's poll after a credential change";
+    let kmsg = Attempt::exec_args(
+        Path::new(HELPER),
+        &["redteam-helper", "uring-link-after-keepcaps", "/dev/kmsg"],
+    );
+    println!("redteam: tried {case}");
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "agent", &kmsg);
+    let (_, control) = run_in(Some(&fx.outsider.path), "outsider", &kmsg);
+    std::fs::write(restrict, before.trim()).expect("restore dmesg_restrict");
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Capability), "{case}");
+    assert_eq!(ev.detail, caps::SYSLOG as u8, "{case}");
+    println!("redteam: denied {case}");
+    assert_eq!(control, Outcome::Exited(0), "{case}: control");
+    println!("redteam: control {case}");
 }
 
 /// Class 2: leaving the agent's subtree. A child started in another cgroup, a task moved
@@ -4569,6 +4641,24 @@ fn code_mapped_executable_is_decided() {
         Control::Succeeds,
     );
     assert_eq!(ev.port, exec_map::NAMELESS);
+    // System V shared memory attached executable (`shmat(SHM_EXEC)`): a file of the kernel's
+    // internal shm mount, nameless as a memfd (red team round 24: the threat model named it,
+    // no test tried it). Attached without SHM_EXEC, it works.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "3 System V shared memory attached executable under an allowlist",
+        &Attempt::ShmExec { exec: true },
+        Kind::ExecMap,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.port, exec_map::NAMELESS);
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::ShmExec { exec: false },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "shmat without SHM_EXEC");
     // Red team round 17 (J1): the table of written files is a history kept in memory; after a
     // reboot, on another node of shared storage, or where inode numbers are not kept (btrfs
     // subvolumes, vfat), an agent's code is in a file the table never saw. What decides is what

@@ -703,8 +703,46 @@ impl Daemon<'_> {
             let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
             s.reload_failures = failures;
             s.last_error = Some(e.clone());
+            drop(s);
+            self.quarantine_new_agents();
         }
         result
+    }
+
+    /// After a failed reload: the agent roots the generation in force does not hold (by its
+    /// policy's selectors, or by the directory's if it reads) are refused everything until a
+    /// generation governs them (`Enforcer::quarantine`), and each is named in the log.
+    fn quarantine_new_agents(&mut self) {
+        let mut sets = vec![self.engine.load().policies().clone()];
+        if let Ok(read) = crate::policy::load_dir(&self.args.policy) {
+            sets.push(read);
+        }
+        let mut found = Vec::new();
+        for set in &sets {
+            match agents::discover(self.root, set, false, self.pods.as_deref()) {
+                Ok(agents) => found.extend(agents),
+                Err(e) => tracing::warn!(error = %e, "finding agents to quarantine"),
+            }
+        }
+        let Ok(mut enforcer) = self.enforcer.lock() else {
+            return;
+        };
+        // No generation yet: nothing decides for anyone, and the daemon says so at its start.
+        if !enforcer.generation().is_ok_and(|g| g > 0) {
+            return;
+        }
+        for agent in found {
+            match enforcer.quarantine(agent.cgroup_id) {
+                Ok(true) => crate::say!(
+                    "agent {} ({}) appeared while no generation can be built: everything it \
+                     does is refused until one governs it",
+                    agent.name,
+                    agent.rel
+                ),
+                Ok(false) => {}
+                Err(e) => crate::say!("agent {} could not be quarantined: {e}", agent.name),
+            }
+        }
     }
 
     /// The error `governance status` shows.

@@ -2,7 +2,7 @@
 //! link.
 
 use super::*;
-use aya::programs::{CgroupSkb, CgroupSkbAttachType};
+use aya::programs::{CgroupSkb, CgroupSkbAttachType, CgroupSock};
 
 /// The cgroup2 root, to attach cgroup programs at. (cgroup links always coexist with other
 /// programs; the kernel rejects BPF_F_ALLOW_MULTI for links (EINVAL), so they attach "single",
@@ -39,6 +39,20 @@ pub(super) fn attach(
         what: "program",
         name,
     })?;
+    // The program, a `$ty` whose `attach` takes the cgroup and the mode, loaded and attached
+    // at the cgroup2 root, as an fd link.
+    macro_rules! at_cgroup_root {
+        ($ty:ty) => {{
+            let prog: &mut $ty = prog.try_into().map_err(err)?;
+            prog.load().map_err(err)?;
+            let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
+            fd_link(
+                prog.take_link(id.map_err(err)?).map_err(err)?,
+                pin_dir,
+                name,
+            )?
+        }};
+    }
     let link: FdLink = match program.attach {
         Attach::Lsm(hook) => {
             let prog: &mut Lsm = prog.try_into().map_err(err)?;
@@ -53,24 +67,10 @@ pub(super) fn attach(
             prog.take_link(id).map_err(err)?.into()
         }
         Attach::SockAddr(_) => {
-            let prog: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
-            prog.load().map_err(err)?;
-            let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
-            fd_link(
-                prog.take_link(id.map_err(err)?).map_err(err)?,
-                pin_dir,
-                name,
-            )?
+            at_cgroup_root!(CgroupSockAddr)
         }
         Attach::SockOps => {
-            let prog: &mut SockOps = prog.try_into().map_err(err)?;
-            prog.load().map_err(err)?;
-            let id = prog.attach(open_cgroup(cgroup_root)?, CgroupAttachMode::Single);
-            fd_link(
-                prog.take_link(id.map_err(err)?).map_err(err)?,
-                pin_dir,
-                name,
-            )?
+            at_cgroup_root!(SockOps)
         }
         Attach::SkbEgress => {
             let prog: &mut CgroupSkb = prog.try_into().map_err(err)?;
@@ -85,6 +85,9 @@ pub(super) fn attach(
                 pin_dir,
                 name,
             )?
+        }
+        Attach::SockCreate => {
+            at_cgroup_root!(CgroupSock)
         }
         Attach::RawTracepoint(tp) => {
             let prog: &mut RawTracePoint = prog.try_into().map_err(err)?;

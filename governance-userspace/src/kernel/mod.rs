@@ -13,6 +13,7 @@ mod host_files;
 mod ident_filter;
 pub mod probe;
 mod proxy_conns;
+mod quarantine;
 mod report;
 mod sequence;
 pub use report::count_keys;
@@ -349,6 +350,12 @@ impl Enforcer {
             }
             values.push((offsets::FILE_F_OWNER_EMBEDDED, u64::from(embedded)));
             values.push((offsets::FOWN_FILE, back));
+            // Without io_uring in the kernel no request can run under captured credentials.
+            values.push((
+                offsets::TASK_IO_URING,
+                kbtf.field_offset("task_struct", "io_uring")
+                    .unwrap_or(offsets::NO_FIELD),
+            ));
             values.push((
                 governance_common::discover::TASK_HELPERS_GLOBAL,
                 u64::from(discover_task_helpers()),

@@ -90,5 +90,6 @@ pub fn attach_point(a: Attach) -> String {
         Attach::RawTracepoint(t) => format!("raw_tp/{t}"),
         Attach::SockOps => "cgroup/sock_ops".into(),
         Attach::SkbEgress => "cgroup_skb/egress".into(),
+        Attach::SockCreate => "cgroup/sock_create".into(),
     }
 }

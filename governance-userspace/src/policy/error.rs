@@ -46,6 +46,17 @@ pub enum PolicyError {
     },
     #[error("no policy files (*.yaml, *.yml) in {0}")]
     Empty(PathBuf),
+    /// A link in the policy directory to a file or directory outside it: agents' writes there
+    /// are not refused (the built-in protections cover the policy directory), so an agent
+    /// could write its own policy (red team round 24).
+    #[error(
+        "{path} is a link to {target}, outside the policy directory {dir}: agents may write there, so it is not read (copy it into {dir}, or point --policy at it)"
+    )]
+    Outside {
+        path: PathBuf,
+        target: String,
+        dir: PathBuf,
+    },
     #[error("{} problem(s) in the policy; nothing was applied:\n{}", .0.len(), list(.0))]
     Invalid(Vec<Problem>),
 }

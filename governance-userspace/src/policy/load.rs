@@ -17,6 +17,10 @@ pub(super) fn refusable_capabilities() -> String {
 pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyError> {
     let mut policies = Vec::new();
     let mut tests = Vec::new();
+    let root = std::fs::canonicalize(dir).map_err(|source| PolicyError::Dir {
+        dir: dir.to_owned(),
+        source,
+    })?;
     let mut dirs = vec![dir.to_owned()];
     while let Some(d) = dirs.pop() {
         let rd = std::fs::read_dir(&d).map_err(|source| PolicyError::Dir {
@@ -35,6 +39,35 @@ pub fn policy_files(dir: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>), PolicyEr
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
+            if name.starts_with('.') && path.is_dir() {
+                continue;
+            }
+            // What a link the loader would read names must stay inside the directory the
+            // daemon protects (a Kubernetes ConfigMap's links into its own `..data` do); a link
+            // to a missing file is refused too, as an agent could make the file.
+            let read = name.ends_with(".yaml") || name.ends_with(".yml") || path.is_dir();
+            if read && path.is_symlink() {
+                let inside = std::fs::canonicalize(&path).map(|t| (t.starts_with(&root), t));
+                match inside {
+                    Ok((true, _)) => {}
+                    Ok((false, target)) => {
+                        return Err(PolicyError::Outside {
+                            path,
+                            target: target.display().to_string(),
+                            dir: root,
+                        });
+                    }
+                    Err(e) => {
+                        let target = std::fs::read_link(&path)
+                            .map_or_else(|_| e.to_string(), |t| format!("{} ({e})", t.display()));
+                        return Err(PolicyError::Outside {
+                            path,
+                            target,
+                            dir: root,
+                        });
+                    }
+                }
+            }
             if path.is_dir() {
                 if !name.starts_with('.') {
                     dirs.push(path);
@@ -254,6 +287,7 @@ fn parse_hashed(
             set.policies.push(policy);
         }
     }
+    problems.extend(agent_budgets_disagree(&set));
     if set.rule_count() > MAX_RULES {
         problems.push(Problem {
             file: sources.first().map(|s| s.0.clone()).unwrap_or_default(),
@@ -269,6 +303,38 @@ fn parse_hashed(
     } else {
         Err(PolicyError::Invalid(problems))
     }
+}
+
+/// `key: agent` throttles share one bucket per agent, in the kernel and in the proxy: with
+/// different rates, a fast rule's refills would fill a slow rule's budget (red team round 24:
+/// a rule of 2 an hour let through 3,600 beside one of 1,000 a minute). Every such rule must
+/// give the same rate and window; the second and later ones that differ are errors.
+fn agent_budgets_disagree(set: &PolicySet) -> Vec<Problem> {
+    let mut first: Option<(&Rule, &Throttle)> = None;
+    let mut problems = Vec::new();
+    for rule in set.policies.iter().flat_map(|p| p.rules.iter()) {
+        let Some(t) = rule
+            .throttle
+            .as_ref()
+            .filter(|t| rule.verdict == Verdict::Throttle && t.key == ThrottleKey::Agent)
+        else {
+            continue;
+        };
+        match first {
+            None => first = Some((rule, t)),
+            Some((r, f)) if (f.rate, f.per) != (t.rate, t.per) => problems.push(Problem {
+                file: rule.at.file.to_path_buf(),
+                at: Some((rule.at.line, rule.at.column)),
+                message: format!(
+                    "`key: agent` throttles share one bucket per agent, so they must give one rate: \
+                     this one is {} per {:?}, `{}` at {} is {} per {:?} (or use `key: agent_rule`)",
+                    t.rate, t.per, r.id, r.at, f.rate, f.per
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+    problems
 }
 
 /// One YAML document read and validated; None if it had problems (recorded in `cx`). With

@@ -174,6 +174,44 @@ fn duplicate_policy_names_are_rejected_across_files() {
 }
 
 #[test]
+fn agent_keyed_throttles_must_share_one_rate() {
+    let policy = |name: &str, rate: u32, per: &str| {
+        format!(
+            "name: {name}\nagents: {{ label: x }}\nrules:\n\
+             \x20 - {{ id: t, network: {{ cidr: 10.0.0.0/8 }}, verdict: throttle, \
+             throttle: {{ rate: {rate}, per: {per}, key: agent }}, reason: r }}\n"
+        )
+    };
+    // One bucket per agent: a fast rule would fill a slow one's (red team round 24).
+    let err = parse(&[
+        ("a.yaml".into(), policy("fast", 1000, "1m")),
+        ("b.yaml".into(), policy("slow", 2, "1h")),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("b.yaml:4:")
+            && err.contains("share one bucket per agent")
+            && err.contains("`fast/t` at a.yaml:4:"),
+        "{err}"
+    );
+    // Controls: the same rate and window, and a different rate keyed per rule.
+    parse(&[
+        ("a.yaml".into(), policy("fast", 1000, "1m")),
+        ("b.yaml".into(), policy("slow", 1000, "1m")),
+    ])
+    .unwrap();
+    parse(&[
+        ("a.yaml".into(), policy("fast", 1000, "1m")),
+        (
+            "b.yaml".into(),
+            policy("slow", 2, "1h").replace("key: agent", "key: agent_rule"),
+        ),
+    ])
+    .unwrap();
+}
+
+#[test]
 fn too_many_rules_is_an_error() {
     let rule = "  - { id: rNUM, exec: { path: /bin/xNUM }, verdict: block, reason: r }\n";
     let mut text = String::from(HEAD);
@@ -278,6 +316,41 @@ fn load_dir_names_the_directory_and_recurses() {
     std::fs::write(dir.path().join("sub/a.yaml"), "name: [").unwrap();
     let err = load_dir(dir.path()).unwrap_err().to_string();
     assert!(err.contains("sub/a.yaml:2:1: "), "{err}");
+}
+
+#[test]
+fn links_out_of_the_policy_directory_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = "name: p\nagents: { label: x }\n";
+    std::fs::write(outside.path().join("a.yaml"), policy).unwrap();
+    // A ConfigMap's shape: a file linked into a dot directory of the policy directory itself.
+    std::fs::create_dir(dir.path().join("..2026_12_06")).unwrap();
+    std::fs::write(
+        dir.path().join("..2026_12_06/b.yaml"),
+        policy.replace("p\n", "q\n"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_12_06", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/b.yaml", dir.path().join("b.yaml")).unwrap();
+    assert_eq!(load_dir(dir.path()).unwrap().policies.len(), 1);
+    // A file, a directory and a missing file outside it: an agent could write there (red team
+    // round 24), so nothing is read.
+    for (link, target) in [
+        ("a.yaml", outside.path().join("a.yaml")),
+        ("team", outside.path().to_path_buf()),
+        ("c.yaml", outside.path().join("missing.yaml")),
+    ] {
+        let at = dir.path().join(link);
+        std::os::unix::fs::symlink(&target, &at).unwrap();
+        let err = load_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, PolicyError::Outside { .. }), "{link}: {err}");
+        assert!(
+            err.to_string().contains("outside the policy directory"),
+            "{err}"
+        );
+        std::fs::remove_file(&at).unwrap();
+    }
 }
 
 #[test]

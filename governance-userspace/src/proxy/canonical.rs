@@ -1310,7 +1310,30 @@ fn check_structure(v: &Value, route: &BodyRoute<'_>, mcp_endpoint: bool) -> Resu
 /// so the message is decided as a batch of calls: the request itself, if it is one, and a call
 /// per block. A block with no `type` is a tool use to the Python SDK (`ToolUseContent`'s type
 /// defaults to it) when it has a `name` or an `input`. Any other message is returned as it is.
+///
+/// In a batch, each message is expanded in place (red team round 24: a one-message batch hid
+/// its `inputResponses`' tool uses).
 fn sampled_tool_uses(v: Value) -> Result<Value, Refused> {
+    let Value::Array(batch) = v else {
+        return sampled_tool_uses_of(v);
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    for message in batch {
+        // A batch inside a batch is no message: left as it is, for the batch's own checks.
+        if message.is_array() {
+            out.push(message);
+            continue;
+        }
+        match sampled_tool_uses_of(message)? {
+            Value::Array(calls) => out.extend(calls),
+            one => out.push(one),
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+/// [`sampled_tool_uses`] of one message (not a batch).
+fn sampled_tool_uses_of(v: Value) -> Result<Value, Refused> {
     let mut results: Vec<&Value> = Vec::new();
     if v.get("method").is_none() {
         results.extend(v.get("result"));

@@ -2180,6 +2180,17 @@ fn tool_uses_in_a_sampling_answer_are_decided_as_tool_calls() {
     );
     let other = run(retried("calculator"));
     assert!(other.starts_with("allow "), "{other}");
+    // The same in a batch, alone or beside another message (round 24).
+    assert_eq!(
+        run(json!([retried("run_shell")])),
+        "block research-agent/no-shell-tool"
+    );
+    assert_eq!(
+        run(json!([retried("calculator"), retried("run_shell")])),
+        "block research-agent/no-shell-tool"
+    );
+    let other = run(json!([retried("calculator")]));
+    assert!(other.starts_with("allow "), "{other}");
     // A tool use the server could not read as one is refused.
     assert_eq!(
         run(answer(

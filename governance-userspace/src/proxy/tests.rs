@@ -570,9 +570,10 @@ async fn a_throttle_stays_spent_across_a_reload() {
 
 /// Kept-alive upstream connections are each agent's own (red team round 13): one opened for an
 /// agent's request was reused for another agent's, carrying a connection-bound login or what
-/// the first request left unread into the second's. And a body on a GET closes its upstream
-/// connection after the answer (an upstream that ignores it would read it as a request the
-/// proxy never decided). Control: an agent's own requests share a connection.
+/// the first request left unread into the second's. And a body on a GET, or one that begins as
+/// a request does, closes its upstream connection after the answer (an upstream that ignores it
+/// would read it as a request the proxy never decided). Control: an agent's own requests (JSON
+/// bodies) share a connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_never_shared_between_agents() {
     let up = upstream("payments").await;
@@ -614,6 +615,25 @@ async fn upstream_connections_are_never_shared_between_agents() {
     let r = h.send(me, search()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(accepted(), 3, "a new connection after the GET with a body");
+    // A POST whose body (streamed: no rule reads this host's bodies) begins as a request does
+    // (red team round 24: Python's `http.server` answers a route that ignores its body, then
+    // reads the body as the next request): not kept either. The JSON POSTs above (also
+    // streamed) are the control.
+    let smuggle = Request::post("/search")
+        .header("host", "api.payments.example")
+        .body(Full::new(Bytes::from_static(
+            b"\r\nPOST /admin HTTP/1.1\r\nx: ",
+        )))
+        .unwrap();
+    let r = h.send(me, smuggle).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = h.send(me, search()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(
+        accepted(),
+        4,
+        "a new connection after a body shaped as a request"
+    );
     h.assert_no_panics();
 }
 

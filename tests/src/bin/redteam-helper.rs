@@ -23,6 +23,12 @@
 //!   (`IOSQE_ASYNC`), change this process's credentials (`prctl(PR_SET_KEEPCAPS)`), open
 //!   /dev/null there again (exits 3 if that fails), then PATH; exits 0 when PATH opened, 100 +
 //!   errno when it was refused, 2 when io_uring itself fails.
+//! - `uring-link-after-keepcaps PATH`: submit an io_uring poll of a pipe sent to a worker
+//!   (`IOSQE_ASYNC`) with an open of PATH linked behind it, wait until the poll is armed (the
+//!   ring's fdinfo lists it), change this process's credentials (`prctl(PR_SET_KEEPCAPS)`),
+//!   then write the pipe: the head completes in this process and the open runs here under the
+//!   credentials from before the change. Exits 0 when PATH opened, 100 + errno when it was
+//!   refused, 4 when the poll was never armed, 2 when io_uring itself fails.
 //! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
 //!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC` (submitted by this thread),
 //!   `SEND` forced to a worker thread (`IOSQE_ASYNC`) and `SEND` on a ring whose kernel thread
@@ -51,7 +57,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -252,6 +258,7 @@ fn main() {
             }
         }),
         ["uring-after-keepcaps", path] => std::process::exit(uring_after_keepcaps(path)),
+        ["uring-link-after-keepcaps", path] => std::process::exit(uring_link_after_keepcaps(path)),
         ["uring-sqpoll"] => std::process::exit(match Ring::new(true) {
             Ok(_) => 0,
             Err(e) => e.raw_os_error().map_or(2, |errno| 100 + errno),
@@ -355,6 +362,11 @@ impl Ring {
     /// A ring of one entry; with `sqpoll`, a kernel thread of this process submits its
     /// requests (IORING_SETUP_SQPOLL), idling for a second before it sleeps.
     fn new(sqpoll: bool) -> std::io::Result<Self> {
+        Self::with_entries(1, sqpoll)
+    }
+
+    /// A ring of `entries` entries (a power of two).
+    fn with_entries(entries: u32, sqpoll: bool) -> std::io::Result<Self> {
         // struct io_uring_params: 10 u32 (sq_entries, cq_entries, flags, sq_thread_cpu,
         // sq_thread_idle, ...), then io_sqring_offsets and io_cqring_offsets (40 bytes each).
         let mut params = [0u32; 30];
@@ -366,7 +378,7 @@ impl Ring {
         unsafe {
             let fd = os(libc::syscall(
                 libc::SYS_io_uring_setup,
-                1,
+                entries,
                 params.as_mut_ptr(),
             ))? as i32;
             let (sq_entries, cq_entries) = (params[0] as usize, params[1] as usize);
@@ -449,6 +461,74 @@ impl Ring {
     }
 }
 
+impl Ring {
+    /// Submit `entries` (at most the ring's size) in one `io_uring_enter`, without waiting.
+    fn submit(&self, entries: &[[u8; 64]]) -> std::io::Result<()> {
+        // SAFETY: the rings were mapped by `new` with the sizes the kernel gave; the caller
+        // passes no more entries than the ring holds.
+        unsafe {
+            let tail = self.sq.add(self.sq_off[1] as usize).cast::<u32>();
+            let t = std::ptr::read_volatile(tail);
+            for (i, e) in entries.iter().enumerate() {
+                std::ptr::copy_nonoverlapping(e.as_ptr(), self.sqes.add(i * 64), 64);
+                let mask = *self.sq.add(self.sq_off[2] as usize).cast::<u32>();
+                *self
+                    .sq
+                    .add(self.sq_off[6] as usize)
+                    .cast::<u32>()
+                    .add((t.wrapping_add(i as u32) & mask) as usize) = i as u32;
+            }
+            std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+            std::ptr::write_volatile(tail, t.wrapping_add(entries.len() as u32));
+            os(libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                entries.len(),
+                0,
+                0,
+                std::ptr::null::<u8>(),
+                0,
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Wait for `n` completions and return them as (user_data, result).
+    fn reap(&self, n: u32) -> std::io::Result<Vec<(u64, i32)>> {
+        let mut out = Vec::new();
+        // SAFETY: as in `run`.
+        unsafe {
+            while out.len() < n as usize {
+                os(libc::syscall(
+                    libc::SYS_io_uring_enter,
+                    self.fd,
+                    0,
+                    1,
+                    1,
+                    std::ptr::null::<u8>(),
+                    0,
+                ))?;
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+                let head_at = self.cq.add(self.cq_off[0] as usize).cast::<u32>();
+                let tail =
+                    std::ptr::read_volatile(self.cq.add(self.cq_off[1] as usize).cast::<u32>());
+                let cmask = *self.cq.add(self.cq_off[2] as usize).cast::<u32>();
+                let mut head = std::ptr::read_volatile(head_at);
+                while head != tail {
+                    let cqe = self
+                        .cq
+                        .add(self.cq_off[5] as usize + (head & cmask) as usize * 16);
+                    out.push((cqe.cast::<u64>().read(), cqe.add(8).cast::<i32>().read()));
+                    head = head.wrapping_add(1);
+                }
+                std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+                std::ptr::write_volatile(head_at, head);
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
         // SAFETY: our own descriptor (the mappings go with the process).
@@ -526,6 +606,71 @@ fn uring_after_keepcaps(path: &str) -> i32 {
         }
         Ok(errno) => 100 - errno,
         Err(_) => 2,
+    }
+}
+
+/// See `uring-link-after-keepcaps` in the module's documentation.
+fn uring_link_after_keepcaps(path: &str) -> i32 {
+    let Ok(target) = CString::new(path) else {
+        return 64;
+    };
+    let Ok(ring) = Ring::with_entries(2, false) else {
+        return 2;
+    };
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe(2) into a local array of two.
+    if unsafe { libc::pipe(pipe.as_mut_ptr()) } != 0 {
+        return 2;
+    }
+    // The head: IORING_OP_POLL_ADD (6) for POLLIN on the pipe, sent to a worker (IOSQE_ASYNC,
+    // 1 << 4) and linked (IOSQE_IO_LINK, 1 << 2): going to the worker gives every request of
+    // the link this process's credentials of now. The linked one: IORING_OP_OPENAT (18).
+    let mut head = sqe(6, pipe[0], 0, 0);
+    head[1] = (1 << 4) | (1 << 2);
+    head[28..32].copy_from_slice(&(libc::POLLIN as u32).to_ne_bytes());
+    head[32..40].copy_from_slice(&1u64.to_ne_bytes());
+    let mut open = sqe(18, libc::AT_FDCWD, target.as_ptr() as u64, 0);
+    open[28..32].copy_from_slice(&(libc::O_RDONLY as u32).to_ne_bytes());
+    open[32..40].copy_from_slice(&2u64.to_ne_bytes());
+    if ring.submit(&[head, open]).is_err() {
+        return 2;
+    }
+    // Wait until the worker has armed the head's poll (the ring's fdinfo lists it), so that
+    // the head completes by the poll, in this process, and not in the worker.
+    let fdinfo = format!("/proc/self/fdinfo/{}", ring.fd);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let armed = std::fs::read_to_string(&fdinfo).is_ok_and(|info| {
+            info.split_once("PollList:")
+                .is_some_and(|(_, polls)| polls.contains("op=6"))
+        });
+        if armed {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!("the head's poll was never listed as armed in {fdinfo}");
+            return 4;
+        }
+        std::thread::yield_now();
+    }
+    // SAFETY: plain prctl(2); new credentials for this process, the same capabilities.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return 2;
+    }
+    // SAFETY: a one-byte write to our own pipe.
+    if unsafe { libc::write(pipe[1], b"x".as_ptr().cast(), 1) } != 1 {
+        return 2;
+    }
+    let Ok(done) = ring.reap(2) else {
+        return 2;
+    };
+    match done.iter().find(|(id, _)| *id == 2).map(|(_, res)| *res) {
+        Some(fd) if fd >= 0 => {
+            println!("opened {path}");
+            0
+        }
+        Some(errno) => 100 - errno,
+        None => 2,
     }
 }
 
