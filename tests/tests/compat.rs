@@ -1314,22 +1314,26 @@ fn unread_body_cases(s: &mut Suite, base: String) {
             &post("/v1/refunds", "application/json", r#"{"amount":5000}"#),
         )?;
         expect_refused(&v, &saw, 403, "blocked", "compat/refund-large-stdlib")?;
-        let hidden = format!(
-            "POST /v1/refunds HTTP/1.1\r\nHost: {STDLIB_HOST}\r\nContent-Type: application/json\r\n\
-             Content-Length: 15\r\n\r\n{{\"amount\":5000}}"
-        );
-        let (v, saw) = s.run_seen(
-            "curl",
-            STDLIB_HOST,
-            &post("/v1/ping", "text/plain", &hidden),
-        )?;
-        let body = body_json(&v)?;
-        check(v["status"] == 200 && body["pong"] == true, || {
-            format!("want the ping answered, got {} {body}", v["status"])
-        })?;
-        check(saw.is_empty(), || {
-            format!("the upstream acted on the refund hidden in the ping's body: {saw:?}")
-        })?;
+        // As a request line, and with the separators Python splits a line on besides spaces
+        // (round 25: a body whose first bytes read as no request line to an ASCII check).
+        for sep in [" ", "\u{1c}"] {
+            let hidden = format!(
+                "POST{sep}/v1/refunds{sep}HTTP/1.1\r\nHost: {STDLIB_HOST}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 15\r\n\r\n{{\"amount\":5000}}"
+            );
+            let (v, saw) = s.run_seen(
+                "curl",
+                STDLIB_HOST,
+                &post("/v1/ping", "text/plain", &hidden),
+            )?;
+            let body = body_json(&v)?;
+            check(v["status"] == 200 && body["pong"] == true, || {
+                format!("want the ping answered, got {} {body}", v["status"])
+            })?;
+            check(saw.is_empty(), || {
+                format!("the upstream acted on the refund hidden in the ping's body: {saw:?}")
+            })?;
+        }
         Ok("a refund hidden in an unread body is never read as a request".into())
     });
 }

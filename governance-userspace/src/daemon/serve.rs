@@ -709,21 +709,20 @@ impl Daemon<'_> {
         result
     }
 
-    /// After a failed reload: the agent roots the generation in force does not hold (by its
-    /// policy's selectors, or by the directory's if it reads) are refused everything until a
-    /// generation governs them (`Enforcer::quarantine`), and each is named in the log.
+    /// After a failed reload: the agent roots its own policy selects that the generation in
+    /// force does not hold (cgroups that appeared since it was built) are refused everything
+    /// until a generation governs them (`Enforcer::quarantine`), and each is named in the log.
+    /// Not by the policy that failed: what it newly selects was no agent, and stays as it was
+    /// (red team round 25: a running workload would have been stopped).
     fn quarantine_new_agents(&mut self) {
-        let mut sets = vec![self.engine.load().policies().clone()];
-        if let Ok(read) = crate::policy::load_dir(&self.args.policy) {
-            sets.push(read);
-        }
-        let mut found = Vec::new();
-        for set in &sets {
-            match agents::discover(self.root, set, false, self.pods.as_deref()) {
-                Ok(agents) => found.extend(agents),
-                Err(e) => tracing::warn!(error = %e, "finding agents to quarantine"),
+        let set = self.engine.load().policies().clone();
+        let found = match agents::discover(self.root, &set, false, self.pods.as_deref()) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "finding agents to quarantine");
+                return;
             }
-        }
+        };
         let Ok(mut enforcer) = self.enforcer.lock() else {
             return;
         };

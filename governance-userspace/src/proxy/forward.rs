@@ -100,44 +100,24 @@ impl Proxy {
             Ok(u) => u,
             Err(e) => return bad_gateway(format!("cannot build the upstream request: {e}")),
         };
-        // A body the upstream may leave unread: an upstream that answers without reading a
-        // request's body reads it as the next request on the connection, one the proxy never
-        // decided (red team round 13: a body on GET, HEAD, DELETE, OPTIONS; round 24: a POST
-        // to a route whose handler ignores its body, on Python's `http.server`). Such a
-        // connection is not kept for another request: a body on a method that usually has
-        // none, a body the proxy did not read (streamed: no body rule reads this host), and a
-        // read body that begins as a request line does.
-        let unusual_method = matches!(
-            parts.method,
-            http::Method::GET
-                | http::Method::HEAD
-                | http::Method::DELETE
-                | http::Method::OPTIONS
-                | http::Method::TRACE
-        );
-        // Decided on the body itself, whatever the headers say (HTTP/2 DATA frames need
-        // neither Content-Length nor Transfer-Encoding: round 14). A streamed body's start is
-        // read first (and sent first).
+        // A body the upstream may leave unread, all of it or its end: an upstream that answers
+        // without reading a request's body, or all of it, reads what is left as the next
+        // request on the connection, one the proxy never decided (red team round 13: a body on
+        // GET, HEAD, DELETE, OPTIONS; round 24: a POST to a route of Python's `http.server`
+        // whose handler ignores its body, and bytes that server splits a request line on, a
+        // handler that reads one line of it). Whatever the body says, a connection that
+        // carried one is not kept for another request. Decided on the body itself, whatever
+        // the headers say (HTTP/2 DATA frames need neither Content-Length nor
+        // Transfer-Encoding: round 14).
         let (body, unread_body) = match body {
             ReqBody::Read(b) => {
-                let unread = !b.is_empty() && (unusual_method || request::reads_as_request(&b));
                 parts.headers.remove(header::CONTENT_LENGTH);
-                (UpBody::Full((!b.is_empty()).then_some(b)), unread)
+                let carried = !b.is_empty();
+                (UpBody::Full(carried.then_some(b)), carried)
             }
-            ReqBody::Stream(mut rest) => {
-                let (prefix, looks) = match request::read_request_line(&mut rest).await {
-                    Ok(read) => read,
-                    Err(e) => {
-                        return respond::error(
-                            StatusCode::BAD_REQUEST,
-                            "bad request",
-                            &format!("the request's body did not read: {e}"),
-                            None,
-                        );
-                    }
-                };
-                let unread = looks || (unusual_method && prefix.is_some());
-                (UpBody::Stream { prefix, rest }, unread)
+            ReqBody::Stream(s) => {
+                let carried = !hyper::body::Body::is_end_stream(&s);
+                (UpBody::Stream(s), carried)
             }
         };
         request::strip_hop_by_hop(&mut parts.headers);

@@ -490,68 +490,6 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
 }
 
-/// Whether a body, read by an upstream as the start of the next request on its connection,
-/// begins as a request line does: after any whitespace (servers skip blank lines before a
-/// request, and Python's `http.server` splits the line on any whitespace), a token (a method)
-/// and a space. JSON, forms and binary bodies do not; text may, which only costs a connection.
-pub fn reads_as_request(body: &[u8]) -> bool {
-    let start = body
-        .iter()
-        .position(|b| !b.is_ascii_whitespace() && *b != 0x0b)
-        .unwrap_or(body.len());
-    let rest = &body[start..];
-    let method = rest
-        .iter()
-        .take_while(|&&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        .count();
-    method > 0 && matches!(rest.get(method), Some(b' ' | b'\t' | 0x0b | 0x0c))
-}
-
-/// Whether `prefix`, the start of a body, already tells [`reads_as_request`]'s answer: it
-/// holds a byte past the first token after any whitespace (or a byte that is none).
-fn request_line_decided(prefix: &[u8]) -> bool {
-    let rest = match prefix
-        .iter()
-        .position(|b| !b.is_ascii_whitespace() && *b != 0x0b)
-    {
-        Some(start) => &prefix[start..],
-        None => return false,
-    };
-    rest.iter()
-        .any(|&b| !(b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)))
-}
-
-/// The most of a streamed body read to tell whether it begins as a request line: past it the
-/// body is taken for one (its connection is not kept).
-const REQUEST_LINE_PEEK: usize = 8 * 1024;
-
-/// Read the start of a streamed body until it tells whether an upstream that leaves the body
-/// unread would read it as a request ([`reads_as_request`]), or it ends: what was read (sent
-/// first, before the rest: `UpBody::Stream`), and whether it does (a prefix that never told,
-/// past [`REQUEST_LINE_PEEK`] bytes, counts as one). Most bodies tell with their first frame.
-pub async fn read_request_line(
-    body: &mut hyper::body::Incoming,
-) -> Result<(Option<bytes::Bytes>, bool), hyper::Error> {
-    use http_body_util::BodyExt as _;
-    let mut prefix = bytes::BytesMut::new();
-    while !request_line_decided(&prefix) && prefix.len() <= REQUEST_LINE_PEEK {
-        match body.frame().await {
-            None => break,
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    prefix.extend_from_slice(&data);
-                }
-            }
-        }
-    }
-    let looks = if prefix.len() > REQUEST_LINE_PEEK && !request_line_decided(&prefix) {
-        true
-    } else {
-        reads_as_request(&prefix)
-    };
-    Ok(((!prefix.is_empty()).then(|| prefix.freeze()), looks))
-}
-
 /// A header value from text the proxy made (rule ids, decision ids); never fails.
 pub fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -560,57 +498,6 @@ pub fn header_value(s: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bodies_that_begin_as_a_request_line_are_told_apart() {
-        for body in [
-            &b"POST /v1/refunds HTTP/1.1\r\nHost: a\r\n\r\n"[..],
-            b"\r\n\r\nGET /admin HTTP/1.1\r\n",
-            b"  GET /admin\r\n",
-            b"\x0bGET\t/admin HTTP/1.0\r\n",
-            b"PRI * HTTP/2.0\r\n",
-            b"hello world",
-        ] {
-            assert!(
-                reads_as_request(body),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        for body in [
-            &b"{\"amount\": 5000}"[..],
-            b"[1, 2]",
-            b"\"GET /admin HTTP/1.1\"",
-            b"a=1&b=GET /x",
-            b"GET",
-            b"GET\r\n/admin HTTP/1.1",
-            b"",
-            b"\r\n",
-            b"\xef\xbb\xbfGET / HTTP/1.1",
-        ] {
-            assert!(
-                !reads_as_request(body),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-        }
-        // What a streamed body's reader needs before it can tell.
-        for (prefix, decided) in [
-            (&b""[..], false),
-            (b"\r\n  ", false),
-            (b"POS", false),
-            (b"POST ", true),
-            (b"{", true),
-            (b"\r\n{\"a\"", true),
-        ] {
-            assert_eq!(
-                request_line_decided(prefix),
-                decided,
-                "{:?}",
-                String::from_utf8_lossy(prefix)
-            );
-        }
-    }
 
     fn head(method: &str, uri: &str, host: Option<&str>) -> Result<Head, Reject> {
         let mut h = HeaderMap::new();

@@ -27,12 +27,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body on its way upstream: buffered (a rule needed it) or streamed untouched.
 pub enum UpBody {
     Full(Option<Bytes>),
-    /// The client's body as it arrives, after what was read of it before (`prefix`, sent
-    /// first: see `request::read_request_line`).
-    Stream {
-        prefix: Option<Bytes>,
-        rest: Incoming,
-    },
+    Stream(Incoming),
 }
 
 impl HttpBody for UpBody {
@@ -45,33 +40,21 @@ impl HttpBody for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream { prefix, rest } => match prefix.take() {
-                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                None => Pin::new(rest).poll_frame(cx),
-            },
+            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpBody::Full(b) => b.is_none(),
-            UpBody::Stream { prefix, rest } => prefix.is_none() && rest.is_end_stream(),
+            UpBody::Stream(s) => s.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream { prefix, rest } => {
-                let read = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let hint = rest.size_hint();
-                let mut sum = SizeHint::new();
-                sum.set_lower(hint.lower() + read);
-                if let Some(upper) = hint.upper() {
-                    sum.set_upper(upper + read);
-                }
-                sum
-            }
+            UpBody::Stream(s) => s.size_hint(),
         }
     }
 }
