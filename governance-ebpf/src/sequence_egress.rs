@@ -186,16 +186,22 @@ fn skb_agent(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
     if !sequence::any(slot(generation)) {
         return None;
     }
-    agent_of(skb)
+    agent_in(skb, generation)
 }
 
 /// The agent the packet's socket belongs to in the active generation, whatever its rules.
 #[inline(always)]
 fn agent_of(skb: *mut __sk_buff) -> Option<(u64, u32, u32)> {
-    let generation = STATE.get(0).copied().unwrap_or(0);
-    if generation == 0 {
-        return None;
+    match STATE.get(0).copied().unwrap_or(0) {
+        0 => None,
+        generation => agent_in(skb, generation),
     }
+}
+
+/// The agent the packet's socket belongs to in `generation` (not 0): its cgroup's ancestry
+/// walked top-down, as `current_agent` walks the task's.
+#[inline(always)]
+fn agent_in(skb: *mut __sk_buff, generation: u32) -> Option<(u64, u32, u32)> {
     let slot = slot(generation);
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {

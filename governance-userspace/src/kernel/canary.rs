@@ -105,6 +105,23 @@ impl Enforcer {
         cgroup_id: u64,
         value: AgentValue,
     ) -> Result<Canary, KernelError> {
+        let key = self.put_agent(cgroup_id, value)?;
+        Ok(Canary {
+            cgroup_id,
+            slot: key.slot,
+            agents: vec![key],
+            ..Default::default()
+        })
+    }
+
+    /// Agent root `cgroup_id` written into the active slot with `value`, outside an install
+    /// (a canary, a quarantined agent), and recorded as that slot's, so that the next install
+    /// into it removes it.
+    pub(super) fn put_agent(
+        &mut self,
+        cgroup_id: u64,
+        value: AgentValue,
+    ) -> Result<AgentKey, KernelError> {
         let slot = governance_common::slot(self.generation()?);
         let key = AgentKey {
             cgroup_id,
@@ -123,12 +140,7 @@ impl Enforcer {
             },
         );
         written.map_err(|source| KernelError::Map { name, source })?;
-        Ok(Canary {
-            cgroup_id,
-            slot,
-            agents: vec![key],
-            ..Default::default()
-        })
+        Ok(key)
     }
 
     /// The AGENTS entry of agent root `cgroup_id` in the active slot.
