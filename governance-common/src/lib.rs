@@ -52,6 +52,11 @@ pub const MAX_MQUEUES: u32 = 8192;
 /// (see [`SigioOwner`]). Preallocated; when full, the enabling `fcntl` or `ioctl` is refused
 /// ([`Cause::MapFull`]): a file not remembered could signal a process outside the agent.
 pub const MAX_SIGIO_FILES: u32 = 4096;
+/// Credentials that agent tasks with an io_uring context had as their own and then changed
+/// (or made for a child), that the kernel programs remember until they are freed (see
+/// [`maps::AGENT_CREDS`]). Preallocated; when full, recording ends (counted as a full map) and
+/// every capability check in an io_uring task of an agent is taken as the agent's.
+pub const MAX_AGENT_CREDS: u32 = 65536;
 /// Capacity of [`maps::AGENTS`] (both slots).
 pub const MAX_AGENTS: u32 = 8192;
 /// Capacity of [`maps::EXEC_RULES`].
@@ -674,6 +679,11 @@ pub mod guard {
     /// made without `socket_create` (red team round 24); kTLS (`tls`) falls back to TLS in
     /// user space. [`crate::Event::object`]: (level << 32) | option.
     pub const SOCKET_ULP: u8 = 18;
+    /// A session keyring handed to a parent (`KEYCTL_SESSION_TO_PARENT`): one outside the
+    /// agent would look keys up in a keyring the agent controls (a planted Kerberos ticket,
+    /// credentials cleared; red team round 26); refused whoever the parent is (it may change
+    /// under the call).
+    pub const SESSION_KEYRING: u8 = 19;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -696,6 +706,7 @@ pub mod guard {
             MAPPED_CODE => "a write to a file a process maps as code, under an exec allowlist",
             FILESYSTEM_IOCTL => "a filesystem ioctl past the file hooks (subvolumes, extent moves)",
             SOCKET_ULP => "an upper-layer protocol on a TCP socket (TCP_ULP)",
+            SESSION_KEYRING => "a session keyring handed to a parent process",
             _ => "?",
         }
     }

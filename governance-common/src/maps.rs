@@ -49,6 +49,22 @@ pub const MQ_OWNERS: &str = "MQ_OWNERS";
 /// Array[1] of u32: 1 once any file was recorded in [`SIGIO_OWNERS`] (never cleared): until
 /// then, freeing a file does not look there.
 pub const SIGIO_ANY: &str = "SIGIO_ANY";
+/// `struct cred` address (u64) → u32 (unused): credentials an agent task with an io_uring
+/// context had as its own before a change, and those it made by the change (`cred_prepare`,
+/// `cred_transfer` add; `cred_free` removes). io_uring runs a request under the credentials
+/// its submitter had when it was queued, which need not be the task's own by the time it
+/// runs; the `capable` hook takes a check in such a task under credentials found here (or the
+/// task's own) as the agent's, and any other as borrowed by a subsystem (overlayfs acting
+/// with its mounter's).
+pub const AGENT_CREDS: &str = "AGENT_CREDS";
+/// Array[2] of u64: [0] when recording into [`AGENT_CREDS`] began (CLOCK_MONOTONIC ns; 0:
+/// not yet): a process that started before it may hold credentials never recorded, and every
+/// check in its io_uring tasks is taken as the agent's. [1]: 1 once any entry was recorded.
+pub const AGENT_CREDS_STATE: &str = "AGENT_CREDS_STATE";
+/// Agent root's cgroup id (u64) → u64: decision events of that agent the ring had no room for
+/// (`Counter::EventsDropped` counts them all; this says whose they were, for the daemon's
+/// `events.dropped` records). The kernel adds entries; the daemon removes those of agents gone.
+pub const EVENTS_DROPPED: &str = "EVENTS_DROPPED";
 /// tgid (u32) → u32 (unused): processes agents may not signal or trace (the daemon, the
 /// proxy).
 pub const PROTECTED: &str = "PROTECTED";
@@ -129,7 +145,7 @@ pub const SEQ_ANY: &str = "SEQ_ANY";
 pub const ALLOWLIST_ANY: &str = "ALLOWLIST_ANY";
 
 /// Every map, in pin order.
-pub const ALL: [&str; 38] = [
+pub const ALL: [&str; 41] = [
     STATE,
     AGENTS,
     EXEC_RULES,
@@ -143,6 +159,8 @@ pub const ALL: [&str; 38] = [
     SANDBOX_FILES,
     SIGIO_OWNERS,
     SIGIO_ANY,
+    AGENT_CREDS,
+    AGENT_CREDS_STATE,
     IPC_OWNERS,
     KEY_OWNERS,
     MQ_OWNERS,
@@ -151,6 +169,7 @@ pub const ALL: [&str; 38] = [
     ORIG_DST,
     PROXY_CONNS,
     EVENTS,
+    EVENTS_DROPPED,
     COUNTERS,
     UNIX_RULES,
     UNIX_PROTECTED,

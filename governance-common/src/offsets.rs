@@ -88,6 +88,8 @@ pub const KEY_SERIAL: &str = "OFF_KEY_SERIAL";
 /// `key.flags`: whether the key counts against a user's quota (`KEY_FLAG_IN_QUOTA`).
 pub const KEY_FLAGS: &str = "OFF_KEY_FLAGS";
 pub const TASK_GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+/// `task_struct.start_time`: when the task started (CLOCK_MONOTONIC ns; caps.rs).
+pub const TASK_START_TIME: &str = "OFF_TASK_START_TIME";
 pub const TASK_THREAD_PID: &str = "OFF_TASK_THREAD_PID";
 pub const PID_LEVEL: &str = "OFF_PID_LEVEL";
 pub const PID_NUMBERS: &str = "OFF_PID_NUMBERS";
@@ -121,7 +123,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 86] = [
+pub const ALL: [(&str, &str, &str); 87] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -182,6 +184,7 @@ pub const ALL: [(&str, &str, &str); 86] = [
     (KEY_SERIAL, "key", "serial"),
     (KEY_FLAGS, "key", "flags"),
     (TASK_GROUP_LEADER, "task_struct", "group_leader"),
+    (TASK_START_TIME, "task_struct", "start_time"),
     (TASK_THREAD_PID, "task_struct", "thread_pid"),
     (PID_LEVEL, "pid", "level"),
     (PID_NUMBERS, "pid", "numbers"),

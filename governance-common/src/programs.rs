@@ -13,6 +13,8 @@ pub enum Attach {
     SkbEgress,
     /// cgroup/sock_create (a cgroup_sock program) at the cgroup2 root.
     SockCreate,
+    /// cgroup/setsockopt (a cgroup_sockopt program) at the cgroup2 root.
+    SetSockopt,
 }
 
 /// A program of the object.
@@ -157,6 +159,22 @@ pub const SEMCTL: Program = lsm("sem_semctl", "System V IPC of others");
 pub const CAPABLE: Program = lsm("capable", "capabilities agents never get");
 pub const URING_CREDS: Program = lsm("uring_override_creds", "io_uring personalities");
 pub const URING_SQPOLL: Program = lsm("uring_sqpoll", "io_uring polling threads");
+pub const CRED_PREPARE: Program = lsm(
+    "cred_prepare",
+    "bookkeeping of credentials io_uring tasks of agents had",
+);
+pub const CRED_TRANSFER: Program = lsm(
+    "cred_transfer",
+    "bookkeeping of credentials io_uring tasks of agents had (keyrings)",
+);
+pub const CRED_ALLOC_BLANK: Program = lsm(
+    "cred_alloc_blank",
+    "session keyrings handed to a parent process",
+);
+pub const CRED_FREE: Program = lsm(
+    "cred_free",
+    "bookkeeping of credentials io_uring tasks of agents had",
+);
 pub const SB_MOUNT: Program = lsm("sb_mount", "mount");
 pub const SB_UMOUNT: Program = lsm("sb_umount", "umount");
 pub const SB_REMOUNT: Program = lsm("sb_remount", "remount");
@@ -263,7 +281,15 @@ pub const DISCOVER: Program = Program {
 
 /// Full enforcement, in attach order: the network and tracepoint programs first (they load
 /// everywhere), the LSM programs after.
-pub const ALL: [Program; 73] = [
+/// Socket options refused to agents, in the network stack (kernels without BPF LSM too).
+pub const SOCKOPT: Program = Program {
+    name: "sockopt_set",
+    attach: Attach::SetSockopt,
+    what: "multicast memberships, source routes, marks, TCP_ULP (cgroup/setsockopt)",
+    required: true,
+};
+
+pub const ALL: [Program; 78] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -275,6 +301,7 @@ pub const ALL: [Program; 73] = [
     BIND6,
     SEQUENCE_EGRESS,
     SOCK_CREATE,
+    SOCKOPT,
     EXEC,
     FILE,
     SOCKET_CREATE,
@@ -313,6 +340,10 @@ pub const ALL: [Program; 73] = [
     CAPABLE,
     URING_CREDS,
     URING_SQPOLL,
+    CRED_PREPARE,
+    CRED_TRANSFER,
+    CRED_ALLOC_BLANK,
+    CRED_FREE,
     SB_MOUNT,
     SB_UMOUNT,
     SB_REMOUNT,

@@ -25,25 +25,24 @@ use crate::{
 /// `task_struct.flags`: an io_uring worker (io-wq or SQPOLL thread; include/linux/sched.h).
 const PF_IO_WORKER: u32 = 0x10;
 
-/// Is `cred` the current task's own for the capability hook: its `real_cred`, or any
-/// credentials at all in an io_uring worker? True if unreadable (decide: fail closed).
+/// Is `cred` the current task's own for the capability hook: its `real_cred`, or, in an io_uring
+/// worker or a task with an io_uring context, credentials an agent task had (creds.rs). True if
+/// unreadable (decide: fail closed).
 ///
 /// A worker runs each request under the credentials of the task that queued it (`req->creds`,
 /// taken when the request was prepared), while its own `real_cred` are the ones that task had
 /// when the worker was made. An agent that changed its credentials in between (any `setuid`,
 /// `capset`, even an unprivileged `prctl(PR_SET_KEEPCAPS)` makes new ones) would have its
 /// requests' checks look borrowed, and an `IORING_OP_OPENAT` of `/proc/kcore` or `/dev/mem`
-/// pass its `CAP_SYS_RAWIO` check (red team round 7). In an agent's worker every credential
-/// the io_uring code runs under was queued by the agent (personalities are refused below), so
-/// the check is the agent's; a subsystem that borrows credentials inside a worker (overlayfs
-/// copying a file up for an open queued to io_uring) is decided as the agent's too.
-///
-/// The same holds in any task that has submitted to a ring (`task_struct.io_uring` set): a
-/// request linked behind one that went to a worker takes the submitter's credentials of that
-/// moment, and when the head completes by a poll, the linked request runs in the submitter
-/// itself, under those credentials (`io_issue_sqe`'s `override_creds`), not in a worker. After
-/// a credential change in between, its `/dev/kmsg` open, `SCM_CREDENTIALS` of another pid or
-/// socket command passed checks the agent's own credentials fail (red team round 24).
+/// pass its `CAP_SYS_RAWIO` check (red team round 7). Likewise in the task itself: a request
+/// linked behind one that went to a worker takes the submitter's credentials of that moment,
+/// and when the head completes by a poll, the linked request runs in the submitter, under
+/// those credentials (`io_issue_sqe`'s `override_creds`); after a credential change in
+/// between, its `/dev/kmsg` open, `SCM_CREDENTIALS` of another pid or socket command passed
+/// checks the agent's own credentials fail (red team round 24). Every credential change of an
+/// agent task with an io_uring context is recorded, the credentials left and those made, so
+/// those checks are the agent's, while a filesystem that borrows its mounter's credentials in
+/// such a task (overlayfs reading `trusted.overlay.*`, copying a file up) is not refused.
 #[inline(always)]
 fn own(cred: u64) -> bool {
     // SAFETY: helper call without pointer arguments; the reads go through probe_read.
@@ -55,13 +54,15 @@ fn own(cred: u64) -> bool {
     ) else {
         return true;
     };
-    if real == cred || flags & PF_IO_WORKER != 0 {
+    if real == cred {
         return true;
     }
     let uring = off(&OFF_TASK_IO_URING);
     // Unreadable reads as set (fail closed).
     // SAFETY: see read_at.
-    uring != NO_FIELD && !matches!(unsafe { read_at::<u64>(task, uring) }, Ok(0))
+    let io = flags & PF_IO_WORKER != 0
+        || (uring != NO_FIELD && !matches!(unsafe { read_at::<u64>(task, uring) }, Ok(0)));
+    io && crate::creds::agent_had(task, cred)
 }
 
 /// Capabilities: refuse the ones agents never get.

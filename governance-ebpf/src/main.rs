@@ -14,7 +14,8 @@
 //! what makes it one), `ipc` (System V IPC: only the agent's own objects), `keys` (keys and
 //! keyrings: only the agent's own), `mqueue` (POSIX message queues: only the agent's own; their
 //! makers, at `d_instantiate`), `unix` (Unix-socket
-//! connects and datagrams), `caps` (capabilities agents never get), `mount` (mounts), `clone`
+//! connects and datagrams), `caps` (capabilities agents never get), `creds` (the credentials
+//! io_uring tasks of agents had, for `caps`), `mount` (mounts), `clone`
 //! (a child in another cgroup or new namespaces), `mapping` (files mapped executable),
 //! `identity` (file rules by the object's identity: the ancestor walk, hard links and renames),
 //! `sigio` (the kernel's SIGIO and SIGURG from files agents armed),
@@ -43,6 +44,7 @@
 
 mod caps;
 mod clone;
+mod creds;
 mod decide;
 mod discover;
 mod exec;
@@ -66,6 +68,7 @@ mod sequence;
 mod sequence_egress;
 mod sigio;
 mod sock_create;
+mod sockopt;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

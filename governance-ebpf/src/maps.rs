@@ -16,9 +16,9 @@ use governance_common::sequence::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, COUNTERS_LEN, ConnKey, EVENTS_RING_BYTES, ExecKey,
-    GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENTS, MAX_BUCKETS, MAX_EXEC_RULES,
-    MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_KEYS, MAX_LOADERS, MAX_MQUEUES,
-    MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES,
+    GrantKey, IdentFilter, IdentKey, IdentValue, MAX_AGENT_CREDS, MAX_AGENTS, MAX_BUCKETS,
+    MAX_EXEC_RULES, MAX_GRANTS, MAX_IDENT_RULES, MAX_IPC_OBJECTS, MAX_KEYS, MAX_LOADERS,
+    MAX_MQUEUES, MAX_NET_RULES, MAX_PATH_RULES, MAX_PROTECTED, MAX_PROXY_CONNS, MAX_RAW_DEVICES,
     MAX_SANDBOX_FILES, MAX_SANDBOXED, MAX_SIGIO_FILES, MAX_THROTTLES, MAX_WRITTEN, NetKey,
     NetValue, OrigDst, PathKey, ProxyAddr, RulePair, SigioOwner, Throttle, Written,
 };
@@ -90,6 +90,17 @@ pub(crate) static SIGIO_OWNERS: HashMap<u64, SigioOwner> =
 /// 1 once a file was recorded in `SIGIO_OWNERS` (see governance_common::maps).
 #[map]
 pub(crate) static SIGIO_ANY: Array<u32> = Array::with_max_entries(1, 0);
+/// `struct cred *` (u64) → 1: credentials agent tasks with an io_uring context had or made
+/// (see creds.rs). Preallocated: a record must not fail for want of memory when the table has
+/// room.
+#[map]
+pub(crate) static AGENT_CREDS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_AGENT_CREDS, 0);
+/// Agent root → its decision events the ring had no room for (see governance_common::maps).
+#[map]
+pub(crate) static EVENTS_DROPPED: HashMap<u64, u64> = HashMap::with_max_entries(MAX_AGENTS, 0);
+/// [0] when recording began, [1] 1 once any entry was recorded (see governance_common::maps).
+#[map]
+pub(crate) static AGENT_CREDS_STATE: Array<u64> = Array::with_max_entries(2, 0);
 #[map]
 pub(crate) static UNIX_RULES: HashMap<UnixKey, RulePair> =
     HashMap::with_max_entries(MAX_UNIX_RULES, 0);

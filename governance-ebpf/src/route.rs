@@ -66,29 +66,42 @@ pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
         return previous;
     }
     let (level, name): (i32, i32) = (ctx.arg(1), ctx.arg(2));
-    let what = ((level as u64) << 32) | name as u32 as u64;
+    match refused_option(level, name) {
+        Some(what) => refuse(what, option_object(level, name)),
+        None => 0,
+    }
+}
+
+/// The built-in refusal (governance_common::guard) of setting socket option `name` at `level`,
+/// for the LSM hook above and for kernels without BPF LSM (sockopt.rs): a source route, a mark
+/// or a transparent socket, an upper-layer protocol, a multicast membership.
+#[inline(always)]
+pub(crate) fn refused_option(level: i32, name: i32) -> Option<u8> {
     let route = (level == SOL_IP && name == IP_OPTIONS)
         || (level == SOL_IPV6
             && (name == IPV6_RTHDR || name == IPV6_2292PKTOPTIONS || name == IPV6_FLOWLABEL_MGR));
     if route {
-        return refuse(guard::SOURCE_ROUTE, what);
+        return Some(guard::SOURCE_ROUTE);
     }
     let marks = (level == SOL_SOCKET && name == SO_MARK)
         || (level == SOL_IP && name == IP_TRANSPARENT)
         || (level == SOL_IPV6 && name == IPV6_TRANSPARENT);
     if marks {
-        return refuse(guard::PACKET_MARK, what);
+        return Some(guard::PACKET_MARK);
     }
     if level == SOL_TCP && name == TCP_ULP {
-        return refuse(guard::SOCKET_ULP, what);
+        return Some(guard::SOCKET_ULP);
     }
     let multicast = (level == SOL_IP && IP_MEMBERSHIP.contains(&name))
         || ((level == SOL_IP || level == SOL_IPV6) && MCAST_MEMBERSHIP.contains(&name))
         || (level == SOL_IPV6 && IPV6_MEMBERSHIP.contains(&name));
-    if multicast {
-        return refuse(guard::MULTICAST, what);
-    }
-    0
+    multicast.then_some(guard::MULTICAST)
+}
+
+/// A socket option as an event's object: (level << 32) | name.
+#[inline(always)]
+pub(crate) fn option_object(level: i32, name: i32) -> u64 {
+    ((level as u64) << 32) | name as u32 as u64
 }
 
 /// For `socket_sendmsg`: the refusal when `msg` (a `struct msghdr *`) carries a source route

@@ -1919,6 +1919,8 @@ fn load_under(yaml: &str, pins: PinDir) -> Loaded {
         cgroup_root: root.clone(),
         no_write: vec![pins.to_path_buf()],
         no_access: vec![],
+        // As the daemon: where /etc's symlinks lead.
+        system_links: kernel::system_link_targets(Path::new("/etc")),
     };
     let compiled = kernel::compile(&policy, &agents, generation, &protect);
     assert!(
@@ -2231,6 +2233,7 @@ impl Loaded {
             cgroup_root: agents::cgroup2_mount().unwrap(),
             no_write: vec![self.pins.to_path_buf()],
             no_access: vec![],
+            system_links: kernel::system_link_targets(Path::new("/etc")),
         };
         let generation = self.generation + 1;
         let compiled = kernel::compile(&policy, &self.agents, generation, &protect);

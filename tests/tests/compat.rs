@@ -1186,6 +1186,36 @@ fn php_cases(s: &mut Suite, base: String) {
             &json!({"method": "POST", "path": "/v1/repos/prod"}),
         )
     });
+    // Red team round 26: PHP runs a script named in the path with the rest as its path info,
+    // and Symfony (Laravel too) routes on that, stripping the script's name as a string prefix:
+    // `DELETE /server.php/v1/repos/prod` and `/server.phpv1/repos/prod` deleted the repository
+    // past `repo-delete-symfony`. Such paths are refused; the repository's own path is decided
+    // by the rule.
+    s.case(client, up, "script-path-info", |s| {
+        let delete = |path: &str| Op::Raw {
+            method: "DELETE",
+            url: format!("{base}{path}"),
+            headers: vec![],
+            body: None,
+        };
+        let (v, saw) = s.run_seen(client, host, &delete("/v1/repos/prod"))?;
+        check(
+            v["status"] == 403 && header(&v, "x-governance-rule") == "compat/repo-delete-symfony",
+            || format!("want the DELETE refused by the rule, got {v}"),
+        )?;
+        check(saw.is_empty(), || {
+            format!("the DELETE was acted on: {saw:?}")
+        })?;
+        let mut details = vec!["/v1/repos/prod: 403 repo-delete-symfony".to_owned()];
+        for path in ["/server.php/v1/repos/prod", "/server.phpv1/repos/prod"] {
+            let (v, saw) = s.run_seen(client, host, &delete(path))?;
+            details.push(format!(
+                "{path}: {}",
+                expect_refused(&v, &saw, 400, "ambiguous request", "builtin:request")?
+            ));
+        }
+        Ok(details.join("; "))
+    });
     s.case(client, up, "_method-php", |s| {
         let part =
             "--b\r\nContent-Disposition: form-data; name=\".method\"\r\n\r\nDELETE\r\n--b--\r\n";

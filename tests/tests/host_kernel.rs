@@ -23,6 +23,49 @@ use governance_tests::{
 };
 
 /// A loopback listener on an address of the 127/8 range.
+/// `n` denied TCP connects to `addr` as fast as they go, from a process that joins `cgroup`
+/// (`redteam-helper connect-flood`).
+fn flood_connects(cgroup: &Path, addr: SocketAddr, n: u64) {
+    let helper = env!("CARGO_BIN_EXE_redteam-helper");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {helper} connect-flood {addr} {n}",
+            cgroup.join("cgroup.procs").display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `attempt` refused (EPERM) in `agent` with a denial event, which is returned, and tried in
+/// `outsider` with no event, whose outcome is returned (each case says what it expects there).
+fn refused_in_agent_only(
+    k: &mut governance_tests::Loaded,
+    agent: &Path,
+    outsider: &Path,
+    case: &str,
+    attempt: &Attempt,
+) -> (governance_common::Event, Outcome) {
+    redteam(case, "tried");
+    let (pid, outcome) = run_in(Some(agent), "net-agent", attempt);
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+    let ev = k.event_for(pid);
+    assert_ne!(ev.flags & flags::DENIED, 0, "{case}");
+    redteam(case, "denied");
+    let (pid, control) = run_in(Some(outsider), "net-outsider", attempt);
+    assert!(
+        k.try_event_for(pid, Duration::from_millis(100)).is_none(),
+        "{case}: no event outside"
+    );
+    (ev, control)
+}
+
 fn listener(ip: [u8; 4]) -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::from(ip), 0)).unwrap();
     let addr = l.local_addr().unwrap();
@@ -146,11 +189,15 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
     assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow));
     assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
     // A source route sends the packet on past the destination the sendmsg program decided on.
-    // An unprivileged socket may give its datagrams an IPv6 segment routing header, and without
-    // BPF LSM no hook refuses the option: the packet is the agent's to refuse (sequence_egress; red
-    // team round 24). Its event has no process (a packet program runs in no task of its own).
+    // A datagram's control message may carry one (root's `IP_RETOPTS`), and without BPF LSM no
+    // hook reads those: the packet is the agent's to refuse (sequence_egress; red team round
+    // 24). Its event has no process (a packet program runs in no task of its own). (Set as a
+    // socket option, a source route or an IPv6 routing header, which an unprivileged socket may
+    // set, is refused at the option, below: this kernel takes no routing header in a control
+    // message.)
     k.require("sequence_egress");
-    // Type 4, one segment left (the next hop, segments[1]), two segments (::1, ::1).
+    // An IPv6 segment routing header: type 4, one segment left (the next hop, segments[1]), two
+    // segments (::1, ::1).
     let srh = [
         &[0u8, 4, 4, 1, 1, 0, 0, 0][..],
         &[0; 15],
@@ -159,29 +206,18 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
         &[1],
     ]
     .concat();
-    // And an IPv4 loose source route (root's `IP_OPTIONS`; its first hop 127.0.0.1, which the
-    // policy blocks, behind 127.0.0.2, which it allows).
+    // And an IPv4 loose source route (root's `IP_RETOPTS`, `IP_OPTIONS`; its first hop
+    // 127.0.0.1, which the policy blocks, behind 127.0.0.2, which it allows).
     let lsrr = vec![131, 7, 4, 127, 0, 0, 1, 0];
-    for (case, attempt) in [
-        (
-            "40 sendto with an IPv6 segment routing header (host, degraded)",
-            Attempt::SendToWithOpt {
-                addr: "[::1]:9".parse().unwrap(),
-                level: libc::IPPROTO_IPV6,
-                name: libc::IPV6_RTHDR,
-                value: srh,
-            },
-        ),
-        (
-            "40 sendto with an IPv4 loose source route (host, degraded)",
-            Attempt::SendToWithOpt {
-                addr: "127.0.0.2:9".parse().unwrap(),
-                level: libc::IPPROTO_IP,
-                name: libc::IP_OPTIONS,
-                value: lsrr,
-            },
-        ),
-    ] {
+    {
+        let case = "40 sendmsg with an IPv4 loose source route (host, degraded)";
+        let attempt = Attempt::SendMsgCmsg {
+            addr: "127.0.0.2:9".parse().unwrap(),
+            level: libc::IPPROTO_IP,
+            ty: libc::IP_RETOPTS,
+            data: lsrr.clone(),
+            after_plain: false,
+        };
         redteam(case, "tried");
         let (_, outcome) = run_in(Some(&agent.path), "net-agent", &attempt);
         assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
@@ -190,12 +226,82 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
                 && e.tgid == 0
                 && Kind::from_u8(e.kind) == Some(Kind::Guard)
                 && e.detail == governance_common::guard::SOURCE_ROUTE
-                && e.object >> 32 == if case.contains("IPv4") { 0 } else { 41 }
+                && e.object >> 32 == 0
         });
         assert_ne!(ev.flags & flags::DENIED, 0, "{case}");
         redteam(case, "denied");
         let (_, outcome) = run_in(Some(&outsider.path), "net-outsider", &attempt);
         assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+        redteam(case, "control");
+    }
+    // Socket options refused to agents in the network stack, without BPF LSM too (sockopt_set;
+    // red team round 26: an unprivileged agent's multicast membership put what it chose into
+    // the kernel's IGMP and MLD reports, past `network: block`): a membership, a source route
+    // or a routing header, an upper-layer protocol. Each reported by the task that set it.
+    k.require("sockopt_set");
+    use governance_common::guard;
+    for (case, family, ty, level, name, value, what) in [
+        (
+            "R26 a multicast membership (host, degraded)",
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IP,
+            libc::IP_ADD_MEMBERSHIP,
+            vec![239, 83, 69, 67, 0, 0, 0, 0],
+            guard::MULTICAST,
+        ),
+        (
+            "R26 an IPv6 multicast membership (host, degraded)",
+            libc::AF_INET6,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_ADD_MEMBERSHIP,
+            [&[0xff, 0x0e][..], &[0; 13], &[1], &[0; 4]].concat(),
+            guard::MULTICAST,
+        ),
+        (
+            "R26 an IPv6 routing header set on the socket (host, degraded)",
+            libc::AF_INET6,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RTHDR,
+            srh,
+            guard::SOURCE_ROUTE,
+        ),
+        (
+            "R26 an IPv4 source route set on the socket (host, degraded)",
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            lsrr,
+            guard::SOURCE_ROUTE,
+        ),
+        (
+            "R26 an upper-layer protocol on a TCP socket (host, degraded)",
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            libc::IPPROTO_TCP,
+            libc::TCP_ULP,
+            b"tls".to_vec(),
+            guard::SOCKET_ULP,
+        ),
+    ] {
+        let attempt = Attempt::SetSockOpt {
+            family,
+            ty,
+            level,
+            name,
+            value,
+        };
+        let (ev, control) =
+            refused_in_agent_only(&mut k, &agent.path, &outsider.path, case, &attempt);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Guard), "{case}");
+        assert_eq!(ev.detail, what, "{case}");
+        assert_eq!(ev.object, (level as u64) << 32 | name as u64, "{case}");
+        // Outside: whatever the kernel says of it (a membership on a node without a multicast
+        // route, kTLS on an unconnected socket), never the program's refusal.
+        assert_ne!(control, Outcome::Errno(libc::EPERM), "{case}: control");
         redteam(case, "control");
     }
     // IP sockets the connect and sendmsg programs never see (ICMP, raw, SCTP, MPTCP, UDP-Lite)
@@ -219,17 +325,11 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
             ty: libc::SOCK_RAW,
             protocol,
         };
-        redteam(case, "tried");
-        let (pid, outcome) = run_in(Some(&agent.path), "net-agent", &attempt);
-        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
-        let ev = k.event_for(pid);
+        let (ev, control) =
+            refused_in_agent_only(&mut k, &agent.path, &outsider.path, case, &attempt);
         assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Socket), "{case}");
         assert_eq!(ev.object, protocol as u64, "{case}");
-        assert_ne!(ev.flags & flags::DENIED, 0, "{case}");
-        redteam(case, "denied");
-        let (pid, outcome) = run_in(Some(&outsider.path), "net-outsider", &attempt);
-        assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
-        assert!(k.try_event_for(pid, Duration::from_millis(100)).is_none());
+        assert_eq!(control, Outcome::Exited(0), "{case}: control");
         redteam(case, "control");
     }
     // TCP and UDP sockets are the connect and sendmsg programs' to decide: made.
@@ -1548,23 +1648,7 @@ fn control_api_authorization_and_slow_subscribers() {
         })
     };
     const N: u64 = 30_000;
-    let flood = |n: u64| {
-        let helper = env!("CARGO_BIN_EXE_redteam-helper");
-        let procs = agent.path.join("cgroup.procs");
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {} && exec {helper} connect-flood {addr} {n}",
-                procs.display()
-            ))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    };
+    let flood = |n: u64| flood_connects(&agent.path, addr, n);
     flood(N / 2);
     let _ = killed.kill(); // mid-stream, by pid
     let _ = killed.wait();
@@ -5929,4 +6013,51 @@ fn an_agent_in_its_own_network_namespace_reaches_through_the_proxy_only_what_it_
     drop(pod);
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One agent filling the event ring drops every agent's events (red team round 26: a flood of
+/// denied connects by one agent left another's denials out of the audit log, with nothing to
+/// say whose). Each drop is counted for the agent whose event it was (`EVENTS_DROPPED`, which
+/// the daemon's `events.dropped` records name): the counts add up to the node-wide counter,
+/// and the quiet agent's denials made while the ring was full are counted as its own.
+#[test]
+fn events_the_ring_had_no_room_for_are_counted_per_agent() {
+    require_root();
+    let flooder = TestCgroup::new("flooder");
+    let quiet = TestCgroup::new("quiet");
+    let (_blocked, addr) = listener([127, 0, 0, 1]);
+    let rule = "rules: [ { id: no-loopback, network: { cidr: 127.0.0.1/32 }, verdict: block, reason: test } ]";
+    let mut k = load(&format!(
+        "name: flooder\nagents: {{ cgroup: {} }}\n{rule}\n---\nname: quiet\nagents: {{ cgroup: {} }}\n{rule}\n",
+        flooder.rel.display(),
+        quiet.rel.display()
+    ));
+    k.require("connect4");
+    // Nobody drains the ring here: 20,000 events overfill its 4 MiB (about 11,400 records).
+    flood_connects(&flooder.path, addr, 20_000);
+    for _ in 0..5 {
+        let (_, outcome) = run_in(Some(&quiet.path), "quiet", &Attempt::connect(addr));
+        assert_eq!(
+            outcome,
+            Outcome::Errno(libc::EPERM),
+            "the quiet agent's denial"
+        );
+    }
+    let total = k.enforcer.counter(Counter::EventsDropped).unwrap();
+    let by: std::collections::HashMap<u64, u64> =
+        k.enforcer.dropped_by_agent().unwrap().into_iter().collect();
+    let (f, q) = (
+        by.get(&flooder.id()).copied().unwrap_or(0),
+        by.get(&quiet.id()).copied().unwrap_or(0),
+    );
+    assert!(total > 0, "the ring never filled");
+    assert_eq!(
+        q, 5,
+        "the quiet agent's denials made while the ring was full"
+    );
+    assert_eq!(f + q, total, "every drop is counted for its agent ({by:?})");
+    // Forgotten on request (an agent gone).
+    k.enforcer.forget_dropped(&[flooder.id()]).unwrap();
+    let by = k.enforcer.dropped_by_agent().unwrap();
+    assert_eq!(by, vec![(quiet.id(), 5)]);
 }

@@ -2787,8 +2787,16 @@ fn unix_runtime_sockets_are_refused_by_identity() {
         PathBuf::from("/run/systemd/journal/stdout"),
         PathBuf::from("/run/cups/cups.sock"),
         PathBuf::from("/run/lvm/lvmpolld.socket"),
+        // Red team round 26: systemd's and udev's varlink sockets, by directory (PID 1's
+        // manager, machined's `Open` of a root shell, udevd's `SetEnvironment`).
+        PathBuf::from("/run/systemd/io.systemd.Manager"),
+        PathBuf::from("/run/systemd/machine/io.systemd.Machine"),
+        PathBuf::from("/run/udev/io.systemd.Udev"),
     ];
     let stream_listeners: Vec<_> = streams.iter().map(|p| unix_listener(p)).collect();
+    // journald's logging socket stays open to agents (syslog(3), sd_journal_send).
+    let logging = Path::new("/run/systemd/journal/socket");
+    let logging_listener = unix_listener(logging);
     let notify = Path::new("/run/systemd/notify");
     std::fs::create_dir_all("/run/systemd").unwrap();
     let _ = std::fs::remove_file(notify);
@@ -2805,8 +2813,18 @@ fn unix_runtime_sockets_are_refused_by_identity() {
         &Attempt::UnixSendTo { path: cstr(notify) },
     );
     assert_eq!(ev.port, governance_common::unix_hook::SEND);
-    drop((stream_listeners, notify_socket));
-    for path in streams.iter().map(PathBuf::as_path).chain([notify]) {
+    allow(
+        &mut k,
+        &fx,
+        "unix connect to journald's logging socket",
+        &connect(logging),
+    );
+    drop((stream_listeners, notify_socket, logging_listener));
+    for path in streams
+        .iter()
+        .map(PathBuf::as_path)
+        .chain([notify, logging])
+    {
         let _ = std::fs::remove_file(path);
     }
     let _ = std::fs::remove_dir_all(&ssh_dir);
@@ -4171,6 +4189,18 @@ fn root_facilities_are_refused_to_agents() {
         ("12 the node's serial console (/dev/ttyS0)", "ttyS0", 4, 64),
         ("12 a virtual console (/dev/tty1)", "tty1", 4, 1),
         ("12 the system console (/dev/console)", "console", 5, 1),
+        (
+            "R26 lines into the kernel's log (/dev/ttyprintk)",
+            "ttyprintk",
+            5,
+            3,
+        ),
+        (
+            "R26 loop devices added and removed (/dev/loop-control)",
+            "loop-control",
+            10,
+            237,
+        ),
     ] {
         let node = fx.p(&format!("tmp/{name}"));
         let _ = std::fs::remove_file(&node);
@@ -4318,6 +4348,117 @@ fn root_facilities_are_refused_to_agents() {
     println!("redteam: denied {case}");
     assert_eq!(control, Outcome::Exited(0), "{case}: control");
     println!("redteam: control {case}");
+    // A session keyring handed to a parent outside the agent (red team round 26): the parent
+    // would look keys up in a keyring the agent controls. Refused to agents where the kernel
+    // makes the parent's blank credentials (whoever the parent: it may change under the call),
+    // which fails the call with ENOMEM.
+    k.require("cred_alloc_blank");
+    let case = "R26 a session keyring handed to a parent outside the agent";
+    for (who, cgroup) in [("agent", &fx.agent.path), ("outsider", &fx.outsider.path)] {
+        let procs = cgroup.join("cgroup.procs");
+        let attempt = Attempt::exec_args(
+            Path::new(HELPER),
+            &[
+                "redteam-helper",
+                "session-to-parent",
+                procs.to_str().unwrap(),
+            ],
+        );
+        println!("redteam: tried {case} ({who})");
+        let (_, outcome) = run_in(None, "keyparent", &attempt);
+        if who == "agent" {
+            assert_eq!(outcome, Outcome::Errno(libc::ENOMEM), "{case}");
+            let ev = k.event_where(|e| {
+                Kind::from_u8(e.kind) == Some(Kind::Guard)
+                    && e.detail == governance_common::guard::SESSION_KEYRING
+                    && e.flags & flags::DENIED != 0
+            });
+            assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}");
+            println!("redteam: denied {case}");
+        } else {
+            assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+            println!("redteam: control {case}");
+        }
+    }
+    // The checks above are the agent's because they run under credentials an agent task had;
+    // overlayfs in the same task acts under its mounter's, and is not refused: an agent with an
+    // io_uring context, after a credential change, sees an opaque directory of an overlay
+    // (its `trusted.overlay.opaque` read needs CAP_SYS_ADMIN) and copies a lower file up
+    // (which sets `trusted.overlay.*` on the upper copy). On a fresh mount each time: the
+    // first lookup decides what the dentry cache keeps.
+    let case =
+        "an overlay's opaque directory and copy-up in an agent task with an io_uring context";
+    for (who, cgroup) in [("agent", &fx.agent.path), ("outsider", &fx.outsider.path)] {
+        let base = mount_point(&fx, &format!("overlay-{who}"));
+        mount_tmpfs(&base);
+        for d in ["lower/d", "upper/d", "work", "merged"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        std::fs::write(base.join("lower/d/hidden"), "lower").unwrap();
+        std::fs::write(base.join("lower/file"), "lower").unwrap();
+        let upper_d = cstr(&base.join("upper/d"));
+        // SAFETY: valid C strings and a one-byte value.
+        let r = unsafe {
+            libc::setxattr(
+                upper_d.as_ptr(),
+                c"trusted.overlay.opaque".as_ptr(),
+                b"y".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{case}: mark the upper directory opaque");
+        let options = cstr(Path::new(&format!(
+            "lowerdir={0}/lower,upperdir={0}/upper,workdir={0}/work",
+            base.display()
+        )));
+        let merged = base.join("merged");
+        let target = cstr(&merged);
+        // SAFETY: valid C strings.
+        let r = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "{case}: mount the overlay ({})",
+            std::io::Error::last_os_error()
+        );
+        let d = merged.join("d");
+        let file = merged.join("file");
+        let attempt = Attempt::exec_args(
+            Path::new(HELPER),
+            &[
+                "redteam-helper",
+                "uring-overlay",
+                d.to_str().unwrap(),
+                "hidden",
+                file.to_str().unwrap(),
+            ],
+        );
+        println!("redteam: tried {case} ({who})");
+        let (pid, outcome) = run_in(Some(cgroup), who, &attempt);
+        unmount(&merged);
+        unmount(&base);
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "{case} ({who}): 3 = the lower entry showed through the opaque directory, 5 = the copy-up failed"
+        );
+        assert!(
+            k.try_event_where(Duration::from_millis(100), |e| e.tgid == pid
+                && e.flags & flags::DENIED != 0)
+                .is_none(),
+            "{case} ({who}): nothing refused"
+        );
+        println!("redteam: allowed {case} ({who})");
+    }
 }
 
 /// Class 2: leaving the agent's subtree. A child started in another cgroup, a task moved
@@ -6482,8 +6623,22 @@ fn system_files_are_refused() {
     std::fs::create_dir_all("/var/spool/postfix/maildrop").unwrap();
     let made_apt = !Path::new("/var/lib/apt").exists();
     std::fs::create_dir_all("/var/lib/apt/lists").unwrap();
+    // The resolver's configuration where /etc/resolv.conf is a symlink (resolvconf's,
+    // NetworkManager's, netconfig's): written through /etc's name, the file opened is the
+    // target's (red team round 26). Test names, beside the VM's own /etc.
+    let resolv_dir = Path::new("/run/gov-rt-resolv");
+    std::fs::create_dir_all(resolv_dir).unwrap();
+    let resolv = resolv_dir.join("resolv.conf");
+    for (link, to) in [
+        ("/etc/gov-rt-resolv.conf", resolv.clone()),
+        ("/etc/gov-rt-later.conf", resolv_dir.join("later.conf")),
+    ] {
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(to, link).unwrap();
+    }
     let data = volume.join("data");
     let reset = || {
+        std::fs::write(&resolv, "nameserver 10.0.0.53\n").unwrap();
         std::fs::write(conf, "setting\n").unwrap();
         std::fs::write(job, "* * * * * root /gov-rt-src/x\n").unwrap();
         let _ = std::fs::create_dir("/etc/cron.d/gov-rt-empty");
@@ -6692,6 +6847,26 @@ fn system_files_are_refused() {
             Kind::File,
             None,
             "/home/gov-rt-absent/.bashrc",
+        ),
+        (
+            "R26 the resolver's configuration written through /etc's symlink",
+            Attempt::Open {
+                path: c("/etc/gov-rt-resolv.conf"),
+                flags: libc::O_WRONLY | libc::O_TRUNC,
+            },
+            Kind::File,
+            None,
+            "",
+        ),
+        (
+            "R26 a file made where a symlink in /etc leads (missing at the load)",
+            Attempt::Open {
+                path: c("/etc/gov-rt-later.conf"),
+                flags: create,
+            },
+            Kind::Link,
+            Some(governance_common::LINK_OP_CREATE),
+            "/run/gov-rt-resolv/later.conf",
         ),
         (
             "45 truncate(2) of a file in /etc",
@@ -7045,9 +7220,15 @@ fn system_files_are_refused() {
         }
         reset();
     }
-    for p in ["/gov-rt-src/job", "/etc/gov-rt.conf"] {
+    for p in [
+        "/gov-rt-src/job",
+        "/etc/gov-rt.conf",
+        "/etc/gov-rt-resolv.conf",
+        "/etc/gov-rt-later.conf",
+    ] {
         let _ = std::fs::remove_file(p);
     }
+    let _ = std::fs::remove_dir_all(resolv_dir);
     let _ = std::fs::remove_dir("/gov-rt-src");
     if passwd.is_empty() {
         let _ = std::fs::remove_file("/etc/passwd");
@@ -8333,6 +8514,7 @@ fn sequence_rule_refuses_egress_after_a_classified_read() {
         cgroup_root: governance::agents::cgroup2_mount().unwrap(),
         no_write: vec![],
         no_access: vec![],
+        system_links: vec![],
     };
     let generation = k.generation + 1;
     let compiled = governance::kernel::compile(&policy, &agents, generation, &protect);

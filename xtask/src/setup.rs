@@ -839,11 +839,67 @@ pub fn vm_kernel_of(k: &VmKernel) -> Result<(PathBuf, bool)> {
         })
         .context("the kernel package has no boot/vmlinuz-*")?;
     let dest = dir.join(vmlinuz.file_name().unwrap_or_default());
+    extract_overlay_module(&work.join("root"), &overlay_module(&dest))?;
     std::fs::copy(&vmlinuz, &dest)?;
     std::fs::remove_dir_all(&work)?;
     Ok((dest, true))
 }
 
+/// Where the overlay filesystem's module of the kernel image `kernel` is kept, beside it: Debian
+/// builds overlayfs as a module, and the VM (no /lib/modules) loads it at boot, for the tests
+/// of agents on container filesystems.
+pub fn overlay_module(kernel: &Path) -> PathBuf {
+    let mut name = kernel.file_name().unwrap_or_default().to_os_string();
+    name.push(".overlay.ko");
+    kernel.with_file_name(name)
+}
+
+/// Copy `fs/overlayfs/overlay.ko` of the unpacked kernel package `root` to `dest`,
+/// decompressed (Debian compresses modules with xz from some releases on).
+fn extract_overlay_module(root: &Path, dest: &Path) -> Result<()> {
+    let modules = std::fs::read_dir(root.join("lib/modules"))
+        .or_else(|_| std::fs::read_dir(root.join("usr/lib/modules")))
+        .context("the kernel package has no lib/modules")?;
+    for release in modules.flatten() {
+        let dir = release.path().join("kernel/fs/overlayfs");
+        for (name, decompress) in [
+            ("overlay.ko", None),
+            ("overlay.ko.xz", Some("xz")),
+            ("overlay.ko.zst", Some("zstd")),
+        ] {
+            let module = dir.join(name);
+            if !module.exists() {
+                continue;
+            }
+            match decompress {
+                None => {
+                    std::fs::copy(&module, dest)?;
+                }
+                Some(tool) => {
+                    let out = Command::new(tool)
+                        .arg("-dc")
+                        .arg(&module)
+                        .output()
+                        .with_context(|| format!("running {tool} on {}", module.display()))?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "{tool} -dc {}: {}",
+                        module.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    std::fs::write(dest, out.stdout)?;
+                }
+            }
+            return Ok(());
+        }
+    }
+    bail!(
+        "the kernel package has no fs/overlayfs/overlay.ko (the VM's container-filesystem tests need it)"
+    )
+}
+
+/// The newest image of `k` cached in `dir` with its overlay module beside it (one cached before
+/// the module was kept is downloaded again).
 fn cached_kernel(dir: &Path, k: &VmKernel) -> Option<PathBuf> {
     let image = format!("vmlinuz-{}", k.series);
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -851,9 +907,12 @@ fn cached_kernel(dir: &Path, k: &VmKernel) -> Option<PathBuf> {
         .flatten()
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&image))
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with(&image) && !n.ends_with(".overlay.ko")
+            })
         })
+        .filter(|p| overlay_module(p).exists())
         .collect();
     found.sort_by_key(|p| release(&p.to_string_lossy(), k.series));
     found.pop()

@@ -32,6 +32,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tracefs tracefs /sys/kernel/tracing
+# Debian builds overlayfs as a module; xtask keeps it beside the kernel image.
+if [ -f /governance/modules/overlay.ko ]; then insmod /governance/modules/overlay.ko; fi
 ip link set lo up
 echo "governance-vm: Linux $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
 cd /governance
@@ -265,6 +267,11 @@ fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
     place(&busybox, &root.join("bin/busybox"), false)?;
     write_exec(&root.join("init"), INIT)?;
     write_exec(&root.join("governance/cmd.sh"), &spec.script)?;
+    let overlay = crate::setup::overlay_module(&spec.kernel);
+    if overlay.exists() {
+        std::fs::create_dir_all(root.join("governance/modules"))?;
+        std::fs::copy(&overlay, root.join("governance/modules/overlay.ko"))?;
+    }
 
     let mut libs = std::collections::BTreeSet::new();
     for (host, guest) in &spec.files {

@@ -323,6 +323,8 @@ fn in_process(
         cgroup_root: env.root.clone(),
         no_write: vec![dir.to_owned(), env.pins.clone()],
         no_access: vec![env.tmp.join("audit"), env.tmp.join("ca")],
+        // What the daemon reads at each generation, read here too.
+        system_links: governance::kernel::system_link_targets(std::path::Path::new("/etc")),
     };
     let mut out = Vec::new();
     let mut writes = Vec::new();

@@ -244,6 +244,7 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         ))
         .chain(CORE_DUMPS.iter().map(PathBuf::from))
         .collect(),
+        system_links: crate::kernel::system_link_targets(Path::new("/etc")),
     }
 }
 

@@ -365,6 +365,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         last_failed: false,
         failures: 0,
         dropped: 0,
+        dropped_by: Default::default(),
         proxy: None,
         netns: None,
         pods,

@@ -73,6 +73,8 @@ pub(super) struct Daemon<'a> {
     pub failures: u64,
     /// The kernel's drop counter, as last told.
     pub dropped: u64,
+    /// The kernel's per-agent drop counts at the last look (see `dropped_by_agent`).
+    pub dropped_by: std::collections::HashMap<u64, u64>,
     /// The HTTP policy proxy and its `--proxy-listen` address (None: no proxy).
     pub proxy: Option<(Arc<crate::proxy::Proxy>, std::net::SocketAddrV4)>,
     /// The proxy's listeners in agents' network namespaces (None: no proxy).
@@ -519,6 +521,16 @@ impl Daemon<'_> {
             self.mounts = mounts;
         }
         self.count_tick(false);
+        // The credentials' record, ended by the kernel when its table filled, started again once
+        // the table has room (every ten seconds: a walk of the table).
+        if self.ticks.is_multiple_of(10)
+            && let Ok(mut e) = self.enforcer.lock()
+            && e.resume_credential_records().unwrap_or(false)
+        {
+            crate::say!(
+                "the table of credentials io_uring tasks of agents had filled and has room again: recording them again (processes started before now take every capability check in their io_uring tasks as the agent's)"
+            );
+        }
         // The kernel's drop counter, told as a record when it moves.
         let now = self
             .enforcer
@@ -527,19 +539,65 @@ impl Daemon<'_> {
             .and_then(|e| e.counter(Counter::EventsDropped).ok())
             .unwrap_or(self.dropped);
         if now > self.dropped {
+            let by_agent = self.dropped_by_agent();
+            let whose = by_agent
+                .iter()
+                .map(|(name, n)| format!("{name}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let mut r = lifecycle(
                 "events.dropped",
                 format!(
-                    "the kernel's event ring was full: {} decision events were not recorded (the decisions were enforced)",
-                    now - self.dropped
+                    "the kernel's event ring was full: {} decision events were not recorded (the decisions were enforced){}",
+                    now - self.dropped,
+                    if whose.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; by agent: {whose}")
+                    }
                 ),
             );
             r.counts.insert("dropped".into(), now - self.dropped);
             r.counts.insert("dropped_total".into(), now);
+            for (name, n) in by_agent {
+                r.counts.insert(format!("dropped:{name}"), n);
+            }
             self.publisher.publish(r);
             self.dropped = now;
         }
         sockets || remounted
+    }
+
+    /// The events dropped since the last look, by agent (its name, or its cgroup id for one no
+    /// longer known), most first; the entries of agents no longer governed are removed after.
+    /// One agent filling the ring drops every agent's events: the record says whose they were
+    /// (red team round 26).
+    fn dropped_by_agent(&mut self) -> Vec<(String, u64)> {
+        let Ok(mut enforcer) = self.enforcer.lock() else {
+            return Vec::new();
+        };
+        let counts = enforcer.dropped_by_agent().unwrap_or_default();
+        let mut out = Vec::new();
+        let mut gone = Vec::new();
+        for (root, n) in counts {
+            let before = self.dropped_by.get(&root).copied().unwrap_or(0);
+            let known = self.agents_now.iter().find(|a| a.cgroup_id == root);
+            if n > before {
+                let name = known.map_or_else(|| format!("cgroup {root}"), |a| a.name.clone());
+                out.push((name, n - before));
+            }
+            if known.is_some() {
+                self.dropped_by.insert(root, n);
+            } else {
+                gone.push(root);
+                self.dropped_by.remove(&root);
+            }
+        }
+        if let Err(e) = enforcer.forget_dropped(&gone) {
+            tracing::warn!(error = %e, "forgetting the drop counts of agents gone");
+        }
+        out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        out
     }
 
     /// Read the kernel's counts of allowed actions; publish count records if due (or `now`).
@@ -715,6 +773,8 @@ impl Daemon<'_> {
     /// Not by the policy that failed: what it newly selects was no agent, and stays as it was
     /// (red team round 25: a running workload would have been stopped).
     fn quarantine_new_agents(&mut self) {
+        /// What `governance agents` shows for a quarantined agent's policies.
+        const QUARANTINE: &str = "(quarantined: no generation can be built; everything refused)";
         let set = self.engine.load().policies().clone();
         let found = match agents::discover(self.root, &set, false, self.pods.as_deref()) {
             Ok(found) => found,
@@ -730,16 +790,39 @@ impl Daemon<'_> {
         if !enforcer.generation().is_ok_and(|g| g > 0) {
             return;
         }
+        let mut quarantined = Vec::new();
         for agent in found {
+            let view = || crate::api::AgentView {
+                name: agent.name.clone(),
+                cgroup: agent.rel.clone(),
+                cgroup_id: agent.cgroup_id,
+                selector: String::new(),
+                policies: vec![QUARANTINE.into()],
+                agent_ref: agent.agent_ref(),
+            };
             match enforcer.quarantine(agent.cgroup_id) {
-                Ok(true) => crate::say!(
-                    "agent {} ({}) appeared while no generation can be built: everything it \
-                     does is refused until one governs it",
-                    agent.name,
-                    agent.rel
-                ),
-                Ok(false) => {}
+                Ok(true) => {
+                    crate::say!(
+                        "agent {} ({}) appeared while no generation can be built: everything it \
+                         does is refused until one governs it",
+                        agent.name,
+                        agent.rel
+                    );
+                    quarantined.push(view());
+                }
+                // In the generation already: as its policy says, or quarantined before (by an
+                // earlier failed reload, or before the daemon restarted).
+                Ok(false) => quarantined.push(view()),
                 Err(e) => crate::say!("agent {} could not be quarantined: {e}", agent.name),
+            }
+        }
+        drop(enforcer);
+        // Agents to the control API (which refuses them, red team round 26) and to `governance
+        // agents`, until the next generation lists them as its policy says.
+        let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
+        for view in quarantined {
+            if !s.agents.iter().any(|a| a.cgroup_id == view.cgroup_id) {
+                s.agents.push(view);
             }
         }
     }

@@ -624,8 +624,10 @@ impl Engine {
             .map_or(&[][..], Vec::as_slice);
         // Any enforcing rule that names addresses and covers the port may decide (a rule ranks
         // by the prefix that matched: `Engine::decide_armed`), so the address is needed;
-        // otherwise the first rule that names none, or the default.
-        let mut first = None;
+        // otherwise the rule that ranks first where it matched (its narrowest range holding the
+        // port, then the verdict, then the order: as `decide_plain` ranks them; not the list's
+        // order, which is by each rule's broadest range: red team round 26), or the default.
+        let mut first: Option<(usize, [u32; 4])> = None;
         for &i in rules {
             let rule = self.rule(i);
             let Matcher::Network {
@@ -646,10 +648,25 @@ impl Engine {
             if !nets.is_empty() {
                 return None;
             }
-            first = first.or(Some(i));
+            // (No address is read for a rule that names none.)
+            let Some(at) = rule
+                .matcher
+                .specificity_at(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), port)
+            else {
+                continue;
+            };
+            let ranks_first = first.is_none_or(|(j, best)| {
+                at.cmp(&best)
+                    .then(rule.verdict.cmp(&self.rule(j).verdict))
+                    .then(j.cmp(&i))
+                    .is_gt()
+            });
+            if ranks_first {
+                first = Some((i, at));
+            }
         }
         Some(match first {
-            Some(i) => self.apply(i, &view.agent, now, false),
+            Some((i, _)) => self.apply(i, &view.agent, now, false),
             None => self.default(view.defaults.get(&Kind::Network), Kind::Network),
         })
     }

@@ -354,3 +354,46 @@ fn buckets_of_removed_rules_and_full_buckets_are_dropped() {
     );
     assert_eq!(size(&g5), 1);
 }
+
+/// What the proxy decides before it resolves a name (`network_without_address`) is what
+/// `decide` says for any address: rules rank by the range that matched the port, not by their
+/// broadest (red team round 26: a name the proxy had not resolved yet reached a port a
+/// narrower block refused, by `CONNECT` or an absolute-form request).
+#[test]
+fn a_decision_without_an_address_ranks_rules_as_one_with_it() {
+    let e = engine(
+        "name: p\nagents: { cgroup: a }\ndefaults: { network: block }\nrules:\n\
+         \x20 - { id: low-ports, network: { ports: [1-1024] }, verdict: allow, reason: r }\n\
+         \x20 - { id: not-1000-nor-high, network: { ports: [1000, 1025-65535] }, verdict: block, reason: r }\n\
+         \x20 - { id: web, network: { ports: [80, 8000-8999], protocol: tcp }, verdict: allow, reason: r }\n\
+         \x20 - { id: shadow-all, network: { ports: [1-65535] }, verdict: block, reason: r, mode: shadow }\n",
+    );
+    let v = e.agent(&agent("a"));
+    let now = Instant::now();
+    for port in [22, 80, 443, 999, 1000, 1001, 1024, 1025, 8080, 9000, 65535] {
+        let without = e
+            .network_without_address(&v, port, Protocol::Tcp, now)
+            .expect("no rule names addresses");
+        let with = e.decide(
+            &v,
+            &Action::Network {
+                addr: "127.0.0.1".parse().unwrap(),
+                port,
+                protocol: Protocol::Tcp,
+            },
+            now,
+        );
+        assert_eq!(
+            (without.verdict(), without.rule.as_deref()),
+            (with.verdict(), with.rule.as_deref()),
+            "port {port}"
+        );
+    }
+    let d = e
+        .network_without_address(&v, 1000, Protocol::Tcp, now)
+        .unwrap();
+    assert_eq!(
+        (d.verdict(), d.rule.as_deref()),
+        (Verdict::Block, Some("p/not-1000-nor-high"))
+    );
+}

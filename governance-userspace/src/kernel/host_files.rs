@@ -117,12 +117,18 @@ pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio"];
 /// making one needs CAP_NET_ADMIN, so attaching is all an agent would open it for), uinput and
 /// uhid (a keyboard made up, typing into a shell outside the agent), vhost-vsock (a guest's
 /// vsock to the host's services), the legacy watchdog, CUSE (`/dev/cuse`: a character device
-/// of any name served by the agent, which root services then open; red team round 21).
+/// of any name served by the agent, which root services then open; red team round 21); and
+/// (red team round 26) `/dev/ttyprintk` (5:3: lines into the kernel's log and onto the node's
+/// consoles, as `/dev/kmsg`) and `/dev/loop-control` (10:237: loop devices added and removed
+/// with no capability check, each a device event that udevd, outside the agent, acts on, and
+/// other services' free loop devices removed).
 pub(super) const BYPASS_DEVICES: &[u32] = &[
     1 << 20 | 1,
     1 << 20 | 2,
     1 << 20 | 4,
     5 << 20 | 1,
+    5 << 20 | 3,
+    10 << 20 | 237,
     10 << 20 | 130,
     10 << 20 | 200,
     10 << 20 | 203,

@@ -53,7 +53,7 @@ pub use self::{
 pub use canary::Canary;
 pub use compile::{
     Class, KernelPolicy, Protect, ReadAhead, bucket_id, compile, compile_ahead, compile_from,
-    unlisted_mounts,
+    system_link_targets, unlisted_mounts,
 };
 pub(crate) use compile::{Selectors, homes};
 pub use handover::Carried;
@@ -441,6 +441,20 @@ impl Enforcer {
                 programs::EXEC_KILL,
                 attach_one(&mut ebpf, programs::EXEC_KILL),
             ));
+        }
+        // The credentials io_uring tasks of agents had are recorded from now on (creds.rs):
+        // processes started before (also those of a previous build's time, whose records are
+        // not carried over) are decided as before the recording.
+        {
+            let name = maps::AGENT_CREDS_STATE;
+            let map = ebpf
+                .map_mut(name)
+                .ok_or(KernelError::Missing { what: "map", name })?;
+            let mut state: Array<_, u64> =
+                Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
+            state
+                .set(0, crate::events::time::monotonic_ns(), 0)
+                .map_err(|source| KernelError::Map { name, source })?;
         }
         // The programs stay attached through their pinned links; the maps are used through
         // their pins from here on, exactly as after a restart.
@@ -957,6 +971,71 @@ impl Enforcer {
     /// A kernel counter, summed over CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64, KernelError> {
         Ok(self.counter_per_cpu(counter)?.iter().sum())
+    }
+
+    /// Start recording the credentials io_uring tasks of agents had again (creds.rs) if the
+    /// kernel ended it for a full table (its start at 0) and the table is less than half full
+    /// now: processes started from now on are decided by the record again, older ones as
+    /// before it. Whether it started again.
+    pub fn resume_credential_records(&mut self) -> Result<bool, KernelError> {
+        let name = maps::AGENT_CREDS_STATE;
+        let state: Array<_, u64> =
+            Array::try_from(self.map(name)?).map_err(|source| KernelError::Map { name, source })?;
+        if state
+            .get(&0, 0)
+            .map_err(|source| KernelError::Map { name, source })?
+            != 0
+        {
+            return Ok(false);
+        }
+        let records = {
+            let name = maps::AGENT_CREDS;
+            let map: HashMap<_, u64, u32> = HashMap::try_from(self.map(name)?)
+                .map_err(|source| KernelError::Map { name, source })?;
+            map.keys()
+                .take(governance_common::MAX_AGENT_CREDS as usize)
+                .count()
+        };
+        if records >= governance_common::MAX_AGENT_CREDS as usize / 2 {
+            return Ok(false);
+        }
+        let mut state: Array<_, u64> = Array::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        state
+            .set(0, crate::events::time::monotonic_ns(), 0)
+            .map_err(|source| KernelError::Map { name, source })?;
+        Ok(true)
+    }
+
+    /// The decision events the ring had no room for, by agent root (`EVENTS_DROPPED`), since
+    /// each agent's entry was made.
+    pub fn dropped_by_agent(&self) -> Result<Vec<(u64, u64)>, KernelError> {
+        let name = maps::EVENTS_DROPPED;
+        let map: HashMap<_, u64, u64> = HashMap::try_from(self.map(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        // (A walk the kernel's inserts restart may see a key twice: kept once.)
+        let mut out: Vec<(u64, u64)> = map
+            .iter()
+            .take(2 * governance_common::MAX_AGENTS as usize)
+            .filter_map(Result::ok)
+            .collect();
+        out.sort_unstable();
+        out.dedup_by_key(|(root, _)| *root);
+        Ok(out)
+    }
+
+    /// Forget the drop counts of agent roots `gone` (see [`Enforcer::dropped_by_agent`]).
+    pub fn forget_dropped(&mut self, gone: &[u64]) -> Result<(), KernelError> {
+        let name = maps::EVENTS_DROPPED;
+        let mut map: HashMap<_, u64, u64> = HashMap::try_from(self.map_mut(name)?)
+            .map_err(|source| KernelError::Map { name, source })?;
+        for root in gone {
+            match map.remove(root) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(KernelError::Map { name, source }),
+            }
+        }
+        Ok(())
     }
 
     /// A kernel counter as each CPU counted it (index = CPU).

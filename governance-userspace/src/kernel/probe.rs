@@ -91,5 +91,6 @@ pub fn attach_point(a: Attach) -> String {
         Attach::SockOps => "cgroup/sock_ops".into(),
         Attach::SkbEgress => "cgroup_skb/egress".into(),
         Attach::SockCreate => "cgroup/sock_create".into(),
+        Attach::SetSockopt => "cgroup/setsockopt".into(),
     }
 }

@@ -123,6 +123,31 @@ pub const HOME_RUNTIME_SOCKET_DIRS: &[&str] = &[".ssh/agent"];
 /// processes in containers), and PHP-FPM's pools (FastCGI runs the script a request names).
 pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php", X11_DIR];
 
+/// Directories every socket of which is a runtime's, down to [`RUNTIME_TREE_DEPTH`] levels:
+/// systemd's and udev's. Besides the sockets named above, systemd 256 and later serve varlink
+/// there (red team round 26): PID 1's `io.systemd.Manager` (reload, re-execute, restart any
+/// unit, start transient ones), machined's `io.systemd.Machine` (`Open` runs a command as root
+/// on the node), udevd's `io.systemd.Udev` (`SetEnvironment`: `LD_PRELOAD` for every program
+/// a rule runs), systemd-oomd's (a cgroup named for it to kill), importd's (downloads of any
+/// URL), journald's (rotation, giving up /var), `io.systemd.Credentials` (decryption of
+/// sealed credentials). The name services' directories ([`NAME_SERVICE_SOCKET_DIRS`]) are
+/// theirs, and the logging sockets ([`LOGGING_SOCKETS`]) stay open.
+pub const RUNTIME_SOCKET_TREES: &[&str] = &["/run/systemd", "/run/udev"];
+
+/// The same below each `/run/user/<uid>/`: a user's systemd manager's varlink sockets.
+pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &["systemd"];
+
+/// How deep below a tree of [`RUNTIME_SOCKET_TREES`] sockets are looked for (`/run/systemd`
+/// itself, `/run/systemd/machine`, `/run/systemd/journal`, and one level more).
+const RUNTIME_TREE_DEPTH: usize = 3;
+
+/// Sockets in [`RUNTIME_SOCKET_TREES`] that are no runtime's: journald's logging sockets
+/// (`syslog(3)` through `/dev/log`, `sd_journal_send`), which every program may write.
+pub const LOGGING_SOCKETS: &[&str] = &[
+    "/run/systemd/journal/socket",
+    "/run/systemd/journal/dev-log",
+];
+
 /// The X servers' sockets: a client of an X server types into any window on it (XTEST), a
 /// terminal's shell outside the agent among them. They listen at a path here and at the same
 /// name in the abstract namespace.
@@ -133,7 +158,15 @@ const X11_DIR: &str = "/tmp/.X11-unix";
 /// runs processes in containers, as root on the node for a privileged one), and the session
 /// buses `dbus-launch` starts (`@/tmp/dbus-*`: a session's services run what it asks; red
 /// team round 11).
-const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &["/tmp/.X11-unix/", "/containerd-shim/", "/tmp/dbus-"];
+const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &[
+    "/tmp/.X11-unix/",
+    "/containerd-shim/",
+    "/tmp/dbus-",
+    // multipathd's (`fail path`, `shutdown`: the node's multipath storage) and iscsid's (a
+    // login to any portal address, past the network rules; red team round 26).
+    "/org/kernel/linux/storage/multipathd",
+    "ISCSIADM_ABSTRACT_NAMESPACE",
+];
 
 /// X displays refused by their abstract name whether or not a server listens now (one that
 /// starts later is found by the once-a-second look at /proc/net/unix).
@@ -180,6 +213,9 @@ pub const NAME_SERVICE_SOCKETS: &[&str] = &[
 /// (NSS, PAM's Kerberos requests, SSH keys, sudo rules, autofs maps).
 pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &[
     "/run/systemd/resolve",
+    // systemd-userdbd's (`io.systemd.Multiplexer`, `io.systemd.NameServiceSwitch`, which
+    // nss-systemd asks for users and groups, and the directory services behind it).
+    "/run/systemd/userdb",
     "/var/lib/sss/pipes",
     "/var/lib/sss/pipes/private",
 ];
@@ -235,6 +271,18 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
     for dir in dirs {
         out.extend(sockets_in(&dir));
     }
+    let not_runtime: Vec<&Path> = NAME_SERVICE_SOCKET_DIRS
+        .iter()
+        .chain(LOGGING_SOCKETS)
+        .map(Path::new)
+        .collect();
+    for tree in RUNTIME_SOCKET_TREES {
+        out.extend(sockets_below(
+            Path::new(tree),
+            RUNTIME_TREE_DEPTH,
+            &not_runtime,
+        ));
+    }
     if let Ok(users) = std::fs::read_dir("/run/user") {
         let mut dirs: Vec<PathBuf> = users.flatten().map(|e| e.path()).collect();
         dirs.sort();
@@ -245,6 +293,35 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
                     .map(|s| dir.join(s))
                     .filter(|p| !is_symlink(p)),
             );
+            for tree in USER_RUNTIME_SOCKET_TREES {
+                out.extend(sockets_below(&dir.join(tree), RUNTIME_TREE_DEPTH, &[]));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The sockets in `dir` (first) and its subdirectories (in name order), `depth` levels down (1:
+/// `dir` alone); never through a symlink, and none of `skip` (sockets, or directories skipped whole).
+fn sockets_below(dir: &Path, depth: usize, skip: &[&Path]) -> Vec<PathBuf> {
+    if depth == 0 || skip.contains(&dir) || is_symlink(dir) {
+        return Vec::new();
+    }
+    let mut out: Vec<PathBuf> = sockets_in(dir)
+        .into_iter()
+        .filter(|p| !skip.contains(&p.as_path()))
+        .collect();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut subdirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        subdirs.sort();
+        for sub in subdirs {
+            out.extend(sockets_below(&sub, depth - 1, skip));
         }
     }
     out
@@ -354,6 +431,7 @@ pub fn socket_dirs(rule_paths: &[PathBuf]) -> Vec<PathBuf> {
     let in_dirs = RUNTIME_SOCKET_DIRS
         .iter()
         .chain(NAME_SERVICE_SOCKET_DIRS)
+        .chain(RUNTIME_SOCKET_TREES)
         .map(|d| Path::new(d).join("x"));
     for p in runtime.chain(in_dirs).chain(rule_paths.iter().cloned()) {
         if let Some(dir) = p.ancestors().skip(1).find(|d| d.is_dir()) {
@@ -599,6 +677,48 @@ mod tests {
         std::fs::write(dir.path().join("notes"), "x").unwrap();
         assert_eq!(sockets_in(dir.path()), [real]);
         assert!(is_symlink(&dir.path().join("agent.2")));
+    }
+
+    /// A runtime tree gives its sockets and its subdirectories' down to the depth, never
+    /// through a symlink, and none of what is skipped (the name services' directories, the
+    /// logging sockets; red team round 26: systemd's varlink sockets).
+    #[test]
+    fn runtime_trees_give_their_sockets_below_but_not_the_skipped() {
+        let tree = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let t = tree.path();
+        for d in ["machine", "journal", "resolve", "a/b/c"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        let bind = |p: &Path| std::os::unix::net::UnixListener::bind(p).unwrap();
+        let manager = t.join("io.systemd.Manager");
+        let machine = t.join("machine/io.systemd.Machine");
+        let journal_varlink = t.join("journal/io.systemd.journal");
+        let logging = t.join("journal/socket");
+        let resolver = t.join("resolve/io.systemd.Resolve");
+        let deep = t.join("a/b/c/too-deep");
+        let level3 = t.join("a/b/three");
+        let _l: Vec<_> = [
+            &manager,
+            &machine,
+            &journal_varlink,
+            &logging,
+            &resolver,
+            &deep,
+            &level3,
+        ]
+        .into_iter()
+        .map(|p| bind(p))
+        .collect();
+        let elsewhere = other.path().join("x");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let _e = bind(&elsewhere.join("service.sock"));
+        std::os::unix::fs::symlink(&elsewhere, t.join("linked")).unwrap();
+        let (skip_dir, skip_sock) = (t.join("resolve"), logging.clone());
+        let found = sockets_below(t, 3, &[skip_dir.as_path(), skip_sock.as_path()]);
+        assert_eq!(found, [manager, level3, journal_varlink, machine]);
+        assert!(RUNTIME_SOCKET_TREES.contains(&"/run/systemd"));
+        assert!(RUNTIME_SOCKET_TREES.contains(&"/run/udev"));
     }
 
     #[test]

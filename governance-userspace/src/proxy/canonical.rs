@@ -103,6 +103,10 @@ pub enum Refused {
     )]
     PathCase(String, String),
     #[error(
+        "the path `{0}` runs through a script (`.php`, `.cgi`, `.aspx`, ...) whose framework routes on a part of what follows it: call the route by its own path"
+    )]
+    Script(String),
+    #[error(
         "Content-Encoding `{0}` is not decoded by the policy proxy (identity, gzip and deflate are)"
     )]
     Encoding(String),
@@ -183,6 +187,7 @@ impl Refused {
                 | Refused::Ambiguous(_)
                 | Refused::Header(_)
                 | Refused::PathCase(..)
+                | Refused::Script(_)
                 | Refused::Session(_)
                 | Refused::Connection(_)
                 | Refused::McpPath(_)
@@ -200,6 +205,7 @@ impl Refused {
             | Refused::Headers(_)
             | Refused::Header(_)
             | Refused::PathCase(..)
+            | Refused::Script(_)
             | Refused::Session(_)
             | Refused::Connection(_)
             | Refused::Coding(_) => "builtin:request",
@@ -228,10 +234,49 @@ impl Refused {
     }
 }
 
+/// Script names a server runs with the rest of the path as its path info (CGI, ASP.NET: the
+/// segment's name ends so), and PHP's, which Symfony's request (Laravel's too) strips from the
+/// path as a string prefix, or by its length where the path names it elsewhere, so that any
+/// part of what follows it may be the route.
+const SCRIPT_SUFFIXES: &[&str] = &[
+    ".cgi", ".fcgi", ".pl", ".asp", ".aspx", ".asmx", ".ashx", ".svc",
+];
+const PHP_SUFFIXES: &[&str] = &[
+    ".php", ".php3", ".php4", ".php5", ".php7", ".php8", ".phtml", ".phar",
+];
+
+/// Refused: a path through a script, whose framework routes on a part of it the rules do not
+/// read: a non-final segment named like a script (`/index.php/v1/repos/x`, `/app.cgi/v1/x`), or
+/// a PHP script's name followed by anything (`/index.phpv1/repos/x`, which Symfony routes as
+/// `/v1/repos/x`). A path that ends with the script's name is decided as written.
+fn through_script(path: &str) -> Result<(), Refused> {
+    let lower = path.to_ascii_lowercase();
+    let php = PHP_SUFFIXES.iter().any(|s| {
+        lower
+            .match_indices(s)
+            .any(|(at, _)| at + s.len() < lower.len())
+    });
+    let mut segments: Vec<&str> = lower.split('/').collect();
+    segments.pop();
+    let script = segments.iter().any(|seg| {
+        SCRIPT_SUFFIXES
+            .iter()
+            .any(|s| seg.len() > s.len() && seg.ends_with(s))
+    });
+    if php || script {
+        return Err(Refused::Script(path.to_owned()));
+    }
+    Ok(())
+}
+
 /// Decide a request: the one code path of the proxy and of the decision API. `head` is the
 /// normalised request target ([`super::request::target`]), `headers` the request's headers,
 /// `body` the body bytes when the proxy read them (None: streamed, no rule of the host reads
 /// it). `limit` bounds a decoded body. See the module documentation for what is refused.
+///
+/// A path through a script (`/index.php/v1/repos/x`) is refused: PHP, CGI and ASP.NET give the
+/// script the rest of the path, and Laravel and Symfony route on a part of it the proxy cannot
+/// tell (red team round 26).
 pub fn evaluate(
     engine: &Engine,
     view: &AgentRules,
@@ -240,6 +285,7 @@ pub fn evaluate(
     body: Option<&[u8]>,
     limit: usize,
 ) -> Result<Evaluated, Refused> {
+    through_script(&head.path)?;
     // Decided on exactly the headers that are forwarded: hop-by-hop ones and what
     // `Connection` names are removed first, and `Connection` may name only hop-by-hop
     // headers and connection options (`Connection: Content-Type` would remove, after the
@@ -744,12 +790,13 @@ fn body_names_method(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Result<(
             return Err(refused(&v));
         }
     }
-    if media
+    // A form's body is read as JSON too: Laravel reads a body as JSON when its type contains
+    // `/json` or `+json`, a parameter's value included (`application/x-www-form-urlencoded;
+    // x="/json"`), Express's `express.json({type: '*/*'})` whatever its type, and they take
+    // `_method` from it (red team round 26). A form that is not JSON was read as one above.
+    let form = media
         .as_ref()
-        .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"))
-    {
-        return Ok(());
-    }
+        .is_some_and(|m| m.essence.starts_with("application/x-www-form-urlencoded"));
     match parse_json(bytes) {
         Ok(Value::Object(map)) => {
             for (k, v) in &map {
@@ -765,6 +812,7 @@ fn body_names_method(head: &Head, headers: &HeaderMap, bytes: &[u8]) -> Result<(
         }
         // Other JSON has no members a framework reads as the method.
         Ok(_) => Ok(()),
+        Err(_) if form => Ok(()),
         Err(_) if names_method_field(bytes) => Err(Refused::MethodOverride(
             "`_method` in a body the proxy does not parse".into(),
         )),

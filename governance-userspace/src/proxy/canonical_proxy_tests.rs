@@ -411,6 +411,11 @@ agents: { cgroup: agents/dns-* }
 defaults: { http: block }
 rules:
   - { id: local, http: { host: localhost }, verdict: allow, reason: The only name allowed. }
+  - id: held
+    http: { host: "*.held.invalid" }
+    verdict: escalate
+    escalate: { timeout: 1m }
+    reason: A human looks first.
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -461,6 +466,30 @@ async fn names_the_agent_chose_are_not_looked_up_before_a_decision() {
     assert!(
         !looked.iter().any(|n| n.contains("exfil")),
         "names looked up before a decision: {looked:?}"
+    );
+    // An escalated request's name is not looked up while it is held, nor after a human denied
+    // it (red team round 26: the transparent host check looked it up before holding it).
+    let approvals = h.approvals.clone();
+    let denier = tokio::spawn(async move {
+        until("the request to be held for approval", || {
+            approvals.list().len() == 1
+        })
+        .await;
+        let id = approvals.list()[0].id.clone();
+        approvals.deny(&id, "bob", "no").unwrap();
+    });
+    let r = h
+        .raw(
+            transparent,
+            b"GET /x HTTP/1.1\r\nHost: c2VjcmV0.held.invalid\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+    denier.await.unwrap();
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let looked = h.proxy.upstream.looked_up();
+    assert!(
+        !looked.iter().any(|n| n.contains("held")),
+        "an escalated name looked up before it was approved: {looked:?}"
     );
 
     // A name the policy allows is looked up, once it is allowed, for the host check.

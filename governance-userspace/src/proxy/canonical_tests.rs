@@ -883,6 +883,22 @@ fn method_overrides_in_bodies_are_refused() {
             "multipart/form-data; boundary=b",
             "--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
         ),
+        // A form's type that names JSON anywhere: Laravel reads the body as JSON (red team
+        // round 26).
+        (
+            "application/x-www-form-urlencoded+json",
+            r#"{"_method":"DELETE"}"#,
+        ),
+        (
+            "application/x-www-form-urlencoded; x=\"/json\"",
+            r#"{"_method":"DELETE"}"#,
+        ),
+        (
+            "application/x-www-form-urlencoded; v=\"+JSON\"",
+            r#"{"_method":"DELETE"}"#,
+        ),
+        // Express's `express.json({type: '*/*'})` reads it whatever the type says.
+        (form, r#"{"_method":"DELETE"}"#),
     ] {
         assert_eq!(post(ctype, body), "refused 400 builtin:request", "{body}");
     }
@@ -2203,4 +2219,32 @@ fn tool_uses_in_a_sampling_answer_are_decided_as_tool_calls() {
     assert!(text.starts_with("allow "), "{text}");
     let other = run(answer(json!([tool_use("calculator")])));
     assert!(other.starts_with("allow "), "{other}");
+}
+
+/// A path through a script is refused: PHP (and CGI, ASP.NET) give the script the rest of the
+/// path, and Laravel and Symfony route on a part of it (red team round 26: `DELETE
+/// /index.php/v1/repos/x`, then `/index.phpv1/repos/x`, which Symfony strips as a string
+/// prefix, deleted the repo past `no-repo-delete`). A path that ends with a script's name, or
+/// names one only as a part of a longer name, is decided as written.
+#[test]
+fn paths_through_scripts_are_refused() {
+    let api = [("host", "api.example")];
+    let delete = |path: &str| verdict(found("DELETE", path, &api, b""));
+    assert_eq!(delete("/v1/repos/x"), "block found/no-repo-delete");
+    for path in [
+        "/index.php/v1/repos/x",
+        "/INDEX.PHP/v1/repos/x",
+        "/index.phpv1/repos/x",
+        "/a/index.php12345/v1/repos/x",
+        "/x/public/index.php/v1/repos/x",
+        "/app.cgi/v1/repos/x",
+        "/Service.svc/v1/repos/x",
+        "/v1/repos/x.phtml.bak",
+    ] {
+        assert_eq!(delete(path), "refused 400 builtin:request", "{path}");
+    }
+    assert_eq!(delete("/v1/repos/x.php"), "block found/no-repo-delete");
+    assert_eq!(delete("/v1/index.php"), "allow default");
+    assert_eq!(delete("/v1/app.cgi"), "allow default");
+    assert_eq!(delete("/v1/cgi/x.aspxfile/y"), "allow default");
 }

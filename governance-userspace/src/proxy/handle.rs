@@ -60,10 +60,12 @@ pub(super) enum Lookup {
     Resolve,
 }
 
-/// Whether a decision sends the request to its destination (allow, or escalate once approved):
-/// only then is the destination's name looked up.
+/// Whether a decision sends the request to its destination at once (allow): only then is the
+/// destination's name looked up before the verdict. An escalated request's is looked up once a
+/// human approved it (red team round 26: a name under an escalate rule went to DNS, the data it
+/// carried with it, before anyone decided).
 pub(super) fn forwards(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Allow | Outcome::Escalate { .. })
+    matches!(outcome, Outcome::Allow)
 }
 
 impl Proxy {
@@ -241,7 +243,7 @@ impl Proxy {
         let dest = match (dest, &sandbox) {
             (_, Some(_)) => None,
             (Some(d), None) => Some(d),
-            // Not reached: a request that goes to its destination was checked above.
+            // An approved escalation (an allowed request was checked above).
             (None, None) => match self.destination(conn, client, &head, Lookup::Resolve).await {
                 Ok(d) => d,
                 Err(resp) => return resp,

@@ -29,6 +29,19 @@
 //!   then write the pipe: the head completes in this process and the open runs here under the
 //!   credentials from before the change. Exits 0 when PATH opened, 100 + errno when it was
 //!   refused, 4 when the poll was never armed, 2 when io_uring itself fails.
+//! - `uring-overlay DIR NAME FILE`: make an io_uring ring (this process then has an io_uring
+//!   context), change this process's credentials (`prctl(PR_SET_KEEPCAPS)`), list DIR and
+//!   append a byte to FILE (on an overlay mount: FILE in its lower layer only, so the write
+//!   copies it up). Exits 0 when NAME is not in DIR and the write worked, 3 when NAME is in DIR
+//!   (overlayfs did not see DIR opaque), 5 when the write failed, 2 when io_uring or the
+//!   listing fails. Overlayfs reads its `trusted.overlay.*` attributes and copies up under its
+//!   mounter's credentials: legitimate work, not the agent's.
+//! - `session-to-parent PROCS`: fork a child that moves itself into the cgroup whose
+//!   `cgroup.procs` is PROCS, joins a new session keyring and hands it to this process, its
+//!   parent, which stays outside (`KEYCTL_SESSION_TO_PARENT`; this process is single-threaded,
+//!   as the kernel requires). Exits with the child's status: 0 when the keyring was handed
+//!   over, 100 + errno when it was refused, 2 or 3 when the child could not join the cgroup or
+//!   make the keyring.
 //! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
 //!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC` (submitted by this thread),
 //!   `SEND` forced to a worker thread (`IOSQE_ASYNC`) and `SEND` on a ring whose kernel thread
@@ -57,7 +70,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -259,6 +272,7 @@ fn main() {
         }),
         ["uring-after-keepcaps", path] => std::process::exit(uring_after_keepcaps(path)),
         ["uring-link-after-keepcaps", path] => std::process::exit(uring_link_after_keepcaps(path)),
+        ["uring-overlay", dir, name, file] => std::process::exit(uring_overlay(dir, name, file)),
         ["uring-sqpoll"] => std::process::exit(match Ring::new(true) {
             Ok(_) => 0,
             Err(e) => e.raw_os_error().map_or(2, |errno| 100 + errno),
@@ -286,6 +300,7 @@ fn main() {
             http_get(addr);
             drop(f);
         }
+        ["session-to-parent", procs] => std::process::exit(session_to_parent(procs)),
         ["http-get", addr] => http_get(addr),
         ["unix-serve", path] => {
             use std::io::{Read as _, Write as _};
@@ -606,6 +621,85 @@ fn uring_after_keepcaps(path: &str) -> i32 {
         }
         Ok(errno) => 100 - errno,
         Err(_) => 2,
+    }
+}
+
+/// See `session-to-parent` in the module's documentation.
+fn session_to_parent(procs: &str) -> i32 {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    const KEYCTL_SESSION_TO_PARENT: libc::c_long = 18;
+    // SAFETY: fork in a single-threaded process; the child calls only async-signal-safe
+    // functions besides the write below (no lock is held across the fork).
+    match unsafe { libc::fork() } {
+        -1 => 2,
+        0 => {
+            if std::fs::write(procs, "0\n").is_err() {
+                // SAFETY: leaving the child.
+                unsafe { libc::_exit(2) };
+            }
+            // SAFETY: keyctl(2) with a valid C string and plain integers.
+            unsafe {
+                if libc::syscall(
+                    libc::SYS_keyctl,
+                    KEYCTL_JOIN_SESSION_KEYRING,
+                    c"gov-rt26".as_ptr(),
+                ) < 0
+                {
+                    libc::_exit(3);
+                }
+                if libc::syscall(libc::SYS_keyctl, KEYCTL_SESSION_TO_PARENT) != 0 {
+                    libc::_exit(100 + *libc::__errno_location());
+                }
+                libc::_exit(0)
+            }
+        }
+        child => {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            if unsafe { libc::waitpid(child, &mut status, 0) } != child || !libc::WIFEXITED(status)
+            {
+                return 2;
+            }
+            libc::WEXITSTATUS(status)
+        }
+    }
+}
+
+/// See `uring-overlay` in the module's documentation.
+fn uring_overlay(dir: &str, name: &str, file: &str) -> i32 {
+    // Kept open: the ring's context stays with this process either way.
+    let Ok(_ring) = Ring::new(false) else {
+        return 2;
+    };
+    // SAFETY: plain prctl(2); new credentials for this process, the same capabilities.
+    if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) } != 0 {
+        return 2;
+    }
+    let names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) => {
+            eprintln!("uring-overlay: list {dir}: {e}");
+            return 2;
+        }
+    };
+    println!("{dir}: {names:?}");
+    if names.iter().any(|n| n == name) {
+        return 3;
+    }
+    use std::io::Write;
+    match std::fs::OpenOptions::new()
+        .append(true)
+        .open(file)
+        .and_then(|mut f| f.write_all(b"x"))
+    {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("uring-overlay: append to {file}: {e}");
+            5
+        }
     }
 }
 

@@ -53,6 +53,7 @@ pub(super) fn drain_bench(env: &Env, rounds: usize) -> Res<DrainResult> {
         cgroup_root: env.cgroup_root.clone(),
         no_write: vec![env.drain_pins.clone(), env.policy_dir.clone()],
         no_access: vec![],
+        system_links: vec![],
     };
     let compiled = kernel::compile(&set, &found, 1, &protect);
     if !compiled.errors.is_empty() {

@@ -17,6 +17,90 @@ pub struct Protect {
     /// Directories and files no agent may read or write: the audit log, the node CA's key, the
     /// API token.
     pub no_access: Vec<PathBuf>,
+    /// Where symlinks in /etc lead outside the system files ([`system_link_targets`]): system
+    /// files too, unless relaxed.
+    pub system_links: Vec<PathBuf>,
+}
+
+/// How many symlink targets [`system_link_targets`] gives at most.
+const MAX_SYSTEM_LINKS: usize = 256;
+
+/// The files and directories symlinks in `etc` (and its subdirectories, one level down) lead to
+/// outside the system files and the kernel's virtual filesystems: the node reads them as its
+/// configuration under /etc's name, while a write opens them under their own
+/// (`/etc/resolv.conf` → `/run/resolvconf/resolv.conf`, NetworkManager's, netconfig's: the
+/// resolver of every process on the node, the policy proxy's among them; red team round 26).
+/// Each resolved as the kernel resolves it, or, where the target does not exist yet, its
+/// directory resolved and its name (an agent that made it would configure the node). The root
+/// directory is never one (it would refuse every write).
+pub fn system_link_targets(etc: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![(etc.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(kind) = e.file_type() else { continue };
+            if kind.is_dir() && depth == 0 {
+                dirs.push((e.path(), depth + 1));
+            }
+            if !kind.is_symlink() {
+                continue;
+            }
+            let Some(target) = link_target(&e.path()) else {
+                continue;
+            };
+            let virtual_fs = ["/proc", "/sys", "/dev"]
+                .iter()
+                .any(|v| target.starts_with(v));
+            if target.parent().is_none()
+                || virtual_fs
+                || system_files().any(|s| target.starts_with(s))
+                || KERNEL_SETTINGS.iter().any(|s| target.starts_with(s))
+            {
+                continue;
+            }
+            out.push(target);
+            if out.len() == MAX_SYSTEM_LINKS {
+                break;
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Where the symlink `link` leads: resolved whole if it exists, else its directory resolved
+/// (or, missing too, taken as written without `.` and `..`) and its name.
+fn link_target(link: &Path) -> Option<PathBuf> {
+    let to = std::fs::read_link(link).ok()?;
+    let to = if to.is_absolute() {
+        to
+    } else {
+        link.parent()?.join(to)
+    };
+    if let Ok(resolved) = to.canonicalize() {
+        return Some(resolved);
+    }
+    let mut lexical = PathBuf::from("/");
+    for c in to.components() {
+        match c {
+            std::path::Component::Normal(n) => lexical.push(n),
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            _ => {}
+        }
+    }
+    let name = lexical.file_name()?.to_owned();
+    let dir = lexical.parent()?;
+    Some(
+        dir.canonicalize()
+            .unwrap_or_else(|_| dir.to_owned())
+            .join(name),
+    )
 }
 
 /// The interface files an agent may write in its own root cgroup: those of cgroup delegation.
@@ -441,6 +525,7 @@ pub(super) fn denied_dirs(protect: &Protect, relaxed: u32, letter: u8) -> Vec<Pa
         }
         if relaxed & allow::SYSTEM_FILES == 0 {
             denied.extend(system_files().map(PathBuf::from));
+            denied.extend(protect.system_links.iter().cloned());
             let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
             denied.extend(login_files(&passwd, Path::exists));
         }
@@ -476,6 +561,37 @@ pub(super) fn drop_shared(c: &mut Class, keys: &SharedKeys) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn symlinks_in_etc_protect_where_they_lead() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc");
+        let run = root.path().join("run");
+        std::fs::create_dir_all(etc.join("ssl")).unwrap();
+        std::fs::create_dir_all(run.join("resolvconf")).unwrap();
+        std::fs::write(run.join("resolvconf/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+        let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, etc.join(name)).unwrap();
+        // Resolved, relative too; a target not made yet (its directory resolved); one below a
+        // subdirectory; the root directory, the kernel's files and the system files: none.
+        link(&run.join("resolvconf/resolv.conf"), "resolv.conf");
+        link(Path::new("../run/resolvconf/resolv.conf"), "resolv2.conf");
+        link(&run.join("NetworkManager/resolv.conf"), "nm.conf");
+        link(&run.join("resolvconf/later.conf"), "later.conf");
+        link(&run.join("netconfig/x.conf"), "ssl/netconfig.conf");
+        link(Path::new("/"), "everything");
+        link(Path::new("/proc/mounts"), "mtab");
+        link(Path::new("/usr/lib/os-release"), "os-release");
+        let run = run.canonicalize().unwrap();
+        assert_eq!(
+            system_link_targets(&etc),
+            [
+                run.join("NetworkManager/resolv.conf"),
+                run.join("netconfig/x.conf"),
+                run.join("resolvconf/later.conf"),
+                run.join("resolvconf/resolv.conf"),
+            ]
+        );
+    }
 
     #[test]
     fn every_home_in_passwd_gets_its_login_files() {

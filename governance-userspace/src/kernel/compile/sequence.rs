@@ -134,6 +134,7 @@ mod tests {
             cgroup_root: "/sys/fs/cgroup".into(),
             no_write: vec![],
             no_access: vec![],
+            system_links: Vec::new(),
         };
         compile(set, &[agent], 3, &protect)
     }

@@ -19,6 +19,7 @@ fn protect() -> Protect {
         cgroup_root: "/sys/fs/cgroup".into(),
         no_write: vec!["/etc/governance".into()],
         no_access: vec!["/var/lib/governance/audit".into()],
+        system_links: Vec::new(),
     }
 }
 
@@ -1197,6 +1198,7 @@ fn file_rules_are_resolved_to_the_identity_of_what_they_name() {
         cgroup_root: d.join("no-cgroup-root"),
         no_write: vec![],
         no_access: vec![],
+        system_links: Vec::new(),
     };
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
     assert!(k.errors.is_empty() && k.notes.is_empty(), "{k:?}");
@@ -1308,6 +1310,7 @@ fn identities_of_built_in_protections_and_write_only_marker() {
         cgroup_root: cg.clone(),
         no_write: vec![d.join("policy")],
         no_access: vec![],
+        system_links: Vec::new(),
     };
     let set = parse(&[(
         "p.yaml".into(),
@@ -1480,6 +1483,7 @@ fn listings_read_ahead_leave_the_generation_as_it_was() {
         cgroup_root: d.join("no-cgroup-root"),
         no_write: vec![d.join("top")],
         no_access: vec![d.join("top/a/b")],
+        system_links: Vec::new(),
     };
     let ds = d.display();
     let set = parse(&[(
@@ -1686,6 +1690,7 @@ fn restrictive_defaults_and_sandbox_profiles_have_a_fill() {
         cgroup_root: d.join("no-cgroup-root"),
         no_write: vec![],
         no_access: vec![],
+        system_links: Vec::new(),
     };
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
     assert!(k.errors.is_empty(), "{k:?}");
@@ -1750,6 +1755,7 @@ fn missing_protected_paths_are_refused_by_their_names() {
         cgroup_root: d.join("no-cgroup-root"),
         no_write: vec![d.join("policy-missing")],
         no_access: vec![],
+        system_links: Vec::new(),
     };
     let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect);
     assert!(k.errors.is_empty(), "{k:?}");
