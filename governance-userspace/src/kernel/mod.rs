@@ -1013,13 +1013,13 @@ impl Enforcer {
         let name = maps::EVENTS_DROPPED;
         let map: HashMap<_, u64, u64> = HashMap::try_from(self.map(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
-        // (A walk the kernel's inserts restart may see a key twice: kept once.)
+        // (A walk the kernel's inserts restart may see a key twice: kept once, its latest count.)
         let mut out: Vec<(u64, u64)> = map
             .iter()
             .take(2 * governance_common::MAX_AGENTS as usize)
             .filter_map(Result::ok)
             .collect();
-        out.sort_unstable();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         out.dedup_by_key(|(root, _)| *root);
         Ok(out)
     }

@@ -74,6 +74,10 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     // node's console (a stream systemd set up as a service's output was connected before the
     // agent ran and is not affected).
     "/run/systemd/journal/stdout",
+    // PID 1's varlink server answers here too, with the same methods as on
+    // `/run/systemd/io.systemd.Manager` (reload, re-execute, restart units: round 26's review),
+    // though it sits among userdbd's name-service sockets.
+    "/run/systemd/userdb/io.systemd.DynamicUser",
     // CUPS: a queue pointed at `ipp://<anywhere>` and a job sent to it, by cupsd.
     "/run/cups/cups.sock",
     "/var/run/cups/cups.sock",
@@ -138,8 +142,10 @@ pub const RUNTIME_SOCKET_TREES: &[&str] = &["/run/systemd", "/run/udev"];
 pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &["systemd"];
 
 /// How deep below a tree of [`RUNTIME_SOCKET_TREES`] sockets are looked for (`/run/systemd`
-/// itself, `/run/systemd/machine`, `/run/systemd/journal`, and one level more).
-const RUNTIME_TREE_DEPTH: usize = 3;
+/// itself, `/run/systemd/machine`, and down to systemd-nspawn's
+/// `/run/systemd/nspawn/unix-export/<machine>/`: a guest's exported services, its SSH server
+/// among them).
+const RUNTIME_TREE_DEPTH: usize = 6;
 
 /// Sockets in [`RUNTIME_SOCKET_TREES`] that are no runtime's: journald's logging sockets
 /// (`syslog(3)` through `/dev/log`, `sd_journal_send`), which every program may write.
@@ -220,11 +226,16 @@ pub const NAME_SERVICE_SOCKET_DIRS: &[&str] = &[
     "/var/lib/sss/pipes/private",
 ];
 
-/// Every name-service socket path to look at now ([`NAME_SERVICE_SOCKET_DIRS`] expanded).
+/// Every name-service socket path to look at now ([`NAME_SERVICE_SOCKET_DIRS`] expanded, but
+/// for the runtime sockets among them).
 pub fn name_service_socket_paths() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = NAME_SERVICE_SOCKETS.iter().map(PathBuf::from).collect();
     for dir in NAME_SERVICE_SOCKET_DIRS {
-        out.extend(sockets_in(Path::new(dir)));
+        out.extend(
+            sockets_in(Path::new(dir))
+                .into_iter()
+                .filter(|p| !RUNTIME_SOCKETS.iter().any(|r| p == Path::new(r))),
+        );
     }
     out
 }

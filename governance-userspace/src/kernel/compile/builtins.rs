@@ -23,27 +23,43 @@ pub struct Protect {
 }
 
 /// How many symlink targets [`system_link_targets`] gives at most.
-const MAX_SYSTEM_LINKS: usize = 256;
+const MAX_SYSTEM_LINKS: usize = 1024;
+/// How many entries of /etc [`system_link_targets`] reads at most (a large /etc has a few
+/// thousand).
+const MAX_ETC_ENTRIES: usize = 100_000;
 
-/// The files and directories symlinks in `etc` (and its subdirectories, one level down) lead to
-/// outside the system files and the kernel's virtual filesystems: the node reads them as its
-/// configuration under /etc's name, while a write opens them under their own
-/// (`/etc/resolv.conf` → `/run/resolvconf/resolv.conf`, NetworkManager's, netconfig's: the
-/// resolver of every process on the node, the policy proxy's among them; red team round 26).
+/// The files and directories symlinks in `etc` (at any depth, never through a symlinked
+/// directory) lead to outside the system files and the kernel's virtual filesystems: the node
+/// reads them as its configuration under /etc's name, while a write opens them under their
+/// own (`/etc/resolv.conf` → `/run/resolvconf/resolv.conf`, NetworkManager's, netconfig's: the
+/// resolver of every process on the node, the policy proxy's among them; a unit linked in with
+/// `systemctl link`, a static pod's manifest, a site's configuration: red team round 26).
 /// Each resolved as the kernel resolves it, or, where the target does not exist yet, its
 /// directory resolved and its name (an agent that made it would configure the node). The root
-/// directory is never one (it would refuse every write).
+/// directory is never one (it would refuse every write). Past [`MAX_SYSTEM_LINKS`] targets or
+/// [`MAX_ETC_ENTRIES`] entries read, the rest is left (said in the log).
 pub fn system_link_targets(etc: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![(etc.to_path_buf(), 0)];
-    while let Some((dir, depth)) = dirs.pop() {
+    let mut out = std::collections::BTreeSet::new();
+    let mut dirs = vec![etc.to_path_buf()];
+    let mut read = 0usize;
+    'walk: while let Some(dir) = dirs.pop() {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
         for e in entries.flatten() {
+            read += 1;
+            if read > MAX_ETC_ENTRIES || out.len() == MAX_SYSTEM_LINKS {
+                tracing::warn!(
+                    entries = read,
+                    targets = out.len(),
+                    "/etc is larger than the symlink scan reads: the targets of the links past it are not protected as system files"
+                );
+                break 'walk;
+            }
             let Ok(kind) = e.file_type() else { continue };
-            if kind.is_dir() && depth == 0 {
-                dirs.push((e.path(), depth + 1));
+            if kind.is_dir() {
+                dirs.push(e.path());
+                continue;
             }
             if !kind.is_symlink() {
                 continue;
@@ -51,9 +67,8 @@ pub fn system_link_targets(etc: &Path) -> Vec<PathBuf> {
             let Some(target) = link_target(&e.path()) else {
                 continue;
             };
-            let virtual_fs = ["/proc", "/sys", "/dev"]
-                .iter()
-                .any(|v| target.starts_with(v));
+            let virtual_fs = ["/proc", "/sys"].iter().any(|v| target.starts_with(v))
+                || (target.starts_with("/dev") && !target.starts_with("/dev/shm"));
             if target.parent().is_none()
                 || virtual_fs
                 || system_files().any(|s| target.starts_with(s))
@@ -61,15 +76,10 @@ pub fn system_link_targets(etc: &Path) -> Vec<PathBuf> {
             {
                 continue;
             }
-            out.push(target);
-            if out.len() == MAX_SYSTEM_LINKS {
-                break;
-            }
+            out.insert(target);
         }
     }
-    out.sort();
-    out.dedup();
-    out
+    out.into_iter().collect()
 }
 
 /// Where the symlink `link` leads: resolved whole if it exists, else its directory resolved
@@ -572,12 +582,15 @@ mod tests {
         std::fs::write(run.join("resolvconf/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
         let link = |to: &Path, name: &str| std::os::unix::fs::symlink(to, etc.join(name)).unwrap();
         // Resolved, relative too; a target not made yet (its directory resolved); one below a
-        // subdirectory; the root directory, the kernel's files and the system files: none.
+        // subdirectory, and two (a unit linked in with `systemctl link`); the root directory,
+        // the kernel's files and the system files: none.
         link(&run.join("resolvconf/resolv.conf"), "resolv.conf");
         link(Path::new("../run/resolvconf/resolv.conf"), "resolv2.conf");
         link(&run.join("NetworkManager/resolv.conf"), "nm.conf");
         link(&run.join("resolvconf/later.conf"), "later.conf");
         link(&run.join("netconfig/x.conf"), "ssl/netconfig.conf");
+        std::fs::create_dir_all(etc.join("systemd/system")).unwrap();
+        link(&run.join("units/app.service"), "systemd/system/app.service");
         link(Path::new("/"), "everything");
         link(Path::new("/proc/mounts"), "mtab");
         link(Path::new("/usr/lib/os-release"), "os-release");
@@ -589,6 +602,7 @@ mod tests {
                 run.join("netconfig/x.conf"),
                 run.join("resolvconf/later.conf"),
                 run.join("resolvconf/resolv.conf"),
+                run.join("units/app.service"),
             ]
         );
     }
