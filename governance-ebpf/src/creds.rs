@@ -20,10 +20,11 @@
 //! credentials from its mounter's) is not the task's change and records nothing: the hooks
 //! record only what derives from the task's own `real_cred`.
 use aya_ebpf::{helpers::generated::bpf_get_current_task, macros::lsm, programs::LsmContext};
-use governance_common::{Counter, Kind, guard, offsets::NO_FIELD};
+use governance_common::{Counter, guard, offsets::NO_FIELD};
 
 use crate::{
-    decide::{Decision, count, current_agent, emit, lsm_ret},
+    decide::{count, current_agent},
+    guard::refuse,
     kernel::{
         OFF_TASK_GROUP_LEADER, OFF_TASK_IO_URING, OFF_TASK_REAL_CRED, OFF_TASK_START_TIME, off,
         read_at,
@@ -139,10 +140,5 @@ pub fn cred_alloc_blank(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
-    let Some(agent) = current_agent() else {
-        return 0;
-    };
-    let d = Decision::builtin(Kind::Guard, true);
-    emit(&agent, &d, |ev| ev.detail = guard::SESSION_KEYRING);
-    lsm_ret(&d)
+    refuse(guard::SESSION_KEYRING, 0)
 }
