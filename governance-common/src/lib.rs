@@ -634,9 +634,8 @@ pub mod guard {
     /// it opens its listener in a new network namespace, the agent's socket would take the
     /// connections the kernel sends to the proxy (other agents' requests among them).
     pub const DAEMON_PORT: u8 = 10;
-    /// A write to a procfs file that belongs to no process and is no sysctl (those are
-    /// `file_open`'s built-in rules'): the kernel's and devices' settings procfs keeps beside
-    /// /proc/sys, such as a PCI device's configuration space (`/proc/bus/pci`: its command
+    /// A write to a procfs file that belongs to no process (a sysctl, on any procfs: red team
+    /// round 27), or to sysfs: the kernel's and devices' settings, such as a PCI device's configuration space (`/proc/bus/pci`: its command
     /// register cleared, the node's disk or network controller stops), interrupt affinities
     /// (`/proc/irq`), SCSI devices removed (`/proc/scsi/scsi`), ACPI wake-up (red team round 7).
     /// Refused unless a policy allows kernel settings.
@@ -684,6 +683,12 @@ pub mod guard {
     /// credentials cleared; red team round 26); refused whoever the parent is (it may change
     /// under the call).
     pub const SESSION_KEYRING: u8 = 19;
+    /// A source address the node need not own (`IP_FREEBIND`, `IPV6_FREEBIND`): Linux sends
+    /// IPv6 from any address bound so, or named in `IPV6_PKTINFO` then, with no capability,
+    /// so an allowed destination's replies and ICMPv6 errors (which quote the datagram) go to
+    /// a host the policy refuses (red team round 27). [`crate::Event::object`]: (level << 32)
+    /// | option.
+    pub const FOREIGN_SOURCE: u8 = 20;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -698,7 +703,7 @@ pub mod guard {
             PROC_OF_OUTSIDE => "a /proc file of a process outside the agent",
             LEASE => "a file lease (others' opens of the file would wait for it)",
             DAEMON_PORT => "the policy proxy's or the control API's port (bind)",
-            KERNEL_PROC => "a kernel or device setting in /proc (outside /proc/sys)",
+            KERNEL_PROC => "a kernel or device setting (procfs or sysfs)",
             OTHER_TERMINAL => "a terminal another session holds",
             MULTICAST => "a multicast membership (its reports carry what the agent chose)",
             PROC_MEM => "a process's memory written (/proc/PID/mem) under an exec allowlist",
@@ -707,6 +712,7 @@ pub mod guard {
             FILESYSTEM_IOCTL => "a filesystem ioctl past the file hooks (subvolumes, extent moves)",
             SOCKET_ULP => "an upper-layer protocol on a TCP socket (TCP_ULP)",
             SESSION_KEYRING => "a session keyring handed to a parent process",
+            FOREIGN_SOURCE => "a source address the node need not own (IP_FREEBIND)",
             _ => "?",
         }
     }

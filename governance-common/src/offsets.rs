@@ -70,8 +70,6 @@ pub const UNIX_ADDRESS_LEN: &str = "OFF_UNIX_ADDRESS_LEN";
 pub const UNIX_ADDRESS_NAME: &str = "OFF_UNIX_ADDRESS_NAME";
 
 pub const PROC_INODE_PID: &str = "OFF_PROC_INODE_PID";
-/// `proc_inode.sysctl`: set on the files below /proc/sys.
-pub const PROC_INODE_SYSCTL: &str = "OFF_PROC_INODE_SYSCTL";
 pub const PROC_INODE_VFS_INODE: &str = "OFF_PROC_INODE_VFS_INODE";
 pub const PID_TASKS: &str = "OFF_PID_TASKS";
 pub const TASK_PID_LINKS: &str = "OFF_TASK_PID_LINKS";
@@ -117,13 +115,26 @@ pub const INODE_PRIVATE: &str = "OFF_INODE_PRIVATE";
 pub const KERNFS_NODE_PARENT: &str = "OFF_KERNFS_NODE_PARENT";
 pub const KERNFS_NODE_PRIV: &str = "OFF_KERNFS_NODE_PRIV";
 /// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
+/// Where a task's root is, and whether a file is named from it (file.rs `path_in_view`): the
+/// task's `fs_struct` root (`struct path`: its mount and dentry), its mount namespace and that
+/// namespace's top mount, and a `struct mount`'s parent, namespace and embedded `vfsmount`.
+pub const TASK_FS: &str = "OFF_TASK_FS";
+pub const FS_STRUCT_ROOT: &str = "OFF_FS_STRUCT_ROOT";
+pub const PATH_MNT: &str = "OFF_PATH_MNT";
+pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";
+pub const NSPROXY_MNT_NS: &str = "OFF_NSPROXY_MNT_NS";
+pub const MNT_NAMESPACE_ROOT: &str = "OFF_MNT_NAMESPACE_ROOT";
+pub const MOUNT_MNT: &str = "OFF_MOUNT_MNT";
+pub const MOUNT_MNT_PARENT: &str = "OFF_MOUNT_MNT_PARENT";
+pub const MOUNT_MNT_NS: &str = "OFF_MOUNT_MNT_NS";
+pub const VFSMOUNT_MNT_ROOT: &str = "OFF_VFSMOUNT_MNT_ROOT";
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
 /// Every struct size: (global name, struct).
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 87] = [
+pub const ALL: [(&str, &str, &str); 96] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -213,8 +224,17 @@ pub const ALL: [(&str, &str, &str); 87] = [
     // A procfs inode's process: `PROC_I(inode)->pid`, then `pid_task(pid, PIDTYPE_PID)`
     // (`pid->tasks[PIDTYPE_PID].first`, a task's `pid_links[PIDTYPE_PID]`; PIDTYPE_PID is 0).
     (PROC_INODE_PID, "proc_inode", "pid"),
-    (PROC_INODE_SYSCTL, "proc_inode", "sysctl"),
     (PROC_INODE_VFS_INODE, "proc_inode", "vfs_inode"),
     (PID_TASKS, "pid", "tasks"),
     (TASK_PID_LINKS, "task_struct", "pid_links"),
+    (TASK_FS, "task_struct", "fs"),
+    (FS_STRUCT_ROOT, "fs_struct", "root"),
+    (PATH_MNT, "path", "mnt"),
+    (TASK_NSPROXY, "task_struct", "nsproxy"),
+    (NSPROXY_MNT_NS, "nsproxy", "mnt_ns"),
+    (MNT_NAMESPACE_ROOT, "mnt_namespace", "root"),
+    (MOUNT_MNT, "mount", "mnt"),
+    (MOUNT_MNT_PARENT, "mount", "mnt_parent"),
+    (MOUNT_MNT_NS, "mount", "mnt_ns"),
+    (VFSMOUNT_MNT_ROOT, "vfsmount", "mnt_root"),
 ];

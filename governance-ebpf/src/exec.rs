@@ -12,7 +12,7 @@ use governance_common::{
 
 use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
-    file::{path_rules, resolve_path},
+    file::{path_in_view, path_rules, resolve_path},
     kernel::{
         Btf, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB,
         OFF_SB_DEV, SIGKILL, off, read_at,
@@ -113,7 +113,15 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
     }
     match resolve_path(file, class) {
         Ok(key) => {
-            let rules = path_rules(key, access::EXEC);
+            let mut rules = path_rules(key, access::EXEC);
+            // A name of the task's choosing (a chroot, a detached mount: `path_in_view`) may
+            // refuse, never allow more than the default.
+            if let Some(p) = rules
+                && p.enforce.verdict < default.enforce.verdict
+                && !path_in_view(file)
+            {
+                rules = None;
+            }
             if written {
                 let by_path = match rules {
                     Some(p) if p.enforce.present != 0 => p.enforce.verdict,

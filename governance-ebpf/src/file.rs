@@ -2,7 +2,10 @@
 //! file's path into the per-CPU path key, looking it up in the class's path rules, copying and
 //! hashing it).
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel_str_bytes, generated::bpf_d_path},
+    helpers::{
+        bpf_probe_read_kernel_str_bytes,
+        generated::{bpf_d_path, bpf_get_current_task},
+    },
     macros::lsm,
     maps::lpm_trie::Key,
     programs::LsmContext,
@@ -18,14 +21,55 @@ use crate::{
     identity::{device_letters, walk},
     kernel::{
         BPF_NOEXIST, Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_ACCMODE, O_CREAT,
-        O_TRUNC, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_INODE_MODE,
-        OFF_INODE_RDEV, OFF_PATH_DENTRY, S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off, read_at,
+        O_TRUNC, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_FS_STRUCT_ROOT,
+        OFF_INODE_MODE, OFF_INODE_RDEV, OFF_MNT_NAMESPACE_ROOT, OFF_MOUNT_MNT, OFF_MOUNT_MNT_NS,
+        OFF_MOUNT_MNT_PARENT, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_TASK_FS,
+        OFF_TASK_NSPROXY, OFF_VFSMOUNT_MNT_ROOT, S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off, read_at,
     },
     maps::{
         GRANT_SCRATCH, PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN,
     },
     sequence,
 };
+
+/// Is `file` named as the rules name files? `bpf_d_path` names a file from the task's root, and
+/// only within its mount: a task whose root is a directory of its choosing (`chroot`, which a
+/// user namespace's capabilities allow with no mount), or a file on a mount outside the task's
+/// namespace (a detached `open_tree` clone or `fsmount`, reached through its descriptor), gets
+/// names of its choosing: `/usr/bin/x` for a program it wrote (red team round 27: an exec
+/// allowlist's `prefix: /usr/bin/` ran it). In view: the task's root is the root of a mount at
+/// the top of its namespace (the namespace's own, or one mounted on it: the node's root after
+/// the initramfs, a container's after `pivot_root`), and the file's mount is in that namespace.
+/// False if unreadable (fail closed).
+#[inline(always)]
+pub(crate) fn path_in_view(file: u64) -> bool {
+    // SAFETY: see read_at; the current task is valid while the program runs.
+    unsafe {
+        let task = bpf_get_current_task();
+        let view = || -> Result<bool, i32> {
+            let root = read_at::<u64>(task, off(&OFF_TASK_FS))? + off(&OFF_FS_STRUCT_ROOT);
+            let root_mnt: u64 = read_at(root, off(&OFF_PATH_MNT))?;
+            let root_dentry: u64 = read_at(root, off(&OFF_PATH_DENTRY))?;
+            let ns: u64 = read_at(
+                read_at::<u64>(task, off(&OFF_TASK_NSPROXY))?,
+                off(&OFF_NSPROXY_MNT_NS),
+            )?;
+            let top: u64 = read_at(ns, off(&OFF_MNT_NAMESPACE_ROOT))?;
+            // `real_mount`: the `struct mount` around a `vfsmount`.
+            let root_mount = root_mnt.wrapping_sub(off(&OFF_MOUNT_MNT));
+            let at_top =
+                root_mount == top || read_at::<u64>(root_mount, off(&OFF_MOUNT_MNT_PARENT))? == top;
+            let whole = read_at::<u64>(root_mnt, off(&OFF_VFSMOUNT_MNT_ROOT))? == root_dentry;
+            let file_mnt: u64 = read_at(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_MNT))?;
+            let file_ns: u64 = read_at(
+                file_mnt.wrapping_sub(off(&OFF_MOUNT_MNT)),
+                off(&OFF_MOUNT_MNT_NS),
+            )?;
+            Ok(at_top && whole && file_ns == ns)
+        };
+        view().unwrap_or(false)
+    }
+}
 
 /// Resolve `file`'s path into the per-CPU path key (after the class and access bytes).
 /// Ok(key) or the cause to fail closed with.

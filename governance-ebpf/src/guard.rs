@@ -18,9 +18,9 @@ use crate::{
         OFF_FILE_PATH, OFF_INODE_MAPPING, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
         OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
         OFF_KEY_TYPE_NAME, OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE, OFF_PATH_DENTRY,
-        OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_SYSCTL, OFF_PROC_INODE_VFS_INODE,
-        OFF_SB_MAGIC, OFF_SIGNAL_TTY, OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TTY_SESSION,
-        PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, off, read_at,
+        OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_SB_MAGIC, OFF_SIGNAL_TTY,
+        OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TTY_SESSION, PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR,
+        S_IFMT, S_IFREG, SYSFS_MAGIC, off, read_at,
     },
     protect::proc_owner_out_of_reach,
 };
@@ -421,8 +421,9 @@ const MAY_OPEN: i32 = 0x20;
 /// - cgroup2, asked other than by an open ([`cgroup_border`]; opens of the cgroup tree are
 ///   `file_open`'s, whose built-in rules refuse them);
 /// - procfs: a `/proc/PID/` file of a process outside the agent
-///   ([`crate::protect::proc_owner_out_of_reach`]), and the kernel's settings outside
-///   /proc/sys ([`kernel_proc_file`]).
+///   ([`crate::protect::proc_owner_out_of_reach`]), and the kernel's settings, /proc/sys
+///   included ([`kernel_proc_file`]);
+/// - sysfs, all of it ([`kernel_sysfs_file`]).
 ///
 /// Every other permission check passes at once, before the agent lookup: this hook runs for
 /// every permission check of the node, each component of a path walk included.
@@ -452,6 +453,7 @@ pub fn inode_permission(ctx: LsmContext) -> i32 {
     match magic {
         CGROUP2_SUPER_MAGIC if mask & MAY_OPEN == 0 => cgroup_border(inode),
         PROC_SUPER_MAGIC => proc_of_outside(inode),
+        SYSFS_MAGIC => kernel_sysfs_file(),
         _ => 0,
     }
 }
@@ -490,19 +492,32 @@ fn mapped_code_written() -> i32 {
     refuse_for(&agent, guard::MAPPED_CODE, 0)
 }
 
-/// Is procfs inode `inode` a file of no process outside /proc/sys: `PROC_I(inode)->pid` and
-/// `->sysctl` both NULL? True if unreadable (refused: fail closed).
+/// Is procfs inode `inode` a file of no process (`PROC_I(inode)->pid` NULL): a sysctl, or one
+/// of the settings procfs keeps beside them? True if unreadable (refused: fail closed). Decided
+/// by the object, on every procfs: a procfs of the agent's own (a new PID namespace's, mounted
+/// with fsopen and never attached, or another one on the node such as a build chroot's) has the
+/// node's sysctls under names no path rule holds (red team round 27: `core_pattern` written
+/// through one).
 #[inline(always)]
 fn kernel_proc_file(inode: u64) -> bool {
     let proc_inode = inode.wrapping_sub(off(&OFF_PROC_INODE_VFS_INODE));
     // SAFETY: see read_at.
-    let (pid, sysctl) = unsafe {
-        (
-            read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_PID)),
-            read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_SYSCTL)),
-        )
-    };
-    !matches!((pid, sysctl), (Ok(p), Ok(s)) if p != 0 || s != 0)
+    let pid = unsafe { read_at::<u64>(proc_inode, off(&OFF_PROC_INODE_PID)) };
+    !matches!(pid, Ok(p) if p != 0)
+}
+
+/// No write for agents to sysfs (the kernel's and devices' settings: power states, device
+/// bindings, firmware), unless a policy allows kernel settings; on every sysfs, for the same
+/// reason as [`kernel_proc_file`] (a network namespace's own sysfs shows the node's power
+/// state). cgroup2 and the filesystems mounted below /sys are not sysfs.
+#[inline(always)]
+fn kernel_sysfs_file() -> i32 {
+    match current_agent() {
+        Some(agent) if agent.value.allow & allow::KERNEL_SETTINGS == 0 => {
+            refuse_for(&agent, guard::KERNEL_PROC, 0)
+        }
+        _ => 0,
+    }
 }
 
 /// No write permission for agents on a cgroup outside their subtree. Moving a process checks
@@ -544,10 +559,10 @@ fn cgroup_border(inode: Btf) -> i32 {
 /// sandboxed process, outside its sandbox), opens included: procfs guards some of those files
 /// with a ptrace check (`mem`, `attr`), which `ptrace_access_check` refuses, but not all
 /// (`oom_score_adj`, `make-it-fail`, `clear_refs`, `coredump_filter`, `sched_autogroup`).
-/// The procfs files that belong to no process are the kernel's and the devices' settings:
-/// below /proc/sys they are `file_open`'s built-in rules' (by path, with the policy's
-/// relaxation); the others (`/proc/sysrq-trigger`, `/proc/bus/pci`, `/proc/irq`, ...) are
-/// refused here, unless a policy allows kernel settings ([`kernel_proc_file`]).
+/// The procfs files that belong to no process are the kernel's and the devices' settings
+/// (/proc/sys, `/proc/sysrq-trigger`, `/proc/bus/pci`, `/proc/irq`, ...): refused here, unless a
+/// policy allows kernel settings ([`kernel_proc_file`]); `file_open`'s built-in rules refuse
+/// the node's /proc/sys by path as well.
 #[inline(always)]
 fn proc_of_outside(inode: Btf) -> i32 {
     let Some(agent) = current_agent() else {

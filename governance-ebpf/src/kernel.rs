@@ -98,10 +98,19 @@ offsets!(
     OFF_KERNFS_NODE_PARENT,
     OFF_KERNFS_NODE_PRIV,
     OFF_PROC_INODE_PID,
-    OFF_PROC_INODE_SYSCTL,
     OFF_PROC_INODE_VFS_INODE,
     OFF_PID_TASKS,
     OFF_TASK_PID_LINKS,
+    OFF_TASK_FS,
+    OFF_FS_STRUCT_ROOT,
+    OFF_PATH_MNT,
+    OFF_TASK_NSPROXY,
+    OFF_NSPROXY_MNT_NS,
+    OFF_MNT_NAMESPACE_ROOT,
+    OFF_MOUNT_MNT,
+    OFF_MOUNT_MNT_PARENT,
+    OFF_MOUNT_MNT_NS,
+    OFF_VFSMOUNT_MNT_ROOT,
     SIZE_UPID
 );
 
@@ -198,6 +207,7 @@ pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 pub(crate) const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+pub(crate) const SYSFS_MAGIC: u64 = 0x6265_6572;
 pub(crate) const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
 /// The kernel-internal mount of POSIX message queues (one per IPC namespace; /dev/mqueue is
 /// the same superblock).

@@ -334,7 +334,8 @@ unsafe fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
 
 /// When an agent's connection to the proxy is established (the client side, before the proxy
 /// can accept it), file its record under the client's source port: the proxy looks it up by
-/// the peer port of the connection it accepts. Every other socket passes untouched.
+/// the peer port of the connection it accepts. Any other connection removes a record left
+/// under its source (stale: that source is this connection's now).
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
@@ -343,9 +344,7 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     // SAFETY: the helper takes the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // SAFETY: the value is copied immediately.
-    let Some(orig) = (unsafe { ORIG_DST.get(&cookie) }).copied() else {
-        return 1;
-    };
+    let orig = (unsafe { ORIG_DST.get(&cookie) }).copied();
     // The family on the wire, as the proxy sees its peer (a dual-stack socket talking to an
     // IPv4-mapped address is IPv4), and the source address as the proxy sees its peer's, IPv4
     // as IPv4-mapped IPv6 (the words are in network byte order: their bytes are the wire's).
@@ -382,6 +381,14 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         port: ctx.local_port(),
         family,
         netns,
+    };
+    let Some(orig) = orig else {
+        // A connection of no agent's, or one whose pending entry was evicted (a flood of
+        // connects filled the table): a record left under its source by an earlier connection
+        // the proxy never accepted would answer for it (red team round 27). Removed: the
+        // proxy refuses a connection it finds no record of.
+        let _ = PROXY_CONNS.remove(&key);
+        return 1;
     };
     if PROXY_CONNS.insert(&key, &orig, 0).is_err() {
         // The proxy will not find the connection and refuses it: fail closed.

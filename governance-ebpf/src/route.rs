@@ -7,8 +7,8 @@
 //! ran). No flag a program could read is left on the socket, so agents get no source route at
 //! all, whatever the policy says: the `socket_setsockopt` hook refuses setting one, and
 //! `socket_sendmsg` (held.rs) asks [`datagram_route`] about the datagram's control messages.
-//! The same hook refuses multicast memberships and upper-layer protocols on TCP sockets (see
-//! [`socket_setsockopt`]).
+//! The same hook refuses multicast memberships, upper-layer protocols on TCP sockets and
+//! binding to addresses the node need not own (see [`socket_setsockopt`]).
 use aya_ebpf::{macros::lsm, programs::LsmContext};
 use governance_common::guard;
 
@@ -29,6 +29,10 @@ const IPV6_TRANSPARENT: i32 = 75;
 const IP_OPTIONS: i32 = 4;
 /// An upper-layer protocol on a TCP socket (governance_common::guard::SOCKET_ULP).
 const SOL_TCP: i32 = 6;
+/// Binding to an address the node need not own (governance_common::guard::FOREIGN_SOURCE):
+/// `IP_FREEBIND` at either level (IPv6 sockets honour it too), `IPV6_FREEBIND`.
+const IP_FREEBIND: i32 = 15;
+const IPV6_FREEBIND: i32 = 78;
 const TCP_ULP: i32 = 31;
 const IP_RETOPTS: i32 = 7;
 const SOL_IPV6: i32 = 41;
@@ -57,7 +61,8 @@ const IPV6_MEMBERSHIP: [i32; 4] = [20, 21, 27, 28];
 /// Built-in: agents may not give a socket a source route, nor join a multicast group (the
 /// kernel's IGMP and MLD reports, sent on the node's behalf, carry the group and the source
 /// filter the agent chose: data out past every network rule), nor put an upper-layer protocol
-/// on a TCP socket (`TCP_ULP`: `smc` carries its data where no packet program sees it).
+/// on a TCP socket (`TCP_ULP`: `smc` carries its data where no packet program sees it), nor
+/// bind to an address the node need not own (`IP_FREEBIND`, `IPV6_FREEBIND`).
 #[lsm(hook = "socket_setsockopt")]
 pub fn socket_setsockopt(ctx: LsmContext) -> i32 {
     // int socket_setsockopt(struct socket *sock, int level, int optname)
@@ -91,6 +96,9 @@ pub(crate) fn refused_option(level: i32, name: i32) -> Option<u8> {
     }
     if level == SOL_TCP && name == TCP_ULP {
         return Some(guard::SOCKET_ULP);
+    }
+    if (level == SOL_IP && name == IP_FREEBIND) || (level == SOL_IPV6 && name == IPV6_FREEBIND) {
+        return Some(guard::FOREIGN_SOURCE);
     }
     let multicast = (level == SOL_IP && IP_MEMBERSHIP.contains(&name))
         || ((level == SOL_IP || level == SOL_IPV6) && MCAST_MEMBERSHIP.contains(&name))

@@ -278,6 +278,24 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
             guard::SOURCE_ROUTE,
         ),
         (
+            "R27 IPV6_FREEBIND: IPv6 sent from an address the node need not own (host, degraded)",
+            libc::AF_INET6,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IPV6,
+            78, // IPV6_FREEBIND
+            1i32.to_ne_bytes().to_vec(),
+            guard::FOREIGN_SOURCE,
+        ),
+        (
+            "R27 IP_FREEBIND on an IPv6 socket (host, degraded)",
+            libc::AF_INET6,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_IP,
+            libc::IP_FREEBIND,
+            1i32.to_ne_bytes().to_vec(),
+            guard::FOREIGN_SOURCE,
+        ),
+        (
             "R26 an upper-layer protocol on a TCP socket (host, degraded)",
             libc::AF_INET,
             libc::SOCK_STREAM,

@@ -1833,6 +1833,28 @@ fn processes_pulled_in_and_source_routes_are_refused() {
         Control::NotEperm,
     );
     assert_eq!(ev.detail, governance_common::guard::SOCKET_ULP, "{case}");
+    // Binding IPv6 to an address the node need not own: an allowed destination's replies
+    // and ICMPv6 errors go to that address (round 27). The control sets it outside.
+    let case = "R27 setsockopt(IPV6_FREEBIND): IPv6 sent from an address the node need not own";
+    let ev = deny(
+        &mut k,
+        &fx,
+        case,
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET6,
+            ty: libc::SOCK_DGRAM,
+            level: libc::IPPROTO_IPV6,
+            name: 78, // IPV6_FREEBIND
+            value: 1i32.to_ne_bytes().to_vec(),
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(
+        ev.detail,
+        governance_common::guard::FOREIGN_SOURCE,
+        "{case}"
+    );
     // sendmmsg asks socket_sendmsg about its first message only, and about a later one only
     // when its address differs: a routing header on the second datagram to the same address
     // is the packet's to refuse (sequence_egress; red team round 24). The packet's event has
@@ -4518,26 +4540,54 @@ fn leaving_the_subtree_is_refused() {
     );
     // The kernel's usermode helpers run a program of the writer's choosing as root, in the
     // root cgroup: root writes them with no capability. (Each is written back unchanged.)
+    // Refused by the object (a procfs file of no process), before the open's built-in path
+    // rule: on the node's /proc, and on a second procfs, whose names no path rule holds (a
+    // build chroot's; or one an agent mounts with fsopen in a PID namespace of its own and
+    // reaches through a chroot, never attaching it: red team round 27).
+    let second = fx.dir.join("proc2");
+    std::fs::create_dir_all(&second).unwrap();
+    mount_fs(c"proc", &second);
+    let second_pattern = second.join("sys/kernel/core_pattern");
     for (case, setting) in [
-        ("2 set kernel.core_pattern", "/proc/sys/kernel/core_pattern"),
-        ("2 set kernel.modprobe", "/proc/sys/kernel/modprobe"),
+        (
+            "2 set kernel.core_pattern",
+            Path::new("/proc/sys/kernel/core_pattern"),
+        ),
+        (
+            "2 set kernel.modprobe",
+            Path::new("/proc/sys/kernel/modprobe"),
+        ),
+        (
+            "R27 set kernel.core_pattern through a second procfs",
+            &*second_pattern,
+        ),
     ] {
         let value = std::fs::read_to_string(setting).unwrap();
         let ev = deny(
             &mut k,
             &fx,
             case,
-            &Attempt::write(Path::new(setting), &value),
-            Kind::File,
+            &Attempt::write(setting, &value),
+            Kind::Guard,
             Control::Succeeds,
         );
-        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Rule), "{case}");
-        assert_eq!(
-            governance_common::id_number(ev.rule_id),
-            0,
-            "{case}: a built-in path rule"
-        );
+        assert_eq!(ev.detail, governance_common::guard::KERNEL_PROC, "{case}");
     }
+    unmount(&second);
+    // sysfs, by the object as well (a network namespace's own sysfs shows the node's
+    // settings). Opened for writing only: nothing is written, outside either.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R27 open a sysfs setting to write",
+        &Attempt::open(
+            Path::new("/sys/kernel/mm/transparent_hugepage/enabled"),
+            libc::O_WRONLY,
+        ),
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::KERNEL_PROC);
     // A filesystem mounted below /sys (tracefs here; efivarfs, configfs, pstore alike) is a
     // device of its own, whose names no open decides: a new entry there, or a removal (a
     // firmware boot variable on efivarfs), is decided by its identity entries (red team round
@@ -5297,6 +5347,62 @@ fn legitimate_work_keeps_running_in_an_agent() {
         ));
         work(&mut k, "default allow");
     }
+}
+
+/// Red team round 27: paths are read from the task's root, within the file's mount, so a task
+/// that picks its root (`chroot`, which a user namespace's capabilities allow with no mount) or
+/// reaches a file through a mount outside its namespace (a detached `open_tree` clone) names
+/// files as it likes: a program the agent wrote ran under an exec allowlist as
+/// `<allowed prefix>/renamed`. Such a name may refuse but never allows past the default. The
+/// control outside runs the same program the same way.
+#[test]
+fn names_of_the_agent_s_choosing_allow_nothing() {
+    require_root();
+    let fx = Fixture::new("renamed");
+    let mut k = fx.load("kernel: { allow_user_namespaces: true }\n");
+    let path = fx.p("allowed/renamed");
+    for how in ["chroot", "clone"] {
+        for (who, cgroup) in [("agent", &fx.agent.path), ("outside", &fx.outsider.path)] {
+            let root = fx.p(&format!("tmp/{how}-{who}"));
+            let attempt = Attempt::exec_args(
+                Path::new(HELPER),
+                &[
+                    "redteam-helper",
+                    "renamed-exec",
+                    how,
+                    root.to_str().unwrap(),
+                    path.to_str().unwrap(),
+                ],
+            );
+            let case = format!("R27 a program the agent wrote, run by a name it chose ({how})");
+            println!("redteam: tried {case} ({who})");
+            let (pid, outcome) = run_in(Some(cgroup), "renamed", &attempt);
+            if who == "agent" {
+                assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+                let ev = k.event_where(|e| {
+                    e.tgid == pid
+                        && Kind::from_u8(e.kind) == Some(Kind::Exec)
+                        && e.flags & flags::DENIED != 0
+                });
+                assert_eq!(
+                    text(&ev.path),
+                    path.to_str().unwrap(),
+                    "{case}: the name it chose"
+                );
+                println!("redteam: denied {case}");
+            } else {
+                assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+                println!("redteam: control {case}");
+            }
+        }
+    }
+    // The allowlist itself still reads names in view: the allowed prefix's program runs.
+    allow(
+        &mut k,
+        &fx,
+        "an allowed program by its path",
+        &Attempt::exec(&fx.p("allowed/true"), "true"),
+    );
 }
 
 /// A policy gives back what the built-ins refuse: a capability (`allow_capabilities`), mounts

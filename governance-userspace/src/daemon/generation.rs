@@ -114,6 +114,9 @@ pub(super) fn build(
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
+    if !enforcer.exec_by_path() {
+        crate::logging::say_all(degraded_exec_rules(&set));
+    }
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         crate::say!(
@@ -359,6 +362,45 @@ pub(super) fn install_names(names: &SharedNames, g: u32, n: Names) {
     }
 }
 
+/// The exec rules degraded mode cannot decide (red team round 27: a `prefix` block ran, and its
+/// record said no rule matched): without the exec LSM hook, exec is decided after the fact from
+/// the identity of the program the kernel ran, so no path rule is read, and a script's exact
+/// rule names a file the kernel has swapped for its interpreter by then.
+fn degraded_exec_rules(set: &crate::policy::PolicySet) -> Vec<String> {
+    use crate::policy::{Matcher, PathMatch};
+    let mut lines = Vec::new();
+    for policy in &set.policies {
+        for rule in &policy.rules {
+            match &rule.matcher {
+                Matcher::Exec(PathMatch::Prefix(_)) => lines.push(format!(
+                    "NOT ENFORCED: {} ({}): an exec `prefix` rule; without the exec LSM hook \
+                     exec is decided by the program's identity and the default alone",
+                    rule.id, rule.at
+                )),
+                Matcher::Exec(PathMatch::Exact(path)) if is_script(path) => lines.push(format!(
+                    "NOT ENFORCED: {} ({}): `{}` is a script; without the exec LSM hook its \
+                     interpreter is decided, not the script",
+                    rule.id,
+                    rule.at,
+                    path.display()
+                )),
+                _ => {}
+            }
+        }
+    }
+    lines
+}
+
+/// Does `path` start with `#!`?
+fn is_script(path: &std::path::Path) -> bool {
+    use std::io::Read as _;
+    let mut head = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"#!"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,6 +414,38 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// Red team round 27: degraded mode ran an exec `prefix` block and a blocked script, and
+    /// the record said no rule matched. Each such rule is listed as not enforced there; an
+    /// exact rule on a program (the control) is enforced by identity and not listed.
+    #[test]
+    fn degraded_mode_lists_the_exec_rules_it_cannot_decide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let script = tmp.path().join("tool.sh");
+        let program = tmp.path().join("tool");
+        std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::write(&program, b"\x7fELF").unwrap();
+        let yaml = format!(
+            "name: p\nagents: {{ cgroup: a }}\nrules:\n\
+             \x20 - {{ id: dir, exec: {{ prefix: /opt/tools/ }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: script, exec: {{ path: {} }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: program, exec: {{ path: {} }}, verdict: block, reason: r }}\n",
+            script.display(),
+            program.display()
+        );
+        let set = crate::policy::parse(&[("p.yaml".into(), yaml)]).unwrap();
+        let lines = degraded_exec_rules(&set);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("NOT ENFORCED: p/dir (p.yaml:4:"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("NOT ENFORCED: p/script (p.yaml:5:"),
+            "{lines:?}"
+        );
+        assert!(lines[1].contains("is a script"), "{lines:?}");
     }
 
     /// Every secret the daemon is given is one agents may not read or write: the audit

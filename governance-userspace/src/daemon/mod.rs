@@ -642,6 +642,22 @@ struct Attached {
     complete: bool,
 }
 
+/// With `net.ipv6.ip_nonlocal_bind` on, Linux sends IPv6 from any address a socket binds, with
+/// no `IPV6_FREEBIND` the hooks could refuse: an agent's datagram to an allowed host then has
+/// a refused host's address as its source, and the replies (ICMPv6 errors quote the datagram)
+/// go there (red team round 27). Said at start, as the node's setting to change.
+fn warn_nonlocal_bind() {
+    const SETTING: &str = "/proc/sys/net/ipv6/ip_nonlocal_bind";
+    if crate::procfs::read_to_string(SETTING).is_ok_and(|v| v.trim() != "0") {
+        tracing::warn!(
+            setting = SETTING,
+            "IPv6 non-local binds are on in the host's network namespace: agents there can \
+             send IPv6 from addresses the node does not own (replies go to hosts their \
+             policy may refuse); set net.ipv6.ip_nonlocal_bind=0"
+        );
+    }
+}
+
 /// Load and attach the programs (or adopt the pinned ones), report what this kernel can
 /// enforce, and protect the daemon's process. Ok(None): not every hook is attached and
 /// degraded mode was not accepted; nothing this run attached is left behind.
@@ -674,6 +690,7 @@ fn attach(args: &RunArgs, probe: &Probe, root: &Path) -> anyhow::Result<Option<A
         );
     }
     let complete = report(probe, &enforcer);
+    warn_nonlocal_bind();
     if !complete && !args.allow_degraded {
         crate::say!(
             "refusing to run: not every hook is attached (see NOT AVAILABLE and why \

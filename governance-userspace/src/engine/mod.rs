@@ -551,12 +551,18 @@ impl Engine {
                 }
                 index += 1;
             }
-            if applies && let Some(m) = p.max_body {
+            // The proxy's settings are an enforcing policy's: a shadow policy's body limit,
+            // interception or idle timeouts would change what the agent's requests meet (red
+            // team round 27), and a shadow policy changes no outcome.
+            let enforcing = applies && p.mode == Mode::Enforce;
+            if enforcing && let Some(m) = p.max_body {
                 view.max_body = Some(view.max_body.map_or(m, |v| v.min(m)));
             }
-            if applies {
+            if enforcing {
                 view.intercept_tls.extend(p.intercept_tls.iter().cloned());
                 view.idle_timeouts.extend(p.idle_timeouts.iter().cloned());
+            }
+            if applies {
                 let target = match p.mode {
                     Mode::Enforce => &mut view.defaults,
                     Mode::Shadow => &mut view.shadow_defaults,

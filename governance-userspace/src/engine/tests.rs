@@ -107,6 +107,23 @@ fn shadow_rules_report_but_never_decide() {
     );
 }
 
+/// Red team round 27: a shadow policy's proxy settings (a smaller body limit, interception,
+/// idle timeouts) changed what the agent's requests met. Only enforcing policies set them; the
+/// control is the same settings in enforce mode.
+#[test]
+fn a_shadow_policy_s_proxy_settings_change_nothing() {
+    for (mode, applied) in [("shadow", false), ("enforce", true)] {
+        let e = engine(&format!(
+            "name: p\nagents: {{ cgroup: a }}\nmode: {mode}\n\
+             proxy: {{ max_body: 10, intercept_tls: [api.example], idle_timeout: {{ api.example: 1s }} }}\n"
+        ));
+        let v = e.agent(&agent("a"));
+        assert_eq!(v.max_body().is_some(), applied, "{mode}");
+        assert_eq!(v.intercepts_tls("api.example"), applied, "{mode}");
+        assert_eq!(v.idle_timeout("api.example").is_some(), applied, "{mode}");
+    }
+}
+
 #[test]
 fn throttle_buckets_refill_over_time_and_are_keyed() {
     let e = engine(

@@ -130,6 +130,16 @@ impl Ranked {
     fn key(&self) -> ([u32; 4], u8) {
         (self.specificity, self.rule.verdict)
     }
+
+    /// This rule as ranked at `path`, one of its path's spellings: the kernel names files by
+    /// where symlinks lead, so an entry where the rule's path leads ranks by that path, as a
+    /// rule written there would (red team round 27: `block prefix: /s/`, a link to
+    /// `/srv/app/data/secrets`, ranked by `/s/` lost there to `allow prefix: /srv/app/data/`).
+    fn at(self, path: &[u8], exact: bool) -> Ranked {
+        let mut ranked = self;
+        ranked.specificity[1] = crate::policy::path_rank(path, exact);
+        ranked
+    }
 }
 
 /// The best enforcing rule and, if it ranks above that one, the best shadow rule.
@@ -464,6 +474,7 @@ fn compile_with(
                         .flatten()
                         .map(|(_, (dev, ino, _))| (dev, ino));
                     for spelled in spellings {
+                        let ranked = ranked.at(&spelled, exact);
                         let node = Node {
                             path: spelled,
                             exact,
@@ -497,6 +508,7 @@ fn compile_with(
                                 path: path.clone(),
                                 exact,
                             };
+                            let ranked = ranked.at(path, exact);
                             rules.paths.entry(letter).or_default().push((node, ranked));
                         }
                     }

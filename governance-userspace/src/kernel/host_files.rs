@@ -105,8 +105,10 @@ pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
 pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[4, 7, 13, 89, 108, 166, 188, 189, 202, 203, 231];
 /// Misc devices with a minor given out at load, by their name in /proc/misc: RDMA's connection
 /// manager (`/dev/infiniband/rdma_cm`, mode 0666: connections to any address the NIC makes,
-/// no socket) and VFIO's container (`/dev/vfio/vfio`).
-pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio"];
+/// no socket), VFIO's container (`/dev/vfio/vfio`) and ublk's control device
+/// (`/dev/ublk-control`: with `UBLK_F_UNPRIVILEGED_DEV`, a block device served by the agent,
+/// which udev and blkid probe and parse as root; the block twin of CUSE, red team round 27).
+pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio", "ublk-control"];
 /// Single devices, in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): physical memory, kernel
 /// memory and I/O ports (`/dev/mem`, `/dev/kmem`, `/dev/port`: every secret on the node read,
 /// PCI configuration and a reset written; their opens also check CAP_SYS_RAWIO, which agents

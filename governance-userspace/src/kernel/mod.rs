@@ -243,6 +243,14 @@ pub(super) struct Gathered {
 
 impl Enforcer {
     /// Are all the hooks of full enforcement attached?
+    /// Is the exec LSM hook attached? Without it (degraded mode), exec is decided after the
+    /// fact from the program's identity alone: no path rule is read.
+    pub fn exec_by_path(&self) -> bool {
+        self.hooks.iter().any(|(p, h)| {
+            p.name == governance_common::programs::EXEC.name && matches!(h, HookState::Attached)
+        })
+    }
+
     pub fn fully_attached(&self) -> bool {
         self.hooks
             .iter()

@@ -309,8 +309,14 @@ impl Matcher {
     /// Specificity, compared lexicographically; higher wins. See docs/policy.md, precedence.
     pub(super) fn specificity(&self) -> [u32; 4] {
         let path = |p: &PathMatch| match p {
-            PathMatch::Exact(e) => [2, e.as_os_str().len() as u32],
-            PathMatch::Prefix(d) => [1, d.as_os_str().len() as u32],
+            PathMatch::Exact(e) => [
+                2,
+                path_rank(std::os::unix::ffi::OsStrExt::as_bytes(e.as_os_str()), true),
+            ],
+            PathMatch::Prefix(d) => [
+                1,
+                path_rank(std::os::unix::ffi::OsStrExt::as_bytes(d.as_os_str()), false),
+            ],
         };
         match self {
             Matcher::Exec(p) => {
@@ -482,6 +488,18 @@ impl PolicySet {
             .map(|p| &**p)
             .filter(|p| p.selector.pod.is_some())
     }
+}
+
+/// How a file or exec path ranks among paths ([`Matcher::specificity`]): its length, a prefix
+/// counted with one trailing `/` however it was written (`/a/b` and `/a/b/` rank alike). The
+/// kernel's entries for where a rule's path leads (a symlink on the way) rank by that path, as
+/// the kernel names the files below it (red team round 27).
+pub fn path_rank(path: &[u8], exact: bool) -> u32 {
+    if exact {
+        return path.len() as u32;
+    }
+    let end = path.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    end as u32 + 1
 }
 
 /// The specificity of a network rule's entry for a prefix of `prefix128` bits (IPv4 as

@@ -134,6 +134,49 @@ fn every_problem_is_reported_and_nothing_applies() {
     }
 }
 
+/// Red team round 27: paths the kernel never names (a file with a trailing `/`, `//`) and
+/// patterns taken as literal names (`*`, `?`) made rules that `policy test` said block while
+/// the kernel matched nothing with them. Each is an error at its place.
+#[test]
+fn paths_the_kernel_never_names_are_errors() {
+    for (matcher, why) in [
+        (
+            "exec: { path: /opt/tool/ }",
+            "ends in `/` and so names no file",
+        ),
+        (
+            "file: { path: /srv/secret.txt/ }",
+            "ends in `/` and so names no file",
+        ),
+        ("exec: { prefix: /opt//bin/ }", "empty segment (`//`)"),
+        ("file: { path: /srv//secret.txt }", "empty segment (`//`)"),
+        ("file: { prefix: '/home/*/.ssh/' }", "literal, not patterns"),
+        ("file: { path: '/home/**/id_rsa' }", "literal, not patterns"),
+        ("unix: { path: '/run/x?.sock' }", "literal, not patterns"),
+    ] {
+        let errs = problems(&format!(
+            "name: p\nagents: {{ cgroup: a }}\nrules:\n  - {{ id: r, {matcher}, verdict: block, reason: r }}\n"
+        ));
+        assert!(
+            errs.len() == 1 && errs[0].contains(why),
+            "{matcher}: {errs:?}"
+        );
+        assert!(errs[0].starts_with("p.yaml:4:"), "{matcher}: {errs:?}");
+    }
+    // The controls: a directory's prefix with or without its `/`, and `/` itself.
+    for matcher in [
+        "file: { prefix: /srv/data/ }",
+        "file: { prefix: /srv/data }",
+        "file: { prefix: / }",
+        "exec: { path: /opt/tool }",
+    ] {
+        let ok = one(&format!(
+            "name: p\nagents: {{ cgroup: a }}\nrules:\n  - {{ id: r, {matcher}, verdict: block, reason: r }}\n"
+        ));
+        assert!(ok.is_ok(), "{matcher}: {ok:?}");
+    }
+}
+
 #[test]
 fn selectors_must_be_able_to_match() {
     for (sel, why) in [

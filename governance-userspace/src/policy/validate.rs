@@ -478,6 +478,20 @@ impl Cx<'_> {
                 "`{p}` has `.` or `..` segments; write the resolved path"
             ));
         }
+        // The kernel names files with single slashes: a rule spelled with `//` would match
+        // nothing there (red team round 27).
+        if p.contains("//") {
+            return Err(format!(
+                "`{p}` has an empty segment (`//`); write single slashes"
+            ));
+        }
+        // Paths are literal: a `*` would match only a file named `*` (red team round 27).
+        if p.contains(['*', '?']) {
+            return Err(format!(
+                "`{p}` has `*` or `?`: file, exec and socket paths are literal, not patterns; \
+                 write `prefix:` for everything below a directory"
+            ));
+        }
         Ok(PathBuf::from(p))
     }
 
@@ -500,6 +514,18 @@ impl Cx<'_> {
             }
         };
         match self.abs_path(s) {
+            // A file's name has no trailing slash: the kernel never names one that way.
+            Ok(_) if exact && s.len() > 1 && s.ends_with('/') => {
+                self.problem(
+                    s.span(),
+                    format!(
+                        "{what}: `path: {}` ends in `/` and so names no file; write `prefix: {}` \
+                         for a directory and everything below it, or drop the `/`",
+                        **s, **s
+                    ),
+                );
+                None
+            }
             Ok(p) if exact => Some(PathMatch::Exact(p)),
             Ok(p) => Some(PathMatch::Prefix(p)),
             Err(msg) => {

@@ -70,7 +70,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | renamed-exec chroot|clone ROOT PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -301,6 +301,9 @@ fn main() {
             drop(f);
         }
         ["session-to-parent", procs] => std::process::exit(session_to_parent(procs)),
+        ["renamed-exec", how @ ("chroot" | "clone"), root, path] => {
+            std::process::exit(renamed_exec(how == "chroot", root, path))
+        }
         ["http-get", addr] => http_get(addr),
         ["unix-serve", path] => {
             use std::io::{Read as _, Write as _};
@@ -931,4 +934,101 @@ fn serve_one(mut conn: std::net::TcpStream, name: &str) {
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
         reply.len()
     );
+}
+
+/// A program the agent wrote, run under a name of its choosing (red team round 27): a tiny
+/// static ELF (it exits 0) written at ROOT/PATH, then, in a new user namespace, either
+/// `chroot(ROOT)` and `execv(PATH)`, or a detached clone of ROOT's tree (`open_tree`, in a new
+/// mount namespace too) and `execveat` through it: both name it PATH. Exits with the
+/// program's 0, 100 + errno of the exec, or 2 if a step before it failed.
+fn renamed_exec(chroot: bool, root: &str, path: &str) -> i32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    let inner = path.trim_start_matches('/');
+    let file = std::path::Path::new(root).join(inner);
+    let written = std::fs::create_dir_all(file.parent().unwrap_or(std::path::Path::new(root)))
+        .and_then(|()| std::fs::write(&file, tiny_elf()))
+        .and_then(|()| std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o755)));
+    if let Err(e) = written {
+        eprintln!("renamed-exec: writing {}: {e}", file.display());
+        return 2;
+    }
+    let flags = libc::CLONE_NEWUSER | if chroot { 0 } else { libc::CLONE_NEWNS };
+    // SAFETY: plain unshare(2) of this single-threaded process.
+    if unsafe { libc::unshare(flags) } != 0 {
+        eprintln!("renamed-exec: unshare: {}", std::io::Error::last_os_error());
+        return 2;
+    }
+    let root_c = CString::new(root).unwrap_or_else(|_| usage());
+    let argv = [c"renamed".as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null()];
+    if chroot {
+        let path_c = CString::new(path).unwrap_or_else(|_| usage());
+        // SAFETY: valid C strings and NULL-terminated arrays.
+        unsafe {
+            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                eprintln!("renamed-exec: chroot: {}", std::io::Error::last_os_error());
+                return 2;
+            }
+            libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+    } else {
+        const OPEN_TREE_CLONE: libc::c_uint = 1;
+        let inner_c = CString::new(inner).unwrap_or_else(|_| usage());
+        // SAFETY: open_tree(2) and execveat(2) with valid C strings and arrays.
+        unsafe {
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                root_c.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            );
+            if tree < 0 {
+                eprintln!(
+                    "renamed-exec: open_tree: {}",
+                    std::io::Error::last_os_error()
+                );
+                return 2;
+            }
+            libc::syscall(
+                libc::SYS_execveat,
+                tree as libc::c_int,
+                inner_c.as_ptr(),
+                argv.as_ptr(),
+                envp.as_ptr(),
+                0,
+            );
+        }
+    }
+    let e = std::io::Error::last_os_error();
+    eprintln!("renamed-exec: exec {path}: {e}");
+    e.raw_os_error().map_or(2, |errno| 100 + errno)
+}
+
+/// An x86-64 ELF executable of one segment whose code is `exit(0)`.
+fn tiny_elf() -> Vec<u8> {
+    const BASE: u64 = 0x40_0000;
+    const HEADERS: u64 = 64 + 56;
+    // mov eax, 60 (exit); xor edi, edi; syscall
+    let code: &[u8] = &[0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05];
+    let size = HEADERS + code.len() as u64;
+    let mut elf = Vec::with_capacity(size as usize);
+    elf.extend_from_slice(b"\x7fELF");
+    elf.extend_from_slice(&[2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    elf.extend_from_slice(&1u32.to_le_bytes());
+    elf.extend_from_slice(&(BASE + HEADERS).to_le_bytes()); // entry
+    elf.extend_from_slice(&64u64.to_le_bytes()); // program headers
+    elf.extend_from_slice(&0u64.to_le_bytes()); // section headers
+    elf.extend_from_slice(&0u32.to_le_bytes());
+    for half in [64u16, 56, 1, 0, 0, 0] {
+        elf.extend_from_slice(&half.to_le_bytes());
+    }
+    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    for word in [0, BASE, BASE, size, size, 0x1000] {
+        elf.extend_from_slice(&word.to_le_bytes());
+    }
+    elf.extend_from_slice(code);
+    elf
 }

@@ -217,6 +217,55 @@ fn exact_exec_rules_carry_what_their_path_names_now() {
     assert_eq!(exec[&d.join("missing")].0.enforce.rule_id, class_id(1, 3));
 }
 
+/// Red team round 27: the kernel names a file by where symlinks lead, so a rule written through
+/// a link ranks, at the path it leads to, by that path. `block prefix: <d>/s` (a link to
+/// `<d>/app/data/secrets`) ranked by its written length lost there to the shorter-written but
+/// longer-resolved `allow prefix: <d>/app/data`, and the agent read the secrets.
+#[test]
+fn a_rule_through_a_symlink_ranks_by_where_it_leads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(d.join("app/data/secrets")).unwrap();
+    std::fs::write(d.join("app/data/secrets/key"), "k").unwrap();
+    std::fs::write(d.join("app/data/other"), "o").unwrap();
+    std::os::unix::fs::symlink(d.join("app/data/secrets"), d.join("s")).unwrap();
+    std::os::unix::fs::symlink(d.join("app/data/other"), d.join("o")).unwrap();
+    let ds = d.display();
+    let set = parse(&[(
+        "p.yaml".into(),
+        format!(
+            "name: p\nagents: {{ cgroup: 'a/*' }}\ndefaults: {{ file: block }}\nrules:\n\
+             \x20 - {{ id: app, file: {{ prefix: {ds}/app/data }}, verdict: allow, reason: r }}\n\
+             \x20 - {{ id: secrets, file: {{ prefix: {ds}/s/ }}, verdict: block, reason: r }}\n\
+             \x20 - {{ id: other, file: {{ path: {ds}/o }}, verdict: block, reason: r }}\n"
+        ),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+    let c = &k.classes[0];
+    let rule = |path: &Path| {
+        lookup(c, access::READ, path.to_str().unwrap())
+            .map(|p| (p.enforce.rule_id, p.enforce.verdict))
+    };
+    let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+    // As the kernel names them: through the link, both rules cover the secrets; the link's
+    // rule, 8 bytes longer there, is the most specific.
+    assert_eq!(
+        rule(&d.join("app/data/secrets/key")),
+        Some((class_id(1, 2), b))
+    );
+    assert_eq!(rule(&d.join("app/data/other")), Some((class_id(1, 3), b)));
+    // The control: the rest of the directory is still allowed.
+    std::fs::write(d.join("app/data/x"), "x").unwrap();
+    assert_eq!(rule(&d.join("app/data/x")), Some((class_id(1, 1), a)));
+    // And by identity, as file_open finds them.
+    let c = &whole(&k, &k.classes[0]);
+    assert_eq!(
+        verdicts(c, ident(&d.join("app/data/secrets")), SCOPE_SELF),
+        Some([Some((2, b)); 4])
+    );
+}
+
 mod sweep {
     use proptest::prelude::*;
 
