@@ -128,13 +128,17 @@ pub const MOUNT_MNT: &str = "OFF_MOUNT_MNT";
 pub const MOUNT_MNT_PARENT: &str = "OFF_MOUNT_MNT_PARENT";
 pub const MOUNT_MNT_NS: &str = "OFF_MOUNT_MNT_NS";
 pub const VFSMOUNT_MNT_ROOT: &str = "OFF_VFSMOUNT_MNT_ROOT";
+/// `fs_struct.seq`: its sequence count (the first word, whether a `seqcount_spinlock_t` or a
+/// `seqlock_t`), which a change of root (`chroot`, `pivot_root`) advances.
+pub const FS_STRUCT_SEQ: &str = "OFF_FS_STRUCT_SEQ";
+pub const MOUNT_MNT_MOUNTPOINT: &str = "OFF_MOUNT_MNT_MOUNTPOINT";
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
 /// Every struct size: (global name, struct).
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 96] = [
+pub const ALL: [(&str, &str, &str); 98] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -237,4 +241,6 @@ pub const ALL: [(&str, &str, &str); 96] = [
     (MOUNT_MNT_PARENT, "mount", "mnt_parent"),
     (MOUNT_MNT_NS, "mount", "mnt_ns"),
     (VFSMOUNT_MNT_ROOT, "vfsmount", "mnt_root"),
+    (FS_STRUCT_SEQ, "fs_struct", "seq"),
+    (MOUNT_MNT_MOUNTPOINT, "mount", "mnt_mountpoint"),
 ];

@@ -12,7 +12,7 @@ use governance_common::{
 
 use crate::{
     decide::{Agent, Decision, apply, current_agent, emit, lsm_ret},
-    file::{path_in_view, path_rules, resolve_path},
+    file::{path_in_view, path_rules, resolve_path, root_seq},
     kernel::{
         Btf, OFF_BPRM_FILE, OFF_BPRM_FILENAME, OFF_FILE_INODE, OFF_INODE_INO, OFF_INODE_SB,
         OFF_SB_DEV, SIGKILL, off, read_at,
@@ -111,6 +111,7 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
         }
         return apply(Kind::Exec, agent, None, default, grant);
     }
+    let seq = root_seq();
     match resolve_path(file, class) {
         Ok(key) => {
             let mut rules = path_rules(key, access::EXEC);
@@ -118,7 +119,7 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
             // refuse, never allow more than the default.
             if let Some(p) = rules
                 && p.enforce.verdict < default.enforce.verdict
-                && !path_in_view(file)
+                && !path_in_view(file, seq)
             {
                 rules = None;
             }

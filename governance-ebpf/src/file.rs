@@ -22,9 +22,10 @@ use crate::{
     kernel::{
         BPF_NOEXIST, Btf, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_READ, FMODE_WRITE, O_ACCMODE, O_CREAT,
         O_TRUNC, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_FILE_PATH, OFF_FS_STRUCT_ROOT,
-        OFF_INODE_MODE, OFF_INODE_RDEV, OFF_MNT_NAMESPACE_ROOT, OFF_MOUNT_MNT, OFF_MOUNT_MNT_NS,
-        OFF_MOUNT_MNT_PARENT, OFF_NSPROXY_MNT_NS, OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_TASK_FS,
-        OFF_TASK_NSPROXY, OFF_VFSMOUNT_MNT_ROOT, S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off, read_at,
+        OFF_FS_STRUCT_SEQ, OFF_INODE_MODE, OFF_INODE_RDEV, OFF_MNT_NAMESPACE_ROOT, OFF_MOUNT_MNT,
+        OFF_MOUNT_MNT_MOUNTPOINT, OFF_MOUNT_MNT_NS, OFF_MOUNT_MNT_PARENT, OFF_NSPROXY_MNT_NS,
+        OFF_PATH_DENTRY, OFF_PATH_MNT, OFF_TASK_FS, OFF_TASK_NSPROXY, OFF_VFSMOUNT_MNT_ROOT,
+        S_IFBLK, S_IFCHR, S_IFMT, S_IFREG, off, read_at,
     },
     maps::{
         GRANT_SCRATCH, PATH_RULES, PATH_SCRATCH, RAW_DEVICES, SANDBOX_FILES, SANDBOXED, WRITTEN,
@@ -32,40 +33,82 @@ use crate::{
     sequence,
 };
 
+/// The current task's root's sequence count (`fs_struct.seq`), read before a path is resolved
+/// and given to [`path_in_view`] after it: a root changed in between (another thread's
+/// `chroot`, as `bpf_d_path` read it) makes the name not in view (red team round 27b). Odd
+/// (being changed) or unreadable: never in view.
+#[inline(always)]
+pub(crate) fn root_seq() -> u32 {
+    // SAFETY: see read_at; the current task is valid while the program runs.
+    unsafe {
+        let task = bpf_get_current_task();
+        read_at::<u64>(task, off(&OFF_TASK_FS))
+            .and_then(|fs| read_at::<u32>(fs, off(&OFF_FS_STRUCT_SEQ)))
+            .unwrap_or(1)
+    }
+}
+
+/// How many mounts a root may sit on, each mounted on the root of the one below, above its
+/// namespace's top (the node's root after an initramfs: one; a systemd service's before 254,
+/// moved onto `/` in a namespace of its own: two; a bound for the verifier).
+const ROOT_STACK: usize = 4;
+
 /// Is `file` named as the rules name files? `bpf_d_path` names a file from the task's root, and
 /// only within its mount: a task whose root is a directory of its choosing (`chroot`, which a
 /// user namespace's capabilities allow with no mount), or a file on a mount outside the task's
 /// namespace (a detached `open_tree` clone or `fsmount`, reached through its descriptor), gets
 /// names of its choosing: `/usr/bin/x` for a program it wrote (red team round 27: an exec
-/// allowlist's `prefix: /usr/bin/` ran it). In view: the task's root is the root of a mount at
-/// the top of its namespace (the namespace's own, or one mounted on it: the node's root after
-/// the initramfs, a container's after `pivot_root`), and the file's mount is in that namespace.
-/// False if unreadable (fail closed).
+/// allowlist's `prefix: /usr/bin/` ran it). In view: the task's root is the whole of a mount
+/// that sits, mount on mount, each on the root of the one below, on its namespace's top mount
+/// (or is it: the VM's initramfs root; a container's after `pivot_root`; a service's moved onto
+/// `/`), the file's mount is in that namespace, and the root did not change since `seq`
+/// ([`root_seq`], read before the path was). False if unreadable (fail closed).
 #[inline(always)]
-pub(crate) fn path_in_view(file: u64) -> bool {
+pub(crate) fn path_in_view(file: u64, seq: u32) -> bool {
+    if seq & 1 != 0 {
+        return false;
+    }
     // SAFETY: see read_at; the current task is valid while the program runs.
     unsafe {
         let task = bpf_get_current_task();
         let view = || -> Result<bool, i32> {
-            let root = read_at::<u64>(task, off(&OFF_TASK_FS))? + off(&OFF_FS_STRUCT_ROOT);
+            let fs: u64 = read_at(task, off(&OFF_TASK_FS))?;
+            let root = fs + off(&OFF_FS_STRUCT_ROOT);
             let root_mnt: u64 = read_at(root, off(&OFF_PATH_MNT))?;
             let root_dentry: u64 = read_at(root, off(&OFF_PATH_DENTRY))?;
+            if read_at::<u64>(root_mnt, off(&OFF_VFSMOUNT_MNT_ROOT))? != root_dentry {
+                return Ok(false);
+            }
             let ns: u64 = read_at(
                 read_at::<u64>(task, off(&OFF_TASK_NSPROXY))?,
                 off(&OFF_NSPROXY_MNT_NS),
             )?;
             let top: u64 = read_at(ns, off(&OFF_MNT_NAMESPACE_ROOT))?;
             // `real_mount`: the `struct mount` around a `vfsmount`.
-            let root_mount = root_mnt.wrapping_sub(off(&OFF_MOUNT_MNT));
-            let at_top =
-                root_mount == top || read_at::<u64>(root_mount, off(&OFF_MOUNT_MNT_PARENT))? == top;
-            let whole = read_at::<u64>(root_mnt, off(&OFF_VFSMOUNT_MNT_ROOT))? == root_dentry;
+            let mut mount = root_mnt.wrapping_sub(off(&OFF_MOUNT_MNT));
+            let mut at_top = mount == top;
+            for _ in 0..ROOT_STACK {
+                if at_top {
+                    break;
+                }
+                let parent: u64 = read_at(mount, off(&OFF_MOUNT_MNT_PARENT))?;
+                let on: u64 = read_at(mount, off(&OFF_MOUNT_MNT_MOUNTPOINT))?;
+                let parent_root: u64 =
+                    read_at(parent + off(&OFF_MOUNT_MNT), off(&OFF_VFSMOUNT_MNT_ROOT))?;
+                // Detached (its own parent), or mounted below the parent's root: not a root.
+                if parent == mount || on != parent_root {
+                    return Ok(false);
+                }
+                mount = parent;
+                at_top = mount == top;
+            }
             let file_mnt: u64 = read_at(file, off(&OFF_FILE_PATH) + off(&OFF_PATH_MNT))?;
             let file_ns: u64 = read_at(
                 file_mnt.wrapping_sub(off(&OFF_MOUNT_MNT)),
                 off(&OFF_MOUNT_MNT_NS),
             )?;
-            Ok(at_top && whole && file_ns == ns)
+            let same_root = read_at::<u32>(fs, off(&OFF_FS_STRUCT_SEQ))? == seq;
+            Ok(at_top && file_ns == ns && same_root)
         };
         view().unwrap_or(false)
     }

@@ -57,7 +57,7 @@ use governance_common::{Cause, ExecKey, GrantKey, Kind, RuleRef, Verdict, access
 use crate::{
     decide::{Agent, Decision, any_sandboxed, apply, current_agent, emit, lsm_ret},
     exec::file_identity,
-    file::{copy_path, path_in_view, path_rules, resolve_path, write_refused},
+    file::{copy_path, path_in_view, path_rules, resolve_path, root_seq, write_refused},
     held::held_write,
     kernel::{
         BCACHEFS_MAGIC, BTRFS_MAGIC, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_WRITE, MAP_SHARED,
@@ -209,10 +209,11 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
     };
     // By path (mmap only): an exec rule allowing the file, or a root-only file with one name
     // that the agent may not write.
+    let seq = root_seq();
     if why != exec_map::NAMELESS
         && with_path
-        && path_in_view(file)
         && let Ok(k) = resolve_path(file, agent.value.class)
+        && path_in_view(file, seq)
     {
         if let Some(p) = path_rules(k, access::EXEC)
             && p.enforce.present != 0

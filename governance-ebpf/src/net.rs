@@ -334,8 +334,8 @@ unsafe fn set_ip6(sa: *mut bpf_sock_addr, w: [u32; 4]) {
 
 /// When an agent's connection to the proxy is established (the client side, before the proxy
 /// can accept it), file its record under the client's source port: the proxy looks it up by
-/// the peer port of the connection it accepts. Any other connection removes a record left
-/// under its source (stale: that source is this connection's now).
+/// the peer port of the connection it accepts. Any other connection to the proxy removes a
+/// record left under its source (stale: that source is this connection's now).
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
@@ -383,11 +383,18 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
         netns,
     };
     let Some(orig) = orig else {
-        // A connection of no agent's, or one whose pending entry was evicted (a flood of
-        // connects filled the table): a record left under its source by an earlier connection
-        // the proxy never accepted would answer for it (red team round 27). Removed: the
-        // proxy refuses a connection it finds no record of.
-        let _ = PROXY_CONNS.remove(&key);
+        // A connection to the proxy of no agent's, or one whose pending entry was evicted (a
+        // flood of connects filled the table): a record left under its source by an earlier
+        // connection the proxy never accepted would answer for it (red team round 27).
+        // Removed: the proxy refuses a connection it finds no record of. Only for the proxy's
+        // port: connections elsewhere may share a live one's source port (round 27b). (The
+        // context's remote port is the wire's, in its upper 16 bits.)
+        let to_proxy = PROXY
+            .get(0)
+            .is_some_and(|p| p.enabled != 0 && ctx.remote_port() >> 16 == p.port);
+        if to_proxy {
+            let _ = PROXY_CONNS.remove(&key);
+        }
         return 1;
     };
     if PROXY_CONNS.insert(&key, &orig, 0).is_err() {

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::{Policy, PolicySet};
+use crate::policy::PolicySet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentsError {
@@ -181,56 +181,11 @@ pub fn discover(
             }
         }
     }
-    // Enforcing policies choose agent roots first; a shadow policy's cgroup is a root only
-    // where it neither holds nor lies in one of theirs. The outermost root is the agent (as in
-    // the kernel), so a shadow policy selecting a parent made the parent the agent and took
-    // the enforcing policy of the cgroup below away from it (red team round 27): a shadow
-    // policy never changes an outcome.
-    let enforcing = |p: &Policy| p.mode == crate::policy::Mode::Enforce;
-    let mut found = roots(root, set, &enforcing, pods, &mut live_pods)?;
-    if set.policies.iter().any(|p| !enforcing(p)) {
-        let enforced: Vec<PathBuf> = found.iter().map(|a| PathBuf::from(&a.rel)).collect();
-        for shadow in roots(root, set, &|p| !enforcing(p), pods, &mut live_pods)? {
-            let rel = Path::new(&shadow.rel);
-            if let Some(inner) = enforced.iter().find(|e| e.starts_with(rel)) {
-                tracing::warn!(
-                    cgroup = %shadow.rel,
-                    agent = %inner.display(),
-                    "a shadow policy selects a cgroup that holds an agent an enforcing policy \
-                     governs: it is not an agent (only the enforcing policy's agent is), so \
-                     the shadow policy observes nothing there"
-                );
-            } else if !enforced.iter().any(|e| rel.starts_with(e)) {
-                found.push(shadow);
-            }
-        }
-    }
-    if let Some(ids) = pods {
-        ids.forget_deleted(&live_pods);
-    }
-    found.sort_by(|a, b| a.rel.cmp(&b.rel));
-    for (i, a) in found.iter_mut().enumerate() {
-        a.index = i;
-    }
-    Ok(found)
-}
-
-/// The outermost cgroups below `root` that a policy `wanted` takes selects (see [`discover`]).
-fn roots(
-    root: &Path,
-    set: &PolicySet,
-    wanted: &dyn Fn(&Policy) -> bool,
-    pods: Option<&crate::kubernetes::Identities>,
-    live_pods: &mut std::collections::HashSet<String>,
-) -> Result<Vec<AgentCgroup>, AgentsError> {
     // A cgroup's label (an xattr read) is needed to match only when a selector names one;
     // otherwise it is read for the agents found alone (it names them).
-    let by_label = set
-        .policies
-        .iter()
-        .any(|p| wanted(p) && p.selector.label.is_some());
+    let by_label = set.policies.iter().any(|p| p.selector.label.is_some());
     let mut found = Vec::new();
-    if let Some(literals) = literal_roots(set, wanted, pods.is_some()) {
+    if let Some(literals) = literal_roots(set, pods.is_some()) {
         // Every selector names one cgroup: the walk would find exactly those of them that are
         // directories, less those below another one found (an agent root's descendants are
         // part of it; in component order a cgroup's ancestors come first). One `lstat` per
@@ -287,7 +242,7 @@ fn roots(
                 if set
                     .policies
                     .iter()
-                    .any(|p| wanted(p) && p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
+                    .any(|p| p.selector.matches(&rel, label.as_deref(), pod.as_ref()))
                 {
                     let label = if by_label { label } else { self::label(&child) };
                     if let Some(agent) = agent_root(child, rel, label, pod)? {
@@ -299,6 +254,13 @@ fn roots(
             }
         }
     }
+    if let Some(ids) = pods {
+        ids.forget_deleted(&live_pods);
+    }
+    found.sort_by(|a, b| a.rel.cmp(&b.rel));
+    for (i, a) in found.iter_mut().enumerate() {
+        a.index = i;
+    }
     Ok(found)
 }
 
@@ -306,18 +268,13 @@ fn roots(
 /// every selector names one cgroup by its path alone (no glob, label or pod) and the names are
 /// as validation leaves them (relative, no empty, `.` or `..` segment, within the depth the
 /// walk looks); None otherwise, and then [`discover`] walks the tree.
-fn literal_roots<'a>(
-    set: &'a PolicySet,
-    wanted: &dyn Fn(&Policy) -> bool,
-    pods: bool,
-) -> Option<Vec<&'a str>> {
+fn literal_roots(set: &PolicySet, pods: bool) -> Option<Vec<&str>> {
     if pods {
         return None;
     }
     let mut rels = set
         .policies
         .iter()
-        .filter(|p| wanted(p))
         .map(|p| {
             let s = &p.selector;
             let rel = s
@@ -466,42 +423,8 @@ mod tests {
             let named = discover(root, &policies(cgroups, false), false, None).unwrap();
             let walked = discover(root, &policies(cgroups, true), false, None).unwrap();
             assert_eq!(named, walked, "{cgroups:?}");
-            assert!(literal_roots(&policies(cgroups, false), &|_| true, false).is_some());
-            assert!(literal_roots(&policies(cgroups, true), &|_| true, false).is_none());
-        }
-    }
-
-    /// Red team round 27: a shadow policy selecting a parent made the parent the agent (the
-    /// outermost root), so the enforcing policy of the cgroup below matched no agent and its
-    /// rules went: a shadow policy must change no outcome. Enforcing policies choose roots
-    /// first; a shadow policy's cgroup that holds one of theirs is no agent, and one below
-    /// theirs is part of it. The control: a shadow policy on a cgroup apart is an agent.
-    #[test]
-    fn a_shadow_policy_never_takes_an_enforcing_policy_s_agent() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        for d in ["team/agent/worker", "apart", "x/y"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        for walk in [false, true] {
-            let glob = if walk {
-                "---\nname: g\nagents: { cgroup: 'nothing/*' }\n"
-            } else {
-                ""
-            };
-            let text = format!(
-                "name: outer\nmode: shadow\nagents: {{ cgroup: team }}\n\
-                 ---\nname: inner\nagents: {{ cgroup: team/agent }}\n\
-                 ---\nname: below\nmode: shadow\nagents: {{ cgroup: team/agent/worker }}\n\
-                 ---\nname: apart\nmode: shadow\nagents: {{ cgroup: apart }}\n\
-                 ---\nname: enforced-above\nagents: {{ cgroup: x }}\n\
-                 ---\nname: shadow-below\nmode: shadow\nagents: {{ cgroup: x/y }}\n{glob}"
-            );
-            let set = crate::policy::parse(&[("p.yaml".into(), text)]).unwrap();
-            let found = discover(root, &set, false, None).unwrap();
-            let rels: Vec<&str> = found.iter().map(|a| a.rel.as_str()).collect();
-            assert_eq!(rels, ["apart", "team/agent", "x"], "walk {walk}");
-            assert!(found.iter().enumerate().all(|(i, a)| a.index == i));
+            assert!(literal_roots(&policies(cgroups, false), false).is_some());
+            assert!(literal_roots(&policies(cgroups, true), false).is_none());
         }
     }
 

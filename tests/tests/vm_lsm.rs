@@ -5384,10 +5384,12 @@ fn names_of_the_agent_s_choosing_allow_nothing() {
                         && Kind::from_u8(e.kind) == Some(Kind::Exec)
                         && e.flags & flags::DENIED != 0
                 });
-                assert_eq!(
-                    text(&ev.path),
-                    path.to_str().unwrap(),
-                    "{case}: the name it chose"
+                // (The event names the program as the exec did: through the clone's
+                // descriptor, `/dev/fd/N/…`.)
+                assert!(
+                    text(&ev.path).ends_with(path.to_str().unwrap()),
+                    "{case}: the name it chose: {}",
+                    text(&ev.path)
                 );
                 println!("redteam: denied {case}");
             } else {
@@ -5402,6 +5404,34 @@ fn names_of_the_agent_s_choosing_allow_nothing() {
         &fx,
         "an allowed program by its path",
         &Attempt::exec(&fx.p("allowed/true"), "true"),
+    );
+    drop(k);
+    // And in a root moved onto `/` in a mount namespace of its own, twice (what systemd before
+    // 254 does for a service with one; round 27b): in view, so the allowed program runs.
+    let mut k = fx.load(
+        "kernel: { allow_user_namespaces: true, allow_mounts: true, allow_capabilities: [CAP_SYS_ADMIN, CAP_SYS_CHROOT] }\n",
+    );
+    let root = fx.p("stacked");
+    let attempt = Attempt::exec_args(
+        Path::new(HELPER),
+        &[
+            "redteam-helper",
+            "stacked-exec",
+            root.to_str().unwrap(),
+            fx.p("allowed/true").to_str().unwrap(),
+        ],
+    );
+    let (pid, outcome) = run_in(Some(&fx.agent.path), "stacked", &attempt);
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "a root moved onto / runs what the allowlist allows"
+    );
+    assert!(
+        k.try_event_where(Duration::from_millis(200), |e| e.tgid == pid
+            && e.flags & flags::DENIED != 0)
+            .is_none(),
+        "a root moved onto /: nothing refused"
     );
 }
 

@@ -109,13 +109,15 @@ pub(super) fn build(
     for line in &compiled.notes {
         tracing::warn!("{line}");
     }
+    // (Before the lock: it reads the rules' files.)
+    let degraded_lines = degraded_exec_rules(&set);
     // The kernel state from here to the flip (the compile needs none of it: a cleanup after
     // the previous flip may hold it meanwhile).
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     if !enforcer.exec_by_path() {
-        crate::logging::say_all(degraded_exec_rules(&set));
+        crate::logging::say_all(degraded_lines);
     }
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
@@ -377,13 +379,15 @@ fn degraded_exec_rules(set: &crate::policy::PolicySet) -> Vec<String> {
                      exec is decided by the program's identity and the default alone",
                     rule.id, rule.at
                 )),
-                Matcher::Exec(PathMatch::Exact(path)) if is_script(path) => lines.push(format!(
-                    "NOT ENFORCED: {} ({}): `{}` is a script; without the exec LSM hook its \
-                     interpreter is decided, not the script",
-                    rule.id,
-                    rule.at,
-                    path.display()
-                )),
+                Matcher::Exec(PathMatch::Exact(path)) if runs_through_interpreter(path) => lines
+                    .push(format!(
+                        "NOT ENFORCED: {} ({}): `{}` is a script or another format the kernel runs \
+                     through an interpreter (binfmt_misc); without the exec LSM hook the \
+                     interpreter is decided, not the file",
+                        rule.id,
+                        rule.at,
+                        path.display()
+                    )),
                 _ => {}
             }
         }
@@ -391,14 +395,26 @@ fn degraded_exec_rules(set: &crate::policy::PolicySet) -> Vec<String> {
     lines
 }
 
-/// Does `path` start with `#!`?
-fn is_script(path: &std::path::Path) -> bool {
-    use std::io::Read as _;
-    let mut head = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && &head == b"#!"
+/// Is `path` a regular file the kernel runs through an interpreter: not a native ELF (a `#!`
+/// script, or a binfmt_misc format: a jar, a Windows program)? Opened without blocking and
+/// read only if it is a regular file: an agent may be able to replace a rule's file (a FIFO
+/// there held the reload; a device's open may act; round 27b).
+fn runs_through_interpreter(path: &std::path::Path) -> bool {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let Ok(mut f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    f.metadata().is_ok_and(|m| m.is_file())
+        && f.read_exact(&mut head).is_ok()
+        && &head != b"\x7fELF"
 }
 
 #[cfg(test)]

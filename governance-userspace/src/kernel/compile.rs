@@ -412,6 +412,30 @@ fn compile_with(
         let matching = selectors.matching(set, agent);
         let selected: Vec<(&Policy, &Rule, u32)> = selectors.rules(set, &matching).collect();
         let governing = Selectors::enforcing(set, &matching);
+        // An enforcing policy that names a cgroup inside an agent only shadow policies govern:
+        // the outermost root is the agent (a descendant never leaves its agent's policy), so
+        // that policy does not apply there (red team round 27: a shadow rollout on a parent
+        // silently ended the child's enforcement). Not enforced: said at every load, and the
+        // generation is refused unless degraded enforcement is accepted.
+        if governing.is_empty() {
+            let below = format!("{}/", agent.rel.trim_matches('/'));
+            for p in set
+                .policies
+                .iter()
+                .filter(|p| p.mode == crate::policy::Mode::Enforce)
+            {
+                if let Some(c) = p.selector.literal_cgroup()
+                    && c.trim_matches('/').starts_with(&below)
+                {
+                    unenforceable.insert(format!(
+                        "policy {} selects cgroup {c}, inside agent {} that only shadow policies \
+                         govern: the outermost agent root governs, so it does not apply; select \
+                         apart cgroups for the shadow policy",
+                        p.name, agent.rel
+                    ));
+                }
+            }
+        }
         for (p, rule, n) in &selected {
             let why = |what: &str| format!("rule {} ({}): {what}", rule.id, rule.at);
             let mut aux = 0u16;

@@ -163,7 +163,8 @@ pub struct KernelDoc {
 pub struct ProxyDoc {
     /// Largest request body the proxy buffers when a rule needs the body (`256KiB`, `1MiB`,
     /// or a number of bytes); a larger body is refused with 413. The smallest limit among an
-    /// agent's policies applies; without one, the proxy's default (1 MiB).
+    /// agent's enforcing policies applies (a shadow policy's proxy settings are not applied);
+    /// without one, the proxy's default (1 MiB).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub max_body: Option<Str>,
@@ -171,7 +172,7 @@ pub struct ProxyDoc {
     /// subdomain), matched against the TLS server name: it terminates the agent's TLS with a
     /// certificate from the node CA, which the agent must trust, so that every request inside
     /// is decided by the `http` rules. Other TLS is decided on its server name alone and
-    /// passed through. The hosts of all of an agent's policies are intercepted.
+    /// passed through. The hosts of all of an agent's enforcing policies are intercepted.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub intercept_tls: Vec<Str>,
@@ -179,7 +180,7 @@ pub struct ProxyDoc {
     /// `*` → `30s`, `10m`, `1h`): the wait for its head, then each gap in its body, after which
     /// the proxy cuts it. Without one: 30 s, and 10 minutes between the events of a
     /// `text/event-stream` response (SSE, MCP streams). The most specific host applies; among
-    /// an agent's policies, the shortest.
+    /// an agent's enforcing policies, the shortest.
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub idle_timeout: BTreeMap<String, Str>,

@@ -70,7 +70,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | renamed-exec chroot|clone ROOT PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | renamed-exec chroot|clone ROOT PATH | stacked-exec ROOT PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -304,6 +304,7 @@ fn main() {
         ["renamed-exec", how @ ("chroot" | "clone"), root, path] => {
             std::process::exit(renamed_exec(how == "chroot", root, path))
         }
+        ["stacked-exec", root, path] => std::process::exit(stacked_exec(root, path)),
         ["http-get", addr] => http_get(addr),
         ["unix-serve", path] => {
             use std::io::{Read as _, Write as _};
@@ -1001,6 +1002,72 @@ fn renamed_exec(chroot: bool, root: &str, path: &str) -> i32 {
     }
     let e = std::io::Error::last_os_error();
     eprintln!("renamed-exec: exec {path}: {e}");
+    e.raw_os_error().map_or(2, |errno| 100 + errno)
+}
+
+/// What systemd before 254 does for a service with a namespace of its own, twice over (red team
+/// round 27b): in a new mount namespace, `/` bound at ROOT, ROOT moved onto `/` and made the
+/// root with `chroot(".")`; then PATH run. The root is a mount on the root of the one below:
+/// in view. Exits with the program's status, 100 + errno of the exec, or 2 before it.
+fn stacked_exec(root: &str, path: &str) -> i32 {
+    let root_c = CString::new(root).unwrap_or_else(|_| usage());
+    let path_c = CString::new(path).unwrap_or_else(|_| usage());
+    let step = |what: &str, r: libc::c_int| {
+        if r != 0 {
+            eprintln!("stacked-exec: {what}: {}", std::io::Error::last_os_error());
+        }
+        r == 0
+    };
+    // SAFETY: mount(2), chdir(2), chroot(2), execve(2) with valid C strings and arrays.
+    unsafe {
+        let ok = step("unshare", libc::unshare(libc::CLONE_NEWNS))
+            && step(
+                "make / private",
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ),
+            );
+        if !ok {
+            return 2;
+        }
+        for _ in 0..2 {
+            let _ = libc::mkdir(root_c.as_ptr(), 0o755);
+            let ok = step(
+                "bind / at ROOT",
+                libc::mount(
+                    c"/".as_ptr(),
+                    root_c.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ),
+            ) && step("chdir ROOT", libc::chdir(root_c.as_ptr()))
+                && step(
+                    "move ROOT onto /",
+                    libc::mount(
+                        root_c.as_ptr(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_MOVE,
+                        std::ptr::null(),
+                    ),
+                )
+                && step("chroot .", libc::chroot(c".".as_ptr()))
+                && step("chdir /", libc::chdir(c"/".as_ptr()));
+            if !ok {
+                return 2;
+            }
+        }
+        let argv = [path_c.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        libc::execve(path_c.as_ptr(), argv.as_ptr(), envp.as_ptr());
+    }
+    let e = std::io::Error::last_os_error();
+    eprintln!("stacked-exec: exec {path}: {e}");
     e.raw_os_error().map_or(2, |errno| 100 + errno)
 }
 

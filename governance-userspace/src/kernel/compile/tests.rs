@@ -217,6 +217,33 @@ fn exact_exec_rules_carry_what_their_path_names_now() {
     assert_eq!(exec[&d.join("missing")].0.enforce.rule_id, class_id(1, 3));
 }
 
+/// Red team round 27: a shadow policy selecting a parent makes the parent the agent (the
+/// outermost root; a descendant never leaves its agent's policy), so the enforcing policy of a
+/// cgroup below it did not apply, silently. It is said as not enforced (the generation is then
+/// refused without degraded mode). Controls: an enforcing parent (the documented outermost
+/// rule) and a shadow policy on a cgroup apart say nothing.
+#[test]
+fn an_enforcing_policy_inside_a_shadow_agent_is_not_enforced_and_said() {
+    let text = "name: outer\nmode: shadow\nagents: { cgroup: team }\n\
+                ---\nname: inner\nagents: { cgroup: team/agent }\n\
+                ---\nname: apart\nmode: shadow\nagents: { cgroup: other }\n\
+                ---\nname: boss\nagents: { cgroup: x }\n\
+                ---\nname: worker\nagents: { cgroup: x/y }\n";
+    let set = parse(&[("p.yaml".into(), text.into())]).unwrap();
+    let agents = [
+        agent(0, "team", None),
+        agent(1, "other", None),
+        agent(2, "x", None),
+    ];
+    let k = compile(&set, &agents, 1, &protect());
+    assert_eq!(k.unenforceable.len(), 1, "{:?}", k.unenforceable);
+    assert!(
+        k.unenforceable[0].starts_with("policy inner selects cgroup team/agent, inside agent team"),
+        "{:?}",
+        k.unenforceable
+    );
+}
+
 /// Red team round 27: the kernel names a file by where symlinks lead, so a rule written through
 /// a link ranks, at the path it leads to, by that path. `block prefix: <d>/s` (a link to
 /// `<d>/app/data/secrets`) ranked by its written length lost there to the shorter-written but
