@@ -635,8 +635,9 @@ pub mod guard {
     /// connections the kernel sends to the proxy (other agents' requests among them).
     pub const DAEMON_PORT: u8 = 10;
     /// A write to a procfs file that belongs to no process (a sysctl, on any procfs: red team
-    /// round 27), or to sysfs: the kernel's and devices' settings, such as a PCI device's configuration space (`/proc/bus/pci`: its command
-    /// register cleared, the node's disk or network controller stops), interrupt affinities
+    /// round 27), or to sysfs: the kernel's and devices' settings, such as a PCI device's
+    /// configuration space (`/proc/bus/pci`: its command register cleared, the node's disk or
+    /// network controller stops), interrupt affinities
     /// (`/proc/irq`), SCSI devices removed (`/proc/scsi/scsi`), ACPI wake-up (red team round 7).
     /// Refused unless a policy allows kernel settings.
     pub const KERNEL_PROC: u8 = 11;

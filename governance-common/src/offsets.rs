@@ -114,7 +114,6 @@ pub const MSGHDR_CONTROLLEN: &str = "OFF_MSGHDR_CONTROLLEN";
 pub const INODE_PRIVATE: &str = "OFF_INODE_PRIVATE";
 pub const KERNFS_NODE_PARENT: &str = "OFF_KERNFS_NODE_PARENT";
 pub const KERNFS_NODE_PRIV: &str = "OFF_KERNFS_NODE_PRIV";
-/// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
 /// Where a task's root is, and whether a file is named from it (file.rs `path_in_view`): the
 /// task's `fs_struct` root (`struct path`: its mount and dentry), its mount namespace and that
 /// namespace's top mount, and a `struct mount`'s parent, namespace and embedded `vfsmount`.
@@ -132,6 +131,7 @@ pub const VFSMOUNT_MNT_ROOT: &str = "OFF_VFSMOUNT_MNT_ROOT";
 /// `seqlock_t`), which a change of root (`chroot`, `pivot_root`) advances.
 pub const FS_STRUCT_SEQ: &str = "OFF_FS_STRUCT_SEQ";
 pub const MOUNT_MNT_MOUNTPOINT: &str = "OFF_MOUNT_MNT_MOUNTPOINT";
+/// `sizeof(struct upid)`: the stride of `pid.numbers[]`.
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
 /// Every struct size: (global name, struct).

@@ -109,16 +109,17 @@ pub(super) fn build(
     for line in &compiled.notes {
         tracing::warn!("{line}");
     }
-    // (Before the lock: it reads the rules' files.)
-    let degraded_lines = degraded_exec_rules(&set);
+    // Degraded mode's undecidable exec rules: only without the exec hook (attached hooks do
+    // not change while the daemon runs), and outside the kernel state lock (it reads the
+    // rules' files).
+    if enforcer.lock().is_ok_and(|e| !e.exec_by_path()) {
+        crate::logging::say_all(degraded_exec_rules(&set));
+    }
     // The kernel state from here to the flip (the compile needs none of it: a cleanup after
     // the previous flip may hold it meanwhile).
     let mut enforcer = enforcer
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
-    if !enforcer.exec_by_path() {
-        crate::logging::say_all(degraded_lines);
-    }
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
     if !complete && !args.allow_degraded {
         crate::say!(

@@ -308,15 +308,10 @@ impl Matcher {
 
     /// Specificity, compared lexicographically; higher wins. See docs/policy.md, precedence.
     pub(super) fn specificity(&self) -> [u32; 4] {
+        use std::os::unix::ffi::OsStrExt as _;
         let path = |p: &PathMatch| match p {
-            PathMatch::Exact(e) => [
-                2,
-                path_rank(std::os::unix::ffi::OsStrExt::as_bytes(e.as_os_str()), true),
-            ],
-            PathMatch::Prefix(d) => [
-                1,
-                path_rank(std::os::unix::ffi::OsStrExt::as_bytes(d.as_os_str()), false),
-            ],
+            PathMatch::Exact(e) => [2, path_rank(e.as_os_str().as_bytes(), true)],
+            PathMatch::Prefix(d) => [1, path_rank(d.as_os_str().as_bytes(), false)],
         };
         match self {
             Matcher::Exec(p) => {
