@@ -236,15 +236,18 @@ impl Scenario {
         }
     }
 
-    fn request(self) -> Vec<u8> {
+    /// The request, its Host naming the upstream's `port`: the proxy refuses a Host whose port
+    /// is not the one the connection goes to (`builtin:host-check`).
+    fn request(self, port: u16) -> Vec<u8> {
         match self {
             Scenario::Direct | Scenario::Allow => {
-                b"GET /v1/items HTTP/1.1\r\nHost: svc-target.example\r\n\r\n".to_vec()
+                format!("GET /v1/items HTTP/1.1\r\nHost: svc-target.example:{port}\r\n\r\n")
+                    .into_bytes()
             }
             Scenario::DirectPost | Scenario::Body => {
                 let body = br#"{"amount": 42, "sku": "A-1", "note": "bench"}"#;
                 let mut r = format!(
-                    "POST /v1/orders HTTP/1.1\r\nHost: svc-body.example\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    "POST /v1/orders HTTP/1.1\r\nHost: svc-body.example:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )
                 .into_bytes();
@@ -321,9 +324,9 @@ fn wait_until(t: Instant) {
 }
 
 /// Open loop at RATE for PHASE; latency from the scheduled send time, in ns.
-fn open_loop(addr: SocketAddr, s: Scenario) -> Result<Histogram<u64>, String> {
+fn open_loop(addr: SocketAddr, s: Scenario, port: u16) -> Result<Histogram<u64>, String> {
     let mut conn = Conn::open(addr)?;
-    let req = s.request();
+    let req = s.request(port);
     // Warm up the connection, the proxy's pool and caches.
     for _ in 0..200 {
         conn.roundtrip(&req)?;
@@ -344,7 +347,7 @@ fn open_loop(addr: SocketAddr, s: Scenario) -> Result<Histogram<u64>, String> {
 }
 
 /// Closed loop: SAT_CONNS connections as fast as they go for SAT_TIME; requests per second.
-fn saturate(addr: SocketAddr, s: Scenario) -> Result<f64, String> {
+fn saturate(addr: SocketAddr, s: Scenario, port: u16) -> Result<f64, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     // Connections through their warm-up (the proxy's pool and caches, as in `open_loop`).
@@ -353,7 +356,7 @@ fn saturate(addr: SocketAddr, s: Scenario) -> Result<f64, String> {
     for _ in 0..SAT_CONNS {
         let (stop, done, warm) = (stop.clone(), done.clone(), warm.clone());
         let mut conn = Conn::open(addr)?;
-        let req = s.request();
+        let req = s.request(port);
         threads.push(std::thread::spawn(move || -> Result<(), String> {
             for _ in 0..200 {
                 if stop.load(Ordering::Relaxed) {
@@ -445,7 +448,7 @@ fn run(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
     for round in (1..=ROUNDS).filter(|_| !only_saturation) {
         let mut line = format!("  round {round}:");
         for (i, s) in Scenario::ALL.into_iter().enumerate() {
-            let h = open_loop(target(s), s)?;
+            let h = open_loop(target(s), s, up.port())?;
             let (p50, p99) = (
                 h.value_at_quantile(0.50) as f64,
                 h.value_at_quantile(0.99) as f64,
@@ -502,10 +505,10 @@ fn saturation(up: SocketAddr, proxy: SocketAddr) -> Result<(), String> {
         "\nsaturation: closed loop, {SAT_CONNS} connections, {} s each",
         SAT_TIME.as_secs()
     );
-    let direct = saturate(up, Scenario::Direct)?;
-    let allow = saturate(proxy, Scenario::Allow)?;
-    let direct_post = saturate(up, Scenario::DirectPost)?;
-    let body = saturate(proxy, Scenario::Body)?;
+    let direct = saturate(up, Scenario::Direct, up.port())?;
+    let allow = saturate(proxy, Scenario::Allow, up.port())?;
+    let direct_post = saturate(up, Scenario::DirectPost, up.port())?;
+    let body = saturate(proxy, Scenario::Body, up.port())?;
     for (s, r, base) in [
         (Scenario::Direct, direct, None),
         (Scenario::Allow, allow, Some(direct)),
