@@ -735,6 +735,8 @@ pub mod mount_op {
     pub const REMOUNT: u8 = 3;
     pub const PIVOT_ROOT: u8 = 4;
     pub const MOVE_MOUNT: u8 = 5;
+    /// A new filesystem (`sb_kern_mount`: fsconfig(FSCONFIG_CMD_CREATE), mount(2)).
+    pub const NEW_FILESYSTEM: u8 = 6;
 }
 
 /// [`Event::detail`] and [`Event::port`] of a [`Kind::ExecMap`] decision.

@@ -180,6 +180,10 @@ pub const SB_UMOUNT: Program = lsm("sb_umount", "umount");
 pub const SB_REMOUNT: Program = lsm("sb_remount", "remount");
 pub const SB_PIVOTROOT: Program = lsm("sb_pivotroot", "pivot_root");
 pub const MOVE_MOUNT: Program = lsm("move_mount", "move_mount (attaching new mounts)");
+pub const SB_KERN_MOUNT: Program = lsm(
+    "sb_kern_mount",
+    "new filesystems (fsconfig FSCONFIG_CMD_CREATE, mount)",
+);
 pub const TASK_ALLOC: Program = lsm("task_alloc", "clone: other cgroups, namespaces");
 pub const MMAP_FILE: Program = lsm("mmap_file", "code mapped executable (mmap)");
 pub const FILE_MPROTECT: Program = lsm("file_mprotect", "code mapped executable (mprotect)");
@@ -289,7 +293,7 @@ pub const SOCKOPT: Program = Program {
     required: true,
 };
 
-pub const ALL: [Program; 78] = [
+pub const ALL: [Program; 79] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -349,6 +353,7 @@ pub const ALL: [Program; 78] = [
     SB_REMOUNT,
     SB_PIVOTROOT,
     MOVE_MOUNT,
+    SB_KERN_MOUNT,
     TASK_ALLOC,
     MMAP_FILE,
     FILE_MPROTECT,

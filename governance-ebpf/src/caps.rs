@@ -104,10 +104,14 @@ pub fn capable(ctx: LsmContext) -> i32 {
     let raw = cap == caps::NET_RAW as i32 && agent.value.allow & allow::RAW_SOCKETS != 0;
     if agent.value.allow_caps & (1u64 << cap) != 0 || raw {
         d = Decision::builtin(Kind::Capability, false);
-    } else if agent.value.allow & allow::USER_NAMESPACES != 0 {
+    } else if agent.value.allow & allow::USER_NAMESPACES != 0 && cap != caps::NET_ADMIN as i32 {
         // A policy that lets the agent make user namespaces lets it hold capabilities inside
         // them (what rootless containers need): the kernel limits those to the namespace's
-        // own resources. Checks against the initial namespace (level 0) stay refused.
+        // own resources. Checks against the initial namespace (level 0) stay refused, and so
+        // does CAP_NET_ADMIN in any: a network namespace that belongs to a user namespace the
+        // agent did not make (a rootless or user-namespaced container's, which is the agent)
+        // has a way out, and its tunnels and routes carry what the connect rules allowed to
+        // addresses they refuse (red team round 28: an IPIP tunnel by ioctl, no netlink).
         let ns: u64 = ctx.arg(1);
         // SAFETY: see read_at.
         if let Ok(level) = unsafe { read_at::<u32>(ns, off(&OFF_USERNS_LEVEL)) }

@@ -10,9 +10,13 @@
 //! umount, pivot_root and move_mount check the capability first.)
 //!
 //! The new mount API reaches these hooks as well: fsconfig(FSCONFIG_CMD_RECONFIGURE) is a
-//! remount (`sb_remount`), and a mount made with fsopen/fsmount or open_tree(OPEN_TREE_CLONE)
-//! is attached by move_mount (`move_mount`); fsopen, fspick, fsmount, open_tree and
-//! mount_setattr themselves require CAP_SYS_ADMIN in the mount namespace's owner.
+//! remount (`sb_remount`), a mount made with fsopen/fsmount or open_tree(OPEN_TREE_CLONE) is
+//! attached by move_mount (`move_mount`), and a filesystem made with fsopen is refused when it
+//! is created (`sb_kern_mount`, fsconfig(FSCONFIG_CMD_CREATE)): used detached, through its
+//! descriptor, it needs no move_mount (red team round 28: an overlay whose lower layer is a
+//! protected directory read its files on 6.1, and one whose upper layer is a protected
+//! directory changed them). fsopen, fspick, fsmount, open_tree and mount_setattr themselves
+//! require CAP_SYS_ADMIN in the mount namespace's owner.
 use aya_ebpf::{helpers::generated::bpf_d_path, macros::lsm, programs::LsmContext};
 use governance_common::{Kind, allow, mount_op};
 
@@ -65,6 +69,19 @@ pub fn sb_mount(ctx: LsmContext) -> i32 {
         }
     });
     lsm_ret(&d)
+}
+
+/// A new filesystem for userspace: mount(2) of one (after `sb_mount`) and
+/// fsconfig(FSCONFIG_CMD_CREATE). Mounts the kernel makes itself (a new IPC namespace's
+/// mqueue, automounts) do not come here.
+#[lsm(hook = "sb_kern_mount")]
+pub fn sb_kern_mount(ctx: LsmContext) -> i32 {
+    // int sb_kern_mount(const struct super_block *sb)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    mount_decision(mount_op::NEW_FILESYSTEM, 0)
 }
 
 /// umount2(2).

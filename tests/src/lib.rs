@@ -139,6 +139,24 @@ pub const KEY_SPEC_PROCESS_KEYRING: i32 = -2;
 pub const KEY_SPEC_SESSION_KEYRING: i32 = -3;
 pub const KEY_SPEC_USER_KEYRING: i32 = -4;
 
+/// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | O_CLOEXEC)`: a detached copy of the tree at
+/// `path`, or -1 (errno set).
+///
+/// # Safety
+/// A plain system call; `path` is a valid C string.
+unsafe fn open_tree_clone(path: &std::ffi::CStr) -> libc::c_long {
+    const OPEN_TREE_CLONE: libc::c_long = 1;
+    // SAFETY: see above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+        )
+    }
+}
+
 /// What a forked child does once it is in its cgroup. Everything it needs is prepared before
 /// the fork: after fork, in a multithreaded test process, the child may only make raw syscalls.
 pub enum Attempt {
@@ -220,6 +238,22 @@ pub enum Attempt {
     ExecUnlinked { path: CString, argv: Vec<CString> },
     /// link(from, to): a new hard link.
     Link { from: CString, to: CString },
+    /// In a new user namespace (and mount namespace, for `clone`): chroot(root) and
+    /// open(path, flags), or a detached clone of root's tree (`open_tree(OPEN_TREE_CLONE)`) and
+    /// openat(tree, path without its leading `/`): both name the file `path`.
+    RenamedOpen {
+        clone: bool,
+        root: CString,
+        path: CString,
+        flags: i32,
+    },
+    /// In a new user and mount namespace (root mapped): fsopen("overlay"), fsconfig lowerdir
+    /// (`lower`: two directories, `a:b`), FSCONFIG_CMD_CREATE, fsmount; then open `file`
+    /// through the detached mount for reading.
+    FsopenOverlay { lower: CString, file: CString },
+    /// In a new user and network namespace: its loopback brought up with SIOCSIFFLAGS on an
+    /// AF_INET socket (CAP_NET_ADMIN in the namespace; no netlink).
+    UsernsLoopbackUp,
     /// chroot(root), chdir("/"), then open(path, flags).
     ChrootOpen {
         root: CString,
@@ -993,6 +1027,81 @@ pub fn run_in_namespaces(
                 }
                 Attempt::Unlink { path } => check(libc::unlink(path.as_ptr()).into()),
                 Attempt::Link { from, to } => check(libc::link(from.as_ptr(), to.as_ptr()).into()),
+                Attempt::RenamedOpen {
+                    clone,
+                    root,
+                    path,
+                    flags,
+                } => {
+                    let ns = if *clone { libc::CLONE_NEWNS } else { 0 };
+                    if libc::unshare(libc::CLONE_NEWUSER | ns) != 0 {
+                        libc::_exit(98);
+                    }
+                    if *clone {
+                        let tree = open_tree_clone(root);
+                        if tree < 0 {
+                            libc::_exit(98);
+                        }
+                        let inner = path.as_ptr().add(1);
+                        check(libc::openat(tree as i32, inner, *flags).into());
+                    } else {
+                        if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                            libc::_exit(98);
+                        }
+                        check(libc::open(path.as_ptr(), *flags).into());
+                    }
+                }
+                Attempt::FsopenOverlay { lower, file } => {
+                    const FSCONFIG_SET_STRING: libc::c_long = 1;
+                    const FSCONFIG_CMD_CREATE: libc::c_long = 6;
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                        libc::_exit(98);
+                    }
+                    let map = libc::open(c"/proc/self/uid_map".as_ptr(), libc::O_WRONLY);
+                    if map < 0 || libc::write(map, b"0 0 1".as_ptr().cast(), 5) != 5 {
+                        libc::_exit(98);
+                    }
+                    libc::close(map);
+                    let fs = libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), 0);
+                    if fs < 0
+                        || libc::syscall(
+                            libc::SYS_fsconfig,
+                            fs,
+                            FSCONFIG_SET_STRING,
+                            c"lowerdir".as_ptr(),
+                            lower.as_ptr(),
+                            0,
+                        ) != 0
+                    {
+                        libc::_exit(98);
+                    }
+                    check(libc::syscall(
+                        libc::SYS_fsconfig,
+                        fs,
+                        FSCONFIG_CMD_CREATE,
+                        std::ptr::null::<libc::c_char>(),
+                        std::ptr::null::<libc::c_char>(),
+                        0,
+                    ));
+                    let mnt = libc::syscall(libc::SYS_fsmount, fs, 0, 0);
+                    check(mnt);
+                    check(libc::openat(mnt as i32, file.as_ptr(), libc::O_RDONLY).into());
+                }
+                Attempt::UsernsLoopbackUp => {
+                    if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) != 0 {
+                        libc::_exit(98);
+                    }
+                    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                    if sock < 0 {
+                        libc::_exit(98);
+                    }
+                    let mut ifr: libc::ifreq = std::mem::zeroed();
+                    for (d, b) in ifr.ifr_name.iter_mut().zip(b"lo") {
+                        *d = *b as libc::c_char;
+                    }
+                    ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK) as libc::c_short;
+                    check(libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr).into());
+                }
                 Attempt::ChrootOpen { root, path, flags } => {
                     if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
                         libc::_exit(98);
@@ -1387,14 +1496,8 @@ pub fn run_in_namespaces(
                     put_old.as_ptr(),
                 )),
                 Attempt::OpenTreeMove { from, to } => {
-                    const OPEN_TREE_CLONE: libc::c_long = 1;
                     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_long = 4;
-                    let fd = libc::syscall(
-                        libc::SYS_open_tree,
-                        libc::AT_FDCWD,
-                        from.as_ptr(),
-                        OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
-                    );
+                    let fd = open_tree_clone(from);
                     check(fd);
                     check(libc::syscall(
                         libc::SYS_move_mount,

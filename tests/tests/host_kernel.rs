@@ -2320,6 +2320,108 @@ fn a_killed_proxy_means_refused_connects_not_direct_egress() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Red team round 28: an agent that holds the daemon's descriptors with connections to the proxy
+/// (a limit lowered with `prlimit` stands for the 524,288 a real daemon has) no longer keeps a
+/// new agent's cgroup from being found: the proxy closes what it accepts on the daemon's last
+/// quarter of descriptors, and the new agent is governed. (Before, at EMFILE the new cgroup
+/// could not be listed and connected directly.) Control: a cgroup the policy does not select
+/// connects directly.
+#[test]
+fn an_agent_holding_the_daemon_s_descriptors_leaves_new_agents_governed() {
+    require_root();
+    let parent = TestCgroup::new("fds");
+    let holder = parent.child("agent-holder");
+    let (_blocked, blocked_addr) = listener([127, 0, 0, 12]);
+    let dir = policy_dir(
+        "fds",
+        &format!(
+            "name: fds\nagents: {{ cgroup: '{}/agent-*' }}\nrules:\n  - {{ id: lo, network: {{ cidr: 127.0.0.12/32 }}, verdict: block, reason: test }}\n",
+            parent.rel.display()
+        ),
+    );
+    let pins = pin_dir("fds");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let port = proxy_port(&seen);
+    let pid = daemon.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open + 200;
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit");
+    let case = "R28 an agent holds the daemon's descriptors, then a new agent appears";
+    redteam(case, "tried");
+    // HTTP/2 connections with no stream (the preface and empty settings): the proxy keeps them
+    // for its idle timeout (90 s), longer than the wait below.
+    let hold = r#"
+import socket, sys
+held = []
+for _ in range(int(sys.argv[2])):
+    try:
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+        s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]))
+        held.append(s)
+    except OSError:
+        pass
+print("held", len(held), flush=True)
+sys.stdin.read()
+"#;
+    let mut holding = Reaped(
+        governance_tests::command_in(
+            Some(&holder),
+            "python3",
+            &["-c", hold, &port.to_string(), &(2 * limit).to_string()],
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(holding.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("held"), "{line}");
+    let in_use = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    assert!(
+        in_use < limit,
+        "the daemon keeps descriptors of its own: {in_use} of {limit} in use"
+    );
+    let new = parent.child("agent-new");
+    let connect = Attempt::connect(blocked_addr);
+    wait_until(
+        "the new agent to be governed while the daemon's descriptors are held",
+        Duration::from_secs(60),
+        || run_in(Some(&new), "fds-new", &connect).1 == Outcome::Errno(libc::EPERM),
+    );
+    redteam(case, "denied");
+    let other = parent.child("other");
+    assert_eq!(
+        run_in(Some(&other), "fds-other", &connect).1,
+        Outcome::Exited(0),
+        "{case}: control"
+    );
+    redteam(case, "control");
+    drop(holding);
+    drop(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Issue 12, class 5, where BPF LSM is not there to refuse the connect (this host): a process
 /// inside an agent reaches the control socket, and the API refuses every request it makes
 /// (403, recorded as a decision naming the agent), whatever it asks, including through a child

@@ -5405,6 +5405,28 @@ fn names_of_the_agent_s_choosing_allow_nothing() {
         "an allowed program by its path",
         &Attempt::exec(&fx.p("allowed/true"), "true"),
     );
+    // A filesystem of its own, made with fsopen and used detached (no move_mount): an overlay
+    // over the protected directory shows its files under the overlay's names (round 28).
+    std::fs::create_dir_all(fx.p("secrets")).unwrap();
+    std::fs::write(fx.p("secrets/key.txt"), "secret\n").unwrap();
+    std::fs::create_dir_all(fx.p("ovl-empty")).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R28 an overlay over a protected directory, made with fsopen and used detached",
+        &Attempt::FsopenOverlay {
+            lower: std::ffi::CString::new(format!(
+                "{}:{}",
+                fx.p("secrets").display(),
+                fx.p("ovl-empty").display()
+            ))
+            .unwrap(),
+            file: c"key.txt".into(),
+        },
+        Kind::Mount,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::mount_op::NEW_FILESYSTEM);
     drop(k);
     // And in a root moved onto `/` in a mount namespace of its own, twice (what systemd before
     // 254 does for a service with one; round 27b): in view, so the allowed program runs.
@@ -5569,6 +5591,32 @@ fn policy_relaxes_root_facility_protections() {
             Control::Succeeds,
         );
         assert_eq!(ev.detail, mount_op::MOUNT);
+        // CAP_NET_ADMIN stays refused in user namespaces (one the agent did not make owns a
+        // network with a way out; round 28), by ioctl as by netlink.
+        deny_cap(
+            &mut k,
+            &fx,
+            "R28 CAP_NET_ADMIN in a user namespace (an interface brought up by ioctl)",
+            &Attempt::UsernsLoopbackUp,
+            caps::NET_ADMIN,
+            Control::Succeeds,
+        );
+        // Other capabilities in its user namespace are still its own: a chroot there.
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::RenamedOpen {
+                clone: false,
+                root: cstr(&fx.dir),
+                path: c"/".into(),
+                flags: libc::O_RDONLY | libc::O_DIRECTORY,
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "CAP_SYS_CHROOT in its own user namespace"
+        );
     }
     {
         let mut k = fx.load(
@@ -8348,6 +8396,13 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     }
     std::fs::write(home.join(".ssh/id_ed25519"), "not a key").unwrap();
     std::fs::write(home.join(".aws/credentials"), "not a credential").unwrap();
+    // What coding-agent/build-cache refuses: a compiler cache's socket, listening before the
+    // load (unix rules are resolved to the socket's identity).
+    let sccache = Path::new("/run/sccache");
+    let made_sccache = !sccache.exists();
+    std::fs::create_dir_all(sccache).unwrap();
+    let _ = std::fs::remove_file(sccache.join("sccache.sock"));
+    let _cache = std::os::unix::net::UnixListener::bind(sccache.join("sccache.sock")).unwrap();
     // What support-db/no-exfil-after-pii is armed by.
     let pii = Path::new("/srv/support/pii");
     let made_pii = !pii.exists();
@@ -8390,6 +8445,7 @@ fn a_drill_of_the_shipped_example_policies_passes() {
         "coding-agent/aws-credentials file read /home/agent/.aws/credentials refused (",
         "coding-agent/gcloud-credentials file read /home/agent/.config/gcloud refused (",
         "devops-agent/no-prod-network network tcp 10.20.0.0:9 refused (EPERM) passed=true",
+        "coding-agent/build-cache unix /run/sccache/sccache.sock refused (",
     ] {
         assert!(
             lines
@@ -8458,6 +8514,11 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     }
     if made_agents {
         let _ = std::fs::remove_dir(root.join("agents"));
+    }
+    if made_sccache {
+        let _ = std::fs::remove_dir_all(sccache);
+    } else {
+        let _ = std::fs::remove_file(sccache.join("sccache.sock"));
     }
     if made_pii {
         let _ = std::fs::remove_dir_all("/srv/support");

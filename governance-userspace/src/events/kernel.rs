@@ -462,6 +462,7 @@ impl Record {
                     mount_op::REMOUNT => "remount",
                     mount_op::PIVOT_ROOT => "pivot_root",
                     mount_op::MOVE_MOUNT => "move_mount",
+                    mount_op::NEW_FILESYSTEM => "new_filesystem",
                     _ => "?",
                 };
                 object.detail.insert("operation".into(), op.into());

@@ -19,12 +19,13 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     let bpffs = Path::new("/sys/fs/bpf");
     if pin_dir.starts_with(bpffs) {
         let _ = std::fs::create_dir_all(bpffs);
+        // Root's alone: the kernel's default mode is 1777.
         nix::mount::mount(
             Some("bpf"),
             bpffs,
             Some("bpf"),
             nix::mount::MsFlags::empty(),
-            None::<&str>,
+            Some("mode=0700"),
         )
         .map_err(|e| KernelError::Pin {
             path: bpffs.to_owned(),
@@ -38,6 +39,81 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
         path: pin_dir.to_owned(),
         source: std::io::Error::other("not on a bpf filesystem (mount -t bpf bpf DIR)"),
     })
+}
+
+/// Make `pin_dir` and its `maps` and `links` directories (root's, 0700) and check that no one
+/// but root can change them or the directories above them, up to the bpf filesystem's root:
+/// removing a link's pin detaches its program, so whoever could write there could end
+/// enforcement (red team round 28: a pin directory a user made before the daemon's first start
+/// was theirs, and so were the links in it). A directory above may be writable by others if
+/// it is sticky (bpffs's own root is 1777 when mounted without a mode): others cannot remove
+/// or rename root's entries there. Symlinks are refused.
+pub(super) fn secure_pin_dirs(pin_dir: &Path) -> Result<(), KernelError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let pin_err = |path: &Path, problem: String| KernelError::Pin {
+        path: path.to_owned(),
+        source: std::io::Error::other(problem),
+    };
+    for dir in [
+        pin_dir.to_owned(),
+        pin_dir.join(pins::MAPS),
+        pin_dir.join(pins::LINKS),
+    ] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| KernelError::Pin {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let bpffs_root = pin_dir
+        .ancestors()
+        .find(|p| {
+            p.parent().is_none_or(|up| {
+                nix::sys::statfs::statfs(up).map(|s| s.filesystem_type().0) != Ok(0xcafe_4a11)
+            })
+        })
+        .unwrap_or(pin_dir);
+    let ours = [
+        pin_dir.to_owned(),
+        pin_dir.join(pins::MAPS),
+        pin_dir.join(pins::LINKS),
+    ];
+    let above = pin_dir
+        .ancestors()
+        .skip(1)
+        .take_while(|p| p.starts_with(bpffs_root))
+        .map(Path::to_owned);
+    for (dir, own) in ours
+        .iter()
+        .map(|d| (d.clone(), true))
+        .chain(above.map(|d| (d, false)))
+    {
+        let meta = std::fs::symlink_metadata(&dir).map_err(|source| KernelError::Pin {
+            path: dir.clone(),
+            source,
+        })?;
+        if !meta.is_dir() {
+            return Err(pin_err(&dir, "not a directory (a symlink?)".into()));
+        }
+        let writable_by_others = meta.mode() & 0o022 != 0 && (own || meta.mode() & 0o1000 == 0);
+        if meta.uid() != 0 || writable_by_others {
+            return Err(pin_err(
+                &dir,
+                format!(
+                    "owned by uid {} with mode {:o}: whoever can write it can remove the pins, \
+                     which ends enforcement; remove it (`governance unload --pins {}`, then \
+                     rmdir) or give it to root with mode 0700",
+                    meta.uid(),
+                    meta.mode() & 0o7777,
+                    pin_dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Remove a pinned link, and detach its program before returning. The pin is opened first
@@ -170,4 +246,41 @@ pub fn protected_by_kernel(pid: u32, extra: Option<&Path>) -> Option<bool> {
         }
     }
     found.then_some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// Red team round 28: a pin directory someone else can write is refused, with what to do;
+    /// root's 0700 (made by the check) and root's 0755 are kept.
+    #[test]
+    fn pin_directories_others_can_write_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pins = tmp.path().join("pins");
+        secure_pin_dirs(&pins).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&pins), 0o700);
+        assert_eq!(mode(&pins.join(pins::MAPS)), 0o700);
+        std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_pin_dirs(&pins).unwrap();
+        for (dir, m) in [(pins.join(pins::LINKS), 0o777), (pins.clone(), 0o1777)] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+            let e = secure_pin_dirs(&pins).unwrap_err().to_string();
+            assert!(e.contains("ends enforcement"), "{e}");
+            assert!(e.contains(&dir.display().to_string()), "{e}");
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(pins.join(pins::MAPS), Some(65534), None).unwrap();
+            let e = secure_pin_dirs(&pins).unwrap_err().to_string();
+            assert!(e.contains("uid 65534"), "{e}");
+        }
+        // A symlink in its place is no directory of ours.
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(tmp.path(), &link).unwrap();
+        assert!(secure_pin_dirs(&link).is_err());
+    }
 }

@@ -280,6 +280,11 @@ impl Enforcer {
         cgroup_root: &Path,
         degraded_exec: bool,
     ) -> Result<Self, KernelError> {
+        // Pins adopted are checked as pins made: in a directory others can write, they are
+        // not ours to keep (see `secure_pin_dirs`).
+        if pin_dir.exists() {
+            secure_pin_dirs(pin_dir)?;
+        }
         let next = pin_dir.join(HANDOVER_DIR);
         if next.exists() {
             // A handover a crash interrupted. If the previous build's programs are still
@@ -310,13 +315,7 @@ impl Enforcer {
     /// Load the object, attach and pin its programs and maps under `pin_dir`.
     fn stage(pin_dir: &Path, cgroup_root: &Path, degraded_exec: bool) -> Result<Self, KernelError> {
         ensure_bpffs(pin_dir)?;
-        for sub in [pins::MAPS, pins::LINKS] {
-            let dir = pin_dir.join(sub);
-            std::fs::create_dir_all(&dir).map_err(|source| KernelError::Pin {
-                path: dir.clone(),
-                source,
-            })?;
-        }
+        secure_pin_dirs(pin_dir)?;
         let result = Self::load_and_pin(pin_dir, cgroup_root, degraded_exec);
         if result.is_err() {
             // Nothing half-pinned stays behind.

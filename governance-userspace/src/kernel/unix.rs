@@ -107,6 +107,9 @@ pub const USER_RUNTIME_SOCKETS: &[&str] = &[
     // Wayland compositors (some let any client make a virtual keyboard).
     "wayland-0",
     "wayland-1",
+    // PipeWire (its PulseAudio server is `pulse/native`, a tree above).
+    "pipewire-0",
+    "pipewire-0-manager",
 ];
 
 /// The same, below each home /etc/passwd names: GnuPG's agent and dirmngr where the user has no
@@ -136,10 +139,49 @@ pub const RUNTIME_SOCKET_DIRS: &[&str] = &["/run/containerd/s", "/run/php", X11_
 /// URL), journald's (rotation, giving up /var), `io.systemd.Credentials` (decryption of
 /// sealed credentials). The name services' directories ([`NAME_SERVICE_SOCKET_DIRS`]) are
 /// theirs, and the logging sockets ([`LOGGING_SOCKETS`]) stay open.
-pub const RUNTIME_SOCKET_TREES: &[&str] = &["/run/systemd", "/run/udev"];
+///
+/// Also Podman's and CRI-O's run directories (see [`CONTAINER_STORAGES`] for conmon's attach
+/// sockets), and the kubelet's plugin sockets (CSI node plugins unpublish and unstage other pods' volumes,
+/// device plugins allocate devices; red team round 28).
+pub const RUNTIME_SOCKET_TREES: &[&str] = &[
+    "/run/systemd",
+    "/run/udev",
+    "/run/libpod",
+    "/run/crio",
+    "/var/lib/kubelet/plugins",
+    "/var/lib/kubelet/plugins_registry",
+    "/var/lib/kubelet/device-plugins",
+];
 
-/// The same below each `/run/user/<uid>/`: a user's systemd manager's varlink sockets.
-pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &["systemd"];
+/// Container storages (Podman's, CRI-O's): each container's `overlay-containers/<id>/userdata`
+/// holds conmon's attach socket (a container's stdin: a root shell in many; red team round 28's
+/// review) and its notify socket. The rootful ones, and per home and per `/run/user/<uid>/`
+/// the rootless ones ([`HOME_CONTAINER_STORAGE`], `containers`).
+pub const CONTAINER_STORAGES: &[&str] = &["/run/containers/storage", "/var/lib/containers/storage"];
+
+/// A rootless container storage, below each home.
+pub const HOME_CONTAINER_STORAGE: &str = ".local/share/containers/storage";
+
+/// Each container's `userdata` directory in the storage at `storage`, in name order.
+fn container_userdata(storage: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(storage.join("overlay-containers")) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path().join("userdata"))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The same below each `/run/user/<uid>/`: a user's systemd manager's varlink sockets, rootless
+/// Podman's conmon attach sockets, and the desktop's servers that act for any client (round
+/// 28): the sound servers (PulseAudio's and PipeWire's modules send audio to any address and
+/// write files), the accessibility bus (`GenerateKeyboardEvent` types into the session), and
+/// p11-kit's server (signatures with the user's keys).
+pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &["systemd", "libpod", "pulse", "at-spi", "p11-kit"];
 
 /// How deep below a tree of [`RUNTIME_SOCKET_TREES`] sockets are looked for (`/run/systemd`
 /// itself, `/run/systemd/machine`, and down to systemd-nspawn's
@@ -161,7 +203,8 @@ const X11_DIR: &str = "/tmp/.X11-unix";
 
 /// Abstract socket names of runtime servers, by prefix, found among the listening sockets in
 /// /proc/net/unix: the X servers' (above), containerd's shims before 1.5 (their task API
-/// runs processes in containers, as root on the node for a privileged one), and the session
+/// runs processes in containers, as root on the node for a privileged one), LXC's monitors,
+/// and the session
 /// buses `dbus-launch` starts (`@/tmp/dbus-*`: a session's services run what it asks; red
 /// team round 11).
 const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &[
@@ -172,6 +215,13 @@ const RUNTIME_ABSTRACT_PREFIXES: &[&str] = &[
     // login to any portal address, past the network rules; red team round 26).
     "/org/kernel/linux/storage/multipathd",
     "ISCSIADM_ABSTRACT_NAMESPACE",
+    // liblxc's per-container command sockets (a console's pty, stop, freeze): plain LXC and
+    // Proxmox, LXD's and Incus's containers, and the hashed form of a long path (round 28).
+    "/var/lib/lxc/",
+    "/var/snap/lxd/common/lxd/containers/",
+    "/var/lib/lxd/containers/",
+    "/var/lib/incus/containers/",
+    "lxc/",
 ];
 
 /// X displays refused by their abstract name whether or not a server listens now (one that
@@ -266,6 +316,10 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
                 .filter(|p| !is_symlink(p)),
         );
         dirs.extend(HOME_RUNTIME_SOCKET_DIRS.iter().map(|d| home.join(d)));
+        dirs.extend(container_userdata(&home.join(HOME_CONTAINER_STORAGE)));
+    }
+    for storage in CONTAINER_STORAGES {
+        dirs.extend(container_userdata(Path::new(storage)));
     }
     for (parent, prefix) in RUNTIME_SOCKET_SUBDIRS {
         if let Ok(entries) = std::fs::read_dir(parent) {
@@ -306,6 +360,9 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
             );
             for tree in USER_RUNTIME_SOCKET_TREES {
                 out.extend(sockets_below(&dir.join(tree), RUNTIME_TREE_DEPTH, &[]));
+            }
+            for userdata in container_userdata(&dir.join("containers")) {
+                out.extend(sockets_in(&userdata));
             }
         }
     }
@@ -693,6 +750,32 @@ mod tests {
     /// A runtime tree gives its sockets and its subdirectories' down to the depth, never
     /// through a symlink, and none of what is skipped (the name services' directories, the
     /// logging sockets; red team round 26: systemd's varlink sockets).
+    #[test]
+    fn each_container_s_attach_socket_is_found_in_its_userdata() {
+        // Red team round 28's review: conmon binds `attach` in the container's bundle, which
+        // `/run/crio/<id>` only links to (symlinks are never followed).
+        let storage = tempfile::tempdir().unwrap();
+        let s = storage.path();
+        for id in ["b2", "a1"] {
+            std::fs::create_dir_all(s.join("overlay-containers").join(id).join("userdata"))
+                .unwrap();
+        }
+        let attach = s.join("overlay-containers/a1/userdata/attach");
+        let _l = std::os::unix::net::UnixListener::bind(&attach).unwrap();
+        std::fs::write(s.join("overlay-containers/a1/userdata/config.json"), "{}").unwrap();
+        let dirs = container_userdata(s);
+        assert_eq!(
+            dirs,
+            [
+                s.join("overlay-containers/a1/userdata"),
+                s.join("overlay-containers/b2/userdata")
+            ]
+        );
+        let found: Vec<PathBuf> = dirs.iter().flat_map(|d| sockets_in(d)).collect();
+        assert_eq!(found, [attach]);
+        assert!(container_userdata(&s.join("missing")).is_empty());
+    }
+
     #[test]
     fn runtime_trees_give_their_sockets_below_but_not_the_skipped() {
         let tree = tempfile::tempdir().unwrap();

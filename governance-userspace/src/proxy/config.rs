@@ -47,6 +47,9 @@ pub struct ProxyConfig {
     pub max_conns_per_agent: usize,
     /// Default buffering limit when no policy sets `proxy.max_body`.
     pub max_body: usize,
+    /// Bodies buffered at once for one agent, and for all ([`super::budget`]); over it → 503.
+    pub body_budget_per_agent: usize,
+    pub body_budget_total: usize,
     pub host_check: HostCheck,
     /// Static name → addresses, used before DNS (tests and labs).
     pub host_addresses: HashMap<String, Vec<IpAddr>>,
@@ -81,6 +84,8 @@ impl Default for ProxyConfig {
             stream_idle_timeout: Duration::from_secs(600),
             max_conns_per_agent: 256,
             max_body: 1 << 20,
+            body_budget_per_agent: 64 << 20,
+            body_budget_total: 256 << 20,
             host_check: HostCheck::Resolve,
             host_addresses: HashMap::new(),
             dns_ttl: Duration::from_secs(30),

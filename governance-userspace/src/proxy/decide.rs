@@ -306,8 +306,13 @@ impl Proxy {
                 None,
             );
         }
-        let bytes = match self
-            .read_body(ReqBody::Stream(req.into_body()), None, self.cfg.max_body)
+        let (bytes, _held) = match self
+            .read_body(
+                &client.agent.name,
+                ReqBody::Stream(req.into_body()),
+                None,
+                self.cfg.max_body,
+            )
             .await
         {
             Ok(b) => b,

@@ -146,14 +146,24 @@ impl Proxy {
         let limit = view.max_body().unwrap_or(self.cfg.max_body);
         let mut body = ReqBody::Stream(body);
         let mut bytes = None;
+        // Held until the request is answered (the body goes upstream from memory).
+        let mut _held = None;
         if engine.needs_body(&view, &head.host)
             || (head.method == "POST" && engine.names_methods(&view, &head.host))
         {
             match self
-                .read_body(body, parts.headers.get(header::CONTENT_LENGTH), limit)
+                .read_body(
+                    &client.agent.name,
+                    body,
+                    parts.headers.get(header::CONTENT_LENGTH),
+                    limit,
+                )
                 .await
             {
-                Ok(b) => bytes = Some(b),
+                Ok((b, hold)) => {
+                    bytes = Some(b);
+                    _held = hold;
+                }
                 Err(resp) => {
                     let why = resp.status().canonical_reason().unwrap_or("refused");
                     self.refused(client, &head, "builtin:body", why);
@@ -460,13 +470,15 @@ impl Proxy {
         }
     }
 
-    /// Read a body the decision needs, within the limit and `body_timeout`.
+    /// Read a body the decision needs, within the limit, `body_timeout` and `agent`'s budget of
+    /// bodies held at once ([`super::budget`]); the room is held as long as the hold returned.
     pub(super) async fn read_body(
         &self,
+        agent: &str,
         body: ReqBody,
         declared: Option<&header::HeaderValue>,
         limit: usize,
-    ) -> Result<Bytes, Response<Body>> {
+    ) -> Result<(Bytes, Option<super::budget::BodyHold>), Response<Body>> {
         let too_large = || {
             respond::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -476,7 +488,7 @@ impl Proxy {
             )
         };
         let body = match body {
-            ReqBody::Read(b) => return Ok(b),
+            ReqBody::Read(b) => return Ok((b, None)),
             ReqBody::Stream(b) => b,
         };
         let declared = declared
@@ -485,6 +497,19 @@ impl Proxy {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
+        let room = declared.map_or(limit, |n| n as usize);
+        let Some(hold) = self.bodies.reserve(agent, room) else {
+            tracing::debug!(agent, "proxy: the agent's budget of bodies is spent");
+            let mut resp = respond::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many bodies",
+                "the policy proxy holds as many of this agent's request bodies as it may at once; retry",
+                None,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return Err(resp);
+        };
         match tokio::time::timeout(self.cfg.body_timeout, Limited::new(body, limit).collect()).await
         {
             Err(_) => Err(respond::error(
@@ -500,7 +525,7 @@ impl Proxy {
                 &e.to_string(),
                 None,
             )),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Ok(c)) => Ok((c.to_bytes(), Some(hold))),
         }
     }
 }

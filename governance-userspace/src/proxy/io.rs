@@ -364,6 +364,22 @@ where
     }
 }
 
+/// Is `fd` among the last descriptors the process may open (a quarter of its limit, at most
+/// 1,024)? The proxy closes a connection it accepted or made on one at once: agents' connections
+/// (and tunnels, which outlive their connection's budget) may take the daemon's descriptors, but
+/// never its last ones, which finding new agent cgroups, the audit log and reloads need (red team
+/// round 28: at EMFILE a new agent's cgroup could not be listed, and it ran ungoverned). The
+/// kernel gives the lowest free number, so a connection there means the ones below are all
+/// taken. The limit is read each time: `prlimit` may change it.
+pub fn fd_in_reserve(fd: std::os::fd::RawFd) -> bool {
+    use nix::sys::resource::{Resource, getrlimit};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return false;
+    };
+    let ceiling = soft.saturating_sub((soft / 4).min(1024));
+    u64::try_from(fd).is_ok_and(|fd| fd >= ceiling)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

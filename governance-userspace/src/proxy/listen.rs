@@ -36,6 +36,7 @@ impl Proxy {
         listener: TcpListener,
         origin: Option<Arc<super::Origin>>,
     ) -> std::io::Result<()> {
+        let mut reserve_warned: Option<Instant> = None;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -46,6 +47,15 @@ impl Proxy {
                     continue;
                 }
             };
+            if io::fd_in_reserve(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+                if reserve_warned.is_none_or(|t: Instant| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(
+                        "proxy: the daemon's open files are near its limit; connections are closed as they come until some end"
+                    );
+                    reserve_warned = Some(Instant::now());
+                }
+                continue;
+            }
             let this = self.clone();
             let origin = origin.clone();
             io::spawn(&self.panics, async move {
@@ -184,7 +194,12 @@ impl Proxy {
                         hyper::server::conn::http2::Builder::new(io::Exec(self.panics.clone()));
                     b.timer(TokioTimer::new())
                         .max_header_list_size(self.cfg.max_header_bytes as u32)
-                        .max_concurrent_streams(128);
+                        .max_concurrent_streams(128)
+                        // What a client may send ahead on a connection, before the proxy reads
+                        // it: a body streamed to an upstream that does not read waits in the
+                        // daemon's memory (hyper's default is 1 MiB a connection; round 28).
+                        .initial_stream_window_size(64 << 10)
+                        .initial_connection_window_size(256 << 10);
                     drive(b.serve_connection(io, svc), &activity, idle).await
                 }
                 _ => {

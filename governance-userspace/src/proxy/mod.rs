@@ -64,6 +64,7 @@ pub mod framing;
 pub mod request;
 pub mod tls;
 
+mod budget;
 mod config;
 mod decide;
 mod forward;
@@ -231,6 +232,7 @@ pub struct Proxy {
     upstream: Upstream,
     views: Mutex<ViewCache>,
     conns: Arc<Mutex<HashMap<String, usize>>>,
+    bodies: budget::BodyBudget,
     panics: Arc<AtomicU64>,
     /// Pre-authorized escalations: (agent, action key) → until when.
     grants: Arc<Mutex<HashMap<(String, u64), Instant>>>,
@@ -296,6 +298,7 @@ impl Proxy {
                 "proxy: TLS interception is unavailable ({why}); TLS to hosts a policy intercepts will be refused"
             );
         }
+        let bodies = budget::BodyBudget::new(cfg.body_budget_per_agent, cfg.body_budget_total);
         Arc::new(Self {
             interception,
             upstream: Upstream::new(&cfg),
@@ -307,6 +310,7 @@ impl Proxy {
             sink,
             views: Mutex::new(ViewCache::default()),
             conns: Arc::new(Mutex::new(HashMap::new())),
+            bodies,
             panics: Arc::new(AtomicU64::new(0)),
             grants: Arc::new(Mutex::new(HashMap::new())),
             sessions: Arc::new(sse::Sessions::default()),
@@ -366,10 +370,17 @@ impl Proxy {
     /// ([`Origin`]) or, for a client in the proxy's own, from the proxy's. Not timed: the
     /// caller's timeout applies.
     async fn dial(&self, conn: &Conn, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-        match &conn.origin {
+        let stream = match &conn.origin {
             Some(o) => o.connect(addr).await,
             None => tokio::net::TcpStream::connect(addr).await,
+        }?;
+        // Not on the daemon's last descriptors (see `io::fd_in_reserve`).
+        if io::fd_in_reserve(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+            return Err(std::io::Error::other(
+                "the daemon's open files are near its limit",
+            ));
         }
+        Ok(stream)
     }
 
     /// The agent's rules under `engine`, cached per connection and per generation.

@@ -114,14 +114,21 @@ async fn connect_within(
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    tokio::time::timeout(timeout, maker.connect(addr))
+    let stream = tokio::time::timeout(timeout, maker.connect(addr))
         .await
         .unwrap_or_else(|_| {
             Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("connecting to {addr} timed out"),
             ))
-        })
+        })?;
+    // Not on the daemon's last descriptors (see `io::fd_in_reserve`).
+    if super::io::fd_in_reserve(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
+        return Err(io::Error::other(
+            "the daemon's open files are near its limit",
+        ));
+    }
+    Ok(stream)
 }
 
 impl Proxy {

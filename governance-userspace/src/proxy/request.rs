@@ -13,7 +13,10 @@
 //!   Refused with 400, since servers read them differently: `.`/`..` segments (also encoded
 //!   ones), `%2F` (an encoded `/`), `%5C` and raw `\`, encoded control characters (`%00`...),
 //!   `%25` followed by two hex digits (double encoding), escapes that decode to bytes that are
-//!   not UTF-8 (overlong `%C0%AE`), `;` (path parameters, which some servers strip), segments
+//!   not UTF-8 (overlong `%C0%AE`), non-ASCII characters that case folding or NFKC reads as
+//!   ASCII letters, digits or name characters (the Kelvin sign, fullwidth letters), segments
+//!   that start or end with a Unicode space or invisible character (which trimming reads
+//!   away), `;` (path parameters, which some servers strip), segments
 //!   that end in `.` or a space (which Windows servers strip), and bad escapes. Rules match the path ASCII-lowercased, without a trailing slash
 //!   and with the escapes of other printable characters decoded
 //!   ([`crate::policy::glob::match_path`]); the path forwarded keeps its case and escapes.
@@ -291,6 +294,59 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Why a non-ASCII character of a path may be read as an ASCII one a rule names, if it may: a
+/// router or an app that ignores case or normalises names (NFKC) reads `/v1/tas\u{212a}s` or
+/// `/files/ｓecret.txt` as `/v1/tasks` or `/files/secret.txt` (red team rounds 7 and 28). Only
+/// letters, digits and the characters of names (`.`, `-`, `_`, `~`) count: `…` (three dots) or
+/// `™` in a slug are refused, `❤️` or `日本` are not.
+fn read_away(c: char) -> Option<&'static str> {
+    use unicode_normalization::UnicodeNormalization;
+    if crate::policy::cond::ascii_case_of(c).is_some() {
+        Some(
+            "a character whose upper or lower case is an ASCII letter (the Kelvin sign, the long \
+             s, a dotless or dotted i): routers that ignore case read it as a letter no rule names",
+        )
+    } else if std::iter::once(c)
+        .nfkc()
+        .any(|n| n.is_ascii_alphanumeric() || matches!(n, '.' | '-' | '_' | '~'))
+    {
+        Some(
+            "a character whose compatibility form is an ASCII letter, digit or name character \
+             (fullwidth letters, ligatures, superscripts...): apps that normalise names (NFKC) \
+             read it as one no rule names",
+        )
+    } else {
+        None
+    }
+}
+
+/// Does a segment of the normalised path `s` start or end with a Unicode space or an invisible
+/// character, which apps that trim names read away (`/files/secret.txt%C2%A0` is
+/// `secret.txt` to Python's `str.strip`; red team round 28)? Inside a segment they stay:
+/// zero-width joiners are how emoji sequences and Persian and Indic words are written.
+fn trimmed_away(s: &str) -> bool {
+    s.split('/').any(|seg| {
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(seg).collect();
+        let text = String::from_utf8_lossy(&bytes);
+        [text.chars().next(), text.chars().next_back()]
+            .into_iter()
+            .flatten()
+            .any(|c| !c.is_ascii() && (c.is_whitespace() || invisible(c)))
+    })
+}
+
+/// Characters that print as nothing (Unicode's format characters that text tools drop: soft
+/// hyphen, zero-width and direction marks, word joiners, the byte order mark, tags; not the
+/// variation selectors, which end emoji).
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
+}
+
 /// See the module documentation. Borrowed when the path is already normal.
 pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     if !raw.starts_with('/') {
@@ -314,18 +370,11 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     // `equalsIgnoreCase`) reads `/v1/tas%E2%84%AAs` (the Kelvin sign) as `/v1/tasks`, which
     // no path rule names (red team round 7).
     let check_run = |run: &mut Vec<u8>| {
-        let text = std::str::from_utf8(run).map(|t| {
-            t.chars()
-                .any(|c| crate::policy::cond::ascii_case_of(c).is_some())
-        });
+        let text = std::str::from_utf8(run).map(|t| t.chars().find_map(read_away));
         run.clear();
         match text {
-            Ok(false) => Ok(()),
-            Ok(true) => Err(Reject::Path(
-                "a character whose upper or lower case is an ASCII letter (the Kelvin sign, the long \
-                 s, a dotless or dotted i): routers that ignore case read it as a letter no rule \
-                 names",
-            )),
+            Ok(None) => Ok(()),
+            Ok(Some(why)) => Err(Reject::Path(why)),
             Err(_) => Err(Reject::Path(
                 "percent-escapes that are not UTF-8 (overlong or invalid sequences)",
             )),
@@ -409,6 +458,13 @@ pub fn normalise_path(raw: &str) -> Result<Cow<'_, str>, Reject> {
     let s = String::from_utf8(out).map_err(|_| Reject::Path("not ASCII"))?;
     if s.split('/').any(|seg| seg == "." || seg == "..") {
         return Err(Reject::Path("`.` or `..` segment"));
+    }
+    if trimmed_away(&s) {
+        return Err(Reject::Path(
+            "a segment that starts or ends with a Unicode space or an invisible character \
+             (no-break space, zero-width space, byte order mark): apps that trim names read it \
+             away",
+        ));
     }
     if s.split('/')
         .any(|seg| seg.ends_with('.') || seg.ends_with("%20"))
@@ -580,10 +636,37 @@ mod tests {
             "/adm%C4%B1n",
             "/%C4%B0ndex",
             "/v1/tas\u{212a}s",
+            // Red team round 28: what apps that trim or normalise names (NFKC) read away or as
+            // ASCII: `secret.txt` behind a no-break space, a zero-width space, a byte order
+            // mark, an ideographic space; fullwidth letters, a ligature, a superscript.
+            "/files/secret.txt%C2%A0",
+            "/files/secret.txt%E2%80%8B",
+            "/files/%EF%BB%BFsecret.txt",
+            "/files/secret.txt\u{3000}",
+            "/files/secret.txt\u{202f}/x",
+            "/files/%EF%BD%93ecret.txt",
+            "/files/\u{fb01}le",
+            "/v\u{b9}/refunds",
+            "/files/secret\u{2024}txt",
         ] {
             assert!(normalise_path(bad).is_err(), "{bad}");
         }
-        // Other letters outside ASCII stay (their cases are not ASCII).
+        // Other letters outside ASCII stay (their cases are not ASCII), and so do scripts
+        // NFKC leaves as they are, joiners and variation selectors inside a segment (emoji
+        // sequences, Persian words), and symbols that are no letter or digit.
+        assert_eq!(
+            normalise_path("/\u{65e5}\u{672c}/\u{440}\u{443}\u{441}").unwrap(),
+            "/%E6%97%A5%E6%9C%AC/%D1%80%D1%83%D1%81"
+        );
+        for good in [
+            "/tags/\u{2764}\u{fe0f}",
+            "/tags/\u{1f469}\u{200d}\u{1f4bb}",
+            "/w/\u{645}\u{6cc}\u{200c}\u{62e}\u{648}\u{627}\u{647}\u{645}",
+            "/a\u{a0}b",
+            "/caf\u{e9}/cr\u{e8}me",
+        ] {
+            assert!(normalise_path(good).is_ok(), "{good}");
+        }
         assert_eq!(
             normalise_path("/%C3%85ngstr%C3%B6m").unwrap(),
             "/%C3%85ngstr%C3%B6m"

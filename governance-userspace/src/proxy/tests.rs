@@ -1360,6 +1360,51 @@ async fn connections_per_agent_are_limited() {
     assert_eq!(h.send(other, refund(50)).await.status, StatusCode::OK);
 }
 
+/// Red team round 28: an agent's bodies the proxy holds at once are bounded (its HTTP/2 streams
+/// of unfinished bodies took the daemon's memory); over the budget → 503 at once, another agent
+/// is served, and the room comes back when the body goes.
+#[tokio::test]
+async fn bodies_held_at_once_are_bounded_per_agent() {
+    let up = upstream("payments").await;
+    let cfg = ProxyConfig {
+        body_budget_per_agent: 3 << 10,
+        ..config()
+    };
+    let h = start(cfg, examples(), Limits::default()).await;
+    let me = h.agent("agents/refund-7", None, Some(up.addr));
+    let port = h.redirected_port(me).unwrap();
+    // A body of 2 KiB declared, 10 bytes sent: the proxy holds its room while it waits.
+    let mut slow = h.connect(me).await;
+    let head = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example:{port}\r\n\
+         Content-Type: application/json\r\nContent-Length: 2048\r\n\r\n{{\"amount\": "
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    until("the proxy to hold the slow body's room", || {
+        h.proxy.bodies.held() >= 2 << 10
+    })
+    .await;
+    let second = format!(
+        "POST /v1/refunds HTTP/1.1\r\nHost: api.payments.example\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: 2048\r\n\r\n{}",
+        " ".repeat(2048)
+    );
+    let r = h.raw(me, second.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    assert!(r.contains("too many bodies"), "{r}");
+    // Another agent has its own budget.
+    let other = h.agent("agents/refund-8", None, Some(up.addr));
+    assert_eq!(h.send(other, refund(50)).await.status, StatusCode::OK);
+    // The slow client leaves: its room comes back, and the agent is served again.
+    drop(slow);
+    until("the slow body's room to come back", || {
+        h.proxy.bodies.held() == 0
+    })
+    .await;
+    assert_eq!(h.send(me, refund(50)).await.status, StatusCode::OK);
+    h.assert_no_panics();
+}
+
 #[test]
 fn max_body_is_validated_with_its_location() {
     let bad = "name: p\nagents: { label: x }\nproxy: { max_body: 12parsecs }\n";

@@ -170,8 +170,12 @@ impl Proxy {
                 let bytes = match std::mem::replace(body, ReqBody::Read(Bytes::new())) {
                     ReqBody::Read(b) => b,
                     stream @ ReqBody::Stream(_) => {
-                        match self.read_body(stream, None, limit).await {
-                            Ok(b) => b,
+                        // (A held request's body counts against the approvals' own budget.)
+                        match self
+                            .read_body(&client.agent.name, stream, None, limit)
+                            .await
+                        {
+                            Ok((b, _)) => b,
                             Err(resp) => {
                                 (self.sink)(rec);
                                 return Then::Respond(resp);

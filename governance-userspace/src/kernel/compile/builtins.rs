@@ -397,11 +397,12 @@ pub(crate) fn homes(passwd: &str) -> Vec<&Path> {
 
 /// The system files in directories too big to read on every reload: [`SYSTEM_FILES`] too, but
 /// their entries are not enumerated by the identity resolution (for other names and mount
-/// points made before the load). The installed software, and the other containers' storage
+/// points made before the load). The installed software, the container runtimes' state, and
+/// the other containers' storage
 /// (with snapd's images and services' data, which the node mounts and runs as root at boot, and
 /// LXC's, LXD's, Incus's and systemd-nspawn's containers and their configurations, whose hooks
 /// run on the node as root; red team round 15).
-pub(super) const NOT_ENUMERATED: [&str; 24] = [
+pub(super) const NOT_ENUMERATED: [&str; 29] = [
     "/usr",
     "/opt",
     "/bin",
@@ -419,6 +420,14 @@ pub(super) const NOT_ENUMERATED: [&str; 24] = [
     "/run/containerd",
     "/run/containers",
     "/run/k3s",
+    // The other runtimes' state: a container's `state.json` tells the next `runc exec`
+    // (`kubectl exec`, a probe) which namespaces and cgroups to join, and Docker's FIFOs are
+    // containers' stdin (red team round 28).
+    "/run/docker",
+    "/run/runc",
+    "/run/crun",
+    "/run/libpod",
+    "/run/crio",
     "/var/lib/snapd",
     "/var/snap",
     "/var/lib/lxc",
