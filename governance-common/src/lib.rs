@@ -91,6 +91,15 @@ pub const MAX_WRITTEN: u32 = 1 << 20;
 /// Capacity of [`maps::LOADERS`] and [`maps::RAW_DEVICES`].
 pub const MAX_LOADERS: u32 = 64;
 pub const MAX_RAW_DEVICES: u32 = 64;
+/// `SO_PRIORITY` of the proxy's listening sockets (above 6: only CAP_NET_ADMIN or CAP_NET_RAW
+/// in the namespace's owner sets it, which agents never have). The connect programs send an
+/// agent's connect to the proxy's address only where the listener that would take it has this
+/// priority: in a network namespace whose port range holds the proxy's port, an agent could
+/// otherwise be given that port (`bind` to port 0, `listen` unbound) before the daemon's listener
+/// and receive the requests, credentials and all, meant for the proxy (red team round 29). A
+/// classid no qdisc is likely to have (major 0x676f).
+pub const PROXY_LISTENER_PRIORITY: u32 = 0x676f_7600;
+
 /// Capacity of [`maps::ORIG_DST`] and [`maps::PROXY_CONNS`] (LRU: the oldest entries go first).
 pub const MAX_PROXY_CONNS: u32 = 65536;
 /// Size of the [`maps::EVENTS`] ring buffer, in bytes (a power of two, a multiple of the page).

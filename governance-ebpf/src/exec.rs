@@ -181,12 +181,22 @@ pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let bprm: u64 = ctx.arg(2);
     // SAFETY: see read_at.
     let file = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILE)) }.unwrap_or(0);
-    let mut d = exec_decision(&agent, file, false);
+    // The loader run as a program (`ld.so /usr/bin/id`) is refused here too: it would run a
+    // program no rule was asked about (red team round 29; `bprm_check_security` above).
+    let loader = agent.value.allow & allow::LOADER_EXEC == 0 && is_loader(file);
+    let mut d = if loader {
+        Decision::builtin(Kind::Exec, true)
+    } else {
+        exec_decision(&agent, file, false)
+    };
     // SAFETY: helper call without pointer arguments.
     if d.denied && unsafe { bpf_send_signal(SIGKILL) } == 0 {
         d.extra_flags |= flags::KILLED;
     }
     emit(&agent, &d, |ev| {
+        if loader {
+            ev.detail = EXEC_DETAIL_LOADER;
+        }
         // SAFETY: see read_at.
         if let Ok(name) = unsafe { read_at::<u64>(bprm, off(&OFF_BPRM_FILENAME)) } {
             // SAFETY: bounded by the destination buffer; errors leave path empty.

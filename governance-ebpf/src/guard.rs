@@ -133,21 +133,26 @@ pub fn file_ioctl_compat(ctx: LsmContext) -> i32 {
     ioctl(&ctx)
 }
 
-/// The ioctl type (magic) of btrfs's commands (and of the VFS's FICLONE, FICLONERANGE and
-/// FIDEDUPERANGE, which go through the write hooks and pass).
+/// The ioctl type (magic) of btrfs's commands (and of the VFS's FICLONE and FICLONERANGE,
+/// which go through the write hooks and pass).
 const BTRFS_IOCTL: u32 = 0x94;
 /// btrfs: SNAP_CREATE, SUBVOL_CREATE, SNAP_DESTROY, DEFAULT_SUBVOL, SNAP_CREATE_V2,
-/// SUBVOL_CREATE_V2, SUBVOL_SETFLAGS (read-only off), SNAP_DESTROY_V2.
-const BTRFS_SUBVOLUME: [u32; 8] = [1, 14, 15, 19, 23, 24, 26, 63];
+/// SUBVOL_CREATE_V2, SUBVOL_SETFLAGS (read-only off), SNAP_DESTROY_V2; and the VFS's
+/// FIDEDUPERANGE (54): its destination needs no read access, and its answer (same or differs)
+/// tells the bytes of a file the agent may write and not read (red team round 29).
+const BTRFS_SUBVOLUME: [u32; 9] = [1, 14, 15, 19, 23, 24, 26, 54, 63];
 /// bcachefs: SUBVOLUME_CREATE, SUBVOLUME_DESTROY, and their `_v2` (29, 30).
 const BCACHEFS_IOCTL: u32 = 0xbc;
 const BCACHEFS_SUBVOLUME: [u32; 4] = [16, 17, 29, 30];
 /// ext4: MOVE_EXT ('f' 15: the extents of a donor file into this one) and SWAP_BOOT ('f' 17:
 /// this file's blocks swapped with the boot loader's inode); and fscrypt's
 /// SET_ENCRYPTION_POLICY ('f' 19: an empty directory the agent owns or, with CAP_FOWNER, any,
-/// encrypted under a key of its choosing: what others make there later is its to withhold).
+/// encrypted under a key of its choosing: what others make there later is its to withhold),
+/// REMOVE_ENCRYPTION_KEY and its ALL_USERS form ('f' 24, 25: any descriptor on the filesystem
+/// locks an unlocked fscrypt home, every protected file in it unreadable to its owner's
+/// processes outside the agent until the next login; red team round 29).
 const EXT4_IOCTL: u32 = b'f' as u32;
-const EXT4_MOVES: [u32; 3] = [15, 17, 19];
+const EXT4_MOVES: [u32; 5] = [15, 17, 19, 24, 25];
 /// OCFS2: REFLINK ('o' 4: a new name made, for a copy, with no create hook).
 const OCFS2_IOCTL: u32 = b'o' as u32;
 const OCFS2_REFLINK: u32 = 4;

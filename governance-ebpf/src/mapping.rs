@@ -8,7 +8,10 @@
 //! 1. The program's own image (the file the exec hook decided, `current->mm->exe_file`) is
 //!    not decided again: the kernel's ELF loader maps it right after the exec, past the point
 //!    where a refusal could still fail the exec cleanly (the process would be killed).
-//!    Changing `exe_file` needs CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which agents do not get.
+//!    Changing `exe_file` needs CAP_SYS_RESOURCE or CAP_SYS_ADMIN, which agents do not get in
+//!    the initial user namespace; in one of their own (`allow_user_namespaces`),
+//!    `PR_SET_MM_MAP` asks only CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE there, and only once the
+//!    old image is unmapped: code already running from anonymous memory (docs/limits.md).
 //! 2. A file the kernel opened for an exec that is not the exec's own file: the interpreter
 //!    an ELF names (`PT_INTERP`) when it is not the dynamic loader, and `uselib`'s library.
 //!    The exec hook never sees it, so it is decided here as an exec is, by its identity, its

@@ -3,15 +3,17 @@
 //! the daemon's ports, and the `sock_ops` program that files each proxied connection's record
 //! under its source address and port for the proxy.
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    bindings::{BPF_F_CURRENT_NETNS, bpf_sock_addr, bpf_sock_tuple},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_sk_lookup_tcp, bpf_sk_release,
+    },
     macros::{cgroup_sock_addr, sock_ops},
     maps::lpm_trie::Key,
     programs::{SockAddrContext, SockOpsContext},
 };
 use governance_common::{
-    ApiAddr, Cause, ConnKey, Counter, GrantKey, Kind, NET_SLOTS, NetKey, ProxyAddr, RulePair,
-    allow, flags, guard, net_object, proto,
+    ApiAddr, Cause, ConnKey, Counter, GrantKey, Kind, NET_SLOTS, NetKey, PROXY_LISTENER_PRIORITY,
+    ProxyAddr, RulePair, allow, flags, guard, net_object, proto,
 };
 
 use crate::{
@@ -87,6 +89,50 @@ pub(crate) fn mapped4(ip4_be: u32) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3],
     ]
+}
+
+/// A send with no address on a connected UDP socket comes here when it carries an IP-level
+/// control message (`IP_TOS`, `IP_PKTINFO`, `IPV6_TCLASS`: QUIC and ECN stacks), which makes
+/// the kernel treat the socket as unconnected: the program is given a zeroed address, and the
+/// kernel then sends to the connected peer whatever the program writes. The peer is written
+/// into the context, so what is decided (and recorded) is where the datagram goes (red team
+/// round 29: it was decided as 127.0.0.1 port 0, refusing legitimate sends). The kernel
+/// refuses a named datagram to port 0 itself, so a zero port here is always this case;
+/// unconnected (no peer), it is left alone.
+#[inline(always)]
+fn to_peer_if_unnamed(sa: *mut bpf_sock_addr, v6: bool) {
+    // SAFETY: the context pointer is valid for the program's run, and its `sk` is a socket
+    // the verifier types as such (never null in these programs); 4-byte context stores.
+    unsafe {
+        if core::ptr::read_volatile(&(*sa).user_port) != 0 {
+            return;
+        }
+        let sk = (*sa).__bindgen_anon_1.sk;
+        if sk.is_null() {
+            return;
+        }
+        let dport = core::ptr::read_volatile(&(*sk).dst_port);
+        // The peer, whole: a socket connected to port 0 of an address is connected too.
+        let peer = if v6 {
+            [
+                core::ptr::read_volatile(&(*sk).dst_ip6[0]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[1]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[2]),
+                core::ptr::read_volatile(&(*sk).dst_ip6[3]),
+            ]
+        } else {
+            [core::ptr::read_volatile(&(*sk).dst_ip4), 0, 0, 0]
+        };
+        if dport == 0 && peer == [0; 4] {
+            return;
+        }
+        if v6 {
+            set_ip6(sa, peer);
+        } else {
+            core::ptr::write_volatile(&mut (*sa).user_ip4, peer[0]);
+        }
+        core::ptr::write_volatile(&mut (*sa).user_port, u32::from(dport));
+    }
 }
 
 /// The unspecified address is the local host to connect() and sendmsg() (the kernel routes
@@ -166,6 +212,48 @@ pub(crate) fn is_api(a: &ApiAddr, addr: &[u8; 16], port: u16) -> bool {
         && w(addr, 12) == w(&a.addr, 12)
 }
 
+/// Is the socket that would take a connection to the proxy's address, in the caller's network
+/// namespace, the daemon's listener (`PROXY_LISTENER_PRIORITY`)? Looked up as the kernel will
+/// deliver the connection: IPv4 (`v4`: an IPv4 socket, or a dual-stack one going to an
+/// IPv4-mapped address) or IPv6. No listener, or another's (an agent given the proxy's port in
+/// its namespace): false, and the connect is refused rather than sent to it.
+#[inline(always)]
+fn proxy_listens(ctx: &SockAddrContext, p: &ProxyAddr, v4: bool) -> bool {
+    // SAFETY: a plain-data union, zeroed.
+    let mut t: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    // The tuple's size tells the helper the family.
+    let size = if v4 {
+        // SAFETY: writes of plain data into the union's IPv4 member.
+        unsafe {
+            t.__bindgen_anon_1.ipv4.daddr = p.ip4;
+            t.__bindgen_anon_1.ipv4.dport = p.port as u16;
+            core::mem::size_of_val(&t.__bindgen_anon_1.ipv4)
+        }
+    } else {
+        // Writes of plain data into the union's IPv6 member.
+        t.__bindgen_anon_1.ipv6.daddr = p.ip6;
+        t.__bindgen_anon_1.ipv6.dport = p.port as u16;
+        core::mem::size_of::<bpf_sock_tuple>()
+    };
+    // SAFETY: the program's own context and a tuple on the stack of the size given; the socket
+    // returned is released below on the one path that has it.
+    unsafe {
+        let sk = bpf_sk_lookup_tcp(
+            ctx.sock_addr.cast(),
+            &mut t,
+            size as u32,
+            BPF_F_CURRENT_NETNS as u64,
+            0,
+        );
+        if sk.is_null() {
+            return false;
+        }
+        let priority = (*sk).priority;
+        bpf_sk_release(sk.cast());
+        priority == PROXY_LISTENER_PRIORITY
+    }
+}
+
 /// Remember where an agent's TCP connection to the proxy was going, by socket cookie, until
 /// the handshake (see `sock_ops`) files it under the client's port (and network namespace)
 /// for the proxy to find.
@@ -217,6 +305,9 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
         return 1;
     };
     let sa: *mut bpf_sock_addr = ctx.sock_addr;
+    if kind == Kind::Send {
+        to_peer_if_unnamed(sa, v6);
+    }
     to_loopback_if_unspecified(sa, v6);
     // Read after the rewrite: `user_addr`'s loads are volatile, so they see what
     // `to_loopback_if_unspecified` may have stored (see there).
@@ -242,17 +333,24 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
     let (mut d, via_proxy) = if api {
         (Decision::builtin(kind, true), false)
     } else if to_proxy {
-        let mut d = Decision::builtin(kind, false);
-        if tcp_connect && !record_for_proxy(ctx, &agent, &addr, port, false) {
-            count(Counter::MapFull);
-            d = Decision::fail_closed(kind, Cause::NoProxy);
-        }
-        (d, false)
+        (Decision::builtin(kind, false), false)
     } else {
         net_decision(kind, &agent, addr, port, protocol)
     };
+    // Going to the proxy, addressed to it or sent there: only to the daemon's listener.
+    let mapped = addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+    if to_proxy && !proxy_listens(ctx, proxy, !v6 || mapped) {
+        d = Decision::fail_closed(kind, Cause::NoProxy);
+    } else if to_proxy && !record_for_proxy(ctx, &agent, &addr, port, false) {
+        count(Counter::MapFull);
+        d = Decision::fail_closed(kind, Cause::NoProxy);
+    }
     if via_proxy && !d.denied {
-        if proxy.enabled == 0 || !tcp_connect || !reach_proxy {
+        if proxy.enabled == 0
+            || !tcp_connect
+            || !reach_proxy
+            || !proxy_listens(ctx, proxy, !v6 || mapped)
+        {
             d = Decision::fail_closed(kind, Cause::NoProxy);
         } else if !record_for_proxy(ctx, &agent, &addr, port, true) {
             count(Counter::MapFull);
@@ -262,7 +360,7 @@ fn sock_addr(ctx: &SockAddrContext, kind: Kind, v6: bool) -> i32 {
             unsafe {
                 if !v6 {
                     (*sa).user_ip4 = proxy.ip4;
-                } else if addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+                } else if mapped {
                     // A dual-stack socket going to an IPv4 address: to the proxy's IPv4
                     // address, IPv4-mapped.
                     set_ip6(

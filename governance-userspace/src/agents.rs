@@ -94,6 +94,52 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
     Ok(std::fs::metadata(dir)?.ino())
 }
 
+/// The cgroup whose id is `id`, relative to `root` (the cgroup2 mount), found by its kernfs
+/// file handle (`open_by_handle_at` with the id, as systemd does; CAP_DAC_READ_SEARCH): one
+/// lookup whatever the size of the tree. Err if no cgroup has that id (any more).
+pub fn cgroup_by_id(root: &Path, id: u64) -> io::Result<String> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    /// `struct file_handle` with kernfs's 8-byte handle: the cgroup's id.
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        id: u64,
+    }
+    /// `FILEID_KERNFS` (include/linux/exportfs.h).
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mount = std::fs::File::open(root)?;
+    let mut handle = KernfsHandle {
+        handle_bytes: 8,
+        handle_type: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: a valid directory descriptor and a handle of the size it says; the descriptor
+    // returned is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            &raw mut handle,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just returned, owned by nobody else.
+    let dir = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    let rel = path.strip_prefix(root).map_err(|_| {
+        io::Error::other(format!(
+            "cgroup {id} is at {}, outside {}",
+            path.display(),
+            root.display()
+        ))
+    })?;
+    Ok(rel.to_string_lossy().into_owned())
+}
+
 /// The extended attribute that labels a cgroup as an agent.
 pub const LABEL_XATTR: &str = "user.governance.agent";
 

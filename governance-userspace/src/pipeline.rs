@@ -976,51 +976,16 @@ struct Enricher {
     cgroups: HashMap<u64, String>,
 }
 
-/// The cgroup with this id in the subtree `rel` (relative to `root`), looking at most 4 levels
-/// and 4,096 directories down.
-fn find_below(root: &std::path::Path, rel: &str, id: u64) -> Option<String> {
-    if rel.is_empty() {
-        return None;
-    }
-    let mut stack = vec![(rel.to_owned(), 0)];
-    let mut seen = 0;
-    while let Some((dir, depth)) = stack.pop() {
-        seen += 1;
-        if seen > 4096 {
-            return None;
-        }
-        if crate::agents::cgroup_id(&root.join(&dir)).is_ok_and(|i| i == id) {
-            return Some(dir);
-        }
-        if depth < 4
-            && let Ok(rd) = std::fs::read_dir(root.join(&dir))
-        {
-            stack.extend(
-                rd.flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| {
-                        (
-                            format!("{dir}/{}", e.file_name().to_string_lossy()),
-                            depth + 1,
-                        )
-                    }),
-            );
-        }
-    }
-    None
-}
-
 /// Entries kept per cache before it is cleared (bounded memory under churn).
 const CACHE_MAX: usize = 16_384;
 
 impl Enricher {
     fn enrich(&mut self, r: &mut Record, root: &std::path::Path) {
         let pid = r.process.as_ref().map_or(0, |p| p.pid);
-        let agent_root = r.agent.as_ref().map_or("", |a| a.cgroup.as_str());
         if let Some(c) = r.cgroup.as_mut()
             && c.path.is_empty()
         {
-            c.path = self.cgroup_path(c.id, pid, root, agent_root);
+            c.path = self.cgroup_path(c.id, pid, root);
         }
         // The container the process runs in, from its cgroup (the kubelet's layout).
         if let (Some(c), Some(a)) = (&r.cgroup, r.agent.as_mut())
@@ -1049,7 +1014,7 @@ impl Enricher {
         }
     }
 
-    fn cgroup_path(&mut self, id: u64, pid: u32, root: &std::path::Path, agent: &str) -> String {
+    fn cgroup_path(&mut self, id: u64, pid: u32, root: &std::path::Path) -> String {
         if let Some(p) = self.cgroups.get(&id) {
             return p.clone();
         }
@@ -1063,9 +1028,10 @@ impl Enricher {
                     .map(str::to_owned)
             })
             .filter(|rel| crate::agents::cgroup_id(&root.join(rel)).is_ok_and(|i| i == id))
-            // The process is gone (a short-lived one, reaped before its event is read): look
-            // for the cgroup in its agent's subtree (a pod's containers, say).
-            .or_else(|| find_below(root, agent, id));
+            // The process is gone (a short-lived one, reaped before its event is read): the
+            // cgroup by its id, one lookup (a walk of the agent's subtree, which the agent
+            // shapes, cost every such event thousands of directories: red team round 29).
+            .or_else(|| crate::agents::cgroup_by_id(root, id).ok());
         match found {
             Some(rel) => {
                 if self.cgroups.len() >= CACHE_MAX {

@@ -44,6 +44,15 @@ pub const KEPT_TO_CREATE_CGROUPS: (Capability, &str) = (
     "create agent cgroups below a cgroup delegated to another user",
 );
 
+/// Kept while the proxy runs: its listeners in agents' network namespaces, opened after start,
+/// are marked as the daemon's (`SO_PRIORITY` above 6, which takes CAP_NET_RAW or
+/// CAP_NET_ADMIN in the namespace's owner): the kernel sends agents to no other listener on
+/// the proxy's port (red team round 29).
+pub const KEPT_FOR_THE_PROXY: (Capability, &str) = (
+    Capability::CAP_NET_RAW,
+    "mark the proxy's listeners in agents' network namespaces as the daemon's (SO_PRIORITY)",
+);
+
 /// What only the start needs (held by the main thread until the first generation enforces, the
 /// proxy listens and the control API listens). The systemd unit's CapabilityBoundingSet is
 /// these and the kept ones.
@@ -71,13 +80,16 @@ pub const START_ONLY: [(Capability, &str); 4] = [
 static KEEP: OnceLock<CapsHashSet> = OnceLock::new();
 
 /// The daemon (`governance run`) keeps [`KEPT`], [`KEPT_TO_CREATE_CGROUPS`] when it creates
-/// agent cgroups, and CAP_NET_BIND_SERVICE when the proxy's port is below 1024 (its listeners
+/// agent cgroups, [`KEPT_FOR_THE_PROXY`] when the proxy runs, and CAP_NET_BIND_SERVICE when the proxy's port is below 1024 (its listeners
 /// in agents' network namespaces are opened after start). Call once, before any thread but
 /// the main one is started.
 pub fn keep(proxy_port: Option<u16>, create_cgroups: bool) {
     let mut set: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
     if create_cgroups {
         set.insert(KEPT_TO_CREATE_CGROUPS.0);
+    }
+    if proxy_port.is_some() {
+        set.insert(KEPT_FOR_THE_PROXY.0);
     }
     if proxy_port.is_some_and(|p| (1..1024).contains(&p)) {
         set.insert(Capability::CAP_NET_BIND_SERVICE);

@@ -372,6 +372,8 @@ fn via_proxy_redirects_agents_to_the_proxy_which_learns_the_original_destination
     let agent = TestCgroup::new("proxied");
     let outsider = TestCgroup::new("unproxied");
     let (proxy, proxy_addr) = listener([127, 0, 0, 3]);
+    // The kernel sends agents only to a listener marked as the proxy's.
+    kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     let (direct, direct_addr) = listener([127, 0, 0, 4]);
     for l in [&proxy, &direct] {
         l.set_nonblocking(true).unwrap();
@@ -516,6 +518,27 @@ fn degraded_exec_kills_after_a_blocked_exec() {
     let (_, outcome) = run_in(Some(&outsider.path), "outsider", &attempt);
     assert_eq!(outcome, Outcome::Exited(0));
     redteam("degraded exec kill (host)", "control");
+    // Red team round 29: the loader run as a program (`ld.so /usr/bin/true`: the program no
+    // rule was asked about) is killed too, as the LSM refuses it.
+    let loader = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists())
+        .expect("the node's loader");
+    let attempt = Attempt::exec_args(loader, &["ld.so", "/usr/bin/true"]);
+    let case = "degraded: the loader run as a program (host)";
+    redteam(case, "tried");
+    let (pid, outcome) = run_in(Some(&agent.path), "degraded-ld", &attempt);
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGKILL), "{case}");
+    let ev = k.event_for(pid);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
+    assert_ne!(ev.flags & flags::KILLED, 0);
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+    assert_eq!(ev.detail, governance_common::EXEC_DETAIL_LOADER, "{case}");
+    redteam(case, "denied");
+    let (_, outcome) = run_in(Some(&outsider.path), "outsider-ld", &attempt);
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: control");
+    redteam(case, "control");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1330,10 +1353,13 @@ fn throttles_survive_child_cgroups_and_reloads() {
     redteam(case, "tried");
     let worker = a.join("worker");
     std::fs::create_dir(&worker).unwrap();
-    let seen = daemon.wait_for("the cgroup tree changed, the agents did not; generation 1 stays");
-    assert!(!seen.contains("reloading"), "{seen}");
     spent(connect(&worker, 1));
     spent(connect(&a, 1));
+    // No generation was built for it: the cgroup watch stops at agent roots (red team round
+    // 29), so a cgroup made inside an agent is not even looked at.
+    let status: serde_json::Value =
+        serde_json::from_slice(&daemon.cli(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(status["generation"], 1, "{status}");
     redteam(case, "denied");
     outside(case);
 
@@ -2301,8 +2327,8 @@ fn a_killed_proxy_means_refused_connects_not_direct_egress() {
     );
     assert_eq!(
         outcome,
-        Outcome::Errno(libc::ECONNREFUSED),
-        "refused, not direct"
+        Outcome::Errno(libc::EPERM),
+        "refused (no listener of the daemon's), not direct"
     );
     assert!(
         direct.accept().is_err(),
@@ -3433,22 +3459,40 @@ fn after_start_the_daemon_keeps_only_the_documented_capabilities() {
     );
     const DAC_OVERRIDE: u32 = 1;
     const DAC_READ_SEARCH: u32 = 2;
+    const NET_RAW: u32 = 13;
     const SYS_PTRACE: u32 = 19;
     const SYS_ADMIN: u32 = 21;
     let mask = |caps: &[u32]| caps.iter().fold(0u64, |m, c| m | 1 << c);
     for (flags, kept, names) in [
         (
             &[][..],
-            mask(&[DAC_OVERRIDE, DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
+            mask(&[
+                DAC_OVERRIDE,
+                DAC_READ_SEARCH,
+                NET_RAW,
+                SYS_PTRACE,
+                SYS_ADMIN,
+            ]),
             &[
                 "CAP_DAC_OVERRIDE",
                 "CAP_DAC_READ_SEARCH",
+                "CAP_NET_RAW",
                 "CAP_SYS_ADMIN",
                 "CAP_SYS_PTRACE",
             ][..],
         ),
         (
             &["--no-create-cgroups"][..],
+            mask(&[DAC_READ_SEARCH, NET_RAW, SYS_PTRACE, SYS_ADMIN]),
+            &[
+                "CAP_DAC_READ_SEARCH",
+                "CAP_NET_RAW",
+                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
+            ][..],
+        ),
+        (
+            &["--no-create-cgroups", "--no-proxy"][..],
             mask(&[DAC_READ_SEARCH, SYS_PTRACE, SYS_ADMIN]),
             &["CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"][..],
         ),
@@ -3473,9 +3517,14 @@ fn after_start_the_daemon_keeps_only_the_documented_capabilities() {
             Duration::from_secs(10),
             || Some(status()["capabilities"].take()).filter(|c| !c.is_null()),
         );
+        let proxy = if flags.contains(&"--no-proxy") {
+            serde_json::Value::Null
+        } else {
+            serde_json::json!([])
+        };
         assert_eq!(
             caps,
-            serde_json::json!({ "daemon": names, "proxy": [] }),
+            serde_json::json!({ "daemon": names, "proxy": proxy }),
             "{flags:?}"
         );
 
@@ -3493,8 +3542,13 @@ fn after_start_the_daemon_keeps_only_the_documented_capabilities() {
         };
         // The main thread, the runtime's workers, the event and ring threads; the proxy's.
         assert!(others >= 5, "{flags:?}: {others} daemon threads");
+        let no_proxy = flags.contains(&"--no-proxy");
         assert!(
-            proxy_threads >= 2,
+            if no_proxy {
+                proxy_threads == 0
+            } else {
+                proxy_threads >= 2
+            },
             "{flags:?}: {proxy_threads} proxy threads"
         );
 
@@ -5413,6 +5467,8 @@ fn a_network_none_sandbox_may_not_reach_the_proxy() {
     require_root();
     let agent = TestCgroup::new("sbx-none");
     let (proxy, proxy_addr) = listener([127, 0, 0, 41]);
+    // The kernel sends agents only to a listener marked as the proxy's.
+    kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     let (_jail_l, jail) = listener([127, 0, 0, 42]);
     let (_proxied_l, proxied) = listener([127, 0, 0, 43]);
     proxy.set_nonblocking(true).unwrap();
@@ -5522,6 +5578,8 @@ fn a_proxy_sandbox_keeps_its_agent_s_network_blocks() {
     require_root();
     let agent = TestCgroup::new("sbx-proxy");
     let (proxy, proxy_addr) = listener([127, 0, 0, 44]);
+    // The kernel sends agents only to a listener marked as the proxy's.
+    kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     let (blocked_l, blocked) = listener([127, 0, 0, 45]);
     let (open_l, open) = listener([127, 0, 0, 46]);
     let (_enter_l, enter) = listener([127, 0, 0, 47]);
@@ -5907,23 +5965,7 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
     let proxy_port = proxy_port(&seen);
     // A process in a network namespace of its own, made outside the agent, then moved in (as
     // a container runtime does), into an agent that had no process.
-    let mut outside = Reaped(
-        Command::new("unshare")
-            .args(["-n", "sleep", "120"])
-            .spawn()
-            .unwrap(),
-    );
-    let pid = outside.id().to_string();
-    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
-    wait_until(
-        "the process's own network namespace",
-        Duration::from_secs(20),
-        || {
-            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|n| n != own)
-                && std::fs::read_link(format!("/proc/{pid}/exe"))
-                    .is_ok_and(|e| e.ends_with("sleep"))
-        },
-    );
+    let (mut outside, pid) = sleep_in_own_netns();
     assert!(!listens_in(&pid, proxy_port), "no listener before it joins");
     std::fs::write(agent.path.join("cgroup.procs"), &pid).unwrap();
     // Well within the periodic look's 10 s: the watch told.
@@ -5960,6 +6002,365 @@ fn a_listener_opens_in_a_network_namespace_as_soon_as_its_process_joins_an_agent
         Duration::from_secs(4),
         || !listening_in_ns(),
     );
+    stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Red team round 29: a socket priority above 6 (what CAP_NET_RAW gives, which
+/// `allow_raw_sockets` hands back) is the mark of the daemon's proxy listeners, which the
+/// connect programs trust: agents may not set one (`cgroup/setsockopt` reads the value, with or
+/// without BPF LSM). Controls: 6 in the agent, and the mark itself outside every agent.
+#[test]
+fn agents_may_not_give_a_socket_the_proxy_listener_s_priority() {
+    require_root();
+    let agent = TestCgroup::new("priority");
+    let mut k = load(&format!(
+        "name: priority\nagents: {{ cgroup: {} }}\n",
+        agent.rel.display()
+    ));
+    k.require("sockopt_set");
+    let script = format!(
+        "import socket\n\
+         for p in (6, {mark}, 7):\n\
+         \x20   s = socket.socket()\n\
+         \x20   try:\n\
+         \x20       s.setsockopt(socket.SOL_SOCKET, socket.SO_PRIORITY, p); print('ok', end=' ')\n\
+         \x20   except OSError as e: print(e.errno, end=' ')\n",
+        mark = governance_common::PROXY_LISTENER_PRIORITY
+    );
+    let run = |cg: Option<&Path>| {
+        let out = governance_tests::command_in(cg, "python3", &["-c", &script])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let case = "29 the proxy listener's priority set by an agent (host)";
+    redteam(case, "tried");
+    let eperm = libc::EPERM;
+    assert_eq!(
+        run(Some(&agent.path)),
+        (true, format!("ok {eperm} {eperm}")),
+        "{case}"
+    );
+    let ev = k.event_where(|e| Kind::from_u8(e.kind) == Some(Kind::Guard));
+    assert_eq!(ev.detail, governance_common::guard::PACKET_MARK, "{case}");
+    redteam(case, "denied");
+    assert_eq!(
+        run(None),
+        (true, "ok ok ok".into()),
+        "control: outside agents"
+    );
+    redteam(case, "control");
+}
+
+/// Red team round 29: a send on a connected UDP socket that carries an IP-level control
+/// message (`IP_TOS`, as QUIC and ECN stacks send) reaches the sendmsg programs with no
+/// address, and the kernel sends it to the connected peer whatever they decide; it was decided
+/// as 127.0.0.1 port 0, refused under `defaults: { network: block }` and recorded with that
+/// destination. Now it is decided (and recorded) as the peer: allowed to an allowed peer, with
+/// its address and port in the event. Control: the same socket without a control message.
+/// A send to a named destination the rules refuse is still refused (the denial's control).
+#[test]
+fn a_connected_udp_send_with_control_messages_is_decided_as_its_peer() {
+    require_root();
+    let agent = TestCgroup::new("udp-cmsg");
+    let peer = std::net::UdpSocket::bind("127.0.0.4:0").unwrap();
+    let port = peer.local_addr().unwrap().port();
+    let mut k = load(&format!(
+        "name: udpcmsg\nagents: {{ cgroup: {} }}\ndefaults: {{ network: block }}\nrules:\n\
+         \x20 - {{ id: peer, network: {{ cidr: 127.0.0.4/32, protocol: udp }}, verdict: allow, report: every, reason: test }}\n",
+        agent.rel.display()
+    ));
+    k.require("sendmsg4");
+    // Prints each send's outcome: "ok" or the errno's number.
+    let script = format!(
+        r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("127.0.0.4", {port}))
+def send(cmsg):
+    try:
+        s.sendmsg([b"x"], cmsg); return "ok"
+    except OSError as e: return str(e.errno)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    u.sendto(b"x", ("127.0.0.5", {port})); named = "ok"
+except OSError as e: named = str(e.errno)
+print(send([(socket.IPPROTO_IP, socket.IP_TOS, struct.pack("i", 0))]), send([]), named, flush=True)
+"#
+    );
+    let case = "29 a connected UDP send with a control message (host)";
+    redteam(case, "tried");
+    let out = governance_tests::command_in(Some(&agent.path), "python3", &["-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_eq!(
+        said,
+        format!("ok ok {}", libc::EPERM),
+        "with IP_TOS, without, and to a refused address: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut buf = [0u8; 8];
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..2 {
+        assert_eq!(peer.recv(&mut buf).unwrap(), 1, "both sends arrived");
+    }
+    // The events: the named send to the refused address (sent first), then the send with the
+    // control message, decided as the peer and allowed.
+    let send_to = |k: &mut governance_tests::Loaded, ip: [u8; 4]| {
+        let addr = Ipv4Addr::from(ip).to_ipv6_mapped().octets();
+        k.event_where(|e| Kind::from_u8(e.kind) == Some(Kind::Send) && e.addr == addr)
+    };
+    let refused = send_to(&mut k, [127, 0, 0, 5]);
+    assert_eq!(Verdict::from_u8(refused.verdict), Some(Verdict::Block));
+    let ev = send_to(&mut k, [127, 0, 0, 4]);
+    assert_eq!(Verdict::from_u8(ev.verdict), Some(Verdict::Allow), "{case}");
+    assert_eq!(
+        (ev.port, ev.detail),
+        (port, 17),
+        "{case}: the peer's port, UDP"
+    );
+    redteam(case, "denied");
+    redteam(case, "control");
+}
+
+/// A `sleep` in a network namespace of its own, made here (outside every agent), once it is
+/// there: the process and its pid.
+fn sleep_in_own_netns() -> (Reaped, String) {
+    let holder = Reaped(
+        Command::new("unshare")
+            .args(["-n", "sleep", "120"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = holder.id().to_string();
+    let own = std::fs::read_link("/proc/self/ns/net").unwrap();
+    wait_until(
+        "the process's own network namespace",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|n| n != own)
+                && std::fs::read_link(format!("/proc/{pid}/exe"))
+                    .is_ok_and(|e| e.ends_with("sleep"))
+        },
+    );
+    (holder, pid)
+}
+
+/// Red team round 29: the record of a process gone before its event was read names its cgroup
+/// by the cgroup's id, one lookup (the walk of the agent's subtree it replaced cost each such
+/// event thousands of directories the agent made): a nested cgroup is found, a removed one is
+/// not.
+#[test]
+fn a_cgroup_is_found_by_its_id() {
+    require_root();
+    let root = agents::cgroup2_mount().unwrap();
+    let agent = TestCgroup::new("by-id");
+    let nested = agent.child("a");
+    std::fs::create_dir(nested.join("b")).unwrap();
+    let nested = nested.join("b");
+    let id = agents::cgroup_id(&nested).unwrap();
+    assert_eq!(
+        agents::cgroup_by_id(&root, id).unwrap(),
+        format!("{}/a/b", agent.rel.display())
+    );
+    assert_eq!(
+        agents::cgroup_by_id(&root, agent.id()).unwrap(),
+        agent.rel.display().to_string()
+    );
+    std::fs::remove_dir(&nested).unwrap();
+    assert!(agents::cgroup_by_id(&root, id).is_err(), "a removed cgroup");
+}
+
+/// Red team round 29: in a network namespace whose port range holds the proxy's port (a pod
+/// may set `net.ipv4.ip_local_port_range`), an agent is given that port by a bind to port 0,
+/// which the bind programs do not refuse (no port is named), before the daemon's listener: the
+/// daemon cannot listen there, and the kernel used to send the other agent processes'
+/// redirected and explicit proxy connects, credentials and all, to the agent's listener. Now
+/// the connect programs send an agent only to a listener marked as the daemon's: both are
+/// refused (EPERM, recorded as fail-closed), and the agent's listener gets nothing. Control:
+/// the same connects from outside every agent, in that namespace, reach that listener.
+#[test]
+fn an_agent_given_the_proxy_s_port_in_its_namespace_receives_no_one_s_connects() {
+    require_root();
+    let agent = TestCgroup::new("netns-port");
+    let dir = policy_dir(
+        "netns-port",
+        &format!(
+            "name: netns-port\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: web, network: {{ cidr: 127.0.0.4/32, via_proxy: true }}, verdict: allow, reason: through the engine }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("netns-port");
+    let pins_arg = pins.to_str().unwrap().to_owned();
+    let (daemon, seen) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--pins",
+            &pins_arg,
+        ],
+        &dir,
+    );
+    let port = proxy_port(&seen);
+    // The namespace, held by a process outside the agent; its port range is the proxy's port.
+    let (mut holder, hpid) = sleep_in_own_netns();
+    let net = format!("--net=/proc/{hpid}/ns/net");
+    let sh = |script: &str| {
+        let st = Command::new("nsenter")
+            .args([net.as_str(), "sh", "-c", script])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{script}");
+    };
+    sh("ip link set lo up");
+    // The range: the proxy's port alone while a listener is given a port, wider for the
+    // clients' own ports.
+    let range = |wide: bool| {
+        let hi = if wide { port.saturating_add(200) } else { port };
+        sh(&format!(
+            "echo '{port} {hi}' > /proc/sys/net/ipv4/ip_local_port_range"
+        ));
+    };
+    range(false);
+    // A Python process in the namespace: `listen` binds port 0 and listens, printing the port it
+    // was given, then (after a line on stdin) takes connections until a second line, and prints
+    // their first bytes ("none" if none came); `connect HOST PORT` waits for a line on stdin (it
+    // is moved into its cgroup first), then prints "ok" or the errno's number.
+    const PY: &str = r#"
+import select, socket, sys
+if sys.argv[1] == "listen":
+    s = socket.socket(); s.bind(("0.0.0.0", 0)); s.listen(8)
+    print(s.getsockname()[1], flush=True)
+    sys.stdin.readline()
+    got = []
+    def take():
+        c, _ = s.accept(); c.settimeout(5)
+        try: got.append(c.recv(200).decode(errors="replace").replace("\r\n", " "))
+        except OSError: got.append("(connected)")
+    while True:
+        r, _, _ = select.select([s, sys.stdin], [], [])
+        if sys.stdin in r: break
+        take()
+    s.setblocking(False)
+    while True:
+        try: take()
+        except BlockingIOError: break
+    print("|".join(got) if got else "none", flush=True)
+else:
+    sys.stdin.readline()
+    c = socket.socket()
+    try:
+        c.connect((sys.argv[2], int(sys.argv[3]))); c.sendall(b"GET /victim HTTP/1.1\r\nAuthorization: Bearer VICTIM\r\n\r\n"); print("ok", flush=True)
+    except OSError as e: print(e.errno, flush=True)
+"#;
+    let spawn = |args: &[&str], cgroup: Option<&Path>| {
+        use std::io::Write as _;
+        let mut child = Reaped(
+            Command::new("nsenter")
+                .args([net.as_str(), "python3", "-c", PY])
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        if let Some(cg) = cgroup {
+            std::fs::write(cg.join("cgroup.procs"), child.id().to_string()).unwrap();
+        }
+        writeln!(child.stdin.as_mut().unwrap(), "go").unwrap();
+        child
+    };
+    let line = |child: &mut Reaped| {
+        use std::io::BufRead as _;
+        let mut l = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut l)
+            .unwrap();
+        l.trim().to_owned()
+    };
+    let lines = daemon.line_count();
+    // The thief: given the proxy's port, then moved into the agent (as a container's first
+    // process is, with the daemon's listener not there yet).
+    let mut thief = spawn(&["listen"], None);
+    assert_eq!(
+        line(&mut thief),
+        port.to_string(),
+        "the kernel gave the thief the proxy's port"
+    );
+    std::fs::write(agent.path.join("cgroup.procs"), thief.id().to_string()).unwrap();
+    range(true);
+    daemon
+        .wait_line(
+            lines,
+            "the proxy cannot listen in the network namespace",
+            Duration::from_secs(20),
+        )
+        .expect("the daemon found its port taken in the agent's namespace");
+    let port_s = port.to_string();
+    for (case, args) in [
+        (
+            "29 a redirected connect in a namespace where an agent holds the proxy's port",
+            ["connect", "127.0.0.4", "80"],
+        ),
+        (
+            "29 an explicit proxy connect in a namespace where an agent holds the proxy's port",
+            ["connect", "127.0.0.1", port_s.as_str()],
+        ),
+    ] {
+        redteam(case, "tried");
+        let mut victim = spawn(&args, Some(&agent.path));
+        let vpid = victim.id();
+        assert_eq!(line(&mut victim), libc::EPERM.to_string(), "{case}");
+        let v = wait_for_value(
+            &format!("the refusal of {case} in the audit log"),
+            Duration::from_secs(10),
+            || {
+                audit_records(&daemon.audit())
+                    .into_iter()
+                    .find(|r| r["process"]["pid"] == vpid && r["kind"] == "connect")
+            },
+        );
+        assert_eq!(v["denied"], true, "{case}: {v}");
+        assert!(
+            v["reason"].as_str().is_some_and(|r| r.contains("proxy")),
+            "{case}: {v}"
+        );
+        redteam(case, "denied");
+    }
+    let stop = |child: &mut Reaped| {
+        use std::io::Write as _;
+        writeln!(child.stdin.as_mut().unwrap(), "stop").unwrap();
+    };
+    stop(&mut thief);
+    assert_eq!(line(&mut thief), "none", "the thief received nothing");
+    let _ = thief.wait();
+    // Control: outside every agent, in the namespace, the connect reaches that listener.
+    range(false);
+    let mut thief = spawn(&["listen"], None);
+    assert_eq!(line(&mut thief), port.to_string());
+    range(true);
+    let mut outsider = spawn(&["connect", "127.0.0.1", port_s.as_str()], None);
+    assert_eq!(line(&mut outsider), "ok", "control: outside agents, direct");
+    stop(&mut thief);
+    let got = line(&mut thief);
+    assert!(
+        got.contains("VICTIM"),
+        "control: the listener got it: {got}"
+    );
+    for r in [
+        "29 a redirected connect in a namespace where an agent holds the proxy's port",
+        "29 an explicit proxy connect in a namespace where an agent holds the proxy's port",
+    ] {
+        redteam(r, "control");
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
     stop_daemon(daemon);
     let _ = std::fs::remove_dir_all(&dir);
 }

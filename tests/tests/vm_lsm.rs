@@ -1281,6 +1281,26 @@ fn policy_relaxes_built_in_protections() {
         let ev = allow(&mut k, &fx, "relaxed built-in", &attempt);
         assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin));
     }
+    // Red team round 29: with CAP_NET_RAW back, a socket priority above 6 is what would make
+    // a listener of the agent's pass for the daemon's proxy listener; the hook cannot read the
+    // value (a 32-bit call passes `cgroup/setsockopt` by), so such an agent sets no priority.
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R29 setsockopt(SO_PRIORITY) with raw sockets allowed",
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET,
+            ty: libc::SOCK_STREAM,
+            level: libc::SOL_SOCKET,
+            name: libc::SO_PRIORITY,
+            value: governance_common::PROXY_LISTENER_PRIORITY
+                .to_ne_bytes()
+                .to_vec(),
+        },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::PACKET_MARK);
 }
 
 /// The incident responder's view: denied execs from an agent reach a live `governance events
@@ -2072,6 +2092,17 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         ("R20 fscrypt SET_ENCRYPTION_POLICY", ioc(2, b'f', 19, 12)),
         ("R20 OCFS2 REFLINK", ioc(write, b'o', 4, 24)),
         ("R20 FAT SET_ATTRIBUTES", ioc(write, b'r', 0x11, 4)),
+        // Red team round 29: an unlocked fscrypt home locked through any descriptor; and a
+        // dedupe's same-or-differs answer, a content oracle on a file opened write-only.
+        (
+            "R29 fscrypt REMOVE_ENCRYPTION_KEY",
+            ioc(readwrite, b'f', 24, 64),
+        ),
+        (
+            "R29 fscrypt REMOVE_ENCRYPTION_KEY_ALL_USERS",
+            ioc(readwrite, b'f', 25, 64),
+        ),
+        ("R29 FIDEDUPERANGE", ioc(readwrite, 0x94, 54, 24)),
     ] {
         let ev = deny(
             &mut k,
@@ -9678,6 +9709,7 @@ fn a_sandboxed_process_may_not_send_around_its_profile() {
     // The policy proxy: a listener here, its address in the kernel's PROXY map for this test
     // only (the programs are shared with the other tests of this process).
     let proxy = TcpListener::bind("127.0.0.1:0").unwrap();
+    governance::kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(&proxy)).unwrap();
     let pport = proxy.local_addr().unwrap().port();
     struct NoProxy(Loaded);
     impl Drop for NoProxy {

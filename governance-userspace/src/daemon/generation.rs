@@ -227,6 +227,11 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .chain(args.config.clone())
         .chain(SERVICE_UNITS.iter().map(PathBuf::from))
         .chain(std::env::current_exe().ok())
+        // The cgroup v1 hierarchies of a hybrid layout (`freezer`, `memory`, `pids`, ...):
+        // their `cgroup.procs` moves the daemon into a cgroup an agent made, frozen or starved,
+        // with no check of the kind cgroup2's border has; they are under `/sys`, which
+        // `allow_kernel_settings` opens (red team round 29). Not relaxed by anything.
+        .chain(crate::agents::cgroup_v1_mounts())
         .collect(),
         // The daemon's secrets: the audit log and the key that seals it (read, an agent could
         // re-seal a rewritten log; replaced, the next start seals with its key: red team round
@@ -369,10 +374,31 @@ pub(super) fn install_names(names: &SharedNames, g: u32, n: Names) {
 /// record said no rule matched): without the exec LSM hook, exec is decided after the fact from
 /// the identity of the program the kernel ran, so no path rule is read, and a script's exact
 /// rule names a file the kernel has swapped for its interpreter by then.
+///
+/// Nor is code mapped executable decided (no `mmap_file`, `file_mprotect`): under an exec
+/// allowlist an allowed dynamically linked program loads any library (`LD_PRELOAD`, `dlopen`),
+/// and an ELF naming another program as its interpreter (`PT_INTERP`) runs it, past an exact
+/// rule too (red team round 29): said once per policy with an allowlist or exact exec rules.
 fn degraded_exec_rules(set: &crate::policy::PolicySet) -> Vec<String> {
-    use crate::policy::{Matcher, PathMatch};
+    use crate::policy::{Matcher, PathMatch, Posture};
     let mut lines = Vec::new();
     for policy in &set.policies {
+        let allowlist = policy.defaults.get(&crate::policy::Kind::Exec) == Some(&Posture::Block);
+        let exact = policy
+            .rules
+            .iter()
+            .any(|r| matches!(r.matcher, Matcher::Exec(PathMatch::Exact(_))));
+        if allowlist || exact {
+            lines.push(format!(
+                "PARTLY ENFORCED: {} ({}): its exec {}; without the mapping LSM hooks, code \
+                 mapped executable is not decided: an allowed dynamically linked program loads \
+                 any library (LD_PRELOAD, dlopen) and an ELF naming a program as its interpreter \
+                 (PT_INTERP) runs it",
+                policy.name,
+                policy.at,
+                if allowlist { "allowlist" } else { "rules" }
+            ));
+        }
         for rule in &policy.rules {
             match &rule.matcher {
                 Matcher::Exec(PathMatch::Prefix(_)) => lines.push(format!(
@@ -453,16 +479,34 @@ mod tests {
         );
         let set = crate::policy::parse(&[("p.yaml".into(), yaml)]).unwrap();
         let lines = degraded_exec_rules(&set);
-        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // Red team round 29: what degraded mode does not decide for any exact rule.
         assert!(
-            lines[0].starts_with("NOT ENFORCED: p/dir (p.yaml:4:"),
+            lines[0].starts_with("PARTLY ENFORCED: p (p.yaml:") && lines[0].contains("PT_INTERP"),
             "{lines:?}"
         );
         assert!(
-            lines[1].starts_with("NOT ENFORCED: p/script (p.yaml:5:"),
+            lines[1].starts_with("NOT ENFORCED: p/dir (p.yaml:4:"),
             "{lines:?}"
         );
-        assert!(lines[1].contains("is a script"), "{lines:?}");
+        assert!(
+            lines[2].starts_with("NOT ENFORCED: p/script (p.yaml:5:"),
+            "{lines:?}"
+        );
+        assert!(lines[2].contains("is a script"), "{lines:?}");
+        // A policy with neither an allowlist nor an exact exec rule: nothing to say.
+        let set = crate::policy::parse(&[(
+            "q.yaml".into(),
+            "name: q\nagents: { cgroup: a }\nrules:\n  - { id: d, exec: { prefix: /opt/ }, verdict: allow, reason: r }\n".into(),
+        )])
+        .unwrap();
+        assert!(
+            degraded_exec_rules(&set)
+                .iter()
+                .all(|l| !l.starts_with("PARTLY")),
+            "{:?}",
+            degraded_exec_rules(&set)
+        );
     }
 
     /// Every secret the daemon is given is one agents may not read or write: the audit
@@ -521,6 +565,17 @@ mod tests {
             assert!(
                 protect.no_write.contains(&PathBuf::from(path)),
                 "{path}: {:?}",
+                protect.no_write
+            );
+        }
+        // The cgroup v1 hierarchies of a hybrid layout (red team round 29), as this node
+        // mounts them: with the policy, refused to write whatever the relaxations
+        // (`allow_kernel_settings` too; `kernel::compile::denied_dirs`).
+        for m in crate::agents::cgroup_v1_mounts() {
+            assert!(
+                protect.no_write.contains(&m),
+                "{}: {:?}",
+                m.display(),
                 protect.no_write
             );
         }

@@ -854,6 +854,16 @@ async fn start_proxy(
             "the proxy does not listen on {v6} ({e}); IPv6 agents' via_proxy connects will be refused"
         ),
     }
+    for l in &listeners {
+        crate::kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(l)).with_context(|| {
+            format!(
+                "marking the proxy's listener on {} as the daemon's (SO_PRIORITY; needs \
+                 CAP_NET_ADMIN): the kernel sends agents only to a marked listener",
+                l.local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string())
+            )
+        })?;
+    }
     let identify = Arc::new(KernelIdentify {
         conns: Mutex::new(ProxyConns::open(
             &enforcer

@@ -187,7 +187,12 @@ fn listen_in(
                 drop(ns);
                 let mut out = Vec::new();
                 for (i, a) in addrs.iter().enumerate() {
-                    match std::net::TcpListener::bind(a) {
+                    // Marked as the daemon's (the kernel sends agents to no other).
+                    let bound = std::net::TcpListener::bind(a).and_then(|l| {
+                        crate::kernel::mark_proxy_listener(std::os::fd::AsFd::as_fd(&l))?;
+                        Ok(l)
+                    });
+                    match bound {
                         Ok(l) => out.push(l),
                         Err(e) if i == 0 => return Err(e),
                         Err(e) => tracing::debug!(addr = %a, error = %e, "proxy: no IPv6 listener in an agent's network namespace"),

@@ -278,7 +278,12 @@ impl Daemon<'_> {
         reload_rx: &mut mpsc::Receiver<api::ReloadReply>,
         drill_rx: &mut mpsc::Receiver<api::DrillRequest>,
     ) -> anyhow::Result<()> {
-        let mut watches = Watches::new(&self.args.policy, self.root, &self.enforcer);
+        let mut watches = Watches::new(
+            &self.args.policy,
+            self.root,
+            &self.agents_now,
+            &self.enforcer,
+        );
         // The agents' processes coming and going, for the proxy's listeners in their network
         // namespaces (added with each generation's agents).
         let mut populated = watch::Kept::new("the agents' cgroup.events");
@@ -328,7 +333,7 @@ impl Daemon<'_> {
                     }
                     // What a blind watch would have reported, looked for (see `watch::Kept`).
                     if watches.cgroups.blind() {
-                        watch::watch_cgroups(&mut watches.cgroups, self.root);
+                        watch::watch_cgroups(&mut watches.cgroups, self.root, &self.agents_now);
                         if self.agents_changed() {
                             cgroup_due.get_or_insert(now);
                         }
@@ -417,7 +422,7 @@ impl Daemon<'_> {
                         // Only cgroups changed. If the agents are the same ones, the current
                         // generation is exactly what a rebuild would make: keep it. (Watch the
                         // new directories first, so a cgroup made meanwhile is seen next time.)
-                        watch::watch_cgroups(&mut watches.cgroups, self.root);
+                        watch::watch_cgroups(&mut watches.cgroups, self.root, &self.agents_now);
                         cgroups_changed = false;
                         if self.same_agents() {
                             crate::say!(
@@ -478,11 +483,27 @@ impl Daemon<'_> {
             // of a large tree takes tens of milliseconds, and the one there still covers an
             // unchanged tree.
             if cgroups_changed {
-                watch::watch_cgroups(&mut watches.cgroups, self.root);
+                watch::watch_cgroups(&mut watches.cgroups, self.root, &self.agents_now);
                 cgroups_changed = false;
             }
+            let roots_before: Vec<std::path::PathBuf> =
+                self.agents_now.iter().map(|a| a.path.clone()).collect();
             let result = self.reload(why, from);
             if result.is_ok() {
+                // The cgroup watch stops at agent roots: with other agents, a former root's
+                // subtree is watched again (a cgroup made there since was reported by nothing:
+                // look once, as at start) and a new root's is left alone.
+                if !self
+                    .agents_now
+                    .iter()
+                    .map(|a| &a.path)
+                    .eq(roots_before.iter())
+                {
+                    watch::watch_cgroups(&mut watches.cgroups, self.root, &self.agents_now);
+                    if self.agents_changed() {
+                        cgroup_due.get_or_insert(tokio::time::Instant::now());
+                    }
+                }
                 // The sockets the new generation's rules name, and its agents.
                 watch::watch_sockets(&mut watches.sockets, &self.enforcer);
                 populated_watch(self, &mut populated);

@@ -68,7 +68,20 @@ impl Kept {
     /// directory if `named`), on the instance there is, else on a new one. Says once when the
     /// watch goes blind, and when it sees again.
     fn add(&mut self, dirs: &[PathBuf], flags: AddWatchFlags, depth: u32, named: bool) {
-        let why = match self.add_dirs(dirs, flags, depth, named) {
+        self.add_pruned(dirs, flags, depth, named, &HashMap::new());
+    }
+
+    /// [`Kept::add`], where each directory of `prune` is watched with its own flags and not
+    /// descended into.
+    fn add_pruned(
+        &mut self,
+        dirs: &[PathBuf],
+        flags: AddWatchFlags,
+        depth: u32,
+        named: bool,
+        prune: &HashMap<&Path, AddWatchFlags>,
+    ) {
+        let why = match self.add_dirs(dirs, flags, depth, named, prune) {
             Ok(()) if self.complete => None,
             Ok(()) => Some("a directory could not be added".to_owned()),
             Err(e) => Some(e),
@@ -97,6 +110,7 @@ impl Kept {
         flags: AddWatchFlags,
         depth: u32,
         named: bool,
+        prune: &HashMap<&Path, AddWatchFlags>,
     ) -> Result<(), String> {
         self.complete = false;
         if self.fd.is_none() {
@@ -119,7 +133,8 @@ impl Kept {
         let mut complete = true;
         let mut todo: Vec<(PathBuf, u32)> = dirs.iter().map(|d| (d.clone(), 0)).collect();
         while let Some((d, level)) = todo.pop() {
-            match w.inotify.add_watch(&d, flags) {
+            let pruned = prune.get(d.as_path());
+            match w.inotify.add_watch(&d, pruned.copied().unwrap_or(flags)) {
                 Ok(wd) if named => {
                     w.dirs.insert(wd, d.clone());
                 }
@@ -132,7 +147,7 @@ impl Kept {
                     continue;
                 }
             }
-            if level < depth {
+            if level < depth && pruned.is_none() {
                 match std::fs::read_dir(&d) {
                     Ok(rd) => todo.extend(
                         rd.flatten()
@@ -210,17 +225,32 @@ pub(super) fn watch_policy(w: &mut Kept, dir: &Path) {
     w.add(&[dir.to_owned()], flags, 16, true);
 }
 
-/// cgroups appearing, going, or getting a label (an xattr change is IN_ATTRIB).
-pub(super) fn watch_cgroups(w: &mut Kept, root: &Path) {
+/// cgroups appearing, going, or getting a label (an xattr change is IN_ATTRIB). Not below the
+/// `agents`' roots: a cgroup made in an agent is part of it, and discovery stops there too; an
+/// agent root itself is watched for its label (its removal is its parent's `IN_DELETE`). An
+/// agent that made thousands of cgroups in its subtree (which it may) made every change to the
+/// tree a walk of them all, on the loop that finds new agents, and held root's inotify watches:
+/// a new agent's processes ran ungoverned for seconds (red team round 29).
+pub(super) fn watch_cgroups(w: &mut Kept, root: &Path, agents: &[crate::agents::AgentCgroup]) {
     let flags = AddWatchFlags::IN_CREATE
         | AddWatchFlags::IN_DELETE
         | AddWatchFlags::IN_ATTRIB
         | AddWatchFlags::IN_ONLYDIR;
-    w.add(
+    let prune: HashMap<&Path, AddWatchFlags> = agents
+        .iter()
+        .map(|a| {
+            (
+                a.path.as_path(),
+                AddWatchFlags::IN_ATTRIB | AddWatchFlags::IN_ONLYDIR,
+            )
+        })
+        .collect();
+    w.add_pruned(
         &[root.to_owned()],
         flags,
         governance_common::MAX_CGROUP_DEPTH,
         false,
+        &prune,
     );
 }
 
@@ -360,14 +390,19 @@ pub(super) struct Watches {
 impl Watches {
     /// Watch the policy directory, the cgroup tree below `root`, and the socket directories.
     /// Never fails: a watch that cannot be made is blind (see [`Kept`]).
-    pub fn new(policy: &Path, root: &Path, enforcer: &Mutex<Enforcer>) -> Self {
+    pub fn new(
+        policy: &Path,
+        root: &Path,
+        agents: &[crate::agents::AgentCgroup],
+        enforcer: &Mutex<Enforcer>,
+    ) -> Self {
         let mut w = Self {
             policy: Kept::new("the policy directory"),
             cgroups: Kept::new("the cgroup tree"),
             sockets: Kept::new("the runtime sockets' directories"),
         };
         watch_policy(&mut w.policy, policy);
-        watch_cgroups(&mut w.cgroups, root);
+        watch_cgroups(&mut w.cgroups, root, agents);
         watch_sockets(&mut w.sockets, enforcer);
         w
     }
@@ -460,6 +495,71 @@ mod tests {
         let set = crate::policy::load_dir(dir).unwrap();
         let names: Vec<&str> = set.policies.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["new"]);
+    }
+
+    /// The cgroup watch stops at agent roots (red team round 29): what an agent makes in its
+    /// subtree, deep or right below its root, is not watched (nor walked), while a cgroup made
+    /// elsewhere and an agent root's own attributes (its label) are reported. A plain
+    /// directory tree stands for the cgroup tree (inotify is the same).
+    #[tokio::test]
+    async fn the_cgroup_watch_stops_at_agent_roots() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in ["agent/x/y", "other"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let agent = crate::agents::AgentCgroup {
+            index: 0,
+            name: "agent".into(),
+            rel: "agent".into(),
+            label: None,
+            path: root.join("agent"),
+            cgroup_id: 1,
+            pod: None,
+        };
+        let mut w = Kept::new("the test's cgroup tree");
+        watch_cgroups(&mut w, root, &[agent]);
+        assert!(!w.blind());
+        // Reported events, until `expect` is among them (10 s), or what came for 200 ms.
+        async fn events_for(w: &mut Kept, expect: Option<&str>) -> Vec<String> {
+            let fd = w.fd.as_mut().unwrap();
+            let mut names = Vec::new();
+            let wait = if expect.is_some() { 10_000 } else { 200 };
+            let _ = tokio::time::timeout(Duration::from_millis(wait), async {
+                loop {
+                    let mut guard = fd.readable_mut().await.unwrap();
+                    let events = guard.get_inner().inotify.read_events().unwrap_or_default();
+                    guard.clear_ready();
+                    names.extend(events.iter().map(|e| {
+                        e.name
+                            .as_deref()
+                            .map_or("(self)".into(), |n| n.to_string_lossy().into_owned())
+                    }));
+                    if expect.is_some_and(|x| names.iter().any(|n| n == x)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            names
+        }
+        // Inside the agent: nothing reported (so no walk follows).
+        std::fs::create_dir(root.join("agent/x/y/deep")).unwrap();
+        std::fs::create_dir(root.join("agent/child")).unwrap();
+        assert_eq!(events_for(&mut w, None).await, Vec::<String>::new());
+        // Elsewhere: reported.
+        std::fs::create_dir(root.join("other/new")).unwrap();
+        assert!(
+            events_for(&mut w, Some("new"))
+                .await
+                .contains(&"new".into())
+        );
+        // The agent root's own attributes (a label is an xattr, IN_ATTRIB as a mode is).
+        std::fs::set_permissions(root.join("agent"), std::fs::Permissions::from_mode(0o750))
+            .unwrap();
+        let seen = events_for(&mut w, Some("(self)")).await;
+        assert!(seen.iter().any(|n| n == "(self)"), "{seen:?}");
     }
 
     /// Read the watch until `done` holds for the burst, or fail after 10 s.

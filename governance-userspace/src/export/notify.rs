@@ -46,7 +46,8 @@ pub fn slack_payload(r: &Record) -> Value {
         let o = r.object_words();
         if o.is_empty() { r.message.clone() } else { o }
     };
-    let (approve, deny) = commands(&a.id);
+    let id = plain(&a.id);
+    let (approve, deny) = commands(&id);
     let (agent, action, rule, node) = (
         plain(raw_agent),
         plain(&raw_action),
@@ -58,15 +59,10 @@ pub fn slack_payload(r: &Record) -> Value {
     } else {
         r.reason.as_str()
     });
-    let id = plain(&a.id);
     let deadline = plain(&a.deadline);
     let text = format!(
-        "governance: agent {agent} asks for approval {}: {action} (rule {}: {reason}); decide \
-         before {deadline}: `{}` or `{}`",
-        id,
-        rule,
-        plain(&approve),
-        plain(&deny)
+        "governance: agent {agent} asks for approval {id}: {action} (rule {rule}: {reason}); \
+         decide before {deadline}: `{approve}` or `{deny}`"
     );
     json!({
         "text": text,
@@ -96,7 +92,7 @@ pub fn slack_payload(r: &Record) -> Value {
                 "type": "section",
                 "text": {
                     "type": "mrkdwn",
-                    "text": format!("Approve: `{}`\nDeny: `{}`", plain(&approve), plain(&deny)),
+                    "text": format!("Approve: `{approve}`\nDeny: `{deny}`"),
                 },
             },
         ],

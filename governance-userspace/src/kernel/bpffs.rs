@@ -6,13 +6,10 @@ use super::*;
 /// Make sure `pin_dir` is on a bpf filesystem, mounting one at /sys/fs/bpf if that is where it
 /// belongs and nothing is mounted there yet.
 pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
-    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
     let existing = pin_dir
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    let on_bpffs =
-        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if on_bpffs(existing) {
         return Ok(());
     }
@@ -41,6 +38,12 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), KernelError> {
     })
 }
 
+/// Whether `p` is on a bpf filesystem.
+fn on_bpffs(p: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
 /// Make `pin_dir` and its `maps` and `links` directories (root's, 0700) and check that no one
 /// but root can change them or the directories above them, up to the bpf filesystem's root:
 /// removing a link's pin detaches its program, so whoever could write there could end
@@ -54,15 +57,16 @@ pub(super) fn secure_pin_dirs(pin_dir: &Path) -> Result<(), KernelError> {
         path: path.to_owned(),
         source: std::io::Error::other(problem),
     };
-    for dir in [
+    let ours = [
         pin_dir.to_owned(),
         pin_dir.join(pins::MAPS),
         pin_dir.join(pins::LINKS),
-    ] {
+    ];
+    for dir in &ours {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(&dir)
+            .create(dir)
             .map_err(|source| KernelError::Pin {
                 path: dir.clone(),
                 source,
@@ -70,17 +74,8 @@ pub(super) fn secure_pin_dirs(pin_dir: &Path) -> Result<(), KernelError> {
     }
     let bpffs_root = pin_dir
         .ancestors()
-        .find(|p| {
-            p.parent().is_none_or(|up| {
-                nix::sys::statfs::statfs(up).map(|s| s.filesystem_type().0) != Ok(0xcafe_4a11)
-            })
-        })
+        .find(|p| p.parent().is_none_or(|up| !on_bpffs(up)))
         .unwrap_or(pin_dir);
-    let ours = [
-        pin_dir.to_owned(),
-        pin_dir.join(pins::MAPS),
-        pin_dir.join(pins::LINKS),
-    ];
     let above = pin_dir
         .ancestors()
         .skip(1)

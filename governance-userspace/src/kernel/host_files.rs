@@ -16,6 +16,15 @@ pub(super) const LOADER_PATHS: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
     "/lib/ld-musl-x86_64.so.1",
     "/lib/ld-musl-aarch64.so.1",
+    // Multiarch: 32-bit and x32 (red team round 29).
+    "/lib/ld-linux.so.2",
+    "/lib32/ld-linux.so.2",
+    "/usr/lib32/ld-linux.so.2",
+    "/lib/i386-linux-gnu/ld-linux.so.2",
+    "/usr/lib/i386-linux-gnu/ld-linux.so.2",
+    "/libx32/ld-linux-x32.so.2",
+    "/usr/libx32/ld-linux-x32.so.2",
+    "/lib/ld-musl-i386.so.1",
 ];
 
 /// The interpreter (PT_INTERP) a 64-bit little-endian ELF executable names, if any.
@@ -107,8 +116,11 @@ pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[4, 7, 13, 89, 108, 166, 188, 189
 /// manager (`/dev/infiniband/rdma_cm`, mode 0666: connections to any address the NIC makes,
 /// no socket), VFIO's container (`/dev/vfio/vfio`) and ublk's control device
 /// (`/dev/ublk-control`: with `UBLK_F_UNPRIVILEGED_DEV`, a block device served by the agent,
-/// which udev and blkid probe and parse as root; the block twin of CUSE, red team round 27).
-pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio", "ublk-control"];
+/// which udev and blkid probe and parse as root; the block twin of CUSE, red team round 27),
+/// and `/dev/userfaultfd` (6.1+: a userfaultfd that handles the kernel's own faults on the
+/// agent's memory without CAP_SYS_PTRACE, which holds a kernel path mid-copy for as long as
+/// the agent likes: a race widener; red team round 29).
+pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio", "ublk-control", "userfaultfd"];
 /// Single devices, in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): physical memory, kernel
 /// memory and I/O ports (`/dev/mem`, `/dev/kmem`, `/dev/port`: every secret on the node read,
 /// PCI configuration and a reset written; their opens also check CAP_SYS_RAWIO, which agents

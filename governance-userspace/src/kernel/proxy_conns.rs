@@ -65,3 +65,28 @@ pub fn netns_cookie(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<u64> {
     }
     Ok(cookie)
 }
+
+/// Mark a socket of the proxy's as its listener (`SO_PRIORITY`
+/// [`governance_common::PROXY_LISTENER_PRIORITY`], which takes CAP_NET_ADMIN): the kernel sends
+/// an agent's connect to the proxy's address only where the listener that would take it has
+/// this mark, so that an agent given the proxy's port in a namespace (before the daemon's
+/// listener, or while the daemon is away) receives nothing meant for the proxy. An unmarked
+/// listener gets no agent connection.
+pub fn mark_proxy_listener(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let priority = governance_common::PROXY_LISTENER_PRIORITY as libc::c_int;
+    // SAFETY: a valid fd, and an int of the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PRIORITY,
+            (&raw const priority).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -25,7 +25,7 @@ fn the_loader_is_found_from_an_executables_program_header() {
 fn devices_refused_to_agents_are_read_from_proc_devices() {
     let devices = "Character devices:\n  1 mem\n 21 sg\n240 macvtap\n241 hidraw\n246 nvme-generic\n\
                    247 nvme\n249 bsg\n\nBlock devices:\n  8 sd\n240 macvtap-not-char\n259 blkext\n";
-    let proc_misc = " 58 rdma_cm\n196 vfio\n200 tun\n120 ublk-control\n 62 not-listed\nbad line\n";
+    let proc_misc = " 58 rdma_cm\n196 vfio\n200 tun\n120 ublk-control\n124 userfaultfd\n 62 not-listed\nbad line\n";
     let misc = |minor: u32| 10 << 20 | minor;
     let fixed = [4, 7, 13, 21, 89, 108, 166, 188, 189, 202, 203, 231];
     let memory = |minor: u32| 1 << 20 | minor;
@@ -37,6 +37,7 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
         5 << 20 | 3,
         misc(58),
         misc(120),
+        misc(124),
         misc(130),
         misc(196),
         misc(200),
@@ -51,11 +52,12 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
         raw_device_majors(devices, proc_misc),
         [&fixed[..], &loaded, &misc_devices].concat()
     );
-    // Without /proc/misc's dynamic minors (rdma_cm's 58 here; vfio's 196; ublk-control's 120).
+    // Without /proc/misc's dynamic minors (rdma_cm's 58 here; vfio's 196; ublk-control's 120;
+    // userfaultfd's 124).
     let fixed_only: Vec<u32> = misc_devices
         .iter()
         .copied()
-        .filter(|&d| ![misc(58), misc(120), misc(196)].contains(&d))
+        .filter(|&d| ![misc(58), misc(120), misc(124), misc(196)].contains(&d))
         .collect();
     assert_eq!(
         raw_device_majors("", ""),

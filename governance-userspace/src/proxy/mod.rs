@@ -371,9 +371,10 @@ impl Proxy {
     /// caller's timeout applies.
     async fn dial(&self, conn: &Conn, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
         let stream = match &conn.origin {
-            Some(o) => o.connect(addr).await,
-            None => tokio::net::TcpStream::connect(addr).await,
-        }?;
+            // `Origin::connect` keeps the reserve itself.
+            Some(o) => return o.connect(addr).await,
+            None => tokio::net::TcpStream::connect(addr).await?,
+        };
         // Not on the daemon's last descriptors (see `io::fd_in_reserve`).
         if io::fd_in_reserve(std::os::fd::AsRawFd::as_raw_fd(&stream)) {
             return Err(std::io::Error::other(

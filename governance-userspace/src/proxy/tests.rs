@@ -2449,12 +2449,24 @@ async fn spliced_connections_are_cut_when_a_sequence_rule_arms() {
         ends_within(&mut tunneled_conn, Duration::from_secs(10)).await,
         "the tunnel was cut"
     );
+    // A cut is recorded right after its connection is dropped.
+    let cut_reason = |r: &Record| r.reason.contains("before the sequence rule was armed");
+    until("both cuts recorded", || {
+        h.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| cut_reason(r))
+            .count()
+            >= 2
+    })
+    .await;
     let cuts: Vec<Record> = h
         .records
         .lock()
         .unwrap()
         .iter()
-        .filter(|r| r.reason.contains("before the sequence rule was armed"))
+        .filter(|r| cut_reason(r))
         .cloned()
         .collect();
     assert_eq!(cuts.len(), 2, "{cuts:?}");
@@ -2496,7 +2508,13 @@ async fn spliced_connections_are_cut_when_a_sequence_rule_arms() {
         ends_within(&mut conn, Duration::from_secs(10)).await,
         "cut by the periodic re-check"
     );
-    let rec = h.last_record(|r| r.reason.contains("before the sequence rule was armed"));
+    let late_cut =
+        |r: &Record| cut_reason(r) && r.agent.as_ref().unwrap().cgroup == "agents/seqtls-late";
+    until("the late cut recorded", || {
+        h.records.lock().unwrap().iter().any(late_cut)
+    })
+    .await;
+    let rec = h.last_record(late_cut);
     assert_eq!(rec.rule, "seqtls/no-exfil-after-pii");
     assert_eq!(rec.agent.as_ref().unwrap().cgroup, "agents/seqtls-late");
     // The control, still.
