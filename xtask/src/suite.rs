@@ -218,8 +218,10 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
                       for t in /governance/tests/*; do echo \"== $t\"; \"$t\" --test-threads=1 --nocapture || rc=1; done\n\
                       exit $rc\n";
         let vm = match kernel {
+            // A guard against a hung guest, not a measure of speed: the emulated VM ran the
+            // suite in 9 minutes on 2026-12-05 and in 36 on a loaded machine on 2026-12-06.
             Some(kernel) => steps.time(label, || {
-                boot(Some(kernel), &b, script.into(), Duration::from_secs(2100))
+                boot(Some(kernel), &b, script.into(), Duration::from_secs(3000))
             }),
             None => Err(anyhow::anyhow!(
                 "the kernel could not be downloaded (see setup)"
