@@ -150,9 +150,16 @@ const BCACHEFS_SUBVOLUME: [u32; 4] = [16, 17, 29, 30];
 /// encrypted under a key of its choosing: what others make there later is its to withhold),
 /// REMOVE_ENCRYPTION_KEY and its ALL_USERS form ('f' 24, 25: any descriptor on the filesystem
 /// locks an unlocked fscrypt home, every protected file in it unreadable to its owner's
-/// processes outside the agent until the next login; red team round 29).
+/// processes outside the agent until the next login; red team round 29). And (round 30)
+/// fs-verity's ENABLE_VERITY ('f' 133: needs only a read-only descriptor, and makes the file
+/// unwritable to everyone for good).
 const EXT4_IOCTL: u32 = b'f' as u32;
-const EXT4_MOVES: [u32; 5] = [15, 17, 19, 24, 25];
+const F_COMMANDS: [u32; 6] = [15, 17, 19, 24, 25, 133];
+/// The VFS's SETFLAGS ('f' 2) on a directory (round 30): an empty directory the agent owns
+/// made case-insensitive (`FS_CASEFOLD_FL`), where `CONFIG.YAML` then answers for a protected
+/// `config.yaml` not yet made; no file hook sees the flag. On files it passes (`chattr +C`,
+/// `+A`; immutable and append-only need CAP_LINUX_IMMUTABLE, which agents never get).
+const FS_SETFLAGS: u32 = 2;
 /// OCFS2: REFLINK ('o' 4: a new name made, for a copy, with no create hook).
 const OCFS2_IOCTL: u32 = b'o' as u32;
 const OCFS2_REFLINK: u32 = 4;
@@ -179,7 +186,7 @@ fn past_file_hooks(cmd: u32) -> bool {
     match kind {
         BTRFS_IOCTL => BTRFS_SUBVOLUME.contains(&nr),
         BCACHEFS_IOCTL => BCACHEFS_SUBVOLUME.contains(&nr),
-        EXT4_IOCTL => EXT4_MOVES.contains(&nr),
+        EXT4_IOCTL => F_COMMANDS.contains(&nr),
         XFS_IOCTL => nr == XFS_SWAPEXT,
         F2FS_IOCTL => nr == F2FS_MOVE_RANGE,
         OCFS2_IOCTL => nr == OCFS2_REFLINK,
@@ -201,6 +208,17 @@ fn ioctl(ctx: &LsmContext) -> i32 {
         TIOCSTI | TIOCLINUX => guard::TERMINAL_INPUT,
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
         _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,
+        _ if (cmd >> 8) & 0xff == EXT4_IOCTL && cmd & 0xff == FS_SETFLAGS => {
+            // A mode that cannot be read counts as a directory's.
+            let file = Btf::arg(ctx, 0);
+            let dir = file.ptr(off(&OFF_FILE_INODE)).map_or(true, |inode| {
+                inode.get::<u16>(off(&OFF_INODE_MODE)) & S_IFMT == S_IFDIR
+            });
+            if !dir {
+                return 0;
+            }
+            guard::FILESYSTEM_IOCTL
+        }
         // On or off (the flag is in user memory, not read): the file is the agent's (sigio.rs).
         FIOASYNC => {
             return match current_agent() {

@@ -303,11 +303,68 @@ pub fn discover(
     if let Some(ids) = pods {
         ids.forget_deleted(&live_pods);
     }
+    // Never the daemon's own cgroup or one above it (red team round 30: a selector that covered
+    // it made the daemon an agent of its own programs, which refused its proxy listener's
+    // mark, and it stopped; on Kubernetes, `pod_labels: {}` matches the daemon's pod too).
+    // Left out, and said once: the daemon cannot govern itself, and failing the whole
+    // discovery would leave every new agent ungoverned.
+    if let Some(own) = own_cgroup(root) {
+        found.retain(|agent| {
+            let holds = own.starts_with(&agent.path);
+            if holds && said_once(&agent.path) {
+                crate::say!(
+                    "agent `{}`: cgroup {} holds the daemon itself ({}): left out of the agents (the daemon cannot govern itself); select the agents' cgroups below it, or run the daemon outside it",
+                    agent.name,
+                    agent.path.display(),
+                    own.display()
+                );
+            }
+            !holds
+        });
+    }
     found.sort_by(|a, b| a.rel.cmp(&b.rel));
     for (i, a) in found.iter_mut().enumerate() {
         a.index = i;
     }
     Ok(found)
+}
+
+/// True the first time `path` is given (a warning said once per cgroup).
+fn said_once(path: &Path) -> bool {
+    static SAID: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    SAID.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(path.to_owned())
+}
+
+/// The daemon's own cgroup below `root` (the cgroup2 mount), found once: the path
+/// `/proc/self/cgroup` gives, where that cgroup has this process; else (a cgroup namespace
+/// shows its own root as `/`, as in a pod) the cgroup whose `cgroup.procs` lists this process,
+/// looked for in the tree.
+fn own_cgroup(root: &Path) -> Option<&'static PathBuf> {
+    static OWN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        let pid = std::process::id().to_string();
+        let holds = |dir: &Path| {
+            std::fs::read_to_string(dir.join("cgroup.procs"))
+                .is_ok_and(|procs| procs.lines().any(|l| l == pid))
+        };
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let named = root.join(rel.trim_start_matches('/'));
+        if holds(&named) {
+            return Some(named);
+        }
+        // Bounded, and past subtrees with no process (agents' own thousands of cgroups).
+        let mut looked = 0;
+        each_cgroup(root, |dir| {
+            looked += 1;
+            looked > 65_536 || holds(dir)
+        })
+        .filter(|dir| holds(dir))
+    })
+    .as_ref()
 }
 
 /// The cgroups the selectors name, in component order (a cgroup before its descendants), if
@@ -375,15 +432,26 @@ fn agent_root(
 /// Every cgroup below `root`, by id (for naming cgroup ids in reports).
 pub fn cgroup_paths(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
     let mut out = std::collections::HashMap::new();
+    each_cgroup(root, |dir| {
+        if let Ok(id) = cgroup_id(dir) {
+            out.insert(id, dir.to_owned());
+        }
+        false
+    });
+    out
+}
+
+/// Visit `root` and the cgroups below it (down to the kernel's depth) until `stop` says so;
+/// the cgroup it stopped at.
+fn each_cgroup(root: &Path, mut stop: impl FnMut(&Path) -> bool) -> Option<PathBuf> {
     let mut stack = vec![(root.to_owned(), 0u32)];
     while let Some((dir, depth)) = stack.pop() {
-        if let Ok(id) = cgroup_id(&dir) {
-            out.insert(id, dir.clone());
+        if stop(&dir) {
+            return Some(dir);
         }
-        if depth >= governance_common::MAX_CGROUP_DEPTH {
-            continue;
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
+        if depth < governance_common::MAX_CGROUP_DEPTH
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
             stack.extend(
                 entries
                     .flatten()
@@ -392,7 +460,7 @@ pub fn cgroup_paths(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
             );
         }
     }
-    out
+    None
 }
 
 #[cfg(test)]

@@ -3362,21 +3362,23 @@ fn kubernetes_pods_are_agents_by_their_labels() {
     let kubeconfig = dir.with_extension("kubeconfig");
     api.kubeconfig(&kubeconfig);
     let pins = pin_dir("kube");
-    let (daemon, _) = governance_tests::start_daemon_env(
-        &[
-            "--allow-degraded",
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--no-proxy",
-            "--pins",
-            pins.to_str().unwrap(),
-            "--kubernetes",
-            "--node-name",
-            "node-1",
-        ],
-        &dir,
-        &[("KUBECONFIG", &kubeconfig)],
-    );
+    // The pod identities are kept beside the copy of the policy in force, for a restart.
+    let in_force = dir.with_extension("in-force");
+    let args = [
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--detach-on-exit",
+        "--no-proxy",
+        "--pins",
+        pins.to_str().unwrap(),
+        "--kubernetes",
+        "--node-name",
+        "node-1",
+        "--policy-in-force",
+        in_force.to_str().unwrap(),
+    ];
+    let (daemon, _) =
+        governance_tests::start_daemon_env(&args, &dir, &[("KUBECONFIG", &kubeconfig)]);
     let agents = || text(&daemon.cli(&["agents"]).stdout);
     let listed = agents();
     assert!(
@@ -3435,9 +3437,46 @@ fn kubernetes_pods_are_agents_by_their_labels() {
     let (_, outcome) = run_in(Some(&web_container), "pod-web", &Attempt::connect(addr));
     assert_eq!(outcome, Outcome::Errno(libc::EPERM));
 
+    // Red team round 30: a restart while the API server cannot be reached (it is gone: its
+    // address refuses) governs the pods the last daemon did, from what that daemon kept,
+    // instead of none until the API answers.
+    let case = "R30 pods released by a daemon restart while the API server is unreachable";
+    wait_until(
+        "the identities kept for the next start",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(in_force.join("kubernetes-identities.json"))
+                .is_ok_and(|j| j.contains("coding-agent") && j.contains("web-0"))
+        },
+    );
+    stop_daemon(daemon);
+    drop(api);
+    redteam(case, "tried");
+    let (daemon, seen) =
+        governance_tests::start_daemon_env(&args, &dir, &[("KUBECONFIG", &kubeconfig)]);
+    assert!(
+        seen.contains("the identities of 2 pods the API server told the last daemon"),
+        "{seen}"
+    );
+    for (container, comm) in [(&agent_container, "pod-agent"), (&web_container, "pod-web")] {
+        let (_, outcome) = run_in(Some(container), comm, &Attempt::connect(addr));
+        assert_eq!(
+            outcome,
+            Outcome::Errno(libc::EPERM),
+            "{comm} after the restart"
+        );
+    }
+    redteam(case, "denied");
+    // Control: a cgroup no pod is stays no agent.
+    let plain = base.child("not-a-pod");
+    let (_, outcome) = run_in(Some(&plain), "plain", &Attempt::connect(addr));
+    assert_eq!(outcome, Outcome::Exited(0), "not an agent");
+    redteam(case, "control");
+
     stop_daemon(daemon);
     let _ = std::fs::remove_file(&kubeconfig);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&in_force);
 }
 
 /// Least privilege after start (docs/operations.md, "Capabilities after start"): once the
@@ -6581,4 +6620,93 @@ fn events_the_ring_had_no_room_for_are_counted_per_agent() {
     k.enforcer.forget_dropped(&[flooder.id()]).unwrap();
     let by = k.enforcer.dropped_by_agent().unwrap();
     assert_eq!(by, vec![(quiet.id(), 5)]);
+}
+
+/// A selector that covers the daemon's own cgroup leaves that cgroup out (red team round 30:
+/// the daemon became an agent of its own programs, which refused its proxy listener's mark,
+/// and it stopped; on Kubernetes, a crash loop and no new pod governed): the daemon serves,
+/// with no agent, and says why. Control: the same daemon in the same cgroup, with a policy
+/// that selects the cgroup beside it, serves with that agent.
+#[test]
+fn a_policy_may_not_make_the_daemon_its_own_agent() {
+    require_root();
+    let holder = TestCgroup::new("holder");
+    let daemon_cg = holder.child("daemon");
+    holder.child("agent");
+    let dir = std::env::temp_dir().join(format!("governance-test-{}-own", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pins = pin_dir("own");
+    // `run` in the daemon's cgroup with a policy selecting `selected`: what it printed until
+    // its control API listened (it is then stopped, by its pid).
+    let run = |selected: &str| -> String {
+        std::fs::write(
+            dir.join("p.yaml"),
+            format!("name: p\nagents: {{ cgroup: '{selected}' }}\nrules: []\n"),
+        )
+        .unwrap();
+        let mut cmd = governance_tests::command_in(
+            Some(&daemon_cg),
+            governance_bin().to_str().unwrap(),
+            &[
+                "run",
+                "--allow-degraded",
+                "--no-create-cgroups",
+                "--no-proxy",
+            ],
+        );
+        cmd.arg("--pins").arg(&*pins);
+        for (flag, name) in [
+            ("--socket", "s.sock"),
+            ("--audit-dir", "audit"),
+            ("--policy-in-force", "pif"),
+        ] {
+            cmd.arg(flag).arg(dir.join(name));
+        }
+        cmd.arg("--policy")
+            .arg(&dir)
+            .env("GOVERNANCE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let lines = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut seen = String::new();
+        let served = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("control API on") => break true,
+                Ok(line) => seen.push_str(&format!("{line}\n")),
+                Err(_) => break false,
+            }
+        };
+        // We started it; we end it, by its pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        assert!(
+            served,
+            "the daemon did not serve (selecting {selected}):\n{seen}"
+        );
+        seen
+    };
+    let case = "R30 a selector covering the daemon's own cgroup";
+    redteam(case, "tried");
+    let seen = run(holder.rel.to_str().unwrap());
+    assert!(seen.contains("holds the daemon itself"), "{seen}");
+    assert!(seen.contains(", 0 agents)"), "no agent: {seen}");
+    redteam(case, "denied");
+    let seen = run(&format!("{}/agent", holder.rel.display()));
+    assert!(!seen.contains("holds the daemon itself"), "{seen}");
+    assert!(
+        seen.contains(", 1 agents)"),
+        "the agent beside the daemon: {seen}"
+    );
+    redteam(case, "control");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2078,6 +2078,27 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         dir << 30 | size << 16 | u64::from(kind) << 8 | u64::from(nr)
     };
     let (write, readwrite) = (1, 3);
+    // Refused in the agent as a filesystem ioctl, naming the command; not EPERM outside.
+    let refused_ioctl = |k: &mut Loaded, case: &str, cmd: u64, target: &Path| {
+        let ev = deny(
+            k,
+            &fx,
+            case,
+            &Attempt::Ioctl {
+                path: cstr(target),
+                cmd,
+                byte: 0,
+            },
+            Kind::Guard,
+            Control::NotEperm,
+        );
+        assert_eq!(
+            ev.detail,
+            governance_common::guard::FILESYSTEM_IOCTL,
+            "{case}"
+        );
+        assert_eq!(ev.object, cmd, "{case}: the command");
+    };
     for (case, cmd) in [
         ("R19 btrfs SNAP_CREATE_V2", ioc(write, 0x94, 23, 4096)),
         ("R19 btrfs SUBVOL_CREATE", ioc(write, 0x94, 14, 4096)),
@@ -2104,25 +2125,43 @@ fn guards_against_proxies_relabelling_and_unmediated_sockets() {
         ),
         ("R29 FIDEDUPERANGE", ioc(readwrite, 0x94, 54, 24)),
     ] {
-        let ev = deny(
-            &mut k,
-            &fx,
-            case,
-            &Attempt::Ioctl {
-                path: cstr(&plain),
-                cmd,
-                byte: 0,
-            },
-            Kind::Guard,
-            Control::NotEperm,
-        );
-        assert_eq!(
-            ev.detail,
-            governance_common::guard::FILESYSTEM_IOCTL,
-            "{case}"
-        );
-        assert_eq!(ev.object, cmd, "{case}: the command");
+        refused_ioctl(&mut k, case, cmd, &plain);
     }
+    // Red team round 30: ENABLE_VERITY (a file the agent may only read made unwritable for
+    // good); SETFLAGS on a directory (one the agent owns made case-insensitive), with zeroes
+    // for the flags; on a file SETFLAGS passes (`chattr +C`), the control in the agent.
+    let setflags = ioc(write, b'f', 2, 8);
+    refused_ioctl(
+        &mut k,
+        "R30 fs-verity ENABLE_VERITY",
+        ioc(write, b'f', 133, 128),
+        &plain,
+    );
+    let flags_dir = fx.p("scratch/ioctl-dir");
+    std::fs::create_dir_all(&flags_dir).unwrap();
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R30 FS_IOC_SETFLAGS on a directory (casefold)",
+        &Attempt::IoctlZeroed {
+            path: cstr(&flags_dir),
+            cmd: setflags,
+        },
+        Kind::Guard,
+        Control::NotEperm,
+    );
+    assert_eq!(ev.detail, governance_common::guard::FILESYSTEM_IOCTL);
+    let flags_file = fx.p("scratch/ioctl-flags");
+    std::fs::write(&flags_file, "data").unwrap();
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::IoctlZeroed {
+            path: cstr(&flags_file),
+            cmd: setflags,
+        },
+    );
+    assert_ne!(outcome, Outcome::Errno(libc::EPERM), "SETFLAGS on a file");
     // Controls in the agent: FICLONE (the VFS's, type 0x94, through the write hooks) and
     // ext4's GROUP_EXTEND ('f' 7) are the filesystem's to answer (neither writes to the
     // argument).

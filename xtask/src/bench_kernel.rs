@@ -288,6 +288,7 @@ fn in_vm(
         timeout: b.vm_timeout,
         memory_mib: 1536,
         one_thread: false,
+        tag: None,
     };
     // Its own work directory, so that a `cargo xtask test` at the same time keeps its image.
     let work = target_dir().join("governance-vm-bench");

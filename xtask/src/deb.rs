@@ -389,9 +389,17 @@ pub fn inside(deb: &Path) -> Result<()> {
         "governance status: generation 1, no agents, version {version}"
     ));
     passed("governance status: generation 1, no agents, the package's version");
-    // Under the unit's bounding set, what it keeps after start (docs/operations.md).
+    // Under the unit's bounding set, what it keeps after start (docs/operations.md): with the
+    // proxy on (the unit's default), CAP_NET_RAW too, to mark the proxy's listeners in agents'
+    // network namespaces (red team round 29).
     let kept = serde_json::json!({
-        "daemon": ["CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE"],
+        "daemon": [
+            "CAP_DAC_OVERRIDE",
+            "CAP_DAC_READ_SEARCH",
+            "CAP_NET_RAW",
+            "CAP_SYS_ADMIN",
+            "CAP_SYS_PTRACE"
+        ],
         "proxy": [],
     });
     if status["capabilities"] != kept {

@@ -177,7 +177,7 @@ fn real_main() -> Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            let out = boot(kernel, &b, script, Duration::from_secs(timeout))?;
+            let out = boot(kernel, &b, script, Duration::from_secs(timeout), None)?;
             Ok(ExitCode::from(out.status.clamp(0, 255) as u8))
         }
         Cmd::Test { kernel } => test(kernel),
@@ -356,6 +356,7 @@ fn demo(kernel: Option<PathBuf>) -> Result<ExitCode> {
         &b,
         "sh /governance/demo/run.sh\n".into(),
         Duration::from_secs(300),
+        None,
     )?;
     Ok(ExitCode::from(out.status.clamp(0, 255) as u8))
 }

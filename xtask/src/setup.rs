@@ -96,6 +96,8 @@ pub const CARGO_DEB_VERSION: &str = "3.8.0";
 pub struct VmKernel {
     /// What the test summary calls it.
     pub label: &'static str,
+    /// What its lines of output start with while the kernels run side by side.
+    pub tag: &'static str,
     /// The package name up to the number that grows with each release.
     prefix: &'static str,
     suffix: &'static str,
@@ -110,12 +112,14 @@ pub struct VmKernel {
 pub const VM_KERNELS: [VmKernel; 2] = [
     VmKernel {
         label: "kernel tests, VM 6.1 (BPF LSM)",
+        tag: "vm 6.1",
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64-unsigned",
         series: "6.1.0-",
     },
     VmKernel {
         label: "kernel tests, VM 6.12 (BPF LSM)",
+        tag: "vm 6.12",
         prefix: "linux-image-6.12.",
         suffix: "+deb12-cloud-amd64-unsigned",
         series: "6.12.",

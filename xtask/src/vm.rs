@@ -59,6 +59,9 @@ pub struct Spec {
     /// its daemon has a host core of its own, as in its earlier runs; it attaches once per
     /// measurement, before the loop starts.
     pub one_thread: bool,
+    /// Put before each line the guest prints and each progress line, when VMs run side by
+    /// side (the suite's kernels).
+    pub tag: Option<String>,
 }
 
 /// The result of a VM run.
@@ -69,7 +72,14 @@ pub struct Outcome {
 
 /// Build the initramfs for `spec` under `work` and boot it.
 pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
-    let initrd = heartbeat("building the initramfs", || build_initramfs(spec, work))?;
+    let tag = spec
+        .tag
+        .as_deref()
+        .map(|t| format!("[{t}] "))
+        .unwrap_or_default();
+    let initrd = heartbeat(&format!("{tag}building the initramfs"), || {
+        build_initramfs(spec, work, &tag)
+    })?;
     // A small scratch disk (NVMe, whose driver this kernel has built in): the tests need a
     // real block device (/dev/nvme0n1) and its raw character view (/dev/ng0n1).
     let disk = work.join("scratch-disk.img");
@@ -139,7 +149,7 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     });
     cmd.args(["-accel", &accel]);
     progress(&format!(
-        "booting {} in {} (timeout {:?})",
+        "{tag}booting {} in {} (timeout {:?})",
         spec.kernel.display(),
         qemu.program.display(),
         spec.timeout
@@ -171,7 +181,6 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     let mut output = Vec::new();
     let mut status = None;
     let mut panic_line = None;
-    let mut out = std::io::stdout().lock();
     // The guest's own output is its progress; after a quiet HEARTBEAT (a long test, the boot
     // under software emulation) we say that it is still running.
     let mut last_output = started;
@@ -182,7 +191,9 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
             Ok(line) => {
                 last_output = Instant::now();
                 next_beat = last_output + HEARTBEAT;
-                let _ = writeln!(out, "{line}");
+                // Locked for each line: another VM's thread prints between them.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{tag}{line}");
                 let _ = out.flush();
                 // The command's last line may lack its newline: the sentinel can end a line.
                 if let Some((_, code)) = line.rsplit_once(EXIT_SENTINEL) {
@@ -196,7 +207,7 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {
                 progress(&format!(
-                    "still running in the VM: {} s elapsed, no output for {} s (gives up at {} s)",
+                    "{tag}still running in the VM: {} s elapsed, no output for {} s (gives up at {} s)",
                     started.elapsed().as_secs(),
                     last_output.elapsed().as_secs(),
                     spec.timeout.as_secs()
@@ -216,7 +227,6 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
             }
         }
     }
-    drop(out);
     let _ = reader.join();
     let qemu_status = child.wait().context("waiting for qemu")?;
     let qemu_stderr = stderr_reader.join().unwrap_or_default();
@@ -234,13 +244,13 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
         );
     };
     progress(&format!(
-        "VM finished in {:.1?} with status {status}",
+        "{tag}VM finished in {:.1?} with status {status}",
         started.elapsed()
     ));
     Ok(Outcome { status, output })
 }
 
-fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
+fn build_initramfs(spec: &Spec, work: &Path, tag: &str) -> Result<PathBuf> {
     let root = work.join("initramfs");
     if root.exists() {
         std::fs::remove_dir_all(&root)?;
@@ -315,7 +325,7 @@ fn build_initramfs(spec: &Spec, work: &Path) -> Result<PathBuf> {
         .current_dir(&root))?;
     let size = std::fs::metadata(&initrd)?.len();
     progress(&format!(
-        "initramfs ready: {} ({:.1} MiB)",
+        "{tag}initramfs ready: {} ({:.1} MiB)",
         initrd.display(),
         size as f64 / 1048576.0
     ));

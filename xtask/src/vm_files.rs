@@ -162,6 +162,7 @@ pub(super) fn boot(
     b: &Built,
     script: String,
     timeout: Duration,
+    tag: Option<&str>,
 ) -> Result<vm::Outcome> {
     let kernel = match kernel {
         Some(k) => k,
@@ -174,8 +175,12 @@ pub(super) fn boot(
         timeout,
         memory_mib: 1536,
         one_thread: true,
+        tag: tag.map(str::to_owned),
     };
-    let work = target_dir().join("governance-vm");
+    // A VM running beside another (tagged) has an image and a disk of its own.
+    let work = target_dir()
+        .join("governance-vm")
+        .join(tag.unwrap_or_default().replace(' ', "-"));
     std::fs::create_dir_all(&work)?;
     vm::boot(&spec, &work)
 }

@@ -397,7 +397,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let proxy = start_proxy(&args, hosts, &daemon, sink.clone(), &mut tasks).await?;
     // ... and in agents' own network namespaces.
     if let Some((p, v4)) = &proxy {
-        let mut n = netns::NetnsListeners::new(p.clone(), *v4.ip(), v4.port());
+        let n = netns::NetnsSync::start(netns::NetnsListeners::new(p.clone(), *v4.ip(), v4.port()))
+            .context("starting the thread that serves agents' network namespaces")?;
         n.sync(&daemon.agents_now);
         daemon.netns = Some(n);
         daemon.proxy = Some((p.clone(), *v4));
@@ -558,6 +559,50 @@ async fn kubernetes(
         "Kubernetes: no API server configuration (in-cluster service account or $KUBECONFIG)",
     )?;
     let ids = Arc::new(Identities::default());
+    // What the last daemon was told stands until the API server answers (the copy of the
+    // policy in force's directory is the daemon's, out of agents' reach).
+    let saved = args.policy_in_force.join(crate::kubernetes::SAVED);
+    // A file that does not read is not written over until the API has answered (an outage
+    // would otherwise replace it with nothing).
+    let mut may_save = match ids.restore(&saved) {
+        Ok(n) => {
+            crate::say!(
+                "the identities of {n} pods the API server told the last daemon ({}) stand until it answers",
+                saved.display()
+            );
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            crate::say!(
+                "could not read the pod identities the last daemon kept ({}): {e}; pods match when the API server answers",
+                saved.display()
+            );
+            false
+        }
+    };
+    {
+        let (ids, mut changed) = (ids.clone(), ids.subscribe());
+        tokio::spawn(async move {
+            while changed.changed().await.is_ok() {
+                may_save |= ids.api_state() == ApiState::Synced;
+                if !may_save {
+                    continue;
+                }
+                let (ids, saved) = (ids.clone(), saved.clone());
+                let kept = tokio::task::spawn_blocking(move || {
+                    let dir = saved.parent().unwrap_or(Path::new("/"));
+                    in_force::prepare(dir)
+                        .and_then(|()| ids.save(&saved))
+                        .map_err(|e| format!("{}: {e}", saved.display()))
+                })
+                .await;
+                if let Ok(Err(e)) = kept {
+                    tracing::warn!(error = %e, "could not keep the pod identities for the next start");
+                }
+            }
+        });
+    }
     let (p, m) = (publisher.clone(), metrics.clone());
     let report = move |state: &ApiState| {
         let (kind, message) = match state {

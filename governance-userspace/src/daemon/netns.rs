@@ -13,6 +13,14 @@
 //! listener is open, an agent's redirected connect is refused (nothing listens there): closed,
 //! never direct.
 //!
+//! The scan and the listening run on a thread of their own ([`NetnsSync`]), never on the
+//! daemon's loop, which only hands it the agents: an agent decides how many cgroups and
+//! namespaces there are to look at, and a loop that waited for them found no new agent
+//! meanwhile (red team round 30: 30,000 cgroups in one agent held other tenants' new agents
+//! ungoverned for seconds). Both are bounded per agent ([`MAX_CGROUPS_WALKED`],
+//! [`MAX_NAMESPACES`]); past a bound, a namespace gets no listener and its `via_proxy`
+//! connects are refused.
+//!
 //! The thread that opened a namespace's listeners stays there, holding no capability, and
 //! makes the TCP sockets of the upstream connections the proxy makes for that namespace's
 //! clients (`proxy/origin.rs`): an upstream is connected from the agent's namespace, with the
@@ -35,6 +43,52 @@ use crate::{
 /// A network namespace, by its nsfs identity (device, inode).
 type NsId = (u64, u64);
 
+/// The cgroups of one agent's subtree looked at per scan, emptied subtrees (`populated 0`)
+/// not counted: a pod has a few, a CI agent's containers some dozens.
+const MAX_CGROUPS_WALKED: usize = 4096;
+
+/// The network namespaces of one agent served (each holds a thread of the daemon's while it
+/// lives): a pod has one, an agent that runs containers one each.
+const MAX_NAMESPACES: usize = 64;
+
+/// [`NetnsListeners::sync`] on a thread of its own: the daemon's loop hands it the agents and
+/// goes on; a scan asked for while one runs is made once it ends, with the agents of the last
+/// request.
+pub(super) struct NetnsSync {
+    agents: tokio::sync::watch::Sender<Arc<Vec<AgentCgroup>>>,
+}
+
+impl NetnsSync {
+    /// Start the thread (inside the tokio runtime: the listeners are served by its tasks).
+    pub fn start(mut listeners: NetnsListeners) -> std::io::Result<Self> {
+        let (agents, mut requests) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+        let runtime = tokio::runtime::Handle::current();
+        std::thread::Builder::new()
+            .name("gov-netns-sync".into())
+            .spawn(move || {
+                // Spawned before the start's capabilities are dropped: keep only what is kept.
+                crate::privilege::thread_started();
+                let _in_runtime = runtime.enter();
+                // Ends when the daemon drops its end (it stops).
+                while runtime.block_on(requests.changed()).is_ok() {
+                    let now = requests.borrow_and_update().clone();
+                    // A panic here would end the serving of new namespaces silently (their
+                    // connects refused): said, and the next request scans again.
+                    let scan = std::panic::AssertUnwindSafe(|| listeners.sync(&now));
+                    if std::panic::catch_unwind(scan).is_err() {
+                        tracing::error!("proxy: the scan for agents' network namespaces panicked; scanning again at the next change");
+                    }
+                }
+            })?;
+        Ok(Self { agents })
+    }
+
+    /// Serve the namespaces of `agents`' processes, and only those (soon: see [`NetnsSync`]).
+    pub fn sync(&self, agents: &[AgentCgroup]) {
+        self.agents.send_replace(Arc::new(agents.to_vec()));
+    }
+}
+
 /// The proxy's listeners in agents' network namespaces.
 pub(super) struct NetnsListeners {
     proxy: Arc<Proxy>,
@@ -45,6 +99,8 @@ pub(super) struct NetnsListeners {
     /// Each agent namespace served, with its listeners' tasks (empty: opening failed, said
     /// once; tried again when the namespace comes back).
     open: BTreeMap<NsId, Vec<tokio::task::JoinHandle<std::io::Result<()>>>>,
+    /// Agents past a bound, said once each.
+    past_bounds: std::collections::BTreeSet<u64>,
 }
 
 impl NetnsListeners {
@@ -57,20 +113,40 @@ impl NetnsListeners {
             ],
             host: ns_id(Path::new("/proc/self/ns/net")),
             open: BTreeMap::new(),
+            past_bounds: Default::default(),
         }
     }
 
     /// Serve every network namespace an agent process is in, and only those. (Must run inside
     /// the tokio runtime: the listeners are served by tasks.)
-    pub fn sync(&mut self, agents: &[AgentCgroup]) {
+    fn sync(&mut self, agents: &[AgentCgroup]) {
         let mut found: BTreeMap<NsId, u32> = BTreeMap::new();
         for a in agents {
-            for pid in procs_below(&a.path) {
-                if let Some(id) = ns_id(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
-                    && Some(id) != self.host
-                {
-                    found.entry(id).or_insert(pid);
+            let (pids, complete) = procs_below(&a.path, MAX_CGROUPS_WALKED);
+            let mut own = std::collections::BTreeSet::new();
+            let mut dropped = !complete;
+            for pid in pids {
+                let Some(id) = ns_id(&Path::new("/proc").join(pid.to_string()).join("ns/net"))
+                else {
+                    continue;
+                };
+                if Some(id) == self.host || own.contains(&id) {
+                    continue;
                 }
+                if own.len() == MAX_NAMESPACES {
+                    dropped = true;
+                    continue;
+                }
+                own.insert(id);
+                found.entry(id).or_insert(pid);
+            }
+            if dropped && self.past_bounds.insert(a.cgroup_id) {
+                tracing::warn!(
+                    agent = %a.name,
+                    cgroups = MAX_CGROUPS_WALKED,
+                    namespaces = MAX_NAMESPACES,
+                    "proxy: an agent has more cgroups or network namespaces than are looked at; the via_proxy connects of those past the bound are refused"
+                );
             }
         }
         let gone: Vec<NsId> = self
@@ -139,11 +215,21 @@ fn ns_id(path: &Path) -> Option<NsId> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// The processes of a cgroup and its descendants.
-fn procs_below(dir: &Path) -> Vec<u32> {
+/// The processes of a cgroup and its descendants, looking at `max` cgroups at most (subtrees
+/// with no process skipped whole); whether it looked at all that had processes.
+fn procs_below(dir: &Path, max: usize) -> (Vec<u32>, bool) {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
+    let mut walked = 0;
     while let Some(d) = stack.pop() {
+        let events = std::fs::read_to_string(d.join("cgroup.events")).unwrap_or_default();
+        if events.lines().any(|l| l == "populated 0") {
+            continue;
+        }
+        if walked == max {
+            return (out, false);
+        }
+        walked += 1;
         if let Ok(s) = std::fs::read_to_string(d.join("cgroup.procs")) {
             out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
@@ -156,7 +242,7 @@ fn procs_below(dir: &Path) -> Vec<u32> {
             );
         }
     }
-    out
+    (out, true)
 }
 
 /// Listen on `addrs` inside the network namespace of `pid` (expected to be `id`). A thread of
@@ -215,4 +301,39 @@ fn listen_in(
         .recv()
         .map_err(|_| std::io::Error::other("the listener thread panicked"))??;
     Ok((listeners, maker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The walk for agents' processes skips subtrees with no process and stops at its bound
+    /// (red team round 30: an agent's 30,000 empty cgroups were all read, on the daemon's
+    /// loop). Plain directories with the cgroup files stand for the cgroup tree.
+    #[test]
+    fn the_walk_for_agents_processes_is_bounded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = |rel: &str, populated: bool, procs: &str| {
+            let d = tmp.path().join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(
+                d.join("cgroup.events"),
+                format!("populated {}\nfrozen 0\n", u8::from(populated)),
+            )
+            .unwrap();
+            std::fs::write(d.join("cgroup.procs"), procs).unwrap();
+        };
+        cg("a", true, "10\n");
+        cg("a/busy", true, "12\n13\n");
+        cg("a/empty", false, "");
+        for i in 0..50 {
+            cg(&format!("a/empty/{i}"), false, "99\n");
+        }
+        let (mut pids, complete) = procs_below(&tmp.path().join("a"), 8);
+        pids.sort_unstable();
+        assert_eq!(pids, [10, 12, 13]);
+        assert!(complete, "the empty subtree is skipped, not counted");
+        let (_, complete) = procs_below(&tmp.path().join("a"), 1);
+        assert!(!complete, "past the bound");
+    }
 }

@@ -18,7 +18,7 @@ use tokio::{
 use super::{
     RunArgs, burst,
     generation::{Built, SharedNames, Source, build, install_names},
-    netns::NetnsListeners,
+    netns::NetnsSync,
     watch::{self, Watches},
 };
 use crate::{
@@ -78,7 +78,7 @@ pub(super) struct Daemon<'a> {
     /// The HTTP policy proxy and its `--proxy-listen` address (None: no proxy).
     pub proxy: Option<(Arc<crate::proxy::Proxy>, std::net::SocketAddrV4)>,
     /// The proxy's listeners in agents' network namespaces (None: no proxy).
-    pub netns: Option<NetnsListeners>,
+    pub netns: Option<NetnsSync>,
     /// Kubernetes: the pods of this node, as the API server told them (`--kubernetes`).
     pub pods: Option<Arc<crate::kubernetes::Identities>>,
     /// The kernel's counts of allowed actions, as taken so far.
@@ -212,7 +212,7 @@ impl Daemon<'_> {
         install_names(&self.names, g, b.names);
         self.engine.store(Arc::new(b.engine));
         self.agents_now = b.found;
-        if let Some(n) = &mut self.netns {
+        if let Some(n) = &self.netns {
             n.sync(&self.agents_now);
         }
         self.last_failed = false;
@@ -379,7 +379,7 @@ impl Daemon<'_> {
                 // socket with the next generation.
                 r = populated.changed() => {
                     r?;
-                    if let Some(n) = &mut self.netns {
+                    if let Some(n) = &self.netns {
                         n.sync(&self.agents_now);
                     }
                     continue;
@@ -526,7 +526,7 @@ impl Daemon<'_> {
         // had some): looked at every NETNS_RESCAN_TICKS seconds.
         self.ticks += 1;
         if self.ticks.is_multiple_of(NETNS_RESCAN_TICKS)
-            && let Some(n) = &mut self.netns
+            && let Some(n) = &self.netns
         {
             n.sync(&self.agents_now);
         }

@@ -87,8 +87,15 @@ pub(super) const RAW_CHAR_DRIVERS: &[&str] = &["sg", "bsg", "nvme-generic", "nvm
 /// Also RDMA's verbs and management devices (`/dev/infiniband/uverbs*`, `umad*`: queue pairs
 /// the NIC itself sends from, to any address, with no socket; raw Ethernet frames with
 /// CAP_NET_RAW), a device driven from user space (vfio groups, vhost-vdpa) and raw persistent
-/// memory (device-dax) (red team round 8).
+/// memory (device-dax) (red team round 8). And (red team round 30) the TPM's devices (`tpm`,
+/// `tpmrm`: the node's attestation keys used, sealed secrets unsealed, PCRs extended, the
+/// TPM cleared), modems' control ports (`wwan_port`: `AT+CMGS` sends a text message) and
+/// virtio's serial ports (`virtio-portsdev`: a channel to the hypervisor host).
 pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
+    "tpm",
+    "tpmrm",
+    "wwan_port",
+    "virtio-portsdev",
     "infiniband_verbs",
     "infiniband_mad",
     "vfio",
@@ -110,8 +117,13 @@ pub(super) const BYPASS_CHAR_DRIVERS: &[&str] = &[
 /// another terminal's contents), input devices (every key typed on the node, and events
 /// written into it), I2C (89), PPP (frames onto a PPP unit, no socket), USB devices (189),
 /// the processors' model-specific registers and CPUID (202, 203: an MSR write runs kernel code),
-/// USB modems (ttyACM 166, ttyUSB 188: a mobile network no hook sees), RDMA (231).
-pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[4, 7, 13, 89, 108, 166, 188, 189, 202, 203, 231];
+/// USB modems (ttyACM 166, ttyUSB 188: a mobile network no hook sees), RDMA (231), USB's
+/// class devices (180: a modem's `cdc-wdm` control, which sends text messages and opens data
+/// sessions; printers) and the hypervisor consoles (hvc, 229: the host's console log, a
+/// console an administrator logs in on; round 30). Every serial line's driver besides
+/// (SoC UARTs, Bluetooth's rfcomm, USB gadget serial: [`serial_majors`]).
+pub(super) const BYPASS_CHAR_MAJORS: &[u32] =
+    &[4, 7, 13, 89, 108, 166, 180, 188, 189, 202, 203, 229, 231];
 /// Misc devices with a minor given out at load, by their name in /proc/misc: RDMA's connection
 /// manager (`/dev/infiniband/rdma_cm`, mode 0666: connections to any address the NIC makes,
 /// no socket), VFIO's container (`/dev/vfio/vfio`) and ublk's control device
@@ -120,7 +132,16 @@ pub(super) const BYPASS_CHAR_MAJORS: &[u32] = &[4, 7, 13, 89, 108, 166, 188, 189
 /// and `/dev/userfaultfd` (6.1+: a userfaultfd that handles the kernel's own faults on the
 /// agent's memory without CAP_SYS_PTRACE, which holds a kernel path mid-copy for as long as
 /// the agent likes: a race widener; red team round 29).
-pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &["rdma_cm", "vfio", "ublk-control", "userfaultfd"];
+/// Also NVMe over Fabrics' control device (`/dev/nvme-fabrics`: a write makes the kernel
+/// connect to any address, over RDMA with no socket, and attach the namespaces it serves as
+/// block devices that udev probes as root; round 30).
+pub(super) const BYPASS_MISC_DRIVERS: &[&str] = &[
+    "rdma_cm",
+    "vfio",
+    "ublk-control",
+    "userfaultfd",
+    "nvme-fabrics",
+];
 /// Single devices, in the kernel's `dev_t` (`MAJOR << 20 | MINOR`): physical memory, kernel
 /// memory and I/O ports (`/dev/mem`, `/dev/kmem`, `/dev/port`: every secret on the node read,
 /// PCI configuration and a reset written; their opens also check CAP_SYS_RAWIO, which agents
@@ -147,6 +168,8 @@ pub(super) const BYPASS_DEVICES: &[u32] = &[
     10 << 20 | 200,
     10 << 20 | 203,
     10 << 20 | 223,
+    // The first TPM's `/dev/tpm0` (misc's minor, though not a misc device; round 30).
+    10 << 20 | 224,
     10 << 20 | 239,
     10 << 20 | 241,
 ];
@@ -157,9 +180,11 @@ pub(super) const SCSI_GENERIC_MAJOR: u32 = 21;
 /// [`RAW_CHAR_DRIVERS`] and [`BYPASS_CHAR_DRIVERS`] in /proc/devices' "Character devices"
 /// section (the drivers loaded now: a later module load is picked up by the next reload), the
 /// fixed majors, [`BYPASS_DEVICES`] and the [`BYPASS_MISC_DRIVERS`] in `/proc/misc` (whole
-/// `dev_t`s, which no major, below 4096, equals).
-pub fn raw_device_majors(proc_devices: &str, proc_misc: &str) -> Vec<u32> {
+/// `dev_t`s, which no major, below 4096, equals), and the majors of every serial driver in
+/// `/proc/tty/drivers` ([`serial_majors`]).
+pub fn raw_device_majors(proc_devices: &str, proc_misc: &str, tty_drivers: &str) -> Vec<u32> {
     let mut majors = vec![SCSI_GENERIC_MAJOR];
+    majors.extend(serial_majors(tty_drivers));
     majors.extend(BYPASS_CHAR_MAJORS);
     majors.extend(BYPASS_DEVICES);
     // /proc/misc: "MINOR NAME" lines; misc is major 10.
@@ -186,6 +211,23 @@ pub fn raw_device_majors(proc_devices: &str, proc_misc: &str) -> Vec<u32> {
     majors.sort_unstable();
     majors.dedup();
     majors
+}
+
+/// The majors of the serial lines' drivers, from `/proc/tty/drivers` ("name /dev/prefix major
+/// minors type" lines; type `serial`): UARTs wired to modems and radios, Bluetooth's rfcomm,
+/// USB gadget serial, USB serial adapters, whatever driver a board has (red team round 30).
+/// Consoles, ptys and the system's terminals have other types.
+pub fn serial_majors(tty_drivers: &str) -> Vec<u32> {
+    tty_drivers
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, _, major, _, "serial", ..] => major.parse().ok(),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// The identity the kernel will see for an executable: the superblock device in the kernel's

@@ -369,6 +369,7 @@ impl Enforcer {
             ));
             values
         };
+        let loading = std::time::Instant::now();
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
             for (global, value) in &values {
@@ -376,6 +377,7 @@ impl Enforcer {
             }
             loader.load(EBPF_OBJECT)?
         };
+        let relocated = loading.elapsed();
         for name in maps::ALL {
             let map = ebpf
                 .map(name)
@@ -400,7 +402,10 @@ impl Enforcer {
                 .and_then(|()| state.set(STATE_LAYOUT, governance_common::RUNTIME_LAYOUT, 0))
                 .map_err(|source| KernelError::Map { name, source })?;
         }
+        let reading = std::time::Instant::now();
         let kernel_btf = aya::Btf::from_sys_fs().ok();
+        let btf_read = reading.elapsed();
+        let attaching = std::time::Instant::now();
         // Attach one program: its state for the operator.
         let attach_one = |ebpf: &mut aya::Ebpf, program| match attach(
             ebpf,
@@ -449,6 +454,14 @@ impl Enforcer {
                 attach_one(&mut ebpf, programs::EXEC_KILL),
             ));
         }
+        // Where a start's time goes (the verifier's, mostly; see docs/benchmarks.md).
+        tracing::info!(
+            object_ms = relocated.as_millis() as u64,
+            btf_ms = btf_read.as_millis() as u64,
+            programs_ms = attaching.elapsed().as_millis() as u64,
+            programs = hooks.len(),
+            "loaded the eBPF object and its programs"
+        );
         // The credentials io_uring tasks of agents had are recorded from now on (creds.rs):
         // processes started before (also those of a previous build's time, whose records are
         // not carried over) are decided as before the recording.
@@ -619,7 +632,8 @@ impl Enforcer {
         self.set_loaders(&loader_identities())?;
         let devices = crate::procfs::read_to_string("/proc/devices").unwrap_or_default();
         let misc = crate::procfs::read_to_string("/proc/misc").unwrap_or_default();
-        self.set_raw_devices(&raw_device_majors(&devices, &misc))?;
+        let ttys = crate::procfs::read_to_string("/proc/tty/drivers").unwrap_or_default();
+        self.set_raw_devices(&raw_device_majors(&devices, &misc, &ttys))?;
         // Both slots known (after a restart: one walk of the tables).
         self.learn()?;
         let Gathered {

@@ -24,10 +24,24 @@ fn the_loader_is_found_from_an_executables_program_header() {
 #[test]
 fn devices_refused_to_agents_are_read_from_proc_devices() {
     let devices = "Character devices:\n  1 mem\n 21 sg\n240 macvtap\n241 hidraw\n246 nvme-generic\n\
-                   247 nvme\n249 bsg\n\nBlock devices:\n  8 sd\n240 macvtap-not-char\n259 blkext\n";
-    let proc_misc = " 58 rdma_cm\n196 vfio\n200 tun\n120 ublk-control\n124 userfaultfd\n 62 not-listed\nbad line\n";
+                   247 nvme\n249 bsg\n250 tpmrm\n252 wwan_port\n\nBlock devices:\n  8 sd\n240 macvtap-not-char\n259 blkext\n";
+    let proc_misc = " 58 rdma_cm\n196 vfio\n200 tun\n120 ublk-control\n124 userfaultfd\n 62 not-listed\n\
+                     121 nvme-fabrics\nbad line\n";
+    // Serial drivers by type (round 30): a SoC UART (204), rfcomm (216), a gadget's (dynamic,
+    // 236); the consoles, ptys and system terminals are not serial lines.
+    let tty_drivers = "/dev/tty             /dev/tty        5       0 system:/dev/tty\n\
+                       /dev/console         /dev/console    5       1 system:console\n\
+                       /dev/ptmx            /dev/ptmx       5       2 system\n\
+                       rfcomm               /dev/rfcomm   216 0-255 serial\n\
+                       ttyAMA               /dev/ttyAMA   204 64-77 serial\n\
+                       g_serial             /dev/ttyGS    236 0-3 serial\n\
+                       pty_slave            /dev/pts      136 0-1048575 pty:slave\n\
+                       pty_master           /dev/ptm      128 0-1048575 pty:master\n\
+                       unknown              /dev/tty        4 1-63 console\n";
     let misc = |minor: u32| 10 << 20 | minor;
-    let fixed = [4, 7, 13, 21, 89, 108, 166, 188, 189, 202, 203, 231];
+    let fixed = [
+        4, 7, 13, 21, 89, 108, 166, 180, 188, 189, 202, 203, 229, 231,
+    ];
     let memory = |minor: u32| 1 << 20 | minor;
     let misc_devices = [
         memory(1),
@@ -43,24 +57,25 @@ fn devices_refused_to_agents_are_read_from_proc_devices() {
         misc(200),
         misc(203),
         misc(223),
+        misc(224),
         misc(237),
         misc(239),
         misc(241),
     ];
-    let loaded = [240, 241, 246, 247, 249];
-    assert_eq!(
-        raw_device_majors(devices, proc_misc),
-        [&fixed[..], &loaded, &misc_devices].concat()
-    );
+    let loaded = [240, 241, 246, 247, 249, 250, 252];
+    let mut expected = [&fixed[..], &loaded, &misc_devices, &[204, 216, 236]].concat();
+    expected.push(misc(121));
+    expected.sort_unstable();
+    assert_eq!(raw_device_majors(devices, proc_misc, tty_drivers), expected);
     // Without /proc/misc's dynamic minors (rdma_cm's 58 here; vfio's 196; ublk-control's 120;
     // userfaultfd's 124).
     let fixed_only: Vec<u32> = misc_devices
         .iter()
         .copied()
-        .filter(|&d| ![misc(58), misc(120), misc(124), misc(196)].contains(&d))
+        .filter(|&d| ![misc(58), misc(120), misc(124), misc(196), misc(121)].contains(&d))
         .collect();
     assert_eq!(
-        raw_device_majors("", ""),
+        raw_device_majors("", "", ""),
         [&fixed[..], &fixed_only].concat()
     );
 }

@@ -50,13 +50,27 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
     // to it, outside the agent (red team round 11).
     "/run/chrony/chronyd.sock",
     "/var/run/chrony/chronyd.sock",
-    // Virtual machines and system containers.
-    "/run/libvirt/libvirt-sock",
-    "/run/libvirt/virtqemud-sock",
-    "/run/libvirt/virtproxyd-sock",
+    // System containers (libvirt's sockets are a tree: `RUNTIME_SOCKET_TREES`), and LXD's and
+    // Incus's per-user sockets (containers of a project of one's own; red team round 30).
     "/var/snap/lxd/common/lxd/unix.socket",
+    "/var/snap/lxd/common/lxd-user/unix.socket",
     "/var/lib/lxd/unix.socket",
     "/var/lib/incus/unix.socket",
+    "/var/lib/incus/unix.socket.user",
+    // Package builders that fetch and build for any client (round 30): nix-daemon's and
+    // guix-daemon's sockets are open to every user by default, and a fixed-output derivation
+    // is fetched from any URL by the daemon, outside the agent.
+    "/nix/var/nix/daemon-socket/socket",
+    "/var/guix/daemon-socket/socket",
+    // fail2ban's: `set <jail> action ... actionban <command>` runs the command as root.
+    "/run/fail2ban/fail2ban.sock",
+    "/var/run/fail2ban/fail2ban.sock",
+    // Cilium's agent API: `PolicyEnforcement=never` lifts every pod's network policy.
+    "/run/cilium/cilium.sock",
+    "/var/run/cilium/cilium.sock",
+    // gssproxy: Kerberos tickets from the node's keytab.
+    "/run/gssproxy.sock",
+    "/var/lib/gssproxy/default.sock",
     // Process supervisors.
     "/run/supervisor.sock",
     "/var/run/supervisor.sock",
@@ -88,21 +102,11 @@ pub const RUNTIME_SOCKETS: &[&str] = &[
 pub const USER_RUNTIME_SOCKETS: &[&str] = &[
     "systemd/private",
     "bus",
-    "podman/podman.sock",
     "docker.sock",
     "buildkit/buildkitd.sock",
-    "libvirt/libvirt-sock",
-    "libvirt/virtqemud-sock",
-    // GnuPG's dirmngr fetches the keyserver and WKD URLs a client names (red team round 11).
-    "gnupg/S.dirmngr",
     // Key agents: they sign and decrypt with the user's keys for any client (red team round
-    // 21).
-    "gnupg/S.gpg-agent",
-    "gnupg/S.gpg-agent.ssh",
-    "gnupg/S.gpg-agent.extra",
-    "gnupg/S.gpg-agent.browser",
+    // 21; GnuPG's and GNOME Keyring's are trees below).
     "openssh_agent",
-    "keyring/ssh",
     "gcr/ssh",
     // Wayland compositors (some let any client make a virtual keyboard).
     "wayland-0",
@@ -120,6 +124,9 @@ pub const HOME_RUNTIME_SOCKETS: &[&str] = &[
     ".gnupg/S.gpg-agent.extra",
     ".gnupg/S.gpg-agent.browser",
     ".gnupg/S.dirmngr",
+    // Docker Desktop's engine (round 30).
+    ".docker/desktop/docker.sock",
+    ".docker/run/docker.sock",
 ];
 
 /// Directories below each home every socket of which is a runtime's: OpenSSH's agents (10.1
@@ -151,6 +158,9 @@ pub const RUNTIME_SOCKET_TREES: &[&str] = &[
     "/var/lib/kubelet/plugins",
     "/var/lib/kubelet/plugins_registry",
     "/var/lib/kubelet/device-plugins",
+    // libvirt's daemons, the split ones too (storage pools write files as root, LXC
+    // containers, host devices, secrets, the admin sockets' log outputs; round 30).
+    "/run/libvirt",
 ];
 
 /// Container storages (Podman's, CRI-O's): each container's `overlay-containers/<id>/userdata`
@@ -181,7 +191,21 @@ fn container_userdata(storage: &Path) -> Vec<PathBuf> {
 /// 28): the sound servers (PulseAudio's and PipeWire's modules send audio to any address and
 /// write files), the accessibility bus (`GenerateKeyboardEvent` types into the session), and
 /// p11-kit's server (signatures with the user's keys).
-pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &["systemd", "libpod", "pulse", "at-spi", "p11-kit"];
+/// Also (red team round 30) GnuPG's agents and dirmngr (with another `GNUPGHOME` in
+/// `gnupg/d.<hash>/`), GNOME Keyring's (`ssh`, `pkcs11`, `control`), Emacs 27's server
+/// (`emacs/server`: `--eval` runs Lisp in the editor), rootless Podman's and its machines',
+/// and a session's libvirt.
+pub const USER_RUNTIME_SOCKET_TREES: &[&str] = &[
+    "systemd", "libpod", "pulse", "at-spi", "p11-kit", "gnupg", "keyring", "emacs", "podman",
+    "libvirt",
+];
+
+/// Socket files named with this prefix in each `/run/user/<uid>/`: VS Code's (and its forks')
+/// command-line and git sockets (`vscode-ipc-*.sock`: install an extension, which then runs in
+/// the editor's extension host; `vscode-git-*.sock`: the signed-in user's GitHub token for
+/// git's askpass; round 30). (Where the session has no runtime directory they are in `/tmp`,
+/// where anyone may make sockets of that name: not looked for there; see docs/limits.md.)
+pub const USER_RUNTIME_SOCKET_PREFIX: &str = "vscode-";
 
 /// How deep below a tree of [`RUNTIME_SOCKET_TREES`] sockets are looked for (`/run/systemd`
 /// itself, `/run/systemd/machine`, and down to systemd-nspawn's
@@ -361,6 +385,7 @@ pub fn runtime_socket_paths() -> Vec<PathBuf> {
             for tree in USER_RUNTIME_SOCKET_TREES {
                 out.extend(sockets_below(&dir.join(tree), RUNTIME_TREE_DEPTH, &[]));
             }
+            out.extend(sockets_named(&dir, USER_RUNTIME_SOCKET_PREFIX));
             for userdata in container_userdata(&dir.join("containers")) {
                 out.extend(sockets_in(&userdata));
             }
@@ -411,6 +436,17 @@ fn sockets_in(dir: &Path) -> Vec<PathBuf> {
     socks
 }
 
+/// The sockets in `dir` whose names start with `prefix`.
+fn sockets_named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    sockets_in(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(prefix.as_bytes()))
+        })
+        .collect()
+}
+
 /// `path` is a symlink (its own name, not followed).
 fn is_symlink(path: &Path) -> bool {
     path.symlink_metadata()
@@ -448,6 +484,22 @@ fn resolve_runtime_sockets_with(
             .push(format!("@{name}").into());
     }
     out
+}
+
+/// Of the `resolved` sockets, those some path of which is in a place only root makes sockets
+/// in (not `/tmp`, a user's runtime directory or home, nor an abstract name): refused first.
+fn root_only_sockets(resolved: &BTreeMap<(u32, u64), Vec<PathBuf>>) -> BTreeSet<(u32, u64)> {
+    const USER_PLACES: [&str; 6] = ["/tmp/", "/var/tmp/", "/run/user/", "/home/", "/root/", "@"];
+    resolved
+        .iter()
+        .filter(|(_, paths)| {
+            paths.iter().any(|p| {
+                let p = p.to_string_lossy();
+                !USER_PLACES.iter().any(|u| p.starts_with(u))
+            })
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// How often the once-a-second look at the runtime sockets also reads /proc/net/unix for
@@ -549,6 +601,20 @@ impl Enforcer {
     /// Make the [`maps::UNIX_PROTECTED`] entries of kind `why` exactly `ids` (a control-socket
     /// entry is never turned into a runtime one). Whether anything changed.
     fn set_protected(&mut self, why: u32, ids: &BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
+        self.set_protected_first(why, ids, ids)
+    }
+
+    /// [`Enforcer::set_protected`], the sockets of `first` (those in places only root makes
+    /// sockets in) inserted before the others. The map holds [`MAX_UNIX_PROTECTED`]: when the
+    /// others fill it (any user makes sockets in `/tmp/ssh-*`, under its runtime directory,
+    /// by an abstract name), the rest are left out and said, and the generation is installed
+    /// (red team round 30's review: a full map failed every reload).
+    fn set_protected_first(
+        &mut self,
+        why: u32,
+        ids: &BTreeSet<(u32, u64)>,
+        first: &BTreeSet<(u32, u64)>,
+    ) -> Result<bool, KernelError> {
         let name = maps::UNIX_PROTECTED;
         let mut map: HashMap<_, UnixId, u32> = HashMap::try_from(self.map_mut(name)?)
             .map_err(|source| KernelError::Map { name, source })?;
@@ -560,15 +626,33 @@ impl Enforcer {
                 changed = true;
             }
         }
-        for &(dev, ino) in ids {
+        let mut left_out = 0;
+        let order = ids
+            .intersection(first)
+            .map(|id| (id, true))
+            .chain(ids.difference(first).map(|id| (id, false)));
+        for (&(dev, ino), system) in order {
             let id = UnixId { dev, _pad: 0, ino };
             match present.iter().find(|(p, _)| *p == id) {
                 Some((_, kind)) if *kind == why || *kind == unix_protected::CONTROL => continue,
                 _ => {}
             }
-            map.insert(id, why, 0)
-                .map_err(|source| KernelError::Map { name, source })?;
-            changed = true;
+            if left_out > 0 {
+                left_out += 1;
+                continue;
+            }
+            match map.insert(id, why, 0) {
+                Ok(()) => changed = true,
+                Err(source) if system => return Err(KernelError::Map { name, source }),
+                Err(_) => left_out += 1,
+            }
+        }
+        if left_out > 0 {
+            tracing::warn!(
+                left_out,
+                max = governance_common::MAX_UNIX_PROTECTED,
+                "the table of refused Unix sockets is full: sockets in places any user makes them in are left out (agents may reach them); look for a flood of sockets in /tmp or a runtime directory"
+            );
         }
         Ok(changed)
     }
@@ -588,15 +672,20 @@ impl Enforcer {
     /// went). Whether the set changed.
     pub fn protect_runtime_sockets(&mut self) -> Result<bool, KernelError> {
         let names = listening_abstract_names();
-        let ids = resolve_runtime_sockets_with(&names).into_keys().collect();
+        let resolved = resolve_runtime_sockets_with(&names);
         self.unix_targets.abstract_names = Some((names, std::time::Instant::now()));
-        let runtime = self.protect_runtime(ids)?;
+        let runtime = self.protect_runtime(resolved)?;
         let name_service = resolve_name_service_sockets().into_keys().collect();
         Ok(self.protect_name_service(name_service)? || runtime)
     }
 
-    fn protect_runtime(&mut self, ids: BTreeSet<(u32, u64)>) -> Result<bool, KernelError> {
-        let changed = self.set_protected(unix_protected::RUNTIME, &ids)?;
+    fn protect_runtime(
+        &mut self,
+        resolved: BTreeMap<(u32, u64), Vec<PathBuf>>,
+    ) -> Result<bool, KernelError> {
+        let first = root_only_sockets(&resolved);
+        let ids: BTreeSet<(u32, u64)> = resolved.into_keys().collect();
+        let changed = self.set_protected_first(unix_protected::RUNTIME, &ids, &first)?;
         self.unix_targets.runtime = ids;
         Ok(changed)
     }
@@ -620,10 +709,10 @@ impl Enforcer {
             Some((names, at)) if at.elapsed() < ABSTRACT_RESCAN => (names, at),
             _ => (listening_abstract_names(), std::time::Instant::now()),
         };
-        let now: BTreeSet<(u32, u64)> =
-            resolve_runtime_sockets_with(&names.0).into_keys().collect();
+        let resolved = resolve_runtime_sockets_with(&names.0);
+        let now: BTreeSet<(u32, u64)> = resolved.keys().copied().collect();
         self.unix_targets.abstract_names = Some(names);
-        let runtime = now != self.unix_targets.runtime && self.protect_runtime(now)?;
+        let runtime = now != self.unix_targets.runtime && self.protect_runtime(resolved)?;
         let name_service: BTreeSet<(u32, u64)> = resolve_name_service_sockets()
             .into_keys()
             .filter(|id| !self.unix_targets.runtime.contains(id))
@@ -747,6 +836,50 @@ mod tests {
         assert!(is_symlink(&dir.path().join("agent.2")));
     }
 
+    /// When the table is full, the sockets any user could have made give way first (round
+    /// 30's review): a socket named by a root-only place is refused first, whatever other names
+    /// it has.
+    #[test]
+    fn sockets_in_root_only_places_come_first() {
+        let resolved: BTreeMap<(u32, u64), Vec<PathBuf>> = [
+            ((1, 1), vec!["/run/docker.sock".into()]),
+            ((1, 2), vec!["/tmp/ssh-x/agent.1".into()]),
+            (
+                (1, 3),
+                vec!["/run/user/1000/bus".into(), "/run/dbus/x".into()],
+            ),
+            ((9, 4), vec!["@/tmp/dbus-x".into()]),
+            ((1, 5), vec!["/home/u/.gnupg/S.gpg-agent".into()]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            root_only_sockets(&resolved),
+            BTreeSet::from([(1, 1), (1, 3)])
+        );
+    }
+
+    /// Sockets by name prefix (VS Code's `vscode-ipc-*.sock` and `vscode-git-*.sock`, red team
+    /// round 30): socket files with the prefix only, never a link or another name.
+    #[test]
+    fn prefixed_sockets_are_found_by_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let ipc = dir.path().join("vscode-ipc-1f2e.sock");
+        let git = dir.path().join("vscode-git-9a8b.sock");
+        let plain = dir.path().join("app.sock");
+        let _l: Vec<_> = [&ipc, &git, &plain]
+            .iter()
+            .map(|p| std::os::unix::net::UnixListener::bind(p).unwrap())
+            .collect();
+        let elsewhere = other.path().join("service.sock");
+        let _e = std::os::unix::net::UnixListener::bind(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("vscode-link.sock")).unwrap();
+        std::fs::write(dir.path().join("vscode-notes"), "x").unwrap();
+        assert_eq!(sockets_named(dir.path(), "vscode-"), [git, ipc]);
+        assert!(sockets_named(&dir.path().join("missing"), "vscode-").is_empty());
+    }
+
     /// A runtime tree gives its sockets and its subdirectories' down to the depth, never
     /// through a symlink, and none of what is skipped (the name services' directories, the
     /// logging sockets; red team round 26: systemd's varlink sockets).
@@ -855,12 +988,15 @@ mod tests {
             "/run/buildkit/buildkitd.sock",
             "/run/systemd/private",
             "/run/dbus/system_bus_socket",
-            "/run/libvirt/libvirt-sock",
             "/var/lib/incus/unix.socket",
             "/run/supervisor.sock",
+            "/nix/var/nix/daemon-socket/socket",
+            "/run/fail2ban/fail2ban.sock",
         ] {
             assert!(RUNTIME_SOCKETS.contains(&s), "{s}");
         }
+        // libvirt's daemons, the split ones too, as a tree (round 30).
+        assert!(RUNTIME_SOCKET_TREES.contains(&"/run/libvirt"));
     }
 
     #[test]

@@ -26,8 +26,10 @@ use kube::{
 
 use crate::policy::PodIdentity;
 
-/// What the API said about one pod.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the API said about one pod. (Kept in [`SAVED`]: a field added later must have a
+/// default, so that a newer build reads an older one's file.)
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 struct PodMeta {
     name: String,
     namespace: String,
@@ -48,6 +50,24 @@ pub enum ApiState {
     /// The last request failed (the last known identities stand).
     Unreachable(String),
 }
+
+/// The file, in the directory of the copy of the policy in force, where the identities the API
+/// server told last are kept for the next start: a daemon restarted while the API server
+/// cannot be reached (a rolling upgrade during a control-plane outage) governs the pods the
+/// last one did, instead of none (red team round 30: every pod was released until the API
+/// answered).
+pub const SAVED: &str = "kubernetes-identities.json";
+
+/// What [`SAVED`] holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Saved {
+    /// [`SAVED_VERSION`]: a file of another version is not read.
+    version: u32,
+    pods: HashMap<String, PodMeta>,
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+}
+
+const SAVED_VERSION: u32 = 1;
 
 #[derive(Default)]
 struct State {
@@ -95,6 +115,46 @@ impl Identities {
     pub fn forget_deleted(&self, live: &HashSet<String>) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.pods.retain(|uid, p| !p.deleted || live.contains(uid));
+    }
+
+    /// Write the identities to `path` (a new file renamed over it: a reader never sees half).
+    /// Synced to disk (file and directory) before it returns: a power loss leaves the old
+    /// file or the new one.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let json = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            serde_json::to_vec(&Saved {
+                version: SAVED_VERSION,
+                pods: s.pods.clone(),
+                namespaces: s.namespaces.clone(),
+            })?
+        };
+        let tmp = path.with_extension("json.new");
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, &json)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    /// Take the identities a previous daemon saved at `path` ([`Identities::save`]) as the last
+    /// known ones, until the API server tells otherwise; how many pods.
+    pub fn restore(&self, path: &std::path::Path) -> std::io::Result<usize> {
+        let saved: Saved = serde_json::from_slice(&std::fs::read(path)?)?;
+        if saved.version != SAVED_VERSION {
+            return Err(std::io::Error::other(format!(
+                "version {} (this build reads {SAVED_VERSION})",
+                saved.version
+            )));
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let n = saved.pods.len();
+        s.pods = saved.pods;
+        s.namespaces = saved.namespaces;
+        Ok(n)
     }
 
     pub fn api_state(&self) -> ApiState {

@@ -389,3 +389,37 @@ fn a_mirror_annotation_takes_no_other_pod_s_identity() {
         Some("true")
     );
 }
+
+/// What the API told is kept for the next start (red team round 30: a restart while the API
+/// server could not be reached released every pod): saved, it is the next daemon's last known
+/// identities, namespace labels included; a file that does not read is an error, and nothing
+/// is taken from it.
+#[test]
+fn identities_are_kept_for_the_next_start() {
+    let ids = Identities::default();
+    for p in pods_of("pods-list.json") {
+        ids.pod_event(Event::Apply(p));
+    }
+    let namespaces: serde_json::Value =
+        serde_json::from_str(&fixture("namespaces-list.json")).unwrap();
+    for ns in serde_json::from_value::<Vec<Namespace>>(namespaces["items"].clone()).unwrap() {
+        ids.namespace_event(Event::Apply(ns));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(SAVED);
+    ids.save(&path).unwrap();
+    let next = Identities::default();
+    assert_eq!(next.restore(&path).unwrap(), 2);
+    assert_eq!(next.pod(AGENT), ids.pod(AGENT));
+    assert!(next.pod(AGENT).unwrap().namespace_labels.is_some());
+    assert_eq!(next.pod(WEB), ids.pod(WEB));
+    assert_eq!(
+        next.api_state(),
+        ApiState::Starting,
+        "not synced until the API answers"
+    );
+    std::fs::write(&path, "{\"pods\": {").unwrap();
+    let broken = Identities::default();
+    assert!(broken.restore(&path).is_err());
+    assert!(broken.pod(AGENT).is_none());
+}
