@@ -24,6 +24,7 @@ pub mod counts;
 pub mod daemon;
 pub mod discovery;
 pub mod drill;
+pub mod durable;
 pub mod engine;
 pub mod events;
 pub mod export;

@@ -39,6 +39,9 @@ pub struct LocalPeer {
     /// The cgroup ids of its cgroup and of every ancestor up to the cgroup2 root (its own
     /// first). Err: why it could not be told (the API then refuses it).
     pub cgroups: Result<Vec<u64>, PeerError>,
+    /// When it started ([`crate::procfs::start_time`]): with the pid, the process itself, for
+    /// asking again later ([`LocalPeer::cgroups_now`]).
+    pub start: Option<u64>,
 }
 
 impl Default for LocalPeer {
@@ -48,6 +51,7 @@ impl Default for LocalPeer {
             uid: 0,
             cgroup: String::new(),
             cgroups: Err(PeerError::NotIdentified),
+            start: None,
         }
     }
 }
@@ -200,26 +204,50 @@ pub fn identify(fd: RawFd, pid: Option<i32>, uid: u32, root: Option<&Path>) -> L
     };
     peer.cgroups = (|| {
         let pid = pid.filter(|p| *p > 0).ok_or(PeerError::NoPid)?;
-        let root = root.ok_or(PeerError::NoCgroup2)?;
         let pidfd = peer_pidfd(fd, pid)?;
-        let text = crate::procfs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
-            PeerError::Os {
-                what: format!("reading /proc/{pid}/cgroup"),
-                errno: e.raw_os_error().unwrap_or(0),
-            }
-        })?;
-        let rel = cgroup_v2_path(&text)
-            .ok_or(PeerError::NoCgroupLine(pid))?
-            .to_owned();
-        let chain = cgroup_chain(root, &rel)?;
+        let start = crate::procfs::start_time(pid as u32);
+        let (rel, chain) = cgroups_of(pid, root)?;
         // The pid still names the process the pidfd names: what was read was its own.
         if !alive(&pidfd) {
             return Err(PeerError::Exited(pid));
         }
         peer.cgroup = rel;
+        peer.start = start;
         Ok(chain)
     })();
     peer
+}
+
+impl LocalPeer {
+    /// Its cgroup and cgroup ids as they are now: an error if it could not be told when it
+    /// connected, or if its pid names no process now or another one (another start time).
+    pub fn cgroups_now(&self, root: Option<&Path>) -> Result<(String, Vec<u64>), PeerError> {
+        self.cgroups.as_ref().map_err(Clone::clone)?;
+        let pid = self.pid.ok_or(PeerError::NoPid)?;
+        let pid = i32::try_from(pid).map_err(|_| PeerError::NoPid)?;
+        let now = cgroups_of(pid, root)?;
+        match crate::procfs::start_time(pid as u32) {
+            Some(t) if Some(t) == self.start => Ok(now),
+            _ => Err(PeerError::Exited(pid)),
+        }
+    }
+}
+
+/// Process `pid`'s cgroup (as `/proc/PID/cgroup` names it) and the ids of it and its
+/// ancestors ([`LocalPeer::cgroups`]); `root` is the cgroup2 mount.
+pub fn cgroups_of(pid: i32, root: Option<&Path>) -> Result<(String, Vec<u64>), PeerError> {
+    let root = root.ok_or(PeerError::NoCgroup2)?;
+    let text = crate::procfs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| {
+        PeerError::Os {
+            what: format!("reading /proc/{pid}/cgroup"),
+            errno: e.raw_os_error().unwrap_or(0),
+        }
+    })?;
+    let rel = cgroup_v2_path(&text)
+        .ok_or(PeerError::NoCgroupLine(pid))?
+        .to_owned();
+    let chain = cgroup_chain(root, &rel)?;
+    Ok((rel, chain))
 }
 
 #[cfg(test)]

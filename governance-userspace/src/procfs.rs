@@ -41,11 +41,17 @@ pub fn read_to_string(path: impl AsRef<Path>) -> io::Result<String> {
 /// When process `pid` started (`/proc/PID/stat`'s `starttime`, in clock ticks since boot): with
 /// its pid, it names one process, where a pid alone may be given to another after it exits.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Bytes: the command may be any bytes (`PR_SET_NAME`), or a character cut in half.
+    let stat = read(format!("/proc/{pid}/stat")).ok()?;
     // After the command's closing parenthesis (the command may hold spaces and parentheses):
     // state is field 3, starttime field 22.
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let rest = &stat[stat.iter().rposition(|&b| b == b')')? + 1..];
+    std::str::from_utf8(rest)
+        .ok()?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// [`start_time`] as the kernel's table of the daemon's processes keeps it

@@ -542,6 +542,117 @@ fn degraded_exec_kills_after_a_blocked_exec() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Red team round 31: on btrfs `stat` reports a subvolume's device (the top-level one has its
+/// own too), not the superblock's the kernel keys a file on, so identities computed from `stat`
+/// never matched there: the dynamic loader on a btrfs root was not known as one (`ld.so
+/// PROGRAM` ran in the agent, run by the reviewer on this host), and no identity rule held. A
+/// file's device is now its mount's, as mountinfo prints the superblock's. On a btrfs image
+/// mounted here: the identities of the exec and socket rules name the superblock's device;
+/// an exact exec rule on a file there still kills its exec in the agent (degraded mode
+/// decides it by path), and controls run: another copy in the agent, the blocked one outside.
+#[test]
+fn identities_on_btrfs_are_the_superblock_s() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let agent = TestCgroup::new("btrfs");
+    let outsider = TestCgroup::new("btrfs-outsider");
+    let dir = PathBuf::from(format!("/tmp/governance-btrfs-{}", std::process::id()));
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let image = dir.join("fs.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(128 << 20)
+        .unwrap();
+    let ran = |cmd: &mut Command| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `cargo xtask setup`)"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ran(Command::new("mkfs.btrfs").arg("-q").arg(&image));
+    ran(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&mnt));
+    /// Unmounted (and its loop device freed) however the test ends.
+    struct Mounted(PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let mounted = Mounted(mnt.clone());
+    let (blocked, other) = (mnt.join("blocked"), mnt.join("other"));
+    std::fs::copy("/bin/busybox", &blocked).unwrap();
+    std::fs::copy("/bin/busybox", &other).unwrap();
+    // The superblock's device, as the kernel prints it for the mount; `stat`'s is another.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .expect("the btrfs mount in mountinfo");
+    let (major, minor) = line.split(' ').nth(2).unwrap().split_once(':').unwrap();
+    let superblock = (major.parse::<u32>().unwrap() << 20) | minor.parse::<u32>().unwrap();
+    let meta = std::fs::metadata(&blocked).unwrap();
+    let by_stat = kernel::kernel_dev(meta.dev());
+    assert_ne!(
+        by_stat, superblock,
+        "stat and mountinfo agree here: the test shows nothing"
+    );
+    let case = "identities of files on btrfs (host)";
+    redteam(case, "tried");
+    assert_eq!(
+        kernel::exec_identity(&blocked).unwrap(),
+        (superblock, meta.ino()),
+        "{case}: the exec identity"
+    );
+    let socket = mnt.join("s.sock");
+    let _listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    assert_eq!(
+        kernel::unix::socket_identity(&socket).unwrap().0,
+        superblock,
+        "{case}: the socket identity"
+    );
+    let mut k = load(&format!(
+        "name: btrfs\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: tool, exec: {{ path: {} }}, verdict: block, reason: test }}\n",
+        agent.rel.display(),
+        blocked.display()
+    ));
+    k.require("sched_process_exec");
+    let (pid, outcome) = run_in(Some(&agent.path), "btrfs", &Attempt::exec(&blocked, "true"));
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGKILL), "{case}");
+    let ev = k.event_for(pid);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
+    assert_eq!(ev.rule_id, k.rule(1), "{case}");
+    redteam(case, "denied");
+    let (_, outcome) = run_in(
+        Some(&agent.path),
+        "btrfs-other",
+        &Attempt::exec(&other, "true"),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "{case}: another file on the filesystem"
+    );
+    let (_, outcome) = run_in(
+        Some(&outsider.path),
+        "btrfs-out",
+        &Attempt::exec(&blocked, "true"),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: outside the agent");
+    redteam(case, "control");
+    drop(k);
+    drop(_listening);
+    drop(mounted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn policy_dir(name: &str, yaml: &str) -> PathBuf {
     let dir = PathBuf::from(format!(
         "/tmp/governance-test-{name}-{}",
@@ -2588,6 +2699,45 @@ fn control_api_refuses_callers_inside_an_agent() {
         }
         redteam(case, "control");
     }
+    // Red team round 31: a connection opened outside every agent by a process that then
+    // joins one (`echo $$ > cgroup.procs; exec agent`) is asked about again at every request.
+    let case = "a control connection carried into an agent (host)";
+    redteam(case, "tried");
+    let script = r#"
+import http.client, os, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(sys.argv[1])
+c = Unix("localhost")
+def status():
+    c.request("GET", "/v1/approvals")
+    r = c.getresponse()
+    r.read()
+    return r.status
+before = status()
+with open(sys.argv[2], "w") as f:
+    f.write(str(os.getpid()))
+print(before, status(), flush=True)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(daemon.socket())
+        .arg(agent.path.join("cgroup.procs"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.trim(),
+        "200 403",
+        "{case}: the first request outside (the control), the second inside: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = next(case, &|v| v["kind"] == "api");
+    assert_eq!(v["denied"], true, "{v}");
+    assert_eq!(v["agent"]["name"], agent_name.as_str(), "{v}");
+    redteam(case, "denied");
+    redteam(case, "control");
     // TCP: an agent's connect to the API is refused in the kernel, with the token or not.
     let case = "TCP control API from the agent (host)";
     redteam(case, "tried");

@@ -10195,13 +10195,16 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
     require_root();
     let fx = Fixture::new("sbnames");
     let d = fx.dir.display();
+    // There at the load: the agent's rule on it is held by its identity.
+    std::fs::create_dir_all(fx.p("scratch/hooks")).unwrap();
     let mut k = install(&format!(
         "name: sbnames\n\
          agents: {{ cgroup: {agent} }}\n\
          sandbox_profiles:\n\
          \x20 jail: {{ network: none, writable: [{d}/scratch] }}\n\
          rules:\n\
-         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n",
+         \x20 - {{ id: jail, file: {{ path: {d}/jail }}, verdict: sandbox, sandbox: {{ profile: jail }}, reason: untrusted step }}\n\
+         \x20 - {{ id: hooks, file: {{ prefix: {d}/scratch/hooks, access: [write, create] }}, verdict: block, reason: hooks run as the developer }}\n",
         agent = fx.agent.rel.display(),
     ));
     for hook in [
@@ -10397,6 +10400,41 @@ fn a_sandboxed_process_may_not_give_names_outside_its_writable_directories() {
         std::fs::read_to_string(fx.p("scratch/dropper.sh")).unwrap(),
         "a"
     );
+    // Red team round 31: inside its writable directory the agent's own rules still hold for
+    // the sandboxed process (its block on `scratch/hooks`): writable directories restrict,
+    // never grant. The profile's grant used to outrank the agent's rule there.
+    for (case, op, from, to) in [
+        (
+            "R31 a sandboxed process makes a FIFO where its agent may not create",
+            mkfifo,
+            "scratch/hooks",
+            "scratch/hooks/pre-commit",
+        ),
+        (
+            "R31 a sandboxed process links a file in where its agent may not create",
+            link,
+            "scratch/a.txt",
+            "scratch/hooks/post-checkout",
+        ),
+    ] {
+        println!("redteam: tried {case}");
+        let (pid, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &new_name(sb, op, &fx.p(from), &fx.p(to)),
+        );
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}");
+        let ev = k.event_where(|e| e.tgid == pid && e.flags & flags::DENIED != 0);
+        assert_eq!(ev.rule_id, k.rule(2), "{case}: the agent's rule");
+        assert_ne!(ev.flags & flags::SANDBOXED, 0, "{case}: sandboxed flag");
+        assert!(!fx.p(to).exists(), "{case}: made");
+        println!("redteam: denied {case}");
+        // Control: beside it in the writable directory, the same passes.
+        let beside = fx.p(to).with_extension("beside");
+        let beside = fx.p("scratch").join(beside.file_name().unwrap());
+        allowed_new_name(&fx, case, &new_name(sb, op, &fx.p(from), &beside));
+        println!("redteam: control {case}");
+    }
 }
 
 /// Red team round 4, F3: an agent whose files are an allowlist (`defaults: { file: block }`)

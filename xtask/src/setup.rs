@@ -58,6 +58,9 @@ const APT_PACKAGES: &[&str] = &[
     "ruby-rack",
     "ruby-sinatra",
     "ruby-webrick",
+    // A btrfs filesystem for the host kernel test of identities on it (`stat` reports a
+    // subvolume's device there, not the superblock's the kernel keys on).
+    "btrfs-progs",
 ];
 
 /// The package with `qemu-system-x86_64`.
@@ -163,7 +166,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     ensure()?;
     progress(&format!(
-        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, PHP with Symfony HttpFoundation, Ruby with Sinatra; VM kernels {}; the compatibility suite's packages in {}",
+        "toolchain ready: nightly rust-src, bpf-linker {BPF_LINKER_VERSION} (LLVM 22), cargo-deb {CARGO_DEB_VERSION}, qemu ({}), busybox, cpio, zstd, bpftool, Python 3.11 with pip, git, rsyslog, chromium, btrfs-progs, PHP with Symfony HttpFoundation, Ruby with Sinatra; VM kernels {}; the compatibility suite's packages in {}",
         qemu().program.display(),
         VM_KERNELS
             .iter()

@@ -275,6 +275,22 @@ async fn refuse_agents(
     let Some(peer) = &caller.1 else {
         return next.run(req).await;
     };
+    // Asked again at every request: a process that opened the connection outside every agent
+    // and then joined one (`echo $$ > cgroup.procs; exec agent`) must not carry the control
+    // API in with it (red team round 31: an agent approved its own escalation so). A pid
+    // that names no process now (the opener exited; whoever holds the connection may be in an
+    // agent), or names another process (its start time), is refused: the kernel does not say
+    // which process sends.
+    let mut peer = peer.clone();
+    if peer.cgroups.is_ok() && peer.pid.is_some() {
+        match peer.cgroups_now(cgroup_root()) {
+            Ok((rel, chain)) => {
+                peer.cgroup = rel;
+                peer.cgroups = Ok(chain);
+            }
+            Err(e) => peer.cgroups = Err(e),
+        }
+    }
     let (agent, why) = match &peer.cgroups {
         Ok(chain) => {
             let agents = st

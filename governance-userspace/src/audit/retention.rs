@@ -88,20 +88,8 @@ pub(super) fn write_checkpoint(
         problem: format!("serialising the checkpoint: {e}"),
     })?;
     text.push(b'\n');
-    let tmp = dir.join(format!("{CHECKPOINT}.tmp"));
     let path = dir.join(CHECKPOINT);
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o640)
-        .open(&tmp)
-        .map_err(io_err("creating", &tmp))?;
-    file.write_all(&text)
-        .and_then(|()| file.sync_all())
-        .map_err(io_err("writing", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io_err("renaming", &tmp))?;
-    sync_dir(dir)
+    crate::durable::replace(&path, 0o640, |w| w.write_all(&text)).map_err(io_err("writing", &path))
 }
 
 /// The first line of `path` (without its newline), read up to 16 MiB.

@@ -12,8 +12,6 @@
 //! compiled with, so a hard link or another name for the file stays under its protection.
 
 use std::{
-    io::Write as _,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -49,11 +47,6 @@ pub(super) fn file(dir: &Path) -> PathBuf {
     dir.join("policy.json")
 }
 
-/// Where the copy is written first, then renamed over [`file`].
-fn staging(dir: &Path) -> PathBuf {
-    dir.join("policy.json.new")
-}
-
 /// Make the directory `dir` (0700) if it is not there: before the first generation is
 /// compiled, so that its identity rules hold the directory from the start.
 pub(super) fn prepare(dir: &Path) -> std::io::Result<()> {
@@ -74,25 +67,9 @@ pub(super) fn save(dir: &Path, policy_dir: &Path, sources: &Sources) -> anyhow::
         files: std::borrow::Cow::Borrowed(&sources.files),
     };
     prepare(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (path, staging) = (file(dir), staging(dir));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&staging)
-        .with_context(|| format!("creating {}", staging.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(64 * 1024, &mut f);
-    serde_json::to_writer(&mut w, &copy)?;
-    w.flush()?;
-    drop(w);
-    f.sync_all()
-        .with_context(|| format!("syncing {}", staging.display()))?;
-    std::fs::rename(&staging, &path)
-        .with_context(|| format!("renaming {} to {}", staging.display(), path.display()))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    let path = file(dir);
+    crate::durable::replace(&path, 0o600, |w| Ok(serde_json::to_writer(w, &copy)?))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -202,7 +179,10 @@ mod tests {
             policy::load_sources(&policies, &mut policy::Parsed::default()).unwrap();
         let copy = dir.path().join("state/policy-in-force");
         save(&copy, &policies, &sources).unwrap();
-        assert!(!staging(&copy).exists(), "renamed over the copy");
+        assert!(
+            !copy.join("policy.json.new").exists(),
+            "renamed over the copy"
+        );
         use std::os::unix::fs::PermissionsExt as _;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&file(&copy)), 0o600);

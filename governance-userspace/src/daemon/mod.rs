@@ -375,6 +375,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         content_hash: None,
         ticks: 0,
         mounts: crate::kernel::unlisted_mounts(),
+        marked_mounts: Vec::new(),
+        remount_tried: None,
     };
     // The control socket's directory, before the first generation is compiled: its identity
     // rules then hold it from the start (agents may not unlink, rename or bind a socket there).

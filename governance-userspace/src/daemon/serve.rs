@@ -95,6 +95,10 @@ pub(super) struct Daemon<'a> {
     /// The filesystems mounted below directories the identity resolution does not list, as
     /// last looked at ([`crate::kernel::unlisted_mounts`]).
     pub mounts: Vec<Vec<u8>>,
+    /// The mounts of the devices the current generation's identity entries are on.
+    pub marked_mounts: Vec<(Vec<u8>, u32)>,
+    /// The mount table a remount last started a generation for (its hash).
+    pub remount_tried: Option<u64>,
 }
 
 /// How many ticks apart the proxy's listeners are matched against every agent process's
@@ -218,6 +222,7 @@ impl Daemon<'_> {
         self.last_failed = false;
         self.current = g;
         self.content_hash = Some(b.content_hash.clone());
+        self.marked_mounts = b.marked_mounts;
         let mut s = self.snapshot.lock().unwrap_or_else(|e| e.into_inner());
         s.generation = g;
         s.agents = b.agents;
@@ -536,10 +541,29 @@ impl Daemon<'_> {
         // A filesystem mounted or unmounted below them (a container started, a pod's volume):
         // the next generation gives it identity entries.
         let mounts = crate::kernel::unlisted_mounts();
-        let remounted = mounts != self.mounts;
+        let mut remounted = mounts != self.mounts;
         if remounted {
             tracing::debug!("filesystems mounted below unlisted directories changed");
             self.mounts = mounts;
+        }
+        // Kept until a generation is built (its own list replaces them); a reload that fails
+        // is tried again when the mount table changes again, not at every tick.
+        let mountinfo = crate::kernel::mountinfo();
+        if crate::kernel::remounted(&mountinfo, &self.marked_mounts) {
+            let table = {
+                use std::hash::{Hash as _, Hasher as _};
+                // Fixed keys: the same table hashes alike at every tick.
+                let mut h = std::hash::DefaultHasher::new();
+                mountinfo.hash(&mut h);
+                h.finish()
+            };
+            if self.remount_tried != Some(table) {
+                tracing::info!(
+                    "a filesystem protected files are on was unmounted or mounted again: the next generation keys them on its device now"
+                );
+                self.remount_tried = Some(table);
+                remounted = true;
+            }
         }
         self.count_tick(false);
         // The credentials' record, ended by the kernel when its table filled, started again once

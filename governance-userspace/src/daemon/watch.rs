@@ -199,6 +199,13 @@ pub(super) fn sockets_changed(enforcer: &Mutex<Enforcer>) -> bool {
     let Ok(mut e) = enforcer.lock() else {
         return false;
     };
+    // The dynamic loaders too (a glibc upgrade): into the kernel's table at once, no
+    // generation needed. (First: it reads the mounts again for both.)
+    match e.loaders_changed() {
+        Ok(true) => tracing::info!("the dynamic loaders changed; the kernel knows the new ones"),
+        Ok(false) => {}
+        Err(err) => tracing::error!("updating the dynamic loaders: {err}"),
+    }
     match e.unix_sockets_changed() {
         Ok(c) => {
             if c.runtime {

@@ -142,6 +142,57 @@ impl Ranked {
     }
 }
 
+/// Above the sandbox profiles' refusal of writes and their writable directories: the agent's own
+/// rules inside those directories ([`agent_rules_within`]), in the agent's order.
+const WITHIN_WRITABLE: u32 = u32::MAX / 2;
+
+/// A sandbox profile's writable directories restrict its agent's writes, never grant them (red
+/// team round 31: a profile writable at `/srv/work` let a sandboxed process write the
+/// `/srv/work/.git/hooks` its agent may not). Inside each writable directory `w` the agent's
+/// own entries of `list` (its rules and its class's built-ins: the cgroup tree outside its
+/// subtree) decide as they do for the agent: those below `w` where they are, the prefixes
+/// above `w` moved to `w`, and the agent's refusing default (if any) at `w` under them, all
+/// ranked above the profile's refusal of `/` and its allow of `w`.
+fn agent_rules_within(
+    list: &[(Node, Ranked)],
+    writable: &[String],
+    refusing_default: Option<Ranked>,
+) -> Vec<(Node, Ranked)> {
+    // `p` is `dir` or a name below it.
+    fn below(p: &[u8], dir: &[u8]) -> bool {
+        let dir = dir.strip_suffix(b"/").unwrap_or(dir);
+        p.strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+    }
+    let lifted = |r: &Ranked| {
+        let [a, b, c, _] = r.specificity;
+        Ranked {
+            specificity: [3, WITHIN_WRITABLE.saturating_add(a), b, c],
+            ..*r
+        }
+    };
+    let mut out = Vec::new();
+    for w in writable.iter().map(|w| w.as_bytes()) {
+        let at_w = Node {
+            path: w.to_vec(),
+            exact: false,
+        };
+        for (node, r) in list {
+            if below(&node.path, w) {
+                out.push((node.clone(), lifted(r)));
+            } else if !node.exact && below(w, &node.path) {
+                out.push((at_w.clone(), lifted(r)));
+            }
+        }
+        if let Some(d) = refusing_default {
+            let mut d = d;
+            d.specificity = [3, WITHIN_WRITABLE, 0, 0];
+            out.push((at_w, d));
+        }
+    }
+    out
+}
+
 /// The best enforcing rule and, if it ranks above that one, the best shadow rule.
 fn pair_of<'a>(covering: impl Iterator<Item = &'a Ranked>) -> Option<RulePair> {
     let mut best = Best::default();
@@ -719,9 +770,17 @@ fn compile_with(
             // network is (unnamed socketpairs stay usable).
             constrained.unix.clear();
             constrained.defaults[3] = (Some(KVerdict::Block), None);
-            // Writes only below the writable directories, whatever the agent's rules say.
+            // Writes only below the writable directories, and there as the agent's own rules
+            // and default say.
+            let refusing_default = rules.defaults[1]
+                .0
+                .filter(|v| *v != KVerdict::Allow)
+                .map(builtin);
             for letter in WRITE_LETTERS {
+                let own = rules.paths.get(&letter).map_or(&[][..], |l| &l[..]);
+                let within = agent_rules_within(own, &profile.writable, refusing_default);
                 let list = constrained.paths.entry(letter).or_default();
+                list.extend(within);
                 let mut top = builtin(KVerdict::Block);
                 top.specificity = [3, 0, 0, 0];
                 list.push((

@@ -56,11 +56,16 @@ pub fn elf_interpreter(elf: &[u8]) -> Option<PathBuf> {
 /// interpreter of the daemon's own binary, and the usual paths (symlinks followed). A loader
 /// elsewhere (a Nix store, a conda environment) is not known; exec rules decide on it.
 pub fn loader_identities() -> Vec<(u32, u64)> {
-    // The program headers and the interpreter's name sit at the start of the file.
-    let own = crate::procfs::open("/proc/self/exe").ok().and_then(|f| {
-        let mut head = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
-        elf_interpreter(&head)
+    // The program headers and the interpreter's name sit at the start of the file; read once
+    // (this is asked every second); a read that failed (no descriptor left) is tried again.
+    static OWN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let own = OWN.get().cloned().or_else(|| {
+        let found = crate::procfs::open("/proc/self/exe").ok().and_then(|f| {
+            let mut head = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 << 10), &mut head).ok()?;
+            elf_interpreter(&head)
+        })?;
+        Some(OWN.get_or_init(|| found).clone())
     });
     let mut ids: Vec<(u32, u64)> = own
         .into_iter()
@@ -235,7 +240,7 @@ pub fn serial_majors(tty_drivers: &str) -> Vec<u32> {
 /// symlinks, so a rule naming a symlink blocks the file it points to.
 pub fn exec_identity(path: &Path) -> std::io::Result<(u32, u64)> {
     let meta = std::fs::metadata(path)?;
-    Ok((kernel_dev(meta.dev()), meta.ino()))
+    Ok((super::kernel_dev_at(path, meta.dev(), true), meta.ino()))
 }
 
 /// Userspace `st_dev` → kernel `dev_t` (`include/linux/kdev_t.h`).

@@ -19,6 +19,8 @@ mod sequence;
 pub use report::count_keys;
 mod slots;
 pub use slots::{SlotEntries, Written};
+mod superblock;
+pub use superblock::{forget_mounts, kernel_dev_at, mountinfo, mounts_of, remounted};
 pub mod unix;
 
 use std::{
@@ -179,6 +181,8 @@ pub struct Enforcer {
     /// The generation the last flip made active, until [`Enforcer::settle`] has cleaned up
     /// after the one it retired (its tables were taken by the install).
     unsettled: Option<KernelPolicy>,
+    /// The dynamic loaders' identities the `LOADERS` map holds ([`Enforcer::loaders_changed`]).
+    loaders: Vec<(u32, u64)>,
 }
 
 /// Wait until every program run that began before the call has ended: an RCU grace period.
@@ -537,6 +541,7 @@ impl Enforcer {
             handover_from: None,
             slots: [None, None],
             last_install: Written::default(),
+            loaders: Vec::new(),
             enforcing_since: None,
             unsettled: None,
         })
@@ -629,7 +634,7 @@ impl Enforcer {
         let slot = governance_common::slot(policy.generation);
         // The node's own tables (not per generation): what a later package upgrade or module
         // load changed is picked up by every reload.
-        self.set_loaders(&loader_identities())?;
+        self.loaders_changed()?;
         let devices = crate::procfs::read_to_string("/proc/devices").unwrap_or_default();
         let misc = crate::procfs::read_to_string("/proc/misc").unwrap_or_default();
         let ttys = crate::procfs::read_to_string("/proc/tty/drivers").unwrap_or_default();
@@ -851,6 +856,21 @@ impl Enforcer {
             skipped,
             unix_paths,
         }
+    }
+
+    /// The dynamic loaders as they are now, in the `LOADERS` map if they changed (true): at
+    /// every flip, and once a second, since a glibc upgrade renames a new loader into place and
+    /// until the map knows it, under an exec allowlist every dynamically linked program an
+    /// agent starts is refused at its interpreter's mapping (red team round 31).
+    pub fn loaders_changed(&mut self) -> Result<bool, KernelError> {
+        forget_mounts();
+        let now = loader_identities();
+        if now == self.loaders {
+            return Ok(false);
+        }
+        self.set_loaders(&now)?;
+        self.loaders = now;
+        Ok(true)
     }
 
     /// The dynamic loaders' identities (see [`loader_identities`]): the map is set to exactly

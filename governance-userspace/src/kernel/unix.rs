@@ -18,7 +18,7 @@ use std::{
 use aya::maps::{Array, HashMap};
 use governance_common::{ApiAddr, UNIX_ABSTRACT_DEV, UnixId, maps, unix_name_hash, unix_protected};
 
-use super::{Enforcer, KernelError, KernelPolicy, kernel_dev};
+use super::{Enforcer, KernelError, KernelPolicy};
 use crate::policy::UnixTarget;
 
 /// Sockets whose server starts processes on request (containers, units, transient services):
@@ -460,7 +460,7 @@ pub fn socket_identity(path: &Path) -> std::io::Result<(u32, u64)> {
     if !meta.file_type().is_socket() {
         return Err(std::io::Error::other("not a Unix socket"));
     }
-    Ok((kernel_dev(meta.dev()), meta.ino()))
+    Ok((super::kernel_dev_at(path, meta.dev(), true), meta.ino()))
 }
 
 /// The runtime sockets that exist now: identity → the paths that name it.

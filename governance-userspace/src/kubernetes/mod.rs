@@ -129,15 +129,7 @@ impl Identities {
                 namespaces: s.namespaces.clone(),
             })?
         };
-        let tmp = path.with_extension("json.new");
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, &json)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::durable::replace(path, 0o600, |w| w.write_all(&json))
     }
 
     /// Take the identities a previous daemon saved at `path` ([`Identities::save`]) as the last

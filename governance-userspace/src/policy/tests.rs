@@ -986,3 +986,60 @@ fn rules_are_kept_only_under_the_items_they_start_in() {
         "a rule fewer"
     );
 }
+
+/// A rule's host is kept in the one spelling requests are decided in (red team round 31: a
+/// block on `0:0:0:0:0:0:0:1` or `::ffff:127.0.0.3` was accepted and matched no request, whose
+/// host the proxy writes `::1` and `127.0.0.3`); spellings no request has are errors.
+#[test]
+fn rule_hosts_are_kept_in_the_spelling_requests_are_decided_in() {
+    let rule = |host: &str| {
+        format!(
+            "{HEAD}  - id: h\n    http: {{ host: '{host}' }}\n    verdict: block\n    reason: r\n"
+        )
+    };
+    for (written, kept) in [
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("[0:0::1]", "::1"),
+        ("::ffff:127.0.0.3", "127.0.0.3"),
+        ("2001:0DB8::5", "2001:db8::5"),
+        ("API.Example.", "api.example"),
+        ("10.0.0.5", "10.0.0.5"),
+    ] {
+        let set = one(&rule(written)).unwrap_or_else(|e| panic!("{written}: {e}"));
+        let Matcher::Http(h) = &set.policies[0].rules[0].matcher else {
+            panic!("{written}: not an HTTP rule")
+        };
+        assert_eq!(h.host, HostMatch::Exact(kept.into()), "{written}");
+        // What the proxy makes of a request naming the host the rule was written with.
+        let asked =
+            crate::proxy::request::ip_literal(crate::proxy::request::normalise_host(written));
+        assert!(h.host.matches(&asked.unwrap()), "{written}");
+    }
+    for refused in [
+        "010.0.0.5",
+        "127.1",
+        "2130706433",
+        "0x7f000001",
+        "api.example:443",
+        "*.::1",
+        "*.",
+        "a..b",
+        "*..example",
+    ] {
+        let found = problems(&rule(refused));
+        assert!(
+            found.iter().any(|p| p.contains("host")),
+            "{refused}: {found:?}"
+        );
+    }
+    // TLS is intercepted by server name: an IP address in any spelling names none.
+    for ip in ["[::1]", "::ffff:10.0.0.1", "10.0.0.1.", "[0:0::1]"] {
+        let found = problems(&format!(
+            "name: p\nagents: {{ cgroup: agents/a }}\nproxy: {{ intercept_tls: ['{ip}'] }}\n"
+        ));
+        assert!(
+            found.iter().any(|p| p.contains("IP address")),
+            "{ip}: {found:?}"
+        );
+    }
+}

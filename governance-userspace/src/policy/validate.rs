@@ -286,7 +286,8 @@ impl Cx<'_> {
         let mut intercept_tls = Vec::new();
         for h in doc.proxy.iter().flat_map(|p| &p.intercept_tls) {
             let host = h.trim().to_ascii_lowercase();
-            let checked = if host.parse::<std::net::IpAddr>().is_ok() {
+            let spelled = host_spelling(&host).unwrap_or_default();
+            let checked = if spelled.parse::<std::net::IpAddr>().is_ok() {
                 Err(format!(
                     "host `{host}` is an IP address; TLS is intercepted by server name"
                 ))

@@ -7,6 +7,10 @@ use super::*;
 pub enum ValueError {
     #[error("host `{0}`: use `name.example` or `*.example`")]
     Host(String),
+    #[error(
+        "host `{0}` is an IPv4 address in a form readers differ on; write it as four decimal octets"
+    )]
+    OddIpv4(String),
     #[error("bad port or range `{0}` (1-65535, `lo-hi`)")]
     Ports(String),
     #[error("bad size `{0}`: use a number of bytes or KiB, MiB, GiB (256KiB)")]
@@ -24,7 +28,10 @@ pub(crate) fn exactly_one(given: &[bool]) -> bool {
     given.iter().filter(|g| **g).count() == 1
 }
 
-/// A host pattern (trimmed, lowercase): `*` (any host), `*.example` (any subdomain) or a name.
+/// A host pattern (trimmed, lowercase): `*` (any host), `*.example` (any subdomain) or a name,
+/// kept in the spelling requests are decided by ([`host_spelling`]): `example.com.` is
+/// `example.com`, `[0:0::1]` is `::1`, `::ffff:10.0.0.5` is `10.0.0.5`, and `010.0.0.5` is
+/// refused. A rule kept as written would never match a request's host (red team round 31).
 pub(super) fn host_match(h: &str) -> Result<HostMatch, ValueError> {
     if h == "*" {
         return Ok(HostMatch::Any);
@@ -33,18 +40,68 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, ValueError> {
         Some(rest) => (rest, true),
         None => (h, false),
     };
-    if bare.is_empty()
-        || !bare
+    let unbracketed = bare
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or(bare);
+    if unbracketed.is_empty()
+        || unbracketed.starts_with('.')
+        || !unbracketed
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == ':')
     {
         return Err(ValueError::Host(h.to_owned()));
     }
+    // No empty label (`a..b`): no request's host has one.
+    let name = unbracketed.strip_suffix('.').unwrap_or(unbracketed);
+    if !name.contains(':') && name.split('.').any(str::is_empty) {
+        return Err(ValueError::Host(h.to_owned()));
+    }
+    // A colon is only an IPv6 address's: `api.example:443` would name no request's host.
+    if unbracketed.contains(':') && (suffix || unbracketed.parse::<std::net::Ipv6Addr>().is_err()) {
+        return Err(ValueError::Host(h.to_owned()));
+    }
     Ok(if suffix {
-        HostMatch::Suffix(format!(".{bare}"))
+        HostMatch::Suffix(format!(
+            ".{}",
+            unbracketed.strip_suffix('.').unwrap_or(unbracketed)
+        ))
     } else {
-        HostMatch::Exact(bare.to_owned())
+        HostMatch::Exact(host_spelling(bare)?)
     })
+}
+
+/// A host in the one spelling requests are decided by, and rules are kept in: lowercase,
+/// brackets and a trailing dot removed, IPv6 compressed (`::1`), and an IPv4-mapped IPv6
+/// address as the IPv4 address it maps (`::ffff:127.0.0.1` is `127.0.0.1`). A host whose last
+/// label is a number (`127.1`, `2130706433`, `0x7f000001`, `0177.0.0.1`, `127.0.0.01`) is an
+/// IPv4 address to URL parsers and `getaddrinfo`, read in ways that differ (octal or decimal);
+/// unless it is four plain decimal octets it is refused, so a rule on `127.0.0.1` cannot be
+/// dodged by another spelling. Other names pass lowercased.
+pub fn host_spelling(host: &str) -> Result<String, ValueError> {
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    if let Ok(v6) = h.parse::<std::net::Ipv6Addr>() {
+        return Ok(match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        });
+    }
+    let last = h.rsplit('.').next().unwrap_or_default();
+    let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())
+        || last
+            .strip_prefix("0x")
+            .is_some_and(|x| x.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !numeric {
+        return Ok(h);
+    }
+    match h.parse::<std::net::Ipv4Addr>() {
+        Ok(v4) if v4.to_string() == h => Ok(h),
+        _ => Err(ValueError::OddIpv4(h)),
+    }
 }
 
 pub(super) fn valid_name(s: &str) -> bool {

@@ -242,7 +242,8 @@ pub fn target(
     })
 }
 
-/// Lowercase, brackets and a trailing dot removed.
+/// Lowercase, brackets and a trailing dot removed (names only: [`ip_literal`] also writes IP
+/// addresses in one spelling).
 pub fn normalise_host(host: &str) -> String {
     let h = host
         .strip_prefix('[')
@@ -252,33 +253,10 @@ pub fn normalise_host(host: &str) -> String {
     h.to_ascii_lowercase()
 }
 
-/// An IP address as a host, in the one spelling rules name it by: IPv6 compressed
-/// (`::1`), and an IPv4-mapped IPv6 address as the IPv4 address it maps (`::ffff:127.0.0.1`
-/// is `127.0.0.1`). A host whose last label is a number (`127.1`, `2130706433`, `0x7f000001`,
-/// `0177.0.0.1`, `127.0.0.01`) is an IPv4 address to URL parsers and `getaddrinfo`, read in
-/// ways that differ (octal or decimal); unless it is four plain decimal octets it is refused,
-/// so a rule on `127.0.0.1` cannot be dodged by another spelling. Other names pass unchanged.
+/// A request's host in the one spelling rules name it by ([`crate::policy::host_spelling`]);
+/// an IPv4 address in a form readers differ on is refused.
 pub fn ip_literal(host: String) -> Result<String, Reject> {
-    if let Ok(v6) = host.parse::<std::net::Ipv6Addr>() {
-        return Ok(match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        });
-    }
-    let last = host.rsplit('.').next().unwrap_or_default();
-    let numeric = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit())
-        || last
-            .strip_prefix("0x")
-            .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
-    if !numeric {
-        return Ok(host);
-    }
-    match host.parse::<std::net::Ipv4Addr>() {
-        Ok(v4) if v4.to_string() == host => Ok(host),
-        _ => Err(Reject::Target(format!(
-            "`{host}` is an IPv4 address in a form readers differ on; write it as four decimal octets"
-        ))),
-    }
+    crate::policy::host_spelling(&host).map_err(|e| Reject::Target(e.to_string()))
 }
 
 fn unreserved(b: u8) -> bool {

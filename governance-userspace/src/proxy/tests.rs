@@ -1670,6 +1670,28 @@ rules:
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // A number past f64's precision: approving one does not grant those it rounds to alike,
+    // nor itself (red team round 31: no spelling of it is the value's own); a fraction is
+    // granted in its own spelling only.
+    approve_body(
+        format!("http://api.payments.example:{port}/v1/transfers?to=frank"),
+        "to=frank",
+        json!({"amount": 12.5}),
+    );
+    approve_body(
+        format!("http://api.payments.example:{port}/v1/transfers?to=erin"),
+        "to=erin",
+        serde_json::from_str(r#"{"to_account": 18446744073709551616, "amount": 5}"#).unwrap(),
+    );
+    let r = h
+        .send(me, transfer("?to=frank", "acct-1", r#"{ "amount": 12.5 }"#))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the approved fraction: {}",
+        r.body
+    );
     // Anything else is held for its own approval (denied here): nothing reaches the upstream.
     let forwarded = up.seen.lock().unwrap().len();
     for (query, account, body, what) in [
@@ -1712,6 +1734,36 @@ rules:
             "acct-1",
             r#"{"amount": 5}"#,
             "approved at https's port",
+        ),
+        (
+            "?to=erin",
+            "acct-1",
+            r#"{"to_account": 18446744073709551617, "amount": 5}"#,
+            "a number the approved one equals as an f64",
+        ),
+        (
+            "?to=erin",
+            "acct-1",
+            r#"{"to_account": 18446744073709551616, "amount": 5}"#,
+            "the approved number past f64's precision: never granted",
+        ),
+        (
+            "?to=frank",
+            "acct-1",
+            r#"{"amount": 12.5000000000000001}"#,
+            "a decimal the approved one equals as an f64",
+        ),
+        (
+            "?to=frank",
+            "acct-1",
+            r#"{"amount": 12.50}"#,
+            "the approved fraction in another spelling",
+        ),
+        (
+            "?to=erin",
+            "acct-1",
+            r#"{"to_account": 18446744073709552000, "amount": 5}"#,
+            "another number the approved one equals as an f64",
         ),
     ] {
         let denier = deny_when_held(&h.approvals);
@@ -1815,6 +1867,36 @@ rules:
     assert!(r.body.to_string().contains("JSON-RPC batch"), "{}", r.body);
     assert!(h.approvals.list().is_empty());
     assert_eq!(forwarded(), before);
+    // Red team round 31's review: a call with a fraction, approved with no server named,
+    // grants itself and not another call (its key once lost the tool and its arguments);
+    // asked again while it is pending, it is the same approval.
+    let ask = |arguments: Value| {
+        h.proxy.preauthorize(
+            &c,
+            DecideAction::Tool {
+                tool: "deploy".into(),
+                arguments,
+                server: None,
+            },
+        )
+    };
+    let first = ask(json!({"env": "qa", "share": 0.5}));
+    let again = ask(json!({"env": "qa", "share": 0.5}));
+    assert_eq!(first.approval_id, again.approval_id, "one pending approval");
+    h.approvals
+        .approve(
+            &first.approval_id.unwrap(),
+            "alice",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    let other = ask(json!({"env": "production", "share": 1.5}));
+    assert_eq!((other.verdict.as_ref(), other.allowed), ("escalate", false));
+    h.approvals
+        .deny(&other.approval_id.unwrap(), "bob", "test")
+        .unwrap();
+    let same = ask(json!({"env": "qa", "share": 0.5}));
+    assert!(same.allowed, "{same:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,10 +59,9 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    fmt, fs,
-    io::{self, Write as _},
+    fmt, fs, io,
     net::{IpAddr, SocketAddr},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -672,36 +671,17 @@ fn create(
     let cert_pem = cert.pem();
     // The key first: a crash between the two leaves a key without a certificate, which no agent
     // can have trusted yet.
-    write_atomically(dir, key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomically(dir, cert_path, cert_pem.as_bytes(), 0o644)?;
+    write_replacing(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_replacing(cert_path, cert_pem.as_bytes(), 0o644)?;
     info!(path = %cert_path.display(), "created the node CA; agents that are intercepted must trust it");
     Ok((cert_pem, Issuer::new(params, key)))
 }
 
-/// Writes `path` through a temporary file in `dir` created with `mode`, then renames it over.
-fn write_atomically(dir: &Path, path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let write = || -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // The mode above applies only to a new file, and through the umask.
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        TlsError::Io {
-            path: path.to_owned(),
-            source,
-        }
+/// Writes `path` whole, readable as `mode` says ([`crate::durable::replace`]).
+fn write_replacing(path: &Path, contents: &[u8], mode: u32) -> Result<(), TlsError> {
+    crate::durable::replace(path, mode, |w| w.write_all(contents)).map_err(|source| TlsError::Io {
+        path: path.to_owned(),
+        source,
     })
 }
 

@@ -325,6 +325,23 @@ impl Proxy {
             None => parse_json(bytes).ok(),
         };
         let json = http.body.as_ref().or(parsed.as_ref());
+        // A number serde keeps as an f64 (a fraction, an integer past 2^64) is compared by its
+        // value, which other readers may not share: 18446744073709551616 and …617 are one
+        // double and two numbers to Python, Java or JavaScript, `12.5000000000000001` is 12.5
+        // to a double and not to a `Decimal` (red team round 31). A body written with such a
+        // number in another spelling than the value's own (`12.5`) is never granted: a key
+        // nothing else has, so each request is held for its own approval. (An action given to
+        // the decision API as a JSON value, not as bytes, has no other spelling.)
+        if json.is_some_and(|v| {
+            has_inexact_number(v)
+                && !bytes.is_empty()
+                && !(parse_json(bytes).is_ok_and(|read| &read == v)
+                    && numbers_as_serde_writes(bytes))
+        }) {
+            static UNGRANTABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = UNGRANTABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return (self.hasher.hash_one(("ungrantable", n)), None);
+        }
         let call = json
             .filter(|v| tool_call(v).is_some())
             .map(without_message_ids);
@@ -371,6 +388,60 @@ impl Proxy {
     }
 }
 
+/// Whether every number in the JSON text `bytes` is written as serde writes the number it
+/// reads (`12.5`, not `12.50`, `1.25e1` or `12.5000000000000001`): then its value, which the
+/// grant's key holds, is all there is to it. Strings are skipped.
+fn numbers_as_serde_writes(bytes: &[u8]) -> bool {
+    let (mut i, mut in_string) = (0, false);
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match b {
+                b'\\' => i += 1,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            i += 1;
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                while bytes
+                    .get(i)
+                    .is_some_and(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+                {
+                    i += 1;
+                }
+                let Ok(text) = std::str::from_utf8(&bytes[start..i]) else {
+                    return false;
+                };
+                match serde_json::from_str::<serde_json::Number>(text) {
+                    Ok(n) if n.to_string() == text => {}
+                    _ => return false,
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    true
+}
+
+/// Whether `v` holds a number that is not an integer serde keeps exactly (an f64).
+/// ([`Proxy::grant_keys`])
+fn has_inexact_number(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_inexact_number),
+        Value::Object(o) => o.values().any(has_inexact_number),
+        _ => false,
+    }
+}
+
 /// An MCP call without its JSON-RPC `id` and `params._meta.progressToken`: what a retry of the
 /// same call changes.
 fn without_message_ids(call: &Value) -> Value {
@@ -409,6 +480,33 @@ impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         if self.armed {
             self.approvals.withdraw(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::numbers_as_serde_writes as own;
+
+    #[test]
+    fn numbers_are_in_their_value_s_own_spelling_or_not() {
+        for ok in [
+            br#"{"a": 12.5, "b": [1, -2, 0.7], "c": "12.50 1e2", "d": 18446744073709551615}"#
+                as &[u8],
+            br#"{"e": "\"12.50", "f": 1.8446744073709552e+19}"#,
+            b"[]",
+        ] {
+            assert!(own(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for other in [
+            br#"{"a": 12.50}"# as &[u8],
+            br#"{"a": 12.5000000000000001}"#,
+            br#"{"a": 18446744073709551616}"#,
+            br#"{"a": 1e2}"#,
+            br#"{"a": 1.25e1}"#,
+            br#"{"s": "\\", "a": 0.10}"#,
+        ] {
+            assert!(!own(other), "{}", String::from_utf8_lossy(other));
         }
     }
 }

@@ -144,8 +144,9 @@ pub(super) fn root_interface_files(root: &std::path::Path) -> Vec<(PathBuf, Foun
             // Not followed: a regular file here is not a symlink.
             let m = e.metadata().ok()?;
             (m.is_file() && m.permissions().mode() & 0o200 != 0).then(|| {
-                let found = (crate::kernel::kernel_dev(m.dev()), m.ino(), false);
-                (e.path(), found)
+                let path = e.path();
+                let dev = crate::kernel::kernel_dev_at(&path, m.dev(), false);
+                (path, (dev, m.ino(), false))
             })
         })
         .collect();

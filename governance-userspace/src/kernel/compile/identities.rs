@@ -101,6 +101,7 @@ pub(crate) fn severer(a: RulePair, b: RulePair) -> RulePair {
 
 impl Identities {
     pub(crate) fn new(protect: &Protect) -> Self {
+        crate::kernel::forget_mounts();
         let mut identities = Self {
             stat: Default::default(),
             below: Default::default(),
@@ -180,7 +181,7 @@ impl Identities {
         use std::os::unix::ffi::OsStrExt as _;
         let found = |real: &Path, meta: std::fs::Metadata| {
             let id = (
-                crate::kernel::kernel_dev(meta.dev()),
+                crate::kernel::kernel_dev_at(real, meta.dev(), true),
                 meta.ino(),
                 meta.is_dir(),
             );
@@ -587,7 +588,12 @@ impl Identities {
                 None => {
                     let found = std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(&own))
                         .map(|meta| {
-                            let id = (crate::kernel::kernel_dev(meta.dev()), meta.ino(), false);
+                            let dev = crate::kernel::kernel_dev_at(
+                                Path::new(std::ffi::OsStr::from_bytes(&own)),
+                                meta.dev(),
+                                false,
+                            );
+                            let id = (dev, meta.ino(), false);
                             let target = meta
                                 .file_type()
                                 .is_symlink()

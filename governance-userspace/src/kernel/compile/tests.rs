@@ -1887,3 +1887,118 @@ fn missing_protected_paths_are_refused_by_their_names() {
     assert!(restricts(&c[&(dev, 0, SCOPE_DEVICE, 0)].rules[2]));
     device_markers_agree(c);
 }
+
+/// Red team round 31: a sandbox profile's writable directories restrict its agent's writes and
+/// never grant them. Inside `work` (writable) the profile decides as the agent does: its
+/// block below (`.git/hooks`), a block on a prefix above (`/…/srv`, moved to `work`), and its
+/// refusing default; outside `work` every write is refused. Controls: what the agent allows
+/// inside `work` stays allowed to the profile.
+#[test]
+fn a_sandbox_profile_keeps_its_agent_s_write_rules_inside_its_writable_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    for sub in ["work/.git/hooks", "work/src", "work/cfg", "other"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let ds = d.display();
+    let none = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![],
+        no_access: vec![],
+        system_links: Vec::new(),
+    };
+    let (b, a) = (KVerdict::Block as u8, KVerdict::Allow as u8);
+    let verdict_of = |k: &KernelPolicy, c: &Class, letter, path: &str| {
+        decided(k, c, letter, &format!("{ds}/{path}")).map(|p| p.enforce.verdict)
+    };
+    for default in ["allow", "block"] {
+        let set = parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: 'a/*' }}\ndefaults: {{ file: {default} }}\n\
+                 sandbox_profiles:\n  build: {{ network: none, writable: [{ds}/work] }}\n\
+                 rules:\n\
+                 \x20 - {{ id: hooks, file: {{ prefix: {ds}/work/.git/hooks, access: [write, create] }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: cfg, file: {{ path: {ds}/work/cfg/app.yaml, access: [write] }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: src, file: {{ prefix: {ds}/work/src }}, verdict: allow, reason: r }}\n\
+                 \x20 - {{ id: sb, exec: {{ path: /usr/bin/env }}, verdict: sandbox, sandbox: {{ profile: build }}, reason: r }}\n"
+            ),
+        )])
+        .unwrap();
+        let k = compile(&set, &[agent(0, "a/one", None)], 1, &none);
+        assert!(k.errors.is_empty(), "{k:?}");
+        let (agent_class, profile) = (&k.classes[0], &k.classes[1]);
+        for (letter, path) in [
+            (access::WRITE, "work/.git/hooks/pre-commit"),
+            (access::CREATE, "work/.git/hooks/pre-commit"),
+            (access::WRITE, "work/cfg/app.yaml"),
+        ] {
+            let agent_says = verdict_of(&k, agent_class, letter, path);
+            assert_ne!(agent_says, Some(a), "{default}: the agent's {path}");
+            assert_eq!(
+                verdict_of(&k, profile, letter, path),
+                agent_says,
+                "{default}: the profile writes {path} as its agent does"
+            );
+        }
+        // Control: the agent's allow inside `work` holds in the profile.
+        assert_eq!(
+            verdict_of(&k, profile, access::WRITE, "work/src/main.rs"),
+            Some(a)
+        );
+        // Elsewhere in `work`, the agent's default.
+        let elsewhere = verdict_of(&k, profile, access::WRITE, "work/notes.txt");
+        assert_eq!(
+            elsewhere.unwrap_or(a),
+            if default == "block" { b } else { a },
+            "{default}"
+        );
+        // Outside it, nothing is writable.
+        assert_eq!(verdict_of(&k, profile, access::WRITE, "other/x"), Some(b));
+        // The hooks directory's identity (a hard link or another name for it) says the same.
+        // (Checked below too: the agent's built-ins inside a writable directory.)
+        let hooks = verdicts(
+            &whole(&k, profile),
+            ident(&d.join("work/.git/hooks")),
+            SCOPE_BELOW,
+        )
+        .expect("an identity entry for the hooks directory");
+        assert!(
+            hooks[1..3].iter().all(|s| s.is_some_and(|(_, v)| v == b)),
+            "{default}: {hooks:?}"
+        );
+    }
+}
+
+/// The agent's built-in write refusals hold for its sandbox profiles inside their writable
+/// directories too (red team round 31's review): with `/sys/fs/cgroup` writable, a sandboxed
+/// process may still not write another cgroup's `cgroup.procs` (leaving the agent); its own
+/// subtree stays writable, as it is to the agent.
+#[test]
+fn a_sandbox_profile_keeps_its_agent_s_built_in_refusals_inside_its_writable_directories() {
+    let set = parse(&[(
+        "p.yaml".into(),
+        "name: p\nagents: { cgroup: 'a/*' }\n\
+         sandbox_profiles:\n  wide: { network: none, writable: [/sys/fs/cgroup, /] }\n\
+         rules:\n\
+         \x20 - { id: sb, exec: { path: /usr/bin/env }, verdict: sandbox, sandbox: { profile: wide }, reason: r }\n"
+            .to_owned(),
+    )])
+    .unwrap();
+    let k = compile(&set, &[agent(0, "a/one", None)], 1, &protect());
+    assert!(k.errors.is_empty(), "{k:?}");
+    let (agent_class, profile) = (&k.classes[0], &k.classes[1]);
+    for (path, verdict) in [
+        ("/sys/fs/cgroup/other/cgroup.procs", KVerdict::Block),
+        ("/sys/fs/cgroup/a/one/child/cgroup.procs", KVerdict::Allow),
+    ] {
+        for c in [agent_class, profile] {
+            assert_eq!(
+                decided(&k, c, access::WRITE, path).map(|v| v.enforce.verdict),
+                Some(verdict as u8),
+                "{path} in class {}",
+                c.id
+            );
+        }
+    }
+}
