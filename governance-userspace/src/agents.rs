@@ -64,7 +64,8 @@ pub fn mount_points() -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-fn mount_points_of(mountinfo: &[u8]) -> Vec<PathBuf> {
+/// [`mount_points`] in a mount table already read (`/proc/self/mountinfo`'s text).
+pub fn mount_points_of(mountinfo: &[u8]) -> Vec<PathBuf> {
     use std::os::unix::ffi::OsStringExt as _;
     mountinfo
         .split(|&b| b == b'\n')
@@ -357,12 +358,13 @@ fn own_cgroup(root: &Path) -> Option<&'static PathBuf> {
             return Some(named);
         }
         // Bounded, and past subtrees with no process (agents' own thousands of cgroups).
-        let mut looked = 0;
-        each_cgroup(root, |dir| {
+        let (mut looked, mut hit) = (0, false);
+        let stopped = each_cgroup(root, |dir| {
             looked += 1;
-            looked > 65_536 || holds(dir)
-        })
-        .filter(|dir| holds(dir))
+            hit = holds(dir);
+            hit || looked > 65_536
+        });
+        stopped.filter(|_| hit)
     })
     .as_ref()
 }

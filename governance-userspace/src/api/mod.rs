@@ -282,14 +282,12 @@ async fn refuse_agents(
     // agent), or names another process (its start time), is refused: the kernel does not say
     // which process sends.
     let mut peer = peer.clone();
-    if peer.cgroups.is_ok() && peer.pid.is_some() {
-        match peer.cgroups_now(cgroup_root()) {
-            Ok((rel, chain)) => {
-                peer.cgroup = rel;
-                peer.cgroups = Ok(chain);
-            }
-            Err(e) => peer.cgroups = Err(e),
+    match peer.cgroups_now(cgroup_root()) {
+        Ok((rel, chain)) => {
+            peer.cgroup = rel;
+            peer.cgroups = Ok(chain);
         }
+        Err(e) => peer.cgroups = Err(e),
     }
     let (agent, why) = match &peer.cgroups {
         Ok(chain) => {

@@ -97,6 +97,7 @@ pub(super) fn build(
     let found = agents::discover(root, &set, !args.no_create_cgroups, pods)?;
     let mountinfo = kernel::mountinfo();
     let compiled = kernel::compile_ahead(&set, &found, number, ahead);
+    let marked_mounts = kernel::mounts_of(&mountinfo, &compiled.identity_devices());
     if !compiled.errors.is_empty() {
         anyhow::bail!(
             "the policy does not fit the kernel tables:\n  {}",
@@ -124,21 +125,6 @@ pub(super) fn build(
         .lock()
         .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
     let complete = enforcer.fully_attached() && compiled.unenforceable.is_empty();
-    // The devices its identities are on: device markers and exact exec rules' files.
-    let marked: std::collections::HashSet<u32> = compiled
-        .classes
-        .iter()
-        .chain(&compiled.builtins)
-        .flat_map(|c| {
-            let markers = c
-                .idents
-                .keys()
-                .filter(|k| k.2 == governance_common::SCOPE_DEVICE)
-                .map(|k| k.0);
-            let execs = c.exec.values().filter_map(|(_, id)| id.map(|(dev, _)| dev));
-            markers.chain(execs)
-        })
-        .collect();
     if !complete && !args.allow_degraded {
         crate::say!(
             "refusing generation {number}: some of the policy cannot be enforced here \
@@ -210,7 +196,7 @@ pub(super) fn build(
         rules,
         content_hash,
         sources,
-        marked_mounts: kernel::mounts_of(&mountinfo, &marked),
+        marked_mounts,
     }))
 }
 

@@ -374,7 +374,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,
         ticks: 0,
-        mounts: crate::kernel::unlisted_mounts(),
+        mounts: crate::kernel::unlisted_mounts(&crate::kernel::mountinfo()),
         marked_mounts: Vec::new(),
         remount_tried: None,
     };

@@ -540,7 +540,9 @@ impl Daemon<'_> {
         let sockets = watch::sockets_changed(&self.enforcer);
         // A filesystem mounted or unmounted below them (a container started, a pod's volume):
         // the next generation gives it identity entries.
-        let mounts = crate::kernel::unlisted_mounts();
+        // One read of the mount table for both looks below.
+        let mountinfo = crate::kernel::mountinfo();
+        let mounts = crate::kernel::unlisted_mounts(&mountinfo);
         let mut remounted = mounts != self.mounts;
         if remounted {
             tracing::debug!("filesystems mounted below unlisted directories changed");
@@ -548,7 +550,6 @@ impl Daemon<'_> {
         }
         // Kept until a generation is built (its own list replaces them); a reload that fails
         // is tried again when the mount table changes again, not at every tick.
-        let mountinfo = crate::kernel::mountinfo();
         if crate::kernel::remounted(&mountinfo, &self.marked_mounts) {
             let table = {
                 use std::hash::{Hash as _, Hasher as _};

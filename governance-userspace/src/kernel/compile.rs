@@ -111,6 +111,22 @@ pub struct KernelPolicy {
     pub sequences: Vec<(u32, governance_common::sequence::SeqList)>,
 }
 
+impl KernelPolicy {
+    /// The devices its identities are on (kernel encoding): the device markers' and the
+    /// files' of exact exec rules ([`crate::kernel::remounted`]).
+    pub fn identity_devices(&self) -> std::collections::HashSet<u32> {
+        self.classes
+            .iter()
+            .chain(&self.builtins)
+            .flat_map(|c| {
+                let markers = c.idents.keys().filter(|k| k.2 == SCOPE_DEVICE).map(|k| k.0);
+                let execs = c.exec.values().filter_map(|(_, id)| id.map(|(dev, _)| dev));
+                markers.chain(execs)
+            })
+            .collect()
+    }
+}
+
 /// Rank of the built-in refusal of writes to the cgroup tree: below an agent's own subtree.
 const CGROUP_TREE: [u32; 4] = [1, 0, u32::MAX - 1, 0];
 /// Rank of an agent's own cgroup subtree (writable) and of its root's interface files (not):
@@ -185,8 +201,10 @@ fn agent_rules_within(
             }
         }
         if let Some(d) = refusing_default {
-            let mut d = d;
-            d.specificity = [3, WITHIN_WRITABLE, 0, 0];
+            let d = Ranked {
+                specificity: [3, WITHIN_WRITABLE, 0, 0],
+                ..d
+            };
             out.push((at_w, d));
         }
     }

@@ -24,42 +24,32 @@ struct Mounts {
 
 impl Mounts {
     fn read() -> Mounts {
-        let text = crate::procfs::read("/proc/self/mountinfo").unwrap_or_default();
-        Self::parse(&text)
-    }
-
-    /// `id parent major:minor root mount-point ...` per line.
-    fn parse(text: &[u8]) -> Mounts {
         let mut m = Mounts::default();
-        for line in text.split(|&b| b == b'\n') {
-            let mut fields = line.split(|&b| b == b' ');
-            let id = fields
-                .next()
-                .and_then(|f| std::str::from_utf8(f).ok()?.parse().ok());
-            let dev = fields.nth(1).and_then(|f| {
-                let (major, minor) = std::str::from_utf8(f).ok()?.split_once(':')?;
-                Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
-            });
-            if let (Some(id), Some(dev)) = (id, dev) {
-                m.superblocks.insert(dev);
-                m.by_id.insert(id, dev);
-            }
+        for (id, dev, _) in lines(&mountinfo()) {
+            m.superblocks.insert(dev);
+            m.by_id.insert(id, dev);
         }
         m
     }
+}
+
+/// `id parent major:minor root mount-point ...` per line: the mount's id, its superblock's
+/// device (as `st_dev` encodes it) and its point (as procfs prints it).
+fn lines(text: &[u8]) -> impl Iterator<Item = (u64, u64, &[u8])> {
+    text.split(|&b| b == b'\n').filter_map(|line| {
+        let mut fields = line.split(|&b| b == b' ');
+        let id = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+        let (major, minor) = std::str::from_utf8(fields.nth(1)?).ok()?.split_once(':')?;
+        let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
+        Some((id, dev, fields.nth(1)?))
+    })
 }
 
 static MOUNTS: Mutex<Option<Mounts>> = Mutex::new(None);
 
 /// Each mount's point (as procfs prints it) and superblock device (kernel encoding).
 fn mounted(text: &[u8]) -> impl Iterator<Item = (Vec<u8>, u32)> + '_ {
-    text.split(|&b| b == b'\n').filter_map(|line| {
-        let mut fields = line.split(|&b| b == b' ').skip(2);
-        let (major, minor) = std::str::from_utf8(fields.next()?).ok()?.split_once(':')?;
-        let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
-        let point = fields.nth(1)?;
-        Some((point.to_vec(), super::kernel_dev(dev)))
-    })
+    lines(text).map(|(_, dev, point)| (point.to_vec(), super::kernel_dev(dev)))
 }
 
 /// `/proc/self/mountinfo` now (empty if it does not read), for [`mounts_of`].
@@ -152,16 +142,22 @@ mod tests {
 
     #[test]
     fn mountinfo_lines_give_each_mount_s_superblock_device() {
-        let m = Mounts::parse(
+        let m: Vec<_> = lines(
             b"22 1 0:21 / /proc rw - proc proc rw\n\
               31 1 0:40 /root / rw - btrfs /dev/vda2 rw\n\
               32 31 0:40 /home /home rw - btrfs /dev/vda2 rw\n\
               bad line\n",
+        )
+        .collect();
+        let btrfs = libc::makedev(0, 40);
+        assert_eq!(
+            m,
+            [
+                (22, libc::makedev(0, 21), &b"/proc"[..]),
+                (31, btrfs, &b"/"[..]),
+                (32, btrfs, &b"/home"[..]),
+            ]
         );
-        assert_eq!(m.by_id.get(&31), Some(&libc::makedev(0, 40)));
-        assert_eq!(m.by_id.get(&32), Some(&libc::makedev(0, 40)));
-        assert!(m.superblocks.contains(&libc::makedev(0, 21)));
-        assert_eq!(m.by_id.len(), 3);
     }
 
     #[test]
@@ -187,9 +183,9 @@ mod tests {
         assert!(remounted(&mountinfo(), &gone), "unmounted");
     }
 
-    /// On this machine's filesystems `stat` and mountinfo agree; the answer is `st_dev`'s (a
-    /// btrfs subvolume's file, whose `st_dev` is in no mountinfo line, is the VM's case:
-    /// `vm_lsm::identities_on_btrfs_are_the_superblock_s`).
+    /// On this machine's own filesystems `stat` and mountinfo agree; the answer is `st_dev`'s
+    /// (a btrfs file, whose `st_dev` is in no mountinfo line, is the case of
+    /// `host_kernel::identities_on_btrfs_are_the_superblock_s`).
     #[test]
     fn a_file_s_device_is_its_mount_s_superblock_s() {
         for p in ["/proc/self/status", "/", "/tmp"] {

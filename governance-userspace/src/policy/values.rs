@@ -71,6 +71,17 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, ValueError> {
     })
 }
 
+/// Lowercase, brackets and a trailing dot removed (names only: [`host_spelling`] also writes
+/// IP addresses in one spelling).
+pub fn normalise_host(host: &str) -> String {
+    let h = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let h = h.strip_suffix('.').unwrap_or(h);
+    h.to_ascii_lowercase()
+}
+
 /// A host in the one spelling requests are decided by, and rules are kept in: lowercase,
 /// brackets and a trailing dot removed, IPv6 compressed (`::1`), and an IPv4-mapped IPv6
 /// address as the IPv4 address it maps (`::ffff:127.0.0.1` is `127.0.0.1`). A host whose last
@@ -79,11 +90,7 @@ pub(super) fn host_match(h: &str) -> Result<HostMatch, ValueError> {
 /// unless it is four plain decimal octets it is refused, so a rule on `127.0.0.1` cannot be
 /// dodged by another spelling. Other names pass lowercased.
 pub fn host_spelling(host: &str) -> Result<String, ValueError> {
-    let h = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    let h = normalise_host(host);
     if let Ok(v6) = h.parse::<std::net::Ipv6Addr>() {
         return Ok(match v6.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),

@@ -242,16 +242,7 @@ pub fn target(
     })
 }
 
-/// Lowercase, brackets and a trailing dot removed (names only: [`ip_literal`] also writes IP
-/// addresses in one spelling).
-pub fn normalise_host(host: &str) -> String {
-    let h = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let h = h.strip_suffix('.').unwrap_or(h);
-    h.to_ascii_lowercase()
-}
+pub use crate::policy::normalise_host;
 
 /// A request's host in the one spelling rules name it by ([`crate::policy::host_spelling`]);
 /// an IPv4 address in a form readers differ on is refused.

@@ -670,15 +670,16 @@ const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 /// The filesystems mounted below the directories that are not listed ([`not_enumerated`] and
 /// [`KERNEL_SETTINGS`], each where it resolves now; not the cgroup tree's), by mount point: a
 /// generation gives them identity entries, so a change (a container started, a volume
-/// mounted, tracefs mounted on first use) is worth the next one. Sorted.
-pub fn unlisted_mounts() -> Vec<Vec<u8>> {
+/// mounted, tracefs mounted on first use) is worth the next one. Sorted. `mountinfo`:
+/// [`crate::kernel::mountinfo`].
+pub fn unlisted_mounts(mountinfo: &[u8]) -> Vec<Vec<u8>> {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let dirs: Vec<Vec<u8>> = not_enumerated(&passwd)
         .iter()
         .map(|p| path_bytes(&std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())))
         .chain(KERNEL_SETTINGS.iter().map(|p| p.as_bytes().to_vec()))
         .collect();
-    let mounts: Vec<Vec<u8>> = crate::agents::mount_points()
+    let mounts: Vec<Vec<u8>> = crate::agents::mount_points_of(mountinfo)
         .iter()
         .map(|m| path_bytes(m))
         .collect();
