@@ -699,6 +699,13 @@ pub mod guard {
     /// a host the policy refuses (red team round 27). [`crate::Event::object`]: (level << 32)
     /// | option.
     pub const FOREIGN_SOURCE: u8 = 20;
+    /// A reuseport group's steering program set or removed (`SO_ATTACH_REUSEPORT_CBPF`,
+    /// `SO_ATTACH_REUSEPORT_EBPF`, `SO_DETACH_REUSEPORT_BPF`): any socket of the group may
+    /// replace it, so an agent bound beside a service of its uid that shares its port (a DNS
+    /// cache, nginx with `reuseport`) would take every connection and datagram sent to that
+    /// service, not the share the kernel's hash gives it (red team round 32).
+    /// [`crate::Event::object`]: (level << 32) | option.
+    pub const REUSEPORT_STEER: u8 = 21;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -723,6 +730,7 @@ pub mod guard {
             SOCKET_ULP => "an upper-layer protocol on a TCP socket (TCP_ULP)",
             SESSION_KEYRING => "a session keyring handed to a parent process",
             FOREIGN_SOURCE => "a source address the node need not own (IP_FREEBIND)",
+            REUSEPORT_STEER => "a reuseport group's steering program (every peer's traffic)",
             _ => "?",
         }
     }

@@ -37,6 +37,10 @@ const SOL_TCP: i32 = 6;
 const IP_FREEBIND: i32 = 15;
 const IPV6_FREEBIND: i32 = 78;
 const TCP_ULP: i32 = 31;
+/// A reuseport group's steering program, set or removed (governance_common::guard::
+/// REUSEPORT_STEER): `SO_ATTACH_REUSEPORT_CBPF`, `SO_ATTACH_REUSEPORT_EBPF`,
+/// `SO_DETACH_REUSEPORT_BPF`.
+const REUSEPORT_STEER: [i32; 3] = [51, 52, 68];
 const IP_RETOPTS: i32 = 7;
 const SOL_IPV6: i32 = 41;
 const IPV6_2292RTHDR: i32 = 5;
@@ -109,6 +113,9 @@ pub(crate) fn refused_option(level: i32, name: i32) -> Option<u8> {
     }
     if level == SOL_TCP && name == TCP_ULP {
         return Some(guard::SOCKET_ULP);
+    }
+    if level == SOL_SOCKET && REUSEPORT_STEER.contains(&name) {
+        return Some(guard::REUSEPORT_STEER);
     }
     if (level == SOL_IP && name == IP_FREEBIND) || (level == SOL_IPV6 && name == IPV6_FREEBIND) {
         return Some(guard::FOREIGN_SOURCE);

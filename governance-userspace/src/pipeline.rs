@@ -976,6 +976,33 @@ struct Enricher {
     cgroups: HashMap<u64, String>,
 }
 
+/// Does process `pid` run another program than the exec of `asked` (its file name) started?
+/// Its executable is another file than the name leads to (`stat` of `/proc/PID/exe`, and of
+/// the name under the process's root, or its working directory for a relative name), and its
+/// command name is not the one that exec gave it (the name's last component, as the kernel
+/// cuts it): a script runs its interpreter's file under the script's name. False when either
+/// cannot be read.
+fn another_program(pid: u32, asked: &str) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let named = match asked.strip_prefix('/') {
+        Some(rel) => format!("/proc/{pid}/root/{rel}"),
+        None if !asked.is_empty() => format!("/proc/{pid}/cwd/{asked}"),
+        None => return false,
+    };
+    let other_file = match (
+        std::fs::metadata(format!("/proc/{pid}/exe")),
+        std::fs::metadata(named),
+    ) {
+        (Ok(exe), Ok(named)) => (exe.dev(), exe.ino()) != (named.dev(), named.ino()),
+        _ => false,
+    };
+    let given = asked.rsplit('/').next().unwrap_or(asked).as_bytes();
+    let given = &given[..given.len().min(governance_common::COMM_LEN - 1)];
+    other_file
+        && crate::procfs::read(format!("/proc/{pid}/comm"))
+            .is_ok_and(|comm| comm.strip_suffix(b"\n").unwrap_or(&comm) != given)
+}
+
 /// Entries kept per cache before it is cleared (bounded memory under churn).
 const CACHE_MAX: usize = 16_384;
 
@@ -1000,6 +1027,21 @@ impl Enricher {
         let Some(p) = r.process.as_mut() else { return };
         let exe = std::fs::read_link(format!("/proc/{pid}/exe"));
         let cmdline = crate::procfs::read(format!("/proc/{pid}/cmdline"));
+        // The process may have run another program since (a shell's `exec`; red team round 32:
+        // the record of `/bin/sh` named `sleep` and its arguments): after an exec that went
+        // ahead its executable must be the file the exec named, as the process's root and
+        // working directory find it now. (After a refused one it still runs the program that
+        // asked, which is what the record names.)
+        let asked = r.object.path.as_str();
+        if !r.denied
+            && let Ok(exe) = &exe
+            && another_program(pid, asked)
+        {
+            // What it runs now, said as such; its arguments would be that program's.
+            p.exe = exe.to_string_lossy().into_owned();
+            p.enrichment = "changed".into();
+            return;
+        }
         match (exe, cmdline) {
             (Ok(exe), Ok(cmdline)) => {
                 p.exe = exe.to_string_lossy().into_owned();
@@ -1047,6 +1089,67 @@ impl Enricher {
 
 #[cfg(test)]
 mod tests {
+
+    /// Red team round 32: an exec record named the program its process ran next (`sh -c
+    /// 'exec sleep'`). A script runs its interpreter's file under its own name: not another
+    /// program.
+    #[test]
+    fn a_process_that_runs_another_program_since_its_exec_is_told_apart() {
+        use std::process::{Command, Stdio};
+        let wait_for_comm = |pid: u32, want: &str| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comm.trim_end() == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{pid} as {want}: {comm:?}"
+                );
+                std::thread::yield_now();
+            }
+        };
+        let sleep = std::fs::canonicalize("/bin/sleep").unwrap();
+        let mut plain = Command::new(&sleep).arg("30").spawn().unwrap();
+        let mut shell = Command::new("/bin/sh")
+            .args(["-c", "exec sleep 30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("a-script.sh");
+        std::fs::write(&script, "#!/bin/sh\nread x\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        // (ETXTBSY while another test's fork still holds the written file open: tried again.)
+        let mut scripted = (0..100)
+            .find_map(
+                |_| match Command::new(&script).stdin(Stdio::piped()).spawn() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        None
+                    }
+                    other => Some(other.unwrap()),
+                },
+            )
+            .expect("the script runs");
+        wait_for_comm(plain.id(), "sleep");
+        wait_for_comm(shell.id(), "sleep");
+        wait_for_comm(scripted.id(), "a-script.sh");
+        let plain_path = sleep.to_str().unwrap();
+        assert!(!another_program(plain.id(), plain_path));
+        assert!(another_program(shell.id(), "/bin/sh"), "sh ran sleep since");
+        assert!(!another_program(shell.id(), plain_path));
+        assert!(
+            !another_program(scripted.id(), script.to_str().unwrap()),
+            "a script"
+        );
+        for c in [&mut plain, &mut shell, &mut scripted] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
     use super::*;
     use crate::events::{AgentInfo, Source};
 

@@ -296,6 +296,24 @@ fn network_hooks_deny_agents_and_their_descendants_but_not_others() {
             guard::FOREIGN_SOURCE,
         ),
         (
+            "R32 a reuseport group's classic steering program (host, degraded)",
+            libc::AF_INET,
+            libc::SOCK_DGRAM,
+            libc::SOL_SOCKET,
+            51, // SO_ATTACH_REUSEPORT_CBPF (a `struct sock_fprog` with no instructions)
+            vec![0; std::mem::size_of::<libc::sock_fprog>()],
+            guard::REUSEPORT_STEER,
+        ),
+        (
+            "R32 a reuseport group's steering program removed (host, degraded)",
+            libc::AF_INET,
+            libc::SOCK_STREAM,
+            libc::SOL_SOCKET,
+            68, // SO_DETACH_REUSEPORT_BPF
+            0i32.to_ne_bytes().to_vec(),
+            guard::REUSEPORT_STEER,
+        ),
+        (
             "R26 an upper-layer protocol on a TCP socket (host, degraded)",
             libc::AF_INET,
             libc::SOCK_STREAM,
@@ -3825,30 +3843,64 @@ fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
     };
     let pins = pin_dir("report");
     let key = dir.join("audit.key");
-    let (daemon, _) = start_daemon(
-        &[
-            "--allow-degraded",
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--quiet",
-            "--no-proxy",
-            "--pins",
-            pins.to_str().unwrap(),
-            "--health-listen",
-            &health.to_string(),
-            "--audit-signing-key",
-            key.to_str().unwrap(),
-        ],
-        &dir,
-    );
+    // One state directory for both daemons (the second resumes the first's audit log).
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let health_at = health.to_string();
+    let args = [
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--detach-on-exit",
+        "--quiet",
+        "--no-proxy",
+        "--pins",
+        pins.to_str().unwrap(),
+        "--health-listen",
+        &health_at,
+        "--audit-signing-key",
+        key.to_str().unwrap(),
+    ];
     let ag = Some(agent.path.as_path());
+    let name = agent.rel.to_str().unwrap().to_owned();
+    // Every count record of the agent's connects, whatever names it carries.
+    let cgroup_id = {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&agent.path).unwrap().ino()
+    };
+    let counted_sum = |records: &[serde_json::Value]| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["kind"] == "decisions.counted" && r["agent"]["cgroup_id"] == cgroup_id)
+            .map(|r| r["counts"]["connect"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    // Red team round 32: a daemon killed after its count records were written left the
+    // kernel's (pinned) totals behind, and the next one recorded them again. Here a first
+    // daemon writes its count record for 3 connects (every 30 s) and is killed; the test's own
+    // daemon then takes over, and the records add up to the connects all the same.
+    const BEFORE: u64 = 3;
+    {
+        let (first, _) = governance_tests::start_daemon_in(&args, &dir, state.clone());
+        for i in 0..BEFORE {
+            let (_, outcome) = run_in(ag, "report", &Attempt::connect(counted));
+            assert_eq!(outcome, Outcome::Exited(0), "connect {i} before the crash");
+        }
+        let audit = first.audit();
+        let recorded = poll_until(Duration::from_secs(60), || {
+            counted_sum(&audit_records(&audit)) == BEFORE
+        });
+        assert!(recorded, "a count record of {BEFORE} connects within 60 s");
+        let mut first = first;
+        signal(&first, nix::sys::signal::SIGKILL);
+        let _ = first.child.wait();
+    }
+    let (daemon, _) = governance_tests::start_daemon_in(&args, &dir, state.clone());
     for i in 0..N {
         for target in [counted, every] {
             let (_, outcome) = run_in(ag, "report", &Attempt::connect(target));
             assert_eq!(outcome, Outcome::Exited(0), "connect {i} to {target}");
         }
     }
-    let name = agent.rel.to_str().unwrap().to_owned();
     // The metric: read from the kernel once a second.
     let metric = format!(
         "governance_allowed_counted_total{{agent=\"{name}\",rule=\"report/counted\",kind=\"connect\"}}"
@@ -3898,15 +3950,11 @@ fn counted_connects_add_up_in_metrics_agents_and_audit_count_records() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let records = audit_records(&audit);
-    let counted_sum: u64 = records
-        .iter()
-        .filter(|r| r["kind"] == "decisions.counted" && r["rule"] == "report/counted")
-        .map(|r| {
-            assert_eq!(r["agent"]["name"], name.as_str(), "{r}");
-            r["counts"]["connect"].as_u64().unwrap_or(0)
-        })
-        .sum();
-    assert_eq!(counted_sum, N, "count records of report/counted");
+    assert_eq!(
+        counted_sum(&records),
+        BEFORE + N,
+        "count records of report/counted, across the crash"
+    );
     let decisions = |rule: &str| {
         records
             .iter()

@@ -1875,6 +1875,29 @@ fn processes_pulled_in_and_source_routes_are_refused() {
         governance_common::guard::FOREIGN_SOURCE,
         "{case}"
     );
+    // A reuseport group's steering program: one `ret` and every connection of a service that
+    // shares the agent socket's port is the agent's (round 32). Outside, the kernel refuses
+    // the empty program itself (EINVAL), never EPERM.
+    let case = "R32 setsockopt(SO_ATTACH_REUSEPORT_CBPF): a reuseport group's steering program";
+    let ev = deny(
+        &mut k,
+        &fx,
+        case,
+        &Attempt::SetSockOpt {
+            family: libc::AF_INET,
+            ty: libc::SOCK_DGRAM,
+            level: libc::SOL_SOCKET,
+            name: 51, // SO_ATTACH_REUSEPORT_CBPF
+            value: vec![0; std::mem::size_of::<libc::sock_fprog>()],
+        },
+        Kind::Guard,
+        Control::NotEperm,
+    );
+    assert_eq!(
+        ev.detail,
+        governance_common::guard::REUSEPORT_STEER,
+        "{case}"
+    );
     // sendmmsg asks socket_sendmsg about its first message only, and about a later one only
     // when its address differs: a routing header on the second datagram to the same address
     // is the packet's to refuse (sequence_egress; red team round 24). The packet's event has
@@ -8537,9 +8560,10 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     // Unix: the daemon listens on an abstract name no rule covers; the canary's connect is
     // refused by the unix_stream_connect hook.
     assert!(default("unix").contains("passed=true"), "{lines:#?}");
-    // HTTP: every block rule's request and the default probes, refused by the proxy.
+    // HTTP: every block rule's request and the default probes, refused by the proxy (six
+    // block rules, support-db's one-statement rule among them, and two defaults).
     let http: Vec<&String> = lines.iter().filter(|l| l.contains(" http ")).collect();
-    assert_eq!(http.len(), 7, "{lines:#?}");
+    assert_eq!(http.len(), 8, "{lines:#?}");
     assert!(
         http.iter()
             .all(|l| l.contains(" refused (") && l.contains("passed=true")),

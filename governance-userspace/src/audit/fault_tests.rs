@@ -97,6 +97,50 @@ fn a_failed_flush_becomes_a_gap_that_counts_exactly_what_was_lost() {
     );
 }
 
+/// Red team round 32: the active file removed (or replaced) outside the daemon. Its records
+/// are gone with it: the next flush fails, and the gap record after it counts every record the
+/// files on disk no longer hold, with the cause.
+#[test]
+fn a_removed_file_is_an_outage_whose_gap_counts_what_it_held() {
+    for replaced in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (opts, clock, _fault) = faulty();
+        let mut log = AuditLog::open(dir.path(), opts).unwrap();
+        let health = log.health();
+        for i in 0..10 {
+            log.append(&rec(i)).unwrap();
+        }
+        log.flush().unwrap();
+        let file = files_in(dir.path()).pop().unwrap();
+        let copy = std::fs::read(&file).unwrap();
+        std::fs::remove_file(&file).unwrap();
+        if replaced {
+            // A file at its name that carries a chain of its own (here the ten lines it held:
+            // whatever it claims, what the writer wrote to the file it had is what is lost).
+            std::fs::write(&file, &copy).unwrap();
+        }
+        for i in 10..13 {
+            log.append(&rec(i)).unwrap();
+        }
+        let err = log.flush().unwrap_err().to_string();
+        assert!(err.contains("removed or replaced"), "{err}");
+        assert!(!health.writable());
+        clock.advance(Duration::from_secs(1));
+        assert!(log.retry());
+        log.append(&rec(13)).unwrap();
+        log.close().unwrap();
+        let report = check(dir.path(), None).unwrap();
+        assert_eq!(
+            report.lost_records, 13,
+            "replaced {replaced}: 10 flushed + 3 buffered"
+        );
+        let (seq, gap) = &report.gaps[0];
+        let at = if replaced { (10, Some(9)) } else { (0, None) };
+        assert_eq!((*seq, gap.after_seq), at, "replaced {replaced}");
+        assert!(gap.cause.contains("removed or replaced"), "{}", gap.cause);
+    }
+}
+
 #[test]
 fn retries_back_off_doubling_up_to_the_bound() {
     let dir = tempfile::tempdir().unwrap();

@@ -437,12 +437,24 @@ fn a_torn_tail_is_cut_and_the_chain_continues() {
     assert_eq!(recovery["seq"], 10);
     let r = &recovery["record"];
     assert_eq!(
-        (&r["type"], &r["event"]),
+        (&r["type"], &r["kind"]),
         (&json!("lifecycle"), &json!("audit.recovered"))
     );
-    assert_eq!(r["truncated_bytes"], fragment.len());
-    assert_eq!(r["offset"], good_len);
-    assert!(r["reason"].as_str().unwrap().contains("torn"));
+    let cut = &r["audit_cut"];
+    assert_eq!(cut["truncated_bytes"], fragment.len());
+    assert_eq!(cut["offset"], good_len);
+    assert!(cut["reason"].as_str().unwrap().contains("torn"));
+    // An event record: `events --since` shows it (red team round 32: it was skipped).
+    let mut replayed = Vec::new();
+    replay(dir.path(), std::time::UNIX_EPOCH, u64::MAX, |r| {
+        replayed.push(r.kind.to_string());
+        true
+    })
+    .unwrap();
+    assert!(
+        replayed.iter().any(|k| k == "audit.recovered"),
+        "{replayed:?}"
+    );
 }
 
 #[test]
@@ -462,7 +474,7 @@ fn recovery_cuts_back_to_the_last_line_whose_hash_verifies() {
     let report = check(dir.path(), None).unwrap();
     assert_eq!((report.records, report.recoveries), (10, 1));
     let recovery: Value = serde_json::from_slice(&lines(&path)[9]).unwrap();
-    assert_eq!(recovery["record"]["truncated_bytes"], cut);
+    assert_eq!(recovery["record"]["audit_cut"]["truncated_bytes"], cut);
 }
 
 #[test]

@@ -218,8 +218,10 @@ impl Verifier {
             } else {
                 let value: Value = serde_json::from_slice(rec.value)
                     .map_err(|e| broken(seq, format!("the record is not valid JSON: {e}")))?;
+                // (`event` in logs written before round 32; `kind`, an event record's, since.)
+                let event = value.get("kind").or_else(|| value.get("event"));
                 if value.get("type").and_then(Value::as_str) == Some("lifecycle")
-                    && value.get("event").and_then(Value::as_str) == Some("audit.recovered")
+                    && event.and_then(Value::as_str) == Some("audit.recovered")
                 {
                     self.report.recoveries += 1;
                 }

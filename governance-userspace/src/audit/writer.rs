@@ -21,6 +21,9 @@ pub struct AuditLog {
     /// Seals written since the last flush (lines that are not records, when counting losses).
     pub(super) unflushed_seals: Vec<u64>,
     pub(super) gap_record: GapRecord,
+    /// The first seq of the active file when a flush found it removed or replaced
+    /// ([`still_named`]), for the outage that follows.
+    pub(super) lost_file: Option<u64>,
 }
 
 /// A write failed: what is on disk no longer matches `next_seq`/`last_hash` until a retry
@@ -42,6 +45,10 @@ pub(super) struct Outage {
     /// A gap record written by a retry whose fsync then failed: (seq, hash, refused then, lost
     /// it counts). If it is on disk after all, the next gap counts only what came after it.
     pub(super) attempted_gap: Option<(u64, [u8; 32], u64, u64)>,
+    /// The first seq of a file found removed or replaced: every record written to it is lost,
+    /// whatever the file now under its name holds, and a gap record says so even when the
+    /// count comes out as none.
+    pub(super) lost_file: Option<u64>,
 }
 
 pub(super) struct Active {
@@ -84,17 +91,35 @@ impl AuditLog {
             durable_time: SystemTime::now(),
             unflushed_seals: Vec::new(),
             gap_record: Box::new(plain_gap_record),
+            lost_file: None,
         };
         if let Some(cut) = log.resume()? {
-            let record = json!({
-                "type": "lifecycle",
-                "event": "audit.recovered",
-                "time": crate::events::rfc3339(SystemTime::now()),
-                "file": cut.file,
-                "offset": cut.offset,
-                "truncated_bytes": cut.truncated_bytes,
-                "reason": cut.reason,
-            });
+            // An event record (kind `audit.recovered`), so that `events --since` and the
+            // report show the cut as they show a gap (red team round 32: it was a line of its
+            // own shape, which they skipped), with the cut's facts as `audit_cut`.
+            let mut r = crate::events::Record::daemon(
+                crate::events::RecordType::Lifecycle,
+                "audit.recovered",
+                format!(
+                    "the audit log's last file {} ended in a torn or corrupt tail (a crash while \
+                     writing): {} bytes cut at offset {}: {}",
+                    cut.file, cut.truncated_bytes, cut.offset, cut.reason
+                ),
+            );
+            r.counts
+                .insert("truncated_bytes".into(), cut.truncated_bytes);
+            let mut record = serde_json::to_value(&r).unwrap_or_default();
+            if let Value::Object(m) = &mut record {
+                m.insert(
+                    "audit_cut".into(),
+                    json!({
+                        "file": cut.file,
+                        "offset": cut.offset,
+                        "truncated_bytes": cut.truncated_bytes,
+                        "reason": cut.reason,
+                    }),
+                );
+            }
             log.append(&record)?;
             log.flush()?;
         }
@@ -407,6 +432,7 @@ impl AuditLog {
                     backoff,
                     next_attempt: now + backoff,
                     attempted_gap: None,
+                    lost_file: self.lost_file.take(),
                 });
                 *lock(&self.health.outage) = Some((crate::events::rfc3339(failed_at), message));
                 self.health.refused_now.store(0, Ordering::Relaxed);
@@ -445,8 +471,14 @@ impl AuditLog {
                 .iter()
                 .filter(|s| (first_lost..o.failed_next_seq).contains(s))
                 .count() as u64;
-        let lost = buffered + o.refused;
-        if lost == 0 {
+        // A file removed or replaced: everything written to it is lost, also what a file now
+        // at its name claims to hold (the review of round 32: a replacement whose chain went
+        // on past the failure left no gap).
+        let in_lost_file = o
+            .lost_file
+            .map_or(0, |first| o.failed_next_seq.saturating_sub(first));
+        let lost = buffered.max(in_lost_file) + o.refused;
+        if lost == 0 && o.lost_file.is_none() {
             return self.recovered(0, None);
         }
         let gap = Gap {
@@ -518,6 +550,14 @@ impl AuditLog {
                     path: active.path.clone(),
                     source: e,
                 })?;
+            if let Err(e) = still_named(active.out.get_ref(), &active.path) {
+                self.lost_file = Some(active.first_seq);
+                return Err(AuditError::Io {
+                    op: "writing",
+                    path: active.path.clone(),
+                    source: e,
+                });
+            }
         }
         self.durable_time = SystemTime::now();
         self.unflushed_seals.clear();
@@ -625,6 +665,28 @@ pub(super) struct Cut {
     pub(super) offset: u64,
     pub(super) truncated_bytes: u64,
     pub(super) reason: String,
+}
+
+/// Is `file` still the one `path` names? A file removed or replaced outside the daemon would
+/// take every record written to it since with it, unseen (red team round 32: the log said `ok`
+/// while the records went to a deleted file, and a restart began a new chain that verified):
+/// an error then, so that the outage's gap record counts the records the files on disk lack.
+fn still_named(file: &File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let gone = |open: &fs::Metadata| match fs::symlink_metadata(path) {
+        Ok(named) => (named.dev(), named.ino()) != (open.dev(), open.ino()),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    // (Another error than these, a passing one, says nothing of the file.)
+    match file.metadata() {
+        Ok(open) if open.nlink() > 0 && !gone(&open) => return Ok(()),
+        Ok(_) => {}
+        Err(_) => return Ok(()),
+    }
+    Err(std::io::Error::other(
+        "the file was removed or replaced outside the daemon; the records written to it since \
+         its last copy are not in the log",
+    ))
 }
 
 #[cfg(test)]

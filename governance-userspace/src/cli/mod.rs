@@ -15,7 +15,7 @@ use crate::{
     api::wire,
     client::{self, ApiArgs},
     daemon, engine,
-    events::{Object, Record},
+    events::{Object, Record, display::printable},
     kernel::{
         self, Enforcer, Probe,
         probe::{self, EXIT_CANNOT_ENFORCE},
@@ -809,29 +809,6 @@ fn policy_diff(old: &Path, new: &Path, output: &str) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
-}
-
-/// `s` with its control and bidirectional-override characters escaped (`\u{1b}`, `\n`,
-/// `\u{202e}`): a path or URL an agent chose must not move the approver's cursor or redraw
-/// the line a grant is approved from (red team round 11).
-fn printable(s: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
-    if !s.chars().any(hidden) {
-        return s.into();
-    }
-    s.chars()
-        .map(|c| {
-            if hidden(c) {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect::<String>()
-        .into()
 }
 
 /// The readable object of an approval: method and URL, MCP tool, path, destination.

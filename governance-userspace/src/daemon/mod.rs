@@ -369,7 +369,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy: None,
         netns: None,
         pods,
-        counts: Default::default(),
+        counts: counts::Counts::resume(
+            args.policy_in_force.join(counts::RECORDED),
+            enforcer.lock().ok().and_then(|e| e.counters_identity()),
+        ),
         parsed: Default::default(),
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,

@@ -43,9 +43,17 @@ impl Record {
 }
 
 /// One readable line per record, for people (and grep): time, OUTCOME, kind, agent, object,
-/// process, rule, reason.
+/// process, rule, reason; nothing in it a terminal acts on ([`printable`]).
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut line = String::new();
+        self.write_line(&mut line)?;
+        f.write_str(&printable(&line))
+    }
+}
+
+impl Record {
+    fn write_line(&self, f: &mut impl fmt::Write) -> fmt::Result {
         let head = if self.ty == RecordType::Decision {
             self.outcome.to_uppercase()
         } else {
@@ -114,5 +122,55 @@ impl fmt::Display for Record {
             write!(f, " {k}={v}")?;
         }
         Ok(())
+    }
+}
+
+/// `s` with its control and bidirectional-override characters escaped (`\u{1b}`, `\n`,
+/// `\u{202e}`): a path or URL an agent chose must not move the approver's cursor or redraw
+/// the line a grant is approved from (red team round 11), nor reverse what an event line says
+/// (round 32: an MCP tool name with U+202E).
+pub(crate) fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(hidden) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Red team round 32: an MCP tool name with a right-to-left override, printed raw by
+    /// `governance events`, reversed the rest of the line on a terminal.
+    #[test]
+    fn an_event_line_has_nothing_a_terminal_acts_on() {
+        let mut r = Record::default();
+        r.object.mcp_tool = "delete_\u{202e}all_files\u{202c}_safe".into();
+        r.object.url = "http://x/\u{1b}[2J".into();
+        r.message = "two\u{2066}lines".into();
+        let line = r.to_string();
+        assert!(
+            line.contains("mcp_tool=delete_\\u{202e}all_files\\u{202c}_safe"),
+            "{line}"
+        );
+        assert!(
+            !line.chars().any(|c| c.is_control()
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+                || c == '\u{202e}'),
+            "{line}"
+        );
     }
 }

@@ -228,8 +228,9 @@ pub struct ProcessInfo {
     /// `procfs` when what the kernel does not report was read from the live process (exe and
     /// argv for exec; comm, ppid and uid for HTTP, where the proxy knows only the pid), `gone`
     /// when the process had exited before it could be read (best effort: those fields are then
-    /// empty), `leased` when its status file was held by a file lease (never waited for),
-    /// `none` when enrichment was not attempted.
+    /// empty), `changed` when an exec's process already ran another program (exe is what it
+    /// runs now, argv empty: it would be that program's), `leased` when its status file was held by a file
+    /// lease (never waited for), `none` when enrichment was not attempted.
     #[serde(default, skip_serializing_if = "str::is_empty")]
     pub enrichment: Text,
 }

@@ -90,6 +90,29 @@ pub fn format(r: &Record, json: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The most a syslog datagram carries: a UDP datagram's payload over IPv6 (65,527 bytes), less
+/// a margin for IP options.
+const MAX_DATAGRAM: usize = 65_000;
+/// What ends a message cut to fit a datagram.
+const CUT: &[u8] = b" [truncated]";
+
+/// `msg` cut to fit one datagram: its header and structured data (id, type, outcome, agent,
+/// rule) whole, its JSON cut and marked (red team round 32: a record past 64 KiB, such as an
+/// exec with a long command line, failed the send with EMSGSIZE, and with it the whole batch,
+/// resent and then dropped: the records after it never reached the collector).
+fn datagram(mut msg: Vec<u8>) -> Vec<u8> {
+    if msg.len() > MAX_DATAGRAM {
+        let mut end = MAX_DATAGRAM - CUT.len();
+        // At a character's start, so that the message stays UTF-8.
+        while end > 0 && (msg[end] & 0xc0) == 0x80 {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.extend_from_slice(CUT);
+    }
+    msg
+}
+
 /// RFC 5424 TIMESTAMP: at most six digits of fraction (the records have nine).
 fn timestamp(t: &str) -> String {
     if t.is_empty() {
@@ -181,7 +204,7 @@ pub async fn send(
     match conn {
         Stream::Udp(s) => {
             for d in batch {
-                let msg = format(&d.record, &super::record_json(d));
+                let msg = datagram(format(&d.record, &super::record_json(d)));
                 s.send(&msg).await.map_err(|e| transient("send", e))?;
             }
         }
@@ -202,6 +225,22 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_past_a_datagram_is_cut_to_fit_one() {
+        let r = Record {
+            id: "n-00000007".into(),
+            kind: "exec".into(),
+            ..Default::default()
+        };
+        let json = format!("{{\"argv\":[\"{}é\"]}}", "A".repeat(69_999));
+        let msg = datagram(format(&r, json.as_bytes()));
+        assert!(msg.len() <= MAX_DATAGRAM, "{}", msg.len());
+        let text = String::from_utf8(msg).expect("still UTF-8");
+        assert!(text.contains("id=\"n-00000007\"") && text.ends_with(" [truncated]"));
+        let small = format(&r, b"{}");
+        assert_eq!(datagram(small.clone()), small);
+    }
 
     #[test]
     fn timestamps_have_six_fraction_digits_at_most() {

@@ -112,6 +112,17 @@ impl super::Enforcer {
         PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map { name, source })
     }
 
+    /// Which counters these are: this boot and the `COUNTS` map's id (a map made anew, after an
+    /// unload or a reboot, has another), for what is kept of them outside the kernel.
+    pub fn counters_identity(&self) -> Option<String> {
+        let aya::maps::Map::PerCpuHashMap(map) = self.maps.get(maps::COUNTS)? else {
+            return None;
+        };
+        let id = map.info().ok()?.id();
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(format!("{}/{id}", boot.trim()))
+    }
+
     /// The kernel's counts of allowed actions (see governance_common::maps::COUNTS), summed
     /// over the CPUs. Makes the overflow entry the first time (the programs count in it the
     /// actions they reported as events because the map was full).

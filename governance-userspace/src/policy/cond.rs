@@ -45,9 +45,11 @@ pub struct Condition {
     path: Vec<Step>,
     op: Op,
     value: Value,
-    /// `value` with its strings lowercased, for a rule that restricts (see
-    /// [`Condition::holds`]): only for `==`, `in`, `contains` and `matches` against strings.
-    folded: Option<Value>,
+    /// The [`READINGS`] a string is also compared in ([`Condition::holds`]), each with `value`
+    /// in it: for strings (and lists of them), and only the readings that leave `value` as it
+    /// is but for case (one that changed it would change the rule: `contains "\r\n"` read
+    /// trimmed is `contains ""`).
+    readings: Vec<(Reading, Value)>,
 }
 
 impl fmt::Display for Condition {
@@ -109,15 +111,22 @@ impl std::str::FromStr for Condition {
             }
             _ => {}
         }
-        let folded = (matches!(op, Op::Eq | Op::In | Op::Contains | Op::Matches)
-            && (value.is_string() || value.is_array()))
-        .then(|| lowercase_strings(&value));
+        let readings = if value.is_string() || value.is_array() {
+            let folded = read_strings(&value, Reading::Folded);
+            READINGS
+                .iter()
+                .map(|r| (*r, read_strings(&value, *r)))
+                .filter(|(r, read)| matches!(r, Reading::Folded) || *read == folded)
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Condition {
             text: s.to_owned(),
             path,
             op,
             value,
-            folded,
+            readings,
         })
     }
 }
@@ -500,14 +509,30 @@ impl Condition {
         self.holds(doc, false)
     }
 
-    /// [`Condition::eval`], with string comparisons that find a match (`==`, `in`, `contains`,
-    /// `matches`) ignoring ASCII case when `fold_case`: how a rule that restricts reads the
-    /// document, since the upstream may take `HTTP://x` for `http://x` or `DROP TABLE` for `drop
-    /// table`. (`!=` and ordering stay exact: folding would make them match less.)
-    pub fn holds(&self, doc: &Value, fold_case: bool) -> bool {
-        self.lookup(doc).is_some_and(|v| match &self.folded {
-            Some(literal) if fold_case => self.test_with(&lowercase_strings(v), literal),
-            _ => self.test(v),
+    /// [`Condition::eval`] as a rule that restricts (`restricts`) or allows reads the document.
+    /// An upstream may read a string otherwise than it is spelt: `HTTP://x` as `http://x`,
+    /// `DROP TABLE` as `drop table`, ` http://x` or `http:\\x` as `http://x` (URL parsers),
+    /// `drop\ntable` as `drop table` (SQL, shells), ` production ` as `production` (a server
+    /// that trims). So a rule that restricts holds when its condition holds in any of the
+    /// [`READINGS`] (or as spelt), and a `!=` of a rule that allows only when it holds in every
+    /// one (red team round 32: `" http://…"` passed a `matches "http://*"` sandbox rule, and
+    /// `"Production"` an allow on `!= "production"`). An ordering of strings is read both ways
+    /// too (`" 2099"` sorts before `"2025"` as spelt). The other operators of an allow rule
+    /// hold as spelt: a reading makes them hold more often, never less.
+    pub fn holds(&self, doc: &Value, restricts: bool) -> bool {
+        self.lookup(doc).is_some_and(|v| {
+            let exact = self.test(v);
+            let mut read = self
+                .readings
+                .iter()
+                .map(|(r, literal)| self.test_with(&read_strings(v, *r), literal));
+            match (restricts, self.op) {
+                (_, Op::Exists)
+                | (true, Op::Ne)
+                | (false, Op::Eq | Op::In | Op::Contains | Op::Matches) => exact,
+                (true, _) => exact || read.any(|holds| holds),
+                (false, _) => exact && read.all(|holds| holds),
+            }
         })
     }
 
@@ -516,7 +541,7 @@ impl Condition {
         self.test_with(v, &self.value)
     }
 
-    /// The condition's operator on `v` against `literal` (its value, or that folded).
+    /// The condition's operator on `v` against `literal` (its value, or that in a reading).
     fn test_with(&self, v: &Value, literal: &Value) -> bool {
         match self.op {
             Op::Exists => true,
@@ -779,12 +804,74 @@ fn walk<'a>(steps: &[Step], doc: &'a Value) -> Option<&'a Value> {
     Some(v)
 }
 
-/// `v` with every string in it (not object keys) ASCII-lowercased.
-fn lowercase_strings(v: &Value) -> Value {
+/// How an upstream may read a string besides as it is spelt ([`Condition::holds`]); each
+/// reading is applied to the document's string and to the rule's literal alike.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reading {
+    /// In any ASCII case.
+    Folded,
+    /// Folded, without the whitespace, control characters and byte-order marks at either end
+    /// (servers that trim; URL parsers strip C0 controls and spaces).
+    Trimmed,
+    /// Trimmed, without tabs and line breaks anywhere, and a special URL scheme's `:` followed
+    /// by `//` whatever slashes or backslashes it was followed by (WHATWG URL parsers, as
+    /// Node's `fetch` uses: `http:\\x`, `http:/x` and `ht\ttp://x` are `http://x`).
+    Url,
+    /// Trimmed, each run of whitespace and control characters one space (SQL, shells).
+    Spaced,
+}
+
+const READINGS: [Reading; 4] = [
+    Reading::Folded,
+    Reading::Trimmed,
+    Reading::Url,
+    Reading::Spaced,
+];
+
+/// `v` with every string in it (not object keys) read as `reading` does.
+fn read_strings(v: &Value, reading: Reading) -> Value {
     match v {
-        Value::String(s) => Value::String(s.to_ascii_lowercase()),
-        Value::Array(items) => Value::Array(items.iter().map(lowercase_strings).collect()),
+        Value::String(s) => Value::String(read(s, reading)),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|i| read_strings(i, reading)).collect())
+        }
         other => other.clone(),
+    }
+}
+
+fn read(s: &str, reading: Reading) -> String {
+    let noise = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
+    let folded = s.to_ascii_lowercase();
+    if let Reading::Folded = reading {
+        return folded;
+    }
+    let trimmed = folded.trim_matches(noise);
+    match reading {
+        Reading::Folded | Reading::Trimmed => trimmed.to_owned(),
+        Reading::Url => {
+            let joined: String = trimmed
+                .chars()
+                .filter(|c| !matches!(c, '\t' | '\n' | '\r'))
+                .collect();
+            const SPECIAL: [&str; 6] = ["http:", "https:", "ws:", "wss:", "ftp:", "file:"];
+            match SPECIAL.iter().find(|s| joined.starts_with(**s)) {
+                Some(scheme) => {
+                    let rest = joined[scheme.len()..].trim_start_matches(['/', '\\']);
+                    format!("{scheme}//{}", rest.replace('\\', "/"))
+                }
+                None => joined,
+            }
+        }
+        Reading::Spaced => {
+            let mut out = String::with_capacity(trimmed.len());
+            for word in trimmed.split(noise).filter(|w| !w.is_empty()) {
+                if !out.is_empty() {
+                    out.push(' ');
+                }
+                out.push_str(word);
+            }
+            out
+        }
     }
 }
 
@@ -1101,6 +1188,88 @@ mod tests {
         }
         let deep = format!("${} exists", ".a".repeat(40));
         assert!(deep.parse::<Condition>().is_err());
+    }
+    /// Red team round 32: upstreams read strings trimmed, with URL parsers' leniency and with
+    /// whitespace runs as one; a rule that restricts holds in any of those readings, an allow's
+    /// `!=` only in all of them.
+    #[test]
+    fn strings_are_read_as_upstreams_read_them() {
+        let doc = |v: &str| json!({ "url": v, "env": v, "sql": v });
+        let doc_until = |v: &str| json!({ "until": v });
+        let sandboxed = c(r#"$.url matches "http://*""#);
+        for v in [
+            "http://x/a",
+            "HTTP://x/a",
+            " http://x/a",
+            "\thttp://x/a",
+            "\nhttp://x/a",
+            "\u{0}http://x/a",
+            "\u{feff}http://x/a",
+            "http:x/a",
+            "http:/x/a",
+            "http:\\\\x/a",
+            "ht\ttp://x/a",
+            "http://x/a ",
+        ] {
+            assert!(
+                sandboxed.holds(&doc(v), true),
+                "{v:?} is read as http://x/a"
+            );
+        }
+        assert!(!sandboxed.holds(&doc("https://x/a"), true));
+        assert!(!sandboxed.holds(&doc("mailto:http://x"), true));
+        // An allow reads as spelt: a reading never makes it hold more often.
+        assert!(!sandboxed.holds(&doc(" http://x/a"), false));
+        let drop = c(r#"$.sql contains "drop table""#);
+        for v in [
+            "DROP TABLE t",
+            "drop\ntable t",
+            "drop \t table t",
+            "x;drop  table t",
+        ] {
+            assert!(drop.holds(&doc(v), true), "{v:?}");
+        }
+        assert!(!drop.holds(&doc("droptable"), true));
+        let prod = c(r#"$.env == "production""#);
+        for v in ["production", "Production", " production", "production\n"] {
+            assert!(prod.holds(&doc(v), true), "{v:?}");
+        }
+        assert!(prod.holds(&doc("production"), false));
+        assert!(
+            !prod.holds(&doc("Production"), false),
+            "an allow's == is as spelt"
+        );
+        let listed = c(r#"$.env in ["p5.48xlarge", "p4d"]"#);
+        assert!(listed.holds(&doc(" P5.48xlarge"), true));
+        // `!=` in a rule that allows holds only where it holds in every reading.
+        let not_prod = c(r#"$.env != "production""#);
+        assert!(not_prod.holds(&doc("staging"), false));
+        for v in ["Production", " production", "production\n", "PRODUCTION\t"] {
+            assert!(!not_prod.holds(&doc(v), false), "{v:?} may be production");
+        }
+        // In a rule that restricts, as spelt (a reading would make it hold less often).
+        assert!(not_prod.holds(&doc("Production"), true));
+        assert!(!not_prod.holds(&doc("production"), true));
+        // A reading that would change the rule's own literal is not used (the review of round
+        // 32: `contains "\r\n"` read trimmed was `contains ""`, and held for every string).
+        for (rule, v) in [
+            (r#"$.sql contains "\r\n""#, "hello"),
+            (r#"$.sql matches "*\n*""#, "one line"),
+            (r#"$.sql contains " rm ""#, "terraform plan"),
+            (r#"$.sql == " x""#, "x"),
+        ] {
+            assert!(!c(rule).holds(&doc(v), true), "{rule} on {v:?}");
+        }
+        assert!(c(r#"$.sql contains "\r\n""#).holds(&doc("a\r\nb"), true));
+        assert!(!c(r#"$.sql contains " rm ""#).holds(&doc("x; RM -rf"), false));
+        // An ordering of strings, both ways.
+        let until = c(r#"$.until <= "2025-12-31""#);
+        assert!(until.holds(&doc_until("2025-06-01"), false));
+        assert!(
+            !until.holds(&doc_until(" 2099-01-01"), false),
+            "a server that trims reads 2099"
+        );
+        assert!(c(r#"$.until > "2025-12-31""#).holds(&doc_until(" 2099-01-01"), true));
     }
 }
 

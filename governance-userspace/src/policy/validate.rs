@@ -528,7 +528,12 @@ impl Cx<'_> {
                 None
             }
             Ok(p) if exact => Some(PathMatch::Exact(p)),
-            Ok(p) => Some(PathMatch::Prefix(p)),
+            // A prefix is its directory and what is below it, written with or without the
+            // trailing `/`: kept without it, so that every table made from it holds the
+            // directory itself too (red team round 32: `prefix: /d/` had no entry for `/d`
+            // in the kernel's path and identity tables, so the agent renamed, listed or
+            // changed the mode of the directory its rule protects).
+            Ok(p) => Some(PathMatch::Prefix(without_trailing_slash(p))),
             Err(msg) => {
                 self.problem(s.span(), format!("{what}: {msg}"));
                 None
@@ -837,4 +842,12 @@ impl Cx<'_> {
             at: self.loc(id_span),
         })
     }
+}
+
+/// `p` without a trailing `/` (`/` itself stays).
+fn without_trailing_slash(p: std::path::PathBuf) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let end = bytes.iter().rposition(|&b| b != b'/').map_or(1, |i| i + 1);
+    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[..end]))
 }

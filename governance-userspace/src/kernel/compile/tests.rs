@@ -2002,3 +2002,72 @@ fn a_sandbox_profile_keeps_its_agent_s_built_in_refusals_inside_its_writable_dir
         }
     }
 }
+
+/// Red team round 32: `prefix: /d/` is the directory and what is below it, as `prefix: /d` is.
+/// Written with the slash, the directory itself had no entry in the path table (`/d\0`) and so
+/// none of its own in the identity table: the agent renamed it (its sequence rule's arming
+/// directory, or a write-protected one, filled again under the old name), listed it or changed
+/// its mode; a missing one had no entry for its name, so the agent made it.
+#[test]
+fn a_prefix_with_a_trailing_slash_is_the_prefix_without_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    std::fs::create_dir_all(d.join("conf")).unwrap();
+    std::fs::create_dir_all(d.join("pii")).unwrap();
+    std::fs::write(d.join("conf/app.yaml"), "x").unwrap();
+    let ds = d.display();
+    let policy = |slash: &str| {
+        parse(&[(
+            "p.yaml".into(),
+            format!(
+                "name: p\nagents: {{ cgroup: 'a/*' }}\nrules:\n\
+                 \x20 - {{ id: conf, file: {{ prefix: {ds}/conf{slash}, access: [write, create] }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: plugins, file: {{ prefix: {ds}/plugins{slash}, access: [write, create] }}, verdict: block, reason: r }}\n\
+                 \x20 - {{ id: bin, exec: {{ prefix: {ds}/conf{slash} }}, verdict: block, reason: r }}\n\
+                 \x20 - id: pii\n    sequence: {{ after: {{ file: {{ prefix: {ds}/pii{slash}, access: [read] }} }}, then: {{ network: {{ except: {{ cidr: [10.0.0.0/8] }} }} }} }}\n    verdict: block\n    reason: r\n"
+            ),
+        )])
+        .unwrap()
+    };
+    let none = Protect {
+        cgroup_root: d.join("no-cgroup-root"),
+        no_write: vec![],
+        no_access: vec![],
+        system_links: Vec::new(),
+    };
+    let agents = [agent(0, "a/one", None)];
+    let (with, without) = (
+        compile(&policy("/"), &agents, 1, &none),
+        compile(&policy(""), &agents, 1, &none),
+    );
+    assert!(with.errors.is_empty(), "{:?}", with.errors);
+    for (a, b) in with.classes.iter().zip(&without.classes) {
+        assert_eq!(a.paths, b.paths, "path entries of class {:#x}", a.id);
+        assert_eq!(a.idents, b.idents, "identity entries of class {:#x}", a.id);
+        assert_eq!(a.exec, b.exec);
+    }
+    assert_eq!(with.classes.len(), without.classes.len());
+    // The directory itself, by its path and by its identity; the missing one by its name.
+    let c = &with.classes[0];
+    let conf = format!("{ds}/conf\0");
+    assert_eq!(
+        lookup(c, access::WRITE, &conf).map(|p| p.enforce.verdict),
+        Some(KVerdict::Block as u8)
+    );
+    let here = ident(&d).0;
+    let idents = whole(&with, c);
+    assert!(idents.contains_key(&(here, ident(&d.join("conf")).1, SCOPE_SELF, 0)));
+    assert!(idents.contains_key(&(here, ident(&d).1, SCOPE_NAME, name_hash(b"plugins"))));
+    // The sequence class holds its arming directory itself.
+    let seq = with.sequences[0].1.entries[0].class;
+    let armed = with
+        .classes
+        .iter()
+        .find(|c| c.id == seq)
+        .expect("its class");
+    assert!(
+        armed
+            .idents
+            .contains_key(&(here, ident(&d.join("pii")).1, SCOPE_SELF, 0))
+    );
+}
