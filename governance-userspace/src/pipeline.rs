@@ -343,11 +343,7 @@ fn gap_record(ids: Arc<Ids>) -> crate::audit::GapRecord {
         r.id = ids.next();
         r.counts.insert("lost".into(), gap.lost);
         r.counts.insert("failures".into(), gap.failures);
-        let mut v = serde_json::to_value(&r).unwrap_or_default();
-        if let (serde_json::Value::Object(m), Ok(g)) = (&mut v, serde_json::to_value(gap)) {
-            m.insert("audit_gap".into(), g);
-        }
-        serde_json::to_vec(&v).unwrap_or_default()
+        serde_json::to_vec(&r.with_member("audit_gap", gap)).unwrap_or_default()
     })
 }
 

@@ -21,9 +21,6 @@ pub struct AuditLog {
     /// Seals written since the last flush (lines that are not records, when counting losses).
     pub(super) unflushed_seals: Vec<u64>,
     pub(super) gap_record: GapRecord,
-    /// The first seq of the active file when a flush found it removed or replaced
-    /// ([`still_named`]), for the outage that follows.
-    pub(super) lost_file: Option<u64>,
 }
 
 /// A write failed: what is on disk no longer matches `next_seq`/`last_hash` until a retry
@@ -91,7 +88,6 @@ impl AuditLog {
             durable_time: SystemTime::now(),
             unflushed_seals: Vec::new(),
             gap_record: Box::new(plain_gap_record),
-            lost_file: None,
         };
         if let Some(cut) = log.resume()? {
             // An event record (kind `audit.recovered`), so that `events --since` and the
@@ -108,19 +104,7 @@ impl AuditLog {
             );
             r.counts
                 .insert("truncated_bytes".into(), cut.truncated_bytes);
-            let mut record = serde_json::to_value(&r).unwrap_or_default();
-            if let Value::Object(m) = &mut record {
-                m.insert(
-                    "audit_cut".into(),
-                    json!({
-                        "file": cut.file,
-                        "offset": cut.offset,
-                        "truncated_bytes": cut.truncated_bytes,
-                        "reason": cut.reason,
-                    }),
-                );
-            }
-            log.append(&record)?;
+            log.append(&r.with_member("audit_cut", &cut))?;
             log.flush()?;
         }
         log.apply_retention();
@@ -393,6 +377,12 @@ impl AuditLog {
 
     /// Drop what is buffered (a retry repairs the tail) and refuse writes until a retry works.
     pub(super) fn fail(&mut self, e: &AuditError) {
+        // A file no longer at its name ([`still_named`]): what was written to it is lost.
+        let lost_file = self
+            .active
+            .as_ref()
+            .filter(|a| still_named(a.out.get_ref(), &a.path).is_err())
+            .map(|a| a.first_seq);
         self.discard_active();
         let now = self.opts.clock.now();
         let message = e.to_string();
@@ -432,7 +422,7 @@ impl AuditLog {
                     backoff,
                     next_attempt: now + backoff,
                     attempted_gap: None,
-                    lost_file: self.lost_file.take(),
+                    lost_file,
                 });
                 *lock(&self.health.outage) = Some((crate::events::rfc3339(failed_at), message));
                 self.health.refused_now.store(0, Ordering::Relaxed);
@@ -545,19 +535,12 @@ impl AuditLog {
                 .out
                 .flush()
                 .and_then(|()| active.out.get_ref().sync_data())
+                .and_then(|()| still_named(active.out.get_ref(), &active.path))
                 .map_err(|e| AuditError::Io {
                     op: "writing",
                     path: active.path.clone(),
                     source: e,
                 })?;
-            if let Err(e) = still_named(active.out.get_ref(), &active.path) {
-                self.lost_file = Some(active.first_seq);
-                return Err(AuditError::Io {
-                    op: "writing",
-                    path: active.path.clone(),
-                    source: e,
-                });
-            }
         }
         self.durable_time = SystemTime::now();
         self.unflushed_seals.clear();
@@ -660,6 +643,7 @@ impl AuditLog {
 }
 
 /// What [`AuditLog::resume`] cut off the newest file.
+#[derive(Serialize)]
 pub(super) struct Cut {
     pub(super) file: String,
     pub(super) offset: u64,

@@ -110,13 +110,18 @@ impl Counts {
     /// actions for 105). Only for the same counters (`counters`: this boot's, the same map):
     /// counters made anew (a reboot, an unload) may reuse a key (cgroup ids and generations
     /// start again), whose new actions must not be taken for recorded ones (the review of
-    /// round 32: 10 of 38,010 went missing). None: the counters' identity is unknown, nothing
-    /// is kept.
-    pub(super) fn resume(path: std::path::PathBuf, counters: Option<String>) -> Counts {
+    /// round 32: 10 of 38,010 went missing), and only for the counters the kernel still has (a
+    /// clean stop removed its own). Nothing is kept where the counters' identity is unknown.
+    pub(super) fn resume(path: std::path::PathBuf, enforcer: &Mutex<Enforcer>) -> Counts {
+        let (counters, there) = match enforcer.lock() {
+            Ok(mut e) => (e.counters_identity(), e.counted().unwrap_or_default()),
+            Err(_) => (None, Vec::new()),
+        };
         let Some(counters) = counters else {
             let _ = std::fs::remove_file(&path);
             return Counts::default();
         };
+        let there: HashMap<CountKey, u64> = there.into_iter().collect();
         let mut counts = Counts {
             recorded: Some((path.clone(), counters.clone())),
             ..Default::default()
@@ -135,7 +140,9 @@ impl Counts {
                         kind,
                         _pad: [0; 7],
                     };
-                    counts.seen.insert(key, total);
+                    if there.contains_key(&key) {
+                        counts.seen.insert(key, total);
+                    }
                 }
                 counts.overflow_seen = r.overflow;
             }
@@ -204,10 +211,6 @@ impl Counts {
             }
         };
         let names = names.read().map(|n| n.clone()).unwrap_or_default();
-        // Only the counters the kernel has (a key taken from the kept totals that is gone since
-        // is forgotten).
-        let there: std::collections::HashSet<CountKey> = all.iter().map(|(k, _)| *k).collect();
-        self.seen.retain(|k, _| there.contains(k));
         let mut done = Vec::new();
         for (key, total) in all {
             if key == CountKey::OVERFLOW {
@@ -247,10 +250,6 @@ impl Counts {
                 }
                 Err(err) => tracing::warn!("removing taken counts of allowed actions: {err}"),
             }
-        }
-        if reset {
-            // The counters are reset: what is kept must say so, whatever the records carry.
-            self.keep();
         }
     }
 

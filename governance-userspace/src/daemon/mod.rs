@@ -369,10 +369,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         proxy: None,
         netns: None,
         pods,
-        counts: counts::Counts::resume(
-            args.policy_in_force.join(counts::RECORDED),
-            enforcer.lock().ok().and_then(|e| e.counters_identity()),
-        ),
+        counts: counts::Counts::resume(args.policy_in_force.join(counts::RECORDED), &enforcer),
         parsed: Default::default(),
         in_force: in_force::Saver::start(args.policy_in_force.clone(), args.policy.clone()),
         content_hash: None,

@@ -46,9 +46,16 @@ impl Record {
 /// process, rule, reason; nothing in it a terminal acts on ([`printable`]).
 impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut line = String::new();
-        self.write_line(&mut line)?;
-        f.write_str(&printable(&line))
+        self.write_line(&mut Printable(f))
+    }
+}
+
+/// Writes what it is given as [`printable`] makes it.
+struct Printable<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Printable<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.write_str(&printable(s))
     }
 }
 

@@ -353,6 +353,16 @@ pub fn node_name() -> &'static str {
 
 impl Record {
     /// A policy or lifecycle record from the daemon.
+    /// The record as JSON with one member more, beside its own (`audit_gap`, `audit_cut`: facts
+    /// of the audit log's that are no field of a record).
+    pub fn with_member(&self, name: &str, value: impl Serialize) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let (serde_json::Value::Object(m), Ok(extra)) = (&mut v, serde_json::to_value(value)) {
+            m.insert(name.into(), extra);
+        }
+        v
+    }
+
     pub fn daemon(ty: RecordType, kind: impl Into<Text>, message: impl Into<String>) -> Self {
         Record {
             time: rfc3339(SystemTime::now()),

@@ -527,9 +527,7 @@ impl Condition {
                 .iter()
                 .map(|(r, literal)| self.test_with(&read_strings(v, *r), literal));
             match (restricts, self.op) {
-                (_, Op::Exists)
-                | (true, Op::Ne)
-                | (false, Op::Eq | Op::In | Op::Contains | Op::Matches) => exact,
+                (true, Op::Ne) | (false, Op::Eq | Op::In | Op::Contains | Op::Matches) => exact,
                 (true, _) => exact || read.any(|holds| holds),
                 (false, _) => exact && read.all(|holds| holds),
             }
@@ -842,12 +840,10 @@ fn read_strings(v: &Value, reading: Reading) -> Value {
 fn read(s: &str, reading: Reading) -> String {
     let noise = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
     let folded = s.to_ascii_lowercase();
-    if let Reading::Folded = reading {
-        return folded;
-    }
     let trimmed = folded.trim_matches(noise);
     match reading {
-        Reading::Folded | Reading::Trimmed => trimmed.to_owned(),
+        Reading::Folded => folded,
+        Reading::Trimmed => trimmed.to_owned(),
         Reading::Url => {
             let joined: String = trimmed
                 .chars()
@@ -1189,6 +1185,7 @@ mod tests {
         let deep = format!("${} exists", ".a".repeat(40));
         assert!(deep.parse::<Condition>().is_err());
     }
+
     /// Red team round 32: upstreams read strings trimmed, with URL parsers' leniency and with
     /// whitespace runs as one; a rule that restricts holds in any of those readings, an allow's
     /// `!=` only in all of them.

@@ -533,7 +533,10 @@ impl Cx<'_> {
             // directory itself too (red team round 32: `prefix: /d/` had no entry for `/d`
             // in the kernel's path and identity tables, so the agent renamed, listed or
             // changed the mode of the directory its rule protects).
-            Ok(p) => Some(PathMatch::Prefix(without_trailing_slash(p))),
+            // (`//` is refused: one `/` at most; `/` itself stays.)
+            Ok(_) => Some(PathMatch::Prefix(PathBuf::from(
+                s.strip_suffix('/').filter(|d| !d.is_empty()).unwrap_or(s),
+            ))),
             Err(msg) => {
                 self.problem(s.span(), format!("{what}: {msg}"));
                 None
@@ -842,12 +845,4 @@ impl Cx<'_> {
             at: self.loc(id_span),
         })
     }
-}
-
-/// `p` without a trailing `/` (`/` itself stays).
-fn without_trailing_slash(p: std::path::PathBuf) -> std::path::PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
-    let end = bytes.iter().rposition(|&b| b != b'/').map_or(1, |i| i + 1);
-    std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&bytes[..end]))
 }
