@@ -1898,6 +1898,120 @@ fn control_api_authorization_and_slow_subscribers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Red team round 33: a connection to the proxy kept the agent it was made by. After a reload
+/// that changed which agent its cgroup is (a new label, a pod's labels, an enclosing cgroup
+/// made the agent), its later requests were still decided by the old agent's rules (200 for a
+/// path the new agent may not reach), for as long as the client kept it busy. Now a
+/// connection's agent is asked again when the generation changes: changed, its request is
+/// refused (`builtin:identity`, `Connection: close`); a new connection is decided as the new
+/// agent. Here a keep-alive client in `a` is allowed `/a/1`, then a policy on the enclosing
+/// cgroup makes that the agent (which allows no HTTP).
+#[test]
+fn a_proxy_connection_whose_agent_changed_is_refused() {
+    use std::io::{BufRead as _, Write as _};
+    require_root();
+    let parent = TestCgroup::new("idchange");
+    parent.child("a");
+    let inner = parent.rel.join("a");
+    let helper = env!("CARGO_BIN_EXE_redteam-helper");
+    let port = listener([127, 0, 0, 7]).1.port();
+    let addr = format!("127.0.0.7:{port}");
+    let _upstream = governance_tests::Reaped(
+        Command::new(helper)
+            .args(["http-upstream", &addr, "idchange"])
+            .spawn()
+            .unwrap(),
+    );
+    wait_until("the upstream to listen", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let via = "{ id: via, network: { cidr: 127.0.0.7/32, via_proxy: true }, verdict: allow, reason: through the engine }";
+    let dir = policy_dir(
+        "idchange",
+        &format!(
+            "name: inner\nagents: {{ cgroup: {cg} }}\ndefaults: {{ http: block }}\nrules:\n\
+             \x20 - {via}\n\
+             \x20 - {{ id: a, http: {{ host: api.id.example, path: '/a/**' }}, verdict: allow, reason: its own }}\n",
+            cg = inner.display()
+        ),
+    );
+    let pins = pin_dir("idchange");
+    let (daemon, _) = start_daemon(
+        &[
+            "--allow-degraded",
+            "--no-create-cgroups",
+            "--detach-on-exit",
+            "--quiet",
+            "--pins",
+            pins.to_str().unwrap(),
+            "--proxy-host",
+            "api.id.example=127.0.0.7",
+        ],
+        &dir,
+    );
+    let script = format!(
+        "import http.client, sys\n\
+         def get(c, p):\n\
+         \x20   c.request('GET', p, headers={{'Host': 'api.id.example:{port}'}})\n\
+         \x20   r = c.getresponse(); r.read(); return r.status\n\
+         kept = http.client.HTTPConnection('127.0.0.7', {port}, timeout=30)\n\
+         print(get(kept, '/a/1'), flush=True)\n\
+         sys.stdin.readline()\n\
+         try:\n\
+         \x20   print(get(kept, '/a/2'), flush=True)\n\
+         except Exception as e:\n\
+         \x20   print('closed', e, flush=True)\n\
+         print(get(http.client.HTTPConnection('127.0.0.7', {port}, timeout=30), '/a/3'), flush=True)\n"
+    );
+    let agent_path = parent.path.join("a");
+    let mut client = governance_tests::Reaped(
+        governance_tests::command_in(Some(&agent_path), "python3", &["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(next(), "200", "the agent's own path, before the change");
+    // The enclosing cgroup becomes the agent: `a` is no agent root any more.
+    std::fs::write(
+        dir.join("outer.yaml"),
+        format!(
+            "name: outer\nagents: {{ cgroup: {cg} }}\ndefaults: {{ http: block }}\nrules:\n\
+             \x20 - {via}\n",
+            cg = parent.rel.display()
+        ),
+    )
+    .unwrap();
+    daemon.wait_for("generation 2 is enforcing");
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(
+        next(),
+        "403",
+        "the kept connection's next request, after its agent changed"
+    );
+    assert_eq!(next(), "403", "a new connection, decided as the new agent");
+    let _ = client.wait();
+    let refused = wait_for_value(
+        "the refusal's record in the audit log",
+        Duration::from_secs(30),
+        || {
+            audit_records(&daemon.audit())
+                .into_iter()
+                .find(|r| r["rule"] == "builtin:identity")
+        },
+    );
+    assert_eq!(refused["outcome"], "block", "{refused}");
+    assert!(
+        audit_records(&daemon.audit())
+            .iter()
+            .all(|r| r["rule"] != "inner/a" || r["generation"] == 1),
+        "no request decided by the old agent's rule after the change"
+    );
+    stop_daemon(daemon);
+}
+
 /// The HTTP policy engine through the real redirect: agent processes in a cgroup run curl
 /// against a local upstream; the kernel sends their connects to the daemon's proxy, which
 /// decides each verdict as HTTP. The same request outside the agent goes direct, undecided.
@@ -3815,6 +3929,119 @@ fn thread_capabilities(pid: u32, kept: u64) -> Result<(usize, usize), String> {
         }
     }
     Ok((proxy_threads, others))
+}
+
+/// Red team round 33: a start killed while it attached its programs (an OOM kill, systemd's
+/// stop timeout) left pins that carried the build id, and every later start adopted them: the
+/// hooks not attached yet stayed missing for good (status said `DEGRADED`; a UDP send to a
+/// blocked address went out). The build id now goes in once the last program is attached, so
+/// a restart takes such a set for another build's: it attaches a whole set of its own beside
+/// it and retires it. Here a start is stopped (SIGSTOP, then SIGKILL) at its first pinned link
+/// (inotify on the links' directory); the restart's links are those of a clean start, and the
+/// send is refused, with a control outside.
+#[test]
+fn a_start_killed_while_attaching_leaves_no_set_a_restart_adopts() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    require_root();
+    let agent = TestCgroup::new("halfway");
+    let outsider = TestCgroup::new("halfway-out");
+    let dir = policy_dir(
+        "halfway",
+        &format!(
+            "name: halfway\nagents: {{ cgroup: {cg} }}\nrules:\n\
+             \x20 - {{ id: blocked, network: {{ cidr: 127.0.0.9/32 }}, verdict: block, reason: test }}\n",
+            cg = agent.rel.display()
+        ),
+    );
+    let pins = pin_dir("halfway");
+    let links = pins.join("links");
+    let names = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&links)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let args = [
+        "--allow-degraded",
+        "--no-create-cgroups",
+        "--quiet",
+        "--no-proxy",
+        "--pins",
+        pins.to_str().unwrap(),
+    ];
+    let send = Attempt::SendTo {
+        addr: "127.0.0.9:9999".parse().unwrap(),
+    };
+    let refused = |what: &str| {
+        let (_, outcome) = run_in(Some(&agent.path), "halfway", &send);
+        assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{what}: in the agent");
+        let (_, outcome) = run_in(Some(&outsider.path), "outsider", &send);
+        assert_eq!(outcome, Outcome::Exited(0), "{what}: control outside");
+    };
+    // A clean start: its links, and the send refused.
+    let whole = {
+        let (daemon, _) = start_daemon(&args, &dir);
+        refused("a clean start");
+        let whole = names();
+        stop_daemon(daemon);
+        unload(&pins);
+        whole
+    };
+    assert!(whole.len() > 3, "{whole:?}");
+    // A start stopped part-way through attaching (tried again if it was done before the stop
+    // landed).
+    let state = dir.join("killed");
+    let mut partial = whole.clone();
+    for _ in 0..5 {
+        std::fs::create_dir_all(&links).unwrap();
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
+        inotify.add_watch(&links, AddWatchFlags::IN_CREATE).unwrap();
+        let mut cmd = Command::new(governance_bin());
+        cmd.arg("run").args(args).arg("--policy").arg(&dir);
+        for (flag, name) in [
+            ("--socket", "sock"),
+            ("--audit-dir", "audit"),
+            ("--ca-dir", "ca"),
+            ("--policy-in-force", "in-force"),
+        ] {
+            cmd.arg(flag).arg(state.join(name));
+        }
+        let mut child = Reaped(
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // (A blocking read: the daemon pins its first link within seconds of starting.)
+        let first = inotify.read_events().unwrap();
+        assert!(!first.is_empty());
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).unwrap();
+        partial = names();
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL).unwrap();
+        let _ = child.wait();
+        if partial.len() < whole.len() {
+            break;
+        }
+        unload(&pins);
+    }
+    assert!(
+        partial.len() < whole.len(),
+        "five starts were each done attaching before SIGSTOP landed: {partial:?}"
+    );
+    // The restart: a whole set of links, the send refused again.
+    let (daemon, _) = start_daemon(&args, &dir);
+    let replaced = poll_until(Duration::from_secs(60), || names() == whole);
+    assert!(
+        replaced,
+        "the restart's links within 60 s: {:?}, a clean start's {whole:?} (killed with {partial:?})",
+        names()
+    );
+    refused("the restart after a start killed while attaching");
+    stop_daemon(daemon);
 }
 
 /// Issue 17, the in-kernel reporting policy: an allowed connect under `report: count` is counted

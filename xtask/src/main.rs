@@ -72,7 +72,8 @@ enum Cmd {
     /// redirect, host kernel) and the BPF LSM tests inside the VM. Prints how many ran in each
     /// place.
     Test {
-        /// Kernel image for the VM tests instead of the Debian 6.1 one.
+        /// Kernel image for the VM tests instead of Debian's 6.1 and 6.12 (side by side, the
+        /// daemon's own tests split between them): this kernel alone runs every VM test.
         #[arg(long)]
         kernel: Option<PathBuf>,
     },

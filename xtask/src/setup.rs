@@ -106,6 +106,9 @@ pub struct VmKernel {
     suffix: &'static str,
     /// The image's file name up to that number (after `vmlinuz-`).
     series: &'static str,
+    /// The VM tests that start a daemon of their own and are about the daemon rather than the
+    /// kernel, that this kernel runs and the others leave out (see `suite::run`).
+    pub daemon_tests: &'static [&'static str],
 }
 
 /// Debian 12's own 6.1 (where the suite was first written) and its 6.12 (the kernel of
@@ -119,6 +122,12 @@ pub const VM_KERNELS: [VmKernel; 2] = [
         prefix: "linux-image-6.1.0-",
         suffix: "-cloud-amd64-unsigned",
         series: "6.1.0-",
+        daemon_tests: &[
+            "a_drill_of_the_shipped_example_policies_passes",
+            "daemon_events_and_approvals",
+            "the_control_socket_name_cannot_be_taken_over",
+            "unix_control_plane_is_refused_to_agents",
+        ],
     },
     VmKernel {
         label: "kernel tests, VM 6.12 (BPF LSM)",
@@ -126,6 +135,12 @@ pub const VM_KERNELS: [VmKernel; 2] = [
         prefix: "linux-image-6.12.",
         suffix: "+deb12-cloud-amd64-unsigned",
         series: "6.12.",
+        daemon_tests: &[
+            "a_file_lease_never_stalls_the_proxy",
+            "an_agent_holding_every_inotify_instance_does_not_stop_the_daemon",
+            "file_opens_are_counted_and_the_count_records_add_up",
+            "the_daemon_is_never_the_oom_killers_choice",
+        ],
     },
 ];
 
@@ -960,6 +975,32 @@ fn newest_kernel_package(k: &VmKernel) -> Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each kernel's own daemon tests exist in the VM suite and start a daemon, and no test is
+    /// left to two kernels or to none: a name that drifted would run nowhere.
+    #[test]
+    fn each_daemon_test_left_to_one_kernel_is_a_daemon_test_of_the_suite() {
+        let suite = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/tests/vm_lsm.rs"),
+        )
+        .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for k in &VM_KERNELS {
+            for t in k.daemon_tests {
+                assert!(seen.insert(*t), "{t}: left to two kernels");
+                let at = suite
+                    .find(&format!("\nfn {t}() {{\n"))
+                    .unwrap_or_else(|| panic!("{t}: no such test in tests/tests/vm_lsm.rs"));
+                let body = &suite[at..];
+                let end = body[1..].find("\n#[test]").map_or(body.len(), |e| e + 1);
+                assert!(
+                    body[..end].contains("start_daemon"),
+                    "{t}: starts no daemon of its own"
+                );
+            }
+        }
+        assert!(!seen.is_empty());
+    }
 
     #[test]
     fn finds_what_apt_would_remove() {

@@ -232,6 +232,14 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .chain(args.config.clone())
         .chain(SERVICE_UNITS.iter().map(PathBuf::from))
         .chain(std::env::current_exe().ok())
+        // What the daemon trusts and whom it tells (red team round 33): the roots the proxy
+        // trusts upstream and the exporters trust (an agent's root added there would let it
+        // answer for any upstream or collector), the TCP API's certificate (replaced, the next
+        // start fails), and the hosts discovery looks for (emptied, discovery is blind).
+        .chain(args.upstream_ca.clone())
+        .chain(args.api_tls_cert.clone())
+        .chain(args.discover_hosts.clone())
+        .chain(crate::export::files_named(&args.exports, "ca"))
         // The cgroup v1 hierarchies of a hybrid layout (`freezer`, `memory`, `pids`, ...):
         // their `cgroup.procs` moves the daemon into a cgroup an agent made, frozen or starved,
         // with no check of the kind cgroup2's border has; they are under `/sys`, which
@@ -254,7 +262,7 @@ pub(super) fn protect(args: &RunArgs, root: &Path, pin_dir: &Path) -> Protect {
         .into_iter()
         .flatten()
         .cloned()
-        .chain(crate::export::secret_files(&args.exports))
+        .chain(crate::export::files_named(&args.exports, "secret"))
         .chain(swap_files(
             &crate::procfs::read_to_string("/proc/swaps").unwrap_or_default(),
         ))
@@ -531,6 +539,7 @@ mod tests {
             ("--api-token-file", "/s/api-token"),
             ("--notify-secret", "/s/notify.key"),
         ];
+        // (`--api-tls-key` is given below, with its certificate.)
         // (`--notify-secret` goes with a webhook.)
         let mut argv = vec![
             "run",
@@ -540,6 +549,18 @@ mod tests {
             "/c/config.yaml",
             "--notify-webhook",
             "http://127.0.0.1:9/",
+            "--upstream-ca",
+            "/t/upstream-ca.pem",
+            "--api-listen",
+            "127.0.0.1:9",
+            "--api-tls-cert",
+            "/t/api.crt",
+            "--api-tls-key",
+            "/s/api.key",
+            "--discover-hosts",
+            "/t/discover-hosts",
+            "--export",
+            "syslog+tls://h:1?ca=/t/syslog-ca.pem",
         ];
         for (flag, path) in &secrets {
             argv.extend([*flag, *path]);
@@ -561,11 +582,16 @@ mod tests {
             );
         }
         // What the next start runs and with which flags (red team round 15).
+        // What it trusts and whom it tells (red team round 33).
         for path in [
             "/p",
             "/c/config.yaml",
             crate::cli::config::DEFAULT_PATH,
             "/etc/systemd/system/governance.service.d",
+            "/t/upstream-ca.pem",
+            "/t/api.crt",
+            "/t/discover-hosts",
+            "/t/syslog-ca.pem",
         ] {
             assert!(
                 protect.no_write.contains(&PathBuf::from(path)),

@@ -60,4 +60,14 @@ impl proxy::Identify for KernelIdentify {
             original_dst,
         })
     }
+
+    fn current(&self, client: &proxy::Client) -> Option<crate::engine::AgentRef> {
+        let names = self.names.read().ok()?;
+        names
+            .values()
+            .next_back()?
+            .refs
+            .get(&client.info.cgroup_id)
+            .cloned()
+    }
 }

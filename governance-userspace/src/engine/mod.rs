@@ -909,14 +909,17 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                 && h.covers_method(&req.method)
                 && path_matches(h.path.as_deref(), path)
                 && h.headers.iter().all(|(name, value)| {
-                    // A restricting rule reads a value in any ASCII case, as servers read auth
-                    // schemes and media types (`bearer`, `Application/JSON`).
+                    // A restricting rule reads a value in any case an upstream folds, as
+                    // servers read auth schemes and media types (`bearer`, `Application/JSON`).
                     req.headers.iter().any(|(n, v)| {
                         n.eq_ignore_ascii_case(name)
                             && if allows {
                                 glob::simple(value, v)
                             } else {
-                                glob::simple(&value.to_ascii_lowercase(), &v.to_ascii_lowercase())
+                                glob::simple(
+                                    &crate::policy::cond::fold(value),
+                                    &crate::policy::cond::fold(v),
+                                )
                             }
                     })
                 })

@@ -239,8 +239,9 @@ impl Exporter {
     }
 }
 
-/// The `secret` files of `--export` URLs (kept from agents by the daemon's built-in file rules).
-pub fn secret_files(specs: &[String]) -> Vec<PathBuf> {
+/// The files `--export` URLs name under `key` (kept from agents by the daemon's built-in file
+/// rules): `secret`, the HMAC keys of signatures; `ca`, the roots an exporter's TLS trusts.
+pub fn files_named(specs: &[String], key: &str) -> Vec<PathBuf> {
     specs
         .iter()
         .filter_map(|s| {
@@ -248,7 +249,7 @@ pub fn secret_files(specs: &[String]) -> Vec<PathBuf> {
             serde_urlencoded::from_str::<Vec<(String, String)>>(query).ok()
         })
         .flatten()
-        .filter(|(k, _)| k == "secret")
+        .filter(|(k, _)| k == key)
         .map(|(_, v)| PathBuf::from(v))
         .collect()
 }

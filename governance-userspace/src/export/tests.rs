@@ -139,18 +139,23 @@ fn urls_parse_and_bad_ones_are_refused() {
 }
 
 #[test]
-fn secret_files_are_found_for_protection() {
+fn secret_and_trust_files_are_found_for_protection() {
     let specs = [
         "webhook+https://h/p?kind=exec&secret=/etc/governance/hook.key".to_owned(),
         "syslog+udp://h:1".to_owned(),
         "webhook+http://h/p?secret=%2Fetc%2Fother.key".to_owned(),
+        "syslog+tls://h:1?ca=/etc/governance/syslog-ca.pem".to_owned(),
     ];
     assert_eq!(
-        secret_files(&specs),
+        files_named(&specs, "secret"),
         [
             PathBuf::from("/etc/governance/hook.key"),
             PathBuf::from("/etc/other.key")
         ]
+    );
+    assert_eq!(
+        files_named(&specs, "ca"),
+        [PathBuf::from("/etc/governance/syslog-ca.pem")]
     );
 }
 

@@ -136,6 +136,10 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
                 .map(|r| format!("{HANDOVER_DIR}/{r}")),
         );
     }
+    // The set stops being a whole one of its build before its first link goes: an unload cut
+    // short leaves what a start takes for another build's and replaces, never one it adopts
+    // with hooks missing (red team round 33).
+    disown(pin_dir);
     for sub in [pins::LINKS, pins::MAPS] {
         let dir = pin_dir.join(sub);
         let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -157,6 +161,20 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(removed)
 }
 
+/// Clear the build id of the pins under `pin_dir`, if any (see [`pinned_build`]).
+fn disown(pin_dir: &Path) {
+    let name = maps::STATE;
+    let Ok(data) = MapData::from_pin(pin_dir.join(pins::MAPS).join(name)) else {
+        return;
+    };
+    let Ok(map) = Map::from_map_data(data) else {
+        return;
+    };
+    if let Ok(mut state) = Array::<_, u32>::try_from(map) {
+        let _ = state.set(STATE_BUILD, 0, 0);
+    }
+}
+
 /// Whether any link is pinned under `pin_dir` (its programs are attached).
 pub(super) fn has_links(pin_dir: &Path) -> bool {
     std::fs::read_dir(pin_dir.join(pins::LINKS)).is_ok_and(|mut d| d.next().is_some())
@@ -176,15 +194,27 @@ pub(super) fn pinned_build(pin_dir: &Path) -> Result<u32, KernelError> {
         .map_err(|source| KernelError::Map { name, source })
 }
 
-/// Replace the pins under `dir` with the staged ones under `staged`: first the old links go
-/// (their programs detach; the staged ones are attached already), then the old maps, then the
-/// staged directories move into place (a rename on the bpf filesystem).
+/// Replace the pins under `dir` with the staged ones under `staged`: first the old set is
+/// disowned (its build id cleared: a start after a crash from here on finishes this), then
+/// the old links go (their programs detach; the staged ones are attached already), then the
+/// old maps, then the staged directories move into place (a rename on the bpf filesystem).
+/// Each step is skipped where a crash left it done, so a start can run it again from anywhere
+/// (red team round 33: a crash between the renames left new maps that the next start removed
+/// as old ones, and every start after it failed).
 pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| KernelError::Pin { path, source }
     };
+    if staged.join(pins::MAPS).exists() {
+        // (Not yet replaced: the maps at `dir` are the old set's.)
+        disown(dir);
+    }
     for sub in [pins::LINKS, pins::MAPS] {
+        if !staged.join(sub).exists() {
+            // Moved into place already: what is at `dir` is the staged set's.
+            continue;
+        }
         let old = dir.join(sub);
         if let Ok(entries) = std::fs::read_dir(&old) {
             for e in entries.flatten() {
@@ -200,7 +230,9 @@ pub(super) fn promote(dir: &Path, staged: &Path) -> Result<(), KernelError> {
     }
     for sub in [pins::MAPS, pins::LINKS] {
         let from = staged.join(sub);
-        std::fs::rename(&from, dir.join(sub)).map_err(io(&from))?;
+        if from.exists() {
+            std::fs::rename(&from, dir.join(sub)).map_err(io(&from))?;
+        }
     }
     std::fs::remove_dir(staged).map_err(io(staged))?;
     Ok(())

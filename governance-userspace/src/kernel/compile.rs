@@ -918,7 +918,7 @@ struct Shared {
     /// With the refusal of the cgroup tree every class has (each allows its own subtree).
     every_class: Rules,
     /// `every_class`'s path table: what each class is decided beside ([`class::beside`]).
-    table: Class,
+    table: Beside,
 }
 
 /// A generation's shared built-ins, per combination of relaxations in use: their rules, and
@@ -964,7 +964,7 @@ impl Builtins<'_> {
                     ));
                 }
             }
-            let table = build_class(id, &every_class, errors, "(built-in)");
+            let table = Beside::new(build_class(id, &every_class, errors, "(built-in)"));
             Rc::new(Shared {
                 nodes,
                 keys,
@@ -1022,7 +1022,7 @@ impl Builtins<'_> {
         // The identity entries are looked up in this class only where an agent's class has
         // none of its own (see `identities::share`), so they are those every class has.
         let mut idents = build_class(id, &shared.every_class, errors, "(built-in)");
-        identities.resolve(&mut idents, &Class::default());
+        identities.resolve(&mut idents, &Beside::new(Class::default()));
         class.idents = idents.idents;
         class
     }

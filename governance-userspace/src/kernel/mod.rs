@@ -291,10 +291,15 @@ impl Enforcer {
         }
         let next = pin_dir.join(HANDOVER_DIR);
         if next.exists() {
-            // A handover a crash interrupted. If the previous build's programs are still
-            // attached, drop what was staged (they enforce); if they were already detached, the
-            // staged programs are what enforces: move them into place.
-            if has_links(pin_dir) {
+            // A handover a crash interrupted. If what was staged is not whole (its build id
+            // not written yet: killed while attaching), or the previous build's programs are
+            // still attached and their set whole (its build id kept: `promote` clears it
+            // before the first link goes), drop what was staged (they enforce); otherwise the
+            // staged programs are what enforces, or are about to: finish moving them into
+            // place.
+            let staged_partial = next.join(pins::MAPS).join(maps::STATE).exists()
+                && matches!(pinned_build(&next), Ok(0));
+            if staged_partial || (has_links(pin_dir) && !matches!(pinned_build(pin_dir), Ok(0))) {
                 unload(&next).map_err(|source| KernelError::Pin {
                     path: next.clone(),
                     source,
@@ -392,9 +397,7 @@ impl Enforcer {
                 source: std::io::Error::other(e),
             })?;
         }
-        // The build id goes in before anything is attached; the generation stays 0 (no
-        // agents) until the first policy is installed.
-        {
+        let set_state = |ebpf: &mut aya::Ebpf, index: u32, value: u32| {
             let name = maps::STATE;
             let map = ebpf
                 .map_mut(name)
@@ -402,10 +405,13 @@ impl Enforcer {
             let mut state: Array<_, u32> =
                 Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
             state
-                .set(STATE_BUILD, build_id(), 0)
-                .and_then(|()| state.set(STATE_LAYOUT, governance_common::RUNTIME_LAYOUT, 0))
-                .map_err(|source| KernelError::Map { name, source })?;
-        }
+                .set(index, value, 0)
+                .map_err(|source| KernelError::Map { name, source })
+        };
+        // The runtime layout goes in before anything is attached; the generation stays 0 (no
+        // agents) until the first policy is installed. The build id goes in last, once every
+        // program is attached (below).
+        set_state(&mut ebpf, STATE_LAYOUT, governance_common::RUNTIME_LAYOUT)?;
         let reading = std::time::Instant::now();
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         let btf_read = reading.elapsed();
@@ -480,6 +486,13 @@ impl Enforcer {
                 .set(0, crate::events::time::monotonic_ns(), 0)
                 .map_err(|source| KernelError::Map { name, source })?;
         }
+        // Every program is attached and pinned: the set is this build's, whole. Only now does
+        // it carry the build id that a restart adopts without loading anything (red team
+        // round 33: written before the attaching, a start killed half-way left a set that
+        // every later start adopted, its missing hooks never attached). A set without it is
+        // another build's to the next start, which loads and attaches its own beside it and
+        // then retires it (`load_or_adopt`).
+        set_state(&mut ebpf, STATE_BUILD, build_id())?;
         // The programs stay attached through their pinned links; the maps are used through
         // their pins from here on, exactly as after a restart.
         drop(ebpf);

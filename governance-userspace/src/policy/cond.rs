@@ -837,9 +837,19 @@ fn read_strings(v: &Value, reading: Reading) -> Value {
     }
 }
 
+/// `s` in lower case as upstreams compare without case: ASCII letters, and the four letters
+/// that simple case mappings turn into ASCII ones ([`ascii_case_of`]: Python's and JavaScript's
+/// `upper()`/`lower()`, Java's `equalsIgnoreCase` read `dısable` as `disable` and `\u{212a}ill`
+/// as `kill`; red team round 33).
+pub fn fold(s: &str) -> String {
+    s.chars()
+        .map(|c| ascii_case_of(c).unwrap_or(c.to_ascii_lowercase()))
+        .collect()
+}
+
 fn read(s: &str, reading: Reading) -> String {
     let noise = |c: char| c.is_whitespace() || c.is_control() || c == '\u{feff}';
-    let folded = s.to_ascii_lowercase();
+    let folded = fold(s);
     let trimmed = folded.trim_matches(noise);
     match reading {
         Reading::Folded => folded,
@@ -1238,10 +1248,32 @@ mod tests {
         );
         let listed = c(r#"$.env in ["p5.48xlarge", "p4d"]"#);
         assert!(listed.holds(&doc(" P5.48xlarge"), true));
+        // The letters simple case mappings turn into ASCII ones (red team round 33: `dısable`
+        // passed a block on `disable` to a FastAPI enum read with `upper()`).
+        let actions = c(r#"$.env in ["disable", "kill", "stop"]"#);
+        for v in [
+            "d\u{131}sable",
+            "D\u{130}SABLE",
+            "\u{212a}ill",
+            "\u{17f}top",
+        ] {
+            assert!(actions.holds(&doc(v), true), "{v:?}");
+            assert!(
+                !actions.holds(&doc(v), false),
+                "{v:?}: an allow reads as spelt"
+            );
+        }
+        assert!(!actions.holds(&doc("d\u{131}sabled"), true));
         // `!=` in a rule that allows holds only where it holds in every reading.
         let not_prod = c(r#"$.env != "production""#);
         assert!(not_prod.holds(&doc("staging"), false));
-        for v in ["Production", " production", "production\n", "PRODUCTION\t"] {
+        for v in [
+            "Production",
+            " production",
+            "production\n",
+            "PRODUCTION\t",
+            "product\u{131}on",
+        ] {
             assert!(!not_prod.holds(&doc(v), false), "{v:?} may be production");
         }
         // In a rule that restricts, as spelt (a reading would make it hold less often).

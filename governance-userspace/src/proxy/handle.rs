@@ -111,6 +111,32 @@ impl Proxy {
                 None,
             );
         }
+        if !self.still_identified(conn, client, &self.engine_for(client)) {
+            tracing::info!(agent = %client.info.name, "proxy: refusing a connection whose agent changed since it was accepted");
+            let (rule, reason) = (
+                "builtin:identity",
+                "the agent of this connection changed since it was made: connect again",
+            );
+            let rec = self.builtin_record(Some(client), None, rule, reason, Object::default());
+            let id = rec.id.clone();
+            (self.sink)(rec);
+            let mut resp = respond::refusal(
+                &Refusal {
+                    status: StatusCode::FORBIDDEN,
+                    error: "blocked",
+                    rule,
+                    reason,
+                    decision_id: &id,
+                    retry_after: None,
+                },
+                None,
+            );
+            resp.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
         if req.uri().path() == DECIDE_PATH {
             return self.decide_endpoint(client, req).await;
         }

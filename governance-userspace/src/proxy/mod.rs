@@ -120,6 +120,15 @@ pub const DECIDE_PATH: &str = "/.governance/v1/decide";
 /// tests use a fixed table.
 pub trait Identify: Send + Sync + 'static {
     fn identify(&self, peer: SocketAddr, local: SocketAddr, netns: u64) -> Option<Client>;
+
+    /// What `client`'s agent root is now, in the newest generation: None when it is no agent
+    /// root any more (an enclosing cgroup became the agent, or no policy selects it). A
+    /// connection keeps the identity it was accepted with; a reload can change it (a label,
+    /// a pod's labels, a new enclosing agent), and its later requests are then refused (red
+    /// team round 33). Identities that never change answer with the one they gave.
+    fn current(&self, client: &Client) -> Option<AgentRef> {
+        Some(client.agent.clone())
+    }
 }
 
 /// An identified connection.
@@ -382,6 +391,19 @@ impl Proxy {
             ));
         }
         Ok(stream)
+    }
+
+    /// Whether `client` is still the agent it was identified as, under `engine` (asked once
+    /// per connection and generation: a connection whose agent changed is refused).
+    fn still_identified(&self, conn: &Conn, client: &Client, engine: &Arc<Engine>) -> bool {
+        let seen = conn
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|(e, _)| Arc::ptr_eq(e, engine));
+        seen || self.is_canary(client)
+            || self.identify.current(client).as_ref() == Some(&client.agent)
     }
 
     /// The agent's rules under `engine`, cached per connection and per generation.

@@ -213,6 +213,18 @@ impl Proxy {
             tls: Some(Tls::Spliced),
         };
         let engine = self.engine_for(&client);
+        if !self.still_identified(&conn, &client, &engine) {
+            let reason = "the agent of this connection changed since it was made: connect again";
+            let rec = self.builtin_record(
+                Some(&client),
+                Some(&head),
+                "builtin:identity",
+                reason,
+                crate::events::Object::default(),
+            );
+            (self.sink)(rec);
+            return refuse_tls(io).await;
+        }
         let view = self.view(Some(&conn), &engine, &client.agent);
         // The server name must name where the connection goes: the host check, or the host of
         // the CONNECT (a refusal is reported there). An intercepted host is named by the

@@ -23,11 +23,117 @@ pub(super) fn answer(c: &Class, letter: u8, query: &[u8]) -> Option<RulePair> {
 /// decided beside the built-ins' table as if they were one ([`beside`]).
 pub(super) fn answer_with(
     c: &Class,
-    builtin: &Class,
+    builtin: &Beside,
     letter: u8,
     query: &[u8],
 ) -> Option<RulePair> {
-    beside(answer(c, letter, query), || answer(builtin, letter, query))
+    beside(answer(c, letter, query), || builtin.answer(letter, query))
+}
+
+/// The first directories of a class's own path nodes: a query outside all of them (and no node
+/// on `/`) has no answer of the class's own, so [`Tops::answer_with`] asks the built-ins alone
+/// without a lookup per directory of the query (most of the paths a class's identities are
+/// resolved for are the built-ins', where a class of a few rules has no node).
+pub(super) struct Tops {
+    root: bool,
+    tops: foldhash::HashSet<Vec<u8>>,
+}
+
+impl Tops {
+    pub(super) fn of(c: &Class) -> Self {
+        let mut tops = Tops {
+            root: false,
+            tops: Default::default(),
+        };
+        for (_, node) in c.paths.keys() {
+            match top(node) {
+                b"/" => tops.root = true,
+                t => {
+                    tops.tops.insert(t.to_vec());
+                }
+            }
+        }
+        tops
+    }
+
+    /// [`answer_with`], for class `c` of these tops.
+    pub(super) fn answer_with(
+        &self,
+        c: &Class,
+        builtin: &Beside,
+        letter: u8,
+        query: &[u8],
+    ) -> Option<RulePair> {
+        if self.root || self.tops.contains(top(query)) {
+            answer_with(c, builtin, letter, query)
+        } else {
+            builtin.answer(letter, query)
+        }
+    }
+}
+
+/// A node's or query's first directory (`/srv/` of `/srv/a/b`), or all of it when it has none
+/// (`/srv` and its NUL): a node that a query starts with (as [`answer`] looks them up) has the
+/// query's, but for `/`.
+fn top(bytes: &[u8]) -> &[u8] {
+    match bytes.iter().skip(1).position(|&b| b == b'/') {
+        Some(i) => &bytes[..i + 2],
+        None => bytes,
+    }
+}
+
+/// A shared built-in class as every class is decided beside it: its table, the paths its
+/// identity letters' nodes name, sorted, and its answers, kept as they are asked. Each answer is
+/// the same for every class that asks it: with a thousand agents, most of a compile was the
+/// same built-in answers asked again, a path table lookup per directory of the query each time.
+pub(crate) struct Beside {
+    pub(super) table: Class,
+    /// The paths of the table's [`IDENT_LETTERS`] nodes ([`named`]), sorted, once.
+    pub(super) named: Vec<Vec<u8>>,
+    /// query → (letter, [`answer`]) as asked.
+    answers: std::cell::RefCell<foldhash::HashMap<Vec<u8>, Asked>>,
+}
+
+/// The answers asked of a query so far, by letter.
+type Asked = Vec<(u8, Option<RulePair>)>;
+
+impl Beside {
+    pub(super) fn new(table: Class) -> Self {
+        let mut named: Vec<Vec<u8>> = named(&table).map(<[u8]>::to_vec).collect();
+        named.sort_unstable();
+        named.dedup();
+        Self {
+            table,
+            named,
+            answers: Default::default(),
+        }
+    }
+
+    /// [`answer`] of the table, asked once per query and letter.
+    pub(super) fn answer(&self, letter: u8, query: &[u8]) -> Option<RulePair> {
+        let mut answers = self.answers.borrow_mut();
+        if let Some(known) = answers.get(query)
+            && let Some((_, a)) = known.iter().find(|(l, _)| *l == letter)
+        {
+            return *a;
+        }
+        let a = answer(&self.table, letter, query);
+        answers.entry(query.to_vec()).or_default().push((letter, a));
+        a
+    }
+}
+
+/// The paths a class's [`IDENT_LETTERS`] nodes name: a node without its trailing NUL (exact) or
+/// `/` (prefix; `/` itself stays).
+pub(super) fn named(c: &Class) -> impl Iterator<Item = &[u8]> {
+    c.paths
+        .keys()
+        .filter(|(l, _)| IDENT_LETTERS.contains(l))
+        .map(|(_, node)| match node.split_last() {
+            Some((0, p)) => p,
+            Some((b'/', p)) if !p.is_empty() => p,
+            _ => node,
+        })
 }
 
 /// A node's answer among a class's own rules (`own`) and the shared built-ins' (`builtin`), as
@@ -53,10 +159,10 @@ pub(super) fn beside(
 
 /// Class `c`'s path entries as one table with its shared built-ins' nodes would hold them
 /// ([`beside`]): only an entry with no enforcing rule of its own can change.
-pub(super) fn beside_builtins(c: &mut Class, builtin: &Class) {
+pub(super) fn beside_builtins(c: &mut Class, builtin: &Beside) {
     for ((letter, node), pair) in c.paths.iter_mut() {
         if pair.enforce.present == 0
-            && let Some(b) = answer(builtin, *letter, node)
+            && let Some(b) = builtin.answer(*letter, node)
         {
             pair.enforce = b.enforce;
         }

@@ -325,23 +325,28 @@ impl Identities {
     }
 
     /// Resolve the class's file rules (and what they protect) into `c.idents`.
-    pub(crate) fn resolve(&mut self, c: &mut Class, builtin: &Class) {
+    pub(crate) fn resolve(&mut self, c: &mut Class, builtin: &Beside) {
         let letters = IDENT_LETTERS;
         // The paths the class's file rules and its shared built-ins name (exec rules have
-        // their own identities).
-        let mut named: Vec<&[u8]> = c
-            .paths
-            .keys()
-            .chain(builtin.paths.keys())
-            .filter(|(l, _)| letters.contains(l))
-            .map(|(_, node)| match node.split_last() {
-                Some((0, p)) => p,
-                Some((b'/', p)) if !p.is_empty() => p,
-                _ => node,
-            })
-            .collect();
-        named.sort_unstable();
-        named.dedup();
+        // their own identities): the class's few, merged into the built-ins' sorted list.
+        let mut own: Vec<&[u8]> = class::named(c).collect();
+        own.sort_unstable();
+        let mut named: Vec<&[u8]> = Vec::with_capacity(own.len() + builtin.named.len());
+        let (mut a, mut b) = (own.into_iter().peekable(), builtin.named.iter().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if *x <= y.as_slice() => a.next(),
+                (_, Some(_)) => b.next().map(Vec::as_slice),
+                (Some(_), None) => a.next(),
+                (None, None) => break,
+            };
+            if let Some(p) = next
+                && named.last() != Some(&p)
+            {
+                named.push(p);
+            }
+        }
+        let tops = class::Tops::of(c);
         let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
         let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
@@ -356,7 +361,7 @@ impl Identities {
             // The rules that restrict access to the object itself, or below it.
             let restricting = |query: &[u8]| {
                 letters.map(|l| {
-                    answer_with(c, builtin, l, query)
+                    tops.answer_with(c, builtin, l, query)
                         .filter(restricts)
                         .map(|p| RulePair {
                             enforce: p.enforce,
@@ -398,7 +403,8 @@ impl Identities {
                 scopes.push((SCOPE_BELOW, Node::bytes_of(&real, false)));
             }
             for (scope, query) in scopes {
-                let rules = letters.map(|l| answer_with(c, builtin, l, &query).unwrap_or_default());
+                let rules =
+                    letters.map(|l| tops.answer_with(c, builtin, l, &query).unwrap_or_default());
                 if !rules.iter().any(has) {
                     continue;
                 }
@@ -702,7 +708,7 @@ impl Identities {
     /// (canonical path and identity), the name of `path`'s next component there, and the rule
     /// that name is refused by (the path's answer for creating, else for writing), if one
     /// restricts.
-    fn missing_name(&mut self, c: &Class, builtin: &Class, path: &[u8]) -> Option<MissingName> {
+    fn missing_name(&mut self, c: &Class, builtin: &Beside, path: &[u8]) -> Option<MissingName> {
         let query = Node::bytes_of(path, true);
         let restricting = |letter| answer_with(c, builtin, letter, &query).filter(restricts);
         let rule = restricting(access::CREATE).or_else(|| restricting(access::WRITE))?;
@@ -736,7 +742,7 @@ impl Identities {
 /// for a name only `/` covers (a rule on `/`, else the file default), where that restricts.
 /// Reported as the rule on `/`, or as the built-in or the default it is ([`FILL_BUILTIN`],
 /// [`FILL_DEFAULT`]).
-pub(super) fn fill_of(c: &Class, builtin: &Class) -> [RulePair; 4] {
+pub(super) fn fill_of(c: &Class, builtin: &Beside) -> [RulePair; 4] {
     IDENT_LETTERS.map(|l| {
         let (rule, default) =
             match answer_with(c, builtin, l, b"/").filter(|p| p.enforce.present != 0) {

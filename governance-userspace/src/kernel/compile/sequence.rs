@@ -95,7 +95,7 @@ pub(super) fn classes(
             // Its path tables are the class's own again (the errors too): only the identities
             // are kept.
             let mut named = build_class(class, &names, &mut Vec::new(), agent);
-            identities.resolve(&mut named, &Class::default());
+            identities.resolve(&mut named, &Beside::new(Class::default()));
             c.idents = named.idents;
         }
         classes.push(c);

@@ -352,6 +352,47 @@ mod sweep {
             prop_assert_eq!(paths, reference_paths(&list));
             prop_assert_eq!(exec, reference_exec(&list));
         }
+
+        /// A class decided beside a shared built-in class answers as it did before the
+        /// built-ins' answers were kept ([`Beside`]) and before the queries outside every first
+        /// directory of the class were sent to the built-ins alone ([`class::Tops`]): the
+        /// answer of both tables, looked up in full, for every query, asked twice.
+        #[test]
+        fn answers_beside_the_built_ins_are_the_tables_own(
+            own in prop::collection::vec((node(), ranked(), 0..2usize), 0..12),
+            shared in prop::collection::vec((node(), ranked(), 0..2usize), 0..12),
+            queries in prop::collection::vec(node(), 1..24),
+        ) {
+            let letters = [access::READ, access::WRITE];
+            let verdicts = [KVerdict::Allow, KVerdict::Block, KVerdict::Escalate];
+            let class = |list: Vec<(Node, (u32, u8, bool), usize)>| {
+                let mut rules = Rules::default();
+                for (i, (n, (spec, v, shadow), l)) in list.into_iter().enumerate() {
+                    let r = Ranked {
+                        specificity: [spec, 0, 0, 0],
+                        rule: rule_ref(i as u32 + 1, verdicts[v as usize], 0),
+                        shadow,
+                    };
+                    rules.paths.entry(letters[l]).or_default().push((n, r));
+                }
+                build_class(1, &rules, &mut Vec::new(), "test")
+            };
+            let (own, reference_table) = (class(own), class(shared.clone()));
+            let builtin = Beside::new(class(shared));
+            let tops = class::Tops::of(&own);
+            for _ in 0..2 {
+                for q in &queries {
+                    let query = Node::bytes_of(&q.path, q.exact);
+                    for l in letters {
+                        let whole = class::beside(class::answer(&own, l, &query), || {
+                            class::answer(&reference_table, l, &query)
+                        });
+                        prop_assert_eq!(answer_with(&own, &builtin, l, &query), whole);
+                        prop_assert_eq!(tops.answer_with(&own, &builtin, l, &query), whole);
+                    }
+                }
+            }
+        }
     }
 }
 
