@@ -107,7 +107,9 @@ pub struct VmKernel {
     /// The image's file name up to that number (after `vmlinuz-`).
     series: &'static str,
     /// The VM tests that start a daemon of their own and are about the daemon rather than the
-    /// kernel, that this kernel runs and the others leave out (see `suite::run`).
+    /// kernel, that this kernel runs and the others leave out (see `suite::run`). Fewer on the
+    /// kernel whose start verifies slower: in CI on 2026-12-07, four each, a daemon start took
+    /// 160 s on 6.1 and 180 on 6.12, and the step 28 and 34 minutes.
     pub daemon_tests: &'static [&'static str],
 }
 
@@ -126,6 +128,7 @@ pub const VM_KERNELS: [VmKernel; 2] = [
             "a_drill_of_the_shipped_example_policies_passes",
             "daemon_events_and_approvals",
             "the_control_socket_name_cannot_be_taken_over",
+            "the_daemon_is_never_the_oom_killers_choice",
             "unix_control_plane_is_refused_to_agents",
         ],
     },
@@ -139,7 +142,6 @@ pub const VM_KERNELS: [VmKernel; 2] = [
             "a_file_lease_never_stalls_the_proxy",
             "an_agent_holding_every_inotify_instance_does_not_stop_the_daemon",
             "file_opens_are_counted_and_the_count_records_add_up",
-            "the_daemon_is_never_the_oom_killers_choice",
         ],
     },
 ];

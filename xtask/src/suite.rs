@@ -204,8 +204,8 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     // for every hook's cases, which each kernel runs; a daemon test loads its own. The daemon
     // tests about loading, adopting and unloading programs run on each kernel too; the others,
     // about the daemon itself (its events, approvals, control socket, counts, memory, leases
-    // and inotify), run on one kernel each (`VmKernel::daemon_tests`), half on each: run on
-    // both, they made the step 32 minutes of a 60-minute CI (2026-12-07), split about 22.
+    // and inotify), run on one kernel each (`VmKernel::daemon_tests`): run on both, they made
+    // the step 32 minutes of a 60-minute CI (2026-12-07).
     // (label, tag, image, the tests it leaves to the other kernels)
     type Kernel<'a> = (&'a str, Option<&'a str>, Option<PathBuf>, Vec<&'a str>);
     let kernels: Vec<Kernel> = match kernel {
