@@ -163,14 +163,7 @@ pub fn unload(pin_dir: &Path) -> std::io::Result<Vec<String>> {
 
 /// Clear the build id of the pins under `pin_dir`, if any (see [`pinned_build`]).
 fn disown(pin_dir: &Path) {
-    let name = maps::STATE;
-    let Ok(data) = MapData::from_pin(pin_dir.join(pins::MAPS).join(name)) else {
-        return;
-    };
-    let Ok(map) = Map::from_map_data(data) else {
-        return;
-    };
-    if let Ok(mut state) = Array::<_, u32>::try_from(map) {
+    if let Ok(mut state) = pinned_state(pin_dir) {
         let _ = state.set(STATE_BUILD, 0, 0);
     }
 }
@@ -183,15 +176,21 @@ pub(super) fn has_links(pin_dir: &Path) -> bool {
 /// The build id the pins under `pin_dir` were made by (the one map every build keeps at the
 /// same place: [`maps::STATE`], index [`STATE_BUILD`]).
 pub(super) fn pinned_build(pin_dir: &Path) -> Result<u32, KernelError> {
+    pinned_state(pin_dir)?
+        .get(&STATE_BUILD, 0)
+        .map_err(|source| KernelError::Map {
+            name: maps::STATE,
+            source,
+        })
+}
+
+/// The [`maps::STATE`] map pinned under `pin_dir`.
+fn pinned_state(pin_dir: &Path) -> Result<Array<MapData, u32>, KernelError> {
     let name = maps::STATE;
     let data = MapData::from_pin(pin_dir.join(pins::MAPS).join(name))
         .map_err(|source| KernelError::Map { name, source })?;
     let map = Map::from_map_data(data).map_err(|source| KernelError::Map { name, source })?;
-    let state: Array<_, u32> =
-        Array::try_from(map).map_err(|source| KernelError::Map { name, source })?;
-    state
-        .get(&STATE_BUILD, 0)
-        .map_err(|source| KernelError::Map { name, source })
+    Array::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
 /// Replace the pins under `dir` with the staged ones under `staged`: first the old set is

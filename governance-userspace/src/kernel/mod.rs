@@ -297,8 +297,7 @@ impl Enforcer {
             // before the first link goes), drop what was staged (they enforce); otherwise the
             // staged programs are what enforces, or are about to: finish moving them into
             // place.
-            let staged_partial = next.join(pins::MAPS).join(maps::STATE).exists()
-                && matches!(pinned_build(&next), Ok(0));
+            let staged_partial = matches!(pinned_build(&next), Ok(0));
             if staged_partial || (has_links(pin_dir) && !matches!(pinned_build(pin_dir), Ok(0))) {
                 unload(&next).map_err(|source| KernelError::Pin {
                     path: next.clone(),

@@ -31,6 +31,7 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use super::{
     Client, Conn, DECIDE_PATH, Mode, Proxy, canonical,
     forward::{To, is_event_stream},
+    record,
     request::{self, Head, Tls},
     respond::{self, Refusal},
     sse::SessionBody,
@@ -112,20 +113,13 @@ impl Proxy {
             );
         }
         if !self.still_identified(conn, client, &self.engine_for(client)) {
-            tracing::info!(agent = %client.info.name, "proxy: refusing a connection whose agent changed since it was accepted");
-            let (rule, reason) = (
-                "builtin:identity",
-                "the agent of this connection changed since it was made: connect again",
-            );
-            let rec = self.builtin_record(Some(client), None, rule, reason, Object::default());
-            let id = rec.id.clone();
-            (self.sink)(rec);
+            let id = self.agent_changed(client, None);
             let mut resp = respond::refusal(
                 &Refusal {
                     status: StatusCode::FORBIDDEN,
                     error: "blocked",
-                    rule,
-                    reason,
+                    rule: "builtin:identity",
+                    reason: record::AGENT_CHANGED,
                     decision_id: &id,
                     retry_after: None,
                 },

@@ -19,6 +19,10 @@ use crate::{
     policy::{Matcher, Verdict},
 };
 
+/// Why a connection whose agent changed since it was accepted is refused.
+pub(super) const AGENT_CHANGED: &str =
+    "the agent of this connection changed since it was made: connect again";
+
 impl Proxy {
     /// Report a TLS connection the proxy closes without deciding on a request (rule
     /// `builtin:tls`).
@@ -63,6 +67,22 @@ impl Proxy {
     /// returns the record's id.
     pub(super) fn refused(&self, client: &Client, head: &Head, rule: &str, reason: &str) -> String {
         let rec = self.builtin_record(Some(client), Some(head), rule, reason, Object::default());
+        let id = rec.id.clone();
+        (self.sink)(rec);
+        id
+    }
+
+    /// Report the refusal of a connection whose agent changed since it was accepted (see
+    /// `Proxy::still_identified`); returns the record's id.
+    pub(super) fn agent_changed(&self, client: &Client, head: Option<&Head>) -> String {
+        tracing::info!(agent = %client.info.name, "proxy: refusing a connection whose agent changed since it was accepted");
+        let rec = self.builtin_record(
+            Some(client),
+            head,
+            "builtin:identity",
+            AGENT_CHANGED,
+            Object::default(),
+        );
         let id = rec.id.clone();
         (self.sink)(rec);
         id

@@ -214,15 +214,7 @@ impl Proxy {
         };
         let engine = self.engine_for(&client);
         if !self.still_identified(&conn, &client, &engine) {
-            let reason = "the agent of this connection changed since it was made: connect again";
-            let rec = self.builtin_record(
-                Some(&client),
-                Some(&head),
-                "builtin:identity",
-                reason,
-                crate::events::Object::default(),
-            );
-            (self.sink)(rec);
+            self.agent_changed(&client, Some(&head));
             return refuse_tls(io).await;
         }
         let view = self.view(Some(&conn), &engine, &client.agent);

@@ -328,22 +328,11 @@ impl Identities {
     pub(crate) fn resolve(&mut self, c: &mut Class, builtin: &Beside) {
         let letters = IDENT_LETTERS;
         // The paths the class's file rules and its shared built-ins name (exec rules have
-        // their own identities): the class's few, merged into the built-ins' sorted list.
-        let mut own: Vec<&[u8]> = class::named(c).collect();
-        own.sort_unstable();
-        let mut named: Vec<&[u8]> = Vec::with_capacity(own.len() + builtin.named.len());
-        let (mut a, mut b) = (own.into_iter().peekable(), builtin.named.iter().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if *x <= y.as_slice() => a.next(),
-                (_, Some(_)) => b.next().map(Vec::as_slice),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            if let Some(p) = next
-                && named.last() != Some(&p)
-            {
-                named.push(p);
+        // their own identities): the class's few, put into the built-ins' sorted list.
+        let mut named: Vec<&[u8]> = builtin.named.iter().map(Vec::as_slice).collect();
+        for p in class::named(c) {
+            if let Err(at) = named.binary_search(&p) {
+                named.insert(at, p);
             }
         }
         let tops = class::Tops::of(c);
