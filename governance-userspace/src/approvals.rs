@@ -158,7 +158,8 @@ enum Waiter {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Dedup {
     Kernel(GrantKey),
-    Action(String, u64),
+    /// The agent root (cgroup id: agents of one label share a name) and the action's key.
+    Action(u64, u64),
 }
 
 struct Entry {
@@ -181,8 +182,10 @@ struct Pending {
 struct State {
     pending: HashMap<String, Pending>,
     dedup: HashMap<Dedup, String>,
-    /// Per agent name: (pending count, bytes held).
-    per_agent: HashMap<String, (usize, usize)>,
+    /// Pending requests and bytes held, by agent root (cgroup id): agents that share a label
+    /// each have their own (red team round 34: one agent's held requests filled its label's
+    /// other agents' queue).
+    per_agent: HashMap<u64, (usize, usize)>,
     /// Recently settled requests, for clear errors and polling; oldest first.
     settled: HashMap<String, Entry>,
     settled_order: VecDeque<String>,
@@ -277,7 +280,7 @@ impl Approvals {
         on_approve: OnApprove,
         announce: &mut dyn FnMut(&ApprovalInfo),
     ) -> Result<String, Full> {
-        let dedup = Dedup::Action(req.agent.name.clone(), key);
+        let dedup = Dedup::Action(req.agent.cgroup_id, key);
         self.insert(req, Waiter::Action(on_approve), Some(dedup), announce)
     }
 
@@ -314,7 +317,7 @@ impl Approvals {
         }
         let (count, bytes) = st
             .per_agent
-            .get(&req.agent.name)
+            .get(&req.agent.cgroup_id)
             .copied()
             .unwrap_or_default();
         if st.pending.len() >= self.limits.total {
@@ -351,10 +354,7 @@ impl Approvals {
             settled: None,
             req,
         };
-        let slot = st
-            .per_agent
-            .entry(entry.req.agent.name.clone())
-            .or_default();
+        let slot = st.per_agent.entry(entry.req.agent.cgroup_id).or_default();
         slot.0 += 1;
         slot.1 += entry.req.bytes;
         announce(&ApprovalInfo {
@@ -518,12 +518,12 @@ impl Approvals {
         if let Some(d) = &p.dedup {
             st.dedup.remove(d);
         }
-        let name = &p.entry.req.agent.name;
-        if let Some(slot) = st.per_agent.get_mut(name) {
+        let root = p.entry.req.agent.cgroup_id;
+        if let Some(slot) = st.per_agent.get_mut(&root) {
             slot.0 = slot.0.saturating_sub(1);
             slot.1 = slot.1.saturating_sub(p.entry.req.bytes);
             if slot.0 == 0 {
-                st.per_agent.remove(name);
+                st.per_agent.remove(&root);
             }
         }
         Some(p)
@@ -665,10 +665,17 @@ mod tests {
         Fixture { q, records, grants }
     }
 
+    /// A request of agent `agent`, whose root is a cgroup of its own.
     fn request(agent: &str, bytes: usize) -> Request {
+        request_of(agent, agent.bytes().map(u64::from).sum(), bytes)
+    }
+
+    /// A request of the agent named `name` whose root is cgroup `root`.
+    fn request_of(name: &str, root: u64, bytes: usize) -> Request {
         Request {
             agent: AgentInfo {
-                name: agent.into(),
+                name: name.into(),
+                cgroup_id: root,
                 ..Default::default()
             },
             kind: "http".into(),
@@ -779,6 +786,25 @@ mod tests {
         // Settling releases the slot and the bytes.
         f.q.withdraw(&c);
         f.q.hold(request("b", 100)).unwrap();
+    }
+
+    /// Agents that share a label share a name; each root has its own limits (red team round
+    /// 34: one labelled agent's 32 held requests had its siblings' refused at once).
+    #[test]
+    fn agents_of_one_label_each_have_their_own_limits() {
+        let f = fixture(Limits {
+            per_agent: 2,
+            per_agent_bytes: 100,
+            total: 10,
+        });
+        let _a = f.q.hold(request_of("support", 1, 60)).unwrap();
+        let _b = f.q.hold(request_of("support", 1, 10)).unwrap();
+        let e = f.q.hold(request_of("support", 1, 0)).unwrap_err();
+        assert_eq!(e.what, "pending requests for this agent");
+        let _c = f.q.hold(request_of("support", 2, 90)).unwrap();
+        let _d = f.q.hold(request_of("support", 2, 0)).unwrap();
+        let e = f.q.hold(request_of("support", 3, 101)).unwrap_err();
+        assert_eq!(e.what, "bytes held for this agent");
     }
 
     #[tokio::test]

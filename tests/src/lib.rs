@@ -1942,6 +1942,15 @@ pub fn tcp_table_listens(table: &str, port: u16) -> bool {
         .any(|l| l.contains(&want) && l.split_whitespace().nth(3) == Some("0A"))
 }
 
+/// The generation a daemon's start enforced, from what it said at start (1 on a fresh set; the
+/// one after the pinned set's last on an adopted one).
+pub fn first_generation(seen: &str) -> u64 {
+    seen.lines()
+        .find_map(|l| l.split(" as generation ").nth(1))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the generation the start enforced:\n{seen}"))
+}
+
 /// The port of the daemon's HTTP policy proxy, from what it said at start.
 pub fn proxy_port(seen: &str) -> u16 {
     seen.lines()
@@ -2006,6 +2015,15 @@ extern "C" fn unload_shared() {
 /// pay once per test. What an earlier test left in the event ring is dropped first. The
 /// programs are unloaded when the process exits.
 pub fn install(yaml: &str) -> Loaded {
+    load_under(yaml, shared_pins())
+}
+
+/// The process's shared pinned set, which [`install`] loads once and then adopts, unloaded when
+/// the process exits. A daemon test about the daemon (its events, control socket, proxy), not
+/// about loading programs, starts its daemon on it without `--detach-on-exit`: the start adopts
+/// the programs instead of verifying every one of them again (minutes under emulation), as a
+/// restart does, and the policy it installs is a generation after the set's last one.
+pub fn shared_pins() -> PinDir {
     let pins = SHARED.get_or_init(|| {
         // SAFETY: registers a function without arguments, run once at exit.
         unsafe { libc::atexit(unload_shared) };
@@ -2014,7 +2032,7 @@ pub fn install(yaml: &str) -> Loaded {
             std::process::id()
         ))
     });
-    load_under(yaml, PinDir(pins.clone(), Unload::AtExit))
+    PinDir(pins.clone(), Unload::AtExit)
 }
 
 fn load_under(yaml: &str, pins: PinDir) -> Loaded {
@@ -2028,6 +2046,12 @@ fn load_under(yaml: &str, pins: PinDir) -> Loaded {
     );
     let mut enforcer =
         Enforcer::start(&pins, &root, true).unwrap_or_else(|e| panic!("loading eBPF: {e}"));
+    // A daemon test that ran on the shared set ([`shared_pins`]) left its own settings behind:
+    // its pid protected, its proxy's and TCP API's addresses, which a later process given that
+    // pid or port would meet. The hook cases start from none.
+    enforcer.protect(&[]).unwrap();
+    enforcer.set_proxy(None).unwrap();
+    enforcer.set_api_addr(None).unwrap();
     let generation = enforcer.generation().unwrap() + 1;
     let protect = kernel::Protect {
         cgroup_root: root.clone(),

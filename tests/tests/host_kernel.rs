@@ -2010,6 +2010,7 @@ fn a_proxy_connection_whose_agent_changed_is_refused() {
         "no request decided by the old agent's rule after the change"
     );
     stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The HTTP policy engine through the real redirect: agent processes in a cgroup run curl
@@ -4042,6 +4043,7 @@ fn a_start_killed_while_attaching_leaves_no_set_a_restart_adopts() {
     );
     refused("the restart after a start killed while attaching");
     stop_daemon(daemon);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue 17, the in-kernel reporting policy: an allowed connect under `report: count` is counted

@@ -17,7 +17,7 @@ use std::{
 use governance_common::{Cause, Event, Kind, Verdict, flags};
 use governance_tests::{
     Attempt, AttemptLoop, Container, Loaded, Outcome, TestCgroup, cstr, governance_bin, install,
-    pin_dir, require_root, run_in, run_in_namespaces, start_daemon, start_daemon_in,
+    pin_dir, require_root, run_in, run_in_namespaces, shared_pins, start_daemon, start_daemon_in,
     start_daemon_of_build, stop_daemon, text,
 };
 
@@ -1315,17 +1315,10 @@ fn daemon_events_and_approvals() {
     let dir = fx.p("policies");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
-    let pins = pin_dir("stream");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
-    let (daemon, _) = start_daemon(
-        &[
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--pins",
-            &pins_arg,
-        ],
-        &dir,
-    );
+    let (daemon, seen) = start_daemon(&["--no-create-cgroups", "--pins", &pins_arg], &dir);
+    let first = governance_tests::first_generation(&seen);
     let agent = fx.agent.rel.display().to_string();
     let mut follower = std::process::Command::new(governance_bin())
         .args([
@@ -1396,7 +1389,7 @@ fn daemon_events_and_approvals() {
         assert_eq!(v["mode"], "enforce");
         assert_eq!(v["rule"], "redteam/exfil");
         assert_eq!(v["reason"], "exfiltration tool");
-        assert_eq!(v["generation"], 1);
+        assert_eq!(v["generation"], first);
         assert_eq!(v["source"], "kernel");
         assert_eq!(v["agent"]["name"], agent.as_str());
         assert_eq!(v["agent"]["cgroup"], agent.as_str());
@@ -3341,13 +3334,12 @@ fn unix_control_plane_is_refused_to_agents() {
     };
     let token = fx.p("token");
     std::fs::write(&token, "t0ken\n").unwrap();
-    let pins = pin_dir("ctlplane");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
     let api_arg = api.to_string();
     let (daemon, _) = start_daemon(
         &[
             "--no-create-cgroups",
-            "--detach-on-exit",
             "--pins",
             &pins_arg,
             "--api-listen",
@@ -3575,17 +3567,9 @@ fn the_control_socket_name_cannot_be_taken_over() {
     let dir = fx.p("policies");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
-    let pins = pin_dir("sockname");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
-    let (daemon, _) = start_daemon(
-        &[
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--pins",
-            &pins_arg,
-        ],
-        &dir,
-    );
+    let (daemon, _) = start_daemon(&["--no-create-cgroups", "--pins", &pins_arg], &dir);
     let socket = daemon.socket();
     let sockdir = socket.parent().unwrap().to_owned();
     let spare = sockdir.join("spare");
@@ -3766,17 +3750,9 @@ fn a_file_lease_never_stalls_the_proxy() {
         ),
     )
     .unwrap();
-    let pins = pin_dir("lease");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
-    let (daemon, seen) = start_daemon(
-        &[
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--pins",
-            &pins_arg,
-        ],
-        &dir,
-    );
+    let (daemon, seen) = start_daemon(&["--no-create-cgroups", "--pins", &pins_arg], &dir);
     let proxy = seen
         .lines()
         .find_map(|l| l.split("HTTP policy proxy on ").nth(1))
@@ -3868,16 +3844,10 @@ fn the_daemon_is_never_the_oom_killers_choice() {
     let dir = fx.p("policies");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("p.yaml"), fx.policy("")).unwrap();
-    let pins = pin_dir("oom");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
     let (daemon, _) = start_daemon(
-        &[
-            "--no-create-cgroups",
-            "--detach-on-exit",
-            "--no-proxy",
-            "--pins",
-            &pins_arg,
-        ],
+        &["--no-create-cgroups", "--no-proxy", "--pins", &pins_arg],
         &dir,
     );
     let adj = Path::new("/proc")
@@ -8355,12 +8325,11 @@ fn file_opens_are_counted_and_the_count_records_add_up() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let pins = pin_dir("report");
+    let pins = shared_pins();
     let state = fx.p("state");
     let (mut daemon, _) = start_daemon_in(
         &[
             "--no-create-cgroups",
-            "--detach-on-exit",
             "--no-proxy",
             "--pins",
             pins.to_str().unwrap(),
@@ -8503,14 +8472,11 @@ fn a_drill_of_the_shipped_example_policies_passes() {
     std::fs::write(pii.join("customers.csv"), "not personal data").unwrap();
     let root = governance::agents::cgroup2_mount().unwrap();
     let made_agents = !root.join("agents").exists();
-    let pins = pin_dir("drill");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
     // Every hook is attached here; --allow-degraded because coding-agent/system-read lists
     // `exec` among its file accesses, which the kernel decides by exec rules (NOT ENFORCED).
-    let (mut daemon, _) = start_daemon(
-        &["--allow-degraded", "--detach-on-exit", "--pins", &pins_arg],
-        &dir,
-    );
+    let (mut daemon, _) = start_daemon(&["--allow-degraded", "--pins", &pins_arg], &dir);
     let out = daemon.cli(&["drill", "-o", "json"]);
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
@@ -10682,14 +10648,9 @@ fn an_agent_holding_every_inotify_instance_does_not_stop_the_daemon() {
     .unwrap();
     let first = parent.child("agent-1");
     let mut holder = InotifyHolder::start(&first);
-    let pins = pin_dir("inotify");
+    let pins = shared_pins();
     let pins_arg = pins.to_str().unwrap().to_owned();
-    let args = [
-        "--no-create-cgroups",
-        "--detach-on-exit",
-        "--pins",
-        pins_arg.as_str(),
-    ];
+    let args = ["--no-create-cgroups", "--pins", pins_arg.as_str()];
     let blocked = Attempt::exec(&fx.p("blocked/true"), "true");
     let refused_in = |daemon: &governance_tests::Daemon, cgroup: &Path, case: &str| {
         println!("redteam: tried {case}");
@@ -10708,14 +10669,15 @@ fn an_agent_holding_every_inotify_instance_does_not_stop_the_daemon() {
         assert_eq!(record["rule"], "inotify/exfil", "{case}: {record:#}");
         println!("redteam: denied {case}");
     };
-    let (daemon, _) = start_daemon(&args, &dir);
+    let (daemon, seen) = start_daemon(&args, &dir);
+    let next = governance_tests::first_generation(&seen) + 1;
     let (taken, errno) = holder.grab();
     assert_eq!(errno, libc::EMFILE, "the agent took {taken} instances");
     assert!(taken > 0);
     // A cgroup change while the agent holds every instance left: the daemon stays, and the
     // new agent is governed.
     let second = parent.child("agent-2");
-    daemon.wait_for("generation 2 is enforcing");
+    daemon.wait_for(&format!("generation {next} is enforcing"));
     refused_in(
         &daemon,
         &second,

@@ -178,7 +178,19 @@ fn real_main() -> Result<ExitCode> {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
-            let out = boot(kernel, &b, script, Duration::from_secs(timeout), None)?;
+            // A VM of another kernel gets a disk and an image of its own (tagged by the image's
+            // name), so that VMs of two kernels can run side by side.
+            let tag = kernel
+                .as_ref()
+                .and_then(|k| k.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
+            let out = boot(
+                kernel,
+                &b,
+                script,
+                Duration::from_secs(timeout),
+                tag.as_deref(),
+            )?;
             Ok(ExitCode::from(out.status.clamp(0, 255) as u8))
         }
         Cmd::Test { kernel } => test(kernel),

@@ -200,12 +200,14 @@ pub(super) fn test(kernel: Option<PathBuf>) -> Result<ExitCode> {
     // every test), the kernels side by side: each guest runs on one host thread (both vCPUs:
     // see `vm::boot`), so two use the machine's two cores and the step takes as long as the
     // slower kernel. Loading the programs is most of a test's cost, 100 to 150 s of emulated
-    // verifying each time: the test process loads them once (see `governance_tests::install`)
-    // for every hook's cases, which each kernel runs; a daemon test loads its own. The daemon
-    // tests about loading, adopting and unloading programs run on each kernel too; the others,
-    // about the daemon itself (its events, approvals, control socket, counts, memory, leases
-    // and inotify), run on one kernel each (`VmKernel::daemon_tests`): run on both, they made
-    // the step 32 minutes of a 60-minute CI (2026-12-07).
+    // verifying each time: the test process loads them once (`governance_tests::shared_pins`)
+    // for every hook's cases, which each kernel runs, and the daemon tests about the daemon
+    // itself (its events, approvals, control socket, counts, memory, leases and inotify) start
+    // their daemons on that set, which adopt it as a restart does; those run on one kernel each
+    // (`VmKernel::daemon_tests`). The daemon tests about loading, adopting and unloading
+    // programs load their own, on each kernel. With a load of its own each, the daemon tests
+    // made the step 32 minutes of a 60-minute CI (2026-12-07), 34 of 64 split between the
+    // kernels (stop 62).
     // (label, tag, image, the tests it leaves to the other kernels)
     type Kernel<'a> = (&'a str, Option<&'a str>, Option<PathBuf>, Vec<&'a str>);
     let kernels: Vec<Kernel> = match kernel {

@@ -931,6 +931,38 @@ struct DecideBody {
     action: crate::proxy::DecideAction,
 }
 
+/// The live agent `name` names (a name or a cgroup). Agents that share a label share a name,
+/// and a decision (a grant) is one agent root's (red team round 34): a name of several is
+/// refused with their cgroups.
+fn one_agent<'a>(
+    agents: &'a [AgentView],
+    name: &str,
+) -> Result<&'a AgentView, (StatusCode, String)> {
+    if let Some(a) = agents.iter().find(|a| a.cgroup == name) {
+        return Ok(a);
+    }
+    let named: Vec<&AgentView> = agents.iter().filter(|a| a.name == name).collect();
+    match named.as_slice() {
+        [] => Err((
+            StatusCode::NOT_FOUND,
+            format!("no live agent `{name}` (see GET /v1/agents)"),
+        )),
+        [one] => Ok(one),
+        several => Err((
+            StatusCode::CONFLICT,
+            format!(
+                "`{name}` names {} agents; give one's cgroup: {}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|a| a.cgroup.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+    }
+}
+
 async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
     if let Some(why) = st.publisher.audit_health().refusal() {
         return error(StatusCode::SERVICE_UNAVAILABLE, why);
@@ -946,17 +978,13 @@ async fn decide(State(st): State<Arc<ApiState>>, raw: Bytes) -> Response {
             "the HTTP policy engine is not running (--no-proxy)",
         );
     };
-    let agent = st.snapshot.lock().ok().and_then(|s| {
-        s.agents
-            .iter()
-            .find(|a| a.name == body.agent || a.cgroup == body.agent)
-            .cloned()
-    });
-    let Some(agent) = agent else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no live agent `{}` (see GET /v1/agents)", body.agent),
-        );
+    let agent = match st.snapshot.lock() {
+        Ok(s) => one_agent(&s.agents, &body.agent).cloned(),
+        Err(_) => Err((StatusCode::INTERNAL_SERVER_ERROR, "no snapshot".into())),
+    };
+    let agent = match agent {
+        Ok(a) => a,
+        Err((status, why)) => return error(status, why),
     };
     let client = crate::proxy::Client {
         agent: agent.agent_ref.clone(),
@@ -1072,6 +1100,37 @@ mod tests {
         );
         // And over a stale socket, as before.
         drop(bind_socket(&socket).expect("bound over a stale socket"));
+    }
+
+    /// Red team round 34: agents that share a label share a name; a decision is asked of one
+    /// of them by its cgroup, and the name of several is refused with theirs.
+    #[test]
+    fn a_decision_is_one_agent_root_s() {
+        let view = |name: &str, cgroup: &str| AgentView {
+            name: name.into(),
+            cgroup: cgroup.into(),
+            cgroup_id: 0,
+            selector: String::new(),
+            policies: Vec::new(),
+            agent_ref: Default::default(),
+        };
+        let agents = [
+            view("support", "agents/a"),
+            view("support", "agents/b"),
+            view("agents/c", "agents/c"),
+        ];
+        let (status, why) = one_agent(&agents, "support").unwrap_err();
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            why.ends_with("give one's cgroup: agents/a, agents/b"),
+            "{why}"
+        );
+        assert_eq!(one_agent(&agents, "agents/b").unwrap().cgroup, "agents/b");
+        assert_eq!(one_agent(&agents, "agents/c").unwrap().cgroup, "agents/c");
+        assert_eq!(
+            one_agent(&agents, "other").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
     }
 
     #[test]

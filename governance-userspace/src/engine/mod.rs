@@ -849,7 +849,9 @@ impl Engine {
     ) -> Outcome {
         let who = match key {
             ThrottleKey::Rule => String::new(),
-            ThrottleKey::Agent | ThrottleKey::AgentRule => agent.name.clone(),
+            // The agent root, as the kernel keys its buckets: agents of one label share a
+            // name, not a rate (red team round 34).
+            ThrottleKey::Agent | ThrottleKey::AgentRule => agent.cgroup.clone(),
         };
         // Agent-keyed buckets are shared by all the agent's throttle rules.
         let rule = (key != ThrottleKey::Agent).then(|| self.rule(rule).id.clone());
@@ -879,8 +881,14 @@ impl Engine {
 fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
     match (&rule.matcher, action) {
         (Matcher::Exec(p), Action::Exec { path }) => p.matches(path),
+        // A file rule holds for the four accesses the kernel decides by file rules, not for
+        // exec, which exec rules decide (red team round 34: `policy test` said a block on a
+        // prefix refused running a program there, which the kernel let run; `exec` listed in
+        // `access` is not enforced, and said so at load).
         (Matcher::File { path: p, access }, Action::File { path, access: a }) => {
-            p.matches(path) && (access.is_empty() || access.contains(a))
+            p.matches(path)
+                && *a != crate::policy::Access::Exec
+                && (access.is_empty() || access.contains(a))
         }
         (
             Matcher::Network {

@@ -255,19 +255,45 @@ fn run_file(set: &PolicySet, file: &Path, report: &mut Report) -> Result<(), Str
     Ok(())
 }
 
+/// The outermost of `cgroup` and its ancestors that a policy selects by its cgroup: the agent
+/// root the kernel finds for a process in `cgroup` (`cgroup` itself when none is).
+fn outermost_agent(set: &PolicySet, cgroup: &str) -> String {
+    let path = cgroup.trim_matches('/');
+    let ends = path.match_indices('/').map(|(i, _)| i).chain([path.len()]);
+    for end in ends {
+        let candidate = &path[..end];
+        if set
+            .policies
+            .iter()
+            .any(|p| p.selector.matches(candidate, None, None))
+        {
+            return candidate.to_owned();
+        }
+    }
+    cgroup.to_owned()
+}
+
 fn run_case(set: &PolicySet, default_agent: Option<&AgentDoc>, case: &Case) -> Result<(), String> {
     let agent = case
         .agent
         .as_ref()
         .or(default_agent)
         .ok_or("no agent: set `agent` in the file or the case")?;
+    // The agent is the outermost cgroup a selector matches, as in the kernel: a case written
+    // for a cgroup inside another agent gets that agent's policies (red team round 34: `policy
+    // test` applied a policy the kernel never did). Cgroups alone: a label or a pod is the
+    // case's own.
+    let cgroup = match (&agent.label, &agent.pod) {
+        (None, None) => outermost_agent(set, &agent.cgroup),
+        _ => agent.cgroup.clone(),
+    };
     let agent = AgentRef {
         name: match (&agent.label, &agent.pod) {
             (Some(l), _) => l.clone(),
             (None, Some(p)) => format!("{}/{}", p.namespace, p.name),
-            (None, None) => agent.cgroup.clone(),
+            (None, None) => cgroup.clone(),
         },
-        cgroup: agent.cgroup.clone(),
+        cgroup,
         label: agent.label.clone(),
         pod: agent.pod.clone(),
     };
@@ -345,6 +371,65 @@ mod tests {
         let report = run(&set, &tests);
         assert_eq!(report.failed, 0, "{}", report.text);
         assert!(report.passed >= 40, "{}", report.text);
+    }
+
+    /// Red team round 34: a case for a cgroup inside another agent is decided by that agent's
+    /// policies, as the kernel decides it (an org-wide baseline on `org/*`, a stricter policy
+    /// on a cgroup below one of its agents: `policy test` applied the stricter one, the kernel
+    /// the baseline).
+    #[test]
+    fn a_case_inside_another_agent_gets_the_outer_agent_s_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "name: org-wide\nagents: { cgroup: 'org/*' }\nrules:\n\
+                      \x20 - { id: web, network: { cidr: 127.0.0.0/8, ports: [80] }, verdict: allow, reason: baseline }\n\
+                      ---\nname: strict\nagents: { cgroup: org/team/refund }\ndefaults: { network: block }\nrules:\n\
+                      \x20 - { id: admin, network: { cidr: 127.0.0.3/32, ports: [80] }, verdict: block, reason: x }\n";
+        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+        let tests = dir.path().join("p.tests.yaml");
+        let case = |name: &str, verdict: &str, rule: &str| {
+            format!(
+                "  - name: {name}\n    network: {{ addr: 127.0.0.3, port: 80, protocol: tcp }}\n    expect: {{ verdict: {verdict}, rule: {rule} }}\n"
+            )
+        };
+        std::fs::write(
+            &tests,
+            format!(
+                "agent: {{ cgroup: org/team/refund }}\ncases:\n{}{}",
+                case("the outer agent's rule", "allow", "org-wide/web"),
+                case("the inner policy's", "block", "strict/admin"),
+            ),
+        )
+        .unwrap();
+        let set = policy::load_dir(dir.path()).unwrap();
+        let report = run(&set, &[tests]);
+        assert_eq!((report.passed, report.failed), (1, 1), "{}", report.text);
+        assert!(
+            report.text.contains("FAIL  the inner policy's"),
+            "{}",
+            report.text
+        );
+    }
+
+    /// Red team round 34: a file rule without `access` does not decide exec, as in the kernel
+    /// (exec rules do); with access listed, an equal path's block outranks an allow.
+    #[test]
+    fn file_rules_decide_as_the_kernel_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = "name: pa\nagents: { cgroup: a }\nrules:\n\
+                      \x20 - { id: no-secrets, file: { prefix: /srv/secrets }, verdict: block, reason: x }\n\
+                      \x20 - { id: rw-listed, file: { prefix: /srv/secrets, access: [read, write, create, truncate] }, verdict: allow, reason: y }\n";
+        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+        let tests = dir.path().join("p.tests.yaml");
+        std::fs::write(
+            &tests,
+            "agent: { cgroup: a }\ncases:\n\
+             \x20 - name: exec is not a file access\n    file: { path: /srv/secrets/tool, access: exec }\n    expect: { verdict: allow }\n\
+             \x20 - name: the block wins at equal rank\n    file: { path: /srv/secrets/key.pem, access: read }\n    expect: { verdict: block, rule: pa/no-secrets }\n",
+        )
+        .unwrap();
+        let set = policy::load_dir(dir.path()).unwrap();
+        let report = run(&set, &[tests]);
+        assert_eq!((report.passed, report.failed), (2, 0), "{}", report.text);
     }
 
     /// The policy the Kubernetes deployment ships, with pods as agents.

@@ -481,29 +481,38 @@ fn compile_with(
         let matching = selectors.matching(set, agent);
         let selected: Vec<(&Policy, &Rule, u32)> = selectors.rules(set, &matching).collect();
         let governing = Selectors::enforcing(set, &matching);
-        // An enforcing policy that names a cgroup inside an agent only shadow policies govern:
-        // the outermost root is the agent (a descendant never leaves its agent's policy), so
-        // that policy does not apply there (red team round 27: a shadow rollout on a parent
-        // silently ended the child's enforcement). Not enforced: said at every load, and the
-        // generation is refused unless degraded enforcement is accepted.
-        if governing.is_empty() {
-            let below = format!("{}/", agent.rel.trim_matches('/'));
-            for p in set
-                .policies
-                .iter()
-                .filter(|p| p.mode == crate::policy::Mode::Enforce)
-            {
-                if let Some(c) = p.selector.literal_cgroup()
-                    && c.trim_matches('/').starts_with(&below)
-                {
-                    unenforceable.insert(format!(
-                        "policy {} selects cgroup {c}, inside agent {} that only shadow policies \
-                         govern: the outermost agent root governs, so it does not apply; select \
-                         apart cgroups for the shadow policy",
-                        p.name, agent.rel
-                    ));
-                }
+        // An enforcing policy whose cgroups all lie inside an agent: the outermost root is the
+        // agent (a descendant never leaves its agent's policy), so that policy does not apply
+        // there (red team round 27: a shadow rollout on a parent silently ended the child's
+        // enforcement; round 34: so did an enforcing baseline on a parent, the child's
+        // stricter policy dropped). Not enforced: said at every load, and the generation is
+        // refused unless degraded enforcement is accepted. (A glob or label selector that also
+        // matches elsewhere applies there; one inside an agent is not found by the walk,
+        // which stops at agent roots.)
+        for p in set
+            .policies
+            .iter()
+            .filter(|p| p.mode == crate::policy::Mode::Enforce)
+        {
+            if !p.selector.only_below(&agent.rel) {
+                continue;
             }
+            let cgroup = p.selector.cgroup.as_deref().unwrap_or_default();
+            unenforceable.insert(if governing.is_empty() {
+                format!(
+                    "policy {} selects cgroup {cgroup}, inside agent {} that only shadow \
+                     policies govern: the outermost agent root governs, so it does not apply; \
+                     select apart cgroups for the shadow policy",
+                    p.name, agent.rel
+                )
+            } else {
+                format!(
+                    "policy {} selects cgroup {cgroup}, inside agent {}: the outermost agent \
+                     root governs, with its own policies, so it does not apply there; put its \
+                     rules in the policies of {} or select apart cgroups",
+                    p.name, agent.rel, agent.rel
+                )
+            });
         }
         for (p, rule, n) in &selected {
             let why = |what: &str| format!("rule {} ({}): {what}", rule.id, rule.at);

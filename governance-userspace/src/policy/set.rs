@@ -44,6 +44,35 @@ impl Selector {
     pub fn literal_cgroup(&self) -> Option<&str> {
         self.cgroup.as_deref().filter(|c| !glob::is_glob(c))
     }
+
+    /// Whether every cgroup this selector can match lies strictly below `root` (relative to
+    /// the cgroup2 mount): its literal cgroup is below it, or the directories its glob names
+    /// before its first glob character are `root` or below it.
+    pub fn only_below(&self, root: &str) -> bool {
+        let Some(c) = self.cgroup.as_deref().map(|c| c.trim_matches('/')) else {
+            return false;
+        };
+        let root = root.trim_matches('/');
+        let within = match c.find(['*', '?']) {
+            None => c,
+            Some(at) => match c[..at].rfind('/') {
+                // The directory the glob's components are made in: a match is below it, or is
+                // it where `**` matches no component (`x/**` selects `x` too).
+                Some(slash) => {
+                    return (c[..slash] == *root || is_below(&c[..slash], root))
+                        && !glob::path(c, root);
+                }
+                None => return false,
+            },
+        };
+        is_below(within, root)
+    }
+}
+
+/// Whether cgroup path `path` is strictly below `root` (both without leading or trailing `/`).
+fn is_below(path: &str, root: &str) -> bool {
+    path.strip_prefix(root)
+        .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// A path rule: an exact path or everything below a directory.
@@ -154,6 +183,18 @@ impl std::str::FromStr for IpNet {
         };
         if host_bits != 0 {
             return Err(format!("`{s}` has host bits set after /{prefix}"));
+        }
+        // An IPv4 network spelt IPv4-mapped (`::ffff:10.0.0.0/104`) is that IPv4 network, with
+        // its NAT64 spelling too (see `ipv6_networks`; red team round 34: the mapped spelling
+        // of a block held for the address but not under `64:ff9b::/96`).
+        if let IpAddr::V6(v6) = addr
+            && prefix >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            return Ok(IpNet {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
         }
         Ok(net)
     }
@@ -314,13 +355,13 @@ impl Matcher {
             PathMatch::Prefix(d) => [1, path_rank(d.as_os_str().as_bytes(), false)],
         };
         match self {
-            Matcher::Exec(p) => {
+            // A file rule's access list does not rank it: on the same path, the most severe
+            // verdict wins, as documented (red team round 34: an allow listing every access
+            // outranked a block on the same prefix, so any policy of the agent could lift
+            // another's block).
+            Matcher::Exec(p) | Matcher::File { path: p, .. } => {
                 let [a, b] = path(p);
                 [a, b, 0, 0]
-            }
-            Matcher::File { path: p, access } => {
-                let [a, b] = path(p);
-                [a, b, u32::from(!access.is_empty()), 0]
             }
             Matcher::Network { nets, ports, .. } => {
                 let prefix = nets.iter().map(|n| n.prefix128()).min().unwrap_or(0);

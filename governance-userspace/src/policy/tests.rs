@@ -277,6 +277,16 @@ fn networks_durations_and_ports() {
     assert!(all.contains("1.2.3.4".parse().unwrap()) && !all.contains("2001::1".parse().unwrap()));
     assert!("10.0.0.1/33".parse::<IpNet>().is_err());
     assert!("::1/129".parse::<IpNet>().is_err());
+    // The IPv4-mapped spelling of an IPv4 network is that network, NAT64 spelling included
+    // (red team round 34).
+    let mapped: IpNet = "::ffff:10.0.0.0/104".parse().unwrap();
+    assert_eq!(mapped, v4);
+    assert_eq!(
+        "::ffff:127.0.0.6".parse::<IpNet>().unwrap(),
+        "127.0.0.6/32".parse::<IpNet>().unwrap()
+    );
+    assert!(mapped.contains("64:ff9b::a01:203".parse().unwrap()));
+    assert_eq!(mapped.ipv6_networks().count(), 2);
     assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
     assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
     assert!(parse_duration("0s").is_err() && parse_duration("5w").is_err());
@@ -1042,4 +1052,38 @@ fn rule_hosts_are_kept_in_the_spelling_requests_are_decided_in() {
             "{ip}: {found:?}"
         );
     }
+}
+
+/// Red team round 34: which selectors can match only cgroups below an agent root (their policy
+/// then never applies: the outermost root governs).
+#[test]
+fn selectors_only_below_a_root() {
+    let sel = |c: &str| Selector {
+        cgroup: Some(c.into()),
+        label: None,
+        pod: None,
+    };
+    for (c, root, below) in [
+        ("x/y", "x", true),
+        ("/x/y/", "x", true),
+        ("x/pool/*", "x", true),
+        ("x/*", "x", true),
+        ("x/*/y", "x", true),
+        ("x", "x", false),
+        ("xx/y", "x", false),
+        ("x*", "x", false),
+        ("*/z", "x", false),
+        ("x/y", "x/y", false),
+        ("a/b/c", "a/b", true),
+        ("x/**", "x", false),
+        ("x/y/**", "x", true),
+    ] {
+        assert_eq!(sel(c).only_below(root), below, "{c} below {root}");
+    }
+    let label_only = Selector {
+        cgroup: None,
+        label: Some("x".into()),
+        pod: None,
+    };
+    assert!(!label_only.only_below("x"));
 }

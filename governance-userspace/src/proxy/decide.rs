@@ -308,7 +308,7 @@ impl Proxy {
         }
         let (bytes, _held) = match self
             .read_body(
-                &client.agent.name,
+                &client.agent.cgroup,
                 ReqBody::Stream(req.into_body()),
                 None,
                 self.cfg.max_body,

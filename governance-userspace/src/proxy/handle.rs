@@ -173,7 +173,7 @@ impl Proxy {
         {
             match self
                 .read_body(
-                    &client.agent.name,
+                    &client.agent.cgroup,
                     body,
                     parts.headers.get(header::CONTENT_LENGTH),
                     limit,
@@ -197,7 +197,7 @@ impl Proxy {
         // `sse::Sessions::misrouted`).
         if head.method == "POST"
             && let Some(endpoint) = self.sessions.misrouted(
-                &client.agent.name,
+                &client.agent.cgroup,
                 &head.host,
                 &head.path,
                 head.query.as_deref(),
@@ -314,7 +314,7 @@ impl Proxy {
         let resp = self.forward(conn, parts, body, &head, to, wait, busy).await;
         if stream_of_session && is_event_stream(resp.headers()) {
             let sessions = self.sessions.clone();
-            let (agent, host, path) = (&client.agent.name, &head.host, &head.path);
+            let (agent, host, path) = (&client.agent.cgroup, &head.host, &head.path);
             return resp.map(|b| {
                 Body::Session(Box::new(SessionBody::new(b, sessions, agent, host, path)))
             });
@@ -331,7 +331,7 @@ impl Proxy {
         }
         let (parts, body) = resp.into_parts();
         let delivered = matches!(&body, Body::Full(Some(message)) if self.sessions.deliver(
-            &client.agent.name,
+            &client.agent.cgroup,
             &head.host,
             &head.path,
             head.query.as_deref(),
@@ -492,6 +492,8 @@ impl Proxy {
 
     /// Read a body the decision needs, within the limit, `body_timeout` and `agent`'s budget of
     /// bodies held at once ([`super::budget`]); the room is held as long as the hold returned.
+    /// `agent` is the agent root's cgroup, not its name: agents that share a label each have a
+    /// budget of their own (red team round 34: one took its siblings').
     pub(super) async fn read_body(
         &self,
         agent: &str,

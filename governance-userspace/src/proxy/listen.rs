@@ -111,10 +111,12 @@ impl Proxy {
         client: Option<super::Client>,
         origin: Option<Arc<super::Origin>>,
     ) {
-        // Unidentified connections share one budget.
+        // Unidentified connections share one budget. An agent's is its root's, not its name's:
+        // agents that share a label each have their own (red team round 34: one agent's idle
+        // connections took every slot of its label's other agents).
         let key = client
             .as_ref()
-            .map_or(String::new(), |c| c.agent.name.clone());
+            .map_or(String::new(), |c| c.agent.cgroup.clone());
         let Some(_slot) = self.conn_slot(&key) else {
             tracing::debug!(%peer, agent = %key, "proxy: too many connections");
             too_many_connections(stream).await;

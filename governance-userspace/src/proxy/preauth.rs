@@ -355,14 +355,14 @@ impl Proxy {
                 super::verdict::show_query(&mut rec, &head);
                 let keys = self.grant_keys(&rule, &head, &http, &bytes);
                 let key = keys.0;
-                if self.granted(&client.agent.name, keys) {
+                if self.granted(&client.agent.cgroup, keys) {
                     rec.outcome = "granted".into();
                     rec.message = "pre-authorized by an approval".into();
                     resp.allowed = true;
                     resp.reason = format!("approved earlier: {}", decision.reason);
                 } else {
                     let grants = self.grants.clone();
-                    let agent = client.agent.name.clone();
+                    let agent = client.agent.cgroup.clone();
                     let req = approvals::Request {
                         agent: (*client.info).clone(),
                         kind: "http".into(),

@@ -37,6 +37,13 @@ use crate::{
 /// Each agent connects from its own loopback address (127.0.1.N).
 static NEXT_IP: AtomicU32 = AtomicU32::new(1);
 
+/// The cgroup id of a harness agent's root: one per cgroup path, as the kernel's.
+fn root_id(cgroup: &str) -> u64 {
+    cgroup.bytes().fold(77, |h: u64, b| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b))
+    })
+}
+
 fn next_ip() -> IpAddr {
     let n = NEXT_IP.fetch_add(1, Ordering::Relaxed);
     IpAddr::V4(Ipv4Addr::new(
@@ -256,7 +263,7 @@ impl Harness {
                 info: AgentInfo {
                     name,
                     cgroup: cgroup.into(),
-                    cgroup_id: 77,
+                    cgroup_id: root_id(cgroup),
                     ..Default::default()
                 }
                 .into(),
@@ -1355,9 +1362,20 @@ async fn connections_per_agent_are_limited() {
     let r = h.raw(me, b"").await;
     assert!(r.starts_with("HTTP/1.1 503"), "{r}");
     assert!(r.contains("too many connections"));
-    // Another agent is not affected.
+    // Another agent is not affected, nor another root of the same label (red team round 34:
+    // the slots were kept by the agent's name, which agents of one label share).
     let other = h.agent("agents/refund-8", None, Some(up.addr));
     assert_eq!(h.send(other, refund(50)).await.status, StatusCode::OK);
+    let labelled = h.agent("agents/refund-20", Some("team"), Some(up.addr));
+    let _c = h.connect(labelled).await;
+    let _d = h.connect(labelled).await;
+    until(
+        "the proxy to count the labelled agent's two connections",
+        || h.proxy.conns.lock().unwrap().values().sum::<usize>() == 4,
+    )
+    .await;
+    let sibling = h.agent("agents/refund-21", Some("team"), Some(up.addr));
+    assert_eq!(h.send(sibling, refund(50)).await.status, StatusCode::OK);
 }
 
 /// Red team round 28: an agent's bodies the proxy holds at once are bounded (its HTTP/2 streams
@@ -2981,8 +2999,7 @@ async fn a_drill_canary_is_decided_by_the_drill_and_never_forwarded() {
     let canary = h.agent("governance-drill-1-0", Some(CANARY_LABEL), Some(up.addr));
     let drill_engine = |set: &policy::PolicySet| {
         Some(Canary {
-            // The cgroup id every harness agent has.
-            cgroup_id: 77,
+            cgroup_id: root_id("governance-drill-1-0"),
             engine: Arc::new(Engine::new(drill::canary_set(set, "refund-agent"), 1)),
         })
     };

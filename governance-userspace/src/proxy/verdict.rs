@@ -172,7 +172,7 @@ impl Proxy {
                     stream @ ReqBody::Stream(_) => {
                         // (A held request's body counts against the approvals' own budget.)
                         match self
-                            .read_body(&client.agent.name, stream, None, limit)
+                            .read_body(&client.agent.cgroup, stream, None, limit)
                             .await
                         {
                             Ok((b, _)) => b,
@@ -186,7 +186,7 @@ impl Proxy {
                 *body = ReqBody::Read(bytes.clone());
                 show_query(&mut rec, head);
                 let keys = self.grant_keys(&rule, head, http, &bytes);
-                if self.granted(&client.agent.name, keys) {
+                if self.granted(&client.agent.cgroup, keys) {
                     rec.outcome = "granted".into();
                     rec.denied = false;
                     rec.message = "pre-authorized by an approval".into();
@@ -379,6 +379,8 @@ impl Proxy {
     }
 
     /// Whether `agent` holds a live grant for either key.
+    /// Whether an approval granted `agent` (its root's cgroup: agents of one label share a
+    /// name, and an approval is one agent's; red team round 34) the request of these keys.
     pub(super) fn granted(&self, agent: &str, (key, also): (u64, Option<u64>)) -> bool {
         let mut grants = self.grants.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();

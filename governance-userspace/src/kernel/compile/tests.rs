@@ -219,16 +219,22 @@ fn exact_exec_rules_carry_what_their_path_names_now() {
 
 /// Red team round 27: a shadow policy selecting a parent makes the parent the agent (the
 /// outermost root; a descendant never leaves its agent's policy), so the enforcing policy of a
-/// cgroup below it did not apply, silently. It is said as not enforced (the generation is then
-/// refused without degraded mode). Controls: an enforcing parent (the documented outermost
-/// rule) and a shadow policy on a cgroup apart say nothing.
+/// cgroup below it did not apply, silently. Round 34: so did an enforcing one below an
+/// enforcing parent (an org-wide baseline on `team/*`, a team's stricter policy on a cgroup
+/// below one of its agents: `policy test` applied the stricter one, the kernel the baseline).
+/// Each is said as not enforced (the generation is then refused without degraded mode), for a
+/// literal cgroup and for a glob whose every match is below the root. Controls: a shadow
+/// policy on a cgroup apart, a glob that also matches beside the agent, a sibling's prefix.
 #[test]
-fn an_enforcing_policy_inside_a_shadow_agent_is_not_enforced_and_said() {
+fn an_enforcing_policy_inside_another_agent_is_not_enforced_and_said() {
     let text = "name: outer\nmode: shadow\nagents: { cgroup: team }\n\
                 ---\nname: inner\nagents: { cgroup: team/agent }\n\
                 ---\nname: apart\nmode: shadow\nagents: { cgroup: other }\n\
                 ---\nname: boss\nagents: { cgroup: x }\n\
-                ---\nname: worker\nagents: { cgroup: x/y }\n";
+                ---\nname: worker\nagents: { cgroup: x/y }\n\
+                ---\nname: workers\nagents: { cgroup: 'x/pool/*' }\n\
+                ---\nname: anywhere\nagents: { cgroup: '*/z' }\n\
+                ---\nname: sibling\nagents: { cgroup: 'xx/*' }\n";
     let set = parse(&[("p.yaml".into(), text.into())]).unwrap();
     let agents = [
         agent(0, "team", None),
@@ -236,11 +242,22 @@ fn an_enforcing_policy_inside_a_shadow_agent_is_not_enforced_and_said() {
         agent(2, "x", None),
     ];
     let k = compile(&set, &agents, 1, &protect());
-    assert_eq!(k.unenforceable.len(), 1, "{:?}", k.unenforceable);
+    let mut said = k.unenforceable.clone();
+    said.sort();
+    assert_eq!(said.len(), 3, "{said:?}");
     assert!(
-        k.unenforceable[0].starts_with("policy inner selects cgroup team/agent, inside agent team"),
-        "{:?}",
-        k.unenforceable
+        said[0].starts_with("policy inner selects cgroup team/agent, inside agent team that only shadow policies govern"),
+        "{said:?}"
+    );
+    assert!(
+        said[1].starts_with(
+            "policy worker selects cgroup x/y, inside agent x: the outermost agent root governs"
+        ),
+        "{said:?}"
+    );
+    assert!(
+        said[2].starts_with("policy workers selects cgroup x/pool/*, inside agent x:"),
+        "{said:?}"
     );
 }
 
