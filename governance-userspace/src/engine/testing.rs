@@ -373,35 +373,38 @@ mod tests {
         assert!(report.passed >= 40, "{}", report.text);
     }
 
+    /// The report of the tests `tests` (a `*.tests.yaml` text) beside the policy `policy`.
+    fn run_beside(policy: &str, tests: &str) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
+        let file = dir.path().join("p.tests.yaml");
+        std::fs::write(&file, tests).unwrap();
+        run(&policy::load_dir(dir.path()).unwrap(), &[file])
+    }
+
     /// Red team round 34: a case for a cgroup inside another agent is decided by that agent's
     /// policies, as the kernel decides it (an org-wide baseline on `org/*`, a stricter policy
     /// on a cgroup below one of its agents: `policy test` applied the stricter one, the kernel
     /// the baseline).
     #[test]
     fn a_case_inside_another_agent_gets_the_outer_agent_s_policies() {
-        let dir = tempfile::tempdir().unwrap();
         let policy = "name: org-wide\nagents: { cgroup: 'org/*' }\nrules:\n\
                       \x20 - { id: web, network: { cidr: 127.0.0.0/8, ports: [80] }, verdict: allow, reason: baseline }\n\
                       ---\nname: strict\nagents: { cgroup: org/team/refund }\ndefaults: { network: block }\nrules:\n\
                       \x20 - { id: admin, network: { cidr: 127.0.0.3/32, ports: [80] }, verdict: block, reason: x }\n";
-        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
-        let tests = dir.path().join("p.tests.yaml");
         let case = |name: &str, verdict: &str, rule: &str| {
             format!(
                 "  - name: {name}\n    network: {{ addr: 127.0.0.3, port: 80, protocol: tcp }}\n    expect: {{ verdict: {verdict}, rule: {rule} }}\n"
             )
         };
-        std::fs::write(
-            &tests,
-            format!(
+        let report = run_beside(
+            policy,
+            &format!(
                 "agent: {{ cgroup: org/team/refund }}\ncases:\n{}{}",
                 case("the outer agent's rule", "allow", "org-wide/web"),
                 case("the inner policy's", "block", "strict/admin"),
             ),
-        )
-        .unwrap();
-        let set = policy::load_dir(dir.path()).unwrap();
-        let report = run(&set, &[tests]);
+        );
         assert_eq!((report.passed, report.failed), (1, 1), "{}", report.text);
         assert!(
             report.text.contains("FAIL  the inner policy's"),
@@ -414,21 +417,15 @@ mod tests {
     /// (exec rules do); with access listed, an equal path's block outranks an allow.
     #[test]
     fn file_rules_decide_as_the_kernel_does() {
-        let dir = tempfile::tempdir().unwrap();
         let policy = "name: pa\nagents: { cgroup: a }\nrules:\n\
                       \x20 - { id: no-secrets, file: { prefix: /srv/secrets }, verdict: block, reason: x }\n\
                       \x20 - { id: rw-listed, file: { prefix: /srv/secrets, access: [read, write, create, truncate] }, verdict: allow, reason: y }\n";
-        std::fs::write(dir.path().join("p.yaml"), policy).unwrap();
-        let tests = dir.path().join("p.tests.yaml");
-        std::fs::write(
-            &tests,
+        let report = run_beside(
+            policy,
             "agent: { cgroup: a }\ncases:\n\
              \x20 - name: exec is not a file access\n    file: { path: /srv/secrets/tool, access: exec }\n    expect: { verdict: allow }\n\
              \x20 - name: the block wins at equal rank\n    file: { path: /srv/secrets/key.pem, access: read }\n    expect: { verdict: block, rule: pa/no-secrets }\n",
-        )
-        .unwrap();
-        let set = policy::load_dir(dir.path()).unwrap();
-        let report = run(&set, &[tests]);
+        );
         assert_eq!((report.passed, report.failed), (2, 0), "{}", report.text);
     }
 

@@ -66,8 +66,11 @@ fn segments(pattern: &str, text: &str) -> bool {
 
 /// Does the pattern contain glob characters?
 pub fn is_glob(pattern: &str) -> bool {
-    pattern.contains(['*', '?'])
+    pattern.contains(GLOB_CHARS)
 }
+
+/// The characters that make a pattern a glob.
+pub const GLOB_CHARS: [char; 2] = ['*', '?'];
 
 /// The form of a request path that HTTP rules match: [`exact_path`], with ASCII letters
 /// lowercased (Express routes case-insensitively by default). Rule paths are stored in this

@@ -53,19 +53,17 @@ impl Selector {
             return false;
         };
         let root = root.trim_matches('/');
-        let within = match c.find(['*', '?']) {
+        // The directory every match lies in or below: a literal itself, a glob's directories
+        // before its first glob character. A selector that matches `root` itself (the literal
+        // `root`, `root/**`) is not below it.
+        let dir = match c.find(glob::GLOB_CHARS) {
             None => c,
             Some(at) => match c[..at].rfind('/') {
-                // The directory the glob's components are made in: a match is below it, or is
-                // it where `**` matches no component (`x/**` selects `x` too).
-                Some(slash) => {
-                    return (c[..slash] == *root || is_below(&c[..slash], root))
-                        && !glob::path(c, root);
-                }
+                Some(slash) => &c[..slash],
                 None => return false,
             },
         };
-        is_below(within, root)
+        (dir == root || is_below(dir, root)) && !glob::path(c, root)
     }
 }
 
