@@ -1196,6 +1196,19 @@ mod tests {
         assert!(deep.parse::<Condition>().is_err());
     }
 
+    /// A string whose readings fall on both sides of a literal (`" b"` sorts before `"a"` as
+    /// spelt and after it trimmed) is on both sides to a rule that restricts and on neither to
+    /// an allow (found by `order_comparisons_are_complementary`, which had asked for one side).
+    #[test]
+    fn an_ordering_read_two_ways_restricts_both_ways_and_allows_neither() {
+        let doc = json!([[" b"]]);
+        for text in [r#"$[0][0] > "a""#, r#"$[0][0] <= "a""#] {
+            let cond = c(text);
+            assert!(cond.holds(&doc, true), "{text} restricts");
+            assert!(!cond.eval(&doc), "{text} allows");
+        }
+    }
+
     /// Red team round 32: upstreams read strings trimmed, with URL parsers' leniency and with
     /// whitespace runs as one; a rule that restricts holds in any of those readings, an allow's
     /// `!=` only in all of them.
@@ -1375,13 +1388,21 @@ mod props {
             let le: Condition = format!("{p} <= {x}").parse().unwrap();
             let lt: Condition = format!("{p} < {x}").parse().unwrap();
             let ge: Condition = format!("{p} >= {x}").parse().unwrap();
+            // As an allow reads them, never both sides: a value whose readings fall on
+            // different sides (`" b"` against `"a"`: before it as spelt, after it trimmed)
+            // satisfies neither.
             prop_assert!(!(gt.eval(&doc) && le.eval(&doc)));
             prop_assert!(!(lt.eval(&doc) && ge.eval(&doc)));
-            // Comparable values fall on exactly one side.
+            // As a restricting rule reads them, a comparable value is on at least one side
+            // (both, when its readings differ), and wherever an allow holds, so does it.
+            for c in [&gt, &le, &lt, &ge] {
+                prop_assert!(!c.eval(&doc) || c.holds(&doc, true));
+            }
             if let Some(v) = gt.lookup(&doc)
                 && order(v, &gt.value).is_some()
             {
-                prop_assert!(gt.eval(&doc) ^ le.eval(&doc));
+                prop_assert!(gt.holds(&doc, true) || le.holds(&doc, true));
+                prop_assert!(lt.holds(&doc, true) || ge.holds(&doc, true));
             }
         }
 
