@@ -177,10 +177,37 @@ pub(super) fn boot(
         one_thread: true,
         tag: tag.map(str::to_owned),
     };
-    // A VM running beside another (tagged) has an image and a disk of its own.
-    let work = target_dir()
+    // A VM running beside another (of another kernel, tagged, or of the same one) has an image
+    // and a disk of its own: the first work directory of its kernel no running VM holds.
+    let kernel_dir = target_dir()
         .join("governance-vm")
         .join(tag.unwrap_or_default().replace(' ', "-"));
-    std::fs::create_dir_all(&work)?;
+    let (work, _held) = free_slot(&kernel_dir)?;
     vm::boot(&spec, &work)
+}
+
+/// The first work directory under `dir` (itself, then `dir/2`, `dir/3`, …) whose lock no other
+/// process holds, with the lock, held until the returned file is dropped.
+fn free_slot(dir: &Path) -> Result<(PathBuf, std::fs::File)> {
+    for n in 1..=16 {
+        let work = if n == 1 {
+            dir.to_path_buf()
+        } else {
+            dir.join(n.to_string())
+        };
+        std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let lock = std::fs::File::create(work.join(".lock"))
+            .with_context(|| format!("creating {}", work.join(".lock").display()))?;
+        match lock.try_lock() {
+            Ok(()) => return Ok((work, lock)),
+            Err(std::fs::TryLockError::WouldBlock) => continue,
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", work.display()));
+            }
+        }
+    }
+    bail!(
+        "16 VMs of this kernel are already running (each holds a work directory under {})",
+        dir.display()
+    )
 }
