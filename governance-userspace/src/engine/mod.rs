@@ -908,7 +908,7 @@ fn matches(rule: &Rule, action: &Action, path: &str) -> bool {
                 && (*protocol == Protocol::Any || protocol == p)
         }
         (Matcher::Http(h), Action::Http(req)) => {
-            // A rule that restricts reads strings as every upstream might, in any ASCII case
+            // A rule that restricts reads strings as every upstream might, in any case
             // (URL schemes and SQL keywords have none); an allow rule, only as it spells them.
             // (Paths match in any case; an allow rule's path in another case is refused
             // before: `Engine::allowed_in_another_case`.)

@@ -248,7 +248,8 @@ impl Condition {
     /// that has that key (`[0]` of `{"0": ...}`, as JavaScript reads it); and at the value:
     /// against a number, a string that is not a plain decimal number but has digits
     /// ([`numeric_string`]), null, a boolean, an array or an object (JavaScript and pydantic
-    /// make numbers of them, or refuse them); against a boolean, a string or number read as one (`"true"`, `1`);
+    /// make numbers of them, or refuse them); against a boolean, anything but a boolean (read as
+    /// true or false by JavaScript's truthiness, Python's `bool()`, pydantic: `"yes"`, `[]`);
     /// against a string, an array or an object (`["a"] == "a"` in JavaScript).
     pub fn ambiguity(&self, doc: &Value) -> Option<String> {
         let mut v = doc;
@@ -346,9 +347,13 @@ impl Condition {
                     }
                 }
             }
-            if boolean && bool_like(v) {
+            // JavaScript's `if (x)` and Python's `bool()` make true or false of any value
+            // (`[]`, `"no"`, `-1`), pydantic of `"yes"` and `0`: only a boolean is one reading
+            // (red team round 35: `[false]` passed a block on `== true` that Express acted on).
+            if boolean && !v.is_boolean() {
                 return Some(format!(
-                    "`{path}` is {v} where the rule compares a boolean (read as one by some frameworks)"
+                    "`{path}` is {} where the rule compares a boolean (frameworks read other values as true or false)",
+                    kind_name(v)
                 ));
             }
             if textual && self.op != Op::Contains && matches!(v, Value::Array(_) | Value::Object(_))
@@ -519,13 +524,33 @@ impl Condition {
     /// `"Production"` an allow on `!= "production"`). An ordering of strings is read both ways
     /// too (`" 2099"` sorts before `"2025"` as spelt). The other operators of an allow rule
     /// hold as spelt: a reading makes them hold more often, never less.
+    ///
+    /// A restricting `contains` of a string also reads an array as the text JavaScript makes of
+    /// it (`${q}` joins the elements with `,`; an element containing the string is in it), and an
+    /// object as the list of its keys (Python's `in` on a dict; red team round 35:
+    /// `["drop table t"]` and `{"admin": 1}` passed blocks on `contains "drop"` and `"admin"`).
     pub fn holds(&self, doc: &Value, restricts: bool) -> bool {
         self.lookup(doc).is_some_and(|v| {
-            let exact = self.test(v);
+            let loose = restricts && self.op == Op::Contains;
+            let keys;
+            let v = match v {
+                Value::Object(map) if loose => {
+                    keys = Value::Array(map.keys().cloned().map(Value::String).collect());
+                    &keys
+                }
+                _ => v,
+            };
+            let test = |v: &Value, literal: &Value| {
+                self.test_with(v, literal)
+                    || (loose
+                        && matches!((v, literal), (Value::Array(_), Value::String(needle))
+                            if js_text(v).contains(needle.as_str())))
+            };
+            let exact = test(v, &self.value);
             let mut read = self
                 .readings
                 .iter()
-                .map(|(r, literal)| self.test_with(&read_strings(v, *r), literal));
+                .map(|(r, literal)| test(&read_strings(v, *r), literal));
             match (restricts, self.op) {
                 (true, Op::Ne) | (false, Op::Eq | Op::In | Op::Contains | Op::Matches) => exact,
                 (true, _) => exact || read.any(|holds| holds),
@@ -565,6 +590,18 @@ impl Condition {
                 _ => false,
             },
         }
+    }
+}
+
+/// `v` as JavaScript's `String(v)` spells it: an array's elements joined with `,` (null as
+/// nothing, nested arrays alike), an object as `[object Object]`.
+fn js_text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(js_text).collect::<Vec<_>>().join(","),
+        Value::Object(_) => "[object Object]".into(),
+        other => other.to_string(),
     }
 }
 
@@ -806,7 +843,7 @@ fn walk<'a>(steps: &[Step], doc: &'a Value) -> Option<&'a Value> {
 /// reading is applied to the document's string and to the rule's literal alike.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Reading {
-    /// In any ASCII case.
+    /// In any case ([`fold`]).
     Folded,
     /// Folded, without the whitespace, control characters and byte-order marks at either end
     /// (servers that trim; URL parsers strip C0 controls and spaces).
@@ -837,14 +874,26 @@ fn read_strings(v: &Value, reading: Reading) -> Value {
     }
 }
 
-/// `s` in lower case as upstreams compare without case: ASCII letters, and the four letters
-/// that simple case mappings turn into ASCII ones ([`ascii_case_of`]: Python's and JavaScript's
+/// `s` in lower case as upstreams compare without case: the four letters that simple case
+/// mappings turn into ASCII ones as those ([`ascii_case_of`]: Python's and JavaScript's
 /// `upper()`/`lower()`, Java's `equalsIgnoreCase` read `dısable` as `disable` and `\u{212a}ill`
-/// as `kill`; red team round 33).
+/// as `kill`; red team round 33), and any other letter lowered, raised and lowered again, so
+/// that the full mappings of `upper()` apply (`ß` and `ẞ` are `ss`, the ligature `ﬁ` is `fi`:
+/// `"ﬁle_delete".upper()` is `FILE_DELETE`; red team round 35).
 pub fn fold(s: &str) -> String {
-    s.chars()
-        .map(|c| ascii_case_of(c).unwrap_or(c.to_ascii_lowercase()))
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match ascii_case_of(c) {
+            Some(a) => out.push(a),
+            None if c.is_ascii() => out.push(c.to_ascii_lowercase()),
+            None => out.extend(
+                c.to_lowercase()
+                    .flat_map(char::to_uppercase)
+                    .flat_map(char::to_lowercase),
+            ),
+        }
+    }
+    out
 }
 
 fn read(s: &str, reading: Reading) -> String {
@@ -913,18 +962,6 @@ fn json_text(s: &str) -> JsonText {
             JsonText::Unreadable
         }
         Err(_) => JsonText::No,
-    }
-}
-
-/// Values that some readers take for a boolean (pydantic in lax mode, for one).
-fn bool_like(v: &Value) -> bool {
-    match v {
-        Value::String(s) => matches!(
-            s.trim().to_ascii_lowercase().as_str(),
-            "true" | "false" | "1" | "0" | "yes" | "no" | "on" | "off" | "t" | "f" | "y" | "n"
-        ),
-        Value::Number(n) => n.as_f64().is_some_and(|f| f == 0.0 || f == 1.0),
-        _ => false,
     }
 }
 
@@ -1312,6 +1349,116 @@ mod tests {
             "a server that trims reads 2099"
         );
         assert!(c(r#"$.until > "2025-12-31""#).holds(&doc_until(" 2099-01-01"), true));
+    }
+
+    /// Red team round 35: JavaScript's `if (req.body.force)` and Python's truthiness read
+    /// `[true]`, `[]`, `{}`, `[false]`, `2`, `-1`, `0.5` and `"please"` as true, so against a
+    /// boolean only a boolean is one reading; an absent key is simply absent.
+    #[test]
+    fn anything_but_a_boolean_against_a_boolean_is_ambiguous() {
+        let force = c("$.force == true");
+        for v in [
+            json!([true]),
+            json!([]),
+            json!({}),
+            json!([false]),
+            json!(2),
+            json!(-1),
+            json!(0.5),
+            json!("please"),
+            json!(null),
+            json!("yes"),
+            json!(1),
+        ] {
+            let doc = json!({ "force": v });
+            assert!(force.ambiguity(&doc).is_some(), "{v}");
+        }
+        // Controls: booleans and an absent key are decided on, as spelt.
+        for doc in [json!({"force": true}), json!({"force": false}), json!({})] {
+            assert_eq!(force.ambiguity(&doc), None, "{doc}");
+        }
+        assert!(force.holds(&json!({"force": true}), true));
+        assert!(!force.holds(&json!({"force": false}), true));
+        // An allow on `== true` allows only `true`, and refuses the rest before it is asked.
+        let dry = c("$.dry_run == true");
+        assert!(dry.eval(&json!({"dry_run": true})));
+        assert!(!dry.eval(&json!({"dry_run": "please"})));
+        assert!(dry.ambiguity(&json!({"dry_run": "please"})).is_some());
+        assert!(
+            c("$.force in [false]")
+                .ambiguity(&json!({"force": [false]}))
+                .is_some()
+        );
+    }
+
+    /// Red team round 35: Express's `${req.body.q}` joins an array with `,`, Python's `in` on a
+    /// dict tests its keys: a restricting `contains` of a string reads both so; an allow reads
+    /// an array's elements only, as spelt.
+    #[test]
+    fn a_restricting_contains_reads_arrays_as_text_and_objects_as_keys() {
+        let drop = c(r#"$.q contains "drop""#);
+        for q in [
+            json!("drop table t"),
+            json!(["drop table t"]),
+            json!(["x", "drop table t"]),
+            json!(["x", "DROP table t"]),
+            json!([["dr", "x"], "drop"]),
+            json!({"drop": 1}),
+            json!({"x": 1, "DROP TABLE": 2}),
+        ] {
+            assert!(drop.holds(&json!({ "q": q }), true), "{q}");
+        }
+        let admin = c(r#"$.roles contains "admin""#);
+        assert!(admin.holds(&json!({"roles": {"admin": 1}}), true));
+        assert!(admin.holds(&json!({"roles": ["admin"]}), true));
+        // Joined: `["dr", "op"]` is `dr,op` to JavaScript, so a needle with a comma spans them.
+        assert!(c(r#"$.q contains "x,drop""#).holds(&json!({"q": ["x", "drop"]}), true));
+        // Controls: what contains no "drop" anywhere, in keys or text.
+        for q in [
+            json!(["x", "dro", "p"]),
+            json!({"x": "drop"}),
+            json!("select 1"),
+            json!(["select 1"]),
+        ] {
+            assert!(!drop.holds(&json!({ "q": q }), true), "{q}");
+        }
+        // An allow keeps the exact reading: membership of an element, no keys.
+        let listed = c(r#"$.tags contains "x""#);
+        assert!(listed.holds(&json!({"tags": ["x"]}), false));
+        assert!(!listed.holds(&json!({"tags": ["xy"]}), false));
+        assert!(!listed.holds(&json!({"tags": {"x": 1}}), false));
+    }
+
+    /// Red team round 35: `upper()` applies the full case mappings (`"ﬁle_delete".upper()` is
+    /// `FILE_DELETE`, `"straße".upper()` is `STRASSE`), so a restricting rule reads them.
+    #[test]
+    fn restricting_rules_read_the_full_case_mappings() {
+        let delete = c(r#"$.action == "file_delete""#);
+        for v in ["\u{fb01}le_delete", "FILE_DELETE", "file_delete"] {
+            assert!(delete.holds(&json!({ "action": v }), true), "{v:?}");
+        }
+        assert!(!delete.holds(&json!({"action": "\u{fb01}le_delete"}), false));
+        assert!(!delete.holds(&json!({"action": "file_read"}), true));
+        let street = c(r#"$.a in ["strasse", "o\ufb00ice", "\ufb02ag"]"#);
+        for v in [
+            "stra\u{df}e",
+            "STRA\u{1e9e}E",
+            "o\u{fb00}ice",
+            "\u{fb02}ag",
+            "OFFICE",
+        ] {
+            assert!(street.holds(&json!({ "a": v }), true), "{v:?}");
+        }
+        // The literal is folded alike: a rule spelling `ß` holds for `SS`.
+        assert!(c(r#"$.a == "straße""#).holds(&json!({"a": "STRASSE"}), true));
+        assert!(
+            c(r#"$.a contains "\ufb03""#).holds(&json!({"a": "xFFIx"}), true),
+            "ﬃ"
+        );
+        // An allow's `!=` holds only where no reading is the literal.
+        let not_delete = c(r#"$.action != "file_delete""#);
+        assert!(!not_delete.holds(&json!({"action": "\u{fb01}le_delete"}), false));
+        assert!(not_delete.holds(&json!({"action": "file_read"}), false));
     }
 }
 
