@@ -45,7 +45,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    audit::{AuditError, AuditHealth, AuditLog, AuditOptions, OnFailure},
+    audit::{AuditError, AuditHealth, AuditLog, AuditOptions, OnFailure, Owner},
     events::{Filter, Ids, Record, RecordType, StreamInfo, rfc3339},
     metrics::Metrics,
 };
@@ -331,17 +331,25 @@ pub fn start(cfg: Config) -> Result<Handles, AuditError> {
 /// the [`crate::audit::Gap`] as `audit_gap`.
 fn gap_record(ids: Arc<Ids>) -> crate::audit::GapRecord {
     Box::new(move |gap| {
+        let denied: u64 = gap.by_agent.iter().map(|a| a.denied).sum();
         let mut r = Record::daemon(
             RecordType::Lifecycle,
             "audit.gap",
             format!(
-                "{} records are not in the audit log: it could not be written from {} to {} \
-                 ({} failed attempts): {}",
-                gap.lost, gap.failed_at, gap.until, gap.failures, gap.cause
+                "{} records are not in the audit log ({denied} of them refusals, of {} agents: \
+                 audit_gap.by_agent): it could not be written from {} to {} ({} failed \
+                 attempts): {}",
+                gap.lost,
+                gap.by_agent.len(),
+                gap.failed_at,
+                gap.until,
+                gap.failures,
+                gap.cause
             ),
         );
         r.id = ids.next();
         r.counts.insert("lost".into(), gap.lost);
+        r.counts.insert("denied".into(), denied);
         r.counts.insert("failures".into(), gap.failures);
         serde_json::to_vec(&r.with_member("audit_gap", gap)).unwrap_or_default()
     })
@@ -658,8 +666,8 @@ impl Worker {
         let seq = self.next_seq.load(Ordering::Relaxed);
         if let Some(audit) = &mut self.audit {
             let appended = match json {
-                Some(json) => audit.append_json(json),
-                None => audit.append(r),
+                Some(json) => audit.append_json_by(json, owner(r)),
+                None => audit.append_by(r, owner(r)),
             };
             match appended {
                 Ok(s) => {
@@ -844,6 +852,20 @@ impl Worker {
             }
         });
     }
+}
+
+/// Whose a record is and whether it was a refusal (anything but an allowed or granted
+/// decision), for a gap record's count by agent.
+fn owner(r: &Record) -> Option<(Owner, bool)> {
+    let a = r.agent.as_ref()?;
+    let denied = r.ty == RecordType::Decision
+        && (r.denied || !matches!(r.outcome.as_ref(), "allow" | "granted"));
+    let owner = Owner {
+        agent: a.name.clone(),
+        cgroup_id: a.cgroup_id,
+        cgroup: a.cgroup.clone(),
+    };
+    Some((owner, denied))
 }
 
 /// The record that tells a subscriber how many records it lost.
@@ -1437,8 +1459,14 @@ mod tests {
         }
         h.publisher.flush();
         fault.store(true, Ordering::Relaxed);
-        for _ in 0..4 {
-            h.publisher.publish(decision("a", "block", "exec"));
+        // Whose they were, and which were refusals, the gap says (red team round 35).
+        for (agent, outcome) in [
+            ("a", "block"),
+            ("a", "block"),
+            ("b", "escalate"),
+            ("b", "allow"),
+        ] {
+            h.publisher.publish(decision(agent, outcome, "exec"));
         }
         h.publisher.flush();
         let health = h.publisher.audit_health().clone();
@@ -1464,14 +1492,32 @@ mod tests {
         h.thread.join().unwrap();
         let report = crate::audit::verify(&[dir.path().to_owned()], None).unwrap();
         assert_eq!((report.records, report.lost_records), (5, 4));
+        let by_agent: Vec<_> = report.gaps[0]
+            .1
+            .by_agent
+            .iter()
+            .map(|a| {
+                (
+                    a.owner.agent.as_str(),
+                    a.owner.cgroup.as_str(),
+                    a.lost,
+                    a.denied,
+                )
+            })
+            .collect();
+        assert_eq!(by_agent, [("a", "agents/a", 2, 2), ("b", "agents/b", 2, 1)]);
         // The gap is an event record: `events --since` shows it.
         let mut kinds = Vec::new();
         crate::audit::replay(dir.path(), std::time::UNIX_EPOCH, u64::MAX, |r| {
-            kinds.push((r.kind, r.counts.get("lost").copied()));
+            kinds.push((
+                r.kind,
+                r.counts.get("lost").copied(),
+                r.counts.get("denied").copied(),
+            ));
             true
         })
         .unwrap();
-        assert_eq!(kinds[3], ("audit.gap".into(), Some(4)));
+        assert_eq!(kinds[3], ("audit.gap".into(), Some(4), Some(3)));
         assert_eq!(kinds.len(), 5);
     }
 

@@ -124,14 +124,14 @@ verified=$?
 # (The drill's canary decisions are its own, not the agent's: left out.)
 count() { grep -E "$1" "$EVENTS" | grep -vc 'governance-drill'; }
 blocked=$(count ' BLOCK +exec .*path="/usr/bin/nc".*rule=demo-agent/no-nc')
-metadata=$(count ' BLOCK +connect .*dest=169\.254\.169\.254:80 .*rule=demo-agent/no-cloud-metadata')
+metadata=$(count ' BLOCK +connect .*dest="169\.254\.169\.254:80" .*rule=demo-agent/no-cloud-metadata')
 secret=$(count ' BLOCK +file .*path="/governance/demo/secrets/api-key".*rule=demo-agent/no-secrets')
 throttled=$(count ' THROTTLE +file .*path="/governance/demo/search-index".*rule=demo-agent/search-budget')
 sandboxed=$(count ' SANDBOX +exec .*path="/usr/bin/ash".*rule=demo-agent/untrusted-tool')
 # The sandboxed tool's own refusals (marked `sandboxed`): its write outside /tmp/sandbox and
 # its connect, refused by the profile (no network), not by the cloud-metadata rule.
 jail_write=$(count ' BLOCK +file .*path="/governance/demo/escaped".* sandboxed')
-jail_connect=$(count ' BLOCK +connect .*dest=127\.0\.0\.1:9 .* sandboxed')
+jail_connect=$(count ' BLOCK +connect .*dest="127\.0\.0\.1:9" .* sandboxed')
 # payments.csv: one approval request; every read the agent tried while it was pending was
 # refused with an ESCALATE event (how many depends on how fast the human is: the agent says).
 waits=$(grep -c 'refused for now' "$AGENT_LOG")

@@ -97,6 +97,64 @@ fn a_failed_flush_becomes_a_gap_that_counts_exactly_what_was_lost() {
     );
 }
 
+/// Red team round 35: an agent that fills the audit filesystem pushes its own refusals out of
+/// the log. The gap record says whose records it lost and how many of them were refusals:
+/// buffered ones and refused ones, of each agent; records of no agent count in `lost` only.
+#[test]
+fn a_gap_counts_each_agent_s_lost_records_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let (opts, clock, fault) = faulty();
+    let mut log = AuditLog::open(dir.path(), opts).unwrap();
+    let owner = |agent: &str, cgroup_id| Owner {
+        agent: agent.into(),
+        cgroup_id,
+        cgroup: format!("agents/{agent}"),
+    };
+    let (hider, other) = (owner("hider", 7), owner("other", 8));
+    // Durable: not lost, not counted.
+    log.append_json_by(b"{}", Some((hider.clone(), true)))
+        .unwrap();
+    log.flush().unwrap();
+    // Buffered when the disk fills up: lost.
+    log.append_json_by(b"{}", Some((hider.clone(), true)))
+        .unwrap();
+    log.append_json_by(b"{}", Some((other.clone(), false)))
+        .unwrap();
+    log.append_json(b"{}").unwrap();
+    set(&fault, true);
+    assert!(log.flush().is_err());
+    // Refused during the outage.
+    for denied in [true, true, false] {
+        assert!(
+            log.append_json_by(b"{}", Some((hider.clone(), denied)))
+                .is_err()
+        );
+    }
+    assert!(
+        log.append_by(&rec(1), Some((other.clone(), false)))
+            .is_err()
+    );
+    set(&fault, false);
+    clock.advance(Duration::from_secs(1));
+    log.append_json(b"{}").unwrap();
+    log.close().unwrap();
+
+    let report = check(dir.path(), None).unwrap();
+    let (_, gap) = &report.gaps[0];
+    assert_eq!(gap.lost, 7);
+    let loss = |owner: &Owner, lost, denied| AgentLoss {
+        owner: owner.clone(),
+        lost,
+        denied,
+    };
+    assert_eq!(gap.by_agent, [loss(&hider, 4, 3), loss(&other, 2, 0)]);
+    let text = report.to_string();
+    assert!(
+        text.contains("agent=\"hider\" cgroup=\"agents/hider\": 4 lost, 3 of them refusals"),
+        "{text}"
+    );
+}
+
 /// Red team round 32: the active file removed (or replaced) outside the daemon. Its records
 /// are gone with it: the next flush fails, and the gap record after it counts every record the
 /// files on disk no longer hold, with the cause.

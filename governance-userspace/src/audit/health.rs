@@ -1,5 +1,7 @@
 //! What the rest of the daemon sees of the log's state: outages, failures, gaps.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 /// The writer's state as others see it (metrics, status, the proxy under `block`). Shared.
@@ -132,6 +134,46 @@ pub struct Gap {
     pub cause: String,
     /// Bytes of a torn line cut from the file on recovery.
     pub truncated_bytes: u64,
+    /// Of the lost records, those the appender said were an agent's, by agent: how many, and
+    /// how many of them were refusals (red team round 35: an agent that filled the audit
+    /// filesystem hid its own refusals, and the gap did not say whose). Records of a removed
+    /// file that were durable before the failure count in `lost` only. Absent in logs written
+    /// before round 35.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_agent: Vec<AgentLoss>,
+}
+
+/// Whose a record is, as its appender says ([`AuditLog::append_json_by`]): the log itself knows
+/// no event schema.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Owner {
+    /// The agent's name, as its records carry it.
+    pub agent: String,
+    /// Its root's cgroup id and path (two agents may share a name).
+    pub cgroup_id: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cgroup: String,
+}
+
+/// One agent's records in a gap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentLoss {
+    #[serde(flatten)]
+    pub owner: Owner,
+    /// Its records that are not in the log.
+    pub lost: u64,
+    /// How many of them were refusals (anything but allowed: block, escalate, throttle,
+    /// sandbox, kill, fail-closed).
+    pub denied: u64,
+}
+
+/// Lost records by agent: (lost, denied).
+pub(super) type Tally = BTreeMap<Owner, (u64, u64)>;
+
+pub(super) fn count(tally: &mut Tally, owner: &Owner, denied: bool) {
+    let (lost, refused) = tally.entry(owner.clone()).or_default();
+    *lost += 1;
+    *refused += u64::from(denied);
 }
 
 /// Makes the body of a gap record (one JSON value, which must hold the [`Gap`] as its

@@ -347,6 +347,16 @@ impl std::fmt::Display for VerifyReport {
                     g.failures,
                     g.cause
                 )?;
+                for a in &g.by_agent {
+                    write!(
+                        f,
+                        "\n    agent={} cgroup={}: {} lost, {} of them refusals",
+                        crate::events::display::quoted(&a.owner.agent),
+                        crate::events::display::quoted(&a.owner.cgroup),
+                        a.lost,
+                        a.denied
+                    )?;
+                }
             }
         }
         Ok(())

@@ -20,6 +20,8 @@ pub struct AuditLog {
     pub(super) durable_time: SystemTime,
     /// Seals written since the last flush (lines that are not records, when counting losses).
     pub(super) unflushed_seals: Vec<u64>,
+    /// Records of agents written since the last flush: (seq, whose, refused), for a gap.
+    pub(super) unflushed_by: Vec<(u64, Owner, bool)>,
     pub(super) gap_record: GapRecord,
 }
 
@@ -37,15 +39,28 @@ pub(super) struct Outage {
     pub(super) seals: Vec<u64>,
     /// Records refused since (appends that failed or came during the outage).
     pub(super) refused: u64,
+    /// The unflushed records of agents when the write failed (`unflushed_by`).
+    pub(super) buffered_by: Vec<(u64, Owner, bool)>,
+    /// The refused records of agents.
+    pub(super) refused_by: Tally,
     pub(super) backoff: Duration,
     pub(super) next_attempt: Instant,
-    /// A gap record written by a retry whose fsync then failed: (seq, hash, refused then, lost
-    /// it counts). If it is on disk after all, the next gap counts only what came after it.
-    pub(super) attempted_gap: Option<(u64, [u8; 32], u64, u64)>,
+    /// A gap record written by a retry whose fsync then failed. If it is on disk after all, the
+    /// next gap counts only what came after it.
+    pub(super) attempted_gap: Option<Attempt>,
     /// The first seq of a file found removed or replaced: every record written to it is lost,
     /// whatever the file now under its name holds, and a gap record says so even when the
     /// count comes out as none.
     pub(super) lost_file: Option<u64>,
+}
+
+/// A gap record whose fsync failed: its seq and hash, and what it counted.
+pub(super) struct Attempt {
+    seq: u64,
+    hash: [u8; 32],
+    refused: u64,
+    refused_by: Tally,
+    lost: u64,
 }
 
 pub(super) struct Active {
@@ -87,6 +102,7 @@ impl AuditLog {
             outage: None,
             durable_time: SystemTime::now(),
             unflushed_seals: Vec::new(),
+            unflushed_by: Vec::new(),
             gap_record: Box::new(plain_gap_record),
         };
         if let Some(cut) = log.resume()? {
@@ -220,27 +236,54 @@ impl AuditLog {
     /// Buffer one record; returns its seq. Durable only after [`AuditLog::flush`].
     /// Any serialisable record (the daemon's [`crate::events::Record`], a [`Value`]).
     pub fn append<T: Serialize + ?Sized>(&mut self, record: &T) -> Result<u64, AuditError> {
-        self.append_with(|body| {
-            serde_json::to_writer(body, record).map_err(|e| format!("serialising a record: {e}"))
-        })
+        self.append_by(record, None)
+    }
+
+    /// [`AuditLog::append`] of a record of an agent's: see [`AuditLog::append_json_by`].
+    pub fn append_by<T: Serialize + ?Sized>(
+        &mut self,
+        record: &T,
+        by: Option<(Owner, bool)>,
+    ) -> Result<u64, AuditError> {
+        self.append_with(
+            |body| {
+                serde_json::to_writer(body, record)
+                    .map_err(|e| format!("serialising a record: {e}"))
+            },
+            by,
+        )
     }
 
     /// [`AuditLog::append`] of a record serialised already: `json` must be one JSON value, as
     /// `serde_json` writes it (what the line holds, and what its hash covers, are these bytes).
     /// For a caller that needs the same bytes for something else too.
     pub fn append_json(&mut self, json: &[u8]) -> Result<u64, AuditError> {
-        self.append_with(|body| {
-            body.extend_from_slice(json);
-            Ok(())
-        })
+        self.append_json_by(json, None)
+    }
+
+    /// [`AuditLog::append_json`] of a record of an agent's (`by`: whose, and whether it was a
+    /// refusal), so that a gap record can say whose records it lost.
+    pub fn append_json_by(
+        &mut self,
+        json: &[u8],
+        by: Option<(Owner, bool)>,
+    ) -> Result<u64, AuditError> {
+        self.append_with(
+            |body| {
+                body.extend_from_slice(json);
+                Ok(())
+            },
+            by,
+        )
     }
 
     pub(super) fn append_with(
         &mut self,
         value: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+        by: Option<(Owner, bool)>,
     ) -> Result<u64, AuditError> {
         if self.ready().is_err() {
-            self.refused_one();
+            self.refused_one(by.as_ref());
             return Err(self.unavailable());
         }
         let mut body = std::mem::take(&mut self.body);
@@ -254,13 +297,21 @@ impl AuditLog {
             }),
         };
         self.body = body;
-        result.map_err(|e| {
-            let e = self.fail_on_io(e);
-            if self.outage.is_some() {
-                self.refused_one();
+        match result {
+            Ok(seq) => {
+                if let Some((owner, denied)) = by {
+                    self.unflushed_by.push((seq, owner, denied));
+                }
+                Ok(seq)
             }
-            e
-        })
+            Err(e) => {
+                let e = self.fail_on_io(e);
+                if self.outage.is_some() {
+                    self.refused_one(by.as_ref());
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Write the buffered records and fsync them.
@@ -359,9 +410,12 @@ impl AuditLog {
         }
     }
 
-    pub(super) fn refused_one(&mut self) {
+    pub(super) fn refused_one(&mut self, by: Option<&(Owner, bool)>) {
         if let Some(o) = &mut self.outage {
             o.refused += 1;
+            if let Some((owner, denied)) = by {
+                count(&mut o.refused_by, owner, *denied);
+            }
             self.health.refused_now.store(o.refused, Ordering::Relaxed);
         }
     }
@@ -419,6 +473,8 @@ impl AuditLog {
                     failed_next_seq: self.next_seq,
                     seals: std::mem::take(&mut self.unflushed_seals),
                     refused: 0,
+                    buffered_by: std::mem::take(&mut self.unflushed_by),
+                    refused_by: Tally::new(),
                     backoff,
                     next_attempt: now + backoff,
                     attempted_gap: None,
@@ -443,17 +499,24 @@ impl AuditLog {
         };
         // A gap record whose fsync failed may be on disk after all: then what it counted is
         // recorded, and the outage goes on from it.
-        if let Some((seq, hash, refused_then, lost_then)) = o.attempted_gap.take()
-            && self.next_seq == seq + 1
-            && self.last_hash == hash
+        if let Some(a) = o.attempted_gap.take()
+            && self.next_seq == a.seq + 1
+            && self.last_hash == a.hash
         {
             self.health
                 .records_lost
-                .fetch_add(lost_then, Ordering::Relaxed);
+                .fetch_add(a.lost, Ordering::Relaxed);
             self.health.gaps.fetch_add(1, Ordering::Relaxed);
             o.failed_next_seq = self.next_seq;
             o.seals.clear();
-            o.refused -= refused_then;
+            o.buffered_by.clear();
+            o.refused -= a.refused;
+            for (owner, (lost, denied)) in a.refused_by {
+                if let Some(now) = o.refused_by.get_mut(&owner) {
+                    *now = (now.0.saturating_sub(lost), now.1.saturating_sub(denied));
+                }
+            }
+            o.refused_by.retain(|_, (lost, _)| *lost > 0);
         }
         let first_lost = self.next_seq;
         let buffered = o.failed_next_seq.saturating_sub(first_lost)
@@ -471,6 +534,14 @@ impl AuditLog {
         if lost == 0 && o.lost_file.is_none() {
             return self.recovered(0, None);
         }
+        let mut by_agent = o.refused_by.clone();
+        for (_, owner, denied) in o
+            .buffered_by
+            .iter()
+            .filter(|(seq, ..)| (first_lost..o.failed_next_seq).contains(seq))
+        {
+            count(&mut by_agent, owner, *denied);
+        }
         let gap = Gap {
             lost,
             after_seq: self.next_seq.checked_sub(1),
@@ -480,13 +551,27 @@ impl AuditLog {
             failures: o.failures,
             cause: o.cause.clone(),
             truncated_bytes: cut.as_ref().map_or(0, |c| c.truncated_bytes),
+            by_agent: by_agent
+                .into_iter()
+                .map(|(owner, (lost, denied))| AgentLoss {
+                    owner,
+                    lost,
+                    denied,
+                })
+                .collect(),
         };
-        let refused_then = o.refused;
+        let (refused, refused_by) = (o.refused, o.refused_by.clone());
         let mut body = b"\"record\":".to_vec();
         body.extend_from_slice(&(self.gap_record)(&gap));
         let written = match self.write_line(&body) {
             Ok(seq) => {
-                let attempted = (seq, self.last_hash, refused_then, lost);
+                let attempted = Attempt {
+                    seq,
+                    hash: self.last_hash,
+                    refused,
+                    refused_by,
+                    lost,
+                };
                 self.flush_inner().map_err(|e| (e, Some(attempted)))
             }
             Err(e) => Err((e, None)),
@@ -544,6 +629,7 @@ impl AuditLog {
         }
         self.durable_time = SystemTime::now();
         self.unflushed_seals.clear();
+        self.unflushed_by.clear();
         Ok(())
     }
 

@@ -536,6 +536,28 @@ fn probe() -> anyhow::Result<ExitCode> {
     })
 }
 
+/// The status line of the audit log; during an outage it counts the records refused so far,
+/// which no gap record counts yet (red team round 35: it said `0 records lost` meanwhile).
+fn audit_status(a: &crate::audit::HealthView) -> String {
+    format!(
+        "audit log    {} (on failure: {}); {} write failures, {} gaps, {} records lost, {} actions blocked{}",
+        a.state,
+        a.on_failure,
+        a.write_failures,
+        a.gaps,
+        a.records_lost,
+        a.blocked,
+        a.failing_since
+            .as_deref()
+            .map(|s| format!(
+                "; failing since {s}, {} records refused so far (not in the log): {}",
+                a.refused_now,
+                a.cause.as_deref().unwrap_or("?")
+            ))
+            .unwrap_or_default()
+    )
+}
+
 async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<ExitCode> {
     let v = match client::call(api, "GET", "/v1/status", None).await {
         Ok(v) => v,
@@ -587,20 +609,7 @@ async fn status(pins: &Path, api: &ApiArgs, output: &str) -> anyhow::Result<Exit
                 .map_or("off".into(), |a| a.display().to_string())
         )?;
         if let Some(a) = &v.audit_log {
-            writeln!(
-                out,
-                "audit log    {} (on failure: {}); {} write failures, {} gaps, {} records lost, {} actions blocked{}",
-                a.state,
-                a.on_failure,
-                a.write_failures,
-                a.gaps,
-                a.records_lost,
-                a.blocked,
-                a.failing_since
-                    .as_deref()
-                    .map(|s| format!("; failing since {s}: {}", a.cause.as_deref().unwrap_or("?")))
-                    .unwrap_or_default()
-            )?;
+            writeln!(out, "{}", audit_status(a))?;
         }
         for e in &v.exporters {
             writeln!(
@@ -956,6 +965,26 @@ mod tests {
             printable("/data/ré port.csv"),
             std::borrow::Cow::Borrowed("/data/ré port.csv")
         ));
+    }
+
+    /// Red team round 35: during an outage status said `0 records lost` while records were
+    /// being refused; it counts them.
+    #[test]
+    fn status_counts_the_records_an_outage_refused_so_far() {
+        let a = crate::audit::HealthView {
+            state: "failing".into(),
+            failing_since: Some("T".into()),
+            cause: Some("No space left on device".into()),
+            refused_now: 42,
+            ..Default::default()
+        };
+        let line = audit_status(&a);
+        assert!(
+            line.ends_with(
+                "; failing since T, 42 records refused so far (not in the log): No space left on device"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ fn decodes_a_block_with_its_rule() {
     let line = r.to_string();
     assert!(
         line.starts_with(
-            "1970-01-01T00:00:01.500000000Z BLOCK    exec    agent=bot path=\"/usr/bin/wget\" pid=10 ppid=9 comm=\"sh\""
+            "1970-01-01T00:00:01.500000000Z BLOCK    exec    agent=\"bot\" path=\"/usr/bin/wget\" pid=10 ppid=9 comm=\"sh\""
         ),
         "{line}"
     );
