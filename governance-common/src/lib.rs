@@ -177,6 +177,10 @@ pub const STATE_GENERATION: u32 = 0;
 pub const STATE_BUILD: u32 = 1;
 /// Index in [`maps::STATE`] of the [`RUNTIME_LAYOUT`] of the build that pinned the maps.
 pub const STATE_LAYOUT: u32 = 2;
+/// Index in [`maps::STATE`]: 1 when the programs were loaded knowing where a btrfs inode's
+/// subvolume device is ([`offsets::BTRFS_INODE_VFS_INODE`] and the two after it), so that they
+/// key btrfs files on it, and the daemon with them.
+pub const STATE_BTRFS: u32 = 3;
 /// A sandbox mark no generation has a class for ([`AgentKey::profile`] is 16 bits): what a
 /// handover carries for a mark whose profile it cannot tell. Every action is then refused.
 pub const UNKNOWN_PROFILE: u32 = u32::MAX;
@@ -772,6 +776,10 @@ pub mod exec_map {
     /// network device), or the mapping process may write root's files and its policy does not
     /// keep it from writing the file's path (allowlist agents).
     pub const WRITABLE: u16 = 3;
+    /// port, with [`crate::Cause::Builtin`]: a sandbox rule's file mapped by a process whose
+    /// memory another process shares (`clone(CLONE_VM)` without `CLONE_THREAD`): the mapping
+    /// would serve the other process, which the sandbox mark does not reach.
+    pub const SHARED_MEMORY: u16 = 4;
 }
 
 /// [`Event::detail`] of a [`Kind::Exec`] decision with [`Cause::Builtin`]: the dynamic loader

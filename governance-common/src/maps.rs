@@ -1,6 +1,7 @@
-/// Array[3] of u32: the active generation (0: none loaded yet), the build id of the object
-/// that pinned the maps and its [`crate::RUNTIME_LAYOUT`] (indices `crate::STATE_*`; builds
-/// before the layout was kept have two entries).
+/// Array[4] of u32: the active generation (0: none loaded yet), the build id of the object
+/// that pinned the maps, its [`crate::RUNTIME_LAYOUT`] and whether its programs key btrfs files
+/// on their subvolume (indices `crate::STATE_*`; builds before the layout was kept have two
+/// entries, before the btrfs flag three).
 pub const STATE: &str = "STATE";
 /// [`crate::AgentKey`] → [`crate::AgentValue`]: the cgroups that are agent roots.
 pub const AGENTS: &str = "AGENTS";

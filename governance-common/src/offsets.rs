@@ -95,6 +95,16 @@ pub const UPID_NR: &str = "OFF_UPID_NR";
 pub const TASK_SIGNAL: &str = "OFF_TASK_SIGNAL";
 /// `signal_struct.live` (an `atomic_t`): the thread group's threads that have not exited.
 pub const SIGNAL_LIVE: &str = "OFF_SIGNAL_LIVE";
+/// Where a btrfs inode's subvolume device is (`BTRFS_I(inode)->root->anon_dev`, what `stat`
+/// reports): offsets in the btrfs module's types (`/sys/kernel/btf/btrfs`, or the kernel's where
+/// btrfs is built in), 0 where btrfs's types were not there when the programs were loaded (see
+/// governance-ebpf subvolume.rs). Not in [`ALL`]: a kernel may have no btrfs.
+pub const BTRFS_INODE_VFS_INODE: &str = "OFF_BTRFS_INODE_VFS_INODE";
+pub const BTRFS_INODE_ROOT: &str = "OFF_BTRFS_INODE_ROOT";
+pub const BTRFS_ROOT_ANON_DEV: &str = "OFF_BTRFS_ROOT_ANON_DEV";
+/// `mm_struct.mm_users` (an `atomic_t`): the tasks using the memory (every thread of every
+/// process sharing it, and passing references); mapping.rs.
+pub const MM_USERS: &str = "OFF_MM_USERS";
 /// `signal_struct.tty`: the thread group's controlling terminal.
 pub const SIGNAL_TTY: &str = "OFF_SIGNAL_TTY";
 /// `dentry.d_fsdata`: on devpts, a pty slave's `struct tty_struct`.
@@ -138,7 +148,7 @@ pub const UPID_SIZE: &str = "SIZE_UPID";
 pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 98] = [
+pub const ALL: [(&str, &str, &str); 99] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -206,6 +216,7 @@ pub const ALL: [(&str, &str, &str); 98] = [
     (UPID_NR, "upid", "nr"),
     (TASK_SIGNAL, "task_struct", "signal"),
     (SIGNAL_LIVE, "signal_struct", "live"),
+    (MM_USERS, "mm_struct", "mm_users"),
     (SIGNAL_TTY, "signal_struct", "tty"),
     (DENTRY_FSDATA, "dentry", "d_fsdata"),
     // In `ctrl` since Linux 5.13 (directly in the struct before).

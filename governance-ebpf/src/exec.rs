@@ -90,7 +90,11 @@ pub(crate) fn exec_decision(agent: &Agent, file: u64, with_path: bool) -> Decisi
     let mut written = false;
     if hit {
         // SAFETY: only presence is read.
-        written = unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some();
+        written = match written_key(file) {
+            Ok(key) => unsafe { WRITTEN.get(&key) }.is_some(),
+            // Unknown: as written (the more severe of the two answers).
+            Err(_) => true,
+        };
     }
     // Through the stack as a plain flag: derived from the lookup's pointer, the verifier
     // refused the flag's use (`bitwise operator &= on pointer prohibited`).
@@ -155,6 +159,22 @@ pub(crate) fn is_loader(file: u64) -> bool {
     }
 }
 
+/// The `WRITTEN` key of `file`: its superblock's device, not its subvolume's (subvolume.rs).
+/// A btrfs snapshot, which something outside the agents may make of a subvolume at any time
+/// (snapper, timeshift), copies each file under its number into a new subvolume: keyed on the
+/// superblock, the copy of a file an agent wrote is as written as the file (red team round 19).
+#[inline(always)]
+pub(crate) fn written_key(file: u64) -> Result<ExecKey, i32> {
+    // SAFETY: see read_at.
+    unsafe {
+        let inode: u64 = read_at(file, off(&OFF_FILE_INODE))?;
+        let ino: u64 = read_at(inode, off(&OFF_INODE_INO))?;
+        let sb: u64 = read_at(inode, off(&OFF_INODE_SB))?;
+        let dev: u32 = read_at(sb, off(&OFF_SB_DEV))?;
+        Ok(ExecKey { class: 0, dev, ino })
+    }
+}
+
 /// (device, inode) of `file`: the object itself, whatever name led to it.
 #[inline(always)]
 pub(crate) fn file_identity(file: u64) -> Result<(u32, u64), i32> {
@@ -162,8 +182,7 @@ pub(crate) fn file_identity(file: u64) -> Result<(u32, u64), i32> {
     unsafe {
         let inode: u64 = read_at(file, off(&OFF_FILE_INODE))?;
         let ino: u64 = read_at(inode, off(&OFF_INODE_INO))?;
-        let sb: u64 = read_at(inode, off(&OFF_INODE_SB))?;
-        let dev: u32 = read_at(sb, off(&OFF_SB_DEV))?;
+        let dev = crate::subvolume::inode_dev(inode).map_err(|_| -1)?;
         Ok((dev, ino))
     }
 }

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::LsmContext,
 };
 use governance_common::{
-    AgentValue, Cause, Counter, Event, ExecKey, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind, PATH_MAX,
-    PathKey, RulePair, Verdict, Written, access, builtin_class, flags, report,
+    AgentValue, Cause, Counter, Event, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind, PATH_MAX, PathKey,
+    RulePair, Verdict, Written, access, builtin_class, flags, report,
 };
 
 use crate::{
@@ -275,10 +275,9 @@ pub(crate) fn remember_written(owner: u64, file: u64) -> bool {
     let Ok(inode) = (unsafe { read_at::<u64>(file, off(&OFF_FILE_INODE)) }) else {
         return false;
     };
-    let Ok((dev, ino)) = file_identity(file) else {
+    let Ok(key) = crate::exec::written_key(file) else {
         return false;
     };
-    let key = ExecKey { class: 0, dev, ino };
     // Looked up first: most writes are to a file already remembered.
     if let Some(found) = WRITTEN.get_ptr_mut(&key) {
         // SAFETY: a value of the map, written in place (one aligned word).

@@ -56,6 +56,9 @@ pub(crate) struct Answer {
     pub(crate) write: RulePair,
     pub(crate) create: RulePair,
     pub(crate) truncate: RulePair,
+    /// Where a walk's reads of btrfs subvolumes land (subvolume.rs): the walk's callback has
+    /// no stack to spare for them.
+    pub(crate) scratch: u64,
 }
 
 #[inline(always)]
@@ -283,7 +286,7 @@ fn opaque(letters: u8, fill: u8) -> Result<(u8, u8), Cause> {
 /// The device's marker: None without one, else the letters it holds and the tables.
 #[inline(always)]
 fn marked(value: &AgentValue, dentry: Btf) -> Result<Option<(u8, Tables)>, Cause> {
-    let dev = dev_of(dentry)?;
+    let dev = sb_dev_of(dentry)?;
     let mut tables = builtin_tables(value);
     let marker = IdentKey {
         class: value.class,
@@ -321,9 +324,24 @@ fn ino_of(dentry: Btf) -> Result<u64, Cause> {
     Ok(dentry.ptr(off(&OFF_DENTRY_INODE))?.get(off(&OFF_INODE_INO)))
 }
 
-/// The device of a dentry's filesystem, as the identity keys hold it.
+/// The device of a dentry's object, as the identity keys hold it (its subvolume's on btrfs:
+/// subvolume.rs).
 #[inline(always)]
 fn dev_of(dentry: Btf) -> Result<u32, Cause> {
+    let mut buf = 0u64;
+    dev_in(dentry, &mut buf)
+}
+
+/// `dev_of`, its reads landing in `buf` (a map value where the stack is spent), in a frame of
+/// their own (see subvolume.rs `dentry_dev`).
+#[inline(always)]
+fn dev_in(dentry: Btf, buf: *mut u64) -> Result<u32, Cause> {
+    crate::subvolume::dentry_dev(dentry, dentry.ptr(off(&OFF_DENTRY_SB))?, buf)
+}
+
+/// The device of a dentry's filesystem (its superblock's), as the markers hold it.
+#[inline(always)]
+fn sb_dev_of(dentry: Btf) -> Result<u32, Cause> {
     Ok(dentry.ptr(off(&OFF_DENTRY_SB))?.get(off(&OFF_SB_DEV)))
 }
 
@@ -363,7 +381,9 @@ fn answer(slot: u32) -> Result<&'static Answer, Cause> {
 /// The rules of `obj` itself (its own identity entry), for the letters in `want`.
 #[inline(always)]
 fn look_self(answer: &mut Answer, tables: Tables, obj: Btf, want: u8) -> Result<(), Cause> {
-    let (dev, ino) = identity(obj)?;
+    // The reads of a btrfs subvolume into the answer's scratch: file_open's frame is full.
+    let dev = dev_in(obj, &mut answer.scratch)?;
+    let ino = ino_of(obj)?;
     look(answer, tables, dev, ino, SCOPE_SELF, want);
     Ok(())
 }
@@ -374,6 +394,8 @@ fn look_self(answer: &mut Answer, tables: Tables, obj: Btf, want: u8) -> Result<
 #[repr(C)]
 struct Walk {
     tables: Tables,
+    /// The superblock's device: every level's key device, but on btrfs (`BTRFS_WALK` in
+    /// `want`), where each level's is its own subvolume's, written here level by level.
     dev: u32,
     /// The letters of the class's fill to take where the walk found no entry (at the
     /// filesystem's root), 0 for none.
@@ -390,6 +412,9 @@ struct Walk {
     /// The class whose fill is taken.
     class: u32,
 }
+
+/// `Walk::want`'s flag of a walk on btrfs: each level's key device is read (subvolume.rs).
+const BTRFS_WALK: u32 = 1 << 8;
 
 const WALKING: u32 = 0;
 const DONE: u32 = 1;
@@ -410,7 +435,7 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
     };
     // SAFETY: per-CPU scratch, exclusively ours while the program runs.
     let answer = unsafe { &mut *answer };
-    let want = w.want as u8;
+    let want = (w.want & 0xff) as u8;
     if answer.found() == want {
         w.state = DONE;
         return 1;
@@ -434,7 +459,18 @@ extern "C" fn walk_level(_index: u32, ctx: *mut c_void) -> i64 {
             }
             return Ok(DONE);
         }
-        look(answer, w.tables, w.dev, ino_of(dir)?, SCOPE_BELOW, want);
+        // On btrfs each level's own subvolume (a nested one's root sits in its parent's tree);
+        // the flag is set only where the programs know where it is, so the reads are all
+        // this branch holds (each branch here is walked by the verifier for every walk).
+        let dev = if w.want & BTRFS_WALK != 0 {
+            match crate::subvolume::level_dev(dir.addr(), &mut answer.scratch) {
+                crate::subvolume::UNREADABLE => return Err(Cause::Unreadable),
+                dev => dev as u32,
+            }
+        } else {
+            w.dev
+        };
+        look(answer, w.tables, dev, ino_of(dir)?, SCOPE_BELOW, want);
         w.child = dir;
         Ok(WALKING)
     })();
@@ -478,7 +514,14 @@ fn walk_up(
         root,
         child,
         slot,
-        want: u32::from(want),
+        // The flag in a field the walk has (each byte of file_open's frame counts: with its
+        // own field the frame and the callback's came to 544 bytes, over the 512 of a chain).
+        want: u32::from(want)
+            | if crate::subvolume::keyed(sb) {
+                BTRFS_WALK
+            } else {
+                0
+            },
         state: WALKING,
         class,
     };
@@ -788,7 +831,7 @@ fn arming_names(agent: &Agent, old: Btf, new: Btf) -> Result<u64, Cause> {
         old,
         new,
         class: agent.value.class,
-        dev: dev_of(old)?,
+        dev: sb_dev_of(old)?,
         refused: 0,
         state: WALKING,
         _pad: 0,

@@ -69,6 +69,7 @@ mod sequence_egress;
 mod sigio;
 mod sock_create;
 mod sockopt;
+mod subvolume;
 mod unix;
 
 // On the host (clippy, cargo check) a dependency brings std and its panic handler.

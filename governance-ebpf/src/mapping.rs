@@ -66,9 +66,9 @@ use crate::{
         BCACHEFS_MAGIC, BTRFS_MAGIC, FMODE_EXEC, FMODE_EXEC_FLAG, FMODE_WRITE, MAP_SHARED,
         OFF_CRED_CAP_EFFECTIVE, OFF_CRED_CAP_PERMITTED, OFF_CRED_EUID, OFF_CRED_FSUID,
         OFF_CRED_SUID, OFF_CRED_UID, OFF_FILE_FLAGS, OFF_FILE_INODE, OFF_FILE_MODE, OFF_INODE_MODE,
-        OFF_INODE_NLINK, OFF_INODE_SB, OFF_INODE_UID, OFF_MM_EXE_FILE, OFF_SB_DEV, OFF_SB_FLAGS,
-        OFF_SB_MAGIC, OFF_TASK_CRED, OFF_TASK_MM, OFF_VMA_FILE, OFF_VMA_FLAGS, PROT_EXEC,
-        PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
+        OFF_INODE_NLINK, OFF_INODE_SB, OFF_INODE_UID, OFF_MM_EXE_FILE, OFF_MM_USERS, OFF_SB_DEV,
+        OFF_SB_FLAGS, OFF_SB_MAGIC, OFF_SIGNAL_LIVE, OFF_TASK_CRED, OFF_TASK_MM, OFF_TASK_SIGNAL,
+        OFF_VMA_FILE, OFF_VMA_FLAGS, PROT_EXEC, PROT_WRITE, SB_KERNMOUNT, VM_SHARED, off, read_at,
     },
     maps::{EXEC_RULES, GRANTS, WRITTEN},
 };
@@ -106,6 +106,26 @@ fn opened_for_writing(file: u64) -> bool {
     // SAFETY: see read_at.
     unsafe { read_at::<u32>(file, off(&OFF_FILE_MODE)) }
         .map_or(true, |mode| mode & FMODE_WRITE != 0)
+}
+
+/// Does another process share the current one's memory? `mm_users` counts every task using it
+/// (each thread of each process sharing it, and passing references: a `/proc/PID/maps` reader
+/// for a moment, when the answer is a false yes), `signal->live` the process's own threads.
+/// Unreadable: yes (fail closed).
+#[inline(always)]
+fn shares_memory() -> bool {
+    // SAFETY: helper call without arguments; then see read_at.
+    unsafe {
+        let task = bpf_get_current_task();
+        let users = read_at::<u64>(task, off(&OFF_TASK_MM))
+            .and_then(|mm| read_at::<i32>(mm, off(&OFF_MM_USERS)));
+        let live = read_at::<u64>(task, off(&OFF_TASK_SIGNAL))
+            .and_then(|signal| read_at::<i32>(signal, off(&OFF_SIGNAL_LIVE)));
+        match (users, live) {
+            (Ok(users), Ok(live)) => users > live,
+            _ => true,
+        }
+    }
 }
 
 /// Does `file` live on a kernel-internal mount (no name on any mount a path could reach)?
@@ -181,6 +201,14 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
         match Verdict::from_u8(rules.enforce.verdict) {
             Some(Verdict::Allow | Verdict::Throttle) => {}
             Some(Verdict::Sandbox) => {
+                // The mark goes on the mapping process; the mapping is the memory's, which a
+                // process made with clone(CLONE_VM) and no CLONE_THREAD shares: mapped by such
+                // a child, the code ran in its unmarked parent (red team round 35).
+                if shares_memory() {
+                    let mut d = Decision::builtin(Kind::ExecMap, true);
+                    d.object = object;
+                    return Some((d, exec_map::SHARED_MEMORY));
+                }
                 let d = apply(
                     Kind::ExecMap,
                     agent,
@@ -201,7 +229,8 @@ fn map_decision(agent: &Agent, file: u64, with_path: bool) -> Option<(Decision, 
     let mut root = false;
     let why = if is_nameless(file) {
         exec_map::NAMELESS
-    } else if unsafe { WRITTEN.get(&ExecKey { class: 0, dev, ino }) }.is_some() {
+    } else if crate::exec::written_key(file).map_or(true, |k| unsafe { WRITTEN.get(&k) }.is_some())
+    {
         exec_map::WRITTEN
     } else {
         root = root_only(file);

@@ -26,7 +26,7 @@ use governance_common::{ApiAddr, MAX_UNIX_PROTECTED, MAX_UNIX_RULES, UnixId, Uni
 use governance_common::{CountKey, MAX_COUNTS};
 
 #[map]
-pub(crate) static STATE: Array<u32> = Array::with_max_entries(3, 0);
+pub(crate) static STATE: Array<u32> = Array::with_max_entries(4, 0);
 #[map]
 pub(crate) static AGENTS: HashMap<AgentKey, AgentValue> = HashMap::with_max_entries(MAX_AGENTS, 0);
 #[map]

@@ -410,12 +410,11 @@ pub fn inode_free_security(ctx: LsmContext) -> i32 {
     }
     // SAFETY: see read_at.
     unsafe {
-        let Ok(sb) = read_at::<u64>(inode, off(&OFF_INODE_SB)) else {
-            return 0;
-        };
+        // The superblock's device, as `WRITTEN` keys files (exec.rs `written_key`).
         let (Ok(ino), Ok(dev)) = (
             read_at::<u64>(inode, off(&OFF_INODE_INO)),
-            read_at::<u32>(sb, off(&OFF_SB_DEV)),
+            read_at::<u64>(inode, off(&OFF_INODE_SB))
+                .and_then(|sb| read_at::<u32>(sb, off(&OFF_SB_DEV))),
         ) else {
             return 0;
         };
@@ -429,9 +428,11 @@ pub fn inode_free_security(ctx: LsmContext) -> i32 {
         // A snapshot (btrfs, bcachefs) is a copy of the file under the same key in another
         // inode, which outlives this one and was never written: the entry stays for good
         // (red team round 19).
-        let snapshots = read_at::<u64>(sb, off(&OFF_SB_MAGIC)).map_or(true, |m| {
-            matches!(m & 0xffff_ffff, BTRFS_MAGIC | BCACHEFS_MAGIC)
-        });
+        let snapshots = read_at::<u64>(inode, off(&OFF_INODE_SB))
+            .and_then(|sb| read_at::<u64>(sb, off(&OFF_SB_MAGIC)))
+            .map_or(true, |m| {
+                matches!(m & 0xffff_ffff, BTRFS_MAGIC | BCACHEFS_MAGIC)
+            });
         if !snapshots && read_at::<u32>(inode, off(&OFF_INODE_NLINK)) == Ok(0) {
             let _ = WRITTEN.remove(&key);
         } else {

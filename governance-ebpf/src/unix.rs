@@ -19,9 +19,8 @@ use governance_common::{
 use crate::{
     decide::{Decision, apply, current_agent, emit, lsm_ret, or_no_rule},
     kernel::{
-        OFF_DENTRY_INODE, OFF_INODE_INO, OFF_INODE_SB, OFF_PATH_DENTRY, OFF_SB_DEV, OFF_SOCKET_SK,
-        OFF_UNIX_ADDRESS_LEN, OFF_UNIX_ADDRESS_NAME, OFF_UNIX_SOCK_ADDR, OFF_UNIX_SOCK_PATH, off,
-        read_at,
+        OFF_DENTRY_INODE, OFF_INODE_INO, OFF_PATH_DENTRY, OFF_SOCKET_SK, OFF_UNIX_ADDRESS_LEN,
+        OFF_UNIX_ADDRESS_NAME, OFF_UNIX_SOCK_ADDR, OFF_UNIX_SOCK_PATH, off, read_at,
     },
     maps::{UNIX_PROTECTED, UNIX_RULES, UNIX_SCRATCH},
 };
@@ -88,8 +87,8 @@ pub(crate) fn unix_decision(sk: u64, hook: u16) -> i32 {
                 .and_then(|dentry| read_at::<u64>(dentry, off(&OFF_DENTRY_INODE)))
                 .and_then(|inode| {
                     let ino = read_at::<u64>(inode, off(&OFF_INODE_INO))?;
-                    let sb = read_at::<u64>(inode, off(&OFF_INODE_SB))?;
-                    Ok((read_at::<u32>(sb, off(&OFF_SB_DEV))?, ino))
+                    let dev = crate::subvolume::inode_dev(inode).map_err(|_| -1)?;
+                    Ok((dev, ino))
                 })
         };
         match id {

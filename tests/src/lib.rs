@@ -9,7 +9,7 @@ use std::{
     ffi::CString,
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::atomic::{AtomicI32, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -460,6 +460,10 @@ pub enum Attempt {
     },
     /// memfd_create, copy `src` into it, mmap it PROT_READ|PROT_EXEC.
     MemfdMapExec { src: CString },
+    /// open(path), then a child made with clone(CLONE_VM) and no CLONE_THREAD (its own
+    /// process, sharing this one's memory) mmaps it PROT_READ|PROT_EXEC: the mapping is this
+    /// process's too. The child's errno is the outcome.
+    MapExecShared { path: CString },
     /// A private System V shared memory segment (mode 0700) attached, executable with `exec`
     /// (`SHM_EXEC`), then removed.
     ShmExec { exec: bool },
@@ -1842,6 +1846,56 @@ pub fn run_in_namespaces(
                         libc::_exit(ERRNO_BASE + errno);
                     }
                 }
+                Attempt::MapExecShared { path } => {
+                    static FD: AtomicI32 = AtomicI32::new(-1);
+                    static ERRNO: AtomicI32 = AtomicI32::new(-1);
+                    extern "C" fn map(_: *mut libc::c_void) -> libc::c_int {
+                        // SAFETY: the descriptor is open; the mapping is only made.
+                        let p = unsafe {
+                            libc::mmap(
+                                std::ptr::null_mut(),
+                                4096,
+                                libc::PROT_READ | libc::PROT_EXEC,
+                                libc::MAP_PRIVATE,
+                                FD.load(Ordering::SeqCst),
+                                0,
+                            )
+                        };
+                        let errno = if p == libc::MAP_FAILED {
+                            // SAFETY: this thread's errno.
+                            unsafe { *libc::__errno_location() }
+                        } else {
+                            0
+                        };
+                        ERRNO.store(errno, Ordering::SeqCst);
+                        0
+                    }
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        libc::_exit(98);
+                    }
+                    FD.store(fd, Ordering::SeqCst);
+                    let mut stack = vec![0u8; 64 << 10];
+                    let top = stack.as_mut_ptr().add(stack.len()).cast::<libc::c_void>();
+                    let pid = libc::clone(
+                        map,
+                        top,
+                        libc::CLONE_VM | libc::SIGCHLD,
+                        std::ptr::null_mut(),
+                    );
+                    if pid < 0 {
+                        libc::_exit(98);
+                    }
+                    let mut status = 0;
+                    if libc::waitpid(pid, &mut status, 0) != pid {
+                        libc::_exit(98);
+                    }
+                    match ERRNO.load(Ordering::SeqCst) {
+                        0 => {}
+                        errno if errno > 0 => libc::_exit(ERRNO_BASE + errno),
+                        _ => libc::_exit(98),
+                    }
+                }
                 Attempt::MemfdMapExec { src } => {
                     let from = libc::open(src.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
                     let to = libc::memfd_create(c"code".as_ptr(), libc::MFD_CLOEXEC);
@@ -2388,6 +2442,107 @@ impl Loaded {
         assert!(skipped.is_empty(), "rules not installed: {skipped:?}");
         self.generation = generation;
     }
+}
+
+/// A btrfs filesystem mounted for a test: the VM's btrfs disk (an NVMe device with serial
+/// `btrfs`, made empty by `cargo xtask vm` at each boot), or on the host a 128 MiB image made
+/// with `mkfs.btrfs` and mounted through a loop device. Unmounted (and the image removed)
+/// however the test ends.
+pub struct Btrfs {
+    pub mnt: PathBuf,
+    dir: PathBuf,
+}
+
+impl Btrfs {
+    pub fn mount(label: &str) -> Btrfs {
+        let dir = PathBuf::from(format!(
+            "/tmp/governance-btrfs-{label}-{}",
+            std::process::id()
+        ));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let ran = |cmd: &mut std::process::Command| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `cargo xtask setup`)"));
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        match vm_disk("btrfs") {
+            Some(device) => ran(std::process::Command::new("mount")
+                .args(["-t", "btrfs"])
+                .arg(device)
+                .arg(&mnt)),
+            None => {
+                let image = dir.join("fs.img");
+                std::fs::File::create(&image)
+                    .unwrap()
+                    .set_len(128 << 20)
+                    .unwrap();
+                ran(std::process::Command::new("mkfs.btrfs")
+                    .arg("-q")
+                    .arg(&image));
+                ran(std::process::Command::new("mount")
+                    .args(["-o", "loop"])
+                    .arg(&image)
+                    .arg(&mnt));
+            }
+        }
+        Btrfs { mnt, dir }
+    }
+
+    /// A new subvolume at `rel` below the mount point (BTRFS_IOC_SUBVOL_CREATE on its parent
+    /// directory, which may be in another subvolume: a nested one): it numbers its inodes on
+    /// its own, from 256 (its root) on.
+    pub fn subvolume(&self, rel: &str) -> PathBuf {
+        let at = self.mnt.join(rel);
+        let name = at.file_name().unwrap().to_string_lossy().into_owned();
+        // struct btrfs_ioctl_vol_args { __s64 fd; char name[4088]; }
+        let mut args = vec![0u8; 4096];
+        args[8..8 + name.len()].copy_from_slice(name.as_bytes());
+        // _IOW(0x94, 14, struct btrfs_ioctl_vol_args)
+        const SUBVOL_CREATE: u64 = (1 << 30) | (4096 << 16) | (0x94 << 8) | 14;
+        let dir = std::fs::File::open(at.parent().unwrap()).unwrap();
+        // SAFETY: the argument is the 4096-byte struct the ioctl reads.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&dir),
+                SUBVOL_CREATE as _,
+                args.as_mut_ptr(),
+            )
+        };
+        assert_eq!(
+            r,
+            0,
+            "creating the subvolume {}: {}",
+            at.display(),
+            std::io::Error::last_os_error()
+        );
+        at
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.mnt).status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The block device of the VM's NVMe disk with serial `serial` (`cargo xtask vm` attaches
+/// `governance`, a raw scratch disk, and `btrfs`), None outside the VM.
+pub fn vm_disk(serial: &str) -> Option<PathBuf> {
+    std::fs::read_dir("/sys/class/nvme")
+        .ok()?
+        .flatten()
+        .find_map(|c| {
+            let found = std::fs::read_to_string(c.path().join("serial")).ok()?;
+            (found.trim() == serial)
+                .then(|| PathBuf::from(format!("/dev/{}n1", c.file_name().to_string_lossy())))
+        })
 }
 
 /// The `struct file_handle` of `path` (name_to_handle_at), for [`Attempt::OpenByHandle`].

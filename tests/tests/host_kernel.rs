@@ -560,115 +560,83 @@ fn degraded_exec_kills_after_a_blocked_exec() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Red team round 31: on btrfs `stat` reports a subvolume's device (the top-level one has its
-/// own too), not the superblock's the kernel keys a file on, so identities computed from `stat`
-/// never matched there: the dynamic loader on a btrfs root was not known as one (`ld.so
-/// PROGRAM` ran in the agent, run by the reviewer on this host), and no identity rule held. A
-/// file's device is now its mount's, as mountinfo prints the superblock's. On a btrfs image
-/// mounted here: the identities of the exec and socket rules name the superblock's device;
-/// an exact exec rule on a file there still kills its exec in the agent (degraded mode
-/// decides it by path), and controls run: another copy in the agent, the blocked one outside.
+/// Red team rounds 31 and 33: on btrfs `stat` reports each subvolume's device (the top-level
+/// one has its own too) and the superblock's device is another, which every subvolume shares;
+/// each subvolume numbers its files on its own (its root is inode 256, its first file 257). In
+/// round 31 identities computed from `stat` never matched the kernel's (keyed on the
+/// superblock's device); then, keyed on the superblock's device on both sides, a file of one
+/// subvolume was every other subvolume's file with its number: under an exec allowlist another
+/// subvolume's file ran as the allowed program. Both sides now key a btrfs file on its
+/// subvolume's device (the programs read it from the btrfs inode, at offsets from btrfs's
+/// BTF). Here, with the degraded exec hook, which decides by identity alone: two subvolumes'
+/// files with one inode number; the allowed one runs in the agent (the identities agree), the
+/// other is killed by the allowlist's default (on the build before it ran), and runs outside.
 #[test]
-fn identities_on_btrfs_are_the_superblock_s() {
+fn identities_on_btrfs_are_each_subvolume_s() {
     use std::os::unix::fs::MetadataExt as _;
     require_root();
     let agent = TestCgroup::new("btrfs");
     let outsider = TestCgroup::new("btrfs-outsider");
-    let dir = PathBuf::from(format!("/tmp/governance-btrfs-{}", std::process::id()));
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let image = dir.join("fs.img");
-    std::fs::File::create(&image)
-        .unwrap()
-        .set_len(128 << 20)
-        .unwrap();
-    let ran = |cmd: &mut Command| {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("{cmd:?}: {e} (run `cargo xtask setup`)"));
-        assert!(
-            out.status.success(),
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ran(Command::new("mkfs.btrfs").arg("-q").arg(&image));
-    ran(Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&image)
-        .arg(&mnt));
-    /// Unmounted (and its loop device freed) however the test ends.
-    struct Mounted(PathBuf);
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let mounted = Mounted(mnt.clone());
-    let (blocked, other) = (mnt.join("blocked"), mnt.join("other"));
-    std::fs::copy("/bin/busybox", &blocked).unwrap();
+    let fs = governance_tests::Btrfs::mount("host");
+    let (a, b) = (fs.subvolume("a"), fs.subvolume("b"));
+    let (tool, other) = (a.join("tool"), b.join("other"));
+    std::fs::copy("/bin/busybox", &tool).unwrap();
     std::fs::copy("/bin/busybox", &other).unwrap();
-    // The superblock's device, as the kernel prints it for the mount; `stat`'s is another.
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = mountinfo
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
-        .expect("the btrfs mount in mountinfo");
-    let (major, minor) = line.split(' ').nth(2).unwrap().split_once(':').unwrap();
-    let superblock = (major.parse::<u32>().unwrap() << 20) | minor.parse::<u32>().unwrap();
-    let meta = std::fs::metadata(&blocked).unwrap();
-    let by_stat = kernel::kernel_dev(meta.dev());
-    assert_ne!(
-        by_stat, superblock,
-        "stat and mountinfo agree here: the test shows nothing"
+    let (tool_meta, other_meta) = (
+        std::fs::metadata(&tool).unwrap(),
+        std::fs::metadata(&other).unwrap(),
     );
-    let case = "identities of files on btrfs (host)";
-    redteam(case, "tried");
     assert_eq!(
-        kernel::exec_identity(&blocked).unwrap(),
-        (superblock, meta.ino()),
-        "{case}: the exec identity"
+        tool_meta.ino(),
+        other_meta.ino(),
+        "two subvolumes' first files share an inode number: the test shows nothing otherwise"
     );
-    let socket = mnt.join("s.sock");
+    assert_ne!(tool_meta.dev(), other_meta.dev());
+    let case = "files of two btrfs subvolumes with one inode number (host)";
+    redteam(case, "tried");
+    let mut k = load(&format!(
+        "name: btrfs\nagents: {{ cgroup: {} }}\ndefaults: {{ exec: block }}\nrules:\n  - {{ id: tool, exec: {{ path: {} }}, verdict: allow, reason: test }}\n",
+        agent.rel.display(),
+        tool.display()
+    ));
+    k.require("sched_process_exec");
+    assert_eq!(
+        kernel::exec_identity(&tool).unwrap(),
+        (kernel::kernel_dev(tool_meta.dev()), tool_meta.ino()),
+        "{case}: the exec identity is the subvolume's"
+    );
+    let socket = a.join("s.sock");
     let _listening = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     assert_eq!(
         kernel::unix::socket_identity(&socket).unwrap().0,
-        superblock,
+        kernel::kernel_dev(tool_meta.dev()),
         "{case}: the socket identity"
     );
-    let mut k = load(&format!(
-        "name: btrfs\nagents: {{ cgroup: {} }}\nrules:\n  - {{ id: tool, exec: {{ path: {} }}, verdict: block, reason: test }}\n",
-        agent.rel.display(),
-        blocked.display()
-    ));
-    k.require("sched_process_exec");
-    let (pid, outcome) = run_in(Some(&agent.path), "btrfs", &Attempt::exec(&blocked, "true"));
-    assert_eq!(outcome, Outcome::Signaled(libc::SIGKILL), "{case}");
-    let ev = k.event_for(pid);
-    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
-    assert_eq!(ev.rule_id, k.rule(1), "{case}");
-    redteam(case, "denied");
     let (_, outcome) = run_in(
+        Some(&agent.path),
+        "btrfs-tool",
+        &Attempt::exec(&tool, "true"),
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: the allowed program");
+    let (pid, outcome) = run_in(
         Some(&agent.path),
         "btrfs-other",
         &Attempt::exec(&other, "true"),
     );
-    assert_eq!(
-        outcome,
-        Outcome::Exited(0),
-        "{case}: another file on the filesystem"
-    );
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGKILL), "{case}");
+    let ev = k.event_for(pid);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Exec));
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default), "{case}");
+    redteam(case, "denied");
     let (_, outcome) = run_in(
         Some(&outsider.path),
         "btrfs-out",
-        &Attempt::exec(&blocked, "true"),
+        &Attempt::exec(&other, "true"),
     );
     assert_eq!(outcome, Outcome::Exited(0), "{case}: outside the agent");
     redteam(case, "control");
     drop(k);
     drop(_listening);
-    drop(mounted);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn policy_dir(name: &str, yaml: &str) -> PathBuf {

@@ -10702,3 +10702,162 @@ fn an_agent_holding_every_inotify_instance_does_not_stop_the_daemon() {
     drop(holder);
     stop_daemon(daemon);
 }
+
+/// Red team round 33: btrfs subvolumes share one superblock device and each numbers its files
+/// on its own, so identities keyed on the superblock's device named several files: a file of
+/// one subvolume ran as another subvolume's allowed program under an exec allowlist, and a
+/// directory's rule reached every other subvolume's directory with its inode number. Both
+/// sides now key a btrfs file on its subvolume's device (the programs read it from the btrfs
+/// inode, at offsets from the btrfs module's BTF, which the VM loads at boot); a walk up from a
+/// file takes each level's own subvolume's device, and a device marker stays the
+/// superblock's. On the VM's btrfs disk, two subvolumes whose files have the same numbers:
+/// - an exec allowlist's allowed program runs; the other subvolume's file with its number is
+///   refused by the default (it ran before);
+/// - a blocked directory's rule does not reach the other subvolume's directory with its
+///   number (its file was refused before);
+/// - a subvolume nested in the blocked directory, reached through a bind mount of it outside
+///   the directory (a name the path rules do not cover), is refused by the directory's
+///   identity across the subvolume boundary; controls outside the agent.
+#[test]
+fn identities_on_btrfs_are_each_subvolume_s() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let fx = Fixture::new("btrfs");
+    let fs = governance_tests::Btrfs::mount("vm");
+    let (a, b) = (fs.subvolume("a"), fs.subvolume("b"));
+    // In each subvolume, in the same order: a directory (257) and a program in it (258).
+    std::fs::create_dir(a.join("secret")).unwrap();
+    std::fs::create_dir(b.join("data")).unwrap();
+    let (tool, other) = (a.join("secret/tool"), b.join("data/other"));
+    std::fs::copy(BUSYBOX, &tool).unwrap();
+    std::fs::copy(BUSYBOX, &other).unwrap();
+    let nested = fs.subvolume("a/secret/nested");
+    std::fs::write(nested.join("key"), "nested secret").unwrap();
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&a.join("secret")),
+        ino(&b.join("data")),
+        "the directories' numbers"
+    );
+    assert_eq!(ino(&tool), ino(&other), "the programs' numbers");
+    let view = fx.p("tmp/view");
+    std::fs::create_dir_all(&view).unwrap();
+    let bound = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&nested)
+        .arg(&view)
+        .status()
+        .unwrap();
+    assert!(bound.success(), "bind-mounting the nested subvolume");
+    /// Unmounted however the test ends (before the filesystem is).
+    struct Bound(PathBuf);
+    impl Drop for Bound {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let bound = Bound(view.clone());
+    let mut k = install(&format!(
+        "name: btrfs\n\
+         agents: {{ cgroup: {agent} }}\n\
+         defaults: {{ exec: block }}\n\
+         rules:\n\
+         \x20 - {{ id: tool, exec: {{ path: {tool} }}, verdict: allow, reason: the one program }}\n\
+         \x20 - {{ id: bb, exec: {{ path: {BUSYBOX} }}, verdict: allow, reason: the helpers }}\n\
+         \x20 - {{ id: secret, file: {{ prefix: {secret} }}, verdict: block, reason: secret }}\n",
+        agent = fx.agent.rel.display(),
+        tool = tool.display(),
+        secret = a.join("secret").display(),
+    ));
+    k.require("bprm_check_security");
+    k.require("file_open");
+    let (_, outcome) = run_in(Some(&fx.agent.path), "agent", &Attempt::exec(&tool, "true"));
+    assert_eq!(outcome, Outcome::Exited(0), "the allowed program runs");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R33 another btrfs subvolume's file with the allowed program's inode number",
+        &Attempt::exec(&other, "true"),
+        Kind::Exec,
+        Control::Succeeds,
+    );
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Default));
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::open(&b.join("data/other"), libc::O_RDONLY),
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "another subvolume's directory with the blocked one's number is not blocked"
+    );
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R33 a subvolume nested in a blocked directory, through a bind mount outside it",
+        &Attempt::open(&view.join("key"), libc::O_RDONLY),
+        Kind::File,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.rule_id, k.rule(3), "the directory's rule");
+    drop(k);
+    drop(bound);
+}
+
+/// Red team round 35: a sandbox rule's program mapped executable puts the mapping process
+/// under the profile; the mapping is the memory's, which a child made with clone(CLONE_VM) and
+/// no CLONE_THREAD shares with its parent: the child mapped the program, was marked and exited,
+/// and the parent ran the code outside the sandbox (run with a loader jump, writing files
+/// outside the profile's writable directory). A sandbox mapping by a process whose memory
+/// another process shares is refused (`shared-memory-code`); the same mapping by a process of
+/// its own is sandboxed and allowed (the control in the agent), and outside the agent the
+/// shared one is allowed.
+#[test]
+fn a_sandboxed_program_is_not_mapped_for_a_process_sharing_memory() {
+    require_root();
+    let fx = Fixture::new("sharedmm");
+    let mut k = fx.load("");
+    k.require("mmap_file");
+    let path = cstr(&fx.p("allowed/sandboxme"));
+    let case = "R35 a sandboxed program mapped by a child sharing its parent's memory";
+    println!("redteam: tried {case}");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::MapExecShared { path: path.clone() },
+    );
+    assert_eq!(outcome, Outcome::Errno(libc::EPERM), "{case}: in the agent");
+    let ev = k.event_where(|e| {
+        e.agent_cgroup == fx.agent.id()
+            && Kind::from_u8(e.kind) == Some(Kind::ExecMap)
+            && e.flags & flags::DENIED != 0
+    });
+    assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+    assert_eq!(
+        ev.port,
+        governance_common::exec_map::SHARED_MEMORY,
+        "{case}: why"
+    );
+    println!("redteam: denied {case}");
+    let (_, outcome) = run_in(
+        Some(&fx.agent.path),
+        "agent",
+        &Attempt::MapExec {
+            path: path.clone(),
+            mprotect: false,
+        },
+    );
+    assert_eq!(
+        outcome,
+        Outcome::Exited(0),
+        "{case}: a process of its own is sandboxed"
+    );
+    let (_, outcome) = run_in(
+        Some(&fx.outsider.path),
+        "outsider",
+        &Attempt::MapExecShared { path },
+    );
+    assert_eq!(outcome, Outcome::Exited(0), "{case}: outside the agent");
+    println!("redteam: control {case}");
+}

@@ -864,67 +864,87 @@ pub fn vm_kernel_of(k: &VmKernel) -> Result<(PathBuf, bool)> {
         })
         .context("the kernel package has no boot/vmlinuz-*")?;
     let dest = dir.join(vmlinuz.file_name().unwrap_or_default());
-    extract_overlay_module(&work.join("root"), &overlay_module(&dest))?;
+    extract_modules(&work.join("root"), &modules_dir(&dest))?;
     std::fs::copy(&vmlinuz, &dest)?;
     std::fs::remove_dir_all(&work)?;
     Ok((dest, true))
 }
 
-/// Where the overlay filesystem's module of the kernel image `kernel` is kept, beside it: Debian
-/// builds overlayfs as a module, and the VM (no /lib/modules) loads it at boot, for the tests
-/// of agents on container filesystems.
-pub fn overlay_module(kernel: &Path) -> PathBuf {
+/// The modules the VM loads at boot, in order (path under the release's `kernel/`, without
+/// `.ko`; whether the kernel may have it built in instead): Debian builds overlayfs (the tests
+/// of agents on container filesystems) and btrfs with what it needs (the tests of subvolume
+/// identities) as modules, and the VM has no /lib/modules.
+const VM_MODULES: &[(&str, bool)] = &[
+    ("fs/overlayfs/overlay", false),
+    ("lib/zstd/zstd_compress", true),
+    ("lib/raid6/raid6_pq", false),
+    ("crypto/xor", false),
+    ("lib/libcrc32c", false),
+    ("fs/btrfs/btrfs", false),
+];
+
+/// Where the modules of the kernel image `kernel` are kept, beside it: `NN-name.ko`, loaded in
+/// the order of their names.
+pub fn modules_dir(kernel: &Path) -> PathBuf {
     let mut name = kernel.file_name().unwrap_or_default().to_os_string();
-    name.push(".overlay.ko");
+    name.push(".modules");
     kernel.with_file_name(name)
 }
 
-/// Copy `fs/overlayfs/overlay.ko` of the unpacked kernel package `root` to `dest`,
-/// decompressed (Debian compresses modules with xz from some releases on).
-fn extract_overlay_module(root: &Path, dest: &Path) -> Result<()> {
-    let modules = std::fs::read_dir(root.join("lib/modules"))
+/// Copy [`VM_MODULES`] of the unpacked kernel package `root` into `dest`, decompressed (Debian
+/// compresses modules with xz from some releases on).
+fn extract_modules(root: &Path, dest: &Path) -> Result<()> {
+    let release = std::fs::read_dir(root.join("lib/modules"))
         .or_else(|_| std::fs::read_dir(root.join("usr/lib/modules")))
-        .context("the kernel package has no lib/modules")?;
-    for release in modules.flatten() {
-        let dir = release.path().join("kernel/fs/overlayfs");
-        for (name, decompress) in [
-            ("overlay.ko", None),
-            ("overlay.ko.xz", Some("xz")),
-            ("overlay.ko.zst", Some("zstd")),
-        ] {
-            let module = dir.join(name);
-            if !module.exists() {
-                continue;
+        .context("the kernel package has no lib/modules")?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("kernel").is_dir())
+        .context("the kernel package has no lib/modules/RELEASE/kernel")?;
+    let _ = std::fs::remove_dir_all(dest);
+    std::fs::create_dir_all(dest)?;
+    for (n, (module, optional)) in VM_MODULES.iter().enumerate() {
+        let base = release.join("kernel").join(module);
+        let name = Path::new(module)
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let out = dest.join(format!("{n:02}-{name}.ko"));
+        let found = [
+            ("ko", None),
+            ("ko.xz", Some("xz")),
+            ("ko.zst", Some("zstd")),
+        ]
+        .into_iter()
+        .map(|(ext, tool)| (base.with_extension(ext), tool))
+        .find(|(p, _)| p.exists());
+        match found {
+            Some((p, None)) => {
+                std::fs::copy(&p, &out)?;
             }
-            match decompress {
-                None => {
-                    std::fs::copy(&module, dest)?;
-                }
-                Some(tool) => {
-                    let out = Command::new(tool)
-                        .arg("-dc")
-                        .arg(&module)
-                        .output()
-                        .with_context(|| format!("running {tool} on {}", module.display()))?;
-                    anyhow::ensure!(
-                        out.status.success(),
-                        "{tool} -dc {}: {}",
-                        module.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    std::fs::write(dest, out.stdout)?;
-                }
+            Some((p, Some(tool))) => {
+                let done = Command::new(tool)
+                    .arg("-dc")
+                    .arg(&p)
+                    .output()
+                    .with_context(|| format!("running {tool} on {}", p.display()))?;
+                anyhow::ensure!(
+                    done.status.success(),
+                    "{tool} -dc {}: {}",
+                    p.display(),
+                    String::from_utf8_lossy(&done.stderr)
+                );
+                std::fs::write(&out, done.stdout)?;
             }
-            return Ok(());
+            None if *optional => {}
+            None => bail!("the kernel package has no kernel/{module}.ko (the VM loads it at boot)"),
         }
     }
-    bail!(
-        "the kernel package has no fs/overlayfs/overlay.ko (the VM's container-filesystem tests need it)"
-    )
+    Ok(())
 }
 
-/// The newest image of `k` cached in `dir` with its overlay module beside it (one cached before
-/// the module was kept is downloaded again).
+/// The newest image of `k` cached in `dir` with its modules beside it (one cached before the
+/// modules were kept is downloaded again).
 fn cached_kernel(dir: &Path, k: &VmKernel) -> Option<PathBuf> {
     let image = format!("vmlinuz-{}", k.series);
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -934,10 +954,10 @@ fn cached_kernel(dir: &Path, k: &VmKernel) -> Option<PathBuf> {
         .filter(|p| {
             p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n.starts_with(&image) && !n.ends_with(".overlay.ko")
+                n.starts_with(&image) && !n.ends_with(".overlay.ko") && !n.ends_with(".modules")
             })
         })
-        .filter(|p| overlay_module(p).exists())
+        .filter(|p| modules_dir(p).join("05-btrfs.ko").exists())
         .collect();
     found.sort_by_key(|p| release(&p.to_string_lossy(), k.series));
     found.pop()

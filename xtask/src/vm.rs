@@ -32,8 +32,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t securityfs securityfs /sys/kernel/security
 mount -t tracefs tracefs /sys/kernel/tracing
-# Debian builds overlayfs as a module; xtask keeps it beside the kernel image.
-if [ -f /governance/modules/overlay.ko ]; then insmod /governance/modules/overlay.ko; fi
+# Debian builds overlayfs and btrfs as modules; xtask keeps them beside the kernel image.
+for m in /governance/modules/*.ko; do [ -f "$m" ] && insmod "$m"; done
 ip link set lo up
 echo "governance-vm: Linux $(uname -r), active LSMs: $(cat /sys/kernel/security/lsm)"
 cd /governance
@@ -84,6 +84,14 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
     // real block device (/dev/nvme0n1) and its raw character view (/dev/ng0n1).
     let disk = work.join("scratch-disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).context("writing the scratch disk image")?;
+    // And an empty btrfs (a second NVMe device, serial `btrfs`): the tests of files in
+    // subvolumes, which they create in it.
+    let btrfs = work.join("btrfs-disk.img");
+    std::fs::File::create(&btrfs)
+        .and_then(|f| f.set_len(128 << 20))
+        .context("creating the btrfs disk image")?;
+    run(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&btrfs))
+        .context("mkfs.btrfs (btrfs-progs; `cargo xtask setup` installs it)")?;
     // The system's qemu, or the copy `setup` extracted into its cache (with its firmware
     // directories and modules) when installing it with apt would have removed a package.
     let qemu = setup::qemu();
@@ -115,6 +123,12 @@ pub fn boot(spec: &Spec, work: &Path) -> Result<Outcome> {
             disk.display()
         ))
         .args(["-device", "nvme,serial=governance,drive=scratch"])
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=none,id=btrfs,format=raw",
+            btrfs.display()
+        ))
+        .args(["-device", "nvme,serial=btrfs,drive=btrfs"])
         .args([
             "-nodefaults",
             "-no-reboot",
@@ -277,10 +291,16 @@ fn build_initramfs(spec: &Spec, work: &Path, tag: &str) -> Result<PathBuf> {
     place(&busybox, &root.join("bin/busybox"), false)?;
     write_exec(&root.join("init"), INIT)?;
     write_exec(&root.join("governance/cmd.sh"), &spec.script)?;
-    let overlay = crate::setup::overlay_module(&spec.kernel);
-    if overlay.exists() {
-        std::fs::create_dir_all(root.join("governance/modules"))?;
-        std::fs::copy(&overlay, root.join("governance/modules/overlay.ko"))?;
+    std::fs::create_dir_all(root.join("governance/modules"))?;
+    for module in std::fs::read_dir(crate::setup::modules_dir(&spec.kernel))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        std::fs::copy(
+            module.path(),
+            root.join("governance/modules").join(module.file_name()),
+        )?;
     }
 
     let mut libs = std::collections::BTreeSet::new();

@@ -62,11 +62,15 @@ pub(super) fn build(
     pods: Option<&crate::kubernetes::Identities>,
     source: Source<'_>,
 ) -> anyhow::Result<Option<Built>> {
-    let pin_dir = enforcer
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?
-        .pin_dir
-        .clone();
+    let pin_dir = {
+        let mut e = enforcer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the kernel state lock is poisoned"))?;
+        // Key btrfs files as the programs do (and say so once if btrfs was loaded after them)
+        // before the identities are resolved below.
+        e.key_btrfs_subvolumes()?;
+        e.pin_dir.clone()
+    };
     // A generation is built from files that must read (the cgroup tree, /etc/passwd, the
     // mount table, /proc/devices); several of them read as "nothing there" when missing.
     // A daemon out of descriptors would read them all as missing and build a generation that

@@ -164,6 +164,10 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
             "nameless-code",
             "under an exec allowlist, memory with no file name (memfd, shared memory) is not mapped executable",
         ),
+        Some(Kind::ExecMap) if ev.port == exec_map::SHARED_MEMORY => (
+            "shared-memory-code",
+            "a sandboxed program is not mapped by a process whose memory another process shares (the other would run it outside the sandbox)",
+        ),
         Some(Kind::ExecMap) if ev.port == exec_map::WRITABLE => (
             "writable-code",
             "under an exec allowlist, code maps executable only from files an agent cannot have changed: root's and writable by no one else on a local filesystem, for a process that may not write root's files, or below a path its policy keeps it from writing",

@@ -6,8 +6,20 @@
 
 use std::collections::HashMap;
 
+/// Where a btrfs inode's subvolume device is: `BTRFS_I(inode)->root->anon_dev` (byte offsets
+/// of `btrfs_inode.vfs_inode`, `btrfs_inode.root`, `btrfs_root.anon_dev`), for the programs'
+/// `OFF_BTRFS_*` (governance-ebpf subvolume.rs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BtrfsOffsets {
+    pub vfs_inode: u64,
+    pub root: u64,
+    pub anon_dev: u64,
+}
+
 /// Where the running kernel describes its own types.
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Where the btrfs module describes its types, while it is loaded.
+const BTRFS_MODULE_BTF: &str = "/sys/kernel/btf/btrfs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
@@ -63,8 +75,11 @@ enum Type {
 /// The parsed type section of a BTF blob.
 pub struct Btf {
     strings: Vec<u8>,
-    /// Indexed by type id; id 0 is `void`.
+    /// Indexed by type id less `first_id`; id 0 is `void`.
     types: Vec<Type>,
+    /// The id of `types[0]`: 0, or for a module's (split) BTF the number of the kernel's types
+    /// its ids continue from.
+    first_id: u32,
     structs_by_name: HashMap<String, u32>,
 }
 
@@ -80,6 +95,80 @@ fn u32_at(b: &[u8], at: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Malformed("truncated"))
 }
 
+/// The type section and the string section of a BTF blob.
+fn sections(data: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if u16_at(data, 0)? != MAGIC {
+        return Err(BtfError::Malformed("bad magic (not little-endian BTF?)"));
+    }
+    let hdr_len = u32_at(data, 4)? as usize;
+    let section = |off_at: usize| -> Result<&[u8], BtfError> {
+        let off = hdr_len + u32_at(data, off_at)? as usize;
+        let len = u32_at(data, off_at + 4)? as usize;
+        data.get(off..off + len)
+            .ok_or(BtfError::Malformed("section out of bounds"))
+    };
+    Ok((section(8)?, section(16)?))
+}
+
+/// Each type of a type section, in order (ids counting up), to `push`.
+fn parse_types(type_sec: &[u8], mut push: impl FnMut(Type)) -> Result<(), BtfError> {
+    let mut at = 0;
+    while at < type_sec.len() {
+        let name = u32_at(type_sec, at)?;
+        let info = u32_at(type_sec, at + 4)?;
+        let size_or_type = u32_at(type_sec, at + 8)?;
+        at += 12;
+        let kind = (info >> 24) & 0x1f;
+        let vlen = (info & 0xffff) as usize;
+        let kind_flag = info >> 31 == 1;
+        let ty = match kind {
+            KIND_STRUCT | KIND_UNION => {
+                let mut members = Vec::with_capacity(vlen);
+                for i in 0..vlen {
+                    let m = at + i * 12;
+                    let offset = u32_at(type_sec, m + 8)?;
+                    members.push(Member {
+                        name: u32_at(type_sec, m)?,
+                        type_id: u32_at(type_sec, m + 4)?,
+                        bit_offset: if kind_flag {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        },
+                        bitfield: kind_flag && offset >> 24 != 0,
+                    });
+                }
+                Type::Composite {
+                    name,
+                    size: size_or_type,
+                    members,
+                }
+            }
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                Type::Alias(size_or_type)
+            }
+            KIND_FUNC => Type::Func(name),
+            KIND_PTR => Type::Pointer,
+            _ => Type::Other,
+        };
+        at += match kind {
+            1 => 4,             // INT
+            3 => 12,            // ARRAY
+            4 | 5 => vlen * 12, // STRUCT, UNION
+            6 => vlen * 8,      // ENUM
+            13 => vlen * 8,     // FUNC_PROTO
+            14 => 4,            // VAR
+            15 => vlen * 12,    // DATASEC
+            17 => 4,            // DECL_TAG
+            19 => vlen * 12,    // ENUM64
+            0 | 2 | 7..=12 | 16 | 18 => 0,
+            _ => return Err(BtfError::Malformed("unknown type kind")),
+        };
+        push(ty);
+    }
+    Ok(())
+}
+
 impl Btf {
     /// The running kernel's BTF.
     pub fn from_kernel() -> Result<Self, BtfError> {
@@ -90,94 +179,77 @@ impl Btf {
         Self::parse(&data)
     }
 
+    /// Where a btrfs inode's subvolume device is ([`BtrfsOffsets`]): from the btrfs module's
+    /// BTF when the module is loaded, from the kernel's when btrfs is built in (looked at once
+    /// per process: the kernel's BTF does not change), else None (no btrfs here yet).
+    pub fn btrfs_offsets() -> Result<Option<BtrfsOffsets>, BtfError> {
+        static BUILT_IN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|source| BtfError::Read {
+                path: path.into(),
+                source,
+            })
+        };
+        let btf = if std::path::Path::new(BTRFS_MODULE_BTF).exists() {
+            Self::parse_split(&read(VMLINUX_BTF)?, &read(BTRFS_MODULE_BTF)?)?
+        } else if *BUILT_IN
+            .get_or_init(|| Self::from_kernel().is_ok_and(|k| k.struct_size("btrfs_inode").is_ok()))
+        {
+            Self::from_kernel()?
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(BtrfsOffsets {
+            vfs_inode: btf.field_offset("btrfs_inode", "vfs_inode")?,
+            root: btf.field_offset("btrfs_inode", "root")?,
+            anon_dev: btf.field_offset("btrfs_root", "anon_dev")?,
+        }))
+    }
+
     /// Parse a little-endian BTF blob.
     pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
-        if u16_at(data, 0)? != MAGIC {
-            return Err(BtfError::Malformed("bad magic (not little-endian BTF?)"));
-        }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let section = |off_at: usize| -> Result<&[u8], BtfError> {
-            let off = hdr_len + u32_at(data, off_at)? as usize;
-            let len = u32_at(data, off_at + 4)? as usize;
-            data.get(off..off + len)
-                .ok_or(BtfError::Malformed("section out of bounds"))
-        };
-        let type_sec = section(8)?;
-        let strings = section(16)?.to_vec();
-
+        let (type_sec, strings) = sections(data)?;
         let mut types = vec![Type::Other]; // id 0: void
-        let mut at = 0;
-        while at < type_sec.len() {
-            let name = u32_at(type_sec, at)?;
-            let info = u32_at(type_sec, at + 4)?;
-            let size_or_type = u32_at(type_sec, at + 8)?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let kind_flag = info >> 31 == 1;
-            let ty = match kind {
-                KIND_STRUCT | KIND_UNION => {
-                    let mut members = Vec::with_capacity(vlen);
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(type_sec, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(type_sec, m)?,
-                            type_id: u32_at(type_sec, m + 4)?,
-                            bit_offset: if kind_flag {
-                                offset & 0xff_ffff
-                            } else {
-                                offset
-                            },
-                            bitfield: kind_flag && offset >> 24 != 0,
-                        });
-                    }
-                    Type::Composite {
-                        name,
-                        size: size_or_type,
-                        members,
-                    }
-                }
-                KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
-                    Type::Alias(size_or_type)
-                }
-                KIND_FUNC => Type::Func(name),
-                KIND_PTR => Type::Pointer,
-                _ => Type::Other,
-            };
-            at += match kind {
-                1 => 4,             // INT
-                3 => 12,            // ARRAY
-                4 | 5 => vlen * 12, // STRUCT, UNION
-                6 => vlen * 8,      // ENUM
-                13 => vlen * 8,     // FUNC_PROTO
-                14 => 4,            // VAR
-                15 => vlen * 12,    // DATASEC
-                17 => 4,            // DECL_TAG
-                19 => vlen * 12,    // ENUM64
-                0 | 2 | 7..=12 | 16 | 18 => 0,
-                _ => return Err(BtfError::Malformed("unknown type kind")),
-            };
-            types.push(ty);
-        }
+        parse_types(type_sec, |t| types.push(t))?;
+        Ok(Self::indexed(strings.to_vec(), types, 0))
+    }
 
+    /// Parse a module's BTF (`/sys/kernel/btf/MODULE`), which continues the kernel's
+    /// (`base`): its type ids follow the kernel's, and its string offsets the kernel's strings
+    /// (names it shares with the kernel are the kernel's strings). The kernel's types are
+    /// counted, not kept: what is looked up here is the module's own structs.
+    pub fn parse_split(base: &[u8], data: &[u8]) -> Result<Self, BtfError> {
+        let (base_types, base_strings) = sections(base)?;
+        let mut first_id = 1u32; // after void
+        parse_types(base_types, |_| first_id += 1)?;
+        let (type_sec, strings) = sections(data)?;
+        let mut all = Vec::with_capacity(base_strings.len() + strings.len());
+        all.extend_from_slice(base_strings);
+        all.extend_from_slice(strings);
+        let mut types = Vec::new();
+        parse_types(type_sec, |t| types.push(t))?;
+        Ok(Self::indexed(all, types, first_id))
+    }
+
+    fn indexed(strings: Vec<u8>, types: Vec<Type>, first_id: u32) -> Self {
         let mut btf = Btf {
             strings,
             types,
+            first_id,
             structs_by_name: HashMap::new(),
         };
-        for (id, ty) in btf.types.iter().enumerate() {
+        for (i, ty) in btf.types.iter().enumerate() {
             if let Type::Composite { name, .. } = ty {
                 let name = btf.string(*name);
                 if !name.is_empty() {
                     // The first definition wins; duplicates of kernel structs are identical.
                     btf.structs_by_name
                         .entry(name.to_owned())
-                        .or_insert(id as u32);
+                        .or_insert(first_id + i as u32);
                 }
             }
         }
-        Ok(btf)
+        btf
     }
 
     /// The type id of the function `name` (the first, if several share it).
@@ -185,7 +257,8 @@ impl Btf {
         self.types
             .iter()
             .position(|t| matches!(t, Type::Func(n) if self.string(*n) == name))
-            .and_then(|id| u32::try_from(id).ok())
+            .and_then(|i| u32::try_from(i).ok())
+            .map(|i| self.first_id + i)
     }
 
     fn string(&self, off: u32) -> &str {
@@ -197,7 +270,7 @@ impl Btf {
     fn resolve(&self, mut id: u32) -> Option<&Type> {
         // Bounded: alias chains in real BTF are a handful long.
         for _ in 0..32 {
-            match self.types.get(id as usize)? {
+            match self.types.get(id.checked_sub(self.first_id)? as usize)? {
                 Type::Alias(next) => id = *next,
                 ty => return Some(ty),
             }

@@ -120,7 +120,10 @@ impl KernelPolicy {
             .chain(&self.builtins)
             .flat_map(|c| {
                 let markers = c.idents.keys().filter(|k| k.2 == SCOPE_DEVICE).map(|k| k.0);
-                let execs = c.exec.values().filter_map(|(_, id)| id.map(|(dev, _)| dev));
+                let execs = c
+                    .exec
+                    .values()
+                    .filter_map(|(_, id)| id.map(|(dev, _)| crate::kernel::superblock_of(dev)));
                 markers.chain(execs)
             })
             .collect()

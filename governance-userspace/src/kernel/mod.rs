@@ -20,7 +20,9 @@ pub use report::count_keys;
 mod slots;
 pub use slots::{SlotEntries, Written};
 mod superblock;
-pub use superblock::{forget_mounts, kernel_dev_at, mountinfo, mounts_of, remounted};
+pub use superblock::{
+    forget_mounts, kernel_dev_at, mountinfo, mounts_of, remounted, superblock_of,
+};
 pub mod unix;
 
 use std::{
@@ -41,8 +43,8 @@ use aya::{
 };
 use governance_common::{
     AgentKey, AgentValue, Bucket, BucketKey, ConnKey, Counter, ExecKey, GrantKey, NET_SLOTS,
-    NetEntry, NetValue, OrigDst, ProxyAddr, STATE_BUILD, STATE_GENERATION, STATE_LAYOUT,
-    UNKNOWN_PROFILE, maps, offsets, pins,
+    NetEntry, NetValue, OrigDst, ProxyAddr, STATE_BTRFS, STATE_BUILD, STATE_GENERATION,
+    STATE_LAYOUT, UNKNOWN_PROFILE, maps, offsets, pins,
     programs::{self, Attach, Program},
     sequence::{SeqArmed, SeqStateKey},
 };
@@ -276,7 +278,31 @@ impl Enforcer {
     ) -> Result<Self, KernelError> {
         let started = Self::load_or_adopt(pin_dir, cgroup_root, degraded_exec);
         crate::memory::page_out(EBPF_OBJECT);
-        started
+        let mut enforcer = started?;
+        enforcer.key_btrfs_subvolumes()?;
+        Ok(enforcer)
+    }
+
+    /// Key btrfs files as the programs do: on their subvolume's device where the programs were
+    /// loaded knowing btrfs's types (`STATE_BTRFS`), else on the superblock's. Called at each
+    /// start and before each generation is built; where btrfs's types are there now but were
+    /// not when the programs were loaded (the module loaded later), says once that its
+    /// subvolumes share identities until the programs are loaded again. Returns whether btrfs
+    /// files are keyed on their subvolumes.
+    pub fn key_btrfs_subvolumes(&mut self) -> Result<bool, KernelError> {
+        let keyed = self.state(STATE_BTRFS).unwrap_or(0) != 0;
+        superblock::key_subvolumes(keyed);
+        if !keyed && std::path::Path::new("/sys/kernel/btf/btrfs").exists() {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| {
+                tracing::warn!(
+                    "btrfs was loaded after the programs: files on btrfs are keyed on the \
+                     superblock's device, which every subvolume shares, until the programs are \
+                     loaded again (`governance unload`, then start; docs/limits.md)"
+                );
+            });
+        }
+        Ok(keyed)
     }
 
     fn load_or_adopt(
@@ -341,7 +367,7 @@ impl Enforcer {
         // the loader (for relocations), and for attaching. Each parse is tens of MiB of heap,
         // so each is dropped before the next: one alive at a time keeps the daemon's peak
         // memory down (the allocator keeps what the process once used).
-        let values = {
+        let (values, btrfs) = {
             let kbtf = btf::Btf::from_kernel()?;
             let mut values = Vec::new();
             for (global, strukt, field) in offsets::ALL {
@@ -375,7 +401,33 @@ impl Enforcer {
                 governance_common::discover::TASK_HELPERS_GLOBAL,
                 u64::from(discover_task_helpers()),
             ));
-            values
+            // Where a btrfs inode's subvolume device is, if btrfs's types are here (the module
+            // loaded, or built in); 0: btrfs files keyed on the superblock's device.
+            drop(kbtf);
+            let btrfs = match btf::Btf::btrfs_offsets() {
+                Ok(found) => found,
+                Err(e) => {
+                    tracing::warn!(
+                        "btrfs's types do not read ({e}): files on btrfs are keyed on the \
+                         superblock's device, which every subvolume shares (docs/limits.md)"
+                    );
+                    None
+                }
+            };
+            for (global, value) in [
+                (
+                    offsets::BTRFS_INODE_VFS_INODE,
+                    btrfs.map_or(0, |o| o.vfs_inode),
+                ),
+                (offsets::BTRFS_INODE_ROOT, btrfs.map_or(0, |o| o.root)),
+                (
+                    offsets::BTRFS_ROOT_ANON_DEV,
+                    btrfs.map_or(0, |o| o.anon_dev),
+                ),
+            ] {
+                values.push((global, value));
+            }
+            (values, btrfs.is_some())
         };
         let loading = std::time::Instant::now();
         let mut ebpf = {
@@ -411,6 +463,7 @@ impl Enforcer {
         // agents) until the first policy is installed. The build id goes in last, once every
         // program is attached (below).
         set_state(&mut ebpf, STATE_LAYOUT, governance_common::RUNTIME_LAYOUT)?;
+        set_state(&mut ebpf, STATE_BTRFS, u32::from(btrfs))?;
         let reading = std::time::Instant::now();
         let kernel_btf = aya::Btf::from_sys_fs().ok();
         let btf_read = reading.elapsed();

@@ -1,35 +1,92 @@
-//! The device the kernel's programs key a file on: its superblock's (`inode->i_sb->s_dev`).
+//! The device the kernel's programs key a file on: its superblock's (`inode->i_sb->s_dev`),
+//! except on btrfs once the programs know its subvolumes (see governance-ebpf subvolume.rs):
+//! there, the file's subvolume's, which `stat` reports.
 //!
-//! `stat` reports another for a file in a btrfs subvolume (each subvolume has an anonymous
-//! device of its own, the top-level one included) and for overlayfs over layers on several
-//! filesystems, so identities computed from `st_dev` never matched there (red team round 31: on
-//! a btrfs root the dynamic loader was not known as one, and every identity rule was missed).
-//! `/proc/self/mountinfo` prints each mount's superblock device; a file's mount is its statx
-//! `STATX_MNT_ID`.
+//! `stat` reports another device than the superblock's for a file in a btrfs subvolume (each
+//! subvolume has an anonymous device of its own, the top-level one included) and for overlayfs
+//! over layers on several filesystems, so identities computed from `st_dev` never matched there
+//! (red team round 31: on a btrfs root the dynamic loader was not known as one, and every
+//! identity rule was missed). `/proc/self/mountinfo` prints each mount's superblock device and
+//! filesystem type; a file's mount is its statx `STATX_MNT_ID`. On btrfs the superblock's
+//! device alone names several files (every subvolume numbers its inodes on its own: red team
+//! round 33), so there the subvolume's is the key, and the superblock's is kept for the
+//! device's marker ([`superblock_of`]).
 
 use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     os::unix::ffi::OsStrExt as _,
     path::Path,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-/// The superblock devices of the mounts, as `st_dev` encodes them, and each mount's by its id.
+/// The superblock devices of the mounts, as `st_dev` encodes them, and each mount's (device,
+/// whether btrfs) by its id.
 #[derive(Default)]
 struct Mounts {
     superblocks: HashSet<u64>,
-    by_id: HashMap<u64, u64>,
+    by_id: HashMap<u64, (u64, bool)>,
 }
 
 impl Mounts {
     fn read() -> Mounts {
+        let text = mountinfo();
         let mut m = Mounts::default();
-        for (id, dev, _) in lines(&mountinfo()) {
+        for ((id, dev, _), btrfs) in lines(&text).zip(btrfs_lines(&text)) {
             m.superblocks.insert(dev);
-            m.by_id.insert(id, dev);
+            m.by_id.insert(id, (dev, btrfs));
         }
         m
+    }
+}
+
+/// Whether each line [`lines`] reads is a btrfs mount (its filesystem type, after ` - `).
+fn btrfs_lines(text: &[u8]) -> impl Iterator<Item = bool> + '_ {
+    text.split(|&b| b == b'\n')
+        .filter(|line| lines(line).next().is_some())
+        .map(|line| {
+            line.windows(3)
+                .position(|w| w == b" - ")
+                .is_some_and(|i| line[i + 3..].starts_with(b"btrfs "))
+        })
+}
+
+/// Whether btrfs files are keyed on their subvolume's device: set by the enforcer once the
+/// programs know where it is ([`crate::kernel::Enforcer::key_btrfs_subvolumes`]).
+static BY_SUBVOLUME: AtomicBool = AtomicBool::new(false);
+
+/// Key btrfs files on their subvolume's device (`on`), or on their superblock's.
+pub fn key_subvolumes(on: bool) {
+    BY_SUBVOLUME.store(on, Ordering::SeqCst);
+}
+
+/// Each btrfs subvolume device met ([`kernel_dev_at`]), with its superblock's (kernel
+/// encoding): the device a marker for its entries is under.
+static SUBVOLUMES: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
+
+/// The superblock device of `dev` (kernel encoding), for the device markers: a btrfs
+/// subvolume's device as [`kernel_dev_at`] last met it, unless some mount's superblock has that
+/// device now (a number given again); any other device is its own.
+pub fn superblock_of(dev: u32) -> u32 {
+    let subvolumes = SUBVOLUMES.lock().unwrap_or_else(|e| e.into_inner());
+    match subvolumes.as_ref().and_then(|m| m.get(&dev)) {
+        Some(&sb) => {
+            let mut mounts = MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+            let known = mounts.get_or_insert_with(Mounts::read);
+            if known
+                .superblocks
+                .iter()
+                .any(|&d| super::kernel_dev(d) == dev)
+            {
+                dev
+            } else {
+                sb
+            }
+        }
+        None => dev,
     }
 }
 
@@ -85,8 +142,9 @@ pub fn remounted(mountinfo: &[u8], recorded: &[(Vec<u8>, u32)]) -> bool {
 /// The kernel's device (its encoding, [`super::kernel_dev`]) for the file at `path` whose
 /// `stat` device is `st_dev` (`follow`: whether that `stat` followed a final symlink). A
 /// device that is some mount's superblock's is the kernel's; another is looked up through the
-/// file's mount, the table read again when the mount is new. `st_dev` as it is when the
-/// mount cannot be found.
+/// file's mount, the table read again when the mount is new: a btrfs mount's file keeps
+/// `st_dev` (its subvolume's) while [`key_subvolumes`] is on, any other takes the mount's
+/// superblock device. `st_dev` as it is when the mount cannot be found.
 pub fn kernel_dev_at(path: &Path, st_dev: u64, follow: bool) -> u32 {
     let superblock = |mounts: &mut Option<Mounts>| {
         mounts
@@ -105,7 +163,19 @@ pub fn kernel_dev_at(path: &Path, st_dev: u64, follow: bool) -> u32 {
     if !known.by_id.contains_key(&id) {
         *known = Mounts::read();
     }
-    super::kernel_dev(known.by_id.get(&id).copied().unwrap_or(st_dev))
+    match known.by_id.get(&id).copied() {
+        Some((sb, true)) if BY_SUBVOLUME.load(Ordering::SeqCst) => {
+            let (dev, sb) = (super::kernel_dev(st_dev), super::kernel_dev(sb));
+            SUBVOLUMES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(dev, sb);
+            dev
+        }
+        Some((sb, _)) => super::kernel_dev(sb),
+        None => super::kernel_dev(st_dev),
+    }
 }
 
 /// Read the mounts again at the next [`kernel_dev_at`]: at the start of every identity
@@ -142,13 +212,17 @@ mod tests {
 
     #[test]
     fn mountinfo_lines_give_each_mount_s_superblock_device() {
-        let m: Vec<_> = lines(
-            b"22 1 0:21 / /proc rw - proc proc rw\n\
+        let text = b"22 1 0:21 / /proc rw - proc proc rw\n\
               31 1 0:40 /root / rw - btrfs /dev/vda2 rw\n\
-              32 31 0:40 /home /home rw - btrfs /dev/vda2 rw\n\
-              bad line\n",
-        )
-        .collect();
+              bad line\n\
+              32 31 0:40 /home /home rw shared:1 - btrfs /dev/vda2 rw\n\
+              33 1 0:41 / /btrfs rw - tmpfs btrfs rw\n";
+        assert_eq!(
+            btrfs_lines(text).collect::<Vec<_>>(),
+            [false, true, true, false],
+            "each parsed line's type (a tmpfs whose source is named btrfs is not btrfs)"
+        );
+        let m: Vec<_> = lines(text).take(3).collect();
         let btrfs = libc::makedev(0, 40);
         assert_eq!(
             m,
@@ -185,7 +259,7 @@ mod tests {
 
     /// On this machine's own filesystems `stat` and mountinfo agree; the answer is `st_dev`'s
     /// (a btrfs file, whose `st_dev` is in no mountinfo line, is the case of
-    /// `host_kernel::identities_on_btrfs_are_the_superblock_s`).
+    /// `host_kernel::identities_on_btrfs_are_each_subvolume_s`).
     #[test]
     fn a_file_s_device_is_its_mount_s_superblock_s() {
         for p in ["/proc/self/status", "/", "/tmp"] {

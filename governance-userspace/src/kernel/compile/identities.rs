@@ -470,10 +470,13 @@ impl Identities {
             return;
         }
         // Each device's marker: the restricted letters the class has entries for on it (see
-        // governance_common::IdentKey). A walk never leaves its object's device.
+        // governance_common::IdentKey). A walk never leaves its object's filesystem; it
+        // crosses btrfs subvolumes, so a marker is the superblock's.
         let mut markers: BTreeMap<u32, IdentValue> = BTreeMap::new();
         for (&(dev, _, _, _), v) in &c.idents {
-            let marker = markers.entry(dev).or_default();
+            let marker = markers
+                .entry(crate::kernel::superblock_of(dev))
+                .or_default();
             for ((m, r), &restricted) in marker.rules.iter_mut().zip(&v.rules).zip(&restricted) {
                 if restricted && has(r) {
                     *m = RulePair {
@@ -907,7 +910,7 @@ pub(super) fn share(c: &mut Class, shared: &BTreeMap<IdentAt, IdentValue>) {
         .idents
         .keys()
         .filter(|k| k.2 != SCOPE_DEVICE)
-        .map(|k| k.0)
+        .map(|k| crate::kernel::superblock_of(k.0))
         .collect();
     for dev in own_devices {
         if let Some(marker) = c.idents.get_mut(&(dev, 0, SCOPE_DEVICE, 0)) {
