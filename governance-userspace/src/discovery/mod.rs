@@ -172,23 +172,28 @@ impl Discovery {
 
 /// The `discovery` record of a candidate's evidence.
 pub fn record(e: &Evidence) -> Record {
+    // What the candidate process chose (a server name, a query, its name, its cgroup's) is
+    // quoted, as an event line's values are: a name with spaces would otherwise write fields
+    // of its own into the line (red team round 35's review).
+    let q = crate::events::display::quoted;
     let what = match e.what.as_str() {
-        "sni" => format!("TLS to {}", e.value),
-        "dns" => format!("a DNS query for {}", e.value),
-        "mcp" => format!("MCP: {} ({})", e.matched, e.value),
-        _ => format!("agent framework {} ({})", e.matched, e.value),
+        "sni" => format!("TLS to {}", q(&e.value)),
+        "dns" => format!("a DNS query for {}", q(&e.value)),
+        "mcp" => format!("MCP: {} ({})", q(&e.matched), q(&e.value)),
+        _ => format!("agent framework {} ({})", q(&e.matched), q(&e.value)),
     };
     let who = if e.pid != 0 {
-        format!("pid {} ({})", e.pid, e.comm)
+        format!("pid {} ({})", e.pid, q(&e.comm))
     } else {
-        format!("a process of cgroup {}", e.cgroup)
+        format!("a process of cgroup {}", q(&e.cgroup))
     };
     let mut r = Record::daemon(
         RecordType::Discovery,
         format!("candidate.{}", e.what),
         format!(
             "candidate agent: {who} outside every agent: {what}; matches {} (seen {} times; not enforced: label it to govern it)",
-            e.matched, e.count
+            q(&e.matched),
+            e.count
         ),
     );
     r.source = if matches!(e.what.as_str(), "sni" | "dns") {

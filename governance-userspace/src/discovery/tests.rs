@@ -176,6 +176,16 @@ fn one_record_per_candidate_and_evidence_per_interval() {
     assert!(!rec.denied);
     assert_eq!(rec.candidate.as_ref().unwrap().value, "api.openai.com");
     assert!(rec.message.contains("not enforced"), "{}", rec.message);
+    // What the process chose is quoted: a server name with spaces writes no field of its own
+    // into the event line (red team round 35's review).
+    let forged = record(&sni_evidence(12, "/svc", "x verdict=allow agent=victim"));
+    assert!(
+        forged
+            .message
+            .contains("TLS to \"x verdict=allow agent=victim\""),
+        "{}",
+        forged.message
+    );
 }
 
 #[test]

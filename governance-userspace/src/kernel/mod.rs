@@ -290,7 +290,7 @@ impl Enforcer {
     /// subvolumes share identities until the programs are loaded again. Returns whether btrfs
     /// files are keyed on their subvolumes.
     pub fn key_btrfs_subvolumes(&mut self) -> Result<bool, KernelError> {
-        let keyed = self.state(STATE_BTRFS).unwrap_or(0) != 0;
+        let keyed = self.state(STATE_BTRFS)? != 0;
         superblock::key_subvolumes(keyed);
         if !keyed && std::path::Path::new("/sys/kernel/btf/btrfs").exists() {
             static ONCE: std::sync::Once = std::sync::Once::new();
@@ -405,7 +405,9 @@ impl Enforcer {
             // loaded, or built in); 0: btrfs files keyed on the superblock's device.
             drop(kbtf);
             let btrfs = match btf::Btf::btrfs_offsets() {
-                Ok(found) => found,
+                // The programs key on subvolumes only with the inode's offset (subvolume.rs
+                // `keyed`): the record says the same.
+                Ok(found) => found.filter(|o| o.vfs_inode != 0),
                 Err(e) => {
                     tracing::warn!(
                         "btrfs's types do not read ({e}): files on btrfs are keyed on the \

@@ -71,9 +71,14 @@ static SUBVOLUMES: Mutex<Option<HashMap<u32, u32>>> = Mutex::new(None);
 /// subvolume's device as [`kernel_dev_at`] last met it, unless some mount's superblock has that
 /// device now (a number given again); any other device is its own.
 pub fn superblock_of(dev: u32) -> u32 {
-    let subvolumes = SUBVOLUMES.lock().unwrap_or_else(|e| e.into_inner());
-    match subvolumes.as_ref().and_then(|m| m.get(&dev)) {
-        Some(&sb) => {
+    // One lock at a time (`kernel_dev_at` takes them too, on the read-ahead's thread).
+    let met = SUBVOLUMES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .and_then(|m| m.get(&dev).copied());
+    match met {
+        Some(sb) => {
             let mut mounts = MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
             let known = mounts.get_or_insert_with(Mounts::read);
             if known
@@ -158,12 +163,17 @@ pub fn kernel_dev_at(path: &Path, st_dev: u64, follow: bool) -> u32 {
     let Some(id) = mount_id(path, follow) else {
         return super::kernel_dev(st_dev);
     };
-    let mut mounts = MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
-    let known = mounts.get_or_insert_with(Mounts::read);
-    if !known.by_id.contains_key(&id) {
-        *known = Mounts::read();
-    }
-    match known.by_id.get(&id).copied() {
+    let mount = {
+        let mut mounts = MOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let known = mounts.get_or_insert_with(Mounts::read);
+        if !known.by_id.contains_key(&id) {
+            *known = Mounts::read();
+        }
+        known.by_id.get(&id).copied()
+    };
+    // The mount table's lock let go before the subvolumes' is taken (`superblock_of` takes
+    // them one at a time too: the compile and the read-ahead run on two threads).
+    match mount {
         Some((sb, true)) if BY_SUBVOLUME.load(Ordering::SeqCst) => {
             let (dev, sb) = (super::kernel_dev(st_dev), super::kernel_dev(sb));
             SUBVOLUMES
