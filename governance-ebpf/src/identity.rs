@@ -395,7 +395,7 @@ fn look_self(answer: &mut Answer, tables: Tables, obj: Btf, want: u8) -> Result<
 struct Walk {
     tables: Tables,
     /// The superblock's device: every level's key device, but on btrfs (`BTRFS_WALK` in
-    /// `want`), where each level's is its own subvolume's, written here level by level.
+    /// `want`), where each level's is its own subvolume's, read at each level.
     dev: u32,
     /// The letters of the class's fill to take where the walk found no entry (at the
     /// filesystem's root), 0 for none.

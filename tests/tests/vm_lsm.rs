@@ -10740,8 +10740,7 @@ fn identities_on_btrfs_are_each_subvolume_s() {
         "the directories' numbers"
     );
     assert_eq!(ino(&tool), ino(&other), "the programs' numbers");
-    let view = fx.p("tmp/view");
-    std::fs::create_dir_all(&view).unwrap();
+    let view = mount_point(&fx, "tmp/view");
     let bound = std::process::Command::new("mount")
         .arg("--bind")
         .arg(&nested)
@@ -10753,7 +10752,7 @@ fn identities_on_btrfs_are_each_subvolume_s() {
     struct Bound(PathBuf);
     impl Drop for Bound {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            unmount(&self.0);
         }
     }
     let bound = Bound(view.clone());

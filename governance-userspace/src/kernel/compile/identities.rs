@@ -473,10 +473,16 @@ impl Identities {
         // governance_common::IdentKey). A walk never leaves its object's filesystem; it
         // crosses btrfs subvolumes, so a marker is the superblock's.
         let mut markers: BTreeMap<u32, IdentValue> = BTreeMap::new();
+        // The entries are ordered by device: its superblock asked once per device (a lookup
+        // under a lock), not once per entry.
+        let mut last: Option<(u32, u32)> = None;
         for (&(dev, _, _, _), v) in &c.idents {
-            let marker = markers
-                .entry(crate::kernel::superblock_of(dev))
-                .or_default();
+            let sb = match last {
+                Some((d, sb)) if d == dev => sb,
+                _ => crate::kernel::superblock_of(dev),
+            };
+            last = Some((dev, sb));
+            let marker = markers.entry(sb).or_default();
             for ((m, r), &restricted) in marker.rules.iter_mut().zip(&v.rules).zip(&restricted) {
                 if restricted && has(r) {
                     *m = RulePair {
@@ -910,7 +916,10 @@ pub(super) fn share(c: &mut Class, shared: &BTreeMap<IdentAt, IdentValue>) {
         .idents
         .keys()
         .filter(|k| k.2 != SCOPE_DEVICE)
-        .map(|k| crate::kernel::superblock_of(k.0))
+        .map(|k| k.0)
+        .collect::<BTreeSet<u32>>()
+        .into_iter()
+        .map(crate::kernel::superblock_of)
         .collect();
     for dev in own_devices {
         if let Some(marker) = c.idents.get_mut(&(dev, 0, SCOPE_DEVICE, 0)) {
