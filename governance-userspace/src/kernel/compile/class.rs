@@ -45,7 +45,8 @@ impl Tops {
             root: false,
             tops: Default::default(),
         };
-        for (_, node) in c.paths.keys() {
+        // Only the identity letters' nodes: the only letters the resolution asks.
+        for (_, node) in c.paths.keys().filter(|(l, _)| IDENT_LETTERS.contains(l)) {
             match top(node) {
                 b"/" => tops.root = true,
                 t => {
@@ -56,6 +57,11 @@ impl Tops {
         tops
     }
 
+    /// Whether the class's own nodes may answer `query` (else the built-ins alone do).
+    pub(super) fn reaches(&self, query: &[u8]) -> bool {
+        self.root || self.tops.contains(top(query))
+    }
+
     /// [`answer_with`], for class `c` of these tops.
     pub(super) fn answer_with(
         &self,
@@ -64,7 +70,7 @@ impl Tops {
         letter: u8,
         query: &[u8],
     ) -> Option<RulePair> {
-        if self.root || self.tops.contains(top(query)) {
+        if self.reaches(query) {
             answer_with(c, builtin, letter, query)
         } else {
             builtin.answer(letter, query)
@@ -92,6 +98,8 @@ pub(crate) struct Beside {
     pub(super) named: Vec<Vec<u8>>,
     /// query → (letter, [`answer`]) as asked.
     answers: std::cell::RefCell<foldhash::HashMap<Vec<u8>, Asked>>,
+    /// What each of `named` gives a class that does not reach it (`Identities::plan`).
+    pub(super) plan: std::cell::OnceCell<Rc<Vec<Planned>>>,
 }
 
 /// The answers asked of a query so far, by letter.
@@ -106,6 +114,7 @@ impl Beside {
             table,
             named,
             answers: Default::default(),
+            plan: Default::default(),
         }
     }
 

@@ -1,6 +1,8 @@
 //! File rules resolved to identities: what each rule's path names now, by (device, inode), with
 //! the hard links and mount points below protected directories.
 
+use std::borrow::Cow;
+
 use super::*;
 
 /// Directory entries the identity resolution looks at below protected directories, per
@@ -65,6 +67,9 @@ pub(crate) struct Identities {
     /// a symlink's target, or None where it is missing.
     pub(super) symlinks: foldhash::HashMap<Vec<u8>, Option<Lstat>>,
     pub(crate) notes: BTreeSet<String>,
+    /// Resolve the shared built-ins' paths once per generation ([`Identities::plan`]); off
+    /// only in the test that holds the plan to resolving each class in full.
+    pub(super) plan_builtins: bool,
 }
 
 pub(super) fn restricts(p: &RulePair) -> bool {
@@ -99,6 +104,52 @@ pub(crate) fn severer(a: RulePair, b: RulePair) -> RulePair {
     out
 }
 
+/// What an answer holds of its object (see [`Identities::resolve`]): the enforcing rule, where
+/// it restricts.
+fn held_by(p: RulePair) -> RulePair {
+    if restricts(&p) {
+        RulePair {
+            enforce: p.enforce,
+            shadow: RuleRef::default(),
+        }
+    } else {
+        RulePair::default()
+    }
+}
+
+/// An object a class's identities are resolved for: its canonical path, identity and, where
+/// the class does not reach it, its planned answers.
+type Object<'a> = (Cow<'a, [u8]>, Found, Option<&'a Planned>);
+
+/// What holds: the identities of the directories above a held object or name, and the answers
+/// it holds.
+type Holder<'a> = (Cow<'a, [(u32, u64)]>, [RulePair; 4]);
+
+/// One of a shared built-in class's named paths as a class whose own nodes reach none of its
+/// queries resolves it ([`Identities::plan`]).
+#[derive(Default)]
+pub(crate) struct Planned {
+    /// Its canonical path and identity; None where it is missing.
+    found: Option<(Vec<u8>, Found)>,
+    /// The object's queries: itself, and (a directory) what is below it; for a missing path,
+    /// the path's own.
+    own: Vec<u8>,
+    below: Option<Vec<u8>>,
+    /// The built-ins' answers for them, by letter.
+    rules: [RulePair; 4],
+    rules_below: [RulePair; 4],
+    /// What it holds ([`held_by`] of both), and whether what is below it is held.
+    held: [RulePair; 4],
+    protects_below: bool,
+    /// Where it holds anything: the symlinks on its path, and the directories above it (a
+    /// missing path's: above the name it would have).
+    links: Vec<Link>,
+    above: Vec<(u32, u64)>,
+    /// Missing, with a rule refusing it: the name it would have (its directory's identity, the
+    /// name's hash) and that rule ([`Identities::missing_name`]).
+    name: Option<((u32, u64), u32, RulePair)>,
+}
+
 impl Identities {
     pub(crate) fn new(protect: &Protect) -> Self {
         crate::kernel::forget_mounts();
@@ -124,6 +175,7 @@ impl Identities {
             links: Default::default(),
             symlinks: Default::default(),
             notes: BTreeSet::new(),
+            plan_builtins: true,
         };
         let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
         for p in not_enumerated(&passwd) {
@@ -324,40 +376,167 @@ impl Identities {
         None
     }
 
+    /// What each of `builtin`'s named paths gives a class whose own nodes reach none of its
+    /// queries ([`Tops::reaches`]): the built-ins' answers, the same for every such class.
+    /// Made once per generation and set of built-ins, on the first class resolved beside them.
+    fn plan(&mut self, builtin: &Beside) -> Rc<Vec<Planned>> {
+        if let Some(plan) = builtin.plan.get() {
+            return Rc::clone(plan);
+        }
+        let letters = IDENT_LETTERS;
+        let mut plan = Vec::with_capacity(builtin.named.len());
+        for path in &builtin.named {
+            let Some((real, found)) = self.find(path) else {
+                let own = Node::bytes_of(path, true);
+                let mut planned = Planned::default();
+                if let Some(rule) = name_rule(|l| builtin.answer(l, &own))
+                    && let Some((dir, name)) = self.missing_name(path)
+                {
+                    planned.name = Some(((dir.1.0, dir.1.1), name_hash(&name), rule));
+                    planned.above = self.above(&name_in(dir.0, &name));
+                    planned.links = self.links_on(path);
+                }
+                planned.own = own;
+                plan.push(planned);
+                continue;
+            };
+            let own = Node::bytes_of(&real, true);
+            let below = found.2.then(|| Node::bytes_of(&real, false));
+            let answers =
+                |query: &[u8]| letters.map(|l| builtin.answer(l, query).unwrap_or_default());
+            let rules = answers(&own);
+            let rules_below = below.as_deref().map(answers).unwrap_or_default();
+            let mut held = rules.map(held_by);
+            let below_held = rules_below.map(held_by);
+            let protects_below = below.is_some() && below_held.iter().any(has);
+            for (h, b) in held.iter_mut().zip(below_held) {
+                *h = severer(*h, b);
+            }
+            let (links, above) = if held.iter().any(has) {
+                (self.links_on(path), self.above(&real))
+            } else {
+                (Vec::new(), Vec::new())
+            };
+            plan.push(Planned {
+                found: Some((real, found)),
+                own,
+                below,
+                rules,
+                rules_below,
+                held,
+                protects_below,
+                links,
+                above,
+                name: None,
+            });
+        }
+        let plan = Rc::new(plan);
+        // A second resolve in the same generation finds it set; none sets it between.
+        let _ = builtin.plan.set(Rc::clone(&plan));
+        plan
+    }
+
+    /// The identities of the directories above `real` (canonical), nearest first, up to the
+    /// first that cannot be found: the directories that hold an object there
+    /// ([`SCOPE_HOLDS`]).
+    fn above(&mut self, real: &[u8]) -> Vec<(u32, u64)> {
+        let mut out = Vec::new();
+        let mut dir = real;
+        while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
+            if dir == b"/" {
+                break;
+            }
+            dir = if i == 0 { &dir[..1] } else { &dir[..i] };
+            let Some((_, (dev, ino, _))) = self.find(dir) else {
+                break;
+            };
+            out.push((dev, ino));
+        }
+        out
+    }
+
     /// Resolve the class's file rules (and what they protect) into `c.idents`.
     pub(crate) fn resolve(&mut self, c: &mut Class, builtin: &Beside) {
         let letters = IDENT_LETTERS;
+        let tops = class::Tops::of(c);
         // The paths the class's file rules and its shared built-ins name (exec rules have
-        // their own identities): the class's few, put into the built-ins' sorted list.
-        let mut named: Vec<&[u8]> = builtin.named.iter().map(Vec::as_slice).collect();
-        for p in class::named(c) {
-            if let Err(at) = named.binary_search(&p) {
-                named.insert(at, p);
+        // their own identities), in order: the built-ins' as planned (where the class's nodes
+        // reach none of a path's queries, its answers are the built-ins', planned once per
+        // generation: with a thousand agents, each resolving the same few thousand built-in
+        // paths was most of a compile), the class's few put in between.
+        let plan = if self.plan_builtins {
+            self.plan(builtin)
+        } else {
+            Rc::new(Vec::new())
+        };
+        let mut own: Vec<&[u8]> = class::named(c).collect();
+        own.sort_unstable();
+        own.dedup();
+        let mut named: Vec<(&[u8], Option<&Planned>)> =
+            Vec::with_capacity(builtin.named.len() + own.len());
+        {
+            let mut planned = builtin
+                .named
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_slice(), plan.get(i)))
+                .peekable();
+            let mut own = own.into_iter().peekable();
+            loop {
+                let next = match (planned.peek(), own.peek()) {
+                    (Some(b), Some(o)) if b.0 <= *o => {
+                        if b.0 == *o {
+                            own.next();
+                        }
+                        planned.next()
+                    }
+                    (_, Some(_)) => own.next().map(|o| (o, None)),
+                    (Some(_), None) => planned.next(),
+                    (None, None) => break,
+                };
+                named.extend(next);
             }
         }
-        let tops = class::Tops::of(c);
-        let mut objects: Vec<(Vec<u8>, Found)> = Vec::new();
+        let mut objects: Vec<Object<'_>> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
-        let mut holders: Vec<(Vec<u8>, [RulePair; 4])> = Vec::new();
-        let mut missing: Vec<Vec<u8>> = Vec::new();
+        let mut holders: Vec<Holder<'_>> = Vec::new();
+        // (planned where the class does not reach it, else the path)
+        let mut missing: Vec<Result<&Planned, Vec<u8>>> = Vec::new();
         // (a symlink's own name and identity, the answers it holds)
         let mut links: Vec<(Link, [RulePair; 4])> = Vec::new();
-        for path in named {
-            let Some((real, found)) = self.find(path) else {
-                missing.push(path.to_vec());
+        for (path, planned) in named {
+            if let Some(p) = planned
+                && !tops.reaches(&p.own)
+                && p.below.as_deref().is_none_or(|b| !tops.reaches(b))
+            {
+                let Some((real, found)) = &p.found else {
+                    missing.push(Ok(p));
+                    continue;
+                };
+                if p.protects_below {
+                    protected_dirs.push(real.clone());
+                }
+                if p.held.iter().any(has) {
+                    holders.push((Cow::Borrowed(&p.above), p.held));
+                    links.extend(p.links.iter().map(|l| (l.clone(), p.held)));
+                }
+                // An object none of whose answers has a rule makes no entry.
+                if p.rules.iter().chain(&p.rules_below).any(has) {
+                    objects.push((Cow::Borrowed(real), *found, Some(p)));
+                }
+                continue;
+            }
+            let found = match planned {
+                Some(p) => p.found.clone(),
+                None => self.find(path),
+            };
+            let Some((real, found)) = found else {
+                missing.push(Err(path.to_vec()));
                 continue;
             };
             // The rules that restrict access to the object itself, or below it.
             let restricting = |query: &[u8]| {
-                letters.map(|l| {
-                    tops.answer_with(c, builtin, l, query)
-                        .filter(restricts)
-                        .map(|p| RulePair {
-                            enforce: p.enforce,
-                            shadow: RuleRef::default(),
-                        })
-                        .unwrap_or_default()
-                })
+                letters.map(|l| held_by(tops.answer_with(c, builtin, l, query).unwrap_or_default()))
             };
             let mut held = restricting(&Node::bytes_of(&real, true));
             if found.2 {
@@ -370,30 +549,38 @@ impl Identities {
                 }
             }
             if held.iter().any(has) {
-                holders.push((real.clone(), held));
+                holders.push((Cow::Owned(self.above(&real)), held));
                 links.extend(self.links_on(path).into_iter().map(|l| (l, held)));
             }
-            objects.push((real, found));
+            objects.push((Cow::Owned(real), found, None));
         }
         protected_dirs.sort();
         protected_dirs.dedup();
         for dir in protected_dirs {
             for path in self.enumerate(&dir) {
-                if let Some(found) = self.find(&path) {
-                    objects.push(found);
+                if let Some((real, found)) = self.find(&path) {
+                    objects.push((Cow::Owned(real), found, None));
                 }
             }
         }
-        objects.sort();
-        objects.dedup();
-        for (real, (dev, ino, is_dir)) in objects {
-            let mut scopes = vec![(SCOPE_SELF, Node::bytes_of(&real, true))];
-            if is_dir {
-                scopes.push((SCOPE_BELOW, Node::bytes_of(&real, false)));
-            }
-            for (scope, query) in scopes {
-                let rules =
-                    letters.map(|l| tops.answer_with(c, builtin, l, &query).unwrap_or_default());
+        objects.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        objects.dedup_by(|a, b| (&a.0, a.1) == (&b.0, b.1));
+        for (real, (dev, ino, is_dir), planned) in objects {
+            let scoped = match planned {
+                Some(p) => [
+                    (SCOPE_SELF, Some(p.rules)),
+                    (SCOPE_BELOW, Some(p.rules_below)),
+                ],
+                None => [(SCOPE_SELF, None), (SCOPE_BELOW, None)],
+            };
+            for (scope, rules) in scoped {
+                if scope == SCOPE_BELOW && !is_dir {
+                    continue;
+                }
+                let rules = rules.unwrap_or_else(|| {
+                    let query = Node::bytes_of(&real, scope == SCOPE_SELF);
+                    letters.map(|l| tops.answer_with(c, builtin, l, &query).unwrap_or_default())
+                });
                 if !rules.iter().any(has) {
                     continue;
                 }
@@ -404,24 +591,45 @@ impl Identities {
             }
         }
         // The protected paths missing now: the names they would have (see above).
-        for path in missing {
-            let Some((real, name, rule)) = self.missing_name(c, builtin, &path) else {
-                continue;
+        for planned in missing {
+            let ((dev, ino), hash, rule, above, on_path) = match planned {
+                Ok(p) => match &p.name {
+                    Some((id, hash, rule)) => (
+                        *id,
+                        *hash,
+                        *rule,
+                        Cow::Borrowed(p.above.as_slice()),
+                        Cow::Borrowed(p.links.as_slice()),
+                    ),
+                    None => continue,
+                },
+                Err(path) => {
+                    let query = Node::bytes_of(&path, true);
+                    let Some(rule) = name_rule(|l| answer_with(c, builtin, l, &query)) else {
+                        continue;
+                    };
+                    let Some((dir, name)) = self.missing_name(&path) else {
+                        continue;
+                    };
+                    let above = self.above(&name_in(dir.0, &name));
+                    let id = (dir.1.0, dir.1.1);
+                    (
+                        id,
+                        name_hash(&name),
+                        rule,
+                        Cow::Owned(above),
+                        Cow::Owned(self.links_on(&path)),
+                    )
+                }
             };
-            let ((dev, ino, _), hash) = (real.1, name_hash(&name));
             let entry = c.idents.entry((dev, ino, SCOPE_NAME, hash)).or_default();
             entry.rules[2] = severer(entry.rules[2], rule);
-            let mut named = real.0;
-            if named.last() != Some(&b'/') {
-                named.push(b'/');
-            }
-            named.extend_from_slice(&name);
             let mut held = [RulePair::default(); 4];
             held[2] = rule;
-            holders.push((named, held));
+            holders.push((above, held));
             // A symlink on the way (a dangling one at the path itself) is not replaced either.
             let linked = [RulePair::default(), rule, rule, rule];
-            links.extend(self.links_on(&path).into_iter().map(|l| (l, linked)));
+            links.extend(on_path.iter().map(|l| (l.clone(), linked)));
         }
         // The symlinks on the way to a restricting rule's object (merged /usr's `/bin`, a
         // dotfile manager's `~/.bashrc`): each is held as the object is, so that it is not
@@ -432,20 +640,12 @@ impl Identities {
             for (slot, r) in entry.rules.iter_mut().zip(held) {
                 *slot = severer(*slot, r);
             }
-            holders.push((link, held));
+            holders.push((Cow::Owned(self.above(&link)), held));
         }
         // The directories above a restricting rule's object: renaming one moves the rule's path
         // away from the object.
-        for (real, held) in holders {
-            let mut dir = real.as_slice();
-            while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
-                if dir == b"/" {
-                    break;
-                }
-                dir = if i == 0 { &dir[..1] } else { &dir[..i] };
-                let Some((_, (dev, ino, _))) = self.find(dir) else {
-                    break;
-                };
+        for (above, held) in holders {
+            for &(dev, ino) in above.iter() {
                 let entry = c.idents.entry((dev, ino, SCOPE_HOLDS, 0)).or_default();
                 for (slot, r) in entry.rules.iter_mut().zip(held) {
                     *slot = severer(*slot, r);
@@ -697,23 +897,35 @@ pub fn unlisted_mounts(mountinfo: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// What [`Identities::missing_name`] finds: the directory (canonical path and identity), the
-/// name in it, and the rule that name is refused by.
-type MissingName = ((Vec<u8>, Found), Vec<u8>, RulePair);
+/// What [`Identities::missing_name`] finds: the directory (canonical path and identity), and
+/// the name in it.
+type MissingName = ((Vec<u8>, Found), Vec<u8>);
+
+/// The rule that refuses making a missing path, from its answers (`answer`, by letter): its
+/// answer for creating, else for writing, where one restricts.
+fn name_rule(answer: impl Fn(u8) -> Option<RulePair>) -> Option<RulePair> {
+    let restricting = |letter| answer(letter).filter(restricts);
+    let rule = restricting(access::CREATE).or_else(|| restricting(access::WRITE))?;
+    Some(RulePair {
+        enforce: rule.enforce,
+        shadow: RuleRef::default(),
+    })
+}
+
+/// The path of `name` in directory `dir` (canonical).
+fn name_in(mut dir: Vec<u8>, name: &[u8]) -> Vec<u8> {
+    if dir.last() != Some(&b'/') {
+        dir.push(b'/');
+    }
+    dir.extend_from_slice(name);
+    dir
+}
 
 impl Identities {
     /// For `path`, a rule's path that does not exist now: its deepest directory that does
-    /// (canonical path and identity), the name of `path`'s next component there, and the rule
-    /// that name is refused by (the path's answer for creating, else for writing), if one
-    /// restricts.
-    fn missing_name(&mut self, c: &Class, builtin: &Beside, path: &[u8]) -> Option<MissingName> {
-        let query = Node::bytes_of(path, true);
-        let restricting = |letter| answer_with(c, builtin, letter, &query).filter(restricts);
-        let rule = restricting(access::CREATE).or_else(|| restricting(access::WRITE))?;
-        let rule = RulePair {
-            enforce: rule.enforce,
-            shadow: RuleRef::default(),
-        };
+    /// (canonical path and identity) and the name of `path`'s next component there (see
+    /// [`name_rule`] for the rule that name is refused by).
+    fn missing_name(&mut self, path: &[u8]) -> Option<MissingName> {
         if path.first() != Some(&b'/') {
             return None;
         }
@@ -726,7 +938,7 @@ impl Identities {
                 if matches!(name, b"" | b"." | b"..") || !found.1.2 {
                     return None;
                 }
-                return Some((found, name.to_vec(), rule));
+                return Some((found, name.to_vec()));
             }
             if i == 0 {
                 return None;

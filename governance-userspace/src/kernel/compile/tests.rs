@@ -2129,3 +2129,119 @@ fn a_prefix_with_a_trailing_slash_is_the_prefix_without_it() {
             .contains_key(&(here, ident(&d.join("pii")).1, SCOPE_SELF, 0))
     );
 }
+
+/// The shared built-ins' paths are resolved once per generation for every class whose own nodes
+/// do not reach them (`Identities::plan`): the generation must come out as when each class
+/// resolved them itself. Agents whose rules reach the built-ins' directories in every way (a
+/// rule relaxing one, a stricter one, a rule on `/`, shadow rules, relaxations, missing paths,
+/// hard and symbolic links) beside agents whose rules reach none, over this host's own
+/// built-in protections.
+#[test]
+fn built_ins_planned_once_resolve_as_each_class_resolved_them() {
+    // The protected files apart from the agents' cgroups (every class's own nodes reach the
+    // first directory of its cgroup), so that classes whose rules name nothing there resolve
+    // them as planned.
+    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    let d = tmp.path().canonicalize().unwrap();
+    let cgroups = tempfile::tempdir().unwrap();
+    let cg = cgroups.path().canonicalize().unwrap();
+    for sub in ["policy", "audit", "data/sub", "out"] {
+        std::fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    std::fs::write(d.join("data/key"), "x").unwrap();
+    std::fs::write(d.join("policy/p.yaml"), "x").unwrap();
+    std::fs::hard_link(d.join("data/key"), d.join("out/key")).unwrap();
+    std::os::unix::fs::symlink(d.join("data"), d.join("link")).unwrap();
+    let protect = Protect {
+        cgroup_root: cg.clone(),
+        // A protected path missing now, through a symlink: its name, and the link, held.
+        no_write: vec![
+            d.join("policy"),
+            "/etc/governance".into(),
+            d.join("link/later"),
+        ],
+        no_access: vec![d.join("audit")],
+        system_links: Vec::new(),
+    };
+    let ds = d.display();
+    let rules = [
+        "{ id: shadow-read, file: { path: /etc/shadow, access: [read] }, verdict: allow, reason: r }".to_owned(),
+        "{ id: etc, file: { prefix: /etc }, verdict: block, reason: r }".to_owned(),
+        "{ id: root, file: { prefix: / , access: [write] }, verdict: escalate, escalate: { timeout: 1m }, reason: r }".to_owned(),
+        "{ id: homes, file: { prefix: /home }, verdict: allow, reason: r }".to_owned(),
+        "{ id: proc, file: { prefix: /proc/sys, access: [write] }, verdict: allow, reason: r }".to_owned(),
+        "{ id: var, file: { prefix: /var/lib, access: [read] }, verdict: block, mode: shadow, reason: r }".to_owned(),
+        format!("{{ id: data, file: {{ prefix: {ds}/data }}, verdict: block, reason: r }}"),
+        format!("{{ id: link, file: {{ path: {ds}/link/key, access: [write] }}, verdict: block, reason: r }}"),
+        format!("{{ id: gone, file: {{ prefix: {ds}/gone/deeper }}, verdict: block, reason: r }}"),
+        format!("{{ id: policy, file: {{ prefix: {ds}/policy }}, verdict: allow, reason: r }}"),
+        "{ id: usr, file: { prefix: /usr/bin, access: [write] }, verdict: sandbox, sandbox: { profile: s }, reason: r }".to_owned(),
+    ];
+    let mut docs = Vec::new();
+    let mut agents = Vec::new();
+    // Each agent: one rule, a pair, or none; with and without relaxations.
+    for (i, kernel) in ["", "kernel: { allow_system_files: true }\n"]
+        .iter()
+        .enumerate()
+    {
+        for j in 0..=rules.len() {
+            let n = docs.len();
+            let picked: Vec<&String> = match j {
+                0 => Vec::new(),
+                j => {
+                    let other = (j * 7 + i) % rules.len();
+                    if other == j - 1 {
+                        vec![&rules[j - 1]]
+                    } else {
+                        vec![&rules[j - 1], &rules[other]]
+                    }
+                }
+            };
+            let mut doc = format!("name: p{n}\nagents: {{ cgroup: a{n} }}\n{kernel}");
+            if picked.iter().any(|r| r.contains("profile: s")) {
+                doc.push_str("sandbox_profiles: { s: { writable: [/tmp] } }\n");
+            }
+            if !picked.is_empty() {
+                doc.push_str("rules:\n");
+                for r in picked {
+                    doc.push_str(&format!("  - {r}\n"));
+                }
+            }
+            docs.push((format!("p{n}.yaml").into(), doc));
+            let mut a = agent(n, &format!("a{n}"), None);
+            a.path = cg.join(format!("a{n}"));
+            std::fs::create_dir_all(&a.path).unwrap();
+            agents.push(a);
+        }
+    }
+    let set = parse(&docs).unwrap();
+    let planned = compile(&set, &agents, 1, &protect);
+    let mut each = Identities::new(&protect);
+    each.plan_builtins = false;
+    let resolved = compile_with(&set, &agents, 1, &protect, 0, each);
+    assert!(planned.errors.is_empty(), "{:?}", planned.errors);
+    assert!(
+        planned.classes.iter().any(|c| !c.idents.is_empty()),
+        "no class has identity entries of its own: the test reaches nothing"
+    );
+    let (planned, resolved) = (format!("{planned:#?}"), format!("{resolved:#?}"));
+    if planned != resolved {
+        let first = planned
+            .lines()
+            .zip(resolved.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(0);
+        let around = |s: &str| {
+            s.lines()
+                .skip(first.saturating_sub(20))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "planned and per-class resolution differ at line {first}:\n--- planned\n{}\n--- each class\n{}",
+            around(&planned),
+            around(&resolved)
+        );
+    }
+}
