@@ -710,6 +710,12 @@ pub mod guard {
     /// service, not the share the kernel's hash gives it (red team round 32).
     /// [`crate::Event::object`]: (level << 32) | option.
     pub const REUSEPORT_STEER: u8 = 21;
+    /// An io_uring ring received from another process (`file_receive`: a seccomp supervisor's
+    /// `SECCOMP_IOCTL_NOTIF_ADDFD`, `pidfd_getfd`, `SCM_RIGHTS`): a ring with a polling thread
+    /// made outside submits what the agent writes into its shared memory as its maker, a
+    /// process outside every agent to every hook (red team round 36: connects to blocked
+    /// servers, no event). Every ring is refused, polled or not.
+    pub const URING_RING: u8 = 22;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -735,6 +741,9 @@ pub mod guard {
             SESSION_KEYRING => "a session keyring handed to a parent process",
             FOREIGN_SOURCE => "a source address the node need not own (IP_FREEBIND)",
             REUSEPORT_STEER => "a reuseport group's steering program (every peer's traffic)",
+            URING_RING => {
+                "an io_uring ring from another process (its polling thread acts as its maker)"
+            }
             _ => "?",
         }
     }

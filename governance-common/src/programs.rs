@@ -103,6 +103,10 @@ pub const CGROUP_BORDER: Program = lsm(
     "processes moved into the agent, cgroups outside it, /proc files of processes outside",
 );
 pub const IOCTL: Program = lsm("file_ioctl", "terminal input injection, signal ownership");
+pub const FILE_RECEIVE: Program = lsm(
+    "file_receive",
+    "io_uring rings passed into the agent (SCM_RIGHTS, pidfd_getfd, seccomp ADDFD)",
+);
 /// The 32-bit ioctl entry's hook (Linux 6.8, and the stable kernels it was backported to:
 /// 6.1.75, 6.6.14, ...); before it, 32-bit ioctls reach `file_ioctl`. See [`WHERE_PRESENT`].
 pub const IOCTL_COMPAT: Program = where_present(
@@ -293,7 +297,7 @@ pub const SOCKOPT: Program = Program {
     required: true,
 };
 
-pub const ALL: [Program; 79] = [
+pub const ALL: [Program; 80] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -323,6 +327,7 @@ pub const ALL: [Program; 79] = [
     MODULE_REQUEST,
     IOCTL,
     FCNTL,
+    FILE_RECEIVE,
     SIGIOTASK,
     SETXATTR,
     REMOVEXATTR,

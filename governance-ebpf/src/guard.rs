@@ -9,16 +9,17 @@ use aya_ebpf::{
     macros::lsm,
     programs::LsmContext,
 };
-use governance_common::{Kind, allow, guard};
+use governance_common::{Cause, Kind, allow, guard};
 
 use crate::{
     decide::{Agent, Decision, cgroup_in_subtree, current_agent, emit, lsm_ret},
     kernel::{
-        Btf, CGROUP2_SUPER_MAGIC, DEVPTS_SUPER_MAGIC, MAY_WRITE, OFF_DENTRY_FSDATA, OFF_FILE_INODE,
-        OFF_FILE_PATH, OFF_INODE_MAPPING, OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB,
-        OFF_KERNFS_NODE_ID, OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE,
-        OFF_KEY_TYPE_NAME, OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE, OFF_PATH_DENTRY,
-        OFF_PID_TASKS, OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_SB_MAGIC, OFF_SIGNAL_TTY,
+        ANON_INODE_FS_MAGIC, Btf, CGROUP2_SUPER_MAGIC, DEVPTS_SUPER_MAGIC, MAY_WRITE,
+        OFF_DENTRY_FSDATA, OFF_DENTRY_NAME, OFF_FILE_INODE, OFF_FILE_PATH, OFF_INODE_MAPPING,
+        OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB, OFF_KERNFS_NODE_ID,
+        OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE, OFF_KEY_TYPE_NAME,
+        OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE, OFF_PATH_DENTRY, OFF_PID_TASKS,
+        OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_QSTR_NAME, OFF_SB_MAGIC, OFF_SIGNAL_TTY,
         OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TTY_SESSION, PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR,
         S_IFMT, S_IFREG, SYSFS_MAGIC, off, read_at,
     },
@@ -286,6 +287,66 @@ pub fn file_fcntl(ctx: LsmContext) -> i32 {
         }
         _ => 0,
     }
+}
+
+/// The name io_uring gives its ring files (`anon_inode:[io_uring]` in `/proc/PID/fd`), with
+/// its NUL, compared as two loads: its first eight bytes, and its last four.
+const URING_NAME_HEAD: u64 = u64::from_le_bytes(*b"[io_urin");
+const URING_NAME_TAIL: u32 = u32::from_le_bytes(*b"ng]\0");
+
+/// Is `file` an io_uring ring? An error is an unreadable file (the caller refuses: fail
+/// closed).
+///
+/// io_uring makes its ring file (`io_uring_get_file`, io_uring/io_uring.c) with an
+/// `anon_inode_getfile*("[io_uring]", &io_uring_fops, ...)` variant on Linux 6.1 and with
+/// `anon_inode_create_getfile("[io_uring]", ...)` on 6.12; every variant goes through
+/// `__anon_inode_getfile`, whose `alloc_file_pseudo` names the file's dentry after that argument
+/// on the anonymous-inode filesystem's superblock (a `secure` variant only gives the file an
+/// inode of its own there; `/proc/PID/fd` shows the dentry's name: `anon_inode:[io_uring]`).
+/// Only kernel code names files on that superblock, and only io_uring names one `[io_uring]`,
+/// so both tests together recognise every ring and nothing else: a file of another filesystem
+/// named `[io_uring]` fails the first, another anonymous file (an eventfd, an epoll) the second.
+/// (`f_op == &io_uring_fops` would need the symbol's address, which the programs do not have.)
+#[inline(always)]
+fn uring_file(file: Btf) -> Result<bool, Cause> {
+    let sb = file.ptr(off(&OFF_FILE_INODE))?.ptr(off(&OFF_INODE_SB))?;
+    if sb.get::<u64>(off(&OFF_SB_MAGIC)) != ANON_INODE_FS_MAGIC {
+        return Ok(false);
+    }
+    let dentry = file.ptr(off(&OFF_FILE_PATH) + off(&OFF_PATH_DENTRY))?;
+    let name: u64 = dentry.get(off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME));
+    // SAFETY: see read_at. The eleven bytes of a shorter name stay within the dentry's inline
+    // name (32 bytes or more), where every name of this superblock is kept.
+    let (head, tail) = unsafe { (read_at::<u64>(name, 0), read_at::<u32>(name, 7)) };
+    match (head, tail) {
+        (Ok(head), Ok(tail)) => Ok(head == URING_NAME_HEAD && tail == URING_NAME_TAIL),
+        _ => Err(Cause::Unreadable),
+    }
+}
+
+/// Built-in: no io_uring ring passed into an agent (governance_common::guard::URING_RING):
+/// `file_receive` runs in the receiving task for every descriptor the kernel installs from
+/// another process's file: `SECCOMP_IOCTL_NOTIF_ADDFD` (a supervisor outside puts it in the
+/// agent's table), `pidfd_getfd`, `SCM_RIGHTS`. A ring with a polling thread
+/// (`IORING_SETUP_SQPOLL`) made outside submits the requests an agent writes into its shared
+/// memory as its maker, whom every hook takes for a process outside (red team round 36: a
+/// socket, connect and send to a blocked server, no event); every ring is refused, polled or
+/// not, as telling them apart would take another read and a ring passed at all is rare. Linux
+/// 6.7 (and the stable kernels it went back to: Debian 12's 6.1 among them) refuses to send a
+/// ring over `SCM_RIGHTS` itself (`EINVAL`), this hook its receipt on older ones; the agent's
+/// `pidfd_getfd` of a process outside is refused at `ptrace_access_check`. Anything that is
+/// not a ring passes before the agent lookup.
+#[lsm(hook = "file_receive")]
+pub fn file_receive(ctx: LsmContext) -> i32 {
+    // int file_receive(struct file *file)
+    let previous: i32 = ctx.arg(1);
+    if previous != 0 {
+        return previous;
+    }
+    if matches!(uring_file(Btf::arg(&ctx, 0)), Ok(false)) {
+        return 0;
+    }
+    refuse(guard::URING_RING, 0)
 }
 
 /// The agent label's xattr namespace (governance-userspace's agents::LABEL_XATTR lives in it).

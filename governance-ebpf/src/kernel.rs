@@ -215,6 +215,9 @@ pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 pub(crate) const PROC_SUPER_MAGIC: u64 = 0x9fa0;
 pub(crate) const SYSFS_MAGIC: u64 = 0x6265_6572;
 pub(crate) const DEVPTS_SUPER_MAGIC: u64 = 0x1cd1;
+/// The anonymous-inode filesystem (`anon_inode_getfile` and its variants: io_uring rings,
+/// eventfds, epoll instances).
+pub(crate) const ANON_INODE_FS_MAGIC: u64 = 0x0904_1934;
 /// The kernel-internal mount of POSIX message queues (one per IPC namespace; /dev/mqueue is
 /// the same superblock).
 pub(crate) const MQUEUE_MAGIC: u64 = 0x1980_0202;

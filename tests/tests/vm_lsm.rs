@@ -4546,6 +4546,86 @@ fn root_facilities_are_refused_to_agents() {
     }
 }
 
+/// An io_uring ring made outside every agent with a polling thread (`IORING_SETUP_SQPOLL`)
+/// submits what a process of an agent writes into its shared memory as the ring's maker, whom
+/// every hook takes for a process outside (red team round 36: a socket, connect, send and
+/// receive to a server the agent's `network: block` refuses, and no event). `file_receive`
+/// refuses every ring a process of an agent would receive from another process: here from its
+/// seccomp supervisor outside (`SECCOMP_IOCTL_NOTIF_ADDFD`, which installs it in the agent's own
+/// task). Over `SCM_RIGHTS` the kernel refuses to send a ring at all (`EINVAL`, since Linux 6.7
+/// and the stable kernels it went back to: both VM kernels). Controls: the same outside the
+/// agent (the ring arrives), and a pipe passed either way into the agent (it arrives).
+#[test]
+fn io_uring_rings_made_outside_are_refused_to_agents() {
+    use governance_common::guard;
+    require_root();
+    let fx = Fixture::new("uring-pass");
+    let mut k = fx.load("");
+    k.require("file_receive");
+    let pass = |how: &str, what: &str, cgroup: &Path| {
+        let procs = cgroup.join("cgroup.procs");
+        let attempt = Attempt::exec_args(
+            Path::new(HELPER),
+            &[
+                "redteam-helper",
+                "pass-fd",
+                how,
+                what,
+                procs.to_str().unwrap(),
+            ],
+        );
+        run_in(None, "uring-pass", &attempt).1
+    };
+    let ring_event = |k: &mut Loaded| {
+        k.try_event_where(Duration::from_millis(200), |e| {
+            e.kind == Kind::Guard as u8 && e.detail == guard::URING_RING
+        })
+    };
+    let case = "R36 an SQPOLL ring made outside, put in an agent process by its seccomp supervisor";
+    println!("redteam: tried {case}");
+    assert_eq!(
+        pass("addfd", "ring", &fx.agent.path),
+        Outcome::Errno(libc::EPERM),
+        "{case}"
+    );
+    let ev = k.event_where(|e| {
+        e.kind == Kind::Guard as u8 && e.detail == guard::URING_RING && e.flags & flags::DENIED != 0
+    });
+    assert_eq!(ev.agent_cgroup, fx.agent.id(), "{case}: event agent");
+    assert_eq!(ev.generation, k.generation, "{case}: event generation");
+    println!("redteam: denied {case}");
+    assert_eq!(
+        pass("addfd", "ring", &fx.outsider.path),
+        Outcome::Exited(0),
+        "{case}: control outside"
+    );
+    assert!(ring_event(&mut k).is_none(), "{case}: no event outside");
+    assert_eq!(
+        pass("addfd", "pipe", &fx.agent.path),
+        Outcome::Exited(0),
+        "{case}: a pipe the same way into the agent"
+    );
+    assert!(ring_event(&mut k).is_none(), "{case}: no event for a pipe");
+    println!("redteam: control {case}");
+    let case = "R36 an SQPOLL ring made outside, sent to an agent process over SCM_RIGHTS";
+    println!("redteam: tried {case}");
+    for cgroup in [&fx.agent.path, &fx.outsider.path] {
+        assert_eq!(
+            pass("scm", "ring", cgroup),
+            Outcome::Errno(libc::EINVAL),
+            "{case}: the kernel's own refusal to send a ring ({})",
+            cgroup.display()
+        );
+    }
+    assert!(ring_event(&mut k).is_none(), "{case}: nothing received");
+    assert_eq!(
+        pass("scm", "pipe", &fx.agent.path),
+        Outcome::Exited(0),
+        "{case}: a pipe over SCM_RIGHTS into the agent"
+    );
+    println!("redteam: control {case}");
+}
+
 /// Class 2: leaving the agent's subtree. A child started in another cgroup, a task moved
 /// through cgroup.threads, new namespaces by clone, and code run in a process outside the
 /// agent through ptrace are refused; moving within the agent stays possible (see

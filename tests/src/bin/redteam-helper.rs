@@ -42,6 +42,18 @@
 //!   as the kernel requires). Exits with the child's status: 0 when the keyring was handed
 //!   over, 100 + errno when it was refused, 2 or 3 when the child could not join the cgroup or
 //!   make the keyring.
+//! - `pass-fd scm|addfd ring|pipe PROCS`: fork a child that moves itself into the cgroup whose
+//!   `cgroup.procs` is PROCS, then make (after the fork, so that the child holds none) an
+//!   io_uring ring with a polling thread (`ring`, `IORING_SETUP_SQPOLL`) or a pipe (`pipe`, its
+//!   read end) and pass it to the child: over a Unix socket (`scm`, `SCM_RIGHTS`), or as the
+//!   child's seccomp supervisor (`addfd`: the child installs a filter with a listener before it
+//!   moves, hands the listener over, and one `getppid` of it waits on this process, which puts
+//!   the descriptor in the child's table with `SECCOMP_IOCTL_NOTIF_ADDFD` and makes it the
+//!   call's result). Exits with the child's status: 0 when the child holds the descriptor (its
+//!   `/proc/self/fd` link names a ring or a pipe), 100 + errno when its receipt was refused
+//!   (`addfd`: the ioctl's errno, given to the child as its call's), 3 when the message came
+//!   without it (`scm`: `MSG_CTRUNC`); 100 + errno of this process's `sendmsg` when the kernel
+//!   refused to send it (`scm`); 2 when a step of the setup failed.
 //! - `held-sends FD...`: send five bytes on each inherited descriptor by each way Python has
 //!   no call for: io_uring `SEND`, `WRITE`, `SENDMSG`, `SEND_ZC` (submitted by this thread),
 //!   `SEND` forced to a worker thread (`IOSQE_ASYNC`) and `SEND` on a ring whose kernel thread
@@ -70,7 +82,7 @@ use std::{
 
 fn usage() -> ! {
     eprintln!(
-        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | renamed-exec chroot|clone ROOT PATH | stacked-exec ROOT PATH | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
+        "usage: redteam-helper phantom-open|phantom-exec ALLOWED DENIED N | flood PATH N | connect-flood ADDR N | http-upstream ADDR NAME | dlopen LIB SYMBOL | uring-personality | uring-sqpoll | uring-after-keepcaps PATH | uring-link-after-keepcaps PATH | uring-overlay DIR NAME FILE | session-to-parent PROCS | renamed-exec chroot|clone ROOT PATH | stacked-exec ROOT PATH | pass-fd scm|addfd ring|pipe PROCS | held-sends FD... | lease-then-join PROCS ADDR | unix-serve PATH | http-get ADDR"
     );
     std::process::exit(64)
 }
@@ -277,6 +289,12 @@ fn main() {
             Ok(_) => 0,
             Err(e) => e.raw_os_error().map_or(2, |errno| 100 + errno),
         }),
+        [
+            "pass-fd",
+            how @ ("scm" | "addfd"),
+            what @ ("ring" | "pipe"),
+            procs,
+        ] => std::process::exit(pass_fd(how == "addfd", what == "ring", procs)),
         ["held-sends", ref fds @ ..] if !fds.is_empty() => {
             let fds: Vec<i32> = fds
                 .iter()
@@ -666,6 +684,242 @@ fn session_to_parent(procs: &str) -> i32 {
             }
             libc::WEXITSTATUS(status)
         }
+    }
+}
+
+/// `SCM_RIGHTS` of `fd` (or none, with -1) and one byte on the Unix socket `sock`.
+fn send_fd(sock: i32, fd: i32) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // u64 for the alignment of a cmsghdr.
+    let mut control = [0u64; 4];
+    // SAFETY: msghdr and cmsg on local buffers of the sizes given.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if fd >= 0 {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+            libc::CMSG_DATA(cmsg).cast::<i32>().write_unaligned(fd);
+        }
+        if libc::sendmsg(sock, &msg, 0) != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// One byte from the Unix socket `sock` and the descriptor it carried: `Ok(None)` when it came
+/// without one, `Err` with `MSG_CTRUNC` set (the kernel dropped it).
+fn recv_fd(sock: i32) -> Result<Option<i32>, ()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    // SAFETY: as in send_fd.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        if libc::recvmsg(sock, &mut msg, 0) != 1 {
+            return Err(());
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            return Err(());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return Ok(None);
+        }
+        Ok(Some(libc::CMSG_DATA(cmsg).cast::<i32>().read_unaligned()))
+    }
+}
+
+/// In the child of `pass_fd`: 0 if `fd`'s link names what was passed (a ring or a pipe), 5 if
+/// not.
+fn holds(fd: i32, ring: bool) -> i32 {
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+    let link = link.to_string_lossy();
+    println!("pass-fd: the child holds {link}");
+    let want = if ring {
+        "anon_inode:[io_uring]"
+    } else {
+        "pipe:"
+    };
+    if link.starts_with(want) { 0 } else { 5 }
+}
+
+/// See `pass-fd` in the module's documentation.
+fn pass_fd(addfd: bool, ring: bool, procs: &str) -> i32 {
+    // struct seccomp_notif (80 bytes), seccomp_notif_resp and seccomp_notif_addfd (24 each):
+    // _IOWR('!', 0), _IOWR('!', 1), _IOW('!', 3).
+    const NOTIF_RECV: libc::c_ulong = 0xc050_2100;
+    const NOTIF_SEND: libc::c_ulong = 0xc018_2101;
+    const NOTIF_ADDFD: libc::c_ulong = 0x4018_2103;
+    const ADDFD_FLAG_SEND: u32 = 1 << 1;
+    const FILTER_FLAG_NEW_LISTENER: libc::c_ulong = 1 << 3;
+    const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+    let mut pair = [0i32; 2];
+    // SAFETY: socketpair(2) into a local array.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) } != 0 {
+        return 2;
+    }
+    let (ours, theirs) = (pair[0], pair[1]);
+    // SAFETY: fork in a single-threaded process.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: leaving the child with its status; the calls below are plain syscalls on
+        // local buffers.
+        unsafe {
+            libc::close(ours);
+            if addfd {
+                // getppid() waits for the supervisor; every other call passes.
+                let filter = [
+                    libc::sock_filter {
+                        code: 0x20,
+                        jt: 0,
+                        jf: 0,
+                        k: 0,
+                    },
+                    libc::sock_filter {
+                        code: 0x15,
+                        jt: 0,
+                        jf: 1,
+                        k: libc::SYS_getppid as u32,
+                    },
+                    libc::sock_filter {
+                        code: 0x06,
+                        jt: 0,
+                        jf: 0,
+                        k: RET_USER_NOTIF,
+                    },
+                    libc::sock_filter {
+                        code: 0x06,
+                        jt: 0,
+                        jf: 0,
+                        k: libc::SECCOMP_RET_ALLOW,
+                    },
+                ];
+                let prog = libc::sock_fprog {
+                    len: filter.len() as u16,
+                    filter: filter.as_ptr().cast_mut(),
+                };
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(2);
+                }
+                let listener = libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    FILTER_FLAG_NEW_LISTENER,
+                    &prog,
+                );
+                if listener < 0 || send_fd(theirs, listener as i32).is_err() {
+                    libc::_exit(2);
+                }
+                libc::close(listener as i32);
+            }
+            if std::fs::write(procs, "0\n").is_err() {
+                libc::_exit(2);
+            }
+            if addfd {
+                let fd = libc::syscall(libc::SYS_getppid);
+                if fd < 0 {
+                    libc::_exit(100 + *libc::__errno_location());
+                }
+                libc::_exit(holds(fd as i32, ring));
+            }
+            libc::_exit(match recv_fd(theirs) {
+                Ok(Some(fd)) => holds(fd, ring),
+                Ok(None) => 4,
+                Err(()) => 3,
+            });
+        }
+    }
+    if child < 0 {
+        return 2;
+    }
+    // SAFETY: closing our copy of the child's end.
+    unsafe { libc::close(theirs) };
+    // Made after the fork: the child holds only what it is passed.
+    let ring_kept = match ring.then(|| Ring::new(true)).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pass-fd: io_uring_setup: {e}");
+            return 2;
+        }
+    };
+    let passed = match &ring_kept {
+        Some(r) => r.fd,
+        None => {
+            let mut p = [0i32; 2];
+            // SAFETY: pipe(2) into a local array.
+            if unsafe { libc::pipe(p.as_mut_ptr()) } != 0 {
+                return 2;
+            }
+            p[0]
+        }
+    };
+    let mut sent = 0;
+    if addfd {
+        let Ok(Some(listener)) = recv_fd(ours) else {
+            return 2;
+        };
+        let mut notif = [0u64; 10];
+        // SAFETY: ioctls on the listener with buffers of the sizes their numbers encode.
+        unsafe {
+            if libc::ioctl(listener, NOTIF_RECV, notif.as_mut_ptr()) != 0 {
+                eprintln!("pass-fd: NOTIF_RECV: {}", std::io::Error::last_os_error());
+                return 2;
+            }
+            // { id, flags, srcfd, newfd, newfd_flags }
+            let mut add = [0u32; 6];
+            add[0] = notif[0] as u32;
+            add[1] = (notif[0] >> 32) as u32;
+            add[2] = ADDFD_FLAG_SEND;
+            add[3] = passed as u32;
+            if libc::ioctl(listener, NOTIF_ADDFD, add.as_mut_ptr()) < 0 {
+                let errno = *libc::__errno_location();
+                println!("pass-fd: ADDFD: errno {errno}");
+                // { id, val, error, flags }: the child's call fails with the ioctl's errno.
+                let mut resp = [0u64; 3];
+                resp[0] = notif[0];
+                resp[2] = u64::from((-errno) as u32);
+                if libc::ioctl(listener, NOTIF_SEND, resp.as_mut_ptr()) != 0 {
+                    eprintln!("pass-fd: NOTIF_SEND: {}", std::io::Error::last_os_error());
+                }
+            }
+        }
+    } else if let Err(e) = send_fd(ours, passed) {
+        println!("pass-fd: sendmsg: {e}");
+        sent = 100 + e.raw_os_error().unwrap_or(0);
+        // The child waits for a message: one without a descriptor.
+        let _ = send_fd(ours, -1);
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    if unsafe { libc::waitpid(child, &mut status, 0) } != child || !libc::WIFEXITED(status) {
+        return 2;
+    }
+    drop(ring_kept);
+    match (sent, libc::WEXITSTATUS(status)) {
+        // Sent nothing: the child's 4 (no descriptor) is the sender's refusal.
+        (refused @ 100.., 4) => refused,
+        (_, code) => code,
     }
 }
 
