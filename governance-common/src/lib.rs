@@ -716,6 +716,13 @@ pub mod guard {
     /// process outside every agent to every hook (red team round 36: connects to blocked
     /// servers, no event). Every ring is refused, polled or not.
     pub const URING_RING: u8 = 22;
+    /// A cgroup made with the name of an interface file (`memory.max`, `pids.x`, `cgroup.y`: a
+    /// controller's name or `cgroup`, then a dot; red team round 36): when the operator later
+    /// enables that controller for the cgroup's parent's children, the kernel cannot add the
+    /// file to the cgroup holding the name, the write to `cgroup.subtree_control` fails, and no
+    /// sibling (another agent under the same parent) gets the controller's limits.
+    /// [`crate::Event::object`]: the parent cgroup's id.
+    pub const CGROUP_NAME: u8 = 23;
 
     /// The name of a guard, for events.
     pub const fn name(detail: u8) -> &'static str {
@@ -743,6 +750,9 @@ pub mod guard {
             REUSEPORT_STEER => "a reuseport group's steering program (every peer's traffic)",
             URING_RING => {
                 "an io_uring ring from another process (its polling thread acts as its maker)"
+            }
+            CGROUP_NAME => {
+                "a cgroup named like a controller's interface file (enabling that controller fails)"
             }
             _ => "?",
         }

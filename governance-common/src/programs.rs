@@ -199,7 +199,10 @@ pub const INODE_FREE: Program = lsm(
 pub const LINK: Program = lsm("inode_link", "hard links of protected files");
 pub const RENAME: Program = lsm("inode_rename", "moving protected files out");
 pub const SYMLINK: Program = lsm("inode_symlink", "symlinks where creating is refused");
-pub const MKDIR: Program = lsm("inode_mkdir", "directories where creating is refused");
+pub const MKDIR: Program = lsm(
+    "inode_mkdir",
+    "directories where creating is refused, cgroups named like interface files",
+);
 pub const MKNOD: Program = lsm(
     "path_mknod",
     "files, device nodes, FIFOs made by mknod where creating is refused",

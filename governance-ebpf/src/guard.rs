@@ -2,8 +2,9 @@
 //! it an agent: the kernel loading a module on the agent's behalf (modprobe runs outside, as
 //! root), input pushed into a terminal another process reads, signal ownership of a file handed
 //! to a process outside the agent, the agent label on cgroups, and a process moved into the
-//! agent from outside. Refused to agents whatever the policy says. (Renaming a cgroup, which
-//! would make a path selector miss it, the kernel refuses on cgroup2 itself.)
+//! agent from outside, a cgroup named like an interface file. Refused to agents whatever the
+//! policy says. (Renaming a cgroup, which would make a path selector miss it or give a cgroup
+//! such a name, the kernel refuses on cgroup2 itself.)
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel_str_bytes},
     macros::lsm,
@@ -637,6 +638,113 @@ fn cgroup_border(inode: Btf) -> i32 {
         return 0;
     }
     refuse_for(&agent, guard::CGROUP_BORDER, id)
+}
+
+/// A name's beginning, as the two little-endian words of its first 16 bytes hold it, and the
+/// bits of each word it covers.
+#[derive(Clone, Copy)]
+struct Prefix {
+    lo: u64,
+    lo_mask: u64,
+    hi: u64,
+    hi_mask: u64,
+}
+
+impl Prefix {
+    /// `p` (at most 16 bytes), at compile time.
+    const fn of(p: &[u8]) -> Self {
+        let mut words = [0u64; 2];
+        let mut masks = [0u64; 2];
+        let mut i = 0;
+        while i < p.len() {
+            words[i / 8] |= (p[i] as u64) << (8 * (i % 8));
+            masks[i / 8] |= 0xff << (8 * (i % 8));
+            i += 1;
+        }
+        Self {
+            lo: words[0],
+            lo_mask: masks[0],
+            hi: words[1],
+            hi_mask: masks[1],
+        }
+    }
+
+    #[inline(always)]
+    fn starts(self, lo: u64, hi: u64) -> bool {
+        lo & self.lo_mask == self.lo && hi & self.hi_mask == self.hi
+    }
+}
+
+/// Does the name whose first 16 bytes are `lo`, `hi` (zeros past its end) begin like one of
+/// cgroup2's interface files: `<subsystem>.` (the names of include/linux/cgroup_subsys.h,
+/// v1-only ones included) or a core file's, `cgroup.` and the pressure files' (`cpu.`, `io.`,
+/// `memory.`, `irq.`)? With `cgroup_debug`, a subsystem's debug files begin `.__DEBUG__.`.
+/// One masked comparison each, written out: a table of the names (slices) made a loop whose
+/// pointers into .rodata the verifier could not follow.
+#[inline(always)]
+fn interface_file_name(lo: u64, hi: u64) -> bool {
+    macro_rules! any {
+        ($($p:literal),*) => { false $(|| const { Prefix::of($p) }.starts(lo, hi))* };
+    }
+    any!(
+        b"cgroup.",
+        b"cpu.",
+        b"cpuset.",
+        b"cpuacct.",
+        b"io.",
+        b"irq.",
+        b"memory.",
+        b"devices.",
+        b"freezer.",
+        b"net_cls.",
+        b"net_prio.",
+        b"perf_event.",
+        b"hugetlb.",
+        b"pids.",
+        b"rdma.",
+        b"misc.",
+        b"dmem.",
+        b"debug.",
+        b".__DEBUG__."
+    )
+}
+
+/// Built-in: no cgroup of an agent's named like an interface file (`memory.max`, `pids.x`,
+/// `cgroup.y`; red team round 36), from `inode_mkdir` with the directory it is made in. The
+/// kernel adds a controller's files to every child when the operator enables it in the
+/// parent's `cgroup.subtree_control`; a child cgroup already holding one of their names makes
+/// that write fail (EEXIST), for every child of the parent: sibling agents go without the
+/// limits. Only a name's beginning up to its first dot is asked: systemd's `foo.service`,
+/// `user.slice`, `docker-ID.scope` pass, as do `memory` and `memoryx.y`. Asked of cgroup2 only
+/// (its superblock first, before the agent lookup); a name that cannot be read is refused
+/// (fail closed). In a frame of its own: inlined, it took inode_mkdir's frame (with its agent
+/// and the name) past the 512 bytes of BPF's stack.
+#[inline(never)]
+pub(crate) fn cgroup_name(dir: Btf, dentry: Btf) -> i32 {
+    match dir.ptr(off(&OFF_INODE_SB)) {
+        Ok(sb) if sb.get::<u64>(off(&OFF_SB_MAGIC)) == CGROUP2_SUPER_MAGIC => {}
+        _ => return 0,
+    }
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    // Zeroed: past a shorter name's end, zeros, which no prefix's dot matches. A longer name
+    // is cut, which is all the prefixes need.
+    let mut name = [0u8; 16];
+    let at: u64 = dentry.get(off(&OFF_DENTRY_NAME) + off(&OFF_QSTR_NAME));
+    // SAFETY: the copy is bounded by the buffer; the helper validates the source address.
+    let read = unsafe { bpf_probe_read_kernel_str_bytes(at as *const u8, &mut name) }.is_ok();
+    let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = name;
+    let lo = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
+    let hi = u64::from_le_bytes([i, j, k, l, m, n, o, p]);
+    if read && !interface_file_name(lo, hi) {
+        return 0;
+    }
+    // The parent cgroup's id: its directory's kernfs node (`i_private`, a `void *`).
+    let kn: u64 = dir.get(off(&OFF_INODE_PRIVATE));
+    // SAFETY: see read_at.
+    let id = unsafe { read_at::<u64>(kn, off(&OFF_KERNFS_NODE_ID)) }.unwrap_or(0);
+    refuse_for(&agent, guard::CGROUP_NAME, id)
 }
 
 /// No write for agents to a `/proc/PID/` file of a process outside their subtree (or, for a

@@ -1330,6 +1330,10 @@ pub fn inode_mkdir(ctx: LsmContext) -> i32 {
     if previous != 0 {
         return previous;
     }
+    let named = crate::guard::cgroup_name(Btf::arg(&ctx, 0), Btf::arg(&ctx, 1));
+    if named != 0 {
+        return named;
+    }
     new_entry(Btf::arg(&ctx, 1), LINK_OP_MKDIR, false)
 }
 

@@ -2001,6 +2001,107 @@ fn processes_pulled_in_and_source_routes_are_refused() {
     drop(victim);
 }
 
+/// Red team round 36, F2: an agent made cgroups in its own subtree named like interface files
+/// (`memory.max`); the operator's later `+memory` in the parent's `cgroup.subtree_control` then
+/// failed (the kernel could not add that file to the cgroup holding the name: EEXIST), and no
+/// sibling agent got memory limits. A new cgroup whose name begins with a controller's name or
+/// `cgroup`, then a dot, is refused to agents at `inode_mkdir`; other names (systemd's units,
+/// a controller's name without its dot, or as part of a longer word) are made as before, and
+/// outside the agent every name is. Renaming a cgroup to such a name is refused by cgroup2
+/// itself, in and out of the agent.
+#[test]
+fn cgroups_named_like_interface_files_are_refused() {
+    use std::os::unix::fs::MetadataExt as _;
+    require_root();
+    let fx = Fixture::new("cgname");
+    let mut k = fx.load("");
+    k.require("inode_mkdir");
+    // A child cgroup of the agent's, for which no controller is enabled: none of these names is
+    // one of its files yet.
+    let squat = fx.agent.child("squat");
+    let squat_id = std::fs::metadata(&squat).unwrap().ino();
+    for name in [
+        "memory.max",
+        "memory.high",
+        "cgroup.foo",
+        "pids.x",
+        "cpu.max",
+        "io.max",
+    ] {
+        let path = squat.join(name);
+        let case = format!("R36 make a cgroup named {name} in the agent's subtree");
+        let ev = deny(
+            &mut k,
+            &fx,
+            &case,
+            &Attempt::Mkdir { path: cstr(&path) },
+            Kind::Guard,
+            Control::Succeeds,
+        );
+        assert_eq!(ev.detail, governance_common::guard::CGROUP_NAME, "{case}");
+        assert_eq!(
+            ev.object, squat_id,
+            "{case}: the parent cgroup in the event"
+        );
+        assert_eq!(Cause::from_u8(ev.cause), Some(Cause::Builtin), "{case}");
+        // The control made it from outside: removed for the next case.
+        std::fs::remove_dir(&path).unwrap();
+    }
+    // In its own root cgroup too.
+    let path = fx.agent.path.join("pids.max.squat");
+    let ev = deny(
+        &mut k,
+        &fx,
+        "R36 make a cgroup named pids.max.squat in the agent's root cgroup",
+        &Attempt::Mkdir { path: cstr(&path) },
+        Kind::Guard,
+        Control::Succeeds,
+    );
+    assert_eq!(ev.detail, governance_common::guard::CGROUP_NAME);
+    assert_eq!(ev.object, fx.agent.id());
+    std::fs::remove_dir(&path).unwrap();
+    // Names no interface file has: made in the agent as before.
+    for name in [
+        "sub",
+        "foo.service",
+        "user.slice",
+        "docker-0123.scope",
+        "memoryx.y",
+        "memory",
+        "xcgroup.y",
+    ] {
+        let (_, outcome) = run_in(
+            Some(&fx.agent.path),
+            "agent",
+            &Attempt::Mkdir {
+                path: cstr(&squat.join(name)),
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Exited(0),
+            "mkdir {name}: inside the agent"
+        );
+    }
+    // cgroup2 has no rename (kernfs without the operation: EPERM), in the agent and outside.
+    for (who, cgroup) in [("agent", &fx.agent.path), ("outsider", &fx.outsider.path)] {
+        let (_, outcome) = run_in(
+            Some(cgroup),
+            who,
+            &Attempt::Rename {
+                from: cstr(&squat.join("sub")),
+                to: cstr(&squat.join("cpu.max")),
+            },
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Errno(libc::EPERM),
+            "rename to cpu.max: {who}"
+        );
+    }
+    assert!(squat.join("sub").is_dir() && !squat.join("cpu.max").exists());
+}
+
 /// Built-ins against others acting for an agent, and against changing what makes it one; and
 /// the sockets an agent gets are only those the network hooks decide on. Each refusal has its
 /// control outside the agent; what an agent ordinarily does still works.
