@@ -817,6 +817,12 @@ pub const FILE_DETAIL_HELD: u8 = 0x40;
 /// `file_send_sigiotask`. The event names the agent's process that armed the file (its pid,
 /// comm and uid then), not the task whose I/O raised the signal.
 pub const SIGNAL_DETAIL_SIGIO: u8 = 1;
+/// [`Event::detail`] of a [`Kind::Signal`] refusal: a terminal access (a read of the
+/// controlling terminal, a write with `TOSTOP`, an ioctl that changes it) from a background
+/// process group, for which the kernel would stop the caller's whole process group (SIGTTIN,
+/// SIGTTOU: `kill_pgrp`, no `task_kill`), processes outside the agent that share it included.
+/// [`Event::port`]: the signal; [`Event::object`]: the process group.
+pub const SIGNAL_DETAIL_JOB_CONTROL: u8 = 2;
 
 /// Value of [`maps::SIGIO_OWNERS`]: the agent whose process turned on asynchronous
 /// notification on a file, or chose its signal, as it was then: where its subtree is (the

@@ -120,7 +120,9 @@ const FIOASYNC: u32 = 0x5452;
 /// file's signal ownership to another process by ioctl (FIOSETOWN, SIOCSPGRP: the argument is
 /// in user memory, so it is refused outright rather than read), nor use a filesystem's ioctls
 /// that change files past the file hooks ([`past_file_hooks`]). `FIOASYNC` (asynchronous
-/// notification on or off) records the file as the agent's (sigio.rs). Other ioctls pass at once,
+/// notification on or off) records the file as the agent's (sigio.rs). The ioctls that change
+/// a terminal are refused from a background process group of its session (jobctl.rs: the
+/// kernel would stop the caller's group). Other ioctls pass at once,
 /// before the agent lookup: this hook runs for every ioctl on the node.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
@@ -209,6 +211,10 @@ fn ioctl(ctx: &LsmContext) -> i32 {
     let what = match cmd {
         TIOCSTI | TIOCLINUX => guard::TERMINAL_INPUT,
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
+        // A change of the controlling terminal from a background group (jobctl.rs).
+        _ if crate::jobctl::changes_terminal(cmd) => {
+            return crate::jobctl::terminal_ioctl(Btf::arg(ctx, 0));
+        }
         _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,
         _ if (cmd >> 8) & 0xff == EXT4_IOCTL && cmd & 0xff == FS_SETFLAGS => {
             // A mode that cannot be read counts as a directory's.

@@ -39,7 +39,8 @@
 //! Only refusals (and shadow "would refuse") are events: an allowed send is a packet of a
 //! connection, not a decision. Processes that are not sandboxed pass after one array read
 //! (`SANDBOX_ANY`, until the first sandbox verdict) or one hash lookup of their tgid; a
-//! `file_permission` call that is not a write passes before either.
+//! `file_permission` call that is not a write passes before either. (`file_permission` also
+//! decides reads and writes of the caller's controlling terminal: jobctl.rs.)
 use aya_ebpf::{helpers::generated::bpf_sock_from_file, macros::lsm, programs::LsmContext};
 use governance_common::{Cause, FILE_DETAIL_HELD, Kind, allow, proto, unix_hook};
 
@@ -82,6 +83,12 @@ pub fn file_permission(ctx: LsmContext) -> i32 {
         return previous;
     }
     let mask: i32 = ctx.arg(1);
+    // A read or write of the controlling terminal that would stop the caller's process group
+    // (jobctl.rs).
+    let ret = crate::jobctl::terminal_access(Btf::arg(&ctx, 0), mask);
+    if ret != 0 {
+        return ret;
+    }
     if mask & MAY_WRITE == 0 {
         return 0;
     }

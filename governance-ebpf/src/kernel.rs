@@ -117,7 +117,18 @@ offsets!(
     OFF_VFSMOUNT_MNT_ROOT,
     OFF_FS_STRUCT_SEQ,
     OFF_MOUNT_MNT_MOUNTPOINT,
-    SIZE_UPID
+    OFF_FILE_PRIVATE_DATA,
+    OFF_TTY_FILE_PRIVATE_TTY,
+    OFF_TTY_PGRP,
+    OFF_TTY_LINK,
+    OFF_TTY_LFLAG,
+    OFF_SIGNAL_PIDS,
+    OFF_TASK_BLOCKED,
+    OFF_TASK_SIGHAND,
+    OFF_SIGHAND_ACTION,
+    OFF_SIGACTION_HANDLER,
+    SIZE_UPID,
+    SIZE_K_SIGACTION
 );
 
 #[inline(always)]
@@ -209,6 +220,8 @@ pub(crate) const IPPROTO_TCP: i32 = 6;
 pub(crate) const IPPROTO_UDP: i32 = 17;
 /// `file_permission`'s mask bit of a write (`MAY_WRITE`).
 pub(crate) const MAY_WRITE: i32 = 0x2;
+/// `file_permission`'s mask bit of a read (`MAY_READ`).
+pub(crate) const MAY_READ: i32 = 0x4;
 pub(crate) const SOCK_TYPE_MASK: i32 = 0xf;
 pub(crate) const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 pub(crate) const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;

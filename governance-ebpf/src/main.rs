@@ -53,6 +53,7 @@ mod guard;
 mod held;
 mod identity;
 mod ipc;
+mod jobctl;
 mod kernel;
 mod keys;
 mod lifecycle;

@@ -2715,6 +2715,196 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
     assert_eq!(outcome, Outcome::Exited(0), "SIGIO of its own terminal");
 }
 
+/// One terminal access from a process group that holds a process outside the agent, in a
+/// session of its own: `argv[1]` is the `cgroup.procs` the accessing process A joins (`-`:
+/// none), `argv[2]` the case, `argv[3]` and `argv[4]` a new pty's master (a descriptor) and
+/// slave (a path). A session leader takes the pty as its controlling terminal
+/// (its group is the foreground one); B, a background job of that session, writes a beat to a
+/// pipe every 20 ms; A joins B's group (`setpgid`, but for `foreground-read`) and reads, writes
+/// or sets the terminal. Prints `a PID`, `b PID`, then `a: ok`, `a: ERRNO` or `a: stopped SIG`
+/// (waited for), then `b: running` (three beats after A's answer, within 10 s) or
+/// `b: stopped SIG` (B's stop waited for, then B continued with SIGCONT).
+const JOB_CONTROL: &str = r#"import errno, fcntl, os, select, signal, sys, termios, time
+procs, case, m = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = os.open(sys.argv[4], os.O_RDWR | os.O_NOCTTY)
+beat_r, beat_w = os.pipe()
+res_r, res_w = os.pipe()
+os.write(m, b'x\n')
+leader = os.fork()
+if leader == 0:
+    os.setsid()
+    fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+    if case == 'write-tostop':
+        t = termios.tcgetattr(s)
+        t[3] |= termios.TOSTOP
+        termios.tcsetattr(s, termios.TCSANOW, t)
+    b = os.fork()
+    if b == 0:
+        os.setpgid(0, 0)
+        parent = os.getppid()
+        while os.getppid() == parent:
+            os.write(beat_w, b'.')
+            time.sleep(0.02)
+        os._exit(0)
+    os.setpgid(b, b)
+    a = os.fork()
+    if a == 0:
+        if procs != '-':
+            with open(procs, 'w') as f:
+                f.write('0')
+        if case == 'ignored':
+            signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        if case != 'foreground-read':
+            os.setpgid(0, b)
+        try:
+            if case in ('read', 'foreground-read'):
+                os.read(s, 2)
+            elif case in ('write', 'write-tostop'):
+                os.write(s, b'.')
+            elif case in ('tcsetattr', 'ignored'):
+                termios.tcsetattr(s, termios.TCSANOW, termios.tcgetattr(s))
+            elif case == 'tcgets':
+                termios.tcgetattr(s)
+            os.write(res_w, b'ok')
+        except (OSError, termios.error) as e:
+            os.write(res_w, errno.errorcode[e.args[0]].encode())
+        except BaseException as e:
+            os.write(res_w, repr(e).encode())
+        os._exit(0)
+    print(f'a {a}\nb {b}', flush=True)
+    _, st = os.waitpid(a, os.WUNTRACED)
+    a_stopped = os.WIFSTOPPED(st)
+    if a_stopped:
+        print(f'a: stopped {os.WSTOPSIG(st)}', flush=True)
+    else:
+        print('a: ' + os.read(res_r, 64).decode(), flush=True)
+    os.set_blocking(beat_r, False)
+    try:
+        while os.read(beat_r, 4096):
+            pass
+    except BlockingIOError:
+        pass
+    beats, stop, deadline = 0, None, time.monotonic() + 10
+    while beats < 3 and stop is None and time.monotonic() < deadline:
+        if select.select([beat_r], [], [], 0.05)[0]:
+            beats += len(os.read(beat_r, 1))
+        pid, st = os.waitpid(b, os.WUNTRACED | os.WNOHANG)
+        if pid and os.WIFSTOPPED(st):
+            stop = os.WSTOPSIG(st)
+    if stop is not None:
+        os.killpg(b, signal.SIGCONT)
+        print(f'b: stopped {stop}', flush=True)
+    else:
+        print('b: running' if beats >= 3 else 'b: no beats', flush=True)
+    os.kill(b, signal.SIGKILL)
+    if a_stopped:
+        os.kill(a, signal.SIGKILL)
+    os._exit(0)
+os.waitpid(leader, 0)
+"#;
+
+/// Red team round 36: an agent stops processes outside it through terminal job control. It
+/// may not signal them (`task_kill`), but it joins the process group of a background job of
+/// its session (`setpgid`: the daemon started with `&` from the same shell) and reads its
+/// controlling terminal: the kernel sends SIGTTIN to the caller's whole group
+/// (`__tty_check_change`, `kill_pgrp`: no `task_kill`), and the job stops; a write with
+/// `TOSTOP`, or `tcsetattr`, sends SIGTTOU. Refused to the agent (`file_permission`,
+/// `file_ioctl`) with a refused signal's event naming the group; B runs on. The controls: the
+/// same from outside the agent stops B. Inside, what signals nothing still works: a read from
+/// the foreground group, a background write without `TOSTOP`, `tcgetattr` (`TCGETS`, what
+/// `isatty` asks) and `tcsetattr` with SIGTTOU ignored (a shell's `tcsetpgrp`).
+#[test]
+fn job_control_signals_reach_no_process_outside() {
+    require_root();
+    let fx = Fixture::new("jobctl");
+    let mut k = fx.load("");
+    for hook in ["file_permission", "file_ioctl"] {
+        k.require(hook);
+    }
+    let run = |cgroup: Option<&Path>, case: &str| {
+        let procs = cgroup.map_or("-".to_owned(), |c| {
+            c.join("cgroup.procs").to_string_lossy().into_owned()
+        });
+        let (master, slave) = pty();
+        let out = governance_tests::command_in(
+            None,
+            "/usr/bin/python3",
+            &[
+                "-c",
+                JOB_CONTROL,
+                &procs,
+                case,
+                &master.to_string(),
+                &slave.to_string_lossy(),
+            ],
+        )
+        .output()
+        .unwrap();
+        unsafe { libc::close(master) };
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{case}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |key: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("{case}: no `{key}` in {stdout}"))
+                .to_owned()
+        };
+        let pid = |key: &str| field(key).parse::<u32>().unwrap();
+        (pid("a "), pid("b "), field("a: "), field("b: "))
+    };
+    for (case, sig) in [
+        ("read", libc::SIGTTIN),
+        ("write-tostop", libc::SIGTTOU),
+        ("tcsetattr", libc::SIGTTOU),
+    ] {
+        let what = format!("36 stop a job outside through the terminal ({case})");
+        println!("redteam: tried {what}");
+        let (a, b, answer, job) = run(Some(&fx.agent.path), case);
+        assert_eq!(answer, "EPERM", "{what}: the agent's access");
+        assert_eq!(job, "running", "{what}: the job outside");
+        let ev = k.event_where(|e| e.tgid == a && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Signal), "{what}: kind");
+        assert_eq!(
+            Cause::from_u8(ev.cause),
+            Some(Cause::Builtin),
+            "{what}: cause"
+        );
+        assert_eq!(
+            ev.detail,
+            governance_common::SIGNAL_DETAIL_JOB_CONTROL,
+            "{what}"
+        );
+        assert_eq!(i32::from(ev.port), sig, "{what}: event signal");
+        assert_eq!(ev.object, u64::from(b), "{what}: event group");
+        assert_eq!(ev.agent_cgroup, fx.agent.id(), "{what}: event agent");
+        println!("redteam: denied {what}");
+        // The control: the same from outside the agent stops the job (and the process).
+        let (a, _, answer, job) = run(Some(&fx.outsider.path), case);
+        assert_eq!(answer, format!("stopped {sig}"), "{what}: control's access");
+        assert_eq!(job, format!("stopped {sig}"), "{what}: control's job");
+        assert!(
+            k.try_event_for(a, Duration::from_millis(100)).is_none(),
+            "{what}: no event outside the agent"
+        );
+        println!("redteam: control {what}");
+    }
+    // Inside the agent, what makes the kernel signal nothing.
+    for case in ["foreground-read", "write", "tcgets", "ignored"] {
+        let (a, _, answer, job) = run(Some(&fx.agent.path), case);
+        assert_eq!(answer, "ok", "{case} in the agent");
+        assert_eq!(job, "running", "{case} in the agent: the job outside");
+        assert!(
+            k.try_event_for(a, Duration::from_millis(100)).is_none(),
+            "{case}: no event"
+        );
+    }
+}
+
 #[test]
 fn system_v_ipc_of_others_is_out_of_reach() {
     require_root();

@@ -5,8 +5,8 @@ use std::{net::Ipv6Addr, sync::Arc, time::Duration};
 
 use governance_common::{
     Cause, EXEC_DETAIL_LOADER, Event, FILE_DETAIL_HELD, FILE_DETAIL_RAW_DEVICE, GrantKey, Kind,
-    SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps, exec_map, flags, id_number,
-    ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
+    SIGNAL_DETAIL_JOB_CONTROL, SIGNAL_DETAIL_SIGIO, SUN_PATH_LEN, Verdict, c_str_len, caps,
+    exec_map, flags, id_number, ipc_object, mount_op, unix_detail, unix_hook, unix_protected,
 };
 
 use super::{
@@ -105,6 +105,11 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         ),
         Some(Kind::Userns) => ("userns", "no new user namespaces for agents"),
         Some(Kind::Bpf) => ("bpf", "no bpf() for agents"),
+        Some(Kind::Signal) if ev.detail == SIGNAL_DETAIL_JOB_CONTROL => (
+            "job-control",
+            "a terminal access from a background process group: the kernel would stop the whole \
+             group (SIGTTIN, SIGTTOU), processes outside the agent that share it included",
+        ),
         Some(k @ (Kind::Signal | Kind::Ptrace | Kind::Task)) => (
             k.as_str(),
             "processes outside the agent (the daemon and the proxy above all) are out of its reach",
@@ -398,6 +403,14 @@ impl Record {
                     object.detail.insert(
                         "via".into(),
                         "SIGIO/SIGURG of a file the agent armed (O_ASYNC, F_SETSIG)".into(),
+                    );
+                }
+                if ev.detail == SIGNAL_DETAIL_JOB_CONTROL {
+                    object.detail.insert(
+                        "via".into(),
+                        "job control: its controlling terminal used from a background process \
+                         group (target: the group)"
+                            .into(),
                     );
                 }
             }
