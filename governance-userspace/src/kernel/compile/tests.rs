@@ -2141,7 +2141,7 @@ fn built_ins_planned_once_resolve_as_each_class_resolved_them() {
     // The protected files apart from the agents' cgroups (every class's own nodes reach the
     // first directory of its cgroup), so that classes whose rules name nothing there resolve
     // them as planned.
-    let tmp = tempfile::tempdir_in("/dev/shm").unwrap();
+    let tmp = tempfile::tempdir_in("/var/tmp").unwrap();
     let d = tmp.path().canonicalize().unwrap();
     let cgroups = tempfile::tempdir().unwrap();
     let cg = cgroups.path().canonicalize().unwrap();
