@@ -2744,6 +2744,7 @@ if leader == 0:
         parent = os.getppid()
         while os.getppid() == parent:
             os.write(beat_w, b'.')
+            # The beat's pace, not a wait: the test counts beats against a deadline.
             time.sleep(0.02)
         os._exit(0)
     os.setpgid(b, b)

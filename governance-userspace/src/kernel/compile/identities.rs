@@ -383,57 +383,66 @@ impl Identities {
         if let Some(plan) = builtin.plan.get() {
             return Rc::clone(plan);
         }
-        let letters = IDENT_LETTERS;
-        let mut plan = Vec::with_capacity(builtin.named.len());
-        for path in &builtin.named {
-            let Some((real, found)) = self.find(path) else {
-                let own = Node::bytes_of(path, true);
-                let mut planned = Planned::default();
-                if let Some(rule) = name_rule(|l| builtin.answer(l, &own))
-                    && let Some((dir, name)) = self.missing_name(path)
-                {
-                    planned.name = Some(((dir.1.0, dir.1.1), name_hash(&name), rule));
-                    planned.above = self.above(&name_in(dir.0, &name));
-                    planned.links = self.links_on(path);
-                }
-                planned.own = own;
-                plan.push(planned);
-                continue;
-            };
-            let own = Node::bytes_of(&real, true);
-            let below = found.2.then(|| Node::bytes_of(&real, false));
-            let answers =
-                |query: &[u8]| letters.map(|l| builtin.answer(l, query).unwrap_or_default());
-            let rules = answers(&own);
-            let rules_below = below.as_deref().map(answers).unwrap_or_default();
-            let mut held = rules.map(held_by);
-            let below_held = rules_below.map(held_by);
-            let protects_below = below.is_some() && below_held.iter().any(has);
-            for (h, b) in held.iter_mut().zip(below_held) {
-                *h = severer(*h, b);
-            }
-            let (links, above) = if held.iter().any(has) {
-                (self.links_on(path), self.above(&real))
-            } else {
-                (Vec::new(), Vec::new())
-            };
-            plan.push(Planned {
-                found: Some((real, found)),
-                own,
-                below,
-                rules,
-                rules_below,
-                held,
-                protects_below,
-                links,
-                above,
-                name: None,
-            });
-        }
+        let plan: Vec<Planned> = builtin
+            .named
+            .iter()
+            .map(|path| self.plan_path(path, |l, query| builtin.answer(l, query)))
+            .collect();
         let plan = Rc::new(plan);
         // A second resolve in the same generation finds it set; none sets it between.
         let _ = builtin.plan.set(Rc::clone(&plan));
         plan
+    }
+
+    /// What `path` gives a class whose path tables answer `answer` (a letter, a query): the
+    /// object it names now, its answers and what it holds, or, missing, the name it would have.
+    fn plan_path(
+        &mut self,
+        path: &[u8],
+        answer: impl Fn(u8, &[u8]) -> Option<RulePair>,
+    ) -> Planned {
+        let Some((real, found)) = self.find(path) else {
+            let own = Node::bytes_of(path, true);
+            let mut planned = Planned::default();
+            if let Some(rule) = name_rule(|l| answer(l, &own))
+                && let Some((dir, name)) = self.missing_name(path)
+            {
+                planned.name = Some(((dir.1.0, dir.1.1), name_hash(&name), rule));
+                planned.above = self.above(&name_in(dir.0, &name));
+                planned.links = self.links_on(path);
+            }
+            planned.own = own;
+            return planned;
+        };
+        let own = Node::bytes_of(&real, true);
+        let below = found.2.then(|| Node::bytes_of(&real, false));
+        let answers = |query: &[u8]| IDENT_LETTERS.map(|l| answer(l, query).unwrap_or_default());
+        let rules = answers(&own);
+        let rules_below = below.as_deref().map(answers).unwrap_or_default();
+        // What restricts access to the object itself, or below it.
+        let mut held = rules.map(held_by);
+        let below_held = rules_below.map(held_by);
+        let protects_below = below.is_some() && below_held.iter().any(has);
+        for (h, b) in held.iter_mut().zip(below_held) {
+            *h = severer(*h, b);
+        }
+        let (links, above) = if held.iter().any(has) {
+            (self.links_on(path), self.above(&real))
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Planned {
+            found: Some((real, found)),
+            own,
+            below,
+            rules,
+            rules_below,
+            held,
+            protects_below,
+            links,
+            above,
+            name: None,
+        }
     }
 
     /// The identities of the directories above `real` (canonical), nearest first, up to the
@@ -497,62 +506,48 @@ impl Identities {
                 named.extend(next);
             }
         }
+        // Each path as planned where the class does not reach it, else as the class decides it
+        // (in `own_plans`, by index: the references are taken once all are made).
+        let mut own_plans: Vec<Planned> = Vec::new();
+        let chosen: Vec<Result<&Planned, usize>> = named
+            .into_iter()
+            .map(|(path, planned)| match planned {
+                Some(p)
+                    if !tops.reaches(&p.own)
+                        && p.below.as_deref().is_none_or(|b| !tops.reaches(b)) =>
+                {
+                    Ok(p)
+                }
+                _ => {
+                    let p = self.plan_path(path, |l, query| tops.answer_with(c, builtin, l, query));
+                    own_plans.push(p);
+                    Err(own_plans.len() - 1)
+                }
+            })
+            .collect();
         let mut objects: Vec<Object<'_>> = Vec::new();
         let mut protected_dirs: Vec<Vec<u8>> = Vec::new();
         let mut holders: Vec<Holder<'_>> = Vec::new();
-        // (planned where the class does not reach it, else the path)
-        let mut missing: Vec<Result<&Planned, Vec<u8>>> = Vec::new();
+        let mut missing: Vec<&Planned> = Vec::new();
         // (a symlink's own name and identity, the answers it holds)
         let mut links: Vec<(Link, [RulePair; 4])> = Vec::new();
-        for (path, planned) in named {
-            if let Some(p) = planned
-                && !tops.reaches(&p.own)
-                && p.below.as_deref().is_none_or(|b| !tops.reaches(b))
-            {
-                let Some((real, found)) = &p.found else {
-                    missing.push(Ok(p));
-                    continue;
-                };
-                if p.protects_below {
-                    protected_dirs.push(real.clone());
-                }
-                if p.held.iter().any(has) {
-                    holders.push((Cow::Borrowed(&p.above), p.held));
-                    links.extend(p.links.iter().map(|l| (l.clone(), p.held)));
-                }
-                // An object none of whose answers has a rule makes no entry.
-                if p.rules.iter().chain(&p.rules_below).any(has) {
-                    objects.push((Cow::Borrowed(real), *found, Some(p)));
-                }
-                continue;
-            }
-            let found = match planned {
-                Some(p) => p.found.clone(),
-                None => self.find(path),
-            };
-            let Some((real, found)) = found else {
-                missing.push(Err(path.to_vec()));
+        for p in chosen {
+            let p = p.unwrap_or_else(|i| &own_plans[i]);
+            let Some((real, found)) = &p.found else {
+                missing.push(p);
                 continue;
             };
-            // The rules that restrict access to the object itself, or below it.
-            let restricting = |query: &[u8]| {
-                letters.map(|l| held_by(tops.answer_with(c, builtin, l, query).unwrap_or_default()))
-            };
-            let mut held = restricting(&Node::bytes_of(&real, true));
-            if found.2 {
-                let below = restricting(&Node::bytes_of(&real, false));
-                if below.iter().any(has) {
-                    protected_dirs.push(real.clone());
-                }
-                for (h, b) in held.iter_mut().zip(below) {
-                    *h = severer(*h, b);
-                }
+            if p.protects_below {
+                protected_dirs.push(real.clone());
             }
-            if held.iter().any(has) {
-                holders.push((Cow::Owned(self.above(&real)), held));
-                links.extend(self.links_on(path).into_iter().map(|l| (l, held)));
+            if p.held.iter().any(has) {
+                holders.push((Cow::Borrowed(&p.above), p.held));
+                links.extend(p.links.iter().map(|l| (l.clone(), p.held)));
             }
-            objects.push((Cow::Owned(real), found, None));
+            // An object none of whose answers has a rule makes no entry.
+            if p.rules.iter().chain(&p.rules_below).any(has) {
+                objects.push((Cow::Borrowed(real), *found, Some(p)));
+            }
         }
         protected_dirs.sort();
         protected_dirs.dedup();
@@ -591,45 +586,18 @@ impl Identities {
             }
         }
         // The protected paths missing now: the names they would have (see above).
-        for planned in missing {
-            let ((dev, ino), hash, rule, above, on_path) = match planned {
-                Ok(p) => match &p.name {
-                    Some((id, hash, rule)) => (
-                        *id,
-                        *hash,
-                        *rule,
-                        Cow::Borrowed(p.above.as_slice()),
-                        Cow::Borrowed(p.links.as_slice()),
-                    ),
-                    None => continue,
-                },
-                Err(path) => {
-                    let query = Node::bytes_of(&path, true);
-                    let Some(rule) = name_rule(|l| answer_with(c, builtin, l, &query)) else {
-                        continue;
-                    };
-                    let Some((dir, name)) = self.missing_name(&path) else {
-                        continue;
-                    };
-                    let above = self.above(&name_in(dir.0, &name));
-                    let id = (dir.1.0, dir.1.1);
-                    (
-                        id,
-                        name_hash(&name),
-                        rule,
-                        Cow::Owned(above),
-                        Cow::Owned(self.links_on(&path)),
-                    )
-                }
+        for p in missing {
+            let Some(((dev, ino), hash, rule)) = p.name else {
+                continue;
             };
             let entry = c.idents.entry((dev, ino, SCOPE_NAME, hash)).or_default();
             entry.rules[2] = severer(entry.rules[2], rule);
             let mut held = [RulePair::default(); 4];
             held[2] = rule;
-            holders.push((above, held));
+            holders.push((Cow::Borrowed(&p.above), held));
             // A symlink on the way (a dangling one at the path itself) is not replaced either.
             let linked = [RulePair::default(), rule, rule, rule];
-            links.extend(on_path.iter().map(|l| (l.clone(), linked)));
+            links.extend(p.links.iter().map(|l| (l.clone(), linked)));
         }
         // The symlinks on the way to a restricting rule's object (merged /usr's `/bin`, a
         // dotfile manager's `~/.bashrc`): each is held as the object is, so that it is not
