@@ -2669,9 +2669,12 @@ pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
     files
         .iter()
         .flat_map(|f| {
+            // Only whole lines: the daemon may be writing the last one (a read mid-write saw
+            // half a record).
             std::fs::read_to_string(f)
                 .unwrap()
-                .lines()
+                .split_inclusive('\n')
+                .filter(|l| l.ends_with('\n'))
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
                 .collect::<Vec<_>>()
         })
