@@ -116,20 +116,13 @@ pub const TTY_SESSION: &str = "OFF_TTY_SESSION";
 /// (governance-ebpf jobctl.rs): a tty file's `private_data` (a `struct tty_file_private`, whose
 /// `tty` is the terminal), the terminal's foreground group (`ctrl.pgrp`, directly in the struct
 /// before Linux 5.13), its pty pair (`link`), its local modes (`termios.c_lflag`, `TOSTOP`);
-/// the caller's process group (`signal_struct.pids[PIDTYPE_PGID]`), blocked signals and signal
-/// handlers (`task_struct.blocked`, `sighand->action[]`, `k_sigaction`'s `sa.sa_handler`).
+/// the caller's process group and session (`signal_struct.pids[]`).
 pub const FILE_PRIVATE_DATA: &str = "OFF_FILE_PRIVATE_DATA";
 pub const TTY_FILE_PRIVATE_TTY: &str = "OFF_TTY_FILE_PRIVATE_TTY";
 pub const TTY_PGRP: &str = "OFF_TTY_PGRP";
 pub const TTY_LINK: &str = "OFF_TTY_LINK";
 pub const TTY_LFLAG: &str = "OFF_TTY_LFLAG";
 pub const SIGNAL_PIDS: &str = "OFF_SIGNAL_PIDS";
-pub const TASK_BLOCKED: &str = "OFF_TASK_BLOCKED";
-pub const TASK_SIGHAND: &str = "OFF_TASK_SIGHAND";
-pub const SIGHAND_ACTION: &str = "OFF_SIGHAND_ACTION";
-pub const SIGACTION_HANDLER: &str = "OFF_SIGACTION_HANDLER";
-/// `sizeof(struct k_sigaction)`: the stride of `sighand_struct.action[]`.
-pub const K_SIGACTION_SIZE: &str = "SIZE_K_SIGACTION";
 pub const SOCKET_TYPE: &str = "OFF_SOCKET_TYPE";
 pub const SOCK_FAMILY: &str = "OFF_SOCK_FAMILY";
 pub const SOCK_DADDR: &str = "OFF_SOCK_DADDR";
@@ -163,10 +156,10 @@ pub const MOUNT_MNT_MOUNTPOINT: &str = "OFF_MOUNT_MNT_MOUNTPOINT";
 pub const UPID_SIZE: &str = "SIZE_UPID";
 
 /// Every struct size: (global name, struct).
-pub const SIZES: [(&str, &str); 2] = [(UPID_SIZE, "upid"), (K_SIGACTION_SIZE, "k_sigaction")];
+pub const SIZES: [(&str, &str); 1] = [(UPID_SIZE, "upid")];
 
 /// Every offset: (global name, struct, field).
-pub const ALL: [(&str, &str, &str); 109] = [
+pub const ALL: [(&str, &str, &str); 105] = [
     (BPRM_FILE, "linux_binprm", "file"),
     (BPRM_FILENAME, "linux_binprm", "filename"),
     (FILE_INODE, "file", "f_inode"),
@@ -245,10 +238,6 @@ pub const ALL: [(&str, &str, &str); 109] = [
     (TTY_LINK, "tty_struct", "link"),
     (TTY_LFLAG, "tty_struct", "termios.c_lflag"),
     (SIGNAL_PIDS, "signal_struct", "pids"),
-    (TASK_BLOCKED, "task_struct", "blocked"),
-    (TASK_SIGHAND, "task_struct", "sighand"),
-    (SIGHAND_ACTION, "sighand_struct", "action"),
-    (SIGACTION_HANDLER, "k_sigaction", "sa.sa_handler"),
     (SOCKET_TYPE, "socket", "type"),
     // `struct sock` begins with its `sock_common` (`__sk_common`): these are offsets in both.
     (SOCK_FAMILY, "sock_common", "skc_family"),

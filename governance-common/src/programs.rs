@@ -78,6 +78,10 @@ pub const SETSCHEDULER: Program = lsm(
     "task_setscheduler",
     "scheduling of processes outside the agent",
 );
+pub const SETPGID: Program = lsm(
+    "task_setpgid",
+    "process groups joined in a terminal session led outside the agent",
+);
 pub const MOVEMEMORY: Program = lsm(
     "task_movememory",
     "memory placement of processes outside the agent",
@@ -300,7 +304,7 @@ pub const SOCKOPT: Program = Program {
     required: true,
 };
 
-pub const ALL: [Program; 80] = [
+pub const ALL: [Program; 81] = [
     FORK,
     EXIT,
     SOCK_OPS,
@@ -326,6 +330,7 @@ pub const ALL: [Program; 80] = [
     SETNICE,
     SETIOPRIO,
     SETSCHEDULER,
+    SETPGID,
     MOVEMEMORY,
     MODULE_REQUEST,
     IOCTL,

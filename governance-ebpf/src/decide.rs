@@ -20,9 +20,9 @@ use crate::{
     kernel::{
         BPF_EXIST, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, EPERM,
         MAX_PID_NS_LEVEL, OFF_CGROUP_ANCESTORS, OFF_CGROUP_KN, OFF_CGROUP_LEVEL,
-        OFF_CSS_SET_DFL_CGRP, OFF_KERNFS_NODE_ID, OFF_PID_LEVEL, OFF_PID_NUMBERS, OFF_TASK_CGROUPS,
-        OFF_TASK_GROUP_LEADER, OFF_TASK_REAL_PARENT, OFF_TASK_TGID, OFF_TASK_THREAD_PID,
-        OFF_UPID_NR, SIZE_UPID, off, read_at,
+        OFF_CSS_SET_DFL_CGRP, OFF_KERNFS_NODE_ID, OFF_PID_LEVEL, OFF_PID_NUMBERS, OFF_PID_TASKS,
+        OFF_TASK_CGROUPS, OFF_TASK_GROUP_LEADER, OFF_TASK_PID_LINKS, OFF_TASK_REAL_PARENT,
+        OFF_TASK_TGID, OFF_TASK_THREAD_PID, OFF_UPID_NR, SIZE_UPID, off, read_at,
     },
     maps::{
         AGENTS, BUCKETS, COUNTERS, EVENTS, EVENTS_DROPPED, GRANTS, SANDBOX_ANY, SANDBOXED, STATE,
@@ -229,6 +229,16 @@ pub(crate) fn in_subtree(agent: &Agent, task: u64) -> bool {
         };
         cgroup_in_subtree(agent, cgrp)
     }
+}
+
+/// Whether the process a `struct pid` names (`pid_task(pid, PIDTYPE_PID)`: the first of
+/// `pid->tasks[0]`, a task's `pid_links[0]`) is in `agent`'s subtree. None (a session or group
+/// whose leader has exited), or one that cannot be read, counts as outside.
+#[inline(always)]
+pub(crate) fn pid_in_subtree(agent: &Agent, pid: u64) -> bool {
+    // SAFETY: see read_at; every pointer comes from the kernel and is read, never written.
+    let first = unsafe { read_at::<u64>(pid, off(&OFF_PID_TASKS)) }.unwrap_or(0);
+    first != 0 && in_subtree(agent, first.wrapping_sub(off(&OFF_TASK_PID_LINKS)))
 }
 
 /// Whether the cgroup2 cgroup `cgrp` (a `struct cgroup *`) is `agent`'s root or one of its

@@ -19,10 +19,10 @@ use crate::{
         OFF_DENTRY_FSDATA, OFF_DENTRY_NAME, OFF_FILE_INODE, OFF_FILE_PATH, OFF_INODE_MAPPING,
         OFF_INODE_MODE, OFF_INODE_PRIVATE, OFF_INODE_SB, OFF_KERNFS_NODE_ID,
         OFF_KERNFS_NODE_PARENT, OFF_KERNFS_NODE_PRIV, OFF_KEY_TYPE, OFF_KEY_TYPE_NAME,
-        OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE, OFF_PATH_DENTRY, OFF_PID_TASKS,
-        OFF_PROC_INODE_PID, OFF_PROC_INODE_VFS_INODE, OFF_QSTR_NAME, OFF_SB_MAGIC, OFF_SIGNAL_TTY,
-        OFF_TASK_PID_LINKS, OFF_TASK_SIGNAL, OFF_TTY_SESSION, PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR,
-        S_IFMT, S_IFREG, SYSFS_MAGIC, off, read_at,
+        OFF_MAPPING_I_MMAP, OFF_MAPPING_I_MMAP_WRITABLE, OFF_PATH_DENTRY, OFF_PROC_INODE_PID,
+        OFF_PROC_INODE_VFS_INODE, OFF_QSTR_NAME, OFF_SB_MAGIC, OFF_SIGNAL_TTY, OFF_TASK_SIGNAL,
+        OFF_TTY_SESSION, PROC_SUPER_MAGIC, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG, SYSFS_MAGIC, off,
+        read_at,
     },
     protect::proc_owner_out_of_reach,
 };
@@ -86,11 +86,8 @@ pub(crate) fn other_terminal(agent: &Agent, file: Btf) -> i32 {
             Ok(session) => session,
             Err(_) => return refuse_for(agent, guard::OTHER_TERMINAL, 0),
         };
-        // The session's leader: `pid_task(session, PIDTYPE_PID)`, as for procfs (protect.rs).
-        let first = read_at::<u64>(session, off(&OFF_PID_TASKS)).unwrap_or(0);
-        if first != 0
-            && crate::decide::in_subtree(agent, first.wrapping_sub(off(&OFF_TASK_PID_LINKS)))
-        {
+        // The session's leader.
+        if crate::decide::pid_in_subtree(agent, session) {
             return 0;
         }
     }
@@ -213,8 +210,10 @@ fn ioctl(ctx: &LsmContext) -> i32 {
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
         // A change of the controlling terminal from a background group (jobctl.rs).
         _ if crate::jobctl::changes_terminal(cmd) => {
-            return crate::jobctl::terminal_ioctl(Btf::arg(ctx, 0));
+            return crate::jobctl::terminal_ioctl(Btf::arg(ctx, 0), cmd);
         }
+        // Another session's terminal taken (jobctl.rs).
+        crate::jobctl::TIOCSCTTY => return crate::jobctl::take_terminal(Btf::arg(ctx, 0)),
         _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,
         _ if (cmd >> 8) & 0xff == EXT4_IOCTL && cmd & 0xff == FS_SETFLAGS => {
             // A mode that cannot be read counts as a directory's.

@@ -1,46 +1,55 @@
-//! Job-control signals the kernel sends to the caller's own process group: a read of its
-//! controlling terminal from a background process group (SIGTTIN), and a write there with
-//! `TOSTOP` set or an ioctl that changes the terminal (SIGTTOU). `__tty_check_change` sends
-//! them with `kill_pgrp(task_pgrp(current), sig, 1)`: a signal of the kernel's, which asks no
-//! `task_kill`, to every process of the group. A process group is not a cgroup: an agent's
-//! process shares one with processes outside the agent when the wrapper that started it made
-//! no group of its own, or joins one with `setpgid` (any group of its session: the daemon
-//! started with `&` from the same shell), and its terminal access would stop them all (red
-//! team round 36).
+//! Job control: what an agent's process does to its terminal session that reaches processes of
+//! the session outside the agent. The kernel signals the caller's whole process group for a
+//! read of its controlling terminal from a background group (SIGTTIN), a write there with
+//! `TOSTOP` set, or an ioctl that changes the terminal (SIGTTOU): `__tty_check_change` sends
+//! them with `kill_pgrp(task_pgrp(current), sig, 1)`, a signal of the kernel's that asks no
+//! `task_kill`. A process group is not a cgroup: an agent's process shares one with processes
+//! outside when the wrapper that started it made no group of its own, or joins one with
+//! `setpgid` (any group of its session: the daemon started with `&` from the same shell), and
+//! its terminal access would stop them all (red team round 36). And `tcsetpgrp` makes any group
+//! of the session the terminal's foreground, the others' next access then stopping them.
 //!
-//! So these accesses are refused to agents' processes in the hook before the terminal's code
-//! (`file_permission` for reads and writes, held.rs; `file_ioctl` for the ioctls, guard.rs), on
-//! the kernel's own conditions: the file's terminal is the caller's controlling terminal, the
-//! terminal has a foreground group and the caller's group is not it, and the caller neither
-//! blocks nor ignores the signal (the kernel then signals nothing: a read gets EIO, a write or
-//! an ioctl goes on, so a shell's `tcsetpgrp` with SIGTTOU blocked keeps working). A write
-//! without `TOSTOP` signals nothing and passes, as do the ioctls that only read (`TCGETS`,
-//! `TIOCGWINSZ`, `TIOCGPGRP`). A group the kernel finds orphaned gets EIO rather than a signal:
-//! refused here all the same (an error either way). Every read and write of the node passes
-//! here: the checks before the agent lookup are a helper call and typed loads, and one read of
-//! a character device's `private_data` for a process that has a controlling terminal.
-use aya_ebpf::helpers::bpf_get_current_task_btf;
-use governance_common::{Kind, SIGNAL_DETAIL_JOB_CONTROL};
+//! Decided by who leads the caller's session. A session an agent's process leads holds only
+//! that agent's processes (a session is made by `setsid` and entered only by fork), so its
+//! job control stops nothing outside and nothing is refused there: an agent's shell works as
+//! anywhere. In a session whose leader is outside the agent (the user's terminal, a launcher's),
+//! or has exited, an agent's process may not join another process group (`task_setpgid`; a
+//! group of its own, `setpgid(0, 0)`, is made as usual), make a group the terminal's
+//! foreground (`TIOCSPGRP`), or read, write with `TOSTOP`, or change its controlling terminal
+//! from a background group, whatever the state of its signals: the kernel checks the group and
+//! the signal's state after the hook (and per 2 KiB chunk of a write), so a condition an agent
+//! can change between the two is not one to decide on. What the agent cannot change is
+//! enough: it stays in the group it was put in, or one of its own; and that group becomes the
+//! foreground or the background only by the session's own job control (the user's shell).
+//! The hooks: `file_permission` for reads and writes (held.rs), `file_ioctl` (guard.rs), and
+//! `task_setpgid` here. Every read and write of a terminal passes `file_permission`: the checks
+//! before the agent lookup are a helper call and typed loads, and one read of a character
+//! device's `private_data` for a process that has a controlling terminal.
+use aya_ebpf::{helpers::bpf_get_current_task_btf, macros::lsm, programs::LsmContext};
+use governance_common::{Kind, SIGNAL_DETAIL_JOB_CONTROL, guard};
 
 use crate::{
-    decide::{Decision, current_agent, emit, lsm_ret},
+    decide::{Decision, current_agent, emit, lsm_ret, pid_in_subtree},
     kernel::{
-        Btf, MAY_READ, MAY_WRITE, OFF_FILE_INODE, OFF_FILE_PRIVATE_DATA, OFF_INODE_MODE,
-        OFF_PID_NUMBERS, OFF_SIGACTION_HANDLER, OFF_SIGHAND_ACTION, OFF_SIGNAL_PIDS,
-        OFF_SIGNAL_TTY, OFF_TASK_BLOCKED, OFF_TASK_SIGHAND, OFF_TASK_SIGNAL,
-        OFF_TTY_FILE_PRIVATE_TTY, OFF_TTY_LFLAG, OFF_TTY_LINK, OFF_TTY_PGRP, OFF_UPID_NR, S_IFCHR,
-        S_IFMT, SIZE_K_SIGACTION, off, read_at,
+        Btf, MAX_PID_NS_LEVEL, MAY_READ, MAY_WRITE, OFF_FILE_INODE, OFF_FILE_PRIVATE_DATA,
+        OFF_INODE_MODE, OFF_PID_LEVEL, OFF_PID_NUMBERS, OFF_SIGNAL_PIDS, OFF_SIGNAL_TTY,
+        OFF_TASK_SIGNAL, OFF_TASK_THREAD_PID, OFF_TTY_FILE_PRIVATE_TTY, OFF_TTY_LFLAG,
+        OFF_TTY_LINK, OFF_TTY_PGRP, OFF_TTY_SESSION, OFF_UPID_NR, S_IFCHR, S_IFMT, SIZE_UPID, off,
+        read_at,
     },
 };
 
-const SIGTTIN: u32 = 21;
-const SIGTTOU: u32 = 22;
+const SIGTTIN: u16 = 21;
+const SIGTTOU: u16 = 22;
 /// `termios.c_lflag`: background writes stop the writer's group.
 const TOSTOP: u32 = 0o400;
-/// `signal_struct.pids[PIDTYPE_PGID]`: the process group.
+/// `signal_struct.pids[]`: the process group and the session.
 const PIDTYPE_PGID: u64 = 2;
-/// `sa_handler` of a signal ignored.
-const SIG_IGN: u64 = 1;
+const PIDTYPE_SID: u64 = 3;
+/// `tcsetpgrp`: sets the terminal's foreground group.
+const TIOCSPGRP: u32 = 0x5410;
+/// Makes a terminal the caller's controlling terminal.
+pub(crate) const TIOCSCTTY: u32 = 0x540e;
 
 /// The ioctls whose handlers call `tty_check_change` (SIGTTOU), by number in type `T`, whatever
 /// the size bits (`TCSETS2` and its kin carry them): read in drivers/tty of 6.1 and 6.12,
@@ -60,9 +69,14 @@ pub(crate) fn changes_terminal(cmd: u32) -> bool {
     (cmd >> 8) & 0xff == TTY_IOCTL && CHANGES_TERMINAL.contains(&(cmd & 0xff))
 }
 
-/// The current task, its `signal_struct` and its controlling terminal, if it has one.
+/// `signal.pids[kind]`: a process's `struct pid` of that kind, as a number.
+#[inline(always)]
+fn pid_of(signal: Btf, kind: u64) -> u64 {
+    signal.get(off(&OFF_SIGNAL_PIDS) + kind * 8)
+}
+
+/// The current task's `signal_struct` and its controlling terminal, if it has one.
 struct Caller {
-    task: Btf,
     signal: Btf,
     tty: Btf,
 }
@@ -73,7 +87,28 @@ fn caller() -> Option<Caller> {
     let task = Btf::of(unsafe { bpf_get_current_task_btf() } as u64);
     let signal = task.ptr(off(&OFF_TASK_SIGNAL)).ok()?;
     let tty = signal.ptr(off(&OFF_SIGNAL_TTY)).ok()?;
-    Some(Caller { task, signal, tty })
+    Some(Caller { signal, tty })
+}
+
+impl Caller {
+    /// Is the caller's group not its terminal's foreground group? A terminal with none
+    /// signals nothing (the kernel warns), so that counts as not.
+    #[inline(always)]
+    fn in_background(&self) -> bool {
+        match self.tty.ptr(off(&OFF_TTY_PGRP)) {
+            Ok(foreground) => pid_of(self.signal, PIDTYPE_PGID) != foreground.addr(),
+            Err(_) => false,
+        }
+    }
+
+    /// The caller's process group's number in the initial namespace (`numbers[0]`), for the
+    /// event.
+    #[inline(always)]
+    fn group_number(&self) -> u32 {
+        let group = pid_of(self.signal, PIDTYPE_PGID);
+        // SAFETY: see read_at.
+        unsafe { read_at::<u32>(group, off(&OFF_PID_NUMBERS) + off(&OFF_UPID_NR)) }.unwrap_or(0)
+    }
 }
 
 /// The terminal behind `file` (a `struct tty_struct *` as a number), or 0: for a character
@@ -97,7 +132,9 @@ fn terminal_of(file: Btf) -> u64 {
 }
 
 /// A read or write (`file_permission`'s `mask`) of `file` by the current task: refused to an
-/// agent's process when the kernel would stop its process group for it. 0 lets it go on.
+/// agent's process from a background group of a session led outside the agent, for a read or
+/// a write with `TOSTOP` set (a write without it signals nothing, in the background or not).
+/// 0 lets it go on.
 #[inline(always)]
 pub(crate) fn terminal_access(file: Btf, mask: i32) -> i32 {
     if mask & (MAY_READ | MAY_WRITE) == 0 {
@@ -117,15 +154,19 @@ pub(crate) fn terminal_access(file: Btf, mask: i32) -> i32 {
     } else {
         SIGTTIN
     };
-    stops_group(&c, sig)
+    if !c.in_background() {
+        return 0;
+    }
+    refuse_outside_session(c.signal, sig, c.group_number())
 }
 
-/// An ioctl that changes the terminal ([`changes_terminal`]) on `file` by the current task:
-/// refused likewise. The kernel checks the pty pair's other end for some (`set_termios` and
-/// `tiocspgrp` on a pty master act on its slave, which may be the controlling terminal), so
-/// both ends count here.
+/// An ioctl that changes the terminal ([`changes_terminal`]) on `file` by the current task,
+/// when the file's terminal, or for a pty master its slave, is the caller's controlling
+/// terminal (`set_termios` and `tiocspgrp` on a master act on the slave): refused to an
+/// agent's process in a session led outside the agent from a background group, and for
+/// `TIOCSPGRP` from any group.
 #[inline(always)]
-pub(crate) fn terminal_ioctl(file: Btf) -> i32 {
+pub(crate) fn terminal_ioctl(file: Btf, cmd: u32) -> i32 {
     let Some(c) = caller() else {
         return 0;
     };
@@ -138,52 +179,106 @@ pub(crate) fn terminal_ioctl(file: Btf) -> i32 {
     if tty != c.tty.addr() && link != c.tty.addr() {
         return 0;
     }
-    stops_group(&c, SIGTTOU)
-}
-
-/// Would `__tty_check_change(tty, sig)` signal the caller's process group? Then refused to an
-/// agent's process, reported as a refused signal to that group.
-#[inline(always)]
-fn stops_group(c: &Caller, sig: u32) -> i32 {
-    // No foreground group: the kernel signals nothing (and warns).
-    let Ok(foreground) = c.tty.ptr(off(&OFF_TTY_PGRP)) else {
-        return 0;
-    };
-    let group: u64 = c.signal.get(off(&OFF_SIGNAL_PIDS) + PIDTYPE_PGID * 8);
-    if group == foreground.addr() || ignored(c.task, sig) {
+    if cmd != TIOCSPGRP && !c.in_background() {
         return 0;
     }
+    refuse_outside_session(c.signal, SIGTTOU, c.group_number())
+}
+
+/// `TIOCSCTTY` on `file`: taking the terminal (a pty master's slave, for a master) as the
+/// caller's controlling terminal. With CAP_SYS_ADMIN and 1 for argument the kernel takes a
+/// terminal another session holds from it (`session_clear_tty`: its processes lose their
+/// terminal and their job control); refused to an agent's process when that session's leader
+/// is not in the agent, or has exited (guard::OTHER_TERMINAL). A terminal no session holds (a
+/// pty just made: `script`, `pexpect`) and the caller's own pass.
+#[inline(always)]
+pub(crate) fn take_terminal(file: Btf) -> i32 {
+    let tty = terminal_of(file);
+    if tty == 0 {
+        return 0;
+    }
+    // SAFETY: see read_at.
+    let link = unsafe { read_at::<u64>(tty, off(&OFF_TTY_LINK)) }.unwrap_or(0);
     let Some(agent) = current_agent() else {
         return 0;
     };
-    // The group's number in the initial namespace (`numbers[0]`), for the event.
+    for t in [tty, link] {
+        // SAFETY: see read_at.
+        let session = unsafe { read_at::<u64>(t, off(&OFF_TTY_SESSION)) }.unwrap_or(0);
+        if t != 0 && session != 0 && !pid_in_subtree(&agent, session) {
+            return crate::guard::refuse(guard::OTHER_TERMINAL, u64::from(TIOCSCTTY));
+        }
+    }
+    0
+}
+
+/// Built-in: an agent's process may not join another process group in a session led outside
+/// the agent. `setpgid(p, pgid)`, after the kernel's checks (`p` is the caller or a child of
+/// it, in the caller's session; the group is of that session); `pgid` as the caller numbers
+/// it. A group of `p`'s own (`pgid` is `p`'s number) passes, and so does any group for a `p`
+/// with no controlling terminal (a service's, a pod's): no terminal signals its group, and it
+/// cannot take one back (only a session's leader can).
+#[lsm(hook = "task_setpgid")]
+pub fn task_setpgid(ctx: LsmContext) -> i32 {
+    // int task_setpgid(struct task_struct *p, pid_t pgid)
+    let previous: i32 = ctx.arg(2);
+    if previous != 0 {
+        return previous;
+    }
+    let p = Btf::arg(&ctx, 0);
+    let Ok(signal) = p.ptr(off(&OFF_TASK_SIGNAL)) else {
+        return 0;
+    };
+    if signal.ptr(off(&OFF_SIGNAL_TTY)).is_err() {
+        return 0;
+    }
+    let pgid: u32 = ctx.arg(1);
+    if number_seen_by_caller(p) == Some(pgid) {
+        return 0;
+    }
+    refuse_outside_session(signal, 0, pgid)
+}
+
+/// `p`'s process id as the current task numbers it (`task_pid_vnr`):
+/// `p->thread_pid->numbers[level].nr`, `level` that of the current task's own PID namespace.
+/// None if unreadable, or if `p` is not in that namespace.
+#[inline(always)]
+fn number_seen_by_caller(p: Btf) -> Option<u32> {
+    // SAFETY: no arguments; a trusted pointer to the current task, never NULL.
+    let task = Btf::of(unsafe { bpf_get_current_task_btf() } as u64);
+    let level: u32 = task
+        .ptr(off(&OFF_TASK_THREAD_PID))
+        .ok()?
+        .get(off(&OFF_PID_LEVEL));
+    // `p`'s `struct pid` read as a plain number: the verifier refuses an index scaled by a
+    // level (it keeps no bound through the multiplication) added to a typed pointer.
     // SAFETY: see read_at.
-    let pgid = unsafe { read_at::<u32>(group, off(&OFF_PID_NUMBERS) + off(&OFF_UPID_NR)) };
+    unsafe {
+        let theirs = read_at::<u64>(p.addr(), off(&OFF_TASK_THREAD_PID)).ok()?;
+        if level > MAX_PID_NS_LEVEL || read_at::<u32>(theirs, off(&OFF_PID_LEVEL)).ok()? < level {
+            return None;
+        }
+        let at = off(&OFF_PID_NUMBERS) + u64::from(level) * off(&SIZE_UPID) + off(&OFF_UPID_NR);
+        read_at::<u32>(theirs, at).ok()
+    }
+}
+
+/// Refuse the current task if it is an agent's and the leader of its session (`signal`'s) is
+/// not in the agent, or has exited; reported as a refused job-control signal `sig` (0: none,
+/// a `setpgid`) to the process group numbered `group`.
+#[inline(always)]
+fn refuse_outside_session(signal: Btf, sig: u16, group: u32) -> i32 {
+    let Some(agent) = current_agent() else {
+        return 0;
+    };
+    if pid_in_subtree(&agent, pid_of(signal, PIDTYPE_SID)) {
+        return 0;
+    }
     let d = Decision::builtin(Kind::Signal, true);
     emit(&agent, &d, |ev| {
-        ev.port = sig as u16;
-        ev.object = u64::from(pgid.unwrap_or(0));
+        ev.port = sig;
+        ev.object = u64::from(group);
         ev.detail = SIGNAL_DETAIL_JOB_CONTROL;
     });
     lsm_ret(&d)
-}
-
-/// The kernel's `is_ignored(sig)`: blocked by the calling thread, or ignored by its process.
-/// Unreadable: not ignored (the access is decided as one that signals).
-#[inline(always)]
-fn ignored(task: Btf, sig: u32) -> bool {
-    let bit = 1u64 << (sig - 1);
-    if task.get::<u64>(off(&OFF_TASK_BLOCKED)) & bit != 0 {
-        return true;
-    }
-    let Ok(sighand) = task.ptr(off(&OFF_TASK_SIGHAND)) else {
-        return false;
-    };
-    // `action[sig - 1].sa.sa_handler`; an index the verifier would not place in a typed load.
-    let at = off(&OFF_SIGHAND_ACTION)
-        + u64::from(sig - 1) * off(&SIZE_K_SIGACTION)
-        + off(&OFF_SIGACTION_HANDLER);
-    // SAFETY: see read_at.
-    let handler = unsafe { read_at::<u64>(sighand.addr(), at) };
-    handler == Ok(SIG_IGN)
 }

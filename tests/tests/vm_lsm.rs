@@ -2715,26 +2715,44 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
     assert_eq!(outcome, Outcome::Exited(0), "SIGIO of its own terminal");
 }
 
-/// One terminal access from a process group that holds a process outside the agent, in a
-/// session of its own: `argv[1]` is the `cgroup.procs` the accessing process A joins (`-`:
-/// none), `argv[2]` the case, `argv[3]` and `argv[4]` a new pty's master (a descriptor) and
-/// slave (a path). A session leader takes the pty as its controlling terminal
-/// (its group is the foreground one); B, a background job of that session, writes a beat to a
-/// pipe every 20 ms; A joins B's group (`setpgid`, but for `foreground-read`) and reads, writes
-/// or sets the terminal. Prints `a PID`, `b PID`, then `a: ok`, `a: ERRNO` or `a: stopped SIG`
-/// (waited for), then `b: running` (three beats after A's answer, within 10 s) or
-/// `b: stopped SIG` (B's stop waited for, then B continued with SIGCONT).
+/// One job-control step by a process A in a terminal session: `argv[1]` is the `cgroup.procs`
+/// of the cgroup A joins (`-`: none), `argv[2]` the case, `argv[3]` and `argv[4]` a new pty's
+/// master (a descriptor) and slave (a path). A session leader takes the pty as its controlling
+/// terminal (its group is the foreground one); for the cases named `own-…` the leader joins
+/// the cgroup first, so the session is led inside it. B, a background job of the session,
+/// writes a beat to a pipe every 20 ms. A is forked by the leader and, for the terminal
+/// accesses, put in B's group before it joins the cgroup (as a wrapper that made no group of
+/// its own would leave it); then A reads, writes or sets the terminal, joins B's group, makes
+/// B's group the foreground, or takes the terminal into a session of its own. Prints
+/// `a PID`, `b PID`, `leader PID`, then `a: ok`, `a: ERRNO` or `a: stopped SIG` (waited for),
+/// then `b: running` (three beats after A's answer, within 10 s) or `b: stopped SIG` (B's
+/// stop waited for, then B continued with SIGCONT).
 const JOB_CONTROL: &str = r#"import errno, fcntl, os, select, signal, sys, termios, time
+def deadline(who, seconds):
+    # A step that never returns: say which process, and end it (alarms are not inherited).
+    def expired(*_):
+        os.write(2, f'{who}: no answer within {seconds} s\n'.encode())
+        os._exit(3)
+    signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+deadline('script', 60)
 procs, case, m = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = os.open(sys.argv[4], os.O_RDWR | os.O_NOCTTY)
 beat_r, beat_w = os.pipe()
 res_r, res_w = os.pipe()
 os.write(m, b'x\n')
+def join(procs):
+    if procs != '-':
+        with open(procs, 'w') as f:
+            f.write('0')
 leader = os.fork()
 if leader == 0:
+    deadline('leader', 50)
+    if case.startswith('own-'):
+        join(procs)
     os.setsid()
     fcntl.ioctl(s, termios.TIOCSCTTY, 0)
-    if case == 'write-tostop':
+    if case.endswith('tostop'):
         t = termios.tcgetattr(s)
         t[3] |= termios.TOSTOP
         termios.tcsetattr(s, termios.TCSANOW, t)
@@ -2750,15 +2768,18 @@ if leader == 0:
     os.setpgid(b, b)
     a = os.fork()
     if a == 0:
-        if procs != '-':
-            with open(procs, 'w') as f:
-                f.write('0')
+        deadline('a', 40)
+        in_group = case not in ('join', 'own-group', 'foreground-read', 'tcsetpgrp', 'steal')
+        if in_group:
+            os.setpgid(0, b)
+        if not case.startswith('own-'):
+            join(procs)
+        if case in ('read-blocked', 'tcsetpgrp'):
+            signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTTIN, signal.SIGTTOU])
         if case == 'ignored':
             signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        if case != 'foreground-read':
-            os.setpgid(0, b)
         try:
-            if case in ('read', 'foreground-read'):
+            if case in ('read', 'read-blocked', 'foreground-read', 'own-read'):
                 os.read(s, 2)
             elif case in ('write', 'write-tostop'):
                 os.write(s, b'.')
@@ -2766,13 +2787,25 @@ if leader == 0:
                 termios.tcsetattr(s, termios.TCSANOW, termios.tcgetattr(s))
             elif case == 'tcgets':
                 termios.tcgetattr(s)
+            elif case == 'join':
+                os.setpgid(0, b)
+            elif case == 'own-group':
+                os.setpgid(0, 0)
+            elif case == 'tcsetpgrp':
+                os.tcsetpgrp(s, b)
+            elif case == 'steal':
+                os.setsid()
+                fcntl.ioctl(s, termios.TIOCSCTTY, 1)
             os.write(res_w, b'ok')
         except (OSError, termios.error) as e:
             os.write(res_w, errno.errorcode[e.args[0]].encode())
         except BaseException as e:
             os.write(res_w, repr(e).encode())
         os._exit(0)
-    print(f'a {a}\nb {b}', flush=True)
+    # Only A (and B) keep the write ends: an A that dies before its answer reads as none.
+    os.close(res_w)
+    os.close(beat_w)
+    print(f'a {a}\nb {b}\nleader {os.getpid()}', flush=True)
     _, st = os.waitpid(a, os.WUNTRACED)
     a_stopped = os.WIFSTOPPED(st)
     if a_stopped:
@@ -2804,22 +2837,29 @@ if leader == 0:
 os.waitpid(leader, 0)
 "#;
 
-/// Red team round 36: an agent stops processes outside it through terminal job control. It
-/// may not signal them (`task_kill`), but it joins the process group of a background job of
-/// its session (`setpgid`: the daemon started with `&` from the same shell) and reads its
-/// controlling terminal: the kernel sends SIGTTIN to the caller's whole group
-/// (`__tty_check_change`, `kill_pgrp`: no `task_kill`), and the job stops; a write with
-/// `TOSTOP`, or `tcsetattr`, sends SIGTTOU. Refused to the agent (`file_permission`,
-/// `file_ioctl`) with a refused signal's event naming the group; B runs on. The controls: the
-/// same from outside the agent stops B. Inside, what signals nothing still works: a read from
-/// the foreground group, a background write without `TOSTOP`, `tcgetattr` (`TCGETS`, what
-/// `isatty` asks) and `tcsetattr` with SIGTTOU ignored (a shell's `tcsetpgrp`).
+/// Red team round 36 and its diff review: an agent stops processes outside it, or takes their
+/// terminal, through terminal job control in a session led outside it. It may not signal them
+/// (`task_kill`), but a process group may hold them (a wrapper that made no group of its own,
+/// the daemon started with `&` from the same shell): the kernel signals the caller's whole
+/// group for a background read of the controlling terminal (SIGTTIN), a write with `TOSTOP` or
+/// a change of the terminal (SIGTTOU), with `kill_pgrp` (no `task_kill`), and the job stops.
+/// In a session whose leader is outside the agent, refused to the agent whatever its signals'
+/// state (a condition it could change before the terminal's own check): those accesses from
+/// a background group (`file_permission`, `file_ioctl`), joining another group (`setpgid`:
+/// `task_setpgid`), making another group the foreground (`tcsetpgrp` from the foreground
+/// group, which puts the user's shell's group in the background), and
+/// taking the terminal into a session of its own (`TIOCSCTTY` with CAP_SYS_ADMIN, which the
+/// policy gives back here, clears it from the user's session). Each with its event; B runs
+/// on. The controls: the same from outside the agent stops B (or succeeds). What signals
+/// nothing still works in the agent: a foreground read, a background write without `TOSTOP`,
+/// `tcgetattr`, a group of its own. And in a session the agent leads, job control is the
+/// kernel's: A joins B's group and its background read stops both, with no event.
 #[test]
 fn job_control_signals_reach_no_process_outside() {
     require_root();
     let fx = Fixture::new("jobctl");
-    let mut k = fx.load("");
-    for hook in ["file_permission", "file_ioctl"] {
+    let mut k = fx.load("kernel: { allow_capabilities: [CAP_SYS_ADMIN] }\n");
+    for hook in ["file_permission", "file_ioctl", "task_setpgid"] {
         k.require(hook);
     }
     let run = |cgroup: Option<&Path>, case: &str| {
@@ -2856,16 +2896,31 @@ fn job_control_signals_reach_no_process_outside() {
                 .to_owned()
         };
         let pid = |key: &str| field(key).parse::<u32>().unwrap();
-        (pid("a "), pid("b "), field("a: "), field("b: "))
+        (
+            pid("a "),
+            pid("b "),
+            pid("leader "),
+            field("a: "),
+            field("b: "),
+        )
     };
-    for (case, sig) in [
-        ("read", libc::SIGTTIN),
-        ("write-tostop", libc::SIGTTOU),
-        ("tcsetattr", libc::SIGTTOU),
+    // (case, the signal in the event (0: none), what the control outside shows for A and B.)
+    for (case, sig, control) in [
+        ("read", libc::SIGTTIN, ("stopped 21", "stopped 21")),
+        ("write-tostop", libc::SIGTTOU, ("stopped 22", "stopped 22")),
+        ("tcsetattr", libc::SIGTTOU, ("stopped 22", "stopped 22")),
+        // The kernel answers EIO and signals nothing: refused all the same, since an agent
+        // could unblock the signal before the terminal's check.
+        ("read-blocked", libc::SIGTTIN, ("EIO", "running")),
+        ("ignored", libc::SIGTTOU, ("ok", "running")),
+        ("join", 0, ("ok", "running")),
+        // From the foreground group (the leader's, with A in it): B's group made the foreground,
+        // the leader's group (the user's shell's) now in the background.
+        ("tcsetpgrp", libc::SIGTTOU, ("ok", "running")),
     ] {
-        let what = format!("36 stop a job outside through the terminal ({case})");
+        let what = format!("36 stop or displace a job outside through the terminal ({case})");
         println!("redteam: tried {what}");
-        let (a, b, answer, job) = run(Some(&fx.agent.path), case);
+        let (a, b, leader, answer, job) = run(Some(&fx.agent.path), case);
         assert_eq!(answer, "EPERM", "{what}: the agent's access");
         assert_eq!(job, "running", "{what}: the job outside");
         let ev = k.event_where(|e| e.tgid == a && e.flags & flags::DENIED != 0);
@@ -2881,22 +2936,43 @@ fn job_control_signals_reach_no_process_outside() {
             "{what}"
         );
         assert_eq!(i32::from(ev.port), sig, "{what}: event signal");
-        assert_eq!(ev.object, u64::from(b), "{what}: event group");
+        // The group: B's, which A is in or joins; for tcsetpgrp, A's own (the leader's).
+        let group = if case == "tcsetpgrp" { leader } else { b };
+        assert_eq!(ev.object, u64::from(group), "{what}: event group");
         assert_eq!(ev.agent_cgroup, fx.agent.id(), "{what}: event agent");
         println!("redteam: denied {what}");
-        // The control: the same from outside the agent stops the job (and the process).
-        let (a, _, answer, job) = run(Some(&fx.outsider.path), case);
-        assert_eq!(answer, format!("stopped {sig}"), "{what}: control's access");
-        assert_eq!(job, format!("stopped {sig}"), "{what}: control's job");
+        let (a, _, _, answer, job) = run(Some(&fx.outsider.path), case);
+        assert_eq!((answer.as_str(), job.as_str()), control, "{what}: control");
         assert!(
             k.try_event_for(a, Duration::from_millis(100)).is_none(),
             "{what}: no event outside the agent"
         );
         println!("redteam: control {what}");
     }
-    // Inside the agent, what makes the kernel signal nothing.
-    for case in ["foreground-read", "write", "tcgets", "ignored"] {
-        let (a, _, answer, job) = run(Some(&fx.agent.path), case);
+    // Taking the user's terminal into a session of the agent's own.
+    let what = "36 take the terminal of a session outside (TIOCSCTTY steal)";
+    println!("redteam: tried {what}");
+    let (a, _, _, answer, job) = run(Some(&fx.agent.path), "steal");
+    assert_eq!(answer, "EPERM", "{what}");
+    assert_eq!(job, "running", "{what}: the job outside");
+    let ev = k.event_where(|e| e.tgid == a && e.flags & flags::DENIED != 0);
+    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Guard), "{what}: kind");
+    assert_eq!(
+        ev.detail,
+        governance_common::guard::OTHER_TERMINAL,
+        "{what}: guard"
+    );
+    println!("redteam: denied {what}");
+    let (a, _, _, answer, _) = run(Some(&fx.outsider.path), "steal");
+    assert_eq!(answer, "ok", "{what}: control");
+    assert!(
+        k.try_event_for(a, Duration::from_millis(100)).is_none(),
+        "{what}: no event outside the agent"
+    );
+    println!("redteam: control {what}");
+    // Inside the agent, what signals nothing or reaches only the agent.
+    for case in ["foreground-read", "write", "tcgets", "own-group"] {
+        let (a, _, _, answer, job) = run(Some(&fx.agent.path), case);
         assert_eq!(answer, "ok", "{case} in the agent");
         assert_eq!(job, "running", "{case} in the agent: the job outside");
         assert!(
@@ -2904,6 +2980,17 @@ fn job_control_signals_reach_no_process_outside() {
             "{case}: no event"
         );
     }
+    // A session the agent leads: its job control is the kernel's (B is the agent's here).
+    let (a, _, _, answer, job) = run(Some(&fx.agent.path), "own-read");
+    assert_eq!(
+        (answer.as_str(), job.as_str()),
+        ("stopped 21", "stopped 21"),
+        "a session led in the agent"
+    );
+    assert!(
+        k.try_event_for(a, Duration::from_millis(100)).is_none(),
+        "a session led in the agent: no event"
+    );
 }
 
 #[test]

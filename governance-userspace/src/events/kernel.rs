@@ -107,8 +107,10 @@ fn builtin_what(kind: Option<Kind>, ev: &Event) -> (&'static str, &'static str) 
         Some(Kind::Bpf) => ("bpf", "no bpf() for agents"),
         Some(Kind::Signal) if ev.detail == SIGNAL_DETAIL_JOB_CONTROL => (
             "job-control",
-            "a terminal access from a background process group: the kernel would stop the whole \
-             group (SIGTTIN, SIGTTOU), processes outside the agent that share it included",
+            "job control in a terminal session led outside the agent: joining another process \
+             group, setting the terminal's foreground group, or using the terminal from a \
+             background group (the kernel stops the whole group: SIGTTIN, SIGTTOU), which \
+             reaches the session's processes outside the agent",
         ),
         Some(k @ (Kind::Signal | Kind::Ptrace | Kind::Task)) => (
             k.as_str(),
@@ -408,8 +410,10 @@ impl Record {
                 if ev.detail == SIGNAL_DETAIL_JOB_CONTROL {
                     object.detail.insert(
                         "via".into(),
-                        "job control: its controlling terminal used from a background process \
-                         group (target: the group)"
+                        "job control in a session led outside the agent: its controlling \
+                         terminal used from a background group, or the foreground group set \
+                         (target: the caller's group), or another group joined with setpgid \
+                         (target: that group, as the caller numbers it; no signal)"
                             .into(),
                     );
                 }
