@@ -660,7 +660,8 @@ pub mod guard {
     /// agent's own controlling terminal, and ptys no session holds or that a session of the
     /// agent holds (what `pexpect` and `script` make), stay open to it. Also taking such a
     /// terminal as its own controlling terminal (`TIOCSCTTY` with CAP_SYS_ADMIN takes it from
-    /// the session that holds it: that session's processes lose their terminal).
+    /// the session that holds it: that session's processes lose their terminal), or hanging it
+    /// up (`TIOCVHANGUP` with CAP_SYS_ADMIN: SIGHUP to the session's leader).
     pub const OTHER_TERMINAL: u8 = 12;
     /// A multicast group joined or its source filter set (`IP_ADD_MEMBERSHIP`, `IP_MSFILTER`,
     /// `MCAST_JOIN_SOURCE_GROUP`, `IPV6_JOIN_GROUP`, …): the kernel then sends IGMP or MLD

@@ -212,8 +212,10 @@ fn ioctl(ctx: &LsmContext) -> i32 {
         _ if crate::jobctl::changes_terminal(cmd) => {
             return crate::jobctl::terminal_ioctl(Btf::arg(ctx, 0), cmd);
         }
-        // Another session's terminal taken (jobctl.rs).
-        crate::jobctl::TIOCSCTTY => return crate::jobctl::take_terminal(Btf::arg(ctx, 0)),
+        // Another session's terminal taken or hung up (jobctl.rs).
+        crate::jobctl::TIOCSCTTY | crate::jobctl::TIOCVHANGUP => {
+            return crate::jobctl::other_session_terminal(Btf::arg(ctx, 0), cmd);
+        }
         _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,
         _ if (cmd >> 8) & 0xff == EXT4_IOCTL && cmd & 0xff == FS_SETFLAGS => {
             // A mode that cannot be read counts as a directory's.

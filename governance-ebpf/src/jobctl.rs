@@ -50,6 +50,8 @@ const PIDTYPE_SID: u64 = 3;
 const TIOCSPGRP: u32 = 0x5410;
 /// Makes a terminal the caller's controlling terminal.
 pub(crate) const TIOCSCTTY: u32 = 0x540e;
+/// Hangs a terminal up (`vhangup` of a descriptor): SIGHUP to the leader of its session.
+pub(crate) const TIOCVHANGUP: u32 = 0x5437;
 
 /// The ioctls whose handlers call `tty_check_change` (SIGTTOU), by number in type `T`, whatever
 /// the size bits (`TCSETS2` and its kin carry them): read in drivers/tty of 6.1 and 6.12,
@@ -185,14 +187,16 @@ pub(crate) fn terminal_ioctl(file: Btf, cmd: u32) -> i32 {
     refuse_outside_session(c.signal, SIGTTOU, c.group_number())
 }
 
-/// `TIOCSCTTY` on `file`: taking the terminal (a pty master's slave, for a master) as the
-/// caller's controlling terminal. With CAP_SYS_ADMIN and 1 for argument the kernel takes a
-/// terminal another session holds from it (`session_clear_tty`: its processes lose their
-/// terminal and their job control); refused to an agent's process when that session's leader
-/// is not in the agent, or has exited (guard::OTHER_TERMINAL). A terminal no session holds (a
-/// pty just made: `script`, `pexpect`) and the caller's own pass.
+/// `TIOCSCTTY` or `TIOCVHANGUP` (`cmd`) on `file`, which need CAP_SYS_ADMIN to reach another
+/// session: with 1 for argument `TIOCSCTTY` takes a terminal another session holds from it
+/// (`session_clear_tty`: its processes lose their terminal and their job control), and
+/// `TIOCVHANGUP` hangs it up (SIGHUP and SIGCONT to that session's leader, the user's shell,
+/// from the kernel: no `task_kill`). Refused to an agent's process when the terminal, or a pty
+/// master's slave, is held by a session whose leader is not in the agent, or has exited
+/// (guard::OTHER_TERMINAL). A terminal no session holds (a pty just made: `script`,
+/// `pexpect`) and one a session of the agent holds pass.
 #[inline(always)]
-pub(crate) fn take_terminal(file: Btf) -> i32 {
+pub(crate) fn other_session_terminal(file: Btf, cmd: u32) -> i32 {
     let tty = terminal_of(file);
     if tty == 0 {
         return 0;
@@ -206,7 +210,7 @@ pub(crate) fn take_terminal(file: Btf) -> i32 {
         // SAFETY: see read_at.
         let session = unsafe { read_at::<u64>(t, off(&OFF_TTY_SESSION)) }.unwrap_or(0);
         if t != 0 && session != 0 && !pid_in_subtree(&agent, session) {
-            return crate::guard::refuse(guard::OTHER_TERMINAL, u64::from(TIOCSCTTY));
+            return crate::guard::refuse(guard::OTHER_TERMINAL, u64::from(cmd));
         }
     }
     0

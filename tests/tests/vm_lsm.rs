@@ -2741,6 +2741,9 @@ s = os.open(sys.argv[4], os.O_RDWR | os.O_NOCTTY)
 beat_r, beat_w = os.pipe()
 res_r, res_w = os.pipe()
 os.write(m, b'x\n')
+if case == 'hangup':
+    # The hangup's SIGHUP would end the leader (and A) before they answer.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 def join(procs):
     if procs != '-':
         with open(procs, 'w') as f:
@@ -2769,7 +2772,7 @@ if leader == 0:
     a = os.fork()
     if a == 0:
         deadline('a', 40)
-        in_group = case not in ('join', 'own-group', 'foreground-read', 'tcsetpgrp', 'steal')
+        in_group = case not in ('join', 'own-group', 'foreground-read', 'tcsetpgrp', 'steal', 'hangup')
         if in_group:
             os.setpgid(0, b)
         if not case.startswith('own-'):
@@ -2796,6 +2799,8 @@ if leader == 0:
             elif case == 'steal':
                 os.setsid()
                 fcntl.ioctl(s, termios.TIOCSCTTY, 1)
+            elif case == 'hangup':
+                fcntl.ioctl(s, 0x5437)
             os.write(res_w, b'ok')
         except (OSError, termios.error) as e:
             os.write(res_w, errno.errorcode[e.args[0]].encode())
@@ -2847,10 +2852,10 @@ os.waitpid(leader, 0)
 /// state (a condition it could change before the terminal's own check): those accesses from
 /// a background group (`file_permission`, `file_ioctl`), joining another group (`setpgid`:
 /// `task_setpgid`), making another group the foreground (`tcsetpgrp` from the foreground
-/// group, which puts the user's shell's group in the background), and
-/// taking the terminal into a session of its own (`TIOCSCTTY` with CAP_SYS_ADMIN, which the
-/// policy gives back here, clears it from the user's session). Each with its event; B runs
-/// on. The controls: the same from outside the agent stops B (or succeeds). What signals
+/// group, which puts the user's shell's group in the background); and, with CAP_SYS_ADMIN
+/// (which the policy gives back here), taking the terminal into a session of its own
+/// (`TIOCSCTTY`: cleared from the user's session) or hanging it up (`TIOCVHANGUP`: SIGHUP to
+/// the user's shell). Each with its event; B runs on. The controls: the same from outside the agent stops B (or succeeds). What signals
 /// nothing still works in the agent: a foreground read, a background write without `TOSTOP`,
 /// `tcgetattr`, a group of its own. And in a session the agent leads, job control is the
 /// kernel's: A joins B's group and its background read stops both, with no event.
@@ -2949,27 +2954,38 @@ fn job_control_signals_reach_no_process_outside() {
         );
         println!("redteam: control {what}");
     }
-    // Taking the user's terminal into a session of the agent's own.
-    let what = "36 take the terminal of a session outside (TIOCSCTTY steal)";
-    println!("redteam: tried {what}");
-    let (a, _, _, answer, job) = run(Some(&fx.agent.path), "steal");
-    assert_eq!(answer, "EPERM", "{what}");
-    assert_eq!(job, "running", "{what}: the job outside");
-    let ev = k.event_where(|e| e.tgid == a && e.flags & flags::DENIED != 0);
-    assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Guard), "{what}: kind");
-    assert_eq!(
-        ev.detail,
-        governance_common::guard::OTHER_TERMINAL,
-        "{what}: guard"
-    );
-    println!("redteam: denied {what}");
-    let (a, _, _, answer, _) = run(Some(&fx.outsider.path), "steal");
-    assert_eq!(answer, "ok", "{what}: control");
-    assert!(
-        k.try_event_for(a, Duration::from_millis(100)).is_none(),
-        "{what}: no event outside the agent"
-    );
-    println!("redteam: control {what}");
+    // Taking the user's terminal into a session of the agent's own, or hanging it up (SIGHUP
+    // to the user's shell), with CAP_SYS_ADMIN.
+    for (case, what) in [
+        (
+            "steal",
+            "36 take the terminal of a session outside (TIOCSCTTY steal)",
+        ),
+        (
+            "hangup",
+            "36 hang up the terminal of a session outside (TIOCVHANGUP)",
+        ),
+    ] {
+        println!("redteam: tried {what}");
+        let (a, _, _, answer, job) = run(Some(&fx.agent.path), case);
+        assert_eq!(answer, "EPERM", "{what}");
+        assert_eq!(job, "running", "{what}: the job outside");
+        let ev = k.event_where(|e| e.tgid == a && e.flags & flags::DENIED != 0);
+        assert_eq!(Kind::from_u8(ev.kind), Some(Kind::Guard), "{what}: kind");
+        assert_eq!(
+            ev.detail,
+            governance_common::guard::OTHER_TERMINAL,
+            "{what}: guard"
+        );
+        println!("redteam: denied {what}");
+        let (a, _, _, answer, _) = run(Some(&fx.outsider.path), case);
+        assert_eq!(answer, "ok", "{what}: control");
+        assert!(
+            k.try_event_for(a, Duration::from_millis(100)).is_none(),
+            "{what}: no event outside the agent"
+        );
+        println!("redteam: control {what}");
+    }
     // Inside the agent, what signals nothing or reaches only the agent.
     for case in ["foreground-read", "write", "tcgets", "own-group"] {
         let (a, _, _, answer, job) = run(Some(&fx.agent.path), case);
