@@ -639,7 +639,35 @@ fn identities_on_btrfs_are_each_subvolume_s() {
     drop(_listening);
 }
 
-fn policy_dir(name: &str, yaml: &str) -> PathBuf {
+/// A policy directory holding `p.yaml`, removed when dropped (a failing test's too).
+struct PolicyDir(PathBuf);
+
+impl std::ops::Deref for PolicyDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for PolicyDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for PolicyDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for PolicyDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn policy_dir(name: &str, yaml: &str) -> PolicyDir {
     let dir = PathBuf::from(format!(
         "/tmp/governance-test-{name}-{}",
         std::process::id()
@@ -647,7 +675,7 @@ fn policy_dir(name: &str, yaml: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("p.yaml"), yaml).unwrap();
-    dir
+    PolicyDir(dir)
 }
 
 fn unload(pins: &Path) {
@@ -754,7 +782,7 @@ struct LoopbackReloads {
     stdout: std::io::BufReader<std::process::ChildStdout>,
     /// The policy that blocks.
     blocking: String,
-    dir: PathBuf,
+    dir: PolicyDir,
     policy: PathBuf,
     /// Its audit log, socket, CA and copy of the policy in force.
     state: PathBuf,
@@ -4944,7 +4972,11 @@ fn discovery_finds_an_unlabelled_process_talking_to_an_llm_host() {
 fn discovery_daemon(
     name: &str,
     agent: &TestCgroup,
-) -> (governance_tests::Daemon, PathBuf, governance_tests::PinDir) {
+) -> (
+    governance_tests::Daemon,
+    PolicyDir,
+    governance_tests::PinDir,
+) {
     let dir = policy_dir(
         name,
         &format!(
