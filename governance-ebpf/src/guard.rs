@@ -108,6 +108,7 @@ pub fn kernel_module_request(ctx: LsmContext) -> i32 {
 
 const TIOCSTI: u32 = 0x5412;
 const TIOCLINUX: u32 = 0x541c;
+const TIOCCONS: u32 = 0x541d;
 const FIOSETOWN: u32 = 0x8901;
 const SIOCSPGRP: u32 = 0x8902;
 const FIOASYNC: u32 = 0x5452;
@@ -207,13 +208,18 @@ fn ioctl(ctx: &LsmContext) -> i32 {
     let cmd: u32 = ctx.arg(1);
     let what = match cmd {
         TIOCSTI | TIOCLINUX => guard::TERMINAL_INPUT,
+        // The node's console output sent to a terminal of the agent's (red team round 37).
+        TIOCCONS => guard::OTHER_TERMINAL,
         FIOSETOWN | SIOCSPGRP => guard::SIGNAL_OWNER,
         // A change of the controlling terminal from a background group (jobctl.rs).
         _ if crate::jobctl::changes_terminal(cmd) => {
             return crate::jobctl::terminal_ioctl(Btf::arg(ctx, 0), cmd);
         }
         // Another session's terminal taken or hung up (jobctl.rs).
-        crate::jobctl::TIOCSCTTY | crate::jobctl::TIOCVHANGUP => {
+        crate::jobctl::TIOCSCTTY
+        | crate::jobctl::TIOCVHANGUP
+        | crate::jobctl::TIOCEXCL
+        | crate::jobctl::TIOCSWINSZ => {
             return crate::jobctl::other_session_terminal(Btf::arg(ctx, 0), cmd);
         }
         _ if past_file_hooks(cmd) => guard::FILESYSTEM_IOCTL,

@@ -52,6 +52,10 @@ const TIOCSPGRP: u32 = 0x5410;
 pub(crate) const TIOCSCTTY: u32 = 0x540e;
 /// Hangs a terminal up (`vhangup` of a descriptor): SIGHUP to the leader of its session.
 pub(crate) const TIOCVHANGUP: u32 = 0x5437;
+/// Exclusive mode: every later open of the terminal fails (EBUSY) but with CAP_SYS_ADMIN.
+pub(crate) const TIOCEXCL: u32 = 0x540c;
+/// Sets the window size, and sends SIGWINCH to the terminal's foreground group.
+pub(crate) const TIOCSWINSZ: u32 = 0x5414;
 
 /// The ioctls whose handlers call `tty_check_change` (SIGTTOU), by number in type `T`, whatever
 /// the size bits (`TCSETS2` and its kin carry them): read in drivers/tty of 6.1 and 6.12,
@@ -187,11 +191,13 @@ pub(crate) fn terminal_ioctl(file: Btf, cmd: u32) -> i32 {
     refuse_outside_session(c.signal, SIGTTOU, c.group_number())
 }
 
-/// `TIOCSCTTY` or `TIOCVHANGUP` (`cmd`) on `file`, which need CAP_SYS_ADMIN to reach another
-/// session: with 1 for argument `TIOCSCTTY` takes a terminal another session holds from it
-/// (`session_clear_tty`: its processes lose their terminal and their job control), and
-/// `TIOCVHANGUP` hangs it up (SIGHUP and SIGCONT to that session's leader, the user's shell,
-/// from the kernel: no `task_kill`). Refused to an agent's process when the terminal, or a pty
+/// A command (`cmd`) on `file` that acts on the processes of the session the terminal belongs
+/// to: with CAP_SYS_ADMIN and 1 for argument `TIOCSCTTY` takes a terminal another session
+/// holds from it (`session_clear_tty`: its processes lose their terminal and their job
+/// control), and `TIOCVHANGUP` hangs it up (SIGHUP and SIGCONT to that session's leader, the
+/// user's shell, from the kernel: no `task_kill`); with no capability `TIOCEXCL` makes every
+/// later open of it fail (the `/dev/tty` of a password prompt) and `TIOCSWINSZ` changes its
+/// size and sends SIGWINCH to its foreground group, from any group (red team round 37). Refused to an agent's process when the terminal, or a pty
 /// master's slave, is held by a session whose leader is not in the agent, or has exited
 /// (guard::OTHER_TERMINAL). A terminal no session holds (a pty just made: `script`,
 /// `pexpect`) and one a session of the agent holds pass.
@@ -219,9 +225,11 @@ pub(crate) fn other_session_terminal(file: Btf, cmd: u32) -> i32 {
 /// Built-in: an agent's process may not join another process group in a session led outside
 /// the agent. `setpgid(p, pgid)`, after the kernel's checks (`p` is the caller or a child of
 /// it, in the caller's session; the group is of that session); `pgid` as the caller numbers
-/// it. A group of `p`'s own (`pgid` is `p`'s number) passes, and so does any group for a `p`
-/// with no controlling terminal (a service's, a pod's): no terminal signals its group, and it
-/// cannot take one back (only a session's leader can).
+/// it. A group of `p`'s own (`pgid` is `p`'s number) passes. Whether `p` has a controlling
+/// terminal does not matter (red team round 37): a process that drops its own (`TIOCNOTTY`)
+/// and joins a group of stopped processes outside, whose only tie to the session it then is,
+/// orphans the group by exiting, and the kernel sends the group SIGHUP and SIGCONT
+/// (`kill_orphaned_pgrp`, no `task_kill`).
 #[lsm(hook = "task_setpgid")]
 pub fn task_setpgid(ctx: LsmContext) -> i32 {
     // int task_setpgid(struct task_struct *p, pid_t pgid)
@@ -233,9 +241,6 @@ pub fn task_setpgid(ctx: LsmContext) -> i32 {
     let Ok(signal) = p.ptr(off(&OFF_TASK_SIGNAL)) else {
         return 0;
     };
-    if signal.ptr(off(&OFF_SIGNAL_TTY)).is_err() {
-        return 0;
-    }
     let pgid: u32 = ctx.arg(1);
     if number_seen_by_caller(p) == Some(pgid) {
         return 0;

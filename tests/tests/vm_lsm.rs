@@ -2727,7 +2727,7 @@ fn sigio_of_files_agents_armed_reaches_no_process_outside() {
 /// `a PID`, `b PID`, `leader PID`, then `a: ok`, `a: ERRNO` or `a: stopped SIG` (waited for),
 /// then `b: running` (three beats after A's answer, within 10 s) or `b: stopped SIG` (B's
 /// stop waited for, then B continued with SIGCONT).
-const JOB_CONTROL: &str = r#"import errno, fcntl, os, select, signal, sys, termios, time
+const JOB_CONTROL: &str = r#"import errno, fcntl, os, select, signal, struct, sys, termios, time
 def deadline(who, seconds):
     # A step that never returns: say which process, and end it (alarms are not inherited).
     def expired(*_):
@@ -2772,7 +2772,8 @@ if leader == 0:
     a = os.fork()
     if a == 0:
         deadline('a', 40)
-        in_group = case not in ('join', 'own-group', 'foreground-read', 'tcsetpgrp', 'steal', 'hangup')
+        in_group = case not in ('join', 'notty-join', 'own-group', 'foreground-read', 'tcsetpgrp',
+                                'steal', 'hangup', 'exclusive', 'winsize', 'console')
         if in_group:
             os.setpgid(0, b)
         if not case.startswith('own-'):
@@ -2792,6 +2793,9 @@ if leader == 0:
                 termios.tcgetattr(s)
             elif case == 'join':
                 os.setpgid(0, b)
+            elif case == 'notty-join':
+                fcntl.ioctl(s, termios.TIOCNOTTY)
+                os.setpgid(0, b)
             elif case == 'own-group':
                 os.setpgid(0, 0)
             elif case == 'tcsetpgrp':
@@ -2801,6 +2805,17 @@ if leader == 0:
                 fcntl.ioctl(s, termios.TIOCSCTTY, 1)
             elif case == 'hangup':
                 fcntl.ioctl(s, 0x5437)
+            elif case == 'exclusive':
+                fcntl.ioctl(s, termios.TIOCEXCL)
+                fcntl.ioctl(s, termios.TIOCNXCL)
+            elif case == 'winsize':
+                fcntl.ioctl(s, termios.TIOCSWINSZ, struct.pack('HHHH', 7, 13, 0, 0))
+            elif case == 'console':
+                # A pty of A's own, made the node's console; made the console's again at once.
+                pm, ps = os.openpty()
+                fcntl.ioctl(ps, 0x541d)
+                c = os.open('/dev/console', os.O_WRONLY | os.O_NOCTTY)
+                fcntl.ioctl(c, 0x541d)
             os.write(res_w, b'ok')
         except (OSError, termios.error) as e:
             os.write(res_w, errno.errorcode[e.args[0]].encode())
@@ -2855,7 +2870,11 @@ os.waitpid(leader, 0)
 /// group, which puts the user's shell's group in the background); and, with CAP_SYS_ADMIN
 /// (which the policy gives back here), taking the terminal into a session of its own
 /// (`TIOCSCTTY`: cleared from the user's session) or hanging it up (`TIOCVHANGUP`: SIGHUP to
-/// the user's shell). Each with its event; B runs on. The controls: the same from outside the agent stops B (or succeeds). What signals
+/// the user's shell). Red team round 37: joining B's group after dropping its controlling
+/// terminal (`TIOCNOTTY`: its exit would then orphan B's stopped group, SIGHUP), exclusive
+/// mode (`TIOCEXCL`: the user's `/dev/tty` opens fail), a new window size (`TIOCSWINSZ`:
+/// SIGWINCH to the user's job), and the node's console output sent to a pty of the agent's
+/// (`TIOCCONS`). Each with its event; B runs on. The controls: the same from outside the agent stops B (or succeeds). What signals
 /// nothing still works in the agent: a foreground read, a background write without `TOSTOP`,
 /// `tcgetattr`, a group of its own. And in a session the agent leads, job control is the
 /// kernel's: A joins B's group and its background read stops both, with no event.
@@ -2919,6 +2938,9 @@ fn job_control_signals_reach_no_process_outside() {
         ("read-blocked", libc::SIGTTIN, ("EIO", "running")),
         ("ignored", libc::SIGTTOU, ("ok", "running")),
         ("join", 0, ("ok", "running")),
+        // Round 37: with no controlling terminal of its own (`TIOCNOTTY`), then its exit would
+        // orphan B's group and the kernel would send it SIGHUP and SIGCONT.
+        ("notty-join", 0, ("ok", "running")),
         // From the foreground group (the leader's, with A in it): B's group made the foreground,
         // the leader's group (the user's shell's) now in the background.
         ("tcsetpgrp", libc::SIGTTOU, ("ok", "running")),
@@ -2965,6 +2987,15 @@ fn job_control_signals_reach_no_process_outside() {
             "hangup",
             "36 hang up the terminal of a session outside (TIOCVHANGUP)",
         ),
+        (
+            "exclusive",
+            "37 lock a session outside out of its terminal (TIOCEXCL)",
+        ),
+        (
+            "winsize",
+            "37 resize the terminal of a session outside (TIOCSWINSZ, SIGWINCH)",
+        ),
+        ("console", "37 take the node's console output (TIOCCONS)"),
     ] {
         println!("redteam: tried {what}");
         let (a, _, _, answer, job) = run(Some(&fx.agent.path), case);
