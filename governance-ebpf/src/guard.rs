@@ -114,14 +114,15 @@ const SIOCSPGRP: u32 = 0x8902;
 const FIOASYNC: u32 = 0x5452;
 
 /// Built-in: agents may not push input into a terminal (TIOCSTI: the next reader of the tty,
-/// often a shell outside the agent, runs it; TIOCLINUX: console selection paste), nor hand a
-/// file's signal ownership to another process by ioctl (FIOSETOWN, SIOCSPGRP: the argument is
-/// in user memory, so it is refused outright rather than read), nor use a filesystem's ioctls
-/// that change files past the file hooks ([`past_file_hooks`]). `FIOASYNC` (asynchronous
-/// notification on or off) records the file as the agent's (sigio.rs). The ioctls that change
-/// a terminal are refused from a background process group of its session (jobctl.rs: the
-/// kernel would stop the caller's group). Other ioctls pass at once,
-/// before the agent lookup: this hook runs for every ioctl on the node.
+/// often a shell outside the agent, runs it; TIOCLINUX: console selection paste), take the
+/// node's console output (TIOCCONS), hand a file's signal ownership to another process by
+/// ioctl (FIOSETOWN, SIOCSPGRP: the argument is in user memory, so it is refused outright
+/// rather than read), nor use a filesystem's ioctls that change files past the file hooks
+/// ([`past_file_hooks`]). `FIOASYNC` (asynchronous notification on or off) records the file
+/// as the agent's (sigio.rs). In a terminal session led outside the agent, the ioctls that
+/// change its terminal from a background group, set its foreground group, or act on that
+/// session's processes are refused (jobctl.rs). Other ioctls pass at once, before the agent
+/// lookup: this hook runs for every ioctl on the node.
 #[lsm(hook = "file_ioctl")]
 pub fn file_ioctl(ctx: LsmContext) -> i32 {
     ioctl(&ctx)
